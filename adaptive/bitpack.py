@@ -1,0 +1,31 @@
+"""Bit-packing of boolean masks: 1 bit per synapse on disk."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+def pack(mask: torch.Tensor) -> torch.Tensor:
+    """Pack a bool tensor (any shape) into a flat uint8 tensor, most significant bit first."""
+    if mask.dtype != torch.bool:
+        raise TypeError(f"pack expects a bool tensor, got {mask.dtype}")
+    flat = mask.detach().reshape(-1).cpu()
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    bits = flat.view(-1, 8).to(torch.uint8)
+    return (bits * _WEIGHTS).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack(packed: torch.Tensor, shape) -> torch.Tensor:
+    """Inverse of :func:`pack`: a bool tensor of ``shape``."""
+    n = math.prod(shape)
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != (n + 7) // 8:
+        raise ValueError(
+            f"packed mask has {packed.numel()} bytes of {packed.dtype}, expected {(n + 7) // 8} uint8 bytes for shape {tuple(shape)}"
+        )
+    bits = (packed.unsqueeze(1) & _WEIGHTS) != 0
+    return bits.reshape(-1)[:n].reshape(shape)

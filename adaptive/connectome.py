@@ -1,0 +1,407 @@
+"""The connectome: for every prunable weight a boolean mask, its ensemble granularity and unit
+bookkeeping; in ``mask_only`` mode also the frozen original weights. It is the single source of
+truth for which synapses exist.
+
+Execution is masked-dense: a pruned synapse is an exact 0.0 inside the ordinary dense parameter,
+so PyTorch's own kernels run the forward and backward passes and gradients stay dense (growth
+scores need them). :meth:`Connectome.attach` hooks an optimizer so that gradients are masked just
+before its step and weights are re-masked right after it; optimizer moments are reset wherever a
+mask changes. Parameters keep their identity and no hook is placed on the model, so optimizers,
+DDP, checkpoints, ``deepcopy`` and ``pickle`` keep working.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import weakref
+from typing import Callable, Dict, Iterable, List, Mapping, Optional
+
+import torch
+from torch import nn
+
+from . import bitpack
+from .discovery import SynapseLayer, discover, state_dict_keys
+from .ensembles import Granularity, get_granularity
+from .optim_state import reset_state, unwrap_optimizer
+
+MODES = ("train", "mask_only")
+FORMAT = "adaptive.connectome/1"
+
+
+class Connectome:
+    """Any ``nn.Module`` as a masked connectome of synapse ensembles.
+
+    Args:
+        model: the network. Its Linear and Conv1d/2d/3d weights are the synapses.
+        ensemble: granularity spec: "synapse", "kernel", "neuron", "block:RxC" or "n:m".
+        include / exclude: shell-style name patterns selecting prunable layers.
+        mode: "train" (weights learn, pruned weights held at 0.0) or "mask_only" (weights frozen
+            at their current values, which are kept so a restored synapse returns bit-identical).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        ensemble: str | Granularity = "synapse",
+        include: Optional[Iterable[str] | str] = None,
+        exclude: Optional[Iterable[str] | str] = None,
+        mode: str = "train",
+    ):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}: use 'train' or 'mask_only'")
+        self.granularity = get_granularity(ensemble)
+        found = discover(model, include, exclude)
+        self.model = model
+        self.mode = mode
+        self.layers: Dict[str, SynapseLayer] = {n: l for n, (l, _) in found.items()}
+        self.params: Dict[str, nn.Parameter] = {n: p for n, (_, p) in found.items()}
+        self.masks: Dict[str, torch.Tensor] = {
+            n: torch.ones(p.shape, dtype=torch.bool, device=p.device) for n, p in self.params.items()
+        }
+        self._dense: Dict[str, bool] = {n: True for n in self.params}
+        self.original: Dict[str, torch.Tensor] = {}
+        if mode == "mask_only":
+            self.original = {n: p.detach().clone() for n, p in self.params.items()}
+        self._optimizers: List[weakref.ref] = []
+        self._handles: list = []
+        self._observers: List[Callable[[], None]] = []
+        self._edit_listeners: List[Callable[[Dict[str, torch.Tensor]], None]] = []
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def names(self) -> List[str]:
+        return list(self.params)
+
+    @property
+    def ensemble(self) -> str:
+        return self.granularity.spec
+
+    def num_synapses(self) -> int:
+        return sum(m.numel() for m in self.masks.values())
+
+    def num_live(self) -> int:
+        return int(sum(int(m.sum()) for m in self.masks.values()))
+
+    def density(self) -> float:
+        """Fraction of synapses alive over all prunable layers."""
+        return self.num_live() / max(1, self.num_synapses())
+
+    def layer_density(self) -> Dict[str, float]:
+        return {n: float(m.float().mean()) for n, m in self.masks.items()}
+
+    def ensemble_masks(self) -> Dict[str, torch.Tensor]:
+        """Masks at ensemble level (an ensemble is alive when any of its synapses is)."""
+        return {n: self.granularity.pool(m.float(), "max") > 0 for n, m in self.masks.items()}
+
+    def mask_hash(self) -> str:
+        """SHA-256 of all masks (bit-packed, in layer order): equal on every process that agrees."""
+        h = hashlib.sha256()
+        for n, m in self.masks.items():
+            h.update(n.encode())
+            h.update(bitpack.pack(m).numpy().tobytes())
+        return h.hexdigest()
+
+    def summary(self) -> str:
+        """A per-layer table: name, shape, synapses, live, density, ensemble."""
+        rows = [("layer", "shape", "synapses", "live", "density", "ensemble")]
+        for n, l in self.layers.items():
+            m = self.masks[n]
+            live = int(m.sum())
+            rows.append((n, "x".join(map(str, l.shape)), f"{m.numel():,}", f"{live:,}", f"{live / m.numel():.2%}", self.ensemble))
+        total, live = self.num_synapses(), self.num_live()
+        rows.append(("total", "", f"{total:,}", f"{live:,}", f"{live / max(total, 1):.2%}", f"mode={self.mode}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = []
+        for i, r in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) if j < 2 or j == 5 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+            if i == 0 or i == len(rows) - 2:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"Connectome({type(self.model).__name__}, layers={len(self.layers)}, synapses={self.num_synapses():,}, "
+            f"density={self.density():.4f}, ensemble={self.ensemble!r}, mode={self.mode!r})"
+        )
+
+    # ------------------------------------------------------------------ editing
+    def _validate(self, masks: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        if not isinstance(masks, Mapping):
+            raise TypeError(f"set_masks expects a dict of parameter name -> bool tensor, got {type(masks).__name__}")
+        unknown = [k for k in masks if k not in self.masks]
+        if unknown:
+            raise KeyError(
+                f"unknown parameter name(s) {unknown[:5]}{'...' if len(unknown) > 5 else ''}: "
+                f"known prunable weights are {self.names[:5]}{'...' if len(self.names) > 5 else ''}"
+            )
+        clean = {}
+        for k, m in masks.items():
+            if not isinstance(m, torch.Tensor):
+                raise TypeError(f"mask for {k!r} must be a torch.Tensor, got {type(m).__name__}")
+            if m.dtype != torch.bool:
+                raise TypeError(f"mask for {k!r} must have dtype torch.bool, got {m.dtype}; use mask.bool() or mask > 0")
+            if tuple(m.shape) != tuple(self.masks[k].shape):
+                raise ValueError(
+                    f"mask for {k!r} has shape {tuple(m.shape)} but the weight has shape {tuple(self.masks[k].shape)}"
+                )
+            why = self.granularity.violation(m)
+            if why:
+                raise ValueError(f"mask for {k!r}: {why}; build it at ensemble level and use set_ensemble_masks()")
+            clean[k] = m.detach().to(self.masks[k].device, copy=True)
+        return clean
+
+    @torch.no_grad()
+    def set_masks(self, masks: Mapping[str, torch.Tensor], grow_init: str | Callable = "zero") -> Dict[str, torch.Tensor]:
+        """Replace the masks of the given layers (others untouched). Validated first, then applied to
+        every layer at once: on any error nothing changes.
+
+        Pruned weights become 0.0; grown synapses start at zero in train mode (``grow_init="zero"``,
+        or "original"/a callable ``f(name, grown_mask) -> tensor``), at their original value in
+        mask_only mode. Optimizer moments of attached optimizers are reset where a mask changed.
+        Returns ``{name: changed bool tensor}``.
+        """
+        clean = self._validate(masks)
+        changed = {}
+        for k, new in clean.items():
+            old = self.masks[k]
+            ch = old ^ new
+            if not bool(ch.any()):
+                continue
+            changed[k] = ch
+            grown = new & ~old
+            self.masks[k] = new
+            self._dense[k] = bool(new.all())
+            p = self.params[k]
+            if self.mode == "mask_only":
+                p.copy_(torch.where(new, self.original[k].to(p.device), torch.zeros((), dtype=p.dtype, device=p.device)))
+                continue
+            p.masked_fill_(~new, 0.0)
+            if bool(grown.any()):
+                self._init_grown(k, p, grown, grow_init)
+        if changed:
+            self._reset_optimizer_state(changed)
+            for fn in self._edit_listeners:
+                fn(changed)
+        return changed
+
+    def set_ensemble_masks(self, masks: Mapping[str, torch.Tensor], **kw) -> Dict[str, torch.Tensor]:
+        """Like :meth:`set_masks` but with one bool per ensemble (shape ``granularity.ensemble_shape``)."""
+        expanded = {}
+        for k, m in masks.items():
+            if k not in self.masks:
+                raise KeyError(f"unknown parameter name {k!r}: known prunable weights are {self.names[:5]}...")
+            es = self.granularity.ensemble_shape(self.masks[k].shape)
+            if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+                raise TypeError(f"ensemble mask for {k!r} must be a bool tensor")
+            if tuple(m.shape) != tuple(es):
+                raise ValueError(f"ensemble mask for {k!r} has shape {tuple(m.shape)}, expected {tuple(es)} for '{self.ensemble}'")
+            expanded[k] = self.granularity.expand(m, self.masks[k].shape).contiguous()
+        return self.set_masks(expanded, **kw)
+
+    def _init_grown(self, name, p, grown, how):
+        if how == "zero":
+            return  # already 0.0
+        if how == "original":
+            if name not in self.original:
+                raise ValueError("grow_init='original' needs the original weights (mode='mask_only' or keep_original())")
+            p.copy_(torch.where(grown, self.original[name].to(p.device), p))
+        elif callable(how):
+            p.copy_(torch.where(grown, how(name, grown).to(p.device, p.dtype), p))
+        else:
+            raise ValueError(f"unknown grow_init {how!r}: use 'zero', 'original' or a callable")
+
+    def keep_original(self) -> None:
+        """Store a copy of the current weights so that train-mode growth can restore them."""
+        self.original = {n: p.detach().clone() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Impose the masks on the weights (and the originals in mask_only mode)."""
+        for n, p in self.params.items():
+            m = self.masks[n]
+            if m.device != p.device:
+                self.masks[n] = m = m.to(p.device)
+            if self.mode == "mask_only":
+                o = self.original[n]
+                if o.device != p.device:
+                    self.original[n] = o = o.to(p.device)
+                p.copy_(torch.where(m, o, torch.zeros((), dtype=p.dtype, device=p.device)))
+            elif not self._dense[n]:
+                p.mul_(m)
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        """Zero the gradients at pruned positions (called just before an optimizer step)."""
+        for n, p in self.params.items():
+            if self._dense[n] or p.grad is None:
+                continue
+            m = self.masks[n]
+            if m.device != p.device:
+                self.masks[n] = m = m.to(p.device)
+            p.grad.mul_(m)
+
+    # ------------------------------------------------------------------ optimizers
+    def attach(self, optimizer) -> "Connectome":
+        """Hook ``optimizer`` (a torch optimizer or Accelerate's wrapper) so that pruned weights stay
+        exactly 0.0 through every step: observers see dense gradients, then gradients are masked,
+        the step runs, and the weights are re-masked. Moments at pruned positions are reset now and
+        at every later mask change."""
+        opt = unwrap_optimizer(optimizer)
+        if any(r() is opt for r in self._optimizers):
+            return self
+        ids = {id(p) for g in opt.param_groups for p in g["params"]}
+        if not any(id(p) in ids for p in self.params.values()):
+            raise ValueError("the optimizer holds none of this connectome's weights: build it from model.parameters()")
+        self._optimizers.append(weakref.ref(opt))
+        self._handles.append(opt.register_step_pre_hook(self._pre_step))
+        self._handles.append(opt.register_step_post_hook(self._post_step))
+        self.apply()
+        self._reset_optimizer_state({n: ~m for n, m in self.masks.items() if not self._dense[n]}, only=[opt])
+        return self
+
+    def detach(self) -> None:
+        """Remove every optimizer hook."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._optimizers.clear()
+
+    def add_observer(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` before each attached optimizer step, while gradients are still dense."""
+        self._observers.append(fn)
+
+    def add_edit_listener(self, fn: Callable[[Dict[str, torch.Tensor]], None]) -> None:
+        """Call ``fn(changed)`` after every mask edit."""
+        self._edit_listeners.append(fn)
+
+    def _pre_step(self, opt, args, kwargs):
+        for fn in self._observers:
+            fn()
+        self.mask_gradients()
+
+    def _post_step(self, opt, args, kwargs):
+        self.apply()
+
+    def _reset_optimizer_state(self, positions: Dict[str, torch.Tensor], only=None) -> None:
+        opts = only if only is not None else [r() for r in self._optimizers]
+        for opt in opts:
+            if opt is None:
+                continue
+            for n, where in positions.items():
+                reset_state(opt, self.params[n], where)
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict:
+        """Everything needed to rebuild the connectome on the same model (Accelerate checkpointing)."""
+        sd = {
+            "format": FORMAT,
+            "ensemble": self.ensemble,
+            "mode": self.mode,
+            "masks": {n: m.detach().cpu().clone() for n, m in self.masks.items()},
+        }
+        if self.original:
+            sd["original"] = {n: o.detach().cpu().clone() for n, o in self.original.items()}
+        return sd
+
+    def load_state_dict(self, sd: Mapping) -> None:
+        """Restore masks (and originals) saved by :meth:`state_dict`; validated before anything changes."""
+        if not isinstance(sd, Mapping) or "masks" not in sd:
+            raise ValueError("not a connectome state_dict: it has no 'masks' entry")
+        if sd.get("ensemble", self.ensemble) != self.ensemble:
+            raise ValueError(f"state_dict was saved with ensemble {sd['ensemble']!r}, this connectome uses {self.ensemble!r}")
+        missing = [n for n in self.masks if n not in sd["masks"]]
+        if missing:
+            raise KeyError(f"state_dict has no mask for {missing[:5]}: it was saved from a different set of layers")
+        original = sd.get("original") or {}
+        for n, o in original.items():
+            if n not in self.params:
+                raise KeyError(f"state_dict has original weights for unknown parameter {n!r}")
+            if tuple(o.shape) != tuple(self.params[n].shape):
+                raise ValueError(f"original weight for {n!r} has shape {tuple(o.shape)}, the model has {tuple(self.params[n].shape)}")
+        clean = self._validate(sd["masks"])
+        if original:
+            self.original = {n: original[n].to(self.params[n].device, self.params[n].dtype).clone() for n in self.params}
+        self.set_masks(clean)
+        self.apply()
+
+    def save(self, path: str | os.PathLike, with_original: bool = False) -> None:
+        """Write the connectome to a safetensors file, masks bit-packed (1 bit per synapse).
+
+        The write is atomic (temporary file, then rename). ``with_original`` also stores the
+        original weights of a mask_only connectome; without it, :meth:`load` takes them from the
+        model it is given, which must then hold the unpruned weights.
+        """
+        from safetensors.torch import save_file
+
+        tensors = {f"mask/{n}": bitpack.pack(m) for n, m in self.masks.items()}
+        if with_original:
+            if not self.original:
+                raise ValueError("with_original=True needs original weights (mode='mask_only' or keep_original())")
+            tensors.update({f"original/{n}": o.detach().cpu().contiguous() for n, o in self.original.items()})
+        meta = {
+            "format": FORMAT,
+            "ensemble": self.ensemble,
+            "mode": self.mode,
+            "layers": json.dumps({n: list(l.shape) for n, l in self.layers.items()}),
+        }
+        path = os.fspath(path)
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: nn.Module, mode: Optional[str] = None) -> "Connectome":
+        """Rebuild a connectome saved by :meth:`save` on ``model``. Raises a clear error naming the
+        parameter if the model's layers or shapes differ from the saved ones."""
+        from safetensors import safe_open
+
+        with safe_open(os.fspath(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"{path} is not an adaptive connectome file (format {meta.get('format')!r})")
+            shapes = {n: tuple(s) for n, s in json.loads(meta["layers"]).items()}
+            packed = {n: f.get_tensor(f"mask/{n}") for n in shapes}
+            keys = set(f.keys())
+            original = {n: f.get_tensor(f"original/{n}") for n in shapes if f"original/{n}" in keys}
+        params = dict(model.named_parameters())
+        for n, s in shapes.items():
+            if n not in params:
+                raise KeyError(f"the saved connectome has a layer {n!r} that the model does not have")
+            if tuple(params[n].shape) != s:
+                raise ValueError(f"shape mismatch for {n!r}: saved {s}, model has {tuple(params[n].shape)}")
+        mode = mode or meta["mode"]
+        if mode == "mask_only" and not original:
+            original = None  # taken from the model below
+        modules = [n[: -len(".weight")] if n.endswith(".weight") else n for n in shapes]
+        conn = cls(model, ensemble=meta["ensemble"], include=modules, mode=mode)
+        extra = [n for n in conn.masks if n not in shapes]
+        if extra:
+            raise KeyError(f"the model has prunable layer(s) {extra[:5]} that the saved connectome does not")
+        if original:
+            for n, o in original.items():
+                conn.original[n] = o.to(conn.params[n].device, conn.params[n].dtype)
+        masks = {n: bitpack.unpack(packed[n], shapes[n]) for n in shapes}
+        conn.set_masks(masks)
+        conn.apply()
+        return conn
+
+    def dense_state_dict(self) -> Dict[str, torch.Tensor]:
+        """An ordinary ``model.state_dict()`` (same keys) with zeros where pruned: it loads into a
+        vanilla model with no project code."""
+        sd = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        keys = state_dict_keys(self.model)
+        for n, p in self.params.items():
+            m = self.masks[n]
+            for k in keys.get(id(p), [n]):
+                if k in sd:
+                    sd[k] = torch.where(m.to(sd[k].device), sd[k], torch.zeros((), dtype=sd[k].dtype))
+        return sd

@@ -1,0 +1,131 @@
+"""Finding the synapses of an arbitrary ``nn.Module``.
+
+A synapse is one scalar weight of a Linear or Conv1d/2d/3d layer (grouped and depthwise
+included). Biases, normalisation parameters and embeddings are not synapses. A weight shared by
+several modules is one set of synapses, reported under the first name PyTorch gives it.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Dict, Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+
+PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass(frozen=True)
+class SynapseLayer:
+    """Bookkeeping for one prunable weight."""
+
+    name: str  # parameter name, e.g. "layer1.0.conv1.weight"
+    module_name: str  # e.g. "layer1.0.conv1"
+    kind: str  # "linear", "conv1d", "conv2d", "conv3d"
+    shape: tuple  # weight shape (out, in_per_group, *kernel)
+    groups: int  # convolution groups (1 for Linear)
+
+    @property
+    def out_units(self) -> int:
+        return self.shape[0]
+
+    @property
+    def in_units(self) -> int:
+        return self.shape[1] * self.groups
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def _as_patterns(p: Optional[Iterable[str] | str]) -> Sequence[str]:
+    if p is None:
+        return ()
+    if isinstance(p, str):
+        return (p,)
+    pats = tuple(p)
+    for x in pats:
+        if not isinstance(x, str):
+            raise TypeError(f"include/exclude patterns must be strings, got {x!r}")
+    return pats
+
+
+def _matches(patterns: Sequence[str], *names: str) -> bool:
+    return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
+
+
+def discover(
+    model: nn.Module,
+    include: Optional[Iterable[str] | str] = None,
+    exclude: Optional[Iterable[str] | str] = None,
+) -> Dict[str, tuple[SynapseLayer, nn.Parameter]]:
+    """Return ``{parameter name: (SynapseLayer, parameter)}`` for every prunable weight.
+
+    ``include``/``exclude`` are shell-style patterns (``fnmatch``) tested against both the module
+    name and the parameter name, e.g. ``include="layer*"`` or ``exclude=["conv1", "fc"]``.
+    Raises ValueError when nothing prunable is found or a pattern matches nothing.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    inc, exc = _as_patterns(include), _as_patterns(exclude)
+    found: Dict[str, tuple[SynapseLayer, nn.Parameter]] = {}
+    seen: set[int] = set()
+    candidates = 0
+    used_inc: set[str] = set()
+    for mname, module in model.named_modules():
+        if not isinstance(module, PRUNABLE_TYPES):
+            continue
+        w = getattr(module, "weight", None)
+        if not isinstance(w, nn.Parameter):
+            continue
+        if isinstance(w, nn.parameter.UninitializedParameter):
+            raise ValueError(
+                f"layer {mname!r} has an uninitialised (lazy) weight: run one forward pass before building a Connectome"
+            )
+        if id(w) in seen:
+            continue  # a shared weight counts once
+        seen.add(id(w))
+        candidates += 1
+        pname = f"{mname}.weight" if mname else "weight"
+        if inc:
+            hit = [p for p in inc if _matches([p], mname, pname)]
+            if not hit:
+                continue
+            used_inc.update(hit)
+        if exc and _matches(exc, mname, pname):
+            continue
+        kind = "linear" if isinstance(module, nn.Linear) else f"conv{w.dim() - 2}d"
+        layer = SynapseLayer(
+            name=pname,
+            module_name=mname,
+            kind=kind,
+            shape=tuple(w.shape),
+            groups=int(getattr(module, "groups", 1)),
+        )
+        found[pname] = (layer, w)
+    if candidates == 0:
+        raise ValueError(
+            f"{type(model).__name__} has no prunable layers: a Connectome needs at least one nn.Linear or "
+            f"nn.Conv1d/2d/3d weight"
+        )
+    unused = [p for p in inc if p not in used_inc]
+    if unused:
+        raise ValueError(f"include pattern(s) {unused} matched no prunable layer; check names with model.named_modules()")
+    if not found:
+        raise ValueError(
+            f"include={list(inc)} / exclude={list(exc)} left no prunable layer of the {candidates} found"
+        )
+    return found
+
+
+def state_dict_keys(model: nn.Module) -> Dict[int, list[str]]:
+    """Map ``id(parameter)`` to every state_dict key that stores it (shared weights have several)."""
+    keys: Dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        keys.setdefault(id(p), []).append(name)
+    return keys
+

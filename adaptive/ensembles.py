@@ -1,0 +1,262 @@
+"""Ensemble granularities: which synapses are measured and edited together.
+
+A granularity maps a weight tensor of shape ``(out, in_per_group, *kernel)`` to a tensor of
+*ensemble* scores (``pool``) and an ensemble mask back to a synapse mask (``expand``). Both are
+pure tensor code. New granularities register themselves with :func:`register_granularity` and are
+built from a spec string by :func:`get_granularity` ("synapse", "kernel", "neuron", "block:4x4",
+"2:4").
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable, Dict
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, reduce, repeat
+
+_REDUCTIONS = ("sum", "mean", "max", "min")
+_REGISTRY: Dict[str, Callable[[str], "Granularity"]] = {}
+
+
+def register_granularity(pattern: str):
+    """Register a factory for spec strings matching the regular expression ``pattern``."""
+
+    def deco(factory):
+        _REGISTRY[pattern] = factory
+        return factory
+
+    return deco
+
+
+def get_granularity(spec) -> "Granularity":
+    """Build a granularity from its spec string (or return it unchanged if already built)."""
+    if isinstance(spec, Granularity):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"ensemble must be a spec string such as 'synapse' or 'block:4x4', got {type(spec).__name__}")
+    s = spec.strip().lower()
+    for pattern, factory in _REGISTRY.items():
+        if re.fullmatch(pattern, s):
+            return factory(s)
+    raise ValueError(
+        f"unknown ensemble spec {spec!r}: use 'synapse', 'kernel', 'neuron', 'block:RxC' (e.g. 'block:4x4') "
+        f"or 'n:m' with n <= m (e.g. '2:4')"
+    )
+
+
+def _check_reduce(how: str) -> None:
+    if how not in _REDUCTIONS:
+        raise ValueError(f"unknown reduction {how!r}: use one of {_REDUCTIONS}")
+
+
+class Granularity:
+    """Base class. Subclasses define ``ensemble_shape``, ``pool`` and ``expand``."""
+
+    spec: str = "?"
+
+    def ensemble_shape(self, shape: torch.Size) -> tuple:
+        raise NotImplementedError
+
+    def num_ensembles(self, shape: torch.Size) -> int:
+        return math.prod(self.ensemble_shape(shape))
+
+    def ensemble_sizes(self, shape: torch.Size, device=None) -> torch.Tensor:
+        """Number of synapses in each ensemble (ensemble-shaped, float)."""
+        return self.pool(torch.ones(shape, device=device), "sum")
+
+    def pool(self, scores: torch.Tensor, how: str = "sum") -> torch.Tensor:
+        """Reduce synapse-shaped ``scores`` to one value per ensemble."""
+        raise NotImplementedError
+
+    def expand(self, values: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Broadcast one value per ensemble back to a synapse-shaped tensor."""
+        raise NotImplementedError
+
+    def violation(self, mask: torch.Tensor) -> str | None:
+        """Why ``mask`` is not a valid mask for this granularity, or None when it is."""
+        m = mask.float()
+        if not torch.equal(self.pool(m, "max"), self.pool(m, "min")):
+            return f"mask is not constant over each '{self.spec}' ensemble"
+        return None
+
+    def select(self, scores: torch.Tensor, k: int) -> torch.Tensor:
+        """Boolean ensemble mask keeping the ``k`` highest-scoring ensembles (ties broken by index)."""
+        flat = scores.reshape(-1)
+        k = max(0, min(int(k), flat.numel()))
+        keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+        if k:
+            keep[torch.topk(flat, k, sorted=False).indices] = True
+        return keep.view(scores.shape)
+
+    def __repr__(self) -> str:
+        return f"Granularity({self.spec!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Granularity) and other.spec == self.spec
+
+    def __hash__(self) -> int:
+        return hash(self.spec)
+
+
+class SynapseGranularity(Granularity):
+    """Every scalar weight is its own ensemble."""
+
+    spec = "synapse"
+
+    def ensemble_shape(self, shape):
+        return tuple(shape)
+
+    def pool(self, scores, how="sum"):
+        _check_reduce(how)
+        return scores
+
+    def expand(self, values, shape):
+        return values.reshape(shape)
+
+    def violation(self, mask):
+        return None
+
+
+class KernelGranularity(Granularity):
+    """The kh x kw (x kd) weights joining one input channel to one output channel.
+
+    For a Linear layer a kernel is a single weight, so this equals ``synapse`` there.
+    """
+
+    spec = "kernel"
+
+    def ensemble_shape(self, shape):
+        return tuple(shape[:2])
+
+    def pool(self, scores, how="sum"):
+        _check_reduce(how)
+        if scores.dim() <= 2:
+            return scores
+        return reduce(scores, "o i ... -> o i", how)
+
+    def expand(self, values, shape):
+        if len(shape) <= 2:
+            return values.reshape(shape)
+        return values.reshape(*values.shape, *([1] * (len(shape) - 2))).expand(shape)
+
+
+class NeuronGranularity(Granularity):
+    """All incoming weights of one output unit (a row of a Linear, a filter of a conv)."""
+
+    spec = "neuron"
+
+    def ensemble_shape(self, shape):
+        return (shape[0],)
+
+    def pool(self, scores, how="sum"):
+        _check_reduce(how)
+        return reduce(scores, "o ... -> o", how)
+
+    def expand(self, values, shape):
+        return values.reshape(shape[0], *([1] * (len(shape) - 1))).expand(shape)
+
+
+def _pad2d(x: torch.Tensor, rows: int, cols: int, value: float) -> torch.Tensor:
+    pr = (-x.shape[0]) % rows
+    pc = (-x.shape[1]) % cols
+    if pr or pc:
+        x = F.pad(x, (0, pc, 0, pr), value=value)
+    return x
+
+
+class BlockGranularity(Granularity):
+    """R x C tiles of the weight viewed as a matrix ``(out, in_per_group * prod(kernel))``.
+
+    Edge tiles that overhang the matrix are smaller; pooling counts only real synapses.
+    """
+
+    def __init__(self, rows: int, cols: int):
+        if rows < 1 or cols < 1:
+            raise ValueError(f"block sizes must be >= 1, got {rows}x{cols}")
+        self.rows, self.cols = rows, cols
+        self.spec = f"block:{rows}x{cols}"
+
+    def ensemble_shape(self, shape):
+        rest = math.prod(shape[1:])
+        return (math.ceil(shape[0] / self.rows), math.ceil(rest / self.cols))
+
+    def pool(self, scores, how="sum"):
+        _check_reduce(how)
+        m = scores.reshape(scores.shape[0], -1)
+        if how == "mean":
+            return self.pool(scores, "sum") / self.ensemble_sizes(scores.shape, scores.device)
+        fill = {"sum": 0.0, "max": -math.inf, "min": math.inf}[how]
+        m = _pad2d(m.float() if not m.is_floating_point() else m, self.rows, self.cols, fill)
+        return reduce(m, "(a r) (b c) -> a b", how, r=self.rows, c=self.cols)
+
+    def expand(self, values, shape):
+        rest = math.prod(shape[1:])
+        full = repeat(values, "a b -> (a r) (b c)", r=self.rows, c=self.cols)
+        return full[: shape[0], :rest].reshape(shape)
+
+
+class NMGranularity(Granularity):
+    """N:M sparsity: at most ``n`` live synapses in every group of ``m`` consecutive weights along
+    the flattened input dimension. Ensembles are single synapses; the structure is a constraint
+    on selection (``select`` keeps the top ``n`` of each group)."""
+
+    def __init__(self, n: int, m: int):
+        if m < 1 or n < 1:
+            raise ValueError(f"n:m needs n >= 1 and m >= 1, got {n}:{m}")
+        if n > m:
+            raise ValueError(f"n:m needs n <= m (n kept in every m), got {n}:{m}")
+        self.n, self.m = n, m
+        self.spec = f"{n}:{m}"
+
+    def ensemble_shape(self, shape):
+        return tuple(shape)
+
+    def pool(self, scores, how="sum"):
+        _check_reduce(how)
+        return scores
+
+    def expand(self, values, shape):
+        return values.reshape(shape)
+
+    def _groups(self, x: torch.Tensor, fill) -> torch.Tensor:
+        m = x.reshape(x.shape[0], -1)
+        m = _pad2d(m, 1, self.m, fill)
+        return rearrange(m, "o (g m) -> o g m", m=self.m)
+
+    def violation(self, mask):
+        counts = self._groups(mask.to(torch.int32), 0).sum(-1)
+        if bool((counts > self.n).any()):
+            return f"mask has more than {self.n} live synapses in some group of {self.m} ('{self.spec}')"
+        return None
+
+    @property
+    def density(self) -> float:
+        return self.n / self.m
+
+    def select(self, scores, k=None):
+        """Keep the top ``n`` of every group of ``m``; ``k`` is ignored (the density is n/m)."""
+        g = self._groups(scores.float(), -math.inf)
+        idx = torch.topk(g, self.n, dim=-1, sorted=False).indices
+        keep = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, idx, True)
+        keep &= self._groups(torch.ones_like(scores, dtype=torch.bool), False)  # drop padding
+        keep = rearrange(keep, "o g m -> o (g m)")[:, : math.prod(scores.shape[1:])]
+        return keep.reshape(scores.shape)
+
+
+register_granularity(r"synapse|unstructured")(lambda s: SynapseGranularity())
+register_granularity(r"kernel")(lambda s: KernelGranularity())
+register_granularity(r"neuron|channel|filter")(lambda s: NeuronGranularity())
+
+
+@register_granularity(r"block:(\d+)x(\d+)")
+def _block(s):
+    r, c = re.fullmatch(r"block:(\d+)x(\d+)", s).groups()
+    return BlockGranularity(int(r), int(c))
+
+
+@register_granularity(r"(\d+):(\d+)")
+def _nm(s):
+    n, m = re.fullmatch(r"(\d+):(\d+)", s).groups()
+    return NMGranularity(int(n), int(m))

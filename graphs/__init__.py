@@ -1,0 +1,1 @@
+"""graphs: the connectome as a graph (tracing, building, exporters, analysis)."""
