@@ -1,0 +1,84 @@
+"""Loading weights files strictly, whatever wrapper they were saved in."""
+from __future__ import annotations
+
+import os
+from typing import Dict
+
+import torch
+from torch import nn
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+_STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+
+class WeightsMismatchError(RuntimeError):
+    """A weights file does not fit the model it is loaded into."""
+
+
+def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """Read a state_dict from ``path`` (``.pt``/``.pth``/``.th`` or ``.safetensors``).
+
+    Unwraps ``{"state_dict": ...}``-style wrappers and strips ``module.`` (DataParallel) and
+    ``_orig_mod.`` (torch.compile) prefixes. Loads tensors only (``weights_only=True``).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"weights file {path!r} does not exist; pass the path of a saved state_dict "
+            f"(this project never downloads weights)"
+        )
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        sd = load_file(path, device="cpu")
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    while isinstance(sd, dict):
+        inner = next((sd[k] for k in _WRAPPER_KEYS if k in sd and isinstance(sd[k], dict)), None)
+        if inner is None or all(isinstance(v, torch.Tensor) for v in sd.values()):
+            break
+        sd = inner
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsMismatchError(f"{path!r} does not hold a state_dict of tensors")
+    out = {}
+    for k, v in sd.items():
+        for p in _STRIP_PREFIXES:
+            if k.startswith(p):
+                k = k[len(p):]
+        out[k] = v
+    return out
+
+
+def load_weights(model: nn.Module, path: str) -> nn.Module:
+    """Load the weights file ``path`` into ``model`` with ``strict=True``; returns ``model``.
+
+    Raises :class:`WeightsMismatchError` naming the missing, unexpected and wrongly shaped keys
+    before anything is copied, so a failed load leaves the model untouched.
+    """
+    path = os.fspath(path)
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    # Checkpoints older than BatchNorm's ``num_batches_tracked`` lack it; PyTorch's own strict
+    # loading fills it in for such files, so it is not a mismatch.
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def fmt(xs):
+            return ", ".join(xs[:8]) + (f" ... (+{len(xs) - 8} more)" if len(xs) > 8 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys [{fmt(missing)}]")
+        if unexpected:
+            parts.append(f"unexpected keys [{fmt(unexpected)}]")
+        if shapes:
+            parts.append(f"shape mismatches [{fmt(shapes)}]")
+        raise WeightsMismatchError(
+            f"weights file {path!r} does not match model {type(model).__name__}: "
+            + "; ".join(parts)
+            + ". Check --model and num_classes against the file."
+        )
+    model.load_state_dict(sd, strict=True)
+    return model

@@ -1,0 +1,158 @@
+"""Model zoo: shapes, fx-traceability, strict weights loading, DenseCat depth bookkeeping."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.fx
+
+from adaptive.models import DenseCat, WeightsMismatchError, build_model, load_weights, register_model
+
+torch.set_num_threads(1)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(os.environ.get("ADAPTIVE_DATA", SHARED))
+R20 = DATA / "resnet-cifar10" / "resnet20-12fca82f.th"
+CIFAR_TEST = DATA / "cifar10-jpeg" / "test"
+
+CASES = [
+    ("mlp", (1, 28, 28), {"hidden": (32, 16)}),
+    ("mlp", (64,), {"hidden": "20,10"}),
+    ("lenet300", (1, 28, 28), {}),
+    ("lenet5", (1, 28, 28), {}),
+    ("lenet5", (1, 8, 8), {}),
+    ("lenet5", (3, 32, 32), {}),
+    ("resnet20", (3, 32, 32), {}),
+    ("resnet32", (3, 32, 32), {}),
+    ("resnet44", (3, 32, 32), {}),
+    ("resnet56", (3, 32, 32), {}),
+    ("densecat", (64,), {"depth": 3, "width": 8}),
+    ("densecat", (3, 16, 16), {"depth": 3, "width": 4, "kind": "cnn", "batchnorm": True}),
+    ("torchvision:resnet18", (3, 32, 32), {}),
+    ("torchvision:mobilenet_v3_small", (3, 32, 32), {}),
+]
+
+
+@pytest.mark.parametrize("name,shape,kw", CASES, ids=[f"{c[0]}-{'x'.join(map(str, c[1]))}" for c in CASES])
+def test_build_shape_and_fx_trace(name, shape, kw):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=7, in_shape=shape, **kw).eval()
+    x = torch.randn(3, *shape)
+    y = model(x)
+    assert y.shape == (3, 7)
+    traced = torch.fx.symbolic_trace(model)
+    torch.testing.assert_close(traced(x), y)
+
+
+def test_lenet300_is_300_100():
+    m = build_model("lenet300", in_shape=(1, 28, 28))
+    assert [tuple(p.shape) for n, p in m.named_parameters() if n.endswith("weight")] == [(300, 784), (100, 300), (10, 100)]
+
+
+def test_resnet20_parameter_count_and_names():
+    m = build_model("resnet20")
+    assert sum(p.numel() for p in m.parameters()) == 269_722
+    names = dict(m.named_modules())
+    for n in ("conv1", "bn1", "layer1.0.conv1", "layer1.0.bn2", "layer3.2.conv2", "linear"):
+        assert n in names
+
+
+def test_unknown_model_and_torchvision_name_errors():
+    with pytest.raises(ValueError, match="unknown model 'nope'.*available"):
+        build_model("nope")
+    with pytest.raises(ValueError, match="torchvision has no classifier 'nope'"):
+        build_model("torchvision:nope")
+    with pytest.raises(ValueError, match="unknown model family"):
+        build_model("foo:bar")
+
+
+def test_register_model_extends_registry():
+    @register_model("tiny_test_net")
+    def tiny(num_classes=10, in_shape=None):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, num_classes))
+
+    assert build_model("tiny_test_net", num_classes=3)(torch.randn(2, 4)).shape == (2, 3)
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("tiny_test_net")(tiny)
+
+
+def test_load_weights_wrappers_prefix_and_mismatch(tmp_path):
+    src = build_model("torchvision:resnet18", num_classes=5)
+    sd = {"module." + k: v for k, v in src.state_dict().items()}
+    path = tmp_path / "w.pt"
+    torch.save({"state_dict": sd, "epoch": 3}, path)
+    dst = build_model("torchvision:resnet18", num_classes=5, weights=str(path))
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v), k
+    # Wrong class count: named shape mismatch, and the model is left untouched.
+    other = build_model("torchvision:resnet18", num_classes=4)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(WeightsMismatchError, match=r"fc\.weight: file \(5, 512\) vs model \(4, 512\)"):
+        load_weights(other, path)
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+    with pytest.raises(WeightsMismatchError, match=r"missing keys \[layer1\.2\.conv1\.weight"):
+        load_weights(build_model("torchvision:resnet34", num_classes=5), path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_model("lenet5", weights=str(tmp_path / "absent.pt"))
+
+
+def test_load_weights_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    src = build_model("lenet5")
+    save_file(src.state_dict(), str(tmp_path / "w.safetensors"))
+    dst = build_model("lenet5", weights=str(tmp_path / "w.safetensors"))
+    assert torch.equal(dst.fc3.weight, src.fc3.weight)
+
+
+def test_densecat_input_depths_constructed():
+    m = DenseCat((5,), num_classes=3, depth=3, width=2)
+    assert m.layers[0].in_features == 5 and m.layers[2].in_features == 9
+    assert m.classifier.in_features == 11
+    assert m.input_depths("layers.0").tolist() == [0] * 5
+    assert m.input_depths("layers.2.weight").tolist() == [0] * 5 + [1, 1, 2, 2]
+    assert m.input_depths("classifier").tolist() == [0] * 5 + [1, 1, 2, 2, 3, 3]
+    cnn = DenseCat((3, 8, 8), num_classes=4, depth=2, width=5, kind="cnn")
+    assert cnn.layers[1].in_channels == 8
+    assert cnn.input_depths("layers.1").tolist() == [0] * 3 + [1] * 5
+    assert cnn.input_depths("classifier").tolist() == [0] * 3 + [1] * 5 + [2] * 5
+    with pytest.raises(KeyError, match="no prunable layer 'layers.7'"):
+        m.input_depths("layers.7")
+
+
+def test_densecat_depths_match_real_signal_flow():
+    """Zeroing the classifier columns labelled depth 3 cuts the last layer (layers.2) off exactly."""
+    torch.manual_seed(0)
+    m = DenseCat((4,), num_classes=2, depth=3, width=3).eval()
+    x = torch.randn(6, 4)
+    depths = m.input_depths("classifier")
+    with torch.no_grad():
+        ref = m(x)
+        m.classifier.weight[:, depths == 3] = 0
+        out_a = m(x)
+        m.layers[2].bias += 10.0
+        out_b = m(x)
+    assert not torch.equal(ref, out_a)
+    torch.testing.assert_close(out_a, out_b)  # layers.2 feeds only the depth-3 columns
+
+
+@pytest.mark.skipif(not R20.is_file() or not CIFAR_TEST.is_dir(),
+                    reason=f"shared data absent ({R20} / {CIFAR_TEST}); set ADAPTIVE_DATA")
+def test_resnet20_checkpoint_strict_and_accurate():
+    from PIL import Image
+
+    model = build_model("resnet20", weights=str(R20)).eval()
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    classes = sorted(p.name for p in CIFAR_TEST.iterdir())
+    xs, ys = [], []
+    for label, c in enumerate(classes):  # first 26 files of each class folder: 260 images
+        for f in sorted((CIFAR_TEST / c).iterdir())[:26]:
+            img = torch.frombuffer(bytearray(Image.open(f).convert("RGB").tobytes()), dtype=torch.uint8)
+            xs.append(img.view(32, 32, 3).permute(2, 0, 1).float().div(255))
+            ys.append(label)
+    x = (torch.stack(xs)[:256] - mean) / std
+    y = torch.tensor(ys)[:256]
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    assert acc > 0.70, acc
