@@ -1,0 +1,467 @@
+"""The growth/prune controller: edits the connectome during training from measured utility.
+
+Two ways to drive it:
+- attached to an optimizer (``Controller(conn, optimizer, ...)``): its step hooks observe the dense
+  gradients, mask them, re-mask the weights after the step and run due updates. With Accelerate's
+  gradient accumulation the inner optimizer only steps on sync steps, so the controller observes
+  the accumulated gradient once per real step, never a partial one.
+- explicitly: ``ctrl.observe()`` after ``backward()`` and ``ctrl.step()`` once per step. This is
+  the only way in ``mask_only`` mode, where no optimizer exists.
+
+Every decision is computed from statistics reduced across processes and from randomness folded
+from (seed, step, layer), so all processes reach the same masks without broadcasting them.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from typing import Callable, Dict, Iterable, List, Optional
+
+import torch
+
+from . import policies as _policies  # noqa: F401  (registration)
+from .budgets import get_budget
+from .connectome import Connectome
+from .distributed import check_masks_agree
+from .optim_state import unwrap_optimizer
+from .policies.base import EditPlan, concat, get_policy, highest, split
+from .schedules import get_decay
+from .utility import GradientStats, UtilityContext, get_estimator
+
+INITS = ("random", "magnitude", "estimator")
+
+
+class Controller:
+    """Edits ``conn`` at update steps from measured utility.
+
+    Args:
+        conn: the connectome to edit.
+        optimizer: optional; when given, the controller drives itself from its step hooks.
+        policy: "magnitude", "gmp", "set", "rigl", "utility", "balanced", "threshold" (registry).
+        density: target fraction of live synapses over all prunable layers, in (0, 1].
+        budget: "global", "uniform", "erk", "er": how the density is shared between layers.
+        update_every: steps between updates (>= 1).
+        start_step / end_step: first update step / the step where edits stop (edit fraction reaches
+            0; gmp reaches its density).
+        edit_fraction: fraction of live ensembles edited at an update, decaying (``edit_decay``:
+            "cosine", "linear", "constant") to 0 at ``end_step``.
+        estimator: utility estimator for the utility/balanced/threshold policies (and gmp's
+            removal order, magnitude by default).
+        grow_init: "zero" (default in train mode), "original" (default in mask_only), "random", or
+            a callable ``f(name, grown_mask) -> tensor``.
+        min_density: per-layer floor of the budget. protect: name patterns kept dense, never edited.
+        init: how a sparse policy sparsifies at construction: "random" (train default),
+            "magnitude" (mask_only default) or "estimator".
+        window: observe gradients only during the last ``window`` steps before each update
+            (None: every step since the last update).
+        batch_size: per-process batch size, lets second-order estimators recover per-sample Fisher.
+        holdout_loss: optional callable returning the loss on held-out training data; when given,
+            each update is checked and shrunk (halved, up to ``line_search_tries`` times) or rolled
+            back when it raises that loss by more than ``line_search_tolerance``.
+        verify: check at every update that all processes hold identical masks (raises otherwise).
+        seed: folded with the step for all randomness.
+        **policy_kwargs: passed to the policy (e.g. ``max_edit_fraction`` for threshold).
+    """
+
+    def __init__(
+        self,
+        conn: Connectome,
+        optimizer=None,
+        policy: str = "rigl",
+        density: Optional[float] = None,
+        budget: str = "erk",
+        update_every: int = 100,
+        start_step: int = 0,
+        end_step: Optional[int] = None,
+        edit_fraction: float = 0.3,
+        edit_decay: str = "cosine",
+        estimator: Optional[str] = None,
+        grow_init=None,
+        min_density: float = 0.0,
+        protect: Iterable[str] | str = (),
+        init: Optional[str] = None,
+        window: Optional[int] = None,
+        batch_size: Optional[int] = None,
+        holdout_loss: Optional[Callable[[], float]] = None,
+        line_search_tolerance: float = 0.0,
+        line_search_tries: int = 3,
+        verify: bool = False,
+        seed: int = 0,
+        **policy_kwargs,
+    ):
+        if not isinstance(conn, Connectome):
+            raise TypeError(f"Controller needs an adaptive.Connectome, got {type(conn).__name__}")
+        if not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
+        if start_step < 0:
+            raise ValueError(f"start_step must be >= 0, got {start_step}")
+        if end_step is not None and end_step <= start_step:
+            raise ValueError(f"end_step ({end_step}) must come after start_step ({start_step})")
+        if not 0.0 <= edit_fraction <= 1.0:
+            raise ValueError(f"edit_fraction must be in [0, 1], got {edit_fraction}")
+        if not 0.0 <= min_density <= 1.0:
+            raise ValueError(f"min_density must be in [0, 1], got {min_density}")
+        if window is not None and (not isinstance(window, int) or window < 1):
+            raise ValueError(f"window must be None or an integer >= 1, got {window!r}")
+        if init is not None and init not in INITS:
+            raise ValueError(f"unknown init {init!r}: use one of {INITS}")
+        self.policy = get_policy(policy, **policy_kwargs)
+        if density is None and self.policy.needs_density:
+            raise ValueError(f"policy {self.policy.name!r} needs a target density in (0, 1]")
+        if density is not None and not (isinstance(density, (int, float)) and 0.0 < density <= 1.0):
+            raise ValueError(f"density must be in (0, 1], got {density!r}")
+        self.budget_fn = get_budget(budget)
+        self.budget = budget
+        nm = getattr(conn.granularity, "density", None)
+        if nm is not None and not self.policy.supports_nm:
+            raise ValueError(
+                f"ensemble {conn.ensemble!r} fixes the density at {nm:g} per group; policy {self.policy.name!r} "
+                "does not support n:m: use 'magnitude', 'utility' or 'balanced'"
+            )
+        self.conn = conn
+        self.density = float(density) if density is not None else None
+        self.update_every = update_every
+        self.start_step = start_step
+        self.end_step = end_step
+        self.edit = get_decay(edit_decay, edit_fraction, end_step, start_step)
+        self.estimator_name = estimator
+        uses = [x for x in (self.policy.drop_by, self.policy.grow_by) if x is not None]
+        if estimator is not None and not any(x.startswith("estimator") for x in uses):
+            raise ValueError(
+                f"policy {self.policy.name!r} fixes its scores ({', '.join(uses)}); estimator= applies to the "
+                "utility, balanced, threshold, gmp and magnitude policies"
+            )
+        self.drop_est = get_estimator(self._resolve(self.policy.drop_by, estimator))
+        self.grow_est = (
+            get_estimator(self._resolve(self.policy.grow_by, estimator)) if self.policy.grow_by is not None else None
+        )
+        if grow_init is None:
+            grow_init = "original" if conn.mode == "mask_only" else "zero"
+        if isinstance(grow_init, str) and grow_init not in ("zero", "original", "random"):
+            raise ValueError(f"unknown grow_init {grow_init!r}: use 'zero', 'original', 'random' or a callable")
+        if grow_init == "original" and not conn.original:
+            conn.keep_original()
+        self.grow_init = grow_init
+        self.min_density = min_density
+        pats = [protect] if isinstance(protect, str) else list(protect)
+        self.protected = [n for n in conn.names if any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p) for p in pats)]
+        unused = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p) for n in conn.names)]
+        if unused:
+            raise ValueError(f"protect pattern(s) {unused} matched no layer of the connectome: known layers are {conn.names[:5]}...")
+        self.init = init or ("magnitude" if conn.mode == "mask_only" else "random")
+        self.window = window
+        self.batch_size = batch_size
+        self.holdout_loss = holdout_loss
+        self.line_search_tolerance = line_search_tolerance
+        self.line_search_tries = line_search_tries
+        self.verify = verify
+        self.seed = int(seed)
+        self.step_count = 0
+        self.events: List[dict] = []
+        needs_g = self.drop_est.needs_gradients or (self.grow_est is not None and self.grow_est.needs_gradients)
+        needs_g2 = self.drop_est.needs_second_moment or (self.grow_est is not None and self.grow_est.needs_second_moment)
+        self.stats = GradientStats(conn, second_moment=needs_g2) if needs_g else None
+        self._hook = None
+        self.optimizer = None
+
+        plan = self.policy.initialize(self)
+        if plan is not None:
+            self._apply(plan, step=0, kind="init", line_search=False)
+        if optimizer is not None:
+            self.attach(optimizer)
+
+    # ------------------------------------------------------------------ wiring
+    @staticmethod
+    def _resolve(which: str, estimator: Optional[str]) -> str:
+        if which == "estimator":  # a utility estimator, consistency unless one is named
+            return estimator or "consistency"
+        if which == "estimator?":  # magnitude unless an estimator is named
+            return estimator or "magnitude"
+        return which
+
+    def attach(self, optimizer) -> "Controller":
+        opt = unwrap_optimizer(optimizer)
+        self.conn.attach(opt)
+        self.conn.add_observer(self._observe_hook)
+        self._hook = opt.register_step_post_hook(lambda o, a, k: self.step())
+        self.optimizer = opt
+        return self
+
+    def _observe_hook(self):
+        self.observe()
+
+    def _in_window(self) -> bool:
+        if self.window is None:
+            return True
+        nxt = self.step_count + 1
+        if nxt < self.start_step:
+            return False
+        to_next = (self.update_every - (nxt - self.start_step) % self.update_every) % self.update_every
+        return to_next < self.window
+
+    def observe(self) -> None:
+        """Add the current dense gradients to the utility window (call after ``backward``)."""
+        if self.stats is not None and self._in_window() and not self.finished:
+            self.stats.observe()
+
+    @property
+    def finished(self) -> bool:
+        return self.end_step is not None and self.step_count >= self.end_step and self.policy.name != "magnitude"
+
+    def due(self, step: int) -> bool:
+        if step < max(1, self.start_step):
+            return False
+        if self.end_step is not None and step > self.end_step:
+            return False
+        return (step - self.start_step) % self.update_every == 0
+
+    def step(self) -> Optional[dict]:
+        """Advance one training step; run an update when one is due. Returns its event, if any."""
+        self.step_count += 1
+        if self.due(self.step_count):
+            return self.update()
+        return None
+
+    # ------------------------------------------------------------------ scoring
+    def _generator(self, step: int, index: int) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + step * 7919 + index * 104_729 + 17) % (2**62))
+        return g
+
+    def context(self, name: str, step: int) -> UtilityContext:
+        idx = self.conn.names.index(name)
+        restore = None
+        if self.conn.mode == "mask_only" or self.grow_init == "original":
+            restore = self.conn.original.get(name)
+        return UtilityContext(
+            name=name,
+            weight=self.conn.params[name].detach(),
+            mask=self.conn.masks[name],
+            restore=restore,
+            stats=self.stats,
+            generator=self._generator(step, idx),
+            batch_size=self.batch_size,
+        )
+
+    def editable(self) -> List[str]:
+        return [n for n in self.conn.names if n not in self.protected]
+
+    def scores(self, side: str, step: Optional[int] = None, names=None) -> Dict[str, torch.Tensor]:
+        """Per-ensemble scores: ``side="cost"`` (removal cost, from drop_by) or ``"gain"``
+        (restoration gain, from grow_by)."""
+        step = self.step_count if step is None else step
+        est = self.drop_est if side == "cost" else self.grow_est
+        if est is None:
+            raise ValueError(f"policy {self.policy.name!r} has no {side} estimator")
+        out = {}
+        with torch.no_grad():
+            for n in names or self.editable():
+                ctx = self.context(n, step)
+                s = est.removal_cost(ctx) if side == "cost" else est.restoration_gain(ctx)
+                out[n] = self.conn.granularity.pool(s.float(), "sum")
+        return out
+
+    def alive(self) -> Dict[str, torch.Tensor]:
+        return {n: m for n, m in self.conn.ensemble_masks().items() if n not in self.protected}
+
+    def layer_targets(self, density: float) -> Optional[Dict[str, int]]:
+        """Live ensembles per editable layer for ``density`` (None for the global budget)."""
+        counts = self.budget_fn(self.conn.layers, density, protected=self.protected, min_density=self.min_density)
+        if counts is None:
+            return None
+        g = self.conn.granularity
+        out = {}
+        for n in self.editable():
+            n_ens = g.num_ensembles(self.conn.layers[n].shape)
+            out[n] = int(round(counts[n] * n_ens / self.conn.layers[n].numel))
+        return out
+
+    def global_target(self, density: float) -> int:
+        """Live ensembles over all editable layers for ``density`` (protected layers count as dense)."""
+        g = self.conn.granularity
+        prot = sum(self.conn.layers[n].numel for n in self.protected)
+        total = self.conn.num_synapses()
+        free = max(0, int(round(density * total)) - prot)
+        syn = sum(self.conn.layers[n].numel for n in self.editable())
+        n_ens = sum(g.num_ensembles(self.conn.layers[n].shape) for n in self.editable())
+        return int(round(free * n_ens / max(1, syn)))
+
+    def keep_plan(self, keep_scores: Dict[str, torch.Tensor], density: float, allow_grow: bool = False) -> EditPlan:
+        """A plan keeping the highest-scoring ensembles at ``density`` under the budget (or the
+        top n of every m for n:m granularities). Pruned indices are ordered lowest score first."""
+        alive = self.alive()
+        gran = self.conn.granularity
+        keep: Dict[str, torch.Tensor] = {}
+        if hasattr(gran, "density"):
+            keep = {n: gran.select(keep_scores[n]) for n in keep_scores}
+        else:
+            targets = self.layer_targets(density)
+            if targets is None:
+                flat, names, sizes = concat(keep_scores)
+                idx = highest(flat, torch.ones_like(flat, dtype=torch.bool), self.global_target(density))
+                per, _ = split(idx, names, sizes)
+                for n in names:
+                    k = torch.zeros(keep_scores[n].numel(), dtype=torch.bool, device=keep_scores[n].device)
+                    k[per[n]] = True
+                    keep[n] = k.view(keep_scores[n].shape)
+            else:
+                for n, s in keep_scores.items():
+                    k = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
+                    k[highest(s, torch.ones_like(s, dtype=torch.bool), targets[n])] = True
+                    keep[n] = k.view(s.shape)
+        plan = EditPlan()
+        for n, k in keep.items():
+            a = alive[n].reshape(-1).to(k.device)
+            kf = k.reshape(-1)
+            drop = a & ~kf
+            if bool(drop.any()):
+                s = keep_scores[n].reshape(-1)
+                idx = drop.nonzero().squeeze(1)
+                plan.prune[n] = idx[torch.argsort(s[idx], stable=True)]
+            if allow_grow:
+                grow = ~a & kf
+                if bool(grow.any()):
+                    s = keep_scores[n].reshape(-1)
+                    idx = grow.nonzero().squeeze(1)
+                    plan.grow[n] = idx[torch.argsort(-s[idx], stable=True)]
+        return plan
+
+    def initial_plan(self) -> EditPlan:
+        """Sparsify to the target density at construction, by ``self.init``."""
+        names = self.editable()
+        if self.init == "random":
+            scores = {}
+            for n in names:
+                ctx = self.context(n, 0)
+                r = torch.rand(self.conn.granularity.ensemble_shape(self.conn.layers[n].shape), generator=ctx.generator)
+                scores[n] = r.to(self.conn.masks[n].device)
+        elif self.init == "magnitude":
+            scores = {n: self.conn.granularity.pool(self.conn.params[n].detach().abs().float(), "sum") for n in names}
+        else:
+            scores = self.scores("cost", 0, names)  # the costliest to remove are kept
+        density = self.density if self.density is not None else self.conn.density()
+        return self.keep_plan(scores, density)
+
+    # ------------------------------------------------------------------ editing
+    def _masks_from_plan(self, plan: EditPlan) -> Dict[str, torch.Tensor]:
+        ens = self.conn.ensemble_masks()
+        new = {}
+        for n in set(plan.prune) | set(plan.grow):
+            m = ens[n].clone().reshape(-1)
+            if n in plan.prune and plan.prune[n].numel():
+                m[plan.prune[n].to(m.device)] = False
+            if n in plan.grow and plan.grow[n].numel():
+                m[plan.grow[n].to(m.device)] = True
+            new[n] = m.view(ens[n].shape)
+        return new
+
+    def _grow_init_fn(self):
+        if self.grow_init == "random":
+            def f(name, grown):
+                p = self.conn.params[name]
+                fan_in = max(1, p[0].numel())
+                g = self._generator(self.step_count, 10_000 + self.conn.names.index(name))
+                return torch.randn(p.shape, generator=g) * (0.01 / fan_in**0.5)
+
+            return f
+        return self.grow_init
+
+    def _apply(self, plan: EditPlan, step: int, kind: str = "update", line_search: bool = True) -> dict:
+        n_prune, n_grow = plan.counts()
+        before_masks = {n: m.clone() for n, m in self.conn.masks.items()}
+        touched = set(plan.prune) | set(plan.grow)
+        before_w = {n: self.conn.params[n].detach().clone() for n in touched} if self.conn.mode == "train" else {}
+        event = {"step": step, "kind": kind, "policy": self.policy.name}
+        loss_before = loss_after = None
+        fraction = 1.0
+        use_ls = line_search and self.holdout_loss is not None and (n_prune or n_grow)
+        if use_ls:
+            loss_before = float(self.holdout_loss())
+        current = plan
+        for attempt in range(self.line_search_tries + 1 if use_ls else 1):
+            if current.counts() != (0, 0):
+                self.conn.set_ensemble_masks(self._masks_from_plan(current), grow_init=self._grow_init_fn())
+            if not use_ls:
+                break
+            loss_after = float(self.holdout_loss())
+            if loss_after - loss_before <= self.line_search_tolerance:
+                break
+            self._restore(before_masks, before_w)
+            loss_after = loss_before
+            if attempt == self.line_search_tries:
+                fraction, current = 0.0, EditPlan()
+                break
+            fraction *= 0.5
+            current = plan.shrink(fraction)
+        pruned_syn, grown_syn = self._synapse_counts(before_masks)
+        event.update(
+            pruned=pruned_syn,
+            grown=grown_syn,
+            pruned_ensembles=current.counts()[0],
+            grown_ensembles=current.counts()[1],
+            density=self.conn.density(),
+            live=self.conn.num_live(),
+            removed=self.conn.num_synapses() - self.conn.num_live(),
+            layer_density={n: round(d, 6) for n, d in self.conn.layer_density().items()},
+            boundaries=plan.boundaries,
+            est_loss_change=current.est_loss_change,
+            actual_loss_change=(loss_after - loss_before) if use_ls else None,
+            holdout_loss=loss_after,
+            line_search_fraction=fraction if use_ls else None,
+        )
+        self.events.append(event)
+        return event
+
+    def _restore(self, masks, weights):
+        self.conn.set_masks(masks)
+        with torch.no_grad():
+            for n, w in weights.items():
+                self.conn.params[n].copy_(w)
+        self.conn.apply()
+
+    def _synapse_counts(self, before):
+        pruned = grown = 0
+        for n, m in self.conn.masks.items():
+            b = before[n]
+            pruned += int((b & ~m).sum())
+            grown += int((~b & m).sum())
+        return pruned, grown
+
+    def update(self) -> Optional[dict]:
+        """Run one update now: reduce statistics, let the policy plan, apply, log an event."""
+        step = self.step_count
+        if self.stats is not None:
+            self.stats.reduce()
+        plan = self.policy.update(self, step)
+        event = self._apply(plan if plan is not None else EditPlan(), step=step)
+        if self.stats is not None:
+            self.stats.reset()
+        if self.verify:
+            event["mask_hash"] = check_masks_agree(self.conn, step)
+        return event
+
+    def edit_fraction(self, step: Optional[int] = None) -> float:
+        return float(self.edit(self.step_count if step is None else step))
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict:
+        return {
+            "step_count": self.step_count,
+            "events": json.loads(json.dumps(self.events, default=float)),
+            "stats": self.stats.state_dict() if self.stats is not None else None,
+            "policy": self.policy.state_dict(),
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.step_count = int(sd["step_count"])
+        self.events = list(sd.get("events", []))
+        if self.stats is not None and sd.get("stats"):
+            self.stats.load_state_dict(sd["stats"])
+        self.policy.load_state_dict(sd.get("policy") or {})
+
+    def write_events(self, path: str | os.PathLike) -> None:
+        """Write every event as JSON lines."""
+        with open(path, "w") as f:
+            for e in self.events:
+                f.write(json.dumps(e, default=float) + "\n")

@@ -1,0 +1,137 @@
+"""The policy interface, its registry, and the tensor helpers every policy shares.
+
+A policy decides, at an update, which ensembles to prune and which to grow. It returns an
+:class:`EditPlan`: per layer, flat ensemble indices to prune and to grow, each ordered best-first,
+so that the controller can shrink a plan (line search) by keeping a prefix of every list. Scores
+come from utility estimators (``drop_by`` for removal cost, ``grow_by`` for restoration gain).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Dict, Optional, Type
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..controller import Controller
+
+_POLICIES: Dict[str, Type["Policy"]] = {}
+
+
+def register_policy(name: str):
+    def deco(cls):
+        cls.name = name
+        _POLICIES[name] = cls
+        return cls
+
+    return deco
+
+
+def get_policy(name, **kw) -> "Policy":
+    if isinstance(name, Policy):
+        return name
+    if name not in _POLICIES:
+        raise ValueError(f"unknown policy {name!r}: use one of {sorted(_POLICIES)}")
+    return _POLICIES[name](**kw)
+
+
+def policy_names():
+    return sorted(_POLICIES)
+
+
+@dataclass
+class EditPlan:
+    """Flat ensemble indices per layer, best first. ``info`` goes into the event."""
+
+    prune: Dict[str, torch.Tensor] = field(default_factory=dict)
+    grow: Dict[str, torch.Tensor] = field(default_factory=dict)
+    est_loss_change: Optional[float] = None
+    boundaries: Optional[dict] = None
+    prune_scores: Dict[str, torch.Tensor] = field(default_factory=dict)  # aligned with prune
+    grow_scores: Dict[str, torch.Tensor] = field(default_factory=dict)  # aligned with grow
+
+    def counts(self):
+        return sum(int(v.numel()) for v in self.prune.values()), sum(int(v.numel()) for v in self.grow.values())
+
+    def shrink(self, fraction: float) -> "EditPlan":
+        """Keep the best ``fraction`` of every layer's prunes and grows."""
+
+        def cut(d):
+            return {n: v[: int(round(v.numel() * fraction))] for n, v in d.items()}
+
+        est = None
+        if self.prune_scores or self.grow_scores:
+            ps, gs = cut(self.prune_scores), cut(self.grow_scores)
+            est = float(sum(v.sum() for v in ps.values())) - float(sum(v.sum() for v in gs.values()))
+        return EditPlan(
+            prune=cut(self.prune), grow=cut(self.grow), est_loss_change=est if est is not None else self.est_loss_change,
+            boundaries=self.boundaries, prune_scores=cut(self.prune_scores), grow_scores=cut(self.grow_scores),
+        )
+
+
+class Policy:
+    """Base class. ``sparse_at_start`` policies make the connectome sparse at construction."""
+
+    name = "?"
+    sparse_at_start = True
+    drop_by = "magnitude"
+    grow_by: Optional[str] = None  # None: the policy never grows
+    needs_density = True
+    supports_nm = False  # n:m granularities need policies whose scores share units
+
+    def initialize(self, ctrl: "Controller") -> Optional[EditPlan]:
+        """Plan applied at construction (default: sparsify to the target with ``ctrl.init``)."""
+        if not self.sparse_at_start:
+            return None
+        return ctrl.initial_plan()
+
+    def update(self, ctrl: "Controller", step: int) -> Optional[EditPlan]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, sd: dict) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- tensor helpers
+def lowest(scores: torch.Tensor, eligible: torch.Tensor, k: int) -> torch.Tensor:
+    """Flat indices of the ``k`` smallest eligible scores, smallest first."""
+    flat, ok = scores.reshape(-1), eligible.reshape(-1)
+    k = min(int(k), int(ok.sum()))
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long, device=flat.device)
+    masked = torch.where(ok, flat, torch.full_like(flat, float("inf")))
+    return torch.topk(masked, k, largest=False, sorted=True).indices
+
+
+def highest(scores: torch.Tensor, eligible: torch.Tensor, k: int) -> torch.Tensor:
+    """Flat indices of the ``k`` largest eligible scores, largest first."""
+    flat, ok = scores.reshape(-1), eligible.reshape(-1)
+    k = min(int(k), int(ok.sum()))
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long, device=flat.device)
+    masked = torch.where(ok, flat, torch.full_like(flat, float("-inf")))
+    return torch.topk(masked, k, largest=True, sorted=True).indices
+
+
+def concat(d: Dict[str, torch.Tensor]):
+    """Flatten per-layer tensors into one, remembering offsets for :func:`split`."""
+    names = list(d)
+    sizes = [d[n].numel() for n in names]
+    flat = torch.cat([d[n].reshape(-1).float() if d[n].dtype != torch.bool else d[n].reshape(-1) for n in names])
+    return flat, names, sizes
+
+
+def split(indices: torch.Tensor, names, sizes, order_scores: Optional[torch.Tensor] = None):
+    """Map flat global indices back to per-layer flat indices (keeping their order)."""
+    offsets = torch.tensor([0] + sizes, device=indices.device).cumsum(0)
+    which = torch.bucketize(indices, offsets[1:], right=True)
+    out, scores = {}, {}
+    for i, n in enumerate(names):
+        sel = which == i
+        out[n] = indices[sel] - offsets[i]
+        if order_scores is not None:
+            scores[n] = order_scores[sel]
+    return out, scores

@@ -1,0 +1,73 @@
+"""Constant-density rewiring: SET, RigL and our utility policy.
+
+At each update a decaying fraction of every layer's live ensembles (or of all of them, under the
+global budget) is pruned, lowest removal cost first, and the same number of absent ensembles is
+grown, highest restoration gain first (ensembles pruned at this update are not regrown).
+SET grows at random; RigL is SET with gradient growth; utility takes both sides from an estimator.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import EditPlan, Policy, concat, highest, lowest, register_policy, split
+
+
+def swap_plan(ctrl, step, cost, gain, alive, frac) -> EditPlan:
+    plan = EditPlan()
+    if ctrl.budget == "global":
+        c, names, sizes = concat(cost)
+        g, _, _ = concat(gain)
+        a, _, _ = concat(alive)
+        a = a.to(c.device)
+        k = int(round(frac * int(a.sum())))
+        p_idx = lowest(c, a, k)
+        g_idx = highest(g, ~a, p_idx.numel())
+        p_idx = p_idx[: g_idx.numel()]
+        plan.prune, plan.prune_scores = split(p_idx, names, sizes, c[p_idx])
+        plan.grow, plan.grow_scores = split(g_idx, names, sizes, g[g_idx])
+        return plan
+    for n in cost:
+        a = alive[n].to(cost[n].device)
+        k = int(round(frac * int(a.sum())))
+        if k == 0:
+            continue
+        p_idx = lowest(cost[n], a, k)
+        g_idx = highest(gain[n], ~a, p_idx.numel())
+        p_idx = p_idx[: g_idx.numel()]
+        if p_idx.numel():
+            plan.prune[n], plan.prune_scores[n] = p_idx, cost[n].reshape(-1)[p_idx]
+            plan.grow[n], plan.grow_scores[n] = g_idx, gain[n].reshape(-1)[g_idx]
+    return plan
+
+
+def nm_plan(ctrl, step, cost, gain, alive) -> EditPlan:
+    """n:m: re-select the top n of every group by the value of each synapse's presence (removal
+    cost where present, restoration gain where absent: both in loss units)."""
+    keep_scores = {n: torch.where(alive[n].to(cost[n].device), cost[n], gain[n]) for n in cost}
+    return ctrl.keep_plan(keep_scores, ctrl.density, allow_grow=True)
+
+
+@register_policy("set")
+class SET(Policy):
+    drop_by, grow_by = "magnitude", "random"
+
+    def update(self, ctrl, step):
+        frac = ctrl.edit_fraction(step)
+        if frac <= 0:
+            return None
+        alive = ctrl.alive()
+        cost, gain = ctrl.scores("cost", step), ctrl.scores("gain", step)
+        if hasattr(ctrl.conn.granularity, "density"):
+            return nm_plan(ctrl, step, cost, gain, alive)
+        return swap_plan(ctrl, step, cost, gain, alive, frac)
+
+
+@register_policy("rigl")
+class RigL(SET):
+    grow_by = "gradient"
+
+
+@register_policy("utility")
+class Utility(SET):
+    drop_by = grow_by = "estimator"
+    supports_nm = True

@@ -1,0 +1,69 @@
+"""The utility-estimator interface and its registry.
+
+An estimator turns the windowed statistics of a connectome into two synapse-shaped scores, both
+in units of expected loss change where the estimator is a loss model:
+- ``removal_cost``: expected loss increase if a present synapse is removed (low = prune first);
+- ``restoration_gain``: expected loss decrease if an absent synapse is restored to its original
+  value (mask_only mode) or grown and trained (train mode) (high = restore first).
+The controller pools them per ensemble (sum). Adding an estimator touches one file: subclass
+:class:`Estimator` and decorate it with :func:`register_estimator`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Type
+
+import torch
+
+_ESTIMATORS: Dict[str, Type["Estimator"]] = {}
+
+
+def register_estimator(name: str):
+    def deco(cls):
+        cls.name = name
+        _ESTIMATORS[name] = cls
+        return cls
+
+    return deco
+
+
+def get_estimator(name, **kw) -> "Estimator":
+    if isinstance(name, Estimator):
+        return name
+    if name not in _ESTIMATORS:
+        raise ValueError(f"unknown utility estimator {name!r}: use one of {sorted(_ESTIMATORS)}")
+    return _ESTIMATORS[name](**kw)
+
+
+def estimator_names():
+    return sorted(_ESTIMATORS)
+
+
+@dataclass
+class UtilityContext:
+    """What an estimator may read when scoring one layer."""
+
+    name: str
+    weight: torch.Tensor  # current (masked) weight
+    mask: torch.Tensor  # bool, True = present
+    restore: Optional[torch.Tensor]  # value an absent synapse returns to (mask_only), else None
+    stats: object  # GradientStats (may be empty for estimators that need none)
+    generator: torch.Generator  # folded from (seed, step, layer): same on every process
+    batch_size: Optional[int] = None
+
+
+class Estimator:
+    """Base class: override ``removal_cost`` and ``restoration_gain``."""
+
+    name = "?"
+    needs_gradients = False  # True: the controller collects gradient statistics
+    needs_second_moment = False
+
+    def removal_cost(self, ctx: UtilityContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def restoration_gain(self, ctx: UtilityContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

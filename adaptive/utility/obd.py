@@ -1,0 +1,35 @@
+"""Second-order estimate with a diagonal Fisher F (Optimal Brain Damage, LeCun et al. 1990).
+
+Removal:      dL ~ -g*w + F*w^2/2
+Restoration:  dL ~ +g*w0 + F*w0^2/2, gain = -dL
+Train mode (grown at 0 then trained): the best a single synapse can do on the quadratic model is
+a Newton step, gain = g^2 / (2F).
+First-order alone is known to collapse a pretrained network when many weights move at once; the
+curvature term keeps large weights from looking free to remove.
+"""
+from .base import Estimator, register_estimator
+
+
+@register_estimator("obd")
+class OBD(Estimator):
+    needs_gradients = True
+    needs_second_moment = True
+
+    def __init__(self, damping: float = 1e-12):
+        self.damping = damping
+
+    def gradient(self, ctx):
+        return ctx.stats.mean(ctx.name)
+
+    def removal_cost(self, ctx):
+        g, w = self.gradient(ctx), ctx.weight.detach().float()
+        f = ctx.stats.fisher(ctx.name, ctx.batch_size)
+        return -g * w + 0.5 * f * w * w
+
+    def restoration_gain(self, ctx):
+        g = self.gradient(ctx)
+        f = ctx.stats.fisher(ctx.name, ctx.batch_size)
+        if ctx.restore is not None:
+            w0 = ctx.restore.float()
+            return -(g * w0 + 0.5 * f * w0 * w0)
+        return g * g / (2.0 * (f + self.damping))
