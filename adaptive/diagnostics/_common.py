@@ -1,0 +1,123 @@
+"""Pieces shared by the diagnostics: batch iteration, layer lookup, bounded-memory quantiles."""
+from __future__ import annotations
+
+import contextlib
+import itertools
+from typing import Callable, Iterator, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(output, target)
+
+
+def iterate_batches(loader, batches: Optional[int], desc: str, cycle: bool = False) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """Yield up to ``batches`` ``(x, y)`` pairs from ``loader`` (all of one pass when None) with a
+    tqdm bar. ``cycle`` restarts the loader when it runs out before ``batches``."""
+    from tqdm.auto import tqdm
+
+    if batches is not None and batches <= 0:
+        raise ValueError(f"batches must be positive, got {batches}")
+    source = itertools.chain.from_iterable(itertools.repeat(loader)) if cycle and batches else loader
+    total = batches
+    if total is None:
+        try:
+            total = len(loader)
+        except TypeError:
+            total = None
+    it = iter(source)
+    with tqdm(total=total, desc=desc, leave=False, disable=None) as bar:
+        n = 0
+        while batches is None or n < batches:
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise TypeError("the loader must yield (inputs, targets) pairs")
+            yield batch[0], batch[1]
+            n += 1
+            bar.update(1)
+    if n == 0:
+        raise ValueError("the loader yielded no batches")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def training_mode(model: nn.Module, train: bool):
+    """Run with ``model.train(train)``; restore each module's own mode afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    model.train(train)
+    try:
+        yield model
+    finally:
+        for m, t in modes.items():
+            m.training = t
+
+
+def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parameter]:
+    """``(module_name, module, weight)`` for ``layer`` given as a module name ("classifier") or a
+    parameter name ("classifier.weight")."""
+    modules = dict(model.named_modules())
+    name = layer[: -len(".weight")] if layer.endswith(".weight") and layer not in modules else layer
+    if name not in modules:
+        weighted = [n for n, m in modules.items() if isinstance(getattr(m, "weight", None), nn.Parameter)]
+        raise KeyError(f"the model has no layer {layer!r}; layers with a weight: {weighted[:12]}")
+    mod = modules[name]
+    w = getattr(mod, "weight", None)
+    if not isinstance(w, nn.Parameter):
+        raise TypeError(f"layer {name!r} ({type(mod).__name__}) has no weight parameter")
+    return name, mod, w
+
+
+class LogHistogram:
+    """Quantiles of many non-negative numbers, split into groups, in bounded memory.
+
+    Values are binned by log10 (``bins_per_decade`` bins between ``10**lo`` and ``10**hi``, so a
+    quantile is exact to a relative ``10**(1/bins_per_decade) - 1``, 1.2% by default); exact zeros
+    are counted apart and rank below everything.
+    """
+
+    def __init__(self, groups: int, lo: float = -40.0, hi: float = 10.0, bins_per_decade: int = 200):
+        self.groups, self.lo, self.hi, self.bpd = groups, lo, hi, bins_per_decade
+        self.nbins = int(round((hi - lo) * bins_per_decade))
+        self.counts = torch.zeros(groups, self.nbins, dtype=torch.float64)
+        self.zeros = torch.zeros(groups, dtype=torch.float64)
+        self.sums = torch.zeros(groups, dtype=torch.float64)
+
+    def update(self, values: torch.Tensor, group: torch.Tensor) -> None:
+        v = values.detach().reshape(-1).double().cpu()
+        g = group.reshape(-1).cpu()
+        self.sums += torch.bincount(g, weights=v, minlength=self.groups)
+        zero = v == 0
+        self.zeros += torch.bincount(g[zero], minlength=self.groups).double()
+        v, g = v[~zero], g[~zero]
+        b = ((v.log10() - self.lo) * self.bpd).floor().clamp_(0, self.nbins - 1).long()
+        self.counts += torch.bincount(g * self.nbins + b, minlength=self.groups * self.nbins).double().view(self.groups, self.nbins)
+
+    def total(self) -> torch.Tensor:
+        return self.counts.sum(1) + self.zeros
+
+    def mean(self) -> torch.Tensor:
+        return self.sums / self.total().clamp_min(1)
+
+    def quantile(self, q: float) -> torch.Tensor:
+        """Per-group ``q``-quantile (geometric interpolation inside a bin; 0.0 if it falls among zeros)."""
+        tot = self.total()
+        target = q * tot
+        need = (target - self.zeros).clamp_min(0)
+        cum = self.counts.cumsum(1)
+        idx = torch.searchsorted(cum, need.unsqueeze(1)).squeeze(1).clamp_(max=self.nbins - 1)
+        before = torch.where(idx > 0, cum.gather(1, (idx - 1).clamp_min(0).unsqueeze(1)).squeeze(1), torch.zeros_like(need))
+        inbin = self.counts.gather(1, idx.unsqueeze(1)).squeeze(1).clamp_min(1)
+        frac = ((need - before) / inbin).clamp(0, 1)
+        val = 10 ** (self.lo + (idx.double() + frac) / self.bpd)
+        return torch.where((target <= self.zeros) | (tot == 0), torch.zeros_like(val), val)

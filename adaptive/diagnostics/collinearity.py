@@ -1,0 +1,165 @@
+"""Gradient collinearity: how well each weight's per-batch gradients agree with its full-data
+gradient.
+
+For one weight with batch gradients ``g_1 .. g_B`` and full gradient ``G = mean(g_b)``:
+
+* cosine collinearity ``cos = |mean g_b| / sqrt(mean g_b^2)``, the cosine between the vector of
+  its batch gradients and the vector ``(G, .., G)``: 1 when every batch agrees exactly, about
+  ``1/sqrt(B)`` for pure noise, 0 when they cancel;
+* sign agreement: the fraction of batches whose gradient has the sign of ``G``.
+
+Both come from running sums (``sum g``, ``sum g^2``, counts of positive and negative batch
+gradients) in one pass: memory is four numbers per weight, whatever the number of batches, and
+no per-sample gradient is ever stored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..discovery import discover
+from ._common import default_loss, iterate_batches, model_device, training_mode
+from .table import Table, pyplot, save_figure
+
+THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def rebatch(loader, batch_size: Optional[int]) -> Iterator:
+    """The loader's ``(x, y)`` batches re-cut into batches of exactly ``batch_size`` samples (the
+    remainder that does not fill one is dropped); the loader's own batches when None."""
+    if batch_size is None:
+        yield from loader
+        return
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    xs, ys, have = [], [], 0
+    for x, y, *_ in loader:
+        xs.append(x)
+        ys.append(y)
+        have += len(x)
+        while have >= batch_size:
+            X, Y = torch.cat(xs), torch.cat(ys)
+            yield X[:batch_size], Y[:batch_size]
+            xs, ys, have = [X[batch_size:]], [Y[batch_size:]], have - batch_size
+
+
+@dataclass
+class Collinearity:
+    """Per-weight collinearity statistics of each measured layer (flat tensors, float32).
+
+    ``cosine[name]``, ``sign_agreement[name]``, ``full_grad_sq[name]`` (``G^2``) and
+    ``grad_var[name]`` (variance of the batch gradients) are aligned with ``weight.reshape(-1)``.
+    ``table`` has one row per layer.
+    """
+
+    cosine: Dict[str, torch.Tensor]
+    sign_agreement: Dict[str, torch.Tensor]
+    full_grad_sq: Dict[str, torch.Tensor]
+    grad_var: Dict[str, torch.Tensor]
+    batches: int
+    batch_size: Optional[int]
+    table: Table = field(default_factory=Table)
+
+    def fraction_above(self, thresholds: Sequence[float] = THRESHOLDS, measure: str = "cosine") -> Table:
+        """One row per layer (and ``all``): fraction of its weights whose collinearity exceeds each threshold."""
+        src = getattr(self, measure)
+        rows = []
+        for name, c in list(src.items()) + [("all", torch.cat(list(src.values())))]:
+            row = {"layer": name, "weights": c.numel()}
+            row.update({f">{t:g}": float((c > t).float().mean()) for t in thresholds})
+            rows.append(row)
+        return Table(rows)
+
+    def plot(self, path, svg: bool = False, measure: str = "cosine"):
+        """Density of collinearity against squared full gradient (log x), all layers together."""
+        plt = pyplot()
+        c = torch.cat(list(getattr(self, measure).values())).numpy()
+        g2 = torch.cat(list(self.full_grad_sq.values())).double()
+        keep = (g2 > 0).numpy()
+        fig, ax = plt.subplots(figsize=(6, 4.2))
+        hb = ax.hexbin(g2.log10().numpy()[keep], c[keep], gridsize=60, bins="log", cmap="viridis", mincnt=1)
+        fig.colorbar(hb, ax=ax, label="weights per cell")
+        ax.set_xlabel("squared full-data gradient G² (log10)")
+        ax.set_ylabel("cosine collinearity |mean g|/rms g" if measure == "cosine" else "sign agreement with G")
+        bs = f"batch size {self.batch_size}, " if self.batch_size else ""
+        ax.set_title(f"per-weight gradient collinearity ({bs}{self.batches} batches, {int(keep.sum()):,} weights)", fontsize=9)
+        return save_figure(fig, path, svg=svg)
+
+    def plot_summary(self, path, svg: bool = False, thresholds: Sequence[float] = THRESHOLDS, measure: str = "cosine"):
+        """Fraction of weights above each collinearity threshold, one line per layer."""
+        plt = pyplot()
+        t = self.fraction_above(thresholds, measure)
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        cols = [f">{x:g}" for x in thresholds]
+        for i, row in enumerate(t):
+            style = dict(color="black", lw=2.5) if row["layer"] == "all" else dict(lw=1, alpha=0.8)
+            ax.plot(list(thresholds), [row[c] for c in cols], marker="o", ms=3, label=row["layer"], **style)
+        ax.set_xlabel(f"{measure} collinearity threshold")
+        ax.set_ylabel("fraction of the layer's weights above it")
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, ncol=2 if len(t) > 8 else 1, loc="upper right")
+        ax.set_title("gradient collinearity by layer", fontsize=9)
+        return save_figure(fig, path, svg=svg)
+
+
+def collinearity(
+    model: nn.Module,
+    loader,
+    batch_size: Optional[int] = None,
+    batches: Optional[int] = None,
+    loss_fn: Callable = default_loss,
+    include: Optional[Iterable[str] | str] = None,
+    exclude: Optional[Iterable[str] | str] = None,
+    train_mode: bool = True,
+    device=None,
+) -> Collinearity:
+    """Stream ``batches`` batches (all of one pass when None) of ``batch_size`` samples (re-cut from
+    the loader's batches; the loader's own size when None) and measure the collinearity of every
+    prunable weight (Linear/Conv weights, filtered by ``include``/``exclude`` like
+    :class:`adaptive.Connectome`). Leaves ``.grad`` and the parameters untouched."""
+    found = discover(model, include, exclude)
+    if not found:
+        raise ValueError("no prunable weight matched: check include/exclude patterns")
+    names = list(found)
+    params = [p for _, p in found.values()]
+    device = device or model_device(model)
+    s1 = [torch.zeros(p.numel(), dtype=torch.float64) for p in params]
+    s2 = [torch.zeros(p.numel(), dtype=torch.float64) for p in params]
+    pos = [torch.zeros(p.numel(), dtype=torch.int32) for p in params]
+    neg = [torch.zeros(p.numel(), dtype=torch.int32) for p in params]
+    n = 0
+    with training_mode(model, train_mode):
+        for x, y in iterate_batches(rebatch(loader, batch_size), batches, desc="collinearity"):
+            x, y = x.to(device), y.to(device)
+            grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
+            for i, g in enumerate(grads):
+                if g is None:
+                    continue
+                g = g.detach().reshape(-1).double().cpu()
+                s1[i] += g
+                s2[i] += g * g
+                pos[i] += (g > 0).int()
+                neg[i] += (g < 0).int()
+            n += 1
+    cos, agree, g2, var, rows = {}, {}, {}, {}, []
+    for i, name in enumerate(names):
+        mean = s1[i] / n
+        ms = s2[i] / n
+        rms = ms.sqrt()
+        c = torch.where(rms > 0, mean.abs() / rms.clamp_min(1e-300), torch.zeros_like(mean)).clamp_(0, 1)
+        a = torch.where(mean > 0, pos[i].double(), torch.where(mean < 0, neg[i].double(), 0.5 * (pos[i] + neg[i]).double())) / n
+        cos[name], agree[name] = c.float(), a.float()
+        g2[name], var[name] = (mean * mean).float(), (ms - mean * mean).clamp_min(0).float()
+        rows.append({
+            "layer": name,
+            "weights": int(c.numel()),
+            "median_cosine": float(c.median()),
+            "mean_sign_agreement": float(a.mean()),
+            "median_G2": float((mean * mean).median()),
+            "frac_cos>0.5": float((c > 0.5).double().mean()),
+        })
+    return Collinearity(cos, agree, g2, var, n, batch_size, Table(rows))

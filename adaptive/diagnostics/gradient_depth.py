@@ -1,0 +1,182 @@
+"""Weight gradients of one layer grouped by the depth of the signal each weight reads.
+
+In a net whose layers concatenate their output to their input (DenseNet-style), one weight matrix
+reads signals that went through 0, 1, ..., L layers. Their gradients form distinct bands whose
+typical magnitudes can differ by orders of magnitude; :func:`gradient_by_depth` measures those
+bands over many batches and draws them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import torch
+from torch import nn
+
+from ._common import LogHistogram, default_loss, find_weight, iterate_batches, model_device, training_mode
+from .table import Table, pyplot, save_figure
+
+HOW_TO_PASS_DEPTHS = (
+    "pass depths=LongTensor([...]) with one signal depth per input feature/channel of the layer "
+    "(0 = raw input), or use a model with an input_depths(layer_name) method (adaptive.models.DenseCat)"
+)
+
+
+def resolve_depths(model: nn.Module, layer: str, depths=None, example: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Signal depth of each input unit of ``layer``: ``depths`` if given, else the model's own
+    ``input_depths(layer)``, else the graph tracer of :mod:`graphs` when it offers
+    ``input_depths(model, layer, example)``. Raises a ValueError saying how to pass them otherwise."""
+    if depths is not None:
+        return torch.as_tensor(depths, dtype=torch.long).reshape(-1).cpu()
+    if hasattr(model, "input_depths"):
+        return torch.as_tensor(model.input_depths(layer), dtype=torch.long).reshape(-1).cpu()
+    try:
+        import graphs
+
+        tracer = getattr(graphs, "input_depths", None)
+    except ImportError:  # pragma: no cover - graphs ships with the project
+        tracer = None
+    if tracer is not None:
+        return torch.as_tensor(tracer(model, layer, example), dtype=torch.long).reshape(-1).cpu()
+    raise ValueError(f"cannot tell the signal depth of the inputs of {layer!r}: {HOW_TO_PASS_DEPTHS}")
+
+
+def weight_depths(weight_shape, depths: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """Depth of the signal read by every element of a weight shaped ``(out, in/groups, *kernel)``,
+    from the depth of each of the layer's input units. A Linear fed by a flattened ``C x H x W``
+    map may be given one depth per channel (``C`` entries): each is repeated over its positions."""
+    out, in_per_group = int(weight_shape[0]), int(weight_shape[1])
+    n_in = in_per_group * groups
+    if depths.numel() != n_in:
+        if depths.numel() > 0 and n_in % depths.numel() == 0:
+            depths = depths.repeat_interleave(n_in // depths.numel())
+        else:
+            raise ValueError(
+                f"got {depths.numel()} depths but the layer has {n_in} input units; {HOW_TO_PASS_DEPTHS}"
+            )
+    out_per_group = out // groups
+    col = (torch.arange(out) // out_per_group).unsqueeze(1) * in_per_group + torch.arange(in_per_group)
+    d = depths[col]  # (out, in_per_group)
+    return d.view(out, in_per_group, *([1] * (len(weight_shape) - 2))).expand(*weight_shape).contiguous()
+
+
+@dataclass
+class GradientByDepth:
+    """Per-band statistics of ``|grad|`` of one layer's weights over many batches.
+
+    ``table`` has one row per source depth: weights, values (weights x batches), median, q1, q3,
+    mean of ``|grad|``, and the fraction of exact zeros. ``per_weight`` is each weight's mean
+    ``|grad|`` over the batches (the points of the figure), ``band`` its depth.
+    """
+
+    layer: str
+    depths: List[int]
+    table: Table
+    per_weight: torch.Tensor
+    band: torch.Tensor
+    batches: int
+    title: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def medians(self) -> List[float]:
+        return self.table["median"]
+
+    def ratio(self) -> float:
+        """Median ``|grad|`` of the shallowest band over that of the deepest band."""
+        m = self.medians()
+        return m[0] / m[-1] if m[-1] > 0 else math.inf
+
+    def plot(self, path, svg: bool = False, max_points_per_band: int = 4000, seed: int = 0):
+        """One strip per source depth on a log axis: every weight (its mean ``|grad|`` over the
+        batches; a random subset beyond ``max_points_per_band``) plus the band's median and
+        quartiles over all weights and batches. Returns the written paths."""
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(self.depths), 4.2))
+        g = torch.Generator().manual_seed(seed)
+        for i, d in enumerate(self.depths):
+            vals = self.per_weight[self.band == d]
+            vals = vals[vals > 0]
+            if vals.numel() > max_points_per_band:
+                vals = vals[torch.randperm(vals.numel(), generator=g)[:max_points_per_band]]
+            x = i + (torch.rand(vals.numel(), generator=g) - 0.5) * 0.6
+            ax.scatter(x.numpy(), vals.numpy(), s=3, alpha=0.35, color=f"C{i % 10}", linewidths=0)
+        row = {r["depth"]: r for r in self.table}
+        xs = list(range(len(self.depths)))
+        med = [row[d]["median"] for d in self.depths]
+        lo = [row[d]["median"] - row[d]["q1"] for d in self.depths]
+        hi = [row[d]["q3"] - row[d]["median"] for d in self.depths]
+        ax.errorbar(xs, med, yerr=[lo, hi], fmt="D", color="black", ms=5, capsize=4, label="median, quartiles (all batches)")
+        ax.set_yscale("log")
+        ax.set_xticks(xs, [str(d) for d in self.depths])
+        ax.set_xlabel(f"depth of the signal read (layers it went through; 0 = raw input)")
+        ax.set_ylabel(f"|dL/dw| of {self.layer} weights")
+        ttl = self.title or f"{self.layer}: weight gradients by source depth"
+        ax.set_title(f"{ttl}\n{self.batches} batches; first/last band median ratio {self.ratio():.3g}", fontsize=9)
+        ax.legend(fontsize=8, loc="best")
+        ax.grid(True, which="major", axis="y", alpha=0.3)
+        return save_figure(fig, path, svg=svg)
+
+
+def gradient_by_depth(
+    model: nn.Module,
+    loader,
+    layer: str = "classifier",
+    batches: Optional[int] = 50,
+    loss_fn: Callable = default_loss,
+    depths=None,
+    train_mode: bool = True,
+    device=None,
+) -> GradientByDepth:
+    """Measure the gradients of ``layer``'s weights, grouped by the signal depth of the input each
+    weight reads, over ``batches`` batches of ``loader`` (one pass when None).
+
+    Depths come from ``depths`` (one per input unit), else ``model.input_depths(layer)``, else
+    :mod:`graphs` tracing (see :func:`resolve_depths`). Only the weight's gradient is computed
+    (``torch.autograd.grad``): the model's ``.grad`` fields and parameters are left untouched.
+    Statistics are over all weights x batches, in bounded memory (:class:`LogHistogram`).
+    """
+    name, mod, weight = find_weight(model, layer)
+    device = device or model_device(model)
+    groups = int(getattr(mod, "groups", 1))
+    per_weight = torch.zeros(weight.shape, dtype=torch.float64)
+    hist = band_index = uniq = None
+    n = 0
+    with training_mode(model, train_mode):
+        for x, y in iterate_batches(loader, batches, desc=f"gradients of {name}"):
+            x, y = x.to(device), y.to(device)
+            if band_index is None:
+                d = resolve_depths(model, name, depths, example=x)
+                wd = weight_depths(weight.shape, d, groups)
+                uniq, band_index = torch.unique(wd, return_inverse=True)
+                hist = LogHistogram(len(uniq))
+            loss = loss_fn(model(x), y)
+            (g,) = torch.autograd.grad(loss, [weight])
+            a = g.detach().abs().cpu()
+            hist.update(a, band_index)
+            per_weight += a.double()
+            n += 1
+    per_weight /= n
+    q1, med, q3, mean = hist.quantile(0.25), hist.quantile(0.5), hist.quantile(0.75), hist.mean()
+    tot = hist.total()
+    wd_flat = uniq[band_index].reshape(-1)
+    rows = []
+    for i, d in enumerate(uniq.tolist()):
+        rows.append({
+            "depth": int(d),
+            "weights": int((wd_flat == d).sum()),
+            "values": int(tot[i]),
+            "median": float(med[i]),
+            "q1": float(q1[i]),
+            "q3": float(q3[i]),
+            "mean": float(mean[i]),
+            "zero_fraction": float(hist.zeros[i] / tot[i].clamp_min(1)),
+        })
+    return GradientByDepth(
+        layer=name,
+        depths=[int(d) for d in uniq.tolist()],
+        table=Table(rows),
+        per_weight=per_weight.float().reshape(-1),
+        band=wd_flat,
+        batches=n,
+    )

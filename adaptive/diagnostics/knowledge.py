@@ -1,0 +1,263 @@
+"""Knowledge distribution: what a network still knows after its least useful weights are removed.
+
+Weights are removed in utility order (lowest removal cost first, any estimator of the registry),
+either one shot from the intact network or progressively with a light fine-tune after every point
+that keeps removed weights at exactly zero (:meth:`adaptive.Connectome.attach`). The curve of
+accuracy and loss against the number removed is fitted with an exponential: if knowledge is
+distributed roughly exponentially over the weights, ``log(loss increase)`` grows linearly with the
+number removed over a wide middle range, and the fit breaks at the first weights (changes below
+the noise) and at the last (the network has collapsed to chance).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..connectome import Connectome
+from ._common import default_loss, iterate_batches, model_device, training_mode
+from .removal_order import global_order, removal_scores
+from .table import Table, pyplot, save_figure
+
+
+def default_counts(total: int, points: int = 40, max_fraction: float = 1.0) -> List[int]:
+    """0, then about ``points`` geometrically spaced counts from 1 to ``max_fraction * total``,
+    merged with ``points // 2`` evenly spaced ones (so both log and linear axes are covered)."""
+    top = max(1, int(round(total * max_fraction)))
+    geo = torch.logspace(0, math.log10(top), points, dtype=torch.float64).round().long().tolist()
+    lin = torch.linspace(0, top, max(2, points // 2), dtype=torch.float64).round().long().tolist()
+    return sorted(set([0] + geo + lin))
+
+
+def materialize(loader, batches: Optional[int], desc: str):
+    """The first ``batches`` batches of ``loader`` held in memory (so each point re-reads no files)."""
+    return [(x, y) for x, y in iterate_batches(loader, batches, desc=desc)]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, loss_fn: Callable = default_loss) -> Dict[str, float]:
+    """Mean loss and top-1 accuracy of ``model`` (eval mode) over the ``(x, y)`` batches in ``data``."""
+    device = model_device(model)
+    tot_loss, correct, n = 0.0, 0, 0
+    with training_mode(model, False):
+        for x, y in data:
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            tot_loss += float(loss_fn(out, y)) * len(y)
+            correct += int((out.argmax(1) == y).sum())
+            n += len(y)
+    return {"loss": tot_loss / n, "accuracy": correct / n, "samples": n}
+
+
+def fit_exponential(x: Sequence[float], y: Sequence[float], use: Sequence[bool], tolerance: float = math.log(2)) -> dict:
+    """Least-squares fit ``log y = a + rate * x`` on the points where ``use`` is true (and y > 0).
+    Returns rate, intercept, r2, the fitted points' range, and ``holds_from``/``holds_to``: the
+    widest run of consecutive points around the fitted ones whose residual stays within
+    ``tolerance`` (log units; ln 2 = a factor of 2), i.e. where the exponential description breaks."""
+    X = torch.tensor(list(x), dtype=torch.float64)
+    Y = torch.tensor(list(y), dtype=torch.float64)
+    pos = Y > 0
+    m = torch.tensor(list(use), dtype=torch.bool) & pos
+    if int(m.sum()) < 3:
+        return {"rate": float("nan"), "intercept": float("nan"), "r2": float("nan"), "points": int(m.sum()),
+                "fit_from": None, "fit_to": None, "holds_from": None, "holds_to": None}
+    xs, ly = X[m], Y[m].log()
+    A = torch.stack([torch.ones_like(xs), xs], 1)
+    coef = torch.linalg.lstsq(A, ly.unsqueeze(1)).solution.squeeze(1)
+    a, r = float(coef[0]), float(coef[1])
+    res = ly - (a + r * xs)
+    r2 = 1 - float((res ** 2).sum()) / max(float(((ly - ly.mean()) ** 2).sum()), 1e-300)
+    resid_all = torch.full_like(X, float("inf"))
+    resid_all[pos] = (Y[pos].log() - (a + r * X[pos])).abs()
+    ok = resid_all <= tolerance
+    idx = torch.nonzero(m).squeeze(1)
+    centre = int(idx[len(idx) // 2])
+    lo = hi = centre
+    if bool(ok[centre]):
+        while lo > 0 and bool(ok[lo - 1]):
+            lo -= 1
+        while hi < len(X) - 1 and bool(ok[hi + 1]):
+            hi += 1
+    return {"rate": r, "intercept": a, "r2": r2, "points": int(m.sum()),
+            "fit_from": float(X[idx[0]]), "fit_to": float(X[idx[-1]]),
+            "holds_from": float(X[lo]) if bool(ok[centre]) else None,
+            "holds_to": float(X[hi]) if bool(ok[centre]) else None}
+
+
+def _forever(loader):
+    while True:
+        empty = True
+        for x, y, *_ in loader:
+            empty = False
+            yield x, y
+        if empty:
+            raise ValueError("the fine-tune loader yielded no batches")
+
+
+@dataclass
+class KnowledgeCurve:
+    """Accuracy and loss of what remains against the number of weights removed.
+
+    ``table``: one row per point (removed, fraction, accuracy, loss, accuracy_drop, loss_increase).
+    ``fits``: exponential fits of the loss increase and the accuracy drop (see :func:`fit_exponential`).
+    """
+
+    table: Table
+    total: int
+    estimator: str
+    finetune_batches: int
+    fits: Dict[str, dict]
+    chance: float
+    note: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def fit_table(self) -> Table:
+        rows = []
+        for what, f in self.fits.items():
+            r = f["rate"]
+            rows.append({
+                "quantity": what, "rate_per_weight": r,
+                "e_fold_weights": (1.0 / r) if r and r > 0 else float("nan"),
+                "e_fold_fraction": (1.0 / (r * self.total)) if r and r > 0 else float("nan"),
+                "r2": f["r2"], "fit_from": f["fit_from"], "fit_to": f["fit_to"],
+                "holds_from": f["holds_from"], "holds_to": f["holds_to"],
+            })
+        return Table(rows)
+
+    def plot(self, path, svg: bool = False, title: str = ""):
+        """Four panels: accuracy vs removed on linear and log x; loss increase and accuracy drop on a
+        log y axis with the exponential fit (straight there) and the range where it holds."""
+        plt = pyplot()
+        k = self.table["removed"]
+        acc = [100 * a for a in self.table["accuracy"]]
+        fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+        for ax, logx in ((axes[0, 0], False), (axes[0, 1], True)):
+            kk = [max(v, 0.8) for v in k] if logx else k
+            ax.plot(kk, acc, "o-", ms=3)
+            ax.axhline(100 * self.chance, color="grey", ls=":", label="chance")
+            if logx:
+                ax.set_xscale("log")
+            ax.set_xlabel("weights removed (count" + (", log axis; 0 drawn at 0.8)" if logx else ")"))
+            ax.set_ylabel("top-1 accuracy of what remains (%)")
+            ax.grid(True, which="both" if logx else "major", alpha=0.3)
+            ax.legend(fontsize=8)
+            sec = ax.secondary_xaxis("top", functions=(lambda v, t=self.total: 100 * v / t, lambda f, t=self.total: f * t / 100))
+            sec.set_xlabel("% of prunable weights", fontsize=8)
+        for ax, key, label, scale in (
+            (axes[1, 0], "loss_increase", "loss increase over the intact net (nats)", 1.0),
+            (axes[1, 1], "accuracy_drop", "accuracy drop (percentage points)", 100.0),
+        ):
+            y = [scale * v for v in self.table[key]]
+            pos = [(a, b) for a, b in zip(k, y) if b > 0]
+            if pos:
+                ax.plot([p[0] for p in pos], [p[1] for p in pos], "o", ms=3, label="measured (> 0)")
+            f = self.fits.get(key, {})
+            if f and f.get("rate") == f.get("rate") and f.get("fit_from") is not None:
+                xs = torch.linspace(0, max(k), 200)
+                ax.plot(xs, scale * torch.exp(f["intercept"] + f["rate"] * xs.double()), "-", color="C3",
+                        label=f"exp fit: e-fold every {1 / f['rate']:.3g} weights (R²={f['r2']:.3f})" if f["rate"] > 0 else "exp fit")
+                if f.get("holds_from") is not None:
+                    ax.axvspan(f["holds_from"], f["holds_to"], color="C2", alpha=0.12, label="fit within ×2")
+            ax.set_yscale("log")
+            ax.set_xlabel("weights removed (count)")
+            ax.set_ylabel(label)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        mode = "one shot" if self.finetune_batches == 0 else f"{self.finetune_batches} fine-tune batches per point"
+        head = title or "knowledge distribution"
+        fig.suptitle(f"{head}\nremoved in {self.estimator} order, {mode}; {self.note}", fontsize=9)
+        fig.tight_layout()
+        return save_figure(fig, path, svg=svg)
+
+
+def knowledge_distribution(
+    model: nn.Module,
+    eval_loader,
+    order_loader=None,
+    estimator: str = "magnitude",
+    counts: Optional[Sequence[int]] = None,
+    points: int = 40,
+    max_fraction: float = 1.0,
+    finetune_batches: int = 0,
+    finetune_loader=None,
+    lr: float = 1e-3,
+    momentum: float = 0.9,
+    eval_batches: Optional[int] = None,
+    order_batches: Optional[int] = 20,
+    include=None,
+    exclude=None,
+    loss_fn: Callable = default_loss,
+    num_classes: Optional[int] = None,
+    noise_floor: float = 1e-3,
+) -> KnowledgeCurve:
+    """Remove the prunable weights of a copy of ``model`` in ``estimator`` order (scores from
+    ``order_batches`` batches of ``order_loader``; choose held-out training data, never the test
+    split) and measure loss and accuracy on ``eval_batches`` batches of ``eval_loader`` at each
+    count of ``counts`` (default :func:`default_counts`).
+
+    ``finetune_batches = 0`` is one shot: every point is the intact network minus the first k
+    weights of the order. Otherwise the removal is progressive: after each point's removal the copy
+    is fine-tuned for ``finetune_batches`` SGD steps on ``finetune_loader`` (default
+    ``order_loader``) with the removed weights held at exactly zero. ``model`` is never modified.
+    """
+    work = copy.deepcopy(model)
+    conn = Connectome(work, include=include, exclude=exclude)
+    total = conn.num_synapses()
+    scores = removal_scores(conn, order_loader, estimator, order_batches, loss_fn)
+    order = global_order(scores)
+    counts = sorted(set(int(c) for c in (counts if counts is not None else default_counts(total, points, max_fraction))))
+    if counts and (counts[0] < 0 or counts[-1] > total):
+        raise ValueError(f"counts must lie in [0, {total}] (the number of prunable weights), got {counts[0]}..{counts[-1]}")
+    data = materialize(eval_loader, eval_batches, desc="evaluation data")
+    if num_classes is None:
+        with torch.no_grad(), training_mode(work, False):
+            num_classes = int(work(data[0][0][:1].to(model_device(work))).shape[-1])
+    opt = ft_iter = None
+    if finetune_batches:
+        src = finetune_loader if finetune_loader is not None else order_loader
+        if src is None:
+            raise ValueError("finetune_batches > 0 needs finetune_loader (or order_loader) of training data")
+        opt = torch.optim.SGD(work.parameters(), lr=lr, momentum=momentum)
+        conn.attach(opt)
+        ft_iter = _forever(src)
+    sizes = [m.numel() for m in conn.masks.values()]
+    names = list(conn.masks)
+    rows, base = [], None
+    from tqdm.auto import tqdm
+
+    device = model_device(work)
+    for k in tqdm(counts, desc=f"removing ({estimator})", leave=False, disable=None):
+        flat = torch.ones(total, dtype=torch.bool)
+        flat[order[:k]] = False
+        conn.set_masks({n: m.view(conn.masks[n].shape) for n, m in zip(names, flat.split(sizes))})
+        if finetune_batches and k > 0:
+            with training_mode(work, True):
+                for _ in range(finetune_batches):
+                    x, y = next(ft_iter)
+                    opt.zero_grad(set_to_none=True)
+                    loss_fn(work(x.to(device)), y.to(device)).backward()
+                    opt.step()
+        r = evaluate(work, data, loss_fn)
+        if base is None:
+            base = r
+        rows.append({
+            "removed": k, "fraction": k / total, "accuracy": r["accuracy"], "loss": r["loss"],
+            "accuracy_drop": base["accuracy"] - r["accuracy"], "loss_increase": r["loss"] - base["loss"],
+        })
+    table = Table(rows)
+    chance = 1.0 / num_classes
+    fits = {}
+    span = max(base["accuracy"] - chance, 1e-9)
+    k_all = table["removed"]
+    # fit only the middle: above the noise floor, before the net collapses towards chance
+    body = [(li > noise_floor) and (ad < 0.9 * span) for li, ad in zip(table["loss_increase"], table["accuracy_drop"])]
+    fits["loss_increase"] = fit_exponential(k_all, table["loss_increase"], body)
+    body_acc = [(ad > max(noise_floor, 1.0 / base["samples"])) and (ad < 0.9 * span) for ad in table["accuracy_drop"]]
+    fits["accuracy_drop"] = fit_exponential(k_all, table["accuracy_drop"], body_acc)
+    return KnowledgeCurve(table, total, estimator, finetune_batches or 0, fits, chance,
+                          note=f"evaluated on {base['samples']} samples",
+                          meta={"base": base, "model": work, "connectome": conn, "order": order})

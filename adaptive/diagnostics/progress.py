@@ -1,0 +1,198 @@
+"""Controller progress of a run, from its ``events.jsonl`` and ``metrics.csv``.
+
+``events.jsonl``: one JSON object per controller update, with (all optional but ``step``) keys
+``step``, ``pruned``, ``grown``, ``density``, ``layer_density`` (dict), ``boundaries`` (dict or
+null), ``est_loss_change``, ``actual_loss_change``. ``metrics.csv``: columns ``step``, ``split``
+and any numeric ones (``loss``, ``accuracy``, ``removed``, ...). Missing keys, blank cells and
+missing files are tolerated: what is there is drawn.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from .table import Table, pyplot, save_figure
+
+
+def _number(v):
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)):
+        return v
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return int(f) if f.is_integer() and "." not in str(v) and "e" not in str(v).lower() else f
+
+
+def read_events(path: str) -> List[dict]:
+    """The events of ``path`` (one JSON object per line; blank or broken lines are skipped with a
+    count in the returned list's ``skipped`` attribute); [] if the file does not exist."""
+    events: List[dict] = []
+    if not os.path.exists(path):
+        return events
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(e, dict):
+                events.append(e)
+    return events
+
+
+def read_metrics(path: str) -> Table:
+    """Rows of ``metrics.csv`` with numeric cells converted; an empty Table if the file is absent."""
+    if not os.path.exists(path):
+        return Table()
+    with open(path, newline="") as f:
+        return Table({k: _number(v) if v != "" else None for k, v in row.items() if k is not None} for row in csv.DictReader(f))
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+@dataclass
+class Progress:
+    """Events and metrics of one run, as tables, with ``removed`` filled in for every metrics row
+    (from the ``removed`` column, else from the cumulative pruned - grown of the events; None if
+    neither is known)."""
+
+    events: Table
+    metrics: Table
+    removed_source: str
+
+    def plot(self, path, svg: bool = False, title: str = ""):
+        plt = pyplot()
+        fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+        m = self.metrics
+        xkey = "removed" if self.removed_source != "step" else "step"
+        xlabel = "synapses removed" if xkey == "removed" else "step (no removed count logged)"
+        splits = sorted({str(r.get("split", "all")) for r in m})
+        for ax, key in ((axes[0, 0], "loss"), (axes[0, 1], "accuracy")):
+            drawn = False
+            for s in splits:
+                pts = [(r[xkey], r[key]) for r in m if str(r.get("split", "all")) == s
+                       and isinstance(r.get(key), (int, float)) and isinstance(r.get(xkey), (int, float))]
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=s)
+                    drawn = True
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(key)
+            ax.set_title(f"{key} against removal", fontsize=9)
+            if drawn:
+                ax.legend(fontsize=8)
+            else:
+                ax.text(0.5, 0.5, f"no {key} in metrics.csv", ha="center", va="center", transform=ax.transAxes)
+            ax.grid(True, alpha=0.3)
+        ev = self.events
+        steps = ev["step"]
+        ax = axes[0, 2]
+        for key, c in (("pruned", "C3"), ("grown", "C2")):
+            pts = [(s, v) for s, v in zip(steps, ev[key]) if isinstance(v, (int, float))]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, color=c, label=key if key == "pruned" else "restored / grown")
+        ax.set_xlabel("step")
+        ax.set_ylabel("synapses per update")
+        ax.set_title("pruned and restored per controller update", fontsize=9)
+        if ev:
+            ax.legend(fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax = axes[1, 0]
+        series: Dict[str, list] = {}
+        for e in ev:
+            for k, v in _flat(e.get("boundaries")).items():
+                series.setdefault(k, []).append((e.get("step"), v))
+        for i, (k, pts) in enumerate(sorted(series.items())):
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=2, label=k)
+        if series:
+            vals = [abs(p[1]) for pts in series.values() for p in pts if p[1] != 0]
+            if vals and max(vals) / max(min(vals), 1e-300) > 1e3:
+                ax.set_yscale("symlog", linthresh=min(vals))
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no boundaries logged", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("step")
+        ax.set_ylabel("utility boundary (expected loss change)")
+        ax.set_title("boundaries over time", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax = axes[1, 1]
+        pts = [(s, v) for s, v in zip(steps, ev["density"]) if isinstance(v, (int, float))]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "k-", lw=2, label="all")
+        layers: Dict[str, list] = {}
+        for e in ev:
+            for k, v in _flat(e.get("layer_density")).items():
+                layers.setdefault(k, []).append((e.get("step"), v))
+        for k, lp in list(layers.items())[:20]:
+            ax.plot([p[0] for p in lp], [p[1] for p in lp], lw=0.8, alpha=0.7, label=k)
+        ax.set_xlabel("step")
+        ax.set_ylabel("density (fraction of synapses present)")
+        ax.set_title("density", fontsize=9)
+        if pts or layers:
+            ax.legend(fontsize=6, ncol=2)
+        ax.grid(True, alpha=0.3)
+        ax = axes[1, 2]
+        pts = [(a, b) for a, b in zip(ev["est_loss_change"], ev["actual_loss_change"])
+               if isinstance(a, (int, float)) and isinstance(b, (int, float))]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=10)
+            lo = min(min(p) for p in pts)
+            hi = max(max(p) for p in pts)
+            ax.plot([lo, hi], [lo, hi], "k:", lw=1, label="y = x")
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no loss-change estimates logged", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("estimated loss change of the update")
+        ax.set_ylabel("actual loss change")
+        ax.set_title("utility estimate against outcome", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        fig.suptitle(title or "controller progress", fontsize=10)
+        fig.tight_layout()
+        return save_figure(fig, path, svg=svg)
+
+
+def progress(run_dir: str, total_synapses: Optional[int] = None) -> Progress:
+    """Read ``run_dir``/events.jsonl and ``run_dir``/metrics.csv. ``total_synapses`` lets a run whose
+    metrics lack ``removed`` but whose events log ``density`` be placed on the removal axis."""
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run folder {run_dir!r} does not exist")
+    events = Table(read_events(os.path.join(run_dir, "events.jsonl")))
+    metrics = read_metrics(os.path.join(run_dir, "metrics.csv"))
+    if not events and not metrics:
+        raise FileNotFoundError(f"{run_dir!r} has neither events.jsonl nor metrics.csv")
+    events = Table(sorted(events, key=lambda e: e.get("step") if isinstance(e.get("step"), (int, float)) else math.inf))
+    cum, removed_at = 0, []
+    for e in events:
+        if total_synapses and isinstance(e.get("density"), (int, float)):
+            cum = round(total_synapses * (1 - e["density"]))
+        else:
+            cum += (e.get("pruned") or 0) - (e.get("grown") or 0)
+        e["removed"] = cum
+        removed_at.append((e.get("step"), cum))
+    if metrics and all(isinstance(r.get("removed"), (int, float)) for r in metrics):
+        source = "metrics"
+    elif events and metrics and all(isinstance(r.get("step"), (int, float)) for r in metrics):
+        source = "events"
+        for r in metrics:
+            before = [c for s, c in removed_at if isinstance(s, (int, float)) and s <= r["step"]]
+            r["removed"] = before[-1] if before else 0
+    else:
+        source = "step"
+    return Progress(events, metrics, source)

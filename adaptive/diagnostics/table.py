@@ -1,0 +1,83 @@
+"""A tiny row table: every diagnostic returns its numbers as one, for notebooks and reports.
+
+A :class:`Table` is a list of row dicts with a few conveniences (columns, markdown, CSV, pandas).
+It has no dependency beyond the standard library; ``to_pandas`` imports pandas only when called.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from typing import Any, Dict, Iterable, List, Sequence
+
+
+class Table(list):
+    """A list of rows (dicts with the same keys, in order). ``table["col"]`` gives a column."""
+
+    def __init__(self, rows: Iterable[Dict[str, Any]] = ()):
+        super().__init__(dict(r) for r in rows)
+
+    @property
+    def columns(self) -> List[str]:
+        cols: List[str] = []
+        for r in self:
+            cols.extend(k for k in r if k not in cols)
+        return cols
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return [r.get(key) for r in self]
+        return super().__getitem__(key)
+
+    def to_markdown(self, floatfmt: str = ".4g") -> str:
+        cols = self.columns
+
+        def fmt(v):
+            if isinstance(v, float):
+                return format(v, floatfmt)
+            return "" if v is None else str(v)
+
+        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+        lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in self]
+        return "\n".join(lines)
+
+    def to_csv(self, path: str | os.PathLike) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.columns)
+            w.writeheader()
+            w.writerows(self)
+
+    def to_pandas(self):
+        import pandas as pd  # optional: only notebooks that ask for a DataFrame need it
+
+        return pd.DataFrame(list(self), columns=self.columns)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+def save_figure(fig, path: str | os.PathLike, svg: bool = False, dpi: int = 120) -> List[str]:
+    """Write ``fig`` as PNG at ``path`` (and an SVG next to it when ``svg``); close it; return paths."""
+    import matplotlib.pyplot as plt
+
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    root = os.path.splitext(path)[0]
+    out = [root + ".png"]
+    fig.savefig(out[0], dpi=dpi, bbox_inches="tight")
+    if svg:
+        out.append(root + ".svg")
+        fig.savefig(out[1], bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def pyplot():
+    """matplotlib.pyplot on a non-interactive backend unless the user picked one."""
+    import matplotlib
+
+    if "MPLBACKEND" not in os.environ:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

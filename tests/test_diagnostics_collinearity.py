@@ -1,0 +1,64 @@
+"""collinearity: identical batches are perfectly collinear, sign-flipping batches are not."""
+import pytest
+import torch
+from torch import nn
+
+from adaptive.diagnostics import collinearity
+from adaptive.diagnostics.collinearity import rebatch
+
+torch.set_num_threads(1)
+
+
+def sum_loss(out, y):
+    return out.sum()
+
+
+def test_identical_batches_are_collinear(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(10, 6), torch.randint(0, 3, (10,))
+    res = collinearity(model, [(x, y)] * 7)
+    assert res.batches == 7 and set(res.cosine) == {"0.weight", "2.weight"}
+    for name in res.cosine:
+        assert torch.allclose(res.cosine[name], torch.ones_like(res.cosine[name]), atol=1e-6)
+        assert torch.all(res.sign_agreement[name] == 1)
+        assert torch.allclose(res.grad_var[name], torch.zeros_like(res.grad_var[name]), atol=1e-12)
+    # the full gradient squared is exactly the one batch gradient squared
+    g = torch.autograd.grad(nn.functional.cross_entropy(model(x), y), [model[2].weight])[0]
+    assert torch.allclose(res.full_grad_sq["2.weight"], (g * g).reshape(-1), rtol=1e-5)
+    assert res.fraction_above([0.5])[-1][">0.5"] == 1.0
+    res.plot(tmp_path / "scatter.png")
+    res.plot_summary(tmp_path / "summary.png")
+    assert (tmp_path / "scatter.png").stat().st_size > 0 and (tmp_path / "summary.png").exists()
+
+
+def test_sign_flipping_batches_are_not_collinear():
+    # loss = sum(W x): batch gradient = sum of x; batches alternate x and -x (+ small noise)
+    torch.manual_seed(0)
+    model = nn.Linear(5, 2, bias=False)
+    base = torch.randn(4, 5)
+    loader = [((-1) ** b * base + 0.01 * torch.randn(4, 5), torch.zeros(4, dtype=torch.long)) for b in range(20)]
+    res = collinearity(model, loader, loss_fn=sum_loss)
+    c = res.cosine["weight"]
+    assert float(c.max()) < 0.05
+    a = res.sign_agreement["weight"]
+    assert torch.all((a >= 0.45) & (a <= 0.55))  # half the batches agree with the (tiny) mean
+
+
+def test_partial_agreement_matches_closed_form():
+    # batch gradients 3, 3, 3, -1 for every weight: mean 2, rms sqrt(7), sign agreement 3/4
+    model = nn.Linear(1, 1, bias=False)
+    loader = [(torch.tensor([[v]]), torch.zeros(1, dtype=torch.long)) for v in (3.0, 3.0, 3.0, -1.0)]
+    res = collinearity(model, loader, loss_fn=sum_loss)
+    assert float(res.cosine["weight"]) == pytest.approx(2 / 7 ** 0.5)
+    assert float(res.sign_agreement["weight"]) == pytest.approx(0.75)
+    assert float(res.full_grad_sq["weight"]) == pytest.approx(4.0)
+
+
+def test_rebatch_cuts_exact_sizes_and_measures_at_that_size():
+    data = [(torch.arange(i, i + 5).float().unsqueeze(1), torch.zeros(5, dtype=torch.long)) for i in range(0, 15, 5)]
+    sizes = [len(x) for x, _ in rebatch(data, 4)]
+    assert sizes == [4, 4, 4]
+    model = nn.Linear(1, 1, bias=False)
+    res = collinearity(model, data, batch_size=2, loss_fn=sum_loss)
+    assert res.batches == 7 and res.batch_size == 2

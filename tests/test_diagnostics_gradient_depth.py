@@ -1,0 +1,106 @@
+"""gradient_by_depth and BandGradientScaler on cases with known answers."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from adaptive.diagnostics import BandGradientScaler, gradient_by_depth, weight_depths
+
+torch.set_num_threads(1)
+
+
+def sum_loss(out, y):
+    return out.sum()
+
+
+def constant_loader(x, batches):
+    return [(x, torch.zeros(len(x), dtype=torch.long))] * batches
+
+
+def test_constructed_gradients_give_known_band_medians(tmp_path):
+    # loss = sum(W x) with batch size 1: dL/dW[o, j] = x_j exactly, for every output o.
+    # band 0 reads features 0..3 (values 1..4: median 2.5, quartiles 1.75/3.25 over 4 weights x 2
+    # outputs = values {1,1,2,2,3,3,4,4}), band 5 reads features 4..5 (1e-6 each).
+    layer = nn.Linear(6, 2, bias=False)
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0, 1e-6, 1e-6]])
+    res = gradient_by_depth(layer, constant_loader(x, 5), layer="", batches=5, loss_fn=sum_loss,
+                            depths=torch.tensor([0, 0, 0, 0, 5, 5]))
+    rows = {r["depth"]: r for r in res.table}
+    assert list(rows) == [0, 5]
+    assert rows[0]["weights"] == 8 and rows[5]["weights"] == 4 and rows[0]["values"] == 40
+    tol = 0.012  # the histogram's resolution (1/200 decade)
+    assert rows[5]["median"] == pytest.approx(1e-6, rel=tol)
+    assert 2.0 * (1 - tol) <= rows[0]["median"] <= 3.0 * (1 + tol)  # between the two middle values
+    assert 1.0 * (1 - tol) <= rows[0]["q1"] <= 2.0 * (1 + tol)
+    assert 3.0 * (1 - tol) <= rows[0]["q3"] <= 4.0 * (1 + tol)
+    assert rows[0]["mean"] == pytest.approx(2.5)
+    assert res.ratio() == pytest.approx(rows[0]["median"] / rows[5]["median"])
+    # per-weight mean |grad| is exact
+    assert torch.allclose(res.per_weight.view(2, 6), x.expand(2, 6))
+    paths = res.plot(tmp_path / "bands.png", svg=True)
+    assert all((tmp_path / p).exists() for p in ["bands.png", "bands.svg"])
+
+
+class TwoBand(nn.Module):
+    """The classifier reads [h, 1000 h]: every band-1 gradient is exactly 1000x its band-0 twin."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(5, 7)
+        self.classifier = nn.Linear(14, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.hidden(x))
+        return self.classifier(torch.cat([h, 1000 * h], 1))
+
+    def input_depths(self, layer):
+        assert layer == "classifier"
+        return torch.tensor([0] * 7 + [1] * 7)
+
+
+def test_two_bands_of_known_scale_use_model_depths():
+    torch.manual_seed(0)
+    model = TwoBand()
+    loader = [(torch.randn(16, 5), torch.randint(0, 3, (16,))) for _ in range(6)]
+    before = [p.detach().clone() for p in model.parameters()]
+    res = gradient_by_depth(model, loader, layer="classifier", batches=None)
+    m = res.medians()
+    assert res.depths == [0, 1] and res.batches == 6
+    assert m[1] / m[0] == pytest.approx(1000, rel=0.03)
+    assert res.ratio() == pytest.approx(1e-3, rel=0.03)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_missing_depths_say_how_to_pass_them():
+    with pytest.raises(ValueError, match="depths="):
+        gradient_by_depth(nn.Sequential(nn.Linear(4, 2)), [(torch.randn(2, 4), torch.tensor([0, 1]))], layer="0")
+    with pytest.raises(ValueError, match="4 input units"):
+        weight_depths((2, 4), torch.tensor([0, 1, 2]))
+
+
+def test_weight_depths_for_grouped_conv_and_flattened_maps():
+    d = weight_depths((4, 2, 3, 3), torch.tensor([0, 1, 2, 3]), groups=2)
+    assert d[0, :, 0, 0].tolist() == [0, 1] and d[3, :, 1, 1].tolist() == [2, 3]
+    d = weight_depths((1, 6), torch.tensor([0, 1]))  # 2 channels x 3 positions, flattened
+    assert d[0].tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_band_scaler_equalises_band_magnitudes():
+    torch.manual_seed(0)
+    model = TwoBand()
+    scaler = BandGradientScaler(model, layers=["classifier"], momentum=0.0)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    g = model.classifier.weight.grad.abs()
+    lo, hi = g[:, :7], g[:, 7:]
+    # after scaling both bands have the same geometric-mean magnitude
+    assert math.isclose(float(lo.log().mean()), float(hi.log().mean()), abs_tol=1e-4)
+    s = scaler.scales()["classifier"]
+    assert s[0] / s[1] == pytest.approx(1000, rel=1e-3)
+    scaler.remove()
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    g = model.classifier.weight.grad.abs()
+    assert float(g[:, 7:].mean() / g[:, :7].mean()) == pytest.approx(1000, rel=1e-3)

@@ -1,0 +1,69 @@
+"""knowledge_distribution: exact curves on a constructed classifier, fits, fine-tune keeps zeros."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from adaptive.diagnostics import fit_exponential, knowledge_distribution
+
+torch.set_num_threads(1)
+
+
+def constructed():
+    # feature j alone decides sample j (label 0) through w[0, j] = 4 - j, w[1, j] = -(4 - j);
+    # the bias favours class 1 by 0.5, so a sample is lost once its feature's weights are removed.
+    model = nn.Linear(4, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[4.0, 3, 2, 1], [-4.0, -3, -2, -1]]))
+        model.bias.copy_(torch.tensor([0.0, 0.5]))
+    data = [(torch.eye(4), torch.zeros(4, dtype=torch.long))]
+    return model, data
+
+
+def test_one_shot_magnitude_curve_is_exact(tmp_path):
+    model, data = constructed()
+    before = model.weight.detach().clone()
+    curve = knowledge_distribution(model, data, counts=range(9), estimator="magnitude")
+    assert curve.total == 8 and curve.table["removed"] == list(range(9))
+    # magnitude order removes |w| = 1, 1, 2, 2, ...; a sample dies with the second weight of its pair
+    assert curve.table["accuracy"] == [1, 1, 0.75, 0.75, 0.5, 0.5, 0.25, 0.25, 0]
+    assert curve.table["accuracy_drop"][0] == 0 and curve.table["loss_increase"][0] == 0
+    l8 = nn.functional.cross_entropy(torch.tensor([[0.0, 0.5]]), torch.tensor([0])).item()
+    assert curve.table["loss"][-1] == pytest.approx(l8)
+    assert torch.equal(model.weight, before)  # the caller's model is untouched
+    curve.plot(tmp_path / "k.png")
+    assert (tmp_path / "k.png").exists()
+    assert len(curve.fit_table()) == 2
+
+
+def test_taylor_order_uses_gradients_and_needs_a_loader():
+    model, data = constructed()
+    with pytest.raises(ValueError, match="held-out"):
+        knowledge_distribution(model, data, estimator="taylor", counts=[0, 1])
+    curve = knowledge_distribution(model, data, order_loader=data, estimator="obd", counts=[0, 8])
+    assert curve.table["accuracy"] == [1, 0]
+
+
+def test_fine_tune_keeps_removed_weights_at_zero():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    train = [(torch.randn(32, 6), torch.randint(0, 3, (32,))) for _ in range(3)]
+    curve = knowledge_distribution(model, train, order_loader=train, counts=[0, 20, 60],
+                                   finetune_batches=2, lr=0.1)
+    work = curve.meta["model"]
+    w = torch.cat([work[0].weight.reshape(-1), work[2].weight.reshape(-1)])
+    assert int((w == 0).sum()) >= 60
+    order = curve.meta["order"]
+    assert torch.all(w[order[:60]] == 0)
+
+
+def test_fit_recovers_an_exponential_and_finds_where_it_breaks():
+    k = list(range(0, 100, 5))
+    rate = 0.05
+    y = [1e-3 * math.exp(rate * v) for v in k]
+    y[0] = 1e-9  # below the noise: the fit must break there
+    y[-2] = y[-1] = y[-5]  # saturation: breaks at the end too
+    f = fit_exponential(k, y, [0 < i < len(k) - 2 for i in range(len(k))])
+    assert f["rate"] == pytest.approx(rate, rel=0.05)
+    assert f["holds_from"] == 5 and f["holds_to"] == 85
