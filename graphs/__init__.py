@@ -1,1 +1,17 @@
-"""graphs: the connectome as a graph (tracing, building, exporters, analysis)."""
+"""graphs: the connectome as a graph.
+
+``graphs.build(conn, level="synapse"|"unit"|"layer")`` traces the model's data flow with torch.fx
+and returns a :class:`ConnectomeGraph` held as tensors; ``to_pyg``, ``to_networkx`` and ``write``
+(.graphml, .gexf, .json) export it; :mod:`graphs.analysis` measures it; ``compact`` turns dead
+units into a physically smaller model.
+"""
+from .analysis import (concat_composition, dead_units, degree_distribution, density_per_layer, reachability,
+                       signal_depth, summary)
+from .graph import LEVELS, ConnectomeGraph, build, layer_graph
+from .trace import trace
+
+__all__ = [
+    "build", "ConnectomeGraph", "LEVELS", "layer_graph", "trace",
+    "summary", "signal_depth", "reachability", "dead_units", "density_per_layer", "degree_distribution",
+    "concat_composition",
+]

@@ -1,0 +1,295 @@
+"""The connectome as a graph at three levels, built with tensor operations.
+
+- ``synapse``: one edge per live synapse, from the node feeding the synapse's input channel to the
+  synapse's output unit (attributes: layer, position in the weight, weight value, utility).
+- ``unit``: one edge per live ensemble of synapses joining two nodes (all synapses of a layer
+  between one source node and one output unit): live synapse count, L1 and L2 of their weights,
+  summed utility.
+- ``layer``: one node per layer / junction op / input / output; edges aggregate the unit edges.
+
+Nodes at the synapse and unit levels are the same: the constant node (id 0, zero padding), input
+channels or features, units (one per output channel/feature of each Linear/Conv), junctions (where
+a residual addition or a product merges several sources; wires join their summands to them) and
+output classes. Every node carries its kind, group, layer, index, signal depth (the number of
+weighted layers on the longest and the shortest live path from an input; -1 when unreached) and
+its in- and out-degree in this graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional
+
+import torch
+from torch import nn
+
+from .trace import CONST, INPUT, JUNCTION, KIND_NAMES, OUTPUT, UNIT, Group, LayerFlow, Trace, trace
+
+LEVELS = ("synapse", "unit", "layer")
+EDGE_SYNAPSE, EDGE_WIRE = 0, 1
+
+
+@dataclass
+class ConnectomeGraph:
+    """A directed graph held as tensors: ``src``/``dst`` LongTensors [E] (source -> target),
+    ``edge_attrs`` name -> tensor [E], ``node_attrs`` name -> tensor [N], plus the groups (inputs,
+    layers, junction ops, outputs) the nodes belong to. Node ids are 0..N-1."""
+
+    level: str
+    node_attrs: Dict[str, torch.Tensor]
+    src: torch.Tensor
+    dst: torch.Tensor
+    edge_attrs: Dict[str, torch.Tensor]
+    groups: List[Group]
+    layers: List[LayerFlow] = field(default_factory=list)
+    concats: List[dict] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    meta: Dict[str, object] = field(default_factory=dict)
+    edge_ptr: Optional[torch.Tensor] = None  # edges into group g are edge_ptr[g]:edge_ptr[g+1]
+    unit_node_attrs: Optional[Dict[str, torch.Tensor]] = None  # layer level: the unit nodes behind it
+
+    @property
+    def num_nodes(self) -> int:
+        return int(next(iter(self.node_attrs.values())).numel())
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.src.numel())
+
+    def node_names(self) -> List[str]:
+        """``group:index`` for unit-level nodes, the group name at the layer level."""
+        if self.level == "layer":
+            return [g.name for g in self.groups]
+        return [f"{g.name}:{i}" if g.count > 1 or g.kind != "constant" else g.name for g in self.groups for i in range(g.count)]
+
+    def live_synapses(self) -> int:
+        """Number of live synapses the graph holds (every synapse once, whatever its sources)."""
+        if self.level == "synapse":
+            return int((self.edge_attrs["kind"] == EDGE_SYNAPSE).sum())
+        if self.level == "unit":
+            return int(self.edge_attrs["count"].sum())
+        return int(self.edge_attrs["count"].sum())
+
+    def __repr__(self) -> str:
+        kinds = torch.bincount(self.node_attrs["kind"], minlength=len(KIND_NAMES)) if self.level != "layer" else None
+        ks = "" if kinds is None else ", " + ", ".join(f"{k}={int(c)}" for k, c in zip(KIND_NAMES, kinds) if c)
+        return f"ConnectomeGraph(level={self.level!r}, nodes={self.num_nodes:,}, edges={self.num_edges:,}{ks})"
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _weight_and_mask(conn, model: nn.Module, layer: LayerFlow):
+    w = model.get_submodule(layer.module).weight.detach()
+    m = conn.masks.get(layer.param) if conn is not None else None
+    if m is None:
+        m = torch.ones(w.shape, dtype=torch.bool)
+    return w.float().cpu(), m.cpu()
+
+
+def _utility_for(utility, conn, layer: LayerFlow, shape) -> Optional[torch.Tensor]:
+    if not utility or layer.param not in utility:
+        return None
+    u = utility[layer.param].detach().float().cpu()
+    if tuple(u.shape) == tuple(shape):
+        return u
+    if conn is not None:
+        gran = conn.granularity
+        if tuple(u.shape) == tuple(gran.ensemble_shape(torch.Size(shape))):
+            # spread an ensemble's utility evenly over its synapses so sums are preserved
+            return gran.expand(u, torch.Size(shape)) / gran.expand(gran.ensemble_sizes(torch.Size(shape)), torch.Size(shape))
+    raise ValueError(
+        f"utility[{layer.param!r}] has shape {tuple(u.shape)}: give one value per synapse {tuple(shape)} or per ensemble"
+    )
+
+
+def _aggregate(key: torch.Tensor, cols: Dict[str, torch.Tensor]):
+    """Sum ``cols`` over equal ``key``; returns (unique keys, summed cols)."""
+    uk, inv = torch.unique(key, return_inverse=True)
+    out = {}
+    for k, v in cols.items():
+        out[k] = torch.zeros(uk.numel(), dtype=v.dtype).index_add_(0, inv, v)
+    return uk, out
+
+
+def _unit_edges(layer: LayerFlow, start: int, w, m, u):
+    """Edges of one weighted layer at the unit level: one per (source node, output unit) pair."""
+    o_n, ipg = layer.shape[0], layer.shape[1]
+    opg = o_n // layer.groups
+    mf = m.reshape(o_n, ipg, -1)
+    wm = (w * m).reshape(o_n, ipg, -1)
+    count = mf.sum(-1)
+    o, i = (count > 0).nonzero(as_tuple=True)
+    c = torch.div(o, opg, rounding_mode="floor") * ipg + i
+    src = layer.in_src[c]
+    cols = {
+        "count": count[o, i].to(torch.float64),
+        "l1": wm.abs().sum(-1)[o, i].to(torch.float64),
+        "l2": (wm * wm).sum(-1)[o, i].to(torch.float64),
+    }
+    if u is not None:
+        cols["utility"] = (u * m).reshape(o_n, ipg, -1).sum(-1)[o, i].to(torch.float64)
+    if torch.unique(layer.in_src).numel() < layer.in_src.numel():  # flatten or shared sources: merge
+        key, cols = _aggregate(src * o_n + o, cols)
+        src, o = torch.div(key, o_n, rounding_mode="floor"), key % o_n
+    cols["l2"] = cols["l2"].sqrt()
+    return src, start + o, cols
+
+
+def _synapse_edges(layer: LayerFlow, start: int, w, m, u):
+    o_n, ipg = layer.shape[0], layer.shape[1]
+    k = m[0].numel() // ipg if m.dim() > 1 else 1
+    opg = o_n // layer.groups
+    flat = m.reshape(-1).nonzero().squeeze(1)
+    o = torch.div(flat, ipg * k, rounding_mode="floor")
+    i = torch.div(flat % (ipg * k), k, rounding_mode="floor")
+    c = torch.div(o, opg, rounding_mode="floor") * ipg + i
+    cols = {"position": flat, "weight": w.reshape(-1)[flat].to(torch.float64)}
+    if u is not None:
+        cols["utility"] = u.reshape(-1)[flat].to(torch.float64)
+    return layer.in_src[c], start + o, cols
+
+
+# ------------------------------------------------------------------------------------ build
+def build(
+    conn=None,
+    level: str = "unit",
+    example_input=None,
+    utility: Optional[Mapping[str, torch.Tensor]] = None,
+    model: Optional[nn.Module] = None,
+    input_nodes: str = "auto",
+    traced: Optional[Trace] = None,
+) -> ConnectomeGraph:
+    """Build the graph of ``conn`` (an :class:`adaptive.Connectome`) at ``level``.
+
+    ``example_input`` (batch first) drives the fx trace; None infers one from the first layer.
+    ``utility`` maps parameter names to per-synapse (or per-ensemble) scores, summed onto edges.
+    ``model`` stands in for ``conn.model`` (or replaces ``conn`` entirely: every weight live).
+    ``traced`` reuses a :func:`graphs.trace.trace` result. Linear/Conv layers outside the
+    connectome count as fully live. Guarantee: every input channel of a layer has exactly one
+    source node (a junction where several units merge), so the synapse level holds exactly one
+    edge per live synapse and the unit level's ``count`` attributes sum to the same number.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}: use one of {LEVELS}")
+    model = model if model is not None else getattr(conn, "model", None)
+    if model is None:
+        raise ValueError("build needs a Connectome (conn=...) or a model (model=...)")
+    tr = traced if traced is not None else trace(model, example_input, input_nodes)
+    unit = _build_nodes_and_edges(tr, conn, model, "synapse" if level == "synapse" else "unit", utility)
+    _annotate(unit)
+    if level == "layer":
+        return layer_graph(unit)
+    return unit
+
+
+def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> ConnectomeGraph:
+    chunks_src, chunks_dst, chunks = [], [], []
+    ptr = [0]
+    total_live = 0
+    names = (["count", "l1", "l2"] if level == "unit" else ["position", "weight"])
+    if utility:
+        names.append("utility")
+    for gid, g in enumerate(tr.groups):
+        if g.kind == "layer":
+            layer = tr.layers[g.layer]
+            w, m = _weight_and_mask(conn, model, layer)
+            u = _utility_for(utility, conn, layer, w.shape)
+            total_live += int(m.sum())
+            fn = _unit_edges if level == "unit" else _synapse_edges
+            s, d, cols = fn(layer, g.start, w, m, u)
+            kind = torch.full((s.numel(),), EDGE_SYNAPSE, dtype=torch.long)
+            lay = torch.full((s.numel(),), g.layer, dtype=torch.long)
+        elif gid in tr.wires:
+            s, d = tr.wires[gid]
+            cols = {}
+            kind = torch.full((s.numel(),), EDGE_WIRE, dtype=torch.long)
+            lay = torch.full((s.numel(),), -1, dtype=torch.long)
+        else:
+            s = d = torch.zeros(0, dtype=torch.long)
+            cols, kind, lay = {}, s, s
+        full = {"kind": kind, "layer": lay}
+        for nme in names:
+            if nme in cols:
+                full[nme] = cols[nme]
+            elif nme == "position":
+                full[nme] = torch.full((s.numel(),), -1, dtype=torch.long)
+            else:
+                full[nme] = torch.zeros(s.numel(), dtype=torch.float64)
+        chunks_src.append(s)
+        chunks_dst.append(d)
+        chunks.append(full)
+        ptr.append(ptr[-1] + s.numel())
+    src, dst = torch.cat(chunks_src), torch.cat(chunks_dst)
+    edge_attrs = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
+    nodes = tr.node_table()
+    meta = {"live_synapses": total_live, "traced": tr.traced}
+    if conn is not None:
+        meta["connectome_live"] = conn.num_live()
+        meta["ensemble"] = conn.ensemble
+    meta["model"] = type(model).__name__
+    return ConnectomeGraph(level, nodes, src, dst, edge_attrs, tr.groups, tr.layers, tr.concats, list(tr.warnings),
+                           meta, torch.tensor(ptr))
+
+
+def _annotate(g: ConnectomeGraph) -> None:
+    """Add signal depth and degrees to the node table."""
+    from .analysis import signal_depth
+
+    n = g.num_nodes
+    dmax, dmin = signal_depth(g)
+    g.node_attrs["depth_max"] = dmax
+    g.node_attrs["depth_min"] = dmin
+    g.node_attrs["in_degree"] = torch.bincount(g.dst, minlength=n)
+    g.node_attrs["out_degree"] = torch.bincount(g.src, minlength=n)
+
+
+def layer_graph(unit: ConnectomeGraph) -> ConnectomeGraph:
+    """Collapse a unit- or synapse-level graph onto its groups (inputs, layers, junction ops, outputs)."""
+    grp = unit.node_attrs["group"]
+    ng = len(unit.groups)
+    gs, gd = grp[unit.src], grp[unit.dst]
+    is_syn = unit.edge_attrs["kind"] == EDGE_SYNAPSE
+    cols = {"wires": (~is_syn).to(torch.float64)}
+    if unit.level == "unit":
+        cols["count"] = unit.edge_attrs["count"]
+        cols["l1"] = unit.edge_attrs["l1"]
+        cols["l2"] = unit.edge_attrs["l2"] ** 2
+    else:
+        w = unit.edge_attrs["weight"]
+        cols["count"] = is_syn.to(torch.float64)
+        cols["l1"] = w.abs()
+        cols["l2"] = w * w
+    if "utility" in unit.edge_attrs:
+        cols["utility"] = unit.edge_attrs["utility"]
+    key, agg = _aggregate(gs * ng + gd, cols)
+    src, dst = torch.div(key, ng, rounding_mode="floor"), key % ng
+    agg["l2"] = agg["l2"].sqrt()
+    agg["kind"] = torch.where(agg["count"] > 0, EDGE_SYNAPSE, EDGE_WIRE)
+    # edges sorted by target group so per-group passes stay in topological order
+    order = torch.argsort(dst, stable=True)
+    src, dst = src[order], dst[order]
+    agg = {k: v[order] for k, v in agg.items()}
+    kind_of = {"constant": CONST, "input": INPUT, "layer": UNIT, "junction": JUNCTION, "output": OUTPUT}
+    units = torch.tensor([x.count for x in unit.groups])
+    synapses = torch.tensor([float(torch.tensor(unit.layers[x.layer].shape).prod()) if x.layer >= 0 else 0.0 for x in unit.groups])
+    live_in = torch.zeros(ng, dtype=torch.float64).index_add_(0, dst, agg["count"])
+    dmax = torch.full((ng,), -1, dtype=torch.long).scatter_reduce_(0, grp, unit.node_attrs["depth_max"], "amax")
+    dmin_src = torch.where(unit.node_attrs["depth_min"] >= 0, unit.node_attrs["depth_min"], torch.iinfo(torch.long).max)
+    dmin = torch.full((ng,), torch.iinfo(torch.long).max, dtype=torch.long).scatter_reduce_(0, grp, dmin_src, "amin")
+    dmin[dmin == torch.iinfo(torch.long).max] = -1
+    nodes = {
+        "kind": torch.tensor([kind_of[x.kind] for x in unit.groups]),
+        "group": torch.arange(ng),
+        "layer": torch.tensor([x.layer for x in unit.groups]),
+        "index": torch.zeros(ng, dtype=torch.long),
+        "units": units,
+        "synapses": synapses,
+        "live": live_in,
+        "density": torch.where(synapses > 0, live_in / synapses.clamp(min=1), torch.zeros(ng, dtype=torch.float64)),
+        "depth_max": dmax,
+        "depth_min": dmin,
+        "in_degree": torch.bincount(dst, minlength=ng),
+        "out_degree": torch.bincount(src, minlength=ng),
+    }
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(dst, minlength=ng).cumsum(0)])
+    agg["layer"] = nodes["layer"][dst]
+    return ConnectomeGraph("layer", nodes, src, dst, agg, unit.groups, unit.layers, unit.concats, unit.warnings,
+                           dict(unit.meta), ptr, unit_node_attrs=unit.node_attrs)

@@ -1,0 +1,126 @@
+"""How each kind of fx node moves units between tensors: the op tables the tracer dispatches on.
+
+Every op falls in one category:
+
+- ``weighted``: an ``nn.Linear``/``nn.Conv1d/2d/3d`` call: it creates new units.
+- ``pointwise``: acts on each channel separately (activations, normalisation, pooling, dropout,
+  resampling): channel ``c`` of the output is fed by channel ``c`` of the input.
+- ``broadcast``: elementwise arithmetic of several tensors (residual ``+``, squeeze-excitation ``*``):
+  each output element is fed by the elements it was computed from (a *junction* when they differ).
+- ``shape``: moves elements without computing (view, flatten, cat, getitem, pad, permute, split):
+  evaluated exactly on tensors of unit ids.
+- ``reduce``: mean/sum/amax over some dimensions.
+
+Anything else is unknown: the tracer warns, naming the node, and assumes every input feeds
+every output. Extend a table (or :func:`register_op`) to teach it a new op.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WEIGHTED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+POINTWISE_MODULES = (
+    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.LocalResponseNorm,
+    nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+)
+SHAPE_MODULES = (nn.Flatten, nn.Unflatten)
+
+POINTWISE_FUNCTIONS = {
+    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.gelu, F.silu, F.mish, F.elu, F.selu, F.leaky_relu,
+    F.hardswish, F.hardsigmoid, F.hardtanh, F.softplus, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh,
+    torch.clamp, torch.clip, torch.abs, torch.neg, torch.exp, torch.sqrt, torch.square,
+    F.dropout, F.dropout2d, F.alpha_dropout, F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
+}
+POINTWISE_METHODS = {
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip", "abs", "neg", "exp",
+    "sqrt", "square", "contiguous", "float", "double", "half", "bfloat16", "to", "type_as", "detach", "clone",
+    "cpu", "cuda",
+}
+BROADCAST_FUNCTIONS = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
+    operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum, torch.where,
+}
+BROADCAST_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum"}
+SHAPE_FUNCTIONS = {
+    torch.flatten, torch.reshape, torch.cat, torch.concat, torch.stack, torch.permute, torch.transpose,
+    torch.squeeze, torch.unsqueeze, torch.split, torch.chunk, torch.narrow, torch.movedim, F.pad,
+    operator.getitem, torch.unflatten,
+}
+SHAPE_METHODS = {
+    "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "split", "chunk", "narrow",
+    "expand", "expand_as", "repeat", "movedim", "unflatten", "t", "view_as", "reshape_as",
+}
+REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
+REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
+CONCAT_FUNCTIONS = {torch.cat, torch.concat}
+
+_EXTRA: Dict[Any, str] = {}
+
+
+def register_op(target: Any, category: str) -> None:
+    """Teach the tracer an op: ``target`` is a function, a method name or a module class;
+    ``category`` one of "pointwise", "broadcast", "shape", "reduce"."""
+    if category not in ("pointwise", "broadcast", "shape", "reduce"):
+        raise ValueError(f"unknown op category {category!r}: use pointwise, broadcast, shape or reduce")
+    _EXTRA[target] = category
+
+
+def categorize(node, module=None) -> str:
+    """The category of an fx node: weighted, pointwise, broadcast, shape, reduce, or unknown."""
+    op, target = node.op, node.target
+    if op == "call_module":
+        for cls, cat in _EXTRA.items():
+            if isinstance(cls, type) and isinstance(module, cls):
+                return cat
+        if isinstance(module, WEIGHTED_MODULES):
+            return "weighted"
+        if isinstance(module, POINTWISE_MODULES):
+            return "pointwise"
+        if isinstance(module, SHAPE_MODULES):
+            return "shape"
+        return "unknown"
+    if target in _EXTRA:
+        return _EXTRA[target]
+    if op == "call_function":
+        if target in POINTWISE_FUNCTIONS:
+            return "pointwise"
+        if target in BROADCAST_FUNCTIONS:
+            return "broadcast"
+        if target in SHAPE_FUNCTIONS:
+            return "shape"
+        if target in REDUCE_FUNCTIONS:
+            return "reduce"
+        return "unknown"
+    if op == "call_method":
+        if target in POINTWISE_METHODS:
+            return "pointwise"
+        if target in BROADCAST_METHODS:
+            return "broadcast"
+        if target in SHAPE_METHODS:
+            return "shape"
+        if target in REDUCE_METHODS:
+            return "reduce"
+        return "unknown"
+    return "unknown"
+
+
+def describe(node) -> str:
+    """A short human name for an fx node, for warnings."""
+    t = node.target
+    name = getattr(t, "__name__", None) or str(t)
+    return f"{node.name!r} ({node.op} {name})"

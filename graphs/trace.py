@@ -1,0 +1,492 @@
+"""Data-flow tracing: which units feed every input channel of every weighted layer.
+
+The model is traced with ``torch.fx`` and run once on an example input by a
+:class:`torch.fx.passes.shape_prop.ShapeProp` interpreter that, next to the real values, carries an
+*id tensor* for every tensor of the graph: each element holds the id of the graph node that produced
+it (0 for a constant such as zero padding). Weighted layers (Linear, Conv) start new units; shape
+ops (view, flatten, cat, getitem, pad, split, permute) are evaluated exactly on the id tensors, so
+concatenation offsets, the ``h*w`` features of each flattened channel and the CIFAR ResNet's
+zero-padding shortcut come out right without special cases; per-channel ops (normalisation,
+activations, pooling) keep channel ids; elementwise arithmetic of several tensors (a residual add,
+a squeeze-excitation product) creates *junction* nodes, one per distinct combination of sources.
+
+Node ids: 0 is the constant node, then groups in topological order (inputs, layers, junctions,
+outputs), each a contiguous range. Everything is tensor code; Python loops run over fx nodes only.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from . import ops
+
+CONST, INPUT, UNIT, JUNCTION, OUTPUT = range(5)
+KIND_NAMES = ("constant", "input", "unit", "junction", "output")
+
+
+@dataclass
+class Group:
+    """A contiguous range of node ids created by one event (an input, a layer, a junction op)."""
+
+    name: str
+    kind: str  # constant | input | layer | junction | output
+    op: str
+    start: int
+    count: int
+    layer: int = -1  # index into Trace.layers for kind == "layer"
+
+
+@dataclass
+class LayerFlow:
+    """One weighted layer: its units and the node feeding each of its input channels."""
+
+    module: str
+    param: str
+    group: int
+    kind: str  # linear | conv1d | conv2d | conv3d
+    shape: tuple
+    groups: int
+    in_src: torch.Tensor  # LongTensor [in_units]: node id feeding each input channel/feature
+    fx_node: str = ""
+
+
+@dataclass
+class Trace:
+    groups: List[Group]
+    layers: List[LayerFlow]
+    wires: Dict[int, Tuple[torch.Tensor, torch.Tensor]]  # group id -> (src, dst) into that group
+    concats: List[dict]  # {"node": name, "parts": [(operand name, LongTensor ids)]}
+    warnings: List[str] = field(default_factory=list)
+    traced: bool = True
+
+    @property
+    def num_nodes(self) -> int:
+        g = self.groups[-1]
+        return g.start + g.count
+
+    def node_table(self) -> Dict[str, torch.Tensor]:
+        """kind, group, layer and index of every node, as LongTensors of length num_nodes."""
+        counts = torch.tensor([g.count for g in self.groups])
+        group = torch.repeat_interleave(torch.arange(len(self.groups)), counts)
+        starts = torch.tensor([g.start for g in self.groups])
+        kind_of = {"constant": CONST, "input": INPUT, "layer": UNIT, "junction": JUNCTION, "output": OUTPUT}
+        gkind = torch.tensor([kind_of[g.kind] for g in self.groups])
+        glayer = torch.tensor([g.layer for g in self.groups])
+        return {
+            "kind": gkind[group],
+            "group": group,
+            "layer": glayer[group],
+            "index": torch.arange(self.num_nodes) - starts[group],
+        }
+
+
+class _Book:
+    """Allocates node ids and records junction wires."""
+
+    def __init__(self):
+        self.groups: List[Group] = [Group("constant", "constant", "zero", 0, 1)]
+        self.n = 1
+        self.wires: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.layers: List[LayerFlow] = []
+        self.concats: List[dict] = []
+        self.warnings: List[str] = []
+
+    def new_group(self, name, kind, op, count, layer=-1) -> Tuple[int, int]:
+        start = self.n
+        self.groups.append(Group(name, kind, op, start, int(count), layer))
+        self.n += int(count)
+        return len(self.groups) - 1, start
+
+    def combine(self, row: torch.Tensor, val: torch.Tensor, nrows: int, name: str, op: str) -> torch.Tensor:
+        """Each row is fed by the node ids ``val`` listed with it; returns one id per row: 0 when
+        no non-constant source, the source itself when there is one, else a new junction node."""
+        keep = val != 0
+        row, val = row[keep], val[keep]
+        n = max(self.n, 1)
+        key = torch.unique(row * n + val)
+        r, v = key // n, key % n
+        cnt = torch.bincount(r, minlength=nrows)
+        out = torch.zeros(nrows, dtype=torch.long)
+        one = cnt[r] == 1
+        out[r[one]] = v[one]
+        multi = (cnt >= 2).nonzero().flatten()
+        if multi.numel():
+            gid, start = self.new_group(name, "junction", op, multi.numel())
+            jid = torch.full((nrows,), -1, dtype=torch.long)
+            jid[multi] = torch.arange(start, start + multi.numel())
+            out[multi] = jid[multi]
+            many = ~one
+            self.wires[gid] = (v[many], jid[r[many]])
+        return out
+
+
+def _expand(ids: torch.Tensor, shape: Sequence[int], axis: int) -> torch.Tensor:
+    """Broadcast per-channel ids along every other dimension of ``shape`` (a view, no copy)."""
+    nd = len(shape)
+    axis = axis % nd
+    view = [1] * nd
+    view[axis] = ids.numel()
+    return ids.to(torch.float64).view(view).expand(*shape)
+
+
+def _uniform_except(t: torch.Tensor, axis: int) -> bool:
+    for d in range(t.dim()):
+        if d == axis % t.dim() or t.shape[d] == 1 or t.stride(d) == 0:
+            continue
+        if not bool((t == t.narrow(d, 0, 1)).all()):
+            return False
+    return True
+
+
+def _squeeze_uniform(t: torch.Tensor) -> torch.Tensor:
+    """Shrink every dimension along which ``t`` is constant to size 1 (keeps broadcastability)."""
+    for d in range(t.dim()):
+        if t.shape[d] > 1 and (t.stride(d) == 0 or bool((t == t.narrow(d, 0, 1)).all())):
+            t = t.narrow(d, 0, 1)
+    return t
+
+
+class FlowProp(ShapeProp):
+    """ShapeProp that also propagates id tensors (see the module docstring)."""
+
+    def __init__(self, gm: fx.GraphModule, book: _Book, input_nodes: str):
+        super().__init__(gm)
+        self.book = book
+        self.input_nodes = input_nodes
+        self.flows: Dict[fx.Node, Any] = {}
+        self.mods = dict(gm.named_modules())
+        self.seen_modules: Dict[str, int] = {}
+
+    # -------------------------------------------------------------- helpers
+    def readout(self, t: torch.Tensor, axis: int, name: str) -> torch.Tensor:
+        """One node id per channel along ``axis``; channels fed by several nodes get a junction."""
+        axis = axis % t.dim()
+        if _uniform_except(t, axis):
+            idx = [0] * t.dim()
+            idx[axis] = slice(None)
+            return t[tuple(idx)].long()
+        tt = t.movedim(axis, 0).reshape(t.shape[axis], -1)
+        row = torch.arange(tt.shape[0]).repeat_interleave(tt.shape[1])
+        return self.book.combine(row, tt.reshape(-1).long(), tt.shape[0], name, "mix")
+
+    def _is_id(self, x) -> bool:
+        return isinstance(x, torch.Tensor) and x.dtype == torch.float64 and getattr(x, "_graphs_id", False)
+
+    def _flow_of(self, a):
+        return self.flows.get(a) if isinstance(a, fx.Node) else None
+
+    def _real(self, a):
+        return fx.node.map_arg(a, lambda n: self.env[n])
+
+    def _mark(self, t):
+        if isinstance(t, torch.Tensor):
+            t = t.to(torch.float64)
+            return t
+        if isinstance(t, (tuple, list)):
+            return type(t)(self._mark(x) for x in t)
+        return None
+
+    def _tensor_flows(self, args) -> List[torch.Tensor]:
+        found = []
+        fx.node.map_arg(args, lambda n: found.append(self.flows.get(n)) or n)
+        out = []
+        for f in found:
+            if isinstance(f, torch.Tensor):
+                out.append(f)
+            elif isinstance(f, (tuple, list)):
+                out.extend(x for x in f if isinstance(x, torch.Tensor))
+        return out
+
+    # -------------------------------------------------------------- interpreter
+    def run_node(self, n: fx.Node):
+        result = super().run_node(n)
+        try:
+            self.flows[n] = self.flow(n, result)
+        except Exception as e:  # a rule that cannot handle this use of a known op
+            self.flows[n] = self._on_unknown(n, result, f": {type(e).__name__}: {e}")
+        return result
+
+    def flow(self, n: fx.Node, result):
+        if n.op == "placeholder":
+            return self._on_placeholder(n, result)
+        if n.op == "get_attr":
+            return self._constant_like(result)
+        if n.op == "output":
+            return None
+        if not isinstance(result, (torch.Tensor, tuple, list)):
+            return None  # sizes, shapes, ints: not data
+        if n.op == "call_function" and n.target is __import__("operator").getitem:
+            f = self._flow_of(n.args[0])
+            if isinstance(f, (tuple, list)):
+                return f[n.args[1]]
+        module = self.mods.get(n.target) if n.op == "call_module" else None
+        cat = ops.categorize(n, module)
+        if cat == "weighted":
+            return self._on_weighted(n, module, result)
+        if cat == "pointwise":
+            return self._on_pointwise(n, result)
+        if cat == "broadcast":
+            return self._on_broadcast(n, result)
+        if cat == "shape":
+            return self._on_shape(n, module, result)
+        if cat == "reduce":
+            return self._on_reduce(n, result)
+        return self._on_unknown(n, result, "")
+
+    def _constant_like(self, result):
+        if isinstance(result, torch.Tensor):
+            return torch.zeros((), dtype=torch.float64).expand(*result.shape)
+        return None
+
+    def _on_placeholder(self, n, x):
+        if not isinstance(x, torch.Tensor):
+            return None
+        if x.dim() < 2:
+            raise ValueError(f"input {n.name!r} has shape {tuple(x.shape)}: graphs needs a batch dimension first")
+        if self.input_nodes == "elements":
+            count = x[0].numel()
+            _, start = self.book.new_group(n.name, "input", "elements", count)
+            return (torch.arange(start, start + count, dtype=torch.float64).view(1, *x.shape[1:])).expand(*x.shape)
+        _, start = self.book.new_group(n.name, "input", "channels", x.shape[1])
+        return _expand(torch.arange(start, start + x.shape[1]), x.shape, 1)
+
+    def _on_weighted(self, n, module, result):
+        x = self.flows.get(n.args[0])
+        axis = -1 if isinstance(module, nn.Linear) else 1
+        if not isinstance(x, torch.Tensor):
+            raise ValueError("its input carries no traced data")
+        in_src = self.readout(x, axis, f"{n.target}.input")
+        name = str(n.target)
+        if name in self.seen_modules:
+            self.book.warnings.append(
+                f"module {name!r} is called more than once (node {n.name!r}); the graph keeps the units and "
+                f"inputs of its first call only"
+            )
+            warnings.warn(self.book.warnings[-1], stacklevel=2)
+            layer = self.book.layers[self.seen_modules[name]]
+            start = self.book.groups[layer.group].start
+        else:
+            out = int(module.weight.shape[0])
+            lid = len(self.book.layers)
+            gid, start = self.book.new_group(name, "layer", type(module).__name__, out, layer=lid)
+            w = module.weight
+            kind = "linear" if isinstance(module, nn.Linear) else f"conv{w.dim() - 2}d"
+            groups = int(getattr(module, "groups", 1))
+            if in_src.numel() != w.shape[1] * groups:
+                raise ValueError(f"{name} reads {in_src.numel()} input units but its weight expects {w.shape[1] * groups}")
+            self.book.layers.append(LayerFlow(name, f"{name}.weight", gid, kind, tuple(w.shape), groups, in_src, n.name))
+            self.seen_modules[name] = lid
+        ids = torch.arange(start, start + int(module.weight.shape[0]))
+        return _expand(ids, result.shape, axis)
+
+    def _on_pointwise(self, n, result):
+        x = self._flow_of(n.args[0]) if n.args else None
+        if not isinstance(x, torch.Tensor) or not isinstance(result, torch.Tensor):
+            raise ValueError("no tensor input")
+        if tuple(result.shape) == tuple(x.shape):
+            return x
+        if result.dim() == x.dim() and result.shape[1] == x.shape[1]:
+            return _expand(self.readout(x, 1, n.name), result.shape, 1)
+        raise ValueError(f"a per-channel op changed the channel count ({tuple(x.shape)} -> {tuple(result.shape)})")
+
+    def _on_broadcast(self, n, result):
+        flows = self._tensor_flows((n.args, n.kwargs))
+        if not isinstance(result, torch.Tensor):
+            raise ValueError("non-tensor result")
+        if not flows:
+            return self._constant_like(result)
+        if len(flows) == 1:
+            if tuple(flows[0].shape) == tuple(result.shape):
+                return flows[0]
+            return flows[0].expand(*result.shape) if flows[0].dim() == result.dim() else torch.broadcast_to(flows[0], result.shape)
+        small = torch.broadcast_tensors(*[_squeeze_uniform(f) for f in flows])
+        shape = small[0].shape
+        stacked = torch.stack([s.reshape(-1) for s in small]).long()  # [k, P]
+        combos, inverse = torch.unique(stacked, dim=1, return_inverse=True)
+        k, m = combos.shape
+        row = torch.arange(m).repeat(k)
+        op = getattr(n.target, "__name__", str(n.target)).strip("_")
+        ids = self.book.combine(row, combos.reshape(-1), m, n.name, op)
+        return ids[inverse].to(torch.float64).view(shape).expand(*result.shape)
+
+    def _on_shape(self, n, module, result):
+        def sub0(a):
+            f = self._flow_of(a)
+            return f if isinstance(f, torch.Tensor) else self._real(a)
+
+        args = list(n.args)
+        kwargs = {k: self._real(v) for k, v in n.kwargs.items()}
+        if not args:
+            raise ValueError("no arguments")
+        if n.target in ops.CONCAT_FUNCTIONS or n.target is torch.stack:
+            first = [sub0(a) for a in args[0]]
+            if any(not isinstance(f, torch.Tensor) for f in first):
+                raise ValueError("an operand carries no traced data")
+            args = [first] + [self._real(a) for a in args[1:]]
+        else:
+            args = [sub0(args[0])] + [self._real(a) for a in args[1:]]
+        if not isinstance(args[0], (torch.Tensor, list)) or (isinstance(args[0], torch.Tensor) and args[0].dtype != torch.float64):
+            raise ValueError("its data input carries no traced ids")
+        if n.op == "call_method":
+            out = getattr(args[0], n.target)(*args[1:], **kwargs)
+        elif n.op == "call_module":
+            out = module(*args, **kwargs)
+        else:
+            out = n.target(*args, **kwargs)
+        if n.target in ops.CONCAT_FUNCTIONS:
+            self._record_concat(n, args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0))
+        return self._mark(out)
+
+    def _record_concat(self, n, parts, dim):
+        if not parts or dim % parts[0].dim() != 1:
+            return
+        names = [a.name if isinstance(a, fx.Node) else "?" for a in n.args[0]]
+        self.book.concats.append(
+            {"node": n.name, "parts": [(nm, self.readout(p, 1, f"{n.name}.{nm}")) for nm, p in zip(names, parts)]}
+        )
+
+    def _on_reduce(self, n, result):
+        x = self._flow_of(n.args[0])
+        if not isinstance(x, torch.Tensor):
+            raise ValueError("no tensor input")
+        args = [self._real(a) for a in n.args[1:]]
+        kwargs = {k: self._real(v) for k, v in n.kwargs.items() if k != "dtype"}
+        hi, lo = torch.amax(x, *args, **kwargs), torch.amin(x, *args, **kwargs)
+        if torch.equal(hi, lo):
+            return hi
+        return self._mix(n, [x], result, "reduce")
+
+    def _mix(self, n, flows, result, op):
+        vals = torch.unique(torch.cat([torch.unique(f.reshape(-1) if f.is_contiguous() else _squeeze_uniform(f).reshape(-1)) for f in flows]).long())
+        ids = self.book.combine(torch.zeros_like(vals), vals, 1, n.name, op)
+        fill = lambda r: torch.full((), float(ids[0]), dtype=torch.float64).expand(*r.shape) if isinstance(r, torch.Tensor) else None
+        if isinstance(result, (tuple, list)):
+            return type(result)(fill(r) for r in result)
+        return fill(result)
+
+    def _on_unknown(self, n, result, reason):
+        msg = (
+            f"graphs: cannot follow the data flow through node {ops.describe(n)}{reason}; assuming every input "
+            f"unit feeds every output (teach it with graphs.ops.register_op)"
+        )
+        self.book.warnings.append(msg)
+        warnings.warn(msg, stacklevel=2)
+        flows = self._tensor_flows((n.args, n.kwargs))
+        if not flows:
+            return self._constant_like(result) if isinstance(result, torch.Tensor) else None
+        return self._mix(n, flows, result, "unknown")
+
+
+# ---------------------------------------------------------------------------------------- API
+def default_example_input(model: nn.Module) -> List[torch.Tensor]:
+    """Candidate example inputs (batch 1) inferred from the first weighted layer and ``in_shape``."""
+    shape = getattr(model, "in_shape", None)
+    if shape is not None:
+        return [torch.randn(1, *shape)]
+    first = next((m for m in model.modules() if isinstance(m, ops.WEIGHTED_MODULES)), None)
+    if first is None:
+        raise ValueError(f"{type(model).__name__} has no Linear/Conv layer: pass example_input")
+    if isinstance(first, nn.Linear):
+        return [torch.randn(1, first.in_features)]
+    c, d = first.in_channels, first.weight.dim() - 2
+    sizes = {1: [64, 256, 28, 32], 2: [32, 224, 28, 64, 96], 3: [16, 32]}[d]
+    return [torch.randn(1, c, *([s] * d)) for s in sizes]
+
+
+def _auto_input_nodes(model: nn.Module, x: torch.Tensor) -> str:
+    convs = any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in model.modules())
+    return "channels" if convs or x[0].numel() > 1_000_000 else "elements"
+
+
+def trace(model: nn.Module, example_input=None, input_nodes: str = "auto") -> Trace:
+    """Trace ``model``'s data flow (see module docstring). ``example_input``: a tensor or a tuple of
+    tensors (batch first); None infers one. ``input_nodes``: "channels" (one node per input
+    channel), "elements" (per input feature or pixel) or "auto" (elements for models without
+    convolutions). Falls back to module order, with a warning, when fx cannot trace the model."""
+    if input_nodes not in ("auto", "channels", "elements"):
+        raise ValueError(f"input_nodes must be 'auto', 'channels' or 'elements', got {input_nodes!r}")
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as e:
+        return fallback_trace(model, f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}")
+    candidates = [example_input] if example_input is not None else default_example_input(model)
+    errors = []
+    was_training = model.training
+    gm.eval()
+    try:
+        for x in candidates:
+            xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+            mode = input_nodes if input_nodes != "auto" else _auto_input_nodes(model, xs[0])
+            book = _Book()
+            prop = FlowProp(gm, book, mode)
+            try:
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # re-emitted below, once
+                    result = prop.propagate(*xs)
+            except Exception as e:
+                errors.append(f"input {[tuple(t.shape) for t in xs]}: {type(e).__name__}: {str(e)[:200]}")
+                continue
+            _add_outputs(prop, gm, result)
+            for w in book.warnings:
+                warnings.warn(w, stacklevel=2)
+            return Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, True)
+    finally:
+        model.train(was_training)
+    if example_input is not None:
+        raise RuntimeError(f"running {type(model).__name__} on example_input failed: {errors[0]}")
+    raise ValueError(
+        f"could not guess an input for {type(model).__name__} ({'; '.join(errors)[:400]}): pass example_input=tensor"
+    )
+
+
+def _add_outputs(prop: FlowProp, gm: fx.GraphModule, result) -> None:
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    flows = prop._tensor_flows(out_node.args)
+    for i, f in enumerate(flows):
+        ids = prop.readout(f, -1, "output") if f.dim() > 1 else f.long()
+        gid, start = prop.book.new_group("output" if len(flows) == 1 else f"output{i}", "output", "logits", ids.numel())
+        dst = torch.arange(start, start + ids.numel())
+        live = ids != 0
+        prop.book.wires[gid] = (ids[live], dst[live])
+
+
+def fallback_trace(model: nn.Module, reason: str) -> Trace:
+    """Chain the weighted layers in module registration order (used when fx tracing fails).
+
+    A layer reading as many units as the previous one wrote is wired one to one; a multiple of it
+    (a flatten) maps each unit to its block of features; anything else is wired all to all."""
+    msg = f"graphs: {reason}; falling back to module order (residual and concat links are missing)"
+    warnings.warn(msg, stacklevel=3)
+    book = _Book()
+    book.warnings.append(msg)
+    prev = None
+    for name, m in model.named_modules():
+        if not isinstance(m, ops.WEIGHTED_MODULES):
+            continue
+        groups = int(getattr(m, "groups", 1))
+        n_in = m.weight.shape[1] * groups
+        if prev is None:
+            _, s = book.new_group("input", "input", "channels", n_in)
+            in_src = torch.arange(s, s + n_in)
+        elif n_in == prev.numel():
+            in_src = prev
+        elif n_in % prev.numel() == 0:
+            in_src = prev.repeat_interleave(n_in // prev.numel())
+        else:
+            row = torch.zeros(prev.numel(), dtype=torch.long)
+            j = book.combine(row, prev, 1, f"{name}.input", "unknown")
+            in_src = j.expand(n_in).clone()
+        lid = len(book.layers)
+        gid, start = book.new_group(name, "layer", type(m).__name__, m.weight.shape[0], layer=lid)
+        kind = "linear" if isinstance(m, nn.Linear) else f"conv{m.weight.dim() - 2}d"
+        book.layers.append(LayerFlow(name, f"{name}.weight", gid, kind, tuple(m.weight.shape), groups, in_src, ""))
+        prev = torch.arange(start, start + m.weight.shape[0])
+    if prev is not None:
+        gid, start = book.new_group("output", "output", "logits", prev.numel())
+        book.wires[gid] = (prev, torch.arange(start, start + prev.numel()))
+    return Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, traced=False)
