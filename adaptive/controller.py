@@ -377,14 +377,14 @@ class Controller:
         fraction = 1.0
         use_ls = line_search and self.holdout_loss is not None and (n_prune or n_grow)
         if use_ls:
-            loss_before = float(self.holdout_loss())
+            loss_before = self._holdout()
         current = plan
         for attempt in range(self.line_search_tries + 1 if use_ls else 1):
             if current.counts() != (0, 0):
                 self.conn.set_ensemble_masks(self._masks_from_plan(current), grow_init=self._grow_init_fn())
             if not use_ls:
                 break
-            loss_after = float(self.holdout_loss())
+            loss_after = self._holdout()
             if loss_after - loss_before <= self.line_search_tolerance:
                 break
             self._restore(before_masks, before_w)
@@ -412,6 +412,10 @@ class Controller:
         )
         self.events.append(event)
         return event
+
+    def _holdout(self) -> float:
+        with torch.no_grad():
+            return float(self.holdout_loss())
 
     def _restore(self, masks, weights):
         self.conn.set_masks(masks)

@@ -10,10 +10,12 @@ import torch
 def unwrap_optimizer(optimizer):
     """The torch optimizer inside Accelerate's ``AcceleratedOptimizer`` (or the optimizer itself)."""
     inner = optimizer
-    seen = 0
-    while not isinstance(inner, torch.optim.Optimizer) and hasattr(inner, "optimizer") and seen < 4:
-        inner = inner.optimizer
-        seen += 1
+    # AcceleratedOptimizer subclasses torch.optim.Optimizer but keeps the real one in .optimizer
+    for _ in range(4):
+        nxt = getattr(inner, "optimizer", None)
+        if nxt is None or nxt is inner:
+            break
+        inner = nxt
     if not isinstance(inner, torch.optim.Optimizer):
         raise TypeError(f"expected a torch.optim.Optimizer (or a wrapper with .optimizer), got {type(optimizer).__name__}")
     return inner

@@ -1,0 +1,59 @@
+"""Run under `accelerate launch --multi_gpu --num_processes 2`: every rank sees different data;
+masks must agree at every update. Writes one JSON file per rank into argv[1]."""
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import nn
+
+import adaptive
+
+
+def main(out_dir):
+    acc = Accelerator(cpu=True)
+    rank = acc.process_index
+    record = {"world": acc.num_processes, "train": [], "mask_only": [], "grad_differs": None}
+
+    # (a) train mode, DDP through Accelerate, RigL driven by the optimizer hooks
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model, opt = acc.prepare(model, opt)
+    conn = adaptive.Connectome(acc.unwrap_model(model))
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.3, update_every=3, end_step=24, seed=5, verify=True)
+    g = torch.Generator().manual_seed(100 + rank)  # different data on every rank
+    for step in range(24):
+        x, y = torch.randn(16, 12, generator=g), torch.randint(0, 4, (16,), generator=g)
+        acc.backward(F.cross_entropy(model(x), y))
+        opt.step()
+        opt.zero_grad()
+        if ctrl.events and ctrl.events[-1]["step"] == step + 1:
+            record["train"].append(conn.mask_hash())
+
+    # (b) mask_only, no DDP: raw gradients differ by rank, decisions come from reduced statistics
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 4))
+    conn2 = adaptive.Connectome(net, mode="mask_only")
+    ctrl2 = adaptive.Controller(conn2, policy="balanced", estimator="obd", density=0.5, update_every=2,
+                                edit_fraction=0.2, edit_decay="constant", seed=5, verify=True)
+    for step in range(10):
+        x, y = torch.randn(16, 12, generator=g), torch.randint(0, 4, (16,), generator=g)
+        F.cross_entropy(net(x), y).backward()
+        if step == 0:
+            gathered = acc.gather(net[0].weight.grad.reshape(1, -1))
+            record["grad_differs"] = bool(not torch.equal(gathered[0], gathered[-1]))
+        ctrl2.observe()
+        net.zero_grad()
+        ev = ctrl2.step()
+        if ev is not None:
+            record["mask_only"].append([conn2.mask_hash(), ev["pruned"], ev["grown"]])
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(record, f)
+    acc.end_training()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
