@@ -27,5 +27,5 @@ def unpack(packed: torch.Tensor, shape) -> torch.Tensor:
         raise ValueError(
             f"packed mask has {packed.numel()} bytes of {packed.dtype}, expected {(n + 7) // 8} uint8 bytes for shape {tuple(shape)}"
         )
-    bits = (packed.unsqueeze(1) & _WEIGHTS) != 0
+    bits = (packed.unsqueeze(1) & _WEIGHTS.to(packed.device)) != 0
     return bits.reshape(-1)[:n].reshape(shape)

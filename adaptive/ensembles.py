@@ -82,12 +82,13 @@ class Granularity:
         return None
 
     def select(self, scores: torch.Tensor, k: int) -> torch.Tensor:
-        """Boolean ensemble mask keeping the ``k`` highest-scoring ensembles (ties broken by index)."""
+        """Boolean ensemble mask keeping the ``k`` highest-scoring ensembles, ties broken by the lower
+        index (a stable sort, so every process and device agrees; topk gives no such guarantee)."""
         flat = scores.reshape(-1)
         k = max(0, min(int(k), flat.numel()))
         keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
         if k:
-            keep[torch.topk(flat, k, sorted=False).indices] = True
+            keep[torch.argsort(flat, descending=True, stable=True)[:k]] = True
         return keep.view(scores.shape)
 
     def __repr__(self) -> str:
@@ -226,6 +227,8 @@ class NMGranularity(Granularity):
         return rearrange(m, "o (g m) -> o g m", m=self.m)
 
     def violation(self, mask):
+        if bool(mask.all()):
+            return None  # a dense (not yet pruned) layer is always valid
         counts = self._groups(mask.to(torch.int32), 0).sum(-1)
         if bool((counts > self.n).any()):
             return f"mask has more than {self.n} live synapses in some group of {self.m} ('{self.spec}')"
@@ -236,9 +239,11 @@ class NMGranularity(Granularity):
         return self.n / self.m
 
     def select(self, scores, k=None):
-        """Keep the top ``n`` of every group of ``m``; ``k`` is ignored (the density is n/m)."""
+        """Keep the top ``n`` of every group of ``m`` (all of a shorter last group); ``k`` is ignored
+        (the density is n/m). Ties go to the lower index; padding sorts after every real score
+        (a stable sort), so a group never keeps padding in place of a real synapse."""
         g = self._groups(scores.float(), -math.inf)
-        idx = torch.topk(g, self.n, dim=-1, sorted=False).indices
+        idx = torch.argsort(g, dim=-1, descending=True, stable=True)[..., : self.n]
         keep = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, idx, True)
         keep &= self._groups(torch.ones_like(scores, dtype=torch.bool), False)  # drop padding
         keep = rearrange(keep, "o g m -> o (g m)")[:, : math.prod(scores.shape[1:])]

@@ -1,0 +1,35 @@
+"""Bit-packing of masks: 1 bit per synapse, exact round trip."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adaptive import bitpack
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(0, 9), min_size=1, max_size=4), seed=st.integers(0, 2**16), p=st.floats(0, 1))
+def test_round_trip_and_size(shape, seed, p):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(shape, generator=g) < p
+    packed = bitpack.pack(mask)
+    assert packed.dtype == torch.uint8 and packed.dim() == 1
+    assert packed.numel() == (mask.numel() + 7) // 8
+    assert torch.equal(bitpack.unpack(packed, shape), mask)
+
+
+def test_bit_order_is_most_significant_first():
+    mask = torch.tensor([True, False, False, False, False, False, False, True, True])
+    assert bitpack.pack(mask).tolist() == [0b10000001, 0b10000000]
+
+
+def test_pack_rejects_a_non_bool_tensor():
+    with pytest.raises(TypeError, match="bool"):
+        bitpack.pack(torch.ones(3))
+
+
+def test_unpack_rejects_a_wrong_size():
+    with pytest.raises(ValueError, match="expected 2 uint8 bytes"):
+        bitpack.unpack(torch.zeros(3, dtype=torch.uint8), (3, 4))
+    with pytest.raises(ValueError, match="uint8"):
+        bitpack.unpack(torch.zeros(2, dtype=torch.int32), (3, 4))

@@ -1,0 +1,284 @@
+"""The Connectome object: editing, hooks, persistence (safetensors, state_dict, dense export), summary."""
+import json
+import math
+import struct
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import adaptive
+
+torch.set_num_threads(1)
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def random_masks(conn, density=0.5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    gran = conn.granularity
+    return {
+        n: gran.expand(torch.rand(gran.ensemble_shape(m.shape), generator=g) < density, m.shape).contiguous()
+        for n, m in conn.masks.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def resnet18_pair():
+    """A pruned resnet18 (10 classes) and its connectome: built once, read by several tests."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    conn = adaptive.Connectome(model, ensemble="kernel")
+    conn.set_masks(random_masks(conn, 0.5))
+    return model, conn
+
+
+# ------------------------------------------------------------------------------ editing basics
+def test_masks_density_and_layer_density():
+    model = mlp()
+    conn = adaptive.Connectome(model)
+    assert set(conn.masks) == {"0.weight", "2.weight", "4.weight"}
+    assert all(m.dtype == torch.bool and m.shape == conn.params[n].shape for n, m in conn.masks.items())
+    assert conn.density() == 1.0
+    m = torch.zeros(16, 20, dtype=torch.bool)
+    m[:4] = True
+    changed = conn.set_masks({"0.weight": m})
+    assert list(changed) == ["0.weight"] and int(changed["0.weight"].sum()) == 12 * 20
+    assert conn.layer_density()["0.weight"] == pytest.approx(0.25)
+    assert conn.num_live() == 80 + 256 + 48
+    assert conn.density() == pytest.approx((80 + 256 + 48) / (320 + 256 + 48))
+    assert bool((model[0].weight[4:] == 0).all()) and bool((model[0].weight[:4] != 0).all())
+    assert conn.set_masks({"0.weight": m}) == {}  # no change, nothing reported
+    # set_masks copies: editing the caller's tensor afterwards does not reach the connectome
+    m[:] = False
+    assert conn.layer_density()["0.weight"] == pytest.approx(0.25)
+
+
+def test_set_ensemble_masks_expands_to_constant_ensembles():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 5, 5))
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"0.weight": torch.tensor([True, False, True, False])})
+    w = model[0].weight
+    assert bool((w[1] == 0).all()) and bool((w[3] == 0).all()) and bool((w[0] != 0).all())
+    assert conn.ensemble_masks()["0.weight"].tolist() == [True, False, True, False]
+
+
+def test_observers_see_dense_gradients_then_the_step_sees_masked_ones():
+    model = mlp()
+    conn = adaptive.Connectome(model)
+    conn.set_masks(random_masks(conn))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    conn.attach(opt)
+    conn.attach(opt)  # attaching twice is a no-op
+    assert len(conn._handles) == 2
+    seen = {}
+
+    def observe():
+        seen.update({n: p.grad.clone() for n, p in conn.params.items()})
+
+    conn.add_observer(observe)
+    edits = []
+    conn.add_edit_listener(lambda changed: edits.append(sorted(changed)))
+    nn.functional.cross_entropy(model(torch.randn(5, 20)), torch.tensor([0, 1, 2, 0, 1])).backward()
+    opt.step()
+    for n, p in conn.params.items():
+        pruned = ~conn.masks[n]
+        assert bool((seen[n][pruned] != 0).any()), "observers must see gradients at pruned positions"
+        assert bool((p.grad[pruned] == 0).all()), "the optimizer must see masked gradients"
+    conn.set_masks({"4.weight": torch.ones(3, 16, dtype=torch.bool)})
+    assert edits == [["4.weight"]]
+    conn.detach()
+    assert conn._handles == []
+
+
+def test_hot_path_follows_mask_edits_and_skips_dense_layers():
+    model = mlp()
+    conn = adaptive.Connectome(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    conn.attach(opt)
+    conn.set_masks({"2.weight": torch.eye(16, dtype=torch.bool)})
+    x, y = torch.randn(8, 20), torch.randint(0, 3, (8,))
+    for step in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if step == 1:
+            conn.set_masks({"2.weight": ~torch.eye(16, dtype=torch.bool)})
+    assert conn._hot[0] == ["2.weight"]  # dense layers cost nothing
+    assert bool((model[2].weight.diagonal() == 0).all())
+    assert bool((model[2].weight[~torch.eye(16, dtype=torch.bool)] != 0).any())  # grown synapses learn
+    # moving the model keeps parameter identity; the cached masks follow its dtype
+    model.double()
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x.double()), y).backward()
+    opt.step()
+    assert conn._hot[2][0].dtype == torch.float64
+    assert bool((model[2].weight.diagonal() == 0).all())
+
+
+def test_resident_bytes_counts_masks_and_caches():
+    model = mlp()
+    conn = adaptive.Connectome(model)
+    assert conn.resident_bytes() == conn.num_synapses()  # one bool byte per synapse
+    conn.set_masks(random_masks(conn))
+    conn.apply()
+    assert conn.resident_bytes() == conn.num_synapses() * (1 + 4)  # + the float32 hot-path masks
+
+
+def test_summary_lists_every_layer_and_the_totals(resnet18_pair):
+    _, conn = resnet18_pair
+    text = conn.summary()
+    lines = text.splitlines()
+    assert lines[0].split() == ["layer", "shape", "synapses", "live", "density", "ensemble"]
+    for n, layer in conn.layers.items():
+        row = next(line for line in lines if line.startswith(n + " "))
+        assert "x".join(map(str, layer.shape)) in row
+        assert f"{layer.numel:,}" in row and f"{int(conn.masks[n].sum()):,}" in row and "kernel" in row
+    total = lines[-1].split()
+    assert total[0] == "total" and total[1] == f"{conn.num_synapses():,}" and total[2] == f"{conn.num_live():,}"
+    assert total[3] == f"{conn.density():.2%}" and total[4] == "mode=train"
+    assert len(lines) == len(conn.layers) + 4
+    assert "resnet" in repr(conn).lower() or "ResNet" in repr(conn)
+
+
+def test_mask_hash_tracks_masks():
+    a, b = adaptive.Connectome(mlp(0)), adaptive.Connectome(mlp(1))
+    assert a.mask_hash() == b.mask_hash()  # weights differ, masks agree
+    a.set_masks(random_masks(a, seed=3))
+    assert a.mask_hash() != b.mask_hash()
+    b.set_masks(random_masks(b, seed=3))
+    assert a.mask_hash() == b.mask_hash()
+
+
+# ------------------------------------------------------------------------------ persistence
+def _safetensors_layout(path):
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    return len(raw), n, header
+
+
+def test_save_load_round_trip_with_one_bit_per_synapse(tmp_path, resnet18_pair):
+    model, conn = resnet18_pair
+    path = tmp_path / "run" / "connectome.safetensors"
+    conn.save(path)
+    size, header_len, header = _safetensors_layout(path)
+    data = sum(math.ceil(m.numel() / 8) for m in conn.masks.values())
+    assert size == 8 + header_len + data  # the payload is exactly the packed bits
+    assert size * 8 <= conn.num_synapses() + 8 * (8 + 160 * len(conn.layers))  # <= 1 bit + a small header
+    assert all(v["dtype"] == "U8" for k, v in header.items() if k != "__metadata__")
+    assert header["__metadata__"]["ensemble"] == "kernel"
+    assert not list(tmp_path.joinpath("run").glob("*.tmp"))  # atomic write leaves no temp file
+
+    torch.manual_seed(1)
+    fresh = torchvision.models.resnet18(weights=None, num_classes=10)
+    with torch.no_grad():  # the loaded connectome zeroes the pruned weights of the model it is given
+        for p in fresh.parameters():
+            p.copy_(dict(model.named_parameters())[[k for k, q in fresh.named_parameters() if q is p][0]])
+    conn2 = adaptive.Connectome.load(path, fresh)
+    assert conn2.ensemble == "kernel" and conn2.mode == "train"
+    assert conn2.mask_hash() == conn.mask_hash()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(fresh.eval()(x), model(x))
+
+
+def test_load_into_a_model_of_different_shape_names_the_parameter(tmp_path, resnet18_pair):
+    _, conn = resnet18_pair
+    path = tmp_path / "c.safetensors"
+    conn.save(path)
+    other = torchvision.models.resnet18(weights=None, num_classes=7)
+    before = other.fc.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"shape mismatch for 'fc.weight': saved \(10, 512\), model has \(7, 512\)"):
+        adaptive.Connectome.load(path, other)
+    assert torch.equal(other.fc.weight, before)
+    with pytest.raises(KeyError, match="'conv1.weight' that the model does not have"):
+        adaptive.Connectome.load(path, mlp())
+    # a connectome over a subset of layers (exclude=...) loads back over the same subset
+    part = adaptive.Connectome(mlp(), exclude="4")
+    part.set_masks({"2.weight": torch.eye(16, dtype=torch.bool)})
+    part.save(tmp_path / "mlp.safetensors")
+    back = adaptive.Connectome.load(tmp_path / "mlp.safetensors", mlp())
+    assert back.names == ["0.weight", "2.weight"] and back.mask_hash() == part.mask_hash()
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(Exception):
+        adaptive.Connectome.load(tmp_path / "junk.safetensors", mlp())
+
+
+def test_mask_only_save_with_original_restores_bit_identical(tmp_path):
+    model = mlp()
+    orig = {n: p.detach().clone() for n, p in model.named_parameters()}
+    conn = adaptive.Connectome(model, mode="mask_only", ensemble="2:4")
+    conn.set_masks({n: conn.granularity.select(torch.randn(m.shape)) for n, m in conn.masks.items()})
+    conn.save(tmp_path / "m.safetensors", with_original=True)
+    pruned_model = mlp()
+    with torch.no_grad():  # a model that only has the pruned weights
+        for (n, p), q in zip(pruned_model.named_parameters(), model.parameters()):
+            p.copy_(q)
+    conn2 = adaptive.Connectome.load(tmp_path / "m.safetensors", pruned_model)
+    assert conn2.mode == "mask_only" and conn2.mask_hash() == conn.mask_hash()
+    conn2.set_masks({n: torch.ones_like(m) for n, m in conn2.masks.items()})
+    for n, p in pruned_model.named_parameters():
+        assert torch.equal(p.detach().view(torch.int32), orig[n].view(torch.int32)), n
+    with pytest.raises(ValueError, match="with_original=True needs original weights"):
+        adaptive.Connectome(mlp()).save(tmp_path / "x.safetensors", with_original=True)
+
+
+def test_state_dict_round_trip():
+    model = mlp()
+    conn = adaptive.Connectome(model, ensemble="block:2x4", mode="mask_only")
+    conn.set_masks(random_masks(conn))
+    sd = conn.state_dict()
+    assert sd["ensemble"] == "block:2x4" and sd["mode"] == "mask_only" and set(sd["original"]) == set(conn.masks)
+    buf = __import__("io").BytesIO()
+    torch.save(sd, buf)  # plain tensors and strings: checkpointable
+    buf.seek(0)
+    sd = torch.load(buf)
+    other_model = mlp(seed=5)
+    other = adaptive.Connectome(other_model, ensemble="block:2x4", mode="mask_only")
+    other.load_state_dict(sd)
+    assert other.mask_hash() == conn.mask_hash()
+    for n in conn.masks:
+        assert torch.equal(other.params[n], conn.params[n])  # originals came along, masks applied
+    # a 2:4 connectome that was never pruned (dense) reloads
+    dense = adaptive.Connectome(mlp(), ensemble="2:4")
+    dense.load_state_dict(dense.state_dict())
+    assert dense.density() == 1.0
+
+
+def test_dense_state_dict_loads_into_a_vanilla_torchvision_model(resnet18_pair):
+    model, conn = resnet18_pair
+    sd = conn.dense_state_dict()
+    assert list(sd) == list(model.state_dict())
+    assert all(isinstance(v, torch.Tensor) for v in sd.values())
+    vanilla = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    vanilla.load_state_dict(sd, strict=True)
+    for n, m in conn.masks.items():
+        assert bool((sd[n][~m] == 0).all())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(vanilla(x), model(x))
+    # a copy: editing the export leaves the model alone
+    sd["conv1.weight"].fill_(1.0)
+    assert not bool((model.conv1.weight == 1).all())
+
+
+def test_dense_state_dict_writes_zeros_under_every_key_of_a_shared_weight():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 4)
+            self.b.weight = self.a.weight
+
+    model = Tied()
+    conn = adaptive.Connectome(model)
+    conn.set_masks({"a.weight": torch.eye(4, dtype=torch.bool)})
+    sd = conn.dense_state_dict()
+    assert torch.equal(sd["a.weight"], sd["b.weight"])
+    assert int((sd["b.weight"] != 0).sum()) == 4

@@ -1,0 +1,125 @@
+"""Discovery: which weights of a model are synapses."""
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import adaptive
+from adaptive.discovery import discover, state_dict_keys
+
+torch.set_num_threads(1)
+
+
+def test_linear_and_every_conv_kind_is_found_with_its_bookkeeping():
+    model = nn.Sequential(
+        nn.Conv1d(3, 4, 3),
+        nn.Conv2d(4, 8, 3, groups=2),  # grouped
+        nn.Conv2d(8, 8, 3, groups=8, bias=False),  # depthwise
+        nn.Conv3d(2, 3, (1, 2, 3)),
+        nn.Linear(5, 7),
+    )
+    found = discover(model)
+    assert list(found) == ["0.weight", "1.weight", "2.weight", "3.weight", "4.weight"]
+    kinds = {n: l.kind for n, (l, _) in found.items()}
+    assert kinds == {"0.weight": "conv1d", "1.weight": "conv2d", "2.weight": "conv2d", "3.weight": "conv3d", "4.weight": "linear"}
+    grouped, _ = found["1.weight"]
+    assert grouped.shape == (8, 2, 3, 3) and grouped.groups == 2 and grouped.in_units == 4 and grouped.out_units == 8
+    dw, _ = found["2.weight"]
+    assert dw.shape == (8, 1, 3, 3) and dw.groups == 8 and dw.in_units == 8
+    lin, p = found["4.weight"]
+    assert lin.module_name == "4" and lin.numel == 35 and p is model[4].weight
+
+
+def test_biases_and_normalisation_are_not_synapses():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.LayerNorm(4), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4, 2))
+    conn = adaptive.Connectome(model)
+    assert conn.names == ["0.weight", "5.weight"]
+    assert conn.num_synapses() == 4 * 3 * 9 + 8
+
+
+def test_a_shared_weight_counts_once():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(6, 6)
+            self.b = nn.Linear(6, 6)
+            self.b.weight = self.a.weight
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    model = Tied()
+    conn = adaptive.Connectome(model)
+    assert conn.names == ["a.weight"]
+    assert conn.num_synapses() == 36
+    assert state_dict_keys(model)[id(model.a.weight)] == ["a.weight", "b.weight"]
+
+
+def test_include_and_exclude_patterns():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2))
+    assert adaptive.Connectome(model, include="2").names == ["2.weight"]
+    assert adaptive.Connectome(model, include=["0", "3.weight"]).names == ["0.weight", "3.weight"]
+    assert adaptive.Connectome(model, exclude="3").names == ["0.weight", "2.weight"]
+    assert adaptive.Connectome(model, include="*", exclude=["0*", "2"]).names == ["3.weight"]
+    with pytest.raises(ValueError, match="matched no prunable layer"):
+        adaptive.Connectome(model, include=["0", "nope"])
+    with pytest.raises(ValueError, match="left no prunable layer"):
+        adaptive.Connectome(model, exclude="*")
+    with pytest.raises(TypeError, match="patterns must be strings"):
+        adaptive.Connectome(model, include=[3])
+
+
+def _count(model, types=(nn.Linear, nn.Conv2d)):
+    seen, n, total = set(), 0, 0
+    for m in model.modules():
+        if isinstance(m, types) and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            n += 1
+            total += m.weight.numel()
+    return n, total
+
+
+@pytest.mark.parametrize("builder", ["resnet18", "resnet50", "mobilenet_v3_large", "densenet121"])
+def test_torchvision_models(builder):
+    model = getattr(torchvision.models, builder)(weights=None)
+    conn = adaptive.Connectome(model)
+    n, total = _count(model)
+    assert len(conn.layers) == n
+    assert conn.num_synapses() == total
+    assert all(not k.startswith(("bn", "norm")) and ".bn" not in k for k in conn.names)
+    assert all(conn.params[k] is p for k, p in model.named_parameters() if k in conn.params)
+    if builder == "mobilenet_v3_large":
+        dw = conn.layers["features.1.block.0.0.weight"]
+        assert dw.groups == 16 and dw.shape == (16, 1, 3, 3)
+
+
+def test_a_users_own_module():
+    class Mine(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.ModuleDict({"left": nn.Conv1d(2, 4, 5, padding=2), "right": nn.Linear(8, 8)})
+            self.scale = nn.Parameter(torch.ones(4))  # not a synapse
+            self.head = nn.Sequential(nn.Linear(32, 3))
+
+        def forward(self, x):
+            y = self.enc["left"](x) * self.scale[:, None]
+            y = self.enc["right"](y)
+            return self.head(y.flatten(1))
+
+    model = Mine()
+    conn = adaptive.Connectome(model)
+    assert conn.names == ["enc.left.weight", "enc.right.weight", "head.0.weight"]
+    assert conn.layers["enc.left.weight"].kind == "conv1d"
+    assert model(torch.randn(2, 2, 8)).shape == (2, 3)
+
+
+def test_a_model_without_prunable_layers_raises():
+    with pytest.raises(ValueError, match="no prunable layers"):
+        adaptive.Connectome(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)))
+    with pytest.raises(TypeError, match="nn.Module"):
+        adaptive.Connectome(torch.zeros(3))
+
+
+def test_a_lazy_layer_asks_for_a_forward_pass_first():
+    with pytest.raises(ValueError, match="lazy"):
+        adaptive.Connectome(nn.Sequential(nn.LazyLinear(3)))

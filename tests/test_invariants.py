@@ -1,0 +1,411 @@
+"""The invariants of shared/ARCHITECTURE.md that the connectome core owns:
+1 pruned weights stay exactly 0.0 through every optimizer step, 2 mask_only never changes a
+surviving weight, 3 an all-ones connectome is the plain model, 6 bad input changes nothing."""
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import adaptive
+
+torch.set_num_threads(1)
+
+
+def small_net(seed=0):
+    """Conv2d (plain, grouped, depthwise), BatchNorm, Conv1d-free but Linear head: every kind of
+    state an optimizer keeps for a conv net, in a model that runs in microseconds."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=4),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+
+
+def batch(seed, n=8):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def random_masks(conn, density=0.5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    gran = conn.granularity
+    out = {}
+    for n, m in conn.masks.items():
+        e = torch.rand(gran.ensemble_shape(m.shape), generator=g) < density
+        out[n] = gran.expand(e, m.shape).contiguous()
+    return out
+
+
+def snapshot(conn):
+    return (
+        {n: m.clone() for n, m in conn.masks.items()},
+        {n: p.detach().clone() for n, p in conn.model.named_parameters()},
+    )
+
+
+def assert_unchanged(conn, snap):
+    masks, params = snap
+    for n, m in conn.masks.items():
+        assert torch.equal(m, masks[n]), f"mask of {n} changed"
+    for n, p in conn.model.named_parameters():
+        assert torch.equal(p.detach().view(torch.int32), params[n].view(torch.int32)), f"weight {n} changed"
+
+
+def train(model, opt, steps, seed=100, autocast=False):
+    model.train()
+    for s in range(steps):
+        x, y = batch(seed + s)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+
+# ---------------------------------------------------------------------------------- invariant 3
+@pytest.mark.parametrize("ensemble", ["synapse", "kernel", "2:4"])
+def test_all_ones_connectome_is_the_plain_model_forward_backward_and_step(ensemble):
+    model = small_net()
+    ref = copy.deepcopy(model)
+    conn = adaptive.Connectome(model, ensemble=ensemble)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    conn.attach(opt)
+    assert conn.density() == 1.0
+    for step in range(3):
+        x, y = batch(step)
+        out, ref_out = model(x), ref(x)
+        assert torch.equal(out, ref_out)
+        opt.zero_grad()
+        ref_opt.zero_grad()
+        nn.functional.cross_entropy(out, y).backward()
+        nn.functional.cross_entropy(ref_out, y).backward()
+        for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+            assert torch.equal(p.grad, q.grad), n
+        opt.step()
+        ref_opt.step()
+        for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+            assert torch.equal(p, q), n
+
+
+# ---------------------------------------------------------------------------------- invariant 1
+OPTIMIZERS = {
+    "sgd-momentum-wd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=5e-3),
+    "sgd-nesterov-wd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-3),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-3),
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+    "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-3, momentum=0.5),
+}
+
+
+def assert_pruned_are_zero(conn, opt):
+    inner = opt
+    for n, p in conn.params.items():
+        pruned = ~conn.masks[n]
+        assert pruned.any()
+        w = p.detach()[pruned]
+        assert torch.equal(w, torch.zeros_like(w)), f"{n}: a pruned weight is not 0.0"
+        for key, v in inner.state[p].items():
+            if isinstance(v, torch.Tensor) and v.shape == p.shape:
+                assert bool((v[pruned] == 0).all()), f"{n}: optimizer state {key!r} is non-zero at a pruned position"
+
+
+CASES = [(o, a) for o in OPTIMIZERS for a in (False, True) if not (o == "rmsprop" and a)]
+
+
+@pytest.mark.parametrize("opt_name, autocast", CASES, ids=[f"{o}-{'bf16-autocast' if a else 'fp32'}" for o, a in CASES])
+def test_pruned_weights_stay_exactly_zero_for_50_steps(opt_name, autocast):
+    model = small_net()
+    conn = adaptive.Connectome(model, ensemble="synapse")
+    opt = OPTIMIZERS[opt_name](model.parameters())
+    train(model, opt, 3)  # dense steps first, so the attach must clear existing moments
+    conn.set_masks(random_masks(conn, 0.5))
+    ids = [id(p) for p in model.parameters()]
+    conn.attach(opt)
+    assert_pruned_are_zero(conn, opt)
+    before = {n: p.detach().clone() for n, p in conn.params.items()}
+    train(model, opt, 50, autocast=autocast)
+    assert_pruned_are_zero(conn, opt)
+    assert [id(p) for p in model.parameters()] == ids  # parameter identity unchanged
+    assert all(p is conn.params[n] for n, p in model.named_parameters() if n in conn.params)
+    for n, p in conn.params.items():  # the survivors did learn (the test is not vacuous)
+        assert not torch.equal(p.detach()[conn.masks[n]], before[n][conn.masks[n]]), n
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_an_edit_mid_training_resets_moments_and_starts_grown_synapses_at_zero():
+    model = small_net()
+    conn = adaptive.Connectome(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    conn.set_masks(random_masks(conn, 0.5, seed=1))
+    conn.attach(opt)
+    train(model, opt, 5)
+    old = {n: m.clone() for n, m in conn.masks.items()}
+    new = random_masks(conn, 0.5, seed=2)
+    changed = conn.set_masks(new)
+    assert set(changed) == set(conn.names)
+    for n, p in conn.params.items():
+        grown = new[n] & ~old[n]
+        assert grown.any()
+        assert torch.equal(p.detach()[grown], torch.zeros(int(grown.sum())))
+        for v in (opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]):
+            assert bool((v[changed[n]] == 0).all())
+            assert bool((v[old[n] & new[n]] != 0).any())  # survivors keep their history
+    train(model, opt, 10)
+    assert_pruned_are_zero(conn, opt)
+
+
+def test_deepcopy_and_pickle_of_the_model_work_with_a_connectome_attached():
+    model = small_net()
+    conn = adaptive.Connectome(model, ensemble="kernel")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    conn.set_masks(random_masks(conn, 0.5))
+    conn.attach(opt)
+    train(model, opt, 3)
+    model.eval()
+    x, _ = batch(7)
+    expect = model(x)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert torch.equal(clone(x), expect)
+        assert [n for n, _ in clone.named_parameters()] == [n for n, _ in model.named_parameters()]
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    assert torch.equal(torch.load(buf, weights_only=False)(x), expect)
+    # the connectome itself copies too, detached from the optimizer, with its own model copy
+    for c2 in (copy.deepcopy(conn), pickle.loads(pickle.dumps(conn))):
+        assert c2.mask_hash() == conn.mask_hash()
+        assert c2.params["0.weight"] is dict(c2.model.named_parameters())["0.weight"]
+        assert c2.params["0.weight"] is not conn.params["0.weight"]
+    train(model, opt, 2)  # the original keeps working
+    assert_pruned_are_zero(conn, opt)
+
+
+# ---------------------------------------------------------------------------------- invariant 2
+def _bits(t):
+    return t.detach().contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("ensemble", ["synapse", "kernel", "neuron"])
+def test_mask_only_never_changes_a_surviving_weight_even_with_an_optimizer(ensemble):
+    model = small_net()
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    conn = adaptive.Connectome(model, ensemble=ensemble, mode="mask_only")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    conn.attach(opt)
+    first = random_masks(conn, 0.5, seed=3)
+    conn.set_masks(first)
+    train(model, opt, 5)
+    for n, p in conn.params.items():
+        live = conn.masks[n]
+        assert torch.equal(_bits(p)[live], _bits(original[n])[live]), n
+        assert bool((p.detach()[~live] == 0).all())
+    # prune more, then restore everything: every synapse comes back bit-identical
+    conn.set_masks(random_masks(conn, 0.3, seed=4))
+    train(model, opt, 3)
+    conn.set_masks({n: torch.ones_like(m) for n, m in conn.masks.items()})
+    for n, p in conn.params.items():
+        assert torch.equal(_bits(p), _bits(original[n])), n
+        assert torch.equal(_bits(conn.original[n]), _bits(original[n]))
+    # parameters that are not synapses (BatchNorm, biases) did train
+    assert not torch.equal(dict(model.named_parameters())["1.weight"], original["1.weight"])
+
+
+def test_mask_only_prune_and_restore_without_optimizer_is_bit_identical():
+    model = small_net()
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = -0.0  # signed zero and subnormals survive too
+        model[0].weight[0, 0, 0, 1] = 1e-40
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    conn = adaptive.Connectome(model, mode="mask_only")
+    conn.set_masks({n: torch.zeros_like(m) for n, m in conn.masks.items()})
+    assert conn.density() == 0.0
+    assert all(bool((p == 0).all()) for p in conn.params.values())
+    conn.set_masks({n: torch.ones_like(m) for n, m in conn.masks.items()})
+    for n, p in model.named_parameters():
+        assert torch.equal(_bits(p), _bits(original[n])), n
+
+
+# ---------------------------------------------------------------------------------- invariant 6
+def _linear_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
+
+
+BAD_MASKS = [
+    ("wrong shape", lambda c: {"0.weight": torch.ones(6, 5, dtype=torch.bool)}, ValueError, r"shape \(6, 5\).*\(5, 6\)"),
+    ("wrong dtype", lambda c: {"0.weight": torch.ones(5, 6)}, TypeError, "torch.bool"),
+    ("not a tensor", lambda c: {"0.weight": [[True] * 6] * 5}, TypeError, "torch.Tensor"),
+    ("unknown name", lambda c: {"0.bias": torch.ones(5, dtype=torch.bool)}, KeyError, "unknown parameter name"),
+    ("not a dict", lambda c: [torch.ones(5, 6, dtype=torch.bool)], TypeError, "dict"),
+    (
+        "one good one bad",
+        lambda c: {"0.weight": torch.zeros(5, 6, dtype=torch.bool), "2.weight": torch.zeros(4, 5, dtype=torch.uint8)},
+        TypeError,
+        "'2.weight'.*torch.bool",
+    ),
+    (
+        "one good one wrong shape",
+        lambda c: {"2.weight": torch.zeros(4, 5, dtype=torch.bool), "0.weight": torch.zeros(6, dtype=torch.bool)},
+        ValueError,
+        "'0.weight'.*shape",
+    ),
+]
+
+
+@pytest.mark.parametrize("case, make, err, words", BAD_MASKS, ids=[b[0] for b in BAD_MASKS])
+def test_bad_masks_raise_and_change_nothing(case, make, err, words):
+    model = _linear_net()
+    conn = adaptive.Connectome(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    conn.attach(opt)
+    conn.set_masks({"2.weight": torch.rand(4, 5, generator=torch.Generator().manual_seed(0)) < 0.5})
+    snap = snapshot(conn)
+    with pytest.raises(err, match=words):
+        conn.set_masks(make(conn))
+    assert_unchanged(conn, snap)
+
+
+def test_bad_grow_init_changes_nothing():
+    model = _linear_net()
+    conn = adaptive.Connectome(model)
+    conn.set_masks({"0.weight": torch.zeros(5, 6, dtype=torch.bool)})
+    snap = snapshot(conn)
+    ones = {"0.weight": torch.ones(5, 6, dtype=torch.bool), "2.weight": torch.zeros(4, 5, dtype=torch.bool)}
+    with pytest.raises(ValueError, match="unknown grow_init 'bogus'"):
+        conn.set_masks(ones, grow_init="bogus")
+    with pytest.raises(ValueError, match="original weights"):
+        conn.set_masks(ones, grow_init="original")
+
+    def explode(name, grown):
+        raise RuntimeError("initialiser failed")
+
+    with pytest.raises(RuntimeError, match="initialiser failed"):
+        conn.set_masks(ones, grow_init=explode)
+    with pytest.raises(ValueError, match=r"shaped \(5, 6\)"):
+        conn.set_masks(ones, grow_init=lambda name, grown: torch.ones(3))
+    assert_unchanged(conn, snap)
+    # and the valid forms work
+    conn.set_masks(ones, grow_init=lambda name, grown: torch.full(grown.shape, 0.5))
+    w = conn.params["0.weight"].detach()
+    assert torch.equal(w, torch.full((5, 6), 0.5))
+    assert bool((conn.params["2.weight"] == 0).all())
+
+
+def test_grow_init_original_restores_kept_weights_in_train_mode():
+    model = _linear_net()
+    conn = adaptive.Connectome(model)
+    conn.keep_original()
+    orig = conn.params["0.weight"].detach().clone()
+    half = torch.zeros(5, 6, dtype=torch.bool)
+    half[:2] = True
+    conn.set_masks({"0.weight": half})
+    new = torch.zeros(5, 6, dtype=torch.bool)
+    new[1:4] = True  # row 0 pruned, row 1 kept, rows 2-3 grown
+    conn.set_masks({"0.weight": new}, grow_init="original")
+    w = conn.params["0.weight"].detach()
+    assert torch.equal(w[1:4], orig[1:4]) and bool((w[0] == 0).all()) and bool((w[4:] == 0).all())
+
+
+@pytest.mark.parametrize(
+    "ensemble, words",
+    [
+        ("kernel", "not constant over each 'kernel' ensemble"),
+        ("neuron", "not constant over each 'neuron' ensemble"),
+        ("block:2x2", "not constant over each 'block:2x2' ensemble"),
+        ("2:4", "more than 2 live synapses in some group of 4"),
+    ],
+)
+def test_mask_inconsistent_with_the_granularity_raises_and_changes_nothing(ensemble, words):
+    model = small_net()
+    conn = adaptive.Connectome(model, ensemble=ensemble)
+    if ensemble == "2:4":
+        good = {n: conn.granularity.select(torch.randn(m.shape)) for n, m in conn.masks.items()}
+    else:
+        good = random_masks(conn, 0.5)
+    conn.set_masks({"3.weight": good["3.weight"]})
+    snap = snapshot(conn)
+    broken = torch.ones(8, 3, 3, 3, dtype=torch.bool)
+    broken[0, 0, 0, 0] = False  # splits a kernel, a neuron and a 2x2 block; leaves 3 of 4 alive
+    with pytest.raises(ValueError, match=f"mask for '0.weight': mask (is|has) {words}"):
+        conn.set_masks({"5.weight": good["5.weight"], "0.weight": broken})
+    assert_unchanged(conn, snap)
+
+
+def test_bad_ensemble_masks_raise_and_change_nothing():
+    model = small_net()
+    conn = adaptive.Connectome(model, ensemble="kernel")
+    snap = snapshot(conn)
+    with pytest.raises(ValueError, match=r"expected \(8, 3\) for 'kernel'"):
+        conn.set_ensemble_masks({"0.weight": torch.ones(8, 3, 3, 3, dtype=torch.bool)})
+    with pytest.raises(TypeError, match="bool tensor"):
+        conn.set_ensemble_masks({"0.weight": torch.ones(8, 3)})
+    with pytest.raises(KeyError, match="unknown parameter name 'nope'"):
+        conn.set_ensemble_masks({"3.weight": torch.zeros(8, 2, dtype=torch.bool), "nope": torch.ones(1, dtype=torch.bool)})
+    with pytest.raises(TypeError, match="dict"):
+        conn.set_ensemble_masks([torch.ones(8, 3, dtype=torch.bool)])
+    assert_unchanged(conn, snap)
+    changed = conn.set_ensemble_masks({"0.weight": torch.eye(8, 3, dtype=torch.bool)})
+    assert torch.equal(conn.ensemble_masks()["0.weight"], torch.eye(8, 3, dtype=torch.bool))
+    assert int(changed["0.weight"].sum()) == (24 - 3) * 9
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, words",
+    [
+        (dict(ensemble="blocky"), ValueError, "unknown ensemble spec 'blocky'"),
+        (dict(ensemble="5:4"), ValueError, "n <= m"),
+        (dict(ensemble=None), TypeError, "spec string"),
+        (dict(mode="frozen"), ValueError, "unknown mode 'frozen'"),
+        (dict(include="nothing*"), ValueError, "matched no prunable layer"),
+    ],
+)
+def test_bad_construction_raises_naming_the_problem(kwargs, err, words):
+    model = small_net()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(err, match=words):
+        adaptive.Connectome(model, **kwargs)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_no_prunable_layers_raises():
+    with pytest.raises(ValueError, match="no prunable layers"):
+        adaptive.Connectome(nn.Sequential(nn.BatchNorm1d(4), nn.ReLU()))
+
+
+def test_bad_optimizers_raise():
+    conn = adaptive.Connectome(_linear_net())
+    with pytest.raises(ValueError, match="none of this connectome's weights"):
+        conn.attach(torch.optim.SGD([nn.Parameter(torch.ones(2))], lr=0.1))
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        conn.attach(object())
+
+
+def test_bad_state_dicts_raise_and_change_nothing():
+    model = _linear_net()
+    conn = adaptive.Connectome(model)
+    conn.set_masks({"0.weight": torch.eye(5, 6, dtype=torch.bool)})
+    sd = conn.state_dict()
+    snap = snapshot(conn)
+    with pytest.raises(ValueError, match="no 'masks' entry"):
+        conn.load_state_dict({"format": "x"})
+    with pytest.raises(KeyError, match="no mask for"):
+        conn.load_state_dict({**sd, "masks": {"0.weight": sd["masks"]["0.weight"]}})
+    with pytest.raises(ValueError, match="ensemble 'kernel'"):
+        conn.load_state_dict({**sd, "ensemble": "kernel"})
+    bad = {**sd, "masks": {"0.weight": torch.zeros(5, 6, dtype=torch.bool), "2.weight": torch.zeros(5, 4, dtype=torch.bool)}}
+    with pytest.raises(ValueError, match="'2.weight'.*shape"):
+        conn.load_state_dict(bad)
+    with pytest.raises(ValueError, match="original weight for '0.weight'"):
+        conn.load_state_dict({**sd, "original": {"0.weight": torch.zeros(2, 2)}})
+    assert_unchanged(conn, snap)
