@@ -1,0 +1,117 @@
+"""Datasets by name, split into train / holdout / test.
+
+``get_datasets("cifar10", holdout=0.1, seed=0)`` gives the train part, a stratified random
+holdout drawn from the TRAIN split (for selecting masks, step sizes, snapshots), and the test
+split, which is built lazily: it is not read until first used (``splits.test.materialized``).
+``get_dataloaders`` wraps the same in DataLoaders. Data folders are found through
+:mod:`adaptive.paths` (``--data-dir``, ``ADAPTIVE_DATA``, ``../shared/data``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..paths import DatasetNotFoundError, resolve_data_dir
+from .base import LazyDataset, Source, available_datasets, get_source_builder, register_dataset
+from .split import stratified_split, stratified_subset
+from .tensors import TensorImages, random_crop_flip
+
+# Importing the families registers them.
+from . import cifar, digits, fake, imagenet, mnist  # noqa: E402,F401
+
+
+@dataclass
+class DatasetSplits:
+    """Train, holdout (drawn from the train split) and lazily built test datasets, plus facts
+    about the data. Unpacks as ``train, holdout, test = splits``."""
+
+    train: Dataset
+    holdout: Dataset
+    test: LazyDataset
+    num_classes: int
+    in_shape: Tuple[int, ...]
+    classes: List[str] = field(default_factory=list)
+    name: str = ""
+
+    def __iter__(self):
+        return iter((self.train, self.holdout, self.test))
+
+
+def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, download: bool = False,
+                 subset: Optional[int] = None, test_subset: Optional[int] = None, augment: bool = False,
+                 **kw) -> DatasetSplits:
+    """Build dataset ``name`` (see :func:`available_datasets`).
+
+    - ``holdout``: fraction of the train split held out, stratified by class and drawn at random
+      with ``seed`` (never by position); disjoint from ``train``; 0 gives an empty holdout.
+    - ``subset``: use only a stratified random ``subset`` examples of the train split (before
+      the holdout is drawn from them); ``test_subset`` likewise caps the test split.
+    - ``augment``: training augmentation on the train part only (holdout and test never).
+    - ``download``: allow torchvision's downloader when the data is not on disk.
+    Extra keyword arguments go to the family (e.g. ``normalize=`` for cifar10, ``shape=`` for fake).
+    Raises :class:`DatasetNotFoundError` with every path tried when the data is missing.
+    """
+    src: Source = get_source_builder(name)(data_dir=data_dir, download=download, augment=augment, **kw)
+    labels = src.train_labels
+    pool = stratified_subset(labels, subset, seed) if subset else torch.arange(len(labels))
+    kept, drawn = stratified_split(labels[pool], holdout, seed)
+    train, held = pool[kept], pool[drawn]
+
+    def build_test():
+        ds = src.test()
+        if test_subset:
+            targets = torch.as_tensor(ds.targets)
+            return torch.utils.data.Subset(ds, stratified_subset(targets, test_subset, seed).tolist())
+        return ds
+
+    return DatasetSplits(train=src.train_view(train), holdout=src.eval_view(held),
+                         test=LazyDataset(build_test, name=f"{name} test"), num_classes=src.num_classes,
+                         in_shape=tuple(src.in_shape), classes=list(src.classes), name=name)
+
+
+@dataclass
+class DataLoaders:
+    """Train (shuffled, seeded), holdout and test DataLoaders, plus the data's facts."""
+
+    train: DataLoader
+    holdout: DataLoader
+    test: DataLoader
+    num_classes: int
+    in_shape: Tuple[int, ...]
+    classes: List[str]
+    datasets: DatasetSplits
+
+    def __iter__(self):
+        return iter((self.train, self.holdout, self.test))
+
+
+def get_dataloaders(name: str, batch_size: int = 128, data_dir=None, holdout: float = 0.1, seed: int = 0,
+                    download: bool = False, subset: Optional[int] = None, num_workers: int = 0,
+                    eval_batch_size: Optional[int] = None, drop_last: bool = False, augment: bool = False,
+                    test_subset: Optional[int] = None, **kw) -> DataLoaders:
+    """DataLoaders over :func:`get_datasets`. The train loader shuffles with a generator seeded by
+    ``seed``; holdout and test are in order with ``eval_batch_size`` (default: ``batch_size``).
+    Creating the test loader does not read the test split."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    splits = get_datasets(name, data_dir=data_dir, holdout=holdout, seed=seed, download=download,
+                          subset=subset, test_subset=test_subset, augment=augment, **kw)
+    eval_bs = eval_batch_size or batch_size
+    common = dict(num_workers=num_workers, persistent_workers=num_workers > 0)
+    g = torch.Generator().manual_seed(int(seed))
+    return DataLoaders(
+        train=DataLoader(splits.train, batch_size=batch_size, shuffle=True, generator=g, drop_last=drop_last, **common),
+        holdout=DataLoader(splits.holdout, batch_size=eval_bs, shuffle=False, **common),
+        test=DataLoader(splits.test, batch_size=eval_bs, shuffle=False, **common),
+        num_classes=splits.num_classes, in_shape=splits.in_shape, classes=splits.classes, datasets=splits,
+    )
+
+
+__all__ = [
+    "get_datasets", "get_dataloaders", "DatasetSplits", "DataLoaders", "DatasetNotFoundError",
+    "register_dataset", "available_datasets", "Source", "LazyDataset", "TensorImages",
+    "stratified_split", "stratified_subset", "random_crop_flip", "resolve_data_dir",
+]

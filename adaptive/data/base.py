@@ -1,0 +1,92 @@
+"""The pieces every dataset family shares: the :class:`Source` a family returns, the registry,
+and :class:`LazyDataset` (the test split is built only when first used)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass
+class Source:
+    """What a dataset family provides to :func:`adaptive.data.get_datasets`.
+
+    ``train_labels`` are the labels of the whole train split (used to draw stratified holdout
+    and subsets). ``train_view(idx)`` / ``eval_view(idx)`` give the examples of the train split
+    at ``idx`` with training transforms (augmentation) or evaluation transforms. ``test()``
+    builds the test split; it is called only when the test split is first used.
+    """
+
+    train_labels: torch.Tensor
+    train_view: Callable[[torch.Tensor], Dataset]
+    eval_view: Callable[[torch.Tensor], Dataset]
+    test: Callable[[], Dataset]
+    num_classes: int
+    in_shape: Tuple[int, ...]
+    classes: List[str] = field(default_factory=list)
+
+
+_DATASETS: Dict[str, Callable[..., Source]] = {}
+
+
+def register_dataset(name: str):
+    """Register ``fn(data_dir, download, augment, **kw) -> Source`` under ``name``."""
+
+    def deco(fn):
+        if name in _DATASETS:
+            raise ValueError(f"dataset {name!r} is already registered")
+        _DATASETS[name] = fn
+        return fn
+
+    return deco
+
+
+def get_source_builder(name: str) -> Callable[..., Source]:
+    if name not in _DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {sorted(_DATASETS)}")
+    return _DATASETS[name]
+
+
+def available_datasets() -> list:
+    return sorted(_DATASETS)
+
+
+class LazyDataset(Dataset):
+    """A dataset built by ``factory()`` on first ``len``/indexing, not before.
+
+    ``materialized`` tells whether it has been touched, so callers (and tests) can prove that,
+    say, the test split was not read during model selection.
+    """
+
+    def __init__(self, factory: Callable[[], Dataset], name: str = "test"):
+        self._factory = factory
+        self._dataset: Optional[Dataset] = None
+        self.name = name
+
+    @property
+    def materialized(self) -> bool:
+        return self._dataset is not None
+
+    @property
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            self._dataset = self._factory()
+        return self._dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[i]
+
+    def __getitems__(self, idx):
+        ds = self.dataset
+        if hasattr(ds, "__getitems__"):
+            return ds.__getitems__(idx)
+        return [ds[i] for i in idx]
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.dataset.targets

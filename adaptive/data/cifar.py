@@ -1,0 +1,76 @@
+"""CIFAR-10 from an ImageFolder directory (e.g. ../shared/data/cifar10-jpeg), torchvision's
+pickled batches, or torchvision's downloader; held in memory as uint8 tensors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..paths import DatasetNotFoundError, find_data, resolve_data_dir
+from .base import Source, register_dataset
+from .folder_cache import cached_folder_tensor
+from .tensors import TensorImages
+
+NORMALIZATIONS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # what the pretrained ResNets use
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "none": None,
+}
+RELPATHS = ("cifar10-jpeg/train", "cifar10/train", "cifar10/cifar-10-batches-py", "cifar-10-batches-py")
+HOW = "or pass download=True (--download) to fetch it with torchvision where there is internet"
+
+
+def _normalization(normalize):
+    if normalize is None or isinstance(normalize, str):
+        key = "none" if normalize is None else normalize.lower()
+        if key not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {sorted(NORMALIZATIONS)} or a (mean, std) pair, got {normalize!r}")
+        return NORMALIZATIONS[key] or (None, None)
+    mean, std = normalize
+    return tuple(mean), tuple(std)
+
+
+def _torchvision_arrays(root: Path, train: bool, download: bool = False):
+    import torchvision
+
+    ds = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
+    return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets), list(ds.classes)
+
+
+@register_dataset("cifar10")
+def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", cache_dir=None) -> Source:
+    """CIFAR-10 ``(3, 32, 32)``. ``augment`` adds random crop (pad 4) and horizontal flip to the
+    train part only. ``normalize``: "imagenet" (default), "cifar", "none" or ``(mean, std)``.
+    JPEG folders are decoded once and cached under ``cache_dir`` (default ~/.cache/adaptive)."""
+    mean, std = _normalization(normalize)
+    try:
+        found = find_data("cifar10", RELPATHS, data_dir, how=HOW)
+    except DatasetNotFoundError:
+        if not download:
+            raise
+        found = resolve_data_dir(data_dir) / "cifar10" / "cifar-10-batches-py"
+        _torchvision_arrays(found.parent, train=True, download=True)
+    if found.name == "cifar-10-batches-py":
+        x, y, classes = _torchvision_arrays(found.parent, train=True)
+
+        def load_test():
+            return _torchvision_arrays(found.parent, train=False)[:2]
+    else:
+        base = found.parent
+        x, y, classes = cached_folder_tensor(found, f"{base.name}-train", cache_dir)
+
+        def load_test():
+            if not (base / "test").is_dir():
+                raise DatasetNotFoundError(f"cifar10 test split not found: expected {base / 'test'} next to {found}")
+            return cached_folder_tensor(base / "test", f"{base.name}-test", cache_dir)[:2]
+
+    def test():
+        xt, yt = load_test()
+        return TensorImages(xt, yt, None, mean, std)
+
+    return Source(
+        train_labels=y,
+        train_view=lambda idx: TensorImages(x, y, idx, mean, std, augment=augment),
+        eval_view=lambda idx: TensorImages(x, y, idx, mean, std),
+        test=test, num_classes=10, in_shape=(3, 32, 32), classes=classes,
+    )

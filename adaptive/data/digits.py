@@ -1,0 +1,34 @@
+"""scikit-learn's bundled 8x8 digits: 1,797 images, 10 classes, needs no download at all."""
+from __future__ import annotations
+
+import torch
+
+from .base import Source, register_dataset
+from .split import stratified_split
+from .tensors import TensorImages
+
+TEST_FRACTION = 0.2
+SPLIT_SEED = 0  # fixed: the digits train/test split is part of the dataset's definition
+
+
+@register_dataset("digits")
+def digits(data_dir=None, download=False, augment=False) -> Source:
+    """Digits as ``(1, 8, 8)`` images scaled to [0, 1] then standardised with the train split's
+    mean and std; a fixed stratified 80/20 train/test split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    tr, te = stratified_split(y, TEST_FRACTION, seed=SPLIT_SEED)
+    x_tr, y_tr = x[tr], y[tr]
+    mean, std = (float(x_tr.mean()),), (float(x_tr.std()),)
+
+    def view(idx):
+        return TensorImages(x_tr, y_tr, idx, mean, std)
+
+    return Source(
+        train_labels=y_tr, train_view=view, eval_view=view,
+        test=lambda: TensorImages(x[te], y[te], None, mean, std),
+        num_classes=10, in_shape=(1, 8, 8), classes=[str(i) for i in range(10)],
+    )

@@ -1,0 +1,34 @@
+"""Random tensors of any shape, for testing mechanics (no files, no download)."""
+from __future__ import annotations
+
+import torch
+
+from .base import Source, register_dataset
+from .tensors import TensorImages
+
+
+def _make(n, shape, num_classes, prototypes, g, signal):
+    y = torch.randperm(n, generator=g) % num_classes
+    x = torch.randn((n, *shape), generator=g) + signal * prototypes[y]
+    return x, y
+
+
+@register_dataset("fake")
+def fake(data_dir=None, download=False, augment=False, shape=(3, 32, 32), num_classes=10,
+         train_size=512, test_size=128, signal=1.0, data_seed=0) -> Source:
+    """Gaussian noise plus a per-class prototype scaled by ``signal`` (0 gives pure noise, so the
+    labels are learnable or not as a test wants). Deterministic in ``data_seed``."""
+    shape = tuple(int(s) for s in shape)
+    g = torch.Generator().manual_seed(int(data_seed))
+    prototypes = torch.randn((num_classes, *shape), generator=g)
+    x, y = _make(int(train_size), shape, num_classes, prototypes, g, signal)
+    xt, yt = _make(int(test_size), shape, num_classes, prototypes, g, signal)
+    aug = augment and len(shape) == 3
+
+    return Source(
+        train_labels=y,
+        train_view=lambda idx: TensorImages(x, y, idx, augment=aug),
+        eval_view=lambda idx: TensorImages(x, y, idx),
+        test=lambda: TensorImages(xt, yt),
+        num_classes=int(num_classes), in_shape=shape, classes=[str(i) for i in range(num_classes)],
+    )

@@ -1,0 +1,71 @@
+"""In-memory image datasets: uint8 or float tensors, batched fetching, tensor augmentation."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+
+def random_crop_flip(x: torch.Tensor, pad: int = 4, flip: bool = True) -> torch.Tensor:
+    """Standard CIFAR augmentation on a batch ``(B, C, H, W)``: zero-pad by ``pad``, crop a random
+    ``H x W`` window per image, and flip half of the images horizontally (global torch RNG)."""
+    b, c, h, w = x.shape
+    if pad > 0:
+        xp = F.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (b,))
+        ox = torch.randint(0, 2 * pad + 1, (b,))
+        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+        x = xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    if flip:
+        flipped = torch.rand(b) < 0.5
+        x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+class TensorImages(Dataset):
+    """The examples ``indices`` of an in-memory image tensor, normalised on the fly.
+
+    ``images`` is ``(N, C, H, W)`` (uint8 scaled by 1/255, or float used as is) or ``(N, F)``;
+    ``labels`` is ``(N,)``. Items are ``(float tensor, int)``; ``__getitems__`` fetches whole
+    batches with tensor ops (the DataLoader uses it), applying ``augment`` (random crop + flip)
+    when set. The underlying tensors are shared, never copied, between views.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: Optional[torch.Tensor] = None,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 augment: bool = False):
+        self.images, self.labels = images, labels.long()
+        self.indices = torch.arange(len(labels)) if indices is None else torch.as_tensor(indices).long()
+        shape = (1, -1) + (1,) * (images.dim() - 2)
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(shape)
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(shape)
+        self.augment = augment and images.dim() == 4
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.labels[self.indices]
+
+    def batch(self, idx) -> tuple:
+        """``(x, y)`` tensors for positions ``idx`` of this view."""
+        src = self.indices[torch.as_tensor(idx, dtype=torch.long)]
+        x = self.images[src]
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        if self.augment:
+            x = random_crop_flip(x)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x, self.labels[src]
+
+    def __getitem__(self, i):
+        x, y = self.batch([int(i)])
+        return x[0], int(y[0])
+
+    def __getitems__(self, idx):
+        x, y = self.batch(list(idx))
+        return list(zip(x.unbind(0), y.tolist()))

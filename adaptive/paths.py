@@ -1,0 +1,72 @@
+"""Where data and caches live.
+
+Data is looked for, in order: an explicit ``data_dir`` (``--data-dir``), the ``ADAPTIVE_DATA``
+environment variable, ``<repo root>/../shared/data`` (repo root = the folder holding the
+``adaptive`` package), and ``~/.cache/adaptive/data``. Caches (decoded image tensors) go to
+``ADAPTIVE_CACHE`` or ``~/.cache/adaptive``, never inside the repository.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+PathLike = Union[str, os.PathLike]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is not on disk where the project looks for it."""
+
+
+def cache_dir(path: Optional[PathLike] = None) -> Path:
+    """Folder for derived caches: ``path``, else $ADAPTIVE_CACHE, else ``~/.cache/adaptive``."""
+    if path is not None:
+        return Path(path).expanduser()
+    env = os.environ.get("ADAPTIVE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "adaptive"
+
+
+def candidate_data_dirs(data_dir: Optional[PathLike] = None) -> List[Path]:
+    """The data folders searched, in order. An explicit ``data_dir`` is the only candidate."""
+    if data_dir is not None and str(data_dir) != "":
+        return [Path(data_dir).expanduser()]
+    dirs = []
+    env = os.environ.get("ADAPTIVE_DATA")
+    if env:
+        dirs.append(Path(env).expanduser())
+    dirs += [SHARED_DATA, cache_dir() / "data"]
+    return dirs
+
+
+def resolve_data_dir(data_dir: Optional[PathLike] = None) -> Path:
+    """The data folder to use: explicit arg, else $ADAPTIVE_DATA, else ``../shared/data`` from the
+    repo root if it exists, else ``~/.cache/adaptive/data`` (also the place downloads go)."""
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser()
+    if os.environ.get("ADAPTIVE_DATA"):
+        return Path(os.environ["ADAPTIVE_DATA"]).expanduser()
+    return SHARED_DATA if SHARED_DATA.is_dir() else cache_dir() / "data"
+
+
+def find_data(name: str, relpaths: Sequence[str], data_dir: Optional[PathLike] = None,
+              how: str = "") -> Path:
+    """First existing ``<dir>/<relpath>`` over the candidate dirs and ``relpaths``.
+
+    Raises :class:`DatasetNotFoundError` with one line naming every path tried and how to get
+    the data (``how`` adds dataset-specific advice).
+    """
+    tried = []
+    for d in candidate_data_dirs(data_dir):
+        for rel in relpaths:
+            p = d / rel
+            if p.exists():
+                return p
+            tried.append(str(p))
+    raise DatasetNotFoundError(
+        f"dataset {name!r} not found; looked in: {', '.join(tried)}. Point --data-dir (or the "
+        f"ADAPTIVE_DATA environment variable) at a folder holding it"
+        + (f", {how}" if how else "") + "."
+    )

@@ -1,0 +1,193 @@
+"""Data layer: data-dir resolution, stratified holdout, datasets, lazy test split, clear errors."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import adaptive.paths as paths
+from adaptive.data import (DatasetNotFoundError, get_dataloaders, get_datasets, random_crop_flip,
+                           stratified_split, stratified_subset)
+from adaptive.data import folder_cache
+
+torch.set_num_threads(1)
+
+SHARED_MNIST = paths.SHARED_DATA / "mnist" / "mnist.npz"
+
+
+# ---------------------------------------------------------------- paths
+
+def test_resolve_data_dir_order(tmp_path, monkeypatch):
+    monkeypatch.delenv("ADAPTIVE_DATA", raising=False)
+    monkeypatch.setattr(paths, "SHARED_DATA", tmp_path / "shared")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ADAPTIVE_CACHE", raising=False)
+    assert paths.resolve_data_dir() == tmp_path / "home" / ".cache" / "adaptive" / "data"
+    (tmp_path / "shared").mkdir()
+    assert paths.resolve_data_dir() == tmp_path / "shared"
+    monkeypatch.setenv("ADAPTIVE_DATA", str(tmp_path / "env"))
+    assert paths.resolve_data_dir() == tmp_path / "env"
+    assert paths.resolve_data_dir(tmp_path / "explicit") == tmp_path / "explicit"
+    assert paths.candidate_data_dirs() == [tmp_path / "env", tmp_path / "shared",
+                                           tmp_path / "home" / ".cache" / "adaptive" / "data"]
+
+
+def test_repo_relative_shared_dir():
+    assert paths.SHARED_DATA == Path(paths.__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+# ---------------------------------------------------------------- splits
+
+def test_stratified_split_disjoint_stratified_seeded():
+    labels = torch.arange(5).repeat_interleave(torch.tensor([100, 200, 50, 10, 40]))  # grouped by class
+    kept, drawn = stratified_split(labels, 0.1, seed=3)
+    assert set(kept.tolist()).isdisjoint(drawn.tolist())
+    assert sorted(kept.tolist() + drawn.tolist()) == list(range(len(labels)))
+    assert torch.bincount(labels[drawn], minlength=5).tolist() == [10, 20, 5, 1, 4]
+    # Random within class, not the first examples of each class.
+    assert not torch.equal(drawn[:10], torch.arange(10))
+    again, _ = stratified_split(labels, 0.1, seed=3)
+    other, _ = stratified_split(labels, 0.1, seed=4)
+    assert torch.equal(kept, again) and not torch.equal(kept, other)
+    with pytest.raises(ValueError, match=r"holdout fraction must be in \[0, 1\)"):
+        stratified_split(labels, 1.0)
+    sub = stratified_subset(labels, 40, seed=0)
+    assert torch.bincount(labels[sub], minlength=5).tolist() == [10, 20, 5, 1, 4]
+
+
+# ---------------------------------------------------------------- datasets
+
+def test_digits_offline_and_lazy_test():
+    s = get_datasets("digits", holdout=0.2, seed=1)
+    train, held, test = s
+    assert s.num_classes == 10 and s.in_shape == (1, 8, 8)
+    assert not test.materialized
+    assert len(train) + len(held) == 1438 and abs(len(held) - 0.2 * 1438) <= 10
+    x, y = train[0]
+    assert x.shape == (1, 8, 8) and isinstance(y, int)
+    xs = torch.stack([train[i][0] for i in range(len(train))])
+    assert abs(xs.mean().item()) < 0.05 and abs(xs.std().item() - 1) < 0.05
+    assert set(train.indices.tolist()).isdisjoint(held.indices.tolist())
+    assert len(test) == 359 and test.materialized
+    # The digits train/test split is fixed, whatever the holdout seed.
+    assert torch.equal(get_datasets("digits", seed=7).test.dataset.labels, test.dataset.labels)
+
+
+def _write_npz(path, n_train=60, n_test=20):
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+             y_train=np.arange(n_train) % 10, x_test=rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+             y_test=np.arange(n_test) % 10)
+
+
+def test_mnist_from_npz_file(tmp_path):
+    (tmp_path / "mnist").mkdir()
+    _write_npz(tmp_path / "mnist" / "mnist.npz")
+    raw = np.load(tmp_path / "mnist" / "mnist.npz")
+    s = get_datasets("mnist", data_dir=tmp_path, holdout=0.2, seed=0)
+    assert len(s.train) == 50 and len(s.holdout) == 10  # round(0.2 * 6) = 1 of each class
+    assert torch.bincount(s.holdout.targets, minlength=10).tolist() == [1] * 10
+    i = int(s.train.indices[0])
+    x, y = s.train[0]
+    expect = (torch.from_numpy(raw["x_train"][i]).float() / 255 - 0.1307) / 0.3081
+    torch.testing.assert_close(x[0], expect)
+    assert y == raw["y_train"][i]
+    assert not s.test.materialized and len(s.test) == 20
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_file(), reason=f"shared MNIST absent at {SHARED_MNIST}")
+def test_mnist_shared_npz():
+    s = get_datasets("mnist", data_dir=paths.SHARED_DATA, holdout=0.1, seed=0)
+    assert (len(s.train), len(s.holdout)) == (54_001, 5_999)
+    counts = torch.bincount(s.holdout.targets, minlength=10)
+    totals = torch.bincount(s.train.labels, minlength=10)  # the whole train split
+    assert torch.equal(counts, torch.round(totals * 0.1).long())
+    assert not s.test.materialized
+    x, _ = s.test[0]
+    assert x.shape == (1, 28, 28) and len(s.test) == 10_000
+
+
+def test_missing_dataset_lists_every_path(tmp_path, monkeypatch):
+    for name, rel in [("mnist", "mnist/mnist.npz"), ("cifar10", "cifar10-jpeg/train"), ("imagenet", "imagenet/train")]:
+        with pytest.raises(DatasetNotFoundError) as e:
+            get_datasets(name, data_dir=tmp_path)
+        msg = str(e.value)
+        assert "\n" not in msg and f"dataset {name!r} not found" in msg
+        assert str(tmp_path / rel) in msg and "--data-dir" in msg and "ADAPTIVE_DATA" in msg
+    monkeypatch.setenv("ADAPTIVE_DATA", str(tmp_path / "env"))
+    monkeypatch.setattr(paths, "SHARED_DATA", tmp_path / "shared")
+    with pytest.raises(DatasetNotFoundError) as e:
+        get_datasets("mnist")
+    msg = str(e.value)
+    for d in paths.candidate_data_dirs():
+        assert str(d / "mnist" / "mnist.npz") in msg
+    assert "download=True" in msg
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown dataset 'nope'; available: .*digits"):
+        get_datasets("nope")
+
+
+def _write_folder(root, n_per_class=6, classes=("cat", "dog", "emu")):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n_per_class):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / c / f"{i:04d}.png")
+
+
+def test_cifar10_folder_cache_holdout_and_lazy_test(tmp_path, monkeypatch):
+    _write_folder(tmp_path / "data" / "cifar10-jpeg" / "train")
+    _write_folder(tmp_path / "data" / "cifar10-jpeg" / "test", n_per_class=2)
+    cache = tmp_path / "cache"
+    s = get_datasets("cifar10", data_dir=tmp_path / "data", holdout=1 / 3, seed=0, cache_dir=cache,
+                     normalize="none")
+    assert s.classes == ["cat", "dog", "emu"] and s.in_shape == (3, 32, 32)
+    assert torch.bincount(s.holdout.targets).tolist() == [2, 2, 2]  # class-grouped files, stratified draw
+    assert set(s.train.indices.tolist()).isdisjoint(s.holdout.indices.tolist())
+    assert (cache / "cifar10-jpeg-train.pt").is_file() and not (cache / "cifar10-jpeg-test.pt").exists()
+    # Pixels survive decoding exactly (PNG is lossless).
+    from PIL import Image
+
+    i = int(s.train.indices[0])
+    cls, j = s.classes[i // 6], i % 6
+    ref = torch.from_numpy(np.array(Image.open(tmp_path / "data/cifar10-jpeg/train" / cls / f"{j:04d}.png")))
+    torch.testing.assert_close(s.train[0][0], ref.permute(2, 0, 1).float() / 255)
+    # Second build reads the cache instead of decoding.
+    decoded, real = [], folder_cache.decode_folder
+    monkeypatch.setattr(folder_cache, "decode_folder", lambda root, **k: decoded.append(root.name) or real(root, **k))
+    s2 = get_datasets("cifar10", data_dir=tmp_path / "data", cache_dir=cache)
+    assert decoded == []
+    assert len(s2.test) == 6 and decoded == ["test"]  # the test split is decoded when first used
+    assert (cache / "cifar10-jpeg-test.pt").is_file()
+    x, _ = s2.train[0]
+    assert abs(x.mean().item()) < 2.5  # imagenet normalisation by default
+
+
+def test_random_crop_flip_is_a_window_of_the_padded_image():
+    torch.manual_seed(0)
+    x = torch.randn(4, 2, 6, 6)
+    out = random_crop_flip(x, pad=2)
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for b in range(4):
+        windows = [padded[b, :, i:i + 6, j:j + 6] for i in range(5) for j in range(5)]
+        windows += [w.flip(-1) for w in windows]
+        assert any(torch.equal(out[b], w) for w in windows)
+
+
+def test_fake_and_dataloaders_seeded_and_test_untouched():
+    kw = dict(shape=(3, 8, 8), num_classes=4, train_size=64, test_size=16, holdout=0.25, seed=5)
+    a = get_dataloaders("fake", 8, **kw)
+    b = get_dataloaders("fake", 8, **kw)
+    assert a.num_classes == 4 and a.in_shape == (3, 8, 8)
+    xa, ya = next(iter(a.train))
+    xb, yb = next(iter(b.train))
+    assert xa.shape == (8, 3, 8, 8) and torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert sum(len(y) for _, y in a.holdout) == 16
+    assert not a.datasets.test.materialized
+    assert sum(len(y) for _, y in a.test) == 16 and a.datasets.test.materialized
