@@ -16,6 +16,7 @@ its in- and out-degree in this graph.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional
 
@@ -229,6 +230,17 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
                            meta, torch.tensor(ptr))
 
 
+def _edge_ptr(g: ConnectomeGraph) -> None:
+    """Order edges by their target's group (topological order) and set ``edge_ptr``."""
+    grp = g.node_attrs["group"][g.dst]
+    if grp.numel() > 1 and bool((grp[1:] < grp[:-1]).any()):
+        order = torch.argsort(grp, stable=True)
+        g.src, g.dst, grp = g.src[order], g.dst[order], grp[order]
+        g.edge_attrs = {k: v[order] for k, v in g.edge_attrs.items()}
+    counts = torch.bincount(grp, minlength=len(g.groups))
+    g.edge_ptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+
+
 def _annotate(g: ConnectomeGraph) -> None:
     """Add signal depth and degrees to the node table."""
     from .analysis import signal_depth
@@ -269,7 +281,7 @@ def layer_graph(unit: ConnectomeGraph) -> ConnectomeGraph:
     agg = {k: v[order] for k, v in agg.items()}
     kind_of = {"constant": CONST, "input": INPUT, "layer": UNIT, "junction": JUNCTION, "output": OUTPUT}
     units = torch.tensor([x.count for x in unit.groups])
-    synapses = torch.tensor([float(torch.tensor(unit.layers[x.layer].shape).prod()) if x.layer >= 0 else 0.0 for x in unit.groups])
+    synapses = torch.tensor([float(math.prod(unit.layers[x.layer].shape)) if x.layer >= 0 else 0.0 for x in unit.groups], dtype=torch.float64)
     live_in = torch.zeros(ng, dtype=torch.float64).index_add_(0, dst, agg["count"])
     dmax = torch.full((ng,), -1, dtype=torch.long).scatter_reduce_(0, grp, unit.node_attrs["depth_max"], "amax")
     dmin_src = torch.where(unit.node_attrs["depth_min"] >= 0, unit.node_attrs["depth_min"], torch.iinfo(torch.long).max)

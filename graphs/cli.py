@@ -1,0 +1,151 @@
+"""Command line: ``python -m graphs export RUN_DIR --level unit --format graphml`` and
+``python -m graphs report RUN_DIR``.
+
+A run folder holds ``connectome.safetensors``, the weights (``model_state.pt`` or
+``dense_state_dict.pt``) and ``config.yaml`` whose ``model`` key names the model for
+``adaptive.models.build_model``. ``--model``, ``--connectome`` and ``--weights`` override or stand in
+for any of them (RUN_DIR may also be the connectome file itself).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional
+
+import torch
+
+WEIGHT_FILES = ("model_state.pt", "dense_state_dict.pt")
+
+
+def _config(run_dir: str) -> dict:
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return {}
+    import yaml
+
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def _model_spec(cfg: dict, args):
+    name = args.model
+    kw = {}
+    m = cfg.get("model")
+    if isinstance(m, dict):
+        name = name or m.get("name")
+        kw.update({k: v for k, v in m.items() if k in ("num_classes", "in_shape")})
+    elif isinstance(m, str):
+        name = name or m
+    for k in ("num_classes", "in_shape"):
+        if k in cfg and k not in kw:
+            kw[k] = cfg[k]
+        if isinstance(cfg.get("data"), dict) and k in cfg["data"] and k not in kw:
+            kw[k] = cfg["data"][k]
+    if args.num_classes is not None:
+        kw["num_classes"] = args.num_classes
+    if args.in_shape:
+        kw["in_shape"] = tuple(int(s) for s in args.in_shape.split(","))
+    return name, kw
+
+
+def _state_dict(path: str) -> dict:
+    sd = torch.load(path, map_location="cpu", weights_only=False)
+    for key in ("model", "state_dict", "model_state"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = None, weights: Optional[str] = None,
+             num_classes=None, in_shape=None):
+    """(model, connectome) from a run folder (or a connectome file) with optional overrides."""
+    ns = argparse.Namespace(model=model, num_classes=num_classes, in_shape=in_shape)
+    run_dir = run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run))
+    if connectome is None:
+        connectome = run if os.path.isfile(run) else os.path.join(run_dir, "connectome.safetensors")
+    if not os.path.isfile(connectome):
+        raise FileNotFoundError(f"no connectome at {connectome!r}: pass a run folder holding connectome.safetensors or --connectome PATH")
+    name, kw = _model_spec(_config(run_dir), ns)
+    if not name:
+        raise ValueError(f"no model name: {run_dir}/config.yaml has no 'model' key; pass --model NAME (e.g. resnet20)")
+    try:
+        from adaptive.models import build_model
+    except ImportError as e:
+        raise RuntimeError(f"adaptive.models.build_model is not available ({e}); it is needed to rebuild {name!r}") from e
+    net = build_model(name, **kw)
+    if weights is None:
+        weights = next((os.path.join(run_dir, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(run_dir, f))), None)
+    if weights is not None:
+        net.load_state_dict(_state_dict(weights))
+    else:
+        print(f"note: no weights file ({' or '.join(WEIGHT_FILES)}) in {run_dir}: L1/L2 come from a fresh init",
+              file=sys.stderr)
+    from adaptive import Connectome
+
+    conn = Connectome.load(connectome, net)
+    return net, conn
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m graphs", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for cmd in ("export", "report"):
+        s = sub.add_parser(cmd)
+        s.add_argument("run", help="run folder (or a connectome .safetensors file)")
+        s.add_argument("--level", default="unit", choices=("synapse", "unit", "layer"))
+        s.add_argument("--model", help="model name for adaptive.models.build_model (default: config.yaml 'model')")
+        s.add_argument("--connectome", help="connectome file (default RUN/connectome.safetensors)")
+        s.add_argument("--weights", help="state dict file (default RUN/model_state.pt or dense_state_dict.pt)")
+        s.add_argument("--num-classes", type=int)
+        s.add_argument("--in-shape", help="input shape without batch, e.g. 3,32,32")
+        s.add_argument("--out", help="output file (export) or folder (report); default inside the run folder")
+        if cmd == "export":
+            s.add_argument("--format", default="graphml", choices=("graphml", "gexf", "json", "pt"),
+                           help="pt: a torch_geometric Data saved with torch.save")
+    a = p.parse_args(argv)
+    import graphs
+
+    try:
+        model, conn = load_run(a.run, a.model, a.connectome, a.weights, a.num_classes, a.in_shape)
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run_dir = a.run if os.path.isdir(a.run) else os.path.dirname(os.path.abspath(a.run))
+    g = graphs.build(conn, a.level)
+    if a.cmd == "export":
+        out = a.out or os.path.join(run_dir, f"connectome_{a.level}.{a.format}")
+        if a.format == "pt":
+            torch.save(graphs.to_pyg(g), out)
+        else:
+            graphs.write(g, out)
+        print(f"wrote {out}: {g}")
+        return 0
+    out = a.out or os.path.join(run_dir, "graph_report")
+    os.makedirs(out, exist_ok=True)
+    s = graphs.summary(g)
+    print(format_summary(s))
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(s, f, indent=1)
+    for path in graphs.figures.plot_all(g, out):
+        print(f"figure: {path}")
+    return 0
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"{s['level']}-level graph: {s['nodes']:,} nodes, {s['edges']:,} edges, {s['units']:,} units, "
+             f"{s['junctions']:,} junctions, {s['live_synapses']:,} live synapses, deepest path {s['depth_max']} layers"]
+    d = s["dead"]
+    lines.append(f"dead units: {d['dead']} (no live input {d['no_live_input']}, no live output {d['no_live_output']}, "
+                 f"unreachable from input {d['unreachable_from_input']}, cannot reach output {d['cannot_reach_output']})")
+    lines.append(f"reachability: {s['outputs_reachable']}/{s['outputs']} outputs reached, "
+                 f"{s['inputs_reaching_output']}/{s['inputs']} inputs reach an output")
+    lines.append("density per layer:")
+    w = max((len(k) for k in s["density"]), default=5)
+    lines += [f"  {k.ljust(w)}  {v:7.2%}" for k, v in s["density"].items()]
+    for c in s["concats"]:
+        lines.append(f"concat {c['node']}: channels by signal depth {c['histogram']}")
+    for wmsg in s["warnings"]:
+        lines.append(f"warning: {wmsg}")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""The exporter registry: named converters of a :class:`ConnectomeGraph` into other libraries'
+objects, and file writers chosen by extension.
+
+``register_exporter("name")(fn)`` adds ``fn(graph) -> object``; ``register_writer(".ext")(fn)`` adds
+``fn(graph, path)``. Built in: exporters "pyg" and "networkx"; writers ".graphml", ".gexf", ".json".
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Dict
+
+import torch
+
+EXPORTERS: Dict[str, Callable] = {}
+WRITERS: Dict[str, Callable] = {}
+FORMAT = "adaptive.graph/1"
+
+
+def register_exporter(name: str):
+    def deco(fn):
+        EXPORTERS[name] = fn
+        return fn
+    return deco
+
+
+def register_writer(ext: str):
+    ext = ext if ext.startswith(".") else "." + ext
+
+    def deco(fn):
+        WRITERS[ext] = fn
+        return fn
+    return deco
+
+
+def export(g, name: str):
+    """Convert ``g`` with the exporter registered as ``name``."""
+    if name not in EXPORTERS:
+        raise ValueError(f"unknown exporter {name!r}: registered are {sorted(EXPORTERS)}")
+    return EXPORTERS[name](g)
+
+
+def write(g, path, format: str | None = None) -> str:
+    """Write ``g`` to ``path``; the format comes from ``format`` or the file extension."""
+    path = os.fspath(path)
+    ext = ("." + format.lstrip(".")) if format else os.path.splitext(path)[1].lower()
+    if ext not in WRITERS:
+        raise ValueError(f"cannot write {path!r}: unknown format {ext!r}; known are {sorted(WRITERS)}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    WRITERS[ext](g, path)
+    return path
+
+
+def header(g) -> dict:
+    """Graph-level metadata as JSON-able values (groups, layers, meta, dtypes)."""
+    return {
+        "format": FORMAT,
+        "level": g.level,
+        "groups": [[x.name, x.kind, x.op, x.start, x.count, x.layer] for x in g.groups],
+        "layers": [[l.module, l.param, l.kind, list(l.shape), l.groups] for l in g.layers],
+        "meta": {k: v for k, v in g.meta.items() if isinstance(v, (int, float, str, bool))},
+        "warnings": list(g.warnings),
+        "node_dtypes": {k: str(v.dtype).replace("torch.", "") for k, v in g.node_attrs.items()},
+        "edge_dtypes": {k: str(v.dtype).replace("torch.", "") for k, v in g.edge_attrs.items()},
+    }
+
+
+def from_header(h: dict, node_attrs, src, dst, edge_attrs):
+    """Rebuild a ConnectomeGraph from :func:`header` output and attribute tensors."""
+    from .graph import ConnectomeGraph, _edge_ptr
+    from .trace import Group, LayerFlow
+
+    if h.get("format") != FORMAT:
+        raise ValueError(f"not an adaptive graph (format {h.get('format')!r}, expected {FORMAT!r})")
+    groups = [Group(*x) for x in h["groups"]]
+    layers = [LayerFlow(m, p, -1, k, tuple(s), gr, torch.zeros(0, dtype=torch.long)) for m, p, k, s, gr in h["layers"]]
+    for x_id, x in enumerate(groups):
+        if x.layer >= 0 and x.kind == "layer":
+            layers[x.layer].group = x_id
+    nd = {k: node_attrs[k].to(getattr(torch, t)) for k, t in h["node_dtypes"].items()}
+    ed = {k: edge_attrs[k].to(getattr(torch, t)) for k, t in h["edge_dtypes"].items()}
+    g = ConnectomeGraph(h["level"], nd, src.long(), dst.long(), ed, groups, layers, [], list(h.get("warnings", [])),
+                        dict(h.get("meta", {})))
+    _edge_ptr(g)
+    return g
+
+
+@register_exporter("pyg")
+def _pyg(g):
+    from .pyg import to_pyg
+    return to_pyg(g)
+
+
+@register_exporter("networkx")
+def _nx(g):
+    from .netx import to_networkx
+    return to_networkx(g)
+
+
+@register_writer(".graphml")
+def write_graphml(g, path):
+    import networkx as nx
+    from .netx import to_networkx
+    nx.write_graphml(to_networkx(g, flat=True), path)
+
+
+@register_writer(".gexf")
+def write_gexf(g, path):
+    import networkx as nx
+    from .netx import to_networkx
+    nx.write_gexf(to_networkx(g, flat=True), path)
+
+
+@register_writer(".json")
+def write_json(g, path):
+    doc = header(g)
+    doc["nodes"] = {k: v.tolist() for k, v in g.node_attrs.items()}
+    doc["nodes"]["name"] = g.node_names()
+    doc["edges"] = {"src": g.src.tolist(), "dst": g.dst.tolist(), **{k: v.tolist() for k, v in g.edge_attrs.items()}}
+    with open(path, "w") as f:
+        json.dump(doc, f)
+
+
+def read_json(path):
+    """Read a graph written by ``write(g, "x.json")``."""
+    with open(path) as f:
+        doc = json.load(f)
+    e = doc["edges"]
+    edges = {k: torch.tensor(v, dtype=torch.float64 if "float" in doc["edge_dtypes"][k] else torch.long)
+             for k, v in e.items() if k not in ("src", "dst")}
+    nodes = {k: torch.tensor(v, dtype=torch.float64 if "float" in doc["node_dtypes"][k] else torch.long)
+             for k, v in doc["nodes"].items() if k != "name"}
+    return from_header(doc, nodes, torch.tensor(e["src"], dtype=torch.long), torch.tensor(e["dst"], dtype=torch.long), edges)

@@ -1,0 +1,124 @@
+"""Figures of the analysis (matplotlib, PNG): density per layer, degree distributions, dead units,
+reachability and the signal-depth composition of every concatenation."""
+from __future__ import annotations
+
+import os
+from typing import Dict, List
+
+import torch
+
+from . import analysis
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out_dir, name) -> str:
+    path = os.path.join(out_dir, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def plot_density(g, out_dir) -> str:
+    plt = _plt()
+    d = analysis.density_per_layer(g)
+    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(d)), 3.5))
+    ax.bar(range(len(d)), list(d.values()), color="tab:blue")
+    ax.set_xticks(range(len(d)))
+    ax.set_xticklabels(list(d), rotation=90, fontsize=6)
+    ax.set_ylabel("live fraction of synapses")
+    ax.set_xlabel("layer")
+    ax.set_title("density per layer")
+    return _save(fig, out_dir, "density_per_layer.png")
+
+
+def plot_degrees(g, out_dir) -> str:
+    plt = _plt()
+    unit = g.node_attrs["kind"] == 2
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, which in zip(axes, ("in", "out")):
+        deg = g.node_attrs[f"{which}_degree"][unit].double()
+        ax.hist(deg.numpy(), bins=50, color="tab:green")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{which}-degree ({g.level} level edges)")
+        ax.set_ylabel("units")
+        ax.set_title(f"{which}-degree distribution")
+    return _save(fig, out_dir, "degree_distribution.png")
+
+
+def plot_dead(g, out_dir) -> str:
+    plt = _plt()
+    dead = analysis.dead_units(g)
+    layers = [x for x in g.groups if x.kind == "layer"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(layers)), 3.5))
+    bottom = torch.zeros(len(layers))
+    for key, color in (("no_live_input", "tab:red"), ("no_live_output", "tab:orange")):
+        frac = torch.tensor([float(dead[key][x.start:x.start + x.count].float().mean()) for x in layers])
+        ax.bar(range(len(layers)), frac.numpy(), bottom=bottom.numpy(), color=color, label=key.replace("_", " "))
+        bottom += frac
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels([x.name for x in layers], rotation=90, fontsize=6)
+    ax.set_ylabel("fraction of the layer's units")
+    ax.set_xlabel("layer")
+    ax.set_title(f"dead units: {int(dead['dead'].sum())} of {int((g.node_attrs['kind'] == 2).sum())} (unreachable either way)")
+    ax.legend(fontsize=7)
+    return _save(fig, out_dir, "dead_units.png")
+
+
+def plot_reachability(g, out_dir) -> str:
+    plt = _plt()
+    r = analysis.reachability(g)
+    layers = [x for x in g.groups if x.kind in ("layer", "output")]
+    fwd = [float(r["from_input"][x.start:x.start + x.count].float().mean()) for x in layers]
+    bwd = [float(r["to_output"][x.start:x.start + x.count].float().mean()) for x in layers]
+    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(layers)), 3.5))
+    ax.plot(fwd, "o-", label="reached from the inputs", ms=3)
+    ax.plot(bwd, "s-", label="reaches an output", ms=3)
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels([x.name for x in layers], rotation=90, fontsize=6)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel("fraction of units")
+    ax.set_xlabel("layer (topological order)")
+    ax.set_title("reachability through live synapses")
+    ax.legend(fontsize=7)
+    return _save(fig, out_dir, "reachability.png")
+
+
+def plot_concats(g, out_dir) -> str | None:
+    comps = analysis.concat_composition(g)
+    if not comps:
+        return None
+    plt = _plt()
+    depths = sorted({d for c in comps for d in c["histogram"]})
+    mat = torch.zeros(len(comps), len(depths))
+    for i, c in enumerate(comps):
+        for d, n in c["histogram"].items():
+            mat[i, depths.index(d)] = n
+    mat = mat / mat.sum(1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(max(5, 0.3 * len(depths)), max(3, 0.15 * len(comps))))
+    im = ax.imshow(mat.numpy(), aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(depths)))
+    ax.set_xticklabels(depths, fontsize=6)
+    ax.set_yticks(range(len(comps)))
+    ax.set_yticklabels([c["node"] for c in comps], fontsize=6)
+    ax.set_xlabel("signal depth of the joined channel (-1: constant/unreached)")
+    ax.set_ylabel("concatenation")
+    ax.set_title("signal-depth composition of each concatenation")
+    fig.colorbar(im, ax=ax, label="fraction of channels")
+    return _save(fig, out_dir, "concat_depths.png")
+
+
+def plot_all(g, out_dir) -> List[str]:
+    """Write every figure into ``out_dir``; returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [plot_density(g, out_dir), plot_degrees(g, out_dir), plot_dead(g, out_dir), plot_reachability(g, out_dir)]
+    c = plot_concats(g, out_dir)
+    return paths + ([c] if c else [])

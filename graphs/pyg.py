@@ -1,0 +1,42 @@
+"""PyTorch Geometric export: ``Data(edge_index [2, E] source->target, edge_attr [E, D], x [N, F])``.
+
+Columns of ``x``/``edge_attr`` are named by ``data.node_attr_names``/``data.edge_attr_names`` and
+held in float64 so that every value (ids, counts, weights) survives a round trip exactly; cast with
+``.float()`` for learning. ``data.graph_header`` keeps groups, layers and dtypes for :func:`from_pyg`.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def to_pyg(g):
+    """A validated ``torch_geometric.data.Data`` holding ``g``."""
+    from torch_geometric.data import Data
+
+    from .exporters import header
+
+    nn_ = list(g.node_attrs)
+    en = list(g.edge_attrs)
+    data = Data(
+        x=torch.stack([g.node_attrs[k].to(torch.float64) for k in nn_], 1),
+        edge_index=torch.stack([g.src, g.dst]).long(),
+        edge_attr=torch.stack([g.edge_attrs[k].to(torch.float64) for k in en], 1) if en else None,
+        num_nodes=g.num_nodes,
+    )
+    data.node_attr_names = nn_
+    data.edge_attr_names = en
+    data.node_name = g.node_names()
+    data.graph_header = header(g)
+    data.validate(raise_on_error=True)
+    return data
+
+
+def from_pyg(data):
+    """The :class:`ConnectomeGraph` that :func:`to_pyg` exported."""
+    from .exporters import from_header
+
+    if not hasattr(data, "graph_header"):
+        raise ValueError("this Data was not made by graphs.to_pyg (it has no graph_header)")
+    nodes = {k: data.x[:, i] for i, k in enumerate(data.node_attr_names)}
+    edges = {k: data.edge_attr[:, i] for i, k in enumerate(data.edge_attr_names)}
+    return from_header(data.graph_header, nodes, data.edge_index[0], data.edge_index[1], edges)
