@@ -1,0 +1,394 @@
+"""Typed configuration: dataclass defaults, YAML files that hold only the differences, and
+``--key value`` overrides on top.
+
+A recipe declares its options once, as a dataclass with typed defaults::
+
+    @dataclass
+    class TrainConfig:
+        model: str = "mlp"
+        density: float = 0.1
+        epochs: int = 10
+        data_dir: Optional[str] = None
+        hidden: Tuple[int, ...] = (300, 100)
+        model_kw: Dict[str, Any] = field(default_factory=dict)
+
+    cfg = parse_config(TrainConfig, ["--config", "a.yaml", "--density", "0.05", "--data-dir", "/d"])
+
+Order of precedence: dataclass defaults < each ``--config FILE`` in the order given < command line
+``--key value`` / ``--key=value`` overrides (wherever they appear). Keys accept dashes or
+underscores (``--data-dir`` == ``--data_dir``; YAML keys likewise). Dotted keys reach into a nested
+dataclass or a dict field (``--model_kw.depth 4``). Unknown keys and values of the wrong type raise
+:class:`ConfigError` naming the key, where it came from, the expected type and the closest known
+key. ``parse_config(..., exit_on_error=True)`` turns that into an argparse-style exit.
+
+Supported field types: bool, int, float, str, ``Optional[X]``, ``Literal[...]``, ``List[X]``,
+``Tuple[X, ...]`` / fixed tuples (comma-separated on the command line, or a YAML list), ``Dict``
+(a YAML mapping; command-line values of dict entries are parsed as YAML scalars), ``Any``, and
+nested dataclasses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import yaml
+
+__all__ = ["ConfigError", "parse_config", "from_dict", "to_dict", "load_config", "save_config",
+           "config_help", "normalize_key"]
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+_NONE = {"none", "null", "~"}
+
+
+class _Cli(str):
+    """A value typed on the command line (a string still to be parsed), as opposed to YAML's."""
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is not acceptable; the message says which and why."""
+
+
+def normalize_key(key: str) -> str:
+    """``--data-dir`` / ``data-dir`` / ``data_dir`` -> ``data_dir``."""
+    return key.lstrip("-").replace("-", "_")
+
+
+# ----------------------------------------------------------------------------- types
+
+def _fields(cls) -> Dict[str, Tuple[Any, dataclasses.Field]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls) if f.init}
+
+
+def _type_name(tp) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _is_union(tp) -> bool:
+    return typing.get_origin(tp) is Union or (hasattr(types, "UnionType") and isinstance(tp, types.UnionType))
+
+
+def _split_list(text: str) -> list:
+    text = text.strip()
+    if text.startswith("["):
+        parsed = yaml.safe_load(text)
+        if isinstance(parsed, list):
+            return parsed
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
+def _coerce(value, tp, key: str, src: str = ""):
+    """``value`` (from YAML, or a command-line string when a ``_Cli``) as ``tp``; ``key`` and
+    ``src`` (where the value came from) name it in errors."""
+    where = f"config key '{key}'" + (f" {src}" if src else "")
+
+    def bad(extra=""):
+        shown = repr(value) if not isinstance(value, str) else f"'{value}'"
+        return ConfigError(f"{where} expects {_type_name(tp)}, got {shown}{extra}")
+
+    if tp is Any:
+        return yaml.safe_load(value) if isinstance(value, _Cli) else value
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if _is_union(tp):
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
+            if type(None) in args:
+                return None
+            raise bad()
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key, src)
+            except ConfigError as e:
+                errors.append(e)
+        raise bad()
+    if origin is typing.Literal:
+        for choice in args:
+            if value == choice or (isinstance(value, str) and not isinstance(choice, str) and value == str(choice)):
+                return choice
+        raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad(" (use true or false)")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, (str, float)) and not isinstance(value, bool):
+            try:
+                f = float(value)
+            except ValueError:
+                raise bad() from None
+            if f.is_integer():
+                return int(f)
+        raise bad()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if tp is str:
+        if isinstance(value, str):
+            return str(value)
+        raise bad()
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        raise bad()
+    if origin in (list, tuple) or tp in (list, tuple):
+        items = _split_list(value) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise bad()
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(items) != len(args):
+                raise bad(f" ({len(args)} items needed)")
+            out = [_coerce(v, a, f"{key}[{i}]", src) for i, (v, a) in enumerate(zip(items, args))]
+        else:
+            elem = args[0] if args else Any
+            out = [_coerce(v, elem, f"{key}[{i}]", src) for i, v in enumerate(items)]
+        return tuple(out) if (origin is tuple or tp is tuple) else out
+    if origin is dict or tp is dict:
+        if isinstance(value, _Cli):
+            value = yaml.safe_load(value) if value.strip() else {}
+        if not isinstance(value, dict):
+            raise bad()
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(v, vt, f"{key}.{k}", src) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise bad(" (a mapping of its fields)")
+        return _apply(tp, _default_values(tp), value, key + ".", src)
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise bad()
+
+
+# ----------------------------------------------------------------------------- building
+
+def _default_values(cls) -> Dict[str, Any]:
+    out = {}
+    for name, (_, f) in _fields(cls).items():
+        if f.default is not dataclasses.MISSING:
+            out[name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[name] = f.default_factory()  # type: ignore[misc]
+    return out
+
+
+def _unknown(key: str, known, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
+    return ConfigError(f"unknown config key '{key}' {where}{hint}")
+
+
+def _apply(cls, values: Dict[str, Any], updates: Dict[str, Any], prefix: str = "", source: str = "") -> Any:
+    """``cls`` built from ``values`` updated by the nested mapping ``updates`` (all checked)."""
+    fields = _fields(cls)
+    values = dict(values)
+    for raw_key, value in updates.items():
+        key = normalize_key(str(raw_key))
+        if key not in fields:
+            raise _unknown(prefix + key, [prefix + k for k in fields], source or "")
+        tp, _ = fields[key]
+        current = values.get(key)
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            base = to_dict(current) if dataclasses.is_dataclass(current) else _default_values(tp)
+            values[key] = _apply(tp, base, value, prefix + key + ".", source)
+        else:
+            value = _coerce(value, tp, prefix + key, source)
+            if isinstance(value, dict) and isinstance(current, dict):
+                value = {**current, **value}  # a dict field is updated entry by entry
+            values[key] = value
+    missing = [k for k in fields if k not in values]
+    if missing:
+        raise ConfigError(f"required config keys missing: {', '.join(prefix + k for k in missing)}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"invalid configuration{(' ' + source) if source else ''}: {e}") from e
+
+
+def from_dict(cls, data: Dict[str, Any], source: str = "") -> Any:
+    """Build ``cls`` from its defaults updated by the (nested) mapping ``data``, strictly."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"a configuration must be a mapping of keys to values{(' ' + source) if source else ''}, "
+                          f"got {type(data).__name__}")
+    return _apply(cls, _default_values(cls), data, source=source)
+
+
+def to_dict(cfg) -> Dict[str, Any]:
+    """Plain nested dict of a config (tuples become lists, Paths strings): YAML/JSON-safe."""
+
+    def plain(v):
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return plain(cfg)
+
+
+def load_config(cls, path, overrides: Optional[Dict[str, Any]] = None):
+    """``cls`` from the YAML file ``path`` (only known keys, right types), then ``overrides``."""
+    cfg = from_dict(cls, _read_yaml(path), source=f"in {path}")
+    return _apply(cls, _shallow(cfg), overrides, source="in overrides") if overrides else cfg
+
+
+def save_config(cfg, path) -> None:
+    """Write the resolved config as YAML (readable back with :func:`load_config`)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+
+
+def _read_yaml(path) -> Dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        with open(p) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _shallow(cfg) -> Dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init}
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _is_bool(tp) -> bool:
+    return tp is bool or (_is_union(tp) and bool in typing.get_args(tp))
+
+
+def _lookup_type(cls, dotted: str):
+    """Type of the field at ``dotted`` (``a.b.c``), or None when unknown. Dict entries: value type."""
+    tp = cls
+    for part in dotted.split("."):
+        if dataclasses.is_dataclass(tp):
+            fields = _fields(tp)
+            if part not in fields:
+                return None
+            tp = fields[part][0]
+        elif typing.get_origin(tp) is dict or tp is dict:
+            args = typing.get_args(tp)
+            tp = args[1] if len(args) == 2 else Any
+        else:
+            return None
+    return tp
+
+
+def _nest(flat: Dict[str, Any]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, v in flat.items():
+        *parents, last = key.split(".")
+        d = out
+        for p in parents:
+            d = d.setdefault(p, {})
+        d[last] = v
+    return out
+
+
+def _parse_argv(cls, argv: Sequence[str]) -> Tuple[List[str], Dict[str, Any]]:
+    configs, flat = [], {}
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if not tok.startswith("--") or tok == "--":
+            raise ConfigError(f"unexpected argument '{tok}': options are written --key value")
+        key, eq, val = tok[2:].partition("=")
+        key = ".".join(normalize_key(k) for k in key.split("."))
+        has_value = bool(eq)
+        if not has_value and i + 1 < len(argv) and not (argv[i + 1].startswith("--") and len(argv[i + 1]) > 2):
+            val, has_value = argv[i + 1], True
+            i += 1
+        i += 1
+        if key == "config":
+            if not has_value:
+                raise ConfigError("--config needs a YAML file path")
+            configs.append(val)
+            continue
+        tp = _lookup_type(cls, key)
+        if tp is None:
+            parent = key.rsplit(".", 1)[0] if "." in key else ""
+            ptp = _lookup_type(cls, parent) if parent else cls
+            if dataclasses.is_dataclass(ptp):
+                known = [f"{parent}.{k}" if parent else k for k in _fields(ptp)] + ([] if parent else ["config"])
+                raise _unknown(key, known, f"(from --{key})")
+            raise ConfigError(f"config key '{parent or key}' has no entries to set (from --{key})")
+        if not has_value:
+            if not _is_bool(tp):
+                raise ConfigError(f"--{key} needs a value ({_type_name(tp)})")
+            val = "true"
+        flat[key] = _Cli(val)
+    return configs, flat
+
+
+def config_help(cls, prog: Optional[str] = None) -> str:
+    """One line per key: name, type, default, and ``metadata["help"]`` where given."""
+    lines = [f"usage: {prog or 'script'} [--config FILE.yaml ...] [--key value ...]", "",
+             "options (dashes or underscores; later --config files and then --key value override):"]
+    defaults = _default_values(cls)
+    for name, (tp, f) in _fields(cls).items():
+        default = defaults.get(name, "<required>")
+        text = f"  --{name.replace('_', '-')} ({_type_name(tp)}, default {default!r})"
+        if f.metadata.get("help"):
+            text += f": {f.metadata['help']}"
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def parse_config(cls, argv: Optional[Sequence[str]] = None, prog: Optional[str] = None,
+                 exit_on_error: bool = False):
+    """Build ``cls`` from defaults, ``--config`` YAML files, then ``--key value`` overrides.
+
+    ``argv`` defaults to ``sys.argv[1:]``. ``-h``/``--help`` prints :func:`config_help` and exits.
+    Raises :class:`ConfigError` (or, with ``exit_on_error``, prints ``error: ...`` and exits with
+    status 2, like argparse).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(config_help(cls, prog))
+        raise SystemExit(0)
+    try:
+        configs, flat = _parse_argv(cls, argv)
+        values = _default_values(cls)
+        for path in configs:
+            cfg = _apply(cls, values, _read_yaml(path), source=f"in {path}")
+            values = _shallow(cfg)
+        return _apply(cls, values, _nest(flat), source="(from the command line)")
+    except ConfigError as e:
+        if not exit_on_error:
+            raise
+        print(f"{prog or 'error'}: error: {e}", file=sys.stderr)
+        raise SystemExit(2)

@@ -1,0 +1,111 @@
+"""Typed configs: defaults < YAML files < --key value; unknown keys and wrong types rejected."""
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Tuple
+
+import pytest
+
+from adaptive.config import ConfigError, config_help, load_config, parse_config, save_config, to_dict
+
+
+@dataclass
+class Opt:
+    lr: float = 0.1
+    momentum: float = 0.9
+
+
+@dataclass
+class Cfg:
+    model: str = "mlp"
+    density: float = 0.1
+    epochs: int = 3
+    max_steps: Optional[int] = None
+    data_dir: Optional[str] = None
+    download: bool = False
+    hidden: Tuple[int, ...] = (300, 100)
+    remove: List[float] = field(default_factory=lambda: [0.2])
+    policy: Literal["rigl", "set", "utility"] = "rigl"
+    model_kw: Dict[str, Any] = field(default_factory=dict)
+    optim: Opt = field(default_factory=Opt, metadata={"help": "optimizer settings"})
+
+    def __post_init__(self):
+        if not 0 < self.density <= 1:
+            raise ValueError(f"density must be in (0, 1], got {self.density}")
+
+
+def test_defaults_and_overrides_with_dashes_or_underscores():
+    assert parse_config(Cfg, []) == Cfg()
+    cfg = parse_config(Cfg, ["--data-dir", "/d", "--max_steps=20", "--density", "0.05", "--download",
+                             "--hidden", "64,32", "--remove", "0.1,0.5", "--policy", "set",
+                             "--optim.lr", "1e-3", "--model-kw.depth", "4", "--model_kw.kind", "cnn"])
+    assert cfg.data_dir == "/d" and cfg.max_steps == 20 and cfg.density == 0.05 and cfg.download is True
+    assert cfg.hidden == (64, 32) and cfg.remove == [0.1, 0.5] and cfg.policy == "set"
+    assert cfg.optim == Opt(lr=1e-3, momentum=0.9)
+    assert cfg.model_kw == {"depth": 4, "kind": "cnn"}
+    assert parse_config(Cfg, ["--max_steps", "none", "--download", "false"]).download is False
+
+
+def test_yaml_layers_then_command_line(tmp_path):
+    a = tmp_path / "a.yaml"
+    a.write_text("model: lenet300\nepochs: 10\ndata-dir: /x\noptim: {momentum: 0.5}\nmodel_kw: {depth: 8, width: 16}\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("epochs: 20\n")
+    cfg = parse_config(Cfg, ["--epochs", "5", "--config", str(a), "--config", str(b), "--model_kw.depth", "2"])
+    assert cfg.model == "lenet300" and cfg.data_dir == "/x"
+    assert cfg.epochs == 5  # the command line wins wherever it appears
+    assert cfg.optim == Opt(lr=0.1, momentum=0.5)
+    assert cfg.model_kw == {"depth": 2, "width": 16}
+    assert parse_config(Cfg, ["--config", str(a), "--config", str(b)]).epochs == 20
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--densty", "0.1"], r"unknown config key 'densty' \(from --densty\); did you mean 'density'\?"),
+    (["--epochs", "ten"], r"config key 'epochs' \(from the command line\) expects int, got 'ten'"),
+    (["--epochs", "2.5"], r"expects int, got '2.5'"),
+    (["--density", "abc"], r"expects float"),
+    (["--download", "maybe"], r"expects bool, got 'maybe' \(use true or false\)"),
+    (["--policy", "sgd"], r"must be one of \['rigl', 'set', 'utility'\], got 'sgd'"),
+    (["--hidden", "3,x"], r"config key 'hidden\[1\]'.*expects int"),
+    (["--optim.lrr", "1"], r"unknown config key 'optim.lrr'.*did you mean 'optim.lr'"),
+    (["--epochs"], r"--epochs needs a value \(int\)"),
+    (["positional"], r"unexpected argument 'positional'"),
+    (["--density", "2"], r"invalid configuration.*density must be in \(0, 1\], got 2.0"),
+    (["--config", "/nonexistent.yaml"], r"config file '/nonexistent.yaml' does not exist"),
+])
+def test_bad_arguments_rejected_clearly(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(Cfg, argv)
+
+
+def test_bad_yaml_rejected_with_file_name(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("epochs: 3\nmodle: lenet5\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'modle' in .*c.yaml; did you mean 'model'"):
+        parse_config(Cfg, ["--config", str(p)])
+    p.write_text("model: 5\n")
+    with pytest.raises(ConfigError, match=r"config key 'model' in .*c.yaml expects str, got 5"):
+        load_config(Cfg, p)
+    p.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(Cfg, p)
+
+
+def test_exit_on_error_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(Cfg, ["--nope", "1"], prog="adaptive.py", exit_on_error=True)
+    assert e.value.code == 2
+    assert "adaptive.py: error: unknown config key 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        parse_config(Cfg, ["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--data-dir (Optional[str], default None)" in out and "optimizer settings" in out
+    assert "--max-steps" in config_help(Cfg)
+
+
+def test_save_load_round_trip(tmp_path):
+    cfg = parse_config(Cfg, ["--hidden", "8,4", "--optim.lr", "0.01", "--model_kw.depth", "3"])
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = load_config(Cfg, tmp_path / "run" / "config.yaml")
+    assert again == cfg
+    assert to_dict(cfg)["hidden"] == [8, 4]
+    assert load_config(Cfg, tmp_path / "run" / "config.yaml", overrides={"epochs": 9}).epochs == 9
