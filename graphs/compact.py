@@ -1,0 +1,492 @@
+"""Compaction: turn dead units into a physically smaller dense model.
+
+``compact(model, conn, example_input)`` returns an ``fx.GraphModule`` whose Linear/Conv/BatchNorm
+layers have fewer channels and whose outputs equal the masked model's (eval mode) to float tolerance.
+
+What may be removed. Every channel of every tensor in the traced graph is an *item*; ops that keep
+channels apart (activations, BatchNorm, pooling, spatial slicing, elementwise ``+``/``*`` of equally
+shaped tensors, channel concatenation, flattening before a Linear, channel zero-padding) link the
+items they pass a channel between. Linked items form a class, removed all together or not at all, so
+a channel of a residual sum goes only if it goes from every summand, and a concatenated channel only
+with its source. An item can go when each of its readers can do without it:
+
+- a Linear/Conv reader whose weights on that channel are all zero (the unit has no live output), or
+- a Linear/Conv reader when the item is *constant*: input-independent and spatially uniform (a unit
+  with no live input: its output is its bias, turned by BatchNorm and the activation into a
+  per-channel constant ``k``, which is generally **not zero**). The constant is folded into the
+  reader: into its bias when the reader has no zero padding (Linear, 1x1 or unpadded convs), else
+  into a one-channel convolution of an all-ones image with ``k``-weighted kernels, which reproduces
+  the zero-padding border effects exactly for any input size (:class:`FoldedConv`).
+
+Constants are found by a probe run in which inputs are NaN: NaN spreads through every op that
+depends on data, a unit with no live input (or whose live inputs are exact zeros) emits its bias,
+and whatever stays finite and uniform is a constant. Items of inputs, outputs, grouped convolutions
+and ops the compactor does not understand are kept. The result is checked against the masked model
+on the example input and a second random input; a mismatch raises instead of returning a wrong model.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import operator
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from . import ops
+
+_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+class FoldedConv(nn.Module):
+    """A convolution plus the exact contribution of removed constant input channels:
+    ``conv(x) + conv_k(ones)``, where ``conv_k`` has one input channel holding ``sum_c k_c W[:, c]``
+    and the same stride, padding and dilation, so zero-padding borders come out right."""
+
+    def __init__(self, conv: nn.Module, const_weight: torch.Tensor):
+        super().__init__()
+        self.conv = conv
+        self.register_buffer("const_weight", const_weight)
+
+    def forward(self, x):
+        y = self.conv(x)
+        d = x.dim() - 2
+        ones = x.new_ones((1, 1) + tuple(x.shape[2:]))
+        c = self.conv
+        return y + _CONV_FN[d](ones, self.const_weight, None, c.stride, c.padding, c.dilation)
+
+
+def channel_pad(x: torch.Tensor, spatial: tuple, index: torch.Tensor) -> torch.Tensor:
+    """Spatial zero padding then a channel gather where ``index == -1`` inserts a zero channel
+    (the compacted form of ``F.pad`` over channels, e.g. the CIFAR ResNet's option-A shortcut)."""
+    if spatial and any(spatial):
+        x = F.pad(x, spatial)
+    z = x.new_zeros((x.shape[0], 1) + tuple(x.shape[2:]))
+    full = torch.cat([x, z], 1)
+    return full.index_select(1, torch.where(index < 0, x.shape[1], index))
+
+
+torch.fx.wrap("channel_pad")
+
+
+class _Probe(fx.Interpreter):
+    """Runs the graph on NaN inputs; a weighted unit whose live weights touch only exact-zero
+    channels emits its bias."""
+
+    def __init__(self, gm):
+        super().__init__(gm, garbage_collect_values=False)
+        self.mods = dict(gm.named_modules())
+
+    def placeholder(self, target, args, kwargs):
+        real = super().placeholder(target, args, kwargs)
+        return torch.full_like(real, float("nan")) if isinstance(real, torch.Tensor) else real
+
+    def call_module(self, target, args, kwargs):
+        m = self.mods[target]
+        if not isinstance(m, ops.WEIGHTED_MODULES):
+            return super().call_module(target, args, kwargs)
+        x = args[0]
+        out = m(torch.nan_to_num(x, nan=1.0))  # shape only
+        w = m.weight.detach()
+        axis = -1 if isinstance(m, nn.Linear) else 1
+        xc = x.movedim(axis, 0).reshape(x.shape[axis], -1)
+        zero_in = (xc == 0).all(1)  # exact-zero input channels
+        groups = int(getattr(m, "groups", 1))
+        o, ipg = w.shape[0], w.shape[1]
+        nz = (w != 0).reshape(o, ipg, -1).any(-1)  # [O, ipg]
+        zc = zero_in.view(groups, ipg).repeat_interleave(o // groups, 0)  # [O, ipg]
+        const = ~(nz & ~zc).any(1)
+        bias = m.bias.detach() if getattr(m, "bias", None) is not None else torch.zeros(o)
+        val = torch.where(const, bias.to(out.dtype), torch.full_like(bias, float("nan"), dtype=out.dtype))
+        shape = [1] * out.dim()
+        shape[axis] = o
+        return val.view(shape).expand_as(out).clone()
+
+
+def _channel_consts(t: torch.Tensor) -> torch.Tensor:
+    """Per channel (axis 1): its value when finite and uniform, else NaN."""
+    c = t.shape[1]
+    flat = t.transpose(0, 1).reshape(c, -1)
+    first = flat[:, 0]
+    ok = torch.isfinite(first) & (flat == first[:, None]).all(1)
+    return torch.where(ok, first, torch.full_like(first, float("nan")))
+
+
+class _Items:
+    """Channel items of every tensor node, links between them and pins."""
+
+    def __init__(self):
+        self.offset: Dict[fx.Node, int] = {}
+        self.count: Dict[fx.Node, int] = {}
+        self.n = 0
+        self.links_a: List[torch.Tensor] = []
+        self.links_b: List[torch.Tensor] = []
+        self.pinned: List[torch.Tensor] = []
+
+    def add(self, node, c):
+        self.offset[node], self.count[node] = self.n, c
+        self.n += c
+
+    def ids(self, node) -> torch.Tensor:
+        return torch.arange(self.offset[node], self.offset[node] + self.count[node])
+
+    def link(self, a, b):
+        self.links_a.append(a)
+        self.links_b.append(b)
+
+    def pin(self, node):
+        if node in self.offset:
+            self.pinned.append(self.ids(node))
+
+    def classes(self) -> torch.Tensor:
+        label = torch.arange(self.n)
+        if not self.links_a:
+            return label
+        a, b = torch.cat(self.links_a), torch.cat(self.links_b)
+        while True:
+            m = torch.minimum(label[a], label[b])
+            new = label.clone()
+            new.scatter_reduce_(0, a, m, "amin")
+            new.scatter_reduce_(0, b, m, "amin")
+            new = new[new]
+            if torch.equal(new, label):
+                return label
+            label = new
+
+
+def _tensor_args(node) -> List[fx.Node]:
+    found = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+    return found
+
+
+def _flatten_like(node, module, x, out) -> bool:
+    """Does ``node`` flatten [N, C, *S] into [N, C*prod(S)] without naming C?"""
+    if x.dim() < 3 or out.dim() != 2 or out.shape[1] != math.prod(x.shape[1:]):
+        return False
+    t = node.target
+    if isinstance(module, nn.Flatten):
+        return module.start_dim == 1 and module.end_dim in (-1, x.dim() - 1)
+    if t is torch.flatten or t == "flatten":
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+        return start == 1 and end in (-1, x.dim() - 1)
+    if t in ("view", "reshape") or t is torch.reshape:
+        rest = node.args[1:] if t in ("view", "reshape") else node.args[1]
+        if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+            rest = rest[0]
+        return len(rest) == 2 and rest[1] == -1
+    return False
+
+
+def _getitem_keeps_channels(idx, ndim) -> bool:
+    if not isinstance(idx, tuple):
+        idx = (idx,)
+    if any(i is None or i is Ellipsis or isinstance(i, (torch.Tensor, fx.Node, list, int)) for i in idx):
+        return False
+    if any(not isinstance(i, slice) for i in idx):
+        return False
+    if len(idx) >= 2 and idx[1] != slice(None):
+        return False
+    return idx[0] == slice(None) if idx else True
+
+
+def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] = None,
+            atol: float = 1e-4, rtol: float = 1e-4, verify: bool = True) -> fx.GraphModule:
+    """A smaller dense copy of ``model`` (masked by ``conn`` when given) without its removable dead
+    units. Eval-mode semantics (BatchNorm running statistics). The returned GraphModule carries
+    ``compaction``: a dict with params before/after, units removed per layer and the verified
+    maximum output difference. Raises if fx cannot trace the model or the check fails."""
+    from .trace import default_example_input
+
+    if example_input is None:
+        example_input = default_example_input(model)[0]
+    src = copy.deepcopy(model).eval()
+    if conn is not None:
+        with torch.no_grad():
+            mods = dict(src.named_modules())
+            for name, layer in conn.layers.items():
+                w = mods[layer.module_name].weight
+                w.mul_(conn.masks[name].to(w.device, w.dtype))
+    ref = copy.deepcopy(src)  # the GraphModule shares submodules with src; keep an untouched reference
+    try:
+        gm = fx.symbolic_trace(src)
+    except Exception as e:
+        raise RuntimeError(f"compact needs an fx-traceable model; tracing {type(model).__name__} failed: {e}") from e
+    gm.eval()
+    x = example_input[:1] if isinstance(example_input, torch.Tensor) else example_input
+    with torch.no_grad():
+        p = _Probe(gm)
+        p.run(*(x if isinstance(x, (tuple, list)) else (x,)))
+        probe_env = p.env
+    plan = _plan(gm, probe_env)
+    before = sum(t.numel() for t in gm.parameters())
+    _rewrite(gm, plan, probe_env)
+    after = sum(t.numel() for t in gm.parameters())
+    report = {"params_before": before, "params_after": after, "removed": plan["removed_per_layer"],
+              "units_removed": sum(plan["removed_per_layer"].values())}
+    if verify:
+        report["max_abs_diff"] = _verify(ref, gm, example_input, atol, rtol)
+    gm.compaction = report
+    return gm
+
+
+def _plan(gm: fx.GraphModule, env) -> dict:
+    mods = dict(gm.named_modules())
+    items = _Items()
+    for n in gm.graph.nodes:
+        v = env.get(n)
+        if isinstance(v, torch.Tensor) and v.dim() >= 2:
+            items.add(n, v.shape[1])
+    calls: Dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    weighted_inputs = {}  # node -> weighted consumer nodes
+    for n in gm.graph.nodes:
+        out = env.get(n)
+        args = [a for a in _tensor_args(n) if a in items.offset]
+        module = mods.get(n.target) if n.op == "call_module" else None
+        cat = ops.categorize(n, module) if n.op in ("call_module", "call_function", "call_method") else n.op
+        if n.op in ("placeholder", "get_attr", "output"):
+            items.pin(n)
+            for a in args:
+                items.pin(a)
+            continue
+        if module is not None and calls[n.target] > 1:
+            cat = "pinned"
+        if cat == "weighted":
+            if int(getattr(module, "groups", 1)) > 1 or isinstance(module, nn.Linear) and out.dim() > 2:
+                items.pin(n)
+                for a in args:
+                    items.pin(a)
+            elif args:
+                weighted_inputs.setdefault(args[0], []).append(n)
+            continue
+        if n not in items.offset:
+            for a in args:
+                items.pin(a)
+            continue
+        if _link(n, cat, module, args, env, items):
+            continue
+        items.pin(n)
+        for a in args:
+            items.pin(a)
+
+    label = items.classes()
+    bad = torch.zeros(items.n, dtype=torch.bool)
+    for p_ in items.pinned:
+        bad[p_] = True
+    consts = torch.full((items.n,), float("nan"), dtype=torch.float64)
+    for n, off in items.offset.items():
+        consts[off: off + items.count[n]] = _channel_consts(env[n]).double()
+    # items read by weighted layers: removable only if constant or unused by every reader
+    for n, readers in weighted_inputs.items():
+        ids = items.ids(n)
+        for r in readers:
+            m = mods[r.target]
+            w = m.weight.detach()
+            used = (w != 0).transpose(0, 1).reshape(w.shape[1], -1).any(1)
+            bad[ids] |= used & torch.isnan(consts[ids])
+    # a class goes only if none of its items is bad
+    class_bad = torch.zeros(items.n, dtype=torch.long).index_add_(0, label, bad.long()) > 0
+    removed = ~class_bad[label]
+    per_layer = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and isinstance(mods[n.target], ops.WEIGHTED_MODULES) and n in items.offset:
+            per_layer[n.target] = int(removed[items.ids(n)].sum())
+    return {"items": items, "removed": removed, "consts": consts, "weighted_inputs": weighted_inputs,
+            "removed_per_layer": per_layer}
+
+
+def _link(n, cat, module, args, env, items) -> bool:
+    """Link the channel items ``n`` passes through; False when ``n`` must pin its neighbours."""
+    out = env[n]
+    if cat == "pointwise":
+        if not args or env[args[0]].shape[1] != out.shape[1] or env[args[0]].dim() != out.dim():
+            return False
+        if module is not None and not isinstance(module, _BN) and any(True for _ in module.parameters()):
+            return False  # per-channel parameters we do not know how to slice
+        if module is None and n.target is F.batch_norm:
+            return False
+        items.link(items.ids(args[0]), items.ids(n))
+        return all(env[a].dim() < 2 or a is args[0] for a in args)
+    if cat == "broadcast":
+        for a in args:
+            v = env[a]
+            if v.dim() != out.dim() or v.shape[1] != out.shape[1]:
+                return False
+            items.link(items.ids(a), items.ids(n))
+        return True
+    if cat == "reduce":
+        x = env[args[0]]
+        if out.dim() < 2 or out.shape[1] != x.shape[1]:
+            return False
+        dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        dims = [dims] if isinstance(dims, int) else list(dims or [])
+        if not dims or any(d % x.dim() in (0, 1) for d in dims):
+            return False
+        items.link(items.ids(args[0]), items.ids(n))
+        return True
+    if cat != "shape":
+        return False
+    t = n.target
+    if t in ops.CONCAT_FUNCTIONS:
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+        parts = list(n.args[0])
+        if not all(p in items.offset for p in parts):
+            return False
+        if dim % out.dim() == 1:
+            off = items.offset[n]
+            for p in parts:
+                c = items.count[p]
+                items.link(items.ids(p), torch.arange(off, off + c))
+                off += c
+            return True
+        if dim % out.dim() == 0:
+            return False
+        for p in parts:
+            items.link(items.ids(p), items.ids(n))
+        return True
+    x = env[args[0]] if args else None
+    if x is None:
+        return False
+    if _flatten_like(n, module, x, out):
+        hw = out.shape[1] // x.shape[1]
+        items.link(items.ids(args[0]).repeat_interleave(hw), items.ids(n))
+        return True
+    if t is operator.getitem and isinstance(x, torch.Tensor):
+        if _getitem_keeps_channels(n.args[1], x.dim()) and out.dim() == x.dim():
+            items.link(items.ids(args[0]), items.ids(n))
+            return True
+        return False
+    if t is F.pad:
+        pad = n.args[1] if len(n.args) > 1 else n.kwargs.get("pad")
+        mode = n.kwargs.get("mode", n.args[2] if len(n.args) > 2 else "constant")
+        value = n.kwargs.get("value", n.args[3] if len(n.args) > 3 else None)
+        if mode != "constant" or (value not in (None, 0, 0.0)) or not isinstance(pad, (tuple, list)):
+            return False
+        pad = list(pad)
+        nsp = 2 * (x.dim() - 2)
+        if len(pad) > nsp + 2:
+            return False
+        left = pad[nsp] if len(pad) > nsp else 0
+        items.link(items.ids(args[0]), items.offset[n] + left + torch.arange(x.shape[1]))
+        n.meta["graphs_channel_pad"] = (tuple(pad[:nsp]), left, x.shape[1])
+        return True
+    if t in ("contiguous",):
+        items.link(items.ids(args[0]), items.ids(n))
+        return True
+    return False
+
+
+@torch.no_grad()
+def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
+    items, removed, consts = plan["items"], plan["removed"], plan["consts"]
+    mods = dict(gm.named_modules())
+
+    def keep(node):
+        return ~removed[items.ids(node)]
+
+    def replace(name, new):
+        parent, _, child = name.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, child, new)
+
+    for n in list(gm.graph.nodes):
+        if n.op == "call_module":
+            m = mods[n.target]
+            if isinstance(m, ops.WEIGHTED_MODULES) and n in items.offset:
+                inp = n.args[0]
+                if inp not in items.offset:
+                    continue
+                ko, ki = keep(n), keep(inp)
+                if bool(ko.all()) and bool(ki.all()):
+                    continue
+                replace(n.target, _shrink_weighted(m, ko, ki, consts[items.ids(inp)]))
+            elif isinstance(m, _BN) and n in items.offset:
+                k = keep(n)
+                if not bool(k.all()):
+                    replace(n.target, _shrink_bn(m, k))
+        elif n.op == "call_function" and "graphs_channel_pad" in n.meta:
+            spatial, left, cin = n.meta["graphs_channel_pad"]
+            ko, ki = keep(n), keep(n.args[0])
+            pos_in = torch.full((cin,), -1, dtype=torch.long)
+            pos_in[ki] = torch.arange(int(ki.sum()))
+            src = torch.arange(items.count[n]) - left
+            valid = (src >= 0) & (src < cin)
+            index = torch.where(valid, pos_in[src.clamp(0, cin - 1)], torch.full_like(src, -1))[ko]
+            if bool(ko.all()) and bool(ki.all()):
+                continue
+            buf = f"_graphs_pad_index_{n.name}"
+            gm.register_buffer(buf, index)
+            with gm.graph.inserting_before(n):
+                idx_node = gm.graph.get_attr(buf)
+            n.target = channel_pad
+            n.args = (n.args[0], tuple(spatial), idx_node)
+            n.kwargs = {}
+    gm.graph.lint()
+    gm.recompile()
+
+
+def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: torch.Tensor) -> nn.Module:
+    w = m.weight.detach()
+    bias = m.bias.detach().clone() if m.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+    gone = ~ki
+    k = torch.nan_to_num(k_in.to(w.dtype), nan=0.0) * gone
+    fold = None
+    if bool((k != 0).any()):
+        contrib = (w * k.view(1, -1, *([1] * (w.dim() - 2)))).sum(1, keepdim=True)  # [O, 1, *kernel]
+        pad = getattr(m, "padding", 0)
+        unpadded = isinstance(m, nn.Linear) or m.padding_mode != "zeros" or (
+            not isinstance(pad, str) and all(p == 0 for p in pad)) or all(s == 1 for s in w.shape[2:])
+        if unpadded:
+            bias = bias + contrib.flatten(1).sum(1)
+        else:
+            fold = contrib[ko].contiguous()
+    w2 = w[ko][:, ki].contiguous()
+    has_bias = m.bias is not None or (fold is None and bool((k != 0).any()))
+    if isinstance(m, nn.Linear):
+        new = nn.Linear(w2.shape[1], w2.shape[0], bias=has_bias)
+    else:
+        cls = type(m)
+        new = cls(w2.shape[1], w2.shape[0], m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                  groups=1, bias=has_bias, padding_mode=m.padding_mode)
+    new = new.to(w.device, w.dtype)
+    new.weight.copy_(w2)
+    if has_bias:
+        new.bias.copy_(bias[ko])
+    new.train(m.training)
+    return FoldedConv(new, fold) if fold is not None else new
+
+
+def _shrink_bn(m: _BN, k: torch.Tensor) -> _BN:
+    new = copy.deepcopy(m)
+    new.num_features = int(k.sum())
+    for name in ("weight", "bias"):
+        p = getattr(m, name)
+        if p is not None:
+            setattr(new, name, nn.Parameter(p.detach()[k].clone(), requires_grad=p.requires_grad))
+    for name in ("running_mean", "running_var"):
+        b = getattr(m, name)
+        if b is not None:
+            setattr(new, name, b[k].clone())
+    return new
+
+
+@torch.no_grad()
+def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
+    xs = [x, torch.randn_like(x) if isinstance(x, torch.Tensor) else x]
+    worst = 0.0
+    for xi in xs:
+        a, b = ref(xi), gm(xi)
+        diff = float((a - b).abs().max())
+        worst = max(worst, diff)
+        if not torch.allclose(a, b, atol=atol, rtol=rtol):
+            raise RuntimeError(
+                f"compaction changed the outputs (max abs diff {diff:.3g} > atol {atol}); please report this model. "
+                f"Pass verify=False to get the model anyway."
+            )
+    return worst
