@@ -191,3 +191,17 @@ def test_fake_and_dataloaders_seeded_and_test_untouched():
     assert sum(len(y) for _, y in a.holdout) == 16
     assert not a.datasets.test.materialized
     assert sum(len(y) for _, y in a.test) == 16 and a.datasets.test.materialized
+    capped = get_datasets("fake", test_subset=8, **kw).test
+    assert len(capped) == 8 and torch.bincount(capped.targets, minlength=4).tolist() == [2, 2, 2, 2]
+
+
+def test_imagenet_folder_mechanics(tmp_path):
+    _write_folder(tmp_path / "imagenet" / "train", n_per_class=4, classes=("n01", "n02"))
+    _write_folder(tmp_path / "imagenet" / "val", n_per_class=1, classes=("n01", "n02"))
+    dl = get_dataloaders("imagenet", 4, data_dir=tmp_path, holdout=0.25, image_size=24, resize=28, augment=True)
+    assert dl.num_classes == 2 and dl.in_shape == (3, 24, 24)
+    assert torch.bincount(dl.datasets.holdout.targets).tolist() == [1, 1]
+    x, y = next(iter(dl.train))
+    assert x.shape == (4, 3, 24, 24) and y.tolist() != []
+    assert not dl.datasets.test.materialized
+    assert [y.tolist() for _, y in dl.test] == [[0, 1]]

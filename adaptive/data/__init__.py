@@ -48,7 +48,8 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     - ``holdout``: fraction of the train split held out, stratified by class and drawn at random
       with ``seed`` (never by position); disjoint from ``train``; 0 gives an empty holdout.
     - ``subset``: use only a stratified random ``subset`` examples of the train split (before
-      the holdout is drawn from them); ``test_subset`` likewise caps the test split.
+      the holdout is drawn from them); ``test_subset`` likewise caps the test split (a fixed
+      draw, so every run with the same seed reports on the same test examples).
     - ``augment``: training augmentation on the train part only (holdout and test never).
     - ``download``: allow torchvision's downloader when the data is not on disk.
     Extra keyword arguments go to the family (e.g. ``normalize=`` for cifar10, ``shape=`` for fake).
@@ -63,8 +64,7 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     def build_test():
         ds = src.test()
         if test_subset:
-            targets = torch.as_tensor(ds.targets)
-            return torch.utils.data.Subset(ds, stratified_subset(targets, test_subset, seed).tolist())
+            return ds.select(stratified_subset(torch.as_tensor(ds.targets), test_subset, seed))
         return ds
 
     return DatasetSplits(train=src.train_view(train), holdout=src.eval_view(held),

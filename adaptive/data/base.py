@@ -16,7 +16,8 @@ class Source:
     ``train_labels`` are the labels of the whole train split (used to draw stratified holdout
     and subsets). ``train_view(idx)`` / ``eval_view(idx)`` give the examples of the train split
     at ``idx`` with training transforms (augmentation) or evaluation transforms. ``test()``
-    builds the test split; it is called only when the test split is first used.
+    builds the test split; it is called only when the test split is first used. The datasets
+    returned expose ``targets`` (a LongTensor) and ``select(positions)`` (a sub-view).
     """
 
     train_labels: torch.Tensor

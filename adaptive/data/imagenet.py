@@ -24,6 +24,10 @@ class FolderView(Dataset):
     def targets(self) -> torch.Tensor:
         return torch.as_tensor(self.folder.targets)[self.indices]
 
+    def select(self, positions) -> "FolderView":
+        """The view of this view's samples at ``positions``."""
+        return FolderView(self.folder, self.indices[torch.as_tensor(positions, dtype=torch.long)], self.transform)
+
     def __getitem__(self, i):
         path, label = self.folder.samples[int(self.indices[i])]
         return self.transform(self.folder.loader(path)), label

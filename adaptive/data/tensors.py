@@ -1,6 +1,7 @@
 """In-memory image datasets: uint8 or float tensors, batched fetching, tensor augmentation."""
 from __future__ import annotations
 
+import copy
 from typing import Optional, Sequence
 
 import torch
@@ -50,6 +51,12 @@ class TensorImages(Dataset):
     @property
     def targets(self) -> torch.Tensor:
         return self.labels[self.indices]
+
+    def select(self, positions) -> "TensorImages":
+        """The view of this view's examples at ``positions`` (sharing the tensors)."""
+        view = copy.copy(self)
+        view.indices = self.indices[torch.as_tensor(positions, dtype=torch.long)]
+        return view
 
     def batch(self, idx) -> tuple:
         """``(x, y)`` tensors for positions ``idx`` of this view."""
