@@ -3,7 +3,8 @@
 
 A run folder holds ``connectome.safetensors``, the weights (``model_state.pt`` or
 ``dense_state_dict.pt``) and ``config.yaml`` whose ``model`` key names the model for
-``adaptive.models.build_model``. ``--model``, ``--connectome`` and ``--weights`` override or stand in
+``adaptive.models.build_model`` (a string, or a mapping with ``name`` and build_model keywords;
+top-level ``num_classes``/``in_shape`` are read too). ``--model``, ``--connectome`` and ``--weights`` override or stand in
 for any of them (RUN_DIR may also be the connectome file itself).
 """
 from __future__ import annotations
@@ -33,9 +34,10 @@ def _model_spec(cfg: dict, args):
     name = args.model
     kw = {}
     m = cfg.get("model")
-    if isinstance(m, dict):
+    if isinstance(m, dict):  # {name: ..., any build_model keyword: ...}
+        if name is None or name == m.get("name"):  # keywords belong to the configured model only
+            kw.update({k: v for k, v in m.items() if k != "name"})
         name = name or m.get("name")
-        kw.update({k: v for k, v in m.items() if k in ("num_classes", "in_shape")})
     elif isinstance(m, str):
         name = name or m
     for k in ("num_classes", "in_shape"):

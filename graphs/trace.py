@@ -448,7 +448,9 @@ def _add_outputs(prop: FlowProp, gm: fx.GraphModule, result) -> None:
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     flows = prop._tensor_flows(out_node.args)
     for i, f in enumerate(flows):
-        ids = prop.readout(f, -1, "output") if f.dim() > 1 else f.long()
+        # logits [N, classes] and images [N, C, ...] keep units on axis 1; sequences [N, T, F] on the last
+        axis = 1 if f.dim() == 2 or _uniform_except(f, 1) else -1
+        ids = prop.readout(f, axis, "output") if f.dim() > 1 else f.long()
         gid, start = prop.book.new_group("output" if len(flows) == 1 else f"output{i}", "output", "logits", ids.numel())
         dst = torch.arange(start, start + ids.numel())
         live = ids != 0

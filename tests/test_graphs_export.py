@@ -1,0 +1,161 @@
+"""graphs exporters: PyG <-> networkx round trips, file writers, utility, analysis, the CLI."""
+import json
+import os
+
+import networkx as nx
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import adaptive
+import graphs
+
+torch.set_num_threads(1)
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.c = nn.Conv2d(8, 5, 1)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        h = torch.cat([h, F.relu(self.b(h)) + h], 1)
+        return self.fc(self.c(h).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def conn():
+    torch.manual_seed(0)
+    c = adaptive.Connectome(Small())
+    gen = torch.Generator().manual_seed(1)
+    c.set_masks({k: torch.rand(v.shape, generator=gen) < 0.5 for k, v in c.masks.items()})
+    return c
+
+
+def canon(g):
+    """Edges sorted by (src, dst, position) with all attributes; node table."""
+    cols = [g.src, g.dst] + ([g.edge_attrs["position"]] if "position" in g.edge_attrs else [])
+    key = torch.zeros_like(g.src)
+    for c in cols:
+        key = key * (int(c.max()) + 2 if c.numel() else 1) + (c + 1)
+    order = torch.argsort(key)
+    return (g.src[order], g.dst[order], {k: v[order] for k, v in g.edge_attrs.items()}, g.node_attrs, g.node_names())
+
+
+def assert_same(a, b):
+    ca, cb = canon(a), canon(b)
+    assert a.level == b.level and a.num_nodes == b.num_nodes and a.num_edges == b.num_edges
+    assert torch.equal(ca[0], cb[0]) and torch.equal(ca[1], cb[1])
+    assert ca[2].keys() == cb[2].keys() and ca[3].keys() == cb[3].keys()
+    for k in ca[2]:
+        assert ca[2][k].dtype == cb[2][k].dtype and torch.equal(ca[2][k], cb[2][k]), k
+    for k in ca[3]:
+        assert ca[3][k].dtype == cb[3][k].dtype and torch.equal(ca[3][k], cb[3][k]), k
+    assert ca[4] == cb[4]
+    assert [(x.name, x.kind, x.start, x.count) for x in a.groups] == [(x.name, x.kind, x.start, x.count) for x in b.groups]
+
+
+@pytest.mark.parametrize("level", ["synapse", "unit", "layer"])
+def test_pyg_networkx_round_trip(conn, level):
+    g = graphs.build(conn, level)
+    data = graphs.to_pyg(g)
+    assert data.edge_index.shape == (2, g.num_edges) and data.num_nodes == g.num_nodes
+    assert torch.equal(data.edge_index[0], g.src) and torch.equal(data.edge_index[1], g.dst)
+    G = graphs.to_networkx(graphs.from_pyg(data))
+    assert G.number_of_nodes() == g.num_nodes and G.number_of_edges() == g.num_edges
+    assert isinstance(G, nx.MultiDiGraph) == (level == "synapse")
+    # networkx attributes equal the PyG columns, node by node
+    for i, name in enumerate(data.node_attr_names):
+        assert [G.nodes[n][name] for n in range(g.num_nodes)] == data.x[:, i].to(g.node_attrs[name].dtype).tolist()
+    assert dict(G.in_degree()) == dict(enumerate(g.node_attrs["in_degree"].tolist()))
+    back = graphs.from_pyg(graphs.to_pyg(graphs.from_networkx(G)))
+    assert_same(g, back)
+    assert back.live_synapses() == conn.num_live()
+
+
+@pytest.mark.parametrize("ext", [".graphml", ".gexf", ".json"])
+def test_writers(conn, tmp_path, ext):
+    g = graphs.build(conn, "unit")
+    path = graphs.write(g, tmp_path / f"g{ext}")
+    assert os.path.getsize(path) > 0
+    if ext == ".json":
+        assert_same(g, graphs.read_json(path))
+    elif ext == ".graphml":
+        assert_same(g, graphs.from_networkx(nx.read_graphml(path)))
+    else:
+        H = nx.read_gexf(path)
+        assert H.number_of_nodes() == g.num_nodes and H.number_of_edges() == g.num_edges
+    with pytest.raises(ValueError, match="unknown format"):
+        graphs.write(g, tmp_path / "g.xyz")
+
+
+def test_unit_edges_aggregate_synapses_and_utility(conn):
+    util = {k: torch.rand(v.shape) for k, v in conn.masks.items()}
+    u = graphs.build(conn, "unit", utility=util)
+    s = graphs.build(conn, "synapse", utility=util)
+    syn = u.edge_attrs["kind"] == 0
+    total_util = sum(float((util[k] * conn.masks[k]).sum()) for k in util)
+    assert float(u.edge_attrs["utility"][syn].sum()) == pytest.approx(total_util, rel=1e-6)
+    assert float(s.edge_attrs["utility"].sum()) == pytest.approx(total_util, rel=1e-6)
+    l1 = sum(float(p.detach().abs().sum()) for p in conn.params.values())
+    assert float(u.edge_attrs["l1"].sum()) == pytest.approx(l1, rel=1e-6)
+    # L2 of an ensemble = sqrt of the sum of squares of its synapse weights
+    sq = torch.zeros(u.num_nodes, dtype=torch.float64).index_add_(0, s.dst, s.edge_attrs["weight"] ** 2)
+    sq_u = torch.zeros(u.num_nodes, dtype=torch.float64).index_add_(0, u.dst, u.edge_attrs["l2"] ** 2)
+    assert torch.allclose(sq, sq_u)
+
+
+def test_dead_units_and_reachability():
+    m = Small()
+    c = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in c.masks.items()}
+    masks["a.weight"][1] = False  # a:1 has no live input
+    masks["c.weight"][:, 3] = False  # a:3 feeds c only through channel 3 of the concat ...
+    masks["b.weight"][:, 3] = False  # ... and b; but it also feeds the add -> still alive
+    masks["fc.weight"][:, 4] = False  # c:4 has no live output
+    c.set_masks(masks)
+    g = graphs.build(c, "unit")
+    d = graphs.dead_units(g)
+    names = g.node_names()
+    dead = {names[i] for i in d["dead"].nonzero().flatten().tolist()}
+    assert dead == {"a:1", "c:4"}
+    assert {names[i] for i in d["no_live_output"].nonzero().flatten().tolist()} == {"c:4"}
+    s = graphs.summary(g)
+    assert s["outputs_reachable"] == 3 and s["inputs_reaching_output"] == 3
+    assert s["dead"]["dead"] == 2
+
+
+def test_cli_export_and_report(tmp_path, capsys):
+    from graphs.cli import main
+
+    models = pytest.importorskip("adaptive.models")
+    m = models.build_model("mlp", hidden=(16,))
+    c = adaptive.Connectome(m)
+    c.set_masks({k: torch.rand(v.shape) < 0.5 for k, v in c.masks.items()})
+    run = tmp_path / "run"
+    c.save(run / "connectome.safetensors")
+    torch.save(c.dense_state_dict(), run / "model_state.pt")
+    assert main(["export", str(run)]) == 2  # no config.yaml and no --model
+    assert "--model" in capsys.readouterr().err
+    (run / "config.yaml").write_text("model: mlp\n")  # default hidden sizes: the weights do not fit
+    assert main(["export", str(run)]) == 2
+    assert "size mismatch" in capsys.readouterr().err
+    (run / "config.yaml").write_text("model:\n  name: mlp\n  hidden: [16]\n")
+    assert main(["export", str(run), "--level", "unit", "--format", "graphml"]) == 0
+    G = nx.read_graphml(run / "connectome_unit.graphml")
+    assert graphs.from_networkx(G).live_synapses() == c.num_live()
+    assert main(["export", str(run / "connectome.safetensors"), "--model", "mlp", "--format", "json",
+                 "--out", str(tmp_path / "x.json")]) == 0  # a connectome file instead of the folder
+    assert graphs.read_json(tmp_path / "x.json").live_synapses() == c.num_live()
+    assert main(["export", str(run), "--model", "lenet300"]) == 2  # other model: config keywords dropped
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "density per layer" in out and "fc1" in out
+    for f in ("density_per_layer.png", "degree_distribution.png", "dead_units.png", "reachability.png", "summary.json"):
+        assert (run / "graph_report" / f).exists(), f
+    assert json.loads((run / "graph_report" / "summary.json").read_text())["live_synapses"] == c.num_live()

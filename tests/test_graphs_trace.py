@@ -1,0 +1,194 @@
+"""graphs tracing and building on hand-built models whose graphs are known exactly."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import adaptive
+import graphs
+from graphs.graph import EDGE_SYNAPSE, EDGE_WIRE
+
+torch.set_num_threads(1)
+
+
+def edge_set(g):
+    names = g.node_names()
+    return {(names[s], names[d], int(k)) for s, d, k in zip(g.src.tolist(), g.dst.tolist(), g.edge_attrs["kind"].tolist())}
+
+
+def full(a, b, n_a, n_b, kind=EDGE_SYNAPSE):
+    return {(f"{a}:{i}", f"{b}:{j}", kind) for i in range(n_a) for j in range(n_b)}
+
+
+def wires(a, b, pairs):
+    return {(f"{a}:{i}", f"{b}:{j}", EDGE_WIRE) for i, j in pairs}
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(2, 3, 1)
+        self.b = nn.Conv2d(3, 3, 1)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        h = F.relu(self.b(h) + h)
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def test_residual_add_gives_junctions_and_exact_edges():
+    g = graphs.build(model=Residual(), level="unit", example_input=torch.randn(1, 2, 4, 4))
+    expected = (full("x", "a", 2, 3) | full("a", "b", 3, 3) | wires("a", "add", [(i, i) for i in range(3)])
+                | wires("b", "add", [(i, i) for i in range(3)]) | full("add", "fc", 3, 2)
+                | wires("fc", "output", [(0, 0), (1, 1)]))
+    assert edge_set(g) == expected
+    d = dict(zip(g.node_names(), g.node_attrs["depth_max"].tolist()))
+    dmin = dict(zip(g.node_names(), g.node_attrs["depth_min"].tolist()))
+    assert (d["a:0"], d["b:0"], d["add:0"], d["fc:0"], d["output:1"]) == (1, 2, 2, 3, 3)
+    assert (dmin["add:0"], dmin["fc:0"]) == (1, 2)  # the shortcut skips b
+
+
+class Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(2, 2, 1)
+        self.b = nn.Conv2d(2, 3, 1)
+        self.c = nn.Conv2d(5, 2, 1)
+        self.fc = nn.Linear(8, 3)  # flatten of [2, 2, 2]: each channel owns 4 features
+
+    def forward(self, x):
+        h = torch.cat([self.a(x), F.relu(self.b(x))], 1)
+        return self.fc(torch.flatten(self.c(h), 1))
+
+
+def test_concat_offsets_and_flatten_after_conv():
+    conn = adaptive.Connectome(Concat())
+    x = torch.randn(1, 2, 2, 2)
+    g = graphs.build(conn, "unit", example_input=x)
+    expected = (full("x", "a", 2, 2) | full("x", "b", 2, 3) | full("a", "c", 2, 2) | full("b", "c", 3, 2)
+                | full("c", "fc", 2, 3) | wires("fc", "output", [(i, i) for i in range(3)]))
+    assert edge_set(g) == expected
+    fc = g.edge_attrs["layer"] == 3
+    assert g.edge_attrs["count"][fc].tolist() == [4.0] * 6  # h*w features per channel
+    lay = {l.module: l for l in g.layers}
+    names = g.node_names()
+    assert [names[i] for i in lay["c"].in_src.tolist()] == ["a:0", "a:1", "b:0", "b:1", "b:2"]
+    assert [names[i] for i in lay["fc"].in_src.tolist()] == ["c:0"] * 4 + ["c:1"] * 4
+    comp = graphs.concat_composition(g)
+    assert [p[1:] for p in comp[0]["parts"]] == [(0, 2), (2, 3)]
+    assert comp[0]["depth"].tolist() == [1] * 5
+    s = graphs.build(conn, "synapse", example_input=x)
+    syn = s.edge_attrs["kind"] == EDGE_SYNAPSE
+    assert int(syn.sum()) == conn.num_live()
+
+
+class Depthwise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.g2 = nn.Conv2d(4, 6, 1, groups=2)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.fc(self.g2(self.dw(self.a(x))).mean((2, 3)))
+
+
+def test_depthwise_and_grouped_convs():
+    g = graphs.build(model=Depthwise(), level="unit", example_input=torch.randn(1, 3, 5, 5))
+    expected = (full("x", "a", 3, 4) | {(f"a:{i}", f"dw:{i}", EDGE_SYNAPSE) for i in range(4)}
+                | {(f"dw:{i}", f"g2:{j}", EDGE_SYNAPSE) for i in range(4) for j in range(6) if i // 2 == j // 3}
+                | full("g2", "fc", 6, 2) | wires("fc", "output", [(0, 0), (1, 1)]))
+    assert edge_set(g) == expected
+    dw = g.edge_attrs["layer"] == 1
+    assert g.edge_attrs["count"][dw].tolist() == [9.0] * 4
+
+
+class OptionA(nn.Module):
+    """The CIFAR ResNet's parameter-free shortcut: subsample and zero-pad channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 2, 1)
+        self.b = nn.Conv2d(2, 4, 1, stride=2)
+        self.fc = nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        s = F.pad(h[:, :, ::2, ::2], (0, 0, 0, 0, 1, 1))
+        return self.fc(F.adaptive_avg_pool2d(self.b(h) + s, 1).flatten(1))
+
+
+def test_zero_pad_shortcut():
+    g = graphs.build(model=OptionA(), level="unit", example_input=torch.randn(1, 1, 4, 4))
+    lay = {l.module: l for l in g.layers}
+    names = g.node_names()
+    assert [names[i] for i in lay["fc"].in_src.tolist()] == ["b:0", "add:0", "add:1", "b:3"]
+    assert wires("a", "add", [(0, 0), (1, 1)]) | wires("b", "add", [(1, 0), (2, 1)]) <= edge_set(g)
+
+
+def test_resnet20_live_synapses_match_connectome():
+    from adaptive.models import build_model
+
+    conn = adaptive.Connectome(build_model("resnet20"))
+    gen = torch.Generator().manual_seed(0)
+    conn.set_masks({k: torch.rand(v.shape, generator=gen) < 0.3 for k, v in conn.masks.items()})
+    tr = graphs.trace(conn.model)
+    s = graphs.build(conn, "synapse", traced=tr)
+    u = graphs.build(conn, "unit", traced=tr)
+    lay = graphs.build(conn, "layer", traced=tr)
+    assert s.live_synapses() == u.live_synapses() == lay.live_synapses() == conn.num_live()
+    dens = graphs.density_per_layer(u)
+    assert dens == pytest.approx({conn.layers[k].module_name: v for k, v in conn.layer_density().items()})
+    # option-A shortcuts: layer2.0's first 8 stream channels come from its conv2 alone
+    l21 = next(l for l in u.layers if l.module == "layer2.1.conv1")
+    names = u.node_names()
+    assert names[int(l21.in_src[0])] == "layer2.0.conv2:0" and names[int(l21.in_src[8])].startswith("add_3:")
+    assert int(u.node_attrs["depth_max"].max()) == 20  # 19 convs + the classifier
+
+
+def test_densecat_concat_depths_match_the_model():
+    from adaptive.models import build_model
+
+    m = build_model("densecat", depth=4, width=8)
+    g = graphs.build(model=m, level="unit")
+    comps = graphs.concat_composition(g)
+    for k in range(4):
+        assert torch.equal(comps[k]["depth"], m.input_depths(f"layers.{k}"))
+
+
+def test_untraceable_model_falls_back_with_warning():
+    class Dynamic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+                x = -x
+            return self.b(self.a(x))
+
+    with pytest.warns(UserWarning, match="could not trace Dynamic.*module order"):
+        g = graphs.build(model=Dynamic(), level="unit")
+    assert edge_set(g) == full("input", "a", 4, 3) | full("a", "b", 3, 2) | wires("b", "output", [(0, 0), (1, 1)])
+    assert g.meta["traced"] is False
+
+
+def test_unknown_op_warns_naming_the_node():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.b(torch.cumsum(self.a(x), 1))
+
+    with pytest.warns(UserWarning, match="cumsum"):
+        g = graphs.build(model=Odd(), level="unit")
+    names = g.node_names()
+    lay = {l.module: l for l in g.layers}
+    assert {names[i] for i in lay["b"].in_src.tolist()} == {"cumsum:0"}  # one node fed by every unit of a
+    assert wires("a", "cumsum", [(i, 0) for i in range(3)]) <= edge_set(g)
