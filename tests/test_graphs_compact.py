@@ -1,0 +1,155 @@
+"""graphs.compact: dead units removed physically, outputs unchanged."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import adaptive
+import graphs
+
+torch.set_num_threads(1)
+
+
+def randomize_bn(model):
+    """Non-trivial running statistics so that a dead unit's output is a non-zero constant."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g).abs() + 0.1)
+    return model.eval()
+
+
+def masked_output(model, conn, x):
+    conn.apply()
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+class Stream(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn_a = nn.BatchNorm2d(4)
+        self.b = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn_b = nn.BatchNorm2d(4)
+        self.c = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        h = F.relu(self.bn_a(self.a(x)))
+        s = F.relu(self.bn_b(self.b(h)) + h)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.c(s), 2), 1))
+
+
+def test_adds_flatten_constants_and_unused_units():
+    torch.manual_seed(0)
+    m = randomize_bn(Stream())
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["a.weight"][[1, 2]] = False  # a:1 and a:2 have no live input (constant after BN + ReLU)
+    masks["b.weight"][1] = False  # channel 1 of the sum is constant in both summands -> removable
+    masks["c.weight"][3] = False  # c:3 constant: folded through the flatten into fc's bias
+    masks["fc.weight"][:, 0:4] = False  # c:0 (features 0..3) has no live output -> removable
+    conn.set_masks(masks)
+    x = torch.randn(3, 3, 8, 8)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == {"a": 1, "b": 1, "c": 2, "fc": 0}  # a:2 stays: b:2 is alive
+    assert torch.allclose(small(x), ref, atol=1e-5)
+    assert n_params(small) < n_params(m)
+    assert small.get_submodule("bn_a").num_features == 3
+    assert small.get_submodule("fc").in_features == 8
+    y = torch.randn(2, 3, 12, 12)  # another size: the folded border constants still hold
+    assert torch.allclose(small(y), masked_output(m, conn, y), atol=1e-5)
+
+
+class Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 2, 1)
+        self.b = nn.Conv2d(3, 3, 1)
+        self.c = nn.Conv2d(5, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.cat([F.relu(self.a(x)), torch.sigmoid(self.b(x))], 1)
+        return self.fc(self.c(h).mean((2, 3)))
+
+
+def test_concat_offsets_and_border_exact_folding():
+    torch.manual_seed(1)
+    m = Concat().eval()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["b.weight"][1] = False  # sigmoid(bias) != 0: a constant at concat channel 3
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 6, 6)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"]["b"] == 1
+    assert isinstance(small.get_submodule("c"), graphs.FoldedConv)  # padded 3x3 reader: exact border map
+    assert small.get_submodule("c").conv.in_channels == 4
+    assert torch.allclose(small(x), masked_output(m, conn, x), atol=1e-5)
+
+
+def test_resnet20_with_dead_units():
+    from adaptive.models import build_model
+
+    m = randomize_bn(build_model("resnet20"))
+    conn = adaptive.Connectome(m)
+    gen = torch.Generator().manual_seed(0)
+    masks = {}
+    for k, v in conn.masks.items():
+        mk = torch.ones_like(v)
+        if "layer" in k and k.endswith("conv1.weight"):
+            mk[torch.rand(v.shape[0], generator=gen) < 0.5] = False
+        masks[k] = mk
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 32, 32)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["units_removed"] > 100
+    assert n_params(small) < 0.7 * n_params(m)
+    assert torch.allclose(small(x), ref, atol=1e-4)
+
+
+def test_option_a_stream_channels_dead_everywhere_are_removed():
+    """Channels of the residual stream go through the zero-pad shortcut when dead in every summand."""
+    from adaptive.models import build_model
+
+    m = randomize_bn(build_model("resnet20"))  # dead stream channels are non-zero constants
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    for k in masks:  # layer1 stream channel 5: dead in the stem and every layer1 conv2
+        if k == "conv1.weight" or (k.startswith("layer1") and k.endswith("conv2.weight")):
+            masks[k][5] = False
+        if k.startswith("layer2") and k.endswith("conv2.weight"):  # and its padded continuation in layers 2, 3
+            masks[k][8 + 5] = False
+        if k.startswith("layer3") and k.endswith("conv2.weight"):
+            masks[k][16 + 8 + 5] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 16, 16)
+    small = graphs.compact(m, conn, x)
+    r = small.compaction["removed"]
+    assert r["conv1"] == 1 and r["layer1.0.conv2"] == 1 and r["layer2.0.conv2"] == 1 and r["layer3.2.conv2"] == 1
+    assert small.get_submodule("linear").in_features == 63
+    assert torch.allclose(small(x), masked_output(m, conn, x), atol=1e-4)
+
+
+def test_untraceable_model_is_refused():
+    class Dynamic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.a(x) if x.sum() > 0 else -self.a(x)
+
+    with pytest.raises(RuntimeError, match="fx-traceable"):
+        graphs.compact(Dynamic(), example_input=torch.randn(1, 4))
