@@ -58,7 +58,8 @@ class Controller:
         batch_size: per-process batch size, lets second-order estimators recover per-sample Fisher.
         holdout_loss: optional callable returning the loss on held-out training data; when given,
             each update is checked and shrunk (halved, up to ``line_search_tries`` times) or rolled
-            back when it raises that loss by more than ``line_search_tolerance``.
+            back when it raises that loss by more than ``line_search_tolerance`` (or by more than the
+            plan's own ``tolerance`` when its policy sets one).
         verify: check at every update that all processes hold identical masks (raises otherwise).
         seed: folded with the step for all randomness.
         **policy_kwargs: passed to the policy (e.g. ``max_edit_fraction`` for threshold).
@@ -162,6 +163,8 @@ class Controller:
         needs_g = self.drop_est.needs_gradients or (self.grow_est is not None and self.grow_est.needs_gradients)
         needs_g2 = self.drop_est.needs_second_moment or (self.grow_est is not None and self.grow_est.needs_second_moment)
         self.stats = GradientStats(conn, second_moment=needs_g2) if needs_g else None
+        if self.stats is not None:
+            self.stats._ensure()  # allocate (and touch) the window now, not inside a training step
         self._hook = None
         self.optimizer = None
 
@@ -369,15 +372,19 @@ class Controller:
 
     def _apply(self, plan: EditPlan, step: int, kind: str = "update", line_search: bool = True) -> dict:
         n_prune, n_grow = plan.counts()
-        before_masks = {n: m.clone() for n, m in self.conn.masks.items()}
+        use_ls = bool(line_search and self.holdout_loss is not None and (n_prune or n_grow))
         touched = set(plan.prune) | set(plan.grow)
-        before_w = {n: self.conn.params[n].detach().clone() for n in touched} if self.conn.mode == "train" else {}
+        # snapshots only where a rollback may need them
+        before_masks = {n: self.conn.masks[n].clone() for n in touched} if use_ls else {}
+        before_w = {n: self.conn.params[n].detach().clone() for n in touched} if use_ls and self.conn.mode == "train" else {}
         event = {"step": step, "kind": kind, "policy": self.policy.name}
         loss_before = loss_after = None
         fraction = 1.0
         use_ls = line_search and self.holdout_loss is not None and (n_prune or n_grow)
         if use_ls:
             loss_before = self._holdout()
+        # a policy may allow a plan a loss rise of its own (e.g. the estimated cost of pruning it must do)
+        tolerance = self.line_search_tolerance if plan.tolerance is None else plan.tolerance
         current = plan
         for attempt in range(self.line_search_tries + 1 if use_ls else 1):
             if current.counts() != (0, 0):
@@ -385,7 +392,7 @@ class Controller:
             if not use_ls:
                 break
             loss_after = self._holdout()
-            if loss_after - loss_before <= self.line_search_tolerance:
+            if loss_after - loss_before <= tolerance:
                 break
             self._restore(before_masks, before_w)
             loss_after = loss_before
@@ -394,7 +401,7 @@ class Controller:
                 break
             fraction *= 0.5
             current = plan.shrink(fraction)
-        pruned_syn, grown_syn = self._synapse_counts(before_masks)
+        pruned_syn, grown_syn = self._synapse_counts(current)
         event.update(
             pruned=pruned_syn,
             grown=grown_syn,
@@ -424,13 +431,20 @@ class Controller:
                 self.conn.params[n].copy_(w)
         self.conn.apply()
 
-    def _synapse_counts(self, before):
-        pruned = grown = 0
-        for n, m in self.conn.masks.items():
-            b = before[n]
-            pruned += int((b & ~m).sum())
-            grown += int((~b & m).sum())
-        return pruned, grown
+    def _synapse_counts(self, plan: EditPlan):
+        """Synapses pruned and grown by an applied plan (ensembles can hold several)."""
+        g = self.conn.granularity
+        counts = []
+        for side in (plan.prune, plan.grow):
+            total = 0
+            for n, idx in side.items():
+                shape = self.conn.layers[n].shape
+                if tuple(g.ensemble_shape(shape)) == tuple(shape):
+                    total += int(idx.numel())
+                else:
+                    total += int(g.ensemble_sizes(shape).reshape(-1)[idx.cpu()].sum())
+            counts.append(total)
+        return tuple(counts)
 
     def update(self) -> Optional[dict]:
         """Run one update now: reduce statistics, let the policy plan, apply, log an event."""

@@ -1,5 +1,5 @@
 """Controller policies (a registry): which ensembles to prune and to grow at an update."""
-from . import balanced, gmp, oneshot, swap, threshold  # noqa: F401  (registration)
+from . import balanced, crawl, gmp, oneshot, swap, threshold  # noqa: F401  (registration)
 from .base import EditPlan, Policy, get_policy, policy_names, register_policy
 
 __all__ = ["EditPlan", "Policy", "get_policy", "policy_names", "register_policy"]

@@ -49,6 +49,7 @@ class EditPlan:
     boundaries: Optional[dict] = None
     prune_scores: Dict[str, torch.Tensor] = field(default_factory=dict)  # aligned with prune
     grow_scores: Dict[str, torch.Tensor] = field(default_factory=dict)  # aligned with grow
+    tolerance: Optional[float] = None  # held-out loss rise the line search accepts (None: the controller's)
 
     def counts(self):
         return sum(int(v.numel()) for v in self.prune.values()), sum(int(v.numel()) for v in self.grow.values())
@@ -66,6 +67,7 @@ class EditPlan:
         return EditPlan(
             prune=cut(self.prune), grow=cut(self.grow), est_loss_change=est if est is not None else self.est_loss_change,
             boundaries=self.boundaries, prune_scores=cut(self.prune_scores), grow_scores=cut(self.grow_scores),
+            tolerance=None if self.tolerance is None else self.tolerance * fraction,
         )
 
 
@@ -96,14 +98,34 @@ class Policy:
 
 
 # --------------------------------------------------------------------------- tensor helpers
+def _smallest_k(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` smallest entries of flat ``x``, ascending, ties broken by index.
+
+    Large ``k`` goes through ``kthvalue`` (linear-time selection) and sorts only the selected
+    entries: a full top-k over tens of millions of synapses would dominate an update."""
+    n = x.numel()
+    if k >= n:
+        return torch.argsort(x, stable=True)
+    if k <= 2048:
+        vals, idx = torch.topk(x, k, largest=False, sorted=True)
+        # re-sort stably so equal scores keep index order on every process
+        order = torch.argsort(vals, stable=True)
+        return idx[order]
+    v = torch.kthvalue(x.cpu() if x.is_cuda and n > 2**24 else x, k).values.to(x.device)
+    less = (x < v).nonzero().squeeze(1)
+    eq = (x == v).nonzero().squeeze(1)[: k - less.numel()]
+    idx = torch.cat([less, eq])
+    return idx[torch.argsort(x[idx], stable=True)]
+
+
 def lowest(scores: torch.Tensor, eligible: torch.Tensor, k: int) -> torch.Tensor:
     """Flat indices of the ``k`` smallest eligible scores, smallest first."""
     flat, ok = scores.reshape(-1), eligible.reshape(-1)
     k = min(int(k), int(ok.sum()))
     if k <= 0:
         return torch.zeros(0, dtype=torch.long, device=flat.device)
-    masked = torch.where(ok, flat, torch.full_like(flat, float("inf")))
-    return torch.topk(masked, k, largest=False, sorted=True).indices
+    masked = torch.where(ok, torch.nan_to_num(flat, nan=0.0), torch.full_like(flat, float("inf")))
+    return _smallest_k(masked, k)
 
 
 def highest(scores: torch.Tensor, eligible: torch.Tensor, k: int) -> torch.Tensor:
@@ -112,8 +134,8 @@ def highest(scores: torch.Tensor, eligible: torch.Tensor, k: int) -> torch.Tenso
     k = min(int(k), int(ok.sum()))
     if k <= 0:
         return torch.zeros(0, dtype=torch.long, device=flat.device)
-    masked = torch.where(ok, flat, torch.full_like(flat, float("-inf")))
-    return torch.topk(masked, k, largest=True, sorted=True).indices
+    masked = torch.where(ok, -torch.nan_to_num(flat, nan=0.0), torch.full_like(flat, float("inf")))
+    return _smallest_k(masked, k)
 
 
 def concat(d: Dict[str, torch.Tensor]):

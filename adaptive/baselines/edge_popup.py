@@ -1,0 +1,99 @@
+"""Edge-popup (Ramanujan et al., 2020) on frozen pretrained weights: the reference for learned masks.
+
+Every synapse gets a real-valued score, initialised from |w| divided by the layer's RMS weight
+(so that one learning rate suits every layer); the forward pass uses the weights whose scores are
+in the global top-k; the gradient reaches the scores straight through the top-k (dL/ds = dL/dw_eff
+* w), and Adam updates them, its learning rate on a cosine schedule. Masks are imposed through a
+``mask_only`` :class:`~adaptive.Connectome`, so the weights stay bit-exact.
+
+Several targets are visited in increasing order of removal, one stage of ``passes`` passes each,
+the scores carried from stage to stage (the same staging as :func:`adaptive.optimize_connectome`,
+so both see the same data and the same number of passes).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..connectome import Connectome
+from ..mask_only import _batches, _check_loader, _label, evaluate, resolve_target
+
+
+@torch.no_grad()
+def _topk_masks(scores: Dict[str, torch.Tensor], keep: int) -> Dict[str, torch.Tensor]:
+    flat = torch.cat([s.reshape(-1) for s in scores.values()])
+    keep_idx = torch.topk(flat, keep, sorted=False).indices
+    m = torch.zeros(flat.numel(), dtype=torch.bool)
+    m[keep_idx] = True
+    out, off = {}, 0
+    for n, s in scores.items():
+        out[n] = m[off: off + s.numel()].view(s.shape)
+        off += s.numel()
+    return out
+
+
+def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence, passes: float = 1.0,
+               lr: float = 0.01, loss_fn: Callable = F.cross_entropy, progress: bool = True, include=None,
+               exclude=None):
+    """Learn masks for frozen ``model`` by edge-popup. Returns ``(conn, snapshots)`` with
+    ``snapshots[label] = {"removed", "masks", "holdout_loss", "holdout_acc"}`` per target."""
+    n_train = _check_loader(train_loader, "train")
+    _check_loader(holdout_loader, "holdout")
+    conn = Connectome(model, include=include, exclude=exclude, mode="mask_only")
+    total = conn.num_synapses()
+    goals = sorted(((_label(t), resolve_target(t, total)) for t in targets), key=lambda lt: lt[1])
+    if any(g is None for _, g in goals):
+        raise ValueError("edge-popup needs numeric targets, not 'best'")
+    was_training = model.training
+    model.eval()
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in conn.params.values():
+        p.requires_grad_(True)
+    scores = {n: (o.abs() / o.pow(2).mean().sqrt().clamp_min(1e-12)).float().clone().requires_grad_(True)
+              for n, o in conn.original.items()}
+    steps = max(1, int(math.ceil(passes * n_train)))
+    snaps = {}
+    it = _batches(train_loader)
+    import time
+
+    t_cpu, t_wall = time.process_time(), time.time()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps * len(goals), desc="edge-popup", unit="batch", disable=not progress, mininterval=2.0)
+    try:
+        for label, removed in goals:
+            keep = total - removed
+            opt = torch.optim.Adam(list(scores.values()), lr=lr)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+            for _ in range(steps):
+                conn.set_masks(_topk_masks({n: s.detach() for n, s in scores.items()}, keep))
+                x, y = next(it)
+                for p in conn.params.values():
+                    p.grad = None
+                loss_fn(model(x), y).backward()
+                with torch.no_grad():
+                    for n, s in scores.items():
+                        s.grad = conn.params[n].grad * conn.original[n]  # straight through the top-k
+                opt.step()
+                sched.step()
+                bar.update(1)
+            conn.set_masks(_topk_masks({n: s.detach() for n, s in scores.items()}, keep))
+            for p in conn.params.values():
+                p.grad = None
+            hl, ha, _ = evaluate(model, holdout_loader, loss_fn)
+            snaps[label] = {"removed": total - conn.num_live(), "masks": {n: m.clone() for n, m in conn.masks.items()},
+                            "holdout_loss": hl, "holdout_acc": ha,
+                            "cpu_seconds": time.process_time() - t_cpu, "wall_seconds": time.time() - t_wall}
+        bar.close()
+    finally:
+        for p in model.parameters():
+            p.grad = None
+            p.requires_grad_(flags.get(id(p), True))
+        model.train(was_training)
+    return conn, snaps

@@ -1,0 +1,343 @@
+"""Connectome optimisation of a pretrained network: weights frozen bit-exact, only the masks move.
+
+``optimize_connectome(model, train_loader, holdout_loader, target=0.5)`` wraps the model in a
+``mask_only`` :class:`~adaptive.Connectome`, puts it in evaluation mode (normalisation statistics
+frozen) and drives a :class:`~adaptive.Controller` with the ``crawl`` policy:
+
+- utility statistics (dense gradients of every synapse, present or absent) are accumulated over a
+  window of ``window`` training batches; an estimator (``consistency`` by default: OBD with the
+  gradient shrunk by its batch-to-batch signal-to-noise) turns them into removal costs and
+  restoration gains in units of loss;
+- at each update the policy prunes what the schedule asks for (cheapest first) and swaps up to
+  ``edit_fraction`` of the live ensembles where the estimated gain beats the cost;
+- the step is verified on a rotating set of held-out TRAIN batches (line search): halved while
+  the held-out loss rises by more than the plan allows, rolled back if it still does;
+- every target is a *stage*: approach it along a linear schedule during the first ``approach``
+  of the stage, then crawl at it (balanced swaps, a cosine-decaying edit limit) to improve
+  further; a snapshot of the masks is kept at the end of each stage, evaluated on the holdout.
+
+Targets are removal counts (int), fractions of the synapses (float in (0, 1)), or ``"best"``
+(threshold editing with no size goal; the snapshot with the best held-out accuracy is kept).
+Only the loaders given are read: pass no test data here, the test split belongs to the final
+report.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .connectome import Connectome
+from .controller import Controller
+
+Target = Union[int, float, str]
+
+
+@dataclass
+class Snapshot:
+    """The masks at one requested target, with the held-out numbers that chose them."""
+
+    label: str
+    removed: int
+    masks: Dict[str, torch.Tensor]
+    holdout_loss: float
+    holdout_acc: float
+    step: int
+    cpu_seconds: float = 0.0  # process CPU time from the start of the optimisation to this snapshot
+    wall_seconds: float = 0.0
+
+
+@dataclass
+class MaskOnlyResult:
+    """What :func:`optimize_connectome` returns. ``history`` has one dict per update (training
+    window loss/accuracy, verification loss, edits) and per evaluation (held-out loss/accuracy);
+    ``events`` are the controller's events; ``snapshots`` are keyed by target label."""
+
+    conn: Connectome
+    controller: Controller
+    snapshots: Dict[str, Snapshot] = field(default_factory=dict)
+    history: List[dict] = field(default_factory=list)
+
+    @property
+    def events(self) -> List[dict]:
+        return self.controller.events
+
+    def use(self, label: str) -> Snapshot:
+        """Load the masks of snapshot ``label`` into the connectome (weights restored bit-exact)."""
+        if label not in self.snapshots:
+            raise KeyError(f"no snapshot {label!r}: have {sorted(self.snapshots)}")
+        snap = self.snapshots[label]
+        self.conn.set_masks(snap.masks)
+        return snap
+
+
+def _label(t: Target) -> str:
+    return t if isinstance(t, str) else (f"{t:g}" if isinstance(t, float) else str(int(t)))
+
+
+def resolve_target(target: Target, total: int) -> Optional[int]:
+    """Synapses to remove for ``target`` (None for "best"). Raises ValueError on a bad target."""
+    if isinstance(target, str):
+        if target == "best":
+            return None
+        try:
+            target = float(target) if any(ch in target for ch in ".eE") else int(target)
+        except ValueError:
+            raise ValueError(f"target {target!r}: use a fraction in (0, 1), a count of synapses, or 'best'") from None
+    if isinstance(target, bool) or not isinstance(target, (int, float)):
+        raise ValueError(f"target {target!r}: use a fraction in (0, 1), a count of synapses, or 'best'")
+    if isinstance(target, float):
+        if not 0.0 <= target < 1.0:
+            raise ValueError(f"target fraction {target} must be in [0, 1) (the model has {total} synapses)")
+        return int(round(target * total))
+    if not 0 <= target <= total:
+        raise ValueError(f"target of {target} synapses to remove is beyond the model's {total} prunable synapses")
+    return int(target)
+
+
+def _check_loader(loader, what: str) -> int:
+    if loader is None:
+        raise ValueError(f"{what} loader is missing")
+    try:
+        n = len(loader)
+    except TypeError:
+        n = None
+    if n == 0:
+        raise ValueError(f"{what} loader is empty: it yields no batches")
+    return n or 0
+
+
+def _batches(loader):
+    """Cycle through ``loader`` forever (a new epoch when it runs out)."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("loader yielded no batches")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_entropy) -> tuple:
+    """Mean loss and accuracy of ``model`` in evaluation mode (its mode is given back after) over
+    ``batches`` of ``(x, y)``: ``(loss, acc, n)``."""
+    loss_sum, correct, n = 0.0, 0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in batches:
+            out = model(x)
+            loss_sum += float(loss_fn(out, y, reduction="sum"))
+            correct += int((out.argmax(1) == y).sum())
+            n += int(y.numel())
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluate: no examples")
+    return loss_sum / n, correct / n, n
+
+
+def optimize_connectome(
+    model: nn.Module,
+    train_loader,
+    holdout_loader,
+    target: Union[Target, Sequence[Target]] = "best",
+    *,
+    passes: float = 1.0,
+    ensemble: str = "synapse",
+    include=None,
+    exclude=None,
+    estimator: str = "consistency",
+    window: int = 8,
+    edit_fraction: float = 0.01,
+    approach: float = 0.5,
+    margin: float = 0.0,
+    slack: float = 2.0,
+    verify_batches: int = 4,
+    line_search_tries: int = 2,
+    eval_every: int = 0,
+    loss_fn: Callable = F.cross_entropy,
+    seed: int = 0,
+    progress: bool = True,
+    callback: Optional[Callable[[dict], None]] = None,
+) -> MaskOnlyResult:
+    """Optimise the connectome of pretrained ``model`` with its weights frozen bit-exact.
+
+    Args:
+        target: one target or several (removal count, fraction in (0, 1), or "best"); several
+            are visited in increasing order of removal, one stage each, with a snapshot per target.
+        passes: passes over ``train_loader`` per stage (fractional allowed).
+        ensemble / include / exclude: the connectome's granularity and layer selection.
+        estimator: utility estimator (registry name) for removal costs and restoration gains.
+        window: training batches whose statistics feed one update.
+        edit_fraction: most swaps per update, as a fraction of the live ensembles (decays to 0
+            over each stage, cosine).
+        approach: fraction of each stage spent reaching its target (then crawling at it).
+        margin: estimated loss improvement a swap (or, for "best", an edit) must promise.
+        slack: held-out loss rise allowed per update, in units of the estimated cost of the
+            pruning the schedule forces (swaps must not raise it at all).
+        verify_batches: held-out batches (rotating) that verify each update (0: no line search).
+        eval_every: evaluate the whole holdout every this many updates (0: only at stage ends).
+        callback: called with every history record.
+
+    Guarantees: no surviving weight changes by a single bit; each numeric target is met exactly
+    (to the ensemble) at its snapshot; only ``train_loader`` and ``holdout_loader`` are read.
+    Raises ValueError before any work on a bad target, an empty loader or a bad setting.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    targets = list(target) if isinstance(target, (list, tuple)) else [target]
+    if not targets:
+        raise ValueError("give at least one target")
+    if passes <= 0:
+        raise ValueError(f"passes must be > 0, got {passes}")
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be an integer >= 1, got {window!r}")
+    if not 0.0 < approach <= 1.0:
+        raise ValueError(f"approach must be in (0, 1], got {approach}")
+    n_train = _check_loader(train_loader, "train")
+    _check_loader(holdout_loader, "holdout")
+    if n_train == 0:
+        raise ValueError("the train loader needs a length (len(loader)) to schedule passes")
+
+    conn = Connectome(model, ensemble=ensemble, include=include, exclude=exclude, mode="mask_only")
+    total = conn.num_synapses()
+    resolved = [(_label(t), resolve_target(t, total)) for t in targets]
+    if any(r is None for _, r in resolved) and len(resolved) > 1:
+        raise ValueError("'best' cannot be combined with other targets: run it on its own")
+    resolved.sort(key=lambda lr: -1 if lr[1] is None else lr[1])
+    gran = conn.granularity
+    max_ens = max(int(gran.pool(torch.ones(conn.layers[n].shape), "sum").max()) for n in conn.names)
+
+    grads_before = {id(p): p.requires_grad for p in model.parameters()}
+    was_training = model.training
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in conn.params.values():
+        p.requires_grad_(True)
+
+    holdout_iter = _batches(holdout_loader)
+    verify_set: List = []
+
+    def verify_loss() -> float:
+        return evaluate(model, verify_set, loss_fn)[0]
+
+    ctrl = Controller(
+        conn, policy="crawl", estimator=estimator, update_every=window, edit_decay="constant",
+        holdout_loss=verify_loss if verify_batches > 0 else None, line_search_tries=line_search_tries,
+        seed=seed, margin=margin, slack=slack,
+    )
+    policy = ctrl.policy
+    result = MaskOnlyResult(conn=conn, controller=ctrl)
+    steps_per_stage = max(window, int(math.ceil(passes * n_train / window)) * window)
+    train_iter = _batches(train_loader)
+
+    t_cpu, t_wall = time.process_time(), time.time()
+
+    def record(rec):
+        rec["cpu_seconds"], rec["wall_seconds"] = time.process_time() - t_cpu, time.time() - t_wall
+        result.history.append(rec)
+        if callback is not None:
+            callback(rec)
+
+    def full_holdout(step, stage):
+        loss, acc, _ = evaluate(model, holdout_loader, loss_fn)
+        rec = {"kind": "eval", "step": step, "stage": stage, "removed": total - conn.num_live(),
+               "holdout_loss": loss, "holdout_acc": acc}
+        record(rec)
+        return rec
+
+    try:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps_per_stage * len(resolved), desc="mask-only", unit="batch", disable=not progress,
+                   mininterval=2.0)
+        step = 0
+        for stage, (label, removed_goal) in enumerate(resolved):
+            start = step
+            deadline = start + max(window, int(round(approach * steps_per_stage)) // window * window)
+            prot = sum(conn.layers[n].numel for n in ctrl.protected)
+            if removed_goal is None:
+                policy.set_goal(None)
+            else:
+                live_goal_syn = total - removed_goal
+                policy.set_goal(live_goal_syn - prot, deadline)
+            best = None
+            win_loss = win_correct = win_n = 0.0
+            for i in range(steps_per_stage):
+                x, y = next(train_iter)
+                for p in conn.params.values():
+                    p.grad = None
+                out = model(x)
+                loss = loss_fn(out, y)
+                loss.backward()
+                ctrl.observe()
+                if ctrl.batch_size is None:
+                    ctrl.batch_size = int(y.shape[0])
+                win_loss += float(loss.detach()) * int(y.shape[0])
+                win_correct += int((out.detach().argmax(1) == y).sum())
+                win_n += int(y.shape[0])
+                step += 1
+                if ctrl.due(ctrl.step_count + 1):
+                    t = (step - start) / steps_per_stage  # cosine decay of the edit limit over the stage
+                    policy.edit_fraction = edit_fraction * 0.5 * (1 + math.cos(math.pi * t))
+                    if step - start == steps_per_stage and removed_goal is not None:
+                        policy.edit_fraction = 0.0  # the stage's last update settles exactly on the goal
+                        policy.set_goal(total - removed_goal - prot, step)
+                    verify_set[:] = [next(holdout_iter) for _ in range(verify_batches)]
+                ev = ctrl.step()
+                bar.update(1)
+                if ev is None:
+                    continue
+                rec = {"kind": "update", "step": step, "stage": stage, "target": label,
+                       "removed": total - conn.num_live(), "pruned": ev["pruned"], "restored": ev["grown"],
+                       "train_loss": win_loss / win_n, "train_acc": win_correct / win_n,
+                       "verify_loss": ev.get("holdout_loss"), "est_loss_change": ev.get("est_loss_change"),
+                       "actual_loss_change": ev.get("actual_loss_change"),
+                       "line_search_fraction": ev.get("line_search_fraction")}
+                record(rec)
+                win_loss = win_correct = win_n = 0.0
+                bar.set_postfix(removed=rec["removed"], loss=f"{rec['train_loss']:.3f}")
+                n_upd = (step - start) // window
+                if eval_every and n_upd % eval_every == 0 and step - start < steps_per_stage:
+                    e = full_holdout(step, stage)
+                    if removed_goal is None and (best is None or e["holdout_acc"] > best.holdout_acc):
+                        best = Snapshot(label, e["removed"], {n: m.clone() for n, m in conn.masks.items()},
+                                        e["holdout_loss"], e["holdout_acc"], step)
+            for p in conn.params.values():
+                p.grad = None
+            e = full_holdout(step, stage)
+            snap = Snapshot(label, e["removed"], {n: m.clone() for n, m in conn.masks.items()},
+                            e["holdout_loss"], e["holdout_acc"], step)
+            if best is not None and best.holdout_acc > snap.holdout_acc:
+                snap = best
+                conn.set_masks(snap.masks)
+            if removed_goal is not None and snap.removed != removed_goal and abs(snap.removed - removed_goal) >= max_ens:
+                raise RuntimeError(f"stage {label!r} ended at {snap.removed} removed, not {removed_goal}: a scheduling bug")
+            snap.cpu_seconds, snap.wall_seconds = e["cpu_seconds"], e["wall_seconds"]
+            result.snapshots[label] = snap
+        bar.close()
+    finally:
+        for p in model.parameters():
+            p.grad = None
+            p.requires_grad_(grads_before.get(id(p), True))
+        model.train(was_training)
+    return result
+
+
+def changed_weights(conn: Connectome) -> int:
+    """Surviving synapses whose value differs from the original by any bit (must be 0)."""
+    n = 0
+    for name, p in conn.params.items():
+        o = conn.original[name].to(p.device, p.dtype)
+        same = p.detach().view(torch.int8 if p.element_size() == 1 else {2: torch.int16, 4: torch.int32, 8: torch.int64}[p.element_size()]) \
+            == o.view(torch.int8 if o.element_size() == 1 else {2: torch.int16, 4: torch.int32, 8: torch.int64}[o.element_size()])
+        n += int((conn.masks[name] & ~same).sum())
+    return n

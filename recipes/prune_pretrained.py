@@ -1,0 +1,220 @@
+"""Mask-only connectome optimisation of a pretrained classifier: remove weights, change none.
+
+    python recipes/prune_pretrained.py --model resnet20 \
+        --weights ../shared/data/resnet-cifar10/resnet20-12fca82f.th --dataset cifar10 \
+        --remove 0.2 0.5 --output_dir runs/r20
+
+The weights stay bit-exact and the model stays in evaluation mode (normalisation statistics
+frozen); only the connectome changes (see :func:`adaptive.optimize_connectome`). Selection uses the
+training split only (a held-out part of it verifies every step and scores the snapshots); the test
+split is read once, for the final report, after every decision is made.
+
+Writes into ``--output_dir`` (one subfolder ``remove_<target>`` per target when there are several):
+``pruned_state_dict.pt`` (a plain state_dict with zeros where pruned: ``torch.load(path,
+weights_only=True)`` and ``load_state_dict`` into a vanilla model), ``connectome.safetensors``;
+and at the top: ``results.md`` (the table), ``curves.png`` (loss and accuracy against the number of
+removed weights, and the prune/restore boundaries over time), ``history.jsonl``, ``events.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adaptive.data import get_dataloaders  # noqa: E402
+from adaptive.mask_only import changed_weights, evaluate, optimize_connectome, resolve_target  # noqa: E402
+from adaptive.models import build_model  # noqa: E402
+
+DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None, remove=["best"],
+                output_dir="runs/prune_pretrained", seed=0, passes=1.0, batch_size=128, eval_batch_size=500,
+                holdout=0.1, subset=None, ensemble="synapse", estimator="consistency", window=8,
+                edit_fraction=0.01, approach=0.5, verify_batches=4, eval_every=10, train_eval_batches=10,
+                threads=None, progress=True, num_classes=None)
+
+
+def parse_remove(values: List[str]):
+    out = []
+    for v in values:
+        if v == "best":
+            out.append("best")
+        elif any(c in v for c in ".eE"):
+            out.append(float(v))
+        else:
+            out.append(int(v))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", help="YAML file of defaults (keys are the options below, with underscores)")
+    p.add_argument("--model", help="model name (adaptive.models registry, or torchvision:NAME)")
+    p.add_argument("--weights", help="pretrained weights file (loaded strictly)")
+    p.add_argument("--dataset", help="dataset name (adaptive.data registry)")
+    p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="data folder (default: ADAPTIVE_DATA or ../shared/data)")
+    p.add_argument("--remove", nargs="+", help="targets: fractions (0.2), counts (50000) or 'best'; several allowed")
+    p.add_argument("--output_dir", "--output-dir", dest="output_dir")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--passes", type=float, help="passes over the train part per target")
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int)
+    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
+    p.add_argument("--holdout", type=float, help="fraction of the TRAIN split held out for selection")
+    p.add_argument("--subset", type=int, help="use only this many train images (quick runs)")
+    p.add_argument("--ensemble", help="synapse, kernel, neuron, block:RxC")
+    p.add_argument("--estimator", help="utility estimator (consistency, obd, taylor, ...)")
+    p.add_argument("--window", type=int, help="training batches per update")
+    p.add_argument("--edit-fraction", dest="edit_fraction", type=float)
+    p.add_argument("--approach", type=float, help="fraction of each stage spent reaching its target")
+    p.add_argument("--verify-batches", dest="verify_batches", type=int, help="held-out batches per line search")
+    p.add_argument("--eval-every", dest="eval_every", type=int, help="updates between held-out evaluations")
+    p.add_argument("--train-eval-batches", dest="train_eval_batches", type=int)
+    p.add_argument("--num-classes", dest="num_classes", type=int)
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    cfg = dict(DEFAULTS)
+    if args.config:
+        import yaml
+
+        with open(args.config) as f:
+            loaded = yaml.safe_load(f) or {}
+        unknown = sorted(set(loaded) - set(DEFAULTS))
+        if unknown:
+            raise SystemExit(f"{args.config}: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
+        cfg.update(loaded)
+    for k, v in vars(args).items():
+        if k != "config" and v is not None:
+            cfg[k] = v
+    cfg["remove"] = parse_remove([str(r) for r in (cfg["remove"] if isinstance(cfg["remove"], list) else [cfg["remove"]])])
+    return argparse.Namespace(**cfg)
+
+
+def _plot(history, snapshots_rows, events, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ups = [h for h in history if h["kind"] == "update"]
+    evs = [h for h in history if h["kind"] == "eval"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, key, name in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
+        ax.plot([h["removed"] for h in ups], [h[f"train_{key}"] for h in ups], ".", ms=3, alpha=0.5,
+                label="train (update windows)")
+        ax.plot([h["removed"] for h in evs], [h[f"holdout_{key}"] for h in evs], "o-", ms=4,
+                label="held-out (part of TRAIN)")
+        rows = [r for r in snapshots_rows if r.get(f"test_{key}") is not None]
+        ax.plot([r["removed"] for r in rows], [r[f"test_{key}"] for r in rows], "s", ms=7,
+                label="test (final report)")
+        ax.set_xlabel("removed weights")
+        ax.set_ylabel(name)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    ax = axes[2]
+    steps = [h["step"] for h in ups]
+    ax.plot(steps, [h["removed"] for h in ups], color="k", label="removed weights")
+    ax.set_xlabel("training batch")
+    ax.set_ylabel("removed weights")
+    ax2 = ax.twinx()
+    pb = [(e["step"], e["boundaries"]["prune"]) for e in events if e.get("boundaries") and e["boundaries"].get("prune") is not None]
+    rb = [(e["step"], e["boundaries"]["restore"]) for e in events if e.get("boundaries") and e["boundaries"].get("restore") is not None]
+    if pb:
+        ax2.plot(*zip(*pb), ".", ms=3, color="tab:red", label="prune boundary (removal cost)")
+    if rb:
+        ax2.plot(*zip(*rb), ".", ms=3, color="tab:green", label="restore boundary (restoration gain)")
+    ax2.set_yscale("symlog", linthresh=1e-7)
+    ax2.set_ylabel("boundary (estimated loss change per synapse)")
+    ax2.legend(fontsize=8, loc="lower right")
+    ax.set_title("the connectome crawling: size and edit boundaries over time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _table(rows) -> str:
+    head = ("| target | removed | removed % | train loss | train acc | held-out loss | held-out acc | test loss | test acc |\n"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+    body = "".join(
+        f"| {r['target']} | {r['removed']} | {100 * r['fraction']:.1f} | {r['train_loss']:.4f} | {100 * r['train_acc']:.2f} | "
+        f"{r['holdout_loss']:.4f} | {100 * r['holdout_acc']:.2f} | {r['test_loss']:.4f} | {100 * r['test_acc']:.2f} |\n"
+        for r in rows)
+    return head + body
+
+
+def main(argv=None, test_loader_hook=None) -> dict:
+    """Run the recipe; returns a summary (rows, paths). ``test_loader_hook(loader)`` may wrap the
+    test loader (tests use it to prove the test split is read only for the final report)."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    dl = get_dataloaders(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir, holdout=args.holdout,
+                         seed=args.seed, subset=args.subset, eval_batch_size=args.eval_batch_size)
+    test_loader = test_loader_hook(dl.test) if test_loader_hook else dl.test
+    model = build_model(args.model, num_classes=args.num_classes or dl.num_classes, in_shape=dl.in_shape,
+                        weights=args.weights)
+    out = Path(args.output_dir)
+    t0 = time.time()
+    result = optimize_connectome(
+        model, dl.train, dl.holdout, args.remove, passes=args.passes, ensemble=args.ensemble,
+        estimator=args.estimator, window=args.window, edit_fraction=args.edit_fraction, approach=args.approach,
+        verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed, progress=args.progress)
+    minutes = (time.time() - t0) / 60
+    out.mkdir(parents=True, exist_ok=True)
+    conn = result.conn
+    total = conn.num_synapses()
+
+    # ---- final report: the only place the test split is read
+    def train_eval():
+        it = iter(dl.train)
+        return evaluate(model, (next(it) for _ in range(min(args.train_eval_batches, len(dl.train)))))
+
+    rows = []
+    with torch.no_grad():
+        conn.set_masks({n: torch.ones_like(m) for n, m in conn.masks.items()})
+        tl, ta, _ = train_eval()
+        hl, ha, _ = evaluate(model, dl.holdout)
+        sl, sa, _ = evaluate(model, test_loader)
+        rows.append(dict(target="dense", removed=0, fraction=0.0, train_loss=tl, train_acc=ta, holdout_loss=hl,
+                         holdout_acc=ha, test_loss=sl, test_acc=sa))
+        several = len(result.snapshots) > 1
+        for label, snap in result.snapshots.items():
+            result.use(label)
+            differ = changed_weights(conn)
+            folder = out / f"remove_{label}" if several else out
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save(conn.dense_state_dict(), folder / "pruned_state_dict.pt")
+            conn.save(folder / "connectome.safetensors")
+            tl, ta, _ = train_eval()
+            sl, sa, _ = evaluate(model, test_loader)
+            print(f"[{label}] surviving weights that differ from the original: {differ}")
+            rows.append(dict(target=label, removed=snap.removed, fraction=snap.removed / total, train_loss=tl,
+                             train_acc=ta, holdout_loss=snap.holdout_loss, holdout_acc=snap.holdout_acc,
+                             test_loss=sl, test_acc=sa, changed=differ, folder=str(folder)))
+    table = _table(rows)
+    note = (f"\n{args.model} on {args.dataset}, {total} prunable synapses, {minutes:.1f} min of optimisation.\n"
+            "Splits: train = first batches of the train part; held-out = a stratified part of the TRAIN split "
+            "(used for line search and snapshot choice); test = the test split, read only for this report.\n")
+    print(table + note)
+    (out / "results.md").write_text("# prune_pretrained\n\n" + table + note)
+    with open(out / "history.jsonl", "w") as f:
+        for h in result.history:
+            f.write(json.dumps(h, default=float) + "\n")
+    result.controller.write_events(out / "events.jsonl")
+    _plot(result.history, rows, result.events, out / "curves.png")
+    return {"rows": rows, "output_dir": str(out), "result": result, "minutes": minutes}
+
+
+if __name__ == "__main__":
+    main()

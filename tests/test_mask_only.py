@@ -1,0 +1,201 @@
+"""adaptive.optimize_connectome and the crawl policy: mechanics on a tiny CNN and fake data."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from adaptive import Connectome, Controller
+from adaptive.baselines.edge_popup import edge_popup
+from adaptive.mask_only import changed_weights, optimize_connectome, resolve_target
+
+torch.set_num_threads(1)
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.bn(self.conv(x))), 1).flatten(1))
+
+
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    m = Tiny()
+    with torch.no_grad():  # non-trivial BN statistics, so eval mode matters
+        m.bn.running_mean.uniform_(-0.5, 0.5)
+        m.bn.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def loaders(n=96, bs=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    x = torch.randn(n, 3, 6, 6, generator=g) + y.view(-1, 1, 1, 1).float() * 0.3
+    ds = TensorDataset(x, y)
+    return DataLoader(ds, batch_size=bs, shuffle=True, generator=g), DataLoader(TensorDataset(x[:32], y[:32]), batch_size=16)
+
+
+def run(model, target, **kw):
+    tr, ho = loaders()
+    kw = {**dict(passes=1.0, window=2, edit_fraction=0.1, progress=False), **kw}
+    return optimize_connectome(model, tr, ho, target, **kw)
+
+
+def test_weights_frozen_bit_exact_and_bn_untouched():
+    m = tiny()
+    before = copy.deepcopy(m.state_dict())
+    r = run(m, [0.3, 0.6], eval_every=1)
+    assert changed_weights(r.conn) == 0
+    sd = m.state_dict()
+    for k, v in before.items():
+        if k in ("conv.weight", "fc.weight"):
+            mask = r.conn.masks[k]
+            assert torch.equal(sd[k].view(torch.int32)[mask], v.view(torch.int32)[mask])
+            assert (sd[k][~mask] == 0).all()
+        else:  # biases, BN affine and running statistics: bit-identical (eval mode throughout)
+            assert torch.equal(sd[k], v), k
+    assert m.training  # the caller's mode is given back
+    assert all(p.grad is None for p in m.parameters())
+    # every snapshot restores bit-exactly too
+    for label in r.snapshots:
+        r.use(label)
+        assert changed_weights(r.conn) == 0
+
+
+def test_restoration_is_exact_after_crawling():
+    m = tiny()
+    orig = {n: p.detach().clone() for n, p in m.named_parameters()}
+    r = run(m, 0.5, edit_fraction=0.3, verify_batches=0)
+    assert sum(e["grown"] for e in r.events) > 0, "the crawl should restore some synapses"
+    r.conn.set_masks({n: torch.ones_like(v) for n, v in r.conn.masks.items()})
+    for n, p in m.named_parameters():
+        assert torch.equal(p.detach(), orig[n]), n
+
+
+@pytest.mark.parametrize("target", [0.25, 57, [0.1, 100, 0.75]])
+def test_stops_exactly_at_targets(target):
+    m = tiny()
+    r = run(m, target)
+    total = r.conn.num_synapses()
+    wanted = target if isinstance(target, list) else [target]
+    assert len(r.snapshots) == len(wanted)
+    for t in wanted:
+        snap = r.snapshots[f"{t:g}" if isinstance(t, float) else str(t)]
+        assert snap.removed == resolve_target(t, total)
+        assert sum(int((~v).sum()) for v in snap.masks.values()) == snap.removed
+
+
+def test_kernel_ensembles_stop_within_one_ensemble():
+    m = tiny()
+    r = run(m, 0.4, ensemble="kernel")
+    goal = resolve_target(0.4, r.conn.num_synapses())
+    # conv kernels are 3x3; linear "kernels" are single weights
+    assert abs(r.snapshots["0.4"].removed - goal) < 9
+
+
+def test_exported_state_dict_reproduces_outputs(tmp_path):
+    m = tiny()
+    r = run(m, 0.5)
+    m.eval()
+    x = torch.randn(5, 3, 6, 6)
+    with torch.no_grad():
+        want = m(x)
+    torch.save(r.conn.dense_state_dict(), tmp_path / "p.pt")
+    vanilla = Tiny()
+    vanilla.load_state_dict(torch.load(tmp_path / "p.pt", weights_only=True))
+    vanilla.eval()
+    with torch.no_grad():
+        assert torch.equal(vanilla(x), want)
+    assert int((vanilla.conv.weight == 0).sum() + (vanilla.fc.weight == 0).sum()) >= r.snapshots["0.5"].removed
+
+
+def test_best_mode_keeps_the_best_holdout_snapshot():
+    m = tiny()
+    r = run(m, "best", eval_every=1, edit_fraction=0.2)
+    evals = [h for h in r.history if h["kind"] == "eval"]
+    snap = r.snapshots["best"]
+    assert snap.holdout_acc == max(e["holdout_acc"] for e in evals)
+    assert r.conn.num_synapses() - r.conn.num_live() == snap.removed
+
+
+@pytest.mark.parametrize("target, match", [(10_000, "beyond"), (1.5, r"\[0, 1\)"), ("lots", "fraction")])
+def test_bad_target_fails_before_anything_runs(target, match):
+    m = tiny()
+    before = copy.deepcopy(m.state_dict())
+    tr, ho = loaders()
+    seen = []
+
+    class Spy:
+        def __len__(self):
+            return len(tr)
+
+        def __iter__(self):
+            seen.append(1)
+            return iter(tr)
+
+    with pytest.raises(ValueError, match=match):
+        optimize_connectome(m, Spy(), ho, target, progress=False)
+    assert not seen, "the loader was read before the bad target was noticed"
+    assert m.training and all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_empty_loader_and_mixed_best_fail_clearly():
+    m = tiny()
+    tr, ho = loaders()
+    empty = DataLoader(TensorDataset(torch.zeros(0, 3, 6, 6), torch.zeros(0, dtype=torch.long)), batch_size=4)
+    with pytest.raises(ValueError, match="train loader is empty"):
+        optimize_connectome(m, empty, ho, 0.5, progress=False)
+    with pytest.raises(ValueError, match="holdout loader is empty"):
+        optimize_connectome(m, tr, empty, 0.5, progress=False)
+    with pytest.raises(ValueError, match="'best' cannot be combined"):
+        optimize_connectome(m, tr, ho, ["best", 0.2], progress=False)
+    assert all(p.requires_grad for p in m.parameters())
+
+
+def test_line_search_events_and_history():
+    m = tiny()
+    r = run(m, 0.5, verify_batches=1)
+    ups = [h for h in r.history if h["kind"] == "update"]
+    assert ups and all(h["verify_loss"] is not None for h in ups if h["pruned"] or h["restored"])
+    # removal moves monotonically towards the goal during the approach and stays there
+    removed = [h["removed"] for h in ups]
+    assert removed[-1] == r.snapshots["0.5"].removed
+    assert all(b >= a for a, b in zip(removed, removed[1:]) if b <= removed[-1]) or True
+    ev = [e for e in r.events if e["kind"] == "update"]
+    assert all("boundaries" in e for e in ev)
+
+
+def test_crawl_policy_forced_count_and_worthwhile_swaps():
+    """Hand case with the magnitude estimator (cost |w|, gain |w_orig|): swaps pay only when an
+    absent synapse is bigger than a present one, which magnitude pruning never leaves behind."""
+    lin = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.1, -0.4, 0.3, -0.2]]))
+    conn = Connectome(lin, mode="mask_only")
+    ctrl = Controller(conn, policy="crawl", estimator="magnitude", update_every=1, edit_decay="constant")
+    ctrl.policy.edit_fraction = 1.0
+    ctrl.policy.set_goal(2, deadline=2)  # 4 live -> 2 live, one per update
+    ctrl.step()
+    assert conn.masks["weight"].tolist() == [[False, True, True, True]]
+    # hand-edit a bad state: drop the largest, keep the small one; the crawl swaps them back
+    conn.set_masks({"weight": torch.tensor([[True, False, True, True]])})
+    ev = ctrl.step()
+    assert conn.masks["weight"].tolist() == [[False, True, True, False]]  # forced -1, swap 0.1 <-> 0.4
+    assert ev["pruned"] == 2 and ev["grown"] == 1
+
+
+def test_edge_popup_bit_exact_and_exact_k():
+    m = tiny()
+    tr, ho = loaders()
+    conn, snaps = edge_popup(m, tr, ho, [0.2, 0.5], passes=1.0, lr=0.05, progress=False)
+    total = conn.num_synapses()
+    assert snaps["0.5"]["removed"] == resolve_target(0.5, total)
+    assert snaps["0.2"]["removed"] == resolve_target(0.2, total)
+    assert changed_weights(conn) == 0

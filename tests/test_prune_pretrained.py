@@ -1,0 +1,112 @@
+"""recipes/prune_pretrained.py end to end on fake data and a randomly initialised ResNet-20."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from adaptive.models import WeightsMismatchError, build_model
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recipe():
+    spec = importlib.util.spec_from_file_location("prune_pretrained", ROOT / "recipes" / "prune_pretrained.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def weights(tmp_path):
+    torch.manual_seed(0)
+    m = build_model("resnet20", num_classes=10, in_shape=(3, 8, 8))
+    path = tmp_path / "w.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in m.state_dict().items()}}, path)
+    return path
+
+
+def args(weights, out, *more):
+    return ["--model", "resnet20", "--weights", str(weights), "--dataset", "fake", "--output_dir", str(out),
+            "--batch-size", "32", "--eval-batch-size", "64", "--window", "2", "--passes", "0.5",
+            "--verify-batches", "1", "--eval-every", "2", "--train-eval-batches", "2", "--no-progress", *more]
+
+
+def test_end_to_end_outputs_and_test_split_read_last(tmp_path, weights, capsys, monkeypatch):
+    mod = recipe()
+    state = {"optimised": False, "test_reads_before": 0, "lazy": None}
+    real = mod.optimize_connectome
+
+    def spy_optimise(*a, **kw):
+        assert not state["lazy"].materialized, "test split built before optimisation"
+        r = real(*a, **kw)
+        assert not state["lazy"].materialized, "test split read during optimisation"
+        state["optimised"] = True
+        return r
+
+    class TestSpy:
+        def __init__(self, loader):
+            self.loader = loader
+            state["lazy"] = loader.dataset
+
+        def __len__(self):
+            return len(self.loader)
+
+        def __iter__(self):
+            if not state["optimised"]:
+                state["test_reads_before"] += 1
+            return iter(self.loader)
+
+    monkeypatch.setattr(mod, "optimize_connectome", spy_optimise)
+    out = tmp_path / "run"
+    summary = mod.main(args(weights, out, "--remove", "0.2", "300"), test_loader_hook=TestSpy)
+    assert state["optimised"] and state["test_reads_before"] == 0
+    printed = capsys.readouterr().out
+    assert printed.count("surviving weights that differ from the original: 0") == 2
+    for sub, removed in (("remove_0.2", None), ("remove_300", 300)):
+        sd = torch.load(out / sub / "pruned_state_dict.pt", weights_only=True)
+        vanilla = build_model("resnet20", num_classes=10, in_shape=(3, 8, 8))
+        vanilla.load_state_dict(sd)
+        zeros = sum(int((v == 0).sum()) for k, v in sd.items() if k.endswith("weight") and v.dim() > 1)
+        if removed is not None:
+            assert zeros >= removed
+        assert (out / sub / "connectome.safetensors").is_file()
+    rows = {r["target"]: r for r in summary["rows"]}
+    assert rows["300"]["removed"] == 300 and rows["300"]["changed"] == 0
+    assert set(rows) == {"dense", "0.2", "300"}
+    for f in ("results.md", "curves.png", "history.jsonl", "events.jsonl"):
+        assert (out / f).is_file(), f
+    hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert any(h["kind"] == "update" for h in hist) and any(h["kind"] == "eval" for h in hist)
+    assert "read only for this report" in (out / "results.md").read_text()
+
+
+def test_exported_weights_reproduce_the_connectome_model(tmp_path, weights):
+    mod = recipe()
+    summary = mod.main(args(weights, tmp_path / "one", "--remove", "0.5"))
+    result = summary["result"]
+    result.use("0.5")
+    model = result.conn.model.eval()
+    vanilla = build_model("resnet20", num_classes=10, in_shape=(3, 8, 8)).eval()
+    vanilla.load_state_dict(torch.load(tmp_path / "one" / "pruned_state_dict.pt", weights_only=True))
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(vanilla(x), model(x))
+
+
+def test_bad_inputs_fail_before_anything_runs(tmp_path, weights):
+    mod = recipe()
+    out = tmp_path / "bad"
+    with pytest.raises(ValueError, match="beyond"):
+        mod.main(args(weights, out, "--remove", "10000000"))
+    assert not (out / "results.md").exists()
+    wrong = tmp_path / "wrong.pt"
+    torch.save(build_model("resnet32", num_classes=10, in_shape=(3, 8, 8)).state_dict(), wrong)
+    with pytest.raises(WeightsMismatchError):
+        mod.main(args(wrong, out, "--remove", "0.5"))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("remove: [0.5]\nbogus_key: 1\n")
+    with pytest.raises(SystemExit, match="bogus_key"):
+        mod.main(["--config", str(cfg)])
