@@ -8,6 +8,7 @@ Built in bulk from attribute columns (networkx itself needs one dict per edge).
 from __future__ import annotations
 
 import json
+from itertools import repeat
 
 import torch
 
@@ -24,18 +25,29 @@ def to_networkx(g, flat: bool = False):
     G.graph["header"] = json.dumps(header(g))
     if not flat:
         G.graph["meta"] = dict(g.meta)
+    n = g.num_nodes
     nkeys = ["name"] + list(g.node_attrs)
     ncols = [g.node_names()] + [v.tolist() for v in g.node_attrs.values()]
-    G.add_nodes_from(zip(range(g.num_nodes), (dict(zip(nkeys, row)) for row in zip(*ncols))))
+    G.add_nodes_from(zip(range(n), map(dict, map(zip, repeat(nkeys), zip(*ncols)))))
     ekeys = list(g.edge_attrs)
     ecols = [v.tolist() for v in g.edge_attrs.values()]
-    attrs = (dict(zip(ekeys, row)) for row in zip(*ecols))
-    src, dst = g.src.tolist(), g.dst.tolist()
+    datas = list(map(dict, map(zip, repeat(ekeys), zip(*ecols))))
     if multi:
-        G.add_edges_from(zip(src, dst, range(len(src)), attrs))
+        G.add_edges_from(zip(g.src.tolist(), g.dst.tolist(), range(len(datas)), datas))
     else:
-        G.add_edges_from(zip(src, dst, attrs))
+        # Fill the adjacency dicts directly (networkx supports assigning G._adj/G._pred): one
+        # dict(zip(...)) per node instead of one Python call per edge. succ and pred share datadicts.
+        G._adj = _adjacency(g.src, g.dst, datas, n)
+        G._pred = _adjacency(g.dst, g.src, datas, n)
     return G
+
+
+def _adjacency(key: torch.Tensor, other: torch.Tensor, datas: list, n: int) -> dict:
+    order = torch.argsort(key, stable=True)
+    bounds = [0] + torch.bincount(key, minlength=n).cumsum(0).tolist()
+    nbrs = other[order].tolist()
+    dd = list(map(datas.__getitem__, order.tolist())) if len(datas) else []
+    return {u: dict(zip(nbrs[a:b], dd[a:b])) for u, a, b in zip(range(n), bounds[:-1], bounds[1:])}
 
 
 def from_networkx(G):
