@@ -86,18 +86,24 @@ class Connectome:
         return sum(m.numel() for m in self.masks.values())
 
     def num_live(self) -> int:
-        return int(sum(int(m.sum()) for m in self.masks.values()))
+        return int(sum(int(torch.count_nonzero(m)) for m in self.masks.values()))
 
     def density(self) -> float:
         """Fraction of synapses alive over all prunable layers."""
         return self.num_live() / max(1, self.num_synapses())
 
     def layer_density(self) -> Dict[str, float]:
-        return {n: float(m.float().mean()) for n, m in self.masks.items()}
+        return {n: int(torch.count_nonzero(m)) / max(1, m.numel()) for n, m in self.masks.items()}
 
     def ensemble_masks(self) -> Dict[str, torch.Tensor]:
         """Masks at ensemble level (an ensemble is alive when any of its synapses is)."""
-        return {n: self.granularity.pool(m.float(), "max") > 0 for n, m in self.masks.items()}
+        out = {}
+        for n, m in self.masks.items():
+            if tuple(self.granularity.ensemble_shape(m.shape)) == tuple(m.shape):
+                out[n] = m  # one synapse per ensemble: the mask itself (read-only view)
+            else:
+                out[n] = self.granularity.pool(m.float(), "max") > 0
+        return out
 
     def mask_hash(self) -> str:
         """SHA-256 of all masks (bit-packed, in layer order): equal on every process that agrees."""
@@ -157,16 +163,19 @@ class Connectome:
         return clean
 
     @torch.no_grad()
-    def set_masks(self, masks: Mapping[str, torch.Tensor], grow_init: str | Callable = "zero") -> Dict[str, torch.Tensor]:
+    def set_masks(
+        self, masks: Mapping[str, torch.Tensor], grow_init: str | Callable = "zero", validate: bool = True
+    ) -> Dict[str, torch.Tensor]:
         """Replace the masks of the given layers (others untouched). Validated first, then applied to
         every layer at once: on any error nothing changes.
 
         Pruned weights become 0.0; grown synapses start at zero in train mode (``grow_init="zero"``,
         or "original"/a callable ``f(name, grown_mask) -> tensor``), at their original value in
         mask_only mode. Optimizer moments of attached optimizers are reset where a mask changed.
-        Returns ``{name: changed bool tensor}``.
+        Returns ``{name: changed bool tensor}``. ``validate=False`` skips the checks (and the copy)
+        for callers such as the controller that build masks from this connectome's own.
         """
-        clean = self._validate(masks)
+        clean = self._validate(masks) if validate else {k: m.to(self.params[k].device) for k, m in masks.items()}
         _check_grow_init(grow_init, self.mode, bool(self.original))
         # Plan every edit first (a grow_init callable may raise): nothing changes until all succeed.
         plan = []

@@ -388,7 +388,7 @@ class Controller:
         current = plan
         for attempt in range(self.line_search_tries + 1 if use_ls else 1):
             if current.counts() != (0, 0):
-                self.conn.set_ensemble_masks(self._masks_from_plan(current), grow_init=self._grow_init_fn())
+                self.conn.set_ensemble_masks(self._masks_from_plan(current), grow_init=self._grow_init_fn(), validate=False)
             if not use_ls:
                 break
             loss_after = self._holdout()
@@ -407,10 +407,7 @@ class Controller:
             grown=grown_syn,
             pruned_ensembles=current.counts()[0],
             grown_ensembles=current.counts()[1],
-            density=self.conn.density(),
-            live=self.conn.num_live(),
-            removed=self.conn.num_synapses() - self.conn.num_live(),
-            layer_density={n: round(d, 6) for n, d in self.conn.layer_density().items()},
+            **self._density_fields(),
             boundaries=plan.boundaries,
             est_loss_change=current.est_loss_change,
             actual_loss_change=(loss_after - loss_before) if use_ls else None,
@@ -419,6 +416,16 @@ class Controller:
         )
         self.events.append(event)
         return event
+
+    def _density_fields(self) -> dict:
+        live = {n: int(torch.count_nonzero(m)) for n, m in self.conn.masks.items()}
+        total_live, total = sum(live.values()), self.conn.num_synapses()
+        return dict(
+            density=total_live / max(1, total),
+            live=total_live,
+            removed=total - total_live,
+            layer_density={n: round(live[n] / max(1, self.conn.masks[n].numel()), 6) for n in live},
+        )
 
     def _holdout(self) -> float:
         with torch.no_grad():

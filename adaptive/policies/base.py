@@ -147,13 +147,17 @@ def concat(d: Dict[str, torch.Tensor]):
 
 
 def split(indices: torch.Tensor, names, sizes, order_scores: Optional[torch.Tensor] = None):
-    """Map flat global indices back to per-layer flat indices (keeping their order)."""
-    offsets = torch.tensor([0] + sizes, device=indices.device).cumsum(0)
+    """Map flat global indices back to per-layer flat indices, keeping their order within a layer
+    (one stable sort by layer, then ``torch.split``: no per-layer boolean passes)."""
+    offsets = torch.tensor([0] + list(sizes), device=indices.device).cumsum(0)
     which = torch.bucketize(indices, offsets[1:], right=True)
-    out, scores = {}, {}
-    for i, n in enumerate(names):
-        sel = which == i
-        out[n] = indices[sel] - offsets[i]
-        if order_scores is not None:
-            scores[n] = order_scores[sel]
+    perm = torch.argsort(which, stable=True)
+    counts = torch.bincount(which, minlength=len(names)).tolist()
+    local = (indices - offsets[which])[perm]
+    parts = torch.split(local, counts)
+    out = {n: parts[i] for i, n in enumerate(names)}
+    scores = {}
+    if order_scores is not None:
+        sparts = torch.split(order_scores[perm], counts)
+        scores = {n: sparts[i] for i, n in enumerate(names)}
     return out, scores

@@ -46,9 +46,20 @@ class GradientStats:
                 self.g_sum[n] = self.g_sum[n].to(grads[0].device)
                 if self.second_moment:
                     self.g2_sum[n] = self.g2_sum[n].to(grads[0].device)
-        torch._foreach_add_([self.g_sum[n] for n in names], grads)
-        if self.second_moment:
-            torch._foreach_addcmul_([self.g2_sum[n] for n in names], grads, grads)
+        if self.count == 0:  # a fresh window overwrites: no separate zeroing pass
+            for n, g in zip(names, grads):
+                self.g_sum[n].copy_(g)
+                if self.second_moment:
+                    torch.mul(g, g, out=self.g2_sum[n])
+            if len(names) < len(self.g_sum):
+                for n in set(self.g_sum) - set(names):
+                    self.g_sum[n].zero_()
+                    if self.second_moment:
+                        self.g2_sum[n].zero_()
+        else:
+            torch._foreach_add_([self.g_sum[n] for n in names], grads)
+            if self.second_moment:
+                torch._foreach_addcmul_([self.g2_sum[n] for n in names], grads, grads)
         self.count += 1
         self._reduced = False
         return True
@@ -58,6 +69,9 @@ class GradientStats:
         if self._reduced:
             return
         self._ensure()
+        if self.count == 0:  # sums are stale between windows: contribute zeros
+            for t in list(self.g_sum.values()) + list(self.g2_sum.values()):
+                t.zero_()
         tensors = list(self.g_sum.values()) + list(self.g2_sum.values())
         cnt = torch.tensor([float(self.count)])
         all_reduce_mean_(tensors + [cnt])
@@ -66,13 +80,17 @@ class GradientStats:
 
     def mean(self, name: str) -> torch.Tensor:
         self._ensure()
-        return self.g_sum[name] / max(1, self.count)
+        if self.count == 0:
+            return torch.zeros_like(self.g_sum[name])
+        return self.g_sum[name] / self.count
 
     def sq_mean(self, name: str) -> torch.Tensor:
         if not self.second_moment:
             raise RuntimeError("second moments were not collected (GradientStats(second_moment=False))")
         self._ensure()
-        return self.g2_sum[name] / max(1, self.count)
+        if self.count == 0:
+            return torch.zeros_like(self.g2_sum[name])
+        return self.g2_sum[name] / self.count
 
     def batch_variance(self, name: str) -> torch.Tensor:
         """Variance of the batch gradient across the window's batches (unbiased where count > 1)."""
@@ -91,8 +109,9 @@ class GradientStats:
         return self.sq_mean(name)
 
     def reset(self) -> None:
-        for t in list(self.g_sum.values()) + list(self.g2_sum.values()):
-            t.zero_()
+        """Start a new window (the next observation overwrites the sums)."""
+        if self.count == 0:
+            return
         self.count = 0
         self._reduced = False
 

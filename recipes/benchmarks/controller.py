@@ -1,0 +1,86 @@
+"""Controller cost on torchvision resnet50 (about 25.5 million synapses).
+
+Measures, side by side in one process:
+- one training step (forward, backward, SGD-momentum step) with the connectome attached;
+- the per-step cost of observing utility (the gradient-statistics update the controller runs in
+  the optimizer's pre-step hook), as a ratio to that training step;
+- one full controller update (reduce, scores, top-k, edit, optimizer repair, event);
+- memory per synapse of the utility state and of the connectome.
+Targets (issue 3): observing <= 3% of a training step; an update <= 1 s on 2 cores.
+
+    python recipes/benchmarks/controller.py [--batch 8] [--size 224] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import adaptive
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "controller.md"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    y = torch.randint(0, 1000, (args.batch,))
+    rows = []
+    for policy, est in [("rigl", None), ("utility", "obd"), ("utility", "consistency")]:
+        model.zero_grad(set_to_none=True)
+        conn = adaptive.Connectome(model)
+        ctrl = adaptive.Controller(conn, policy=policy, estimator=est, density=0.5, budget="global",
+                                   update_every=10**9, edit_fraction=0.1, edit_decay="constant", seed=0)
+        conn.attach(opt)
+        step_t, obs_t, upd_t = [], [], []
+        for r in range(args.repeats):
+            t0 = time.perf_counter()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            t1 = time.perf_counter()
+            ctrl.observe()  # what the pre-step hook does
+            t2 = time.perf_counter()
+            opt.step()
+            opt.zero_grad(set_to_none=False)
+            t3 = time.perf_counter()
+            step_t.append((t1 - t0) + (t3 - t2))
+            obs_t.append(t2 - t1)
+            t4 = time.perf_counter()
+            ctrl.update()
+            upd_t.append(time.perf_counter() - t4)
+        conn.detach()
+        step, obs, upd = statistics.median(step_t), statistics.median(obs_t), statistics.median(upd_t)
+        state = ctrl.stats.nbytes_per_synapse() if ctrl.stats is not None else 0.0
+        rows.append((f"{policy}" + (f"/{est}" if est else "/gradient"), conn.num_synapses(), step, obs, obs / step, upd, state,
+                     ctrl.events[-1]["pruned"]))
+        ctrl.stats = None
+    hdr = "| policy/estimator | synapses | train step (s) | observe (s) | observe / step | update (s) | utility state (B/synapse) | pruned per update |"
+    lines = [hdr, "|" + "---|" * 8]
+    for r in rows:
+        lines.append(f"| {r[0]} | {r[1]:,} | {r[2]:.3f} | {r[3]:.4f} | {r[4]:.2%} | {r[5]:.3f} | {r[6]:.1f} | {r[7]:,} |")
+    mask_bytes = sum(m.numel() * m.element_size() for m in conn.masks.values()) / conn.num_synapses()
+    text = (
+        f"# Controller cost: torchvision resnet50, batch {args.batch} x {args.size}x{args.size}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}\n\n" + "\n".join(lines) +
+        f"\n\nConnectome masks: {mask_bytes:.1f} B/synapse in memory (1 bit/synapse on disk).\n"
+        "Targets: observe <= 3% of a training step; update <= 1 s on 2 cores.\n"
+    )
+    print(text)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
