@@ -98,9 +98,9 @@ def density_per_layer(g, conn=None) -> Dict[str, float]:
     if g.level == "synapse":
         per = torch.bincount(lay[syn], minlength=len(g.layers)).double()
     elif g.level == "unit":
-        per = torch.zeros(len(g.layers), dtype=torch.float64).index_add_(0, lay[syn], g.edge_attrs["count"][syn])
+        per = torch.zeros(len(g.layers), dtype=torch.float64).index_add_(0, lay[syn], g.edge_attrs["count"][syn].double())
     else:
-        per = torch.zeros(len(g.layers), dtype=torch.float64).index_add_(0, lay[syn], g.edge_attrs["count"][syn])
+        per = torch.zeros(len(g.layers), dtype=torch.float64).index_add_(0, lay[syn], g.edge_attrs["count"][syn].double())
     total = torch.tensor([float(torch.tensor(l.shape).prod()) for l in g.layers], dtype=torch.float64)
     return {l.module: float(p / t) for l, p, t in zip(g.layers, per, total)}
 

@@ -126,8 +126,6 @@ def read_json(path):
     with open(path) as f:
         doc = json.load(f)
     e = doc["edges"]
-    edges = {k: torch.tensor(v, dtype=torch.float64 if "float" in doc["edge_dtypes"][k] else torch.long)
-             for k, v in e.items() if k not in ("src", "dst")}
-    nodes = {k: torch.tensor(v, dtype=torch.float64 if "float" in doc["node_dtypes"][k] else torch.long)
-             for k, v in doc["nodes"].items() if k != "name"}
+    edges = {k: torch.tensor(v, dtype=getattr(torch, doc["edge_dtypes"][k])) for k, v in e.items() if k not in ("src", "dst")}
+    nodes = {k: torch.tensor(v, dtype=getattr(torch, doc["node_dtypes"][k])) for k, v in doc["nodes"].items() if k != "name"}
     return from_header(doc, nodes, torch.tensor(e["src"], dtype=torch.long), torch.tensor(e["dst"], dtype=torch.long), edges)

@@ -66,9 +66,7 @@ class ConnectomeGraph:
         """Number of live synapses the graph holds (every synapse once, whatever its sources)."""
         if self.level == "synapse":
             return int((self.edge_attrs["kind"] == EDGE_SYNAPSE).sum())
-        if self.level == "unit":
-            return int(self.edge_attrs["count"].sum())
-        return int(self.edge_attrs["count"].sum())
+        return int(self.edge_attrs["count"].sum(dtype=torch.float64))
 
     def __repr__(self) -> str:
         kinds = torch.bincount(self.node_attrs["kind"], minlength=len(KIND_NAMES)) if self.level != "layer" else None
@@ -121,12 +119,12 @@ def _unit_edges(layer: LayerFlow, start: int, w, m, u):
     c = torch.div(o, opg, rounding_mode="floor") * ipg + i
     src = layer.in_src[c]
     cols = {
-        "count": count[o, i].to(torch.float64),
-        "l1": wm.abs().sum(-1)[o, i].to(torch.float64),
-        "l2": (wm * wm).sum(-1)[o, i].to(torch.float64),
+        "count": count[o, i].to(torch.int32),
+        "l1": wm.abs().sum(-1)[o, i],
+        "l2": (wm * wm).sum(-1)[o, i],
     }
     if u is not None:
-        cols["utility"] = (u * m).reshape(o_n, ipg, -1).sum(-1)[o, i].to(torch.float64)
+        cols["utility"] = (u * m).reshape(o_n, ipg, -1).sum(-1)[o, i]
     if torch.unique(layer.in_src).numel() < layer.in_src.numel():  # flatten or shared sources: merge
         key, cols = _aggregate(src * o_n + o, cols)
         src, o = torch.div(key, o_n, rounding_mode="floor"), key % o_n
@@ -142,9 +140,9 @@ def _synapse_edges(layer: LayerFlow, start: int, w, m, u):
     o = torch.div(flat, ipg * k, rounding_mode="floor")
     i = torch.div(flat % (ipg * k), k, rounding_mode="floor")
     c = torch.div(o, opg, rounding_mode="floor") * ipg + i
-    cols = {"position": flat, "weight": w.reshape(-1)[flat].to(torch.float64)}
+    cols = {"position": flat, "weight": w.reshape(-1)[flat]}
     if u is not None:
-        cols["utility"] = u.reshape(-1)[flat].to(torch.float64)
+        cols["utility"] = u.reshape(-1)[flat]
     return layer.in_src[c], start + o, cols
 
 
@@ -212,8 +210,10 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
                 full[nme] = cols[nme]
             elif nme == "position":
                 full[nme] = torch.full((s.numel(),), -1, dtype=torch.long)
+            elif nme == "count":
+                full[nme] = torch.zeros(s.numel(), dtype=torch.int32)
             else:
-                full[nme] = torch.zeros(s.numel(), dtype=torch.float64)
+                full[nme] = torch.zeros(s.numel(), dtype=torch.float32)
         chunks_src.append(s)
         chunks_dst.append(d)
         chunks.append(full)
@@ -261,16 +261,16 @@ def layer_graph(unit: ConnectomeGraph) -> ConnectomeGraph:
     is_syn = unit.edge_attrs["kind"] == EDGE_SYNAPSE
     cols = {"wires": (~is_syn).to(torch.float64)}
     if unit.level == "unit":
-        cols["count"] = unit.edge_attrs["count"]
-        cols["l1"] = unit.edge_attrs["l1"]
-        cols["l2"] = unit.edge_attrs["l2"] ** 2
+        cols["count"] = unit.edge_attrs["count"].to(torch.float64)
+        cols["l1"] = unit.edge_attrs["l1"].to(torch.float64)
+        cols["l2"] = unit.edge_attrs["l2"].to(torch.float64) ** 2
     else:
-        w = unit.edge_attrs["weight"]
+        w = unit.edge_attrs["weight"].to(torch.float64)
         cols["count"] = is_syn.to(torch.float64)
         cols["l1"] = w.abs()
         cols["l2"] = w * w
     if "utility" in unit.edge_attrs:
-        cols["utility"] = unit.edge_attrs["utility"]
+        cols["utility"] = unit.edge_attrs["utility"].to(torch.float64)
     key, agg = _aggregate(gs * ng + gd, cols)
     src, dst = torch.div(key, ng, rounding_mode="floor"), key % ng
     agg["l2"] = agg["l2"].sqrt()
