@@ -352,3 +352,25 @@ def test_nm_policy():
         assert conn.granularity.violation(m) is None
     with pytest.raises(ValueError, match="n:m"):
         adaptive.Controller(adaptive.Connectome(nn.Linear(8, 4), ensemble="2:4"), policy="set", density=0.5)
+
+
+def test_accelerate_gradient_accumulation_observes_only_real_steps():
+    from accelerate import Accelerator
+
+    torch.manual_seed(0)
+    acc = Accelerator(cpu=True, gradient_accumulation_steps=2)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, opt = acc.prepare(model, opt)
+    conn = adaptive.Connectome(acc.unwrap_model(model))
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=2, end_step=50)
+    X, Y = torch.randn(8, 10), torch.randint(0, 3, (8,))
+    for _ in range(8):  # 8 micro-batches = 4 real optimizer steps
+        with acc.accumulate(model):
+            acc.backward(F.cross_entropy(model(X), Y))
+            opt.step()
+            opt.zero_grad()
+    assert ctrl.step_count == 4
+    assert [e["step"] for e in ctrl.events if e["kind"] == "update"] == [2, 4]
+    for n, p in conn.params.items():
+        assert torch.all(p[~conn.masks[n]] == 0)
