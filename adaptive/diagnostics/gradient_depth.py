@@ -127,6 +127,7 @@ def gradient_by_depth(
     depths=None,
     train_mode: bool = True,
     device=None,
+    cycle: bool = True,
 ) -> GradientByDepth:
     """Measure the gradients of ``layer``'s weights, grouped by the signal depth of the input each
     weight reads, over ``batches`` batches of ``loader`` (one pass when None).
@@ -135,6 +136,7 @@ def gradient_by_depth(
     :mod:`graphs` tracing (see :func:`resolve_depths`). Only the weight's gradient is computed
     (``torch.autograd.grad``): the model's ``.grad`` fields and parameters are left untouched.
     Statistics are over all weights x batches, in bounded memory (:class:`LogHistogram`).
+    ``cycle``: restart the loader (a new epoch) until ``batches`` batches have been seen.
     """
     name, mod, weight = find_weight(model, layer)
     device = device or model_device(model)
@@ -143,7 +145,7 @@ def gradient_by_depth(
     hist = band_index = uniq = None
     n = 0
     with training_mode(model, train_mode):
-        for x, y in iterate_batches(loader, batches, desc=f"gradients of {name}"):
+        for x, y in iterate_batches(loader, batches, desc=f"gradients of {name}", cycle=cycle):
             x, y = x.to(device), y.to(device)
             if band_index is None:
                 d = resolve_depths(model, name, depths, example=x)

@@ -163,8 +163,9 @@ class KnowledgeCurve:
                 if f.get("holds_from") is not None:
                     ax.axvspan(f["holds_from"], f["holds_to"], color="C2", alpha=0.12, label="fit within ×2")
             ax.set_yscale("log")
+            ax.set_xlim(-0.02 * max(k), 1.02 * max(k))
             ax.set_xlabel("weights removed (count)")
-            ax.set_ylabel(label)
+            ax.set_ylabel(label + ", log axis")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
         mode = "one shot" if self.finetune_batches == 0 else f"{self.finetune_batches} fine-tune batches per point"

@@ -111,7 +111,7 @@ class Progress:
         ax.set_xlabel("step")
         ax.set_ylabel("synapses per update")
         ax.set_title("pruned and restored per controller update", fontsize=9)
-        if ev:
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         ax.grid(True, alpha=0.3)
         ax = axes[1, 0]

@@ -1,0 +1,288 @@
+"""Diagnostics that let a researcher see inside a network.
+
+    python recipes/diagnostics.py dense-gradients [--kind mlp|cnn|both] [--batchnorm off|on|both] [--compare]
+    python recipes/diagnostics.py collinearity   [--model mlp --train_steps 300 | --weights FILE]
+    python recipes/diagnostics.py knowledge      [--model resnet20 --dataset cifar10 --weights FILE]
+    python recipes/diagnostics.py progress RUN_DIR
+
+Every command takes --output_dir and the data/model options (--dataset, --data-dir, --model,
+--weights, --batch_size, --seed); figures are PNG (plus SVG with --svg), tables CSV + Markdown,
+all written into --output_dir. Defaults run offline on scikit-learn's digits in seconds.
+Orders, step sizes and anything selected are computed on a held-out part of TRAIN; the test split
+is only ever used to report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from adaptive import diagnostics as D  # noqa: E402
+from adaptive.diagnostics.table import Table  # noqa: E402
+
+
+# ---------------------------------------------------------------------- shared seams
+def get_data(args, batch_size=None):
+    from adaptive.data import get_dataloaders
+
+    return get_dataloaders(args.dataset, batch_size=batch_size or args.batch_size, data_dir=args.data_dir,
+                           holdout=args.holdout, seed=args.seed, subset=args.subset, test_subset=args.test_subset,
+                           eval_batch_size=args.eval_batch_size)
+
+
+def get_model(args, data, name=None, **kw):
+    from adaptive.models import build_model
+
+    torch.manual_seed(args.seed)
+    return build_model(name or args.model, num_classes=data.num_classes, in_shape=data.in_shape,
+                       weights=args.weights, **kw)
+
+
+def seeded_train_loader(data, batch_size, seed):
+    """A fresh shuffled loader over the same train set with a fresh seeded generator: every
+    variant of a comparison sees the same batches in the same order."""
+    return torch.utils.data.DataLoader(data.train.dataset, batch_size=batch_size, shuffle=True,
+                                       generator=torch.Generator().manual_seed(seed), drop_last=True)
+
+
+def train_steps(model, loader, steps, optimizer, desc="training"):
+    """``steps`` optimizer steps of cross-entropy on ``loader`` (cycled); returns the mean train loss
+    of the last 10% of steps."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    losses, it = [], iter(loader)
+    for _ in tqdm(range(steps), desc=desc, leave=False, disable=None):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    if not losses:
+        return None
+    tail = losses[-max(1, steps // 10):]
+    return sum(tail) / len(tail)
+
+
+def write_table(table: Table, out, name, title=None):
+    table.to_csv(os.path.join(out, name + ".csv"))
+    with open(os.path.join(out, name + ".md"), "w") as f:
+        f.write(table.to_markdown() + "\n")
+    print(f"\n{title or name}\n{table.to_markdown()}")
+
+
+def outdir(args):
+    os.makedirs(args.output_dir, exist_ok=True)
+    return args.output_dir
+
+
+# ---------------------------------------------------------------------- dense-gradients
+def make_optimizer(kind, model, lr):
+    if kind == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+
+
+def cmd_dense_gradients(args):
+    from adaptive.models import build_model
+
+    out = outdir(args)
+    data = get_data(args)
+    kinds = ["mlp", "cnn"] if args.kind == "both" else [args.kind]
+    norms = [False, True] if args.batchnorm == "both" else [args.batchnorm == "on"]
+    rows = []
+    for kind in kinds:
+        for bn in norms:
+            tag = f"{kind}{'_bn' if bn else ''}"
+            torch.manual_seed(args.seed)
+            model = build_model("densecat", num_classes=data.num_classes, in_shape=data.in_shape,
+                                depth=args.depth, width=args.width, kind=kind, batchnorm=bn, activation=args.activation)
+            opt = make_optimizer("sgd", model, args.lr)
+            train_loss = train_steps(model, seeded_train_loader(data, args.batch_size, args.seed), args.train_steps, opt, desc=f"train {tag}")
+            res = D.gradient_by_depth(model, seeded_train_loader(data, args.batch_size, args.seed + 1), layer="classifier",
+                                      batches=args.grad_batches)
+            res.title = f"DenseCat {kind} ({args.activation}), depth {args.depth} x width {args.width}, " \
+                        f"{'BatchNorm' if bn else 'no normalisation'}, {args.dataset}, after {args.train_steps} SGD steps"
+            paths = res.plot(os.path.join(out, f"gradients_by_depth_{tag}.png"), svg=args.svg)
+            write_table(res.table, out, f"gradients_by_depth_{tag}", f"classifier |grad| by source depth ({tag})")
+            ratio = res.ratio()
+            decades = math.log10(ratio) if 0 < ratio < math.inf else float("nan")
+            print(f"{tag}: median |grad| of the first band / last band = {ratio:.4g} ({decades:+.2f} decades); "
+                  f"train loss {'-' if train_loss is None else f'{train_loss:.4f}'}; figure {paths[0]}")
+            rows.append({"net": tag, "train_loss": train_loss, "first_band_median": res.medians()[0],
+                         "last_band_median": res.medians()[-1], "first/last": ratio,
+                         "decades": decades})
+    write_table(Table(rows), out, "band_ratios", "first/last band median gradient ratio")
+    if args.compare:
+        compare_optimizers(args, data, out, kinds)
+
+
+def compare_optimizers(args, data, out, kinds):
+    """Same net, same seeds, same batches: SGD, Adam, SGD + BatchNorm, band-scaled SGD. Reports the
+    final held-out (from TRAIN) loss and accuracy."""
+    from adaptive.models import build_model
+
+    variants = [("sgd", "sgd", False, False, args.lr), ("adam", "adam", False, False, args.adam_lr),
+                ("sgd + batchnorm", "sgd", True, False, args.lr), ("band-scaled sgd", "sgd", False, True, args.lr)]
+    rows = []
+    for kind in kinds:
+        for label, opt_kind, bn, scaled, lr in variants:
+            torch.manual_seed(args.seed)
+            model = build_model("densecat", num_classes=data.num_classes, in_shape=data.in_shape,
+                                depth=args.depth, width=args.width, kind=kind, batchnorm=bn, activation=args.activation)
+            scaler = D.BandGradientScaler(model) if scaled else None
+            opt = make_optimizer(opt_kind, model, lr)
+            t0 = time.time()
+            tl = train_steps(model, seeded_train_loader(data, args.batch_size, args.seed), args.compare_steps, opt,
+                             desc=f"{kind}: {label}")
+            if scaler:
+                scaler.remove()
+            ev = D.evaluate(model, data.holdout)
+            rows.append({"net": kind, "variant": label, "lr": lr, "steps": args.compare_steps, "train_loss": tl,
+                         "holdout_loss": ev["loss"], "holdout_accuracy": ev["accuracy"], "seconds": time.time() - t0})
+    write_table(Table(rows), out, "optimizer_comparison", f"same net, same seed, same batches ({args.dataset} holdout from train)")
+
+
+# ---------------------------------------------------------------------- collinearity
+def trained_model(args, data):
+    model = get_model(args, data)
+    if args.weights is None and args.train_steps > 0:
+        opt = make_optimizer("sgd", model, args.lr)
+        train_steps(model, seeded_train_loader(data, args.batch_size, args.seed), args.train_steps, opt,
+                    desc=f"train {args.model}")
+    return model
+
+
+def cmd_collinearity(args):
+    out = outdir(args)
+    data = get_data(args, batch_size=max(args.batch_size, args.grad_batch_size or 0))
+    model = trained_model(args, data)
+    loader = data.holdout if args.split == "holdout" else seeded_train_loader(data, args.batch_size, args.seed + 1)
+    res = D.collinearity(model, loader, batch_size=args.grad_batch_size, batches=args.batches, train_mode=False)
+    p1 = res.plot(os.path.join(out, "collinearity_vs_grad2.png"), svg=args.svg)
+    p2 = res.plot(os.path.join(out, "sign_agreement_vs_grad2.png"), svg=args.svg, measure="sign_agreement")
+    p3 = res.plot_summary(os.path.join(out, "collinearity_by_layer.png"), svg=args.svg)
+    write_table(res.table, out, "collinearity_layers", f"collinearity per layer ({res.batches} batches)")
+    write_table(res.fraction_above(), out, "collinearity_fraction_above", "fraction of weights above each cosine collinearity")
+    print(f"figures: {p1[0]}, {p2[0]}, {p3[0]}")
+
+
+# ---------------------------------------------------------------------- knowledge
+def cmd_knowledge(args):
+    out = outdir(args)
+    data = get_data(args)
+    model = trained_model(args, data)
+    t0 = time.time()
+    curve = D.knowledge_distribution(
+        model, data.test, order_loader=data.holdout, estimator=args.estimator, points=args.points,
+        max_fraction=args.max_fraction, finetune_batches=args.finetune_batches,
+        finetune_loader=seeded_train_loader(data, args.batch_size, args.seed + 2), lr=args.finetune_lr,
+        eval_batches=args.eval_batches, order_batches=args.order_batches,
+    )
+    n_order = len(data.holdout.dataset) if args.estimator == "magnitude" else \
+        min(len(data.holdout.dataset), (args.order_batches or 10 ** 9) * (data.holdout.batch_size or 1))
+    source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
+    curve.note = (f"order from {'weights only' if args.estimator == 'magnitude' else f'{n_order} held-out TRAIN images'}; "
+                  f"accuracy on {curve.meta['base']['samples']} {args.dataset} TEST images")
+    paths = curve.plot(os.path.join(out, f"knowledge_{args.model}.png"), svg=args.svg,
+                       title=f"knowledge distribution of {source} on {args.dataset}")
+    write_table(curve.table, out, "knowledge_curve", "accuracy of what remains")
+    write_table(curve.fit_table(), out, "knowledge_fit", "exponential fits (log y = a + rate * removed)")
+    with open(os.path.join(out, "knowledge_summary.json"), "w") as f:
+        json.dump({"total_weights": curve.total, "estimator": args.estimator, "finetune_batches": args.finetune_batches,
+                   "base": curve.meta["base"], "fits": curve.fits, "note": curve.note,
+                   "seconds": time.time() - t0}, f, indent=2)
+    print(f"\n{curve.note}; {curve.total:,} prunable weights; {time.time() - t0:.0f} s; figure {paths[0]}")
+
+
+# ---------------------------------------------------------------------- progress
+def cmd_progress(args):
+    out = args.output_dir or args.run_dir
+    os.makedirs(out, exist_ok=True)
+    prog = D.progress(args.run_dir, total_synapses=args.total_synapses)
+    paths = prog.plot(os.path.join(out, "progress.png"), svg=args.svg, title=f"controller progress: {args.run_dir}")
+    print(f"{len(prog.events)} events, {len(prog.metrics)} metric rows; removal axis from {prog.removed_source}; figure {paths[0]}")
+
+
+# ---------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("data and model")
+    g.add_argument("--output_dir", "--output-dir", default=None, help="where figures and tables go (default runs/diagnostics/COMMAND)")
+    g.add_argument("--dataset", default="digits", help="digits (offline, default), mnist, cifar10, fake")
+    g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, help="data folder (else $ADAPTIVE_DATA, ../shared/data)")
+    g.add_argument("--model", default="mlp", help="model name for adaptive.models.build_model")
+    g.add_argument("--weights", default=None, help="weights file loaded strictly into --model (skips training)")
+    g.add_argument("--batch_size", "--batch-size", type=int, default=128)
+    g.add_argument("--eval_batch_size", type=int, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--holdout", type=float, default=0.1, help="fraction of TRAIN held out for orders and comparisons")
+    g.add_argument("--subset", type=int, default=None, help="use a stratified subset of TRAIN of this size")
+    g.add_argument("--test_subset", type=int, default=None, help="report on a stratified subset of TEST of this size")
+    g.add_argument("--svg", action="store_true", help="also write SVG figures")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--lr", type=float, default=0.05, help="SGD step size for brief training")
+    g.add_argument("--train_steps", type=int, default=300, help="brief training when no --weights is given")
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("dense-gradients", parents=[common], help="gradients of a concatenation net by signal depth")
+    s.add_argument("--kind", choices=["mlp", "cnn", "both"], default="both")
+    s.add_argument("--batchnorm", choices=["off", "on", "both"], default="both")
+    s.add_argument("--depth", type=int, default=8)
+    s.add_argument("--width", type=int, default=32)
+    s.add_argument("--activation", choices=["relu", "tanh", "gelu"], default="relu")
+    s.add_argument("--grad_batches", type=int, default=50, help="batches the gradient statistics run over")
+    s.add_argument("--compare", action="store_true", help="also train SGD, Adam, BatchNorm and band-scaled SGD side by side")
+    s.add_argument("--compare_steps", type=int, default=600)
+    s.add_argument("--adam_lr", type=float, default=1e-3)
+    s.set_defaults(func=cmd_dense_gradients)
+
+    s = sub.add_parser("collinearity", parents=[common], help="per-weight collinearity of batch gradients")
+    s.add_argument("--grad_batch_size", type=int, default=None, help="batch size of the measured gradients (default --batch_size)")
+    s.add_argument("--batches", type=int, default=None, help="gradient batches (default one pass)")
+    s.add_argument("--split", choices=["holdout", "train"], default="train", help="data the gradients are measured on")
+    s.set_defaults(func=cmd_collinearity)
+
+    s = sub.add_parser("knowledge", parents=[common], help="accuracy of what remains against weights removed")
+    s.add_argument("--estimator", default="magnitude", help="utility estimator giving the removal order (adaptive.utility)")
+    s.add_argument("--points", type=int, default=40)
+    s.add_argument("--max_fraction", type=float, default=1.0, help="remove up to this fraction of the prunable weights")
+    s.add_argument("--finetune_batches", type=int, default=0, help="fine-tune steps after each point (0 = one shot)")
+    s.add_argument("--finetune_lr", type=float, default=1e-3)
+    s.add_argument("--eval_batches", type=int, default=None, help="TEST batches per point (default all)")
+    s.add_argument("--order_batches", type=int, default=20, help="held-out TRAIN batches for gradient-based orders")
+    s.set_defaults(func=cmd_knowledge)
+
+    s = sub.add_parser("progress", parents=[common], help="controller progress of a run folder")
+    s.add_argument("run_dir")
+    s.add_argument("--total_synapses", type=int, default=None, help="place density-only events on the removal axis")
+    s.set_defaults(func=cmd_progress)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.output_dir is None and args.command != "progress":
+        args.output_dir = os.path.join("runs", "diagnostics", args.command)
+    args.func(args)
+    return args
+
+
+if __name__ == "__main__":
+    main()

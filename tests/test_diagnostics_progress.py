@@ -1,0 +1,51 @@
+"""progress: reads events/metrics tolerantly, derives removed counts, draws its figure."""
+import json
+
+import pytest
+
+from adaptive.diagnostics import progress
+
+
+def write_run(d, metrics_header="step,split,loss,accuracy", with_removed=False):
+    events = [
+        {"step": 10, "pruned": 100, "grown": 0, "density": 0.9, "layer_density": {"a": 0.8, "b": 1.0},
+         "boundaries": {"prune": 1e-4, "grow": 1e-2}, "est_loss_change": 0.01, "actual_loss_change": 0.02},
+        {"step": 20, "pruned": 50, "grown": 30, "density": 0.88, "boundaries": None},  # optional keys missing
+        {"step": 30, "pruned": 10},
+    ]
+    lines = [json.dumps(e) for e in events]
+    lines.insert(1, "{not json")  # a torn line is skipped
+    (d / "events.jsonl").write_text("\n".join(lines) + "\n\n")
+    rows = [metrics_header + (",removed" if with_removed else "")]
+    for step, split, loss, acc, rem in [(0, "train", 2.3, 0.1, 0), (15, "train", 1.0, 0.7, 5), (15, "holdout", 1.1, "", 5),
+                                        (25, "holdout", 0.9, 0.75, 7), (35, "train", 0.8, 0.8, 9)]:
+        rows.append(f"{step},{split},{loss},{acc}" + (f",{rem}" if with_removed else ""))
+    (d / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_removed_comes_from_events_when_metrics_lack_it(tmp_path):
+    write_run(tmp_path)
+    p = progress(str(tmp_path))
+    assert p.removed_source == "events" and len(p.events) == 3
+    assert p.events["removed"] == [100, 120, 130]
+    assert p.metrics["removed"] == [0, 100, 100, 120, 130]
+    assert p.metrics["accuracy"][2] is None and p.metrics["loss"][0] == 2.3
+    paths = p.plot(tmp_path / "out" / "progress.png", svg=True)
+    assert (tmp_path / "out" / "progress.png").exists() and paths[1].endswith(".svg")
+
+
+def test_removed_column_and_density_axis(tmp_path):
+    write_run(tmp_path, with_removed=True)
+    p = progress(str(tmp_path), total_synapses=1000)
+    assert p.removed_source == "metrics" and p.metrics["removed"] == [0, 5, 5, 7, 9]
+    assert p.events["removed"][:2] == [100, 120]  # from density when the total is known
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither"):
+        progress(str(tmp_path))
+    (tmp_path / "events.jsonl").write_text(json.dumps({"step": 1}) + "\n")
+    p = progress(str(tmp_path))
+    assert p.removed_source == "step"
+    p.plot(tmp_path / "p.png")
+    assert (tmp_path / "p.png").exists()

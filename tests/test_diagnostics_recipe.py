@@ -1,0 +1,62 @@
+"""recipes/diagnostics.py: every command runs end to end on tiny offline settings and writes its figures."""
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "diagnostics.py")
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    spec = importlib.util.spec_from_file_location("diagnostics_recipe", RECIPE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+COMMON = ["--dataset", "digits", "--batch_size", "64", "--seed", "0"]
+
+
+def test_dense_gradients(recipe, tmp_path, capsys):
+    recipe.main(["dense-gradients", *COMMON, "--output_dir", str(tmp_path), "--kind", "both", "--batchnorm", "on",
+                 "--depth", "2", "--width", "4", "--train_steps", "2", "--grad_batches", "2",
+                 "--compare", "--compare_steps", "2"])
+    for tag in ("mlp_bn", "cnn_bn"):
+        assert (tmp_path / f"gradients_by_depth_{tag}.png").stat().st_size > 1000
+        assert (tmp_path / f"gradients_by_depth_{tag}.csv").exists()
+    out = capsys.readouterr().out
+    assert "first band / last band" in out
+    rows = (tmp_path / "optimizer_comparison.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 4 and "band-scaled sgd" in rows[-1]
+
+
+def test_collinearity(recipe, tmp_path):
+    recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path), "--model", "mlp", "--train_steps", "3",
+                 "--batches", "3", "--grad_batch_size", "32"])
+    for name in ("collinearity_vs_grad2.png", "sign_agreement_vs_grad2.png", "collinearity_by_layer.png",
+                 "collinearity_layers.csv", "collinearity_fraction_above.md"):
+        assert (tmp_path / name).exists(), name
+
+
+def test_knowledge(recipe, tmp_path):
+    recipe.main(["knowledge", *COMMON, "--output_dir", str(tmp_path), "--model", "mlp", "--train_steps", "3",
+                 "--points", "4", "--estimator", "taylor", "--order_batches", "2", "--finetune_batches", "1"])
+    assert (tmp_path / "knowledge_mlp.png").exists()
+    summary = json.loads((tmp_path / "knowledge_summary.json").read_text())
+    assert summary["total_weights"] == 64 * 256 + 256 * 128 + 128 * 10  # the default mlp on 8x8 digits
+    assert "TEST" in summary["note"] and summary["estimator"] == "taylor"
+
+
+def test_progress(recipe, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "events.jsonl").write_text(json.dumps({"step": 5, "pruned": 3, "grown": 1, "density": 0.9}) + "\n")
+    (run / "metrics.csv").write_text("step,split,loss,accuracy\n0,train,2.0,0.1\n6,holdout,1.5,0.5\n")
+    recipe.main(["progress", str(run), "--output_dir", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "progress.png").exists()
