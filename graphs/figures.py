@@ -66,6 +66,7 @@ def plot_dead(g, out_dir) -> str:
         bottom += frac
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels([x.name for x in layers], rotation=90, fontsize=6)
+    ax.set_ylim(0, 1)
     ax.set_ylabel("fraction of the layer's units")
     ax.set_xlabel("layer")
     ax.set_title(f"dead units: {int(dead['dead'].sum())} of {int((g.node_attrs['kind'] == 2).sum())} (unreachable either way)")

@@ -413,7 +413,7 @@ def trace(model: nn.Module, example_input=None, input_nodes: str = "auto") -> Tr
     try:
         gm = fx.symbolic_trace(model)
     except Exception as e:
-        return fallback_trace(model, f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}")
+        return fallback_trace(model, f"torch.fx could not trace {type(model).__name__}{_where(e)}: {type(e).__name__}: {e}")
     candidates = [example_input] if example_input is not None else default_example_input(model)
     errors = []
     was_training = model.training
@@ -455,6 +455,17 @@ def _add_outputs(prop: FlowProp, gm: fx.GraphModule, result) -> None:
         dst = torch.arange(start, start + ids.numel())
         live = ids != 0
         prop.book.wires[gid] = (ids[live], dst[live])
+
+
+def _where(e: BaseException) -> str:
+    """' at file:line (code)' of the innermost frame of the failure that is outside torch."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "/torch/" not in f.filename.replace("\\", "/")]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" at {f.filename}:{f.lineno} in {f.name} ({(f.line or '').strip()})"
 
 
 def fallback_trace(model: nn.Module, reason: str) -> Trace:

@@ -159,3 +159,14 @@ def test_cli_export_and_report(tmp_path, capsys):
     for f in ("density_per_layer.png", "degree_distribution.png", "dead_units.png", "reachability.png", "summary.json"):
         assert (run / "graph_report" / f).exists(), f
     assert json.loads((run / "graph_report" / "summary.json").read_text())["live_synapses"] == c.num_live()
+
+
+def test_figures_include_concat_depths(tmp_path):
+    models = pytest.importorskip("adaptive.models")
+    m = models.build_model("densecat", depth=3, width=4, kind="cnn", in_shape=(3, 8, 8))
+    g = graphs.build(model=m, level="unit")
+    paths = graphs.figures.plot_all(g, tmp_path)
+    names = sorted(os.path.basename(p) for p in paths)
+    assert names == ["concat_depths.png", "dead_units.png", "degree_distribution.png", "density_per_layer.png",
+                     "reachability.png"]
+    assert all(os.path.getsize(p) > 1000 for p in paths)

@@ -1,0 +1,270 @@
+"""Benchmark of the graphs package.
+
+1. torchvision resnet50 and mobilenet_v3_large (ImageNet shapes, 224x224) with random masks at 50%
+   density: seconds to trace, build each level and convert it to PyG and networkx, and the peak
+   resident memory of the process doing it (each (model, level) runs in a fresh subprocess, so
+   peaks do not mix).
+2. Compaction of a CIFAR ResNet-20 (pretrained weights from ``--data-dir`` when present) in which
+   50% of the units of every conv layer have no live input: forward time of the masked dense model
+   against the compacted one, measured side by side (interleaved runs, median).
+
+    python recipes/benchmarks/graphs.py [--data-dir ../shared/data] [--quick]
+
+Prints a table and writes it to recipes/benchmarks/results/graphs.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+# this file is itself called graphs.py: keep its folder off the path so `import graphs` finds the package
+sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or os.getcwd()) != HERE]
+TARGETS = {("resnet50", "unit", "pyg"): 5.0, ("resnet50", "unit", "networkx"): 30.0,
+           ("mobilenet_v3_large", "synapse", "build"): 10.0}
+
+
+def _rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+
+
+def random_masks(conn, density: float, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    conn.set_masks({k: torch.rand(v.shape, generator=g) < density for k, v in conn.masks.items()})
+
+
+def measure_one(arch: str, level: str, networkx: bool, threads: int) -> dict:
+    """Runs inside a subprocess: one model, one level."""
+    torch.set_num_threads(threads)
+    import torch_geometric  # noqa: F401  (import time is not the conversion's)
+    import networkx as nx  # noqa: F401
+
+    import adaptive
+    import graphs
+    from adaptive.models import build_model
+
+    model = build_model(f"torchvision:{arch}", num_classes=1000)
+    conn = adaptive.Connectome(model)
+    random_masks(conn, 0.5)
+    x = torch.randn(1, 3, 224, 224)
+    row = {"model": arch, "level": level, "live_synapses": conn.num_live()}
+    t = time.perf_counter()
+    tr = graphs.trace(model, x)
+    row["trace_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    g = graphs.build(conn, level, traced=tr)
+    row["build_s"] = time.perf_counter() - t
+    row["nodes"], row["edges"] = g.num_nodes, g.num_edges
+    assert g.live_synapses() == conn.num_live(), "graph and connectome disagree on live synapses"
+    t = time.perf_counter()
+    data = graphs.to_pyg(g)
+    row["pyg_s"] = time.perf_counter() - t
+    del data
+    row["peak_gb_pyg"] = _rss_gb()
+    if networkx:
+        t = time.perf_counter()
+        G = graphs.to_networkx(g)
+        row["networkx_s"] = time.perf_counter() - t
+        row["nx_edges"] = G.number_of_edges()
+        del G
+        row["peak_gb_nx"] = _rss_gb()
+    return row
+
+
+def graph_rows(archs, levels, threads, skip_nx) -> list:
+    rows = []
+    for arch in archs:
+        for level in levels:
+            nx_ok = (arch, level) not in skip_nx
+            cmd = [sys.executable, __file__, "--child", arch, level, str(int(nx_ok)), str(threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            if out.returncode != 0:
+                raise RuntimeError(f"{arch}/{level} failed:\n{out.stderr[-2000:]}")
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(f"  {arch:20s} {level:8s} build {row['build_s']:.2f}s pyg {row['pyg_s']:.2f}s "
+                  f"nx {row.get('networkx_s', float('nan')):.2f}s peak {row.get('peak_gb_nx', row['peak_gb_pyg']):.2f} GB",
+                  flush=True)
+    return rows
+
+
+def resnet20(data_dir: str | None):
+    from adaptive.models import build_model
+
+    m = build_model("resnet20")
+    src = "random init (BatchNorm statistics randomised)"
+    path = os.path.join(data_dir or "", "resnet-cifar10", "resnet20-12fca82f.th")
+    if data_dir and os.path.isfile(path):
+        from adaptive.models import load_weights
+
+        load_weights(m, path)
+        src = "pretrained resnet20-12fca82f.th"
+    else:
+        g = torch.Generator().manual_seed(0)
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.copy_(torch.randn(mod.num_features, generator=g) * 0.1)
+                mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
+    return m.eval(), src
+
+
+SCENARIOS = {
+    "all": "50% of the units of every conv layer",
+    "internal": "50% of the block-internal units (each BasicBlock's conv1)",
+}
+
+
+def compaction_row(data_dir, threads, batch, repeats, scenario="all") -> dict:
+    torch.set_num_threads(threads)
+    import adaptive
+    import graphs
+
+    model, src = resnet20(data_dir)
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    g = torch.Generator().manual_seed(0)
+    masks, dead = {}, 0
+    for k, m in conn.ensemble_masks().items():
+        keep = torch.ones_like(m)
+        chosen = conn.layers[k].kind != "linear" if scenario == "all" else k.endswith("conv1.weight") and "layer" in k
+        if chosen:  # never the classifier: its units are the classes
+            idx = torch.randperm(m.numel(), generator=g)[: m.numel() // 2]
+            keep[idx] = False
+            dead += idx.numel()
+        masks[k] = keep
+    conn.set_ensemble_masks(masks)
+    units = sum(l.out_units for l in conn.layers.values() if l.kind != "linear")
+    x = torch.randn(batch, 3, 32, 32)
+    t = time.perf_counter()
+    small = graphs.compact(model, conn, x)
+    t_compact = time.perf_counter() - t
+    model.eval()
+    times = {"masked": [], "compact": []}
+    with torch.inference_mode():
+        for m in (model, small):  # warm-up
+            m(x)
+        for _ in range(repeats):
+            for name, m in (("masked", model), ("compact", small)):
+                t = time.perf_counter()
+                m(x)
+                times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "scenario": scenario, "threads": threads, "weights": src, "units": units, "dead_units": dead, "removed_units": small.compaction["units_removed"],
+        "params_masked": small.compaction["params_before"], "params_compact": small.compaction["params_after"],
+        "max_abs_diff": small.compaction["max_abs_diff"], "compact_s": t_compact, "batch": batch,
+        "repeats": repeats, "masked_ms": med["masked"] * 1e3, "compact_ms": med["compact"] * 1e3,
+        "speedup": med["masked"] / med["compact"],
+    }
+
+
+def table(rows, comp, threads, cmdline) -> str:
+    lines = [
+        "# graphs benchmark",
+        "",
+        f"Command: `{cmdline}`  ",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {threads}, "
+        f"torch {torch.__version__}. The CPUs were shared with other jobs while this ran, so times are upper bounds.",
+        "",
+        "## Building graphs (random masks, 50% density, input 1x3x224x224)",
+        "",
+        "Each row runs in a fresh process. build = `graphs.build(conn, level)` given the trace; "
+        "peak = the process's maximum resident memory (model, masks and graph included).",
+        "",
+        "| model | level | nodes | edges | trace s | build s | to_pyg s | to_networkx s | peak GB |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        nxs = f"{r['networkx_s']:.2f}" if "networkx_s" in r else "not run"
+        peak = r.get("peak_gb_nx", r["peak_gb_pyg"])
+        lines.append(f"| {r['model']} | {r['level']} | {r['nodes']:,} | {r['edges']:,} | {r['trace_s']:.2f} | "
+                     f"{r['build_s']:.2f} | {r['pyg_s']:.2f} | {nxs} | {peak:.2f} |")
+    lines += ["", "Targets (2 cores):", ""]
+    for (arch, level, what), limit in TARGETS.items():
+        r = next((r for r in rows if r["model"] == arch and r["level"] == level), None)
+        if r is None:
+            continue
+        if what == "build":
+            val = r["trace_s"] + r["build_s"]
+            label = "trace + build"
+        elif what == "pyg":
+            val = r["trace_s"] + r["build_s"] + r["pyg_s"]
+            label = "trace + build + to_pyg"
+        else:
+            val = r.get("networkx_s", float("nan"))
+            label = "to_networkx"
+        lines.append(f"- {arch} {level} level, {label}: {val:.2f} s (target <= {limit:.0f} s): "
+                     f"{'met' if val <= limit else 'MISSED'}")
+    if comp:
+        c = comp[0]
+        lines += [
+            "",
+            "## Compaction of CIFAR ResNet-20 with dead units",
+            "",
+            f"Weights: {c['weights']}. The chosen units lose all their input synapses (neuron ensembles, at "
+            f"random); a dead unit's output is then a per-channel constant (BatchNorm shift after ReLU), which "
+            f"compaction folds into its readers. A unit on the residual stream stays when a live summand shares "
+            f"its channel. Forward pass of a batch of {c['batch']} 32x32 images, eval mode, median of "
+            f"{c['repeats']} interleaved runs (masked, compacted, masked, ...), {c['threads']} torch thread(s).",
+            "",
+            "| dead units | conv units | dead | removed | parameters masked -> compacted | forward ms masked | "
+            "forward ms compacted | speed-up | max abs diff |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for c in comp:
+            lines.append(
+                f"| {SCENARIOS[c['scenario']]} | {c['units']} | {c['dead_units']} | {c['removed_units']} | "
+                f"{c['params_masked']:,} -> {c['params_compact']:,} | {c['masked_ms']:.1f} | {c['compact_ms']:.1f} | "
+                f"{c['speedup']:.2f}x | {c['max_abs_diff']:.1g} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
+        arch, level, nx_ok, threads = sys.argv[2:6]
+        print(json.dumps(measure_one(arch, level, nx_ok == "1", int(threads))))
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=os.environ.get("ADAPTIVE_DATA", os.path.join(ROOT, "..", "shared", "data")))
+    p.add_argument("--threads", type=int, default=2, help="torch threads for graph building")
+    p.add_argument("--compact-threads", type=int, default=1,
+                   help="torch threads for the forward-time comparison (1: least disturbed by other jobs)")
+    p.add_argument("--quick", action="store_true", help="mobilenet unit level and a short compaction run only")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=21)
+    p.add_argument("--out", default=os.path.join(HERE, "results", "graphs.md"))
+    a = p.parse_args(argv)
+    archs = ["mobilenet_v3_large"] if a.quick else ["resnet50", "mobilenet_v3_large"]
+    levels = ["unit"] if a.quick else ["layer", "unit", "synapse"]
+    # networkx at the synapse level of resnet50 means 12.8 M Python edge dicts in a MultiDiGraph (> 8 GB)
+    skip_nx = {("resnet50", "synapse")}
+    print("graph building:")
+    rows = graph_rows(archs, levels, a.threads, skip_nx)
+    print("compaction:")
+    comp = []
+    for scenario in SCENARIOS:
+        comp.append(compaction_row(a.data_dir, a.compact_threads, 16 if a.quick else a.batch, 5 if a.quick else a.repeats,
+                                   scenario))
+        c = comp[-1]
+        print(f"  {scenario}: removed {c['removed_units']}/{c['dead_units']} dead units, speed-up {c['speedup']:.2f}x "
+              f"({c['masked_ms']:.1f} ms -> {c['compact_ms']:.1f} ms)", flush=True)
+    cmdline = "python recipes/benchmarks/graphs.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
+    text = table(rows, comp, a.threads, cmdline)
+    print()
+    print(text)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
