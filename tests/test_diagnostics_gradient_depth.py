@@ -42,7 +42,7 @@ def test_constructed_gradients_give_known_band_medians(tmp_path):
     assert all((tmp_path / p).exists() for p in ["bands.png", "bands.svg"])
 
 
-class TwoBand(nn.Module):
+class TwoBandNet(nn.Module):
     """The classifier reads [h, 1000 h]: every band-1 gradient is exactly 1000x its band-0 twin."""
 
     def __init__(self):
@@ -53,6 +53,10 @@ class TwoBand(nn.Module):
     def forward(self, x):
         h = torch.tanh(self.hidden(x))
         return self.classifier(torch.cat([h, 1000 * h], 1))
+
+
+class TwoBand(TwoBandNet):
+    """The same net declaring the halves as bands 0 and 1 (as if they came from different depths)."""
 
     def input_depths(self, layer):
         assert layer == "classifier"
@@ -73,7 +77,13 @@ def test_two_bands_of_known_scale_use_model_depths():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_missing_depths_say_how_to_pass_them():
+def test_missing_depths_say_how_to_pass_them(monkeypatch):
+    import graphs
+
+    def untraceable(*a, **k):
+        raise RuntimeError("cannot trace")
+
+    monkeypatch.setattr(graphs, "build", untraceable)
     with pytest.raises(ValueError, match="depths="):
         gradient_by_depth(nn.Sequential(nn.Linear(4, 2)), [(torch.randn(2, 4), torch.tensor([0, 1]))], layer="0")
     with pytest.raises(ValueError, match="4 input units"):
@@ -104,3 +114,19 @@ def test_band_scaler_equalises_band_magnitudes():
     nn.functional.cross_entropy(model(x), y).backward()
     g = model.classifier.weight.grad.abs()
     assert float(g[:, 7:].mean() / g[:, :7].mean()) == pytest.approx(1000, rel=1e-3)
+
+
+def test_traced_depths_match_the_models_own_bookkeeping():
+    from adaptive.diagnostics.gradient_depth import traced_depths
+    from adaptive.models import build_model
+
+    model = build_model("densecat", num_classes=3, in_shape=(1, 4, 4), depth=3, width=2, kind="cnn")
+    x = torch.randn(2, 1, 4, 4)
+    for layer in ("classifier", "layers.2"):
+        assert torch.equal(traced_depths(model, layer, x), model.input_depths(layer))
+
+
+def test_gradient_by_depth_traces_models_without_input_depths():
+    torch.manual_seed(0)
+    res = gradient_by_depth(TwoBandNet(), [(torch.randn(8, 5), torch.randint(0, 3, (8,)))], layer="classifier", batches=1)
+    assert res.depths == [1]  # traced: both halves read the hidden layer's output, one band at depth 1

@@ -25,21 +25,32 @@ HOW_TO_PASS_DEPTHS = (
 
 def resolve_depths(model: nn.Module, layer: str, depths=None, example: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Signal depth of each input unit of ``layer``: ``depths`` if given, else the model's own
-    ``input_depths(layer)``, else the graph tracer of :mod:`graphs` when it offers
-    ``input_depths(model, layer, example)``. Raises a ValueError saying how to pass them otherwise."""
+    ``input_depths(layer)``, else the data flow traced by :mod:`graphs` (:func:`traced_depths`).
+    Raises a ValueError saying how to pass them when none of these works."""
     if depths is not None:
         return torch.as_tensor(depths, dtype=torch.long).reshape(-1).cpu()
     if hasattr(model, "input_depths"):
         return torch.as_tensor(model.input_depths(layer), dtype=torch.long).reshape(-1).cpu()
     try:
-        import graphs
+        return traced_depths(model, layer, example)
+    except Exception as e:  # tracing is best effort: say what failed and how to get past it
+        raise ValueError(f"cannot tell the signal depth of the inputs of {layer!r} ({type(e).__name__}: {e}); "
+                         f"{HOW_TO_PASS_DEPTHS}") from e
 
-        tracer = getattr(graphs, "input_depths", None)
-    except ImportError:  # pragma: no cover - graphs ships with the project
-        tracer = None
-    if tracer is not None:
-        return torch.as_tensor(tracer(model, layer, example), dtype=torch.long).reshape(-1).cpu()
-    raise ValueError(f"cannot tell the signal depth of the inputs of {layer!r}: {HOW_TO_PASS_DEPTHS}")
+
+def traced_depths(model: nn.Module, layer: str, example: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Depth of each input unit of ``layer`` from the traced connectome graph (:func:`graphs.build`):
+    the longest number of weighted layers between the model's input and that unit (0 = raw input;
+    -1 for channels fed only by constants, such as zero padding)."""
+    import graphs
+
+    name = layer[: -len(".weight")] if layer.endswith(".weight") else layer
+    g = graphs.build(model=model, level="unit", example_input=None if example is None else example[:1])
+    depth = g.node_attrs["depth_max"]
+    for lf in g.layers:
+        if lf.module == name:
+            return depth[lf.in_src].long().cpu()
+    raise KeyError(f"the traced graph has no weighted layer {name!r}; it has {[lf.module for lf in g.layers][:12]}")
 
 
 def weight_depths(weight_shape, depths: torch.Tensor, groups: int = 1) -> torch.Tensor:

@@ -70,9 +70,10 @@ def _flat(d, prefix=""):
 
 @dataclass
 class Progress:
-    """Events and metrics of one run, as tables, with ``removed`` filled in for every metrics row
-    (from the ``removed`` column, else from the cumulative pruned - grown of the events; None if
-    neither is known)."""
+    """Events and metrics of one run, as tables, with ``removed`` filled in for every metrics row:
+    from the ``removed`` column, else from the events (their own ``removed``, else ``density`` times
+    ``total_synapses``, else the running sum of pruned - grown); ``removed_source`` says which, or
+    "step" when nothing places the rows on a removal axis."""
 
     events: Table
     metrics: Table
@@ -180,7 +181,9 @@ def progress(run_dir: str, total_synapses: Optional[int] = None) -> Progress:
     events = Table(sorted(events, key=lambda e: e.get("step") if isinstance(e.get("step"), (int, float)) else math.inf))
     cum, removed_at = 0, []
     for e in events:
-        if total_synapses and isinstance(e.get("density"), (int, float)):
+        if isinstance(e.get("removed"), (int, float)):
+            cum = e["removed"]
+        elif total_synapses and isinstance(e.get("density"), (int, float)):
             cum = round(total_synapses * (1 - e["density"]))
         else:
             cum += (e.get("pruned") or 0) - (e.get("grown") or 0)
