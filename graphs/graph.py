@@ -17,6 +17,7 @@ its in- and out-degree in this graph.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional
 
@@ -109,23 +110,35 @@ def _aggregate(key: torch.Tensor, cols: Dict[str, torch.Tensor]):
 
 
 def _unit_edges(layer: LayerFlow, start: int, w, m, u):
-    """Edges of one weighted layer at the unit level: one per (source node, output unit) pair."""
+    """Edges of one weighted layer at the unit level: one per (source node, output unit) pair.
+
+    When several input channels share a source (the h*w features of a flattened channel, zero
+    padding) the per-channel sums are first pooled onto the distinct sources with a dense
+    ``index_add_`` along the input axis (groups == 1) or a sort (grouped layers)."""
     o_n, ipg = layer.shape[0], layer.shape[1]
     opg = o_n // layer.groups
     mf = m.reshape(o_n, ipg, -1)
     wm = (w * m).reshape(o_n, ipg, -1)
-    count = mf.sum(-1)
-    o, i = (count > 0).nonzero(as_tuple=True)
-    c = torch.div(o, opg, rounding_mode="floor") * ipg + i
-    src = layer.in_src[c]
-    cols = {
-        "count": count[o, i].to(torch.int32),
-        "l1": wm.abs().sum(-1)[o, i],
-        "l2": (wm * wm).sum(-1)[o, i],
-    }
+    mats = {"count": mf.sum(-1, dtype=torch.int32), "l1": wm.abs().sum(-1), "l2": (wm * wm).sum(-1)}
     if u is not None:
-        cols["utility"] = (u * m).reshape(o_n, ipg, -1).sum(-1)[o, i]
-    if torch.unique(layer.in_src).numel() < layer.in_src.numel():  # flatten or shared sources: merge
+        mats["utility"] = (u * m).reshape(o_n, ipg, -1).sum(-1)
+    srcs, inv = torch.unique(layer.in_src, return_inverse=True)
+    in_src = layer.in_src
+    hw = in_src.numel() // srcs.numel()
+    blocks = in_src.view(-1, hw) if in_src.numel() == hw * srcs.numel() else None
+    if hw > 1 and layer.groups == 1 and blocks is not None and bool((blocks == blocks[:, :1]).all()):
+        # a flatten: each source owns hw consecutive features
+        mats = {k: v.view(o_n, -1, hw).sum(-1) for k, v in mats.items()}
+        in_src, ipg, opg = blocks[:, 0].contiguous(), blocks.shape[0], o_n
+    elif srcs.numel() < in_src.numel() and layer.groups == 1:
+        mats = {k: torch.zeros(o_n, srcs.numel(), dtype=v.dtype).index_add_(1, inv, v) for k, v in mats.items()}
+        in_src, ipg = srcs, srcs.numel()
+        opg = o_n
+    o, i = (mats["count"] > 0).nonzero(as_tuple=True)
+    c = torch.div(o, opg, rounding_mode="floor") * ipg + i
+    src = in_src[c]
+    cols = {k: v[o, i] for k, v in mats.items()}
+    if torch.unique(in_src).numel() < in_src.numel():  # grouped layer with shared sources
         key, cols = _aggregate(src * o_n + o, cols)
         src, o = torch.div(key, o_n, rounding_mode="floor"), key % o_n
     cols["l2"] = cols["l2"].sqrt()
@@ -172,6 +185,15 @@ def build(
     if model is None:
         raise ValueError("build needs a Connectome (conn=...) or a model (model=...)")
     tr = traced if traced is not None else trace(model, example_input, input_nodes)
+    if conn is not None:
+        seen = {l.param for l in tr.layers}
+        missing = [n for n in conn.masks if n not in seen]
+        if missing:
+            msg = (f"graphs: {len(missing)} connectome layer(s) are not on the traced data path and are left out of "
+                   f"the graph: {missing[:5]}{'...' if len(missing) > 5 else ''} (inside a module fx treats as a "
+                   f"leaf, or unused in eval mode)")
+            warnings.warn(msg, stacklevel=2)
+            tr.warnings.append(msg)
     unit = _build_nodes_and_edges(tr, conn, model, "synapse" if level == "synapse" else "unit", utility)
     _annotate(unit)
     if level == "layer":

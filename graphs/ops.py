@@ -48,7 +48,7 @@ POINTWISE_FUNCTIONS = {
 }
 POINTWISE_METHODS = {
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip", "abs", "neg", "exp",
-    "sqrt", "square", "contiguous", "float", "double", "half", "bfloat16", "to", "type_as", "detach", "clone",
+    "sqrt", "square", "float", "double", "half", "bfloat16", "to", "type_as", "detach", "clone",
     "cpu", "cuda",
 }
 BROADCAST_FUNCTIONS = {
@@ -63,13 +63,21 @@ SHAPE_FUNCTIONS = {
 }
 SHAPE_METHODS = {
     "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "split", "chunk", "narrow",
-    "expand", "expand_as", "repeat", "movedim", "unflatten", "t", "view_as", "reshape_as",
+    "expand", "expand_as", "repeat", "movedim", "unflatten", "t", "view_as", "reshape_as", "contiguous",
 }
 REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 CONCAT_FUNCTIONS = {torch.cat, torch.concat}
 
 _EXTRA: Dict[Any, str] = {}
+
+try:  # torchvision's per-sample residual dropout: identity in eval mode
+    from torchvision.ops import StochasticDepth, stochastic_depth
+
+    _EXTRA[stochastic_depth] = "pointwise"
+    _EXTRA[StochasticDepth] = "pointwise"
+except ImportError:  # pragma: no cover - torchvision is optional
+    pass
 
 
 def register_op(target: Any, category: str) -> None:

@@ -15,6 +15,7 @@ outputs), each a contiguous range. Everything is tensor code; Python loops run o
 """
 from __future__ import annotations
 
+import operator
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -125,6 +126,14 @@ class _Book:
         return out
 
 
+def _has_tensor(x) -> bool:
+    if isinstance(x, torch.Tensor):
+        return True
+    if isinstance(x, (tuple, list)) and not isinstance(x, torch.Size):
+        return any(_has_tensor(y) for y in x)
+    return False
+
+
 def _expand(ids: torch.Tensor, shape: Sequence[int], axis: int) -> torch.Tensor:
     """Broadcast per-channel ids along every other dimension of ``shape`` (a view, no copy)."""
     nd = len(shape)
@@ -174,9 +183,6 @@ class FlowProp(ShapeProp):
         row = torch.arange(tt.shape[0]).repeat_interleave(tt.shape[1])
         return self.book.combine(row, tt.reshape(-1).long(), tt.shape[0], name, "mix")
 
-    def _is_id(self, x) -> bool:
-        return isinstance(x, torch.Tensor) and x.dtype == torch.float64 and getattr(x, "_graphs_id", False)
-
     def _flow_of(self, a):
         return self.flows.get(a) if isinstance(a, fx.Node) else None
 
@@ -184,9 +190,9 @@ class FlowProp(ShapeProp):
         return fx.node.map_arg(a, lambda n: self.env[n])
 
     def _mark(self, t):
+        """Shape-op results as float64 id tensors (tuples of them for split/chunk)."""
         if isinstance(t, torch.Tensor):
-            t = t.to(torch.float64)
-            return t
+            return t.to(torch.float64)
         if isinstance(t, (tuple, list)):
             return type(t)(self._mark(x) for x in t)
         return None
@@ -218,9 +224,9 @@ class FlowProp(ShapeProp):
             return self._constant_like(result)
         if n.op == "output":
             return None
-        if not isinstance(result, (torch.Tensor, tuple, list)):
+        if not _has_tensor(result):
             return None  # sizes, shapes, ints: not data
-        if n.op == "call_function" and n.target is __import__("operator").getitem:
+        if n.op == "call_function" and n.target is operator.getitem:
             f = self._flow_of(n.args[0])
             if isinstance(f, (tuple, list)):
                 return f[n.args[1]]
@@ -333,7 +339,9 @@ class FlowProp(ShapeProp):
         if not isinstance(args[0], (torch.Tensor, list)) or (isinstance(args[0], torch.Tensor) and args[0].dtype != torch.float64):
             raise ValueError("its data input carries no traced ids")
         if n.op == "call_method":
-            out = getattr(args[0], n.target)(*args[1:], **kwargs)
+            # id tensors are often broadcast views: reshape where the real op could view
+            method = {"view": "reshape", "view_as": "reshape_as"}.get(n.target, n.target)
+            out = getattr(args[0], method)(*args[1:], **kwargs)
         elif n.op == "call_module":
             out = module(*args, **kwargs)
         else:
@@ -410,33 +418,38 @@ def trace(model: nn.Module, example_input=None, input_nodes: str = "auto") -> Tr
     convolutions). Falls back to module order, with a warning, when fx cannot trace the model."""
     if input_nodes not in ("auto", "channels", "elements"):
         raise ValueError(f"input_nodes must be 'auto', 'channels' or 'elements', got {input_nodes!r}")
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # trace and run the inference graph (no aux heads, dropout or batch statistics)
+    try:
+        return _trace_eval(model, example_input, input_nodes)
+    finally:
+        for m, t in modes.items():
+            m.training = t
+
+
+def _trace_eval(model, example_input, input_nodes) -> Trace:
     try:
         gm = fx.symbolic_trace(model)
     except Exception as e:
         return fallback_trace(model, f"torch.fx could not trace {type(model).__name__}{_where(e)}: {type(e).__name__}: {e}")
     candidates = [example_input] if example_input is not None else default_example_input(model)
     errors = []
-    was_training = model.training
-    gm.eval()
-    try:
-        for x in candidates:
-            xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-            mode = input_nodes if input_nodes != "auto" else _auto_input_nodes(model, xs[0])
-            book = _Book()
-            prop = FlowProp(gm, book, mode)
-            try:
-                with torch.no_grad(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # re-emitted below, once
-                    result = prop.propagate(*xs)
-            except Exception as e:
-                errors.append(f"input {[tuple(t.shape) for t in xs]}: {type(e).__name__}: {str(e)[:200]}")
-                continue
-            _add_outputs(prop, gm, result)
-            for w in book.warnings:
-                warnings.warn(w, stacklevel=2)
-            return Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, True)
-    finally:
-        model.train(was_training)
+    for x in candidates:
+        xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        mode = input_nodes if input_nodes != "auto" else _auto_input_nodes(model, xs[0])
+        book = _Book()
+        prop = FlowProp(gm, book, mode)
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # re-emitted below, once
+                result = prop.propagate(*xs)
+        except Exception as e:
+            errors.append(f"input {[tuple(t.shape) for t in xs]}: {type(e).__name__}: {str(e)[:200]}")
+            continue
+        _add_outputs(prop, gm, result)
+        for w in book.warnings:
+            warnings.warn(w, stacklevel=2)
+        return Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, True)
     if example_input is not None:
         raise RuntimeError(f"running {type(model).__name__} on example_input failed: {errors[0]}")
     raise ValueError(
