@@ -82,6 +82,9 @@ class Collinearity:
         fig, ax = plt.subplots(figsize=(6, 4.2))
         hb = ax.hexbin(g2.log10().numpy()[keep], c[keep], gridsize=60, bins="log", cmap="viridis", mincnt=1)
         fig.colorbar(hb, ax=ax, label="weights per cell")
+        if measure == "cosine" and self.batches > 1:
+            ax.axhline(self.batches ** -0.5, color="red", ls=":", lw=1, label=f"1/sqrt(batches): one batch alone, or noise")
+            ax.legend(fontsize=7, loc="upper left")
         ax.set_xlabel("squared full-data gradient G² (log10)")
         ax.set_ylabel("cosine collinearity |mean g|/rms g" if measure == "cosine" else "sign agreement with G")
         bs = f"batch size {self.batch_size}, " if self.batch_size else ""

@@ -83,8 +83,14 @@ class Progress:
         plt = pyplot()
         fig, axes = plt.subplots(2, 3, figsize=(15, 8))
         m = self.metrics
+        from matplotlib.ticker import EngFormatter
+
         xkey = "removed" if self.removed_source != "step" else "step"
         xlabel = "synapses removed" if xkey == "removed" else "step (no removed count logged)"
+        distinct = {r.get("removed") for r in m if isinstance(r.get("removed"), (int, float))}
+        if xkey == "removed" and len(distinct) < 2:
+            xkey = "step"
+            xlabel = f"step (removed stays at {next(iter(distinct), 0):,})"
         splits = sorted({str(r.get("split", "all")) for r in m})
         for ax, key in ((axes[0, 0], "loss"), (axes[0, 1], "accuracy")):
             drawn = False
@@ -95,8 +101,9 @@ class Progress:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=s)
                     drawn = True
             ax.set_xlabel(xlabel)
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
             ax.set_ylabel(key)
-            ax.set_title(f"{key} against removal", fontsize=9)
+            ax.set_title(f"{key} against {'removal' if xkey == 'removed' else 'step'}", fontsize=9)
             if drawn:
                 ax.legend(fontsize=8)
             else:
