@@ -234,6 +234,11 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     return gm
 
 
+def _stateful(module) -> bool:
+    """Has parameters or buffers (a shared nn.ReLU is fine to call twice; a shared BatchNorm is not)."""
+    return module is not None and (any(True for _ in module.parameters()) or any(True for _ in module.buffers()))
+
+
 def _plan(gm: fx.GraphModule, env) -> dict:
     mods = dict(gm.named_modules())
     items = _Items()
@@ -256,7 +261,7 @@ def _plan(gm: fx.GraphModule, env) -> dict:
             for a in args:
                 items.pin(a)
             continue
-        if module is not None and calls[n.target] > 1:
+        if _stateful(module) and calls[n.target] > 1:  # one set of parameters cannot be sliced two ways
             cat = "pinned"
         if cat == "weighted":
             if int(getattr(module, "groups", 1)) > 1 or isinstance(module, nn.Linear) and out.dim() > 2:

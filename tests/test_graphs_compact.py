@@ -153,3 +153,19 @@ def test_untraceable_model_is_refused():
 
     with pytest.raises(RuntimeError, match="fx-traceable"):
         graphs.compact(Dynamic(), example_input=torch.randn(1, 4))
+
+
+def test_torchvision_resnet18_shared_relu_modules():
+    """torchvision's BasicBlock calls one nn.ReLU twice; downsample shortcuts are 1x1 convs + BN."""
+    from torchvision.models import resnet18
+
+    m = randomize_bn(resnet18(num_classes=10))
+    conn = adaptive.Connectome(m, ensemble="neuron")
+    gen = torch.Generator().manual_seed(0)
+    conn.set_ensemble_masks({k: (torch.rand(v.shape, generator=gen) > 0.3) | (conn.layers[k].kind == "linear")
+                             for k, v in conn.ensemble_masks().items()})
+    x = torch.randn(2, 3, 32, 32)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"]["layer4.1.conv1"] > 100  # block-internal units go
+    assert small.compaction["removed"]["fc"] == 0
+    assert torch.allclose(small(x), masked_output(m, conn, x), atol=1e-4)
