@@ -1,0 +1,267 @@
+"""Training-loop pieces that recipes share (torchvision-references style seams).
+
+- :class:`TrainState`: the loop's own progress (step, epoch, metric rows), checkpointed with the run;
+- :func:`train_one_epoch`: one pass over a prepared train loader, resumable mid-epoch;
+- :func:`evaluate`: loss and accuracy over a prepared loader, gathered across processes;
+- :func:`save_checkpoint` / :func:`find_checkpoint` / :func:`load_checkpoint`: Accelerate's
+  ``save_state``/``load_state`` made atomic (written to a temporary folder, then renamed, so a run
+  killed while saving leaves the previous checkpoint intact) and resumable by ``latest``;
+- :func:`write_metrics_csv`: the metric rows as CSV.
+
+Everything here works the same on one process and on many: collective calls (reductions, gathers,
+barriers) are made by every process at the same points; only the main process writes files.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+CHECKPOINT_DIR = "checkpoints"
+_CKPT_RE = re.compile(r"^step_(\d+)$")
+METRIC_FIELDS = ("step", "epoch", "split", "loss", "accuracy", "density", "removed", "lr")
+
+
+@dataclass
+class TrainState:
+    """The loop's position and history; registered for checkpointing so a resumed run continues
+    its step count, epoch and metrics file where the interrupted one stopped."""
+
+    step: int = 0
+    epoch: int = 0
+    metrics: List[dict] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "metrics": [dict(r) for r in self.metrics]}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.step, self.epoch = int(sd["step"]), int(sd["epoch"])
+        self.metrics = [dict(r) for r in sd.get("metrics", [])]
+
+
+def cosine_schedule(optimizer, total_steps: int, warmup: int = 0, kind: str = "cosine"):
+    """A LambdaLR: linear warm-up for ``warmup`` steps, then cosine to 0 at ``total_steps``
+    (``kind="constant"``: flat). Stepped once per optimizer step, whatever the process count."""
+    total = max(1, int(total_steps))
+
+    def factor(s: int) -> float:
+        if warmup and s < warmup:
+            return (s + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        t = min(max(s - warmup, 0), total - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _connectome_fields(conn) -> dict:
+    if conn is None:
+        return {"density": 1.0, "removed": 0}
+    total = conn.num_synapses()
+    live = conn.num_live()
+    return {"density": live / max(1, total), "removed": total - live}
+
+
+def metric_row(state: TrainState, split: str, loss: float, accuracy: float, conn=None, lr=None) -> dict:
+    row = {"step": state.step, "epoch": state.epoch, "split": split, "loss": float(loss),
+           "accuracy": float(accuracy), **_connectome_fields(conn), "lr": lr}
+    state.metrics.append(row)
+    return row
+
+
+@torch.no_grad()
+def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy) -> tuple:
+    """``(mean loss, accuracy, examples)`` of ``model`` over a prepared ``loader``, every process
+    evaluating its shard and the predictions gathered with ``gather_for_metrics`` (duplicates
+    that even out the last batch across processes are dropped). The model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    try:
+        for x, y in loader:
+            out = model(x)
+            losses = loss_fn(out.float(), y, reduction="none")
+            preds = out.argmax(1)
+            losses, preds, y = accelerator.gather_for_metrics((losses, preds, y))
+            loss_sum += float(losses.double().sum())
+            correct += int((preds == y).sum())
+            n += int(y.numel())
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluate: the loader yielded no examples")
+    return loss_sum / n, correct / n, n
+
+
+def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *, lr_scheduler=None,
+                    conn=None, loss_fn: Callable = F.cross_entropy, max_steps: Optional[int] = None,
+                    log_every: int = 50, on_step: Optional[Callable[[TrainState], None]] = None,
+                    progress=None) -> Dict[str, float]:
+    """One pass over ``loader`` (already positioned: pass ``accelerator.skip_first_batches`` to
+    resume mid-epoch). Each batch: forward, ``accelerator.backward``, optimizer step (the attached
+    controller observes, masks and edits inside it), scheduler step, ``state.step += 1``.
+
+    Every ``log_every`` steps a ``train`` metric row is appended with the loss and accuracy
+    averaged over the interval and over all processes. ``on_step(state)`` runs after each step
+    (checkpointing, tests). Stops early at ``max_steps``. Returns the epoch's mean loss/accuracy
+    over the processed batches on this process.
+    """
+    model.train()
+    win = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, examples since the last log
+    ep_loss = ep_correct = ep_n = 0.0
+    for x, y in loader:
+        if max_steps is not None and state.step >= max_steps:
+            break
+        out = model(x)
+        loss = loss_fn(out, y)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if lr_scheduler is not None:
+            lr_scheduler.step()
+        state.step += 1
+        with torch.no_grad():
+            b = int(y.numel())
+            lsum = float(loss.detach().float()) * b
+            corr = int((out.detach().argmax(1) == y).sum())
+        win += torch.tensor([lsum, corr, b], dtype=torch.float64)
+        ep_loss, ep_correct, ep_n = ep_loss + lsum, ep_correct + corr, ep_n + b
+        if log_every and state.step % log_every == 0:
+            tot = accelerator.reduce(win.to(accelerator.device), reduction="sum").cpu()
+            lr = optimizer.param_groups[0]["lr"]
+            metric_row(state, "train", tot[0] / tot[2], tot[1] / tot[2], conn, lr)
+            win.zero_()
+        if progress is not None:
+            progress.update(1)
+            if state.step % 10 == 0:
+                post = {"loss": f"{lsum / max(b, 1):.3f}"}
+                if conn is not None:
+                    post["density"] = f"{conn.density():.3f}"
+                progress.set_postfix(post, refresh=False)
+        if on_step is not None:
+            on_step(state)
+    return {"loss": ep_loss / max(ep_n, 1), "accuracy": ep_correct / max(ep_n, 1)}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def checkpoint_root(output_dir) -> Path:
+    return Path(output_dir) / CHECKPOINT_DIR
+
+
+def list_checkpoints(root) -> List[Path]:
+    """Complete checkpoints under ``root`` (``step_N`` folders; temporary ones are not), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CKPT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2) -> Path:
+    """Save the accelerator's state (model, optimizer, RNG states and the objects registered for
+    checkpointing) as ``<output_dir>/checkpoints/step_<step>``, atomically: everything is written
+    into ``.tmp-step_<step>`` first and renamed only when complete, so a run killed while saving
+    leaves the previous checkpoint loadable. Keeps the newest ``keep`` checkpoints (None: all).
+    Every process must call it (each saves its own RNG state)."""
+    root = checkpoint_root(output_dir)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp-step_{step:08d}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-step_*"):  # left by a run killed while saving
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if keep:
+            for old in list_checkpoints(root)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def find_checkpoint(resume: str, output_dir=None) -> Path:
+    """The checkpoint folder that ``--resume`` names: ``latest`` (newest complete checkpoint of
+    ``output_dir``), a run folder (its newest), or a checkpoint folder itself. Raises
+    FileNotFoundError saying where it looked."""
+    if resume == "latest":
+        if output_dir is None:
+            raise FileNotFoundError("--resume latest needs --output_dir (the run folder whose checkpoints to resume)")
+        where = checkpoint_root(output_dir)
+    else:
+        p = Path(resume)
+        if (p / "model.safetensors").is_file() or (p / "pytorch_model.bin").is_file():
+            return p
+        where = p / CHECKPOINT_DIR if (p / CHECKPOINT_DIR).is_dir() else p
+    found = list_checkpoints(where)
+    if not found:
+        raise FileNotFoundError(
+            f"no complete checkpoint found in {where} (looked for step_N folders; .tmp-* ones are unfinished). "
+            "Pass --resume DIR with a run folder or a checkpoint folder, or run with --checkpoint_every N first."
+        )
+    return found[-1]
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to (``<run>/checkpoints/step_N`` -> ``<run>``)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINT_DIR else checkpoint.parent
+
+
+def load_checkpoint(accelerator, path, optimizer=None) -> None:
+    """``accelerator.load_state(path)``, then the optimizer's state once more.
+
+    Registered objects load after the optimizer (Accelerate's order), and restoring the
+    connectome's masks resets optimizer moments wherever the masks of the fresh run differ from
+    the saved ones; reloading the optimizer state afterwards puts the saved moments back, so the
+    resumed run continues bit-exactly."""
+    accelerator.load_state(str(path))
+    if optimizer is not None:
+        f = Path(path) / "optimizer.bin"
+        if f.is_file():
+            optimizer.load_state_dict(torch.load(f, map_location="cpu", weights_only=False))
+
+
+# ----------------------------------------------------------------------------- files
+
+def write_metrics_csv(rows: List[dict], path) -> None:
+    """Write metric rows (the fields of :data:`METRIC_FIELDS`) as CSV, atomically."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(METRIC_FIELDS), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in METRIC_FIELDS})
+    os.replace(tmp, path)
+
+
+def read_metrics_csv(path) -> List[dict]:
+    """Rows of a metrics CSV with numbers parsed (empty cells become None)."""
+    out = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            row = {}
+            for k, v in r.items():
+                if k == "split":
+                    row[k] = v
+                elif v == "":
+                    row[k] = None
+                else:
+                    row[k] = float(v) if any(c in v for c in ".eE") or k in ("loss", "accuracy", "density", "lr") else int(v)
+            out.append(row)
+    return out

@@ -1,0 +1,440 @@
+"""Train a network while the controller adapts its connectome.
+
+    accelerate launch recipes/adaptive.py                       # digits, small MLP, < 2 min on 2 CPUs
+    python recipes/adaptive.py                                   # the same, one process
+    accelerate launch recipes/adaptive.py --config recipes/configs/mnist_lenet300_utility.yaml --epochs 5
+    accelerate launch --multi_gpu --num_processes 2 recipes/adaptive.py --max_steps 200
+    python recipes/adaptive.py --output_dir runs/a --checkpoint_every 100
+    python recipes/adaptive.py --output_dir runs/a --resume latest
+
+Options: the fields of :class:`RunConfig` (``--help`` lists them), from ``--config FILE.yaml``
+files and ``--key value`` overrides; unknown keys and wrong types are rejected. Writes into the
+run folder (``--output_dir``, default ``runs/<date-time>``): ``config.yaml`` (resolved),
+``metrics.csv``, ``events.jsonl`` (controller updates), ``connectome.safetensors``,
+``dense_state_dict.pt`` (a plain state_dict with zeros where pruned), figures
+(``loss_accuracy.png``, ``density.png``, ``edits.png``) and ``checkpoints/step_N``.
+
+``mode: mask_only`` freezes a pretrained model's weights and optimises only its connectome
+(:func:`adaptive.optimize_connectome`); ``density`` (or ``target``) sets how much it removes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Literal, Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adaptive import Connectome, Controller  # noqa: E402
+from adaptive.config import ConfigError, parse_config, save_config, to_dict  # noqa: E402
+from adaptive.data import get_dataloaders as _get_dataloaders  # noqa: E402
+from adaptive.models import build_model  # noqa: E402
+from adaptive.training import (  # noqa: E402
+    TrainState, cosine_schedule, evaluate, find_checkpoint, load_checkpoint, metric_row, run_dir_of,
+    save_checkpoint, train_one_epoch, write_metrics_csv,
+)
+
+
+def _help(text: str):
+    return field(default=None, metadata={"help": text})
+
+
+@dataclass
+class RunConfig:
+    """Every option of the recipe, with its default (the no-argument run)."""
+
+    # what runs
+    mode: Literal["train", "mask_only"] = field(default="train", metadata={"help": "train (dynamic sparse training) or mask_only (weights frozen, only the connectome moves)"})
+    # data
+    dataset: str = field(default="digits", metadata={"help": "digits, mnist, cifar10, imagenet, fake"})
+    data_dir: Optional[str] = _help("data folder (default: $ADAPTIVE_DATA or ../shared/data)")
+    download: bool = False
+    dataset_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "extra dataset arguments (e.g. shape for fake)"})
+    holdout: float = field(default=0.1, metadata={"help": "fraction of TRAIN held out for selection/evaluation"})
+    subset: Optional[int] = _help("use only this many train examples")
+    test_subset: Optional[int] = _help("evaluate on only this many test examples")
+    augment: bool = False
+    batch_size: int = 32
+    eval_batch_size: Optional[int] = None
+    num_workers: int = 0
+    # model
+    model: str = field(default="mlp", metadata={"help": "mlp, lenet300, lenet5, resnet20..., densecat, torchvision:NAME"})
+    model_kw: Dict[str, Any] = field(default_factory=dict)
+    weights: Optional[str] = _help("pretrained weights file (loaded strictly)")
+    # connectome and controller
+    ensemble: str = "synapse"
+    include: Optional[List[str]] = None
+    exclude: Optional[List[str]] = None
+    policy: str = field(default="utility", metadata={"help": "rigl, set, utility, balanced, gmp, threshold, magnitude"})
+    estimator: Optional[str] = field(default="consistency", metadata={"help": "utility estimator (utility/balanced/threshold/gmp)"})
+    density: Optional[float] = field(default=0.2, metadata={"help": "target fraction of live synapses"})
+    budget: str = "erk"
+    update_every: int = 25
+    edit_fraction: float = 0.3
+    end_fraction: float = field(default=0.75, metadata={"help": "edits stop at this fraction of training"})
+    min_density: float = 0.0
+    protect: List[str] = field(default_factory=list)
+    controller_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "more Controller arguments"})
+    target: Optional[Union[int, float, str]] = _help("mask_only: synapses to remove (count, fraction or best); default 1 - density")
+    mask_only_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "more optimize_connectome arguments"})
+    # optimisation
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 0
+    epochs: int = 20
+    max_steps: Optional[int] = _help("stop after this many steps (overrides epochs; the schedules span it)")
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    cpu: bool = False
+    seed: int = 0
+    threads: Optional[int] = _help("torch threads per process")
+    # logging and checkpoints
+    output_dir: Optional[str] = _help("run folder (default runs/<date-time>)")
+    log_every: int = 20
+    eval_every: int = field(default=0, metadata={"help": "steps between holdout evaluations (0: every epoch)"})
+    checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: none)"})
+    keep_checkpoints: int = 2
+    resume: Optional[str] = _help("latest, a run folder or a checkpoint folder")
+    progress: bool = True
+    figures: bool = True
+
+    def __post_init__(self):
+        checks = [
+            (self.density is None or 0.0 < self.density <= 1.0, f"density must be in (0, 1], got {self.density}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.update_every >= 1, f"update_every must be >= 1, got {self.update_every}"),
+            (0.0 < self.end_fraction <= 1.0, f"end_fraction must be in (0, 1], got {self.end_fraction}"),
+            (0.0 <= self.holdout < 1.0, f"holdout must be in [0, 1), got {self.holdout}"),
+            (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        if self.mode == "mask_only" and (self.checkpoint_every or self.resume):
+            raise ConfigError("mode mask_only does not checkpoint: drop --checkpoint_every/--resume")
+        _check_names(self)
+
+
+def _check_names(cfg: "RunConfig") -> None:
+    """Registry names (policy, estimator, budget, ensemble, dataset, model) checked before any work."""
+    from adaptive.budgets import budget_names
+    from adaptive.data import available_datasets
+    from adaptive.ensembles import get_granularity
+    from adaptive.models import available_models
+    from adaptive.policies.base import policy_names
+    from adaptive.utility.base import estimator_names
+
+    def known(what, value, names):
+        if value not in names:
+            raise ConfigError(f"unknown {what} '{value}': use one of {', '.join(sorted(names))}")
+
+    known("policy", cfg.policy, policy_names())
+    if cfg.estimator is not None:
+        known("estimator", cfg.estimator, estimator_names())
+    known("budget", cfg.budget, budget_names())
+    known("dataset", cfg.dataset, available_datasets())
+    if ":" not in cfg.model:
+        known("model", cfg.model.lower(), [m for m in available_models() if ":" not in m])
+    try:
+        get_granularity(cfg.ensemble)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"ensemble '{cfg.ensemble}': {e}") from None
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def get_dataloaders(cfg: RunConfig):
+    """Train, holdout (a stratified part of TRAIN) and test loaders for ``cfg`` (not yet prepared)."""
+    return _get_dataloaders(cfg.dataset, batch_size=cfg.batch_size, data_dir=cfg.data_dir, holdout=cfg.holdout,
+                            seed=cfg.seed, download=cfg.download, subset=cfg.subset, test_subset=cfg.test_subset,
+                            num_workers=cfg.num_workers, eval_batch_size=cfg.eval_batch_size, augment=cfg.augment,
+                            **cfg.dataset_kw)
+
+
+def build_optimizer(cfg: RunConfig, model):
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_connectome(cfg: RunConfig, model) -> Connectome:
+    return Connectome(model, ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
+                      mode="mask_only" if cfg.mode == "mask_only" else "train")
+
+
+def build_controller(cfg: RunConfig, conn: Connectome, optimizer=None, total_steps: int = 1000) -> Controller:
+    """The controller that ``cfg`` describes. Train mode: attached to ``optimizer``; edits stop at
+    ``end_fraction`` of ``total_steps``. Mask-only mode: the crawl policy driven explicitly (this
+    is the controller :func:`adaptive.optimize_connectome` builds)."""
+    if cfg.mode == "mask_only":
+        return Controller(conn, policy="crawl", estimator=cfg.estimator or "consistency", update_every=cfg.update_every,
+                          edit_decay="constant", seed=cfg.seed, verify=True, **cfg.controller_kw)
+    end_step = max(1, int(round(cfg.end_fraction * total_steps)))
+    return Controller(conn, optimizer, policy=cfg.policy, density=cfg.density, budget=cfg.budget,
+                      update_every=cfg.update_every, end_step=end_step, edit_fraction=cfg.edit_fraction,
+                      estimator=cfg.estimator if _uses_estimator(cfg.policy) else None, min_density=cfg.min_density,
+                      protect=cfg.protect, batch_size=cfg.batch_size, seed=cfg.seed, verify=True, **cfg.controller_kw)
+
+
+def _uses_estimator(policy: str) -> bool:
+    from adaptive.policies.base import get_policy
+
+    try:
+        pol = get_policy(policy)
+    except (ValueError, TypeError):
+        return False  # the controller reports the unknown policy
+    return any(x is not None and x.startswith("estimator") for x in (pol.drop_by, pol.grow_by))
+
+
+def default_output_dir() -> str:
+    return os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+
+
+@dataclass
+class RunResult:
+    """What :func:`training_function` returns (for tests and notebooks)."""
+
+    output_dir: Path
+    model: Any
+    conn: Connectome
+    controller: Optional[Controller]
+    state: TrainState
+    summary: Dict[str, Any]
+    files: Dict[str, Path]
+
+
+# ----------------------------------------------------------------------------- the run
+
+def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], None]] = None) -> RunResult:
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import set_seed
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    # without a GPU, cpu=True is what makes a multi-process launch a gloo (MULTI_CPU) run
+    accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
+    main = accelerator.is_main_process
+    resume_from = None
+    output_dir = cfg.output_dir
+    if cfg.resume:
+        resume_from = find_checkpoint(cfg.resume, output_dir)
+        output_dir = output_dir or str(run_dir_of(resume_from))
+    output_dir = Path(output_dir or _broadcast_str(accelerator, default_output_dir()))
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.yaml")
+    set_seed(cfg.seed)
+
+    loaders = get_dataloaders(cfg)
+    model = build_model(cfg.model, num_classes=loaders.num_classes, in_shape=loaders.in_shape, weights=cfg.weights,
+                        **cfg.model_kw)
+    if cfg.mode == "mask_only":
+        return _mask_only(cfg, accelerator, model, loaders, output_dir)
+
+    optimizer = build_optimizer(cfg, model)
+    model, optimizer, train_dl, holdout_dl, test_dl = accelerator.prepare(
+        model, optimizer, loaders.train, loaders.holdout, loaders.test)
+    steps_per_epoch = len(train_dl)
+    if steps_per_epoch == 0:
+        raise ValueError(f"the train loader is empty ({len(loaders.datasets.train)} examples): lower --batch_size or --holdout")
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    lr_scheduler = cosine_schedule(optimizer, total_steps, cfg.warmup_steps, cfg.lr_schedule)
+    conn = build_connectome(cfg, accelerator.unwrap_model(model))
+    ctrl = build_controller(cfg, conn, optimizer, total_steps)
+    state = TrainState()
+    # The registration order is part of the checkpoint format: custom_checkpoint_0..3.
+    accelerator.register_for_checkpointing(conn, ctrl, state, lr_scheduler)
+    if resume_from is not None:
+        load_checkpoint(accelerator, resume_from, optimizer)
+        accelerator.print(f"resumed from {resume_from} at step {state.step}")
+
+    accelerator.print(
+        f"{cfg.model} on {cfg.dataset}: {conn.num_synapses():,} synapses, density {conn.density():.3f}, policy "
+        f"{cfg.policy}{'/' + ctrl.estimator_name if ctrl.estimator_name else ''}, {accelerator.num_processes} process(es), "
+        f"{total_steps} steps -> {output_dir}")
+    progress = None
+    if cfg.progress and accelerator.is_local_main_process:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
+                        mininterval=1.0)
+
+    def write_metrics():
+        if main:
+            write_metrics_csv(state.metrics, output_dir / "metrics.csv")
+
+    def eval_holdout():
+        if len(loaders.datasets.holdout) == 0:
+            return None
+        loss, acc, _ = evaluate(accelerator, model, holdout_dl)
+        metric_row(state, "holdout", loss, acc, conn, optimizer.param_groups[0]["lr"])
+        write_metrics()
+        return acc
+
+    def step_hook(s: TrainState):
+        if cfg.eval_every and s.step % cfg.eval_every == 0:
+            eval_holdout()
+        if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and s.step < total_steps:
+            save_checkpoint(accelerator, output_dir, s.step, cfg.keep_checkpoints)
+            write_metrics()
+        if on_step is not None:
+            on_step(s)
+
+    t0 = time.time()
+    start_epoch, skip = divmod(state.step, steps_per_epoch)
+    for epoch in range(start_epoch, epochs):
+        state.epoch = epoch
+        train_dl.set_epoch(epoch)
+        loader = train_dl
+        if epoch == start_epoch and skip:
+            loader = accelerator.skip_first_batches(train_dl, skip)
+            loader.set_epoch(epoch)
+        train_one_epoch(accelerator, model, optimizer, loader, state, lr_scheduler=lr_scheduler, conn=conn,
+                        max_steps=total_steps, log_every=cfg.log_every, on_step=step_hook, progress=progress)
+        if not cfg.eval_every and state.step % steps_per_epoch == 0:
+            eval_holdout()
+        if state.step >= total_steps:
+            break
+    if progress is not None:
+        progress.close()
+    seconds = time.time() - t0
+
+    holdout_acc = eval_holdout() if not state.metrics or state.metrics[-1]["split"] != "holdout" else state.metrics[-1]["accuracy"]
+    test_loss, test_acc, n_test = evaluate(accelerator, model, test_dl)
+    metric_row(state, "test", test_loss, test_acc, conn, optimizer.param_groups[0]["lr"])
+    files = _write_outputs(accelerator, cfg, output_dir, state.metrics, ctrl.events, conn)
+    summary = dict(test_accuracy=test_acc, test_loss=test_loss, test_examples=n_test, holdout_accuracy=holdout_acc,
+                   density=conn.density(), synapses=conn.num_synapses(), live=conn.num_live(), steps=state.step,
+                   updates=sum(1 for e in ctrl.events if e.get("kind") == "update"), seconds=seconds,
+                   processes=accelerator.num_processes, mask_hash_per_process=_gather_hashes(accelerator, conn))
+    _finish(accelerator, output_dir, summary, files)
+    accelerator.end_training()
+    return RunResult(output_dir, model, conn, ctrl, state, summary, files)
+
+
+def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
+    """Mask-only connectome optimisation: the weights stay bit-exact, only the masks move."""
+    from adaptive.mask_only import optimize_connectome
+
+    model, train_dl, holdout_dl, test_dl = accelerator.prepare(model, loaders.train, loaders.holdout, loaders.test)
+    target = cfg.target if cfg.target is not None else (1.0 - cfg.density if cfg.density and cfg.density < 1 else "best")
+    kw = dict(passes=float(cfg.epochs), ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
+              estimator=cfg.estimator or "consistency", window=cfg.update_every, seed=cfg.seed,
+              progress=cfg.progress and accelerator.is_local_main_process)
+    kw.update(cfg.mask_only_kw)
+    t0 = time.time()
+    result = optimize_connectome(accelerator.unwrap_model(model), train_dl, holdout_dl, target, **kw)
+    conn = result.conn
+    state = TrainState(step=result.controller.step_count)
+    for h in result.history:
+        st = TrainState(step=h["step"])
+        if h["kind"] == "update":
+            metric_row(st, "train", h["train_loss"], h["train_acc"])
+        else:
+            metric_row(st, "holdout", h["holdout_loss"], h["holdout_acc"])
+        st.metrics[-1].update(density=1 - h["removed"] / conn.num_synapses(), removed=h["removed"])
+        state.metrics += st.metrics
+    test_loss, test_acc, n_test = evaluate(accelerator, model, test_dl)
+    metric_row(state, "test", test_loss, test_acc, conn)
+    files = _write_outputs(accelerator, cfg, output_dir, state.metrics, result.events, conn)
+    holdout = [r for r in state.metrics if r["split"] == "holdout"]
+    summary = dict(test_accuracy=test_acc, test_loss=test_loss, test_examples=n_test,
+                   holdout_accuracy=holdout[-1]["accuracy"] if holdout else None, density=conn.density(),
+                   synapses=conn.num_synapses(), live=conn.num_live(), steps=state.step,
+                   updates=sum(1 for e in result.events if e.get("kind") == "update"), seconds=time.time() - t0,
+                   processes=accelerator.num_processes, mask_hash_per_process=_gather_hashes(accelerator, conn))
+    _finish(accelerator, output_dir, summary, files)
+    accelerator.end_training()
+    return RunResult(output_dir, model, conn, result.controller, state, summary, files)
+
+
+def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn) -> Dict[str, Path]:
+    files = {"config": output_dir / "config.yaml", "metrics": output_dir / "metrics.csv",
+             "events": output_dir / "events.jsonl", "connectome": output_dir / "connectome.safetensors",
+             "dense_state_dict": output_dir / "dense_state_dict.pt"}
+    if accelerator.is_main_process:
+        write_metrics_csv(rows, files["metrics"])
+        with open(files["events"], "w") as f:
+            for e in events:
+                f.write(json.dumps(e, default=float) + "\n")
+        conn.save(files["connectome"], with_original=conn.mode == "mask_only")
+        torch.save(conn.dense_state_dict(), files["dense_state_dict"])
+        if cfg.figures:
+            from adaptive.plots import plot_run
+
+            files.update(plot_run(rows, events, output_dir))
+    accelerator.wait_for_everyone()
+    return files
+
+
+def _finish(accelerator, output_dir, summary, files):
+    if accelerator.is_main_process:
+        with open(output_dir / "summary.json", "w") as f:
+            json.dump(summary, f, indent=1, default=float)
+        files["summary"] = output_dir / "summary.json"
+        ho = summary.get("holdout_accuracy")
+        print(
+            f"\ndone in {summary['seconds']:.0f}s: test accuracy {100 * summary['test_accuracy']:.2f}% "
+            f"(holdout {'n/a' if ho is None else f'{100 * ho:.2f}%'}), density {summary['density']:.4f} "
+            f"({summary['live']:,} of {summary['synapses']:,} synapses), {summary['updates']} controller updates\n"
+            f"outputs in {output_dir}/: " + ", ".join(sorted(p.name for p in files.values())),
+            flush=True,
+        )
+
+
+def _gather_hashes(accelerator, conn) -> List[str]:
+    """Every process's final mask hash, in rank order (all equal when the processes agree)."""
+    if accelerator.num_processes == 1:
+        return [conn.mask_hash()]
+    from accelerate.utils import gather_object
+
+    return list(gather_object([conn.mask_hash()]))
+
+
+def _broadcast_str(accelerator, value: str) -> str:
+    """The main process's ``value`` on every process (the default run folder's timestamp)."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def parse_args(argv=None) -> RunConfig:
+    return parse_config(RunConfig, argv, prog="recipes/adaptive.py", exit_on_error=True)
+
+
+def main(argv=None, on_step=None) -> RunResult:
+    """Parse the command line and run. Problems a user can fix (a bad option, missing data, a
+    missing checkpoint or weights file that does not fit) end with one ``error:`` line, status 2."""
+    from adaptive.models import WeightsMismatchError
+    from adaptive.paths import DatasetNotFoundError
+
+    cfg = parse_args(argv)
+    try:
+        return training_function(cfg, on_step=on_step)
+    except (ConfigError, DatasetNotFoundError, FileNotFoundError, WeightsMismatchError) as e:
+        print(f"recipes/adaptive.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""End-to-end runs of recipes/adaptive.py on tiny settings: outputs, resume equivalence, atomic
+checkpoints, two processes, bf16, bad arguments."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import adaptive
+from adaptive.config import load_config
+from adaptive.models import build_model
+from adaptive.training import find_checkpoint, list_checkpoints, read_metrics_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "recipes" / "adaptive.py"
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location("recipe_adaptive", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["recipe_adaptive"] = mod  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+R = _load_recipe()
+# tiny settings: digits, a short run, one thread
+TINY = ["--max_steps", "40", "--update_every", "10", "--log_every", "5", "--threads", "1", "--progress", "false"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Each in-process run builds its own Accelerator (mixed precision may differ between tests)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def run(tmp, *extra, on_step=None):
+    return R.main(TINY + ["--output_dir", str(tmp), *extra], on_step=on_step)
+
+
+def same_state(a, b):
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_default_run_writes_every_output(tmp_path, capsys):
+    res = run(tmp_path, "--figures", "true")
+    out = capsys.readouterr().out
+    cfg = res.controller
+    # the defaults: digits, a small MLP, the utility controller adapting at a moderate density
+    assert (R.RunConfig().dataset, R.RunConfig().model, R.RunConfig().policy) == ("digits", "mlp", "utility")
+    names = {"config.yaml", "metrics.csv", "events.jsonl", "connectome.safetensors", "dense_state_dict.pt",
+             "loss_accuracy.png", "density.png", "edits.png", "summary.json"}
+    assert names <= {p.name for p in tmp_path.iterdir()}
+    for png in ("loss_accuracy.png", "density.png", "edits.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # metrics: train, holdout and test rows with the connectome's density
+    rows = read_metrics_csv(tmp_path / "metrics.csv")
+    assert {r["split"] for r in rows} == {"train", "holdout", "test"}
+    assert [r["step"] for r in rows if r["split"] == "train"] == list(range(5, 41, 5))
+    assert all(abs(r["density"] - 0.2) < 1e-3 and r["removed"] > 0 for r in rows)
+    test_row = rows[-1]
+    assert test_row["split"] == "test" and test_row["accuracy"] == pytest.approx(res.summary["test_accuracy"])
+    assert res.summary["test_accuracy"] > 0.5  # 40 steps on digits learn something
+    # events: the init plus one update every 10 steps, each editing the connectome
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events] == [0, 10, 20, 30]  # edits end at 75% of 40 steps
+    assert all(e["pruned"] == e["grown"] for e in events[1:]) and all(e["pruned"] > 0 for e in events[1:3])
+    assert all(len(e["mask_hash"]) == 64 for e in events[1:])
+    assert events == json.loads(json.dumps(cfg.events, default=float))
+    # the connectome file rebuilds the same masks on a fresh model
+    model = build_model("mlp", num_classes=10, in_shape=(1, 8, 8))
+    assert adaptive.Connectome.load(tmp_path / "connectome.safetensors", model).mask_hash() == res.conn.mask_hash()
+    # the dense state_dict loads strictly into a vanilla model, zeros where pruned
+    sd = torch.load(tmp_path / "dense_state_dict.pt", weights_only=True)
+    model.load_state_dict(sd, strict=True)
+    for n, m in res.conn.masks.items():
+        assert torch.equal(sd[n], res.conn.params[n].detach()) and not bool(sd[n][~m].any())
+    # the resolved config reads back
+    assert load_config(R.RunConfig, tmp_path / "config.yaml").max_steps == 40
+    assert "test accuracy" in out and str(tmp_path) in out and "density 0.2" in out
+
+
+class Stop(Exception):
+    pass
+
+
+def test_resume_is_bit_exact(tmp_path):
+    # 26 steps per epoch: the interruption falls mid-epoch (epoch 1) and mid utility window;
+    # augmentation draws from the global RNG, so RNG states must be restored too
+    common = ["--max_steps", "70", "--batch_size", "64", "--augment", "true", "--eval_every", "20"]
+    full = run(tmp_path / "full", *common)
+
+    def stop(state):
+        if state.step == 35:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(tmp_path / "cut", *common, "--checkpoint_every", "35", on_step=stop)
+    ckpt = find_checkpoint("latest", tmp_path / "cut")
+    assert ckpt.name == "step_00000035"
+    resumed = run(tmp_path / "cut", *common, "--resume", "latest")
+    assert resumed.state.step == 70
+    assert resumed.conn.mask_hash() == full.conn.mask_hash()
+    assert same_state(resumed, full)
+    assert resumed.controller.events == full.controller.events
+    assert resumed.state.metrics == full.state.metrics
+    opt_a, opt_b = full.controller.optimizer.state_dict(), resumed.controller.optimizer.state_dict()
+    assert all(torch.equal(opt_a["state"][i]["momentum_buffer"], opt_b["state"][i]["momentum_buffer"])
+               for i in opt_a["state"])
+
+
+def test_kill_while_saving_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    import accelerate.accelerator as acc_mod
+
+    common = ["--max_steps", "60", "--checkpoint_every", "20"]
+    real = acc_mod.save_custom_state
+    calls = []
+
+    def dying(obj, path, index, **kw):  # the process "dies" halfway through the second save
+        calls.append((path, index))
+        if "step_00000040" in str(path) and index == 1:
+            raise Stop
+        return real(obj, path, index, **kw)
+
+    monkeypatch.setattr(acc_mod, "save_custom_state", dying)
+    with pytest.raises(Stop):
+        run(tmp_path / "run", *common)
+    monkeypatch.setattr(acc_mod, "save_custom_state", real)
+    root = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in list_checkpoints(root)] == ["step_00000020"]
+    partial = root / ".tmp-step_00000040"
+    assert (partial / "model.safetensors").exists() and not (partial / "custom_checkpoint_1.pkl").exists()
+    resumed = run(tmp_path / "run", *common, "--resume", "latest")  # loads step 20 and finishes
+    full = run(tmp_path / "full", "--max_steps", "60")
+    assert resumed.conn.mask_hash() == full.conn.mask_hash() and same_state(resumed, full)
+    assert not partial.exists()  # the next save cleaned it up
+
+
+def test_bf16_keeps_pruned_weights_zero(tmp_path):
+    res = run(tmp_path, "--mixed_precision", "bf16", "--max_steps", "30", "--figures", "false")
+    assert res.summary["updates"] == 2
+    for n, m in res.conn.masks.items():
+        w = res.conn.params[n].detach()
+        assert w.dtype == torch.float32
+        assert torch.count_nonzero(w[~m]) == 0, n
+        assert torch.count_nonzero(w[m]) > 0.9 * int(m.sum())
+
+
+def test_two_processes_agree(tmp_path):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), *TINY,
+           "--output_dir", str(tmp_path), "--checkpoint_every", "20", "--figures", "false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["processes"] == 2
+    hashes = summary["mask_hash_per_process"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["kind"] == "update"] == [10, 20, 30]
+    assert all(e["pruned"] > 0 for e in events[1:3])  # checked across ranks at every update (verify=True)
+    model = build_model("mlp", num_classes=10, in_shape=(1, 8, 8))
+    assert adaptive.Connectome.load(tmp_path / "connectome.safetensors", model).mask_hash() == hashes[0]
+    ckpt = find_checkpoint("latest", tmp_path)
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in ckpt.iterdir()}
+    assert r.stdout.count("test accuracy") == 1  # the summary is printed by the main process only
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--densty", "0.1"], "did you mean 'density'"),
+    (["--density", "lots"], "config key 'density' (from the command line) expects"),
+    (["--density", "1.5"], "density must be in (0, 1]"),
+    (["--policy", "rigl2"], "unknown policy 'rigl2'"),
+    (["--estimator", "obdd"], "unknown estimator 'obdd'"),
+    (["--epochs", "2.5"], "expects int"),
+    (["--mode", "mask_only", "--checkpoint_every", "5"], "mask_only does not checkpoint"),
+    (["stray"], "unexpected argument 'stray'"),
+])
+def test_bad_arguments_fail_clearly(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        R.main(args)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_runtime_problems_fail_with_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        R.main(["--output_dir", str(tmp_path / "a"), "--resume", "latest"])
+    assert "no complete checkpoint found in" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        R.main(["--output_dir", str(tmp_path / "b"), "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert "dataset 'mnist' not found" in err and "nowhere" in err and "Traceback" not in err
