@@ -111,7 +111,8 @@ class GradientByDepth:
             if vals.numel() > max_points_per_band:
                 vals = vals[torch.randperm(vals.numel(), generator=g)[:max_points_per_band]]
             x = i + (torch.rand(vals.numel(), generator=g) - 0.5) * 0.6
-            ax.scatter(x.numpy(), vals.numpy(), s=3, alpha=0.35, color=f"C{i % 10}", linewidths=0)
+            ax.scatter(x.numpy(), vals.numpy(), s=3, alpha=0.35, color=f"C{i % 10}", linewidths=0,
+                       label="one weight: mean |grad| over the batches" if i == 0 else None)
         row = {r["depth"]: r for r in self.table}
         xs = list(range(len(self.depths)))
         med = [row[d]["median"] for d in self.depths]
