@@ -1,0 +1,112 @@
+"""Every shipped config parses strictly and builds its model, connectome and controller (on fake
+data of the config's input shape, no weights files), and one training step runs through them.
+
+Configs are for recipes/adaptive.py, except those written in recipes/prune_pretrained.py's keys
+(imagenet_mobilenetv3_maskonly.yaml): those parse with that recipe and build its mask-only
+connectome and controller."""
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from adaptive import Connectome, Controller
+from adaptive.config import ConfigError, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
+# the input shape each dataset family has, reproduced with fake data
+SHAPES = {"mnist": [1, 28, 28], "digits": [1, 8, 8], "cifar10": [3, 32, 32], "imagenet": [3, 64, 64]}
+
+
+def _load(name, file):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / file)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+R = _load("recipe_adaptive_cfg", "adaptive.py")
+P = _load("recipe_prune_pretrained_cfg", "prune_pretrained.py")
+
+
+def recipe_of(path) -> str:
+    keys = {k.replace("-", "_") for k in (yaml.safe_load(Path(path).read_text()) or {})}
+    if keys <= {f.name for f in dataclasses.fields(R.RunConfig)}:
+        return "adaptive"
+    if keys <= set(P.DEFAULTS):
+        return "prune_pretrained"
+    raise AssertionError(f"{path.name}: keys {sorted(keys)} fit neither recipes/adaptive.py nor prune_pretrained.py")
+
+
+def test_the_shipped_configs_are_there():
+    names = {p.name for p in CONFIGS}
+    assert {"mnist_lenet300_rigl.yaml", "mnist_lenet300_utility.yaml", "cifar10_resnet20_dst.yaml",
+            "imagenet_mobilenetv3_maskonly.yaml", "imagenet_mobilenetv3_maskonly_adaptive.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_builds(path):
+    torch.set_num_threads(1)
+    if recipe_of(path) == "prune_pretrained":
+        ns = P.parse_args(["--config", str(path)])
+        model = R.build_model(ns.model, num_classes=ns.num_classes or 10, in_shape=SHAPES[ns.dataset]).eval()
+        conn = Connectome(model, ensemble=ns.ensemble, mode="mask_only")
+        ctrl = Controller(conn, policy="crawl", estimator=ns.estimator, update_every=ns.window, edit_decay="constant")
+        F.cross_entropy(model(torch.randn(2, *SHAPES[ns.dataset])), torch.tensor([0, 1])).backward()
+        ctrl.observe()
+        assert ctrl.stats.count == 1
+        return
+    cfg = parse_config(R.RunConfig, ["--config", str(path)])
+    assert cfg.dataset in SHAPES
+    tiny = parse_config(R.RunConfig, [
+        "--config", str(path), "--dataset", "fake", "--dataset_kw.shape", str(SHAPES[cfg.dataset]),
+        "--dataset_kw.train_size", "40", "--dataset_kw.test_size", "8", "--batch_size", "4", "--num_workers", "0",
+        "--weights", "none", "--augment", "false"])
+    loaders = R.get_dataloaders(tiny)
+    model = R.build_model(tiny.model, num_classes=loaders.num_classes, in_shape=loaders.in_shape, **tiny.model_kw)
+    x, y = next(iter(loaders.train))
+    if tiny.mode == "mask_only":
+        assert cfg.weights, "a mask-only config needs pretrained weights"
+        model.eval()
+        conn = R.build_connectome(tiny, model)
+        ctrl = R.build_controller(tiny, conn)
+        assert conn.mode == "mask_only" and ctrl.policy.name == "crawl"
+        F.cross_entropy(model(x), y).backward()
+        ctrl.observe()
+        ctrl.step()
+        assert ctrl.stats.count == 1
+        return
+    opt = R.build_optimizer(tiny, model)
+    conn = R.build_connectome(tiny, model)
+    ctrl = R.build_controller(tiny, conn, opt, total_steps=100)
+    assert conn.density() == pytest.approx(tiny.density, abs=2e-3)
+    assert ctrl.end_step == 75 and ctrl.update_every == tiny.update_every
+    for n in ctrl.protected:
+        assert bool(conn.masks[n].all())
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    for n, m in conn.masks.items():
+        assert not bool(conn.params[n].detach()[~m].any())
+
+
+def test_unknown_key_in_a_config_file_is_rejected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "recipes" / "configs" / "mnist_lenet300_rigl.yaml").read_text() + "\nupdate_evry: 5\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'update_evry' in .*bad.yaml; did you mean 'update_every'"):
+        parse_config(R.RunConfig, ["--config", str(bad)])
+    bad.write_text("density: lots\n")
+    with pytest.raises(ConfigError, match=r"config key 'density' in .*bad.yaml expects"):
+        parse_config(R.RunConfig, ["--config", str(bad)])
+
+
+def test_command_line_overrides_the_config():
+    path = ROOT / "recipes" / "configs" / "mnist_lenet300_utility.yaml"
+    cfg = parse_config(R.RunConfig, ["--config", str(path), "--density", "0.02", "--estimator", "obd",
+                                     "--data-dir", "/somewhere", "--epochs", "3"])
+    assert (cfg.density, cfg.estimator, cfg.data_dir, cfg.epochs, cfg.model) == (0.02, "obd", "/somewhere", 3, "lenet300")
