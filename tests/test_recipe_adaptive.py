@@ -201,3 +201,44 @@ def test_runtime_problems_fail_with_one_line(tmp_path, capsys):
         R.main(["--output_dir", str(tmp_path / "b"), "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err
     assert "dataset 'mnist' not found" in err and "nowhere" in err and "Traceback" not in err
+
+
+def test_mask_only_mode_changes_no_weight(tmp_path):
+    from adaptive.mask_only import changed_weights
+
+    res = R.main(["--output_dir", str(tmp_path), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
+                  "--update_every", "8", "--threads", "1", "--progress", "false", "--figures", "false"])
+    assert res.conn.mode == "mask_only" and changed_weights(res.conn) == 0
+    assert res.conn.density() == pytest.approx(0.7, abs=1e-3)
+    rows = read_metrics_csv(tmp_path / "metrics.csv")
+    assert {r["split"] for r in rows} == {"train", "holdout", "test"}
+    assert (tmp_path / "connectome.safetensors").exists() and (tmp_path / "events.jsonl").read_text()
+
+
+MISMATCH = '''
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("recipe", {script!r})
+R = importlib.util.module_from_spec(spec); sys.modules["recipe"] = R; spec.loader.exec_module(R)
+build = R.build_controller
+
+def skewed(cfg, conn, *a, **kw):  # a bug that makes the ranks disagree: a per-rank seed
+    import torch.distributed as dist
+    cfg.seed += dist.get_rank()
+    return build(cfg, conn, *a, **kw)
+
+R.build_controller = skewed
+R.main(sys.argv[1:])
+'''
+
+
+def test_two_processes_that_disagree_stop_with_a_clear_error(tmp_path):
+    script = tmp_path / "mismatch.py"
+    script.write_text(MISMATCH.format(script=str(SCRIPT)))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *TINY,
+           "--output_dir", str(tmp_path / "run"), "--figures", "false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert r.returncode != 0
+    assert "MaskMismatchError: connectome masks differ between processes at step 10" in r.stdout + r.stderr
+    assert not (tmp_path / "run" / "summary.json").exists()
