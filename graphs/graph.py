@@ -293,7 +293,14 @@ def layer_graph(unit: ConnectomeGraph) -> ConnectomeGraph:
         cols["l2"] = w * w
     if "utility" in unit.edge_attrs:
         cols["utility"] = unit.edge_attrs["utility"].to(torch.float64)
-    key, agg = _aggregate(gs * ng + gd, cols)
+    key = gs * ng + gd
+    if ng * ng <= 4_000_000:  # few groups: dense bins, no sort
+        present = torch.bincount(key, minlength=ng * ng) > 0
+        key_u = present.nonzero().squeeze(1)
+        agg = {k: torch.bincount(key, weights=v.double(), minlength=ng * ng)[key_u] for k, v in cols.items()}
+        key = key_u
+    else:
+        key, agg = _aggregate(key, cols)
     src, dst = torch.div(key, ng, rounding_mode="floor"), key % ng
     agg["l2"] = agg["l2"].sqrt()
     agg["kind"] = torch.where(agg["count"] > 0, EDGE_SYNAPSE, EDGE_WIRE)

@@ -170,3 +170,27 @@ def test_figures_include_concat_depths(tmp_path):
     assert names == ["concat_depths.png", "dead_units.png", "degree_distribution.png", "density_per_layer.png",
                      "reachability.png"]
     assert all(os.path.getsize(p) > 1000 for p in paths)
+
+
+def test_readme_example(tmp_path, monkeypatch):
+    """The README's graphs section, verbatim (run in a temporary folder)."""
+    monkeypatch.chdir(tmp_path)
+    import torch
+
+    import adaptive
+    import graphs
+    from adaptive.models import build_model
+
+    model = build_model("resnet20")
+    conn = adaptive.Connectome(model)
+    g = graphs.build(conn, level="unit")       # "synapse", "unit" or "layer"
+    data = graphs.to_pyg(g)                    # torch_geometric Data: edge_index [2, E] source -> target
+    nxg = graphs.to_networkx(g)                # networkx DiGraph with the same nodes and attributes
+    graphs.write(g, "run/connectome.graphml")  # also .gexf and .json
+    print(graphs.summary(g)["dead"])
+    small = graphs.compact(model.eval(), conn, torch.randn(8, 3, 32, 32))  # dead units physically removed
+    print(small.compaction["params_before"], "->", small.compaction["params_after"])
+
+    assert data.num_edges == nxg.number_of_edges() == g.num_edges
+    assert (tmp_path / "run" / "connectome.graphml").exists()
+    assert small.compaction["units_removed"] == 0  # a dense connectome has no dead unit

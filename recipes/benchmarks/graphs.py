@@ -30,6 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 # this file is itself called graphs.py: keep its folder off the path so `import graphs` finds the package
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or os.getcwd()) != HERE]
+LOAD = os.getloadavg()
 TARGETS = {("resnet50", "unit", "pyg"): 5.0, ("resnet50", "unit", "networkx"): 30.0,
            ("mobilenet_v3_large", "synapse", "build"): 10.0}
 
@@ -173,7 +174,8 @@ def table(rows, comp, threads, cmdline) -> str:
         "",
         f"Command: `{cmdline}`  ",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {threads}, "
-        f"torch {torch.__version__}. The CPUs were shared with other jobs while this ran, so times are upper bounds.",
+        f"torch {torch.__version__}. The CPUs were shared with other jobs while this ran (load average "
+        f"{LOAD[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end), so times are upper bounds.",
         "",
         "## Building graphs (random masks, 50% density, input 1x3x224x224)",
         "",
@@ -235,7 +237,8 @@ def main(argv=None):
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=os.environ.get("ADAPTIVE_DATA", os.path.join(ROOT, "..", "shared", "data")))
-    p.add_argument("--threads", type=int, default=2, help="torch threads for graph building")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for graph building (1: on a shared 2-core machine, 2 threads thrash)")
     p.add_argument("--compact-threads", type=int, default=1,
                    help="torch threads for the forward-time comparison (1: least disturbed by other jobs)")
     p.add_argument("--quick", action="store_true", help="mobilenet unit level and a short compaction run only")
