@@ -24,7 +24,7 @@ from torch import nn
 from . import bitpack
 from .discovery import SynapseLayer, discover, state_dict_keys
 from .ensembles import Granularity, get_granularity
-from .optim_state import reset_state, unwrap_optimizer
+from .optim_state import preserves_zeros, reset_state, unwrap_optimizer
 
 MODES = ("train", "mask_only")
 FORMAT = "adaptive.connectome/1"
@@ -245,10 +245,11 @@ class Connectome:
 
     def _hot_lists(self) -> tuple:
         """``(names, params, float masks)`` of the layers that have pruned synapses, the masks on
-        each parameter's device and in its dtype. Rebuilt after a mask edit or a device/dtype move
-        of the model (``model.to(...)`` keeps parameter identity, so the check is per step)."""
+        each parameter's device and in its dtype. Rebuilt after a mask edit or a move of the model
+        (``model.to(...)`` keeps parameter identity and moves every parameter, so checking the
+        first one per call is enough; a partial move is caught by :meth:`_foreach_mask`)."""
         hot = self._hot
-        if hot is not None and all(f.device == p.device and f.dtype == p.dtype for p, f in zip(hot[1], hot[2])):
+        if hot is not None and (not hot[1] or (hot[1][0].device == hot[2][0].device and hot[1][0].dtype == hot[2][0].dtype)):
             return hot
         names = [n for n in self.params if not self._dense[n]]
         params = [self.params[n] for n in names]
@@ -260,6 +261,31 @@ class Connectome:
             fmasks.append(m.to(p.dtype))
         self._hot = (names, params, fmasks)
         return self._hot
+
+    @torch.no_grad()
+    def _foreach_mask(self, grads: bool, weights: bool) -> None:
+        """Multiply the gradients and/or weights of every layer with pruned synapses by its 0/1 mask,
+        in one ``torch._foreach_mul_``; a layer's gradient and weight sit side by side in the list,
+        so its mask is read from memory once for both."""
+        for attempt in range(2):
+            _, params, fmasks = self._hot_lists()
+            ts, ms = [], []
+            for p, f in zip(params, fmasks):
+                if grads and p.grad is not None:
+                    ts.append(p.grad)
+                    ms.append(f)
+                if weights:
+                    ts.append(p)
+                    ms.append(f)
+            if not ts:
+                return
+            try:
+                torch._foreach_mul_(ts, ms)
+                return
+            except RuntimeError:
+                if attempt:
+                    raise
+                self._hot = None  # some layer moved device on its own: rebuild the cache once
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -274,25 +300,21 @@ class Connectome:
                     self.original[n] = o = o.to(p.device)
                 p.copy_(torch.where(m, o, torch.zeros((), dtype=p.dtype, device=p.device)))
             return
-        _, params, fmasks = self._hot_lists()
-        if params:
-            torch._foreach_mul_(params, fmasks)
+        self._foreach_mask(grads=False, weights=True)
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
         """Zero the gradients at pruned positions (called just before an optimizer step)."""
-        _, params, fmasks = self._hot_lists()
-        pairs = [(p.grad, f) for p, f in zip(params, fmasks) if p.grad is not None]
-        if pairs:
-            grads, fs = zip(*pairs)
-            torch._foreach_mul_(list(grads), list(fs))
+        self._foreach_mask(grads=True, weights=False)
 
     # ------------------------------------------------------------------ optimizers
     def attach(self, optimizer) -> "Connectome":
         """Hook ``optimizer`` (a torch optimizer or Accelerate's wrapper) so that pruned weights stay
-        exactly 0.0 through every step: observers see dense gradients, then gradients are masked,
-        the step runs, and the weights are re-masked. Moments at pruned positions are reset now and
-        at every later mask change."""
+        exactly 0.0 through every step: observers see dense gradients, then gradients are masked
+        and weights re-masked (one pass), the step runs, and the weights are re-masked again unless
+        the optimizer is registered as zero-preserving (SGD, Adam, AdamW, ...: see
+        :func:`adaptive.optim_state.register_zero_preserving`). Moments at pruned positions are
+        reset now and at every later mask change."""
         opt = unwrap_optimizer(optimizer)
         if any(r() is opt for r in self._optimizers):
             return self
@@ -302,6 +324,9 @@ class Connectome:
         self._optimizers.append(weakref.ref(opt))
         self._handles.append(opt.register_step_pre_hook(self._pre_step))
         self._handles.append(opt.register_step_post_hook(self._post_step))
+        # An optimizer state loaded later (a resume, a dense run's state) is repaired at once, so
+        # no moment at a pruned position can move its weight at the next step.
+        self._handles.append(opt.register_load_state_dict_post_hook(self._after_optimizer_load))
         self.apply()
         self._reset_optimizer_state({n: ~m for n, m in self.masks.items() if not self._dense[n]}, only=[opt])
         return self
@@ -324,10 +349,21 @@ class Connectome:
     def _pre_step(self, opt, args, kwargs):
         for fn in self._observers:
             fn()
-        self.mask_gradients()
+        if self.mode == "mask_only":
+            self.mask_gradients()  # the weights are restored from the originals after the step
+        else:
+            # Gradients masked and weights re-imposed in one pass: a weight written outside the
+            # optimizer since the last step (an init, a load, an EMA swap) is pruned again here.
+            self._foreach_mask(grads=True, weights=True)
 
     def _post_step(self, opt, args, kwargs):
-        self.apply()
+        # A zero-preserving optimizer (optim_state.register_zero_preserving) cannot move a weight
+        # whose gradient, value and state are all 0.0, so re-masking after its step is skipped.
+        if self.mode == "mask_only" or not preserves_zeros(opt):
+            self.apply()
+
+    def _after_optimizer_load(self, opt) -> None:
+        self._reset_optimizer_state({n: ~m for n, m in self.masks.items() if not self._dense[n]}, only=[opt])
 
     def _reset_optimizer_state(self, positions: Dict[str, torch.Tensor], only=None) -> None:
         opts = only if only is not None else [r() for r in self._optimizers]

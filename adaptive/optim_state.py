@@ -30,3 +30,41 @@ def reset_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, where: to
     for v in state.values():
         if isinstance(v, torch.Tensor) and v.shape == param.shape and v.is_floating_point():
             v.masked_fill_(where.to(v.device), 0)
+
+
+_ZERO_PRESERVING: set = set()
+
+
+def register_zero_preserving(cls):
+    """Declare that optimizer class ``cls`` is *zero-preserving*: its update at a position is exactly
+    0.0 whenever that position's gradient, weight and every per-parameter state tensor are 0.0.
+
+    The connectome masks gradients and weights before every step and keeps the state at pruned
+    positions at 0.0, so after a step of such an optimizer the pruned weights are still exactly
+    0.0 and the post-step re-masking (a pass over every prunable weight) is skipped. Any other
+    optimizer (including subclasses of registered ones: the match is by exact type) is re-masked
+    after each step. Registering a class that is not zero-preserving breaks invariant 1; prove a
+    new entry with the 50-step test in tests/test_invariants.py. Usable as a class decorator."""
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise TypeError(f"register_zero_preserving expects a torch.optim.Optimizer subclass, got {cls!r}")
+    _ZERO_PRESERVING.add(cls)
+    return cls
+
+
+def preserves_zeros(optimizer) -> bool:
+    """Whether ``optimizer``'s exact type is registered as zero-preserving."""
+    return type(optimizer) in _ZERO_PRESERVING
+
+
+# Each keeps 0.0 where gradient, weight and state are 0.0, with or without momentum, dampening,
+# nesterov, L2 or decoupled weight decay, amsgrad, centering (tests/test_invariants.py).
+for _cls in (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+):
+    register_zero_preserving(_cls)
