@@ -112,12 +112,12 @@ def cmd_dense_gradients(args):
                                 depth=args.depth, width=args.width, kind=kind, batchnorm=bn, activation=args.activation)
             opt = make_optimizer("sgd", model, args.lr)
             train_loss = train_steps(model, seeded_train_loader(data, args.batch_size, args.seed), args.train_steps, opt, desc=f"train {tag}")
-            res = D.gradient_by_depth(model, seeded_train_loader(data, args.batch_size, args.seed + 1), layer="classifier",
+            res = D.gradient_by_depth(model, seeded_train_loader(data, args.batch_size, args.seed + 1), layer=args.layer,
                                       batches=args.grad_batches)
             res.title = f"DenseCat {kind} ({args.activation}), depth {args.depth} x width {args.width}, " \
                         f"{'BatchNorm' if bn else 'no normalisation'}, {args.dataset}, after {args.train_steps} SGD steps"
             paths = res.plot(os.path.join(out, f"gradients_by_depth_{tag}.png"), svg=args.svg)
-            write_table(res.table, out, f"gradients_by_depth_{tag}", f"classifier |grad| by source depth ({tag})")
+            write_table(res.table, out, f"gradients_by_depth_{tag}", f"{args.layer} |grad| by source depth ({tag})")
             ratio = res.ratio()
             decades = math.log10(ratio) if 0 < ratio < math.inf else float("nan")
             print(f"{tag}: median |grad| of the first band / last band = {ratio:.4g} ({decades:+.2f} decades); "
@@ -183,6 +183,13 @@ def cmd_collinearity(args):
 # ---------------------------------------------------------------------- knowledge
 def cmd_knowledge(args):
     out = outdir(args)
+    if args.replot:
+        curve = D.KnowledgeCurve.load(args.replot, noise_floor=args.noise_floor)
+        paths = curve.plot(os.path.join(out, f"knowledge_{curve.meta.get('model', 'model')}.png"), svg=args.svg,
+                           title=curve.meta.get("title", ""))
+        curve.save(out)
+        print(f"{curve.fit_table().to_markdown()}\nredrawn from {args.replot}: {paths[0]}")
+        return
     data = get_data(args)
     model = trained_model(args, data)
     t0 = time.time()
@@ -190,21 +197,18 @@ def cmd_knowledge(args):
         model, data.test, order_loader=data.holdout, estimator=args.estimator, points=args.points,
         max_fraction=args.max_fraction, finetune_batches=args.finetune_batches,
         finetune_loader=seeded_train_loader(data, args.batch_size, args.seed + 2), lr=args.finetune_lr,
-        eval_batches=args.eval_batches, order_batches=args.order_batches,
+        eval_batches=args.eval_batches, order_batches=args.order_batches, noise_floor=args.noise_floor,
     )
-    n_order = len(data.holdout.dataset) if args.estimator == "magnitude" else \
-        min(len(data.holdout.dataset), (args.order_batches or 10 ** 9) * (data.holdout.batch_size or 1))
+    n_order = min(len(data.holdout.dataset), (args.order_batches or 10 ** 9) * (data.holdout.batch_size or 1))
     source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
     curve.note = (f"order from {'weights only' if args.estimator == 'magnitude' else f'{n_order} held-out TRAIN images'}; "
                   f"accuracy on {curve.meta['base']['samples']} {args.dataset} TEST images")
-    paths = curve.plot(os.path.join(out, f"knowledge_{args.model}.png"), svg=args.svg,
-                       title=f"knowledge distribution of {source} on {args.dataset}")
-    write_table(curve.table, out, "knowledge_curve", "accuracy of what remains")
-    write_table(curve.fit_table(), out, "knowledge_fit", "exponential fits (log y = a + rate * removed)")
-    with open(os.path.join(out, "knowledge_summary.json"), "w") as f:
-        json.dump({"total_weights": curve.total, "estimator": args.estimator, "finetune_batches": args.finetune_batches,
-                   "base": curve.meta["base"], "fits": curve.fits, "note": curve.note,
-                   "seconds": time.time() - t0}, f, indent=2)
+    curve.meta.update(model=args.model, dataset=args.dataset, seconds=time.time() - t0,
+                      title=f"knowledge distribution of {source} on {args.dataset}")
+    paths = curve.plot(os.path.join(out, f"knowledge_{args.model}.png"), svg=args.svg, title=curve.meta["title"])
+    curve.save(out)
+    print(f"\naccuracy of what remains\n{curve.table.to_markdown()}")
+    print(f"\nexponential fits (log y = a + rate * removed)\n{curve.fit_table().to_markdown()}")
     print(f"\n{curve.note}; {curve.total:,} prunable weights; {time.time() - t0:.0f} s; figure {paths[0]}")
 
 
@@ -245,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--depth", type=int, default=8)
     s.add_argument("--width", type=int, default=32)
     s.add_argument("--activation", choices=["relu", "tanh", "gelu"], default="relu")
+    s.add_argument("--layer", default="classifier", help="layer whose weight gradients are grouped (classifier, layers.K)")
     s.add_argument("--grad_batches", type=int, default=50, help="batches the gradient statistics run over")
     s.add_argument("--compare", action="store_true", help="also train SGD, Adam, BatchNorm and band-scaled SGD side by side")
     s.add_argument("--compare_steps", type=int, default=600)
@@ -265,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--finetune_lr", type=float, default=1e-3)
     s.add_argument("--eval_batches", type=int, default=None, help="TEST batches per point (default all)")
     s.add_argument("--order_batches", type=int, default=20, help="held-out TRAIN batches for gradient-based orders")
+    s.add_argument("--noise_floor", type=float, default=1e-3, help="loss increases below this are not fitted")
+    s.add_argument("--replot", default=None, metavar="DIR", help="redraw and refit a finished knowledge run's tables")
     s.set_defaults(func=cmd_knowledge)
 
     s = sub.add_parser("progress", parents=[common], help="controller progress of a run folder")

@@ -55,9 +55,10 @@ def evaluate(model: nn.Module, data, loss_fn: Callable = default_loss) -> Dict[s
 
 def fit_exponential(x: Sequence[float], y: Sequence[float], use: Sequence[bool], tolerance: float = math.log(2)) -> dict:
     """Least-squares fit ``log y = a + rate * x`` on the points where ``use`` is true (and y > 0).
-    Returns rate, intercept, r2, the fitted points' range, and ``holds_from``/``holds_to``: the
-    widest run of consecutive points around the fitted ones whose residual stays within
-    ``tolerance`` (log units; ln 2 = a factor of 2), i.e. where the exponential description breaks."""
+    Returns rate, intercept, r2, the fitted points' range (``fit_from``/``fit_to``), the fraction of
+    fitted points within ``tolerance`` (log units; ln 2 = a factor of 2) of the line, and
+    ``holds_from``/``holds_to``: how far beyond the fitted range, point by consecutive point, the
+    line stays within ``tolerance``; where the exponential description breaks."""
     X = torch.tensor(list(x), dtype=torch.float64)
     Y = torch.tensor(list(y), dtype=torch.float64)
     pos = Y > 0
@@ -75,17 +76,30 @@ def fit_exponential(x: Sequence[float], y: Sequence[float], use: Sequence[bool],
     resid_all[pos] = (Y[pos].log() - (a + r * X[pos])).abs()
     ok = resid_all <= tolerance
     idx = torch.nonzero(m).squeeze(1)
-    centre = int(idx[len(idx) // 2])
-    lo = hi = centre
-    if bool(ok[centre]):
-        while lo > 0 and bool(ok[lo - 1]):
-            lo -= 1
-        while hi < len(X) - 1 and bool(ok[hi + 1]):
-            hi += 1
+    lo, hi = int(idx[0]), int(idx[-1])
+    while lo > 0 and bool(ok[lo - 1]):
+        lo -= 1
+    while hi < len(X) - 1 and bool(ok[hi + 1]):
+        hi += 1
     return {"rate": r, "intercept": a, "r2": r2, "points": int(m.sum()),
+            "within_tolerance": float(ok[m].double().mean()),
             "fit_from": float(X[idx[0]]), "fit_to": float(X[idx[-1]]),
-            "holds_from": float(X[lo]) if bool(ok[centre]) else None,
-            "holds_to": float(X[hi]) if bool(ok[centre]) else None}
+            "holds_from": float(X[lo]), "holds_to": float(X[hi])}
+
+
+def fit_curve(table: Table, chance: float, samples: int, noise_floor: float = 1e-3) -> Dict[str, dict]:
+    """Exponential fits of a knowledge curve's loss increase and accuracy drop over its middle: the
+    points above ``noise_floor`` (and, for accuracy, above 1.5 samples' worth), up to the first point
+    where the accuracy has lost 90% of its way to ``chance`` (the collapse)."""
+    acc0 = table["accuracy"][0]
+    span = max(acc0 - chance, 1e-9)
+    drops = table["accuracy_drop"]
+    collapse = next((i for i, d in enumerate(drops) if d >= 0.9 * span), len(drops))
+    k = table["removed"]
+    body = [i < collapse and li > noise_floor for i, li in enumerate(table["loss_increase"])]
+    body_acc = [i < collapse and d > max(noise_floor, 1.5 / max(samples, 1)) for i, d in enumerate(drops)]
+    return {"loss_increase": fit_exponential(k, table["loss_increase"], body),
+            "accuracy_drop": fit_exponential(k, drops, body_acc)}
 
 
 def _forever(loader):
@@ -115,6 +129,38 @@ class KnowledgeCurve:
     note: str = ""
     meta: dict = field(default_factory=dict)
 
+    def save(self, out_dir: str) -> None:
+        """Write ``knowledge_curve.csv/.md``, ``knowledge_fit.csv/.md`` and ``knowledge_summary.json``."""
+        import json
+        import os
+
+        os.makedirs(out_dir, exist_ok=True)
+        for name, t in (("knowledge_curve", self.table), ("knowledge_fit", self.fit_table())):
+            t.to_csv(os.path.join(out_dir, name + ".csv"))
+            with open(os.path.join(out_dir, name + ".md"), "w") as f:
+                f.write(t.to_markdown() + "\n")
+        keep = {k: v for k, v in self.meta.items() if isinstance(v, (int, float, str, dict, list)) or v is None}
+        with open(os.path.join(out_dir, "knowledge_summary.json"), "w") as f:
+            json.dump({"total_weights": self.total, "estimator": self.estimator, "finetune_batches": self.finetune_batches,
+                       "chance": self.chance, "note": self.note, "fits": self.fits, "meta": keep}, f, indent=2)
+
+    @classmethod
+    def load(cls, out_dir: str, noise_floor: float = 1e-3) -> "KnowledgeCurve":
+        """Read what :meth:`save` wrote and fit again (e.g. to redraw with another noise floor)."""
+        import csv
+        import json
+        import os
+
+        with open(os.path.join(out_dir, "knowledge_summary.json")) as f:
+            s = json.load(f)
+        with open(os.path.join(out_dir, "knowledge_curve.csv"), newline="") as f:
+            rows = [{k: (int(v) if k == "removed" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+        table = Table(rows)
+        meta = s.get("meta", {})
+        samples = int(meta.get("base", {}).get("samples", 0))
+        fits = fit_curve(table, s["chance"], samples, noise_floor)
+        return cls(table, s["total_weights"], s["estimator"], s["finetune_batches"], fits, s["chance"], s.get("note", ""), meta)
+
     def fit_table(self) -> Table:
         rows = []
         for what, f in self.fits.items():
@@ -123,7 +169,7 @@ class KnowledgeCurve:
                 "quantity": what, "rate_per_weight": r,
                 "e_fold_weights": (1.0 / r) if r and r > 0 else float("nan"),
                 "e_fold_fraction": (1.0 / (r * self.total)) if r and r > 0 else float("nan"),
-                "r2": f["r2"], "fit_from": f["fit_from"], "fit_to": f["fit_to"],
+                "r2": f["r2"], "within_x2": f.get("within_tolerance"), "fit_from": f["fit_from"], "fit_to": f["fit_to"],
                 "holds_from": f["holds_from"], "holds_to": f["holds_to"],
             })
         return Table(rows)
@@ -160,8 +206,11 @@ class KnowledgeCurve:
                 xs = torch.linspace(0, max(k), 200)
                 ax.plot(xs, scale * torch.exp(f["intercept"] + f["rate"] * xs.double()), "-", color="C3",
                         label=f"exp fit: e-fold every {1 / f['rate']:.3g} weights (R²={f['r2']:.3f})" if f["rate"] > 0 else "exp fit")
-                if f.get("holds_from") is not None:
-                    ax.axvspan(f["holds_from"], f["holds_to"], color="C2", alpha=0.12, label="fit within ×2")
+                ax.axvspan(f["fit_from"], f["fit_to"], color="C2", alpha=0.12,
+                           label=f"fitted range ({f.get('within_tolerance', float('nan')):.0%} of its points within ×2)")
+                for edge in {f["holds_from"], f["holds_to"]}:
+                    ax.axvline(edge, color="C2", ls="--", lw=1)
+                ax.plot([], [], color="C2", ls="--", lw=1, label="line stays within ×2 up to here")
             ax.set_yscale("log")
             ax.set_xlim(-0.02 * max(k), 1.02 * max(k))
             ax.set_xlabel("weights removed (count)")
@@ -251,14 +300,7 @@ def knowledge_distribution(
         })
     table = Table(rows)
     chance = 1.0 / num_classes
-    fits = {}
-    span = max(base["accuracy"] - chance, 1e-9)
-    k_all = table["removed"]
-    # fit only the middle: above the noise floor, before the net collapses towards chance
-    body = [(li > noise_floor) and (ad < 0.9 * span) for li, ad in zip(table["loss_increase"], table["accuracy_drop"])]
-    fits["loss_increase"] = fit_exponential(k_all, table["loss_increase"], body)
-    body_acc = [(ad > max(noise_floor, 1.0 / base["samples"])) and (ad < 0.9 * span) for ad in table["accuracy_drop"]]
-    fits["accuracy_drop"] = fit_exponential(k_all, table["accuracy_drop"], body_acc)
+    fits = fit_curve(table, chance, base["samples"], noise_floor)
     return KnowledgeCurve(table, total, estimator, finetune_batches or 0, fits, chance,
                           note=f"evaluated on {base['samples']} samples",
                           meta={"base": base, "model": work, "connectome": conn, "order": order})
