@@ -320,6 +320,9 @@ def _link(n, cat, module, args, env, items) -> bool:
         items.link(items.ids(args[0]), items.ids(n))
         return all(env[a].dim() < 2 or a is args[0] for a in args)
     if cat == "broadcast":
+        others = [a for a in _tensor_args(n) if a not in items.offset]
+        if any(isinstance(env.get(a), torch.Tensor) and env[a].numel() > 1 for a in others):
+            return False  # a 1-D tensor may broadcast along the channel axis
         for a in args:
             v = env[a]
             if v.dim() != out.dim() or v.shape[1] != out.shape[1]:
