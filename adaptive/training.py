@@ -152,6 +152,21 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     return {"loss": ep_loss / max(ep_n, 1), "accuracy": ep_correct / max(ep_n, 1)}
 
 
+class DeviceLoader:
+    """A loader whose batches are moved to ``device``, unsharded: every process sees every batch.
+    For data that all processes must judge identically (mask_only's held-out verification)."""
+
+    def __init__(self, loader, device):
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield tuple(t.to(self.device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 def checkpoint_root(output_dir) -> Path:

@@ -38,7 +38,7 @@ from adaptive.config import ConfigError, parse_config, save_config, to_dict  # n
 from adaptive.data import get_dataloaders as _get_dataloaders  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.training import (  # noqa: E402
-    TrainState, cosine_schedule, evaluate, find_checkpoint, load_checkpoint, metric_row, run_dir_of,
+    DeviceLoader, TrainState, cosine_schedule, evaluate, find_checkpoint, load_checkpoint, metric_row, run_dir_of,
     save_checkpoint, train_one_epoch, write_metrics_csv,
 )
 
@@ -332,14 +332,18 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
     """Mask-only connectome optimisation: the weights stay bit-exact, only the masks move."""
     from adaptive.mask_only import optimize_connectome
 
-    model, train_dl, holdout_dl, test_dl = accelerator.prepare(model, loaders.train, loaders.holdout, loaders.test)
+    # no DDP wrapper: no weight is trained; the controller reduces its statistics across processes
+    model = model.to(accelerator.device)
+    train_dl, test_dl = accelerator.prepare(loaders.train, loaders.test)
+    # every process verifies edits on the same held-out batches, so all make the same decisions
+    holdout_dl = DeviceLoader(loaders.holdout, accelerator.device)
     target = cfg.target if cfg.target is not None else (1.0 - cfg.density if cfg.density and cfg.density < 1 else "best")
     kw = dict(passes=float(cfg.epochs), ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
               estimator=cfg.estimator or "consistency", window=cfg.update_every, seed=cfg.seed,
               progress=cfg.progress and accelerator.is_local_main_process)
     kw.update(cfg.mask_only_kw)
     t0 = time.time()
-    result = optimize_connectome(accelerator.unwrap_model(model), train_dl, holdout_dl, target, **kw)
+    result = optimize_connectome(model, train_dl, holdout_dl, target, **kw)
     conn = result.conn
     state = TrainState(step=result.controller.step_count)
     for h in result.history:

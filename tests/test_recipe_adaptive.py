@@ -164,6 +164,7 @@ def test_two_processes_agree(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["processes"] == 2
+    assert summary["test_examples"] == 359  # gathered from both shards, the padding dropped
     hashes = summary["mask_hash_per_process"]
     assert len(hashes) == 2 and hashes[0] == hashes[1]
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
