@@ -1,0 +1,422 @@
+"""Training-step overhead of an attached connectome at 50% density against plain PyTorch.
+
+One training step is forward + backward + optimizer step (SGD, momentum 0.9, weight decay 5e-4).
+Every variant trains its own copy of the same initial model; the variants run interleaved in one
+process (the order rotates every round) so that machine load hits them alike, and the reported
+ratio is the median over rounds of (variant step time / plain step time in the same round).
+
+Variants:
+  plain          the model and optimizer alone
+  ours           adaptive.Connectome(...).attach(opt) with the library's hot path
+                 (cached 0/1 masks in the weight dtype, torch._foreach_mul_, dense layers skipped)
+  ours-bool      the first hot path: one mul_ per layer by the bool mask (dtype cast per element)
+Besides whole-step ratios (noisy on a shared machine) it times the masking work alone, which is
+all the connectome adds to a step, for the library's path and for per-layer float multiplies.
+  rigl-torch     rigl_torch.RigLScheduler (PyPI, static topology, so only its per-step masking is
+                 timed) where it installs; its uniform distribution keeps the first layer dense
+
+    python recipes/benchmarks/overhead.py                 # full table (~4-5 minutes on 1 thread)
+    python recipes/benchmarks/overhead.py --quick         # a smoke run
+Writes recipes/benchmarks/results/overhead.md.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import adaptive  # noqa: E402
+from adaptive import Connectome  # noqa: E402
+
+RESULTS = ROOT / "recipes" / "benchmarks" / "results" / "overhead.md"
+
+
+# ----------------------------------------------------------------------------------- models
+class _Block(nn.Module):
+    """CIFAR BasicBlock with the parameter-free "option A" shortcut (He et al. 2016)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.pad = (cout - cin) // 2 if (stride != 1 or cin != cout) else None
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        sc = x if self.pad is None else F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+        return F.relu(out + sc)
+
+
+class _ResNet20(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, cin = [], 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = []
+            for i in range(3):
+                blocks.append(_Block(cin, cout, stride if i == 0 else 1))
+                cin = cout
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.linear = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def build(name):
+    """The project's model zoo when present, else a local definition of the same network."""
+    try:
+        from adaptive.models import build_model
+
+        if name == "lenet300":
+            return build_model("lenet300", num_classes=10, in_shape=(1, 28, 28)), "adaptive.models"
+        if name == "resnet20":
+            return build_model("resnet20", num_classes=10), "adaptive.models"
+    except ImportError:
+        pass
+    if name == "lenet300":
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)), "local"
+    if name == "resnet20":
+        return _ResNet20(), "local"
+    import torchvision
+
+    return torchvision.models.mobilenet_v3_large(weights=None), "torchvision"
+
+
+CASES = {  # name: (builder, input shape, batch, classes)
+    "LeNet-300-100": ("lenet300", (1, 28, 28), 128, 10),
+    "ResNet-20 (CIFAR)": ("resnet20", (3, 32, 32), 128, 10),
+    "MobileNetV3-Large": ("mobilenet_v3_large", (3, 112, 112), 16, 1000),
+}
+
+
+# ----------------------------------------------------------------------------------- variants
+# Earlier hot paths of adaptive.Connectome, kept here to show what each change buys. Each
+# overrides the two optimizer hooks; everything else is the library's.
+class AlwaysRemask(Connectome):
+    """Cached float masks and _foreach_mul_, but gradients masked before and weights re-masked
+    after every step, whatever the optimizer (two passes, each reading the masks)."""
+
+    def _pre_step(self, opt, args, kwargs):
+        self.mask_gradients()
+
+    def _post_step(self, opt, args, kwargs):
+        self.apply()
+
+
+class PerLayer(Connectome):
+    """As AlwaysRemask, but one mul_ per layer instead of one _foreach_mul_."""
+
+    @torch.no_grad()
+    def _pre_step(self, opt, args, kwargs):
+        _, params, fmasks = self._hot_lists()
+        for p, f in zip(params, fmasks):
+            if p.grad is not None:
+                p.grad.mul_(f)
+
+    @torch.no_grad()
+    def _post_step(self, opt, args, kwargs):
+        _, params, fmasks = self._hot_lists()
+        for p, f in zip(params, fmasks):
+            p.mul_(f)
+
+
+class BoolMask(Connectome):
+    """The first hot path: one mul_ per layer by the bool mask itself (a dtype cast per element)."""
+
+    @torch.no_grad()
+    def _pre_step(self, opt, args, kwargs):
+        for n, p in self.params.items():
+            if not self._dense[n] and p.grad is not None:
+                p.grad.mul_(self.masks[n])
+
+    @torch.no_grad()
+    def _post_step(self, opt, args, kwargs):
+        for n, p in self.params.items():
+            if not self._dense[n]:
+                p.mul_(self.masks[n])
+
+
+HOOK_VARIANTS = {
+    "ours": Connectome,
+    "always re-mask": AlwaysRemask,
+    "per-layer mul_": PerLayer,
+    "bool masks (first version)": BoolMask,
+}
+
+
+def half_masks(conn, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(m.shape, generator=g) < 0.5 for n, m in conn.masks.items()}
+
+
+def make_sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
+class Runner:
+    """One model copy, its optimizer and (optionally) the sparsity machinery under test."""
+
+    def __init__(self, name, model, x, y):
+        self.name, self.model, self.x, self.y = name, model, x, y
+        self.opt = make_sgd(model)
+        self.gate = lambda: True  # rigl-torch decides whether the optimizer steps
+        self.bytes_per_synapse = None
+        self.density = None
+        self.times = []  # CPU time of this thread per step
+        self.walls = []  # wall-clock time per step
+
+    def step(self):
+        t, w = time.thread_time(), time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(self.x), self.y)
+        loss.backward()
+        if self.gate():
+            self.opt.step()
+        return time.thread_time() - t, time.perf_counter() - w
+
+
+def ours(cls, name, base, x, y):
+    r = Runner(name, copy.deepcopy(base), x, y)
+    conn = cls(r.model)
+    conn.set_masks(half_masks(conn))
+    conn.attach(r.opt)
+    r.conn = conn
+    return r
+
+
+def rigl(base, x, y):
+    """rigl-torch's RigLScheduler on the same step, or the reason it cannot run."""
+    try:
+        from rigl_torch.RigL import RigLScheduler
+    except Exception as e:  # noqa: BLE001 - report any failure as the table's reason
+        return f"not installed ({type(e).__name__}: {e}); pip install rigl-torch"
+    try:
+        r = Runner("rigl-torch", copy.deepcopy(base), x, y)
+        sched = RigLScheduler(
+            r.model, r.opt, dense_allocation=0.5, T_end=10**9, delta=100, static_topo=True, ignore_linear_layers=False
+        )
+        r.gate = sched
+        masks = [m for m in sched.backward_masks if m is not None]
+        total = sum(w.numel() for w in sched.W)
+        r.bytes_per_synapse = sum(m.numel() * m.element_size() for m in masks) / total
+        r.density = sum(int((w != 0).sum()) for w in sched.W) / total
+        r.step()  # smoke test before timing
+        return r
+    except Exception as e:  # noqa: BLE001
+        return f"fails to run ({type(e).__name__}: {str(e)[:120]})"
+
+
+# ----------------------------------------------------------------------------------- timing
+def timed(cls):
+    """``cls`` with its optimizer hooks timed (CPU time of this thread) inside real steps."""
+
+    class Timed(cls):
+        def _pre_step(self, opt, args, kwargs):
+            t = time.thread_time()
+            super()._pre_step(opt, args, kwargs)
+            self._t_pre = time.thread_time() - t
+
+        def _post_step(self, opt, args, kwargs):
+            t = time.thread_time()
+            super()._post_step(opt, args, kwargs)
+            self.__dict__.setdefault("hook_times", []).append(self._t_pre + time.thread_time() - t)
+
+    Timed.__name__ = f"Timed{cls.__name__}"
+    return Timed
+
+
+def hook_ms(cls, base, x, y, reps):
+    """Median CPU time of one variant's per-step masking work (its pre- and post-step optimizer
+    hooks), measured inside real training steps so that the caches are as a step leaves them.
+    This is all the connectome adds to a step, and far steadier than whole-step differences."""
+    r = ours(timed(cls), "hook", base, x, y)
+    r.conn._hot = None  # attach() built the float-mask cache; it stays only if the variant uses it
+    for _ in range(reps + 1):
+        r.step()
+    return 1e3 * statistics.median(r.conn.hook_times[1:]), r.conn
+
+
+def bench_case(label, spec, rounds, warmup, steps_per_sample, seed=0):
+    builder, shape, batch, classes = spec
+    torch.manual_seed(seed)
+    base, source = build(builder)
+    base.train()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, *shape, generator=g)
+    y = torch.randint(0, classes, (batch,), generator=g)
+    runners = [Runner("plain", copy.deepcopy(base), x, y), Runner("plain, second copy (noise control)", copy.deepcopy(base), x, y)]
+    runners.append(ours(Connectome, "ours", base, x, y))
+    rg = rigl(base, x, y)
+    if isinstance(rg, Runner):
+        runners.append(rg)
+    for r in runners:
+        for _ in range(warmup):
+            r.step()
+    gc.collect()
+    gc.disable()
+    try:
+        for k in range(rounds):
+            order = runners[k % len(runners):] + runners[: k % len(runners)]
+            for r in order:
+                cpu, wall = zip(*(r.step() for _ in range(steps_per_sample)))
+                r.times.append(sum(cpu) / steps_per_sample)
+                r.walls.append(sum(wall) / steps_per_sample)
+    finally:
+        gc.enable()
+    plain = runners[0].times
+    out = {
+        "label": label,
+        "source": source,
+        "batch": batch,
+        "shape": shape,
+        "plain_ms": 1e3 * statistics.median(plain),
+        "plain_p10_ms": 1e3 * statistics.quantiles(plain, n=10)[0],
+        "plain_wall_ms": 1e3 * statistics.median(runners[0].walls),
+        "rows": {},
+    }
+    for r in runners[1:]:
+        ratios = [t / p for t, p in zip(r.times, plain)]
+        q = statistics.quantiles(ratios, n=4)
+        row = dict(
+            ms=1e3 * statistics.median(r.times),
+            ratio=statistics.median(ratios),
+            q1=q[0],
+            q3=q[2],
+            wall_ratio=statistics.median(t / p for t, p in zip(r.walls, runners[0].walls)),
+        )
+        conn = getattr(r, "conn", None)
+        if conn is not None:
+            for n, p in conn.params.items():  # the steps really kept the pruned weights at zero
+                assert bool((p.detach()[~conn.masks[n]] == 0).all()), f"{r.name}: {n} revived a pruned weight"
+            r.bytes_per_synapse = conn.resident_bytes() / conn.num_synapses()
+            r.density = conn.density()
+        row.update(bytes=r.bytes_per_synapse, density=r.density)
+        out["rows"][r.name] = row
+    if not isinstance(rg, Runner):
+        out["rows"]["rigl-torch"] = dict(error=rg)
+    out["hooks"] = {}
+    reps = 60 if out["plain_ms"] < 100 else 3
+    for name, cls in HOOK_VARIANTS.items():
+        ms, conn = hook_ms(cls, base, x, y, reps)
+        out["hooks"][name] = dict(ms=ms, bytes=conn.resident_bytes() / conn.num_synapses())
+    out["synapses"] = runners[2].conn.num_synapses()
+    return out
+
+
+def fmt_table(results, target):
+    lines = [
+        "| model | batch x input | synapses | plain CPU ms/step (wall) | variant | CPU ms/step | ratio (median) | IQR of ratio | wall-clock ratio | density | resident B/synapse | ratio <= %.2f |" % target,
+        "|" + "---|" * 12,
+    ]
+    for res in results:
+        first = True
+        for name, row in res["rows"].items():
+            cells = [res["label"], f"{res['batch']} x {'x'.join(map(str, res['shape']))}", f"{res['synapses']:,}", f"{res['plain_ms']:.2f} ({res['plain_wall_ms']:.2f})"] if first else ["", "", "", ""]
+            first = False
+            if "error" in row:
+                cells += [name] + ["-"] * 6 + [row["error"]]
+            else:
+                cells += [
+                    name,
+                    f"{row['ms']:.2f}",
+                    f"{row['ratio']:.3f}",
+                    f"{row['q1']:.3f}-{row['q3']:.3f}",
+                    f"{row['wall_ratio']:.3f}",
+                    f"{row['density']:.3f}" if row["density"] is not None else "-",
+                    f"{row['bytes']:.2f}" if row["bytes"] is not None else "-",
+                    ("yes" if row["ratio"] <= target else "no") if name == "ours" else "",
+                ]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Masking work alone (the connectome's optimizer hooks timed inside real steps), CPU ms per step, and in brackets "
+        "1 + that / the plain step's CPU time:",
+        "",
+    ]
+    names = list(results[0]["hooks"])
+    lines.append("| model | " + " | ".join(names) + " |")
+    lines.append("|" + "---|" * (len(names) + 1))
+    for res in results:
+        cells = [f"{res['hooks'][n]['ms']:.3f} ({1 + res['hooks'][n]['ms'] / res['plain_ms']:.3f})" for n in names]
+        lines.append(f"| {res['label']} | " + " | ".join(cells) + " |")
+    lines.append("| resident B/synapse | " + " | ".join(f"{results[0]['hooks'][n]['bytes']:.2f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=1, help="torch threads; CPU-time ratios need 1 (the work then runs on the timing thread)")
+    ap.add_argument("--quick", action="store_true", help="a few rounds only: checks the script, not the numbers")
+    ap.add_argument("--target", type=float, default=1.03)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    # rounds per case: enough for a stable median within ~4 minutes on one core
+    # (rounds, warm-up steps, steps per timed sample) per case: a stable median in ~4 minutes
+    plan = {"LeNet-300-100": (200, 10, 4), "ResNet-20 (CIFAR)": (12, 2, 1), "MobileNetV3-Large": (24, 2, 1)}
+    if args.quick:
+        plan = {k: (3, 1, 1) for k in plan}
+    from tqdm import tqdm
+
+    t0 = time.time()
+    results = []
+    for label in tqdm(CASES, desc="models"):
+        rounds, warmup, per_sample = plan[label]
+        results.append(bench_case(label, CASES[label], rounds, warmup, per_sample))
+    elapsed = time.time() - t0
+    table = fmt_table(results, args.target)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    try:
+        import rigl_torch  # noqa: F401
+        from importlib.metadata import version
+
+        rigl_v = version("rigl-torch")
+    except Exception:  # noqa: BLE001
+        rigl_v = "not installed"
+    note = (
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} thread(s), CPU; "
+        f"load average at the end {load[0]:.1f} on {os.cpu_count()} cores (shared machine); rigl-torch {rigl_v}; "
+        f"{elapsed:.0f} s. Rounds: " + ", ".join(f"{k} {v[0]}" for k, v in plan.items()) + "."
+    )
+    text = (
+        "# Connectome overhead: training step with 50% density vs plain PyTorch\n\n"
+        "Generated by `python recipes/benchmarks/overhead.py` (do not edit by hand).\n"
+        "Step = forward + backward + SGD(momentum 0.9, wd 5e-4) step; random inputs; every variant trains its own copy of "
+        "the same initial model, interleaved in one process; ratio = median over rounds of variant/plain time in the same "
+        "round, timed as the CPU time of the (single) compute thread, which other processes on a shared machine cannot "
+        "inflate (the wall-clock ratio is shown too); the second plain copy shows the noise floor of that ratio. 'Masking work alone' times just the "
+        "connectome's per-step hooks inside real steps, a steadier estimate of the overhead than whole-step ratios on a loaded machine. "
+        "Resident bytes per synapse: masks plus hot-path caches held between steps (the model's own weights, "
+        "gradients and optimizer state are not counted).\n\n"
+        f"{table}\n\n{note}\n"
+    )
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
