@@ -10,6 +10,7 @@ from .analysis import (concat_composition, dead_units, degree_distribution, dens
 from .graph import LEVELS, ConnectomeGraph, build, layer_graph
 from . import figures
 from .compact import FoldedConv, compact
+from .contract import contract_junctions, junction_sources
 from .exporters import EXPORTERS, WRITERS, export, read_json, register_exporter, register_writer, write
 from .netx import from_networkx, to_networkx
 from .pyg import from_pyg, to_pyg
@@ -19,5 +20,5 @@ __all__ = [
     "build", "ConnectomeGraph", "LEVELS", "layer_graph", "trace",
     "summary", "signal_depth", "reachability", "dead_units", "density_per_layer", "degree_distribution",
     "concat_composition", "to_pyg", "from_pyg", "to_networkx", "from_networkx", "write", "read_json", "export",
-    "compact", "FoldedConv", "register_exporter", "register_writer", "EXPORTERS", "WRITERS",
+    "compact", "FoldedConv", "contract_junctions", "junction_sources", "register_exporter", "register_writer", "EXPORTERS", "WRITERS",
 ]

@@ -65,6 +65,8 @@ class ConnectomeGraph:
 
     def live_synapses(self) -> int:
         """Number of live synapses the graph holds (every synapse once, whatever its sources)."""
+        if self.meta.get("contracted"):
+            return int(self.meta["live_synapses"])
         if self.level == "synapse":
             return int((self.edge_attrs["kind"] == EDGE_SYNAPSE).sum())
         return int(self.edge_attrs["count"].sum(dtype=torch.float64))
@@ -168,6 +170,7 @@ def build(
     model: Optional[nn.Module] = None,
     input_nodes: str = "auto",
     traced: Optional[Trace] = None,
+    junctions: bool = True,
 ) -> ConnectomeGraph:
     """Build the graph of ``conn`` (an :class:`adaptive.Connectome`) at ``level``.
 
@@ -178,6 +181,8 @@ def build(
     connectome count as fully live. Guarantee: every input channel of a layer has exactly one
     source node (a junction where several units merge), so the synapse level holds exactly one
     edge per live synapse and the unit level's ``count`` attributes sum to the same number.
+    ``junctions=False`` contracts junctions into direct edges from every feeding unit
+    (:func:`graphs.contract.contract_junctions`; a synapse shared by k sources then appears k times).
     """
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}: use one of {LEVELS}")
@@ -185,6 +190,7 @@ def build(
     if model is None:
         raise ValueError("build needs a Connectome (conn=...) or a model (model=...)")
     tr = traced if traced is not None else trace(model, example_input, input_nodes)
+    notes = []
     if conn is not None:
         seen = {l.param for l in tr.layers}
         missing = [n for n in conn.masks if n not in seen]
@@ -193,9 +199,14 @@ def build(
                    f"the graph: {missing[:5]}{'...' if len(missing) > 5 else ''} (inside a module fx treats as a "
                    f"leaf, or unused in eval mode)")
             warnings.warn(msg, stacklevel=2)
-            tr.warnings.append(msg)
+            notes.append(msg)
     unit = _build_nodes_and_edges(tr, conn, model, "synapse" if level == "synapse" else "unit", utility)
+    unit.warnings.extend(notes)
     _annotate(unit)
+    if not junctions:
+        from .contract import contract_junctions
+
+        unit = contract_junctions(unit)
     if level == "layer":
         return layer_graph(unit)
     return unit

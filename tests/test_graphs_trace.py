@@ -192,3 +192,57 @@ def test_unknown_op_warns_naming_the_node():
     lay = {l.module: l for l in g.layers}
     assert {names[i] for i in lay["b"].in_src.tolist()} == {"cumsum:0"}  # one node fed by every unit of a
     assert wires("a", "cumsum", [(i, 0) for i in range(3)]) <= edge_set(g)
+
+
+def test_contracted_junctions_give_direct_unit_edges():
+    g = graphs.build(model=Residual(), level="unit", example_input=torch.randn(1, 2, 4, 4), junctions=False)
+    expected = (full("x", "a", 2, 3) | full("a", "b", 3, 3) | {(f"{s}:{i}", f"fc:{j}", EDGE_SYNAPSE)
+                for s in "ab" for i in range(3) for j in range(2)} | wires("fc", "output", [(0, 0), (1, 1)]))
+    assert edge_set(g) == expected
+    d = dict(zip(g.node_names(), g.node_attrs["depth_max"].tolist()))
+    assert (d["b:0"], d["fc:0"]) == (2, 3)
+
+
+def test_contraction_through_chained_residual_adds():
+    from adaptive.models import build_model
+
+    conn = adaptive.Connectome(build_model("resnet20"))
+    tr = graphs.trace(conn.model)
+    u = graphs.build(conn, "unit", traced=tr)
+    c = graphs.build(conn, "unit", traced=tr, junctions=False)
+    assert int((c.node_attrs["kind"] == 3).sum()) == 0 and c.live_synapses() == conn.num_live()
+    names = c.node_names()
+    # layer1.2.conv1 reads channel 0 of the stream: stem conv1 + conv2 of blocks 0 and 1
+    l = next(i for i, x in enumerate(c.layers) if x.module == "layer1.2.conv1")
+    into = c.dst[(c.edge_attrs["layer"] == l)]
+    feeders = {names[s] for s, d in zip(c.src.tolist(), c.dst.tolist()) if names[d] == "layer1.2.conv1:0"}
+    assert feeders == {f"{m}:{i}" for m in ("conv1", "layer1.0.conv2", "layer1.1.conv2") for i in range(16)}
+    assert into.numel() > 0
+    # each copy carries the ensemble's synapse count: 3 sources -> 3 x 9 synapses per (channel, unit)
+    e = [k for k, (s, d) in enumerate(zip(c.src.tolist(), c.dst.tolist())) if names[s] == "conv1:0" and names[d] == "layer1.2.conv1:0"]
+    assert c.edge_attrs["count"][e].tolist() == [9]
+    assert int(c.node_attrs["depth_max"].max()) == int(u.node_attrs["depth_max"].max())
+    lay = graphs.build(conn, "layer", traced=tr, junctions=False)
+    assert all(x.kind != "junction" for x in lay.groups)
+
+
+def test_contraction_merges_copies_of_one_unit_pair():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(1, 2, 1), nn.Conv2d(2, 2, 1), nn.Conv2d(4, 1, 3, padding=1)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.c(torch.cat([h + self.b(h), h], 1)).mean((2, 3))
+
+    m = Twice()
+    conn = adaptive.Connectome(m)
+    g = graphs.build(conn, "unit", example_input=torch.randn(1, 1, 3, 3), junctions=False)
+    names = g.node_names()
+    pairs = {(names[s], names[d]): (int(k), float(l2)) for s, d, k, l2 in
+             zip(g.src.tolist(), g.dst.tolist(), g.edge_attrs["count"].tolist(), g.edge_attrs["l2"].tolist())}
+    w = m.c.weight.detach()
+    assert pairs[("a:0", "c:0")] == (18, pytest.approx(float(w[0, [0, 2]].norm()), rel=1e-5))  # channels 0 and 2
+    assert pairs[("b:1", "c:0")] == (9, pytest.approx(float(w[0, 1].norm()), rel=1e-5))
+    assert g.live_synapses() == conn.num_live() == 2 + 4 + 36
