@@ -21,7 +21,9 @@ with its source. An item can go when each of its readers can do without it:
 Constants are found by a probe run in which inputs are NaN: NaN spreads through every op that
 depends on data, a unit with no live input (or whose live inputs are exact zeros) emits its bias,
 and whatever stays finite and uniform is a constant. Items of inputs, outputs, grouped convolutions
-and ops the compactor does not understand are kept. The result is checked against the masked model
+and ops the compactor does not understand are kept; a depthwise convolution (groups == channels) keeps
+or drops input channel ``c`` together with output channel ``c`` and its filter, other grouped
+convolutions keep all their channels. The result is checked against the masked model
 on the example input and a second random input; a mismatch raises instead of returning a wrong model.
 """
 from __future__ import annotations
@@ -264,7 +266,9 @@ def _plan(gm: fx.GraphModule, env) -> dict:
         if _stateful(module) and calls[n.target] > 1:  # one set of parameters cannot be sliced two ways
             cat = "pinned"
         if cat == "weighted":
-            if int(getattr(module, "groups", 1)) > 1 or isinstance(module, nn.Linear) and out.dim() > 2:
+            if _depthwise(module) and args:  # channel c in <-> c out: one class, the filter goes with it
+                items.link(items.ids(args[0]), items.ids(n))
+            elif int(getattr(module, "groups", 1)) > 1 or isinstance(module, nn.Linear) and out.dim() > 2:
                 items.pin(n)
                 for a in args:
                     items.pin(a)
@@ -413,6 +417,9 @@ def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
                 ko, ki = keep(n), keep(inp)
                 if bool(ko.all()) and bool(ki.all()):
                     continue
+                if _depthwise(m):
+                    replace(n.target, _shrink_depthwise(m, ko))
+                    continue
                 replace(n.target, _shrink_weighted(m, ko, ki, consts[items.ids(inp)]))
             elif isinstance(m, _BN) and n in items.offset:
                 k = keep(n)
@@ -468,6 +475,22 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
         new.bias.copy_(bias[ko])
     new.train(m.training)
     return FoldedConv(new, fold) if fold is not None else new
+
+
+def _depthwise(m) -> bool:
+    """A convolution with one filter per channel (groups == in == out)."""
+    return isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def _shrink_depthwise(m: nn.Module, k: torch.Tensor) -> nn.Module:
+    c = int(k.sum())
+    new = type(m)(c, c, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation, groups=c,
+                  bias=m.bias is not None, padding_mode=m.padding_mode).to(m.weight.device, m.weight.dtype)
+    new.weight.data.copy_(m.weight.detach()[k])
+    if m.bias is not None:
+        new.bias.data.copy_(m.bias.detach()[k])
+    new.train(m.training)
+    return new
 
 
 def _shrink_bn(m: _BN, k: torch.Tensor) -> _BN:

@@ -169,3 +169,36 @@ def test_torchvision_resnet18_shared_relu_modules():
     assert small.compaction["removed"]["layer4.1.conv1"] > 100  # block-internal units go
     assert small.compaction["removed"]["fc"] == 0
     assert torch.allclose(small(x), masked_output(m, conn, x), atol=1e-4)
+
+
+class Inverted(nn.Module):
+    """MobileNetV2-style: expand 1x1, depthwise 3x3, project 1x1."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand = nn.Conv2d(3, 6, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.project = nn.Conv2d(6, 4, 1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = F.relu6(self.bn1(self.expand(x)))
+        h = F.relu6(self.bn2(self.dw(h)))
+        return self.fc(self.project(h).mean((2, 3)))
+
+
+def test_depthwise_channels_go_with_their_filter():
+    torch.manual_seed(0)
+    m = randomize_bn(Inverted())
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["project.weight"][:, [1, 4]] = False  # depthwise channels 1 and 4 have no live output
+    masks["expand.weight"][2] = False  # constant expand unit: its depthwise output is not uniform (padding)
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 7, 7)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == {"expand": 2, "dw": 2, "project": 0, "fc": 0}
+    assert small.get_submodule("dw").groups == 4 and small.get_submodule("bn2").num_features == 4
+    assert torch.allclose(small(x), masked_output(m, conn, x), atol=1e-5)
