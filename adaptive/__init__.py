@@ -6,6 +6,7 @@ from .budgets import get_budget, register_budget
 from .connectome import Connectome
 from .controller import Controller
 from .discovery import SynapseLayer, discover
+from .optim_state import register_zero_preserving
 from .ensembles import Granularity, get_granularity, register_granularity
 from .policies import Policy, get_policy, register_policy
 from .utility import Estimator, get_estimator, register_estimator
@@ -48,6 +49,7 @@ __all__ = [
     "register_estimator",
     "get_budget",
     "register_budget",
+    "register_zero_preserving",
     "optimize_connectome",
     "build_model",
     "register_model",
