@@ -4,10 +4,10 @@
 ``mask_only`` :class:`~adaptive.Connectome`, puts it in evaluation mode (normalisation statistics
 frozen) and drives a :class:`~adaptive.Controller` with the ``crawl`` policy:
 
-- utility statistics (dense gradients of every synapse, present or absent) are accumulated over a
-  window of ``window`` training batches; an estimator (``consistency`` by default: OBD with the
-  gradient shrunk by its batch-to-batch signal-to-noise) turns them into removal costs and
-  restoration gains in units of loss;
+- utility statistics (dense gradients of every synapse, present or absent) are gathered over a
+  window of ``window`` training batches; an estimator turns them into removal costs and
+  restoration gains (``evidence`` by default: magnitude plus the batch-to-batch t-statistic of each
+  synapse's presence derivative g * w0, accumulated over all windows so far);
 - at each update the policy prunes what the schedule asks for (cheapest first) and swaps up to
   ``edit_fraction`` of the live ensembles where the estimated gain beats the cost;
 - the step is verified on a rotating set of held-out TRAIN batches (line search): halved while
@@ -123,6 +123,17 @@ def _batches(loader):
             raise ValueError("loader yielded no batches")
 
 
+def _shuffled(loader, seed: int):
+    """The held-out examples in a seeded random order, so that every verification set mixes
+    classes (holdout loaders usually keep the dataset's order, often grouped by class)."""
+    ds = getattr(loader, "dataset", None)
+    if ds is None or not hasattr(ds, "__len__") or not isinstance(loader, torch.utils.data.DataLoader):
+        return loader
+    g = torch.Generator().manual_seed(int(seed) + 7)
+    return torch.utils.data.DataLoader(ds, batch_size=loader.batch_size or 1, shuffle=True, generator=g,
+                                       collate_fn=loader.collate_fn, num_workers=0)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_entropy) -> tuple:
     """Mean loss and accuracy of ``model`` in evaluation mode (its mode is given back after) over
@@ -153,13 +164,12 @@ def optimize_connectome(
     ensemble: str = "synapse",
     include=None,
     exclude=None,
-    estimator: str = "consistency",
-    window: int = 8,
-    edit_fraction: float = 0.01,
+    estimator="evidence",
+    window: int = 4,
+    edit_fraction: float = 0.05,
     approach: float = 0.5,
     margin: float = 0.0,
-    slack: float = 2.0,
-    verify_batches: int = 4,
+    verify_batches: int = 2,
     line_search_tries: int = 2,
     eval_every: int = 0,
     loss_fn: Callable = F.cross_entropy,
@@ -174,14 +184,13 @@ def optimize_connectome(
             are visited in increasing order of removal, one stage each, with a snapshot per target.
         passes: passes over ``train_loader`` per stage (fractional allowed).
         ensemble / include / exclude: the connectome's granularity and layer selection.
-        estimator: utility estimator (registry name) for removal costs and restoration gains.
+        estimator: utility estimator (registry name or instance) for removal costs and restoration
+            gains; "evidence" (default) ranks by magnitude plus consistent first-order evidence.
         window: training batches whose statistics feed one update.
         edit_fraction: most swaps per update, as a fraction of the live ensembles (decays to 0
             over each stage, cosine).
         approach: fraction of each stage spent reaching its target (then crawling at it).
         margin: estimated loss improvement a swap (or, for "best", an edit) must promise.
-        slack: held-out loss rise allowed per update, in units of the estimated cost of the
-            pruning the schedule forces (swaps must not raise it at all).
         verify_batches: held-out batches (rotating) that verify each update (0: no line search).
         eval_every: evaluate the whole holdout every this many updates (0: only at stage ends).
         callback: called with every history record.
@@ -223,7 +232,7 @@ def optimize_connectome(
     for p in conn.params.values():
         p.requires_grad_(True)
 
-    holdout_iter = _batches(holdout_loader)
+    holdout_iter = _batches(_shuffled(holdout_loader, seed))
     verify_set: List = []
 
     def verify_loss() -> float:
@@ -232,9 +241,11 @@ def optimize_connectome(
     ctrl = Controller(
         conn, policy="crawl", estimator=estimator, update_every=window, edit_decay="constant",
         holdout_loss=verify_loss if verify_batches > 0 else None, line_search_tries=line_search_tries,
-        seed=seed, margin=margin, slack=slack,
+        seed=seed, margin=margin,
     )
     policy = ctrl.policy
+    if ctrl.grow_est is not None and type(ctrl.grow_est) is type(ctrl.drop_est):
+        ctrl.grow_est = ctrl.drop_est  # one instance for both sides: stateful estimators see each window once
     result = MaskOnlyResult(conn=conn, controller=ctrl)
     steps_per_stage = max(window, int(math.ceil(passes * n_train / window)) * window)
     train_iter = _batches(train_loader)

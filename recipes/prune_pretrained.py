@@ -35,8 +35,8 @@ from adaptive.models import build_model  # noqa: E402
 
 DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None, remove=["best"],
                 output_dir="runs/prune_pretrained", seed=0, passes=1.0, batch_size=128, eval_batch_size=500,
-                holdout=0.1, subset=None, ensemble="synapse", estimator="consistency", window=8,
-                edit_fraction=0.01, approach=0.5, verify_batches=4, eval_every=10, train_eval_batches=10,
+                holdout=0.1, subset=None, ensemble="synapse", estimator="evidence", window=4,
+                edit_fraction=0.05, approach=0.5, verify_batches=2, eval_every=10, train_eval_batches=10,
                 threads=None, progress=True, num_classes=None)
 
 

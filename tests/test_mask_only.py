@@ -173,8 +173,9 @@ def test_line_search_events_and_history():
 
 
 def test_crawl_policy_forced_count_and_worthwhile_swaps():
-    """Hand case with the magnitude estimator (cost |w|, gain |w_orig|): swaps pay only when an
-    absent synapse is bigger than a present one, which magnitude pruning never leaves behind."""
+    """Hand case with the magnitude estimator (cost |w|, gain |w_orig|): the schedule prunes the
+    cheapest, one per update, without swaps; at the goal, swaps pay only when an absent synapse
+    is bigger than a present one."""
     lin = nn.Linear(4, 1, bias=False)
     with torch.no_grad():
         lin.weight.copy_(torch.tensor([[0.1, -0.4, 0.3, -0.2]]))
@@ -182,13 +183,20 @@ def test_crawl_policy_forced_count_and_worthwhile_swaps():
     ctrl = Controller(conn, policy="crawl", estimator="magnitude", update_every=1, edit_decay="constant")
     ctrl.policy.edit_fraction = 1.0
     ctrl.policy.set_goal(2, deadline=2)  # 4 live -> 2 live, one per update
-    ctrl.step()
-    assert conn.masks["weight"].tolist() == [[False, True, True, True]]
-    # hand-edit a bad state: drop the largest, keep the small one; the crawl swaps them back
-    conn.set_masks({"weight": torch.tensor([[True, False, True, True]])})
     ev = ctrl.step()
-    assert conn.masks["weight"].tolist() == [[False, True, True, False]]  # forced -1, swap 0.1 <-> 0.4
-    assert ev["pruned"] == 2 and ev["grown"] == 1
+    assert conn.masks["weight"].tolist() == [[False, True, True, True]]
+    assert (ev["pruned"], ev["grown"]) == (1, 0)
+    ev = ctrl.step()
+    assert conn.masks["weight"].tolist() == [[False, True, True, False]]
+    assert (ev["pruned"], ev["grown"]) == (1, 0)
+    ev = ctrl.step()  # at the goal: nothing is worth swapping
+    assert (ev["pruned"], ev["grown"]) == (0, 0)
+    # hand-edit a bad state at the goal: drop the largest, keep the smallest; the crawl swaps back
+    conn.set_masks({"weight": torch.tensor([[True, False, True, False]])})
+    ev = ctrl.step()
+    assert conn.masks["weight"].tolist() == [[False, True, True, False]]  # 0.1 out, 0.4 in
+    assert (ev["pruned"], ev["grown"]) == (1, 1)
+    assert changed_weights(conn) == 0
 
 
 def test_edge_popup_bit_exact_and_exact_k():
@@ -199,3 +207,23 @@ def test_edge_popup_bit_exact_and_exact_k():
     assert snaps["0.5"]["removed"] == resolve_target(0.5, total)
     assert snaps["0.2"]["removed"] == resolve_target(0.2, total)
     assert changed_weights(conn) == 0
+
+
+def test_evidence_estimator_accumulates_consistent_gradients():
+    """v = |w0| + rms * E, E <- E - step * clip(t(g * w0)): a synapse whose presence consistently
+    raises the loss loses value; one with noisy gradients keeps its magnitude prior."""
+    lin = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -1.0]]))
+    conn = Connectome(lin, mode="mask_only")
+    ctrl = Controller(conn, policy="crawl", estimator="evidence", update_every=2, edit_decay="constant")
+    ctrl.grow_est = ctrl.drop_est
+    # synapse 0: g = +1.0, +1.2 (presence consistently raises the loss); synapse 1: g = +1, -1 (noise)
+    for g in ([1.0, 1.0], [1.2, -1.0]):
+        lin.weight.grad = torch.tensor([g])
+        ctrl.observe()
+    cost = ctrl.scores("cost")["weight"].reshape(-1)
+    t0 = 1.1 / (0.1 / 2**0.5)  # mean / (sd / sqrt(n)), clipped at 3
+    assert cost[0].item() == pytest.approx(1.0 - 0.003 * min(t0, 3.0))
+    assert cost[1].item() == pytest.approx(1.0)  # mean 0: no evidence
+    assert torch.equal(ctrl.scores("gain")["weight"].reshape(-1), cost)  # same value on both sides

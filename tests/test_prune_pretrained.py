@@ -31,7 +31,8 @@ def weights(tmp_path):
 def args(weights, out, *more):
     return ["--model", "resnet20", "--weights", str(weights), "--dataset", "fake", "--output_dir", str(out),
             "--batch-size", "32", "--eval-batch-size", "64", "--window", "2", "--passes", "0.5",
-            "--verify-batches", "1", "--eval-every", "2", "--train-eval-batches", "2", "--no-progress", *more]
+            "--verify-batches", "1", "--eval-every", "2", "--train-eval-batches", "2", "--subset", "192",
+            "--no-progress", *more]
 
 
 def test_end_to_end_outputs_and_test_split_read_last(tmp_path, weights, capsys, monkeypatch):
@@ -81,19 +82,14 @@ def test_end_to_end_outputs_and_test_split_read_last(tmp_path, weights, capsys, 
     hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert any(h["kind"] == "update" for h in hist) and any(h["kind"] == "eval" for h in hist)
     assert "read only for this report" in (out / "results.md").read_text()
-
-
-def test_exported_weights_reproduce_the_connectome_model(tmp_path, weights):
-    mod = recipe()
-    summary = mod.main(args(weights, tmp_path / "one", "--remove", "0.5"))
+    # the exported state_dict reproduces the connectome model exactly
     result = summary["result"]
-    result.use("0.5")
-    model = result.conn.model.eval()
+    result.use("300")
     vanilla = build_model("resnet20", num_classes=10, in_shape=(3, 8, 8)).eval()
-    vanilla.load_state_dict(torch.load(tmp_path / "one" / "pruned_state_dict.pt", weights_only=True))
+    vanilla.load_state_dict(torch.load(out / "remove_300" / "pruned_state_dict.pt", weights_only=True))
     x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
-        assert torch.equal(vanilla(x), model(x))
+        assert torch.equal(vanilla(x), result.conn.model.eval()(x))
 
 
 def test_bad_inputs_fail_before_anything_runs(tmp_path, weights):
@@ -110,3 +106,10 @@ def test_bad_inputs_fail_before_anything_runs(tmp_path, weights):
     cfg.write_text("remove: [0.5]\nbogus_key: 1\n")
     with pytest.raises(SystemExit, match="bogus_key"):
         mod.main(["--config", str(cfg)])
+
+
+def test_imagenet_config_parses():
+    mod = recipe()
+    ns = mod.parse_args(["--config", str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml")])
+    assert ns.model == "torchvision:mobilenet_v3_large" and ns.remove == [1000000, 2760000]
+    assert ns.dataset == "imagenet" and ns.num_classes == 1000

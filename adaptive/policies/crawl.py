@@ -1,19 +1,18 @@
 """Crawl: move the connectome to a goal size along a schedule, then crawl at it.
 
 At every update the policy
-- removes (or restores) the ``need`` ensembles the schedule asks for: the goal's remaining
-  distance divided by the updates left until its deadline, lowest removal cost (highest
-  restoration gain) first: the *forced* part;
-- swaps, on top of that, up to ``edit_fraction`` of the live ensembles: cheapest present ones out,
-  most useful absent ones in, only pairs whose estimated restoration gain beats the removal cost
-  by more than ``margin`` (a threshold on the estimated loss change);
+- while away from the goal, removes (or restores) the synapses the schedule asks for: the goal's
+  remaining distance divided by the updates left until its deadline, lowest removal cost (highest
+  restoration gain) first, whole ensembles, exact to within one ensemble. This pruning is forced:
+  the line search does not veto it (its tolerance is infinite), the estimator only orders it;
+- at the goal, swaps up to ``edit_fraction`` of the live ensembles: cheapest present ones out,
+  most useful absent ones in, only equal-sized pairs whose estimated restoration gain beats the
+  removal cost by more than ``margin`` (a threshold on the estimated loss change); the
+  controller's line search then keeps only what lowers the held-out loss;
 - with no goal (``goal=None``: "best accuracy"), prunes every ensemble whose removal is estimated
   to lower the loss (cost < -margin) and restores every one whose restoration is (gain > margin),
   both within the edit limit.
 Both lists are ordered best first, so the controller's line search can shrink a plan to a prefix.
-The plan allows the held-out loss to rise by ``slack`` times the estimated cost of its forced
-part (pruning to a goal has a price; swaps must pay for themselves); at the deadline the forced
-part goes through whatever it costs, so goals are reached exactly.
 
 The driver (:func:`adaptive.optimize_connectome`) sets the goal and the edit limit with
 :meth:`Crawl.set_goal` and :attr:`Crawl.edit_fraction`; both are part of the policy's state.
@@ -34,14 +33,11 @@ class Crawl(Policy):
     needs_density = False
     sparse_at_start = False
 
-    def __init__(self, edit_fraction: float = 0.01, margin: float = 0.0, slack: float = 2.0):
+    def __init__(self, edit_fraction: float = 0.01, margin: float = 0.0):
         if not 0.0 <= edit_fraction <= 1.0:
             raise ValueError(f"edit_fraction must be in [0, 1], got {edit_fraction}")
-        if slack < 0:
-            raise ValueError(f"slack must be >= 0, got {slack}")
         self.edit_fraction = float(edit_fraction)
         self.margin = float(margin)
-        self.slack = float(slack)
         self.goal: Optional[int] = None  # live synapses wanted over the editable layers
         self.deadline: Optional[int] = None  # step by which the goal is reached
 
@@ -82,26 +78,23 @@ class Crawl(Policy):
         need = 0
         if self.goal is not None and live != self.goal:
             need = math.ceil(abs(live - self.goal) / self.updates_left(ctrl, step)) * (1 if live > self.goal else -1)
-        at_deadline = self.goal is not None and self.updates_left(ctrl, step) == 1
         if self.goal is None:
             p_idx = lowest(c, a, limit)
             p_idx = p_idx[c[p_idx] < -self.margin]
             r_idx = highest(g, ~a, limit)
             r_idx = r_idx[g[r_idx] > self.margin]
-            forced_cost = 0.0
         else:
             p_order = lowest(c, a, live_ens) if need > 0 else lowest(c, a, limit)
             r_order = highest(g, ~a, int((~a).sum())) if need < 0 else highest(g, ~a, limit)
             fp, fr = self._cover(p_order, sz, need), self._cover(r_order, sz, -need)
             cand_p, cand_r = p_order[fp: fp + limit], r_order[fr: fr + limit]
-            n = min(cand_p.numel(), cand_r.numel())
+            n = min(cand_p.numel(), cand_r.numel()) if need == 0 else 0  # swaps only once at the goal
             # ascending costs vs descending gains: the worthwhile pairs are a prefix; only pairs of
             # equal size, so that swaps keep the synapse count
             worth = ((g[cand_r[:n]] - c[cand_p[:n]]) > self.margin) & (sz[cand_r[:n]] == sz[cand_p[:n]])
             n_swap = int(worth.cumprod(0).sum()) if n else 0
             p_idx = p_order[: fp + n_swap]
             r_idx = r_order[: fr + n_swap]
-            forced_cost = float(c[p_order[:fp]].clamp_min(0).sum()) - float(g[r_order[:fr]].clamp_max(0).sum())
         plan = EditPlan(boundaries={
             "prune": float(c[p_idx[-1]]) if p_idx.numel() else None,
             "restore": float(g[r_idx[-1]]) if r_idx.numel() else None,
@@ -110,7 +103,9 @@ class Crawl(Policy):
         plan.prune, plan.prune_scores = split(p_idx, names, sizes, c[p_idx])
         plan.grow, plan.grow_scores = split(r_idx, names, sizes, g[r_idx])
         plan.est_loss_change = float(c[p_idx].sum() - g[r_idx].sum())
-        plan.tolerance = float("inf") if at_deadline and need != 0 else self.slack * forced_cost
+        if need != 0:
+            plan.tolerance = float("inf")  # the schedule's pruning goes through; its order is the estimator's
+        return plan
         return plan
 
     def state_dict(self):

@@ -1,0 +1,66 @@
+"""Evidence: a synapse's value of presence, accumulated over many windows of batches.
+
+For every synapse (present or absent: gradients are dense) the presence derivative is
+d = dL/dm = g * w0, the first-order loss change of switching it on (w0 is its original value in
+mask_only mode). Each window of n batches gives d's mean and its batch-to-batch spread; their
+ratio t = mean / (spread / sqrt(n)) says how consistently the batches agree, independent of the
+weight's scale. Evidence accumulates as E <- decay * E - step * clip(t, -clip, clip), so a synapse's
+value is judged by what held across many windows, not by one window's noise. Its value of presence
+is
+
+    v = |w0| + rms(w0 of its layer) * E
+
+(the magnitude prior, so that the start is global magnitude pruning, plus the evidence, scaled to
+the layer's weights so that one step size suits every layer). The removal cost
+of a present synapse and the restoration gain of an absent one are both v: pruning the lowest and
+restoring the highest values swaps a synapse only when the evidence says the absent one is worth
+more. First-order loss estimates themselves are not used to remove many synapses at once: summed
+over thousands of synapses they are known to collapse a pretrained network (OBD's own warning).
+
+Stateful: the controller must call ``removal_cost`` once per layer and update (the ``crawl``
+policy does), and ``restoration_gain`` after it in the same update; share one instance for both
+sides (``adaptive.optimize_connectome`` does).
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Estimator, register_estimator
+
+
+@register_estimator("evidence")
+class Evidence(Estimator):
+    needs_gradients = True
+    needs_second_moment = True
+
+    def __init__(self, step: float = 0.003, clip: float = 3.0, decay: float = 1.0):
+        self.step, self.clip, self.decay = float(step), float(clip), float(decay)
+        self.evidence = {}
+        self._value = {}
+
+    def _prior(self, ctx):
+        w0 = (ctx.restore if ctx.restore is not None else ctx.weight).float()
+        return w0.abs(), w0, w0.pow(2).mean().sqrt()
+
+    def removal_cost(self, ctx):
+        prior, w0, rms = self._prior(ctx)
+        s = ctx.stats
+        e = self.evidence.get(ctx.name)
+        if e is None:
+            e = torch.zeros_like(prior)
+        if s.count >= 2:
+            g = s.mean(ctx.name)
+            se = (s.batch_variance(ctx.name) / s.count).sqrt()
+            t = g * torch.sign(w0) / se.clamp_min(1e-20)  # t-statistic of d = g * w0 (scale-free)
+            t = torch.where(se > 0, t, torch.zeros_like(t))
+            e = self.decay * e - self.step * t.clamp(-self.clip, self.clip)
+        self.evidence[ctx.name] = e
+        self._value[ctx.name] = prior + rms * e
+        return self._value[ctx.name]
+
+    def restoration_gain(self, ctx):
+        v = self._value.get(ctx.name)
+        if v is None:
+            prior, _, rms = self._prior(ctx)
+            v = prior + rms * self.evidence.get(ctx.name, torch.zeros_like(prior))
+        return v
