@@ -103,6 +103,8 @@ def main(argv=None) -> int:
         s.add_argument("--num-classes", type=int)
         s.add_argument("--in-shape", help="input shape without batch, e.g. 3,32,32")
         s.add_argument("--out", help="output file (export) or folder (report); default inside the run folder")
+        s.add_argument("--contract", action="store_true",
+                       help="replace junctions (residual sums) by direct edges from every feeding unit")
         if cmd == "export":
             s.add_argument("--format", default="graphml", choices=("graphml", "gexf", "json", "pt"),
                            help="pt: a torch_geometric Data saved with torch.save")
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     run_dir = a.run if os.path.isdir(a.run) else os.path.dirname(os.path.abspath(a.run))
-    g = graphs.build(conn, a.level)
+    g = graphs.build(conn, a.level, junctions=not a.contract)
     if a.cmd == "export":
         out = a.out or os.path.join(run_dir, f"connectome_{a.level}.{a.format}")
         if a.format == "pt":

@@ -153,6 +153,8 @@ def test_cli_export_and_report(tmp_path, capsys):
                  "--out", str(tmp_path / "x.json")]) == 0  # a connectome file instead of the folder
     assert graphs.read_json(tmp_path / "x.json").live_synapses() == c.num_live()
     assert main(["export", str(run), "--model", "lenet300"]) == 2  # other model: config keywords dropped
+    assert main(["export", str(run), "--level", "layer", "--format", "gexf", "--contract"]) == 0
+    assert (run / "connectome_layer.gexf").exists()
     assert main(["report", str(run)]) == 0
     out = capsys.readouterr().out
     assert "density per layer" in out and "fc1" in out
