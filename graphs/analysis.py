@@ -11,7 +11,7 @@ from typing import Dict, List
 
 import torch
 
-from .trace import CONST, INPUT, JUNCTION, OUTPUT, UNIT
+from .trace import INPUT, JUNCTION, OUTPUT, UNIT
 
 _BIG = torch.iinfo(torch.long).max
 

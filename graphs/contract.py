@@ -47,7 +47,7 @@ def junction_sources(g):
 
 def contract_junctions(g):
     """A copy of unit- or synapse-level graph ``g`` without junction nodes (see module docstring)."""
-    from .graph import ConnectomeGraph, _aggregate, _annotate, _edge_ptr
+    from .graph import ConnectomeGraph, _annotate, _edge_ptr
 
     if g.level == "layer":
         raise ValueError("contract junctions on a unit- or synapse-level graph, then collapse it with layer_graph")

@@ -3,7 +3,7 @@ reachability and the signal-depth composition of every concatenation."""
 from __future__ import annotations
 
 import os
-from typing import Dict, List
+from typing import List
 
 import torch
 

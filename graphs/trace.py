@@ -18,7 +18,7 @@ from __future__ import annotations
 import operator
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import fx, nn
@@ -393,6 +393,12 @@ class FlowProp(ShapeProp):
 # ---------------------------------------------------------------------------------------- API
 def default_example_input(model: nn.Module) -> List[torch.Tensor]:
     """Candidate example inputs (batch 1) inferred from the first weighted layer and ``in_shape``."""
+    p = next(model.parameters(), None)
+    dev = p.device if p is not None else torch.device("cpu")
+    return [x.to(dev) for x in _default_inputs(model)]
+
+
+def _default_inputs(model: nn.Module) -> List[torch.Tensor]:
     shape = getattr(model, "in_shape", None)
     if shape is not None:
         return [torch.randn(1, *shape)]

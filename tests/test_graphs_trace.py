@@ -1,5 +1,4 @@
 """graphs tracing and building on hand-built models whose graphs are known exactly."""
-import warnings
 
 import pytest
 import torch
