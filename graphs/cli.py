@@ -18,6 +18,9 @@ from typing import Optional
 import torch
 
 WEIGHT_FILES = ("model_state.pt", "dense_state_dict.pt")
+# (num_classes, in_shape) of the datasets recipes/adaptive.py names in config.yaml's ``dataset``
+DATASETS = {"mnist": (10, (1, 28, 28)), "cifar10": (10, (3, 32, 32)), "digits": (10, (1, 8, 8)),
+            "imagenet": (1000, (3, 224, 224))}
 
 
 def _config(run_dir: str) -> dict:
@@ -39,7 +42,16 @@ def _model_spec(cfg: dict, args):
             kw.update({k: v for k, v in m.items() if k != "name"})
         name = name or m.get("name")
     elif isinstance(m, str):
+        if name is None or name == m:  # recipes/adaptive.py keeps build keywords in model_kw
+            kw.update(cfg.get("model_kw") or {})
         name = name or m
+    known = DATASETS.get(str(cfg.get("dataset", "")).lower())
+    if known is not None:
+        kw.setdefault("num_classes", known[0])
+        shape = known[1]
+        if cfg.get("dataset") == "imagenet" and cfg.get("image_size"):
+            shape = (3, int(cfg["image_size"]), int(cfg["image_size"]))
+        kw.setdefault("in_shape", shape)
     for k in ("num_classes", "in_shape"):
         if k in cfg and k not in kw:
             kw[k] = cfg[k]
@@ -50,6 +62,14 @@ def _model_spec(cfg: dict, args):
     if args.in_shape:
         kw["in_shape"] = tuple(int(s) for s in args.in_shape.split(","))
     return name, kw
+
+
+def _classes_from(connectome_path: str):
+    from safetensors import safe_open
+
+    with safe_open(connectome_path, framework="pt") as f:
+        shapes = json.loads((f.metadata() or {}).get("layers", "{}"))
+    return int(list(shapes.values())[-1][0]) if shapes else 10
 
 
 def _state_dict(path: str) -> dict:
@@ -76,6 +96,8 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
         from adaptive.models import build_model
     except ImportError as e:
         raise RuntimeError(f"adaptive.models.build_model is not available ({e}); it is needed to rebuild {name!r}") from e
+    if "num_classes" not in kw:  # the last prunable layer of the saved connectome is the classifier
+        kw["num_classes"] = _classes_from(connectome)
     net = build_model(name, **kw)
     if weights is None:
         weights = next((os.path.join(run_dir, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(run_dir, f))), None)

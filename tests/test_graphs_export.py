@@ -196,3 +196,19 @@ def test_readme_example(tmp_path, monkeypatch):
     assert data.num_edges == nxg.number_of_edges() == g.num_edges
     assert (tmp_path / "run" / "connectome.graphml").exists()
     assert small.compaction["units_removed"] == 0  # a dense connectome has no dead unit
+
+
+def test_cli_reads_a_recipe_config(tmp_path):
+    """config.yaml as recipes/adaptive.py writes it: model name, model_kw, dataset (shapes from it)."""
+    from graphs.cli import main
+
+    models = pytest.importorskip("adaptive.models")
+    m = models.build_model("lenet5", num_classes=10, in_shape=(1, 28, 28))
+    c = adaptive.Connectome(m)
+    c.set_masks({k: torch.rand(v.shape) < 0.5 for k, v in c.masks.items()})
+    c.save(tmp_path / "connectome.safetensors")
+    torch.save(c.dense_state_dict(), tmp_path / "dense_state_dict.pt")
+    (tmp_path / "config.yaml").write_text("dataset: mnist\nmodel: lenet5\nmodel_kw: {}\nseed: 0\n")
+    assert main(["export", str(tmp_path), "--level", "layer", "--format", "json"]) == 0
+    g = graphs.read_json(tmp_path / "connectome_layer.json")
+    assert g.live_synapses() == c.num_live()
