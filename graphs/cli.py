@@ -1,5 +1,5 @@
-"""Command line: ``python -m graphs export RUN_DIR --level unit --format graphml`` and
-``python -m graphs report RUN_DIR``.
+"""Command line: ``python -m graphs export RUN_DIR --level unit --format graphml``,
+``python -m graphs report RUN_DIR`` and ``python -m graphs compact RUN_DIR``.
 
 A run folder holds ``connectome.safetensors``, the weights (``model_state.pt`` or
 ``dense_state_dict.pt``) and ``config.yaml`` whose ``model`` key names the model for
@@ -115,7 +115,7 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m graphs", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for cmd in ("export", "report"):
+    for cmd in ("export", "report", "compact"):
         s = sub.add_parser(cmd)
         s.add_argument("run", help="run folder (or a connectome .safetensors file)")
         s.add_argument("--level", default="unit", choices=("synapse", "unit", "layer"))
@@ -139,6 +139,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     run_dir = a.run if os.path.isdir(a.run) else os.path.dirname(os.path.abspath(a.run))
+    if a.cmd == "compact":
+        return _compact(model, conn, a, run_dir)
     g = graphs.build(conn, a.level, junctions=not a.contract)
     if a.cmd == "export":
         out = a.out or os.path.join(run_dir, f"connectome_{a.level}.{a.format}")
@@ -156,6 +158,23 @@ def main(argv=None) -> int:
         json.dump(s, f, indent=1)
     for path in graphs.figures.plot_all(g, out):
         print(f"figure: {path}")
+    return 0
+
+
+def _compact(model, conn, a, run_dir) -> int:
+    import graphs
+    from .trace import default_example_input
+
+    x = default_example_input(model)[0].expand(8, *default_example_input(model)[0].shape[1:]).contiguous()
+    small = graphs.compact(model, conn, torch.randn_like(x))
+    out = a.out or os.path.join(run_dir, "compact_model.pt")
+    torch.save(small, out)
+    c = small.compaction
+    print(f"removed {c['units_removed']} dead units: {c['params_before']:,} -> {c['params_after']:,} parameters "
+          f"(outputs agree to {c['max_abs_diff']:.2g}); wrote {out} (torch.load(..., weights_only=False))")
+    for layer, n in c["removed"].items():
+        if n:
+            print(f"  {layer}: -{n} units")
     return 0
 
 

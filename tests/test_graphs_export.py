@@ -156,6 +156,11 @@ def test_cli_export_and_report(tmp_path, capsys):
     assert main(["export", str(run), "--level", "layer", "--format", "gexf", "--contract"]) == 0
     assert (run / "connectome_layer.gexf").exists()
     assert main(["report", str(run)]) == 0
+    assert main(["compact", str(run)]) == 0
+    small = torch.load(run / "compact_model.pt", weights_only=False)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(small(x), m.eval()(x), atol=1e-5)
     out = capsys.readouterr().out
     assert "density per layer" in out and "fc1" in out
     for f in ("density_per_layer.png", "degree_distribution.png", "dead_units.png", "reachability.png", "summary.json"):
