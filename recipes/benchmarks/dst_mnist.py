@@ -120,6 +120,9 @@ def make_rigl_torch(model, opt, conn, density, end_step, update_every, seed):
             hook = IndexMaskHook(i, sched)
             sched.backward_hook_objects[i] = hook
             w.register_hook(hook)
+        elif sched.S[i] <= 0 and sched.backward_hook_objects[i] is not None:
+            # ERK made this layer dense, but its (irremovable) hook multiplies by the mask: all ones
+            sched.backward_masks[i] = torch.ones_like(w, dtype=torch.bool)
     return sched
 
 
