@@ -197,11 +197,15 @@ def _getitem_keeps_channels(idx, ndim) -> bool:
 
 
 def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] = None,
-            atol: float = 1e-4, rtol: float = 1e-4, verify: bool = True) -> fx.GraphModule:
+            atol: float = 1e-4, rtol: float = 1e-4, verify: bool = True, align: int = 1) -> fx.GraphModule:
     """A smaller dense copy of ``model`` (masked by ``conn`` when given) without its removable dead
     units. Eval-mode semantics (BatchNorm running statistics). The returned GraphModule carries
     ``compaction``: a dict with params before/after, units removed per layer and the verified
-    maximum output difference. Raises if fx cannot trace the model or the check fails."""
+    maximum output difference. ``align`` > 1 keeps a few removable units so that every Linear/Conv
+    keeps a multiple of ``align`` output units (CPU and GPU kernels run faster on such widths).
+    Raises if fx cannot trace the model or the check fails."""
+    if int(align) < 1:
+        raise ValueError(f"align must be a positive integer, got {align!r}")
     from .trace import default_example_input
 
     if example_input is None:
@@ -224,7 +228,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
         p = _Probe(gm)
         p.run(*(x if isinstance(x, (tuple, list)) else (x,)))
         probe_env = p.env
-    plan = _plan(gm, probe_env)
+    plan = _plan(gm, probe_env, int(align))
     before = sum(t.numel() for t in gm.parameters())
     _rewrite(gm, plan, probe_env)
     after = sum(t.numel() for t in gm.parameters())
@@ -241,7 +245,7 @@ def _stateful(module) -> bool:
     return module is not None and (any(True for _ in module.parameters()) or any(True for _ in module.buffers()))
 
 
-def _plan(gm: fx.GraphModule, env) -> dict:
+def _plan(gm: fx.GraphModule, env, align: int = 1) -> dict:
     mods = dict(gm.named_modules())
     items = _Items()
     for n in gm.graph.nodes:
@@ -303,6 +307,19 @@ def _plan(gm: fx.GraphModule, env) -> dict:
     # a class goes only if none of its items is bad
     class_bad = torch.zeros(items.n, dtype=torch.long).index_add_(0, label, bad.long()) > 0
     removed = ~class_bad[label]
+    if align > 1:  # keep whole classes until every weighted layer keeps a multiple of align units
+        outs = [items.ids(n) for n in gm.graph.nodes if n.op == "call_module"
+                and isinstance(mods[n.target], ops.WEIGHTED_MODULES) and n in items.offset]
+        changed = True
+        while changed:
+            changed = False
+            for ids in outs:
+                r = removed[ids]
+                short = int((-(~r).sum()) % align)
+                if short and bool(r.any()):
+                    class_bad[label[ids[r][:short]]] = True
+                    removed = ~class_bad[label]
+                    changed = True
     per_layer = {}
     for n in gm.graph.nodes:
         if n.op == "call_module" and isinstance(mods[n.target], ops.WEIGHTED_MODULES) and n in items.offset:

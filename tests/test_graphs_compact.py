@@ -202,3 +202,19 @@ def test_depthwise_channels_go_with_their_filter():
     assert small.compaction["removed"] == {"expand": 2, "dw": 2, "project": 0, "fc": 0}
     assert small.get_submodule("dw").groups == 4 and small.get_submodule("bn2").num_features == 4
     assert torch.allclose(small(x), masked_output(m, conn, x), atol=1e-5)
+
+
+def test_align_keeps_multiples():
+    from adaptive.models import build_model
+
+    m = randomize_bn(build_model("resnet20"))
+    conn = adaptive.Connectome(m, ensemble="neuron")
+    gen = torch.Generator().manual_seed(0)
+    conn.set_ensemble_masks({k: (torch.rand(v.shape, generator=gen) > 0.5) | (conn.layers[k].kind == "linear")
+                             for k, v in conn.ensemble_masks().items()})
+    x = torch.randn(2, 3, 16, 16)
+    small = graphs.compact(m, conn, x, align=8)
+    widths = {n: mod.out_channels for n, mod in small.named_modules() if isinstance(mod, nn.Conv2d)}
+    assert all(w % 8 == 0 for w in widths.values()), widths
+    assert small.compaction["units_removed"] > 50
+    assert torch.allclose(small(x), masked_output(m, conn, x), atol=1e-4)
