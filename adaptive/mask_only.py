@@ -343,12 +343,17 @@ def optimize_connectome(
     return result
 
 
+_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def changed_weights(conn: Connectome) -> int:
-    """Surviving synapses whose value differs from the original by any bit (must be 0)."""
+    """Surviving synapses whose bits differ from the original weight's (must be 0 in mask_only)."""
+    if not conn.original:
+        raise ValueError("changed_weights needs a mask_only connectome (it compares against .original)")
     n = 0
     for name, p in conn.params.items():
         o = conn.original[name].to(p.device, p.dtype)
-        same = p.detach().view(torch.int8 if p.element_size() == 1 else {2: torch.int16, 4: torch.int32, 8: torch.int64}[p.element_size()]) \
-            == o.view(torch.int8 if o.element_size() == 1 else {2: torch.int16, 4: torch.int32, 8: torch.int64}[o.element_size()])
-        n += int((conn.masks[name] & ~same).sum())
+        bits = _INT_VIEW[p.element_size()]
+        same = p.detach().view(bits) == o.view(bits)
+        n += int((conn.masks[name].to(p.device) & ~same).sum())
     return n
