@@ -133,8 +133,8 @@ def _plot(history, snapshots_rows, events, path):
         ax2.plot(*zip(*pb), ".", ms=3, color="tab:red", label="prune boundary (removal cost)")
     if rb:
         ax2.plot(*zip(*rb), ".", ms=3, color="tab:green", label="restore boundary (restoration gain)")
-    ax2.set_yscale("symlog", linthresh=1e-7)
-    ax2.set_ylabel("boundary (estimated loss change per synapse)")
+    ax2.set_yscale("symlog", linthresh=1e-4)
+    ax2.set_ylabel("edit boundary (estimator score of the last edited ensemble)")
     ax2.legend(fontsize=8, loc="lower right")
     ax.set_title("the connectome crawling: size and edit boundaries over time")
     fig.tight_layout()
