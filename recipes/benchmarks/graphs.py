@@ -220,7 +220,7 @@ def table(rows, comp, threads, cmdline) -> str:
             f"{c['repeats']} interleaved runs (masked, compacted, masked, ...), {c['threads']} torch thread(s).",
             "",
             "`align`: compaction keeps a few removable units so every layer keeps a multiple of that many "
-            "(`graphs.compact(..., align=8)`); small irregular channel counts run slowly in CPU conv kernels. "
+            "(`graphs.compact(..., align=8)`); some kernels prefer such widths (on this CPU it did not help). "
             "speed-up = median masked / median compacted; the ratio of the fastest runs is given too, being "
             "the least disturbed by other jobs.",
             "",
