@@ -94,7 +94,7 @@ class RunConfig:
     warmup_steps: int = 0
     epochs: int = 20
     max_steps: Optional[int] = _help("stop after this many steps (overrides epochs; the schedules span it)")
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = _help("default: what accelerate launch was given, else no")
     cpu: bool = False
     seed: int = 0
     threads: Optional[int] = _help("torch threads per process")
