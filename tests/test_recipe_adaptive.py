@@ -15,6 +15,9 @@ from adaptive.config import load_config
 from adaptive.models import build_model
 from adaptive.training import find_checkpoint, list_checkpoints, read_metrics_csv
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _ports import free_port  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "adaptive.py"
 
@@ -156,7 +159,7 @@ def test_bf16_keeps_pruned_weights_zero(tmp_path):
 
 
 def test_two_processes_agree(tmp_path):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", free_port(),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), *TINY,
            "--output_dir", str(tmp_path), "--checkpoint_every", "20", "--figures", "false"]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
@@ -235,7 +238,7 @@ R.main(sys.argv[1:])
 def test_two_processes_that_disagree_stop_with_a_clear_error(tmp_path):
     script = tmp_path / "mismatch.py"
     script.write_text(MISMATCH.format(script=str(SCRIPT)))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", free_port(),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *TINY,
            "--output_dir", str(tmp_path / "run"), "--figures", "false"]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
