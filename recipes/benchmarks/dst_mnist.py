@@ -347,7 +347,7 @@ def write_table(args, densities, methods, seeds, table, chosen, candidates, done
     if args.append:
         lines[0] = f"## The same at {', '.join(f'{100 * d:g}%' for d in densities)} density, {args.epochs} epochs"
         lines[-1] = lines[-1].replace("`python recipes/benchmarks/dst_mnist.py", "`python recipes/benchmarks/dst_mnist.py "
-                                      f"--densities {args.densities} --candidates {args.candidates} --append")
+                                      f"--densities {args.densities} --methods {args.methods} --candidates {args.candidates} --append")
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
