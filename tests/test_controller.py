@@ -374,3 +374,26 @@ def test_accelerate_gradient_accumulation_observes_only_real_steps():
     assert [e["step"] for e in ctrl.events if e["kind"] == "update"] == [2, 4]
     for n, p in conn.params.items():
         assert torch.all(p[~conn.masks[n]] == 0)
+
+
+@pytest.mark.parametrize("kind", ["randn", "ties", "skew", "nan"])
+def test_large_selection_is_exact(kind):
+    """The sampled bracket used for tens of millions of synapses selects exactly what a full
+    stable sort would (ties by index; NaN never selected)."""
+    from adaptive.policies.base import _smallest_k
+
+    torch.manual_seed(0)
+    n = 1_500_000
+    x = torch.randn(n)
+    if kind == "ties":
+        x = torch.randint(0, 50, (n,)).float()
+    if kind == "skew":
+        x = torch.cat([torch.zeros(n // 2), torch.randn(n - n // 2)])
+    if kind == "nan":
+        x[::7] = float("nan")
+    for k in [3000, 100_000, 700_000]:
+        got = _smallest_k(x, k)
+        ref = torch.argsort(torch.nan_to_num(x, nan=float("inf")), stable=True)[:k]
+        assert torch.equal(got, ref), (kind, k)
+        unordered = _smallest_k(x, k, ordered=False)
+        assert torch.equal(unordered.sort().values, ref.sort().values), (kind, k)

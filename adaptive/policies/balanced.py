@@ -33,7 +33,7 @@ class Balanced(Policy):
         g, _, _ = concat(gain)
         a, _, _ = concat(alive)
         a = a.to(c.device)
-        k = int(round(frac * int(a.sum())))
+        k = int(round(frac * int(torch.count_nonzero(a))))
         p_idx = lowest(c, a, k)
         g_idx = highest(g, ~a, p_idx.numel())
         n = min(p_idx.numel(), g_idx.numel())

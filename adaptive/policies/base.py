@@ -98,44 +98,61 @@ class Policy:
 
 
 # --------------------------------------------------------------------------- tensor helpers
-def _smallest_k(x: torch.Tensor, k: int) -> torch.Tensor:
+def _smallest_k(x: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
     """Indices of the ``k`` smallest entries of flat ``x``, ascending, ties broken by index.
+    NaN entries are never selected while enough other entries exist.
 
-    Large ``k`` goes through ``kthvalue`` (linear-time selection) and sorts only the selected
-    entries: a full top-k over tens of millions of synapses would dominate an update."""
+    For large inputs a full top-k would dominate an update (tens of millions of synapses), so the
+    k-th value is bracketed from a strided sample (deterministic: the same on every process), the
+    entries below the bracket are taken whole and only the few inside it are sorted. When the
+    bracket misses (an unusual distribution) it falls back to an exact ``kthvalue``."""
     n = x.numel()
-    if k >= n:
-        return torch.argsort(x, stable=True)
+    if k >= n or n <= 1 << 20:
+        return torch.argsort(torch.nan_to_num(x, nan=float("inf")), stable=True)[:k]
     if k <= 2048:
-        vals, idx = torch.topk(x, k, largest=False, sorted=True)
-        # re-sort stably so equal scores keep index order on every process
-        order = torch.argsort(vals, stable=True)
-        return idx[order]
-    v = torch.kthvalue(x.cpu() if x.is_cuda and n > 2**24 else x, k).values.to(x.device)
-    less = (x < v).nonzero().squeeze(1)
-    eq = (x == v).nonzero().squeeze(1)[: k - less.numel()]
-    idx = torch.cat([less, eq])
-    return idx[torch.argsort(x[idx], stable=True)]
+        vals, idx = torch.topk(torch.nan_to_num(x, nan=float("inf")), k, largest=False, sorted=True)
+        order = torch.argsort(idx, stable=True)  # index order first, then a stable sort by value
+        idx, vals = idx[order], vals[order]
+        return idx[torch.argsort(vals, stable=True)]
+    stride = max(1, n >> 18)
+    sample = x[::stride]
+    m = sample.numel()
+    q, slack = k / n, 6.0 / m**0.5
+    lo_r, hi_r = max(1, int((q - slack) * m)), min(m, int((q + slack) * m) + 1)
+    sv = torch.sort(torch.nan_to_num(sample, nan=float("inf"))).values
+    lo, hi = sv[lo_r - 1], sv[hi_r - 1]
+    below = (x < lo).nonzero().squeeze(1)
+    band = ((x >= lo) & (x <= hi)).nonzero().squeeze(1)
+    need = k - below.numel()
+    if need < 0 or need > band.numel():
+        v = torch.kthvalue(torch.nan_to_num(x, nan=float("inf")), k).values
+        below = (x < v).nonzero().squeeze(1)
+        band = (x == v).nonzero().squeeze(1)
+        need = k - below.numel()
+    band = band[torch.argsort(x[band], stable=True)[:need]]  # ties at the k-th value: lowest index
+    if not ordered:
+        return torch.cat([below, band])
+    # every entry of ``below`` is smaller than every entry of ``band``; ``below`` is in index order
+    return torch.cat([below[torch.argsort(x[below], stable=True)], band])
 
 
-def lowest(scores: torch.Tensor, eligible: torch.Tensor, k: int) -> torch.Tensor:
-    """Flat indices of the ``k`` smallest eligible scores, smallest first."""
+def lowest(scores: torch.Tensor, eligible: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
+    """Flat indices of the ``k`` smallest eligible scores, smallest first (``ordered=False``: the
+    same set in no particular order, cheaper for tens of millions of synapses)."""
     flat, ok = scores.reshape(-1), eligible.reshape(-1)
-    k = min(int(k), int(ok.sum()))
+    k = min(int(k), int(torch.count_nonzero(ok)))
     if k <= 0:
         return torch.zeros(0, dtype=torch.long, device=flat.device)
-    masked = torch.where(ok, torch.nan_to_num(flat, nan=0.0), torch.full_like(flat, float("inf")))
-    return _smallest_k(masked, k)
+    return _smallest_k(torch.where(ok, flat, float("inf")), k, ordered)
 
 
-def highest(scores: torch.Tensor, eligible: torch.Tensor, k: int) -> torch.Tensor:
-    """Flat indices of the ``k`` largest eligible scores, largest first."""
+def highest(scores: torch.Tensor, eligible: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
+    """Flat indices of the ``k`` largest eligible scores, largest first (see :func:`lowest`)."""
     flat, ok = scores.reshape(-1), eligible.reshape(-1)
-    k = min(int(k), int(ok.sum()))
+    k = min(int(k), int(torch.count_nonzero(ok)))
     if k <= 0:
         return torch.zeros(0, dtype=torch.long, device=flat.device)
-    masked = torch.where(ok, -torch.nan_to_num(flat, nan=0.0), torch.full_like(flat, float("inf")))
-    return _smallest_k(masked, k)
+    return _smallest_k(torch.where(ok, -flat, float("inf")), k, ordered)
 
 
 def concat(d: Dict[str, torch.Tensor]):

@@ -13,27 +13,28 @@ from .base import EditPlan, Policy, concat, highest, lowest, register_policy, sp
 
 
 def swap_plan(ctrl, step, cost, gain, alive, frac) -> EditPlan:
+    # best-first order matters only when a line search may shrink the plan
+    ordered = ctrl.holdout_loss is not None
     plan = EditPlan()
     if ctrl.budget == "global":
         c, names, sizes = concat(cost)
         g, _, _ = concat(gain)
         a, _, _ = concat(alive)
         a = a.to(c.device)
-        k = int(round(frac * int(a.sum())))
-        p_idx = lowest(c, a, k)
-        g_idx = highest(g, ~a, p_idx.numel())
-        p_idx = p_idx[: g_idx.numel()]
+        k = min(int(round(frac * int(torch.count_nonzero(a)))), a.numel() - int(torch.count_nonzero(a)))
+        p_idx = lowest(c, a, k, ordered)
+        g_idx = highest(g, ~a, p_idx.numel(), ordered)
         plan.prune, plan.prune_scores = split(p_idx, names, sizes, c[p_idx])
         plan.grow, plan.grow_scores = split(g_idx, names, sizes, g[g_idx])
         return plan
     for n in cost:
         a = alive[n].to(cost[n].device)
-        k = int(round(frac * int(a.sum())))
+        n_live = int(torch.count_nonzero(a))
+        k = min(int(round(frac * n_live)), a.numel() - n_live)  # no more than can be grown
         if k == 0:
             continue
-        p_idx = lowest(cost[n], a, k)
-        g_idx = highest(gain[n], ~a, p_idx.numel())
-        p_idx = p_idx[: g_idx.numel()]
+        p_idx = lowest(cost[n], a, k, ordered)
+        g_idx = highest(gain[n], ~a, p_idx.numel(), ordered)
         if p_idx.numel():
             plan.prune[n], plan.prune_scores[n] = p_idx, cost[n].reshape(-1)[p_idx]
             plan.grow[n], plan.grow_scores[n] = g_idx, gain[n].reshape(-1)[g_idx]

@@ -73,7 +73,9 @@ def main():
     text = (
         f"# Controller cost: torchvision resnet50, batch {args.batch} x {args.size}x{args.size}, "
         f"{torch.get_num_threads()} threads, median of {args.repeats}\n\n" + "\n".join(lines) +
-        f"\n\nConnectome masks: {mask_bytes:.1f} B/synapse in memory (1 bit/synapse on disk).\n"
+        f"\n\nConnectome bool masks: {mask_bytes:.1f} B/synapse in memory, plus a 4 B/synapse float cache while "
+        "attached to an optimizer (see overhead.md); 1 bit/synapse on disk. Update = global top-k over all "
+        "layers, 10% of live synapses swapped, SGD momentum repaired; no line search (unordered selection).\n"
         "Targets: observe <= 3% of a training step; update <= 1 s on 2 cores.\n"
     )
     print(text)
