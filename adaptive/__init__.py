@@ -16,6 +16,8 @@ __version__ = "0.1.0"
 _LAZY_MODULES = ("data", "models", "diagnostics", "baselines", "config", "paths", "training", "plots", "mask_only")
 _LAZY_ATTRS = {
     "optimize_connectome": "mask_only",
+    "MaskOnlyResult": "mask_only",
+    "Snapshot": "mask_only",
     "build_model": "models",
     "register_model": "models",
     "load_weights": "models",
@@ -51,6 +53,8 @@ __all__ = [
     "register_budget",
     "register_zero_preserving",
     "optimize_connectome",
+    "MaskOnlyResult",
+    "Snapshot",
     "build_model",
     "register_model",
     "load_weights",
