@@ -324,7 +324,7 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
                    updates=sum(1 for e in ctrl.events if e.get("kind") == "update"), seconds=seconds,
                    processes=accelerator.num_processes, mask_hash_per_process=_gather_hashes(accelerator, conn))
     _finish(accelerator, output_dir, summary, files)
-    accelerator.end_training()
+    _end(accelerator)
     return RunResult(output_dir, model, conn, ctrl, state, summary, files)
 
 
@@ -364,7 +364,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
                    updates=sum(1 for e in result.events if e.get("kind") == "update"), seconds=time.time() - t0,
                    processes=accelerator.num_processes, mask_hash_per_process=_gather_hashes(accelerator, conn))
     _finish(accelerator, output_dir, summary, files)
-    accelerator.end_training()
+    _end(accelerator)
     return RunResult(output_dir, model, conn, result.controller, state, summary, files)
 
 
@@ -385,6 +385,13 @@ def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn) -> Di
             files.update(plot_run(rows, events, output_dir))
     accelerator.wait_for_everyone()
     return files
+
+
+def _end(accelerator) -> None:
+    """Leave the process group together: a rank that tears down its group while another is still
+    writing can take the rendezvous store with it and abort the other at exit."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 def _finish(accelerator, output_dir, summary, files):

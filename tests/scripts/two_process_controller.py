@@ -52,6 +52,7 @@ def main(out_dir):
             record["mask_only"].append([conn2.mask_hash(), ev["pruned"], ev["grown"]])
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)
+    acc.wait_for_everyone()
     acc.end_training()
 
 
