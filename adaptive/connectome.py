@@ -351,6 +351,10 @@ class Connectome:
             fn()
         if self.mode == "mask_only":
             self.mask_gradients()  # the weights are restored from the originals after the step
+        elif preserves_zeros(opt) and self._weights_untouched():
+            # Nothing wrote to the weights since they were last known masked (their version
+            # counters have not moved), so only the gradients need masking.
+            self.mask_gradients()
         else:
             # Gradients masked and weights re-imposed in one pass: a weight written outside the
             # optimizer since the last step (an init, a load, an EMA swap) is pruned again here.
@@ -361,6 +365,17 @@ class Connectome:
         # whose gradient, value and state are all 0.0, so re-masking after its step is skipped.
         if self.mode == "mask_only" or not preserves_zeros(opt):
             self.apply()
+        self._record_versions()
+
+    def _record_versions(self) -> None:
+        """Remember the in-place version counters of the weights while they are known masked."""
+        hot = self._hot
+        self._versions = (hot, [p._version for p in hot[1]]) if hot is not None else None
+
+    def _weights_untouched(self) -> bool:
+        v = getattr(self, "_versions", None)
+        hot = self._hot
+        return v is not None and hot is not None and v[0] is hot and [p._version for p in hot[1]] == v[1]
 
     def _after_optimizer_load(self, opt) -> None:
         self._reset_optimizer_state({n: ~m for n, m in self.masks.items() if not self._dense[n]}, only=[opt])
@@ -377,7 +392,7 @@ class Connectome:
         """A pickled or deep-copied connectome is detached: optimizer hooks, observers and edit
         listeners belong to the original (re-attach them on the copy); caches are rebuilt."""
         state = self.__dict__.copy()
-        state.update(_optimizers=[], _handles=[], _observers=[], _edit_listeners=[], _hot=None)
+        state.update(_optimizers=[], _handles=[], _observers=[], _edit_listeners=[], _hot=None, _versions=None)
         return state
 
     # ------------------------------------------------------------------ persistence

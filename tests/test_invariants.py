@@ -506,3 +506,24 @@ def test_bad_state_dicts_raise_and_change_nothing():
     with pytest.raises(ValueError, match="original weight for '0.weight'"):
         conn.load_state_dict({**sd, "original": {"0.weight": torch.zeros(2, 2)}})
     assert_unchanged(conn, snap)
+
+
+def test_weight_written_between_steps_is_pruned_again_at_the_next_step():
+    """The pre-step pass skips re-masking weights only while their version counters show that
+    nothing wrote to them since they were last masked; any outside write is caught."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    conn = adaptive.Connectome(model)
+    conn.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in conn.masks.items()})
+    conn.attach(opt)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    for step in range(6):
+        if step == 3:
+            with torch.no_grad():
+                model[0].weight.fill_(0.5)  # an outside write (a re-init, a dense load...)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        for n, p in conn.params.items():
+            assert torch.all(p[~conn.masks[n]] == 0), (step, n)
