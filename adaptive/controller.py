@@ -121,6 +121,7 @@ class Controller:
                 "does not support n:m: use 'magnitude', 'utility' or 'balanced'"
             )
         self.conn = conn
+        self._layer_index = {n: i for i, n in enumerate(conn.names)}
         self.density = float(density) if density is not None else None
         self.update_every = update_every
         self.start_step = start_step
@@ -233,7 +234,7 @@ class Controller:
         return g
 
     def context(self, name: str, step: int) -> UtilityContext:
-        idx = self.conn.names.index(name)
+        idx = self._layer_index[name]
         restore = None
         if self.conn.mode == "mask_only" or self.grow_init == "original":
             restore = self.conn.original.get(name)
@@ -364,7 +365,7 @@ class Controller:
             def f(name, grown):
                 p = self.conn.params[name]
                 fan_in = max(1, p[0].numel())
-                g = self._generator(self.step_count, 10_000 + self.conn.names.index(name))
+                g = self._generator(self.step_count, 10_000 + self._layer_index[name])
                 return torch.randn(p.shape, generator=g) * (0.01 / fan_in**0.5)
 
             return f

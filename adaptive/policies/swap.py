@@ -12,21 +12,35 @@ import torch
 from .base import EditPlan, Policy, concat, highest, lowest, register_policy, split
 
 
+def global_candidates(cost, gain, alive, frac, ordered=True):
+    """Over all layers together: the ``frac`` of live ensembles cheapest to remove and as many of
+    the most useful absent ones (no more than can be grown). Returns the flat scores, the layer
+    layout and both index lists, for :func:`global_plan`."""
+    c, names, sizes = concat(cost)
+    g, _, _ = concat(gain)
+    a, _, _ = concat(alive)
+    a = a.to(c.device)
+    live = int(torch.count_nonzero(a))
+    k = min(int(round(frac * live)), a.numel() - live)
+    p_idx = lowest(c, a, k, ordered)
+    g_idx = highest(g, ~a, p_idx.numel(), ordered)
+    return c, g, names, sizes, p_idx, g_idx
+
+
+def global_plan(c, g, names, sizes, p_idx, g_idx) -> EditPlan:
+    """Split flat prune/grow indices back into per-layer lists (with their scores)."""
+    plan = EditPlan()
+    plan.prune, plan.prune_scores = split(p_idx, names, sizes, c[p_idx])
+    plan.grow, plan.grow_scores = split(g_idx, names, sizes, g[g_idx])
+    return plan
+
+
 def swap_plan(ctrl, step, cost, gain, alive, frac) -> EditPlan:
     # best-first order matters only when a line search may shrink the plan
     ordered = ctrl.holdout_loss is not None
-    plan = EditPlan()
     if ctrl.budget == "global":
-        c, names, sizes = concat(cost)
-        g, _, _ = concat(gain)
-        a, _, _ = concat(alive)
-        a = a.to(c.device)
-        k = min(int(round(frac * int(torch.count_nonzero(a)))), a.numel() - int(torch.count_nonzero(a)))
-        p_idx = lowest(c, a, k, ordered)
-        g_idx = highest(g, ~a, p_idx.numel(), ordered)
-        plan.prune, plan.prune_scores = split(p_idx, names, sizes, c[p_idx])
-        plan.grow, plan.grow_scores = split(g_idx, names, sizes, g[g_idx])
-        return plan
+        return global_plan(*global_candidates(cost, gain, alive, frac, ordered))
+    plan = EditPlan()
     for n in cost:
         a = alive[n].to(cost[n].device)
         n_live = int(torch.count_nonzero(a))
@@ -60,6 +74,10 @@ class SET(Policy):
         cost, gain = ctrl.scores("cost", step), ctrl.scores("gain", step)
         if hasattr(ctrl.conn.granularity, "density"):
             return nm_plan(ctrl, step, cost, gain, alive)
+        return self.plan(ctrl, step, cost, gain, alive, frac)
+
+    def plan(self, ctrl, step, cost, gain, alive, frac) -> EditPlan:
+        """The edits of one update, given pooled scores (the hook a rewiring policy overrides)."""
         return swap_plan(ctrl, step, cost, gain, alive, frac)
 
 
