@@ -292,4 +292,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from adaptive.cli import run_cli
+
+    run_cli(main, "recipes/diagnostics.py")

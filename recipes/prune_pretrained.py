@@ -217,4 +217,6 @@ def main(argv=None, test_loader_hook=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from adaptive.cli import run_cli
+
+    run_cli(main, "recipes/prune_pretrained.py")

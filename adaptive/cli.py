@@ -1,0 +1,22 @@
+"""Command-line entry points: problems a user can fix end with one ``error:`` line and status 2."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+
+def run_cli(main: Callable, prog: str) -> None:
+    """Run ``main()``; a bad option, missing data or weights that do not fit print one line naming
+    the problem instead of a traceback (set ADAPTIVE_TRACEBACK=1 to see it)."""
+    from .models import WeightsMismatchError
+    from .paths import DatasetNotFoundError
+
+    try:
+        main()
+    except (ValueError, KeyError, TypeError, FileNotFoundError, DatasetNotFoundError, WeightsMismatchError) as e:
+        if os.environ.get("ADAPTIVE_TRACEBACK"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from e

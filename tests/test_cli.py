@@ -1,0 +1,26 @@
+"""Every recipe entry point turns a user's mistake into one `error:` line and status 2."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["recipes/adaptive.py", "--density", "2"], "density must be in (0, 1]"),
+        (["recipes/prune_pretrained.py", "--model", "resnet20", "--remove", "1.5", "--dataset", "fake"], "target fraction 1.5"),
+        (["recipes/diagnostics.py", "knowledge", "--dataset", "nope"], "unknown dataset 'nope'"),
+    ],
+)
+def test_bad_input_gives_one_error_line(args, expect):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    env.pop("ADAPTIVE_TRACEBACK", None)
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and expect in errors[0], r.stderr[-2000:]
