@@ -139,20 +139,23 @@ def _smallest_k(x: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
 def lowest(scores: torch.Tensor, eligible: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
     """Flat indices of the ``k`` smallest eligible scores, smallest first (``ordered=False``: the
     same set in no particular order, cheaper for tens of millions of synapses)."""
-    flat, ok = scores.reshape(-1), eligible.reshape(-1)
-    k = min(int(k), int(torch.count_nonzero(ok)))
-    if k <= 0:
-        return torch.zeros(0, dtype=torch.long, device=flat.device)
-    return _smallest_k(torch.where(ok, flat, float("inf")), k, ordered)
+    return _eligible_smallest_k(scores.reshape(-1), eligible.reshape(-1), k, ordered)
 
 
 def highest(scores: torch.Tensor, eligible: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
     """Flat indices of the ``k`` largest eligible scores, largest first (see :func:`lowest`)."""
-    flat, ok = scores.reshape(-1), eligible.reshape(-1)
-    k = min(int(k), int(torch.count_nonzero(ok)))
+    return _eligible_smallest_k(-scores.reshape(-1), eligible.reshape(-1), k, ordered)
+
+
+def _eligible_smallest_k(flat: torch.Tensor, ok: torch.Tensor, k: int, ordered: bool) -> torch.Tensor:
+    count = int(torch.count_nonzero(ok))
+    k = min(int(k), count)
     if k <= 0:
         return torch.zeros(0, dtype=torch.long, device=flat.device)
-    return _smallest_k(torch.where(ok, -flat, float("inf")), k, ordered)
+    if count * 4 < flat.numel():  # few eligible: order only them (same result, ties by index)
+        idx = ok.nonzero().squeeze(1)
+        return idx[_smallest_k(flat[idx], k, ordered)]
+    return _smallest_k(torch.where(ok, flat, float("inf")), k, ordered)
 
 
 def concat(d: Dict[str, torch.Tensor]):
