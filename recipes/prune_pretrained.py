@@ -35,8 +35,8 @@ from adaptive.models import build_model  # noqa: E402
 
 DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None, remove=["best"],
                 output_dir="runs/prune_pretrained", seed=0, passes=1.0, batch_size=128, eval_batch_size=500,
-                holdout=0.1, subset=None, ensemble="synapse", estimator="evidence", window=4,
-                edit_fraction=0.05, approach=0.5, verify_batches=2, eval_every=10, train_eval_batches=10,
+                holdout=0.1, subset=None, ensemble="synapse", estimator="presence", step=None, window=1,
+                edit_fraction=1.0, approach=0.0, verify_batches=0, eval_every=100, train_eval_batches=10,
                 threads=None, progress=True, num_classes=None)
 
 
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, help="fraction of the TRAIN split held out for selection")
     p.add_argument("--subset", type=int, help="use only this many train images (quick runs)")
     p.add_argument("--ensemble", help="synapse, kernel, neuron, block:RxC")
-    p.add_argument("--estimator", help="utility estimator (consistency, obd, taylor, ...)")
+    p.add_argument("--estimator", help="utility estimator (presence, evidence, consistency, obd, taylor, ...)")
+    p.add_argument("--step", type=float, help="step of the presence or evidence estimator (default: its own)")
     p.add_argument("--window", type=int, help="training batches per update")
     p.add_argument("--edit-fraction", dest="edit_fraction", type=float)
     p.add_argument("--approach", type=float, help="fraction of each stage spent reaching its target")
@@ -152,6 +153,17 @@ def _table(rows) -> str:
     return head + body
 
 
+def _estimator(args):
+    """The estimator by name, or an instance with ``--step`` for the estimators that take one."""
+    if args.step is None:
+        return args.estimator
+    from adaptive.utility import get_estimator
+
+    if args.estimator not in ("presence", "evidence"):
+        raise ValueError(f"--step applies to the presence and evidence estimators, not {args.estimator!r}")
+    return get_estimator(args.estimator, step=args.step)
+
+
 def main(argv=None, test_loader_hook=None) -> dict:
     """Run the recipe; returns a summary (rows, paths). ``test_loader_hook(loader)`` may wrap the
     test loader (tests use it to prove the test split is read only for the final report)."""
@@ -168,7 +180,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
     t0 = time.time()
     result = optimize_connectome(
         model, dl.train, dl.holdout, args.remove, passes=args.passes, ensemble=args.ensemble,
-        estimator=args.estimator, window=args.window, edit_fraction=args.edit_fraction, approach=args.approach,
+        estimator=_estimator(args), window=args.window, edit_fraction=args.edit_fraction, approach=args.approach,
         verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed, progress=args.progress)
     minutes = (time.time() - t0) / 60
     out.mkdir(parents=True, exist_ok=True)

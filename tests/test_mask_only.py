@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from adaptive import Connectome, Controller
 from adaptive.baselines.edge_popup import edge_popup
 from adaptive.mask_only import changed_weights, optimize_connectome, resolve_target
+from adaptive.utility.presence import Presence
 
 torch.set_num_threads(1)
 
@@ -72,7 +73,7 @@ def test_weights_frozen_bit_exact_and_bn_untouched():
 def test_restoration_is_exact_after_crawling():
     m = tiny()
     orig = {n: p.detach().clone() for n, p in m.named_parameters()}
-    r = run(m, 0.5, edit_fraction=0.3, verify_batches=0)
+    r = run(m, 0.5, edit_fraction=0.3, verify_batches=0, window=1, passes=3.0, estimator=Presence(step=0.05))
     assert sum(e["grown"] for e in r.events) > 0, "the crawl should restore some synapses"
     r.conn.set_masks({n: torch.ones_like(v) for n, v in r.conn.masks.items()})
     for n, p in m.named_parameters():
@@ -227,3 +228,76 @@ def test_evidence_estimator_accumulates_consistent_gradients():
     assert cost[0].item() == pytest.approx(1.0 - 0.003 * min(t0, 3.0))
     assert cost[1].item() == pytest.approx(1.0)  # mean 0: no evidence
     assert torch.equal(ctrl.scores("gain")["weight"].reshape(-1), cost)  # same value on both sides
+
+
+def test_presence_estimator_follows_normalised_presence_derivative():
+    """value starts at |w0| / rms(w0); each update moves it by -step * m^/sqrt(v^) of d = g * w0
+    (Adam's first step is -step * sign(d)); a zero derivative leaves it; begin_stage restarts the
+    moments but keeps the values; the state round-trips through state_dict."""
+    lin = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[2.0, -1.0, 0.5]]))
+    conn = Connectome(lin, mode="mask_only")
+    est = Presence(step=0.1)
+    ctrl = Controller(conn, policy="crawl", estimator=est, update_every=1, edit_decay="constant")
+    rms = (torch.tensor([4.0, 1.0, 0.25]).mean()).sqrt()
+    init = torch.tensor([2.0, 1.0, 0.5]) / rms
+    # d = g * w0 = [+2 (presence raises the loss), +1 (also), 0]
+    lin.weight.grad = torch.tensor([[1.0, -1.0, 0.0]])
+    ctrl.observe()
+    v1 = ctrl.scores("cost")["weight"].reshape(-1)
+    assert torch.allclose(v1, init - 0.1 * torch.tensor([1.0, 1.0, 0.0]), atol=1e-6)
+    assert torch.equal(ctrl.scores("gain")["weight"].reshape(-1), v1)
+    # second step, d = [-2, +1, 0]: Adam's bias-corrected moments, written out by hand
+    ctrl.stats.reset()
+    lin.weight.grad = torch.tensor([[-1.0, -1.0, 0.0]])
+    ctrl.observe()
+    v2 = ctrl.scores("cost")["weight"].reshape(-1)
+    d1, d2 = torch.tensor([2.0, 1.0, 0.0]), torch.tensor([-2.0, 1.0, 0.0])
+    m = (0.9 * 0.1 * d1 + 0.1 * d2) / (1 - 0.9**2)
+    v = (0.999 * 0.001 * d1**2 + 0.001 * d2**2) / (1 - 0.999**2)
+    expect = v1 - 0.1 * m / (v.sqrt() + 1e-8)
+    assert torch.allclose(v2, expect, atol=1e-5)
+    sd = est.state_dict()
+    est.begin_stage()
+    assert not est.m and torch.equal(est.value["weight"], v2.view(1, 3))
+    twin = Presence(step=0.1)
+    twin.load_state_dict(sd)
+    assert torch.equal(twin.value["weight"], v2.view(1, 3)) and twin.t == {"weight": 2}
+    with pytest.raises(ValueError, match="step"):
+        Presence(step=0.0)
+
+
+def test_crawl_at_goal_sorts_only_candidates_and_matches_full_orders():
+    """At the goal the crawl orders only ensembles that can be in a worthwhile swap; its plan is
+    the one the full orders give (pairs of i-th cheapest present and i-th best absent)."""
+    from adaptive.policies.base import highest, lowest
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(5000, generator=g)
+    alive = torch.rand(5000, generator=g) < 0.5
+    few = alive & (scores < -1.5)
+    full = torch.argsort(torch.where(few, scores, torch.tensor(float("inf"))), stable=True)[: int(few.sum())]
+    assert torch.equal(lowest(scores, few, 10**6), full)
+    assert torch.equal(highest(-scores, few, 7), full[:7])
+    for margin in (0.0, 0.3):
+        lin = nn.Linear(200, 50, bias=False)
+        conn = Connectome(lin, mode="mask_only")
+        m = torch.rand(50, 200, generator=g) < 0.5
+        conn.set_masks({"weight": m})
+        est = Presence(step=0.5)
+        ctrl = Controller(conn, policy="crawl", estimator=est, update_every=1, edit_decay="constant", margin=margin)
+        ctrl.grow_est = ctrl.drop_est
+        ctrl.policy.edit_fraction = 1.0
+        ctrl.policy.set_goal(int(m.sum()), deadline=0)
+        lin.weight.grad = torch.randn(50, 200, generator=g)
+        ctrl.observe()
+        ev = ctrl.step()
+        val = est.value["weight"].reshape(-1)
+        a = m.reshape(-1)
+        c_sorted = torch.sort(val[a]).values
+        g_sorted = torch.sort(val[~a], descending=True).values
+        n = min(c_sorted.numel(), g_sorted.numel())
+        want = int(((g_sorted[:n] - c_sorted[:n]) > margin).cumprod(0).sum())
+        assert want > 0 and ev["pruned"] == want and ev["grown"] == want
+        assert int(conn.masks["weight"].sum()) == int(m.sum())

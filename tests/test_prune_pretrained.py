@@ -113,3 +113,16 @@ def test_imagenet_config_parses():
     ns = mod.parse_args(["--config", str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml")])
     assert ns.model == "torchvision:mobilenet_v3_large" and ns.remove == [1000000, 2760000]
     assert ns.dataset == "imagenet" and ns.num_classes == 1000
+
+
+def test_step_option_builds_the_estimator_or_fails_clearly():
+    from adaptive.utility.presence import Presence
+
+    mod = recipe()
+    ns = mod.parse_args(["--step", "0.02"])
+    assert ns.estimator == "presence"  # the default estimator
+    est = mod._estimator(ns)
+    assert isinstance(est, Presence) and est.step == 0.02
+    assert mod._estimator(mod.parse_args([])) == "presence"
+    with pytest.raises(ValueError, match="--step applies to the presence and evidence"):
+        mod._estimator(mod.parse_args(["--estimator", "magnitude", "--step", "0.1"]))
