@@ -8,8 +8,10 @@ Rows, each at every removal target:
 - global magnitude one-shot (torch.nn.utils.prune.global_unstructured, L1): pruning without data;
 - edge-popup (adaptive.baselines.edge_popup): learned scores on the frozen weights, global top-k,
   straight-through gradients, Adam; the same train data, staging and passes as ours;
-- ours (adaptive.optimize_connectome): utility statistics over windows of batches, crawl policy,
-  line search on held-out TRAIN batches.
+- ours (adaptive.optimize_connectome): the presence estimator (a value per synapse learned batch
+  by batch from the normalised presence derivative g * w0), crawl policy (jump to each target,
+  then swaps wherever an absent synapse's value beats a present one's), held-out TRAIN batches
+  for the snapshots (per-update line search optional: --verify-batches).
 Learned methods visit the targets in increasing order of removal, one stage of ``--passes`` passes
 each, scores/masks carried over. The held-out part of TRAIN chooses everything; the test split is
 read only after every method has finished (and is reported with the split named). CPU minutes
@@ -57,15 +59,17 @@ def main(argv=None):
     ap.add_argument("--model", default="resnet20", choices=sorted(WEIGHTS))
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--targets", default="0.1,0.2,0.5,0.8")
-    ap.add_argument("--passes", type=float, default=0.25, help="passes over the train part per target (both learned rows)")
+    ap.add_argument("--passes", type=float, default=1.0, help="passes over the train part per target (both learned rows)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--ep-lr", type=float, default=0.01, help="edge-popup's Adam learning rate")
-    ap.add_argument("--estimator", default="evidence", help="ours: utility estimator")
+    ap.add_argument("--estimator", default="presence", help="ours: utility estimator")
+    ap.add_argument("--step", type=float, default=0.01, help="ours: presence step (estimator 'presence')")
+    ap.add_argument("--approach", type=float, default=0.0, help="ours: fraction of a stage spent reaching its target")
     ap.add_argument("--ev-step", type=float, default=0.003, help="ours: evidence step (estimator 'evidence')")
     ap.add_argument("--ev-decay", type=float, default=1.0, help="ours: evidence decay per window")
-    ap.add_argument("--window", type=int, default=4, help="ours: batches per update")
-    ap.add_argument("--edit-fraction", type=float, default=0.05, help="ours: most swaps per update")
-    ap.add_argument("--verify-batches", type=int, default=2, help="ours: held-out batches per line search")
+    ap.add_argument("--window", type=int, default=1, help="ours: batches per update")
+    ap.add_argument("--edit-fraction", type=float, default=1.0, help="ours: most swaps per update")
+    ap.add_argument("--verify-batches", type=int, default=0, help="ours: held-out batches per line search (0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--subset", type=int, default=None, help="train images (quick runs; the table says so)")
@@ -83,6 +87,7 @@ def main(argv=None):
         return build_model(args.model, weights=str(data_dir / WEIGHTS[args.model]))
 
     t_start = time.time()
+    load0 = os.getloadavg()[0]
     rows = []  # (method, target, removed, conn/model, masks, holdout_acc, cpu_min)
     # ---- ours
     model_o = fresh()
@@ -91,8 +96,12 @@ def main(argv=None):
         from adaptive.utility.evidence import Evidence
 
         est = Evidence(step=args.ev_step, decay=args.ev_decay)
+    elif est == "presence":
+        from adaptive.utility.presence import Presence
+
+        est = Presence(step=args.step)
     res = optimize_connectome(model_o, dl.train, dl.holdout, targets, passes=args.passes, seed=args.seed,
-                              estimator=est, window=args.window, edit_fraction=args.edit_fraction,
+                              estimator=est, window=args.window, edit_fraction=args.edit_fraction, approach=args.approach,
                               verify_batches=args.verify_batches, progress=not args.no_progress)
     for t in targets:
         s = res.snapshots[f"{t:g}"]
@@ -157,7 +166,8 @@ def main(argv=None):
         f"is not unseen-data accuracy. CPU min = process CPU time (all {args.threads} threads) up to that snapshot.\n\n"
         + "\n".join(checks) + "\n\n"
         f"Whole benchmark: {wall:.1f} min wall on {os.cpu_count()} cores ({platform.processor() or platform.machine()}); "
-        "the machine was shared with other developers' jobs during the run, so wall time is inflated.\n\n"
+        f"1-minute load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
+        f"(above {args.threads} means other jobs shared the cores and wall times are inflated).\n\n"
         f"Reproduce: `{cmd.strip()}`\n"
     )
     text = f"# Mask-only connectome optimisation: {args.model}\n\n" + head + body + note
