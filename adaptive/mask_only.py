@@ -256,6 +256,8 @@ def optimize_connectome(
     if ctrl.grow_est is not None and type(ctrl.grow_est) is type(ctrl.drop_est):
         ctrl.grow_est = ctrl.drop_est  # one instance for both sides: stateful estimators see each window once
     result = MaskOnlyResult(conn=conn, controller=ctrl)
+    # each estimator instance once (one instance often serves both sides)
+    estimators = list({id(e): e for e in (ctrl.drop_est, ctrl.grow_est) if e is not None}.values())
     steps_per_stage = max(window, int(math.ceil(passes * n_train / window)) * window)
     train_iter = _batches(train_loader)
 
@@ -289,7 +291,7 @@ def optimize_connectome(
             else:
                 live_goal_syn = total - removed_goal
                 policy.set_goal(live_goal_syn - prot, deadline)
-            for est in {id(e): e for e in (ctrl.drop_est, ctrl.grow_est) if e is not None}.values():
+            for est in estimators:
                 if hasattr(est, "begin_stage"):
                     est.begin_stage()  # a new goal: the estimator restarts its moving moments
             best = None
@@ -312,8 +314,8 @@ def optimize_connectome(
                     t = (step - start) / steps_per_stage  # cosine decay of the edit limit over the stage
                     decay = 0.5 * (1 + math.cos(math.pi * t))
                     policy.edit_fraction = edit_fraction * decay
-                    for est in (ctrl.drop_est, ctrl.grow_est):
-                        if est is not None and hasattr(est, "step_scale"):
+                    for est in estimators:
+                        if hasattr(est, "step_scale"):
                             est.step_scale = decay  # estimators with a step follow the same decay
                     if step - start == steps_per_stage and removed_goal is not None:
                         policy.edit_fraction = 0.0  # the stage's last update settles exactly on the goal

@@ -51,6 +51,12 @@ class UtilityContext:
     generator: torch.Generator  # folded from (seed, step, layer): same on every process
     batch_size: Optional[int] = None
 
+    @property
+    def w0(self) -> torch.Tensor:
+        """The value a synapse has when present (float): its original weight in mask_only mode,
+        else its current one."""
+        return (self.restore if self.restore is not None else self.weight).float()
+
 
 class Estimator:
     """Base class: override ``removal_cost`` and ``restoration_gain``."""

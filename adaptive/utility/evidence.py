@@ -39,7 +39,7 @@ class Evidence(Estimator):
         self._value = {}
 
     def _prior(self, ctx):
-        w0 = (ctx.restore if ctx.restore is not None else ctx.weight).float()
+        w0 = ctx.w0
         return w0.abs(), w0, w0.pow(2).mean().sqrt()
 
     def removal_cost(self, ctx):

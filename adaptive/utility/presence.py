@@ -56,7 +56,7 @@ class Presence(Estimator):
         self.t.clear()
 
     def _init_value(self, ctx) -> torch.Tensor:
-        w0 = (ctx.restore if ctx.restore is not None else ctx.weight).float()
+        w0 = ctx.w0
         return w0.abs() / w0.pow(2).mean().sqrt().clamp_min(1e-12)
 
     def removal_cost(self, ctx):
@@ -65,7 +65,7 @@ class Presence(Estimator):
             self.value[n] = self._init_value(ctx)
         s = ctx.stats
         if s is not None and s.count >= 1:
-            w0 = (ctx.restore if ctx.restore is not None else ctx.weight).float()
+            w0 = ctx.w0
             d = s.mean(n) * w0
             if n not in self.m:
                 self.m[n], self.v[n], self.t[n] = torch.zeros_like(d), torch.zeros_like(d), 0
