@@ -200,7 +200,8 @@ def optimize_connectome(
             estimator's units (presence: value units; "best" prunes values below -margin).
         verify_batches: held-out batches (rotating) that verify each update by line search
             (0, the default: none; measured on CIFAR ResNets, per-update verification with
-            per-batch updates cost 5x the time and lost accuracy, see recipes/benchmarks).
+            per-batch updates cost 5x the time and lost accuracy, see
+            recipes/benchmarks/mask_only_ablations).
         eval_every: evaluate the whole holdout every this many updates (0: only at stage ends).
         callback: called with every history record.
 

@@ -1,0 +1,113 @@
+"""Edge-popup variations on the DEV split (see README.md here): one JSON line per target."""
+import sys, time, math, json, argparse
+from pathlib import Path; sys.path.insert(0, str(Path(__file__).resolve().parent)); sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+import torch, torch.nn.functional as F
+from harness import setup
+from adaptive import Connectome
+from adaptive.mask_only import evaluate, _batches
+from adaptive.baselines.edge_popup import _topk_masks
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--lr", type=float, default=0.01)
+ap.add_argument("--passes", type=float, default=0.25)
+ap.add_argument("--targets", default="0.2,0.5")
+ap.add_argument("--opt", default="adam")
+ap.add_argument("--init", default="rms")
+ap.add_argument("--sched", default="cos")
+ap.add_argument("--beta1", type=float, default=0.9)
+ap.add_argument("--beta2", type=float, default=0.999)
+ap.add_argument("--model", default="resnet20")
+ap.add_argument("--seed", type=int, default=0)
+ap.add_argument("--bs", type=int, default=128)
+ap.add_argument("--ls", type=float, default=0.0)
+ap.add_argument("--aug", type=int, default=0)
+ap.add_argument("--reuse", type=int, default=1)
+ap.add_argument("--rank", type=int, default=0)
+ap.add_argument("--noise", type=float, default=0.0)
+ap.add_argument("--curv", type=float, default=0.0)
+ap.add_argument("--ramp", type=float, default=0.0)
+ap.add_argument("--fema", type=float, default=0.99)
+a = ap.parse_args()
+tl, hl, dl, fresh = setup(a.model, a.seed, bs=a.bs)
+tl.dataset.augment = bool(a.aug)
+torch.manual_seed(a.seed)
+model = fresh().eval()
+for p in model.parameters(): p.requires_grad_(False)
+conn = Connectome(model, mode="mask_only")
+for p in conn.params.values(): p.requires_grad_(True)
+total = conn.num_synapses()
+it0 = _batches(tl)
+F0 = {n: torch.zeros_like(p) for n, p in conn.params.items()}
+if a.init.startswith("obd"):
+    for _ in range(10):
+        x, y = next(it0)
+        for p in conn.params.values(): p.grad = None
+        out = model(x)
+        # per-sample-ish Fisher: sampled labels from the model's own predictive (empirical on true labels here)
+        F.cross_entropy(out, y).backward()
+        for n, p in conn.params.items(): F0[n] += p.grad.pow(2) * x.shape[0] / 10
+raw = {}
+for n, o in conn.original.items():
+    r = o.abs() if not a.init.startswith("obd") else o.abs() * F0[n].sqrt()
+    raw[n] = r.float()
+scale = {n: (r.pow(2).mean().sqrt() if a.init in ("global", "obdglobal") else torch.tensor(1.0)) for n, r in raw.items()}
+scores = {n: (r / r.pow(2).mean().sqrt()).clone() for n, r in raw.items()}
+if a.rank:
+    flat = torch.cat([v.reshape(-1) for v in scores.values()])
+    rk = torch.empty_like(flat); rk[flat.argsort()] = torch.arange(flat.numel(), dtype=flat.dtype) / flat.numel()
+    off = 0
+    for n, v in scores.items():
+        scores[n] = rk[off: off + v.numel()].view_as(v).clone(); off += v.numel()
+scores = {n: v.requires_grad_(True) for n, v in scores.items()}
+def topk(sc, k):
+    return _topk_masks({n: v.detach() * scale[n] for n, v in sc.items()}, k)
+steps = int(math.ceil(a.passes * len(tl)))
+it = _batches(tl)
+fisher = {}
+t0 = time.time()
+for t in [float(x) for x in a.targets.split(",")]:
+    keep = total - int(round(t * total))
+    if a.opt == "adam":
+        opt = torch.optim.Adam(list(scores.values()), lr=a.lr, betas=(a.beta1, a.beta2))
+    elif a.opt in ("lnorm", "gnorm"):
+        opt = torch.optim.SGD(list(scores.values()), lr=a.lr, momentum=0.9)
+    else:
+        opt = torch.optim.SGD(list(scores.values()), lr=a.lr, momentum=0.9)
+    lam = (lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))) if a.sched == "cos" else (lambda s: 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
+    tr_loss = 0
+    keep0 = conn.num_live()
+    for s in range(steps):
+        k = keep if a.ramp <= 0 else int(round(keep0 + (keep - keep0) * min(1.0, (s + 1) / (a.ramp * steps))))
+        x, y = next(it)
+        for _r in range(a.reuse):
+            if a.noise > 0:
+                nz = {}
+                for n, v in scores.items():
+                    uu = torch.rand_like(v).clamp_(1e-6, 1 - 1e-6)
+                    nz[n] = v.detach() + a.noise * (uu.log() - (-uu).log1p())
+                conn.set_masks(topk(nz, k))
+            else:
+                conn.set_masks(topk(scores, k))
+            for p in conn.params.values(): p.grad = None
+            loss = F.cross_entropy(model(x), y, label_smoothing=a.ls); loss.backward(); tr_loss += float(loss) / a.reuse
+            with torch.no_grad():
+                for n, v in scores.items():
+                    g = conn.params[n].grad; o = conn.original[n]
+                    G = g * o
+                    if a.curv > 0:
+                        Fm = fisher.get(n)
+                        Fm = g.pow(2) * x.shape[0] if Fm is None else a.fema * Fm + (1 - a.fema) * g.pow(2) * x.shape[0]
+                        fisher[n] = Fm
+                        G = G - a.curv * 0.5 * Fm * o.pow(2) * (2 * conn.masks[n].float() - 1)
+                    if a.opt == "lnorm":
+                        G = G / G.pow(2).mean().sqrt().clamp_min(1e-30)
+                    v.grad = G
+                if a.opt == "gnorm":
+                    r = torch.cat([v.grad.reshape(-1) for v in scores.values()]).pow(2).mean().sqrt()
+                    for v in scores.values(): v.grad /= r
+            opt.step()
+        sched.step()
+    conn.set_masks(topk(scores, keep))
+    dv = evaluate(model, dl)
+    print(json.dumps({"target": t, "dev_acc": round(100*dv[1],2), "dev_loss": round(dv[0],4), "train_loss": round(tr_loss/steps,4), "min": round((time.time()-t0)/60,2), **vars(a)}), flush=True)

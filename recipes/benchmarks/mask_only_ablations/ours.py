@@ -1,0 +1,31 @@
+"""Our optimize_connectome variations on the DEV split (see README.md here): one JSON line per target."""
+import sys, time, json, argparse
+from pathlib import Path; sys.path.insert(0, str(Path(__file__).resolve().parent)); sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+import torch
+from harness import setup
+from adaptive.mask_only import evaluate, optimize_connectome
+from adaptive.utility.evidence import Evidence
+from adaptive.utility.presence import Presence
+ap = argparse.ArgumentParser()
+ap.add_argument("--passes", type=float, default=0.25)
+ap.add_argument("--targets", default="0.2,0.5")
+ap.add_argument("--step", type=float, default=0.003)
+ap.add_argument("--window", type=int, default=4)
+ap.add_argument("--edit", type=float, default=0.05)
+ap.add_argument("--approach", type=float, default=0.5)
+ap.add_argument("--verify", type=int, default=2)
+ap.add_argument("--est", default="evidence")
+ap.add_argument("--margin", type=float, default=0.0)
+ap.add_argument("--lr", type=float, default=0.01)
+a, extra = ap.parse_known_args()
+tl, hl, dl, fresh = setup()
+torch.manual_seed(0)
+model = fresh()
+t0 = time.time()
+ts = [float(x) for x in a.targets.split(",")]
+res = optimize_connectome(model, tl, hl, ts, passes=a.passes, estimator=(Evidence(step=a.step) if a.est == 'evidence' else Presence(step=a.lr)), window=a.window,
+                          edit_fraction=a.edit, approach=a.approach, verify_batches=a.verify, progress=False, margin=a.margin)
+for t in ts:
+    s = res.use(f"{t:g}")
+    dv = evaluate(model, dl)
+    print(json.dumps({"target": t, "dev_acc": round(100*dv[1],2), "dev_loss": round(dv[0],4), "cpu_min": round(s.cpu_seconds/60,2), "wall": round((time.time()-t0)/60, 2), **vars(a)}))
