@@ -477,9 +477,22 @@ class Controller:
             "events": json.loads(json.dumps(self.events, default=float)),
             "stats": self.stats.state_dict() if self.stats is not None else None,
             "policy": self.policy.state_dict(),
+            "estimators": self._estimator_states(),
         }
 
+    def _estimators(self) -> Dict[str, object]:
+        out = {"drop": self.drop_est}
+        if self.grow_est is not None and self.grow_est is not self.drop_est:
+            out["grow"] = self.grow_est
+        return out
+
+    def _estimator_states(self) -> dict:
+        return {side: est.state_dict() for side, est in self._estimators().items()}
+
     def load_state_dict(self, sd: dict) -> None:
+        states = sd.get("estimators") or {}
+        for side, est in self._estimators().items():  # first: a mismatch raises before anything changes
+            est.load_state_dict(states.get(side) or {})
         self.step_count = int(sd["step_count"])
         self.events = list(sd.get("events", []))
         if self.stats is not None and sd.get("stats"):

@@ -71,5 +71,14 @@ class Estimator:
     def restoration_gain(self, ctx: UtilityContext) -> torch.Tensor:
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        """What a stateful estimator must carry through a checkpoint (stateless ones: nothing)."""
+        return {}
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd:
+            raise ValueError(f"{type(self).__name__} keeps no state, but the checkpoint holds some for it "
+                             f"({sorted(sd)}): was it saved with another estimator?")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -58,6 +58,14 @@ class Evidence(Estimator):
         self._value[ctx.name] = prior + rms * e
         return self._value[ctx.name]
 
+    def state_dict(self) -> dict:
+        return {"evidence": {n: e.cpu().clone() for n, e in self.evidence.items()},
+                "value": {n: v.cpu().clone() for n, v in self._value.items()}}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.evidence = {n: e.clone() for n, e in sd.get("evidence", {}).items()}
+        self._value = {n: v.clone() for n, v in sd.get("value", {}).items()}
+
     def restoration_gain(self, ctx):
         v = self._value.get(ctx.name)
         if v is None:
