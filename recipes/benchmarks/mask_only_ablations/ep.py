@@ -27,6 +27,8 @@ ap.add_argument("--noise", type=float, default=0.0)
 ap.add_argument("--curv", type=float, default=0.0)
 ap.add_argument("--ramp", type=float, default=0.0)
 ap.add_argument("--fema", type=float, default=0.99)
+ap.add_argument("--offsets", default="", help="structured score offsets learned with the scores: r (per output channel), c (per input channel), l (per layer)")
+ap.add_argument("--olr", type=float, default=0.01, help="Adam step of the offsets")
 a = ap.parse_args()
 tl, hl, dl, fresh = setup(a.model, a.seed, bs=a.bs)
 tl.dataset.augment = bool(a.aug)
@@ -59,8 +61,17 @@ if a.rank:
     for n, v in scores.items():
         scores[n] = rk[off: off + v.numel()].view_as(v).clone(); off += v.numel()
 scores = {n: v.requires_grad_(True) for n, v in scores.items()}
+def _oshape(v, kind):
+    if kind == "r": return (v.shape[0],) + (1,) * (v.dim() - 1)
+    if kind == "c": return (1, v.shape[1]) + (1,) * (v.dim() - 2)
+    return (1,) * v.dim()
+offs = {(n, k): torch.zeros(_oshape(v, k), requires_grad=True) for n, v in scores.items() for k in a.offsets}
+def eff(sc):
+    out = {n: v.detach().clone() for n, v in sc.items()}
+    for (n, k), o in offs.items(): out[n] += o.detach()
+    return out
 def topk(sc, k):
-    return _topk_masks({n: v.detach() * scale[n] for n, v in sc.items()}, k)
+    return _topk_masks({n: v * scale[n] for n, v in eff(sc).items()}, k)
 steps = int(math.ceil(a.passes * len(tl)))
 it = _batches(tl)
 fisher = {}
@@ -68,7 +79,9 @@ t0 = time.time()
 for t in [float(x) for x in a.targets.split(",")]:
     keep = total - int(round(t * total))
     if a.opt == "adam":
-        opt = torch.optim.Adam(list(scores.values()), lr=a.lr, betas=(a.beta1, a.beta2))
+        groups = [{"params": list(scores.values())}]
+        if offs: groups.append({"params": list(offs.values()), "lr": a.olr})
+        opt = torch.optim.Adam(groups, lr=a.lr, betas=(a.beta1, a.beta2))
     elif a.opt in ("lnorm", "gnorm"):
         opt = torch.optim.SGD(list(scores.values()), lr=a.lr, momentum=0.9)
     else:
@@ -103,6 +116,10 @@ for t in [float(x) for x in a.targets.split(",")]:
                     if a.opt == "lnorm":
                         G = G / G.pow(2).mean().sqrt().clamp_min(1e-30)
                     v.grad = G
+                    for k in a.offsets:
+                        o = offs[(n, k)]
+                        dims = [d for d in range(G.dim()) if o.shape[d] == 1]
+                        o.grad = G.sum(dim=dims, keepdim=True) if dims else G.clone()
                 if a.opt == "gnorm":
                     r = torch.cat([v.grad.reshape(-1) for v in scores.values()]).pow(2).mean().sqrt()
                     for v in scores.values(): v.grad /= r
