@@ -206,7 +206,9 @@ def optimize_connectome(
         callback: called with every history record.
 
     Guarantees: no surviving weight changes by a single bit; each numeric target is met exactly
-    (to the ensemble) at its snapshot; only ``train_loader`` and ``holdout_loader`` are read.
+    (to the ensemble) at its snapshot; only ``train_loader`` and ``holdout_loader`` are read; if
+    the run is interrupted (an error in a loader or the loss, Ctrl-C), the model gets its original
+    weights back before the exception propagates.
     Raises ValueError before any work on a bad target, an empty loader or a bad setting.
     """
     if not isinstance(model, nn.Module):
@@ -354,12 +356,25 @@ def optimize_connectome(
             snap.cpu_seconds, snap.wall_seconds = e["cpu_seconds"], e["wall_seconds"]
             result.snapshots[label] = snap
         bar.close()
+    except BaseException as exc:
+        restore_original(conn, exc)
+        raise
     finally:
         for p in model.parameters():
             p.grad = None
             p.requires_grad_(grads_before.get(id(p), True))
         model.train(was_training)
     return result
+
+
+def restore_original(conn: Connectome, exc: Optional[BaseException] = None) -> None:
+    """Give a mask_only connectome's model all its original weights back (every synapse present):
+    what an interrupted optimisation (an error, Ctrl-C) does before the exception propagates, so
+    that the caller's model is never left half-pruned. ``exc`` gets a note saying so."""
+    conn.set_masks({n: torch.ones_like(m) for n, m in conn.masks.items()})
+    if exc is not None:
+        exc.add_note("adaptive: the mask-only optimisation was interrupted; the model's original weights "
+                     "(every synapse present) were restored, and no snapshot was kept")
 
 
 _INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

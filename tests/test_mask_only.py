@@ -301,3 +301,40 @@ def test_crawl_at_goal_sorts_only_candidates_and_matches_full_orders():
         want = int(((g_sorted[:n] - c_sorted[:n]) > margin).cumprod(0).sum())
         assert want > 0 and ev["pruned"] == want and ev["grown"] == want
         assert int(conn.masks["weight"].sum()) == int(m.sum())
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _BreakingLoader:
+    """A train loader that fails at its ``at``-th batch (a broken file, a Ctrl-C)."""
+
+    def __init__(self, loader, at):
+        self.loader, self.at = loader, at
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, b in enumerate(self.loader):
+            if i == self.at:
+                raise _Interrupted("batch unreadable")
+            yield b
+
+
+@pytest.mark.parametrize("method", ["ours", "edge-popup"])
+def test_interrupted_run_gives_the_model_its_original_weights_back(method):
+    m = tiny()
+    before = copy.deepcopy(m.state_dict())
+    tr, ho = loaders()
+    broken = _BreakingLoader(tr, at=4)  # several updates in: masks are well away from dense
+    with pytest.raises(_Interrupted) as info:
+        if method == "ours":
+            optimize_connectome(m, broken, ho, [0.3, 0.6], passes=1.0, window=1, progress=False)
+        else:
+            edge_popup(m, broken, ho, [0.3, 0.6], passes=1.0, progress=False)
+    assert any("original weights" in n for n in getattr(info.value, "__notes__", []))
+    sd = m.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in before.items())
+    assert m.training and all(p.grad is None for p in m.parameters())

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..connectome import Connectome
-from ..mask_only import _batches, _check_loader, _label, evaluate, resolve_target
+from ..mask_only import _batches, _check_loader, _label, evaluate, resolve_target, restore_original
 
 
 @torch.no_grad()
@@ -91,6 +91,9 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                             "holdout_loss": hl, "holdout_acc": ha,
                             "cpu_seconds": time.process_time() - t_cpu, "wall_seconds": time.time() - t_wall}
         bar.close()
+    except BaseException as exc:
+        restore_original(conn, exc)
+        raise
     finally:
         for p in model.parameters():
             p.grad = None
