@@ -28,6 +28,7 @@ ap.add_argument("--curv", type=float, default=0.0)
 ap.add_argument("--ramp", type=float, default=0.0)
 ap.add_argument("--fema", type=float, default=0.99)
 ap.add_argument("--offsets", default="", help="structured score offsets learned with the scores: r (per output channel), c (per input channel), l (per layer)")
+ap.add_argument("--swa", type=float, default=0.0, help="final mask from the mean scores over this last fraction of each stage")
 ap.add_argument("--olr", type=float, default=0.01, help="Adam step of the offsets")
 a = ap.parse_args()
 tl, hl, dl, fresh = setup(a.model, a.seed, bs=a.bs)
@@ -89,6 +90,7 @@ for t in [float(x) for x in a.targets.split(",")]:
     lam = (lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))) if a.sched == "cos" else (lambda s: 1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
     tr_loss = 0
+    swa_sum, swa_n = None, 0
     keep0 = conn.num_live()
     for s in range(steps):
         k = keep if a.ramp <= 0 else int(round(keep0 + (keep - keep0) * min(1.0, (s + 1) / (a.ramp * steps))))
@@ -125,6 +127,13 @@ for t in [float(x) for x in a.targets.split(",")]:
                     for v in scores.values(): v.grad /= r
             opt.step()
         sched.step()
-    conn.set_masks(topk(scores, keep))
+        if a.swa > 0 and s >= (1 - a.swa) * steps:
+            cur = eff(scores)
+            swa_sum = cur if swa_sum is None else {n: swa_sum[n] + cur[n] for n in cur}
+            swa_n += 1
+    if swa_n:
+        conn.set_masks(_topk_masks({n: v / swa_n * scale[n] for n, v in swa_sum.items()}, keep))
+    else:
+        conn.set_masks(topk(scores, keep))
     dv = evaluate(model, dl)
     print(json.dumps({"target": t, "dev_acc": round(100*dv[1],2), "dev_loss": round(dv[0],4), "train_loss": round(tr_loss/steps,4), "min": round((time.time()-t0)/60,2), **vars(a)}), flush=True)

@@ -2,6 +2,7 @@
 
     python recipes/benchmarks/mask_only_ablations/run.py            # all rows, about 40 min on 2 cores
     python recipes/benchmarks/mask_only_ablations/run.py --only "edge-popup lr 0.01" "ours: presence, window 1"
+    (--only reruns those rows and updates them in the existing table, keeping the others)
 
 Pretrained ResNet-20 on cifar10-jpeg, 0.25 pass per target, targets 20% then 50% removed.
 Accuracy is on a DEV split: 5,000 TRAIN images apart from the train part and from the holdout
@@ -42,12 +43,25 @@ ROWS = [
     ("layer-normalised SGD lr 0.003", "ep.py", ["--opt", "lnorm", "--lr", "0.003"]),
     ("channel offsets (pooled evidence), step 0.01", "ep.py", ["--offsets", "rc", "--olr", "0.01"]),
     ("channel offsets (pooled evidence), step 0.001", "ep.py", ["--offsets", "rc", "--olr", "0.001"]),
+    ("final mask from scores averaged over the last half of each stage", "ep.py", ["--swa", "0.5"]),
     ("ours: old default (evidence, window 4, line search)", "ours.py", []),
     ("ours: presence, window 1", "ours.py", OURS_BASE),
     ("ours: presence, margin 0.02", "ours.py", OURS_BASE + ["--margin", "0.02"]),
     ("ours: presence, window 2", "ours.py", OURS_BASE[:2] + ["--window", "2"] + OURS_BASE[4:]),
     ("ours: presence, line search every update", "ours.py", OURS_BASE[:-1] + ["1"]),
 ]
+
+
+def _existing_rows(path: Path) -> dict:
+    """Rows of an earlier table, by variation name (kept when ``--only`` reruns some)."""
+    if not path.exists():
+        return {}
+    rows = {}
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 5 and cells[0] != "variation" and not cells[0].startswith("---"):
+            rows[cells[0]] = line
+    return rows
 
 
 def main(argv=None):
@@ -59,15 +73,17 @@ def main(argv=None):
     if args.only and len(rows) != len(args.only):
         known = ", ".join(r[0] for r in ROWS)
         raise SystemExit(f"run.py: error: unknown row in --only; rows are: {known}")
-    lines = ["| variation | command | DEV acc % at 20% | DEV acc % at 50% | wall min |", "|---|---|---:|---:|---:|"]
+    header = ["| variation | command | DEV acc % at 20% | DEV acc % at 50% | wall min |", "|---|---|---:|---:|---:|"]
+    done = _existing_rows(Path(args.output)) if args.only else {}  # --only updates those rows in place
     for name, script, extra in rows:
         cmd = [sys.executable, str(HERE / script)] + extra
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         recs = {r["target"]: r for r in (json.loads(l) for l in out.splitlines() if l.startswith("{"))}
         wall = max(r.get("min", r.get("wall", 0.0)) for r in recs.values())
-        lines.append(f"| {name} | `{script} {' '.join(extra)}` | {recs[0.2]['dev_acc']:.2f} | {recs[0.5]['dev_acc']:.2f} | {wall:.2f} |")
-        print(lines[-1], flush=True)
-    text = "# Mask-only ablations (ResNet-20, DEV split of TRAIN, 0.25 pass per target)\n\n" + "\n".join(lines) + "\n"
+        done[name] = f"| {name} | `{script} {' '.join(extra)}` | {recs[0.2]['dev_acc']:.2f} | {recs[0.5]['dev_acc']:.2f} | {wall:.2f} |"
+        print(done[name], flush=True)
+    body = [done[name] for name, _, _ in ROWS if name in done]
+    text = "# Mask-only ablations (ResNet-20, DEV split of TRAIN, 0.25 pass per target)\n\n" + "\n".join(header + body) + "\n"
     Path(args.output).write_text(text)
     print(f"wrote {args.output}")
 
