@@ -20,7 +20,8 @@ frozen) and drives a :class:`~adaptive.Controller` with the ``crawl`` policy:
   the end of each stage, evaluated on the holdout.
 
 Targets are removal counts (int), fractions of the synapses (float in (0, 1)), or ``"best"``
-(threshold editing with no size goal; the snapshot with the best held-out accuracy is kept).
+(a ladder of removal fractions climbed one stage per rung, stopping when held-out accuracy stops
+improving; the rung with the best held-out accuracy, or the dense network, is kept).
 Only the loaders given are read: pass no test data here, the test split belongs to the final
 report.
 """
@@ -172,6 +173,8 @@ def optimize_connectome(
     edit_fraction: float = 1.0,
     approach: float = 0.0,
     margin: float = 0.0,
+    ladder: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    patience: int = 2,
     verify_batches: int = 0,
     line_search_tries: int = 2,
     eval_every: int = 0,
@@ -196,8 +199,13 @@ def optimize_connectome(
             over each stage, cosine; estimators with a step, like presence, decay with it).
         approach: fraction of each stage spent reaching its target, then crawling at it (0: the
             first update of the stage jumps to the target).
-        margin: estimated improvement a swap (or, for "best", an edit) must promise, in the
-            estimator's units (presence: value units; "best" prunes values below -margin).
+        margin: estimated improvement a swap (or, in threshold mode, an edit) must promise, in
+            the estimator's units (presence: value units; threshold mode prunes values below -margin).
+        ladder: for target "best", the removal fractions tried in increasing order, one stage of
+            ``passes`` each, the masks carried from rung to rung; the dense network is scored first.
+            Empty: threshold mode instead (edit wherever the estimator promises an improvement of
+            more than ``margin``, no size goal, the best held-out evaluation kept).
+        patience: for target "best", rungs without a better held-out accuracy before the climb stops.
         verify_batches: held-out batches (rotating) that verify each update by line search
             (0, the default: none; measured on CIFAR ResNets, per-update verification with
             per-batch updates cost 5x the time and lost accuracy, see
@@ -222,6 +230,11 @@ def optimize_connectome(
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
     if not 0.0 <= approach <= 1.0:
         raise ValueError(f"approach must be in [0, 1], got {approach}")
+    ladder = [float(f) for f in ladder]
+    if any(not 0.0 < f < 1.0 for f in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
+        raise ValueError(f"ladder must be increasing removal fractions in (0, 1), got {ladder}")
+    if not isinstance(patience, int) or patience < 1:
+        raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
     n_train = _check_loader(train_loader, "train")
     _check_loader(holdout_loader, "holdout")
     if n_train == 0:
@@ -233,6 +246,9 @@ def optimize_connectome(
     if any(r is None for _, r in resolved) and len(resolved) > 1:
         raise ValueError("'best' cannot be combined with other targets: run it on its own")
     resolved.sort(key=lambda lr: -1 if lr[1] is None else lr[1])
+    climb = resolved[0][1] is None and bool(ladder)  # "best" by climbing the ladder
+    if climb:
+        resolved = [("best", resolve_target(f, total)) for f in ladder]
     gran = conn.granularity
     max_ens = max(int(gran.pool(torch.ones(conn.layers[n].shape), "sum").max()) for n in conn.names)
 
@@ -285,6 +301,12 @@ def optimize_connectome(
         bar = tqdm(total=steps_per_stage * len(resolved), desc="mask-only", unit="batch", disable=not progress,
                    mininterval=2.0)
         step = 0
+        since_best = 0
+        if climb:  # the dense network is the first candidate: removing nothing may be best
+            e = full_holdout(0, -1)
+            result.snapshots["best"] = Snapshot("best", e["removed"], {n: m.clone() for n, m in conn.masks.items()},
+                                                e["holdout_loss"], e["holdout_acc"], 0, e["cpu_seconds"],
+                                                e["wall_seconds"])
         for stage, (label, removed_goal) in enumerate(resolved):
             start = step
             deadline = start + max(window, int(round(approach * steps_per_stage)) // window * window)
@@ -354,7 +376,16 @@ def optimize_connectome(
             if removed_goal is not None and snap.removed != removed_goal and abs(snap.removed - removed_goal) >= max_ens:
                 raise RuntimeError(f"stage {label!r} ended at {snap.removed} removed, not {removed_goal}: a scheduling bug")
             snap.cpu_seconds, snap.wall_seconds = e["cpu_seconds"], e["wall_seconds"]
-            result.snapshots[label] = snap
+            if not climb:
+                result.snapshots[label] = snap
+            elif snap.holdout_acc > result.snapshots["best"].holdout_acc:
+                result.snapshots["best"], since_best = snap, 0
+            else:
+                since_best += 1
+                if since_best >= patience:
+                    break
+        if climb:
+            conn.set_masks(result.snapshots["best"].masks)
         bar.close()
     except BaseException as exc:
         restore_original(conn, exc)

@@ -36,7 +36,8 @@ from adaptive.models import build_model  # noqa: E402
 DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None, remove=["best"],
                 output_dir="runs/prune_pretrained", seed=0, passes=1.0, batch_size=128, eval_batch_size=500,
                 holdout=0.1, subset=None, ensemble="synapse", estimator="presence", step=None, window=1,
-                edit_fraction=1.0, approach=0.0, verify_batches=0, eval_every=100, train_eval_batches=10,
+                edit_fraction=1.0, approach=0.0, ladder=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], patience=2,
+                verify_batches=0, eval_every=100, train_eval_batches=10,
                 threads=None, progress=True, num_classes=None)
 
 
@@ -62,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remove", nargs="+", help="targets: fractions (0.2), counts (50000) or 'best'; several allowed")
     p.add_argument("--output_dir", "--output-dir", dest="output_dir")
     p.add_argument("--seed", type=int)
-    p.add_argument("--passes", type=float, help="passes over the train part per target")
+    p.add_argument("--passes", type=float, help="passes over the train part per target (per rung for 'best')")
+    p.add_argument("--ladder", nargs="*", type=float,
+                   help="for --remove best: removal fractions climbed in order (default 0.1 ... 0.9); "
+                        "none given: threshold mode")
+    p.add_argument("--patience", type=int, help="for --remove best: rungs without a better held-out accuracy "
+                                                  "before the climb stops (default 2)")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int)
     p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
     p.add_argument("--holdout", type=float, help="fraction of the TRAIN split held out for selection")
@@ -181,7 +187,8 @@ def main(argv=None, test_loader_hook=None) -> dict:
     result = optimize_connectome(
         model, dl.train, dl.holdout, args.remove, passes=args.passes, ensemble=args.ensemble,
         estimator=_estimator(args), window=args.window, edit_fraction=args.edit_fraction, approach=args.approach,
-        verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed, progress=args.progress)
+        verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed, progress=args.progress,
+        ladder=args.ladder, patience=args.patience)
     minutes = (time.time() - t0) / 60
     out.mkdir(parents=True, exist_ok=True)
     conn = result.conn

@@ -117,13 +117,45 @@ def test_exported_state_dict_reproduces_outputs(tmp_path):
     assert int((vanilla.conv.weight == 0).sum() + (vanilla.fc.weight == 0).sum()) >= r.snapshots["0.5"].removed
 
 
-def test_best_mode_keeps_the_best_holdout_snapshot():
+def test_threshold_mode_keeps_the_best_holdout_snapshot():
     m = tiny()
-    r = run(m, "best", eval_every=1, edit_fraction=0.2)
+    r = run(m, "best", eval_every=1, edit_fraction=0.2, ladder=())
     evals = [h for h in r.history if h["kind"] == "eval"]
     snap = r.snapshots["best"]
     assert snap.holdout_acc == max(e["holdout_acc"] for e in evals)
     assert r.conn.num_synapses() - r.conn.num_live() == snap.removed
+
+
+@pytest.mark.parametrize("patience", [1, 2])
+def test_best_climbs_the_ladder_and_keeps_the_best_rung(patience):
+    m = tiny()
+    ladder = (0.1, 0.3, 0.5, 0.7, 0.9)
+    r = run(m, "best", ladder=ladder, patience=patience)
+    evals = [h for h in r.history if h["kind"] == "eval"]  # the dense network, then each rung's end
+    total = r.conn.num_synapses()
+    assert evals[0]["removed"] == 0
+    assert [e["removed"] for e in evals[1:]] == [resolve_target(f, total) for f in ladder][: len(evals) - 1]
+    accs = [e["holdout_acc"] for e in evals]
+    b = accs.index(max(accs))  # the first rung reaching the best accuracy (0: dense)
+    snap = r.snapshots["best"]
+    assert list(r.snapshots) == ["best"] and snap.holdout_acc == accs[b] and snap.removed == evals[b]["removed"]
+    assert len(evals) - 1 == min(len(ladder), b + patience)  # the climb stopped `patience` rungs after it
+    assert total - r.conn.num_live() == snap.removed and changed_weights(r.conn) == 0
+
+
+def test_best_keeps_the_dense_network_when_no_rung_beats_it():
+    m = tiny()
+    before = copy.deepcopy(m.state_dict())
+    tr, ho = loaders()
+    # a holdout the pretrained net gets right and where removing half its weights cannot help
+    with torch.no_grad():
+        x = torch.cat([xb for xb, _ in ho])
+        y = m.eval()(x).argmax(1)
+    m.train()
+    ho_own = DataLoader(TensorDataset(x, y), batch_size=16)
+    r = optimize_connectome(m, tr, ho_own, "best", passes=0.5, ladder=(0.5, 0.9), patience=2, progress=False)
+    assert r.snapshots["best"].removed == 0 and r.snapshots["best"].holdout_acc == 1.0
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
 
 
 @pytest.mark.parametrize("target, match", [(10_000, "beyond"), (1.5, r"\[0, 1\)"), ("lots", "fraction")])
@@ -145,6 +177,17 @@ def test_bad_target_fails_before_anything_runs(target, match):
         optimize_connectome(m, Spy(), ho, target, progress=False)
     assert not seen, "the loader was read before the bad target was noticed"
     assert m.training and all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+@pytest.mark.parametrize("kw, match", [(dict(ladder=(0.5, 0.2)), "ladder"), (dict(ladder=(0.0, 0.5)), "ladder"),
+                                       (dict(patience=0), "patience")])
+def test_bad_ladder_fails_before_anything_runs(kw, match):
+    m = tiny()
+    before = copy.deepcopy(m.state_dict())
+    tr, ho = loaders()
+    with pytest.raises(ValueError, match=match):
+        optimize_connectome(m, tr, ho, "best", progress=False, **kw)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
 
 
 def test_empty_loader_and_mixed_best_fail_clearly():

@@ -126,3 +126,15 @@ def test_step_option_builds_the_estimator_or_fails_clearly():
     assert mod._estimator(mod.parse_args([])) == "presence"
     with pytest.raises(ValueError, match="--step applies to the presence and evidence"):
         mod._estimator(mod.parse_args(["--estimator", "magnitude", "--step", "0.1"]))
+
+
+def test_best_climbs_the_given_ladder(tmp_path, weights, capsys):
+    mod = recipe()
+    out = tmp_path / "best"
+    summary = mod.main(args(weights, out, "--remove", "best", "--ladder", "0.2", "0.4", "--patience", "1"))
+    rows = {r["target"]: r for r in summary["rows"]}
+    assert set(rows) == {"dense", "best"} and rows["best"]["changed"] == 0
+    total = summary["result"].conn.num_synapses()
+    assert rows["best"]["removed"] in (0, round(0.2 * total), round(0.4 * total))
+    assert (out / "pruned_state_dict.pt").is_file()
+    assert mod.parse_args(["--remove", "best", "--ladder"]).ladder == []  # no rungs: threshold mode
