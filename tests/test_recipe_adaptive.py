@@ -16,7 +16,7 @@ from adaptive.models import build_model
 from adaptive.training import find_checkpoint, list_checkpoints, read_metrics_csv
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _ports import free_port  # noqa: E402
+from _ports import free_port, launch_two  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "adaptive.py"
@@ -159,11 +159,9 @@ def test_bf16_keeps_pruned_weights_zero(tmp_path):
 
 
 def test_two_processes_agree(tmp_path):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", free_port(),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), *TINY,
-           "--output_dir", str(tmp_path), "--checkpoint_every", "20", "--figures", "false"]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    r = launch_two([SCRIPT, *TINY, "--output_dir", tmp_path, "--checkpoint_every", "20", "--figures", "false"],
+                   env=env, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["processes"] == 2

@@ -1,21 +1,18 @@
 """Invariant 4: same seed, different data per rank, identical masks at every update."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _ports import free_port  # noqa: E402
+from _ports import launch_two  # noqa: E402
 
 
 def test_two_processes_hold_identical_masks(tmp_path):
     script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_controller.py")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", free_port(),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script, str(tmp_path)]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    r = launch_two([script, tmp_path], env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     a = json.loads((tmp_path / "rank0.json").read_text())
     b = json.loads((tmp_path / "rank1.json").read_text())
