@@ -356,16 +356,18 @@ def test_stateful_estimator_survives_a_checkpoint(estimator, tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(resumed(False), straight))
 
 
-def test_stateless_estimator_refuses_a_foreign_state():
-    m, conn, ctrl = _sparse_ctrl("utility", estimator="presence")
-    set_grad(m, torch.ones(2, 4))
-    ctrl.observe()
-    ctrl.step()
+@pytest.mark.parametrize("saved, loading", [("presence", "taylor"), ("presence", "evidence"), ("evidence", "presence")])
+def test_estimator_refuses_a_foreign_state(saved, loading):
+    m, conn, ctrl = _sparse_ctrl("utility", estimator=saved)
+    for _ in range(2):
+        set_grad(m, torch.randn(2, 4))
+        ctrl.observe()
+        ctrl.step()
     sd = ctrl.state_dict()
-    m2, conn2, ctrl2 = _sparse_ctrl("utility", estimator="taylor")
+    m2, conn2, ctrl2 = _sparse_ctrl("utility", estimator=loading)
     with pytest.raises(ValueError, match="another estimator"):
         ctrl2.load_state_dict(sd)
-    assert ctrl2.step_count == 0  # nothing was loaded
+    assert ctrl2.step_count == 0 and ctrl2.drop_est.state_dict() in ({}, get_estimator(loading).state_dict())
 
 
 @pytest.mark.parametrize(

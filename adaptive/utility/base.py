@@ -76,9 +76,14 @@ class Estimator:
         return {}
 
     def load_state_dict(self, sd: dict) -> None:
-        if sd:
-            raise ValueError(f"{type(self).__name__} keeps no state, but the checkpoint holds some for it "
-                             f"({sorted(sd)}): was it saved with another estimator?")
+        self._check_state_keys(sd, ())
+
+    def _check_state_keys(self, sd: dict, keys) -> None:
+        """Refuse a state with entries this estimator does not keep (a checkpoint of another one)."""
+        foreign = sorted(set(sd) - set(keys))
+        if foreign:
+            raise ValueError(f"{type(self).__name__} keeps {sorted(keys) or 'no state'}, but the checkpoint holds "
+                             f"{foreign} for it: was it saved with another estimator?")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

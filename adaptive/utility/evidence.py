@@ -63,6 +63,7 @@ class Evidence(Estimator):
                 "value": {n: v.cpu().clone() for n, v in self._value.items()}}
 
     def load_state_dict(self, sd: dict) -> None:
+        self._check_state_keys(sd, ("evidence", "value"))
         self.evidence = {n: e.clone() for n, e in sd.get("evidence", {}).items()}
         self._value = {n: v.clone() for n, v in sd.get("value", {}).items()}
 

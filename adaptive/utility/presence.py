@@ -90,6 +90,7 @@ class Presence(Estimator):
                 "v": {n: v.cpu().clone() for n, v in self.v.items()}}
 
     def load_state_dict(self, sd: dict) -> None:
+        self._check_state_keys(sd, ("step_scale", "t", "value", "m", "v"))
         self.step_scale = float(sd.get("step_scale", 1.0))
         self.t = {n: int(k) for n, k in sd.get("t", {}).items()}
         for key in ("value", "m", "v"):
