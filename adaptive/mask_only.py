@@ -116,13 +116,26 @@ def _check_loader(loader, what: str) -> int:
     return n or 0
 
 
-def _batches(loader):
-    """Cycle through ``loader`` forever (a new epoch when it runs out)."""
+def _to_device(batch, device):
+    """``batch`` (a tuple or list of tensors and other things) with its tensors on ``device``;
+    a no-op for tensors already there (an Accelerate-prepared loader's batches)."""
+    if device is None:
+        return batch
+    return type(batch)(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)
+
+
+def _model_device(model: nn.Module) -> Optional[torch.device]:
+    p = next(model.parameters(), None)
+    return None if p is None else p.device
+
+
+def _batches(loader, device=None):
+    """Cycle through ``loader`` forever (a new epoch when it runs out), batches moved to ``device``."""
     while True:
         empty = True
         for batch in loader:
             empty = False
-            yield batch
+            yield _to_device(batch, device)
         if empty:
             raise ValueError("loader yielded no batches")
 
@@ -141,12 +154,16 @@ def _shuffled(loader, seed: int):
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_entropy) -> tuple:
     """Mean loss and accuracy of ``model`` in evaluation mode (its mode is given back after) over
-    ``batches`` of ``(x, y)``: ``(loss, acc, n)``."""
+    ``batches`` of ``(x, y)``, moved to the model's device: ``(loss, acc, n)``. Every process of a
+    multi-process run evaluates all of ``batches`` (pass an unsharded loader to get the same
+    numbers everywhere)."""
     loss_sum, correct, n = 0.0, 0, 0
     was_training = model.training
+    device = _model_device(model)
     model.eval()
     try:
-        for x, y in batches:
+        for batch in batches:
+            x, y = _to_device(batch, device)
             out = model(x)
             loss_sum += float(loss_fn(out, y, reduction="sum"))
             correct += int((out.argmax(1) == y).sum())
@@ -213,6 +230,12 @@ def optimize_connectome(
         eval_every: evaluate the whole holdout every this many updates (0: only at stage ends).
         callback: called with every history record.
 
+    Devices and processes: the optimisation runs where ``model`` is (move it to a GPU first);
+    batches are moved to its device. Under Accelerate with several processes, give each process
+    its shard of the train loader (``accelerator.prepare``) and the whole, unsharded holdout: the
+    controller averages its gradient statistics over processes before every decision, so all
+    processes reach the same masks (``recipes/prune_pretrained.py`` does this).
+
     Guarantees: no surviving weight changes by a single bit; each numeric target is met exactly
     (to the ensemble) at its snapshot; only ``train_loader`` and ``holdout_loader`` are read; if
     the run is interrupted (an error in a loader or the loss, Ctrl-C), the model gets its original
@@ -260,7 +283,8 @@ def optimize_connectome(
     for p in conn.params.values():
         p.requires_grad_(True)
 
-    holdout_iter = _batches(_shuffled(holdout_loader, seed))
+    device = _model_device(model)  # batches follow the model: move it to a GPU first to run there
+    holdout_iter = _batches(_shuffled(holdout_loader, seed), device)
     verify_set: List = []
 
     def verify_loss() -> float:
@@ -278,7 +302,7 @@ def optimize_connectome(
     # each estimator instance once (one instance often serves both sides)
     estimators = list({id(e): e for e in (ctrl.drop_est, ctrl.grow_est) if e is not None}.values())
     steps_per_stage = max(window, int(math.ceil(passes * n_train / window)) * window)
-    train_iter = _batches(train_loader)
+    train_iter = _batches(train_loader, device)
 
     t_cpu, t_wall = time.process_time(), time.time()
 

@@ -4,6 +4,11 @@
         --weights ../shared/data/resnet-cifar10/resnet20-12fca82f.th --dataset cifar10 \
         --remove 0.2 0.5 --output_dir runs/r20
 
+On several GPUs (the training batches split over processes, every process holding the same masks):
+
+    accelerate launch --multi_gpu --num_processes 4 recipes/prune_pretrained.py \
+        --config recipes/configs/imagenet_mobilenetv3_maskonly.yaml --weights ... --data-dir ...
+
 The weights stay bit-exact and the model stays in evaluation mode (normalisation statistics
 frozen); only the connectome changes (see :func:`adaptive.optimize_connectome`). Selection uses the
 training split only (a held-out part of it verifies every step and scores the snapshots); the test
@@ -13,7 +18,8 @@ Writes into ``--output_dir`` (one subfolder ``remove_<target>`` per target when 
 ``pruned_state_dict.pt`` (a plain state_dict with zeros where pruned: ``torch.load(path,
 weights_only=True)`` and ``load_state_dict`` into a vanilla model), ``connectome.safetensors``;
 and at the top: ``results.md`` (the table), ``curves.png`` (loss and accuracy against the number of
-removed weights, and the prune/restore boundaries over time), ``history.jsonl``, ``events.jsonl``.
+removed weights, and the prune/restore boundaries over time), ``history.jsonl``, ``events.jsonl``,
+``summary.json`` (the rows, and every process's mask hash per snapshot).
 """
 from __future__ import annotations
 
@@ -32,13 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive.mask_only import changed_weights, evaluate, optimize_connectome, resolve_target  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
+from adaptive.training import evaluate as evaluate_sharded  # noqa: E402
 
 DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None, remove=["best"],
                 output_dir="runs/prune_pretrained", seed=0, passes=1.0, batch_size=128, eval_batch_size=500,
                 holdout=0.1, subset=None, ensemble="synapse", estimator="presence", step=None, window=1,
                 edit_fraction=1.0, approach=0.0, ladder=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], patience=2,
                 verify_batches=0, eval_every=100, train_eval_batches=10,
-                threads=None, progress=True, num_classes=None)
+                threads=None, progress=True, num_classes=None, num_workers=0, cpu=False)
 
 
 def parse_remove(values: List[str]):
@@ -84,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-eval-batches", dest="train_eval_batches", type=int)
     p.add_argument("--num-classes", dest="num_classes", type=int)
     p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int,
+                   help="data loading worker processes per process (ImageNet JPEGs want several)")
+    p.add_argument("--cpu", action="store_true", default=None, help="stay on the CPU even when a GPU is there")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     return p
 
@@ -170,69 +180,113 @@ def _estimator(args):
     return get_estimator(args.estimator, step=args.step)
 
 
+def _accelerator(args):
+    """One process per device under ``accelerate launch``; a plain run uses the GPU when there is
+    one (``--cpu`` to stay on the CPU)."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=bool(args.cpu) or not torch.cuda.is_available())
+
+
+def _gather_hash(accelerator, conn) -> List[str]:
+    """Every process's mask hash, in rank order (all equal when the processes agree)."""
+    if accelerator.num_processes == 1:
+        return [conn.mask_hash()]
+    from accelerate.utils import gather_object
+
+    return list(gather_object([conn.mask_hash()]))
+
+
 def main(argv=None, test_loader_hook=None) -> dict:
     """Run the recipe; returns a summary (rows, paths). ``test_loader_hook(loader)`` may wrap the
-    test loader (tests use it to prove the test split is read only for the final report)."""
+    test loader (tests use it to prove the test split is read only for the final report).
+
+    Runs on the GPU when there is one; ``accelerate launch --num_processes N`` splits the training
+    batches over N processes (the controller averages its statistics, so every process holds the
+    same masks; each scores the whole holdout), the test split is split for the final report, and
+    only the main process writes."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     dl = get_dataloaders(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir, holdout=args.holdout,
-                         seed=args.seed, subset=args.subset, eval_batch_size=args.eval_batch_size)
-    test_loader = test_loader_hook(dl.test) if test_loader_hook else dl.test
+                         seed=args.seed, subset=args.subset, eval_batch_size=args.eval_batch_size,
+                         num_workers=args.num_workers)
+    test_loader = test_loader_hook(dl.test) if test_loader_hook else dl.test  # wrapping reads nothing
     model = build_model(args.model, num_classes=args.num_classes or dl.num_classes, in_shape=dl.in_shape,
                         weights=args.weights)
+    accelerator = _accelerator(args)
+    main_proc = accelerator.is_main_process
+    model = model.to(accelerator.device)  # no DDP wrapper: no weight trains, the controller reduces its statistics
+    train_dl = accelerator.prepare(dl.train)
     out = Path(args.output_dir)
+    accelerator.print(f"{args.model}: mask-only on {accelerator.device}, {accelerator.num_processes} process(es), "
+                      f"{len(train_dl)} train batches of {args.batch_size} per process and pass")
     t0 = time.time()
     result = optimize_connectome(
-        model, dl.train, dl.holdout, args.remove, passes=args.passes, ensemble=args.ensemble,
+        model, train_dl, dl.holdout, args.remove, passes=args.passes, ensemble=args.ensemble,
         estimator=_estimator(args), window=args.window, edit_fraction=args.edit_fraction, approach=args.approach,
-        verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed, progress=args.progress,
-        ladder=args.ladder, patience=args.patience)
+        verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed,
+        progress=args.progress and accelerator.is_local_main_process, ladder=args.ladder, patience=args.patience)
     minutes = (time.time() - t0) / 60
-    out.mkdir(parents=True, exist_ok=True)
     conn = result.conn
     total = conn.num_synapses()
 
-    # ---- final report: the only place the test split is read
-    def train_eval():
+    # ---- final report: the only place the test split is read (built and split over processes only now)
+    test_dl = accelerator.prepare(test_loader)
+
+    def train_eval():  # the first batches of the train part, the same on every process
         it = iter(dl.train)
         return evaluate(model, (next(it) for _ in range(min(args.train_eval_batches, len(dl.train)))))
 
-    rows = []
+    rows, hashes = [], {}
     with torch.no_grad():
         conn.set_masks({n: torch.ones_like(m) for n, m in conn.masks.items()})
         tl, ta, _ = train_eval()
         hl, ha, _ = evaluate(model, dl.holdout)
-        sl, sa, _ = evaluate(model, test_loader)
+        sl, sa, _ = evaluate_sharded(accelerator, model, test_dl)
         rows.append(dict(target="dense", removed=0, fraction=0.0, train_loss=tl, train_acc=ta, holdout_loss=hl,
                          holdout_acc=ha, test_loss=sl, test_acc=sa))
         several = len(result.snapshots) > 1
         for label, snap in result.snapshots.items():
             result.use(label)
             differ = changed_weights(conn)
+            hashes[label] = _gather_hash(accelerator, conn)
             folder = out / f"remove_{label}" if several else out
-            folder.mkdir(parents=True, exist_ok=True)
-            torch.save(conn.dense_state_dict(), folder / "pruned_state_dict.pt")
-            conn.save(folder / "connectome.safetensors")
+            if main_proc:
+                folder.mkdir(parents=True, exist_ok=True)
+                torch.save(conn.dense_state_dict(), folder / "pruned_state_dict.pt")
+                conn.save(folder / "connectome.safetensors")
             tl, ta, _ = train_eval()
-            sl, sa, _ = evaluate(model, test_loader)
-            print(f"[{label}] surviving weights that differ from the original: {differ}")
+            sl, sa, _ = evaluate_sharded(accelerator, model, test_dl)
+            accelerator.print(f"[{label}] surviving weights that differ from the original: {differ}")
+            if len(set(hashes[label])) != 1:
+                raise RuntimeError(f"[{label}] the processes hold different masks (hashes {hashes[label]}): "
+                                   "a bug; every process must run the same command with the same seed")
             rows.append(dict(target=label, removed=snap.removed, fraction=snap.removed / total, train_loss=tl,
                              train_acc=ta, holdout_loss=snap.holdout_loss, holdout_acc=snap.holdout_acc,
                              test_loss=sl, test_acc=sa, changed=differ, folder=str(folder)))
     table = _table(rows)
-    note = (f"\n{args.model} on {args.dataset}, {total} prunable synapses, {minutes:.1f} min of optimisation.\n"
+    note = (f"\n{args.model} on {args.dataset}, {total} prunable synapses, {minutes:.1f} min of optimisation "
+            f"on {accelerator.num_processes} process(es) ({accelerator.device.type}).\n"
             "Splits: train = first batches of the train part; held-out = a stratified part of the TRAIN split "
             "(used for line search and snapshot choice); test = the test split, read only for this report.\n")
-    print(table + note)
-    (out / "results.md").write_text("# prune_pretrained\n\n" + table + note)
-    with open(out / "history.jsonl", "w") as f:
-        for h in result.history:
-            f.write(json.dumps(h, default=float) + "\n")
-    result.controller.write_events(out / "events.jsonl")
-    _plot(result.history, rows, result.events, out / "curves.png")
-    return {"rows": rows, "output_dir": str(out), "result": result, "minutes": minutes}
+    accelerator.print(table + note)
+    if main_proc:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.md").write_text("# prune_pretrained\n\n" + table + note)
+        with open(out / "history.jsonl", "w") as f:
+            for h in result.history:
+                f.write(json.dumps(h, default=float) + "\n")
+        result.controller.write_events(out / "events.jsonl")
+        _plot(result.history, rows, result.events, out / "curves.png")
+        summary = dict(rows=rows, minutes=minutes, processes=accelerator.num_processes,
+                       device=accelerator.device.type, mask_hash_per_process=hashes)
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return {"rows": rows, "output_dir": str(out), "result": result, "minutes": minutes,
+            "mask_hash_per_process": hashes}
 
 
 if __name__ == "__main__":

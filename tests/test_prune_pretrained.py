@@ -138,3 +138,30 @@ def test_best_climbs_the_given_ladder(tmp_path, weights, capsys):
     assert rows["best"]["removed"] in (0, round(0.2 * total), round(0.4 * total))
     assert (out / "pruned_state_dict.pt").is_file()
     assert mod.parse_args(["--remove", "best", "--ladder"]).ladder == []  # no rungs: threshold mode
+
+
+def test_two_processes_split_the_batches_and_hold_the_same_masks(tmp_path, weights):
+    """``accelerate launch`` with 2 processes (gloo, CPU): each process gets half of the train
+    batches, the processes end with identical masks at every snapshot, no weight changed."""
+    import os
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _ports import launch_two
+
+    out = tmp_path / "run2"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    r = launch_two([ROOT / "recipes" / "prune_pretrained.py",
+                    *args(weights, out, "--remove", "0.2", "0.5", "--verify-batches", "0")], env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "2 process(es), 3 train batches of 32 per process" in r.stdout  # 192 images: 6 batches on one process
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2
+    hashes = summary["mask_hash_per_process"]
+    assert set(hashes) == {"0.2", "0.5"}
+    for label, per_process in hashes.items():
+        assert len(per_process) == 2 and per_process[0] == per_process[1], (label, per_process)
+    assert hashes["0.2"] != hashes["0.5"]
+    rows = {r["target"]: r for r in summary["rows"]}
+    assert rows["0.2"]["changed"] == 0 and rows["0.5"]["changed"] == 0
+    assert r.stdout.count("surviving weights that differ from the original: 0") == 2  # printed once, by the main process
