@@ -38,7 +38,7 @@ from adaptive.config import ConfigError, parse_config, save_config, to_dict  # n
 from adaptive.data import get_dataloaders as _get_dataloaders  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.training import (  # noqa: E402
-    DeviceLoader, TrainState, cosine_schedule, evaluate, find_checkpoint, load_checkpoint, metric_row, run_dir_of,
+    TrainState, cosine_schedule, evaluate, find_checkpoint, load_checkpoint, metric_row, run_dir_of,
     save_checkpoint, train_one_epoch, write_metrics_csv,
 )
 
@@ -74,10 +74,10 @@ class RunConfig:
     include: Optional[List[str]] = None
     exclude: Optional[List[str]] = None
     policy: str = field(default="utility", metadata={"help": "rigl, set, utility, balanced, gmp, threshold, magnitude"})
-    estimator: Optional[str] = field(default="consistency", metadata={"help": "utility estimator (utility/balanced/threshold/gmp)"})
+    estimator: Optional[str] = field(default=None, metadata={"help": "utility estimator (utility/balanced/threshold/gmp; mask_only); default: consistency in train mode, presence in mask_only mode"})
     density: Optional[float] = field(default=0.2, metadata={"help": "target fraction of live synapses"})
     budget: str = "erk"
-    update_every: int = 25
+    update_every: Optional[int] = field(default=None, metadata={"help": "steps between connectome updates; default: 25 in train mode, 1 in mask_only mode"})
     edit_fraction: float = 0.3
     end_fraction: float = field(default=0.75, metadata={"help": "edits stop at this fraction of training"})
     min_density: float = 0.0
@@ -109,6 +109,12 @@ class RunConfig:
     figures: bool = True
 
     def __post_init__(self):
+        # mode-dependent defaults: mask_only uses what recipes/benchmarks/mask_only_ablations measured
+        # best on pretrained CIFAR ResNets (the defaults of adaptive.optimize_connectome)
+        if self.estimator is None:
+            self.estimator = "presence" if self.mode == "mask_only" else "consistency"
+        if self.update_every is None:
+            self.update_every = 1 if self.mode == "mask_only" else 25
         checks = [
             (self.density is None or 0.0 < self.density <= 1.0, f"density must be in (0, 1], got {self.density}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
@@ -181,7 +187,7 @@ def build_controller(cfg: RunConfig, conn: Connectome, optimizer=None, total_ste
     ``end_fraction`` of ``total_steps``. Mask-only mode: the crawl policy driven explicitly (this
     is the controller :func:`adaptive.optimize_connectome` builds)."""
     if cfg.mode == "mask_only":
-        return Controller(conn, policy="crawl", estimator=cfg.estimator or "consistency", update_every=cfg.update_every,
+        return Controller(conn, policy="crawl", estimator=cfg.estimator, update_every=cfg.update_every,
                           edit_decay="constant", seed=cfg.seed, verify=True, **cfg.controller_kw)
     end_step = max(1, int(round(cfg.end_fraction * total_steps)))
     return Controller(conn, optimizer, policy=cfg.policy, density=cfg.density, budget=cfg.budget,
@@ -335,11 +341,12 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
     # no DDP wrapper: no weight is trained; the controller reduces its statistics across processes
     model = model.to(accelerator.device)
     train_dl, test_dl = accelerator.prepare(loaders.train, loaders.test)
-    # every process verifies edits on the same held-out batches, so all make the same decisions
-    holdout_dl = DeviceLoader(loaders.holdout, accelerator.device)
+    # every process verifies edits on the same (whole, unsharded) held-out batches, so all make the
+    # same decisions; optimize_connectome moves batches to the model's device
+    holdout_dl = loaders.holdout
     target = cfg.target if cfg.target is not None else (1.0 - cfg.density if cfg.density and cfg.density < 1 else "best")
     kw = dict(passes=float(cfg.epochs), ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
-              estimator=cfg.estimator or "consistency", window=cfg.update_every, seed=cfg.seed,
+              estimator=cfg.estimator, window=cfg.update_every, seed=cfg.seed,
               progress=cfg.progress and accelerator.is_local_main_process)
     kw.update(cfg.mask_only_kw)
     t0 = time.time()

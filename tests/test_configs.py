@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+import adaptive.mask_only
+
 from adaptive import Connectome, Controller
 from adaptive.config import ConfigError, parse_config
 
@@ -79,8 +81,11 @@ def test_config_builds(path):
         assert conn.mode == "mask_only" and ctrl.policy.name == "crawl"
         F.cross_entropy(model(x), y).backward()
         ctrl.observe()
-        ctrl.step()
         assert ctrl.stats.count == 1
+        ev = ctrl.step()
+        # an update is due after update_every batches: it consumes the window and leaves the weights
+        assert (ev is not None) == (tiny.update_every == 1)
+        assert adaptive.mask_only.changed_weights(conn) == 0
         return
     opt = R.build_optimizer(tiny, model)
     conn = R.build_connectome(tiny, model)
