@@ -350,7 +350,8 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
               progress=cfg.progress and accelerator.is_local_main_process)
     kw.update(cfg.mask_only_kw)
     t0 = time.time()
-    result = optimize_connectome(model, train_dl, holdout_dl, target, **kw)
+    with accelerator.autocast():  # --mixed_precision: the passes run under autocast, weights stay exact
+        result = optimize_connectome(model, train_dl, holdout_dl, target, **kw)
     conn = result.conn
     state = TrainState(step=result.controller.step_count)
     for h in result.history:
@@ -361,7 +362,8 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
             metric_row(st, "holdout", h["holdout_loss"], h["holdout_acc"])
         st.metrics[-1].update(density=1 - h["removed"] / conn.num_synapses(), removed=h["removed"])
         state.metrics += st.metrics
-    test_loss, test_acc, n_test = evaluate(accelerator, model, test_dl)
+    with accelerator.autocast():
+        test_loss, test_acc, n_test = evaluate(accelerator, model, test_dl)
     metric_row(state, "test", test_loss, test_acc, conn)
     files = _write_outputs(accelerator, cfg, output_dir, state.metrics, result.events, conn)
     holdout = [r for r in state.metrics if r["split"] == "holdout"]

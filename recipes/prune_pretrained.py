@@ -45,7 +45,8 @@ DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None
                 holdout=0.1, subset=None, ensemble="synapse", estimator="presence", step=None, window=1,
                 edit_fraction=1.0, approach=0.0, ladder=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], patience=2,
                 verify_batches=0, eval_every=100, train_eval_batches=10,
-                threads=None, progress=True, num_classes=None, num_workers=0, cpu=False)
+                threads=None, progress=True, num_classes=None, num_workers=0, cpu=False,
+                mixed_precision="no")
 
 
 def parse_remove(values: List[str]):
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int,
                    help="data loading worker processes per process (ImageNet JPEGs want several)")
     p.add_argument("--cpu", action="store_true", default=None, help="stay on the CPU even when a GPU is there")
+    p.add_argument("--mixed-precision", "--mixed_precision", dest="mixed_precision", choices=["no", "bf16"],
+                   help="bf16: forward and backward passes under bf16 autocast (weights stay float32 and "
+                        "bit-exact; the presence statistics are float32)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     return p
 
@@ -185,7 +189,7 @@ def _accelerator(args):
     one (``--cpu`` to stay on the CPU)."""
     from accelerate import Accelerator
 
-    return Accelerator(cpu=bool(args.cpu) or not torch.cuda.is_available())
+    return Accelerator(cpu=bool(args.cpu) or not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
 
 
 def _gather_hash(accelerator, conn) -> List[str]:
@@ -223,11 +227,13 @@ def main(argv=None, test_loader_hook=None) -> dict:
     accelerator.print(f"{args.model}: mask-only on {accelerator.device}, {accelerator.num_processes} process(es), "
                       f"{len(train_dl)} train batches of {args.batch_size} per process and pass")
     t0 = time.time()
-    result = optimize_connectome(
-        model, train_dl, dl.holdout, args.remove, passes=args.passes, ensemble=args.ensemble,
-        estimator=_estimator(args), window=args.window, edit_fraction=args.edit_fraction, approach=args.approach,
-        verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed,
-        progress=args.progress and accelerator.is_local_main_process, ladder=args.ladder, patience=args.patience)
+    with accelerator.autocast():  # --mixed-precision bf16: forward passes in bf16, weights and masks untouched
+        result = optimize_connectome(
+            model, train_dl, dl.holdout, args.remove, passes=args.passes, ensemble=args.ensemble,
+            estimator=_estimator(args), window=args.window, edit_fraction=args.edit_fraction,
+            approach=args.approach, verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed,
+            progress=args.progress and accelerator.is_local_main_process, ladder=args.ladder,
+            patience=args.patience)
     minutes = (time.time() - t0) / 60
     conn = result.conn
     total = conn.num_synapses()
@@ -240,7 +246,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
         return evaluate(model, (next(it) for _ in range(min(args.train_eval_batches, len(dl.train)))))
 
     rows, hashes = [], {}
-    with torch.no_grad():
+    with torch.no_grad(), accelerator.autocast():
         conn.set_masks({n: torch.ones_like(m) for n, m in conn.masks.items()})
         tl, ta, _ = train_eval()
         hl, ha, _ = evaluate(model, dl.holdout)
@@ -268,7 +274,8 @@ def main(argv=None, test_loader_hook=None) -> dict:
                              test_loss=sl, test_acc=sa, changed=differ, folder=str(folder)))
     table = _table(rows)
     note = (f"\n{args.model} on {args.dataset}, {total} prunable synapses, {minutes:.1f} min of optimisation "
-            f"on {accelerator.num_processes} process(es) ({accelerator.device.type}).\n"
+            f"on {accelerator.num_processes} process(es) ({accelerator.device.type}, mixed precision "
+            f"{args.mixed_precision}).\n"
             "Splits: train = first batches of the train part; held-out = a stratified part of the TRAIN split "
             "(used for line search and snapshot choice); test = the test split, read only for this report.\n")
     accelerator.print(table + note)

@@ -19,6 +19,16 @@ def recipe():
     return mod
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Each in-process run builds its own Accelerator (mixed precision may differ between tests)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
 @pytest.fixture
 def weights(tmp_path):
     torch.manual_seed(0)
@@ -165,3 +175,24 @@ def test_two_processes_split_the_batches_and_hold_the_same_masks(tmp_path, weigh
     rows = {r["target"]: r for r in summary["rows"]}
     assert rows["0.2"]["changed"] == 0 and rows["0.5"]["changed"] == 0
     assert r.stdout.count("surviving weights that differ from the original: 0") == 2  # printed once, by the main process
+
+
+def test_bf16_autocast_moves_masks_not_weights(tmp_path, weights, capsys):
+    """--mixed-precision bf16: the passes run under bf16 autocast (the masks differ from a float32
+    run's), the weights stay float32 and bit-exact, and the exported state_dict still loads."""
+    mod = recipe()
+    runs = {}
+    for mp in ("no", "bf16"):
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(True)
+        out = tmp_path / mp
+        runs[mp] = mod.main(args(weights, out, "--remove", "0.3", "--mixed-precision", mp))
+        assert f"mixed precision {mp}" in (out / "results.md").read_text()
+    for mp, summary in runs.items():
+        row = {r["target"]: r for r in summary["rows"]}["0.3"]
+        assert row["changed"] == 0
+        assert all(p.dtype == torch.float32 for p in summary["result"].conn.params.values())
+    assert runs["no"]["mask_hash_per_process"]["0.3"] != runs["bf16"]["mask_hash_per_process"]["0.3"]
+    sd = torch.load(tmp_path / "bf16" / "pruned_state_dict.pt", weights_only=True)
+    build_model("resnet20", num_classes=10, in_shape=(3, 8, 8)).load_state_dict(sd)

@@ -205,12 +205,15 @@ def test_runtime_problems_fail_with_one_line(tmp_path, capsys):
     assert "dataset 'mnist' not found" in err and "nowhere" in err and "Traceback" not in err
 
 
-def test_mask_only_mode_changes_no_weight(tmp_path):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_mask_only_mode_changes_no_weight(tmp_path, precision):
     from adaptive.mask_only import changed_weights
 
     res = R.main(["--output_dir", str(tmp_path), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
-                  "--update_every", "8", "--threads", "1", "--progress", "false", "--figures", "false"])
+                  "--update_every", "8", "--threads", "1", "--progress", "false", "--figures", "false",
+                  "--mixed_precision", precision])
     assert res.conn.mode == "mask_only" and changed_weights(res.conn) == 0
+    assert all(p.dtype == torch.float32 for p in res.conn.params.values())
     assert res.conn.density() == pytest.approx(0.7, abs=1e-3)
     rows = read_metrics_csv(tmp_path / "metrics.csv")
     assert {r["split"] for r in rows} == {"train", "holdout", "test"}
