@@ -456,3 +456,26 @@ def test_large_selection_is_exact(kind):
         assert torch.equal(got, ref), (kind, k)
         unordered = _smallest_k(x, k, ordered=False)
         assert torch.equal(unordered.sort().values, ref.sort().values), (kind, k)
+
+
+@pytest.mark.parametrize("estimator", ["presence", "evidence"])
+def test_loaded_estimator_state_follows_the_weights_device(estimator):
+    """A state_dict holds CPU tensors; loaded into a run whose weights live on another device (a GPU;
+    the meta device here) the state moves there at first use instead of failing on mixed devices."""
+    from adaptive.utility.base import UtilityContext
+    from adaptive.utility.stats import GradientStats
+
+    w = torch.randn(4, 6)
+    est = get_estimator(estimator)
+    ctx = UtilityContext("w", w, torch.ones(4, 6, dtype=torch.bool), None, None, torch.Generator())
+    est.restoration_gain(ctx)
+    sd = est.state_dict()
+    assert all(t.device.type == "cpu" for part in sd.values() if isinstance(part, dict) for t in part.values())
+    loaded = get_estimator(estimator)
+    loaded.load_state_dict(sd)
+    wm = w.to("meta")
+    meta_ctx = UtilityContext("w", wm, torch.ones(4, 6, dtype=torch.bool, device="meta"), None,
+                              GradientStats.__new__(GradientStats), torch.Generator())
+    meta_ctx.stats.count = 0  # no window yet: the values are read, not moved
+    assert loaded.restoration_gain(meta_ctx).device.type == "meta"
+    assert loaded.removal_cost(meta_ctx).device.type == "meta"

@@ -48,6 +48,8 @@ class Evidence(Estimator):
         e = self.evidence.get(ctx.name)
         if e is None:
             e = torch.zeros_like(prior)
+        elif e.device != prior.device:  # a state loaded on the CPU follows the weights to their device
+            e = e.to(prior.device)
         if s.count >= 2:
             g = s.mean(ctx.name)
             se = (s.batch_variance(ctx.name) / s.count).sqrt()
@@ -71,5 +73,8 @@ class Evidence(Estimator):
         v = self._value.get(ctx.name)
         if v is None:
             prior, _, rms = self._prior(ctx)
-            v = prior + rms * self.evidence.get(ctx.name, torch.zeros_like(prior))
+            e = self.evidence.get(ctx.name)
+            v = prior + rms * (torch.zeros_like(prior) if e is None else e.to(prior.device))
+        elif v.device != ctx.w0.device:
+            v = self._value[ctx.name] = v.to(ctx.w0.device)
         return v

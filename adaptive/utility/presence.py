@@ -59,10 +59,18 @@ class Presence(Estimator):
         w0 = ctx.w0
         return w0.abs() / w0.pow(2).mean().sqrt().clamp_min(1e-12)
 
+    def _follow(self, n: str, device) -> None:
+        """Move layer ``n``'s state to ``device`` (a state loaded on the CPU follows the weights)."""
+        for d in (self.value, self.m, self.v):
+            t = d.get(n)
+            if t is not None and t.device != device:
+                d[n] = t.to(device)
+
     def removal_cost(self, ctx):
         n = ctx.name
         if n not in self.value:
             self.value[n] = self._init_value(ctx)
+        self._follow(n, ctx.w0.device)
         s = ctx.stats
         if s is not None and s.count >= 1:
             w0 = ctx.w0
@@ -81,6 +89,7 @@ class Presence(Estimator):
     def restoration_gain(self, ctx):
         if ctx.name not in self.value:
             self.value[ctx.name] = self._init_value(ctx)
+        self._follow(ctx.name, ctx.w0.device)
         return self.value[ctx.name].clone()
 
     def state_dict(self) -> dict:
