@@ -28,6 +28,7 @@ report.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import mask_only_checkpoint as ckpt
 from .connectome import Connectome
 from .controller import Controller
 
@@ -199,6 +201,7 @@ def optimize_connectome(
     seed: int = 0,
     progress: bool = True,
     callback: Optional[Callable[[dict], None]] = None,
+    checkpoint: Optional[Union[str, "os.PathLike"]] = None,
 ) -> MaskOnlyResult:
     """Optimise the connectome of pretrained ``model`` with its weights frozen bit-exact.
 
@@ -229,6 +232,11 @@ def optimize_connectome(
             recipes/benchmarks/mask_only_ablations).
         eval_every: evaluate the whole holdout every this many updates (0: only at stage ends).
         callback: called with every history record.
+        checkpoint: a file that records the run after every stage (see
+            :mod:`adaptive.mask_only_checkpoint`). If it exists when the run starts, the run resumes
+            after its last completed stage (masks, estimator state, snapshots, history); a file
+            from a run with other targets, settings or weights is refused before anything changes.
+            The stages after a resume read ``train_loader`` from its start again.
 
     Devices and processes: the optimisation runs where ``model`` is (move it to a GPU first);
     batches are moved to its device. Under Accelerate with several processes, give each process
@@ -272,6 +280,16 @@ def optimize_connectome(
     climb = resolved[0][1] is None and bool(ladder)  # "best" by climbing the ladder
     if climb:
         resolved = [("best", resolve_target(f, total)) for f in ladder]
+    steps_per_stage = max(window, int(math.ceil(passes * n_train / window)) * window)
+    saved = None
+    if checkpoint is not None:
+        fp = ckpt.fingerprint(targets=[list(r) for r in resolved], synapses=total, steps_per_stage=steps_per_stage,
+                              ensemble=ensemble, include=include, exclude=exclude, estimator=estimator,
+                              window=window, edit_fraction=edit_fraction, approach=approach, margin=margin,
+                              ladder=ladder if climb else [], patience=patience if climb else None,
+                              verify_batches=verify_batches, line_search_tries=line_search_tries, seed=seed,
+                              weights=ckpt.weights_checksum(conn.original))
+        saved = ckpt.load_stage(checkpoint, fp)  # a foreign file fails here, before anything changes
     gran = conn.granularity
     max_ens = max(int(gran.pool(torch.ones(conn.layers[n].shape), "sum").max()) for n in conn.names)
 
@@ -301,10 +319,12 @@ def optimize_connectome(
     result = MaskOnlyResult(conn=conn, controller=ctrl)
     # each estimator instance once (one instance often serves both sides)
     estimators = list({id(e): e for e in (ctrl.drop_est, ctrl.grow_est) if e is not None}.values())
-    steps_per_stage = max(window, int(math.ceil(passes * n_train / window)) * window)
     train_iter = _batches(train_loader, device)
 
     t_cpu, t_wall = time.process_time(), time.time()
+    if saved is not None:  # the clocks go on from where the recorded run stopped
+        t_cpu -= saved["cpu_seconds"]
+        t_wall -= saved["wall_seconds"]
 
     def record(rec):
         rec["cpu_seconds"], rec["wall_seconds"] = time.process_time() - t_cpu, time.time() - t_wall
@@ -322,16 +342,29 @@ def optimize_connectome(
     try:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps_per_stage * len(resolved), desc="mask-only", unit="batch", disable=not progress,
-                   mininterval=2.0)
         step = 0
         since_best = 0
-        if climb:  # the dense network is the first candidate: removing nothing may be best
+        first_stage = 0
+        if saved is not None:
+            conn.set_masks(saved["masks"])
+            ctrl.load_state_dict(saved["controller"])
+            result.history[:] = saved["history"]
+            result.snapshots.update({k: Snapshot(**v) for k, v in saved["snapshots"].items()})
+            step, since_best, first_stage = saved["step"], saved["since_best"], saved["stage"] + 1
+            if climb and since_best >= patience:
+                first_stage = len(resolved)  # the recorded climb had already stopped
+            record({"kind": "resume", "step": step, "stage": first_stage, "removed": total - conn.num_live(),
+                    "checkpoint": str(checkpoint)})
+        bar = tqdm(total=steps_per_stage * (len(resolved) - first_stage), desc="mask-only", unit="batch",
+                   disable=not progress, mininterval=2.0)
+        if climb and saved is None:  # the dense network is the first candidate: removing nothing may be best
             e = full_holdout(0, -1)
             result.snapshots["best"] = Snapshot("best", e["removed"], {n: m.clone() for n, m in conn.masks.items()},
                                                 e["holdout_loss"], e["holdout_acc"], 0, e["cpu_seconds"],
                                                 e["wall_seconds"])
         for stage, (label, removed_goal) in enumerate(resolved):
+            if stage < first_stage:
+                continue
             start = step
             deadline = start + max(window, int(round(approach * steps_per_stage)) // window * window)
             prot = sum(conn.layers[n].numel for n in ctrl.protected)
@@ -406,8 +439,10 @@ def optimize_connectome(
                 result.snapshots["best"], since_best = snap, 0
             else:
                 since_best += 1
-                if since_best >= patience:
-                    break
+            if checkpoint is not None:
+                ckpt.save_stage(checkpoint, _stage_state(fp, stage, step, since_best, conn, ctrl, result, e))
+            if climb and since_best >= patience:
+                break
         if climb:
             conn.set_masks(result.snapshots["best"].masks)
         bar.close()
@@ -420,6 +455,16 @@ def optimize_connectome(
             p.requires_grad_(grads_before.get(id(p), True))
         model.train(was_training)
     return result
+
+
+def _stage_state(fp, stage, step, since_best, conn, ctrl, result, last_eval) -> dict:
+    """What :func:`adaptive.mask_only_checkpoint.save_stage` records after ``stage``."""
+    return {"fingerprint": fp, "stage": stage, "step": step, "since_best": since_best,
+            "masks": {n: m.cpu() for n, m in conn.masks.items()}, "controller": ctrl.state_dict(),
+            "snapshots": {k: {**vars(sn), "masks": {n: m.cpu() for n, m in sn.masks.items()}}
+                          for k, sn in result.snapshots.items()},
+            "history": list(result.history), "cpu_seconds": last_eval["cpu_seconds"],
+            "wall_seconds": last_eval["wall_seconds"]}
 
 
 def restore_original(conn: Connectome, exc: Optional[BaseException] = None) -> None:

@@ -358,8 +358,10 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
         st = TrainState(step=h["step"])
         if h["kind"] == "update":
             metric_row(st, "train", h["train_loss"], h["train_acc"])
-        else:
+        elif h["kind"] == "eval":
             metric_row(st, "holdout", h["holdout_loss"], h["holdout_acc"])
+        else:
+            continue
         st.metrics[-1].update(density=1 - h["removed"] / conn.num_synapses(), removed=h["removed"])
         state.metrics += st.metrics
     with accelerator.autocast():

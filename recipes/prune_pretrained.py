@@ -19,7 +19,8 @@ Writes into ``--output_dir`` (one subfolder ``remove_<target>`` per target when 
 weights_only=True)`` and ``load_state_dict`` into a vanilla model), ``connectome.safetensors``;
 and at the top: ``results.md`` (the table), ``curves.png`` (loss and accuracy against the number of
 removed weights, and the prune/restore boundaries over time), ``history.jsonl``, ``events.jsonl``,
-``summary.json`` (the rows, and every process's mask hash per snapshot).
+``summary.json`` (the rows, and every process's mask hash per snapshot), ``checkpoint.pt`` (the run
+after each finished target or ladder rung: ``--resume`` continues from it after a crash).
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None
                 edit_fraction=1.0, approach=0.0, ladder=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], patience=2,
                 verify_batches=0, eval_every=100, train_eval_batches=10,
                 threads=None, progress=True, num_classes=None, num_workers=0, cpu=False,
-                mixed_precision="no")
+                mixed_precision="no", resume=False)
 
 
 def parse_remove(values: List[str]):
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int,
                    help="data loading worker processes per process (ImageNet JPEGs want several)")
     p.add_argument("--cpu", action="store_true", default=None, help="stay on the CPU even when a GPU is there")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run recorded in OUTPUT_DIR/checkpoint.pt after its last finished target "
+                        "(or ladder rung); without it an earlier checkpoint there is replaced")
     p.add_argument("--mixed-precision", "--mixed_precision", dest="mixed_precision", choices=["no", "bf16"],
                    help="bf16: forward and backward passes under bf16 autocast (weights stay float32 and "
                         "bit-exact; the presence statistics are float32)")
@@ -226,6 +230,14 @@ def main(argv=None, test_loader_hook=None) -> dict:
     out = Path(args.output_dir)
     accelerator.print(f"{args.model}: mask-only on {accelerator.device}, {accelerator.num_processes} process(es), "
                       f"{len(train_dl)} train batches of {args.batch_size} per process and pass")
+    ckpt_path = out / "checkpoint.pt"
+    if args.resume and not ckpt_path.is_file():
+        raise FileNotFoundError(f"--resume: no {ckpt_path.name} in {out} to continue; run without --resume to start")
+    if not args.resume and ckpt_path.is_file():
+        accelerator.print(f"starting afresh: {ckpt_path} of an earlier run is replaced (--resume continues it)")
+        if main_proc:
+            ckpt_path.unlink()
+    accelerator.wait_for_everyone()
     t0 = time.time()
     with accelerator.autocast():  # --mixed-precision bf16: forward passes in bf16, weights and masks untouched
         result = optimize_connectome(
@@ -233,7 +245,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
             estimator=_estimator(args), window=args.window, edit_fraction=args.edit_fraction,
             approach=args.approach, verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed,
             progress=args.progress and accelerator.is_local_main_process, ladder=args.ladder,
-            patience=args.patience)
+            patience=args.patience, checkpoint=ckpt_path)
     minutes = (time.time() - t0) / 60
     conn = result.conn
     total = conn.num_synapses()

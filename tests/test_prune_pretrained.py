@@ -196,3 +196,39 @@ def test_bf16_autocast_moves_masks_not_weights(tmp_path, weights, capsys):
     assert runs["no"]["mask_hash_per_process"]["0.3"] != runs["bf16"]["mask_hash_per_process"]["0.3"]
     sd = torch.load(tmp_path / "bf16" / "pruned_state_dict.pt", weights_only=True)
     build_model("resnet20", num_classes=10, in_shape=(3, 8, 8)).load_state_dict(sd)
+
+
+def test_resume_continues_after_the_last_finished_target(tmp_path, weights, capsys, monkeypatch):
+    mod = recipe()
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="no checkpoint.pt"):
+        mod.main(args(weights, out, "--remove", "0.2", "0.5", "--resume"))
+    real = mod.optimize_connectome
+
+    class Crash(Exception):
+        pass
+
+    def crash_in_second_target(*a, **kw):
+        def cb(rec):
+            if rec["kind"] == "update" and rec["stage"] == 1:
+                raise Crash
+
+        return real(*a, callback=cb, **kw)
+
+    monkeypatch.setattr(mod, "optimize_connectome", crash_in_second_target)
+    with pytest.raises(Crash):
+        mod.main(args(weights, out, "--remove", "0.2", "0.5"))
+    assert (out / "checkpoint.pt").is_file() and not (out / "results.md").exists()
+    monkeypatch.setattr(mod, "optimize_connectome", real)
+    summary = mod.main(args(weights, out, "--remove", "0.2", "0.5", "--resume"))
+    hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    resume = [h for h in hist if h["kind"] == "resume"]
+    assert len(resume) == 1 and resume[0]["stage"] == 1
+    assert {h["stage"] for h in hist if h["kind"] == "update"} == {0, 1}
+    rows = {r["target"]: r for r in summary["rows"]}
+    assert set(rows) == {"dense", "0.2", "0.5"} and rows["0.5"]["changed"] == 0
+    # without --resume the earlier checkpoint is replaced and the run starts from the first target
+    mod.main(args(weights, out, "--remove", "0.2", "0.5"))
+    assert "starting afresh" in capsys.readouterr().out
+    hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert not any(h["kind"] == "resume" for h in hist)

@@ -1,0 +1,88 @@
+"""Stage checkpoints of :func:`adaptive.optimize_connectome`: resume a long mask-only run.
+
+After every stage (one target, or one rung of the "best" ladder) the run can be recorded in one
+file: the masks, the controller's state (estimator values and moments, policy, events), every
+snapshot kept so far, the history and the clocks. A run that starts with that file present
+continues after its last completed stage instead of starting over.
+
+The file carries a fingerprint of what the run was asked to do (targets, settings, the number of
+synapses, a checksum of the frozen weights); a file from another run is refused with the
+differences named, before anything changes. Files are written atomically (a temporary file
+renamed), by the first process only; every process reads the same file when it resumes.
+
+What is not restored is the train loader's position: the stages after the resume read the
+loader from its start again, so they see other batches than an uninterrupted run would have (the
+same amount of data, the same statistics, not the same bits).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from .distributed import rank
+
+FORMAT = 1
+
+
+def weights_checksum(original: Dict[str, torch.Tensor]) -> List[float]:
+    """Per-layer sums of |w| (float64) of the frozen weights: a cheap identity of the model."""
+    return [float(o.detach().double().abs().sum()) for o in original.values()]
+
+
+def fingerprint(**settings) -> dict:
+    """The run's identity: settings made comparable (tuples as lists, estimators by their repr)."""
+    def norm(v):
+        if isinstance(v, (list, tuple)):
+            return [norm(x) for x in v]
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        return repr(v)
+
+    return {k: norm(v) for k, v in settings.items()}
+
+
+def _differences(saved: dict, now: dict) -> List[str]:
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        a, b = saved.get(k), now.get(k)
+        if k == "weights" and isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            if all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12) for x, y in zip(a, b)):
+                continue  # sums on another device may differ in the last bits
+        if a != b:
+            out.append(f"{k}: checkpoint {a!r}, this run {b!r}" if k != "weights" else
+                       "weights: the checkpoint was made from other weights")
+    return out
+
+
+def save_stage(path, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically (first process only)."""
+    if rank() != 0:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_stage(path, now: dict) -> Optional[dict]:
+    """The state recorded in ``path`` (None when there is no file). Raises ValueError when it was
+    written by a run with another fingerprint, or is not a stage checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise ValueError(f"{path} is not a readable mask-only checkpoint ({e}); delete it to start afresh") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "fingerprint" not in state:
+        raise ValueError(f"{path} is not a mask-only stage checkpoint (format {FORMAT}); delete it to start afresh")
+    diff = _differences(state["fingerprint"], now)
+    if diff:
+        raise ValueError(f"{path} was written by another run; it differs in " + "; ".join(diff)
+                         + ". Use the same settings to resume, or another checkpoint path (or delete it) to start afresh")
+    return state

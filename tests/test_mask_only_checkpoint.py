@@ -1,0 +1,103 @@
+"""Stage checkpoints of optimize_connectome: an interrupted run resumes after its last stage."""
+import copy
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from adaptive.mask_only import changed_weights, optimize_connectome
+
+from test_mask_only import tiny
+
+torch.set_num_threads(1)
+
+
+def ordered_loaders(n=96, bs=16):
+    """No shuffling: every stage of one pass starts at the same batch, interrupted or not."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 4
+    x = torch.randn(n, 3, 6, 6, generator=g) + y.view(-1, 1, 1, 1).float() * 0.3
+    return (DataLoader(TensorDataset(x, y), batch_size=bs),
+            DataLoader(TensorDataset(x[:32], y[:32]), batch_size=16))
+
+
+KW = dict(passes=1.0, window=2, edit_fraction=0.3, progress=False, estimator="presence")
+
+
+class Stop(Exception):
+    pass
+
+
+def interrupted(model, target, path, at_stage, **kw):
+    """Run until the first update of stage ``at_stage``, then fail as a crash would."""
+    def cb(rec):
+        if rec["kind"] == "update" and rec["stage"] == at_stage:
+            raise Stop
+
+    tr, ho = ordered_loaders()
+    with pytest.raises(Stop):
+        optimize_connectome(model, tr, ho, target, checkpoint=path, callback=cb, **{**KW, **kw})
+
+
+def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
+    tr, ho = ordered_loaders()
+    straight = optimize_connectome(tiny(), tr, ho, [0.2, 0.5, 0.7], **KW)
+
+    path = tmp_path / "ck.pt"
+    model = tiny()
+    original = copy.deepcopy(model.state_dict())
+    interrupted(model, [0.2, 0.5, 0.7], path, at_stage=2)
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())  # given back whole
+    resumed = optimize_connectome(model, *ordered_loaders(), [0.2, 0.5, 0.7], checkpoint=path, **KW)
+
+    kinds = [h["kind"] for h in resumed.history]
+    assert kinds.count("resume") == 1
+    i = kinds.index("resume")
+    assert resumed.history[i]["stage"] == 2 and {h["stage"] for h in resumed.history[i + 1:]} == {2}
+    for label in ("0.2", "0.5", "0.7"):
+        a, b = straight.snapshots[label], resumed.snapshots[label]
+        assert a.removed == b.removed
+        assert all(torch.equal(a.masks[n], b.masks[n].to(a.masks[n].device)) for n in a.masks), label
+        assert a.holdout_acc == b.holdout_acc
+    assert changed_weights(resumed.conn) == 0
+
+
+def test_climb_resumes_and_does_not_rerun_finished_rungs(tmp_path):
+    kw = dict(ladder=(0.2, 0.4, 0.6, 0.8), patience=4)
+    straight = optimize_connectome(tiny(), *ordered_loaders(), "best", **KW, **kw)
+    path = tmp_path / "best.pt"
+    interrupted(tiny(), "best", path, at_stage=1, **kw)
+    resumed = optimize_connectome(tiny(), *ordered_loaders(), "best", checkpoint=path, **KW, **kw)
+    assert [h["kind"] for h in resumed.history].count("eval") == [h["kind"] for h in straight.history].count("eval")
+    a, b = straight.snapshots["best"], resumed.snapshots["best"]
+    assert a.removed == b.removed and a.holdout_acc == b.holdout_acc
+    # a checkpoint of a finished climb: nothing runs again
+    again = optimize_connectome(tiny(), *ordered_loaders(), "best", checkpoint=path, **KW, **kw)
+    assert [h["kind"] for h in again.history][-1] == "resume"
+    assert again.snapshots["best"].removed == b.removed
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(target=[0.2, 0.6]), "targets"),
+    (dict(window=4), "window"),
+    (dict(seed_model=1), "weights"),
+])
+def test_a_checkpoint_of_another_run_is_refused_before_anything_changes(tmp_path, change, match):
+    path = tmp_path / "ck.pt"
+    interrupted(tiny(), [0.2, 0.5], path, at_stage=1)
+    before = path.read_bytes()
+    model = tiny(change.get("seed_model", 0))
+    original = copy.deepcopy(model.state_dict())
+    kw = {**KW, **{k: v for k, v in change.items() if k in KW or k == "window"}}
+    with pytest.raises(ValueError, match=match):
+        optimize_connectome(model, *ordered_loaders(), change.get("target", [0.2, 0.5]), checkpoint=path, **kw)
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert path.read_bytes() == before
+
+
+def test_an_unreadable_checkpoint_is_named(tmp_path):
+    path = tmp_path / "ck.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable mask-only checkpoint"):
+        optimize_connectome(tiny(), *ordered_loaders(), 0.3, checkpoint=path, **KW)
