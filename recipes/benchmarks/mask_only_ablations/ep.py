@@ -29,6 +29,7 @@ ap.add_argument("--ramp", type=float, default=0.0)
 ap.add_argument("--fema", type=float, default=0.99)
 ap.add_argument("--offsets", default="", help="structured score offsets learned with the scores: r (per output channel), c (per input channel), l (per layer)")
 ap.add_argument("--swa", type=float, default=0.0, help="final mask from the mean scores over this last fraction of each stage")
+ap.add_argument("--sam", type=float, default=0.0, help="sharpness-aware: score gradients taken at the kept weights moved by this L2 radius up the loss gradient")
 ap.add_argument("--olr", type=float, default=0.01, help="Adam step of the offsets")
 a = ap.parse_args()
 tl, hl, dl, fresh = setup(a.model, a.seed, bs=a.bs)
@@ -106,6 +107,13 @@ for t in [float(x) for x in a.targets.split(",")]:
                 conn.set_masks(topk(scores, k))
             for p in conn.params.values(): p.grad = None
             loss = F.cross_entropy(model(x), y, label_smoothing=a.ls); loss.backward(); tr_loss += float(loss) / a.reuse
+            if a.sam > 0:
+                with torch.no_grad():
+                    gm = {n: p.grad * conn.masks[n] for n, p in conn.params.items()}
+                    nrm = torch.sqrt(sum(g.pow(2).sum() for g in gm.values())).clamp_min(1e-12)
+                    for n, p in conn.params.items(): p.add_(gm[n], alpha=a.sam / float(nrm)); p.grad = None
+                F.cross_entropy(model(x), y, label_smoothing=a.ls).backward()
+                conn.apply()
             with torch.no_grad():
                 for n, v in scores.items():
                     g = conn.params[n].grad; o = conn.original[n]

@@ -45,6 +45,7 @@ ROWS = [
     ("channel offsets (pooled evidence), step 0.001", "ep.py", ["--offsets", "rc", "--olr", "0.001"]),
     ("final mask from scores averaged over the last half of each stage", "ep.py", ["--swa", "0.5"]),
     ("constant step instead of the cosine", "ep.py", ["--sched", "const"]),
+    ("sharpness-aware (SAM) score gradients, radius 0.05", "ep.py", ["--sam", "0.05"]),
     ("ours: old default (evidence, window 4, line search)", "ours.py", []),
     ("ours: presence, window 1", "ours.py", OURS_BASE),
     ("ours: presence, margin 0.02", "ours.py", OURS_BASE + ["--margin", "0.02"]),
