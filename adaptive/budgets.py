@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Callable, Dict, Iterable, Optional
 
-import torch
 
 from .discovery import SynapseLayer
 

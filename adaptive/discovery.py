@@ -10,7 +10,6 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Sequence
 
-import torch
 from torch import nn
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

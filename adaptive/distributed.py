@@ -57,3 +57,12 @@ def check_masks_agree(conn, step=None) -> str:
             "Every rank must use the same seed, the same controller configuration and reduced statistics."
         )
     return h
+
+
+def gather_mask_hashes(accelerator, conn) -> List[str]:
+    """Every process's mask hash, in rank order, on every process (all equal when they agree)."""
+    if accelerator.num_processes == 1:
+        return [conn.mask_hash()]
+    from accelerate.utils import gather_object
+
+    return list(gather_object([conn.mask_hash()]))

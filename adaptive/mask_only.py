@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -293,14 +294,6 @@ def optimize_connectome(
     gran = conn.granularity
     max_ens = max(int(gran.pool(torch.ones(conn.layers[n].shape), "sum").max()) for n in conn.names)
 
-    grads_before = {id(p): p.requires_grad for p in model.parameters()}
-    was_training = model.training
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in conn.params.values():
-        p.requires_grad_(True)
-
     device = _model_device(model)  # batches follow the model: move it to a GPU first to run there
     holdout_iter = _batches(_shuffled(holdout_loader, seed), device)
     verify_set: List = []
@@ -339,7 +332,7 @@ def optimize_connectome(
         record(rec)
         return rec
 
-    try:
+    with mask_learning(model, conn):
         from tqdm.auto import tqdm
 
         step = 0
@@ -446,14 +439,6 @@ def optimize_connectome(
         if climb:
             conn.set_masks(result.snapshots["best"].masks)
         bar.close()
-    except BaseException as exc:
-        restore_original(conn, exc)
-        raise
-    finally:
-        for p in model.parameters():
-            p.grad = None
-            p.requires_grad_(grads_before.get(id(p), True))
-        model.train(was_training)
     return result
 
 
@@ -465,6 +450,32 @@ def _stage_state(fp, stage, step, since_best, conn, ctrl, result, last_eval) -> 
                           for k, sn in result.snapshots.items()},
             "history": list(result.history), "cpu_seconds": last_eval["cpu_seconds"],
             "wall_seconds": last_eval["wall_seconds"]}
+
+
+@contextmanager
+def mask_learning(model: nn.Module, conn: Connectome):
+    """The frame of every mask-learning loop over a frozen ``model`` (this module's and the
+    edge-popup baseline's): evaluation mode (normalisation statistics frozen), gradients only for
+    the connectome's weights. An exception inside gives the model its original weights back
+    (:func:`restore_original`); every exit drops the gradients and gives back each parameter's
+    ``requires_grad`` and the model's mode."""
+    was_training = model.training
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in conn.params.values():
+        p.requires_grad_(True)
+    try:
+        yield
+    except BaseException as exc:
+        restore_original(conn, exc)
+        raise
+    finally:
+        for p in model.parameters():
+            p.grad = None
+            p.requires_grad_(flags.get(id(p), True))
+        model.train(was_training)
 
 
 def restore_original(conn: Connectome, exc: Optional[BaseException] = None) -> None:

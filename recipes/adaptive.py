@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptive import Connectome, Controller  # noqa: E402
-from adaptive.config import ConfigError, parse_config, save_config, to_dict  # noqa: E402
+from adaptive.config import ConfigError, parse_config, save_config  # noqa: E402
+from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.data import get_dataloaders as _get_dataloaders  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.training import (  # noqa: E402
@@ -328,7 +328,7 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     summary = dict(test_accuracy=test_acc, test_loss=test_loss, test_examples=n_test, holdout_accuracy=holdout_acc,
                    density=conn.density(), synapses=conn.num_synapses(), live=conn.num_live(), steps=state.step,
                    updates=sum(1 for e in ctrl.events if e.get("kind") == "update"), seconds=seconds,
-                   processes=accelerator.num_processes, mask_hash_per_process=_gather_hashes(accelerator, conn))
+                   processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))
     _finish(accelerator, output_dir, summary, files)
     _end(accelerator)
     return RunResult(output_dir, model, conn, ctrl, state, summary, files)
@@ -373,7 +373,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
                    holdout_accuracy=holdout[-1]["accuracy"] if holdout else None, density=conn.density(),
                    synapses=conn.num_synapses(), live=conn.num_live(), steps=state.step,
                    updates=sum(1 for e in result.events if e.get("kind") == "update"), seconds=time.time() - t0,
-                   processes=accelerator.num_processes, mask_hash_per_process=_gather_hashes(accelerator, conn))
+                   processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))
     _finish(accelerator, output_dir, summary, files)
     _end(accelerator)
     return RunResult(output_dir, model, conn, result.controller, state, summary, files)
@@ -418,15 +418,6 @@ def _finish(accelerator, output_dir, summary, files):
             f"outputs in {output_dir}/: " + ", ".join(sorted(p.name for p in files.values())),
             flush=True,
         )
-
-
-def _gather_hashes(accelerator, conn) -> List[str]:
-    """Every process's final mask hash, in rank order (all equal when the processes agree)."""
-    if accelerator.num_processes == 1:
-        return [conn.mask_hash()]
-    from accelerate.utils import gather_object
-
-    return list(gather_object([conn.mask_hash()]))
 
 
 def _broadcast_str(accelerator, value: str) -> str:

@@ -14,7 +14,6 @@ is only ever used to report.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys

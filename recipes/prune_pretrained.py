@@ -26,18 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptive.data import get_dataloaders  # noqa: E402
-from adaptive.mask_only import changed_weights, evaluate, optimize_connectome, resolve_target  # noqa: E402
+from adaptive.distributed import gather_mask_hashes  # noqa: E402
+from adaptive.mask_only import changed_weights, evaluate, optimize_connectome  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.training import evaluate as evaluate_sharded  # noqa: E402
 
@@ -196,15 +196,6 @@ def _accelerator(args):
     return Accelerator(cpu=bool(args.cpu) or not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
 
 
-def _gather_hash(accelerator, conn) -> List[str]:
-    """Every process's mask hash, in rank order (all equal when the processes agree)."""
-    if accelerator.num_processes == 1:
-        return [conn.mask_hash()]
-    from accelerate.utils import gather_object
-
-    return list(gather_object([conn.mask_hash()]))
-
-
 def main(argv=None, test_loader_hook=None) -> dict:
     """Run the recipe; returns a summary (rows, paths). ``test_loader_hook(loader)`` may wrap the
     test loader (tests use it to prove the test split is read only for the final report).
@@ -269,7 +260,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
         for label, snap in result.snapshots.items():
             result.use(label)
             differ = changed_weights(conn)
-            hashes[label] = _gather_hash(accelerator, conn)
+            hashes[label] = gather_mask_hashes(accelerator, conn)
             folder = out / f"remove_{label}" if several else out
             if main_proc:
                 folder.mkdir(parents=True, exist_ok=True)

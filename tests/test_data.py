@@ -1,5 +1,4 @@
 """Data layer: data-dir resolution, stratified holdout, datasets, lazy test split, clear errors."""
-import os
 from pathlib import Path
 
 import numpy as np

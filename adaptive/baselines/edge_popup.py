@@ -13,6 +13,7 @@ so both see the same data and the same number of passes).
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable, Dict, Sequence
 
 import torch
@@ -20,14 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..connectome import Connectome
-from ..mask_only import _batches, _check_loader, _label, evaluate, resolve_target, restore_original
+from ..mask_only import _batches, _check_loader, _label, _model_device, evaluate, mask_learning, resolve_target
 
 
 @torch.no_grad()
 def _topk_masks(scores: Dict[str, torch.Tensor], keep: int) -> Dict[str, torch.Tensor]:
     flat = torch.cat([s.reshape(-1) for s in scores.values()])
     keep_idx = torch.topk(flat, keep, sorted=False).indices
-    m = torch.zeros(flat.numel(), dtype=torch.bool)
+    m = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     m[keep_idx] = True
     out, off = {}, 0
     for n, s in scores.items():
@@ -48,25 +49,16 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     goals = sorted(((_label(t), resolve_target(t, total)) for t in targets), key=lambda lt: lt[1])
     if any(g is None for _, g in goals):
         raise ValueError("edge-popup needs numeric targets, not 'best'")
-    was_training = model.training
-    model.eval()
-    flags = {id(p): p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in conn.params.values():
-        p.requires_grad_(True)
     scores = {n: (o.abs() / o.pow(2).mean().sqrt().clamp_min(1e-12)).float().clone().requires_grad_(True)
               for n, o in conn.original.items()}
     steps = max(1, int(math.ceil(passes * n_train)))
     snaps = {}
-    it = _batches(train_loader)
-    import time
-
+    it = _batches(train_loader, _model_device(model))
     t_cpu, t_wall = time.process_time(), time.time()
     from tqdm.auto import tqdm
 
     bar = tqdm(total=steps * len(goals), desc="edge-popup", unit="batch", disable=not progress, mininterval=2.0)
-    try:
+    with mask_learning(model, conn):
         for label, removed in goals:
             keep = total - removed
             opt = torch.optim.Adam(list(scores.values()), lr=lr)
@@ -91,12 +83,4 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                             "holdout_loss": hl, "holdout_acc": ha,
                             "cpu_seconds": time.process_time() - t_cpu, "wall_seconds": time.time() - t_wall}
         bar.close()
-    except BaseException as exc:
-        restore_original(conn, exc)
-        raise
-    finally:
-        for p in model.parameters():
-            p.grad = None
-            p.requires_grad_(flags.get(id(p), True))
-        model.train(was_training)
     return conn, snaps

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F

@@ -15,7 +15,7 @@ no per-sample gradient is ever stored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -83,7 +83,7 @@ class Collinearity:
         hb = ax.hexbin(g2.log10().numpy()[keep], c[keep], gridsize=60, bins="log", cmap="viridis", mincnt=1)
         fig.colorbar(hb, ax=ax, label="weights per cell")
         if measure == "cosine" and self.batches > 1:
-            ax.axhline(self.batches ** -0.5, color="red", ls=":", lw=1, label=f"1/sqrt(batches): one batch alone, or noise")
+            ax.axhline(self.batches ** -0.5, color="red", ls=":", lw=1, label="1/sqrt(batches): one batch alone, or noise")
             ax.legend(fontsize=7, loc="upper left")
         ax.set_xlabel("squared full-data gradient G² (log10)")
         ax.set_ylabel("cosine collinearity |mean g|/rms g" if measure == "cosine" else "sign agreement with G")

@@ -121,7 +121,7 @@ class GradientByDepth:
         ax.errorbar(xs, med, yerr=[lo, hi], fmt="D", color="black", ms=5, capsize=4, label="median, quartiles (all batches)")
         ax.set_yscale("log")
         ax.set_xticks(xs, [str(d) for d in self.depths])
-        ax.set_xlabel(f"depth of the signal read (layers it went through; 0 = raw input)")
+        ax.set_xlabel("depth of the signal read (layers it went through; 0 = raw input)")
         ax.set_ylabel(f"|dL/dw| of {self.layer} weights")
         ttl = self.title or f"{self.layer}: weight gradients by source depth"
         ax.set_title(f"{ttl}\n{self.batches} batches; first/last band median ratio {self.ratio():.3g}", fontsize=9)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Any, Dict, Iterable, List, Sequence
+from typing import Any, Dict, Iterable, List
 
 
 class Table(list):

@@ -1,7 +1,7 @@
 """Fully connected networks: a configurable MLP and LeNet-300-100."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 from torch import nn

@@ -6,7 +6,6 @@ stripped (:func:`adaptive.models.load_weights` does that).
 """
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

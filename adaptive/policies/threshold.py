@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 
 from .base import EditPlan, Policy, concat, highest, lowest, register_policy, split
 

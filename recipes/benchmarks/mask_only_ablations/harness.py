@@ -1,12 +1,11 @@
 """Scratch harness of the mask-only ablations: ResNet on cifar10-jpeg, train part minus a 5,000-image DEV split
 (decisions and the reported accuracy), the holdout kept for the method's own use; the test split is never built."""
-import sys, time, math, json
+import sys
 import torch
 from pathlib import Path; sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from torch.utils.data import DataLoader
 from adaptive.data import get_datasets
 from adaptive.models import build_model
-from adaptive.mask_only import evaluate
 from adaptive.paths import resolve_data_dir
 
 def setup(model="resnet20", seed=0, threads=2, bs=128):
