@@ -47,7 +47,7 @@ DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None
                 edit_fraction=1.0, approach=0.0, ladder=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], patience=2,
                 verify_batches=0, eval_every=100, train_eval_batches=10,
                 threads=None, progress=True, num_classes=None, num_workers=0, cpu=False,
-                mixed_precision="no", resume=False)
+                mixed_precision="no", resume=False, dataset_kw={})
 
 
 def parse_remove(values: List[str]):
@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int)
     p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
     p.add_argument("--holdout", type=float, help="fraction of the TRAIN split held out for selection")
+    p.add_argument("--dataset-kw", "--dataset_kw", dest="dataset_kw", action="append", metavar="KEY=VALUE",
+                   help="an argument of the dataset builder, e.g. resize=232 for imagenet (repeatable; YAML values)")
     p.add_argument("--subset", type=int, help="use only this many train images (quick runs)")
     p.add_argument("--ensemble", help="synapse, kernel, neuron, block:RxC")
     p.add_argument("--estimator", help="utility estimator (presence, evidence, consistency, obd, taylor, ...)")
@@ -106,6 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_dataset_kw(dataset: str, kw: dict) -> None:
+    """Refuse, before anything runs, a dataset argument that the dataset's builder does not take."""
+    import inspect
+
+    from adaptive.data.base import get_source_builder
+
+    try:
+        params = inspect.signature(get_source_builder(dataset)).parameters
+    except (KeyError, ValueError):
+        return  # an unknown dataset is reported by the data layer, with the known names
+    fixed = {"data_dir", "download", "augment"}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(k for k in kw if k in fixed or (k not in params and not takes_any))
+    if unknown:
+        known = sorted(k for k in params if k not in fixed and params[k].kind is not inspect.Parameter.VAR_KEYWORD)
+        raise SystemExit(f"dataset_kw {unknown}: not an argument of dataset {dataset!r}; it takes {known}")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     cfg = dict(DEFAULTS)
@@ -119,8 +139,17 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise SystemExit(f"{args.config}: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
         cfg.update(loaded)
     for k, v in vars(args).items():
-        if k != "config" and v is not None:
+        if k not in ("config", "dataset_kw") and v is not None:
             cfg[k] = v
+    cfg["dataset_kw"] = dict(cfg.get("dataset_kw") or {})
+    for item in args.dataset_kw or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--dataset-kw {item!r}: write KEY=VALUE, e.g. --dataset-kw resize=232")
+        import yaml
+
+        cfg["dataset_kw"][key] = yaml.safe_load(value)
+    _check_dataset_kw(cfg["dataset"], cfg["dataset_kw"])
     cfg["remove"] = parse_remove([str(r) for r in (cfg["remove"] if isinstance(cfg["remove"], list) else [cfg["remove"]])])
     return argparse.Namespace(**cfg)
 
@@ -210,7 +239,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
     torch.manual_seed(args.seed)
     dl = get_dataloaders(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir, holdout=args.holdout,
                          seed=args.seed, subset=args.subset, eval_batch_size=args.eval_batch_size,
-                         num_workers=args.num_workers)
+                         num_workers=args.num_workers, **args.dataset_kw)
     test_loader = test_loader_hook(dl.test) if test_loader_hook else dl.test  # wrapping reads nothing
     model = build_model(args.model, num_classes=args.num_classes or dl.num_classes, in_shape=dl.in_shape,
                         weights=args.weights)

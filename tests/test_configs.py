@@ -5,6 +5,7 @@ Configs are for recipes/adaptive.py, except those written in recipes/prune_pretr
 (imagenet_mobilenetv3_maskonly.yaml): those parse with that recipe and build its mask-only
 connectome and controller."""
 import dataclasses
+import inspect
 import importlib.util
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 import adaptive.mask_only
 
 from adaptive import Connectome, Controller
+from adaptive.data.base import get_source_builder
 from adaptive.config import ConfigError, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +72,9 @@ def test_config_builds(path):
         "--config", str(path), "--dataset", "fake", "--dataset_kw.shape", str(SHAPES[cfg.dataset]),
         "--dataset_kw.train_size", "40", "--dataset_kw.test_size", "8", "--batch_size", "4", "--num_workers", "0",
         "--weights", "none", "--augment", "false"])
+    # the config's own dataset arguments fit its dataset's builder; the fake stand-in takes only its own
+    assert set(cfg.dataset_kw) <= set(inspect.signature(get_source_builder(cfg.dataset)).parameters)
+    tiny.dataset_kw = {k: v for k, v in tiny.dataset_kw.items() if k not in cfg.dataset_kw}
     loaders = R.get_dataloaders(tiny)
     model = R.build_model(tiny.model, num_classes=loaders.num_classes, in_shape=loaders.in_shape, **tiny.model_kw)
     x, y = next(iter(loaders.train))

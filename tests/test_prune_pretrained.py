@@ -232,3 +232,15 @@ def test_resume_continues_after_the_last_finished_target(tmp_path, weights, caps
     assert "starting afresh" in capsys.readouterr().out
     hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert not any(h["kind"] == "resume" for h in hist)
+
+
+def test_dataset_arguments_are_checked_before_anything_runs():
+    mod = recipe()
+    ns = mod.parse_args(["--dataset", "imagenet", "--dataset-kw", "resize=232", "--dataset-kw", "image_size=192"])
+    assert ns.dataset_kw == {"resize": 232, "image_size": 192}
+    ns = mod.parse_args(["--config", str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml")])
+    assert ns.dataset_kw == {"resize": 232}
+    with pytest.raises(SystemExit, match=r"dataset_kw \['resise'\]: not an argument of dataset 'imagenet'.*'resize'"):
+        mod.parse_args(["--dataset", "imagenet", "--dataset-kw", "resise=232"])
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        mod.parse_args(["--dataset", "imagenet", "--dataset-kw", "232"])
