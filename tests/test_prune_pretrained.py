@@ -244,3 +244,34 @@ def test_dataset_arguments_are_checked_before_anything_runs():
         mod.parse_args(["--dataset", "imagenet", "--dataset-kw", "resise=232"])
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         mod.parse_args(["--dataset", "imagenet", "--dataset-kw", "232"])
+
+
+def test_imagenet_config_runs_end_to_end_on_a_tiny_image_folder(tmp_path):
+    """The shipped MobileNetV3-Large ImageNet config, pointed at a tiny ImageFolder tree (random
+    JPEGs, small images) and a weights file of a randomly initialised network: the whole job runs,
+    removes its two counts exactly and changes no surviving weight."""
+    import numpy as np
+    from PIL import Image
+    import torchvision
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for wnid in ("n01440764", "n01443537"):
+            folder = tmp_path / "imagenet" / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.mobilenet_v3_large().state_dict(), tmp_path / "mnv3.pth")
+    out = tmp_path / "run"
+    mod = recipe()
+    summary = mod.main(["--config", str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml"),
+                        "--data-dir", str(tmp_path), "--weights", str(tmp_path / "mnv3.pth"), "--output_dir", str(out),
+                        "--dataset-kw", "resize=36", "--dataset-kw", "image_size=32", "--holdout", "0.35",
+                        "--batch-size", "4", "--eval-batch-size", "4", "--num-workers", "0", "--threads", "1",
+                        "--no-progress"])
+    rows = {r["target"]: r for r in summary["rows"]}
+    assert rows["1000000"]["removed"] == 1000000 and rows["2760000"]["removed"] == 2760000
+    assert rows["1000000"]["changed"] == 0 and rows["2760000"]["changed"] == 0
+    sd = torch.load(out / "remove_2760000" / "pruned_state_dict.pt", weights_only=True)
+    torchvision.models.mobilenet_v3_large().load_state_dict(sd)
