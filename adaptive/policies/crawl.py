@@ -64,7 +64,7 @@ class Crawl(Policy):
         if count <= 0 or order.numel() == 0:
             return 0
         cs = sizes[order].cumsum(0)
-        return min(order.numel(), int(torch.searchsorted(cs, torch.tensor(float(count) - 0.5))) + 1)
+        return min(order.numel(), int(torch.searchsorted(cs, float(count) - 0.5)) + 1)
 
     def update(self, ctrl, step):
         c, names, sizes = concat(ctrl.scores("cost", step))
