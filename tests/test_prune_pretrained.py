@@ -175,6 +175,16 @@ def test_two_processes_split_the_batches_and_hold_the_same_masks(tmp_path, weigh
     rows = {r["target"]: r for r in summary["rows"]}
     assert rows["0.2"]["changed"] == 0 and rows["0.5"]["changed"] == 0
     assert r.stdout.count("surviving weights that differ from the original: 0") == 2  # printed once, by the main process
+    # both processes resume from the checkpoint the main process wrote: the run was finished, so
+    # nothing is optimised again and every process reports the same masks as before
+    r2 = launch_two([ROOT / "recipes" / "prune_pretrained.py",
+                     *args(weights, out, "--remove", "0.2", "0.5", "--verify-batches", "0", "--resume")],
+                    env=env, cwd=ROOT)
+    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
+    again = json.loads((out / "summary.json").read_text())
+    assert again["mask_hash_per_process"] == hashes
+    hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["kind"] for h in hist][-1] == "resume"
 
 
 def test_bf16_autocast_moves_masks_not_weights(tmp_path, weights, capsys):
