@@ -129,8 +129,9 @@ class RunConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
-        if self.mode == "mask_only" and (self.checkpoint_every or self.resume):
-            raise ConfigError("mode mask_only does not checkpoint: drop --checkpoint_every/--resume")
+        if self.mode == "mask_only" and self.checkpoint_every:
+            raise ConfigError("mode mask_only checkpoints after every target on its own "
+                              f"({MASK_ONLY_CHECKPOINT} in the run folder): drop --checkpoint_every")
         _check_names(self)
 
 
@@ -237,7 +238,9 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     main = accelerator.is_main_process
     resume_from = None
     output_dir = cfg.output_dir
-    if cfg.resume:
+    if cfg.resume and cfg.mode == "mask_only":
+        output_dir = str(_mask_only_run_dir(cfg.resume, output_dir))
+    elif cfg.resume:
         resume_from = find_checkpoint(cfg.resume, output_dir)
         output_dir = output_dir or str(run_dir_of(resume_from))
     output_dir = Path(output_dir or _broadcast_str(accelerator, default_output_dir()))
@@ -334,9 +337,35 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     return RunResult(output_dir, model, conn, ctrl, state, summary, files)
 
 
+MASK_ONLY_CHECKPOINT = "mask_only_checkpoint.pt"
+
+
+def _mask_only_run_dir(resume: str, output_dir) -> Path:
+    """The run folder whose mask-only stage checkpoint ``--resume`` names (``latest``: --output_dir)."""
+    if resume == "latest":
+        if output_dir is None:
+            raise FileNotFoundError("--resume latest needs --output_dir (the run folder to continue)")
+        run = Path(output_dir)
+    else:
+        run = Path(resume)
+        run = run.parent if run.name == MASK_ONLY_CHECKPOINT else run
+    if not (run / MASK_ONLY_CHECKPOINT).is_file():
+        raise FileNotFoundError(f"--resume: no {MASK_ONLY_CHECKPOINT} in {run} (a mask_only run writes one after "
+                                "every target); run without --resume to start")
+    return run
+
+
 def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
-    """Mask-only connectome optimisation: the weights stay bit-exact, only the masks move."""
+    """Mask-only connectome optimisation: the weights stay bit-exact, only the masks move. The run
+    is recorded after every target in ``mask_only_checkpoint.pt``; ``--resume`` continues it."""
     from adaptive.mask_only import optimize_connectome
+
+    ckpt = output_dir / MASK_ONLY_CHECKPOINT
+    if not cfg.resume and ckpt.is_file():
+        accelerator.print(f"starting afresh: {ckpt} of an earlier run is replaced (--resume latest continues it)")
+        if accelerator.is_main_process:
+            ckpt.unlink()
+    accelerator.wait_for_everyone()
 
     # no DDP wrapper: no weight is trained; the controller reduces its statistics across processes
     model = model.to(accelerator.device)
@@ -347,7 +376,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
     target = cfg.target if cfg.target is not None else (1.0 - cfg.density if cfg.density and cfg.density < 1 else "best")
     kw = dict(passes=float(cfg.epochs), ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
               estimator=cfg.estimator, window=cfg.update_every, seed=cfg.seed,
-              progress=cfg.progress and accelerator.is_local_main_process)
+              progress=cfg.progress and accelerator.is_local_main_process, checkpoint=ckpt)
     kw.update(cfg.mask_only_kw)
     t0 = time.time()
     with accelerator.autocast():  # --mixed_precision: the passes run under autocast, weights stay exact

@@ -185,7 +185,7 @@ def test_two_processes_agree(tmp_path):
     (["--policy", "rigl2"], "unknown policy 'rigl2'"),
     (["--estimator", "obdd"], "unknown estimator 'obdd'"),
     (["--epochs", "2.5"], "expects int"),
-    (["--mode", "mask_only", "--checkpoint_every", "5"], "mask_only does not checkpoint"),
+    (["--mode", "mask_only", "--checkpoint_every", "5"], "mask_only checkpoints after every target on its own"),
     (["stray"], "unexpected argument 'stray'"),
 ])
 def test_bad_arguments_fail_clearly(args, message, capsys):
@@ -260,3 +260,24 @@ def test_mask_only_mode_takes_the_mask_only_defaults_unless_told_otherwise():
     assert (train.estimator, train.update_every) == ("consistency", 25)
     assert (mask.estimator, mask.update_every) == ("presence", 1)
     assert (told.estimator, told.update_every) == ("evidence", 4)
+
+
+def test_mask_only_mode_resumes_after_its_last_target(tmp_path, capsys):
+    """A mask_only run records itself after every target; --resume latest continues after a crash
+    without redoing finished targets, and ends at the same removal count with no weight changed."""
+    from adaptive.mask_only import changed_weights
+
+    base = ["--output_dir", str(tmp_path), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
+            "--threads", "1", "--progress", "false", "--figures", "false"]
+    with pytest.raises(SystemExit):
+        R.main(base + ["--resume", "latest"])
+    assert "no mask_only_checkpoint.pt in" in capsys.readouterr().err
+    R.main(base)
+    assert (tmp_path / "mask_only_checkpoint.pt").is_file()
+    first = json.loads((tmp_path / "summary.json").read_text())
+    res = R.main(base + ["--resume", "latest"])  # the target was finished: nothing runs again
+    assert res.summary["steps"] == first["steps"] and res.summary["mask_hash_per_process"] == first["mask_hash_per_process"]
+    assert changed_weights(res.conn) == 0 and res.conn.density() == pytest.approx(0.7, abs=1e-3)
+    # a different target cannot continue this run
+    with pytest.raises(ValueError, match="was written by another run; it differs in targets"):
+        R.main(base[:5] + ["0.5"] + base[6:] + ["--resume", "latest"])
