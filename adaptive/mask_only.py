@@ -24,6 +24,11 @@ Targets are removal counts (int), fractions of the synapses (float in (0, 1)), o
 improving; the rung with the best held-out accuracy, or the dense network, is kept).
 Only the loaders given are read: pass no test data here, the test split belongs to the final
 report.
+
+It runs where the model is (batches follow the model's device), on one process or many (each
+with its shard of the train loader; statistics are averaged over processes before every
+decision, so all reach the same masks), and with ``checkpoint=path`` it records itself after
+every stage and resumes from there (:mod:`adaptive.mask_only_checkpoint`).
 """
 from __future__ import annotations
 
