@@ -160,9 +160,11 @@ def _plot(history, snapshots_rows, events, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import EngFormatter
+
     ups = [h for h in history if h["kind"] == "update"]
     evs = [h for h in history if h["kind"] == "eval"]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     for ax, key, name in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
         ax.plot([h["removed"] for h in ups], [h[f"train_{key}"] for h in ups], ".", ms=3, alpha=0.5,
                 label="train (update windows)")
@@ -172,25 +174,28 @@ def _plot(history, snapshots_rows, events, path):
         ax.plot([r["removed"] for r in rows], [r[f"test_{key}"] for r in rows], "s", ms=7,
                 label="test (final report)")
         ax.set_xlabel("removed weights")
+        ax.xaxis.set_major_formatter(EngFormatter())
         ax.set_ylabel(name)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     ax = axes[2]
     steps = [h["step"] for h in ups]
-    ax.plot(steps, [h["removed"] for h in ups], color="k", label="removed weights")
+    size = ax.plot(steps, [h["removed"] for h in ups], color="k", label="removed weights (left axis)")
     ax.set_xlabel("training batch")
     ax.set_ylabel("removed weights")
+    ax.yaxis.set_major_formatter(EngFormatter())
     ax2 = ax.twinx()
     pb = [(e["step"], e["boundaries"]["prune"]) for e in events if e.get("boundaries") and e["boundaries"].get("prune") is not None]
     rb = [(e["step"], e["boundaries"]["restore"]) for e in events if e.get("boundaries") and e["boundaries"].get("restore") is not None]
+    lines = []
+    if rb:  # drawn first and larger: at a goal the two boundaries meet, and the prune one stays visible on top
+        lines += ax2.plot(*zip(*rb), ".", ms=4, color="tab:green", label="restore boundary (restoration gain)")
     if pb:
-        ax2.plot(*zip(*pb), ".", ms=3, color="tab:red", label="prune boundary (removal cost)")
-    if rb:
-        ax2.plot(*zip(*rb), ".", ms=3, color="tab:green", label="restore boundary (restoration gain)")
+        lines += ax2.plot(*zip(*pb), ".", ms=1.5, color="tab:red", label="prune boundary (removal cost)")
     ax2.set_yscale("symlog", linthresh=1e-4)
-    ax2.set_ylabel("edit boundary (estimator score of the last edited ensemble)")
-    ax2.legend(fontsize=8, loc="lower right")
-    ax.set_title("the connectome crawling: size and edit boundaries over time")
+    ax2.set_ylabel("edit boundary (estimator value)")
+    ax2.legend(handles=size + lines, fontsize=8, loc="center right")
+    ax.set_title("the connectome crawling: size and edit boundaries", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
