@@ -45,6 +45,7 @@ from torch import nn
 
 from . import mask_only_checkpoint as ckpt
 from .connectome import Connectome
+from .distributed import all_reduce_mean_
 from .controller import Controller
 
 Target = Union[int, float, str]
@@ -304,7 +305,7 @@ def optimize_connectome(
     verify_set: List = []
 
     def verify_loss() -> float:
-        return evaluate(model, verify_set, loss_fn)[0]
+        return _agreed(evaluate(model, verify_set, loss_fn)[0])[0]
 
     ctrl = Controller(
         conn, policy="crawl", estimator=estimator, update_every=window, edit_decay="constant",
@@ -331,7 +332,7 @@ def optimize_connectome(
             callback(rec)
 
     def full_holdout(step, stage):
-        loss, acc, _ = evaluate(model, holdout_loader, loss_fn)
+        loss, acc = _agreed(*evaluate(model, holdout_loader, loss_fn)[:2])
         rec = {"kind": "eval", "step": step, "stage": stage, "removed": total - conn.num_live(),
                "holdout_loss": loss, "holdout_acc": acc}
         record(rec)
@@ -445,6 +446,15 @@ def optimize_connectome(
             conn.set_masks(result.snapshots["best"].masks)
         bar.close()
     return result
+
+
+def _agreed(*values: float) -> List[float]:
+    """``values`` averaged over processes (as they are on one process). Every process scores the
+    same held-out batches, but kernels may differ in their last bits between devices: decisions
+    taken on these numbers (line search, the rung to keep) must see one value everywhere."""
+    t = torch.tensor(values, dtype=torch.float64)
+    all_reduce_mean_([t])
+    return t.tolist()
 
 
 def _stage_state(fp, stage, step, since_best, conn, ctrl, result, last_eval) -> dict:
