@@ -45,7 +45,7 @@ from torch import nn
 
 from . import mask_only_checkpoint as ckpt
 from .connectome import Connectome
-from .distributed import all_reduce_mean_
+from .distributed import all_reduce_mean_, check_masks_agree, is_distributed
 from .controller import Controller
 
 Target = Union[int, float, str]
@@ -332,6 +332,8 @@ def optimize_connectome(
             callback(rec)
 
     def full_holdout(step, stage):
+        if is_distributed():  # every evaluation (each stage end, every eval_every updates) checks agreement
+            check_masks_agree(conn, step)
         loss, acc = _agreed(*evaluate(model, holdout_loader, loss_fn)[:2])
         rec = {"kind": "eval", "step": step, "stage": stage, "removed": total - conn.num_live(),
                "holdout_loss": loss, "holdout_acc": acc}

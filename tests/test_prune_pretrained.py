@@ -286,3 +286,37 @@ def test_imagenet_config_runs_end_to_end_on_a_tiny_image_folder(tmp_path):
     assert rows["1000000"]["changed"] == 0 and rows["2760000"]["changed"] == 0
     sd = torch.load(out / "remove_2760000" / "pruned_state_dict.pt", weights_only=True)
     torchvision.models.mobilenet_v3_large().load_state_dict(sd)
+
+
+SKEWED = '''
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("pp", {script!r})
+P = importlib.util.module_from_spec(spec); spec.loader.exec_module(P)
+real = P.optimize_connectome
+
+def skewed(*a, **kw):  # a bug that makes the processes disagree: a per-process estimator step
+    import torch.distributed as dist
+    from adaptive.utility import get_estimator
+    kw["estimator"] = get_estimator("presence", step=0.01 if dist.get_rank() == 0 else 1.0)
+    return real(*a, **kw)
+
+P.optimize_connectome = skewed
+P.main(sys.argv[1:])
+'''
+
+
+def test_processes_that_disagree_stop_at_the_first_evaluation(tmp_path, weights):
+    import os
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _ports import launch_two
+
+    script = tmp_path / "skewed.py"
+    script.write_text(SKEWED.format(script=str(ROOT / "recipes" / "prune_pretrained.py")))
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    r = launch_two([script, *args(weights, out, "--remove", "0.5", "--passes", "2")], env=env, cwd=ROOT)
+    assert r.returncode != 0, r.stdout[-2000:]
+    assert "MaskMismatchError: connectome masks differ between processes at step 4" in r.stdout + r.stderr
+    assert not (out / "summary.json").exists() and not (out / "pruned_state_dict.pt").exists()
