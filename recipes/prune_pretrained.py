@@ -295,6 +295,9 @@ def main(argv=None, test_loader_hook=None) -> dict:
             result.use(label)
             differ = changed_weights(conn)
             hashes[label] = gather_mask_hashes(accelerator, conn)
+            if len(set(hashes[label])) != 1:  # before anything is written
+                raise RuntimeError(f"[{label}] the processes hold different masks (hashes {hashes[label]}): "
+                                   "a bug; every process must run the same command with the same seed")
             folder = out / f"remove_{label}" if several else out
             if main_proc:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -303,9 +306,6 @@ def main(argv=None, test_loader_hook=None) -> dict:
             tl, ta, _ = train_eval()
             sl, sa, _ = evaluate_sharded(accelerator, model, test_dl)
             accelerator.print(f"[{label}] surviving weights that differ from the original: {differ}")
-            if len(set(hashes[label])) != 1:
-                raise RuntimeError(f"[{label}] the processes hold different masks (hashes {hashes[label]}): "
-                                   "a bug; every process must run the same command with the same seed")
             rows.append(dict(target=label, removed=snap.removed, fraction=snap.removed / total, train_loss=tl,
                              train_acc=ta, holdout_loss=snap.holdout_loss, holdout_acc=snap.holdout_acc,
                              test_loss=sl, test_acc=sa, changed=differ, folder=str(folder)))
