@@ -48,6 +48,8 @@ ROWS = [
     ("sharpness-aware (SAM) score gradients, radius 0.05", "ep.py", ["--sam", "0.05"]),
     ("ours: old default (evidence, window 4, line search)", "ours.py", []),
     ("ours: presence, window 1", "ours.py", OURS_BASE),
+    ("ours: presence, step 0.02", "ours.py", OURS_BASE + ["--lr", "0.02"]),
+    ("ours: presence, step 0.03", "ours.py", OURS_BASE + ["--lr", "0.03"]),
     ("ours: presence, margin 0.02", "ours.py", OURS_BASE + ["--margin", "0.02"]),
     ("ours: presence, window 2", "ours.py", OURS_BASE[:2] + ["--window", "2"] + OURS_BASE[4:]),
     ("ours: presence, line search every update", "ours.py", OURS_BASE[:-1] + ["1"]),
