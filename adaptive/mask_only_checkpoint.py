@@ -28,6 +28,24 @@ from .distributed import rank
 FORMAT = 1
 
 
+class CheckpointMismatchError(ValueError):
+    """A stage checkpoint that cannot continue this run (another run's, or unreadable)."""
+
+
+def begin(path, resume: bool) -> Optional[str]:
+    """What a recipe does with its checkpoint ``path`` before a run: with ``resume`` it must exist
+    (FileNotFoundError otherwise); without, an earlier one is deleted (first process) so the run
+    starts afresh, and the message saying so is returned. Callers wait for every process after."""
+    path = Path(path)
+    if resume and not path.is_file():
+        raise FileNotFoundError(f"--resume: no {path.name} in {path.parent} to continue; run without --resume to start")
+    if not resume and path.is_file():
+        if rank() == 0:
+            path.unlink()
+        return f"starting afresh: {path} of an earlier run is replaced (--resume continues it)"
+    return None
+
+
 def weights_checksum(original: Dict[str, torch.Tensor]) -> List[float]:
     """Per-layer sums of |w| (float64) of the frozen weights: a cheap identity of the model."""
     return [float(o.detach().double().abs().sum()) for o in original.values()]
@@ -70,19 +88,22 @@ def save_stage(path, state: dict) -> None:
 
 
 def load_stage(path, now: dict) -> Optional[dict]:
-    """The state recorded in ``path`` (None when there is no file). Raises ValueError when it was
-    written by a run with another fingerprint, or is not a stage checkpoint."""
+    """The state recorded in ``path`` (None when there is no file). Raises
+    :class:`CheckpointMismatchError` when it was written by a run with another fingerprint, or is
+    not a stage checkpoint, and ValueError when ``path`` is a folder."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ValueError(f"checkpoint {path} is a folder: give a file path, e.g. {path / 'checkpoint.pt'}")
     if not path.is_file():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
-        raise ValueError(f"{path} is not a readable mask-only checkpoint ({e}); delete it to start afresh") from e
+        raise CheckpointMismatchError(f"{path} is not a readable mask-only checkpoint ({e}); delete it to start afresh") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT or "fingerprint" not in state:
-        raise ValueError(f"{path} is not a mask-only stage checkpoint (format {FORMAT}); delete it to start afresh")
+        raise CheckpointMismatchError(f"{path} is not a mask-only stage checkpoint (format {FORMAT}); delete it to start afresh")
     diff = _differences(state["fingerprint"], now)
     if diff:
-        raise ValueError(f"{path} was written by another run; it differs in " + "; ".join(diff)
+        raise CheckpointMismatchError(f"{path} was written by another run; it differs in " + "; ".join(diff)
                          + ". Use the same settings to resume, or another checkpoint path (or delete it) to start afresh")
     return state

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptive import Connectome, Controller  # noqa: E402
 from adaptive.config import ConfigError, parse_config, save_config  # noqa: E402
+from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.data import get_dataloaders as _get_dataloaders  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
@@ -360,11 +361,10 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
     is recorded after every target in ``mask_only_checkpoint.pt``; ``--resume`` continues it."""
     from adaptive.mask_only import optimize_connectome
 
-    ckpt = output_dir / MASK_ONLY_CHECKPOINT
-    if not cfg.resume and ckpt.is_file():
-        accelerator.print(f"starting afresh: {ckpt} of an earlier run is replaced (--resume latest continues it)")
-        if accelerator.is_main_process:
-            ckpt.unlink()
+    ckpt = output_dir / MASK_ONLY_CHECKPOINT  # --resume was resolved to this run folder already
+    afresh = stage_checkpoint.begin(ckpt, bool(cfg.resume))
+    if afresh:
+        accelerator.print(afresh)
     accelerator.wait_for_everyone()
 
     # no DDP wrapper: no weight is trained; the controller reduces its statistics across processes
@@ -473,7 +473,8 @@ def main(argv=None, on_step=None) -> RunResult:
     cfg = parse_args(argv)
     try:
         return training_function(cfg, on_step=on_step)
-    except (ConfigError, DatasetNotFoundError, FileNotFoundError, WeightsMismatchError) as e:
+    except (ConfigError, DatasetNotFoundError, FileNotFoundError, WeightsMismatchError,
+            stage_checkpoint.CheckpointMismatchError) as e:
         print(f"recipes/adaptive.py: error: {e}", file=sys.stderr)
         raise SystemExit(2) from e
 

@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptive.data import get_dataloaders  # noqa: E402
+from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.mask_only import changed_weights, evaluate, optimize_connectome  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
@@ -256,12 +257,9 @@ def main(argv=None, test_loader_hook=None) -> dict:
     accelerator.print(f"{args.model}: mask-only on {accelerator.device}, {accelerator.num_processes} process(es), "
                       f"{len(train_dl)} train batches of {args.batch_size} per process and pass")
     ckpt_path = out / "checkpoint.pt"
-    if args.resume and not ckpt_path.is_file():
-        raise FileNotFoundError(f"--resume: no {ckpt_path.name} in {out} to continue; run without --resume to start")
-    if not args.resume and ckpt_path.is_file():
-        accelerator.print(f"starting afresh: {ckpt_path} of an earlier run is replaced (--resume continues it)")
-        if main_proc:
-            ckpt_path.unlink()
+    afresh = stage_checkpoint.begin(ckpt_path, args.resume)
+    if afresh:
+        accelerator.print(afresh)
     accelerator.wait_for_everyone()
     t0 = time.time()
     with accelerator.autocast():  # --mixed-precision bf16: forward passes in bf16, weights and masks untouched

@@ -101,3 +101,10 @@ def test_an_unreadable_checkpoint_is_named(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable mask-only checkpoint"):
         optimize_connectome(tiny(), *ordered_loaders(), 0.3, checkpoint=path, **KW)
+
+
+def test_a_folder_as_checkpoint_path_fails_before_any_work(tmp_path):
+    model = tiny()
+    with pytest.raises(ValueError, match="is a folder: give a file path"):
+        optimize_connectome(model, *ordered_loaders(), 0.3, checkpoint=tmp_path, **KW)
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
