@@ -128,11 +128,11 @@ def _check_dataset_kw(dataset: str, kw: dict) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    import yaml
+
     args = build_parser().parse_args(argv)
     cfg = dict(DEFAULTS)
     if args.config:
-        import yaml
-
         with open(args.config) as f:
             loaded = yaml.safe_load(f) or {}
         unknown = sorted(set(loaded) - set(DEFAULTS))
@@ -147,8 +147,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"--dataset-kw {item!r}: write KEY=VALUE, e.g. --dataset-kw resize=232")
-        import yaml
-
         cfg["dataset_kw"][key] = yaml.safe_load(value)
     _check_dataset_kw(cfg["dataset"], cfg["dataset_kw"])
     cfg["remove"] = parse_remove([str(r) for r in (cfg["remove"] if isinstance(cfg["remove"], list) else [cfg["remove"]])])
