@@ -450,7 +450,7 @@ class Controller:
                 if tuple(g.ensemble_shape(shape)) == tuple(shape):
                     total += int(idx.numel())
                 else:
-                    total += int(g.ensemble_sizes(shape).reshape(-1)[idx.cpu()].sum())
+                    total += int(g.ensemble_sizes(shape).reshape(-1)[idx.cpu()].round().long().sum())
             counts.append(total)
         return tuple(counts)
 

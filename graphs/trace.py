@@ -15,6 +15,8 @@ outputs), each a contiguous range. Everything is tensor code; Python loops run o
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 import warnings
 from dataclasses import dataclass, field
@@ -446,7 +448,8 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
         book = _Book()
         prop = FlowProp(gm, book, mode)
         try:
-            with torch.no_grad(), warnings.catch_warnings():
+            # torch's ShapeProp prints a traceback for a failing input; a wrong guess is not news
+            with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
                 warnings.simplefilter("ignore")  # re-emitted below, once
                 result = prop.propagate(*xs)
         except Exception as e:

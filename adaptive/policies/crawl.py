@@ -54,17 +54,19 @@ class Crawl(Policy):
 
     @staticmethod
     def ensemble_sizes(ctrl) -> torch.Tensor:
-        """Synapses per ensemble, flat over the editable layers (in :func:`concat` order)."""
+        """Synapses per ensemble (int64: float32 counts are inexact beyond 2**24 synapses), flat over
+        the editable layers (in :func:`concat` order)."""
         g = ctrl.conn.granularity
-        return torch.cat([g.pool(torch.ones(ctrl.conn.layers[n].shape), "sum").reshape(-1) for n in ctrl.editable()])
+        return torch.cat([g.ensemble_sizes(ctrl.conn.layers[n].shape).reshape(-1).round().long()
+                          for n in ctrl.editable()])
 
     @staticmethod
     def _cover(order: torch.Tensor, sizes: torch.Tensor, count: int) -> int:
         """How many ensembles of ``order`` it takes to reach ``count`` synapses (within one ensemble)."""
         if count <= 0 or order.numel() == 0:
             return 0
-        cs = sizes[order].cumsum(0)
-        return min(order.numel(), int(torch.searchsorted(cs, float(count) - 0.5)) + 1)
+        cs = sizes[order].long().cumsum(0)
+        return min(order.numel(), int(torch.searchsorted(cs, torch.tensor(int(count), device=cs.device))) + 1)
 
     def update(self, ctrl, step):
         c, names, sizes = concat(ctrl.scores("cost", step))
