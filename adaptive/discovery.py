@@ -7,10 +7,12 @@ several modules is one set of synapses, reported under the first name PyTorch gi
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Sequence
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -75,8 +77,12 @@ def discover(
     seen: set[int] = set()
     candidates = 0
     used_inc: set[str] = set()
+    computed = []  # layers whose weight a parametrization computes (weight_norm, spectral_norm, ...)
     for mname, module in model.named_modules():
         if not isinstance(module, PRUNABLE_TYPES):
+            continue
+        if parametrize.is_parametrized(module, "weight"):
+            computed.append(mname)
             continue
         w = getattr(module, "weight", None)
         if not isinstance(w, nn.Parameter):
@@ -106,6 +112,11 @@ def discover(
             groups=int(getattr(module, "groups", 1)),
         )
         found[pname] = (layer, w)
+    if computed:
+        warnings.warn(
+            f"{len(computed)} layer(s) have a parametrized weight ({', '.join(computed[:4])}{', ...' if len(computed) > 4 else ''}): "
+            "it is computed at every call, so it holds no synapses of the connectome. To include them, call "
+            "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight') first", stacklevel=3)
     if candidates == 0:
         raise ValueError(
             f"{type(model).__name__} has no prunable layers: a Connectome needs at least one nn.Linear or "

@@ -128,6 +128,11 @@ def _check_loader(loader, what: str) -> int:
 def _to_device(batch, device):
     """``batch`` (a tuple or list of tensors and other things) with its tensors on ``device``;
     a no-op for tensors already there (an Accelerate-prepared loader's batches)."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        what = f"a dict with keys {sorted(batch)[:5]}" if isinstance(batch, dict) else (
+            f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}")
+        raise TypeError(f"mask-only loaders must yield (inputs, targets) pairs; this one yielded {what}. "
+                        "Wrap the dataset (or give the DataLoader a collate_fn) so that each batch is (x, y)")
     if device is None:
         return batch
     return type(batch)(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)

@@ -123,3 +123,12 @@ def test_a_model_without_prunable_layers_raises():
 def test_a_lazy_layer_asks_for_a_forward_pass_first():
     with pytest.raises(ValueError, match="lazy"):
         adaptive.Connectome(nn.Sequential(nn.LazyLinear(3)))
+
+
+def test_a_parametrized_weight_is_named_in_a_warning_with_the_fix():
+    model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 6)), nn.ReLU(), nn.Linear(6, 2))
+    with pytest.warns(UserWarning, match=r"parametrized weight \(0\).*remove_parametrizations"):
+        found = discover(model)
+    assert list(found) == ["2.weight"]
+    nn.utils.parametrize.remove_parametrizations(model[0], "weight")
+    assert list(discover(model)) == ["0.weight", "2.weight"]

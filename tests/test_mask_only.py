@@ -203,6 +203,30 @@ def test_empty_loader_and_mixed_best_fail_clearly():
     assert all(p.requires_grad for p in m.parameters())
 
 
+class _DictBatches(torch.utils.data.Dataset):
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        x, y = self.ds[i]
+        return {"image": x, "label": y}
+
+
+@pytest.mark.parametrize("target", [0.5, "best"])
+def test_batches_that_are_not_pairs_fail_clearly_and_leave_the_model_whole(target):
+    m = tiny()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    tr, ho = loaders()
+    dict_loader = DataLoader(_DictBatches(tr.dataset), batch_size=16)
+    with pytest.raises(TypeError, match=r"\(inputs, targets\) pairs; this one yielded a dict with keys \['image', 'label'\]"):
+        optimize_connectome(m, dict_loader, dict_loader, target, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert all(p.requires_grad for p in m.parameters())
+
+
 def test_line_search_events_and_history():
     m = tiny()
     r = run(m, 0.5, verify_batches=1)
