@@ -339,6 +339,12 @@ def _parse_argv(cls, argv: Sequence[str]) -> Tuple[List[str], Dict[str, Any]]:
             configs.append(val)
             continue
         tp = _lookup_type(cls, key)
+        leaf = key.rsplit(".", 1)[-1]
+        if tp is None and leaf.startswith("no_") and not has_value:  # --no-progress: progress false
+            neg = key[: len(key) - len(leaf)] + leaf[3:]
+            if _is_bool(_lookup_type(cls, neg) or int):
+                flat[neg] = _Cli("false")
+                continue
         if tp is None:
             parent = key.rsplit(".", 1)[0] if "." in key else ""
             ptp = _lookup_type(cls, parent) if parent else cls
@@ -357,7 +363,8 @@ def _parse_argv(cls, argv: Sequence[str]) -> Tuple[List[str], Dict[str, Any]]:
 def config_help(cls, prog: Optional[str] = None) -> str:
     """One line per key: name, type, default, and ``metadata["help"]`` where given."""
     lines = [f"usage: {prog or 'script'} [--config FILE.yaml ...] [--key value ...]", "",
-             "options (dashes or underscores; later --config files and then --key value override):"]
+             "options (dashes or underscores; later --config files and then --key value override;",
+             "a yes/no option alone means yes, --no-KEY means no):"]
     defaults = _default_values(cls)
     for name, (tp, f) in _fields(cls).items():
         default = defaults.get(name, "<required>")

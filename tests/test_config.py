@@ -42,6 +42,11 @@ def test_defaults_and_overrides_with_dashes_or_underscores():
     assert cfg.optim == Opt(lr=1e-3, momentum=0.9)
     assert cfg.model_kw == {"depth": 4, "kind": "cnn"}
     assert parse_config(Cfg, ["--max_steps", "none", "--download", "false"]).download is False
+    # --no-KEY turns a yes/no option off (as in the other recipes); it is no way round a typo
+    assert parse_config(Cfg, ["--download", "--no-download"]).download is False
+    assert parse_config(Cfg, ["--no_download", "--epochs", "4"]) == Cfg(epochs=4)
+    with pytest.raises(ConfigError, match="unknown config key 'no_epochs'"):
+        parse_config(Cfg, ["--no-epochs"])
 
 
 def test_yaml_layers_then_command_line(tmp_path):
