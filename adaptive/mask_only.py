@@ -47,6 +47,7 @@ from . import mask_only_checkpoint as ckpt
 from .connectome import Connectome
 from .distributed import all_reduce_mean_, check_masks_agree, is_distributed
 from .controller import Controller
+from .data.cycle import LoaderCycle
 
 Target = Union[int, float, str]
 
@@ -143,17 +144,6 @@ def _model_device(model: nn.Module) -> Optional[torch.device]:
     return None if p is None else p.device
 
 
-def _batches(loader, device=None):
-    """Cycle through ``loader`` forever (a new epoch when it runs out), batches moved to ``device``."""
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield _to_device(batch, device)
-        if empty:
-            raise ValueError("loader yielded no batches")
-
-
 def _shuffled(loader, seed: int):
     """The held-out examples in a seeded random order, so that every verification set mixes
     classes (holdout loaders usually keep the dataset's order, often grouped by class)."""
@@ -248,7 +238,8 @@ def optimize_connectome(
             :mod:`adaptive.mask_only_checkpoint`). If it exists when the run starts, the run resumes
             after its last completed stage (masks, estimator state, snapshots, history); a file
             from a run with other targets, settings or weights is refused before anything changes.
-            The stages after a resume read ``train_loader`` from its start again.
+            The loaders' positions are recorded too: the stages after a resume read the batches
+            an uninterrupted run would have read (pass the same loaders).
 
     Devices and processes: the optimisation runs where ``model`` is (move it to a GPU first);
     batches are moved to its device. Under Accelerate with several processes, give each process
@@ -306,7 +297,7 @@ def optimize_connectome(
     max_ens = max(int(gran.pool(torch.ones(conn.layers[n].shape), "sum").max()) for n in conn.names)
 
     device = _model_device(model)  # batches follow the model: move it to a GPU first to run there
-    holdout_iter = _batches(_shuffled(holdout_loader, seed), device)
+    holdout_iter = LoaderCycle(_shuffled(holdout_loader, seed))
     verify_set: List = []
 
     def verify_loss() -> float:
@@ -323,7 +314,7 @@ def optimize_connectome(
     result = MaskOnlyResult(conn=conn, controller=ctrl)
     # each estimator instance once (one instance often serves both sides)
     estimators = list({id(e): e for e in (ctrl.drop_est, ctrl.grow_est) if e is not None}.values())
-    train_iter = _batches(train_loader, device)
+    train_iter = LoaderCycle(train_loader)
 
     t_cpu, t_wall = time.process_time(), time.time()
     if saved is not None:  # the clocks go on from where the recorded run stopped
@@ -357,6 +348,9 @@ def optimize_connectome(
             result.history[:] = saved["history"]
             result.snapshots.update({k: Snapshot(**v) for k, v in saved["snapshots"].items()})
             step, since_best, first_stage = saved["step"], saved["since_best"], saved["stage"] + 1
+            if "data" in saved:  # the loaders stand where the recorded run left them
+                train_iter.load_state_dict(saved["data"]["train"])
+                holdout_iter.load_state_dict(saved["data"]["holdout"])
             if climb and since_best >= patience:
                 first_stage = len(resolved)  # the recorded climb had already stopped
             record({"kind": "resume", "step": step, "stage": first_stage, "removed": total - conn.num_live(),
@@ -385,7 +379,7 @@ def optimize_connectome(
             best = None
             win_loss = win_correct = win_n = 0.0
             for i in range(steps_per_stage):
-                x, y = next(train_iter)
+                x, y = _to_device(next(train_iter), device)
                 for p in conn.params.values():
                     p.grad = None
                 out = model(x)
@@ -408,7 +402,7 @@ def optimize_connectome(
                     if step - start == steps_per_stage and removed_goal is not None:
                         policy.edit_fraction = 0.0  # the stage's last update settles exactly on the goal
                         policy.set_goal(total - removed_goal - prot, step)
-                    verify_set[:] = [next(holdout_iter) for _ in range(verify_batches)]
+                    verify_set[:] = [_to_device(next(holdout_iter), device) for _ in range(verify_batches)]
                 ev = ctrl.step()
                 bar.update(1)
                 if ev is None:
@@ -446,7 +440,8 @@ def optimize_connectome(
             else:
                 since_best += 1
             if checkpoint is not None:
-                ckpt.save_stage(checkpoint, _stage_state(fp, stage, step, since_best, conn, ctrl, result, e))
+                ckpt.save_stage(checkpoint, _stage_state(fp, stage, step, since_best, conn, ctrl, result, e,
+                                                          {"train": train_iter.state_dict(), "holdout": holdout_iter.state_dict()}))
             if climb and since_best >= patience:
                 break
         if climb:
@@ -464,13 +459,13 @@ def _agreed(*values: float) -> List[float]:
     return t.tolist()
 
 
-def _stage_state(fp, stage, step, since_best, conn, ctrl, result, last_eval) -> dict:
+def _stage_state(fp, stage, step, since_best, conn, ctrl, result, last_eval, data) -> dict:
     """What :func:`adaptive.mask_only_checkpoint.save_stage` records after ``stage``."""
     return {"fingerprint": fp, "stage": stage, "step": step, "since_best": since_best,
             "masks": {n: m.cpu() for n, m in conn.masks.items()}, "controller": ctrl.state_dict(),
             "snapshots": {k: {**vars(sn), "masks": {n: m.cpu() for n, m in sn.masks.items()}}
                           for k, sn in result.snapshots.items()},
-            "history": list(result.history), "cpu_seconds": last_eval["cpu_seconds"],
+            "history": list(result.history), "data": data, "cpu_seconds": last_eval["cpu_seconds"],
             "wall_seconds": last_eval["wall_seconds"]}
 
 

@@ -10,9 +10,11 @@ synapses, a checksum of the frozen weights); a file from another run is refused 
 differences named, before anything changes. Files are written atomically (a temporary file
 renamed), by the first process only; every process reads the same file when it resumes.
 
-What is not restored is the train loader's position: the stages after the resume read the
-loader from its start again, so they see other batches than an uninterrupted run would have (the
-same amount of data, the same statistics, not the same bits).
+The loaders' positions are recorded too (:class:`adaptive.data.cycle.LoaderCycle`): the stages
+after a resume read the batches the uninterrupted run would have read, so a resumed run reaches
+the same masks, given the same loaders (same dataset, batch size, shuffling) and a deterministic
+device. A stage that ends inside a pass over the train loader (``passes`` not a whole number)
+replays that pass up to the recorded batch when it resumes: loaded and dropped, no compute.
 """
 from __future__ import annotations
 

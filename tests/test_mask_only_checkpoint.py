@@ -108,3 +108,62 @@ def test_a_folder_as_checkpoint_path_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="is a folder: give a file path"):
         optimize_connectome(model, *ordered_loaders(), 0.3, checkpoint=tmp_path, **KW)
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+
+class NoisyImages(torch.utils.data.Dataset):
+    """A random transform drawing from the global torch generator, as torchvision's do."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i] + 0.3 * torch.randn(self.x[i].shape), self.y[i]
+
+
+def shuffled_loaders(own_generator: bool):
+    """Shuffled train batches with random noise: what they are depends on the random states."""
+    tr, ho = ordered_loaders()
+    x, y = tr.dataset.tensors
+    g = torch.Generator().manual_seed(5) if own_generator else None
+    return DataLoader(NoisyImages(x, y), batch_size=16, shuffle=True, generator=g), ho
+
+
+@pytest.mark.parametrize("own_generator", [False, True])
+def test_resume_reads_the_batches_the_uninterrupted_run_would_have_read(tmp_path, own_generator):
+    # half a pass per stage: the resumed stage starts in the middle of a pass over the train loader
+    kw = {**KW, "passes": 0.5, "verify_batches": 1}
+    targets = [0.2, 0.4, 0.6]
+    torch.manual_seed(123)
+    straight = optimize_connectome(tiny(), *shuffled_loaders(own_generator), targets, **kw)
+
+    torch.manual_seed(123)
+    path = tmp_path / "ck.pt"
+    tr, ho = shuffled_loaders(own_generator)
+
+    def crash(rec):
+        if rec["kind"] == "update" and rec["stage"] == 2:
+            raise Stop
+    with pytest.raises(Stop):
+        optimize_connectome(tiny(), tr, ho, targets, checkpoint=path, callback=crash, **kw)
+    saved = torch.load(path, weights_only=True)
+    assert saved["stage"] == 1 and saved["data"]["train"]["offset"] == 2  # 8 batches read of passes of 6
+
+    def resume(ck):
+        torch.manual_seed(999)  # a new process: other random states, a fresh loader
+        return optimize_connectome(tiny(), *shuffled_loaders(own_generator), targets, checkpoint=ck, **kw)
+
+    def same(a, b):  # masks, and the batches read: each update's train and verification losses
+        def losses(r):
+            return [(h["train_loss"], h["verify_loss"]) for h in r.history if h["kind"] == "update"]
+        return losses(a) == losses(b) and all(torch.equal(a.snapshots[t].masks[n], b.snapshots[t].masks[n])
+                                              for t in a.snapshots for n in a.snapshots[t].masks)
+
+    assert same(straight, resume(path))
+    # the same checkpoint without the loaders' positions resumes on other batches
+    del saved["data"]
+    blind = tmp_path / "blind.pt"
+    torch.save(saved, blind)
+    assert not same(straight, resume(blind))

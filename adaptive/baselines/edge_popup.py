@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..connectome import Connectome
-from ..mask_only import _batches, _check_loader, _label, _model_device, evaluate, mask_learning, resolve_target
+from ..data.cycle import LoaderCycle
+from ..mask_only import _check_loader, _label, _model_device, _to_device, evaluate, mask_learning, resolve_target
 
 
 @torch.no_grad()
@@ -53,7 +54,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
               for n, o in conn.original.items()}
     steps = max(1, int(math.ceil(passes * n_train)))
     snaps = {}
-    it = _batches(train_loader, _model_device(model))
+    it, device = LoaderCycle(train_loader), _model_device(model)
     t_cpu, t_wall = time.process_time(), time.time()
     from tqdm.auto import tqdm
 
@@ -65,7 +66,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
             for _ in range(steps):
                 conn.set_masks(_topk_masks({n: s.detach() for n, s in scores.items()}, keep))
-                x, y = next(it)
+                x, y = _to_device(next(it), device)
                 for p in conn.params.values():
                     p.grad = None
                 loss_fn(model(x), y).backward()

@@ -1,0 +1,150 @@
+"""Cycling through a loader forever, with a position that a checkpoint can record and restore.
+
+:class:`LoaderCycle` yields the batches of a loader pass after pass. Its :meth:`state_dict`
+records where it stands: the random states when the current pass began (the global torch, CUDA,
+Python and NumPy generators, and every ``torch.Generator`` the loader's samplers hold, which
+decide its shuffling and worker seeds), how many batches of that pass were taken, and the random
+states now. :meth:`load_state_dict` replays that pass from its start up to the recorded batch (the
+batches are loaded and dropped, so random transforms draw what they drew the first time) and
+then sets the random states to those recorded: a run resumed from a checkpoint reads the very
+batches the uninterrupted run would have read next, provided the loader's order depends only on
+those random states (a DataLoader's does; Accelerate-prepared loaders too). A checkpoint taken
+at the end of a pass replays nothing.
+"""
+from __future__ import annotations
+
+import random
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+
+def _generators(loader) -> List[torch.Generator]:
+    """Every distinct ``torch.Generator`` a loader (or a sampler it wraps) shuffles with."""
+    found, seen = [], set()
+    stack = [loader]
+    for _ in range(8):  # loader -> batch_sampler -> (shard) -> sampler ...: a few levels at most
+        nxt = []
+        for obj in stack:
+            for attr in ("generator", "synchronized_generator"):
+                g = getattr(obj, attr, None)
+                if isinstance(g, torch.Generator) and id(g) not in seen:
+                    seen.add(id(g))
+                    found.append(g)
+            for attr in ("sampler", "batch_sampler"):
+                sub = getattr(obj, attr, None)
+                if sub is not None and sub is not obj:
+                    nxt.append(sub)
+        stack = nxt
+        if not stack:
+            break
+    return found
+
+
+def rng_states(loader=None) -> Dict[str, object]:
+    """The random states that decide what ``loader`` yields next (tensors and plain values, so
+    that ``torch.load(..., weights_only=True)`` reads them back)."""
+    version, mt, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "generators": [g.get_state() for g in _generators(loader)] if loader is not None else [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_states(state: Dict[str, object], loader=None) -> None:
+    """Undo :func:`rng_states`: every generator back where it was."""
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["mt"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if loader is not None:
+        gens = _generators(loader)
+        if len(gens) != len(state["generators"]):
+            raise ValueError(f"the loader shuffles with {len(gens)} generator(s), the recorded one with "
+                             f"{len(state['generators'])}: resume with the loader of the recorded run")
+        for g, s in zip(gens, state["generators"]):
+            g.set_state(s)
+
+
+class LoaderCycle:
+    """The batches of ``loader``, pass after pass, forever; raises ValueError if a pass is empty."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self._it = None
+        self.offset = 0  # batches taken from the current pass
+        self._pass_start: Optional[dict] = None
+        self._pending = None  # a batch read past the loader's stated length (see _settle)
+
+    def __iter__(self):
+        return self
+
+    def _begin_pass(self) -> None:
+        self._pass_start = rng_states(self.loader)
+        self._it = iter(self.loader)
+        self.offset = 0
+
+    def __next__(self):
+        if self._pending is not None:
+            batch, self._pending = self._pending, None
+            self.offset += 1
+            return batch
+        if self._it is None:
+            self._begin_pass()
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            if self.offset == 0:
+                raise ValueError("loader yielded no batches") from None
+            self._begin_pass()
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                raise ValueError("loader yielded no batches") from None
+        self.offset += 1
+        return batch
+
+    def _pass_length(self) -> Optional[int]:
+        try:
+            return len(self.loader)
+        except TypeError:
+            return None
+
+    def _settle(self) -> None:
+        """Finish a pass whose last batch was taken: a DataLoader draws from its sampler's
+        generator when it finds itself exhausted, so the recorded states must come after that."""
+        n = self._pass_length()
+        if self._it is not None and self._pending is None and n is not None and self.offset >= n:
+            try:
+                self._pending = next(self._it)
+                self.offset -= 1  # not taken yet
+            except StopIteration:
+                self._it = None  # the next batch begins a new pass
+
+    def state_dict(self) -> dict:
+        self._settle()
+        return {"pass_start": self._pass_start, "offset": self.offset, "now": rng_states(self.loader)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Stand where ``state`` was recorded (see the module docstring)."""
+        offset, n = int(state["offset"]), self._pass_length()
+        self._it, self.offset = None, 0
+        if state["pass_start"] is not None and offset > 0 and (n is None or offset < n):
+            set_rng_states(state["pass_start"], self.loader)
+            self._begin_pass()
+            for _ in range(offset):  # replayed, so that random transforms draw as they did
+                next(self._it)
+            self.offset = offset
+        set_rng_states(state["now"], self.loader)

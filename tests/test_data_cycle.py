@@ -1,0 +1,53 @@
+"""LoaderCycle: batches pass after pass, and a recorded position that a new process can resume."""
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from adaptive.data.cycle import LoaderCycle
+
+torch.set_num_threads(1)
+
+
+class Noisy(Dataset):
+    """Index plus noise from the global generator (in workers: from the worker's seed)."""
+
+    def __len__(self):
+        return 20
+
+    def __getitem__(self, i):
+        return torch.tensor(float(i)) + torch.rand(()), i
+
+
+def loader(workers, own_generator):
+    g = torch.Generator().manual_seed(3) if own_generator else None
+    return DataLoader(Noisy(), batch_size=6, shuffle=True, generator=g, num_workers=workers)  # 4 batches, last of 2
+
+
+@pytest.mark.parametrize("workers, own_generator", [(0, False), (0, True), (2, False)])
+@pytest.mark.parametrize("stop_after", [2, 4, 6])  # in a pass, at its end, in the second pass
+def test_a_new_cycle_resumes_where_the_recorded_one_stood(workers, own_generator, stop_after):
+    torch.manual_seed(0)
+    a = LoaderCycle(loader(workers, own_generator))
+    for _ in range(stop_after):
+        next(a)
+    state = a.state_dict()
+    expected = [next(a) for _ in range(7)]  # crosses into the next pass
+
+    torch.manual_seed(42)  # another process: other random states, another loader object
+    b = LoaderCycle(loader(workers, own_generator))
+    b.load_state_dict(state)
+    got = [next(b) for _ in range(7)]
+    for (x1, i1), (x2, i2) in zip(expected, got):
+        assert torch.equal(i1, i2) and torch.equal(x1, x2)
+    assert b.offset == a.offset
+
+    c = LoaderCycle(loader(workers, own_generator))  # without the state: other batches
+    assert any(not torch.equal(e[0], next(c)[0]) for e in expected)
+
+
+def test_every_example_once_per_pass_and_an_empty_loader_is_refused():
+    cyc = LoaderCycle(loader(0, True))
+    seen = torch.cat([next(cyc)[1] for _ in range(4)])
+    assert sorted(seen.tolist()) == list(range(20))
+    with pytest.raises(ValueError, match="no batches"):
+        next(LoaderCycle(DataLoader(list(range(0)), batch_size=2)))
