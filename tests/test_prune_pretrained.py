@@ -320,3 +320,57 @@ def test_processes_that_disagree_stop_at_the_first_evaluation(tmp_path, weights)
     assert r.returncode != 0, r.stdout[-2000:]
     assert "MaskMismatchError: connectome masks differ between processes at step 4" in r.stdout + r.stderr
     assert not (out / "summary.json").exists() and not (out / "pruned_state_dict.pt").exists()
+
+
+CRASHING = '''
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("pp", {script!r})
+P = importlib.util.module_from_spec(spec); spec.loader.exec_module(P)
+real = P.optimize_connectome
+
+def crashing(*a, **kw):  # the job dies at the first update of the second target
+    def cb(rec):
+        if rec["kind"] == "update" and rec["stage"] == 1:
+            raise RuntimeError("injected crash")
+    kw["callback"] = cb
+    return real(*a, **kw)
+
+P.optimize_connectome = crashing
+P.main(sys.argv[1:])
+'''
+
+
+def test_two_processes_resumed_after_a_crash_reach_the_uninterrupted_masks(tmp_path, weights):
+    """Stages of half a pass (they end inside a pass over each process's shard of the train
+    loader): a 2-process job that crashed in its second target and was resumed with --resume ends
+    with the masks of the job that ran straight through, on both processes."""
+    import os
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _ports import launch_two
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    recipe_path = ROOT / "recipes" / "prune_pretrained.py"
+    straight = tmp_path / "straight"
+    r = launch_two([recipe_path, *args(weights, straight, "--remove", "0.2", "0.5")], env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    expected = json.loads((straight / "summary.json").read_text())["mask_hash_per_process"]
+
+    script = tmp_path / "crashing.py"
+    script.write_text(CRASHING.format(script=str(recipe_path)))
+    out = tmp_path / "crashed"
+    r = launch_two([script, *args(weights, out, "--remove", "0.2", "0.5")], env=env, cwd=ROOT)
+    assert r.returncode != 0 and "injected crash" in r.stdout + r.stderr
+    assert (out / "checkpoint.pt").is_file() and not (out / "summary.json").exists()
+    r = launch_two([recipe_path, *args(weights, out, "--remove", "0.2", "0.5", "--resume")], env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    resumed = json.loads((out / "summary.json").read_text())["mask_hash_per_process"]
+    assert resumed == expected
+    assert expected["0.2"] != expected["0.5"]
+
+    def batches_read(folder):  # each update's train loss and verification loss: which batches it saw
+        hist = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+        return [(h["stage"], h["train_loss"], h["verify_loss"]) for h in hist if h["kind"] == "update"]
+    assert batches_read(out) == batches_read(straight)
+    assert {stage for stage, _, _ in batches_read(out)} == {0, 1}
