@@ -4,7 +4,8 @@ from pathlib import Path; sys.path.insert(0, str(Path(__file__).resolve().parent
 import torch, torch.nn.functional as F
 from harness import setup
 from adaptive import Connectome
-from adaptive.mask_only import evaluate, _batches
+from adaptive.mask_only import evaluate
+from adaptive.data.cycle import LoaderCycle as _batches
 from adaptive.baselines.edge_popup import _topk_masks
 
 ap = argparse.ArgumentParser()
@@ -30,6 +31,9 @@ ap.add_argument("--fema", type=float, default=0.99)
 ap.add_argument("--offsets", default="", help="structured score offsets learned with the scores: r (per output channel), c (per input channel), l (per layer)")
 ap.add_argument("--swa", type=float, default=0.0, help="final mask from the mean scores over this last fraction of each stage")
 ap.add_argument("--sam", type=float, default=0.0, help="sharpness-aware: score gradients taken at the kept weights moved by this L2 radius up the loss gradient")
+ap.add_argument("--over", type=float, default=0.0, help="overshoot: remove this multiple of the target (at most 0.9) first, then restore down to the target")
+ap.add_argument("--over_until", type=float, default=0.3, help="fraction of the stage spent at the overshoot")
+ap.add_argument("--over_back", type=float, default=0.7, help="fraction of the stage by which the target is reached again (linear)")
 ap.add_argument("--olr", type=float, default=0.01, help="Adam step of the offsets")
 a = ap.parse_args()
 tl, hl, dl, fresh = setup(a.model, a.seed, bs=a.bs)
@@ -95,6 +99,11 @@ for t in [float(x) for x in a.targets.split(",")]:
     keep0 = conn.num_live()
     for s in range(steps):
         k = keep if a.ramp <= 0 else int(round(keep0 + (keep - keep0) * min(1.0, (s + 1) / (a.ramp * steps))))
+        if a.over > 0:
+            k_over = total - int(round(min(0.9, a.over * t) * total))
+            u = (s + 1) / steps
+            w = 1.0 if u <= a.over_until else max(0.0, (a.over_back - u) / max(1e-9, a.over_back - a.over_until))
+            k = int(round(keep + (k_over - keep) * w))
         x, y = next(it)
         for _r in range(a.reuse):
             if a.noise > 0:

@@ -46,6 +46,8 @@ ROWS = [
     ("final mask from scores averaged over the last half of each stage", "ep.py", ["--swa", "0.5"]),
     ("constant step instead of the cosine", "ep.py", ["--sched", "const"]),
     ("sharpness-aware (SAM) score gradients, radius 0.05", "ep.py", ["--sam", "0.05"]),
+    ("overshoot: 1.3x the target removed for 30% of the stage, back by 70%", "ep.py", ["--over", "1.3"]),
+    ("overshoot: 2.5x the target removed (at most 90%) for 30% of the stage, back by 70%", "ep.py", ["--over", "2.5"]),
     ("ours: old default (evidence, window 4, line search)", "ours.py", []),
     ("ours: presence, window 1", "ours.py", OURS_BASE),
     ("ours: presence, step 0.02", "ours.py", OURS_BASE + ["--lr", "0.02"]),
