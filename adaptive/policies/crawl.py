@@ -52,20 +52,32 @@ class Crawl(Policy):
             return 1
         return (self.deadline - step) // ctrl.update_every + 1
 
-    @staticmethod
-    def ensemble_sizes(ctrl) -> torch.Tensor:
-        """Synapses per ensemble (int64: float32 counts are inexact beyond 2**24 synapses), flat over
-        the editable layers (in :func:`concat` order)."""
+    def ensemble_sizes(self, ctrl, device=None) -> Optional[torch.Tensor]:
+        """Synapses per ensemble, flat over the editable layers (in :func:`concat` order), as int32
+        (counts are summed in int64: float32 cannot count one by one beyond 2**24 synapses); None
+        when every ensemble is one synapse. Cached: the sizes change only with the layers edited."""
         g = ctrl.conn.granularity
-        return torch.cat([g.ensemble_sizes(ctrl.conn.layers[n].shape).reshape(-1).round().long()
-                          for n in ctrl.editable()])
+        names = tuple(ctrl.editable())
+        shapes = [tuple(ctrl.conn.layers[n].shape) for n in names]
+        key = (id(g), names, tuple(shapes), str(device))
+        cached = getattr(self, "_sizes", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if all(tuple(g.ensemble_shape(s)) == tuple(s) for s in shapes):
+            sizes = None
+        else:
+            sizes = torch.cat([g.ensemble_sizes(s).reshape(-1).round().to(torch.int32) for s in shapes]).to(device)
+        self._sizes = (key, sizes)
+        return sizes
 
     @staticmethod
-    def _cover(order: torch.Tensor, sizes: torch.Tensor, count: int) -> int:
+    def _cover(order: torch.Tensor, sizes: Optional[torch.Tensor], count: int) -> int:
         """How many ensembles of ``order`` it takes to reach ``count`` synapses (within one ensemble)."""
         if count <= 0 or order.numel() == 0:
             return 0
-        cs = sizes[order].long().cumsum(0)
+        if sizes is None:
+            return min(order.numel(), int(count))
+        cs = sizes[order].cumsum(0, dtype=torch.int64)
         return min(order.numel(), int(torch.searchsorted(cs, torch.tensor(int(count), device=cs.device))) + 1)
 
     def update(self, ctrl, step):
@@ -73,9 +85,9 @@ class Crawl(Policy):
         g, _, _ = concat(ctrl.scores("gain", step))
         a, _, _ = concat(ctrl.alive())
         a = a.to(c.device)
-        sz = self.ensemble_sizes(ctrl).to(c.device)
+        sz = self.ensemble_sizes(ctrl, c.device)
         live_ens = int(a.sum())
-        live = int(sz[a].sum())  # live synapses over the editable layers: the goal's unit
+        live = live_ens if sz is None else int(sz[a].sum())  # live synapses over the editable layers: the goal's unit
         limit = int(round(self.edit_fraction * live_ens))
         need = 0
         if self.goal is not None and live != self.goal:
@@ -95,13 +107,15 @@ class Crawl(Policy):
                 pa = a & (c < g[ra].max() - self.margin)
                 ra = ra & (g > c[a].min() + self.margin)
             p_order = lowest(c, a, live_ens) if need > 0 else lowest(c, pa, min(limit, int(pa.sum())))
-            r_order = highest(g, ~a, int((~a).sum())) if need < 0 else highest(g, ra, min(limit, int(ra.sum())))
+            r_order = highest(g, ~a, a.numel() - live_ens) if need < 0 else highest(g, ra, min(limit, int(ra.sum())))
             fp, fr = self._cover(p_order, sz, need), self._cover(r_order, sz, -need)
             cand_p, cand_r = p_order[fp: fp + limit], r_order[fr: fr + limit]
             n = min(cand_p.numel(), cand_r.numel()) if need == 0 else 0  # swaps only once at the goal
             # ascending costs vs descending gains: the worthwhile pairs are a prefix; only pairs of
             # equal size, so that swaps keep the synapse count
-            worth = ((g[cand_r[:n]] - c[cand_p[:n]]) > self.margin) & (sz[cand_r[:n]] == sz[cand_p[:n]])
+            worth = (g[cand_r[:n]] - c[cand_p[:n]]) > self.margin
+            if sz is not None:
+                worth &= sz[cand_r[:n]] == sz[cand_p[:n]]
             n_swap = int(worth.cumprod(0).sum()) if n else 0
             p_idx = p_order[: fp + n_swap]
             r_idx = r_order[: fr + n_swap]
