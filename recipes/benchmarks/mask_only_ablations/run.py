@@ -39,6 +39,7 @@ ROWS = [
     ("batch 64, lr 0.007", "ep.py", ["--bs", "64", "--lr", "0.007"]),
     ("label smoothing 0.1", "ep.py", ["--ls", "0.1"]),
     ("crop/flip augmentation", "ep.py", ["--aug", "1"]),
+    ("crop/flip augmentation, each batch used twice", "ep.py", ["--aug", "1", "--reuse", "2"]),
     ("logistic noise on scores 0.02", "ep.py", ["--noise", "0.02"]),
     ("layer-normalised SGD lr 0.003", "ep.py", ["--opt", "lnorm", "--lr", "0.003"]),
     ("channel offsets (pooled evidence), step 0.01", "ep.py", ["--offsets", "rc", "--olr", "0.01"]),
