@@ -11,7 +11,7 @@ Reported: median seconds per batch and the ratio to bare. Timing does not depend
 the models are randomly initialised (no download); MobileNetV3-Large is the network of
 recipes/configs/imagenet_mobilenetv3_maskonly.yaml, at its 224 px input.
 
-    python recipes/benchmarks/mask_only_cost.py [--batches 12] [--mobilenet-batch 16]
+    python recipes/benchmarks/mask_only_cost.py [--batches 12] [--rounds 3] [--mobilenet-batch 16]
 """
 from __future__ import annotations
 
@@ -72,45 +72,71 @@ def _edge_popup(model: nn.Module, batches, target) -> float:
     return total
 
 
-def bench(name: str, model: nn.Module, shape, classes: int, n: int, target) -> dict:
+def bench(name: str, model: nn.Module, shape, classes: int, n: int, target, rounds: int) -> dict:
+    """``rounds`` rounds of bare, ours and edge-popup on the same batches, the order rotating from
+    round to round so that a change of machine load hits every method alike; each ratio is taken
+    within a round, and the median over rounds is reported with its range."""
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(*shape, generator=g), torch.randint(0, classes, (shape[0],), generator=g)) for _ in range(n)]
     synapses = sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     _bare(model, batches[:2])  # warm-up: the first passes at a new shape pay one-off kernel setup
-    bare = _bare(model, batches)
-    first, ours = _ours(model, batches, target)
-    ep_total = _edge_popup(model, batches, target)
-    b = statistics.median(bare[1:])
-    o = statistics.median(ours)
-    e = ep_total / n  # includes its first batch and one holdout batch: an upper bound per batch
-    return {"model": name, "synapses": synapses, "batch": shape[0], "size": shape[-1], "bare": b, "ours": o,
-            "ours_ratio": o / b, "ep": e, "ep_ratio": e / b, "first": first}
+    methods = {
+        "bare": lambda: {"per_batch": statistics.median(_bare(model, batches)[1:])},
+        "ours": lambda: dict(zip(("first", "per_batch"), _ours_median(model, batches, target))),
+        "ep": lambda: {"per_batch": _edge_popup(model, batches, target) / n},  # its first batch and one
+        # holdout batch included: an upper bound per batch
+    }
+    order = list(methods)
+    per_round = []
+    for r in range(rounds):
+        got = {m: methods[m]() for m in order[r % 3:] + order[: r % 3]}
+        per_round.append(got)
+    med = {m: statistics.median(x[m]["per_batch"] for x in per_round) for m in methods}
+    ratios = {m: sorted(x[m]["per_batch"] / x["bare"]["per_batch"] for x in per_round) for m in ("ours", "ep")}
+    return {"model": name, "synapses": synapses, "batch": shape[0], "size": shape[-1], "bare": med["bare"],
+            "ours": med["ours"], "ours_ratio": statistics.median(ratios["ours"]), "ours_range": ratios["ours"],
+            "ep": med["ep"], "ep_ratio": statistics.median(ratios["ep"]), "ep_range": ratios["ep"],
+            "first": statistics.median(x["ours"]["first"] for x in per_round)}
+
+
+def _ours_median(model, batches, target):
+    first, per_batch = _ours(model, batches, target)
+    return first, statistics.median(per_batch)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batches", type=int, default=12, help="batches per method and model (default 12)")
     ap.add_argument("--mobilenet-batch", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the three methods, order rotating (default 3)")
     ap.add_argument("--output", default=os.path.join(HERE, "results", "mask_only_cost.md"))
     args = ap.parse_args(argv)
     if args.batches < 3:
         raise SystemExit("mask_only_cost.py: error: --batches must be >= 3 (medians skip the first batch)")
     torch.manual_seed(0)
     rows = [
-        bench("resnet20 (CIFAR)", build_model("resnet20"), (128, 3, 32, 32), 10, args.batches, 0.5),
+        bench("resnet20 (CIFAR)", build_model("resnet20"), (128, 3, 32, 32), 10, args.batches, 0.5, args.rounds),
         bench("mobilenet_v3_large (ImageNet)", torchvision.models.mobilenet_v3_large(),
-              (args.mobilenet_batch, 3, 224, 224), 1000, args.batches, 1_030_000),
+              (args.mobilenet_batch, 3, 224, 224), 1000, args.batches, 1_030_000, args.rounds),
     ]
-    lines = ["| model | synapses | batch | bare fwd+bwd (s/batch) | ours (s/batch) | ours / bare | "
-             "edge-popup (s/batch) | edge-popup / bare | ours' first update (s) |",
+    if args.rounds < 1:
+        raise SystemExit("mask_only_cost.py: error: --rounds must be >= 1")
+    lines = ["| model | synapses | batch | bare fwd+bwd (s/batch) | ours (s/batch) | ours / bare (range) | "
+             "edge-popup (s/batch) | edge-popup / bare (range) | ours' first update (s) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def rng(xs):
+        return f"{xs[0]:.2f}-{xs[-1]:.2f}"
     for r in rows:
         lines.append(f"| {r['model']} | {r['synapses']:,} | {r['batch']} x {r['size']}px | {r['bare']:.3f} | "
-                     f"{r['ours']:.3f} | {r['ours_ratio']:.2f} | {r['ep']:.3f} | {r['ep_ratio']:.2f} | {r['first']:.2f} |")
+                     f"{r['ours']:.3f} | {r['ours_ratio']:.2f} ({rng(r['ours_range'])}) | {r['ep']:.3f} | "
+                     f"{r['ep_ratio']:.2f} ({rng(r['ep_range'])}) | {r['first']:.2f} |")
     text = (
         f"# Mask-only cost per batch ({torch.get_num_threads()} threads, {platform.machine()}, "
-        f"{args.batches} batches per row)\n\n" + "\n".join(lines) + "\n\n"
-        "bare and ours: median over batches (ours: between consecutive updates, everything included: forward, "
+        f"{args.batches} batches per method, {args.rounds} rounds)\n\n" + "\n".join(lines) + "\n\n"
+        "Each round runs bare, ours and edge-popup on the same batches, the order rotating from round to round; "
+        "a ratio is taken within a round (so a change of machine load hits both of its terms), and the table "
+        "gives the median over rounds with the range. Within a round, bare and ours: median over batches (ours: between consecutive updates, everything included: forward, "
         "backward, statistics, estimator, crawl edit, event); edge-popup: its whole run divided by the batches "
         "(one holdout batch included). Ours' first update jumps to the target (a full sort) and is left out "
         "of its median. ResNet-20 removes 50%; MobileNetV3-Large removes 1.03 million synapses as in the "
