@@ -403,6 +403,11 @@ class Controller:
             fraction *= 0.5
             current = plan.shrink(fraction)
         pruned_syn, grown_syn = self._synapse_counts(current)
+        n_p, n_g = current.counts()
+        mode = self.conn.mode
+        in_loss = (not n_p or self.drop_est.loss_units(mode)) and (
+            not n_g or (self.grow_est or self.drop_est).loss_units(mode))
+        est = current.est_loss_change
         event.update(
             pruned=pruned_syn,
             grown=grown_syn,
@@ -410,7 +415,10 @@ class Controller:
             grown_ensembles=current.counts()[1],
             **self._density_fields(),
             boundaries=plan.boundaries,
-            est_loss_change=current.est_loss_change,
+            # the plan's summed values are a loss change only when the estimators are loss models;
+            # otherwise (magnitude, presence, |g|) they are reported in the estimator's own units
+            est_loss_change=est if in_loss else None,
+            est_score_change=None if in_loss else est,
             actual_loss_change=(loss_after - loss_before) if use_ls else None,
             holdout_loss=loss_after,
             line_search_fraction=fraction if use_ls else None,

@@ -411,6 +411,7 @@ def optimize_connectome(
                        "removed": total - conn.num_live(), "pruned": ev["pruned"], "restored": ev["grown"],
                        "train_loss": win_loss / win_n, "train_acc": win_correct / win_n,
                        "verify_loss": ev.get("holdout_loss"), "est_loss_change": ev.get("est_loss_change"),
+                       "est_score_change": ev.get("est_score_change"),
                        "actual_loss_change": ev.get("actual_loss_change"),
                        "line_search_fraction": ev.get("line_search_fraction")}
                 record(rec)

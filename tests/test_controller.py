@@ -479,3 +479,23 @@ def test_loaded_estimator_state_follows_the_weights_device(estimator):
     meta_ctx.stats.count = 0  # no window yet: the values are read, not moved
     assert loaded.restoration_gain(meta_ctx).device.type == "meta"
     assert loaded.removal_cost(meta_ctx).device.type == "meta"
+
+
+@pytest.mark.parametrize("estimator, loss_model", [("taylor", True), ("obd", True), ("presence", False),
+                                                   ("magnitude", False)])
+def test_estimated_loss_change_is_reported_only_in_loss_units(estimator, loss_model):
+    """A plan's summed values are an estimated loss change only for loss models (Taylor, OBD);
+    presence values or magnitudes are reported as est_score_change, never as a loss change."""
+    torch.manual_seed(0)
+    m = tiny()
+    conn = adaptive.Connectome(m, mode="mask_only")
+    ctrl = adaptive.Controller(conn, policy="threshold", estimator=estimator, density=0.5, update_every=1,
+                               edit_fraction=0.5, edit_decay="constant")
+    set_grad(m, torch.randn(2, 4))
+    ctrl.observe()
+    ev = ctrl.step()
+    assert ev["pruned"] > 0
+    if loss_model:
+        assert isinstance(ev["est_loss_change"], float) and ev["est_score_change"] is None
+    else:
+        assert ev["est_loss_change"] is None and isinstance(ev["est_score_change"], float)

@@ -2,7 +2,8 @@
 
 ``events.jsonl``: one JSON object per controller update, with (all optional but ``step``) keys
 ``step``, ``pruned``, ``grown``, ``density``, ``layer_density`` (dict), ``boundaries`` (dict or
-null), ``est_loss_change``, ``actual_loss_change``. ``metrics.csv``: columns ``step``, ``split``
+null), ``est_loss_change`` (only where the estimator is a loss model; ``est_score_change`` holds the
+estimator's own units otherwise), ``actual_loss_change``. ``metrics.csv``: columns ``step``, ``split``
 and any numeric ones (``loss``, ``accuracy``, ``removed``, ...). Missing keys, blank cells and
 missing files are tolerated: what is there is drawn.
 """
@@ -166,7 +167,8 @@ class Progress:
             ax.plot([lo, hi], [lo, hi], "k:", lw=1, label="y = x")
             ax.legend(fontsize=8)
         else:
-            ax.text(0.5, 0.5, "no loss-change estimates logged", ha="center", va="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, "no loss-change estimates logged\n(the estimator's values are not loss units,\nor no held-out loss was measured)",
+                    ha="center", va="center", transform=ax.transAxes, fontsize=8)
         ax.set_xlabel("estimated loss change of the update")
         ax.set_ylabel("actual loss change")
         ax.set_title("utility estimate against outcome", fontsize=9)

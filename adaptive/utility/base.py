@@ -65,6 +65,12 @@ class Estimator:
     needs_gradients = False  # True: the controller collects gradient statistics
     needs_second_moment = False
 
+    def loss_units(self, mode: str) -> bool:
+        """Whether this estimator's values are expected loss changes in connectome ``mode`` (a
+        loss model: Taylor, OBD, ...), rather than scores that only order synapses (magnitude,
+        presence, |g|). Only loss-unit values are reported as estimated loss changes."""
+        return False
+
     def removal_cost(self, ctx: UtilityContext) -> torch.Tensor:
         raise NotImplementedError
 

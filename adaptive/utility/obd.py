@@ -13,6 +13,9 @@ from .base import Estimator, register_estimator
 @register_estimator("obd")
 class OBD(Estimator):
     needs_gradients = True
+
+    def loss_units(self, mode: str) -> bool:
+        return True
     needs_second_moment = True
 
     def __init__(self, damping: float = 1e-12):

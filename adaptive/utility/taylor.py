@@ -11,6 +11,9 @@ from .base import Estimator, register_estimator
 class Taylor(Estimator):
     needs_gradients = True
 
+    def loss_units(self, mode: str) -> bool:
+        return mode == "mask_only"  # in train mode the gain g^2 is a loss decrease only up to a step size
+
     def removal_cost(self, ctx):
         return -ctx.stats.mean(ctx.name) * ctx.weight.detach().float()
 
