@@ -153,6 +153,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return argparse.Namespace(**cfg)
 
 
+def _boundary_scale(ax, values) -> None:
+    """Linear where the boundaries are all of one sign within two decades (presence values, magnitudes);
+    symmetric-log where they cross zero or span decades (loss-change estimates)."""
+    vals = [abs(v) for v in values if v != 0]
+    if not vals:
+        return
+    one_sign = all(v > 0 for v in values) or all(v < 0 for v in values)
+    if one_sign and max(vals) / min(vals) < 100:
+        return
+    ax.set_yscale("symlog", linthresh=max(min(vals), 1e-12))
+
+
 def _plot(history, snapshots_rows, events, path):
     import matplotlib
 
@@ -163,38 +175,49 @@ def _plot(history, snapshots_rows, events, path):
 
     ups = [h for h in history if h["kind"] == "update"]
     evs = [h for h in history if h["kind"] == "eval"]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-    for ax, key, name in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    dense = [r for r in snapshots_rows if r.get("removed") == 0 and r.get("holdout_acc") is not None]
+    for ax, key, name in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "acc", "accuracy")):
         ax.plot([h["removed"] for h in ups], [h[f"train_{key}"] for h in ups], ".", ms=3, alpha=0.5,
                 label="train (update windows)")
-        ax.plot([h["removed"] for h in evs], [h[f"holdout_{key}"] for h in evs], "o-", ms=4,
-                label="held-out (part of TRAIN)")
+        held = [(h["removed"], h[f"holdout_{key}"]) for h in evs]
+        if dense and not any(r == 0 for r, _ in held):  # the dense network's score starts the line
+            held.insert(0, (0, dense[0][f"holdout_{key}"]))
+        held.sort(key=lambda p: p[0])
+        ax.plot([p[0] for p in held], [p[1] for p in held], "o-", ms=4, label="held-out (part of TRAIN)")
         rows = [r for r in snapshots_rows if r.get(f"test_{key}") is not None]
         ax.plot([r["removed"] for r in rows], [r[f"test_{key}"] for r in rows], "s", ms=7,
                 label="test (final report)")
         ax.set_xlabel("removed weights")
         ax.xaxis.set_major_formatter(EngFormatter())
         ax.set_ylabel(name)
+        ax.set_title(f"{name} against removed weights", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    ax = axes[2]
-    steps = [h["step"] for h in ups]
-    size = ax.plot(steps, [h["removed"] for h in ups], color="k", label="removed weights (left axis)")
+    ax = axes[1, 0]
+    ax.plot([h["step"] for h in ups], [h["removed"] for h in ups], color="k")
     ax.set_xlabel("training batch")
     ax.set_ylabel("removed weights")
     ax.yaxis.set_major_formatter(EngFormatter())
-    ax2 = ax.twinx()
+    ax.set_title("the connectome crawling: removed weights over time", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax = axes[1, 1]
     pb = [(e["step"], e["boundaries"]["prune"]) for e in events if e.get("boundaries") and e["boundaries"].get("prune") is not None]
     rb = [(e["step"], e["boundaries"]["restore"]) for e in events if e.get("boundaries") and e["boundaries"].get("restore") is not None]
-    lines = []
     if rb:  # drawn first and larger: at a goal the two boundaries meet, and the prune one stays visible on top
-        lines += ax2.plot(*zip(*rb), ".", ms=4, color="tab:green", label="restore boundary (restoration gain)")
+        ax.plot(*zip(*rb), ".", ms=4, color="tab:green", label="restore boundary (restoration gain of the last restored)")
     if pb:
-        lines += ax2.plot(*zip(*pb), ".", ms=1.5, color="tab:red", label="prune boundary (removal cost)")
-    ax2.set_yscale("symlog", linthresh=1e-4)
-    ax2.set_ylabel("edit boundary (estimator value)")
-    ax2.legend(handles=size + lines, fontsize=8, loc="center right")
-    ax.set_title("the connectome crawling: size and edit boundaries", fontsize=10)
+        ax.plot(*zip(*pb), ".", ms=1.5, color="tab:red", label="prune boundary (removal cost of the last pruned)")
+    if rb or pb:
+        _boundary_scale(ax, [v for _, v in rb + pb])
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no edits logged", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("training batch")
+    ax.set_ylabel("edit boundary (estimator value)")
+    ax.set_title("edit boundaries over time", fontsize=10)
+    ax.grid(alpha=0.3)
+    axes[1, 1].sharex(axes[1, 0])
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
