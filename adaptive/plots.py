@@ -80,11 +80,17 @@ def plot_edits(events: Sequence[dict], path) -> Path:
         width = max(1.0, 0.4 * (min(b - a for a, b in zip(steps, steps[1:])) if len(steps) > 1 else 1.0))
         ax.bar([s - width / 2 for s in steps], [e.get("pruned", 0) for e in evs], width=width, color="tab:red", label="pruned")
         ax.bar([s + width / 2 for s in steps], [e.get("grown", 0) for e in evs], width=width, color="tab:green", label="grown")
+        counts = sorted(c for e in evs for c in (e.get("pruned", 0), e.get("grown", 0)) if c)
+        if counts and counts[-1] > 50 * counts[len(counts) // 2]:
+            # one large edit (a jump to the target) would flatten the many small ones: log scale
+            ax.set_yscale("symlog", linthresh=1)
+            ax.set_ylabel("synapses per update (log scale above 1)")
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no controller updates", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("training step (controller update)")
-    ax.set_ylabel("synapses per update")
+    if ax.get_yscale() == "linear":
+        ax.set_ylabel("synapses per update")
     ax.set_title("pruned and grown synapses per update")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()

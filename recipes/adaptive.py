@@ -377,6 +377,9 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
     kw = dict(passes=float(cfg.epochs), ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
               estimator=cfg.estimator, window=cfg.update_every, seed=cfg.seed,
               progress=cfg.progress and accelerator.is_local_main_process, checkpoint=ckpt)
+    # held-out evaluations as in train mode: every --eval_every steps, else every epoch (in updates)
+    window = max(1, int(cfg.update_every or 1))
+    kw["eval_every"] = max(1, (cfg.eval_every or len(train_dl)) // window)
     kw.update(cfg.mask_only_kw)
     t0 = time.time()
     with accelerator.autocast():  # --mixed_precision: the passes run under autocast, weights stay exact

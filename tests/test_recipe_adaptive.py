@@ -283,3 +283,17 @@ def test_mask_only_mode_resumes_after_its_last_target(tmp_path, capsys):
         R.main(base[:5] + ["0.5"] + base[6:] + ["--resume", "latest"])
     err = capsys.readouterr().err
     assert "was written by another run; it differs in targets" in err and "Traceback" not in err
+
+
+def test_mask_only_mode_scores_the_holdout_every_epoch_or_every_eval_every_steps(tmp_path):
+    """Held-out evaluations as in train mode: every epoch by default (the last one is the target's
+    end), every --eval_every steps when given."""
+    base = ["--mode", "mask_only", "--target", "0.3", "--epochs", "3", "--update_every", "1", "--threads", "1",
+            "--progress", "false", "--figures", "false"]
+    res = R.main(base + ["--output_dir", str(tmp_path / "epochs")])
+    steps_per_epoch = res.state.step // 3
+    held = [r for r in read_metrics_csv(tmp_path / "epochs" / "metrics.csv") if r["split"] == "holdout"]
+    assert [int(r["step"]) for r in held] == [steps_per_epoch, 2 * steps_per_epoch, 3 * steps_per_epoch]
+    res = R.main(base + ["--output_dir", str(tmp_path / "every"), "--eval_every", "4"])
+    held = [r for r in read_metrics_csv(tmp_path / "every" / "metrics.csv") if r["split"] == "holdout"]
+    assert [int(r["step"]) for r in held] == list(range(4, res.state.step, 4)) + [res.state.step]
