@@ -67,8 +67,9 @@ def set_rng_states(state: Dict[str, object], loader=None) -> None:
     npy = state["numpy"]
     np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
                          npy["cached"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # as many devices as both machines have
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
     if loader is not None:
         gens = _generators(loader)
         if len(gens) != len(state["generators"]):
