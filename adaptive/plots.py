@@ -17,6 +17,19 @@ SPLIT_STYLE = {"train": dict(marker="", lw=1.0, alpha=0.8), "holdout": dict(mark
                "test": dict(marker="s", ms=6, ls="none")}
 
 
+def boundary_scale(ax, values) -> None:
+    """A y-scale for edit boundaries: linear where they are all of one sign within two decades
+    (presence values, magnitudes), symmetric-log where they cross zero or span decades (loss-change
+    estimates)."""
+    vals = [abs(v) for v in values if v != 0]
+    if not vals:
+        return
+    one_sign = all(v > 0 for v in values) or all(v < 0 for v in values)
+    if one_sign and max(vals) / min(vals) < 100:
+        return
+    ax.set_yscale("symlog", linthresh=max(min(vals), 1e-12))
+
+
 def _pyplot():
     import matplotlib
 

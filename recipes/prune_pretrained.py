@@ -40,6 +40,7 @@ from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.mask_only import changed_weights, evaluate, optimize_connectome  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
+from adaptive.plots import boundary_scale  # noqa: E402
 from adaptive.training import evaluate as evaluate_sharded  # noqa: E402
 
 DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None, remove=["best"],
@@ -153,18 +154,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return argparse.Namespace(**cfg)
 
 
-def _boundary_scale(ax, values) -> None:
-    """Linear where the boundaries are all of one sign within two decades (presence values, magnitudes);
-    symmetric-log where they cross zero or span decades (loss-change estimates)."""
-    vals = [abs(v) for v in values if v != 0]
-    if not vals:
-        return
-    one_sign = all(v > 0 for v in values) or all(v < 0 for v in values)
-    if one_sign and max(vals) / min(vals) < 100:
-        return
-    ax.set_yscale("symlog", linthresh=max(min(vals), 1e-12))
-
-
 def _plot(history, snapshots_rows, events, path):
     import matplotlib
 
@@ -209,7 +198,7 @@ def _plot(history, snapshots_rows, events, path):
     if pb:
         ax.plot(*zip(*pb), ".", ms=1.5, color="tab:red", label="prune boundary (removal cost of the last pruned)")
     if rb or pb:
-        _boundary_scale(ax, [v for _, v in rb + pb])
+        boundary_scale(ax, [v for _, v in rb + pb])
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no edits logged", ha="center", va="center", transform=ax.transAxes)

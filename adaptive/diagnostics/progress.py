@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+from ..plots import boundary_scale
 from .table import Table, pyplot, save_figure
 
 
@@ -131,14 +132,12 @@ class Progress:
         for i, (k, pts) in enumerate(sorted(series.items())):
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=2, label=k)
         if series:
-            vals = [abs(p[1]) for pts in series.values() for p in pts if p[1] != 0]
-            if vals and max(vals) / max(min(vals), 1e-300) > 1e3:
-                ax.set_yscale("symlog", linthresh=min(vals))
+            boundary_scale(ax, [p[1] for pts in series.values() for p in pts])
             ax.legend(fontsize=7)
         else:
             ax.text(0.5, 0.5, "no boundaries logged", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("step")
-        ax.set_ylabel("utility boundary (expected loss change)")
+        ax.set_ylabel("edit boundary (estimator value; loss change only for loss models)")
         ax.set_title("boundaries over time", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax = axes[1, 1]

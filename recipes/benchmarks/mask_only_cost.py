@@ -113,14 +113,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.batches < 3:
         raise SystemExit("mask_only_cost.py: error: --batches must be >= 3 (medians skip the first batch)")
+    if args.rounds < 1:
+        raise SystemExit("mask_only_cost.py: error: --rounds must be >= 1")
     torch.manual_seed(0)
     rows = [
         bench("resnet20 (CIFAR)", build_model("resnet20"), (128, 3, 32, 32), 10, args.batches, 0.5, args.rounds),
         bench("mobilenet_v3_large (ImageNet)", torchvision.models.mobilenet_v3_large(),
               (args.mobilenet_batch, 3, 224, 224), 1000, args.batches, 1_030_000, args.rounds),
     ]
-    if args.rounds < 1:
-        raise SystemExit("mask_only_cost.py: error: --rounds must be >= 1")
     lines = ["| model | synapses | batch | bare fwd+bwd (s/batch) | ours (s/batch) | ours / bare (range) | "
              "edge-popup (s/batch) | edge-popup / bare (range) | ours' first update (s) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
