@@ -34,6 +34,7 @@ ap.add_argument("--sam", type=float, default=0.0, help="sharpness-aware: score g
 ap.add_argument("--over", type=float, default=0.0, help="overshoot: remove this multiple of the target (at most 0.9) first, then restore down to the target")
 ap.add_argument("--over_until", type=float, default=0.3, help="fraction of the stage spent at the overshoot")
 ap.add_argument("--over_back", type=float, default=0.7, help="fraction of the stage by which the target is reached again (linear)")
+ap.add_argument("--mixup", type=float, default=0.0, help="mixup of the train batches with this Beta(alpha, alpha) (0: off)")
 ap.add_argument("--olr", type=float, default=0.01, help="Adam step of the offsets")
 a = ap.parse_args()
 tl, hl, dl, fresh = setup(a.model, a.seed, bs=a.bs)
@@ -105,6 +106,14 @@ for t in [float(x) for x in a.targets.split(",")]:
             w = 1.0 if u <= a.over_until else max(0.0, (a.over_back - u) / max(1e-9, a.over_back - a.over_until))
             k = int(round(keep + (k_over - keep) * w))
         x, y = next(it)
+        if a.mixup > 0:
+            lm = float(torch.distributions.Beta(a.mixup, a.mixup).sample())
+            pi = torch.randperm(x.shape[0])
+            x = lm * x + (1 - lm) * x[pi]
+            y2 = y[pi]
+        def _ce(out):
+            l = F.cross_entropy(out, y, label_smoothing=a.ls)
+            return l if a.mixup <= 0 else lm * l + (1 - lm) * F.cross_entropy(out, y2, label_smoothing=a.ls)
         for _r in range(a.reuse):
             if a.noise > 0:
                 nz = {}
@@ -115,13 +124,13 @@ for t in [float(x) for x in a.targets.split(",")]:
             else:
                 conn.set_masks(topk(scores, k))
             for p in conn.params.values(): p.grad = None
-            loss = F.cross_entropy(model(x), y, label_smoothing=a.ls); loss.backward(); tr_loss += float(loss) / a.reuse
+            loss = _ce(model(x)); loss.backward(); tr_loss += float(loss.detach()) / a.reuse
             if a.sam > 0:
                 with torch.no_grad():
                     gm = {n: p.grad * conn.masks[n] for n, p in conn.params.items()}
                     nrm = torch.sqrt(sum(g.pow(2).sum() for g in gm.values())).clamp_min(1e-12)
                     for n, p in conn.params.items(): p.add_(gm[n], alpha=a.sam / float(nrm)); p.grad = None
-                F.cross_entropy(model(x), y, label_smoothing=a.ls).backward()
+                _ce(model(x)).backward()
                 conn.apply()
             with torch.no_grad():
                 for n, v in scores.items():
