@@ -53,6 +53,13 @@ class Connectome:
             raise ValueError(f"unknown mode {mode!r}: use 'train' or 'mask_only'")
         self.granularity = get_granularity(ensemble)
         found = discover(model, include, exclude)
+        meta = [n for n, (_, p) in found.items() if p.is_meta]
+        if meta:
+            raise ValueError(
+                f"{len(meta)} weight(s) are on the 'meta' device and hold no values ({', '.join(meta[:3])}"
+                f"{', ...' if len(meta) > 3 else ''}): materialise the model first, e.g. model.to_empty(device='cpu') "
+                "and then load or initialise its weights, and build the Connectome on it"
+            )
         self.model = model
         self.mode = mode
         self.layers: Dict[str, SynapseLayer] = {n: l for n, (l, _) in found.items()}
@@ -152,6 +159,8 @@ class Connectome:
                 raise TypeError(f"mask for {k!r} must be a torch.Tensor, got {type(m).__name__}")
             if m.dtype != torch.bool:
                 raise TypeError(f"mask for {k!r} must have dtype torch.bool, got {m.dtype}; use mask.bool() or mask > 0")
+            if m.is_meta:
+                raise ValueError(f"mask for {k!r} is on the 'meta' device and holds no values: build it on a real device")
             if tuple(m.shape) != tuple(self.masks[k].shape):
                 raise ValueError(
                     f"mask for {k!r} has shape {tuple(m.shape)} but the weight has shape {tuple(self.masks[k].shape)}"
@@ -475,7 +484,7 @@ class Connectome:
             packed = {n: f.get_tensor(f"mask/{n}") for n in shapes}
             keys = set(f.keys())
             original = {n: f.get_tensor(f"original/{n}") for n in shapes if f"original/{n}" in keys}
-        params = dict(model.named_parameters())
+        params = dict(model.named_parameters(remove_duplicate=False))  # a tied weight under every name
         for n, s in shapes.items():
             if n not in params:
                 raise KeyError(f"the saved connectome has a layer {n!r} that the model does not have")

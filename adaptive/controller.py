@@ -151,6 +151,14 @@ class Controller:
         unused = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p) for n in conn.names)]
         if unused:
             raise ValueError(f"protect pattern(s) {unused} matched no layer of the connectome: known layers are {conn.names[:5]}...")
+        if conn.mode == "train" and self.policy.grow_by is not None:
+            frozen = [n for n in conn.names if n not in self.protected and not conn.params[n].requires_grad]
+            if frozen:
+                raise ValueError(
+                    f"layer(s) {frozen[:3]}{' ...' if len(frozen) > 3 else ''} are frozen (requires_grad=False): synapses "
+                    f"that policy {self.policy.name!r} grows there would stay 0.0 forever while counted live; leave them "
+                    "out of the Connectome (exclude=...) or keep their connectome fixed (protect=...)"
+                )
         self.init = init or ("magnitude" if conn.mode == "mask_only" else "random")
         self.window = window
         self.batch_size = batch_size

@@ -2,7 +2,9 @@
 
 A synapse is one scalar weight of a Linear or Conv1d/2d/3d layer (grouped and depthwise
 included). Biases, normalisation parameters and embeddings are not synapses. A weight shared by
-several modules is one set of synapses, reported under the first name PyTorch gives it.
+several modules is one set of synapses (one mask, so the modules can never be pruned apart),
+reported under the name of the first prunable module that holds it; ``include``/``exclude``
+patterns see every name it has, so excluding any module that holds a tied weight leaves it dense.
 """
 from __future__ import annotations
 
@@ -78,6 +80,7 @@ def discover(
     candidates = 0
     used_inc: set[str] = set()
     computed = []  # layers whose weight a parametrization computes (weight_norm, spectral_norm, ...)
+    aliases = _aliases(model)
     for mname, module in model.named_modules():
         if not isinstance(module, PRUNABLE_TYPES):
             continue
@@ -96,12 +99,13 @@ def discover(
         seen.add(id(w))
         candidates += 1
         pname = f"{mname}.weight" if mname else "weight"
+        names = aliases.get(id(w), (mname, pname))  # a tied weight answers to every name it has
         if inc:
-            hit = [p for p in inc if _matches([p], mname, pname)]
+            hit = [p for p in inc if _matches([p], *names)]
             if not hit:
                 continue
             used_inc.update(hit)
-        if exc and _matches(exc, mname, pname):
+        if exc and _matches(exc, *names):
             continue
         kind = "linear" if isinstance(module, nn.Linear) else f"conv{w.dim() - 2}d"
         layer = SynapseLayer(
@@ -130,6 +134,16 @@ def discover(
             f"include={list(inc)} / exclude={list(exc)} left no prunable layer of the {candidates} found"
         )
     return found
+
+
+def _aliases(model: nn.Module) -> Dict[int, tuple]:
+    """Map ``id(parameter)`` to every module name and parameter name under which ``model`` holds it
+    (a weight tied between a Linear and an Embedding, or between two Linears, has several)."""
+    out: Dict[int, list] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for pn, p in module.named_parameters(recurse=False):
+            out.setdefault(id(p), []).extend((mname, f"{mname}.{pn}" if mname else pn))
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def state_dict_keys(model: nn.Module) -> Dict[int, list[str]]:

@@ -155,6 +155,16 @@ def _shuffled(loader, seed: int):
                                        collate_fn=loader.collate_fn, num_workers=0)
 
 
+def _logits(out, model: nn.Module) -> torch.Tensor:
+    """``out`` when it is the logits tensor mask-only optimisation needs; a clear error otherwise."""
+    if not torch.is_tensor(out):
+        raise TypeError(
+            f"mask-only optimisation needs a model that returns a logits tensor; {type(model).__name__} returned "
+            f"a {type(out).__name__}: wrap it in a module whose forward returns the logits"
+        )
+    return out
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_entropy) -> tuple:
     """Mean loss and accuracy of ``model`` in evaluation mode (its mode is given back after) over
@@ -168,7 +178,7 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
     try:
         for batch in batches:
             x, y = _to_device(batch, device)
-            out = model(x)
+            out = _logits(model(x), model)
             loss_sum += float(loss_fn(out, y, reduction="sum"))
             correct += int((out.argmax(1) == y).sum())
             n += int(y.numel())
@@ -382,7 +392,7 @@ def optimize_connectome(
                 x, y = _to_device(next(train_iter), device)
                 for p in conn.params.values():
                     p.grad = None
-                out = model(x)
+                out = _logits(model(x), model)
                 loss = loss_fn(out, y)
                 loss.backward()
                 ctrl.observe()

@@ -20,11 +20,13 @@ with its source. An item can go when each of its readers can do without it:
 
 Constants are found by a probe run in which inputs are NaN: NaN spreads through every op that
 depends on data, a unit with no live input (or whose live inputs are exact zeros) emits its bias,
-and whatever stays finite and uniform is a constant. Items of inputs, outputs, grouped convolutions
-and ops the compactor does not understand are kept; a depthwise convolution (groups == channels) keeps
-or drops input channel ``c`` together with output channel ``c`` and its filter, other grouped
-convolutions keep all their channels. The result is checked against the masked model
-on the example input and a second random input; a mismatch raises instead of returning a wrong model.
+and whatever stays finite and uniform is a constant (integer inputs such as token ids are data, and
+so is every float made from them). Items of inputs, outputs, grouped convolutions, ops the
+compactor does not understand and layers whose weight is tied to another module's are kept; a
+depthwise convolution (groups == channels) keeps or drops input channel ``c`` together with output
+channel ``c`` and its filter, other grouped convolutions keep all their channels. The result is
+checked against the masked model on the example input and a second random input; a mismatch
+raises instead of returning a wrong model.
 """
 from __future__ import annotations
 
@@ -84,7 +86,17 @@ class _Probe(fx.Interpreter):
 
     def placeholder(self, target, args, kwargs):
         real = super().placeholder(target, args, kwargs)
-        return torch.full_like(real, float("nan")) if isinstance(real, torch.Tensor) else real
+        # integer inputs (token ids) cannot hold NaN: they pass as they are, see run_node
+        return torch.full_like(real, float("nan")) if isinstance(real, torch.Tensor) and real.is_floating_point() else real
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if n.op != "placeholder" and isinstance(out, torch.Tensor) and out.is_floating_point():
+            ins = [self.env.get(a) for a in n.all_input_nodes]
+            if ins and not any(isinstance(t, torch.Tensor) and t.is_floating_point() for t in ins):
+                # floats made from integer data (an embedding lookup, one_hot(x).float()) depend on it
+                return torch.full_like(out, float("nan"))
+        return out
 
     def call_module(self, target, args, kwargs):
         m = self.mods[target]
@@ -111,6 +123,8 @@ class _Probe(fx.Interpreter):
 def _channel_consts(t: torch.Tensor) -> torch.Tensor:
     """Per channel (axis 1): its value when finite and uniform, else NaN."""
     c = t.shape[1]
+    if not t.is_floating_point():  # integer data (token ids) is input, never a constant
+        return torch.full((c,), float("nan"))
     flat = t.transpose(0, 1).reshape(c, -1)
     first = flat[:, 0]
     ok = torch.isfinite(first) & (flat == first[:, None]).all(1)
@@ -256,6 +270,11 @@ def _plan(gm: fx.GraphModule, env, align: int = 1) -> dict:
     for n in gm.graph.nodes:
         if n.op == "call_module":
             calls[n.target] = calls.get(n.target, 0) + 1
+    owners: Dict[int, set] = {}
+    for mn, m in gm.named_modules(remove_duplicate=False):
+        for p in m.parameters(recurse=False):
+            owners.setdefault(id(p), set()).add(mn)
+    tied = {mn for names in owners.values() if len(names) > 1 for mn in names}  # weight tying
     weighted_inputs = {}  # node -> weighted consumer nodes
     for n in gm.graph.nodes:
         out = env.get(n)
@@ -267,7 +286,7 @@ def _plan(gm: fx.GraphModule, env, align: int = 1) -> dict:
             for a in args:
                 items.pin(a)
             continue
-        if _stateful(module) and calls[n.target] > 1:  # one set of parameters cannot be sliced two ways
+        if _stateful(module) and (calls[n.target] > 1 or n.target in tied):  # one set of parameters cannot be sliced two ways
             cat = "pinned"
         if cat == "weighted":
             if _depthwise(module) and args:  # channel c in <-> c out: one class, the filter goes with it
@@ -524,15 +543,30 @@ def _shrink_bn(m: _BN, k: torch.Tensor) -> _BN:
     return new
 
 
+def _tensor_leaves(out) -> list:
+    """The tensors of a model output: a tensor, or (nested) dicts, lists and tuples of them."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensor_leaves(o)]
+    return []
+
+
 @torch.no_grad()
 def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
-    xs = [x, torch.randn_like(x) if isinstance(x, torch.Tensor) else x]
+    x2 = x
+    if isinstance(x, torch.Tensor):  # a second input: random floats, or the ids (tokens) shuffled
+        x2 = torch.randn_like(x) if x.is_floating_point() else x.flatten()[torch.randperm(x.numel())].view_as(x)
+    xs = [x, x2]
     worst = 0.0
     for xi in xs:
-        a, b = ref(xi), gm(xi)
-        diff = float((a - b).abs().max())
+        ra, rb = ref(xi), gm(xi)  # a tensor, or a dict / tuple of them
+        pairs = [(a, b) for a, b in zip(_tensor_leaves(ra), _tensor_leaves(rb))]
+        diff = max(float((a - b).abs().max()) for a, b in pairs) if pairs else 0.0
         worst = max(worst, diff)
-        if not torch.allclose(a, b, atol=atol, rtol=rtol):
+        if not all(torch.allclose(a, b, atol=atol, rtol=rtol) for a, b in pairs):
             raise RuntimeError(
                 f"compaction changed the outputs (max abs diff {diff:.3g} > atol {atol}); please report this model. "
                 f"Pass verify=False to get the model anyway."

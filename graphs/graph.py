@@ -78,18 +78,28 @@ class ConnectomeGraph:
 
 
 # ------------------------------------------------------------------------------------ helpers
+def _conn_name(conn, model: nn.Module, layer: LayerFlow) -> Optional[str]:
+    """The connectome's name for ``layer``'s weight: its own name or, for a weight tied to another
+    module's (the connectome keeps it once, under that module's name), the name it is kept under."""
+    if conn is None or layer.param in conn.masks:
+        return layer.param
+    w = model.get_submodule(layer.module).weight
+    return next((n for n, p in conn.params.items() if p is w), layer.param)
+
+
 def _weight_and_mask(conn, model: nn.Module, layer: LayerFlow):
     w = model.get_submodule(layer.module).weight.detach()
-    m = conn.masks.get(layer.param) if conn is not None else None
+    m = conn.masks.get(_conn_name(conn, model, layer)) if conn is not None else None
     if m is None:
         m = torch.ones(w.shape, dtype=torch.bool)
     return w.float().cpu(), m.cpu()
 
 
-def _utility_for(utility, conn, layer: LayerFlow, shape) -> Optional[torch.Tensor]:
-    if not utility or layer.param not in utility:
+def _utility_for(utility, conn, layer: LayerFlow, shape, model=None) -> Optional[torch.Tensor]:
+    name = layer.param if model is None else _conn_name(conn, model, layer)
+    if not utility or name not in utility:
         return None
-    u = utility[layer.param].detach().float().cpu()
+    u = utility[name].detach().float().cpu()
     if tuple(u.shape) == tuple(shape):
         return u
     if conn is not None:
@@ -192,7 +202,7 @@ def build(
     tr = traced if traced is not None else trace(model, example_input, input_nodes)
     notes = []
     if conn is not None:
-        seen = {l.param for l in tr.layers}
+        seen = {_conn_name(conn, model, l) for l in tr.layers}
         missing = [n for n in conn.masks if n not in seen]
         if missing:
             msg = (f"graphs: {len(missing)} connectome layer(s) are not on the traced data path and are left out of "
@@ -223,7 +233,7 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
         if g.kind == "layer":
             layer = tr.layers[g.layer]
             w, m = _weight_and_mask(conn, model, layer)
-            u = _utility_for(utility, conn, layer, w.shape)
+            u = _utility_for(utility, conn, layer, w.shape, model)
             total_live += int(m.sum())
             fn = _unit_edges if level == "unit" else _synapse_edges
             s, d, cols = fn(layer, g.start, w, m, u)

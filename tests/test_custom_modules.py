@@ -1,0 +1,197 @@
+"""Custom architectures through the public API: weight tying, the meta device, integer (token)
+inputs and non-tensor outputs, in the connectome, the graph and compaction."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import adaptive
+import graphs
+
+
+class TiedHead(nn.Module):
+    """A language-model head tied to the embedding (same tensor, two modules)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 16)
+        self.mid = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 10, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.head(F.relu(self.mid(self.emb(x).mean(1))))
+
+
+class TiedLinears(nn.Module):
+    """Two Linear layers sharing one weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(12, 12)
+        self.b = nn.Linear(12, 12)
+        self.b.weight = self.a.weight
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.b(F.relu(self.a(x)))))
+
+
+class Tokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.a = nn.Linear(16, 16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.a(self.emb(x).mean(1))))
+
+
+class DictOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(12, 16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        return {"logits": self.fc(h), "feat": h}
+
+
+def _half(conn, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    conn.set_masks({n: torch.rand(m.shape, generator=g) < 0.5 for n, m in conn.masks.items()})
+
+
+def test_tied_embedding_head_saves_and_loads(tmp_path):
+    torch.manual_seed(0)
+    model = TiedHead()
+    conn = adaptive.Connectome(model)
+    _half(conn)
+    conn.save(tmp_path / "c.safetensors")
+    # the saved name of the tied weight ("head.weight") is not the first name PyTorch gives it
+    back = adaptive.Connectome.load(tmp_path / "c.safetensors", model)
+    assert back.mask_hash() == conn.mask_hash()
+    sd = conn.dense_state_dict()
+    assert torch.equal(sd["emb.weight"], sd["head.weight"])  # both names of the tied tensor masked alike
+
+
+def test_tied_weight_answers_to_every_name_in_include_exclude():
+    kept = adaptive.Connectome(TiedLinears(), include="b")
+    assert kept.names == ["a.weight"]  # b holds a's weight: selecting b selects it
+    assert adaptive.Connectome(TiedLinears(), exclude="b").names == ["fc.weight"]  # b's weight left dense
+    assert adaptive.Connectome(TiedHead(), exclude="emb").names == ["mid.weight"]  # embedding untouched
+
+
+def test_meta_device_model_is_refused_up_front():
+    with torch.device("meta"):
+        model = TiedLinears()
+    with pytest.raises(ValueError, match="meta.*to_empty"):
+        adaptive.Connectome(model)
+
+
+def test_meta_mask_is_refused_and_nothing_changes():
+    model = TiedLinears()
+    conn = adaptive.Connectome(model)
+    before = conn.mask_hash()
+    bad = {"a.weight": torch.zeros(12, 12, dtype=torch.bool), "fc.weight": torch.ones(10, 12, dtype=torch.bool, device="meta")}
+    with pytest.raises(ValueError, match="meta"):
+        conn.set_masks(bad)
+    assert conn.mask_hash() == before
+
+
+def test_graph_of_tied_linears_reads_the_shared_mask():
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(TiedLinears())
+    _half(conn)
+    g = graphs.build(conn, level="unit", example_input=torch.randn(2, 12))
+    dens = graphs.density_per_layer(g)
+    expect = conn.layer_density()["a.weight"]
+    assert dens["a"] == pytest.approx(expect) and dens["b"] == pytest.approx(expect)
+
+
+def test_compact_takes_token_inputs():
+    torch.manual_seed(0)
+    model = Tokens().eval()
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"a.weight": torch.arange(16) % 2 == 0})  # half of a's units have no input
+    x = torch.randint(0, 50, (4, 5))
+    small = graphs.compact(model, conn, x)
+    assert small.compaction["params_after"] < small.compaction["params_before"]
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x))
+
+
+def test_compact_keeps_a_tied_weight_tied():
+    torch.manual_seed(0)
+    model = TiedHead().eval()
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"mid.weight": torch.arange(16) % 3 != 0, "head.weight": torch.ones(10, dtype=torch.bool)})
+    x = torch.randint(0, 10, (4, 5))
+    small = graphs.compact(model, conn, x)
+    assert small.compaction["params_after"] <= small.compaction["params_before"]
+    assert small.head.weight is small.emb.weight
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x))
+
+
+def test_compact_verifies_dict_outputs():
+    torch.manual_seed(0)
+    model = DictOut().eval()
+    conn = adaptive.Connectome(model)
+    _half(conn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = graphs.compact(model, conn, torch.randn(4, 12))
+    assert small.compaction["max_abs_diff"] <= 1e-5
+
+
+def test_compact_does_not_slice_tied_linears_apart():
+    torch.manual_seed(0)
+    model = TiedLinears().eval()
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"a.weight": torch.arange(12) % 3 != 0, "fc.weight": torch.ones(10, dtype=torch.bool)})
+    x = torch.randn(4, 12)
+    small = graphs.compact(model, conn, x)
+    assert small.b.weight is small.a.weight  # one tensor, one shape: a and b cannot lose different units
+    assert small.compaction["params_after"] <= small.compaction["params_before"]
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x))
+
+
+def test_growing_into_a_frozen_layer_is_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 64))
+    model[0].weight.requires_grad_(False)
+    conn = adaptive.Connectome(model)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with pytest.raises(ValueError, match=r"frozen \(requires_grad=False\).*exclude=.*protect="):
+        adaptive.Controller(conn, opt, policy="rigl", density=0.3, update_every=5, end_step=50)
+    assert all(bool(m.all()) for m in conn.masks.values())  # refused before any edit
+    # protecting the frozen layer (or a policy that never grows) is fine
+    adaptive.Controller(conn, opt, policy="rigl", density=0.3, update_every=5, end_step=50, protect="0")
+    adaptive.Controller(adaptive.Connectome(model), opt, policy="gmp", density=0.3, update_every=5, end_step=50)
+
+
+class LogitsInDict(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return {"logits": self.fc(x)}
+
+
+def test_mask_only_names_a_model_that_returns_a_dict():
+    torch.manual_seed(0)
+    model = LogitsInDict()
+    before = model.fc.weight.clone()
+    data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(3)]
+    with pytest.raises(TypeError, match="returns the logits.*|returned a dict: wrap it"):
+        adaptive.optimize_connectome(model, data, data, target=0.2, progress=False)
+    assert torch.equal(model.fc.weight, before)
+    with pytest.raises(TypeError, match="returned a dict"):
+        adaptive.mask_only.evaluate(model, data)
