@@ -48,6 +48,7 @@ from .connectome import Connectome
 from .distributed import all_reduce_mean_, check_masks_agree, is_distributed
 from .controller import Controller
 from .data.cycle import LoaderCycle
+from .ensembles import get_granularity
 
 Target = Union[int, float, str]
 
@@ -284,6 +285,12 @@ def optimize_connectome(
     if n_train == 0:
         raise ValueError("the train loader needs a length (len(loader)) to schedule passes")
 
+    nm = getattr(get_granularity(ensemble), "density", None)
+    if nm is not None:
+        raise ValueError(
+            f"ensemble {ensemble!r} fixes the density at {nm:g} in every group, so no removal target can be "
+            "reached by removing and restoring synapses: use 'synapse', 'kernel', 'neuron' or 'block:RxC'"
+        )
     conn = Connectome(model, ensemble=ensemble, include=include, exclude=exclude, mode="mask_only")
     total = conn.num_synapses()
     resolved = [(_label(t), resolve_target(t, total)) for t in targets]

@@ -195,3 +195,10 @@ def test_mask_only_names_a_model_that_returns_a_dict():
     assert torch.equal(model.fc.weight, before)
     with pytest.raises(TypeError, match="returned a dict"):
         adaptive.mask_only.evaluate(model, data)
+
+
+def test_mask_only_refuses_a_fixed_density_ensemble():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    data = [(torch.randn(4, 8), torch.randint(0, 3, (4,)))]
+    with pytest.raises(ValueError, match="'2:4' fixes the density at 0.5.*use 'synapse'"):
+        adaptive.optimize_connectome(model, data, data, target=0.2, ensemble="2:4", progress=False)
