@@ -36,16 +36,42 @@ class CheckpointMismatchError(ValueError):
 
 def begin(path, resume: bool) -> Optional[str]:
     """What a recipe does with its checkpoint ``path`` before a run: with ``resume`` it must exist
-    (FileNotFoundError otherwise); without, an earlier one is deleted (first process) so the run
-    starts afresh, and the message saying so is returned. Callers wait for every process after."""
+    (FileNotFoundError otherwise); without, an earlier one is set aside (first process) so the run
+    starts afresh, and the message saying so is returned. Call :func:`settle` when the run ends or
+    fails: the earlier checkpoint is dropped once this run has recorded a stage of its own, and put
+    back if it has not (bad input refused before any work must not cost the earlier run its
+    checkpoint). Callers wait for every process after."""
     path = Path(path)
+    earlier = _set_aside(path)
+    if resume and not path.is_file() and earlier.is_file():
+        if rank() == 0:  # a fresh run killed before its first stage left the earlier run's record aside
+            os.replace(earlier, path)
+        return None
     if resume and not path.is_file():
         raise FileNotFoundError(f"--resume: no {path.name} in {path.parent} to continue; run without --resume to start")
     if not resume and path.is_file():
         if rank() == 0:
-            path.unlink()
-        return f"starting afresh: {path} of an earlier run is replaced (--resume continues it)"
+            os.replace(path, earlier)
+        return (f"starting afresh: {path} of an earlier run is replaced once this run records its first stage "
+                "(--resume continues it)")
     return None
+
+
+def settle(path) -> None:
+    """After a run that :func:`begin` started afresh, finished or failed: the earlier run's
+    checkpoint is dropped when this run recorded a stage of its own, else put back (first process)."""
+    path = Path(path)
+    earlier = _set_aside(path)
+    if rank() != 0 or not earlier.is_file():
+        return
+    if path.is_file():
+        earlier.unlink()
+    else:
+        os.replace(earlier, path)
+
+
+def _set_aside(path: Path) -> Path:
+    return path.with_name(path.name + ".earlier")
 
 
 def weights_checksum(original: Dict[str, torch.Tensor]) -> List[float]:

@@ -130,10 +130,29 @@ class RunConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        if self.target is not None:
+            if self.mode != "mask_only":
+                raise ConfigError("target (synapses to remove) applies to mode mask_only; in train mode --density "
+                                  "sets the fraction of live synapses")
+            _check_target(self.target)
         if self.mode == "mask_only" and self.checkpoint_every:
             raise ConfigError("mode mask_only checkpoints after every target on its own "
                               f"({MASK_ONLY_CHECKPOINT} in the run folder): drop --checkpoint_every")
         _check_names(self)
+
+
+def _check_target(target) -> None:
+    """A mask_only target is 'best', a fraction in [0, 1) or a count >= 0 (checked against the model later)."""
+    t = target
+    if isinstance(t, str) and t != "best":
+        try:
+            t = float(t) if any(c in t for c in ".eE") else int(t)
+        except ValueError:
+            raise ConfigError(f"target '{target}': give a fraction in [0, 1), a count of synapses or 'best'") from None
+    if isinstance(t, float) and not 0.0 <= t < 1.0:
+        raise ConfigError(f"target fraction {t} must be in [0, 1)")
+    if isinstance(t, int) and t < 0:
+        raise ConfigError(f"target {t}: a count of synapses to remove cannot be negative")
 
 
 def _check_names(cfg: "RunConfig") -> None:
@@ -245,9 +264,8 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
         resume_from = find_checkpoint(cfg.resume, output_dir)
         output_dir = output_dir or str(run_dir_of(resume_from))
     output_dir = Path(output_dir or _broadcast_str(accelerator, default_output_dir()))
-    if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output_dir / "config.yaml")
+    if cfg.resume:
+        _check_resumed_config(cfg, output_dir)
     set_seed(cfg.seed)
 
     loaders = get_dataloaders(cfg)
@@ -267,11 +285,17 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     lr_scheduler = cosine_schedule(optimizer, total_steps, cfg.warmup_steps, cfg.lr_schedule)
     conn = build_connectome(cfg, accelerator.unwrap_model(model))
     ctrl = build_controller(cfg, conn, optimizer, total_steps)
+    _save_config(accelerator, cfg, output_dir)  # only now: a refused command leaves an earlier run's config alone
     state = TrainState()
     # The registration order is part of the checkpoint format: custom_checkpoint_0..3.
     accelerator.register_for_checkpointing(conn, ctrl, state, lr_scheduler)
     if resume_from is not None:
-        load_checkpoint(accelerator, resume_from, optimizer)
+        try:
+            load_checkpoint(accelerator, resume_from, optimizer)
+        except Exception as e:  # a truncated or foreign file: name the folder, not a deserializer's internals
+            raise CheckpointError(
+                f"checkpoint {resume_from} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"resume from an earlier one (--resume {resume_from.parent}/step_N) or run without --resume") from e
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
 
     accelerator.print(
@@ -340,6 +364,43 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
 
 MASK_ONLY_CHECKPOINT = "mask_only_checkpoint.pt"
 
+# options that may differ between a run and its resumption: where and how it is shown, not what it computes
+_RESUME_MAY_CHANGE = {"resume", "output_dir", "data_dir", "progress", "figures", "threads", "num_workers",
+                      "log_every", "keep_checkpoints", "checkpoint_every"}
+# mask_only: what the stage checkpoint's own fingerprint compares (and names) when it is loaded
+_MASK_ONLY_FINGERPRINTED = {"target", "density", "epochs", "estimator", "update_every", "ensemble", "include",
+                            "exclude", "seed", "mask_only_kw"}
+
+
+def _save_config(accelerator, cfg: RunConfig, output_dir: Path) -> None:
+    """config.yaml, written once the settings have been accepted (data, model, controller built)."""
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.yaml")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot continue this run (unreadable, or written with other settings)."""
+
+
+def _check_resumed_config(cfg: RunConfig, output_dir: Path) -> None:
+    """Refuse, before any work, to resume a run with settings other than the ones in its config.yaml:
+    the checkpoint's controller, schedule and weights would silently override them."""
+    from adaptive.config import to_dict
+    import yaml
+
+    path = Path(output_dir) / "config.yaml"
+    if not path.is_file():
+        return  # a run folder without its config (copied checkpoints): nothing to compare
+    with open(path) as f:
+        saved = yaml.safe_load(f) or {}
+    now = to_dict(cfg)
+    free = _RESUME_MAY_CHANGE | (_MASK_ONLY_FINGERPRINTED if cfg.mode == "mask_only" else set())
+    diff = [f"{k}: run {saved[k]!r}, now {now[k]!r}" for k in now if k in saved and k not in free and saved[k] != now[k]]
+    if diff:
+        raise CheckpointError(f"--resume: {path} records other settings ({'; '.join(diff)}); resume with the run's "
+                              "settings, or run without --resume into another --output_dir to start afresh")
+
 
 def _mask_only_run_dir(resume: str, output_dir) -> Path:
     """The run folder whose mask-only stage checkpoint ``--resume`` names (``latest``: --output_dir)."""
@@ -381,9 +442,21 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
     window = max(1, int(cfg.update_every or 1))
     kw["eval_every"] = max(1, (cfg.eval_every or len(train_dl)) // window)
     kw.update(cfg.mask_only_kw)
+    saved = []
+
+    def save_config_once(record):  # the first record comes after optimize_connectome has checked its settings
+        if not saved:
+            _save_config(accelerator, cfg, output_dir)
+            saved.append(True)
+
+    kw["callback"] = save_config_once
     t0 = time.time()
-    with accelerator.autocast():  # --mixed_precision: the passes run under autocast, weights stay exact
-        result = optimize_connectome(model, train_dl, holdout_dl, target, **kw)
+    try:
+        with accelerator.autocast():  # --mixed_precision: the passes run under autocast, weights stay exact
+            result = optimize_connectome(model, train_dl, holdout_dl, target, **kw)
+    finally:  # an earlier run's checkpoint survives a run refused (or stopped) before its first target
+        stage_checkpoint.settle(ckpt)
+    save_config_once(None)  # a resumed run with every target done records nothing
     conn = result.conn
     state = TrainState(step=result.controller.step_count)
     for h in result.history:
@@ -477,8 +550,11 @@ def main(argv=None, on_step=None) -> RunResult:
     try:
         return training_function(cfg, on_step=on_step)
     except (ConfigError, DatasetNotFoundError, FileNotFoundError, WeightsMismatchError,
-            stage_checkpoint.CheckpointMismatchError) as e:
-        print(f"recipes/adaptive.py: error: {e}", file=sys.stderr)
+            stage_checkpoint.CheckpointMismatchError, CheckpointError, ValueError, TypeError, KeyError) as e:
+        if os.environ.get("ADAPTIVE_TRACEBACK"):  # as adaptive.cli.run_cli: a bad setting in a *_kw mapping
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"recipes/adaptive.py: error: {msg}", file=sys.stderr)
         raise SystemExit(2) from e
 
 

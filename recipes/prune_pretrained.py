@@ -57,10 +57,16 @@ def parse_remove(values: List[str]):
     for v in values:
         if v == "best":
             out.append("best")
-        elif any(c in v for c in ".eE"):
-            out.append(float(v))
-        else:
-            out.append(int(v))
+            continue
+        try:
+            t = float(v) if any(c in v for c in ".eE") else int(v)
+        except ValueError:
+            raise ValueError(f"--remove {v!r}: give fractions (0.2), counts of weights (50000) or 'best'") from None
+        if t < 0:
+            raise ValueError(f"--remove {v}: a removal target cannot be negative (fractions in [0, 1), counts >= 0)")
+        if any(type(o) is type(t) and o == t for o in out):
+            raise ValueError(f"--remove {v}: the target is given twice; give each target once")
+        out.append(t)
     return out
 
 
@@ -272,13 +278,16 @@ def main(argv=None, test_loader_hook=None) -> dict:
         accelerator.print(afresh)
     accelerator.wait_for_everyone()
     t0 = time.time()
-    with accelerator.autocast():  # --mixed-precision bf16: forward passes in bf16, weights and masks untouched
-        result = optimize_connectome(
-            model, train_dl, dl.holdout, args.remove, passes=args.passes, ensemble=args.ensemble,
-            estimator=_estimator(args), window=args.window, edit_fraction=args.edit_fraction,
-            approach=args.approach, verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed,
-            progress=args.progress and accelerator.is_local_main_process, ladder=args.ladder,
-            patience=args.patience, checkpoint=ckpt_path)
+    try:
+        with accelerator.autocast():  # --mixed-precision bf16: forward passes in bf16, weights and masks untouched
+            result = optimize_connectome(
+                model, train_dl, dl.holdout, args.remove, passes=args.passes, ensemble=args.ensemble,
+                estimator=_estimator(args), window=args.window, edit_fraction=args.edit_fraction,
+                approach=args.approach, verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed,
+                progress=args.progress and accelerator.is_local_main_process, ladder=args.ladder,
+                patience=args.patience, checkpoint=ckpt_path)
+    finally:  # an earlier run's checkpoint survives a run refused (or stopped) before its first stage
+        stage_checkpoint.settle(ckpt_path)
     minutes = (time.time() - t0) / 60
     conn = result.conn
     total = conn.num_synapses()

@@ -1,0 +1,124 @@
+"""The recipes against the mistakes real users make: bad targets, a refused command in a folder
+that holds an earlier run, resuming with other settings or from a damaged checkpoint."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adaptive import mask_only_checkpoint as stage
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--max_steps", "20", "--update_every", "10", "--threads", "1", "--progress", "false", "--figures", "false"]
+
+
+def _load(name, file):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / file)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+A = _load("recipe_adaptive_robustness", "adaptive.py")
+P = _load("recipe_prune_pretrained_robustness", "prune_pretrained.py")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def error_of(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        A.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len([x for x in err.splitlines() if "error:" in x]) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("remove, message", [
+    (["abc"], "give fractions (0.2), counts of weights (50000) or 'best'"),
+    (["-5"], "cannot be negative"),
+    (["-0.1"], "cannot be negative"),
+    (["0.2", "0.2"], "given twice"),
+])
+def test_prune_pretrained_refuses_bad_targets_while_parsing(remove, message):
+    with pytest.raises(ValueError) as e:
+        P.parse_args(["--remove", *remove])
+    assert message in str(e.value)
+    assert P.parse_args(["--remove", "1", "0.5", "best"]).remove == [1, 0.5, "best"]  # 1 weight is not 1.0
+
+
+def test_a_fresh_run_sets_the_earlier_checkpoint_aside_until_it_records_its_own(tmp_path):
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"earlier run")
+    assert "starting afresh" in stage.begin(ckpt, resume=False)
+    stage.settle(ckpt)  # refused before its first stage: the earlier record comes back
+    assert ckpt.read_bytes() == b"earlier run" and not list(tmp_path.glob("*.earlier"))
+    stage.begin(ckpt, resume=False)
+    ckpt.write_bytes(b"this run")  # a stage recorded
+    stage.settle(ckpt)
+    assert ckpt.read_bytes() == b"this run" and not list(tmp_path.glob("*.earlier"))
+    stage.begin(ckpt, resume=False)  # killed (SIGTERM) before settling: --resume finds the earlier record
+    assert stage.begin(ckpt, resume=True) is None and ckpt.read_bytes() == b"this run"
+
+
+def test_mask_only_run_refused_after_parsing_keeps_the_earlier_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    A.main(TINY + ["--output_dir", str(out), "--mode", "mask_only", "--target", "0.3", "--epochs", "1"])
+    before = {p: (out / p).read_bytes() for p in ("config.yaml", A.MASK_ONLY_CHECKPOINT)}
+    capsys.readouterr()
+    err = error_of(TINY + ["--output_dir", str(out), "--mode", "mask_only", "--target", "99999999"], capsys)
+    assert "beyond the model's" in err
+    err = error_of(TINY + ["--output_dir", str(out), "--mode", "mask_only", "--mask_only_kw.approach", "3"], capsys)
+    assert "approach must be in [0, 1]" in err
+    assert {p: (out / p).read_bytes() for p in before} == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target", "0.5"], "target (synapses to remove) applies to mode mask_only"),
+    (["--mode", "mask_only", "--target", "1.5"], "target fraction 1.5 must be in [0, 1)"),
+    (["--mode", "mask_only", "--target", "-3"], "cannot be negative"),
+    (["--mode", "mask_only", "--target", "abc"], "target 'abc': give a fraction"),
+])
+def test_adaptive_target_is_checked_while_parsing(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        A.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_a_misspelt_entry_of_a_kw_mapping_is_one_error_line(tmp_path, capsys):
+    err = error_of(TINY + ["--output_dir", str(tmp_path / "a"), "--model_kw.bogus", "1"], capsys)
+    assert "unexpected keyword argument 'bogus'" in err
+    assert not (tmp_path / "a" / "config.yaml").exists()
+
+
+def test_resume_with_other_settings_or_a_damaged_checkpoint_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    A.main(TINY + ["--output_dir", str(out), "--checkpoint_every", "10"])
+    config = (out / "config.yaml").read_bytes()
+    capsys.readouterr()
+    err = error_of(TINY + ["--output_dir", str(out), "--resume", "latest", "--density", "0.1"], capsys)
+    assert "density: run 0.2, now 0.1" in err
+    assert (out / "config.yaml").read_bytes() == config
+    (out / "checkpoints" / "step_00000010" / "model.safetensors").write_bytes(b"truncated")
+    err = error_of(TINY + ["--output_dir", str(out), "--resume", "latest", "--threads", "1"], capsys)
+    assert "step_00000010 cannot be read" in err and "resume from an earlier one" in err
+
+
+def test_prune_pretrained_refused_target_keeps_the_earlier_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"earlier run")
+    with pytest.raises(ValueError, match="beyond"):
+        P.main(["--model", "resnet20", "--dataset", "fake", "--dataset-kw", "shape=[3,8,8]", "--subset", "64",
+                "--batch-size", "32", "--output_dir", str(out), "--remove", "10000000", "--no-progress", "--cpu"])
+    assert (out / "checkpoint.pt").read_bytes() == b"earlier run"
