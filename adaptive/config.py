@@ -85,6 +85,13 @@ def _split_list(text: str) -> list:
     return [t.strip() for t in text.split(",") if t.strip()] if text else []
 
 
+def _looks_float(value) -> bool:
+    """A float as written: a YAML float, or a string with a decimal point or an exponent."""
+    if isinstance(value, float):
+        return True
+    return isinstance(value, str) and any(c in value for c in ".eE") and value.strip().lower() not in _NONE
+
+
 def _coerce(value, tp, key: str, src: str = ""):
     """``value`` (from YAML, or a command-line string when a ``_Cli``) as ``tp``; ``key`` and
     ``src`` (where the value came from) name it in errors."""
@@ -103,7 +110,11 @@ def _coerce(value, tp, key: str, src: str = ""):
                 return None
             raise bad()
         errors = []
-        for arg in (a for a in args if a is not type(None)):
+        order = [a for a in args if a is not type(None)]
+        if int in order and float in order and _looks_float(value):  # 1.0 is the fraction, not the count 1
+            order.remove(float)
+            order.insert(order.index(int), float)
+        for arg in order:
             try:
                 return _coerce(value, arg, key, src)
             except ConfigError as e:

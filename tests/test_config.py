@@ -1,6 +1,6 @@
 """Typed configs: defaults < YAML files < --key value; unknown keys and wrong types rejected."""
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 import pytest
 
@@ -114,3 +114,22 @@ def test_save_load_round_trip(tmp_path):
     assert again == cfg
     assert to_dict(cfg)["hidden"] == [8, 4]
     assert load_config(Cfg, tmp_path / "run" / "config.yaml", overrides={"epochs": 9}).epochs == 9
+
+
+@dataclass
+class TargetCfg:
+    target: Optional[Union[int, float, str]] = None
+
+
+def test_int_or_float_union_reads_a_written_float_as_a_float(tmp_path):
+    # "1.0" is the fraction 1.0, not the count 1 (it became int 1 when int was tried first)
+    assert parse_config(TargetCfg, ["--target", "1.0"]).target == 1.0
+    assert isinstance(parse_config(TargetCfg, ["--target", "1.0"]).target, float)
+    assert isinstance(parse_config(TargetCfg, ["--target", "2e3"]).target, float)
+    got = parse_config(TargetCfg, ["--target", "3"]).target
+    assert got == 3 and isinstance(got, int)
+    assert parse_config(TargetCfg, ["--target", "best"]).target == "best"
+    assert parse_config(TargetCfg, ["--target", "none"]).target is None
+    p = tmp_path / "c.yaml"
+    p.write_text("target: 1.0\n")
+    assert isinstance(load_config(TargetCfg, p).target, float)
