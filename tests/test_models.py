@@ -156,3 +156,22 @@ def test_resnet20_checkpoint_strict_and_accurate():
     with torch.no_grad():
         acc = (model(x).argmax(1) == y).float().mean().item()
     assert acc > 0.70, acc
+
+
+def test_unreadable_weights_files_are_named_not_tracebacks(tmp_path):
+    from adaptive.models.weights import WeightsMismatchError, read_state_dict
+
+    good = tmp_path / "good.pt"
+    torch.save(torch.nn.Linear(20, 20).state_dict(), good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a tensor file at all")
+    for p in (truncated, empty, garbage):
+        with pytest.raises(WeightsMismatchError, match="cannot be read.*copy it again"):
+            read_state_dict(p)
+    with pytest.raises(FileNotFoundError, match="is a folder"):
+        read_state_dict(tmp_path)
+    assert set(read_state_dict(good)) == {"weight", "bias"}

@@ -22,17 +22,27 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     ``_orig_mod.`` (torch.compile) prefixes. Loads tensors only (``weights_only=True``).
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise FileNotFoundError(f"weights path {path!r} is a folder; pass the weights file inside it")
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"weights file {path!r} does not exist; pass the path of a saved state_dict "
             f"(this project never downloads weights)"
         )
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        sd = load_file(path, device="cpu")
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = load_file(path, device="cpu")
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or pickled objects weights_only refuses
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise WeightsMismatchError(
+            f"weights file {path!r} cannot be read ({type(e).__name__}: {first}): it is truncated, not a saved "
+            "state_dict, or holds Python objects that tensors-only loading refuses; copy it again, or re-save it "
+            "with torch.save(model.state_dict(), path)"
+        ) from e
     while isinstance(sd, dict):
         inner = next((sd[k] for k in _WRAPPER_KEYS if k in sd and isinstance(sd[k], dict)), None)
         if inner is None or all(isinstance(v, torch.Tensor) for v in sd.values()):
