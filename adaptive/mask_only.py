@@ -110,9 +110,24 @@ def resolve_target(target: Target, total: int) -> Optional[int]:
         if not 0.0 <= target < 1.0:
             raise ValueError(f"target fraction {target} must be in [0, 1) (the model has {total} synapses)")
         return int(round(target * total))
+    if target < 0:
+        raise ValueError(f"target {target}: a count of synapses to remove cannot be negative")
     if not 0 <= target <= total:
         raise ValueError(f"target of {target} synapses to remove is beyond the model's {total} prunable synapses")
     return int(target)
+
+
+def _data_identity(loader) -> list:
+    """``[examples, batches, batch size]`` of a loader, each None where it cannot tell: part of a stage
+    checkpoint's fingerprint, so that a run resumed on other data or batches is refused."""
+    def size(x):
+        try:
+            return len(x)
+        except TypeError:
+            return None
+
+    dataset = getattr(loader, "dataset", None)
+    return [size(dataset) if dataset is not None else None, size(loader), getattr(loader, "batch_size", None)]
 
 
 def _check_loader(loader, what: str) -> int:
@@ -296,6 +311,11 @@ def optimize_connectome(
     resolved = [(_label(t), resolve_target(t, total)) for t in targets]
     if any(r is None for _, r in resolved) and len(resolved) > 1:
         raise ValueError("'best' cannot be combined with other targets: run it on its own")
+    counts: Dict[int, str] = {}
+    for label, r in resolved:
+        if r is not None and r in counts:
+            raise ValueError(f"targets {counts[r]} and {label} both remove {r:,} synapses: give each target once")
+        counts.setdefault(r, label)
     resolved.sort(key=lambda lr: -1 if lr[1] is None else lr[1])
     climb = resolved[0][1] is None and bool(ladder)  # "best" by climbing the ladder
     if climb:
@@ -308,7 +328,8 @@ def optimize_connectome(
                               window=window, edit_fraction=edit_fraction, approach=approach, margin=margin,
                               ladder=ladder if climb else [], patience=patience if climb else None,
                               verify_batches=verify_batches, line_search_tries=line_search_tries, seed=seed,
-                              weights=ckpt.weights_checksum(conn.original))
+                              weights=ckpt.weights_checksum(conn.original),
+                              train_data=_data_identity(train_loader), holdout_data=_data_identity(holdout_loader))
         saved = ckpt.load_stage(checkpoint, fp)  # a foreign file fails here, before anything changes
     gran = conn.granularity
     max_ens = max(int(gran.pool(torch.ones(conn.layers[n].shape), "sum").max()) for n in conn.names)

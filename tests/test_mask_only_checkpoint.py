@@ -81,6 +81,9 @@ def test_climb_resumes_and_does_not_rerun_finished_rungs(tmp_path):
     (dict(target=[0.2, 0.6]), "targets"),
     (dict(window=4), "window"),
     (dict(seed_model=1), "weights"),
+    (dict(data=dict(bs=12)), r"train_data: checkpoint \[96, 6, 16\], this run \[96, 8, 12\]"),
+    (dict(data=dict(n=80)), "train_data"),
+    (dict(data=dict(bs=17)), r"train_data: checkpoint \[96, 6, 16\], this run \[96, 6, 17\]"),  # same batch count
 ])
 def test_a_checkpoint_of_another_run_is_refused_before_anything_changes(tmp_path, change, match):
     path = tmp_path / "ck.pt"
@@ -90,7 +93,8 @@ def test_a_checkpoint_of_another_run_is_refused_before_anything_changes(tmp_path
     original = copy.deepcopy(model.state_dict())
     kw = {**KW, **{k: v for k, v in change.items() if k in KW or k == "window"}}
     with pytest.raises(ValueError, match=match):
-        optimize_connectome(model, *ordered_loaders(), change.get("target", [0.2, 0.5]), checkpoint=path, **kw)
+        optimize_connectome(model, *ordered_loaders(**change.get("data", {})), change.get("target", [0.2, 0.5]),
+                            checkpoint=path, **kw)
     assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     assert path.read_bytes() == before
