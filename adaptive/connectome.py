@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import weakref
 from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from . import bitpack
+from .atomic import atomic_path
 from .discovery import SynapseLayer, discover, state_dict_keys
 from .ensembles import Granularity, get_granularity
 from .optim_state import preserves_zeros, reset_state, unwrap_optimizer
@@ -458,17 +458,8 @@ class Connectome:
             "mode": self.mode,
             "layers": json.dumps({n: list(l.shape) for n, l in self.layers.items()}),
         }
-        path = os.fspath(path)
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module, mode: Optional[str] = None) -> "Connectome":

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from .atomic import atomic_path
 from .distributed import rank
 
 FORMAT = 1
@@ -108,11 +109,8 @@ def save_stage(path, state: dict) -> None:
     """Write ``state`` to ``path`` atomically (first process only)."""
     if rank() != 0:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **state}, tmp)
 
 
 def load_stage(path, now: dict) -> Optional[dict]:

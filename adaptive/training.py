@@ -25,6 +25,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_path
+
 CHECKPOINT_DIR = "checkpoints"
 _CKPT_RE = re.compile(r"^step_(\d+)$")
 METRIC_FIELDS = ("step", "epoch", "split", "loss", "accuracy", "density", "removed", "lr")
@@ -255,14 +257,11 @@ def load_checkpoint(accelerator, path, optimizer=None) -> None:
 
 def write_metrics_csv(rows: List[dict], path) -> None:
     """Write metric rows (the fields of :data:`METRIC_FIELDS`) as CSV, atomically."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(METRIC_FIELDS), extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in METRIC_FIELDS})
-    os.replace(tmp, path)
 
 
 def read_metrics_csv(path) -> List[dict]:

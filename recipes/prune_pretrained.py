@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
+from adaptive.atomic import atomic_path  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.mask_only import changed_weights, evaluate, optimize_connectome  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
@@ -214,7 +215,8 @@ def _plot(history, snapshots_rows, events, path):
     ax.grid(alpha=0.3)
     axes[1, 1].sharex(axes[1, 0])
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -318,7 +320,8 @@ def main(argv=None, test_loader_hook=None) -> dict:
             folder = out / f"remove_{label}" if several else out
             if main_proc:
                 folder.mkdir(parents=True, exist_ok=True)
-                torch.save(conn.dense_state_dict(), folder / "pruned_state_dict.pt")
+                with atomic_path(folder / "pruned_state_dict.pt") as tmp:  # never a truncated file
+                    torch.save(conn.dense_state_dict(), tmp)
                 conn.save(folder / "connectome.safetensors")
             tl, ta, _ = train_eval()
             sl, sa, _ = evaluate_sharded(accelerator, model, test_dl)
@@ -333,17 +336,24 @@ def main(argv=None, test_loader_hook=None) -> dict:
             "Splits: train = first batches of the train part; held-out = a stratified part of the TRAIN split "
             "(used for line search and snapshot choice); test = the test split, read only for this report.\n")
     accelerator.print(table + note)
+    ours = {Path(r["folder"]).name for r in rows if r.get("folder")}
+    stale = sorted(d.name for d in out.glob("remove_*") if d.is_dir() and d.name not in ours)
+    if stale:  # never deleted: they are the user's files, but they are not this run's
+        accelerator.print(f"note: {out} also holds {', '.join(stale)} from an earlier run; this run's results "
+                          f"are {', '.join(sorted(ours))} and results.md")
     if main_proc:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.md").write_text("# prune_pretrained\n\n" + table + note)
-        with open(out / "history.jsonl", "w") as f:
+        with atomic_path(out / "results.md") as tmp:
+            tmp.write_text("# prune_pretrained\n\n" + table + note)
+        with atomic_path(out / "history.jsonl") as tmp, open(tmp, "w") as f:
             for h in result.history:
                 f.write(json.dumps(h, default=float) + "\n")
         result.controller.write_events(out / "events.jsonl")
         _plot(result.history, rows, result.events, out / "curves.png")
         summary = dict(rows=rows, minutes=minutes, processes=accelerator.num_processes,
                        device=accelerator.device.type, mask_hash_per_process=hashes)
-        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+        with atomic_path(out / "summary.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=1, default=float))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {"rows": rows, "output_dir": str(out), "result": result, "minutes": minutes,

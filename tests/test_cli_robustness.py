@@ -122,3 +122,17 @@ def test_prune_pretrained_refused_target_keeps_the_earlier_checkpoint(tmp_path):
         P.main(["--model", "resnet20", "--dataset", "fake", "--dataset-kw", "shape=[3,8,8]", "--subset", "64",
                 "--batch-size", "32", "--output_dir", str(out), "--remove", "10000000", "--no-progress", "--cpu"])
     assert (out / "checkpoint.pt").read_bytes() == b"earlier run"
+
+
+def test_prune_pretrained_names_result_folders_of_an_earlier_run_and_keeps_them(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "remove_0.9").mkdir(parents=True)
+    (out / "remove_0.9" / "pruned_state_dict.pt").write_bytes(b"earlier run")
+    P.main(["--model", "resnet20", "--dataset", "fake", "--dataset-kw", "shape=[3,8,8]", "--subset", "64",
+            "--batch-size", "32", "--output_dir", str(out), "--remove", "0.2", "0.5", "--passes", "0.5",
+            "--no-progress", "--cpu"])
+    printed = capsys.readouterr().out
+    assert "also holds remove_0.9 from an earlier run" in printed
+    assert (out / "remove_0.9" / "pruned_state_dict.pt").read_bytes() == b"earlier run"
+    assert (out / "remove_0.2" / "pruned_state_dict.pt").is_file() and (out / "results.md").is_file()
+    assert not list(out.rglob("*.tmp*"))  # atomic writes leave no temporary behind

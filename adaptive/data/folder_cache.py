@@ -7,13 +7,13 @@ written atomically, and is rebuilt when the folder's path, classes or file count
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from ..paths import cache_dir as default_cache_dir
 
 
@@ -61,14 +61,6 @@ def cached_folder_tensor(root: Path, cache_name: str, cache_dir: Optional[Path] 
         except Exception:  # a corrupt or foreign file: rebuild it below
             pass
     images, labels, classes = decode_folder(root, desc=f"decoding {cache_name} (once; cached to {cache})")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=cache.name, suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is meant to be shared
-    try:
+    with atomic_path(cache) as tmp:  # readable by others (the cache is meant to be shared), never half-written
         torch.save({"meta": meta, "images": images, "labels": labels}, tmp)
-        os.replace(tmp, cache)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return images, labels, classes

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -44,6 +43,7 @@ import adaptive  # noqa: E402
 from adaptive.budgets import get_budget  # noqa: E402
 from adaptive.data.split import stratified_split  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
+from adaptive.atomic import atomic_path  # noqa: E402
 from adaptive.paths import find_data  # noqa: E402
 from adaptive.policies.base import register_policy  # noqa: E402
 from adaptive.policies.swap import SET  # noqa: E402
@@ -350,12 +350,10 @@ def write_table(args, densities, methods, seeds, table, chosen, candidates, done
                                       f"--densities {args.densities} --methods {args.methods} --candidates {args.candidates} --append")
     text = "\n".join(lines) + "\n"
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if args.append and Path(args.out).exists():
         text = Path(args.out).read_text() + "\n" + text
-    tmp = Path(args.out + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, args.out)
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(text)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,50 @@
+"""Atomic writes: the old file or the new one, never half of one, and no temporary left behind."""
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import adaptive
+from adaptive.atomic import atomic_path
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "results.md"
+    with atomic_path(path) as tmp:
+        assert tmp.parent == path.parent and tmp.suffix == ".md" and not tmp.exists()
+        tmp.write_text("old")
+    assert path.read_text() == "old"
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half of the new")
+            raise RuntimeError("killed while writing")
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["results.md"]
+
+
+def test_files_get_the_usual_permissions_not_a_private_temp_file(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "w.pt") as tmp:
+            torch.save({"a": torch.ones(2)}, tmp)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "w.pt").stat().st_mode & 0o777 == 0o644
+
+
+def test_connectome_save_failure_keeps_the_earlier_file(tmp_path, monkeypatch):
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
+    path = tmp_path / "c.safetensors"
+    conn.save(path)
+    before = path.read_bytes()
+    import safetensors.torch
+
+    def broken(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"trunc")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        conn.save(path)
+    assert path.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
