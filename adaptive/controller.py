@@ -62,7 +62,8 @@ class Controller:
             plan's own ``tolerance`` when its policy sets one).
         verify: check at every update that all processes hold identical masks (raises otherwise).
         seed: folded with the step for all randomness.
-        **policy_kwargs: passed to the policy (e.g. ``max_edit_fraction`` for threshold).
+        **policy_kwargs: passed to the policy (e.g. ``prune_boundary`` for threshold); an argument
+            neither the Controller nor the policy takes is a ValueError naming the ones it does.
     """
 
     def __init__(

@@ -228,7 +228,13 @@ def _uses_estimator(policy: str) -> bool:
 
 
 def default_output_dir() -> str:
-    return os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    """``runs/<date>-<time>``; ``-2``, ``-3``, ... when an earlier run started in the same second."""
+    base = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    path, k = base, 1
+    while os.path.exists(path):
+        k += 1
+        path = f"{base}-{k}"
+    return path
 
 
 @dataclass

@@ -136,3 +136,14 @@ def test_prune_pretrained_names_result_folders_of_an_earlier_run_and_keeps_them(
     assert (out / "remove_0.9" / "pruned_state_dict.pt").read_bytes() == b"earlier run"
     assert (out / "remove_0.2" / "pruned_state_dict.pt").is_file() and (out / "results.md").is_file()
     assert not list(out.rglob("*.tmp*"))  # atomic writes leave no temporary behind
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(A.time, "strftime", lambda fmt: "20261201-120000")
+    first = A.default_output_dir()
+    Path(first).mkdir(parents=True)
+    second = A.default_output_dir()
+    Path(second).mkdir()
+    assert first == "runs/20261201-120000" and second == "runs/20261201-120000-2"
+    assert A.default_output_dir() == "runs/20261201-120000-3"

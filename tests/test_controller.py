@@ -499,3 +499,16 @@ def test_estimated_loss_change_is_reported_only_in_loss_units(estimator, loss_mo
         assert isinstance(ev["est_loss_change"], float) and ev["est_score_change"] is None
     else:
         assert ev["est_loss_change"] is None and isinstance(ev["est_score_change"], float)
+
+
+def test_a_misspelt_policy_argument_names_what_the_policy_takes():
+    import adaptive
+    from torch import nn
+
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
+    with pytest.raises(ValueError, match=r"\['prune_boundar'\] for policy 'threshold'.*takes \['adapt', 'prune_boundary'"):
+        adaptive.Controller(conn, None, policy="threshold", density=0.5, update_every=5, end_step=50, prune_boundar=0.1)
+    with pytest.raises(ValueError, match=r"\['bogus'\] for policy 'utility'.*takes none"):
+        adaptive.Controller(conn, None, policy="utility", density=0.5, update_every=5, end_step=50, bogus=1)
+    assert all(bool(m.all()) for m in conn.masks.values())
+    adaptive.Controller(conn, None, policy="threshold", density=0.5, update_every=5, end_step=50, prune_boundary=0.1)

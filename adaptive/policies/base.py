@@ -7,6 +7,8 @@ come from utility estimators (``drop_by`` for removal cost, ``grow_by`` for rest
 """
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, Optional, Type
 
@@ -32,7 +34,17 @@ def get_policy(name, **kw) -> "Policy":
         return name
     if name not in _POLICIES:
         raise ValueError(f"unknown policy {name!r}: use one of {sorted(_POLICIES)}")
-    return _POLICIES[name](**kw)
+    cls = _POLICIES[name]
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(k for k in kw if k not in params)
+        if unknown:
+            takes = sorted(k for k, p in params.items() if p.kind is not p.VAR_POSITIONAL)
+            raise ValueError(
+                f"unknown argument(s) {unknown} for policy {name!r} (neither a Controller nor a policy option): "
+                + (f"the policy takes {takes}" if takes else "the policy takes none")
+            )
+    return cls(**kw)
 
 
 def policy_names():
