@@ -6,9 +6,10 @@ import sys
 from typing import Callable
 
 
-def run_cli(main: Callable, prog: str) -> None:
+def run_cli(main: Callable, prog: str, on_interrupt: str = "") -> None:
     """Run ``main()``; a bad option, missing data or weights that do not fit print one line naming
-    the problem instead of a traceback (set ADAPTIVE_TRACEBACK=1 to see it)."""
+    the problem instead of a traceback (set ADAPTIVE_TRACEBACK=1 to see it), and Ctrl-C ends with
+    one line (``on_interrupt``: how to continue, where the program can; status 130)."""
     from .models import WeightsMismatchError
     from .paths import DatasetNotFoundError
 
@@ -20,3 +21,8 @@ def run_cli(main: Callable, prog: str) -> None:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"{prog}: error: {msg}", file=sys.stderr)
         raise SystemExit(2) from e
+    except KeyboardInterrupt:
+        if os.environ.get("ADAPTIVE_TRACEBACK"):
+            raise
+        print(f"{prog}: interrupted" + (f"; {on_interrupt}" if on_interrupt else ""), file=sys.stderr)
+        raise SystemExit(130) from None

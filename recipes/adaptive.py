@@ -562,6 +562,12 @@ def main(argv=None, on_step=None) -> RunResult:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"recipes/adaptive.py: error: {msg}", file=sys.stderr)
         raise SystemExit(2) from e
+    except KeyboardInterrupt:
+        if os.environ.get("ADAPTIVE_TRACEBACK"):
+            raise
+        print("recipes/adaptive.py: interrupted; add --resume RUN_FOLDER to the same command to continue from "
+              "the last checkpoint the run wrote", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

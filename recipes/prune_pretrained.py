@@ -363,4 +363,5 @@ def main(argv=None, test_loader_hook=None) -> dict:
 if __name__ == "__main__":
     from adaptive.cli import run_cli
 
-    run_cli(main, "recipes/prune_pretrained.py")
+    run_cli(main, "recipes/prune_pretrained.py",
+            on_interrupt="the same command with --resume continues after the last finished target")

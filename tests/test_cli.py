@@ -24,3 +24,19 @@ def test_bad_input_gives_one_error_line(args, expect):
     assert "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and expect in errors[0], r.stderr[-2000:]
+
+
+def test_ctrl_c_ends_with_one_line_saying_how_to_continue(capsys, monkeypatch):
+    from adaptive.cli import run_cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as e:
+        run_cli(interrupted, "prog", on_interrupt="--resume continues")
+    assert e.value.code == 130
+    assert capsys.readouterr().err == "prog: interrupted; --resume continues\n"
+    monkeypatch.setenv("ADAPTIVE_TRACEBACK", "1")
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(interrupted, "prog")
