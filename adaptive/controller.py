@@ -25,7 +25,7 @@ from .budgets import get_budget
 from .connectome import Connectome
 from .distributed import check_masks_agree
 from .optim_state import unwrap_optimizer
-from .policies.base import EditPlan, concat, get_policy, highest, split
+from .policies.base import EditPlan, get_policy, keep_plan
 from .schedules import get_decay
 from .utility import GradientStats, UtilityContext, get_estimator
 
@@ -278,67 +278,11 @@ class Controller:
     def alive(self) -> Dict[str, torch.Tensor]:
         return {n: m for n, m in self.conn.ensemble_masks().items() if n not in self.protected}
 
-    def layer_targets(self, density: float) -> Optional[Dict[str, int]]:
-        """Live ensembles per editable layer for ``density`` (None for the global budget)."""
-        counts = self.budget_fn(self.conn.layers, density, protected=self.protected, min_density=self.min_density)
-        if counts is None:
-            return None
-        g = self.conn.granularity
-        out = {}
-        for n in self.editable():
-            n_ens = g.num_ensembles(self.conn.layers[n].shape)
-            out[n] = int(round(counts[n] * n_ens / self.conn.layers[n].numel))
-        return out
-
-    def global_target(self, density: float) -> int:
-        """Live ensembles over all editable layers for ``density`` (protected layers count as dense)."""
-        g = self.conn.granularity
-        prot = sum(self.conn.layers[n].numel for n in self.protected)
-        total = self.conn.num_synapses()
-        free = max(0, int(round(density * total)) - prot)
-        syn = sum(self.conn.layers[n].numel for n in self.editable())
-        n_ens = sum(g.num_ensembles(self.conn.layers[n].shape) for n in self.editable())
-        return int(round(free * n_ens / max(1, syn)))
-
     def keep_plan(self, keep_scores: Dict[str, torch.Tensor], density: float, allow_grow: bool = False) -> EditPlan:
-        """A plan keeping the highest-scoring ensembles at ``density`` under the budget (or the
-        top n of every m for n:m granularities). Pruned indices are ordered lowest score first."""
-        alive = self.alive()
-        gran = self.conn.granularity
-        keep: Dict[str, torch.Tensor] = {}
-        if hasattr(gran, "density"):
-            keep = {n: gran.select(keep_scores[n]) for n in keep_scores}
-        else:
-            targets = self.layer_targets(density)
-            if targets is None:
-                flat, names, sizes = concat(keep_scores)
-                idx = highest(flat, torch.ones_like(flat, dtype=torch.bool), self.global_target(density))
-                per, _ = split(idx, names, sizes)
-                for n in names:
-                    k = torch.zeros(keep_scores[n].numel(), dtype=torch.bool, device=keep_scores[n].device)
-                    k[per[n]] = True
-                    keep[n] = k.view(keep_scores[n].shape)
-            else:
-                for n, s in keep_scores.items():
-                    k = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
-                    k[highest(s, torch.ones_like(s, dtype=torch.bool), targets[n])] = True
-                    keep[n] = k.view(s.shape)
-        plan = EditPlan()
-        for n, k in keep.items():
-            a = alive[n].reshape(-1).to(k.device)
-            kf = k.reshape(-1)
-            drop = a & ~kf
-            if bool(drop.any()):
-                s = keep_scores[n].reshape(-1)
-                idx = drop.nonzero().squeeze(1)
-                plan.prune[n] = idx[torch.argsort(s[idx], stable=True)]
-            if allow_grow:
-                grow = ~a & kf
-                if bool(grow.any()):
-                    s = keep_scores[n].reshape(-1)
-                    idx = grow.nonzero().squeeze(1)
-                    plan.grow[n] = idx[torch.argsort(-s[idx], stable=True)]
-        return plan
+        """A plan keeping the highest-scoring ensembles at ``density`` (a fraction of synapses, met to
+        within half an ensemble) under the budget, or the top n of every m for n:m granularities.
+        See :func:`adaptive.policies.base.keep_plan`."""
+        return keep_plan(self, keep_scores, density, allow_grow)
 
     def initial_plan(self) -> EditPlan:
         """Sparsify to the target density at construction, by ``self.init``."""

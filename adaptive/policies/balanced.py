@@ -4,8 +4,8 @@ gain exceeds the removal cost. Layer densities move freely; the connectome crawl
 landscape."""
 from __future__ import annotations
 
-from .base import register_policy
-from .swap import SET, global_candidates, global_plan
+from .base import concat, concat_sizes, global_synapse_target, register_policy
+from .swap import SET, global_candidates, global_plan, grow_candidates
 
 
 @register_policy("balanced")
@@ -20,10 +20,17 @@ class Balanced(SET):
         return ctrl.initial_plan()
 
     def plan(self, ctrl, step, cost, gain, alive, frac):
-        c, g, names, sizes, p_idx, g_idx = global_candidates(cost, gain, alive, frac)
+        c, g, names, sizes, p_idx, g_idx = global_candidates(ctrl, cost, gain, alive, frac)
         n = min(p_idx.numel(), g_idx.numel())
         worth = (g[g_idx[:n]] - c[p_idx[:n]]) > 0  # ascending costs vs descending gains: a prefix
         n = int(worth.sum())
-        plan = global_plan(c, g, names, sizes, p_idx[:n], g_idx[:n])
-        plan.est_loss_change = float(c[p_idx[:n]].sum() - g[g_idx[:n]].sum()) if n else 0.0
+        p_idx = p_idx[:n]
+        if n:  # grow as many synapses as pruned (back to the target density when one is set)
+            a, _, _ = concat(alive)
+            target = global_synapse_target(ctrl, ctrl.density) if ctrl.density is not None else None
+            g_idx = grow_candidates(g, a.to(c.device), concat_sizes(ctrl, names, sizes), p_idx, target, True)
+        else:
+            g_idx = g_idx[:0]
+        plan = global_plan(c, g, names, sizes, p_idx, g_idx)
+        plan.est_loss_change = float(c[p_idx].sum() - g[g_idx].sum()) if n else 0.0
         return plan

@@ -8,6 +8,7 @@ come from utility estimators (``drop_by`` for removal cost, ``grow_by`` for rest
 from __future__ import annotations
 
 import inspect
+import math
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, Optional, Type
@@ -193,3 +194,126 @@ def split(indices: torch.Tensor, names, sizes, order_scores: Optional[torch.Tens
         sparts = torch.split(order_scores[perm], counts)
         scores = {n: sparts[i] for i, n in enumerate(names)}
     return out, scores
+
+
+# --------------------------------------------------------------------------- synapse-exact selection
+# Densities are fractions of *synapses*, but policies pick *ensembles*, and ensembles can differ in
+# size: a conv kernel holds k*k synapses where a Linear "kernel" holds one, neurons of different
+# layers have different fan-ins, edge blocks of a block:RxC granularity are smaller. Counting
+# ensembles then misses the requested density; these helpers count synapses instead.
+_SIZE_CACHE: Dict[tuple, object] = {}
+
+
+def ensemble_size(gran, shape):
+    """Synapses per ensemble of a weight shaped ``shape``: a float when every ensemble of the layer
+    has the same size (the common case), else a flat float tensor (block edges)."""
+    key = (gran.spec, tuple(shape))
+    if key not in _SIZE_CACHE:
+        if tuple(gran.ensemble_shape(shape)) == tuple(shape):
+            _SIZE_CACHE[key] = 1.0
+        else:
+            s = gran.ensemble_sizes(torch.Size(shape)).reshape(-1).float()
+            _SIZE_CACHE[key] = float(s[0]) if bool((s == s[0]).all()) else s
+    return _SIZE_CACHE[key]
+
+
+def concat_sizes(ctrl, names, lengths):
+    """Sizes of the ensembles of ``names`` laid out as :func:`concat` lays out their scores: a float
+    when all are equal, else one flat tensor."""
+    per = [ensemble_size(ctrl.conn.granularity, ctrl.conn.layers[n].shape) for n in names]
+    if all(isinstance(s, float) for s in per) and len(set(per)) <= 1:
+        return per[0] if per else 1.0
+    return torch.cat([torch.full((k,), s) if isinstance(s, float) else s for s, k in zip(per, lengths)])
+
+
+def size_sum(size, idx: torch.Tensor) -> float:
+    """Synapses in the ensembles ``idx``."""
+    if isinstance(size, float):
+        return size * idx.numel()
+    return float(size.to(idx.device)[idx].sum()) if idx.numel() else 0.0
+
+
+def max_count(size, budget: float, available: int) -> int:
+    """How many ensembles (at most ``available``) :func:`take_synapses` may need for ``budget``."""
+    if budget <= 0:
+        return 0
+    smallest = size if isinstance(size, float) else float(size.min())
+    return max(0, min(int(available), math.ceil(budget / smallest + 0.5)))
+
+
+def take_synapses(idx: torch.Tensor, size, budget: float) -> torch.Tensor:
+    """The prefix of ``idx`` (ensembles, best first) whose synapse count is nearest to ``budget``
+    (each ensemble is taken when at least half of it fits): within half an ensemble of it."""
+    if budget <= 0 or idx.numel() == 0:
+        return idx[:0]
+    if isinstance(size, float):
+        return idx[: max(0, min(idx.numel(), math.ceil(budget / size - 0.5)))]
+    s = size.to(idx.device)[idx]
+    return idx[: int(((s.cumsum(0) - s / 2) < budget).sum())]
+
+
+def live_synapses(size, alive: torch.Tensor) -> float:
+    a = alive.reshape(-1)
+    if isinstance(size, float):
+        return size * int(torch.count_nonzero(a))
+    return float(size.to(a.device)[a].sum())
+
+
+def global_synapse_target(ctrl, density: float) -> int:
+    """Live synapses of all editable layers together for ``density`` (protected layers count as dense)."""
+    prot = sum(ctrl.conn.layers[n].numel for n in ctrl.protected)
+    return max(0, int(round(density * ctrl.conn.num_synapses())) - prot)
+
+
+def synapse_targets(ctrl, density: float):
+    """Live synapses per editable layer for ``density`` under the controller's budget, or, for the
+    global budget, ``None`` and the live synapses of all editable layers together."""
+    counts = ctrl.budget_fn(ctrl.conn.layers, density, protected=ctrl.protected, min_density=ctrl.min_density)
+    if counts is not None:
+        return {n: counts[n] for n in ctrl.editable()}, None
+    return None, global_synapse_target(ctrl, density)
+
+
+def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_grow: bool = False) -> EditPlan:
+    """A plan keeping the highest-scoring ensembles at ``density`` (a fraction of synapses) under the
+    controller's budget, to within half an ensemble per layer (per connectome for the global
+    budget); n:m granularities keep the top n of every m. Pruned indices are ordered lowest score
+    first, grown ones highest first."""
+    alive = ctrl.alive()
+    gran = ctrl.conn.granularity
+    keep: Dict[str, torch.Tensor] = {}
+
+    def top(scores, size, budget):
+        flat = scores.reshape(-1)
+        order = highest(flat, torch.ones_like(flat, dtype=torch.bool), max_count(size, budget, flat.numel()))
+        k = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+        k[take_synapses(order, size, budget)] = True
+        return k
+
+    if hasattr(gran, "density"):
+        keep = {n: gran.select(keep_scores[n]) for n in keep_scores}
+    else:
+        per_layer, total = synapse_targets(ctrl, density)
+        if per_layer is None:
+            flat, names, sizes = concat(keep_scores)
+            k = top(flat, concat_sizes(ctrl, names, sizes), total)
+            for n, part in zip(names, torch.split(k, sizes)):
+                keep[n] = part.view(keep_scores[n].shape)
+        else:
+            for n, s in keep_scores.items():
+                keep[n] = top(s, ensemble_size(gran, ctrl.conn.layers[n].shape), per_layer[n]).view(s.shape)
+    plan = EditPlan()
+    for n, k in keep.items():
+        a = alive[n].reshape(-1).to(k.device)
+        kf = k.reshape(-1)
+        s = keep_scores[n].reshape(-1)
+        drop = a & ~kf
+        if bool(drop.any()):
+            idx = drop.nonzero().squeeze(1)
+            plan.prune[n] = idx[torch.argsort(s[idx], stable=True)]
+        if allow_grow:
+            grow = ~a & kf
+            if bool(grow.any()):
+                idx = grow.nonzero().squeeze(1)
+                plan.grow[n] = idx[torch.argsort(-s[idx], stable=True)]
+    return plan

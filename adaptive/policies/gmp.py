@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..schedules import CubicDensity
-from .base import Policy, register_policy
+from .base import Policy, keep_plan, register_policy
 
 
 @register_policy("gmp")
@@ -26,4 +26,4 @@ class GMP(Policy):
             n: torch.where(alive[n].to(s.device), s, torch.full_like(s, float("-inf")))
             for n, s in ctrl.scores("cost", step).items()
         }
-        return ctrl.keep_plan(scores, target)
+        return keep_plan(ctrl, scores, target)

@@ -1,7 +1,7 @@
 """One-shot pruning to a density: by magnitude (the default) or by any named estimator."""
 from __future__ import annotations
 
-from .base import Policy, register_policy
+from .base import Policy, keep_plan, register_policy
 
 
 @register_policy("magnitude")
@@ -19,13 +19,13 @@ class OneShot(Policy):
         if ctrl.drop_est.needs_gradients:
             return None
         self.done = True
-        return ctrl.keep_plan(ctrl.scores("cost", 0), ctrl.density)
+        return keep_plan(ctrl, ctrl.scores("cost", 0), ctrl.density)
 
     def update(self, ctrl, step):
         if self.done:
             return None
         self.done = True
-        return ctrl.keep_plan(ctrl.scores("cost", step), ctrl.density)
+        return keep_plan(ctrl, ctrl.scores("cost", step), ctrl.density)
 
     def state_dict(self):
         return {"done": self.done}

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from .base import EditPlan, Policy, concat, highest, lowest, register_policy, split
+from .base import (EditPlan, Policy, concat, concat_sizes, ensemble_size, highest, keep_plan, live_synapses, lowest,
+                   max_count, register_policy, size_sum, split, synapse_targets, take_synapses)
 
 
-def global_candidates(cost, gain, alive, frac, ordered=True):
-    """Over all layers together: the ``frac`` of live ensembles cheapest to remove and as many of
-    the most useful absent ones (no more than can be grown). Returns the flat scores, the layer
-    layout and both index lists, for :func:`global_plan`."""
+def global_candidates(ctrl, cost, gain, alive, frac, ordered=True, target=None):
+    """Over all layers together: the ``frac`` of live ensembles cheapest to remove, and the most
+    useful absent ones holding as many synapses as the removed ones (or, with ``target``, as many
+    as bring the live synapses back to ``target``), to within half an ensemble. Returns the flat
+    scores, the layer layout and both index lists, for :func:`global_plan`."""
     c, names, sizes = concat(cost)
     g, _, _ = concat(gain)
     a, _, _ = concat(alive)
@@ -23,8 +25,20 @@ def global_candidates(cost, gain, alive, frac, ordered=True):
     live = int(torch.count_nonzero(a))
     k = min(int(round(frac * live)), a.numel() - live)
     p_idx = lowest(c, a, k, ordered)
-    g_idx = highest(g, ~a, p_idx.numel(), ordered)
+    g_idx = grow_candidates(g, a, concat_sizes(ctrl, names, sizes), p_idx, target, ordered)
     return c, g, names, sizes, p_idx, g_idx
+
+
+def grow_candidates(gain, a, size, p_idx, target, ordered):
+    """The absent ensembles with the highest gain whose synapses replace those of ``p_idx`` (with
+    ``target``: that bring the live synapses to ``target``), best first."""
+    freed = size_sum(size, p_idx)
+    need = freed if target is None else target - (live_synapses(size, a) - freed)
+    absent = ~a.reshape(-1)
+    if isinstance(size, float) and need == freed:  # equal sizes, density kept: one for one
+        return highest(gain, absent, p_idx.numel(), ordered)
+    g_idx = highest(gain, absent, max_count(size, need, int(torch.count_nonzero(absent))))
+    return take_synapses(g_idx, size, need)
 
 
 def global_plan(c, g, names, sizes, p_idx, g_idx) -> EditPlan:
@@ -36,11 +50,15 @@ def global_plan(c, g, names, sizes, p_idx, g_idx) -> EditPlan:
 
 
 def swap_plan(ctrl, step, cost, gain, alive, frac) -> EditPlan:
+    """Prune the ``frac`` cheapest live ensembles of every layer (of all layers together under the
+    global budget) and grow the most useful absent ones up to the budget's live synapses."""
     # best-first order matters only when a line search may shrink the plan
     ordered = ctrl.holdout_loss is not None
-    if ctrl.budget == "global":
-        return global_plan(*global_candidates(cost, gain, alive, frac, ordered))
+    per_layer, total = synapse_targets(ctrl, ctrl.density)
+    if per_layer is None:
+        return global_plan(*global_candidates(ctrl, cost, gain, alive, frac, ordered, target=total))
     plan = EditPlan()
+    gran = ctrl.conn.granularity
     for n in cost:
         a = alive[n].to(cost[n].device)
         n_live = int(torch.count_nonzero(a))
@@ -48,7 +66,7 @@ def swap_plan(ctrl, step, cost, gain, alive, frac) -> EditPlan:
         if k == 0:
             continue
         p_idx = lowest(cost[n], a, k, ordered)
-        g_idx = highest(gain[n], ~a, p_idx.numel(), ordered)
+        g_idx = grow_candidates(gain[n], a, ensemble_size(gran, ctrl.conn.layers[n].shape), p_idx, per_layer[n], ordered)
         if p_idx.numel():
             plan.prune[n], plan.prune_scores[n] = p_idx, cost[n].reshape(-1)[p_idx]
             plan.grow[n], plan.grow_scores[n] = g_idx, gain[n].reshape(-1)[g_idx]
@@ -59,7 +77,7 @@ def nm_plan(ctrl, step, cost, gain, alive) -> EditPlan:
     """n:m: re-select the top n of every group by the value of each synapse's presence (removal
     cost where present, restoration gain where absent: both in loss units)."""
     keep_scores = {n: torch.where(alive[n].to(cost[n].device), cost[n], gain[n]) for n in cost}
-    return ctrl.keep_plan(keep_scores, ctrl.density, allow_grow=True)
+    return keep_plan(ctrl, keep_scores, ctrl.density, allow_grow=True)
 
 
 @register_policy("set")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 
 
-from .base import EditPlan, Policy, concat, highest, lowest, register_policy, split
+from .base import (EditPlan, Policy, concat, concat_sizes, global_synapse_target, highest, live_synapses, lowest,
+                   max_count, register_policy, size_sum, split, take_synapses)
 
 
 @register_policy("threshold")
@@ -26,11 +27,10 @@ class Threshold(Policy):
         self.restore_boundary = float(restore_boundary)
         self.adapt = adapt
 
-    def _pace(self, ctrl, step, live):
-        if ctrl.density is None:
-            return 0
-        target = ctrl.global_target(ctrl.density)
-        need = max(0, live - target)
+    def _pace(self, ctrl, step, live, target):
+        """Synapses to remove, net, at this update: the excess over the target, spread over the
+        updates left before ``end_step``."""
+        need = max(0.0, live - target)
         if ctrl.end_step is None or need == 0:
             return need
         left = max(1, math.ceil((ctrl.end_step - step) / ctrl.update_every))
@@ -45,22 +45,25 @@ class Threshold(Policy):
         g, _, _ = concat(ctrl.scores("gain", step))
         a, _, _ = concat(alive)
         a = a.to(c.device)
+        size = concat_sizes(ctrl, names, sizes)
         live = int(a.sum())
         limit = max(1, int(round(frac * live)))
-        pace = self._pace(ctrl, step, live)
         target_set = ctrl.density is not None
-        if target_set:
-            pace = min(pace, live - ctrl.global_target(ctrl.density)) if live > ctrl.global_target(ctrl.density) else 0
+        # the pace is counted in synapses (ensembles can differ in size), the edit limit in ensembles
+        pace = self._pace(ctrl, step, live_synapses(size, a), global_synapse_target(ctrl, ctrl.density)) if target_set else 0
+        n_pace = max_count(size, pace, live)  # enough ensembles to remove ``pace`` synapses
         n_below = int((a & (c < self.prune_boundary)).sum())
-        n_p = min(max(n_below, pace), max(limit, pace))
-        p_idx = lowest(c, a, n_p)
+        p_idx = lowest(c, a, min(max(n_below, n_pace), max(limit, n_pace)))
+        if target_set:  # the pace's prefix first; more only below the boundary, up to the limit
+            n_p = max(min(n_below, limit), take_synapses(p_idx, size, pace).numel())
+            p_idx = p_idx[:n_p]
         n_above = int((~a & (g > self.restore_boundary)).sum())
-        n_r = min(n_above, limit)
+        r_idx = highest(g, ~a, min(n_above, limit))
         if target_set:
-            # net removal is exactly the pace: restores only replace prunes beyond it
-            n_r = min(n_r, max(0, p_idx.numel() - pace))
-            p_idx = p_idx[: n_r + pace] if p_idx.numel() > n_r + pace else p_idx
-        r_idx = highest(g, ~a, n_r)
+            # net removal is exactly the pace (to within half an ensemble): restores only replace
+            # prunes beyond it, and prunes beyond the pace that nothing replaces are dropped
+            r_idx = take_synapses(r_idx, size, size_sum(size, p_idx) - pace)
+            p_idx = take_synapses(p_idx, size, size_sum(size, r_idx) + pace)
         if self.adapt:
             if p_idx.numel():
                 self.prune_boundary = float(c[p_idx[-1]])
