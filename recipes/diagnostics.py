@@ -109,18 +109,20 @@ def cmd_dense_gradients(args):
             torch.manual_seed(args.seed)
             model = build_model("densecat", num_classes=data.num_classes, in_shape=data.in_shape,
                                 depth=args.depth, width=args.width, kind=kind, batchnorm=bn, activation=args.activation)
+            D.resolve_depths(model, args.layer)  # a wrong --layer fails here, before any training
             opt = make_optimizer("sgd", model, args.lr)
             train_loss = train_steps(model, seeded_train_loader(data, args.batch_size, args.seed), args.train_steps, opt, desc=f"train {tag}")
             res = D.gradient_by_depth(model, seeded_train_loader(data, args.batch_size, args.seed + 1), layer=args.layer,
                                       batches=args.grad_batches)
             res.title = f"DenseCat {kind} ({args.activation}), depth {args.depth} x width {args.width}, " \
-                        f"{'BatchNorm' if bn else 'no normalisation'}, {args.dataset}, after {args.train_steps} SGD steps"
+                        f"{'BatchNorm' if bn else 'no normalisation'}, {args.dataset}, after {args.train_steps} SGD steps\n" \
+                        f"gradients on {args.dataset} TRAIN batches of {args.batch_size}, train mode"
             paths = res.plot(os.path.join(out, f"gradients_by_depth_{tag}.png"), svg=args.svg)
             write_table(res.table, out, f"gradients_by_depth_{tag}", f"{args.layer} |grad| by source depth ({tag})")
             ratio = res.ratio()
             decades = math.log10(ratio) if 0 < ratio < math.inf else float("nan")
             print(f"{tag}: median |grad| of the first band / last band = {ratio:.4g} ({decades:+.2f} decades); "
-                  f"train loss {'-' if train_loss is None else f'{train_loss:.4f}'}; figure {paths[0]}")
+                  f"train loss (mean of the last 10% of steps) {'-' if train_loss is None else f'{train_loss:.4f}'}; figure {paths[0]}")
             rows.append({"net": tag, "train_loss": train_loss, "first_band_median": res.medians()[0],
                          "last_band_median": res.medians()[-1], "first/last": ratio,
                          "decades": decades})
@@ -171,9 +173,12 @@ def cmd_collinearity(args):
     model = trained_model(args, data)
     loader = data.holdout if args.split == "holdout" else seeded_train_loader(data, args.batch_size, args.seed + 1)
     res = D.collinearity(model, loader, batch_size=args.grad_batch_size, batches=args.batches, train_mode=False)
-    p1 = res.plot(os.path.join(out, "collinearity_vs_grad2.png"), svg=args.svg)
-    p2 = res.plot(os.path.join(out, "sign_agreement_vs_grad2.png"), svg=args.svg, measure="sign_agreement")
-    p3 = res.plot_summary(os.path.join(out, "collinearity_by_layer.png"), svg=args.svg)
+    split = "TRAIN" if args.split == "train" else "holdout (from TRAIN)"
+    source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
+    title = f"{source}; gradients on {args.dataset} {split}, eval mode"
+    p1 = res.plot(os.path.join(out, "collinearity_vs_grad2.png"), svg=args.svg, title=title)
+    p2 = res.plot(os.path.join(out, "sign_agreement_vs_grad2.png"), svg=args.svg, measure="sign_agreement", title=title)
+    p3 = res.plot_summary(os.path.join(out, "collinearity_by_layer.png"), svg=args.svg, title=title)
     write_table(res.table, out, "collinearity_layers", f"collinearity per layer ({res.batches} batches)")
     write_table(res.fraction_above(), out, "collinearity_fraction_above", "fraction of weights above each cosine collinearity")
     print(f"figures: {p1[0]}, {p2[0]}, {p3[0]}")

@@ -128,5 +128,6 @@ def test_traced_depths_match_the_models_own_bookkeeping():
 
 def test_gradient_by_depth_traces_models_without_input_depths():
     torch.manual_seed(0)
-    res = gradient_by_depth(TwoBandNet(), [(torch.randn(8, 5), torch.randint(0, 3, (8,)))], layer="classifier", batches=1)
+    with pytest.warns(UserWarning, match="one band"):
+        res = gradient_by_depth(TwoBandNet(), [(torch.randn(8, 5), torch.randint(0, 3, (8,)))], layer="classifier", batches=1)
     assert res.depths == [1]  # traced: both halves read the hidden layer's output, one band at depth 1

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -21,7 +20,7 @@ def iterate_batches(loader, batches: Optional[int], desc: str, cycle: bool = Fal
 
     if batches is not None and batches <= 0:
         raise ValueError(f"batches must be positive, got {batches}")
-    source = itertools.chain.from_iterable(itertools.repeat(loader)) if cycle and batches else loader
+    source = _cycled(loader) if cycle and batches else loader
     total = batches
     if total is None:
         try:
@@ -42,7 +41,19 @@ def iterate_batches(loader, batches: Optional[int], desc: str, cycle: bool = Fal
             n += 1
             bar.update(1)
     if n == 0:
-        raise ValueError("the loader yielded no batches")
+        raise ValueError(f"the loader for {desc} yielded no batches: it is empty (an empty dataset or subset, or "
+                         "drop_last with fewer samples than one batch); pass a loader with at least one (inputs, targets) batch")
+
+
+def _cycled(loader) -> Iterator:
+    """``loader``'s batches pass after pass; stops (instead of spinning forever) when a pass is empty."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            return
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -61,6 +72,19 @@ def training_mode(model: nn.Module, train: bool):
     finally:
         for m, t in modes.items():
             m.training = t
+
+
+@contextlib.contextmanager
+def kept_buffers(model: nn.Module):
+    """Restore every buffer of ``model`` (BatchNorm running statistics, counters) on exit, so a
+    measurement run in train mode leaves the model exactly as it found it."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
 
 
 def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parameter]:

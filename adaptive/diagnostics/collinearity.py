@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..discovery import discover
-from ._common import default_loss, iterate_batches, model_device, training_mode
+from ._common import default_loss, iterate_batches, kept_buffers, model_device, training_mode
 from .table import Table, pyplot, save_figure
 
 THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -35,7 +35,7 @@ def rebatch(loader, batch_size: Optional[int]) -> Iterator:
         return
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    xs, ys, have = [], [], 0
+    xs, ys, have, cut = [], [], 0, 0
     for x, y, *_ in loader:
         xs.append(x)
         ys.append(y)
@@ -43,7 +43,11 @@ def rebatch(loader, batch_size: Optional[int]) -> Iterator:
         while have >= batch_size:
             X, Y = torch.cat(xs), torch.cat(ys)
             yield X[:batch_size], Y[:batch_size]
+            cut += 1
             xs, ys, have = [X[batch_size:]], [Y[batch_size:]], have - batch_size
+    if cut == 0 and have > 0:
+        raise ValueError(f"the loader holds only {have} samples, fewer than one batch of batch_size={batch_size}: "
+                         "pass a smaller batch_size or more data")
 
 
 @dataclass
@@ -73,8 +77,9 @@ class Collinearity:
             rows.append(row)
         return Table(rows)
 
-    def plot(self, path, svg: bool = False, measure: str = "cosine"):
-        """Density of collinearity against squared full gradient (log x), all layers together."""
+    def plot(self, path, svg: bool = False, measure: str = "cosine", title: str = ""):
+        """Density of collinearity against squared full gradient (log x), all layers together.
+        ``title`` should say which model and data split the gradients come from."""
         plt = pyplot()
         c = torch.cat(list(getattr(self, measure).values())).numpy()
         g2 = torch.cat(list(self.full_grad_sq.values())).double()
@@ -88,24 +93,35 @@ class Collinearity:
         ax.set_xlabel("squared full-data gradient G² (log10)")
         ax.set_ylabel("cosine collinearity |mean g|/rms g" if measure == "cosine" else "sign agreement with G")
         bs = f"batch size {self.batch_size}, " if self.batch_size else ""
-        ax.set_title(f"per-weight gradient collinearity ({bs}{self.batches} batches, {int(keep.sum()):,} weights)", fontsize=9)
+        zero = int((~keep).sum())
+        skipped = f"; {zero:,} with G = 0 not drawn" if zero else ""
+        what = "cosine collinearity" if measure == "cosine" else "sign agreement"
+        head = f"{title}\n" if title else ""
+        ax.set_title(f"{head}per-weight {what} ({bs}{self.batches} batches, {int(keep.sum()):,} weights{skipped})", fontsize=9)
         return save_figure(fig, path, svg=svg)
 
-    def plot_summary(self, path, svg: bool = False, thresholds: Sequence[float] = THRESHOLDS, measure: str = "cosine"):
-        """Fraction of weights above each collinearity threshold, one line per layer."""
+    def plot_summary(self, path, svg: bool = False, thresholds: Sequence[float] = THRESHOLDS, measure: str = "cosine",
+                     title: str = ""):
+        """Fraction of weights above each collinearity threshold, one line per layer (legend beside
+        the axes, so it hides no line)."""
         plt = pyplot()
         t = self.fraction_above(thresholds, measure)
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         cols = [f">{x:g}" for x in thresholds]
         for i, row in enumerate(t):
-            style = dict(color="black", lw=2.5) if row["layer"] == "all" else dict(lw=1, alpha=0.8)
+            # more layers than colours: the line style tells apart the layers that share a colour
+            style = dict(color="black", lw=2.5) if row["layer"] == "all" else dict(lw=1, alpha=0.8, ls=("-", "--", ":")[(i // 10) % 3])
             ax.plot(list(thresholds), [row[c] for c in cols], marker="o", ms=3, label=row["layer"], **style)
+        if measure == "cosine" and self.batches > 1:
+            ax.axvline(self.batches ** -0.5, color="red", ls=":", lw=1, label="1/sqrt(batches): noise level")
         ax.set_xlabel(f"{measure} collinearity threshold")
         ax.set_ylabel("fraction of the layer's weights above it")
         ax.set_ylim(0, 1.02)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6, ncol=2 if len(t) > 8 else 1, loc="upper right")
-        ax.set_title("gradient collinearity by layer", fontsize=9)
+        ax.legend(fontsize=6, ncol=2 if len(t) > 24 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        bs = f"batch size {self.batch_size}, " if self.batch_size else ""
+        head = f"{title}\n" if title else ""
+        ax.set_title(f"{head}gradient collinearity by layer ({bs}{self.batches} batches)", fontsize=9)
         return save_figure(fig, path, svg=svg)
 
 
@@ -123,7 +139,8 @@ def collinearity(
     """Stream ``batches`` batches (all of one pass when None) of ``batch_size`` samples (re-cut from
     the loader's batches; the loader's own size when None) and measure the collinearity of every
     prunable weight (Linear/Conv weights, filtered by ``include``/``exclude`` like
-    :class:`adaptive.Connectome`). Leaves ``.grad`` and the parameters untouched."""
+    :class:`adaptive.Connectome`). Leaves ``.grad``, the parameters and the buffers (BatchNorm
+    running statistics, even in train mode) untouched."""
     found = discover(model, include, exclude)
     if not found:
         raise ValueError("no prunable weight matched: check include/exclude patterns")
@@ -135,7 +152,7 @@ def collinearity(
     pos = [torch.zeros(p.numel(), dtype=torch.int32) for p in params]
     neg = [torch.zeros(p.numel(), dtype=torch.int32) for p in params]
     n = 0
-    with training_mode(model, train_mode):
+    with kept_buffers(model), training_mode(model, train_mode):
         for x, y in iterate_batches(rebatch(loader, batch_size), batches, desc="collinearity"):
             x, y = x.to(device), y.to(device)
             grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)

@@ -8,13 +8,14 @@ bands over many batches and draws them.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 import torch
 from torch import nn
 
-from ._common import LogHistogram, default_loss, find_weight, iterate_batches, model_device, training_mode
+from ._common import LogHistogram, default_loss, find_weight, iterate_batches, kept_buffers, model_device, training_mode
 from .table import Table, pyplot, save_figure
 
 HOW_TO_PASS_DEPTHS = (
@@ -94,8 +95,11 @@ class GradientByDepth:
         return self.table["median"]
 
     def ratio(self) -> float:
-        """Median ``|grad|`` of the shallowest band over that of the deepest band."""
+        """Median ``|grad|`` of the shallowest band over that of the deepest band (NaN when the
+        layer reads a single depth: there is nothing to compare)."""
         m = self.medians()
+        if len(m) < 2:
+            return math.nan
         return m[0] / m[-1] if m[-1] > 0 else math.inf
 
     def plot(self, path, svg: bool = False, max_points_per_band: int = 4000, seed: int = 0):
@@ -120,6 +124,11 @@ class GradientByDepth:
         hi = [row[d]["q3"] - row[d]["median"] for d in self.depths]
         ax.errorbar(xs, med, yerr=[lo, hi], fmt="D", color="black", ms=5, capsize=4, label="median, quartiles (all batches)")
         ax.set_yscale("log")
+        for i, d in enumerate(self.depths):  # exact zeros (dead units) have no place on a log axis: say how many
+            z = row[d]["zero_fraction"]
+            if z > 0:
+                ax.annotate(f"{z:.0%} zero", (i, 0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+                            textcoords="offset points", ha="center", va="bottom", fontsize=7, color="C3")
         ax.set_xticks(xs, [str(d) for d in self.depths])
         ax.set_xlabel("depth of the signal read (layers it went through; 0 = raw input)")
         ax.set_ylabel(f"|dL/dw| of {self.layer} weights")
@@ -146,7 +155,8 @@ def gradient_by_depth(
 
     Depths come from ``depths`` (one per input unit), else ``model.input_depths(layer)``, else
     :mod:`graphs` tracing (see :func:`resolve_depths`). Only the weight's gradient is computed
-    (``torch.autograd.grad``): the model's ``.grad`` fields and parameters are left untouched.
+    (``torch.autograd.grad``): the model's ``.grad`` fields, parameters and buffers (BatchNorm
+    running statistics, which train mode would otherwise update) are left untouched.
     Statistics are over all weights x batches, in bounded memory (:class:`LogHistogram`).
     ``cycle``: restart the loader (a new epoch) until ``batches`` batches have been seen.
     """
@@ -156,7 +166,7 @@ def gradient_by_depth(
     per_weight = torch.zeros(weight.shape, dtype=torch.float64)
     hist = band_index = uniq = None
     n = 0
-    with training_mode(model, train_mode):
+    with kept_buffers(model), training_mode(model, train_mode):
         for x, y in iterate_batches(loader, batches, desc=f"gradients of {name}", cycle=cycle):
             x, y = x.to(device), y.to(device)
             if band_index is None:
@@ -174,6 +184,10 @@ def gradient_by_depth(
     q1, med, q3, mean = hist.quantile(0.25), hist.quantile(0.5), hist.quantile(0.75), hist.mean()
     tot = hist.total()
     wd_flat = uniq[band_index].reshape(-1)
+    if len(uniq) == 1:
+        warnings.warn(f"every input of {name!r} carries a signal of depth {int(uniq[0])}: one band, nothing to "
+                      "compare (ratio() is NaN); pick a layer that reads a concatenation of signals of several depths, "
+                      "or pass depths=", stacklevel=2)
     rows = []
     for i, d in enumerate(uniq.tolist()):
         rows.append({

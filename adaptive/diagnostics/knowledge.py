@@ -166,7 +166,7 @@ class KnowledgeCurve:
         for what, f in self.fits.items():
             r = f["rate"]
             rows.append({
-                "quantity": what, "rate_per_weight": r,
+                "quantity": what, "points": f.get("points"), "rate_per_weight": r,
                 "e_fold_weights": (1.0 / r) if r and r > 0 else float("nan"),
                 "e_fold_fraction": (1.0 / (r * self.total)) if r and r > 0 else float("nan"),
                 "r2": f["r2"], "within_x2": f.get("within_tolerance"), "fit_from": f["fit_from"], "fit_to": f["fit_to"],
@@ -211,6 +211,10 @@ class KnowledgeCurve:
                 for edge in {f["holds_from"], f["holds_to"]}:
                     ax.axvline(edge, color="C2", ls="--", lw=1)
                 ax.plot([], [], color="C2", ls="--", lw=1, label="line stays within ×2 up to here")
+            elif f:
+                ax.text(0.5, 0.5, f"no exponential fit: {f.get('points', 0)} point(s) between the noise floor\n"
+                        "and the collapse (3 needed); measure more points (--points)",
+                        ha="center", va="center", transform=ax.transAxes, fontsize=8)
             ax.set_yscale("log")
             ax.set_xlim(-0.02 * max(k), 1.02 * max(k))
             ax.set_xlabel("weights removed (count)")

@@ -104,7 +104,7 @@ class Progress:
                     drawn = True
             ax.set_xlabel(xlabel)
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-            ax.set_ylabel(key)
+            ax.set_ylabel("loss (nats for cross-entropy)" if key == "loss" else "accuracy (fraction correct)")
             ax.set_title(f"{key} against {'removal' if xkey == 'removed' else 'step'}", fontsize=9)
             if drawn:
                 ax.legend(fontsize=8)
@@ -114,13 +114,24 @@ class Progress:
         ev = self.events
         steps = ev["step"]
         ax = axes[0, 2]
+        # the initial pruning (kind "init": the jump to the target density) is not an update; drawn
+        # among the updates it would flatten them, so it is named in the title instead
+        init = [e for e in ev if e.get("kind") == "init"]
+        upd = [e for e in ev if e.get("kind") != "init"]
+        counts = []
         for key, c in (("pruned", "C3"), ("grown", "C2")):
-            pts = [(s, v) for s, v in zip(steps, ev[key]) if isinstance(v, (int, float))]
+            pts = [(e.get("step"), e.get(key)) for e in upd if isinstance(e.get(key), (int, float))]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, color=c, label=key if key == "pruned" else "restored / grown")
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if key == "pruned" else "s--", ms=5 if key == "pruned" else 3,
+                        color=c, label=key if key == "pruned" else "restored / grown")  # distinct when the counts coincide
+                counts += [p[1] for p in pts if p[1]]
         ax.set_xlabel("step")
         ax.set_ylabel("synapses per update")
-        ax.set_title("pruned and restored per controller update", fontsize=9)
+        if counts and max(counts) > 50 * sorted(counts)[len(counts) // 2]:
+            ax.set_yscale("symlog", linthresh=1)
+            ax.set_ylabel("synapses per update (log scale above 1)")
+        init_note = "".join(f"\ninitial pruning at step {e.get('step')}: {e.get('pruned') or 0:,} (not drawn)" for e in init[:1])
+        ax.set_title(f"pruned and restored per controller update{init_note}", fontsize=9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         ax.grid(True, alpha=0.3)
@@ -137,7 +148,7 @@ class Progress:
         else:
             ax.text(0.5, 0.5, "no boundaries logged", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("step")
-        ax.set_ylabel("edit boundary (estimator value; loss change only for loss models)")
+        ax.set_ylabel("edit boundary\n(estimator units; loss change only for loss models)")
         ax.set_title("boundaries over time", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax = axes[1, 1]

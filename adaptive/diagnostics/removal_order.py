@@ -2,9 +2,9 @@
 
 Scores come from the project's utility registry (:mod:`adaptive.utility`: ``magnitude``,
 ``taylor``, ``obd``, ... ``removal_cost``, low = remove first). Gradient statistics for the
-estimators that need them are gathered here over a few batches of a held-out loader. If the
-registry cannot be imported, :func:`_fallback_scores` computes magnitude, taylor (mean
-``|g*w|`` over batches) and obd (diagonal Fisher) itself.
+estimators that need them are gathered here over a few batches of a held-out loader. The registry
+is the only definition of each estimator (no private copy here), so an order named ``taylor`` is
+the controller's ``taylor``: the signed first-order loss change ``-mean(g) * w``.
 """
 from __future__ import annotations
 
@@ -32,10 +32,8 @@ def removal_scores(conn, loader=None, estimator: str = "magnitude", batches: Opt
     """Score every synapse of ``conn`` (an :class:`adaptive.Connectome`) with ``estimator``'s
     removal cost; low = removed first. Gradients (model in eval mode) come from ``batches`` batches
     of ``loader`` when the estimator needs them."""
-    try:
-        from ..utility import GradientStats, UtilityContext, get_estimator
-    except ImportError:  # the registry is optional for this diagnostic
-        return _fallback_scores(conn, loader, estimator, batches, loss_fn)
+    from ..utility import GradientStats, UtilityContext, get_estimator
+
     est = get_estimator(estimator)
     stats = GradientStats(conn, second_moment=getattr(est, "needs_second_moment", False))
     batch_size = None
@@ -53,27 +51,6 @@ def removal_scores(conn, loader=None, estimator: str = "magnitude", batches: Opt
         )
         scores[name] = est.removal_cost(ctx).detach().float().cpu()
     return scores
-
-
-def _fallback_scores(conn, loader, estimator, batches, loss_fn) -> Dict[str, torch.Tensor]:
-    """magnitude ``|w|``; taylor ``mean_b |g_b w|``; obd ``mean_b(g_b^2) w^2 / 2``."""
-    if estimator not in ("magnitude", "taylor", "obd"):
-        raise ValueError(f"unknown estimator {estimator!r} (adaptive.utility is unavailable): use magnitude, taylor or obd")
-    w = {n: p.detach().float().cpu() for n, p in conn.params.items()}
-    if estimator == "magnitude":
-        return {n: t.abs() for n, t in w.items()}
-    if loader is None:
-        raise ValueError(f"estimator {estimator!r} needs gradients: pass a loader of held-out training data")
-    acc = {n: torch.zeros_like(t) for n, t in w.items()}
-    n = 0
-    for _ in _gradient_batches(conn, loader, batches, loss_fn, desc=f"{estimator} statistics"):
-        for name, p in conn.params.items():
-            g = p.grad.detach().float().cpu()
-            acc[name] += (g * w[name]).abs() if estimator == "taylor" else g * g
-        n += 1
-    if estimator == "taylor":
-        return {k: v / n for k, v in acc.items()}
-    return {k: 0.5 * (v / n) * w[k] ** 2 for k, v in acc.items()}
 
 
 def global_order(scores: Dict[str, torch.Tensor]) -> torch.Tensor:
