@@ -57,11 +57,12 @@ def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", 
             return _torchvision_arrays(found.parent, train=False)[:2]
     else:
         base = found.parent
+        if not (base / "test").is_dir():  # said now, not after a whole run when the report needs it
+            raise DatasetNotFoundError(f"cifar10 test split not found: expected {base / 'test'} next to {found}; "
+                                       f"an ImageFolder copy of CIFAR-10 needs both train/ and test/")
         x, y, classes = cached_folder_tensor(found, f"{base.name}-train", cache_dir)
 
         def load_test():
-            if not (base / "test").is_dir():
-                raise DatasetNotFoundError(f"cifar10 test split not found: expected {base / 'test'} next to {found}")
             return cached_folder_tensor(base / "test", f"{base.name}-test", cache_dir)[:2]
 
     def test():

@@ -14,7 +14,8 @@ SPLIT_SEED = 0  # fixed: the digits train/test split is part of the dataset's de
 @register_dataset("digits")
 def digits(data_dir=None, download=False, augment=False) -> Source:
     """Digits as ``(1, 8, 8)`` images scaled to [0, 1] then standardised with the train split's
-    mean and std; a fixed stratified 80/20 train/test split."""
+    mean and std; a fixed stratified 80/20 train/test split. ``augment`` is ignored: no augmentation
+    is defined for these 8x8 digits."""
     from sklearn.datasets import load_digits
 
     d = load_digits()

@@ -2,11 +2,14 @@
 
 Decoding CIFAR's 50,000 JPEGs takes minutes on a small machine; the cached tensor loads in well
 under a second. The cache lives outside the repository (``adaptive.paths.cache_dir()``), is
-written atomically, and is rebuilt when the folder's path, classes or file count change.
+written atomically, and is rebuilt, never trusted, when the folder's path, classes or files
+(names, sizes) changed or the file fails its checks (unreadable, wrong tensors, checksum).
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import zlib
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -47,20 +50,57 @@ def decode_folder(root: Path, desc: str = "decoding") -> Tuple[torch.Tensor, tor
     return images, labels, classes
 
 
+def _fingerprint(root: Path, samples) -> str:
+    """A digest of every file's relative path, size and class: a folder whose files were
+    replaced, re-encoded or relabelled gets another one (a stat per file, no decoding)."""
+    h = hashlib.sha256()
+    for path, c in samples:
+        h.update(f"{os.path.relpath(path, root)}\0{os.stat(path).st_size}\0{c}\n".encode())
+    return h.hexdigest()
+
+
+def _checksum(images: torch.Tensor, labels: torch.Tensor) -> int:
+    """CRC-32 of the tensors' bytes (about 20 ms for CIFAR's train split)."""
+    crc = zlib.crc32(memoryview(images.contiguous().numpy()).cast("B"))
+    return zlib.crc32(memoryview(labels.contiguous().numpy()).cast("B"), crc)
+
+
+def _read_cache(cache: Path, meta: dict, labels: torch.Tensor) -> Tuple[Optional[tuple], str]:
+    """``((images, labels), "")`` when ``cache`` holds exactly this folder's decoded images, else
+    ``(None, why not)``. Nothing in the file is trusted unchecked: a truncated or foreign file,
+    another folder's meta, tensors of the wrong type or size, labels other than the folder's,
+    or bytes that fail the checksum (torch.load does not notice a flipped byte) all say no."""
+    if not cache.is_file():
+        return None, "no cache yet"
+    try:
+        blob = torch.load(cache, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, ...
+        return None, f"unreadable ({type(e).__name__})"
+    if not isinstance(blob, dict) or blob.get("meta") != meta:
+        return None, "made from other files"
+    images, cached_labels = blob.get("images"), blob.get("labels")
+    if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4
+            and images.shape[0] == meta["count"] and isinstance(cached_labels, torch.Tensor)
+            and torch.equal(cached_labels, labels)):
+        return None, "wrong tensors inside"
+    if blob.get("crc32") != _checksum(images, cached_labels):
+        return None, "checksum mismatch (corrupt)"
+    return (images, cached_labels), ""
+
+
 def cached_folder_tensor(root: Path, cache_name: str, cache_dir: Optional[Path] = None):
-    """``decode_folder(root)``, read from ``<cache_dir>/<cache_name>.pt`` when it is up to date."""
+    """``decode_folder(root)``, read from ``<cache_dir>/<cache_name>.pt`` when that file holds
+    exactly this folder's images (checked, see :func:`_read_cache`); otherwise decoded afresh and
+    the cache rewritten atomically."""
     root = Path(root).resolve()
     cache = default_cache_dir(cache_dir) / f"{cache_name}.pt"
     classes, samples = scan_folder(root)
-    meta = {"root": str(root), "count": len(samples), "classes": classes}
-    if cache.is_file():
-        try:
-            blob = torch.load(cache, map_location="cpu", weights_only=True)
-            if blob.get("meta") == meta:
-                return blob["images"], blob["labels"], classes
-        except Exception:  # a corrupt or foreign file: rebuild it below
-            pass
-    images, labels, classes = decode_folder(root, desc=f"decoding {cache_name} (once; cached to {cache})")
+    meta = {"root": str(root), "count": len(samples), "classes": classes, "files": _fingerprint(root, samples)}
+    labels = torch.tensor([c for _, c in samples], dtype=torch.long)
+    found, why = _read_cache(cache, meta, labels)
+    if found is not None:
+        return found[0], found[1], classes
+    images, labels, classes = decode_folder(root, desc=f"decoding {cache_name} ({why}; caching to {cache})")
     with atomic_path(cache) as tmp:  # readable by others (the cache is meant to be shared), never half-written
-        torch.save({"meta": meta, "images": images, "labels": labels}, tmp)
+        torch.save({"meta": meta, "images": images, "labels": labels, "crc32": _checksum(images, labels)}, tmp)
     return images, labels, classes

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from ..paths import find_data
+from ..paths import DatasetNotFoundError, find_data
 from .base import Source, register_dataset
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -50,6 +50,9 @@ def imagenet(data_dir=None, download=False, augment=False, image_size=224, resiz
     train_dir = find_data("imagenet", ("imagenet/train", "ILSVRC2012/train"), data_dir,
                           how="laid out as imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG "
                               "(ImageNet has no automatic download)")
+    if not (train_dir.parent / "val").is_dir():  # said now, not after a whole run when the report needs it
+        raise DatasetNotFoundError(f"imagenet validation split not found: expected {train_dir.parent / 'val'} next to "
+                                   f"{train_dir} (laid out as val/<wnid>/*.JPEG)")
     from torchvision.datasets import ImageFolder
 
     folder = ImageFolder(str(train_dir))

@@ -25,7 +25,8 @@ def _arrays(path, split):
 
 @register_dataset("mnist")
 def mnist(data_dir=None, download=False, augment=False) -> Source:
-    """MNIST ``(1, 28, 28)``, normalised with mean/std 0.1307/0.3081. Reads the npz of the data
+    """MNIST ``(1, 28, 28)``, normalised with mean/std 0.1307/0.3081; ``augment``: random shifts of
+    up to 2 pixels (no flips) on the train part only. Reads the npz of the data
     folder; with ``download=True`` and no local copy, torchvision downloads it to the data dir."""
     try:
         path = find_data("mnist", RELPATHS, data_dir, how=HOW)
@@ -41,12 +42,12 @@ def mnist(data_dir=None, download=False, augment=False) -> Source:
     x, y = _arrays(path, "train")
     x = x.unsqueeze(1)
 
-    def view(idx):
-        return TensorImages(x, y, idx, MEAN, STD)
+    def view(idx, augment=False):  # digits are not mirror images: shifts only
+        return TensorImages(x, y, idx, MEAN, STD, augment=augment, pad=2, flip=False)
 
     def test():
         xt, yt = _arrays(path, "test")
         return TensorImages(xt.unsqueeze(1), yt, None, MEAN, STD)
 
-    return Source(train_labels=y, train_view=view, eval_view=view, test=test, num_classes=10,
+    return Source(train_labels=y, train_view=lambda idx: view(idx, augment), eval_view=view, test=test, num_classes=10,
                   in_shape=(1, 28, 28), classes=[str(i) for i in range(10)])

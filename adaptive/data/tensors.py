@@ -37,13 +37,14 @@ class TensorImages(Dataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: Optional[torch.Tensor] = None,
                  mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                 augment: bool = False):
+                 augment: bool = False, pad: int = 4, flip: bool = True):
         self.images, self.labels = images, labels.long()
         self.indices = torch.arange(len(labels)) if indices is None else torch.as_tensor(indices).long()
         shape = (1, -1) + (1,) * (images.dim() - 2)
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(shape)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(shape)
         self.augment = augment and images.dim() == 4
+        self.pad, self.flip = int(pad), bool(flip)
 
     def __len__(self) -> int:
         return int(self.indices.numel())
@@ -64,7 +65,7 @@ class TensorImages(Dataset):
         x = self.images[src]
         x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
         if self.augment:
-            x = random_crop_flip(x)
+            x = random_crop_flip(x, self.pad, self.flip)
         if self.mean is not None:
             x = (x - self.mean) / self.std
         return x, self.labels[src]

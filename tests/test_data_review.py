@@ -1,0 +1,222 @@
+"""Data layer review: the holdout is a seeded stratified part of TRAIN that --subset respects, the
+test split is read only for the final report (and nothing chosen depends on it), augmentation
+touches the train part only, normalisation suits the pretrained CIFAR ResNets, and caches and
+missing folders are handled honestly."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import adaptive.data as D
+import adaptive.paths as paths
+from adaptive.data import DatasetNotFoundError, folder_cache, get_datasets, stratified_split
+from adaptive.data.folder_cache import cached_folder_tensor, scan_folder
+
+torch.set_num_threads(1)
+
+SHARED = paths.SHARED_DATA
+MNIST = SHARED / "mnist" / "mnist.npz"
+CIFAR = SHARED / "cifar10-jpeg"
+RESNET20 = SHARED / "resnet-cifar10" / "resnet20-12fca82f.th"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _labels(name):
+    if name == "mnist":
+        if not MNIST.is_file():
+            pytest.skip(f"shared MNIST absent at {MNIST}")
+        with np.load(MNIST) as f:
+            return torch.from_numpy(f["y_train"]).long()
+    if not (CIFAR / "train").is_dir():
+        pytest.skip(f"shared cifar10-jpeg absent at {CIFAR}")
+    return torch.tensor([c for _, c in scan_folder(CIFAR / "train")[1]])
+
+
+# ---------------------------------------------------------------- 1. the holdout
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_holdout_partitions_train_stratified_and_seeded(name):
+    labels = _labels(name)
+    n = len(labels)
+    train, held = stratified_split(labels, 0.1, seed=0)
+    assert set(train.tolist()).isdisjoint(held.tolist())
+    assert torch.equal(torch.cat([train, held]).sort().values, torch.arange(n))  # covers TRAIN exactly
+    full = torch.bincount(labels, minlength=10).double()
+    assert (torch.bincount(labels[held], minlength=10) - 0.1 * full).abs().max() <= 0.5  # per-class rounding
+    assert abs(len(held) - 0.1 * n) <= 5
+    again, other = stratified_split(labels, 0.1, seed=0)[1], stratified_split(labels, 0.1, seed=1)[1]
+    assert torch.equal(held, again)
+    overlap = len(set(held.tolist()) & set(other.tolist())) / len(held)
+    assert 0.05 < overlap < 0.15  # another seed: an independent draw (about 10% shared by chance)
+    # never by position: cifar10-jpeg's files are grouped by class
+    assert held.float().mean().item() == pytest.approx(n / 2, rel=0.05)
+
+
+# ---------------------------------------------------------------- 2. the test split in the recipe
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("recipe_adaptive_review", ROOT / "recipes" / "adaptive.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["recipe_adaptive_review"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_recipe_reads_test_split_only_for_the_report_and_chooses_nothing_by_it(tmp_path, monkeypatch):
+    R = _recipe()
+    real = D.get_datasets
+    log = {"reads_during_training": 0, "training": True}
+
+    def spying(*a, poison=False, **kw):
+        s = real(*a, **kw)
+        factory = s.test._factory
+
+        def build():
+            if log["training"]:
+                log["reads_during_training"] += 1
+            ds = factory()
+            if poison:  # a garbage test split: every label wrong
+                ds.labels = (ds.labels + 1) % 10
+            return ds
+
+        s.test._factory = build
+        return s
+
+    def on_step(state):
+        assert log["training"]
+
+    def run(out, poison):
+        monkeypatch.setattr(D, "get_datasets", lambda *a, **kw: spying(*a, poison=poison, **kw))
+        log["training"] = True
+        orig_eval = R.evaluate
+
+        def evaluate(acc, model, loader, *a, **k):
+            if getattr(loader, "dataset", None) is not None and isinstance(loader.dataset, D.LazyDataset):
+                log["training"] = False  # the final report
+            return orig_eval(acc, model, loader, *a, **k)
+
+        monkeypatch.setattr(R, "evaluate", evaluate)
+        res = R.main(["--output_dir", str(out), "--max_steps", "30", "--update_every", "10", "--eval_every", "10",
+                      "--progress", "false", "--figures", "false", "--threads", "1"], on_step=on_step)
+        return res
+
+    a, b = run(tmp_path / "a", False), run(tmp_path / "b", True)
+    assert log["reads_during_training"] == 0
+    assert b.summary["test_accuracy"] < a.summary["test_accuracy"] - 0.2  # the poison reached the report
+    for name, m in a.conn.masks.items():
+        assert torch.equal(m, b.conn.masks[name])
+    assert a.summary["holdout_accuracy"] == b.summary["holdout_accuracy"]
+
+
+# ---------------------------------------------------------------- 3. augmentation and normalisation
+
+@pytest.mark.parametrize("name", ["mnist", "fake"])
+def test_augment_train_part_only_and_real(name):
+    if name == "mnist" and not MNIST.is_file():
+        pytest.skip(f"shared MNIST absent at {MNIST}")
+    s = get_datasets(name, holdout=0.2, seed=0, augment=True)
+    assert s.train.augment and not s.holdout.augment and not s.test.dataset.augment
+    idx = list(range(16))
+    torch.manual_seed(0)
+    x1, _ = s.train.batch(idx)
+    x2, _ = s.train.batch(idx)
+    assert not torch.equal(x1, x2)  # it augments (mnist ignored augment=True before)
+    h1, h2 = s.holdout.batch(idx), s.holdout.batch(idx)
+    assert torch.equal(h1[0], h2[0])
+    if name == "mnist":  # digits are not mirror images: shifts only
+        assert (s.train.pad, s.train.flip) == (2, False)
+
+
+@pytest.mark.skipif(not (RESNET20.is_file() and (CIFAR / "test").is_dir()), reason=f"shared resnet20 or cifar10-jpeg absent under {SHARED}")
+def test_cifar10_default_normalisation_is_what_the_pretrained_resnets_expect(tmp_path):
+    from adaptive.data.cifar import NORMALIZATIONS
+    from adaptive.models import build_model
+
+    assert NORMALIZATIONS["imagenet"] == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # ../shared/data/README.md
+    s = get_datasets("cifar10", holdout=0.1, test_subset=1000, seed=0)
+    x, y = s.test.dataset.batch(range(1000))
+    raw = s.test.dataset.images[s.test.dataset.indices].float() / 255
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATIONS["imagenet"])
+    torch.testing.assert_close(x, (raw - mean) / std)
+    model = build_model("resnet20", num_classes=10, in_shape=(3, 32, 32), weights=str(RESNET20)).eval()
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    # 81.03% on all 10,000 (checked by hand through prune_pretrained: 81.03%, loss 0.8788)
+    assert 0.77 < acc < 0.85
+
+
+# ---------------------------------------------------------------- 4. discovery and caches
+
+def _folder(root, n=3, classes=("a", "b")):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+
+
+def test_cifar_without_test_folder_is_refused_up_front(tmp_path):
+    _folder(tmp_path / "cifar10-jpeg" / "train")
+    with pytest.raises(DatasetNotFoundError, match=r"cifar10 test split not found: expected .*cifar10-jpeg/test"):
+        get_datasets("cifar10", data_dir=tmp_path, cache_dir=tmp_path / "cache")  # was: only at the final report
+
+
+def test_imagenet_without_val_folder_is_refused_up_front(tmp_path):
+    _folder(tmp_path / "imagenet" / "train")
+    with pytest.raises(DatasetNotFoundError, match=r"imagenet validation split not found: expected .*imagenet/val"):
+        get_datasets("imagenet", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["flipped_byte", "truncated", "foreign", "wrong_tensors", "changed_file"])
+def test_damaged_or_stale_cache_is_rebuilt_not_trusted(tmp_path, damage):
+    root, cache_dir = tmp_path / "train", tmp_path / "cache"
+    _folder(root)
+    images, labels, _ = cached_folder_tensor(root, "x", cache_dir)
+    cache = cache_dir / "x.pt"
+    data = bytearray(cache.read_bytes())
+    if damage == "flipped_byte":  # inside the images' storage: torch.load does not notice
+        blob = torch.load(cache, weights_only=True)
+        pos = bytes(data).find(blob["images"].numpy().tobytes()[:64])
+        assert pos > 0
+        data[pos + 10] ^= 0xFF
+        cache.write_bytes(bytes(data))
+        assert not torch.equal(torch.load(cache, weights_only=True)["images"], images)
+    elif damage == "truncated":
+        cache.write_bytes(bytes(data[: len(data) // 2]))
+    elif damage == "foreign":
+        torch.save(torch.zeros(3), cache)
+    elif damage == "wrong_tensors":
+        blob = torch.load(cache, weights_only=True)
+        blob["images"] = blob["images"][:2]
+        torch.save(blob, cache)
+    else:  # same names, same count, other pixels (and another size)
+        from PIL import Image
+
+        Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(root / "a" / "0.png", optimize=True)
+    again, labels2, _ = cached_folder_tensor(root, "x", cache_dir)
+    truth, truth_labels, _ = folder_cache.decode_folder(root)
+    assert torch.equal(again, truth) and torch.equal(labels2, truth_labels)
+    # and the rebuilt cache is now trusted as is
+    blob = torch.load(cache, weights_only=True)
+    assert torch.equal(blob["images"], truth)
+
+
+def test_discovery_order_explicit_env_shared(tmp_path, monkeypatch):
+    for d in ("explicit", "env", "shared"):
+        (tmp_path / d / "mnist").mkdir(parents=True)
+        np.savez(tmp_path / d / "mnist" / "mnist.npz", x_train=np.zeros((20, 28, 28), np.uint8),
+                 y_train=np.arange(20) % 10, x_test=np.zeros((10, 28, 28), np.uint8), y_test=np.arange(10))
+    monkeypatch.setattr(paths, "SHARED_DATA", tmp_path / "shared")
+    monkeypatch.setenv("ADAPTIVE_DATA", str(tmp_path / "env"))
+    found = lambda dd=None: paths.find_data("mnist", ("mnist/mnist.npz",), dd)  # noqa: E731
+    assert found(tmp_path / "explicit") == tmp_path / "explicit" / "mnist" / "mnist.npz"
+    assert found() == tmp_path / "env" / "mnist" / "mnist.npz"
+    monkeypatch.delenv("ADAPTIVE_DATA")
+    assert found() == tmp_path / "shared" / "mnist" / "mnist.npz"
+    with pytest.raises(DatasetNotFoundError, match="looked in: .*nowhere/mnist/mnist.npz"):
+        found(tmp_path / "nowhere")  # an explicit folder is the only place looked
