@@ -341,6 +341,8 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     for epoch in range(start_epoch, epochs):
         state.epoch = epoch
         train_dl.set_epoch(epoch)
+        if hasattr(train_dl.dataset, "set_epoch"):  # augmentation keyed on (seed, epoch, example): exact resume
+            train_dl.dataset.set_epoch(epoch, seed=cfg.seed)
         loader = train_dl
         if epoch == start_epoch and skip:
             loader = accelerator.skip_first_batches(train_dl, skip)

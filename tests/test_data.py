@@ -204,3 +204,23 @@ def test_imagenet_folder_mechanics(tmp_path):
     assert x.shape == (4, 3, 24, 24) and set(y.tolist()) <= {0, 1}
     assert not dl.datasets.test.materialized
     assert [y.tolist() for _, y in dl.test] == [[0, 1]]
+
+
+def test_augmentation_keyed_on_seed_epoch_and_example():
+    from adaptive.data import TensorImages
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=g)
+    ds = TensorImages(x, torch.arange(40) % 10, augment=True)
+    ds.set_epoch(1, seed=7)
+    a = ds.batch([3, 5, 9])[0]
+    torch.rand(100)  # other consumers of the global RNG change nothing
+    b = ds.batch([9, 3])[0]  # another batch composition: the same crop per example
+    assert torch.equal(a[2], b[0]) and torch.equal(a[0], b[1])
+    ds.set_epoch(2)
+    c = ds.batch(list(range(40)))[0]
+    ds.set_epoch(1)
+    d = ds.batch(list(range(40)))[0]
+    assert torch.equal(d[[3, 5, 9]], a) and not torch.equal(c, d)  # epochs differ, seed kept
+    plain = TensorImages(x, torch.arange(40) % 10, augment=False)
+    assert not torch.equal(d, plain.batch(list(range(40)))[0])  # it does augment

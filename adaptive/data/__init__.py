@@ -103,7 +103,12 @@ def get_dataloaders(name: str, batch_size: int = 128, data_dir=None, holdout: fl
     common = dict(num_workers=num_workers, persistent_workers=num_workers > 0)
     g = torch.Generator().manual_seed(int(seed))
     return DataLoaders(
-        train=DataLoader(splits.train, batch_size=batch_size, shuffle=True, generator=g, drop_last=drop_last, **common),
+        # the train loader's workers start afresh each epoch (not persistent): their random seeds then
+        # come from the loader's generator at every epoch, which a resumed run restores; persistent
+        # workers kept drawing from the seeds of the epoch they started in, and a resumed run's
+        # augmentation differed from the uninterrupted run's
+        train=DataLoader(splits.train, batch_size=batch_size, shuffle=True, generator=g, drop_last=drop_last,
+                         num_workers=num_workers),
         holdout=DataLoader(splits.holdout, batch_size=eval_bs, shuffle=False, **common),
         test=DataLoader(splits.test, batch_size=eval_bs, shuffle=False, **common),
         num_classes=splits.num_classes, in_shape=splits.in_shape, classes=splits.classes, datasets=splits,

@@ -2,26 +2,31 @@
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 
-def random_crop_flip(x: torch.Tensor, pad: int = 4, flip: bool = True) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, pad: int = 4, flip: bool = True,
+                     draws: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """Standard CIFAR augmentation on a batch ``(B, C, H, W)``: zero-pad by ``pad``, crop a random
-    ``H x W`` window per image, and flip half of the images horizontally (global torch RNG)."""
+    ``H x W`` window per image, and flip half of the images horizontally. The random offsets and
+    flips come from the global torch RNG, or from ``draws`` = ``(oy, ox, flipped)`` per image."""
     b, c, h, w = x.shape
+    if draws is None:
+        oy = torch.randint(0, 2 * pad + 1, (b,)) if pad > 0 else None
+        ox = torch.randint(0, 2 * pad + 1, (b,)) if pad > 0 else None
+        flipped = torch.rand(b) < 0.5 if flip else None
+    else:
+        oy, ox, flipped = draws
     if pad > 0:
         xp = F.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (b,))
-        ox = torch.randint(0, 2 * pad + 1, (b,))
         rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
         cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
         x = xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
     if flip:
-        flipped = torch.rand(b) < 0.5
         x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
     return x
 
@@ -33,6 +38,12 @@ class TensorImages(Dataset):
     ``labels`` is ``(N,)``. Items are ``(float tensor, int)``; ``__getitems__`` fetches whole
     batches with tensor ops (the DataLoader uses it), applying ``augment`` (random crop + flip)
     when set. The underlying tensors are shared, never copied, between views.
+
+    Augmentation draws from the global torch RNG until :meth:`set_epoch` is called
+    (``recipes/adaptive.py`` calls it every epoch); from then on each example's
+    crop and flip are keyed on ``(seed, epoch, example)``, so they depend neither on what else drew
+    random numbers nor on when the loader fetched the batch (it reads one ahead): a run resumed
+    from a checkpoint crops as the uninterrupted run did.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: Optional[torch.Tensor] = None,
@@ -45,6 +56,25 @@ class TensorImages(Dataset):
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(shape)
         self.augment = augment and images.dim() == 4
         self.pad, self.flip = int(pad), bool(flip)
+        self.epoch: Optional[int] = None
+        self.seed = 0
+        self._draws = None  # ((epoch, seed), (oy, ox, flipped) for every image)
+
+    def set_epoch(self, epoch: int, seed: Optional[int] = None) -> None:
+        """Key the augmentation on ``(seed, epoch, example)`` from now on (``seed`` kept if None)."""
+        self.epoch = int(epoch)
+        if seed is not None:
+            self.seed = int(seed)
+
+    def _epoch_draws(self, src: torch.Tensor):
+        key = (self.epoch, self.seed)
+        if self._draws is None or self._draws[0] != key:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % (2 ** 63))
+            n, span = self.images.shape[0], 2 * self.pad + 1
+            table = (torch.randint(0, span, (n,), generator=g), torch.randint(0, span, (n,), generator=g),
+                     torch.rand(n, generator=g) < 0.5)
+            self._draws = (key, table)
+        return tuple(t[src] for t in self._draws[1])
 
     def __len__(self) -> int:
         return int(self.indices.numel())
@@ -65,7 +95,8 @@ class TensorImages(Dataset):
         x = self.images[src]
         x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
         if self.augment:
-            x = random_crop_flip(x, self.pad, self.flip)
+            draws = None if self.epoch is None else self._epoch_draws(src)
+            x = random_crop_flip(x, self.pad, self.flip, draws)
         if self.mean is not None:
             x = (x - self.mean) / self.std
         return x, self.labels[src]
