@@ -87,20 +87,26 @@ def dead_units(g) -> Dict[str, torch.Tensor]:
     }
 
 
-def density_per_layer(g, conn=None) -> Dict[str, float]:
-    """Live fraction of each weighted layer's synapses (from the graph; equals the connectome's)."""
+def layer_live(g) -> torch.Tensor:
+    """Live synapses of each weighted layer (float64 [L]), every synapse once. A graph with
+    contracted junctions repeats a synapse once per source, so it keeps the true counts in
+    ``meta["layer_live"]``."""
     from .graph import EDGE_SYNAPSE
 
-    if g.level == "layer":
-        return {x.name: d for x, d in zip(g.groups, g.node_attrs["density"].tolist()) if x.kind == "layer"}
+    if "layer_live" in g.meta:
+        return torch.tensor(g.meta["layer_live"], dtype=torch.float64)
     lay = g.edge_attrs["layer"]
     syn = g.edge_attrs["kind"] == EDGE_SYNAPSE
     if g.level == "synapse":
-        per = torch.bincount(lay[syn], minlength=len(g.layers)).double()
-    elif g.level == "unit":
-        per = torch.zeros(len(g.layers), dtype=torch.float64).index_add_(0, lay[syn], g.edge_attrs["count"][syn].double())
-    else:
-        per = torch.zeros(len(g.layers), dtype=torch.float64).index_add_(0, lay[syn], g.edge_attrs["count"][syn].double())
+        return torch.bincount(lay[syn], minlength=len(g.layers)).double()
+    return torch.zeros(len(g.layers), dtype=torch.float64).index_add_(0, lay[syn], g.edge_attrs["count"][syn].double())
+
+
+def density_per_layer(g, conn=None) -> Dict[str, float]:
+    """Live fraction of each weighted layer's synapses (from the graph; equals the connectome's)."""
+    if g.level == "layer":
+        return {x.name: d for x, d in zip(g.groups, g.node_attrs["density"].tolist()) if x.kind == "layer"}
+    per = layer_live(g)
     total = torch.tensor([float(torch.tensor(l.shape).prod()) for l in g.layers], dtype=torch.float64)
     return {l.module: float(p / t) for l, p, t in zip(g.layers, per, total)}
 

@@ -100,7 +100,9 @@ def contract_junctions(g):
     for a, b in old_to_new_group.items():
         remap[a] = b
     node_attrs["group"] = remap[node_attrs["group"]]
-    meta = dict(g.meta, contracted=True, live_synapses=g.live_synapses())
+    from .analysis import layer_live
+
+    meta = dict(g.meta, contracted=True, live_synapses=g.live_synapses(), layer_live=[int(v) for v in layer_live(g).tolist()])
     # concatenation records and layers' in_src name uncontracted node ids: analyse concats on the
     # uncontracted graph
     out = ConnectomeGraph(g.level, node_attrs, new_id[src], new_id[dst], attrs, groups, g.layers, [],

@@ -46,8 +46,10 @@ def write(g, path, format: str | None = None) -> str:
     ext = ("." + format.lstrip(".")) if format else os.path.splitext(path)[1].lower()
     if ext not in WRITERS:
         raise ValueError(f"cannot write {path!r}: unknown format {ext!r}; known are {sorted(WRITERS)}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    WRITERS[ext](g, path)
+    from adaptive.atomic import atomic_path
+
+    with atomic_path(path) as tmp:  # a failing writer leaves the old file, never half a new one
+        WRITERS[ext](g, os.fspath(tmp))
     return path
 
 
@@ -58,7 +60,8 @@ def header(g) -> dict:
         "level": g.level,
         "groups": [[x.name, x.kind, x.op, x.start, x.count, x.layer] for x in g.groups],
         "layers": [[l.module, l.param, l.kind, list(l.shape), l.groups] for l in g.layers],
-        "meta": {k: v for k, v in g.meta.items() if isinstance(v, (int, float, str, bool))},
+        "meta": {k: v for k, v in g.meta.items() if isinstance(v, (int, float, str, bool))
+                 or (isinstance(v, list) and all(isinstance(x, (int, float)) for x in v))},
         "warnings": list(g.warnings),
         "node_dtypes": {k: str(v.dtype).replace("torch.", "") for k, v in g.node_attrs.items()},
         "edge_dtypes": {k: str(v.dtype).replace("torch.", "") for k, v in g.edge_attrs.items()},

@@ -202,6 +202,7 @@ def build(
     tr = traced if traced is not None else trace(model, example_input, input_nodes)
     notes = []
     if conn is not None:
+        _check_belongs(conn, model, tr)
         seen = {_conn_name(conn, model, l) for l in tr.layers}
         missing = [n for n in conn.masks if n not in seen]
         if missing:
@@ -220,6 +221,23 @@ def build(
     if level == "layer":
         return layer_graph(unit)
     return unit
+
+
+def _check_belongs(conn, model: nn.Module, tr: Trace) -> None:
+    """Refuse a connectome whose masks do not fit ``model``'s weights (one made for another model)."""
+    wrong = []
+    for l in tr.layers:
+        name = _conn_name(conn, model, l)
+        m = conn.masks.get(name)
+        if m is not None and tuple(m.shape) != tuple(l.shape):
+            wrong.append(f"{name}: mask {tuple(m.shape)}, weight {tuple(l.shape)}")
+    on_path = any(_conn_name(conn, model, l) in conn.masks for l in tr.layers)
+    if wrong or (conn.masks and not on_path and model is not conn.model):
+        what = "; ".join(wrong[:3]) if wrong else f"none of its layers {list(conn.masks)[:3]} is in {type(model).__name__}"
+        raise ValueError(
+            f"the connectome does not fit the model ({what}): it was made for another model "
+            f"({type(conn.model).__name__}); build the graph from a Connectome of this model, or pass model=conn.model"
+        )
 
 
 def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> ConnectomeGraph:
@@ -298,6 +316,8 @@ def _annotate(g: ConnectomeGraph) -> None:
 
 def layer_graph(unit: ConnectomeGraph) -> ConnectomeGraph:
     """Collapse a unit- or synapse-level graph onto its groups (inputs, layers, junction ops, outputs)."""
+    if unit.level == "layer":
+        raise ValueError("layer_graph needs a unit- or synapse-level graph; this one is already at the layer level")
     grp = unit.node_attrs["group"]
     ng = len(unit.groups)
     gs, gd = grp[unit.src], grp[unit.dst]
@@ -333,6 +353,11 @@ def layer_graph(unit: ConnectomeGraph) -> ConnectomeGraph:
     units = torch.tensor([x.count for x in unit.groups])
     synapses = torch.tensor([float(math.prod(unit.layers[x.layer].shape)) if x.layer >= 0 else 0.0 for x in unit.groups], dtype=torch.float64)
     live_in = torch.zeros(ng, dtype=torch.float64).index_add_(0, dst, agg["count"])
+    if "layer_live" in unit.meta:  # contracted junctions repeat shared synapses: use the true counts
+        from .analysis import layer_live
+
+        lg = torch.tensor([x.layer for x in unit.groups])
+        live_in[lg >= 0] = layer_live(unit)[lg[lg >= 0]]
     dmax = torch.full((ng,), -1, dtype=torch.long).scatter_reduce_(0, grp, unit.node_attrs["depth_max"], "amax")
     dmin_src = torch.where(unit.node_attrs["depth_min"] >= 0, unit.node_attrs["depth_min"], torch.iinfo(torch.long).max)
     dmin = torch.full((ng,), torch.iinfo(torch.long).max, dtype=torch.long).scatter_reduce_(0, grp, dmin_src, "amin")

@@ -1,0 +1,94 @@
+"""Review of the graph export: unit edges recomputed from the masks with plain torch, densities of
+graphs with contracted junctions, connectomes of other models, atomic file writes."""
+import json
+
+import pytest
+import torch
+
+import adaptive
+import graphs
+from adaptive.models import build_model
+
+
+def _random_masks(conn, density=0.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    masks = {n: torch.rand(p.shape, generator=g) < density for n, p in conn.params.items()}
+    for m in masks.values():
+        m[:1] = False  # one dead unit per layer
+    conn.set_masks(masks)
+
+
+def test_unit_edges_recomputed_from_masks_lenet5():
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(build_model("lenet5"))
+    _random_masks(conn, 0.2)
+    g = graphs.build(conn, "unit")
+    groups = {x.name: x for x in g.groups}
+    syn = g.edge_attrs["kind"] == graphs.graph.EDGE_SYNAPSE
+    for name, p in conn.params.items():
+        m, w = conn.masks[name], p.detach()
+        x = groups[name.rsplit(".", 1)[0]]
+        sel = syn & (g.dst >= x.start) & (g.dst < x.start + x.count)
+        if m.dim() == 4:  # channel i -> unit o exists iff a kernel weight between them is live
+            m3, w3 = m.flatten(2), (w * m).flatten(2)
+        else:  # a Linear reading a flattened map: the h*w features of a channel share one source
+            k = m.shape[1] // len(torch.unique(g.layers[x.layer].in_src))
+            m3, w3 = m.view(m.shape[0], -1, k), (w * m).view(m.shape[0], -1, k)
+        live = m3.any(-1)
+        o = g.dst[sel] - x.start
+        i = torch.searchsorted(torch.unique(g.layers[x.layer].in_src), g.src[sel])
+        assert int(sel.sum()) == int(live.sum())
+        assert bool(live[o, i].all())
+        assert torch.equal(g.edge_attrs["count"][sel].long(), m3.sum(-1)[o, i])
+        torch.testing.assert_close(g.edge_attrs["l1"][sel], w3.abs().sum(-1)[o, i])
+        torch.testing.assert_close(g.edge_attrs["l2"][sel], w3.norm(dim=-1)[o, i])
+    assert graphs.summary(g)["dead"]["no_live_input"] == len(conn.params)
+
+
+def test_contracted_junctions_keep_true_layer_densities():
+    conn = adaptive.Connectome(build_model("resnet20"))
+    _random_masks(conn)
+    tr = graphs.trace(conn.model)
+    ref = {k[: -len(".weight")]: v for k, v in conn.layer_density().items()}
+    unit = graphs.build(conn, "unit", traced=tr, junctions=False)
+    layer = graphs.build(conn, "layer", traced=tr, junctions=False)
+    for g in (unit, layer, graphs.from_pyg(graphs.to_pyg(unit))):
+        assert graphs.density_per_layer(g) == pytest.approx(ref, abs=1e-12)
+    live = dict(zip([x.name for x in layer.groups], layer.node_attrs["live"].tolist()))
+    assert sum(live[k] for k in ref) == conn.num_live()
+
+
+def test_connectome_of_another_model_is_refused():
+    conn = adaptive.Connectome(build_model("lenet300", in_shape=(1, 28, 28)))
+    with pytest.raises(ValueError, match="does not fit the model.*fc1.weight: mask \\(300, 784\\), weight \\(120, 400\\)"):
+        graphs.build(conn, "unit", model=build_model("lenet5"))
+    other = adaptive.Connectome(build_model("densecat", in_shape=(20,), depth=2, width=4))
+    with pytest.raises(ValueError, match="none of its layers"):
+        graphs.build(other, "unit", model=build_model("lenet5"))
+
+
+def test_layer_graph_of_a_layer_graph_is_refused():
+    g = graphs.build(model=build_model("lenet300", in_shape=(1, 28, 28)), level="layer")
+    with pytest.raises(ValueError, match="already at the layer level"):
+        graphs.layer_graph(g)
+
+
+def test_failing_writer_leaves_the_old_file(tmp_path):
+    g = graphs.build(model=build_model("lenet300", in_shape=(1, 28, 28)), level="layer")
+    path = tmp_path / "g.json"
+    graphs.write(g, path)
+    before = path.read_bytes()
+
+    @graphs.register_writer(".json")
+    def broken(g, p):
+        with open(p, "w") as f:
+            f.write('{"half": ')
+        raise OSError("disk full")
+
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            graphs.write(g, path)
+    finally:
+        graphs.register_writer(".json")(graphs.exporters.write_json)
+    assert path.read_bytes() == before and json.loads(before)["level"] == "layer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.json"]
