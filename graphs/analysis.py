@@ -55,7 +55,6 @@ def signal_depth(g):
 def reachability(g) -> Dict[str, torch.Tensor]:
     """Boolean per node: ``from_input`` (a live path from some input reaches it) and ``to_output``
     (a live path from it reaches some output class)."""
-    n = g.num_nodes
     kind = g.node_attrs["kind"]
     fwd = g.node_attrs["depth_max"] >= 0 if "depth_max" in g.node_attrs else signal_depth(g)[0] >= 0
     bwd = (kind == OUTPUT).clone()
