@@ -222,5 +222,11 @@ def test_augmentation_keyed_on_seed_epoch_and_example():
     ds.set_epoch(1)
     d = ds.batch(list(range(40)))[0]
     assert torch.equal(d[[3, 5, 9]], a) and not torch.equal(c, d)  # epochs differ, seed kept
+    rng = TensorImages(x, torch.arange(40) % 10, augment=True)
+    rng.set_epoch(1)  # as Accelerate's loaders call it: no seed, the global RNG stays the source
+    torch.manual_seed(0)
+    e = rng.batch([3, 5, 9])[0]
+    torch.manual_seed(1)
+    assert not torch.equal(e, rng.batch([3, 5, 9])[0])
     plain = TensorImages(x, torch.arange(40) % 10, augment=False)
     assert not torch.equal(d, plain.batch(list(range(40)))[0])  # it does augment

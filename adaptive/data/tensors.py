@@ -39,8 +39,8 @@ class TensorImages(Dataset):
     batches with tensor ops (the DataLoader uses it), applying ``augment`` (random crop + flip)
     when set. The underlying tensors are shared, never copied, between views.
 
-    Augmentation draws from the global torch RNG until :meth:`set_epoch` is called
-    (``recipes/adaptive.py`` calls it every epoch); from then on each example's
+    Augmentation draws from the global torch RNG until :meth:`set_epoch` is given a seed
+    (``recipes/adaptive.py`` does so every epoch); from then on each example's
     crop and flip are keyed on ``(seed, epoch, example)``, so they depend neither on what else drew
     random numbers nor on when the loader fetched the batch (it reads one ahead): a run resumed
     from a checkpoint crops as the uninterrupted run did.
@@ -56,12 +56,14 @@ class TensorImages(Dataset):
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(shape)
         self.augment = augment and images.dim() == 4
         self.pad, self.flip = int(pad), bool(flip)
-        self.epoch: Optional[int] = None
-        self.seed = 0
+        self.epoch = 0
+        self.seed: Optional[int] = None  # None: augmentation from the global RNG
         self._draws = None  # ((epoch, seed), (oy, ox, flipped) for every image)
 
     def set_epoch(self, epoch: int, seed: Optional[int] = None) -> None:
-        """Key the augmentation on ``(seed, epoch, example)`` from now on (``seed`` kept if None)."""
+        """Record the epoch; with ``seed`` (once is enough), key the augmentation on ``(seed, epoch,
+        example)`` from now on. Accelerate's loaders call ``set_epoch(epoch)`` on their own: without
+        a seed that changes nothing, so code that never asked for keyed crops keeps its RNG stream."""
         self.epoch = int(epoch)
         if seed is not None:
             self.seed = int(seed)
@@ -95,7 +97,7 @@ class TensorImages(Dataset):
         x = self.images[src]
         x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
         if self.augment:
-            draws = None if self.epoch is None else self._epoch_draws(src)
+            draws = None if self.seed is None else self._epoch_draws(src)
             x = random_crop_flip(x, self.pad, self.flip, draws)
         if self.mean is not None:
             x = (x - self.mean) / self.std
