@@ -95,24 +95,34 @@ def _label(t: Target) -> str:
     return t if isinstance(t, str) else (f"{t:g}" if isinstance(t, float) else str(int(t)))
 
 
-def resolve_target(target: Target, total: int) -> Optional[int]:
-    """Synapses to remove for ``target`` (None for "best"). Raises ValueError on a bad target."""
-    if isinstance(target, str):
-        if target == "best":
-            return None
+def parse_target(target: Target) -> Target:
+    """``target`` checked without a model: "best", a fraction in [0, 1) (a string with a decimal
+    point or an exponent, or a float) or a count >= 0 (an int). Raises ValueError naming the fix."""
+    if isinstance(target, str) and target != "best":
         try:
             target = float(target) if any(ch in target for ch in ".eE") else int(target)
         except ValueError:
-            raise ValueError(f"target {target!r}: use a fraction in (0, 1), a count of synapses, or 'best'") from None
+            raise ValueError(f"target {target!r}: give a fraction in [0, 1) (0.2), a count of synapses (50000) "
+                             "or 'best'") from None
+    if isinstance(target, str):
+        return target
     if isinstance(target, bool) or not isinstance(target, (int, float)):
-        raise ValueError(f"target {target!r}: use a fraction in (0, 1), a count of synapses, or 'best'")
-    if isinstance(target, float):
-        if not 0.0 <= target < 1.0:
-            raise ValueError(f"target fraction {target} must be in [0, 1) (the model has {total} synapses)")
-        return int(round(target * total))
+        raise ValueError(f"target {target!r}: give a fraction in [0, 1) (0.2), a count of synapses (50000) or 'best'")
     if target < 0:
-        raise ValueError(f"target {target}: a count of synapses to remove cannot be negative")
-    if not 0 <= target <= total:
+        raise ValueError(f"target {target} cannot be negative: give a fraction in [0, 1) or a count >= 0")
+    if isinstance(target, float) and target >= 1.0:
+        raise ValueError(f"target fraction {target} must be in [0, 1)")
+    return target
+
+
+def resolve_target(target: Target, total: int) -> Optional[int]:
+    """Synapses to remove for ``target`` (None for "best"). Raises ValueError on a bad target."""
+    target = parse_target(target)
+    if target == "best":
+        return None
+    if isinstance(target, float):
+        return int(round(target * total))
+    if target > total:
         raise ValueError(f"target of {target} synapses to remove is beyond the model's {total} prunable synapses")
     return int(target)
 

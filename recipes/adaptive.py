@@ -143,16 +143,12 @@ class RunConfig:
 
 def _check_target(target) -> None:
     """A mask_only target is 'best', a fraction in [0, 1) or a count >= 0 (checked against the model later)."""
-    t = target
-    if isinstance(t, str) and t != "best":
-        try:
-            t = float(t) if any(c in t for c in ".eE") else int(t)
-        except ValueError:
-            raise ConfigError(f"target '{target}': give a fraction in [0, 1), a count of synapses or 'best'") from None
-    if isinstance(t, float) and not 0.0 <= t < 1.0:
-        raise ConfigError(f"target fraction {t} must be in [0, 1)")
-    if isinstance(t, int) and t < 0:
-        raise ConfigError(f"target {t}: a count of synapses to remove cannot be negative")
+    from adaptive.mask_only import parse_target
+
+    try:
+        parse_target(target)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_names(cfg: "RunConfig") -> None:

@@ -39,7 +39,7 @@ from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive.atomic import atomic_path  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
-from adaptive.mask_only import changed_weights, evaluate, optimize_connectome  # noqa: E402
+from adaptive.mask_only import changed_weights, evaluate, optimize_connectome, parse_target  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.plots import boundary_scale  # noqa: E402
 from adaptive.training import evaluate as evaluate_sharded  # noqa: E402
@@ -60,11 +60,9 @@ def parse_remove(values: List[str]):
             out.append("best")
             continue
         try:
-            t = float(v) if any(c in v for c in ".eE") else int(v)
-        except ValueError:
-            raise ValueError(f"--remove {v!r}: give fractions (0.2), counts of weights (50000) or 'best'") from None
-        if t < 0:
-            raise ValueError(f"--remove {v}: a removal target cannot be negative (fractions in [0, 1), counts >= 0)")
+            t = parse_target(v)
+        except ValueError as e:
+            raise ValueError(f"--remove {v}: {e}") from None
         if any(type(o) is type(t) and o == t for o in out):
             raise ValueError(f"--remove {v}: the target is given twice; give each target once")
         out.append(t)

@@ -45,7 +45,7 @@ def error_of(argv, capsys) -> str:
 
 
 @pytest.mark.parametrize("remove, message", [
-    (["abc"], "give fractions (0.2), counts of weights (50000) or 'best'"),
+    (["abc"], "give a fraction in [0, 1) (0.2), a count of synapses (50000) or 'best'"),
     (["-5"], "cannot be negative"),
     (["-0.1"], "cannot be negative"),
     (["0.2", "0.2"], "given twice"),
@@ -87,7 +87,7 @@ def test_mask_only_run_refused_after_parsing_keeps_the_earlier_run(tmp_path, cap
     (["--target", "0.5"], "target (synapses to remove) applies to mode mask_only"),
     (["--mode", "mask_only", "--target", "1.5"], "target fraction 1.5 must be in [0, 1)"),
     (["--mode", "mask_only", "--target", "-3"], "cannot be negative"),
-    (["--mode", "mask_only", "--target", "abc"], "target 'abc': give a fraction"),
+    (["--mode", "mask_only", "--target", "abc"], "target 'abc': give a fraction in [0, 1)"),
 ])
 def test_adaptive_target_is_checked_while_parsing(argv, message, capsys):
     with pytest.raises(SystemExit):
