@@ -3,19 +3,21 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable, Tuple
 
 
-def run_cli(main: Callable, prog: str, on_interrupt: str = "") -> None:
+def run_cli(main: Callable[[], Any], prog: str, on_interrupt: str = "", errors: Tuple[type, ...] = ()) -> Any:
     """Run ``main()``; a bad option, missing data or weights that do not fit print one line naming
     the problem instead of a traceback (set ADAPTIVE_TRACEBACK=1 to see it), and Ctrl-C ends with
-    one line (``on_interrupt``: how to continue, where the program can; status 130)."""
+    one line (``on_interrupt``: how to continue, where the program can; status 130). ``errors``:
+    more exception types that mean a problem the user can fix. Returns what ``main()`` returns."""
     from .models import WeightsMismatchError
     from .paths import DatasetNotFoundError
 
     try:
-        main()
-    except (ValueError, KeyError, TypeError, FileNotFoundError, DatasetNotFoundError, WeightsMismatchError) as e:
+        return main()
+    except (ValueError, KeyError, TypeError, FileNotFoundError, DatasetNotFoundError, WeightsMismatchError,
+            *errors) as e:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

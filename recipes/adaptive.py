@@ -547,25 +547,13 @@ def parse_args(argv=None) -> RunConfig:
 def main(argv=None, on_step=None) -> RunResult:
     """Parse the command line and run. Problems a user can fix (a bad option, missing data, a
     missing checkpoint or weights file that does not fit) end with one ``error:`` line, status 2."""
-    from adaptive.models import WeightsMismatchError
-    from adaptive.paths import DatasetNotFoundError
+    from adaptive.cli import run_cli
 
     cfg = parse_args(argv)
-    try:
-        return training_function(cfg, on_step=on_step)
-    except (ConfigError, DatasetNotFoundError, FileNotFoundError, WeightsMismatchError,
-            stage_checkpoint.CheckpointMismatchError, CheckpointError, ValueError, TypeError, KeyError) as e:
-        if os.environ.get("ADAPTIVE_TRACEBACK"):  # as adaptive.cli.run_cli: a bad setting in a *_kw mapping
-            raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"recipes/adaptive.py: error: {msg}", file=sys.stderr)
-        raise SystemExit(2) from e
-    except KeyboardInterrupt:
-        if os.environ.get("ADAPTIVE_TRACEBACK"):
-            raise
-        print("recipes/adaptive.py: interrupted; add --resume RUN_FOLDER to the same command to continue from "
-              "the last checkpoint the run wrote", file=sys.stderr)
-        raise SystemExit(130) from None
+    return run_cli(lambda: training_function(cfg, on_step=on_step), "recipes/adaptive.py",
+                   on_interrupt="add --resume RUN_FOLDER to the same command to continue from the last "
+                                "checkpoint the run wrote",
+                   errors=(CheckpointError,))
 
 
 if __name__ == "__main__":
