@@ -60,6 +60,8 @@ def main():
     ap.add_argument("--steps", type=int, default=70)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "ensemble_density.md"))
     args = ap.parse_args()
+    if not 0.0 < args.density <= 1.0:
+        raise SystemExit(f"--density must be in (0, 1], got {args.density}")
     if args.steps < 20:
         raise SystemExit("--steps must be at least 20 (updates every 10 steps, end_step = steps - 10)")
     torch.set_num_threads(2)
