@@ -2,6 +2,8 @@
 processes, so all ranks reach the same masks without broadcasting them."""
 from __future__ import annotations
 
+import os
+import sys
 from typing import Iterable, List
 
 import torch
@@ -66,3 +68,14 @@ def gather_mask_hashes(accelerator, conn) -> List[str]:
     from accelerate.utils import gather_object
 
     return list(gather_object([conn.mask_hash()]))
+
+
+def exit_launched_process() -> None:
+    """End a finished process of a multi-process launch (``WORLD_SIZE`` > 1) without interpreter
+    teardown: gloo's background threads can abort a run that has written everything and left its
+    process group ("terminate called without an active exception", pytorch/pytorch#190489), more
+    often on a loaded machine. Call it last, after every file is closed; a single process returns."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

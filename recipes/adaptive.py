@@ -557,11 +557,7 @@ def main(argv=None, on_step=None) -> RunResult:
 
 
 if __name__ == "__main__":
+    from adaptive.distributed import exit_launched_process
+
     main()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Every rank has written what it must (files are closed) and left the process group.
-        # Skip interpreter teardown: on a loaded machine gloo's background threads can abort a
-        # finished run there ("terminate called without an active exception").
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    exit_launched_process()  # every rank has written what it must: skip gloo's teardown

@@ -361,5 +361,8 @@ def main(argv=None, test_loader_hook=None) -> dict:
 if __name__ == "__main__":
     from adaptive.cli import run_cli
 
+    from adaptive.distributed import exit_launched_process
+
     run_cli(main, "recipes/prune_pretrained.py",
             on_interrupt="the same command with --resume continues after the last finished target")
+    exit_launched_process()  # every rank has written what it must: skip gloo's teardown

@@ -57,4 +57,7 @@ def main(out_dir):
 
 
 if __name__ == "__main__":
+    from adaptive.distributed import exit_launched_process
+
     main(sys.argv[1])
+    exit_launched_process()
