@@ -6,8 +6,11 @@ Execution is masked-dense: a pruned synapse is an exact 0.0 inside the ordinary 
 so PyTorch's own kernels run the forward and backward passes and gradients stay dense (growth
 scores need them). :meth:`Connectome.attach` hooks an optimizer so that gradients are masked just
 before its step and weights are re-masked right after it; optimizer moments are reset wherever a
-mask changes. Parameters keep their identity and no hook is placed on the model, so optimizers,
-DDP, checkpoints, ``deepcopy`` and ``pickle`` keep working.
+mask changes. While no observer needs dense gradients, each gradient is masked as soon as backward
+has accumulated it (a per-parameter hook, while it is still in cache), and the step only checks
+that nothing wrote to it since. Parameters keep their identity and no hook is placed on the model's
+modules (parameter hooks are neither deep-copied nor pickled), so optimizers, DDP, checkpoints,
+``deepcopy`` and ``pickle`` keep working.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from . import bitpack
 from .atomic import atomic_path
 from .discovery import SynapseLayer, discover, state_dict_keys
 from .ensembles import Granularity, get_granularity
+from .grad_masking import BackwardMasker
 from .optim_state import preserves_zeros, reset_state, unwrap_optimizer
 
 MODES = ("train", "mask_only")
@@ -78,6 +82,14 @@ class Connectome:
         self._optimizers: List[weakref.ref] = []
         self._handles: list = []
         self._observers: List[Callable[[], None]] = []
+        # For each observer: None (reads dense gradients at every step) or a predicate saying
+        # whether it reads them at the coming step.
+        self._observer_active: List[Optional[Callable[[], bool]]] = []
+        # Gradients masked inside backward (adaptive.grad_masking), re-armed whenever _gen moves:
+        # at every step, mask edit, observer change and attach/detach.
+        self._masker = BackwardMasker(self)
+        self._gen = self._static_gen = 0
+        self._mask_in_backward = True
         self._edit_listeners: List[Callable[[Dict[str, torch.Tensor]], None]] = []
 
     # ------------------------------------------------------------------ introspection
@@ -204,6 +216,7 @@ class Connectome:
             self.masks[k] = new
             self._dense[k] = bool(new.all())
             self._hot = None
+            self._edited()
             p = self.params[k]
             if self.mode == "mask_only":
                 p.copy_(torch.where(new, self.original[k].to(p.device), torch.zeros((), dtype=p.dtype, device=p.device)))
@@ -336,6 +349,9 @@ class Connectome:
         # An optimizer state loaded later (a resume, a dense run's state) is repaired at once, so
         # no moment at a pruned position can move its weight at the next step.
         self._handles.append(opt.register_load_state_dict_post_hook(self._after_optimizer_load))
+        if not self._masker.handles:
+            self._handles.extend(self._masker.register(self.params))
+        self._edited()
         self.apply()
         self._reset_optimizer_state({n: ~m for n, m in self.masks.items() if not self._dense[n]}, only=[opt])
         return self
@@ -345,15 +361,49 @@ class Connectome:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._masker.remove()
         self._optimizers.clear()
+        self._edited()
 
-    def add_observer(self, fn: Callable[[], None]) -> None:
-        """Call ``fn()`` before each attached optimizer step, while gradients are still dense."""
+    @property
+    def mask_in_backward(self) -> bool:
+        """Mask each gradient inside backward as soon as it is accumulated, at steps where no
+        observer reads dense gradients (default True: cheaper on small networks). Set False to keep
+        ``.grad`` dense until the optimizer step, e.g. to read it yourself without an observer."""
+        return self._mask_in_backward
+
+    @mask_in_backward.setter
+    def mask_in_backward(self, value: bool) -> None:
+        self._mask_in_backward = bool(value)
+        self._edited()
+
+    def _edited(self) -> None:
+        """Something that decides how gradients are masked changed: re-arm the backward hooks."""
+        self._gen += 1
+        self._static_gen += 1
+        self._masker.done.clear()
+
+    def _next_step(self) -> None:
+        """A step ended: the backward hooks re-check the observers, and forget the last gradients."""
+        self._gen += 1
+        self._masker.done.clear()
+
+    def add_observer(self, fn: Callable[[], None], active: Optional[Callable[[], bool]] = None) -> None:
+        """Call ``fn()`` before each attached optimizer step, while gradients are still dense.
+
+        ``active``, if given, says (before the step's backward pass ends) whether ``fn`` will read
+        the gradients at the coming step; at steps where no observer is active the gradients are
+        masked inside backward, which is cheaper. Without it ``fn`` is taken to read every step."""
         self._observers.append(fn)
+        self._observer_active.append(active)
+        self._edited()
 
     def add_edit_listener(self, fn: Callable[[Dict[str, torch.Tensor]], None]) -> None:
         """Call ``fn(changed)`` after every mask edit."""
         self._edit_listeners.append(fn)
+
+    def _wants_dense_gradients(self) -> bool:
+        return any(a is None or a() for a in self._observer_active)
 
     def _pre_step(self, opt, args, kwargs):
         for fn in self._observers:
@@ -362,8 +412,11 @@ class Connectome:
             self.mask_gradients()  # the weights are restored from the originals after the step
         elif preserves_zeros(opt) and self._weights_untouched():
             # Nothing wrote to the weights since they were last known masked (their version
-            # counters have not moved), so only the gradients need masking.
-            self.mask_gradients()
+            # counters have not moved), so only the gradients need masking, unless the backward
+            # hooks already did it and nothing wrote to the gradients since.
+            hot = self._hot
+            if hot is None or not self._masker.all_masked(hot[0], hot[1]):
+                self.mask_gradients()
         else:
             # Gradients masked and weights re-imposed in one pass: a weight written outside the
             # optimizer since the last step (an init, a load, an EMA swap) is pruned again here.
@@ -374,6 +427,7 @@ class Connectome:
         # whose gradient, value and state are all 0.0, so re-masking after its step is skipped.
         if self.mode == "mask_only" or not preserves_zeros(opt):
             self.apply()
+        self._next_step()
         self._record_versions()
 
     def _record_versions(self) -> None:
@@ -401,8 +455,16 @@ class Connectome:
         """A pickled or deep-copied connectome is detached: optimizer hooks, observers and edit
         listeners belong to the original (re-attach them on the copy); caches are rebuilt."""
         state = self.__dict__.copy()
-        state.update(_optimizers=[], _handles=[], _observers=[], _edit_listeners=[], _hot=None, _versions=None)
+        state.update(_optimizers=[], _handles=[], _observers=[], _observer_active=[], _edit_listeners=[], _hot=None,
+                     _versions=None)
+        state.pop("_masker", None)
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = {"_observer_active": [None] * len(state.get("_observers", [])), "_gen": 0, "_static_gen": 0, "_mask_in_backward": True,
+                 **state}
+        self.__dict__.update(state)
+        self._masker = BackwardMasker(self)
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:

@@ -196,7 +196,7 @@ class Controller:
     def attach(self, optimizer) -> "Controller":
         opt = unwrap_optimizer(optimizer)
         self.conn.attach(opt)
-        self.conn.add_observer(self._observe_hook)
+        self.conn.add_observer(self._observe_hook, active=self._observing)
         self._hook = opt.register_step_post_hook(lambda o, a, k: self.step())
         self.optimizer = opt
         return self
@@ -213,9 +213,13 @@ class Controller:
         to_next = (self.update_every - (nxt - self.start_step) % self.update_every) % self.update_every
         return to_next < self.window
 
+    def _observing(self) -> bool:
+        """Whether :meth:`observe` reads the gradients at the coming step."""
+        return self.stats is not None and self._in_window() and not self.finished
+
     def observe(self) -> None:
         """Add the current dense gradients to the utility window (call after ``backward``)."""
-        if self.stats is not None and self._in_window() and not self.finished:
+        if self._observing():
             self.stats.observe()
 
     @property

@@ -7,9 +7,13 @@ ratio is the median over rounds of (variant step time / plain step time in the s
 
 Variants:
   plain          the model and optimizer alone
-  ours           adaptive.Connectome(...).attach(opt) with the library's hot path
-                 (cached 0/1 masks in the weight dtype, torch._foreach_mul_, dense layers skipped)
-  ours-bool      the first hot path: one mul_ per layer by the bool mask (dtype cast per element)
+  ours           adaptive.Connectome(...).attach(opt) with the library's hot path: each
+                 gradient masked by its cached 0/1 float mask as soon as backward accumulates it
+                 (while it is in cache); the step only checks that nothing wrote to it since
+  ours, masked at the step
+                 the previous hot path: all gradients masked in one torch._foreach_mul_ just
+                 before the optimizer step
+  bool masks     the first hot path: one mul_ per layer by the bool mask (dtype cast per element)
 Besides whole-step ratios (noisy on a shared machine) it times the masking work alone, which is
 all the connectome adds to a step, for the library's path and for per-layer float multiplies.
   rigl-torch     rigl_torch.RigLScheduler (PyPI, static topology, so only its per-step masking is
@@ -40,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import adaptive  # noqa: E402
 from adaptive import Connectome  # noqa: E402
+from adaptive.grad_masking import _GradHook  # noqa: E402
 
 RESULTS = ROOT / "recipes" / "benchmarks" / "results" / "overhead.md"
 
@@ -113,8 +118,18 @@ CASES = {  # name: (builder, input shape, batch, classes)
 
 # ----------------------------------------------------------------------------------- variants
 # Earlier hot paths of adaptive.Connectome, kept here to show what each change buys. Each
-# overrides the two optimizer hooks; everything else is the library's.
-class AlwaysRemask(Connectome):
+# masks at the optimizer step only (no masking inside backward) and, but for the first, overrides
+# the two optimizer hooks; everything else is the library's.
+class AtStep(Connectome):
+    """The library's path before gradients were masked inside backward: cached float masks, one
+    _foreach_mul_ of the gradients just before a zero-preserving optimizer's step."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.mask_in_backward = False
+
+
+class AlwaysRemask(AtStep):
     """Cached float masks and _foreach_mul_, but gradients masked before and weights re-masked
     after every step, whatever the optimizer (two passes, each reading the masks)."""
 
@@ -125,7 +140,7 @@ class AlwaysRemask(Connectome):
         self.apply()
 
 
-class PerLayer(Connectome):
+class PerLayer(AtStep):
     """As AlwaysRemask, but one mul_ per layer instead of one _foreach_mul_."""
 
     @torch.no_grad()
@@ -142,7 +157,7 @@ class PerLayer(Connectome):
             p.mul_(f)
 
 
-class BoolMask(Connectome):
+class BoolMask(AtStep):
     """The first hot path: one mul_ per layer by the bool mask itself (a dtype cast per element)."""
 
     @torch.no_grad()
@@ -160,6 +175,7 @@ class BoolMask(Connectome):
 
 HOOK_VARIANTS = {
     "ours": Connectome,
+    "masked at the step": AtStep,
     "always re-mask": AlwaysRemask,
     "per-layer mul_": PerLayer,
     "bool masks (first version)": BoolMask,
@@ -229,10 +245,30 @@ def rigl(base, x, y):
 
 
 # ----------------------------------------------------------------------------------- timing
+class _TimedGradHook(_GradHook):
+    """The library's gradient hook, its CPU time added to its connectome's ``_t_acc``."""
+
+    __slots__ = ()
+
+    def __call__(self, param):
+        t = time.thread_time()
+        super().__call__(param)
+        conn = self.masker.ref()
+        conn._t_acc += time.thread_time() - t
+
+
 def timed(cls):
-    """``cls`` with its optimizer hooks timed (CPU time of this thread) inside real steps."""
+    """``cls`` with its gradient and optimizer hooks timed (CPU time of this thread) inside real steps."""
 
     class Timed(cls):
+        _t_acc = 0.0  # time spent in the per-weight gradient hooks during this step's backward
+
+        def attach(self, optimizer):
+            super().attach(optimizer)
+            for h in self._masker.hooks.values():
+                h.__class__ = _TimedGradHook
+            return self
+
         def _pre_step(self, opt, args, kwargs):
             t = time.thread_time()
             super()._pre_step(opt, args, kwargs)
@@ -241,15 +277,16 @@ def timed(cls):
         def _post_step(self, opt, args, kwargs):
             t = time.thread_time()
             super()._post_step(opt, args, kwargs)
-            self.__dict__.setdefault("hook_times", []).append(self._t_pre + time.thread_time() - t)
+            self.__dict__.setdefault("hook_times", []).append(self._t_acc + self._t_pre + time.thread_time() - t)
+            self._t_acc = 0.0
 
     Timed.__name__ = f"Timed{cls.__name__}"
     return Timed
 
 
 def hook_ms(cls, base, x, y, reps):
-    """Median CPU time of one variant's per-step masking work (its pre- and post-step optimizer
-    hooks), measured inside real training steps so that the caches are as a step leaves them.
+    """Median CPU time of one variant's per-step masking work (its gradient hooks inside backward
+    and its pre- and post-step optimizer hooks), measured inside real training steps so that the caches are as a step leaves them.
     This is all the connectome adds to a step, and far steadier than whole-step differences."""
     r = ours(timed(cls), "hook", base, x, y)
     r.conn._hot = None  # attach() built the float-mask cache; it stays only if the variant uses it
@@ -268,6 +305,7 @@ def bench_case(label, spec, rounds, warmup, steps_per_sample, seed=0):
     y = torch.randint(0, classes, (batch,), generator=g)
     runners = [Runner("plain", copy.deepcopy(base), x, y), Runner("plain, second copy (noise control)", copy.deepcopy(base), x, y)]
     runners.append(ours(Connectome, "ours", base, x, y))
+    runners.append(ours(AtStep, "ours, masked at the step (previous path)", base, x, y))
     rg = rigl(base, x, y)
     if isinstance(rg, Runner):
         runners.append(rg)
@@ -351,7 +389,7 @@ def fmt_table(results, target):
             lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Masking work alone (the connectome's optimizer hooks timed inside real steps), CPU ms per step, and in brackets "
+        "Masking work alone (the connectome's gradient and optimizer hooks timed inside real steps; the Python call into each hook is not included), CPU ms per step, and in brackets "
         "1 + that / the plain step's CPU time:",
         "",
     ]
@@ -375,7 +413,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     # rounds per case: enough for a stable median within ~4 minutes on one core
     # (rounds, warm-up steps, steps per timed sample) per case: a stable median in ~4 minutes
-    plan = {"LeNet-300-100": (200, 10, 4), "ResNet-20 (CIFAR)": (12, 2, 1), "MobileNetV3-Large": (24, 2, 1)}
+    plan = {"LeNet-300-100": (600, 10, 4), "ResNet-20 (CIFAR)": (12, 2, 1), "MobileNetV3-Large": (24, 2, 1)}
     if args.quick:
         plan = {k: (3, 1, 1) for k in plan}
     from tqdm import tqdm

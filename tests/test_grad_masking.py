@@ -1,0 +1,177 @@
+"""Gradients masked inside backward (adaptive.grad_masking): the step may skip its own masking only
+when every gradient is the tensor a hook masked and nothing wrote to it since."""
+import copy
+
+import torch
+from torch import nn
+
+import adaptive
+
+torch.set_num_threads(1)
+
+
+def setup(opt_cls=torch.optim.SGD, **opt_kw):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 4))
+    conn = adaptive.Connectome(model)
+    g = torch.Generator().manual_seed(1)
+    conn.set_masks({n: torch.rand(m.shape, generator=g) < 0.5 for n, m in conn.masks.items()})
+    opt = opt_cls(model.parameters(), lr=0.1, **({"momentum": 0.9} if opt_cls is torch.optim.SGD else {}), **opt_kw)
+    conn.attach(opt)
+    x, y = torch.randn(16, 12, generator=g), torch.randint(0, 4, (16,), generator=g)
+    return model, conn, opt, x, y
+
+
+def backward(model, x, y):
+    nn.functional.cross_entropy(model(x), y).backward()
+
+
+def pruned_grads(conn):
+    return torch.cat([p.grad[~conn.masks[n]] for n, p in conn.params.items()])
+
+
+def pruned_weights_zero(conn):
+    return all(bool((p.detach()[~conn.masks[n]] == 0).all()) for n, p in conn.params.items())
+
+
+def test_backward_masks_gradients_and_the_step_keeps_pruned_weights_at_zero():
+    model, conn, opt, x, y = setup()
+    calls = []
+    real = conn.mask_gradients
+    conn.mask_gradients = lambda: (calls.append(1), real())[1]
+    for _ in range(3):
+        opt.zero_grad()
+        backward(model, x, y)
+        assert bool((pruned_grads(conn) == 0).all())  # masked inside backward
+        opt.step()
+        assert pruned_weights_zero(conn)
+    assert calls == []  # the step trusted the hooks' work
+
+
+def test_a_write_to_the_gradient_after_backward_is_masked_by_the_step():
+    model, conn, opt, x, y = setup()
+    for _ in range(2):
+        opt.zero_grad()
+        backward(model, x, y)
+        for p in model.parameters():  # e.g. a user's gradient edit or noise
+            p.grad.add_(0.5)
+        opt.step()
+        assert pruned_weights_zero(conn)
+
+
+def test_a_mask_edit_between_backward_and_step_is_honoured():
+    model, conn, opt, x, y = setup()
+    opt.zero_grad()
+    backward(model, x, y)
+    name = "0.weight"
+    fewer = conn.masks[name].clone()
+    fewer[:5] = False  # prune five more rows after the hooks masked with the old mask
+    conn.set_masks({name: fewer})
+    opt.step()
+    assert pruned_weights_zero(conn)
+    assert bool((model[0].weight[:5] == 0).all())
+
+
+def test_gradients_accumulated_over_two_backwards_stay_masked():
+    model, conn, opt, x, y = setup()
+    opt.zero_grad()
+    backward(model, x, y)
+    backward(model, x * 2, y)
+    assert bool((pruned_grads(conn) == 0).all())
+    opt.step()
+    assert pruned_weights_zero(conn)
+
+
+def test_an_active_observer_sees_dense_gradients_and_an_idle_one_does_not_stop_the_hooks():
+    model, conn, opt, x, y = setup()
+    seen = []
+    active = {"on": True}
+    conn.add_observer(lambda: seen.append(pruned_grads(conn).abs().sum().item()), active=lambda: active["on"])
+    opt.zero_grad()
+    backward(model, x, y)
+    opt.step()
+    assert seen[-1] > 0  # dense: the hooks stood aside
+    active["on"] = False
+    opt.zero_grad()
+    backward(model, x, y)
+    assert bool((pruned_grads(conn) == 0).all())
+    opt.step()
+    assert pruned_weights_zero(conn)
+    # an observer registered without a predicate reads every step: gradients stay dense
+    conn.add_observer(lambda: None)
+    opt.zero_grad()
+    backward(model, x, y)
+    assert pruned_grads(conn).abs().sum() > 0
+    opt.step()
+    assert pruned_weights_zero(conn)
+
+
+def test_mask_in_backward_off_keeps_gradients_dense_until_the_step():
+    model, conn, opt, x, y = setup()
+    conn.mask_in_backward = False
+    opt.zero_grad()
+    backward(model, x, y)
+    assert pruned_grads(conn).abs().sum() > 0
+    opt.step()
+    assert pruned_weights_zero(conn)
+
+
+def test_controller_observes_dense_gradients_inside_its_window():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctrl = adaptive.Controller(adaptive.Connectome(model), opt, policy="rigl", density=0.5, update_every=4,
+                               end_step=100, window=2)
+    conn = ctrl.conn
+    observed = []
+    real = ctrl.stats.observe
+    ctrl.stats.observe = lambda: (observed.append(pruned_grads(conn).abs().sum().item()), real())[1]
+    x, y = torch.randn(16, 12), torch.randint(0, 4, (16,))
+    masked_outside = []
+    for _ in range(8):
+        opt.zero_grad()
+        backward(model, x, y)
+        if not ctrl._observing():
+            masked_outside.append(bool((pruned_grads(conn) == 0).all()))
+        opt.step()
+        assert pruned_weights_zero(conn)
+    assert observed and all(v > 0 for v in observed)  # two steps per window, dense every time
+    assert masked_outside and all(masked_outside)  # outside the window the hooks masked
+
+
+def test_optimizer_that_may_move_zeros_is_re_masked_and_hooks_stand_aside():
+    class Plain(torch.optim.Optimizer):  # not registered as zero-preserving
+        def __init__(self, params, lr):
+            super().__init__(params, {"lr": lr})
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            for g in self.param_groups:
+                for p in g["params"]:
+                    if p.grad is not None:
+                        p.add_(p.grad + 0.01, alpha=-g["lr"])
+
+    model, conn, opt, x, y = setup(Plain)
+    opt.zero_grad()
+    backward(model, x, y)
+    assert pruned_grads(conn).abs().sum() > 0  # no hook masking: the step does a full pass anyway
+    opt.step()
+    assert pruned_weights_zero(conn)
+
+
+def test_copies_of_the_model_carry_no_hooks_and_detach_removes_them():
+    model, conn, opt, x, y = setup()
+    twin = copy.deepcopy(model)
+    backward(twin, x, y)
+    assert sum(float(p.grad[~conn.masks[f"{i}.weight"]].abs().sum()) for i, p in ((0, twin[0].weight), (2, twin[2].weight))) > 0
+    conn.detach()
+    opt.zero_grad()
+    backward(model, x, y)
+    assert pruned_grads(conn).abs().sum() > 0
+    clone = copy.deepcopy(conn)  # a copied connectome re-attaches cleanly
+    opt2 = torch.optim.SGD(clone.model.parameters(), lr=0.1)
+    clone.attach(opt2)
+    opt2.zero_grad()
+    backward(clone.model, x, y)
+    opt2.step()
+    assert pruned_weights_zero(clone)
