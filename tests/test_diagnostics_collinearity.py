@@ -62,3 +62,16 @@ def test_rebatch_cuts_exact_sizes_and_measures_at_that_size():
     model = nn.Linear(1, 1, bias=False)
     res = collinearity(model, data, batch_size=2, loss_fn=sum_loss)
     assert res.batches == 7 and res.batch_size == 2
+
+
+def test_asking_for_more_batches_than_the_loader_has_warns_and_reports_the_true_count():
+    model = nn.Linear(3, 2)
+    loader = [(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))] * 3
+    with pytest.warns(UserWarning, match="asked for 10 batches but the loader ran out after 3"):
+        res = collinearity(model, loader, batches=10)
+    assert res.batches == 3
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one full pass (batches=None) or a request it meets: silent
+        assert collinearity(model, loader).batches == 3
+        assert collinearity(model, loader, batches=2).batches == 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -13,9 +14,11 @@ def default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(output, target)
 
 
-def iterate_batches(loader, batches: Optional[int], desc: str, cycle: bool = False) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+def iterate_batches(loader, batches: Optional[int], desc: str, cycle: bool = False,
+                    warn_short: bool = False) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Yield up to ``batches`` ``(x, y)`` pairs from ``loader`` (all of one pass when None) with a
-    tqdm bar. ``cycle`` restarts the loader when it runs out before ``batches``."""
+    tqdm bar. ``cycle`` restarts the loader when it runs out before ``batches``; ``warn_short``
+    warns when it runs out first (for callers whose ``batches`` is a request, not a cap)."""
     from tqdm.auto import tqdm
 
     if batches is not None and batches <= 0:
@@ -43,6 +46,9 @@ def iterate_batches(loader, batches: Optional[int], desc: str, cycle: bool = Fal
     if n == 0:
         raise ValueError(f"the loader for {desc} yielded no batches: it is empty (an empty dataset or subset, or "
                          "drop_last with fewer samples than one batch); pass a loader with at least one (inputs, targets) batch")
+    if warn_short and batches is not None and n < batches:
+        warnings.warn(f"{desc}: asked for {batches} batches but the loader ran out after {n}; the result rests on {n} "
+                      "(pass a larger loader, or batches=None for one pass)", stacklevel=3)
 
 
 def _cycled(loader) -> Iterator:

@@ -153,7 +153,7 @@ def collinearity(
     neg = [torch.zeros(p.numel(), dtype=torch.int32) for p in params]
     n = 0
     with kept_buffers(model), training_mode(model, train_mode):
-        for x, y in iterate_batches(rebatch(loader, batch_size), batches, desc="collinearity"):
+        for x, y in iterate_batches(rebatch(loader, batch_size), batches, desc="collinearity", warn_short=True):
             x, y = x.to(device), y.to(device)
             grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
             for i, g in enumerate(grads):
