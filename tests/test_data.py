@@ -73,6 +73,12 @@ def test_digits_offline_and_lazy_test():
     assert torch.equal(get_datasets("digits", seed=7).test.dataset.labels, test.dataset.labels)
 
 
+def test_digits_says_a_data_dir_is_not_used(tmp_path):
+    with pytest.warns(UserWarning, match="ships with scikit-learn.*not used"):
+        s = get_datasets("digits", data_dir=tmp_path)
+    assert s.num_classes == 10
+
+
 def _write_npz(path, n_train=60, n_test=20):
     rng = np.random.default_rng(0)
     np.savez(path, x_train=rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),

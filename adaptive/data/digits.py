@@ -1,6 +1,8 @@
 """scikit-learn's bundled 8x8 digits: 1,797 images, 10 classes, needs no download at all."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .base import Source, register_dataset
@@ -15,9 +17,12 @@ SPLIT_SEED = 0  # fixed: the digits train/test split is part of the dataset's de
 def digits(data_dir=None, download=False, augment=False) -> Source:
     """Digits as ``(1, 8, 8)`` images scaled to [0, 1] then standardised with the train split's
     mean and std; a fixed stratified 80/20 train/test split. ``augment`` is ignored: no augmentation
-    is defined for these 8x8 digits."""
+    is defined for these 8x8 digits, and so is ``data_dir`` (with a warning): they ship with scikit-learn."""
     from sklearn.datasets import load_digits
 
+    if data_dir is not None:
+        warnings.warn(f"the digits dataset ships with scikit-learn: the data directory {str(data_dir)!r} is not used",
+                      stacklevel=2)
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(d.target, dtype=torch.long)
