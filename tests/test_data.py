@@ -212,6 +212,28 @@ def test_imagenet_folder_mechanics(tmp_path):
     assert [y.tolist() for _, y in dl.test] == [[0, 1]]
 
 
+def test_imagenet_augmentation_keyed_on_seed_epoch_and_sample(tmp_path):
+    _write_folder(tmp_path / "imagenet" / "train", n_per_class=4, classes=("n01", "n02"))
+    _write_folder(tmp_path / "imagenet" / "val", n_per_class=1, classes=("n01", "n02"))
+    train = get_datasets("imagenet", data_dir=tmp_path, holdout=0.25, image_size=12, resize=16, augment=True).train
+    train.set_epoch(1, seed=3)
+    a = [train[i][0] for i in range(len(train))]
+    state = torch.random.get_rng_state()
+    b = [train[i][0] for i in reversed(range(len(train)))][::-1]  # another order, other RNG use between
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left as it was
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    sub = train.select([2, 0])
+    assert torch.equal(sub[0][0], a[2]) and torch.equal(sub[1][0], a[0])  # views keep the key
+    train.set_epoch(2)
+    c = [train[i][0] for i in range(len(train))]
+    assert not all(torch.equal(p, q) for p, q in zip(a, c))  # another epoch, other crops
+    unkeyed = get_datasets("imagenet", data_dir=tmp_path, holdout=0.25, image_size=12, resize=16, augment=True).train
+    torch.manual_seed(0)
+    d = [unkeyed[i][0] for i in range(len(unkeyed))]
+    torch.manual_seed(1)
+    assert not all(torch.equal(p, q) for p, q in zip(d, (unkeyed[i][0] for i in range(len(unkeyed)))))
+
+
 def test_augmentation_keyed_on_seed_epoch_and_example():
     from adaptive.data import TensorImages
 

@@ -1,6 +1,8 @@
 """ImageNet (or any large ImageFolder with train/ and val/) with torchvision's standard transforms."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch.utils.data import Dataset
 
@@ -11,11 +13,28 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class FolderView(Dataset):
-    """The samples ``indices`` of an ImageFolder, loaded and passed through ``transform``."""
+    """The samples ``indices`` of an ImageFolder, loaded and passed through ``transform``.
+
+    A random transform draws from the global torch RNG until :meth:`set_epoch` is given a seed
+    (``recipes/adaptive.py`` does so every epoch); from then on each sample's transform runs on
+    the RNG seeded from ``(seed, epoch, sample)`` (the global RNG state is restored after), so the
+    crops depend neither on worker count nor on when a batch was fetched: a resumed run augments
+    as the uninterrupted run did.
+    """
 
     def __init__(self, folder, indices, transform):
         self.folder, self.transform = folder, transform
         self.indices = torch.arange(len(folder.samples)) if indices is None else torch.as_tensor(indices).long()
+        self.epoch = 0
+        self.seed: Optional[int] = None
+
+    def set_epoch(self, epoch: int, seed: Optional[int] = None) -> None:
+        """Record the epoch; with ``seed`` (once is enough), key the transform's randomness on
+        ``(seed, epoch, sample)`` from now on (without one, Accelerate's own ``set_epoch`` calls
+        change nothing)."""
+        self.epoch = int(epoch)
+        if seed is not None:
+            self.seed = int(seed)
 
     def __len__(self):
         return int(self.indices.numel())
@@ -26,11 +45,19 @@ class FolderView(Dataset):
 
     def select(self, positions) -> "FolderView":
         """The view of this view's samples at ``positions``."""
-        return FolderView(self.folder, self.indices[torch.as_tensor(positions, dtype=torch.long)], self.transform)
+        view = FolderView(self.folder, self.indices[torch.as_tensor(positions, dtype=torch.long)], self.transform)
+        view.epoch, view.seed = self.epoch, self.seed
+        return view
 
     def __getitem__(self, i):
-        path, label = self.folder.samples[int(self.indices[i])]
-        return self.transform(self.folder.loader(path)), label
+        src = int(self.indices[i])
+        path, label = self.folder.samples[src]
+        image = self.folder.loader(path)
+        if self.seed is None:
+            return self.transform(image), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 7919 + src * 104_729 + 11) % (2 ** 63))
+            return self.transform(image), label
 
 
 def transforms(train: bool, image_size: int = 224, resize: int = 256):
