@@ -198,10 +198,11 @@ class BlockGranularity(Granularity):
         return full[: shape[0], :rest].reshape(shape)
 
 
-class NMGranularity(Granularity):
+class NMGranularity(SynapseGranularity):
     """N:M sparsity: at most ``n`` live synapses in every group of ``m`` consecutive weights along
-    the flattened input dimension. Ensembles are single synapses; the structure is a constraint
-    on selection (``select`` keeps the top ``n`` of each group)."""
+    the flattened input dimension. Ensembles are single synapses (shape, pool and expand are the
+    synapse granularity's); the structure is a constraint on selection (``select`` keeps the top
+    ``n`` of each group)."""
 
     def __init__(self, n: int, m: int):
         if m < 1 or n < 1:
@@ -210,16 +211,6 @@ class NMGranularity(Granularity):
             raise ValueError(f"n:m needs n <= m (n kept in every m), got {n}:{m}")
         self.n, self.m = n, m
         self.spec = f"{n}:{m}"
-
-    def ensemble_shape(self, shape):
-        return tuple(shape)
-
-    def pool(self, scores, how="sum"):
-        _check_reduce(how)
-        return scores
-
-    def expand(self, values, shape):
-        return values.reshape(shape)
 
     def _groups(self, x: torch.Tensor, fill) -> torch.Tensor:
         m = x.reshape(x.shape[0], -1)
