@@ -230,6 +230,9 @@ def main(argv=None):
     ap.add_argument("--out", default=str(HERE / "results" / "dst_mnist.md"))
     ap.add_argument("--table_only", action="store_true", help="only write the table from finished runs")
     ap.add_argument("--append", action="store_true", help="append the table to --out as a section")
+    ap.add_argument("--how_run", default="", help="how the runs shared the machine, quoted in the table's last line "
+                    "(e.g. 'two processes side by side on 2 cores')")
+    ap.add_argument("--remark", default="", help="a sentence added under the table (e.g. how the candidates came about)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     densities = [float(d) for d in args.densities.split(",")]
@@ -343,11 +346,13 @@ def write_table(args, densities, methods, seeds, table, chosen, candidates, done
     secs = [r["seconds"] for r in done.values() if r["key"].startswith(tag)]
     lines += ["", f"Reproduce: `python recipes/benchmarks/dst_mnist.py --epochs {args.epochs} --seeds "
               f"{','.join(map(str, seeds))}` ({len(secs)} runs, {sum(secs) / 60:.0f} minutes of run time, each run "
-              "on 1 thread; here three runs at a time on a shared, heavily loaded 2-core machine)."]
+              "on 1 thread" + (f"; {args.how_run}" if args.how_run else "") + ")."]
     if args.append:
         lines[0] = f"## The same at {', '.join(f'{100 * d:g}%' for d in densities)} density, {args.epochs} epochs"
         lines[-1] = lines[-1].replace("`python recipes/benchmarks/dst_mnist.py", "`python recipes/benchmarks/dst_mnist.py "
                                       f"--densities {args.densities} --methods {args.methods} --candidates {args.candidates} --append")
+    if args.remark:
+        lines += ["", args.remark]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.append and Path(args.out).exists():
