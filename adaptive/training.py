@@ -40,13 +40,21 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     metrics: List[dict] = field(default_factory=list)
+    # This process's loss sum, correct count and examples since the last train metric row. It lives
+    # here, not in one epoch's loop, so a logging interval that spans an epoch boundary or a
+    # checkpoint and resume averages all of its steps.
+    window: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    saved_window: Optional[List[float]] = None  # set by save_checkpoint while it saves (several processes)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "metrics": [dict(r) for r in self.metrics]}
+        window = self.saved_window if self.saved_window is not None else self.window
+        return {"step": self.step, "epoch": self.epoch, "metrics": [dict(r) for r in self.metrics],
+                "window": [float(v) for v in window]}
 
     def load_state_dict(self, sd: dict) -> None:
         self.step, self.epoch = int(sd["step"]), int(sd["epoch"])
         self.metrics = [dict(r) for r in sd.get("metrics", [])]
+        self.window = [float(v) for v in sd.get("window", (0.0, 0.0, 0.0))]
 
 
 def cosine_schedule(optimizer, total_steps: int, warmup: int = 0, kind: str = "cosine"):
@@ -118,7 +126,6 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     over the processed batches on this process.
     """
     model.train()
-    win = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, examples since the last log
     ep_loss = ep_correct = ep_n = 0.0
     for x, y in loader:
         if max_steps is not None and state.step >= max_steps:
@@ -135,13 +142,15 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
             b = int(y.numel())
             lsum = float(loss.detach().float()) * b
             corr = int((out.detach().argmax(1) == y).sum())
-        win += torch.tensor([lsum, corr, b], dtype=torch.float64)
+        w = state.window
+        w[0], w[1], w[2] = w[0] + lsum, w[1] + corr, w[2] + b
         ep_loss, ep_correct, ep_n = ep_loss + lsum, ep_correct + corr, ep_n + b
         if log_every and state.step % log_every == 0:
-            tot = accelerator.reduce(win.to(accelerator.device), reduction="sum").cpu()
+            win = torch.tensor(w, dtype=torch.float64, device=accelerator.device)
+            tot = accelerator.reduce(win, reduction="sum").cpu()
             lr = optimizer.param_groups[0]["lr"]
             metric_row(state, "train", tot[0] / tot[2], tot[1] / tot[2], conn, lr)
-            win.zero_()
+            state.window = [0.0, 0.0, 0.0]
         if progress is not None:
             progress.update(1)
             if state.step % 10 == 0:
@@ -184,12 +193,14 @@ def list_checkpoints(root) -> List[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2) -> Path:
+def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2, state: Optional[TrainState] = None) -> Path:
     """Save the accelerator's state (model, optimizer, RNG states and the objects registered for
     checkpointing) as ``<output_dir>/checkpoints/step_<step>``, atomically: everything is written
     into ``.tmp-step_<step>`` first and renamed only when complete, so a run killed while saving
     leaves the previous checkpoint loadable. Keeps the newest ``keep`` checkpoints (None: all).
-    Every process must call it (each saves its own RNG state)."""
+    Every process must call it (each saves its own RNG state). With several processes, ``state``'s
+    partial logging window is summed over them and saved as each process's equal share, since only
+    the main process's copy is written."""
     root = checkpoint_root(output_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"
@@ -198,7 +209,15 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2)
         for stale in root.glob(".tmp-step_*"):  # left by a run killed while saving
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    if state is not None and accelerator.num_processes > 1:
+        win = torch.tensor(state.window, dtype=torch.float64, device=accelerator.device)
+        tot = accelerator.reduce(win, reduction="sum").cpu()
+        state.saved_window = (tot / accelerator.num_processes).tolist()
+    try:
+        accelerator.save_state(str(tmp))
+    finally:
+        if state is not None:
+            state.saved_window = None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():

@@ -327,7 +327,7 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
         if cfg.eval_every and s.step % cfg.eval_every == 0:
             eval_holdout()
         if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and s.step < total_steps:
-            save_checkpoint(accelerator, output_dir, s.step, cfg.keep_checkpoints)
+            save_checkpoint(accelerator, output_dir, s.step, cfg.keep_checkpoints, state=s)
             write_metrics()
         if on_step is not None:
             on_step(s)

@@ -125,6 +125,37 @@ def test_resume_is_bit_exact(tmp_path, data):
                for i in opt_a["state"])
 
 
+def test_resume_is_bit_exact_on_an_augmented_image_folder(tmp_path):
+    # ImageNet-style folders augment through torchvision transforms: keyed per (seed, epoch, sample)
+    # the resumed run crops exactly as the uninterrupted one, with loader workers too
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("val", 2)):
+        for c in ("n01", "n02"):
+            (tmp_path / "data" / "imagenet" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / "imagenet" / split / c / f"{i}.png")
+    common = ["--dataset", "imagenet", "--data-dir", str(tmp_path / "data"), "--dataset_kw", "{image_size: 12, resize: 14}",
+              "--max_steps", "24", "--batch_size", "16", "--augment", "true", "--eval_every", "12", "--update_every", "6",
+              "--num_workers", "2"]
+    full = run(tmp_path / "full", *common)
+
+    def stop(state):
+        if state.step == 11:  # mid-epoch: 72 train images make 4.5 batches of 16
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(tmp_path / "cut", *common, "--checkpoint_every", "11", on_step=stop)
+    resumed = run(tmp_path / "cut", *common, "--resume", "latest")
+    assert resumed.state.step == 24
+    assert resumed.conn.mask_hash() == full.conn.mask_hash()
+    assert same_state(resumed, full)
+    assert resumed.state.metrics == full.state.metrics
+
+
 def test_kill_while_saving_leaves_previous_checkpoint(tmp_path, monkeypatch):
     import accelerate.accelerator as acc_mod
 

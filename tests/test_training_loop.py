@@ -1,0 +1,48 @@
+"""adaptive.training.train_one_epoch: train metric rows average every step of their interval, also
+when the interval spans an epoch boundary or a checkpoint."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaptive.training import TrainState, train_one_epoch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture()
+def accelerator():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield Accelerator(cpu=True)
+    AcceleratorState._reset_state(True)
+
+
+def test_a_logging_interval_spanning_epochs_and_a_resume_averages_all_its_steps(accelerator):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every epoch sees the same losses
+    g = torch.Generator().manual_seed(1)
+    loader = [(torch.randn(5, 4, generator=g), torch.randint(0, 3, (5,), generator=g)) for _ in range(3)]
+    losses = []
+
+    def loss_fn(out, y):
+        loss = F.cross_entropy(out, y)
+        losses.append(float(loss))
+        return loss
+
+    state = TrainState()
+    train_one_epoch(accelerator, model, opt, loader, state, loss_fn=loss_fn, log_every=2)
+    saved = state.state_dict()  # a checkpoint after step 3, mid-interval
+    resumed = TrainState()
+    resumed.load_state_dict(saved)
+    resumed.epoch = 1
+    train_one_epoch(accelerator, model, opt, loader, resumed, loss_fn=loss_fn, log_every=2)
+    rows = [r for r in resumed.metrics if r["split"] == "train"]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    # step 4's row is the mean of steps 3 (epoch 0, before the checkpoint) and 4 (epoch 1)
+    assert rows[1]["loss"] == pytest.approx((losses[2] + losses[3]) / 2, rel=1e-6)
+    assert rows[2]["loss"] == pytest.approx((losses[4] + losses[5]) / 2, rel=1e-6)
+    assert rows[0]["loss"] == pytest.approx((losses[0] + losses[1]) / 2, rel=1e-6)
