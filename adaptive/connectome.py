@@ -369,7 +369,9 @@ class Connectome:
     def mask_in_backward(self) -> bool:
         """Mask each gradient inside backward as soon as it is accumulated, at steps where no
         observer reads dense gradients (default True: cheaper on small networks). Set False to keep
-        ``.grad`` dense until the optimizer step, e.g. to read it yourself without an observer."""
+        ``.grad`` dense until the optimizer step: to read it yourself without an observer, to clip
+        by the dense gradient norm at every step, or when your code writes gradients behind
+        autograd's version counter (``.grad.data``, NumPy views), which the step's check cannot see."""
         return self._mask_in_backward
 
     @mask_in_backward.setter
@@ -406,6 +408,34 @@ class Connectome:
         return any(a is None or a() for a in self._observer_active)
 
     def _pre_step(self, opt, args, kwargs):
+        # ``args`` is the step's positional arguments, the optimizer itself first
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is not None:
+            return self._wrap_closure(closure, args, kwargs)
+        self._prepare_step(opt)
+
+    def _wrap_closure(self, closure, args, kwargs):
+        """``opt.step(closure)``: the closure computes the gradients inside the step, after this
+        hook. Weights are re-masked now; the wrapped closure lets observers see its dense
+        gradients (first call) and masks them before the optimizer uses them (every call)."""
+        if self.mode == "train":
+            self._foreach_mask(grads=False, weights=True)
+        calls = [0]
+
+        def masked_closure():
+            loss = closure()  # the optimizer calls this under enable_grad
+            calls[0] += 1
+            if calls[0] == 1:
+                for fn in self._observers:
+                    fn()
+            self.mask_gradients()
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": masked_closure}
+        return (args[0], masked_closure, *args[2:]), kwargs
+
+    def _prepare_step(self, opt) -> None:
         for fn in self._observers:
             fn()
         if self.mode == "mask_only":

@@ -177,6 +177,9 @@ class Controller:
             self.stats._ensure()  # allocate (and touch) the window now, not inside a training step
         self._hook = None
         self.optimizer = None
+        # Driven explicitly or attached, the controller reads dense gradients inside its window: the
+        # connectome's backward hooks stand aside at those steps. Attached, it also observes there.
+        self.conn.add_observer(self._observe_hook, active=self._observing)
 
         plan = self.policy.initialize(self)
         if plan is not None:
@@ -196,13 +199,13 @@ class Controller:
     def attach(self, optimizer) -> "Controller":
         opt = unwrap_optimizer(optimizer)
         self.conn.attach(opt)
-        self.conn.add_observer(self._observe_hook, active=self._observing)
         self._hook = opt.register_step_post_hook(lambda o, a, k: self.step())
         self.optimizer = opt
         return self
 
     def _observe_hook(self):
-        self.observe()
+        if self.optimizer is not None:  # driven explicitly, ctrl.observe() is the caller's
+            self.observe()
 
     def _in_window(self) -> bool:
         if self.window is None:

@@ -11,6 +11,8 @@ idle in mask_only mode, across several processes (DDP may still reduce into a gr
 hook), while an observer reads dense gradients at the coming step, or when the user turned it off.
 Each masked gradient is recorded with its version counter; the step trusts it only if it is the
 same tensor and nothing wrote to it since (a clip, a scaler, a user edit), and masks it otherwise.
+A write that bypasses autograd's version counter (through ``grad.data``, a NumPy view or a C
+extension) is not seen: code that edits gradients that way needs ``conn.mask_in_backward = False``.
 
 The per-gradient hook runs on the backward hot path, so it does as little Python as possible.
 """

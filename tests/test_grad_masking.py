@@ -175,3 +175,48 @@ def test_copies_of_the_model_carry_no_hooks_and_detach_removes_them():
     backward(clone.model, x, y)
     opt2.step()
     assert pruned_weights_zero(clone)
+
+
+def test_controller_driven_explicitly_observes_dense_gradients_on_an_attached_connectome():
+    # The documented explicit use (ctrl.observe() after backward, ctrl.step() after the step), with
+    # the connectome attached to the optimizer by the user, as recipes/benchmarks/controller.py
+    # does: the backward hooks must stand aside while the controller reads gradients.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 4))
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, policy="rigl", density=0.5, update_every=3, end_step=100)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    conn.attach(opt)
+    observed = []
+    real = ctrl.stats.observe
+    ctrl.stats.observe = lambda: (observed.append(pruned_grads(conn).abs().sum().item()), real())[1]
+    x, y = torch.randn(16, 12), torch.randint(0, 4, (16,))
+    for _ in range(4):
+        opt.zero_grad()
+        backward(model, x, y)
+        ctrl.observe()
+        opt.step()
+        ctrl.step()
+        assert pruned_weights_zero(conn)
+    assert len(observed) == 4 and all(v > 0 for v in observed)  # dense every time, observed once per step
+
+
+def test_step_with_a_closure_keeps_pruned_weights_at_zero_and_observers_see_its_gradients():
+    for opt_cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.LBFGS):
+        model, conn, opt, x, y = setup(opt_cls)
+        seen = []
+        conn.add_observer(lambda: seen.append(pruned_grads(conn).abs().sum().item()))
+
+        def closure():
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        for _ in range(3):
+            loss = opt.step(closure)
+            assert torch.isfinite(loss)
+            assert pruned_weights_zero(conn), opt_cls.__name__
+        assert len(seen) == 3 and all(v > 0 for v in seen)  # dense, once per step, even for LBFGS
+        opt.step(closure=closure)  # passed by keyword
+        assert pruned_weights_zero(conn)
