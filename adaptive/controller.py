@@ -177,9 +177,11 @@ class Controller:
             self.stats._ensure()  # allocate (and touch) the window now, not inside a training step
         self._hook = None
         self.optimizer = None
-        # Driven explicitly or attached, the controller reads dense gradients inside its window: the
-        # connectome's backward hooks stand aside at those steps. Attached, it also observes there.
-        self.conn.add_observer(self._observe_hook, active=self._observing)
+        # Driven explicitly or attached, the controller reads dense gradients: the connectome's
+        # backward hooks stand aside for as long as it edits (every step, not only inside its
+        # windows, so that a gradient clip sees the same kind of gradient at every step of that
+        # phase). Attached, it also observes through this hook.
+        self.conn.add_observer(self._observe_hook, active=self._editing)
 
         plan = self.policy.initialize(self)
         if plan is not None:
@@ -215,6 +217,10 @@ class Controller:
             return False
         to_next = (self.update_every - (nxt - self.start_step) % self.update_every) % self.update_every
         return to_next < self.window
+
+    def _editing(self) -> bool:
+        """Whether the controller still gathers gradients for future edits."""
+        return self.stats is not None and not self.finished
 
     def _observing(self) -> bool:
         """Whether :meth:`observe` reads the gradients at the coming step."""

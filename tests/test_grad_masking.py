@@ -116,27 +116,28 @@ def test_mask_in_backward_off_keeps_gradients_dense_until_the_step():
     assert pruned_weights_zero(conn)
 
 
-def test_controller_observes_dense_gradients_inside_its_window():
+def test_controller_sees_dense_gradients_while_it_edits_and_masked_ones_after():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     ctrl = adaptive.Controller(adaptive.Connectome(model), opt, policy="rigl", density=0.5, update_every=4,
-                               end_step=100, window=2)
+                               end_step=8, window=2)
     conn = ctrl.conn
     observed = []
     real = ctrl.stats.observe
     ctrl.stats.observe = lambda: (observed.append(pruned_grads(conn).abs().sum().item()), real())[1]
     x, y = torch.randn(16, 12), torch.randint(0, 4, (16,))
-    masked_outside = []
-    for _ in range(8):
+    dense_while_editing, masked_after = [], []
+    for _ in range(12):
         opt.zero_grad()
         backward(model, x, y)
-        if not ctrl._observing():
-            masked_outside.append(bool((pruned_grads(conn) == 0).all()))
+        # the same kind of gradient at every step of a phase: a clip here sees no switching
+        (dense_while_editing if not ctrl.finished else masked_after).append(pruned_grads(conn).abs().sum().item())
         opt.step()
         assert pruned_weights_zero(conn)
-    assert observed and all(v > 0 for v in observed)  # two steps per window, dense every time
-    assert masked_outside and all(masked_outside)  # outside the window the hooks masked
+    assert len(observed) == 4 and all(v > 0 for v in observed)  # two windows of two steps, dense every time
+    assert len(dense_while_editing) == 8 and all(v > 0 for v in dense_while_editing)
+    assert len(masked_after) == 4 and all(v == 0 for v in masked_after)  # finished: the hooks mask
 
 
 def test_optimizer_that_may_move_zeros_is_re_masked_and_hooks_stand_aside():
