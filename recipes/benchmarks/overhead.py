@@ -19,7 +19,7 @@ all the connectome adds to a step, for the library's path and for per-layer floa
   rigl-torch     rigl_torch.RigLScheduler (PyPI, static topology, so only its per-step masking is
                  timed) where it installs; its uniform distribution keeps the first layer dense
 
-    python recipes/benchmarks/overhead.py                 # full table (~4-5 minutes on 1 thread)
+    python recipes/benchmarks/overhead.py                 # full table (about 1.5 minutes on 1 thread)
     python recipes/benchmarks/overhead.py --quick         # a smoke run
 Writes recipes/benchmarks/results/overhead.md.
 """
