@@ -44,17 +44,26 @@ class TrainState:
     # here, not in one epoch's loop, so a logging interval that spans an epoch boundary or a
     # checkpoint and resume averages all of its steps.
     window: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    saved_window: Optional[List[float]] = None  # set by save_checkpoint while it saves (several processes)
+    saved_window: Optional[List[float]] = None  # the sum over processes, set by save_checkpoint while it saves
 
     def state_dict(self) -> dict:
+        """The window is saved summed over all processes (only the main process's copy is written)."""
         window = self.saved_window if self.saved_window is not None else self.window
         return {"step": self.step, "epoch": self.epoch, "metrics": [dict(r) for r in self.metrics],
                 "window": [float(v) for v in window]}
 
     def load_state_dict(self, sd: dict) -> None:
+        """Each process takes an equal share of the saved window, so the next row's sum over
+        processes is the saved total whatever the number of processes now."""
         self.step, self.epoch = int(sd["step"]), int(sd["epoch"])
         self.metrics = [dict(r) for r in sd.get("metrics", [])]
-        self.window = [float(v) for v in sd.get("window", (0.0, 0.0, 0.0))]
+        n = _world_size()
+        self.window = [float(v) / n for v in sd.get("window", (0.0, 0.0, 0.0))]
+
+
+def _world_size() -> int:
+    d = torch.distributed
+    return d.get_world_size() if d.is_available() and d.is_initialized() else 1
 
 
 def cosine_schedule(optimizer, total_steps: int, warmup: int = 0, kind: str = "cosine"):
@@ -199,8 +208,8 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
     into ``.tmp-step_<step>`` first and renamed only when complete, so a run killed while saving
     leaves the previous checkpoint loadable. Keeps the newest ``keep`` checkpoints (None: all).
     Every process must call it (each saves its own RNG state). With several processes, ``state``'s
-    partial logging window is summed over them and saved as each process's equal share, since only
-    the main process's copy is written."""
+    partial logging window is summed over them before it is saved, since only the main process's
+    copy is written (each process takes an equal share back on load)."""
     root = checkpoint_root(output_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"
@@ -212,7 +221,7 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
     if state is not None and accelerator.num_processes > 1:
         win = torch.tensor(state.window, dtype=torch.float64, device=accelerator.device)
         tot = accelerator.reduce(win, reduction="sum").cpu()
-        state.saved_window = (tot / accelerator.num_processes).tolist()
+        state.saved_window = tot.tolist()
     try:
         accelerator.save_state(str(tmp))
     finally:

@@ -30,7 +30,7 @@ def test_a_logging_interval_spanning_epochs_and_a_resume_averages_all_its_steps(
 
     def loss_fn(out, y):
         loss = F.cross_entropy(out, y)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         return loss
 
     state = TrainState()

@@ -17,9 +17,9 @@ class FolderView(Dataset):
 
     A random transform draws from the global torch RNG until :meth:`set_epoch` is given a seed
     (``recipes/adaptive.py`` does so every epoch); from then on each sample's transform runs on
-    the RNG seeded from ``(seed, epoch, sample)`` (the global RNG state is restored after), so the
-    crops depend neither on worker count nor on when a batch was fetched: a resumed run augments
-    as the uninterrupted run did.
+    the CPU RNG seeded from ``(seed, epoch, sample)`` (its state is restored after; no other
+    generator is touched), so the crops depend neither on worker count nor on when a batch was
+    fetched: a resumed run augments as the uninterrupted run did.
     """
 
     def __init__(self, folder, indices, transform):
@@ -56,7 +56,10 @@ class FolderView(Dataset):
         if self.seed is None:
             return self.transform(image), label
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 7919 + src * 104_729 + 11) % (2 ** 63))
+            # the CPU generator only: torch.manual_seed would also reseed every CUDA (MPS, XPU)
+            # generator, which fork_rng(devices=[]) does not restore
+            torch.random.default_generator.manual_seed(
+                (self.seed * 1_000_003 + self.epoch * 7919 + src * 104_729 + 11) % (2 ** 63))
             return self.transform(image), label
 
 
