@@ -350,7 +350,7 @@ class Connectome:
         # no moment at a pruned position can move its weight at the next step.
         self._handles.append(opt.register_load_state_dict_post_hook(self._after_optimizer_load))
         if not self._masker.handles:
-            self._handles.extend(self._masker.register(self.params))
+            self._masker.register(self.params)  # removed by detach() through self._masker
         self._edited()
         self.apply()
         self._reset_optimizer_state({n: ~m for n, m in self.masks.items() if not self._dense[n]}, only=[opt])
@@ -376,7 +376,9 @@ class Connectome:
 
     @mask_in_backward.setter
     def mask_in_backward(self, value: bool) -> None:
-        self._mask_in_backward = bool(value)
+        if not isinstance(value, bool):
+            raise TypeError(f"mask_in_backward must be True or False, got {value!r}")
+        self._mask_in_backward = value
         self._edited()
 
     def _edited(self) -> None:
@@ -396,6 +398,10 @@ class Connectome:
         ``active``, if given, says (before the step's backward pass ends) whether ``fn`` will read
         the gradients at the coming step; at steps where no observer is active the gradients are
         masked inside backward, which is cheaper. Without it ``fn`` is taken to read every step."""
+        if not callable(fn):
+            raise TypeError(f"add_observer needs a callable fn() run before each step, got {type(fn).__name__}")
+        if active is not None and not callable(active):
+            raise TypeError(f"add_observer's active must be None or a callable returning a bool, got {type(active).__name__}")
         self._observers.append(fn)
         self._observer_active.append(active)
         self._edited()
@@ -426,8 +432,7 @@ class Connectome:
             loss = closure()  # the optimizer calls this under enable_grad
             calls[0] += 1
             if calls[0] == 1:
-                for fn in self._observers:
-                    fn()
+                self._run_observers()
             self.mask_gradients()
             return loss
 
@@ -435,9 +440,12 @@ class Connectome:
             return args, {**kwargs, "closure": masked_closure}
         return (args[0], masked_closure, *args[2:]), kwargs
 
-    def _prepare_step(self, opt) -> None:
+    def _run_observers(self) -> None:
         for fn in self._observers:
             fn()
+
+    def _prepare_step(self, opt) -> None:
+        self._run_observers()
         if self.mode == "mask_only":
             self.mask_gradients()  # the weights are restored from the originals after the step
         elif preserves_zeros(opt) and self._weights_untouched():

@@ -2,6 +2,8 @@
 when every gradient is the tensor a hook masked and nothing wrote to it since."""
 import copy
 
+import pytest
+
 import torch
 from torch import nn
 
@@ -221,3 +223,17 @@ def test_step_with_a_closure_keeps_pruned_weights_at_zero_and_observers_see_its_
         assert len(seen) == 3 and all(v > 0 for v in seen)  # dense, once per step, even for LBFGS
         opt.step(closure=closure)  # passed by keyword
         assert pruned_weights_zero(conn)
+
+
+def test_bad_observer_or_switch_is_refused_and_changes_nothing():
+    model, conn, opt, x, y = setup()
+    with pytest.raises(TypeError, match="callable fn"):
+        conn.add_observer("not a function")
+    with pytest.raises(TypeError, match="active must be None or a callable"):
+        conn.add_observer(lambda: None, active=True)
+    with pytest.raises(TypeError, match="True or False"):
+        conn.mask_in_backward = "false"  # would read as True
+    assert conn._observers == [] and conn.mask_in_backward is True
+    opt.zero_grad()
+    backward(model, x, y)
+    assert bool((pruned_grads(conn) == 0).all())  # still masking in backward
