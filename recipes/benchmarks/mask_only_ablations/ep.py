@@ -36,8 +36,19 @@ ap.add_argument("--over_until", type=float, default=0.3, help="fraction of the s
 ap.add_argument("--over_back", type=float, default=0.7, help="fraction of the stage by which the target is reached again (linear)")
 ap.add_argument("--mixup", type=float, default=0.0, help="mixup of the train batches with this Beta(alpha, alpha) (0: off)")
 ap.add_argument("--olr", type=float, default=0.01, help="Adam step of the offsets")
+ap.add_argument("--proxy", default="", help="a proxy network from proxy.py pretrain: learn on its shifted A images, "
+                "report on the shifted B images it never saw (dev_acc) and on 5,000 seen ones (mem_acc)")
+ap.add_argument("--quality", type=int, default=20, help="with --proxy: the re-JPEG quality of the shift")
 a = ap.parse_args()
-tl, hl, dl, fresh = setup(a.model, a.seed, bs=a.bs)
+mem = None
+if a.proxy:
+    from proxy import proxy_loaders
+    from adaptive.models import build_model
+    torch.set_num_threads(2)
+    tl, hl, dl, mem = proxy_loaders(a.proxy, a.quality, a.seed, a.bs)
+    fresh = lambda: build_model("resnet20", weights=a.proxy)
+else:
+    tl, hl, dl, fresh = setup(a.model, a.seed, bs=a.bs)
 tl.dataset.augment = bool(a.aug)
 torch.manual_seed(a.seed)
 model = fresh().eval()
@@ -162,4 +173,5 @@ for t in [float(x) for x in a.targets.split(",")]:
     else:
         conn.set_masks(topk(scores, keep))
     dv = evaluate(model, dl)
-    print(json.dumps({"target": t, "dev_acc": round(100*dv[1],2), "dev_loss": round(dv[0],4), "train_loss": round(tr_loss/steps,4), "min": round((time.time()-t0)/60,2), **vars(a)}), flush=True)
+    extra = {} if mem is None else {"mem_acc": round(100 * evaluate(model, mem)[1], 2)}
+    print(json.dumps({"target": t, "dev_acc": round(100*dv[1],2), "dev_loss": round(dv[0],4), **extra, "train_loss": round(tr_loss/steps,4), "min": round((time.time()-t0)/60,2), **vars(a)}), flush=True)
