@@ -41,6 +41,8 @@ ap.add_argument("--proxy", default="", help="a proxy network from proxy.py pretr
 ap.add_argument("--quality", type=int, default=20, help="with --proxy: the re-JPEG quality of the shift")
 a = ap.parse_args()
 mem = None
+if a.proxy and not 1 <= a.quality <= 95:
+    ap.error(f"--quality must lie in 1..95, got {a.quality}")
 if a.proxy:
     from proxy import proxy_loaders
     from adaptive.models import build_model

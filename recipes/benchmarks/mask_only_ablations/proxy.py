@@ -27,9 +27,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from adaptive.data.cifar import NORMALIZATIONS
 from adaptive.data.folder_cache import cached_folder_tensor
+from adaptive.mask_only import evaluate
 from adaptive.data.tensors import TensorImages, random_crop_flip
 from adaptive.models import build_model
 from adaptive.paths import find_data
@@ -82,16 +84,10 @@ def shifted_images(quality: int, cache: Path):
     return xs
 
 
-def _eval(model, x, y, mean, std, bs=1000):
-    model.eval()
-    correct, loss = 0, 0.0
-    with torch.no_grad():
-        for i in range(0, len(x), bs):
-            xb = (x[i:i + bs].float() / 255 - mean) / std
-            out = model(xb)
-            loss += float(F.cross_entropy(out, y[i:i + bs], reduction="sum"))
-            correct += int((out.argmax(1) == y[i:i + bs]).sum())
-    return 100 * correct / len(x), loss / len(x)
+def _acc(model, x, y, idx):
+    """Top-1 % of ``model`` on images ``idx`` of uint8 ``x`` (the benchmarks' own evaluation)."""
+    view = TensorImages(x, y, idx, *NORMALIZATIONS["imagenet"])
+    return 100 * evaluate(model, DataLoader(view, batch_size=1000))[1]
 
 
 def pretrain(a):
@@ -119,26 +115,23 @@ def pretrain(a):
             loss.backward()
             opt.step(); sched.step()
             tot += loss.item()
-        acc_b, _ = _eval(model, x[ib], y[ib], mean, std)
+        acc_b = _acc(model, x, y, ib)
         print(f"epoch {ep + 1}/{a.epochs} train loss {tot / steps_per:.4f}  B (unseen, as stored) {acc_b:.2f}%  "
               f"{(time.time() - t0) / 60:.1f} min", flush=True)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out)
-    acc_a, _ = _eval(model, x[ia[:5000]], y[ia[:5000]], mean, std)
+    acc_a = _acc(model, x, y, ia[:5000])
     print(f"saved {out}; A (seen) {acc_a:.2f}%  B (unseen) {acc_b:.2f}%", flush=True)
     for q in a.qualities:
         xs = shifted_images(q, out.parent)
-        sa, _ = _eval(model, xs[ia[:5000]], y[ia[:5000]], mean, std)
-        sb, _ = _eval(model, xs[ib], y[ib], mean, std)
+        sa, sb = _acc(model, xs, y, ia[:5000]), _acc(model, xs, y, ib)
         print(f"re-JPEG q{q}: A (seen content) {sa:.2f}%  B (unseen) {sb:.2f}%", flush=True)
 
 
 def proxy_loaders(proxy_path: str, quality: int, seed: int, bs: int):
     """The proxy's loaders on the shifted images: mask-learning train part and holdout from A,
     ``mem`` (5,000 A images: seen content, the analogue of DEV) and ``unseen`` (all of B)."""
-    from torch.utils.data import DataLoader
-
     _, y = train_images()
     xs = shifted_images(quality, Path(proxy_path).parent)
     ia, ib = split_ab(y, 0)
@@ -164,4 +157,8 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--qualities", type=int, nargs="*", default=[10, 20, 30], help="re-JPEG qualities to report on")
     a = ap.parse_args()
+    if a.epochs < 1 or a.bs < 1 or a.threads < 1 or not a.lr > 0:
+        ap.error("--epochs, --bs and --threads must be at least 1 and --lr positive")
+    if any(not 1 <= q <= 95 for q in a.qualities):
+        ap.error(f"--qualities must lie in 1..95 (PIL's JPEG quality range), got {a.qualities}")
     pretrain(a)
