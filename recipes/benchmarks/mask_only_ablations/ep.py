@@ -35,6 +35,8 @@ ap.add_argument("--over", type=float, default=0.0, help="overshoot: remove this 
 ap.add_argument("--over_until", type=float, default=0.3, help="fraction of the stage spent at the overshoot")
 ap.add_argument("--over_back", type=float, default=0.7, help="fraction of the stage by which the target is reached again (linear)")
 ap.add_argument("--mixup", type=float, default=0.0, help="mixup of the train batches with this Beta(alpha, alpha) (0: off)")
+ap.add_argument("--bnalign", type=float, default=0.0, help="weight of a batch-statistics term: each BatchNorm's input "
+                "batch mean and std pulled towards its frozen running statistics (standardised, mean over channels and layers)")
 ap.add_argument("--olr", type=float, default=0.01, help="Adam step of the offsets")
 ap.add_argument("--proxy", default="", help="a proxy network from proxy.py pretrain: learn on its shifted A images, "
                 "report on the shifted B images it never saw (dev_acc) and on 5,000 seen ones (mem_acc)")
@@ -92,6 +94,19 @@ def eff(sc):
     return out
 def topk(sc, k):
     return _topk_masks({n: v * scale[n] for n, v in eff(sc).items()}, k)
+bn_terms = []
+if a.bnalign > 0:
+    def _bn_hook(mod, inp):
+        if not torch.is_grad_enabled():
+            return
+        z = inp[0]
+        mu = z.mean(dim=(0, 2, 3)) if z.dim() == 4 else z.mean(dim=0)
+        sd = (z.var(dim=(0, 2, 3)) if z.dim() == 4 else z.var(dim=0)).add(mod.eps).sqrt()
+        rsd = mod.running_var.add(mod.eps).sqrt()
+        bn_terms.append((((mu - mod.running_mean) / rsd).pow(2) + (sd / rsd - 1).pow(2)).mean())
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.register_forward_pre_hook(_bn_hook)
 steps = int(math.ceil(a.passes * len(tl)))
 it = _batches(tl)
 fisher = {}
@@ -126,6 +141,9 @@ for t in [float(x) for x in a.targets.split(",")]:
             y2 = y[pi]
         def _ce(out):
             l = F.cross_entropy(out, y, label_smoothing=a.ls)
+            if bn_terms:
+                l = l + a.bnalign * torch.stack(bn_terms).mean()
+                bn_terms.clear()
             return l if a.mixup <= 0 else lm * l + (1 - lm) * F.cross_entropy(out, y2, label_smoothing=a.ls)
         for _r in range(a.reuse):
             if a.noise > 0:

@@ -17,8 +17,21 @@ ap.add_argument("--verify", type=int, default=2)
 ap.add_argument("--est", default="evidence")
 ap.add_argument("--margin", type=float, default=0.0)
 ap.add_argument("--lr", type=float, default=0.01)
+ap.add_argument("--proxy", default="", help="a proxy network from proxy.py pretrain (as in ep.py): dev_acc is then "
+                "on the shifted B images it never saw, mem_acc on 5,000 seen ones")
+ap.add_argument("--quality", type=int, default=20, help="with --proxy: the re-JPEG quality of the shift")
 a, extra = ap.parse_known_args()
-tl, hl, dl, fresh = setup()
+mem = None
+if a.proxy:
+    if not 1 <= a.quality <= 95:
+        ap.error(f"--quality must lie in 1..95, got {a.quality}")
+    from proxy import proxy_loaders
+    from adaptive.models import build_model
+    torch.set_num_threads(2)
+    tl, hl, dl, mem = proxy_loaders(a.proxy, a.quality, 0, 128)
+    fresh = lambda: build_model("resnet20", weights=a.proxy)
+else:
+    tl, hl, dl, fresh = setup()
 torch.manual_seed(0)
 model = fresh()
 t0 = time.time()
@@ -28,4 +41,5 @@ res = optimize_connectome(model, tl, hl, ts, passes=a.passes, estimator=(Evidenc
 for t in ts:
     s = res.use(f"{t:g}")
     dv = evaluate(model, dl)
-    print(json.dumps({"target": t, "dev_acc": round(100*dv[1],2), "dev_loss": round(dv[0],4), "cpu_min": round(s.cpu_seconds/60,2), "wall": round((time.time()-t0)/60, 2), **vars(a)}))
+    more = {} if mem is None else {"mem_acc": round(100 * evaluate(model, mem)[1], 2)}
+    print(json.dumps({"target": t, "dev_acc": round(100*dv[1],2), "dev_loss": round(dv[0],4), **more, "cpu_min": round(s.cpu_seconds/60,2), "wall": round((time.time()-t0)/60, 2), **vars(a)}))

@@ -51,6 +51,8 @@ ROWS = [
     ("overshoot: 2.5x the target removed (at most 90%) for 30% of the stage, back by 70%", "ep.py", ["--over", "2.5"]),
     ("mixup alpha 0.2", "ep.py", ["--mixup", "0.2"]),
     ("mixup alpha 1.0", "ep.py", ["--mixup", "1.0"]),
+    ("batch-statistics alignment, weight 1", "ep.py", ["--bnalign", "1"]),
+    ("batch-statistics alignment, weight 10", "ep.py", ["--bnalign", "10"]),
     ("ours: old default (evidence, window 4, line search)", "ours.py", []),
     ("ours: presence, window 1", "ours.py", OURS_BASE),
     ("ours: presence, step 0.02", "ours.py", OURS_BASE + ["--lr", "0.02"]),
