@@ -17,6 +17,7 @@ ap.add_argument("--verify", type=int, default=2)
 ap.add_argument("--est", default="evidence")
 ap.add_argument("--margin", type=float, default=0.0)
 ap.add_argument("--lr", type=float, default=0.01)
+ap.add_argument("--seed", type=int, default=0, help="data order and DEV/holdout draw (as ep.py --seed)")
 ap.add_argument("--proxy", default="", help="a proxy network from proxy.py pretrain (as in ep.py): dev_acc is then "
                 "on the shifted B images it never saw, mem_acc on 5,000 seen ones")
 ap.add_argument("--quality", type=int, default=20, help="with --proxy: the re-JPEG quality of the shift")
@@ -28,16 +29,16 @@ if a.proxy:
     from proxy import proxy_loaders
     from adaptive.models import build_model
     torch.set_num_threads(2)
-    tl, hl, dl, mem = proxy_loaders(a.proxy, a.quality, 0, 128)
+    tl, hl, dl, mem = proxy_loaders(a.proxy, a.quality, a.seed, 128)
     fresh = lambda: build_model("resnet20", weights=a.proxy)
 else:
-    tl, hl, dl, fresh = setup()
-torch.manual_seed(0)
+    tl, hl, dl, fresh = setup(seed=a.seed)
+torch.manual_seed(a.seed)
 model = fresh()
 t0 = time.time()
 ts = [float(x) for x in a.targets.split(",")]
 res = optimize_connectome(model, tl, hl, ts, passes=a.passes, estimator=(Evidence(step=a.step) if a.est == 'evidence' else Presence(step=a.lr)), window=a.window,
-                          edit_fraction=a.edit, approach=a.approach, verify_batches=a.verify, progress=False, margin=a.margin)
+                          edit_fraction=a.edit, approach=a.approach, verify_batches=a.verify, progress=False, margin=a.margin, seed=a.seed)
 for t in ts:
     s = res.use(f"{t:g}")
     dv = evaluate(model, dl)
