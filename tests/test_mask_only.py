@@ -278,6 +278,17 @@ def test_edge_popup_bit_exact_and_exact_k():
     assert changed_weights(conn) == 0
 
 
+@pytest.mark.parametrize("kw, msg", [({"lr": 0.0}, "lr must be > 0"), ({"lr": -0.01}, "lr must be > 0"),
+                                     ({"passes": 0.0}, "passes must be > 0")])
+def test_edge_popup_refuses_bad_settings_before_touching_the_model(kw, msg):
+    m = tiny()
+    before = copy.deepcopy(m.state_dict())
+    tr, ho = loaders()
+    with pytest.raises(ValueError, match=msg):
+        edge_popup(m, tr, ho, [0.2], progress=False, **kw)
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())
+
+
 def test_evidence_estimator_accumulates_consistent_gradients():
     """v = |w0| + rms * E, E <- E - step * clip(t(g * w0)): a synapse whose presence consistently
     raises the loss loses value; one with noisy gradients keeps its magnitude prior."""

@@ -43,6 +43,10 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                exclude=None):
     """Learn masks for frozen ``model`` by edge-popup. Returns ``(conn, snapshots)`` with
     ``snapshots[label] = {"removed", "masks", "holdout_loss", "holdout_acc"}`` per target."""
+    if not lr > 0:
+        raise ValueError(f"edge-popup's lr must be > 0, got {lr} (0 would learn nothing)")
+    if not passes > 0:
+        raise ValueError(f"passes must be > 0, got {passes}")
     n_train = _check_loader(train_loader, "train")
     _check_loader(holdout_loader, "holdout")
     conn = Connectome(model, include=include, exclude=exclude, mode="mask_only")

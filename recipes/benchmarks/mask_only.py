@@ -80,9 +80,20 @@ def main(argv=None):
     ap.add_argument("--output", default=None)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    # every setting is checked here, before the data is read or ours runs for minutes
+    for name in ("step", "ep_lr", "ev_step", "passes"):
+        if not getattr(args, name) > 0:
+            ap.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.batch_size < 1 or args.threads < 1 or args.window < 1:
+        ap.error("--batch-size, --threads and --window must be at least 1")
+    try:
+        targets = [float(t) for t in args.targets.split(",")]
+    except ValueError:
+        ap.error(f"--targets must be comma-separated removal fractions like 0.2,0.5, got {args.targets!r}")
+    if not targets or any(not 0.0 < t < 1.0 for t in targets) or len(set(targets)) != len(targets):
+        ap.error(f"--targets must be distinct removal fractions in (0, 1), got {args.targets!r}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    targets = [float(t) for t in args.targets.split(",")]
     data_dir = resolve_data_dir(args.data_dir)
     dl = get_dataloaders("cifar10", batch_size=args.batch_size, eval_batch_size=500, data_dir=args.data_dir,
                          holdout=0.1, seed=args.seed, subset=args.subset)

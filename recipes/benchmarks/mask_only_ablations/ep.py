@@ -42,6 +42,8 @@ ap.add_argument("--proxy", default="", help="a proxy network from proxy.py pretr
                 "report on the shifted B images it never saw (dev_acc) and on 5,000 seen ones (mem_acc)")
 ap.add_argument("--quality", type=int, default=20, help="with --proxy: the re-JPEG quality of the shift")
 a = ap.parse_args()
+if a.bnalign < 0:
+    ap.error(f"--bnalign is a loss weight and must be >= 0, got {a.bnalign}")
 mem = None
 if a.proxy and not 1 <= a.quality <= 95:
     ap.error(f"--quality must lie in 1..95, got {a.quality}")
@@ -104,9 +106,11 @@ if a.bnalign > 0:
         sd = (z.var(dim=(0, 2, 3)) if z.dim() == 4 else z.var(dim=0)).add(mod.eps).sqrt()
         rsd = mod.running_var.add(mod.eps).sqrt()
         bn_terms.append((((mu - mod.running_mean) / rsd).pow(2) + (sd / rsd - 1).pow(2)).mean())
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.register_forward_pre_hook(_bn_hook)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        ap.error("--bnalign needs a network with BatchNorm layers (it pulls their batch statistics to the running ones)")
+    for m in bns:
+        m.register_forward_pre_hook(_bn_hook)
 steps = int(math.ceil(a.passes * len(tl)))
 it = _batches(tl)
 fisher = {}

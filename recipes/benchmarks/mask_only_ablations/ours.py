@@ -21,7 +21,7 @@ ap.add_argument("--seed", type=int, default=0, help="data order and DEV/holdout 
 ap.add_argument("--proxy", default="", help="a proxy network from proxy.py pretrain (as in ep.py): dev_acc is then "
                 "on the shifted B images it never saw, mem_acc on 5,000 seen ones")
 ap.add_argument("--quality", type=int, default=20, help="with --proxy: the re-JPEG quality of the shift")
-a, extra = ap.parse_known_args()
+a = ap.parse_args()
 mem = None
 if a.proxy:
     if not 1 <= a.quality <= 95:
