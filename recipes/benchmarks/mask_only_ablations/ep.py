@@ -37,6 +37,7 @@ ap.add_argument("--over_back", type=float, default=0.7, help="fraction of the st
 ap.add_argument("--mixup", type=float, default=0.0, help="mixup of the train batches with this Beta(alpha, alpha) (0: off)")
 ap.add_argument("--bnalign", type=float, default=0.0, help="weight of a batch-statistics term: each BatchNorm's input "
                 "batch mean and std pulled towards its frozen running statistics (standardised, mean over channels and layers)")
+ap.add_argument("--save-masks", default="", help="write the final mask of every target to this file (torch.save of {target: masks})")
 ap.add_argument("--olr", type=float, default=0.01, help="Adam step of the offsets")
 ap.add_argument("--proxy", default="", help="a proxy network from proxy.py pretrain: learn on its shifted A images, "
                 "report on the shifted B images it never saw (dev_acc) and on 5,000 seen ones (mem_acc)")
@@ -115,6 +116,7 @@ steps = int(math.ceil(a.passes * len(tl)))
 it = _batches(tl)
 fisher = {}
 t0 = time.time()
+saved = {}
 for t in [float(x) for x in a.targets.split(",")]:
     keep = total - int(round(t * total))
     if a.opt == "adam":
@@ -196,6 +198,9 @@ for t in [float(x) for x in a.targets.split(",")]:
         conn.set_masks(_topk_masks({n: v / swa_n * scale[n] for n, v in swa_sum.items()}, keep))
     else:
         conn.set_masks(topk(scores, keep))
+    if a.save_masks:
+        saved[t] = {n: m.clone() for n, m in conn.masks.items()}
+        torch.save(saved, a.save_masks)
     dv = evaluate(model, dl)
     extra = {} if mem is None else {"mem_acc": round(100 * evaluate(model, mem)[1], 2)}
     print(json.dumps({"target": t, "dev_acc": round(100*dv[1],2), "dev_loss": round(dv[0],4), **extra, "train_loss": round(tr_loss/steps,4), "min": round((time.time()-t0)/60,2), **vars(a)}), flush=True)
