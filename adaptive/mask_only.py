@@ -142,13 +142,15 @@ def _data_identity(loader) -> list:
 
 def _check_loader(loader, what: str) -> int:
     if loader is None:
-        raise ValueError(f"{what} loader is missing")
+        raise ValueError(f"{what} loader is missing: pass a DataLoader of {what} batches")
     try:
         n = len(loader)
     except TypeError:
         n = None
     if n == 0:
-        raise ValueError(f"{what} loader is empty: it yields no batches")
+        hint = {"holdout": "hold out more of the train split (a larger holdout fraction or subset)",
+                "train": "give it data (a larger subset, or a smaller holdout fraction)"}.get(what, "give it data")
+        raise ValueError(f"{what} loader is empty: it yields no batches; {hint}")
     return n or 0
 
 

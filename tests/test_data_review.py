@@ -220,3 +220,17 @@ def test_discovery_order_explicit_env_shared(tmp_path, monkeypatch):
     assert found() == tmp_path / "shared" / "mnist" / "mnist.npz"
     with pytest.raises(DatasetNotFoundError, match="looked in: .*nowhere/mnist/mnist.npz"):
         found(tmp_path / "nowhere")  # an explicit folder is the only place looked
+
+
+def test_subset_too_small_to_stratify_is_refused_with_the_minimum():
+    labels = torch.arange(10).repeat(50)  # 500 examples, 10 classes
+    with pytest.raises(ValueError, match="at least 10 \\(one per class\\)"):
+        D.stratified_subset(labels, 5)
+    assert len(D.stratified_subset(labels, 10)) == 10
+
+
+def test_holdout_that_leaves_no_train_part_is_refused():
+    # a subset of 10 digits is one example per class; holdout 0.9 draws round(0.9) = 1 of each
+    # class, so every example is held out and nothing is left to train on
+    with pytest.raises(ValueError, match="train part of digits is empty"):
+        get_datasets("digits", holdout=0.9, subset=10)

@@ -60,6 +60,10 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     pool = stratified_subset(labels, subset, seed) if subset else torch.arange(len(labels))
     kept, drawn = stratified_split(labels[pool], holdout, seed)
     train, held = pool[kept], pool[drawn]
+    if train.numel() == 0:
+        raise ValueError(f"the train part of {name} is empty: {len(pool)} train examples"
+                         f"{' (subset)' if subset else ''} with holdout {holdout} leave none to train on; "
+                         "use a larger subset or a smaller holdout")
 
     def build_test():
         ds = src.test()

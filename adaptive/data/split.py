@@ -41,4 +41,8 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int = 0) -> torch.T
     if size <= 0:
         raise ValueError(f"subset size must be positive, got {size}")
     _, drawn = stratified_split(labels, size / n, seed=seed + 1_000_003)
+    if drawn.numel() == 0:
+        k = int(torch.unique(torch.as_tensor(labels)).numel())
+        raise ValueError(f"a stratified subset of {size} of {n} examples draws none: every one of the {k} classes "
+                         f"rounds to 0 examples; give a subset of at least {k} (one per class)")
     return drawn
