@@ -38,6 +38,13 @@ ap.add_argument("--mixup", type=float, default=0.0, help="mixup of the train bat
 ap.add_argument("--bnalign", type=float, default=0.0, help="weight of a batch-statistics term: each BatchNorm's input "
                 "batch mean and std pulled towards its frozen running statistics (standardised, mean over channels and layers)")
 ap.add_argument("--save-masks", default="", help="write the final mask of every target to this file (torch.save of {target: masks})")
+ap.add_argument("--jpeg", type=int, default=0, help="a second view of every train image, re-encoded once more "
+                "as JPEG at this quality (0: off; cached beside the proxy or in --jpeg-cache)")
+ap.add_argument("--jmode", default="cons", choices=("cons", "aug", "both"), help="with --jpeg: cons = cross-entropy on "
+                "the image plus --jw times KL(p(image) detached || p(second view)); aug = each example replaced by its "
+                "second view with probability --jw; both = cross-entropy on the image plus --jw times that on the view")
+ap.add_argument("--jw", type=float, default=1.0, help="with --jpeg: the weight (cons, both) or probability (aug)")
+ap.add_argument("--jpeg-cache", default="/tmp/adaptive-jpeg", help="folder of the re-encoded copies of the real train images")
 ap.add_argument("--olr", type=float, default=0.01, help="Adam step of the offsets")
 ap.add_argument("--proxy", default="", help="a proxy network from proxy.py pretrain: learn on its shifted A images, "
                 "report on the shifted B images it never saw (dev_acc) and on 5,000 seen ones (mem_acc)")
@@ -57,6 +64,25 @@ if a.proxy:
 else:
     tl, hl, dl, fresh = setup(a.model, a.seed, bs=a.bs)
 tl.dataset.augment = bool(a.aug)
+if a.jpeg:
+    import copy
+    from torch.utils.data import DataLoader
+    from proxy import rejpeg
+    base = tl.dataset
+    cache = (Path(a.proxy).parent / f"rejpeg-q{a.quality}-then-q{a.jpeg}.pt") if a.proxy else \
+        Path(a.jpeg_cache) / f"cifar10-jpeg-train-rejpeg-q{a.jpeg}.pt"
+    if cache.exists():
+        imgs2 = torch.load(cache, weights_only=True)
+    else:
+        imgs2 = rejpeg(base.images, a.jpeg); cache.parent.mkdir(parents=True, exist_ok=True); torch.save(imgs2, cache)
+    view2 = copy.copy(base); view2.images = imgs2
+
+    class _Paired(torch.utils.data.Dataset):
+        def __len__(self): return len(base)
+        def __getitems__(self, idx):
+            x1, y = base.batch(list(idx)); x2, _ = view2.batch(list(idx))
+            return list(zip(x1.unbind(0), x2.unbind(0), y.tolist()))
+    tl = DataLoader(_Paired(), batch_size=tl.batch_size, shuffle=True, generator=torch.Generator().manual_seed(a.seed))
 torch.manual_seed(a.seed)
 model = fresh().eval()
 for p in model.parameters(): p.requires_grad_(False)
@@ -139,7 +165,12 @@ for t in [float(x) for x in a.targets.split(",")]:
             u = (s + 1) / steps
             w = 1.0 if u <= a.over_until else max(0.0, (a.over_back - u) / max(1e-9, a.over_back - a.over_until))
             k = int(round(keep + (k_over - keep) * w))
-        x, y = next(it)
+        batch = next(it)
+        x, y = batch[0], batch[-1]
+        x2 = batch[1] if a.jpeg else None
+        if x2 is not None and a.jmode == "aug":
+            swap = (torch.rand(x.shape[0]) < a.jw).view(-1, 1, 1, 1)
+            x = torch.where(swap, x2, x)
         if a.mixup > 0:
             lm = float(torch.distributions.Beta(a.mixup, a.mixup).sample())
             pi = torch.randperm(x.shape[0])
@@ -147,6 +178,12 @@ for t in [float(x) for x in a.targets.split(",")]:
             y2 = y[pi]
         def _ce(out):
             l = F.cross_entropy(out, y, label_smoothing=a.ls)
+            if x2 is not None and a.jmode in ("cons", "both"):
+                out2 = model(x2)
+                if a.jmode == "cons":
+                    l = l + a.jw * F.kl_div(F.log_softmax(out2, 1), F.softmax(out.detach(), 1), reduction="batchmean")
+                else:
+                    l = l + a.jw * F.cross_entropy(out2, y)
             if bn_terms:
                 l = l + a.bnalign * torch.stack(bn_terms).mean()
                 bn_terms.clear()
