@@ -45,6 +45,12 @@ ap.add_argument("--jmode", default="cons", choices=("cons", "aug", "both"), help
                 "second view with probability --jw; both = cross-entropy on the image plus --jw times that on the view")
 ap.add_argument("--jw", type=float, default=1.0, help="with --jpeg: the weight (cons, both) or probability (aug)")
 ap.add_argument("--jpeg-cache", default="/tmp/adaptive-jpeg", help="folder of the re-encoded copies of the real train images")
+ap.add_argument("--micro", type=int, default=1, help="split every batch into this many micro-batches, one backward each "
+                "(the mean of their score gradients is the batch's)")
+ap.add_argument("--andmask", type=float, default=0.0, help="with --micro: keep a score's gradient only where at least this "
+                "fraction of the micro-batches agree on its sign (Parascandolo et al., 2021, AND-mask); 0: off")
+ap.add_argument("--andsoft", type=int, default=0, help="with --micro: scale every score gradient by the agreement of its "
+                "micro-batch signs, |mean sign| (a soft AND-mask)")
 ap.add_argument("--olr", type=float, default=0.01, help="Adam step of the offsets")
 ap.add_argument("--proxy", default="", help="a proxy network from proxy.py pretrain: learn on its shifted A images, "
                 "report on the shifted B images it never saw (dev_acc) and on 5,000 seen ones (mem_acc)")
@@ -198,7 +204,26 @@ for t in [float(x) for x in a.targets.split(",")]:
             else:
                 conn.set_masks(topk(scores, k))
             for p in conn.params.values(): p.grad = None
-            loss = _ce(model(x)); loss.backward(); tr_loss += float(loss.detach()) / a.reuse
+            if a.micro > 1:
+                Gs = {n: [] for n in scores}
+                lsum = 0.0
+                for xc, yc in zip(x.chunk(a.micro), y.chunk(a.micro)):
+                    for p in conn.params.values(): p.grad = None
+                    lc = F.cross_entropy(model(xc), yc); lc.backward(); lsum += float(lc) / a.micro
+                    for n in scores: Gs[n].append(conn.params[n].grad * conn.original[n])
+                with torch.no_grad():
+                    for n in scores:
+                        st = torch.stack(Gs[n]); Gm = st.mean(0)
+                        agree = st.sign().mean(0).abs()
+                        if a.andmask > 0:
+                            Gm = Gm * (agree >= a.andmask)
+                        if a.andsoft:
+                            Gm = Gm * agree
+                        # stored as a gradient of the weights, so the code below multiplies by w0 again
+                        conn.params[n].grad = Gm / conn.original[n].where(conn.original[n] != 0, torch.ones_like(Gm))
+                tr_loss += lsum / a.reuse
+            else:
+                loss = _ce(model(x)); loss.backward(); tr_loss += float(loss.detach()) / a.reuse
             if a.sam > 0:
                 with torch.no_grad():
                     gm = {n: p.grad * conn.masks[n] for n, p in conn.params.items()}
