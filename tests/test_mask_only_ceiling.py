@@ -1,0 +1,63 @@
+"""recipes/benchmarks/mask_only_ceiling.py: fine-tunes on the train part, chooses the step on the
+held-out part, and reads the test split only at the end, for the dense row and the chosen run."""
+import importlib.util
+import os
+
+import pytest
+
+import adaptive.paths as paths
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = paths.SHARED_DATA
+HAVE_DATA = (SHARED / "cifar10-jpeg" / "test").is_dir() and (SHARED / "resnet-cifar10" / "resnet20-12fca82f.th").is_file()
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("mask_only_ceiling", os.path.join(ROOT, "recipes/benchmarks/mask_only_ceiling.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--lrs", "0.01,0"], "--lrs must be positive"),
+    (["--passes", "one"], "--passes must be comma-separated numbers"),
+    (["--batch-size", "0"], "at least 1"),
+])
+def test_bad_settings_fail_before_any_work(argv, msg, capsys, monkeypatch, tmp_path):
+    mod = _bench()
+    read = []
+    monkeypatch.setattr(mod, "get_dataloaders", lambda *a, **k: read.append(1))
+    with pytest.raises(SystemExit) as info:
+        mod.main(argv + ["--output", str(tmp_path / "t.md")])
+    assert info.value.code == 2 and msg in capsys.readouterr().err
+    assert not read and not (tmp_path / "t.md").exists()
+
+
+@pytest.mark.skipif(not HAVE_DATA, reason=f"shared cifar10-jpeg or resnet20 absent under {SHARED}")
+def test_test_split_read_once_for_the_step_the_holdout_chose(tmp_path, monkeypatch):
+    mod = _bench()
+    real_eval, calls = mod.evaluate, []
+
+    def spy(model, loader, *a, **k):
+        calls.append("test" if loader is test_loader[0] else "other")
+        return real_eval(model, loader, *a, **k)
+
+    real_get, test_loader = mod.get_dataloaders, []
+
+    def get(*a, **k):
+        dl = real_get(*a, **k)
+        test_loader.append(dl.test)
+        return dl
+
+    monkeypatch.setattr(mod, "evaluate", spy)
+    monkeypatch.setattr(mod, "get_dataloaders", get)
+    out = tmp_path / "ceil.md"
+    mod.main(["--subset", "600", "--passes", "0.5", "--lrs", "0.001,0.003", "--no-progress", "--output", str(out)])
+    # both runs are judged on the held-out part before the test split is read at all, and then it
+    # is read twice: for the dense row and for the one run the held-out part chose
+    first_test = calls.index("test")
+    assert "test" not in calls[:2] and calls[first_test:].count("test") == 2
+    text = out.read_text()
+    assert text.count("(chosen)") == 1 and text.count("not read") == 1
+    assert "| dense (pretrained, unchanged) |" in text
