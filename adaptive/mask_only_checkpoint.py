@@ -53,8 +53,8 @@ def begin(path, resume: bool) -> Optional[str]:
     if not resume and path.is_file():
         if rank() == 0:
             os.replace(path, earlier)
-        return (f"starting afresh: {path} of an earlier run is replaced once this run records its first stage "
-                "(--resume continues it)")
+        return (f"starting afresh: {path} of an earlier run is replaced once this run records its first stage, "
+                "and kept if this run stops before that (--resume continues it)")
     return None
 
 
