@@ -361,6 +361,7 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
                    density=conn.density(), synapses=conn.num_synapses(), live=conn.num_live(), steps=state.step,
                    updates=sum(1 for e in ctrl.events if e.get("kind") == "update"), seconds=seconds,
                    processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))
+    summary.update(target_density=cfg.density, density_note=_density_note(cfg, summary, total_steps))
     _finish(accelerator, output_dir, summary, files)
     _end(accelerator)
     return RunResult(output_dir, model, conn, ctrl, state, summary, files)
@@ -514,6 +515,18 @@ def _end(accelerator) -> None:
     accelerator.end_training()
 
 
+def _density_note(cfg, summary, total_steps) -> Optional[str]:
+    """A line for the summary when the run ended more than one point of density away from the
+    requested one (a gradual policy given too few steps to finish its schedule), else None."""
+    got, want = summary["density"], cfg.density
+    if abs(got - want) <= 0.01:
+        return None
+    end_step = max(1, int(round(cfg.end_fraction * total_steps)))
+    return (f"the run ended at density {got:.4f}, not the requested {want:g}: policy {cfg.policy!r} made "
+            f"{summary['updates']} update(s), one every {cfg.update_every} steps until step {end_step} of {total_steps} "
+            f"(end_fraction {cfg.end_fraction:g}); give it more steps (--epochs, --max_steps) or a smaller --update_every")
+
+
 def _finish(accelerator, output_dir, summary, files):
     if accelerator.is_main_process:
         with open(output_dir / "summary.json", "w") as f:
@@ -527,6 +540,8 @@ def _finish(accelerator, output_dir, summary, files):
             f"outputs in {output_dir}/: " + ", ".join(sorted(p.name for p in files.values())),
             flush=True,
         )
+        if summary.get("density_note"):
+            print(f"note: {summary['density_note']}", flush=True)
 
 
 def _broadcast_str(accelerator, value: str) -> str:

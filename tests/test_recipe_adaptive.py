@@ -332,3 +332,18 @@ def test_mask_only_mode_scores_the_holdout_every_epoch_or_every_eval_every_steps
     res = R.main(base + ["--output_dir", str(tmp_path / "every"), "--eval_every", "4"])
     held = [r for r in read_metrics_csv(tmp_path / "every" / "metrics.csv") if r["split"] == "holdout"]
     assert [int(r["step"]) for r in held] == list(range(4, res.state.step, 4)) + [res.state.step]
+
+
+def test_a_run_too_short_for_its_schedule_says_it_missed_the_density(tmp_path, capsys):
+    # gmp starts dense and prunes on a schedule; three steps end before its first update
+    res = R.main(["--output_dir", str(tmp_path / "short"), "--policy", "gmp", "--density", "0.5", "--max_steps", "3",
+                  "--threads", "1", "--progress", "false", "--figures", "false"])
+    out = capsys.readouterr().out
+    assert res.summary["density"] == 1.0 and res.summary["target_density"] == 0.5
+    assert "not the requested 0.5" in res.summary["density_note"] and "note: the run ended at density 1.0000" in out
+    assert json.loads((tmp_path / "short" / "summary.json").read_text())["density_note"] == res.summary["density_note"]
+    # a run that reaches its density says nothing of the kind
+    res = R.main(["--output_dir", str(tmp_path / "long"), "--policy", "gmp", "--density", "0.5", "--max_steps", "120",
+                  "--update_every", "10", "--threads", "1", "--progress", "false", "--figures", "false"])
+    assert abs(res.summary["density"] - 0.5) <= 0.01 and res.summary["density_note"] is None
+    assert "note:" not in capsys.readouterr().out
