@@ -48,6 +48,11 @@ def get_model(args, data, name=None, **kw):
 def seeded_train_loader(data, batch_size, seed):
     """A fresh shuffled loader over the same train set with a fresh seeded generator: every
     variant of a comparison sees the same batches in the same order."""
+    n = len(data.train.dataset)
+    if n < batch_size:
+        raise ValueError(f"the train part has {n} examples, fewer than one batch of {batch_size} (batches here are "
+                         "always full, so that every step reads the same amount): use a larger --subset or a smaller "
+                         "--batch_size")
     return torch.utils.data.DataLoader(data.train.dataset, batch_size=batch_size, shuffle=True,
                                        generator=torch.Generator().manual_seed(seed), drop_last=True)
 

@@ -60,3 +60,11 @@ def test_progress(recipe, tmp_path):
     (run / "metrics.csv").write_text("step,split,loss,accuracy\n0,train,2.0,0.1\n6,holdout,1.5,0.5\n")
     recipe.main(["progress", str(run), "--output_dir", str(tmp_path / "out")])
     assert (tmp_path / "out" / "progress.png").exists()
+
+
+def test_train_part_smaller_than_a_batch_is_refused_clearly(recipe, tmp_path):
+    # 20 digits with a 10% holdout leave 18 to train on, fewer than one full batch of 64: the
+    # loader would yield nothing and training died with a bare StopIteration
+    with pytest.raises(ValueError, match="fewer than one batch of 64.*larger --subset or a smaller --batch_size"):
+        recipe.main(["collinearity", *COMMON, "--subset", "20", "--output_dir", str(tmp_path), "--model", "mlp",
+                     "--train_steps", "3", "--batches", "3"])
