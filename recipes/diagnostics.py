@@ -166,6 +166,8 @@ def compare_optimizers(args, data, out, kinds):
 def trained_model(args, data):
     model = get_model(args, data)
     if args.weights is None and args.train_steps > 0:
+        print(f"no --weights given: training {args.model} from scratch for {args.train_steps} steps "
+              f"(--train_steps) before measuring", flush=True)
         opt = make_optimizer("sgd", model, args.lr)
         train_steps(model, seeded_train_loader(data, args.batch_size, args.seed), args.train_steps, opt,
                     desc=f"train {args.model}")
