@@ -272,6 +272,9 @@ def main(argv=None, test_loader_hook=None) -> dict:
     out = Path(args.output_dir)
     accelerator.print(f"{args.model}: mask-only on {accelerator.device}, {accelerator.num_processes} process(es), "
                       f"{len(train_dl)} train batches of {args.batch_size} per process and pass")
+    if args.weights is None:
+        accelerator.print("note: no --weights given, so the masks are learned on the network's random initial "
+                          "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
     ckpt_path = out / "checkpoint.pt"
     afresh = stage_checkpoint.begin(ckpt_path, args.resume)
     if afresh:

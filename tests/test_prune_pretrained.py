@@ -374,3 +374,13 @@ def test_two_processes_resumed_after_a_crash_reach_the_uninterrupted_masks(tmp_p
         return [(h["stage"], h["train_loss"], h["verify_loss"]) for h in hist if h["kind"] == "update"]
     assert batches_read(out) == batches_read(straight)
     assert {stage for stage, _, _ in batches_read(out)} == {0, 1}
+
+
+def test_without_weights_it_says_the_masks_are_learned_on_random_weights(tmp_path, weights, capsys):
+    mod = recipe()
+    a = args(weights, tmp_path / "random", "--remove", "0.1")
+    i = a.index("--weights")
+    mod.main(a[:i] + a[i + 2:])
+    assert "no --weights given" in capsys.readouterr().out
+    mod.main(args(weights, tmp_path / "pretrained", "--remove", "0.1"))
+    assert "no --weights given" not in capsys.readouterr().out
