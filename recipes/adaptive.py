@@ -428,6 +428,9 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
     from adaptive.mask_only import optimize_connectome
 
     ckpt = output_dir / MASK_ONLY_CHECKPOINT  # --resume was resolved to this run folder already
+    if cfg.weights is None:
+        accelerator.print("note: no --weights given, so the masks are learned on the network's random initial "
+                          "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
     afresh = stage_checkpoint.begin(ckpt, bool(cfg.resume))
     if afresh:
         accelerator.print(afresh)

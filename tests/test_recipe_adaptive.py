@@ -347,3 +347,14 @@ def test_a_run_too_short_for_its_schedule_says_it_missed_the_density(tmp_path, c
                   "--update_every", "10", "--threads", "1", "--progress", "false", "--figures", "false"])
     assert abs(res.summary["density"] - 0.5) <= 0.01 and res.summary["density_note"] is None
     assert "note:" not in capsys.readouterr().out
+
+
+def test_mask_only_mode_without_weights_says_it_searches_random_weights(tmp_path, capsys):
+    R.main(["--output_dir", str(tmp_path / "a"), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
+            "--threads", "1", "--progress", "false", "--figures", "false", "--subset", "300"])
+    assert "no --weights given" in capsys.readouterr().out
+    w = tmp_path / "w.pt"
+    torch.save(build_model("mlp", num_classes=10, in_shape=(64,)).state_dict(), w)
+    R.main(["--output_dir", str(tmp_path / "b"), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
+            "--threads", "1", "--progress", "false", "--figures", "false", "--subset", "300", "--weights", str(w)])
+    assert "no --weights given" not in capsys.readouterr().out
