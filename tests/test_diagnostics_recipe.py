@@ -36,9 +36,10 @@ def test_dense_gradients(recipe, tmp_path, capsys):
     assert len(rows) == 1 + 4 and "band-scaled sgd" in rows[-1]
 
 
-def test_collinearity(recipe, tmp_path):
+def test_collinearity(recipe, tmp_path, capsys):
     recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path), "--model", "mlp", "--train_steps", "3",
                  "--batches", "3", "--grad_batch_size", "32"])
+    assert "no --weights given: training mlp from scratch for 3 steps" in capsys.readouterr().out
     for name in ("collinearity_vs_grad2.png", "sign_agreement_vs_grad2.png", "collinearity_by_layer.png",
                  "collinearity_layers.csv", "collinearity_fraction_above.md"):
         assert (tmp_path / name).exists(), name
