@@ -1,8 +1,9 @@
 """Command line: ``python -m graphs export RUN_DIR --level unit --format graphml``,
 ``python -m graphs report RUN_DIR`` and ``python -m graphs compact RUN_DIR``.
 
-A run folder holds ``connectome.safetensors``, the weights (``model_state.pt`` or
-``dense_state_dict.pt``) and ``config.yaml`` whose ``model`` key names the model for
+A run folder holds ``connectome.safetensors``, the weights (``model_state.pt``, ``dense_state_dict.pt``
+or ``pruned_state_dict.pt``) and ``config.yaml`` (there or in the folder above, as
+``prune_pretrained.py`` writes it) whose ``model`` key names the model for
 ``adaptive.models.build_model`` (a string, or a mapping with ``name`` and build_model keywords;
 top-level ``num_classes``/``in_shape`` are read too). ``--model``, ``--connectome`` and ``--weights`` override or stand in
 for any of them (RUN_DIR may also be the connectome file itself).
@@ -17,15 +18,25 @@ from typing import Optional
 
 import torch
 
-WEIGHT_FILES = ("model_state.pt", "dense_state_dict.pt")
+WEIGHT_FILES = ("model_state.pt", "dense_state_dict.pt", "pruned_state_dict.pt")
 # (num_classes, in_shape) of the datasets recipes/adaptive.py names in config.yaml's ``dataset``
 DATASETS = {"mnist": (10, (1, 28, 28)), "cifar10": (10, (3, 32, 32)), "digits": (10, (1, 8, 8)),
             "imagenet": (1000, (3, 224, 224))}
 
 
+def _config_path(run_dir: str) -> Optional[str]:
+    """``config.yaml`` of the run folder, else of its parent (``prune_pretrained.py`` keeps one per
+    output folder above its ``remove_<target>`` subfolders)."""
+    for folder in (run_dir, os.path.dirname(os.path.abspath(run_dir))):
+        path = os.path.join(folder, "config.yaml")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
 def _config(run_dir: str) -> dict:
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(path):
+    path = _config_path(run_dir)
+    if path is None:
         return {}
     import yaml
 
@@ -84,6 +95,9 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
              num_classes=None, in_shape=None):
     """(model, connectome) from a run folder (or a connectome file) with optional overrides."""
     ns = argparse.Namespace(model=model, num_classes=num_classes, in_shape=in_shape)
+    if not os.path.exists(run):
+        raise FileNotFoundError(f"no run folder or connectome file at {run!r}: pass a run folder holding "
+                                "connectome.safetensors (or the .safetensors file itself)")
     run_dir = run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run))
     if connectome is None:
         connectome = run if os.path.isfile(run) else os.path.join(run_dir, "connectome.safetensors")
@@ -91,7 +105,9 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
         raise FileNotFoundError(f"no connectome at {connectome!r}: pass a run folder holding connectome.safetensors or --connectome PATH")
     name, kw = _model_spec(_config(run_dir), ns)
     if not name:
-        raise ValueError(f"no model name: {run_dir}/config.yaml has no 'model' key; pass --model NAME (e.g. resnet20)")
+        where = _config_path(run_dir)
+        raise ValueError(f"no model name: {where} has no 'model' key; pass --model NAME (e.g. resnet20)" if where else
+                         f"no model name: no config.yaml in {run_dir} or its parent; pass --model NAME (e.g. resnet20)")
     try:
         from adaptive.models import build_model
     except ImportError as e:

@@ -19,7 +19,8 @@ Writes into ``--output_dir`` (one subfolder ``remove_<target>`` per target when 
 weights_only=True)`` and ``load_state_dict`` into a vanilla model), ``connectome.safetensors``;
 and at the top: ``results.md`` (the table), ``curves.png`` (loss and accuracy against the number of
 removed weights, and the prune/restore boundaries over time), ``history.jsonl``, ``events.jsonl``,
-``summary.json`` (the rows, and every process's mask hash per snapshot), ``checkpoint.pt`` (the run
+``summary.json`` (the rows, and every process's mask hash per snapshot), ``config.yaml`` (the resolved
+options, which ``python -m graphs export OUTPUT_DIR/remove_<target>`` reads), ``checkpoint.pt`` (the run
 after each finished target or ladder rung: ``--resume`` continues from it after a crash).
 """
 from __future__ import annotations
@@ -355,6 +356,14 @@ def main(argv=None, test_loader_hook=None) -> dict:
                        device=accelerator.device.type, mask_hash_per_process=hashes)
         with atomic_path(out / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=1, default=float))
+        import yaml
+
+        resolved = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
+        resolved["num_classes"] = args.num_classes or dl.num_classes
+        # the resolved options, every key one that --config takes (so the file reruns the job), and
+        # what `python -m graphs` reads to rebuild the model
+        with atomic_path(out / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(resolved, sort_keys=True))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {"rows": rows, "output_dir": str(out), "result": result, "minutes": minutes,

@@ -384,3 +384,32 @@ def test_without_weights_it_says_the_masks_are_learned_on_random_weights(tmp_pat
     assert "no --weights given" in capsys.readouterr().out
     mod.main(args(weights, tmp_path / "pretrained", "--remove", "0.1"))
     assert "no --weights given" not in capsys.readouterr().out
+
+
+def test_config_yaml_reruns_the_job_and_lets_graphs_rebuild_each_target(tmp_path, weights):
+    import json
+
+    import graphs.cli as gcli
+
+    mod = recipe()
+    out = tmp_path / "run"
+    mod.main(args(weights, out, "--remove", "0.1", "0.3"))
+    cfg = out / "config.yaml"
+    assert cfg.is_file()
+    mod.main(["--config", str(cfg), "--output_dir", str(tmp_path / "again")])  # every key is one --config takes
+    rows = [json.loads((d / "summary.json").read_text())["rows"] for d in (out, tmp_path / "again")]
+    assert [(r["target"], r["removed"], r["holdout_acc"]) for r in rows[0]] == \
+        [(r["target"], r["removed"], r["holdout_acc"]) for r in rows[1]]
+    # `python -m graphs` finds the model name one folder up and the pruned weights beside the connectome
+    for target in ("0.1", "0.3"):
+        net, conn = gcli.load_run(str(out / f"remove_{target}"))
+        assert conn.num_synapses() - conn.num_live() == next(r["removed"] for r in rows[0] if r["target"] == target)
+        sd = torch.load(out / f"remove_{target}" / "pruned_state_dict.pt", weights_only=True)
+        assert all(torch.equal(v, net.state_dict()[k]) for k, v in sd.items())
+
+
+def test_graphs_names_a_path_that_does_not_exist(tmp_path):
+    import graphs.cli as gcli
+
+    with pytest.raises(FileNotFoundError, match="no run folder or connectome file at .*nowhere"):
+        gcli.load_run(str(tmp_path / "nowhere"))
