@@ -26,14 +26,14 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive.data.cycle import LoaderCycle  # noqa: E402
 from adaptive.mask_only import evaluate  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
-
-WEIGHTS = {"resnet20": "resnet-cifar10/resnet20-12fca82f.th", "resnet32": "resnet-cifar10/resnet32-d509ac18.th"}
+from mask_only import WEIGHTS  # noqa: E402  (the mask-only benchmark's checkpoints: the same networks)
 
 
 def _floats(ap, name, text):

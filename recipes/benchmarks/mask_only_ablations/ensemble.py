@@ -20,6 +20,8 @@ ap.add_argument("--proxy", required=True, help="the proxy network from proxy.py 
 ap.add_argument("--quality", type=int, default=20, help="the re-JPEG quality of the shift")
 ap.add_argument("masks", nargs="+", help="files written by ep.py --save-masks (at least two)")
 a = ap.parse_args()
+if not 1 <= a.quality <= 95:
+    ap.error(f"--quality must lie in 1..95, got {a.quality}")
 if len(a.masks) < 2:
     ap.error("an ensemble needs at least two mask files")
 torch.set_num_threads(2)

@@ -56,6 +56,16 @@ ap.add_argument("--proxy", default="", help="a proxy network from proxy.py pretr
                 "report on the shifted B images it never saw (dev_acc) and on 5,000 seen ones (mem_acc)")
 ap.add_argument("--quality", type=int, default=20, help="with --proxy: the re-JPEG quality of the shift")
 a = ap.parse_args()
+if a.jpeg and not 1 <= a.jpeg <= 95:
+    ap.error(f"--jpeg is a JPEG quality in 1..95 (0: off), got {a.jpeg}")
+if a.jw < 0 or (a.jmode == "aug" and a.jw > 1):
+    ap.error(f"--jw must be >= 0 (and a probability <= 1 with --jmode aug), got {a.jw}")
+if not 1 <= a.micro <= a.bs:
+    ap.error(f"--micro must lie in 1..--bs ({a.bs}), got {a.micro}")
+if not 0 <= a.andmask <= 1:
+    ap.error(f"--andmask is a fraction of micro-batches in [0, 1], got {a.andmask}")
+if (a.andmask > 0 or a.andsoft) and a.micro < 2:
+    ap.error("--andmask and --andsoft compare micro-batches: give --micro 2 or more")
 if a.bnalign < 0:
     ap.error(f"--bnalign is a loss weight and must be >= 0, got {a.bnalign}")
 mem = None
@@ -204,6 +214,7 @@ for t in [float(x) for x in a.targets.split(",")]:
             else:
                 conn.set_masks(topk(scores, k))
             for p in conn.params.values(): p.grad = None
+            Gpre = {}  # score gradients already formed (micro-batches), else g * w0 below
             if a.micro > 1:
                 Gs = {n: [] for n in scores}
                 lsum = 0.0
@@ -219,8 +230,7 @@ for t in [float(x) for x in a.targets.split(",")]:
                             Gm = Gm * (agree >= a.andmask)
                         if a.andsoft:
                             Gm = Gm * agree
-                        # stored as a gradient of the weights, so the code below multiplies by w0 again
-                        conn.params[n].grad = Gm / conn.original[n].where(conn.original[n] != 0, torch.ones_like(Gm))
+                        Gpre[n] = Gm
                 tr_loss += lsum / a.reuse
             else:
                 loss = _ce(model(x)); loss.backward(); tr_loss += float(loss.detach()) / a.reuse
@@ -234,7 +244,7 @@ for t in [float(x) for x in a.targets.split(",")]:
             with torch.no_grad():
                 for n, v in scores.items():
                     g = conn.params[n].grad; o = conn.original[n]
-                    G = g * o
+                    G = Gpre[n] if Gpre else g * o
                     if a.curv > 0:
                         Fm = fisher.get(n)
                         Fm = g.pow(2) * x.shape[0] if Fm is None else a.fema * Fm + (1 - a.fema) * g.pow(2) * x.shape[0]

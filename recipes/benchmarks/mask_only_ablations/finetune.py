@@ -31,6 +31,8 @@ ap.add_argument("--lrs", default="0.001,0.003,0.01", help="SGD steps (momentum 0
 ap.add_argument("--seed", type=int, default=0)
 a = ap.parse_args()
 lrs = [float(v) for v in a.lrs.split(",")]
+if not 1 <= a.quality <= 95:
+    ap.error(f"--quality must lie in 1..95, got {a.quality}")
 if a.passes <= 0 or any(v <= 0 for v in lrs):
     ap.error("--passes and every --lrs value must be > 0")
 torch.set_num_threads(2)
