@@ -48,6 +48,10 @@ def _help(text: str):
     return field(default=None, metadata={"help": text})
 
 
+def _opt(default, text: str):
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass
 class RunConfig:
     """Every option of the recipe, with its default (the no-argument run)."""
@@ -57,57 +61,57 @@ class RunConfig:
     # data
     dataset: str = field(default="digits", metadata={"help": "digits, mnist, cifar10, imagenet, fake"})
     data_dir: Optional[str] = _help("data folder (default: $ADAPTIVE_DATA or ../shared/data)")
-    download: bool = False
+    download: bool = _opt(False, "let torchvision download a dataset that is not found (needs internet)")
     dataset_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "extra dataset arguments (e.g. shape for fake)"})
     holdout: float = field(default=0.1, metadata={"help": "fraction of TRAIN held out for selection/evaluation"})
     subset: Optional[int] = _help("use only this many train examples")
     test_subset: Optional[int] = _help("evaluate on only this many test examples")
-    augment: bool = False
-    batch_size: int = 32
-    eval_batch_size: Optional[int] = None
-    num_workers: int = 0
+    augment: bool = _opt(False, "train-time augmentation (CIFAR: crop and flip; MNIST: shifts; ImageNet: random resized crop and flip)")
+    batch_size: int = _opt(32, "train batch size per process")
+    eval_batch_size: Optional[int] = _help("batch size of the holdout and test evaluations (default: batch-size)")
+    num_workers: int = _opt(0, "data loading worker processes per process")
     # model
     model: str = field(default="mlp", metadata={"help": "mlp, lenet300, lenet5, resnet20..., densecat, torchvision:NAME"})
-    model_kw: Dict[str, Any] = field(default_factory=dict)
+    model_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "extra model arguments (e.g. hidden for mlp)"})
     weights: Optional[str] = _help("pretrained weights file (loaded strictly)")
     # connectome and controller
-    ensemble: str = "synapse"
-    include: Optional[List[str]] = None
-    exclude: Optional[List[str]] = None
+    ensemble: str = _opt("synapse", "what one mask entry switches: synapse, kernel, neuron, block:RxC, N:M")
+    include: Optional[List[str]] = _help("shell-style name patterns: only matching weights join the connectome (default: every conv and linear weight)")
+    exclude: Optional[List[str]] = _help("shell-style name patterns: matching weights stay out of the connectome")
     policy: str = field(default="utility", metadata={"help": "rigl, set, utility, balanced, gmp, threshold, magnitude"})
     estimator: Optional[str] = field(default=None, metadata={"help": "utility estimator (utility/balanced/threshold/gmp; mask_only); default: consistency in train mode, presence in mask_only mode"})
     density: Optional[float] = field(default=0.2, metadata={"help": "target fraction of live synapses"})
-    budget: str = "erk"
+    budget: str = _opt("erk", "how the density is shared among layers (adaptive.budgets: global, uniform, erk, er)")
     update_every: Optional[int] = field(default=None, metadata={"help": "steps between connectome updates; default: 25 in train mode, 1 in mask_only mode"})
-    edit_fraction: float = 0.3
+    edit_fraction: float = _opt(0.3, "fraction of live ensembles edited at an update (decaying towards the end of the edits)")
     end_fraction: float = field(default=0.75, metadata={"help": "edits stop at this fraction of training"})
-    min_density: float = 0.0
-    protect: List[str] = field(default_factory=list)
+    min_density: float = _opt(0.0, "per-layer density floor of the budget")
+    protect: List[str] = field(default_factory=list, metadata={"help": "shell-style name patterns: matching layers are kept dense, never edited"})
     controller_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "more Controller arguments"})
     target: Optional[Union[int, float, str]] = _help("mask_only: synapses to remove (count, fraction or best); default 1 - density")
     mask_only_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "more optimize_connectome arguments"})
     # optimisation
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: int = 0
-    epochs: int = 20
+    optimizer: Literal["sgd", "adamw"] = _opt("sgd", "weight optimizer (train mode)")
+    lr: float = _opt(0.1, "peak learning rate of the weights")
+    momentum: float = _opt(0.9, "SGD momentum (adamw: beta1)")
+    weight_decay: float = _opt(5e-4, "weight decay")
+    lr_schedule: Literal["cosine", "constant"] = _opt("cosine", "learning-rate schedule after the warmup")
+    warmup_steps: int = _opt(0, "steps of linear learning-rate warmup")
+    epochs: int = _opt(20, "passes over the train part")
     max_steps: Optional[int] = _help("stop after this many steps (overrides epochs; the schedules span it)")
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = _help("default: what accelerate launch was given, else no")
-    cpu: bool = False
-    seed: int = 0
+    cpu: bool = _opt(False, "stay on the CPU even when a GPU is there")
+    seed: int = _opt(0, "seed of the split, data order, initial weights and controller (the same on every process)")
     threads: Optional[int] = _help("torch threads per process")
     # logging and checkpoints
     output_dir: Optional[str] = _help("run folder (default runs/<date-time>)")
-    log_every: int = 20
+    log_every: int = _opt(20, "steps between log lines")
     eval_every: int = field(default=0, metadata={"help": "steps between holdout evaluations (0: every epoch)"})
     checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: none)"})
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = _opt(2, "checkpoints kept in the run folder (older ones are deleted)")
     resume: Optional[str] = _help("latest, a run folder or a checkpoint folder")
-    progress: bool = True
-    figures: bool = True
+    progress: bool = _opt(True, "progress bars")
+    figures: bool = _opt(True, "write loss_accuracy.png, density.png and edits.png at the end")
 
     def __post_init__(self):
         # mode-dependent defaults: mask_only uses what recipes/benchmarks/mask_only_ablations measured

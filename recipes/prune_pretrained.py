@@ -74,35 +74,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", help="YAML file of defaults (keys are the options below, with underscores)")
     p.add_argument("--model", help="model name (adaptive.models registry, or torchvision:NAME)")
-    p.add_argument("--weights", help="pretrained weights file (loaded strictly)")
+    p.add_argument("--weights", help="pretrained weights file (loaded strictly; none: random initial weights, a supermask search)")
     p.add_argument("--dataset", help="dataset name (adaptive.data registry)")
     p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="data folder (default: ADAPTIVE_DATA or ../shared/data)")
     p.add_argument("--remove", nargs="+", help="targets: fractions (0.2), counts (50000) or 'best'; several allowed")
-    p.add_argument("--output_dir", "--output-dir", dest="output_dir")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--output_dir", "--output-dir", dest="output_dir",
+                   help="run folder: pruned_state_dict.pt, connectome, table, figure, config.yaml (one subfolder "
+                        "per target when there are several)")
+    p.add_argument("--seed", type=int, help="seed of the train/held-out split, the data order and the controller")
     p.add_argument("--passes", type=float, help="passes over the train part per target (per rung for 'best')")
     p.add_argument("--ladder", nargs="*", type=float,
-                   help="for --remove best: removal fractions climbed in order (default 0.1 ... 0.9); "
+                   help="for --remove best: removal fractions climbed in order; "
                         "none given: threshold mode")
     p.add_argument("--patience", type=int, help="for --remove best: rungs without a better held-out accuracy "
-                                                  "before the climb stops (default 2)")
-    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int)
-    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
+                                                  "before the climb stops")
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, help="train batch size")
+    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int,
+                   help="batch size of the held-out and test evaluations")
     p.add_argument("--holdout", type=float, help="fraction of the TRAIN split held out for selection")
     p.add_argument("--dataset-kw", "--dataset_kw", dest="dataset_kw", action="append", metavar="KEY=VALUE",
                    help="an argument of the dataset builder, e.g. resize=232 for imagenet (repeatable; YAML values)")
     p.add_argument("--subset", type=int, help="use only this many train images (quick runs)")
     p.add_argument("--ensemble", help="synapse, kernel, neuron, block:RxC")
     p.add_argument("--estimator", help="utility estimator (presence, evidence, consistency, obd, taylor, ...)")
-    p.add_argument("--step", type=float, help="step of the presence or evidence estimator (default: its own)")
+    p.add_argument("--step", type=float, help="step of the presence or evidence estimator (none: the estimator's own)")
     p.add_argument("--window", type=int, help="training batches per update")
-    p.add_argument("--edit-fraction", dest="edit_fraction", type=float)
+    p.add_argument("--edit-fraction", dest="edit_fraction", type=float,
+                   help="most swaps per update, as a fraction of the live ensembles (decays over a stage)")
     p.add_argument("--approach", type=float, help="fraction of each stage spent reaching its target")
-    p.add_argument("--verify-batches", dest="verify_batches", type=int, help="held-out batches per line search")
+    p.add_argument("--verify-batches", dest="verify_batches", type=int, help="held-out batches per line search (0: no line search)")
     p.add_argument("--eval-every", dest="eval_every", type=int, help="updates between held-out evaluations")
-    p.add_argument("--train-eval-batches", dest="train_eval_batches", type=int)
-    p.add_argument("--num-classes", dest="num_classes", type=int)
-    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--train-eval-batches", dest="train_eval_batches", type=int,
+                   help="train batches behind each train loss/accuracy point of the table and figure")
+    p.add_argument("--num-classes", dest="num_classes", type=int,
+                   help="classes of the model's output (default: the dataset's)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int,
                    help="data loading worker processes per process (ImageNet JPEGs want several)")
     p.add_argument("--cpu", action="store_true", default=None, help="stay on the CPU even when a GPU is there")
@@ -112,8 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", "--mixed_precision", dest="mixed_precision", choices=["no", "bf16"],
                    help="bf16: forward and backward passes under bf16 autocast (weights stay float32 and "
                         "bit-exact; the presence statistics are float32)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bars (logs and CI)")
+    for action in p._actions:  # every option's help names the default a run without it gets
+        if action.help and DEFAULTS.get(action.dest) is not None and action.dest not in ("progress", "resume", "cpu"):
+            action.help += f" (default: {_shown(DEFAULTS[action.dest])})"
     return p
+
+
+def _shown(value) -> str:
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "none"
+    return str(value)
 
 
 def _check_dataset_kw(dataset: str, kw: dict) -> None:

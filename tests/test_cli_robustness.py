@@ -147,3 +147,20 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
     Path(second).mkdir()
     assert first == "runs/20261201-120000" and second == "runs/20261201-120000-2"
     assert A.default_output_dir() == "runs/20261201-120000-3"
+
+
+def test_every_option_of_both_recipes_is_documented_with_its_default():
+    import dataclasses
+
+    undocumented = [f.name for f in dataclasses.fields(A.RunConfig) if not f.metadata.get("help")]
+    assert undocumented == [], f"recipes/adaptive.py options without help: {undocumented}"
+    parser = P.build_parser()
+    actions = [a for a in parser._actions if a.dest != "help"]
+    assert [a.dest for a in actions if not a.help] == []
+    # every key of the defaults (what --config accepts) is an option, and its help names the default
+    assert set(P.DEFAULTS) == {a.dest for a in actions} - {"config"}
+    help_text = {a.dest: a.help for a in actions}
+    assert "(default: 0.1 0.2 0.3" in help_text["ladder"] and "(default: 128)" in help_text["batch_size"]
+    for dest, value in P.DEFAULTS.items():
+        if value is not None and dest not in ("progress", "resume", "cpu"):
+            assert "default" in help_text[dest], dest

@@ -51,6 +51,10 @@ ap.add_argument("--andmask", type=float, default=0.0, help="with --micro: keep a
                 "fraction of the micro-batches agree on its sign (Parascandolo et al., 2021, AND-mask); 0: off")
 ap.add_argument("--andsoft", type=int, default=0, help="with --micro: scale every score gradient by the agreement of its "
                 "micro-batch signs, |mean sign| (a soft AND-mask)")
+ap.add_argument("--teacher", default="", help="a state_dict of the same architecture (finetune.py --save): the loss "
+                "becomes (1 - --kd) * cross-entropy + --kd * T^2 * KL(teacher || student) at temperature --kdT")
+ap.add_argument("--kd", type=float, default=0.5, help="with --teacher: the weight of the distillation term in [0, 1]")
+ap.add_argument("--kdT", type=float, default=2.0, help="with --teacher: the distillation temperature")
 ap.add_argument("--olr", type=float, default=0.01, help="Adam step of the offsets")
 ap.add_argument("--proxy", default="", help="a proxy network from proxy.py pretrain: learn on its shifted A images, "
                 "report on the shifted B images it never saw (dev_acc) and on 5,000 seen ones (mem_acc)")
@@ -66,6 +70,10 @@ if not 0 <= a.andmask <= 1:
     ap.error(f"--andmask is a fraction of micro-batches in [0, 1], got {a.andmask}")
 if (a.andmask > 0 or a.andsoft) and a.micro < 2:
     ap.error("--andmask and --andsoft compare micro-batches: give --micro 2 or more")
+if a.teacher and (not 0 <= a.kd <= 1 or a.kdT <= 0):
+    ap.error(f"--kd must lie in [0, 1] and --kdT be > 0, got {a.kd} and {a.kdT}")
+if a.teacher and (a.micro > 1 or a.mixup > 0):
+    ap.error("--teacher is not combined with --micro or --mixup")
 if a.bnalign < 0:
     ap.error(f"--bnalign is a loss weight and must be >= 0, got {a.bnalign}")
 mem = None
@@ -99,6 +107,11 @@ if a.jpeg:
             x1, y = base.batch(list(idx)); x2, _ = view2.batch(list(idx))
             return list(zip(x1.unbind(0), x2.unbind(0), y.tolist()))
     tl = DataLoader(_Paired(), batch_size=tl.batch_size, shuffle=True, generator=torch.Generator().manual_seed(a.seed))
+teacher = None
+if a.teacher:
+    teacher = fresh().eval()
+    teacher.load_state_dict(torch.load(a.teacher, map_location="cpu", weights_only=True))
+    for p in teacher.parameters(): p.requires_grad_(False)
 torch.manual_seed(a.seed)
 model = fresh().eval()
 for p in model.parameters(): p.requires_grad_(False)
@@ -192,8 +205,13 @@ for t in [float(x) for x in a.targets.split(",")]:
             pi = torch.randperm(x.shape[0])
             x = lm * x + (1 - lm) * x[pi]
             y2 = y[pi]
+        if teacher is not None:
+            with torch.no_grad():
+                tprob = F.softmax(teacher(x) / a.kdT, 1)
         def _ce(out):
             l = F.cross_entropy(out, y, label_smoothing=a.ls)
+            if teacher is not None:
+                l = (1 - a.kd) * l + a.kd * a.kdT ** 2 * F.kl_div(F.log_softmax(out / a.kdT, 1), tprob, reduction="batchmean")
             if x2 is not None and a.jmode in ("cons", "both"):
                 out2 = model(x2)
                 if a.jmode == "cons":
