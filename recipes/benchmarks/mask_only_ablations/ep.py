@@ -55,6 +55,8 @@ ap.add_argument("--teacher", default="", help="a state_dict of the same architec
                 "becomes (1 - --kd) * cross-entropy + --kd * T^2 * KL(teacher || student) at temperature --kdT")
 ap.add_argument("--kd", type=float, default=0.5, help="with --teacher: the weight of the distillation term in [0, 1]")
 ap.add_argument("--kdT", type=float, default=2.0, help="with --teacher: the distillation temperature")
+ap.add_argument("--learn", default="", help="comma-separated shell-style patterns: only these layers' scores "
+                "learn; the others keep their initial (magnitude) scores and still compete in the global top-k")
 ap.add_argument("--olr", type=float, default=0.01, help="Adam step of the offsets")
 ap.add_argument("--proxy", default="", help="a proxy network from proxy.py pretrain: learn on its shifted A images, "
                 "report on the shifted B images it never saw (dev_acc) and on 5,000 seen ones (mem_acc)")
@@ -152,6 +154,14 @@ def eff(sc):
     return out
 def topk(sc, k):
     return _topk_masks({n: v * scale[n] for n, v in eff(sc).items()}, k)
+frozen_scores = set()
+if a.learn:
+    import fnmatch
+    pats = [q for q in a.learn.split(",") if q]
+    frozen_scores = {n for n in scores if not any(fnmatch.fnmatchcase(n, q) for q in pats)}
+    if len(frozen_scores) == len(scores):
+        ap.error(f"--learn {a.learn!r} matches no layer; layers: {', '.join(scores)}")
+    print("learning the scores of", sorted(set(scores) - frozen_scores), flush=True)
 bn_terms = []
 if a.bnalign > 0:
     def _bn_hook(mod, inp):
@@ -261,6 +271,9 @@ for t in [float(x) for x in a.targets.split(",")]:
                 conn.apply()
             with torch.no_grad():
                 for n, v in scores.items():
+                    if frozen_scores and n in frozen_scores:
+                        v.grad = None
+                        continue
                     g = conn.params[n].grad; o = conn.original[n]
                     G = Gpre[n] if Gpre else g * o
                     if a.curv > 0:
