@@ -192,15 +192,20 @@ def _plot(history, snapshots_rows, events, path):
     dense = [r for r in snapshots_rows if r.get("removed") == 0 and r.get("holdout_acc") is not None]
     for ax, key, name in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "acc", "accuracy")):
         ax.plot([h["removed"] for h in ups], [h[f"train_{key}"] for h in ups], ".", ms=3, alpha=0.5,
-                label="train (update windows)")
-        held = [(h["removed"], h[f"holdout_{key}"]) for h in evs]
-        if dense and not any(r == 0 for r, _ in held):  # the dense network's score starts the line
-            held.insert(0, (0, dense[0][f"holdout_{key}"]))
-        held.sort(key=lambda p: p[0])
-        ax.plot([p[0] for p in held], [p[1] for p in held], "o-", ms=4, label="held-out (part of TRAIN)")
+                color="tab:blue", label="train (update windows)")
+        ends = _stage_ends(evs)
+        held = {evs[i]["removed"]: evs[i][f"holdout_{key}"] for i in ends}
+        if dense and 0 not in held:  # the dense network's score starts the line
+            held[0] = dense[0][f"holdout_{key}"]
+        during = [(h["removed"], h[f"holdout_{key}"]) for i, h in enumerate(evs) if i not in ends]
+        if during:  # evaluations before a stage had settled: right after a jump the network is still adapting
+            ax.plot(*zip(*during), "o", ms=3, mfc="none", color="tab:orange", alpha=0.8, zorder=3,
+                    label="held-out, during a stage")
+        ax.plot(sorted(held), [held[r] for r in sorted(held)], "o-", ms=4, color="tab:orange",
+                label="held-out (part of TRAIN), end of each stage")
         rows = [r for r in snapshots_rows if r.get(f"test_{key}") is not None]
         ax.plot([r["removed"] for r in rows], [r[f"test_{key}"] for r in rows], "s", ms=7,
-                label="test (final report)")
+                color="tab:green", label="test (final report)")
         ax.set_xlabel("removed weights")
         ax.xaxis.set_major_formatter(EngFormatter())
         ax.set_ylabel(name)
@@ -208,12 +213,21 @@ def _plot(history, snapshots_rows, events, path):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     ax = axes[1, 0]
-    ax.plot([h["step"] for h in ups], [h["removed"] for h in ups], color="k")
+    ax.plot([h["step"] for h in ups], [h["removed"] for h in ups], color="k", label="removed weights")
     ax.set_xlabel("training batch")
     ax.set_ylabel("removed weights")
     ax.yaxis.set_major_formatter(EngFormatter())
-    ax.set_title("the connectome crawling: removed weights over time", fontsize=10)
+    ax.set_title("the connectome crawling: removed weights, and synapses swapped per update", fontsize=10)
     ax.grid(alpha=0.3)
+    swaps = [(e["step"], min(e.get("pruned") or 0, e.get("grown") or 0)) for e in events if e.get("kind") == "update"]
+    swaps = [(t, n) for t, n in swaps if n > 0]
+    if swaps:  # at a fixed count the connectome still moves: as many pruned as restored
+        twin = ax.twinx()
+        twin.plot(*zip(*swaps), ".", ms=2, color="tab:blue", alpha=0.6, label="swapped per update (right axis)")
+        twin.set_yscale("log")
+        twin.set_ylabel("synapses swapped per update", color="tab:blue")
+        lines = ax.get_legend_handles_labels(), twin.get_legend_handles_labels()
+        ax.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], fontsize=8, loc="upper left")
     ax = axes[1, 1]
     pb = [(e["step"], e["boundaries"]["prune"]) for e in events if e.get("boundaries") and e["boundaries"].get("prune") is not None]
     rb = [(e["step"], e["boundaries"]["restore"]) for e in events if e.get("boundaries") and e["boundaries"].get("restore") is not None]
@@ -235,6 +249,15 @@ def _plot(history, snapshots_rows, events, path):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
+
+
+def _stage_ends(evs) -> set:
+    """Indices of the last evaluation at each removal count (``evs`` in time order): where a stage
+    settled before the next one moved on."""
+    last = {}
+    for i, h in enumerate(evs):
+        last[h["removed"]] = i
+    return set(last.values())
 
 
 def _table(rows) -> str:

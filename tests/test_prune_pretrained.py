@@ -413,3 +413,40 @@ def test_graphs_names_a_path_that_does_not_exist(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no run folder or connectome file at .*nowhere"):
         gcli.load_run(str(tmp_path / "nowhere"))
+
+
+def test_figure_draws_each_stage_by_its_last_evaluation_and_the_swaps(tmp_path, monkeypatch):
+    """The held-out line joins where each stage settled (an evaluation just after a jump is drawn
+    apart, not as the line's value there), and the crawl panel shows the swaps at fixed counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.figure
+
+    mod = recipe()
+    evs = [{"kind": "eval", "step": s, "removed": r, "holdout_loss": 1.0 / a, "holdout_acc": a}
+           for s, r, a in ((2, 10, 0.7), (4, 10, 0.8), (6, 20, 0.5), (8, 20, 0.6), (10, 20, 0.75))]
+    assert mod._stage_ends(evs) == {1, 4}
+    ups = [{"kind": "update", "step": s, "removed": 10 if s <= 5 else 20, "train_loss": 1.0, "train_acc": 0.5}
+           for s in range(1, 11)]
+    events = [{"kind": "update", "step": s, "pruned": p, "grown": g, "boundaries": None}
+              for s, p, g in ((1, 10, 0), (2, 3, 3), (3, 1, 1), (6, 10, 0), (7, 2, 2))]
+    rows = [{"removed": 0, "holdout_acc": 0.6, "holdout_loss": 1.5, "test_acc": 0.55, "test_loss": 1.6}]
+    captured = {}
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def spy(fig, path, **kw):
+        captured["axes"] = fig.axes
+        return real_savefig(fig, path, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    mod._plot(ups + evs, rows, events, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    acc = captured["axes"][1]
+    line = next(l for l in acc.get_lines() if l.get_label().startswith("held-out (part of TRAIN)"))
+    assert list(line.get_xdata()) == [0, 10, 20] and list(line.get_ydata()) == [0.6, 0.8, 0.75]
+    during = next(l for l in acc.get_lines() if l.get_label() == "held-out, during a stage")
+    assert sorted(zip(during.get_xdata(), during.get_ydata())) == [(10, 0.7), (20, 0.5), (20, 0.6)]
+    twin = captured["axes"][-1]  # the crawl panel's right axis
+    swaps = twin.get_lines()[0]
+    assert list(swaps.get_xdata()) == [2, 3, 7] and list(swaps.get_ydata()) == [3, 1, 2]
