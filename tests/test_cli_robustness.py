@@ -1,29 +1,19 @@
 """The recipes against the mistakes real users make: bad targets, a refused command in a folder
 that holds an earlier run, resuming with other settings or from a damaged checkpoint."""
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from adaptive import mask_only_checkpoint as stage
+from _scripts import load_script  # noqa: E402
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--max_steps", "20", "--update_every", "10", "--threads", "1", "--progress", "false", "--figures", "false"]
 
 
-def _load(name, file):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / file)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
-
-
-A = _load("recipe_adaptive_robustness", "adaptive.py")
-P = _load("recipe_prune_pretrained_robustness", "prune_pretrained.py")
+A = load_script("recipes/adaptive.py", "recipe_adaptive_robustness")
+P = load_script("recipes/prune_pretrained.py", "recipe_prune_pretrained_robustness")
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,6 @@ Configs are for recipes/adaptive.py, except those written in recipes/prune_pretr
 connectome and controller."""
 import dataclasses
 import inspect
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ import adaptive.mask_only
 from adaptive import Connectome, Controller
 from adaptive.data.base import get_source_builder
 from adaptive.config import ConfigError, parse_config
+from _scripts import load_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
@@ -27,16 +26,8 @@ CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
 SHAPES = {"mnist": [1, 28, 28], "digits": [1, 8, 8], "cifar10": [3, 32, 32], "imagenet": [3, 64, 64]}
 
 
-def _load(name, file):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / file)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-R = _load("recipe_adaptive_cfg", "adaptive.py")
-P = _load("recipe_prune_pretrained_cfg", "prune_pretrained.py")
+R = load_script("recipes/adaptive.py", "recipe_adaptive_cfg")
+P = load_script("recipes/prune_pretrained.py", "recipe_prune_pretrained_cfg")
 
 
 def recipe_of(path) -> str:

@@ -2,9 +2,6 @@
 test split is read only for the final report (and nothing chosen depends on it), augmentation
 touches the train part only, normalisation suits the pretrained CIFAR ResNets, and caches and
 missing folders are handled honestly."""
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +11,7 @@ import adaptive.data as D
 import adaptive.paths as paths
 from adaptive.data import DatasetNotFoundError, folder_cache, get_datasets, stratified_split
 from adaptive.data.folder_cache import cached_folder_tensor, scan_folder
+from _scripts import load_script  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -21,7 +19,6 @@ SHARED = paths.SHARED_DATA
 MNIST = SHARED / "mnist" / "mnist.npz"
 CIFAR = SHARED / "cifar10-jpeg"
 RESNET20 = SHARED / "resnet-cifar10" / "resnet20-12fca82f.th"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _labels(name):
@@ -58,11 +55,7 @@ def test_holdout_partitions_train_stratified_and_seeded(name):
 # ---------------------------------------------------------------- 2. the test split in the recipe
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("recipe_adaptive_review", ROOT / "recipes" / "adaptive.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["recipe_adaptive_review"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("recipes/adaptive.py", "recipe_adaptive_review")
 
 
 def test_recipe_reads_test_split_only_for_the_report_and_chooses_nothing_by_it(tmp_path, monkeypatch):

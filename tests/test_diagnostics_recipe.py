@@ -1,23 +1,18 @@
 """recipes/diagnostics.py: every command runs end to end on tiny offline settings and writes its figures."""
-import importlib.util
 import json
 import os
 
 import pytest
 import torch
+from _scripts import load_script  # noqa: E402
 
 torch.set_num_threads(1)
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "diagnostics.py")
-
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("diagnostics_recipe", RECIPE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("recipes/diagnostics.py", "diagnostics_recipe")
 
 
 COMMON = ["--dataset", "digits", "--batch_size", "64", "--seed", "0"]

@@ -1,17 +1,11 @@
 """recipes/benchmarks/mask_only.py refuses nonsense settings before it reads data or runs a method."""
-import importlib.util
-import os
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _scripts import load_script  # noqa: E402
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("mask_only_bench", os.path.join(ROOT, "recipes/benchmarks/mask_only.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("recipes/benchmarks/mask_only.py", "mask_only_bench")
 
 
 @pytest.mark.parametrize("argv, msg", [

@@ -1,22 +1,17 @@
 """recipes/benchmarks/mask_only_ceiling.py: fine-tunes on the train part, chooses the step on the
 held-out part, and reads the test split only at the end, for the dense row and the chosen run."""
-import importlib.util
-import os
 
 import pytest
 
 import adaptive.paths as paths
+from _scripts import load_script  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = paths.SHARED_DATA
 HAVE_DATA = (SHARED / "cifar10-jpeg" / "test").is_dir() and (SHARED / "resnet-cifar10" / "resnet20-12fca82f.th").is_file()
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("mask_only_ceiling", os.path.join(ROOT, "recipes/benchmarks/mask_only_ceiling.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("recipes/benchmarks/mask_only_ceiling.py", "mask_only_ceiling")
 
 
 @pytest.mark.parametrize("argv, msg", [

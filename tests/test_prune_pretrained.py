@@ -1,5 +1,4 @@
 """recipes/prune_pretrained.py end to end on fake data and a randomly initialised ResNet-20."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -7,16 +6,14 @@ import pytest
 import torch
 
 from adaptive.models import WeightsMismatchError, build_model
+from _scripts import load_script  # noqa: E402
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def recipe():
-    spec = importlib.util.spec_from_file_location("prune_pretrained", ROOT / "recipes" / "prune_pretrained.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("recipes/prune_pretrained.py", "prune_pretrained")
 
 
 @pytest.fixture(autouse=True)

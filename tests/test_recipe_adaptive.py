@@ -1,6 +1,5 @@
 """End-to-end runs of recipes/adaptive.py on tiny settings: outputs, resume equivalence, atomic
 checkpoints, two processes, bf16, bad arguments."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,20 +16,13 @@ from adaptive.training import find_checkpoint, list_checkpoints, read_metrics_cs
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _ports import free_port, launch_two  # noqa: E402
+from _scripts import load_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "adaptive.py"
 
 
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("recipe_adaptive", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["recipe_adaptive"] = mod  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
-
-
-R = _load_recipe()
+R = load_script("recipes/adaptive.py", "recipe_adaptive")
 # tiny settings: digits, a short run, one thread
 TINY = ["--max_steps", "40", "--update_every", "10", "--log_every", "5", "--threads", "1", "--progress", "false"]
 

@@ -1,0 +1,16 @@
+"""Loading a recipe or benchmark script by its path: they are scripts, not modules of the package."""
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relpath: str, name: str):
+    """Run ``ROOT/relpath`` as a fresh module called ``name``, registered in ``sys.modules``
+    (dataclasses resolve a module's annotations through it)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / relpath)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
