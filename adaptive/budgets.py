@@ -9,16 +9,17 @@ from __future__ import annotations
 import math
 from typing import Callable, Dict, Iterable, Optional
 
-
+from . import registry as _registry
 from .discovery import SynapseLayer
 
 BudgetFn = Callable[..., Optional[Dict[str, int]]]
 _BUDGETS: Dict[str, BudgetFn] = {}
 
 
-def register_budget(name: str):
+def register_budget(name: str, replace: bool = False):
+    """Function decorator: the budget answers to ``name`` (taken names are refused unless ``replace``)."""
     def deco(fn):
-        _BUDGETS[name] = fn
+        _registry.add(_BUDGETS, "layer budget", name, fn, replace)
         return fn
 
     return deco

@@ -16,15 +16,18 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
 
+from . import registry as _registry
+
 _REDUCTIONS = ("sum", "mean", "max", "min")
 _REGISTRY: Dict[str, Callable[[str], "Granularity"]] = {}
 
 
-def register_granularity(pattern: str):
-    """Register a factory for spec strings matching the regular expression ``pattern``."""
+def register_granularity(pattern: str, replace: bool = False):
+    """Register a factory for spec strings matching the regular expression ``pattern`` (a taken
+    pattern is refused unless ``replace``)."""
 
     def deco(factory):
-        _REGISTRY[pattern] = factory
+        _registry.add(_REGISTRY, "ensemble pattern", pattern, factory, replace)
         return factory
 
     return deco

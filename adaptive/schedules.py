@@ -9,12 +9,14 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
+from . import registry as _registry
+
 _DECAYS: Dict[str, Callable[..., "Decay"]] = {}
 
 
-def register_decay(name: str):
+def register_decay(name: str, replace: bool = False):
     def deco(cls):
-        _DECAYS[name] = cls
+        _registry.add(_DECAYS, "edit decay", name, cls, replace)
         return cls
 
     return deco

@@ -72,8 +72,13 @@ def test_register_model_extends_registry():
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, num_classes))
 
     assert build_model("tiny_test_net", num_classes=3)(torch.randn(2, 4)).shape == (2, 3)
-    with pytest.raises(ValueError, match="already registered"):
-        register_model("tiny_test_net")(tiny)
+    register_model("tiny_test_net")(tiny)  # the same definition again (a re-run cell): quiet
+
+    def other(num_classes=10, in_shape=None):
+        return tiny(num_classes, in_shape)
+
+    with pytest.raises(ValueError, match="model 'tiny_test_net' is already registered"):
+        register_model("tiny_test_net")(other)
 
 
 def test_load_weights_wrappers_prefix_and_mismatch(tmp_path):

@@ -8,6 +8,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch.utils.data import Dataset
 
+from .. import registry as _registry
+
 
 @dataclass
 class Source:
@@ -32,13 +34,12 @@ class Source:
 _DATASETS: Dict[str, Callable[..., Source]] = {}
 
 
-def register_dataset(name: str):
-    """Register ``fn(data_dir, download, augment, **kw) -> Source`` under ``name``."""
+def register_dataset(name: str, replace: bool = False):
+    """Register ``fn(data_dir, download, augment, **kw) -> Source`` under ``name`` (a taken name is
+    refused unless ``replace``)."""
 
     def deco(fn):
-        if name in _DATASETS:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _DATASETS[name] = fn
+        _registry.add(_DATASETS, "dataset", name, fn, replace)
         return fn
 
     return deco

@@ -11,24 +11,23 @@ from typing import Callable, Dict, Optional, Sequence
 
 from torch import nn
 
+from .. import registry as _registry
 from .weights import WeightsMismatchError, load_weights, read_state_dict
 
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
 _PREFIX_BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(name: str, prefix: bool = False):
+def register_model(name: str, prefix: bool = False, replace: bool = False):
     """Register ``fn(num_classes, in_shape, **kw) -> nn.Module`` under ``name``.
 
     With ``prefix=True`` the builder serves every name ``"<name>:<rest>"`` and receives
-    ``rest`` as its first argument (this is how ``torchvision:NAME`` works).
+    ``rest`` as its first argument (this is how ``torchvision:NAME`` works). A taken name is refused
+    unless ``replace``.
     """
 
     def deco(fn):
-        table = _PREFIX_BUILDERS if prefix else _REGISTRY
-        if name in table:
-            raise ValueError(f"model {name!r} is already registered")
-        table[name] = fn
+        _registry.add(_PREFIX_BUILDERS if prefix else _REGISTRY, "model", name, fn, replace)
         return fn
 
     return deco

@@ -15,16 +15,19 @@ from typing import TYPE_CHECKING, Dict, Optional, Type
 
 import torch
 
+from .. import registry as _registry
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..controller import Controller
 
 _POLICIES: Dict[str, Type["Policy"]] = {}
 
 
-def register_policy(name: str):
+def register_policy(name: str, replace: bool = False):
+    """Class decorator: the policy answers to ``name`` (taken names are refused unless ``replace``)."""
     def deco(cls):
+        _registry.add(_POLICIES, "policy", name, cls, replace)
         cls.name = name
-        _POLICIES[name] = cls
         return cls
 
     return deco

@@ -15,13 +15,16 @@ from typing import Dict, Optional, Type
 
 import torch
 
+from .. import registry as _registry
+
 _ESTIMATORS: Dict[str, Type["Estimator"]] = {}
 
 
-def register_estimator(name: str):
+def register_estimator(name: str, replace: bool = False):
+    """Class decorator: the estimator answers to ``name`` (taken names are refused unless ``replace``)."""
     def deco(cls):
+        _registry.add(_ESTIMATORS, "utility estimator", name, cls, replace)
         cls.name = name
-        _ESTIMATORS[name] = cls
         return cls
 
     return deco

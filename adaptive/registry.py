@@ -1,0 +1,27 @@
+"""One rule for every registry of the package (policies, estimators, budgets, ensembles, decays,
+datasets, models): a name names one thing.
+
+Registering a second, different object under a taken name is refused, so a user's extension can
+never silently replace a built-in (and every run that names it) by a clash of names; pass
+``replace=True`` to the ``register_*`` decorator to override on purpose. Running the same
+definition again (a module re-executed, a notebook cell run twice) replaces the entry quietly.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+
+def _origin(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def add(table: Dict[str, Any], kind: str, name: str, obj: Any, replace: bool = False) -> None:
+    """Put ``obj`` into ``table`` under ``name``, or raise if another object holds the name."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a {kind} is registered under a non-empty string name, got {name!r}")
+    old = table.get(name)
+    if old is not None and not replace and _origin(old) != _origin(obj):
+        raise ValueError(
+            f"{kind} {name!r} is already registered ({_origin(old)}); register {_origin(obj)} under another "
+            f"name, or pass replace=True to override it")
+    table[name] = obj

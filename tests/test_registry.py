@@ -1,0 +1,100 @@
+"""A name names one thing in every registry: a clash is refused, replace=True overrides on purpose,
+and running the same definition twice (a re-executed module or notebook cell) is quiet."""
+import pytest
+
+import adaptive
+from adaptive.budgets import _BUDGETS, get_budget, register_budget
+from adaptive.data.base import _DATASETS, register_dataset
+from adaptive.ensembles import _REGISTRY as _ENSEMBLES, register_granularity
+from adaptive.models import _REGISTRY as _MODELS, register_model
+from adaptive.policies import get_policy, register_policy
+from adaptive.policies.base import _POLICIES
+from adaptive.schedules import _DECAYS, register_decay
+from adaptive.utility import Estimator, get_estimator, register_estimator
+from adaptive.utility.base import _ESTIMATORS
+
+
+def test_a_new_estimator_cannot_take_a_builtin_name_by_accident(monkeypatch):
+    monkeypatch.setattr("adaptive.utility.base._ESTIMATORS", dict(_ESTIMATORS))
+    builtin = type(get_estimator("magnitude"))
+
+    class Mine(Estimator):
+        pass
+
+    with pytest.raises(ValueError, match=r"utility estimator 'magnitude' is already registered .*Magnitude.*replace=True"):
+        register_estimator("magnitude")(Mine)
+    assert type(get_estimator("magnitude")) is builtin and Mine.name != "magnitude"  # nothing changed
+    register_estimator("magnitude", replace=True)(Mine)
+    assert type(get_estimator("magnitude")) is Mine
+
+
+def test_the_same_definition_registered_twice_is_quiet(monkeypatch):
+    monkeypatch.setattr("adaptive.utility.base._ESTIMATORS", dict(_ESTIMATORS))
+    for _ in range(2):  # as when a notebook cell runs again: a new class object, the same definition
+        @register_estimator("twice")
+        class Twice(Estimator):
+            pass
+    assert type(get_estimator("twice")) is Twice
+
+
+@pytest.mark.parametrize("table, decorate, name", [
+    (_POLICIES, lambda n: register_policy(n), "rigl"),
+    (_BUDGETS, lambda n: register_budget(n), "erk"),
+    (_ENSEMBLES, lambda n: register_granularity(n), next(iter(_ENSEMBLES))),
+    (_DECAYS, lambda n: register_decay(n), next(iter(_DECAYS))),
+    (_DATASETS, lambda n: register_dataset(n), "digits"),
+    (_MODELS, lambda n: register_model(n), "lenet300"),
+])
+def test_every_registry_refuses_a_clash(table, decorate, name):
+    before = dict(table)
+
+    def other(*a, **k):
+        return None
+
+    with pytest.raises(ValueError, match="already registered"):
+        decorate(name)(other)
+    assert table == before
+
+
+def test_names_must_be_strings():
+    with pytest.raises(TypeError, match="non-empty string"):
+        register_budget("")(lambda *a: None)
+
+
+def test_registered_estimator_policy_and_budget_work_by_name(monkeypatch):
+    import torch
+
+    from adaptive.policies.oneshot import OneShot
+
+    monkeypatch.setattr("adaptive.utility.base._ESTIMATORS", dict(_ESTIMATORS))
+    monkeypatch.setattr("adaptive.policies.base._POLICIES", dict(_POLICIES))
+    monkeypatch.setattr("adaptive.budgets._BUDGETS", dict(_BUDGETS))
+
+    @register_estimator("largest_first")
+    class LargestFirst(Estimator):  # removal cost -|w|: the largest weights go first
+        def removal_cost(self, ctx):
+            return -ctx.weight.detach().abs().float()
+
+        def restoration_gain(self, ctx):
+            return -ctx.w0.abs()
+
+    @register_policy("my_one_shot")
+    class MyOneShot(OneShot):
+        pass
+
+    @register_budget("my_uniform")
+    def my_uniform(layers, density, protected=(), min_density=0.0):
+        return get_budget("uniform")(layers, density, protected, min_density)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    before = {n: p.detach().abs().clone() for n, p in model.named_parameters() if n.endswith("weight")}
+    conn = adaptive.Connectome(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    adaptive.Controller(conn, opt, policy="my_one_shot", estimator="largest_first", density=0.5,
+                        budget="my_uniform", update_every=1, end_step=1)
+    assert get_policy("magnitude").name == "magnitude"  # the built-in keeps its name
+    for n, w in before.items():
+        m = conn.masks[n]
+        assert int(m.sum()) == m.numel() // 2  # the uniform budget: half of every layer
+        assert float(w[~m].min()) >= float(w[m].max())  # the largest half went
