@@ -57,6 +57,9 @@ class RunConfig:
     """Every option of the recipe, with its default (the no-argument run)."""
 
     # what runs
+    plugins: List[str] = field(default_factory=list, metadata={"help": ".py files or module names imported first: "
+                               "their register_* calls add models, datasets, estimators, policies, budgets or ensembles "
+                               "that the options below can then name (adaptive.plugins)"})
     mode: Literal["train", "mask_only"] = field(default="train", metadata={"help": "train (dynamic sparse training) or mask_only (weights frozen, only the connectome moves)"})
     # data
     dataset: str = field(default="digits", metadata={"help": "digits, mnist, cifar10, imagenet, fake"})
@@ -116,6 +119,12 @@ class RunConfig:
     def __post_init__(self):
         # mode-dependent defaults: mask_only uses what recipes/benchmarks/mask_only_ablations measured
         # best on pretrained CIFAR ResNets (the defaults of adaptive.optimize_connectome)
+        from adaptive.plugins import PluginError, load_plugins
+
+        try:
+            load_plugins(self.plugins)  # before any name is checked: a plugin's names count as built-in ones
+        except PluginError as e:
+            raise ConfigError(str(e)) from None
         if self.estimator is None:
             self.estimator = "presence" if self.mode == "mask_only" else "consistency"
         if self.update_every is None:
@@ -374,7 +383,7 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
 MASK_ONLY_CHECKPOINT = "mask_only_checkpoint.pt"
 
 # options that may differ between a run and its resumption: where and how it is shown, not what it computes
-_RESUME_MAY_CHANGE = {"resume", "output_dir", "data_dir", "progress", "figures", "threads", "num_workers",
+_RESUME_MAY_CHANGE = {"resume", "output_dir", "data_dir", "plugins", "progress", "figures", "threads", "num_workers",
                       "log_every", "keep_checkpoints", "checkpoint_every"}
 # mask_only: what the stage checkpoint's own fingerprint compares (and names) when it is loaded
 _MASK_ONLY_FINGERPRINTED = {"target", "density", "epochs", "estimator", "update_every", "ensemble", "include",

@@ -240,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default="digits", help="digits (offline, default), mnist, cifar10, fake")
     g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, help="data folder (else $ADAPTIVE_DATA, ../shared/data)")
     g.add_argument("--model", default="mlp", help="model name for adaptive.models.build_model")
+    g.add_argument("--plugins", nargs="+", default=[], help=".py files or module names imported first: their "
+                   "register_* calls add models or datasets that --model and --dataset can then name")
     g.add_argument("--weights", default=None, help="weights file loaded strictly into --model (skips training)")
     g.add_argument("--batch_size", "--batch-size", type=int, default=128)
     g.add_argument("--eval_batch_size", type=int, default=None)
@@ -294,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if getattr(args, "plugins", None):
+        from adaptive.plugins import PluginError, load_plugins
+
+        try:
+            load_plugins(args.plugins)
+        except PluginError as e:
+            raise SystemExit(f"recipes/diagnostics.py: error: {e}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.output_dir is None and args.command != "progress":

@@ -51,7 +51,7 @@ DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None
                 edit_fraction=1.0, approach=0.0, ladder=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], patience=2,
                 verify_batches=0, eval_every=100, train_eval_batches=10,
                 threads=None, progress=True, num_classes=None, num_workers=0, cpu=False,
-                mixed_precision="no", resume=False, dataset_kw={})
+                mixed_precision="no", resume=False, dataset_kw={}, plugins=[])
 
 
 def parse_remove(values: List[str]):
@@ -73,6 +73,8 @@ def parse_remove(values: List[str]):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", help="YAML file of defaults (keys are the options below, with underscores)")
+    p.add_argument("--plugins", nargs="+", help=".py files or module names imported first: their register_* calls "
+                   "add models, datasets or estimators that the other options can then name (adaptive.plugins)")
     p.add_argument("--model", help="model name (adaptive.models registry, or torchvision:NAME)")
     p.add_argument("--weights", help="pretrained weights file (loaded strictly; none: random initial weights, a supermask search)")
     p.add_argument("--dataset", help="dataset name (adaptive.data registry)")
@@ -173,6 +175,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         if not sep or not key:
             raise SystemExit(f"--dataset-kw {item!r}: write KEY=VALUE, e.g. --dataset-kw resize=232")
         cfg["dataset_kw"][key] = yaml.safe_load(value)
+    from adaptive.plugins import PluginError, load_plugins
+
+    cfg["plugins"] = [cfg["plugins"]] if isinstance(cfg["plugins"], str) else list(cfg["plugins"] or [])
+    try:
+        load_plugins(cfg["plugins"])  # before any name is used: a plugin's names count as built-in ones
+    except PluginError as e:
+        raise SystemExit(str(e)) from None
     _check_dataset_kw(cfg["dataset"], cfg["dataset_kw"])
     cfg["remove"] = parse_remove([str(r) for r in (cfg["remove"] if isinstance(cfg["remove"], list) else [cfg["remove"]])])
     return argparse.Namespace(**cfg)

@@ -27,7 +27,8 @@ def register_model(name: str, prefix: bool = False, replace: bool = False):
     """
 
     def deco(fn):
-        _registry.add(_PREFIX_BUILDERS if prefix else _REGISTRY, "model", name, fn, replace)
+        key = name.lower() if isinstance(name, str) and not prefix else name  # build_model lowercases plain names
+        _registry.add(_PREFIX_BUILDERS if prefix else _REGISTRY, "model", key, fn, replace)
         return fn
 
     return deco

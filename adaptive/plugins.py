@@ -1,0 +1,66 @@
+"""Plugins: your own code, loaded by the recipes before they read any name.
+
+A plugin is a Python file (``my_ext.py``) or an importable module (``mypkg.sparsity``) whose import
+registers models, datasets, utility estimators, policies, budgets or ensembles with the
+``register_*`` decorators. The recipes take ``--plugins`` (YAML key ``plugins``) and load each one
+before they check the names in the configuration, so ``--model my_net --estimator snip`` works
+exactly as a built-in name does, on every process of a multi-process run.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Iterable, List
+
+_LOADED = {}  # resolved file path -> module: a file is executed once per process
+
+
+class PluginError(RuntimeError):
+    """A plugin could not be found or failed while it was imported."""
+
+
+def load_plugin(spec: str) -> ModuleType:
+    """Import one plugin: a path to a ``.py`` file, or a dotted module name on ``sys.path``."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise PluginError(f"a plugin is a .py file or a module name, got {spec!r}")
+    spec = spec.strip()
+    if spec.endswith(".py") or "/" in spec or "\\" in spec:
+        path = Path(spec).expanduser().resolve()
+        if not path.is_file():
+            raise PluginError(f"plugin file {spec} not found (resolved to {path}): give the path of a .py file, "
+                              "or the name of an importable module")
+        if path in _LOADED:
+            return _LOADED[path]
+        name = "adaptive_plugin_" + re.sub(r"\W", "_", path.stem)
+        mod_spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(mod_spec)
+        sys.modules[name] = mod  # dataclasses and pickling resolve the plugin's names through it
+        try:
+            mod_spec.loader.exec_module(mod)
+        except Exception as e:
+            sys.modules.pop(name, None)
+            raise PluginError(f"plugin {spec} failed while loading: {type(e).__name__}: {e}") from e
+        _LOADED[path] = mod
+        return mod
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as e:
+        if e.name and spec.startswith(e.name):
+            raise PluginError(f"plugin module {spec!r} not found: give a .py file's path, or put the module on "
+                              "PYTHONPATH") from e
+        raise PluginError(f"plugin {spec} failed while loading: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        raise PluginError(f"plugin {spec} failed while loading: {type(e).__name__}: {e}") from e
+
+
+def load_plugins(specs: Iterable[str] | str | None) -> List[ModuleType]:
+    """Import every plugin in order (one string is one plugin)."""
+    if specs is None:
+        return []
+    if isinstance(specs, str):
+        specs = [specs]
+    return [load_plugin(s) for s in specs]

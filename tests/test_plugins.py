@@ -1,0 +1,103 @@
+"""--plugins: a user's own file registers a model and an estimator, and both recipes use them by
+name; a missing or broken plugin is one clear error before anything runs."""
+import sys
+import textwrap
+
+import pytest
+
+from adaptive.models import available_models
+from adaptive.plugins import PluginError, load_plugin, load_plugins
+from adaptive.utility.base import estimator_names
+from _scripts import load_script  # noqa: E402
+
+PLUGIN = textwrap.dedent('''
+    import torch
+    from adaptive.models import register_model
+    from adaptive.utility import Estimator, register_estimator
+
+    LOADS = globals().get("LOADS", 0) + 1
+
+    @register_model("PluginNet")
+    def plugin_net(num_classes=10, in_shape=(1, 8, 8)):
+        n = 1
+        for s in in_shape:
+            n *= s
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n, 24), torch.nn.ReLU(),
+                                   torch.nn.Linear(24, num_classes))
+
+    @register_estimator("plugin_snip")
+    class PluginSnip(Estimator):
+        needs_gradients = True
+
+        def removal_cost(self, ctx):
+            return (ctx.stats.mean(ctx.name) * ctx.weight.detach()).abs()
+
+        def restoration_gain(self, ctx):
+            return (ctx.stats.mean(ctx.name) * ctx.w0).abs()
+''')
+
+
+@pytest.fixture
+def plugin(tmp_path):
+    path = tmp_path / "my_ext.py"
+    path.write_text(PLUGIN)
+    return path
+
+
+def test_a_plugin_file_registers_its_names_once_per_process(plugin):
+    mod = load_plugin(str(plugin))
+    assert "pluginnet" in available_models() and "plugin_snip" in estimator_names()
+    assert load_plugins([str(plugin)])[0] is mod and mod.LOADS == 1  # not executed again
+
+
+def test_missing_and_broken_plugins_are_named(tmp_path):
+    with pytest.raises(PluginError, match="plugin file .*nowhere.py not found"):
+        load_plugin(str(tmp_path / "nowhere.py"))
+    with pytest.raises(PluginError, match="plugin module 'no_such_module_xyz' not found"):
+        load_plugin("no_such_module_xyz")
+    bad = tmp_path / "bad_ext.py"
+    bad.write_text("import torch\nraise RuntimeError('boom')\n")
+    with pytest.raises(PluginError, match="plugin .*bad_ext.py failed while loading: RuntimeError: boom"):
+        load_plugin(str(bad))
+    assert "adaptive_plugin_bad_ext" not in sys.modules
+
+
+def test_adaptive_recipe_trains_a_plugin_model_with_a_plugin_estimator(plugin, tmp_path):
+    R = load_script("recipes/adaptive.py", "recipe_adaptive_plugins")
+    res = R.main(["--plugins", str(plugin), "--model", "PluginNet", "--policy", "utility", "--estimator",
+                  "plugin_snip", "--density", "0.3", "--max_steps", "30", "--update_every", "10", "--threads", "1",
+                  "--progress", "false", "--figures", "false", "--output_dir", str(tmp_path / "run")])
+    assert [m.out_features for m in res.model.modules() if hasattr(m, "out_features")] == [24, 10]
+    assert res.conn.density() == pytest.approx(0.3, abs=0.01)
+    assert "my_ext.py" in (tmp_path / "run" / "config.yaml").read_text()  # --config reruns it with the plugin
+
+
+def test_adaptive_recipe_refuses_a_missing_plugin_before_running(tmp_path, capsys):
+    R = load_script("recipes/adaptive.py", "recipe_adaptive_plugins")
+    with pytest.raises(SystemExit):
+        R.main(["--plugins", str(tmp_path / "gone.py"), "--output_dir", str(tmp_path / "run")])
+    assert "gone.py not found" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_prune_pretrained_prunes_a_plugin_model(plugin, tmp_path):
+    P = load_script("recipes/prune_pretrained.py", "prune_pretrained_plugins")
+    summary = P.main(["--plugins", str(plugin), "--model", "PluginNet", "--dataset", "fake", "--remove", "0.25",
+                      "--subset", "128", "--batch-size", "32", "--eval-batch-size", "64", "--passes", "0.5",
+                      "--eval-every", "2", "--train-eval-batches", "1", "--no-progress",
+                      "--output_dir", str(tmp_path / "pp")])
+    row = next(r for r in summary["rows"] if r["target"] == "0.25")
+    assert row["changed"] == 0 and row["fraction"] == pytest.approx(0.25, abs=1e-3)
+    with pytest.raises(SystemExit, match="plugin module 'nope_ext' not found"):
+        P.parse_args(["--plugins", "nope_ext"])
+
+
+def test_diagnostics_reads_a_plugin_model(plugin, tmp_path, capsys):
+    D = load_script("recipes/diagnostics.py", "diagnostics_plugins")
+    D.main(["collinearity", "--plugins", str(plugin), "--model", "PluginNet", "--dataset", "digits",
+            "--batch_size", "64", "--seed", "0", "--train_steps", "3", "--batches", "3", "--grad_batch_size", "32",
+            "--output_dir", str(tmp_path)])
+    assert "training PluginNet from scratch" in capsys.readouterr().out
+    assert (tmp_path / "collinearity_layers.csv").read_text().count("\n") >= 2  # a header and its two layers
+    with pytest.raises(SystemExit, match="plugin module 'nope_ext' not found"):
+        D.main(["collinearity", "--plugins", "nope_ext", "--output_dir", str(tmp_path)])
