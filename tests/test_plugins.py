@@ -101,3 +101,20 @@ def test_diagnostics_reads_a_plugin_model(plugin, tmp_path, capsys):
     assert (tmp_path / "collinearity_layers.csv").read_text().count("\n") >= 2  # a header and its two layers
     with pytest.raises(SystemExit, match="plugin module 'nope_ext' not found"):
         D.main(["collinearity", "--plugins", "nope_ext", "--output_dir", str(tmp_path)])
+
+
+def test_two_processes_both_load_the_plugin_and_agree(plugin, tmp_path):
+    import json
+    import os
+
+    from _ports import launch_two
+    from _scripts import ROOT
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    r = launch_two([ROOT / "recipes" / "adaptive.py", "--plugins", plugin, "--model", "PluginNet", "--estimator",
+                    "plugin_snip", "--max_steps", "20", "--update_every", "10", "--threads", "1", "--progress",
+                    "false", "--figures", "false", "--output_dir", tmp_path / "run"], env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    hashes = summary["mask_hash_per_process"]
+    assert summary["processes"] == 2 and len(hashes) == 2 and hashes[0] == hashes[1]
