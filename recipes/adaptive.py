@@ -62,7 +62,7 @@ class RunConfig:
                                "that the options below can then name (adaptive.plugins)"})
     mode: Literal["train", "mask_only"] = field(default="train", metadata={"help": "train (dynamic sparse training) or mask_only (weights frozen, only the connectome moves)"})
     # data
-    dataset: str = field(default="digits", metadata={"help": "digits, mnist, cifar10, imagenet, fake"})
+    dataset: str = field(default="digits", metadata={"help": "digits, mnist, cifar10, imagenet, folder (any ImageFolder tree: --data-dir holds train/ and val/ or test/), fake"})
     data_dir: Optional[str] = _help("data folder (default: $ADAPTIVE_DATA or ../shared/data)")
     download: bool = _opt(False, "let torchvision download a dataset that is not found (needs internet)")
     dataset_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "extra dataset arguments (e.g. shape for fake)"})

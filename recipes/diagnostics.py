@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("data and model")
     g.add_argument("--output_dir", "--output-dir", default=None, help="where figures and tables go (default runs/diagnostics/COMMAND)")
-    g.add_argument("--dataset", default="digits", help="digits (offline, default), mnist, cifar10, fake")
+    g.add_argument("--dataset", default="digits", help="digits (offline, default), mnist, cifar10, imagenet, folder (--data-dir holds train/ and val/ or test/), fake")
     g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, help="data folder (else $ADAPTIVE_DATA, ../shared/data)")
     g.add_argument("--model", default="mlp", help="model name for adaptive.models.build_model")
     g.add_argument("--plugins", nargs="+", default=[], help=".py files or module names imported first: their "

@@ -1,4 +1,4 @@
-"""ImageNet (or any large ImageFolder with train/ and val/) with torchvision's standard transforms."""
+"""ImageNet, and any image folder with train/ and val/ (or test/), with torchvision's standard transforms."""
 from __future__ import annotations
 
 from typing import Optional
@@ -72,6 +72,28 @@ def transforms(train: bool, image_size: int = 224, resize: int = 256):
     return T.Compose([T.Resize(resize), T.CenterCrop(image_size)] + norm)
 
 
+def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: int) -> Source:
+    """Train (with its holdout) from the ImageFolder ``train_dir``, test from ``test_dir``."""
+    from torchvision.datasets import ImageFolder
+
+    folder = ImageFolder(str(train_dir))
+    test_folder = ImageFolder(str(test_dir))  # scanned now: a mismatch is said before any work
+    if test_folder.classes != folder.classes:
+        only_train = sorted(set(folder.classes) - set(test_folder.classes))
+        only_test = sorted(set(test_folder.classes) - set(folder.classes))
+        raise ValueError(f"{train_dir} and {test_dir} hold different classes (only in train: {only_train[:5]}, only in "
+                         f"{test_dir.name}: {only_test[:5]}): both need the same class folders, so that labels agree")
+    eval_tf = transforms(False, image_size, resize)
+    train_tf = transforms(True, image_size, resize) if augment else eval_tf
+    return Source(
+        train_labels=torch.as_tensor(folder.targets),
+        train_view=lambda idx: FolderView(folder, idx, train_tf),
+        eval_view=lambda idx: FolderView(folder, idx, eval_tf),
+        test=lambda: FolderView(test_folder, None, eval_tf),
+        num_classes=len(folder.classes), in_shape=(3, image_size, image_size), classes=folder.classes,
+    )
+
+
 @register_dataset("imagenet")
 def imagenet(data_dir=None, download=False, augment=False, image_size=224, resize=256) -> Source:
     """ImageFolder ``<data>/imagenet/train`` and ``<data>/imagenet/val``. The train part uses
@@ -83,18 +105,29 @@ def imagenet(data_dir=None, download=False, augment=False, image_size=224, resiz
     if not (train_dir.parent / "val").is_dir():  # said now, not after a whole run when the report needs it
         raise DatasetNotFoundError(f"imagenet validation split not found: expected {train_dir.parent / 'val'} next to "
                                    f"{train_dir} (laid out as val/<wnid>/*.JPEG)")
-    from torchvision.datasets import ImageFolder
+    return _folder_source(train_dir, train_dir.parent / "val", augment, image_size, resize)
 
-    folder = ImageFolder(str(train_dir))
-    eval_tf = transforms(False, image_size, resize)
-    train_tf = transforms(True, image_size, resize) if augment else eval_tf
 
-    def test():
-        return FolderView(ImageFolder(str(train_dir.parent / "val")), None, eval_tf)
+@register_dataset("folder")
+def folder(data_dir=None, download=False, augment=False, image_size=224, resize=256, test_split=None) -> Source:
+    """Any image classification dataset in ImageFolder layout: ``data_dir/train/<class>/*`` and a
+    test split beside it, ``data_dir/<test_split>/<class>/*`` (default: ``val``, else ``test``).
+    Images are resized to ``resize``, center-cropped to ``image_size`` and normalised with the
+    ImageNet mean and std (torchvision's pretrained classifiers and the CIFAR ResNets here expect
+    that); ``augment`` uses RandomResizedCrop + flip for the train part. The holdout is drawn from
+    train, as for every dataset."""
+    if data_dir is None:
+        raise DatasetNotFoundError("dataset 'folder' needs --data-dir: the folder that holds train/<class>/... and "
+                                   "val/<class>/... (or test/<class>/...)")
+    from pathlib import Path
 
-    return Source(
-        train_labels=torch.as_tensor(folder.targets),
-        train_view=lambda idx: FolderView(folder, idx, train_tf),
-        eval_view=lambda idx: FolderView(folder, idx, eval_tf),
-        test=test, num_classes=len(folder.classes), in_shape=(3, image_size, image_size), classes=folder.classes,
-    )
+    root = Path(data_dir).expanduser()
+    if not (root / "train").is_dir():
+        raise DatasetNotFoundError(f"dataset 'folder': {root / 'train'} not found; --data-dir must hold train/<class>/* "
+                                   "and val/<class>/* (or test/<class>/*)")
+    splits = [test_split] if test_split else ["val", "test"]
+    found = [root / s for s in splits if (root / s).is_dir()]
+    if not found:
+        raise DatasetNotFoundError(f"dataset 'folder': no test split in {root} (looked for {', '.join(splits)}/); "
+                                   "add one, or name it with --dataset-kw test_split=NAME")
+    return _folder_source(root / "train", found[0], augment, image_size, resize)

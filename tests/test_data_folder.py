@@ -1,0 +1,70 @@
+"""--dataset folder: any ImageFolder layout (train/ beside val/ or test/), checked against the
+CIFAR-10 loader on the real cifar10-jpeg copy, and clear errors for the layouts it cannot read."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import adaptive.paths as paths
+from adaptive.data import DatasetNotFoundError, get_dataloaders
+
+CIFAR = paths.SHARED_DATA / "cifar10-jpeg"
+
+
+def _tree(root, splits, classes=("cat", "dog", "eel"), n=4, size=12):
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(d / f"{i}.png")
+
+
+@pytest.mark.skipif(not (CIFAR / "train").is_dir(), reason="needs ../shared/data/cifar10-jpeg (always present on CI)")
+def test_folder_reads_cifar10_jpeg_exactly_as_the_cifar10_loader():
+    kw = dict(batch_size=250, holdout=0.1, seed=0, eval_batch_size=250)
+    f = get_dataloaders("folder", data_dir=str(CIFAR), image_size=32, resize=32, **kw)
+    c = get_dataloaders("cifar10", data_dir=str(paths.SHARED_DATA), **kw)
+    assert (len(f.train.dataset), len(f.holdout.dataset), len(f.test.dataset)) == (45000, 5000, 10000)
+    assert f.num_classes == 10 and f.in_shape == (3, 32, 32)
+    for a, b in ((f.test, c.test), (f.holdout, c.holdout)):  # same images, same order, same labels
+        (xa, ya), (xb, yb) = next(iter(a)), next(iter(b))
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+
+
+def test_folder_on_a_tiny_tree_and_its_test_split_choice(tmp_path):
+    _tree(tmp_path, ("train", "test"))
+    d = get_dataloaders("folder", data_dir=str(tmp_path), batch_size=4, holdout=0.25, image_size=8, resize=10)
+    assert d.num_classes == 3 and d.in_shape == (3, 8, 8)
+    assert len(d.test.dataset) == 12 and len(d.train.dataset) + len(d.holdout.dataset) == 12
+    x, y = next(iter(d.train))
+    assert x.shape == (4, 3, 8, 8) and y.max() < 3
+
+
+def test_folder_errors_name_the_layout(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="needs --data-dir"):
+        get_dataloaders("folder", batch_size=4)
+    with pytest.raises(DatasetNotFoundError, match="train not found"):
+        get_dataloaders("folder", data_dir=str(tmp_path), batch_size=4)
+    _tree(tmp_path / "a", ("train",))
+    with pytest.raises(DatasetNotFoundError, match="no test split .*val, test"):
+        get_dataloaders("folder", data_dir=str(tmp_path / "a"), batch_size=4)
+    _tree(tmp_path / "b", ("train",))
+    _tree(tmp_path / "b", ("val",), classes=("cat", "dog", "fox"))
+    with pytest.raises(ValueError, match=r"different classes \(only in train: \['eel'\], only in val: \['fox'\]\)"):
+        get_dataloaders("folder", data_dir=str(tmp_path / "b"), batch_size=4)
+    with pytest.raises(DatasetNotFoundError, match="looked for holdout/"):
+        get_dataloaders("folder", data_dir=str(tmp_path / "b"), batch_size=4, test_split="holdout")
+
+
+def test_adaptive_recipe_trains_on_a_folder(tmp_path):
+    from _scripts import load_script
+
+    _tree(tmp_path / "data", ("train", "val"), n=8)
+    R = load_script("recipes/adaptive.py", "recipe_adaptive_folder")
+    res = R.main(["--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--dataset_kw.image_size", "8",
+                  "--dataset_kw.resize", "8", "--holdout", "0.25", "--batch-size", "6", "--max_steps", "6",
+                  "--update_every", "3", "--threads", "1", "--progress", "false", "--figures", "false",
+                  "--output_dir", str(tmp_path / "run")])
+    assert res.summary["test_examples"] == 24 and res.summary["density"] == pytest.approx(0.2, abs=1e-3)
