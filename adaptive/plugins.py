@@ -57,6 +57,22 @@ def load_plugin(spec: str) -> ModuleType:
         raise PluginError(f"plugin {spec} failed while loading: {type(e).__name__}: {e}") from e
 
 
+def resolved(specs: Iterable[str] | str | None) -> List[str]:
+    """The plugin list with every file given by its absolute path (module names unchanged), so a
+    run's config.yaml loads the same files from any working directory."""
+    if specs is None:
+        return []
+    if isinstance(specs, str):
+        specs = [specs]
+    out = []
+    for s in specs:
+        if isinstance(s, str) and (s.strip().endswith(".py") or "/" in s or "\\" in s):
+            out.append(str(Path(s.strip()).expanduser().resolve()))
+        else:
+            out.append(s)
+    return out
+
+
 def load_plugins(specs: Iterable[str] | str | None) -> List[ModuleType]:
     """Import every plugin in order (one string is one plugin)."""
     if specs is None:

@@ -56,13 +56,17 @@ def _model_spec(cfg: dict, args):
         if name is None or name == m:  # recipes/adaptive.py keeps build keywords in model_kw
             kw.update(cfg.get("model_kw") or {})
         name = name or m
-    known = DATASETS.get(str(cfg.get("dataset", "")).lower())
+    dataset = str(cfg.get("dataset", "")).lower()
+    known = DATASETS.get(dataset)
+    size = (cfg.get("dataset_kw") or {}).get("image_size") or cfg.get("image_size")
     if known is not None:
         kw.setdefault("num_classes", known[0])
         shape = known[1]
-        if cfg.get("dataset") == "imagenet" and cfg.get("image_size"):
-            shape = (3, int(cfg["image_size"]), int(cfg["image_size"]))
+        if dataset == "imagenet" and size:
+            shape = (3, int(size), int(size))
         kw.setdefault("in_shape", shape)
+    elif dataset == "folder":  # any ImageFolder tree: classes from the connectome, size from its dataset_kw
+        kw.setdefault("in_shape", (3, int(size or 224), int(size or 224)))
     for k in ("num_classes", "in_shape"):
         if k in cfg and k not in kw:
             kw[k] = cfg[k]
@@ -91,9 +95,20 @@ def _state_dict(path: str) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
+def _load_plugins(specs) -> None:
+    """The run's plugins (config.yaml's ``plugins``) and ``--plugins``: a model a plugin registered
+    is rebuilt by name like a built-in one."""
+    if not specs:
+        return
+    from adaptive.plugins import load_plugins
+
+    load_plugins(specs)
+
+
 def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = None, weights: Optional[str] = None,
-             num_classes=None, in_shape=None):
-    """(model, connectome) from a run folder (or a connectome file) with optional overrides."""
+             num_classes=None, in_shape=None, plugins=None):
+    """(model, connectome) from a run folder (or a connectome file) with optional overrides;
+    ``plugins`` are imported first, after those the run's config.yaml names."""
     ns = argparse.Namespace(model=model, num_classes=num_classes, in_shape=in_shape)
     if not os.path.exists(run):
         raise FileNotFoundError(f"no run folder or connectome file at {run!r}: pass a run folder holding "
@@ -103,7 +118,9 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
         connectome = run if os.path.isfile(run) else os.path.join(run_dir, "connectome.safetensors")
     if not os.path.isfile(connectome):
         raise FileNotFoundError(f"no connectome at {connectome!r}: pass a run folder holding connectome.safetensors or --connectome PATH")
-    name, kw = _model_spec(_config(run_dir), ns)
+    cfg = _config(run_dir)
+    _load_plugins(list(cfg.get("plugins") or []) + list(plugins or []))
+    name, kw = _model_spec(cfg, ns)
     if not name:
         where = _config_path(run_dir)
         raise ValueError(f"no model name: {where} has no 'model' key; pass --model NAME (e.g. resnet20)" if where else
@@ -141,6 +158,8 @@ def main(argv=None) -> int:
         s.add_argument("--num-classes", type=int)
         s.add_argument("--in-shape", help="input shape without batch, e.g. 3,32,32")
         s.add_argument("--out", help="output file (export) or folder (report); default inside the run folder")
+        s.add_argument("--plugins", nargs="+", default=[], help=".py files or modules that register the run's model "
+                       "(those config.yaml's 'plugins' names are imported anyway)")
         s.add_argument("--contract", action="store_true",
                        help="replace junctions (residual sums) by direct edges from every feeding unit")
         if cmd == "export":
@@ -150,7 +169,7 @@ def main(argv=None) -> int:
     import graphs
 
     try:
-        model, conn = load_run(a.run, a.model, a.connectome, a.weights, a.num_classes, a.in_shape)
+        model, conn = load_run(a.run, a.model, a.connectome, a.weights, a.num_classes, a.in_shape, a.plugins)
     except (FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -119,9 +119,10 @@ class RunConfig:
     def __post_init__(self):
         # mode-dependent defaults: mask_only uses what recipes/benchmarks/mask_only_ablations measured
         # best on pretrained CIFAR ResNets (the defaults of adaptive.optimize_connectome)
-        from adaptive.plugins import PluginError, load_plugins
+        from adaptive.plugins import PluginError, load_plugins, resolved
 
         try:
+            self.plugins = resolved(self.plugins)  # config.yaml then loads the same files from anywhere
             load_plugins(self.plugins)  # before any name is checked: a plugin's names count as built-in ones
         except PluginError as e:
             raise ConfigError(str(e)) from None

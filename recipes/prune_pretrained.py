@@ -175,9 +175,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         if not sep or not key:
             raise SystemExit(f"--dataset-kw {item!r}: write KEY=VALUE, e.g. --dataset-kw resize=232")
         cfg["dataset_kw"][key] = yaml.safe_load(value)
-    from adaptive.plugins import PluginError, load_plugins
+    from adaptive.plugins import PluginError, load_plugins, resolved
 
-    cfg["plugins"] = [cfg["plugins"]] if isinstance(cfg["plugins"], str) else list(cfg["plugins"] or [])
+    cfg["plugins"] = resolved(cfg["plugins"])  # absolute: config.yaml reruns from any working directory
     try:
         load_plugins(cfg["plugins"])  # before any name is used: a plugin's names count as built-in ones
     except PluginError as e:

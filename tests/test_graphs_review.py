@@ -92,3 +92,18 @@ def test_failing_writer_leaves_the_old_file(tmp_path):
         graphs.register_writer(".json")(graphs.exporters.write_json)
     assert path.read_bytes() == before and json.loads(before)["level"] == "layer"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.json"]
+
+
+def test_model_spec_reads_the_input_size_of_folder_and_imagenet_runs():
+    import argparse
+
+    from graphs.cli import _model_spec
+
+    ns = argparse.Namespace(model=None, num_classes=None, in_shape=None)
+    name, kw = _model_spec({"model": "resnet20", "dataset": "folder", "dataset_kw": {"image_size": 32}}, ns)
+    assert name == "resnet20" and kw == {"in_shape": (3, 32, 32)}  # classes: from the connectome
+    _, kw = _model_spec({"model": "mlp", "dataset": "folder"}, ns)
+    assert kw == {"in_shape": (3, 224, 224)}
+    _, kw = _model_spec({"model": "torchvision:mobilenet_v3_large", "dataset": "imagenet",
+                         "dataset_kw": {"image_size": 160}}, ns)
+    assert kw == {"num_classes": 1000, "in_shape": (3, 160, 160)}

@@ -62,14 +62,28 @@ def test_missing_and_broken_plugins_are_named(tmp_path):
     assert "adaptive_plugin_bad_ext" not in sys.modules
 
 
-def test_adaptive_recipe_trains_a_plugin_model_with_a_plugin_estimator(plugin, tmp_path):
+def test_adaptive_recipe_trains_a_plugin_model_with_a_plugin_estimator(plugin, tmp_path, monkeypatch):
+    import subprocess
+
+    from _scripts import ROOT
+
     R = load_script("recipes/adaptive.py", "recipe_adaptive_plugins")
-    res = R.main(["--plugins", str(plugin), "--model", "PluginNet", "--policy", "utility", "--estimator",
+    monkeypatch.chdir(tmp_path)  # the plugin given by a relative path
+    res = R.main(["--plugins", "my_ext.py", "--model", "PluginNet", "--policy", "utility", "--estimator",
                   "plugin_snip", "--density", "0.3", "--max_steps", "30", "--update_every", "10", "--threads", "1",
                   "--progress", "false", "--figures", "false", "--output_dir", str(tmp_path / "run")])
     assert [m.out_features for m in res.model.modules() if hasattr(m, "out_features")] == [24, 10]
     assert res.conn.density() == pytest.approx(0.3, abs=0.01)
-    assert "my_ext.py" in (tmp_path / "run" / "config.yaml").read_text()  # --config reruns it with the plugin
+    # config.yaml names the plugin by its absolute path: python -m graphs, run from elsewhere in a fresh
+    # process, imports it from there to rebuild the plugin's model
+    assert str(plugin.resolve()) in (tmp_path / "run" / "config.yaml").read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = subprocess.run([sys.executable, "-m", "graphs", "export", str(tmp_path / "run"), "--format", "json",
+                        "--out", str(elsewhere / "g.json")], cwd=elsewhere, capture_output=True, text=True,
+                       env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (elsewhere / "g.json").stat().st_size > 0
 
 
 def test_adaptive_recipe_refuses_a_missing_plugin_before_running(tmp_path, capsys):
