@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-batches", dest="verify_batches", type=int, help="held-out batches per line search (0: no line search)")
     p.add_argument("--eval-every", dest="eval_every", type=int, help="updates between held-out evaluations")
     p.add_argument("--train-eval-batches", dest="train_eval_batches", type=int,
-                   help="train batches behind each train loss/accuracy point of the table and figure")
+                   help="batches' worth of train-part images (a fixed sample) behind the table's train loss and accuracy")
     p.add_argument("--num-classes", dest="num_classes", type=int,
                    help="classes of the model's output (default: the dataset's)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
@@ -260,6 +260,19 @@ def _plot(history, snapshots_rows, events, path):
     plt.close(fig)
 
 
+def _train_sample(dl, args):
+    """``train_eval_batches`` batches' worth of train-part images drawn once (seeded), in a fixed
+    order: every row of the table is scored on the same images. (Iterating the shuffled train loader
+    anew for each row drew other images each time.)"""
+    from torch.utils.data import DataLoader, Subset
+
+    ds = dl.train.dataset
+    n = min(args.train_eval_batches * args.batch_size, len(ds))
+    pick = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed))[:n].sort().values
+    return DataLoader(Subset(ds, pick.tolist()), batch_size=args.eval_batch_size, shuffle=False,
+                      num_workers=args.num_workers)
+
+
 def _stage_ends(evs) -> set:
     """Indices of the last evaluation at each removal count (``evs`` in time order): where a stage
     settled before the next one moved on."""
@@ -349,9 +362,10 @@ def main(argv=None, test_loader_hook=None) -> dict:
     # ---- final report: the only place the test split is read (built and split over processes only now)
     test_dl = accelerator.prepare(test_loader)
 
-    def train_eval():  # the first batches of the train part, the same on every process
-        it = iter(dl.train)
-        return evaluate(model, (next(it) for _ in range(min(args.train_eval_batches, len(dl.train)))))
+    train_sample = _train_sample(dl, args)
+
+    def train_eval():  # the same images for every row and on every process
+        return evaluate(model, train_sample)
 
     rows, hashes = [], {}
     with torch.no_grad(), accelerator.autocast():
@@ -385,7 +399,8 @@ def main(argv=None, test_loader_hook=None) -> dict:
     note = (f"\n{args.model} on {args.dataset}, {total} prunable synapses, {minutes:.1f} min of optimisation "
             f"on {accelerator.num_processes} process(es) ({accelerator.device.type}, mixed precision "
             f"{args.mixed_precision}).\n"
-            "Splits: train = first batches of the train part; held-out = a stratified part of the TRAIN split "
+            f"Splits: train = a fixed random sample of {len(train_sample.dataset)} images of the train part (the same for "
+            "every row); held-out = a stratified part of the TRAIN split "
             "(used for line search and snapshot choice); test = the test split, read only for this report.\n")
     accelerator.print(table + note)
     ours = {Path(r["folder"]).name for r in rows if r.get("folder")}

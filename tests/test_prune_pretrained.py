@@ -447,3 +447,19 @@ def test_figure_draws_each_stage_by_its_last_evaluation_and_the_swaps(tmp_path, 
     twin = captured["axes"][-1]  # the crawl panel's right axis
     swaps = twin.get_lines()[0]
     assert list(swaps.get_xdata()) == [2, 3, 7] and list(swaps.get_ydata()) == [3, 1, 2]
+
+
+def test_train_rows_are_scored_on_one_fixed_sample():
+    import argparse
+
+    from adaptive.data import get_dataloaders
+
+    mod = recipe()
+    dl = get_dataloaders("digits", batch_size=32, holdout=0.1, seed=0, eval_batch_size=50)
+    args = argparse.Namespace(train_eval_batches=3, batch_size=32, seed=0, eval_batch_size=50, num_workers=0)
+    a, b = mod._train_sample(dl, args), mod._train_sample(dl, args)
+    assert len(a.dataset) == 96
+    xa = torch.cat([x for x, _ in a])
+    assert torch.equal(xa, torch.cat([x for x, _ in b])) and torch.equal(xa, torch.cat([x for x, _ in a]))
+    first_two = [torch.cat([x for x, _ in [next(iter(dl.train))]]) for _ in range(2)]
+    assert not torch.equal(first_two[0], first_two[1])  # what the old rows did: other images each time
