@@ -34,7 +34,19 @@ def get_data(args, batch_size=None):
 
     return get_dataloaders(args.dataset, batch_size=batch_size or args.batch_size, data_dir=args.data_dir,
                            holdout=args.holdout, seed=args.seed, subset=args.subset, test_subset=args.test_subset,
-                           eval_batch_size=args.eval_batch_size)
+                           eval_batch_size=args.eval_batch_size, **_dataset_kw(args))
+
+
+def _dataset_kw(args) -> dict:
+    import yaml
+
+    kw = {}
+    for item in getattr(args, "dataset_kw", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"recipes/diagnostics.py: error: --dataset-kw {item!r}: write KEY=VALUE, e.g. image_size=32")
+        kw[key] = yaml.safe_load(value)
+    return kw
 
 
 def get_model(args, data, name=None, **kw):
@@ -243,9 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--plugins", nargs="+", default=[], help=".py files or module names imported first: their "
                    "register_* calls add models or datasets that --model and --dataset can then name")
     g.add_argument("--weights", default=None, help="weights file loaded strictly into --model (skips training)")
-    g.add_argument("--batch_size", "--batch-size", type=int, default=128)
-    g.add_argument("--eval_batch_size", type=int, default=None)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--dataset-kw", "--dataset_kw", dest="dataset_kw", action="append", default=[], metavar="KEY=VALUE",
+                   help="an argument of the dataset builder, e.g. image_size=32 for folder (repeatable; YAML values)")
+    g.add_argument("--batch_size", "--batch-size", type=int, default=128, help="batch size (default 128)")
+    g.add_argument("--eval_batch_size", type=int, default=None, help="batch size of evaluations (default: --batch_size)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the split, data order and initial weights (default 0)")
     g.add_argument("--holdout", type=float, default=0.1, help="fraction of TRAIN held out for orders and comparisons")
     g.add_argument("--subset", type=int, default=None, help="use a stratified subset of TRAIN of this size")
     g.add_argument("--test_subset", type=int, default=None, help="report on a stratified subset of TEST of this size")

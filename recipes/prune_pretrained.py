@@ -138,20 +138,14 @@ def _shown(value) -> str:
 
 def _check_dataset_kw(dataset: str, kw: dict) -> None:
     """Refuse, before anything runs, a dataset argument that the dataset's builder does not take."""
-    import inspect
+    from adaptive.data import available_datasets, check_dataset_kw
 
-    from adaptive.data.base import get_source_builder
-
-    try:
-        params = inspect.signature(get_source_builder(dataset)).parameters
-    except (KeyError, ValueError):
+    if dataset not in available_datasets():
         return  # an unknown dataset is reported by the data layer, with the known names
-    fixed = {"data_dir", "download", "augment"}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    unknown = sorted(k for k in kw if k in fixed or (k not in params and not takes_any))
-    if unknown:
-        known = sorted(k for k in params if k not in fixed and params[k].kind is not inspect.Parameter.VAR_KEYWORD)
-        raise SystemExit(f"dataset_kw {unknown}: not an argument of dataset {dataset!r}; it takes {known}")
+    try:
+        check_dataset_kw(dataset, kw)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -68,3 +68,17 @@ def test_adaptive_recipe_trains_on_a_folder(tmp_path):
                   "--update_every", "3", "--threads", "1", "--progress", "false", "--figures", "false",
                   "--output_dir", str(tmp_path / "run")])
     assert res.summary["test_examples"] == 24 and res.summary["density"] == pytest.approx(0.2, abs=1e-3)
+
+
+def test_an_argument_the_dataset_does_not_take_is_named_with_a_suggestion(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"dataset_kw \['imagesize'\]: not an argument of dataset 'folder'.*"
+                                         r"did you mean 'image_size'"):
+        get_dataloaders("folder", data_dir=str(tmp_path), batch_size=4, imagesize=32)
+    from _scripts import load_script
+
+    D = load_script("recipes/diagnostics.py", "diagnostics_folder")
+    _tree(tmp_path / "data", ("train", "val"), n=8)
+    D.main(["collinearity", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--dataset-kw", "image_size=8",
+            "--dataset-kw", "resize=8", "--model", "mlp", "--train_steps", "2", "--batches", "2",
+            "--grad_batch_size", "4", "--batch_size", "8", "--output_dir", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "collinearity_layers.csv").is_file()

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..paths import DatasetNotFoundError, resolve_data_dir
-from .base import LazyDataset, Source, available_datasets, get_source_builder, register_dataset
+from .base import LazyDataset, Source, available_datasets, check_dataset_kw, get_source_builder, register_dataset
 from .split import stratified_split, stratified_subset
 from .tensors import TensorImages, random_crop_flip
 
@@ -55,6 +55,7 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     Extra keyword arguments go to the family (e.g. ``normalize=`` for cifar10, ``shape=`` for fake).
     Raises :class:`DatasetNotFoundError` with every path tried when the data is missing.
     """
+    check_dataset_kw(name, kw)
     src: Source = get_source_builder(name)(data_dir=data_dir, download=download, augment=augment, **kw)
     labels = src.train_labels
     pool = stratified_subset(labels, subset, seed) if subset else torch.arange(len(labels))
@@ -121,6 +122,6 @@ def get_dataloaders(name: str, batch_size: int = 128, data_dir=None, holdout: fl
 
 __all__ = [
     "get_datasets", "get_dataloaders", "DatasetSplits", "DataLoaders", "DatasetNotFoundError",
-    "register_dataset", "available_datasets", "Source", "LazyDataset", "TensorImages",
+    "register_dataset", "available_datasets", "check_dataset_kw", "Source", "LazyDataset", "TensorImages",
     "stratified_split", "stratified_subset", "random_crop_flip", "resolve_data_dir",
 ]

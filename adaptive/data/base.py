@@ -45,6 +45,23 @@ def register_dataset(name: str, replace: bool = False):
     return deco
 
 
+def check_dataset_kw(name: str, kw: dict) -> None:
+    """Refuse, before any data is read, an argument that dataset ``name``'s builder does not take
+    (``data_dir``, ``download`` and ``augment`` have options of their own)."""
+    import difflib
+    import inspect
+
+    params = inspect.signature(get_source_builder(name)).parameters
+    fixed = {"data_dir", "download", "augment"}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(k for k in kw if k in fixed or (k not in params and not takes_any))
+    if unknown:
+        known = sorted(k for k in params if k not in fixed and params[k].kind is not inspect.Parameter.VAR_KEYWORD)
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        raise ValueError(f"dataset_kw {unknown}: not an argument of dataset {name!r}; it takes {known}"
+                         + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+
 def get_source_builder(name: str) -> Callable[..., Source]:
     if name not in _DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {sorted(_DATASETS)}")
