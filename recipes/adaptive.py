@@ -495,9 +495,11 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
         test_loss, test_acc, n_test = evaluate(accelerator, model, test_dl)
     metric_row(state, "test", test_loss, test_acc, conn)
     files = _write_outputs(accelerator, cfg, output_dir, state.metrics, result.events, conn)
-    holdout = [r for r in state.metrics if r["split"] == "holdout"]
+    # the held-out score of the masks the model now holds (for 'best', the chosen rung, not the last one tried)
+    snaps = result.snapshots
+    final = snaps.get("best") or (list(snaps.values())[-1] if snaps else None)
     summary = dict(test_accuracy=test_acc, test_loss=test_loss, test_examples=n_test,
-                   holdout_accuracy=holdout[-1]["accuracy"] if holdout else None, density=conn.density(),
+                   holdout_accuracy=final.holdout_acc if final is not None else None, density=conn.density(),
                    synapses=conn.num_synapses(), live=conn.num_live(), steps=state.step,
                    updates=sum(1 for e in result.events if e.get("kind") == "update"), seconds=time.time() - t0,
                    processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))

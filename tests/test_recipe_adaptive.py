@@ -247,6 +247,20 @@ def test_mask_only_mode_changes_no_weight(tmp_path, precision):
     assert (tmp_path / "connectome.safetensors").exists() and (tmp_path / "events.jsonl").read_text()
 
 
+def test_mask_only_best_reports_the_held_out_score_of_the_masks_it_keeps(tmp_path):
+    """--target best climbs rungs until held-out accuracy stops improving, keeps the best rung,
+    and the summary's holdout accuracy is that rung's (not the last, worse, rung tried)."""
+    res = R.main(["--output_dir", str(tmp_path), "--mode", "mask_only", "--target", "best", "--epochs", "1",
+                  "--update_every", "8", "--threads", "1", "--progress", "false", "--figures", "false",
+                  "--mask_only_kw.ladder", "[0.2, 0.5, 0.8, 0.95]", "--mask_only_kw.patience", "1"])
+    rungs = [h for h in res.state.metrics if h["split"] == "holdout"]
+    kept = res.conn.num_synapses() - res.conn.num_live()  # the model holds the chosen rung's masks
+    assert kept > 0 and kept != rungs[-1]["removed"]  # here the climb went past the best rung
+    chosen = [r["accuracy"] for r in rungs if r["removed"] == kept]
+    assert res.summary["holdout_accuracy"] == pytest.approx(chosen[-1])
+    assert res.summary["holdout_accuracy"] > rungs[-1]["accuracy"]
+
+
 MISMATCH = '''
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("recipe", {script!r})
