@@ -45,7 +45,7 @@ from torch import nn
 
 from . import mask_only_checkpoint as ckpt
 from .connectome import Connectome
-from .distributed import all_reduce_mean_, check_masks_agree, is_distributed
+from .distributed import all_reduce_mean_, check_masks_agree, is_distributed, world_size
 from .controller import Controller
 from .data.cycle import LoaderCycle
 from .ensembles import get_granularity
@@ -70,7 +70,9 @@ class Snapshot:
 @dataclass
 class MaskOnlyResult:
     """What :func:`optimize_connectome` returns. ``history`` has one dict per update (training
-    window loss/accuracy, verification loss, edits) and per evaluation (held-out loss/accuracy);
+    window loss/accuracy over every process's batches, measured with ``train_removed`` synapses
+    removed, i.e. before the update; ``removed`` is the count after it; verification loss, edits)
+    and per evaluation (held-out loss/accuracy);
     ``events`` are the controller's events; ``snapshots`` are keyed by target label."""
 
     conn: Connectome
@@ -453,12 +455,18 @@ def optimize_connectome(
                         policy.edit_fraction = 0.0  # the stage's last update settles exactly on the goal
                         policy.set_goal(total - removed_goal - prot, step)
                     verify_set[:] = [_to_device(next(holdout_iter), device) for _ in range(verify_batches)]
+                window_removed = total - conn.num_live()  # the connectome the window's batches ran through
                 ev = ctrl.step()
                 bar.update(1)
                 if ev is None:
                     continue
+                procs = 1
+                if is_distributed():  # the window over every process's batches, not this process's shard
+                    win_loss, win_correct, win_n = _agreed(win_loss, win_correct, win_n)
+                    procs = world_size()
                 rec = {"kind": "update", "step": step, "stage": stage, "target": label,
                        "removed": total - conn.num_live(), "pruned": ev["pruned"], "restored": ev["grown"],
+                       "train_removed": window_removed, "train_examples": int(round(win_n * procs)),
                        "train_loss": win_loss / win_n, "train_acc": win_correct / win_n,
                        "verify_loss": ev.get("holdout_loss"), "est_loss_change": ev.get("est_loss_change"),
                        "est_score_change": ev.get("est_score_change"),

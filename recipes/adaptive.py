@@ -489,7 +489,8 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
             metric_row(st, "holdout", h["holdout_loss"], h["holdout_acc"])
         else:
             continue
-        st.metrics[-1].update(density=1 - h["removed"] / conn.num_synapses(), removed=h["removed"])
+        removed = h.get("train_removed", h["removed"]) if h["kind"] == "update" else h["removed"]
+        st.metrics[-1].update(density=1 - removed / conn.num_synapses(), removed=removed)  # what the row measured
         state.metrics += st.metrics
     with accelerator.autocast():
         test_loss, test_acc, n_test = evaluate(accelerator, model, test_dl)

@@ -194,7 +194,7 @@ def _plot(history, snapshots_rows, events, path):
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     dense = [r for r in snapshots_rows if r.get("removed") == 0 and r.get("holdout_acc") is not None]
     for ax, key, name in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "acc", "accuracy")):
-        ax.plot([h["removed"] for h in ups], [h[f"train_{key}"] for h in ups], ".", ms=3, alpha=0.5,
+        ax.plot([h.get("train_removed", h["removed"]) for h in ups], [h[f"train_{key}"] for h in ups], ".", ms=3, alpha=0.5,
                 color="tab:blue", label="train (update windows)")
         ends = _stage_ends(evs)
         held = {evs[i]["removed"]: evs[i][f"holdout_{key}"] for i in ends}

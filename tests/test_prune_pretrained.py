@@ -88,6 +88,8 @@ def test_end_to_end_outputs_and_test_split_read_last(tmp_path, weights, capsys, 
         assert (out / f).is_file(), f
     hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert any(h["kind"] == "update" for h in hist) and any(h["kind"] == "eval" for h in hist)
+    first = next(h for h in hist if h["kind"] == "update")  # the jump to the first target
+    assert first["train_removed"] == 0 < first["removed"]  # its window ran through the dense network
     assert "read only for this report" in (out / "results.md").read_text()
     # the exported state_dict reproduces the connectome model exactly
     result = summary["result"]
@@ -183,6 +185,8 @@ def test_two_processes_split_the_batches_and_hold_the_same_masks(tmp_path, weigh
     assert again["mask_hash_per_process"] == hashes
     hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [h["kind"] for h in hist][-1] == "resume"
+    # the train window of an update (--window 2, batches of 32) counts both processes' batches
+    assert max(h["train_examples"] for h in hist if h["kind"] == "update") == 2 * 2 * 32
 
 
 def test_bf16_autocast_moves_masks_not_weights(tmp_path, weights, capsys):
