@@ -196,7 +196,7 @@ def _plot(history, snapshots_rows, events, path):
     for ax, key, name in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "acc", "accuracy")):
         ax.plot([h.get("train_removed", h["removed"]) for h in ups], [h[f"train_{key}"] for h in ups], ".", ms=3, alpha=0.5,
                 color="tab:blue", label="train (update windows)")
-        ends = _stage_ends(evs)
+        ends = sorted(_stage_ends(evs))
         held = {evs[i]["removed"]: evs[i][f"holdout_{key}"] for i in ends}
         if dense and 0 not in held:  # the dense network's score starts the line
             held[0] = dense[0][f"holdout_{key}"]
@@ -268,11 +268,11 @@ def _train_sample(dl, args):
 
 
 def _stage_ends(evs) -> set:
-    """Indices of the last evaluation at each removal count (``evs`` in time order): where a stage
-    settled before the next one moved on."""
+    """Indices of the last evaluation of each stage (``evs`` in time order): where a stage settled
+    before the next one moved on (records without a stage are grouped by removal count)."""
     last = {}
     for i, h in enumerate(evs):
-        last[h["removed"]] = i
+        last[("stage", h["stage"]) if "stage" in h else ("removed", h["removed"])] = i
     return set(last.values())
 
 

@@ -425,9 +425,12 @@ def test_figure_draws_each_stage_by_its_last_evaluation_and_the_swaps(tmp_path, 
     import matplotlib.figure
 
     mod = recipe()
-    evs = [{"kind": "eval", "step": s, "removed": r, "holdout_loss": 1.0 / a, "holdout_acc": a}
-           for s, r, a in ((2, 10, 0.7), (4, 10, 0.8), (6, 20, 0.5), (8, 20, 0.6), (10, 20, 0.75))]
+    evs = [{"kind": "eval", "step": s, "stage": st, "removed": r, "holdout_loss": 1.0 / a, "holdout_acc": a}
+           for s, st, r, a in ((2, 0, 10, 0.7), (4, 0, 10, 0.8), (6, 1, 20, 0.5), (8, 1, 20, 0.6), (10, 1, 20, 0.75))]
     assert mod._stage_ends(evs) == {1, 4}
+    # a stage whose count drifts (threshold mode, approach > 0) still ends once, at its last evaluation
+    drifting = [{"stage": 0, "removed": r} for r in (5, 8, 9)] + [{"stage": 1, "removed": r} for r in (20, 21)]
+    assert mod._stage_ends(drifting) == {2, 4}
     ups = [{"kind": "update", "step": s, "removed": 10 if s <= 5 else 20, "train_loss": 1.0, "train_acc": 0.5}
            for s in range(1, 11)]
     events = [{"kind": "update", "step": s, "pruned": p, "grown": g, "boundaries": None}
