@@ -52,9 +52,17 @@ def signal_depth(g):
     return dmax, dmin
 
 
+def _per_unit(g, what: str) -> None:
+    """Facts about single units need a graph whose nodes are units."""
+    if g.level == "layer":
+        raise ValueError(f"{what} is a fact about single units, but this graph's nodes are whole layers; "
+                         "build it at unit or synapse level: graphs.build(conn, 'unit')")
+
+
 def reachability(g) -> Dict[str, torch.Tensor]:
     """Boolean per node: ``from_input`` (a live path from some input reaches it) and ``to_output``
-    (a live path from it reaches some output class)."""
+    (a live path from it reaches some output class). Unit or synapse level."""
+    _per_unit(g, "reachability")
     kind = g.node_attrs["kind"]
     fwd = g.node_attrs["depth_max"] >= 0 if "depth_max" in g.node_attrs else signal_depth(g)[0] >= 0
     bwd = (kind == OUTPUT).clone()
@@ -69,7 +77,9 @@ def reachability(g) -> Dict[str, torch.Tensor]:
 
 def dead_units(g) -> Dict[str, torch.Tensor]:
     """Units with no live input (no live synapse from a non-constant node), no live output (no
-    edge out), unreachable from the inputs, or unable to reach an output. Each a bool per node."""
+    edge out), unreachable from the inputs, or unable to reach an output. Each a bool per node.
+    Unit or synapse level."""
+    _per_unit(g, "dead units")
     kind = g.node_attrs["kind"]
     unit = kind == UNIT
     live = _live(g)
@@ -142,7 +152,8 @@ def concat_composition(g) -> List[dict]:
 
 
 def summary(g) -> dict:
-    """Everything above in one dict of plain numbers (for printing and JSON)."""
+    """Everything above in one dict of plain numbers (for printing and JSON). Unit or synapse level:
+    dead units and reachability are facts about single units."""
     dead = dead_units(g)
     units = int((g.node_attrs["kind"] == UNIT).sum())
     r = reachability(g)

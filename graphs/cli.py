@@ -185,6 +185,10 @@ def main(argv=None) -> int:
             graphs.write(g, out)
         print(f"wrote {out}: {g}")
         return 0
+    if g.level == "layer":  # dead units and reachability are facts about single units
+        print("note: a report counts dead and unreachable units, so it reads the unit-level graph "
+              "(--level layer applies to export)", file=sys.stderr)
+        g = graphs.build(conn, "unit", junctions=not a.contract)
     out = a.out or os.path.join(run_dir, "graph_report")
     os.makedirs(out, exist_ok=True)
     s = graphs.summary(g)

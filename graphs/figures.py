@@ -60,14 +60,21 @@ def plot_dead(g, out_dir) -> str:
     layers = [x for x in g.groups if x.kind == "layer"]
     fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(layers)), 3.5))
     bottom = torch.zeros(len(layers))
-    for key, color in (("no_live_input", "tab:red"), ("no_live_output", "tab:orange")):
-        frac = torch.tensor([float(dead[key][x.start:x.start + x.count].float().mean()) for x in layers])
-        ax.bar(range(len(layers)), frac.numpy(), bottom=bottom.numpy(), color=color, label=key.replace("_", " "))
+    no_in, no_out = dead["no_live_input"], dead["no_live_output"]
+    parts = (  # disjoint, so the stack's height is the layer's fraction of dead units
+        ("no live input", no_in, "tab:red"),
+        ("live input, no live output", no_out & ~no_in, "tab:orange"),
+        ("live in and out, but cut off upstream or downstream", dead["dead"] & ~no_in & ~no_out, "tab:purple"),
+    )
+    for label, which, color in parts:
+        frac = torch.tensor([float(which[x.start:x.start + x.count].float().mean()) for x in layers])
+        if float(frac.sum()) > 0 or label == "no live input":
+            ax.bar(range(len(layers)), frac.numpy(), bottom=bottom.numpy(), color=color, label=label)
         bottom += frac
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels([x.name for x in layers], rotation=90, fontsize=6)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("fraction of the layer's units")
+    ax.set_ylabel("fraction of the layer's units that are dead")
     ax.set_xlabel("layer")
     ax.set_title(f"dead units: {int(dead['dead'].sum())} of {int((g.node_attrs['kind'] == 2).sum())} (unreachable either way)")
     ax.legend(fontsize=7)

@@ -107,3 +107,49 @@ def test_model_spec_reads_the_input_size_of_folder_and_imagenet_runs():
     _, kw = _model_spec({"model": "torchvision:mobilenet_v3_large", "dataset": "imagenet",
                          "dataset_kw": {"image_size": 160}}, ns)
     assert kw == {"num_classes": 1000, "in_shape": (3, 160, 160)}
+
+
+def test_unit_facts_refuse_a_layer_graph_and_the_report_reads_units(tmp_path, capsys, monkeypatch):
+    """Dead units and reachability are facts about single units: a layer-level graph (nodes are
+    whole layers) is refused with the fix, and `report --level layer` reports on the unit graph."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.figure
+
+    from graphs.cli import main
+
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=10, in_shape=(1, 8, 8))
+    conn = adaptive.Connectome(model)
+    masks = {n: torch.ones_like(m) for n, m in conn.masks.items()}
+    first = next(iter(masks))
+    masks[first][:5] = False  # five hidden units of the first layer lose every input synapse,
+    masks[list(masks)[1]][:, :1] = False  # and the first of them every output synapse too
+    conn.set_masks(masks)
+    layer = graphs.build(conn, "layer")
+    for fn in (graphs.analysis.dead_units, graphs.analysis.reachability, graphs.summary):
+        with pytest.raises(ValueError, match="build it at unit or synapse level"):
+            fn(layer)
+    unit = graphs.build(conn, "unit")
+    assert graphs.summary(unit)["dead"]["no_live_input"] == 5
+    run = tmp_path / "run"
+    run.mkdir()
+    conn.save(run / "connectome.safetensors")
+    torch.save(conn.dense_state_dict(), run / "dense_state_dict.pt")
+    (run / "config.yaml").write_text("model: mlp\ndataset: digits\n")
+    bars = {}
+    real_bar = matplotlib.axes.Axes.bar
+
+    def spy(ax, x, h, *a, **kw):  # the dead-unit figure's bars: disjoint parts stacked to the dead fraction
+        bars.setdefault(kw.get("label"), list(h))
+        return real_bar(ax, x, h, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy)
+    assert main(["report", str(run), "--level", "layer"]) == 0
+    out = capsys.readouterr()
+    assert "reads the unit-level graph" in out.err
+    s = json.loads((run / "graph_report" / "summary.json").read_text())
+    assert s["level"] == "unit" and s["dead"]["dead"] == 5
+    stacked = [sum(v) for v in zip(*(h for k, h in bars.items() if k and k != "density"))]
+    assert stacked[0] == pytest.approx(5 / conn.masks[first].shape[0]) and all(v <= 1 for v in stacked)
