@@ -57,6 +57,15 @@ def get_model(args, data, name=None, **kw):
                        weights=args.weights, **kw)
 
 
+def mixed(loader, seed):
+    """``loader``'s examples in a seeded random order, the same at every call. Holdout and test
+    loaders keep the dataset's order, often grouped by class (ImageFolder, the CIFAR copy here):
+    their first batches would hold a few classes, and each batch a single one."""
+    return torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size or 1, shuffle=True,
+                                       generator=torch.Generator().manual_seed(int(seed) + 17),
+                                       collate_fn=loader.collate_fn)
+
+
 def seeded_train_loader(data, batch_size, seed):
     """A fresh shuffled loader over the same train set with a fresh seeded generator: every
     variant of a comparison sees the same batches in the same order."""
@@ -190,7 +199,7 @@ def cmd_collinearity(args):
     out = outdir(args)
     data = get_data(args, batch_size=max(args.batch_size, args.grad_batch_size or 0))
     model = trained_model(args, data)
-    loader = data.holdout if args.split == "holdout" else seeded_train_loader(data, args.batch_size, args.seed + 1)
+    loader = mixed(data.holdout, args.seed) if args.split == "holdout" else seeded_train_loader(data, args.batch_size, args.seed + 1)
     res = D.collinearity(model, loader, batch_size=args.grad_batch_size, batches=args.batches, train_mode=False)
     split = "TRAIN" if args.split == "train" else "holdout (from TRAIN)"
     source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
@@ -217,7 +226,8 @@ def cmd_knowledge(args):
     model = trained_model(args, data)
     t0 = time.time()
     curve = D.knowledge_distribution(
-        model, data.test, order_loader=data.holdout, estimator=args.estimator, points=args.points,
+        model, mixed(data.test, args.seed), order_loader=mixed(data.holdout, args.seed), estimator=args.estimator,
+        points=args.points,
         max_fraction=args.max_fraction, finetune_batches=args.finetune_batches,
         finetune_loader=seeded_train_loader(data, args.batch_size, args.seed + 2), lr=args.finetune_lr,
         eval_batches=args.eval_batches, order_batches=args.order_batches, noise_floor=args.noise_floor,
@@ -225,7 +235,8 @@ def cmd_knowledge(args):
     n_order = min(len(data.holdout.dataset), (args.order_batches or 10 ** 9) * (data.holdout.batch_size or 1))
     source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
     curve.note = (f"order from {'weights only' if args.estimator == 'magnitude' else f'{n_order} held-out TRAIN images'}; "
-                  f"accuracy on {curve.meta['base']['samples']} {args.dataset} TEST images")
+                  f"accuracy on {curve.meta['base']['samples']} {args.dataset} TEST images"
+                  + (" (a fixed random sample)" if curve.meta['base']['samples'] < len(data.test.dataset) else ""))
     curve.meta.update(model=args.model, dataset=args.dataset, seconds=time.time() - t0,
                       title=f"knowledge distribution of {source} on {args.dataset}")
     paths = curve.plot(os.path.join(out, f"knowledge_{args.model}.png"), svg=args.svg, title=curve.meta["title"])

@@ -64,3 +64,26 @@ def test_train_part_smaller_than_a_batch_is_refused_clearly(recipe, tmp_path):
     with pytest.raises(ValueError, match="fewer than one batch of 64.*larger --subset or a smaller --batch_size"):
         recipe.main(["collinearity", *COMMON, "--subset", "20", "--output_dir", str(tmp_path), "--model", "mlp",
                      "--train_steps", "3", "--batches", "3"])
+
+
+def test_holdout_and_test_batches_mix_classes(recipe, tmp_path):
+    """Holdout and test loaders keep the dataset's order, grouped by class in an image folder: the
+    diagnostics read them in a seeded random order, so a limited number of batches (and each batch)
+    spans the classes."""
+    import numpy as np
+    from PIL import Image
+
+    from adaptive.data import get_dataloaders
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("a", "b", "c", "d"):
+            d = tmp_path / split / c
+            d.mkdir(parents=True)
+            for i in range(10):
+                Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    data = get_dataloaders("folder", data_dir=str(tmp_path), batch_size=8, holdout=0.5, image_size=6, resize=6)
+    for loader in (data.holdout, data.test):
+        assert len(set(next(iter(loader))[1].tolist())) <= 2  # in order: one or two classes per batch
+        first = next(iter(recipe.mixed(loader, 0)))[1]
+        assert len(set(first.tolist())) >= 3 and torch.equal(first, next(iter(recipe.mixed(loader, 0)))[1])

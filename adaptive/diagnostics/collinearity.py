@@ -90,7 +90,7 @@ class Collinearity:
         if measure == "cosine" and self.batches > 1:
             ax.axhline(self.batches ** -0.5, color="red", ls=":", lw=1, label="1/sqrt(batches): one batch alone, or noise")
             ax.legend(fontsize=7, loc="upper left")
-        ax.set_xlabel("squared full-data gradient G² (log10)")
+        ax.set_xlabel(f"squared gradient G² (log10), G = mean over the {self.batches} batches")
         ax.set_ylabel("cosine collinearity |mean g|/rms g" if measure == "cosine" else "sign agreement with G")
         bs = f"batch size {self.batch_size}, " if self.batch_size else ""
         zero = int((~keep).sum())
