@@ -349,7 +349,8 @@ def main(argv=None, test_loader_hook=None) -> dict:
                 patience=args.patience, checkpoint=ckpt_path)
     finally:  # an earlier run's checkpoint survives a run refused (or stopped) before its first stage
         stage_checkpoint.settle(ckpt_path)
-    minutes = (time.time() - t0) / 60
+    # the optimisation's wall time over every session of a resumed run (its snapshots carry it on)
+    minutes = max([(time.time() - t0) / 60] + [s.wall_seconds / 60 for s in result.snapshots.values()])
     conn = result.conn
     total = conn.num_synapses()
 

@@ -179,7 +179,7 @@ def main(argv=None):
         f"Learned rows: {args.passes:g} pass(es) per target, targets visited in order {args.targets}, "
         f"batch {args.batch_size}; ours: estimator {args.estimator}"
         f"{f' step {args.step:g}' if args.estimator == 'presence' else ''}, edge-popup: Adam lr {args.ep_lr:g}. The pretrained networks saw the lossless train images, so held-out accuracy "
-        f"is not unseen-data accuracy. CPU min = process CPU time (all {args.threads} threads) up to that snapshot.\n\n"
+        f"is not unseen-data accuracy. CPU min = process CPU time (all {args.threads} threads): for the learned rows, from the method's start to that snapshot (held-out scoring included); for magnitude, computing that mask and scoring it on the held-out part; for dense, that scoring alone.\n\n"
         + "\n".join(checks) + "\n\n"
         f"Whole benchmark: {wall:.1f} min wall on {os.cpu_count()} cores ({platform.processor() or platform.machine()}); "
         f"1-minute load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
