@@ -32,3 +32,14 @@ def test_ci_runs_the_readme_test_command():
     assert "accelerate launch recipes/adaptive.py" in quick[0]
     ci = open(os.path.join(ROOT, ".ci", "run")).read()
     assert quick[1].strip() in ci.splitlines(), "the README's test command must be what .ci/run executes"
+
+
+def test_readme_links_point_at_headings_and_files():
+    def slug(heading):  # GitHub's anchors: lower case, punctuation dropped, spaces to hyphens
+        return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+    anchors = {slug(h) for h in re.findall(r"^#+ (.*)$", README, flags=re.M)}
+    links = re.findall(r"\]\(#([^)]+)\)", README)
+    assert links and [a for a in links if a not in anchors] == []
+    for path in re.findall(r"\]\(((?:docs|recipes)/[^)#]+)\)", README):
+        assert os.path.exists(os.path.join(ROOT, path)), path
