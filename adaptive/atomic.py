@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Iterator, Union
 
 
+_UMASK = os.umask(0)  # read once (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     """A temporary path beside ``path`` (same folder, same suffix, so writers that infer the format
@@ -23,6 +27,8 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         yield tmp
+        if tmp.exists():  # some writers (safetensors) create private 0600 files: the usual permissions instead
+            os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

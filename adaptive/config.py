@@ -23,7 +23,8 @@ key. ``parse_config(..., exit_on_error=True)`` turns that into an argparse-style
 
 Supported field types: bool, int, float, str, ``Optional[X]``, ``Literal[...]``, ``List[X]``,
 ``Tuple[X, ...]`` / fixed tuples (comma-separated on the command line, or a YAML list), ``Dict``
-(a YAML mapping; command-line values of dict entries are parsed as YAML scalars), ``Any``, and
+(a YAML mapping, ``--key.entry value`` or ``--key entry=value``, repeatable; command-line values of
+dict entries are parsed as YAML scalars), ``Any``, and
 nested dataclasses.
 """
 from __future__ import annotations
@@ -175,7 +176,7 @@ def _coerce(value, tp, key: str, src: str = ""):
         if isinstance(value, _Cli):
             value = yaml.safe_load(value) if value.strip() else {}
         if not isinstance(value, dict):
-            raise bad()
+            raise bad(f" (a YAML mapping such as '{{a: 1}}', KEY=VALUE, or one entry: --{key}.KEY VALUE)")
         vt = args[1] if len(args) == 2 else Any
         return {str(k): _coerce(v, vt, f"{key}.{k}", src) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
@@ -367,6 +368,10 @@ def _parse_argv(cls, argv: Sequence[str]) -> Tuple[List[str], Dict[str, Any]]:
             if not _is_bool(tp):
                 raise ConfigError(f"--{key} needs a value ({_type_name(tp)})")
             val = "true"
+        entry, sep, entry_val = val.partition("=")
+        if (typing.get_origin(tp) is dict or tp is dict) and sep and entry.strip().isidentifier():
+            flat[f"{key}.{entry.strip()}"] = _Cli(entry_val)  # --dataset_kw image_size=32 (repeatable)
+            continue
         flat[key] = _Cli(val)
     return configs, flat
 

@@ -334,7 +334,7 @@ def optimize_connectome(
     climb = resolved[0][1] is None and bool(ladder)  # "best" by climbing the ladder
     if climb:
         resolved = [("best", resolve_target(f, total)) for f in ladder]
-    steps_per_stage = max(window, int(math.ceil(passes * n_train / window)) * window)
+    steps_per_stage = max(window, int(math.ceil(passes * n_train / window - 1e-9)) * window)
     saved = None
     if checkpoint is not None:
         fp = ckpt.fingerprint(targets=[list(r) for r in resolved], synapses=total, steps_per_stage=steps_per_stage,

@@ -146,15 +146,15 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m graphs", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m graphs", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     sub = p.add_subparsers(dest="cmd", required=True)
     for cmd in ("export", "report", "compact"):
-        s = sub.add_parser(cmd)
+        s = sub.add_parser(cmd, allow_abbrev=False)
         s.add_argument("run", help="run folder (or a connectome .safetensors file)")
         s.add_argument("--level", default="unit", choices=("synapse", "unit", "layer"))
         s.add_argument("--model", help="model name for adaptive.models.build_model (default: config.yaml 'model')")
         s.add_argument("--connectome", help="connectome file (default RUN/connectome.safetensors)")
-        s.add_argument("--weights", help="state dict file (default RUN/model_state.pt or dense_state_dict.pt)")
+        s.add_argument("--weights", help="state dict file (default: the first of model_state.pt, dense_state_dict.pt, pruned_state_dict.pt in RUN)")
         s.add_argument("--num-classes", type=int)
         s.add_argument("--in-shape", help="input shape without batch, e.g. 3,32,32")
         s.add_argument("--out", help="output file (export) or folder (report); default inside the run folder")

@@ -74,14 +74,16 @@ class RunConfig:
     eval_batch_size: Optional[int] = _help("batch size of the holdout and test evaluations (default: batch-size)")
     num_workers: int = _opt(0, "data loading worker processes per process")
     # model
-    model: str = field(default="mlp", metadata={"help": "mlp, lenet300, lenet5, resnet20..., densecat, torchvision:NAME"})
+    model: str = field(default="mlp", metadata={"help": "mlp, lenet300, lenet5, resnet20/32/44/56/110, densecat, "
+                                                         "torchvision:NAME, or a model a --plugins file registers"})
     model_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "extra model arguments (e.g. hidden for mlp)"})
     weights: Optional[str] = _help("pretrained weights file (loaded strictly)")
     # connectome and controller
     ensemble: str = _opt("synapse", "what one mask entry switches: synapse, kernel, neuron, block:RxC, N:M")
     include: Optional[List[str]] = _help("shell-style name patterns: only matching weights join the connectome (default: every conv and linear weight)")
     exclude: Optional[List[str]] = _help("shell-style name patterns: matching weights stay out of the connectome")
-    policy: str = field(default="utility", metadata={"help": "rigl, set, utility, balanced, gmp, threshold, magnitude"})
+    policy: str = field(default="utility", metadata={"help": "rigl, set, utility, balanced, gmp, threshold, magnitude, "
+                                                             "crawl (adaptive.policies)"})
     estimator: Optional[str] = field(default=None, metadata={"help": "utility estimator (utility/balanced/threshold/gmp; mask_only); default: consistency in train mode, presence in mask_only mode"})
     density: Optional[float] = field(default=0.2, metadata={"help": "target fraction of live synapses"})
     budget: str = _opt("erk", "how the density is shared among layers (adaptive.budgets: global, uniform, erk, er)")
@@ -100,8 +102,10 @@ class RunConfig:
     weight_decay: float = _opt(5e-4, "weight decay")
     lr_schedule: Literal["cosine", "constant"] = _opt("cosine", "learning-rate schedule after the warmup")
     warmup_steps: int = _opt(0, "steps of linear learning-rate warmup")
-    epochs: int = _opt(20, "passes over the train part")
-    max_steps: Optional[int] = _help("stop after this many steps (overrides epochs; the schedules span it)")
+    epochs: Optional[int] = _help("passes over the train part (default: 20 in train mode; 1 per target in mask_only "
+                                  "mode, as recipes/prune_pretrained.py)")
+    max_steps: Optional[int] = _help("stop after this many steps (overrides epochs; the schedules span it; in "
+                                     "mask_only mode: training batches per target)")
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = _help("default: what accelerate launch was given, else no")
     cpu: bool = _opt(False, "stay on the CPU even when a GPU is there")
     seed: int = _opt(0, "seed of the split, data order, initial weights and controller (the same on every process)")
@@ -130,6 +134,12 @@ class RunConfig:
             self.estimator = "presence" if self.mode == "mask_only" else "consistency"
         if self.update_every is None:
             self.update_every = 1 if self.mode == "mask_only" else 25
+        if self.epochs is None:
+            self.epochs = 1 if self.mode == "mask_only" else 20
+        for key in ("weights", "data_dir"):  # config.yaml then reruns the job from any working directory
+            value = getattr(self, key)
+            if isinstance(value, str) and value and os.path.exists(value):
+                setattr(self, key, os.path.abspath(value))
         checks = [
             (self.density is None or 0.0 < self.density <= 1.0, f"density must be in (0, 1], got {self.density}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
@@ -183,8 +193,9 @@ def _check_names(cfg: "RunConfig") -> None:
         known("estimator", cfg.estimator, estimator_names())
     known("budget", cfg.budget, budget_names())
     known("dataset", cfg.dataset, available_datasets())
-    if ":" not in cfg.model:
-        known("model", cfg.model.lower(), [m for m in available_models() if ":" not in m])
+    if ":" not in cfg.model and cfg.model.lower() not in available_models():
+        raise ConfigError(f"unknown model '{cfg.model}': use one of {', '.join(available_models())} (torchvision:NAME "
+                          "is any torchvision classifier), or register your own in a file given with --plugins")
     try:
         get_granularity(cfg.ensemble)
     except (ValueError, KeyError) as e:
@@ -375,7 +386,8 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
                    density=conn.density(), synapses=conn.num_synapses(), live=conn.num_live(), steps=state.step,
                    updates=sum(1 for e in ctrl.events if e.get("kind") == "update"), seconds=seconds,
                    processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))
-    summary.update(target_density=cfg.density, density_note=_density_note(cfg, summary, total_steps))
+    summary.update(target_density=cfg.density, density_note=_density_note(cfg, summary, total_steps),
+                   update_note=_update_note(cfg, summary, total_steps))
     _finish(accelerator, output_dir, summary, files)
     _end(accelerator)
     return RunResult(output_dir, model, conn, ctrl, state, summary, files)
@@ -457,7 +469,14 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
     # same decisions; optimize_connectome moves batches to the model's device
     holdout_dl = loaders.holdout
     target = cfg.target if cfg.target is not None else (1.0 - cfg.density if cfg.density and cfg.density < 1 else "best")
-    kw = dict(passes=float(cfg.epochs), ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
+    if len(train_dl) == 0:
+        raise ValueError(f"the train loader is empty ({len(loaders.datasets.train)} examples): lower --batch_size or --holdout")
+    # --max_steps counts training batches per target (each process's), else --epochs passes
+    passes = cfg.max_steps / len(train_dl) if cfg.max_steps else float(cfg.epochs)
+    accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {sum(p.numel() for p in model.parameters()):,} "
+                      f"parameters, target {target}, {passes:.3g} pass(es) of {len(train_dl)} batches per target, "
+                      f"estimator {cfg.estimator} -> {output_dir}")
+    kw = dict(passes=passes, ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
               estimator=cfg.estimator, window=cfg.update_every, seed=cfg.seed,
               progress=cfg.progress and accelerator.is_local_main_process, checkpoint=ckpt)
     # held-out evaluations as in train mode: every --eval_every steps, else every epoch (in updates)
@@ -547,6 +566,16 @@ def _density_note(cfg, summary, total_steps) -> Optional[str]:
             f"(end_fraction {cfg.end_fraction:g}); give it more steps (--epochs, --max_steps) or a smaller --update_every")
 
 
+def _update_note(cfg, summary, total_steps) -> Optional[str]:
+    """A line for the summary when an adaptive policy never got to edit the connectome."""
+    if summary["updates"] or cfg.policy == "magnitude":  # one-shot magnitude prunes at the start
+        return None
+    end_step = max(1, int(round(cfg.end_fraction * total_steps)))
+    return (f"no controller update ran: policy {cfg.policy!r} edits every {cfg.update_every} steps until step "
+            f"{end_step} of {total_steps} (end_fraction {cfg.end_fraction:g}), so the connectome kept its initial "
+            "masks; give it more steps (--epochs, --max_steps) or a smaller --update_every")
+
+
 def _finish(accelerator, output_dir, summary, files):
     if accelerator.is_main_process:
         with open(output_dir / "summary.json", "w") as f:
@@ -560,8 +589,9 @@ def _finish(accelerator, output_dir, summary, files):
             f"outputs in {output_dir}/: " + ", ".join(sorted(p.name for p in files.values())),
             flush=True,
         )
-        if summary.get("density_note"):
-            print(f"note: {summary['density_note']}", flush=True)
+        for key in ("density_note", "update_note"):
+            if summary.get(key):
+                print(f"note: {summary[key]}", flush=True)
 
 
 def _broadcast_str(accelerator, value: str) -> str:

@@ -33,6 +33,7 @@ def get_data(args, batch_size=None):
     from adaptive.data import get_dataloaders
 
     return get_dataloaders(args.dataset, batch_size=batch_size or args.batch_size, data_dir=args.data_dir,
+                           download=getattr(args, "download", False),
                            holdout=args.holdout, seed=args.seed, subset=args.subset, test_subset=args.test_subset,
                            eval_batch_size=args.eval_batch_size, **_dataset_kw(args))
 
@@ -262,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output_dir", "--output-dir", default=None, help="where figures and tables go (default runs/diagnostics/COMMAND)")
     g.add_argument("--dataset", default="digits", help="digits (offline, default), mnist, cifar10, imagenet, folder (--data-dir holds train/ and val/ or test/), fake")
     g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, help="data folder (else $ADAPTIVE_DATA, ../shared/data)")
+    g.add_argument("--download", action="store_true", help="let torchvision download a dataset that is not found")
     g.add_argument("--model", default="mlp", help="model name for adaptive.models.build_model")
     g.add_argument("--plugins", nargs="+", default=[], help=".py files or module names imported first: their "
                    "register_* calls add models or datasets that --model and --dataset can then name")
@@ -279,9 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=0.05, help="SGD step size for brief training")
     g.add_argument("--train_steps", type=int, default=300, help="brief training when no --weights is given")
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("dense-gradients", parents=[common], help="gradients of a concatenation net by signal depth")
+    s = sub.add_parser("dense-gradients", allow_abbrev=False, parents=[common], help="gradients of a concatenation net by signal depth")
     s.add_argument("--kind", choices=["mlp", "cnn", "both"], default="both")
     s.add_argument("--batchnorm", choices=["off", "on", "both"], default="both")
     s.add_argument("--depth", type=int, default=8)
@@ -294,13 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--adam_lr", type=float, default=1e-3)
     s.set_defaults(func=cmd_dense_gradients)
 
-    s = sub.add_parser("collinearity", parents=[common], help="per-weight collinearity of batch gradients")
+    s = sub.add_parser("collinearity", allow_abbrev=False, parents=[common], help="per-weight collinearity of batch gradients")
     s.add_argument("--grad_batch_size", type=int, default=None, help="batch size of the measured gradients (default --batch_size)")
     s.add_argument("--batches", type=int, default=None, help="gradient batches (default one pass)")
     s.add_argument("--split", choices=["holdout", "train"], default="train", help="data the gradients are measured on")
     s.set_defaults(func=cmd_collinearity)
 
-    s = sub.add_parser("knowledge", parents=[common], help="accuracy of what remains against weights removed")
+    s = sub.add_parser("knowledge", allow_abbrev=False, parents=[common], help="accuracy of what remains against weights removed")
     s.add_argument("--estimator", default="magnitude", help="utility estimator giving the removal order (adaptive.utility)")
     s.add_argument("--points", type=int, default=40)
     s.add_argument("--max_fraction", type=float, default=1.0, help="remove up to this fraction of the prunable weights")
@@ -312,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replot", default=None, metavar="DIR", help="redraw and refit a finished knowledge run's tables")
     s.set_defaults(func=cmd_knowledge)
 
-    s = sub.add_parser("progress", parents=[common], help="controller progress of a run folder")
+    s = sub.add_parser("progress", allow_abbrev=False, parents=[common], help="controller progress of a run folder")
     s.add_argument("run_dir")
     s.add_argument("--total_synapses", type=int, default=None, help="place density-only events on the removal axis")
     s.set_defaults(func=cmd_progress)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None
                 edit_fraction=1.0, approach=0.0, ladder=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], patience=2,
                 verify_batches=0, eval_every=100, train_eval_batches=10,
                 threads=None, progress=True, num_classes=None, num_workers=0, cpu=False,
-                mixed_precision="no", resume=False, dataset_kw={}, plugins=[])
+                mixed_precision="no", resume=False, dataset_kw={}, plugins=[], download=False)
 
 
 def parse_remove(values: List[str]):
@@ -71,7 +72,7 @@ def parse_remove(values: List[str]):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)  # --remov is not --remove
     p.add_argument("--config", help="YAML file of defaults (keys are the options below, with underscores)")
     p.add_argument("--plugins", nargs="+", help=".py files or module names imported first: their register_* calls "
                    "add models, datasets or estimators that the other options can then name (adaptive.plugins)")
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="pretrained weights file (loaded strictly; none: random initial weights, a supermask search)")
     p.add_argument("--dataset", help="dataset name (adaptive.data registry)")
     p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="data folder (default: ADAPTIVE_DATA or ../shared/data)")
+    p.add_argument("--download", action="store_true", default=None,
+                   help="let torchvision download a dataset that is not found (needs internet; not ImageNet)")
     p.add_argument("--remove", nargs="+", help="targets: fractions (0.2), counts (50000) or 'best'; several allowed")
     p.add_argument("--output_dir", "--output-dir", dest="output_dir",
                    help="run folder: pruned_state_dict.pt, connectome, table, figure, config.yaml (one subfolder "
@@ -123,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bars (logs and CI)")
     for action in p._actions:  # every option's help names the default a run without it gets
-        if action.help and DEFAULTS.get(action.dest) is not None and action.dest not in ("progress", "resume", "cpu"):
+        if action.help and DEFAULTS.get(action.dest) is not None and action.dest not in ("progress", "resume", "cpu",
+                                                                                            "download"):
             action.help += f" (default: {_shown(DEFAULTS[action.dest])})"
     return p
 
@@ -172,6 +176,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     from adaptive.plugins import PluginError, load_plugins, resolved
 
     cfg["plugins"] = resolved(cfg["plugins"])  # absolute: config.yaml reruns from any working directory
+    for key in ("weights", "data_dir"):  # likewise
+        if isinstance(cfg[key], str) and cfg[key] and os.path.exists(cfg[key]):
+            cfg[key] = os.path.abspath(cfg[key])
     try:
         load_plugins(cfg["plugins"])  # before any name is used: a plugin's names count as built-in ones
     except PluginError as e:
@@ -318,6 +325,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     dl = get_dataloaders(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir, holdout=args.holdout,
+                         download=args.download,
                          seed=args.seed, subset=args.subset, eval_batch_size=args.eval_batch_size,
                          num_workers=args.num_workers, **args.dataset_kw)
     test_loader = test_loader_hook(dl.test) if test_loader_hook else dl.test  # wrapping reads nothing

@@ -48,3 +48,18 @@ def test_connectome_save_failure_keeps_the_earlier_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         conn.save(path)
     assert path.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
+
+
+def test_files_written_atomically_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    import torch
+
+    import adaptive
+
+    conn = adaptive.Connectome(torch.nn.Sequential(torch.nn.Linear(3, 2)))
+    conn.save(tmp_path / "c.safetensors")  # safetensors alone writes a private 0600 file
+    (tmp_path / "plain.txt").write_text("x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "c.safetensors").st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "plain.txt").st_mode)

@@ -152,5 +152,37 @@ def test_every_option_of_both_recipes_is_documented_with_its_default():
     help_text = {a.dest: a.help for a in actions}
     assert "(default: 0.1 0.2 0.3" in help_text["ladder"] and "(default: 128)" in help_text["batch_size"]
     for dest, value in P.DEFAULTS.items():
-        if value is not None and dest not in ("progress", "resume", "cpu"):
+        if value is not None and dest not in ("progress", "resume", "cpu", "download"):
             assert "default" in help_text[dest], dest
+
+
+def test_mask_only_honours_max_steps_and_defaults_to_one_pass(tmp_path, capsys):
+    base = ["--mode", "mask_only", "--threads", "1", "--progress", "false", "--figures", "false"]
+    res = A.main(base + ["--max_steps", "7", "--output_dir", str(tmp_path / "a")])
+    assert res.summary["updates"] == 7  # one update per batch: --max_steps batches per target
+    assert A.parse_args(["--mode", "mask_only"]).epochs == 1 and A.parse_args([]).epochs == 20
+    assert "(mask_only):" in capsys.readouterr().out  # the opening line names the run as train mode does
+
+
+def test_a_run_whose_policy_never_edits_says_so(tmp_path, capsys):
+    A.main(["--max_steps", "30", "--threads", "1", "--progress", "false", "--figures", "false",
+            "--output_dir", str(tmp_path / "run")])
+    assert "note: no controller update ran: policy 'utility' edits every 25 steps until step 22 of 30" in \
+        capsys.readouterr().out
+
+
+def test_saved_configs_name_files_by_absolute_path(tmp_path, monkeypatch):
+    import yaml
+
+    (tmp_path / "w.pt").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert A.parse_args(["--weights", "w.pt"]).weights == str(tmp_path / "w.pt")
+    ns = P.parse_args(["--weights", "w.pt", "--data-dir", "."])
+    assert ns.weights == str(tmp_path / "w.pt") and ns.data_dir == str(tmp_path)
+    assert yaml.safe_load(yaml.safe_dump({"weights": ns.weights}))["weights"].startswith("/")
+
+
+def test_prune_pretrained_refuses_abbreviated_options_and_takes_download():
+    with pytest.raises(SystemExit):
+        P.parse_args(["--remov", "0.2"])  # argparse would otherwise read it as --remove
+    assert P.parse_args(["--download"]).download is True and P.parse_args([]).download is False

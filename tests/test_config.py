@@ -133,3 +133,12 @@ def test_int_or_float_union_reads_a_written_float_as_a_float(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("target: 1.0\n")
     assert isinstance(load_config(TargetCfg, p).target, float)
+
+
+def test_dict_entries_from_the_command_line_in_every_form():
+    cfg = parse_config(Cfg, ["--model_kw", "depth=4", "--model-kw", "widths=[8, 16]", "--model_kw.act", "relu"])
+    assert cfg.model_kw == {"depth": 4, "widths": [8, 16], "act": "relu"}
+    assert parse_config(Cfg, ["--model_kw", "{depth: 2}"]).model_kw == {"depth": 2}
+    assert parse_config(Cfg, ["--model_kw", "note=a=b"]).model_kw == {"note": "a=b"}  # the first '=' splits
+    with pytest.raises(ConfigError, match=r"expects Dict\[str, Any\], got 'deep'.*KEY=VALUE.*--model_kw.KEY VALUE"):
+        parse_config(Cfg, ["--model_kw", "deep"])

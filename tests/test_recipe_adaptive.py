@@ -211,7 +211,7 @@ def test_two_processes_agree(tmp_path):
     (["--density", "1.5"], "density must be in (0, 1]"),
     (["--policy", "rigl2"], "unknown policy 'rigl2'"),
     (["--estimator", "obdd"], "unknown estimator 'obdd'"),
-    (["--epochs", "2.5"], "expects int"),
+    (["--epochs", "2.5"], "expects Optional[int], got '2.5'"),
     (["--mode", "mask_only", "--checkpoint_every", "5"], "mask_only checkpoints after every target on its own"),
     (["stray"], "unexpected argument 'stray'"),
 ])

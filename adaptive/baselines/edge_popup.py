@@ -56,7 +56,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
         raise ValueError("edge-popup needs numeric targets, not 'best'")
     scores = {n: (o.abs() / o.pow(2).mean().sqrt().clamp_min(1e-12)).float().clone().requires_grad_(True)
               for n, o in conn.original.items()}
-    steps = max(1, int(math.ceil(passes * n_train)))
+    steps = max(1, int(math.ceil(passes * n_train - 1e-9)))
     snaps = {}
     it, device = LoaderCycle(train_loader), _model_device(model)
     t_cpu, t_wall = time.process_time(), time.time()
