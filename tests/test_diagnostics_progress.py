@@ -42,8 +42,24 @@ def test_removed_column_and_density_axis(tmp_path):
 
 
 def test_missing_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither"):
+    with pytest.raises(FileNotFoundError, match="none of events.jsonl, metrics.csv, history.jsonl"):
         progress(str(tmp_path))
     (tmp_path / "events.jsonl").write_text(json.dumps({"step": 1}) + "\n")
     p = progress(str(tmp_path))
     assert p.removed_source == "step" and p.metrics == []
+
+
+def test_a_prune_pretrained_run_is_read_from_its_history(tmp_path):
+    """prune_pretrained writes history.jsonl, not metrics.csv: its train windows (at the count they
+    ran with) and held-out evaluations become the metric rows."""
+    hist = [{"kind": "update", "step": 1, "removed": 40, "train_removed": 0, "train_loss": 0.9, "train_acc": 0.7},
+            {"kind": "update", "step": 2, "removed": 40, "train_removed": 40, "train_loss": 0.5, "train_acc": 0.8},
+            {"kind": "eval", "step": 2, "removed": 40, "holdout_loss": 0.6, "holdout_acc": 0.75},
+            {"kind": "resume", "step": 2}]
+    (tmp_path / "history.jsonl").write_text("\n".join(json.dumps(h) for h in hist) + "\n")
+    (tmp_path / "events.jsonl").write_text(json.dumps({"step": 1, "pruned": 40, "grown": 0, "removed": 40}) + "\n")
+    p = progress(str(tmp_path))
+    assert p.removed_source == "metrics"
+    assert p.metrics["split"] == ["train", "train", "holdout"] and p.metrics["removed"] == [0, 40, 40]
+    assert p.metrics["loss"] == [0.9, 0.5, 0.6]
+    p.plot(tmp_path / "progress.png")

@@ -1,4 +1,5 @@
-"""Controller progress of a run, from its ``events.jsonl`` and ``metrics.csv``.
+"""Controller progress of a run, from its ``events.jsonl`` and ``metrics.csv`` (or, for a mask-only
+run of ``recipes/prune_pretrained.py``, its ``history.jsonl``).
 
 ``events.jsonl``: one JSON object per controller update, with (all optional but ``step``) keys
 ``step``, ``pruned``, ``grown``, ``density``, ``layer_density`` (dict), ``boundaries`` (dict or
@@ -109,7 +110,7 @@ class Progress:
             if drawn:
                 ax.legend(fontsize=8)
             else:
-                ax.text(0.5, 0.5, f"no {key} in metrics.csv", ha="center", va="center", transform=ax.transAxes)
+                ax.text(0.5, 0.5, f"no {key} in the run's metrics", ha="center", va="center", transform=ax.transAxes)
             ax.grid(True, alpha=0.3)
         ev = self.events
         steps = ev["step"]
@@ -188,6 +189,30 @@ class Progress:
         return save_figure(fig, path, svg=svg)
 
 
+def read_history(path: str) -> Table:
+    """Metric rows from a mask-only ``history.jsonl`` (``optimize_connectome``'s history): each
+    update's train window (at the count it ran with) and each held-out evaluation."""
+    rows = []
+    if not os.path.exists(path):
+        return Table()
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                h = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a killed run
+            if h.get("kind") == "update" and "train_loss" in h:
+                rows.append({"step": h.get("step"), "split": "train", "loss": h["train_loss"],
+                             "accuracy": h.get("train_acc"), "removed": h.get("train_removed", h.get("removed"))})
+            elif h.get("kind") == "eval":
+                rows.append({"step": h.get("step"), "split": "holdout", "loss": h.get("holdout_loss"),
+                             "accuracy": h.get("holdout_acc"), "removed": h.get("removed")})
+    return Table(rows)
+
+
 def progress(run_dir: str, total_synapses: Optional[int] = None) -> Progress:
     """Read ``run_dir``/events.jsonl and ``run_dir``/metrics.csv. ``total_synapses`` lets a run whose
     metrics lack ``removed`` but whose events log ``density`` be placed on the removal axis."""
@@ -195,8 +220,10 @@ def progress(run_dir: str, total_synapses: Optional[int] = None) -> Progress:
         raise FileNotFoundError(f"run folder {run_dir!r} does not exist")
     events = Table(read_events(os.path.join(run_dir, "events.jsonl")))
     metrics = read_metrics(os.path.join(run_dir, "metrics.csv"))
+    if not metrics:  # a prune_pretrained run keeps its numbers in history.jsonl
+        metrics = read_history(os.path.join(run_dir, "history.jsonl"))
     if not events and not metrics:
-        raise FileNotFoundError(f"{run_dir!r} has neither events.jsonl nor metrics.csv")
+        raise FileNotFoundError(f"{run_dir!r} has none of events.jsonl, metrics.csv, history.jsonl")
     events = Table(sorted(events, key=lambda e: e.get("step") if isinstance(e.get("step"), (int, float)) else math.inf))
     cum, removed_at = 0, []
     for e in events:
