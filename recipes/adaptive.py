@@ -426,6 +426,9 @@ def _check_resumed_config(cfg: RunConfig, output_dir: Path) -> None:
     with open(path) as f:
         saved = yaml.safe_load(f) or {}
     now = to_dict(cfg)
+    for key in ("weights",):  # runs recorded before paths were stored absolute
+        if isinstance(saved.get(key), str) and os.path.exists(saved[key]):
+            saved[key] = os.path.abspath(saved[key])
     free = _RESUME_MAY_CHANGE | (_MASK_ONLY_FINGERPRINTED if cfg.mode == "mask_only" else set())
     diff = [f"{k}: run {saved[k]!r}, now {now[k]!r}" for k in now if k in saved and k not in free and saved[k] != now[k]]
     if diff:
