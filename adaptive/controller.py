@@ -109,13 +109,18 @@ class Controller:
         if init is not None and init not in INITS:
             raise ValueError(f"unknown init {init!r}: use one of {INITS}")
         self.policy = get_policy(policy, **policy_kwargs)
+        nm = getattr(conn.granularity, "density", None)
+        if nm is not None and density is None:
+            density = nm  # n:m fixes the density: it need not be given
+        if nm is not None and abs(float(density) - nm) > 1e-9:
+            raise ValueError(f"ensemble {conn.ensemble!r} fixes the density at {nm:g} (n of every m kept), so "
+                             f"density={density!r} cannot be met: pass density={nm:g} or leave it out")
         if density is None and self.policy.needs_density:
             raise ValueError(f"policy {self.policy.name!r} needs a target density in (0, 1]")
         if density is not None and not (isinstance(density, (int, float)) and 0.0 < density <= 1.0):
             raise ValueError(f"density must be in (0, 1], got {density!r}")
         self.budget_fn = get_budget(budget)
         self.budget = budget
-        nm = getattr(conn.granularity, "density", None)
         if nm is not None and not self.policy.supports_nm:
             raise ValueError(
                 f"ensemble {conn.ensemble!r} fixes the density at {nm:g} per group; policy {self.policy.name!r} "
@@ -310,6 +315,16 @@ class Controller:
             scores = {n: self.conn.granularity.pool(self.conn.params[n].detach().abs().float(), "sum") for n in names}
         else:
             scores = self.scores("cost", 0, names)  # the costliest to remove are kept
+        # A connectome that is sparse already (loaded, or edited by hand) keeps its live ensembles
+        # first: the init's scores only order the live ones among themselves (and the absent ones,
+        # which this plan never grows). Without this, a fresh draw of random scores kept ensembles
+        # that were absent and pruned live ones, far below the target.
+        alive = self.alive()
+        if scores and not all(bool(alive[n].all()) for n in scores):
+            lo = min(float(s.min()) for s in scores.values())
+            hi = max(float(s.max()) for s in scores.values())
+            lift = (hi - lo) + 1.0
+            scores = {n: s.float() + alive[n].to(s.device).reshape(s.shape).float() * lift for n, s in scores.items()}
         density = self.density if self.density is not None else self.conn.density()
         return self.keep_plan(scores, density)
 

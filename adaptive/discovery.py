@@ -61,6 +61,22 @@ def _matches(patterns: Sequence[str], *names: str) -> bool:
     return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
 
 
+def _other_weight_matrices(model: nn.Module, seen: set) -> list:
+    """``(name, module type)`` of weight tensors (a parameter named ``*weight*`` with two or more
+    dimensions) that no prunable layer holds: ConvTranspose, Bilinear, MultiheadAttention's
+    in_proj_weight, recurrent weights, old-style weight_norm's weight_v. Embeddings are not synapses
+    by design and are not listed."""
+    out, listed = [], set(seen)
+    for mname, module in model.named_modules():
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            if p.dim() >= 2 and "weight" in pname and id(p) not in listed:
+                listed.add(id(p))
+                out.append((f"{mname}.{pname}" if mname else pname, type(module).__name__))
+    return out
+
+
 def discover(
     model: nn.Module,
     include: Optional[Iterable[str] | str] = None,
@@ -121,6 +137,13 @@ def discover(
             f"{len(computed)} layer(s) have a parametrized weight ({', '.join(computed[:4])}{', ...' if len(computed) > 4 else ''}): "
             "it is computed at every call, so it holds no synapses of the connectome. To include them, call "
             "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight') first", stacklevel=3)
+    others = _other_weight_matrices(model, seen)
+    if others:
+        shown = ", ".join(f"{n} ({kind})" for n, kind in others[:4]) + (", ..." if len(others) > 4 else "")
+        warnings.warn(
+            f"{len(others)} weight tensor(s) are not synapses of the connectome and stay dense: {shown}. A "
+            "Connectome prunes nn.Linear and nn.Conv1d/2d/3d weights (attention projections written as "
+            "nn.Linear, e.g. out_proj, are included)", stacklevel=3)
     if candidates == 0:
         raise ValueError(
             f"{type(model).__name__} has no prunable layers: a Connectome needs at least one nn.Linear or "

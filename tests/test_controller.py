@@ -512,3 +512,33 @@ def test_a_misspelt_policy_argument_names_what_the_policy_takes():
         adaptive.Controller(conn, None, policy="utility", density=0.5, update_every=5, end_step=50, bogus=1)
     assert all(bool(m.all()) for m in conn.masks.values())
     adaptive.Controller(conn, None, policy="threshold", density=0.5, update_every=5, end_step=50, prune_boundary=0.1)
+
+
+@pytest.mark.parametrize("policy", ["rigl", "set", "utility"])
+def test_a_controller_built_on_a_sparse_connectome_keeps_its_live_synapses(tmp_path, policy):
+    """Continuing through the API (Connectome.load, then a new Controller) must not re-draw the
+    mask: the live ensembles are kept first (a fresh random draw pruned the density 0.3 to 0.13)."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    conn = adaptive.Connectome(m)
+    adaptive.Controller(conn, None, policy=policy, density=0.3, seed=0)
+    conn.save(tmp_path / "c.safetensors")
+    before = {n: k.clone() for n, k in conn.masks.items()}
+    conn2 = adaptive.Connectome.load(tmp_path / "c.safetensors", m)
+    adaptive.Controller(conn2, None, policy=policy, density=0.3, seed=1)
+    assert conn2.density() == pytest.approx(0.3, abs=2e-3)
+    assert all(torch.equal(conn2.masks[n], before[n]) for n in before)
+    # above the target: only live synapses are pruned, and the survivors were live before
+    conn3 = adaptive.Connectome.load(tmp_path / "c.safetensors", m)
+    adaptive.Controller(conn3, None, policy=policy, density=0.2, seed=2)
+    assert conn3.density() == pytest.approx(0.2, abs=2e-3)
+    assert all(bool((conn3.masks[n] <= before[n]).all()) for n in before)
+
+
+def test_n_m_ensembles_fix_the_density():
+    m = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    with pytest.raises(ValueError, match="fixes the density at 0.5.*pass density=0.5 or leave it out"):
+        adaptive.Controller(adaptive.Connectome(m, ensemble="2:4"), None, policy="magnitude", density=0.3)
+    conn = adaptive.Connectome(m, ensemble="2:4")
+    adaptive.Controller(conn, None, policy="magnitude")  # the density comes from 2:4
+    assert conn.density() == pytest.approx(0.5)

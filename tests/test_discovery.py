@@ -132,3 +132,16 @@ def test_a_parametrized_weight_is_named_in_a_warning_with_the_fix():
     assert list(found) == ["2.weight"]
     nn.utils.parametrize.remove_parametrizations(model[0], "weight")
     assert list(discover(model)) == ["0.weight", "2.weight"]
+
+
+def test_weight_tensors_left_dense_are_named_in_a_warning():
+    import warnings
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LSTM(4, 4), torch.nn.ConvTranspose2d(4, 4, 3))
+    with pytest.warns(UserWarning, match=r"3 weight tensor\(s\) are not synapses.*1.weight_ih_l0 \(LSTM\).*"
+                                         r"2.weight \(ConvTranspose2d\)"):
+        conn = adaptive.Connectome(model)
+    assert conn.names == ["0.weight"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # embeddings (not synapses by design) and plain nets: no warning
+        adaptive.Connectome(torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 2)))
