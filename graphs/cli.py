@@ -165,7 +165,9 @@ def main(argv=None) -> int:
         if cmd == "export":
             s.add_argument("--format", default="graphml", choices=("graphml", "gexf", "json", "pt"),
                            help="pt: a torch_geometric Data saved with torch.save")
-    a = p.parse_args(argv)
+    a, extra = p.parse_known_args(argv)
+    if extra:  # said by the subcommand, with its own usage (the top-level one lists no options)
+        sub.choices[a.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
     import graphs
 
     try:

@@ -153,3 +153,12 @@ def test_unit_facts_refuse_a_layer_graph_and_the_report_reads_units(tmp_path, ca
     assert s["level"] == "unit" and s["dead"]["dead"] == 5
     stacked = [sum(v) for v in zip(*(h for k, h in bars.items() if k and k != "density"))]
     assert stacked[0] == pytest.approx(5 / conn.masks[first].shape[0]) and all(v <= 1 for v in stacked)
+
+
+def test_a_misspelt_option_is_reported_with_the_subcommand_usage(capsys):
+    from graphs.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["report", "somewhere", "--levle", "unit"])
+    err = capsys.readouterr().err
+    assert "usage: python -m graphs report" in err and "unrecognized arguments: --levle unit" in err
