@@ -320,6 +320,15 @@ def _lookup_type(cls, dotted: str):
     return tp
 
 
+def key_value(item: str, option: str = "--dataset-kw"):
+    """``(KEY, value)`` from ``KEY=VALUE`` (the value read as YAML: numbers, lists, true/false);
+    ValueError naming ``option`` otherwise."""
+    key, sep, value = str(item).partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise ValueError(f"{option} {item!r}: write KEY=VALUE, e.g. {option} image_size=32")
+    return key.strip(), (yaml.safe_load(value) if value.strip() else None)
+
+
 def _nest(flat: Dict[str, Any]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for key, v in flat.items():
@@ -368,10 +377,14 @@ def _parse_argv(cls, argv: Sequence[str]) -> Tuple[List[str], Dict[str, Any]]:
             if not _is_bool(tp):
                 raise ConfigError(f"--{key} needs a value ({_type_name(tp)})")
             val = "true"
-        entry, sep, entry_val = val.partition("=")
-        if (typing.get_origin(tp) is dict or tp is dict) and sep and entry.strip().isidentifier():
-            flat[f"{key}.{entry.strip()}"] = _Cli(entry_val)  # --dataset_kw image_size=32 (repeatable)
-            continue
+        if typing.get_origin(tp) is dict or tp is dict:  # --dataset_kw image_size=32 (repeatable)
+            try:
+                entry, _ = key_value(val)
+            except ValueError:
+                entry = None  # a YAML mapping, or a bad value the field's check names
+            if entry is not None:
+                flat[f"{key}.{entry}"] = _Cli(val.partition("=")[2])
+                continue
         flat[key] = _Cli(val)
     return configs, flat
 

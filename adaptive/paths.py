@@ -21,6 +21,14 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not on disk where the project looks for it."""
 
 
+def absolute_if_exists(value):
+    """``value`` as an absolute path when it names an existing file or folder (so a saved
+    configuration reruns from any working directory), else unchanged."""
+    if isinstance(value, str) and value and os.path.exists(value):
+        return os.path.abspath(value)
+    return value
+
+
 def cache_dir(path: Optional[PathLike] = None) -> Path:
     """Folder for derived caches: ``path``, else $ADAPTIVE_CACHE, else ``~/.cache/adaptive``."""
     if path is not None:

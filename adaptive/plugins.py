@@ -16,7 +16,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Iterable, List
 
+from . import registry
+
 _LOADED = {}  # resolved file path -> module: a file is executed once per process
+
+
+def _is_file(spec: str) -> bool:
+    """A plugin spec names a file (else a module): a .py name or a path with a separator."""
+    spec = spec.strip()
+    return spec.endswith(".py") or "/" in spec or "\\" in spec
 
 
 class PluginError(RuntimeError):
@@ -28,7 +36,7 @@ def load_plugin(spec: str) -> ModuleType:
     if not isinstance(spec, str) or not spec.strip():
         raise PluginError(f"a plugin is a .py file or a module name, got {spec!r}")
     spec = spec.strip()
-    if spec.endswith(".py") or "/" in spec or "\\" in spec:
+    if _is_file(spec):
         path = Path(spec).expanduser().resolve()
         if not path.is_file():
             raise PluginError(f"plugin file {spec} not found (resolved to {path}): give the path of a .py file, "
@@ -40,14 +48,16 @@ def load_plugin(spec: str) -> ModuleType:
         mod = importlib.util.module_from_spec(mod_spec)
         sys.modules[name] = mod  # dataclasses and pickling resolve the plugin's names through it
         try:
-            mod_spec.loader.exec_module(mod)
+            with registry.all_or_nothing():  # a plugin that fails halfway registers nothing
+                mod_spec.loader.exec_module(mod)
         except Exception as e:
             sys.modules.pop(name, None)
             raise PluginError(f"plugin {spec} failed while loading: {type(e).__name__}: {e}") from e
         _LOADED[path] = mod
         return mod
     try:
-        return importlib.import_module(spec)
+        with registry.all_or_nothing():
+            return importlib.import_module(spec)
     except ModuleNotFoundError as e:
         if e.name and spec.startswith(e.name):
             raise PluginError(f"plugin module {spec!r} not found: give a .py file's path, or put the module on "
@@ -66,7 +76,7 @@ def resolved(specs: Iterable[str] | str | None) -> List[str]:
         specs = [specs]
     out = []
     for s in specs:
-        if isinstance(s, str) and (s.strip().endswith(".py") or "/" in s or "\\" in s):
+        if isinstance(s, str) and _is_file(s):
             out.append(str(Path(s.strip()).expanduser().resolve()))
         else:
             out.append(s)

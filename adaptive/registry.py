@@ -8,7 +8,32 @@ definition again (a module re-executed, a notebook cell run twice) replaces the 
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from contextlib import contextmanager
+from typing import Any, Dict, List, Optional
+
+_journal: Optional[List[tuple]] = None  # (table, name, previous entry or _ABSENT) while recording
+_ABSENT = object()
+
+
+@contextmanager
+def all_or_nothing():
+    """Registrations made inside the block are undone if it raises (a plugin that fails halfway
+    through its import leaves every registry as it found it)."""
+    global _journal
+    outer, _journal = _journal, []
+    try:
+        yield
+    except BaseException:
+        for table, name, old in reversed(_journal):
+            if old is _ABSENT:
+                table.pop(name, None)
+            else:
+                table[name] = old
+        _journal = outer
+        raise
+    done, _journal = _journal, outer
+    if outer is not None:  # an enclosing block may still undo these
+        outer.extend(done)
 
 
 def _origin(obj: Any) -> str:
@@ -24,4 +49,6 @@ def add(table: Dict[str, Any], kind: str, name: str, obj: Any, replace: bool = F
         raise ValueError(
             f"{kind} {name!r} is already registered ({_origin(old)}); register {_origin(obj)} under another "
             f"name, or pass replace=True to override it")
+    if _journal is not None:
+        _journal.append((table, name, table.get(name, _ABSENT)))
     table[name] = obj

@@ -136,10 +136,10 @@ class RunConfig:
             self.update_every = 1 if self.mode == "mask_only" else 25
         if self.epochs is None:
             self.epochs = 1 if self.mode == "mask_only" else 20
-        for key in ("weights", "data_dir"):  # config.yaml then reruns the job from any working directory
-            value = getattr(self, key)
-            if isinstance(value, str) and value and os.path.exists(value):
-                setattr(self, key, os.path.abspath(value))
+        from adaptive.paths import absolute_if_exists
+
+        self.weights = absolute_if_exists(self.weights)  # config.yaml then reruns from any working directory
+        self.data_dir = absolute_if_exists(self.data_dir)
         checks = [
             (self.density is None or 0.0 < self.density <= 1.0, f"density must be in (0, 1], got {self.density}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
@@ -426,9 +426,10 @@ def _check_resumed_config(cfg: RunConfig, output_dir: Path) -> None:
     with open(path) as f:
         saved = yaml.safe_load(f) or {}
     now = to_dict(cfg)
-    for key in ("weights",):  # runs recorded before paths were stored absolute
-        if isinstance(saved.get(key), str) and os.path.exists(saved[key]):
-            saved[key] = os.path.abspath(saved[key])
+    from adaptive.paths import absolute_if_exists
+
+    if "weights" in saved:  # runs recorded before paths were stored absolute
+        saved["weights"] = absolute_if_exists(saved["weights"])
     free = _RESUME_MAY_CHANGE | (_MASK_ONLY_FINGERPRINTED if cfg.mode == "mask_only" else set())
     diff = [f"{k}: run {saved[k]!r}, now {now[k]!r}" for k in now if k in saved and k not in free and saved[k] != now[k]]
     if diff:

@@ -39,15 +39,12 @@ def get_data(args, batch_size=None):
 
 
 def _dataset_kw(args) -> dict:
-    import yaml
+    from adaptive.config import key_value
 
-    kw = {}
-    for item in getattr(args, "dataset_kw", None) or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"recipes/diagnostics.py: error: --dataset-kw {item!r}: write KEY=VALUE, e.g. image_size=32")
-        kw[key] = yaml.safe_load(value)
-    return kw
+    try:
+        return dict(key_value(item) for item in getattr(args, "dataset_kw", None) or [])
+    except ValueError as e:
+        raise SystemExit(f"recipes/diagnostics.py: error: {e}") from None
 
 
 def get_model(args, data, name=None, **kw):

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive.atomic import atomic_path  # noqa: E402
+from adaptive.config import key_value  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.mask_only import changed_weights, evaluate, optimize_connectome, parse_target  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
@@ -169,16 +170,16 @@ def parse_args(argv=None) -> argparse.Namespace:
             cfg[k] = v
     cfg["dataset_kw"] = dict(cfg.get("dataset_kw") or {})
     for item in args.dataset_kw or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--dataset-kw {item!r}: write KEY=VALUE, e.g. --dataset-kw resize=232")
-        cfg["dataset_kw"][key] = yaml.safe_load(value)
+        try:
+            key, value = key_value(item)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        cfg["dataset_kw"][key] = value
+    from adaptive.paths import absolute_if_exists
     from adaptive.plugins import PluginError, load_plugins, resolved
 
     cfg["plugins"] = resolved(cfg["plugins"])  # absolute: config.yaml reruns from any working directory
-    for key in ("weights", "data_dir"):  # likewise
-        if isinstance(cfg[key], str) and cfg[key] and os.path.exists(cfg[key]):
-            cfg[key] = os.path.abspath(cfg[key])
+    cfg["weights"], cfg["data_dir"] = absolute_if_exists(cfg["weights"]), absolute_if_exists(cfg["data_dir"])
     try:
         load_plugins(cfg["plugins"])  # before any name is used: a plugin's names count as built-in ones
     except PluginError as e:

@@ -82,3 +82,11 @@ def test_an_argument_the_dataset_does_not_take_is_named_with_a_suggestion(tmp_pa
             "--dataset-kw", "resize=8", "--model", "mlp", "--train_steps", "2", "--batches", "2",
             "--grad_batch_size", "4", "--batch_size", "8", "--output_dir", str(tmp_path / "out")])
     assert (tmp_path / "out" / "collinearity_layers.csv").is_file()
+
+
+def test_a_dataset_argument_not_written_key_value_is_refused(tmp_path):
+    from _scripts import load_script
+
+    D = load_script("recipes/diagnostics.py", "diagnostics_kv")
+    with pytest.raises(SystemExit, match="--dataset-kw 'image_size': write KEY=VALUE"):
+        D.main(["collinearity", "--dataset-kw", "image_size", "--output_dir", str(tmp_path)])

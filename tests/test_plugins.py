@@ -132,3 +132,28 @@ def test_two_processes_both_load_the_plugin_and_agree(plugin, tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     hashes = summary["mask_hash_per_process"]
     assert summary["processes"] == 2 and len(hashes) == 2 and hashes[0] == hashes[1]
+
+
+def test_a_plugin_that_fails_halfway_registers_nothing(tmp_path):
+    half = tmp_path / "half_ext.py"
+    half.write_text(textwrap.dedent('''
+        import torch
+        from adaptive.models import register_model
+        from adaptive.utility import Estimator, register_estimator
+
+        @register_model("half_net")
+        def half_net(num_classes=10, in_shape=(1, 8, 8)):
+            return torch.nn.Linear(1, num_classes)
+
+        @register_estimator("magnitude", replace=True)  # even a replaced built-in comes back
+        class Other(Estimator):
+            pass
+
+        raise RuntimeError("boom after registering")
+    '''))
+    from adaptive.utility import get_estimator
+
+    builtin = type(get_estimator("magnitude"))
+    with pytest.raises(PluginError, match="boom after registering"):
+        load_plugin(str(half))
+    assert "half_net" not in available_models() and type(get_estimator("magnitude")) is builtin

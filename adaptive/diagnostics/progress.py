@@ -33,12 +33,11 @@ def _number(v):
     return int(f) if f.is_integer() and "." not in str(v) and "e" not in str(v).lower() else f
 
 
-def read_events(path: str) -> List[dict]:
-    """The events of ``path`` (one JSON object per line; blank or broken lines are skipped with a
-    count in the returned list's ``skipped`` attribute); [] if the file does not exist."""
-    events: List[dict] = []
+def _json_lines(path: str):
+    """The JSON objects of ``path``, one per line; blank lines and lines cut short by a killed run
+    are skipped; nothing if the file does not exist."""
     if not os.path.exists(path):
-        return events
+        return
     with open(path) as f:
         for line in f:
             line = line.strip()
@@ -49,8 +48,13 @@ def read_events(path: str) -> List[dict]:
             except json.JSONDecodeError:
                 continue
             if isinstance(e, dict):
-                events.append(e)
-    return events
+                yield e
+
+
+def read_events(path: str) -> List[dict]:
+    """The events of ``path`` (one JSON object per line; blank or broken lines are skipped); [] if
+    the file does not exist."""
+    return list(_json_lines(path))
 
 
 def read_metrics(path: str) -> Table:
@@ -193,23 +197,13 @@ def read_history(path: str) -> Table:
     """Metric rows from a mask-only ``history.jsonl`` (``optimize_connectome``'s history): each
     update's train window (at the count it ran with) and each held-out evaluation."""
     rows = []
-    if not os.path.exists(path):
-        return Table()
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                h = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a killed run
-            if h.get("kind") == "update" and "train_loss" in h:
-                rows.append({"step": h.get("step"), "split": "train", "loss": h["train_loss"],
-                             "accuracy": h.get("train_acc"), "removed": h.get("train_removed", h.get("removed"))})
-            elif h.get("kind") == "eval":
-                rows.append({"step": h.get("step"), "split": "holdout", "loss": h.get("holdout_loss"),
-                             "accuracy": h.get("holdout_acc"), "removed": h.get("removed")})
+    for h in _json_lines(path):
+        if h.get("kind") == "update" and "train_loss" in h:
+            rows.append({"step": h.get("step"), "split": "train", "loss": h["train_loss"],
+                         "accuracy": h.get("train_acc"), "removed": h.get("train_removed", h.get("removed"))})
+        elif h.get("kind") == "eval":
+            rows.append({"step": h.get("step"), "split": "holdout", "loss": h.get("holdout_loss"),
+                         "accuracy": h.get("holdout_acc"), "removed": h.get("removed")})
     return Table(rows)
 
 

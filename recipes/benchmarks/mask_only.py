@@ -41,6 +41,15 @@ from adaptive.paths import resolve_data_dir  # noqa: E402
 WEIGHTS = {"resnet20": "resnet-cifar10/resnet20-12fca82f.th", "resnet32": "resnet-cifar10/resnet32-d509ac18.th"}
 
 
+def add_run_options(ap) -> None:
+    """The options every mask-only benchmark script shares (this one and mask_only_ceiling.py)."""
+    ap.add_argument("--seed", type=int, default=0, help="seed of the train/held-out split and the data order")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the tables say how many)")
+    ap.add_argument("--subset", type=int, default=None, help="train images (quick runs; the table says so)")
+    ap.add_argument("--output", default=None, help="the table's file (default: recipes/benchmarks/results/...)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def magnitude_masks(model, conn, fraction):
     """torch.nn.utils.prune.global_unstructured (L1) on a copy of the model: the outside reference."""
     import copy
@@ -74,11 +83,7 @@ def main(argv=None):
     ap.add_argument("--window", type=int, default=1, help="ours: batches per update")
     ap.add_argument("--edit-fraction", type=float, default=1.0, help="ours: most swaps per update")
     ap.add_argument("--verify-batches", type=int, default=0, help="ours: held-out batches per line search (0: none)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--subset", type=int, default=None, help="train images (quick runs; the table says so)")
-    ap.add_argument("--output", default=None)
-    ap.add_argument("--no-progress", action="store_true")
+    add_run_options(ap)
     args = ap.parse_args(argv)
     # every setting is checked here, before the data is read or ours runs for minutes
     for name in ("step", "ep_lr", "ev_step", "passes"):

@@ -33,7 +33,7 @@ from adaptive.data.cycle import LoaderCycle  # noqa: E402
 from adaptive.mask_only import evaluate  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
-from mask_only import WEIGHTS  # noqa: E402  (the mask-only benchmark's checkpoints: the same networks)
+from mask_only import WEIGHTS, add_run_options  # noqa: E402  (the same networks and run options)
 
 
 def _floats(ap, name, text):
@@ -50,7 +50,7 @@ def fine_tune(model, loader, passes, lr, progress):
     """SGD on every parameter, momentum 0.9, cosine to 0, ``passes`` passes; BatchNorm kept in eval mode."""
     from tqdm.auto import tqdm
 
-    steps = max(1, math.ceil(passes * len(loader)))
+    steps = max(1, math.ceil(passes * len(loader) - 1e-9))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.eval()
@@ -71,11 +71,7 @@ def main(argv=None):
     ap.add_argument("--passes", default="1,3", help="comma-separated numbers of passes over the train part")
     ap.add_argument("--lrs", default="0.003,0.01", help="comma-separated SGD steps; the held-out part chooses one per passes")
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--subset", type=int, default=None, help="train images (quick runs; the table says so)")
-    ap.add_argument("--output", default=None)
-    ap.add_argument("--no-progress", action="store_true")
+    add_run_options(ap)
     args = ap.parse_args(argv)
     passes, lrs = _floats(ap, "passes", args.passes), _floats(ap, "lrs", args.lrs)
     if args.batch_size < 1 or args.threads < 1:
