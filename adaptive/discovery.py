@@ -1,7 +1,9 @@
 """Finding the synapses of an arbitrary ``nn.Module``.
 
 A synapse is one scalar weight of a Linear or Conv1d/2d/3d layer (grouped and depthwise
-included). Biases, normalisation parameters and embeddings are not synapses. A weight shared by
+included) or of a MultiheadAttention's input projections (``in_proj_weight``, or ``q_proj_weight``,
+``k_proj_weight`` and ``v_proj_weight`` when keys and values have their own sizes; its
+``out_proj`` is a Linear). Biases, normalisation parameters and embeddings are not synapses. A weight shared by
 several modules is one set of synapses (one mask, so the modules can never be pruned apart),
 reported under the name of the first prunable module that holds it; ``include``/``exclude``
 patterns see every name it has, so excluding any module that holds a tied weight leaves it dense.
@@ -17,6 +19,19 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_KIND = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d"}
+ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+def _prunable_weights(module: nn.Module):
+    """``(parameter attribute, kind, groups)`` of each weight of ``module`` that holds synapses."""
+    if isinstance(module, PRUNABLE_TYPES):
+        kind = "linear" if isinstance(module, nn.Linear) else _CONV_KIND[next(c for c in _CONV_KIND if isinstance(module, c))]
+        return [("weight", kind, int(getattr(module, "groups", 1)))]
+    if isinstance(module, nn.MultiheadAttention):
+        # a projection of the input to queries, keys or values: a Linear without the module
+        return [(a, "linear", 1) for a in ATTENTION_WEIGHTS if isinstance(getattr(module, a, None), nn.Parameter)]
+    return []
 
 
 @dataclass(frozen=True)
@@ -63,8 +78,7 @@ def _matches(patterns: Sequence[str], *names: str) -> bool:
 
 def _other_weight_matrices(model: nn.Module, seen: set) -> list:
     """``(name, module type)`` of weight tensors (a parameter named ``*weight*`` with two or more
-    dimensions) that no prunable layer holds: ConvTranspose, Bilinear, MultiheadAttention's
-    in_proj_weight, recurrent weights, old-style weight_norm's weight_v. Embeddings are not synapses
+    dimensions) that no prunable layer holds: ConvTranspose, Bilinear, recurrent weights, old-style weight_norm's weight_v. Embeddings are not synapses
     by design and are not listed."""
     out, listed = [], set(seen)
     for mname, module in model.named_modules():
@@ -98,40 +112,31 @@ def discover(
     computed = []  # layers whose weight a parametrization computes (weight_norm, spectral_norm, ...)
     aliases = _aliases(model)
     for mname, module in model.named_modules():
-        if not isinstance(module, PRUNABLE_TYPES):
-            continue
-        if parametrize.is_parametrized(module, "weight"):
-            computed.append(mname)
-            continue
-        w = getattr(module, "weight", None)
-        if not isinstance(w, nn.Parameter):
-            continue
-        if isinstance(w, nn.parameter.UninitializedParameter):
-            raise ValueError(
-                f"layer {mname!r} has an uninitialised (lazy) weight: run one forward pass before building a Connectome"
-            )
-        if id(w) in seen:
-            continue  # a shared weight counts once
-        seen.add(id(w))
-        candidates += 1
-        pname = f"{mname}.weight" if mname else "weight"
-        names = aliases.get(id(w), (mname, pname))  # a tied weight answers to every name it has
-        if inc:
-            hit = [p for p in inc if _matches([p], *names)]
-            if not hit:
+        for attr, kind, groups in _prunable_weights(module):
+            if attr == "weight" and parametrize.is_parametrized(module, "weight"):
+                computed.append(mname)
                 continue
-            used_inc.update(hit)
-        if exc and _matches(exc, *names):
-            continue
-        kind = "linear" if isinstance(module, nn.Linear) else f"conv{w.dim() - 2}d"
-        layer = SynapseLayer(
-            name=pname,
-            module_name=mname,
-            kind=kind,
-            shape=tuple(w.shape),
-            groups=int(getattr(module, "groups", 1)),
-        )
-        found[pname] = (layer, w)
+            w = getattr(module, attr, None)
+            if not isinstance(w, nn.Parameter):
+                continue
+            if isinstance(w, nn.parameter.UninitializedParameter):
+                raise ValueError(
+                    f"layer {mname!r} has an uninitialised (lazy) weight: run one forward pass before building a Connectome"
+                )
+            if id(w) in seen:
+                continue  # a shared weight counts once
+            seen.add(id(w))
+            candidates += 1
+            pname = f"{mname}.{attr}" if mname else attr
+            names = aliases.get(id(w), (mname, pname))  # a tied weight answers to every name it has
+            if inc:
+                hit = [p for p in inc if _matches([p], *names)]
+                if not hit:
+                    continue
+                used_inc.update(hit)
+            if exc and _matches(exc, *names):
+                continue
+            found[pname] = (SynapseLayer(name=pname, module_name=mname, kind=kind, shape=tuple(w.shape), groups=groups), w)
     if computed:
         warnings.warn(
             f"{len(computed)} layer(s) have a parametrized weight ({', '.join(computed[:4])}{', ...' if len(computed) > 4 else ''}): "
@@ -142,12 +147,11 @@ def discover(
         shown = ", ".join(f"{n} ({kind})" for n, kind in others[:4]) + (", ..." if len(others) > 4 else "")
         warnings.warn(
             f"{len(others)} weight tensor(s) are not synapses of the connectome and stay dense: {shown}. A "
-            "Connectome prunes nn.Linear and nn.Conv1d/2d/3d weights (attention projections written as "
-            "nn.Linear, e.g. out_proj, are included)", stacklevel=3)
+            "Connectome prunes nn.Linear and nn.Conv1d/2d/3d weights and nn.MultiheadAttention's projections", stacklevel=3)
     if candidates == 0:
         raise ValueError(
-            f"{type(model).__name__} has no prunable layers: a Connectome needs at least one nn.Linear or "
-            f"nn.Conv1d/2d/3d weight"
+            f"{type(model).__name__} has no prunable layers: a Connectome needs at least one nn.Linear, "
+            f"nn.Conv1d/2d/3d or nn.MultiheadAttention weight"
         )
     unused = [p for p in inc if p not in used_inc]
     if unused:

@@ -227,9 +227,9 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     src = copy.deepcopy(model).eval()
     if conn is not None:
         with torch.no_grad():
-            mods = dict(src.named_modules())
-            for name, layer in conn.layers.items():
-                w = mods[layer.module_name].weight
+            params = dict(src.named_parameters(remove_duplicate=False))
+            for name in conn.layers:
+                w = params[name]
                 w.mul_(conn.masks[name].to(w.device, w.dtype))
     ref = copy.deepcopy(src)  # the GraphModule shares submodules with src; keep an untouched reference
     try:

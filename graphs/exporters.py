@@ -59,7 +59,7 @@ def header(g) -> dict:
         "format": FORMAT,
         "level": g.level,
         "groups": [[x.name, x.kind, x.op, x.start, x.count, x.layer] for x in g.groups],
-        "layers": [[l.module, l.param, l.kind, list(l.shape), l.groups] for l in g.layers],
+        "layers": [[l.module, l.param, l.kind, list(l.shape), l.groups, list(l.rows) if l.rows else None] for l in g.layers],
         "meta": {k: v for k, v in g.meta.items() if isinstance(v, (int, float, str, bool))
                  or (isinstance(v, list) and all(isinstance(x, (int, float)) for x in v))},
         "warnings": list(g.warnings),
@@ -76,7 +76,8 @@ def from_header(h: dict, node_attrs, src, dst, edge_attrs):
     if h.get("format") != FORMAT:
         raise ValueError(f"not an adaptive graph (format {h.get('format')!r}, expected {FORMAT!r})")
     groups = [Group(*x) for x in h["groups"]]
-    layers = [LayerFlow(m, p, -1, k, tuple(s), gr, torch.zeros(0, dtype=torch.long)) for m, p, k, s, gr in h["layers"]]
+    layers = [LayerFlow(x[0], x[1], -1, x[2], tuple(x[3]), x[4], torch.zeros(0, dtype=torch.long), "",
+                        tuple(x[5]) if len(x) > 5 and x[5] else None) for x in h["layers"]]
     for x_id, x in enumerate(groups):
         if x.layer >= 0 and x.kind == "layer":
             layers[x.layer].group = x_id

@@ -78,24 +78,39 @@ class ConnectomeGraph:
 
 
 # ------------------------------------------------------------------------------------ helpers
+def _param(model: nn.Module, name: str) -> torch.Tensor:
+    """``model``'s parameter called ``name`` (a tied weight answers to each of its names)."""
+    found = dict(model.named_parameters(remove_duplicate=False)).get(name)
+    if found is None:
+        raise KeyError(f"{type(model).__name__} has no parameter {name!r}")
+    return found
+
+
 def _conn_name(conn, model: nn.Module, layer: LayerFlow) -> Optional[str]:
     """The connectome's name for ``layer``'s weight: its own name or, for a weight tied to another
     module's (the connectome keeps it once, under that module's name), the name it is kept under."""
     if conn is None or layer.param in conn.masks:
         return layer.param
-    w = model.get_submodule(layer.module).weight
+    w = _param(model, layer.param)
     return next((n for n, p in conn.params.items() if p is w), layer.param)
 
 
 def _weight_and_mask(conn, model: nn.Module, layer: LayerFlow):
-    w = model.get_submodule(layer.module).weight.detach()
+    """``layer``'s weight and mask (its rows of them for an attention projection), on the CPU."""
+    w = _param(model, layer.param).detach()
     m = conn.masks.get(_conn_name(conn, model, layer)) if conn is not None else None
     if m is None:
         m = torch.ones(w.shape, dtype=torch.bool)
-    return w.float().cpu(), m.cpu()
+    return layer.part(w).float().cpu(), layer.part(m).cpu()
 
 
 def _utility_for(utility, conn, layer: LayerFlow, shape, model=None) -> Optional[torch.Tensor]:
+    """``utility`` of ``layer``'s synapses; ``shape`` is that of the whole parameter."""
+    u = _whole_utility(utility, conn, layer, shape, model)
+    return None if u is None else layer.part(u)
+
+
+def _whole_utility(utility, conn, layer: LayerFlow, shape, model=None) -> Optional[torch.Tensor]:
     name = layer.param if model is None else _conn_name(conn, model, layer)
     if not utility or name not in utility:
         return None
@@ -165,7 +180,8 @@ def _synapse_edges(layer: LayerFlow, start: int, w, m, u):
     o = torch.div(flat, ipg * k, rounding_mode="floor")
     i = torch.div(flat % (ipg * k), k, rounding_mode="floor")
     c = torch.div(o, opg, rounding_mode="floor") * ipg + i
-    cols = {"position": flat, "weight": w.reshape(-1)[flat]}
+    offset = layer.rows[0] * (m[0].numel() if m.dim() > 1 else 1) if layer.rows else 0
+    cols = {"position": flat + offset, "weight": w.reshape(-1)[flat]}  # position in the whole parameter
     if u is not None:
         cols["utility"] = u.reshape(-1)[flat]
     return layer.in_src[c], start + o, cols
@@ -229,7 +245,9 @@ def _check_belongs(conn, model: nn.Module, tr: Trace) -> None:
     for l in tr.layers:
         name = _conn_name(conn, model, l)
         m = conn.masks.get(name)
-        if m is not None and tuple(m.shape) != tuple(l.shape):
+        if m is not None and l.rows is not None and m.shape[0] < l.rows[1]:
+            wrong.append(f"{name}: mask {tuple(m.shape)}, weight rows {l.rows}")
+        elif m is not None and tuple(l.part(m).shape) != tuple(l.shape):
             wrong.append(f"{name}: mask {tuple(m.shape)}, weight {tuple(l.shape)}")
     on_path = any(_conn_name(conn, model, l) in conn.masks for l in tr.layers)
     if wrong or (conn.masks and not on_path and model is not conn.model):
@@ -251,7 +269,7 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
         if g.kind == "layer":
             layer = tr.layers[g.layer]
             w, m = _weight_and_mask(conn, model, layer)
-            u = _utility_for(utility, conn, layer, w.shape, model)
+            u = _utility_for(utility, conn, layer, tuple(_param(model, layer.param).shape), model)
             total_live += int(m.sum())
             fn = _unit_edges if level == "unit" else _synapse_edges
             s, d, cols = fn(layer, g.start, w, m, u)

@@ -3,6 +3,7 @@
 Every op falls in one category:
 
 - ``weighted``: an ``nn.Linear``/``nn.Conv1d/2d/3d`` call: it creates new units.
+- ``attention``: an ``nn.MultiheadAttention`` call: query, key and value units, then ``out_proj``.
 - ``pointwise``: acts on each channel separately (activations, normalisation, pooling, dropout,
   resampling): channel ``c`` of the output is fed by channel ``c`` of the input.
 - ``broadcast``: elementwise arithmetic of several tensors (residual ``+``, squeeze-excitation ``*``):
@@ -89,7 +90,7 @@ def register_op(target: Any, category: str) -> None:
 
 
 def categorize(node, module=None) -> str:
-    """The category of an fx node: weighted, pointwise, broadcast, shape, reduce, or unknown."""
+    """The category of an fx node: weighted, attention, pointwise, broadcast, shape, reduce, or unknown."""
     op, target = node.op, node.target
     if op == "call_module":
         for cls, cat in _EXTRA.items():
@@ -97,6 +98,8 @@ def categorize(node, module=None) -> str:
                 return cat
         if isinstance(module, WEIGHTED_MODULES):
             return "weighted"
+        if isinstance(module, nn.MultiheadAttention):
+            return "attention"
         if isinstance(module, POINTWISE_MODULES):
             return "pointwise"
         if isinstance(module, SHAPE_MODULES):

@@ -20,7 +20,7 @@ import io
 import operator
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import fx, nn
@@ -56,6 +56,11 @@ class LayerFlow:
     groups: int
     in_src: torch.Tensor  # LongTensor [in_units]: node id feeding each input channel/feature
     fx_node: str = ""
+    rows: Optional[Tuple[int, int]] = None  # the rows of ``param`` this layer is (attention q/k/v), else all
+
+    def part(self, t: torch.Tensor) -> torch.Tensor:
+        """This layer's rows of a tensor shaped like the whole parameter."""
+        return t if self.rows is None else t[self.rows[0]:self.rows[1]]
 
 
 @dataclass
@@ -236,6 +241,8 @@ class FlowProp(ShapeProp):
         cat = ops.categorize(n, module)
         if cat == "weighted":
             return self._on_weighted(n, module, result)
+        if cat == "attention":
+            return self._on_attention(n, module, result)
         if cat == "pointwise":
             return self._on_pointwise(n, result)
         if cat == "broadcast":
@@ -291,6 +298,55 @@ class FlowProp(ShapeProp):
             self.seen_modules[name] = lid
         ids = torch.arange(start, start + int(module.weight.shape[0]))
         return _expand(ids, result.shape, axis)
+
+    def _on_attention(self, n, module, result):
+        """``nn.MultiheadAttention``: three layers of ``embed_dim`` units (queries, keys, values: rows
+        of ``in_proj_weight`` or the separate ``q/k/v_proj_weight``), then ``out_proj``. Attention
+        mixes positions, not channels within a head: output channel ``c`` of head ``h`` is a sum of
+        value unit ``c`` weighted by scores computed from the query and key units of head ``h``, so
+        it is a junction of those ``2 * head_dim + 1`` units."""
+        name = str(n.target)
+        if name in self.seen_modules:
+            raise ValueError("the attention module is called more than once; the graph follows one call per module")
+        nodes = [n.args[i] if len(n.args) > i else n.kwargs.get(k) for i, k in enumerate(("query", "key", "value"))]
+        flows = [self._flow_of(a) for a in nodes]
+        if any(not isinstance(f, torch.Tensor) for f in flows):
+            raise ValueError("a query, key or value input carries no traced data")
+        E, H = int(module.embed_dim), int(module.num_heads)
+        if module._qkv_same_embed_dim:
+            parts = [("in_proj_weight", (i * E, (i + 1) * E)) for i in range(3)]
+        else:
+            parts = [(f"{t}_proj_weight", None) for t in "qkv"]
+        first = len(self.book.layers)
+        ids = []
+        for (attr, rows), tag, f in zip(parts, "qkv", flows):
+            w = getattr(module, attr)
+            src = self.readout(f, -1, f"{name}.{tag}.input")
+            if src.numel() != w.shape[1]:
+                raise ValueError(f"{name}'s {tag} projection reads {src.numel()} channels but its weight expects {w.shape[1]}")
+            lid = len(self.book.layers)
+            gid, start = self.book.new_group(f"{name}.{tag}", "layer", "MultiheadAttention", E, layer=lid)
+            self.book.layers.append(LayerFlow(f"{name}.{tag}", f"{name}.{attr}", gid, "linear", (E, int(w.shape[1])), 1,
+                                              src, n.name, rows))
+            ids.append(torch.arange(start, start + E))
+        q, k, v = ids
+        d = E // H
+        per_head = torch.stack([q, k]).view(2, H, d).permute(1, 0, 2).reshape(H, 2 * d)
+        feeds = torch.cat([v.view(E, 1), per_head[torch.arange(E) // d]], dim=1)  # [E, 2d + 1]
+        mixed = self.book.combine(torch.arange(E).repeat_interleave(2 * d + 1), feeds.reshape(-1), E,
+                                  f"{name}.attention", "attention")
+        out = module.out_proj
+        lid = len(self.book.layers)
+        gid, start = self.book.new_group(f"{name}.out_proj", "layer", type(out).__name__, out.weight.shape[0], layer=lid)
+        self.book.layers.append(LayerFlow(f"{name}.out_proj", f"{name}.out_proj.weight", gid, "linear",
+                                          tuple(out.weight.shape), 1, mixed, n.name))
+        self.seen_modules[name] = first
+        y, weights = result if isinstance(result, (tuple, list)) else (result, None)
+        flow_y = _expand(torch.arange(start, start + out.weight.shape[0]), y.shape, -1)
+        if not isinstance(weights, torch.Tensor):
+            return (flow_y, None)
+        score = self.book.combine(torch.zeros(2 * E, dtype=torch.long), torch.cat([q, k]), 1, f"{name}.weights", "attention")
+        return (flow_y, torch.full((), float(score[0]), dtype=torch.float64).expand(*weights.shape))
 
     def _on_pointwise(self, n, result):
         x = self._flow_of(n.args[0]) if n.args else None

@@ -1,0 +1,184 @@
+"""nn.MultiheadAttention: its projections are synapses (discovery, masking, training, save/load,
+mask-only) and the graph follows queries, keys and values through it."""
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import adaptive
+import graphs
+from graphs.graph import EDGE_SYNAPSE
+
+
+class Block(nn.Module):
+    """A tiny attention block: self-attention, or cross-attention to keys/values of another size."""
+
+    def __init__(self, E=16, H=4, batch_first=True, kdim=None):
+        super().__init__()
+        self.batch_first = batch_first
+        self.emb = nn.Linear(8, E)
+        self.kv = nn.Linear(8, kdim) if kdim else None
+        self.attn = nn.MultiheadAttention(E, H, batch_first=batch_first, kdim=kdim, vdim=kdim)
+        self.head = nn.Linear(E, 3)
+
+    def forward(self, x):  # x: [B, L, 8]
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        h = self.emb(x)
+        kv = self.kv(x) if self.kv is not None else h
+        a, _ = self.attn(h, kv, kv)
+        out = h + a
+        return self.head(out.mean(1 if self.batch_first else 0))
+
+
+def _connectome(model, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no weight tensor is left dense with a warning
+        return adaptive.Connectome(model, **kw)
+
+
+def test_projections_are_synapses_packed_and_separate():
+    c = _connectome(Block())
+    assert {n: tuple(l.shape) for n, l in c.layers.items()} == {
+        "emb.weight": (16, 8), "attn.in_proj_weight": (48, 16), "attn.out_proj.weight": (16, 16), "head.weight": (3, 16)}
+    assert c.layers["attn.in_proj_weight"].module_name == "attn"
+    c2 = _connectome(Block(kdim=12))
+    assert {n: tuple(c2.layers[n].shape) for n in c2.layers if n.startswith("attn.")} == {
+        "attn.q_proj_weight": (16, 16), "attn.k_proj_weight": (16, 12), "attn.v_proj_weight": (16, 12),
+        "attn.out_proj.weight": (16, 16)}
+    # patterns see the parameter name and the module name
+    assert "attn.in_proj_weight" not in _connectome(Block(), exclude="attn").layers
+    assert list(_connectome(Block(), include="*in_proj*").layers) == ["attn.in_proj_weight"]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_training_keeps_pruned_projections_zero_and_a_vanilla_model_reproduces_it(batch_first):
+    torch.manual_seed(0)
+    model = Block(batch_first=batch_first)
+    conn = _connectome(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.3, budget="erk", update_every=2, end_step=20)
+    x, y = torch.randn(8, 5, 8), torch.randint(0, 3, (8,))
+    for _ in range(12):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        ctrl.step()
+    w, m = model.attn.in_proj_weight, conn.masks["attn.in_proj_weight"]
+    assert 0 < int(m.sum()) < m.numel()
+    assert bool((w[~m.bool()] == 0).all())
+    model.eval()
+    vanilla = Block(batch_first=batch_first).eval()
+    vanilla.load_state_dict(conn.dense_state_dict())
+    with torch.no_grad():  # the inference fast path of nn.MultiheadAttention reads the same weights
+        assert torch.equal(vanilla(x), model(x))
+
+
+def test_save_and_load_keep_attention_masks(tmp_path):
+    torch.manual_seed(1)
+    model = Block(kdim=12)
+    conn = _connectome(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    adaptive.Controller(conn, opt, policy="magnitude", density=0.4, budget="uniform")
+    conn.save(tmp_path / "c.safetensors")
+    fresh = Block(kdim=12)
+    fresh.load_state_dict(model.state_dict())
+    loaded = adaptive.Connectome.load(tmp_path / "c.safetensors", fresh)
+    assert loaded.mask_hash() == conn.mask_hash()
+    assert set(loaded.masks) == set(conn.masks)
+
+
+def _pruned(model, density=0.4, seed=0):
+    """A connectome with a random mask of about ``density`` in every layer."""
+    conn = _connectome(model)
+    gen = torch.Generator().manual_seed(seed)
+    conn.set_masks({n: torch.rand(m.shape, generator=gen) < density for n, m in conn.masks.items()})
+    conn.apply()
+    return conn
+
+
+@pytest.mark.parametrize("kdim", [None, 12])
+def test_graph_follows_queries_keys_and_values(kdim):
+    model = Block(kdim=kdim)
+    conn = _pruned(model)
+    x = torch.randn(2, 5, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the attention call is followed, not assumed all-to-all
+        g = graphs.build(conn, level="unit", example_input=x)
+        s = graphs.build(conn, level="synapse", example_input=x)
+    live = conn.num_live()
+    assert g.live_synapses() == live and s.live_synapses() == live
+    lay = {l.module: l for l in g.layers}
+    assert {"attn.q", "attn.k", "attn.v", "attn.out_proj"} <= set(lay)
+    emb = g.groups[lay["emb"].group]
+    src = g.groups[lay["kv" if kdim else "emb"].group]
+    # queries read the embedding's units; keys and values read their own input's
+    assert set(lay["attn.q"].in_src.tolist()) == set(range(emb.start, emb.start + emb.count))
+    for t in "kv":
+        assert set(lay[f"attn.{t}"].in_src.tolist()) == set(range(src.start, src.start + src.count))
+    # out_proj's input c is a junction of value unit c and head h's query and key units (d = 4)
+    q, k, v = (g.groups[lay[f"attn.{t}"].group] for t in "qkv")
+    junction = int(lay["attn.out_proj"].in_src[5])  # channel 5: head 1 (channels 4..7)
+    feeding = set(g.src[g.dst == junction].tolist())
+    expect = {v.start + 5} | set(range(q.start + 4, q.start + 8)) | set(range(k.start + 4, k.start + 8))
+    assert feeding == expect
+    # synapse edges: positions index the whole parameter, weights are the parameter's values there
+    param = dict(model.named_parameters())[lay["attn.k"].param]
+    sel = (s.edge_attrs["kind"] == EDGE_SYNAPSE) & (s.edge_attrs["layer"] == g.layers.index(lay["attn.k"]))
+    pos, wv = s.edge_attrs["position"][sel], s.edge_attrs["weight"][sel]
+    assert pos.numel() == int(lay["attn.k"].part(conn.masks[lay["attn.k"].param]).sum())
+    assert torch.equal(param.detach().reshape(-1)[pos], wv)
+    if kdim is None:
+        assert lay["attn.k"].rows == (16, 32) and int(pos.min()) >= 16 * 16 and int(pos.max()) < 32 * 16
+
+
+def test_graph_density_and_json_round_trip_keep_the_attention_rows(tmp_path):
+    model = Block()
+    conn = _pruned(model, density=0.3, seed=3)
+    g = graphs.build(conn, level="unit", example_input=torch.randn(2, 5, 8))
+    dens = graphs.density_per_layer(g)
+    m = conn.masks["attn.in_proj_weight"].float()
+    for i, t in enumerate("qkv"):
+        assert dens[f"attn.{t}"] == pytest.approx(float(m[16 * i:16 * (i + 1)].mean()))
+    path = graphs.write(g, str(tmp_path / "g.json"))
+    back = graphs.read_json(path)
+    assert [l.rows for l in back.layers] == [l.rows for l in g.layers]
+    assert back.live_synapses() == g.live_synapses()
+
+
+def test_torchvision_vit_is_a_connectome_and_a_graph_without_warnings():
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    vit = tv.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                                      mlp_dim=32, num_classes=10)
+    conn = _connectome(vit)
+    weights = {n for n, p in vit.named_parameters() if p.dim() >= 2 and "weight" in n}
+    assert set(conn.layers) == weights  # every weight matrix, in_proj included
+    opt = torch.optim.SGD(vit.parameters(), lr=0.1)
+    adaptive.Controller(conn, opt, policy="magnitude", density=0.5, budget="uniform")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(conn, example_input=torch.randn(2, 3, 32, 32))
+    assert g.live_synapses() == conn.num_live()
+    assert sum(l.module.endswith(".self_attention.q") for l in g.layers) == 2
+
+
+def test_mask_only_on_a_vit_changes_no_surviving_weight():
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    vit = tv.models.VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16,
+                                      mlp_dim=32, num_classes=10).eval()
+    before = copy.deepcopy(vit.state_dict())
+    data = torch.utils.data.TensorDataset(torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,)))
+    train = torch.utils.data.DataLoader(data, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    hold = torch.utils.data.DataLoader(data, batch_size=64)
+    res = adaptive.optimize_connectome(vit, train, hold, target=0.3, passes=1, progress=False)
+    after = vit.state_dict()
+    name = "encoder.layers.encoder_layer_0.self_attention.in_proj_weight"
+    assert "encoder.layers.encoder_layer_0.self_attention.in_proj_weight" in res.conn.masks
+    assert int((after[name] == 0).sum()) > int((before[name] == 0).sum())
+    for k in before:
+        kept = after[k] != 0
+        assert torch.equal(after[k][kept], before[k][kept]), k
