@@ -3,7 +3,8 @@
 A synapse is one scalar weight of a Linear or Conv1d/2d/3d layer (grouped and depthwise
 included) or of a MultiheadAttention's input projections (``in_proj_weight``, or ``q_proj_weight``,
 ``k_proj_weight`` and ``v_proj_weight`` when keys and values have their own sizes; its
-``out_proj`` is a Linear). Biases, normalisation parameters and embeddings are not synapses. A weight shared by
+``out_proj`` is a Linear) or of a recurrent layer's matrices (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``:
+``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``). Biases, normalisation parameters and embeddings are not synapses. A weight shared by
 several modules is one set of synapses (one mask, so the modules can never be pruned apart),
 reported under the name of the first prunable module that holds it; ``include``/``exclude``
 patterns see every name it has, so excluding any module that holds a tied weight leaves it dense.
@@ -31,6 +32,10 @@ def _prunable_weights(module: nn.Module):
     if isinstance(module, nn.MultiheadAttention):
         # a projection of the input to queries, keys or values: a Linear without the module
         return [(a, "linear", 1) for a in ATTENTION_WEIGHTS if isinstance(getattr(module, a, None), nn.Parameter)]
+    if isinstance(module, nn.RNNBase):
+        # weight_ih_l{k}[_reverse] (gates x input), weight_hh_l{k}[_reverse] (gates x hidden) and an
+        # LSTM's weight_hr_l{k}[_reverse] (projection x hidden): each a Linear's matrix
+        return [(n, "linear", 1) for n, p in module.named_parameters(recurse=False) if n.startswith("weight_") and p.dim() == 2]
     return []
 
 
@@ -78,8 +83,8 @@ def _matches(patterns: Sequence[str], *names: str) -> bool:
 
 def _other_weight_matrices(model: nn.Module, seen: set) -> list:
     """``(name, module type)`` of weight tensors (a parameter named ``*weight*`` with two or more
-    dimensions) that no prunable layer holds: ConvTranspose, Bilinear, recurrent weights, old-style weight_norm's weight_v. Embeddings are not synapses
-    by design and are not listed."""
+    dimensions) that no prunable layer holds: ConvTranspose, Bilinear, old-style weight_norm's
+    weight_v. Embeddings are not synapses by design and are not listed."""
     out, listed = [], set(seen)
     for mname, module in model.named_modules():
         if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
@@ -147,7 +152,8 @@ def discover(
         shown = ", ".join(f"{n} ({kind})" for n, kind in others[:4]) + (", ..." if len(others) > 4 else "")
         warnings.warn(
             f"{len(others)} weight tensor(s) are not synapses of the connectome and stay dense: {shown}. A "
-            "Connectome prunes nn.Linear and nn.Conv1d/2d/3d weights and nn.MultiheadAttention's projections", stacklevel=3)
+            "Connectome prunes nn.Linear and nn.Conv1d/2d/3d weights, nn.MultiheadAttention's projections and "
+            "nn.RNN/LSTM/GRU matrices", stacklevel=3)
     if candidates == 0:
         raise ValueError(
             f"{type(model).__name__} has no prunable layers: a Connectome needs at least one nn.Linear, "

@@ -4,6 +4,8 @@ Every op falls in one category:
 
 - ``weighted``: an ``nn.Linear``/``nn.Conv1d/2d/3d`` call: it creates new units.
 - ``attention``: an ``nn.MultiheadAttention`` call: query, key and value units, then ``out_proj``.
+- ``recurrent``: an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` call, unrolled one step: gate units per layer
+  and direction, fed by the input and by state nodes standing for the previous hidden state.
 - ``pointwise``: acts on each channel separately (activations, normalisation, pooling, dropout,
   resampling): channel ``c`` of the output is fed by channel ``c`` of the input.
 - ``broadcast``: elementwise arithmetic of several tensors (residual ``+``, squeeze-excitation ``*``):
@@ -90,7 +92,7 @@ def register_op(target: Any, category: str) -> None:
 
 
 def categorize(node, module=None) -> str:
-    """The category of an fx node: weighted, attention, pointwise, broadcast, shape, reduce, or unknown."""
+    """The category of an fx node: weighted, attention, recurrent, pointwise, broadcast, shape, reduce, or unknown."""
     op, target = node.op, node.target
     if op == "call_module":
         for cls, cat in _EXTRA.items():
@@ -100,6 +102,8 @@ def categorize(node, module=None) -> str:
             return "weighted"
         if isinstance(module, nn.MultiheadAttention):
             return "attention"
+        if isinstance(module, nn.RNNBase):
+            return "recurrent"
         if isinstance(module, POINTWISE_MODULES):
             return "pointwise"
         if isinstance(module, SHAPE_MODULES):

@@ -3,7 +3,8 @@
 The model is traced with ``torch.fx`` and run once on an example input by a
 :class:`torch.fx.passes.shape_prop.ShapeProp` interpreter that, next to the real values, carries an
 *id tensor* for every tensor of the graph: each element holds the id of the graph node that produced
-it (0 for a constant such as zero padding). Weighted layers (Linear, Conv) start new units; shape
+it (0 for a constant such as zero padding). Weighted layers (Linear, Conv, the projections of
+attention and the matrices of recurrent layers) start new units; shape
 ops (view, flatten, cat, getitem, pad, split, permute) are evaluated exactly on the id tensors, so
 concatenation offsets, the ``h*w`` features of each flattened channel and the CIFAR ResNet's
 zero-padding shortcut come out right without special cases; per-channel ops (normalisation,
@@ -243,6 +244,8 @@ class FlowProp(ShapeProp):
             return self._on_weighted(n, module, result)
         if cat == "attention":
             return self._on_attention(n, module, result)
+        if cat == "recurrent":
+            return self._on_recurrent(n, module, result)
         if cat == "pointwise":
             return self._on_pointwise(n, result)
         if cat == "broadcast":
@@ -347,6 +350,60 @@ class FlowProp(ShapeProp):
             return (flow_y, None)
         score = self.book.combine(torch.zeros(2 * E, dtype=torch.long), torch.cat([q, k]), 1, f"{name}.weights", "attention")
         return (flow_y, torch.full((), float(score[0]), dtype=torch.float64).expand(*weights.shape))
+
+    def _on_recurrent(self, n, module, result):
+        """``nn.RNN``/``nn.LSTM``/``nn.GRU``, one time step unrolled (the graph stays acyclic). For
+        each layer and direction: ``weight_ih`` units (one per gate row) read the layer's input,
+        ``weight_hh`` units read a group of *state* nodes (kind input: the previous step's hidden
+        state), gate ``r`` is a junction of the two, hidden unit ``j`` a junction of its gates
+        (rows ``j``, ``H + j``, ...), and an LSTM's ``weight_hr`` projects the hidden units. The
+        layer's output units feed the next layer; the last layer's (both directions) are the output."""
+        name = str(n.target)
+        if name in self.seen_modules:
+            raise ValueError("the recurrent module is called more than once; the graph follows one call per module")
+        x = self._flow_of(n.args[0]) if n.args else self._flow_of(n.kwargs.get("input"))
+        if not isinstance(x, torch.Tensor):
+            raise ValueError("its input carries no traced data (a PackedSequence is not followed)")
+        G = {"LSTM": 4, "GRU": 3}.get(module.mode, 1)
+        H, P = int(module.hidden_size), int(getattr(module, "proj_size", 0) or 0)
+        dirs = ["", "_reverse"] if module.bidirectional else [""]
+        src = self.readout(x, -1, f"{name}.input")
+        self.seen_modules[name] = len(self.book.layers)
+        finals, cells = [], []
+        for k in range(module.num_layers):
+            outs = []
+            for sfx in dirs:
+                tag = f"{name}.l{k}{sfx}"
+                ih = self._matrix_layer(module, name, f"weight_ih_l{k}{sfx}", f"{tag}.ih", src, n.name)
+                _, s0 = self.book.new_group(f"{tag}.state", "input", "state", P or H)
+                hh = self._matrix_layer(module, name, f"weight_hh_l{k}{sfx}", f"{tag}.hh", torch.arange(s0, s0 + (P or H)), n.name)
+                gates = self.book.combine(torch.arange(G * H).repeat(2), torch.cat([ih, hh]), G * H, f"{tag}.gates", "add")
+                hidden = self.book.combine(torch.arange(H).repeat(G), gates, H, f"{tag}.hidden", "gates")
+                out = self._matrix_layer(module, name, f"weight_hr_l{k}{sfx}", f"{tag}.hr", hidden, n.name) if P else hidden
+                outs.append(out)
+                finals.append(out)
+                cells.append(hidden)
+            src = torch.cat(outs)
+        out_flow = _expand(src, result[0].shape, -1)
+
+        def state_flow(ids, like):
+            t = torch.stack(ids).to(torch.float64)  # [layers * directions, units]
+            return (t.unsqueeze(1) if like.dim() == 3 else t).expand(*like.shape)
+
+        h = result[1]
+        if isinstance(h, (tuple, list)):  # LSTM: (h_n, c_n)
+            return (out_flow, (state_flow(finals, h[0]), state_flow(cells, h[1])))
+        return (out_flow, state_flow(finals, h))
+
+    def _matrix_layer(self, module, owner, attr, label, in_src, node_name) -> torch.Tensor:
+        """A layer of units for the matrix ``module.<attr>`` (rows = units) reading ``in_src``."""
+        w = getattr(module, attr)
+        if in_src.numel() != w.shape[1]:
+            raise ValueError(f"{label} reads {in_src.numel()} units but {attr} expects {w.shape[1]}")
+        lid = len(self.book.layers)
+        gid, start = self.book.new_group(label, "layer", type(module).__name__, int(w.shape[0]), layer=lid)
+        self.book.layers.append(LayerFlow(label, f"{owner}.{attr}", gid, "linear", tuple(w.shape), 1, in_src.long(), node_name))
+        return torch.arange(start, start + int(w.shape[0]))
 
     def _on_pointwise(self, n, result):
         x = self._flow_of(n.args[0]) if n.args else None

@@ -137,8 +137,8 @@ def test_a_parametrized_weight_is_named_in_a_warning_with_the_fix():
 def test_weight_tensors_left_dense_are_named_in_a_warning():
     import warnings
 
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LSTM(4, 4), torch.nn.ConvTranspose2d(4, 4, 3))
-    with pytest.warns(UserWarning, match=r"3 weight tensor\(s\) are not synapses.*1.weight_ih_l0 \(LSTM\).*"
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Bilinear(4, 4, 4), torch.nn.ConvTranspose2d(4, 4, 3))
+    with pytest.warns(UserWarning, match=r"2 weight tensor\(s\) are not synapses.*1.weight \(Bilinear\).*"
                                          r"2.weight \(ConvTranspose2d\)"):
         conn = adaptive.Connectome(model)
     assert conn.names == ["0.weight"]
