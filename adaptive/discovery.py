@@ -12,6 +12,7 @@ patterns see every name it has, so excluding any module that holds a tied weight
 from __future__ import annotations
 
 import fnmatch
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Sequence
@@ -21,6 +22,7 @@ from torch.nn.utils import parametrize
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_KIND = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d"}
+_RNN_MATRIX = re.compile(r"weight_(ih|hh|hr)_l\d+(_reverse)?")
 ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 
 
@@ -35,7 +37,8 @@ def _prunable_weights(module: nn.Module):
     if isinstance(module, nn.RNNBase):
         # weight_ih_l{k}[_reverse] (gates x input), weight_hh_l{k}[_reverse] (gates x hidden) and an
         # LSTM's weight_hr_l{k}[_reverse] (projection x hidden): each a Linear's matrix
-        return [(n, "linear", 1) for n, p in module.named_parameters(recurse=False) if n.startswith("weight_") and p.dim() == 2]
+        names = [n for n in getattr(module, "_flat_weights_names", []) if _RNN_MATRIX.fullmatch(n)]
+        return [(n, "linear", 1) for n in names]
     return []
 
 
@@ -118,8 +121,8 @@ def discover(
     aliases = _aliases(model)
     for mname, module in model.named_modules():
         for attr, kind, groups in _prunable_weights(module):
-            if attr == "weight" and parametrize.is_parametrized(module, "weight"):
-                computed.append(mname)
+            if parametrize.is_parametrized(module, attr):
+                computed.append(f"{mname}.{attr}" if attr != "weight" else mname)
                 continue
             w = getattr(module, attr, None)
             if not isinstance(w, nn.Parameter):
@@ -146,7 +149,7 @@ def discover(
         warnings.warn(
             f"{len(computed)} layer(s) have a parametrized weight ({', '.join(computed[:4])}{', ...' if len(computed) > 4 else ''}): "
             "it is computed at every call, so it holds no synapses of the connectome. To include them, call "
-            "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight') first", stacklevel=3)
+            "torch.nn.utils.parametrize.remove_parametrizations(module, NAME) first", stacklevel=3)
     others = _other_weight_matrices(model, seen)
     if others:
         shown = ", ".join(f"{n} ({kind})" for n, kind in others[:4]) + (", ..." if len(others) > 4 else "")
@@ -157,11 +160,12 @@ def discover(
     if candidates == 0:
         raise ValueError(
             f"{type(model).__name__} has no prunable layers: a Connectome needs at least one nn.Linear, "
-            f"nn.Conv1d/2d/3d or nn.MultiheadAttention weight"
+            f"nn.Conv1d/2d/3d, nn.MultiheadAttention or nn.RNN/LSTM/GRU weight"
         )
     unused = [p for p in inc if p not in used_inc]
     if unused:
-        raise ValueError(f"include pattern(s) {unused} matched no prunable layer; check names with model.named_modules()")
+        raise ValueError(f"include pattern(s) {unused} matched no prunable layer; check module names with "
+                         "model.named_modules() and weight names with model.named_parameters()")
     if not found:
         raise ValueError(
             f"include={list(inc)} / exclude={list(exc)} left no prunable layer of the {candidates} found"

@@ -23,7 +23,7 @@ def _spans(g):
 
 def _live(g) -> torch.Tensor:
     """Edges that carry signal: synapse edges with live synapses and wires, never from the constant."""
-    live = g.src != 0
+    live = (g.src != 0) & (g.edge_attrs["kind"] != 2)  # recurrent back edges: see reachability
     if "count" in g.edge_attrs:
         live &= (g.edge_attrs["count"] > 0) | (g.edge_attrs["kind"] == 1)
     return live
@@ -61,16 +61,26 @@ def _per_unit(g, what: str) -> None:
 
 def reachability(g) -> Dict[str, torch.Tensor]:
     """Boolean per node: ``from_input`` (a live path from some input reaches it) and ``to_output``
-    (a live path from it reaches some output class). Unit or synapse level."""
+    (a live path from it reaches some output class, also through later time steps of a recurrent
+    layer: its recurrent back edges). Unit or synapse level."""
     _per_unit(g, "reachability")
     kind = g.node_attrs["kind"]
     fwd = g.node_attrs["depth_max"] >= 0 if "depth_max" in g.node_attrs else signal_depth(g)[0] >= 0
     bwd = (kind == OUTPUT).clone()
     live = _live(g)
-    for _, a, b in reversed(_spans(g)):
-        s, d, ok = g.src[a:b], g.dst[a:b], live[a:b]
-        hit = ok & bwd[d]
-        bwd[s[hit]] = True
+    spans = list(reversed(_spans(g)))
+    rec = g.edge_attrs["kind"] == 2
+    rs, rd = g.src[rec], g.dst[rec]
+    for _ in range(g.num_nodes + 1):  # a recurrent layer: until no unit newly reaches an output
+        for _, a, b in spans:
+            s, d, ok = g.src[a:b], g.dst[a:b], live[a:b]
+            hit = ok & bwd[d]
+            bwd[s[hit]] = True
+        # a unit whose value the state nodes hold at the next step reaches an output if they do
+        new = bwd[rd] & ~bwd[rs]
+        if not bool(new.any()):
+            break
+        bwd[rs[new]] = True
     bwd[0] = False
     return {"from_input": fwd, "to_output": bwd}
 
@@ -85,7 +95,7 @@ def dead_units(g) -> Dict[str, torch.Tensor]:
     live = _live(g)
     n = g.num_nodes
     live_in = torch.bincount(g.dst[live], minlength=n) > 0
-    live_out = torch.bincount(g.src[live], minlength=n) > 0
+    live_out = torch.bincount(g.src[live | (g.edge_attrs["kind"] == 2)], minlength=n) > 0  # to the next step too
     r = reachability(g)
     return {
         "no_live_input": unit & ~live_in,

@@ -562,7 +562,8 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
     xs = [x, x2]
     worst = 0.0
     for xi in xs:
-        ra, rb = ref(xi), gm(xi)  # a tensor, or a dict / tuple of them
+        args = tuple(xi) if isinstance(xi, (tuple, list)) else (xi,)  # several inputs: one argument each
+        ra, rb = ref(*args), gm(*args)  # a tensor, or a dict / tuple of them
         pairs = [(a, b) for a, b in zip(_tensor_leaves(ra), _tensor_leaves(rb))]
         diff = max(float((a - b).abs().max()) for a, b in pairs) if pairs else 0.0
         worst = max(worst, diff)

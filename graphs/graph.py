@@ -10,7 +10,10 @@
 Nodes at the synapse and unit levels are the same: the constant node (id 0, zero padding), input
 channels or features, units (one per output channel/feature of each Linear/Conv), junctions (where
 a residual addition or a product merges several sources; wires join their summands to them) and
-output classes. Every node carries its kind, group, layer, index, signal depth (the number of
+output classes; a recurrent layer adds state nodes (kind input) for its previous step's output.
+Edge ``kind``: 0 synapse, 1 wire, 2 recurrent (a back edge from a recurrent layer's output unit to
+the state node that holds it at the next step; it carries no synapse, and signal depth ignores it).
+Every node carries its kind, group, layer, index, signal depth (the number of
 weighted layers on the longest and the shortest live path from an input; -1 when unreached) and
 its in- and out-degree in this graph.
 """
@@ -27,7 +30,7 @@ from torch import nn
 from .trace import CONST, INPUT, JUNCTION, KIND_NAMES, OUTPUT, UNIT, Group, LayerFlow, Trace, trace
 
 LEVELS = ("synapse", "unit", "layer")
-EDGE_SYNAPSE, EDGE_WIRE = 0, 1
+EDGE_SYNAPSE, EDGE_WIRE, EDGE_RECURRENT = 0, 1, 2
 
 
 @dataclass
@@ -222,9 +225,10 @@ def build(
         seen = {_conn_name(conn, model, l) for l in tr.layers}
         missing = [n for n in conn.masks if n not in seen]
         if missing:
+            why = ("inside a module fx treats as a leaf, or unused in eval mode" if tr.traced else
+                   "fx could not trace the model, and the module-order fallback chains only Linear and Conv layers")
             msg = (f"graphs: {len(missing)} connectome layer(s) are not on the traced data path and are left out of "
-                   f"the graph: {missing[:5]}{'...' if len(missing) > 5 else ''} (inside a module fx treats as a "
-                   f"leaf, or unused in eval mode)")
+                   f"the graph: {missing[:5]}{'...' if len(missing) > 5 else ''} ({why})")
             warnings.warn(msg, stacklevel=2)
             notes.append(msg)
     unit = _build_nodes_and_edges(tr, conn, model, "synapse" if level == "synapse" else "unit", utility)
@@ -275,10 +279,15 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
             s, d, cols = fn(layer, g.start, w, m, u)
             kind = torch.full((s.numel(),), EDGE_SYNAPSE, dtype=torch.long)
             lay = torch.full((s.numel(),), g.layer, dtype=torch.long)
-        elif gid in tr.wires:
-            s, d = tr.wires[gid]
+        elif gid in tr.wires or gid in getattr(tr, "recurrent", {}):
+            # wires into a junction (or a recurrent layer's state nodes, from h0), then the back edges
+            # that carry a recurrent layer's output to its state nodes at the next step
+            s, d = tr.wires.get(gid, (torch.zeros(0, dtype=torch.long),) * 2)
+            rs, rd = tr.recurrent.get(gid, (torch.zeros(0, dtype=torch.long),) * 2)
+            kind = torch.cat([torch.full((s.numel(),), EDGE_WIRE, dtype=torch.long),
+                              torch.full((rs.numel(),), EDGE_RECURRENT, dtype=torch.long)])
+            s, d = torch.cat([s, rs]), torch.cat([d, rd])
             cols = {}
-            kind = torch.full((s.numel(),), EDGE_WIRE, dtype=torch.long)
             lay = torch.full((s.numel(),), -1, dtype=torch.long)
         else:
             s = d = torch.zeros(0, dtype=torch.long)
@@ -340,7 +349,8 @@ def layer_graph(unit: ConnectomeGraph) -> ConnectomeGraph:
     ng = len(unit.groups)
     gs, gd = grp[unit.src], grp[unit.dst]
     is_syn = unit.edge_attrs["kind"] == EDGE_SYNAPSE
-    cols = {"wires": (~is_syn).to(torch.float64)}
+    is_rec = unit.edge_attrs["kind"] == EDGE_RECURRENT
+    cols = {"wires": (~is_syn & ~is_rec).to(torch.float64), "recurrent": is_rec.to(torch.float64)}
     if unit.level == "unit":
         cols["count"] = unit.edge_attrs["count"].to(torch.float64)
         cols["l1"] = unit.edge_attrs["l1"].to(torch.float64)
@@ -362,7 +372,7 @@ def layer_graph(unit: ConnectomeGraph) -> ConnectomeGraph:
         key, agg = _aggregate(key, cols)
     src, dst = torch.div(key, ng, rounding_mode="floor"), key % ng
     agg["l2"] = agg["l2"].sqrt()
-    agg["kind"] = torch.where(agg["count"] > 0, EDGE_SYNAPSE, EDGE_WIRE)
+    agg["kind"] = torch.where(agg["count"] > 0, EDGE_SYNAPSE, torch.where(agg["wires"] > 0, EDGE_WIRE, EDGE_RECURRENT))
     # edges sorted by target group so per-group passes stay in topological order
     order = torch.argsort(dst, stable=True)
     src, dst = src[order], dst[order]

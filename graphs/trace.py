@@ -72,6 +72,9 @@ class Trace:
     concats: List[dict]  # {"node": name, "parts": [(operand name, LongTensor ids)]}
     warnings: List[str] = field(default_factory=list)
     traced: bool = True
+    # group id of a recurrent layer's state nodes -> (src, dst): the units whose values the state
+    # nodes hold at the next time step (the graph's back edges, kind "recurrent")
+    recurrent: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def num_nodes(self) -> int:
@@ -104,6 +107,7 @@ class _Book:
         self.layers: List[LayerFlow] = []
         self.concats: List[dict] = []
         self.warnings: List[str] = []
+        self.recurrent: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
 
     def new_group(self, name, kind, op, count, layer=-1) -> Tuple[int, int]:
         start = self.n
@@ -148,7 +152,7 @@ def _expand(ids: torch.Tensor, shape: Sequence[int], axis: int) -> torch.Tensor:
     axis = axis % nd
     view = [1] * nd
     view[axis] = ids.numel()
-    return ids.to(torch.float64).view(view).expand(*shape)
+    return ids.to(torch.float64).view(view).expand(tuple(shape))
 
 
 def _uniform_except(t: torch.Tensor, axis: int) -> bool:
@@ -258,7 +262,7 @@ class FlowProp(ShapeProp):
 
     def _constant_like(self, result):
         if isinstance(result, torch.Tensor):
-            return torch.zeros((), dtype=torch.float64).expand(*result.shape)
+            return torch.zeros((), dtype=torch.float64).expand(result.shape)
         return None
 
     def _on_placeholder(self, n, x):
@@ -349,37 +353,51 @@ class FlowProp(ShapeProp):
         if not isinstance(weights, torch.Tensor):
             return (flow_y, None)
         score = self.book.combine(torch.zeros(2 * E, dtype=torch.long), torch.cat([q, k]), 1, f"{name}.weights", "attention")
-        return (flow_y, torch.full((), float(score[0]), dtype=torch.float64).expand(*weights.shape))
+        return (flow_y, torch.full((), float(score[0]), dtype=torch.float64).expand(weights.shape))
 
     def _on_recurrent(self, n, module, result):
-        """``nn.RNN``/``nn.LSTM``/``nn.GRU``, one time step unrolled (the graph stays acyclic). For
-        each layer and direction: ``weight_ih`` units (one per gate row) read the layer's input,
-        ``weight_hh`` units read a group of *state* nodes (kind input: the previous step's hidden
-        state), gate ``r`` is a junction of the two, hidden unit ``j`` a junction of its gates
-        (rows ``j``, ``H + j``, ...), and an LSTM's ``weight_hr`` projects the hidden units. The
-        layer's output units feed the next layer; the last layer's (both directions) are the output."""
+        """``nn.RNN``/``nn.LSTM``/``nn.GRU``, one time step unrolled. For each layer and direction:
+        ``weight_ih`` units (one per gate row) read the layer's input; ``weight_hh`` units read
+        *state* nodes (kind input) that hold the previous step's output of this layer, wired from
+        the initial state ``h0`` when the call passes one; gate ``r`` is a junction of the two,
+        hidden unit ``j`` a junction of its gates (rows ``j``, ``H + j``, ...) and of ``c0[j]`` for an
+        LSTM given one; an LSTM's ``weight_hr`` projects the hidden units. The layer's output units
+        feed the next layer and, through *recurrent* back edges, its own state nodes (so a unit that
+        reaches the output only at a later step is not counted dead)."""
         name = str(n.target)
         if name in self.seen_modules:
             raise ValueError("the recurrent module is called more than once; the graph follows one call per module")
         x = self._flow_of(n.args[0]) if n.args else self._flow_of(n.kwargs.get("input"))
         if not isinstance(x, torch.Tensor):
             raise ValueError("its input carries no traced data (a PackedSequence is not followed)")
+        hx = self._flow_of(n.args[1]) if len(n.args) > 1 else self._flow_of(n.kwargs.get("hx"))
+        h0, c0 = (hx if isinstance(hx, (tuple, list)) else (hx, None))
         G = {"LSTM": 4, "GRU": 3}.get(module.mode, 1)
         H, P = int(module.hidden_size), int(getattr(module, "proj_size", 0) or 0)
+        R = P or H
         dirs = ["", "_reverse"] if module.bidirectional else [""]
         src = self.readout(x, -1, f"{name}.input")
         self.seen_modules[name] = len(self.book.layers)
         finals, cells = [], []
         for k in range(module.num_layers):
             outs = []
-            for sfx in dirs:
-                tag = f"{name}.l{k}{sfx}"
+            for di, sfx in enumerate(dirs):
+                tag, i = f"{name}.l{k}{sfx}", k * len(dirs) + di
                 ih = self._matrix_layer(module, name, f"weight_ih_l{k}{sfx}", f"{tag}.ih", src, n.name)
-                _, s0 = self.book.new_group(f"{tag}.state", "input", "state", P or H)
-                hh = self._matrix_layer(module, name, f"weight_hh_l{k}{sfx}", f"{tag}.hh", torch.arange(s0, s0 + (P or H)), n.name)
+                sg, s0 = self.book.new_group(f"{tag}.state", "input", "state", R)
+                state = torch.arange(s0, s0 + R)
+                if isinstance(h0, torch.Tensor):  # the initial state comes from these units
+                    init = self.readout(h0[i], -1, f"{tag}.h0")
+                    keep = init != 0
+                    self.book.wires[sg] = (init[keep], state[keep])
+                hh = self._matrix_layer(module, name, f"weight_hh_l{k}{sfx}", f"{tag}.hh", state, n.name)
                 gates = self.book.combine(torch.arange(G * H).repeat(2), torch.cat([ih, hh]), G * H, f"{tag}.gates", "add")
-                hidden = self.book.combine(torch.arange(H).repeat(G), gates, H, f"{tag}.hidden", "gates")
+                rows, feeds = torch.arange(H).repeat(G), gates
+                if isinstance(c0, torch.Tensor):  # an LSTM's initial cell state feeds the hidden units
+                    rows, feeds = torch.cat([rows, torch.arange(H)]), torch.cat([feeds, self.readout(c0[i], -1, f"{tag}.c0")])
+                hidden = self.book.combine(rows, feeds, H, f"{tag}.hidden", "gates")
                 out = self._matrix_layer(module, name, f"weight_hr_l{k}{sfx}", f"{tag}.hr", hidden, n.name) if P else hidden
+                self.book.recurrent[sg] = (out.clone(), state)
                 outs.append(out)
                 finals.append(out)
                 cells.append(hidden)
@@ -388,7 +406,7 @@ class FlowProp(ShapeProp):
 
         def state_flow(ids, like):
             t = torch.stack(ids).to(torch.float64)  # [layers * directions, units]
-            return (t.unsqueeze(1) if like.dim() == 3 else t).expand(*like.shape)
+            return (t.unsqueeze(1) if like.dim() == 3 else t).expand(like.shape)
 
         h = result[1]
         if isinstance(h, (tuple, list)):  # LSTM: (h_n, c_n)
@@ -424,7 +442,7 @@ class FlowProp(ShapeProp):
         if len(flows) == 1:
             if tuple(flows[0].shape) == tuple(result.shape):
                 return flows[0]
-            return flows[0].expand(*result.shape) if flows[0].dim() == result.dim() else torch.broadcast_to(flows[0], result.shape)
+            return flows[0].expand(result.shape) if flows[0].dim() == result.dim() else torch.broadcast_to(flows[0], result.shape)
         small = torch.broadcast_tensors(*[_squeeze_uniform(f) for f in flows])
         shape = small[0].shape
         stacked = torch.stack([s.reshape(-1) for s in small]).long()  # [k, P]
@@ -433,7 +451,7 @@ class FlowProp(ShapeProp):
         row = torch.arange(m).repeat(k)
         op = getattr(n.target, "__name__", str(n.target)).strip("_")
         ids = self.book.combine(row, combos.reshape(-1), m, n.name, op)
-        return ids[inverse].to(torch.float64).view(shape).expand(*result.shape)
+        return ids[inverse].to(torch.float64).view(shape).expand(result.shape)
 
     def _on_shape(self, n, module, result):
         def sub0(a):
@@ -487,7 +505,7 @@ class FlowProp(ShapeProp):
     def _mix(self, n, flows, result, op):
         vals = torch.unique(torch.cat([torch.unique(f.reshape(-1) if f.is_contiguous() else _squeeze_uniform(f).reshape(-1)) for f in flows]).long())
         ids = self.book.combine(torch.zeros_like(vals), vals, 1, n.name, op)
-        fill = lambda r: torch.full((), float(ids[0]), dtype=torch.float64).expand(*r.shape) if isinstance(r, torch.Tensor) else None
+        fill = lambda r: torch.full((), float(ids[0]), dtype=torch.float64).expand(r.shape) if isinstance(r, torch.Tensor) else None
         if isinstance(result, (tuple, list)):
             return type(result)(fill(r) for r in result)
         return fill(result)
@@ -556,7 +574,11 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
     candidates = [example_input] if example_input is not None else default_example_input(model)
     errors = []
     for x in candidates:
-        xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        xs = tuple(x) if isinstance(x, (tuple, list)) and not isinstance(x, nn.utils.rnn.PackedSequence) else (x,)
+        if any(isinstance(t, nn.utils.rnn.PackedSequence) for t in xs):
+            raise ValueError(
+                "graphs cannot trace a PackedSequence input: pass the padded batch instead (a tensor [B, L, features] "
+                "or [L, B, features]); the graph of one time step does not depend on the sequence lengths")
         mode = input_nodes if input_nodes != "auto" else _auto_input_nodes(model, xs[0])
         book = _Book()
         prop = FlowProp(gm, book, mode)
@@ -566,12 +588,13 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
                 warnings.simplefilter("ignore")  # re-emitted below, once
                 result = prop.propagate(*xs)
         except Exception as e:
-            errors.append(f"input {[tuple(t.shape) for t in xs]}: {type(e).__name__}: {str(e)[:200]}")
+            shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in xs]
+            errors.append(f"input {shapes}: {type(e).__name__}: {str(e)[:200]}")
             continue
         _add_outputs(prop, gm, result)
         for w in book.warnings:
             warnings.warn(w, stacklevel=2)
-        return Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, True)
+        return Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, True, book.recurrent)
     if example_input is not None:
         raise RuntimeError(f"running {type(model).__name__} on example_input failed: {errors[0]}")
     raise ValueError(

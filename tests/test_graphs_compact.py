@@ -218,3 +218,26 @@ def test_align_keeps_multiples():
     assert all(w % 8 == 0 for w in widths.values()), widths
     assert small.compaction["units_removed"] > 50
     assert torch.allclose(small(x), masked_output(m, conn, x), atol=1e-4)
+
+
+def test_compact_verifies_a_model_of_several_inputs():
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head = torch.nn.Linear(4, 8), torch.nn.Linear(3, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, x, y):
+            return self.head(torch.relu(self.a(x)) + torch.relu(self.b(y)))
+
+    model = Two().eval()
+    conn = adaptive.Connectome(model)
+    dead = torch.ones(8, 4, dtype=torch.bool)
+    dead[:2] = False  # units 0 and 1 of a lose every input ...
+    deadb = torch.ones(8, 3, dtype=torch.bool)
+    deadb[:2] = False  # ... and so do those of b: the sum's channels 0, 1 are constant
+    conn.set_masks({"a.weight": dead, "b.weight": deadb})
+    conn.apply()
+    small = graphs.compact(model, conn, (torch.randn(4, 4), torch.randn(4, 3)))
+    assert small.compaction["max_abs_diff"] < 1e-5
+    x, y = torch.randn(5, 4), torch.randn(5, 3)
+    assert torch.allclose(small(x, y), model(x, y), atol=1e-5)

@@ -245,3 +245,18 @@ def test_contraction_merges_copies_of_one_unit_pair():
     assert pairs[("a:0", "c:0")] == (18, pytest.approx(float(w[0, [0, 2]].norm()), rel=1e-5))  # channels 0 and 2
     assert pairs[("b:1", "c:0")] == (9, pytest.approx(float(w[0, 1].norm()), rel=1e-5))
     assert g.live_synapses() == conn.num_live() == 2 + 4 + 36
+
+
+def test_a_reduction_to_a_scalar_is_followed():
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = self.fc(x)
+            return y + y.sum()  # a 0-d tensor broadcast back
+
+    conn = adaptive.Connectome(M())
+    g = graphs.build(conn, example_input=torch.randn(2, 4))
+    assert g.live_synapses() == conn.num_live() and graphs.summary(g)["dead"]["dead"] == 0

@@ -102,3 +102,92 @@ def test_graph_unrolls_one_step(cell, bi, proj, batch_first):
     depth = g.node_attrs["depth_max"]
     out = g.node_attrs["kind"] == OUTPUT
     assert int(depth[out].max()) == 4 + (2 if proj else 0)  # emb, two recurrent layers (+ projections), head
+
+
+class Seq2Seq(nn.Module):
+    """An encoder whose final state starts the decoder."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec, self.head = nn.GRU(3, 4, batch_first=True), nn.GRU(3, 4, batch_first=True), nn.Linear(4, 2)
+
+    def forward(self, a, b):
+        _, h = self.enc(a)
+        y, _ = self.dec(b, h)
+        return self.head(y)
+
+
+def test_an_initial_state_is_wired_from_the_units_that_produce_it():
+    conn = _connectome(Seq2Seq())
+    g = graphs.build(conn, example_input=(torch.randn(2, 5, 3), torch.randn(2, 4, 3)))
+    assert graphs.summary(g)["dead"]["dead"] == 0  # the encoder reaches the output through the decoder's state
+    lay = {l.module: l for l in g.layers}
+    state = lay["dec.l0.hh"].in_src
+    feeding = set(g.src[(g.edge_attrs["kind"] == 1) & torch.isin(g.dst, state)].tolist())
+    enc_hidden = set(g.src[(g.edge_attrs["kind"] == 2) & torch.isin(g.dst, lay["enc.l0.hh"].in_src)].tolist())
+    assert feeding == enc_hidden and len(feeding) == 4  # h0 of the decoder = the encoder's hidden units
+
+
+class Last(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.RNN(3, 4, batch_first=True), nn.Linear(4, 2)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.head(y[:, -1])
+
+
+@pytest.mark.parametrize("junctions", [True, False])
+def test_a_unit_that_reaches_the_output_only_at_a_later_step_is_not_dead(junctions):
+    model = Last()
+    conn = _connectome(model)
+    head = torch.zeros(2, 4, dtype=torch.bool)
+    head[:, 0] = True  # the head reads hidden unit 0 only
+    conn.set_masks({"head.weight": head})
+    conn.apply()
+    x = torch.randn(2, 5, 3)
+    g = graphs.build(conn, example_input=x, junctions=junctions)
+    assert graphs.summary(g)["dead"]["dead"] == 0  # units 1..3 feed unit 0 at the next step (weight_hh)
+    # the gradient agrees: every ih row gets one
+    model.zero_grad()
+    model(x).sum().backward()
+    assert bool((model.rnn.weight_ih_l0.grad.abs().sum(1) > 0).all())
+    # cut weight_hh's columns 1..3: now units 1..3 reach nothing, at any step
+    hh = torch.zeros(4, 4, dtype=torch.bool)
+    hh[:, 0] = True
+    conn.set_masks({"rnn.weight_hh_l0": hh})
+    conn.apply()
+    g = graphs.build(conn, example_input=x, junctions=junctions)
+    assert graphs.summary(g)["dead"]["dead"] == 6  # ih and hh units of rows 1..3
+    model.zero_grad()
+    model(x).sum().backward()
+    assert bool((model.rnn.weight_ih_l0.grad[1:] == 0).all())
+
+
+def test_layer_graph_keeps_recurrent_edges_apart():
+    lg = graphs.build(_connectome(Last()), level="layer", example_input=torch.randn(2, 5, 3))
+    rec = lg.edge_attrs["kind"] == 2
+    assert int(rec.sum()) == 1 and float(lg.edge_attrs["count"][rec].sum()) == 0
+
+
+def test_parametrized_and_old_weight_norm_matrices_are_named_not_pruned():
+    import torch.nn.utils.parametrize as P
+
+    m = Net("GRU")
+    P.register_parametrization(m.rnn, "weight_hh_l0", nn.Identity())
+    with pytest.warns(UserWarning, match=r"parametrized weight \(rnn.weight_hh_l0\)"):
+        c = adaptive.Connectome(m)
+    assert "rnn.weight_hh_l0" not in c.layers and "rnn.weight_ih_l0" in c.layers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        rnn = torch.nn.utils.weight_norm(nn.LSTM(4, 3), "weight_hh_l0")
+    with pytest.warns(UserWarning, match=r"not synapses.*weight_hh_l0_g.*weight_hh_l0_v"):
+        c = adaptive.Connectome(nn.ModuleDict({"rnn": rnn}))
+    assert list(c.layers) == ["rnn.weight_ih_l0"]  # the gain vector is not a set of synapses
+
+
+def test_a_packed_sequence_example_input_is_refused_with_the_fix():
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(2, 7, 6), torch.tensor([7, 4]), batch_first=True)
+    with pytest.raises(ValueError, match="PackedSequence.*pass the padded batch"):
+        graphs.build(_connectome(Net()), example_input=packed)
