@@ -6,6 +6,8 @@ Every op falls in one category:
 - ``attention``: an ``nn.MultiheadAttention`` call: query, key and value units, then ``out_proj``.
 - ``recurrent``: an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` call, unrolled one step: gate units per layer
   and direction, fed by the input and by state nodes standing for the previous hidden state.
+- ``transformer``: ``nn.Transformer`` and its encoder/decoder (layers): attention, feed-forward and
+  residual junctions, written out per layer.
 - ``pointwise``: acts on each channel separately (activations, normalisation, pooling, dropout,
   resampling): channel ``c`` of the output is fed by channel ``c`` of the input.
 - ``broadcast``: elementwise arithmetic of several tensors (residual ``+``, squeeze-excitation ``*``):
@@ -39,6 +41,8 @@ POINTWISE_MODULES = (
     nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
 )
 SHAPE_MODULES = (nn.Flatten, nn.Unflatten)
+TRANSFORMER_MODULES = (nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
+                       nn.TransformerDecoderLayer)
 
 POINTWISE_FUNCTIONS = {
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.gelu, F.silu, F.mish, F.elu, F.selu, F.leaky_relu,
@@ -92,7 +96,7 @@ def register_op(target: Any, category: str) -> None:
 
 
 def categorize(node, module=None) -> str:
-    """The category of an fx node: weighted, attention, recurrent, pointwise, broadcast, shape, reduce, or unknown."""
+    """The category of an fx node: weighted, attention, recurrent, transformer, pointwise, broadcast, shape, reduce, or unknown."""
     op, target = node.op, node.target
     if op == "call_module":
         for cls, cat in _EXTRA.items():
@@ -104,6 +108,8 @@ def categorize(node, module=None) -> str:
             return "attention"
         if isinstance(module, nn.RNNBase):
             return "recurrent"
+        if isinstance(module, TRANSFORMER_MODULES):
+            return "transformer"
         if isinstance(module, POINTWISE_MODULES):
             return "pointwise"
         if isinstance(module, SHAPE_MODULES):

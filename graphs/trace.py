@@ -250,6 +250,8 @@ class FlowProp(ShapeProp):
             return self._on_attention(n, module, result)
         if cat == "recurrent":
             return self._on_recurrent(n, module, result)
+        if cat == "transformer":
+            return self._on_transformer(n, module, result)
         if cat == "pointwise":
             return self._on_pointwise(n, result)
         if cat == "broadcast":
@@ -307,18 +309,32 @@ class FlowProp(ShapeProp):
         return _expand(ids, result.shape, axis)
 
     def _on_attention(self, n, module, result):
-        """``nn.MultiheadAttention``: three layers of ``embed_dim`` units (queries, keys, values: rows
-        of ``in_proj_weight`` or the separate ``q/k/v_proj_weight``), then ``out_proj``. Attention
-        mixes positions, not channels within a head: output channel ``c`` of head ``h`` is a sum of
-        value unit ``c`` weighted by scores computed from the query and key units of head ``h``, so
-        it is a junction of those ``2 * head_dim + 1`` units."""
+        """``nn.MultiheadAttention`` called on traced query, key and value tensors (see
+        :meth:`_attention_units`)."""
         name = str(n.target)
-        if name in self.seen_modules:
-            raise ValueError("the attention module is called more than once; the graph follows one call per module")
         nodes = [n.args[i] if len(n.args) > i else n.kwargs.get(k) for i, k in enumerate(("query", "key", "value"))]
         flows = [self._flow_of(a) for a in nodes]
         if any(not isinstance(f, torch.Tensor) for f in flows):
             raise ValueError("a query, key or value input carries no traced data")
+        srcs = [self.readout(f, -1, f"{name}.{t}.input") for f, t in zip(flows, "qkv")]
+        out, q, k = self._attention_units(module, name, srcs, n.name)
+        y, weights = result if isinstance(result, (tuple, list)) else (result, None)
+        flow_y = _expand(out, y.shape, -1)
+        if not isinstance(weights, torch.Tensor):
+            return (flow_y, None)
+        score = self.book.combine(torch.zeros(2 * q.numel(), dtype=torch.long), torch.cat([q, k]), 1,
+                                  f"{name}.weights", "attention")
+        return (flow_y, torch.full((), float(score[0]), dtype=torch.float64).expand(weights.shape))
+
+    def _attention_units(self, module, name, srcs, node_name):
+        """The units of one ``nn.MultiheadAttention`` reading channel sources ``srcs`` (query, key,
+        value): three layers of ``embed_dim`` units (queries, keys, values: rows of ``in_proj_weight``
+        or the separate ``q/k/v_proj_weight``), then ``out_proj``. Attention mixes positions, not
+        channels within a head: output channel ``c`` of head ``h`` is a sum of value unit ``c``
+        weighted by scores computed from the query and key units of head ``h``, so it is a junction
+        of those ``2 * head_dim + 1`` units. Returns (out_proj units, query units, key units)."""
+        if name in self.seen_modules:
+            raise ValueError(f"attention module {name!r} is called more than once; the graph follows one call per module")
         E, H = int(module.embed_dim), int(module.num_heads)
         if module._qkv_same_embed_dim:
             parts = [("in_proj_weight", (i * E, (i + 1) * E)) for i in range(3)]
@@ -326,15 +342,14 @@ class FlowProp(ShapeProp):
             parts = [(f"{t}_proj_weight", None) for t in "qkv"]
         first = len(self.book.layers)
         ids = []
-        for (attr, rows), tag, f in zip(parts, "qkv", flows):
+        for (attr, rows), tag, src in zip(parts, "qkv", srcs):
             w = getattr(module, attr)
-            src = self.readout(f, -1, f"{name}.{tag}.input")
             if src.numel() != w.shape[1]:
                 raise ValueError(f"{name}'s {tag} projection reads {src.numel()} channels but its weight expects {w.shape[1]}")
             lid = len(self.book.layers)
             gid, start = self.book.new_group(f"{name}.{tag}", "layer", "MultiheadAttention", E, layer=lid)
             self.book.layers.append(LayerFlow(f"{name}.{tag}", f"{name}.{attr}", gid, "linear", (E, int(w.shape[1])), 1,
-                                              src, n.name, rows))
+                                              src, node_name, rows))
             ids.append(torch.arange(start, start + E))
         q, k, v = ids
         d = E // H
@@ -342,18 +357,70 @@ class FlowProp(ShapeProp):
         feeds = torch.cat([v.view(E, 1), per_head[torch.arange(E) // d]], dim=1)  # [E, 2d + 1]
         mixed = self.book.combine(torch.arange(E).repeat_interleave(2 * d + 1), feeds.reshape(-1), E,
                                   f"{name}.attention", "attention")
-        out = module.out_proj
-        lid = len(self.book.layers)
-        gid, start = self.book.new_group(f"{name}.out_proj", "layer", type(out).__name__, out.weight.shape[0], layer=lid)
-        self.book.layers.append(LayerFlow(f"{name}.out_proj", f"{name}.out_proj.weight", gid, "linear",
-                                          tuple(out.weight.shape), 1, mixed, n.name))
+        out = self._matrix_layer(module.out_proj, f"{name}.out_proj", "weight", f"{name}.out_proj", mixed, node_name)
         self.seen_modules[name] = first
-        y, weights = result if isinstance(result, (tuple, list)) else (result, None)
-        flow_y = _expand(torch.arange(start, start + out.weight.shape[0]), y.shape, -1)
-        if not isinstance(weights, torch.Tensor):
-            return (flow_y, None)
-        score = self.book.combine(torch.zeros(2 * E, dtype=torch.long), torch.cat([q, k]), 1, f"{name}.weights", "attention")
-        return (flow_y, torch.full((), float(score[0]), dtype=torch.float64).expand(weights.shape))
+        return out, q, k
+
+    # nn.Transformer and its parts: fx cannot trace into them (their fast-path checks branch on
+    # tensor properties), so their wiring is written out here, at the level of channels. Norms and
+    # dropout act on each channel and keep its source; residual sums are junctions.
+    def _on_transformer(self, n, module, result):
+        name = str(n.target)
+        arg = lambda i, key: self._flow_of(n.args[i]) if len(n.args) > i else self._flow_of(n.kwargs.get(key))
+        if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
+            x = arg(0, "src")
+            flows = [x]
+        elif isinstance(module, (nn.TransformerDecoderLayer, nn.TransformerDecoder)):
+            x, mem = arg(0, "tgt"), arg(1, "memory")
+            flows = [x, mem]
+        else:  # nn.Transformer(src, tgt)
+            x, mem = arg(1, "tgt"), arg(0, "src")
+            flows = [x, mem]
+        if any(not isinstance(f, torch.Tensor) for f in flows):
+            raise ValueError("an input carries no traced data")
+        ids = [self.readout(f, -1, f"{name}.input{i}") for i, f in enumerate(flows)]
+        if isinstance(module, nn.TransformerEncoderLayer):
+            out = self._encoder_layer(module, name, ids[0], n.name)
+        elif isinstance(module, nn.TransformerDecoderLayer):
+            out = self._decoder_layer(module, name, ids[0], ids[1], n.name)
+        elif isinstance(module, nn.TransformerEncoder):
+            out = self._encoder(module, name, ids[0], n.name)
+        elif isinstance(module, nn.TransformerDecoder):
+            out = self._decoder(module, name, ids[0], ids[1], n.name)
+        else:
+            memory = self._encoder(module.encoder, f"{name}.encoder", ids[1], n.name)
+            out = self._decoder(module.decoder, f"{name}.decoder", ids[0], memory, n.name)
+        return _expand(out, result.shape, -1)
+
+    def _residual(self, a, b, name):
+        E = a.numel()
+        return self.book.combine(torch.arange(E).repeat(2), torch.cat([a, b]), E, name, "add")
+
+    def _feed_forward(self, layer, name, x, node_name):
+        h = self._matrix_layer(layer.linear1, f"{name}.linear1", "weight", f"{name}.linear1", x, node_name)
+        return self._matrix_layer(layer.linear2, f"{name}.linear2", "weight", f"{name}.linear2", h, node_name)
+
+    def _encoder_layer(self, layer, name, x, node_name):
+        sa = self._attention_units(layer.self_attn, f"{name}.self_attn", [x, x, x], node_name)[0]
+        x = self._residual(x, sa, f"{name}.add1")
+        return self._residual(x, self._feed_forward(layer, name, x, node_name), f"{name}.add2")
+
+    def _decoder_layer(self, layer, name, x, mem, node_name):
+        sa = self._attention_units(layer.self_attn, f"{name}.self_attn", [x, x, x], node_name)[0]
+        x = self._residual(x, sa, f"{name}.add1")
+        ca = self._attention_units(layer.multihead_attn, f"{name}.multihead_attn", [x, mem, mem], node_name)[0]
+        x = self._residual(x, ca, f"{name}.add2")
+        return self._residual(x, self._feed_forward(layer, name, x, node_name), f"{name}.add3")
+
+    def _encoder(self, enc, name, x, node_name):
+        for i, layer in enumerate(enc.layers):
+            x = self._encoder_layer(layer, f"{name}.layers.{i}", x, node_name)
+        return x
+
+    def _decoder(self, dec, name, x, mem, node_name):
+        for i, layer in enumerate(dec.layers):
+            x = self._decoder_layer(layer, f"{name}.layers.{i}", x, mem, node_name)
+        return x
 
     def _on_recurrent(self, n, module, result):
         """``nn.RNN``/``nn.LSTM``/``nn.GRU``, one time step unrolled. For each layer and direction:

@@ -182,3 +182,53 @@ def test_mask_only_on_a_vit_changes_no_surviving_weight():
     for k in before:
         kept = after[k] != 0
         assert torch.equal(after[k][kept], before[k][kept]), k
+
+
+class EncoderNet(nn.Module):
+    def __init__(self, batch_first=True, norm_first=False):
+        super().__init__()
+        self.batch_first = batch_first
+        self.emb = nn.Linear(6, 16)
+        layer = nn.TransformerEncoderLayer(16, 4, 32, batch_first=batch_first, norm_first=norm_first)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.emb(x if self.batch_first else x.transpose(0, 1))
+        return self.head(self.enc(h).mean(1 if self.batch_first else 0))
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 16), nn.Linear(5, 16)
+        self.tr = nn.Transformer(16, 2, 1, 1, 32, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x, y):
+        return self.head(self.tr(self.a(x), self.b(y)))
+
+
+@pytest.mark.parametrize("which", ["encoder", "encoder_seq_first_norm_first", "transformer"])
+def test_graph_writes_out_torch_transformer_modules(which):
+    if which == "transformer":
+        model, x = Seq2Seq(), (torch.randn(2, 7, 6), torch.randn(2, 4, 5))
+    else:
+        model, x = EncoderNet(*((False, True) if "norm_first" in which else (True, False))), torch.randn(2, 7, 6)
+    conn = _pruned(model, density=0.5, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fx cannot trace into these modules: without the rules, one junction
+        g = graphs.build(conn, example_input=x)
+    assert g.live_synapses() == conn.num_live()
+    lay = {l.module: l for l in g.layers}
+    prefix = "tr.encoder.layers" if which == "transformer" else "enc.layers"
+    first = g.groups[lay[f"{prefix}.0.linear2"].group]
+    # block 1's queries read the sum of block 0's input path and its feed-forward output
+    q1 = lay[f"{prefix}.1.self_attn.q"].in_src if which != "transformer" else None
+    if q1 is not None:
+        feeding = set(g.src[torch.isin(g.dst, q1)].tolist())
+        assert feeding & set(range(first.start, first.start + first.count))
+    if which == "transformer":  # the decoder's cross-attention reads the encoder's output as keys and values
+        k = lay["tr.decoder.layers.0.multihead_attn.k"].in_src
+        enc_out = set(g.src[torch.isin(g.dst, k)].tolist())
+        assert enc_out & set(range(first.start, first.start + first.count))
