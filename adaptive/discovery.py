@@ -122,7 +122,7 @@ def discover(
     for mname, module in model.named_modules():
         for attr, kind, groups in _prunable_weights(module):
             if parametrize.is_parametrized(module, attr):
-                computed.append(f"{mname}.{attr}" if attr != "weight" else mname)
+                computed.append(mname if attr == "weight" else f"{mname}.{attr}" if mname else attr)
                 continue
             w = getattr(module, attr, None)
             if not isinstance(w, nn.Parameter):

@@ -11,7 +11,7 @@ from typing import Dict, List
 
 import torch
 
-from .trace import INPUT, JUNCTION, OUTPUT, UNIT
+from .trace import EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT, JUNCTION, OUTPUT, UNIT
 
 _BIG = torch.iinfo(torch.long).max
 
@@ -23,31 +23,49 @@ def _spans(g):
 
 def _live(g) -> torch.Tensor:
     """Edges that carry signal: synapse edges with live synapses and wires, never from the constant."""
-    live = (g.src != 0) & (g.edge_attrs["kind"] != 2)  # recurrent back edges: see reachability
+    live = (g.src != 0) & (g.edge_attrs["kind"] != EDGE_RECURRENT)  # back edges: see signal_depth, reachability
     if "count" in g.edge_attrs:
-        live &= (g.edge_attrs["count"] > 0) | (g.edge_attrs["kind"] == 1)
+        live &= (g.edge_attrs["count"] > 0) | (g.edge_attrs["kind"] == EDGE_WIRE)
     return live
+
+
+def state_nodes(g) -> torch.Tensor:
+    """Bool per node: the state nodes of recurrent layers (kind input, standing for the previous
+    time step's output of that layer, not for the model's input)."""
+    is_state = torch.tensor([x.op == "state" for x in g.groups] + [False])
+    return is_state[g.node_attrs["group"]]
 
 
 def signal_depth(g):
     """(longest, shortest) number of weighted layers on a live path from an input to each node;
-    -1 where no such path exists. Inputs have depth 0; units add 1, junctions and outputs 0."""
+    -1 where no such path exists. Inputs have depth 0; units add 1, junctions and outputs 0. A
+    recurrent layer's state nodes count as inputs of depth 0 (one time step) once the unit whose
+    value they hold at the next step is reached from a real input, or when their initial state is."""
     n = g.num_nodes
     kind = g.node_attrs["kind"]
     w = (kind == UNIT).long()
     dmax = torch.full((n,), -1, dtype=torch.long)
     dmin = torch.full((n,), _BIG, dtype=torch.long)
-    inputs = kind == INPUT
+    inputs = (kind == INPUT) & ~state_nodes(g)
     dmax[inputs] = 0
     dmin[inputs] = 0
     live = _live(g)
-    for _, a, b in _spans(g):
-        s, d, ok = g.src[a:b], g.dst[a:b], live[a:b]
-        ok = ok & (dmax[s] >= 0)
-        s, d = s[ok], d[ok]
-        if s.numel():
-            dmax.scatter_reduce_(0, d, dmax[s] + w[d], "amax")
-            dmin.scatter_reduce_(0, d, dmin[s] + w[d], "amin")
+    spans = _spans(g)
+    rec = g.edge_attrs["kind"] == EDGE_RECURRENT
+    rs, rd = g.src[rec], g.dst[rec]
+    for _ in range(n + 1):
+        for _, a, b in spans:
+            s, d, ok = g.src[a:b], g.dst[a:b], live[a:b]
+            ok = ok & (dmax[s] >= 0)
+            s, d = s[ok], d[ok]
+            if s.numel():
+                dmax.scatter_reduce_(0, d, dmax[s] + w[d], "amax")
+                dmin.scatter_reduce_(0, d, dmin[s] + w[d], "amin")
+        new = (dmax[rs] >= 0) & (dmax[rd] < 0)
+        if not bool(new.any()):
+            break
+        dmax[rd[new]] = 0
+        dmin[rd[new]] = 0
     dmin[dmax < 0] = -1
     return dmax, dmin
 
@@ -69,7 +87,7 @@ def reachability(g) -> Dict[str, torch.Tensor]:
     bwd = (kind == OUTPUT).clone()
     live = _live(g)
     spans = list(reversed(_spans(g)))
-    rec = g.edge_attrs["kind"] == 2
+    rec = g.edge_attrs["kind"] == EDGE_RECURRENT
     rs, rd = g.src[rec], g.dst[rec]
     for _ in range(g.num_nodes + 1):  # a recurrent layer: until no unit newly reaches an output
         for _, a, b in spans:
@@ -95,7 +113,10 @@ def dead_units(g) -> Dict[str, torch.Tensor]:
     live = _live(g)
     n = g.num_nodes
     live_in = torch.bincount(g.dst[live], minlength=n) > 0
-    live_out = torch.bincount(g.src[live | (g.edge_attrs["kind"] == 2)], minlength=n) > 0  # to the next step too
+    live_out = torch.bincount(g.src[live], minlength=n) > 0
+    # a unit whose value a state node holds at the next step has an output there, if that node does
+    rec = (g.edge_attrs["kind"] == EDGE_RECURRENT) & live_out[g.dst]
+    live_out |= torch.bincount(g.src[rec], minlength=n) > 0
     r = reachability(g)
     return {
         "no_live_input": unit & ~live_in,
@@ -110,8 +131,6 @@ def layer_live(g) -> torch.Tensor:
     """Live synapses of each weighted layer (float64 [L]), every synapse once. A graph with
     contracted junctions repeats a synapse once per source, so it keeps the true counts in
     ``meta["layer_live"]``."""
-    from .graph import EDGE_SYNAPSE
-
     if "layer_live" in g.meta:
         return torch.tensor(g.meta["layer_live"], dtype=torch.float64)
     lay = g.edge_attrs["layer"]
@@ -168,7 +187,8 @@ def summary(g) -> dict:
     units = int((g.node_attrs["kind"] == UNIT).sum())
     r = reachability(g)
     outputs = g.node_attrs["kind"] == OUTPUT
-    inputs = g.node_attrs["kind"] == INPUT
+    state = state_nodes(g)
+    inputs = (g.node_attrs["kind"] == INPUT) & ~state
     return {
         "level": g.level,
         "nodes": g.num_nodes,
@@ -176,6 +196,7 @@ def summary(g) -> dict:
         "units": units,
         "junctions": int((g.node_attrs["kind"] == JUNCTION).sum()),
         "inputs": int(inputs.sum()),
+        "state_nodes": int(state.sum()),
         "outputs": int(outputs.sum()),
         "live_synapses": g.live_synapses(),
         "dead": {k: int(v.sum()) for k, v in dead.items()},

@@ -556,9 +556,12 @@ def _tensor_leaves(out) -> list:
 
 @torch.no_grad()
 def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
-    x2 = x
-    if isinstance(x, torch.Tensor):  # a second input: random floats, or the ids (tokens) shuffled
-        x2 = torch.randn_like(x) if x.is_floating_point() else x.flatten()[torch.randperm(x.numel())].view_as(x)
+    def other(t):  # a second input: random floats, or the ids (tokens) shuffled
+        if not isinstance(t, torch.Tensor):
+            return t
+        return torch.randn_like(t) if t.is_floating_point() else t.flatten()[torch.randperm(t.numel())].view_as(t)
+
+    x2 = type(x)(other(t) for t in x) if isinstance(x, (tuple, list)) else other(x)
     xs = [x, x2]
     worst = 0.0
     for xi in xs:

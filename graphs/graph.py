@@ -8,7 +8,8 @@
 - ``layer``: one node per layer / junction op / input / output; edges aggregate the unit edges.
 
 Nodes at the synapse and unit levels are the same: the constant node (id 0, zero padding), input
-channels or features, units (one per output channel/feature of each Linear/Conv), junctions (where
+channels or features, units (one per output channel/feature of each Linear/Conv, one per row of an
+attention projection or a recurrent matrix), junctions (where
 a residual addition or a product merges several sources; wires join their summands to them) and
 output classes; a recurrent layer adds state nodes (kind input) for its previous step's output.
 Edge ``kind``: 0 synapse, 1 wire, 2 recurrent (a back edge from a recurrent layer's output unit to
@@ -27,10 +28,10 @@ from typing import Dict, List, Mapping, Optional
 import torch
 from torch import nn
 
-from .trace import CONST, INPUT, JUNCTION, KIND_NAMES, OUTPUT, UNIT, Group, LayerFlow, Trace, trace
+from .trace import (CONST, EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT, JUNCTION, KIND_NAMES, OUTPUT, UNIT, Group,
+                    LayerFlow, Trace, trace)
 
 LEVELS = ("synapse", "unit", "layer")
-EDGE_SYNAPSE, EDGE_WIRE, EDGE_RECURRENT = 0, 1, 2
 
 
 @dataclass
@@ -83,10 +84,10 @@ class ConnectomeGraph:
 # ------------------------------------------------------------------------------------ helpers
 def _param(model: nn.Module, name: str) -> torch.Tensor:
     """``model``'s parameter called ``name`` (a tied weight answers to each of its names)."""
-    found = dict(model.named_parameters(remove_duplicate=False)).get(name)
-    if found is None:
-        raise KeyError(f"{type(model).__name__} has no parameter {name!r}")
-    return found
+    try:
+        return model.get_parameter(name)
+    except AttributeError as e:
+        raise KeyError(f"{type(model).__name__} has no parameter {name!r}") from e
 
 
 def _conn_name(conn, model: nn.Module, layer: LayerFlow) -> Optional[str]:
@@ -108,23 +109,20 @@ def _weight_and_mask(conn, model: nn.Module, layer: LayerFlow):
 
 
 def _utility_for(utility, conn, layer: LayerFlow, shape, model=None) -> Optional[torch.Tensor]:
-    """``utility`` of ``layer``'s synapses; ``shape`` is that of the whole parameter."""
-    u = _whole_utility(utility, conn, layer, shape, model)
-    return None if u is None else layer.part(u)
-
-
-def _whole_utility(utility, conn, layer: LayerFlow, shape, model=None) -> Optional[torch.Tensor]:
+    """``utility`` of ``layer``'s synapses (its rows of the parameter's); ``shape`` is the whole
+    parameter's."""
     name = layer.param if model is None else _conn_name(conn, model, layer)
     if not utility or name not in utility:
         return None
     u = utility[name].detach().float().cpu()
     if tuple(u.shape) == tuple(shape):
-        return u
+        return layer.part(u)
     if conn is not None:
         gran = conn.granularity
         if tuple(u.shape) == tuple(gran.ensemble_shape(torch.Size(shape))):
             # spread an ensemble's utility evenly over its synapses so sums are preserved
-            return gran.expand(u, torch.Size(shape)) / gran.expand(gran.ensemble_sizes(torch.Size(shape)), torch.Size(shape))
+            size = torch.Size(shape)
+            return layer.part(gran.expand(u, size) / gran.expand(gran.ensemble_sizes(size), size))
     raise ValueError(
         f"utility[{layer.param!r}] has shape {tuple(u.shape)}: give one value per synapse {tuple(shape)} or per ensemble"
     )
@@ -279,7 +277,7 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
             s, d, cols = fn(layer, g.start, w, m, u)
             kind = torch.full((s.numel(),), EDGE_SYNAPSE, dtype=torch.long)
             lay = torch.full((s.numel(),), g.layer, dtype=torch.long)
-        elif gid in tr.wires or gid in getattr(tr, "recurrent", {}):
+        elif gid in tr.wires or gid in tr.recurrent:
             # wires into a junction (or a recurrent layer's state nodes, from h0), then the back edges
             # that carry a recurrent layer's output to its state nodes at the next step
             s, d = tr.wires.get(gid, (torch.zeros(0, dtype=torch.long),) * 2)

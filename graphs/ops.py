@@ -8,7 +8,9 @@ Every op falls in one category:
   and direction, fed by the input and by state nodes standing for the previous hidden state.
 - ``transformer``: ``nn.Transformer`` and its encoder/decoder (layers): attention, feed-forward and
   residual junctions, written out per layer.
-- ``pointwise``: acts on each channel separately (activations, normalisation, pooling, dropout,
+- ``normalize``: LayerNorm / GroupNorm: channel ``c`` of the output reads channel ``c`` of the input
+  and the statistics of the channels normalised with it (a junction per channel).
+- ``pointwise``: acts on each channel separately (activations, batch and instance normalisation, pooling, dropout,
   resampling): channel ``c`` of the output is fed by channel ``c`` of the input.
 - ``broadcast``: elementwise arithmetic of several tensors (residual ``+``, squeeze-excitation ``*``):
   each output element is fed by the elements it was computed from (a *junction* when they differ).
@@ -31,7 +33,7 @@ from torch import nn
 WEIGHTED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 POINTWISE_MODULES = (
-    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm,
+    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign,
     nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
@@ -41,6 +43,9 @@ POINTWISE_MODULES = (
     nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
 )
 SHAPE_MODULES = (nn.Flatten, nn.Unflatten)
+# normalisations whose statistics span channels: every output channel also reads those statistics
+NORMALIZE_MODULES = (nn.LayerNorm, nn.GroupNorm)
+NORMALIZE_FUNCTIONS = {F.layer_norm, F.group_norm}
 TRANSFORMER_MODULES = (nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
                        nn.TransformerDecoderLayer)
 
@@ -48,7 +53,7 @@ POINTWISE_FUNCTIONS = {
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.gelu, F.silu, F.mish, F.elu, F.selu, F.leaky_relu,
     F.hardswish, F.hardsigmoid, F.hardtanh, F.softplus, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh,
     torch.clamp, torch.clip, torch.abs, torch.neg, torch.exp, torch.sqrt, torch.square,
-    F.dropout, F.dropout2d, F.alpha_dropout, F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm,
+    F.dropout, F.dropout2d, F.alpha_dropout, F.batch_norm, F.instance_norm,
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
@@ -96,7 +101,7 @@ def register_op(target: Any, category: str) -> None:
 
 
 def categorize(node, module=None) -> str:
-    """The category of an fx node: weighted, attention, recurrent, transformer, pointwise, broadcast, shape, reduce, or unknown."""
+    """The category of an fx node: weighted, attention, recurrent, transformer, normalize, pointwise, broadcast, shape, reduce, or unknown."""
     op, target = node.op, node.target
     if op == "call_module":
         for cls, cat in _EXTRA.items():
@@ -110,6 +115,8 @@ def categorize(node, module=None) -> str:
             return "recurrent"
         if isinstance(module, TRANSFORMER_MODULES):
             return "transformer"
+        if isinstance(module, NORMALIZE_MODULES):
+            return "normalize"
         if isinstance(module, POINTWISE_MODULES):
             return "pointwise"
         if isinstance(module, SHAPE_MODULES):
@@ -118,6 +125,8 @@ def categorize(node, module=None) -> str:
     if target in _EXTRA:
         return _EXTRA[target]
     if op == "call_function":
+        if target in NORMALIZE_FUNCTIONS:
+            return "normalize"
         if target in POINTWISE_FUNCTIONS:
             return "pointwise"
         if target in BROADCAST_FUNCTIONS:

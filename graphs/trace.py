@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
@@ -31,6 +32,9 @@ from . import ops
 
 CONST, INPUT, UNIT, JUNCTION, OUTPUT = range(5)
 KIND_NAMES = ("constant", "input", "unit", "junction", "output")
+# edge kinds: a live synapse (or the synapses joining two nodes), a wire into a junction (or into a
+# recurrent layer's state node, from its initial state), a recurrent back edge (see _on_recurrent)
+EDGE_SYNAPSE, EDGE_WIRE, EDGE_RECURRENT = 0, 1, 2
 
 
 @dataclass
@@ -47,7 +51,9 @@ class Group:
 
 @dataclass
 class LayerFlow:
-    """One weighted layer: its units and the node feeding each of its input channels."""
+    """One weighted layer: its units and the node feeding each of its input channels. ``module`` is
+    the module's name, or for the parts of an attention or recurrent module a label under it
+    (``attn.q``, ``rnn.l0_reverse.hh``); ``param`` is always the weight's parameter name."""
 
     module: str
     param: str
@@ -98,7 +104,7 @@ class Trace:
 
 
 class _Book:
-    """Allocates node ids and records junction wires."""
+    """Allocates node ids and records junction wires and recurrent back edges."""
 
     def __init__(self):
         self.groups: List[Group] = [Group("constant", "constant", "zero", 0, 1)]
@@ -108,6 +114,17 @@ class _Book:
         self.concats: List[dict] = []
         self.warnings: List[str] = []
         self.recurrent: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def snapshot(self) -> tuple:
+        return (self.n, len(self.groups), len(self.layers), set(self.wires), set(self.recurrent), len(self.concats))
+
+    def restore(self, snap: tuple) -> None:
+        """Forget what was recorded since ``snap`` (a rule that failed halfway leaves nothing behind)."""
+        self.n, ng, nl, wires, rec, nc = snap
+        del self.groups[ng:], self.layers[nl:], self.concats[nc:]
+        for d, keep in ((self.wires, wires), (self.recurrent, rec)):
+            for k in set(d) - keep:
+                del d[k]
 
     def new_group(self, name, kind, op, count, layer=-1) -> Tuple[int, int]:
         start = self.n
@@ -223,11 +240,20 @@ class FlowProp(ShapeProp):
     # -------------------------------------------------------------- interpreter
     def run_node(self, n: fx.Node):
         result = super().run_node(n)
+        snap, seen = self.book.snapshot(), dict(self.seen_modules)
         try:
             self.flows[n] = self.flow(n, result)
         except Exception as e:  # a rule that cannot handle this use of a known op
+            self.book.restore(snap)
+            self.seen_modules = seen
             self.flows[n] = self._on_unknown(n, result, f": {type(e).__name__}: {e}")
         return result
+
+    def _arg(self, n: fx.Node, i: int, key: str):
+        """The id flow of argument ``i`` (or keyword ``key``) of ``n``; tuples of tensors (an
+        LSTM's ``(h0, c0)``) come back as tuples of flows; None when absent or not traced."""
+        a = n.args[i] if len(n.args) > i else n.kwargs.get(key)
+        return fx.node.map_arg(a, lambda m: self.flows.get(m)) if a is not None else None
 
     def flow(self, n: fx.Node, result):
         if n.op == "placeholder":
@@ -252,6 +278,8 @@ class FlowProp(ShapeProp):
             return self._on_recurrent(n, module, result)
         if cat == "transformer":
             return self._on_transformer(n, module, result)
+        if cat == "normalize":
+            return self._on_normalize(n, module, result)
         if cat == "pointwise":
             return self._on_pointwise(n, result)
         if cat == "broadcast":
@@ -312,15 +340,15 @@ class FlowProp(ShapeProp):
         """``nn.MultiheadAttention`` called on traced query, key and value tensors (see
         :meth:`_attention_units`)."""
         name = str(n.target)
-        nodes = [n.args[i] if len(n.args) > i else n.kwargs.get(k) for i, k in enumerate(("query", "key", "value"))]
-        flows = [self._flow_of(a) for a in nodes]
+        flows = [self._arg(n, i, k) for i, k in enumerate(("query", "key", "value"))]
         if any(not isinstance(f, torch.Tensor) for f in flows):
             raise ValueError("a query, key or value input carries no traced data")
         srcs = [self.readout(f, -1, f"{name}.{t}.input") for f, t in zip(flows, "qkv")]
         out, q, k = self._attention_units(module, name, srcs, n.name)
         y, weights = result if isinstance(result, (tuple, list)) else (result, None)
         flow_y = _expand(out, y.shape, -1)
-        if not isinstance(weights, torch.Tensor):
+        read = any(u.target is operator.getitem and u.args[1] == 1 for u in n.users)
+        if not isinstance(weights, torch.Tensor) or not read:  # the attention weights, if the model reads them
             return (flow_y, None)
         score = self.book.combine(torch.zeros(2 * q.numel(), dtype=torch.long), torch.cat([q, k]), 1,
                                   f"{name}.weights", "attention")
@@ -341,17 +369,8 @@ class FlowProp(ShapeProp):
         else:
             parts = [(f"{t}_proj_weight", None) for t in "qkv"]
         first = len(self.book.layers)
-        ids = []
-        for (attr, rows), tag, src in zip(parts, "qkv", srcs):
-            w = getattr(module, attr)
-            if src.numel() != w.shape[1]:
-                raise ValueError(f"{name}'s {tag} projection reads {src.numel()} channels but its weight expects {w.shape[1]}")
-            lid = len(self.book.layers)
-            gid, start = self.book.new_group(f"{name}.{tag}", "layer", "MultiheadAttention", E, layer=lid)
-            self.book.layers.append(LayerFlow(f"{name}.{tag}", f"{name}.{attr}", gid, "linear", (E, int(w.shape[1])), 1,
-                                              src, node_name, rows))
-            ids.append(torch.arange(start, start + E))
-        q, k, v = ids
+        q, k, v = (self._matrix_layer(module, name, attr, f"{name}.{tag}", src, node_name, rows)
+                   for (attr, rows), tag, src in zip(parts, "qkv", srcs))
         d = E // H
         per_head = torch.stack([q, k]).view(2, H, d).permute(1, 0, 2).reshape(H, 2 * d)
         feeds = torch.cat([v.view(E, 1), per_head[torch.arange(E) // d]], dim=1)  # [E, 2d + 1]
@@ -366,16 +385,13 @@ class FlowProp(ShapeProp):
     # dropout act on each channel and keep its source; residual sums are junctions.
     def _on_transformer(self, n, module, result):
         name = str(n.target)
-        arg = lambda i, key: self._flow_of(n.args[i]) if len(n.args) > i else self._flow_of(n.kwargs.get(key))
+        _check_standard_transformer(module)
         if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
-            x = arg(0, "src")
-            flows = [x]
+            flows = [self._arg(n, 0, "src")]
         elif isinstance(module, (nn.TransformerDecoderLayer, nn.TransformerDecoder)):
-            x, mem = arg(0, "tgt"), arg(1, "memory")
-            flows = [x, mem]
-        else:  # nn.Transformer(src, tgt)
-            x, mem = arg(1, "tgt"), arg(0, "src")
-            flows = [x, mem]
+            flows = [self._arg(n, 0, "tgt"), self._arg(n, 1, "memory")]
+        else:  # nn.Transformer(src, tgt): the decoder's input first, then the encoder's
+            flows = [self._arg(n, 1, "tgt"), self._arg(n, 0, "src")]
         if any(not isinstance(f, torch.Tensor) for f in flows):
             raise ValueError("an input carries no traced data")
         ids = [self.readout(f, -1, f"{name}.input{i}") for i, f in enumerate(flows)]
@@ -393,6 +409,7 @@ class FlowProp(ShapeProp):
         return _expand(out, result.shape, -1)
 
     def _residual(self, a, b, name):
+        """A junction per channel summing ``a`` and ``b`` (a residual connection)."""
         E = a.numel()
         return self.book.combine(torch.arange(E).repeat(2), torch.cat([a, b]), E, name, "add")
 
@@ -433,11 +450,11 @@ class FlowProp(ShapeProp):
         reaches the output only at a later step is not counted dead)."""
         name = str(n.target)
         if name in self.seen_modules:
-            raise ValueError("the recurrent module is called more than once; the graph follows one call per module")
-        x = self._flow_of(n.args[0]) if n.args else self._flow_of(n.kwargs.get("input"))
+            raise ValueError(f"recurrent module {name!r} is called more than once; the graph follows one call per module")
+        x = self._arg(n, 0, "input")
         if not isinstance(x, torch.Tensor):
             raise ValueError("its input carries no traced data (a PackedSequence is not followed)")
-        hx = self._flow_of(n.args[1]) if len(n.args) > 1 else self._flow_of(n.kwargs.get("hx"))
+        hx = self._arg(n, 1, "hx")
         h0, c0 = (hx if isinstance(hx, (tuple, list)) else (hx, None))
         G = {"LSTM": 4, "GRU": 3}.get(module.mode, 1)
         H, P = int(module.hidden_size), int(getattr(module, "proj_size", 0) or 0)
@@ -458,7 +475,7 @@ class FlowProp(ShapeProp):
                     keep = init != 0
                     self.book.wires[sg] = (init[keep], state[keep])
                 hh = self._matrix_layer(module, name, f"weight_hh_l{k}{sfx}", f"{tag}.hh", state, n.name)
-                gates = self.book.combine(torch.arange(G * H).repeat(2), torch.cat([ih, hh]), G * H, f"{tag}.gates", "add")
+                gates = self._residual(ih, hh, f"{tag}.gates")
                 rows, feeds = torch.arange(H).repeat(G), gates
                 if isinstance(c0, torch.Tensor):  # an LSTM's initial cell state feeds the hidden units
                     rows, feeds = torch.cat([rows, torch.arange(H)]), torch.cat([feeds, self.readout(c0[i], -1, f"{tag}.c0")])
@@ -480,15 +497,22 @@ class FlowProp(ShapeProp):
             return (out_flow, (state_flow(finals, h[0]), state_flow(cells, h[1])))
         return (out_flow, state_flow(finals, h))
 
-    def _matrix_layer(self, module, owner, attr, label, in_src, node_name) -> torch.Tensor:
-        """A layer of units for the matrix ``module.<attr>`` (rows = units) reading ``in_src``."""
+    def _matrix_layer(self, module, owner, attr, label, in_src, node_name, rows=None) -> torch.Tensor:
+        """A layer of units for the matrix ``module.<attr>`` (its ``rows`` only, when given; rows =
+        units) reading ``in_src``; returns the units' ids."""
         w = getattr(module, attr)
         if in_src.numel() != w.shape[1]:
             raise ValueError(f"{label} reads {in_src.numel()} units but {attr} expects {w.shape[1]}")
+        if attr == "weight":  # a Linear of its own (out_proj, linear1, ...): one call per module
+            if owner in self.seen_modules:
+                raise ValueError(f"module {owner!r} is called more than once; the graph follows one call per module")
+            self.seen_modules[owner] = len(self.book.layers)
+        out = int(w.shape[0]) if rows is None else rows[1] - rows[0]
         lid = len(self.book.layers)
-        gid, start = self.book.new_group(label, "layer", type(module).__name__, int(w.shape[0]), layer=lid)
-        self.book.layers.append(LayerFlow(label, f"{owner}.{attr}", gid, "linear", tuple(w.shape), 1, in_src.long(), node_name))
-        return torch.arange(start, start + int(w.shape[0]))
+        gid, start = self.book.new_group(label, "layer", type(module).__name__, out, layer=lid)
+        self.book.layers.append(LayerFlow(label, f"{owner}.{attr}", gid, "linear", (out, int(w.shape[1])), 1,
+                                          in_src.long(), node_name, rows))
+        return torch.arange(start, start + out)
 
     def _on_pointwise(self, n, result):
         x = self._flow_of(n.args[0]) if n.args else None
@@ -499,6 +523,33 @@ class FlowProp(ShapeProp):
         if result.dim() == x.dim() and result.shape[1] == x.shape[1]:
             return _expand(self.readout(x, 1, n.name), result.shape, 1)
         raise ValueError(f"a per-channel op changed the channel count ({tuple(x.shape)} -> {tuple(result.shape)})")
+
+    def _on_normalize(self, n, module, result):
+        """LayerNorm / GroupNorm: output channel ``c`` is a junction of input channel ``c`` and one
+        *statistics* junction per normalised group of channels (all of them for a LayerNorm over the
+        channel axis; a LayerNorm over positions only acts on each channel alone)."""
+        x = self._flow_of(n.args[0]) if n.args else None
+        if not isinstance(x, torch.Tensor) or not isinstance(result, torch.Tensor):
+            raise ValueError("no tensor input")
+        real = lambda i, key: self._real(n.args[i]) if len(n.args) > i else self._real(n.kwargs.get(key))
+        nd = x.dim()
+        if isinstance(module, nn.GroupNorm) or n.target is F.group_norm:
+            axis, groups = 1, int(module.num_groups if module is not None else real(1, "num_groups"))
+        else:
+            shape = module.normalized_shape if module is not None else real(1, "normalized_shape")
+            k = 1 if isinstance(shape, int) else len(shape)
+            axis = nd - 1 if nd <= 3 else 1  # channels last for sequences, first after the batch for maps
+            if axis < nd - k:  # normalised over positions only: each channel alone
+                return self._on_pointwise(n, result)
+            groups = 1
+        ch = self.readout(x, axis, f"{n.name}.input")
+        C = ch.numel()
+        if C % groups:
+            raise ValueError(f"{C} channels do not split into {groups} groups")
+        group_of = torch.arange(C) // (C // groups)
+        stats = self.book.combine(group_of, ch, groups, f"{n.name}.statistics", "statistics")
+        out = self.book.combine(torch.arange(C).repeat(2), torch.cat([ch, stats[group_of]]), C, n.name, "normalize")
+        return _expand(out, result.shape, axis)
 
     def _on_broadcast(self, n, result):
         flows = self._tensor_flows((n.args, n.kwargs))
@@ -588,6 +639,24 @@ class FlowProp(ShapeProp):
         if not flows:
             return self._constant_like(result) if isinstance(result, torch.Tensor) else None
         return self._mix(n, flows, result, "unknown")
+
+
+def _check_standard_transformer(module: nn.Module) -> None:
+    """The transformer rules write out the standard layers' forward: refuse anything else (a custom
+    layer inside nn.TransformerEncoder, a custom encoder inside nn.Transformer) before recording."""
+    enc_dec = {nn.TransformerEncoder: nn.TransformerEncoderLayer, nn.TransformerDecoder: nn.TransformerDecoderLayer}
+    parts = [module]
+    if type(module) is nn.Transformer:
+        parts = [module.encoder, module.decoder]
+    for part in parts:
+        kind = type(part)
+        if kind in enc_dec:
+            odd = [type(layer).__name__ for layer in part.layers if type(layer) is not enc_dec[kind]]
+        else:
+            odd = [] if kind in enc_dec.values() else [kind.__name__]
+        if odd:
+            raise ValueError(f"its parts are not the standard torch layers ({', '.join(sorted(set(odd)))}), whose "
+                             "wiring the graph writes out; write the model with standard layers or your own modules")
 
 
 # ---------------------------------------------------------------------------------------- API

@@ -232,3 +232,71 @@ def test_graph_writes_out_torch_transformer_modules(which):
         k = lay["tr.decoder.layers.0.multihead_attn.k"].in_src
         enc_out = set(g.src[torch.isin(g.dst, k)].tolist())
         assert enc_out & set(range(first.start, first.start + first.count))
+
+
+def test_transformer_reads_src_into_the_encoder_and_tgt_into_the_decoder():
+    conn = _pruned(Seq2Seq(), density=0.5, seed=4)
+    g = graphs.build(conn, example_input=(torch.randn(2, 7, 6), torch.randn(2, 4, 5)))
+    lay = {l.module: l for l in g.layers}
+    units = lambda m: set(range(g.groups[lay[m].group].start, g.groups[lay[m].group].start + 16))
+    assert set(lay["tr.encoder.layers.0.self_attn.q"].in_src.tolist()) == units("a")
+    assert set(lay["tr.decoder.layers.0.self_attn.q"].in_src.tolist()) == units("b")
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_a_channel_read_only_through_layer_norm_statistics_is_alive(norm):
+    model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6) if norm == "layer" else nn.BatchNorm1d(6), nn.Linear(6, 2)).eval()
+    conn = _connectome(model)
+    head = torch.zeros(2, 6, dtype=torch.bool)
+    head[:, 0] = True  # the head reads channel 0 only
+    conn.set_masks({"2.weight": head})
+    conn.apply()
+    g = graphs.build(conn, example_input=torch.randn(2, 4))
+    dead = graphs.dead_units(g)["cannot_reach_output"]
+    first = g.groups[g.layers[0].group]
+    unit2 = bool(dead[first.start + 2])
+    x = torch.randn(16, 4)
+    (grad,) = torch.autograd.grad(model(x).sum(), [model[0].weight])
+    assert unit2 == bool((grad[2] == 0).all())  # the graph agrees with the gradient
+    assert unit2 == (norm == "batch")  # LayerNorm's statistics read every channel; BatchNorm's do not
+
+
+def test_a_transformer_linear_also_called_alone_is_counted_once():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Linear(5, 8), nn.Linear(8, 3)
+            self.layer = nn.TransformerEncoderLayer(8, 2, 8, 0.0, batch_first=True)
+
+        def forward(self, x):
+            return self.head(self.layer.linear2(self.layer(self.emb(x))))
+
+    conn = _pruned(M(), density=0.5, seed=5)
+    with pytest.warns(UserWarning, match="called more than once"):
+        g = graphs.build(conn, example_input=torch.randn(2, 6, 5))
+    assert g.live_synapses() == conn.num_live()
+
+
+def test_a_transformer_with_a_custom_encoder_is_refused_without_leftovers():
+    class MyEncoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ff = nn.Linear(8, 8)
+
+        def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
+            return src + self.ff(src)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(5, 8), nn.Linear(4, 8), nn.Linear(8, 3)
+            self.tr = nn.Transformer(8, 2, num_decoder_layers=1, dim_feedforward=8, batch_first=True,
+                                     custom_encoder=MyEncoder())
+
+        def forward(self, x, y):
+            return self.head(self.tr(self.a(x), self.b(y)))
+
+    conn = _connectome(M())
+    with pytest.warns(UserWarning, match="not the standard torch layers"):
+        g = graphs.build(conn, example_input=(torch.randn(2, 6, 5), torch.randn(2, 3, 4)))
+    assert [l.module for l in g.layers] == ["a", "b", "head"]  # nothing half-written by the refused rule

@@ -191,3 +191,44 @@ def test_a_packed_sequence_example_input_is_refused_with_the_fix():
     packed = nn.utils.rnn.pack_padded_sequence(torch.randn(2, 7, 6), torch.tensor([7, 4]), batch_first=True)
     with pytest.raises(ValueError, match="PackedSequence.*pass the padded batch"):
         graphs.build(_connectome(Net()), example_input=packed)
+
+
+class LSTMSeq2Seq(nn.Module):
+    """The encoder's (h, c) repacked as a tuple for the decoder: fx records a tuple of nodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec, self.head = nn.LSTM(3, 4, batch_first=True), nn.LSTM(3, 4, batch_first=True), nn.Linear(4, 2)
+
+    def forward(self, a, b):
+        _, (h, c) = self.enc(a)
+        y, _ = self.dec(b, (h, c))
+        return self.head(y)
+
+
+def test_an_lstm_initial_state_given_as_a_tuple_is_wired():
+    conn = _connectome(LSTMSeq2Seq())
+    g = graphs.build(conn, example_input=(torch.randn(2, 5, 3), torch.randn(2, 4, 3)))
+    assert graphs.summary(g)["dead"]["dead"] == 0
+    lay = {l.module: l for l in g.layers}
+    into_state = torch.isin(g.dst, lay["dec.l0.hh"].in_src) & (g.edge_attrs["kind"] == 1)
+    assert int(into_state.sum()) == 4
+
+
+def test_state_nodes_are_not_inputs_of_their_own():
+    model = Last()
+    conn = _connectome(model)
+    conn.set_masks({"rnn.weight_ih_l0": torch.zeros(4, 3, dtype=torch.bool)})  # the input reaches nothing
+    conn.apply()
+    s = graphs.summary(graphs.build(conn, example_input=torch.randn(2, 5, 3)))
+    assert s["inputs"] == 15 and s["state_nodes"] == 4
+    assert s["outputs_reachable"] == 0 and s["inputs_reaching_output"] == 0
+
+
+def test_a_second_layer_reads_both_directions_in_order():
+    g = graphs.build(_connectome(Net("GRU", bidirectional=True)), example_input=torch.randn(2, 7, 6))
+    lay = {l.module: l for l in g.layers}
+    fwd, rev = (set(g.src[(g.edge_attrs["kind"] == 2) & torch.isin(g.dst, lay[f"rnn.l0{s}.hh"].in_src)].tolist())
+                for s in ("", "_reverse"))
+    first, second = lay["rnn.l1.ih"].in_src[:5], lay["rnn.l1.ih"].in_src[5:]
+    assert set(first.tolist()) == fwd and set(second.tolist()) == rev
