@@ -66,16 +66,21 @@ POINTWISE_METHODS = {
 BROADCAST_FUNCTIONS = {
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
     operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum, torch.where,
+    operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.and_, operator.or_,
+    operator.invert, torch.eq, torch.ne, torch.lt, torch.le, torch.gt, torch.ge, torch.logical_not,
+    torch.logical_and, torch.logical_or, torch.masked_fill,
 }
-BROADCAST_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum"}
+BROADCAST_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum", "eq", "ne", "lt",
+                     "le", "gt", "ge", "logical_not", "logical_and", "logical_or", "masked_fill", "masked_fill_"}
 SHAPE_FUNCTIONS = {
     torch.flatten, torch.reshape, torch.cat, torch.concat, torch.stack, torch.permute, torch.transpose,
     torch.squeeze, torch.unsqueeze, torch.split, torch.chunk, torch.narrow, torch.movedim, F.pad,
-    operator.getitem, torch.unflatten,
+    operator.getitem, torch.unflatten, torch.triu, torch.tril,
 }
 SHAPE_METHODS = {
     "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "split", "chunk", "narrow",
     "expand", "expand_as", "repeat", "movedim", "unflatten", "t", "view_as", "reshape_as", "contiguous",
+    "triu", "tril",
 }
 REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 REDUCE_METHODS = {"mean", "sum", "amax", "amin"}

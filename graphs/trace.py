@@ -269,6 +269,8 @@ class FlowProp(ShapeProp):
             if isinstance(f, (tuple, list)):
                 return f[n.args[1]]
         module = self.mods.get(n.target) if n.op == "call_module" else None
+        if n.op == "call_function" and not self._tensor_flows((n.args, n.kwargs)):
+            return self._constant_like(result)  # made from no traced data (torch.full, a causal mask)
         cat = ops.categorize(n, module)
         if cat == "weighted":
             return self._on_weighted(n, module, result)

@@ -300,3 +300,23 @@ def test_a_transformer_with_a_custom_encoder_is_refused_without_leftovers():
     with pytest.warns(UserWarning, match="not the standard torch layers"):
         g = graphs.build(conn, example_input=(torch.randn(2, 6, 5), torch.randn(2, 3, 4)))
     assert [l.module for l in g.layers] == ["a", "b", "head"]  # nothing half-written by the refused rule
+
+
+def test_masks_built_in_forward_are_constants_not_unknown_ops():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Linear(5, 8), nn.Linear(8, 3)
+            self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 2,
+                                             enable_nested_tensor=False)
+
+        def forward(self, x):
+            causal = nn.Transformer.generate_square_subsequent_mask(x.shape[1])  # torch.full, torch.triu
+            padding = x[..., 0] > 1  # a comparison
+            return self.head(self.enc(self.emb(x), mask=causal, src_key_padding_mask=padding))
+
+    conn = _pruned(M(), density=0.5, seed=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(conn, example_input=torch.randn(2, 6, 5))
+    assert g.live_synapses() == conn.num_live()
