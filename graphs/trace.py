@@ -704,11 +704,40 @@ def trace(model: nn.Module, example_input=None, input_nodes: str = "auto") -> Tr
             m.training = t
 
 
+class _Root(nn.Module):
+    """Holds an attention, recurrent or transformer module given as the whole model, so that fx
+    records it as one call (which the rules above follow) instead of tracing into its forward."""
+
+    def __init__(self, m: nn.Module, nargs: int):
+        super().__init__()
+        self.m, self.nargs = m, nargs
+
+    def forward(self, a, b=None, c=None):
+        if isinstance(self.m, nn.MultiheadAttention) and self.nargs == 1:
+            return self.m(a, a, a)  # self-attention
+        return self.m(*(a, b, c)[: self.nargs])
+
+
+_ROOT_RULES = (nn.MultiheadAttention, nn.RNNBase) + ops.TRANSFORMER_MODULES
+
+
+def _unwrap(tr: Trace) -> Trace:
+    """Names of a trace of ``_Root(model)`` as the model's own (drop the ``m.`` prefix)."""
+    cut = lambda name: name[2:] if name.startswith("m.") else name
+    for g in tr.groups:
+        g.name = cut(g.name)
+    for l in tr.layers:
+        l.module, l.param = cut(l.module), cut(l.param)
+    return tr
+
+
 def _trace_eval(model, example_input, input_nodes) -> Trace:
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as e:
-        return fallback_trace(model, f"torch.fx could not trace {type(model).__name__}{_where(e)}: {type(e).__name__}: {e}")
+    root = isinstance(model, _ROOT_RULES)
+    if not root:
+        try:
+            gm = fx.symbolic_trace(model)
+        except Exception as e:
+            return fallback_trace(model, f"torch.fx could not trace {type(model).__name__}{_where(e)}: {type(e).__name__}: {e}")
     candidates = [example_input] if example_input is not None else default_example_input(model)
     errors = []
     for x in candidates:
@@ -717,6 +746,8 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
             raise ValueError(
                 "graphs cannot trace a PackedSequence input: pass the padded batch instead (a tensor [B, L, features] "
                 "or [L, B, features]); the graph of one time step does not depend on the sequence lengths")
+        if root:
+            gm = fx.symbolic_trace(_Root(model, len(xs)), concrete_args={k: None for k in "abc"[len(xs):]})
         mode = input_nodes if input_nodes != "auto" else _auto_input_nodes(model, xs[0])
         book = _Book()
         prop = FlowProp(gm, book, mode)
@@ -732,7 +763,8 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
         _add_outputs(prop, gm, result)
         for w in book.warnings:
             warnings.warn(w, stacklevel=2)
-        return Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, True, book.recurrent)
+        tr = Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, True, book.recurrent)
+        return _unwrap(tr) if root else tr
     if example_input is not None:
         raise RuntimeError(f"running {type(model).__name__} on example_input failed: {errors[0]}")
     raise ValueError(

@@ -320,3 +320,22 @@ def test_masks_built_in_forward_are_constants_not_unknown_ops():
         warnings.simplefilter("error")
         g = graphs.build(conn, example_input=torch.randn(2, 6, 5))
     assert g.live_synapses() == conn.num_live()
+
+
+@pytest.mark.parametrize("which", ["mha", "lstm", "encoder", "transformer", "decoder_layer"])
+def test_an_attention_recurrent_or_transformer_module_as_the_whole_model(which):
+    x2 = (torch.randn(2, 5, 8), torch.randn(2, 3, 8))
+    model, x = {
+        "mha": (nn.MultiheadAttention(8, 2, batch_first=True), torch.randn(2, 5, 8)),
+        "lstm": (nn.LSTM(4, 6, num_layers=2, bidirectional=True, batch_first=True), torch.randn(2, 5, 4)),
+        "encoder": (nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 2,
+                                          enable_nested_tensor=False), torch.randn(2, 5, 8)),
+        "transformer": (nn.Transformer(8, 2, 1, 1, 16, batch_first=True), x2),
+        "decoder_layer": (nn.TransformerDecoderLayer(8, 2, 16, batch_first=True), x2),
+    }[which]
+    conn = _pruned(model, density=0.5, seed=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fx cannot trace these modules' own forward: no fallback chain
+        g = graphs.build(conn, example_input=x)
+    assert g.live_synapses() == conn.num_live()
+    assert {l.param for l in g.layers} == set(conn.masks)  # the model's own parameter names
