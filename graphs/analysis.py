@@ -105,15 +105,20 @@ def reachability(g) -> Dict[str, torch.Tensor]:
 
 def dead_units(g) -> Dict[str, torch.Tensor]:
     """Units with no live input (no live synapse from a non-constant node), no live output (no
-    edge out), unreachable from the inputs, or unable to reach an output. Each a bool per node.
-    Unit or synapse level."""
+    live edge out, counting an edge into a junction only when the junction passes it on: the same
+    answer as with contracted junctions), unreachable from the inputs, or unable to reach an output.
+    Each a bool per node. Unit or synapse level."""
     _per_unit(g, "dead units")
     kind = g.node_attrs["kind"]
     unit = kind == UNIT
+    is_j = kind == JUNCTION
     live = _live(g)
     n = g.num_nodes
     live_in = torch.bincount(g.dst[live], minlength=n) > 0
-    live_out = torch.bincount(g.src[live], minlength=n) > 0
+    live_out = torch.zeros(n, dtype=torch.bool)
+    for _, a, b in reversed(_spans(g)):  # a junction's outputs are settled before its sources'
+        s, d, ok = g.src[a:b], g.dst[a:b], live[a:b]
+        live_out[s[ok & (~is_j[d] | live_out[d])]] = True
     # a unit whose value a state node holds at the next step has an output there, if that node does
     rec = (g.edge_attrs["kind"] == EDGE_RECURRENT) & live_out[g.dst]
     live_out |= torch.bincount(g.src[rec], minlength=n) > 0

@@ -260,3 +260,19 @@ def test_a_reduction_to_a_scalar_is_followed():
     conn = adaptive.Connectome(M())
     g = graphs.build(conn, example_input=torch.randn(2, 4))
     assert g.live_synapses() == conn.num_live() and graphs.summary(g)["dead"]["dead"] == 0
+
+
+def test_dead_unit_counts_agree_with_and_without_junctions():
+    from adaptive.models import build_model
+
+    model = build_model("resnet20")
+    conn = adaptive.Connectome(model, ensemble="kernel")
+    gen = torch.Generator().manual_seed(3)
+    conn.set_ensemble_masks({n: torch.rand(conn.granularity.ensemble_shape(m.shape), generator=gen) < 0.03
+                             for n, m in conn.masks.items()})
+    x = torch.randn(1, 3, 32, 32)
+    with_j = graphs.dead_units(graphs.build(conn, example_input=x))
+    without = graphs.dead_units(graphs.build(conn, example_input=x, junctions=False))
+    counts = {k: (int(with_j[k].sum()), int(without[k].sum())) for k in with_j}
+    assert all(a == b for a, b in counts.values()), counts
+    assert counts["no_live_output"][0] > 0  # the case is exercised
