@@ -606,6 +606,9 @@ class FlowProp(ShapeProp):
     def _record_concat(self, n, parts, dim):
         if not parts or dim % parts[0].dim() != 1:
             return
+        varies = lambda t: t.shape[1] > 1 and t.stride(1) != 0 and not bool((t == t.narrow(1, 0, 1)).all())
+        if not any(varies(p) for p in parts):
+            return  # every part holds the same units all along axis 1: positions (a class token), not channels
         names = [a.name if isinstance(a, fx.Node) else "?" for a in n.args[0]]
         self.book.concats.append(
             {"node": n.name, "parts": [(nm, self.readout(p, 1, f"{n.name}.{nm}")) for nm, p in zip(names, parts)]}

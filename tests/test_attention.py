@@ -339,3 +339,11 @@ def test_an_attention_recurrent_or_transformer_module_as_the_whole_model(which):
         g = graphs.build(conn, example_input=x)
     assert g.live_synapses() == conn.num_live()
     assert {l.param for l in g.layers} == set(conn.masks)  # the model's own parameter names
+
+
+def test_a_class_token_is_not_reported_as_a_channel_concatenation():
+    tv = pytest.importorskip("torchvision")
+    vit = tv.models.VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16,
+                                      mlp_dim=32, num_classes=10)
+    g = graphs.build(_connectome(vit), example_input=torch.randn(1, 3, 32, 32))
+    assert graphs.summary(g)["concats"] == []
