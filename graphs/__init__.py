@@ -7,7 +7,7 @@ plots it; ``compact`` turns dead units into a physically smaller model. Command 
 ``python -m graphs export|report|compact RUN_DIR``.
 """
 from .analysis import (concat_composition, dead_units, degree_distribution, density_per_layer, reachability,
-                       signal_depth, summary)
+                       signal_depth, state_nodes, summary)
 from .graph import LEVELS, ConnectomeGraph, build, layer_graph
 from . import figures
 from .compact import FoldedConv, compact
@@ -20,7 +20,7 @@ from .trace import trace
 
 __all__ = [
     "build", "ConnectomeGraph", "LEVELS", "layer_graph", "trace", "register_op",
-    "summary", "signal_depth", "reachability", "dead_units", "density_per_layer", "degree_distribution",
+    "summary", "signal_depth", "state_nodes", "reachability", "dead_units", "density_per_layer", "degree_distribution",
     "concat_composition", "figures",
     "to_pyg", "from_pyg", "to_networkx", "from_networkx", "write", "read_json", "export",
     "register_exporter", "register_writer", "EXPORTERS", "WRITERS",
