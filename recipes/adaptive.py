@@ -74,7 +74,7 @@ class RunConfig:
     eval_batch_size: Optional[int] = _help("batch size of the holdout and test evaluations (default: batch-size)")
     num_workers: int = _opt(0, "data loading worker processes per process")
     # model
-    model: str = field(default="mlp", metadata={"help": "mlp, lenet300, lenet5, resnet20/32/44/56/110, densecat, "
+    model: str = field(default="mlp", metadata={"help": "mlp, lenet300, lenet5, resnet20/32/44/56/110, densecat, vit_tiny, "
                                                          "torchvision:NAME, or a model a --plugins file registers"})
     model_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "extra model arguments (e.g. hidden for mlp)"})
     weights: Optional[str] = _help("pretrained weights file (loaded strictly)")

@@ -30,6 +30,8 @@ CASES = [
     ("densecat", (3, 16, 16), {"depth": 3, "width": 4, "kind": "cnn", "batchnorm": True}),
     ("torchvision:resnet18", (3, 32, 32), {}),
     ("torchvision:mobilenet_v3_small", (3, 32, 32), {}),
+    ("vit_tiny", (3, 32, 32), {"depth": 2, "width": 16, "heads": 2, "mlp": 32}),
+    ("vit_tiny", (1, 28, 28), {"depth": 1, "width": 8, "heads": 2, "mlp": 16, "patch": 7}),
 ]
 
 
@@ -180,3 +182,17 @@ def test_unreadable_weights_files_are_named_not_tracebacks(tmp_path):
     with pytest.raises(FileNotFoundError, match="is a folder"):
         read_state_dict(tmp_path)
     assert set(read_state_dict(good)) == {"weight", "bias"}
+
+
+def test_vit_tiny_is_a_connectome_of_every_weight_matrix_and_checks_its_arguments():
+    import adaptive
+
+    model = build_model("vit_tiny", num_classes=10, in_shape=(1, 28, 28), depth=2, width=16, heads=2, mlp=32, patch=7)
+    conn = adaptive.Connectome(model)
+    assert set(conn.names) == {n for n, p in model.named_parameters() if p.dim() >= 2 and "weight" in n}
+    assert any(n.endswith("self_attention.in_proj_weight") for n in conn.names)
+    assert model.heads.head.weight.abs().sum() > 0  # not torchvision's zero head: gradients flow from the start
+    with pytest.raises(ValueError, match="multiple of patch"):
+        build_model("vit_tiny", in_shape=(3, 32, 32), patch=5)
+    with pytest.raises(ValueError, match="multiple of heads"):
+        build_model("vit_tiny", in_shape=(3, 32, 32), width=10, heads=4)

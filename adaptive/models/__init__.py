@@ -71,7 +71,7 @@ def build_model(
 
 
 # Importing the families registers them.
-from . import densecat, lenet, mlp, resnet_cifar, tv  # noqa: E402,F401
+from . import densecat, lenet, mlp, resnet_cifar, tv, vit  # noqa: E402,F401
 from .densecat import DenseCat  # noqa: E402
 from .lenet import LeNet5  # noqa: E402
 from .mlp import MLP  # noqa: E402

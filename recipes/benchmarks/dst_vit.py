@@ -1,0 +1,94 @@
+"""Dynamic sparse training of a small Vision Transformer on CIFAR-10 (cifar10-jpeg), side by side.
+
+The same ``vit_tiny`` (4 pre-norm blocks of 64 channels, 4 heads, 4x4 patches: every weight matrix a
+synapse, attention's ``in_proj_weight`` included), the same seed, data order, epochs, AdamW, warmup
+and cosine schedule, crop/flip augmentation; only the connectome differs:
+
+- ``dense``: density 1 (every synapse kept);
+- ``set``: magnitude drop, random growth (Mocanu et al. 2018);
+- ``rigl``: magnitude drop, gradient growth (Evci et al. 2020);
+
+both sparse rows at ``--density`` with the ERK layer budget. Each row is one run of
+``recipes/adaptive.py`` (its ``summary.json`` gives the numbers: test accuracy read once at the end,
+held-out accuracy on 10% of TRAIN). Runs already finished under ``--runs`` are reused. Writes
+``recipes/benchmarks/results/dst_vit.md``.
+
+    python recipes/benchmarks/dst_vit.py                 # about 20 minutes on 2 cores
+    python recipes/benchmarks/dst_vit.py --epochs 1      # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+
+def run(name: str, extra: list, args) -> dict:
+    out = Path(args.runs) / f"{name}_e{args.epochs}_s{args.seed}"
+    summary = out / "summary.json"
+    if not summary.exists():
+        cmd = [sys.executable, str(ROOT / "recipes" / "adaptive.py"), "--model", "vit_tiny", "--dataset", "cifar10",
+               "--epochs", str(args.epochs), "--optimizer", "adamw", "--lr", str(args.lr), "--weight-decay", "0.05",
+               "--warmup-steps", "200", "--augment", "true", "--seed", str(args.seed), "--threads", str(args.threads),
+               "--budget", "erk", "--output_dir", str(out), "--no-progress"] + extra
+        if args.data_dir:
+            cmd += ["--data-dir", args.data_dir]
+        print("running:", " ".join(cmd[1:]), flush=True)
+        t0 = time.time()
+        subprocess.run(cmd, check=True)
+        print(f"  {name}: {(time.time() - t0) / 60:.1f} min", flush=True)
+    return json.loads(summary.read_text())
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("--epochs", type=int, default=8, help="passes over the train part (default 8)")
+    p.add_argument("--density", type=float, default=0.2, help="density of the sparse rows (default 0.2)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data-dir", default=None, help="data folder (else $ADAPTIVE_DATA, ../shared/data)")
+    p.add_argument("--runs", default=str(ROOT / "runs" / "benchmarks" / "dst_vit"), help="where the runs go")
+    p.add_argument("--out", default=str(HERE / "results" / "dst_vit.md"), help="the table")
+    args = p.parse_args(argv)
+    rows = [("dense", ["--density", "1.0", "--policy", "rigl"]),
+            ("set", ["--density", str(args.density), "--policy", "set"]),
+            ("rigl", ["--density", str(args.density), "--policy", "rigl"])]
+    results = [(name, run(name, extra, args)) for name, extra in rows]
+
+    def pick(s, *keys):
+        for k in keys:
+            if s.get(k) is not None:
+                return s[k]
+        return float("nan")
+
+    lines = ["# Dynamic sparse training of vit_tiny on CIFAR-10 (cifar10-jpeg)", "",
+             "| method | density | live synapses | test acc % | held-out acc % | wall min |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, s in results:
+        lines.append(f"| {name} | {pick(s, 'density'):.3f} | {pick(s, 'live_synapses', 'live'):,} | "
+                     f"{100 * pick(s, 'test_accuracy'):.2f} | {100 * pick(s, 'holdout_accuracy'):.2f} | "
+                     f"{pick(s, 'wall_seconds', 'seconds') / 60:.1f} |")
+    total = results[0][1].get("synapses", float("nan"))
+    lines += ["", f"vit_tiny: {total:,} synapses (every weight matrix; attention in_proj_weight included). "
+              f"{args.epochs} epochs, AdamW lr {args.lr} weight decay 0.05, 200 warmup steps then cosine, crop/flip, "
+              f"seed {args.seed}; sparse rows at density {args.density} with the ERK budget, RigL's update schedule "
+              f"(recipes/adaptive.py defaults). Test = the cifar10-jpeg test split, read once per run for this table; "
+              f"held-out = 10% of TRAIN. {platform.machine()}, {args.threads} thread(s).", "",
+              f"Reproduce: `python recipes/benchmarks/dst_vit.py --epochs {args.epochs} --density {args.density}`"]
+    text = "\n".join(lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
