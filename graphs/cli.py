@@ -132,6 +132,8 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
     if "num_classes" not in kw:  # the last prunable layer of the saved connectome is the classifier
         kw["num_classes"] = _classes_from(connectome)
     net = build_model(name, **kw)
+    if kw.get("in_shape") and getattr(net, "in_shape", None) is None:
+        net.in_shape = tuple(int(d) for d in kw["in_shape"])  # the data's shape: what tracing feeds the model
     if weights is None:
         weights = next((os.path.join(run_dir, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(run_dir, f))), None)
     if weights is not None:

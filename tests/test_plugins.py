@@ -157,3 +157,41 @@ def test_a_plugin_that_fails_halfway_registers_nothing(tmp_path):
     with pytest.raises(PluginError, match="boom after registering"):
         load_plugin(str(half))
     assert "half_net" not in available_models() and type(get_estimator("magnitude")) is builtin
+
+
+ROW_LSTM = textwrap.dedent('''
+    import torch
+    from adaptive.models import register_model
+
+    class RowLSTM(torch.nn.Module):
+        """Reads an image row by row: its first weight is no clue to its input's shape."""
+
+        def __init__(self, num_classes, in_shape):
+            super().__init__()
+            c, h, w = in_shape
+            self.rnn = torch.nn.LSTM(c * w, 8, batch_first=True)
+            self.head = torch.nn.Linear(8, num_classes)
+
+        def forward(self, x):
+            b, c, h, w = x.shape
+            return self.head(self.rnn(x.permute(0, 2, 1, 3).reshape(b, h, c * w))[0][:, -1])
+
+    @register_model("row_lstm_plugin")
+    def row_lstm(num_classes=10, in_shape=(1, 8, 8)):
+        return RowLSTM(num_classes, in_shape)
+''')
+
+
+def test_graphs_report_feeds_a_rebuilt_model_its_data_shape(tmp_path):
+    from graphs.cli import main as graphs_main
+
+    (tmp_path / "row_ext.py").write_text(ROW_LSTM)
+    R = load_script("recipes/adaptive.py", "recipe_adaptive_plugins")
+    res = R.main(["--plugins", str(tmp_path / "row_ext.py"), "--model", "row_lstm_plugin", "--density", "0.5",
+                  "--max_steps", "5", "--threads", "1", "--progress", "false", "--figures", "false",
+                  "--output_dir", str(tmp_path / "run")])
+    assert graphs_main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 0
+    import json
+
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["live_synapses"] == res.conn.num_live() and summary["state_nodes"] == 8
