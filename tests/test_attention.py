@@ -10,6 +10,7 @@ from torch import nn
 import adaptive
 import graphs
 from graphs.graph import EDGE_SYNAPSE
+from _training import train_steps
 
 
 class Block(nn.Module):
@@ -61,11 +62,7 @@ def test_training_keeps_pruned_projections_zero_and_a_vanilla_model_reproduces_i
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.3, budget="erk", update_every=2, end_step=20)
     x, y = torch.randn(8, 5, 8), torch.randint(0, 3, (8,))
-    for _ in range(12):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-        ctrl.step()
+    train_steps(model, opt, ctrl, x, y, 12)
     w, m = model.attn.in_proj_weight, conn.masks["attn.in_proj_weight"]
     assert 0 < int(m.sum()) < m.numel()
     assert bool((w[~m.bool()] == 0).all())

@@ -9,6 +9,7 @@ from torch import nn
 import adaptive
 import graphs
 from graphs.trace import INPUT, OUTPUT
+from _training import train_steps
 
 
 class Net(nn.Module):
@@ -51,11 +52,7 @@ def test_training_keeps_pruned_recurrent_weights_zero(cell, bi, proj, batch_firs
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     ctrl = adaptive.Controller(conn, opt, policy="set", density=0.4, budget="uniform", update_every=3, end_step=30)
     x, y = torch.randn(4, 7, 6), torch.randint(0, 3, (4,))
-    for _ in range(10):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-        ctrl.step()
+    train_steps(model, opt, ctrl, x, y, 10)
     for name, m in conn.masks.items():
         w = dict(model.named_parameters())[name]
         assert bool((w[~m.bool()] == 0).all()), name
