@@ -103,6 +103,12 @@ class Trace:
         }
 
 
+def _truncate(d: dict, n: int) -> None:
+    """Drop the entries of ``d`` added after its first ``n``."""
+    for k in list(d)[n:]:
+        del d[k]
+
+
 class _Book:
     """Allocates node ids and records junction wires and recurrent back edges."""
 
@@ -116,15 +122,15 @@ class _Book:
         self.recurrent: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
 
     def snapshot(self) -> tuple:
-        return (self.n, len(self.groups), len(self.layers), set(self.wires), set(self.recurrent), len(self.concats))
+        """Sizes of what is recorded (every record only grows: lists and insertion-ordered dicts)."""
+        return (self.n, len(self.groups), len(self.layers), len(self.wires), len(self.recurrent), len(self.concats))
 
     def restore(self, snap: tuple) -> None:
         """Forget what was recorded since ``snap`` (a rule that failed halfway leaves nothing behind)."""
-        self.n, ng, nl, wires, rec, nc = snap
+        self.n, ng, nl, nw, nr, nc = snap
         del self.groups[ng:], self.layers[nl:], self.concats[nc:]
-        for d, keep in ((self.wires, wires), (self.recurrent, rec)):
-            for k in set(d) - keep:
-                del d[k]
+        _truncate(self.wires, nw)
+        _truncate(self.recurrent, nr)
 
     def new_group(self, name, kind, op, count, layer=-1) -> Tuple[int, int]:
         start = self.n
@@ -240,12 +246,12 @@ class FlowProp(ShapeProp):
     # -------------------------------------------------------------- interpreter
     def run_node(self, n: fx.Node):
         result = super().run_node(n)
-        snap, seen = self.book.snapshot(), dict(self.seen_modules)
+        snap, seen = self.book.snapshot(), len(self.seen_modules)
         try:
             self.flows[n] = self.flow(n, result)
         except Exception as e:  # a rule that cannot handle this use of a known op
             self.book.restore(snap)
-            self.seen_modules = seen
+            _truncate(self.seen_modules, seen)
             self.flows[n] = self._on_unknown(n, result, f": {type(e).__name__}: {e}")
         return result
 
@@ -383,8 +389,8 @@ class FlowProp(ShapeProp):
         return out, q, k
 
     # nn.Transformer and its parts: fx cannot trace into them (their fast-path checks branch on
-    # tensor properties), so their wiring is written out here, at the level of channels. Norms and
-    # dropout act on each channel and keep its source; residual sums are junctions.
+    # tensor properties), so their wiring is written out here, at the level of channels. Dropout
+    # keeps each channel's source; residual sums are junctions; LayerNorms are as _on_normalize.
     def _on_transformer(self, n, module, result):
         name = str(n.target)
         _check_standard_transformer(module)
@@ -419,27 +425,38 @@ class FlowProp(ShapeProp):
         h = self._matrix_layer(layer.linear1, f"{name}.linear1", "weight", f"{name}.linear1", x, node_name)
         return self._matrix_layer(layer.linear2, f"{name}.linear2", "weight", f"{name}.linear2", h, node_name)
 
+    def _blocks(self, layer, name, x, blocks):
+        """Residual blocks ``x + f(x)``, each with its LayerNorm before ``f`` (``norm_first``) or
+        after the sum, as the torch layer runs them; ``blocks``: (tag, f) pairs, norm1, norm2, ..."""
+        for i, (tag, f) in enumerate(blocks, 1):
+            norm = lambda ids: self._normalized(ids, 1, f"{name}.norm{i}")
+            if layer.norm_first:
+                x = self._residual(x, f(norm(x)), f"{name}.{tag}")
+            else:
+                x = norm(self._residual(x, f(x), f"{name}.{tag}"))
+        return x
+
     def _encoder_layer(self, layer, name, x, node_name):
-        sa = self._attention_units(layer.self_attn, f"{name}.self_attn", [x, x, x], node_name)[0]
-        x = self._residual(x, sa, f"{name}.add1")
-        return self._residual(x, self._feed_forward(layer, name, x, node_name), f"{name}.add2")
+        return self._blocks(layer, name, x, [
+            ("add1", lambda h: self._attention_units(layer.self_attn, f"{name}.self_attn", [h, h, h], node_name)[0]),
+            ("add2", lambda h: self._feed_forward(layer, name, h, node_name))])
 
     def _decoder_layer(self, layer, name, x, mem, node_name):
-        sa = self._attention_units(layer.self_attn, f"{name}.self_attn", [x, x, x], node_name)[0]
-        x = self._residual(x, sa, f"{name}.add1")
-        ca = self._attention_units(layer.multihead_attn, f"{name}.multihead_attn", [x, mem, mem], node_name)[0]
-        x = self._residual(x, ca, f"{name}.add2")
-        return self._residual(x, self._feed_forward(layer, name, x, node_name), f"{name}.add3")
+        return self._blocks(layer, name, x, [
+            ("add1", lambda h: self._attention_units(layer.self_attn, f"{name}.self_attn", [h, h, h], node_name)[0]),
+            ("add2", lambda h: self._attention_units(layer.multihead_attn, f"{name}.multihead_attn", [h, mem, mem],
+                                                     node_name)[0]),
+            ("add3", lambda h: self._feed_forward(layer, name, h, node_name))])
 
     def _encoder(self, enc, name, x, node_name):
         for i, layer in enumerate(enc.layers):
             x = self._encoder_layer(layer, f"{name}.layers.{i}", x, node_name)
-        return x
+        return x if enc.norm is None else self._normalized(x, 1, f"{name}.norm")
 
     def _decoder(self, dec, name, x, mem, node_name):
         for i, layer in enumerate(dec.layers):
             x = self._decoder_layer(layer, f"{name}.layers.{i}", x, mem, node_name)
-        return x
+        return x if dec.norm is None else self._normalized(x, 1, f"{name}.norm")
 
     def _on_recurrent(self, n, module, result):
         """``nn.RNN``/``nn.LSTM``/``nn.GRU``, one time step unrolled. For each layer and direction:
@@ -544,14 +561,18 @@ class FlowProp(ShapeProp):
             if axis < nd - k:  # normalised over positions only: each channel alone
                 return self._on_pointwise(n, result)
             groups = 1
-        ch = self.readout(x, axis, f"{n.name}.input")
+        out = self._normalized(self.readout(x, axis, f"{n.name}.input"), groups, n.name)
+        return _expand(out, result.shape, axis)
+
+    def _normalized(self, ch, groups, name):
+        """Channel sources ``ch`` after a normalisation whose statistics span ``groups`` equal groups
+        of channels: channel ``c`` becomes a junction of ``ch[c]`` and its group's statistics node."""
         C = ch.numel()
         if C % groups:
             raise ValueError(f"{C} channels do not split into {groups} groups")
         group_of = torch.arange(C) // (C // groups)
-        stats = self.book.combine(group_of, ch, groups, f"{n.name}.statistics", "statistics")
-        out = self.book.combine(torch.arange(C).repeat(2), torch.cat([ch, stats[group_of]]), C, n.name, "normalize")
-        return _expand(out, result.shape, axis)
+        stats = self.book.combine(group_of, ch, groups, f"{name}.statistics", "statistics")
+        return self.book.combine(torch.arange(C).repeat(2), torch.cat([ch, stats[group_of]]), C, name, "normalize")
 
     def _on_broadcast(self, n, result):
         flows = self._tensor_flows((n.args, n.kwargs))

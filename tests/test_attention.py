@@ -206,6 +206,13 @@ class Seq2Seq(nn.Module):
         return self.head(self.tr(self.a(x), self.b(y)))
 
 
+def _sources(g, nodes):
+    """The units and inputs feeding ``nodes``, through any chain of junctions (sums, norms)."""
+    js, ss = graphs.junction_sources(g)
+    direct = nodes[~torch.isin(nodes, js)]
+    return set(ss[torch.isin(js, nodes)].tolist()) | set(direct.tolist())
+
+
 @pytest.mark.parametrize("which", ["encoder", "encoder_seq_first_norm_first", "transformer"])
 def test_graph_writes_out_torch_transformer_modules(which):
     if which == "transformer":
@@ -223,11 +230,11 @@ def test_graph_writes_out_torch_transformer_modules(which):
     # block 1's queries read the sum of block 0's input path and its feed-forward output
     q1 = lay[f"{prefix}.1.self_attn.q"].in_src if which != "transformer" else None
     if q1 is not None:
-        feeding = set(g.src[torch.isin(g.dst, q1)].tolist())
+        feeding = _sources(g, q1)
         assert feeding & set(range(first.start, first.start + first.count))
     if which == "transformer":  # the decoder's cross-attention reads the encoder's output as keys and values
         k = lay["tr.decoder.layers.0.multihead_attn.k"].in_src
-        enc_out = set(g.src[torch.isin(g.dst, k)].tolist())
+        enc_out = _sources(g, k)
         assert enc_out & set(range(first.start, first.start + first.count))
 
 
@@ -344,3 +351,34 @@ def test_a_class_token_is_not_reported_as_a_channel_concatenation():
                                       mlp_dim=32, num_classes=10)
     g = graphs.build(_connectome(vit), example_input=torch.randn(1, 3, 32, 32))
     assert graphs.summary(g)["concats"] == []
+
+
+@pytest.mark.parametrize("norm_first,final_norm", [(False, False), (True, False), (True, True)])
+def test_transformer_layer_norms_feed_their_statistics_like_the_gradient(norm_first, final_norm):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Linear(5, 8), nn.Linear(8, 3)
+            layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=norm_first)
+            self.enc = nn.TransformerEncoder(layer, 1, norm=nn.LayerNorm(8) if final_norm else None,
+                                             enable_nested_tensor=False)
+
+        def forward(self, x):
+            return self.head(self.enc(self.emb(x)))
+
+    torch.manual_seed(0)
+    model = M().eval()
+    conn = _connectome(model)
+    head = torch.ones(3, 8, dtype=torch.bool)
+    head[:, 2] = False  # nothing reads channel 2 of the encoder's output directly
+    conn.set_masks({"head.weight": head})
+    conn.apply()
+    x = torch.randn(4, 6, 5)
+    g = graphs.build(conn, example_input=x)
+    lay = {l.module: l for l in g.layers}
+    grp = g.groups[lay["enc.layers.0.linear2"].group]
+    called_dead = graphs.dead_units(g)["cannot_reach_output"][grp.start: grp.start + grp.count]
+    (grad,) = torch.autograd.grad(model(x).pow(2).sum(), [model.enc.layers[0].linear2.weight])
+    no_grad = (grad == 0).all(1)
+    assert torch.equal(called_dead, no_grad)  # the graph agrees with the gradient, row by row
+    assert bool(called_dead[2]) == (norm_first and not final_norm)
