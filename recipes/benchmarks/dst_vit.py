@@ -42,7 +42,8 @@ def run(name: str, extra: list, args) -> dict:
             cmd += ["--data-dir", args.data_dir]
         print("running:", " ".join(cmd[1:]), flush=True)
         t0 = time.time()
-        subprocess.run(cmd, check=True)
+        if subprocess.run(cmd).returncode != 0:
+            sys.exit(f"error: the {name} run failed (its output is above); nothing was written to the table")
         print(f"  {name}: {(time.time() - t0) / 60:.1f} min", flush=True)
     return json.loads(summary.read_text())
 
@@ -59,6 +60,10 @@ def main(argv=None):
     p.add_argument("--runs", default=str(ROOT / "runs" / "benchmarks" / "dst_vit"), help="where the runs go")
     p.add_argument("--out", default=str(HERE / "results" / "dst_vit.md"), help="the table")
     args = p.parse_args(argv)
+    if not 0.0 < args.density < 1.0:
+        p.error(f"--density must be in (0, 1) for the sparse rows, got {args.density}")
+    if args.epochs < 1 or args.lr <= 0:
+        p.error("--epochs must be at least 1 and --lr positive")
     rows = [("dense", ["--density", "1.0", "--policy", "rigl"]),
             ("set", ["--density", str(args.density), "--policy", "set"]),
             ("rigl", ["--density", str(args.density), "--policy", "rigl"])]
