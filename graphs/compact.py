@@ -27,6 +27,14 @@ depthwise convolution (groups == channels) keeps or drops input channel ``c`` to
 channel ``c`` and its filter, other grouped convolutions keep all their channels. The result is
 checked against the masked model on the example input and a second random input; a mismatch
 raises instead of returning a wrong model.
+
+Channel axis. A tensor's channels lie on axis 1, except where a Linear is applied to a sequence
+(``[N, T, C]`` or more dimensions): its output's channels lie on the last axis, and so do those of what
+is computed from it elementwise (activations, dropout, residual ``+``/``*`` of tensors with the same
+layout), of reductions and integer/slice indexing over the other axes (the mean over tokens, a class
+token ``x[:, 0]``) and of concatenations. So the hidden units of a transformer's MLP go like those of a
+CNN. An op that mixes the last axis of such a tensor (pooling, batch or instance norm, padding, a
+transpose, LayerNorm's statistics, attention) keeps all its channels.
 """
 from __future__ import annotations
 
@@ -120,12 +128,12 @@ class _Probe(fx.Interpreter):
         return val.view(shape).expand_as(out).clone()
 
 
-def _channel_consts(t: torch.Tensor) -> torch.Tensor:
-    """Per channel (axis 1): its value when finite and uniform, else NaN."""
-    c = t.shape[1]
+def _channel_consts(t: torch.Tensor, axis: int = 1) -> torch.Tensor:
+    """Per channel (along ``axis``): its value when finite and uniform, else NaN."""
+    c = t.shape[axis]
     if not t.is_floating_point():  # integer data (token ids) is input, never a constant
         return torch.full((c,), float("nan"))
-    flat = t.transpose(0, 1).reshape(c, -1)
+    flat = t.movedim(axis, 0).reshape(c, -1)
     first = flat[:, 0]
     ok = torch.isfinite(first) & (flat == first[:, None]).all(1)
     return torch.where(ok, first, torch.full_like(first, float("nan")))
@@ -137,14 +145,19 @@ class _Items:
     def __init__(self):
         self.offset: Dict[fx.Node, int] = {}
         self.count: Dict[fx.Node, int] = {}
+        self.axis: Dict[fx.Node, int] = {}  # the channel axis: 1, or the last of a sequence Linear's output
         self.n = 0
         self.links_a: List[torch.Tensor] = []
         self.links_b: List[torch.Tensor] = []
         self.pinned: List[torch.Tensor] = []
 
-    def add(self, node, c):
-        self.offset[node], self.count[node] = self.n, c
+    def add(self, node, c, axis=1):
+        self.offset[node], self.count[node], self.axis[node] = self.n, c, axis
         self.n += c
+
+    def last(self, node, env) -> bool:
+        """Are ``node``'s channels on the last axis of a tensor of three or more dimensions?"""
+        return node in self.axis and env[node].dim() >= 3 and self.axis[node] == env[node].dim() - 1
 
     def ids(self, node) -> torch.Tensor:
         return torch.arange(self.offset[node], self.offset[node] + self.count[node])
@@ -210,6 +223,18 @@ def _getitem_keeps_channels(idx, ndim) -> bool:
     return idx[0] == slice(None) if idx else True
 
 
+def _getitem_keeps_last(idx, ndim) -> bool:
+    """Does ``x[idx]`` keep every channel of a channels-last ``x`` (whole batch, ints and slices over
+    the axes in between, the last axis untouched)?"""
+    if not isinstance(idx, tuple):
+        idx = (idx,)
+    if not idx or len(idx) > ndim or idx[0] != slice(None):
+        return False
+    if any(i is None or i is Ellipsis or not isinstance(i, (int, slice)) or isinstance(i, bool) for i in idx):
+        return False
+    return len(idx) < ndim or idx[-1] == slice(None)
+
+
 def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] = None,
             atol: float = 1e-4, rtol: float = 1e-4, verify: bool = True, align: int = 1) -> fx.GraphModule:
     """A smaller dense copy of ``model`` (masked by ``conn`` when given) without its removable dead
@@ -262,10 +287,6 @@ def _stateful(module) -> bool:
 def _plan(gm: fx.GraphModule, env, align: int = 1) -> dict:
     mods = dict(gm.named_modules())
     items = _Items()
-    for n in gm.graph.nodes:
-        v = env.get(n)
-        if isinstance(v, torch.Tensor) and v.dim() >= 2:
-            items.add(n, v.shape[1])
     calls: Dict[str, int] = {}
     for n in gm.graph.nodes:
         if n.op == "call_module":
@@ -281,6 +302,9 @@ def _plan(gm: fx.GraphModule, env, align: int = 1) -> dict:
         args = [a for a in _tensor_args(n) if a in items.offset]
         module = mods.get(n.target) if n.op == "call_module" else None
         cat = ops.categorize(n, module) if n.op in ("call_module", "call_function", "call_method") else n.op
+        if isinstance(out, torch.Tensor) and out.dim() >= 2:  # nodes come in order: args have their items
+            axis = _out_axis(n, cat, module, args, env, items)
+            items.add(n, out.shape[axis], axis)
         if n.op in ("placeholder", "get_attr", "output"):
             items.pin(n)
             for a in args:
@@ -291,12 +315,16 @@ def _plan(gm: fx.GraphModule, env, align: int = 1) -> dict:
         if cat == "weighted":
             if _depthwise(module) and args:  # channel c in <-> c out: one class, the filter goes with it
                 items.link(items.ids(args[0]), items.ids(n))
-            elif int(getattr(module, "groups", 1)) > 1 or isinstance(module, nn.Linear) and out.dim() > 2:
+            elif int(getattr(module, "groups", 1)) > 1:
                 items.pin(n)
                 for a in args:
                     items.pin(a)
-            elif args:
+            elif args and (items.last(args[0], env) if isinstance(module, nn.Linear) and out.dim() > 2
+                           else items.axis[args[0]] == 1):  # it reads its input's channel axis
                 weighted_inputs.setdefault(args[0], []).append(n)
+            else:  # e.g. a sequence Linear on a tensor whose channels we do not know to be its last axis
+                for a in args:
+                    items.pin(a)
             continue
         if n not in items.offset:
             for a in args:
@@ -314,7 +342,7 @@ def _plan(gm: fx.GraphModule, env, align: int = 1) -> dict:
         bad[p_] = True
     consts = torch.full((items.n,), float("nan"), dtype=torch.float64)
     for n, off in items.offset.items():
-        consts[off: off + items.count[n]] = _channel_consts(env[n]).double()
+        consts[off: off + items.count[n]] = _channel_consts(env[n], items.axis[n]).double()
     # items read by weighted layers: removable only if constant or unused by every reader
     for n, readers in weighted_inputs.items():
         ids = items.ids(n)
@@ -347,12 +375,42 @@ def _plan(gm: fx.GraphModule, env, align: int = 1) -> dict:
             "removed_per_layer": per_layer}
 
 
+def _out_axis(n, cat, module, args, env, items) -> int:
+    """The channel axis of ``n``'s output: the last one for a sequence Linear and for what keeps its
+    layout (see the module docstring; :func:`_link` decides whether the channels really pass), else 1."""
+    out = env[n]
+    if out.dim() <= 2:
+        return 1
+    last = out.dim() - 1
+    if cat == "weighted":
+        return last if isinstance(module, nn.Linear) else 1
+    if not args or not items.last(args[0], env):
+        return 1
+    x = env[args[0]]
+    t = n.target
+    if cat == "pointwise" and ops.elementwise(n, module) and x.shape == out.shape:
+        return last
+    if cat in ("broadcast", "reduce") and x.shape[-1] == out.shape[-1]:
+        return last
+    if cat == "shape" and (t is operator.getitem or t in ops.CONCAT_FUNCTIONS or t == "contiguous"):
+        return last
+    return 1
+
+
 def _link(n, cat, module, args, env, items) -> bool:
     """Link the channel items ``n`` passes through; False when ``n`` must pin its neighbours."""
     out = env[n]
+    ax = items.axis[n]
+
+    def same_layout(a) -> bool:  # channel for channel: same rank, same channel axis, same channel count
+        v = env[a]
+        return v.dim() == out.dim() and items.axis[a] == ax and v.shape[ax] == out.shape[ax]
+
     if cat == "pointwise":
-        if not args or env[args[0]].shape[1] != out.shape[1] or env[args[0]].dim() != out.dim():
+        if not args or not same_layout(args[0]):
             return False
+        if items.last(n, env) and not ops.elementwise(n, module):
+            return False  # pooling, batch norm, padding or resampling act along axis 1, not the last
         if module is not None and not isinstance(module, _BN) and any(True for _ in module.parameters()):
             return False  # per-channel parameters we do not know how to slice
         if module is None and n.target is F.batch_norm:
@@ -364,18 +422,20 @@ def _link(n, cat, module, args, env, items) -> bool:
         if any(isinstance(env.get(a), torch.Tensor) and env[a].numel() > 1 for a in others):
             return False  # a 1-D tensor may broadcast along the channel axis
         for a in args:
-            v = env[a]
-            if v.dim() != out.dim() or v.shape[1] != out.shape[1]:
+            if not same_layout(a):
                 return False
             items.link(items.ids(a), items.ids(n))
         return True
     if cat == "reduce":
         x = env[args[0]]
-        if out.dim() < 2 or out.shape[1] != x.shape[1]:
+        xa = items.axis[args[0]]
+        if out.dim() < 2 or out.shape[ax] != x.shape[xa]:
             return False
         dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
         dims = [dims] if isinstance(dims, int) else list(dims or [])
-        if not dims or any(d % x.dim() in (0, 1) for d in dims):
+        if not dims or any(d % x.dim() in (0, xa) for d in dims):
+            return False
+        if xa != 1 and not items.last(n, env) and out.dim() >= 3:
             return False
         items.link(items.ids(args[0]), items.ids(n))
         return True
@@ -385,9 +445,9 @@ def _link(n, cat, module, args, env, items) -> bool:
     if t in ops.CONCAT_FUNCTIONS:
         dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
         parts = list(n.args[0])
-        if not all(p in items.offset for p in parts):
+        if not all(p in items.offset and env[p].dim() == out.dim() and items.axis[p] == ax for p in parts):
             return False
-        if dim % out.dim() == 1:
+        if dim % out.dim() == ax:
             off = items.offset[n]
             for p in parts:
                 c = items.count[p]
@@ -402,15 +462,25 @@ def _link(n, cat, module, args, env, items) -> bool:
     x = env[args[0]] if args else None
     if x is None:
         return False
+    if t == "contiguous":
+        if not same_layout(args[0]):
+            return False
+        items.link(items.ids(args[0]), items.ids(n))
+        return True
+    if t is operator.getitem and isinstance(x, torch.Tensor):
+        if items.last(args[0], env):
+            ok = _getitem_keeps_last(n.args[1], x.dim()) and out.shape[ax] == x.shape[-1] and ax == out.dim() - 1
+        else:
+            ok = items.axis[args[0]] == 1 and _getitem_keeps_channels(n.args[1], x.dim()) and out.dim() == x.dim()
+        if ok:
+            items.link(items.ids(args[0]), items.ids(n))
+        return ok
+    if items.axis[args[0]] != 1:
+        return False  # flattening or padding a channels-last tensor reaches its channels
     if _flatten_like(n, module, x, out):
         hw = out.shape[1] // x.shape[1]
         items.link(items.ids(args[0]).repeat_interleave(hw), items.ids(n))
         return True
-    if t is operator.getitem and isinstance(x, torch.Tensor):
-        if _getitem_keeps_channels(n.args[1], x.dim()) and out.dim() == x.dim():
-            items.link(items.ids(args[0]), items.ids(n))
-            return True
-        return False
     if t is F.pad:
         pad = n.args[1] if len(n.args) > 1 else n.kwargs.get("pad")
         mode = n.kwargs.get("mode", n.args[2] if len(n.args) > 2 else "constant")
@@ -424,9 +494,6 @@ def _link(n, cat, module, args, env, items) -> bool:
         left = pad[nsp] if len(pad) > nsp else 0
         items.link(items.ids(args[0]), items.offset[n] + left + torch.arange(x.shape[1]))
         n.meta["graphs_channel_pad"] = (tuple(pad[:nsp]), left, x.shape[1])
-        return True
-    if t in ("contiguous",):
-        items.link(items.ids(args[0]), items.ids(n))
         return True
     return False
 
@@ -450,13 +517,19 @@ def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
                 inp = n.args[0]
                 if inp not in items.offset:
                     continue
-                ko, ki = keep(n), keep(inp)
+                ko = keep(n)
+                if _depthwise(m):
+                    if not bool(ko.all()):
+                        replace(n.target, _shrink_depthwise(m, ko))
+                    continue
+                if n in plan["weighted_inputs"].get(inp, ()):  # the input's items are this layer's input channels
+                    ki, k_in = keep(inp), consts[items.ids(inp)]
+                else:  # they lie on another axis (a sequence Linear reading a tensor of unknown layout): all stay
+                    ki = torch.ones(m.weight.shape[1], dtype=torch.bool)
+                    k_in = torch.full((m.weight.shape[1],), float("nan"), dtype=torch.float64)
                 if bool(ko.all()) and bool(ki.all()):
                     continue
-                if _depthwise(m):
-                    replace(n.target, _shrink_depthwise(m, ko))
-                    continue
-                replace(n.target, _shrink_weighted(m, ko, ki, consts[items.ids(inp)]))
+                replace(n.target, _shrink_weighted(m, ko, ki, k_in))
             elif isinstance(m, _BN) and n in items.offset:
                 k = keep(n)
                 if not bool(k.all()):

@@ -82,6 +82,18 @@ SHAPE_METHODS = {
     "expand", "expand_as", "repeat", "movedim", "unflatten", "t", "view_as", "reshape_as", "contiguous",
     "triu", "tril",
 }
+# pointwise ops that act along axis 1 (statistics, pooling, padding, resampling): not elementwise
+_ALONG_AXIS_ONE_MODULES = (
+    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm,
+    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd, nn.Upsample, nn.modules.padding._ConstantPadNd,
+    nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd, nn.PReLU,
+)
+_ALONG_AXIS_ONE_FUNCTIONS = {
+    F.batch_norm, F.instance_norm, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
+    F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.dropout2d,
+}
 REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 CONCAT_FUNCTIONS = {torch.cat, torch.concat}
@@ -152,6 +164,20 @@ def categorize(node, module=None) -> str:
             return "reduce"
         return "unknown"
     return "unknown"
+
+
+def elementwise(node, module=None) -> bool:
+    """Is this pointwise node elementwise, i.e. indifferent to which axis holds the channels? Built-in
+    activations, dropout, identity and dtype/device moves are; pooling, batch/instance norm, padding,
+    resampling, PReLU and ops taught with :func:`register_op` (their axis is unknown) are not."""
+    if node.op == "call_module":
+        return (isinstance(module, POINTWISE_MODULES) and not isinstance(module, _ALONG_AXIS_ONE_MODULES)
+                and not any(isinstance(module, c) for c in _EXTRA if isinstance(c, type)))
+    if node.target in _EXTRA:
+        return False
+    if node.op == "call_function":
+        return node.target in POINTWISE_FUNCTIONS and node.target not in _ALONG_AXIS_ONE_FUNCTIONS
+    return node.op == "call_method" and node.target in POINTWISE_METHODS
 
 
 def describe(node) -> str:

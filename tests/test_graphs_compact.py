@@ -241,3 +241,102 @@ def test_compact_verifies_a_model_of_several_inputs():
     assert small.compaction["units_removed"] > 0 and small.compaction["max_abs_diff"] < 1e-5
     x, y = torch.randn(5, 4), torch.randn(5, 3)
     assert torch.allclose(small(x, y), model(x, y), atol=1e-5)
+
+
+def test_transformer_mlp_hidden_units_are_removed():
+    """vit_tiny: a hidden unit of an MLP (Linear applied to tokens, channels on the last axis) goes when
+    its fc2 column is all zero or its fc1 row is (then GELU(bias), a non-zero constant, is folded into
+    fc2's bias); the residual stream, read by LayerNorm, and attention stay whole."""
+    from adaptive.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model("vit_tiny").eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("mlp.0.bias"):
+                p.normal_()  # torchvision starts these near 0: make the folded constants matter
+    conn = adaptive.Connectome(m)
+    gen = torch.Generator().manual_seed(1)
+    masks, expected = {}, {}
+    for k, v in conn.masks.items():
+        mk = torch.ones_like(v)
+        if k.endswith("mlp.0.weight"):
+            mk[torch.rand(v.shape[0], generator=gen) < 0.3] = False  # no live input: a constant unit
+        if k.endswith("mlp.3.weight"):
+            mk[:, torch.rand(v.shape[1], generator=gen) < 0.3] = False  # no live output
+        masks[k] = mk
+    for k in masks:
+        if k.endswith("mlp.0.weight"):
+            fc2 = masks[k.replace("mlp.0", "mlp.3")]
+            expected[k[: -len(".weight")]] = int((~masks[k].any(1) | ~fc2.any(0)).sum())
+    conn.set_masks(masks)
+    x = torch.randn(3, 3, 32, 32)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    removed = small.compaction["removed"]
+    assert {k: removed[k] for k in expected} == expected
+    assert all(v > 20 for v in expected.values())
+    assert all(v == 0 for k, v in removed.items() if k not in expected)  # patch embedding, fc2, head
+    for k, n in expected.items():
+        assert small.get_submodule(k).out_features == 128 - n
+        assert small.get_submodule(k.replace("mlp.0", "mlp.3")).in_features == 128 - n
+    assert torch.allclose(small(x), ref, atol=1e-4)
+
+
+class ChannelsLast(nn.Module):
+    """Sequence Linears whose dead units may go (through GELU, a residual sum of two of them, a mean
+    over tokens, a class token) and ones whose may not (pooled or batch-normalised along another
+    axis, scaled by a 1-D parameter, read by a Conv1d as channels of axis 1)."""
+
+    def __init__(self):
+        super().__init__()
+        d = 6
+        self.free_a = nn.Linear(d, d)
+        self.free_b = nn.Linear(d, d)
+        self.free_c = nn.Linear(d, d)
+        self.free_d = nn.Linear(d, d)
+        self.pooled = nn.Linear(d, d)
+        self.pool = nn.MaxPool1d(3, stride=1, padding=1)  # along the last axis: mixes channels
+        self.normed = nn.Linear(d, d)
+        self.bn = nn.BatchNorm1d(5)  # statistics per token (axis 1)
+        self.scaled = nn.Linear(d, d)
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, d))
+        self.convd = nn.Linear(d, d)
+        self.conv = nn.Conv1d(5, 5, 1)  # reads the tokens as channels
+        self.heads = nn.ModuleList(nn.Linear(d, 3) for _ in range(7))  # one per branch: a shared one is kept whole
+
+    def forward(self, x):  # x: [N, 5 tokens, 6]
+        a = F.gelu(self.free_a(x)) + F.gelu(self.free_b(x))  # one class of items: a channel goes from both or neither
+        h = self.heads[0](a.mean(1)) + self.heads[1](F.relu(self.free_c(x))[:, 0]) + self.heads[2](self.free_d(x).sum(1))
+        kept = (self.pool(self.pooled(x)), self.bn(self.normed(x)), self.scaled(x) * self.scale, self.conv(self.convd(x)))
+        for head, k in zip(self.heads[3:], kept):  # each trap on its own: pinning one must not pin the others
+            h = h + head(k.mean(1))
+        return h
+
+
+def test_channels_last_units_go_only_where_the_last_axis_is_kept_apart():
+    torch.manual_seed(0)
+    m = ChannelsLast()
+    with torch.no_grad():
+        m.bn.running_mean.normal_()
+        m.bn.running_var.uniform_(0.5, 1.5)
+        for lin in (m.free_a, m.free_b, m.free_c, m.free_d, m.pooled, m.normed, m.scaled, m.convd):
+            lin.bias.normal_()
+    conn = adaptive.Connectome(m, exclude="heads*")
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    for k in masks:
+        masks[k][:2] = False  # units 0 and 1 of every Linear: no live input, a non-zero constant after the bias
+    masks["free_a.weight"][2] = False  # unit 2 dead in a only: a + b still carries b's
+    conn.set_masks(masks)
+    x = torch.randn(4, 5, 6)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    removed = small.compaction["removed"]
+    assert removed["free_a"] == removed["free_b"] == 2
+    assert removed["free_c"] == removed["free_d"] == 2
+    for k in ("pooled", "normed", "scaled", "convd", "conv", *(f"heads.{i}" for i in range(7))):
+        assert removed[k] == 0, k
+    assert torch.allclose(small(x), ref, atol=1e-5)
+    x2 = torch.randn(7, 5, 6)
+    with torch.no_grad():
+        assert torch.allclose(small(x2), m(x2), atol=1e-5)
