@@ -25,16 +25,22 @@ so is every float made from them). Items of inputs, outputs, grouped convolution
 compactor does not understand and layers whose weight is tied to another module's are kept; a
 depthwise convolution (groups == channels) keeps or drops input channel ``c`` together with output
 channel ``c`` and its filter, other grouped convolutions keep all their channels. The result is
-checked against the masked model on the example input and a second random input; a mismatch
-raises instead of returning a wrong model.
+checked against the masked model on the example input, a second random input and a batch of twice
+its size; a mismatch raises instead of returning a wrong model.
 
 Channel axis. A tensor's channels lie on axis 1, except where a Linear is applied to a sequence
 (``[N, T, C]`` or more dimensions): its output's channels lie on the last axis, and so do those of what
-is computed from it elementwise (activations, dropout, residual ``+``/``*`` of tensors with the same
-layout), of reductions and integer/slice indexing over the other axes (the mean over tokens, a class
-token ``x[:, 0]``) and of concatenations. So the hidden units of a transformer's MLP go like those of a
-CNN. An op that mixes the last axis of such a tensor (pooling, batch or instance norm, padding, a
-transpose, LayerNorm's statistics, attention) keeps all its channels.
+is computed from it elementwise (activations, dropout, powers, residual ``+``/``*`` of tensors with the
+same layout, a gate with one value per token), of reductions and integer/slice indexing over the other
+axes (the mean over tokens, a class token ``x[:, 0]``), of views that keep the last axis
+(``[N, T, C] <-> [N*T, C]``; a channel count written into the view shrinks with the channels) and of
+concatenations. So the hidden units of a transformer's MLP go like those of a CNN. An op that mixes
+the last axis of such a tensor (pooling, batch or instance norm, padding, a transpose, a 1-D
+per-channel tensor, LayerNorm's statistics, attention) keeps all its channels.
+
+Sizes. A sum over tokens or pixels of a constant unit is that constant times the input's size, so
+it is not a constant of the model: such units stay unless no reader uses them. A layer whose
+parameter the graph also reads directly (``F.linear(x, self.fc.weight)``) keeps its size.
 """
 from __future__ import annotations
 
@@ -99,6 +105,9 @@ class _Probe(fx.Interpreter):
 
     def run_node(self, n):
         out = super().run_node(n)
+        if _size_dependent(n) and isinstance(out, torch.Tensor) and out.is_floating_point():
+            # a sum of a constant grows with the size of what it sums: not a constant of the model
+            return torch.full_like(out, float("nan"))
         if n.op != "placeholder" and isinstance(out, torch.Tensor) and out.is_floating_point():
             ins = [self.env.get(a) for a in n.all_input_nodes]
             if ins and not any(isinstance(t, torch.Tensor) and t.is_floating_point() for t in ins):
@@ -110,7 +119,7 @@ class _Probe(fx.Interpreter):
         m = self.mods[target]
         if not isinstance(m, ops.WEIGHTED_MODULES):
             return super().call_module(target, args, kwargs)
-        x = args[0]
+        x = args[0] if args else kwargs["input"]  # nn.Linear/Conv take one tensor, ``input``
         out = m(torch.nan_to_num(x, nan=1.0))  # shape only
         w = m.weight.detach()
         axis = -1 if isinstance(m, nn.Linear) else 1
@@ -126,6 +135,18 @@ class _Probe(fx.Interpreter):
         shape = [1] * out.dim()
         shape[axis] = o
         return val.view(shape).expand_as(out).clone()
+
+
+def _size_dependent(n) -> bool:
+    """A sum over some dimensions: of a constant channel it is the constant times a size (tokens,
+    pixels), which changes with the input."""
+    return (n.op == "call_function" and n.target is torch.sum) or (n.op == "call_method" and n.target == "sum")
+
+
+def _module_input(n):
+    """The input node of an ``nn.Linear``/``nn.Conv`` call, however it was passed (None if not a node)."""
+    x = n.args[0] if n.args else n.kwargs.get("input")
+    return x if isinstance(x, fx.Node) else None
 
 
 def _channel_consts(t: torch.Tensor, axis: int = 1) -> torch.Tensor:
@@ -296,6 +317,8 @@ def _plan(gm: fx.GraphModule, env, align: int = 1) -> dict:
         for p in m.parameters(recurse=False):
             owners.setdefault(id(p), set()).add(mn)
     tied = {mn for names in owners.values() if len(names) > 1 for mn in names}  # weight tying
+    # a parameter also read directly (F.linear(x, self.fc.weight)) would be read at its old size
+    tied |= {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
     weighted_inputs = {}  # node -> weighted consumer nodes
     for n in gm.graph.nodes:
         out = env.get(n)
@@ -313,16 +336,18 @@ def _plan(gm: fx.GraphModule, env, align: int = 1) -> dict:
         if _stateful(module) and (calls[n.target] > 1 or n.target in tied):  # one set of parameters cannot be sliced two ways
             cat = "pinned"
         if cat == "weighted":
-            if _depthwise(module) and args:  # channel c in <-> c out: one class, the filter goes with it
-                items.link(items.ids(args[0]), items.ids(n))
-            elif int(getattr(module, "groups", 1)) > 1:
-                items.pin(n)
-                for a in args:
-                    items.pin(a)
-            elif args and (items.last(args[0], env) if isinstance(module, nn.Linear) and out.dim() > 2
-                           else items.axis[args[0]] == 1):  # it reads its input's channel axis
-                weighted_inputs.setdefault(args[0], []).append(n)
-            else:  # e.g. a sequence Linear on a tensor whose channels we do not know to be its last axis
+            x = _module_input(n)
+            aligned = x in items.offset and (items.last(x, env) if isinstance(module, nn.Linear) and out.dim() > 2
+                                             else items.axis[x] == 1)  # its input channels are x's items
+            if aligned and _depthwise(module):  # channel c in <-> c out: one class, the filter goes with it
+                items.link(items.ids(x), items.ids(n))
+            elif aligned and int(getattr(module, "groups", 1)) == 1:
+                weighted_inputs.setdefault(x, []).append(n)
+            else:  # grouped, or its input's items lie on an axis it does not read (a sequence Linear's output
+                # into a Conv1d, a LayerNorm's output into a sequence Linear): they stay; so do its
+                # output units where they are tied to its input channels
+                if int(getattr(module, "groups", 1)) > 1:
+                    items.pin(n)
                 for a in args:
                     items.pin(a)
             continue
@@ -384,10 +409,15 @@ def _out_axis(n, cat, module, args, env, items) -> int:
     last = out.dim() - 1
     if cat == "weighted":
         return last if isinstance(module, nn.Linear) else 1
+    t = n.target
+    if cat == "shape" and _reshape(n) and args and _channels_last_like(args[0], env, items) \
+            and env[args[0]].shape[-1] == out.shape[-1]:
+        return last  # [N, T, C] <-> [N*T, C] and the like: the last axis is untouched
+    if cat == "broadcast":  # the layout of an argument of the output's shape (others broadcast into it)
+        args = [a for a in args if env[a].dim() == out.dim() and env[a].shape[-1] == out.shape[-1]] or args
     if not args or not items.last(args[0], env):
         return 1
     x = env[args[0]]
-    t = n.target
     if cat == "pointwise" and ops.elementwise(n, module) and x.shape == out.shape:
         return last
     if cat in ("broadcast", "reduce") and x.shape[-1] == out.shape[-1]:
@@ -395,6 +425,29 @@ def _out_axis(n, cat, module, args, env, items) -> int:
     if cat == "shape" and (t is operator.getitem or t in ops.CONCAT_FUNCTIONS or t == "contiguous"):
         return last
     return 1
+
+
+def _reshape(n) -> bool:
+    return (n.op == "call_method" and n.target in ("view", "reshape")) or n.target is torch.reshape
+
+
+def _reshape_sizes(n):
+    """``(sizes, where)`` of a view/reshape: the target sizes and how to put new ones back
+    (``where(sizes)`` gives the node's new args), or None when they are not written out plainly."""
+    if n.op == "call_method":
+        rest = list(n.args[1:])
+        if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+            return list(rest[0]), lambda sz: (n.args[0], tuple(sz))
+        return rest, lambda sz: (n.args[0], *sz)
+    shape = n.args[1] if len(n.args) > 1 else n.kwargs.get("shape")
+    if not isinstance(shape, (tuple, list)) or n.kwargs:
+        return None
+    return list(shape), lambda sz: (n.args[0], tuple(sz))
+
+
+def _channels_last_like(a, env, items) -> bool:
+    """Are ``a``'s channels on its last axis (a 2-D tensor's axis 1 included)?"""
+    return a in items.axis and (items.axis[a] == env[a].dim() - 1)
 
 
 def _link(n, cat, module, args, env, items) -> bool:
@@ -406,6 +459,9 @@ def _link(n, cat, module, args, env, items) -> bool:
         v = env[a]
         return v.dim() == out.dim() and items.axis[a] == ax and v.shape[ax] == out.shape[ax]
 
+    others = [a for a in _tensor_args(n) if a not in items.offset]
+    if any(isinstance(env.get(a), torch.Tensor) and env[a].numel() > 1 for a in others):
+        return False  # a 1-D tensor (clamp(x, max=cap), x * gamma) may run along the channel axis
     if cat == "pointwise":
         if not args or not same_layout(args[0]):
             return False
@@ -418,13 +474,15 @@ def _link(n, cat, module, args, env, items) -> bool:
         items.link(items.ids(args[0]), items.ids(n))
         return all(env[a].dim() < 2 or a is args[0] for a in args)
     if cat == "broadcast":
-        others = [a for a in _tensor_args(n) if a not in items.offset]
-        if any(isinstance(env.get(a), torch.Tensor) and env[a].numel() > 1 for a in others):
-            return False  # a 1-D tensor may broadcast along the channel axis
+        ones = [a for a in args if env[a].dim() == out.dim() and items.axis[a] == ax and env[a].shape[ax] == 1
+                and out.shape[ax] > 1]  # one value for every channel (a per-token or per-pixel gate)
+        if any(not same_layout(a) for a in args if a not in ones):
+            return False
         for a in args:
-            if not same_layout(a):
-                return False
-            items.link(items.ids(a), items.ids(n))
+            if a in ones:
+                items.pin(a)
+            else:
+                items.link(items.ids(a), items.ids(n))
         return True
     if cat == "reduce":
         x = env[args[0]]
@@ -444,6 +502,8 @@ def _link(n, cat, module, args, env, items) -> bool:
     t = n.target
     if t in ops.CONCAT_FUNCTIONS:
         dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+        if not isinstance(n.args[0], (tuple, list)):
+            return False  # torch.cat(x.chunk(2, -1), -1): parts we cannot see
         parts = list(n.args[0])
         if not all(p in items.offset and env[p].dim() == out.dim() and items.axis[p] == ax for p in parts):
             return False
@@ -462,9 +522,16 @@ def _link(n, cat, module, args, env, items) -> bool:
     x = env[args[0]] if args else None
     if x is None:
         return False
-    if t == "contiguous":
-        if not same_layout(args[0]):
+    if t == "contiguous" or (_reshape(n) and _channels_last_like(args[0], env, items) and ax == out.dim() - 1):
+        if env[args[0]].shape[items.axis[args[0]]] != out.shape[ax]:
             return False
+        if t != "contiguous":  # the channel count must be -1 or a number written in, which shrinks with them
+            sizes = _reshape_sizes(n)
+            if sizes is None or not sizes[0] or not (sizes[0][-1] == -1 or (
+                    isinstance(sizes[0][-1], int) and not isinstance(sizes[0][-1], bool) and sizes[0][-1] == out.shape[ax])):
+                return False
+            if sizes[0][-1] != -1:
+                n.meta["graphs_reshape_channels"] = True
         items.link(items.ids(args[0]), items.ids(n))
         return True
     if t is operator.getitem and isinstance(x, torch.Tensor):
@@ -514,7 +581,7 @@ def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
         if n.op == "call_module":
             m = mods[n.target]
             if isinstance(m, ops.WEIGHTED_MODULES) and n in items.offset:
-                inp = n.args[0]
+                inp = _module_input(n)
                 if inp not in items.offset:
                     continue
                 ko = keep(n)
@@ -534,6 +601,11 @@ def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
                 k = keep(n)
                 if not bool(k.all()):
                     replace(n.target, _shrink_bn(m, k))
+        elif n.meta.get("graphs_reshape_channels"):
+            k = int(keep(n).sum())
+            sizes, where = _reshape_sizes(n)
+            if k != sizes[-1]:
+                n.args = where(sizes[:-1] + [k])
         elif n.op == "call_function" and "graphs_channel_pad" in n.meta:
             spatial, left, cin = n.meta["graphs_channel_pad"]
             ko, ki = keep(n), keep(n.args[0])
@@ -636,10 +708,22 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
 
     x2 = type(x)(other(t) for t in x) if isinstance(x, (tuple, list)) else other(x)
     xs = [x, x2]
+    ts = [t for t in (x2 if isinstance(x2, (tuple, list)) else (x2,)) if isinstance(t, torch.Tensor)]
+    if ts and all(t.dim() >= 1 and t.shape[0] == ts[0].shape[0] for t in ts):  # and a batch of another size
+        def double(t):
+            return torch.cat([t, other(t)]) if isinstance(t, torch.Tensor) else t
+        xs.append(type(x2)(double(t) for t in x2) if isinstance(x2, (tuple, list)) else double(x2))
     worst = 0.0
-    for xi in xs:
+    for i, xi in enumerate(xs):
         args = tuple(xi) if isinstance(xi, (tuple, list)) else (xi,)  # several inputs: one argument each
-        ra, rb = ref(*args), gm(*args)  # a tensor, or a dict / tuple of them
+        if i == 2:
+            try:
+                ra = ref(*args)
+            except Exception:  # the model fixes its batch size: nothing to compare
+                continue
+            rb = gm(*args)
+        else:
+            ra, rb = ref(*args), gm(*args)  # a tensor, or a dict / tuple of them
         pairs = [(a, b) for a, b in zip(_tensor_leaves(ra), _tensor_leaves(rb))]
         diff = max(float((a - b).abs().max()) for a, b in pairs) if pairs else 0.0
         worst = max(worst, diff)

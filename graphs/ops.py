@@ -68,9 +68,9 @@ BROADCAST_FUNCTIONS = {
     operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum, torch.where,
     operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.and_, operator.or_,
     operator.invert, torch.eq, torch.ne, torch.lt, torch.le, torch.gt, torch.ge, torch.logical_not,
-    torch.logical_and, torch.logical_or, torch.masked_fill,
+    torch.logical_and, torch.logical_or, torch.masked_fill, operator.pow, torch.pow,
 }
-BROADCAST_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum", "eq", "ne", "lt",
+BROADCAST_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow", "maximum", "minimum", "eq", "ne", "lt",
                      "le", "gt", "ge", "logical_not", "logical_and", "logical_or", "masked_fill", "masked_fill_"}
 SHAPE_FUNCTIONS = {
     torch.flatten, torch.reshape, torch.cat, torch.concat, torch.stack, torch.permute, torch.transpose,
@@ -99,12 +99,14 @@ REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 CONCAT_FUNCTIONS = {torch.cat, torch.concat}
 
 _EXTRA: Dict[Any, str] = {}
+_ELEMENTWISE_EXTRA: set = set()  # registered pointwise ops known to treat every element alike
 
 try:  # torchvision's per-sample residual dropout: identity in eval mode
     from torchvision.ops import StochasticDepth, stochastic_depth
 
     _EXTRA[stochastic_depth] = "pointwise"
     _EXTRA[StochasticDepth] = "pointwise"
+    _ELEMENTWISE_EXTRA.update((stochastic_depth, StochasticDepth))
 except ImportError:  # pragma: no cover - torchvision is optional
     pass
 
@@ -171,10 +173,12 @@ def elementwise(node, module=None) -> bool:
     activations, dropout, identity and dtype/device moves are; pooling, batch/instance norm, padding,
     resampling, PReLU and ops taught with :func:`register_op` (their axis is unknown) are not."""
     if node.op == "call_module":
+        if type(module) in _ELEMENTWISE_EXTRA:
+            return True
         return (isinstance(module, POINTWISE_MODULES) and not isinstance(module, _ALONG_AXIS_ONE_MODULES)
                 and not any(isinstance(module, c) for c in _EXTRA if isinstance(c, type)))
     if node.target in _EXTRA:
-        return False
+        return node.target in _ELEMENTWISE_EXTRA
     if node.op == "call_function":
         return node.target in POINTWISE_FUNCTIONS and node.target not in _ALONG_AXIS_ONE_FUNCTIONS
     return node.op == "call_method" and node.target in POINTWISE_METHODS

@@ -285,8 +285,10 @@ def test_transformer_mlp_hidden_units_are_removed():
 
 class ChannelsLast(nn.Module):
     """Sequence Linears whose dead units may go (through GELU, a residual sum of two of them, a mean
-    over tokens, a class token) and ones whose may not (pooled or batch-normalised along another
-    axis, scaled by a 1-D parameter, read by a Conv1d as channels of axis 1)."""
+    over tokens, a class token; through a sum over tokens only where the reader does not use them: a
+    summed constant grows with the number of tokens) and ones whose may not (pooled or
+    batch-normalised along another axis, scaled by a 1-D parameter, read by a Conv1d as channels of
+    axis 1)."""
 
     def __init__(self):
         super().__init__()
@@ -322,21 +324,119 @@ def test_channels_last_units_go_only_where_the_last_axis_is_kept_apart():
         m.bn.running_var.uniform_(0.5, 1.5)
         for lin in (m.free_a, m.free_b, m.free_c, m.free_d, m.pooled, m.normed, m.scaled, m.convd):
             lin.bias.normal_()
-    conn = adaptive.Connectome(m, exclude="heads*")
+    conn = adaptive.Connectome(m)
     masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
     for k in masks:
-        masks[k][:2] = False  # units 0 and 1 of every Linear: no live input, a non-zero constant after the bias
+        if not k.startswith("heads"):
+            masks[k][:2] = False  # units 0 and 1 of every Linear: no live input, a non-zero constant after the bias
     masks["free_a.weight"][2] = False  # unit 2 dead in a only: a + b still carries b's
+    masks["heads.2.weight"][:, 3] = False  # free_d's unit 3 has no live output
     conn.set_masks(masks)
     x = torch.randn(4, 5, 6)
     ref = masked_output(m, conn, x)
     small = graphs.compact(m, conn, x)
     removed = small.compaction["removed"]
     assert removed["free_a"] == removed["free_b"] == 2
-    assert removed["free_c"] == removed["free_d"] == 2
+    assert removed["free_c"] == 2
+    assert removed["free_d"] == 1  # unit 3; its constant units are summed over the tokens
     for k in ("pooled", "normed", "scaled", "convd", "conv", *(f"heads.{i}" for i in range(7))):
         assert removed[k] == 0, k
     assert torch.allclose(small(x), ref, atol=1e-5)
     x2 = torch.randn(7, 5, 6)
+    with torch.no_grad():
+        assert torch.allclose(small(x2), m(x2), atol=1e-5)
+
+
+class Summed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 8)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head_t = nn.Linear(8, 3)
+        self.head_p = nn.Linear(8, 3)
+
+    def forward(self, tokens, image):  # a sum over tokens, a sum over pixels
+        return self.head_t(F.gelu(self.fc(tokens)).sum(1)) + self.head_p(F.relu(self.conv(image)).sum((2, 3)))
+
+
+def test_constant_units_summed_over_tokens_or_pixels_stay():
+    """A unit with no live input is a constant k; summed over T tokens or H x W pixels it is T*k or
+    H*W*k, which depends on the input's size: folding it into the reader's bias at the example's size
+    would be wrong at any other. Such units stay; units the reader does not use still go."""
+    torch.manual_seed(0)
+    m = Summed()
+    with torch.no_grad():
+        m.fc.bias.fill_(0.5)
+        m.conv.bias.fill_(0.5)
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["fc.weight"][:2] = False
+    masks["conv.weight"][:2] = False
+    masks["head_t.weight"][:, 5] = False
+    masks["head_p.weight"][:, 6:] = False
+    conn.set_masks(masks)
+    x = (torch.randn(2, 5, 6), torch.randn(2, 3, 4, 4))
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"]["fc"] == 1 and small.compaction["removed"]["conv"] == 2
+    conn.apply()
+    for x2 in ((torch.randn(3, 9, 6), torch.randn(3, 3, 8, 8)), (torch.randn(1, 1, 6), torch.randn(1, 3, 2, 2))):
+        with torch.no_grad():
+            assert torch.allclose(small(*x2), m.eval()(*x2), atol=1e-5)
+
+
+class _Tokens(nn.Module):
+    """fc1 (6 -> 8) on tokens [N, 5, 6], then ``between``, then what reads fc1's units."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.fc1 = nn.Linear(6, 8)
+        self.fc2 = nn.Linear(8, 3)
+        self.gate = nn.Linear(6, 1)
+        self.dw = nn.Conv1d(5, 5, 3, padding=1, groups=5)
+        self.cap = nn.Parameter(torch.linspace(0.1, 1.0, 8))
+
+    def forward(self, x):
+        k = self.kind
+        if k == "kwargs":
+            return self.fc2(F.relu(self.fc1(input=x)))
+        h = self.fc1(x)
+        if k == "squared_relu":
+            h = F.relu(h) ** 2
+        elif k == "gate":  # one value per token for every channel
+            h = h * torch.sigmoid(self.gate(x))
+        elif k == "reshape":  # [N, T, C] -> [N*T, C] -> back
+            h = F.gelu(h).reshape(-1, 8).view(x.shape[0], -1, 8)
+        elif k == "clamp_1d":  # a per-unit cap: units cannot go
+            h = torch.clamp(h, max=self.cap)
+        elif k == "weight_read":  # fc1's weight also read directly: fc1 cannot shrink
+            h = h + F.linear(x, self.fc1.weight)
+        elif k == "cat_of_chunks":  # torch.cat given one node: parts not visible
+            h = torch.cat(h.chunk(2, -1), -1)
+        elif k == "depthwise_on_tokens":  # a depthwise Conv1d reads the 5 tokens as channels
+            h = self.dw(h)
+        return self.fc2(h)
+
+
+@pytest.mark.parametrize("kind, removed", [
+    ("kwargs", 2), ("squared_relu", 2), ("gate", 1), ("reshape", 2),  # gated, a constant unit is no longer one
+    ("clamp_1d", 0), ("weight_read", 0), ("cat_of_chunks", 0), ("depthwise_on_tokens", 0),
+])
+def test_sequence_linear_units_through_other_ops(kind, removed):
+    torch.manual_seed(0)
+    m = _Tokens(kind)
+    with torch.no_grad():
+        m.fc1.bias.normal_()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["fc1.weight"][0] = False  # a constant unit
+    masks["fc2.weight"][:, 1] = False  # an unused one
+    conn.set_masks(masks)
+    x = torch.randn(2, 5, 6)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"]["fc1"] == removed
+    assert torch.allclose(small(x), ref, atol=1e-5)
+    x2 = torch.randn(4, 5, 6)
     with torch.no_grad():
         assert torch.allclose(small(x2), m(x2), atol=1e-5)
