@@ -198,6 +198,7 @@ class Connectome:
         """
         clean = self._validate(masks) if validate else {k: m.to(self.params[k].device) for k, m in masks.items()}
         _check_grow_init(grow_init, self.mode, bool(self.original))
+        self._check_params()
         # Plan every edit first (a grow_init callable may raise): nothing changes until all succeed.
         plan = []
         for k, new in clean.items():
@@ -311,7 +312,31 @@ class Connectome:
 
     @torch.no_grad()
     def apply(self) -> None:
-        """Impose the masks on the weights (and the originals in mask_only mode)."""
+        """Impose the masks on the weights (and the originals in mask_only mode). Call it after
+        writing to weights behind autograd's version counter (``p.data.copy_(...)``, a NumPy view):
+        the step re-masks weights only when that counter shows a write."""
+        self._check_params()
+        self._apply()
+
+    def _check_params(self) -> None:
+        """Raise if the model no longer holds the parameters this connectome masks."""
+        stale = []
+        for n, p in self.params.items():
+            try:
+                now = self.model.get_parameter(n)
+            except AttributeError:
+                now = None
+            if now is not p:
+                stale.append(n)
+        if stale:
+            raise RuntimeError(
+                f"the model's parameter(s) {stale[:3]}{' ...' if len(stale) > 3 else ''} are no longer the ones this "
+                "Connectome masks: they were replaced (load_state_dict(..., assign=True), "
+                "torch.__future__.set_overwrite_module_params_on_conversion(True), a module swapped in). Build a new "
+                "Connectome on the model as it is now and carry the masks over: new.set_masks(old.masks)")
+
+    @torch.no_grad()
+    def _apply(self) -> None:
         if self.mode == "mask_only":
             for n, p in self.params.items():
                 m = self.masks[n]
@@ -340,6 +365,7 @@ class Connectome:
         opt = unwrap_optimizer(optimizer)
         if any(r() is opt for r in self._optimizers):
             return self
+        self._check_params()
         ids = {id(p) for g in opt.param_groups for p in g["params"]}
         if not any(id(p) in ids for p in self.params.values()):
             raise ValueError("the optimizer holds none of this connectome's weights: build it from model.parameters()")
@@ -464,7 +490,7 @@ class Connectome:
         # A zero-preserving optimizer (optim_state.register_zero_preserving) cannot move a weight
         # whose gradient, value and state are all 0.0, so re-masking after its step is skipped.
         if self.mode == "mask_only" or not preserves_zeros(opt):
-            self.apply()
+            self._apply()
         self._next_step()
         self._record_versions()
 

@@ -283,3 +283,40 @@ def test_dense_state_dict_writes_zeros_under_every_key_of_a_shared_weight():
     sd = conn.dense_state_dict()
     assert torch.equal(sd["a.weight"], sd["b.weight"])
     assert int((sd["b.weight"] != 0).sum()) == 4
+
+
+def test_replaced_parameters_are_refused_and_masks_stay():
+    """load_state_dict(assign=True) puts new Parameter objects into the model: a connectome built
+    before would mask tensors the model no longer uses. Every entry point that edits says so."""
+    m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    conn = adaptive.Connectome(m)
+    half = {k: torch.rand(v.shape, generator=torch.Generator().manual_seed(0)) < 0.5 for k, v in conn.masks.items()}
+    conn.set_masks(half)
+    m.load_state_dict({k: v.clone() for k, v in m.state_dict().items()}, assign=True)
+    before = {k: v.clone() for k, v in conn.masks.items()}
+    for call in (lambda: conn.set_masks({k: torch.ones_like(v) for k, v in conn.masks.items()}),
+                 lambda: conn.attach(torch.optim.SGD(m.parameters(), lr=0.1)),
+                 conn.apply):
+        with pytest.raises(RuntimeError, match=r"no longer the ones this Connectome masks.*new Connectome"):
+            call()
+    assert all(torch.equal(before[k], conn.masks[k]) for k in before)
+    with torch.no_grad():
+        for k in half:
+            m.get_parameter(k).fill_(1.0)
+    fresh = adaptive.Connectome(m)  # the remedy the message gives
+    fresh.set_masks(conn.masks)
+    assert all((m.get_parameter(k)[~half[k]] == 0).all() for k in half)
+
+
+def test_apply_remasks_a_weight_written_behind_the_version_counter():
+    m = nn.Linear(5, 3)
+    conn = adaptive.Connectome(m)
+    mask = torch.rand(3, 5, generator=torch.Generator().manual_seed(1)) < 0.5
+    conn.set_masks({"weight": mask})
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    conn.attach(opt)
+    m.weight.data.copy_(torch.randn(3, 5))  # invisible to autograd's version counter
+    conn.apply()
+    m(torch.randn(2, 5)).sum().backward()
+    opt.step()
+    assert (m.weight[~mask] == 0).all()
