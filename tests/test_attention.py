@@ -382,3 +382,39 @@ def test_transformer_layer_norms_feed_their_statistics_like_the_gradient(norm_fi
     no_grad = (grad == 0).all(1)
     assert torch.equal(called_dead, no_grad)  # the graph agrees with the gradient, row by row
     assert bool(called_dead[2]) == (norm_first and not final_norm)
+
+
+def test_separate_qkv_computes_the_same_function_with_three_synapse_layers():
+    from adaptive.models import build_model, separate_qkv
+
+    torch.manual_seed(0)
+    packed = build_model("vit_tiny", depth=2).eval()
+    torch.manual_seed(0)
+    apart = build_model("vit_tiny", depth=2, qkv="separate").eval()
+    x = torch.randn(3, 3, 32, 32)
+    out_p, out_a = packed(x), apart(x)
+    assert torch.allclose(out_p, out_a, atol=1e-6)
+    out_p.square().sum().backward()
+    out_a.square().sum().backward()
+    g = packed.encoder.layers[0].self_attention.in_proj_weight.grad
+    att = apart.encoder.layers[0].self_attention
+    assert att.in_proj_weight is None
+    assert torch.allclose(torch.cat([att.q_proj_weight.grad, att.k_proj_weight.grad, att.v_proj_weight.grad]), g, atol=1e-6)
+    names = list(adaptive.Connectome(apart).masks)
+    assert sum(n.endswith(("q_proj_weight", "k_proj_weight", "v_proj_weight")) for n in names) == 6
+    assert not any(n.endswith("in_proj_weight") for n in names)
+    # its own budget share: ERK gives each 64x64 projection the same density
+    conn = adaptive.Connectome(apart)
+    adaptive.Controller(conn, policy="set", density=0.2, budget="erk")
+    layer = "encoder.layers.encoder_layer_1.self_attention."
+    d = {k: conn.masks[layer + f"{k}_proj_weight"].float().mean().item() for k in "qkv"}
+    assert d["q"] == d["k"] == d["v"] < 1.0
+    g = graphs.build(conn, "layer")  # the graph follows the three projections
+    assert g.live_synapses() == conn.num_live()
+    enc = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True).eval()
+    ref = copy.deepcopy(enc)
+    separate_qkv(enc)
+    s = torch.randn(2, 5, 16)
+    assert torch.allclose(enc(s), ref(s), atol=1e-6)
+    with pytest.raises(ValueError, match="qkv must be 'packed'"):
+        build_model("vit_tiny", qkv="split")

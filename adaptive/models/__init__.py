@@ -76,8 +76,9 @@ from .densecat import DenseCat  # noqa: E402
 from .lenet import LeNet5  # noqa: E402
 from .mlp import MLP  # noqa: E402
 from .resnet_cifar import BasicBlock, CifarResNet  # noqa: E402
+from .vit import separate_qkv  # noqa: E402
 
 __all__ = [
     "build_model", "register_model", "available_models", "load_weights", "read_state_dict",
-    "WeightsMismatchError", "MLP", "LeNet5", "CifarResNet", "BasicBlock", "DenseCat",
+    "WeightsMismatchError", "MLP", "LeNet5", "CifarResNet", "BasicBlock", "DenseCat", "separate_qkv",
 ]

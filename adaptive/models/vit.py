@@ -3,6 +3,10 @@
 torchvision's ``VisionTransformer`` (pre-norm encoder blocks of ``nn.MultiheadAttention`` and an MLP,
 a class token, learned position embeddings) with a patch embedding for any number of input
 channels. Every weight matrix is a synapse of a Connectome, attention projections included.
+
+:func:`separate_qkv` (``build_model("vit_tiny", qkv="separate")``, or on any model) gives every
+``nn.MultiheadAttention`` three projection parameters instead of one packed ``in_proj_weight``, so
+queries, keys and values become three synapse layers, each with its own share of a layer budget.
 """
 from __future__ import annotations
 
@@ -14,9 +18,12 @@ from ._shape import image_shape
 
 @register_model("vit_tiny")
 def vit_tiny(num_classes=10, in_shape=None, patch: int = 4, depth: int = 4, width: int = 64, heads: int = 4,
-             mlp: int = 128, dropout: float = 0.0) -> nn.Module:
+             mlp: int = 128, dropout: float = 0.0, qkv: str = "packed") -> nn.Module:
     """ViT with ``depth`` blocks of ``width`` channels and ``heads`` heads on ``patch`` x ``patch``
-    patches (the image side must be a multiple of ``patch``)."""
+    patches (the image side must be a multiple of ``patch``). ``qkv="separate"``: see
+    :func:`separate_qkv`."""
+    if qkv not in ("packed", "separate"):
+        raise ValueError(f"vit_tiny: qkv must be 'packed' (one in_proj_weight) or 'separate' (q, k, v apart), got {qkv!r}")
     from torchvision.models import VisionTransformer
 
     c, h, w = image_shape(in_shape, (3, 32, 32), "vit_tiny")
@@ -32,4 +39,23 @@ def vit_tiny(num_classes=10, in_shape=None, patch: int = 4, depth: int = 4, widt
     if c != 3:  # torchvision's patch embedding reads RGB
         model.conv_proj = nn.Conv2d(c, int(width), kernel_size=int(patch), stride=int(patch))
     nn.init.trunc_normal_(model.heads.head.weight, std=0.02)  # torchvision starts the head at zero
+    return separate_qkv(model) if qkv == "separate" else model
+
+
+def separate_qkv(model: nn.Module) -> nn.Module:
+    """Give every ``nn.MultiheadAttention`` of ``model`` (in place) separate ``q_proj_weight``,
+    ``k_proj_weight`` and ``v_proj_weight`` parameters holding the rows of its packed
+    ``in_proj_weight``: the same function (PyTorch's path for keys and values of other sizes), but
+    three synapse layers, so a budget gives each projection its own density and a policy cannot
+    move synapses from one to another. Build the Connectome and optimizer afterwards. Returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention) and m._qkv_same_embed_dim:
+            e = m.embed_dim
+            w = m.in_proj_weight.detach()
+            m.q_proj_weight = nn.Parameter(w[:e].clone())
+            m.k_proj_weight = nn.Parameter(w[e:2 * e].clone())
+            m.v_proj_weight = nn.Parameter(w[2 * e:].clone())
+            del m.in_proj_weight
+            m.register_parameter("in_proj_weight", None)
+            m._qkv_same_embed_dim = False
     return model

@@ -7,13 +7,17 @@ and cosine schedule, crop/flip augmentation; only the connectome differs:
 - ``dense``: density 1 (every synapse kept);
 - ``set``: magnitude drop, random growth (Mocanu et al. 2018);
 - ``rigl``: magnitude drop, gradient growth (Evci et al. 2020);
+- ``rigl, q/k/v apart``: the same with ``vit_tiny(qkv="separate")``, the same function whose query, key
+  and value projections are three synapse layers, each with its own ERK share (RigL's gradient growth
+  moves the packed ``in_proj_weight``'s synapses from queries and keys to values: does it cost?);
 
-both sparse rows at ``--density`` with the ERK layer budget. Each row is one run of
+every sparse row at ``--density`` with the ERK layer budget. A second table gives the density of the
+query, key and value projections at the end of each sparse run. Each row is one run of
 ``recipes/adaptive.py`` (its ``summary.json`` gives the numbers: test accuracy read once at the end,
 held-out accuracy on 10% of TRAIN). Runs already finished under ``--runs`` are reused. Writes
 ``recipes/benchmarks/results/dst_vit.md``.
 
-    python recipes/benchmarks/dst_vit.py                 # about 20 minutes on 2 cores
+    python recipes/benchmarks/dst_vit.py                 # about 27 minutes on 2 cores
     python recipes/benchmarks/dst_vit.py --epochs 1      # a quick look
 """
 from __future__ import annotations
@@ -48,6 +52,24 @@ def run(name: str, extra: list, args) -> dict:
     return json.loads(summary.read_text())
 
 
+def projection_density(run_dir: Path, separate: bool) -> dict:
+    """Per block, the fraction of live synapses in the query, key and value projections of a run."""
+    sys.path.insert(0, str(ROOT))
+    import adaptive
+    from adaptive.models import build_model
+
+    conn = adaptive.Connectome.load(run_dir / "connectome.safetensors",
+                                    build_model("vit_tiny", qkv="separate" if separate else "packed"))
+    out = {"q": [], "k": [], "v": []}
+    for name, m in conn.masks.items():
+        if name.endswith("in_proj_weight"):
+            for key, part in zip("qkv", m.chunk(3, 0)):
+                out[key].append(part.float().mean().item())
+        elif name.endswith(("q_proj_weight", "k_proj_weight", "v_proj_weight")):
+            out[name.rsplit(".", 1)[-1][0]].append(m.float().mean().item())
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
@@ -66,7 +88,9 @@ def main(argv=None):
         p.error("--epochs must be at least 1 and --lr positive")
     rows = [("dense", ["--density", "1.0", "--policy", "rigl"]),
             ("set", ["--density", str(args.density), "--policy", "set"]),
-            ("rigl", ["--density", str(args.density), "--policy", "rigl"])]
+            ("rigl", ["--density", str(args.density), "--policy", "rigl"]),
+            ("rigl_qkv", ["--density", str(args.density), "--policy", "rigl", "--model-kw", "{qkv: separate}"])]
+    labels = {"rigl_qkv": "rigl, q/k/v apart"}
     results = [(name, run(name, extra, args)) for name, extra in rows]
 
     def pick(s, *keys):
@@ -79,7 +103,7 @@ def main(argv=None):
              "| method | density | live synapses | test acc % | held-out acc % | wall min |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, s in results:
-        lines.append(f"| {name} | {pick(s, 'density'):.3f} | {pick(s, 'live_synapses', 'live'):,} | "
+        lines.append(f"| {labels.get(name, name)} | {pick(s, 'density'):.3f} | {pick(s, 'live_synapses', 'live'):,} | "
                      f"{100 * pick(s, 'test_accuracy'):.2f} | {100 * pick(s, 'holdout_accuracy'):.2f} | "
                      f"{pick(s, 'wall_seconds', 'seconds') / 60:.1f} |")
     total = results[0][1].get("synapses", float("nan"))
@@ -88,6 +112,13 @@ def main(argv=None):
               f"seed {args.seed}; sparse rows at density {args.density} with the ERK budget, RigL's update schedule "
               f"(recipes/adaptive.py defaults). Test = the cifar10-jpeg test split, read once per run for this table; "
               f"held-out = 10% of TRAIN. {platform.machine()}, {args.threads} thread(s).", "",
+              "Density of the attention projections at the end (mean over the blocks, min-max in brackets):", "",
+              "| method | queries | keys | values |", "|---|---:|---:|---:|"]
+    for name, _ in results[1:]:
+        d = projection_density(Path(args.runs) / f"{name}_e{args.epochs}_s{args.seed}", name == "rigl_qkv")
+        lines.append(f"| {labels.get(name, name)} | " + " | ".join(
+            f"{sum(v) / len(v):.3f} ({min(v):.3f}-{max(v):.3f})" for v in (d["q"], d["k"], d["v"])) + " |")
+    lines += ["",
               f"Reproduce: `python recipes/benchmarks/dst_vit.py --epochs {args.epochs} --density {args.density}`"]
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
