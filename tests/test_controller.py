@@ -542,3 +542,28 @@ def test_n_m_ensembles_fix_the_density():
     conn = adaptive.Connectome(m, ensemble="2:4")
     adaptive.Controller(conn, None, policy="magnitude")  # the density comes from 2:4
     assert conn.density() == pytest.approx(0.5)
+
+
+def test_curvature_estimator_ranks_removal_by_fisher_times_w_squared_only():
+    """Its removal cost has no first-order term (a weight the loss wants smaller is not cheap to
+    remove); its gain is the consistency estimator's."""
+    from adaptive.utility.base import UtilityContext
+    from adaptive.utility.stats import GradientStats
+
+    torch.manual_seed(0)
+    m = nn.Linear(6, 4)
+    conn = adaptive.Connectome(m)
+    stats = GradientStats(conn)
+    for _ in range(3):
+        m.zero_grad()
+        m(torch.randn(8, 6)).square().sum().backward()
+        stats.observe()
+    ctx = UtilityContext("weight", m.weight.detach(), conn.masks["weight"], None, stats, torch.Generator(), batch_size=8)
+    curv, cons = get_estimator("curvature"), get_estimator("consistency")
+    w = m.weight.detach()
+    fisher = stats.fisher("weight", 8)
+    assert torch.allclose(curv.removal_cost(ctx), 0.5 * fisher * w * w)
+    assert not torch.allclose(cons.removal_cost(ctx), curv.removal_cost(ctx))  # consistency has -g*w too
+    assert torch.equal(curv.restoration_gain(ctx), cons.restoration_gain(ctx))
+    ctrl = adaptive.Controller(conn, policy="utility", estimator="curvature", density=0.5, end_step=10)
+    assert ctrl.drop_est.name == "curvature"

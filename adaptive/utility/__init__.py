@@ -1,5 +1,5 @@
 """Utility measurement: gradient statistics and the estimators that turn them into scores."""
-from . import consistency, evidence, gradient, magnitude, obd, presence, random, taylor  # noqa: F401  (registration)
+from . import consistency, curvature, evidence, gradient, magnitude, obd, presence, random, taylor  # noqa: F401  (registration)
 from .base import Estimator, UtilityContext, estimator_names, get_estimator, register_estimator
 from .stats import GradientStats
 

@@ -10,6 +10,8 @@ and cosine schedule, crop/flip augmentation; only the connectome differs:
 - ``rigl, q/k/v apart``: the same with ``vit_tiny(qkv="separate")``, the same function whose query, key
   and value projections are three synapse layers, each with its own ERK share (RigL's gradient growth
   moves the packed ``in_proj_weight``'s synapses from queries and keys to values: does it cost?);
+- ``ours``: the utility policy with the consistency estimator (``recipes/adaptive.py``'s default), and
+  with the curvature estimator (OBD's ``F*w^2/2`` alone for removal: no first-order term).
 
 every sparse row at ``--density`` with the ERK layer budget. A second table gives the density of the
 query, key and value projections at the end of each sparse run. Each row is one run of
@@ -89,8 +91,11 @@ def main(argv=None):
     rows = [("dense", ["--density", "1.0", "--policy", "rigl"]),
             ("set", ["--density", str(args.density), "--policy", "set"]),
             ("rigl", ["--density", str(args.density), "--policy", "rigl"]),
-            ("rigl_qkv", ["--density", str(args.density), "--policy", "rigl", "--model-kw", "{qkv: separate}"])]
-    labels = {"rigl_qkv": "rigl, q/k/v apart"}
+            ("rigl_qkv", ["--density", str(args.density), "--policy", "rigl", "--model-kw", "{qkv: separate}"]),
+            ("utility", ["--density", str(args.density), "--policy", "utility"]),
+            ("utility_curvature", ["--density", str(args.density), "--policy", "utility", "--estimator", "curvature"])]
+    labels = {"rigl_qkv": "rigl, q/k/v apart", "utility": "ours (utility/consistency)",
+              "utility_curvature": "ours (utility/curvature)"}
     results = [(name, run(name, extra, args)) for name, extra in rows]
 
     def pick(s, *keys):

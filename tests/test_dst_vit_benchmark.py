@@ -1,0 +1,51 @@
+"""recipes/benchmarks/dst_vit.py: the projection densities it reports come from the run's connectome."""
+import torch
+
+import adaptive
+from adaptive.models import build_model
+from _scripts import load_script
+
+torch.set_num_threads(1)
+
+
+def _masks(conn, dens):
+    g = torch.Generator().manual_seed(0)
+    return {k: torch.rand(v.shape, generator=g) < dens(k) for k, v in conn.masks.items()}
+
+
+def test_projection_density_reads_packed_and_separate_runs(tmp_path):
+    mod = load_script("recipes/benchmarks/dst_vit.py", "dst_vit_bench")
+    # packed: the rows of in_proj_weight split in three (queries all kept, keys ~half, values none)
+    conn = adaptive.Connectome(build_model("vit_tiny"))
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    for k in masks:
+        if k.endswith("in_proj_weight"):
+            q, kk, v = masks[k].chunk(3, 0)
+            kk[::2] = False
+            v[:] = False
+    conn.set_masks(masks)
+    (tmp_path / "packed").mkdir()
+    conn.save(tmp_path / "packed" / "connectome.safetensors")
+    d = mod.projection_density(tmp_path / "packed", separate=False)
+    assert d == {"q": [1.0] * 4, "k": [0.5] * 4, "v": [0.0] * 4}
+    # separate: one parameter per projection
+    conn = adaptive.Connectome(build_model("vit_tiny", qkv="separate"))
+    conn.set_masks(_masks(conn, lambda k: 0.25 if k.endswith("k_proj_weight") else 1.0))
+    (tmp_path / "apart").mkdir()
+    conn.save(tmp_path / "apart" / "connectome.safetensors")
+    d = mod.projection_density(tmp_path / "apart", separate=True)
+    assert d["q"] == d["v"] == [1.0] * 4
+    assert all(0.15 < x < 0.35 for x in d["k"]) and len(d["k"]) == 4
+
+
+def test_removal_orders_refuses_bad_settings_before_any_work(tmp_path, capsys):
+    import pytest
+
+    mod = load_script("recipes/benchmarks/removal_orders_vit.py", "removal_orders_vit")
+    for argv, msg in ((["--fractions", "0.1,x"], "comma-separated"), (["--fractions", "0.1,1.0"], "(0, 1)"),
+                      (["--run", str(tmp_path)], "holds no finished run")):
+        with pytest.raises(SystemExit) as info:
+            mod.main(argv + ["--out", str(tmp_path / "t.md")])
+        assert info.value.code == 2
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "t.md").exists()
