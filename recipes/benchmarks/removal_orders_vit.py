@@ -101,7 +101,7 @@ def main(argv=None):
     lines = ["# Removal orders on a trained sparse vit_tiny (one shot, held-out TRAIN)", "",
              "| estimator (removal cost) | " + " | ".join(f"{f:.0%} removed: loss / acc %" for f in fractions) + " |",
              "|---|" + "---:|" * len(fractions),
-             f"| none (the trained network) | " + " | ".join(f"{base[0]:.3f} / {base[1]:.1f}" for _ in fractions) + " |"]
+             "| none (the trained network) | " + " | ".join(f"{base[0]:.3f} / {base[1]:.1f}" for _ in fractions) + " |"]
     for est, row in rows:
         lines.append(f"| {est} | " + " | ".join(f"{loss:.3f} / {acc:.1f}" for loss, acc in row) + " |")
     lines += ["", f"Network: {run} (vit_tiny at density {conn.density():.3f}). Gradient statistics: {a.stat_batches} "
