@@ -30,6 +30,11 @@ from .schedules import get_decay
 from .utility import GradientStats, UtilityContext, get_estimator
 
 INITS = ("random", "magnitude", "estimator")
+# The estimator of policies that take one when none is named: in train mode curvature (the
+# consistency estimator's first-order removal term sends first the weights whose whole removal hurts
+# most on a ViT: recipes/benchmarks/removal_orders_vit.py; curvature was also chosen on held-out
+# data at every density of recipes/benchmarks/dst_mnist.py), in mask_only mode consistency.
+DEFAULT_ESTIMATOR = {"train": "curvature", "mask_only": "consistency"}
 
 
 class Controller:
@@ -46,8 +51,9 @@ class Controller:
             0; gmp reaches its density).
         edit_fraction: fraction of live ensembles edited at an update, decaying (``edit_decay``:
             "cosine", "linear", "constant") to 0 at ``end_step``.
-        estimator: utility estimator for the utility/balanced/threshold policies (and gmp's
-            removal order, magnitude by default).
+        estimator: utility estimator for the utility/balanced/threshold policies (default
+            ``curvature`` in train mode, ``consistency`` in mask_only mode) and gmp's removal order
+            (magnitude by default).
         grow_init: "zero" (default in train mode), "original" (default in mask_only), "random", or
             a callable ``f(name, grown_mask) -> tensor``.
         min_density: per-layer floor of the budget. protect: name patterns kept dense, never edited.
@@ -140,9 +146,9 @@ class Controller:
                 f"policy {self.policy.name!r} fixes its scores ({', '.join(uses)}); estimator= applies to the "
                 "utility, balanced, threshold, gmp and magnitude policies"
             )
-        self.drop_est = get_estimator(self._resolve(self.policy.drop_by, estimator))
+        self.drop_est = get_estimator(self._resolve(self.policy.drop_by, estimator, conn.mode))
         self.grow_est = (
-            get_estimator(self._resolve(self.policy.grow_by, estimator)) if self.policy.grow_by is not None else None
+            get_estimator(self._resolve(self.policy.grow_by, estimator, conn.mode)) if self.policy.grow_by is not None else None
         )
         if grow_init is None:
             grow_init = "original" if conn.mode == "mask_only" else "zero"
@@ -196,9 +202,9 @@ class Controller:
 
     # ------------------------------------------------------------------ wiring
     @staticmethod
-    def _resolve(which: str, estimator: Optional[str]) -> str:
-        if which == "estimator":  # a utility estimator, consistency unless one is named
-            return estimator or "consistency"
+    def _resolve(which: str, estimator: Optional[str], mode: Optional[str] = None) -> str:
+        if which == "estimator":  # a utility estimator: curvature (train) or consistency (mask_only) unless named
+            return estimator or (mode and DEFAULT_ESTIMATOR.get(mode)) or "consistency"
         if which == "estimator?":  # magnitude unless an estimator is named
             return estimator or "magnitude"
         return which

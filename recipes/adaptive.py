@@ -84,7 +84,7 @@ class RunConfig:
     exclude: Optional[List[str]] = _help("shell-style name patterns: matching weights stay out of the connectome")
     policy: str = field(default="utility", metadata={"help": "rigl, set, utility, balanced, gmp, threshold, magnitude, "
                                                              "crawl (adaptive.policies)"})
-    estimator: Optional[str] = field(default=None, metadata={"help": "utility estimator (utility/balanced/threshold/gmp; mask_only); default: consistency in train mode, presence in mask_only mode"})
+    estimator: Optional[str] = field(default=None, metadata={"help": "utility estimator (utility/balanced/threshold/gmp; mask_only); default: curvature in train mode, presence in mask_only mode"})
     density: Optional[float] = field(default=0.2, metadata={"help": "target fraction of live synapses"})
     budget: str = _opt("erk", "how the density is shared among layers (adaptive.budgets: global, uniform, erk, er)")
     update_every: Optional[int] = field(default=None, metadata={"help": "steps between connectome updates; default: 25 in train mode, 1 in mask_only mode"})
@@ -131,7 +131,7 @@ class RunConfig:
         except PluginError as e:
             raise ConfigError(str(e)) from None
         if self.estimator is None:
-            self.estimator = "presence" if self.mode == "mask_only" else "consistency"
+            self.estimator = "presence" if self.mode == "mask_only" else "curvature"
         if self.update_every is None:
             self.update_every = 1 if self.mode == "mask_only" else 25
         if self.epochs is None:

@@ -567,3 +567,13 @@ def test_curvature_estimator_ranks_removal_by_fisher_times_w_squared_only():
     assert torch.equal(curv.restoration_gain(ctx), cons.restoration_gain(ctx))
     ctrl = adaptive.Controller(conn, policy="utility", estimator="curvature", density=0.5, end_step=10)
     assert ctrl.drop_est.name == "curvature"
+
+
+def test_default_estimator_is_curvature_in_train_mode_and_consistency_in_mask_only():
+    m = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    ctrl = adaptive.Controller(adaptive.Connectome(m), policy="utility", density=0.5, end_step=10)
+    assert (ctrl.drop_est.name, ctrl.grow_est.name) == ("curvature", "curvature")
+    ctrl = adaptive.Controller(adaptive.Connectome(m, mode="mask_only"), policy="balanced", density=0.5, end_step=10)
+    assert ctrl.drop_est.name == "consistency"
+    ctrl = adaptive.Controller(adaptive.Connectome(m), policy="utility", estimator="consistency", density=0.5, end_step=10)
+    assert ctrl.drop_est.name == "consistency"

@@ -292,13 +292,13 @@ def test_two_processes_that_disagree_stop_with_a_clear_error(tmp_path):
 
 def test_mask_only_mode_takes_the_mask_only_defaults_unless_told_otherwise():
     """--mode mask_only gets optimize_connectome's estimator and update interval (presence, every
-    batch); train mode keeps its own (consistency, every 25 steps); explicit values always win."""
+    batch); train mode keeps its own (curvature, every 25 steps); explicit values always win."""
     from adaptive.config import parse_config
 
     train = parse_config(R.RunConfig, [])
     mask = parse_config(R.RunConfig, ["--mode", "mask_only"])
     told = parse_config(R.RunConfig, ["--mode", "mask_only", "--estimator", "evidence", "--update_every", "4"])
-    assert (train.estimator, train.update_every) == ("consistency", 25)
+    assert (train.estimator, train.update_every) == ("curvature", 25)
     assert (mask.estimator, mask.update_every) == ("presence", 1)
     assert (told.estimator, told.update_every) == ("evidence", 4)
 

@@ -54,7 +54,7 @@ ANCHORS = {  # published test accuracy of LeNet-300-100 on MNIST (%)
     0.05: "Sparse Momentum 98.53",
     1.0: "dense 98.69",
 }
-DEFAULT_CANDIDATES = "utility/consistency,utility/obd"
+DEFAULT_CANDIDATES = "utility/consistency,utility/obd,utility/curvature"
 
 
 @register_policy("utility-grow")

@@ -10,8 +10,8 @@ and cosine schedule, crop/flip augmentation; only the connectome differs:
 - ``rigl, q/k/v apart``: the same with ``vit_tiny(qkv="separate")``, the same function whose query, key
   and value projections are three synapse layers, each with its own ERK share (RigL's gradient growth
   moves the packed ``in_proj_weight``'s synapses from queries and keys to values: does it cost?);
-- ``ours``: the utility policy with the consistency estimator (``recipes/adaptive.py``'s default), and
-  with the curvature estimator (OBD's ``F*w^2/2`` alone for removal: no first-order term).
+- ``ours``: the utility policy with the consistency estimator (the former default), and with the
+  curvature estimator (OBD's ``F*w^2/2`` alone for removal: no first-order term; the default).
 
 every sparse row at ``--density`` with the ERK layer budget. A second table gives the density of the
 query, key and value projections at the end of each sparse run. Each row is one run of
@@ -19,7 +19,7 @@ query, key and value projections at the end of each sparse run. Each row is one 
 held-out accuracy on 10% of TRAIN). Runs already finished under ``--runs`` are reused. Writes
 ``recipes/benchmarks/results/dst_vit.md``.
 
-    python recipes/benchmarks/dst_vit.py                 # about 27 minutes on 2 cores
+    python recipes/benchmarks/dst_vit.py                 # about 40 minutes on 2 cores (six runs)
     python recipes/benchmarks/dst_vit.py --epochs 1      # a quick look
 """
 from __future__ import annotations
@@ -92,10 +92,10 @@ def main(argv=None):
             ("set", ["--density", str(args.density), "--policy", "set"]),
             ("rigl", ["--density", str(args.density), "--policy", "rigl"]),
             ("rigl_qkv", ["--density", str(args.density), "--policy", "rigl", "--model-kw", "{qkv: separate}"]),
-            ("utility", ["--density", str(args.density), "--policy", "utility"]),
+            ("utility", ["--density", str(args.density), "--policy", "utility", "--estimator", "consistency"]),
             ("utility_curvature", ["--density", str(args.density), "--policy", "utility", "--estimator", "curvature"])]
-    labels = {"rigl_qkv": "rigl, q/k/v apart", "utility": "ours (utility/consistency)",
-              "utility_curvature": "ours (utility/curvature)"}
+    labels = {"rigl_qkv": "rigl, q/k/v apart", "utility": "ours (utility/consistency, the former default)",
+              "utility_curvature": "ours (utility/curvature, the default)"}
     results = [(name, run(name, extra, args)) for name, extra in rows]
 
     def pick(s, *keys):
