@@ -202,9 +202,9 @@ class Controller:
 
     # ------------------------------------------------------------------ wiring
     @staticmethod
-    def _resolve(which: str, estimator: Optional[str], mode: Optional[str] = None) -> str:
-        if which == "estimator":  # a utility estimator: curvature (train) or consistency (mask_only) unless named
-            return estimator or (mode and DEFAULT_ESTIMATOR.get(mode)) or "consistency"
+    def _resolve(which: str, estimator: Optional[str], mode: str) -> str:
+        if which == "estimator":  # a utility estimator: the mode's default unless one is named
+            return estimator or DEFAULT_ESTIMATOR[mode]
         if which == "estimator?":  # magnitude unless an estimator is named
             return estimator or "magnitude"
         return which

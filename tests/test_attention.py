@@ -418,3 +418,10 @@ def test_separate_qkv_computes_the_same_function_with_three_synapse_layers():
     assert torch.allclose(enc(s), ref(s), atol=1e-6)
     with pytest.raises(ValueError, match="qkv must be 'packed'"):
         build_model("vit_tiny", qkv="split")
+    with pytest.raises(TypeError, match="expects an nn.Module"):
+        separate_qkv({"attn": enc})
+    built = build_model("vit_tiny", depth=1)
+    conn = adaptive.Connectome(built)
+    separate_qkv(built)  # the connectome's in_proj_weight is gone from the model: it says so
+    with pytest.raises(RuntimeError, match="no longer the ones this Connectome masks"):
+        conn.set_masks({k: torch.ones_like(v) for k, v in conn.masks.items()})

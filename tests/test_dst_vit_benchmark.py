@@ -43,7 +43,7 @@ def test_removal_orders_refuses_bad_settings_before_any_work(tmp_path, capsys):
 
     mod = load_script("recipes/benchmarks/removal_orders_vit.py", "removal_orders_vit")
     for argv, msg in ((["--fractions", "0.1,x"], "comma-separated"), (["--fractions", "0.1,1.0"], "(0, 1)"),
-                      (["--run", str(tmp_path)], "holds no finished run")):
+                      (["--stat-batches", "0"], "at least 1"), (["--run", str(tmp_path)], "holds no finished run")):
         with pytest.raises(SystemExit) as info:
             mod.main(argv + ["--out", str(tmp_path / "t.md")])
         assert info.value.code == 2

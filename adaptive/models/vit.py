@@ -47,7 +47,10 @@ def separate_qkv(model: nn.Module) -> nn.Module:
     ``k_proj_weight`` and ``v_proj_weight`` parameters holding the rows of its packed
     ``in_proj_weight``: the same function (PyTorch's path for keys and values of other sizes), but
     three synapse layers, so a budget gives each projection its own density and a policy cannot
-    move synapses from one to another. Build the Connectome and optimizer afterwards. Returns ``model``."""
+    move synapses from one to another. Build the Connectome and optimizer afterwards (one built before
+    refuses the replaced parameters). Returns ``model``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"separate_qkv expects an nn.Module, got {type(model).__name__}")
     for m in model.modules():
         if isinstance(m, nn.MultiheadAttention) and m._qkv_same_embed_dim:
             e = m.embed_dim

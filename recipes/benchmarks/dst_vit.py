@@ -56,7 +56,8 @@ def run(name: str, extra: list, args) -> dict:
 
 def projection_density(run_dir: Path, separate: bool) -> dict:
     """Per block, the fraction of live synapses in the query, key and value projections of a run."""
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     import adaptive
     from adaptive.models import build_model
 

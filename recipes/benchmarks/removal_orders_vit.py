@@ -46,6 +46,8 @@ def main(argv=None):
         p.error(f"--fractions must be comma-separated numbers, got {a.fractions!r}")
     if not all(0 < f < 1 for f in fractions):
         p.error("--fractions must lie in (0, 1)")
+    if a.stat_batches < 1 or a.eval_batches < 1 or a.threads < 1:
+        p.error("--stat-batches, --eval-batches and --threads must be at least 1")
     run = Path(a.run)
     if not (run / "connectome.safetensors").is_file() or not (run / "dense_state_dict.pt").is_file():
         p.error(f"{run} holds no finished run: run `python recipes/benchmarks/dst_vit.py` first or pass --run")
