@@ -232,9 +232,20 @@ def _flatten_like(node, module, x, out) -> bool:
     return False
 
 
-def _getitem_keeps_channels(idx, ndim) -> bool:
+def _expand_ellipsis(idx, ndim):
+    """``x[idx]``'s index as a tuple with a lone ``...`` replaced by the full slices it stands for."""
     if not isinstance(idx, tuple):
         idx = (idx,)
+    dots = [k for k, i in enumerate(idx) if i is Ellipsis]
+    if len(dots) != 1:
+        return idx
+    k = dots[0]
+    fill = ndim - sum(1 for i in idx if i is not Ellipsis and i is not None)
+    return idx[:k] + (slice(None),) * max(fill, 0) + idx[k + 1:]
+
+
+def _getitem_keeps_channels(idx, ndim) -> bool:
+    idx = _expand_ellipsis(idx, ndim)
     if any(i is None or i is Ellipsis or isinstance(i, (torch.Tensor, fx.Node, list, int)) for i in idx):
         return False
     if any(not isinstance(i, slice) for i in idx):
@@ -247,8 +258,7 @@ def _getitem_keeps_channels(idx, ndim) -> bool:
 def _getitem_keeps_last(idx, ndim) -> bool:
     """Does ``x[idx]`` keep every channel of a channels-last ``x`` (whole batch, ints and slices over
     the axes in between, the last axis untouched)?"""
-    if not isinstance(idx, tuple):
-        idx = (idx,)
+    idx = _expand_ellipsis(idx, ndim)
     if not idx or len(idx) > ndim or idx[0] != slice(None):
         return False
     if any(i is None or i is Ellipsis or not isinstance(i, (int, slice)) or isinstance(i, bool) for i in idx):

@@ -415,12 +415,17 @@ class _Tokens(nn.Module):
             h = torch.cat(h.chunk(2, -1), -1)
         elif k == "depthwise_on_tokens":  # a depthwise Conv1d reads the 5 tokens as channels
             h = self.dw(h)
+        elif k == "ellipsis":  # every channel kept, tokens sliced
+            h = F.relu(h)[..., 1:, :]
+        elif k == "ellipsis_channels":  # channels sliced: units cannot go
+            h = torch.cat([h[..., 1:], h[..., :1]], -1)
         return self.fc2(h)
 
 
 @pytest.mark.parametrize("kind, removed", [
     ("kwargs", 2), ("squared_relu", 2), ("gate", 1), ("reshape", 2),  # gated, a constant unit is no longer one
     ("clamp_1d", 0), ("weight_read", 0), ("cat_of_chunks", 0), ("depthwise_on_tokens", 0),
+    ("ellipsis", 2), ("ellipsis_channels", 0),
 ])
 def test_sequence_linear_units_through_other_ops(kind, removed):
     torch.manual_seed(0)
