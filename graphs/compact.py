@@ -32,11 +32,13 @@ Channel axis. A tensor's channels lie on axis 1, except where a Linear is applie
 (``[N, T, C]`` or more dimensions): its output's channels lie on the last axis, and so do those of what
 is computed from it elementwise (activations, dropout, powers, residual ``+``/``*`` of tensors with the
 same layout, a gate with one value per token), of reductions and integer/slice indexing over the other
-axes (the mean over tokens, a class token ``x[:, 0]``), of views that keep the last axis
+axes (the mean over tokens, a class token ``x[:, 0]``, ``x[..., 1:, :]``), of views that keep the last axis
 (``[N, T, C] <-> [N*T, C]``; a channel count written into the view shrinks with the channels) and of
 concatenations. So the hidden units of a transformer's MLP go like those of a CNN. An op that mixes
 the last axis of such a tensor (pooling, batch or instance norm, padding, a transpose, a 1-D
-per-channel tensor, LayerNorm's statistics, attention) keeps all its channels.
+per-channel tensor, LayerNorm's statistics, attention) keeps all its channels. Indexing may add axes
+with ``None`` where the channels end on axis 1 or the last (a squeeze-excitation gate
+``s[:, :, None, None]``, a token mean ``h.mean(1)[:, None]``).
 
 Sizes. A sum over tokens or pixels of a constant unit is that constant times the input's size, so
 it is not a constant of the model: such units stay unless no reader uses them. A layer whose
@@ -244,26 +246,26 @@ def _expand_ellipsis(idx, ndim):
     return idx[:k] + (slice(None),) * max(fill, 0) + idx[k + 1:]
 
 
-def _getitem_keeps_channels(idx, ndim) -> bool:
+def _getitem_channel_axis(idx, ndim, xa):
+    """Where ``x[idx]`` puts ``x``'s channel axis ``xa``, when it keeps the whole batch and every
+    channel (ints and slices over the other axes, ``None`` and ``...`` anywhere after the batch);
+    None otherwise (advanced indexing, a channel slice, a batch index)."""
     idx = _expand_ellipsis(idx, ndim)
-    if any(i is None or i is Ellipsis or isinstance(i, (torch.Tensor, fx.Node, list, int)) for i in idx):
-        return False
-    if any(not isinstance(i, slice) for i in idx):
-        return False
-    if len(idx) >= 2 and idx[1] != slice(None):
-        return False
-    return idx[0] == slice(None) if idx else True
-
-
-def _getitem_keeps_last(idx, ndim) -> bool:
-    """Does ``x[idx]`` keep every channel of a channels-last ``x`` (whole batch, ints and slices over
-    the axes in between, the last axis untouched)?"""
-    idx = _expand_ellipsis(idx, ndim)
-    if not idx or len(idx) > ndim or idx[0] != slice(None):
-        return False
-    if any(i is None or i is Ellipsis or not isinstance(i, (int, slice)) or isinstance(i, bool) for i in idx):
-        return False
-    return len(idx) < ndim or idx[-1] == slice(None)
+    if not idx or idx[0] != slice(None):
+        return None
+    out_axis, axis = 0, 0
+    for i in idx:
+        if i is None:
+            out_axis += 1
+            continue
+        if isinstance(i, bool) or not isinstance(i, (int, slice)) or axis >= ndim:
+            return None
+        if axis == xa:
+            return out_axis if i == slice(None) else None
+        if isinstance(i, slice):
+            out_axis += 1
+        axis += 1
+    return out_axis + (xa - axis) if xa >= axis else None  # the channel axis lies past the index
 
 
 def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] = None,
@@ -420,6 +422,9 @@ def _out_axis(n, cat, module, args, env, items) -> int:
     if cat == "weighted":
         return last if isinstance(module, nn.Linear) else 1
     t = n.target
+    if t is operator.getitem and args and isinstance(env[args[0]], torch.Tensor) and args[0] in items.axis:
+        oa = _getitem_channel_axis(n.args[1], env[args[0]].dim(), items.axis[args[0]])
+        return oa if oa == last else 1  # channels on axis 1 or the last, as everywhere
     if cat == "shape" and _reshape(n) and args and _channels_last_like(args[0], env, items) \
             and env[args[0]].shape[-1] == out.shape[-1]:
         return last  # [N, T, C] <-> [N*T, C] and the like: the last axis is untouched
@@ -432,7 +437,7 @@ def _out_axis(n, cat, module, args, env, items) -> int:
         return last
     if cat in ("broadcast", "reduce") and x.shape[-1] == out.shape[-1]:
         return last
-    if cat == "shape" and (t is operator.getitem or t in ops.CONCAT_FUNCTIONS or t == "contiguous"):
+    if cat == "shape" and (t in ops.CONCAT_FUNCTIONS or t == "contiguous"):
         return last
     return 1
 
@@ -545,10 +550,8 @@ def _link(n, cat, module, args, env, items) -> bool:
         items.link(items.ids(args[0]), items.ids(n))
         return True
     if t is operator.getitem and isinstance(x, torch.Tensor):
-        if items.last(args[0], env):
-            ok = _getitem_keeps_last(n.args[1], x.dim()) and out.shape[ax] == x.shape[-1] and ax == out.dim() - 1
-        else:
-            ok = items.axis[args[0]] == 1 and _getitem_keeps_channels(n.args[1], x.dim()) and out.dim() == x.dim()
+        xa = items.axis[args[0]]
+        ok = _getitem_channel_axis(n.args[1], x.dim(), xa) == ax and out.shape[ax] == x.shape[xa]
         if ok:
             items.link(items.ids(args[0]), items.ids(n))
         return ok

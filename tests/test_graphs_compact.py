@@ -419,13 +419,17 @@ class _Tokens(nn.Module):
             h = F.relu(h)[..., 1:, :]
         elif k == "ellipsis_channels":  # channels sliced: units cannot go
             h = torch.cat([h[..., 1:], h[..., :1]], -1)
+        elif k == "centred":  # the token mean, a new axis put back in with None
+            h = h - h.mean(1)[:, None]
+        elif k == "none_on_channels":  # a new axis before the channels; a sum is never a constant
+            h = h[:, :, None].sum(2)
         return self.fc2(h)
 
 
 @pytest.mark.parametrize("kind, removed", [
     ("kwargs", 2), ("squared_relu", 2), ("gate", 1), ("reshape", 2),  # gated, a constant unit is no longer one
     ("clamp_1d", 0), ("weight_read", 0), ("cat_of_chunks", 0), ("depthwise_on_tokens", 0),
-    ("ellipsis", 2), ("ellipsis_channels", 0),
+    ("ellipsis", 2), ("ellipsis_channels", 0), ("centred", 2), ("none_on_channels", 1),
 ])
 def test_sequence_linear_units_through_other_ops(kind, removed):
     torch.manual_seed(0)
@@ -445,3 +449,33 @@ def test_sequence_linear_units_through_other_ops(kind, removed):
     x2 = torch.randn(4, 5, 6)
     with torch.no_grad():
         assert torch.allclose(small(x2), m(x2), atol=1e-5)
+
+
+class _SqueezeExcite(nn.Module):
+    """A CNN whose squeeze-excitation gate is indexed back to [N, C, 1, 1] with None."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.se = nn.Linear(8, 8)
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = F.relu(self.conv1(x))
+        s = torch.sigmoid(self.se(h.mean((2, 3))))
+        return self.conv2(h * s[:, :, None, None])
+
+
+def test_squeeze_excite_gate_indexed_with_none():
+    torch.manual_seed(0)
+    m = _SqueezeExcite()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["conv2.weight"][:, 1] = False  # conv1's unit 1 is read only by the gate and the product
+    masks["se.weight"][:, 1] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 6, 6)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == {"conv1": 1, "se": 1, "conv2": 0}
+    assert torch.allclose(small(x), ref, atol=1e-5)
