@@ -23,10 +23,10 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional
 import torch
 from torch import nn
 
-from . import bitpack
+from . import bitpack, ensemble_rules
 from .atomic import atomic_path
 from .discovery import SynapseLayer, discover, state_dict_keys
-from .ensembles import Granularity, get_granularity
+from .ensembles import Granularity
 from .grad_masking import BackwardMasker
 from .optim_state import preserves_zeros, reset_state, unwrap_optimizer
 
@@ -39,7 +39,9 @@ class Connectome:
 
     Args:
         model: the network. Its Linear and Conv1d/2d/3d weights are the synapses.
-        ensemble: granularity spec: "synapse", "kernel", "neuron", "block:RxC" or "n:m".
+        ensemble: granularity spec: "synapse", "kernel", "neuron", "block:RxC" or "n:m"; or rules
+            giving layers different ones, first match wins: ``{"*mlp*": "neuron", "*": "synapse"}``
+            or ``"*mlp*=neuron;synapse"`` (see :mod:`adaptive.ensemble_rules`).
         include / exclude: shell-style name patterns selecting prunable layers.
         mode: "train" (weights learn, pruned weights held at 0.0) or "mask_only" (weights frozen
             at their current values, which are kept so a restored synapse returns bit-identical).
@@ -48,14 +50,13 @@ class Connectome:
     def __init__(
         self,
         model: nn.Module,
-        ensemble: str | Granularity = "synapse",
+        ensemble: str | Granularity | Mapping = "synapse",
         include: Optional[Iterable[str] | str] = None,
         exclude: Optional[Iterable[str] | str] = None,
         mode: str = "train",
     ):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}: use 'train' or 'mask_only'")
-        self.granularity = get_granularity(ensemble)
         found = discover(model, include, exclude)
         meta = [n for n, (_, p) in found.items() if p.is_meta]
         if meta:
@@ -72,6 +73,8 @@ class Connectome:
             n: torch.ones(p.shape, dtype=torch.bool, device=p.device) for n, p in self.params.items()
         }
         self._dense: Dict[str, bool] = {n: True for n in self.params}
+        self.granularities: Dict[str, Granularity]
+        self.granularities, self._ensemble = ensemble_rules.resolve(ensemble, list(self.params))
         # Hot-path cache: the non-dense layers' parameters and their masks as 0/1 tensors in the
         # parameter's dtype and device. A float multiply is ~7x faster than one by a bool mask
         # (no per-element dtype cast) and torch._foreach_mul_ does all layers in one call.
@@ -99,7 +102,25 @@ class Connectome:
 
     @property
     def ensemble(self) -> str:
-        return self.granularity.spec
+        """The granularity spec, or the rules string when layers use different granularities."""
+        return self._ensemble
+
+    @property
+    def granularity(self) -> Granularity:
+        """The granularity shared by every layer (:meth:`granularity_of` gives a layer's own)."""
+        if self._mixed():
+            raise AttributeError(f"this connectome's layers use different granularities ({self.ensemble!r}): "
+                                 "use conn.granularity_of(name) or conn.granularities[name]")
+        return next(iter(self.granularities.values()))
+
+    def granularity_of(self, name: str) -> Granularity:
+        """The ensemble granularity of layer ``name``."""
+        return self.granularities[name]
+
+    @property
+    def fixed_density(self) -> Optional[float]:
+        """n/m when the layers use an n:m granularity (which fixes their density), else None."""
+        return next((g.density for g in self.granularities.values() if hasattr(g, "density")), None)
 
     def num_synapses(self) -> int:
         return sum(m.numel() for m in self.masks.values())
@@ -118,10 +139,11 @@ class Connectome:
         """Masks at ensemble level (an ensemble is alive when any of its synapses is)."""
         out = {}
         for n, m in self.masks.items():
-            if tuple(self.granularity.ensemble_shape(m.shape)) == tuple(m.shape):
+            g = self.granularities[n]
+            if tuple(g.ensemble_shape(m.shape)) == tuple(m.shape):
                 out[n] = m  # one synapse per ensemble: the mask itself (read-only view)
             else:
-                out[n] = self.granularity.pool(m.float(), "max") > 0
+                out[n] = g.pool(m.float(), "max") > 0
         return out
 
     def mask_hash(self) -> str:
@@ -138,7 +160,7 @@ class Connectome:
         for n, l in self.layers.items():
             m = self.masks[n]
             live = int(m.sum())
-            rows.append((n, "x".join(map(str, l.shape)), f"{m.numel():,}", f"{live:,}", f"{live / m.numel():.2%}", self.ensemble))
+            rows.append((n, "x".join(map(str, l.shape)), f"{m.numel():,}", f"{live:,}", f"{live / m.numel():.2%}", self.granularities[n].spec))
         total, live = self.num_synapses(), self.num_live()
         rows.append(("total", "", f"{total:,}", f"{live:,}", f"{live / max(total, 1):.2%}", f"mode={self.mode}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -177,7 +199,7 @@ class Connectome:
                 raise ValueError(
                     f"mask for {k!r} has shape {tuple(m.shape)} but the weight has shape {tuple(self.masks[k].shape)}"
                 )
-            why = self.granularity.violation(m)
+            why = self.granularities[k].violation(m)
             if why:
                 raise ValueError(f"mask for {k!r}: {why}; build it at ensemble level and use set_ensemble_masks()")
             clean[k] = m.detach().to(self.params[k].device, copy=True)
@@ -240,12 +262,13 @@ class Connectome:
         for k, m in masks.items():
             if k not in self.masks:
                 raise KeyError(f"unknown parameter name {k!r}: known prunable weights are {self.names[:5]}...")
-            es = self.granularity.ensemble_shape(self.masks[k].shape)
+            g = self.granularities[k]
+            es = g.ensemble_shape(self.masks[k].shape)
             if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
                 raise TypeError(f"ensemble mask for {k!r} must be a bool tensor")
             if tuple(m.shape) != tuple(es):
-                raise ValueError(f"ensemble mask for {k!r} has shape {tuple(m.shape)}, expected {tuple(es)} for '{self.ensemble}'")
-            expanded[k] = self.granularity.expand(m, self.masks[k].shape).contiguous()
+                raise ValueError(f"ensemble mask for {k!r} has shape {tuple(m.shape)}, expected {tuple(es)} for '{g.spec}'")
+            expanded[k] = g.expand(m, self.masks[k].shape).contiguous()
         return self.set_masks(expanded, **kw)
 
     def _grown_values(self, name, new, grown, how) -> torch.Tensor:
@@ -539,6 +562,8 @@ class Connectome:
             "mode": self.mode,
             "masks": {n: m.detach().cpu().clone() for n, m in self.masks.items()},
         }
+        if self._mixed():
+            sd["ensembles"] = self.ensemble_specs()  # the rules string alone would do; this checks it
         if self.original:
             sd["original"] = {n: o.detach().cpu().clone() for n, o in self.original.items()}
         return sd
@@ -547,8 +572,8 @@ class Connectome:
         """Restore masks (and originals) saved by :meth:`state_dict`; validated before anything changes."""
         if not isinstance(sd, Mapping) or "masks" not in sd:
             raise ValueError("not a connectome state_dict: it has no 'masks' entry")
-        if sd.get("ensemble", self.ensemble) != self.ensemble:
-            raise ValueError(f"state_dict was saved with ensemble {sd['ensemble']!r}, this connectome uses {self.ensemble!r}")
+        if "ensemble" in sd:
+            self._check_same_ensembles(sd["ensemble"], sd.get("ensembles"), "state_dict")
         missing = [n for n in self.masks if n not in sd["masks"]]
         if missing:
             raise KeyError(f"state_dict has no mask for {missing[:5]}: it was saved from a different set of layers")
@@ -563,6 +588,26 @@ class Connectome:
             self.original = {n: original[n].to(self.params[n].device, self.params[n].dtype).clone() for n in self.params}
         self.set_masks(clean)
         self.apply()
+
+    def _mixed(self) -> bool:
+        return len({g.spec for g in self.granularities.values()}) > 1
+
+    def ensemble_specs(self) -> Dict[str, str]:
+        """Every layer's granularity spec."""
+        return {n: g.spec for n, g in self.granularities.items()}
+
+    def _check_same_ensembles(self, ensemble, per_layer, what: str) -> None:
+        mine = self.ensemble_specs()
+        if per_layer is None:  # saved before per-layer granularities: one spec for every layer
+            try:
+                per_layer = {n: g.spec for n, g in ensemble_rules.resolve(ensemble, list(self.masks))[0].items()}
+            except (TypeError, ValueError):
+                per_layer = None
+        if per_layer != mine:
+            diff = [n for n in mine if (per_layer or {}).get(n) != mine[n]]
+            raise ValueError(f"{what} was saved with ensemble {ensemble!r}, this connectome uses {self.ensemble!r}"
+                             f"{f' (they differ on {diff[:3]})' if diff and per_layer else ''}: build the Connectome "
+                             f"with ensemble={ensemble!r}")
 
     def save(self, path: str | os.PathLike, with_original: bool = False) -> None:
         """Write the connectome to a safetensors file, masks bit-packed (1 bit per synapse).
@@ -584,6 +629,8 @@ class Connectome:
             "mode": self.mode,
             "layers": json.dumps({n: list(l.shape) for n, l in self.layers.items()}),
         }
+        if self._mixed():
+            meta["ensembles"] = json.dumps(self.ensemble_specs())
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
 
@@ -612,6 +659,8 @@ class Connectome:
             original = None  # taken from the model below
         modules = [n[: -len(".weight")] if n.endswith(".weight") else n for n in shapes]
         conn = cls(model, ensemble=meta["ensemble"], include=modules, mode=mode)
+        if "ensembles" in meta:
+            conn._check_same_ensembles(meta["ensemble"], json.loads(meta["ensembles"]), str(path))
         extra = [n for n in conn.masks if n not in shapes]
         if extra:
             raise KeyError(f"the model has prunable layer(s) {extra[:5]} that the saved connectome does not")

@@ -115,7 +115,7 @@ class Controller:
         if init is not None and init not in INITS:
             raise ValueError(f"unknown init {init!r}: use one of {INITS}")
         self.policy = get_policy(policy, **policy_kwargs)
-        nm = getattr(conn.granularity, "density", None)
+        nm = conn.fixed_density
         if nm is not None and density is None:
             density = nm  # n:m fixes the density: it need not be given
         if nm is not None and abs(float(density) - nm) > 1e-9:
@@ -296,7 +296,7 @@ class Controller:
             for n in names or self.editable():
                 ctx = self.context(n, step)
                 s = est.removal_cost(ctx) if side == "cost" else est.restoration_gain(ctx)
-                out[n] = self.conn.granularity.pool(s.float(), "sum")
+                out[n] = self.conn.granularities[n].pool(s.float(), "sum")
         return out
 
     def alive(self) -> Dict[str, torch.Tensor]:
@@ -315,10 +315,10 @@ class Controller:
             scores = {}
             for n in names:
                 ctx = self.context(n, 0)
-                r = torch.rand(self.conn.granularity.ensemble_shape(self.conn.layers[n].shape), generator=ctx.generator)
+                r = torch.rand(self.conn.granularities[n].ensemble_shape(self.conn.layers[n].shape), generator=ctx.generator)
                 scores[n] = r.to(self.conn.masks[n].device)
         elif self.init == "magnitude":
-            scores = {n: self.conn.granularity.pool(self.conn.params[n].detach().abs().float(), "sum") for n in names}
+            scores = {n: self.conn.granularities[n].pool(self.conn.params[n].detach().abs().float(), "sum") for n in names}
         else:
             scores = self.scores("cost", 0, names)  # the costliest to remove are kept
         # A connectome that is sparse already (loaded, or edited by hand) keeps its live ensembles
@@ -436,11 +436,11 @@ class Controller:
 
     def _synapse_counts(self, plan: EditPlan):
         """Synapses pruned and grown by an applied plan (ensembles can hold several)."""
-        g = self.conn.granularity
         counts = []
         for side in (plan.prune, plan.grow):
             total = 0
             for n, idx in side.items():
+                g = self.conn.granularities[n]
                 shape = self.conn.layers[n].shape
                 if tuple(g.ensemble_shape(shape)) == tuple(shape):
                     total += int(idx.numel())

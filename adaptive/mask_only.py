@@ -48,7 +48,7 @@ from .connectome import Connectome
 from .distributed import all_reduce_mean_, check_masks_agree, is_distributed, world_size
 from .controller import Controller
 from .data.cycle import LoaderCycle
-from .ensembles import get_granularity
+from .ensemble_rules import parse_rules
 
 Target = Union[int, float, str]
 
@@ -314,7 +314,7 @@ def optimize_connectome(
     if n_train == 0:
         raise ValueError("the train loader needs a length (len(loader)) to schedule passes")
 
-    nm = getattr(get_granularity(ensemble), "density", None)
+    nm = next((g.density for _, g in parse_rules(ensemble) if hasattr(g, "density")), None)
     if nm is not None:
         raise ValueError(
             f"ensemble {ensemble!r} fixes the density at {nm:g} in every group, so no removal target can be "
@@ -345,8 +345,7 @@ def optimize_connectome(
                               weights=ckpt.weights_checksum(conn.original),
                               train_data=_data_identity(train_loader), holdout_data=_data_identity(holdout_loader))
         saved = ckpt.load_stage(checkpoint, fp)  # a foreign file fails here, before anything changes
-    gran = conn.granularity
-    max_ens = max(int(gran.pool(torch.ones(conn.layers[n].shape), "sum").max()) for n in conn.names)
+    max_ens = max(int(conn.granularities[n].pool(torch.ones(conn.layers[n].shape), "sum").max()) for n in conn.names)
 
     device = _model_device(model)  # batches follow the model: move it to a GPU first to run there
     holdout_iter = LoaderCycle(_shuffled(holdout_loader, seed))

@@ -117,8 +117,8 @@ def _utility_for(utility, conn, layer: LayerFlow, shape, model=None) -> Optional
     u = utility[name].detach().float().cpu()
     if tuple(u.shape) == tuple(shape):
         return layer.part(u)
-    if conn is not None:
-        gran = conn.granularity
+    gran = conn.granularities.get(name) if conn is not None else None
+    if gran is not None:
         if tuple(u.shape) == tuple(gran.ensemble_shape(torch.Size(shape))):
             # spread an ensemble's utility evenly over its synapses so sums are preserved
             size = torch.Size(shape)

@@ -79,7 +79,8 @@ class RunConfig:
     model_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "extra model arguments (e.g. hidden for mlp)"})
     weights: Optional[str] = _help("pretrained weights file (loaded strictly)")
     # connectome and controller
-    ensemble: str = _opt("synapse", "what one mask entry switches: synapse, kernel, neuron, block:RxC, N:M")
+    ensemble: str = _opt("synapse", "what one mask entry switches: synapse, kernel, neuron, block:RxC, N:M; or per layer, "
+                        "first match wins: '*fc*=neuron;synapse'")
     include: Optional[List[str]] = _help("shell-style name patterns: only matching weights join the connectome (default: every conv and linear weight)")
     exclude: Optional[List[str]] = _help("shell-style name patterns: matching weights stay out of the connectome")
     policy: str = field(default="utility", metadata={"help": "rigl, set, utility, balanced, gmp, threshold, magnitude, "
@@ -179,7 +180,7 @@ def _check_names(cfg: "RunConfig") -> None:
     """Registry names (policy, estimator, budget, ensemble, dataset, model) checked before any work."""
     from adaptive.budgets import budget_names
     from adaptive.data import available_datasets
-    from adaptive.ensembles import get_granularity
+    from adaptive.ensemble_rules import parse_rules
     from adaptive.models import available_models
     from adaptive.policies.base import policy_names
     from adaptive.utility.base import estimator_names
@@ -197,8 +198,8 @@ def _check_names(cfg: "RunConfig") -> None:
         raise ConfigError(f"unknown model '{cfg.model}': use one of {', '.join(available_models())} (torchvision:NAME "
                           "is any torchvision classifier), or register your own in a file given with --plugins")
     try:
-        get_granularity(cfg.ensemble)
-    except (ValueError, KeyError) as e:
+        parse_rules(cfg.ensemble)
+    except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"ensemble '{cfg.ensemble}': {e}") from None
 
 

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-kw", "--dataset_kw", dest="dataset_kw", action="append", metavar="KEY=VALUE",
                    help="an argument of the dataset builder, e.g. resize=232 for imagenet (repeatable; YAML values)")
     p.add_argument("--subset", type=int, help="use only this many train images (quick runs)")
-    p.add_argument("--ensemble", help="synapse, kernel, neuron, block:RxC")
+    p.add_argument("--ensemble", help="synapse, kernel, neuron, block:RxC; or per layer, first match wins: '*fc*=neuron;synapse'")
     p.add_argument("--estimator", help="utility estimator (presence, evidence, consistency, obd, taylor, ...)")
     p.add_argument("--step", type=float, help="step of the presence or evidence estimator (none: the estimator's own)")
     p.add_argument("--window", type=int, help="training batches per update")

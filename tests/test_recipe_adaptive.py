@@ -214,6 +214,7 @@ def test_two_processes_agree(tmp_path):
     (["--epochs", "2.5"], "expects Optional[int], got '2.5'"),
     (["--mode", "mask_only", "--checkpoint_every", "5"], "mask_only checkpoints after every target on its own"),
     (["stray"], "unexpected argument 'stray'"),
+    (["--ensemble", "fc1=neurons;synapse"], "ensemble 'fc1=neurons;synapse': ensemble rule for 'fc1': unknown"),
 ])
 def test_bad_arguments_fail_clearly(args, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -364,3 +365,16 @@ def test_mask_only_mode_without_weights_says_it_searches_random_weights(tmp_path
     R.main(["--output_dir", str(tmp_path / "b"), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
             "--threads", "1", "--progress", "false", "--figures", "false", "--subset", "300", "--weights", str(w)])
     assert "no --weights given" not in capsys.readouterr().out
+
+
+def test_per_layer_ensembles_from_the_command_line(tmp_path, capsys):
+    res = run(tmp_path, "--ensemble", "fc2=neuron;synapse", "--figures", "false")
+    m = res.conn.masks["fc2.weight"]
+    assert not bool(m.all()) and bool((m.all(1) | ~m.any(1)).all())  # whole neurons pruned in fc2
+    assert res.conn.granularity_of("fc1.weight").spec == "synapse"
+    assert adaptive.Connectome.load(tmp_path / "connectome.safetensors",
+                                    build_model("mlp", num_classes=10, in_shape=(1, 8, 8))).ensemble == "fc2=neuron;synapse"
+    with pytest.raises(SystemExit):
+        run(tmp_path / "b", "--ensemble", "fc9=neuron;synapse")
+    err = capsys.readouterr().err
+    assert "['fc9'] match no prunable layer" in err and "Traceback" not in err

@@ -223,7 +223,7 @@ def ensemble_size(gran, shape):
 def concat_sizes(ctrl, names, lengths):
     """Sizes of the ensembles of ``names`` laid out as :func:`concat` lays out their scores: a float
     when all are equal, else one flat tensor."""
-    per = [ensemble_size(ctrl.conn.granularity, ctrl.conn.layers[n].shape) for n in names]
+    per = [ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape) for n in names]
     if all(isinstance(s, float) for s in per) and len(set(per)) <= 1:
         return per[0] if per else 1.0
     return torch.cat([torch.full((k,), s) if isinstance(s, float) else s for s, k in zip(per, lengths)])
@@ -283,7 +283,6 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
     budget); n:m granularities keep the top n of every m. Pruned indices are ordered lowest score
     first, grown ones highest first."""
     alive = ctrl.alive()
-    gran = ctrl.conn.granularity
     keep: Dict[str, torch.Tensor] = {}
 
     def top(scores, size, budget):
@@ -293,8 +292,8 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
         k[take_synapses(order, size, budget)] = True
         return k
 
-    if hasattr(gran, "density"):
-        keep = {n: gran.select(keep_scores[n]) for n in keep_scores}
+    if ctrl.conn.fixed_density is not None:
+        keep = {n: ctrl.conn.granularities[n].select(keep_scores[n]) for n in keep_scores}
     else:
         per_layer, total = synapse_targets(ctrl, density)
         if per_layer is None:
@@ -304,7 +303,7 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
                 keep[n] = part.view(keep_scores[n].shape)
         else:
             for n, s in keep_scores.items():
-                keep[n] = top(s, ensemble_size(gran, ctrl.conn.layers[n].shape), per_layer[n]).view(s.shape)
+                keep[n] = top(s, ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape), per_layer[n]).view(s.shape)
     plan = EditPlan()
     for n, k in keep.items():
         a = alive[n].reshape(-1).to(k.device)

@@ -56,17 +56,18 @@ class Crawl(Policy):
         """Synapses per ensemble, flat over the editable layers (in :func:`concat` order), as int32
         (counts are summed in int64: float32 cannot count one by one beyond 2**24 synapses); None
         when every ensemble is one synapse. Cached: the sizes change only with the layers edited."""
-        g = ctrl.conn.granularity
         names = tuple(ctrl.editable())
+        grans = [ctrl.conn.granularities[n] for n in names]
         shapes = [tuple(ctrl.conn.layers[n].shape) for n in names]
-        key = (id(g), names, tuple(shapes), str(device))
+        key = (tuple(map(id, grans)), names, tuple(shapes), str(device))
         cached = getattr(self, "_sizes", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        if all(tuple(g.ensemble_shape(s)) == tuple(s) for s in shapes):
+        if all(tuple(g.ensemble_shape(s)) == tuple(s) for g, s in zip(grans, shapes)):
             sizes = None
         else:
-            sizes = torch.cat([g.ensemble_sizes(s).reshape(-1).round().to(torch.int32) for s in shapes]).to(device)
+            sizes = torch.cat([g.ensemble_sizes(s).reshape(-1).round().to(torch.int32)
+                               for g, s in zip(grans, shapes)]).to(device)
         self._sizes = (key, sizes)
         return sizes
 

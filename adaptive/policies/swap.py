@@ -58,7 +58,6 @@ def swap_plan(ctrl, step, cost, gain, alive, frac) -> EditPlan:
     if per_layer is None:
         return global_plan(*global_candidates(ctrl, cost, gain, alive, frac, ordered, target=total))
     plan = EditPlan()
-    gran = ctrl.conn.granularity
     for n in cost:
         a = alive[n].to(cost[n].device)
         n_live = int(torch.count_nonzero(a))
@@ -66,7 +65,7 @@ def swap_plan(ctrl, step, cost, gain, alive, frac) -> EditPlan:
         if k == 0:
             continue
         p_idx = lowest(cost[n], a, k, ordered)
-        g_idx = grow_candidates(gain[n], a, ensemble_size(gran, ctrl.conn.layers[n].shape), p_idx, per_layer[n], ordered)
+        g_idx = grow_candidates(gain[n], a, ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape), p_idx, per_layer[n], ordered)
         if p_idx.numel():
             plan.prune[n], plan.prune_scores[n] = p_idx, cost[n].reshape(-1)[p_idx]
             plan.grow[n], plan.grow_scores[n] = g_idx, gain[n].reshape(-1)[g_idx]
@@ -90,7 +89,7 @@ class SET(Policy):
             return None
         alive = ctrl.alive()
         cost, gain = ctrl.scores("cost", step), ctrl.scores("gain", step)
-        if hasattr(ctrl.conn.granularity, "density"):
+        if ctrl.conn.fixed_density is not None:
             return nm_plan(ctrl, step, cost, gain, alive)
         return self.plan(ctrl, step, cost, gain, alive, frac)
 

@@ -49,7 +49,7 @@ def run(policy, budget, ensemble, density, steps):
             step += 1
             if step == steps:
                 break
-    sizes = [int(conn.granularity.ensemble_sizes(torch.Size(conn.layers[n].shape)).max()) for n in conn.names]
+    sizes = [int(conn.granularities[n].ensemble_sizes(torch.Size(conn.layers[n].shape)).max()) for n in conn.names]
     target = int(round(density * conn.num_synapses()))
     return conn.num_live(), target, max(sizes)
 

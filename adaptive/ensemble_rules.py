@@ -1,0 +1,90 @@
+"""Per-layer ensemble granularities: which granularity each prunable weight of a connectome uses.
+
+A connectome's ``ensemble`` is one granularity for every layer (``"synapse"``, ``"neuron"``, ...)
+or rules that give layers different ones, first match wins:
+
+- a mapping ``{"*mlp*": "neuron", "*": "synapse"}`` (or granularity objects as values);
+- the same as a string, ``"*mlp*=neuron;*=synapse"`` (for the command line and config files); a bare
+  spec among the rules, ``"*mlp*=neuron;synapse"``, is the default for every other layer.
+
+Patterns are shell-style (``fnmatch``) and tested against the parameter name and its module's name,
+as ``include``/``exclude`` are. Every layer must get a granularity and every pattern must match a
+layer, so a typo fails instead of silently changing nothing. ``n:m`` fixes a layer's density, so it
+is accepted for all layers or none (use ``include``/``exclude`` to leave layers out of the connectome).
+"""
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .ensembles import Granularity, get_granularity
+
+Rule = Tuple[Optional[str], Granularity]  # (pattern, granularity); pattern None: every layer
+
+
+def parse_rules(ensemble) -> List[Rule]:
+    """The rules of an ``ensemble`` argument (a spec, a Granularity, a rules string or a mapping)."""
+    if isinstance(ensemble, Granularity):
+        return [(None, ensemble)]
+    if isinstance(ensemble, Mapping):
+        if not ensemble:
+            raise ValueError("ensemble rules are empty: give at least one, e.g. {'*': 'synapse'}")
+        items = list(ensemble.items())
+    elif isinstance(ensemble, str):
+        if "=" not in ensemble:
+            return [(None, get_granularity(ensemble))]
+        items = []
+        for part in (p.strip() for p in ensemble.split(";")):
+            if not part:
+                continue
+            pat, eq, spec = part.rpartition("=")
+            items.append((pat.strip() if eq else None, spec))
+    else:
+        raise TypeError(f"ensemble must be a spec string such as 'synapse', a Granularity or a mapping of layer "
+                        f"patterns to specs, got {type(ensemble).__name__}")
+    rules = []
+    for pat, spec in items:
+        if pat is not None and (not isinstance(pat, str) or not pat.strip()):
+            raise ValueError(f"ensemble rule {pat!r}={spec!r}: the pattern must be a non-empty string such as '*fc*'")
+        try:
+            g = get_granularity(spec)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"ensemble rule for {pat or 'every other layer'!r}: {e}") from None
+        rules.append((None if pat in (None, "*") else pat.strip(), g))
+    return rules
+
+
+def _matches(pattern: str, name: str) -> bool:
+    module = name.rpartition(".")[0]
+    return any(fnmatch.fnmatchcase(n, pattern) for n in (name, module) if n)
+
+
+def resolve(ensemble, names: Sequence[str]) -> Tuple[Dict[str, Granularity], str]:
+    """Each of ``names`` with its granularity, and the canonical spec string of the rules (the
+    single spec when every layer ends with the same one)."""
+    rules = parse_rules(ensemble)
+    out: Dict[str, Granularity] = {}
+    used = [False] * len(rules)
+    for n in names:
+        for i, (pat, g) in enumerate(rules):
+            if pat is None or _matches(pat, n):
+                out[n] = g
+                used[i] = True
+                break
+    missing = [n for n in names if n not in out]
+    if missing:
+        raise ValueError(f"the ensemble rules give no granularity for {len(missing)} layer(s) ({', '.join(missing[:3])}"
+                         f"{', ...' if len(missing) > 3 else ''}): end the rules with a default, e.g. '...;synapse'")
+    unused = [pat for (pat, _), u in zip(rules, used) if not u and pat is not None]
+    if unused:
+        raise ValueError(f"ensemble pattern(s) {unused} match no prunable layer (or only layers an earlier rule "
+                         f"took); prunable layers are {list(names)[:5]}{' ...' if len(names) > 5 else ''}")
+    specs = {g.spec for g in out.values()}
+    nm = {g.spec for g in out.values() if hasattr(g, "density")}
+    if nm and len(specs) > 1:
+        raise ValueError(f"ensemble rules mix {sorted(nm)[0]!r} with {sorted(specs - nm)[:2]}: n:m fixes a layer's "
+                         "density, so give it to every layer or to none (leave layers out with include/exclude)")
+    if len(specs) == 1:
+        return out, next(iter(specs))
+    return out, ";".join(g.spec if pat is None else f"{pat}={g.spec}" for pat, g in rules)

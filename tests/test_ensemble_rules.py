@@ -1,0 +1,143 @@
+"""Per-layer ensemble granularities: rules, the connectome, the controller, mask-only, persistence."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import adaptive
+from adaptive.ensemble_rules import parse_rules, resolve
+from adaptive.mask_only import optimize_connectome
+
+torch.set_num_threads(1)
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+NAMES = ["0.weight", "4.weight", "6.weight"]
+
+
+@pytest.mark.parametrize("rules", [
+    {"0": "kernel", "4.weight": "neuron", "*": "synapse"},
+    "0=kernel;4.weight=neuron;synapse",
+    " 0 = kernel ; 4.weight=neuron ; *=synapse ;",
+])
+def test_rules_resolve_first_match_on_module_or_parameter_name(rules):
+    per_layer, spec = resolve(rules, NAMES)
+    assert {n: g.spec for n, g in per_layer.items()} == {"0.weight": "kernel", "4.weight": "neuron", "6.weight": "synapse"}
+    assert spec == "0=kernel;4.weight=neuron;synapse"
+    assert resolve(spec, NAMES)[1] == spec  # the canonical string reads back to itself
+
+
+def test_rules_that_end_up_uniform_read_as_one_spec():
+    assert resolve({"0": "neuron", "*": "neuron"}, NAMES)[1] == "neuron"
+    assert resolve("synapse", NAMES)[1] == "synapse"
+    assert resolve("*=kernel", NAMES)[1] == "kernel"
+    assert [p for p, _ in parse_rules("6=neuron;kernel")] == ["6", None]
+
+
+@pytest.mark.parametrize("rules, exc, match", [
+    ({"0": "kernel"}, ValueError, r"no granularity for 2 layer\(s\) \(4.weight, 6.weight\).*default"),
+    ({"0": "kernel", "fc*": "neuron", "*": "synapse"}, ValueError, r"\['fc\*'\] match no prunable layer"),
+    ({"*": "synapse", "0": "kernel"}, ValueError, r"\['0'\] match no prunable layer.*earlier rule"),
+    ({"0": "2:4", "*": "synapse"}, ValueError, r"mix '2:4'.*every layer or to none"),
+    ("0=kernel;4=neurons;synapse", ValueError, r"rule for '4'.*unknown ensemble spec 'neurons'"),
+    ({}, ValueError, "rules are empty"),
+    ({"": "kernel"}, ValueError, "pattern must be a non-empty string"),
+    (3, TypeError, "mapping of layer patterns"),
+])
+def test_bad_rules_fail_clearly_and_build_nothing(rules, exc, match):
+    model = net()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(exc, match=match):
+        adaptive.Connectome(model, ensemble=rules)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_connectome_checks_and_expands_each_layer_with_its_own_granularity():
+    conn = adaptive.Connectome(net(), ensemble="0=kernel;4=neuron;synapse")
+    assert [conn.granularity_of(n).spec for n in NAMES] == ["kernel", "neuron", "synapse"]
+    with pytest.raises(AttributeError, match="different granularities.*granularity_of"):
+        conn.granularity
+    shapes = {n: tuple(e.shape) for n, e in conn.ensemble_masks().items()}
+    assert shapes == {"0.weight": (8, 3), "4.weight": (16,), "6.weight": (4, 16)}
+    partial = {n: m.clone() for n, m in conn.masks.items()}
+    partial["4.weight"][0, 0] = False  # half a neuron
+    with pytest.raises(ValueError, match="4.weight"):
+        conn.set_masks(partial)
+    ok = {n: m.clone() for n, m in conn.masks.items()}
+    ok["6.weight"][0, 0] = False  # one synapse: fine for a synapse layer
+    ok["4.weight"][3] = False  # a whole neuron
+    conn.set_masks(ok)
+    assert int((~conn.masks["4.weight"]).sum()) == 32 and int((~conn.masks["6.weight"]).sum()) == 1
+    assert "neuron" in conn.summary() and "kernel" in conn.summary()
+
+
+@pytest.mark.parametrize("policy, budget", [("rigl", "erk"), ("utility", "global"), ("set", "uniform")])
+def test_controller_keeps_each_layer_structured_at_the_target_density(policy, budget):
+    model = net()
+    X, Y = torch.randn(64, 3, 6, 6), torch.randint(0, 4, (64,))
+    conn = adaptive.Connectome(model, ensemble={"4": "neuron", "0": "kernel", "*": "synapse"})
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    ctrl = adaptive.Controller(conn, opt, policy=policy, density=0.4, budget=budget, update_every=2, end_step=16,
+                               edit_fraction=0.5, seed=0)
+    for _ in range(16):
+        F.cross_entropy(model(X), Y).backward()
+        opt.step()
+        opt.zero_grad()
+        m4, m0 = conn.masks["4.weight"], conn.masks["0.weight"]
+        assert bool((m4.all(1) | ~m4.any(1)).all())  # every neuron whole or gone
+        assert bool((m0.flatten(2).all(2) | ~m0.flatten(2).any(2)).all())  # every kernel whole or gone
+        for n, m in conn.masks.items():
+            assert not bool(dict(model.named_parameters())[n][~m].any())  # invariant 1
+    assert abs(conn.density() - 0.4) < 16 / conn.num_synapses() * 2  # within an ensemble or two (a neuron is 32)
+    assert sum(e["pruned"] for e in ctrl.events) > 0
+
+
+def test_save_load_and_state_dict_keep_the_rules(tmp_path):
+    model = net()
+    conn = adaptive.Connectome(model, ensemble="4=neuron;synapse")
+    masks = {n: m.clone() for n, m in conn.masks.items()}
+    masks["4.weight"][[1, 5]] = False
+    masks["0.weight"][0, 0, 0, 0] = False
+    conn.set_masks(masks)
+    conn.save(tmp_path / "c.safetensors")
+    back = adaptive.Connectome.load(tmp_path / "c.safetensors", net())
+    assert back.ensemble == "4=neuron;synapse" and back.ensemble_specs() == conn.ensemble_specs()
+    assert all(torch.equal(back.masks[n], conn.masks[n]) for n in NAMES)
+    other = adaptive.Connectome(net(), ensemble="synapse")
+    before = {n: m.clone() for n, m in other.masks.items()}
+    with pytest.raises(ValueError, match=r"saved with ensemble '4=neuron;synapse'.*differ on \['4.weight'\]"):
+        other.load_state_dict(conn.state_dict())
+    assert all(torch.equal(other.masks[n], before[n]) for n in NAMES)  # nothing half-loaded
+    same = adaptive.Connectome(net(), ensemble={"4.weight": "neuron", "*": "synapse"})  # other words, same layers
+    same.load_state_dict(conn.state_dict())
+    assert all(torch.equal(same.masks[n], conn.masks[n]) for n in NAMES)
+    uniform = adaptive.Connectome(net(), ensemble="kernel")  # a file from before per-layer rules had no per-layer map
+    sd = uniform.state_dict()
+    assert "ensembles" not in sd
+    with pytest.raises(ValueError, match="saved with ensemble 'kernel'"):
+        other.load_state_dict(sd)
+
+
+def test_mask_only_removes_whole_neurons_where_the_rules_say_so():
+    torch.manual_seed(0)
+    model = net().eval()
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(96) % 4
+    x = torch.randn(96, 3, 6, 6, generator=g) + y.view(-1, 1, 1, 1).float() * 0.3
+    tr = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=g)
+    ho = DataLoader(TensorDataset(x[:32], y[:32]), batch_size=16)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    r = optimize_connectome(model, tr, ho, 200, passes=1.0, window=2, edit_fraction=0.1, progress=False,
+                            ensemble="4=neuron;synapse")
+    m4 = r.conn.masks["4.weight"]
+    assert bool((m4.all(1) | ~m4.any(1)).all())
+    assert abs(r.snapshots["200"].removed - 200) <= 32  # within one ensemble (a neuron of 32 synapses)
+    for n, p in model.named_parameters():  # invariant 2: no surviving weight moved by a bit
+        keep = r.conn.masks[n] if n in r.conn.masks else torch.ones_like(p, dtype=torch.bool)
+        assert torch.equal(p.detach()[keep], original[n][keep])
