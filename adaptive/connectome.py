@@ -34,6 +34,14 @@ MODES = ("train", "mask_only")
 FORMAT = "adaptive.connectome/1"
 
 
+def _forget_autocast_copies() -> None:
+    """Drop autocast's cached low-precision copies of the weights. Inside one ``torch.autocast``
+    region every forward pass reuses the first copy of a weight, so after a mask edit in that region
+    (mask-only optimisation under bf16, an evaluation after ``result.use``) the network would still
+    run with the weights as they were."""
+    torch.clear_autocast_cache()
+
+
 class Connectome:
     """Any ``nn.Module`` as a masked connectome of synapse ensembles.
 
@@ -249,6 +257,7 @@ class Connectome:
             else:
                 p.masked_fill_(~new, 0.0)
         if changed:
+            _forget_autocast_copies()
             self._reset_optimizer_state(changed)
             for fn in self._edit_listeners:
                 fn(changed)
@@ -369,6 +378,7 @@ class Connectome:
                 if o.device != p.device:
                     self.original[n] = o = o.to(p.device)
                 p.copy_(torch.where(m, o, torch.zeros((), dtype=p.dtype, device=p.device)))
+            _forget_autocast_copies()
             return
         self._foreach_mask(grads=False, weights=True)
 

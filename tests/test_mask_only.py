@@ -430,3 +430,22 @@ def test_exact_counts_beyond_float32_integers(target=1):
     assert r.conn.num_synapses() > 2 ** 24
     assert r.snapshots[str(target)].removed == target
     assert int((~r.snapshots[str(target)].masks["weight"]).sum()) == target
+
+
+def test_edits_inside_one_bf16_autocast_region_are_seen_by_the_next_forward():
+    """autocast keeps one low-precision copy of each weight per region: a mask edit must drop it,
+    or the snapshot scores (and any evaluation after ``use``) would be the dense network's."""
+    from adaptive.mask_only import evaluate
+
+    m = tiny()
+    tr, ho = loaders()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dense = evaluate(m.eval(), ho)
+        r = optimize_connectome(m, tr, ho, 0.8, passes=1.0, window=2, edit_fraction=0.1, progress=False)
+        r.use("0.8")
+        inside = evaluate(m, ho)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a fresh region: fresh copies
+        fresh = evaluate(m, ho)
+    assert inside == fresh
+    assert r.snapshots["0.8"].holdout_loss == pytest.approx(fresh[0], abs=1e-6)
+    assert abs(fresh[0] - dense[0]) > 1e-3  # 80% removed is not the dense network
