@@ -81,6 +81,9 @@ class Connectome:
             n: torch.ones(p.shape, dtype=torch.bool, device=p.device) for n, p in self.params.items()
         }
         self._dense: Dict[str, bool] = {n: True for n in self.params}
+        # The masks as last set, bit-packed on the CPU (1 bit per synapse): what an edit is measured
+        # against, even when the caller changed a tensor of ``self.masks`` in place before set_masks.
+        self._last_set: Dict[str, torch.Tensor] = {n: bitpack.pack(m) for n, m in self.masks.items()}
         self.granularities: Dict[str, Granularity]
         self.granularities, self._ensemble = ensemble_rules.resolve(ensemble, list(self.params))
         # Hot-path cache: the non-dense layers' parameters and their masks as 0/1 tensors in the
@@ -149,7 +152,7 @@ class Connectome:
         for n, m in self.masks.items():
             g = self.granularities[n]
             if tuple(g.ensemble_shape(m.shape)) == tuple(m.shape):
-                out[n] = m  # one synapse per ensemble: the mask itself (read-only view)
+                out[n] = m.clone()  # one synapse per ensemble: a copy, free to edit and pass back
             else:
                 out[n] = g.pool(m.float(), "max") > 0
         return out
@@ -232,7 +235,7 @@ class Connectome:
         # Plan every edit first (a grow_init callable may raise): nothing changes until all succeed.
         plan = []
         for k, new in clean.items():
-            old = self.masks[k].to(new.device)
+            old = self._previous(k, new.device)
             ch = old ^ new
             if not bool(ch.any()):
                 continue
@@ -245,6 +248,7 @@ class Connectome:
         for k, new, ch, init in plan:
             changed[k] = ch
             self.masks[k] = new
+            self._last_set[k] = bitpack.pack(new)
             self._dense[k] = bool(new.all())
             self._hot = None
             self._edited()
@@ -262,6 +266,14 @@ class Connectome:
             for fn in self._edit_listeners:
                 fn(changed)
         return changed
+
+    def _previous(self, k: str, device) -> torch.Tensor:
+        """Layer ``k``'s mask as last set (``self.masks[k]`` unless someone edited it in place)."""
+        m = self.masks[k]
+        last = self._last_set.get(k)
+        if last is None:
+            return m.to(device)
+        return bitpack.unpack(last, m.shape).to(device)
 
     def set_ensemble_masks(self, masks: Mapping[str, torch.Tensor], **kw) -> Dict[str, torch.Tensor]:
         """Like :meth:`set_masks` but with one bool per ensemble (shape ``granularity.ensemble_shape``)."""

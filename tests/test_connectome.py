@@ -320,3 +320,33 @@ def test_apply_remasks_a_weight_written_behind_the_version_counter():
     m(torch.randn(2, 5)).sum().backward()
     opt.step()
     assert (m.weight[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("ensemble", ["synapse", "neuron"])
+@pytest.mark.parametrize("via", ["ensemble_masks", "masks in place"])
+def test_read_modify_write_of_the_masks_prunes_for_real(ensemble, via):
+    """Editing the masks one reads back (or conn.masks itself, in place) and passing them to the setter
+    prunes those weights and resets their optimizer state, as for a fresh dict."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
+    conn = adaptive.Connectome(model, ensemble=ensemble)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    conn.attach(opt)
+    model(torch.randn(8, 12)).sum().backward()
+    opt.step()  # momentum buffers are non-zero everywhere
+    if via == "ensemble_masks":
+        em = conn.ensemble_masks()
+        em["0.weight"][:5] = False
+        changed = conn.set_ensemble_masks(em)
+    else:
+        conn.masks["0.weight"][:5] = False
+        changed = conn.set_masks(conn.masks)
+    pruned = ~conn.masks["0.weight"]
+    assert int(pruned.sum()) == 60 and int(changed["0.weight"].sum()) == 60
+    w = model[0].weight
+    assert not bool(w[pruned].any())
+    assert not bool(opt.state[w]["momentum_buffer"][pruned].any())
+    model(torch.randn(8, 12)).sum().backward()
+    opt.step()
+    assert not bool(w[pruned].any())
+    assert conn.set_masks(conn.masks) == {}  # nothing changed since: nothing to do
