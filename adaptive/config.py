@@ -270,11 +270,17 @@ def load_config(cls, path, overrides: Optional[Dict[str, Any]] = None):
     return _apply(cls, _shallow(cfg), overrides, source="in overrides") if overrides else cfg
 
 
-def save_config(cfg, path) -> None:
-    """Write the resolved config as YAML (readable back with :func:`load_config`)."""
+def save_config(cfg, path, **override) -> None:
+    """Write the resolved config as YAML (readable back with :func:`load_config`), with the keys of
+    ``override`` set to the values given (e.g. ``resume=None``: a rerun from the file is a new run)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    data = to_dict(cfg)
+    unknown = set(override) - set(data)
+    if unknown:
+        raise KeyError(f"save_config: no config key(s) {sorted(unknown)}")
+    data.update(override)
     with open(path, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        yaml.safe_dump(data, f, sort_keys=False)
 
 
 def _read_yaml(path) -> Dict[str, Any]:

@@ -304,6 +304,9 @@ def optimize_connectome(
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
     if not 0.0 <= approach <= 1.0:
         raise ValueError(f"approach must be in [0, 1], got {approach}")
+    if not 0.0 <= edit_fraction <= 1.0:
+        raise ValueError(f"edit_fraction must be in [0, 1] (the most swaps per update, as a fraction of the live "
+                         f"ensembles), got {edit_fraction}")
     ladder = [float(f) for f in ladder]
     if any(not 0.0 < f < 1.0 for f in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
         raise ValueError(f"ladder must be increasing removal fractions in (0, 1), got {ladder}")

@@ -89,7 +89,8 @@ class RunConfig:
     density: Optional[float] = field(default=0.2, metadata={"help": "target fraction of live synapses"})
     budget: str = _opt("erk", "how the density is shared among layers (adaptive.budgets: global, uniform, erk, er)")
     update_every: Optional[int] = field(default=None, metadata={"help": "steps between connectome updates; default: 25 in train mode, 1 in mask_only mode"})
-    edit_fraction: float = _opt(0.3, "fraction of live ensembles edited at an update (decaying towards the end of the edits)")
+    edit_fraction: Optional[float] = field(default=None, metadata={"help": "fraction of live ensembles edited at an update, decaying "
+                                          "towards the end of the edits; default: 0.3 in train mode, 1.0 in mask_only mode"})
     end_fraction: float = field(default=0.75, metadata={"help": "edits stop at this fraction of training"})
     min_density: float = _opt(0.0, "per-layer density floor of the budget")
     protect: List[str] = field(default_factory=list, metadata={"help": "shell-style name patterns: matching layers are kept dense, never edited"})
@@ -137,6 +138,8 @@ class RunConfig:
             self.update_every = 1 if self.mode == "mask_only" else 25
         if self.epochs is None:
             self.epochs = 1 if self.mode == "mask_only" else 20
+        if self.edit_fraction is None:
+            self.edit_fraction = 1.0 if self.mode == "mask_only" else 0.3
         from adaptive.paths import absolute_if_exists
 
         self.weights = absolute_if_exists(self.weights)  # config.yaml then reruns from any working directory
@@ -148,6 +151,7 @@ class RunConfig:
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.update_every >= 1, f"update_every must be >= 1, got {self.update_every}"),
+            (0.0 <= self.edit_fraction <= 1.0, f"edit_fraction must be in [0, 1], got {self.edit_fraction}"),
             (0.0 < self.end_fraction <= 1.0, f"end_fraction must be in (0, 1], got {self.end_fraction}"),
             (0.0 <= self.holdout < 1.0, f"holdout must be in [0, 1), got {self.holdout}"),
             (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}"),
@@ -163,7 +167,28 @@ class RunConfig:
         if self.mode == "mask_only" and self.checkpoint_every:
             raise ConfigError("mode mask_only checkpoints after every target on its own "
                               f"({MASK_ONLY_CHECKPOINT} in the run folder): drop --checkpoint_every")
+        if self.mode == "mask_only":
+            _refuse_train_only(self)
         _check_names(self)
+
+
+# train-mode settings mask_only has no use for: (key, the value that means "not set", what to do instead)
+_TRAIN_ONLY = [
+    ("policy", ("utility", "crawl"), "mask_only always runs the crawl policy of adaptive.optimize_connectome"),
+    ("budget", ("erk",), "mask_only removes synapses network-wide against their measured value, with no layer budget"),
+    ("min_density", (0.0,), "mask_only has no layer budget; keep a layer out of the connectome with --exclude"),
+    ("protect", ([],), "keep a layer out of the connectome (and dense) with --exclude"),
+    ("controller_kw", ({},), "pass optimize_connectome settings with --mask_only_kw"),
+    ("end_fraction", (0.75,), "mask_only schedules its edits per target (--mask_only_kw approach=...)"),
+]
+
+
+def _refuse_train_only(cfg) -> None:
+    """A train-mode setting given to mask_only would be silently ignored: refuse it instead."""
+    for key, unset, instead in _TRAIN_ONLY:
+        if getattr(cfg, key) not in unset:
+            raise ConfigError(f"mode mask_only does not use {key} (got {getattr(cfg, key)!r}): {instead}; "
+                              f"drop --{key}")
 
 
 def _check_target(target) -> None:
@@ -408,7 +433,7 @@ def _save_config(accelerator, cfg: RunConfig, output_dir: Path) -> None:
     """config.yaml, written once the settings have been accepted (data, model, controller built)."""
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output_dir / "config.yaml")
+        save_config(cfg, output_dir / "config.yaml", resume=None)  # --config FILE reruns the job, afresh
 
 
 class CheckpointError(RuntimeError):
@@ -482,7 +507,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
                       f"parameters, target {target}, {passes:.3g} pass(es) of {len(train_dl)} batches per target, "
                       f"estimator {cfg.estimator} -> {output_dir}")
     kw = dict(passes=passes, ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
-              estimator=cfg.estimator, window=cfg.update_every, seed=cfg.seed,
+              estimator=cfg.estimator, window=cfg.update_every, edit_fraction=cfg.edit_fraction, seed=cfg.seed,
               progress=cfg.progress and accelerator.is_local_main_process, checkpoint=ckpt)
     # held-out evaluations as in train mode: every --eval_every steps, else every epoch (in updates)
     window = max(1, int(cfg.update_every or 1))

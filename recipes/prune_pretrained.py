@@ -429,6 +429,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
 
         resolved = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
         resolved["num_classes"] = args.num_classes or dl.num_classes
+        resolved["resume"] = False  # a rerun from this file is a new run (a resumed one says --resume again)
         # the resolved options, every key one that --config takes (so the file reruns the job), and
         # what `python -m graphs` reads to rebuild the model
         with atomic_path(out / "config.yaml") as tmp:

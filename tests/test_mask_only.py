@@ -181,7 +181,8 @@ def test_bad_target_fails_before_anything_runs(target, match):
 
 
 @pytest.mark.parametrize("kw, match", [(dict(ladder=(0.5, 0.2)), "ladder"), (dict(ladder=(0.0, 0.5)), "ladder"),
-                                       (dict(patience=0), "patience")])
+                                       (dict(patience=0), "patience"), (dict(edit_fraction=-0.5), "edit_fraction"),
+                                       (dict(edit_fraction=5.0), r"edit_fraction must be in \[0, 1\]")])
 def test_bad_ladder_fails_before_anything_runs(kw, match):
     m = tiny()
     before = copy.deepcopy(m.state_dict())

@@ -239,6 +239,8 @@ def test_resume_continues_after_the_last_finished_target(tmp_path, weights, caps
     assert {h["stage"] for h in hist if h["kind"] == "update"} == {0, 1}
     rows = {r["target"]: r for r in summary["rows"]}
     assert set(rows) == {"dense", "0.2", "0.5"} and rows["0.5"]["changed"] == 0
+    import yaml
+    assert yaml.safe_load((out / "config.yaml").read_text())["resume"] is False  # --config FILE reruns afresh
     # without --resume the earlier checkpoint is replaced and the run starts from the first target
     mod.main(args(weights, out, "--remove", "0.2", "0.5"))
     assert "starting afresh" in capsys.readouterr().out

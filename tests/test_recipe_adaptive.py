@@ -108,6 +108,7 @@ def test_resume_is_bit_exact(tmp_path, data):
     assert ckpt.name == "step_00000035"
     resumed = run(tmp_path / "cut", *common, "--resume", "latest")
     assert resumed.state.step == 70
+    assert load_config(R.RunConfig, tmp_path / "cut" / "config.yaml").resume is None  # --config FILE: a new run
     assert resumed.conn.mask_hash() == full.conn.mask_hash()
     assert same_state(resumed, full)
     assert resumed.controller.events == full.controller.events
@@ -214,6 +215,11 @@ def test_two_processes_agree(tmp_path):
     (["--epochs", "2.5"], "expects Optional[int], got '2.5'"),
     (["--mode", "mask_only", "--checkpoint_every", "5"], "mask_only checkpoints after every target on its own"),
     (["stray"], "unexpected argument 'stray'"),
+    (["--edit_fraction", "1.5"], "edit_fraction must be in [0, 1], got 1.5"),
+    (["--mode", "mask_only", "--policy", "set"], "mode mask_only does not use policy (got 'set')"),
+    (["--mode", "mask_only", "--protect", "fc3*"], "does not use protect (got ['fc3*']): keep a layer out"),
+    (["--mode", "mask_only", "--budget", "uniform"], "does not use budget"),
+    (["--mode", "mask_only", "--min_density", "0.1"], "does not use min_density"),
     (["--ensemble", "fc1=neurons;synapse"], "ensemble 'fc1=neurons;synapse': ensemble rule for 'fc1': unknown"),
 ])
 def test_bad_arguments_fail_clearly(args, message, capsys):
@@ -302,6 +308,8 @@ def test_mask_only_mode_takes_the_mask_only_defaults_unless_told_otherwise():
     assert (train.estimator, train.update_every) == ("curvature", 25)
     assert (mask.estimator, mask.update_every) == ("presence", 1)
     assert (told.estimator, told.update_every) == ("evidence", 4)
+    assert (train.edit_fraction, mask.edit_fraction) == (0.3, 1.0)
+    assert parse_config(R.RunConfig, ["--mode", "mask_only", "--edit_fraction", "0.1"]).edit_fraction == 0.1
 
 
 def test_mask_only_mode_resumes_after_its_last_target(tmp_path, capsys):
