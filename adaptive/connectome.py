@@ -212,7 +212,10 @@ class Connectome:
                 )
             why = self.granularities[k].violation(m)
             if why:
-                raise ValueError(f"mask for {k!r}: {why}; build it at ensemble level and use set_ensemble_masks()")
+                fix = (f"keep the top n of every m with conn.granularity_of({k!r}).select(scores)"
+                       if hasattr(self.granularities[k], "density") else
+                       "build it at ensemble level and use set_ensemble_masks()")
+                raise ValueError(f"mask for {k!r}: {why}; {fix}")
             clean[k] = m.detach().to(self.params[k].device, copy=True)
         return clean
 

@@ -117,6 +117,7 @@ def discover(
     seen: set[int] = set()
     candidates = 0
     used_inc: set[str] = set()
+    used_exc: set[str] = set()
     computed = []  # layers whose weight a parametrization computes (weight_norm, spectral_norm, ...)
     aliases = _aliases(model)
     for mname, module in model.named_modules():
@@ -137,6 +138,8 @@ def discover(
             candidates += 1
             pname = f"{mname}.{attr}" if mname else attr
             names = aliases.get(id(w), (mname, pname))  # a tied weight answers to every name it has
+            if exc:
+                used_exc.update(p for p in exc if _matches([p], *names))
             if inc:
                 hit = [p for p in inc if _matches([p], *names)]
                 if not hit:
@@ -162,10 +165,11 @@ def discover(
             f"{type(model).__name__} has no prunable layers: a Connectome needs at least one nn.Linear, "
             f"nn.Conv1d/2d/3d, nn.MultiheadAttention or nn.RNN/LSTM/GRU weight"
         )
-    unused = [p for p in inc if p not in used_inc]
-    if unused:
-        raise ValueError(f"include pattern(s) {unused} matched no prunable layer; check module names with "
-                         "model.named_modules() and weight names with model.named_parameters()")
+    for kind, patterns, used in (("include", inc, used_inc), ("exclude", exc, used_exc)):
+        unused = [p for p in patterns if p not in used]
+        if unused:
+            raise ValueError(f"{kind} pattern(s) {unused} matched no prunable layer; check module names with "
+                             "model.named_modules() and weight names with model.named_parameters()")
     if not found:
         raise ValueError(
             f"include={list(inc)} / exclude={list(exc)} left no prunable layer of the {candidates} found"

@@ -61,8 +61,11 @@ def test_include_and_exclude_patterns():
     assert adaptive.Connectome(model, include=["0", "3.weight"]).names == ["0.weight", "3.weight"]
     assert adaptive.Connectome(model, exclude="3").names == ["0.weight", "2.weight"]
     assert adaptive.Connectome(model, include="*", exclude=["0*", "2"]).names == ["3.weight"]
-    with pytest.raises(ValueError, match="matched no prunable layer"):
+    with pytest.raises(ValueError, match=r"include pattern\(s\) \['nope'\] matched no prunable layer"):
         adaptive.Connectome(model, include=["0", "nope"])
+    with pytest.raises(ValueError, match=r"exclude pattern\(s\) \['fc'\] matched no prunable layer"):
+        adaptive.Connectome(model, exclude=["3", "fc"])  # a typo must not leave a layer silently in
+    assert adaptive.Connectome(model, include="0", exclude="3").names == ["0.weight"]  # outside include: still a match
     with pytest.raises(ValueError, match="left no prunable layer"):
         adaptive.Connectome(model, exclude="*")
     with pytest.raises(TypeError, match="patterns must be strings"):
