@@ -64,6 +64,15 @@ def mixed(loader, seed):
                                        collate_fn=loader.collate_fn)
 
 
+def holdout_mixed(data, seed, needed_for: str):
+    """The held-out part in a seeded random order (:func:`mixed`); a clear error when ``--holdout 0``
+    left it empty."""
+    if len(data.holdout.dataset) == 0:
+        raise SystemExit(f"recipes/diagnostics.py: error: {needed_for} needs held-out TRAIN data, and --holdout 0 "
+                         "leaves none: use --holdout 0.1 (say)")
+    return mixed(data.holdout, seed)
+
+
 def seeded_train_loader(data, batch_size, seed):
     """A fresh shuffled loader over the same train set with a fresh seeded generator: every
     variant of a comparison sees the same batches in the same order."""
@@ -197,7 +206,8 @@ def cmd_collinearity(args):
     out = outdir(args)
     data = get_data(args, batch_size=max(args.batch_size, args.grad_batch_size or 0))
     model = trained_model(args, data)
-    loader = mixed(data.holdout, args.seed) if args.split == "holdout" else seeded_train_loader(data, args.batch_size, args.seed + 1)
+    loader = (holdout_mixed(data, args.seed, "--split holdout") if args.split == "holdout"
+              else seeded_train_loader(data, args.batch_size, args.seed + 1))
     res = D.collinearity(model, loader, batch_size=args.grad_batch_size, batches=args.batches, train_mode=False)
     split = "TRAIN" if args.split == "train" else "holdout (from TRAIN)"
     source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
@@ -224,7 +234,8 @@ def cmd_knowledge(args):
     model = trained_model(args, data)
     t0 = time.time()
     curve = D.knowledge_distribution(
-        model, mixed(data.test, args.seed), order_loader=mixed(data.holdout, args.seed), estimator=args.estimator,
+        model, mixed(data.test, args.seed), estimator=args.estimator,
+        order_loader=None if args.estimator == "magnitude" else holdout_mixed(data, args.seed, f"the {args.estimator} order"),
         points=args.points,
         max_fraction=args.max_fraction, finetune_batches=args.finetune_batches,
         finetune_loader=seeded_train_loader(data, args.batch_size, args.seed + 2), lr=args.finetune_lr,

@@ -87,3 +87,15 @@ def test_holdout_and_test_batches_mix_classes(recipe, tmp_path):
         assert len(set(next(iter(loader))[1].tolist())) <= 2  # in order: one or two classes per batch
         first = next(iter(recipe.mixed(loader, 0)))[1]
         assert len(set(first.tolist())) >= 3 and torch.equal(first, next(iter(recipe.mixed(loader, 0)))[1])
+
+
+def test_no_holdout_is_fine_for_magnitude_and_refused_clearly_where_it_is_needed(recipe, tmp_path):
+    recipe.main(["knowledge", *COMMON, "--output_dir", str(tmp_path / "k"), "--model", "mlp", "--train_steps", "3",
+                 "--points", "3", "--holdout", "0"])  # a magnitude order reads no data
+    assert (tmp_path / "k" / "knowledge_mlp.png").exists()
+    with pytest.raises(SystemExit, match="the taylor order needs held-out TRAIN data, and --holdout 0 leaves none"):
+        recipe.main(["knowledge", *COMMON, "--output_dir", str(tmp_path / "t"), "--model", "mlp", "--train_steps", "3",
+                     "--points", "3", "--holdout", "0", "--estimator", "taylor"])
+    with pytest.raises(SystemExit, match="--split holdout needs held-out TRAIN data"):
+        recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path / "c"), "--model", "mlp",
+                     "--train_steps", "3", "--batches", "2", "--holdout", "0", "--split", "holdout"])
