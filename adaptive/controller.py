@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import warnings
 from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
@@ -415,6 +416,7 @@ class Controller:
 
     def _density_fields(self) -> dict:
         live = {n: int(torch.count_nonzero(m)) for n, m in self.conn.masks.items()}
+        self._warn_emptied(live)
         total_live, total = sum(live.values()), self.conn.num_synapses()
         return dict(
             density=total_live / max(1, total),
@@ -422,6 +424,17 @@ class Controller:
             removed=total - total_live,
             layer_density={n: round(live[n] / max(1, self.conn.masks[n].numel()), 6) for n in live},
         )
+
+    def _warn_emptied(self, live: Dict[str, int]) -> None:
+        """Warn (once per layer) when a layer has no live synapse left: the network is cut there,
+        and whatever follows sees a constant (with neuron ensembles and a global budget, say)."""
+        warned = self.__dict__.setdefault("_warned_empty", set())
+        empty = [n for n, k in live.items() if k == 0 and n not in warned and n not in self.protected]
+        if empty:
+            warned.update(empty)
+            warnings.warn(f"layer(s) {empty[:5]}{' ...' if len(empty) > 5 else ''} have no live synapse left: the "
+                          "network is cut there and what follows sees a constant. Keep some with min_density=..., a "
+                          "per-layer budget ('erk', 'uniform'), protect=[...] or a finer ensemble", stacklevel=4)
 
     def _holdout(self) -> float:
         with torch.no_grad():

@@ -68,8 +68,9 @@ class ConnectomeGraph:
         return [f"{g.name}:{i}" if g.count > 1 or g.kind != "constant" else g.name for g in self.groups for i in range(g.count)]
 
     def live_synapses(self) -> int:
-        """Number of live synapses the graph holds (every synapse once, whatever its sources)."""
-        if self.meta.get("contracted"):
+        """Number of live synapses the graph holds (every synapse once, whatever its sources; a weight
+        tied between layers has edges at each use and counts once)."""
+        if self.meta.get("contracted") or self.meta.get("shared_weights"):
             return int(self.meta["live_synapses"])
         if self.level == "synapse":
             return int((self.edge_attrs["kind"] == EDGE_SYNAPSE).sum())
@@ -264,6 +265,7 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
     chunks_src, chunks_dst, chunks = [], [], []
     ptr = [0]
     total_live = 0
+    uses: Dict[tuple, int] = {}  # (weight, rows) -> traced layers that use it (a tied weight: several)
     names = (["count", "l1", "l2"] if level == "unit" else ["position", "weight"])
     if utility:
         names.append("utility")
@@ -272,7 +274,10 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
             layer = tr.layers[g.layer]
             w, m = _weight_and_mask(conn, model, layer)
             u = _utility_for(utility, conn, layer, tuple(_param(model, layer.param).shape), model)
-            total_live += int(m.sum())
+            key = (id(_param(model, layer.param)), layer.rows)
+            uses[key] = uses.get(key, 0) + 1
+            if uses[key] == 1:
+                total_live += int(m.sum())
             fn = _unit_edges if level == "unit" else _synapse_edges
             s, d, cols = fn(layer, g.start, w, m, u)
             kind = torch.full((s.numel(),), EDGE_SYNAPSE, dtype=torch.long)
@@ -308,11 +313,19 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
     edge_attrs = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
     nodes = tr.node_table()
     meta = {"live_synapses": total_live, "traced": tr.traced}
+    shared = sum(1 for v in uses.values() if v > 1)
+    warns = list(tr.warnings)
+    if shared:
+        meta["shared_weights"] = shared
+        msg = (f"graphs: {shared} weight(s) are used by several layers (tied): their synapses have edges at every "
+               "use, and live_synapses() counts them once")
+        warnings.warn(msg, stacklevel=3)
+        warns.append(msg)
     if conn is not None:
         meta["connectome_live"] = conn.num_live()
         meta["ensemble"] = conn.ensemble
     meta["model"] = type(model).__name__
-    return ConnectomeGraph(level, nodes, src, dst, edge_attrs, tr.groups, tr.layers, tr.concats, list(tr.warnings),
+    return ConnectomeGraph(level, nodes, src, dst, edge_attrs, tr.groups, tr.layers, tr.concats, warns,
                            meta, torch.tensor(ptr))
 
 

@@ -56,7 +56,9 @@ def from_networkx(G):
     from .exporters import from_header
 
     if "header" not in G.graph:
-        raise ValueError("this networkx graph was not made by graphs.to_networkx (no 'header' graph attribute)")
+        raise ValueError("this networkx graph has no 'header' graph attribute: it was not made by graphs.to_networkx, or "
+                         "it went through a format that drops graph attributes (GEXF does); write GraphML "
+                         "(graphs.write(g, 'x.graphml')), which reads back whole")
     h = json.loads(G.graph["header"]) if isinstance(G.graph["header"], str) else G.graph["header"]
     nodes = sorted(G.nodes(data=True), key=lambda t: int(t[0]))
     ncols = {k: torch.tensor([d[k] for _, d in nodes], dtype=torch.float64) for k in h["node_dtypes"]}

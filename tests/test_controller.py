@@ -577,3 +577,23 @@ def test_default_estimator_is_curvature_in_train_mode_and_consistency_in_mask_on
     assert ctrl.drop_est.name == "consistency"
     ctrl = adaptive.Controller(adaptive.Connectome(m), policy="utility", estimator="consistency", density=0.5, end_step=10)
     assert ctrl.drop_est.name == "consistency"
+
+
+def test_a_layer_left_without_live_synapses_is_warned_about_once():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[2].weight.mul_(1e-3)  # the global magnitude order takes all of the last layer first
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    with pytest.warns(UserWarning, match=r"\['2.weight'\] have no live synapse left: the network is cut there"):
+        ctrl = adaptive.Controller(conn, policy="magnitude", density=0.5, budget="global")
+    assert not conn.masks["2.weight"].any()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ctrl._density_fields()  # the same empty layer: no second warning
+    conn2 = adaptive.Connectome(nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3)), ensemble="neuron")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adaptive.Controller(conn2, policy="magnitude", density=0.5, budget="erk")  # every layer keeps some

@@ -217,3 +217,13 @@ def test_cli_reads_a_recipe_config(tmp_path):
     assert main(["export", str(tmp_path), "--level", "layer", "--format", "json"]) == 0
     g = graphs.read_json(tmp_path / "connectome_layer.json")
     assert g.live_synapses() == c.num_live()
+
+
+def test_a_gexf_file_read_back_says_the_format_dropped_the_header(tmp_path):
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)))
+    g = graphs.build(conn, "unit", example_input=torch.randn(1, 4))
+    graphs.write(g, tmp_path / "g.gexf")
+    with pytest.raises(ValueError, match="GEXF does.*graphml"):
+        graphs.from_networkx(nx.read_gexf(tmp_path / "g.gexf"))
+    graphs.write(g, tmp_path / "g.graphml")  # GraphML keeps it
+    assert graphs.from_networkx(nx.read_graphml(tmp_path / "g.graphml")).num_edges == g.num_edges

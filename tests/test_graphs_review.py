@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 import adaptive
 import graphs
@@ -162,3 +163,32 @@ def test_a_misspelt_option_is_reported_with_the_subcommand_usage(capsys):
         main(["report", "somewhere", "--levle", "unit"])
     err = capsys.readouterr().err
     assert "usage: python -m graphs report" in err and "unrecognized arguments: --levle unit" in err
+
+
+class _TiedPair(nn.Module):
+    """dec reuses enc's weight (one set of synapses, two uses on the data path)."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec, self.out = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.dec.weight = self.enc.weight
+
+    def forward(self, x):
+        return self.out(torch.relu(self.dec(torch.relu(self.enc(x)))))
+
+
+@pytest.mark.parametrize("level", ["synapse", "unit", "layer"])
+def test_a_tied_weight_has_edges_at_each_use_and_counts_once(level):
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(_TiedPair())
+    conn.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in conn.masks.items()})
+    with pytest.warns(UserWarning, match="1 weight\\(s\\) are used by several layers"):
+        g = graphs.build(conn, level=level, example_input=torch.randn(1, 8))
+    assert g.live_synapses() == conn.num_live()
+    if level != "layer":
+        assert graphs.summary(g)["live_synapses"] == conn.num_live()
+    if level == "synapse":  # both uses are on the data path
+        from graphs.trace import EDGE_SYNAPSE
+
+        tied = int(conn.masks["enc.weight"].sum())
+        assert int((g.edge_attrs["kind"] == EDGE_SYNAPSE).sum()) == conn.num_live() + tied
