@@ -300,7 +300,9 @@ def main(argv=None):
 def write_table(args, densities, methods, seeds, table, chosen, candidates, done, tag, rigl_torch_why):
     names = {"dense": "dense (100%, same runs in every column; published 98.69)", "static": "static random sparse", "set": "SET", "rigl": "RigL",
              "ours": "ours (utility, chosen on holdout)", "rigl-torch": "rigl-torch (PyPI)",
-             "rigl@u200": "RigL, updates every 200 steps (ours' chosen schedule)"}
+             "rigl@u200": "RigL, updates every 200 steps"}
+    if any("@u200" in est for _, est in chosen.values()):
+        names["rigl@u200"] += " (ours' chosen schedule)"
     lines = [
         "# Dynamic sparse training: LeNet-300-100 on MNIST",
         "",

@@ -2,7 +2,8 @@
 
 LeNet-5 on scikit-learn's digits (bundled, no download): conv kernels of 25 synapses sit beside
 Linear layers whose "kernels" are single weights, neurons have different fan-in, and block:4x4
-has smaller edge blocks. For every policy x budget x ensemble, the controller trains for
+has smaller edge blocks; the last column mixes granularities by layer (per-layer rules). For every
+policy x budget x ensemble, the controller trains for
 ``--steps`` steps (Adam, an update every 10 steps, end_step = steps - 10) at ``--density``, and the
 table gives the live synapses against the target, the miss, and the largest ensemble: a policy
 meets the density when it misses by at most one ensemble (half an ensemble per layer for the layer
@@ -29,7 +30,8 @@ from adaptive.models import build_model  # noqa: E402
 
 POLICIES = ["magnitude", "gmp", "set", "rigl", "utility", "balanced"]
 BUDGETS = ["global", "uniform", "erk"]
-ENSEMBLES = ["synapse", "kernel", "neuron", "block:4x4"]
+# the last: per-layer rules, three granularities in one connectome (kernels, neurons, single weights)
+ENSEMBLES = ["synapse", "kernel", "neuron", "block:4x4", "conv*=kernel;fc1=neuron;synapse"]
 
 
 def run(policy, budget, ensemble, density, steps):
