@@ -38,6 +38,13 @@ INITS = ("random", "magnitude", "estimator")
 DEFAULT_ESTIMATOR = {"train": "curvature", "mask_only": "consistency"}
 
 
+def _sizes_if_mixed(gran, shape: torch.Size):
+    """The ensembles' sizes (ensemble-shaped), or 1.0 when every ensemble is one synapse."""
+    if tuple(gran.ensemble_shape(shape)) == tuple(shape):
+        return 1.0
+    return gran.ensemble_sizes(shape)
+
+
 class Controller:
     """Edits ``conn`` at update steps from measured utility.
 
@@ -296,8 +303,12 @@ class Controller:
         with torch.no_grad():
             for n in names or self.editable():
                 ctx = self.context(n, step)
+                gran = self.conn.granularities[n]
+                if hasattr(est, "ensemble_scores"):  # drawn per ensemble (random): no sum to pool
+                    out[n] = est.ensemble_scores(ctx, gran).float()
+                    continue
                 s = est.removal_cost(ctx) if side == "cost" else est.restoration_gain(ctx)
-                out[n] = self.conn.granularities[n].pool(s.float(), "sum")
+                out[n] = gran.pool(s.float(), "sum")
         return out
 
     def alive(self) -> Dict[str, torch.Tensor]:
@@ -316,8 +327,11 @@ class Controller:
             scores = {}
             for n in names:
                 ctx = self.context(n, 0)
-                r = torch.rand(self.conn.granularities[n].ensemble_shape(self.conn.layers[n].shape), generator=ctx.generator)
-                scores[n] = r.to(self.conn.masks[n].device)
+                gran, shape = self.conn.granularities[n], torch.Size(self.conn.layers[n].shape)
+                r = torch.rand(gran.ensemble_shape(shape), generator=ctx.generator)
+                # a uniform value per synapse times the ensemble's size: ensembles of different sizes
+                # are kept with the same chance when budgets rank them per synapse
+                scores[n] = (r * _sizes_if_mixed(gran, shape)).to(self.conn.masks[n].device)
         elif self.init == "magnitude":
             scores = {n: self.conn.granularities[n].pool(self.conn.params[n].detach().abs().float(), "sum") for n in names}
         else:

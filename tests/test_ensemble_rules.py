@@ -141,3 +141,50 @@ def test_mask_only_removes_whole_neurons_where_the_rules_say_so():
     for n, p in model.named_parameters():  # invariant 2: no surviving weight moved by a bit
         keep = r.conn.masks[n] if n in r.conn.masks else torch.ones_like(p, dtype=torch.bool)
         assert torch.equal(p.detach()[keep], original[n][keep])
+
+
+def test_under_a_global_budget_ensembles_of_different_sizes_compete_per_synapse():
+    """A neuron of four weights of 0.5 sums to 2.0, more than a single weight of 1.0; ranked by that
+    sum it would keep both neurons and empty the other layer. Per synapse, the large weights go first."""
+    model = nn.Sequential(nn.Linear(4, 2, bias=False), nn.Linear(2, 4, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.5] * 4, [0.4] * 4]))
+        model[1].weight.copy_(torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.1, 0.1], [0.1, 0.1]]))
+    conn = adaptive.Connectome(model, ensemble="0=neuron;synapse")
+    adaptive.Controller(conn, policy="magnitude", density=0.5, budget="global")
+    assert conn.masks["0.weight"].tolist() == [[True] * 4, [False] * 4]
+    assert conn.masks["1.weight"].tolist() == [[True, True], [True, True], [False, False], [False, False]]
+
+
+@pytest.mark.parametrize("policy", ["set", "rigl", "utility", "balanced"])
+def test_rewiring_under_a_global_budget_leaves_no_layer_empty(policy):
+    import warnings
+
+    model = net()
+    X, Y = torch.randn(64, 3, 6, 6), torch.randint(0, 4, (64,))
+    conn = adaptive.Connectome(model, ensemble="4=neuron;synapse")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # "no live synapse left" would fail the test
+        adaptive.Controller(conn, opt, policy=policy, density=0.3, budget="global", update_every=2, end_step=16,
+                            edit_fraction=0.5, seed=0)
+        for _ in range(16):
+            F.cross_entropy(model(X), Y).backward()
+            opt.step()
+            opt.zero_grad()
+    assert all(m.any() for m in conn.masks.values())
+    assert abs(conn.density() - 0.3) <= 32 / conn.num_synapses()  # within one neuron
+
+
+def test_mask_only_with_mixed_rules_keeps_every_layer_and_swaps():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(192) % 4
+    x = torch.randn(192, 20, generator=g) + y.view(-1, 1).float() * 0.3
+    tr = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=g)
+    ho = DataLoader(TensorDataset(x[:64], y[:64]), batch_size=32)
+    r = optimize_connectome(model, tr, ho, 0.5, passes=2.0, progress=False, ensemble="2=neuron;synapse")
+    dens = r.conn.layer_density()
+    assert min(dens.values()) > 0.2, dens
+    assert sum(e.get("grown", 0) for e in r.events if e.get("kind") == "update") > 0, "no swap at the goal"

@@ -4,7 +4,7 @@ gain exceeds the removal cost. Layer densities move freely; the connectome crawl
 landscape."""
 from __future__ import annotations
 
-from .base import concat, concat_sizes, global_synapse_target, register_policy
+from .base import concat, concat_sizes, global_synapse_target, per_synapse, register_policy
 from .swap import SET, global_candidates, global_plan, grow_candidates
 
 
@@ -21,14 +21,16 @@ class Balanced(SET):
 
     def plan(self, ctrl, step, cost, gain, alive, frac):
         c, g, names, sizes, p_idx, g_idx = global_candidates(ctrl, cost, gain, alive, frac)
+        size = concat_sizes(ctrl, names, sizes)
+        cs, gs = per_synapse(c, size), per_synapse(g, size)  # the order global_candidates ranked in
         n = min(p_idx.numel(), g_idx.numel())
-        worth = (g[g_idx[:n]] - c[p_idx[:n]]) > 0  # ascending costs vs descending gains: a prefix
+        worth = (gs[g_idx[:n]] - cs[p_idx[:n]]) > 0  # ascending costs vs descending gains: a prefix
         n = int(worth.sum())
         p_idx = p_idx[:n]
         if n:  # grow as many synapses as pruned (back to the target density when one is set)
             a, _, _ = concat(alive)
             target = global_synapse_target(ctrl, ctrl.density) if ctrl.density is not None else None
-            g_idx = grow_candidates(g, a.to(c.device), concat_sizes(ctrl, names, sizes), p_idx, target, True)
+            g_idx = grow_candidates(gs, a.to(c.device), size, p_idx, target, True)
         else:
             g_idx = g_idx[:0]
         plan = global_plan(c, g, names, sizes, p_idx, g_idx)

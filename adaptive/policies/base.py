@@ -229,6 +229,16 @@ def concat_sizes(ctrl, names, lengths):
     return torch.cat([torch.full((k,), s) if isinstance(s, float) else s for s, k in zip(per, lengths)])
 
 
+def per_synapse(scores: torch.Tensor, size) -> torch.Tensor:
+    """``scores`` of whole ensembles (summed over their synapses) as values per synapse, the order
+    in which ensembles of different sizes compete for a budget counted in synapses (a greedy
+    knapsack: a 48-synapse neuron must not outrank a single weight by its size alone). Equal sizes:
+    the scores unchanged (the order is the same)."""
+    if isinstance(size, float):
+        return scores
+    return scores / size.to(scores.device, scores.dtype)
+
+
 def size_sum(size, idx: torch.Tensor) -> float:
     """Synapses in the ensembles ``idx``."""
     if isinstance(size, float):
@@ -298,7 +308,8 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
         per_layer, total = synapse_targets(ctrl, density)
         if per_layer is None:
             flat, names, sizes = concat(keep_scores)
-            k = top(flat, concat_sizes(ctrl, names, sizes), total)
+            size = concat_sizes(ctrl, names, sizes)
+            k = top(per_synapse(flat, size), size, total)
             for n, part in zip(names, torch.split(k, sizes)):
                 keep[n] = part.view(keep_scores[n].shape)
         else:

@@ -90,36 +90,42 @@ class Crawl(Policy):
         live_ens = int(a.sum())
         live = live_ens if sz is None else int(sz[a].sum())  # live synapses over the editable layers: the goal's unit
         limit = int(round(self.edit_fraction * live_ens))
+        # ensembles of different sizes (per-layer granularities, neurons of different fan-in) compete
+        # by their value per synapse, the unit of the goal; plan scores stay whole-ensemble sums
+        cs, gs = (c, g) if sz is None else (c / sz.to(c.dtype), g / sz.to(g.dtype))
         need = 0
         if self.goal is not None and live != self.goal:
             need = math.ceil(abs(live - self.goal) / self.updates_left(ctrl, step)) * (1 if live > self.goal else -1)
         if self.goal is None:
-            p_idx = lowest(c, a, limit)
+            p_idx = lowest(cs, a, limit)
             p_idx = p_idx[c[p_idx] < -self.margin]
-            r_idx = highest(g, ~a, limit)
+            r_idx = highest(gs, ~a, limit)
             r_idx = r_idx[g[r_idx] > self.margin]
         else:
             pa, ra = a, ~a
-            if need == 0 and live_ens and bool(ra.any()):
+            if need == 0 and live_ens and bool(ra.any()) and sz is None:
                 # at the goal only pairs with gain - cost > margin can swap: a present ensemble
                 # whose cost is above the best gain (an absent one whose gain is below the lowest
                 # cost) is never in one. Both kept sets are prefixes of the full orders, so
                 # sorting only them gives the same plan for a fraction of the work.
                 pa = a & (c < g[ra].max() - self.margin)
                 ra = ra & (g > c[a].min() + self.margin)
-            p_order = lowest(c, a, live_ens) if need > 0 else lowest(c, pa, min(limit, int(pa.sum())))
-            r_order = highest(g, ~a, a.numel() - live_ens) if need < 0 else highest(g, ra, min(limit, int(ra.sum())))
+            p_order = lowest(cs, a, live_ens) if need > 0 else lowest(cs, pa, min(limit, int(pa.sum())))
+            r_order = highest(gs, ~a, a.numel() - live_ens) if need < 0 else highest(gs, ra, min(limit, int(ra.sum())))
             fp, fr = self._cover(p_order, sz, need), self._cover(r_order, sz, -need)
             cand_p, cand_r = p_order[fp: fp + limit], r_order[fr: fr + limit]
             n = min(cand_p.numel(), cand_r.numel()) if need == 0 else 0  # swaps only once at the goal
             # ascending costs vs descending gains: the worthwhile pairs are a prefix; only pairs of
             # equal size, so that swaps keep the synapse count
             worth = (g[cand_r[:n]] - c[cand_p[:n]]) > self.margin
-            if sz is not None:
+            if sz is None:
+                n_swap = int(worth.cumprod(0).sum()) if n else 0
+                p_idx = p_order[: fp + n_swap]
+                r_idx = r_order[: fr + n_swap]
+            else:  # pairs of equal size only, so that swaps keep the synapse count; each on its own
                 worth &= sz[cand_r[:n]] == sz[cand_p[:n]]
-            n_swap = int(worth.cumprod(0).sum()) if n else 0
-            p_idx = p_order[: fp + n_swap]
-            r_idx = r_order[: fr + n_swap]
+                p_idx = torch.cat([p_order[:fp], cand_p[:n][worth]])
+                r_idx = torch.cat([r_order[:fr], cand_r[:n][worth]])
         plan = EditPlan(boundaries={
             "prune": float(c[p_idx[-1]]) if p_idx.numel() else None,
             "restore": float(g[r_idx[-1]]) if r_idx.numel() else None,

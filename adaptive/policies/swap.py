@@ -10,22 +10,24 @@ from __future__ import annotations
 import torch
 
 from .base import (EditPlan, Policy, concat, concat_sizes, ensemble_size, highest, keep_plan, live_synapses, lowest,
-                   max_count, register_policy, size_sum, split, synapse_targets, take_synapses)
+                   max_count, per_synapse, register_policy, size_sum, split, synapse_targets, take_synapses)
 
 
 def global_candidates(ctrl, cost, gain, alive, frac, ordered=True, target=None):
     """Over all layers together: the ``frac`` of live ensembles cheapest to remove, and the most
     useful absent ones holding as many synapses as the removed ones (or, with ``target``, as many
-    as bring the live synapses back to ``target``), to within half an ensemble. Returns the flat
-    scores, the layer layout and both index lists, for :func:`global_plan`."""
+    as bring the live synapses back to ``target``), to within half an ensemble; ensembles of
+    different sizes are ranked by their value per synapse. Returns the flat scores, the layer layout
+    and both index lists, for :func:`global_plan`."""
     c, names, sizes = concat(cost)
     g, _, _ = concat(gain)
     a, _, _ = concat(alive)
     a = a.to(c.device)
     live = int(torch.count_nonzero(a))
     k = min(int(round(frac * live)), a.numel() - live)
-    p_idx = lowest(c, a, k, ordered)
-    g_idx = grow_candidates(g, a, concat_sizes(ctrl, names, sizes), p_idx, target, ordered)
+    size = concat_sizes(ctrl, names, sizes)
+    p_idx = lowest(per_synapse(c, size), a, k, ordered)
+    g_idx = grow_candidates(per_synapse(g, size), a, size, p_idx, target, ordered)
     return c, g, names, sizes, p_idx, g_idx
 
 

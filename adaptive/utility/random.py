@@ -14,3 +14,14 @@ class RandomScore(Estimator):
 
     def restoration_gain(self, ctx):
         return self._draw(ctx)
+
+    def ensemble_scores(self, ctx, gran):
+        """One uniform value per synapse of each ensemble, times its size: ranked per synapse (as
+        budgets rank ensembles of different sizes), every ensemble has the same chance whatever its
+        size. A sum of per-synapse draws would not: it concentrates near the mean for large ones.
+        Single-synapse ensembles get exactly :meth:`removal_cost`'s draw."""
+        shape = torch.Size(ctx.weight.shape)
+        if tuple(gran.ensemble_shape(shape)) == tuple(shape):
+            return self._draw(ctx)
+        r = torch.rand(gran.ensemble_shape(shape), generator=ctx.generator)
+        return (r * gran.ensemble_sizes(shape)).to(ctx.weight.device)
