@@ -25,7 +25,7 @@ from torch import nn
 
 from . import bitpack, ensemble_rules
 from .atomic import atomic_path
-from .discovery import SynapseLayer, discover, state_dict_keys
+from .discovery import SynapseLayer, aliases, discover, state_dict_keys
 from .ensembles import Granularity
 from .grad_masking import BackwardMasker
 from .optim_state import preserves_zeros, reset_state, unwrap_optimizer
@@ -81,11 +81,15 @@ class Connectome:
             n: torch.ones(p.shape, dtype=torch.bool, device=p.device) for n, p in self.params.items()
         }
         self._dense: Dict[str, bool] = {n: True for n in self.params}
-        # The masks as last set, bit-packed on the CPU (1 bit per synapse): what an edit is measured
+        # The masks as last set (a private copy, 1 byte per synapse): what an edit is measured
         # against, even when the caller changed a tensor of ``self.masks`` in place before set_masks.
-        self._last_set: Dict[str, torch.Tensor] = {n: bitpack.pack(m) for n, m in self.masks.items()}
+        self._last_set: Dict[str, torch.Tensor] = {n: m.clone() for n, m in self.masks.items()}
+        self._set_tensor: Dict[str, torch.Tensor] = dict(self.masks)
+        self._set_version: Dict[str, int] = {n: m._version for n, m in self.masks.items()}
         self.granularities: Dict[str, Granularity]
-        self.granularities, self._ensemble = ensemble_rules.resolve(ensemble, list(self.params))
+        held = aliases(model)  # a tied weight answers to every name it has, as in include/exclude
+        self.granularities, self._ensemble = ensemble_rules.resolve(
+            ensemble, list(self.params), {n: held.get(id(p), ()) + (n, n.rpartition(".")[0]) for n, p in self.params.items()})
         # Hot-path cache: the non-dense layers' parameters and their masks as 0/1 tensors in the
         # parameter's dtype and device. A float multiply is ~7x faster than one by a bool mask
         # (no per-element dtype cast) and torch._foreach_mul_ does all layers in one call.
@@ -241,6 +245,8 @@ class Connectome:
             old = self._previous(k, new.device)
             ch = old ^ new
             if not bool(ch.any()):
+                if self._touched(k) and not torch.equal(self.masks[k].to(new.device), new):
+                    plan.append((k, new, None, None))  # edited in place, and now set back as it was
                 continue
             grown = new & ~old
             init = None
@@ -249,12 +255,15 @@ class Connectome:
             plan.append((k, new, ch, init))
         changed = {}
         for k, new, ch, init in plan:
-            changed[k] = ch
             self.masks[k] = new
-            self._last_set[k] = bitpack.pack(new)
+            self._last_set[k] = new.clone()
+            self._set_tensor[k], self._set_version[k] = new, new._version
             self._dense[k] = bool(new.all())
             self._hot = None
             self._edited()
+            if ch is None:  # the weights already follow ``new``: only the mask tensor was put back
+                continue
+            changed[k] = ch
             p = self.params[k]
             if self.mode == "mask_only":
                 p.copy_(torch.where(new, self.original[k].to(p.device), torch.zeros((), dtype=p.dtype, device=p.device)))
@@ -270,13 +279,19 @@ class Connectome:
                 fn(changed)
         return changed
 
+    def _touched(self, k: str) -> bool:
+        """Was ``self.masks[k]`` replaced or written in place since it was last set?"""
+        m, last = self.masks[k], self._last_set.get(k)
+        return last is None or m is not self._set_tensor.get(k) or m._version != self._set_version.get(k)
+
     def _previous(self, k: str, device) -> torch.Tensor:
         """Layer ``k``'s mask as last set (``self.masks[k]`` unless someone edited it in place)."""
-        m = self.masks[k]
         last = self._last_set.get(k)
-        if last is None:
-            return m.to(device)
-        return bitpack.unpack(last, m.shape).to(device)
+        if last is None:  # a connectome pickled before this copy existed
+            last = self._last_set[k] = self.masks[k].clone()
+        if last.device != device:
+            last = self._last_set[k] = last.to(device)
+        return last
 
     def set_ensemble_masks(self, masks: Mapping[str, torch.Tensor], **kw) -> Dict[str, torch.Tensor]:
         """Like :meth:`set_masks` but with one bool per ensemble (shape ``granularity.ensemble_shape``)."""
@@ -574,7 +589,7 @@ class Connectome:
 
     def __setstate__(self, state: dict) -> None:
         state = {"_observer_active": [None] * len(state.get("_observers", [])), "_gen": 0, "_static_gen": 0, "_mask_in_backward": True,
-                 **state}
+                 "_last_set": {}, "_set_tensor": {}, "_set_version": {}, **state}
         self.__dict__.update(state)
         self._masker = BackwardMasker(self)
 
@@ -700,6 +715,7 @@ class Connectome:
     def resident_bytes(self) -> int:
         """Bytes the connectome holds besides the model: masks, hot-path caches and originals."""
         total = sum(m.numel() * m.element_size() for m in self.masks.values())
+        total += sum(m.numel() * m.element_size() for m in self._last_set.values())  # the masks as last set
         total += sum(o.numel() * o.element_size() for o in self.original.values())
         if self._hot is not None:
             total += sum(f.numel() * f.element_size() for f in self._hot[2])

@@ -119,7 +119,7 @@ def discover(
     used_inc: set[str] = set()
     used_exc: set[str] = set()
     computed = []  # layers whose weight a parametrization computes (weight_norm, spectral_norm, ...)
-    aliases = _aliases(model)
+    held = aliases(model)
     for mname, module in model.named_modules():
         for attr, kind, groups in _prunable_weights(module):
             if parametrize.is_parametrized(module, attr):
@@ -137,7 +137,7 @@ def discover(
             seen.add(id(w))
             candidates += 1
             pname = f"{mname}.{attr}" if mname else attr
-            names = aliases.get(id(w), (mname, pname))  # a tied weight answers to every name it has
+            names = held.get(id(w), (mname, pname))  # a tied weight answers to every name it has
             if exc:
                 used_exc.update(p for p in exc if _matches([p], *names))
             if inc:
@@ -177,7 +177,7 @@ def discover(
     return found
 
 
-def _aliases(model: nn.Module) -> Dict[int, tuple]:
+def aliases(model: nn.Module) -> Dict[int, tuple]:
     """Map ``id(parameter)`` to every module name and parameter name under which ``model`` holds it
     (a weight tied between a Linear and an Embedding, or between two Linears, has several)."""
     out: Dict[int, list] = {}

@@ -47,6 +47,9 @@ def parse_rules(ensemble) -> List[Rule]:
     for pat, spec in items:
         if pat is not None and (not isinstance(pat, str) or not pat.strip()):
             raise ValueError(f"ensemble rule {pat!r}={spec!r}: the pattern must be a non-empty string such as '*fc*'")
+        if pat is not None and ";" in pat:
+            raise ValueError(f"ensemble rule {pat!r}={spec!r}: a pattern cannot hold ';' (it separates the rules of the "
+                             "string form): use '?' or '*' in its place")
         try:
             g = get_granularity(spec)
         except (TypeError, ValueError) as e:
@@ -55,20 +58,22 @@ def parse_rules(ensemble) -> List[Rule]:
     return rules
 
 
-def _matches(pattern: str, name: str) -> bool:
-    module = name.rpartition(".")[0]
-    return any(fnmatch.fnmatchcase(n, pattern) for n in (name, module) if n)
+def _matches(pattern: str, names: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(n, pattern) for n in names if n)
 
 
-def resolve(ensemble, names: Sequence[str]) -> Tuple[Dict[str, Granularity], str]:
+def resolve(ensemble, names: Sequence[str], aliases: Optional[Mapping[str, Sequence[str]]] = None
+            ) -> Tuple[Dict[str, Granularity], str]:
     """Each of ``names`` with its granularity, and the canonical spec string of the rules (the
-    single spec when every layer ends with the same one)."""
+    single spec when every layer ends with the same one). ``aliases`` gives the names a layer answers
+    to (a tied weight has several; default: the parameter's name and its module's)."""
     rules = parse_rules(ensemble)
     out: Dict[str, Granularity] = {}
     used = [False] * len(rules)
     for n in names:
+        known = (aliases or {}).get(n) or (n, n.rpartition(".")[0])
         for i, (pat, g) in enumerate(rules):
-            if pat is None or _matches(pat, n):
+            if pat is None or _matches(pat, known):
                 out[n] = g
                 used[i] = True
                 break
@@ -76,12 +81,19 @@ def resolve(ensemble, names: Sequence[str]) -> Tuple[Dict[str, Granularity], str
     if missing:
         raise ValueError(f"the ensemble rules give no granularity for {len(missing)} layer(s) ({', '.join(missing[:3])}"
                          f"{', ...' if len(missing) > 3 else ''}): end the rules with a default, e.g. '...;synapse'")
+    defaults = [g.spec for (pat, g), u in zip(rules, used) if pat is None]
+    if len(defaults) > 1:
+        raise ValueError(f"ensemble rules give more than one default ({', '.join(map(repr, defaults))}): the first "
+                         "takes every layer left, so the others would never be used; keep one")
     unused = [pat for (pat, _), u in zip(rules, used) if not u and pat is not None]
     if unused:
         raise ValueError(f"ensemble pattern(s) {unused} match no prunable layer (or only layers an earlier rule "
                          f"took); prunable layers are {list(names)[:5]}{' ...' if len(names) > 5 else ''}")
     specs = {g.spec for g in out.values()}
     nm = {g.spec for g in out.values() if hasattr(g, "density")}
+    if len(nm) > 1:
+        raise ValueError(f"ensemble rules give different n:m specs {sorted(nm)}: n:m fixes the density, so one spec "
+                         "goes to every layer")
     if nm and len(specs) > 1:
         raise ValueError(f"ensemble rules mix {sorted(nm)[0]!r} with {sorted(specs - nm)[:2]}: n:m fixes a layer's "
                          "density, so give it to every layer or to none (leave layers out with include/exclude)")

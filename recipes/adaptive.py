@@ -180,7 +180,9 @@ _TRAIN_ONLY = [
     ("protect", ([],), "keep a layer out of the connectome (and dense) with --exclude"),
     ("controller_kw", ({},), "pass optimize_connectome settings with --mask_only_kw"),
     ("end_fraction", (0.75,), "mask_only schedules its edits per target (--mask_only_kw approach=...)"),
-]
+] + [(key, (default,), "mask_only trains no weight") for key, default in (
+    ("optimizer", "sgd"), ("lr", 0.1), ("momentum", 0.9), ("weight_decay", 5e-4), ("lr_schedule", "cosine"),
+    ("warmup_steps", 0))]
 
 
 def _refuse_train_only(cfg) -> None:
@@ -426,7 +428,7 @@ _RESUME_MAY_CHANGE = {"resume", "output_dir", "data_dir", "plugins", "progress",
                       "log_every", "keep_checkpoints", "checkpoint_every"}
 # mask_only: what the stage checkpoint's own fingerprint compares (and names) when it is loaded
 _MASK_ONLY_FINGERPRINTED = {"target", "density", "epochs", "estimator", "update_every", "ensemble", "include",
-                            "exclude", "seed", "mask_only_kw"}
+                            "exclude", "seed", "mask_only_kw", "edit_fraction"}
 
 
 def _save_config(accelerator, cfg: RunConfig, output_dir: Path) -> None:

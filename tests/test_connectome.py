@@ -126,10 +126,10 @@ def test_hot_path_follows_mask_edits_and_skips_dense_layers():
 def test_resident_bytes_counts_masks_and_caches():
     model = mlp()
     conn = adaptive.Connectome(model)
-    assert conn.resident_bytes() == conn.num_synapses()  # one bool byte per synapse
+    assert conn.resident_bytes() == 2 * conn.num_synapses()  # a bool byte per synapse, and its copy as last set
     conn.set_masks(random_masks(conn))
     conn.apply()
-    assert conn.resident_bytes() == conn.num_synapses() * (1 + 4)  # + the float32 hot-path masks
+    assert conn.resident_bytes() == conn.num_synapses() * (2 + 4)  # + the float32 hot-path masks
 
 
 def test_summary_lists_every_layer_and_the_totals(resnet18_pair):
@@ -350,3 +350,12 @@ def test_read_modify_write_of_the_masks_prunes_for_real(ensemble, via):
     opt.step()
     assert not bool(w[pruned].any())
     assert conn.set_masks(conn.masks) == {}  # nothing changed since: nothing to do
+
+
+def test_a_mask_edited_in_place_and_set_back_as_it_was_is_put_back():
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    conn = adaptive.Connectome(model)
+    as_set = conn.masks["0.weight"].clone()
+    conn.masks["0.weight"][0, 0] = False  # in place, behind the connectome's back
+    assert conn.set_masks({"0.weight": as_set}) == {}  # nothing to edit: the weights never changed
+    assert bool(conn.masks["0.weight"].all()) and conn.num_live() == conn.num_synapses()

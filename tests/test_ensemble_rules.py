@@ -49,6 +49,9 @@ def test_rules_that_end_up_uniform_read_as_one_spec():
     ({}, ValueError, "rules are empty"),
     ({"": "kernel"}, ValueError, "pattern must be a non-empty string"),
     (3, TypeError, "mapping of layer patterns"),
+    ({"0;4": "neuron", "*": "synapse"}, ValueError, "cannot hold ';'"),
+    ("0=neuron;synapse;kernel", ValueError, r"more than one default \('synapse', 'kernel'\)"),
+    ("0=2:4;1:4", ValueError, r"different n:m specs \['1:4', '2:4'\]"),
 ])
 def test_bad_rules_fail_clearly_and_build_nothing(rules, exc, match):
     model = net()
@@ -188,3 +191,18 @@ def test_mask_only_with_mixed_rules_keeps_every_layer_and_swaps():
     dens = r.conn.layer_density()
     assert min(dens.values()) > 0.2, dens
     assert sum(e.get("grown", 0) for e in r.events if e.get("kind") == "update") > 0, "no swap at the goal"
+
+
+def test_a_tied_weight_answers_to_every_name_it_has():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.dec, self.out = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+            self.dec.weight = self.enc.weight
+
+        def forward(self, x):
+            return self.out(self.dec(self.enc(x)))
+
+    assert adaptive.Connectome(Tied(), include="dec").names == ["enc.weight"]  # as include/exclude see it
+    conn = adaptive.Connectome(Tied(), ensemble="dec=neuron;synapse")
+    assert conn.ensemble_specs() == {"enc.weight": "neuron", "out.weight": "synapse"}

@@ -220,6 +220,7 @@ def test_two_processes_agree(tmp_path):
     (["--mode", "mask_only", "--protect", "fc3*"], "does not use protect (got ['fc3*']): keep a layer out"),
     (["--mode", "mask_only", "--budget", "uniform"], "does not use budget"),
     (["--mode", "mask_only", "--min_density", "0.1"], "does not use min_density"),
+    (["--mode", "mask_only", "--lr", "0.01"], "does not use lr (got 0.01): mask_only trains no weight"),
     (["--ensemble", "fc1=neurons;synapse"], "ensemble 'fc1=neurons;synapse': ensemble rule for 'fc1': unknown"),
 ])
 def test_bad_arguments_fail_clearly(args, message, capsys):
@@ -325,6 +326,9 @@ def test_mask_only_mode_resumes_after_its_last_target(tmp_path, capsys):
     R.main(base)
     assert (tmp_path / "mask_only_checkpoint.pt").is_file()
     first = json.loads((tmp_path / "summary.json").read_text())
+    cfg_file = tmp_path / "config.yaml"  # as written before mask_only read edit_fraction (0.3, unused then):
+    assert "edit_fraction: 1.0" in cfg_file.read_text()
+    cfg_file.write_text(cfg_file.read_text().replace("edit_fraction: 1.0", "edit_fraction: 0.3"))
     res = R.main(base + ["--resume", "latest"])  # the target was finished: nothing runs again
     assert res.summary["steps"] == first["steps"] and res.summary["mask_hash_per_process"] == first["mask_hash_per_process"]
     assert changed_weights(res.conn) == 0 and res.conn.density() == pytest.approx(0.7, abs=1e-3)
