@@ -244,9 +244,16 @@ class Connectome:
         for k, new in clean.items():
             old = self._previous(k, new.device)
             ch = old ^ new
+            now = self.masks[k].to(new.device)
+            touched = self._touched(k) and not torch.equal(now, old)
+            if touched:
+                # edited in place since it was set, and an apply() may have imposed the edit: every
+                # position where the mask as set, the edited one and the new one disagree counts as
+                # changed (its optimizer state is reset), one switched off either way counts as absent
+                # (grown back from its current value), and the layer's weights are imposed again below
+                ch = ch | (now ^ new)
+                old = old & now
             if not bool(ch.any()):
-                if self._touched(k) and not torch.equal(self.masks[k].to(new.device), new):
-                    plan.append((k, new, None, None))  # edited in place, and now set back as it was
                 continue
             grown = new & ~old
             init = None
@@ -261,9 +268,8 @@ class Connectome:
             self._dense[k] = bool(new.all())
             self._hot = None
             self._edited()
-            if ch is None:  # the weights already follow ``new``: only the mask tensor was put back
-                continue
-            changed[k] = ch
+            if bool(ch.any()):
+                changed[k] = ch
             p = self.params[k]
             if self.mode == "mask_only":
                 p.copy_(torch.where(new, self.original[k].to(p.device), torch.zeros((), dtype=p.dtype, device=p.device)))

@@ -352,10 +352,23 @@ def test_read_modify_write_of_the_masks_prunes_for_real(ensemble, via):
     assert conn.set_masks(conn.masks) == {}  # nothing changed since: nothing to do
 
 
-def test_a_mask_edited_in_place_and_set_back_as_it_was_is_put_back():
+@pytest.mark.parametrize("mode", ["train", "mask_only"])
+@pytest.mark.parametrize("applied", [False, True])
+def test_a_mask_edited_in_place_and_set_back_as_it_was_is_put_back(mode, applied):
+    """conn.masks edited in place (and perhaps imposed by apply()), then the mask as it was set
+    passed back: the connectome ends consistent, its live weights whole (mask_only: the originals)."""
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
-    conn = adaptive.Connectome(model)
+    orig = model[0].weight.detach().clone()
+    conn = adaptive.Connectome(model, mode=mode)
     as_set = conn.masks["0.weight"].clone()
-    conn.masks["0.weight"][0, 0] = False  # in place, behind the connectome's back
-    assert conn.set_masks({"0.weight": as_set}) == {}  # nothing to edit: the weights never changed
+    conn.masks["0.weight"][0, :3] = False  # in place, behind the connectome's back
+    if applied:
+        conn.apply()  # the edited mask was imposed: those weights are 0.0 now
+    conn.set_masks({"0.weight": as_set})
     assert bool(conn.masks["0.weight"].all()) and conn.num_live() == conn.num_synapses()
+    w = model[0].weight.detach()
+    if mode == "mask_only":
+        assert torch.equal(w, orig)  # every live synapse at its original value
+    else:  # train mode: whatever apply() did, regrown from the value it holds (0.0 if it was pruned)
+        assert torch.equal(w[1:], orig[1:]) and bool(((w[0, :3] == orig[0, :3]) | (w[0, :3] == 0)).all())

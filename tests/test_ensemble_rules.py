@@ -206,3 +206,35 @@ def test_a_tied_weight_answers_to_every_name_it_has():
     assert adaptive.Connectome(Tied(), include="dec").names == ["enc.weight"]  # as include/exclude see it
     conn = adaptive.Connectome(Tied(), ensemble="dec=neuron;synapse")
     assert conn.ensemble_specs() == {"enc.weight": "neuron", "out.weight": "synapse"}
+
+
+def test_crawl_threshold_mode_takes_every_ensemble_that_clears_the_margin_whatever_its_size():
+    """20 single weights whose removal gains 0.05 each (under the margin) and one 48-synapse neuron
+    whose removal gains 0.96 (0.02 per synapse): only the neuron clears the margin of 0.1, though
+    per synapse it ranks last."""
+    import warnings
+
+    m = nn.Sequential(nn.Linear(10, 2), nn.Linear(48, 1))
+    conn = adaptive.Connectome(m, ensemble="1=neuron;synapse", mode="mask_only")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctrl = adaptive.Controller(conn, None, policy="crawl", update_every=1)
+    ctrl.policy.edit_fraction, ctrl.policy.margin = 0.5, 0.1
+    cost = {"0.weight": torch.full((2, 10), -0.05), "1.weight": torch.full((1, 1), -0.96)}
+    ctrl.scores = lambda side, step=None, names=None: cost if side == "cost" else {
+        k: torch.zeros_like(v) for k, v in cost.items()}
+    plan = ctrl.policy.update(ctrl, 1)
+    assert {k: v.tolist() for k, v in plan.prune.items() if v.numel()} == {"1.weight": [0]}
+
+
+@pytest.mark.parametrize("budget", ["uniform", "global"])
+def test_random_init_keeps_blocks_of_every_size_alike(budget):
+    """block:4x4 on a 10x10 weight has blocks of 16, 8 and 4 synapses: a random start keeps each
+    with the same chance (about the density), whatever its size."""
+    kept = torch.zeros(3, 3)
+    for seed in range(120):
+        conn = adaptive.Connectome(nn.Linear(10, 10), ensemble="block:4x4")
+        adaptive.Controller(conn, policy="set", density=0.5, budget=budget, init="random", seed=seed, end_step=10)
+        kept += conn.ensemble_masks()["weight"].float()
+    p = kept / 120
+    assert float(p.min()) > 0.3 and float(p.max()) < 0.7, p

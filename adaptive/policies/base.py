@@ -236,7 +236,7 @@ def per_synapse(scores: torch.Tensor, size) -> torch.Tensor:
     the scores unchanged (the order is the same)."""
     if isinstance(size, float):
         return scores
-    return scores / size.to(scores.device, scores.dtype)
+    return scores / size.to(scores.device, scores.dtype).reshape(scores.shape)
 
 
 def size_sum(size, idx: torch.Tensor) -> float:
@@ -314,7 +314,8 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
                 keep[n] = part.view(keep_scores[n].shape)
         else:
             for n, s in keep_scores.items():
-                keep[n] = top(s, ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape), per_layer[n]).view(s.shape)
+                size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)
+                keep[n] = top(per_synapse(s, size), size, per_layer[n]).view(s.shape)
     plan = EditPlan()
     for n, k in keep.items():
         a = alive[n].reshape(-1).to(k.device)

@@ -97,10 +97,9 @@ class Crawl(Policy):
         if self.goal is not None and live != self.goal:
             need = math.ceil(abs(live - self.goal) / self.updates_left(ctrl, step)) * (1 if live > self.goal else -1)
         if self.goal is None:
-            p_idx = lowest(cs, a, limit)
-            p_idx = p_idx[c[p_idx] < -self.margin]
-            r_idx = highest(gs, ~a, limit)
-            r_idx = r_idx[g[r_idx] > self.margin]
+            # the ensembles whose own (summed) value clears the margin, best per synapse first
+            p_idx = lowest(cs, a & (c < -self.margin), limit)
+            r_idx = highest(gs, ~a & (g > self.margin), limit)
         else:
             pa, ra = a, ~a
             if need == 0 and live_ens and bool(ra.any()) and sz is None:

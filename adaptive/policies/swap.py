@@ -66,8 +66,9 @@ def swap_plan(ctrl, step, cost, gain, alive, frac) -> EditPlan:
         k = min(int(round(frac * n_live)), a.numel() - n_live)  # no more than can be grown
         if k == 0:
             continue
-        p_idx = lowest(cost[n], a, k, ordered)
-        g_idx = grow_candidates(gain[n], a, ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape), p_idx, per_layer[n], ordered)
+        size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)  # block edges are smaller
+        p_idx = lowest(per_synapse(cost[n], size), a, k, ordered)
+        g_idx = grow_candidates(per_synapse(gain[n], size), a, size, p_idx, per_layer[n], ordered)
         if p_idx.numel():
             plan.prune[n], plan.prune_scores[n] = p_idx, cost[n].reshape(-1)[p_idx]
             plan.grow[n], plan.grow_scores[n] = g_idx, gain[n].reshape(-1)[g_idx]
