@@ -390,3 +390,17 @@ def test_per_layer_ensembles_from_the_command_line(tmp_path, capsys):
         run(tmp_path / "b", "--ensemble", "fc9=neuron;synapse")
     err = capsys.readouterr().err
     assert "['fc9'] match no prunable layer" in err and "Traceback" not in err
+
+
+def test_two_processes_agree_with_per_layer_rules_and_random_growth(tmp_path):
+    """Invariant 4 with mixed granularities: SET's random growth, drawn per ensemble from the shared
+    seed, gives the same masks on both ranks."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    r = launch_two([SCRIPT, *TINY, "--output_dir", tmp_path, "--figures", "false", "--policy", "set",
+                    "--budget", "global", "--ensemble", "fc2=neuron;fc1=block:4x4;synapse"], env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    hashes = summary["mask_hash_per_process"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert sum(e["grown"] for e in events if e["kind"] == "update") > 0
