@@ -51,3 +51,32 @@ def test_every_example_once_per_pass_and_an_empty_loader_is_refused():
     assert sorted(seen.tolist()) == list(range(20))
     with pytest.raises(ValueError, match="no batches"):
         next(LoaderCycle(DataLoader(list(range(0)), batch_size=2)))
+
+
+@pytest.mark.parametrize("stop_after", [2, 6, 9])  # in the first pass, in the second, in the third
+def test_an_accelerate_prepared_loader_resumes_where_it_stood(stop_after):
+    """Accelerate's seedable sampler reseeds with seed + epoch at every pass, the epoch taken from
+    the prepared loader's pass counter: a fresh loader starts at epoch 0, so the counter is part of
+    the position (without it a resumed mask_only run read other batches after its first pass)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration
+
+    def prepared():
+        AcceleratorState._reset_state(True)
+        acc = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=5))
+        return acc.prepare(DataLoader(Noisy(), batch_size=6, shuffle=True))
+
+    try:
+        torch.manual_seed(0)
+        a = LoaderCycle(prepared())
+        for _ in range(stop_after):
+            next(a)
+        state = a.state_dict()
+        expected = [next(a)[1] for _ in range(9)]  # crosses into later passes
+        torch.manual_seed(42)
+        b = LoaderCycle(prepared())
+        b.load_state_dict(state)
+        assert [next(b)[1].tolist() for _ in range(9)] == [i.tolist() for i in expected]
+    finally:
+        AcceleratorState._reset_state(True)

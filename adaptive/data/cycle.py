@@ -20,18 +20,16 @@ import numpy as np
 import torch
 
 
-def _generators(loader) -> List[torch.Generator]:
-    """Every distinct ``torch.Generator`` a loader (or a sampler it wraps) shuffles with."""
-    found, seen = [], set()
-    stack = [loader]
-    for _ in range(8):  # loader -> batch_sampler -> (shard) -> sampler ...: a few levels at most
+def _chain(loader) -> list:
+    """The loader and the samplers it wraps (loader -> batch_sampler -> (shard) -> sampler ...)."""
+    found, seen, stack = [], set(), [loader]
+    for _ in range(8):  # a few levels at most
         nxt = []
         for obj in stack:
-            for attr in ("generator", "synchronized_generator"):
-                g = getattr(obj, attr, None)
-                if isinstance(g, torch.Generator) and id(g) not in seen:
-                    seen.add(id(g))
-                    found.append(g)
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            found.append(obj)
             for attr in ("sampler", "batch_sampler"):
                 sub = getattr(obj, attr, None)
                 if sub is not None and sub is not obj:
@@ -39,6 +37,35 @@ def _generators(loader) -> List[torch.Generator]:
         stack = nxt
         if not stack:
             break
+    return found
+
+
+_COUNTERS = ("iteration", "epoch")  # Accelerate's DataLoaderShard.iteration reseeds its sampler every pass
+
+
+def _counters(loader) -> List[tuple]:
+    """(object, attribute) of the pass counters a loader's order depends on besides its generators:
+    Accelerate's seedable sampler reseeds its generator with ``seed + epoch`` at every pass, the
+    epoch taken from the prepared loader's ``iteration``."""
+    return [(obj, a) for obj in _chain(loader) for a in _COUNTERS
+            if isinstance(getattr(obj, a, None), int) and not isinstance(getattr(obj, a), bool)]
+
+
+def _generators(loader) -> List[torch.Generator]:
+    """Every distinct ``torch.Generator`` a loader (or a sampler it wraps) shuffles with."""
+    found, seen = [], set()
+    for obj in _chain(loader):
+        if getattr(obj, "generator", 0) is None and isinstance(getattr(obj, "initial_seed", None), int):
+            # Accelerate's seedable sampler makes its generator at its first pass: make it now (as it
+            # would), so that a fresh loader and a used one hold the same generators
+            dev = torch.get_default_device() if hasattr(torch, "get_default_device") else "cpu"
+            obj.generator = torch.Generator(device=dev)
+            obj.generator.manual_seed(obj.initial_seed)
+        for attr in ("generator", "synchronized_generator"):
+            g = getattr(obj, attr, None)
+            if isinstance(g, torch.Generator) and id(g) not in seen:
+                seen.add(id(g))
+                found.append(g)
     return found
 
 
@@ -53,6 +80,7 @@ def rng_states(loader=None) -> Dict[str, object]:
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
         "generators": [g.get_state() for g in _generators(loader)] if loader is not None else [],
+        "counters": [int(getattr(o, a)) for o, a in _counters(loader)] if loader is not None else [],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -77,6 +105,10 @@ def set_rng_states(state: Dict[str, object], loader=None) -> None:
                              f"{len(state['generators'])}: resume with the loader of the recorded run")
         for g, s in zip(gens, state["generators"]):
             g.set_state(s)
+        counters = _counters(loader)
+        if "counters" in state and len(counters) == len(state["counters"]):  # (older checkpoints have none)
+            for (o, a), v in zip(counters, state["counters"]):
+                setattr(o, a, int(v))
 
 
 class LoaderCycle:
