@@ -32,7 +32,7 @@ def parse_rules(ensemble) -> List[Rule]:
             raise ValueError("ensemble rules are empty: give at least one, e.g. {'*': 'synapse'}")
         items = list(ensemble.items())
     elif isinstance(ensemble, str):
-        if "=" not in ensemble:
+        if "=" not in ensemble and ";" not in ensemble:
             return [(None, get_granularity(ensemble))]
         items = []
         for part in (p.strip() for p in ensemble.split(";")):

@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval_batches", type=int, default=None, help="TEST batches per point (default all)")
     s.add_argument("--order_batches", type=int, default=20, help="held-out TRAIN batches for gradient-based orders")
     s.add_argument("--noise_floor", type=float, default=1e-3, help="loss increases below this are not fitted")
-    s.add_argument("--replot", default=None, metavar="DIR", help="redraw and refit a finished knowledge run's tables")
+    s.add_argument("--replot", default=None, metavar="DIR", help="redraw and refit a finished knowledge run's tables (written into DIR unless --output_dir is given)")
     s.set_defaults(func=cmd_knowledge)
 
     s = sub.add_parser("progress", allow_abbrev=False, parents=[common], help="controller progress of a run folder")
@@ -340,6 +340,8 @@ def main(argv=None):
             raise SystemExit(f"recipes/diagnostics.py: error: {e}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.output_dir is None and getattr(args, "replot", None):
+        args.output_dir = args.replot  # redrawn where the run is, unless told otherwise
     if args.output_dir is None and args.command != "progress":
         args.output_dir = os.path.join("runs", "diagnostics", args.command)
     args.func(args)

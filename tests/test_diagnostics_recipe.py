@@ -99,3 +99,13 @@ def test_no_holdout_is_fine_for_magnitude_and_refused_clearly_where_it_is_needed
     with pytest.raises(SystemExit, match="--split holdout needs held-out TRAIN data"):
         recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path / "c"), "--model", "mlp",
                      "--train_steps", "3", "--batches", "2", "--holdout", "0", "--split", "holdout"])
+
+
+def test_replot_redraws_into_the_run_folder(recipe, tmp_path, monkeypatch):
+    run = tmp_path / "k"
+    recipe.main(["knowledge", *COMMON, "--output_dir", str(run), "--model", "mlp", "--train_steps", "3", "--points", "3"])
+    (run / "knowledge_mlp.png").unlink()
+    monkeypatch.chdir(tmp_path)  # a default folder under the working directory must stay untouched
+    recipe.main(["knowledge", "--replot", str(run)])
+    assert (run / "knowledge_mlp.png").exists()
+    assert not (tmp_path / "runs").exists()

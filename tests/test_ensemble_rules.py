@@ -51,6 +51,7 @@ def test_rules_that_end_up_uniform_read_as_one_spec():
     (3, TypeError, "mapping of layer patterns"),
     ({"0;4": "neuron", "*": "synapse"}, ValueError, "cannot hold ';'"),
     ("0=neuron;synapse;kernel", ValueError, r"more than one default \('synapse', 'kernel'\)"),
+    ("neuron;synapse", ValueError, r"more than one default \('neuron', 'synapse'\)"),
     ("0=2:4;1:4", ValueError, r"different n:m specs \['1:4', '2:4'\]"),
 ])
 def test_bad_rules_fail_clearly_and_build_nothing(rules, exc, match):
