@@ -239,3 +239,18 @@ def test_random_init_keeps_blocks_of_every_size_alike(budget):
         kept += conn.ensemble_masks()["weight"].float()
     p = kept / 120
     assert float(p.min()) > 0.3 and float(p.max()) < 0.7, p
+
+
+def test_block_rules_on_attention_make_one_ensemble_per_head_projection():
+    """README: on nn.MultiheadAttention, block:(head size)x(embedding) is one head's query, key or
+    value projection."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(32, 2, batch_first=True)
+    conn = adaptive.Connectome(nn.ModuleDict({"attn": mha}), ensemble="*in_proj_weight=block:16x32;synapse")
+    em = conn.ensemble_masks()["attn.in_proj_weight"]
+    assert tuple(em.shape) == (6, 1)  # q, k, v for each of 2 heads
+    off = em.clone()
+    off[4] = False  # the value projection of head 0 (rows 64-79)
+    conn.set_ensemble_masks({"attn.in_proj_weight": off})
+    dead = (~conn.masks["attn.in_proj_weight"]).all(1).nonzero().squeeze(1)
+    assert dead.tolist() == list(range(64, 80))
