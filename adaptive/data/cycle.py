@@ -14,6 +14,7 @@ at the end of a pass replays nothing.
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -40,7 +41,10 @@ def _chain(loader) -> list:
     return found
 
 
-_COUNTERS = ("iteration", "epoch")  # Accelerate's DataLoaderShard.iteration reseeds its sampler every pass
+# Accelerate's seedable sampler reseeds with initial_seed + epoch at every pass, the epoch taken from
+# the prepared loader's iteration (initial_seed: torch's seed when the loader was prepared, unless
+# data_seed was given)
+_COUNTERS = ("iteration", "epoch", "initial_seed")
 
 
 def _counters(loader) -> List[tuple]:
@@ -48,14 +52,19 @@ def _counters(loader) -> List[tuple]:
     Accelerate's seedable sampler reseeds its generator with ``seed + epoch`` at every pass, the
     epoch taken from the prepared loader's ``iteration``."""
     return [(obj, a) for obj in _chain(loader) for a in _COUNTERS
-            if isinstance(getattr(obj, a, None), int) and not isinstance(getattr(obj, a), bool)]
+            if isinstance(getattr(obj, a, None), int) and not isinstance(getattr(obj, a), bool) and _settable(obj, a)]
 
 
-def _generators(loader) -> List[torch.Generator]:
+def _settable(obj, attr: str) -> bool:
+    prop = getattr(type(obj), attr, None)
+    return not isinstance(prop, property) or prop.fset is not None
+
+
+def _generators(loader, make: bool = True) -> List[torch.Generator]:
     """Every distinct ``torch.Generator`` a loader (or a sampler it wraps) shuffles with."""
     found, seen = [], set()
     for obj in _chain(loader):
-        if getattr(obj, "generator", 0) is None and isinstance(getattr(obj, "initial_seed", None), int):
+        if make and getattr(obj, "generator", 0) is None and isinstance(getattr(obj, "initial_seed", None), int):
             # Accelerate's seedable sampler makes its generator at its first pass: make it now (as it
             # would), so that a fresh loader and a used one hold the same generators
             dev = torch.get_default_device() if hasattr(torch, "get_default_device") else "cpu"
@@ -99,16 +108,24 @@ def set_rng_states(state: Dict[str, object], loader=None) -> None:
         for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(s, i)
     if loader is not None:
-        gens = _generators(loader)
+        recorded_counters = "counters" in state  # (absent from checkpoints older than pass counters)
+        gens = _generators(loader, make=False)
+        if len(gens) != len(state["generators"]):  # recorded after a seedable sampler made its generator
+            gens = _generators(loader)
         if len(gens) != len(state["generators"]):
             raise ValueError(f"the loader shuffles with {len(gens)} generator(s), the recorded one with "
                              f"{len(state['generators'])}: resume with the loader of the recorded run")
         for g, s in zip(gens, state["generators"]):
             g.set_state(s)
         counters = _counters(loader)
-        if "counters" in state and len(counters) == len(state["counters"]):  # (older checkpoints have none)
+        if recorded_counters and len(counters) == len(state["counters"]):
             for (o, a), v in zip(counters, state["counters"]):
                 setattr(o, a, int(v))
+        elif counters and any(a == "iteration" for _, a in counters):
+            warnings.warn("this loader position was recorded without the loader's pass counters (an older "
+                          "checkpoint): an Accelerate-prepared loader reseeds its sampler at every pass, so after "
+                          "its first pass the resumed run may read other batches than the uninterrupted one",
+                          stacklevel=3)
 
 
 class LoaderCycle:
