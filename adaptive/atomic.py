@@ -33,3 +33,10 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_text(path: Union[str, os.PathLike], text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (its folder created if needed); returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)

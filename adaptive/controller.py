@@ -38,13 +38,6 @@ INITS = ("random", "magnitude", "estimator")
 DEFAULT_ESTIMATOR = {"train": "curvature", "mask_only": "consistency"}
 
 
-def _sizes_if_mixed(gran, shape: torch.Size):
-    """The ensembles' sizes (ensemble-shaped), or 1.0 when every ensemble is one synapse."""
-    if tuple(gran.ensemble_shape(shape)) == tuple(shape):
-        return 1.0
-    return gran.ensemble_sizes(shape)
-
-
 class Controller:
     """Edits ``conn`` at update steps from measured utility.
 
@@ -324,14 +317,10 @@ class Controller:
         """Sparsify to the target density at construction, by ``self.init``."""
         names = self.editable()
         if self.init == "random":
-            scores = {}
-            for n in names:
-                ctx = self.context(n, 0)
-                gran, shape = self.conn.granularities[n], torch.Size(self.conn.layers[n].shape)
-                r = torch.rand(gran.ensemble_shape(shape), generator=ctx.generator)
-                # a uniform value per synapse times the ensemble's size: ensembles of different sizes
-                # are kept with the same chance when budgets rank them per synapse
-                scores[n] = (r * _sizes_if_mixed(gran, shape)).to(self.conn.masks[n].device)
+            # the random estimator's draw per ensemble: every size kept with the same chance
+            draw = get_estimator("random")
+            scores = {n: draw.ensemble_scores(self.context(n, 0), self.conn.granularities[n]).float()
+                      .to(self.conn.masks[n].device) for n in names}
         elif self.init == "magnitude":
             scores = {n: self.conn.granularities[n].pool(self.conn.params[n].detach().abs().float(), "sum") for n in names}
         else:

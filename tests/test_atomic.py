@@ -63,3 +63,12 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
     (tmp_path / "plain.txt").write_text("x")
     mode = stat.S_IMODE(os.stat(tmp_path / "c.safetensors").st_mode)
     assert mode == stat.S_IMODE(os.stat(tmp_path / "plain.txt").st_mode)
+
+
+def test_write_text_makes_the_folder_and_replaces_the_file_whole(tmp_path):
+    from adaptive.atomic import write_text
+
+    out = tmp_path / "results" / "table.md"
+    assert write_text(out, "first\n") == out and out.read_text() == "first\n"
+    write_text(out, "second\n")
+    assert out.read_text() == "second\n" and sorted(p.name for p in out.parent.iterdir()) == ["table.md"]

@@ -28,6 +28,14 @@ def masked_output(model, conn, x):
         return model.eval()(x)
 
 
+def assert_same_outputs(small, masked, ref, x, other):
+    """The compacted model computes the masked one's outputs: on the example input (``ref``) and on
+    ``other``, an input of another batch size."""
+    assert torch.allclose(small(x), ref, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(small(other), masked(other), atol=1e-5)
+
+
 def n_params(m):
     return sum(p.numel() for p in m.parameters())
 
@@ -341,10 +349,7 @@ def test_channels_last_units_go_only_where_the_last_axis_is_kept_apart():
     assert removed["free_d"] == 1  # unit 3; its constant units are summed over the tokens
     for k in ("pooled", "normed", "scaled", "convd", "conv", *(f"heads.{i}" for i in range(7))):
         assert removed[k] == 0, k
-    assert torch.allclose(small(x), ref, atol=1e-5)
-    x2 = torch.randn(7, 5, 6)
-    with torch.no_grad():
-        assert torch.allclose(small(x2), m(x2), atol=1e-5)
+    assert_same_outputs(small, m, ref, x, torch.randn(7, 5, 6))
 
 
 class Summed(nn.Module):
@@ -445,10 +450,7 @@ def test_sequence_linear_units_through_other_ops(kind, removed):
     ref = masked_output(m, conn, x)
     small = graphs.compact(m, conn, x)
     assert small.compaction["removed"]["fc1"] == removed
-    assert torch.allclose(small(x), ref, atol=1e-5)
-    x2 = torch.randn(4, 5, 6)
-    with torch.no_grad():
-        assert torch.allclose(small(x2), m(x2), atol=1e-5)
+    assert_same_outputs(small, m, ref, x, torch.randn(4, 5, 6))
 
 
 class _SqueezeExcite(nn.Module):

@@ -43,7 +43,7 @@ import adaptive  # noqa: E402
 from adaptive.budgets import get_budget  # noqa: E402
 from adaptive.data.split import stratified_split  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
-from adaptive.atomic import atomic_path  # noqa: E402
+from adaptive.atomic import write_text  # noqa: E402
 from adaptive.paths import find_data  # noqa: E402
 from adaptive.policies.base import register_policy  # noqa: E402
 from adaptive.policies.swap import SET  # noqa: E402
@@ -359,8 +359,7 @@ def write_table(args, densities, methods, seeds, table, chosen, candidates, done
     print(text)
     if args.append and Path(args.out).exists():
         text = Path(args.out).read_text() + "\n" + text
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(text)
+    write_text(args.out, text)
 
 
 if __name__ == "__main__":

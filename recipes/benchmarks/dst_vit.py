@@ -127,8 +127,9 @@ def main(argv=None):
     lines += ["",
               f"Reproduce: `python recipes/benchmarks/dst_vit.py --epochs {args.epochs} --density {args.density}`"]
     text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    from adaptive.atomic import write_text
+
+    write_text(args.out, text)
     print(text)
 
 

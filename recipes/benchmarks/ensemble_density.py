@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import adaptive  # noqa: E402
-from adaptive.atomic import atomic_path  # noqa: E402
+from adaptive.atomic import write_text  # noqa: E402
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 
@@ -91,8 +91,7 @@ def main():
               f"Reproduce: `python recipes/benchmarks/ensemble_density.py --density {args.density} --steps {args.steps}`"]
     text = "\n".join(lines) + "\n"
     print(text)
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(text)
+    write_text(args.out, text)
     raise SystemExit(1 if missed else 0)
 
 

@@ -32,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from adaptive.atomic import write_text  # noqa: E402
 from adaptive.baselines.edge_popup import edge_popup  # noqa: E402
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive.mask_only import changed_weights, evaluate, optimize_connectome  # noqa: E402
@@ -195,8 +196,7 @@ def main(argv=None):
     print(text)
     dest = Path(args.output) if args.output else ROOT / "recipes/benchmarks/results" / (
         "mask_only.md" if args.model == "resnet20" else f"mask_only_{args.model}.md")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(text)
+    write_text(dest, text)
     return out
 
 

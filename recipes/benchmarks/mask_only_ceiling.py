@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from adaptive.atomic import write_text  # noqa: E402
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive.data.cycle import LoaderCycle  # noqa: E402
 from adaptive.mask_only import evaluate  # noqa: E402
@@ -122,8 +123,7 @@ def main(argv=None):
     print(text)
     dest = Path(args.output) if args.output else ROOT / "recipes/benchmarks/results" / (
         "mask_only_ceiling.md" if args.model == "resnet20" else f"mask_only_ceiling_{args.model}.md")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(text)
+    write_text(dest, text)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import adaptive  # noqa: E402
+from adaptive.atomic import write_text  # noqa: E402
 from adaptive import Connectome  # noqa: E402
 from adaptive.grad_masking import _GradHook  # noqa: E402
 
@@ -451,8 +452,7 @@ def main(argv=None):
         f"{table}\n\n{note}\n"
     )
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_text(args.out, text)
     return results
 
 

@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+from adaptive.atomic import write_text  # noqa: E402
+
 ESTIMATORS = ("magnitude", "obd", "consistency", "curvature", "taylor")
 
 
@@ -115,8 +117,7 @@ def main(argv=None):
               "across batches; curvature F*w^2/2 alone; taylor -g*w.", "",
               "Reproduce: `python recipes/benchmarks/removal_orders_vit.py`"]
     text = "\n".join(lines) + "\n"
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(text)
+    write_text(a.out, text)
     print(text)
 
 
