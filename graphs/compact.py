@@ -300,7 +300,8 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
         p = _Probe(gm)
         p.run(*(x if isinstance(x, (tuple, list)) else (x,)))
         probe_env = p.env
-    plan = _plan(gm, probe_env, int(align))
+        wider_env = _probe_wider(gm, x)
+    plan = _plan(gm, probe_env, int(align), wider_env)
     before = sum(t.numel() for t in gm.parameters())
     _rewrite(gm, plan, probe_env)
     after = sum(t.numel() for t in gm.parameters())
@@ -317,7 +318,25 @@ def _stateful(module) -> bool:
     return module is not None and (any(True for _ in module.parameters()) or any(True for _ in module.buffers()))
 
 
-def _plan(gm: fx.GraphModule, env, align: int = 1) -> dict:
+def _probe_wider(gm: fx.GraphModule, x):
+    """The probe's values on an input twice as large in every spatial dimension, or None when the
+    model takes no such input. A channel is constant only if it is uniform on both: on a small map
+    (a 1x1 one, say) a channel whose value depends on the position (a padded pool of a constant)
+    looks uniform."""
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    if not any(isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 3 for t in xs):
+        return None
+    wide = tuple(t.new_zeros(*t.shape[:2], *(2 * s for s in t.shape[2:]))
+                 if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 3 else t for t in xs)
+    try:
+        p = _Probe(gm)
+        p.run(*wide)
+    except Exception:  # the model fixes its input size: the example's is the only one it takes
+        return None
+    return p.env
+
+
+def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     mods = dict(gm.named_modules())
     items = _Items()
     calls: Dict[str, int] = {}
@@ -379,7 +398,12 @@ def _plan(gm: fx.GraphModule, env, align: int = 1) -> dict:
         bad[p_] = True
     consts = torch.full((items.n,), float("nan"), dtype=torch.float64)
     for n, off in items.offset.items():
-        consts[off: off + items.count[n]] = _channel_consts(env[n], items.axis[n]).double()
+        c = _channel_consts(env[n], items.axis[n]).double()
+        if wider_env is not None:  # constant at both input sizes, with the same value
+            w = wider_env.get(n)
+            ok = isinstance(w, torch.Tensor) and w.dim() == env[n].dim() and w.shape[items.axis[n]] == c.numel()
+            c = torch.where(_channel_consts(w, items.axis[n]).double() == c, c, float("nan")) if ok else c * float("nan")
+        consts[off: off + items.count[n]] = c
     # items read by weighted layers: removable only if constant or unused by every reader
     for n, readers in weighted_inputs.items():
         ids = items.ids(n)
@@ -650,7 +674,7 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
         contrib = (w * k.view(1, -1, *([1] * (w.dim() - 2)))).sum(1, keepdim=True)  # [O, 1, *kernel]
         pad = getattr(m, "padding", 0)
         unpadded = isinstance(m, nn.Linear) or m.padding_mode != "zeros" or (
-            not isinstance(pad, str) and all(p == 0 for p in pad)) or all(s == 1 for s in w.shape[2:])
+            not isinstance(pad, str) and all(p == 0 for p in pad))
         if unpadded:
             bias = bias + contrib.flatten(1).sum(1)
         else:

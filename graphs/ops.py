@@ -8,8 +8,9 @@ Every op falls in one category:
   and direction, fed by the input and by state nodes standing for the previous hidden state.
 - ``transformer``: ``nn.Transformer`` and its encoder/decoder (layers): attention, feed-forward and
   residual junctions, written out per layer.
-- ``normalize``: LayerNorm / GroupNorm: channel ``c`` of the output reads channel ``c`` of the input
-  and the statistics of the channels normalised with it (a junction per channel).
+- ``normalize``: LayerNorm / GroupNorm / LocalResponseNorm: channel ``c`` of the output reads channel
+  ``c`` of the input and the statistics of the channels normalised with it (a junction per channel;
+  for a LocalResponseNorm the window of ``size`` channels around ``c``).
 - ``pointwise``: acts on each channel separately (activations, batch and instance normalisation, pooling, dropout,
   resampling): channel ``c`` of the output is fed by channel ``c`` of the input.
 - ``broadcast``: elementwise arithmetic of several tensors (residual ``+``, squeeze-excitation ``*``):
@@ -39,13 +40,14 @@ POINTWISE_MODULES = (
     nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.LocalResponseNorm,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
     nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
 )
 SHAPE_MODULES = (nn.Flatten, nn.Unflatten)
 # normalisations whose statistics span channels: every output channel also reads those statistics
-NORMALIZE_MODULES = (nn.LayerNorm, nn.GroupNorm)
-NORMALIZE_FUNCTIONS = {F.layer_norm, F.group_norm}
+# (a LocalResponseNorm's, those of a window of neighbouring channels)
+NORMALIZE_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+NORMALIZE_FUNCTIONS = {F.layer_norm, F.group_norm, F.local_response_norm}
 TRANSFORMER_MODULES = (nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
                        nn.TransformerDecoderLayer)
 
@@ -84,7 +86,7 @@ SHAPE_METHODS = {
 }
 # pointwise ops that act along axis 1 (statistics, pooling, padding, resampling): not elementwise
 _ALONG_AXIS_ONE_MODULES = (
-    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm,
+    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
     nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
     nn.modules.pooling._AdaptiveMaxPoolNd, nn.Upsample, nn.modules.padding._ConstantPadNd,
     nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd, nn.PReLU,

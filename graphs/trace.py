@@ -552,6 +552,9 @@ class FlowProp(ShapeProp):
             raise ValueError("no tensor input")
         real = lambda i, key: self._real(n.args[i]) if len(n.args) > i else self._real(n.kwargs.get(key))
         nd = x.dim()
+        if isinstance(module, nn.LocalResponseNorm) or n.target is F.local_response_norm:
+            size = int(module.size if module is not None else real(1, "size"))
+            return _expand(self._windowed(self.readout(x, 1, f"{n.name}.input"), size, n.name), result.shape, 1)
         if isinstance(module, nn.GroupNorm) or n.target is F.group_norm:
             axis, groups = 1, int(module.num_groups if module is not None else real(1, "num_groups"))
         else:
@@ -563,6 +566,15 @@ class FlowProp(ShapeProp):
             groups = 1
         out = self._normalized(self.readout(x, axis, f"{n.name}.input"), groups, n.name)
         return _expand(out, result.shape, axis)
+
+    def _windowed(self, ch, size, name):
+        """Channel sources ``ch`` after a LocalResponseNorm of ``size``: channel ``c`` is scaled by the
+        squares of channels ``c - size // 2`` to ``c + (size - 1) // 2``, so it is a junction of them all."""
+        C = ch.numel()
+        src = torch.arange(C)[:, None] + torch.arange(-(size // 2), (size - 1) // 2 + 1)[None, :]
+        row = torch.arange(C)[:, None].expand_as(src)
+        ok = (src >= 0) & (src < C)
+        return self.book.combine(row[ok], ch[src[ok]], C, name, "normalize")
 
     def _normalized(self, ch, groups, name):
         """Channel sources ``ch`` after a normalisation whose statistics span ``groups`` equal groups

@@ -37,6 +37,13 @@ def test_one_shot_magnitude_curve_is_exact(tmp_path):
     assert len(curve.fit_table()) == 2
 
 
+def test_drops_are_from_the_intact_network_when_counts_lack_zero():
+    model, data = constructed()
+    curve = knowledge_distribution(model, data, counts=[3, 5], estimator="magnitude")
+    assert curve.table["removed"] == [0, 3, 5]  # the intact network is measured first
+    assert curve.table["accuracy_drop"] == [0, 0.25, 0.5]
+
+
 def test_taylor_order_uses_gradients_and_needs_a_loader():
     model, data = constructed()
     with pytest.raises(ValueError, match="held-out"):

@@ -481,3 +481,102 @@ def test_squeeze_excite_gate_indexed_with_none():
     small = graphs.compact(m, conn, x)
     assert small.compaction["removed"] == {"conv1": 1, "se": 1, "conv2": 0}
     assert torch.allclose(small(x), ref, atol=1e-5)
+
+
+class _LocalNorm(nn.Module):
+    def __init__(self, functional=False):
+        super().__init__()
+        self.functional = functional
+        self.a = nn.Conv2d(2, 4, 1)
+        self.lrn = nn.LocalResponseNorm(3, alpha=1.0, k=1.0)
+        self.b = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        h = F.local_response_norm(h, 3, alpha=1.0, k=1.0) if self.functional else self.lrn(h)
+        return self.b(h).mean((2, 3))
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_local_response_norm_mixes_neighbouring_channels(functional):
+    """LRN's channel c is scaled by channels c-1..c+1: a unit nobody reads after the LRN still
+    changes its neighbours, so the graph keeps it alive and compact keeps it (it used to remove it
+    and fail its own check)."""
+    torch.manual_seed(0)
+    m = _LocalNorm(functional).eval()
+    conn = adaptive.Connectome(m)
+    mb = conn.masks["b.weight"].clone()
+    mb[:, 1] = False
+    conn.set_masks({"b.weight": mb})
+    x = torch.randn(2, 2, 3, 3)
+    g = graphs.build(conn, "unit", example_input=x)
+    names = g.node_names()
+    dead = [names[i] for i in graphs.dead_units(g)["dead"].nonzero().flatten().tolist()]
+    assert "a:1" not in dead
+    with torch.no_grad():  # and it really matters
+        y0 = m(x)
+        m.a.weight[1] += 3.0
+        assert float((m(x) - y0).abs().max()) > 1e-3
+        m.a.weight[1] -= 3.0
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"]["a"] == 0
+    assert torch.allclose(small(x), ref, atol=1e-5)
+
+
+def test_padded_1x1_conv_reading_a_constant_channel_folds_it_exactly():
+    """A 1x1 convolution with padding 1 adds its bias alone on the zero border: a removed constant
+    channel must not be folded into the bias there (it was, and the check failed)."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 3, 3, padding=1)
+            self.b = nn.Conv2d(3, 2, 1, padding=1)
+
+        def forward(self, x):
+            return self.b(F.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    m = Net().eval()
+    with torch.no_grad():
+        m.a.bias.fill_(1.0)
+    conn = adaptive.Connectome(m)
+    ma = conn.masks["a.weight"].clone()
+    ma[1] = False  # unit a:1 has no inputs: it emits relu(1.0) everywhere
+    conn.set_masks({"a.weight": ma})
+    x = torch.randn(2, 3, 5, 5)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"]["a"] == 1
+    assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 7, 7))
+
+
+def test_constants_judged_on_a_1x1_example_hold_at_other_sizes():
+    """After a padded average pool a constant channel is uniform only on a 1x1 map: judged on a 1x1
+    example it looked constant and was folded with the wrong value for larger inputs. The probe now
+    also runs at twice the example's size."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 3, 3, padding=1)
+            self.b = nn.Conv2d(3, 3, 3, padding=1)
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            h = F.avg_pool2d(F.relu(self.a(x)), 3, stride=1, padding=1)
+            return self.fc(F.relu(self.b(h)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    m = Net().eval()
+    with torch.no_grad():
+        m.a.bias.fill_(1.0)
+    conn = adaptive.Connectome(m)
+    ma = conn.masks["a.weight"].clone()
+    ma[1] = False
+    conn.set_masks({"a.weight": ma})
+    x = torch.randn(2, 3, 1, 1)
+    masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    for other in (torch.randn(4, 3, 1, 1), torch.randn(4, 3, 8, 8)):
+        with torch.no_grad():
+            assert torch.allclose(small(other), m(other), atol=1e-5)

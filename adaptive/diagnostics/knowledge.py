@@ -251,7 +251,8 @@ def knowledge_distribution(
     """Remove the prunable weights of a copy of ``model`` in ``estimator`` order (scores from
     ``order_batches`` batches of ``order_loader``; choose held-out training data, never the test
     split) and measure loss and accuracy on ``eval_batches`` batches of ``eval_loader`` at each
-    count of ``counts`` (default :func:`default_counts`).
+    count of ``counts`` (default :func:`default_counts`; 0, the intact network that accuracy drops
+    and loss increases are measured from, is always added).
 
     ``finetune_batches = 0`` is one shot: every point is the intact network minus the first k
     weights of the order. Otherwise the removal is progressive: after each point's removal the copy
@@ -266,6 +267,8 @@ def knowledge_distribution(
     counts = sorted(set(int(c) for c in (counts if counts is not None else default_counts(total, points, max_fraction))))
     if counts and (counts[0] < 0 or counts[-1] > total):
         raise ValueError(f"counts must lie in [0, {total}] (the number of prunable weights), got {counts[0]}..{counts[-1]}")
+    if not counts or counts[0] != 0:  # the intact network is always measured: the drops are from it
+        counts = [0] + counts
     data = materialize(eval_loader, eval_batches, desc="evaluation data")
     if num_classes is None:
         with torch.no_grad(), training_mode(work, False):
