@@ -109,6 +109,7 @@ class Connectome:
         self._gen = self._static_gen = 0
         self._mask_in_backward = True
         self._edit_listeners: List[Callable[[Dict[str, torch.Tensor]], None]] = []
+        self._repair_pending: "weakref.WeakSet" = weakref.WeakSet()  # optimizers loaded since their last step
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -237,6 +238,14 @@ class Connectome:
         for callers such as the controller that build masks from this connectome's own.
         """
         clean = self._validate(masks) if validate else {k: m.to(self.params[k].device) for k, m in masks.items()}
+        return self._set(clean, grow_init)
+
+    @torch.no_grad()
+    def _set(self, clean: Mapping[str, torch.Tensor], grow_init: str | Callable = "zero",
+             restore: bool = False) -> Dict[str, torch.Tensor]:
+        """set_masks on validated masks. ``restore``: the masks come with the weights and optimizer
+        state they were saved with (a checkpoint), so optimizer state is reset only where a synapse
+        is absent (it is zero there in the checkpoint too), never where one is present."""
         _check_grow_init(grow_init, self.mode, bool(self.original))
         self._check_params()
         # Plan every edit first (a grow_init callable may raise): nothing changes until all succeed.
@@ -280,7 +289,7 @@ class Connectome:
                 p.masked_fill_(~new, 0.0)
         if changed:
             _forget_autocast_copies()
-            self._reset_optimizer_state(changed)
+            self._reset_optimizer_state({k: ch & ~self.masks[k] for k, ch in changed.items()} if restore else changed)
             for fn in self._edit_listeners:
                 fn(changed)
         return changed
@@ -431,18 +440,15 @@ class Connectome:
         the optimizer is registered as zero-preserving (SGD, Adam, AdamW, ...: see
         :func:`adaptive.optim_state.register_zero_preserving`). Moments at pruned positions are
         reset now and at every later mask change."""
-        opt = unwrap_optimizer(optimizer)
+        opt = self._check_optimizer(optimizer)
         if any(r() is opt for r in self._optimizers):
             return self
-        self._check_params()
-        ids = {id(p) for g in opt.param_groups for p in g["params"]}
-        if not any(id(p) in ids for p in self.params.values()):
-            raise ValueError("the optimizer holds none of this connectome's weights: build it from model.parameters()")
         self._optimizers.append(weakref.ref(opt))
         self._handles.append(opt.register_step_pre_hook(self._pre_step))
         self._handles.append(opt.register_step_post_hook(self._post_step))
-        # An optimizer state loaded later (a resume, a dense run's state) is repaired at once, so
-        # no moment at a pruned position can move its weight at the next step.
+        # An optimizer state loaded later (a resume, a dense run's state) is repaired before its
+        # next step (moments zeroed where a synapse is absent then), so no moment at a pruned
+        # position can move its weight.
         self._handles.append(opt.register_load_state_dict_post_hook(self._after_optimizer_load))
         if not self._masker.handles:
             self._masker.register(self.params)  # removed by detach() through self._masker
@@ -450,6 +456,15 @@ class Connectome:
         self.apply()
         self._reset_optimizer_state({n: ~m for n, m in self.masks.items() if not self._dense[n]}, only=[opt])
         return self
+
+    def _check_optimizer(self, optimizer) -> torch.optim.Optimizer:
+        """The torch optimizer inside ``optimizer``; raises unless it can be attached."""
+        opt = unwrap_optimizer(optimizer)
+        self._check_params()
+        ids = {id(p) for g in opt.param_groups for p in g["params"]}
+        if not any(id(p) in ids for p in self.params.values()):
+            raise ValueError("the optimizer holds none of this connectome's weights: build it from model.parameters()")
+        return opt
 
     def detach(self) -> None:
         """Remove every optimizer hook."""
@@ -501,6 +516,13 @@ class Connectome:
         self._observer_active.append(active)
         self._edited()
 
+    def _remove_observer(self, fn: Callable[[], None]) -> None:
+        for i, f in enumerate(self._observers):
+            if f == fn:
+                del self._observers[i], self._observer_active[i]
+                self._edited()
+                return
+
     def add_edit_listener(self, fn: Callable[[Dict[str, torch.Tensor]], None]) -> None:
         """Call ``fn(changed)`` after every mask edit."""
         self._edit_listeners.append(fn)
@@ -510,6 +532,7 @@ class Connectome:
 
     def _pre_step(self, opt, args, kwargs):
         # ``args`` is the step's positional arguments, the optimizer itself first
+        self._repair_loaded_state(opt)
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is not None:
             return self._wrap_closure(closure, args, kwargs)
@@ -574,7 +597,15 @@ class Connectome:
         return v is not None and hot is not None and v[0] is hot and [p._version for p in hot[1]] == v[1]
 
     def _after_optimizer_load(self, opt) -> None:
-        self._reset_optimizer_state({n: ~m for n, m in self.masks.items() if not self._dense[n]}, only=[opt])
+        # Repaired at its next step, not now: a checkpoint's connectome is often loaded after its
+        # optimizer (Accelerate's order), and the moments of synapses present in the checkpoint but
+        # absent from the masks at this moment must survive until those masks are restored.
+        self._repair_pending.add(opt)
+
+    def _repair_loaded_state(self, opt) -> None:
+        if opt in self._repair_pending:
+            self._repair_pending.discard(opt)
+            self._reset_optimizer_state({n: ~m for n, m in self.masks.items() if not self._dense[n]}, only=[opt])
 
     def _reset_optimizer_state(self, positions: Dict[str, torch.Tensor], only=None) -> None:
         opts = only if only is not None else [r() for r in self._optimizers]
@@ -590,12 +621,13 @@ class Connectome:
         state = self.__dict__.copy()
         state.update(_optimizers=[], _handles=[], _observers=[], _observer_active=[], _edit_listeners=[], _hot=None,
                      _versions=None)
+        state.pop("_repair_pending", None)
         state.pop("_masker", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         state = {"_observer_active": [None] * len(state.get("_observers", [])), "_gen": 0, "_static_gen": 0, "_mask_in_backward": True,
-                 "_last_set": {}, "_set_tensor": {}, "_set_version": {}, **state}
+                 "_last_set": {}, "_set_tensor": {}, "_set_version": {}, **state, "_repair_pending": weakref.WeakSet()}
         self.__dict__.update(state)
         self._masker = BackwardMasker(self)
 
@@ -615,7 +647,9 @@ class Connectome:
         return sd
 
     def load_state_dict(self, sd: Mapping) -> None:
-        """Restore masks (and originals) saved by :meth:`state_dict`; validated before anything changes."""
+        """Restore masks (and originals) saved by :meth:`state_dict`; validated before anything changes.
+        Optimizer state is reset only where a synapse is absent, so the optimizer may be loaded
+        before or after the connectome."""
         if not isinstance(sd, Mapping) or "masks" not in sd:
             raise ValueError("not a connectome state_dict: it has no 'masks' entry")
         if "ensemble" in sd:
@@ -632,7 +666,9 @@ class Connectome:
         clean = self._validate(sd["masks"])
         if original:
             self.original = {n: original[n].to(self.params[n].device, self.params[n].dtype).clone() for n in self.params}
-        self.set_masks(clean)
+        # a restore, not an edit: an optimizer loaded from the same checkpoint (Accelerate loads it
+        # first) keeps its moments where a synapse is present
+        self._set(clean, restore=True)
         self.apply()
 
     def _mixed(self) -> bool:

@@ -25,7 +25,7 @@ from . import policies as _policies  # noqa: F401  (registration)
 from .budgets import get_budget
 from .connectome import Connectome
 from .distributed import check_masks_agree
-from .optim_state import unwrap_optimizer
+from .optim_state import restore_state, snapshot_state, unwrap_optimizer
 from .policies.base import EditPlan, get_policy, keep_plan
 from .schedules import get_decay
 from .utility import GradientStats, UtilityContext, get_estimator
@@ -101,6 +101,9 @@ class Controller:
     ):
         if not isinstance(conn, Connectome):
             raise TypeError(f"Controller needs an adaptive.Connectome, got {type(conn).__name__}")
+        if isinstance(optimizer, str):
+            raise TypeError(f"Controller's second argument is the optimizer (or None), got the string {optimizer!r}: "
+                            f"pass the policy by name, policy={optimizer!r}")
         if not isinstance(update_every, int) or update_every < 1:
             raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
         if start_step < 0:
@@ -155,8 +158,6 @@ class Controller:
             grow_init = "original" if conn.mode == "mask_only" else "zero"
         if isinstance(grow_init, str) and grow_init not in ("zero", "original", "random"):
             raise ValueError(f"unknown grow_init {grow_init!r}: use 'zero', 'original', 'random' or a callable")
-        if grow_init == "original" and not conn.original:
-            conn.keep_original()
         self.grow_init = grow_init
         self.min_density = min_density
         pats = [protect] if isinstance(protect, str) else list(protect)
@@ -193,11 +194,23 @@ class Controller:
         # backward hooks stand aside for as long as it edits (every step, not only inside its
         # windows, so that a gradient clip sees the same kind of gradient at every step of that
         # phase). Attached, it also observes through this hook.
+        # Everything is checked before the connectome is touched (a bad optimizer, a budget that
+        # cannot be met): a failed construction leaves it as it was.
+        if optimizer is not None:
+            conn._check_optimizer(optimizer)
+        kept = grow_init == "original" and not conn.original
+        if kept:
+            conn.keep_original()
         self.conn.add_observer(self._observe_hook, active=self._editing)
-
-        plan = self.policy.initialize(self)
-        if plan is not None:
-            self._apply(plan, step=0, kind="init", line_search=False)
+        try:
+            plan = self.policy.initialize(self)
+            if plan is not None:
+                self._apply(plan, step=0, kind="init", line_search=False)
+        except BaseException:
+            self.conn._remove_observer(self._observe_hook)
+            if kept:
+                conn.original = {}
+            raise
         if optimizer is not None:
             self.attach(optimizer)
 
@@ -211,8 +224,15 @@ class Controller:
         return which
 
     def attach(self, optimizer) -> "Controller":
+        """Step the controller after every step of ``optimizer`` (and attach the connectome to it).
+        Attaching the same optimizer again does nothing; attaching another one moves the
+        controller's step to it (the connectome keeps masking both)."""
         opt = unwrap_optimizer(optimizer)
+        if opt is self.optimizer:
+            return self
         self.conn.attach(opt)
+        if self._hook is not None:
+            self._hook.remove()
         self._hook = opt.register_step_post_hook(lambda o, a, k: self.step())
         self.optimizer = opt
         return self
@@ -369,6 +389,8 @@ class Controller:
         # snapshots only where a rollback may need them
         before_masks = {n: self.conn.masks[n].clone() for n in touched} if use_ls else {}
         before_w = {n: self.conn.params[n].detach().clone() for n in touched} if use_ls and self.conn.mode == "train" else {}
+        before_state = (snapshot_state([r() for r in self.conn._optimizers], [self.conn.params[n] for n in touched])
+                        if use_ls else [])
         event = {"step": step, "kind": kind, "policy": self.policy.name}
         loss_before = loss_after = None
         fraction = 1.0
@@ -386,7 +408,7 @@ class Controller:
             loss_after = self._holdout()
             if loss_after - loss_before <= tolerance:
                 break
-            self._restore(before_masks, before_w)
+            self._restore(before_masks, before_w, before_state)
             loss_after = loss_before
             if attempt == self.line_search_tries:
                 fraction, current = 0.0, EditPlan()
@@ -443,11 +465,13 @@ class Controller:
         with torch.no_grad():
             return float(self.holdout_loss())
 
-    def _restore(self, masks, weights):
+    def _restore(self, masks, weights, state=()):
+        """Undo a trial edit: masks, weights and the optimizer moments the edit reset."""
         self.conn.set_masks(masks)
         with torch.no_grad():
             for n, w in weights.items():
                 self.conn.params[n].copy_(w)
+        restore_state(state)
         self.conn.apply()
 
     def _synapse_counts(self, plan: EditPlan):
@@ -500,7 +524,32 @@ class Controller:
     def _estimator_states(self) -> dict:
         return {side: est.state_dict() for side, est in self._estimators().items()}
 
+    def _check_state_shapes(self, sd: dict) -> None:
+        """Refuse, before anything loads, a state whose per-layer tensors do not fit this connectome
+        (a checkpoint of another model or of other layers)."""
+        shapes = {n: {tuple(self.conn.masks[n].shape), tuple(self.conn.granularities[n].ensemble_shape(self.conn.masks[n].shape))}
+                  for n in self.conn.masks}
+
+        def walk(where, d):
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    walk(f"{where}.{k}", v)
+                elif isinstance(v, torch.Tensor) and v.dim() > 0 and isinstance(k, str) and "." in k:
+                    if k not in shapes:
+                        raise ValueError(f"controller state {where} holds layer {k!r}, which this connectome does not have: "
+                                         "was it saved from another model?")
+                    if tuple(v.shape) not in shapes[k]:
+                        raise ValueError(f"controller state {where}[{k!r}] has shape {tuple(v.shape)}, but layer {k!r} "
+                                         f"is {tuple(self.conn.masks[k].shape)} here: was it saved from another model?")
+        for key in ("stats", "estimators"):
+            if isinstance(sd.get(key), dict):
+                walk(key, sd[key])
+
     def load_state_dict(self, sd: dict) -> None:
+        """Restore a state saved by :meth:`state_dict`; checked first, so a bad one changes nothing."""
+        if not isinstance(sd, dict) or "step_count" not in sd:
+            raise ValueError("not a controller state_dict: it has no 'step_count' entry")
+        self._check_state_shapes(sd)
         states = sd.get("estimators") or {}
         for side, est in self._estimators().items():  # first: a mismatch raises before anything changes
             est.load_state_dict(states.get(side) or {})

@@ -27,9 +27,43 @@ def reset_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, where: to
     state = optimizer.state.get(param)
     if not state:
         return
-    for v in state.values():
+    for key, v in state.items():
         if isinstance(v, torch.Tensor) and v.shape == param.shape and v.is_floating_point():
-            v.masked_fill_(where.to(v.device), 0)
+            v.masked_fill_(where.to(v.device), _fresh_value(optimizer, param, key))
+
+
+def _fresh_value(optimizer, param, key) -> float:
+    """The value a state entry starts at in a fresh optimizer: 0, except Adagrad's ``sum``, which
+    starts at ``initial_accumulator_value`` (a regrown synapse must not take a first step of size
+    lr where a fresh one takes a small one)."""
+    if isinstance(optimizer, torch.optim.Adagrad) and key == "sum":
+        for g in optimizer.param_groups:
+            if any(p is param for p in g["params"]):
+                return float(g.get("initial_accumulator_value", 0.0))
+    return 0.0
+
+
+@torch.no_grad()
+def snapshot_state(optimizers, params) -> list:
+    """Copies of the parameter-shaped state tensors of ``params`` in ``optimizers``, for
+    :func:`restore_state` (a rolled-back edit must not cost the moments it reset)."""
+    saved = []
+    for opt in optimizers:
+        if opt is None:
+            continue
+        for p in params:
+            for key, v in (opt.state.get(p) or {}).items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.is_floating_point():
+                    saved.append((opt, p, key, v.clone()))
+    return saved
+
+
+@torch.no_grad()
+def restore_state(saved: list) -> None:
+    for opt, p, key, v in saved:
+        now = (opt.state.get(p) or {}).get(key)
+        if isinstance(now, torch.Tensor) and now.shape == v.shape:
+            now.copy_(v)
 
 
 _ZERO_PRESERVING: set = set()

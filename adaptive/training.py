@@ -268,17 +268,10 @@ def run_dir_of(checkpoint: Path) -> Path:
 
 
 def load_checkpoint(accelerator, path, optimizer=None) -> None:
-    """``accelerator.load_state(path)``, then the optimizer's state once more.
-
-    Registered objects load after the optimizer (Accelerate's order), and restoring the
-    connectome's masks resets optimizer moments wherever the masks of the fresh run differ from
-    the saved ones; reloading the optimizer state afterwards puts the saved moments back, so the
-    resumed run continues bit-exactly."""
+    """``accelerator.load_state(path)``. Registered objects load after the optimizer (Accelerate's
+    order); the connectome's restore keeps the loaded moments wherever a synapse is present, so
+    the resumed run continues bit-exactly. ``optimizer`` is accepted for older callers and unused."""
     accelerator.load_state(str(path))
-    if optimizer is not None:
-        f = Path(path) / "optimizer.bin"
-        if f.is_file():
-            optimizer.load_state_dict(torch.load(f, map_location="cpu", weights_only=False))
 
 
 # ----------------------------------------------------------------------------- files

@@ -346,7 +346,7 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     accelerator.register_for_checkpointing(conn, ctrl, state, lr_scheduler)
     if resume_from is not None:
         try:
-            load_checkpoint(accelerator, resume_from, optimizer)
+            load_checkpoint(accelerator, resume_from)
         except Exception as e:  # a truncated or foreign file: name the folder, not a deserializer's internals
             raise CheckpointError(
                 f"checkpoint {resume_from} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "

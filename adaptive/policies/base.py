@@ -48,6 +48,13 @@ def get_policy(name, **kw) -> "Policy":
                 f"unknown argument(s) {unknown} for policy {name!r} (neither a Controller nor a policy option): "
                 + (f"the policy takes {takes}" if takes else "the policy takes none")
             )
+    for k, v in kw.items():  # a number option given something else is named, not a bare float() error
+        d = params[k].default if k in params else None
+        if isinstance(d, (int, float)) and not isinstance(d, bool) and not isinstance(v, (int, float)):
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"policy {name!r} option {k} must be a number, got {v!r}") from None
     return cls(**kw)
 
 

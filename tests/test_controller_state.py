@@ -1,0 +1,140 @@
+"""The controller leaves no half-done state: a failed construction, a rolled-back edit, a second
+attach and a foreign checkpoint each leave the connectome, the optimizer and the controller as
+they were (invariant 6)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import adaptive
+
+torch.set_num_threads(1)
+
+
+def setup():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5))
+    return m, adaptive.Connectome(m)
+
+
+def train(m, opt, steps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, y = torch.randn(8, 20, generator=g), torch.randint(0, 5, (8,), generator=g)
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize("case", ["policy as optimizer", "model as optimizer", "foreign optimizer", "budget", "option"])
+def test_a_failed_construction_leaves_the_connectome_as_it_was(case):
+    m, conn = setup()
+    before = conn.mask_hash(), {k: v.clone() for k, v in m.state_dict().items()}
+    make = {
+        "policy as optimizer": lambda: adaptive.Controller(conn, "rigl", density=0.3),
+        "model as optimizer": lambda: adaptive.Controller(conn, m, policy="rigl", density=0.3),
+        "foreign optimizer": lambda: adaptive.Controller(
+            conn, torch.optim.SGD([nn.Parameter(torch.zeros(3))], lr=0.1), policy="rigl", density=0.3, grow_init="original"),
+        "budget": lambda: adaptive.Controller(conn, None, policy="rigl", density=0.1, min_density=0.9, grow_init="original"),
+        "option": lambda: adaptive.Controller(conn, None, policy="threshold", prune_boundary="x"),
+    }[case]
+    match = {"policy as optimizer": "policy='rigl'", "model as optimizer": "torch.optim.Optimizer",
+             "foreign optimizer": "none of this connectome", "budget": "min_density",
+             "option": "option prune_boundary must be a number"}[case]
+    with pytest.raises((TypeError, ValueError), match=match):
+        make()
+    assert conn.mask_hash() == before[0]
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before[1].items())
+    assert conn._observers == [] and conn.original == {}
+    # and nothing lingers: gradients at pruned positions are masked in backward as before
+    masks = {n: torch.rand(p.shape, generator=torch.Generator().manual_seed(1)) < 0.5 for n, p in conn.params.items()}
+    conn.set_masks(masks)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    conn.attach(opt)
+    F.cross_entropy(m(torch.randn(8, 20)), torch.randint(0, 5, (8,))).backward()
+    assert all(float(p.grad[~conn.masks[n]].abs().max()) == 0.0 for n, p in conn.params.items())
+
+
+def test_a_rolled_back_edit_keeps_the_optimizer_moments():
+    m, conn = setup()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    calls = [0]
+
+    def holdout_loss():  # every edit "hurts": the line search rolls the update back
+        calls[0] += 1
+        return float(calls[0])
+
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.3, update_every=1000, end_step=5000, seed=0,
+                               holdout_loss=holdout_loss, line_search_tries=1)
+    train(m, opt, 5)
+    F.cross_entropy(m(torch.randn(8, 20)), torch.randint(0, 5, (8,))).backward()
+    ctrl.observe()
+    h0 = conn.mask_hash()
+    w0 = {n: p.detach().clone() for n, p in conn.params.items()}
+    s0 = {n: {k: v.clone() for k, v in opt.state[p].items()} for n, p in conn.params.items()}
+    ev = ctrl.update()
+    assert ev["line_search_fraction"] == 0.0 and ev["pruned"] == ev["grown"] == 0
+    assert conn.mask_hash() == h0
+    assert all(torch.equal(w0[n], p) for n, p in conn.params.items())
+    for n, p in conn.params.items():
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt.state[p][k], s0[n][k]), (n, k)
+
+
+def test_attaching_the_same_optimizer_twice_counts_each_step_once():
+    m, conn = setup()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.3, update_every=10, end_step=100, seed=0)
+    ctrl.attach(opt)
+    train(m, opt, 20)
+    assert ctrl.step_count == 20
+    assert [e["step"] for e in ctrl.events if e["kind"] != "init"] == [10, 20]
+    other = torch.optim.SGD(m.parameters(), lr=0.05)
+    ctrl.attach(other)  # the controller now steps with the other optimizer only
+    train(m, opt, 3)
+    assert ctrl.step_count == 20
+    train(m, other, 3)
+    assert ctrl.step_count == 23
+
+
+def test_loading_another_models_controller_state_changes_nothing():
+    def make(h):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, h))
+        opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+        ctrl = adaptive.Controller(adaptive.Connectome(m), opt, policy="rigl", density=0.3, update_every=50,
+                                   end_step=500, seed=0)
+        g = torch.Generator().manual_seed(h)
+        for _ in range(7):
+            x = torch.randn(8, 20, generator=g)
+            F.cross_entropy(m(x), torch.randint(0, h, (8,), generator=g)).backward()
+            opt.step()
+            opt.zero_grad()
+        return ctrl
+
+    a, b = make(5), make(7)
+    b.step_count += 5
+    before = a.step_count, len(a.events), {n: t.clone() for n, t in a.stats.g_sum.items()}
+    with pytest.raises(ValueError, match=r"\['2.weight'\] has shape \(7, 32\).*another model"):
+        a.load_state_dict(b.state_dict())
+    assert (a.step_count, len(a.events)) == before[:2]
+    assert all(torch.equal(t, before[2][n]) for n, t in a.stats.g_sum.items())
+    with pytest.raises(ValueError, match="not a controller state_dict"):
+        a.load_state_dict({"masks": {}})
+
+
+def test_a_regrown_adagrad_synapse_starts_from_a_fresh_accumulator():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 2, bias=False)
+    conn = adaptive.Connectome(lin)
+    opt = torch.optim.Adagrad(lin.parameters(), lr=0.1, initial_accumulator_value=1.0)
+    conn.attach(opt)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    mask[0, 3] = False
+    conn.set_masks({"weight": mask})
+    for _ in range(3):
+        lin(torch.randn(5, 4)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    conn.set_masks({"weight": torch.ones(2, 4, dtype=torch.bool)})  # regrown at 0.0
+    assert float(opt.state[lin.weight]["sum"][0, 3]) == 1.0  # as a fresh Adagrad entry starts
