@@ -49,6 +49,7 @@ from .distributed import all_reduce_mean_, check_masks_agree, is_distributed, wo
 from .controller import Controller
 from .data.cycle import LoaderCycle
 from .ensemble_rules import parse_rules
+from .utility import get_estimator
 
 Target = Union[int, float, str]
 
@@ -110,6 +111,8 @@ def parse_target(target: Target) -> Target:
         return target
     if isinstance(target, bool) or not isinstance(target, (int, float)):
         raise ValueError(f"target {target!r}: give a fraction in [0, 1) (0.2), a count of synapses (50000) or 'best'")
+    if target != target or target in (float("inf"), float("-inf")):
+        raise ValueError(f"target {target}: give a fraction in [0, 1) (0.2), a count of synapses (50000) or 'best'")
     if target < 0:
         raise ValueError(f"target {target} cannot be negative: give a fraction in [0, 1) or a count >= 0")
     if isinstance(target, float) and target >= 1.0:
@@ -167,6 +170,17 @@ def _to_device(batch, device):
     if device is None:
         return batch
     return type(batch)(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)
+
+
+def _precision(model: nn.Module) -> str:
+    """The autocast dtype the optimisation runs under (the recipes' --mixed-precision), or the
+    weights' dtype: a resume under another precision would choose other masks."""
+    dev = _model_device(model)
+    kind = dev.type if dev is not None else "cpu"
+    if torch.is_autocast_enabled(kind):
+        return f"autocast {str(torch.get_autocast_dtype(kind)).replace('torch.', '')}"
+    p = next(model.parameters(), None)
+    return str(p.dtype).replace("torch.", "") if p is not None else "float32"
 
 
 def _model_device(model: nn.Module) -> Optional[torch.device]:
@@ -312,6 +326,11 @@ def optimize_connectome(
         raise ValueError(f"ladder must be increasing removal fractions in (0, 1), got {ladder}")
     if not isinstance(patience, int) or patience < 1:
         raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+    if not isinstance(verify_batches, int) or verify_batches < 0:
+        raise ValueError(f"verify_batches must be an integer >= 0 (0: no line search), got {verify_batches!r}")
+    if not isinstance(eval_every, int) or eval_every < 0:
+        raise ValueError(f"eval_every must be an integer >= 0 (updates between held-out evaluations; 0: at stage "
+                         f"ends only), got {eval_every!r}")
     n_train = _check_loader(train_loader, "train")
     _check_loader(holdout_loader, "holdout")
     if n_train == 0:
@@ -341,11 +360,12 @@ def optimize_connectome(
     saved = None
     if checkpoint is not None:
         fp = ckpt.fingerprint(targets=[list(r) for r in resolved], synapses=total, steps_per_stage=steps_per_stage,
-                              ensemble=ensemble, include=include, exclude=exclude, estimator=estimator,
+                              ensemble=ensemble, include=include, exclude=exclude,
+                              estimator=get_estimator(estimator) if isinstance(estimator, str) else estimator,
                               window=window, edit_fraction=edit_fraction, approach=approach, margin=margin,
                               ladder=ladder if climb else [], patience=patience if climb else None,
                               verify_batches=verify_batches, line_search_tries=line_search_tries, seed=seed,
-                              weights=ckpt.weights_checksum(conn.original),
+                              weights=ckpt.weights_checksum(conn.original), precision=_precision(model),
                               train_data=_data_identity(train_loader), holdout_data=_data_identity(holdout_loader))
         saved = ckpt.load_stage(checkpoint, fp)  # a foreign file fails here, before anything changes
     max_ens = max(int(conn.granularities[n].pool(torch.ones(conn.layers[n].shape), "sum").max()) for n in conn.names)

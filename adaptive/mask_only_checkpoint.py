@@ -92,6 +92,20 @@ def fingerprint(**settings) -> dict:
     return {k: norm(v) for k, v in settings.items()}
 
 
+def _same_estimator(saved: str, now: str) -> bool:
+    """Older checkpoints recorded an estimator by its registry name ("presence", its defaults) or
+    by a repr without its settings ("Evidence()"): the same estimator as ``now`` if its defaults
+    print as ``now`` does, or (settings unknown) if the class matches."""
+    if "(" not in saved:
+        from .utility import get_estimator
+
+        try:
+            return repr(get_estimator(saved)) == now
+        except (KeyError, ValueError, TypeError):
+            return False
+    return saved.endswith("()") and now.startswith(saved[:-1])
+
+
 def _differences(saved: dict, now: dict) -> List[str]:
     out = []
     for k in sorted(set(saved) | set(now)):
@@ -99,6 +113,10 @@ def _differences(saved: dict, now: dict) -> List[str]:
         if k == "weights" and isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
             if all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12) for x, y in zip(a, b)):
                 continue  # sums on another device may differ in the last bits
+        if k == "precision" and a is None:
+            continue  # recorded before the precision was
+        if k == "estimator" and isinstance(a, str) and isinstance(b, str) and _same_estimator(a, b):
+            continue
         if a != b:
             out.append(f"{k}: checkpoint {a!r}, this run {b!r}" if k != "weights" else
                        "weights: the checkpoint was made from other weights")

@@ -185,6 +185,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     except PluginError as e:
         raise SystemExit(str(e)) from None
     _check_dataset_kw(cfg["dataset"], cfg["dataset_kw"])
+    for key, least in (("batch_size", 1), ("eval_batch_size", 1), ("train_eval_batches", 1), ("verify_batches", 0),
+                       ("eval_every", 0), ("subset", 1), ("threads", 1), ("num_workers", 0)):
+        v = cfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
+            raise SystemExit(f"--{key.replace('_', '-')} must be an integer >= {least}, got {v!r}")
     cfg["remove"] = parse_remove([str(r) for r in (cfg["remove"] if isinstance(cfg["remove"], list) else [cfg["remove"]])])
     return argparse.Namespace(**cfg)
 

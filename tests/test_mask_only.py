@@ -159,7 +159,8 @@ def test_best_keeps_the_dense_network_when_no_rung_beats_it():
 
 
 @pytest.mark.parametrize("target, match", [(10_000, "beyond"), (1.5, r"\[0, 1\)"), ("lots", "fraction"),
-                                           (-5, "cannot be negative"), ([0.2, 0.2], "give each target once")])
+                                           (-5, "cannot be negative"), ([0.2, 0.2], "give each target once"),
+                                           (float("nan"), "fraction"), (float("inf"), "fraction")])
 def test_bad_target_fails_before_anything_runs(target, match):
     m = tiny()
     before = copy.deepcopy(m.state_dict())

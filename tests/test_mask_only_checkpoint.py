@@ -100,6 +100,32 @@ def test_a_checkpoint_of_another_run_is_refused_before_anything_changes(tmp_path
     assert path.read_bytes() == before
 
 
+@pytest.mark.parametrize("first, then, match", [
+    (dict(estimator="evidence"), dict(estimator=__import__("adaptive").utility.get_estimator("evidence", step=0.5)),
+     r"estimator: checkpoint 'Evidence\(step=0.003.*this run 'Evidence\(step=0.5"),
+    (dict(), dict(precision="bf16"), r"precision: checkpoint 'float32', this run 'autocast bfloat16'"),
+])
+def test_a_resume_with_other_estimator_settings_or_precision_is_refused(tmp_path, first, then, match):
+    path = tmp_path / "ck.pt"
+    interrupted(tiny(), [0.2, 0.5], path, at_stage=1, **first)
+    kw = {**KW, **{k: v for k, v in then.items() if k != "precision"}}
+    with pytest.raises(ValueError, match=match), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                                enabled="precision" in then):
+        optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path, **kw)
+
+
+def test_checkpoints_recorded_before_settings_were_fingerprinted_still_resume():
+    from adaptive.mask_only_checkpoint import _differences
+
+    old = {"estimator": "Evidence()", "window": 2}
+    assert _differences(old, {"estimator": "Evidence(step=0.003, clip=3.0, decay=1.0)", "window": 2,
+                              "precision": "float32"}) == []
+    assert _differences(old, {"estimator": "Presence(step=0.01)", "window": 2}) != []
+    by_name = {"estimator": "presence"}  # a name: its defaults
+    assert _differences(by_name, {"estimator": "Presence(step=0.01, beta1=0.9, beta2=0.999)"}) == []
+    assert _differences(by_name, {"estimator": "Presence(step=0.5, beta1=0.9, beta2=0.999)"}) != []
+
+
 def test_an_unreadable_checkpoint_is_named(tmp_path):
     path = tmp_path / "ck.pt"
     path.write_bytes(b"not a checkpoint")

@@ -117,6 +117,15 @@ def test_bad_inputs_fail_before_anything_runs(tmp_path, weights):
         mod.main(["--config", str(cfg)])
 
 
+@pytest.mark.parametrize("option, value", [("--train-eval-batches", "0"), ("--train-eval-batches", "-1"),
+                                           ("--eval-batch-size", "0"), ("--verify-batches", "-2"), ("--subset", "0"),
+                                           ("--batch-size", "0")])
+def test_bad_counts_are_refused_while_parsing(option, value):
+    """They used to fail after the whole optimisation (0) or run silently (negative; --subset 0 meant all)."""
+    with pytest.raises(SystemExit, match=f"{option} must be an integer >= [01], got {value}"):
+        recipe().parse_args([option, value])
+
+
 def test_imagenet_config_parses():
     mod = recipe()
     ns = mod.parse_args(["--config", str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml")])

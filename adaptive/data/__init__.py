@@ -56,9 +56,12 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     Raises :class:`DatasetNotFoundError` with every path tried when the data is missing.
     """
     check_dataset_kw(name, kw)
+    for what, v in (("subset", subset), ("test_subset", test_subset)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{what} must be a positive number of examples (or None for all), got {v!r}")
     src: Source = get_source_builder(name)(data_dir=data_dir, download=download, augment=augment, **kw)
     labels = src.train_labels
-    pool = stratified_subset(labels, subset, seed) if subset else torch.arange(len(labels))
+    pool = stratified_subset(labels, subset, seed) if subset is not None else torch.arange(len(labels))
     kept, drawn = stratified_split(labels[pool], holdout, seed)
     train, held = pool[kept], pool[drawn]
     if train.numel() == 0:
@@ -68,7 +71,7 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
 
     def build_test():
         ds = src.test()
-        if test_subset:
+        if test_subset is not None:
             return ds.select(stratified_subset(torch.as_tensor(ds.targets), test_subset, seed))
         return ds
 

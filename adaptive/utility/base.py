@@ -10,6 +10,8 @@ The controller pools them per ensemble (sum). Adding an estimator touches one fi
 """
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass
 from typing import Dict, Optional, Type
 
@@ -95,4 +97,7 @@ class Estimator:
                              f"{foreign} for it: was it saved with another estimator?")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        """The class and its settings (the constructor's arguments kept as attributes): checkpoints
+        fingerprint an estimator by this, so a resume with other settings is refused."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self" and hasattr(self, p)]
+        return f"{type(self).__name__}({', '.join(f'{p}={getattr(self, p)!r}' for p in names)})"
