@@ -54,11 +54,37 @@ def _largest_remainder(raw: Dict[str, float], total: int, caps: Dict[str, int]) 
     return out
 
 
+def _clipped_share(a: Dict[str, float], lo: Dict[str, int], hi: Dict[str, int], total: int) -> Dict[str, float]:
+    """``clip(eps * a[n], lo[n], hi[n])`` for the one scale ``eps`` at which they add up to ``total``
+    (the sum only grows with ``eps``, so bisection finds it; the sum at the returned scale is at
+    most ``total``, never above). A layer whose share reaches its size is full and the others
+    share the rest; one below its floor gets the floor."""
+    def share(eps):
+        return {n: min(hi[n], max(lo[n], eps * a[n])) for n in a}
+
+    if not a:
+        return {}
+    lo_eps, hi_eps = 0.0, max(hi[n] / a[n] for n in a if a[n] > 0)
+    if sum(share(hi_eps).values()) <= total:
+        return share(hi_eps)
+    for _ in range(200):
+        mid = 0.5 * (lo_eps + hi_eps)
+        if sum(share(mid).values()) <= total:
+            lo_eps = mid
+        else:
+            hi_eps = mid
+        if hi_eps - lo_eps <= 1e-15 * hi_eps:
+            break
+    return share(lo_eps)
+
+
 def _allocate(layers: Dict[str, SynapseLayer], density: float, weights: Dict[str, float],
               protected: Iterable[str], min_density: float) -> Dict[str, int]:
     """Live counts proportional to ``weights`` (per-synapse density factors) with exact total,
     capacity capping (a layer that would exceed 100% is made dense and the rest rescaled) and a
-    per-layer floor of ``min_density``."""
+    per-layer floor of ``min_density`` (a layer held at its floor leaves the rest to the others;
+    solved for one scale at once, so a layer made full is released again when floors lower the
+    scale)."""
     sizes = {n: l.numel for n, l in layers.items()}
     total = sum(sizes.values())
     target = int(round(density * total))
@@ -71,27 +97,11 @@ def _allocate(layers: Dict[str, SynapseLayer], density: float, weights: Dict[str
             f"{target:,} live synapses; raise the density or protect fewer layers"
         )
     free = [n for n in sizes if n not in fixed]
-    while True:
-        remaining = target - sum(fixed.values())
-        denom = sum(weights[n] * sizes[n] for n in free)
-        if denom <= 0:
-            raw = {n: remaining * sizes[n] / max(1, sum(sizes[m] for m in free)) for n in free}
-        else:
-            eps = remaining / denom
-            raw = {n: eps * weights[n] * sizes[n] for n in free}
-        over = [n for n in free if raw[n] >= sizes[n]]
-        under = [n for n in free if raw[n] < floor[n]]
-        if over:
-            for n in over:
-                fixed[n] = sizes[n]
-            free = [n for n in free if n not in over]
-            continue
-        if under:
-            for n in under:
-                fixed[n] = floor[n]
-            free = [n for n in free if n not in under]
-            continue
-        break
+    remaining = target - sum(fixed.values())
+    a = {n: weights[n] * sizes[n] for n in free}
+    if not any(v > 0 for v in a.values()):
+        a = {n: float(sizes[n]) for n in free}  # no preference: the same density everywhere
+    raw = _clipped_share(a, {n: floor[n] for n in free}, {n: sizes[n] for n in free}, remaining)
     counts = dict(fixed)
     counts.update(_largest_remainder(raw, target - sum(fixed.values()), {n: sizes[n] for n in free}))
     return {n: counts[n] for n in layers}

@@ -420,7 +420,7 @@ class Controller:
         mode = self.conn.mode
         in_loss = (not n_p or self.drop_est.loss_units(mode)) and (
             not n_g or (self.grow_est or self.drop_est).loss_units(mode))
-        est = current.est_loss_change
+        est = current.estimate()
         event.update(
             pruned=pruned_syn,
             grown=grown_syn,

@@ -77,6 +77,14 @@ class EditPlan:
     def counts(self):
         return sum(int(v.numel()) for v in self.prune.values()), sum(int(v.numel()) for v in self.grow.values())
 
+    def estimate(self) -> Optional[float]:
+        """The plan's summed prune scores minus its summed grow scores: ``est_loss_change`` when the
+        policy set it, else from the aligned scores (None without either)."""
+        if self.est_loss_change is not None or not (self.prune_scores or self.grow_scores):
+            return self.est_loss_change
+        return (float(sum(v.sum() for v in self.prune_scores.values()))
+                - float(sum(v.sum() for v in self.grow_scores.values())))
+
     def shrink(self, fraction: float) -> "EditPlan":
         """Keep the best ``fraction`` of every layer's prunes and grows."""
 
@@ -137,18 +145,20 @@ def _smallest_k(x: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
         order = torch.argsort(idx, stable=True)  # index order first, then a stable sort by value
         idx, vals = idx[order], vals[order]
         return idx[torch.argsort(vals, stable=True)]
+    # one ordering throughout: +inf as the largest float, NaN as inf (after it), -inf as the smallest
+    x = torch.nan_to_num(x, nan=float("inf"))
     stride = max(1, n >> 18)
     sample = x[::stride]
     m = sample.numel()
     q, slack = k / n, 6.0 / m**0.5
     lo_r, hi_r = max(1, int((q - slack) * m)), min(m, int((q + slack) * m) + 1)
-    sv = torch.sort(torch.nan_to_num(sample, nan=float("inf"))).values
+    sv = torch.sort(sample).values
     lo, hi = sv[lo_r - 1], sv[hi_r - 1]
     below = (x < lo).nonzero().squeeze(1)
     band = ((x >= lo) & (x <= hi)).nonzero().squeeze(1)
     need = k - below.numel()
     if need < 0 or need > band.numel():
-        v = torch.kthvalue(torch.nan_to_num(x, nan=float("inf")), k).values
+        v = torch.kthvalue(x, k).values
         below = (x < v).nonzero().squeeze(1)
         band = (x == v).nonzero().squeeze(1)
         need = k - below.numel()

@@ -13,7 +13,7 @@ import math
 
 
 from .base import (EditPlan, Policy, concat, concat_sizes, global_synapse_target, highest, live_synapses, lowest,
-                   max_count, register_policy, size_sum, split, take_synapses)
+                   max_count, per_synapse, register_policy, size_sum, split, take_synapses)
 
 
 @register_policy("threshold")
@@ -52,13 +52,22 @@ class Threshold(Policy):
         # the pace is counted in synapses (ensembles can differ in size), the edit limit in ensembles
         pace = self._pace(ctrl, step, live_synapses(size, a), global_synapse_target(ctrl, ctrl.density)) if target_set else 0
         n_pace = max_count(size, pace, live)  # enough ensembles to remove ``pace`` synapses
-        n_below = int((a & (c < self.prune_boundary)).sum())
-        p_idx = lowest(c, a, min(max(n_below, n_pace), max(limit, n_pace)))
+        if target_set and ctrl.end_step is None and n_pace > limit:
+            n_pace = limit  # no deadline: as fast as the edit limit allows
+            pace = size_sum(size, lowest(per_synapse(c, size), a, n_pace))
+        # ensembles of different sizes compete by value per synapse (the budget's unit); the
+        # boundaries apply to their whole (summed) values
+        cs, gs = per_synapse(c, size), per_synapse(g, size)
+        below = a & (c < self.prune_boundary)
+        n_below = int(below.sum())
+        eligible = below.clone()
+        eligible[lowest(cs, a, n_pace)] = True  # the pace's cheapest, wherever the boundary is
+        p_idx = lowest(cs, eligible, min(int(eligible.sum()), max(limit, n_pace)))
         if target_set:  # the pace's prefix first; more only below the boundary, up to the limit
             n_p = max(min(n_below, limit), take_synapses(p_idx, size, pace).numel())
             p_idx = p_idx[:n_p]
-        n_above = int((~a & (g > self.restore_boundary)).sum())
-        r_idx = highest(g, ~a, min(n_above, limit))
+        above = ~a & (g > self.restore_boundary)
+        r_idx = highest(gs, above, min(int(above.sum()), limit))
         if target_set:
             # net removal is exactly the pace (to within half an ensemble): restores only replace
             # prunes beyond it, and prunes beyond the pace that nothing replaces are dropped
@@ -66,9 +75,9 @@ class Threshold(Policy):
             p_idx = take_synapses(p_idx, size, size_sum(size, r_idx) + pace)
         if self.adapt:
             if p_idx.numel():
-                self.prune_boundary = float(c[p_idx[-1]])
+                self.prune_boundary = float(c[p_idx].max())
             if r_idx.numel():
-                self.restore_boundary = max(0.0, float(g[r_idx[-1]]))
+                self.restore_boundary = max(0.0, float(g[r_idx].min()))
         plan = EditPlan(boundaries={"prune": self.prune_boundary, "restore": self.restore_boundary})
         plan.prune, plan.prune_scores = split(p_idx, names, sizes, c[p_idx])
         plan.grow, plan.grow_scores = split(r_idx, names, sizes, g[r_idx])

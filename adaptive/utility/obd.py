@@ -3,7 +3,9 @@
 Removal:      dL ~ -g*w + F*w^2/2
 Restoration:  dL ~ +g*w0 + F*w0^2/2, gain = -dL
 Train mode (grown at 0 then trained): the best a single synapse can do on the quadratic model is
-a Newton step, gain = g^2 / (2F).
+a Newton step, gain = g^2 / (2F) (with F the layer's mean when the window holds one batch: a
+per-synapse F from that same gradient would make every gain 1/2). This is the loss saved once the
+synapse has trained; right after the edit it is still 0.0 and saves nothing.
 First-order alone is known to collapse a pretrained network when many weights move at once; the
 curvature term keeps large weights from looking free to remove.
 """
@@ -35,4 +37,9 @@ class OBD(Estimator):
         if ctx.restore is not None:
             w0 = ctx.restore.float()
             return -(g * w0 + 0.5 * f * w0 * w0)
+        if ctx.stats.count < 2:
+            # one batch: F estimated from the very gradient it divides makes g^2/(2F) the same 1/2
+            # for every synapse (growth would go by index); the layer's mean curvature keeps the
+            # gain ranking by |g|
+            f = f.mean()
         return g * g / (2.0 * (f + self.damping))
