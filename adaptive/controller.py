@@ -131,6 +131,10 @@ class Controller:
             raise ValueError(f"density must be in (0, 1], got {density!r}")
         self.budget_fn = get_budget(budget)
         self.budget = budget
+        if self.policy.ranks_globally and min_density > 0:
+            raise ValueError(f"policy {self.policy.name!r} ranks the ensembles of all layers together and keeps no "
+                             f"per-layer floor, so min_density={min_density} would be ignored: keep a layer with "
+                             "protect=[...], or use a policy that applies layer budgets (utility, rigl, set, gmp, magnitude)")
         if nm is not None and not self.policy.supports_nm:
             raise ValueError(
                 f"ensemble {conn.ensemble!r} fixes the density at {nm:g} per group; policy {self.policy.name!r} "

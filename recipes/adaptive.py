@@ -39,8 +39,8 @@ from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.data import get_dataloaders as _get_dataloaders  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.training import (  # noqa: E402
-    TrainState, cosine_schedule, evaluate, find_checkpoint, load_checkpoint, metric_row, run_dir_of,
-    save_checkpoint, train_one_epoch, write_metrics_csv,
+    CHECKPOINT_DIR, TrainState, cosine_schedule, evaluate, find_checkpoint, list_checkpoints, load_checkpoint,
+    metric_row, run_dir_of, save_checkpoint, train_one_epoch, write_metrics_csv,
 )
 
 
@@ -68,8 +68,9 @@ class RunConfig:
     dataset_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "extra dataset arguments (e.g. shape for fake)"})
     holdout: float = field(default=0.1, metadata={"help": "fraction of TRAIN held out for selection/evaluation"})
     subset: Optional[int] = _help("use only this many train examples")
-    test_subset: Optional[int] = _help("evaluate on only this many test examples")
-    augment: bool = _opt(False, "train-time augmentation (CIFAR: crop and flip; MNIST: shifts; ImageNet: random resized crop and flip)")
+    test_subset: Optional[int] = _help("evaluate on only about this many test examples (a stratified draw, rounded per class)")
+    augment: bool = _opt(False, "train-time augmentation (CIFAR: crop and flip; MNIST: shifts; ImageNet: random resized "
+                                "crop and flip; digits: none, a warning says so)")
     batch_size: int = _opt(32, "train batch size per process")
     eval_batch_size: Optional[int] = _help("batch size of the holdout and test evaluations (default: batch-size)")
     num_workers: int = _opt(0, "data loading worker processes per process")
@@ -114,10 +115,10 @@ class RunConfig:
     threads: Optional[int] = _help("torch threads per process")
     # logging and checkpoints
     output_dir: Optional[str] = _help("run folder (default runs/<date-time>)")
-    log_every: int = _opt(20, "steps between log lines")
+    log_every: int = _opt(20, "steps between log lines (train rows of metrics.csv; 0: none)")
     eval_every: int = field(default=0, metadata={"help": "steps between holdout evaluations (0: every epoch)"})
     checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: none)"})
-    keep_checkpoints: int = _opt(2, "checkpoints kept in the run folder (older ones are deleted)")
+    keep_checkpoints: int = _opt(2, "checkpoints kept in the run folder (older ones are deleted; 0: all)")
     resume: Optional[str] = _help("latest, a run folder or a checkpoint folder")
     progress: bool = _opt(True, "progress bars")
     figures: bool = _opt(True, "write loss_accuracy.png, density.png and edits.png at the end")
@@ -132,8 +133,18 @@ class RunConfig:
             load_plugins(self.plugins)  # before any name is checked: a plugin's names count as built-in ones
         except PluginError as e:
             raise ConfigError(str(e)) from None
-        if self.estimator is None:
-            self.estimator = "presence" if self.mode == "mask_only" else "curvature"
+        if self.mode == "mask_only":
+            self.estimator = self.estimator or "presence"
+        else:
+            uses, required = _estimator_slots(self.policy)
+            if self.estimator is None and required:
+                self.estimator = "curvature"  # magnitude and gmp keep their magnitude order unless one is named
+            elif self.estimator is not None and not uses:
+                raise ConfigError(
+                    f"policy {self.policy!r} fixes its scores, so estimator {self.estimator!r} would be ignored: drop "
+                    "--estimator (a config.yaml written before this check records the default estimator for every "
+                    "policy: delete its estimator line), or use a policy that takes one (utility, balanced, threshold, "
+                    "gmp, magnitude)")
         if self.update_every is None:
             self.update_every = 1 if self.mode == "mask_only" else 25
         if self.epochs is None:
@@ -155,6 +166,14 @@ class RunConfig:
             (0.0 < self.end_fraction <= 1.0, f"end_fraction must be in (0, 1], got {self.end_fraction}"),
             (0.0 <= self.holdout < 1.0, f"holdout must be in [0, 1), got {self.holdout}"),
             (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}"),
+            (self.eval_every >= 0, f"eval_every must be >= 0 (0: every epoch), got {self.eval_every}"),
+            (self.log_every >= 0, f"log_every must be >= 0 (0: no train rows), got {self.log_every}"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0 (0: keep every one), got {self.keep_checkpoints}"),
+            (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
+            (self.eval_batch_size is None or self.eval_batch_size >= 1,
+             f"eval_batch_size must be >= 1 (or left out: the batch size), got {self.eval_batch_size}"),
+            (self.threads is None or self.threads >= 1, f"threads must be >= 1 (or left out), got {self.threads}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -267,13 +286,20 @@ def build_controller(cfg: RunConfig, conn: Connectome, optimizer=None, total_ste
 
 
 def _uses_estimator(policy: str) -> bool:
+    return _estimator_slots(policy)[0]
+
+
+def _estimator_slots(policy: str) -> tuple:
+    """(whether ``policy`` takes a utility estimator, whether it needs one: magnitude and gmp take
+    one optionally and order by magnitude without it)."""
     from adaptive.policies.base import get_policy
 
     try:
         pol = get_policy(policy)
     except (ValueError, TypeError):
-        return False  # the controller reports the unknown policy
-    return any(x is not None and x.startswith("estimator") for x in (pol.drop_by, pol.grow_by))
+        return False, False  # the controller reports the unknown policy
+    slots = [x for x in (pol.drop_by, pol.grow_by) if x is not None]
+    return any(x.startswith("estimator") for x in slots), any(x == "estimator" for x in slots)
 
 
 def default_output_dir() -> str:
@@ -321,6 +347,12 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     output_dir = Path(output_dir or _broadcast_str(accelerator, default_output_dir()))
     if cfg.resume:
         _check_resumed_config(cfg, output_dir)
+    elif cfg.mode != "mask_only" and list_checkpoints(output_dir / CHECKPOINT_DIR):
+        # a fresh run would write beside them, and a later --resume would splice the two runs
+        raise CheckpointError(
+            f"{output_dir} holds checkpoints of an earlier run ({list_checkpoints(output_dir / CHECKPOINT_DIR)[-1].name}): "
+            f"continue it with --resume latest --output_dir {output_dir}, or start afresh in another --output_dir "
+            f"(or delete {output_dir / CHECKPOINT_DIR})")
     set_seed(cfg.seed)
 
     loaders = get_dataloaders(cfg)
@@ -377,7 +409,8 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
         return acc
 
     def step_hook(s: TrainState):
-        if cfg.eval_every and s.step % cfg.eval_every == 0:
+        # the holdout row of a step comes before its checkpoint, so a resumed run has it too
+        if (s.step % cfg.eval_every == 0) if cfg.eval_every else (s.step % steps_per_epoch == 0):
             eval_holdout()
         if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and s.step < total_steps:
             save_checkpoint(accelerator, output_dir, s.step, cfg.keep_checkpoints, state=s)
@@ -398,15 +431,15 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
             loader.set_epoch(epoch)
         train_one_epoch(accelerator, model, optimizer, loader, state, lr_scheduler=lr_scheduler, conn=conn,
                         max_steps=total_steps, log_every=cfg.log_every, on_step=step_hook, progress=progress)
-        if not cfg.eval_every and state.step % steps_per_epoch == 0:
-            eval_holdout()
         if state.step >= total_steps:
             break
     if progress is not None:
         progress.close()
     seconds = time.time() - t0
 
-    holdout_acc = eval_holdout() if not state.metrics or state.metrics[-1]["split"] != "holdout" else state.metrics[-1]["accuracy"]
+    last = state.metrics[-1] if state.metrics else {}
+    # the holdout score of the final network: reused only if it was taken at the last step
+    holdout_acc = last["accuracy"] if last.get("split") == "holdout" and last.get("step") == state.step else eval_holdout()
     test_loss, test_acc, n_test = evaluate(accelerator, model, test_dl)
     metric_row(state, "test", test_loss, test_acc, conn, optimizer.param_groups[0]["lr"])
     files = _write_outputs(accelerator, cfg, output_dir, state.metrics, ctrl.events, conn)
@@ -459,6 +492,8 @@ def _check_resumed_config(cfg: RunConfig, output_dir: Path) -> None:
     if "weights" in saved:  # runs recorded before paths were stored absolute
         saved["weights"] = absolute_if_exists(saved["weights"])
     free = _RESUME_MAY_CHANGE | (_MASK_ONLY_FINGERPRINTED if cfg.mode == "mask_only" else set())
+    if cfg.mode != "mask_only" and not _uses_estimator(cfg.policy):
+        free = free | {"estimator"}  # runs recorded before the recipe dropped it for such policies name one
     diff = [f"{k}: run {saved[k]!r}, now {now[k]!r}" for k in now if k in saved and k not in free and saved[k] != now[k]]
     if diff:
         raise CheckpointError(f"--resume: {path} records other settings ({'; '.join(diff)}); resume with the run's "

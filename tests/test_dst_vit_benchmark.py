@@ -49,3 +49,21 @@ def test_removal_orders_refuses_bad_settings_before_any_work(tmp_path, capsys):
         assert info.value.code == 2
         assert msg in capsys.readouterr().err
     assert not (tmp_path / "t.md").exists()
+
+
+def test_a_cached_run_with_other_settings_is_not_reused(tmp_path):
+    import argparse
+
+    import pytest
+
+    mod = load_script("recipes/benchmarks/dst_vit.py", "dst_vit")
+    out = tmp_path / "set_e8_s0"
+    out.mkdir()
+    (out / "summary.json").write_text('{"test_acc": 0.5}')
+    (out / "config.yaml").write_text("lr: 0.001\ndensity: 0.2\nepochs: 8\nseed: 0\n")
+    args = argparse.Namespace(runs=str(tmp_path), epochs=8, seed=0, lr=0.001)
+    assert mod.run("set", ["--density", "0.2", "--policy", "set"], args) == {"test_acc": 0.5}
+    with pytest.raises(SystemExit, match="density: 0.2 there, 0.1 here"):
+        mod.run("set", ["--density", "0.1", "--policy", "set"], args)
+    with pytest.raises(SystemExit, match="lr: 0.001 there, 0.003 here"):
+        mod.run("set", ["--density", "0.2", "--policy", "set"], argparse.Namespace(**{**vars(args), "lr": 0.003}))

@@ -129,3 +129,43 @@ def test_smallest_k_of_a_large_input_with_inf_and_nan():
     assert not bool(torch.isnan(x[idx]).any()) or int(torch.isnan(x[idx]).sum()) == 9  # NaN only after every inf
     ref = torch.argsort(torch.nan_to_num(x, nan=float("inf")), stable=True)[: n - 1]
     assert torch.equal(idx, ref)
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 40), nn.ReLU(), nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 5))
+
+
+@pytest.mark.parametrize("policy", ["magnitude", "rigl", "set"])
+def test_min_density_floors_hold_under_the_global_budget(policy):
+    m = _mlp()
+    with torch.no_grad():
+        m[2].weight.mul_(1e-3)  # by magnitude alone the global ranking would empty this layer
+    conn = adaptive.Connectome(m)
+    ctrl = adaptive.Controller(conn, None, policy=policy, density=0.2, budget="global", min_density=0.1,
+                               update_every=1, end_step=20, edit_fraction=0.5, seed=0)
+    x, y = torch.randn(32, 20), torch.randint(0, 5, (32,))
+    for _ in range(5):
+        m.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        ctrl.observe()
+        ctrl.step()
+        for n, mask in conn.masks.items():
+            assert int(mask.sum()) >= math.ceil(0.1 * mask.numel()), (n, int(mask.sum()))
+    assert abs(conn.density() - 0.2) < 1e-3
+
+
+def test_floors_and_protected_layers_beyond_a_global_target_are_refused():
+    conn = adaptive.Connectome(_mlp())
+    with pytest.raises(ValueError, match="too low for the protected layers"):
+        adaptive.Controller(conn, None, policy="magnitude", density=0.1, budget="global", min_density=0.3)
+    with pytest.raises(ValueError, match="too low for the protected layers"):
+        adaptive.Controller(conn, None, policy="rigl", density=0.2, budget="global", protect=["0"])
+    assert conn.density() == 1.0
+
+
+@pytest.mark.parametrize("policy", ["threshold", "crawl"])
+def test_policies_that_rank_all_layers_together_refuse_a_floor(policy):
+    conn = adaptive.Connectome(_mlp())
+    with pytest.raises(ValueError, match="keeps no per-layer floor"):
+        adaptive.Controller(conn, None, policy=policy, density=0.5, min_density=0.1)

@@ -222,6 +222,13 @@ def test_two_processes_agree(tmp_path):
     (["--mode", "mask_only", "--min_density", "0.1"], "does not use min_density"),
     (["--mode", "mask_only", "--lr", "0.01"], "does not use lr (got 0.01): mask_only trains no weight"),
     (["--ensemble", "fc1=neurons;synapse"], "ensemble 'fc1=neurons;synapse': ensemble rule for 'fc1': unknown"),
+    (["--policy", "rigl", "--estimator", "obd"], "policy 'rigl' fixes its scores, so estimator 'obd' would be ignored"),
+    (["--eval_every", "-1"], "eval_every must be >= 0"),
+    (["--log_every", "-1"], "log_every must be >= 0"),
+    (["--warmup_steps", "-5"], "warmup_steps must be >= 0"),
+    (["--keep_checkpoints", "-1"], "keep_checkpoints must be >= 0"),
+    (["--eval_batch_size", "0"], "eval_batch_size must be >= 1"),
+    (["--threads", "0"], "threads must be >= 1"),
 ])
 def test_bad_arguments_fail_clearly(args, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -404,3 +411,47 @@ def test_two_processes_agree_with_per_layer_rules_and_random_growth(tmp_path):
     assert len(hashes) == 2 and hashes[0] == hashes[1]
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert sum(e["grown"] for e in events if e["kind"] == "update") > 0
+
+
+def test_resume_from_the_last_step_of_an_epoch_keeps_its_holdout_row(tmp_path):
+    """The epoch's holdout row comes before the checkpoint of its last step (it came after, so a run
+    resumed from there never had it)."""
+    common = ["--max_steps", "60", "--batch_size", "64"]  # 21 steps per epoch, holdout every epoch
+    full = run(tmp_path / "full", *common)
+
+    def stop(state):
+        if state.step == 25:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(tmp_path / "cut", *common, "--checkpoint_every", "21", on_step=stop)
+    assert find_checkpoint("latest", tmp_path / "cut").name == "step_00000021"
+    resumed = run(tmp_path / "cut", *common, "--resume", "latest")
+    assert [r["step"] for r in full.state.metrics if r["split"] == "holdout"] == [21, 42, 60]
+    assert resumed.state.metrics == full.state.metrics
+    assert same_state(resumed, full)
+
+
+def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path, capsys):
+    """A rerun (--config OUTPUT_DIR/config.yaml) would write beside the earlier run's checkpoints and
+    a later --resume would splice the two runs."""
+    run(tmp_path / "a", "--checkpoint_every", "20")
+    with pytest.raises(SystemExit):
+        R.main(["--config", str(tmp_path / "a" / "config.yaml"), "--density", "0.5"])
+    err = capsys.readouterr().err
+    assert "holds checkpoints of an earlier run" in err and "--resume latest" in err
+    assert load_config(R.RunConfig, tmp_path / "a" / "config.yaml").density != 0.5  # its config is untouched
+    res = R.main(["--config", str(tmp_path / "a" / "config.yaml"), "--output_dir", str(tmp_path / "b")])
+    assert res.state.step == 40
+
+
+def test_magnitude_policies_prune_by_magnitude_unless_told_otherwise(tmp_path, capsys):
+    run(tmp_path / "m", "--policy", "magnitude", "--density", "0.3")
+    assert "policy magnitude," in capsys.readouterr().out  # no estimator: |w| order
+    assert load_config(R.RunConfig, tmp_path / "m" / "config.yaml").estimator is None
+
+
+def test_the_final_holdout_score_is_of_the_final_network(tmp_path):
+    res = run(tmp_path, "--max_steps", "41", "--eval_every", "20")
+    last = [r for r in res.state.metrics if r["split"] == "holdout"][-1]
+    assert last["step"] == 41 and res.summary["holdout_accuracy"] == last["accuracy"]

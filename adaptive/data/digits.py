@@ -20,6 +20,8 @@ def digits(data_dir=None, download=False, augment=False) -> Source:
     is defined for these 8x8 digits, and so is ``data_dir`` (with a warning): they ship with scikit-learn."""
     from sklearn.datasets import load_digits
 
+    if augment:
+        warnings.warn("the digits dataset has no augmentation: augment=True is not used", stacklevel=2)
     if data_dir is not None:
         warnings.warn(f"the digits dataset ships with scikit-learn: the data directory {str(data_dir)!r} is not used",
                       stacklevel=2)

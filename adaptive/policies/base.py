@@ -111,6 +111,7 @@ class Policy:
     grow_by: Optional[str] = None  # None: the policy never grows
     needs_density = True
     supports_nm = False  # n:m granularities need policies whose scores share units
+    ranks_globally = False  # True: every edit ranks all layers together, so no layer budget or floor applies
 
     def initialize(self, ctrl: "Controller") -> Optional[EditPlan]:
         """Plan applied at construction (default: sparsify to the target with ``ctrl.init``)."""
@@ -290,9 +291,41 @@ def live_synapses(size, alive: torch.Tensor) -> float:
 
 
 def global_synapse_target(ctrl, density: float) -> int:
-    """Live synapses of all editable layers together for ``density`` (protected layers count as dense)."""
+    """Live synapses of all editable layers together for ``density`` (protected layers count as
+    dense). Raises when the protected layers and the ``min_density`` floors alone exceed it."""
     prot = sum(ctrl.conn.layers[n].numel for n in ctrl.protected)
-    return max(0, int(round(density * ctrl.conn.num_synapses())) - prot)
+    target = int(round(density * ctrl.conn.num_synapses()))
+    floors = sum(layer_floors(ctrl).values())
+    if prot + floors > target:
+        raise ValueError(
+            f"density {density} is too low for the protected layers {sorted(ctrl.protected)} and min_density "
+            f"{ctrl.min_density}: they alone need {prot + floors:,} of {target:,} live synapses; raise the density "
+            "or protect fewer layers")
+    return target - prot
+
+
+def layer_floors(ctrl) -> Dict[str, int]:
+    """Live synapses each editable layer keeps at least (``min_density`` of its synapses)."""
+    md = float(getattr(ctrl, "min_density", 0.0) or 0.0)
+    return {n: int(math.ceil(md * ctrl.conn.layers[n].numel)) for n in ctrl.editable()} if md > 0 else {}
+
+
+def floor_protected(ctrl, scores: Dict[str, torch.Tensor], alive: Dict[str, torch.Tensor], side: str) -> Dict[str, torch.Tensor]:
+    """Under the global budget with ``min_density``: the live ensembles of each layer that hold its
+    floor, the most valuable first (``side="keep"``: highest scores; ``"cost"``: highest removal cost),
+    as bool masks. Ranking others across layers leaves these in place."""
+    out = {}
+    for n, floor in layer_floors(ctrl).items():
+        if not floor or n not in scores:
+            continue
+        s = scores[n].reshape(-1)
+        size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)
+        ok = alive[n].reshape(-1).to(s.device) if alive is not None else torch.ones_like(s, dtype=torch.bool)
+        order = highest(per_synapse(s, size), ok, max_count(size, floor, int(ok.sum())))
+        m = torch.zeros_like(s, dtype=torch.bool)
+        m[take_synapses(order, size, floor)] = True
+        out[n] = m.view(scores[n].shape)
+    return out
 
 
 def synapse_targets(ctrl, density: float):
@@ -326,7 +359,12 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
         if per_layer is None:
             flat, names, sizes = concat(keep_scores)
             size = concat_sizes(ctrl, names, sizes)
-            k = top(per_synapse(flat, size), size, total)
+            ranked = per_synapse(flat, size)
+            held = floor_protected(ctrl, keep_scores, None, "keep")
+            if held:  # each layer's floor first, then the best of the rest across layers
+                ranked = ranked.masked_fill(concat({n: held.get(n, torch.zeros_like(keep_scores[n], dtype=torch.bool))
+                                                     for n in keep_scores})[0].to(ranked.device), float("inf"))
+            k = top(ranked, size, total)
             for n, part in zip(names, torch.split(k, sizes)):
                 keep[n] = part.view(keep_scores[n].shape)
         else:

@@ -32,6 +32,7 @@ class Crawl(Policy):
     drop_by = grow_by = "estimator"
     needs_density = False
     sparse_at_start = False
+    ranks_globally = True
 
     def __init__(self, edit_fraction: float = 0.01, margin: float = 0.0):
         if not 0.0 <= edit_fraction <= 1.0:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import (EditPlan, Policy, concat, concat_sizes, ensemble_size, highest, keep_plan, live_synapses, lowest,
-                   max_count, per_synapse, register_policy, size_sum, split, synapse_targets, take_synapses)
+from .base import (EditPlan, Policy, concat, concat_sizes, ensemble_size, floor_protected, highest, keep_plan,
+                   live_synapses, lowest, max_count, per_synapse, register_policy, size_sum, split, synapse_targets,
+                   take_synapses)
 
 
 def global_candidates(ctrl, cost, gain, alive, frac, ordered=True, target=None):
@@ -26,7 +27,12 @@ def global_candidates(ctrl, cost, gain, alive, frac, ordered=True, target=None):
     live = int(torch.count_nonzero(a))
     k = min(int(round(frac * live)), a.numel() - live)
     size = concat_sizes(ctrl, names, sizes)
-    p_idx = lowest(per_synapse(c, size), a, k, ordered)
+    prunable = a
+    held = floor_protected(ctrl, cost, alive, "cost")
+    if held:  # min_density: the ensembles holding each layer's floor are not pruned
+        prunable = a & ~concat({n: held.get(n, torch.zeros_like(cost[n], dtype=torch.bool)) for n in cost})[0].to(a.device)
+        k = min(k, int(prunable.sum()))
+    p_idx = lowest(per_synapse(c, size), prunable, k, ordered)
     g_idx = grow_candidates(per_synapse(g, size), a, size, p_idx, target, ordered)
     return c, g, names, sizes, p_idx, g_idx
 

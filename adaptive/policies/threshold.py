@@ -21,6 +21,7 @@ class Threshold(Policy):
     drop_by = grow_by = "estimator"
     needs_density = False
     sparse_at_start = False
+    ranks_globally = True
 
     def __init__(self, prune_boundary: float = 0.0, restore_boundary: float = 0.0, adapt: bool = True):
         self.prune_boundary = float(prune_boundary)

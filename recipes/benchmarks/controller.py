@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import torchvision
 
 import adaptive
+from adaptive.atomic import write_text
 
 
 def main():
@@ -79,9 +80,7 @@ def main():
         "Targets: observe <= 3% of a training step; update <= 1 s on 2 cores.\n"
     )
     print(text)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
+    write_text(args.out, text)
 
 
 if __name__ == "__main__":

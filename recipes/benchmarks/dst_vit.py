@@ -39,7 +39,19 @@ HERE = Path(__file__).resolve().parent
 def run(name: str, extra: list, args) -> dict:
     out = Path(args.runs) / f"{name}_e{args.epochs}_s{args.seed}"
     summary = out / "summary.json"
-    if not summary.exists():
+    if summary.exists():  # reuse a finished run only if it ran with these settings
+        import yaml
+
+        cfg = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
+        want = {"lr": args.lr, "density": float(extra[extra.index("--density") + 1]), "epochs": args.epochs,
+                "seed": args.seed}
+        diff = {k: (cfg.get(k), v) for k, v in want.items() if cfg.get(k) is None or float(cfg[k]) != float(v)}
+        if diff:
+            sys.exit(f"error: {out} holds a finished {name} run with other settings "
+                     f"({', '.join(f'{k}: {a} there, {b} here' for k, (a, b) in diff.items())}); pass --runs DIR "
+                     "for a folder of runs with these settings")
+        print(f"reusing the finished run {out}", flush=True)
+    else:
         cmd = [sys.executable, str(ROOT / "recipes" / "adaptive.py"), "--model", "vit_tiny", "--dataset", "cifar10",
                "--epochs", str(args.epochs), "--optimizer", "adamw", "--lr", str(args.lr), "--weight-decay", "0.05",
                "--warmup-steps", "200", "--augment", "true", "--seed", str(args.seed), "--threads", str(args.threads),

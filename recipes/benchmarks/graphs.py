@@ -344,9 +344,9 @@ def main(argv=None):
     text = table(rows, comp, a.threads, cmdline, vit)
     print()
     print(text)
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        f.write(text)
+    from adaptive.atomic import write_text
+
+    write_text(a.out, text)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from adaptive.mask_only import changed_weights, optimize_connectome, resolve_target  # noqa: E402
+from adaptive.atomic import write_text  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = ["mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x0_5", "squeezenet1_0", "regnet_y_400mf",
@@ -81,9 +82,7 @@ def main(argv=None):
             f"{platform.machine()}, CPU)\n\n" + "\n".join(lines) + "\n\nRandom weights and images; one pass of 4 "
             "batches of 4 per target (10% then 20% removed), synapse ensembles.\n\n"
             "Reproduce: `python recipes/benchmarks/mask_only_models.py`\n")
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        f.write(text)
+    write_text(args.output, text)
     print(f"wrote {args.output}")
     if failed:
         raise SystemExit(f"{failed} model(s) failed")

@@ -37,7 +37,9 @@ def main(argv=None):
                    help="a vit_tiny run folder (connectome.safetensors, dense_state_dict.pt)")
     p.add_argument("--fractions", default="0.1,0.25,0.5", help="fractions of each layer's live synapses removed")
     p.add_argument("--stat-batches", type=int, default=25, help="TRAIN batches of 128 for gradient statistics")
-    p.add_argument("--eval-batches", type=int, default=16, help="held-out batches of 128 scored per point")
+    p.add_argument("--eval-batches", type=int, default=0,
+                   help="held-out batches of 128 scored per point, drawn at random (seeded) from the whole "
+                        "held-out part (0: all of it; the loader keeps the dataset's class order)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(HERE / "results" / "removal_orders_vit.md"))
@@ -48,8 +50,8 @@ def main(argv=None):
         p.error(f"--fractions must be comma-separated numbers, got {a.fractions!r}")
     if not all(0 < f < 1 for f in fractions):
         p.error("--fractions must lie in (0, 1)")
-    if a.stat_batches < 1 or a.eval_batches < 1 or a.threads < 1:
-        p.error("--stat-batches, --eval-batches and --threads must be at least 1")
+    if a.stat_batches < 1 or a.eval_batches < 0 or a.threads < 1:
+        p.error("--stat-batches and --threads must be at least 1, --eval-batches at least 0")
     run = Path(a.run)
     if not (run / "connectome.safetensors").is_file() or not (run / "dense_state_dict.pt").is_file():
         p.error(f"{run} holds no finished run: run `python recipes/benchmarks/dst_vit.py` first or pass --run")
@@ -66,7 +68,11 @@ def main(argv=None):
     model.eval()
     dl = get_dataloaders("cifar10", batch_size=128, holdout=0.1, seed=0, data_dir=a.data_dir)
     stat = list(itertools.islice(iter(dl.train), a.stat_batches))
-    hold = list(itertools.islice(iter(dl.holdout), a.eval_batches))
+    hold = list(dl.holdout)  # sorted by class: the first batches would hold four classes only
+    if a.eval_batches:
+        pick = torch.randperm(len(hold), generator=torch.Generator().manual_seed(0))[: a.eval_batches]
+        hold = [hold[i] for i in sorted(pick.tolist())]
+    labels = torch.cat([y for _, y in hold])
     lossf = torch.nn.CrossEntropyLoss()
 
     def evaluate():
@@ -110,8 +116,11 @@ def main(argv=None):
         lines.append(f"| {est} | " + " | ".join(f"{loss:.3f} / {acc:.1f}" for loss, acc in row) + " |")
     lines += ["", f"Network: {run} (vit_tiny at density {conn.density():.3f}). Gradient statistics: {a.stat_batches} "
               f"TRAIN batches of 128 (no augmentation, eval mode); each fraction of every layer's live synapses is "
-              f"removed, lowest cost first; held-out = the first {a.eval_batches} batches of 128 of the 10% of TRAIN "
-              f"held out with seed 0 (the test split is not read). {platform.machine()}, {a.threads} thread(s), "
+              f"removed, lowest cost first; held-out = {len(labels):,} images ("
+              f"{'all' if not a.eval_batches else f'{a.eval_batches} batches of 128 drawn at random from those'} of the "
+              f"10% of TRAIN held out with seed 0; {int(torch.unique(labels).numel())} classes, "
+              f"{int(torch.bincount(labels).min())} to {int(torch.bincount(labels).max())} images each; the test split is "
+              f"not read). {platform.machine()}, {a.threads} thread(s), "
               f"{(time.time() - t0) / 60:.1f} min.", "",
               "Costs: magnitude |w|; obd -g*w + F*w^2/2; consistency the same with g shrunk by its consistency "
               "across batches; curvature F*w^2/2 alone; taylor -g*w.", "",

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[2]))
+from adaptive.atomic import write_text  # noqa: E402
 OURS_BASE = ["--est", "presence", "--window", "1", "--approach", "0.01", "--edit", "1.0", "--verify", "0"]
 ROWS = [
     ("edge-popup lr 0.01", "ep.py", []),
@@ -95,7 +97,7 @@ def main(argv=None):
         print(done[name], flush=True)
     body = [done[name] for name, _, _ in ROWS if name in done]
     text = "# Mask-only ablations (ResNet-20, DEV split of TRAIN, 0.25 pass per target)\n\n" + "\n".join(header + body) + "\n"
-    Path(args.output).write_text(text)
+    write_text(args.output, text)
     print(f"wrote {args.output}")
 
 
