@@ -26,7 +26,7 @@ from .budgets import get_budget
 from .connectome import Connectome
 from .distributed import check_masks_agree
 from .optim_state import restore_state, snapshot_state, unwrap_optimizer
-from .policies.base import EditPlan, get_policy, keep_plan
+from .policies.base import EditPlan, get_policy, keep_plan, synapse_targets
 from .schedules import get_decay
 from .utility import GradientStats, UtilityContext, get_estimator
 
@@ -202,6 +202,8 @@ class Controller:
         # cannot be met): a failed construction leaves it as it was.
         if optimizer is not None:
             conn._check_optimizer(optimizer)
+        if self.density is not None and conn.fixed_density is None:
+            synapse_targets(self, self.density)  # raises now, not at the first update, when it cannot be met
         kept = grow_init == "original" and not conn.original
         if kept:
             conn.keep_original()

@@ -33,13 +33,15 @@ def reset_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, where: to
 
 
 def _fresh_value(optimizer, param, key) -> float:
-    """The value a state entry starts at in a fresh optimizer: 0, except Adagrad's ``sum``, which
-    starts at ``initial_accumulator_value`` (a regrown synapse must not take a first step of size
-    lr where a fresh one takes a small one)."""
-    if isinstance(optimizer, torch.optim.Adagrad) and key == "sum":
-        for g in optimizer.param_groups:
-            if any(p is param for p in g["params"]):
-                return float(g.get("initial_accumulator_value", 0.0))
+    """The value a state entry starts at in a fresh optimizer: 0, except Adagrad's ``sum``
+    (``initial_accumulator_value``) and Rprop's ``step_size`` (``lr``): a regrown synapse must step
+    as a fresh one would."""
+    fresh = {(torch.optim.Adagrad, "sum"): "initial_accumulator_value", (torch.optim.Rprop, "step_size"): "lr"}
+    for (cls, k), group_key in fresh.items():
+        if isinstance(optimizer, cls) and key == k:
+            for g in optimizer.param_groups:
+                if any(p is param for p in g["params"]):
+                    return float(g.get(group_key, 0.0))
     return 0.0
 
 

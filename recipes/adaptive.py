@@ -494,6 +494,11 @@ def _check_resumed_config(cfg: RunConfig, output_dir: Path) -> None:
     free = _RESUME_MAY_CHANGE | (_MASK_ONLY_FINGERPRINTED if cfg.mode == "mask_only" else set())
     if cfg.mode != "mask_only" and not _uses_estimator(cfg.policy):
         free = free | {"estimator"}  # runs recorded before the recipe dropped it for such policies name one
+    elif cfg.mode != "mask_only" and cfg.estimator is None and saved.get("estimator") == "curvature":
+        # a magnitude/gmp run recorded when curvature was every policy's default ran with it: it
+        # continues with it
+        cfg.estimator = "curvature"
+        now = to_dict(cfg)
     diff = [f"{k}: run {saved[k]!r}, now {now[k]!r}" for k in now if k in saved and k not in free and saved[k] != now[k]]
     if diff:
         raise CheckpointError(f"--resume: {path} records other settings ({'; '.join(diff)}); resume with the run's "

@@ -169,3 +169,37 @@ def test_policies_that_rank_all_layers_together_refuse_a_floor(policy):
     conn = adaptive.Connectome(_mlp())
     with pytest.raises(ValueError, match="keeps no per-layer floor"):
         adaptive.Controller(conn, None, policy=policy, density=0.5, min_density=0.1)
+
+
+@pytest.mark.parametrize("policy, kw", [("gmp", dict(protect=["2.weight"])), ("gmp", dict(min_density=0.5)),
+                                        ("threshold", dict(protect=["2.weight"]))])
+def test_a_global_target_that_cannot_be_met_is_refused_at_construction(policy, kw):
+    conn = adaptive.Connectome(_mlp())
+    with pytest.raises(ValueError, match="density 0.3 is too low"):
+        adaptive.Controller(conn, None, policy=policy, density=0.3, budget="global", end_step=50, **kw)
+
+
+def test_a_floor_under_half_an_ensemble_still_keeps_one():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(200, 20), nn.ReLU(), nn.Linear(20, 10), nn.ReLU(), nn.Linear(10, 5))
+    with torch.no_grad():
+        m[4].weight.mul_(1e-4)
+    conn = adaptive.Connectome(m, ensemble="neuron")
+    adaptive.Controller(conn, None, policy="magnitude", density=0.3, budget="global", min_density=0.05)
+    assert all(int(mask.sum()) >= math.ceil(0.05 * mask.numel()) for mask in conn.masks.values())
+
+
+def test_a_regrown_rprop_synapse_starts_at_the_fresh_step_size():
+    lin = nn.Linear(4, 1, bias=False)
+    conn = adaptive.Connectome(lin)
+    opt = torch.optim.Rprop(lin.parameters(), lr=0.01)
+    conn.attach(opt)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    mask[0, 0] = False
+    conn.set_masks({"weight": mask})
+    for _ in range(3):
+        lin(torch.randn(5, 4)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    conn.set_masks({"weight": torch.ones(1, 4, dtype=torch.bool)})
+    assert float(opt.state[lin.weight]["step_size"][0, 0]) == pytest.approx(0.01)

@@ -455,3 +455,14 @@ def test_the_final_holdout_score_is_of_the_final_network(tmp_path):
     res = run(tmp_path, "--max_steps", "41", "--eval_every", "20")
     last = [r for r in res.state.metrics if r["split"] == "holdout"][-1]
     assert last["step"] == 41 and res.summary["holdout_accuracy"] == last["accuracy"]
+
+
+def test_a_gmp_run_recorded_with_the_former_default_estimator_resumes_with_it(tmp_path):
+    from adaptive.config import save_config
+
+    old = R.RunConfig(policy="gmp", density=0.3, estimator="curvature")
+    save_config(old, tmp_path / "config.yaml", resume=None)
+    now = R.RunConfig(policy="gmp", density=0.3)
+    assert now.estimator is None  # a new gmp run prunes by magnitude
+    R._check_resumed_config(now, tmp_path)
+    assert now.estimator == "curvature"

@@ -147,7 +147,8 @@ def _smallest_k(x: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
         idx, vals = idx[order], vals[order]
         return idx[torch.argsort(vals, stable=True)]
     # one ordering throughout: +inf as the largest float, NaN as inf (after it), -inf as the smallest
-    x = torch.nan_to_num(x, nan=float("inf"))
+    if not bool(torch.isfinite(x).all()):
+        x = torch.nan_to_num(x, nan=float("inf"))
     stride = max(1, n >> 18)
     sample = x[::stride]
     m = sample.numel()
@@ -321,9 +322,15 @@ def floor_protected(ctrl, scores: Dict[str, torch.Tensor], alive: Dict[str, torc
         s = scores[n].reshape(-1)
         size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)
         ok = alive[n].reshape(-1).to(s.device) if alive is not None else torch.ones_like(s, dtype=torch.bool)
-        order = highest(per_synapse(s, size), ok, max_count(size, floor, int(ok.sum())))
+        order = highest(per_synapse(s, size), ok, max_count(size, floor, int(ok.sum())) + 1)
+        # whole ensembles until the floor is covered (rounding to the nearest would keep none of a
+        # layer whose floor is under half an ensemble)
+        if isinstance(size, float):
+            n_keep = math.ceil(floor / size)
+        else:
+            n_keep = int((size.to(order.device)[order].cumsum(0) - size.to(order.device)[order] < floor).sum())
         m = torch.zeros_like(s, dtype=torch.bool)
-        m[take_synapses(order, size, floor)] = True
+        m[order[:n_keep]] = True
         out[n] = m.view(scores[n].shape)
     return out
 
