@@ -123,11 +123,15 @@ def test_loading_another_models_controller_state_changes_nothing():
         a.load_state_dict({"masks": {}})
 
 
-def test_a_regrown_adagrad_synapse_starts_from_a_fresh_accumulator():
+@pytest.mark.parametrize("make, key, fresh", [
+    (lambda ps: torch.optim.Adagrad(ps, lr=0.1, initial_accumulator_value=1.0), "sum", 1.0),
+    (lambda ps: torch.optim.Rprop(ps, lr=0.01), "step_size", 0.01),  # it restarted at 0: the synapse stayed frozen
+])
+def test_a_regrown_synapse_starts_from_a_fresh_optimizer_state(make, key, fresh):
     torch.manual_seed(0)
     lin = nn.Linear(4, 2, bias=False)
     conn = adaptive.Connectome(lin)
-    opt = torch.optim.Adagrad(lin.parameters(), lr=0.1, initial_accumulator_value=1.0)
+    opt = make(lin.parameters())
     conn.attach(opt)
     mask = torch.ones(2, 4, dtype=torch.bool)
     mask[0, 3] = False
@@ -137,4 +141,4 @@ def test_a_regrown_adagrad_synapse_starts_from_a_fresh_accumulator():
         opt.step()
         opt.zero_grad()
     conn.set_masks({"weight": torch.ones(2, 4, dtype=torch.bool)})  # regrown at 0.0
-    assert float(opt.state[lin.weight]["sum"][0, 3]) == 1.0  # as a fresh Adagrad entry starts
+    assert float(opt.state[lin.weight][key][0, 3]) == pytest.approx(fresh)  # as a fresh entry starts

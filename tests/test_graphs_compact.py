@@ -524,6 +524,19 @@ def test_local_response_norm_mixes_neighbouring_channels(functional):
     assert torch.allclose(small(x), ref, atol=1e-5)
 
 
+def _with_a_constant_unit(cls):
+    """A ``cls()`` whose unit ``a:1`` is cut from its inputs: it emits relu(bias = 1.0) everywhere."""
+    torch.manual_seed(0)
+    m = cls().eval()
+    with torch.no_grad():
+        m.a.bias.fill_(1.0)
+    conn = adaptive.Connectome(m)
+    ma = conn.masks["a.weight"].clone()
+    ma[1] = False
+    conn.set_masks({"a.weight": ma})
+    return m, conn
+
+
 def test_padded_1x1_conv_reading_a_constant_channel_folds_it_exactly():
     """A 1x1 convolution with padding 1 adds its bias alone on the zero border: a removed constant
     channel must not be folded into the bias there (it was, and the check failed)."""
@@ -536,14 +549,7 @@ def test_padded_1x1_conv_reading_a_constant_channel_folds_it_exactly():
         def forward(self, x):
             return self.b(F.relu(self.a(x)))
 
-    torch.manual_seed(0)
-    m = Net().eval()
-    with torch.no_grad():
-        m.a.bias.fill_(1.0)
-    conn = adaptive.Connectome(m)
-    ma = conn.masks["a.weight"].clone()
-    ma[1] = False  # unit a:1 has no inputs: it emits relu(1.0) everywhere
-    conn.set_masks({"a.weight": ma})
+    m, conn = _with_a_constant_unit(Net)
     x = torch.randn(2, 3, 5, 5)
     ref = masked_output(m, conn, x)
     small = graphs.compact(m, conn, x)
@@ -566,14 +572,7 @@ def test_constants_judged_on_a_1x1_example_hold_at_other_sizes():
             h = F.avg_pool2d(F.relu(self.a(x)), 3, stride=1, padding=1)
             return self.fc(F.relu(self.b(h)).mean((2, 3)))
 
-    torch.manual_seed(0)
-    m = Net().eval()
-    with torch.no_grad():
-        m.a.bias.fill_(1.0)
-    conn = adaptive.Connectome(m)
-    ma = conn.masks["a.weight"].clone()
-    ma[1] = False
-    conn.set_masks({"a.weight": ma})
+    m, conn = _with_a_constant_unit(Net)
     x = torch.randn(2, 3, 1, 1)
     masked_output(m, conn, x)
     small = graphs.compact(m, conn, x)

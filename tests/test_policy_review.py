@@ -188,18 +188,3 @@ def test_a_floor_under_half_an_ensemble_still_keeps_one():
     adaptive.Controller(conn, None, policy="magnitude", density=0.3, budget="global", min_density=0.05)
     assert all(int(mask.sum()) >= math.ceil(0.05 * mask.numel()) for mask in conn.masks.values())
 
-
-def test_a_regrown_rprop_synapse_starts_at_the_fresh_step_size():
-    lin = nn.Linear(4, 1, bias=False)
-    conn = adaptive.Connectome(lin)
-    opt = torch.optim.Rprop(lin.parameters(), lr=0.01)
-    conn.attach(opt)
-    mask = torch.ones(1, 4, dtype=torch.bool)
-    mask[0, 0] = False
-    conn.set_masks({"weight": mask})
-    for _ in range(3):
-        lin(torch.randn(5, 4)).sum().backward()
-        opt.step()
-        opt.zero_grad()
-    conn.set_masks({"weight": torch.ones(1, 4, dtype=torch.bool)})
-    assert float(opt.state[lin.weight]["step_size"][0, 0]) == pytest.approx(0.01)
