@@ -39,6 +39,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from .atomic import write_text
+
 __all__ = ["ConfigError", "parse_config", "from_dict", "to_dict", "load_config", "save_config",
            "config_help", "normalize_key"]
 
@@ -279,8 +281,7 @@ def save_config(cfg, path, **override) -> None:
     if unknown:
         raise KeyError(f"save_config: no config key(s) {sorted(unknown)}")
     data.update(override)
-    with open(path, "w") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
+    write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def _read_yaml(path) -> Dict[str, Any]:

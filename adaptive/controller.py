@@ -23,6 +23,7 @@ import torch
 
 from . import policies as _policies  # noqa: F401  (registration)
 from .budgets import get_budget
+from .atomic import write_text
 from .connectome import Connectome
 from .distributed import check_masks_agree
 from .optim_state import restore_state, snapshot_state, unwrap_optimizer
@@ -567,6 +568,4 @@ class Controller:
 
     def write_events(self, path: str | os.PathLike) -> None:
         """Write every event as JSON lines."""
-        with open(path, "w") as f:
-            for e in self.events:
-                f.write(json.dumps(e, default=float) + "\n")
+        write_text(path, "".join(json.dumps(e, default=float) + "\n" for e in self.events))

@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from .atomic import atomic_path
+
 SPLIT_STYLE = {"train": dict(marker="", lw=1.0, alpha=0.8), "holdout": dict(marker="o", ms=3),
                "test": dict(marker="s", ms=6, ls="none")}
 
@@ -123,6 +125,7 @@ def plot_run(rows: Sequence[dict], events: Sequence[dict], out_dir) -> Dict[str,
 
 def _save(fig, plt, path) -> Path:
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path

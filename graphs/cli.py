@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 
+from adaptive.atomic import write_text
+
 WEIGHT_FILES = ("model_state.pt", "dense_state_dict.pt", "pruned_state_dict.pt")
 # (num_classes, in_shape) of the datasets recipes/adaptive.py names in config.yaml's ``dataset``
 DATASETS = {"mnist": (10, (1, 28, 28)), "cifar10": (10, (3, 32, 32)), "digits": (10, (1, 8, 8)),
@@ -197,8 +199,7 @@ def main(argv=None) -> int:
     os.makedirs(out, exist_ok=True)
     s = graphs.summary(g)
     print(format_summary(s))
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(s, f, indent=1)
+    write_text(os.path.join(out, "summary.json"), json.dumps(s, indent=1))
     for path in graphs.figures.plot_all(g, out):
         print(f"figure: {path}")
     return 0

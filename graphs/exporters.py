@@ -12,6 +12,8 @@ from typing import Callable, Dict
 
 import torch
 
+from adaptive.atomic import write_text
+
 EXPORTERS: Dict[str, Callable] = {}
 WRITERS: Dict[str, Callable] = {}
 FORMAT = "adaptive.graph/1"
@@ -121,8 +123,7 @@ def write_json(g, path):
     doc["nodes"] = {k: v.tolist() for k, v in g.node_attrs.items()}
     doc["nodes"]["name"] = g.node_names()
     doc["edges"] = {"src": g.src.tolist(), "dst": g.dst.tolist(), **{k: v.tolist() for k, v in g.edge_attrs.items()}}
-    with open(path, "w") as f:
-        json.dump(doc, f)
+    write_text(path, json.dumps(doc))
 
 
 def read_json(path):

@@ -7,6 +7,8 @@ from typing import List
 
 import torch
 
+from adaptive.atomic import atomic_path
+
 from . import analysis
 
 
@@ -22,7 +24,8 @@ def _plt():
 def _save(fig, out_dir, name) -> str:
     path = os.path.join(out_dir, name)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     _plt().close(fig)
     return path
 

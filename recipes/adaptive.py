@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptive import Connectome, Controller  # noqa: E402
 from adaptive.config import ConfigError, parse_config, save_config  # noqa: E402
+from adaptive.atomic import write_text  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.data import get_dataloaders as _get_dataloaders  # noqa: E402
@@ -606,9 +607,7 @@ def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn) -> Di
              "dense_state_dict": output_dir / "dense_state_dict.pt"}
     if accelerator.is_main_process:
         write_metrics_csv(rows, files["metrics"])
-        with open(files["events"], "w") as f:
-            for e in events:
-                f.write(json.dumps(e, default=float) + "\n")
+        write_text(files["events"], "".join(json.dumps(e, default=float) + "\n" for e in events))
         conn.save(files["connectome"], with_original=conn.mode == "mask_only")
         torch.save(conn.dense_state_dict(), files["dense_state_dict"])
         if cfg.figures:
@@ -650,8 +649,7 @@ def _update_note(cfg, summary, total_steps) -> Optional[str]:
 
 def _finish(accelerator, output_dir, summary, files):
     if accelerator.is_main_process:
-        with open(output_dir / "summary.json", "w") as f:
-            json.dump(summary, f, indent=1, default=float)
+        write_text(output_dir / "summary.json", json.dumps(summary, indent=1, default=float))
         files["summary"] = output_dir / "summary.json"
         ho = summary.get("holdout_accuracy")
         print(

@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from adaptive import diagnostics as D  # noqa: E402
 from adaptive.diagnostics.table import Table  # noqa: E402
+from adaptive.atomic import write_text  # noqa: E402
 
 
 # ---------------------------------------------------------------------- shared seams
@@ -111,8 +112,7 @@ def train_steps(model, loader, steps, optimizer, desc="training"):
 
 def write_table(table: Table, out, name, title=None):
     table.to_csv(os.path.join(out, name + ".csv"))
-    with open(os.path.join(out, name + ".md"), "w") as f:
-        f.write(table.to_markdown() + "\n")
+    write_text(os.path.join(out, name + ".md"), table.to_markdown() + "\n")
     print(f"\n{title or name}\n{table.to_markdown()}")
 
 
@@ -202,7 +202,22 @@ def trained_model(args, data):
     return model
 
 
+def _refuse(msg: str):
+    raise SystemExit(f"recipes/diagnostics.py: error: {msg}")
+
+
+def _check_counts(args, *names, least=1):
+    """Options that are counts, checked before any model is trained."""
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and v < least:
+            _refuse(f"--{name} must be at least {least}, got {v}")
+
+
 def cmd_collinearity(args):
+    _check_counts(args, "batches", "grad_batch_size")
+    if args.split == "holdout" and args.holdout <= 0:
+        _refuse("--split holdout needs held-out TRAIN data, and --holdout 0 leaves none: use --holdout 0.1 (say)")
     out = outdir(args)
     data = get_data(args, batch_size=max(args.batch_size, args.grad_batch_size or 0))
     model = trained_model(args, data)
@@ -222,6 +237,18 @@ def cmd_collinearity(args):
 
 # ---------------------------------------------------------------------- knowledge
 def cmd_knowledge(args):
+    if not args.replot:
+        from adaptive.utility import estimator_names, get_estimator
+
+        if args.estimator not in estimator_names():
+            _refuse(f"unknown estimator {args.estimator!r}: use one of {sorted(estimator_names())}")
+        if getattr(get_estimator(args.estimator), "needs_gradients", False) and args.holdout <= 0:
+            _refuse(f"the {args.estimator} order needs held-out TRAIN data, and --holdout 0 leaves none: use --holdout "
+                    "0.1 (say)")
+        if not 0.0 < args.max_fraction <= 1.0:
+            _refuse(f"--max_fraction must be in (0, 1], got {args.max_fraction}")
+        _check_counts(args, "points", "eval_batches", "order_batches")
+        _check_counts(args, "finetune_batches", least=0)
     out = outdir(args)
     if args.replot:
         curve = D.KnowledgeCurve.load(args.replot, noise_floor=args.noise_floor)
@@ -257,9 +284,9 @@ def cmd_knowledge(args):
 
 # ---------------------------------------------------------------------- progress
 def cmd_progress(args):
+    prog = D.progress(args.run_dir, total_synapses=args.total_synapses)  # checks the folder before anything is made
     out = args.output_dir or args.run_dir
     os.makedirs(out, exist_ok=True)
-    prog = D.progress(args.run_dir, total_synapses=args.total_synapses)
     paths = prog.plot(os.path.join(out, "progress.png"), svg=args.svg, title=f"controller progress: {args.run_dir}")
     print(f"{len(prog.events)} events, {len(prog.metrics)} metric rows; removal axis from {prog.removed_source}; figure {paths[0]}")
 
@@ -268,7 +295,7 @@ def cmd_progress(args):
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("data and model")
-    g.add_argument("--output_dir", "--output-dir", default=None, help="where figures and tables go (default runs/diagnostics/COMMAND)")
+    g.add_argument("--output_dir", "--output-dir", default=None, help="where figures and tables go (default runs/diagnostics/COMMAND; for progress, the run folder)")
     g.add_argument("--dataset", default="digits", help="digits (offline, default), mnist, cifar10, imagenet, folder (--data-dir holds train/ and val/ or test/), fake")
     g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, help="data folder (else $ADAPTIVE_DATA, ../shared/data)")
     g.add_argument("--download", action="store_true", help="let torchvision download a dataset that is not found")

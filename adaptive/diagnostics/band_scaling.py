@@ -78,15 +78,17 @@ class BandGradientScaler:
             cnt = torch.bincount(idx.reshape(-1)[nz], minlength=nb).double()
             have = cnt > 0
             cur = torch.where(have, logs / cnt.clamp_min(1), torch.zeros_like(logs))
-            prev = st["log_typical"]
+            prev, seen = st["log_typical"], st.get("seen")
             if prev is None:
-                new = cur
-            else:
-                new = torch.where(have, self.momentum * prev + (1 - self.momentum) * cur, prev)
-            st["log_typical"] = new
-            known = new[have] if prev is None else new
+                prev, seen = torch.zeros_like(cur), torch.zeros_like(have)
+            # a band's first nonzero gradient sets its typical size; later ones move it by the
+            # momentum; a band never seen with one (dead, pruned) takes no part in the common size
+            new = torch.where(have & seen, self.momentum * prev + (1 - self.momentum) * cur, torch.where(have, cur, prev))
+            seen = seen | have
+            st["log_typical"], st["seen"] = new, seen
+            known = new[seen]
             common = known.mean() if known.numel() else torch.zeros((), dtype=new.dtype, device=new.device)
-            st["scale"] = (common - new).exp()
+            st["scale"] = torch.where(seen, (common - new).exp(), torch.ones_like(new))
             return grad * st["scale"].to(grad.dtype)[idx]
 
         return scale

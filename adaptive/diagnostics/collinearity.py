@@ -27,6 +27,17 @@ from .table import Table, pyplot, save_figure
 THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
+
+def _median(x: torch.Tensor) -> float:
+    """The median (the mean of the two middle values for an even count; ``Tensor.median`` gives the
+    lower one)."""
+    x = x.reshape(-1)
+    n = x.numel()
+    if n == 0:
+        return float("nan")
+    lo = torch.kthvalue(x, (n + 1) // 2).values
+    return float(lo if n % 2 else (lo + torch.kthvalue(x, n // 2 + 1).values) / 2)
+
 def rebatch(loader, batch_size: Optional[int]) -> Iterator:
     """The loader's ``(x, y)`` batches re-cut into batches of exactly ``batch_size`` samples (the
     remainder that does not fill one is dropped); the loader's own batches when None."""
@@ -177,9 +188,9 @@ def collinearity(
         rows.append({
             "layer": name,
             "weights": int(c.numel()),
-            "median_cosine": float(c.median()),
+            "median_cosine": _median(c),
             "mean_sign_agreement": float(a.mean()),
-            "median_G2": float((mean * mean).median()),
+            "median_G2": _median(mean * mean),
             "frac_cos>0.5": float((c > 0.5).double().mean()),
         })
     return Collinearity(cos, agree, g2, var, n, batch_size, Table(rows))

@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..atomic import write_text
 from ..connectome import Connectome
 from ._common import default_loss, iterate_batches, model_device, training_mode
 from .removal_order import global_order, removal_scores
@@ -137,12 +138,11 @@ class KnowledgeCurve:
         os.makedirs(out_dir, exist_ok=True)
         for name, t in (("knowledge_curve", self.table), ("knowledge_fit", self.fit_table())):
             t.to_csv(os.path.join(out_dir, name + ".csv"))
-            with open(os.path.join(out_dir, name + ".md"), "w") as f:
-                f.write(t.to_markdown() + "\n")
+            write_text(os.path.join(out_dir, name + ".md"), t.to_markdown() + "\n")
         keep = {k: v for k, v in self.meta.items() if isinstance(v, (int, float, str, dict, list)) or v is None}
-        with open(os.path.join(out_dir, "knowledge_summary.json"), "w") as f:
-            json.dump({"total_weights": self.total, "estimator": self.estimator, "finetune_batches": self.finetune_batches,
-                       "chance": self.chance, "note": self.note, "fits": self.fits, "meta": keep}, f, indent=2)
+        write_text(os.path.join(out_dir, "knowledge_summary.json"), json.dumps(
+            {"total_weights": self.total, "estimator": self.estimator, "finetune_batches": self.finetune_batches,
+             "chance": self.chance, "note": self.note, "fits": self.fits, "meta": keep}, indent=2))
 
     @classmethod
     def load(cls, out_dir: str, noise_floor: float = 1e-3) -> "KnowledgeCurve":

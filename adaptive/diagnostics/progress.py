@@ -231,11 +231,13 @@ def progress(run_dir: str, total_synapses: Optional[int] = None) -> Progress:
         removed_at.append((e.get("step"), cum))
     if metrics and all(isinstance(r.get("removed"), (int, float)) for r in metrics):
         source = "metrics"
-    elif events and metrics and all(isinstance(r.get("step"), (int, float)) for r in metrics):
+    elif events and metrics and all(isinstance(r.get("step"), (int, float)) for r in metrics
+                                    if not isinstance(r.get("removed"), (int, float))):
         source = "events"
-        for r in metrics:
-            before = [c for s, c in removed_at if isinstance(s, (int, float)) and s <= r["step"]]
-            r["removed"] = before[-1] if before else 0
+        for r in metrics:  # a row with its own count keeps it; only blank ones are filled
+            if not isinstance(r.get("removed"), (int, float)):
+                before = [c for s, c in removed_at if isinstance(s, (int, float)) and s <= r["step"]]
+                r["removed"] = before[-1] if before else 0
     else:
         source = "step"
     return Progress(events, metrics, source)

@@ -42,7 +42,7 @@ def removal_scores(conn, loader=None, estimator: str = "magnitude", batches: Opt
             raise ValueError(f"estimator {estimator!r} needs gradients: pass a loader of held-out training data")
         for bs in _gradient_batches(conn, loader, batches, loss_fn, desc=f"{estimator} statistics"):
             stats.observe()
-            batch_size = bs
+            batch_size = max(bs, batch_size or 0)  # the loader's batch size, not a short last batch's
     scores = {}
     for i, (name, p) in enumerate(conn.params.items()):
         ctx = UtilityContext(

@@ -9,6 +9,8 @@ import csv
 import os
 from typing import Any, Dict, Iterable, List
 
+from ..atomic import atomic_path
+
 
 class Table(list):
     """A list of rows (dicts with the same keys, in order). ``table["col"]`` gives a column."""
@@ -41,8 +43,7 @@ class Table(list):
         return "\n".join(lines)
 
     def to_csv(self, path: str | os.PathLike) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", newline="") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.columns)
             w.writeheader()
             w.writerows(self)
@@ -64,10 +65,12 @@ def save_figure(fig, path: str | os.PathLike, svg: bool = False, dpi: int = 120)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     root = os.path.splitext(path)[0]
     out = [root + ".png"]
-    fig.savefig(out[0], dpi=dpi, bbox_inches="tight")
+    with atomic_path(out[0]) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     if svg:
         out.append(root + ".svg")
-        fig.savefig(out[1], bbox_inches="tight")
+        with atomic_path(out[1]) as tmp:
+            fig.savefig(tmp, bbox_inches="tight")
     plt.close(fig)
     return out
 
