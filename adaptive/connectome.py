@@ -393,7 +393,19 @@ class Connectome:
         writing to weights behind autograd's version counter (``p.data.copy_(...)``, a NumPy view):
         the step re-masks weights only when that counter shows a write."""
         self._check_params()
-        self._apply()
+        if self.mode == "mask_only":
+            self._apply()
+        else:
+            self._impose_exact()
+
+    @torch.no_grad()
+    def _impose_exact(self) -> None:
+        """Pruned weights set to exactly 0.0 even where they hold inf or NaN (a multiply by the 0/1
+        mask, the per-step path, would leave 0 * inf = NaN): after a load or any outside write."""
+        for n in self.params:
+            if not self._dense[n]:
+                p, m = self.params[n], self.masks[n]
+                p.masked_fill_(~(m if m.device == p.device else m.to(p.device)), 0.0)
 
     def _check_params(self) -> None:
         """Raise if the model no longer holds the parameters this connectome masks."""
@@ -573,9 +585,13 @@ class Connectome:
             hot = self._hot
             if hot is None or not self._masker.all_masked(hot[0], hot[1]):
                 self.mask_gradients()
+        elif preserves_zeros(opt):
+            # a weight written outside the optimizer since the last step (an init, a load, an EMA
+            # swap) is pruned again here, exactly (a loaded inf or NaN must not survive as 0 * inf)
+            self._foreach_mask(grads=True, weights=False)
+            self._impose_exact()
         else:
-            # Gradients masked and weights re-imposed in one pass: a weight written outside the
-            # optimizer since the last step (an init, a load, an EMA swap) is pruned again here.
+            # Gradients masked and weights re-imposed in one pass (re-masked after the step too)
             self._foreach_mask(grads=True, weights=True)
 
     def _post_step(self, opt, args, kwargs):

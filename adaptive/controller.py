@@ -221,6 +221,18 @@ class Controller:
         if optimizer is not None:
             self.attach(optimizer)
 
+    def __getstate__(self) -> dict:
+        """A copied controller (``copy.deepcopy``) is detached like its copied connectome: attach it
+        to the copy's optimizer; it observes the copied connectome's gradients again."""
+        state = self.__dict__.copy()
+        state.update(_hook=None, optimizer=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self._observe_hook not in self.conn._observers:  # the connectome's copy dropped its observers
+            self.conn.add_observer(self._observe_hook, active=self._editing)
+
     # ------------------------------------------------------------------ wiring
     @staticmethod
     def _resolve(which: str, estimator: Optional[str], mode: str) -> str:
@@ -328,6 +340,11 @@ class Controller:
                     out[n] = est.ensemble_scores(ctx, gran).float()
                     continue
                 s = est.removal_cost(ctx) if side == "cost" else est.restoration_gain(ctx)
+                if not isinstance(s, torch.Tensor) or tuple(s.shape) != tuple(ctx.weight.shape):
+                    raise ValueError(
+                        f"estimator {type(est).__name__}'s {'removal_cost' if side == 'cost' else 'restoration_gain'} "
+                        f"for layer {n!r} has shape {tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__}, "
+                        f"not the weight's {tuple(ctx.weight.shape)}: it must return one score per synapse")
                 out[n] = gran.pool(s.float(), "sum")
         return out
 

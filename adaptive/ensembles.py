@@ -41,11 +41,12 @@ def get_granularity(spec) -> "Granularity":
         raise TypeError(f"ensemble must be a spec string such as 'synapse' or 'block:4x4', got {type(spec).__name__}")
     s = spec.strip().lower()
     for pattern, factory in _REGISTRY.items():
-        if re.fullmatch(pattern, s):
+        if re.fullmatch(pattern, s, flags=re.IGNORECASE):  # specs are case-insensitive, whatever the pattern's case
             return factory(s)
+    extra = [p for p in _REGISTRY if p not in _BUILTIN_PATTERNS]
     raise ValueError(
         f"unknown ensemble spec {spec!r}: use 'synapse', 'kernel', 'neuron', 'block:RxC' (e.g. 'block:4x4') "
-        f"or 'n:m' with n <= m (e.g. '2:4')"
+        f"or 'n:m' with n <= m (e.g. '2:4')" + (f", or a spec matching a registered pattern {extra}" if extra else "")
     )
 
 
@@ -259,3 +260,6 @@ def _block(s):
 def _nm(s):
     n, m = re.fullmatch(r"(\d+):(\d+)", s).groups()
     return NMGranularity(int(n), int(m))
+
+
+_BUILTIN_PATTERNS = frozenset(_REGISTRY)  # the rest came from plugins: error messages list them

@@ -293,13 +293,12 @@ def _uses_estimator(policy: str) -> bool:
 def _estimator_slots(policy: str) -> tuple:
     """(whether ``policy`` takes a utility estimator, whether it needs one: magnitude and gmp take
     one optionally and order by magnitude without it)."""
-    from adaptive.policies.base import get_policy
+    from adaptive.policies.base import _POLICIES
 
-    try:
-        pol = get_policy(policy)
-    except (ValueError, TypeError):
+    pol = _POLICIES.get(policy)  # the class: its slots are class attributes, and building it may need options
+    if pol is None:
         return False, False  # the controller reports the unknown policy
-    slots = [x for x in (pol.drop_by, pol.grow_by) if x is not None]
+    slots = [x for x in (pol.drop_by, pol.grow_by) if isinstance(x, str)]
     return any(x.startswith("estimator") for x in slots), any(x == "estimator" for x in slots)
 
 

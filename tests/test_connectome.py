@@ -128,7 +128,9 @@ def test_resident_bytes_counts_masks_and_caches():
     conn = adaptive.Connectome(model)
     assert conn.resident_bytes() == 2 * conn.num_synapses()  # a bool byte per synapse, and its copy as last set
     conn.set_masks(random_masks(conn))
-    conn.apply()
+    conn.attach(opt := torch.optim.SGD(model.parameters(), lr=0.1))
+    model(torch.randn(2, *next(model.parameters()).shape[1:])).sum().backward()
+    opt.step()  # a step builds the hot-path cache
     assert conn.resident_bytes() == conn.num_synapses() * (2 + 4)  # + the float32 hot-path masks
 
 

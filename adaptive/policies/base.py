@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, Optional, Type
@@ -335,11 +336,35 @@ def floor_protected(ctrl, scores: Dict[str, torch.Tensor], alive: Dict[str, torc
     return out
 
 
+def _check_budget(ctrl, density: float, counts) -> None:
+    """A layer budget's counts against its contract (adaptive.budgets): an integer per layer, none
+    above its layer's size, adding up to round(density * total) (to the ensembles' rounding)."""
+    name = getattr(ctrl, "budget", "?")
+    layers = ctrl.conn.layers
+    if not isinstance(counts, dict):
+        raise ValueError(f"layer budget {name!r} returned {type(counts).__name__}: a dict of live synapses per layer "
+                         "(or None for one network-wide ranking)")
+    missing = [n for n in layers if n not in counts]
+    bad = [n for n in layers if n in counts and not (isinstance(counts[n], numbers.Integral) and not isinstance(counts[n], bool)
+                                                      and 0 <= counts[n] <= layers[n].numel)]
+    target = int(round(density * sum(l.numel for l in layers.values())))
+    total = sum(int(counts[n]) for n in layers if n in counts and n not in bad)
+    if missing or bad or total != target:
+        raise ValueError(
+            f"layer budget {name!r} broke its contract at density {density}: "
+            + "; ".join(filter(None, [f"no count for {missing[:3]}" if missing else "",
+                                      f"counts outside 0..size for {bad[:3]}" if bad else "",
+                                      f"counts add up to {total:,}, not {target:,}" if not missing and not bad and total != target else ""]))
+            + " (a budget returns {layer: live synapses}, integers within each layer's size adding up to "
+            "round(density * total))")
+
+
 def synapse_targets(ctrl, density: float):
     """Live synapses per editable layer for ``density`` under the controller's budget, or, for the
     global budget, ``None`` and the live synapses of all editable layers together."""
     counts = ctrl.budget_fn(ctrl.conn.layers, density, protected=ctrl.protected, min_density=ctrl.min_density)
     if counts is not None:
+        _check_budget(ctrl, density, counts)
         return {n: counts[n] for n in ctrl.editable()}, None
     return None, global_synapse_target(ctrl, density)
 
