@@ -555,7 +555,7 @@ class Connectome:
         hook. Weights are re-masked now; the wrapped closure lets observers see its dense
         gradients (first call) and masks them before the optimizer uses them (every call)."""
         if self.mode == "train":
-            self._foreach_mask(grads=False, weights=True)
+            self._remask_weights()
         calls = [0]
 
         def masked_closure():
@@ -585,14 +585,23 @@ class Connectome:
             hot = self._hot
             if hot is None or not self._masker.all_masked(hot[0], hot[1]):
                 self.mask_gradients()
-        elif preserves_zeros(opt):
+        elif self._weights_untouched():
+            # an optimizer that is not zero-preserving, weights as it left them: gradients masked
+            # and weights re-imposed in one pass (and re-masked after the step)
+            self._foreach_mask(grads=True, weights=True)
+        else:
             # a weight written outside the optimizer since the last step (an init, a load, an EMA
             # swap) is pruned again here, exactly (a loaded inf or NaN must not survive as 0 * inf)
             self._foreach_mask(grads=True, weights=False)
             self._impose_exact()
+
+    def _remask_weights(self) -> None:
+        """Pruned weights re-imposed: by the fast multiply when nothing wrote to them since they were
+        last masked, else exactly (0.0 even over a loaded inf or NaN)."""
+        if self._weights_untouched():
+            self._foreach_mask(grads=False, weights=True)
         else:
-            # Gradients masked and weights re-imposed in one pass (re-masked after the step too)
-            self._foreach_mask(grads=True, weights=True)
+            self._impose_exact()
 
     def _post_step(self, opt, args, kwargs):
         # A zero-preserving optimizer (optim_state.register_zero_preserving) cannot move a weight

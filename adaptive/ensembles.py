@@ -24,7 +24,12 @@ _REGISTRY: Dict[str, Callable[[str], "Granularity"]] = {}
 
 def register_granularity(pattern: str, replace: bool = False):
     """Register a factory for spec strings matching the regular expression ``pattern`` (a taken
-    pattern is refused unless ``replace``)."""
+    pattern is refused unless ``replace``). Specs are lower-cased before matching and handed to the
+    factory so: a pattern with capital letters is refused."""
+
+    if isinstance(pattern, str) and re.sub(r"\\.", "", pattern) != re.sub(r"\\.", "", pattern).lower():
+        raise ValueError(f"ensemble pattern {pattern!r} has capital letters, but specs are matched lower-cased (and "
+                         f"handed to the factory so): register {pattern.lower()!r}")
 
     def deco(factory):
         _registry.add(_REGISTRY, "ensemble pattern", pattern, factory, replace)
@@ -41,7 +46,7 @@ def get_granularity(spec) -> "Granularity":
         raise TypeError(f"ensemble must be a spec string such as 'synapse' or 'block:4x4', got {type(spec).__name__}")
     s = spec.strip().lower()
     for pattern, factory in _REGISTRY.items():
-        if re.fullmatch(pattern, s, flags=re.IGNORECASE):  # specs are case-insensitive, whatever the pattern's case
+        if re.fullmatch(pattern, s):
             return factory(s)
     extra = [p for p in _REGISTRY if p not in _BUILTIN_PATTERNS]
     raise ValueError(

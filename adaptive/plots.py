@@ -125,6 +125,8 @@ def plot_run(rows: Sequence[dict], events: Sequence[dict], out_dir) -> Dict[str,
 
 def _save(fig, plt, path) -> Path:
     path = Path(path)
+    if not path.suffix:  # matplotlib's own default: a PNG named path.png
+        path = path.with_suffix(".png")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -83,16 +83,16 @@ def _model_spec(cfg: dict, args):
 
 def _dataset_in_shape(cfg: dict):
     """The input shape of the run's dataset (a plugin's or another graphs has no table entry for),
-    read from the dataset itself; a clear error when it cannot be."""
-    name = str(cfg["dataset"])
+    read from the dataset itself; None when it cannot be (its files are elsewhere, say): the model's
+    own default input shape is used then."""
     try:
         from adaptive.data.base import get_source_builder
 
-        src = get_source_builder(name)(data_dir=cfg.get("data_dir"), **(cfg.get("dataset_kw") or {}))
+        src = get_source_builder(str(cfg["dataset"]))(data_dir=cfg.get("data_dir"), download=False, augment=False,
+                                                      **(cfg.get("dataset_kw") or {}))
         return tuple(int(s) for s in src.in_shape)
-    except Exception as e:  # noqa: BLE001 - any failure: say what to pass instead
-        raise ValueError(f"the input shape of dataset {name!r} is not known ({type(e).__name__}: {e}); pass "
-                         "--in-shape C,H,W (or the model's own input shape)") from None
+    except Exception:  # noqa: BLE001 - any failure: fall back to the model's default
+        return None
 
 
 def _classes_from(connectome_path: str):
@@ -147,9 +147,18 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
         raise RuntimeError(f"adaptive.models.build_model is not available ({e}); it is needed to rebuild {name!r}") from e
     if "num_classes" not in kw:  # the last prunable layer of the saved connectome is the classifier
         kw["num_classes"] = _classes_from(connectome)
+    guessed = None
     if "in_shape" not in kw and cfg.get("dataset"):
-        kw["in_shape"] = _dataset_in_shape(cfg)
-    net = build_model(name, **kw)
+        guessed = _dataset_in_shape(cfg)  # None: the model's own default input shape
+        if guessed is not None:
+            kw["in_shape"] = guessed
+    try:
+        net = build_model(name, **kw)
+    except (TypeError, ValueError) as e:
+        if "in_shape" in kw and guessed is None:
+            raise
+        raise ValueError(f"rebuilding model {name!r} with {kw} failed ({type(e).__name__}: {e}); if the input shape "
+                         "is wrong or missing, pass --in-shape C,H,W") from e
     if kw.get("in_shape") and getattr(net, "in_shape", None) is None:
         net.in_shape = tuple(int(d) for d in kw["in_shape"])  # the data's shape: what tracing feeds the model
     if weights is None:

@@ -21,13 +21,15 @@ def _net():
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
-def test_an_inf_loaded_at_a_pruned_position_is_imposed_as_exactly_zero():
+@pytest.mark.parametrize("make", [lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+                                  lambda ps: torch.optim.Adamax(ps, lr=0.1)])  # zero-preserving or not
+def test_an_inf_loaded_at_a_pruned_position_is_imposed_as_exactly_zero(make):
     m = _net()
     conn = adaptive.Connectome(m)
     mask = conn.masks["0.weight"].clone()
     mask[0, 0] = False
     conn.set_masks({"0.weight": mask})
-    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    opt = make(m.parameters())
     conn.attach(opt)
     sd = m.state_dict()
     sd["0.weight"][0, 0] = float("inf")
@@ -90,17 +92,21 @@ def test_an_estimator_score_of_the_wrong_shape_is_named():
         _ESTIMATORS.pop("review_transposed", None)
 
 
-def test_a_granularity_pattern_with_capitals_is_usable():
+def test_granularity_patterns_are_lower_case_and_listed_in_errors():
+    import re
+
     class Rows(NeuronGranularity):
         spec = "rows"
 
-    register_granularity(r"ReviewRows", replace=True)(lambda s: Rows())
+    with pytest.raises(ValueError, match="capital letters.*register 'reviewrows:(.+)'"):
+        register_granularity(r"ReviewRows:(\d+)")  # specs are matched lower-cased: it could never match
+    register_granularity(r"reviewrows:(\d+)", replace=True)(lambda s: Rows() if re.fullmatch(r"reviewrows:(\d+)", s) else None)
     try:
-        assert adaptive.Connectome(nn.Linear(3, 3), ensemble="ReviewRows").granularity_of("weight").spec == "rows"
-        with pytest.raises(ValueError, match="registered pattern \\['ReviewRows'\\]"):
+        assert adaptive.Connectome(nn.Linear(3, 3), ensemble="ReviewRows:2").granularity_of("weight").spec == "rows"
+        with pytest.raises(ValueError, match="registered pattern"):
             adaptive.Connectome(nn.Linear(3, 3), ensemble="nothing-like-it")
     finally:
-        _REGISTRY.pop("ReviewRows", None)
+        _REGISTRY.pop(r"reviewrows:(\d+)", None)
 
 
 def test_a_copied_controller_observes_the_copys_gradients():
@@ -142,5 +148,35 @@ def test_graphs_reads_the_input_shape_of_a_dataset_it_has_no_table_entry_for():
     from graphs.cli import _dataset_in_shape
 
     assert _dataset_in_shape({"dataset": "fake", "dataset_kw": {"shape": [2, 5, 5]}}) == (2, 5, 5)
-    with pytest.raises(ValueError, match="pass --in-shape"):
-        _dataset_in_shape({"dataset": "no_such_dataset"})
+    assert _dataset_in_shape({"dataset": "no_such_dataset"}) is None  # the model's own default then
+
+
+def test_a_closure_step_after_loading_inf_at_a_pruned_position_stays_finite():
+    m = _net()
+    conn = adaptive.Connectome(m)
+    mask = conn.masks["0.weight"].clone()
+    mask[0, 0] = False
+    conn.set_masks({"0.weight": mask})
+    opt = torch.optim.LBFGS(m.parameters(), lr=0.1, max_iter=2)
+    conn.attach(opt)
+    sd = m.state_dict()
+    sd["0.weight"][0, 0] = float("inf")
+    m.load_state_dict(sd)
+    x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)  # weights re-imposed exactly before the closure's forward
+    assert float(m[0].weight[0, 0]) == 0.0 and all(bool(torch.isfinite(p).all()) for p in m.parameters())
+
+
+def test_a_figure_path_without_a_suffix_is_written_as_png(tmp_path):
+    from adaptive.plots import plot_density
+
+    events = [{"step": 0, "density": 1.0, "layer_density": {"a": 1.0}}, {"step": 10, "density": 0.5, "layer_density": {"a": 0.5}}]
+    out = plot_density(events, tmp_path / "density")  # atomic writes must not take the temp name's suffix as the format
+    assert out == tmp_path / "density.png" and [p.name for p in tmp_path.iterdir()] == ["density.png"]
