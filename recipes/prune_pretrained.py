@@ -178,7 +178,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     from adaptive.paths import absolute_if_exists
     from adaptive.plugins import PluginError, load_plugins, resolved
 
-    cfg["plugins"] = resolved(cfg["plugins"])  # absolute: config.yaml reruns from any working directory
+    plugins = cfg["plugins"] if isinstance(cfg["plugins"], list) else [cfg["plugins"]]
+    plugins = [p.strip() for item in plugins for p in str(item).split(",") if p.strip()]  # "a.py,b.py" as in recipes/adaptive.py
+    cfg["plugins"] = resolved(plugins)  # absolute: config.yaml reruns from any working directory
     cfg["weights"], cfg["data_dir"] = absolute_if_exists(cfg["weights"]), absolute_if_exists(cfg["data_dir"])
     try:
         load_plugins(cfg["plugins"])  # before any name is used: a plugin's names count as built-in ones

@@ -104,6 +104,8 @@ def test_prune_pretrained_prunes_a_plugin_model(plugin, tmp_path):
     assert row["changed"] == 0 and row["fraction"] == pytest.approx(0.25, abs=1e-3)
     with pytest.raises(SystemExit, match="plugin module 'nope_ext' not found"):
         P.parse_args(["--plugins", "nope_ext"])
+    # a comma-separated list, as recipes/adaptive.py takes it, works here too
+    assert P.parse_args(["--plugins", f"{plugin},{plugin}"]).plugins == [str(plugin.resolve())] * 2
 
 
 def test_diagnostics_reads_a_plugin_model(plugin, tmp_path, capsys):
