@@ -61,6 +61,10 @@ def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", 
             raise DatasetNotFoundError(f"cifar10 test split not found: expected {base / 'test'} next to {found}; "
                                        f"an ImageFolder copy of CIFAR-10 needs both train/ and test/")
         x, y, classes = cached_folder_tensor(found, f"{base.name}-train", cache_dir)
+        test_classes = sorted(d.name for d in (base / "test").iterdir() if d.is_dir() and not d.name.startswith("."))
+        if test_classes != list(classes):  # labels are class indices: another list would shift them silently
+            raise ValueError(f"cifar10 at {base}: test/ has the classes {test_classes}, train/ has {list(classes)}; "
+                             "both splits need the same class folders")
 
         def load_test():
             return cached_folder_tensor(base / "test", f"{base.name}-test", cache_dir)[:2]
@@ -73,5 +77,5 @@ def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", 
         train_labels=y,
         train_view=lambda idx: TensorImages(x, y, idx, mean, std, augment=augment),
         eval_view=lambda idx: TensorImages(x, y, idx, mean, std),
-        test=test, num_classes=10, in_shape=(3, 32, 32), classes=classes,
+        test=test, num_classes=len(classes), in_shape=tuple(int(d) for d in x.shape[1:]), classes=classes,  # from the data
     )

@@ -51,11 +51,13 @@ def decode_folder(root: Path, desc: str = "decoding") -> Tuple[torch.Tensor, tor
 
 
 def _fingerprint(root: Path, samples) -> str:
-    """A digest of every file's relative path, size and class: a folder whose files were
-    replaced, re-encoded or relabelled gets another one (a stat per file, no decoding)."""
+    """A digest of every file's relative path, size, modification time and class: a folder whose
+    files were replaced, re-encoded or relabelled gets another one (a stat per file, no decoding;
+    the time catches a file rewritten at the same size, as an uncompressed BMP or PPM is)."""
     h = hashlib.sha256()
     for path, c in samples:
-        h.update(f"{os.path.relpath(path, root)}\0{os.stat(path).st_size}\0{c}\n".encode())
+        st = os.stat(path)
+        h.update(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\0{c}\n".encode())
     return h.hexdigest()
 
 

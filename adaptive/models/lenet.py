@@ -15,8 +15,8 @@ class LeNet5(nn.Module):
     """LeNet-5 with ReLU and max pooling.
 
     ``conv1`` is 5x5 with padding 2 (so 28x28 MNIST gives the classic 16x5x5 = 400 features);
-    ``conv2`` is 5x5 unpadded, or padded by 2 when the pooled map is smaller than 5x5 (8x8
-    digits), so any input of at least 4x4 works.
+    ``conv2`` is 5x5 unpadded, or padded by 2 when the pooled map is smaller than 6x6 (8x8
+    digits; 10x10), so any input of at least 4x4 works.
     """
 
     def __init__(self, in_shape: Sequence[int], num_classes: int):
@@ -24,7 +24,7 @@ class LeNet5(nn.Module):
         c, h, w = in_shape
         self.conv1 = nn.Conv2d(c, 6, 5, padding=2)
         h, w = h // 2, w // 2
-        pad2 = 0 if min(h, w) >= 5 else 2
+        pad2 = 0 if min(h, w) >= 6 else 2  # unpadded, a 5x5 map would pool to nothing
         self.conv2 = nn.Conv2d(6, 16, 5, padding=pad2)
         h, w = (h + 2 * pad2 - 4) // 2, (w + 2 * pad2 - 4) // 2
         if min(h, w) < 1:

@@ -22,4 +22,29 @@ def torchvision_model(arch: str, num_classes=1000, in_shape=None, **kw) -> nn.Mo
     if "weights" in kw and kw["weights"] is not None:
         raise ValueError("torchvision models never download weights here: pass a weights file path instead")
     kw.pop("weights", None)
-    return torchvision.models.get_model(arch, weights=None, num_classes=int(num_classes), **kw)
+    if arch in ("googlenet", "inception_v3"):
+        kw.setdefault("aux_logits", False)  # one output tensor in training too, as every other classifier
+        kw.setdefault("init_weights", True)
+    net = torchvision.models.get_model(arch, weights=None, num_classes=int(num_classes), **kw)
+    if in_shape is not None:
+        _check_input(net, arch, tuple(int(d) for d in in_shape))
+    return net
+
+
+def _check_input(net: nn.Module, arch: str, in_shape: tuple) -> None:
+    """The data's input shape tried once (batch of one, eval mode, no gradients): torchvision
+    classifiers fix their channels and some their size, and a mismatch should be named at build time,
+    not in the first training step."""
+    import torch
+
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, *in_shape))
+    except (RuntimeError, ValueError, AssertionError, IndexError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"torchvision:{arch} does not take inputs of shape {in_shape} (the dataset's in_shape): "
+                         f"{first}; use a dataset or image size it takes (e.g. 3 channels; vit_b_16 needs 224x224)") from None
+    finally:
+        net.train(was)

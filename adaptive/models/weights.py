@@ -35,7 +35,10 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
 
             sd = load_file(path, device="cpu")
         else:
+            _check_integrity(path)
             sd = torch.load(path, map_location="cpu", weights_only=True)
+    except WeightsMismatchError:
+        raise
     except Exception as e:  # truncated, not a torch file, or pickled objects weights_only refuses
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise WeightsMismatchError(
@@ -50,13 +53,46 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         sd = inner
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsMismatchError(f"{path!r} does not hold a state_dict of tensors")
-    out = {}
+    out, came_from = {}, {}
     for k, v in sd.items():
+        key = k
         for p in _STRIP_PREFIXES:
-            if k.startswith(p):
-                k = k[len(p):]
-        out[k] = v
+            if key.startswith(p):
+                key = key[len(p):]
+        if key in out:  # 'module.k' and 'k' both: one would silently overwrite the other
+            raise WeightsMismatchError(f"{path!r} holds both {came_from[key]!r} and {k!r}, which name the same "
+                                       f"parameter {key!r} once prefixes are stripped: keep one copy of each")
+        out[key], came_from[key] = v, k
     return out
+
+
+def _check_integrity(path: str) -> None:
+    """A damaged file must not load as other numbers: the zip format's CRCs are checked, and a file
+    named with the hash of its content (``name-<hex>.pth``, torch.hub's convention) is checked
+    against that hash."""
+    import hashlib
+    import re
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            try:
+                bad = z.testzip()
+            except zipfile.BadZipFile as e:
+                bad = str(e)
+        if bad is not None:
+            raise WeightsMismatchError(f"weights file {path!r} is damaged (entry {bad} fails its checksum): copy it again")
+        return
+    m = re.search(r"-([0-9a-f]{8,64})\.[A-Za-z]+$", os.path.basename(path))
+    if m:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        if not h.hexdigest().startswith(m.group(1)):
+            raise WeightsMismatchError(
+                f"weights file {path!r} is named with the hash {m.group(1)} of its content, but its content hashes to "
+                f"{h.hexdigest()[:len(m.group(1))]}: it is damaged (copy it again) or was renamed (rename it)")
 
 
 def load_weights(model: nn.Module, path: str) -> nn.Module:

@@ -1,0 +1,106 @@
+"""Models, weights files and image folders at their edges: sizes LeNet-5 refused, damaged or
+doubled weights, torchvision input shapes, CIFAR folders whose splits disagree, stale caches."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adaptive.models import build_model
+from adaptive.models.weights import WeightsMismatchError, read_state_dict
+
+torch.set_num_threads(1)
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+                      "resnet-cifar10", "resnet20-12fca82f.th")
+
+
+@pytest.mark.parametrize("side", [4, 8, 10, 11, 12, 28])
+def test_lenet5_takes_every_input_of_at_least_4x4(side):
+    net = build_model("lenet5", num_classes=3, in_shape=(1, side, side))
+    assert net(torch.randn(2, 1, side, side)).shape == (2, 3)  # 10 and 11 were refused
+
+
+def test_a_zip_weights_file_with_a_damaged_entry_is_refused(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save({"a": torch.arange(1000, dtype=torch.float32)}, path)
+    raw = bytearray(path.read_bytes())
+    i = raw.find(torch.arange(1000, dtype=torch.float32).numpy().tobytes()[400:408])
+    raw[i] ^= 0xFF  # a flipped byte inside the tensor's data
+    path.write_bytes(bytes(raw))
+    with pytest.raises(WeightsMismatchError, match="damaged"):
+        read_state_dict(str(path))
+
+
+def test_a_file_named_with_its_hash_is_checked_against_it(tmp_path):
+    src = SHARED
+    if not os.path.isfile(src):
+        pytest.skip("the shared resnet-cifar10 checkpoints are not here")
+    assert len(read_state_dict(src)) > 0  # the good file passes its own check
+    raw = bytearray(open(src, "rb").read())
+    raw[len(raw) // 2] ^= 0xFF
+    bad = tmp_path / "resnet20-12fca82f.th"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(WeightsMismatchError, match="named with the hash 12fca82f"):
+        read_state_dict(str(bad))
+
+
+def test_two_keys_that_are_one_parameter_once_unprefixed_are_refused(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save({"module.fc.weight": torch.zeros(2), "fc.weight": torch.ones(2)}, path)
+    with pytest.raises(WeightsMismatchError, match="holds both"):
+        read_state_dict(str(path))
+
+
+def test_torchvision_models_name_an_input_shape_they_cannot_take():
+    with pytest.raises(ValueError, match="torchvision:resnet18 does not take inputs of shape \\(1, 28, 28\\)"):
+        build_model("torchvision:resnet18", num_classes=10, in_shape=(1, 28, 28))
+    net = build_model("torchvision:googlenet", num_classes=5, in_shape=(3, 64, 64))
+    assert isinstance(net.train()(torch.randn(2, 3, 64, 64)), torch.Tensor)  # no auxiliary outputs in training
+
+
+def _cifar_folder(root, skip_test_class=None, side=32, classes=10):
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"][:classes]
+    for split in ("train", "test"):
+        for i, c in enumerate(names):
+            if split == "test" and c == skip_test_class:
+                continue
+            os.makedirs(root / "cifar10-jpeg" / split / c)
+            for j in range(2):
+                Image.fromarray(np.full((side, side, 3), 20 * i, np.uint8)).save(root / "cifar10-jpeg" / split / c / f"{j}.png")
+
+
+def test_a_cifar_folder_whose_splits_disagree_is_refused(tmp_path):
+    from adaptive.data import get_datasets
+
+    _cifar_folder(tmp_path, skip_test_class="bird")  # test labels would shift by one class
+    with pytest.raises(ValueError, match="test/ has the classes"):
+        get_datasets("cifar10", data_dir=tmp_path, holdout=0.25, cache_dir=tmp_path / "cache")
+
+
+def test_a_cifar_folder_reports_its_own_classes_and_image_size(tmp_path):
+    from adaptive.data import get_datasets
+
+    _cifar_folder(tmp_path, side=16, classes=3)
+    s = get_datasets("cifar10", data_dir=tmp_path, holdout=0.25, cache_dir=tmp_path / "cache")
+    assert (s.num_classes, s.in_shape) == (3, (3, 16, 16))  # it said 10 and (3, 32, 32)
+
+
+def test_the_folder_cache_notices_a_file_rewritten_at_the_same_size(tmp_path):
+    from adaptive.data.folder_cache import cached_folder_tensor
+
+    root = tmp_path / "root"
+    for c in ("a", "b"):
+        os.makedirs(root / c)
+        for j in range(2):
+            Image.fromarray(np.full((8, 8, 3), 10 * j, np.uint8)).save(root / c / f"{j}.bmp")
+    cached_folder_tensor(root, "t", tmp_path / "cache")
+    p = root / "a" / "0.bmp"
+    st = os.stat(p)
+    Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(p)  # BMP: the same byte size
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert os.path.getsize(p) == st.st_size
+    x, _, _ = cached_folder_tensor(root, "t", tmp_path / "cache")
+    assert int(x[0].max()) == 255
+    shutil.rmtree(tmp_path / "cache")
