@@ -434,11 +434,14 @@ class Controller:
                 break
             self._restore(before_masks, before_w, before_state)
             loss_after = loss_before
-            if attempt == self.line_search_tries:
+            if attempt == self.line_search_tries or plan.atomic:
                 fraction, current = 0.0, EditPlan()
                 break
             fraction *= 0.5
             current = plan.shrink(fraction)
+            if current.counts() == (0, 0):  # rounding left nothing to try: the update is rolled back
+                fraction = 0.0
+                break
         pruned_syn, grown_syn = self._synapse_counts(current)
         n_p, n_g = current.counts()
         mode = self.conn.mode

@@ -51,9 +51,10 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     _check_loader(holdout_loader, "holdout")
     conn = Connectome(model, include=include, exclude=exclude, mode="mask_only")
     total = conn.num_synapses()
-    goals = sorted(((_label(t), resolve_target(t, total)) for t in targets), key=lambda lt: lt[1])
+    goals = [(_label(t), resolve_target(t, total)) for t in targets]
     if any(g is None for _, g in goals):
         raise ValueError("edge-popup needs numeric targets, not 'best'")
+    goals.sort(key=lambda lt: lt[1])
     scores = {n: (o.abs() / o.pow(2).mean().sqrt().clamp_min(1e-12)).float().clone().requires_grad_(True)
               for n, o in conn.original.items()}
     steps = max(1, int(math.ceil(passes * n_train - 1e-9)))

@@ -74,6 +74,7 @@ class EditPlan:
     prune_scores: Dict[str, torch.Tensor] = field(default_factory=dict)  # aligned with prune
     grow_scores: Dict[str, torch.Tensor] = field(default_factory=dict)  # aligned with grow
     tolerance: Optional[float] = None  # held-out loss rise the line search accepts (None: the controller's)
+    atomic: bool = False  # True: a line search applies the whole plan or none of it (paired swaps)
 
     def counts(self):
         return sum(int(v.numel()) for v in self.prune.values()), sum(int(v.numel()) for v in self.grow.values())

@@ -74,13 +74,14 @@ class Crawl(Policy):
 
     @staticmethod
     def _cover(order: torch.Tensor, sizes: Optional[torch.Tensor], count: int) -> int:
-        """How many ensembles of ``order`` it takes to reach ``count`` synapses (within one ensemble)."""
+        """How many ensembles of ``order`` bring their synapses nearest to ``count`` (each taken when at
+        least half of it fits: within half an ensemble)."""
         if count <= 0 or order.numel() == 0:
             return 0
         if sizes is None:
             return min(order.numel(), int(count))
-        cs = sizes[order].cumsum(0, dtype=torch.int64)
-        return min(order.numel(), int(torch.searchsorted(cs, torch.tensor(int(count), device=cs.device))) + 1)
+        s = sizes[order].to(torch.int64)
+        return int(((s.cumsum(0) * 2 - s) <= 2 * int(count)).sum())
 
     def update(self, ctrl, step):
         c, names, sizes = concat(ctrl.scores("cost", step))
@@ -97,6 +98,13 @@ class Crawl(Policy):
         need = 0
         if self.goal is not None and live != self.goal:
             need = math.ceil(abs(live - self.goal) / self.updates_left(ctrl, step)) * (1 if live > self.goal else -1)
+            if sz is not None:
+                # whole ensembles nearest to the distance: none when the next one would overshoot by
+                # more than it gains (coarse ensembles rarely sum to the goal exactly, and chasing the
+                # remainder flipped one back and forth); then the count is as near as it gets: swap
+                side = lowest(cs, a, live_ens) if need > 0 else highest(gs, ~a, a.numel() - live_ens)
+                if self._cover(side, sz, abs(need)) == 0 and 2 * abs(live - self.goal) <= int(sz[side[:1]].sum() or 1):
+                    need = 0
         if self.goal is None:
             # the ensembles whose own (summed) value clears the margin, best per synapse first
             p_idx = lowest(cs, a & (c < -self.margin), limit)
@@ -136,6 +144,8 @@ class Crawl(Policy):
         plan.est_loss_change = float(c[p_idx].sum() - g[r_idx].sum())
         if need != 0:
             plan.tolerance = float("inf")  # the schedule's pruning goes through; its order is the estimator's
+        elif self.goal is not None:
+            plan.atomic = True  # swaps keep the synapse count only whole: a line search takes all or none
         return plan
 
     def state_dict(self):

@@ -1,0 +1,68 @@
+"""The mask-only crawl at its goal: coarse ensembles settle instead of flipping one back and forth,
+a line search takes paired swaps whole or not at all, edge-popup names a 'best' target."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaptive.baselines.edge_popup import edge_popup
+from adaptive.data import get_dataloaders
+from adaptive.mask_only import optimize_connectome
+
+torch.set_num_threads(1)
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc1 = nn.Linear(16 * 2 * 2, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)
+        x = F.max_pool2d(F.relu(self.c2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    data = get_dataloaders("digits", batch_size=64, holdout=0.2)
+    m = CNN()
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    for _ in range(2):
+        for x, y in data.train:
+            F.cross_entropy(m(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+    return m.eval(), data
+
+
+def test_neuron_ensembles_settle_at_the_goal(trained):
+    m, data = trained
+    res = optimize_connectome(m, data.train, data.holdout, target=[500], ensemble="neuron", edit_fraction=0.0,
+                              passes=1.0, progress=False)
+    ups = [r for r in res.history if r["kind"] == "update"]
+    dist = [abs(r["removed"] - 500) for r in ups]
+    assert ups[0]["pruned"] > 0
+    assert all(b <= a for a, b in zip(dist, dist[1:]))  # it flipped a neuron back and forth at every update
+    assert sum(1 for r in ups[1:] if r["pruned"] or r["restored"]) <= 2 and dist[-1] < dist[0]
+
+
+def test_a_line_search_takes_paired_swaps_whole_or_not_at_all(trained):
+    m, data = trained
+    res = optimize_connectome(m, data.train, data.holdout, target=[0.3], verify_batches=2, seed=3, passes=1.0,
+                              progress=False)
+    ups = [r for r in res.history if r["kind"] == "update"]
+    goal = ups[0]["removed"]
+    assert all(r["removed"] == goal for r in ups)  # halving a swap per layer left the count off the goal
+    assert all(r["line_search_fraction"] in (None, 0.0, 1.0) for r in ups)
+
+
+@pytest.mark.parametrize("targets", [["best", 0.5], [0.5, "best"]])
+def test_edge_popup_names_a_best_target_among_others(trained, targets):
+    m, data = trained
+    with pytest.raises(ValueError, match="numeric targets, not 'best'"):
+        edge_popup(m, data.train, data.holdout, targets=targets, progress=False)
