@@ -82,7 +82,10 @@ def _is_union(tp) -> bool:
 def _split_list(text: str) -> list:
     text = text.strip()
     if text.startswith("["):
-        parsed = yaml.safe_load(text)
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError:  # not a YAML list ('[ab]*' is a name pattern): the comma-separated form
+            parsed = None
         if isinstance(parsed, list):
             return parsed
     return [t.strip() for t in text.split(",") if t.strip()] if text else []
@@ -137,6 +140,11 @@ def _coerce(value, tp, key: str, src: str = ""):
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())  # exactly, however large (a float would round it)
+            except ValueError:
+                pass
         if isinstance(value, (str, float)) and not isinstance(value, bool):
             try:
                 f = float(value)
@@ -268,8 +276,14 @@ def to_dict(cfg) -> Dict[str, Any]:
 
 def load_config(cls, path, overrides: Optional[Dict[str, Any]] = None):
     """``cls`` from the YAML file ``path`` (only known keys, right types), then ``overrides``."""
-    cfg = from_dict(cls, _read_yaml(path), source=f"in {path}")
-    return _apply(cls, _shallow(cfg), overrides, source="in overrides") if overrides else cfg
+    raw = _read_yaml(path) or {}
+    cfg = from_dict(cls, raw, source=f"in {path}")
+    if not overrides:
+        return cfg
+    given = {str(k).replace("-", "_") for k in raw}  # derived defaults are derived again, after the overrides
+    base = _default_values(cls)
+    values = {k: (v if k in given else base.get(k, v)) for k, v in _shallow(cfg).items()}
+    return _apply(cls, values, overrides, source="in overrides")
 
 
 def save_config(cfg, path, **override) -> None:
@@ -427,9 +441,22 @@ def parse_config(cls, argv: Optional[Sequence[str]] = None, prog: Optional[str] 
         configs, flat = _parse_argv(cls, argv)
         values = _default_values(cls)
         for path in configs:
-            cfg = _apply(cls, values, _read_yaml(path), source=f"in {path}")
-            values = _shallow(cfg)
+            raw = _read_yaml(path) or {}
+            cfg = _apply(cls, values, raw, source=f"in {path}")
+            new = _shallow(cfg)
+            # what this file set (as the config checked and normalised it); every other field as it
+            # was, not the value __post_init__ derived from the others: a later file or the command
+            # line that changes those others must still get their derived defaults
+            given = {str(k).replace("-", "_") for k in raw}
+            values = {k: (new[k] if k in given else values.get(k, new[k])) for k in new}
         return _apply(cls, values, _nest(flat), source="(from the command line)")
+    except yaml.YAMLError as e:
+        e = ConfigError(f"a value could not be read as YAML ({type(e).__name__}: {str(e).splitlines()[0]}); quote "
+                        "it differently or give it in a --config file")
+        if not exit_on_error:
+            raise e from None
+        print(f"{prog or 'error'}: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
     except ConfigError as e:
         if not exit_on_error:
             raise

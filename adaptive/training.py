@@ -193,6 +193,10 @@ def checkpoint_root(output_dir) -> Path:
     return Path(output_dir) / CHECKPOINT_DIR
 
 
+def _step_of(checkpoint: Path) -> int:
+    return int(_CKPT_RE.match(checkpoint.name).group(1))
+
+
 def list_checkpoints(root) -> List[Path]:
     """Complete checkpoints under ``root`` (``step_N`` folders; temporary ones are not), oldest first."""
     root = Path(root)
@@ -232,8 +236,12 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        if keep:
-            for old in list_checkpoints(root)[:-keep]:
+        for later in list_checkpoints(root):  # a run resumed from an earlier checkpoint: later ones
+            if _step_of(later) > step:        # belong to the abandoned timeline (--resume latest would splice)
+                shutil.rmtree(later, ignore_errors=True)
+        if keep:  # the one just saved and the keep - 1 newest before it
+            older = [p for p in list_checkpoints(root) if p != final]
+            for old in older[:max(0, len(older) - (keep - 1))]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final

@@ -142,3 +142,39 @@ def test_dict_entries_from_the_command_line_in_every_form():
     assert parse_config(Cfg, ["--model_kw", "note=a=b"]).model_kw == {"note": "a=b"}  # the first '=' splits
     with pytest.raises(ConfigError, match=r"expects Dict\[str, Any\], got 'deep'.*KEY=VALUE.*--model_kw.KEY VALUE"):
         parse_config(Cfg, ["--model_kw", "deep"])
+
+
+@dataclass
+class _Derived:
+    mode: str = "a"
+    steps: Optional[int] = None  # derived from mode when not given
+    pats: List[str] = field(default_factory=list)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps is None:
+            self.steps = 1 if self.mode == "b" else 20
+
+
+def test_a_config_file_does_not_freeze_defaults_derived_from_other_keys(tmp_path):
+    """A file built the config, and its derived defaults (steps for mode a) came back as if given,
+    so a later --mode b kept steps 20."""
+    (tmp_path / "empty.yaml").write_text("seed: 1\n")
+    (tmp_path / "b.yaml").write_text("mode: b\n")
+    assert parse_config(_Derived, ["--config", str(tmp_path / "empty.yaml"), "--mode", "b"]).steps == 1
+    assert parse_config(_Derived, ["--config", str(tmp_path / "empty.yaml"), "--config", str(tmp_path / "b.yaml")]).steps == 1
+    assert parse_config(_Derived, ["--config", str(tmp_path / "empty.yaml")]).steps == 20
+
+
+def test_name_patterns_that_are_not_yaml_lists_and_large_integers_are_read_as_written():
+    cfg = parse_config(_Derived, ["--pats", "[ab]*", "--seed", "12345678901234567891"])
+    assert cfg.pats == ["[ab]*"] and cfg.seed == 12345678901234567891
+
+
+def test_a_command_line_value_that_is_bad_yaml_gets_a_config_error():
+    @dataclass
+    class C:
+        kw: Dict[str, Any] = field(default_factory=dict)
+
+    with pytest.raises(ConfigError, match="could not be read as YAML"):
+        parse_config(C, ["--kw", "a=[1"])

@@ -46,3 +46,17 @@ def test_a_logging_interval_spanning_epochs_and_a_resume_averages_all_its_steps(
     assert rows[1]["loss"] == pytest.approx((losses[2] + losses[3]) / 2, rel=1e-6)
     assert rows[2]["loss"] == pytest.approx((losses[4] + losses[5]) / 2, rel=1e-6)
     assert rows[0]["loss"] == pytest.approx((losses[0] + losses[1]) / 2, rel=1e-6)
+
+
+def test_a_checkpoint_saved_after_resuming_from_an_earlier_one_is_kept_and_later_ones_go(tmp_path):
+    """Resumed from step 100 with step 200 on disk, the save at 150 was pruned as the oldest and the
+    abandoned step 200 stayed, so --resume latest would splice two timelines."""
+    from accelerate import Accelerator
+
+    from adaptive.training import list_checkpoints, save_checkpoint
+
+    acc = Accelerator(cpu=True)
+    for s in (100, 200):
+        save_checkpoint(acc, tmp_path, s, keep=0)
+    saved = save_checkpoint(acc, tmp_path, 150, keep=1)
+    assert saved.exists() and [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_00000150"]
