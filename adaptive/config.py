@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import sys
 import types
 import typing
@@ -108,7 +109,7 @@ def _coerce(value, tp, key: str, src: str = ""):
         return ConfigError(f"{where} expects {_type_name(tp)}, got {shown}{extra}")
 
     if tp is Any:
-        return yaml.safe_load(value) if isinstance(value, _Cli) else value
+        return _exponent_floats(yaml.safe_load(value) if isinstance(value, _Cli) else value)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if _is_union(tp):
         if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
@@ -341,13 +342,28 @@ def _lookup_type(cls, dotted: str):
     return tp
 
 
+_EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def _exponent_floats(value):
+    """YAML 1.1 reads 1e-3 (no decimal point) as a string: the float it was written as, also inside
+    lists and mappings of untyped values (controller_kw, model_kw, dataset_kw)."""
+    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, list):
+        return [_exponent_floats(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _exponent_floats(v) for k, v in value.items()}
+    return value
+
+
 def key_value(item: str, option: str = "--dataset-kw"):
     """``(KEY, value)`` from ``KEY=VALUE`` (the value read as YAML: numbers, lists, true/false);
     ValueError naming ``option`` otherwise."""
     key, sep, value = str(item).partition("=")
     if not sep or not key.strip().isidentifier():
         raise ValueError(f"{option} {item!r}: write KEY=VALUE, e.g. {option} image_size=32")
-    return key.strip(), (yaml.safe_load(value) if value.strip() else None)
+    return key.strip(), (_exponent_floats(yaml.safe_load(value)) if value.strip() else None)
 
 
 def _nest(flat: Dict[str, Any]) -> Dict[str, Any]:

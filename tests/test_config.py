@@ -178,3 +178,13 @@ def test_a_command_line_value_that_is_bad_yaml_gets_a_config_error():
 
     with pytest.raises(ConfigError, match="could not be read as YAML"):
         parse_config(C, ["--kw", "a=[1"])
+
+
+def test_untyped_values_written_with_an_exponent_are_floats(tmp_path):
+    @dataclass
+    class C:
+        kw: Dict[str, Any] = field(default_factory=dict)
+
+    assert parse_config(C, ["--kw.lr", "1e-3", "--kw", "wd=5E-4"]).kw == {"lr": 0.001, "wd": 0.0005}
+    (tmp_path / "c.yaml").write_text("kw: {lr: 1e-3, name: e5, ids: [1e2, x]}\n")
+    assert parse_config(C, ["--config", str(tmp_path / "c.yaml")]).kw == {"lr": 0.001, "name": "e5", "ids": [100.0, "x"]}
