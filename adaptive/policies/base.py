@@ -313,10 +313,10 @@ def layer_floors(ctrl) -> Dict[str, int]:
     return {n: int(math.ceil(md * ctrl.conn.layers[n].numel)) for n in ctrl.editable()} if md > 0 else {}
 
 
-def floor_protected(ctrl, scores: Dict[str, torch.Tensor], alive: Dict[str, torch.Tensor], side: str) -> Dict[str, torch.Tensor]:
+def floor_protected(ctrl, scores: Dict[str, torch.Tensor], alive) -> Dict[str, torch.Tensor]:
     """Under the global budget with ``min_density``: the live ensembles of each layer that hold its
-    floor, the most valuable first (``side="keep"``: highest scores; ``"cost"``: highest removal cost),
-    as bool masks. Ranking others across layers leaves these in place."""
+    floor, the most valuable first (highest keep scores, or highest removal costs), as bool masks;
+    ``alive`` None: any ensemble may hold it (a keep plan). Ranking others across layers leaves these in place."""
     out = {}
     for n, floor in layer_floors(ctrl).items():
         if not floor or n not in scores:
@@ -393,7 +393,7 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
             flat, names, sizes = concat(keep_scores)
             size = concat_sizes(ctrl, names, sizes)
             ranked = per_synapse(flat, size)
-            held = floor_protected(ctrl, keep_scores, None, "keep")
+            held = floor_protected(ctrl, keep_scores, None)
             if held:  # each layer's floor first, then the best of the rest across layers
                 ranked = ranked.masked_fill(concat({n: held.get(n, torch.zeros_like(keep_scores[n], dtype=torch.bool))
                                                      for n in keep_scores})[0].to(ranked.device), float("inf"))

@@ -95,16 +95,16 @@ class Crawl(Policy):
         # ensembles of different sizes (per-layer granularities, neurons of different fan-in) compete
         # by their value per synapse, the unit of the goal; plan scores stay whole-ensemble sums
         cs, gs = (c, g) if sz is None else (c / sz.to(c.dtype), g / sz.to(g.dtype))
-        need = 0
+        need, full = 0, None  # full: the whole order on the side the goal needs, sorted once
         if self.goal is not None and live != self.goal:
             need = math.ceil(abs(live - self.goal) / self.updates_left(ctrl, step)) * (1 if live > self.goal else -1)
             if sz is not None:
                 # whole ensembles nearest to the distance: none when the next one would overshoot by
                 # more than it gains (coarse ensembles rarely sum to the goal exactly, and chasing the
                 # remainder flipped one back and forth); then the count is as near as it gets: swap
-                side = lowest(cs, a, live_ens) if need > 0 else highest(gs, ~a, a.numel() - live_ens)
-                if self._cover(side, sz, abs(need)) == 0 and 2 * abs(live - self.goal) <= int(sz[side[:1]].sum() or 1):
-                    need = 0
+                full = lowest(cs, a, live_ens) if need > 0 else highest(gs, ~a, a.numel() - live_ens)
+                if self._cover(full, sz, abs(need)) == 0 and 2 * abs(live - self.goal) <= int(sz[full[:1]].sum() or 1):
+                    need, full = 0, None
         if self.goal is None:
             # the ensembles whose own (summed) value clears the margin, best per synapse first
             p_idx = lowest(cs, a & (c < -self.margin), limit)
@@ -118,8 +118,10 @@ class Crawl(Policy):
                 # sorting only them gives the same plan for a fraction of the work.
                 pa = a & (c < g[ra].max() - self.margin)
                 ra = ra & (g > c[a].min() + self.margin)
-            p_order = lowest(cs, a, live_ens) if need > 0 else lowest(cs, pa, min(limit, int(pa.sum())))
-            r_order = highest(gs, ~a, a.numel() - live_ens) if need < 0 else highest(gs, ra, min(limit, int(ra.sum())))
+            p_order = ((full if full is not None else lowest(cs, a, live_ens)) if need > 0
+                       else lowest(cs, pa, min(limit, int(pa.sum()))))
+            r_order = ((full if full is not None else highest(gs, ~a, a.numel() - live_ens)) if need < 0
+                       else highest(gs, ra, min(limit, int(ra.sum()))))
             fp, fr = self._cover(p_order, sz, need), self._cover(r_order, sz, -need)
             cand_p, cand_r = p_order[fp: fp + limit], r_order[fr: fr + limit]
             n = min(cand_p.numel(), cand_r.numel()) if need == 0 else 0  # swaps only once at the goal

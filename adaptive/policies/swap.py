@@ -28,7 +28,7 @@ def global_candidates(ctrl, cost, gain, alive, frac, ordered=True, target=None):
     k = min(int(round(frac * live)), a.numel() - live)
     size = concat_sizes(ctrl, names, sizes)
     prunable = a
-    held = floor_protected(ctrl, cost, alive, "cost")
+    held = floor_protected(ctrl, cost, alive)
     if held:  # min_density: the ensembles holding each layer's floor are not pruned
         prunable = a & ~concat({n: held.get(n, torch.zeros_like(cost[n], dtype=torch.bool)) for n in cost})[0].to(a.device)
         k = min(k, int(prunable.sum()))
