@@ -25,7 +25,10 @@ def unpack(packed: torch.Tensor, shape) -> torch.Tensor:
     n = math.prod(shape)
     if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != (n + 7) // 8:
         raise ValueError(
-            f"packed mask has {packed.numel()} bytes of {packed.dtype}, expected {(n + 7) // 8} uint8 bytes for shape {tuple(shape)}"
+            f"packed mask is a {packed.dim()}-d {packed.dtype} tensor of {packed.numel()} elements, expected a flat "
+            f"uint8 tensor of {(n + 7) // 8} bytes for shape {tuple(shape)}"
         )
-    bits = (packed.unsqueeze(1) & _WEIGHTS.to(packed.device)) != 0
-    return bits.reshape(-1)[:n].reshape(shape)
+    bits = ((packed.unsqueeze(1) & _WEIGHTS.to(packed.device)) != 0).reshape(-1)
+    if bool(bits[n:].any()):  # pack writes zeros past the last synapse: anything else is corruption
+        raise ValueError(f"packed mask for shape {tuple(shape)} has bits set past its last synapse: the data is corrupt")
+    return bits[:n].reshape(shape)

@@ -751,9 +751,20 @@ class Connectome:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
                 raise ValueError(f"{path} is not an adaptive connectome file (format {meta.get('format')!r})")
-            shapes = {n: tuple(s) for n, s in json.loads(meta["layers"]).items()}
-            packed = {n: f.get_tensor(f"mask/{n}") for n in shapes}
             keys = set(f.keys())
+            try:
+                shapes = {n: tuple(int(d) for d in s) for n, s in json.loads(meta["layers"]).items()}
+                for k in ("mode", "ensemble"):
+                    meta[k]
+            except (KeyError, ValueError, TypeError, AttributeError) as e:
+                raise ValueError(f"{path}: the connectome file's metadata is missing or malformed ({type(e).__name__}: "
+                                 f"{e}); the file is corrupt or was not written by Connectome.save") from None
+            unlisted = sorted(k[len("mask/"):] for k in keys if k.startswith("mask/") and k[len("mask/"):] not in shapes)
+            missing = sorted(n for n in shapes if f"mask/{n}" not in keys)
+            if unlisted or missing:
+                raise ValueError(f"{path}: the connectome file's layer list does not match its masks (masks not listed: "
+                                 f"{unlisted[:5]}, listed without a mask: {missing[:5]}); the file is corrupt")
+            packed = {n: f.get_tensor(f"mask/{n}") for n in shapes}
             original = {n: f.get_tensor(f"original/{n}") for n in shapes if f"original/{n}" in keys}
         params = dict(model.named_parameters(remove_duplicate=False))  # a tied weight under every name
         for n, s in shapes.items():

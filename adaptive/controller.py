@@ -438,7 +438,8 @@ class Controller:
                 fraction, current = 0.0, EditPlan()
                 break
             fraction *= 0.5
-            current = plan.shrink(fraction)
+            current = plan.shrink(fraction, groups=lambda n: self.conn.granularities[n].constraint_groups(
+                self.conn.layers[n].shape))
             if current.counts() == (0, 0):  # rounding left nothing to try: the update is rolled back
                 fraction = 0.0
                 break

@@ -90,6 +90,12 @@ class Granularity:
             return f"mask is not constant over each '{self.spec}' ensemble"
         return None
 
+    def constraint_groups(self, shape: torch.Size) -> torch.Tensor | None:
+        """For a granularity whose masks obey a constraint within groups of ensembles (n:m), the
+        group of each ensemble (flat, long); None when any set of ensembles is a valid mask. An edit
+        restricted to whole groups of a valid edit stays valid, so a line search shrinks by groups."""
+        return None
+
     def select(self, scores: torch.Tensor, k: int) -> torch.Tensor:
         """Boolean ensemble mask keeping the ``k`` highest-scoring ensembles, ties broken by the lower
         index (a stable sort, so every process and device agrees; topk gives no such guarantee)."""
@@ -237,6 +243,11 @@ class NMGranularity(SynapseGranularity):
     @property
     def density(self) -> float:
         return self.n / self.m
+
+    def constraint_groups(self, shape):
+        rest = math.prod(shape[1:])
+        i = torch.arange(math.prod(shape))
+        return (i // rest) * -(-rest // self.m) + (i % rest) // self.m
 
     def select(self, scores, k=None):
         """Keep the top ``n`` of every group of ``m`` (all of a shorter last group); ``k`` is ignored

@@ -39,7 +39,9 @@ class Decay:
     def progress(self, step: int) -> float:
         if self.end_step is None:
             return 0.0
-        span = max(1, self.end_step - self.start_step)
+        if self.end_step <= self.start_step:  # no span: the start value before it, the end value from it on
+            return 1.0 if step >= self.end_step else 0.0
+        span = self.end_step - self.start_step
         return min(1.0, max(0.0, (step - self.start_step) / span))
 
     def __call__(self, step: int) -> float:
@@ -50,7 +52,7 @@ class Decay:
 @dataclass(frozen=True)
 class ConstantDecay(Decay):
     def __call__(self, step):
-        if self.end_step is not None and step > self.end_step:
+        if self.end_step is not None and step >= self.end_step:  # 0 at end_step, as every decay
             return 0.0
         return self.start
 
@@ -80,10 +82,10 @@ class CubicDensity:
     end_step: int
 
     def __call__(self, step: int) -> float:
+        if step >= self.end_step:  # first: with start_step == end_step the final value holds from there
+            return self.final
         if step <= self.start_step:
             return self.initial
-        if step >= self.end_step:
-            return self.final
         p = (step - self.start_step) / max(1, self.end_step - self.start_step)
         s_i, s_f = 1.0 - self.initial, 1.0 - self.final
         return 1.0 - (s_f + (s_i - s_f) * (1.0 - p) ** 3)

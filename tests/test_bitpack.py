@@ -29,7 +29,7 @@ def test_pack_rejects_a_non_bool_tensor():
 
 
 def test_unpack_rejects_a_wrong_size():
-    with pytest.raises(ValueError, match="expected 2 uint8 bytes"):
+    with pytest.raises(ValueError, match="expected a flat uint8 tensor of 2 bytes"):
         bitpack.unpack(torch.zeros(3, dtype=torch.uint8), (3, 4))
     with pytest.raises(ValueError, match="uint8"):
         bitpack.unpack(torch.zeros(2, dtype=torch.int32), (3, 4))

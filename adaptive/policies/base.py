@@ -87,19 +87,44 @@ class EditPlan:
         return (float(sum(v.sum() for v in self.prune_scores.values()))
                 - float(sum(v.sum() for v in self.grow_scores.values())))
 
-    def shrink(self, fraction: float) -> "EditPlan":
-        """Keep the best ``fraction`` of every layer's prunes and grows."""
+    def shrink(self, fraction: float, groups=None) -> "EditPlan":
+        """Keep the best ``fraction`` of every layer's prunes and grows. ``groups(name)`` (optional)
+        gives the constraint group of each of a layer's ensembles, or None: in such a layer the plan
+        keeps every edit of the groups its best ``fraction`` of prunes and grows touch, since separate
+        prefixes could keep a grow whose paired prune was cut (n:m: a group over its n)."""
 
         def cut(d):
             return {n: v[: int(round(v.numel() * fraction))] for n, v in d.items()}
 
+        prune, grow, ps, gs = cut(self.prune), cut(self.grow), cut(self.prune_scores), cut(self.grow_scores)
+        for n in sorted(set(self.prune) | set(self.grow)) if groups is not None else ():
+            gid = groups(n)
+            if gid is None:
+                continue
+            # a group ranks by its best edit (its position in the prune or grow list, as a fraction of
+            # that list); the best ``fraction`` of the touched groups keep all their edits
+            key = torch.full((int(gid.max()) + 1 if gid.numel() else 0,), math.inf)
+            for full in (self.prune, self.grow):
+                if n in full and full[n].numel():
+                    pos = torch.arange(full[n].numel(), dtype=torch.float) / full[n].numel()
+                    key.scatter_reduce_(0, gid[full[n].cpu()], pos, "amin")
+            touched = torch.isfinite(key).nonzero().squeeze(1)
+            best = touched[torch.argsort(key[touched], stable=True)][: int(round(touched.numel() * fraction))]
+            sel = torch.zeros_like(key, dtype=torch.bool)
+            sel[best] = True
+            for full, scores, out, out_scores in ((self.prune, self.prune_scores, prune, ps),
+                                                  (self.grow, self.grow_scores, grow, gs)):
+                if n in full:
+                    keep = sel[gid[full[n].cpu()]]
+                    out[n] = full[n][keep.to(full[n].device)]
+                    if n in scores:
+                        out_scores[n] = scores[n][keep.to(scores[n].device)]
         est = None
         if self.prune_scores or self.grow_scores:
-            ps, gs = cut(self.prune_scores), cut(self.grow_scores)
             est = float(sum(v.sum() for v in ps.values())) - float(sum(v.sum() for v in gs.values()))
         return EditPlan(
-            prune=cut(self.prune), grow=cut(self.grow), est_loss_change=est if est is not None else self.est_loss_change,
-            boundaries=self.boundaries, prune_scores=cut(self.prune_scores), grow_scores=cut(self.grow_scores),
+            prune=prune, grow=grow, est_loss_change=est if est is not None else self.est_loss_change,
+            boundaries=self.boundaries, prune_scores=ps, grow_scores=gs,
             tolerance=None if self.tolerance is None else self.tolerance * fraction,
         )
 
@@ -189,10 +214,12 @@ def _eligible_smallest_k(flat: torch.Tensor, ok: torch.Tensor, k: int, ordered: 
     k = min(int(k), count)
     if k <= 0:
         return torch.zeros(0, dtype=torch.long, device=flat.device)
-    if count * 4 < flat.numel():  # few eligible: order only them (same result, ties by index)
-        idx = ok.nonzero().squeeze(1)
-        return idx[_smallest_k(flat[idx], k, ordered)]
-    return _smallest_k(torch.where(ok, flat, float("inf")), k, ordered)
+    if count == flat.numel():
+        return _smallest_k(flat, k, ordered)
+    # order only the eligible entries: filling the others with +inf would tie them with eligible
+    # +inf or NaN scores, and the tie (by index) could then pick an ineligible one
+    idx = ok.nonzero().squeeze(1)
+    return idx[_smallest_k(flat[idx], k, ordered)]
 
 
 def concat(d: Dict[str, torch.Tensor]):

@@ -16,7 +16,14 @@ class GMP(Policy):
     def initialize(self, ctrl):
         if ctrl.end_step is None:
             raise ValueError("policy 'gmp' needs end_step: the step by which the target density is reached")
-        self.schedule = CubicDensity(1.0, ctrl.density, ctrl.start_step, ctrl.end_step)
+        # the target is reached at the last update that falls by end_step: an end_step between two
+        # updates would otherwise leave the final density to an update that never comes
+        last = ctrl.start_step + (ctrl.end_step - ctrl.start_step) // ctrl.update_every * ctrl.update_every
+        if last < max(1, ctrl.start_step):
+            raise ValueError(
+                f"policy 'gmp': no update falls between start_step={ctrl.start_step} and end_step={ctrl.end_step} "
+                f"with update_every={ctrl.update_every}; lower update_every or move end_step later")
+        self.schedule = CubicDensity(1.0, ctrl.density, ctrl.start_step, last)
         return None
 
     def update(self, ctrl, step):
