@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 import weakref
 from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
@@ -455,6 +456,11 @@ class Connectome:
         opt = self._check_optimizer(optimizer)
         if any(r() is opt for r in self._optimizers):
             return self
+        if any(g.get("eps", 1.0) == 0 for g in opt.param_groups):
+            warnings.warn(
+                f"{type(opt).__name__} has eps=0: its update is 0/0 = NaN wherever a gradient and its state are exactly "
+                "0, which pruning makes common (a unit whose outputs are all pruned gets no gradient). Pruned weights "
+                "are kept at exactly 0.0, but live ones there become NaN; give eps > 0 (PyTorch's default)", stacklevel=2)
         self._optimizers.append(weakref.ref(opt))
         self._handles.append(opt.register_step_pre_hook(self._pre_step))
         self._handles.append(opt.register_step_post_hook(self._post_step))
@@ -562,7 +568,7 @@ class Connectome:
             loss = closure()  # the optimizer calls this under enable_grad
             calls[0] += 1
             if calls[0] == 1:
-                self._run_observers()
+                self._run_observers(args[0])
             self.mask_gradients()
             return loss
 
@@ -570,12 +576,32 @@ class Connectome:
             return args, {**kwargs, "closure": masked_closure}
         return (args[0], masked_closure, *args[2:]), kwargs
 
-    def _run_observers(self) -> None:
-        for fn in self._observers:
-            fn()
+    def _run_observers(self, opt=None) -> None:
+        self._stepping = opt
+        try:
+            for fn in self._observers:
+                fn()
+        finally:
+            self._stepping = None
+
+    def stepping_layers(self) -> Optional[List[str]]:
+        """While observers run before an optimizer's step: the layers whose gradients that step
+        uses, when several optimizers are attached (each layer is observed at its own optimizer's
+        step, once per training step; layers no attached optimizer holds go with the first one).
+        None otherwise: every layer."""
+        opt = self.__dict__.get("_stepping")
+        opts = [o for o in (r() for r in self._optimizers) if o is not None]
+        if opt is None or len(opts) < 2:
+            return None
+        owner = {}
+        for o in reversed(opts):  # the first optimizer holding a parameter owns it
+            for g in o.param_groups:
+                for p in g["params"]:
+                    owner[id(p)] = o
+        return [n for n, p in self.params.items() if owner.get(id(p), opts[0]) is opt]
 
     def _prepare_step(self, opt) -> None:
-        self._run_observers()
+        self._run_observers(opt)
         if self.mode == "mask_only":
             self.mask_gradients()  # the weights are restored from the originals after the step
         elif preserves_zeros(opt) and self._weights_untouched():
@@ -606,8 +632,10 @@ class Connectome:
     def _post_step(self, opt, args, kwargs):
         # A zero-preserving optimizer (optim_state.register_zero_preserving) cannot move a weight
         # whose gradient, value and state are all 0.0, so re-masking after its step is skipped.
-        if self.mode == "mask_only" or not preserves_zeros(opt):
+        if self.mode == "mask_only":
             self._apply()
+        elif not preserves_zeros(opt):
+            self._impose_exact()  # exactly 0.0: such a step can leave NaN there (0/0), and NaN * 0 is NaN
         self._next_step()
         self._record_versions()
 

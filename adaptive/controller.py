@@ -280,7 +280,8 @@ class Controller:
     def observe(self) -> None:
         """Add the current dense gradients to the utility window (call after ``backward``)."""
         if self._observing():
-            self.stats.observe()
+            names = self.conn.stepping_layers()
+            self.stats.observe() if names is None else self.stats.observe(names)
 
     @property
     def finished(self) -> bool:

@@ -88,8 +88,11 @@ def register_zero_preserving(cls):
 
 
 def preserves_zeros(optimizer) -> bool:
-    """Whether ``optimizer``'s exact type is registered as zero-preserving."""
-    return type(optimizer) in _ZERO_PRESERVING
+    """Whether ``optimizer``'s exact type is registered as zero-preserving and its settings keep it so:
+    with ``eps=0`` an adaptive optimizer's update at a pruned position is 0 / (sqrt(0) + 0) = NaN."""
+    if type(optimizer) not in _ZERO_PRESERVING:
+        return False
+    return all(g.get("eps", 1.0) != 0 for g in optimizer.param_groups)
 
 
 # Each keeps 0.0 where gradient, weight and state are 0.0, with or without momentum, dampening,

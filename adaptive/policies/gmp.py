@@ -2,6 +2,8 @@
 density between start_step and end_step; removal order by magnitude or a named estimator."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ..schedules import CubicDensity
@@ -20,9 +22,11 @@ class GMP(Policy):
         # updates would otherwise leave the final density to an update that never comes
         last = ctrl.start_step + (ctrl.end_step - ctrl.start_step) // ctrl.update_every * ctrl.update_every
         if last < max(1, ctrl.start_step):
-            raise ValueError(
+            warnings.warn(
                 f"policy 'gmp': no update falls between start_step={ctrl.start_step} and end_step={ctrl.end_step} "
-                f"with update_every={ctrl.update_every}; lower update_every or move end_step later")
+                f"with update_every={ctrl.update_every}, so the network stays dense; lower update_every or move "
+                "end_step later", stacklevel=3)
+            last = ctrl.end_step
         self.schedule = CubicDensity(1.0, ctrl.density, ctrl.start_step, last)
         return None
 

@@ -17,8 +17,8 @@ class Consistency(OBD):
     def gradient(self, ctx):
         s = ctx.stats
         g = s.mean(ctx.name)
-        if s.count < 2:
+        if s.n(ctx.name) < 2:
             return g
-        noise = s.batch_variance(ctx.name) / s.count
+        noise = s.batch_variance(ctx.name) / s.n(ctx.name)
         t2 = g * g / noise.clamp_min(1e-30)
         return g * torch.clamp(1.0 - 1.0 / t2.clamp_min(1e-30), min=0.0)

@@ -50,9 +50,9 @@ class Evidence(Estimator):
             e = torch.zeros_like(prior)
         elif e.device != prior.device:  # a state loaded on the CPU follows the weights to their device
             e = e.to(prior.device)
-        if s.count >= 2:
+        if s.n(ctx.name) >= 2:
             g = s.mean(ctx.name)
-            se = (s.batch_variance(ctx.name) / s.count).sqrt()
+            se = (s.batch_variance(ctx.name) / s.n(ctx.name)).sqrt()
             t = g * torch.sign(w0) / se.clamp_min(1e-20)  # t-statistic of d = g * w0 (scale-free)
             t = torch.where(se > 0, t, torch.zeros_like(t))
             e = self.decay * e - self.step * t.clamp(-self.clip, self.clip)

@@ -37,7 +37,7 @@ class OBD(Estimator):
         if ctx.restore is not None:
             w0 = ctx.restore.float()
             return -(g * w0 + 0.5 * f * w0 * w0)
-        if ctx.stats.count < 2:
+        if ctx.stats.n(ctx.name) < 2:
             # one batch: F estimated from the very gradient it divides makes g^2/(2F) the same 1/2
             # for every synapse (growth would go by index); the layer's mean curvature keeps the
             # gain ranking by |g|

@@ -72,7 +72,7 @@ class Presence(Estimator):
             self.value[n] = self._init_value(ctx)
         self._follow(n, ctx.w0.device)
         s = ctx.stats
-        if s is not None and s.count >= 1:
+        if s is not None and s.n(n) >= 1:
             w0 = ctx.w0
             d = s.mean(n) * w0
             if n not in self.m:

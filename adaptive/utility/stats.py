@@ -6,23 +6,44 @@ reduced (mean over ranks) before any decision, so every process decides from the
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Iterable, Optional
 
 import torch
 
 from ..distributed import all_reduce_mean_
 
 
+def _dense(g: torch.Tensor) -> torch.Tensor:
+    """A sparse gradient (an ``nn.Embedding(sparse=True)`` tied to a masked weight) as a dense one."""
+    return g.to_dense() if g.layout != torch.strided else g
+
+
 class GradientStats:
-    """Windowed first and second moments of the batch gradients of a connectome's weights."""
+    """Windowed first and second moments of the batch gradients of a connectome's weights.
+
+    Each layer counts its own observations: with several optimizers each layer is observed at its
+    own optimizer's step (:meth:`observe` with ``names``), once per training step."""
 
     def __init__(self, conn, second_moment: bool = True):
         self.conn = conn
         self.second_moment = second_moment
         self.g_sum: Dict[str, torch.Tensor] = {}
         self.g2_sum: Dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.counts: Dict[str, int] = {}
         self._reduced = False
+
+    @property
+    def count(self) -> int:
+        """Observations in the window (the most any layer has; :meth:`n` gives a layer's own)."""
+        return max(self.counts.values(), default=0)
+
+    @count.setter
+    def count(self, value: int) -> None:
+        self.counts = {n: int(value) for n in self.conn.params}
+
+    def n(self, name: str) -> int:
+        """Observations of layer ``name`` in the window."""
+        return self.counts.get(name, 0)
 
     def _ensure(self):
         if len(self.g_sum) == len(self.conn.params):
@@ -31,36 +52,42 @@ class GradientStats:
             self.g_sum[n] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
             if self.second_moment:
                 self.g2_sum[n] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+            self.counts.setdefault(n, 0)
 
     @torch.no_grad()
-    def observe(self) -> bool:
-        """Add the current ``.grad`` of every weight to the window. Returns False when no weight
-        has a gradient (nothing observed)."""
+    def observe(self, names: Optional[Iterable[str]] = None) -> bool:
+        """Add the current ``.grad`` of every weight (of the layers ``names`` only, when given) to
+        the window; a layer without a gradient at this step adds zeros (the loss did not depend on
+        it). Returns False when none has a gradient (nothing observed)."""
         self._ensure()
-        names = [n for n, p in self.conn.params.items() if p.grad is not None]
+        target = list(self.conn.params if names is None else names)
+        names = [n for n in target if self.conn.params[n].grad is not None]
         if not names:
             return False
-        grads = [self.conn.params[n].grad.float() for n in names]
+        for n in target:
+            if self.counts[n] == 0 and self.conn.params[n].grad is None:  # a fresh window starts at zero
+                self.g_sum[n].zero_()
+                if self.second_moment:
+                    self.g2_sum[n].zero_()
+        grads = [_dense(self.conn.params[n].grad).float() for n in names]
         if grads[0].device != self.g_sum[names[0]].device:
             for n in names:
                 self.g_sum[n] = self.g_sum[n].to(grads[0].device)
                 if self.second_moment:
                     self.g2_sum[n] = self.g2_sum[n].to(grads[0].device)
-        if self.count == 0:  # a fresh window overwrites: no separate zeroing pass
-            for n, g in zip(names, grads):
-                self.g_sum[n].copy_(g)
-                if self.second_moment:
-                    torch.mul(g, g, out=self.g2_sum[n])
-            if len(names) < len(self.g_sum):
-                for n in set(self.g_sum) - set(names):
-                    self.g_sum[n].zero_()
-                    if self.second_moment:
-                        self.g2_sum[n].zero_()
-        else:
-            torch._foreach_add_([self.g_sum[n] for n in names], grads)
+        fresh = [i for i, n in enumerate(names) if self.counts[n] == 0]  # a fresh window overwrites
+        more = [i for i, n in enumerate(names) if self.counts[n] > 0]
+        for i in fresh:
+            self.g_sum[names[i]].copy_(grads[i])
             if self.second_moment:
-                torch._foreach_addcmul_([self.g2_sum[n] for n in names], grads, grads)
-        self.count += 1
+                torch.mul(grads[i], grads[i], out=self.g2_sum[names[i]])
+        if more:
+            torch._foreach_add_([self.g_sum[names[i]] for i in more], [grads[i] for i in more])
+            if self.second_moment:
+                g = [grads[i] for i in more]
+                torch._foreach_addcmul_([self.g2_sum[names[i]] for i in more], g, g)
+        for n in target:
+            self.counts[n] += 1
         self._reduced = False
         return True
 
@@ -69,50 +96,53 @@ class GradientStats:
         if self._reduced:
             return
         self._ensure()
-        if self.count == 0:  # sums are stale between windows: contribute zeros
-            for t in list(self.g_sum.values()) + list(self.g2_sum.values()):
-                t.zero_()
+        names = list(self.g_sum)
+        for n in names:  # sums are stale between windows: contribute zeros
+            if self.counts[n] == 0:
+                self.g_sum[n].zero_()
+                if self.second_moment:
+                    self.g2_sum[n].zero_()
         tensors = list(self.g_sum.values()) + list(self.g2_sum.values())
-        cnt = torch.tensor([float(self.count)])
+        cnt = torch.tensor([float(self.counts[n]) for n in names])
         all_reduce_mean_(tensors + [cnt])
-        self.count = int(round(float(cnt)))
+        self.counts = {n: int(round(float(c))) for n, c in zip(names, cnt)}
         self._reduced = True
 
     def mean(self, name: str) -> torch.Tensor:
         self._ensure()
-        if self.count == 0:
+        if self.counts[name] == 0:
             return torch.zeros_like(self.g_sum[name])
-        return self.g_sum[name] / self.count
+        return self.g_sum[name] / self.counts[name]
 
     def sq_mean(self, name: str) -> torch.Tensor:
         if not self.second_moment:
             raise RuntimeError("second moments were not collected (GradientStats(second_moment=False))")
         self._ensure()
-        if self.count == 0:
+        if self.counts[name] == 0:
             return torch.zeros_like(self.g2_sum[name])
-        return self.g2_sum[name] / self.count
+        return self.g2_sum[name] / self.counts[name]
 
     def batch_variance(self, name: str) -> torch.Tensor:
         """Variance of the batch gradient across the window's batches (unbiased where count > 1)."""
         m = self.mean(name)
         v = (self.sq_mean(name) - m * m).clamp_min(0)
-        n = self.count
+        n = self.n(name)
         return v * (n / (n - 1)) if n > 1 else v
 
     def fisher(self, name: str, batch_size: Optional[int] = None) -> torch.Tensor:
         """Diagonal empirical Fisher per sample. With ``batch_size`` B, the per-sample second moment
         is recovered as mean^2 + B * batch variance; without it, the batch-gradient second moment
         (a lower bound) is used."""
-        if batch_size and self.count > 1:
+        if batch_size and self.n(name) > 1:
             m = self.mean(name)
             return m * m + batch_size * self.batch_variance(name)
         return self.sq_mean(name)
 
     def reset(self) -> None:
         """Start a new window (the next observation overwrites the sums)."""
-        if self.count == 0:
+        if not any(self.counts.values()):
             return
-        self.count = 0
+        self.counts = {n: 0 for n in self.counts}
         self._reduced = False
 
     def nbytes_per_synapse(self) -> float:
@@ -124,6 +154,7 @@ class GradientStats:
         self._ensure()
         return {
             "count": self.count,
+            "counts": dict(self.counts),
             "g_sum": {n: t.cpu().clone() for n, t in self.g_sum.items()},
             "g2_sum": {n: t.cpu().clone() for n, t in self.g2_sum.items()},
         }
@@ -135,4 +166,8 @@ class GradientStats:
         for n, t in sd.get("g2_sum", {}).items():
             if n in self.g2_sum:
                 self.g2_sum[n].copy_(t)
-        self.count = int(sd.get("count", 0))
+        counts = sd.get("counts")
+        if counts is None:  # saved before layers counted their own observations
+            self.count = int(sd.get("count", 0))
+        else:
+            self.counts = {n: int(counts.get(n, 0)) for n in self.conn.params}

@@ -1,0 +1,83 @@
+"""Audit of unusual training setups: each test failed before its fix."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import adaptive
+
+
+def _net():
+    return nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 4))
+
+
+@pytest.mark.parametrize("make", [lambda ps: torch.optim.Adam(ps, lr=1e-2, eps=0.0),
+                                  lambda ps: torch.optim.RMSprop(ps, lr=1e-3, eps=0.0)])
+def test_eps_zero_keeps_pruned_weights_exactly_zero_and_warns(make):
+    """0/(sqrt(0)+0) at a pruned position is NaN: the step was trusted to keep zeros, and the
+    fallback re-mask multiplied, leaving NaN * 0 = NaN in a pruned weight."""
+    torch.manual_seed(0)
+    model = _net()
+    opt = make(model.parameters())
+    conn = adaptive.Connectome(model)
+    conn.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in conn.masks.items()})
+    with pytest.warns(UserWarning, match="eps=0"):
+        conn.attach(opt)
+    for _ in range(3):
+        F.cross_entropy(model(torch.randn(16, 10)), torch.randint(0, 4, (16,))).backward()
+        opt.step()
+        opt.zero_grad()
+        for n, p in conn.params.items():
+            assert torch.equal(p[~conn.masks[n]], torch.zeros_like(p[~conn.masks[n]]))
+
+
+def test_two_optimizers_enter_each_step_once_with_the_true_gradient():
+    torch.manual_seed(0)
+    model = _net()
+    conn = adaptive.Connectome(model)
+    oa = torch.optim.SGD(model[0].parameters(), lr=0.0)  # lr 0: the same gradient every step
+    ob = torch.optim.SGD(model[2].parameters(), lr=0.0)
+    ctrl = adaptive.Controller(conn, oa, policy="utility", density=0.3, update_every=10, end_step=50)
+    conn.attach(ob)
+    x, y = torch.randn(16, 10), torch.randint(0, 4, (16,))
+    F.cross_entropy(model(x), y).backward()
+    true = {n: p.grad.clone() for n, p in conn.params.items()}
+    model.zero_grad()
+    for _ in range(3):
+        F.cross_entropy(model(x), y).backward()
+        oa.step()
+        oa.zero_grad()
+        ob.step()
+        ob.zero_grad()
+    assert ctrl.stats.count == 3
+    for n in conn.names:
+        assert ctrl.stats.n(n) == 3
+        live = conn.masks[n]  # (outside the window gradients are masked in backward)
+        torch.testing.assert_close(ctrl.stats.mean(n)[live], true[n][live], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("policy", ["rigl", "utility"])
+def test_a_sparse_gradient_from_a_tied_embedding_is_observed(policy):
+    torch.manual_seed(0)
+    emb = nn.Embedding(50, 16, sparse=True)
+    dec = nn.Linear(16, 50, bias=False)
+    dec.weight = emb.weight
+    model = nn.ModuleDict(dict(emb=emb, mid=nn.Linear(16, 16), dec=dec))
+    conn = adaptive.Connectome(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctrl = adaptive.Controller(conn, opt, policy=policy, density=0.3, update_every=5, end_step=20)
+    for s in range(12):
+        x = torch.randint(0, 50, (8, 5))
+        if s % 2:  # only the embedding path: .grad of the tied weight is sparse
+            model.mid(model.emb(x)).pow(2).mean().backward()
+        else:
+            F.cross_entropy(model.dec(model.mid(model.emb(x))).reshape(-1, 50), x.reshape(-1)).backward()
+        opt.step()
+        opt.zero_grad()
+    assert len([e for e in ctrl.events if e["kind"] != "init"]) == 2
+    for n, p in conn.params.items():
+        assert not bool(p[~conn.masks[n]].any())
