@@ -63,7 +63,9 @@ class Controller:
             "magnitude" (mask_only default) or "estimator".
         window: observe gradients only during the last ``window`` steps before each update
             (None: every step since the last update).
-        batch_size: per-process batch size, lets second-order estimators recover per-sample Fisher.
+        batch_size: the number of samples each observed gradient averages, which lets second-order
+            estimators recover the per-sample Fisher: the per-process batch, times the number of
+            processes when DDP averages gradients across them before the step (train mode).
         holdout_loss: optional callable returning the loss on held-out training data; when given,
             each update is checked and shrunk (halved, up to ``line_search_tries`` times) or rolled
             back when it raises that loss by more than ``line_search_tolerance`` (or by more than the
@@ -155,10 +157,12 @@ class Controller:
                 f"policy {self.policy.name!r} fixes its scores ({', '.join(uses)}); estimator= applies to the "
                 "utility, balanced, threshold, gmp and magnitude policies"
             )
-        self.drop_est = get_estimator(self._resolve(self.policy.drop_by, estimator, conn.mode))
-        self.grow_est = (
-            get_estimator(self._resolve(self.policy.grow_by, estimator, conn.mode)) if self.policy.grow_by is not None else None
-        )
+        drop_by = self._resolve(self.policy.drop_by, estimator, conn.mode)
+        self.drop_est = get_estimator(drop_by)
+        grow_by = self._resolve(self.policy.grow_by, estimator, conn.mode) if self.policy.grow_by is not None else None
+        # one instance for both sides when they are the same estimator: a stateful one (presence,
+        # evidence) learns from each window once and its restoration gains read what it learned
+        self.grow_est = None if grow_by is None else self.drop_est if grow_by == drop_by else get_estimator(grow_by)
         if grow_init is None:
             grow_init = "original" if conn.mode == "mask_only" else "zero"
         if isinstance(grow_init, str) and grow_init not in ("zero", "original", "random"):
@@ -191,6 +195,13 @@ class Controller:
         needs_g = self.drop_est.needs_gradients or (self.grow_est is not None and self.grow_est.needs_gradients)
         needs_g2 = self.drop_est.needs_second_moment or (self.grow_est is not None and self.grow_est.needs_second_moment)
         self.stats = GradientStats(conn, second_moment=needs_g2) if needs_g else None
+        span = min(window or update_every, update_every)
+        fisher = sorted({e.name for e in (self.drop_est, self.grow_est) if getattr(e, "needs_fisher", False)})
+        if fisher and span < 2:
+            warnings.warn(
+                f"estimator {', '.join(fisher)} recovers the per-sample Fisher from the spread of the batch gradients in "
+                f"a window, which needs two or more batches; a window of {span} leaves the squared batch gradient, about "
+                "batch_size times too small a curvature term. Use update_every (and window) >= 2", stacklevel=2)
         if self.stats is not None:
             self.stats._ensure()  # allocate (and touch) the window now, not inside a training step
         self._hook = None
@@ -523,6 +534,12 @@ class Controller:
         step = self.step_count
         if self.stats is not None:
             self.stats.reduce()
+            if self.stats.count == 0:
+                # every gradient-based score would be 0 and ties go by index: such an edit is arbitrary
+                warnings.warn(
+                    f"step {step}: no gradient was observed since the last update, so the update is skipped. Attach "
+                    "the optimizer (Controller(conn, optimizer)) or call ctrl.observe() after each backward", stacklevel=2)
+                return None
         plan = self.policy.update(self, step)
         event = self._apply(plan if plan is not None else EditPlan(), step=step)
         if self.stats is not None:

@@ -383,8 +383,6 @@ def optimize_connectome(
         seed=seed, margin=margin,
     )
     policy = ctrl.policy
-    if ctrl.grow_est is not None and type(ctrl.grow_est) is type(ctrl.drop_est):
-        ctrl.grow_est = ctrl.drop_est  # one instance for both sides: stateful estimators see each window once
     result = MaskOnlyResult(conn=conn, controller=ctrl)
     # each estimator instance once (one instance often serves both sides)
     estimators = list({id(e): e for e in (ctrl.drop_est, ctrl.grow_est) if e is not None}.values())

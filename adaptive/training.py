@@ -45,18 +45,24 @@ class TrainState:
     # checkpoint and resume averages all of its steps.
     window: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     saved_window: Optional[List[float]] = None  # the sum over processes, set by save_checkpoint while it saves
+    # the run's shape, checked on resume: another process count reads other data at the same step
+    processes: int = 1
+    steps_per_epoch: int = 0
 
     def state_dict(self) -> dict:
         """The window is saved summed over all processes (only the main process's copy is written)."""
         window = self.saved_window if self.saved_window is not None else self.window
         return {"step": self.step, "epoch": self.epoch, "metrics": [dict(r) for r in self.metrics],
-                "window": [float(v) for v in window]}
+                "window": [float(v) for v in window], "processes": self.processes,
+                "steps_per_epoch": self.steps_per_epoch}
 
     def load_state_dict(self, sd: dict) -> None:
         """Each process takes an equal share of the saved window, so the next row's sum over
         processes is the saved total whatever the number of processes now."""
         self.step, self.epoch = int(sd["step"]), int(sd["epoch"])
         self.metrics = [dict(r) for r in sd.get("metrics", [])]
+        self.processes = int(sd.get("processes", self.processes))  # older checkpoints: taken as this run's
+        self.steps_per_epoch = int(sd.get("steps_per_epoch", self.steps_per_epoch))
         n = _world_size()
         self.window = [float(v) / n for v in sd.get("window", (0.0, 0.0, 0.0))]
 

@@ -272,7 +272,8 @@ def build_connectome(cfg: RunConfig, model) -> Connectome:
                       mode="mask_only" if cfg.mode == "mask_only" else "train")
 
 
-def build_controller(cfg: RunConfig, conn: Connectome, optimizer=None, total_steps: int = 1000) -> Controller:
+def build_controller(cfg: RunConfig, conn: Connectome, optimizer=None, total_steps: int = 1000,
+                     num_processes: int = 1) -> Controller:
     """The controller that ``cfg`` describes. Train mode: attached to ``optimizer``; edits stop at
     ``end_fraction`` of ``total_steps``. Mask-only mode: the crawl policy driven explicitly (this
     is the controller :func:`adaptive.optimize_connectome` builds)."""
@@ -283,7 +284,7 @@ def build_controller(cfg: RunConfig, conn: Connectome, optimizer=None, total_ste
     return Controller(conn, optimizer, policy=cfg.policy, density=cfg.density, budget=cfg.budget,
                       update_every=cfg.update_every, end_step=end_step, edit_fraction=cfg.edit_fraction,
                       estimator=cfg.estimator if _uses_estimator(cfg.policy) else None, min_density=cfg.min_density,
-                      protect=cfg.protect, batch_size=cfg.batch_size, seed=cfg.seed, verify=True, **cfg.controller_kw)
+                      protect=cfg.protect, batch_size=cfg.batch_size * num_processes, seed=cfg.seed, verify=True, **cfg.controller_kw)
 
 
 def _uses_estimator(policy: str) -> bool:
@@ -371,9 +372,10 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     epochs = math.ceil(total_steps / steps_per_epoch)
     lr_scheduler = cosine_schedule(optimizer, total_steps, cfg.warmup_steps, cfg.lr_schedule)
     conn = build_connectome(cfg, accelerator.unwrap_model(model))
-    ctrl = build_controller(cfg, conn, optimizer, total_steps)
+    # DDP averages gradients over every process's batch before the controller sees them
+    ctrl = build_controller(cfg, conn, optimizer, total_steps, num_processes=accelerator.num_processes)
     _save_config(accelerator, cfg, output_dir)  # only now: a refused command leaves an earlier run's config alone
-    state = TrainState()
+    state = TrainState(processes=accelerator.num_processes, steps_per_epoch=steps_per_epoch)
     # The registration order is part of the checkpoint format: custom_checkpoint_0..3.
     accelerator.register_for_checkpointing(conn, ctrl, state, lr_scheduler)
     if resume_from is not None:
@@ -383,6 +385,12 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
             raise CheckpointError(
                 f"checkpoint {resume_from} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                 f"resume from an earlier one (--resume {resume_from.parent}/step_N) or run without --resume") from e
+        if (state.processes, state.steps_per_epoch) != (accelerator.num_processes, steps_per_epoch):
+            raise CheckpointError(
+                f"--resume: {resume_from} was written by a run of {state.processes} process(es) with {state.steps_per_epoch} "
+                f"steps per epoch; this one has {accelerator.num_processes} with {steps_per_epoch}, so the same step would "
+                f"read other data and another global batch. Resume with `accelerate launch --num_processes "
+                f"{state.processes} ...` (and the run's data settings), or start a new run")
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
 
     accelerator.print(

@@ -81,3 +81,54 @@ def test_a_sparse_gradient_from_a_tied_embedding_is_observed(policy):
     assert len([e for e in ctrl.events if e["kind"] != "init"]) == 2
     for n, p in conn.params.items():
         assert not bool(p[~conn.masks[n]].any())
+
+
+def test_a_stateful_estimator_serves_both_sides_from_one_instance():
+    """Presence learns from each window; built as two instances, its restoration gains never moved."""
+    torch.manual_seed(0)
+    model = _net()
+    conn = adaptive.Connectome(model, mode="mask_only")
+    g = torch.Generator().manual_seed(3)
+    conn.set_masks({n: torch.rand(m.shape, generator=g) < 0.6 for n, m in conn.masks.items()})
+    ctrl = adaptive.Controller(conn, policy="threshold", estimator="presence", update_every=1, batch_size=64)
+    assert ctrl.grow_est is ctrl.drop_est
+    n = conn.names[1]
+    init = ctrl.grow_est._init_value(ctrl.context(n, 0))
+    x, y = torch.randn(64, 10), torch.randint(0, 4, (64,))
+    for _ in range(10):
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        ctrl.observe()
+        ctrl.step()
+    absent = ~conn.masks[n]
+    gain = ctrl.grow_est.restoration_gain(ctrl.context(n, ctrl.step_count))
+    assert absent.any() and not torch.allclose(gain[absent], init[absent])
+
+
+def test_the_recipe_gives_the_controller_the_global_batch_under_ddp():
+    from _scripts import load_script
+
+    R = load_script("recipes/adaptive.py", "recipe_adaptive_ddp")
+    cfg = R.RunConfig(model="mlp", batch_size=32)
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    conn = adaptive.Connectome(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert R.build_controller(cfg, conn, opt, 100, num_processes=2).batch_size == 64
+
+
+def test_an_update_with_an_empty_window_is_skipped_with_a_warning():
+    torch.manual_seed(0)
+    model = _net()
+    conn = adaptive.Connectome(model, mode="mask_only")
+    ctrl = adaptive.Controller(conn, policy="threshold", estimator="obd", density=0.3, update_every=2)
+    before = {n: m.clone() for n, m in conn.masks.items()}
+    with pytest.warns(UserWarning, match="no gradient was observed"):
+        assert ctrl.update() is None
+    assert all(torch.equal(before[n], conn.masks[n]) for n in conn.names)
+
+
+def test_a_one_batch_window_for_a_fisher_estimator_warns():
+    model = _net()
+    conn = adaptive.Connectome(model, mode="mask_only")
+    with pytest.warns(UserWarning, match="two or more batches"):
+        adaptive.Controller(conn, policy="threshold", estimator="consistency", density=0.5, update_every=1)

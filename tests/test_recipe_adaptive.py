@@ -466,3 +466,19 @@ def test_a_gmp_run_recorded_with_the_former_default_estimator_resumes_with_it(tm
     assert now.estimator is None  # a new gmp run prunes by magnitude
     R._check_resumed_config(now, tmp_path)
     assert now.estimator == "curvature"
+
+
+def test_a_resume_under_another_process_count_is_refused(tmp_path, capsys):
+    """The data position is step // steps_per_epoch of the new run's loader: a checkpoint of a
+    2-process run resumed on 1 process went back an epoch and retrained on seen examples."""
+    run(tmp_path / "run", "--max_steps", "40", "--checkpoint_every", "20", "--figures", "false")
+    ckpt = list_checkpoints(tmp_path / "run" / "checkpoints")[0]
+    path = ckpt / "custom_checkpoint_2.pkl"  # the TrainState (registration order: conn, ctrl, state, lr)
+    sd = torch.load(path, weights_only=False)
+    assert sd["processes"] == 1 and sd["steps_per_epoch"] > 0
+    sd["processes"], sd["steps_per_epoch"] = 2, sd["steps_per_epoch"] // 2
+    torch.save(sd, path)
+    with pytest.raises(SystemExit):
+        run(tmp_path / "run", "--max_steps", "40", "--checkpoint_every", "20", "--figures", "false",
+            "--resume", str(ckpt))
+    assert "written by a run of 2 process(es)" in capsys.readouterr().err

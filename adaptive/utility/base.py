@@ -69,6 +69,7 @@ class Estimator:
     name = "?"
     needs_gradients = False  # True: the controller collects gradient statistics
     needs_second_moment = False
+    needs_fisher = False  # True: reads GradientStats.fisher, which needs two or more batches a window
 
     def loss_units(self, mode: str) -> bool:
         """Whether this estimator's values are expected loss changes in connectome ``mode`` (a

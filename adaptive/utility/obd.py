@@ -15,6 +15,7 @@ from .base import Estimator, register_estimator
 @register_estimator("obd")
 class OBD(Estimator):
     needs_gradients = True
+    needs_fisher = True  # the per-sample Fisher comes from the spread of a window's batch gradients
 
     def loss_units(self, mode: str) -> bool:
         return True
