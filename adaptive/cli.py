@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Tuple, Union
 
 
-def run_cli(main: Callable[[], Any], prog: str, on_interrupt: str = "", errors: Tuple[type, ...] = ()) -> Any:
+def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callable[[], str]] = "",
+            errors: Tuple[type, ...] = ()) -> Any:
     """Run ``main()``; a bad option, missing data or weights that do not fit print one line naming
     the problem instead of a traceback (set ADAPTIVE_TRACEBACK=1 to see it), and Ctrl-C ends with
-    one line (``on_interrupt``: how to continue, where the program can; status 130). ``errors``:
+    one line (``on_interrupt``: how to continue, where the program can, or a function that says it
+    then; status 130). An operating-system error on a path (a folder that is a file, no permission)
+    is one line too. ``errors``:
     more exception types that mean a problem the user can fix. Returns what ``main()`` returns."""
     from .models import WeightsMismatchError
     from .paths import DatasetNotFoundError
@@ -23,8 +26,15 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: str = "", errors: 
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"{prog}: error: {msg}", file=sys.stderr)
         raise SystemExit(2) from e
+    except (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as e:
+        if os.environ.get("ADAPTIVE_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {e.strerror or e}: {e.filename or ''} (check the output and input paths)",
+              file=sys.stderr)
+        raise SystemExit(2) from e
     except KeyboardInterrupt:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise
-        print(f"{prog}: interrupted" + (f"; {on_interrupt}" if on_interrupt else ""), file=sys.stderr)
+        how = on_interrupt() if callable(on_interrupt) else on_interrupt
+        print(f"{prog}: interrupted" + (f"; {how}" if how else ""), file=sys.stderr)
         raise SystemExit(130) from None

@@ -284,7 +284,15 @@ def run_dir_of(checkpoint: Path) -> Path:
 def load_checkpoint(accelerator, path, optimizer=None) -> None:
     """``accelerator.load_state(path)``. Registered objects load after the optimizer (Accelerate's
     order); the connectome's restore keeps the loaded moments wherever a synapse is present, so
-    the resumed run continues bit-exactly. ``optimizer`` is accepted for older callers and unused."""
+    the resumed run continues bit-exactly. ``optimizer`` is accepted for older callers and unused.
+    This process's random states must be readable: Accelerate skips an unreadable file with a log
+    line, and the run would go on with other augmentation and dropout draws."""
+    rng = Path(path) / f"random_states_{accelerator.process_index}.pkl"
+    if rng.exists():
+        try:
+            torch.load(rng, weights_only=False)
+        except Exception as e:
+            raise ValueError(f"{rng} cannot be read ({type(e).__name__}): the checkpoint is damaged") from e
     accelerator.load_state(str(path))
 
 

@@ -121,6 +121,8 @@ class RunConfig:
     checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: none)"})
     keep_checkpoints: int = _opt(2, "checkpoints kept in the run folder (older ones are deleted; 0: all)")
     resume: Optional[str] = _help("latest, a run folder or a checkpoint folder")
+    overwrite: bool = _opt(False, "start afresh in an --output_dir that holds an earlier run, deleting that run's "
+                                  "outputs and checkpoints (without it such a run is refused)")
     progress: bool = _opt(True, "progress bars")
     figures: bool = _opt(True, "write loss_accuracy.png, density.png and edits.png at the end")
 
@@ -330,14 +332,12 @@ class RunResult:
 
 def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], None]] = None) -> RunResult:
     from accelerate import Accelerator, DataLoaderConfiguration
-    from accelerate.utils import set_seed
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     # without a GPU, cpu=True is what makes a multi-process launch a gloo (MULTI_CPU) run
     accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
-    main = accelerator.is_main_process
     resume_from = None
     output_dir = cfg.output_dir
     if cfg.resume and cfg.mode == "mask_only":
@@ -347,13 +347,83 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
         output_dir = output_dir or str(run_dir_of(resume_from))
     output_dir = Path(output_dir or _broadcast_str(accelerator, default_output_dir()))
     if cfg.resume:
-        _check_resumed_config(cfg, output_dir)
-    elif cfg.mode != "mask_only" and list_checkpoints(output_dir / CHECKPOINT_DIR):
-        # a fresh run would write beside them, and a later --resume would splice the two runs
-        raise CheckpointError(
-            f"{output_dir} holds checkpoints of an earlier run ({list_checkpoints(output_dir / CHECKPOINT_DIR)[-1].name}): "
-            f"continue it with --resume latest --output_dir {output_dir}, or start afresh in another --output_dir "
-            f"(or delete {output_dir / CHECKPOINT_DIR})")
+        _check_resumed_config(cfg, output_dir, resume_from)
+    else:
+        earlier = _earlier_run(output_dir)
+        if earlier and not cfg.overwrite:
+            # a fresh run would write beside them, leave the earlier run's other files there, and a
+            # later --resume would splice the two runs
+            raise CheckpointError(
+                f"{output_dir} holds an earlier run ({', '.join(earlier[:4])}{' ...' if len(earlier) > 4 else ''}): "
+                f"continue it with --resume latest --output_dir {output_dir}, start afresh in another --output_dir, "
+                "or add --overwrite to delete that run and start afresh there")
+    _INTERRUPT["output_dir"] = output_dir
+    with _RunLock(accelerator, output_dir):
+        return _train(cfg, on_step, accelerator, resume_from, output_dir)
+
+
+def _earlier_run(output_dir: Path) -> List[str]:
+    """The files and checkpoints of an earlier run in ``output_dir`` (empty: none)."""
+    found = [n for n in _RUN_FILES if (output_dir / n).exists()]
+    cks = list_checkpoints(output_dir / CHECKPOINT_DIR)
+    return [f"{CHECKPOINT_DIR}/{c.name}" for c in cks[::-1]] + found
+
+
+def _delete_run(output_dir: Path, keep=()) -> None:
+    """--overwrite: the earlier run's outputs and checkpoints go (no other file in the folder)."""
+    import shutil
+
+    for n in _RUN_FILES:
+        if n not in keep and (output_dir / n).is_file():
+            (output_dir / n).unlink()
+    if (output_dir / CHECKPOINT_DIR).is_dir():
+        shutil.rmtree(output_dir / CHECKPOINT_DIR)
+
+
+class _RunLock:
+    """An exclusive lock on the run folder for the run's duration (main process): a second run into
+    the same folder is refused instead of interleaving its files and checkpoints with this one's."""
+
+    def __init__(self, accelerator, output_dir: Path):
+        self.accelerator, self.path, self.fd = accelerator, Path(output_dir) / ".lock", None
+
+    def __enter__(self):
+        busy = ""
+        if self.accelerator.is_main_process:
+            import fcntl
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = open(self.path, "a+")
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self.fd.seek(0)
+                who = self.fd.read().strip()
+                self.fd.close()
+                self.fd = None
+                busy = (f"another run is writing into {self.path.parent}{f' (process {who})' if who else ''}: wait "
+                        "for it to finish, or give this one another --output_dir")
+            else:
+                self.fd.seek(0)
+                self.fd.truncate()
+                self.fd.write(str(os.getpid()))
+                self.fd.flush()
+        busy = _broadcast_str(self.accelerator, busy)
+        if busy:
+            raise CheckpointError(busy)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            self.fd.close()  # closing releases the lock
+            self.fd = None
+        return False
+
+
+def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path) -> RunResult:
+    from accelerate.utils import set_seed
+
+    main = accelerator.is_main_process
     set_seed(cfg.seed)
 
     loaders = get_dataloaders(cfg)
@@ -462,19 +532,41 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     return RunResult(output_dir, model, conn, ctrl, state, summary, files)
 
 
-MASK_ONLY_CHECKPOINT = "mask_only_checkpoint.pt"
 
 # options that may differ between a run and its resumption: where and how it is shown, not what it computes
+MASK_ONLY_CHECKPOINT = "mask_only_checkpoint.pt"
+_INTERRUPT: Dict[str, Any] = {}  # the run folder, once known: what Ctrl-C's message can point to
+
+
+def _on_interrupt() -> str:
+    """How an interrupted run continues: from the checkpoint it left, if it left one."""
+    out = _INTERRUPT.get("output_dir")
+    if out is None:
+        return ""
+    cks = list_checkpoints(Path(out) / CHECKPOINT_DIR)
+    if cks or (Path(out) / MASK_ONLY_CHECKPOINT).is_file():
+        what = cks[-1].name if cks else f"{MASK_ONLY_CHECKPOINT} (the last finished target)"
+        return f"add --resume latest --output_dir {out} to the same command to continue from {what}"
+    return ("the run wrote no checkpoint, so it cannot be continued; --checkpoint_every N makes a train-mode run "
+            "resumable")
+
+
 _RESUME_MAY_CHANGE = {"resume", "output_dir", "data_dir", "plugins", "progress", "figures", "threads", "num_workers",
-                      "log_every", "keep_checkpoints", "checkpoint_every"}
+                      "log_every", "keep_checkpoints", "checkpoint_every", "overwrite"}
+# what a run writes into its folder: an --overwrite run deletes these (and nothing else) first
+_RUN_FILES = ("config.yaml", "metrics.csv", "events.jsonl", "connectome.safetensors", "dense_state_dict.pt",
+              "summary.json", "loss_accuracy.png", "density.png", "edits.png", MASK_ONLY_CHECKPOINT)
 # mask_only: what the stage checkpoint's own fingerprint compares (and names) when it is loaded
 _MASK_ONLY_FINGERPRINTED = {"target", "density", "epochs", "estimator", "update_every", "ensemble", "include",
                             "exclude", "seed", "mask_only_kw", "edit_fraction"}
 
 
 def _save_config(accelerator, cfg: RunConfig, output_dir: Path) -> None:
-    """config.yaml, written once the settings have been accepted (data, model, controller built)."""
+    """config.yaml, written once the settings have been accepted (data, model, controller built);
+    with --overwrite, the earlier run's files go only now, so a refused command leaves them."""
     if accelerator.is_main_process:
+        if cfg.overwrite and not cfg.resume:  # a mask-only stage checkpoint is replaced at the first target
+            _delete_run(output_dir, keep=(MASK_ONLY_CHECKPOINT,) if cfg.mode == "mask_only" else ())
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / "config.yaml", resume=None)  # --config FILE reruns the job, afresh
 
@@ -483,18 +575,36 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot continue this run (unreadable, or written with other settings)."""
 
 
-def _check_resumed_config(cfg: RunConfig, output_dir: Path) -> None:
-    """Refuse, before any work, to resume a run with settings other than the ones in its config.yaml:
-    the checkpoint's controller, schedule and weights would silently override them."""
+def _check_resumed_config(cfg: RunConfig, output_dir: Path, resume_from: Optional[Path] = None) -> None:
+    """Refuse, before any work, to resume a run with settings other than the ones in its config.yaml,
+    and than the ones of the run whose checkpoint it continues (another run folder's): the
+    checkpoint's controller, schedule and weights would silently override them."""
+    folders = [Path(output_dir)]
+    if resume_from is not None and run_dir_of(resume_from).resolve() != Path(output_dir).resolve():
+        folders.append(run_dir_of(resume_from))
+    for folder in folders:
+        _check_against(cfg, folder / "config.yaml")
+
+
+def _normalised(d: dict) -> dict:
+    """Settings that mean the same run written alike: no mixed precision, the CPU without a GPU."""
+    d = dict(d)
+    if d.get("mixed_precision") in (None, "no"):
+        d["mixed_precision"] = "no"
+    if "cpu" in d and not torch.cuda.is_available():
+        d["cpu"] = True
+    return d
+
+
+def _check_against(cfg: RunConfig, path: Path) -> None:
     from adaptive.config import to_dict
     import yaml
 
-    path = Path(output_dir) / "config.yaml"
     if not path.is_file():
         return  # a run folder without its config (copied checkpoints): nothing to compare
     with open(path) as f:
-        saved = yaml.safe_load(f) or {}
-    now = to_dict(cfg)
+        saved = _normalised(yaml.safe_load(f) or {})
+    now = _normalised(to_dict(cfg))
     from adaptive.paths import absolute_if_exists
 
     if "weights" in saved:  # runs recorded before paths were stored absolute
@@ -506,11 +616,12 @@ def _check_resumed_config(cfg: RunConfig, output_dir: Path) -> None:
         # a magnitude/gmp run recorded when curvature was every policy's default ran with it: it
         # continues with it
         cfg.estimator = "curvature"
-        now = to_dict(cfg)
+        now = _normalised(to_dict(cfg))
     diff = [f"{k}: run {saved[k]!r}, now {now[k]!r}" for k in now if k in saved and k not in free and saved[k] != now[k]]
     if diff:
         raise CheckpointError(f"--resume: {path} records other settings ({'; '.join(diff)}); resume with the run's "
-                              "settings, or run without --resume into another --output_dir to start afresh")
+                              f"settings (--config {path} --resume ... gives them all), or run without --resume into "
+                              "another --output_dir to start afresh")
 
 
 def _mask_only_run_dir(resume: str, output_dir) -> Path:
@@ -693,8 +804,7 @@ def main(argv=None, on_step=None) -> RunResult:
 
     cfg = parse_args(argv)
     return run_cli(lambda: training_function(cfg, on_step=on_step), "recipes/adaptive.py",
-                   on_interrupt="add --resume RUN_FOLDER to the same command to continue from the last "
-                                "checkpoint the run wrote",
+                   on_interrupt=_on_interrupt,
                    errors=(CheckpointError,))
 
 

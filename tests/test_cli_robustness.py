@@ -67,8 +67,13 @@ def test_mask_only_run_refused_after_parsing_keeps_the_earlier_run(tmp_path, cap
     before = {p: (out / p).read_bytes() for p in ("config.yaml", A.MASK_ONLY_CHECKPOINT)}
     capsys.readouterr()
     err = error_of(TINY + ["--output_dir", str(out), "--mode", "mask_only", "--target", "99999999"], capsys)
+    assert "holds an earlier run" in err  # refused before anything is built
+    # --overwrite deletes the earlier run only once the new settings are accepted
+    err = error_of(TINY + ["--output_dir", str(out), "--mode", "mask_only", "--target", "99999999", "--overwrite"],
+                   capsys)
     assert "beyond the model's" in err
-    err = error_of(TINY + ["--output_dir", str(out), "--mode", "mask_only", "--mask_only_kw.approach", "3"], capsys)
+    err = error_of(TINY + ["--output_dir", str(out), "--mode", "mask_only", "--mask_only_kw.approach", "3",
+                           "--overwrite"], capsys)
     assert "approach must be in [0, 1]" in err
     assert {p: (out / p).read_bytes() for p in before} == before
 

@@ -439,7 +439,7 @@ def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path, capsys)
     with pytest.raises(SystemExit):
         R.main(["--config", str(tmp_path / "a" / "config.yaml"), "--density", "0.5"])
     err = capsys.readouterr().err
-    assert "holds checkpoints of an earlier run" in err and "--resume latest" in err
+    assert "holds an earlier run (checkpoints/step_00000020" in err and "--resume latest" in err
     assert load_config(R.RunConfig, tmp_path / "a" / "config.yaml").density != 0.5  # its config is untouched
     res = R.main(["--config", str(tmp_path / "a" / "config.yaml"), "--output_dir", str(tmp_path / "b")])
     assert res.state.step == 40
@@ -482,3 +482,86 @@ def test_a_resume_under_another_process_count_is_refused(tmp_path, capsys):
         run(tmp_path / "run", "--max_steps", "40", "--checkpoint_every", "20", "--figures", "false",
             "--resume", str(ckpt))
     assert "written by a run of 2 process(es)" in capsys.readouterr().err
+
+
+def test_a_fresh_run_over_a_finished_run_is_refused_unless_overwrite(tmp_path, capsys):
+    """It replaced the earlier run's files and left its figures beside the new run's results."""
+    run(tmp_path / "a", "--max_steps", "10", "--figures", "true")
+    assert (tmp_path / "a" / "edits.png").exists()
+    with pytest.raises(SystemExit):
+        run(tmp_path / "a", "--max_steps", "10", "--density", "0.5")
+    assert "holds an earlier run (config.yaml" in capsys.readouterr().err
+    (tmp_path / "a" / "notes.txt").write_text("mine")
+    res = run(tmp_path / "a", "--max_steps", "10", "--density", "0.5", "--overwrite", "--figures", "false")
+    assert res.summary["density"] == pytest.approx(0.5, abs=0.01)
+    assert not (tmp_path / "a" / "edits.png").exists()  # the earlier run's figure went with it
+    assert (tmp_path / "a" / "notes.txt").read_text() == "mine"  # nothing but the run's own files
+
+
+def test_resuming_another_runs_checkpoint_checks_that_runs_settings(tmp_path, capsys):
+    """Only the new --output_dir's config.yaml was compared: a checkpoint of a density-0.2 run
+    continued as 'density 0.05' with config.yaml recording settings neither part used."""
+    run(tmp_path / "a", "--max_steps", "40", "--checkpoint_every", "20")
+    ckpt = list_checkpoints(tmp_path / "a" / "checkpoints")[0]
+    with pytest.raises(SystemExit):
+        run(tmp_path / "b", "--max_steps", "40", "--density", "0.05", "--resume", str(ckpt))
+    err = capsys.readouterr().err
+    assert "density: run 0.2, now 0.05" in err and f"--config {tmp_path / 'a' / 'config.yaml'}" in err
+    assert not (tmp_path / "b").exists() or not list((tmp_path / "b").iterdir())
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:  # another run holds the folder
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SystemExit):
+            run(out, "--max_steps", "5")
+    assert "another run is writing into" in capsys.readouterr().err
+    assert run(out, "--max_steps", "5").state.step == 5  # free again once the other run ended
+
+
+def test_the_interrupt_message_points_at_the_checkpoint_or_says_there_is_none(tmp_path, capsys):
+    class Stop(KeyboardInterrupt):
+        pass
+
+    def stop_at(n):
+        def hook(state):
+            if state.step == n:
+                raise Stop
+        return hook
+
+    for folder, extra, expect in (("none", [], "wrote no checkpoint"),
+                                  ("some", ["--checkpoint_every", "10"], "continue from step_00000010")):
+        with pytest.raises(SystemExit) as e:
+            R.main(["--output_dir", str(tmp_path / folder), "--max_steps", "40", "--threads", "1", "--progress",
+                    "false", "--figures", "false", *extra], on_step=stop_at(15))
+        assert e.value.code == 130
+        assert expect in capsys.readouterr().err
+
+
+def test_a_damaged_random_state_file_is_refused_on_resume(tmp_path, capsys):
+    run(tmp_path / "a", "--max_steps", "40", "--checkpoint_every", "20")
+    rng = list_checkpoints(tmp_path / "a" / "checkpoints")[0] / "random_states_0.pkl"
+    rng.write_bytes(rng.read_bytes()[:100])
+    with pytest.raises(SystemExit):
+        run(tmp_path / "a", "--max_steps", "40", "--resume", "latest")
+    assert "random_states_0.pkl cannot be read" in capsys.readouterr().err
+
+
+def test_an_output_dir_that_is_a_file_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path / "afile", "--max_steps", "5")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and "afile" in err
+
+
+def test_resume_accepts_settings_that_mean_the_same_run(tmp_path):
+    run(tmp_path / "a", "--max_steps", "40", "--checkpoint_every", "20")  # recorded: mixed_precision None, cpu False
+    res = run(tmp_path / "a", "--max_steps", "40", "--resume", "latest", "--mixed_precision", "no",
+              *(["--cpu", "true"] if not torch.cuda.is_available() else []))
+    assert res.state.step == 40
