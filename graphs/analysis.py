@@ -116,12 +116,19 @@ def dead_units(g) -> Dict[str, torch.Tensor]:
     n = g.num_nodes
     live_in = torch.bincount(g.dst[live], minlength=n) > 0
     live_out = torch.zeros(n, dtype=torch.bool)
-    for _, a, b in reversed(_spans(g)):  # a junction's outputs are settled before its sources'
-        s, d, ok = g.src[a:b], g.dst[a:b], live[a:b]
-        live_out[s[ok & (~is_j[d] | live_out[d])]] = True
-    # a unit whose value a state node holds at the next step has an output there, if that node does
-    rec = (g.edge_attrs["kind"] == EDGE_RECURRENT) & live_out[g.dst]
-    live_out |= torch.bincount(g.src[rec], minlength=n) > 0
+    spans = list(reversed(_spans(g)))
+    rec = g.edge_attrs["kind"] == EDGE_RECURRENT
+    rs, rd = g.src[rec], g.dst[rec]
+    for _ in range(n + 1):  # a recurrent layer: until no node newly passes its value on
+        for _, a, b in spans:  # a junction's outputs are settled before its sources'
+            s, d, ok = g.src[a:b], g.dst[a:b], live[a:b]
+            live_out[s[ok & (~is_j[d] | live_out[d])]] = True
+        # a unit or junction whose value a state node holds at the next step has an output there, if
+        # that node does; then so do the gate, ih and hh units feeding it: sweep again
+        new = live_out[rd] & ~live_out[rs]
+        if not bool(new.any()):
+            break
+        live_out[rs[new]] = True
     r = reachability(g)
     return {
         "no_live_input": unit & ~live_in,

@@ -10,6 +10,7 @@ from torch import nn
 
 import adaptive
 import graphs
+from graphs.trace import UNIT
 
 torch.set_num_threads(1)
 
@@ -227,3 +228,82 @@ def test_a_gexf_file_read_back_says_the_format_dropped_the_header(tmp_path):
         graphs.from_networkx(nx.read_gexf(tmp_path / "g.gexf"))
     graphs.write(g, tmp_path / "g.graphml")  # GraphML keeps it
     assert graphs.from_networkx(nx.read_graphml(tmp_path / "g.graphml")).num_edges == g.num_edges
+
+
+class _Recurrent(nn.Module):
+    """A recurrent layer whose last step feeds a small classifier."""
+
+    def __init__(self, cell="LSTM", hidden=3, **kw):
+        super().__init__()
+        self.rnn = getattr(nn, cell)(4, hidden, batch_first=True, **kw)
+        out = kw.get("proj_size") or hidden
+        self.o = nn.Linear(out * (2 if kw.get("bidirectional") else 1), 2)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.o(y[:, -1])
+
+
+def _live_output_reference(g):
+    """no live output, by its definition, edge by edge: a node passes its value on if a live edge
+    leaves it into a non-junction or into a junction that passes it on, or if a recurrent back edge
+    leaves it into a state node that passes it on (least fixed point)."""
+    from graphs.analysis import _live
+    from graphs.trace import EDGE_RECURRENT, JUNCTION
+
+    is_j = (g.node_attrs["kind"] == JUNCTION).tolist()
+    live, rec = _live(g).tolist(), (g.edge_attrs["kind"] == EDGE_RECURRENT).tolist()
+    edges = list(zip(g.src.tolist(), g.dst.tolist(), live, rec))
+    out = [False] * g.num_nodes
+    changed = True
+    while changed:
+        changed = False
+        for s, d, ok, back in edges:
+            if not out[s] and ((ok and (not is_j[d] or out[d])) or (back and out[d])):
+                out[s] = changed = True
+    return torch.tensor(out)
+
+
+def test_recurrent_units_feeding_the_next_step_have_a_live_output():
+    """The output reads hidden unit 0 only; hidden unit 1 feeds hidden unit 0 at the next step
+    through weight_hh (autograd: d out / d h_prev[1] != 0), so its gate rows have a live output."""
+    torch.manual_seed(0)
+    m = _Recurrent("LSTM", hidden=2)
+    c = adaptive.Connectome(m)
+    keep = torch.zeros(2, 2, dtype=torch.bool)
+    keep[:, 0] = True
+    c.set_masks({"o.weight": keep})
+    x = torch.randn(1, 4, 4)
+    h0 = torch.zeros(1, 1, 2, requires_grad=True)
+    y, _ = m.rnn(x, (h0, torch.zeros(1, 1, 2)))
+    m.o(y[:, -1]).sum().backward()
+    assert float(h0.grad[0, 0, 1]) != 0
+    g = graphs.build(c, "unit", example_input=x)
+    d = graphs.dead_units(g)
+    assert not d["no_live_output"].any() and not d["dead"].any()
+    # once weight_hh reads hidden unit 1 nowhere, its gate rows truly pass nothing on
+    hh = torch.ones(8, 2, dtype=torch.bool)
+    hh[:, 1] = False
+    c.set_masks({"o.weight": keep, "rnn.weight_hh_l0": hh})
+    g = graphs.build(c, "unit", example_input=x)
+    names = g.node_names()
+    d = graphs.dead_units(g)
+    assert {names[i] for i in d["no_live_output"].nonzero().flatten().tolist()} == {
+        f"rnn.l0.{w}:{r}" for w in ("ih", "hh") for r in (1, 3, 5, 7)}
+
+
+@pytest.mark.parametrize("cell,kw", [("LSTM", {}), ("GRU", {}), ("RNN", {}), ("LSTM", {"bidirectional": True}),
+                                     ("GRU", {"num_layers": 2}), ("LSTM", {"proj_size": 2}),
+                                     ("LSTM", {"proj_size": 2, "num_layers": 2, "bidirectional": True})])
+def test_dead_units_of_recurrent_layers_match_their_definition(cell, kw):
+    """no_live_output, edge by edge, for every kind of recurrent layer; a unit with no live output
+    cannot reach an output either."""
+    for seed in range(3):
+        torch.manual_seed(seed)
+        c = adaptive.Connectome(_Recurrent(cell, hidden=3, **kw))
+        c.set_masks({k: torch.rand(v.shape) < 0.4 for k, v in c.masks.items()})
+        g = graphs.build(c, "unit", example_input=torch.randn(1, 3, 4))
+        d = graphs.dead_units(g)
+        unit = g.node_attrs["kind"] == UNIT
+        assert torch.equal(d["no_live_output"], unit & ~_live_output_reference(g)), (cell, kw, seed)
+        assert not (d["no_live_output"] & ~d["cannot_reach_output"]).any(), (cell, kw, seed)
