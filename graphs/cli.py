@@ -7,6 +7,12 @@ or ``pruned_state_dict.pt``) and ``config.yaml`` (there or in the folder above, 
 ``adaptive.models.build_model`` (a string, or a mapping with ``name`` and build_model keywords;
 top-level ``num_classes``/``in_shape`` are read too). ``--model``, ``--connectome`` and ``--weights`` override or stand in
 for any of them (RUN_DIR may also be the connectome file itself).
+
+``export --out`` names the file written; its extension (.graphml, .gexf, .json, .pt) is its format,
+and a ``--format`` that disagrees with it is refused. ``--out`` may also be an existing folder (or a
+path ending in ``/``): ``connectome_<level>.<format>`` is written into it. A mistake the user can fix
+ends with one ``error: ...`` line and status 2 (``ADAPTIVE_TRACEBACK=1`` shows the traceback);
+Ctrl-C ends with one line and status 130.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import torch
 from adaptive.atomic import write_text
 
 WEIGHT_FILES = ("model_state.pt", "dense_state_dict.pt", "pruned_state_dict.pt")
+FORMATS = ("graphml", "gexf", "json", "pt")  # pt: a torch_geometric Data saved with torch.save
 # (num_classes, in_shape) of the datasets recipes/adaptive.py names in config.yaml's ``dataset``
 DATASETS = {"mnist": (10, (1, 28, 28)), "cifar10": (10, (3, 32, 32)), "digits": (10, (1, 8, 8)),
             "imagenet": (1000, (3, 224, 224))}
@@ -103,12 +110,22 @@ def _classes_from(connectome_path: str):
     return int(list(shapes.values())[-1][0]) if shapes else 10
 
 
-def _state_dict(path: str) -> dict:
-    sd = torch.load(path, map_location="cpu", weights_only=False)
-    for key in ("model", "state_dict", "model_state"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+def _check_connectome(path: str) -> None:
+    """Refuse, with the fix, a file that is not a saved connectome (a config.yaml, a README, weights)."""
+    from safetensors import safe_open
+
+    from adaptive.connectome import FORMAT
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            fmt = (f.metadata() or {}).get("format")
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for any unreadable file
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise ValueError(f"{path!r} is not a connectome file ({type(e).__name__}: {first}); pass a run folder holding "
+                         "connectome.safetensors, that file itself, or --connectome PATH") from None
+    if fmt != FORMAT:
+        raise ValueError(f"{path!r} is a safetensors file but not a connectome saved by adaptive (format {fmt!r}); "
+                         "pass a run folder holding connectome.safetensors, that file itself, or --connectome PATH")
 
 
 def _load_plugins(specs) -> None:
@@ -134,6 +151,7 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
         connectome = run if os.path.isfile(run) else os.path.join(run_dir, "connectome.safetensors")
     if not os.path.isfile(connectome):
         raise FileNotFoundError(f"no connectome at {connectome!r}: pass a run folder holding connectome.safetensors or --connectome PATH")
+    _check_connectome(connectome)
     cfg = _config(run_dir)
     _load_plugins(list(cfg.get("plugins") or []) + list(plugins or []))
     name, kw = _model_spec(cfg, ns)
@@ -163,8 +181,10 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
         net.in_shape = tuple(int(d) for d in kw["in_shape"])  # the data's shape: what tracing feeds the model
     if weights is None:
         weights = next((os.path.join(run_dir, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(run_dir, f))), None)
-    if weights is not None:
-        net.load_state_dict(_state_dict(weights))
+    if weights is not None:  # strict, naming missing, unexpected and misshapen keys; tensors only
+        from adaptive.models import load_weights
+
+        load_weights(net, weights)
     else:
         print(f"note: no weights file ({' or '.join(WEIGHT_FILES)}) in {run_dir}: L1/L2 come from a fresh init",
               file=sys.stderr)
@@ -174,52 +194,193 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
     return net, conn
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m graphs", description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    for cmd in ("export", "report", "compact"):
-        s = sub.add_parser(cmd, allow_abbrev=False)
+class UsageError(ValueError):
+    """A mistake in the command line (an option, a path) found after parsing."""
+
+
+_COMMANDS = {
+    "export": ("write the connectome graph to a file",
+               "Write the connectome graph of a run as GraphML, GEXF, JSON or a torch_geometric Data (.pt)."),
+    "report": ("print a summary and draw figures (dead units, reachability, density, degrees)",
+               "Print the graph's summary (dead and unreachable units, reachability, density per layer, "
+               "concatenations) and write summary.json and figures into a folder."),
+    "compact": ("save the model with its dead units physically removed",
+                "Remove the run's dead units (and the matching channels of their readers), check the result "
+                "against the masked model, and save it with torch.save."),
+}
+
+
+def _parser():
+    """(the parser, its subcommands' parsers by name)."""
+    p = argparse.ArgumentParser(prog="python -m graphs", allow_abbrev=False,
+                                description="The connectome of a run folder as a graph: export it, report on it, "
+                                            "or compact the model. 'python -m graphs COMMAND --help' lists a "
+                                            "command's options.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{export,report,compact}")
+    subs = {}
+    for cmd, (short, long) in _COMMANDS.items():
+        s = subs[cmd] = sub.add_parser(cmd, allow_abbrev=False, help=short, description=long)
         s.add_argument("run", help="run folder (or a connectome .safetensors file)")
-        s.add_argument("--level", default="unit", choices=("synapse", "unit", "layer"))
-        s.add_argument("--model", help="model name for adaptive.models.build_model (default: config.yaml 'model')")
-        s.add_argument("--connectome", help="connectome file (default RUN/connectome.safetensors)")
-        s.add_argument("--weights", help="state dict file (default: the first of model_state.pt, dense_state_dict.pt, pruned_state_dict.pt in RUN)")
-        s.add_argument("--num-classes", type=int)
-        s.add_argument("--in-shape", help="input shape without batch, e.g. 3,32,32")
-        s.add_argument("--out", help="output file (export) or folder (report); default inside the run folder")
-        s.add_argument("--plugins", nargs="+", default=[], help=".py files or modules that register the run's model "
-                       "(those config.yaml's 'plugins' names are imported anyway)")
-        s.add_argument("--contract", action="store_true",
-                       help="replace junctions (residual sums) by direct edges from every feeding unit")
         if cmd == "export":
-            s.add_argument("--format", default="graphml", choices=("graphml", "gexf", "json", "pt"),
-                           help="pt: a torch_geometric Data saved with torch.save")
+            s.add_argument("--level", default="unit", choices=("synapse", "unit", "layer"),
+                           help="synapse: unit nodes, one edge per live synapse; unit: unit nodes, one edge per "
+                                "connected pair (live synapse count, L1, L2); layer: one node per layer; default: unit")
+        elif cmd == "report":
+            s.add_argument("--level", default="unit", choices=("synapse", "unit", "layer"),
+                           help="graph the report reads: unit or synapse; dead units are facts about single "
+                                "units, so layer reads the unit graph; default: unit")
+        s.add_argument("--model", metavar="NAME",
+                       help="model name for adaptive.models.build_model (default: config.yaml's 'model')")
+        s.add_argument("--connectome", metavar="PATH", help="connectome file (default: RUN/connectome.safetensors)")
+        s.add_argument("--weights", metavar="PATH",
+                       help="state dict file (default: the first of model_state.pt, dense_state_dict.pt, "
+                            "pruned_state_dict.pt in RUN; without one the model keeps a fresh init, so L1/L2 are "
+                            "not the run's)")
+        s.add_argument("--num-classes", type=int, metavar="N",
+                       help="classes of the model's output layer (default: from config.yaml's dataset or "
+                            "num_classes, else the connectome's last layer)")
+        s.add_argument("--in-shape", type=_in_shape, metavar="C,H,W",
+                       help="input shape without batch, e.g. 3,32,32 (default: from config.yaml's dataset or "
+                            "in_shape, else the model's own)")
+        if cmd == "export":
+            s.add_argument("--out", metavar="PATH",
+                           help="file to write, its extension naming the format (.graphml, .gexf, .json, .pt), or "
+                                "an existing folder to write connectome_LEVEL.FORMAT into "
+                                "(default: RUN/connectome_LEVEL.FORMAT)")
+            s.add_argument("--format", choices=FORMATS,
+                           help="graphml, gexf, json, or pt (a torch_geometric Data saved with torch.save); "
+                                "default: the extension of --out, else graphml; refused if --out's extension differs")
+        elif cmd == "report":
+            s.add_argument("--out", metavar="PATH", help="folder for summary.json and the figures, created if "
+                           "needed (default: RUN/graph_report)")
+        else:
+            s.add_argument("--out", metavar="PATH", help="file the compacted model is saved to, or an existing "
+                           "folder to write compact_model.pt into (default: RUN/compact_model.pt)")
+        s.add_argument("--plugins", nargs="+", default=[], metavar="PLUGIN",
+                       help=".py files or modules that register the run's model (those config.yaml's 'plugins' "
+                            "names are imported anyway; default: none)")
+        if cmd != "compact":
+            s.add_argument("--contract", action="store_true",
+                           help="replace junctions (residual sums) by direct edges from every feeding unit "
+                                "(default: junctions are nodes)")
+    return p, subs
+
+
+def _in_shape(text: str) -> str:
+    """--in-shape: positive integers separated by commas (kept as text, as load_run takes it)."""
+    try:
+        dims = [int(d) for d in text.split(",")]
+    except ValueError:
+        dims = []
+    if not dims or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an input shape: give positive integers separated "
+                                         "by commas, without the batch, e.g. 3,32,32")
+    return text
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit status (2: a mistake the user can fix, 130: Ctrl-C)."""
+    p, subs = _parser()
     a, extra = p.parse_known_args(argv)
     if extra:  # said by the subcommand, with its own usage (the top-level one lists no options)
-        sub.choices[a.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
-    import graphs
+        subs[a.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
+    from safetensors import SafetensorError
+
+    from adaptive.models import WeightsMismatchError
 
     try:
-        model, conn = load_run(a.run, a.model, a.connectome, a.weights, a.num_classes, a.in_shape, a.plugins)
-    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        return _run(a)
+    except KeyboardInterrupt:
+        if os.environ.get("ADAPTIVE_TRACEBACK"):
+            raise
+        print(f"interrupted: {a.cmd} stopped (Ctrl-C)", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, KeyError, WeightsMismatchError, SafetensorError, ImportError, RuntimeError) as e:
+        if os.environ.get("ADAPTIVE_TRACEBACK"):
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of an error's message (with its type if that says something); longer
+    messages point at ADAPTIVE_TRACEBACK."""
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    lines = [x for x in str(msg).strip().splitlines() if x.strip()] or [type(e).__name__]
+    if isinstance(e, ImportError):
+        lines[0] = f"{type(e).__name__}: {lines[0]} (install it, or choose another --format)"
+    elif isinstance(e, OSError) and not isinstance(e, FileNotFoundError):  # permissions, a file where a folder goes
+        lines[0] = f"{type(e).__name__}: {lines[0]}"
+    elif isinstance(e, RuntimeError) and not type(e).__name__.endswith("MismatchError"):
+        lines[0] = (f"{lines[0]} (rebuilding or tracing the model failed: check --model, --in-shape and --num-classes; "
+                    "ADAPTIVE_TRACEBACK=1 shows the traceback)")
+    return lines[0] + (" ..." if len(lines) > 1 else "")
+
+
+def _check_out(out: str, folder: bool = False) -> None:
+    """--out (a file, or a ``folder``) must lie under folders (existing or to be created), not under a file."""
+    parent = os.path.abspath(out) if folder else os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"--out {out!r} lies inside {parent!r}, which is a file, not a folder: choose another --out")
+
+
+def _export_path(a, run_dir: str):
+    """(path, format) export writes: --out's extension is the format, --format may only agree with it."""
+    from .exporters import WRITERS
+
+    fmt = a.format
+    out = a.out
+    if out is None or os.path.isdir(out) or out.endswith(("/", os.sep)):
+        fmt = fmt or "graphml"
+        return os.path.join(out or run_dir, f"connectome_{a.level}.{fmt}"), fmt
+    ext = os.path.splitext(out)[1].lower()
+    known = sorted({*(e.lstrip(".") for e in WRITERS), "pt"})
+    if not ext:
+        raise UsageError(f"--out {out!r} has no file extension, so it names no format: end it with "
+                         f"{', '.join('.' + k for k in known)}, or pass an existing folder (or end the path with /) "
+                         f"to write connectome_{a.level}.{fmt or 'graphml'} into it")
+    if ext.lstrip(".") not in known:
+        raise UsageError(f"--out {out!r} ends in {ext}, a format graphs cannot write: end it with "
+                         f"{', '.join('.' + k for k in known)}")
+    if fmt and fmt != ext.lstrip("."):
+        raise UsageError(f"--format {fmt} but --out {out!r} ends in {ext}: drop --format (the extension names the "
+                         f"format) or give --out a .{fmt} name")
+    return out, ext.lstrip(".")
+
+
+def _run(a) -> int:
+    import graphs
+
+    if a.cmd == "report" and a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
+        raise UsageError(f"--out {a.out!r} is a file, but report writes a folder (summary.json and figures): "
+                         "pass a folder path (created if needed)")
+    if a.out:
+        _check_out(a.out, folder=a.cmd == "report")
+    model, conn = load_run(a.run, a.model, a.connectome, a.weights, a.num_classes, a.in_shape, a.plugins)
     run_dir = a.run if os.path.isdir(a.run) else os.path.dirname(os.path.abspath(a.run))
     if a.cmd == "compact":
         return _compact(model, conn, a, run_dir)
-    g = graphs.build(conn, a.level, junctions=not a.contract)
     if a.cmd == "export":
-        out = a.out or os.path.join(run_dir, f"connectome_{a.level}.{a.format}")
-        if a.format == "pt":
-            torch.save(graphs.to_pyg(g), out)
+        out, fmt = _export_path(a, run_dir)  # checked before the (long) build
+        g = graphs.build(conn, a.level, junctions=not a.contract)
+        if fmt == "pt":
+            from adaptive.atomic import atomic_path
+
+            data = graphs.to_pyg(g)
+            with atomic_path(out) as tmp:  # a failed or interrupted save leaves no half file
+                torch.save(data, tmp)
         else:
-            graphs.write(g, out)
+            graphs.write(g, out, format=fmt)
         print(f"wrote {out}: {g}")
         return 0
-    if g.level == "layer":  # dead units and reachability are facts about single units
+    level = a.level
+    if level == "layer":  # dead units and reachability are facts about single units
         print("note: a report counts dead and unreachable units, so it reads the unit-level graph "
               "(--level layer applies to export)", file=sys.stderr)
-        g = graphs.build(conn, "unit", junctions=not a.contract)
+        level = "unit"
+    g = graphs.build(conn, level, junctions=not a.contract)
     out = a.out or os.path.join(run_dir, "graph_report")
     os.makedirs(out, exist_ok=True)
     s = graphs.summary(g)
@@ -232,12 +393,17 @@ def main(argv=None) -> int:
 
 def _compact(model, conn, a, run_dir) -> int:
     import graphs
+    from adaptive.atomic import atomic_path
+
     from .trace import default_example_input
 
+    out = a.out or run_dir
+    if os.path.isdir(out) or out.endswith(("/", os.sep)):
+        out = os.path.join(out, "compact_model.pt")
     x = default_example_input(model)[0].expand(8, *default_example_input(model)[0].shape[1:]).contiguous()
     small = graphs.compact(model, conn, torch.randn_like(x))
-    out = a.out or os.path.join(run_dir, "compact_model.pt")
-    torch.save(small, out)
+    with atomic_path(out) as tmp:
+        torch.save(small, tmp)
     c = small.compaction
     print(f"removed {c['units_removed']} dead units: {c['params_before']:,} -> {c['params_after']:,} parameters "
           f"(outputs agree to {c['max_abs_diff']:.2g}); wrote {out} (torch.load(..., weights_only=False))")

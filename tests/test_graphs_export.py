@@ -145,7 +145,8 @@ def test_cli_export_and_report(tmp_path, capsys):
     assert "--model" in capsys.readouterr().err
     (run / "config.yaml").write_text("model: mlp\n")  # default hidden sizes: the weights do not fit
     assert main(["export", str(run)]) == 2
-    assert "size mismatch" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not match model MLP" in err and "shape mismatches" in err and err.count("\n") == 1
     (run / "config.yaml").write_text("model:\n  name: mlp\n  hidden: [16]\n")
     assert main(["export", str(run), "--level", "unit", "--format", "graphml"]) == 0
     G = nx.read_graphml(run / "connectome_unit.graphml")
@@ -154,6 +155,8 @@ def test_cli_export_and_report(tmp_path, capsys):
                  "--out", str(tmp_path / "x.json")]) == 0  # a connectome file instead of the folder
     assert graphs.read_json(tmp_path / "x.json").live_synapses() == c.num_live()
     assert main(["export", str(run), "--model", "lenet300"]) == 2  # other model: config keywords dropped
+    err = capsys.readouterr().err
+    assert err.startswith("error: weights file") and "Check --model" in err and err.count("\n") == 1
     assert main(["export", str(run), "--level", "layer", "--format", "gexf", "--contract"]) == 0
     assert (run / "connectome_layer.gexf").exists()
     assert main(["report", str(run)]) == 0
@@ -307,3 +310,110 @@ def test_dead_units_of_recurrent_layers_match_their_definition(cell, kw):
         unit = g.node_attrs["kind"] == UNIT
         assert torch.equal(d["no_live_output"], unit & ~_live_output_reference(g)), (cell, kw, seed)
         assert not (d["no_live_output"] & ~d["cannot_reach_output"]).any(), (cell, kw, seed)
+
+
+@pytest.fixture(scope="module")
+def mlp_run(tmp_path_factory):
+    """A run folder of a small MLP: connectome, weights, config.yaml."""
+    models = pytest.importorskip("adaptive.models")
+    torch.manual_seed(0)
+    c = adaptive.Connectome(models.build_model("mlp", hidden=(8,), in_shape=(1, 4, 4)))
+    c.set_masks({k: torch.rand(v.shape) < 0.5 for k, v in c.masks.items()})
+    run = tmp_path_factory.mktemp("cli") / "run"
+    c.save(run / "connectome.safetensors")
+    torch.save(c.dense_state_dict(), run / "model_state.pt")
+    (run / "config.yaml").write_text("model:\n  name: mlp\n  hidden: [8]\n  in_shape: [1, 4, 4]\n")
+    return run
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err  # one line, no traceback
+    return err
+
+
+def test_cli_export_writes_the_format_its_out_names(mlp_run, tmp_path, capsys):
+    """--out's extension is the format; a --format that disagrees is refused, not ignored; a folder
+    receives connectome_LEVEL.FORMAT; a path without extension is refused with the fix."""
+    from graphs.cli import main
+
+    assert main(["export", str(mlp_run), "--format", "gexf", "--out", str(tmp_path / "y.json")]) == 2
+    assert "--format gexf" in _error_line(capsys) and not (tmp_path / "y.json").exists()
+    assert main(["export", str(mlp_run), "--format", "json", "--out", str(tmp_path / "x.graphml")]) == 2
+    assert "--format json" in _error_line(capsys)
+    assert main(["export", str(mlp_run), "--format", "pt", "--out", str(tmp_path / "g.graphml")]) == 2
+    assert ".graphml" in _error_line(capsys) and not list(tmp_path.iterdir())
+    assert main(["export", str(mlp_run), "--out", str(tmp_path / "y.xyz")]) == 2
+    assert "cannot write" in _error_line(capsys)
+    assert main(["export", str(mlp_run), "--format", "json", "--out", str(tmp_path / "noext")]) == 2
+    assert "no file extension" in _error_line(capsys) and not list(tmp_path.iterdir())
+    # agreeing or implied formats are written as such
+    assert main(["export", str(mlp_run), "--format", "json", "--out", str(tmp_path / "a.json")]) == 0
+    assert graphs.read_json(tmp_path / "a.json").num_edges > 0
+    assert main(["export", str(mlp_run), "--out", str(tmp_path / "b.GEXF")]) == 0
+    assert (tmp_path / "b.GEXF").read_text().lstrip().startswith("<?xml")
+    # an existing folder (or a path ending in /) receives the default name
+    assert main(["export", str(mlp_run), "--format", "json", "--out", str(tmp_path)]) == 0
+    assert graphs.read_json(tmp_path / "connectome_unit.json").num_edges > 0
+    assert main(["export", str(mlp_run), "--level", "layer", "--out", str(tmp_path / "new") + os.sep]) == 0
+    assert nx.read_graphml(tmp_path / "new" / "connectome_layer.graphml").number_of_nodes() > 0
+    # under a file: refused before anything is built
+    assert main(["export", str(mlp_run), "--out", str(mlp_run / "config.yaml" / "g.json")]) == 2
+    assert "which is a file, not a folder" in _error_line(capsys)
+
+
+def test_cli_user_mistakes_end_with_one_error_line(mlp_run, tmp_path, capsys, monkeypatch):
+    """Not a connectome, weights of another model, a report folder that is a file, Ctrl-C: one
+    line naming the problem and the fix (status 2; 130 for Ctrl-C), no traceback."""
+    from graphs.cli import main
+
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    assert main(["export", str(mlp_run / "config.yaml")]) == 2
+    assert "is not a connectome file" in _error_line(capsys)
+    assert main(["export", str(mlp_run), "--connectome", str(mlp_run / "model_state.pt")]) == 2
+    assert "--connectome PATH" in _error_line(capsys)
+    from adaptive.models import build_model
+
+    other = build_model("lenet5", num_classes=10, in_shape=(1, 28, 28))
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    assert main(["export", str(mlp_run), "--weights", str(tmp_path / "other.pt")]) == 2
+    err = _error_line(capsys)
+    assert "does not match model MLP" in err and "unexpected keys [conv1.weight" in err
+    (tmp_path / "file").write_text("x")
+    assert main(["report", str(mlp_run), "--out", str(tmp_path / "file")]) == 2
+    assert "report writes a folder" in _error_line(capsys)
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(graphs, "build", interrupted)
+    assert main(["export", str(mlp_run), "--out", str(tmp_path / "g.json")]) == 130
+    assert capsys.readouterr().err == "interrupted: export stopped (Ctrl-C)\n"
+    assert not (tmp_path / "g.json").exists()
+
+
+def test_cli_help_describes_every_command_and_option(capsys):
+    """Subcommands have descriptions; every option says what it does and its default; a subcommand
+    accepts only the options it reads."""
+    import re
+
+    from graphs.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    for cmd in ("export", "report", "compact"):
+        assert re.search(rf"^    {cmd} +\w", top, flags=re.M), top
+    for cmd in ("export", "report", "compact"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        text = capsys.readouterr().out
+        options = text.split("options:")[1]
+        entries = re.split(r"\n  (?=-)", options)[2:]  # after -h
+        for e in entries:
+            assert "default" in e, (cmd, e)
+        assert ("--level" in text) == (cmd != "compact") and ("--contract" in text) == (cmd != "compact")
+        assert ("--format" in text) == (cmd == "export")
+    with pytest.raises(SystemExit):
+        main(["compact", "run", "--contract"])
+    assert "unrecognized arguments: --contract" in capsys.readouterr().err

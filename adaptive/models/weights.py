@@ -7,7 +7,7 @@ from typing import Dict
 import torch
 from torch import nn
 
-_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "module")
 _STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 
