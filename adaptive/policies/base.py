@@ -157,25 +157,64 @@ class Policy:
 
 
 # --------------------------------------------------------------------------- tensor helpers
-def _smallest_k(x: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
-    """Indices of the ``k`` smallest entries of flat ``x``, ascending, ties broken by index.
-    NaN entries are never selected while enough other entries exist.
+def _sort_keys(y: torch.Tensor) -> torch.Tensor:
+    """Keys whose stable argsort equals ``torch.argsort(y, stable=True)`` for NaN-free ``y``: float32
+    (and exactly widened float16/bfloat16) as int32 keys in the same order, -0.0 equal to +0.0
+    (PyTorch's CPU sorts integer keys by radix, several times faster than a stable float sort);
+    other dtypes unchanged."""
+    if y.dtype in (torch.float16, torch.bfloat16):
+        y = y.float()
+    if y.dtype != torch.float32:
+        return y
+    b = y.reshape(-1).view(torch.int32)
+    # non-negative floats order as their bits; negative ones reversed (-0.0 -> 0, ties +0.0)
+    return torch.where(b < 0, -(b & 0x7FFFFFFF), b)
 
-    For large inputs a full top-k would dominate an update (tens of millions of synapses), so the
-    k-th value is bracketed from a strided sample (deterministic: the same on every process), the
-    entries below the bracket are taken whole and only the few inside it are sorted. When the
-    bracket misses (an unusual distribution) it falls back to an exact ``kthvalue``."""
+
+def _stable_argsort(y: torch.Tensor) -> torch.Tensor:
+    """``torch.argsort(y, stable=True)`` of NaN-free flat ``y``, ties by index, computed faster."""
+    return torch.argsort(_sort_keys(y), stable=True)
+
+
+def _up_to(y: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` smallest entries of NaN-free ``y`` in index order, given ``v``, the k-th smallest
+    value: all entries below ``v``, then those equal to it in index order until there are ``k``."""
+    sel = (y <= v).nonzero().squeeze(1)
+    extra = sel.numel() - k
+    if extra > 0:  # ties at the k-th value: keep the lowest indices
+        tie = y[sel] == v
+        sel = sel[~tie | (tie.cumsum(0) <= int(tie.sum()) - extra)]
+    return sel
+
+
+def _smallest_k(x: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
+    """Indices of the ``k`` smallest entries of flat ``x``, ascending, ties broken by index: exactly
+    ``torch.argsort(torch.nan_to_num(x, nan=inf), stable=True)[:k]`` (NaN after +inf, never selected
+    while enough other entries exist). ``ordered=False``: the same set in no particular order.
+
+    A stable sort of floats would dominate an update (millions of synapses per update), so the
+    result is computed without one: sorts use int32 keys in the same order (:func:`_sort_keys`);
+    a small ``k`` is cut at its k-th value (``kthvalue``/``topk``) and only those ``k`` are sorted.
+    For large inputs the k-th value is bracketed from a strided sample (deterministic: the same on
+    every process), the entries below the bracket are taken whole and only the few inside it are
+    sorted. When the bracket misses (an unusual distribution) it falls back to an exact ``kthvalue``."""
     n = x.numel()
-    if k >= n or n <= 1 << 20:
-        return torch.argsort(torch.nan_to_num(x, nan=float("inf")), stable=True)[:k]
-    if k <= 2048:
-        vals, idx = torch.topk(torch.nan_to_num(x, nan=float("inf")), k, largest=False, sorted=True)
-        order = torch.argsort(idx, stable=True)  # index order first, then a stable sort by value
-        idx, vals = idx[order], vals[order]
-        return idx[torch.argsort(vals, stable=True)]
     # one ordering throughout: +inf as the largest float, NaN as inf (after it), -inf as the smallest
-    if not bool(torch.isfinite(x).all()):
-        x = torch.nan_to_num(x, nan=float("inf"))
+    if x.is_floating_point():
+        x = torch.nan_to_num(x, nan=float("inf"))  # (+-inf become +-the largest float, as before)
+    if k >= n or n <= 256:
+        return torch.argsort(x, stable=True)[:k]
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long, device=x.device)
+    if n <= 1 << 20 or k <= 2048:
+        if k * 8 > n:  # most of it: one sort (by radix on CPU) beats a cut
+            return _stable_argsort(x)[:k]
+        if k <= 2048:
+            v = torch.topk(x, k, largest=False, sorted=False).values.max()
+        else:
+            v = torch.kthvalue(x, k).values
+        sel = _up_to(x, v, k)
+        return sel[_stable_argsort(x[sel])] if ordered else sel
     stride = max(1, n >> 18)
     sample = x[::stride]
     m = sample.numel()
@@ -191,11 +230,11 @@ def _smallest_k(x: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
         below = (x < v).nonzero().squeeze(1)
         band = (x == v).nonzero().squeeze(1)
         need = k - below.numel()
-    band = band[torch.argsort(x[band], stable=True)[:need]]  # ties at the k-th value: lowest index
+    band = band[_stable_argsort(x[band])[:need]]  # ties at the k-th value: lowest index
     if not ordered:
         return torch.cat([below, band])
     # every entry of ``below`` is smaller than every entry of ``band``; ``below`` is in index order
-    return torch.cat([below[torch.argsort(x[below], stable=True)], band])
+    return torch.cat([below[_stable_argsort(x[below])], band])
 
 
 def lowest(scores: torch.Tensor, eligible: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
@@ -397,6 +436,24 @@ def synapse_targets(ctrl, density: float):
     return None, global_synapse_target(ctrl, density)
 
 
+def _keep_top(scores: torch.Tensor, size, budget: float) -> torch.Tensor:
+    """Bool mask of the highest-scoring ensembles of flat ``scores`` holding ``budget`` synapses
+    (:func:`take_synapses` of the ensembles ranked best first)."""
+    flat = scores.reshape(-1)
+    ones = torch.ones_like(flat, dtype=torch.bool)
+    count = max_count(size, budget, flat.numel())
+    k = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if isinstance(size, float):
+        # equal ensembles: take_synapses keeps a prefix of a known length, and a prefix of the
+        # ranking is the top of that length, a set that a mask holds without its order (cheaper)
+        if budget > 0 and count > 0:
+            k[highest(flat, ones, min(count, math.ceil(budget / size - 0.5)), ordered=False)] = True
+        return k
+    # unequal ensembles: which prefix fits the budget depends on the order
+    k[take_synapses(highest(flat, ones, count), size, budget)] = True
+    return k
+
+
 def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_grow: bool = False) -> EditPlan:
     """A plan keeping the highest-scoring ensembles at ``density`` (a fraction of synapses) under the
     controller's budget, to within half an ensemble per layer (per connectome for the global
@@ -404,13 +461,6 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
     first, grown ones highest first."""
     alive = ctrl.alive()
     keep: Dict[str, torch.Tensor] = {}
-
-    def top(scores, size, budget):
-        flat = scores.reshape(-1)
-        order = highest(flat, torch.ones_like(flat, dtype=torch.bool), max_count(size, budget, flat.numel()))
-        k = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-        k[take_synapses(order, size, budget)] = True
-        return k
 
     if ctrl.conn.fixed_density is not None:
         keep = {n: ctrl.conn.granularities[n].select(keep_scores[n]) for n in keep_scores}
@@ -424,13 +474,13 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
             if held:  # each layer's floor first, then the best of the rest across layers
                 ranked = ranked.masked_fill(concat({n: held.get(n, torch.zeros_like(keep_scores[n], dtype=torch.bool))
                                                      for n in keep_scores})[0].to(ranked.device), float("inf"))
-            k = top(ranked, size, total)
+            k = _keep_top(ranked, size, total)
             for n, part in zip(names, torch.split(k, sizes)):
                 keep[n] = part.view(keep_scores[n].shape)
         else:
             for n, s in keep_scores.items():
                 size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)
-                keep[n] = top(per_synapse(s, size), size, per_layer[n]).view(s.shape)
+                keep[n] = _keep_top(per_synapse(s, size), size, per_layer[n]).view(s.shape)
     plan = EditPlan()
     for n, k in keep.items():
         a = alive[n].reshape(-1).to(k.device)

@@ -1,0 +1,195 @@
+"""The fast selection paths (int32 sort keys, a cut at the k-th value, unordered keep masks) select
+exactly what a full stable sort selected before them: the same indices in the same order, ties by
+index, NaN after +inf, for every size around the paths' thresholds."""
+
+import pytest
+import torch
+from torch import nn
+
+import adaptive
+from adaptive.policies import base
+from adaptive.policies.base import _keep_top, _smallest_k, highest, lowest, max_count, take_synapses
+
+torch.set_num_threads(1)
+INF = float("inf")
+
+
+def ref_smallest(x, k):
+    return torch.argsort(torch.nan_to_num(x, nan=INF), stable=True)[:k]
+
+
+def ref_eligible(flat, ok, k):
+    idx = ok.nonzero().squeeze(1)
+    return idx[ref_smallest(flat[idx], max(0, min(k, idx.numel())))]
+
+
+def _values(kind, n, g):
+    if kind == "randn":
+        return torch.randn(n, generator=g)
+    if kind == "ties":
+        return torch.randint(0, 7, (n,), generator=g).float()
+    if kind == "fewties":  # many distinct values, each repeated a few times
+        return torch.randint(0, max(2, n // 3), (n,), generator=g).float()
+    if kind == "zeros":  # -0.0 and +0.0 compare equal: ties by index
+        return torch.where(torch.rand(n, generator=g) < 0.5, torch.tensor(0.0), torch.tensor(-0.0))
+    if kind == "const":
+        return torch.full((n,), 1.5)
+    x = torch.randint(-3, 4, (n,), generator=g).float()
+    r = torch.rand(n, generator=g)
+    if kind == "special":  # +-inf, NaN and the largest floats (which tie with +-inf before sorting)
+        big = torch.finfo(torch.float32).max
+        x = torch.where(r < 0.1, torch.tensor(INF), x)
+        x = torch.where((r >= 0.1) & (r < 0.2), torch.tensor(float("nan")), x)
+        x = torch.where((r >= 0.2) & (r < 0.25), torch.tensor(-INF), x)
+        x = torch.where((r >= 0.25) & (r < 0.3), torch.tensor(big), x)
+        x = torch.where((r >= 0.3) & (r < 0.35), torch.tensor(-big), x)
+        x = torch.where((r >= 0.35) & (r < 0.4), torch.tensor(-0.0), x)
+        return x
+    if kind == "mostlynan":
+        return torch.where(r < 0.9, torch.tensor(float("nan")), x)
+    if kind == "allnan":
+        return torch.full((n,), float("nan"))
+    raise ValueError(kind)
+
+
+KINDS = ["randn", "ties", "fewties", "zeros", "const", "special", "mostlynan", "allnan"]
+
+
+def _ks(n):
+    ks = {0, 1, 2, 3, n // 8 - 1, n // 8, n // 8 + 1, n // 3, n // 2, n - 1, n, n + 5, 2047, 2048, 2049}
+    return sorted(k for k in ks if k >= 0)
+
+
+def _check(x, k):
+    want = ref_smallest(x, k)
+    got = _smallest_k(x, k)
+    assert torch.equal(got, want), (x.numel(), k, x.dtype)
+    unordered = _smallest_k(x, k, ordered=False)
+    assert torch.equal(unordered.sort().values, want.sort().values), (x.numel(), k, x.dtype)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 255, 256, 257, 1000, 2048, 4097, 16384, 32767, 32768, 32769, 70000])
+@pytest.mark.parametrize("kind", KINDS)
+def test_smallest_k_matches_a_full_stable_sort(n, kind):
+    g = torch.Generator().manual_seed(n * 31 + KINDS.index(kind))
+    x = _values(kind, n, g)
+    for k in _ks(n):
+        _check(x, k)
+        _check(-x, k)  # what highest() passes
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("kind", ["randn", "ties", "special", "zeros"])
+def test_smallest_k_other_float_dtypes(dtype, kind):
+    g = torch.Generator().manual_seed(7)
+    for n in [300, 5000, 40000]:
+        x = _values(kind, n, g).to(dtype)
+        for k in [1, n // 10, n // 8 + 1, n // 2, n - 1]:
+            _check(x, k)
+
+
+def test_smallest_k_random_sizes_and_ks():
+    g = torch.Generator().manual_seed(0)
+    for t in range(60):
+        n = int(torch.randint(1, 120_000, (1,), generator=g))
+        kind = KINDS[t % len(KINDS)]
+        x = _values(kind, n, g)
+        for k in torch.randint(0, n + 2, (4,), generator=g).tolist() + [int(torch.randint(0, max(1, n // 8), (1,), generator=g))]:
+            _check(x, k)
+
+
+@pytest.mark.parametrize("kind", ["ties", "fewties", "special"])
+def test_smallest_k_around_one_million(kind):
+    """Both sides of the 2**20 threshold, the topk cut (k <= 2048) with ties at the k-th value
+    included (topk alone picks an arbitrary one of tied entries), and the sampled bracket."""
+    g = torch.Generator().manual_seed(3)
+    for n in [(1 << 20) - 3, (1 << 20) + 3]:
+        x = _values(kind, n, g)
+        if kind == "fewties":
+            x = torch.randint(0, 1500, (n,), generator=g).float()  # ~700 entries per value
+        for k in [1, 777, 2048, 2049, 100_000, n // 2]:
+            _check(x, k)
+
+
+def test_lowest_and_highest_with_eligibility_match_the_reference():
+    g = torch.Generator().manual_seed(1)
+    for n in [10, 600, 9000, 50000]:
+        for kind in ["ties", "special", "randn", "zeros"]:
+            x = _values(kind, n, g)
+            ok = torch.rand(n, generator=g) < 0.5
+            for k in [0, 1, n // 20, n // 4, n // 2, n]:
+                assert torch.equal(lowest(x, ok, k), ref_eligible(x, ok, k))
+                assert torch.equal(highest(x, ok, k), ref_eligible(-x, ok, k))
+                assert torch.equal(lowest(x, ok, k, ordered=False).sort().values, ref_eligible(x, ok, k).sort().values)
+
+
+# --------------------------------------------------------------------------- keep_plan
+def old_keep_top(scores, size, budget):
+    """keep_plan's top() before the fast path: an ordered top-k by a full stable sort, then
+    take_synapses's prefix."""
+    flat = scores.reshape(-1)
+    order = ref_eligible(-flat, torch.ones_like(flat, dtype=torch.bool), max_count(size, budget, flat.numel()))
+    k = torch.zeros(flat.numel(), dtype=torch.bool)
+    k[take_synapses(order, size, budget)] = True
+    return k
+
+
+def test_keep_top_matches_the_ordered_reference():
+    g = torch.Generator().manual_seed(2)
+    for n in [1, 3, 100, 5000, 60000]:
+        for kind in ["randn", "ties", "special", "const", "allnan"]:
+            s = _values(kind, n, g)
+            uneven = (torch.randint(1, 10, (n,), generator=g)).float()
+            for size in [1.0, 4.0, 9.0, uneven]:
+                total = n * (size if isinstance(size, float) else float(size.mean()))
+                for frac in [0.0, 1e-4, 0.1, 0.5, 0.93, 1.0, 1.2]:
+                    budget = frac * total
+                    ranked = base.per_synapse(s, size)
+                    assert torch.equal(_keep_top(ranked, size, budget), old_keep_top(ranked, size, budget)), (n, kind, frac)
+
+
+def _net():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 10, 3, padding=1), nn.Flatten(),
+                        nn.Linear(10 * 4 * 4, 33), nn.ReLU(), nn.Linear(33, 10))
+    with torch.no_grad():  # ties everywhere: magnitudes on a coarse grid
+        for p in net.parameters():
+            p.copy_((p * 8).round() / 8)
+    return net
+
+
+@pytest.mark.parametrize("ensemble", ["synapse", "kernel", "neuron", "block:3x5", "2:4"])
+@pytest.mark.parametrize("budget", ["uniform", "global", "erk"])
+def test_keep_plan_unchanged(monkeypatch, ensemble, budget):
+    """Initial sparse plans (keep_plan at construction) and later keep plans with growth are the
+    same masks and orders as with the old ordered top-k."""
+    def build():
+        net = _net()
+        conn = adaptive.Connectome(net, ensemble=ensemble)
+        ctrl = adaptive.Controller(conn, policy="magnitude",
+                                   density=0.5 if ensemble == "2:4" else 0.4, budget=budget, init="magnitude",
+                                   update_every=10**6, end_step=10**7, seed=0)
+        return conn, ctrl
+
+    def snapshot():
+        conn, ctrl = build()
+        masks = {n: m.clone() for n, m in conn.masks.items()}
+        g = torch.Generator().manual_seed(5)
+        scores = {n: (torch.randint(0, 5, conn.granularities[n].ensemble_shape(conn.layers[n].shape), generator=g)
+                      .float()) for n in ctrl.editable()}
+        plans = [ctrl.keep_plan(scores, d, allow_grow=True) for d in (0.1, 0.3, 0.55)]
+        return masks, [(dict(p.prune), dict(p.grow)) for p in plans]
+
+    new_masks, new_plans = snapshot()
+    monkeypatch.setattr(base, "_keep_top", old_keep_top)
+    monkeypatch.setattr(base, "_smallest_k", lambda x, k, ordered=True: ref_smallest(x, k))
+    old_masks, old_plans = snapshot()
+    assert new_masks.keys() == old_masks.keys()
+    for n in new_masks:
+        assert torch.equal(new_masks[n], old_masks[n]), n
+    for (np_, ng), (op, og) in zip(new_plans, old_plans):
+        assert np_.keys() == op.keys() and ng.keys() == og.keys()
+        for n in np_:
+            assert torch.equal(np_[n], op[n]), n
+        for n in ng:
+            assert torch.equal(ng[n], og[n]), n
