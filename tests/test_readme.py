@@ -43,3 +43,77 @@ def test_readme_links_point_at_headings_and_files():
     assert links and [a for a in links if a not in anchors] == []
     for path in re.findall(r"\]\(((?:docs|recipes)/[^)#]+)\)", README):
         assert os.path.exists(os.path.join(ROOT, path)), path
+
+
+def readme_commands():
+    """Every command line the README shows (bash blocks and inline code) that runs one of the
+    project's scripts: (script or '-m graphs', argv)."""
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+        lines += block.replace("\\\n", " ").splitlines()
+    lines += re.findall(r"`((?:python|accelerate launch) [^`]+)`", README)
+    out = []
+    for line in lines:
+        for part in line.split("&&"):
+            part = re.sub(r"\s+#.*$", "", part).strip()
+            m = re.match(r"(?:python|accelerate launch)\s+(-m graphs|recipes/\S+\.py)(.*)$", part)
+            if m:
+                argv = [a for a in re.sub(r"\[([^\]]*)\]", r"\1", m.group(2)).split() if a != "..."]
+                out.append((m.group(1), argv))
+    return out
+
+
+class _Parsed(Exception):
+    pass
+
+
+def test_the_readme_shows_commands_of_every_kind():
+    scripts = {s for s, _ in readme_commands()}
+    assert {"recipes/adaptive.py", "recipes/prune_pretrained.py", "recipes/diagnostics.py", "-m graphs"} <= scripts
+
+
+@pytest.mark.parametrize("script, argv", readme_commands(), ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_readme_command_options_parse(script, argv, monkeypatch, tmp_path):
+    """Each command's options exist and take the values shown (parsed, not run)."""
+    import argparse
+    import runpy
+
+    monkeypatch.chdir(ROOT)
+    if "--plugins" in argv:  # the README's plugin file, written where the command runs
+        plugin = argv[argv.index("--plugins") + 1]
+        code = next(b for b in python_blocks() if b.startswith(f"# {plugin}"))
+        (tmp_path / plugin).write_text(code)
+        monkeypatch.chdir(tmp_path)
+    if script == "recipes/adaptive.py":
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from _scripts import load_script
+
+        parse = load_script("recipes/adaptive.py", "recipe_adaptive_readme").parse_args
+        if "--help" in argv:
+            with pytest.raises(SystemExit) as e:
+                parse(argv)
+            assert e.value.code == 0
+        else:
+            parse(argv)
+        return
+    if script == "-m graphs":
+        import graphs.cli
+
+        def stop(a):
+            raise _Parsed
+
+        monkeypatch.setattr(graphs.cli, "_run", stop)
+        with pytest.raises(_Parsed):
+            graphs.cli.main(argv)
+        return
+    real = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        real(self, args, namespace)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    monkeypatch.syspath_prepend(os.path.join(ROOT, os.path.dirname(script)))
+    with pytest.raises(_Parsed):
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
