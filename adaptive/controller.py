@@ -418,7 +418,26 @@ class Controller:
             return f
         return self.grow_init
 
+    def _check_plan(self, plan) -> None:
+        """Refuse, before anything changes, a plan a policy (a plugin's, say) got wrong: unknown layers,
+        indices that are not flat integer ensemble indices in range, or scores not aligned with them."""
+        who = f"policy {self.policy.name!r} returned a bad EditPlan"
+        if not isinstance(plan, EditPlan):
+            raise TypeError(f"{who}: {type(plan).__name__}, not an EditPlan (or None)")
+        for side, scores in (("prune", plan.prune_scores), ("grow", plan.grow_scores)):
+            for n, idx in getattr(plan, side).items():
+                if n not in self.conn.masks:
+                    raise ValueError(f"{who}: {side} names layer {n!r}, which is not in the connectome")
+                if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32) or idx.dim() != 1:
+                    raise ValueError(f"{who}: {side}[{n!r}] must be a 1-d integer tensor of flat ensemble indices")
+                size = self.conn.granularities[n].num_ensembles(self.conn.layers[n].shape)
+                if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
+                    raise ValueError(f"{who}: {side}[{n!r}] holds indices outside [0, {size}) (the layer's ensembles)")
+                if n in scores and scores[n].numel() != idx.numel():
+                    raise ValueError(f"{who}: {side}_scores[{n!r}] has {scores[n].numel()} values for {idx.numel()} indices")
+
     def _apply(self, plan: EditPlan, step: int, kind: str = "update", line_search: bool = True) -> dict:
+        self._check_plan(plan)
         n_prune, n_grow = plan.counts()
         use_ls = bool(line_search and self.holdout_loss is not None and (n_prune or n_grow))
         touched = set(plan.prune) | set(plan.grow)

@@ -132,3 +132,28 @@ def test_a_one_batch_window_for_a_fisher_estimator_warns():
     conn = adaptive.Connectome(model, mode="mask_only")
     with pytest.warns(UserWarning, match="two or more batches"):
         adaptive.Controller(conn, policy="threshold", estimator="consistency", density=0.5, update_every=1)
+
+
+def test_a_plugin_policys_malformed_plan_is_named_before_anything_changes():
+    from adaptive.policies.base import EditPlan, Policy, register_policy
+
+    @register_policy("bad_plan_for_test", replace=True)
+    class Bad(Policy):
+        sparse_at_start = False
+        needs_density = False
+
+        def update(self, ctrl, step):
+            return EditPlan(prune={"0.weight": torch.tensor([0, 10_000])})
+
+    from adaptive.policies.base import _POLICIES
+
+    try:
+        model = _net()
+        conn = adaptive.Connectome(model)
+        ctrl = adaptive.Controller(conn, policy="bad_plan_for_test", update_every=1)
+        before = {n: m.clone() for n, m in conn.masks.items()}
+        with pytest.raises(ValueError, match="bad_plan_for_test.*outside"):
+            ctrl.update()
+        assert all(torch.equal(before[n], conn.masks[n]) for n in conn.names)
+    finally:
+        _POLICIES.pop("bad_plan_for_test", None)  # other tests list every policy
