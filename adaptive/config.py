@@ -43,7 +43,7 @@ import yaml
 from .atomic import write_text
 
 __all__ = ["ConfigError", "parse_config", "from_dict", "to_dict", "load_config", "save_config",
-           "config_help", "normalize_key"]
+           "config_help", "normalize_key", "read_yaml"]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -277,7 +277,7 @@ def to_dict(cfg) -> Dict[str, Any]:
 
 def load_config(cls, path, overrides: Optional[Dict[str, Any]] = None):
     """``cls`` from the YAML file ``path`` (only known keys, right types), then ``overrides``."""
-    raw = _read_yaml(path) or {}
+    raw = _read_yaml(path, option=None) or {}
     cfg = from_dict(cls, raw, source=f"in {path}")
     if not overrides:
         return cfg
@@ -299,20 +299,31 @@ def save_config(cfg, path, **override) -> None:
     write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
-def _read_yaml(path) -> Dict[str, Any]:
+def read_yaml(path, option: Optional[str] = "--config") -> Dict[str, Any]:
+    """The mapping in the YAML file ``path`` ({} for an empty file); :class:`ConfigError` naming the
+    file (and ``option``, the command-line option that gave it, when not None) when it is missing,
+    a folder, unreadable, not YAML or not a mapping."""
     p = Path(path)
+    given = f"{option} file '{path}'" if option else f"config file '{path}'"
+    if p.is_dir():
+        raise ConfigError(f"{given} is a folder: give the path of a YAML file (a run folder's config.yaml, say)")
     if not p.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
+        raise ConfigError(f"{given} does not exist: check the path (relative paths start from {Path.cwd()})")
     try:
         with open(p) as f:
             data = yaml.safe_load(f)
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+        raise ConfigError(f"{given} is not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{given} cannot be read ({getattr(e, 'strerror', None) or e})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of keys to values, got {type(data).__name__}")
+        raise ConfigError(f"{given} must hold a mapping of keys to values, got {type(data).__name__}")
     return data
+
+
+_read_yaml = read_yaml
 
 
 def _shallow(cfg) -> Dict[str, Any]:

@@ -32,7 +32,24 @@ FORMAT = 1
 
 
 class CheckpointMismatchError(ValueError):
-    """A stage checkpoint that cannot continue this run (another run's, or unreadable)."""
+    """A stage checkpoint that cannot continue this run (another run's, or unreadable).
+
+    ``problem`` says what is wrong with the file and ``fix`` what to do; a recipe that gives the
+    checkpoint path through an option of its own re-raises with a ``fix`` naming that option
+    (:meth:`with_fix`)."""
+
+    def __init__(self, problem: str, fix: str = ""):
+        super().__init__(f"{problem}. {fix}" if fix else problem)
+        self.problem, self.fix = problem, fix
+
+    def with_fix(self, fix: str) -> "CheckpointMismatchError":
+        """The same problem with another ``fix``."""
+        return CheckpointMismatchError(self.problem, fix)
+
+
+# what load_stage suggests to a caller of optimize_connectome(checkpoint=PATH)
+_API_FIX = {"unreadable": "Delete it, or pass another checkpoint= file, to start afresh",
+            "other run": "Use the same settings to resume, or pass another checkpoint= file (or delete it) to start afresh"}
 
 
 def begin(path, resume: bool) -> Optional[str]:
@@ -143,11 +160,13 @@ def load_stage(path, now: dict) -> Optional[dict]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
-        raise CheckpointMismatchError(f"{path} is not a readable mask-only checkpoint ({e}); delete it to start afresh") from e
+        raise CheckpointMismatchError(f"{path} is not a readable mask-only checkpoint ({e})",
+                                      _API_FIX["unreadable"]) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT or "fingerprint" not in state:
-        raise CheckpointMismatchError(f"{path} is not a mask-only stage checkpoint (format {FORMAT}); delete it to start afresh")
+        raise CheckpointMismatchError(f"{path} is not a mask-only stage checkpoint (format {FORMAT})",
+                                      _API_FIX["unreadable"])
     diff = _differences(state["fingerprint"], now)
     if diff:
-        raise CheckpointMismatchError(f"{path} was written by another run; it differs in " + "; ".join(diff)
-                         + ". Use the same settings to resume, or another checkpoint path (or delete it) to start afresh")
+        raise CheckpointMismatchError(f"{path} was written by another run; it differs in " + "; ".join(diff),
+                                      _API_FIX["other run"])
     return state

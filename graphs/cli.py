@@ -84,7 +84,16 @@ def _model_spec(cfg: dict, args):
     if args.num_classes is not None:
         kw["num_classes"] = args.num_classes
     if args.in_shape:
-        kw["in_shape"] = tuple(int(s) for s in args.in_shape.split(","))
+        shape = args.in_shape
+        if isinstance(shape, str):
+            try:
+                shape = tuple(int(s) for s in shape.split(","))
+            except ValueError:
+                shape = ()
+            if not shape or any(d <= 0 for d in shape):
+                raise ValueError(f"in_shape {args.in_shape!r} is not an input shape: give positive integers separated "
+                                 "by commas, without the batch, e.g. --in-shape 3,32,32")
+        kw["in_shape"] = tuple(int(s) for s in shape)
     return name, kw
 
 

@@ -686,6 +686,10 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
     try:
         with accelerator.autocast():  # --mixed_precision: the passes run under autocast, weights stay exact
             result = optimize_connectome(model, train_dl, holdout_dl, target, **kw)
+    except stage_checkpoint.CheckpointMismatchError as e:  # the checkpoint path here is RUN/mask_only_checkpoint.pt
+        raise e.with_fix(f"To continue it, give the run's settings with --resume (--config {output_dir / 'config.yaml'} "
+                         "holds them); to start afresh, give another --output_dir (or --overwrite to replace that "
+                         "run)") from None
     finally:  # an earlier run's checkpoint survives a run refused (or stopped) before its first target
         stage_checkpoint.settle(ckpt)
     save_config_once(None)  # a resumed run with every target done records nothing

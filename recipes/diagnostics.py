@@ -249,14 +249,18 @@ def cmd_knowledge(args):
             _refuse(f"--max_fraction must be in (0, 1], got {args.max_fraction}")
         _check_counts(args, "points", "eval_batches", "order_batches")
         _check_counts(args, "finetune_batches", least=0)
-    out = outdir(args)
     if args.replot:
-        curve = D.KnowledgeCurve.load(args.replot, noise_floor=args.noise_floor)
+        try:  # read before any folder is made: a mistyped --replot creates nothing
+            curve = D.KnowledgeCurve.load(args.replot, noise_floor=args.noise_floor)
+        except (FileNotFoundError, ValueError) as e:
+            _refuse(f"--replot {args.replot}: {e}")
+        out = outdir(args)
         paths = curve.plot(os.path.join(out, f"knowledge_{curve.meta.get('model', 'model')}.png"), svg=args.svg,
                            title=curve.meta.get("title", ""))
         curve.save(out)
         print(f"{curve.fit_table().to_markdown()}\nredrawn from {args.replot}: {paths[0]}")
         return
+    out = outdir(args)
     data = get_data(args)
     model = trained_model(args, data)
     t0 = time.time()

@@ -56,6 +56,11 @@ DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None
                 mixed_precision="no", resume=False, dataset_kw={}, plugins=[], download=False)
 
 
+# what a refused --resume says to do: the checkpoint is always OUTPUT_DIR/checkpoint.pt
+RESUME_FIX = ("To continue it, give that run's settings again with --resume; to start afresh, run without --resume "
+              "(the checkpoint is replaced once the new run finishes its first target) or give another --output_dir")
+
+
 def parse_remove(values: List[str]):
     out = []
     for v in values:
@@ -154,13 +159,15 @@ def _check_dataset_kw(dataset: str, kw: dict) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    import yaml
-
     args = build_parser().parse_args(argv)
     cfg = dict(DEFAULTS)
     if args.config:
-        with open(args.config) as f:
-            loaded = yaml.safe_load(f) or {}
+        from adaptive.config import ConfigError, read_yaml
+
+        try:
+            loaded = read_yaml(args.config, option="--config")
+        except ConfigError as e:
+            raise SystemExit(f"recipes/prune_pretrained.py: error: {e}") from None
         unknown = sorted(set(loaded) - set(DEFAULTS))
         if unknown:
             raise SystemExit(f"{args.config}: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
@@ -363,6 +370,8 @@ def main(argv=None, test_loader_hook=None) -> dict:
                 approach=args.approach, verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed,
                 progress=args.progress and accelerator.is_local_main_process, ladder=args.ladder,
                 patience=args.patience, checkpoint=ckpt_path)
+    except stage_checkpoint.CheckpointMismatchError as e:  # the recipe's checkpoint path is OUTPUT_DIR/checkpoint.pt
+        raise e.with_fix(RESUME_FIX) from None
     finally:  # an earlier run's checkpoint survives a run refused (or stopped) before its first stage
         stage_checkpoint.settle(ckpt_path)
     # the optimisation's wall time over every session of a resumed run (its snapshots carry it on)

@@ -92,7 +92,7 @@ def test_adaptive_target_is_checked_while_parsing(argv, message, capsys):
 
 def test_a_misspelt_entry_of_a_kw_mapping_is_one_error_line(tmp_path, capsys):
     err = error_of(TINY + ["--output_dir", str(tmp_path / "a"), "--model_kw.bogus", "1"], capsys)
-    assert "unexpected keyword argument 'bogus'" in err
+    assert "model 'mlp' takes no keyword 'bogus'; it takes ['activation', 'bias', 'hidden']" in err
     assert not (tmp_path / "a" / "config.yaml").exists()
 
 
@@ -191,3 +191,63 @@ def test_prune_pretrained_refuses_abbreviated_options_and_takes_download():
     with pytest.raises(SystemExit):
         P.parse_args(["--remov", "0.2"])  # argparse would otherwise read it as --remove
     assert P.parse_args(["--download"]).download is True and P.parse_args([]).download is False
+
+
+PRUNE_TINY = ["--model", "resnet20", "--dataset", "fake", "--dataset-kw", "shape=[3,8,8]", "--subset", "64",
+              "--batch-size", "32", "--passes", "0.5", "--no-progress", "--cpu", "--threads", "1"]
+
+
+def test_prune_pretrained_refused_resume_names_the_options_that_fix_it(tmp_path):
+    """The refusal said 'another checkpoint path': the recipe has no such option."""
+    out = tmp_path / "run"
+    P.main(PRUNE_TINY + ["--output_dir", str(out), "--remove", "0.2"])
+    with pytest.raises(ValueError) as e:
+        P.main(PRUNE_TINY + ["--output_dir", str(out), "--remove", "0.3", "--resume"])
+    msg = str(e.value)
+    assert "was written by another run" in msg and "checkpoint path" not in msg
+    assert "--resume" in msg and "another --output_dir" in msg and "run without --resume" in msg
+    (out / "checkpoint.pt").write_bytes(b"damaged")
+    with pytest.raises(ValueError) as e:
+        P.main(PRUNE_TINY + ["--output_dir", str(out), "--remove", "0.2", "--resume"])
+    assert "not a readable mask-only checkpoint" in str(e.value) and "another --output_dir" in str(e.value)
+
+
+def test_a_missing_config_file_names_the_option(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        P.parse_args(["--config", "nope.yaml"])
+    assert "--config file 'nope.yaml' does not exist" in str(e.value.code) and "Errno" not in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        P.parse_args(["--config", str(tmp_path)])
+    assert "is a folder" in str(e.value.code)
+    with pytest.raises(SystemExit):
+        A.parse_args(["--config", "nope.yaml"])
+    assert "--config file 'nope.yaml' does not exist" in capsys.readouterr().err
+
+
+def test_build_model_names_a_bad_keyword_and_the_accepted_ones():
+    from adaptive.models import build_model
+
+    with pytest.raises(ValueError, match=r"model 'mlp' takes no keyword 'hiden' \(did you mean 'hidden'\?\); "
+                                         r"it takes \['activation', 'bias', 'hidden'\]"):
+        build_model("mlp", hiden=32)
+    with pytest.raises(ValueError, match="'resnet20' takes no keyword 'depth'; it takes no keywords"):
+        build_model("resnet20", depth=3)
+    with pytest.raises(ValueError, match=r"'vit_tiny' takes no keyword 'head'.*'heads'"):
+        build_model("vit_tiny", head=2)
+    with pytest.raises(ValueError, match=r"takes no keyword 'foo' \(ResNet"):
+        build_model("torchvision:resnet18", foo=1)
+    with pytest.raises(ValueError, match="in_shape must be the input's sizes"):
+        build_model("mlp", in_shape="abc")
+    assert build_model("mlp", in_shape="1,8,8").in_shape == (1, 8, 8)
+
+
+def test_bad_shapes_name_the_option(capsys):
+    err = error_of(TINY + ["--dataset", "fake", "--dataset_kw", "shape=abc"], capsys)
+    assert "--dataset-kw shape=" in err and "invalid literal" not in err
+    import argparse
+
+    from graphs.cli import _model_spec
+
+    with pytest.raises(ValueError, match="--in-shape 3,32,32"):
+        _model_spec({"model": "mlp"}, argparse.Namespace(model=None, num_classes=None, in_shape="abc"))

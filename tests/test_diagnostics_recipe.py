@@ -109,3 +109,19 @@ def test_replot_redraws_into_the_run_folder(recipe, tmp_path, monkeypatch):
     recipe.main(["knowledge", "--replot", str(run)])
     assert (run / "knowledge_mlp.png").exists()
     assert not (tmp_path / "runs").exists()
+
+
+def test_replot_of_a_folder_without_a_knowledge_run_names_the_option(recipe, tmp_path):
+    (tmp_path / "empty").mkdir()
+    for folder, says in ((tmp_path / "empty", "holds no knowledge_summary.json"),
+                         (tmp_path / "missing", "is not a folder")):
+        with pytest.raises(SystemExit) as e:
+            recipe.main(["knowledge", "--replot", str(folder)])
+        msg = str(e.value.code)
+        assert msg.startswith(f"recipes/diagnostics.py: error: --replot {folder}:") and says in msg, msg
+        assert "Errno" not in msg
+    assert not (tmp_path / "missing").exists()  # a mistyped --replot creates nothing
+    (tmp_path / "empty" / "knowledge_summary.json").write_text("{not json")
+    (tmp_path / "empty" / "knowledge_curve.csv").write_text("removed,accuracy\n")
+    with pytest.raises(SystemExit, match="cannot be read"):
+        recipe.main(["knowledge", "--replot", str(tmp_path / "empty")])

@@ -151,15 +151,26 @@ class KnowledgeCurve:
         import json
         import os
 
-        with open(os.path.join(out_dir, "knowledge_summary.json")) as f:
-            s = json.load(f)
-        with open(os.path.join(out_dir, "knowledge_curve.csv"), newline="") as f:
-            rows = [{k: (int(v) if k == "removed" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
-        table = Table(rows)
-        meta = s.get("meta", {})
-        samples = int(meta.get("base", {}).get("samples", 0))
-        fits = fit_curve(table, s["chance"], samples, noise_floor)
-        return cls(table, s["total_weights"], s["estimator"], s["finetune_batches"], fits, s["chance"], s.get("note", ""), meta)
+        if not os.path.isdir(out_dir):
+            raise FileNotFoundError(f"{out_dir} is not a folder: give the output folder of a finished knowledge run")
+        missing = [n for n in ("knowledge_summary.json", "knowledge_curve.csv") if not os.path.isfile(os.path.join(out_dir, n))]
+        if missing:
+            raise FileNotFoundError(f"{out_dir} holds no {' or '.join(missing)}: it is not the output folder of a "
+                                    "finished knowledge run (KnowledgeCurve.save writes both there)")
+        try:
+            with open(os.path.join(out_dir, "knowledge_summary.json")) as f:
+                s = json.load(f)
+            with open(os.path.join(out_dir, "knowledge_curve.csv"), newline="") as f:
+                rows = [{k: (int(v) if k == "removed" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+            table = Table(rows)
+            meta = s.get("meta", {})
+            samples = int(meta.get("base", {}).get("samples", 0))
+            fits = fit_curve(table, s["chance"], samples, noise_floor)
+            return cls(table, s["total_weights"], s["estimator"], s["finetune_batches"], fits, s["chance"],
+                       s.get("note", ""), meta)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # json.JSONDecodeError is a ValueError
+            raise ValueError(f"{out_dir}: knowledge_summary.json or knowledge_curve.csv cannot be read "
+                             f"({type(e).__name__}: {e}); rerun the knowledge command to write them afresh") from None
 
     def fit_table(self) -> Table:
         rows = []

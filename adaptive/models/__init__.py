@@ -7,6 +7,9 @@ classifier. Every model here is ``torch.fx.symbolic_trace``-able.
 """
 from __future__ import annotations
 
+import difflib
+import inspect
+import re
 from typing import Callable, Dict, Optional, Sequence
 
 from torch import nn
@@ -54,20 +57,77 @@ def build_model(
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
-    in_shape = tuple(int(s) for s in in_shape) if in_shape is not None else None
+    in_shape = _as_in_shape(in_shape)
     if ":" in name:
         prefix, rest = name.split(":", 1)
         if prefix not in _PREFIX_BUILDERS:
             raise ValueError(f"unknown model family {prefix!r} in {name!r}; available: {available_models()}")
-        model = _PREFIX_BUILDERS[prefix](rest, num_classes=num_classes, in_shape=in_shape, **kw)
+        builder, args = _PREFIX_BUILDERS[prefix], (rest,)
     else:
         key = name.lower()
         if key not in _REGISTRY:
             raise ValueError(f"unknown model {name!r}; available: {available_models()}")
-        model = _REGISTRY[key](num_classes=num_classes, in_shape=in_shape, **kw)
+        builder, args = _REGISTRY[key], ()
+    accepted, takes_more = _keywords(builder, skip=len(args))
+    _check_keywords(name, kw, accepted, takes_more)
+    try:
+        model = builder(*args, num_classes=num_classes, in_shape=in_shape, **kw)
+    except TypeError as e:  # a keyword the family passes on (**kw) and its target does not take
+        bad = _UNEXPECTED.search(str(e))
+        if not bad or bad.group(1) not in kw:
+            raise
+        raise ValueError(_unknown_keyword(name, bad.group(1), accepted, takes_more, str(e))) from None
     if weights:
         load_weights(model, weights)
     return model
+
+
+_UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
+_SET_BY_BUILD_MODEL = ("num_classes", "in_shape")  # build_model's own arguments, not model keywords
+
+
+def _as_in_shape(in_shape) -> Optional[tuple]:
+    """``in_shape`` as a tuple of ints (None stays None); a ValueError naming it otherwise."""
+    if in_shape is None:
+        return None
+    try:
+        if isinstance(in_shape, str):  # "3,32,32", as a command line or a YAML file may give it
+            return tuple(int(d) for d in in_shape.replace(" ", "").strip("()[]").split(",") if d)
+        return tuple(int(s) for s in in_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"in_shape must be the input's sizes without the batch, like (3, 32, 32) or (784,), got "
+                         f"{in_shape!r}") from None
+
+
+def _keywords(builder, skip: int = 0):
+    """``(names, takes_more)``: the keywords ``builder`` names (after ``skip`` positional arguments,
+    without build_model's own), and whether it also takes ``**kw`` (passed on, unknown here)."""
+    try:
+        params = list(inspect.signature(builder).parameters.values())[skip:]
+    except (TypeError, ValueError):  # no signature to read: accept anything, the builder decides
+        return [], True
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+             and p.name not in _SET_BY_BUILD_MODEL]
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _unknown_keyword(name: str, key: str, accepted, takes_more: bool, detail: str = "") -> str:
+    close = difflib.get_close_matches(key, accepted, n=1)
+    msg = f"model {name!r} takes no keyword {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    if accepted:
+        msg += f"; it takes {sorted(accepted)}" + (" and passes others on" if takes_more else "")
+    elif not takes_more:
+        msg += "; it takes no keywords (num_classes and in_shape come from the data)"
+    return msg + (f" ({detail})" if detail else "")
+
+
+def _check_keywords(name: str, kw: dict, accepted, takes_more: bool) -> None:
+    """Refuse, before building, a keyword ``name``'s builder does not take (when it takes no ``**kw``)."""
+    for key in kw:
+        if key in _SET_BY_BUILD_MODEL:
+            continue  # build_model's own arguments are never in **kw
+        if key not in accepted and not takes_more:
+            raise ValueError(_unknown_keyword(name, key, accepted, takes_more))
 
 
 # Importing the families registers them.

@@ -50,11 +50,11 @@ class MLP(nn.Module):
 
 
 @register_model("mlp")
-def mlp(num_classes=10, in_shape=None, hidden=(256, 128), activation="relu", **kw):
-    return MLP(as_shape(in_shape, (1, 28, 28)), num_classes, hidden=hidden, activation=activation, **kw)
+def mlp(num_classes=10, in_shape=None, hidden=(256, 128), activation="relu", bias=True):
+    return MLP(as_shape(in_shape, (1, 28, 28)), num_classes, hidden=hidden, activation=activation, bias=bias)
 
 
 @register_model("lenet300")
-def lenet300(num_classes=10, in_shape=None, **kw):
+def lenet300(num_classes=10, in_shape=None, bias=True):
     """LeNet-300-100 (LeCun et al. 1998): in -> 300 -> 100 -> classes, ReLU."""
-    return MLP(as_shape(in_shape, (1, 28, 28)), num_classes, hidden=(300, 100), activation="relu", **kw)
+    return MLP(as_shape(in_shape, (1, 28, 28)), num_classes, hidden=(300, 100), activation="relu", bias=bias)
