@@ -299,65 +299,78 @@ def cmd_progress(args):
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("data and model")
-    g.add_argument("--output_dir", "--output-dir", default=None, help="where figures and tables go (default runs/diagnostics/COMMAND; for progress, the run folder)")
-    g.add_argument("--dataset", default="digits", help="digits (offline, default), mnist, cifar10, imagenet, folder (--data-dir holds train/ and val/ or test/), fake")
-    g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, help="data folder (else $ADAPTIVE_DATA, ../shared/data)")
-    g.add_argument("--download", action="store_true", help="let torchvision download a dataset that is not found")
-    g.add_argument("--model", default="mlp", help="model name for adaptive.models.build_model")
+    g.add_argument("--output_dir", "--output-dir", default=None, help="where figures and tables go (default: runs/diagnostics/COMMAND; for progress, the run folder; for knowledge --replot, DIR)")
+    g.add_argument("--dataset", default="digits", help="digits (offline), mnist, cifar10, imagenet, folder (--data-dir holds train/ and val/ or test/), fake")
+    g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, help="data folder (default: $ADAPTIVE_DATA, else ../shared/data)")
+    g.add_argument("--download", action="store_true", help="let torchvision download a dataset that is not found (needs internet; default: never)")
+    g.add_argument("--model", default="mlp", help="model name for adaptive.models.build_model (mlp, lenet5, resnet20, ...; dense-gradients always builds densecat)")
     g.add_argument("--plugins", nargs="+", default=[], help=".py files or module names imported first: their "
-                   "register_* calls add models or datasets that --model and --dataset can then name")
-    g.add_argument("--weights", default=None, help="weights file loaded strictly into --model (skips training)")
+                   "register_* calls add models or datasets that --model and --dataset can then name (default: none)")
+    g.add_argument("--weights", default=None, help="weights file loaded strictly into --model (skips the brief training; default: none, train --train_steps)")
     g.add_argument("--dataset-kw", "--dataset_kw", dest="dataset_kw", action="append", default=[], metavar="KEY=VALUE",
-                   help="an argument of the dataset builder, e.g. image_size=32 for folder (repeatable; YAML values)")
-    g.add_argument("--batch_size", "--batch-size", type=int, default=128, help="batch size (default 128)")
+                   help="an argument of the dataset builder, e.g. image_size=32 for folder (repeatable; YAML values; default: none)")
+    g.add_argument("--batch_size", "--batch-size", type=int, default=128, help="batch size of training and gradient measurements")
     g.add_argument("--eval_batch_size", type=int, default=None, help="batch size of evaluations (default: --batch_size)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the split, data order and initial weights (default 0)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the split, data order and initial weights")
     g.add_argument("--holdout", type=float, default=0.1, help="fraction of TRAIN held out for orders and comparisons")
-    g.add_argument("--subset", type=int, default=None, help="use a stratified subset of TRAIN of this size")
-    g.add_argument("--test_subset", type=int, default=None, help="report on a stratified subset of TEST of this size")
-    g.add_argument("--svg", action="store_true", help="also write SVG figures")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    g.add_argument("--lr", type=float, default=0.05, help="SGD step size for brief training")
-    g.add_argument("--train_steps", type=int, default=300, help="brief training when no --weights is given")
+    g.add_argument("--subset", type=int, default=None, help="use a stratified subset of TRAIN of this size (default: all of it)")
+    g.add_argument("--test_subset", type=int, default=None, help="report on a stratified subset of TEST of this size (default: all of it)")
+    g.add_argument("--svg", action="store_true", help="also write SVG figures (default: PNG only)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    g.add_argument("--lr", type=float, default=0.05, help="SGD step size of the brief training (and of the SGD variants of dense-gradients)")
+    g.add_argument("--train_steps", type=int, default=300, help="SGD steps of brief training when no --weights is given (dense-gradients: always)")
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("dense-gradients", allow_abbrev=False, parents=[common], help="gradients of a concatenation net by signal depth")
-    s.add_argument("--kind", choices=["mlp", "cnn", "both"], default="both")
-    s.add_argument("--batchnorm", choices=["off", "on", "both"], default="both")
-    s.add_argument("--depth", type=int, default=8)
-    s.add_argument("--width", type=int, default=32)
-    s.add_argument("--activation", choices=["relu", "tanh", "gelu"], default="relu")
+    s.add_argument("--kind", choices=["mlp", "cnn", "both"], default="both",
+                   help="DenseCat layers: fully connected (mlp), convolutional (cnn), or one net of each")
+    s.add_argument("--batchnorm", choices=["off", "on", "both"], default="both",
+                   help="BatchNorm after each layer: off, on, or one net of each")
+    s.add_argument("--depth", type=int, default=8, help="layers of the DenseCat net (each sees every earlier output)")
+    s.add_argument("--width", type=int, default=32, help="units (mlp) or channels (cnn) per DenseCat layer")
+    s.add_argument("--activation", choices=["relu", "tanh", "gelu"], default="relu", help="DenseCat nonlinearity")
     s.add_argument("--layer", default="classifier", help="layer whose weight gradients are grouped (classifier, layers.K)")
     s.add_argument("--grad_batches", type=int, default=50, help="batches the gradient statistics run over")
-    s.add_argument("--compare", action="store_true", help="also train SGD, Adam, BatchNorm and band-scaled SGD side by side")
-    s.add_argument("--compare_steps", type=int, default=600)
-    s.add_argument("--adam_lr", type=float, default=1e-3)
+    s.add_argument("--compare", action="store_true", help="also train SGD, Adam, BatchNorm and band-scaled SGD side by side (default: off)")
+    s.add_argument("--compare_steps", type=int, default=600, help="training steps of each --compare variant")
+    s.add_argument("--adam_lr", type=float, default=1e-3, help="Adam step size of the --compare variant (the others use --lr)")
     s.set_defaults(func=cmd_dense_gradients)
 
     s = sub.add_parser("collinearity", allow_abbrev=False, parents=[common], help="per-weight collinearity of batch gradients")
-    s.add_argument("--grad_batch_size", type=int, default=None, help="batch size of the measured gradients (default --batch_size)")
-    s.add_argument("--batches", type=int, default=None, help="gradient batches (default one pass)")
+    s.add_argument("--grad_batch_size", type=int, default=None, help="batch size of the measured gradients (default: --batch_size)")
+    s.add_argument("--batches", type=int, default=None, help="gradient batches (default: one pass)")
     s.add_argument("--split", choices=["holdout", "train"], default="train", help="data the gradients are measured on")
     s.set_defaults(func=cmd_collinearity)
 
     s = sub.add_parser("knowledge", allow_abbrev=False, parents=[common], help="accuracy of what remains against weights removed")
     s.add_argument("--estimator", default="magnitude", help="utility estimator giving the removal order (adaptive.utility)")
-    s.add_argument("--points", type=int, default=40)
+    s.add_argument("--points", type=int, default=40, help="removal counts measured along the curve")
     s.add_argument("--max_fraction", type=float, default=1.0, help="remove up to this fraction of the prunable weights")
     s.add_argument("--finetune_batches", type=int, default=0, help="fine-tune steps after each point (0 = one shot)")
-    s.add_argument("--finetune_lr", type=float, default=1e-3)
-    s.add_argument("--eval_batches", type=int, default=None, help="TEST batches per point (default all)")
+    s.add_argument("--finetune_lr", type=float, default=1e-3, help="SGD step size of the --finetune_batches steps")
+    s.add_argument("--eval_batches", type=int, default=None, help="TEST batches per point (default: all)")
     s.add_argument("--order_batches", type=int, default=20, help="held-out TRAIN batches for gradient-based orders")
     s.add_argument("--noise_floor", type=float, default=1e-3, help="loss increases below this are not fitted")
-    s.add_argument("--replot", default=None, metavar="DIR", help="redraw and refit a finished knowledge run's tables (written into DIR unless --output_dir is given)")
+    s.add_argument("--replot", default=None, metavar="DIR", help="redraw and refit a finished knowledge run's tables (written into DIR unless --output_dir is given; default: measure afresh)")
     s.set_defaults(func=cmd_knowledge)
 
     s = sub.add_parser("progress", allow_abbrev=False, parents=[common], help="controller progress of a run folder")
-    s.add_argument("run_dir")
-    s.add_argument("--total_synapses", type=int, default=None, help="place density-only events on the removal axis")
+    s.add_argument("run_dir", help="run folder of recipes/adaptive.py (events.jsonl, metrics.csv)")
+    s.add_argument("--total_synapses", type=int, default=None, help="synapses of the run's connectome: places density-only events on the removal axis (default: read from the run)")
     s.set_defaults(func=cmd_progress)
+    for command in sub.choices.values():
+        _show_defaults(command)
     return p
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option's help ends with its default where it has one (None, off and empty say theirs in words)."""
+    for action in parser._actions:
+        d = action.default
+        unset = d is None or d is False or d is argparse.SUPPRESS or (isinstance(d, list) and not d)
+        if action.help and not unset and "default" not in action.help:
+            action.help += f" (default: {d})"
 
 
 def main(argv=None):

@@ -125,3 +125,29 @@ def test_replot_of_a_folder_without_a_knowledge_run_names_the_option(recipe, tmp
     (tmp_path / "empty" / "knowledge_curve.csv").write_text("removed,accuracy\n")
     with pytest.raises(SystemExit, match="cannot be read"):
         recipe.main(["knowledge", "--replot", str(tmp_path / "empty")])
+
+
+def test_every_option_of_every_subcommand_says_what_it_does_and_its_default(recipe):
+    import argparse
+
+    parser = recipe.build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subs.choices) == {"dense-gradients", "collinearity", "knowledge", "progress"}
+    problems = []
+    for command, sub in subs.choices.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            name = action.option_strings[0] if action.option_strings else action.dest
+            if not action.help:
+                problems.append(f"{command} {name}: no help")
+                continue
+            d = action.default
+            has_default = not (d is None or d is False or d is argparse.SUPPRESS or (isinstance(d, list) and not d))
+            if has_default and f"(default: {d})" not in action.help:
+                problems.append(f"{command} {name}: default {d!r} not shown")
+            elif action.option_strings and not has_default and "default" not in action.help \
+                    and not isinstance(action, argparse._StoreTrueAction):
+                problems.append(f"{command} {name}: says nothing of what happens without it")
+        sub.format_help()  # every help string formats
+    assert problems == []
