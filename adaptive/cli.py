@@ -3,7 +3,21 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
+
+
+def show_progress(setting: Optional[bool] = None) -> bool:
+    """Whether to draw progress bars: ``True`` or ``False`` as asked; ``None`` (the recipes' default)
+    draws them only when stderr is a terminal, so pipes and log files get no bar updates. Under
+    ``accelerate launch`` only the first process of each machine draws (``LOCAL_RANK`` 0)."""
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return False
+    if setting is not None:
+        return bool(setting)
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
 
 
 def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callable[[], str]] = "",

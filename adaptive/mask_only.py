@@ -210,11 +210,11 @@ def _logits(out, model: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_entropy) -> tuple:
+def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_entropy, progress=None) -> tuple:
     """Mean loss and accuracy of ``model`` in evaluation mode (its mode is given back after) over
     ``batches`` of ``(x, y)``, moved to the model's device: ``(loss, acc, n)``. Every process of a
     multi-process run evaluates all of ``batches`` (pass an unsharded loader to get the same
-    numbers everywhere)."""
+    numbers everywhere). ``progress``: a bar (anything with ``update(n)``) advanced once per batch."""
     loss_sum, correct, n = 0.0, 0, 0
     was_training = model.training
     device = _model_device(model)
@@ -226,6 +226,8 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
             loss_sum += float(loss_fn(out, y, reduction="sum"))
             correct += int((out.argmax(1) == y).sum())
             n += int(y.numel())
+            if progress is not None:
+                progress.update(1)
     finally:
         model.train(was_training)
     if n == 0:
@@ -255,7 +257,7 @@ def optimize_connectome(
     eval_every: int = 0,
     loss_fn: Callable = F.cross_entropy,
     seed: int = 0,
-    progress: bool = True,
+    progress: Optional[bool] = True,
     callback: Optional[Callable[[dict], None]] = None,
     checkpoint: Optional[Union[str, "os.PathLike"]] = None,
 ) -> MaskOnlyResult:
@@ -411,6 +413,8 @@ def optimize_connectome(
     with mask_learning(model, conn):
         from tqdm.auto import tqdm
 
+        from .cli import show_progress
+
         step = 0
         since_best = 0
         first_stage = 0
@@ -428,7 +432,7 @@ def optimize_connectome(
             record({"kind": "resume", "step": step, "stage": first_stage, "removed": total - conn.num_live(),
                     "checkpoint": str(checkpoint)})
         bar = tqdm(total=steps_per_stage * (len(resolved) - first_stage), desc="mask-only", unit="batch",
-                   disable=not progress, mininterval=2.0)
+                   disable=not (show_progress(None) if progress is None else progress), mininterval=2.0)
         if climb and saved is None:  # the dense network is the first candidate: removing nothing may be best
             e = full_holdout(0, -1)
             result.snapshots["best"] = Snapshot("best", e["removed"], {n: m.clone() for n, m in conn.masks.items()},

@@ -104,13 +104,19 @@ def metric_row(state: TrainState, split: str, loss: float, accuracy: float, conn
 
 
 @torch.no_grad()
-def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy) -> tuple:
+def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy, progress=None) -> tuple:
     """``(mean loss, accuracy, examples)`` of ``model`` over a prepared ``loader``, every process
     evaluating its shard and the predictions gathered with ``gather_for_metrics`` (duplicates
-    that even out the last batch across processes are dropped). The model's mode is restored."""
+    that even out the last batch across processes are dropped). The model's mode is restored.
+    ``progress``: a progress bar (anything with ``update(n)``, e.g. tqdm) advanced once per batch;
+    a tqdm bar made with ``total=None`` gets the loader's length here, when the evaluation starts (a
+    lazily built test split is then read by the evaluation, not before)."""
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
+    if progress is not None and getattr(progress, "total", 0) is None:
+        progress.total = len(loader)
+        progress.refresh()
     try:
         for x, y in loader:
             out = model(x)
@@ -120,6 +126,8 @@ def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy) ->
             loss_sum += float(losses.double().sum())
             correct += int((preds == y).sum())
             n += int(y.numel())
+            if progress is not None:
+                progress.update(1)
     finally:
         model.train(was_training)
     if n == 0:

@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptive import Connectome, Controller  # noqa: E402
+from adaptive.cli import show_progress  # noqa: E402
 from adaptive.config import ConfigError, parse_config, save_config  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
@@ -123,7 +124,9 @@ class RunConfig:
     resume: Optional[str] = _help("latest, a run folder or a checkpoint folder")
     overwrite: bool = _opt(False, "start afresh in an --output_dir that holds an earlier run, deleting that run's "
                                   "outputs and checkpoints (without it such a run is refused)")
-    progress: bool = _opt(True, "progress bars")
+    progress: Optional[bool] = _help("progress bars (data decoding, training, final test evaluation): true, false, or "
+                                     "left out (the default): bars only when stderr is a terminal, none into pipes "
+                                     "and log files; --progress alone means true, --no-progress false")
     figures: bool = _opt(True, "write loss_accuracy.png, density.png and edits.png at the end")
 
     def __post_init__(self):
@@ -259,7 +262,7 @@ def get_dataloaders(cfg: RunConfig):
     return _get_dataloaders(cfg.dataset, batch_size=cfg.batch_size, data_dir=cfg.data_dir, holdout=cfg.holdout,
                             seed=cfg.seed, download=cfg.download, subset=cfg.subset, test_subset=cfg.test_subset,
                             num_workers=cfg.num_workers, eval_batch_size=cfg.eval_batch_size, augment=cfg.augment,
-                            **cfg.dataset_kw)
+                            progress=cfg.progress, **cfg.dataset_kw)
 
 
 def build_optimizer(cfg: RunConfig, model):
@@ -468,7 +471,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path) 
         f"{cfg.policy}{'/' + ctrl.estimator_name if ctrl.estimator_name else ''}, {accelerator.num_processes} process(es), "
         f"{total_steps} steps -> {output_dir}")
     progress = None
-    if cfg.progress and accelerator.is_local_main_process:
+    if show_progress(cfg.progress) and accelerator.is_local_main_process:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
@@ -518,7 +521,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path) 
     last = state.metrics[-1] if state.metrics else {}
     # the holdout score of the final network: reused only if it was taken at the last step
     holdout_acc = last["accuracy"] if last.get("split") == "holdout" and last.get("step") == state.step else eval_holdout()
-    test_loss, test_acc, n_test = evaluate(accelerator, model, test_dl)
+    test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
     metric_row(state, "test", test_loss, test_acc, conn, optimizer.param_groups[0]["lr"])
     files = _write_outputs(accelerator, cfg, output_dir, state.metrics, ctrl.events, conn)
     summary = dict(test_accuracy=test_acc, test_loss=test_loss, test_examples=n_test, holdout_accuracy=holdout_acc,
@@ -669,7 +672,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
                       f"estimator {cfg.estimator} -> {output_dir}")
     kw = dict(passes=passes, ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
               estimator=cfg.estimator, window=cfg.update_every, edit_fraction=cfg.edit_fraction, seed=cfg.seed,
-              progress=cfg.progress and accelerator.is_local_main_process, checkpoint=ckpt)
+              progress=show_progress(cfg.progress) and accelerator.is_local_main_process, checkpoint=ckpt)
     # held-out evaluations as in train mode: every --eval_every steps, else every epoch (in updates)
     window = max(1, int(cfg.update_every or 1))
     kw["eval_every"] = max(1, (cfg.eval_every or len(train_dl)) // window)
@@ -707,7 +710,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
         st.metrics[-1].update(density=1 - removed / conn.num_synapses(), removed=removed)  # what the row measured
         state.metrics += st.metrics
     with accelerator.autocast():
-        test_loss, test_acc, n_test = evaluate(accelerator, model, test_dl)
+        test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
     metric_row(state, "test", test_loss, test_acc, conn)
     files = _write_outputs(accelerator, cfg, output_dir, state.metrics, result.events, conn)
     # the held-out score of the masks the model now holds (for 'best', the chosen rung, not the last one tried)
@@ -721,6 +724,15 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
     _finish(accelerator, output_dir, summary, files)
     _end(accelerator)
     return RunResult(output_dir, model, conn, result.controller, state, summary, files)
+
+
+def _test_eval(cfg, accelerator, model, test_dl):
+    """The final evaluation on the test split, with a bar as --progress says."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=None, desc="test", unit="batch", leave=False, mininterval=1.0,  # evaluate sets the total
+              disable=not (show_progress(cfg.progress) and accelerator.is_local_main_process)) as bar:
+        return evaluate(accelerator, model, test_dl, progress=bar)
 
 
 def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn) -> Dict[str, Path]:

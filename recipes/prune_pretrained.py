@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive.atomic import atomic_path  # noqa: E402
+from adaptive.cli import show_progress  # noqa: E402
 from adaptive.config import key_value  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.mask_only import changed_weights, evaluate, optimize_connectome, parse_target  # noqa: E402
@@ -52,7 +53,7 @@ DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None
                 holdout=0.1, subset=None, ensemble="synapse", estimator="presence", step=None, window=1,
                 edit_fraction=1.0, approach=0.0, ladder=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], patience=2,
                 verify_batches=0, eval_every=100, train_eval_batches=10,
-                threads=None, progress=True, num_classes=None, num_workers=0, cpu=False,
+                threads=None, progress=None, num_classes=None, num_workers=0, cpu=False,
                 mixed_precision="no", resume=False, dataset_kw={}, plugins=[], download=False)
 
 
@@ -129,8 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", "--mixed_precision", dest="mixed_precision", choices=["no", "bf16"],
                    help="bf16: forward and backward passes under bf16 autocast (weights stay float32 and "
                         "bit-exact; the presence statistics are float32)")
+    p.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="progress bars (data decoding, optimisation, final report) even when stderr is not a "
+                        "terminal (default: bars only when stderr is a terminal, none into pipes and log files)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                   help="no progress bars (logs and CI)")
+                   help="no progress bars, even on a terminal (default: bars only when stderr is a terminal)")
     for action in p._actions:  # every option's help names the default a run without it gets
         if action.help and DEFAULTS.get(action.dest) is not None and action.dest not in ("progress", "resume", "cpu",
                                                                                             "download"):
@@ -342,7 +346,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
     dl = get_dataloaders(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir, holdout=args.holdout,
                          download=args.download,
                          seed=args.seed, subset=args.subset, eval_batch_size=args.eval_batch_size,
-                         num_workers=args.num_workers, **args.dataset_kw)
+                         num_workers=args.num_workers, progress=args.progress, **args.dataset_kw)
     test_loader = test_loader_hook(dl.test) if test_loader_hook else dl.test  # wrapping reads nothing
     model = build_model(args.model, num_classes=args.num_classes or dl.num_classes, in_shape=dl.in_shape,
                         weights=args.weights)
@@ -368,7 +372,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
                 model, train_dl, dl.holdout, args.remove, passes=args.passes, ensemble=args.ensemble,
                 estimator=_estimator(args), window=args.window, edit_fraction=args.edit_fraction,
                 approach=args.approach, verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed,
-                progress=args.progress and accelerator.is_local_main_process, ladder=args.ladder,
+                progress=show_progress(args.progress) and accelerator.is_local_main_process, ladder=args.ladder,
                 patience=args.patience, checkpoint=ckpt_path)
     except stage_checkpoint.CheckpointMismatchError as e:  # the recipe's checkpoint path is OUTPUT_DIR/checkpoint.pt
         raise e.with_fix(RESUME_FIX) from None
@@ -384,15 +388,23 @@ def main(argv=None, test_loader_hook=None) -> dict:
 
     train_sample = _train_sample(dl, args)
 
-    def train_eval():  # the same images for every row and on every process
-        return evaluate(model, train_sample)
+    from tqdm.auto import tqdm
 
     rows, hashes = [], {}
+    # one bar over every evaluation of the report: the dense network's train sample, held-out part
+    # and test split, then each snapshot's train sample and test split
+    report_bar = tqdm(total=(1 + len(result.snapshots)) * (len(train_sample) + len(test_dl)) + len(dl.holdout),
+                      desc="final report", unit="batch", mininterval=1.0, leave=False,
+                      disable=not (show_progress(args.progress) and accelerator.is_local_main_process))
+
+    def train_eval():  # the same images for every row and on every process
+        return evaluate(model, train_sample, progress=report_bar)
+
     with torch.no_grad(), accelerator.autocast():
         conn.set_masks({n: torch.ones_like(m) for n, m in conn.masks.items()})
         tl, ta, _ = train_eval()
-        hl, ha, _ = evaluate(model, dl.holdout)
-        sl, sa, _ = evaluate_sharded(accelerator, model, test_dl)
+        hl, ha, _ = evaluate(model, dl.holdout, progress=report_bar)
+        sl, sa, _ = evaluate_sharded(accelerator, model, test_dl, progress=report_bar)
         rows.append(dict(target="dense", removed=0, fraction=0.0, train_loss=tl, train_acc=ta, holdout_loss=hl,
                          holdout_acc=ha, test_loss=sl, test_acc=sa))
         several = len(result.snapshots) > 1
@@ -410,11 +422,12 @@ def main(argv=None, test_loader_hook=None) -> dict:
                     torch.save(conn.dense_state_dict(), tmp)
                 conn.save(folder / "connectome.safetensors")
             tl, ta, _ = train_eval()
-            sl, sa, _ = evaluate_sharded(accelerator, model, test_dl)
+            sl, sa, _ = evaluate_sharded(accelerator, model, test_dl, progress=report_bar)
             accelerator.print(f"[{label}] surviving weights that differ from the original: {differ}")
             rows.append(dict(target=label, removed=snap.removed, fraction=snap.removed / total, train_loss=tl,
                              train_acc=ta, holdout_loss=snap.holdout_loss, holdout_acc=snap.holdout_acc,
                              test_loss=sl, test_acc=sa, changed=differ, folder=str(folder)))
+    report_bar.close()
     table = _table(rows)
     note = (f"\n{args.model} on {args.dataset}, {total} prunable synapses, {minutes:.1f} min of optimisation "
             f"on {accelerator.num_processes} process(es) ({accelerator.device.type}, mixed precision "

@@ -251,3 +251,25 @@ def test_bad_shapes_name_the_option(capsys):
 
     with pytest.raises(ValueError, match="--in-shape 3,32,32"):
         _model_spec({"model": "mlp"}, argparse.Namespace(model=None, num_classes=None, in_shape="abc"))
+
+
+def test_progress_bars_only_on_a_terminal_unless_asked_and_the_test_evaluation_has_one(tmp_path, capsys):
+    """Bars went into pipes and log files by default, and the test evaluations had none."""
+    quiet = [a for a in TINY if a not in ("--progress", "false")]
+    A.main(quiet + ["--output_dir", str(tmp_path / "a")])  # capsys' stderr is not a terminal: no bar
+    assert capsys.readouterr().err == ""
+    A.main(quiet + ["--output_dir", str(tmp_path / "b"), "--progress"])
+    err = capsys.readouterr().err
+    assert "train:" in err and "test:" in err
+    A.main(quiet + ["--output_dir", str(tmp_path / "c"), "--mode", "mask_only", "--max_steps", "3", "--update_every",
+                    "1", "--progress", "true"])
+    err = capsys.readouterr().err
+    assert "mask-only" in err and "test:" in err
+    P.main([a for a in PRUNE_TINY if a != "--no-progress"] + ["--output_dir", str(tmp_path / "p"), "--remove", "0.2"])
+    assert capsys.readouterr().err == ""
+    P.main([a for a in PRUNE_TINY if a != "--no-progress"] + ["--output_dir", str(tmp_path / "q"), "--remove", "0.2",
+                                                               "--progress"])
+    err = capsys.readouterr().err
+    assert "mask-only" in err and "final report" in err
+    assert P.parse_args([]).progress is None and P.parse_args(["--no-progress"]).progress is False
+    assert A.parse_args([]).progress is None and A.parse_args(["--no-progress"]).progress is False

@@ -90,3 +90,40 @@ def test_a_dataset_argument_not_written_key_value_is_refused(tmp_path):
     D = load_script("recipes/diagnostics.py", "diagnostics_kv")
     with pytest.raises(SystemExit, match="--dataset-kw 'image_size': write KEY=VALUE"):
         D.main(["collinearity", "--dataset-kw", "image_size", "--output_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("progress, bar", [(None, False), (False, False), (True, True)])
+def test_cifar10_decoding_bar_follows_the_progress_setting(tmp_path, capsys, progress, bar):
+    """The decoding bar always printed, even with --no-progress and stderr in a file; now it follows
+    the setting, and by default (None) draws only on a terminal (capsys is not one)."""
+    from adaptive.data import get_datasets
+
+    base = tmp_path / "cifar10-jpeg"
+    _tree(base, ("train", "test"), n=3, size=8)
+    splits = get_datasets("cifar10", data_dir=tmp_path, holdout=0.0, cache_dir=tmp_path / "cache", progress=progress)
+    len(splits.test)  # the test split is decoded (and cached) now
+    err = capsys.readouterr().err
+    assert ("decoding cifar10-jpeg-train" in err and "decoding cifar10-jpeg-test" in err) is bar, err
+    if not bar:
+        assert err == ""
+
+
+def test_progress_is_an_option_not_a_dataset_argument(tmp_path):
+    from adaptive.data import check_dataset_kw
+
+    with pytest.raises(ValueError, match=r"dataset_kw \['progress'\]: set by an option of its own \(--progress\)"):
+        check_dataset_kw("cifar10", {"progress": False})
+
+
+def test_show_progress_defaults_to_a_bar_only_on_a_terminal(monkeypatch):
+    import sys
+
+    from adaptive.cli import show_progress
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert show_progress(None) and show_progress(True) and not show_progress(False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert not show_progress(None) and show_progress(True)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # one bar per machine under accelerate launch
+    assert not show_progress(True)

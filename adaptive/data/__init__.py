@@ -8,6 +8,7 @@ split, which is built lazily: it is not read until first used (``splits.test.mat
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
@@ -42,7 +43,7 @@ class DatasetSplits:
 
 def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, download: bool = False,
                  subset: Optional[int] = None, test_subset: Optional[int] = None, augment: bool = False,
-                 **kw) -> DatasetSplits:
+                 progress: Optional[bool] = None, **kw) -> DatasetSplits:
     """Build dataset ``name`` (see :func:`available_datasets`).
 
     - ``holdout``: fraction of the train split held out, stratified by class and drawn at random
@@ -52,6 +53,8 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
       draw, so every run with the same seed reports on the same test examples).
     - ``augment``: training augmentation on the train part only (holdout and test never).
     - ``download``: allow torchvision's downloader when the data is not on disk.
+    - ``progress``: progress bars of long preparation (decoding CIFAR-10's JPEGs into the cache):
+      True, False, or None (only when stderr is a terminal); given to families that take it.
     Extra keyword arguments go to the family (e.g. ``normalize=`` for cifar10, ``shape=`` for fake).
     Raises :class:`DatasetNotFoundError` with every path tried when the data is missing.
     """
@@ -59,7 +62,10 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     for what, v in (("subset", subset), ("test_subset", test_subset)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"{what} must be a positive number of examples (or None for all), got {v!r}")
-    src: Source = get_source_builder(name)(data_dir=data_dir, download=download, augment=augment, **kw)
+    builder = get_source_builder(name)
+    if "progress" in inspect.signature(builder).parameters:
+        kw["progress"] = progress
+    src: Source = builder(data_dir=data_dir, download=download, augment=augment, **kw)
     labels = src.train_labels
     pool = stratified_subset(labels, subset, seed) if subset is not None else torch.arange(len(labels))
     kept, drawn = stratified_split(labels[pool], holdout, seed)
@@ -99,14 +105,14 @@ class DataLoaders:
 def get_dataloaders(name: str, batch_size: int = 128, data_dir=None, holdout: float = 0.1, seed: int = 0,
                     download: bool = False, subset: Optional[int] = None, num_workers: int = 0,
                     eval_batch_size: Optional[int] = None, drop_last: bool = False, augment: bool = False,
-                    test_subset: Optional[int] = None, **kw) -> DataLoaders:
+                    test_subset: Optional[int] = None, progress: Optional[bool] = None, **kw) -> DataLoaders:
     """DataLoaders over :func:`get_datasets`. The train loader shuffles with a generator seeded by
     ``seed``; holdout and test are in order with ``eval_batch_size`` (default: ``batch_size``).
     Creating the test loader does not read the test split."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     splits = get_datasets(name, data_dir=data_dir, holdout=holdout, seed=seed, download=download,
-                          subset=subset, test_subset=test_subset, augment=augment, **kw)
+                          subset=subset, test_subset=test_subset, augment=augment, progress=progress, **kw)
     eval_bs = eval_batch_size or batch_size
     common = dict(num_workers=num_workers, persistent_workers=num_workers > 0)
     g = torch.Generator().manual_seed(int(seed))

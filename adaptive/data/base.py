@@ -36,7 +36,8 @@ _DATASETS: Dict[str, Callable[..., Source]] = {}
 
 def register_dataset(name: str, replace: bool = False):
     """Register ``fn(data_dir, download, augment, **kw) -> Source`` under ``name`` (a taken name is
-    refused unless ``replace``)."""
+    refused unless ``replace``). A builder with a ``progress`` parameter gets the caller's progress
+    setting (True, False, or None: bars only when stderr is a terminal) for its long work."""
 
     def deco(fn):
         _registry.add(_DATASETS, "dataset", name, fn, replace)
@@ -47,14 +48,18 @@ def register_dataset(name: str, replace: bool = False):
 
 def check_dataset_kw(name: str, kw: dict) -> None:
     """Refuse, before any data is read, an argument that dataset ``name``'s builder does not take
-    (``data_dir``, ``download`` and ``augment`` have options of their own)."""
+    (``data_dir``, ``download``, ``augment`` and ``progress`` have options of their own)."""
     import difflib
     import inspect
 
     params = inspect.signature(get_source_builder(name)).parameters
-    fixed = {"data_dir", "download", "augment"}
+    fixed = {"data_dir", "download", "augment", "progress"}
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    unknown = sorted(k for k in kw if k in fixed or (k not in params and not takes_any))
+    own = sorted(k for k in kw if k in fixed)
+    if own:
+        raise ValueError(f"dataset_kw {own}: set by an option of its own (--{own[0].replace('_', '-')}), not a "
+                         "dataset argument")
+    unknown = sorted(k for k in kw if k not in params and not takes_any)
     if unknown:
         known = sorted(k for k in params if k not in fixed and params[k].kind is not inspect.Parameter.VAR_KEYWORD)
         close = difflib.get_close_matches(unknown[0], known, n=1)

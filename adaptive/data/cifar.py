@@ -38,10 +38,12 @@ def _torchvision_arrays(root: Path, train: bool, download: bool = False):
 
 
 @register_dataset("cifar10")
-def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", cache_dir=None) -> Source:
+def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", cache_dir=None,
+            progress=None) -> Source:
     """CIFAR-10 ``(3, 32, 32)``. ``augment`` adds random crop (pad 4) and horizontal flip to the
     train part only. ``normalize``: "imagenet" (default), "cifar", "none" or ``(mean, std)``.
-    JPEG folders are decoded once and cached under ``cache_dir`` (default ~/.cache/adaptive)."""
+    JPEG folders are decoded once and cached under ``cache_dir`` (default ~/.cache/adaptive), with a
+    progress bar as ``progress`` says (None: only when stderr is a terminal)."""
     mean, std = _normalization(normalize)
     try:
         found = find_data("cifar10", RELPATHS, data_dir, how=HOW)
@@ -60,14 +62,14 @@ def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", 
         if not (base / "test").is_dir():  # said now, not after a whole run when the report needs it
             raise DatasetNotFoundError(f"cifar10 test split not found: expected {base / 'test'} next to {found}; "
                                        f"an ImageFolder copy of CIFAR-10 needs both train/ and test/")
-        x, y, classes = cached_folder_tensor(found, f"{base.name}-train", cache_dir)
+        x, y, classes = cached_folder_tensor(found, f"{base.name}-train", cache_dir, progress=progress)
         test_classes = sorted(d.name for d in (base / "test").iterdir() if d.is_dir() and not d.name.startswith("."))
         if test_classes != list(classes):  # labels are class indices: another list would shift them silently
             raise ValueError(f"cifar10 at {base}: test/ has the classes {test_classes}, train/ has {list(classes)}; "
                              "both splits need the same class folders")
 
         def load_test():
-            return cached_folder_tensor(base / "test", f"{base.name}-test", cache_dir)[:2]
+            return cached_folder_tensor(base / "test", f"{base.name}-test", cache_dir, progress=progress)[:2]
 
     def test():
         xt, yt = load_test()

@@ -31,16 +31,21 @@ def scan_folder(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
     return classes, samples
 
 
-def decode_folder(root: Path, desc: str = "decoding") -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
-    """All images of ``root`` as ``(N, C, H, W)`` uint8 RGB, labels ``(N,)`` and class names."""
+def decode_folder(root: Path, desc: str = "decoding", progress: Optional[bool] = None
+                  ) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+    """All images of ``root`` as ``(N, C, H, W)`` uint8 RGB, labels ``(N,)`` and class names.
+    ``progress``: a bar (True), none (False), or a bar only when stderr is a terminal (None)."""
     from PIL import Image
     from tqdm.auto import tqdm
+
+    from ..cli import show_progress
 
     classes, samples = scan_folder(root)
     with Image.open(samples[0][0]) as im:
         w, h = im.size
     images = torch.empty((len(samples), 3, h, w), dtype=torch.uint8)
-    for i, (path, _) in enumerate(tqdm(samples, desc=desc, unit="img", mininterval=1.0)):
+    for i, (path, _) in enumerate(tqdm(samples, desc=desc, unit="img", mininterval=1.0,
+                                           disable=not show_progress(progress))):
         with Image.open(path) as im:
             arr = np.array(im.convert("RGB"))  # a writable copy
         if arr.shape[:2] != (h, w):
@@ -90,10 +95,11 @@ def _read_cache(cache: Path, meta: dict, labels: torch.Tensor) -> Tuple[Optional
     return (images, cached_labels), ""
 
 
-def cached_folder_tensor(root: Path, cache_name: str, cache_dir: Optional[Path] = None):
+def cached_folder_tensor(root: Path, cache_name: str, cache_dir: Optional[Path] = None,
+                         progress: Optional[bool] = None):
     """``decode_folder(root)``, read from ``<cache_dir>/<cache_name>.pt`` when that file holds
-    exactly this folder's images (checked, see :func:`_read_cache`); otherwise decoded afresh and
-    the cache rewritten atomically."""
+    exactly this folder's images (checked, see :func:`_read_cache`); otherwise decoded afresh (with
+    a progress bar as ``progress`` says, see :func:`decode_folder`) and the cache rewritten atomically."""
     root = Path(root).resolve()
     cache = default_cache_dir(cache_dir) / f"{cache_name}.pt"
     classes, samples = scan_folder(root)
@@ -102,7 +108,8 @@ def cached_folder_tensor(root: Path, cache_name: str, cache_dir: Optional[Path] 
     found, why = _read_cache(cache, meta, labels)
     if found is not None:
         return found[0], found[1], classes
-    images, labels, classes = decode_folder(root, desc=f"decoding {cache_name} ({why}; caching to {cache})")
+    images, labels, classes = decode_folder(root, desc=f"decoding {cache_name} ({why}; caching to {cache})",
+                                           progress=progress)
     with atomic_path(cache) as tmp:  # readable by others (the cache is meant to be shared), never half-written
         torch.save({"meta": meta, "images": images, "labels": labels, "crc32": _checksum(images, labels)}, tmp)
     return images, labels, classes
