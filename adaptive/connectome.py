@@ -584,21 +584,25 @@ class Connectome:
         finally:
             self._stepping = None
 
-    def stepping_layers(self) -> Optional[List[str]]:
+    def stepping_layers(self, primary=None) -> Optional[List[str]]:
         """While observers run before an optimizer's step: the layers whose gradients that step
-        uses, when several optimizers are attached (each layer is observed at its own optimizer's
-        step, once per training step; layers no attached optimizer holds go with the first one).
+        uses, when several optimizers are attached, so that each layer is observed once per
+        training step, at the step of the optimizer that owns it. A layer is owned by ``primary``
+        (the optimizer the caller steps with) when it holds it, else by the first attached
+        optimizer that does; layers no attached optimizer holds go with ``primary`` (or the first).
         None otherwise: every layer."""
         opt = self.__dict__.get("_stepping")
         opts = [o for o in (r() for r in self._optimizers) if o is not None]
         if opt is None or len(opts) < 2:
             return None
+        first = primary if primary is not None and any(o is primary for o in opts) else opts[0]
+        order = [first] + [o for o in opts if o is not first]
         owner = {}
-        for o in reversed(opts):  # the first optimizer holding a parameter owns it
+        for o in reversed(order):  # the earliest in ``order`` holding a parameter owns it
             for g in o.param_groups:
                 for p in g["params"]:
                     owner[id(p)] = o
-        return [n for n, p in self.params.items() if owner.get(id(p), opts[0]) is opt]
+        return [n for n, p in self.params.items() if owner.get(id(p), first) is opt]
 
     def _prepare_step(self, opt) -> None:
         self._run_observers(opt)

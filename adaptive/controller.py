@@ -291,7 +291,7 @@ class Controller:
     def observe(self) -> None:
         """Add the current dense gradients to the utility window (call after ``backward``)."""
         if self._observing():
-            names = self.conn.stepping_layers()
+            names = self.conn.stepping_layers(primary=self.optimizer)
             self.stats.observe() if names is None else self.stats.observe(names)
 
     @property

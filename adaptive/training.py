@@ -296,11 +296,18 @@ def load_checkpoint(accelerator, path, optimizer=None) -> None:
     This process's random states must be readable: Accelerate skips an unreadable file with a log
     line, and the run would go on with other augmentation and dropout draws."""
     rng = Path(path) / f"random_states_{accelerator.process_index}.pkl"
+    bad = ""
     if rng.exists():
         try:
             torch.load(rng, weights_only=False)
         except Exception as e:
-            raise ValueError(f"{rng} cannot be read ({type(e).__name__}): the checkpoint is damaged") from e
+            bad = f"{rng} cannot be read ({type(e).__name__}): the checkpoint is damaged"
+    if accelerator.num_processes > 1:  # every process refuses together, not only the one with the bad file
+        from accelerate.utils import gather_object
+
+        bad = next((b for b in gather_object([bad]) if b), "")
+    if bad:
+        raise ValueError(bad)
     accelerator.load_state(str(path))
 
 

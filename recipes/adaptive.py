@@ -352,17 +352,26 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     if cfg.resume:
         _check_resumed_config(cfg, output_dir, resume_from)
     else:
-        earlier = _earlier_run(output_dir)
-        if earlier and not cfg.overwrite:
-            # a fresh run would write beside them, leave the earlier run's other files there, and a
-            # later --resume would splice the two runs
-            raise CheckpointError(
-                f"{output_dir} holds an earlier run ({', '.join(earlier[:4])}{' ...' if len(earlier) > 4 else ''}): "
-                f"continue it with --resume latest --output_dir {output_dir}, start afresh in another --output_dir, "
-                "or add --overwrite to delete that run and start afresh there")
-    _INTERRUPT["output_dir"] = output_dir
-    with _RunLock(accelerator, output_dir):
-        return _train(cfg, on_step, accelerator, resume_from, output_dir)
+        _refuse_earlier_run(cfg, output_dir)
+    _INTERRUPT.update(output_dir=output_dir, resume_from=resume_from)
+    lock = _RunLock(accelerator, output_dir)  # taken before the run's first write into the folder
+    try:
+        return _train(cfg, on_step, accelerator, resume_from, output_dir, lock)
+    finally:
+        lock.release()
+
+
+def _refuse_earlier_run(cfg: RunConfig, output_dir: Path) -> None:
+    """A fresh run into a folder that holds an earlier run would write beside it, leave that run's
+    other files there, and a later --resume would splice the two runs: refused unless --overwrite."""
+    earlier = _earlier_run(output_dir)
+    if not earlier or cfg.overwrite:
+        return
+    resumable = list_checkpoints(output_dir / CHECKPOINT_DIR) or (output_dir / MASK_ONLY_CHECKPOINT).is_file()
+    raise CheckpointError(
+        f"{output_dir} holds an earlier run ({', '.join(earlier[:4])}{' ...' if len(earlier) > 4 else ''}): "
+        + (f"continue it with --resume latest --output_dir {output_dir}, " if resumable else "")
+        + "start afresh in another --output_dir, or add --overwrite to delete that run and start afresh there")
 
 
 def _earlier_run(output_dir: Path) -> List[str]:
@@ -372,58 +381,73 @@ def _earlier_run(output_dir: Path) -> List[str]:
     return [f"{CHECKPOINT_DIR}/{c.name}" for c in cks[::-1]] + found
 
 
-def _delete_run(output_dir: Path, keep=()) -> None:
-    """--overwrite: the earlier run's outputs and checkpoints go (no other file in the folder)."""
+def _delete_run(output_dir: Path) -> None:
+    """--overwrite: the earlier run's outputs, checkpoints and what the project's tools derived from
+    them (graph exports and reports, a compacted model, the progress figure) go; no other file."""
     import shutil
 
-    for n in _RUN_FILES:
-        if n not in keep and (output_dir / n).is_file():
-            (output_dir / n).unlink()
-    if (output_dir / CHECKPOINT_DIR).is_dir():
-        shutil.rmtree(output_dir / CHECKPOINT_DIR)
+    for n in _RUN_FILES + _DERIVED_FILES:
+        for f in output_dir.glob(n):
+            if f.is_file():
+                f.unlink()
+            elif f.is_dir() and n in _DERIVED_DIRS:
+                shutil.rmtree(f)
+    ck = output_dir / CHECKPOINT_DIR
+    for c in list_checkpoints(ck) + list(ck.glob(".tmp-step_*")):
+        shutil.rmtree(c)
 
 
 class _RunLock:
-    """An exclusive lock on the run folder for the run's duration (main process): a second run into
-    the same folder is refused instead of interleaving its files and checkpoints with this one's."""
+    """An exclusive lock on the run folder (main process), taken just before the run first writes
+    there and held to its end: a second run into the same folder is refused instead of
+    interleaving its files and checkpoints with this one's. A command refused earlier creates
+    nothing."""
 
     def __init__(self, accelerator, output_dir: Path):
         self.accelerator, self.path, self.fd = accelerator, Path(output_dir) / ".lock", None
 
-    def __enter__(self):
+    def acquire(self, cfg: RunConfig) -> None:
         busy = ""
-        if self.accelerator.is_main_process:
+        if self.accelerator.is_main_process and self.fd is None:
             import fcntl
 
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = open(self.path, "a+")
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                self.fd.seek(0)
-                who = self.fd.read().strip()
-                self.fd.close()
-                self.fd = None
-                busy = (f"another run is writing into {self.path.parent}{f' (process {who})' if who else ''}: wait "
-                        "for it to finish, or give this one another --output_dir")
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = open(self.path, "a+")
+            except OSError as e:  # a folder that is a file, no permission: every process hears it
+                busy = f"cannot write into --output_dir {self.path.parent}: {e.strerror or e}"
             else:
-                self.fd.seek(0)
-                self.fd.truncate()
-                self.fd.write(str(os.getpid()))
-                self.fd.flush()
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    fd.seek(0)
+                    who = fd.read().strip()
+                    fd.close()
+                    busy = (f"another run is writing into {self.path.parent}{f' (process {who})' if who else ''}: "
+                            "wait for it to finish, or give this one another --output_dir")
+                else:
+                    fd.seek(0)
+                    fd.truncate()
+                    fd.write(str(os.getpid()))
+                    fd.flush()
+                    self.fd = fd
+                    if not cfg.resume:  # a run that ended while this one was starting
+                        try:
+                            _refuse_earlier_run(cfg, self.path.parent)
+                        except CheckpointError as e:
+                            busy = str(e)
         busy = _broadcast_str(self.accelerator, busy)
         if busy:
+            self.release()
             raise CheckpointError(busy)
-        return self
 
-    def __exit__(self, *exc):
+    def release(self) -> None:
         if self.fd is not None:
             self.fd.close()  # closing releases the lock
             self.fd = None
-        return False
 
 
-def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path) -> RunResult:
+def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, lock: "_RunLock") -> RunResult:
     from accelerate.utils import set_seed
 
     main = accelerator.is_main_process
@@ -433,7 +457,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path) 
     model = build_model(cfg.model, num_classes=loaders.num_classes, in_shape=loaders.in_shape, weights=cfg.weights,
                         **cfg.model_kw)
     if cfg.mode == "mask_only":
-        return _mask_only(cfg, accelerator, model, loaders, output_dir)
+        return _mask_only(cfg, accelerator, model, loaders, output_dir, lock)
 
     optimizer = build_optimizer(cfg, model)
     model, optimizer, train_dl, holdout_dl, test_dl = accelerator.prepare(
@@ -447,7 +471,6 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path) 
     conn = build_connectome(cfg, accelerator.unwrap_model(model))
     # DDP averages gradients over every process's batch before the controller sees them
     ctrl = build_controller(cfg, conn, optimizer, total_steps, num_processes=accelerator.num_processes)
-    _save_config(accelerator, cfg, output_dir)  # only now: a refused command leaves an earlier run's config alone
     state = TrainState(processes=accelerator.num_processes, steps_per_epoch=steps_per_epoch)
     # The registration order is part of the checkpoint format: custom_checkpoint_0..3.
     accelerator.register_for_checkpointing(conn, ctrl, state, lr_scheduler)
@@ -465,6 +488,8 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path) 
                 f"read other data and another global batch. Resume with `accelerate launch --num_processes "
                 f"{state.processes} ...` (and the run's data settings), or start a new run")
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
+    lock.acquire(cfg)
+    _save_config(accelerator, cfg, output_dir)  # only now: a refused command leaves an earlier run's config alone
 
     accelerator.print(
         f"{cfg.model} on {cfg.dataset}: {conn.num_synapses():,} synapses, density {conn.density():.3f}, policy "
@@ -550,8 +575,11 @@ def _on_interrupt() -> str:
     if cks or (Path(out) / MASK_ONLY_CHECKPOINT).is_file():
         what = cks[-1].name if cks else f"{MASK_ONLY_CHECKPOINT} (the last finished target)"
         return f"add --resume latest --output_dir {out} to the same command to continue from {what}"
-    return ("the run wrote no checkpoint, so it cannot be continued; --checkpoint_every N makes a train-mode run "
-            "resumable")
+    if _INTERRUPT.get("resume_from") is not None:
+        return (f"the run wrote no checkpoint of its own; the same command continues from {_INTERRUPT['resume_from']} "
+                "again")
+    return ("the run wrote no checkpoint, so it cannot be continued; rerun it with --overwrite (or into another "
+            "--output_dir), and --checkpoint_every N makes a train-mode run resumable")
 
 
 _RESUME_MAY_CHANGE = {"resume", "output_dir", "data_dir", "plugins", "progress", "figures", "threads", "num_workers",
@@ -559,6 +587,11 @@ _RESUME_MAY_CHANGE = {"resume", "output_dir", "data_dir", "plugins", "progress",
 # what a run writes into its folder: an --overwrite run deletes these (and nothing else) first
 _RUN_FILES = ("config.yaml", "metrics.csv", "events.jsonl", "connectome.safetensors", "dense_state_dict.pt",
               "summary.json", "loss_accuracy.png", "density.png", "edits.png", MASK_ONLY_CHECKPOINT)
+# what `python -m graphs` and `recipes/diagnostics.py progress` write into a run folder by default
+_DERIVED_DIRS = ("graph_report",)
+_DERIVED_FILES = _DERIVED_DIRS + ("connectome_*.graphml", "connectome_*.gexf", "connectome_*.json", "connectome_*.pt",
+                                  "compact_model.pt", "progress.png", "progress.svg",
+                                  MASK_ONLY_CHECKPOINT + ".earlier")
 # mask_only: what the stage checkpoint's own fingerprint compares (and names) when it is loaded
 _MASK_ONLY_FINGERPRINTED = {"target", "density", "epochs", "estimator", "update_every", "ensemble", "include",
                             "exclude", "seed", "mask_only_kw", "edit_fraction"}
@@ -568,10 +601,13 @@ def _save_config(accelerator, cfg: RunConfig, output_dir: Path) -> None:
     """config.yaml, written once the settings have been accepted (data, model, controller built);
     with --overwrite, the earlier run's files go only now, so a refused command leaves them."""
     if accelerator.is_main_process:
-        if cfg.overwrite and not cfg.resume:  # a mask-only stage checkpoint is replaced at the first target
-            _delete_run(output_dir, keep=(MASK_ONLY_CHECKPOINT,) if cfg.mode == "mask_only" else ())
+        if cfg.overwrite and not cfg.resume:
+            # (a mask-only run has not recorded a stage yet: its earlier run's checkpoint, set aside
+            # to be put back if this run stops early, goes too, so an interrupted run leaves no mix)
+            _delete_run(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output_dir / "config.yaml", resume=None)  # --config FILE reruns the job, afresh
+        # --config FILE reruns the job afresh, and never deletes a run it was not told to
+        save_config(cfg, output_dir / "config.yaml", resume=None, overwrite=False)
 
 
 class CheckpointError(RuntimeError):
@@ -623,8 +659,8 @@ def _check_against(cfg: RunConfig, path: Path) -> None:
     diff = [f"{k}: run {saved[k]!r}, now {now[k]!r}" for k in now if k in saved and k not in free and saved[k] != now[k]]
     if diff:
         raise CheckpointError(f"--resume: {path} records other settings ({'; '.join(diff)}); resume with the run's "
-                              f"settings (--config {path} --resume ... gives them all), or run without --resume into "
-                              "another --output_dir to start afresh")
+                              f"settings (--config {path} --output_dir {path.parent} --resume latest gives them all), "
+                              "or run without --resume into another --output_dir to start afresh")
 
 
 def _mask_only_run_dir(resume: str, output_dir) -> Path:
@@ -636,13 +672,16 @@ def _mask_only_run_dir(resume: str, output_dir) -> Path:
     else:
         run = Path(resume)
         run = run.parent if run.name == MASK_ONLY_CHECKPOINT else run
+        if output_dir is not None and Path(output_dir).resolve() != run.resolve():
+            raise FileNotFoundError(f"--resume {resume} continues the mask-only run in {run}, where it writes; "
+                                    f"drop --output_dir {output_dir} (or give --output_dir {run})")
     if not (run / MASK_ONLY_CHECKPOINT).is_file():
         raise FileNotFoundError(f"--resume: no {MASK_ONLY_CHECKPOINT} in {run} (a mask_only run writes one after "
                                 "every target); run without --resume to start")
     return run
 
 
-def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
+def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     """Mask-only connectome optimisation: the weights stay bit-exact, only the masks move. The run
     is recorded after every target in ``mask_only_checkpoint.pt``; ``--resume`` continues it."""
     from adaptive.mask_only import optimize_connectome
@@ -651,6 +690,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir) -> RunResult:
     if cfg.weights is None:
         accelerator.print("note: no --weights given, so the masks are learned on the network's random initial "
                           "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
+    lock.acquire(cfg)
     afresh = stage_checkpoint.begin(ckpt, bool(cfg.resume))
     if afresh:
         accelerator.print(afresh)

@@ -157,3 +157,27 @@ def test_a_plugin_policys_malformed_plan_is_named_before_anything_changes():
         assert all(torch.equal(before[n], conn.masks[n]) for n in conn.names)
     finally:
         _POLICIES.pop("bad_plan_for_test", None)  # other tests list every policy
+
+
+def test_a_controller_moved_to_a_new_optimizer_observes_through_it():
+    """With the old optimizer still alive and holding every parameter, the new one owned none: every
+    later window was empty and every update was skipped."""
+    torch.manual_seed(0)
+    model = _net()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, sgd, policy="rigl", density=0.3, update_every=5, end_step=60, seed=1)
+    x, y = torch.randn(16, 10), torch.randint(0, 4, (16,))
+    for _ in range(10):
+        F.cross_entropy(model(x), y).backward()
+        sgd.step()
+        sgd.zero_grad()
+    adam = torch.optim.Adam(model.parameters(), lr=1e-3)
+    ctrl.attach(adam)  # sgd is still referenced
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no gradient was observed"
+        for _ in range(20):
+            F.cross_entropy(model(x), y).backward()
+            adam.step()
+            adam.zero_grad()
+    assert [e["step"] for e in ctrl.events if e["step"] > 10] == [15, 20, 25, 30]

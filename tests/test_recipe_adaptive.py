@@ -490,12 +490,24 @@ def test_a_fresh_run_over_a_finished_run_is_refused_unless_overwrite(tmp_path, c
     assert (tmp_path / "a" / "edits.png").exists()
     with pytest.raises(SystemExit):
         run(tmp_path / "a", "--max_steps", "10", "--density", "0.5")
-    assert "holds an earlier run (config.yaml" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds an earlier run (config.yaml" in err and "--resume" not in err  # nothing to resume from
     (tmp_path / "a" / "notes.txt").write_text("mine")
+    (tmp_path / "a" / "checkpoints" / "my_best").mkdir(parents=True)
+    (tmp_path / "a" / "graph_report").mkdir()
+    (tmp_path / "a" / "graph_report" / "summary.json").write_text("{}")
+    (tmp_path / "a" / "connectome_unit.graphml").write_text("<stale/>")
     res = run(tmp_path / "a", "--max_steps", "10", "--density", "0.5", "--overwrite", "--figures", "false")
     assert res.summary["density"] == pytest.approx(0.5, abs=0.01)
-    assert not (tmp_path / "a" / "edits.png").exists()  # the earlier run's figure went with it
+    for stale in ("edits.png", "graph_report", "connectome_unit.graphml"):  # the earlier run's and derived files
+        assert not (tmp_path / "a" / stale).exists()
     assert (tmp_path / "a" / "notes.txt").read_text() == "mine"  # nothing but the run's own files
+    assert (tmp_path / "a" / "checkpoints" / "my_best").is_dir()
+    # its config.yaml does not carry --overwrite: a rerun from it is refused like any other
+    run(tmp_path / "b", "--max_steps", "10")
+    with pytest.raises(SystemExit):
+        R.main(["--config", str(tmp_path / "a" / "config.yaml"), "--output_dir", str(tmp_path / "b")])
+    assert "holds an earlier run" in capsys.readouterr().err
 
 
 def test_resuming_another_runs_checkpoint_checks_that_runs_settings(tmp_path, capsys):
@@ -565,3 +577,45 @@ def test_resume_accepts_settings_that_mean_the_same_run(tmp_path):
     res = run(tmp_path / "a", "--max_steps", "40", "--resume", "latest", "--mixed_precision", "no",
               *(["--cpu", "true"] if not torch.cuda.is_available() else []))
     assert res.state.step == 40
+
+
+def test_a_refused_command_creates_nothing(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(tmp_path / "q", "--weights", str(tmp_path / "missing.pt"))
+    assert not (tmp_path / "q").exists()
+    # a refused resume into a new folder leaves that folder free for a fresh run
+    run(tmp_path / "a", "--max_steps", "40", "--checkpoint_every", "20")
+    ckpt = list_checkpoints(tmp_path / "a" / "checkpoints")[0]
+    rng = ckpt / "random_states_0.pkl"
+    rng.write_bytes(rng.read_bytes()[:100])
+    with pytest.raises(SystemExit):
+        run(tmp_path / "h", "--max_steps", "40", "--resume", str(ckpt))
+    assert not (tmp_path / "h").exists() or not any((tmp_path / "h").iterdir())
+    assert run(tmp_path / "h", "--max_steps", "5").state.step == 5
+
+
+def test_an_interrupted_mask_only_overwrite_leaves_no_earlier_checkpoint(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "m"
+    mo = ["--mode", "mask_only", "--max_steps", "4", "--subset", "300", "--figures", "false"]
+    run(out, *mo, "--target", "0.3")
+    assert (out / R.MASK_ONLY_CHECKPOINT).is_file()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(R.stage_checkpoint, "save_stage", interrupted)
+    with pytest.raises(SystemExit):
+        run(out, *mo, "--target", "0.5", "--overwrite")
+    err = capsys.readouterr().err
+    assert "cannot be continued" in err  # not "continue from mask_only_checkpoint.pt" of the deleted run
+    assert not (out / R.MASK_ONLY_CHECKPOINT).exists()
+    assert load_config(R.RunConfig, out / "config.yaml").target == 0.5
+
+
+def test_a_mask_only_resume_names_its_run_folder_over_another_output_dir(tmp_path, capsys):
+    out = tmp_path / "m"
+    mo = ["--mode", "mask_only", "--max_steps", "4", "--subset", "300", "--figures", "false", "--target", "0.3"]
+    run(out, *mo)
+    with pytest.raises(SystemExit):
+        run(tmp_path / "m2", *mo, "--resume", str(out))
+    assert f"drop --output_dir {tmp_path / 'm2'}" in capsys.readouterr().err

@@ -84,8 +84,9 @@ class EditPlan:
         policy set it, else from the aligned scores (None without either)."""
         if self.est_loss_change is not None or not (self.prune_scores or self.grow_scores):
             return self.est_loss_change
-        return (float(sum(v.sum() for v in self.prune_scores.values()))
-                - float(sum(v.sum() for v in self.grow_scores.values())))
+        # summed in float64, so the figure hardly depends on the order the plan lists its ensembles
+        return (float(sum(v.double().sum() for v in self.prune_scores.values()))
+                - float(sum(v.double().sum() for v in self.grow_scores.values())))
 
     def shrink(self, fraction: float, groups=None) -> "EditPlan":
         """Keep the best ``fraction`` of every layer's prunes and grows. ``groups(name)`` (optional)
@@ -121,7 +122,7 @@ class EditPlan:
                         out_scores[n] = scores[n][keep.to(scores[n].device)]
         est = None
         if self.prune_scores or self.grow_scores:
-            est = float(sum(v.sum() for v in ps.values())) - float(sum(v.sum() for v in gs.values()))
+            est = float(sum(v.double().sum() for v in ps.values())) - float(sum(v.double().sum() for v in gs.values()))
         return EditPlan(
             prune=prune, grow=grow, est_loss_change=est if est is not None else self.est_loss_change,
             boundaries=self.boundaries, prune_scores=ps, grow_scores=gs,
