@@ -181,3 +181,23 @@ def test_a_controller_moved_to_a_new_optimizer_observes_through_it():
             adam.step()
             adam.zero_grad()
     assert [e["step"] for e in ctrl.events if e["step"] > 10] == [15, 20, 25, 30]
+
+
+@pytest.mark.parametrize("mode", ["mask_only", "train"])
+def test_crawl_given_a_density_reaches_it_by_end_step(mode):
+    """Controller(policy='crawl', density=0.4) ignored the density and crawled at 0.96."""
+    torch.manual_seed(0)
+    model = _net()
+    conn = adaptive.Connectome(model, mode=mode)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01) if mode == "train" else None
+    ctrl = adaptive.Controller(conn, opt, policy="crawl", density=0.4, update_every=3, end_step=18)
+    for _ in range(20):
+        x, y = torch.randn(16, 10), torch.randint(0, 4, (16,))
+        F.cross_entropy(model(x), y).backward()
+        if opt is None:
+            ctrl.observe()
+            ctrl.step()
+        else:
+            opt.step()
+        model.zero_grad()
+    assert conn.density() == pytest.approx(0.4, abs=1e-3)

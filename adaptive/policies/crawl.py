@@ -42,6 +42,16 @@ class Crawl(Policy):
         self.goal: Optional[int] = None  # live synapses wanted over the editable layers
         self.deadline: Optional[int] = None  # step by which the goal is reached
 
+    def initialize(self, ctrl):
+        """A controller given ``density`` (used directly, not through optimize_connectome) sets the
+        goal from it, reached by ``end_step`` (at the first update without one): it was ignored,
+        and the policy crawled at the starting size."""
+        if ctrl.density is not None and self.goal is None:
+            total = ctrl.conn.num_synapses()
+            prot = sum(ctrl.conn.layers[n].numel for n in ctrl.protected)
+            self.set_goal(int(round(ctrl.density * total)) - prot, ctrl.end_step)
+        return None
+
     def set_goal(self, live: Optional[int], deadline: Optional[int] = None) -> None:
         """Aim for ``live`` synapses over the editable layers (None: no size goal, threshold editing) by step ``deadline``."""
         self.goal = None if live is None else int(live)
