@@ -777,9 +777,14 @@ class Connectome:
     def load(cls, path: str | os.PathLike, model: nn.Module, mode: Optional[str] = None) -> "Connectome":
         """Rebuild a connectome saved by :meth:`save` on ``model``. Raises a clear error naming the
         parameter if the model's layers or shapes differ from the saved ones."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(os.fspath(path), framework="pt") as f:
+        try:
+            opened = safe_open(os.fspath(path), framework="pt")
+        except SafetensorError as e:
+            raise ValueError(f"{path} is not a readable connectome file ({e}); give the connectome.safetensors "
+                             "a run or Connectome.save wrote") from None
+        with opened as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
                 raise ValueError(f"{path} is not an adaptive connectome file (format {meta.get('format')!r})")

@@ -209,7 +209,7 @@ def test_load_into_a_model_of_different_shape_names_the_parameter(tmp_path, resn
     back = adaptive.Connectome.load(tmp_path / "mlp.safetensors", mlp())
     assert back.names == ["0.weight", "2.weight"] and back.mask_hash() == part.mask_hash()
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match=r"junk\.safetensors is not a readable connectome file"):
         adaptive.Connectome.load(tmp_path / "junk.safetensors", mlp())
 
 

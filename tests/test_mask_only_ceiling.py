@@ -56,3 +56,8 @@ def test_test_split_read_once_for_the_step_the_holdout_chose(tmp_path, monkeypat
     text = out.read_text()
     assert text.count("(chosen)") == 1 and text.count("not read") == 1
     assert "| dense (pretrained, unchanged) |" in text
+    # the chosen run is the one with the higher held-out accuracy (ties: the first listed)
+    runs = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| every weight fine-tuned |")]
+    held = [float(r[3]) for r in runs]
+    assert "(chosen)" in runs[held.index(max(held))][4]

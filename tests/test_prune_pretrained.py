@@ -109,7 +109,7 @@ def test_bad_inputs_fail_before_anything_runs(tmp_path, weights):
     assert not (out / "results.md").exists()
     wrong = tmp_path / "wrong.pt"
     torch.save(build_model("resnet32", num_classes=10, in_shape=(3, 8, 8)).state_dict(), wrong)
-    with pytest.raises(WeightsMismatchError):
+    with pytest.raises(WeightsMismatchError, match=r"wrong\.pt. does not match model CifarResNet: unexpected keys \[layer1\.3"):
         mod.main(args(wrong, out, "--remove", "0.5"))
     cfg = tmp_path / "c.yaml"
     cfg.write_text("remove: [0.5]\nbogus_key: 1\n")

@@ -251,15 +251,27 @@ def test_runtime_problems_fail_with_one_line(tmp_path, capsys):
 def test_mask_only_mode_changes_no_weight(tmp_path, precision):
     from adaptive.mask_only import changed_weights
 
-    res = R.main(["--output_dir", str(tmp_path), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
+    torch.manual_seed(123)
+    weights = build_model("mlp", num_classes=10, in_shape=(64,)).state_dict()
+    torch.save(weights, tmp_path / "w.pt")
+    res = R.main(["--output_dir", str(tmp_path / "run"), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
                   "--update_every", "8", "--threads", "1", "--progress", "false", "--figures", "false",
-                  "--mixed_precision", precision])
+                  "--mixed_precision", precision, "--weights", str(tmp_path / "w.pt")])
     assert res.conn.mode == "mask_only" and changed_weights(res.conn) == 0
+    # against the weights file itself, not the copy the run kept: every live weight bit-identical,
+    # every pruned one exactly 0.0, every other tensor (biases, ...) untouched
+    final = res.model.state_dict()
+    for k, w in weights.items():
+        m = res.conn.masks.get(k)
+        if m is None:
+            assert torch.equal(final[k].cpu(), w), k
+        else:
+            assert torch.equal(final[k].cpu()[m.cpu()], w[m.cpu()]) and not final[k].cpu()[~m.cpu()].any(), k
     assert all(p.dtype == torch.float32 for p in res.conn.params.values())
     assert res.conn.density() == pytest.approx(0.7, abs=1e-3)
-    rows = read_metrics_csv(tmp_path / "metrics.csv")
+    rows = read_metrics_csv(tmp_path / "run" / "metrics.csv")
     assert {r["split"] for r in rows} == {"train", "holdout", "test"}
-    assert (tmp_path / "connectome.safetensors").exists() and (tmp_path / "events.jsonl").read_text()
+    assert (tmp_path / "run" / "connectome.safetensors").exists() and (tmp_path / "run" / "events.jsonl").read_text()
 
 
 def test_mask_only_best_reports_the_held_out_score_of_the_masks_it_keeps(tmp_path):
