@@ -98,6 +98,15 @@ def _label(t: Target) -> str:
     return t if isinstance(t, str) else (f"{t:g}" if isinstance(t, float) else str(int(t)))
 
 
+def _labels(targets) -> List[str]:
+    """Each target's name (the snapshot key, the recipe's subfolder): short, and distinct even for
+    fractions that print alike at 6 figures (0.1000108, 0.10001085: then written in full)."""
+    labels = [_label(t) for t in targets]
+    if len(set(labels)) < len(labels):
+        labels = [repr(float(t)) if isinstance(t, float) else lab for t, lab in zip(targets, labels)]
+    return labels
+
+
 def parse_target(target: Target) -> Target:
     """``target`` checked without a model: "best", a fraction in [0, 1) (a string with a decimal
     point or an exponent, or a float) or a count >= 0 (an int). Raises ValueError naming the fix."""
@@ -346,7 +355,7 @@ def optimize_connectome(
         )
     conn = Connectome(model, ensemble=ensemble, include=include, exclude=exclude, mode="mask_only")
     total = conn.num_synapses()
-    resolved = [(_label(t), resolve_target(t, total)) for t in targets]
+    resolved = [(lab, resolve_target(t, total)) for t, lab in zip(targets, _labels(targets))]
     if any(r is None for _, r in resolved) and len(resolved) > 1:
         raise ValueError("'best' cannot be combined with other targets: run it on its own")
     counts: Dict[int, str] = {}
@@ -433,7 +442,7 @@ def optimize_connectome(
                     "checkpoint": str(checkpoint)})
         bar = tqdm(total=steps_per_stage * (len(resolved) - first_stage), desc="mask-only", unit="batch",
                    disable=not (show_progress(None) if progress is None else progress), mininterval=2.0)
-        if climb and saved is None:  # the dense network is the first candidate: removing nothing may be best
+        if resolved[0][0] == "best" and saved is None:  # the dense network is the first candidate: removing nothing may be best
             e = full_holdout(0, -1)
             result.snapshots["best"] = Snapshot("best", e["removed"], {n: m.clone() for n, m in conn.masks.items()},
                                                 e["holdout_loss"], e["holdout_acc"], 0, e["cpu_seconds"],
@@ -452,7 +461,8 @@ def optimize_connectome(
             for est in estimators:
                 if hasattr(est, "begin_stage"):
                     est.begin_stage()  # a new goal: the estimator restarts its moving moments
-            best = None
+            # "best" without a ladder (threshold editing): the dense network, scored first, competes too
+            best = result.snapshots.get("best") if removed_goal is None and not climb else None
             win_loss = win_correct = win_n = 0.0
             for i in range(steps_per_stage):
                 x, y = _to_device(next(train_iter), device)

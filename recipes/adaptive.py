@@ -752,6 +752,9 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     with accelerator.autocast():
         test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
     metric_row(state, "test", test_loss, test_acc, conn)
+    from adaptive.mask_only import changed_weights
+
+    accelerator.print(f"surviving weights that differ from the original: {changed_weights(conn)}")
     files = _write_outputs(accelerator, cfg, output_dir, state.metrics, result.events, conn)
     # the held-out score of the masks the model now holds (for 'best', the chosen rung, not the last one tried)
     snaps = result.snapshots
