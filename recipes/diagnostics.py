@@ -131,6 +131,11 @@ def make_optimizer(kind, model, lr):
 def cmd_dense_gradients(args):
     from adaptive.models import build_model
 
+    if args.weights:
+        _refuse("dense-gradients builds and trains its own DenseCat nets (--kind, --batchnorm, --depth, --width): "
+                "--weights applies to collinearity and knowledge; drop it")
+    _check_counts(args, "grad_batches", "depth", "width", "compare_steps")
+    _check_counts(args, "train_steps", least=0)
     out = outdir(args)
     data = get_data(args)
     kinds = ["mlp", "cnn"] if args.kind == "both" else [args.kind]

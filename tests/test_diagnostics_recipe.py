@@ -151,3 +151,15 @@ def test_every_option_of_every_subcommand_says_what_it_does_and_its_default(reci
                 problems.append(f"{command} {name}: says nothing of what happens without it")
         sub.format_help()  # every help string formats
     assert problems == []
+
+
+def test_dense_gradients_refuses_options_it_cannot_use(recipe, tmp_path):
+    """--weights was silently ignored (a fresh DenseCat was trained and reported), and bad counts
+    failed only after training."""
+    base = ["dense-gradients", "--output_dir", str(tmp_path), "--kind", "mlp", "--batchnorm", "off"]
+    with pytest.raises(SystemExit, match="--weights applies to collinearity and knowledge"):
+        recipe.main(base + ["--weights", str(tmp_path / "w.pt")])
+    with pytest.raises(SystemExit, match="--grad_batches must be at least 1"):
+        recipe.main(base + ["--grad_batches", "0"])
+    with pytest.raises(SystemExit, match="--train_steps must be at least 0"):
+        recipe.main(base + ["--train_steps", "-5"])

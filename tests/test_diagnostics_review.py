@@ -213,3 +213,26 @@ def test_knowledge_fit_table_says_how_many_points_each_fit_has():
     net = nn.Sequential(nn.Flatten(), nn.Linear(36, 5))
     curve = knowledge_distribution(net, batches(2), points=4)
     assert curve.fit_table()["points"] == [curve.fits["loss_increase"]["points"], curve.fits["accuracy_drop"]["points"]]
+
+
+def test_progress_reads_the_run_s_synapse_count_for_density_only_events(tmp_path):
+    """Without --total_synapses (help: 'read from the run') nothing was read: density-only events
+    stayed at 0 removed and the figure said 'removed stays at 0'."""
+    (tmp_path / "events.jsonl").write_text("".join(
+        f'{{"step": {s}, "kind": "update", "density": {d}}}\n' for s, d in ((0, 0.8), (10, 0.6), (20, 0.5))))
+    (tmp_path / "metrics.csv").write_text("step,split,loss,accuracy\n5,train,1.0,0.5\n15,train,0.8,0.6\n25,train,0.7,0.7\n")
+    (tmp_path / "summary.json").write_text('{"synapses": 1000}')
+    prog = progress_module.progress(str(tmp_path))
+    assert [e["removed"] for e in prog.events] == [200, 400, 500]
+    assert [r["removed"] for r in prog.metrics] == [200, 400, 500]
+
+
+def test_progress_boundaries_panel_leaves_out_synapse_counts(tmp_path, monkeypatch):
+    (tmp_path / "events.jsonl").write_text("".join(
+        f'{{"step": {s}, "kind": "update", "removed": {r}, "boundaries": {{"prune": -0.001, "restore": 0.002, '
+        f'"need": {n}, "goal": 500}}}}\n' for s, r, n in ((10, 250, 250), (20, 500, 0))))
+    (tmp_path / "metrics.csv").write_text("step,split,loss,accuracy,removed\n10,train,1.0,0.5,250\n20,train,0.9,0.6,500\n")
+    figs = captured_figures(monkeypatch, progress_module)
+    progress_module.progress(str(tmp_path)).plot(tmp_path / "p.png")
+    labels = {line.get_label() for line in figs[0].axes[3].get_lines()}
+    assert labels == {"prune", "restore"}

@@ -65,6 +65,10 @@ def read_metrics(path: str) -> Table:
         return Table({k: _number(v) if v != "" else None for k, v in row.items() if k is not None} for row in csv.DictReader(f))
 
 
+# entries of an event's ``boundaries`` that count synapses rather than bound an estimator's values
+_COUNT_KEYS = {"goal", "need", "live", "limit", "count", "removed"}
+
+
 def _flat(d, prefix=""):
     out = {}
     for k, v in (d or {}).items():
@@ -144,6 +148,8 @@ class Progress:
         series: Dict[str, list] = {}
         for e in ev:
             for k, v in _flat(e.get("boundaries")).items():
+                if k.rsplit("/", 1)[-1] in _COUNT_KEYS:  # synapse counts (a goal, a need), not boundaries
+                    continue
                 series.setdefault(k, []).append((e.get("step"), v))
         for i, (k, pts) in enumerate(sorted(series.items())):
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=2, label=k)
@@ -218,6 +224,12 @@ def progress(run_dir: str, total_synapses: Optional[int] = None) -> Progress:
         metrics = read_history(os.path.join(run_dir, "history.jsonl"))
     if not events and not metrics:
         raise FileNotFoundError(f"{run_dir!r} has none of events.jsonl, metrics.csv, history.jsonl")
+    if not total_synapses:  # the run's own count, where its summary recorded one
+        try:
+            with open(os.path.join(run_dir, "summary.json")) as f:
+                total_synapses = int(json.load(f).get("synapses") or 0) or None
+        except (OSError, ValueError, TypeError, AttributeError):
+            total_synapses = None
     events = Table(sorted(events, key=lambda e: e.get("step") if isinstance(e.get("step"), (int, float)) else math.inf))
     cum, removed_at = 0, []
     for e in events:
