@@ -779,6 +779,8 @@ class Connectome:
         parameter if the model's layers or shapes differ from the saved ones."""
         from safetensors import SafetensorError, safe_open
 
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a folder, not a connectome file: give the connectome.safetensors in it")
         try:
             opened = safe_open(os.fspath(path), framework="pt")
         except SafetensorError as e:

@@ -365,6 +365,11 @@ def _refuse_earlier_run(cfg: RunConfig, output_dir: Path) -> None:
     """A fresh run into a folder that holds an earlier run would write beside it, leave that run's
     other files there, and a later --resume would splice the two runs: refused unless --overwrite."""
     earlier = _earlier_run(output_dir)
+    if cfg.overwrite:
+        doomed = {(output_dir / n).resolve() for n in _RUN_FILES + _DERIVED_FILES}
+        if cfg.weights and Path(cfg.weights).resolve() in doomed:
+            raise CheckpointError(f"--weights {cfg.weights} is one of the files --overwrite deletes in {output_dir}: "
+                                  "copy it elsewhere first, or give another --output_dir")
     if not earlier or cfg.overwrite:
         return
     resumable = list_checkpoints(output_dir / CHECKPOINT_DIR) or (output_dir / MASK_ONLY_CHECKPOINT).is_file()
@@ -387,11 +392,11 @@ def _delete_run(output_dir: Path) -> None:
     import shutil
 
     for n in _RUN_FILES + _DERIVED_FILES:
-        for f in output_dir.glob(n):
-            if f.is_file():
-                f.unlink()
-            elif f.is_dir() and n in _DERIVED_DIRS:
-                shutil.rmtree(f)
+        f = output_dir / n
+        if f.is_file():
+            f.unlink()
+        elif f.is_dir() and n in _DERIVED_DIRS:
+            shutil.rmtree(f)
     ck = output_dir / CHECKPOINT_DIR
     for c in list_checkpoints(ck) + list(ck.glob(".tmp-step_*")):
         shutil.rmtree(c)
@@ -589,9 +594,9 @@ _RUN_FILES = ("config.yaml", "metrics.csv", "events.jsonl", "connectome.safetens
               "summary.json", "loss_accuracy.png", "density.png", "edits.png", MASK_ONLY_CHECKPOINT)
 # what `python -m graphs` and `recipes/diagnostics.py progress` write into a run folder by default
 _DERIVED_DIRS = ("graph_report",)
-_DERIVED_FILES = _DERIVED_DIRS + ("connectome_*.graphml", "connectome_*.gexf", "connectome_*.json", "connectome_*.pt",
-                                  "compact_model.pt", "progress.png", "progress.svg",
-                                  MASK_ONLY_CHECKPOINT + ".earlier")
+_DERIVED_FILES = _DERIVED_DIRS + tuple(f"connectome_{lv}.{fmt}" for lv in ("synapse", "unit", "layer")
+                                       for fmt in ("graphml", "gexf", "json", "pt")) + (
+    "compact_model.pt", "progress.png", "progress.svg", MASK_ONLY_CHECKPOINT + ".earlier")
 # mask_only: what the stage checkpoint's own fingerprint compares (and names) when it is loaded
 _MASK_ONLY_FINGERPRINTED = {"target", "density", "epochs", "estimator", "update_every", "ensemble", "include",
                             "exclude", "seed", "mask_only_kw", "edit_fraction"}

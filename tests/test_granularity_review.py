@@ -163,3 +163,8 @@ def test_load_names_malformed_metadata(tmp_path, edit):
     save_file(tensors, tmp_path / "bad.safetensors", metadata=meta)
     with warnings.catch_warnings(), pytest.raises(ValueError, match="metadata is missing or malformed"):
         adaptive.Connectome.load(tmp_path / "bad.safetensors", _model())
+
+
+def test_load_of_a_folder_names_it(tmp_path):
+    with pytest.raises(ValueError, match="is a folder, not a connectome file"):
+        adaptive.Connectome.load(tmp_path, _model())

@@ -493,3 +493,10 @@ def test_best_without_a_ladder_never_keeps_worse_than_the_dense_network():
     r = optimize_connectome(m, tr, ho, "best", ladder=(), passes=1.0, window=2, edit_fraction=1.0, margin=-1e6,
                             progress=False, eval_every=1)
     assert r.snapshots["best"].holdout_acc >= dense
+
+
+def test_edge_popup_refuses_two_targets_of_one_count():
+    m = tiny()
+    tr, ho = loaders()
+    with pytest.raises(ValueError, match="both remove 25 synapses"):
+        edge_popup(m, tr, ho, [0.1, 25], passes=0.1, progress=False)

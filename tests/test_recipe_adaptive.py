@@ -509,11 +509,19 @@ def test_a_fresh_run_over_a_finished_run_is_refused_unless_overwrite(tmp_path, c
     (tmp_path / "a" / "graph_report").mkdir()
     (tmp_path / "a" / "graph_report" / "summary.json").write_text("{}")
     (tmp_path / "a" / "connectome_unit.graphml").write_text("<stale/>")
+    (tmp_path / "a" / "connectome_notes.json").write_text("{}")  # a user's file, named alike
     res = run(tmp_path / "a", "--max_steps", "10", "--density", "0.5", "--overwrite", "--figures", "false")
     assert res.summary["density"] == pytest.approx(0.5, abs=0.01)
     for stale in ("edits.png", "graph_report", "connectome_unit.graphml"):  # the earlier run's and derived files
         assert not (tmp_path / "a" / stale).exists()
     assert (tmp_path / "a" / "notes.txt").read_text() == "mine"  # nothing but the run's own files
+    assert (tmp_path / "a" / "connectome_notes.json").exists()
+    # an input of the new run among the files --overwrite would delete is refused
+    with pytest.raises(SystemExit):
+        run(tmp_path / "a", "--max_steps", "10", "--mode", "mask_only", "--target", "0.3", "--overwrite",
+            "--weights", str(tmp_path / "a" / "dense_state_dict.pt"))
+    assert "is one of the files --overwrite deletes" in capsys.readouterr().err
+    assert (tmp_path / "a" / "dense_state_dict.pt").exists()
     assert (tmp_path / "a" / "checkpoints" / "my_best").is_dir()
     # its config.yaml does not carry --overwrite: a rerun from it is refused like any other
     run(tmp_path / "b", "--max_steps", "10")

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..connectome import Connectome
 from ..data.cycle import LoaderCycle
-from ..mask_only import _check_loader, _label, _model_device, _to_device, evaluate, mask_learning, resolve_target
+from ..mask_only import _check_loader, _labels, _model_device, _to_device, evaluate, mask_learning, resolve_target
 
 
 @torch.no_grad()
@@ -51,9 +51,14 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     _check_loader(holdout_loader, "holdout")
     conn = Connectome(model, include=include, exclude=exclude, mode="mask_only")
     total = conn.num_synapses()
-    goals = [(_label(t), resolve_target(t, total)) for t in targets]
+    goals = [(lab, resolve_target(t, total)) for t, lab in zip(targets, _labels(targets))]
     if any(g is None for _, g in goals):
         raise ValueError("edge-popup needs numeric targets, not 'best'")
+    seen: dict = {}
+    for lab, g in goals:
+        if g in seen:
+            raise ValueError(f"targets {seen[g]} and {lab} both remove {g:,} synapses: give each target once")
+        seen[g] = lab
     goals.sort(key=lambda lt: lt[1])
     scores = {n: (o.abs() / o.pow(2).mean().sqrt().clamp_min(1e-12)).float().clone().requires_grad_(True)
               for n, o in conn.original.items()}
