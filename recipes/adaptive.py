@@ -259,6 +259,9 @@ def _check_names(cfg: "RunConfig") -> None:
 
 def get_dataloaders(cfg: RunConfig):
     """Train, holdout (a stratified part of TRAIN) and test loaders for ``cfg`` (not yet prepared)."""
+    from adaptive.data.base import check_dataset_kw
+
+    check_dataset_kw(cfg.dataset, cfg.dataset_kw)  # progress=, data_dir=: options of their own, named
     return _get_dataloaders(cfg.dataset, batch_size=cfg.batch_size, data_dir=cfg.data_dir, holdout=cfg.holdout,
                             seed=cfg.seed, download=cfg.download, subset=cfg.subset, test_subset=cfg.test_subset,
                             num_workers=cfg.num_workers, eval_batch_size=cfg.eval_batch_size, augment=cfg.augment,

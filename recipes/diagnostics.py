@@ -32,11 +32,16 @@ from adaptive.atomic import write_text  # noqa: E402
 # ---------------------------------------------------------------------- shared seams
 def get_data(args, batch_size=None):
     from adaptive.data import get_dataloaders
+    from adaptive.data.base import check_dataset_kw
 
+    kw = _dataset_kw(args)
+    if "progress" in kw:
+        raise ValueError("--dataset-kw progress: diagnostics draws its bars only on a terminal, so there is nothing to set")
+    check_dataset_kw(args.dataset, kw)  # a ValueError: one error line (status 2)
     return get_dataloaders(args.dataset, batch_size=batch_size or args.batch_size, data_dir=args.data_dir,
                            download=getattr(args, "download", False),
                            holdout=args.holdout, seed=args.seed, subset=args.subset, test_subset=args.test_subset,
-                           eval_batch_size=args.eval_batch_size, **_dataset_kw(args))
+                           eval_batch_size=args.eval_batch_size, **kw)
 
 
 def _dataset_kw(args) -> dict:

@@ -273,3 +273,36 @@ def test_progress_bars_only_on_a_terminal_unless_asked_and_the_test_evaluation_h
     assert "mask-only" in err and "final report" in err
     assert P.parse_args([]).progress is None and P.parse_args(["--no-progress"]).progress is False
     assert A.parse_args([]).progress is None and A.parse_args(["--no-progress"]).progress is False
+
+
+def test_dataset_kw_progress_is_named_in_every_recipe(tmp_path, capsys):
+    err = error_of(TINY + ["--output_dir", str(tmp_path / "a"), "--dataset_kw.progress", "false"], capsys)
+    assert "set by an option of its own (--progress)" in err
+    D = load_script("recipes/diagnostics.py", "recipe_diagnostics_kw")
+    with pytest.raises(ValueError, match="--dataset-kw progress"):  # one error line through the script's run_cli
+        D.main(["collinearity", "--dataset", "digits", "--model", "mlp", "--output_dir", str(tmp_path / "d"),
+                "--dataset-kw", "progress=false"])
+
+
+def test_in_shape_strings_are_read_or_refused_never_misread():
+    from adaptive.models import build_model
+
+    assert build_model("mlp", in_shape="(1, 8, 8)").in_shape == (1, 8, 8)
+    for bad in ("1 8 8", "3,,32", ""):
+        with pytest.raises(ValueError, match="in_shape must be"):
+            build_model("mlp", in_shape=bad)
+
+
+def test_a_builder_s_own_type_error_keeps_its_traceback():
+    from adaptive.models import build_model, register_model
+    from adaptive.models import _REGISTRY as _MODELS
+
+    @register_model("buggy_for_test")
+    def buggy(num_classes=10, in_shape=(4,), width=4):
+        return torch.nn.Linear(4, num_classes, width=width)  # the builder's bug, not the caller's
+
+    try:
+        with pytest.raises(TypeError, match="unexpected keyword argument 'width'"):
+            build_model("buggy_for_test", width=8)
+    finally:
+        _MODELS.pop("buggy_for_test", None)

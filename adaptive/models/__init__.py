@@ -74,7 +74,7 @@ def build_model(
         model = builder(*args, num_classes=num_classes, in_shape=in_shape, **kw)
     except TypeError as e:  # a keyword the family passes on (**kw) and its target does not take
         bad = _UNEXPECTED.search(str(e))
-        if not bad or bad.group(1) not in kw:
+        if not bad or bad.group(1) not in kw or bad.group(1) in accepted:  # the builder's own bug: its traceback
             raise
         raise ValueError(_unknown_keyword(name, bad.group(1), accepted, takes_more, str(e))) from None
     if weights:
@@ -92,7 +92,12 @@ def _as_in_shape(in_shape) -> Optional[tuple]:
         return None
     try:
         if isinstance(in_shape, str):  # "3,32,32", as a command line or a YAML file may give it
-            return tuple(int(d) for d in in_shape.replace(" ", "").strip("()[]").split(",") if d)
+            parts = [d.strip() for d in in_shape.strip().strip("()[]").split(",")]
+            if parts and parts[-1] == "":  # "(784,)"
+                parts.pop()
+            if not parts:
+                raise ValueError(in_shape)
+            return tuple(int(d) for d in parts)  # "1 28 28" or "3,,32": a ValueError, not a wrong number
         return tuple(int(s) for s in in_shape)
     except (TypeError, ValueError):
         raise ValueError(f"in_shape must be the input's sizes without the batch, like (3, 32, 32) or (784,), got "
