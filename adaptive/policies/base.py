@@ -91,8 +91,9 @@ class EditPlan:
     def shrink(self, fraction: float, groups=None) -> "EditPlan":
         """Keep the best ``fraction`` of every layer's prunes and grows. ``groups(name)`` (optional)
         gives the constraint group of each of a layer's ensembles, or None: in such a layer the plan
-        keeps every edit of the groups its best ``fraction`` of prunes and grows touch, since separate
-        prefixes could keep a grow whose paired prune was cut (n:m: a group over its n)."""
+        ranks the groups its edits touch by their best edit and keeps every edit of the best
+        ``fraction`` of those groups, since separate prefixes of prunes and grows could keep a grow
+        whose paired prune was cut (n:m: a group over its n)."""
 
         def cut(d):
             return {n: v[: int(round(v.numel() * fraction))] for n, v in d.items()}
