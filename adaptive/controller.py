@@ -418,13 +418,31 @@ class Controller:
             return f
         return self.grow_init
 
+    def _set_plan_masks(self, plan: EditPlan) -> None:
+        """Apply ``plan``'s masks, validated: an edit that breaks a granularity's rule (n:m, or a
+        plugin granularity's ``violation``) is refused before anything changes, so every connectome
+        the controller writes loads again."""
+        masks = self._masks_from_plan(plan)
+        try:
+            self.conn.set_ensemble_masks(masks, grow_init=self._grow_init_fn(), validate=True)
+        except ValueError as e:
+            raise ValueError(f"policy {self.policy.name!r}'s edit breaks a rule of the connectome's ensembles ({e}); "
+                             "use a policy that keeps that rule (for n:m: magnitude, utility or balanced) or another "
+                             "ensemble") from None
+
     def _check_plan(self, plan) -> None:
         """Refuse, before anything changes, a plan a policy (a plugin's, say) got wrong: unknown layers,
         indices that are not flat integer ensemble indices in range, or scores not aligned with them."""
         who = f"policy {self.policy.name!r} returned a bad EditPlan"
         if not isinstance(plan, EditPlan):
             raise TypeError(f"{who}: {type(plan).__name__}, not an EditPlan (or None)")
+        ens = None
         for side, scores in (("prune", plan.prune_scores), ("grow", plan.grow_scores)):
+            if not isinstance(scores, dict) or not all(isinstance(v, torch.Tensor) for v in scores.values()):
+                raise ValueError(f"{who}: {side}_scores must be a dict of layer name -> tensor")
+            orphans = sorted(n for n in scores if n not in getattr(plan, side))
+            if orphans:
+                raise ValueError(f"{who}: {side}_scores names layer(s) {orphans[:3]} that its {side} list does not")
             for n, idx in getattr(plan, side).items():
                 if n not in self.conn.masks:
                     raise ValueError(f"{who}: {side} names layer {n!r}, which is not in the connectome")
@@ -435,6 +453,18 @@ class Controller:
                     raise ValueError(f"{who}: {side}[{n!r}] holds indices outside [0, {size}) (the layer's ensembles)")
                 if n in scores and scores[n].numel() != idx.numel():
                     raise ValueError(f"{who}: {side}_scores[{n!r}] has {scores[n].numel()} values for {idx.numel()} indices")
+                if not idx.numel():
+                    continue
+                if n in self.protected:
+                    raise ValueError(f"{who}: it edits layer {n!r}, which protect= keeps as it is")
+                if torch.unique(idx).numel() != idx.numel():
+                    raise ValueError(f"{who}: {side}[{n!r}] lists an ensemble more than once")
+                ens = self.conn.ensemble_masks() if ens is None else ens
+                live = ens[n].reshape(-1)[idx.to(ens[n].device)]
+                if side == "prune" and not bool(live.all()):
+                    raise ValueError(f"{who}: prune[{n!r}] holds ensembles that are already absent")
+                if side == "grow" and bool(live.any()):
+                    raise ValueError(f"{who}: grow[{n!r}] holds ensembles that are already present")
 
     def _apply(self, plan: EditPlan, step: int, kind: str = "update", line_search: bool = True) -> dict:
         self._check_plan(plan)
@@ -457,7 +487,7 @@ class Controller:
         current = plan
         for attempt in range(self.line_search_tries + 1 if use_ls else 1):
             if current.counts() != (0, 0):
-                self.conn.set_ensemble_masks(self._masks_from_plan(current), grow_init=self._grow_init_fn(), validate=False)
+                self._set_plan_masks(current)
             if not use_ls:
                 break
             loss_after = self._holdout()
@@ -555,9 +585,10 @@ class Controller:
             self.stats.reduce()
             if self.stats.count == 0:
                 # every gradient-based score would be 0 and ties go by index: such an edit is arbitrary
-                warnings.warn(
-                    f"step {step}: no gradient was observed since the last update, so the update is skipped. Attach "
-                    "the optimizer (Controller(conn, optimizer)) or call ctrl.observe() after each backward", stacklevel=2)
+                how = ("call ctrl.observe() after each backward" if self.conn.mode == "mask_only" else
+                       "attach the optimizer (Controller(conn, optimizer)) or call ctrl.observe() after each backward")
+                warnings.warn(f"step {step}: no gradient was observed since the last update, so the update is "
+                              f"skipped; {how}", stacklevel=2)
                 return None
         plan = self.policy.update(self, step)
         event = self._apply(plan if plan is not None else EditPlan(), step=step)

@@ -201,3 +201,63 @@ def test_crawl_given_a_density_reaches_it_by_end_step(mode):
             opt.step()
         model.zero_grad()
     assert conn.density() == pytest.approx(0.4, abs=1e-3)
+
+
+def _plan_policy(name, plan_fn):
+    from adaptive.policies.base import Policy, register_policy
+
+    @register_policy(name, replace=True)
+    class P(Policy):
+        sparse_at_start = False
+        needs_density = False
+        supports_nm = True
+
+        def update(self, ctrl, step):
+            return plan_fn(ctrl)
+
+    return P
+
+
+@pytest.mark.parametrize("case, match", [
+    ("duplicate", "more than once"), ("dead prune", "already absent"), ("live grow", "already present"),
+    ("protected", "protect= keeps"), ("orphan scores", "that its grow list does not"),
+    ("list scores", "must be a dict of layer name -> tensor"), ("breaks 2:4", "breaks a rule"),
+])
+def test_inconsistent_plans_are_refused_before_anything_changes(case, match):
+    """Counts were logged for edits that never happened, a protected layer was edited, and an n:m
+    rule was broken silently (the connectome then failed to load again)."""
+    from adaptive.policies.base import EditPlan, _POLICIES
+
+    def plan(ctrl):
+        live = ctrl.conn.masks["0.weight"].reshape(-1).nonzero().squeeze(1)
+        dead = (~ctrl.conn.masks["0.weight"]).reshape(-1).nonzero().squeeze(1)
+        return {
+            "duplicate": EditPlan(prune={"0.weight": live[[0, 0]]}),
+            "dead prune": EditPlan(prune={"0.weight": dead[:2]}),
+            "live grow": EditPlan(grow={"0.weight": live[:2]}),
+            "protected": EditPlan(prune={"2.weight": torch.tensor([0])}),
+            "orphan scores": EditPlan(prune={"0.weight": live[:1]}, grow_scores={"0.weight": torch.ones(1)}),
+            "list scores": EditPlan(prune={"0.weight": live[:1]}, prune_scores={"0.weight": [1.0]}),
+            "breaks 2:4": EditPlan(grow={"0.weight": dead[:10]}),
+        }[case]
+
+    _plan_policy("plan_for_test", plan)
+    try:
+        model = _net()
+        conn = adaptive.Connectome(model, ensemble="2:4" if case == "breaks 2:4" else "synapse")
+        conn.set_masks({n: conn.granularity_of(n).select(torch.rand(m.shape)) if case == "breaks 2:4"
+                        else torch.rand(m.shape) < 0.5 for n, m in conn.masks.items()})
+        ctrl = adaptive.Controller(conn, policy="plan_for_test", update_every=1, protect=["2.weight"])
+        before = {n: m.clone() for n, m in conn.masks.items()}
+        with pytest.raises(ValueError, match=match):
+            ctrl.update()
+        assert all(torch.equal(before[n], conn.masks[n]) for n in conn.names) and not ctrl.events
+    finally:
+        _POLICIES.pop("plan_for_test", None)
+
+
+def test_a_shrunk_plan_keeps_atomic():
+    from adaptive.policies.base import EditPlan
+
+    p = EditPlan(prune={"a": torch.tensor([0, 1, 2, 3])}, atomic=True)
+    assert p.shrink(0.5).atomic and p.shrink(0.5, groups=lambda n: torch.arange(4)).atomic

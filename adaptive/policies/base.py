@@ -127,7 +127,7 @@ class EditPlan:
         return EditPlan(
             prune=prune, grow=grow, est_loss_change=est if est is not None else self.est_loss_change,
             boundaries=self.boundaries, prune_scores=ps, grow_scores=gs,
-            tolerance=None if self.tolerance is None else self.tolerance * fraction,
+            tolerance=None if self.tolerance is None else self.tolerance * fraction, atomic=self.atomic,
         )
 
 
