@@ -68,19 +68,20 @@ def _model_spec(cfg: dict, args):
     dataset = str(cfg.get("dataset", "")).lower()
     known = DATASETS.get(dataset)
     size = (cfg.get("dataset_kw") or {}).get("image_size") or cfg.get("image_size")
+    for k in ("num_classes", "in_shape"):  # what the run recorded comes before a dataset's defaults
+        if cfg.get(k) is not None and k not in kw:
+            kw[k] = cfg[k]
+        if isinstance(cfg.get("data"), dict) and cfg["data"].get(k) is not None and k not in kw:
+            kw[k] = cfg["data"][k]
     if known is not None:
-        kw.setdefault("num_classes", known[0])
+        if dataset != "imagenet":  # an ImageNet folder may hold any number of classes: the run or the connectome says
+            kw.setdefault("num_classes", known[0])
         shape = known[1]
         if dataset == "imagenet" and size:
             shape = (3, int(size), int(size))
         kw.setdefault("in_shape", shape)
     elif dataset == "folder":  # any ImageFolder tree: classes from the connectome, size from its dataset_kw
         kw.setdefault("in_shape", (3, int(size or 224), int(size or 224)))
-    for k in ("num_classes", "in_shape"):
-        if k in cfg and k not in kw:
-            kw[k] = cfg[k]
-        if isinstance(cfg.get("data"), dict) and k in cfg["data"] and k not in kw:
-            kw[k] = cfg["data"][k]
     if args.num_classes is not None:
         kw["num_classes"] = args.num_classes
     if args.in_shape:

@@ -161,6 +161,8 @@ class RunConfig:
 
         self.weights = absolute_if_exists(self.weights)  # config.yaml then reruns from any working directory
         self.data_dir = absolute_if_exists(self.data_dir)
+        if self.output_dir:  # so that --config RUN/config.yaml names this run folder from anywhere
+            self.output_dir = os.path.abspath(self.output_dir)
         checks = [
             (self.density is None or 0.0 < self.density <= 1.0, f"density must be in (0, 1], got {self.density}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),

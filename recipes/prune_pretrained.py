@@ -26,6 +26,7 @@ after each finished target or ladder rung: ``--resume`` continues from it after 
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 import time
@@ -192,6 +193,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     plugins = [p.strip() for item in plugins for p in str(item).split(",") if p.strip()]  # "a.py,b.py" as in recipes/adaptive.py
     cfg["plugins"] = resolved(plugins)  # absolute: config.yaml reruns from any working directory
     cfg["weights"], cfg["data_dir"] = absolute_if_exists(cfg["weights"]), absolute_if_exists(cfg["data_dir"])
+    if cfg.get("output_dir"):  # config.yaml names this run folder from any working directory
+        cfg["output_dir"] = os.path.abspath(cfg["output_dir"])
     try:
         load_plugins(cfg["plugins"])  # before any name is used: a plugin's names count as built-in ones
     except PluginError as e:
@@ -347,6 +350,11 @@ def main(argv=None, test_loader_hook=None) -> dict:
                          seed=args.seed, subset=args.subset, eval_batch_size=args.eval_batch_size,
                          num_workers=args.num_workers, progress=args.progress, **args.dataset_kw)
     test_loader = test_loader_hook(dl.test) if test_loader_hook else dl.test  # wrapping reads nothing
+    if args.num_classes and dl.num_classes and args.num_classes != dl.num_classes:
+        # labels are the data's class indices 0..K-1: a model of another class count scores them wrongly
+        raise ValueError(f"--num-classes {args.num_classes} does not match the {dl.num_classes} classes of the "
+                         f"{args.dataset} data: give --num-classes {dl.num_classes} (and weights of that many classes), or "
+                         "data with the model's classes")
     model = build_model(args.model, num_classes=args.num_classes or dl.num_classes, in_shape=dl.in_shape,
                         weights=args.weights)
     accelerator = _accelerator(args)

@@ -107,7 +107,9 @@ def test_model_spec_reads_the_input_size_of_folder_and_imagenet_runs():
     assert kw == {"in_shape": (3, 224, 224)}
     _, kw = _model_spec({"model": "torchvision:mobilenet_v3_large", "dataset": "imagenet",
                          "dataset_kw": {"image_size": 160}}, ns)
-    assert kw == {"num_classes": 1000, "in_shape": (3, 160, 160)}
+    assert kw == {"in_shape": (3, 160, 160)}  # an ImageNet folder may hold any classes: the connectome says
+    _, kw = _model_spec({"model": "torchvision:resnet18", "dataset": "imagenet", "num_classes": 3}, ns)
+    assert kw["num_classes"] == 3  # what the run recorded wins over any default
 
 
 def test_unit_facts_refuse_a_layer_graph_and_the_report_reads_units(tmp_path, capsys, monkeypatch):

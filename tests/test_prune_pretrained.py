@@ -285,19 +285,24 @@ def test_imagenet_config_runs_end_to_end_on_a_tiny_image_folder(tmp_path):
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
     torch.manual_seed(0)
-    torch.save(torchvision.models.mobilenet_v3_large().state_dict(), tmp_path / "mnv3.pth")
+    torch.save(torchvision.models.mobilenet_v3_large(num_classes=2).state_dict(), tmp_path / "mnv3.pth")
     out = tmp_path / "run"
     mod = recipe()
-    summary = mod.main(["--config", str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml"),
-                        "--data-dir", str(tmp_path), "--weights", str(tmp_path / "mnv3.pth"), "--output_dir", str(out),
-                        "--dataset-kw", "resize=36", "--dataset-kw", "image_size=32", "--holdout", "0.35",
-                        "--batch-size", "4", "--eval-batch-size", "4", "--num-workers", "0", "--threads", "1",
-                        "--no-progress"])
+    argv = ["--config", str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml"),
+            "--data-dir", str(tmp_path), "--weights", str(tmp_path / "mnv3.pth"), "--output_dir", str(out),
+            "--dataset-kw", "resize=36", "--dataset-kw", "image_size=32", "--holdout", "0.35",
+            "--batch-size", "4", "--eval-batch-size", "4", "--num-workers", "0", "--threads", "1", "--no-progress"]
+    # the config's 1000 classes against a 2-class folder: the labels would be scored against the wrong
+    # outputs (a 1000-class run reported 0% everywhere), so it is refused before anything runs
+    with pytest.raises(ValueError, match="--num-classes 1000 does not match the 2 classes"):
+        mod.main(argv)
+    assert not (out / "results.md").exists()
+    summary = mod.main(argv + ["--num-classes", "2"])
     rows = {r["target"]: r for r in summary["rows"]}
     assert rows["1000000"]["removed"] == 1000000 and rows["2760000"]["removed"] == 2760000
     assert rows["1000000"]["changed"] == 0 and rows["2760000"]["changed"] == 0
     sd = torch.load(out / "remove_2760000" / "pruned_state_dict.pt", weights_only=True)
-    torchvision.models.mobilenet_v3_large().load_state_dict(sd)
+    torchvision.models.mobilenet_v3_large(num_classes=2).load_state_dict(sd)
 
 
 SKEWED = '''

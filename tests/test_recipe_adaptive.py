@@ -639,3 +639,11 @@ def test_a_mask_only_resume_names_its_run_folder_over_another_output_dir(tmp_pat
     with pytest.raises(SystemExit):
         run(tmp_path / "m2", *mo, "--resume", str(out))
     assert f"drop --output_dir {tmp_path / 'm2'}" in capsys.readouterr().err
+
+
+def test_config_records_the_run_folder_absolute(tmp_path, monkeypatch):
+    """A relative --output_dir was recorded as given, so --config RUN/config.yaml from elsewhere wrote
+    a new run somewhere else."""
+    monkeypatch.chdir(tmp_path)
+    run("rel", "--max_steps", "5")
+    assert load_config(R.RunConfig, tmp_path / "rel" / "config.yaml").output_dir == str(tmp_path / "rel")
