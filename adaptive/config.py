@@ -43,7 +43,7 @@ import yaml
 from .atomic import write_text
 
 __all__ = ["ConfigError", "parse_config", "from_dict", "to_dict", "load_config", "save_config",
-           "config_help", "normalize_key", "read_yaml"]
+           "config_help", "normalize_key", "read_yaml", "merge_key_values"]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -377,10 +377,33 @@ def key_value(item: str, option: str = "--dataset-kw"):
     return key.strip(), (_exponent_floats(yaml.safe_load(value)) if value.strip() else None)
 
 
-def _nest(flat: Dict[str, Any]) -> Dict[str, Any]:
+def merge_key_values(items: Sequence[str], option: str = "--dataset-kw",
+                     base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """``base`` (a --config file's mapping, say) updated by each of ``items`` in order, each
+    ``KEY=VALUE`` or a YAML mapping (``'{a: 1, b: 2}'``), as :func:`parse_config` reads a dict
+    field: entry by entry, later ones winning per key. ValueError naming ``option`` otherwise."""
+    out = dict(base or {})
+    for item in items:
+        try:
+            out.update([key_value(item, option)])
+            continue
+        except ValueError:
+            pass
+        try:
+            mapping = yaml.safe_load(item) if str(item).strip() else {}
+        except yaml.YAMLError:
+            mapping = None
+        if not isinstance(mapping, dict):
+            raise ValueError(f"{option} {item!r}: write KEY=VALUE or a YAML mapping, e.g. {option} image_size=32 "
+                             f"or {option} '{{image_size: 32, resize: 36}}'")
+        out.update({str(k): _exponent_floats(v) for k, v in mapping.items()})
+    return out
+
+
+def _nest(flat: Dict[Tuple[str, ...], Any]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
-    for key, v in flat.items():
-        *parents, last = key.split(".")
+    for path, v in flat.items():
+        *parents, last = path
         d = out
         for p in parents:
             d = d.setdefault(p, {})
@@ -388,7 +411,9 @@ def _nest(flat: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def _parse_argv(cls, argv: Sequence[str]) -> Tuple[List[str], Dict[str, Any]]:
+def _parse_argv(cls, argv: Sequence[str]) -> Tuple[List[str], Dict[Tuple[str, ...], Any]]:
+    """The ``--config`` files in order, and every other option's value under its key path (dotted
+    keys split; a dict field's entries each under their own path, the later of two winning)."""
     configs, flat = [], {}
     i = 0
     while i < len(argv):
@@ -412,7 +437,7 @@ def _parse_argv(cls, argv: Sequence[str]) -> Tuple[List[str], Dict[str, Any]]:
         if tp is None and leaf.startswith("no_") and not has_value:  # --no-progress: progress false
             neg = key[: len(key) - len(leaf)] + leaf[3:]
             if _is_bool(_lookup_type(cls, neg) or int):
-                flat[neg] = _Cli("false")
+                flat[tuple(neg.split("."))] = _Cli("false")
                 continue
         if tp is None:
             parent = key.rsplit(".", 1)[0] if "." in key else ""
@@ -425,16 +450,27 @@ def _parse_argv(cls, argv: Sequence[str]) -> Tuple[List[str], Dict[str, Any]]:
             if not _is_bool(tp):
                 raise ConfigError(f"--{key} needs a value ({_type_name(tp)})")
             val = "true"
-        if typing.get_origin(tp) is dict or tp is dict:  # --dataset_kw image_size=32 (repeatable)
-            try:
-                entry, _ = key_value(val)
-            except ValueError:
-                entry = None  # a YAML mapping, or a bad value the field's check names
-            if entry is not None:
-                flat[f"{key}.{entry}"] = _Cli(val.partition("=")[2])
-                continue
-        flat[key] = _Cli(val)
+        path = tuple(key.split("."))
+        if typing.get_origin(tp) is dict or tp is dict:
+            flat.update(_dict_entries(path, val, tp, key))
+            continue
+        flat[path] = _Cli(val)
     return configs, flat
+
+
+def _dict_entries(path: Tuple[str, ...], val: str, tp, key: str) -> Dict[Tuple[str, ...], Any]:
+    """The entries one command-line value of the dict field at ``path`` sets, each under its own
+    path: ``KEY=VALUE`` (repeatable) and a YAML mapping alike, so that every later entry updates the
+    dict entry by entry instead of replacing what an earlier one gave (``--model_kw '{a: 1}'
+    --model_kw b=2`` sets both)."""
+    try:
+        entry, _ = key_value(val)
+    except ValueError:
+        entry = None
+    if entry is not None:  # --dataset_kw image_size=32
+        return {path + (entry,): _Cli(val.partition("=")[2])}
+    mapping = _coerce(_Cli(val), tp, key, f"(from --{key})")  # a YAML mapping, or the field's own error
+    return {path + (k,): v for k, v in mapping.items()}
 
 
 def config_help(cls, prog: Optional[str] = None) -> str:

@@ -45,10 +45,10 @@ def get_data(args, batch_size=None):
 
 
 def _dataset_kw(args) -> dict:
-    from adaptive.config import key_value
+    from adaptive.config import merge_key_values
 
     try:
-        return dict(key_value(item) for item in getattr(args, "dataset_kw", None) or [])
+        return merge_key_values(getattr(args, "dataset_kw", None) or [])
     except ValueError as e:
         raise SystemExit(f"recipes/diagnostics.py: error: {e}") from None
 
@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "register_* calls add models or datasets that --model and --dataset can then name (default: none)")
     g.add_argument("--weights", default=None, help="weights file loaded strictly into --model (skips the brief training; default: none, train --train_steps)")
     g.add_argument("--dataset-kw", "--dataset_kw", dest="dataset_kw", action="append", default=[], metavar="KEY=VALUE",
-                   help="an argument of the dataset builder, e.g. image_size=32 for folder (repeatable; YAML values; default: none)")
+                   help="an argument of the dataset builder, e.g. image_size=32 for folder, or several as a YAML mapping "
+                        "'{image_size: 32, resize: 36}' (repeatable, later ones winning per key; YAML values; default: none)")
     g.add_argument("--batch_size", "--batch-size", type=int, default=128, help="batch size of training and gradient measurements")
     g.add_argument("--eval_batch_size", type=int, default=None, help="batch size of evaluations (default: --batch_size)")
     g.add_argument("--seed", type=int, default=0, help="seed of the split, data order and initial weights")

@@ -41,7 +41,7 @@ from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive.atomic import atomic_path  # noqa: E402
 from adaptive.cli import show_progress  # noqa: E402
-from adaptive.config import key_value  # noqa: E402
+from adaptive.config import merge_key_values  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.mask_only import changed_weights, evaluate, optimize_connectome, parse_target  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch size of the held-out and test evaluations")
     p.add_argument("--holdout", type=float, help="fraction of the TRAIN split held out for selection")
     p.add_argument("--dataset-kw", "--dataset_kw", dest="dataset_kw", action="append", metavar="KEY=VALUE",
-                   help="an argument of the dataset builder, e.g. resize=232 for imagenet (repeatable; YAML values)")
+                   help="an argument of the dataset builder, e.g. resize=232 for imagenet, or several as a YAML mapping "
+                        "'{resize: 232, image_size: 224}' (repeatable, later ones winning per key, over the "
+                        "--config file's; YAML values)")
     p.add_argument("--subset", type=int, help="use only this many train images (quick runs)")
     p.add_argument("--ensemble", help="synapse, kernel, neuron, block:RxC; or per layer, first match wins: '*fc*=neuron;synapse'")
     p.add_argument("--estimator", help="utility estimator (presence, evidence, consistency, obd, taylor, ...)")
@@ -179,13 +181,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     for k, v in vars(args).items():
         if k not in ("config", "dataset_kw") and v is not None:
             cfg[k] = v
-    cfg["dataset_kw"] = dict(cfg.get("dataset_kw") or {})
-    for item in args.dataset_kw or []:
-        try:
-            key, value = key_value(item)
-        except ValueError as e:
-            raise SystemExit(str(e)) from None
-        cfg["dataset_kw"][key] = value
+    if not isinstance(cfg.get("dataset_kw") or {}, dict):
+        raise SystemExit(f"{args.config}: dataset_kw must be a mapping of the dataset builder's arguments, "
+                         f"e.g. {{resize: 232}}, got {cfg['dataset_kw']!r}")
+    try:  # the file's mapping updated entry by entry, as recipes/adaptive.py's --dataset_kw
+        cfg["dataset_kw"] = merge_key_values(args.dataset_kw or [], base=cfg.get("dataset_kw"))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     from adaptive.paths import absolute_if_exists
     from adaptive.plugins import PluginError, load_plugins, resolved
 

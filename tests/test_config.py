@@ -188,3 +188,38 @@ def test_untyped_values_written_with_an_exponent_are_floats(tmp_path):
     assert parse_config(C, ["--kw.lr", "1e-3", "--kw", "wd=5E-4"]).kw == {"lr": 0.001, "wd": 0.0005}
     (tmp_path / "c.yaml").write_text("kw: {lr: 1e-3, name: e5, ids: [1e2, x]}\n")
     assert parse_config(C, ["--config", str(tmp_path / "c.yaml")]).kw == {"lr": 0.001, "name": "e5", "ids": [100.0, "x"]}
+
+
+def test_dict_entries_merge_across_mappings_key_values_and_config_files(tmp_path):
+    """A YAML mapping and KEY=VALUE entries of one dict option, in any order and from a --config
+    file or the command line, merge entry by entry, later ones winning per key (a mapping after
+    an entry replaced it; an entry after a mapping was a raw TypeError)."""
+    def kw(*argv):
+        return parse_config(Cfg, list(argv)).model_kw
+
+    assert kw("--model_kw", "{a: 1}", "--model_kw", "b=2") == {"a": 1, "b": 2}
+    assert kw("--model_kw", "b=2", "--model_kw", "{a: 1}") == {"a": 1, "b": 2}
+    assert kw("--model_kw", "{a: 1}", "--model_kw", "{b: 2}") == {"a": 1, "b": 2}
+    assert kw("--model_kw.b", "2", "--model_kw", "{a: 1, c: 3}") == {"a": 1, "b": 2, "c": 3}
+    assert kw("--model_kw", "{a: 1, b: 1}", "--model_kw", "a=7") == {"a": 7, "b": 1}
+    assert kw("--model_kw", "a=7", "--model_kw", "{a: 1}") == {"a": 1}
+    assert kw("--model_kw", "{a.b: 1}") == {"a.b": 1}  # a mapping's key is one entry, dots and all
+    f = tmp_path / "c.yaml"
+    f.write_text("model_kw: {a: 1, c: 3}\n")
+    for argv in (["--config", str(f), "--model_kw", "b=2", "--model_kw", "c=4"],
+                 ["--model_kw", "b=2", "--model_kw", "c=4", "--config", str(f)],
+                 ["--model_kw", "{b: 2, c: 4}", "--config", str(f)]):
+        assert kw(*argv) == {"a": 1, "b": 2, "c": 4}, argv
+    with pytest.raises(ConfigError, match=r"'model_kw' \(from --model_kw\) expects Dict\[str, Any\], got \[1, 2\]"):
+        kw("--model_kw", "{a: 1}", "--model_kw", "[1, 2]")
+
+
+def test_merge_key_values_reads_dict_options_as_parse_config_does():
+    """The argparse recipes (prune_pretrained, diagnostics) read their --dataset-kw with it."""
+    from adaptive.config import merge_key_values
+
+    assert merge_key_values(["{a: 1, b: 1e-3}", "a=2", "c=[1, 2]"], base={"b": 0, "d": 5}) == \
+        {"a": 2, "b": 1e-3, "c": [1, 2], "d": 5}
+    assert merge_key_values(["a=1", "{a: 3}"]) == {"a": 3}
+    with pytest.raises(ValueError, match=r"--dataset-kw '232': write KEY=VALUE or a YAML mapping"):
+        merge_key_values(["232"])

@@ -92,6 +92,16 @@ def test_a_dataset_argument_not_written_key_value_is_refused(tmp_path):
         D.main(["collinearity", "--dataset-kw", "image_size", "--output_dir", str(tmp_path)])
 
 
+def test_diagnostics_dataset_arguments_merge_as_in_recipes_adaptive():
+    """A YAML mapping and KEY=VALUE entries of --dataset-kw merge, later ones winning per key."""
+    from _scripts import load_script
+
+    D = load_script("recipes/diagnostics.py", "diagnostics_kv_merge")
+    args = D.build_parser().parse_args(["collinearity", "--dataset-kw", "{image_size: 8, resize: 9}",
+                                        "--dataset-kw", "resize=10"])
+    assert D._dataset_kw(args) == {"image_size": 8, "resize": 10}
+
+
 @pytest.mark.parametrize("progress, bar", [(None, False), (False, False), (True, True)])
 def test_cifar10_decoding_bar_follows_the_progress_setting(tmp_path, capsys, progress, bar):
     """The decoding bar always printed, even with --no-progress and stderr in a file; now it follows

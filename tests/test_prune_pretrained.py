@@ -269,6 +269,23 @@ def test_dataset_arguments_are_checked_before_anything_runs():
         mod.parse_args(["--dataset", "imagenet", "--dataset-kw", "232"])
 
 
+def test_dataset_arguments_merge_as_in_recipes_adaptive(tmp_path):
+    """--dataset-kw takes a YAML mapping as well as KEY=VALUE, as recipes/adaptive.py's does, and
+    the entries merge with the --config file's mapping, later ones winning per key."""
+    mod = recipe()
+    config = str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml")  # dataset_kw: {resize: 232}
+    for kw in (["{image_size: 192}", "resize=240"], ["resize=1", "{image_size: 192, resize: 240}"]):
+        argv = [a for item in kw for a in ("--dataset-kw", item)]
+        for args in (["--config", config, *argv], [*argv, "--config", config]):
+            assert mod.parse_args(args).dataset_kw == {"resize": 240, "image_size": 192}, args
+    assert mod.parse_args(["--config", config, "--dataset-kw", "image_size=192"]).dataset_kw == \
+        {"resize": 232, "image_size": 192}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset_kw: resize\n")
+    with pytest.raises(SystemExit, match="dataset_kw must be a mapping"):
+        mod.parse_args(["--config", str(bad)])
+
+
 def test_imagenet_config_runs_end_to_end_on_a_tiny_image_folder(tmp_path):
     """The shipped MobileNetV3-Large ImageNet config, pointed at a tiny ImageFolder tree (random
     JPEGs, small images) and a weights file of a randomly initialised network: the whole job runs,
