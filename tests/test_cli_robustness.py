@@ -96,6 +96,20 @@ def test_a_misspelt_entry_of_a_kw_mapping_is_one_error_line(tmp_path, capsys):
     assert not (tmp_path / "a" / "config.yaml").exists()
 
 
+def test_a_keyword_the_model_name_fills_is_named(tmp_path, capsys):
+    """torchvision:NAME gives NAME as the builder's first argument, arch: --model_kw arch=... was a
+    bare 'got multiple values for argument' TypeError."""
+    from adaptive.models import build_model
+
+    with pytest.raises(ValueError, match=r"model 'torchvision:resnet18' takes no keyword 'arch': the part of the "
+                                         r"name after 'torchvision:' is its arch \('resnet18' here\); drop the "
+                                         r"keyword and name the model torchvision:resnet34 instead"):
+        build_model("torchvision:resnet18", arch="resnet34")
+    err = error_of(TINY + ["--output_dir", str(tmp_path / "a"), "--model", "torchvision:resnet18",
+                           "--model_kw", "arch=resnet34"], capsys)
+    assert "takes no keyword 'arch': the part of the name after 'torchvision:'" in err
+
+
 def test_resume_with_other_settings_or_a_damaged_checkpoint_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     A.main(TINY + ["--output_dir", str(out), "--checkpoint_every", "10"])

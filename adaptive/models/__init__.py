@@ -69,6 +69,7 @@ def build_model(
             raise ValueError(f"unknown model {name!r}; available: {available_models()}")
         builder, args = _REGISTRY[key], ()
     accepted, takes_more = _keywords(builder, skip=len(args))
+    _check_named_part(name, kw, builder, len(args))
     _check_keywords(name, kw, accepted, takes_more)
     try:
         model = builder(*args, num_classes=num_classes, in_shape=in_shape, **kw)
@@ -124,6 +125,23 @@ def _unknown_keyword(name: str, key: str, accepted, takes_more: bool, detail: st
     elif not takes_more:
         msg += "; it takes no keywords (num_classes and in_shape come from the data)"
     return msg + (f" ({detail})" if detail else "")
+
+
+def _check_named_part(name: str, kw: dict, builder, filled: int) -> None:
+    """Refuse a keyword that names an argument the model's name fills: a ``prefix:REST`` family
+    receives REST as its first argument (``torchvision:resnet18`` gives ``arch='resnet18'``)."""
+    if not filled:
+        return
+    try:
+        params = list(inspect.signature(builder).parameters.values())[:filled]
+    except (TypeError, ValueError):
+        return
+    prefix, rest = name.split(":", 1)
+    for p in params:
+        if p.name in kw:
+            raise ValueError(f"model {name!r} takes no keyword {p.name!r}: the part of the name after '{prefix}:' "
+                             f"is its {p.name} ({rest!r} here); drop the keyword and name the model "
+                             f"{prefix}:{kw[p.name]} instead")
 
 
 def _check_keywords(name: str, kw: dict, accepted, takes_more: bool) -> None:
