@@ -58,6 +58,34 @@ def test_folder_errors_name_the_layout(tmp_path):
         get_dataloaders("folder", data_dir=str(tmp_path / "b"), batch_size=4, test_split="holdout")
 
 
+def test_a_flat_val_or_train_folder_names_the_layout_and_how_to_get_it(tmp_path):
+    """ImageNet's raw val/ holds its images directly: torchvision's bare "Couldn't find any class
+    folder" said neither the layout expected nor how to get it."""
+    rng = np.random.default_rng(0)
+    for root in (tmp_path / "imagenet_data" / "imagenet", tmp_path / "folder_data"):
+        _tree(root, ("train",), n=2, size=6)
+        (root / "val").mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(root / "val" / f"ILSVRC2012_val_{i}.JPEG")
+    for name, data in (("imagenet", tmp_path / "imagenet_data"), ("folder", tmp_path / "folder_data")):
+        with pytest.raises(DatasetNotFoundError, match=r"val holds 3 file\(s\) directly and no class folders: val/ "
+                                                       r"needs the ImageFolder layout val/CLASS/IMAGE.*valprep.sh.*"
+                                                       r"move each image into the folder of its class") as e:
+            get_dataloaders(name, data_dir=str(data), batch_size=2, image_size=6, resize=6)
+        assert "Couldn't find" not in str(e.value)
+    flat = tmp_path / "flat_train"
+    _tree(flat, ("val",), n=1, size=6)
+    (flat / "train").mkdir()
+    Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(flat / "train" / "0.png")
+    with pytest.raises(DatasetNotFoundError, match=r"train holds 1 file\(s\) directly and no class folders: train/ "
+                                                   r"needs the ImageFolder layout train/CLASS/IMAGE"):
+        get_dataloaders("folder", data_dir=str(flat), batch_size=2, image_size=6, resize=6)
+    (flat / "train" / "0.png").unlink()
+    (flat / "train" / "cat").mkdir()
+    with pytest.raises(DatasetNotFoundError, match=r"Found no valid file for the classes cat.*train/CLASS/IMAGE"):
+        get_dataloaders("folder", data_dir=str(flat), batch_size=2, image_size=6, resize=6)
+
+
 def test_adaptive_recipe_trains_on_a_folder(tmp_path):
     from _scripts import load_script
 

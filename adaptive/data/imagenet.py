@@ -72,12 +72,40 @@ def transforms(train: bool, image_size: int = 224, resize: int = 256):
     return T.Compose([T.Resize(resize), T.CenterCrop(image_size)] + norm)
 
 
-def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: int) -> Source:
-    """Train (with its holdout) from the ImageFolder ``train_dir``, test from ``test_dir``."""
+def _image_folder(split_dir):
+    """torchvision's ImageFolder of ``split_dir``; a :class:`DatasetNotFoundError` that names the
+    layout expected, ``split/CLASS/IMAGE``, and how to get it when the folder is not in it (ImageNet's
+    val/ comes flat, every image directly in val/)."""
+    from pathlib import Path
+
     from torchvision.datasets import ImageFolder
 
-    folder = ImageFolder(str(train_dir))
-    test_folder = ImageFolder(str(test_dir))  # scanned now: a mismatch is said before any work
+    try:
+        return ImageFolder(str(split_dir))
+    except FileNotFoundError as e:
+        raise DatasetNotFoundError(_layout_problem(Path(split_dir), e)) from None
+
+
+def _layout_problem(split_dir, error: Exception) -> str:
+    split = split_dir.name
+    layout = (f"{split}/ needs the ImageFolder layout {split}/CLASS/IMAGE "
+              + ("(one folder per class)" if split == "train" else "(the class folders of train/)"))
+    entries = [e for e in split_dir.iterdir() if not e.name.startswith(".")] if split_dir.is_dir() else []
+    if any(e.is_dir() for e in entries):  # class folders there, but some hold no image torchvision reads
+        return f"{split_dir}: {error}; {layout}"
+    files = sum(e.is_file() for e in entries)
+    found = f"holds {files} file(s) directly and no class folders" if files else "holds no class folders"
+    how = ("move each image into the folder of its class" if split == "train" else
+           "for ImageNet's flat val/, run the usual valprep.sh (from PyTorch's examples/imagenet), which moves "
+           "each image into its wnid folder; otherwise move each image into the folder of its class, named as "
+           "in train/")
+    return f"{split_dir} {found}: {layout}; {how}"
+
+
+def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: int) -> Source:
+    """Train (with its holdout) from the ImageFolder ``train_dir``, test from ``test_dir``."""
+    folder = _image_folder(train_dir)
+    test_folder = _image_folder(test_dir)  # scanned now: a mismatch is said before any work
     if test_folder.classes != folder.classes:
         only_train = sorted(set(folder.classes) - set(test_folder.classes))
         only_test = sorted(set(test_folder.classes) - set(folder.classes))
