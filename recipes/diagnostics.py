@@ -399,8 +399,37 @@ def main(argv=None):
         args.output_dir = args.replot  # redrawn where the run is, unless told otherwise
     if args.output_dir is None and args.command != "progress":
         args.output_dir = os.path.join("runs", "diagnostics", args.command)
-    args.func(args)
+    created = _missing_folders(args.output_dir)
+    try:
+        args.func(args)
+    except BaseException:  # a refused option, missing data, Ctrl-C: no empty output folder left behind
+        _remove_empty(created)
+        raise
     return args
+
+
+def _missing_folders(path) -> list:
+    """``path`` and those of its parents that do not exist yet, deepest first: what this command's
+    makedirs would create (nothing for None, the progress command's default of the run folder)."""
+    missing = []
+    path = os.path.abspath(path) if path else None
+    while path and not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        path = parent if parent != path else None
+    return missing
+
+
+def _remove_empty(folders) -> None:
+    """Remove ``folders`` (deepest first) while each is an empty folder: only folders this command
+    created, never one that holds anything."""
+    for folder in folders:
+        if not os.path.isdir(folder) or os.listdir(folder):
+            return
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 if __name__ == "__main__":

@@ -163,3 +163,31 @@ def test_dense_gradients_refuses_options_it_cannot_use(recipe, tmp_path):
         recipe.main(base + ["--grad_batches", "0"])
     with pytest.raises(SystemExit, match="--train_steps must be at least 0"):
         recipe.main(base + ["--train_steps", "-5"])
+
+
+def test_a_failed_command_leaves_no_empty_output_folder(recipe, tmp_path, monkeypatch):
+    """A refused --layer or missing data is found after the output folder is made: the folders this
+    command made are removed again while empty; one that existed before, or holds anything, stays."""
+    bad_layer = ["dense-gradients", *COMMON, "--kind", "mlp", "--batchnorm", "off", "--depth", "2", "--width", "4",
+                 "--train_steps", "1", "--layer", "nope"]
+    no_data = ["collinearity", "--dataset", "folder", "--data-dir", str(tmp_path / "no_data"), "--train_steps", "1"]
+    for i, argv in enumerate((bad_layer, no_data)):
+        out = tmp_path / f"new{i}" / "deeper"
+        with pytest.raises((KeyError, FileNotFoundError)):
+            recipe.main([*argv, "--output_dir", str(out)])
+        assert not (tmp_path / f"new{i}").exists(), argv[0]
+    monkeypatch.chdir(tmp_path)  # the default folder, runs/diagnostics/collinearity, and its parents
+    with pytest.raises(FileNotFoundError):
+        recipe.main(no_data)
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs" / "diagnostics").mkdir(parents=True)
+    (tmp_path / "runs" / "notes.txt").write_text("mine")
+    with pytest.raises(FileNotFoundError):
+        recipe.main(no_data)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["diagnostics", "notes.txt"]
+    assert not any((tmp_path / "runs" / "diagnostics").iterdir())  # it existed: kept, empty as it was
+    kept = tmp_path / "kept"
+    (kept / "sub").mkdir(parents=True)  # made by another command
+    with pytest.raises(FileNotFoundError):
+        recipe.main([*no_data, "--output_dir", str(kept / "sub")])
+    assert (kept / "sub").is_dir()
