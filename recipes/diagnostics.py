@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from adaptive import diagnostics as D  # noqa: E402
+from adaptive.diagnostics.knowledge import DEFAULT_NOISE_FLOOR  # noqa: E402
 from adaptive.diagnostics.table import Table  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 
@@ -268,7 +269,8 @@ def cmd_knowledge(args):
         paths = curve.plot(os.path.join(out, f"knowledge_{curve.meta.get('model', 'model')}.png"), svg=args.svg,
                            title=curve.meta.get("title", ""))
         curve.save(out)
-        print(f"{curve.fit_table().to_markdown()}\nredrawn from {args.replot}: {paths[0]}")
+        print(f"{curve.fit_table().to_markdown()}\nredrawn from {args.replot}: {_refit_note(curve, args.noise_floor)}; "
+              f"figure {paths[0]}")
         return
     out = outdir(args)
     data = get_data(args)
@@ -280,7 +282,8 @@ def cmd_knowledge(args):
         points=args.points,
         max_fraction=args.max_fraction, finetune_batches=args.finetune_batches,
         finetune_loader=seeded_train_loader(data, args.batch_size, args.seed + 2), lr=args.finetune_lr,
-        eval_batches=args.eval_batches, order_batches=args.order_batches, noise_floor=args.noise_floor,
+        eval_batches=args.eval_batches, order_batches=args.order_batches,
+        noise_floor=DEFAULT_NOISE_FLOOR if args.noise_floor is None else args.noise_floor,
     )
     n_order = min(len(data.holdout.dataset), (args.order_batches or 10 ** 9) * (data.holdout.batch_size or 1))
     source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
@@ -294,6 +297,15 @@ def cmd_knowledge(args):
     print(f"\naccuracy of what remains\n{curve.table.to_markdown()}")
     print(f"\nexponential fits (log y = a + rate * removed)\n{curve.fit_table().to_markdown()}")
     print(f"\n{curve.note}; {curve.total:,} prunable weights; {time.time() - t0:.0f} s; figure {paths[0]}")
+
+
+def _refit_note(curve, given) -> str:
+    """Which noise floor a --replot refitted above, and the one the fit it was read from used."""
+    before = curve.meta["refit_of"]["noise_floor"]
+    was = f"{before:g}" if before is not None else "one it did not record (1e-3 unless given --noise_floor)"
+    why = "--noise_floor" if given is not None else "as before" if before is not None else "the default"
+    return (f"refitted above a noise floor of {curve.noise_floor:g} ({why}; the fit read from there used {was}); "
+            "recorded in knowledge_summary.json and the fit table's fitted_above")
 
 
 # ---------------------------------------------------------------------- progress
@@ -362,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--finetune_lr", type=float, default=1e-3, help="SGD step size of the --finetune_batches steps")
     s.add_argument("--eval_batches", type=int, default=None, help="TEST batches per point (default: all)")
     s.add_argument("--order_batches", type=int, default=20, help="held-out TRAIN batches for gradient-based orders")
-    s.add_argument("--noise_floor", type=float, default=1e-3, help="loss increases below this are not fitted")
+    s.add_argument("--noise_floor", type=float, default=None,
+                   help="loss increases (nats) below this are not fitted; recorded in knowledge_summary.json and "
+                        "the fit table (default: 1e-3; for --replot, the noise floor the run recorded)")
     s.add_argument("--replot", default=None, metavar="DIR", help="redraw and refit a finished knowledge run's tables (written into DIR unless --output_dir is given; default: measure afresh)")
     s.set_defaults(func=cmd_knowledge)
 

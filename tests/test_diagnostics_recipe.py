@@ -111,6 +111,34 @@ def test_replot_redraws_into_the_run_folder(recipe, tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
+def test_replot_records_the_noise_floor_it_refitted_above(recipe, tmp_path, capsys):
+    """--replot DIR --noise_floor X refitted silently: the redrawn tables could not be told apart
+    from the run's own fit. Every fit records its noise floor (summary, fit table); a replot says
+    which it used, and without --noise_floor keeps the run's."""
+    import csv
+
+    def recorded(folder):
+        summary = json.loads((folder / "knowledge_summary.json").read_text())
+        with open(folder / "knowledge_fit.csv", newline="") as f:
+            table = {r["quantity"]: float(r["fitted_above"]) for r in csv.DictReader(f)}
+        return summary["noise_floor"], table["loss_increase"], summary["fits"]["loss_increase"]["floor"]
+
+    run = tmp_path / "k"
+    recipe.main(["knowledge", *COMMON, "--output_dir", str(run), "--model", "mlp", "--train_steps", "3", "--points", "4",
+                 "--noise_floor", "0.002"])
+    assert recorded(run) == (0.002, 0.002, 0.002)
+    capsys.readouterr()
+    recipe.main(["knowledge", "--replot", str(run), "--noise_floor", "0.05", "--output_dir", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert "refitted above a noise floor of 0.05 (--noise_floor; the fit read from there used 0.002)" in out, out
+    assert recorded(tmp_path / "r") == (0.05, 0.05, 0.05) and recorded(run)[0] == 0.002
+    refit = json.loads((tmp_path / "r" / "knowledge_summary.json").read_text())["meta"]["refit_of"]
+    assert refit == {"folder": str(run), "noise_floor": 0.002}
+    recipe.main(["knowledge", "--replot", str(tmp_path / "r")])  # no --noise_floor: the folder's own, not 1e-3
+    assert "refitted above a noise floor of 0.05 (as before;" in capsys.readouterr().out
+    assert recorded(tmp_path / "r")[0] == 0.05
+
+
 def test_replot_of_a_folder_without_a_knowledge_run_names_the_option(recipe, tmp_path):
     (tmp_path / "empty").mkdir()
     for folder, says in ((tmp_path / "empty", "holds no knowledge_summary.json"),

@@ -24,6 +24,8 @@ from ._common import default_loss, iterate_batches, model_device, training_mode
 from .removal_order import global_order, removal_scores
 from .table import Table, pyplot, save_figure
 
+DEFAULT_NOISE_FLOOR = 1e-3  # nats of loss increase: changes below are noise, not fitted
+
 
 def default_counts(total: int, points: int = 40, max_fraction: float = 1.0) -> List[int]:
     """0, then about ``points`` geometrically spaced counts from 1 to ``max_fraction * total``,
@@ -88,7 +90,7 @@ def fit_exponential(x: Sequence[float], y: Sequence[float], use: Sequence[bool],
             "holds_from": float(X[lo]), "holds_to": float(X[hi])}
 
 
-def fit_curve(table: Table, chance: float, samples: int, noise_floor: float = 1e-3) -> Dict[str, dict]:
+def fit_curve(table: Table, chance: float, samples: int, noise_floor: float = DEFAULT_NOISE_FLOOR) -> Dict[str, dict]:
     """Exponential fits of a knowledge curve's loss increase and accuracy drop over its middle: the
     points above ``noise_floor`` (and, for accuracy, above 1.5 samples' worth), up to the first point
     where the accuracy has lost 90% of its way to ``chance`` (the collapse)."""
@@ -97,10 +99,11 @@ def fit_curve(table: Table, chance: float, samples: int, noise_floor: float = 1e
     drops = table["accuracy_drop"]
     collapse = next((i for i, d in enumerate(drops) if d >= 0.9 * span), len(drops))
     k = table["removed"]
+    acc_floor = max(noise_floor, 1.5 / max(samples, 1))
     body = [i < collapse and li > noise_floor for i, li in enumerate(table["loss_increase"])]
-    body_acc = [i < collapse and d > max(noise_floor, 1.5 / max(samples, 1)) for i, d in enumerate(drops)]
-    return {"loss_increase": fit_exponential(k, table["loss_increase"], body),
-            "accuracy_drop": fit_exponential(k, drops, body_acc)}
+    body_acc = [i < collapse and d > acc_floor for i, d in enumerate(drops)]
+    return {"loss_increase": {**fit_exponential(k, table["loss_increase"], body), "floor": noise_floor},
+            "accuracy_drop": {**fit_exponential(k, drops, body_acc), "floor": acc_floor}}
 
 
 def _forever(loader):
@@ -118,7 +121,9 @@ class KnowledgeCurve:
     """Accuracy and loss of what remains against the number of weights removed.
 
     ``table``: one row per point (removed, fraction, accuracy, loss, accuracy_drop, loss_increase).
-    ``fits``: exponential fits of the loss increase and the accuracy drop (see :func:`fit_exponential`).
+    ``fits``: exponential fits of the loss increase and the accuracy drop (see :func:`fit_exponential`),
+    each with the ``floor`` it was fitted above. ``noise_floor``: the loss increase below which
+    :func:`fit_curve` fitted nothing (recorded in ``knowledge_summary.json``, the fit table and the figure).
     """
 
     table: Table
@@ -129,6 +134,7 @@ class KnowledgeCurve:
     chance: float
     note: str = ""
     meta: dict = field(default_factory=dict)
+    noise_floor: float = DEFAULT_NOISE_FLOOR
 
     def save(self, out_dir: str) -> None:
         """Write ``knowledge_curve.csv/.md``, ``knowledge_fit.csv/.md`` and ``knowledge_summary.json``."""
@@ -142,11 +148,14 @@ class KnowledgeCurve:
         keep = {k: v for k, v in self.meta.items() if isinstance(v, (int, float, str, dict, list)) or v is None}
         write_text(os.path.join(out_dir, "knowledge_summary.json"), json.dumps(
             {"total_weights": self.total, "estimator": self.estimator, "finetune_batches": self.finetune_batches,
-             "chance": self.chance, "note": self.note, "fits": self.fits, "meta": keep}, indent=2))
+             "chance": self.chance, "noise_floor": self.noise_floor, "note": self.note, "fits": self.fits,
+             "meta": keep}, indent=2))
 
     @classmethod
-    def load(cls, out_dir: str, noise_floor: float = 1e-3) -> "KnowledgeCurve":
-        """Read what :meth:`save` wrote and fit again (e.g. to redraw with another noise floor)."""
+    def load(cls, out_dir: str, noise_floor: Optional[float] = None) -> "KnowledgeCurve":
+        """Read what :meth:`save` wrote and fit again (e.g. to redraw with another noise floor), above
+        ``noise_floor`` (None: the one the run recorded; 1e-3 for a run that recorded none).
+        ``meta["refit_of"]`` names the folder and the noise floor its fit used (None: not recorded)."""
         import csv
         import json
         import os
@@ -163,11 +172,15 @@ class KnowledgeCurve:
             with open(os.path.join(out_dir, "knowledge_curve.csv"), newline="") as f:
                 rows = [{k: (int(v) if k == "removed" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
             table = Table(rows)
-            meta = s.get("meta", {})
+            meta = dict(s.get("meta", {}))
             samples = int(meta.get("base", {}).get("samples", 0))
+            recorded = s.get("noise_floor")
+            if noise_floor is None:
+                noise_floor = DEFAULT_NOISE_FLOOR if recorded is None else float(recorded)
             fits = fit_curve(table, s["chance"], samples, noise_floor)
+            meta["refit_of"] = {"folder": os.path.abspath(out_dir), "noise_floor": recorded}
             return cls(table, s["total_weights"], s["estimator"], s["finetune_batches"], fits, s["chance"],
-                       s.get("note", ""), meta)
+                       s.get("note", ""), meta, noise_floor)
         except (ValueError, KeyError, TypeError, AttributeError) as e:  # json.JSONDecodeError is a ValueError
             raise ValueError(f"{out_dir}: knowledge_summary.json or knowledge_curve.csv cannot be read "
                              f"({type(e).__name__}: {e}); rerun the knowledge command to write them afresh") from None
@@ -181,7 +194,7 @@ class KnowledgeCurve:
                 "e_fold_weights": (1.0 / r) if r and r > 0 else float("nan"),
                 "e_fold_fraction": (1.0 / (r * self.total)) if r and r > 0 else float("nan"),
                 "r2": f["r2"], "within_x2": f.get("within_tolerance"), "fit_from": f["fit_from"], "fit_to": f["fit_to"],
-                "holds_from": f["holds_from"], "holds_to": f["holds_to"],
+                "holds_from": f["holds_from"], "holds_to": f["holds_to"], "fitted_above": f.get("floor"),
             })
         return Table(rows)
 
@@ -234,7 +247,8 @@ class KnowledgeCurve:
             ax.legend(fontsize=7)
         mode = "one shot" if self.finetune_batches == 0 else f"{self.finetune_batches} fine-tune batches per point"
         head = title or "knowledge distribution"
-        fig.suptitle(f"{head}\nremoved in {self.estimator} order, {mode}; {self.note}", fontsize=9)
+        fig.suptitle(f"{head}\nremoved in {self.estimator} order, {mode}; {self.note}; fitted above a loss-increase "
+                     f"noise floor of {self.noise_floor:g}", fontsize=9)
         fig.tight_layout()
         return save_figure(fig, path, svg=svg)
 
@@ -257,7 +271,7 @@ def knowledge_distribution(
     exclude=None,
     loss_fn: Callable = default_loss,
     num_classes: Optional[int] = None,
-    noise_floor: float = 1e-3,
+    noise_floor: float = DEFAULT_NOISE_FLOOR,
 ) -> KnowledgeCurve:
     """Remove the prunable weights of a copy of ``model`` in ``estimator`` order (scores from
     ``order_batches`` batches of ``order_loader``; choose held-out training data, never the test
@@ -321,4 +335,5 @@ def knowledge_distribution(
     fits = fit_curve(table, chance, base["samples"], noise_floor)
     return KnowledgeCurve(table, total, estimator, finetune_batches or 0, fits, chance,
                           note=f"evaluated on {base['samples']} samples",
-                          meta={"base": base, "model": work, "connectome": conn, "order": order})
+                          meta={"base": base, "model": work, "connectome": conn, "order": order},
+                          noise_floor=noise_floor)
