@@ -454,8 +454,29 @@ def _parse_argv(cls, argv: Sequence[str]) -> Tuple[List[str], Dict[Tuple[str, ..
         if typing.get_origin(tp) is dict or tp is dict:
             flat.update(_dict_entries(path, val, tp, key))
             continue
+        if dataclasses.is_dataclass(tp):  # --optim '{lr: 0.5}': its fields, each under its own path
+            flat.update(_field_entries(path, val, tp, key))
+            continue
         flat[path] = _Cli(val)
     return configs, flat
+
+
+def _field_entries(path: Tuple[str, ...], val: str, tp, key: str) -> Dict[Tuple[str, ...], Any]:
+    """The fields a YAML mapping given to the dataclass field at ``path`` sets, each under its own
+    path (nested mappings too), so that it merges with ``--key.field value`` options in either order
+    instead of replacing them; anything but a mapping gets the field's own error."""
+    mapping = yaml.safe_load(val) if val.strip() else None
+    if not isinstance(mapping, dict):
+        _coerce(_Cli(val), tp, key, f"(from --{key})")  # raises: a mapping of its fields is needed
+
+    def flatten(prefix, m):
+        for k, v in m.items():
+            if isinstance(v, dict) and v:
+                yield from flatten(prefix + (str(k),), v)
+            else:
+                yield prefix + (str(k),), _exponent_floats(v)
+
+    return dict(flatten(path, mapping))
 
 
 def _dict_entries(path: Tuple[str, ...], val: str, tp, key: str) -> Dict[Tuple[str, ...], Any]:

@@ -223,3 +223,16 @@ def test_merge_key_values_reads_dict_options_as_parse_config_does():
     assert merge_key_values(["a=1", "{a: 3}"]) == {"a": 3}
     with pytest.raises(ValueError, match=r"--dataset-kw '232': write KEY=VALUE or a YAML mapping"):
         merge_key_values(["232"])
+
+
+def test_a_dataclass_field_given_as_a_mapping_merges_with_its_dotted_fields():
+    """--optim '{lr: 0.5}' was refused as "not a mapping of its fields", and with --optim.momentum
+    beside it the parser crashed with a raw TypeError."""
+    assert parse_config(Cfg, ["--optim", "{lr: 0.5}"]).optim == Opt(lr=0.5, momentum=0.9)
+    assert parse_config(Cfg, ["--optim", "{lr: 0.5}", "--optim.momentum", "0.8"]).optim == Opt(0.5, 0.8)
+    assert parse_config(Cfg, ["--optim.momentum", "0.8", "--optim", "{lr: 0.5}"]).optim == Opt(0.5, 0.8)
+    assert parse_config(Cfg, ["--optim", "{lr: 0.5}", "--optim", "{lr: 2e-3}"]).optim.lr == 0.002
+    with pytest.raises(ConfigError, match="a mapping of its fields"):
+        parse_config(Cfg, ["--optim", "fast"])
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        parse_config(Cfg, ["--optim", "{lrr: 0.5}"])
