@@ -24,6 +24,7 @@ from typing import Optional
 
 import torch
 
+from adaptive import jsonio
 from adaptive.atomic import write_text
 
 WEIGHT_FILES = ("model_state.pt", "dense_state_dict.pt", "pruned_state_dict.pt")
@@ -395,7 +396,7 @@ def _run(a) -> int:
     os.makedirs(out, exist_ok=True)
     s = graphs.summary(g)
     print(format_summary(s))
-    write_text(os.path.join(out, "summary.json"), json.dumps(s, indent=1))
+    write_text(os.path.join(out, "summary.json"), jsonio.dumps(s, indent=1))
     for path in graphs.figures.plot_all(g, out):
         print(f"figure: {path}")
     return 0

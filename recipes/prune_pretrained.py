@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
+from adaptive import jsonio  # noqa: E402
 from adaptive.atomic import atomic_path  # noqa: E402
 from adaptive.cli import show_progress  # noqa: E402
 from adaptive.config import merge_key_values  # noqa: E402
@@ -465,7 +466,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
         summary = dict(rows=rows, minutes=minutes, processes=accelerator.num_processes,
                        device=accelerator.device.type, mask_hash_per_process=hashes)
         with atomic_path(out / "summary.json") as tmp:
-            tmp.write_text(json.dumps(summary, indent=1, default=float))
+            tmp.write_text(jsonio.dumps(summary, indent=1))
         import yaml
 
         resolved = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}

@@ -74,3 +74,36 @@ def test_fit_recovers_an_exponential_and_finds_where_it_breaks():
     f = fit_exponential(k, y, [0 < i < len(k) - 2 for i in range(len(k))])
     assert f["rate"] == pytest.approx(rate, rel=0.05)
     assert f["holds_from"] == 5 and f["holds_to"] == 85
+
+
+def test_a_failed_fit_is_written_as_strict_json(tmp_path):
+    """knowledge_summary.json held a bare NaN for a fit with too few points: JSON.parse and other
+    strict readers refused the whole file. A failed fit's figures are null now, and it loads again."""
+    import json
+
+    from adaptive.diagnostics.knowledge import KnowledgeCurve
+
+    model, data = constructed()
+    curve = knowledge_distribution(model, data, counts=[0, 1], estimator="magnitude")  # nothing to fit
+    assert any(isinstance(v, float) and math.isnan(v) for f in curve.fits.values() for v in f.values())
+    curve.save(tmp_path)
+
+    def refuse(name):
+        raise ValueError(f"non-JSON constant {name}")
+
+    doc = json.loads((tmp_path / "knowledge_summary.json").read_text(), parse_constant=refuse)
+    assert doc["fits"]["loss_increase"]["rate"] is None
+    assert KnowledgeCurve.load(str(tmp_path)).total == curve.total
+
+
+def test_strict_json_replaces_only_non_finite_numbers():
+    import json
+
+    import numpy as np
+
+    from adaptive import jsonio
+
+    doc = {"a": float("nan"), "b": [1.5, float("inf"), -float("inf")], "c": torch.tensor(2.5), "d": np.float32(0.25),
+           "e": (1, "x", None), "f": {"g": torch.tensor(float("nan"))}}
+    out = json.loads(jsonio.dumps(doc))
+    assert out == {"a": None, "b": [1.5, None, None], "c": 2.5, "d": 0.25, "e": [1, "x", None], "f": {"g": None}}

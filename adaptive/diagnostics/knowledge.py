@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from .. import jsonio
 from ..atomic import write_text
 from ..connectome import Connectome
 from ._common import default_loss, iterate_batches, model_device, training_mode
@@ -137,8 +138,8 @@ class KnowledgeCurve:
     noise_floor: float = DEFAULT_NOISE_FLOOR
 
     def save(self, out_dir: str) -> None:
-        """Write ``knowledge_curve.csv/.md``, ``knowledge_fit.csv/.md`` and ``knowledge_summary.json``."""
-        import json
+        """Write ``knowledge_curve.csv/.md``, ``knowledge_fit.csv/.md`` and ``knowledge_summary.json``
+        (strict JSON: a fit that failed has null, not NaN, figures)."""
         import os
 
         os.makedirs(out_dir, exist_ok=True)
@@ -146,7 +147,7 @@ class KnowledgeCurve:
             t.to_csv(os.path.join(out_dir, name + ".csv"))
             write_text(os.path.join(out_dir, name + ".md"), t.to_markdown() + "\n")
         keep = {k: v for k, v in self.meta.items() if isinstance(v, (int, float, str, dict, list)) or v is None}
-        write_text(os.path.join(out_dir, "knowledge_summary.json"), json.dumps(
+        write_text(os.path.join(out_dir, "knowledge_summary.json"), jsonio.dumps(
             {"total_weights": self.total, "estimator": self.estimator, "finetune_batches": self.finetune_batches,
              "chance": self.chance, "noise_floor": self.noise_floor, "note": self.note, "fits": self.fits,
              "meta": keep}, indent=2))
