@@ -11,7 +11,7 @@ controller events), so a finished run can be re-plotted from its ``metrics.csv``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from .atomic import atomic_path
 
@@ -41,8 +41,11 @@ def _pyplot():
     return plt
 
 
-def plot_loss_accuracy(rows: Sequence[dict], path) -> Path:
+def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, str]] = None) -> Path:
+    """Loss and accuracy against step, one line per split; ``labels`` names a split in the legend
+    (say which data fed it: ``{"holdout": "held-out: 6,000 images of TRAIN"}``)."""
     plt = _pyplot()
+    labels = labels or {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     splits = [s for s in ("train", "holdout", "test") if any(r["split"] == s for r in rows)]
     splits += sorted({r["split"] for r in rows} - set(splits))
@@ -51,7 +54,7 @@ def plot_loss_accuracy(rows: Sequence[dict], path) -> Path:
             pts = [(r["step"], r[key]) for r in rows if r["split"] == s and r.get(key) is not None]
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, label=s, **SPLIT_STYLE.get(s, {}))
+                ax.plot(xs, ys, label=labels.get(s, s), **SPLIT_STYLE.get(s, {}))
         ax.set_xlabel("training step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -112,12 +115,14 @@ def plot_edits(events: Sequence[dict], path) -> Path:
     return _save(fig, plt, path)
 
 
-def plot_run(rows: Sequence[dict], events: Sequence[dict], out_dir) -> Dict[str, Path]:
-    """Write ``loss_accuracy.png``, ``density.png`` and ``edits.png`` into ``out_dir``."""
+def plot_run(rows: Sequence[dict], events: Sequence[dict], out_dir,
+             labels: Optional[Dict[str, str]] = None) -> Dict[str, Path]:
+    """Write ``loss_accuracy.png``, ``density.png`` and ``edits.png`` into ``out_dir``; ``labels``
+    as in :func:`plot_loss_accuracy`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return {
-        "loss_accuracy": plot_loss_accuracy(rows, out / "loss_accuracy.png"),
+        "loss_accuracy": plot_loss_accuracy(rows, out / "loss_accuracy.png", labels),
         "density": plot_density(events, out / "density.png"),
         "edits": plot_edits(events, out / "edits.png"),
     }

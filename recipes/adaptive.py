@@ -36,6 +36,7 @@ from adaptive import Connectome, Controller  # noqa: E402
 from adaptive.cli import show_progress  # noqa: E402
 from adaptive.config import ConfigError, parse_config, save_config  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
+from adaptive import jsonio  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.data import get_dataloaders as _get_dataloaders  # noqa: E402
@@ -558,10 +559,11 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     holdout_acc = last["accuracy"] if last.get("split") == "holdout" and last.get("step") == state.step else eval_holdout()
     test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
     metric_row(state, "test", test_loss, test_acc, conn, optimizer.param_groups[0]["lr"])
-    files = _write_outputs(accelerator, cfg, output_dir, state.metrics, ctrl.events, conn)
+    files = _write_outputs(accelerator, cfg, output_dir, state.metrics, ctrl.events, conn,
+                           _split_labels(loaders, n_test, "train (mean over the batches trained since the last point)"))
     summary = dict(test_accuracy=test_acc, test_loss=test_loss, test_examples=n_test, holdout_accuracy=holdout_acc,
-                   density=conn.density(), synapses=conn.num_synapses(), live=conn.num_live(), steps=state.step,
-                   updates=sum(1 for e in ctrl.events if e.get("kind") == "update"), seconds=seconds,
+                   density=conn.density(), synapses=conn.num_synapses(), live=conn.num_live(), nonzero=_nonzero(conn),
+                   steps=state.step, updates=sum(1 for e in ctrl.events if e.get("kind") == "update"), seconds=seconds,
                    processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))
     summary.update(target_density=cfg.density, density_note=_density_note(cfg, summary, total_steps),
                    update_note=_update_note(cfg, summary, total_steps))
@@ -765,13 +767,14 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     from adaptive.mask_only import changed_weights
 
     accelerator.print(f"surviving weights that differ from the original: {changed_weights(conn)}")
-    files = _write_outputs(accelerator, cfg, output_dir, state.metrics, result.events, conn)
+    files = _write_outputs(accelerator, cfg, output_dir, state.metrics, result.events, conn,
+                           _split_labels(loaders, n_test, "train (each update window's batches)"))
     # the held-out score of the masks the model now holds (for 'best', the chosen rung, not the last one tried)
     snaps = result.snapshots
     final = snaps.get("best") or (list(snaps.values())[-1] if snaps else None)
     summary = dict(test_accuracy=test_acc, test_loss=test_loss, test_examples=n_test,
                    holdout_accuracy=final.holdout_acc if final is not None else None, density=conn.density(),
-                   synapses=conn.num_synapses(), live=conn.num_live(), steps=state.step,
+                   synapses=conn.num_synapses(), live=conn.num_live(), nonzero=_nonzero(conn), steps=state.step,
                    updates=sum(1 for e in result.events if e.get("kind") == "update"), seconds=time.time() - t0,
                    processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))
     _finish(accelerator, output_dir, summary, files)
@@ -788,7 +791,17 @@ def _test_eval(cfg, accelerator, model, test_dl):
         return evaluate(accelerator, model, test_dl, progress=bar)
 
 
-def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn) -> Dict[str, Path]:
+def _split_labels(loaders, n_test: int, train: str) -> Dict[str, str]:
+    """What fed each split's line in loss_accuracy.png: the held-out part is drawn from TRAIN, and
+    the test line says how many test images it scored."""
+    n_holdout = len(loaders.datasets.holdout)
+    full = len(getattr(loaders.datasets.test, "dataset", loaders.datasets.test))
+    test = f"test ({n_test:,} images)" if n_test >= full else f"test ({n_test:,} of {full:,} images, --test_subset)"
+    return {"train": train, "holdout": f"held-out ({n_holdout:,} images of TRAIN)", "test": test}
+
+
+def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn,
+                   labels: Optional[Dict[str, str]] = None) -> Dict[str, Path]:
     files = {"config": output_dir / "config.yaml", "metrics": output_dir / "metrics.csv",
              "events": output_dir / "events.jsonl", "connectome": output_dir / "connectome.safetensors",
              "dense_state_dict": output_dir / "dense_state_dict.pt"}
@@ -800,7 +813,7 @@ def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn) -> Di
         if cfg.figures:
             from adaptive.plots import plot_run
 
-            files.update(plot_run(rows, events, output_dir))
+            files.update(plot_run(rows, events, output_dir, labels))
     accelerator.wait_for_everyone()
     return files
 
@@ -834,15 +847,25 @@ def _update_note(cfg, summary, total_steps) -> Optional[str]:
             "masks; give it more steps (--epochs, --max_steps) or a smaller --update_every")
 
 
+def _nonzero(conn) -> int:
+    """Prunable weights that are not exactly 0.0: at most the live synapses (a pruned one is always
+    0.0), fewer where a live synapse holds 0.0 (regrown at zero and not yet moved, or reading an
+    input that is always 0, so that no gradient moves it)."""
+    return sum(int(torch.count_nonzero(p.detach())) for p in conn.params.values())
+
+
 def _finish(accelerator, output_dir, summary, files):
     if accelerator.is_main_process:
-        write_text(output_dir / "summary.json", json.dumps(summary, indent=1, default=float))
+        write_text(output_dir / "summary.json", jsonio.dumps(summary, indent=1))
         files["summary"] = output_dir / "summary.json"
         ho = summary.get("holdout_accuracy")
+        zero_live = summary["live"] - summary["nonzero"]
         print(
-            f"\ndone in {summary['seconds']:.0f}s: test accuracy {100 * summary['test_accuracy']:.2f}% "
-            f"(holdout {'n/a' if ho is None else f'{100 * ho:.2f}%'}), density {summary['density']:.4f} "
-            f"({summary['live']:,} of {summary['synapses']:,} synapses), {summary['updates']} controller updates\n"
+            f"\ndone in {summary['seconds']:.0f}s: test accuracy {100 * summary['test_accuracy']:.2f}% on "
+            f"{summary['test_examples']:,} test images (held-out part of TRAIN {'n/a' if ho is None else f'{100 * ho:.2f}%'}), "
+            f"density {summary['density']:.4f} ({summary['live']:,} of {summary['synapses']:,} synapses live"
+            + (f", {zero_live:,} of them holding exactly 0.0" if zero_live else "")
+            + f"), {summary['updates']} controller updates\n"
             f"outputs in {output_dir}/: " + ", ".join(sorted(p.name for p in files.values())),
             flush=True,
         )

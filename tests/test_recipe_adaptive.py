@@ -82,6 +82,17 @@ def test_default_run_writes_every_output(tmp_path, capsys):
     # the resolved config reads back
     assert load_config(R.RunConfig, tmp_path / "config.yaml").max_steps == 40
     assert "test accuracy" in out and str(tmp_path) in out and "density 0.2" in out
+    # the summary counts nonzero weights too (a live synapse can hold 0.0); the closing line says
+    # how many test images the accuracy is of, and the held-out part is named as TRAIN's
+    nonzero = sum(int(torch.count_nonzero(sd[n])) for n in res.conn.masks)
+    assert res.summary["nonzero"] == nonzero <= res.summary["live"]
+    n_test = res.summary["test_examples"]
+    assert f"on {n_test:,} test images (held-out part of TRAIN" in out
+    cfg_back = load_config(R.RunConfig, tmp_path / "config.yaml")
+    labels = R._split_labels(R.get_dataloaders(cfg_back), n_test, "train")
+    assert R._split_labels(R.get_dataloaders(cfg_back), n_test - 1, "train")["test"] == f"test ({n_test - 1:,} of {n_test:,} images, --test_subset)"
+    assert labels["holdout"].startswith("held-out (") and labels["holdout"].endswith(" images of TRAIN)")
+    assert labels["test"] == f"test ({n_test:,} images)"
 
 
 class Stop(Exception):
