@@ -50,8 +50,18 @@ def _config(run_dir: str) -> dict:
         return {}
     import yaml
 
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}): the run's config is "
+                         "damaged; give the model with --model (and --num-classes, --in-shape) instead") from None
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} is not a mapping of settings: the run's config is damaged; give the model with "
+                         "--model (and --num-classes, --in-shape) instead")
+    return cfg
 
 
 def _model_spec(cfg: dict, args):
@@ -163,7 +173,15 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
     if not os.path.isfile(connectome):
         raise FileNotFoundError(f"no connectome at {connectome!r}: pass a run folder holding connectome.safetensors or --connectome PATH")
     _check_connectome(connectome)
-    cfg = _config(run_dir)
+    try:
+        cfg = _config(run_dir)
+    except ValueError as e:
+        if model is None:
+            raise
+        import warnings
+
+        warnings.warn(f"{e.args[0].split(': the run')[0]}: ignored, the model is --model {model}", stacklevel=2)
+        cfg = {}
     _load_plugins(list(cfg.get("plugins") or []) + list(plugins or []))
     name, kw = _model_spec(cfg, ns)
     if not name:

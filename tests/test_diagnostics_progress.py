@@ -14,7 +14,7 @@ def write_run(d, metrics_header="step,split,loss,accuracy", with_removed=False):
         {"step": 30, "pruned": 10},
     ]
     lines = [json.dumps(e) for e in events]
-    lines.insert(1, "{not json")  # a torn line is skipped
+    lines.append("{not json")  # a torn last line is skipped
     (d / "events.jsonl").write_text("\n".join(lines) + "\n\n")
     rows = [metrics_header + (",removed" if with_removed else "")]
     for step, split, loss, acc, rem in [(0, "train", 2.3, 0.1, 0), (15, "train", 1.0, 0.7, 5), (15, "holdout", 1.1, "", 5),
@@ -63,3 +63,17 @@ def test_a_prune_pretrained_run_is_read_from_its_history(tmp_path):
     assert p.metrics["split"] == ["train", "train", "holdout"] and p.metrics["removed"] == [0, 40, 40]
     assert p.metrics["loss"] == [0.9, 0.5, 0.6]
     p.plot(tmp_path / "progress.png")
+
+
+def test_damaged_lines_are_skipped_with_a_warning_and_undecodable_metrics_name_the_file(tmp_path):
+    """A byte flipped in a middle line of events.jsonl was skipped silently (a record left out of the
+    figures unsaid); a damaged metrics.csv gave a bare 'utf-8 codec' error naming no file."""
+    good = [json.dumps({"step": s, "pruned": 10}) for s in (10, 20, 30)]
+    (tmp_path / "events.jsonl").write_bytes("\n".join(good).encode() + b"\n{\"step\": 4\xff0}\n" + good[0].encode()
+                                            + b"\n{\"step\": 5")  # a damaged line 4, a torn last line 6
+    with pytest.warns(UserWarning, match=r"events.jsonl: skipped 1 damaged line\(s\) \(line 4\)"):
+        p = progress(str(tmp_path))
+    assert len(p.events) == 4
+    (tmp_path / "metrics.csv").write_bytes(b"step,split,loss,accuracy\n1,train,0.5,0.\xff9\n")
+    with pytest.raises(ValueError, match=r"metrics.csv cannot be read .*damaged"), pytest.warns(UserWarning):
+        progress(str(tmp_path))

@@ -194,3 +194,23 @@ def test_a_tied_weight_has_edges_at_each_use_and_counts_once(level):
 
         tied = int(conn.masks["enc.weight"].sum())
         assert int((g.edge_attrs["kind"] == EDGE_SYNAPSE).sum()) == conn.num_live() + tied
+
+
+def test_a_damaged_config_is_named_and_model_overrides_it(tmp_path, capsys):
+    """A truncated or binary-damaged config.yaml gave a yaml ScannerError or 'utf-8 codec' traceback
+    naming no file; it is one line naming the file now, and --model goes on without it."""
+    from graphs.cli import main
+
+    model = build_model("mlp", num_classes=10, in_shape=(1, 8, 8))
+    run = tmp_path / "run"
+    run.mkdir()
+    adaptive.Connectome(model).save(run / "connectome.safetensors")
+    for damage in (b"model: mlp\ndataset: [digits\n", b"model: ml\xff\xfe\n", b"- a list\n"):
+        (run / "config.yaml").write_bytes(damage)
+        assert main(["export", str(run), "--out", str(tmp_path / "g.graphml")]) == 2
+        err = capsys.readouterr().err
+        assert "config.yaml" in err and "damaged" in err and "--model" in err and "Traceback" not in err
+    with pytest.warns(UserWarning, match="config.yaml.*ignored, the model is --model mlp"):
+        assert main(["export", str(run), "--model", "mlp", "--num-classes", "10", "--in-shape", "1,8,8",
+                     "--out", str(tmp_path / "g.graphml")]) == 0
+    assert (tmp_path / "g.graphml").is_file()

@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -34,21 +35,29 @@ def _number(v):
 
 
 def _json_lines(path: str):
-    """The JSON objects of ``path``, one per line; blank lines and lines cut short by a killed run
-    are skipped; nothing if the file does not exist."""
+    """The JSON objects of ``path``, one per line; nothing if the file does not exist. Blank lines
+    and a last line cut short by a killed run are skipped quietly; a damaged line before the last
+    (undecodable bytes, broken JSON, not an object) is skipped with a warning naming its number."""
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(e, dict):
-                yield e
+    with open(path, "rb") as f:
+        lines = f.read().splitlines()
+    last = max((i for i, raw in enumerate(lines, 1) if raw.strip()), default=0)
+    damaged = []
+    for i, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            e = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            e = None
+        if isinstance(e, dict):
+            yield e
+        elif i < last:
+            damaged.append(i)
+    if damaged:
+        warnings.warn(f"{path}: skipped {len(damaged)} damaged line(s) (line {', '.join(map(str, damaged[:5]))}"
+                      f"{' ...' if len(damaged) > 5 else ''}); the figures leave those records out", stacklevel=2)
 
 
 def read_events(path: str) -> List[dict]:
@@ -61,8 +70,13 @@ def read_metrics(path: str) -> Table:
     """Rows of ``metrics.csv`` with numeric cells converted; an empty Table if the file is absent."""
     if not os.path.exists(path):
         return Table()
-    with open(path, newline="") as f:
-        return Table({k: _number(v) if v != "" else None for k, v in row.items() if k is not None} for row in csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            return Table({k: _number(v) if v != "" else None for k, v in row.items() if k is not None}
+                         for row in csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}): the file is damaged; rerun the run to "
+                         "write it afresh, or move it aside to draw the figures from events.jsonl alone") from None
 
 
 # entries of an event's ``boundaries`` that count synapses rather than bound an estimator's values
