@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from typing import Any, Callable, Optional, Tuple, Union
 
 
@@ -31,6 +33,8 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
     from .models import WeightsMismatchError
     from .paths import DatasetNotFoundError
 
+    if threading.current_thread() is threading.main_thread():  # the scripts exit quietly while importing
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is handled below
     try:
         return main()
     except (ValueError, KeyError, TypeError, FileNotFoundError, DatasetNotFoundError, WeightsMismatchError,

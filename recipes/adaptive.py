@@ -22,11 +22,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
+
+if __name__ == "__main__":  # Ctrl-C while torch is still importing: one line and status 130, not a traceback
+    signal.signal(signal.SIGINT, lambda *_: (print(f"{sys.argv[0]}: interrupted while starting; nothing was written",
+                                                   file=sys.stderr), os._exit(130)))
 
 import torch
 

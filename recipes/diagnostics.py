@@ -16,8 +16,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import time
+
+if __name__ == "__main__":  # Ctrl-C while torch is still importing: one line and status 130, not a traceback
+    signal.signal(signal.SIGINT, lambda *_: (print(f"{sys.argv[0]}: interrupted while starting; nothing was written",
+                                                   file=sys.stderr), os._exit(130)))
 
 import torch
 

@@ -27,11 +27,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import json
+import signal
 import sys
+import json
 import time
 from pathlib import Path
 from typing import List
+
+if __name__ == "__main__":  # Ctrl-C while torch is still importing: one line and status 130, not a traceback
+    signal.signal(signal.SIGINT, lambda *_: (print(f"{sys.argv[0]}: interrupted while starting; nothing was written",
+                                                   file=sys.stderr), os._exit(130)))
 
 import torch
 

@@ -320,3 +320,24 @@ def test_a_builder_s_own_type_error_keeps_its_traceback():
             build_model("buggy_for_test", width=8)
     finally:
         _MODELS.pop("buggy_for_test", None)
+
+
+@pytest.mark.parametrize("script", ["recipes/adaptive.py", "recipes/prune_pretrained.py", "recipes/diagnostics.py"])
+def test_ctrl_c_while_starting_is_one_line(tmp_path, script):
+    """Ctrl-C in the first second, while torch was still importing, printed a KeyboardInterrupt
+    traceback; the scripts now end with one line and status 130 (or, if the run had started,
+    with run_cli's own interrupted line)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    args = {"recipes/diagnostics.py": ["progress", str(tmp_path)]}.get(script, ["--output_dir", str(tmp_path / "o")])
+    p = subprocess.Popen([sys.executable, str(root / script), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(0.25)  # the imports take over a second
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted" in err and len(err.strip().splitlines()) == 1
