@@ -26,6 +26,9 @@ def register_budget(name: str, replace: bool = False):
 
 
 def get_budget(name: str) -> BudgetFn:
+    """The layer budget function registered as ``name`` (see :func:`budget_names`): ``fn(layers,
+    density, protected=(), min_density=0.0)`` gives each layer's synapse count, or None for a global
+    ranking. An unknown name is a ValueError listing them."""
     if name not in _BUDGETS:
         raise ValueError(f"unknown layer budget {name!r}: use one of {sorted(_BUDGETS)}")
     return _BUDGETS[name]

@@ -35,6 +35,9 @@ def register_policy(name: str, replace: bool = False):
 
 
 def get_policy(name, **kw) -> "Policy":
+    """The policy registered as ``name`` (see :func:`policy_names`), built with ``kw``; a
+    :class:`Policy` instance is returned as it is. An unknown name or keyword is a ValueError that
+    lists what exists."""
     if isinstance(name, Policy):
         return name
     if name not in _POLICIES:

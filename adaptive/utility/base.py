@@ -33,6 +33,8 @@ def register_estimator(name: str, replace: bool = False):
 
 
 def get_estimator(name, **kw) -> "Estimator":
+    """The utility estimator registered as ``name`` (see :func:`estimator_names`), built with ``kw``;
+    an :class:`Estimator` instance is returned as it is. An unknown name is a ValueError listing them."""
     if isinstance(name, Estimator):
         return name
     if name not in _ESTIMATORS:
