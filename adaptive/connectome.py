@@ -548,8 +548,31 @@ class Connectome:
     def _wants_dense_gradients(self) -> bool:
         return any(a is None or a() for a in self._observer_active)
 
+    def _step_skipped(self, opt) -> bool:
+        """Whether a GradScaler skips this step of ``opt`` inside the optimizer (a fused one, given
+        ``found_inf``, skips in its kernel when the scaled gradients hold inf or NaN). Any other
+        optimizer's skipped step is never called, so its hooks never run; these hooks then do
+        nothing either (no observation, no masking, no step counted). Reading ``found_inf`` waits
+        for the device, so it is read only where a scaler set it, once per step."""
+        found = opt.__dict__.get("found_inf")  # an instance attribute; a dict read is the cheapest miss
+        if found is None:
+            return False
+        seen = self.__dict__.get("_found_inf")
+        if seen is None or seen[0] is not found:  # a scaler sets a new tensor at every step
+            seen = self._found_inf = (found, bool(found))
+        return seen[1]
+
+    @property
+    def grad_scale(self) -> Optional[torch.Tensor]:
+        """While observers run before the step of a fused optimizer under a GradScaler: the scale the
+        gradients still carry (the fused kernel unscales them itself, after the observers), which an
+        observer divides out. None otherwise: other optimizers' gradients are unscaled before it."""
+        return self.__dict__.get("_grad_scale")
+
     def _pre_step(self, opt, args, kwargs):
         # ``args`` is the step's positional arguments, the optimizer itself first
+        if self._step_skipped(opt):
+            return
         self._repair_loaded_state(opt)
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is not None:
@@ -578,11 +601,12 @@ class Connectome:
 
     def _run_observers(self, opt=None) -> None:
         self._stepping = opt
+        self._grad_scale = opt.__dict__.get("grad_scale") if opt is not None else None
         try:
             for fn in self._observers:
                 fn()
         finally:
-            self._stepping = None
+            self._stepping = self._grad_scale = None
 
     def stepping_layers(self, primary=None) -> Optional[List[str]]:
         """While observers run before an optimizer's step: the layers whose gradients that step
@@ -636,6 +660,8 @@ class Connectome:
     def _post_step(self, opt, args, kwargs):
         # A zero-preserving optimizer (optim_state.register_zero_preserving) cannot move a weight
         # whose gradient, value and state are all 0.0, so re-masking after its step is skipped.
+        if self._step_skipped(opt):
+            return
         if self.mode == "mask_only":
             self._apply()
         elif not preserves_zeros(opt):
@@ -677,7 +703,7 @@ class Connectome:
         listeners belong to the original (re-attach them on the copy); caches are rebuilt."""
         state = self.__dict__.copy()
         state.update(_optimizers=[], _handles=[], _observers=[], _observer_active=[], _edit_listeners=[], _hot=None,
-                     _versions=None)
+                     _versions=None, _found_inf=None)
         state.pop("_repair_pending", None)
         state.pop("_masker", None)
         return state

@@ -263,9 +263,13 @@ class Controller:
         self.conn.attach(opt)
         if self._hook is not None:
             self._hook.remove()
-        self._hook = opt.register_step_post_hook(lambda o, a, k: self.step())
+        self._hook = opt.register_step_post_hook(self._after_step)
         self.optimizer = opt
         return self
+
+    def _after_step(self, opt, args, kwargs) -> None:
+        if not self.conn._step_skipped(opt):  # a GradScaler's skipped step (fused optimizer) is no step
+            self.step()
 
     def _observe_hook(self):
         if self.optimizer is not None:  # driven explicitly, ctrl.observe() is the caller's

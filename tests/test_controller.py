@@ -597,3 +597,46 @@ def test_a_layer_left_without_live_synapses_is_warned_about_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         adaptive.Controller(conn2, policy="magnitude", density=0.5, budget="erk")  # every layer keeps some
+
+
+def _scaled_run(opt_kw, scaler_on, inf_at=None, steps=4, estimator="obd"):
+    """A tiny run under a GradScaler (lr 0: only the controller's statistics and edits differ)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=0.0, **opt_kw)
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, policy="utility", estimator=estimator, density=0.5, budget="uniform",
+                               update_every=4, end_step=100, seed=0, batch_size=32)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=scaler_on)
+    g = torch.Generator().manual_seed(1)
+    for s in range(steps):
+        x, y = torch.randn(32, 8, generator=g), torch.randint(0, 4, (32,), generator=g)
+        scaler.scale(F.cross_entropy(model(x), y)).backward()
+        if inf_at == s:
+            model[0].weight.grad[0, 0] = float("inf")
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    return conn, ctrl
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_fused_optimizer_under_grad_scaler_observes_unscaled_gradients_and_skips_inf_steps():
+    # A GradScaler does not unscale for a fused optimizer: it hands it grad_scale and found_inf and
+    # the kernel unscales (or skips) after the step hooks. The statistics must still be of unscaled
+    # gradients, and a skipped step must count as no step, as it does for any other optimizer.
+    ref_conn, ref = _scaled_run({}, False, steps=3)
+    conn, ctrl = _scaled_run({"fused": True}, True, steps=3)
+    assert ctrl.stats.counts == ref.stats.counts
+    for n in ref.stats.g_sum:
+        torch.testing.assert_close(ctrl.stats.g_sum[n], ref.stats.g_sum[n])
+        torch.testing.assert_close(ctrl.stats.g2_sum[n], ref.stats.g2_sum[n])
+    ref_conn, ref = _scaled_run({}, False)
+    conn, ctrl = _scaled_run({"fused": True}, True)
+    assert [e["step"] for e in ctrl.events] == [e["step"] for e in ref.events] == [0, 4]
+    assert all(torch.equal(conn.masks[n], ref_conn.masks[n]) for n in conn.masks)
+    assert ctrl.events[-1]["est_loss_change"] == pytest.approx(ref.events[-1]["est_loss_change"], rel=1e-4)
+    for fused in (False, True):  # an inf at step 1: skipped whole, like the non-fused scaler's skip
+        conn, ctrl = _scaled_run({"fused": fused}, True, inf_at=1)
+        assert ctrl.step_count == 3 and ctrl.stats.n("0.weight") == 3 and len(ctrl.events) == 1
+        assert all(bool(torch.isfinite(s).all()) for s in ctrl.stats.g_sum.values())

@@ -70,6 +70,10 @@ class GradientStats:
                 if self.second_moment:
                     self.g2_sum[n].zero_()
         grads = [_dense(self.conn.params[n].grad).float() for n in names]
+        scale = getattr(self.conn, "grad_scale", None)
+        if scale is not None:  # a fused optimizer under a GradScaler: .grad is unscaled later, in its kernel
+            inv = scale.double().reciprocal().float().reshape(()).to(grads[0].device)  # as GradScaler.unscale_
+            grads = torch._foreach_mul(grads, inv)
         if grads[0].device != self.g_sum[names[0]].device:
             for n in names:
                 self.g_sum[n] = self.g_sum[n].to(grads[0].device)
