@@ -569,6 +569,10 @@ class Connectome:
         observer divides out. None otherwise: other optimizers' gradients are unscaled before it."""
         return self.__dict__.get("_grad_scale")
 
+    # The step hooks run eagerly even inside a compiled ``opt.step`` (``torch.compile(opt.step)``):
+    # traced into its graph, inductor let the first observation of a window read the gradient the
+    # same hook masks right after, and the hooks' Python bookkeeping is no graph's business.
+    @torch.compiler.disable
     def _pre_step(self, opt, args, kwargs):
         # ``args`` is the step's positional arguments, the optimizer itself first
         if self._step_skipped(opt):
@@ -587,6 +591,7 @@ class Connectome:
             self._remask_weights()
         calls = [0]
 
+        @torch.compiler.disable
         def masked_closure():
             loss = closure()  # the optimizer calls this under enable_grad
             calls[0] += 1
@@ -657,6 +662,7 @@ class Connectome:
         else:
             self._impose_exact()
 
+    @torch.compiler.disable
     def _post_step(self, opt, args, kwargs):
         # A zero-preserving optimizer (optim_state.register_zero_preserving) cannot move a weight
         # whose gradient, value and state are all 0.0, so re-masking after its step is skipped.

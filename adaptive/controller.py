@@ -267,6 +267,7 @@ class Controller:
         self.optimizer = opt
         return self
 
+    @torch.compiler.disable  # eager even inside a compiled opt.step, as the connectome's step hooks
     def _after_step(self, opt, args, kwargs) -> None:
         if not self.conn._step_skipped(opt):  # a GradScaler's skipped step (fused optimizer) is no step
             self.step()

@@ -640,3 +640,32 @@ def test_fused_optimizer_under_grad_scaler_observes_unscaled_gradients_and_skips
         conn, ctrl = _scaled_run({"fused": fused}, True, inf_at=1)
         assert ctrl.step_count == 3 and ctrl.stats.n("0.weight") == 3 and len(ctrl.events) == 1
         assert all(bool(torch.isfinite(s).all()) for s in ctrl.stats.g_sum.values())
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_step_hooks_run_eagerly_inside_a_compiled_optimizer_step(backend):
+    # torch.compile(opt.step), PyTorch's compiled-optimizer recipe: dynamo traced the step hooks into
+    # its graph, where inductor let the first observation of a window read the masked gradient. The
+    # hooks run outside the graph: observers see dense gradients, eagerly, at every step.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.3, budget="uniform", update_every=50,
+                               end_step=100, seed=0)
+    compiling = []
+    conn.add_observer(lambda: compiling.append(torch.compiler.is_compiling()))
+    step = torch.compile(lambda: opt.step(), backend=backend)
+    g, dense, prev = torch.Generator().manual_seed(1), [], None
+    for _ in range(3):
+        x, y = torch.randn(16, 8, generator=g), torch.randint(0, 4, (16,), generator=g)
+        F.cross_entropy(model(x), y).backward()
+        want = model[0].weight.grad.clone()
+        step()
+        opt.zero_grad()
+        got = ctrl.stats.g_sum["0.weight"] - (0 if prev is None else prev)
+        prev = ctrl.stats.g_sum["0.weight"].clone()
+        dense.append(torch.allclose(got, want, atol=1e-6))
+        assert all(bool((p[~conn.masks[n]] == 0).all()) for n, p in conn.params.items())
+    torch._dynamo.reset()
+    assert compiling == [False] * 3 and dense == [True] * 3 and ctrl.step_count == 3
