@@ -225,6 +225,10 @@ class Connectome:
             clean[k] = m.detach().to(self.params[k].device, copy=True)
         return clean
 
+    # Mask edits run outside inference mode, also when called inside one (an evaluate-then-edit helper
+    # under torch.inference_mode()): masks made there would be inference tensors, which track no
+    # version counter, so they could not be told from edited ones, nor edited in place later.
+    @torch.inference_mode(False)
     @torch.no_grad()
     def set_masks(
         self, masks: Mapping[str, torch.Tensor], grow_init: str | Callable = "zero", validate: bool = True
@@ -238,9 +242,11 @@ class Connectome:
         Returns ``{name: changed bool tensor}``. ``validate=False`` skips the checks (and the copy)
         for callers such as the controller that build masks from this connectome's own.
         """
-        clean = self._validate(masks) if validate else {k: m.to(self.params[k].device) for k, m in masks.items()}
+        clean = self._validate(masks) if validate else {
+            k: (m.clone() if m.is_inference() else m).to(self.params[k].device) for k, m in masks.items()}
         return self._set(clean, grow_init)
 
+    @torch.inference_mode(False)
     @torch.no_grad()
     def _set(self, clean: Mapping[str, torch.Tensor], grow_init: str | Callable = "zero",
              restore: bool = False) -> Dict[str, torch.Tensor]:
@@ -269,12 +275,12 @@ class Connectome:
             init = None
             if self.mode == "train" and grow_init != "zero" and bool(grown.any()):
                 init = self._grown_values(k, new, grown, grow_init)
-            plan.append((k, new, ch, init))
+            plan.append((k, new, ch, init, new._version))
         changed = {}
-        for k, new, ch, init in plan:
+        for k, new, ch, init, version in plan:
             self.masks[k] = new
             self._last_set[k] = new.clone()
-            self._set_tensor[k], self._set_version[k] = new, new._version
+            self._set_tensor[k], self._set_version[k] = new, version
             self._dense[k] = bool(new.all())
             self._hot = None
             self._edited()
@@ -388,6 +394,7 @@ class Connectome:
                     raise
                 self._hot = None  # some layer moved device on its own: rebuild the cache once
 
+    @torch.inference_mode(False)
     @torch.no_grad()
     def apply(self) -> None:
         """Impose the masks on the weights (and the originals in mask_only mode). Call it after
@@ -735,6 +742,7 @@ class Connectome:
             sd["original"] = {n: o.detach().cpu().clone() for n, o in self.original.items()}
         return sd
 
+    @torch.inference_mode(False)
     def load_state_dict(self, sd: Mapping) -> None:
         """Restore masks (and originals) saved by :meth:`state_dict`; validated before anything changes.
         Optimizer state is reset only where a synapse is absent, so the optimizer may be loaded

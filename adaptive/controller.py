@@ -583,6 +583,7 @@ class Controller:
             counts.append(total)
         return tuple(counts)
 
+    @torch.inference_mode(False)  # state kept across updates must not become inference tensors
     def update(self) -> Optional[dict]:
         """Run one update now: reduce statistics, let the policy plan, apply, log an event."""
         step = self.step_count

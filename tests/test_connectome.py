@@ -5,6 +5,7 @@ import struct
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -374,3 +375,27 @@ def test_a_mask_edited_in_place_and_set_back_as_it_was_is_put_back(mode, applied
         assert torch.equal(w, orig)  # every live synapse at its original value
     else:  # train mode: whatever apply() did, regrown from the value it holds (0.0 if it was pruned)
         assert torch.equal(w[1:], orig[1:]) and bool(((w[0, :3] == orig[0, :3]) | (w[0, :3] == 0)).all())
+
+
+@pytest.mark.parametrize("how", ["set_masks", "unvalidated", "load_state_dict"])
+def test_mask_edits_inside_inference_mode_are_whole(how):
+    # Masks made under torch.inference_mode() are inference tensors, which track no version counter:
+    # the edit raised after committing its first layer, leaving that layer's pruned weights live
+    # for good (even conn.apply() skipped it). An edit there now works, and whole.
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    conn = adaptive.Connectome(model).attach(opt)
+    masks = random_masks(conn)
+    sd = {**conn.state_dict(), "masks": masks}
+    with torch.inference_mode():
+        if how == "load_state_dict":
+            conn.load_state_dict({**sd, "masks": {n: m.clone() for n, m in masks.items()}})
+        else:
+            conn.set_masks({n: m.clone() for n, m in masks.items()}, validate=how == "set_masks")
+        conn.apply()
+    assert all(torch.equal(conn.masks[n], masks[n]) and not conn.masks[n].is_inference() for n in masks)
+    for _ in range(2):
+        F.cross_entropy(model(torch.randn(4, 20)), torch.randint(0, 3, (4,))).backward()
+        opt.step()
+        opt.zero_grad()
+    assert all(bool((p[~masks[n]] == 0).all()) and bool(p[masks[n]].ne(0).any()) for n, p in conn.params.items())

@@ -669,3 +669,29 @@ def test_step_hooks_run_eagerly_inside_a_compiled_optimizer_step(backend):
         assert all(bool((p[~conn.masks[n]] == 0).all()) for n, p in conn.params.items())
     torch._dynamo.reset()
     assert compiling == [False] * 3 and dense == [True] * 3 and ctrl.step_count == 3
+
+
+def test_mask_only_update_inside_inference_mode_matches_one_outside():
+    # ctrl.step() under torch.inference_mode() (an evaluate-then-edit helper): the update raised and
+    # left pruned weights live and survivors changed; it now edits as it does outside.
+    def run(inference):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+        orig = {n: p.detach().clone() for n, p in model.named_parameters()}
+        conn = adaptive.Connectome(model, mode="mask_only")
+        ctrl = adaptive.Controller(conn, policy="utility", density=0.5, budget="uniform", update_every=2, end_step=10)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(6):
+            F.cross_entropy(model(torch.randn(16, 8, generator=g)), torch.randint(0, 4, (16,), generator=g)).backward()
+            ctrl.observe()
+            model.zero_grad()
+            with torch.inference_mode(inference):
+                ctrl.step()
+        assert all(bool((p[~conn.masks[n]] == 0).all()) for n, p in conn.params.items())
+        assert all(torch.equal(p[conn.masks[n]], orig[n][conn.masks[n]]) for n, p in conn.params.items())
+        return conn, ctrl
+
+    ref_conn, ref = run(False)
+    conn, ctrl = run(True)
+    assert len(ctrl.events) == len(ref.events) == 4
+    assert all(torch.equal(conn.masks[n], ref_conn.masks[n]) for n in conn.masks)
