@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import warnings
 import weakref
 from typing import Callable, Dict, Iterable, List, Mapping, Optional
@@ -35,6 +36,17 @@ MODES = ("train", "mask_only")
 FORMAT = "adaptive.connectome/1"
 
 
+def _uncompiled(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper runs. The wrapper holds the same parameters under
+    ``_orig_mod.``-prefixed names; a connectome uses the module's own, so that its files and
+    dense_state_dict() load into the plain model, and masks what the compiled forward reads."""
+    frames = sys.modules.get("torch._dynamo.eval_frame")  # not imported yet: nothing was compiled
+    wrapper = getattr(frames, "OptimizedModule", None)
+    while wrapper is not None and isinstance(model, wrapper):
+        model = model._orig_mod
+    return model
+
+
 def _forget_autocast_copies() -> None:
     """Drop autocast's cached low-precision copies of the weights. Inside one ``torch.autocast``
     region every forward pass reuses the first copy of a weight, so after a mask edit in that region
@@ -47,7 +59,8 @@ class Connectome:
     """Any ``nn.Module`` as a masked connectome of synapse ensembles.
 
     Args:
-        model: the network. Its Linear and Conv1d/2d/3d weights are the synapses.
+        model: the network. Its Linear and Conv1d/2d/3d weights are the synapses. A
+            ``torch.compile`` wrapper is taken as the module it wraps (same parameters, its names).
         ensemble: granularity spec: "synapse", "kernel", "neuron", "block:RxC" or "n:m"; or rules
             giving layers different ones, first match wins: ``{"*mlp*": "neuron", "*": "synapse"}``
             or ``"*mlp*=neuron;synapse"`` (see :mod:`adaptive.ensemble_rules`).
@@ -66,6 +79,7 @@ class Connectome:
     ):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}: use 'train' or 'mask_only'")
+        model = _uncompiled(model)
         found = discover(model, include, exclude)
         meta = [n for n, (_, p) in found.items() if p.is_meta]
         if meta:
@@ -845,6 +859,7 @@ class Connectome:
                                  f"{unlisted[:5]}, listed without a mask: {missing[:5]}); the file is corrupt")
             packed = {n: f.get_tensor(f"mask/{n}") for n in shapes}
             original = {n: f.get_tensor(f"original/{n}") for n in shapes if f"original/{n}" in keys}
+        model = _uncompiled(model)
         params = dict(model.named_parameters(remove_duplicate=False))  # a tied weight under every name
         for n, s in shapes.items():
             if n not in params:

@@ -399,3 +399,29 @@ def test_mask_edits_inside_inference_mode_are_whole(how):
         opt.step()
         opt.zero_grad()
     assert all(bool((p[~masks[n]] == 0).all()) and bool(p[masks[n]].ne(0).any()) for n, p in conn.params.items())
+
+
+def test_a_connectome_of_a_compiled_model_uses_the_plain_models_names(tmp_path):
+    # torch.compile(model) wraps the model under "_orig_mod.": a connectome built on the wrapper named
+    # its layers so, and its files and dense_state_dict() did not load into the plain model
+    model = mlp()
+    compiled = torch.compile(model, backend="eager")
+    conn = adaptive.Connectome(compiled)
+    assert conn.names == ["0.weight", "2.weight", "4.weight"] and conn.model is model
+    opt = torch.optim.SGD(compiled.parameters(), lr=0.1, momentum=0.9)
+    conn.set_masks(random_masks(conn))
+    conn.attach(opt)
+    x = torch.randn(4, 20)
+    F.cross_entropy(compiled(x), torch.randint(0, 3, (4,))).backward()
+    opt.step()
+    assert all(bool((p[~conn.masks[n]] == 0).all()) for n, p in conn.params.items())
+    with torch.no_grad():
+        assert torch.equal(compiled(x), model(x))  # the compiled forward reads the masked weights
+    torch._dynamo.reset()
+    conn.save(tmp_path / "c.safetensors")
+    plain = mlp(seed=1)
+    plain.load_state_dict(conn.dense_state_dict())
+    for m in (plain, torch.compile(plain, backend="eager")):
+        loaded = adaptive.Connectome.load(tmp_path / "c.safetensors", m)
+        assert loaded.names == conn.names and all(torch.equal(loaded.masks[n], conn.masks[n]) for n in conn.names)
+    assert all(torch.equal(p, conn.params[n]) for n, p in adaptive.Connectome(plain).params.items())
