@@ -27,7 +27,7 @@ from torch import nn
 
 from . import bitpack, ensemble_rules
 from .atomic import atomic_path
-from .discovery import SynapseLayer, aliases, discover, state_dict_keys
+from .discovery import SynapseLayer, aliases, discover, shared_weight_warning, state_dict_keys
 from .ensembles import Granularity
 from .grad_masking import BackwardMasker
 from .optim_state import preserves_zeros, reset_state, unwrap_optimizer
@@ -81,6 +81,9 @@ class Connectome:
             raise ValueError(f"unknown mode {mode!r}: use 'train' or 'mask_only'")
         model = _uncompiled(model)
         found = discover(model, include, exclude)
+        shared = shared_weight_warning(model, found)
+        if shared:
+            warnings.warn(shared, stacklevel=2)
         meta = [n for n, (_, p) in found.items() if p.is_meta]
         if meta:
             raise ValueError(

@@ -4,7 +4,10 @@ A synapse is one scalar weight of a Linear or Conv1d/2d/3d layer (grouped and de
 included) or of a MultiheadAttention's input projections (``in_proj_weight``, or ``q_proj_weight``,
 ``k_proj_weight`` and ``v_proj_weight`` when keys and values have their own sizes; its
 ``out_proj`` is a Linear) or of a recurrent layer's matrices (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``:
-``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``). Biases, normalisation parameters and embeddings are not synapses. A weight shared by
+``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``). Biases, normalisation parameters and embeddings are not synapses, but a Linear tied to an
+embedding (``head.weight = emb.weight``) holds synapses, so pruning it zeroes entries of the
+embedding table: the Connectome warns about any synapse weight that a non-synapse module also
+holds (:func:`shared_weight_warning`), naming ``exclude=`` to keep it dense. A weight shared by
 several modules is one set of synapses (one mask, so the modules can never be pruned apart),
 reported under the name of the first prunable module that holds it; ``include``/``exclude``
 patterns see every name it has, so excluding any module that holds a tied weight leaves it dense.
@@ -177,6 +180,46 @@ def discover(
             f"include={list(inc)} / exclude={list(exc)} left no prunable layer of the {candidates} found"
         )
     return found
+
+
+def held_outside_synapse_layers(model: nn.Module, found: Dict[str, tuple]) -> Dict[str, list]:
+    """``{synapse parameter name: [(name, module type), ...]}`` for every synapse weight of ``found``
+    (as :func:`discover` returns it) that some module also holds as a parameter that is not one of its
+    synapse weights: an ``nn.Embedding`` tied to an output head, or any other non-synapse module.
+    Pruning such a weight zeroes those entries for the other module as well."""
+    ids = {id(p): n for n, (_, p) in found.items()}
+    out: Dict[str, list] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        synapse_attrs = {a for a, _, _ in _prunable_weights(module)}
+        for pn, p in module.named_parameters(recurse=False):
+            if id(p) in ids and pn not in synapse_attrs:
+                entry = (f"{mname}.{pn}" if mname else pn, type(module).__name__)
+                holders = out.setdefault(ids[id(p)], [])
+                if entry not in holders:
+                    holders.append(entry)
+    return out
+
+
+def shared_weight_warning(model: nn.Module, found: Dict[str, tuple]) -> Optional[str]:
+    """The warning text for :func:`held_outside_synapse_layers`, or None when no synapse weight is
+    shared with a non-synapse module."""
+    shared = held_outside_synapse_layers(model, found)
+    if not shared:
+        return None
+    parts = []
+    for name, holders in list(shared.items())[:4]:
+        others = ", ".join(f"{h} ({t})" for h, t in holders)
+        parts.append(f"{name} (layer {found[name][0].module_name!r}) is the same Parameter as {others}")
+    more = f"; and {len(shared) - 4} more" if len(shared) > 4 else ""
+    first = next(iter(shared))
+    module = found[first][0].module_name
+    holder = shared[first][0][0].rpartition(".")[0] or shared[first][0][0]
+    return (
+        f"{len(shared)} synapse weight(s) are also held by a module that is not a synapse layer (an "
+        f"embedding or another non-synapse module): {'; '.join(parts)}{more}. Pruning such a weight zeroes "
+        f"the same entries there too (a tied embedding loses those entries of its table). To keep it dense, "
+        f"pass exclude={module!r} (or exclude={holder!r}: any name that holds the weight selects it); "
+        "otherwise accept that pruning the layer prunes the other module as well")
 
 
 def aliases(model: nn.Module) -> Dict[int, tuple]:

@@ -148,3 +148,41 @@ def test_weight_tensors_left_dense_are_named_in_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # embeddings (not synapses by design) and plain nets: no warning
         adaptive.Connectome(torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 2)))
+
+
+def test_a_synapse_weight_tied_to_an_embedding_is_named_in_a_warning():
+    """A GPT-style tied head: pruning head.weight zeroes entries of the embedding table, which
+    happened silently."""
+    import warnings
+
+    class TiedLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(7, 4)
+            self.mid = nn.Linear(4, 4)
+            self.head = nn.Linear(4, 7, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, x):
+            return self.head(self.mid(self.emb(x)))
+
+    with pytest.warns(UserWarning, match=r"head\.weight \(layer 'head'\) is the same Parameter as emb\.weight "
+                                         r"\(Embedding\).*exclude='head'.*exclude='emb'"):
+        conn = adaptive.Connectome(TiedLM())
+    assert conn.names == ["mid.weight", "head.weight"]
+
+    class Holder(nn.Module):  # any other non-synapse module holding it counts too
+        def __init__(self, w):
+            super().__init__()
+            self.table = w
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    model.add_module("lookup", Holder(model[0].weight))
+    with pytest.warns(UserWarning, match=r"0\.weight \(layer '0'\) is the same Parameter as lookup\.table \(Holder\)"):
+        adaptive.Connectome(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # excluded: dense, nothing to warn about; tied synapse layers: one mask
+        assert adaptive.Connectome(TiedLM(), exclude="emb").names == ["mid.weight"]
+        tied = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+        tied[1].weight = tied[0].weight
+        assert adaptive.Connectome(tied).names == ["0.weight"]
