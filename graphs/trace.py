@@ -813,8 +813,15 @@ def _add_outputs(prop: FlowProp, gm: fx.GraphModule, result) -> None:
     flows = prop._tensor_flows(out_node.args)
     for i, f in enumerate(flows):
         # logits [N, classes] and images [N, C, ...] keep units on axis 1; sequences [N, T, F] on the last
-        axis = 1 if f.dim() == 2 or _uniform_except(f, 1) else -1
-        ids = prop.readout(f, axis, "output") if f.dim() > 1 else f.long()
+        if f.dim() > 1:
+            axis = 1 if f.dim() == 2 or _uniform_except(f, 1) else -1
+            ids = prop.readout(f, axis, "output")
+        else:
+            # a 0-dim value (an auxiliary loss) or one value per sample ([N]): one output node when
+            # every element comes from the same node, whatever the batch size; else one per element
+            ids = f.reshape(-1).long()
+            if ids.numel() > 1 and bool((ids == ids[0]).all()):
+                ids = ids[:1]
         gid, start = prop.book.new_group("output" if len(flows) == 1 else f"output{i}", "output", "logits", ids.numel())
         dst = torch.arange(start, start + ids.numel())
         live = ids != 0

@@ -276,3 +276,45 @@ def test_dead_unit_counts_agree_with_and_without_junctions():
     counts = {k: (int(with_j[k].sum()), int(without[k].sum())) for k in with_j}
     assert all(a == b for a, b in counts.values()), counts
     assert counts["no_live_output"][0] > 0  # the case is exercised
+
+
+class _AuxOutputs(nn.Module):
+    """Logits beside a 0-dim auxiliary loss and a per-sample value."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        z = self.b(h)
+        return z, h.pow(2).mean(), z[:, 0]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_scalar_output_is_one_output_node(batch):
+    """A 0-dim output (an auxiliary loss) crashed graphs.build (its ids stayed 0-dim and the wire
+    targets came out 2-D); a per-sample [N] output had one output node per sample."""
+    g = graphs.build(model=_AuxOutputs(), level="unit", example_input=torch.randn(batch, 4))
+    links = {e for e in edge_set(g) if not e[0].startswith("x:")}
+    assert links == (full("a", "b", 3, 2) | wires("a", "mean", [(i, 0) for i in range(3)])
+                     | wires("b", "output0", [(0, 0), (1, 1)]) | wires("mean", "output1", [(0, 0)])
+                     | wires("b", "output2", [(0, 0)]))
+    assert graphs.summary(g)["outputs"] == 4
+    g = graphs.build(model=_AuxOutputs(), level="synapse", example_input=torch.randn(batch, 4), junctions=False)
+    assert graphs.summary(g)["dead"]["dead"] == 0
+    assert graphs.to_networkx(g).number_of_nodes() == len(g.node_names())
+
+
+def test_gradient_by_depth_traces_a_model_with_an_auxiliary_loss_output():
+    """The trace failure above surfaced as 'cannot tell the signal depth ... pass depths='."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from adaptive.diagnostics import gradient_by_depth
+
+    torch.manual_seed(0)
+    loader = DataLoader(TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,))), batch_size=8)
+    with pytest.warns(UserWarning, match="one band"):  # b reads depth 1 only
+        out = gradient_by_depth(_AuxOutputs(), loader, layer="b", batches=2,
+                                loss_fn=lambda o, y: F.cross_entropy(o[0], y) + o[1])
+    assert [r["depth"] for r in out.table] == [1]
