@@ -75,3 +75,36 @@ def test_asking_for_more_batches_than_the_loader_has_warns_and_reports_the_true_
         warnings.simplefilter("error")  # one full pass (batches=None) or a request it meets: silent
         assert collinearity(model, loader).batches == 3
         assert collinearity(model, loader, batches=2).batches == 2
+
+
+class _Two(nn.Module):
+    """A model of two inputs, taking them as one tuple."""
+
+    def __init__(self):
+        super().__init__()
+        self.fa, self.fb, self.head = nn.Linear(6, 4), nn.Linear(4, 4), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.cat([self.fa(x[0]), self.fb(x[1])], 1))
+
+
+def test_batches_that_cannot_be_recut_are_refused_naming_what_is_accepted():
+    """Dict batches and tuple inputs were unpacked as (x, y) and counted by len(): 'the loader holds
+    only 12 samples, fewer than one batch'."""
+    torch.manual_seed(0)
+    a, b, y = torch.randn(3, 8, 6), torch.randn(3, 8, 4), torch.randint(0, 3, (3, 8))
+    dicts = [{"x1": a[i], "x2": b[i], "label": y[i]} for i in range(3)]
+    with pytest.raises(TypeError, match=r"batch_size=4\) re-cuts .*\(inputs tensor, targets tensor, \.\.\.\); "
+                                        r"this loader yielded a dict with keys \['label', 'x1', 'x2'\]: .*collate_fn"):
+        collinearity(_Two(), dicts, batch_size=4)
+    pairs = [((a[i], b[i]), y[i]) for i in range(3)]
+    with pytest.raises(TypeError, match=r"yielded a tuple of \(a tuple, tensor\): pass batch_size=None.*collate_fn"):
+        collinearity(_Two(), pairs, batch_size=4)
+    with pytest.raises(TypeError, match=r"must yield \(inputs, targets\) pairs; it yielded a dict.*collate_fn"):
+        collinearity(_Two(), dicts)
+    # the loader's own batches: inputs as a tuple of tensors go to the model as they are
+    res = collinearity(_Two(), pairs)
+    assert res.batches == 3 and set(res.cosine) == {"fa.weight", "fb.weight", "head.weight"}
+    # (inputs tensor, targets tensor, extra) is still re-cut
+    triples = [(torch.randn(8, 6), torch.randint(0, 3, (8,)), torch.rand(8)) for _ in range(3)]
+    assert [len(x) for x, _ in rebatch(triples, 6)] == [6, 6, 6, 6]

@@ -39,7 +39,9 @@ def iterate_batches(loader, batches: Optional[int], desc: str, cycle: bool = Fal
             except StopIteration:
                 break
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                raise TypeError("the loader must yield (inputs, targets) pairs")
+                what = f"a dict with keys {sorted(map(str, batch))[:6]}" if isinstance(batch, dict) else f"a {type(batch).__name__}"
+                raise TypeError(f"the loader must yield (inputs, targets) pairs; it yielded {what}: give the DataLoader "
+                                "a collate_fn (or wrap the dataset) so that each batch is (inputs, targets)")
             yield batch[0], batch[1]
             n += 1
             bar.update(1)

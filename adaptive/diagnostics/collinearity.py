@@ -38,16 +38,41 @@ def _median(x: torch.Tensor) -> float:
     lo = torch.kthvalue(x, (n + 1) // 2).values
     return float(lo if n % 2 else (lo + torch.kthvalue(x, n // 2 + 1).values) / 2)
 
+def _describe(batch) -> str:
+    """What a loader yielded, for an error message."""
+    if isinstance(batch, dict):
+        keys = sorted(map(str, batch))
+        return f"a dict with keys {keys[:6]}{' ...' if len(keys) > 6 else ''}"
+    if isinstance(batch, (tuple, list)):
+        parts = ["tensor" if isinstance(b, torch.Tensor) else f"a {type(b).__name__}" for b in batch[:4]]
+        return f"a {type(batch).__name__} of ({', '.join(parts)}{', ...' if len(batch) > 4 else ''})"
+    return f"a {type(batch).__name__}"
+
+
 def rebatch(loader, batch_size: Optional[int]) -> Iterator:
     """The loader's ``(x, y)`` batches re-cut into batches of exactly ``batch_size`` samples (the
-    remainder that does not fill one is dropped); the loader's own batches when None."""
+    remainder that does not fill one is dropped); the loader's own batches when None. Re-cutting
+    needs batches of ``(inputs tensor, targets tensor, ...)``: anything else is refused with a
+    TypeError saying what the loader yielded and what to do."""
     if batch_size is None:
         yield from loader
         return
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     xs, ys, have, cut = [], [], 0, 0
-    for x, y, *_ in loader:
+    for batch in loader:
+        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2
+                and isinstance(batch[0], torch.Tensor) and isinstance(batch[1], torch.Tensor)):
+            fix = ("give the DataLoader a collate_fn that makes each batch (inputs tensor, targets tensor)"
+                   if isinstance(batch, dict) or not isinstance(batch, (tuple, list)) or len(batch) < 2 else
+                   "pass batch_size=None to measure the loader's own batches (their inputs go to the model as they "
+                   "are, a tuple of tensors included), or give the DataLoader a collate_fn that makes each batch "
+                   "(inputs tensor, targets tensor)")
+            raise TypeError(
+                f"collinearity(batch_size={batch_size}) re-cuts the loader's batches into batches of {batch_size} "
+                f"samples, so each must be (inputs tensor, targets tensor, ...); this loader yielded "
+                f"{_describe(batch)}: {fix}")
+        x, y = batch[0], batch[1]
         xs.append(x)
         ys.append(y)
         have += len(x)
@@ -136,6 +161,17 @@ class Collinearity:
         return save_figure(fig, path, svg=svg)
 
 
+def _to_device(x, device):
+    """``x`` on ``device``: a tensor, or the tensors inside a tuple, list or dict of them."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_device(t, device) for t in x)
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    return x
+
+
 def collinearity(
     model: nn.Module,
     loader,
@@ -148,7 +184,8 @@ def collinearity(
     device=None,
 ) -> Collinearity:
     """Stream ``batches`` batches (all of one pass when None) of ``batch_size`` samples (re-cut from
-    the loader's batches; the loader's own size when None) and measure the collinearity of every
+    the loader's batches, which must then be ``(inputs tensor, targets tensor, ...)``; the loader's
+    own batches when None, whose inputs may be a tuple of tensors for a model taking one) and measure the collinearity of every
     prunable weight (Linear/Conv weights, filtered by ``include``/``exclude`` like
     :class:`adaptive.Connectome`). Leaves ``.grad``, the parameters and the buffers (BatchNorm
     running statistics, even in train mode) untouched."""
@@ -165,7 +202,7 @@ def collinearity(
     n = 0
     with kept_buffers(model), training_mode(model, train_mode):
         for x, y in iterate_batches(rebatch(loader, batch_size), batches, desc="collinearity", warn_short=True):
-            x, y = x.to(device), y.to(device)
+            x, y = _to_device(x, device), _to_device(y, device)
             grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
             for i, g in enumerate(grads):
                 if g is None:
