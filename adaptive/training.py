@@ -220,14 +220,19 @@ def list_checkpoints(root) -> List[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2, state: Optional[TrainState] = None) -> Path:
+def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2, state: Optional[TrainState] = None
+                    ) -> Path:
     """Save the accelerator's state (model, optimizer, RNG states and the objects registered for
     checkpointing) as ``<output_dir>/checkpoints/step_<step>``, atomically: everything is written
     into ``.tmp-step_<step>`` first and renamed only when complete, so a run killed while saving
-    leaves the previous checkpoint loadable. Keeps the newest ``keep`` checkpoints (None: all).
+    leaves the previous checkpoint loadable. A ``MANIFEST.json`` with the size and sha256 of every
+    file is written last, before the rename; :func:`load_checkpoint` verifies it.
+    Keeps the newest ``keep`` checkpoints (None: all).
     Every process must call it (each saves its own RNG state). With several processes, ``state``'s
     partial logging window is summed over them before it is saved, since only the main process's
     copy is written (each process takes an equal share back on load)."""
+    from .integrity import write_manifest
+
     root = checkpoint_root(output_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"
@@ -247,6 +252,7 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
             state.saved_window = None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        write_manifest(tmp)  # every process's files are there now
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -289,25 +295,68 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINT_DIR else checkpoint.parent
 
 
-def load_checkpoint(accelerator, path, optimizer=None) -> None:
-    """``accelerator.load_state(path)``. Registered objects load after the optimizer (Accelerate's
+def verify_checkpoint(path, process_index: int = 0, warn: bool = True) -> None:
+    """Check a checkpoint folder against its ``MANIFEST.json`` (every file present, none added,
+    sizes and sha256 as written) and that this process's random states are there. Raises
+    :class:`~adaptive.integrity.CheckpointDamagedError` naming the file and what to do instead (the
+    other checkpoints of the run). A checkpoint written before manifests were loads unverified,
+    with a one-line warning (``warn``)."""
+    from .integrity import CheckpointDamagedError, check_manifest
+
+    path = Path(path)
+    problem = check_manifest(path)
+    if problem is None:
+        rng = path / f"random_states_{process_index}.pkl"
+        if not rng.is_file():
+            problem = f"{rng.name} is missing"
+        elif warn:
+            import sys
+
+            print(f"warning: checkpoint {path} has no MANIFEST.json (written by an older version), so its files "
+                  "cannot be verified", file=sys.stderr)
+    if problem:
+        raise CheckpointDamagedError(_damaged(path, problem))
+
+
+def _damaged(path: Path, problem: str) -> str:
+    """One line: which checkpoint is damaged, how, and which others of the run to resume from."""
+    others = [p for p in list_checkpoints(path.parent) if p.resolve() != path.resolve()] if path.parent.is_dir() else []
+    fix = (f"resume from another checkpoint of the run (--resume {others[-1]}; it has "
+           f"{', '.join(p.name for p in others)}), or delete {path} so that --resume latest takes {others[-1].name}"
+           if others else f"the run has no other checkpoint: delete {path} and start afresh (without --resume)")
+    return f"checkpoint {path} is damaged: {problem}; {fix}"
+
+
+def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -> None:
+    """``accelerator.load_state(path)``, after :func:`verify_checkpoint` (unless ``verified``:
+    the caller has just done so). Registered objects load after the optimizer (Accelerate's
     order); the connectome's restore keeps the loaded moments wherever a synapse is present, so
     the resumed run continues bit-exactly. ``optimizer`` is accepted for older callers and unused.
-    This process's random states must be readable: Accelerate skips an unreadable file with a log
-    line, and the run would go on with other augmentation and dropout draws."""
-    rng = Path(path) / f"random_states_{accelerator.process_index}.pkl"
+    This process's random states must be there and readable: Accelerate skips an unreadable file
+    with a log line, and the run would go on with other augmentation and dropout draws."""
+    from .integrity import CheckpointDamagedError
+
+    path = Path(path)
+    rng = path / f"random_states_{accelerator.process_index}.pkl"
     bad = ""
-    if rng.exists():
+    try:
+        if not verified:
+            verify_checkpoint(path, accelerator.process_index, warn=accelerator.is_main_process)
+        elif not rng.is_file():
+            bad = _damaged(path, f"{rng.name} is missing")
+    except CheckpointDamagedError as e:
+        bad = str(e)
+    if not bad:
         try:
             torch.load(rng, weights_only=False)
         except Exception as e:
-            bad = f"{rng} cannot be read ({type(e).__name__}): the checkpoint is damaged"
+            bad = _damaged(path, f"{rng.name} cannot be read ({type(e).__name__})")
     if accelerator.num_processes > 1:  # every process refuses together, not only the one with the bad file
         from accelerate.utils import gather_object
 
         bad = next((b for b in gather_object([bad]) if b), "")
     if bad:
-        raise ValueError(bad)
+        raise CheckpointDamagedError(bad)
     accelerator.load_state(str(path))
 
 

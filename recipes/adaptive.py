@@ -491,8 +491,12 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     # The registration order is part of the checkpoint format: custom_checkpoint_0..3.
     accelerator.register_for_checkpointing(conn, ctrl, state, lr_scheduler)
     if resume_from is not None:
+        from adaptive.integrity import CheckpointDamagedError
+
         try:
-            load_checkpoint(accelerator, resume_from)
+            load_checkpoint(accelerator, resume_from, verified=True)  # verified by _check_resumed_config
+        except CheckpointDamagedError:  # (adaptive.integrity's)
+            raise  # names the file and the run's other checkpoints
         except Exception as e:  # a truncated or foreign file: name the folder, not a deserializer's internals
             raise CheckpointError(
                 f"checkpoint {resume_from} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
@@ -636,8 +640,14 @@ def _check_resumed_config(cfg: RunConfig, output_dir: Path, resume_from: Optiona
     and than the ones of the run whose checkpoint it continues (another run folder's): the
     checkpoint's controller, schedule and weights would silently override them."""
     folders = [Path(output_dir)]
-    if resume_from is not None and run_dir_of(resume_from).resolve() != Path(output_dir).resolve():
-        folders.append(run_dir_of(resume_from))
+    if resume_from is not None:
+        from adaptive.distributed import rank
+        from adaptive.training import verify_checkpoint
+
+        # a damaged checkpoint is refused here, naming the file
+        verify_checkpoint(resume_from, rank(), warn=rank() == 0)
+        if run_dir_of(resume_from).resolve() != Path(output_dir).resolve():
+            folders.append(run_dir_of(resume_from))
     for folder in folders:
         _check_against(cfg, folder / "config.yaml")
 

@@ -120,7 +120,7 @@ def test_resume_with_other_settings_or_a_damaged_checkpoint_is_refused(tmp_path,
     assert (out / "config.yaml").read_bytes() == config
     (out / "checkpoints" / "step_00000010" / "model.safetensors").write_bytes(b"truncated")
     err = error_of(TINY + ["--output_dir", str(out), "--resume", "latest", "--threads", "1"], capsys)
-    assert "step_00000010 cannot be read" in err and "resume from an earlier one" in err
+    assert "step_00000010 is damaged: model.safetensors has 9 bytes" in err and "start afresh" in err
 
 
 def test_prune_pretrained_refused_target_keeps_the_earlier_checkpoint(tmp_path):

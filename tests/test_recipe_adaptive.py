@@ -501,6 +501,9 @@ def test_a_resume_under_another_process_count_is_refused(tmp_path, capsys):
     assert sd["processes"] == 1 and sd["steps_per_epoch"] > 0
     sd["processes"], sd["steps_per_epoch"] = 2, sd["steps_per_epoch"] // 2
     torch.save(sd, path)
+    from adaptive.integrity import write_manifest
+
+    write_manifest(ckpt)  # as a 2-process run would have written it (an edit alone is refused as damage)
     with pytest.raises(SystemExit):
         run(tmp_path / "run", "--max_steps", "40", "--checkpoint_every", "20", "--figures", "false",
             "--resume", str(ckpt))
@@ -591,7 +594,8 @@ def test_a_damaged_random_state_file_is_refused_on_resume(tmp_path, capsys):
     rng.write_bytes(rng.read_bytes()[:100])
     with pytest.raises(SystemExit):
         run(tmp_path / "a", "--max_steps", "40", "--resume", "latest")
-    assert "random_states_0.pkl cannot be read" in capsys.readouterr().err
+    err = capsys.readouterr().err  # (its MANIFEST.json finds it cut short before it is read)
+    assert "random_states_0.pkl has 100 bytes" in err and "is damaged" in err
 
 
 def test_an_output_dir_that_is_a_file_is_one_error_line(tmp_path, capsys):

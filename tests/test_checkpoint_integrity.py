@@ -1,0 +1,130 @@
+"""Damaged, cut short or half-deleted saved state is refused with one line naming the file:
+recipes/adaptive.py's checkpoint folders (MANIFEST.json)."""
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import adaptive
+from adaptive.training import list_checkpoints, read_metrics_csv
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _scripts import load_script  # noqa: E402
+
+torch.set_num_threads(1)
+R = load_script("recipes/adaptive.py", "recipe_adaptive_integrity")
+TINY = ["--max_steps", "60", "--update_every", "10", "--log_every", "5", "--threads", "1", "--progress", "false",
+        "--figures", "false", "--checkpoint_every", "20"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def run(out, *extra, on_step=None):
+    return R.main(TINY + ["--output_dir", str(out), *extra], on_step=on_step)
+
+
+def flip(path: Path, at: float = 0.5) -> None:
+    b = bytearray(path.read_bytes())
+    b[int(len(b) * at)] ^= 1
+    path.write_bytes(bytes(b))
+
+
+def refused(capsys, out, *extra) -> str:
+    AcceleratorState_reset()
+    with pytest.raises(SystemExit) as e:
+        run(out, *extra)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()  # one error line (after a warning that a checkpoint cannot be verified)
+    assert lines[-1].startswith("recipes/adaptive.py: error:") and "Traceback" not in err, err
+    assert all(x.startswith("warning: ") for x in lines[:-1]), err
+    return lines[-1]
+
+
+def AcceleratorState_reset():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A run of 60 steps with checkpoints at steps 20 and 40, and its outputs."""
+    out = tmp_path_factory.mktemp("integrity") / "run"
+    AcceleratorState_reset()
+    res = run(out)
+    AcceleratorState_reset()
+    return out, {k: v.clone() for k, v in res.model.state_dict().items()}
+
+
+def copy_of(finished_run, tmp_path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(finished_run[0], out)
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoint folders
+
+def test_every_checkpoint_folder_has_a_manifest(finished_run):
+    import json
+
+    cks = list_checkpoints(finished_run[0] / "checkpoints")
+    assert [c.name for c in cks] == ["step_00000020", "step_00000040"]
+    for c in cks:
+        files = json.loads((c / "MANIFEST.json").read_text())["files"]
+        assert set(files) == {p.name for p in c.iterdir()} - {"MANIFEST.json"}
+        assert {"model.safetensors", "custom_checkpoint_0.pkl", "random_states_0.pkl"} <= set(files)
+    assert not list((finished_run[0] / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("name", ["custom_checkpoint_0.pkl", "model.safetensors", "optimizer.bin",
+                                  "random_states_0.pkl"])
+def test_a_flipped_bit_in_a_checkpoint_is_refused_naming_the_file(finished_run, tmp_path, capsys, name):
+    out = copy_of(finished_run, tmp_path)
+    ck = out / "checkpoints" / "step_00000040"
+    flip(ck / name)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    err = refused(capsys, out, "--resume", "latest")
+    assert f"checkpoint {ck} is damaged: {name}" in err
+    assert f"--resume {out / 'checkpoints' / 'step_00000020'}" in err  # the run's other checkpoint
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing written
+
+
+def test_a_missing_or_added_file_is_refused(finished_run, tmp_path, capsys):
+    out = copy_of(finished_run, tmp_path)
+    ck = out / "checkpoints" / "step_00000040"
+    (ck / "random_states_0.pkl").unlink()
+    err = refused(capsys, out, "--resume", "latest")
+    assert "random_states_0.pkl is missing" in err
+    shutil.rmtree(out)
+    out = copy_of(finished_run, tmp_path)
+    (ck / "stray.bin").write_bytes(b"x")
+    assert "stray.bin was not written with it" in refused(capsys, out, "--resume", "latest")
+
+
+def test_a_checkpoint_without_a_manifest_loads_with_a_warning_but_needs_its_random_states(finished_run, tmp_path,
+                                                                                          capsys):
+    out = copy_of(finished_run, tmp_path)
+    ck = out / "checkpoints" / "step_00000040"
+    (ck / "MANIFEST.json").unlink()  # as written by older code
+    res = run(out, "--resume", "latest")
+    err = capsys.readouterr().err
+    assert f"warning: checkpoint {ck} has no MANIFEST.json" in err and err.count("warning:") == 1
+    assert all(torch.equal(v, finished_run[1][k]) for k, v in res.model.state_dict().items())  # still bit-exact
+    shutil.rmtree(out)
+    out = copy_of(finished_run, tmp_path)
+    for n in ("MANIFEST.json", "random_states_0.pkl"):
+        (ck / n).unlink()
+    assert "random_states_0.pkl is missing" in refused(capsys, out, "--resume", "latest")
+
+
