@@ -38,18 +38,26 @@ class CheckpointMismatchError(ValueError):
     checkpoint path through an option of its own re-raises with a ``fix`` naming that option
     (:meth:`with_fix`)."""
 
-    def __init__(self, problem: str, fix: str = ""):
+    def __init__(self, problem: str, fix: str = "", damaged: bool = False):
         super().__init__(f"{problem}. {fix}" if fix else problem)
-        self.problem, self.fix = problem, fix
+        self.problem, self.fix, self.damaged = problem, fix, damaged
 
     def with_fix(self, fix: str) -> "CheckpointMismatchError":
-        """The same problem with another ``fix``."""
+        """The same problem with another ``fix`` (a damaged file keeps its own: it cannot be resumed
+        with any settings)."""
+        if self.damaged:
+            return CheckpointMismatchError(self.problem, _RECIPE_DAMAGED_FIX, damaged=True)
         return CheckpointMismatchError(self.problem, fix)
 
 
 # what load_stage suggests to a caller of optimize_connectome(checkpoint=PATH)
 _API_FIX = {"unreadable": "Delete it, or pass another checkpoint= file, to start afresh",
+            "damaged": "Delete it, or pass another checkpoint= file (a copy of it made before the damage), to start afresh",
             "other run": "Use the same settings to resume, or pass another checkpoint= file (or delete it) to start afresh"}
+
+
+_RECIPE_DAMAGED_FIX = ("It cannot be resumed: delete it (or put back a copy made before the damage) and run without "
+                       "--resume to start afresh, or give another --output_dir")
 
 
 def begin(path, resume: bool) -> Optional[str]:
@@ -141,32 +149,95 @@ def _differences(saved: dict, now: dict) -> List[str]:
 
 
 def save_stage(path, state: dict) -> None:
-    """Write ``state`` to ``path`` atomically (first process only)."""
+    """Write ``state`` to ``path`` atomically (first process only), with a sha256 of its content
+    (:func:`adaptive.integrity.digest`) that :func:`load_stage` verifies."""
+    from .integrity import digest
+
     if rank() != 0:
         return
+    state = {"format": FORMAT, **state}
+    state["sha256"] = digest(state)
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+        torch.save(state, tmp)
+
+
+# what load_stage checks before anything uses a loaded state: key -> accepted types
+_TYPES = {"format": int, "fingerprint": dict, "stage": int, "step": int, "since_best": int, "masks": dict,
+          "controller": dict, "snapshots": dict, "history": list, "data": (dict, type(None)),
+          "cpu_seconds": (int, float), "wall_seconds": (int, float), "sha256": str}
+_OPTIONAL = {"data", "sha256"}
+
+
+def _structure_problem(state: dict) -> str:
+    """What is wrong with the shape of a loaded stage state ("" when nothing)."""
+    for k in state:
+        if k not in _TYPES:
+            return f"unknown entry {k!r}"
+    for k, types in _TYPES.items():
+        if k not in state:
+            if k not in _OPTIONAL:
+                return f"no {k!r} entry"
+            continue
+        v = state[k]
+        if not isinstance(v, types) or (types is int and isinstance(v, bool)):
+            return f"{k!r} is a {type(v).__name__}"
+    if not all(isinstance(n, str) and isinstance(m, torch.Tensor) for n, m in state["masks"].items()):
+        return "'masks' holds something other than tensors"
+    for label, snap in state["snapshots"].items():
+        if not isinstance(snap, dict) or not isinstance(snap.get("masks"), dict) or not all(
+                isinstance(m, torch.Tensor) for m in snap["masks"].values()):
+            return f"snapshot {label!r} is not a snapshot"
+    if not all(isinstance(r, dict) for r in state["history"]):
+        return "'history' holds something other than records"
+    data = state.get("data")
+    if data is not None and not all(isinstance(data.get(k), dict) for k in ("train", "holdout")):
+        return "'data' does not hold both loaders' positions"
+    return ""
 
 
 def load_stage(path, now: dict) -> Optional[dict]:
     """The state recorded in ``path`` (None when there is no file). Raises
-    :class:`CheckpointMismatchError` when it was written by a run with another fingerprint, or is
-    not a stage checkpoint, and ValueError when ``path`` is a folder."""
+    :class:`CheckpointMismatchError` when it was written by a run with another fingerprint, is
+    damaged (its content does not match the sha256 stored with it, or its entries are not what a
+    stage checkpoint holds) or is not a stage checkpoint, and ValueError when ``path`` is a folder.
+    Everything is checked before the state is returned, so a caller changes nothing for a bad file."""
+    from .integrity import digest
+
     path = Path(path)
     if path.exists() and not path.is_file():
         raise ValueError(f"checkpoint {path} is a folder: give a file path, e.g. {path / 'checkpoint.pt'}")
     if not path.is_file():
         return None
+    if path.stat().st_size == 0:
+        raise CheckpointMismatchError(f"{path} is empty (0 bytes: its write was cut short or the file was truncated), "
+                                      "not a readable mask-only checkpoint", _API_FIX["unreadable"], damaged=True)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
-        raise CheckpointMismatchError(f"{path} is not a readable mask-only checkpoint ({e})",
-                                      _API_FIX["unreadable"]) from e
+        text = str(e).strip().splitlines()
+        reason = f"{type(e).__name__}: {text[0]}" if text and text[0] else type(e).__name__
+        raise CheckpointMismatchError(f"{path} is not a readable mask-only checkpoint ({reason})",
+                                      _API_FIX["unreadable"], damaged=True) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT or "fingerprint" not in state:
         raise CheckpointMismatchError(f"{path} is not a mask-only stage checkpoint (format {FORMAT})",
                                       _API_FIX["unreadable"])
+    if "sha256" in state:
+        body = {k: v for k, v in state.items() if k != "sha256"}
+        if digest(body) != state["sha256"]:
+            raise CheckpointMismatchError(f"{path} is damaged: its content does not match the sha256 stored in it",
+                                          _API_FIX["damaged"], damaged=True)
+    problem = _structure_problem(state)
+    if problem:
+        raise CheckpointMismatchError(f"{path} is damaged ({problem})", _API_FIX["damaged"], damaged=True)
+    if "sha256" not in state:
+        import sys
+
+        if rank() == 0:
+            print(f"warning: {path} carries no checksum (written by an older version), so it cannot be verified",
+                  file=sys.stderr)
     diff = _differences(state["fingerprint"], now)
     if diff:
         raise CheckpointMismatchError(f"{path} was written by another run; it differs in " + "; ".join(diff),
                                       _API_FIX["other run"])
+    state.pop("sha256", None)
     return state

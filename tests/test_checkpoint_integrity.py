@@ -1,5 +1,6 @@
 """Damaged, cut short or half-deleted saved state is refused with one line naming the file:
-recipes/adaptive.py's checkpoint folders (MANIFEST.json)."""
+recipes/adaptive.py's checkpoint folders (MANIFEST.json), the mask-only stage checkpoint (a digest
+inside)."""
 import os
 import shutil
 import sys
@@ -126,5 +127,69 @@ def test_a_checkpoint_without_a_manifest_loads_with_a_warning_but_needs_its_rand
     for n in ("MANIFEST.json", "random_states_0.pkl"):
         (ck / n).unlink()
     assert "random_states_0.pkl is missing" in refused(capsys, out, "--resume", "latest")
+
+
+# ----------------------------------------------------------------------------- mask-only stage checkpoint
+
+def _stage_file(tmp_path):
+    from test_mask_only_checkpoint import KW, interrupted
+    from test_mask_only import tiny
+
+    path = tmp_path / "ck.pt"
+    interrupted(tiny(), [0.2, 0.5, 0.7], path, at_stage=2)
+    return path
+
+
+def _resume_stage(path):
+    from test_mask_only_checkpoint import KW, ordered_loaders
+    from test_mask_only import tiny
+    from adaptive.mask_only import optimize_connectome
+
+    return optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5, 0.7], checkpoint=path, **KW)
+
+
+def test_a_flipped_mask_byte_in_a_stage_checkpoint_is_refused(tmp_path):
+    import struct
+    import zipfile
+
+    from adaptive.mask_only_checkpoint import CheckpointMismatchError
+
+    path = _stage_file(tmp_path)
+    with zipfile.ZipFile(path) as z:  # the first tensor's bytes (a mask)
+        info = next(i for i in z.infolist() if i.filename.endswith("/data/0"))
+    b = bytearray(path.read_bytes())
+    fnl, exl = struct.unpack("<HH", b[info.header_offset + 26: info.header_offset + 30])
+    b[info.header_offset + 30 + fnl + exl] ^= 1
+    path.write_bytes(bytes(b))
+    with pytest.raises(CheckpointMismatchError, match="is damaged: its content does not match the sha256") as e:
+        _resume_stage(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert "It cannot be resumed" in str(e.value.with_fix("To continue it, give that run's settings again"))
+
+
+def test_a_stage_checkpoint_with_damaged_structure_or_no_bytes_is_refused(tmp_path):
+    from adaptive.mask_only_checkpoint import CheckpointMismatchError
+
+    path = _stage_file(tmp_path)
+    state = torch.load(path, weights_only=True)
+    state.pop("sha256", None)  # written before checksums: its entries are checked before use
+    state["history"] = [tuple(r.items()) if i == 1 else r for i, r in enumerate(state["history"])]
+    torch.save(state, path)
+    with pytest.raises(CheckpointMismatchError, match=r"is damaged \('history' holds something other than records\)"):
+        _resume_stage(path)
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointMismatchError, match=r"is empty \(0 bytes") as e:
+        _resume_stage(path)
+    assert "()" not in str(e.value)
+
+
+def test_a_stage_checkpoint_written_before_checksums_still_resumes(tmp_path, capsys):
+    path = _stage_file(tmp_path)
+    state = torch.load(path, weights_only=True)
+    state.pop("sha256", None)
+    torch.save(state, path)
+    resumed = _resume_stage(path)
+    assert [h["kind"] for h in resumed.history].count("resume") == 1
+    assert "carries no checksum" in capsys.readouterr().err
 
 
