@@ -827,6 +827,9 @@ class Connectome:
         }
         if self._mixed():
             meta["ensembles"] = json.dumps(self.ensemble_specs())
+        from .integrity import tensors_digest
+
+        meta["sha256"] = tensors_digest(tensors, meta)  # load verifies it: a damaged file is refused
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
 
@@ -845,6 +848,18 @@ class Connectome:
                              "a run or Connectome.save wrote") from None
         with opened as f:
             meta = f.metadata() or {}
+            if "sha256" in meta:  # files saved before checksums were load unverified
+                from .integrity import tensors_digest
+
+                try:
+                    every = {k: f.get_tensor(k) for k in f.keys()}
+                except SafetensorError as e:
+                    raise ValueError(f"{path} is damaged: its tensors cannot be read ({e}); use an intact copy, or "
+                                     "rerun what wrote it") from None
+                rest = {k: v for k, v in meta.items() if k != "sha256"}
+                if tensors_digest(every, rest) != meta["sha256"]:
+                    raise ValueError(f"{path} is damaged: its content does not match the sha256 stored in it when it "
+                                     "was saved; use an intact copy, or rerun what wrote it")
             if meta.get("format") != FORMAT:
                 raise ValueError(f"{path} is not an adaptive connectome file (format {meta.get('format')!r})")
             keys = set(f.keys())

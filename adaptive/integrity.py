@@ -4,6 +4,7 @@ instead of being loaded silently into a run that then finishes with other masks 
 
 - a checkpoint folder holds ``MANIFEST.json``: the size and sha256 of every file in it;
 - a single-file state (the mask-only stage checkpoint) carries :func:`digest` of its content;
+- a connectome file carries the sha256 of its tensors and metadata in its metadata.
 
 Hashing is one pass over the bytes (sha256 runs at several hundred MB/s on a CPU).
 """
@@ -126,4 +127,16 @@ def digest(obj) -> str:
     what was saved."""
     h = hashlib.sha256()
     _walk(obj, h)
+    return h.hexdigest()
+
+
+def tensors_digest(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> str:
+    """sha256 of a safetensors file's content: its metadata and its tensors, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(metadata):
+        h.update(f"M{k!r}={metadata[k]!r};".encode())
+    for k in sorted(tensors):
+        t = tensors[k]
+        h.update(f"T{k!r}{t.dtype}{tuple(t.shape)}:".encode())
+        h.update(_tensor_bytes(t))
     return h.hexdigest()

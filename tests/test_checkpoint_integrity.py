@@ -1,6 +1,6 @@
-"""Damaged, cut short or half-deleted saved state is refused with one line naming the file:
-recipes/adaptive.py's checkpoint folders (MANIFEST.json), the mask-only stage checkpoint (a digest
-inside)."""
+"""Damaged, cut short or half-deleted saved state is refused with one line naming the file: recipes/
+adaptive.py's checkpoint folders (MANIFEST.json), the mask-only stage checkpoint (a digest inside),
+connectome files (a sha256 in the metadata)."""
 import os
 import shutil
 import sys
@@ -191,5 +191,43 @@ def test_a_stage_checkpoint_written_before_checksums_still_resumes(tmp_path, cap
     resumed = _resume_stage(path)
     assert [h["kind"] for h in resumed.history].count("resume") == 1
     assert "carries no checksum" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- connectome files
+
+def test_a_damaged_connectome_file_is_refused_by_load_and_by_graphs(finished_run, tmp_path, capsys):
+    from graphs.cli import main
+
+    out = copy_of(finished_run, tmp_path)
+    f = out / "connectome.safetensors"
+    model = adaptive.models.build_model("mlp", num_classes=10, in_shape=(1, 8, 8))
+    adaptive.Connectome.load(f, model)  # intact: loads
+    b = bytearray(f.read_bytes())
+    b[len(b) - 200] ^= 1  # a bit of a packed mask, near the end
+    f.write_bytes(bytes(b))
+    with pytest.raises(ValueError, match="is damaged: its content does not match the sha256"):
+        adaptive.Connectome.load(f, model)
+    capsys.readouterr()
+    assert main(["export", str(out), "--level", "layer", "--format", "json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{f} is damaged" in err
+    assert not (out / "connectome_layer.json").exists()
+
+
+def test_a_connectome_file_saved_before_checksums_still_loads(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    model = adaptive.models.build_model("mlp", num_classes=10, in_shape=(1, 8, 8))
+    c = adaptive.Connectome(model)
+    c.set_masks({k: torch.rand(v.shape) < 0.5 for k, v in c.masks.items()})
+    c.save(tmp_path / "c.safetensors")
+    with safe_open(str(tmp_path / "c.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert "sha256" in meta
+    meta.pop("sha256")
+    save_file(load_file(tmp_path / "c.safetensors"), str(tmp_path / "old.safetensors"), metadata=meta)
+    back = adaptive.Connectome.load(tmp_path / "old.safetensors", model)
+    assert all(torch.equal(back.masks[n], c.masks[n]) for n in c.masks)
 
 
