@@ -220,12 +220,13 @@ def list_checkpoints(root) -> List[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2, state: Optional[TrainState] = None
-                    ) -> Path:
+def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2, state: Optional[TrainState] = None,
+                    files: Optional[Dict[str, bytes]] = None) -> Path:
     """Save the accelerator's state (model, optimizer, RNG states and the objects registered for
     checkpointing) as ``<output_dir>/checkpoints/step_<step>``, atomically: everything is written
     into ``.tmp-step_<step>`` first and renamed only when complete, so a run killed while saving
-    leaves the previous checkpoint loadable. A ``MANIFEST.json`` with the size and sha256 of every
+    leaves the previous checkpoint loadable. ``files`` (name: content) are written into it too
+    (the recipe's copy of the run's config.yaml). A ``MANIFEST.json`` with the size and sha256 of every
     file is written last, before the rename; :func:`load_checkpoint` verifies it.
     Keeps the newest ``keep`` checkpoints (None: all).
     Every process must call it (each saves its own RNG state). With several processes, ``state``'s
@@ -252,6 +253,8 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
             state.saved_window = None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        for name, content in (files or {}).items():
+            (tmp / name).write_bytes(content)
         write_manifest(tmp)  # every process's files are there now
         if final.exists():
             shutil.rmtree(final)

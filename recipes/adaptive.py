@@ -402,15 +402,19 @@ def _delete_run(output_dir: Path) -> None:
     them (graph exports and reports, a compacted model, the progress figure) go; no other file."""
     import shutil
 
-    for n in _RUN_FILES + _DERIVED_FILES:
+    # what could be resumed goes first and config.yaml last: an --overwrite killed half-way leaves
+    # no checkpoint without the settings it was made with (a later --resume would take new ones)
+    ck = output_dir / CHECKPOINT_DIR
+    for c in list_checkpoints(ck) + list(ck.glob(".tmp-step_*")):
+        shutil.rmtree(c)
+    first = (MASK_ONLY_CHECKPOINT, MASK_ONLY_CHECKPOINT + ".earlier")
+    rest = [n for n in _RUN_FILES + _DERIVED_FILES if n not in first and n != "config.yaml"]
+    for n in [*first, *rest, "config.yaml"]:
         f = output_dir / n
         if f.is_file():
             f.unlink()
         elif f.is_dir() and n in _DERIVED_DIRS:
             shutil.rmtree(f)
-    ck = output_dir / CHECKPOINT_DIR
-    for c in list_checkpoints(ck) + list(ck.glob(".tmp-step_*")):
-        shutil.rmtree(c)
 
 
 class _RunLock:
@@ -510,6 +514,8 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
     lock.acquire(cfg)
     _save_config(accelerator, cfg, output_dir)  # only now: a refused command leaves an earlier run's config alone
+    # every checkpoint carries the settings it was made with (checked by a later --resume)
+    ckpt_files = {CONFIG_COPY: (output_dir / "config.yaml").read_bytes()} if main else None
 
     accelerator.print(
         f"{cfg.model} on {cfg.dataset}: {conn.num_synapses():,} synapses, density {conn.density():.3f}, policy "
@@ -539,7 +545,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
         if (s.step % cfg.eval_every == 0) if cfg.eval_every else (s.step % steps_per_epoch == 0):
             eval_holdout()
         if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and s.step < total_steps:
-            save_checkpoint(accelerator, output_dir, s.step, cfg.keep_checkpoints, state=s)
+            save_checkpoint(accelerator, output_dir, s.step, cfg.keep_checkpoints, state=s, files=ckpt_files)
             write_metrics()
         if on_step is not None:
             on_step(s)
@@ -584,6 +590,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
 
 # options that may differ between a run and its resumption: where and how it is shown, not what it computes
 MASK_ONLY_CHECKPOINT = "mask_only_checkpoint.pt"
+CONFIG_COPY = "config.yaml"  # each checkpoint folder's copy of the run's config.yaml (the settings it was made with)
 _INTERRUPT: Dict[str, Any] = {}  # the run folder, once known: what Ctrl-C's message can point to
 
 
@@ -636,18 +643,24 @@ class CheckpointError(RuntimeError):
 
 
 def _check_resumed_config(cfg: RunConfig, output_dir: Path, resume_from: Optional[Path] = None) -> None:
-    """Refuse, before any work, to resume a run with settings other than the ones in its config.yaml,
-    and than the ones of the run whose checkpoint it continues (another run folder's): the
-    checkpoint's controller, schedule and weights would silently override them."""
+    """Refuse, before any work, to resume a run with settings other than the ones it was made with:
+    the copy of config.yaml inside the checkpoint (checked against the checkpoint's manifest first),
+    else the run folder's config.yaml; and than the ones of the folder it writes into, when that is
+    another run's. The checkpoint's controller, schedule and weights would silently override them."""
     folders = [Path(output_dir)]
     if resume_from is not None:
         from adaptive.distributed import rank
         from adaptive.training import verify_checkpoint
 
-        # a damaged checkpoint is refused here, naming the file
+        # a damaged checkpoint (or config copy) is refused here, naming the file
         verify_checkpoint(resume_from, rank(), warn=rank() == 0)
-        if run_dir_of(resume_from).resolve() != Path(output_dir).resolve():
-            folders.append(run_dir_of(resume_from))
+        run = run_dir_of(resume_from)
+        own = Path(resume_from) / CONFIG_COPY
+        if own.is_file():  # the settings the checkpoint was made with, whatever its run folder holds now
+            _check_against(cfg, own, run_dir=run, resume=resume_from)
+            folders = [f for f in folders if f.resolve() != run.resolve()]
+        elif run.resolve() != Path(output_dir).resolve():
+            folders.append(run)
     for folder in folders:
         _check_against(cfg, folder / "config.yaml")
 
@@ -662,7 +675,9 @@ def _normalised(d: dict) -> dict:
     return d
 
 
-def _check_against(cfg: RunConfig, path: Path) -> None:
+def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, resume: Optional[Path] = None) -> None:
+    """Compare the settings of ``cfg`` with the ones recorded in ``path`` (a run folder's config.yaml,
+    or a checkpoint's copy of it: then ``run_dir`` is the checkpoint's run and ``resume`` the checkpoint)."""
     from adaptive.config import to_dict
     import yaml
 
@@ -685,9 +700,10 @@ def _check_against(cfg: RunConfig, path: Path) -> None:
         now = _normalised(to_dict(cfg))
     diff = [f"{k}: run {saved[k]!r}, now {now[k]!r}" for k in now if k in saved and k not in free and saved[k] != now[k]]
     if diff:
+        run_dir = run_dir or path.parent
         raise CheckpointError(f"--resume: {path} records other settings ({'; '.join(diff)}); resume with the run's "
-                              f"settings (--config {path} --output_dir {path.parent} --resume latest gives them all), "
-                              "or run without --resume into another --output_dir to start afresh")
+                              f"settings (--config {path} --output_dir {run_dir} --resume {resume or 'latest'} gives "
+                              "them all), or run without --resume into another --output_dir to start afresh")
 
 
 def _mask_only_run_dir(resume: str, output_dir) -> Path:

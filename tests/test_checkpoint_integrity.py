@@ -76,7 +76,7 @@ def copy_of(finished_run, tmp_path) -> Path:
 
 # ----------------------------------------------------------------------------- checkpoint folders
 
-def test_every_checkpoint_folder_has_a_manifest(finished_run):
+def test_every_checkpoint_folder_has_a_manifest_and_its_settings(finished_run):
     import json
 
     cks = list_checkpoints(finished_run[0] / "checkpoints")
@@ -84,12 +84,13 @@ def test_every_checkpoint_folder_has_a_manifest(finished_run):
     for c in cks:
         files = json.loads((c / "MANIFEST.json").read_text())["files"]
         assert set(files) == {p.name for p in c.iterdir()} - {"MANIFEST.json"}
-        assert {"model.safetensors", "custom_checkpoint_0.pkl", "random_states_0.pkl"} <= set(files)
+        assert {"model.safetensors", "custom_checkpoint_0.pkl", "random_states_0.pkl", "config.yaml"} <= set(files)
+        assert (c / "config.yaml").read_bytes() == (finished_run[0] / "config.yaml").read_bytes()
     assert not list((finished_run[0] / "checkpoints").glob(".tmp-*"))
 
 
 @pytest.mark.parametrize("name", ["custom_checkpoint_0.pkl", "model.safetensors", "optimizer.bin",
-                                  "random_states_0.pkl"])
+                                  "random_states_0.pkl", "config.yaml"])
 def test_a_flipped_bit_in_a_checkpoint_is_refused_naming_the_file(finished_run, tmp_path, capsys, name):
     out = copy_of(finished_run, tmp_path)
     ck = out / "checkpoints" / "step_00000040"
@@ -118,13 +119,14 @@ def test_a_checkpoint_without_a_manifest_loads_with_a_warning_but_needs_its_rand
     out = copy_of(finished_run, tmp_path)
     ck = out / "checkpoints" / "step_00000040"
     (ck / "MANIFEST.json").unlink()  # as written by older code
+    (ck / "config.yaml").unlink()
     res = run(out, "--resume", "latest")
     err = capsys.readouterr().err
     assert f"warning: checkpoint {ck} has no MANIFEST.json" in err and err.count("warning:") == 1
     assert all(torch.equal(v, finished_run[1][k]) for k, v in res.model.state_dict().items())  # still bit-exact
     shutil.rmtree(out)
     out = copy_of(finished_run, tmp_path)
-    for n in ("MANIFEST.json", "random_states_0.pkl"):
+    for n in ("MANIFEST.json", "config.yaml", "random_states_0.pkl"):
         (ck / n).unlink()
     assert "random_states_0.pkl is missing" in refused(capsys, out, "--resume", "latest")
 
@@ -229,5 +231,36 @@ def test_a_connectome_file_saved_before_checksums_still_loads(tmp_path):
     save_file(load_file(tmp_path / "c.safetensors"), str(tmp_path / "old.safetensors"), metadata=meta)
     back = adaptive.Connectome.load(tmp_path / "old.safetensors", model)
     assert all(torch.equal(back.masks[n], c.masks[n]) for n in c.masks)
+
+
+# ----------------------------------------------------------------------------- --overwrite and config.yaml
+
+def test_a_checkpoint_carries_its_settings_when_the_run_folder_lost_config_yaml(finished_run, tmp_path, capsys):
+    """An --overwrite killed after config.yaml went and before the checkpoints did: --resume latest
+    with new settings resumed them unchecked and recorded settings the run never had."""
+    out = copy_of(finished_run, tmp_path)
+    (out / "config.yaml").unlink()
+    err = refused(capsys, out, "--resume", "latest", "--density", "0.05")
+    assert "density: run 0.2, now 0.05" in err
+    assert f"{out / 'checkpoints' / 'step_00000040' / 'config.yaml'} records other settings" in err
+    assert not (out / "config.yaml").exists()
+
+
+def test_overwrite_deletes_the_checkpoints_before_config_yaml(finished_run, tmp_path, monkeypatch, capsys):
+    out = copy_of(finished_run, tmp_path)
+    real = Path.unlink
+
+    def killed_at_config(self, *a, **kw):
+        if self.name == "config.yaml" and self.parent == out:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "unlink", killed_at_config)
+    with pytest.raises(SystemExit):
+        run(out, "--overwrite", "--density", "0.05")
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert (out / "config.yaml").exists() and not list_checkpoints(out / "checkpoints")
+    assert not (out / "metrics.csv").exists()
 
 

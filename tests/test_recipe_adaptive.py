@@ -552,7 +552,8 @@ def test_resuming_another_runs_checkpoint_checks_that_runs_settings(tmp_path, ca
     with pytest.raises(SystemExit):
         run(tmp_path / "b", "--max_steps", "40", "--density", "0.05", "--resume", str(ckpt))
     err = capsys.readouterr().err
-    assert "density: run 0.2, now 0.05" in err and f"--config {tmp_path / 'a' / 'config.yaml'}" in err
+    # the settings the checkpoint was made with: its own copy of the run's config.yaml
+    assert "density: run 0.2, now 0.05" in err and f"--config {ckpt / 'config.yaml'}" in err
     assert not (tmp_path / "b").exists() or not list((tmp_path / "b").iterdir())
 
 
