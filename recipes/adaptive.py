@@ -683,8 +683,22 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
 
     if not path.is_file():
         return  # a run folder without its config (copied checkpoints): nothing to compare
-    with open(path) as f:
-        saved = _normalised(yaml.safe_load(f) or {})
+    fix = ("put the run's config.yaml back, or run without --resume into another --output_dir to start afresh"
+           if resume is None else f"delete {resume} and resume from an earlier checkpoint, or start afresh")
+    try:
+        with open(path, "rb") as f:
+            saved = yaml.safe_load(f.read().decode("utf-8"))
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        raise CheckpointError(f"--resume: {path} is damaged (not valid YAML{f' at line {where.line + 1}' if where else ''}), "
+                              f"so the settings of the run cannot be checked; {fix}") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"--resume: {path} is damaged (not UTF-8 text), so the settings of the run cannot be "
+                              f"checked; {fix}") from None
+    if not isinstance(saved, dict) or not saved:
+        raise CheckpointError(f"--resume: {path} is damaged ({'empty' if saved in (None, {}) else 'not a mapping of settings'}), "
+                              f"so the settings of the run cannot be checked; {fix}")
+    saved = _normalised(saved)
     now = _normalised(to_dict(cfg))
     from adaptive.paths import absolute_if_exists
 

@@ -264,3 +264,29 @@ def test_overwrite_deletes_the_checkpoints_before_config_yaml(finished_run, tmp_
     assert not (out / "metrics.csv").exists()
 
 
+@pytest.mark.parametrize("content,what", [(b"", "empty"), (b"- 1\n- 2\n", "not a mapping of settings"),
+                                          (b"density: [0.2\n", "not valid YAML at line"),
+                                          (b"density: 0.2\n\xff\xfe\n", "not UTF-8 text")])
+def test_a_damaged_config_yaml_is_refused_on_resume(finished_run, tmp_path, capsys, content, what):
+    out = copy_of(finished_run, tmp_path)
+    for ck in list_checkpoints(out / "checkpoints"):  # checkpoints written before they carried their settings
+        (ck / "config.yaml").unlink()
+        (ck / "MANIFEST.json").unlink()
+    (out / "config.yaml").write_bytes(content)
+    err = refused(capsys, out, "--resume", "latest", "--density", "0.05")
+    assert f"{out / 'config.yaml'} is damaged ({what}" in err
+
+
+def test_a_damaged_config_yaml_is_no_obstacle_when_the_checkpoint_has_its_copy(finished_run, tmp_path, capsys):
+    out = copy_of(finished_run, tmp_path)
+    (out / "config.yaml").write_bytes(b"")
+    assert "density: run 0.2, now 0.05" in refused(capsys, out, "--resume", "latest", "--density", "0.05")
+    AcceleratorState_reset()
+    res = run(out, "--resume", "latest")
+    assert all(torch.equal(v, finished_run[1][k]) for k, v in res.model.state_dict().items())
+    import yaml
+
+    a, b = (yaml.safe_load((d / "config.yaml").read_text()) for d in (out, finished_run[0]))
+    assert {k: v for k, v in a.items() if k != "output_dir"} == {k: v for k, v in b.items() if k != "output_dir"}
+
+
