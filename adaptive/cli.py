@@ -28,8 +28,9 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
     the problem instead of a traceback (set ADAPTIVE_TRACEBACK=1 to see it), and Ctrl-C ends with
     one line (``on_interrupt``: how to continue, where the program can, or a function that says it
     then; status 130). An operating-system error on a path (a folder that is a file, no permission)
-    is one line too. ``errors``:
+    is one line too, and so is a checkpoint that could not be written (a full disk). ``errors``:
     more exception types that mean a problem the user can fix. Returns what ``main()`` returns."""
+    from .integrity import CheckpointWriteError
     from .models import WeightsMismatchError
     from .paths import DatasetNotFoundError
 
@@ -38,7 +39,7 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
     try:
         return main()
     except (ValueError, KeyError, TypeError, FileNotFoundError, DatasetNotFoundError, WeightsMismatchError,
-            *errors) as e:
+            CheckpointWriteError, *errors) as e:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -140,3 +140,25 @@ def tensors_digest(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -
         h.update(f"T{k!r}{t.dtype}{tuple(t.shape)}:".encode())
         h.update(_tensor_bytes(t))
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- failed writes
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint that could not be written (a full disk, a file-size limit, an I/O error); the
+    partial write was removed and the earlier checkpoint is intact. Recipes print it as one line."""
+
+
+def write_failure(e: BaseException) -> str:
+    """The operating system's reason for a failed write, in a few words."""
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}" + (f" [errno {e.errno}]" if e.errno else "")
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def write_errors() -> Tuple[type, ...]:
+    """The exceptions a failed checkpoint write raises (OSError, torch's writer, safetensors)."""
+    from safetensors import SafetensorError
+
+    return (OSError, RuntimeError, SafetensorError)

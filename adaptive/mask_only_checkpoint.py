@@ -150,15 +150,25 @@ def _differences(saved: dict, now: dict) -> List[str]:
 
 def save_stage(path, state: dict) -> None:
     """Write ``state`` to ``path`` atomically (first process only), with a sha256 of its content
-    (:func:`adaptive.integrity.digest`) that :func:`load_stage` verifies."""
-    from .integrity import digest
+    (:func:`adaptive.integrity.digest`) that :func:`load_stage` verifies. A write that fails (a
+    full disk, a file-size limit) leaves the earlier file as it was and raises
+    :class:`~adaptive.integrity.CheckpointWriteError` saying so."""
+    from .integrity import CheckpointWriteError, digest, write_errors, write_failure
 
     if rank() != 0:
         return
     state = {"format": FORMAT, **state}
     state["sha256"] = digest(state)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except write_errors() as e:
+        kept = (f"{path} still holds the previous stage's record" if path.is_file()
+                else "no earlier stage was recorded")
+        raise CheckpointWriteError(f"writing the stage checkpoint {path} failed ({write_failure(e)}); the partial "
+                                   f"file was removed and {kept}: free disk space (or raise the file-size limit) and "
+                                   + ("resume (--resume)" if path.is_file() else "run again")) from None
 
 
 # what load_stage checks before anything uses a loaded state: key -> accepted types

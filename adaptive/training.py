@@ -226,19 +226,27 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
     checkpointing) as ``<output_dir>/checkpoints/step_<step>``, atomically: everything is written
     into ``.tmp-step_<step>`` first and renamed only when complete, so a run killed while saving
     leaves the previous checkpoint loadable. ``files`` (name: content) are written into it too
-    (the recipe's copy of the run's config.yaml). A ``MANIFEST.json`` with the size and sha256 of every
-    file is written last, before the rename; :func:`load_checkpoint` verifies it.
+    (the recipe's copy of the run's config.yaml). A ``MANIFEST.json`` with the size and sha256 of
+    every file is written last, before the rename; :func:`load_checkpoint` verifies it.
     Keeps the newest ``keep`` checkpoints (None: all).
     Every process must call it (each saves its own RNG state). With several processes, ``state``'s
     partial logging window is summed over them before it is saved, since only the main process's
-    copy is written (each process takes an equal share back on load)."""
-    from .integrity import write_manifest
+    copy is written (each process takes an equal share back on load).
+
+    A write that fails (a full disk, a file-size limit, an I/O error) removes the partial folder
+    and raises :class:`~adaptive.integrity.CheckpointWriteError` naming the reason and the
+    checkpoint that is still intact."""
+    from .integrity import CheckpointWriteError, write_errors, write_failure, write_manifest
 
     root = checkpoint_root(output_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"
+    failed = ""
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            failed = write_failure(e)
         for stale in root.glob(".tmp-step_*"):  # left by a run killed while saving
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -246,16 +254,40 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
         win = torch.tensor(state.window, dtype=torch.float64, device=accelerator.device)
         tot = accelerator.reduce(win, reduction="sum").cpu()
         state.saved_window = tot.tolist()
-    try:
-        accelerator.save_state(str(tmp))
-    finally:
-        if state is not None:
-            state.saved_window = None
+    if not failed:
+        try:
+            accelerator.save_state(str(tmp))
+        except write_errors() as e:
+            failed = write_failure(e)
+        finally:
+            if state is not None:
+                state.saved_window = None
     accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:  # every process raises together, not only the one whose write failed
+        from accelerate.utils import gather_object
+
+        failed = next((f for f in gather_object([failed]) if f), "")
+    if accelerator.is_main_process and not failed:
+        try:
+            for name, content in (files or {}).items():
+                (tmp / name).write_bytes(content)
+            write_manifest(tmp)
+        except write_errors() as e:
+            failed = write_failure(e)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        failed = broadcast_object_list([failed])[0]
+    if failed:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        intact = [p for p in list_checkpoints(root) if _step_of(p) <= step]
+        raise CheckpointWriteError(
+            f"writing checkpoint {final} failed ({failed}); the partial write was removed, and "
+            + (f"{intact[-1]} is intact" if intact else "the run has no earlier checkpoint")
+            + ": free disk space (or raise the file-size limit) and "
+            + ("resume with --resume latest" if intact else "run again"))
     if accelerator.is_main_process:
-        for name, content in (files or {}).items():
-            (tmp / name).write_bytes(content)
-        write_manifest(tmp)  # every process's files are there now
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

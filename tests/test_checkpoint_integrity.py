@@ -1,6 +1,7 @@
 """Damaged, cut short or half-deleted saved state is refused with one line naming the file: recipes/
 adaptive.py's checkpoint folders (MANIFEST.json), the mask-only stage checkpoint (a digest inside),
-connectome files (a sha256 in the metadata)."""
+connectome files (a sha256 in the metadata); a failed checkpoint write is one line too."""
+import errno
 import os
 import shutil
 import sys
@@ -290,3 +291,82 @@ def test_a_damaged_config_yaml_is_no_obstacle_when_the_checkpoint_has_its_copy(f
     assert {k: v for k, v in a.items() if k != "output_dir"} == {k: v for k, v in b.items() if k != "output_dir"}
 
 
+# ----------------------------------------------------------------------------- failed writes
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_earlier_one(finished_run, tmp_path, capsys,
+                                                                                     monkeypatch):
+    from accelerate import Accelerator
+
+    out = tmp_path / "run"
+    real = Accelerator.save_state
+
+    def full(self, output_dir=None, **kw):
+        if "step_00000040" in str(output_dir):
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, output_dir, **kw)
+
+    monkeypatch.setattr(Accelerator, "save_state", full)
+    err = refused(capsys, out)
+    monkeypatch.undo()
+    ck = out / "checkpoints"
+    assert f"writing checkpoint {ck / 'step_00000040'} failed (No space left on device" in err
+    assert f"{ck / 'step_00000020'} is intact" in err and "free disk space" in err and "--resume latest" in err
+    assert [c.name for c in list_checkpoints(ck)] == ["step_00000020"] and not list(ck.glob(".tmp-*"))
+    AcceleratorState_reset()
+    res = run(out, "--resume", "latest")
+    assert all(torch.equal(v, finished_run[1][k]) for k, v in res.model.state_dict().items())
+
+
+def test_a_file_size_limit_while_saving_is_one_line(tmp_path):
+    """The real thing: RLIMIT_FSIZE makes the writer fail (EFBIG) part-way through."""
+    import resource
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "recipes" / "adaptive.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parents[1])}
+    lim = 150 * 1024  # model.safetensors (~200 KiB) does not fit
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (lim, lim))
+
+    r = subprocess.run([sys.executable, str(script), *TINY, "--output_dir", str(tmp_path / "run")], env=env,
+                       capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert "Traceback" not in r.stderr and lines[-1].startswith("recipes/adaptive.py: error: writing checkpoint")
+    assert "the run has no earlier checkpoint" in lines[-1]
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+
+
+def test_a_failed_stage_checkpoint_write_keeps_the_earlier_file(tmp_path, monkeypatch):
+    from adaptive import mask_only_checkpoint as ck
+    from adaptive.integrity import CheckpointWriteError
+
+    path = tmp_path / "ck.pt"
+    ck.save_stage(path, {"stage": 0})
+    before = path.read_bytes()
+
+    def full(obj, f, *a, **kw):
+        Path(f).write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(ck.torch, "save", full)
+    with pytest.raises(CheckpointWriteError, match=r"writing the stage checkpoint .* failed \(RuntimeError: \[enforce "
+                                                   r"fail.*still holds the previous stage's record: free disk space"):
+        ck.save_stage(path, {"stage": 1})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_run_cli_prints_a_failed_write_as_one_line(capsys):
+    from adaptive.cli import run_cli
+    from adaptive.integrity import CheckpointWriteError
+
+    def main():
+        raise CheckpointWriteError("writing checkpoint X failed (No space left on device); free disk space")
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, "prog")
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        "prog: error: writing checkpoint X failed (No space left on device); free disk space\n")
