@@ -205,6 +205,18 @@ def _structure_problem(state: dict) -> str:
     return ""
 
 
+def _unreadable(e: BaseException) -> str:
+    """Why torch.load failed, in a few words (its messages run to paragraphs, and an unpickling
+    failure's advises weights_only=False, which is no remedy for a damaged file)."""
+    import pickle
+
+    if isinstance(e, pickle.UnpicklingError):
+        return f"{type(e).__name__}: its pickled data is damaged"
+    text = str(e).strip().splitlines()
+    first = text[0].split(". ")[0] if text and text[0] else ""
+    return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
+
+
 def load_stage(path, now: dict) -> Optional[dict]:
     """The state recorded in ``path`` (None when there is no file). Raises
     :class:`CheckpointMismatchError` when it was written by a run with another fingerprint, is
@@ -224,18 +236,16 @@ def load_stage(path, now: dict) -> Optional[dict]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
-        text = str(e).strip().splitlines()
-        reason = f"{type(e).__name__}: {text[0]}" if text and text[0] else type(e).__name__
-        raise CheckpointMismatchError(f"{path} is not a readable mask-only checkpoint ({reason})",
+        raise CheckpointMismatchError(f"{path} is not a readable mask-only checkpoint ({_unreadable(e)})",
                                       _API_FIX["unreadable"], damaged=True) from e
-    if not isinstance(state, dict) or state.get("format") != FORMAT or "fingerprint" not in state:
-        raise CheckpointMismatchError(f"{path} is not a mask-only stage checkpoint (format {FORMAT})",
-                                      _API_FIX["unreadable"])
-    if "sha256" in state:
+    if isinstance(state, dict) and isinstance(state.get("sha256"), str):  # first: a damaged entry is damage, not another format
         body = {k: v for k, v in state.items() if k != "sha256"}
         if digest(body) != state["sha256"]:
             raise CheckpointMismatchError(f"{path} is damaged: its content does not match the sha256 stored in it",
                                           _API_FIX["damaged"], damaged=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "fingerprint" not in state:
+        raise CheckpointMismatchError(f"{path} is not a mask-only stage checkpoint (format {FORMAT})",
+                                      _API_FIX["unreadable"])
     problem = _structure_problem(state)
     if problem:
         raise CheckpointMismatchError(f"{path} is damaged ({problem})", _API_FIX["damaged"], damaged=True)

@@ -186,6 +186,33 @@ def test_a_stage_checkpoint_with_damaged_structure_or_no_bytes_is_refused(tmp_pa
     assert "()" not in str(e.value)
 
 
+def test_a_stage_checkpoint_whose_format_entry_was_hit_is_called_damaged(tmp_path, monkeypatch):
+    """A flipped byte in the format entry read as 'not a mask-only stage checkpoint' with advice to
+    give the run's settings again; an unpickling failure advised weights_only=False."""
+    import pickle
+
+    from adaptive.mask_only_checkpoint import CheckpointMismatchError
+
+    path = _stage_file(tmp_path)
+    state = torch.load(path, weights_only=True)
+    state["format"] = 3  # as a flipped bit leaves it; the stored sha256 is the original's
+    torch.save(state, path)
+    with pytest.raises(CheckpointMismatchError, match="is damaged: its content does not match the sha256") as e:
+        _resume_stage(path)
+    assert "It cannot be resumed" in str(e.value.with_fix("give that run's settings again"))
+
+    def unpickling(*a, **kw):
+        raise pickle.UnpicklingError("Weights only load failed. In PyTorch 2.6, we changed the default value of the "
+                                     "`weights_only` argument ... Re-running `torch.load` with `weights_only` set to "
+                                     "`False` will likely succeed\n\nmore lines")
+
+    monkeypatch.setattr(torch, "load", unpickling)
+    with pytest.raises(CheckpointMismatchError, match=r"not a readable mask-only checkpoint \(UnpicklingError: its "
+                                                      r"pickled data is damaged\)") as e:
+        _resume_stage(path)
+    assert "weights_only" not in str(e.value)
+
+
 def test_a_stage_checkpoint_written_before_checksums_still_resumes(tmp_path, capsys):
     path = _stage_file(tmp_path)
     state = torch.load(path, weights_only=True)
