@@ -21,7 +21,9 @@ frozen) and drives a :class:`~adaptive.Controller` with the ``crawl`` policy:
 
 Targets are removal counts (int), fractions of the synapses (float in (0, 1)), or ``"best"``
 (a ladder of removal fractions climbed one stage per rung, stopping when held-out accuracy stops
-improving; the rung with the best held-out accuracy, or the dense network, is kept).
+improving; the rung with the best held-out accuracy, or the dense network, is kept; by held-out loss
+where there is no accuracy). Accuracy follows :mod:`adaptive.metrics`: counted for classification
+shapes only (``accuracy_fn=`` to count it otherwise), None (never 0) elsewhere.
 Only the loaders given are read: pass no test data here, the test split belongs to the final
 report.
 
@@ -49,6 +51,8 @@ from .distributed import all_reduce_mean_, check_masks_agree, is_distributed, wo
 from .controller import Controller
 from .data.cycle import LoaderCycle
 from .ensemble_rules import parse_rules
+from .metrics import (AccuracyFn, batch_accuracy, batch_loss, check_output, default_accuracy, example_count,
+                      loss_weight, takes_reduction, to_device)
 from .utility import get_estimator
 
 Target = Union[int, float, str]
@@ -62,10 +66,11 @@ class Snapshot:
     removed: int
     masks: Dict[str, torch.Tensor]
     holdout_loss: float
-    holdout_acc: float
+    holdout_acc: Optional[float]  # None: no accuracy (see adaptive.metrics), never 0
     step: int
     cpu_seconds: float = 0.0  # process CPU time from the start of the optimisation to this snapshot
     wall_seconds: float = 0.0
+    selected_by: Optional[str] = None  # target "best": "holdout_acc" or "holdout_loss", the criterion that chose it
 
 
 @dataclass
@@ -169,8 +174,9 @@ def _check_loader(loader, what: str) -> int:
 
 
 def _to_device(batch, device):
-    """``batch`` (a tuple or list of tensors and other things) with its tensors on ``device``;
-    a no-op for tensors already there (an Accelerate-prepared loader's batches)."""
+    """``batch`` (an ``(inputs, targets)`` pair) with every tensor in it on ``device``, nested ones
+    included (inputs given as a tuple, list or dict of tensors); a no-op for tensors already there
+    (an Accelerate-prepared loader's batches)."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         what = f"a dict with keys {sorted(batch)[:5]}" if isinstance(batch, dict) else (
             f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}")
@@ -178,7 +184,7 @@ def _to_device(batch, device):
                         "Wrap the dataset (or give the DataLoader a collate_fn) so that each batch is (x, y)")
     if device is None:
         return batch
-    return type(batch)(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)
+    return type(batch)(to_device(t, device) for t in batch)
 
 
 def _precision(model: nn.Module) -> str:
@@ -210,21 +216,23 @@ def _shuffled(loader, seed: int):
 
 def _logits(out, model: nn.Module) -> torch.Tensor:
     """``out`` when it is the logits tensor mask-only optimisation needs; a clear error otherwise."""
-    if not torch.is_tensor(out):
-        raise TypeError(
-            f"mask-only optimisation needs a model that returns a logits tensor; {type(model).__name__} returned "
-            f"a {type(out).__name__}: wrap it in a module whose forward returns the logits"
-        )
-    return out
+    return check_output(out, model, "mask-only optimisation")
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_entropy, progress=None) -> tuple:
+def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_entropy, progress=None, *,
+             accuracy_fn: Optional[AccuracyFn] = default_accuracy, reduction: Optional[bool] = None) -> tuple:
     """Mean loss and accuracy of ``model`` in evaluation mode (its mode is given back after) over
-    ``batches`` of ``(x, y)``, moved to the model's device: ``(loss, acc, n)``. Every process of a
-    multi-process run evaluates all of ``batches`` (pass an unsharded loader to get the same
+    ``batches`` of ``(x, y)``, moved to the model's device: ``(loss, acc, n)``, with the contract of
+    :mod:`adaptive.metrics`: ``acc`` is None where there is no accuracy (by default anything but
+    integer targets of the output's shape without its class axis 1), and ``n`` counts the units
+    the loss is averaged over (positions for classification shapes, -100 labels left out; examples
+    otherwise). ``accuracy_fn(out, y) -> (correct, count)`` (or None) counts accuracy your way,
+    ``accuracy_fn=None`` turns it off. ``reduction``: whether ``loss_fn`` takes ``reduction="sum"``
+    (None: checked on the first batch; without it the mean is weighted by the units). Every process
+    of a multi-process run evaluates all of ``batches`` (pass an unsharded loader to get the same
     numbers everywhere). ``progress``: a bar (anything with ``update(n)``) advanced once per batch."""
-    loss_sum, correct, n = 0.0, 0, 0
+    loss_sum, correct, n, counted = 0.0, 0, 0, 0
     was_training = model.training
     device = _model_device(model)
     model.eval()
@@ -232,16 +240,22 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
         for batch in batches:
             x, y = _to_device(batch, device)
             out = _logits(model(x), model)
-            loss_sum += float(loss_fn(out, y, reduction="sum"))
-            correct += int((out.argmax(1) == y).sum())
-            n += int(y.numel())
+            if reduction is None:
+                reduction = takes_reduction(loss_fn, out, y)
+            s, k = batch_loss(loss_fn, out, y, reduction)
+            loss_sum += s
+            n += k
+            acc = batch_accuracy(accuracy_fn, out, y)
+            if acc is not None:
+                correct += acc[0]
+                counted += acc[1]
             if progress is not None:
                 progress.update(1)
     finally:
         model.train(was_training)
     if n == 0:
         raise ValueError("evaluate: no examples")
-    return loss_sum / n, correct / n, n
+    return loss_sum / n, (correct / counted if counted else None), n
 
 
 def optimize_connectome(
@@ -265,6 +279,7 @@ def optimize_connectome(
     line_search_tries: int = 2,
     eval_every: int = 0,
     loss_fn: Callable = F.cross_entropy,
+    accuracy_fn: Optional[AccuracyFn] = default_accuracy,
     seed: int = 0,
     progress: Optional[bool] = True,
     callback: Optional[Callable[[dict], None]] = None,
@@ -292,12 +307,21 @@ def optimize_connectome(
             ``passes`` each, the masks carried from rung to rung; the dense network is scored first.
             Empty: threshold mode instead (edit wherever the estimator promises an improvement of
             more than ``margin``, no size goal, the best held-out evaluation kept).
-        patience: for target "best", rungs without a better held-out accuracy before the climb stops.
+        patience: for target "best", rungs without a better held-out score before the climb stops.
         verify_batches: held-out batches (rotating) that verify each update by line search
             (0, the default: none; measured on CIFAR ResNets, per-update verification with
             per-batch updates cost 5x the time and lost accuracy, see
             recipes/benchmarks/mask_only_ablations).
         eval_every: evaluate the whole holdout every this many updates (0: only at stage ends).
+        loss_fn: ``loss_fn(output, targets)`` -> the mean loss of a batch (default ``F.cross_entropy``);
+            checked on one held-out batch before any work. Held-out losses use
+            ``loss_fn(..., reduction="sum")`` for classification shapes when it takes that argument;
+            a loss without it is averaged as mean x count (see :mod:`adaptive.metrics`).
+        accuracy_fn: ``(output, targets) -> (correct, count)`` or None for a batch it cannot score
+            (default :func:`adaptive.metrics.default_accuracy`: argmax over axis 1 for integer targets
+            of the output's shape without that axis, one count per example or position; no accuracy
+            for anything else), or None for no accuracy at all. Where there is none, ``holdout_acc``
+            and ``train_acc`` are None (never 0) and target "best" chooses by held-out loss.
         callback: called with every history record.
         checkpoint: a file that records the run after every stage (see
             :mod:`adaptive.mask_only_checkpoint`). If it exists when the run starts, the run resumes
@@ -385,8 +409,10 @@ def optimize_connectome(
     holdout_iter = LoaderCycle(_shuffled(holdout_loader, seed))
     verify_set: List = []
 
+    scoring = {"reduction": None}  # whether loss_fn takes reduction="sum": checked before the first backward pass
+
     def verify_loss() -> float:
-        return _agreed(evaluate(model, verify_set, loss_fn)[0])[0]
+        return _agreed(evaluate(model, verify_set, loss_fn, accuracy_fn=None, reduction=scoring["reduction"])[0])[0]
 
     ctrl = Controller(
         conn, policy="crawl", estimator=estimator, update_every=window, edit_decay="constant",
@@ -413,7 +439,11 @@ def optimize_connectome(
     def full_holdout(step, stage):
         if is_distributed():  # every evaluation (each stage end, every eval_every updates) checks agreement
             check_masks_agree(conn, step)
-        loss, acc = _agreed(*evaluate(model, holdout_loader, loss_fn)[:2])
+        loss, acc, _ = evaluate(model, holdout_loader, loss_fn, accuracy_fn=accuracy_fn, reduction=scoring["reduction"])
+        if acc is None:  # no accuracy (adaptive.metrics): None, never 0
+            loss = _agreed(loss)[0]
+        else:
+            loss, acc = _agreed(loss, acc)
         rec = {"kind": "eval", "step": step, "stage": stage, "removed": total - conn.num_live(),
                "holdout_loss": loss, "holdout_acc": acc}
         record(rec)
@@ -446,7 +476,7 @@ def optimize_connectome(
             e = full_holdout(0, -1)
             result.snapshots["best"] = Snapshot("best", e["removed"], {n: m.clone() for n, m in conn.masks.items()},
                                                 e["holdout_loss"], e["holdout_acc"], 0, e["cpu_seconds"],
-                                                e["wall_seconds"])
+                                                e["wall_seconds"], _criterion(e["holdout_acc"]))
         for stage, (label, removed_goal) in enumerate(resolved):
             if stage < first_stage:
                 continue
@@ -463,20 +493,28 @@ def optimize_connectome(
                     est.begin_stage()  # a new goal: the estimator restarts its moving moments
             # "best" without a ladder (threshold editing): the dense network, scored first, competes too
             best = result.snapshots.get("best") if removed_goal is None and not climb else None
-            win_loss = win_correct = win_n = 0.0
+            win_loss = win_correct = win_n = win_counted = win_examples = 0.0
             for i in range(steps_per_stage):
                 x, y = _to_device(next(train_iter), device)
                 for p in conn.params.values():
                     p.grad = None
                 out = _logits(model(x), model)
+                if scoring["reduction"] is None:  # the loss checked on this batch before any backward pass
+                    with torch.no_grad():
+                        scoring["reduction"] = takes_reduction(loss_fn, out.detach(), y)
                 loss = loss_fn(out, y)
                 loss.backward()
                 ctrl.observe()
                 if ctrl.batch_size is None:
                     ctrl.batch_size = int(y.shape[0])
-                win_loss += float(loss.detach()) * int(y.shape[0])
-                win_correct += int((out.detach().argmax(1) == y).sum())
-                win_n += int(y.shape[0])
+                units = loss_weight(out, y)  # positions for classification shapes, else examples (as evaluate)
+                win_loss += float(loss.detach()) * units
+                win_n += units
+                win_examples += example_count(y)
+                acc = batch_accuracy(accuracy_fn, out.detach(), y)
+                if acc is not None:
+                    win_correct += acc[0]
+                    win_counted += acc[1]
                 step += 1
                 if ctrl.due(ctrl.step_count + 1):
                     t = (step - start) / steps_per_stage  # cosine decay of the edit limit over the stage
@@ -496,31 +534,33 @@ def optimize_connectome(
                     continue
                 procs = 1
                 if is_distributed():  # the window over every process's batches, not this process's shard
-                    win_loss, win_correct, win_n = _agreed(win_loss, win_correct, win_n)
+                    win_loss, win_correct, win_n, win_counted, win_examples = _agreed(
+                        win_loss, win_correct, win_n, win_counted, win_examples)
                     procs = world_size()
                 rec = {"kind": "update", "step": step, "stage": stage, "target": label,
                        "removed": total - conn.num_live(), "pruned": ev["pruned"], "restored": ev["grown"],
-                       "train_removed": window_removed, "train_examples": int(round(win_n * procs)),
-                       "train_loss": win_loss / win_n, "train_acc": win_correct / win_n,
+                       "train_removed": window_removed, "train_examples": int(round(win_examples * procs)),
+                       "train_loss": win_loss / win_n, "train_acc": win_correct / win_counted if win_counted else None,
                        "verify_loss": ev.get("holdout_loss"), "est_loss_change": ev.get("est_loss_change"),
                        "est_score_change": ev.get("est_score_change"),
                        "actual_loss_change": ev.get("actual_loss_change"),
                        "line_search_fraction": ev.get("line_search_fraction")}
                 record(rec)
-                win_loss = win_correct = win_n = 0.0
+                win_loss = win_correct = win_n = win_counted = win_examples = 0.0
                 bar.set_postfix(removed=rec["removed"], loss=f"{rec['train_loss']:.3f}")
                 n_upd = (step - start) // window
                 if eval_every and n_upd % eval_every == 0 and step - start < steps_per_stage:
                     e = full_holdout(step, stage)
-                    if removed_goal is None and (best is None or e["holdout_acc"] > best.holdout_acc):
+                    if removed_goal is None and (best is None or _better(e["holdout_acc"], e["holdout_loss"], best)):
                         best = Snapshot(label, e["removed"], {n: m.clone() for n, m in conn.masks.items()},
-                                        e["holdout_loss"], e["holdout_acc"], step)
+                                        e["holdout_loss"], e["holdout_acc"], step, selected_by=_criterion(e["holdout_acc"]))
             for p in conn.params.values():
                 p.grad = None
             e = full_holdout(step, stage)
             snap = Snapshot(label, e["removed"], {n: m.clone() for n, m in conn.masks.items()},
-                            e["holdout_loss"], e["holdout_acc"], step)
-            if best is not None and best.holdout_acc > snap.holdout_acc:
+                            e["holdout_loss"], e["holdout_acc"], step,
+                            selected_by=_criterion(e["holdout_acc"]) if removed_goal is None or climb else None)
+            if best is not None and _better(best.holdout_acc, best.holdout_loss, snap):
                 snap = best
                 conn.set_masks(snap.masks)
             if removed_goal is not None and snap.removed != removed_goal and abs(snap.removed - removed_goal) >= max_ens:
@@ -528,7 +568,7 @@ def optimize_connectome(
             snap.cpu_seconds, snap.wall_seconds = e["cpu_seconds"], e["wall_seconds"]
             if not climb:
                 result.snapshots[label] = snap
-            elif snap.holdout_acc > result.snapshots["best"].holdout_acc:
+            elif _better(snap.holdout_acc, snap.holdout_loss, result.snapshots["best"]):
                 result.snapshots["best"], since_best = snap, 0
             else:
                 since_best += 1
@@ -541,6 +581,21 @@ def optimize_connectome(
             conn.set_masks(result.snapshots["best"].masks)
         bar.close()
     return result
+
+
+def _criterion(acc: Optional[float]) -> str:
+    """What target "best" chooses by: held-out accuracy where there is one, else held-out loss."""
+    return "holdout_loss" if acc is None else "holdout_acc"
+
+
+def _better(acc: Optional[float], loss: float, than: Snapshot) -> bool:
+    """Whether a held-out evaluation (``acc``, ``loss``) beats snapshot ``than`` for target "best":
+    by a strictly higher accuracy where there is one (an accuracy tie is no gain: classification
+    chooses exactly as it always has), by a strictly lower loss where there is none (regression,
+    probability targets; see :mod:`adaptive.metrics`)."""
+    if acc is not None and than.holdout_acc is not None:
+        return acc > than.holdout_acc
+    return loss < than.holdout_loss
 
 
 def _agreed(*values: float) -> List[float]:

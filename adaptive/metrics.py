@@ -1,0 +1,165 @@
+"""Loss and accuracy of a batch: the contract shared by mask-only optimisation
+(:func:`adaptive.mask_only.evaluate`, the training window of
+:func:`adaptive.mask_only.optimize_connectome`) and :func:`adaptive.diagnostics.knowledge_distribution`.
+
+Accuracy is counted only where it means something. The default, :func:`default_accuracy`, counts it
+for classification shapes: integer targets of the output's shape without its class axis 1
+(``y.shape == out.shape[:1] + out.shape[2:]``), so ``(B, C)`` logits with ``(B,)`` labels count one
+per example and a ``(B, C, T)`` tagger with ``(B, T)`` labels counts one per position; positions
+labelled ``-100`` (``F.cross_entropy``'s ``ignore_index``) are not counted. Anything else (regression,
+one-logit BCE, probability or smoothed targets, ``(B, T, C)`` outputs) has *no accuracy*: ``None``,
+shown as n/a, never 0. Pass ``accuracy_fn=(out, y) -> (correct, count)`` (or ``None`` for a batch it
+cannot score) to count it your way, or ``accuracy_fn=None`` to turn it off.
+
+Loss is averaged over the same units: for classification shapes over the counted positions
+(``loss_fn(out, y, reduction="sum")`` divided by them, or, for a ``loss_fn`` without a ``reduction``
+argument, its mean times their number), otherwise over examples (the mean ``loss_fn(out, y)``
+returns, weighted by the batch's examples, ``y.shape[0]``).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Optional, Tuple
+
+import torch
+
+IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index: such positions are neither scored nor counted
+
+AccuracyFn = Callable[[torch.Tensor, torch.Tensor], Optional[Tuple[float, int]]]
+
+
+def is_class_target(out, y) -> bool:
+    """Whether ``(out, y)`` have classification shapes: integer ``y`` with ``y.shape ==
+    out.shape[:1] + out.shape[2:]`` (the class axis of ``out`` is 1)."""
+    return (torch.is_tensor(out) and torch.is_tensor(y) and out.dim() >= 2
+            and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
+            and tuple(y.shape) == (out.shape[0],) + tuple(out.shape[2:]))
+
+
+def _counted(y: torch.Tensor) -> Optional[torch.Tensor]:
+    """The mask of counted positions, or None when every position counts (no ``-100`` label)."""
+    ignored = y == IGNORE_INDEX
+    return ~ignored if bool(ignored.any()) else None
+
+
+def default_accuracy(out, y) -> Optional[Tuple[int, int]]:
+    """``(correct, count)`` of ``out.argmax(1) == y`` for classification shapes (see
+    :func:`is_class_target`; positions labelled -100 not counted), None for anything else."""
+    if not is_class_target(out, y):
+        return None
+    hit = out.argmax(1) == y
+    keep = _counted(y)
+    if keep is None:
+        return int(hit.sum()), int(y.numel())
+    return int((hit & keep).sum()), int(keep.sum())
+
+
+def example_count(y) -> int:
+    """Examples in a batch of targets ``y``: its first dimension (1 for a 0-d tensor)."""
+    if torch.is_tensor(y):
+        return int(y.shape[0]) if y.dim() else 1
+    return len(y)
+
+
+def loss_weight(out, y) -> int:
+    """The units a batch's mean loss stands for: counted positions for classification shapes
+    (``y.numel()`` less the -100 labels), examples otherwise."""
+    if is_class_target(out, y):
+        keep = _counted(y)
+        return int(y.numel()) if keep is None else int(keep.sum())
+    return example_count(y)
+
+
+def batch_accuracy(accuracy_fn: Optional[AccuracyFn], out, y) -> Optional[Tuple[float, int]]:
+    """``accuracy_fn(out, y)`` checked: None (no accuracy) or ``(correct, count)`` with
+    ``0 <= correct <= count``; a clear error for anything else."""
+    if accuracy_fn is None:
+        return None
+    r = accuracy_fn(out, y)
+    if r is None:
+        return None
+    try:
+        correct, count = r
+        correct = correct.item() if torch.is_tensor(correct) else correct
+        count = count.item() if torch.is_tensor(count) else count
+        ok = 0 <= correct <= count and float(count) == int(count)
+    except (TypeError, ValueError, RuntimeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"accuracy_fn must return (correct, count) with 0 <= correct <= count (an integer), or None "
+                         f"for no accuracy; {getattr(accuracy_fn, '__name__', accuracy_fn)!r} returned {r!r}")
+    return correct, int(count)
+
+
+def check_output(out, model, what: str = "this") -> torch.Tensor:
+    """``out`` when it is the tensor of logits (or predictions) ``what`` needs; a clear TypeError otherwise
+    (a dict, a tuple, an object with ``.logits``)."""
+    if not torch.is_tensor(out):
+        raise TypeError(
+            f"{what} needs a model that returns a tensor (the logits, class axis 1); {type(model).__name__} returned "
+            f"a {type(out).__name__}: wrap it in a module whose forward returns that tensor "
+            "(for example `lambda x: model(x).logits` as an nn.Module, or `model(x)[0]`)"
+        )
+    return out
+
+
+def takes_reduction(loss_fn: Callable, out, y) -> bool:
+    """Check ``loss_fn`` on one batch before any work: ``loss_fn(out, y)`` must give a scalar loss.
+    Returns whether it also takes ``reduction="sum"`` (giving a scalar); a loss without that argument
+    is used as mean x count (see the module's docstring)."""
+    name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    try:
+        mean = loss_fn(out, y)
+    except Exception as e:
+        e.add_note(f"adaptive: loss_fn {name}(output, targets) failed on the first held-out batch (output "
+                   f"{_shape(out)}, targets {_shape(y)}), checked before any work")
+        raise
+    if not torch.is_tensor(mean) or mean.numel() != 1:
+        raise ValueError(f"loss_fn {name}(output, targets) must return a scalar loss tensor (the mean over the batch); "
+                         f"it returned {_shape(mean)} on the first held-out batch")
+    try:
+        params = inspect.signature(loss_fn).parameters.values()
+        declared = any(p.name == "reduction" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    except (TypeError, ValueError):  # a builtin without a signature: try it
+        declared = True
+    if not declared:
+        return False
+    try:
+        total = loss_fn(out, y, reduction="sum")
+    except TypeError as e:
+        if "reduction" in str(e):
+            return False
+        raise
+    if not torch.is_tensor(total) or total.numel() != 1:
+        raise ValueError(f"loss_fn {name}(output, targets, reduction='sum') must return a scalar loss tensor; it "
+                         f"returned {_shape(total)} on the first held-out batch")
+    return True
+
+
+def _shape(v) -> str:
+    return f"a tensor of shape {tuple(v.shape)}" if torch.is_tensor(v) else f"a {type(v).__name__}"
+
+
+def batch_loss(loss_fn: Callable, out, y, reduction: bool) -> Tuple[float, int]:
+    """``(loss summed over the batch's units, units)``: with ``reduction="sum"`` over the counted positions
+    for classification shapes when ``loss_fn`` takes it, else the mean ``loss_fn`` returns times
+    :func:`loss_weight`."""
+    n = loss_weight(out, y)
+    if reduction and is_class_target(out, y):
+        return float(loss_fn(out, y, reduction="sum")), n
+    return float(loss_fn(out, y)) * n, n
+
+
+def to_device(obj, device):
+    """``obj`` with every tensor in it (nested tuples, lists, dicts) moved to ``device``; a no-op for
+    ``device`` None and for tensors already there."""
+    if device is None:
+        return obj
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda t: t.to(device, non_blocking=True) if torch.is_tensor(t) else t, obj)
+
+
+def fmt_accuracy(acc: Optional[float], scale: float = 100.0, spec: str = ".2f") -> str:
+    """An accuracy for display: n/a when there is none."""
+    return "n/a" if acc is None else format(scale * acc, spec)

@@ -1,0 +1,192 @@
+"""The accuracy contract of mask-only optimisation (adaptive.metrics): accuracy only for classification
+shapes (None, never 0 or above 1, otherwise), losses averaged over the units they stand for, target
+"best" by held-out loss where there is no accuracy, plain two-argument losses, nested inputs."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import adaptive
+from adaptive.mask_only import _to_device, evaluate, optimize_connectome
+from adaptive.metrics import default_accuracy
+
+
+def regression_data(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 6, generator=g)
+    Y = X @ torch.randn(6, 1, generator=g) + 0.1 * torch.randn(n, 1, generator=g)
+    k = 3 * n // 4
+    tr = DataLoader(TensorDataset(X[:k], Y[:k]), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    ho = DataLoader(TensorDataset(X[k:], Y[k:]), batch_size=32)
+    return tr, ho
+
+
+def briefly_trained_regressor(tr):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        for x, y in tr:
+            F.mse_loss(model(x), y).backward(); opt.step(); opt.zero_grad()
+    return model
+
+
+def test_evaluate_counts_accuracy_only_for_classification_shapes():
+    torch.manual_seed(0)
+    x = torch.randn(6, 5)
+    # regression and one-logit BCE: no accuracy (was 0.0, and 6.0 = 600% for a (B, 1) target)
+    y_reg = torch.randn(6, 1)
+    loss, acc, n = evaluate(nn.Identity(), [(x[:, :1], y_reg)], F.mse_loss)
+    assert acc is None and n == 6 and loss == pytest.approx(float(F.mse_loss(x[:, :1], y_reg)))
+    y_bin = (torch.rand(6, 1) > 0.5).float()
+    assert evaluate(nn.Identity(), [(x[:, :1], y_bin)], F.binary_cross_entropy_with_logits)[1] is None
+    # probability targets with batch == classes: the loss is per example (was divided by the classes)
+    p = torch.softmax(torch.randn(5, 5), 1)
+    loss, acc, n = evaluate(nn.Identity(), [(x[:5], p)])
+    assert acc is None and n == 5 and loss == pytest.approx(float(F.cross_entropy(x[:5], p)))
+    # a (B, C, T) tagger: accuracy and loss per position (accuracy was correct tokens / B)
+    out = torch.randn(4, 3, 7)
+    y = out.argmax(1)
+    y[0, :3] = (y[0, :3] + 1) % 3
+    loss, acc, n = evaluate(nn.Identity(), [(out, y)])
+    assert n == 28 and acc == pytest.approx(25 / 28) and loss == pytest.approx(float(F.cross_entropy(out, y)))
+    # -100 (cross_entropy's ignore_index) is neither scored nor counted, in accuracy or loss
+    y2 = y.clone()
+    y2[0, :3] = -100
+    loss, acc, n = evaluate(nn.Identity(), [(out, y2)])
+    assert n == 25 and acc == 1.0 and loss == pytest.approx(float(F.cross_entropy(out, y2)))
+    # accuracy_fn: your own count, or none at all
+    thr = lambda o, t: (int(((o > 0).float() == t).sum()), t.numel())
+    assert evaluate(nn.Identity(), [(x[:, :1], y_bin)], F.binary_cross_entropy_with_logits, accuracy_fn=thr)[1] == \
+        pytest.approx(float(((x[:, :1] > 0).float() == y_bin).float().mean()))
+    assert evaluate(nn.Identity(), [(out, y)], accuracy_fn=None)[1] is None
+    with pytest.raises(ValueError, match="accuracy_fn must return"):
+        evaluate(nn.Identity(), [(out, y)], accuracy_fn=lambda o, t: 7.0)
+
+
+def test_evaluate_of_a_classifier_is_bit_for_bit_the_old_formula():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5))
+    batches = [(torch.randn(b, 8), torch.randint(0, 5, (b,))) for b in (16, 16, 7)]
+    loss_sum, correct, n = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in batches:
+            out = model(x)
+            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+            correct += int((out.argmax(1) == y).sum())
+            n += int(y.numel())
+    assert evaluate(model, batches) == (loss_sum / n, correct / n, n)
+    assert default_accuracy(model(batches[0][0]), batches[0][1])[1] == 16
+
+
+def test_best_chooses_by_holdout_loss_where_there_is_no_accuracy():
+    tr, ho = regression_data()
+    model = briefly_trained_regressor(tr)
+    res = optimize_connectome(model, tr, ho, target="best", loss_fn=F.mse_loss, passes=1.0, patience=2,
+                              ladder=(0.1, 0.2, 0.3, 0.4, 0.5), progress=False)
+    evals = [h for h in res.history if h["kind"] == "eval"]
+    assert all(e["holdout_acc"] is None for e in evals)  # was 0.0 everywhere
+    assert all(h["train_acc"] is None for h in res.history if h["kind"] == "update")
+    best = res.snapshots["best"]
+    losses = [e["holdout_loss"] for e in evals]
+    assert best.selected_by == "holdout_loss" and best.holdout_loss == min(losses)
+    assert min(losses) < losses[0] and best.removed > 0  # the old code kept the dense network
+    assert res.conn.num_synapses() - res.conn.num_live() == best.removed
+    assert adaptive.mask_only.changed_weights(res.conn) == 0
+
+
+def test_threshold_best_chooses_by_holdout_loss_where_there_is_no_accuracy():
+    tr, ho = regression_data()
+    model = briefly_trained_regressor(tr)
+    res = optimize_connectome(model, tr, ho, target="best", ladder=(), loss_fn=F.mse_loss, passes=1.0,
+                              eval_every=1, edit_fraction=0.2, progress=False)
+    evals = [h for h in res.history if h["kind"] == "eval"]
+    best = res.snapshots["best"]
+    assert best.selected_by == "holdout_loss" and best.holdout_loss == min(e["holdout_loss"] for e in evals)
+
+
+def test_classification_best_records_its_criterion():
+    torch.manual_seed(0)
+    X = torch.randn(192, 6); Y = X[:, :3].argmax(1)
+    tr = DataLoader(TensorDataset(X[:128], Y[:128]), batch_size=32)
+    ho = DataLoader(TensorDataset(X[128:], Y[128:]), batch_size=32)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    res = optimize_connectome(model, tr, ho, target="best", ladder=(0.2, 0.4), passes=0.5, progress=False)
+    assert res.snapshots["best"].selected_by == "holdout_acc"
+
+
+def test_sequence_train_and_holdout_accuracy_count_positions():
+    torch.manual_seed(0)
+    V, T = 5, 6
+    X = torch.randint(0, V, (96, T)); Y = (X + 1) % V
+
+    class Tagger(nn.Module):  # (B, C, T) logits: F.cross_entropy's own layout
+        def __init__(self):
+            super().__init__(); self.emb = nn.Embedding(V, 8); self.head = nn.Linear(8, V)
+        def forward(self, x):
+            return self.head(self.emb(x)).transpose(1, 2)
+
+    tr = DataLoader(TensorDataset(X[:64], Y[:64]), batch_size=16)
+    ho = DataLoader(TensorDataset(X[64:], Y[64:]), batch_size=16)
+    res = optimize_connectome(Tagger(), tr, ho, target=[0.2], passes=1.0, progress=False)
+    upd = [h for h in res.history if h["kind"] == "update"]
+    assert all(0.0 <= h["train_acc"] <= 1.0 for h in upd)  # was correct tokens / batch, up to T
+    assert all(h["train_examples"] == 16 for h in upd)
+    assert 0.0 <= res.snapshots["0.2"].holdout_acc <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["squeezed", "soft"])
+def test_shapes_without_accuracy_train_instead_of_crashing(kind):
+    torch.manual_seed(0)
+    X = torch.randn(96, 6)
+    if kind == "squeezed":  # (B,) predictions, (B,) float targets: argmax(1) raised IndexError
+        Y = X[:, 0].clone()
+        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1), nn.Flatten(0))
+        loss_fn = F.mse_loss
+    else:  # label-smoothed probability targets, batch != classes: argmax(1) == y raised RuntimeError
+        Y = F.one_hot(X[:, :3].argmax(1), 3).float() * 0.9 + 0.1 / 3
+        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+        loss_fn = F.cross_entropy
+    tr = DataLoader(TensorDataset(X[:64], Y[:64]), batch_size=16)
+    ho = DataLoader(TensorDataset(X[64:], Y[64:]), batch_size=16)
+    res = optimize_connectome(model, tr, ho, target=[0.2], passes=0.5, loss_fn=loss_fn, progress=False)
+    snap = res.snapshots["0.2"]
+    assert snap.holdout_acc is None
+    with torch.no_grad():
+        want = float(loss_fn(model(X[64:]), Y[64:]))
+    assert snap.holdout_loss == pytest.approx(want, rel=1e-5)
+
+
+def test_a_two_argument_loss_fn_works_and_a_bad_one_is_refused_before_training():
+    tr, ho = regression_data()
+    model = briefly_trained_regressor(tr)
+
+    def plain(out, y):  # no reduction argument (the old code failed at the first held-out evaluation)
+        return F.smooth_l1_loss(out, y)
+
+    res = optimize_connectome(copy.deepcopy(model), tr, ho, target=[0.2], loss_fn=plain, passes=0.5, progress=False)
+    snap = res.snapshots["0.2"]
+    res.use("0.2")
+    with torch.no_grad():
+        x, y = ho.dataset.tensors
+        assert snap.holdout_loss == pytest.approx(float(F.smooth_l1_loss(res.conn.model(x), y)), rel=1e-5)
+    seen = []
+
+    def per_example(out, y):  # not a scalar: refused on the first batch, before any update
+        return (out - y).pow(2).mean(1)
+
+    with pytest.raises(ValueError, match="scalar loss"):
+        optimize_connectome(copy.deepcopy(model), tr, ho, target=[0.2], loss_fn=per_example, passes=0.5,
+                            progress=False, callback=lambda r: seen.append(r["kind"]))
+    assert "update" not in seen
+
+
+def test_nested_inputs_follow_the_model_to_its_device():
+    a, b, y = torch.randn(4, 6), torch.randn(4, 4), torch.zeros(4, dtype=torch.long)
+    (x1, x2), yy = _to_device(((a, b), y), torch.device("meta"))
+    assert (x1.device.type, x2.device.type, yy.device.type) == ("meta", "meta", "meta")
+    d, _ = _to_device(({"a": a, "b": [b]}, y), torch.device("meta"))
+    assert d["a"].is_meta and d["b"][0].is_meta
