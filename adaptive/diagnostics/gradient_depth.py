@@ -15,6 +15,7 @@ from typing import Callable, List, Optional
 import torch
 from torch import nn
 
+from ..metrics import to_device
 from ._common import LogHistogram, default_loss, find_weight, iterate_batches, kept_buffers, model_device, training_mode
 from .table import Table, pyplot, save_figure
 
@@ -168,7 +169,7 @@ def gradient_by_depth(
     n = 0
     with kept_buffers(model), training_mode(model, train_mode):
         for x, y in iterate_batches(loader, batches, desc=f"gradients of {name}", cycle=cycle):
-            x, y = x.to(device), y.to(device)
+            x, y = to_device(x, device), to_device(y, device)  # nested inputs (a tuple of tensors) too
             if band_index is None:
                 d = resolve_depths(model, name, depths, example=x)
                 wd = weight_depths(weight.shape, d, groups)

@@ -21,6 +21,7 @@ from torch import nn
 from .. import jsonio
 from ..atomic import write_text
 from ..connectome import Connectome
+from ..metrics import AccuracyFn, batch_accuracy, check_output, default_accuracy, example_count, loss_weight, to_device
 from ._common import default_loss, iterate_batches, model_device, training_mode
 from .removal_order import global_order, removal_scores
 from .table import Table, pyplot, save_figure
@@ -43,18 +44,32 @@ def materialize(loader, batches: Optional[int], desc: str):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, loss_fn: Callable = default_loss) -> Dict[str, float]:
-    """Mean loss and top-1 accuracy of ``model`` (eval mode) over the ``(x, y)`` batches in ``data``."""
+def evaluate(model: nn.Module, data, loss_fn: Callable = default_loss,
+             accuracy_fn: Optional[AccuracyFn] = default_accuracy) -> Dict[str, float]:
+    """Mean loss and top-1 accuracy of ``model`` (eval mode) over the ``(x, y)`` batches in ``data``,
+    with the contract of :mod:`adaptive.metrics`: ``accuracy`` is None where there is none (by
+    default anything but integer targets of the output's shape without its class axis 1), the loss
+    is each batch's mean weighted by its positions (classification shapes) or examples. ``samples``:
+    the examples; ``positions``, only where they differ from the examples (a sequence tagger): what
+    the accuracy counted."""
     device = model_device(model)
-    tot_loss, correct, n = 0.0, 0, 0
+    tot_loss, correct, counted, n, examples = 0.0, 0, 0, 0, 0
     with training_mode(model, False):
         for x, y in data:
-            x, y = x.to(device), y.to(device)
-            out = model(x)
-            tot_loss += float(loss_fn(out, y)) * len(y)
-            correct += int((out.argmax(1) == y).sum())
-            n += len(y)
-    return {"loss": tot_loss / n, "accuracy": correct / n, "samples": n}
+            x, y = to_device(x, device), to_device(y, device)
+            out = check_output(model(x), model, "knowledge_distribution")
+            units = loss_weight(out, y)
+            tot_loss += float(loss_fn(out, y)) * units
+            n += units
+            examples += example_count(y)
+            acc = batch_accuracy(accuracy_fn, out, y)
+            if acc is not None:
+                correct += acc[0]
+                counted += acc[1]
+    r = {"loss": tot_loss / n, "accuracy": correct / counted if counted else None, "samples": examples}
+    if counted and counted != examples:
+        r["positions"] = counted
+    return r
 
 
 def fit_exponential(x: Sequence[float], y: Sequence[float], use: Sequence[bool], tolerance: float = math.log(2)) -> dict:
@@ -91,11 +106,24 @@ def fit_exponential(x: Sequence[float], y: Sequence[float], use: Sequence[bool],
             "holds_from": float(X[lo]), "holds_to": float(X[hi])}
 
 
-def fit_curve(table: Table, chance: float, samples: int, noise_floor: float = DEFAULT_NOISE_FLOOR) -> Dict[str, dict]:
+def has_accuracy(table: Table) -> bool:
+    """Whether a knowledge curve measured accuracy (not for regression or other targets without it)."""
+    return "accuracy" in table.columns and all(a is not None for a in table["accuracy"])
+
+
+def fit_curve(table: Table, chance: Optional[float], samples: int,
+              noise_floor: float = DEFAULT_NOISE_FLOOR) -> Dict[str, dict]:
     """Exponential fits of a knowledge curve's loss increase and accuracy drop over its middle: the
     points above ``noise_floor`` (and, for accuracy, above 1.5 samples' worth), up to the first point
-    where the accuracy has lost 90% of its way to ``chance`` (the collapse)."""
+    where the accuracy has lost 90% of its way to ``chance`` (the collapse). A curve without
+    accuracy gets the loss fit alone, over every point above the floor (no collapse to detect);
+    so does the collapse where ``chance`` is None (an ``accuracy_fn`` of your own, no ``num_classes``)."""
+    if not has_accuracy(table):
+        body = [li > noise_floor for li in table["loss_increase"]]
+        return {"loss_increase": {**fit_exponential(table["removed"], table["loss_increase"], body), "floor": noise_floor}}
     acc0 = table["accuracy"][0]
+    if chance is None:
+        chance = -math.inf  # no chance level known: no collapse cut
     span = max(acc0 - chance, 1e-9)
     drops = table["accuracy_drop"]
     collapse = next((i for i, d in enumerate(drops) if d >= 0.9 * span), len(drops))
@@ -121,9 +149,11 @@ def _forever(loader):
 class KnowledgeCurve:
     """Accuracy and loss of what remains against the number of weights removed.
 
-    ``table``: one row per point (removed, fraction, accuracy, loss, accuracy_drop, loss_increase).
+    ``table``: one row per point (removed, fraction, accuracy, loss, accuracy_drop, loss_increase; a
+    curve without accuracy, see :mod:`adaptive.metrics`, has no accuracy columns).
     ``fits``: exponential fits of the loss increase and the accuracy drop (see :func:`fit_exponential`),
-    each with the ``floor`` it was fitted above. ``noise_floor``: the loss increase below which
+    each with the ``floor`` it was fitted above (the loss fit alone where there is no accuracy).
+    ``chance``: 1 / the classes on the output's axis 1; None where there is no accuracy. ``noise_floor``: the loss increase below which
     :func:`fit_curve` fitted nothing (recorded in ``knowledge_summary.json``, the fit table and the figure).
     """
 
@@ -132,7 +162,7 @@ class KnowledgeCurve:
     estimator: str
     finetune_batches: int
     fits: Dict[str, dict]
-    chance: float
+    chance: Optional[float]
     note: str = ""
     meta: dict = field(default_factory=dict)
     noise_floor: float = DEFAULT_NOISE_FLOOR
@@ -174,7 +204,8 @@ class KnowledgeCurve:
                 rows = [{k: (int(v) if k == "removed" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
             table = Table(rows)
             meta = dict(s.get("meta", {}))
-            samples = int(meta.get("base", {}).get("samples", 0))
+            base = meta.get("base", {})
+            samples = int(base.get("positions", base.get("samples", 0)))
             recorded = s.get("noise_floor")
             if noise_floor is None:
                 noise_floor = DEFAULT_NOISE_FLOOR if recorded is None else float(recorded)
@@ -204,16 +235,18 @@ class KnowledgeCurve:
         log y axis with the exponential fit (straight there) and the range where it holds."""
         plt = pyplot()
         k = self.table["removed"]
-        acc = [100 * a for a in self.table["accuracy"]]
+        with_acc = has_accuracy(self.table)  # without accuracy the top panels draw the loss of what remains
+        top = [100 * a for a in self.table["accuracy"]] if with_acc else self.table["loss"]
         fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
         for ax, logx in ((axes[0, 0], False), (axes[0, 1], True)):
             kk = [max(v, 0.8) for v in k] if logx else k
-            ax.plot(kk, acc, "o-", ms=3)
-            ax.axhline(100 * self.chance, color="grey", ls=":", label="chance")
+            ax.plot(kk, top, "o-", ms=3, label=None if with_acc else "loss (no accuracy for these targets)")
+            if with_acc and self.chance is not None:
+                ax.axhline(100 * self.chance, color="grey", ls=":", label="chance")
             if logx:
                 ax.set_xscale("log")
             ax.set_xlabel("weights removed (count" + (", log axis; 0 drawn at 0.8)" if logx else ")"))
-            ax.set_ylabel("top-1 accuracy of what remains (%)")
+            ax.set_ylabel("top-1 accuracy of what remains (%)" if with_acc else "loss of what remains")
             ax.grid(True, which="both" if logx else "major", alpha=0.3)
             ax.legend(fontsize=8)
             sec = ax.secondary_xaxis("top", functions=(lambda v, t=self.total: 100 * v / t, lambda f, t=self.total: f * t / 100))
@@ -222,6 +255,12 @@ class KnowledgeCurve:
             (axes[1, 0], "loss_increase", "loss increase over the intact net (nats)", 1.0),
             (axes[1, 1], "accuracy_drop", "accuracy drop (percentage points)", 100.0),
         ):
+            if key == "accuracy_drop" and not with_acc:
+                ax.text(0.5, 0.5, "no accuracy: the targets are not class labels of the output's axis 1\n"
+                        "(pass accuracy_fn= to count one); the loss alone is fitted",
+                        ha="center", va="center", transform=ax.transAxes, fontsize=8)
+                ax.set_axis_off()
+                continue
             y = [scale * v for v in self.table[key]]
             pos = [(a, b) for a, b in zip(k, y) if b > 0]
             if pos:
@@ -273,6 +312,7 @@ def knowledge_distribution(
     loss_fn: Callable = default_loss,
     num_classes: Optional[int] = None,
     noise_floor: float = DEFAULT_NOISE_FLOOR,
+    accuracy_fn: Optional[AccuracyFn] = default_accuracy,
 ) -> KnowledgeCurve:
     """Remove the prunable weights of a copy of ``model`` in ``estimator`` order (scores from
     ``order_batches`` batches of ``order_loader``; choose held-out training data, never the test
@@ -284,6 +324,15 @@ def knowledge_distribution(
     weights of the order. Otherwise the removal is progressive: after each point's removal the copy
     is fine-tuned for ``finetune_batches`` SGD steps on ``finetune_loader`` (default
     ``order_loader``) with the removed weights held at exactly zero. ``model`` is never modified.
+
+    ``model`` must return a tensor (the logits, class axis 1; a dict, tuple or ``.logits`` object is
+    refused); batches, nested inputs included, are moved to its device. Loss and accuracy follow
+    :mod:`adaptive.metrics`: accuracy only for integer targets of the output's shape without its
+    class axis 1 (``(B, C)`` with ``(B,)``, or per position ``(B, C, T)`` with ``(B, T)``), chance
+    ``1 / out.shape[1]`` (or ``1 / num_classes``). ``accuracy_fn(out, y) -> (correct, count)`` counts
+    it your way (chance then from ``num_classes`` only), ``accuracy_fn=None`` turns it off. Without
+    accuracy (regression, probability targets) the table has no accuracy columns, the loss increase
+    alone is fitted and ``note`` says so.
     """
     work = copy.deepcopy(model)
     conn = Connectome(work, include=include, exclude=exclude)
@@ -296,9 +345,10 @@ def knowledge_distribution(
     if not counts or counts[0] != 0:  # the intact network is always measured: the drops are from it
         counts = [0] + counts
     data = materialize(eval_loader, eval_batches, desc="evaluation data")
-    if num_classes is None:
+    if num_classes is None and accuracy_fn is default_accuracy:  # chance: 1 / the classes on axis 1
         with torch.no_grad(), training_mode(work, False):
-            num_classes = int(work(data[0][0][:1].to(model_device(work))).shape[-1])
+            probe = check_output(work(to_device(data[0][0], model_device(work))), work, "knowledge_distribution")
+        num_classes = int(probe.shape[1]) if probe.dim() >= 2 else None
     opt = ft_iter = None
     if finetune_batches:
         src = finetune_loader if finetune_loader is not None else order_loader
@@ -322,19 +372,31 @@ def knowledge_distribution(
                 for _ in range(finetune_batches):
                     x, y = next(ft_iter)
                     opt.zero_grad(set_to_none=True)
-                    loss_fn(work(x.to(device)), y.to(device)).backward()
+                    loss_fn(work(to_device(x, device)), to_device(y, device)).backward()
                     opt.step()
-        r = evaluate(work, data, loss_fn)
+        r = evaluate(work, data, loss_fn, accuracy_fn)
         if base is None:
             base = r
-        rows.append({
-            "removed": k, "fraction": k / total, "accuracy": r["accuracy"], "loss": r["loss"],
-            "accuracy_drop": base["accuracy"] - r["accuracy"], "loss_increase": r["loss"] - base["loss"],
-        })
+        if (r["accuracy"] is None) != (base["accuracy"] is None):
+            raise ValueError("accuracy_fn scored some points and not others: it must return (correct, count) for "
+                             "every evaluation or None for all of them")
+        if base["accuracy"] is None:
+            rows.append({"removed": k, "fraction": k / total, "loss": r["loss"], "loss_increase": r["loss"] - base["loss"]})
+        else:
+            rows.append({
+                "removed": k, "fraction": k / total, "accuracy": r["accuracy"], "loss": r["loss"],
+                "accuracy_drop": base["accuracy"] - r["accuracy"], "loss_increase": r["loss"] - base["loss"],
+            })
     table = Table(rows)
-    chance = 1.0 / num_classes
-    fits = fit_curve(table, chance, base["samples"], noise_floor)
+    chance = 1.0 / num_classes if base["accuracy"] is not None and num_classes else None
+    fits = fit_curve(table, chance, base.get("positions", base["samples"]), noise_floor)
+    note = f"evaluated on {base['samples']} samples"
+    if "positions" in base:
+        note += f" ({base['positions']} positions)"
+    if base["accuracy"] is None:
+        note += ("; no accuracy (the targets are not class labels of the output's axis 1; pass accuracy_fn= to "
+                 "count one), so the loss increase alone is fitted")
     return KnowledgeCurve(table, total, estimator, finetune_batches or 0, fits, chance,
-                          note=f"evaluated on {base['samples']} samples",
+                          note=note,
                           meta={"base": base, "model": work, "connectome": conn, "order": order},
                           noise_floor=noise_floor)

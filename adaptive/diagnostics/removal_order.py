@@ -12,6 +12,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from ..metrics import example_count, to_device
 from ._common import default_loss, iterate_batches, model_device, training_mode
 
 
@@ -22,8 +23,8 @@ def _gradient_batches(conn, loader, batches, loss_fn, desc):
     with training_mode(model, False):
         for x, y in iterate_batches(loader, batches, desc=desc):
             model.zero_grad(set_to_none=True)
-            loss_fn(model(x.to(device)), y.to(device)).backward()
-            yield x.shape[0]
+            loss_fn(model(to_device(x, device)), to_device(y, device)).backward()
+            yield example_count(y)  # the batch's examples (x may be a tuple of inputs)
     model.zero_grad(set_to_none=True)
 
 

@@ -1,0 +1,102 @@
+"""knowledge_distribution (and the diagnostics' batch handling) under the accuracy contract of
+adaptive.metrics: no accuracy for regression or one-logit outputs (was 0 or 48 = 4800%), per-position
+accuracy and chance from the class axis 1 for a (B, C, T) tagger, a clear refusal of non-tensor outputs,
+nested (multi-input) batches."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from adaptive.diagnostics import KnowledgeCurve, gradient_by_depth, knowledge_distribution
+
+
+def test_regression_curve_has_no_accuracy_and_fits_the_loss_alone(tmp_path):
+    torch.manual_seed(0)
+    X = torch.randn(128, 6); Y = X @ torch.randn(6, 1)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+    ho = DataLoader(TensorDataset(X, Y), batch_size=32)
+    c = knowledge_distribution(model, ho, order_loader=ho, estimator="taylor", points=8, loss_fn=F.mse_loss)
+    assert "accuracy" not in c.table.columns and "accuracy_drop" not in c.table.columns  # were 0 everywhere
+    assert c.chance is None and list(c.fits) == ["loss_increase"] and "no accuracy" in c.note
+    with torch.no_grad():
+        assert c.table["loss"][0] == pytest.approx(float(F.mse_loss(model(X), Y)), rel=1e-5)
+    c.save(str(tmp_path))
+    back = KnowledgeCurve.load(str(tmp_path))
+    assert back.chance is None and list(back.fits) == ["loss_increase"]
+    assert c.plot(str(tmp_path / "k.png"))
+
+
+def test_one_logit_bce_has_no_accuracy_unless_accuracy_fn_counts_it():
+    torch.manual_seed(0)
+    X = torch.randn(96, 6); Y = (X[:, :1] > 0).float()
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1))
+    ho = DataLoader(TensorDataset(X, Y), batch_size=32)
+    bce = F.binary_cross_entropy_with_logits
+    c = knowledge_distribution(model, ho, points=3, loss_fn=bce)
+    assert "accuracy" not in c.table.columns  # was 48.0 (argmax(1) of (B, 1) broadcast against (B, 1))
+    thr = lambda o, t: (int(((o > 0).float() == t).sum()), t.numel())
+    c = knowledge_distribution(model, ho, points=3, loss_fn=bce, accuracy_fn=thr, num_classes=2)
+    with torch.no_grad():
+        want = float(((model(X) > 0).float() == Y).float().mean())
+    assert c.table["accuracy"][0] == pytest.approx(want) and c.chance == 0.5
+
+
+def test_sequence_tagger_accuracy_per_position_and_chance_from_axis_1():
+    torch.manual_seed(0)
+    V, T = 6, 5
+    X = torch.randint(0, V, (64, T)); Y = (X + 1) % V
+
+    class Tagger(nn.Module):  # (B, C, T) logits
+        def __init__(self):
+            super().__init__(); self.emb = nn.Embedding(V, 8); self.head = nn.Linear(8, V)
+        def forward(self, x):
+            return self.head(self.emb(x)).transpose(1, 2)
+
+    model = Tagger()
+    ho = DataLoader(TensorDataset(X, Y), batch_size=16)
+    c = knowledge_distribution(model, ho, points=3)
+    with torch.no_grad():
+        want = float((model(X).argmax(1) == Y).float().mean())
+    assert c.table["accuracy"][0] == pytest.approx(want) and all(0 <= a <= 1 for a in c.table["accuracy"])
+    assert c.chance == pytest.approx(1 / V)  # was 1 / T, from the last axis
+    assert c.meta["base"]["positions"] == 64 * T and c.meta["base"]["samples"] == 64
+
+
+@pytest.mark.parametrize("wrap", ["dict", "tuple", "hf"])
+def test_knowledge_refuses_non_tensor_outputs_clearly(wrap):
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__(); self.fc = nn.Linear(4, 3)
+        def forward(self, x):
+            z = self.fc(x)
+            return {"dict": lambda: {"out": z}, "tuple": lambda: (z, z.sum()), "hf": lambda: SimpleNamespace(logits=z)}[wrap]()
+
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    with pytest.raises(TypeError, match="needs a model that returns a tensor.*wrap it"):
+        knowledge_distribution(Wrapped(), data, points=2)  # was AttributeError: no attribute 'shape'
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__(); self.a = nn.Linear(4, 3); self.b = nn.Linear(2, 3)
+    def forward(self, x):
+        return self.a(x[0]) + self.b(x[1])
+
+
+def test_diagnostics_take_multi_input_batches():
+    torch.manual_seed(0)
+    data = [((torch.randn(8, 4), torch.randn(8, 2)), torch.randint(0, 3, (8,))) for _ in range(3)]
+    model = TwoInputs()
+    c = knowledge_distribution(model, data, order_loader=data, estimator="taylor", points=3, finetune_batches=1)
+    assert c.table["removed"][0] == 0 and 0 <= c.table["accuracy"][0] <= 1
+
+
+def test_gradient_by_depth_takes_multi_input_batches():
+    torch.manual_seed(0)
+    data = [((torch.randn(8, 4), torch.randn(8, 2)), torch.randint(0, 3, (8,))) for _ in range(3)]
+    model = TwoInputs()
+    g = gradient_by_depth(model, data, layer="a", batches=2, depths=torch.tensor([0, 0, 1, 1]))
+    assert g.batches == 2  # was AttributeError: no attribute "to" (a DataLoader collates the inputs into a list)
