@@ -47,6 +47,23 @@ def _uncompiled(model: nn.Module) -> nn.Module:
     return model
 
 
+_COMPILED_PREFIX = "_orig_mod."
+
+
+def _plain_names(d: Optional[Mapping], known) -> Optional[dict]:
+    """``d`` with keys saved from a ``torch.compile`` wrapper (``_orig_mod.NAME``, by code that named
+    layers as the wrapper does) renamed to the plain module's ``NAME`` where ``known`` has that name."""
+    if d is None:
+        return None
+    out = {}
+    for k, v in d.items():
+        plain = k
+        while plain not in known and plain.startswith(_COMPILED_PREFIX):
+            plain = plain[len(_COMPILED_PREFIX):]
+        out[plain if plain in known else k] = v
+    return out
+
+
 def _forget_autocast_copies() -> None:
     """Drop autocast's cached low-precision copies of the weights. Inside one ``torch.autocast``
     region every forward pass reuses the first copy of a weight, so after a mask edit in that region
@@ -69,6 +86,7 @@ class Connectome:
             at their current values, which are kept so a restored synapse returns bit-identical).
     """
 
+    @torch.inference_mode(False)  # built inside torch.inference_mode(), its masks must still track edits
     def __init__(
         self,
         model: nn.Module,
@@ -582,9 +600,11 @@ class Connectome:
         if found is None:
             return False
         seen = self.__dict__.get("_found_inf")
-        if seen is None or seen[0] is not found:  # a scaler sets a new tensor at every step
-            seen = self._found_inf = (found, bool(found))
-        return seen[1]
+        # torch's GradScaler sets a new tensor at every step; a loop that keeps one tensor and
+        # writes it in place moves its version counter instead: either way the answer is read anew
+        if seen is None or seen[0] is not found or seen[1] != found._version:
+            seen = self._found_inf = (found, found._version, bool(found))
+        return seen[2]
 
     @property
     def grad_scale(self) -> Optional[torch.Tensor]:
@@ -766,6 +786,8 @@ class Connectome:
         before or after the connectome."""
         if not isinstance(sd, Mapping) or "masks" not in sd:
             raise ValueError("not a connectome state_dict: it has no 'masks' entry")
+        sd = {**sd, "masks": _plain_names(sd["masks"], self.params), "original": _plain_names(sd.get("original"), self.params),
+              "ensembles": _plain_names(sd.get("ensembles"), self.params)}
         if "ensemble" in sd:
             self._check_same_ensembles(sd["ensemble"], sd.get("ensembles"), "state_dict")
         missing = [n for n in self.masks if n not in sd["masks"]]
@@ -834,6 +856,7 @@ class Connectome:
             save_file(tensors, str(tmp), metadata=meta)
 
     @classmethod
+    @torch.inference_mode(False)  # built inside torch.inference_mode(), its masks must still track edits
     def load(cls, path: str | os.PathLike, model: nn.Module, mode: Optional[str] = None) -> "Connectome":
         """Rebuild a connectome saved by :meth:`save` on ``model``. Raises a clear error naming the
         parameter if the model's layers or shapes differ from the saved ones."""
@@ -879,6 +902,13 @@ class Connectome:
             original = {n: f.get_tensor(f"original/{n}") for n in shapes if f"original/{n}" in keys}
         model = _uncompiled(model)
         params = dict(model.named_parameters(remove_duplicate=False))  # a tied weight under every name
+        shapes, packed, original = (_plain_names(d, params) for d in (shapes, packed, original))
+        try:  # per-layer granularities as a compiled model's layers were once named
+            per_layer = json.loads(meta["ensembles"]) if "ensembles" in meta else None
+        except ValueError:
+            per_layer = None  # malformed: the check below names it
+        if isinstance(per_layer, dict):
+            meta["ensembles"] = json.dumps(_plain_names(per_layer, params))
         for n, s in shapes.items():
             if n not in params:
                 raise KeyError(f"the saved connectome has a layer {n!r} that the model does not have")

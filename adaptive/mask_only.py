@@ -314,9 +314,10 @@ def optimize_connectome(
             recipes/benchmarks/mask_only_ablations).
         eval_every: evaluate the whole holdout every this many updates (0: only at stage ends).
         loss_fn: ``loss_fn(output, targets)`` -> the mean loss of a batch (default ``F.cross_entropy``);
-            checked on one held-out batch before any work. Held-out losses use
-            ``loss_fn(..., reduction="sum")`` for classification shapes when it takes that argument;
-            a loss without it is averaged as mean x count (see :mod:`adaptive.metrics`).
+            checked on the first training batch, before any backward pass. Held-out losses use
+            ``loss_fn(..., reduction="sum")`` for classification shapes when it takes that argument
+            and its sum is the mean times the counted positions; otherwise (no such argument, class
+            weights) the mean times the units, as the training window (see :mod:`adaptive.metrics`).
         accuracy_fn: ``(output, targets) -> (correct, count)`` or None for a batch it cannot score
             (default :func:`adaptive.metrics.default_accuracy`: argmax over axis 1 for integer targets
             of the output's shape without that axis, one count per example or position; no accuracy

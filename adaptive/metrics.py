@@ -30,8 +30,9 @@ AccuracyFn = Callable[[torch.Tensor, torch.Tensor], Optional[Tuple[float, int]]]
 
 def is_class_target(out, y) -> bool:
     """Whether ``(out, y)`` have classification shapes: integer ``y`` with ``y.shape ==
-    out.shape[:1] + out.shape[2:]`` (the class axis of ``out`` is 1)."""
-    return (torch.is_tensor(out) and torch.is_tensor(y) and out.dim() >= 2
+    out.shape[:1] + out.shape[2:]`` (the class axis of ``out`` is 1) and at least two classes (a
+    single logit with 0/1 labels is a binary score, whose argmax is always 0)."""
+    return (torch.is_tensor(out) and torch.is_tensor(y) and out.dim() >= 2 and out.shape[1] >= 2
             and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
             and tuple(y.shape) == (out.shape[0],) + tuple(out.shape[2:]))
 
@@ -105,18 +106,20 @@ def check_output(out, model, what: str = "this") -> torch.Tensor:
 
 def takes_reduction(loss_fn: Callable, out, y) -> bool:
     """Check ``loss_fn`` on one batch before any work: ``loss_fn(out, y)`` must give a scalar loss.
-    Returns whether it also takes ``reduction="sum"`` (giving a scalar); a loss without that argument
-    is used as mean x count (see the module's docstring)."""
+    Returns whether its ``reduction="sum"`` can be used: it takes that argument, gives a scalar, and
+    that sum is the mean times the batch's units (:func:`loss_weight`). A loss without the argument,
+    or one whose mean is not over those units (class weights: ``F.cross_entropy(weight=...)`` divides
+    by the summed weights), is used as mean x units, as in the training window."""
     name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
     try:
         mean = loss_fn(out, y)
     except Exception as e:
-        e.add_note(f"adaptive: loss_fn {name}(output, targets) failed on the first held-out batch (output "
+        e.add_note(f"adaptive: loss_fn {name}(output, targets) failed on the first batch (output "
                    f"{_shape(out)}, targets {_shape(y)}), checked before any work")
         raise
     if not torch.is_tensor(mean) or mean.numel() != 1:
         raise ValueError(f"loss_fn {name}(output, targets) must return a scalar loss tensor (the mean over the batch); "
-                         f"it returned {_shape(mean)} on the first held-out batch")
+                         f"it returned {_shape(mean)} on the first batch")
     try:
         params = inspect.signature(loss_fn).parameters.values()
         declared = any(p.name == "reduction" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
@@ -132,7 +135,12 @@ def takes_reduction(loss_fn: Callable, out, y) -> bool:
         raise
     if not torch.is_tensor(total) or total.numel() != 1:
         raise ValueError(f"loss_fn {name}(output, targets, reduction='sum') must return a scalar loss tensor; it "
-                         f"returned {_shape(total)} on the first held-out batch")
+                         f"returned {_shape(total)} on the first batch")
+    if is_class_target(out, y):  # the sum must be the mean over the units the accuracy counts
+        units = loss_weight(out, y)
+        mean_f, total_f = float(mean.detach().double()), float(total.detach().double())
+        if abs(total_f - mean_f * units) > 1e-4 * max(abs(total_f), 1e-8) + 1e-6:
+            return False
     return True
 
 

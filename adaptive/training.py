@@ -98,7 +98,7 @@ def _connectome_fields(conn) -> dict:
 
 def metric_row(state: TrainState, split: str, loss: float, accuracy: float, conn=None, lr=None) -> dict:
     row = {"step": state.step, "epoch": state.epoch, "split": split, "loss": float(loss),
-           "accuracy": float(accuracy), **_connectome_fields(conn), "lr": lr}
+           "accuracy": None if accuracy is None else float(accuracy), **_connectome_fields(conn), "lr": lr}
     state.metrics.append(row)
     return row
 

@@ -49,6 +49,7 @@ from adaptive.atomic import atomic_path  # noqa: E402
 from adaptive.cli import show_progress  # noqa: E402
 from adaptive.config import merge_key_values  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
+from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.mask_only import changed_weights, evaluate, optimize_connectome, parse_target  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.plots import boundary_scale  # noqa: E402
@@ -316,8 +317,8 @@ def _table(rows) -> str:
     head = ("| target | removed | removed % | train loss | train acc | held-out loss | held-out acc | test loss | test acc |\n"
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
     body = "".join(
-        f"| {r['target']} | {r['removed']} | {100 * r['fraction']:.1f} | {r['train_loss']:.4f} | {100 * r['train_acc']:.2f} | "
-        f"{r['holdout_loss']:.4f} | {100 * r['holdout_acc']:.2f} | {r['test_loss']:.4f} | {100 * r['test_acc']:.2f} |\n"
+        f"| {r['target']} | {r['removed']} | {100 * r['fraction']:.1f} | {r['train_loss']:.4f} | {fmt_accuracy(r['train_acc'])} | "
+        f"{r['holdout_loss']:.4f} | {fmt_accuracy(r['holdout_acc'])} | {r['test_loss']:.4f} | {fmt_accuracy(r['test_acc'])} |\n"
         for r in rows)
     return head + body
 

@@ -425,3 +425,47 @@ def test_a_connectome_of_a_compiled_model_uses_the_plain_models_names(tmp_path):
         loaded = adaptive.Connectome.load(tmp_path / "c.safetensors", m)
         assert loaded.names == conn.names and all(torch.equal(loaded.masks[n], conn.masks[n]) for n in conn.names)
     assert all(torch.equal(p, conn.params[n]) for n, p in adaptive.Connectome(plain).params.items())
+
+
+def test_files_and_state_dicts_saved_under_a_compiled_models_names_still_load(tmp_path):
+    """Before connectomes of torch.compile(model) took the plain names, their files and state_dicts
+    named layers _orig_mod.NAME; once the names changed, such a file loaded into neither the
+    compiled nor the plain model."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    conn = adaptive.Connectome(mlp())
+    conn.set_masks(random_masks(conn))
+    conn.save(tmp_path / "c.safetensors")
+    with safe_open(str(tmp_path / "c.safetensors"), "pt") as f:  # as the earlier code wrote it: no checksum
+        meta = {k: v for k, v in f.metadata().items() if k != "sha256"}
+        tensors = {k.replace("/", "/_orig_mod.", 1): f.get_tensor(k) for k in f.keys()}
+    meta["layers"] = json.dumps({f"_orig_mod.{n}": s for n, s in json.loads(meta["layers"]).items()})
+    if "ensembles" in meta:
+        meta["ensembles"] = json.dumps({f"_orig_mod.{n}": s for n, s in json.loads(meta["ensembles"]).items()})
+    save_file(tensors, tmp_path / "old.safetensors", metadata=meta)
+    for m in (mlp(), torch.compile(mlp(), backend="eager")):
+        loaded = adaptive.Connectome.load(tmp_path / "old.safetensors", m)
+        assert loaded.names == conn.names and all(torch.equal(loaded.masks[n], conn.masks[n]) for n in conn.names)
+    sd = conn.state_dict()
+    sd["masks"] = {f"_orig_mod.{n}": m for n, m in sd["masks"].items()}
+    if sd.get("ensembles"):
+        sd["ensembles"] = {f"_orig_mod.{n}": s for n, s in sd["ensembles"].items()}
+    other = adaptive.Connectome(mlp())
+    other.load_state_dict(sd)
+    assert all(torch.equal(other.masks[n], conn.masks[n]) for n in conn.names)
+
+
+def test_a_connectome_built_or_loaded_inside_inference_mode_tracks_edits(tmp_path):
+    """Connectome(model) and Connectome.load inside torch.inference_mode() raised 'Inference tensors
+    do not track version counter' (their masks were inference tensors)."""
+    conn = adaptive.Connectome(mlp())
+    conn.set_masks(random_masks(conn))
+    conn.save(tmp_path / "c.safetensors")
+    a, b = mlp(), mlp()  # models built outside: inference mode makes inference-tensor parameters
+    with torch.inference_mode():
+        built = adaptive.Connectome(a)
+        loaded = adaptive.Connectome.load(tmp_path / "c.safetensors", b)
+    assert not any(m.is_inference() for c in (built, loaded) for m in c.masks.values())
+    built.set_masks(random_masks(built))
+    assert all(torch.equal(loaded.masks[n], conn.masks[n]) for n in conn.names)

@@ -695,3 +695,25 @@ def test_mask_only_update_inside_inference_mode_matches_one_outside():
     conn, ctrl = run(True)
     assert len(ctrl.events) == len(ref.events) == 4
     assert all(torch.equal(conn.masks[n], ref_conn.masks[n]) for n in conn.masks)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_found_inf_written_in_place_is_read_anew_at_every_step():
+    """A loop that keeps one found_inf tensor (and one grad_scale) for a fused optimizer and writes it
+    in place: the answer was cached by the tensor's identity, so after one overflow every later step
+    counted as skipped: no controller step, no masking, and the optimizer revived pruned synapses."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.Adam(m.parameters(), 1e-2, fused=True)
+    conn = adaptive.Connectome(m)
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=2, end_step=100)
+    scale, found = torch.tensor(1024.0), torch.zeros(())
+    opt.grad_scale, opt.found_inf = scale, found
+    x, y = torch.randn(64, 8), torch.randint(0, 2, (64,))
+    for s in range(6):
+        (F.cross_entropy(m(x), y) * scale).backward()
+        found.fill_(1.0 if s == 0 else 0.0)  # the first step overflows
+        opt.step()
+        opt.zero_grad()
+    assert ctrl.step_count == 5
+    assert all(int((p.detach()[~conn.masks[n]] != 0).sum()) == 0 for n, p in conn.params.items())

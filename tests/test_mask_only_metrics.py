@@ -190,3 +190,20 @@ def test_nested_inputs_follow_the_model_to_its_device():
     assert (x1.device.type, x2.device.type, yy.device.type) == ("meta", "meta", "meta")
     d, _ = _to_device(({"a": a, "b": [b]}, y), torch.device("meta"))
     assert d["a"].is_meta and d["b"][0].is_meta
+
+
+def test_a_single_logit_with_integer_labels_has_no_accuracy_and_a_weighted_loss_is_averaged_as_trained():
+    """A (B, 1) output with 0/1 integer labels was scored as a 1-class argmax (always 0: accuracy =
+    the share of 0 labels, whatever the mask); a class-weighted cross-entropy's held-out loss was its
+    sum over examples / examples (2.17) while the training window averaged its weighted mean (0.93)."""
+    torch.manual_seed(0)
+    out1, y = torch.randn(8, 1), torch.randint(0, 2, (8,))
+    assert default_accuracy(out1, y) is None
+    bce = lambda o, t: F.binary_cross_entropy_with_logits(o.squeeze(1), t.float())  # noqa: E731
+    assert evaluate(nn.Identity(), [(out1, y)], bce)[1] is None
+    out, y = torch.randn(16, 3), torch.randint(0, 3, (16,))
+    w = torch.tensor([0.2, 1.0, 5.0])
+    weighted = lambda o, t, **kw: F.cross_entropy(o, t, weight=w, **kw)  # noqa: E731
+    loss, acc, _ = evaluate(nn.Identity(), [(out, y)], weighted)
+    assert loss == pytest.approx(float(weighted(out, y)), rel=1e-6) and acc == pytest.approx(float((out.argmax(1) == y).float().mean()))
+    assert evaluate(nn.Identity(), [(out, y)])[0] == float(F.cross_entropy(out, y, reduction="sum")) / 16  # unweighted: the sum, as before

@@ -663,3 +663,16 @@ def test_config_records_the_run_folder_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run("rel", "--max_steps", "5")
     assert load_config(R.RunConfig, tmp_path / "rel" / "config.yaml").output_dir == str(tmp_path / "rel")
+
+
+def test_mask_only_mode_without_accuracy_writes_its_outputs(tmp_path, capsys):
+    """--mask_only_kw '{accuracy_fn: null}' (no held-out or train accuracy) ran the whole optimisation
+    and then died writing metrics.csv: float(None)."""
+    res = R.main(["--output_dir", str(tmp_path), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
+                  "--update_every", "8", "--threads", "1", "--progress", "false", "--figures", "true",
+                  "--mask_only_kw", "{accuracy_fn: null}"])
+    rows = read_metrics_csv(tmp_path / "metrics.csv")
+    assert all(r["accuracy"] is None for r in rows if r["split"] in ("train", "holdout"))
+    assert [r["split"] for r in rows if r["accuracy"] is not None] == ["test"]  # the final report's own
+    assert res.summary["holdout_accuracy"] is None and "(held-out part of TRAIN n/a)" in capsys.readouterr().out
+    assert (tmp_path / "loss_accuracy.png").is_file()
