@@ -23,7 +23,11 @@ MANIFEST_FORMAT = 1
 _CHUNK = 1 << 20
 
 
-class CheckpointDamagedError(ValueError):
+class CheckpointRefusedError(ValueError):
+    """A checkpoint that this run cannot continue from (damaged, or written by another process count)."""
+
+
+class CheckpointDamagedError(CheckpointRefusedError):
     """A saved file or folder that does not match the checksums recorded when it was written."""
 
 
@@ -80,9 +84,8 @@ def check_manifest(folder) -> Optional[str]:
     missing = sorted(set(files) - present)
     if missing:
         return f"{missing[0]} is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-    extra = sorted(present - set(files))
-    if extra:
-        return f"{extra[0]} was not written with it" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+    # files added since (a desktop's .DS_Store, an editor's swap file) are not the checkpoint's and are
+    # never read: see unlisted_files
     for rel, want in sorted(files.items()):
         p = folder / rel
         size = p.stat().st_size
@@ -91,6 +94,25 @@ def check_manifest(folder) -> Optional[str]:
         if file_sha256(p) != want["sha256"]:
             return f"{rel} does not match the sha256 recorded in {MANIFEST}"
     return ""
+
+
+def manifest_files(folder) -> Optional[List[str]]:
+    """The files ``folder``'s manifest lists (None: no readable manifest)."""
+    try:
+        with open(Path(folder) / MANIFEST, "rb") as f:
+            files = json.loads(f.read().decode("utf-8"))["files"]
+        return sorted(files) if isinstance(files, dict) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def unlisted_files(folder) -> List[str]:
+    """Files in ``folder`` that its manifest does not list, hidden ones (``.DS_Store``, ``._*``,
+    ``.nfs*``) left out: added after the checkpoint was written, and never read by a resume."""
+    listed = manifest_files(folder)
+    if listed is None:
+        return []
+    return [f for f in _files(Path(folder)) if f not in set(listed) and not Path(f).name.startswith(".")]
 
 
 # ----------------------------------------------------------------------------- nested state

@@ -42,11 +42,12 @@ class CheckpointMismatchError(ValueError):
         super().__init__(f"{problem}. {fix}" if fix else problem)
         self.problem, self.fix, self.damaged = problem, fix, damaged
 
-    def with_fix(self, fix: str) -> "CheckpointMismatchError":
-        """The same problem with another ``fix`` (a damaged file keeps its own: it cannot be resumed
-        with any settings)."""
+    def with_fix(self, fix: str, afresh: Optional[str] = None) -> "CheckpointMismatchError":
+        """The same problem with another ``fix``; a damaged file cannot be resumed with any settings,
+        so its fix says that and how to start afresh (``afresh``: the recipe's way, when a run
+        without its resume option is not)."""
         if self.damaged:
-            return CheckpointMismatchError(self.problem, _RECIPE_DAMAGED_FIX, damaged=True)
+            return CheckpointMismatchError(self.problem, "It cannot be resumed: " + (afresh or _RECIPE_AFRESH), damaged=True)
         return CheckpointMismatchError(self.problem, fix)
 
 
@@ -56,8 +57,8 @@ _API_FIX = {"unreadable": "Delete it, or pass another checkpoint= file, to start
             "other run": "Use the same settings to resume, or pass another checkpoint= file (or delete it) to start afresh"}
 
 
-_RECIPE_DAMAGED_FIX = ("It cannot be resumed: delete it (or put back a copy made before the damage) and run without "
-                       "--resume to start afresh, or give another --output_dir")
+_RECIPE_AFRESH = ("delete it (or put back a copy made before the damage) and run without --resume to start afresh, "
+                  "or give another --output_dir")
 
 
 def begin(path, resume: bool) -> Optional[str]:
@@ -153,22 +154,26 @@ def save_stage(path, state: dict) -> None:
     (:func:`adaptive.integrity.digest`) that :func:`load_stage` verifies. A write that fails (a
     full disk, a file-size limit) leaves the earlier file as it was and raises
     :class:`~adaptive.integrity.CheckpointWriteError` saying so."""
+    from .distributed import agreed_problem
     from .integrity import CheckpointWriteError, digest, write_errors, write_failure
 
-    if rank() != 0:
-        return
-    state = {"format": FORMAT, **state}
-    state["sha256"] = digest(state)
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-    except write_errors() as e:
-        kept = (f"{path} still holds the previous stage's record" if path.is_file()
-                else "no earlier stage was recorded")
-        raise CheckpointWriteError(f"writing the stage checkpoint {path} failed ({write_failure(e)}); the partial "
-                                   f"file was removed and {kept}: free disk space (or raise the file-size limit) and "
-                                   + ("resume (--resume)" if path.is_file() else "run again")) from None
+    problem = ""
+    if rank() == 0:
+        state = {"format": FORMAT, **state}
+        state["sha256"] = digest(state)
+        path = Path(path)
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(state, tmp)
+        except write_errors() as e:
+            kept = (f"{path} still holds the previous stage's record, so the run can continue from there (the "
+                    "same command with its resume option; optimize_connectome: the same checkpoint=)"
+                    if path.is_file() else "no earlier stage was recorded, so the run starts afresh when run again")
+            problem = (f"writing the stage checkpoint {path} failed ({write_failure(e)}); the partial file was removed "
+                       f"and {kept}: free disk space (or raise the file-size limit) first")
+    problem = agreed_problem(problem)  # every process stops, not only the one that writes
+    if problem:
+        raise CheckpointWriteError(problem)
 
 
 # what load_stage checks before anything uses a loaded state: key -> accepted types

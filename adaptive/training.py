@@ -330,35 +330,63 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINT_DIR else checkpoint.parent
 
 
-def verify_checkpoint(path, process_index: int = 0, warn: bool = True) -> None:
-    """Check a checkpoint folder against its ``MANIFEST.json`` (every file present, none added,
-    sizes and sha256 as written) and that this process's random states are there. Raises
+def verify_checkpoint(path, process_index: int = 0, warn: bool = True, num_processes: Optional[int] = None,
+                      hash_files: bool = True) -> None:
+    """Check a checkpoint folder before a resume: against its ``MANIFEST.json`` (every file present,
+    sizes and sha256 as written; ``hash_files=False`` skips that, for the processes of a run whose
+    main process checks it), that it was written by ``num_processes`` processes (one random-state file
+    each), and that this process's random states are there. Raises
     :class:`~adaptive.integrity.CheckpointDamagedError` naming the file and what to do instead (the
-    other checkpoints of the run). A checkpoint written before manifests were loads unverified,
-    with a one-line warning (``warn``)."""
-    from .integrity import CheckpointDamagedError, check_manifest
+    other checkpoints of the run), or :class:`~adaptive.integrity.CheckpointRefusedError` for another
+    process count. A checkpoint written before manifests were loads unverified, with a one-line
+    warning (``warn``); files added to a checkpoint after it was written are never read, and named
+    in a warning."""
+    import re
+    import sys
+
+    from .integrity import MANIFEST, CheckpointDamagedError, CheckpointRefusedError, check_manifest, manifest_files, \
+        unlisted_files
 
     path = Path(path)
-    problem = check_manifest(path)
-    if problem is None:
-        rng = path / f"random_states_{process_index}.pkl"
-        if not rng.is_file():
-            problem = f"{rng.name} is missing"
-        elif warn:
-            import sys
-
-            print(f"warning: checkpoint {path} has no MANIFEST.json (written by an older version), so its files "
+    has_manifest = (path / MANIFEST).is_file()
+    if hash_files:
+        problem = check_manifest(path) or ""
+        if not has_manifest and (path / "config.yaml").is_file():  # written by code that writes manifests
+            problem = f"its {MANIFEST} is missing"
+        if problem:
+            raise CheckpointDamagedError(_damaged(path, problem))
+    names = (manifest_files(path) if has_manifest else None) or [p.name for p in path.iterdir() if p.is_file()]
+    written = sum(1 for n in names if re.fullmatch(r"random_states_\d+\.pkl", n))
+    if num_processes is not None and written and written != num_processes:
+        raise CheckpointRefusedError(
+            f"checkpoint {path} was written by a run of {written} process(es) (one random-state file each); this run "
+            f"has {num_processes}, so the same step would read other data and another global batch. Resume with "
+            f"`accelerate launch --num_processes {written} ...` (and the run's data settings), or start a new run")
+    rng = path / f"random_states_{process_index}.pkl"
+    if not rng.is_file():
+        raise CheckpointDamagedError(_damaged(path, f"{rng.name} is missing"))
+    if warn and hash_files:
+        extra = unlisted_files(path)
+        if extra:
+            print(f"warning: checkpoint {path} holds file(s) it was not written with ({', '.join(extra[:3])}"
+                  f"{' ...' if len(extra) > 3 else ''}); they are not read", file=sys.stderr)
+        if not has_manifest:
+            print(f"warning: checkpoint {path} has no {MANIFEST} (written by an older version), so its files "
                   "cannot be verified", file=sys.stderr)
-    if problem:
-        raise CheckpointDamagedError(_damaged(path, problem))
 
 
 def _damaged(path: Path, problem: str) -> str:
     """One line: which checkpoint is damaged, how, and which others of the run to resume from."""
-    others = [p for p in list_checkpoints(path.parent) if p.resolve() != path.resolve()] if path.parent.is_dir() else []
-    fix = (f"resume from another checkpoint of the run (--resume {others[-1]}; it has "
-           f"{', '.join(p.name for p in others)}), or delete {path} so that --resume latest takes {others[-1].name}"
-           if others else f"the run has no other checkpoint: delete {path} and start afresh (without --resume)")
+    every = list_checkpoints(path.parent) if path.parent.is_dir() else []
+    others = [p for p in every if p.resolve() != path.resolve()]
+    if others:
+        newest = bool(every) and every[-1].resolve() == path.resolve()
+        fix = (f"resume from another checkpoint of the run (--resume {others[-1]}; it has "
+               f"{', '.join(p.name for p in others)})"
+               + (f", or delete {path} so that --resume latest takes {others[-1].name}" if newest else ""))
+    else:
+        fix = ("the run has no other checkpoint: start afresh, in another --output_dir or with --overwrite (which "
+               "deletes that run)")
     return f"checkpoint {path} is damaged: {problem}; {fix}"
 
 
@@ -369,17 +397,18 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     the resumed run continues bit-exactly. ``optimizer`` is accepted for older callers and unused.
     This process's random states must be there and readable: Accelerate skips an unreadable file
     with a log line, and the run would go on with other augmentation and dropout draws."""
-    from .integrity import CheckpointDamagedError
+    from .integrity import CheckpointRefusedError
 
     path = Path(path)
     rng = path / f"random_states_{accelerator.process_index}.pkl"
     bad = ""
     try:
         if not verified:
-            verify_checkpoint(path, accelerator.process_index, warn=accelerator.is_main_process)
+            verify_checkpoint(path, accelerator.process_index, warn=accelerator.is_main_process,
+                              num_processes=accelerator.num_processes, hash_files=accelerator.is_main_process)
         elif not rng.is_file():
             bad = _damaged(path, f"{rng.name} is missing")
-    except CheckpointDamagedError as e:
+    except CheckpointRefusedError as e:
         bad = str(e)
     if not bad:
         try:
@@ -391,7 +420,7 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
 
         bad = next((b for b in gather_object([bad]) if b), "")
     if bad:
-        raise CheckpointDamagedError(bad)
+        raise CheckpointRefusedError(bad)
     accelerator.load_state(str(path))
 
 

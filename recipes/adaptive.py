@@ -495,11 +495,11 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     # The registration order is part of the checkpoint format: custom_checkpoint_0..3.
     accelerator.register_for_checkpointing(conn, ctrl, state, lr_scheduler)
     if resume_from is not None:
-        from adaptive.integrity import CheckpointDamagedError
+        from adaptive.integrity import CheckpointRefusedError
 
         try:
             load_checkpoint(accelerator, resume_from, verified=True)  # verified by _check_resumed_config
-        except CheckpointDamagedError:  # (adaptive.integrity's)
+        except CheckpointRefusedError:  # (adaptive.integrity's)
             raise  # names the file and the run's other checkpoints
         except Exception as e:  # a truncated or foreign file: name the folder, not a deserializer's internals
             raise CheckpointError(
@@ -649,11 +649,20 @@ def _check_resumed_config(cfg: RunConfig, output_dir: Path, resume_from: Optiona
     another run's. The checkpoint's controller, schedule and weights would silently override them."""
     folders = [Path(output_dir)]
     if resume_from is not None:
-        from adaptive.distributed import rank
+        from adaptive.distributed import agreed_problem, rank, world_size
+        from adaptive.integrity import CheckpointRefusedError
         from adaptive.training import verify_checkpoint
 
-        # a damaged checkpoint (or config copy) is refused here, naming the file
-        verify_checkpoint(resume_from, rank(), warn=rank() == 0)
+        # a damaged checkpoint (or config copy), or one of another process count, is refused here,
+        # naming the file, by every process together; the main process alone hashes the files
+        problem = ""
+        try:
+            verify_checkpoint(resume_from, rank(), warn=rank() == 0, num_processes=world_size(), hash_files=rank() == 0)
+        except CheckpointRefusedError as e:
+            problem = str(e)
+        problem = agreed_problem(problem)
+        if problem:
+            raise CheckpointRefusedError(problem)
         run = run_dir_of(resume_from)
         own = Path(resume_from) / CONFIG_COPY
         if own.is_file():  # the settings the checkpoint was made with, whatever its run folder holds now
@@ -789,6 +798,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     except stage_checkpoint.CheckpointMismatchError as e:  # the checkpoint path here is RUN/mask_only_checkpoint.pt
         raise e.with_fix(f"To continue it, give the run's settings with --resume (--config {output_dir / 'config.yaml'} "
                          "holds them); to start afresh, give another --output_dir (or --overwrite to replace that "
+                         "run)", afresh="start afresh in another --output_dir, or with --overwrite (which deletes that "
                          "run)") from None
     finally:  # an earlier run's checkpoint survives a run refused (or stopped) before its first target
         stage_checkpoint.settle(ckpt)

@@ -111,8 +111,40 @@ def test_a_missing_or_added_file_is_refused(finished_run, tmp_path, capsys):
     assert "random_states_0.pkl is missing" in err
     shutil.rmtree(out)
     out = copy_of(finished_run, tmp_path)
-    (ck / "stray.bin").write_bytes(b"x")
-    assert "stray.bin was not written with it" in refused(capsys, out, "--resume", "latest")
+    (ck / "stray.bin").write_bytes(b"x")  # added later: never read, so no reason to refuse the checkpoint
+    (ck / ".DS_Store").write_bytes(b"x")  # (hidden files are not even named)
+    res = run(out, "--resume", "latest")
+    err = capsys.readouterr().err
+    assert "holds file(s) it was not written with (stray.bin); they are not read" in err and ".DS_Store" not in err
+    assert all(torch.equal(v, finished_run[1][k]) for k, v in res.model.state_dict().items())
+
+
+def test_a_checkpoint_of_another_process_count_is_not_called_damaged(finished_run, tmp_path, capsys):
+    """Resumed under another process count, an intact checkpoint was called damaged (a random-state
+    file missing) with advice to delete it; it is the process-count refusal again."""
+    from adaptive.integrity import write_manifest
+
+    out = copy_of(finished_run, tmp_path)
+    ck = out / "checkpoints" / "step_00000040"
+    shutil.copy(ck / "random_states_0.pkl", ck / "random_states_1.pkl")  # as a 2-process run writes it
+    write_manifest(ck)
+    err = refused(capsys, out, "--resume", "latest")
+    assert "was written by a run of 2 process(es)" in err and "--num_processes 2" in err
+    assert "damaged" not in err and "delete" not in err
+
+
+def test_a_checkpoint_that_lost_its_manifest_is_refused_and_the_advice_works(finished_run, tmp_path, capsys):
+    """A checkpoint written with a settings copy was written with a manifest: without one it was
+    taken for an older checkpoint and a flipped byte went through. With no other checkpoint, the
+    advice was 'start afresh (without --resume)', which the same folder refuses."""
+    out = copy_of(finished_run, tmp_path)
+    ck = out / "checkpoints" / "step_00000040"
+    (ck / "MANIFEST.json").unlink()
+    for other in (out / "checkpoints").iterdir():
+        if other != ck:
+            shutil.rmtree(other)
+    err = refused(capsys, out, "--resume", "latest")
+    assert "its MANIFEST.json is missing" in err and "another --output_dir or with --overwrite" in err
 
 
 def test_a_checkpoint_without_a_manifest_loads_with_a_warning_but_needs_its_random_states(finished_run, tmp_path,
@@ -381,7 +413,7 @@ def test_a_failed_stage_checkpoint_write_keeps_the_earlier_file(tmp_path, monkey
 
     monkeypatch.setattr(ck.torch, "save", full)
     with pytest.raises(CheckpointWriteError, match=r"writing the stage checkpoint .* failed \(RuntimeError: \[enforce "
-                                                   r"fail.*still holds the previous stage's record: free disk space"):
+                                                   r"fail.*still holds the previous stage.s record, so the run can continue.*: free disk space"):
         ck.save_stage(path, {"stage": 1})
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
 

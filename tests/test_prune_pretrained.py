@@ -503,3 +503,37 @@ def test_train_rows_are_scored_on_one_fixed_sample():
     assert torch.equal(xa, torch.cat([x for x, _ in b])) and torch.equal(xa, torch.cat([x for x, _ in a]))
     first_two = [torch.cat([x for x, _ in [next(iter(dl.train))]]) for _ in range(2)]
     assert not torch.equal(first_two[0], first_two[1])  # what the old rows did: other images each time
+
+
+FULL_DISK = '''
+import errno, os, runpy, sys
+import torch
+real = torch.save
+def save(obj, f, *a, **kw):
+    if os.environ.get("RANK") == "0" and "checkpoint" in str(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return real(obj, f, *a, **kw)
+torch.save = save
+sys.argv = [{script!r}] + sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
+def test_a_stage_checkpoint_that_cannot_be_written_stops_every_process(tmp_path, weights):
+    """The first process writes the stage checkpoint; when that failed (a full disk), it stopped with
+    one line while the others ran on into the next stage's collectives (a gloo 'Connection closed')."""
+    import os
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _ports import launch_two
+
+    script = tmp_path / "full_disk.py"
+    script.write_text(FULL_DISK.format(script=str(ROOT / "recipes" / "prune_pretrained.py")))
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    r = launch_two([script, *args(weights, tmp_path / "run", "--remove", "0.2", "0.5")], env=env, cwd=ROOT)
+    out = r.stdout + r.stderr
+    errors = [line for line in out.splitlines() if "recipes/prune_pretrained.py: error:" in line]
+    assert r.returncode != 0 and len(errors) == 2, out[-3000:]  # one line from each process (the launcher adds its own report)
+    assert all("writing the stage checkpoint" in e and "No space left on device" in e for e in errors), errors
+    assert "[rank1]: Traceback" not in out and "Connection closed" not in out, out[-3000:]

@@ -676,3 +676,20 @@ def test_mask_only_mode_without_accuracy_writes_its_outputs(tmp_path, capsys):
     assert [r["split"] for r in rows if r["accuracy"] is not None] == ["test"]  # the final report's own
     assert res.summary["holdout_accuracy"] is None and "(held-out part of TRAIN n/a)" in capsys.readouterr().out
     assert (tmp_path / "loss_accuracy.png").is_file()
+
+
+def test_a_checkpoint_resumed_under_another_process_count_is_refused_by_every_process(tmp_path, capsys):
+    """A 1-process checkpoint resumed by 2 processes: the check ran on each process apart (each one
+    hashing every file), and rank 1 refused (calling the intact checkpoint damaged, advising to delete
+    it) while rank 0 went on alone into its first collective."""
+    run(tmp_path, "--checkpoint_every", "20", "--figures", "false")
+    capsys.readouterr()
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    r = launch_two([SCRIPT, *TINY, "--output_dir", tmp_path, "--figures", "false", "--resume", "latest"],
+                   env=env, cwd=ROOT)
+    out = r.stdout + r.stderr
+    errors = [line for line in out.splitlines() if "recipes/adaptive.py: error:" in line]
+    assert r.returncode != 0 and len(errors) == 2, out[-3000:]  # one line from each process (the launcher adds its own report)
+    assert all("was written by a run of 1 process(es)" in e and "--num_processes 1" in e and "damaged" not in e
+               for e in errors), errors
+    assert "[rank0]: Traceback" not in out and "Connection closed" not in out, out[-3000:]
