@@ -34,7 +34,8 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
     from .models import WeightsMismatchError
     from .paths import DatasetNotFoundError
 
-    if threading.current_thread() is threading.main_thread():  # the scripts exit quietly while importing
+    if threading.current_thread() is threading.main_thread() and getattr(
+            signal.getsignal(signal.SIGINT), "adaptive_startup", False):  # a recipe's quiet start-up handler:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is handled below
     try:
         return main()

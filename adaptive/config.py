@@ -230,7 +230,7 @@ def _apply(cls, values: Dict[str, Any], updates: Dict[str, Any], prefix: str = "
         tp, _ = fields[key]
         current = values.get(key)
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            base = to_dict(current) if dataclasses.is_dataclass(current) else _default_values(tp)
+            base = _shallow(current) if dataclasses.is_dataclass(current) else _default_values(tp)
             values[key] = _apply(tp, base, value, prefix + key + ".", source)
         else:
             value = _coerce(value, tp, prefix + key, source)
@@ -374,7 +374,11 @@ def key_value(item: str, option: str = "--dataset-kw"):
     key, sep, value = str(item).partition("=")
     if not sep or not key.strip().isidentifier():
         raise ValueError(f"{option} {item!r}: write KEY=VALUE, e.g. {option} image_size=32")
-    return key.strip(), (_exponent_floats(yaml.safe_load(value)) if value.strip() else None)
+    try:
+        return key.strip(), (_exponent_floats(yaml.safe_load(value)) if value.strip() else None)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{option} {item!r}: the value is not YAML ({str(e).splitlines()[0]}); quote it differently, "
+                         f"e.g. {option} '{key.strip()}=[1, 2]'") from None
 
 
 def merge_key_values(items: Sequence[str], option: str = "--dataset-kw",
@@ -388,7 +392,9 @@ def merge_key_values(items: Sequence[str], option: str = "--dataset-kw",
             out.update([key_value(item, option)])
             continue
         except ValueError:
-            pass
+            key, sep, _ = str(item).partition("=")
+            if sep and key.strip().isidentifier() and not str(item).lstrip().startswith("{"):
+                raise  # KEY=VALUE whose value is not YAML: key_value says so
         try:
             mapping = yaml.safe_load(item) if str(item).strip() else {}
         except yaml.YAMLError:
@@ -437,6 +443,7 @@ def _parse_argv(cls, argv: Sequence[str]) -> Tuple[List[str], Dict[Tuple[str, ..
         if tp is None and leaf.startswith("no_") and not has_value:  # --no-progress: progress false
             neg = key[: len(key) - len(leaf)] + leaf[3:]
             if _is_bool(_lookup_type(cls, neg) or int):
+                flat.pop(tuple(neg.split(".")), None)  # the latest option last
                 flat[tuple(neg.split("."))] = _Cli("false")
                 continue
         if tp is None:
@@ -452,12 +459,14 @@ def _parse_argv(cls, argv: Sequence[str]) -> Tuple[List[str], Dict[Tuple[str, ..
             val = "true"
         path = tuple(key.split("."))
         if typing.get_origin(tp) is dict or tp is dict:
-            flat.update(_dict_entries(path, val, tp, key))
-            continue
-        if dataclasses.is_dataclass(tp):  # --optim '{lr: 0.5}': its fields, each under its own path
-            flat.update(_field_entries(path, val, tp, key))
-            continue
-        flat[path] = _Cli(val)
+            entries = _dict_entries(path, val, tp, key)
+        elif dataclasses.is_dataclass(tp):  # --optim '{lr: 0.5}': its fields, each under its own path
+            entries = _field_entries(path, val, tp, key)
+        else:
+            entries = {path: _Cli(val)}
+        for p, v in entries.items():  # the latest option last, where a later one overrides an earlier one
+            flat.pop(p, None)
+            flat[p] = v
     return configs, flat
 
 
@@ -469,12 +478,12 @@ def _field_entries(path: Tuple[str, ...], val: str, tp, key: str) -> Dict[Tuple[
     if not isinstance(mapping, dict):
         _coerce(_Cli(val), tp, key, f"(from --{key})")  # raises: a mapping of its fields is needed
 
-    def flatten(prefix, m):
+    def flatten(prefix, m):  # field names as normalize_key spells them, as a --key.field option's are
         for k, v in m.items():
             if isinstance(v, dict) and v:
-                yield from flatten(prefix + (str(k),), v)
+                yield from flatten(prefix + (normalize_key(str(k)),), v)
             else:
-                yield prefix + (str(k),), _exponent_floats(v)
+                yield prefix + (normalize_key(str(k)),), _exponent_floats(v)
 
     return dict(flatten(path, mapping))
 
@@ -486,7 +495,10 @@ def _dict_entries(path: Tuple[str, ...], val: str, tp, key: str) -> Dict[Tuple[s
     --model_kw b=2`` sets both)."""
     try:
         entry, _ = key_value(val)
-    except ValueError:
+    except ValueError as e:
+        k, sep, _ = val.partition("=")
+        if sep and k.strip().isidentifier() and not val.lstrip().startswith("{"):  # KEY=VALUE, VALUE not YAML
+            raise ConfigError(f"a value could not be read as YAML: {e}") from None
         entry = None
     if entry is not None:  # --dataset_kw image_size=32
         return {path + (entry,): _Cli(val.partition("=")[2])}

@@ -29,9 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
-if __name__ == "__main__":  # Ctrl-C while torch is still importing: one line and status 130, not a traceback
-    signal.signal(signal.SIGINT, lambda *_: (print(f"{sys.argv[0]}: interrupted while starting; nothing was written",
-                                                   file=sys.stderr), os._exit(130)))
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    def _starting(*_):  # Ctrl-C while torch is still importing: one line and status 130, not a traceback
+        print(f"{sys.argv[0]}: interrupted while starting; nothing was written", file=sys.stderr)
+        os._exit(130)
+
+    _starting.adaptive_startup = True  # run_cli puts Python's handler back (an ignored Ctrl-C stays ignored)
+    signal.signal(signal.SIGINT, _starting)
 
 import torch
 
@@ -249,6 +253,10 @@ def _check_names(cfg: "RunConfig") -> None:
         if value not in names:
             raise ConfigError(f"unknown {what} '{value}': use one of {', '.join(sorted(names))}")
 
+    given = {"num_classes": "the dataset's class count", "in_shape": "the dataset's input shape",
+             "weights": "--weights FILE"}
+    for key in sorted(set(cfg.model_kw) & set(given)):
+        raise ConfigError(f"--model_kw {key}: the recipe sets {key} from {given[key]}; drop it from --model_kw")
     known("policy", cfg.policy, policy_names())
     if cfg.estimator is not None:
         known("estimator", cfg.estimator, estimator_names())
@@ -575,7 +583,8 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
     metric_row(state, "test", test_loss, test_acc, conn, optimizer.param_groups[0]["lr"])
     files = _write_outputs(accelerator, cfg, output_dir, state.metrics, ctrl.events, conn,
-                           _split_labels(loaders, n_test, "train (mean over the batches trained since the last point)"))
+                           _split_labels(loaders, n_test, "train (mean over the batches trained since the last point)",
+                                         cfg.test_subset))
     summary = dict(test_accuracy=test_acc, test_loss=test_loss, test_examples=n_test, holdout_accuracy=holdout_acc,
                    density=conn.density(), synapses=conn.num_synapses(), live=conn.num_live(), nonzero=_nonzero(conn),
                    steps=state.step, updates=sum(1 for e in ctrl.events if e.get("kind") == "update"), seconds=seconds,
@@ -823,7 +832,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
 
     accelerator.print(f"surviving weights that differ from the original: {changed_weights(conn)}")
     files = _write_outputs(accelerator, cfg, output_dir, state.metrics, result.events, conn,
-                           _split_labels(loaders, n_test, "train (each update window's batches)"))
+                           _split_labels(loaders, n_test, "train (each update window's batches)", cfg.test_subset))
     # the held-out score of the masks the model now holds (for 'best', the chosen rung, not the last one tried)
     snaps = result.snapshots
     final = snaps.get("best") or (list(snaps.values())[-1] if snaps else None)
@@ -846,12 +855,12 @@ def _test_eval(cfg, accelerator, model, test_dl):
         return evaluate(accelerator, model, test_dl, progress=bar)
 
 
-def _split_labels(loaders, n_test: int, train: str) -> Dict[str, str]:
+def _split_labels(loaders, n_test: int, train: str, test_subset: Optional[int] = None) -> Dict[str, str]:
     """What fed each split's line in loss_accuracy.png: the held-out part is drawn from TRAIN, and
-    the test line says how many test images it scored."""
+    the test line says how many test images it scored (a draw of --test_subset, not the whole split)."""
     n_holdout = len(loaders.datasets.holdout)
-    full = len(getattr(loaders.datasets.test, "dataset", loaders.datasets.test))
-    test = f"test ({n_test:,} images)" if n_test >= full else f"test ({n_test:,} of {full:,} images, --test_subset)"
+    test = (f"test ({n_test:,} images)" if test_subset is None else
+            f"test ({n_test:,} images drawn by --test_subset, not the whole split)")
     return {"train": train, "holdout": f"held-out ({n_holdout:,} images of TRAIN)", "test": test}
 
 
@@ -903,10 +912,10 @@ def _update_note(cfg, summary, total_steps) -> Optional[str]:
 
 
 def _nonzero(conn) -> int:
-    """Prunable weights that are not exactly 0.0: at most the live synapses (a pruned one is always
-    0.0), fewer where a live synapse holds 0.0 (regrown at zero and not yet moved, or reading an
-    input that is always 0, so that no gradient moves it)."""
-    return sum(int(torch.count_nonzero(p.detach())) for p in conn.params.values())
+    """Live synapses whose weight is not exactly 0.0 (a pruned one is 0.0, or NaN after a run
+    diverged, and is not counted): fewer than the live ones where a live synapse holds 0.0
+    (regrown at zero and not yet moved, or reading an input that is always 0)."""
+    return sum(int(torch.count_nonzero(p.detach()[conn.masks[n].to(p.device)])) for n, p in conn.params.items())
 
 
 def _finish(accelerator, output_dir, summary, files):

@@ -20,9 +20,13 @@ import signal
 import sys
 import time
 
-if __name__ == "__main__":  # Ctrl-C while torch is still importing: one line and status 130, not a traceback
-    signal.signal(signal.SIGINT, lambda *_: (print(f"{sys.argv[0]}: interrupted while starting; nothing was written",
-                                                   file=sys.stderr), os._exit(130)))
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    def _starting(*_):  # Ctrl-C while torch is still importing: one line and status 130, not a traceback
+        print(f"{sys.argv[0]}: interrupted while starting; nothing was written", file=sys.stderr)
+        os._exit(130)
+
+    _starting.adaptive_startup = True  # run_cli puts Python's handler back (an ignored Ctrl-C stays ignored)
+    signal.signal(signal.SIGINT, _starting)
 
 import torch
 

@@ -341,3 +341,23 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path, script):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "Traceback" not in err, err
     assert "interrupted" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path):
+    """A job a shell script starts in the background has SIGINT ignored; the quiet start-up handler
+    and run_cli replaced that, so a Ctrl-C meant for the script killed the run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.Popen([sys.executable, str(root / "recipes" / "adaptive.py"), *TINY, "--output_dir", str(tmp_path / "o")],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    for _ in range(2):  # while importing, then while running
+        time.sleep(1.0)
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and "interrupted" not in err and "done in" in out, err[-2000:]

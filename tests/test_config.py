@@ -236,3 +236,38 @@ def test_a_dataclass_field_given_as_a_mapping_merges_with_its_dotted_fields():
         parse_config(Cfg, ["--optim", "fast"])
     with pytest.raises(ConfigError, match="optim.lrr"):
         parse_config(Cfg, ["--optim", "{lrr: 0.5}"])
+
+
+@dataclass
+class _Sched:
+    kind: str = "cos"
+    warm: int = 0
+
+
+@dataclass
+class _Optim:
+    lr: float = 0.1
+    weight_decay: float = 0.0
+    sched: _Sched = field(default_factory=_Sched)
+
+
+@dataclass
+class _Nested:
+    optim: _Optim = field(default_factory=_Optim)
+
+
+def test_nested_dataclasses_stay_dataclasses_and_the_latest_option_wins(tmp_path):
+    """A field two levels down became a plain dict once its parent was set (--optim.lr, a mapping, a
+    file); a dashed key in a mapping lost to an earlier --optim.weight_decay; a KEY=VALUE whose value
+    is not YAML gave a yaml traceback from merge_key_values (--dataset-kw in prune_pretrained and
+    diagnostics)."""
+    from adaptive.config import merge_key_values
+
+    (tmp_path / "o.yaml").write_text("optim: {lr: 0.5}\n")
+    for argv in (["--optim.lr", "0.5"], ["--optim", "{lr: 0.5}"], ["--config", str(tmp_path / "o.yaml")]):
+        assert parse_config(_Nested, argv).optim == _Optim(lr=0.5, sched=_Sched()), argv
+    cfg = parse_config(_Nested, ["--optim", "{weight-decay: 1}", "--optim.weight_decay", "2", "--optim", "{weight-decay: 3}"])
+    assert cfg.optim.weight_decay == 3.0
+    with pytest.raises(ValueError, match=r"--dataset-kw 'a=\{b': the value is not YAML"):
+        merge_key_values(["a={b"])
+    assert merge_key_values(["{a: 1}", "b=[1, 2]"]) == {"a": 1, "b": [1, 2]}

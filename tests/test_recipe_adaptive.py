@@ -90,7 +90,8 @@ def test_default_run_writes_every_output(tmp_path, capsys):
     assert f"on {n_test:,} test images (held-out part of TRAIN" in out
     cfg_back = load_config(R.RunConfig, tmp_path / "config.yaml")
     labels = R._split_labels(R.get_dataloaders(cfg_back), n_test, "train")
-    assert R._split_labels(R.get_dataloaders(cfg_back), n_test - 1, "train")["test"] == f"test ({n_test - 1:,} of {n_test:,} images, --test_subset)"
+    assert R._split_labels(R.get_dataloaders(cfg_back), 100, "train", 100)["test"] == (
+        "test (100 images drawn by --test_subset, not the whole split)")
     assert labels["holdout"].startswith("held-out (") and labels["holdout"].endswith(" images of TRAIN)")
     assert labels["test"] == f"test ({n_test:,} images)"
 
@@ -227,6 +228,7 @@ def test_two_processes_agree(tmp_path):
     (["--mode", "mask_only", "--checkpoint_every", "5"], "mask_only checkpoints after every target on its own"),
     (["stray"], "unexpected argument 'stray'"),
     (["--edit_fraction", "1.5"], "edit_fraction must be in [0, 1], got 1.5"),
+    (["--model_kw", "num_classes=5"], "--model_kw num_classes: the recipe sets num_classes from the dataset's class count"),
     (["--mode", "mask_only", "--policy", "set"], "mode mask_only does not use policy (got 'set')"),
     (["--mode", "mask_only", "--protect", "fc3*"], "does not use protect (got ['fc3*']): keep a layer out"),
     (["--mode", "mask_only", "--budget", "uniform"], "does not use budget"),
@@ -693,3 +695,10 @@ def test_a_checkpoint_resumed_under_another_process_count_is_refused_by_every_pr
     assert all("was written by a run of 1 process(es)" in e and "--num_processes 1" in e and "damaged" not in e
                for e in errors), errors
     assert "[rank0]: Traceback" not in out and "Connection closed" not in out, out[-3000:]
+
+
+def test_nonzero_counts_live_weights_only_after_a_run_diverged(tmp_path):
+    """nonzero counted NaN at pruned positions (a diverged run leaves NaN there) as nonzero: 50,432 of
+    10,086 live synapses, and the closing line printed a negative count of zero weights."""
+    res = run(tmp_path, "--lr", "1e12", "--figures", "false")
+    assert 0 <= res.summary["nonzero"] <= res.summary["live"]
