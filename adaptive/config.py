@@ -494,7 +494,7 @@ def _dict_entries(path: Tuple[str, ...], val: str, tp, key: str) -> Dict[Tuple[s
     dict entry by entry instead of replacing what an earlier one gave (``--model_kw '{a: 1}'
     --model_kw b=2`` sets both)."""
     try:
-        entry, _ = key_value(val)
+        entry, _ = key_value(val, f"--{key}")
     except ValueError as e:
         k, sep, _ = val.partition("=")
         if sep and k.strip().isidentifier() and not val.lstrip().startswith("{"):  # KEY=VALUE, VALUE not YAML

@@ -41,15 +41,16 @@ def all_reduce_mean_(tensors: Iterable[torch.Tensor]) -> None:
         off += n
 
 
-def agreed_problem(problem: str) -> str:
-    """The first non-empty of every process's ``problem`` (in rank order), on every process: a check
-    that fails on one process (a file only it reads, a write only it makes) stops all of them
-    together, instead of one raising while the others wait in their next collective."""
+def agreed_problem(problem):
+    """The first non-empty of every process's ``problem`` (a message, or anything picklable; in
+    rank order), on every process: a check that fails on one process (a file only it reads, a write
+    only it makes) stops all of them together, instead of one raising while the others wait in their
+    next collective."""
     if not is_distributed():
         return problem
-    every: List[str] = [None] * dist.get_world_size()  # type: ignore
-    dist.all_gather_object(every, problem or "")
-    return next((p for p in every if p), "")
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, problem or None)
+    return next((p for p in every if p), None)
 
 
 class MaskMismatchError(RuntimeError):

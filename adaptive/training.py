@@ -397,30 +397,30 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     the resumed run continues bit-exactly. ``optimizer`` is accepted for older callers and unused.
     This process's random states must be there and readable: Accelerate skips an unreadable file
     with a log line, and the run would go on with other augmentation and dropout draws."""
-    from .integrity import CheckpointRefusedError
+    from .integrity import CheckpointDamagedError, CheckpointRefusedError
 
     path = Path(path)
     rng = path / f"random_states_{accelerator.process_index}.pkl"
-    bad = ""
+    bad = None  # (the error's class, its message): damage stays CheckpointDamagedError on every process
     try:
         if not verified:
             verify_checkpoint(path, accelerator.process_index, warn=accelerator.is_main_process,
                               num_processes=accelerator.num_processes, hash_files=accelerator.is_main_process)
         elif not rng.is_file():
-            bad = _damaged(path, f"{rng.name} is missing")
+            bad = (CheckpointDamagedError, _damaged(path, f"{rng.name} is missing"))
     except CheckpointRefusedError as e:
-        bad = str(e)
+        bad = (type(e), str(e))
     if not bad:
         try:
             torch.load(rng, weights_only=False)
         except Exception as e:
-            bad = _damaged(path, f"{rng.name} cannot be read ({type(e).__name__})")
+            bad = (CheckpointDamagedError, _damaged(path, f"{rng.name} cannot be read ({type(e).__name__})"))
     if accelerator.num_processes > 1:  # every process refuses together, not only the one with the bad file
         from accelerate.utils import gather_object
 
-        bad = next((b for b in gather_object([bad]) if b), "")
+        bad = next((b for b in gather_object([bad]) if b), None)
     if bad:
-        raise CheckpointRefusedError(bad)
+        raise bad[0](bad[1])
     accelerator.load_state(str(path))
 
 

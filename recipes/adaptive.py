@@ -664,14 +664,14 @@ def _check_resumed_config(cfg: RunConfig, output_dir: Path, resume_from: Optiona
 
         # a damaged checkpoint (or config copy), or one of another process count, is refused here,
         # naming the file, by every process together; the main process alone hashes the files
-        problem = ""
+        problem = None
         try:
             verify_checkpoint(resume_from, rank(), warn=rank() == 0, num_processes=world_size(), hash_files=rank() == 0)
         except CheckpointRefusedError as e:
-            problem = str(e)
+            problem = (type(e), str(e))  # damage stays a CheckpointDamagedError on every process
         problem = agreed_problem(problem)
         if problem:
-            raise CheckpointRefusedError(problem)
+            raise problem[0](problem[1])
         run = run_dir_of(resume_from)
         own = Path(resume_from) / CONFIG_COPY
         if own.is_file():  # the settings the checkpoint was made with, whatever its run folder holds now
@@ -857,10 +857,11 @@ def _test_eval(cfg, accelerator, model, test_dl):
 
 def _split_labels(loaders, n_test: int, train: str, test_subset: Optional[int] = None) -> Dict[str, str]:
     """What fed each split's line in loss_accuracy.png: the held-out part is drawn from TRAIN, and
-    the test line says how many test images it scored (a draw of --test_subset, not the whole split)."""
+    the test line says how many test images it scored (of how many, when --test_subset drew fewer)."""
     n_holdout = len(loaders.datasets.holdout)
-    test = (f"test ({n_test:,} images)" if test_subset is None else
-            f"test ({n_test:,} images drawn by --test_subset, not the whole split)")
+    whole = getattr(loaders.datasets.test.dataset, "whole_split_size", None) if test_subset is not None else None
+    test = (f"test ({n_test:,} images)" if whole is None or n_test >= whole else
+            f"test ({n_test:,} of {whole:,} images, drawn by --test_subset)")
     return {"train": train, "holdout": f"held-out ({n_holdout:,} images of TRAIN)", "test": test}
 
 

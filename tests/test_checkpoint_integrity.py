@@ -429,3 +429,27 @@ def test_run_cli_prints_a_failed_write_as_one_line(capsys):
         run_cli(main, "prog")
     assert e.value.code == 2 and capsys.readouterr().err == (
         "prog: error: writing checkpoint X failed (No space left on device); free disk space\n")
+
+
+def test_load_checkpoint_raises_the_error_of_what_is_wrong(finished_run, tmp_path):
+    """load_checkpoint gathered every process's refusal as text and raised the base class, so a
+    caller's `except CheckpointDamagedError` missed a damaged checkpoint."""
+    from accelerate import Accelerator
+
+    from adaptive.integrity import CheckpointDamagedError, CheckpointRefusedError
+    from adaptive.training import load_checkpoint
+
+    out = copy_of(finished_run, tmp_path)
+    ck = out / "checkpoints" / "step_00000040"
+    flip(ck / "model.safetensors")
+    AcceleratorState_reset()
+    with pytest.raises(CheckpointDamagedError, match="model.safetensors"):
+        load_checkpoint(Accelerator(cpu=True), ck)
+    shutil.copytree(finished_run[0] / "checkpoints" / "step_00000020", tmp_path / "two")
+    shutil.copy(tmp_path / "two" / "random_states_0.pkl", tmp_path / "two" / "random_states_1.pkl")
+    from adaptive.integrity import write_manifest
+
+    write_manifest(tmp_path / "two")
+    with pytest.raises(CheckpointRefusedError, match="written by a run of 2") as e:
+        load_checkpoint(Accelerator(cpu=True), tmp_path / "two")
+    assert not isinstance(e.value, CheckpointDamagedError)

@@ -271,3 +271,8 @@ def test_nested_dataclasses_stay_dataclasses_and_the_latest_option_wins(tmp_path
     with pytest.raises(ValueError, match=r"--dataset-kw 'a=\{b': the value is not YAML"):
         merge_key_values(["a={b"])
     assert merge_key_values(["{a: 1}", "b=[1, 2]"]) == {"a": 1, "b": [1, 2]}
+
+
+def test_a_value_that_is_not_yaml_names_its_own_option():
+    with pytest.raises(ConfigError, match=r"--model_kw 'hidden=\[64, 32': the value is not YAML"):
+        parse_config(Cfg, ["--model_kw", "hidden=[64, 32"])

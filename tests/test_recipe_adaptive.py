@@ -90,8 +90,10 @@ def test_default_run_writes_every_output(tmp_path, capsys):
     assert f"on {n_test:,} test images (held-out part of TRAIN" in out
     cfg_back = load_config(R.RunConfig, tmp_path / "config.yaml")
     labels = R._split_labels(R.get_dataloaders(cfg_back), n_test, "train")
-    assert R._split_labels(R.get_dataloaders(cfg_back), 100, "train", 100)["test"] == (
-        "test (100 images drawn by --test_subset, not the whole split)")
+    for subset, want in ((100, "test (100 of 359 images, drawn by --test_subset)"), (5000, f"test ({n_test:,} images)")):
+        cfg_back.test_subset = subset  # a draw of 100; 5000 draws the whole split
+        loaders = R.get_dataloaders(cfg_back)
+        assert R._split_labels(loaders, len(loaders.datasets.test), "train", subset)["test"] == want
     assert labels["holdout"].startswith("held-out (") and labels["holdout"].endswith(" images of TRAIN)")
     assert labels["test"] == f"test ({n_test:,} images)"
 

@@ -78,7 +78,9 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     def build_test():
         ds = src.test()
         if test_subset is not None:
-            return ds.select(stratified_subset(torch.as_tensor(ds.targets), test_subset, seed))
+            drawn = ds.select(stratified_subset(torch.as_tensor(ds.targets), test_subset, seed))
+            drawn.whole_split_size = len(ds)  # what a report says the draw was taken from
+            return drawn
         return ds
 
     return DatasetSplits(train=src.train_view(train), holdout=src.eval_view(held),
