@@ -138,7 +138,7 @@ class AlwaysRemask(AtStep):
         self.mask_gradients()
 
     def _post_step(self, opt, args, kwargs):
-        self.apply()
+        self._foreach_mask(grads=False, weights=True)  # (apply() now re-masks exactly, by masked_fill_)
 
 
 class PerLayer(AtStep):
