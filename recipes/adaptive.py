@@ -47,6 +47,7 @@ from adaptive.config import ConfigError, parse_config, save_config  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive import jsonio  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
+from adaptive import run_folder  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.data import get_dataloaders as _get_dataloaders  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
@@ -383,24 +384,17 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
 def _refuse_earlier_run(cfg: RunConfig, output_dir: Path) -> None:
     """A fresh run into a folder that holds an earlier run would write beside it, leave that run's
     other files there, and a later --resume would splice the two runs: refused unless --overwrite."""
-    earlier = _earlier_run(output_dir)
-    if cfg.overwrite:
-        doomed = {(output_dir / n).resolve() for n in _RUN_FILES + _DERIVED_FILES}
-        if cfg.weights and Path(cfg.weights).resolve() in doomed:
-            raise CheckpointError(f"--weights {cfg.weights} is one of the files --overwrite deletes in {output_dir}: "
-                                  "copy it elsewhere first, or give another --output_dir")
-    if not earlier or cfg.overwrite:
-        return
     resumable = list_checkpoints(output_dir / CHECKPOINT_DIR) or (output_dir / MASK_ONLY_CHECKPOINT).is_file()
-    raise CheckpointError(
-        f"{output_dir} holds an earlier run ({', '.join(earlier[:4])}{' ...' if len(earlier) > 4 else ''}): "
-        + (f"continue it with --resume latest --output_dir {output_dir}, " if resumable else "")
-        + "start afresh in another --output_dir, or add --overwrite to delete that run and start afresh there")
+    run_folder.refuse_earlier_run(
+        output_dir, _earlier_run(output_dir), overwrite=cfg.overwrite, weights=cfg.weights,
+        doomed=[output_dir / n for n in _RUN_FILES + _DERIVED_FILES],
+        resume_hint=f"continue it with --resume latest --output_dir {output_dir}, " if resumable else "",
+        error=CheckpointError)
 
 
 def _earlier_run(output_dir: Path) -> List[str]:
     """The files and checkpoints of an earlier run in ``output_dir`` (empty: none)."""
-    found = [n for n in _RUN_FILES if (output_dir / n).exists()]
+    found = run_folder.existing(output_dir, _RUN_FILES)
     cks = list_checkpoints(output_dir / CHECKPOINT_DIR)
     return [f"{CHECKPOINT_DIR}/{c.name}" for c in cks[::-1]] + found
 
@@ -417,62 +411,18 @@ def _delete_run(output_dir: Path) -> None:
         shutil.rmtree(c)
     first = (MASK_ONLY_CHECKPOINT, MASK_ONLY_CHECKPOINT + ".earlier")
     rest = [n for n in _RUN_FILES + _DERIVED_FILES if n not in first and n != "config.yaml"]
-    for n in [*first, *rest, "config.yaml"]:
-        f = output_dir / n
-        if f.is_file():
-            f.unlink()
-        elif f.is_dir() and n in _DERIVED_DIRS:
-            shutil.rmtree(f)
+    run_folder.delete_files(output_dir, [*first, *rest, "config.yaml"], trees=_DERIVED_DIRS)
 
 
-class _RunLock:
-    """An exclusive lock on the run folder (main process), taken just before the run first writes
-    there and held to its end: a second run into the same folder is refused instead of
-    interleaving its files and checkpoints with this one's. A command refused earlier creates
-    nothing."""
+class _RunLock(run_folder.RunLock):
+    """The run folder's lock (:class:`adaptive.run_folder.RunLock`); a fresh run checks again, once
+    it holds the lock, that no earlier run is there."""
 
     def __init__(self, accelerator, output_dir: Path):
-        self.accelerator, self.path, self.fd = accelerator, Path(output_dir) / ".lock", None
+        super().__init__(accelerator, output_dir, error=CheckpointError)
 
     def acquire(self, cfg: RunConfig) -> None:
-        busy = ""
-        if self.accelerator.is_main_process and self.fd is None:
-            import fcntl
-
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = open(self.path, "a+")
-            except OSError as e:  # a folder that is a file, no permission: every process hears it
-                busy = f"cannot write into --output_dir {self.path.parent}: {e.strerror or e}"
-            else:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    fd.seek(0)
-                    who = fd.read().strip()
-                    fd.close()
-                    busy = (f"another run is writing into {self.path.parent}{f' (process {who})' if who else ''}: "
-                            "wait for it to finish, or give this one another --output_dir")
-                else:
-                    fd.seek(0)
-                    fd.truncate()
-                    fd.write(str(os.getpid()))
-                    fd.flush()
-                    self.fd = fd
-                    if not cfg.resume:  # a run that ended while this one was starting
-                        try:
-                            _refuse_earlier_run(cfg, self.path.parent)
-                        except CheckpointError as e:
-                            busy = str(e)
-        busy = _broadcast_str(self.accelerator, busy)
-        if busy:
-            self.release()
-            raise CheckpointError(busy)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            self.fd.close()  # closing releases the lock
-            self.fd = None
+        super().acquire(None if cfg.resume else (lambda: _refuse_earlier_run(cfg, self.path.parent)))
 
 
 def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, lock: "_RunLock") -> RunResult:
@@ -625,10 +575,8 @@ _RESUME_MAY_CHANGE = {"resume", "output_dir", "data_dir", "plugins", "progress",
 _RUN_FILES = ("config.yaml", "metrics.csv", "events.jsonl", "connectome.safetensors", "dense_state_dict.pt",
               "summary.json", "loss_accuracy.png", "density.png", "edits.png", MASK_ONLY_CHECKPOINT)
 # what `python -m graphs` and `recipes/diagnostics.py progress` write into a run folder by default
-_DERIVED_DIRS = ("graph_report",)
-_DERIVED_FILES = _DERIVED_DIRS + tuple(f"connectome_{lv}.{fmt}" for lv in ("synapse", "unit", "layer")
-                                       for fmt in ("graphml", "gexf", "json", "pt")) + (
-    "compact_model.pt", "progress.png", "progress.svg", MASK_ONLY_CHECKPOINT + ".earlier")
+_DERIVED_DIRS = run_folder.DERIVED_DIRS
+_DERIVED_FILES = run_folder.DERIVED_FILES + (MASK_ONLY_CHECKPOINT + ".earlier",)
 # mask_only: what the stage checkpoint's own fingerprint compares (and names) when it is loaded
 _MASK_ONLY_FINGERPRINTED = {"target", "density", "epochs", "estimator", "update_every", "ensemble", "include",
                             "exclude", "seed", "mask_only_kw", "edit_fraction"}
@@ -939,15 +887,7 @@ def _finish(accelerator, output_dir, summary, files):
                 print(f"note: {summary[key]}", flush=True)
 
 
-def _broadcast_str(accelerator, value: str) -> str:
-    """The main process's ``value`` on every process (the default run folder's timestamp)."""
-    if accelerator.num_processes == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    box = [value]
-    broadcast_object_list(box, from_process=0)
-    return box[0]
+_broadcast_str = run_folder.broadcast_str  # the main process's value on every process
 
 
 def parse_args(argv=None) -> RunConfig:

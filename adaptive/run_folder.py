@@ -1,0 +1,124 @@
+"""A recipe's run folder: one run per folder.
+
+A fresh run into a folder that holds an earlier run would write beside it, leave that run's other
+files where a reader takes them for the new run's, and a later resume could splice the two runs. The
+recipes (``recipes/adaptive.py``, ``recipes/prune_pretrained.py``) therefore refuse such a run
+unless told ``--overwrite``, delete with ``--overwrite`` only the earlier run's own files (each
+recipe names them), and hold an exclusive lock on the folder while they run, so that a second run
+into it is refused instead of interleaving its files with the first one's.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Collection, Iterable, List, Optional, Sequence
+
+# what `python -m graphs` and `recipes/diagnostics.py progress` write into a run folder by default
+DERIVED_DIRS = ("graph_report",)
+DERIVED_FILES = DERIVED_DIRS + tuple(f"connectome_{lv}.{fmt}" for lv in ("synapse", "unit", "layer")
+                                     for fmt in ("graphml", "gexf", "json", "pt")) + (
+    "compact_model.pt", "progress.png", "progress.svg")
+
+
+class RunFolderError(RuntimeError):
+    """A run folder this run may not write into (an earlier run is there, or another run holds it)."""
+
+
+def broadcast_str(accelerator, value: str) -> str:
+    """The main process's ``value`` on every process."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def existing(output_dir: Path, names: Iterable[str]) -> List[str]:
+    """Those of ``names`` that exist in ``output_dir``, in order."""
+    return [n for n in names if (Path(output_dir) / n).exists()]
+
+
+def refuse_earlier_run(output_dir: Path, earlier: Sequence[str], *, overwrite: bool, weights: Optional[str],
+                       doomed: Iterable[Path], resume_hint: str = "", error: type = RunFolderError) -> None:
+    """Refuse a fresh run into ``output_dir`` when it holds an earlier run (``earlier``: the files
+    found, empty when none) unless ``overwrite``; with ``overwrite``, refuse when the ``weights``
+    file is among the ``doomed`` files that --overwrite deletes. ``resume_hint`` ("continue it with
+    ..., ") is said first when the earlier run can be continued."""
+    output_dir = Path(output_dir)
+    if overwrite:
+        doomed = {Path(p).resolve() for p in doomed}
+        if weights and Path(weights).resolve() in doomed:
+            raise error(f"--weights {weights} is one of the files --overwrite deletes in {output_dir}: "
+                        "copy it elsewhere first, or give another --output_dir")
+    if not earlier or overwrite:
+        return
+    raise error(
+        f"{output_dir} holds an earlier run ({', '.join(earlier[:4])}{' ...' if len(earlier) > 4 else ''}): "
+        + resume_hint
+        + "start afresh in another --output_dir, or add --overwrite to delete that run and start afresh there")
+
+
+def delete_files(output_dir: Path, names: Sequence[str], trees: Collection[str] = ()) -> None:
+    """Delete ``output_dir/NAME`` for each of ``names``, in order: a file, or a whole folder when
+    NAME is one of ``trees``; nothing else (a folder not in ``trees`` stays)."""
+    for n in names:
+        f = Path(output_dir) / n
+        if f.is_file():
+            f.unlink()
+        elif f.is_dir() and n in trees:
+            shutil.rmtree(f)
+
+
+class RunLock:
+    """An exclusive lock on the run folder (main process), taken just before the run first writes
+    there and held to its end: a second run into the same folder is refused instead of
+    interleaving its files and checkpoints with this one's. A command refused earlier creates
+    nothing. Raises ``error`` (every process) when the folder is held or cannot be written."""
+
+    def __init__(self, accelerator, output_dir: Path, error: type = RunFolderError):
+        self.accelerator, self.path, self.fd, self.error = accelerator, Path(output_dir) / ".lock", None, error
+
+    def acquire(self, recheck: Optional[Callable[[], None]] = None) -> None:
+        """Take the lock; then ``recheck()`` (raising ``error``) sees whether a run that ended while
+        this one was starting left an earlier run in the folder."""
+        busy = ""
+        if self.accelerator.is_main_process and self.fd is None:
+            import fcntl
+
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = open(self.path, "a+")
+            except OSError as e:  # a folder that is a file, no permission: every process hears it
+                busy = f"cannot write into --output_dir {self.path.parent}: {e.strerror or e}"
+            else:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    fd.seek(0)
+                    who = fd.read().strip()
+                    fd.close()
+                    busy = (f"another run is writing into {self.path.parent}{f' (process {who})' if who else ''}: "
+                            "wait for it to finish, or give this one another --output_dir")
+                else:
+                    fd.seek(0)
+                    fd.truncate()
+                    fd.write(str(os.getpid()))
+                    fd.flush()
+                    self.fd = fd
+                    if recheck is not None:  # a run that ended while this one was starting
+                        try:
+                            recheck()
+                        except self.error as e:
+                            busy = str(e)
+        busy = broadcast_str(self.accelerator, busy)
+        if busy:
+            self.release()
+            raise self.error(busy)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.fd.close()  # closing releases the lock
+            self.fd = None
