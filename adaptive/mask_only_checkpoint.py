@@ -67,7 +67,12 @@ def begin(path, resume: bool) -> Optional[str]:
     starts afresh, and the message saying so is returned. Call :func:`settle` when the run ends or
     fails: the earlier checkpoint is dropped once this run has recorded a stage of its own, and put
     back if it has not (bad input refused before any work must not cost the earlier run its
-    checkpoint). Callers wait for every process after."""
+    checkpoint). Callers wait for every process after.
+
+    The recipes refuse a run without their resume option in a folder that holds an earlier run
+    (:mod:`adaptive.run_folder`), so there an earlier checkpoint is set aside only under
+    ``--overwrite``; they delete it with the rest of that run once the new settings are accepted
+    (the first history record), before this run records a stage."""
     path = Path(path)
     earlier = _set_aside(path)
     if resume and not path.is_file() and earlier.is_file():

@@ -22,6 +22,11 @@ removed weights, and the prune/restore boundaries over time), ``history.jsonl``,
 ``summary.json`` (the rows, and every process's mask hash per snapshot), ``config.yaml`` (the resolved
 options, which ``python -m graphs export OUTPUT_DIR/remove_<target>`` reads), ``checkpoint.pt`` (the run
 after each finished target or ladder rung: ``--resume`` continues from it after a crash).
+
+One run per folder (:mod:`adaptive.run_folder`): a run without ``--resume`` into a folder that holds
+an earlier run's outputs or checkpoint is refused before anything is written; ``--overwrite``
+deletes that run's own files (and nothing else) once the new run's settings are accepted. A lock
+on the folder refuses a second run into it while one runs.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive import jsonio  # noqa: E402
+from adaptive import run_folder  # noqa: E402
 from adaptive.atomic import atomic_path  # noqa: E402
 from adaptive.cli import show_progress  # noqa: E402
 from adaptive.config import merge_key_values  # noqa: E402
@@ -65,12 +71,21 @@ DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None
                 edit_fraction=1.0, approach=0.0, ladder=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], patience=2,
                 verify_batches=0, eval_every=100, train_eval_batches=10,
                 threads=None, progress=None, num_classes=None, num_workers=0, cpu=False,
-                mixed_precision="no", resume=False, dataset_kw={}, plugins=[], download=False)
+                mixed_precision="no", resume=False, overwrite=False, dataset_kw={}, plugins=[], download=False)
+
+CHECKPOINT = "checkpoint.pt"  # OUTPUT_DIR/checkpoint.pt: the run after each finished target or ladder rung
+# what a run writes into its folder (the checkpoint first: an --overwrite stopped half-way leaves
+# nothing to resume; config.yaml last), and into each target's folder remove_<target> when there
+# are several targets (at the top with one)
+RUN_FILES = (CHECKPOINT, CHECKPOINT + ".earlier", "results.md", "summary.json", "history.jsonl", "events.jsonl",
+             "curves.png", "pruned_state_dict.pt", "connectome.safetensors", "config.yaml")
+TARGET_FILES = ("pruned_state_dict.pt", "connectome.safetensors")
 
 
 # what a refused --resume says to do: the checkpoint is always OUTPUT_DIR/checkpoint.pt
 RESUME_FIX = ("To continue it, give that run's settings again with --resume; to start afresh, run without --resume "
-              "(the checkpoint is replaced once the new run finishes its first target) or give another --output_dir")
+              "and with --overwrite (which deletes that run's files), or give another --output_dir")
+AFRESH = "start afresh with --overwrite (which deletes that run's files) and no --resume, or give another --output_dir"
 
 
 def parse_remove(values: List[str]):
@@ -139,7 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", default=None, help="stay on the CPU even when a GPU is there")
     p.add_argument("--resume", action="store_true", default=None,
                    help="continue the run recorded in OUTPUT_DIR/checkpoint.pt after its last finished target "
-                        "(or ladder rung); without it an earlier checkpoint there is replaced")
+                        "(or ladder rung); without it, a folder that holds an earlier run is refused")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="start afresh in an --output_dir that holds an earlier run, deleting that run's own files "
+                        "(checkpoint, outputs, remove_* results, graph exports; no other file) once this run's "
+                        "settings are accepted (by default such a run is refused)")
     p.add_argument("--mixed-precision", "--mixed_precision", dest="mixed_precision", choices=["no", "bf16"],
                    help="bf16: forward and backward passes under bf16 autocast (weights stay float32 and "
                         "bit-exact; the presence statistics are float32)")
@@ -150,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress bars, even on a terminal (default: bars only when stderr is a terminal)")
     for action in p._actions:  # every option's help names the default a run without it gets
         if action.help and DEFAULTS.get(action.dest) is not None and action.dest not in ("progress", "resume", "cpu",
-                                                                                            "download"):
+                                                                                            "download", "overwrite"):
             action.help += f" (default: {_shown(DEFAULTS[action.dest])})"
     return p
 
@@ -219,7 +238,49 @@ def parse_args(argv=None) -> argparse.Namespace:
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
             raise SystemExit(f"--{key.replace('_', '-')} must be an integer >= {least}, got {v!r}")
     cfg["remove"] = parse_remove([str(r) for r in (cfg["remove"] if isinstance(cfg["remove"], list) else [cfg["remove"]])])
+    if cfg["resume"] and cfg["overwrite"]:
+        raise SystemExit("--resume continues the run in --output_dir and --overwrite deletes it: give one of them")
     return argparse.Namespace(**cfg)
+
+
+def _target_folders(out: Path) -> List[Path]:
+    """The per-target folders (remove_<target>) in ``out`` that hold a result of the recipe's."""
+    return sorted(d for d in out.glob("remove_*") if d.is_dir() and run_folder.existing(d, TARGET_FILES))
+
+
+def _earlier_run(out: Path) -> List[str]:
+    """The files and result folders of an earlier run in ``out`` (empty: none)."""
+    return run_folder.existing(out, RUN_FILES) + [f"{d.name}/" for d in _target_folders(out)]
+
+
+def _doomed(out: Path) -> List[Path]:
+    """What --overwrite deletes in ``out``: the run's files, and the graph exports and progress
+    figures derived from them, at the top and in its result folders."""
+    names = RUN_FILES + run_folder.DERIVED_FILES
+    return [out / n for n in names] + [d / n for d in _target_folders(out) for n in TARGET_FILES + run_folder.DERIVED_FILES]
+
+
+def _refuse_earlier_run(args, out: Path) -> None:
+    """A run without --resume into a folder that holds an earlier run would leave that run's files
+    (its other targets' folders above all) beside the new ones, where they read as this run's:
+    refused unless --overwrite."""
+    resumable = run_folder.existing(out, (CHECKPOINT, CHECKPOINT + ".earlier"))
+    run_folder.refuse_earlier_run(out, _earlier_run(out), overwrite=args.overwrite, weights=args.weights,
+                                  doomed=_doomed(out),
+                                  resume_hint="continue it with the same command and --resume, " if resumable else "")
+
+
+def _delete_run(out: Path, keep=()) -> None:
+    """--overwrite: the earlier run's files (the checkpoint first, config.yaml last; none of
+    ``keep``) and result folders go; a result folder that holds a file of someone else's keeps it,
+    and stays."""
+    checkpoints = [n for n in RUN_FILES[:2] if n not in keep]
+    run_folder.delete_files(out, checkpoints)
+    for d in _target_folders(out):
+        run_folder.delete_files(d, TARGET_FILES + run_folder.DERIVED_FILES, trees=run_folder.DERIVED_DIRS)
+        if not any(d.iterdir()):
+            d.rmdir()
+    run_folder.delete_files(out, run_folder.DERIVED_FILES + RUN_FILES[2:], trees=run_folder.DERIVED_DIRS)
 
 
 def _plot(history, snapshots_rows, events, path):
@@ -355,6 +416,9 @@ def main(argv=None, test_loader_hook=None) -> dict:
     same masks; each scores the whole holdout), the test split is split for the final report, and
     only the main process writes."""
     args = parse_args(argv)
+    out = Path(args.output_dir)
+    if not args.resume:  # before anything is built or written
+        _refuse_earlier_run(args, out)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -371,20 +435,40 @@ def main(argv=None, test_loader_hook=None) -> dict:
     model = build_model(args.model, num_classes=args.num_classes or dl.num_classes, in_shape=dl.in_shape,
                         weights=args.weights)
     accelerator = _accelerator(args)
-    main_proc = accelerator.is_main_process
     model = model.to(accelerator.device)  # no DDP wrapper: no weight trains, the controller reduces its statistics
     train_dl = accelerator.prepare(dl.train)
-    out = Path(args.output_dir)
     accelerator.print(f"{args.model}: mask-only on {accelerator.device}, {accelerator.num_processes} process(es), "
                       f"{len(train_dl)} train batches of {args.batch_size} per process and pass")
     if args.weights is None:
         accelerator.print("note: no --weights given, so the masks are learned on the network's random initial "
                           "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
-    ckpt_path = out / "checkpoint.pt"
-    afresh = stage_checkpoint.begin(ckpt_path, args.resume)
-    if afresh:
-        accelerator.print(afresh)
+    lock = run_folder.RunLock(accelerator, out)  # taken before the run's first write into the folder
+    lock.acquire(None if args.resume else lambda: _refuse_earlier_run(args, out))
+    try:
+        return _prune(args, dl, test_loader, model, train_dl, accelerator, out)
+    finally:
+        lock.release()
+
+
+def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> dict:
+    """The run, once it holds its folder: optimisation, then the final report and the outputs."""
+    main_proc = accelerator.is_main_process
+    ckpt_path = out / CHECKPOINT
+    # without --resume an earlier checkpoint is here only with --overwrite: set aside, so that a run
+    # refused by optimize_connectome (its settings checked first) leaves the earlier run whole
+    if stage_checkpoint.begin(ckpt_path, args.resume):
+        accelerator.print(f"--overwrite: the earlier run in {out} is deleted once this run's settings are accepted "
+                          f"(at its first update); until then its {CHECKPOINT} is kept")
     accelerator.wait_for_everyone()
+    deleted = []
+
+    def delete_earlier_run(_record=None):  # --overwrite: settings accepted, the earlier run goes (once)
+        if args.overwrite and not deleted:
+            deleted.append(True)
+            if main_proc:
+                _delete_run(out, keep=(CHECKPOINT,))  # checkpoint.pt, if there, is this run's (set aside above)
+
+    extra = {"callback": delete_earlier_run} if args.overwrite else {}
     t0 = time.time()
     try:
         with accelerator.autocast():  # --mixed-precision bf16: forward passes in bf16, weights and masks untouched
@@ -393,11 +477,12 @@ def main(argv=None, test_loader_hook=None) -> dict:
                 estimator=_estimator(args), window=args.window, edit_fraction=args.edit_fraction,
                 approach=args.approach, verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed,
                 progress=show_progress(args.progress) and accelerator.is_local_main_process, ladder=args.ladder,
-                patience=args.patience, checkpoint=ckpt_path)
+                patience=args.patience, checkpoint=ckpt_path, **extra)
     except stage_checkpoint.CheckpointMismatchError as e:  # the recipe's checkpoint path is OUTPUT_DIR/checkpoint.pt
-        raise e.with_fix(RESUME_FIX) from None
-    finally:  # an earlier run's checkpoint survives a run refused (or stopped) before its first stage
+        raise e.with_fix(RESUME_FIX, afresh=AFRESH) from None
+    finally:  # --overwrite: the earlier run's checkpoint survives a run refused before its first update
         stage_checkpoint.settle(ckpt_path)
+    delete_earlier_run()
     # the optimisation's wall time over every session of a resumed run (its snapshots carry it on)
     minutes = max([(time.time() - t0) / 60] + [s.wall_seconds / 60 for s in result.snapshots.values()])
     conn = result.conn
@@ -459,11 +544,6 @@ def main(argv=None, test_loader_hook=None) -> dict:
             "every row); held-out = a stratified part of the TRAIN split "
             "(used for line search and snapshot choice); test = the test split, read only for this report.\n")
     accelerator.print(table + note)
-    ours = {Path(r["folder"]).name for r in rows if r.get("folder")}
-    stale = sorted(d.name for d in out.glob("remove_*") if d.is_dir() and d.name not in ours)
-    if stale:  # never deleted: they are the user's files, but they are not this run's
-        accelerator.print(f"note: {out} also holds {', '.join(stale)} from an earlier run; this run's results "
-                          f"are {', '.join(sorted(ours))} and results.md")
     if main_proc:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "results.md") as tmp:
@@ -482,6 +562,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
         resolved = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
         resolved["num_classes"] = args.num_classes or dl.num_classes
         resolved["resume"] = False  # a rerun from this file is a new run (a resumed one says --resume again)
+        resolved["overwrite"] = False  # and never deletes a run it was not told to
         # the resolved options, every key one that --config takes (so the file reruns the job), and
         # what `python -m graphs` reads to rebuild the model
         with atomic_path(out / "config.yaml") as tmp:
@@ -498,5 +579,6 @@ if __name__ == "__main__":
     from adaptive.distributed import exit_launched_process
 
     run_cli(main, "recipes/prune_pretrained.py",
-            on_interrupt="the same command with --resume continues after the last finished target")
+            on_interrupt="the same command with --resume continues after the last finished target",
+            errors=(run_folder.RunFolderError,))
     exit_launched_process()  # every rank has written what it must: skip gloo's teardown

@@ -127,24 +127,13 @@ def test_prune_pretrained_refused_target_keeps_the_earlier_checkpoint(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"earlier run")
-    with pytest.raises(ValueError, match="beyond"):
-        P.main(["--model", "resnet20", "--dataset", "fake", "--dataset-kw", "shape=[3,8,8]", "--subset", "64",
-                "--batch-size", "32", "--output_dir", str(out), "--remove", "10000000", "--no-progress", "--cpu"])
+    argv = ["--model", "resnet20", "--dataset", "fake", "--dataset-kw", "shape=[3,8,8]", "--subset", "64",
+            "--batch-size", "32", "--output_dir", str(out), "--remove", "10000000", "--no-progress", "--cpu"]
+    with pytest.raises(RuntimeError, match="holds an earlier run"):  # not even with a good target
+        P.main(argv)
+    with pytest.raises(ValueError, match="beyond"):  # --overwrite deletes only once the settings are accepted
+        P.main(argv + ["--overwrite"])
     assert (out / "checkpoint.pt").read_bytes() == b"earlier run"
-
-
-def test_prune_pretrained_names_result_folders_of_an_earlier_run_and_keeps_them(tmp_path, capsys):
-    out = tmp_path / "run"
-    (out / "remove_0.9").mkdir(parents=True)
-    (out / "remove_0.9" / "pruned_state_dict.pt").write_bytes(b"earlier run")
-    P.main(["--model", "resnet20", "--dataset", "fake", "--dataset-kw", "shape=[3,8,8]", "--subset", "64",
-            "--batch-size", "32", "--output_dir", str(out), "--remove", "0.2", "0.5", "--passes", "0.5",
-            "--no-progress", "--cpu"])
-    printed = capsys.readouterr().out
-    assert "also holds remove_0.9 from an earlier run" in printed
-    assert (out / "remove_0.9" / "pruned_state_dict.pt").read_bytes() == b"earlier run"
-    assert (out / "remove_0.2" / "pruned_state_dict.pt").is_file() and (out / "results.md").is_file()
-    assert not list(out.rglob("*.tmp*"))  # atomic writes leave no temporary behind
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):

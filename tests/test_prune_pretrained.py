@@ -250,9 +250,12 @@ def test_resume_continues_after_the_last_finished_target(tmp_path, weights, caps
     assert set(rows) == {"dense", "0.2", "0.5"} and rows["0.5"]["changed"] == 0
     import yaml
     assert yaml.safe_load((out / "config.yaml").read_text())["resume"] is False  # --config FILE reruns afresh
-    # without --resume the earlier checkpoint is replaced and the run starts from the first target
-    mod.main(args(weights, out, "--remove", "0.2", "0.5"))
-    assert "starting afresh" in capsys.readouterr().out
+    # without --resume a folder that holds a run is refused; --overwrite starts from the first target
+    with pytest.raises(RuntimeError, match=r"holds an earlier run \(checkpoint.pt, results.md.*continue it with "
+                                           r"the same command and --resume"):
+        mod.main(args(weights, out, "--remove", "0.2", "0.5"))
+    mod.main(args(weights, out, "--remove", "0.2", "0.5", "--overwrite"))
+    assert "--overwrite: the earlier run in" in capsys.readouterr().out
     hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert not any(h["kind"] == "resume" for h in hist)
 
@@ -537,3 +540,101 @@ def test_a_stage_checkpoint_that_cannot_be_written_stops_every_process(tmp_path,
     assert r.returncode != 0 and len(errors) == 2, out[-3000:]  # one line from each process (the launcher adds its own report)
     assert all("writing the stage checkpoint" in e and "No space left on device" in e for e in errors), errors
     assert "[rank1]: Traceback" not in out and "Connection closed" not in out, out[-3000:]
+
+
+def _earlier_run_in(out):
+    """The files an earlier two-target run leaves (their content does not matter to the refusal)."""
+    out.mkdir(parents=True)
+    for name in ("results.md", "summary.json", "config.yaml", "curves.png", "history.jsonl", "events.jsonl"):
+        (out / name).write_text("earlier run")
+    for target in ("0.2", "0.9"):
+        (out / f"remove_{target}").mkdir()
+        for name in ("pruned_state_dict.pt", "connectome.safetensors"):
+            (out / f"remove_{target}" / name).write_text("earlier run")
+    return {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def test_a_fresh_run_into_a_folder_holding_an_earlier_run_is_refused_before_anything_is_written(
+        tmp_path, weights, monkeypatch):
+    """It overwrote summary.json, results.md, config.yaml, ... and left the earlier run's remove_0.9/
+    beside the new outputs, where it read as this run's."""
+    mod = recipe()
+    out = tmp_path / "run"
+    before = _earlier_run_in(out)
+    monkeypatch.setattr(mod, "get_dataloaders", lambda *a, **k: pytest.fail("refused only after loading data"))
+    with pytest.raises(RuntimeError) as e:
+        mod.main(args(weights, out, "--remove", "0.5"))
+    msg = str(e.value)
+    assert f"{out} holds an earlier run (results.md, summary.json, history.jsonl, events.jsonl ...)" in msg
+    assert "another --output_dir" in msg and "--overwrite" in msg and "--resume" not in msg  # no checkpoint
+    (out / "checkpoint.pt").write_text("earlier run")
+    with pytest.raises(RuntimeError, match="continue it with the same command and --resume"):
+        mod.main(args(weights, out, "--remove", "0.5"))
+    (out / "checkpoint.pt").unlink()
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # the default --output_dir is one fixed folder: a second default run is refused there too
+    monkeypatch.chdir(tmp_path)
+    _earlier_run_in(tmp_path / "runs" / "prune_pretrained")
+    a = args(weights, out, "--remove", "0.5")
+    i = a.index("--output_dir")
+    with pytest.raises(RuntimeError, match="runs/prune_pretrained holds an earlier run"):
+        mod.main(a[:i] + a[i + 2:])
+    # --overwrite never deletes an input of the new run
+    with pytest.raises(RuntimeError, match="is one of the files --overwrite deletes"):
+        mod.main(args(out / "remove_0.2" / "pruned_state_dict.pt", out, "--remove", "0.5", "--overwrite"))
+    with pytest.raises(SystemExit, match="give one of them"):
+        mod.parse_args(["--resume", "--overwrite"])
+
+
+def test_overwrite_deletes_only_the_earlier_runs_files_once_the_new_settings_are_accepted(tmp_path, weights):
+    mod = recipe()
+    out = tmp_path / "run"
+    before = _earlier_run_in(out)
+    (out / "notes.txt").write_text("mine")
+    (out / "remove_0.2" / "mine.txt").write_text("mine")  # a file of the user's in a result folder
+    (out / "remove_0.9" / "graph_report").mkdir()  # what `python -m graphs report` wrote there
+    (out / "remove_0.9" / "graph_report" / "summary.json").write_text("{}")
+    (out / "connectome_notes.json").write_text("{}")  # a user's file, named alike
+    with pytest.raises(ValueError, match="beyond"):  # refused settings: the earlier run stays whole
+        mod.main(args(weights, out, "--remove", "10000000", "--overwrite"))
+    assert all(p.read_bytes() == b for p, b in before.items())
+    summary = mod.main(args(weights, out, "--remove", "0.5", "--overwrite"))
+    assert {r["target"] for r in summary["rows"]} == {"dense", "0.5"}
+    assert not (out / "remove_0.9").exists()  # the earlier run's result folder went, derived files and all
+    assert sorted(p.name for p in (out / "remove_0.2").iterdir()) == ["mine.txt"]  # the user's file stays
+    assert (out / "notes.txt").read_text() == "mine" and (out / "connectome_notes.json").exists()
+    assert (out / "pruned_state_dict.pt").is_file() and "0.5" in (out / "results.md").read_text()
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["overwrite"] is False  # a rerun from it deletes nothing
+
+
+def test_an_interrupted_overwrite_leaves_no_earlier_checkpoint(tmp_path, weights, monkeypatch):
+    """Once the new settings are accepted the earlier run is gone as a whole: a Ctrl-C in the first
+    target leaves neither its checkpoint (a later --resume would continue the deleted run) nor its
+    other files."""
+    mod = recipe()
+    out = tmp_path / "run"
+    _earlier_run_in(out)
+    (out / "checkpoint.pt").write_text("earlier run")
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod.stage_checkpoint, "save_stage", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        mod.main(args(weights, out, "--remove", "0.5", "--overwrite"))
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, weights):
+    import fcntl
+
+    mod = recipe()
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:  # another run holds the folder
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match=f"another run is writing into {out}"):
+            mod.main(args(weights, out, "--remove", "0.5"))
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
