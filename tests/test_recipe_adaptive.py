@@ -691,12 +691,10 @@ def test_a_checkpoint_resumed_under_another_process_count_is_refused_by_every_pr
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
     r = launch_two([SCRIPT, *TINY, "--output_dir", tmp_path, "--figures", "false", "--resume", "latest"],
                    env=env, cwd=ROOT)
-    out = r.stdout + r.stderr
-    errors = [line for line in out.splitlines() if "recipes/adaptive.py: error:" in line]
-    assert r.returncode != 0 and len(errors) == 2, out[-3000:]  # one line from each process (the launcher adds its own report)
-    assert all("was written by a run of 1 process(es)" in e and "--num_processes 1" in e and "damaged" not in e
-               for e in errors), errors
-    assert "[rank0]: Traceback" not in out and "Connection closed" not in out, out[-3000:]
+    out = r.stdout + r.stderr  # (the two processes' lines can run together: count messages, not lines)
+    assert r.returncode != 0 and out.count("recipes/adaptive.py: error:") == 2, out[-3000:]  # one per process
+    assert out.count("was written by a run of 1 process(es)") == 2 and "--num_processes 1" in out, out[-3000:]
+    assert "damaged" not in out and "[rank0]: Traceback" not in out and "Connection closed" not in out, out[-3000:]
 
 
 def test_nonzero_counts_live_weights_only_after_a_run_diverged(tmp_path):
