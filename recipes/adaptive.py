@@ -714,9 +714,9 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         accelerator.print("note: no --weights given, so the masks are learned on the network's random initial "
                           "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
     lock.acquire(cfg)
-    afresh = stage_checkpoint.begin(ckpt, bool(cfg.resume))
-    if afresh:
-        accelerator.print(afresh)
+    if stage_checkpoint.begin(ckpt, bool(cfg.resume)):  # (without --resume, only with --overwrite)
+        accelerator.print(f"--overwrite: the earlier run in {output_dir} is deleted once this run's settings are "
+                          f"accepted (at its first update); until then its {MASK_ONLY_CHECKPOINT} is kept")
     accelerator.wait_for_everyone()
 
     # no DDP wrapper: no weight is trained; the controller reduces its statistics across processes

@@ -573,12 +573,22 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
             "mask_hash_per_process": hashes}
 
 
+def _on_interrupt(argv=None) -> str:
+    """How an interrupted run continues: from its checkpoint, once it finished a target or rung."""
+    try:
+        out = Path(parse_args(argv).output_dir)
+    except SystemExit:
+        return ""
+    if (out / CHECKPOINT).is_file():
+        return f"the same command with --resume continues after the last finished target ({out / CHECKPOINT})"
+    return ("it had not finished a target, so there is nothing to continue: run the same command again "
+            "(with --overwrite if the folder holds its outputs)")
+
+
 if __name__ == "__main__":
     from adaptive.cli import run_cli
 
     from adaptive.distributed import exit_launched_process
 
-    run_cli(main, "recipes/prune_pretrained.py",
-            on_interrupt="the same command with --resume continues after the last finished target",
-            errors=(run_folder.RunFolderError,))
+    run_cli(main, "recipes/prune_pretrained.py", on_interrupt=_on_interrupt, errors=(run_folder.RunFolderError,))
     exit_launched_process()  # every rank has written what it must: skip gloo's teardown

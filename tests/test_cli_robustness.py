@@ -350,3 +350,13 @@ def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path):
             p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0 and "interrupted" not in err and "done in" in out, err[-2000:]
+
+
+def test_prune_pretrained_ctrl_c_says_resume_only_when_a_target_finished(tmp_path):
+    """Ctrl-C always said '--resume continues after the last finished target', also when none had
+    finished (and --resume then found no checkpoint)."""
+    out = tmp_path / "run"
+    assert "nothing to continue" in P._on_interrupt(["--output_dir", str(out)])
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"x")
+    assert "--resume continues after the last finished target" in P._on_interrupt(["--output_dir", str(out)])
