@@ -63,13 +63,24 @@ def refuse_earlier_run(output_dir: Path, earlier: Sequence[str], *, overwrite: b
 
 def delete_files(output_dir: Path, names: Sequence[str], trees: Collection[str] = ()) -> None:
     """Delete ``output_dir/NAME`` for each of ``names``, in order: a file, or a whole folder when
-    NAME is one of ``trees``; nothing else (a folder not in ``trees`` stays)."""
+    NAME is one of ``trees``; nothing else (a folder not in ``trees`` stays, and a symbolic link
+    to a folder is never followed)."""
     for n in names:
         f = Path(output_dir) / n
-        if f.is_file():
+        if f.is_file() or (f.is_symlink() and not f.is_dir()):
             f.unlink()
-        elif f.is_dir() and n in trees:
+        elif f.is_dir() and not f.is_symlink() and n in trees:
             shutil.rmtree(f)
+
+
+def refuse_other_recipe(output_dir: Path, markers: Sequence[str], recipe: str, error: type = None) -> None:
+    """Refuse ``output_dir`` when it holds a run of another recipe (any of ``markers``): neither a
+    fresh run beside it nor --overwrite (which knows only its own recipe's files) may touch it."""
+    found = existing(Path(output_dir), markers)
+    if found:
+        raise (error or RunFolderError)(
+            f"{output_dir} holds a run of {recipe} ({', '.join(found[:4])}): give this run another --output_dir "
+            "(--overwrite deletes only this recipe's own runs)")
 
 
 class RunLock:

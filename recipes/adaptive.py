@@ -384,6 +384,11 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
 def _refuse_earlier_run(cfg: RunConfig, output_dir: Path) -> None:
     """A fresh run into a folder that holds an earlier run would write beside it, leave that run's
     other files there, and a later --resume would splice the two runs: refused unless --overwrite."""
+    other = run_folder.existing(output_dir, ("checkpoint.pt", "results.md", "history.jsonl", "curves.png")) + sorted(
+        d.name + "/" for d in output_dir.glob("remove_*") if d.is_dir())
+    if other:  # a recipes/prune_pretrained.py run: --overwrite knows only this recipe's files
+        raise CheckpointError(f"{output_dir} holds a run of recipes/prune_pretrained.py ({', '.join(other[:4])}): "
+                              "give this run another --output_dir (--overwrite deletes only this recipe's own runs)")
     resumable = list_checkpoints(output_dir / CHECKPOINT_DIR) or (output_dir / MASK_ONLY_CHECKPOINT).is_file()
     run_folder.refuse_earlier_run(
         output_dir, _earlier_run(output_dir), overwrite=cfg.overwrite, weights=cfg.weights,
@@ -406,6 +411,8 @@ def _delete_run(output_dir: Path) -> None:
 
     # what could be resumed goes first and config.yaml last: an --overwrite killed half-way leaves
     # no checkpoint without the settings it was made with (a later --resume would take new ones)
+    if not _earlier_run(output_dir) and not (output_dir / (MASK_ONLY_CHECKPOINT + ".earlier")).exists():
+        return  # no earlier run: the graph exports and figures here are not one's, whoever made them
     ck = output_dir / CHECKPOINT_DIR
     for c in list_checkpoints(ck) + list(ck.glob(".tmp-step_*")):
         shutil.rmtree(c)

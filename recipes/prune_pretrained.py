@@ -244,8 +244,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _target_folders(out: Path) -> List[Path]:
-    """The per-target folders (remove_<target>) in ``out`` that hold a result of the recipe's."""
-    return sorted(d for d in out.glob("remove_*") if d.is_dir() and run_folder.existing(d, TARGET_FILES))
+    """The per-target folders (remove_<target>) in ``out`` that hold a result of the recipe's; never
+    a symbolic link (it may lead anywhere: --overwrite must not delete through it)."""
+    return sorted(d for d in out.glob("remove_*")
+                  if d.is_dir() and not d.is_symlink() and run_folder.existing(d, TARGET_FILES))
 
 
 def _earlier_run(out: Path) -> List[str]:
@@ -260,10 +262,15 @@ def _doomed(out: Path) -> List[Path]:
     return [out / n for n in names] + [d / n for d in _target_folders(out) for n in TARGET_FILES + run_folder.DERIVED_FILES]
 
 
+# what only a recipes/adaptive.py run leaves in its folder: --overwrite here would delete half of it
+OTHER_RECIPE_FILES = ("checkpoints", "metrics.csv", "dense_state_dict.pt", "mask_only_checkpoint.pt")
+
+
 def _refuse_earlier_run(args, out: Path) -> None:
     """A run without --resume into a folder that holds an earlier run would leave that run's files
     (its other targets' folders above all) beside the new ones, where they read as this run's:
-    refused unless --overwrite."""
+    refused unless --overwrite; a folder of a recipes/adaptive.py run is refused even then."""
+    run_folder.refuse_other_recipe(out, OTHER_RECIPE_FILES, "recipes/adaptive.py")
     resumable = run_folder.existing(out, (CHECKPOINT, CHECKPOINT + ".earlier"))
     run_folder.refuse_earlier_run(out, _earlier_run(out), overwrite=args.overwrite, weights=args.weights,
                                   doomed=_doomed(out),
@@ -274,6 +281,8 @@ def _delete_run(out: Path, keep=()) -> None:
     """--overwrite: the earlier run's files (the checkpoint first, config.yaml last; none of
     ``keep``) and result folders go; a result folder that holds a file of someone else's keeps it,
     and stays."""
+    if not _earlier_run(out) and not run_folder.existing(out, [n for n in RUN_FILES[:2] if n not in keep]):
+        return  # no earlier run: the graph exports and figures here are not one's, whoever made them
     checkpoints = [n for n in RUN_FILES[:2] if n not in keep]
     run_folder.delete_files(out, checkpoints)
     for d in _target_folders(out):
@@ -442,6 +451,8 @@ def main(argv=None, test_loader_hook=None) -> dict:
     if args.weights is None:
         accelerator.print("note: no --weights given, so the masks are learned on the network's random initial "
                           "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
+    if args.resume and not (out / CHECKPOINT).is_file() and not (out / (CHECKPOINT + ".earlier")).is_file():
+        raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out} to continue; run without --resume to start")
     lock = run_folder.RunLock(accelerator, out)  # taken before the run's first write into the folder
     lock.acquire(None if args.resume else lambda: _refuse_earlier_run(args, out))
     try:
@@ -465,6 +476,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
     def delete_earlier_run(_record=None):  # --overwrite: settings accepted, the earlier run goes (once)
         if args.overwrite and not deleted:
             deleted.append(True)
+            _STARTED["replaced_earlier"] = True  # from here on, checkpoint.pt is this run's (Ctrl-C says so)
             if main_proc:
                 _delete_run(out, keep=(CHECKPOINT,))  # checkpoint.pt, if there, is this run's (set aside above)
 
@@ -573,14 +585,21 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
             "mask_hash_per_process": hashes}
 
 
+_STARTED = {"replaced_earlier": False}  # an --overwrite run that deleted the earlier run (its settings accepted)
+
+
 def _on_interrupt(argv=None) -> str:
     """How an interrupted run continues: from its checkpoint, once it finished a target or rung."""
     try:
-        out = Path(parse_args(argv).output_dir)
+        args = parse_args(argv)
     except SystemExit:
         return ""
+    out = Path(args.output_dir)
+    if args.overwrite and not _STARTED["replaced_earlier"]:
+        return f"the earlier run in {out} is untouched; run the same command again to start afresh"
     if (out / CHECKPOINT).is_file():
-        return f"the same command with --resume continues after the last finished target ({out / CHECKPOINT})"
+        how = "--resume in place of --overwrite" if args.overwrite else "--resume"
+        return f"the same command with {how} continues after the last finished target ({out / CHECKPOINT})"
     return ("it had not finished a target, so there is nothing to continue: run the same command again "
             "(with --overwrite if the folder holds its outputs)")
 

@@ -360,3 +360,22 @@ def test_prune_pretrained_ctrl_c_says_resume_only_when_a_target_finished(tmp_pat
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"x")
     assert "--resume continues after the last finished target" in P._on_interrupt(["--output_dir", str(out)])
+
+
+def test_adaptive_refuses_a_prune_pretrained_folder_and_ctrl_c_after_an_overwrite_says_what_holds(tmp_path):
+    """recipes/adaptive.py wrote beside a prune_pretrained run (even one killed with only its
+    checkpoint.pt); prune_pretrained's Ctrl-C under --overwrite advised --resume, refused with
+    --overwrite, or pointed at the earlier run's checkpoint as if it were this run's."""
+    out = tmp_path / "pp"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"x")
+    with pytest.raises(SystemExit):
+        A.main(TINY + ["--output_dir", str(out), "--overwrite"])
+    assert not (out / "config.yaml").exists()
+    P._STARTED["replaced_earlier"] = False
+    assert "untouched" in P._on_interrupt(["--output_dir", str(out), "--overwrite"])
+    P._STARTED["replaced_earlier"] = True
+    try:
+        assert "--resume in place of --overwrite" in P._on_interrupt(["--output_dir", str(out), "--overwrite"])
+    finally:
+        P._STARTED["replaced_earlier"] = False

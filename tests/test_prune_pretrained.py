@@ -637,3 +637,33 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, weights):
         with pytest.raises(RuntimeError, match=f"another run is writing into {out}"):
             mod.main(args(weights, out, "--remove", "0.5"))
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_overwrite_never_deletes_through_a_link_nor_in_a_folder_without_an_earlier_run(tmp_path, weights, capsys):
+    """--overwrite followed a symlinked remove_* folder and deleted the files behind it (or died half-way
+    deleting); in a folder holding no earlier run it deleted a user's graph_report/ and figures. A
+    recipes/adaptive.py run folder was half-deleted by it; a --resume into a missing folder created it."""
+    mod = recipe()
+    out = tmp_path / "run"
+    mod.main(args(weights, out, "--remove", "0.2", "0.5"))
+    elsewhere = tmp_path / "archive"
+    elsewhere.mkdir()
+    for n in ("pruned_state_dict.pt", "connectome.safetensors", "notes.txt"):
+        (elsewhere / n).write_text("mine")
+    (out / "remove_best").symlink_to(elsewhere, target_is_directory=True)
+    mod.main(args(weights, out, "--remove", "0.3", "--overwrite"))
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["connectome.safetensors", "notes.txt", "pruned_state_dict.pt"]
+    mine = tmp_path / "mine"
+    (mine / "graph_report").mkdir(parents=True)
+    (mine / "graph_report" / "notes.md").write_text("mine")
+    (mine / "progress.png").write_text("mine")
+    mod.main(args(weights, mine, "--remove", "0.3", "--overwrite"))
+    assert (mine / "graph_report" / "notes.md").is_file() and (mine / "progress.png").is_file()
+    adaptive_run = tmp_path / "adaptive_run"
+    adaptive_run.mkdir()
+    (adaptive_run / "metrics.csv").write_text("step\n")
+    with pytest.raises(Exception, match="holds a run of recipes/adaptive.py"):
+        mod.main(args(weights, adaptive_run, "--remove", "0.3", "--overwrite"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint.pt"):
+        mod.main(args(weights, tmp_path / "nope", "--remove", "0.3", "--resume"))
+    assert not (tmp_path / "nope").exists()
