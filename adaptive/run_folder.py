@@ -133,3 +133,12 @@ class RunLock:
         if self.fd is not None:
             self.fd.close()  # closing releases the lock
             self.fd = None
+
+
+def refuse_result_folder(output_dir: Path, markers: Sequence[str], recipe: str, error: type = None) -> None:
+    """Refuse an ``output_dir`` that is a result folder (``remove_*``) of a run in its parent folder
+    (any of ``markers`` there): that run's lock does not cover it, and it writes there at its end."""
+    out = Path(output_dir).resolve()
+    if out.name.startswith("remove_") and existing(out.parent, markers):
+        raise (error or RunFolderError)(
+            f"{output_dir} is a result folder of the {recipe} run in {out.parent}: give this run another --output_dir")

@@ -389,6 +389,8 @@ def _refuse_earlier_run(cfg: RunConfig, output_dir: Path) -> None:
     if other:  # a recipes/prune_pretrained.py run: --overwrite knows only this recipe's files
         raise CheckpointError(f"{output_dir} holds a run of recipes/prune_pretrained.py ({', '.join(other[:4])}): "
                               "give this run another --output_dir (--overwrite deletes only this recipe's own runs)")
+    run_folder.refuse_result_folder(output_dir, ("checkpoint.pt", "results.md", "history.jsonl", "summary.json"),
+                                    "recipes/prune_pretrained.py", error=CheckpointError)
     resumable = list_checkpoints(output_dir / CHECKPOINT_DIR) or (output_dir / MASK_ONLY_CHECKPOINT).is_file()
     run_folder.refuse_earlier_run(
         output_dir, _earlier_run(output_dir), overwrite=cfg.overwrite, weights=cfg.weights,

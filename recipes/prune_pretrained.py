@@ -271,6 +271,7 @@ def _refuse_earlier_run(args, out: Path) -> None:
     (its other targets' folders above all) beside the new ones, where they read as this run's:
     refused unless --overwrite; a folder of a recipes/adaptive.py run is refused even then."""
     run_folder.refuse_other_recipe(out, OTHER_RECIPE_FILES, "recipes/adaptive.py")
+    run_folder.refuse_result_folder(out, RUN_FILES, "recipes/prune_pretrained.py")
     resumable = run_folder.existing(out, (CHECKPOINT, CHECKPOINT + ".earlier"))
     run_folder.refuse_earlier_run(out, _earlier_run(out), overwrite=args.overwrite, weights=args.weights,
                                   doomed=_doomed(out),

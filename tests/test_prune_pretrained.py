@@ -653,6 +653,9 @@ def test_overwrite_never_deletes_through_a_link_nor_in_a_folder_without_an_earli
     (out / "remove_best").symlink_to(elsewhere, target_is_directory=True)
     mod.main(args(weights, out, "--remove", "0.3", "--overwrite"))
     assert sorted(p.name for p in elsewhere.iterdir()) == ["connectome.safetensors", "notes.txt", "pruned_state_dict.pt"]
+    mod.main(args(weights, out, "--remove", "0.2", "0.5", "--overwrite"))
+    with pytest.raises(Exception, match="is a result folder of the recipes/prune_pretrained.py run"):
+        mod.main(args(weights, out / "remove_0.2", "--remove", "0.3"))  # (its parent's lock does not cover it)
     mine = tmp_path / "mine"
     (mine / "graph_report").mkdir(parents=True)
     (mine / "graph_report" / "notes.md").write_text("mine")
