@@ -32,20 +32,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import json
 import time
 from pathlib import Path
 from typing import List
 
-if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    def _starting(*_):  # Ctrl-C while torch is still importing: one line and status 130, not a traceback
-        print(f"{sys.argv[0]}: interrupted while starting; nothing was written", file=sys.stderr)
-        os._exit(130)
-
-    _starting.adaptive_startup = True  # run_cli puts Python's handler back (an ignored Ctrl-C stays ignored)
-    signal.signal(signal.SIGINT, _starting)
+if __name__ == "__main__":  # Ctrl-C while torch is still importing: one line, not a traceback
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _startup  # noqa: F401
 
 import torch
 
