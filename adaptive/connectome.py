@@ -49,6 +49,12 @@ def _uncompiled(model: nn.Module) -> nn.Module:
 
 _COMPILED_PREFIX = "_orig_mod."
 
+# Which connectome masks each weight through an optimizer: id(weight) -> (weakref to the weight,
+# weakref to the connectome). One connectome masks a weight at a time; a second one attached to the
+# same weights takes over (a notebook cell run twice builds a second Connectome on the same model,
+# and the first stays alive through its optimizer hooks even when nothing else refers to it).
+_MASKED_BY: Dict[int, tuple] = {}
+
 
 def _plain_names(d: Optional[Mapping], known) -> Optional[dict]:
     """``d`` with keys saved from a ``torch.compile`` wrapper (``_orig_mod.NAME``, by code that named
@@ -136,6 +142,7 @@ class Connectome:
         self._optimizers: List[weakref.ref] = []
         self._handles: list = []
         self._observers: List[Callable[[], None]] = []
+        self._controllers: List[weakref.ref] = []  # controllers built on this connectome (Controller adds itself)
         # For each observer: None (reads dense gradients at every step) or a predicate saying
         # whether it reads them at the coming step.
         self._observer_active: List[Optional[Callable[[], bool]]] = []
@@ -498,6 +505,7 @@ class Connectome:
         opt = self._check_optimizer(optimizer)
         if any(r() is opt for r in self._optimizers):
             return self
+        self._take_over()
         if any(g.get("eps", 1.0) == 0 for g in opt.param_groups):
             warnings.warn(
                 f"{type(opt).__name__} has eps=0: its update is 0/0 = NaN wherever a gradient and its state are exactly "
@@ -527,13 +535,44 @@ class Connectome:
         return opt
 
     def detach(self) -> None:
-        """Remove every optimizer hook."""
+        """Remove every optimizer hook: training goes on plain (the masks stay as they are, and the
+        optimizer may move weights at pruned positions again). A controller attached to an
+        optimizer through this connectome is detached too (it cannot edit what is not masked);
+        ``Controller.attach(optimizer)`` attaches both again."""
+        for ref in list(self._controllers):
+            ctrl = ref()
+            if ctrl is not None and ctrl.optimizer is not None:
+                ctrl.detach()
         for h in self._handles:
             h.remove()
         self._handles.clear()
         self._masker.remove()
         self._optimizers.clear()
+        for key in [k for k, (_, c) in _MASKED_BY.items() if c() is self]:
+            del _MASKED_BY[key]
         self._edited()
+
+    def _take_over(self) -> None:
+        """Detach any other connectome that masks one of these weights through an optimizer (with a
+        warning naming it), and record this one as their connectome."""
+        for key in [k for k, (p, c) in _MASKED_BY.items() if p() is None or c() is None]:
+            del _MASKED_BY[key]
+        others = {}
+        for n, p in self.params.items():
+            entry = _MASKED_BY.get(id(p))
+            other = entry[1]() if entry is not None and entry[0]() is p else None
+            if other is not None and other is not self and any(r() is not None for r in other._optimizers):
+                others.setdefault(id(other), (other, n))
+        for other, n in others.values():
+            ctrl = [c for c in (r() for r in other._controllers) if c is not None and c.optimizer is not None]
+            warnings.warn(
+                f"{n} (and any other weight they share) was masked by another Connectome attached to an optimizer"
+                f"{' and stepped by its Controller' if ctrl else ''} (a cell run twice, or a second Connectome on the same "
+                "model): that one is now detached, so that only this one masks and edits these weights. Keep one "
+                "Connectome per model, or call detach() on the old one first", stacklevel=3)
+            other.detach()
+        for p in self.params.values():
+            _MASKED_BY[id(p)] = (weakref.ref(p), weakref.ref(self))
 
     @property
     def mask_in_backward(self) -> bool:
@@ -752,7 +791,7 @@ class Connectome:
         """A pickled or deep-copied connectome is detached: optimizer hooks, observers and edit
         listeners belong to the original (re-attach them on the copy); caches are rebuilt."""
         state = self.__dict__.copy()
-        state.update(_optimizers=[], _handles=[], _observers=[], _observer_active=[], _edit_listeners=[], _hot=None,
+        state.update(_optimizers=[], _handles=[], _observers=[], _observer_active=[], _edit_listeners=[], _controllers=[], _hot=None,
                      _versions=None, _found_inf=None)
         state.pop("_repair_pending", None)
         state.pop("_masker", None)
@@ -760,7 +799,7 @@ class Connectome:
 
     def __setstate__(self, state: dict) -> None:
         state = {"_observer_active": [None] * len(state.get("_observers", [])), "_gen": 0, "_static_gen": 0, "_mask_in_backward": True,
-                 "_last_set": {}, "_set_tensor": {}, "_set_version": {}, **state, "_repair_pending": weakref.WeakSet()}
+                 "_last_set": {}, "_set_tensor": {}, "_set_version": {}, "_controllers": [], **state, "_repair_pending": weakref.WeakSet()}
         self.__dict__.update(state)
         self._masker = BackwardMasker(self)
 

@@ -17,6 +17,7 @@ import fnmatch
 import json
 import os
 import warnings
+import weakref
 from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
@@ -229,6 +230,7 @@ class Controller:
             if kept:
                 conn.original = {}
             raise
+        conn._controllers.append(weakref.ref(self))
         if optimizer is not None:
             self.attach(optimizer)
 
@@ -243,6 +245,8 @@ class Controller:
         self.__dict__.update(state)
         if self._observe_hook not in self.conn._observers:  # the connectome's copy dropped its observers
             self.conn.add_observer(self._observe_hook, active=self._editing)
+        if not any(r() is self for r in self.conn._controllers):
+            self.conn._controllers.append(weakref.ref(self))
 
     # ------------------------------------------------------------------ wiring
     @staticmethod
@@ -256,16 +260,39 @@ class Controller:
     def attach(self, optimizer) -> "Controller":
         """Step the controller after every step of ``optimizer`` (and attach the connectome to it).
         Attaching the same optimizer again does nothing; attaching another one moves the
-        controller's step to it (the connectome keeps masking both)."""
+        controller's step to it (the connectome keeps masking both). With several optimizers,
+        attach the one stepped last: the controller updates right after that optimizer's step.
+        Another controller attached on the same connectome is detached, with a warning: one
+        controller edits a connectome at a time."""
         opt = unwrap_optimizer(optimizer)
-        if opt is self.optimizer:
+        if opt is self.optimizer and self._hook is not None:
             return self
         self.conn.attach(opt)
+        for ref in list(self.conn._controllers):
+            other = ref()
+            if other is not None and other is not self and other.optimizer is not None:
+                warnings.warn(
+                    f"this connectome was already edited by another Controller attached to an optimizer (policy "
+                    f"{other.policy.name!r}; a cell run twice, or a second Controller on the same connectome): that one is "
+                    "now detached, so that only this one edits the masks. Keep one Controller per connectome, or call "
+                    "detach() on the old one first", stacklevel=2)
+                other.detach()
+        if self._observe_hook not in self.conn._observers:  # detached earlier
+            self.conn.add_observer(self._observe_hook, active=self._editing)
         if self._hook is not None:
             self._hook.remove()
         self._hook = opt.register_step_post_hook(self._after_step)
         self.optimizer = opt
         return self
+
+    def detach(self) -> None:
+        """Stop stepping the controller after the optimizer's steps: the masks stay as they are and
+        the connectome keeps masking (``conn.detach()`` stops that too). ``attach`` resumes."""
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook = None
+        self.optimizer = None
+        self.conn._remove_observer(self._observe_hook)
 
     @torch.compiler.disable  # eager even inside a compiled opt.step, as the connectome's step hooks
     def _after_step(self, opt, args, kwargs) -> None:

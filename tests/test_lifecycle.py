@@ -1,0 +1,125 @@
+"""One connectome masks a weight, one controller edits a connectome: a second one attached takes
+over (with a warning), detach() stops what it says, and attach() starts it again."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import adaptive
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = torch.randn(64, 16), torch.randint(0, 4, (64,))
+    return model, opt, x, y
+
+
+def _train(model, opt, x, y, steps):
+    for i in range(steps):
+        j = torch.arange(i * 8, i * 8 + 8) % len(x)
+        F.cross_entropy(model(x[j]), y[j]).backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def _hooks(opt):
+    return len(opt._optimizer_step_pre_hooks), len(opt._optimizer_step_post_hooks)
+
+
+def _pruned_nonzero(conn):
+    return sum(int((p.detach()[~conn.masks[n]] != 0).sum()) for n, p in conn.params.items())
+
+
+def test_a_cell_run_twice_leaves_one_connectome_and_one_controller_acting():
+    model, opt, x, y = _setup()
+    for run in range(2):  # the same notebook cell, run twice: the first pair loses its names
+        if run == 1:
+            with pytest.warns(UserWarning, match="another Connectome attached to an optimizer and stepped by its Controller"):
+                conn = adaptive.Connectome(model)
+                ctrl = adaptive.Controller(conn, opt, policy="set", density=0.5, budget="uniform", update_every=5, seed=0)
+        else:
+            conn = adaptive.Connectome(model)
+            ctrl = adaptive.Controller(conn, opt, policy="set", density=0.5, budget="uniform", update_every=5, seed=0)
+            first = ctrl
+            _train(model, opt, x, y, 12)
+    assert _hooks(opt) == (1, 2)  # one connectome's pre and post hooks, one controller's post hook
+    before = len(first.events)
+    _train(model, opt, x, y, 20)
+    assert len(first.events) == before and len(ctrl.events) == 1 + 4
+    assert _pruned_nonzero(conn) == 0
+    assert conn.density() == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_second_connectome_attached_detaches_the_first():
+    model, opt, x, y = _setup()
+    c1 = adaptive.Connectome(model).attach(opt)
+    c1.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in c1.masks.items()})
+    c2 = adaptive.Connectome(model)
+    c2.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in c2.masks.items()})
+    with pytest.warns(UserWarning, match="0.weight .* was masked by another Connectome"):
+        c2.attach(opt)
+    assert not c1._optimizers and _hooks(opt) == (1, 1)
+    _train(model, opt, x, y, 5)
+    # only c2's masks hold: its pruned weights are 0, and c1's pruned weights that c2 keeps learn again
+    assert _pruned_nonzero(c2) == 0
+    assert sum(int((p.detach()[~c1.masks[n] & c2.masks[n]] != 0).sum()) for n, p in c2.params.items()) > 0
+
+
+def test_connectomes_of_disjoint_layers_both_mask():
+    model, opt, x, y = _setup()
+    c1 = adaptive.Connectome(model, include="0").attach(opt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c2 = adaptive.Connectome(model, include="2").attach(opt)
+    c1.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in c1.masks.items()})
+    c2.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in c2.masks.items()})
+    _train(model, opt, x, y, 5)
+    assert _pruned_nonzero(c1) == 0 and _pruned_nonzero(c2) == 0
+
+
+def test_a_second_controller_attached_detaches_the_first():
+    model, opt, x, y = _setup()
+    conn = adaptive.Connectome(model)
+    c1 = adaptive.Controller(conn, opt, policy="set", density=0.5, budget="uniform", update_every=5, seed=0)
+    _train(model, opt, x, y, 10)
+    with pytest.warns(UserWarning, match="another Controller attached to an optimizer \\(policy 'set'"):
+        c2 = adaptive.Controller(conn, opt, policy="rigl", density=0.2, budget="uniform", update_every=5, seed=0)
+    n1 = len(c1.events)
+    _train(model, opt, x, y, 20)
+    assert len(c1.events) == n1 and c1.optimizer is None
+    assert conn.density() == pytest.approx(0.2, abs=0.01) and _pruned_nonzero(conn) == 0
+    assert len(conn._observers) == 1
+
+
+def test_connectome_detach_stops_its_controller_and_controller_attach_restarts_both():
+    model, opt, x, y = _setup()
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, policy="set", density=0.2, budget="uniform", update_every=5, seed=0)
+    _train(model, opt, x, y, 12)
+    conn.detach()
+    assert _hooks(opt) == (0, 0)
+    masks, events = {n: m.clone() for n, m in conn.masks.items()}, len(ctrl.events)
+    _train(model, opt, x, y, 12)  # plain training: nothing edits, the pruned weights learn again
+    assert len(ctrl.events) == events and all(torch.equal(masks[n], m) for n, m in conn.masks.items())
+    assert _pruned_nonzero(conn) > 0
+    ctrl.attach(opt)  # both again: the pruned weights go back to 0.0, and the controller edits
+    assert _pruned_nonzero(conn) == 0 and _hooks(opt) == (1, 2)
+    _train(model, opt, x, y, 10)
+    assert len(ctrl.events) == events + 2 and _pruned_nonzero(conn) == 0
+
+
+def test_controller_detach_keeps_the_connectome_masking():
+    model, opt, x, y = _setup()
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, policy="set", density=0.2, budget="uniform", update_every=5, seed=0)
+    _train(model, opt, x, y, 6)
+    ctrl.detach()
+    events, masks = len(ctrl.events), {n: m.clone() for n, m in conn.masks.items()}
+    _train(model, opt, x, y, 12)
+    assert len(ctrl.events) == events and all(torch.equal(masks[n], m) for n, m in conn.masks.items())
+    assert _pruned_nonzero(conn) == 0 and not conn._observers
+
