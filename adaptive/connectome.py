@@ -31,6 +31,7 @@ from .discovery import SynapseLayer, aliases, discover, shared_weight_warning, s
 from .ensembles import Granularity
 from .grad_masking import BackwardMasker
 from .optim_state import preserves_zeros, reset_state, unwrap_optimizer
+from .warn import warn_user
 
 MODES = ("train", "mask_only")
 FORMAT = "adaptive.connectome/1"
@@ -143,6 +144,7 @@ class Connectome:
         self._handles: list = []
         self._observers: List[Callable[[], None]] = []
         self._controllers: List[weakref.ref] = []  # controllers built on this connectome (Controller adds itself)
+        self._stopped: List[weakref.ref] = []  # the controllers the last detach() stopped: attach() restarts them
         # For each observer: None (reads dense gradients at every step) or a predicate saying
         # whether it reads them at the coming step.
         self._observer_active: List[Optional[Callable[[], bool]]] = []
@@ -523,12 +525,17 @@ class Connectome:
         self._edited()
         self.apply()
         self._reset_optimizer_state({n: ~m for n, m in self.masks.items() if not self._dense[n]}, only=[opt])
+        stopped, self._stopped = self._stopped, []
+        for ctrl in (r() for r in stopped):  # the controllers detach() stopped go on with this optimizer
+            if ctrl is not None and ctrl.optimizer is None and ctrl.conn is self:
+                ctrl.attach(opt)
         return self
 
     def _check_optimizer(self, optimizer) -> torch.optim.Optimizer:
         """The torch optimizer inside ``optimizer``; raises unless it can be attached."""
         opt = unwrap_optimizer(optimizer)
         self._check_params()
+        self._check_not_partly_masked()
         ids = {id(p) for g in opt.param_groups for p in g["params"]}
         if not any(id(p) in ids for p in self.params.values()):
             raise ValueError("the optimizer holds none of this connectome's weights: build it from model.parameters()")
@@ -538,11 +545,13 @@ class Connectome:
         """Remove every optimizer hook: training goes on plain (the masks stay as they are, and the
         optimizer may move weights at pruned positions again). A controller attached to an
         optimizer through this connectome is detached too (it cannot edit what is not masked);
-        ``Controller.attach(optimizer)`` attaches both again."""
+        the next ``attach(optimizer)`` (of this connectome or of the controller) attaches both again."""
+        self._stopped = []
         for ref in list(self._controllers):
             ctrl = ref()
             if ctrl is not None and ctrl.optimizer is not None:
                 ctrl.detach()
+                self._stopped.append(ref)
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -552,25 +561,44 @@ class Connectome:
             del _MASKED_BY[key]
         self._edited()
 
-    def _take_over(self) -> None:
-        """Detach any other connectome that masks one of these weights through an optimizer (with a
-        warning naming it), and record this one as their connectome."""
+    def _masking_others(self) -> Dict[int, tuple]:
+        """The other connectomes that mask one of these weights (attached to an optimizer, or with
+        backward hooks left from one that is gone), each with the name of one shared weight."""
         for key in [k for k, (p, c) in _MASKED_BY.items() if p() is None or c() is None]:
             del _MASKED_BY[key]
         others = {}
         for n, p in self.params.items():
             entry = _MASKED_BY.get(id(p))
             other = entry[1]() if entry is not None and entry[0]() is p else None
-            if other is not None and other is not self and any(r() is not None for r in other._optimizers):
+            if other is not None and other is not self and (other._optimizers or other._masker.handles):
                 others.setdefault(id(other), (other, n))
-        for other, n in others.values():
+        return others
+
+    def _check_not_partly_masked(self) -> None:
+        """Raise if another attached connectome masks some of these weights and others besides:
+        detaching it would leave those others unmasked while it still counts them pruned."""
+        mine = {id(p) for p in self.params.values()}
+        for other, n in self._masking_others().values():
+            extra = [m for m, p in other.params.items() if id(p) not in mine]
+            if extra:
+                raise ValueError(
+                    f"{n} is already masked by another Connectome attached to an optimizer, which also masks "
+                    f"{', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''} that this one does not: attaching this one "
+                    "would leave those unmasked. Call detach() on the other one first, or build this one over the same "
+                    "layers (or over disjoint ones)")
+
+    def _take_over(self) -> None:
+        """Detach any other connectome that masks these weights (with a warning naming it), and
+        record this one as their connectome."""
+        for other, n in self._masking_others().values():
             ctrl = [c for c in (r() for r in other._controllers) if c is not None and c.optimizer is not None]
-            warnings.warn(
-                f"{n} (and any other weight they share) was masked by another Connectome attached to an optimizer"
-                f"{' and stepped by its Controller' if ctrl else ''} (a cell run twice, or a second Connectome on the same "
-                "model): that one is now detached, so that only this one masks and edits these weights. Keep one "
-                "Connectome per model, or call detach() on the old one first", stacklevel=3)
+            warn_user(
+                f"{n}{' and the other weights' if len(other.params) > 1 else ''} of another Connectome"
+                f"{' stepped by a Controller' if ctrl else ''} were masked by it through an optimizer (a cell run twice, "
+                "or a second Connectome on the same model): that one is now detached, so that only this one masks and "
+                "edits these weights. Keep one Connectome per model, or call detach() on the old one first")
             other.detach()
+            other._stopped = []  # taken over: a later attach of the old one does not restart its controllers
         for p in self.params.values():
             _MASKED_BY[id(p)] = (weakref.ref(p), weakref.ref(self))
 
@@ -791,7 +819,7 @@ class Connectome:
         """A pickled or deep-copied connectome is detached: optimizer hooks, observers and edit
         listeners belong to the original (re-attach them on the copy); caches are rebuilt."""
         state = self.__dict__.copy()
-        state.update(_optimizers=[], _handles=[], _observers=[], _observer_active=[], _edit_listeners=[], _controllers=[], _hot=None,
+        state.update(_optimizers=[], _handles=[], _observers=[], _observer_active=[], _edit_listeners=[], _controllers=[], _stopped=[], _hot=None,
                      _versions=None, _found_inf=None)
         state.pop("_repair_pending", None)
         state.pop("_masker", None)
@@ -799,7 +827,7 @@ class Connectome:
 
     def __setstate__(self, state: dict) -> None:
         state = {"_observer_active": [None] * len(state.get("_observers", [])), "_gen": 0, "_static_gen": 0, "_mask_in_backward": True,
-                 "_last_set": {}, "_set_tensor": {}, "_set_version": {}, "_controllers": [], **state, "_repair_pending": weakref.WeakSet()}
+                 "_last_set": {}, "_set_tensor": {}, "_set_version": {}, "_controllers": [], "_stopped": [], **state, "_repair_pending": weakref.WeakSet()}
         self.__dict__.update(state)
         self._masker = BackwardMasker(self)
 

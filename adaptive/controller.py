@@ -31,6 +31,7 @@ from .optim_state import restore_state, snapshot_state, unwrap_optimizer
 from .policies.base import EditPlan, get_policy, keep_plan, synapse_targets
 from .schedules import get_decay
 from .utility import GradientStats, UtilityContext, get_estimator
+from .warn import warn_user
 
 INITS = ("random", "magnitude", "estimator")
 # The estimator of policies that take one when none is named: in train mode curvature (the
@@ -271,13 +272,14 @@ class Controller:
         for ref in list(self.conn._controllers):
             other = ref()
             if other is not None and other is not self and other.optimizer is not None:
-                warnings.warn(
+                warn_user(
                     f"this connectome was already edited by another Controller attached to an optimizer (policy "
                     f"{other.policy.name!r}; a cell run twice, or a second Controller on the same connectome): that one is "
                     "now detached, so that only this one edits the masks. Keep one Controller per connectome, or call "
-                    "detach() on the old one first", stacklevel=2)
+                    "detach() on the old one first")
                 other.detach()
-        if self._observe_hook not in self.conn._observers:  # detached earlier
+                self.conn._remove_observer(other._observe_hook)  # replaced: it no longer needs dense gradients
+        if self._observe_hook not in self.conn._observers:  # replaced earlier by another controller
             self.conn.add_observer(self._observe_hook, active=self._editing)
         if self._hook is not None:
             self._hook.remove()
@@ -287,12 +289,13 @@ class Controller:
 
     def detach(self) -> None:
         """Stop stepping the controller after the optimizer's steps: the masks stay as they are and
-        the connectome keeps masking (``conn.detach()`` stops that too). ``attach`` resumes."""
+        the connectome keeps masking (``conn.detach()`` stops that too). ``attach`` resumes; so
+        does driving it explicitly (``observe()`` after backward, ``step()`` after the step), for
+        which the connectome keeps the gradients dense."""
         if self._hook is not None:
             self._hook.remove()
         self._hook = None
         self.optimizer = None
-        self.conn._remove_observer(self._observe_hook)
 
     @torch.compiler.disable  # eager even inside a compiled opt.step, as the connectome's step hooks
     def _after_step(self, opt, args, kwargs) -> None:

@@ -38,7 +38,7 @@ def test_a_cell_run_twice_leaves_one_connectome_and_one_controller_acting():
     model, opt, x, y = _setup()
     for run in range(2):  # the same notebook cell, run twice: the first pair loses its names
         if run == 1:
-            with pytest.warns(UserWarning, match="another Connectome attached to an optimizer and stepped by its Controller"):
+            with pytest.warns(UserWarning, match="another Connectome stepped by a Controller were masked by it"):
                 conn = adaptive.Connectome(model)
                 ctrl = adaptive.Controller(conn, opt, policy="set", density=0.5, budget="uniform", update_every=5, seed=0)
         else:
@@ -60,7 +60,7 @@ def test_a_second_connectome_attached_detaches_the_first():
     c1.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in c1.masks.items()})
     c2 = adaptive.Connectome(model)
     c2.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in c2.masks.items()})
-    with pytest.warns(UserWarning, match="0.weight .* was masked by another Connectome"):
+    with pytest.warns(UserWarning, match="0.weight and the other weights of another Connectome were masked by it"):
         c2.attach(opt)
     assert not c1._optimizers and _hooks(opt) == (1, 1)
     _train(model, opt, x, y, 5)
@@ -121,5 +121,73 @@ def test_controller_detach_keeps_the_connectome_masking():
     events, masks = len(ctrl.events), {n: m.clone() for n, m in conn.masks.items()}
     _train(model, opt, x, y, 12)
     assert len(ctrl.events) == events and all(torch.equal(masks[n], m) for n, m in conn.masks.items())
-    assert _pruned_nonzero(conn) == 0 and not conn._observers
+    assert _pruned_nonzero(conn) == 0
+
+
+def test_a_detached_controller_driven_explicitly_reads_dense_gradients():
+    model, opt, x, y = _setup()
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.3, budget="uniform", update_every=4, seed=0)
+    _train(model, opt, x, y, 3)
+    ctrl.detach()
+    F.cross_entropy(model(x[:8]), y[:8]).backward()
+    # what ctrl.observe() reads: the gradients at pruned positions are there, not masked in backward
+    assert all(float(p.grad[~conn.masks[n]].abs().sum()) > 0 for n, p in conn.params.items())
+    ctrl.observe()
+    opt.step()
+    ctrl.step()
+    opt.zero_grad()
+    assert _pruned_nonzero(conn) == 0
+
+
+def test_connectome_attach_after_its_detach_restarts_its_controller():
+    model, opt, x, y = _setup()
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, policy="set", density=0.2, budget="uniform", update_every=5, seed=0)
+    _train(model, opt, x, y, 7)
+    conn.detach()
+    _train(model, opt, x, y, 3)
+    events = len(ctrl.events)
+    conn.attach(opt)
+    assert ctrl.optimizer is opt and _pruned_nonzero(conn) == 0
+    _train(model, opt, x, y, 10)
+    assert len(ctrl.events) == events + 2
+
+
+def test_a_connectome_over_part_of_another_attached_one_is_refused_before_anything_changes():
+    model, opt, x, y = _setup()
+    full = adaptive.Connectome(model).attach(opt)
+    full.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in full.masks.items()})
+    part = adaptive.Connectome(model, include="2", ensemble="neuron")
+    with pytest.raises(ValueError, match="2.weight is already masked by another Connectome .* also masks 0.weight"):
+        part.attach(opt)
+    with pytest.raises(ValueError, match="already masked by another Connectome"):
+        adaptive.Controller(part, opt, policy="set", density=0.5, budget="uniform")
+    assert all(m.all() for m in part.masks.values()) and full._optimizers
+    _train(model, opt, x, y, 5)
+    assert _pruned_nonzero(full) == 0
+
+
+def test_a_connectome_left_with_hooks_by_a_dead_optimizer_is_taken_over():
+    model, opt, x, y = _setup()
+    old = adaptive.Connectome(model).attach(opt)
+    old.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in old.masks.items()})
+    del opt  # the optimizer is rebuilt; the old connectome's backward hooks are still on the weights
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with pytest.warns(UserWarning, match="were masked by it through an optimizer"):
+        new = adaptive.Connectome(model).attach(opt)
+    F.cross_entropy(model(x[:8]), y[:8]).backward()
+    assert all(float(p.grad[~old.masks[n]].abs().sum()) > 0 for n, p in new.params.items())
+
+
+def test_the_take_over_warnings_point_at_the_callers_line():
+    model, opt, x, y = _setup()
+    conn = adaptive.Connectome(model)
+    adaptive.Controller(conn, opt, policy="set", density=0.5, budget="uniform", update_every=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        conn2 = adaptive.Connectome(model)
+        adaptive.Controller(conn2, opt, policy="set", density=0.5, budget="uniform", update_every=5)
+        adaptive.Controller(conn2, opt, policy="set", density=0.5, budget="uniform", update_every=5)
+    assert len(caught) == 2 and all(w.filename == __file__ for w in caught), [(w.filename, str(w.message)) for w in caught]
 

@@ -1,0 +1,28 @@
+"""Warnings attributed to the caller's code, not to a line of this package.
+
+Python shows a warning once per (message, module, line) by default: one raised with a fixed
+``stacklevel`` that lands on a library line when the call came through another library function is
+shown once per session, however many times the user's code triggers it. Attributing it to the first
+frame outside this package shows it at each line of the user's code that triggers it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside this package, counted from the caller of
+    :func:`warn_user` (a stacklevel of 1 is the function calling ``warnings.warn``)."""
+    frame, level = sys._getframe(2), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_user(message: str, category: type = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first line of code outside this package."""
+    warnings.warn(message, category, stacklevel=user_stacklevel() + 1)
