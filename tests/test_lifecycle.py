@@ -87,7 +87,7 @@ def test_a_second_controller_attached_detaches_the_first():
     c1 = adaptive.Controller(conn, opt, policy="set", density=0.5, budget="uniform", update_every=5, seed=0)
     _train(model, opt, x, y, 10)
     with pytest.warns(UserWarning, match="another Controller attached to an optimizer \\(policy 'set'"):
-        c2 = adaptive.Controller(conn, opt, policy="rigl", density=0.2, budget="uniform", update_every=5, seed=0)
+        adaptive.Controller(conn, opt, policy="rigl", density=0.2, budget="uniform", update_every=5, seed=0)
     n1 = len(c1.events)
     _train(model, opt, x, y, 20)
     assert len(c1.events) == n1 and c1.optimizer is None
