@@ -30,7 +30,7 @@ from .atomic import atomic_path
 from .discovery import SynapseLayer, aliases, discover, shared_weight_warning, state_dict_keys
 from .ensembles import Granularity
 from .grad_masking import BackwardMasker
-from .optim_state import preserves_zeros, reset_state, unwrap_optimizer
+from .optim_state import preserves_zeros, reset_state, unwrap_optimizer, zero_eps_warning
 from .warn import warn_user
 
 MODES = ("train", "mask_only")
@@ -508,11 +508,9 @@ class Connectome:
         if any(r() is opt for r in self._optimizers):
             return self
         self._take_over()
-        if any(g.get("eps", 1.0) == 0 for g in opt.param_groups):
-            warnings.warn(
-                f"{type(opt).__name__} has eps=0: its update is 0/0 = NaN wherever a gradient and its state are exactly "
-                "0, which pruning makes common (a unit whose outputs are all pruned gets no gradient). Pruned weights "
-                "are kept at exactly 0.0, but live ones there become NaN; give eps > 0 (PyTorch's default)", stacklevel=2)
+        why = zero_eps_warning(opt)
+        if why:
+            warn_user(why)
         self._optimizers.append(weakref.ref(opt))
         self._handles.append(opt.register_step_pre_hook(self._pre_step))
         self._handles.append(opt.register_step_post_hook(self._post_step))

@@ -4,6 +4,8 @@ stale history. Works for any optimizer whose per-parameter state holds tensors s
 parameter (SGD momentum buffers, Adam/AdamW moments, RMSprop, Adagrad, ...): no isinstance chain."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -89,10 +91,46 @@ def register_zero_preserving(cls):
 
 def preserves_zeros(optimizer) -> bool:
     """Whether ``optimizer``'s exact type is registered as zero-preserving and its settings keep it so:
-    with ``eps=0`` an adaptive optimizer's update at a pruned position is 0 / (sqrt(0) + 0) = NaN."""
+    with an ``eps`` that is 0 in a parameter's dtype (``eps=0``, or the default 1e-8 in float16) an
+    adaptive optimizer's update at a pruned position is 0 / (sqrt(0) + 0) = NaN."""
     if type(optimizer) not in _ZERO_PRESERVING:
         return False
-    return all(g.get("eps", 1.0) != 0 for g in optimizer.param_groups)
+    return not zero_eps(optimizer)
+
+
+def zero_eps(optimizer) -> list:
+    """``(eps, dtype)`` for each parameter group whose ``eps`` is 0 in the dtype of a parameter it
+    holds: 0 itself, or one too small for that dtype (1e-8 rounds to 0 in float16, whose smallest
+    positive value is about 6e-8). Such an optimizer divides 0 by 0 wherever a gradient and its state
+    are 0, so its step writes NaN there."""
+    out = []
+    for g in optimizer.param_groups:
+        if g.get("eps") is None:
+            continue
+        eps = float(g["eps"])
+        for dtype in {p.dtype for p in g["params"]}:
+            if _rounds_to_zero(eps, dtype) and (eps, dtype) not in out:
+                out.append((eps, dtype))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _rounds_to_zero(eps: float, dtype: torch.dtype) -> bool:
+    return eps == 0 or (dtype.is_floating_point and float(torch.tensor(eps, dtype=dtype)) == 0)
+
+
+def zero_eps_warning(optimizer) -> str | None:
+    """The warning :meth:`Connectome.attach` gives for :func:`zero_eps` groups, or None."""
+    bad = zero_eps(optimizer)
+    if not bad:
+        return None
+    eps, dtype = bad[0]
+    what = "eps=0" if eps == 0 else f"eps={eps:g}, which is 0 in {str(dtype).replace('torch.', '')}"
+    return (f"{type(optimizer).__name__} has {what}: its update is 0/0 = NaN wherever a gradient and its state are "
+            "exactly 0, which pruning makes common (a unit whose outputs are all pruned gets no gradient). Pruned "
+            "weights are kept at exactly 0.0 (re-masked after every step), but live ones there become NaN; give an "
+            "eps > 0 that the parameters' dtype can hold (PyTorch's default 1e-8 in float32 or bfloat16; in float16 "
+            "e.g. eps=1e-4), or train float32 master weights (torch.autocast for float16 compute)")
 
 
 # Each keeps 0.0 where gradient, weight and state are 0.0, with or without momentum, dampening,

@@ -261,3 +261,31 @@ def test_a_shrunk_plan_keeps_atomic():
 
     p = EditPlan(prune={"a": torch.tensor([0, 1, 2, 3])}, atomic=True)
     assert p.shrink(0.5).atomic and p.shrink(0.5, groups=lambda n: torch.arange(4)).atomic
+
+
+@pytest.mark.parametrize("make", [torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad])
+def test_an_eps_that_is_zero_in_float16_keeps_pruned_weights_exactly_zero_and_warns(make):
+    """The default eps=1e-8 rounds to 0 in float16, so the step writes 0/0 = NaN at pruned positions;
+    only eps == 0 itself was known to need the re-mask after the step."""
+    from adaptive.optim_state import preserves_zeros
+
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        torch.manual_seed(0)
+        model = _net().to(dtype)
+        opt = make(model.parameters(), lr=1e-3)
+        conn = adaptive.Connectome(model)
+        conn.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in conn.masks.items()})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            conn.attach(opt)
+        said = [str(w.message) for w in caught if "eps=" in str(w.message)]
+        assert preserves_zeros(opt) == (dtype != torch.float16)  # bfloat16 and float32 keep the fast path
+        if dtype == torch.float16:
+            assert len(said) == 1 and f"eps={opt.defaults['eps']:g}, which is 0 in float16" in said[0]  # 1e-8, 1e-10
+            assert "eps=1e-4" in said[0]
+        else:
+            assert not said
+        (100 * model(torch.randn(16, 10, dtype=dtype)).float().pow(2).mean()).backward()
+        opt.step()
+        for n, p in conn.params.items():
+            assert torch.equal(p[~conn.masks[n]], torch.zeros_like(p[~conn.masks[n]]))
