@@ -4,7 +4,8 @@ A synapse is one scalar weight of a Linear or Conv1d/2d/3d layer (grouped and de
 included) or of a MultiheadAttention's input projections (``in_proj_weight``, or ``q_proj_weight``,
 ``k_proj_weight`` and ``v_proj_weight`` when keys and values have their own sizes; its
 ``out_proj`` is a Linear) or of a recurrent layer's matrices (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``:
-``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``). Biases, normalisation parameters and embeddings are not synapses, but a Linear tied to an
+``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``). Complex-valued weights are not synapses (they stay
+dense, named in a warning), nor are weights a parametrization or ``weight_norm`` computes. Biases, normalisation parameters and embeddings are not synapses, but a Linear tied to an
 embedding (``head.weight = emb.weight``) holds synapses, so pruning it zeroes entries of the
 embedding table: the Connectome warns about any synapse weight that a non-synapse module also
 holds (:func:`shared_weight_warning`), naming ``exclude=`` to keep it dense. A weight shared by
@@ -20,6 +21,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Sequence
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -89,6 +91,10 @@ def _matches(patterns: Sequence[str], *names: str) -> bool:
     return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
 
 
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+
 def _other_weight_matrices(model: nn.Module, seen: set) -> list:
     """``(name, module type)`` of weight tensors (a parameter named ``*weight*`` with two or more
     dimensions) that no prunable layer holds: ConvTranspose, Bilinear, old-style weight_norm's
@@ -98,7 +104,8 @@ def _other_weight_matrices(model: nn.Module, seen: set) -> list:
         if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             continue
         for pname, p in module.named_parameters(recurse=False):
-            if p.dim() >= 2 and "weight" in pname and id(p) not in listed:
+            if id(p) not in listed and not isinstance(p, nn.parameter.UninitializedParameter) and p.dim() >= 2 \
+                    and "weight" in pname:
                 listed.add(id(p))
                 out.append((f"{mname}.{pname}" if mname else pname, type(module).__name__))
     return out
@@ -112,8 +119,9 @@ def discover(
     """Return ``{parameter name: (SynapseLayer, parameter)}`` for every prunable weight.
 
     ``include``/``exclude`` are shell-style patterns (``fnmatch``) tested against both the module
-    name and the parameter name, e.g. ``include="layer*"`` or ``exclude=["conv1", "fc"]``.
-    Raises ValueError when nothing prunable is found or a pattern matches nothing.
+    name and the parameter name, e.g. ``include="layer*"`` or ``exclude=["conv1", "fc"]``; a lazy
+    layer they leave out may stay unmaterialised. Raises ValueError when nothing prunable is found
+    (naming the reparametrised or complex-valued layers that are there) or a pattern matches nothing.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
@@ -124,24 +132,29 @@ def discover(
     used_inc: set[str] = set()
     used_exc: set[str] = set()
     computed = []  # layers whose weight a parametrization computes (weight_norm, spectral_norm, ...)
+    hooked = []  # layers whose weight a forward hook computes (old-style weight_norm / spectral_norm)
+    complex_all, complex_ = [], []  # complex-valued weights (all; include/exclude keep): not synapses, left dense
     held = aliases(model)
     for mname, module in model.named_modules():
         for attr, kind, groups in _prunable_weights(module):
+            label = mname if attr == "weight" else f"{mname}.{attr}" if mname else attr
             if parametrize.is_parametrized(module, attr):
-                computed.append(mname if attr == "weight" else f"{mname}.{attr}" if mname else attr)
+                computed.append(label)
                 continue
             w = getattr(module, attr, None)
             if not isinstance(w, nn.Parameter):
+                if isinstance(w, torch.Tensor):  # torch.nn.utils.weight_norm sets it from weight_g/weight_v
+                    hooked.append(label)
                 continue
-            if isinstance(w, nn.parameter.UninitializedParameter):
-                raise ValueError(
-                    f"layer {mname!r} has an uninitialised (lazy) weight: run one forward pass before building a Connectome"
-                )
             if id(w) in seen:
                 continue  # a shared weight counts once
             seen.add(id(w))
-            candidates += 1
             pname = f"{mname}.{attr}" if mname else attr
+            if w.is_complex():
+                # masks, optimizer-state repair and utility estimates are defined for real weights only
+                complex_all.append(f"{pname} ({w.dtype})")
+            else:
+                candidates += 1
             names = held.get(id(w), (mname, pname))  # a tied weight answers to every name it has
             if exc:
                 used_exc.update(p for p in exc if _matches([p], *names))
@@ -152,12 +165,24 @@ def discover(
                 used_inc.update(hit)
             if exc and _matches(exc, *names):
                 continue
+            if w.is_complex():
+                complex_.append(complex_all[-1])
+                continue
+            if isinstance(w, nn.parameter.UninitializedParameter):  # only a layer that include/exclude keep
+                raise ValueError(
+                    f"layer {mname!r} has an uninitialised (lazy) weight: run one forward pass before building a "
+                    f"Connectome, or exclude it (exclude={mname!r})"
+                )
             found[pname] = (SynapseLayer(name=pname, module_name=mname, kind=kind, shape=tuple(w.shape), groups=groups), w)
     if computed:
         warnings.warn(
             f"{len(computed)} layer(s) have a parametrized weight ({', '.join(computed[:4])}{', ...' if len(computed) > 4 else ''}): "
             "it is computed at every call, so it holds no synapses of the connectome. To include them, call "
             "torch.nn.utils.parametrize.remove_parametrizations(module, NAME) first", stacklevel=3)
+    if complex_ and candidates:
+        warnings.warn(
+            f"{len(complex_)} complex-valued weight(s) are not synapses of the connectome and stay dense: "
+            f"{_listed(complex_)}. A Connectome prunes real (floating-point) weights only", stacklevel=3)
     others = _other_weight_matrices(model, seen)
     if others:
         shown = ", ".join(f"{n} ({kind})" for n, kind in others[:4]) + (", ..." if len(others) > 4 else "")
@@ -166,6 +191,19 @@ def discover(
             "Connectome prunes nn.Linear and nn.Conv1d/2d/3d weights, nn.MultiheadAttention's projections and "
             "nn.RNN/LSTM/GRU matrices", stacklevel=3)
     if candidates == 0:
+        if complex_all:
+            raise ValueError(
+                f"{type(model).__name__} has no prunable layers: its only prunable weights are complex-valued "
+                f"({_listed(complex_all)}), and a Connectome prunes real (floating-point) weights only; to prune them, hold "
+                "their real and imaginary parts as real weights (two real layers)")
+        if computed or hooked:
+            raise ValueError(
+                f"{type(model).__name__} has no prunable layers: its layer(s) {_listed(computed + hooked)} are there, "
+                "but their weights are reparametrised (weight_norm, spectral_norm or another parametrization) and "
+                "computed at every call, so they hold no synapses. Remove the reparametrisation before building the "
+                "Connectome: torch.nn.utils.remove_weight_norm(module) (or remove_spectral_norm) for "
+                "torch.nn.utils.weight_norm, torch.nn.utils.parametrize.remove_parametrizations(module, 'weight', "
+                "leave_parametrized=True) for a parametrization (parametrizations.weight_norm, orthogonal, ...)")
         raise ValueError(
             f"{type(model).__name__} has no prunable layers: a Connectome needs at least one nn.Linear, "
             f"nn.Conv1d/2d/3d, nn.MultiheadAttention or nn.RNN/LSTM/GRU weight"

@@ -186,3 +186,42 @@ def test_a_synapse_weight_tied_to_an_embedding_is_named_in_a_warning():
         tied = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
         tied[1].weight = tied[0].weight
         assert adaptive.Connectome(tied).names == ["0.weight"]
+
+
+def test_an_excluded_or_not_included_lazy_layer_is_left_alone():
+    model = nn.Sequential(nn.LazyLinear(16), nn.ReLU(), nn.Linear(16, 4))
+    assert adaptive.Connectome(model, exclude="0").names == ["2.weight"]
+    assert adaptive.Connectome(model, include="2").names == ["2.weight"]
+    with pytest.raises(ValueError, match=r"lazy.*forward pass.*exclude='0'"):
+        adaptive.Connectome(model)
+
+
+@pytest.mark.parametrize("how", ["weight_norm", "parametrizations.weight_norm"])
+def test_a_model_whose_every_layer_is_weight_normed_is_refused_naming_the_cause_and_the_fix(how):
+    import warnings
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.nn.utils.weight_norm is deprecated
+        for i in (0, 2):
+            nn.utils.weight_norm(model[i]) if how == "weight_norm" else nn.utils.parametrizations.weight_norm(model[i])
+        with pytest.raises(ValueError, match=r"layer\(s\) 0, 2 are there, but their weights are reparametrised.*"
+                                             r"remove_weight_norm\(module\).*remove_parametrizations\(module, 'weight', "
+                                             r"leave_parametrized=True\)"):
+            adaptive.Connectome(model)
+
+
+def test_complex_weights_are_not_synapses_they_stay_dense_with_a_warning():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 6, dtype=torch.cfloat))
+    with pytest.warns(UserWarning, match=r"1 complex-valued weight\(s\) are not synapses.*1.weight \(torch.complex64\)"):
+        conn = adaptive.Connectome(model)
+    assert conn.names == ["0.weight"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # excluded: kept dense as asked, nothing to warn about
+        assert adaptive.Connectome(model, exclude="1").names == ["0.weight"]
+    for dtype in (torch.cfloat, torch.complex128):
+        with pytest.raises(ValueError, match=r"only prunable weights are complex-valued \(0.weight \(torch.complex"):
+            adaptive.Connectome(nn.Sequential(nn.Linear(4, 4, dtype=dtype)))
