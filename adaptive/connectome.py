@@ -14,6 +14,7 @@ modules (parameter hooks are neither deep-copied nor pickled), so optimizers, DD
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -982,7 +983,8 @@ class Connectome:
         mode = mode or meta["mode"]
         if mode == "mask_only" and not original:
             original = None  # taken from the model below
-        modules = [n[: -len(".weight")] if n.endswith(".weight") else n for n in shapes]
+        # exact names: a ModuleDict key may hold a pattern character ('fc[1]' as a pattern matches 'fc1')
+        modules = [glob.escape(n[: -len(".weight")] if n.endswith(".weight") else n) for n in shapes]
         conn = cls(model, ensemble=meta["ensemble"], include=modules, mode=mode)
         if "ensembles" in meta:
             conn._check_same_ensembles(meta["ensemble"], json.loads(meta["ensembles"]), str(path))

@@ -469,3 +469,17 @@ def test_a_connectome_built_or_loaded_inside_inference_mode_tracks_edits(tmp_pat
     assert not any(m.is_inference() for c in (built, loaded) for m in c.masks.values())
     built.set_masks(random_masks(built))
     assert all(torch.equal(loaded.masks[n], conn.masks[n]) for n in conn.names)
+
+
+def test_names_with_pattern_characters_load_exactly(tmp_path):
+    """load selected the saved layers with include= patterns, so a ModuleDict key 'fc[1]' matched
+    'fc1' (or nothing) instead of itself."""
+    for keys in (["fc[1]"], ["fc[1]", "fc1"], ["a*", "a?b"]):
+        torch.manual_seed(0)
+        model = nn.Module()
+        model.d = nn.ModuleDict({k: nn.Linear(4, 4) for k in keys})
+        conn = adaptive.Connectome(model)
+        conn.set_masks(random_masks(conn))
+        conn.save(tmp_path / "c.safetensors")
+        again = adaptive.Connectome.load(tmp_path / "c.safetensors", model)
+        assert again.names == conn.names and again.mask_hash() == conn.mask_hash()
