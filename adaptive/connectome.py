@@ -218,6 +218,7 @@ class Connectome:
 
     def summary(self) -> str:
         """A per-layer table: name, shape, synapses, live, density, ensemble."""
+        self._check_params()
         rows = [("layer", "shape", "synapses", "live", "density", "ensemble")]
         for n, l in self.layers.items():
             m = self.masks[n]
@@ -471,11 +472,25 @@ class Connectome:
             if now is not p:
                 stale.append(n)
         if stale:
+            self._holders = None
             raise RuntimeError(
                 f"the model's parameter(s) {stale[:3]}{' ...' if len(stale) > 3 else ''} are no longer the ones this "
                 "Connectome masks: they were replaced (load_state_dict(..., assign=True), "
-                "torch.__future__.set_overwrite_module_params_on_conversion(True), a module swapped in). Build a new "
-                "Connectome on the model as it is now and carry the masks over: new.set_masks(old.masks)")
+                "torch.__future__.set_overwrite_module_params_on_conversion(True), a module swapped in) or a "
+                "parametrization now computes them. Build a new Connectome on the model as it is now and carry the "
+                "masks over: new.set_masks(old.masks); to go on pruning a parametrized layer, remove its "
+                "parametrization first: torch.nn.utils.parametrize.remove_parametrizations(module, 'weight')")
+        if self.__dict__.get("_holders") is None:  # for the per-step check, which a get_parameter walk would slow
+            self._holders = [(self.model.get_submodule(l.module_name), n[len(l.module_name) + 1:] if l.module_name else n,
+                              self.params[n]) for n, l in self.layers.items()]
+
+    def _check_params_quickly(self) -> None:
+        """:meth:`_check_params` at every optimizer step: each module still holds its parameter object
+        (a parametrization or an ``assign=True`` load replaces it there); a full check names the
+        stale ones, and runs every time until one passes."""
+        holders = self.__dict__.get("_holders")
+        if holders is None or any(m._parameters.get(a) is not p for m, a, p in holders):
+            self._check_params()
 
     @torch.no_grad()
     def _apply(self) -> None:
@@ -685,6 +700,7 @@ class Connectome:
     @torch.compiler.disable
     def _pre_step(self, opt, args, kwargs):
         # ``args`` is the step's positional arguments, the optimizer itself first
+        self._check_params_quickly()  # refused before the step: a replaced weight would train dense
         if self._step_skipped(opt):
             return
         self._repair_loaded_state(opt)
@@ -819,7 +835,7 @@ class Connectome:
         listeners belong to the original (re-attach them on the copy); caches are rebuilt."""
         state = self.__dict__.copy()
         state.update(_optimizers=[], _handles=[], _observers=[], _observer_active=[], _edit_listeners=[], _controllers=[], _stopped=[], _hot=None,
-                     _versions=None, _found_inf=None)
+                     _versions=None, _found_inf=None, _holders=None)
         state.pop("_repair_pending", None)
         state.pop("_masker", None)
         return state
@@ -902,6 +918,7 @@ class Connectome:
         """
         from safetensors.torch import save_file
 
+        self._check_params()
         tensors = {f"mask/{n}": bitpack.pack(m) for n, m in self.masks.items()}
         if with_original:
             if not self.original:
@@ -1011,6 +1028,7 @@ class Connectome:
     def dense_state_dict(self) -> Dict[str, torch.Tensor]:
         """An ordinary ``model.state_dict()`` (same keys) with zeros where pruned: it loads into a
         vanilla model with no project code."""
+        self._check_params()
         sd = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         keys = state_dict_keys(self.model)
         for n, p in self.params.items():

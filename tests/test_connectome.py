@@ -483,3 +483,26 @@ def test_names_with_pattern_characters_load_exactly(tmp_path):
         conn.save(tmp_path / "c.safetensors")
         again = adaptive.Connectome.load(tmp_path / "c.safetensors", model)
         assert again.names == conn.names and again.mask_hash() == conn.mask_hash()
+
+
+def test_a_parametrization_registered_after_attach_is_refused_at_the_step_and_by_every_reader(tmp_path):
+    """The layer's weight became computed from a new path: training went on with it dense while the
+    connectome still reported it pruned, and dense_state_dict zeroed the parametrization's original."""
+    model = mlp()
+    conn = adaptive.Connectome(model)
+    conn.set_masks(random_masks(conn))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    conn.attach(opt)
+    nn.utils.parametrizations.orthogonal(model[2])
+    model(torch.randn(4, 20)).sum().backward()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for call in (opt.step, conn.dense_state_dict, conn.summary, lambda: conn.save(tmp_path / "c.safetensors")):
+        with pytest.raises(RuntimeError, match=r"\['2.weight'\] are no longer the ones.*parametrization.*"
+                                               r"remove_parametrizations"):
+            call()
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # the step did not run
+    assert not (tmp_path / "c.safetensors").exists()
+    nn.utils.parametrize.remove_parametrizations(model[2], "weight")  # the same Parameter, back in place
+    opt.step()
+    for n, p in conn.params.items():
+        assert torch.all(p[~conn.masks[n]] == 0)
