@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from adaptive import Connectome, Controller
 from adaptive.baselines.edge_popup import edge_popup
 from adaptive.mask_only import changed_weights, evaluate, optimize_connectome, resolve_target
+from adaptive.utility import UtilityContext
 from adaptive.utility.presence import Presence
 
 torch.set_num_threads(1)
@@ -360,6 +361,26 @@ def test_presence_estimator_follows_normalised_presence_derivative():
     assert torch.equal(twin.value["weight"], v2.view(1, 3)) and twin.t == {"weight": 2}
     with pytest.raises(ValueError, match="step"):
         Presence(step=0.0)
+
+
+def test_presence_start_is_the_same_at_any_weight_scale():
+    """|w0| / rms(w0) is scale-free: at 1e25 the squares overflowed float32 (every value 0, the
+    layer's order lost), at 1e-18 they underflowed (values near 1e-7, the layer ranked below all
+    others). Ordinary layers keep their bits; a layer of zeros stays 0."""
+    w = torch.randn(8, 8, generator=torch.Generator().manual_seed(0))
+
+    def start(weight):
+        ctx = UtilityContext(name="l", weight=weight, mask=torch.ones_like(weight, dtype=torch.bool), restore=weight,
+                             stats=None, generator=torch.Generator())
+        return Presence().removal_cost(ctx)
+
+    ref = start(w)
+    assert torch.equal(ref, w.abs() / w.pow(2).mean().sqrt())
+    for scale in (1e-25, 1e-18, 2.0**-60, 1e18, 1e25, 2.0**100):
+        v = start(w * scale)
+        assert torch.allclose(v, ref, rtol=1e-5), scale
+        assert torch.equal(torch.argsort(v.reshape(-1), stable=True), torch.argsort(ref.reshape(-1), stable=True))
+    assert torch.equal(start(torch.zeros(3, 4)), torch.zeros(3, 4))
 
 
 def test_crawl_at_goal_sorts_only_candidates_and_matches_full_orders():

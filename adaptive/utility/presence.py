@@ -8,10 +8,11 @@ the synapse's value against the normalised mean:
     m <- b1 m + (1 - b1) d,   v <- b2 v + (1 - b2) d^2,   value <- value - step * m^ / (sqrt(v^) + eps)
 
 starting from the layer-normalised magnitude |w0| / rms(w0 of its layer) (so that the start is
-magnitude pruning and one step size suits every layer). The normalisation makes each move a
-signal-to-noise ratio: a synapse moves as fast as its batches agree, whatever its scale. The
-removal cost of a present synapse and the restoration gain of an absent one are both its value,
-so keeping the highest values is a top-k over evidence accumulated since the start.
+magnitude pruning and one step size suits every layer, at any weight scale float32 holds). The
+normalisation makes each move a signal-to-noise ratio: a synapse moves as fast as its batches
+agree, whatever its scale. The removal cost of a present synapse and the restoration gain of an
+absent one are both its value, so keeping the highest values is a top-k over evidence accumulated
+since the start.
 
 With a window of one batch this is the update rule of edge-popup's scores (Ramanujan et al.,
 2020) written as a utility estimator; with longer windows the moments see window means. Measured
@@ -56,8 +57,13 @@ class Presence(Estimator):
         self.t.clear()
 
     def _init_value(self, ctx) -> torch.Tensor:
-        w0 = ctx.w0
-        return w0.abs() / w0.pow(2).mean().sqrt().clamp_min(1e-12)
+        a = ctx.w0.abs()
+        # |w0| / rms(w0) of a layer first brought near unit scale by a power of two: exact, so the
+        # values are the same bits as unscaled, but the squares neither overflow float32 (weights
+        # near 1e20) nor underflow (near 1e-20), which lost the layer's order or its scale
+        _, e = torch.frexp(a.amax())  # a layer of zeros: e = 0, and its values stay 0
+        a = torch.ldexp(a, -e.clamp(-126, 126))
+        return a / a.pow(2).mean().sqrt().clamp_min(1e-12)
 
     def _follow(self, n: str, device) -> None:
         """Move layer ``n``'s state to ``device`` (a state loaded on the CPU follows the weights)."""
