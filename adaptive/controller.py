@@ -76,7 +76,13 @@ class Controller:
         seed: folded with the step for all randomness.
         **policy_kwargs: passed to the policy (e.g. ``prune_boundary`` for threshold); an argument
             neither the Controller nor the policy takes is a ValueError naming the ones it does.
+
+    A window whose gradients hold NaN or inf (a non-finite loss or gradient in any batch, on any
+    process) is left out: its update is skipped, the first time with a warning, and counted in
+    ``nonfinite_windows``.
     """
+
+    nonfinite_windows = 0  # windows left out for NaN or inf gradients (see update)
 
     def __init__(
         self,
@@ -626,6 +632,19 @@ class Controller:
                 warnings.warn(f"step {step}: no gradient was observed since the last update, so the update is "
                               f"skipped; {how}", stacklevel=2)
                 return None
+            if not self.stats.finite():
+                # NaN or inf would enter the estimators' state (presence, evidence keep it) and rank
+                # as ties broken by index: the window is left out, as one with no gradient
+                self.stats.reset()
+                self.nonfinite_windows += 1
+                if self.nonfinite_windows == 1:
+                    check = "and the loss" if self.conn.mode == "mask_only" else "and the learning rate (a diverging run)"
+                    warnings.warn(f"step {step}: the gradients observed since the last update hold NaN or inf (a "
+                                  "non-finite loss or gradient), so this window is left out and the update skipped; "
+                                  f"check the data (NaN or inf in inputs or targets) {check}. Later such windows are "
+                                  "counted in ctrl.nonfinite_windows, not warned again",
+                                  stacklevel=4)  # update, its inference_mode wrapper, step, the caller
+                return None
         plan = self.policy.update(self, step)
         event = self._apply(plan if plan is not None else EditPlan(), step=step)
         if self.stats is not None:
@@ -645,6 +664,7 @@ class Controller:
             "stats": self.stats.state_dict() if self.stats is not None else None,
             "policy": self.policy.state_dict(),
             "estimators": self._estimator_states(),
+            "nonfinite_windows": self.nonfinite_windows,
         }
 
     def _estimators(self) -> Dict[str, object]:
@@ -687,6 +707,7 @@ class Controller:
             est.load_state_dict(states.get(side) or {})
         self.step_count = int(sd["step_count"])
         self.events = list(sd.get("events", []))
+        self.nonfinite_windows = int(sd.get("nonfinite_windows", 0))
         if self.stats is not None and sd.get("stats"):
             self.stats.load_state_dict(sd["stats"])
         self.policy.load_state_dict(sd.get("policy") or {})

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
@@ -342,6 +343,11 @@ def optimize_connectome(
     the run is interrupted (an error in a loader or the loss, Ctrl-C), the model gets its original
     weights back before the exception propagates.
     Raises ValueError before any work on a bad target, an empty loader or a bad setting.
+
+    A window with a NaN or inf loss or gradient (a corrupt example, a diverging model) is left out
+    whole: it reaches neither the estimator nor the masks, and the stage draws another window in its
+    place; the first is warned of and the total is summed up in a warning at the end. A whole pass of
+    them in a row raises ValueError (the model gets its original weights back).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -458,6 +464,7 @@ def optimize_connectome(
         step = 0
         since_best = 0
         first_stage = 0
+        left_out = 0  # windows left out in a row for NaN or inf gradients (see below)
         if saved is not None:
             conn.set_masks(saved["masks"])
             ctrl.load_state_dict(saved["controller"])
@@ -495,7 +502,7 @@ def optimize_connectome(
             # "best" without a ladder (threshold editing): the dense network, scored first, competes too
             best = result.snapshots.get("best") if removed_goal is None and not climb else None
             win_loss = win_correct = win_n = win_counted = win_examples = 0.0
-            for i in range(steps_per_stage):
+            while step - start < steps_per_stage:
                 x, y = _to_device(next(train_iter), device)
                 for p in conn.params.values():
                     p.grad = None
@@ -529,10 +536,26 @@ def optimize_connectome(
                         policy.set_goal(total - removed_goal - prot, step)
                     verify_set[:] = [_to_device(next(holdout_iter), device) for _ in range(verify_batches)]
                 window_removed = total - conn.num_live()  # the connectome the window's batches ran through
+                skipped = ctrl.nonfinite_windows
                 ev = ctrl.step()
                 bar.update(1)
+                if ctrl.nonfinite_windows > skipped:
+                    # a NaN or inf loss or gradient in the window (on any process): the controller left
+                    # it out, and so does the stage's schedule, which draws another window in its place
+                    step -= window
+                    ctrl.step_count -= window
+                    bar.total += window
+                    win_loss = win_correct = win_n = win_counted = win_examples = 0.0
+                    left_out += 1
+                    if left_out * window >= n_train:
+                        raise ValueError(
+                            f"every training batch of a whole pass ({left_out * window} in a row) had a NaN or inf "
+                            "loss or gradient, so the connectome cannot be scored: check the data (NaN or inf in "
+                            "inputs or targets), the model's output on it and the loss")
+                    continue
                 if ev is None:
                     continue
+                left_out = 0
                 procs = 1
                 if is_distributed():  # the window over every process's batches, not this process's shard
                     win_loss, win_correct, win_n, win_counted, win_examples = _agreed(
@@ -581,6 +604,10 @@ def optimize_connectome(
         if climb:
             conn.set_masks(result.snapshots["best"].masks)
         bar.close()
+    if ctrl.nonfinite_windows:
+        warnings.warn(f"{ctrl.nonfinite_windows} window(s) of {window} training batch(es) were left out for a NaN or "
+                      "inf loss or gradient (none of it reached the estimator or the masks); check the data (NaN or "
+                      "inf in inputs or targets) and the loss", stacklevel=2)
     return result
 
 

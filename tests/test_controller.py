@@ -717,3 +717,44 @@ def test_a_found_inf_written_in_place_is_read_anew_at_every_step():
         opt.zero_grad()
     assert ctrl.step_count == 5
     assert all(int((p.detach()[~conn.masks[n]] != 0).sum()) == 0 for n, p in conn.params.items())
+
+
+@pytest.mark.parametrize("mode,policy,estimator", [("mask_only", "crawl", "consistency"), ("mask_only", "crawl", "presence"),
+                                                   ("mask_only", "crawl", "evidence"), ("train", "rigl", None),
+                                                   ("train", "utility", None)])
+def test_a_window_with_nan_gradients_is_left_out_with_one_warning(mode, policy, estimator):
+    """A NaN loss once made every gradient NaN: presence kept NaN in its state for good, and the
+    update ranked NaN scores as ties, pruning layer 0's first indices. Now such a window edits
+    nothing and reaches no estimator's state; the first is warned of, the others counted."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    conn = adaptive.Connectome(model, mode=mode)
+    ctrl = adaptive.Controller(conn, policy=policy, estimator=estimator, density=0.5, update_every=2,
+                               edit_fraction=0.3, end_step=40)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+
+    def window(poison):
+        for _ in range(2):
+            model.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            (loss * float("nan") if poison else loss).backward()
+            ctrl.observe()
+            ev = ctrl.step()
+            poison = False  # one NaN batch spoils its window
+        return ev
+
+    assert window(False) is not None
+    masks = {n: m.clone() for n, m in conn.masks.items()}
+    with pytest.warns(UserWarning, match="NaN or inf.*left out.*check the data"):
+        assert window(True) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # counted, not warned again
+        assert window(True) is None
+    assert ctrl.nonfinite_windows == 2 and ctrl.state_dict()["nonfinite_windows"] == 2
+    assert all(torch.equal(masks[n], m) for n, m in conn.masks.items())
+    state = [t for d in ctrl.state_dict()["estimators"].values() for v in d.values() if isinstance(v, dict)
+             for t in v.values() if isinstance(t, torch.Tensor)]
+    assert all(bool(torch.isfinite(t).all()) for t in state)
+    assert window(False) is not None  # a finite window updates again

@@ -383,6 +383,59 @@ def test_presence_start_is_the_same_at_any_weight_scale():
     assert torch.equal(start(torch.zeros(3, 4)), torch.zeros(3, 4))
 
 
+def _poisoned_loaders(poison: bool):
+    """128 examples in 8 unshuffled batches; ``poison`` puts a NaN pixel into batch 2, otherwise that
+    batch is left out of the data (7 batches)."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(128) % 4
+    x = torch.randn(128, 3, 6, 6, generator=g) + y.view(-1, 1, 1, 1).float() * 0.3
+    if poison:
+        x[40, 0, 2, 2] = float("nan")
+    else:
+        x, y = torch.cat([x[:32], x[48:]]), torch.cat([y[:32], y[48:]])
+    return DataLoader(TensorDataset(x, y), batch_size=16), DataLoader(TensorDataset(x[-32:], y[-32:]), batch_size=16)
+
+
+def test_a_batch_with_a_nan_is_left_out_as_if_never_drawn():
+    """One NaN example made every presence value NaN for the rest of the run, and the masks were
+    then chosen by index (holdout accuracy fell, no message). Now its window is left out and the
+    stage draws another in its place: the masks are those of a run on the data without that batch,
+    bit for bit, with one warning when it happens and a count at the end."""
+    import warnings
+
+    tr, ho = _poisoned_loaders(poison=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bad = optimize_connectome(tiny(), tr, ho, [0.3, 0.6], passes=7 / 8, window=1, progress=False)
+    said = [str(w.message) for w in caught if "NaN or inf" in str(w.message)]
+    assert len(said) == 2 and "left out" in said[0] and said[1].startswith("2 window(s) of 1 training batch")
+    assert bad.controller.nonfinite_windows == 2  # batch 2 of each pass
+    assert all(bool(torch.isfinite(v).all()) for v in bad.controller.drop_est.value.values())
+    tr, ho = _poisoned_loaders(poison=False)
+    clean = optimize_connectome(tiny(), tr, ho, [0.3, 0.6], passes=1.0, window=1, progress=False)
+    for label, snap in clean.snapshots.items():
+        assert all(torch.equal(snap.masks[n], bad.snapshots[label].masks[n]) for n in snap.masks)
+        assert snap.step == bad.snapshots[label].step
+
+
+def test_nan_in_every_batch_stops_with_a_clear_error_and_the_model_whole():
+    m = tiny()
+    before = copy.deepcopy(m.state_dict())
+    tr, ho = loaders()
+    calls = []
+
+    def nan_loss(out, y, **kw):
+        calls.append(kw)
+        return F.cross_entropy(out, y, **kw) * float("nan")
+
+    with pytest.raises(ValueError, match="every training batch of a whole pass .* NaN or inf") as info:
+        optimize_connectome(m, tr, ho, [0.3, 0.6], passes=2.0, window=2, loss_fn=nan_loss, progress=False)
+    assert any("original weights" in n for n in getattr(info.value, "__notes__", []))
+    assert sum(not kw for kw in calls) <= len(tr) + 1  # a pass (and a reduction check), not the whole run
+    sd = m.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in before.items())
+
+
 def test_crawl_at_goal_sorts_only_candidates_and_matches_full_orders():
     """At the goal the crawl orders only ensembles that can be in a worthwhile swap; its plan is
     the one the full orders give (pairs of i-th cheapest present and i-th best absent)."""

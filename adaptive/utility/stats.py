@@ -3,6 +3,8 @@
 For every synapse (present and absent alike: gradients are dense) the window keeps the sum of
 batch gradients and, when asked, the sum of their squares. 8 bytes per synapse at most. Sums are
 reduced (mean over ranks) before any decision, so every process decides from the same numbers.
+A gradient is added as it is, NaN or inf included; :meth:`GradientStats.finite` checks the reduced
+window once, before anything reads it (the controller leaves such a window out).
 """
 from __future__ import annotations
 
@@ -58,7 +60,8 @@ class GradientStats:
     def observe(self, names: Optional[Iterable[str]] = None) -> bool:
         """Add the current ``.grad`` of every weight (of the layers ``names`` only, when given) to
         the window; a layer without a gradient at this step adds zeros (the loss did not depend on
-        it). Returns False when none has a gradient (nothing observed)."""
+        it). Returns False when none has a gradient (nothing observed). Non-finite values are not
+        checked here, once per batch, but by :meth:`finite`, once per window."""
         self._ensure()
         target = list(self.conn.params if names is None else names)
         names = [n for n in target if self.conn.params[n].grad is not None]
@@ -111,6 +114,17 @@ class GradientStats:
         all_reduce_mean_(tensors + [cnt])
         self.counts = {n: int(round(float(c))) for n, c in zip(names, cnt)}
         self._reduced = True
+
+    def finite(self) -> bool:
+        """Whether the window holds only finite sums: False when a batch of it had a NaN or inf loss
+        or gradient (after :meth:`reduce`, where one process's NaN reaches all of them, so that
+        every process answers alike). One fused pass over the sums and one sync, once per window."""
+        self.reduce()
+        sums = [t for d in (self.g_sum, self.g2_sum) for n, t in d.items() if self.counts[n] > 0]
+        if not sums:
+            return True
+        peaks = torch._foreach_norm(sums, float("inf"))  # the largest |sum| of each layer; NaN propagates
+        return bool(torch.isfinite(torch.stack(peaks)).all())
 
     def mean(self, name: str) -> torch.Tensor:
         self._ensure()
