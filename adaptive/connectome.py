@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import sys
-import warnings
 import weakref
 from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
@@ -109,7 +108,7 @@ class Connectome:
         found = discover(model, include, exclude)
         shared = shared_weight_warning(model, found)
         if shared:
-            warnings.warn(shared, stacklevel=2)
+            warn_user(shared)
         meta = [n for n, (_, p) in found.items() if p.is_meta]
         if meta:
             raise ValueError(

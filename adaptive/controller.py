@@ -16,7 +16,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import warnings
 import weakref
 from typing import Callable, Dict, Iterable, List, Optional
 
@@ -206,10 +205,10 @@ class Controller:
         span = min(window or update_every, update_every)
         fisher = sorted({e.name for e in (self.drop_est, self.grow_est) if getattr(e, "needs_fisher", False)})
         if fisher and span < 2:
-            warnings.warn(
+            warn_user(
                 f"estimator {', '.join(fisher)} recovers the per-sample Fisher from the spread of the batch gradients in "
                 f"a window, which needs two or more batches; a window of {span} leaves the squared batch gradient, about "
-                "batch_size times too small a curvature term. Use update_every (and window) >= 2", stacklevel=2)
+                "batch_size times too small a curvature term. Use update_every (and window) >= 2")
         if self.stats is not None:
             self.stats._ensure()  # allocate (and touch) the window now, not inside a training step
         self._hook = None
@@ -587,9 +586,9 @@ class Controller:
         empty = [n for n, k in live.items() if k == 0 and n not in warned and n not in self.protected]
         if empty:
             warned.update(empty)
-            warnings.warn(f"layer(s) {empty[:5]}{' ...' if len(empty) > 5 else ''} have no live synapse left: the "
+            warn_user(f"layer(s) {empty[:5]}{' ...' if len(empty) > 5 else ''} have no live synapse left: the "
                           "network is cut there and what follows sees a constant. Keep some with min_density=..., a "
-                          "per-layer budget ('erk', 'uniform'), protect=[...] or a finer ensemble", stacklevel=4)
+                          "per-layer budget ('erk', 'uniform'), protect=[...] or a finer ensemble")
 
     def _holdout(self) -> float:
         with torch.no_grad():
@@ -629,8 +628,8 @@ class Controller:
                 # every gradient-based score would be 0 and ties go by index: such an edit is arbitrary
                 how = ("call ctrl.observe() after each backward" if self.conn.mode == "mask_only" else
                        "attach the optimizer (Controller(conn, optimizer)) or call ctrl.observe() after each backward")
-                warnings.warn(f"step {step}: no gradient was observed since the last update, so the update is "
-                              f"skipped; {how}", stacklevel=2)
+                warn_user(f"step {step}: no gradient was observed since the last update, so the update is "
+                              f"skipped; {how}")
                 return None
             if not self.stats.finite():
                 # NaN or inf would enter the estimators' state (presence, evidence keep it) and rank
@@ -639,11 +638,10 @@ class Controller:
                 self.nonfinite_windows += 1
                 if self.nonfinite_windows == 1:
                     check = "and the loss" if self.conn.mode == "mask_only" else "and the learning rate (a diverging run)"
-                    warnings.warn(f"step {step}: the gradients observed since the last update hold NaN or inf (a "
+                    warn_user(f"step {step}: the gradients observed since the last update hold NaN or inf (a "
                                   "non-finite loss or gradient), so this window is left out and the update skipped; "
                                   f"check the data (NaN or inf in inputs or targets) {check}. Later such windows are "
-                                  "counted in ctrl.nonfinite_windows, not warned again",
-                                  stacklevel=4)  # update, its inference_mode wrapper, step, the caller
+                                  "counted in ctrl.nonfinite_windows, not warned again")  # update, its inference_mode wrapper, step, the caller
                 return None
         plan = self.policy.update(self, step)
         event = self._apply(plan if plan is not None else EditPlan(), step=step)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from .warn import warn_user
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_KIND = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d"}
@@ -175,21 +175,21 @@ def discover(
                 )
             found[pname] = (SynapseLayer(name=pname, module_name=mname, kind=kind, shape=tuple(w.shape), groups=groups), w)
     if computed:
-        warnings.warn(
+        warn_user(
             f"{len(computed)} layer(s) have a parametrized weight ({', '.join(computed[:4])}{', ...' if len(computed) > 4 else ''}): "
             "it is computed at every call, so it holds no synapses of the connectome. To include them, call "
-            "torch.nn.utils.parametrize.remove_parametrizations(module, NAME) first", stacklevel=3)
+            "torch.nn.utils.parametrize.remove_parametrizations(module, NAME) first")
     if complex_ and candidates:
-        warnings.warn(
+        warn_user(
             f"{len(complex_)} complex-valued weight(s) are not synapses of the connectome and stay dense: "
-            f"{_listed(complex_)}. A Connectome prunes real (floating-point) weights only", stacklevel=3)
+            f"{_listed(complex_)}. A Connectome prunes real (floating-point) weights only")
     others = _other_weight_matrices(model, seen)
     if others:
         shown = ", ".join(f"{n} ({kind})" for n, kind in others[:4]) + (", ..." if len(others) > 4 else "")
-        warnings.warn(
+        warn_user(
             f"{len(others)} weight tensor(s) are not synapses of the connectome and stay dense: {shown}. A "
             "Connectome prunes nn.Linear and nn.Conv1d/2d/3d weights, nn.MultiheadAttention's projections and "
-            "nn.RNN/LSTM/GRU matrices", stacklevel=3)
+            "nn.RNN/LSTM/GRU matrices")
     if candidates == 0:
         if complex_all:
             raise ValueError(

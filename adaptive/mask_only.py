@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
@@ -55,6 +54,7 @@ from .ensemble_rules import parse_rules
 from .metrics import (AccuracyFn, batch_accuracy, batch_loss, check_output, default_accuracy, example_count,
                       loss_weight, takes_reduction, to_device)
 from .utility import get_estimator
+from .warn import warn_user
 
 Target = Union[int, float, str]
 
@@ -605,9 +605,9 @@ def optimize_connectome(
             conn.set_masks(result.snapshots["best"].masks)
         bar.close()
     if ctrl.nonfinite_windows:
-        warnings.warn(f"{ctrl.nonfinite_windows} window(s) of {window} training batch(es) were left out for a NaN or "
+        warn_user(f"{ctrl.nonfinite_windows} window(s) of {window} training batch(es) were left out for a NaN or "
                       "inf loss or gradient (none of it reached the estimator or the masks); check the data (NaN or "
-                      "inf in inputs or targets) and the loss", stacklevel=2)
+                      "inf in inputs or targets) and the loss")
     return result
 
 

@@ -1,4 +1,4 @@
-"""Warnings attributed to the caller's code, not to a line of this package.
+"""Warnings attributed to the caller's code, not to a line of this package or of torch.
 
 Python shows a warning once per (message, module, line) by default: one raised with a fixed
 ``stacklevel`` that lands on a library line when the call came through another library function is
@@ -11,14 +11,21 @@ import os
 import sys
 import warnings
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+import torch
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# Frames of this package, of the graphs package beside it and of torch (an optimizer step calling
+# the connectome's hooks, the decorators around its methods) are not the user's code.
+_INTERNAL = tuple(d + os.sep for d in (_HERE, os.path.join(os.path.dirname(_HERE), "graphs"),
+                                          os.path.dirname(os.path.abspath(torch.__file__))))
 
 
 def user_stacklevel() -> int:
-    """The ``stacklevel`` of the first frame outside this package, counted from the caller of
-    :func:`warn_user` (a stacklevel of 1 is the function calling ``warnings.warn``)."""
+    """The ``stacklevel`` of the first frame outside this package (and graphs and torch), counted
+    from the caller of :func:`warn_user` (a stacklevel of 1 is the function calling
+    ``warnings.warn``); the outermost frame when every frame is internal (``python -m graphs``)."""
     frame, level = sys._getframe(2), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_INTERNAL):
         frame, level = frame.f_back, level + 1
     return level
 

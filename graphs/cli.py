@@ -26,6 +26,7 @@ import torch
 
 from adaptive import jsonio
 from adaptive.atomic import write_text
+from adaptive.warn import warn_user
 
 WEIGHT_FILES = ("model_state.pt", "dense_state_dict.pt", "pruned_state_dict.pt")
 FORMATS = ("graphml", "gexf", "json", "pt")  # pt: a torch_geometric Data saved with torch.save
@@ -178,9 +179,7 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
     except ValueError as e:
         if model is None:
             raise
-        import warnings
-
-        warnings.warn(f"{e.args[0].split(': the run')[0]}: ignored, the model is --model {model}", stacklevel=2)
+        warn_user(f"{e.args[0].split(': the run')[0]}: ignored, the model is --model {model}")
         cfg = {}
     _load_plugins(list(cfg.get("plugins") or []) + list(plugins or []))
     name, kw = _model_spec(cfg, ns)

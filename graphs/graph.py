@@ -21,7 +21,6 @@ its in- and out-degree in this graph.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional
 
@@ -30,6 +29,7 @@ from torch import nn
 
 from .trace import (CONST, EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT, JUNCTION, KIND_NAMES, OUTPUT, UNIT, Group,
                     LayerFlow, Trace, trace)
+from adaptive.warn import warn_user
 
 LEVELS = ("synapse", "unit", "layer")
 
@@ -228,7 +228,7 @@ def build(
                    "fx could not trace the model, and the module-order fallback chains only Linear and Conv layers")
             msg = (f"graphs: {len(missing)} connectome layer(s) are not on the traced data path and are left out of "
                    f"the graph: {missing[:5]}{'...' if len(missing) > 5 else ''} ({why})")
-            warnings.warn(msg, stacklevel=2)
+            warn_user(msg)
             notes.append(msg)
     unit = _build_nodes_and_edges(tr, conn, model, "synapse" if level == "synapse" else "unit", utility)
     unit.warnings.extend(notes)
@@ -319,7 +319,7 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
         meta["shared_weights"] = shared
         msg = (f"graphs: {shared} weight(s) are used by several layers (tied): their synapses have edges at every "
                "use, and live_synapses() counts them once")
-        warnings.warn(msg, stacklevel=3)
+        warn_user(msg)
         warns.append(msg)
     if conn is not None:
         meta["connectome_live"] = conn.num_live()

@@ -29,6 +29,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from . import ops
+from adaptive.warn import warn_user
 
 CONST, INPUT, UNIT, JUNCTION, OUTPUT = range(5)
 KIND_NAMES = ("constant", "input", "unit", "junction", "output")
@@ -327,7 +328,7 @@ class FlowProp(ShapeProp):
                 f"module {name!r} is called more than once (node {n.name!r}); the graph keeps the units and "
                 f"inputs of its first call only"
             )
-            warnings.warn(self.book.warnings[-1], stacklevel=2)
+            warn_user(self.book.warnings[-1])
             layer = self.book.layers[self.seen_modules[name]]
             start = self.book.groups[layer.group].start
         else:
@@ -672,7 +673,7 @@ class FlowProp(ShapeProp):
             f"unit feeds every output (teach it with graphs.ops.register_op)"
         )
         self.book.warnings.append(msg)
-        warnings.warn(msg, stacklevel=2)
+        warn_user(msg)
         flows = self._tensor_flows((n.args, n.kwargs))
         if not flows:
             return self._constant_like(result) if isinstance(result, torch.Tensor) else None
@@ -798,7 +799,7 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
             continue
         _add_outputs(prop, gm, result)
         for w in book.warnings:
-            warnings.warn(w, stacklevel=2)
+            warn_user(w)
         tr = Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, True, book.recurrent)
         return _unwrap(tr) if root else tr
     if example_input is not None:
@@ -845,7 +846,7 @@ def fallback_trace(model: nn.Module, reason: str) -> Trace:
     A layer reading as many units as the previous one wrote is wired one to one; a multiple of it
     (a flatten) maps each unit to its block of features; anything else is wired all to all."""
     msg = f"graphs: {reason}; falling back to module order (residual and concat links are missing)"
-    warnings.warn(msg, stacklevel=3)
+    warn_user(msg)
     book = _Book()
     book.warnings.append(msg)
     prev = None

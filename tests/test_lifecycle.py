@@ -191,3 +191,18 @@ def test_the_take_over_warnings_point_at_the_callers_line():
         adaptive.Controller(conn2, opt, policy="set", density=0.5, budget="uniform", update_every=5)
     assert len(caught) == 2 and all(w.filename == __file__ for w in caught), [(w.filename, str(w.message)) for w in caught]
 
+
+
+def test_a_warning_raised_inside_an_optimizer_step_points_at_the_step_line():
+    model, opt, x, y = _setup()
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, budget="uniform", update_every=2, seed=0)
+    ctrl.detach()  # driven explicitly, without observe(): its update has seen no gradient
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            F.cross_entropy(model(x[:8]), y[:8]).backward()
+            opt.step()
+            ctrl.step()
+    found = [w for w in caught if "no gradient was observed" in str(w.message)]
+    assert found and all(w.filename == __file__ for w in found), [(w.filename, str(w.message)[:60]) for w in caught]

@@ -14,11 +14,11 @@ at the end of a pass replays nothing.
 from __future__ import annotations
 
 import random
-import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+from ..warn import warn_user
 
 
 def _chain(loader) -> list:
@@ -122,10 +122,9 @@ def set_rng_states(state: Dict[str, object], loader=None) -> None:
             for (o, a), v in zip(counters, state["counters"]):
                 setattr(o, a, int(v))
         elif counters and any(a == "iteration" for _, a in counters):
-            warnings.warn("this loader position was recorded without the loader's pass counters (an older "
+            warn_user("this loader position was recorded without the loader's pass counters (an older "
                           "checkpoint): an Accelerate-prepared loader reseeds its sampler at every pass, so after "
-                          "its first pass the resumed run may read other batches than the uninterrupted one",
-                          stacklevel=3)
+                          "its first pass the resumed run may read other batches than the uninterrupted one")
 
 
 class LoaderCycle:

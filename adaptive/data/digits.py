@@ -1,13 +1,12 @@
 """scikit-learn's bundled 8x8 digits: 1,797 images, 10 classes, needs no download at all."""
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from .base import Source, register_dataset
 from .split import stratified_split
 from .tensors import TensorImages
+from ..warn import warn_user
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # fixed: the digits train/test split is part of the dataset's definition
@@ -21,10 +20,9 @@ def digits(data_dir=None, download=False, augment=False) -> Source:
     from sklearn.datasets import load_digits
 
     if augment:
-        warnings.warn("the digits dataset has no augmentation: augment=True is not used", stacklevel=2)
+        warn_user("the digits dataset has no augmentation: augment=True is not used")
     if data_dir is not None:
-        warnings.warn(f"the digits dataset ships with scikit-learn: the data directory {str(data_dir)!r} is not used",
-                      stacklevel=2)
+        warn_user(f"the digits dataset ships with scikit-learn: the data directory {str(data_dir)!r} is not used")
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(d.target, dtype=torch.long)

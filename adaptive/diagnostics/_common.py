@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..warn import warn_user
 
 
 def default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -49,8 +49,8 @@ def iterate_batches(loader, batches: Optional[int], desc: str, cycle: bool = Fal
         raise ValueError(f"the loader for {desc} yielded no batches: it is empty (an empty dataset or subset, or "
                          "drop_last with fewer samples than one batch); pass a loader with at least one (inputs, targets) batch")
     if warn_short and batches is not None and n < batches:
-        warnings.warn(f"{desc}: asked for {batches} batches but the loader ran out after {n}; the result rests on {n} "
-                      "(pass a larger loader, or batches=None for one pass)", stacklevel=3)
+        warn_user(f"{desc}: asked for {batches} batches but the loader ran out after {n}; the result rests on {n} "
+                      "(pass a larger loader, or batches=None for one pass)")
 
 
 def _cycled(loader) -> Iterator:

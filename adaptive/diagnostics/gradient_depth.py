@@ -8,7 +8,6 @@ bands over many batches and draws them.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
@@ -18,6 +17,7 @@ from torch import nn
 from ..metrics import to_device
 from ._common import LogHistogram, default_loss, find_weight, iterate_batches, kept_buffers, model_device, training_mode
 from .table import Table, pyplot, save_figure
+from ..warn import warn_user
 
 HOW_TO_PASS_DEPTHS = (
     "pass depths=LongTensor([...]) with one signal depth per input feature/channel of the layer "
@@ -186,9 +186,9 @@ def gradient_by_depth(
     tot = hist.total()
     wd_flat = uniq[band_index].reshape(-1)
     if len(uniq) == 1:
-        warnings.warn(f"every input of {name!r} carries a signal of depth {int(uniq[0])}: one band, nothing to "
+        warn_user(f"every input of {name!r} carries a signal of depth {int(uniq[0])}: one band, nothing to "
                       "compare (ratio() is NaN); pick a layer that reads a concatenation of signals of several depths, "
-                      "or pass depths=", stacklevel=2)
+                      "or pass depths=")
     rows = []
     for i, d in enumerate(uniq.tolist()):
         rows.append({

@@ -14,12 +14,12 @@ import csv
 import json
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from ..plots import boundary_scale
 from .table import Table, pyplot, save_figure
+from ..warn import warn_user
 
 
 def _number(v):
@@ -56,8 +56,8 @@ def _json_lines(path: str):
         elif i < last:
             damaged.append(i)
     if damaged:
-        warnings.warn(f"{path}: skipped {len(damaged)} damaged line(s) (line {', '.join(map(str, damaged[:5]))}"
-                      f"{' ...' if len(damaged) > 5 else ''}); the figures leave those records out", stacklevel=2)
+        warn_user(f"{path}: skipped {len(damaged)} damaged line(s) (line {', '.join(map(str, damaged[:5]))}"
+                      f"{' ...' if len(damaged) > 5 else ''}); the figures leave those records out")
 
 
 def read_events(path: str) -> List[dict]:

@@ -2,12 +2,11 @@
 density between start_step and end_step; removal order by magnitude or a named estimator."""
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from ..schedules import CubicDensity
 from .base import Policy, keep_plan, register_policy
+from ..warn import warn_user
 
 
 @register_policy("gmp")
@@ -22,10 +21,10 @@ class GMP(Policy):
         # updates would otherwise leave the final density to an update that never comes
         last = ctrl.start_step + (ctrl.end_step - ctrl.start_step) // ctrl.update_every * ctrl.update_every
         if last < max(1, ctrl.start_step):
-            warnings.warn(
+            warn_user(
                 f"policy 'gmp': no update falls between start_step={ctrl.start_step} and end_step={ctrl.end_step} "
                 f"with update_every={ctrl.update_every}, so the network stays dense; lower update_every or move "
-                "end_step later", stacklevel=3)
+                "end_step later")
             last = ctrl.end_step
         self.schedule = CubicDensity(1.0, ctrl.density, ctrl.start_step, last)
         return None
