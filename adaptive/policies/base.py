@@ -357,6 +357,11 @@ def take_synapses(idx: torch.Tensor, size, budget: float) -> torch.Tensor:
     return idx[: int(((s.cumsum(0) - s / 2) < budget).sum())]
 
 
+def all_synapses(size, alive: torch.Tensor) -> float:
+    """Synapses in all the ensembles laid out as ``alive``, live or not."""
+    return size * alive.numel() if isinstance(size, float) else float(size.sum())
+
+
 def live_synapses(size, alive: torch.Tensor) -> float:
     a = alive.reshape(-1)
     if isinstance(size, float):

@@ -2,24 +2,26 @@
 
 At each update a decaying fraction of every layer's live ensembles (or of all of them, under the
 global budget) is pruned, lowest removal cost first, and the same number of absent ensembles is
-grown, highest restoration gain first (ensembles pruned at this update are not regrown).
+grown, highest restoration gain first (ensembles pruned at this update are not regrown, so no more
+synapses are pruned than the absent ensembles can replace: see :func:`refillable`).
 SET grows at random; RigL is SET with gradient growth; utility takes both sides from an estimator.
 """
 from __future__ import annotations
 
 import torch
 
-from .base import (EditPlan, Policy, concat, concat_sizes, ensemble_size, floor_protected, highest, keep_plan,
-                   live_synapses, lowest, max_count, per_synapse, register_policy, size_sum, split, synapse_targets,
-                   take_synapses)
+from .base import (EditPlan, Policy, all_synapses, concat, concat_sizes, ensemble_size, floor_protected, highest,
+                   keep_plan, live_synapses, lowest, max_count, per_synapse, register_policy, size_sum, split,
+                   synapse_targets, take_synapses)
 
 
-def global_candidates(ctrl, cost, gain, alive, frac, ordered=True, target=None):
-    """Over all layers together: the ``frac`` of live ensembles cheapest to remove, and the most
-    useful absent ones holding as many synapses as the removed ones (or, with ``target``, as many
-    as bring the live synapses back to ``target``), to within half an ensemble; ensembles of
-    different sizes are ranked by their value per synapse. Returns the flat scores, the layer layout
-    and both index lists, for :func:`global_plan`."""
+def global_candidates(ctrl, cost, gain, alive, frac, ordered=True, target=None, room=None):
+    """Over all layers together: the ``frac`` of live ensembles cheapest to remove (no more synapses
+    than the absent ones can replace, :func:`refillable`: ``room`` defaults to :func:`spare_synapses`,
+    ``math.inf`` takes them as they come), and the most useful absent ones holding as many synapses
+    as the removed ones (or, with ``target``, as many as bring the live synapses back to ``target``),
+    to within half an ensemble; ensembles of different sizes are ranked by their value per synapse.
+    Returns the flat scores, the layer layout and both index lists, for :func:`global_plan`."""
     c, names, sizes = concat(cost)
     g, _, _ = concat(gain)
     a, _, _ = concat(alive)
@@ -33,8 +35,43 @@ def global_candidates(ctrl, cost, gain, alive, frac, ordered=True, target=None):
         prunable = a & ~concat({n: held.get(n, torch.zeros_like(cost[n], dtype=torch.bool)) for n in cost})[0].to(a.device)
         k = min(k, int(prunable.sum()))
     p_idx = lowest(per_synapse(c, size), prunable, k, ordered)
+    room = spare_synapses(size, a, target) if room is None else room
+    p_idx = refillable(per_synapse(c, size), prunable, size, p_idx, room)
     g_idx = grow_candidates(per_synapse(g, size), a, size, p_idx, target, ordered)
     return c, g, names, sizes, p_idx, g_idx
+
+
+def spare_synapses(size, a, target) -> float:
+    """Synapses an update may prune beyond those it grows back (ensembles pruned at an update are
+    not regrown): all of them less ``target``, or with no target the absent ones."""
+    return all_synapses(size, a) - (live_synapses(size, a) if target is None else target)
+
+
+def replaceable(size, p_idx, room) -> bool:
+    """Whether pruning ``p_idx`` leaves the live synapses within half an ensemble (the largest) of
+    the target when every absent ensemble is grown (``room``: :func:`spare_synapses`)."""
+    return size_sum(size, p_idx) <= room + (size if isinstance(size, float) else float(size.max())) / 2
+
+
+def refillable(scores, eligible, size, p_idx, room) -> torch.Tensor:
+    """``p_idx`` (the cheapest ``eligible`` ensembles by ``scores``, as :func:`lowest` picks them)
+    where the absent ensembles can replace their synapses to within half an ensemble (the largest),
+    else the cheapest eligible ones that fit, best first. ``room``: the synapses that may go without
+    a replacement (:func:`spare_synapses`). Pruned ensembles are not regrown, so with ensembles of
+    different sizes a large live one could be pruned where only a small absent one can be grown,
+    and the live synapses would miss the target by the difference at every update (near full
+    density, with one small ensemble absent). The ones that fit fill the room to within half the
+    smallest ensemble, so the live synapses stay as near the target as whole ensembles allow rather
+    than swinging within the tolerance from update to update."""
+    if replaceable(size, p_idx, room):
+        return p_idx
+    eligible = eligible.reshape(-1)
+    if isinstance(size, float):
+        return lowest(scores, eligible, min(p_idx.numel(), int((room + size / 2) // size)))
+    s = size.to(eligible.device)
+    cap = room + float(s.min()) / 2
+    idx = lowest(scores, eligible & (s <= cap), p_idx.numel())
+    return idx[: int((s[idx].cumsum(0) <= cap).sum())]
 
 
 def grow_candidates(gain, a, size, p_idx, target, ordered):
@@ -74,6 +111,7 @@ def swap_plan(ctrl, step, cost, gain, alive, frac) -> EditPlan:
             continue
         size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)  # block edges are smaller
         p_idx = lowest(per_synapse(cost[n], size), a, k, ordered)
+        p_idx = refillable(per_synapse(cost[n], size), a, size, p_idx, spare_synapses(size, a, per_layer[n]))
         g_idx = grow_candidates(per_synapse(gain[n], size), a, size, p_idx, per_layer[n], ordered)
         if p_idx.numel():
             plan.prune[n], plan.prune_scores[n] = p_idx, cost[n].reshape(-1)[p_idx]
