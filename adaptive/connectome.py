@@ -480,15 +480,25 @@ class Connectome:
                 "masks over: new.set_masks(old.masks); to go on pruning a parametrized layer, remove its "
                 "parametrization first: torch.nn.utils.parametrize.remove_parametrizations(module, 'weight')")
         if self.__dict__.get("_holders") is None:  # for the per-step check, which a get_parameter walk would slow
-            self._holders = [(self.model.get_submodule(l.module_name), n[len(l.module_name) + 1:] if l.module_name else n,
-                              self.params[n]) for n, l in self.layers.items()]
+            holders, links = [], {}
+            for n, l in self.layers.items():
+                holders.append((self.model.get_submodule(l.module_name), n[len(l.module_name) + 1:] if l.module_name else n,
+                                self.params[n]))
+                parent, path = self.model, l.module_name.split(".") if l.module_name else []
+                for name in path:  # every module on the way down, where one swapped in would take over
+                    child = parent._modules[name]
+                    links[(id(parent), name)] = (parent, name, child)
+                    parent = child
+            self._holders, self._links = holders, list(links.values())
 
     def _check_params_quickly(self) -> None:
-        """:meth:`_check_params` at every optimizer step: each module still holds its parameter object
-        (a parametrization or an ``assign=True`` load replaces it there); a full check names the
-        stale ones, and runs every time until one passes."""
+        """:meth:`_check_params` at every optimizer step: each module on the way to a weight is still
+        where it was (a module swapped in replaces it) and still holds its parameter object (a
+        parametrization or an ``assign=True`` load replaces it there); a full check names the stale
+        ones, and runs every time until one passes."""
         holders = self.__dict__.get("_holders")
-        if holders is None or any(m._parameters.get(a) is not p for m, a, p in holders):
+        if (holders is None or any(m._parameters.get(a) is not p for m, a, p in holders)
+                or any(m._modules.get(a) is not c for m, a, c in self._links)):
             self._check_params()
 
     @torch.no_grad()
@@ -834,7 +844,7 @@ class Connectome:
         listeners belong to the original (re-attach them on the copy); caches are rebuilt."""
         state = self.__dict__.copy()
         state.update(_optimizers=[], _handles=[], _observers=[], _observer_active=[], _edit_listeners=[], _controllers=[], _stopped=[], _hot=None,
-                     _versions=None, _found_inf=None, _holders=None)
+                     _versions=None, _found_inf=None, _holders=None, _links=None)
         state.pop("_repair_pending", None)
         state.pop("_masker", None)
         return state

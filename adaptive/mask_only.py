@@ -465,6 +465,7 @@ def optimize_connectome(
         since_best = 0
         first_stage = 0
         left_out = 0  # windows left out in a row for NaN or inf gradients (see below)
+        unused_verify = None  # the held-out batches drawn for a window that was left out
         if saved is not None:
             conn.set_masks(saved["masks"])
             ctrl.load_state_dict(saved["controller"])
@@ -534,7 +535,8 @@ def optimize_connectome(
                     if step - start == steps_per_stage and removed_goal is not None:
                         policy.edit_fraction = 0.0  # the stage's last update settles exactly on the goal
                         policy.set_goal(total - removed_goal - prot, step)
-                    verify_set[:] = [_to_device(next(holdout_iter), device) for _ in range(verify_batches)]
+                    verify_set[:] = unused_verify or [_to_device(next(holdout_iter), device) for _ in range(verify_batches)]
+                    unused_verify = None
                 window_removed = total - conn.num_live()  # the connectome the window's batches ran through
                 skipped = ctrl.nonfinite_windows
                 ev = ctrl.step()
@@ -546,6 +548,7 @@ def optimize_connectome(
                     ctrl.step_count -= window
                     bar.total += window
                     win_loss = win_correct = win_n = win_counted = win_examples = 0.0
+                    unused_verify = list(verify_set)  # the window in its place checks its steps on these
                     left_out += 1
                     if left_out * window >= n_train:
                         raise ValueError(

@@ -105,9 +105,12 @@ def zero_eps(optimizer) -> list:
     are 0, so its step writes NaN there."""
     out = []
     for g in optimizer.param_groups:
-        if g.get("eps") is None:
-            continue
-        eps = float(g["eps"])
+        eps = g.get("eps")
+        if isinstance(eps, torch.Tensor) and eps.numel() == 1:
+            eps = eps.item()
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+            continue  # none, or not one number (Adafactor's eps is a pair, (None, 1e-3)): not this division
+        eps = float(eps)
         for dtype in {p.dtype for p in g["params"]}:
             if _rounds_to_zero(eps, dtype) and (eps, dtype) not in out:
                 out.append((eps, dtype))

@@ -7,6 +7,7 @@ frame outside this package shows it at each line of the user's code that trigger
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import warnings
@@ -14,14 +15,24 @@ import warnings
 import torch
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-# Frames of this package, of the graphs package beside it and of torch (an optimizer step calling
-# the connectome's hooks, the decorators around its methods) are not the user's code.
+
+
+def _package_dir(name: str):
+    """The folder of an installed package, found without importing it (None when absent)."""
+    spec = importlib.util.find_spec(name)
+    return os.path.dirname(os.path.abspath(spec.origin)) if spec is not None and spec.origin else None
+
+
+# Frames of this package, of the graphs package beside it, of torch (an optimizer step calling the
+# connectome's hooks, the decorators around its methods) and of Accelerate (its optimizer wrapper's
+# step) are not the user's code.
 _INTERNAL = tuple(d + os.sep for d in (_HERE, os.path.join(os.path.dirname(_HERE), "graphs"),
-                                          os.path.dirname(os.path.abspath(torch.__file__))))
+                                          os.path.dirname(os.path.abspath(torch.__file__)), _package_dir("accelerate"))
+                  if d is not None)
 
 
 def user_stacklevel() -> int:
-    """The ``stacklevel`` of the first frame outside this package (and graphs and torch), counted
+    """The ``stacklevel`` of the first frame outside this package (and graphs, torch and Accelerate), counted
     from the caller of :func:`warn_user` (a stacklevel of 1 is the function calling
     ``warnings.warn``); the outermost frame when every frame is internal (``python -m graphs``)."""
     frame, level = sys._getframe(2), 1

@@ -506,3 +506,19 @@ def test_a_parametrization_registered_after_attach_is_refused_at_the_step_and_by
     opt.step()
     for n, p in conn.params.items():
         assert torch.all(p[~conn.masks[n]] == 0)
+
+
+def test_a_module_swapped_in_after_attach_is_refused_at_the_step():
+    """The old module still held the masked weight, so the per-step check passed and the new layer
+    trained dense while the connectome reported it pruned."""
+    model = mlp()
+    conn = adaptive.Connectome(model)
+    conn.set_masks(random_masks(conn))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    conn.attach(opt)
+    opt.step()  # the quick check has its cache
+    model[2] = nn.Linear(model[2].in_features, model[2].out_features)
+    opt.add_param_group({"params": list(model[2].parameters())})
+    model(torch.randn(4, 20)).sum().backward()
+    with pytest.raises(RuntimeError, match=r"\['2.weight'\] are no longer the ones.*a module swapped in"):
+        opt.step()

@@ -206,3 +206,20 @@ def test_a_warning_raised_inside_an_optimizer_step_points_at_the_step_line():
             ctrl.step()
     found = [w for w in caught if "no gradient was observed" in str(w.message)]
     assert found and all(w.filename == __file__ for w in found), [(w.filename, str(w.message)[:60]) for w in caught]
+
+
+def test_a_warning_raised_inside_an_accelerate_optimizer_step_points_at_the_step_line():
+    from accelerate import Accelerator
+
+    model, opt, x, y = _setup()
+    model, opt = Accelerator(cpu=True).prepare(model, opt)
+    conn = adaptive.Connectome(model)
+    adaptive.Controller(conn, opt, policy="rigl", density=0.5, budget="uniform", update_every=2, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(2):
+            F.cross_entropy(model(x[:8]) * (float("nan") if i else 1.0), y[:8]).backward()
+            opt.step()
+            opt.zero_grad()
+    found = [w for w in caught if "NaN or inf" in str(w.message)]
+    assert found and all(w.filename == __file__ for w in found), [(w.filename, str(w.message)[:60]) for w in caught]

@@ -418,6 +418,32 @@ def test_a_batch_with_a_nan_is_left_out_as_if_never_drawn():
         assert snap.step == bad.snapshots[label].step
 
 
+def test_a_left_out_window_leaves_its_held_out_batches_to_the_window_in_its_place():
+    """The held-out batches a line search checks on were drawn for the left-out window and lost, so
+    every later step was checked on other batches than in a run without the NaN batch."""
+    import warnings
+
+    g = torch.Generator().manual_seed(2)
+    yh = torch.arange(64) % 4
+    yh[16:32] = (yh[16:32] + 2) % 4  # batches that differ, so a shifted draw changes what is checked
+    yh[48:64] = (yh[48:64] + 2) % 4
+    ho = DataLoader(TensorDataset(torch.randn(64, 3, 6, 6, generator=g) + yh.view(-1, 1, 1, 1).float() * 0.3, yh),
+                    batch_size=16)
+    runs = {}
+    for poison in (True, False):
+        tr, _ = _poisoned_loaders(poison)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runs[poison] = optimize_connectome(tiny(), tr, ho, "best", passes=7 / 8 if poison else 1.0, window=1,
+                                               verify_batches=1, progress=False)
+    bad, clean = runs[True], runs[False]
+    assert bad.controller.nonfinite_windows > 0
+    verify = [[r.get("verify_loss") for r in res.history if r["kind"] == "update"] for res in (bad, clean)]
+    assert verify[0] == verify[1]
+    for label, snap in clean.snapshots.items():
+        assert all(torch.equal(snap.masks[n], bad.snapshots[label].masks[n]) for n in snap.masks)
+
+
 def test_nan_in_every_batch_stops_with_a_clear_error_and_the_model_whole():
     m = tiny()
     before = copy.deepcopy(m.state_dict())

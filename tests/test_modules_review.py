@@ -289,3 +289,15 @@ def test_an_eps_that_is_zero_in_float16_keeps_pruned_weights_exactly_zero_and_wa
         opt.step()
         for n, p in conn.params.items():
             assert torch.equal(p[~conn.masks[n]], torch.zeros_like(p[~conn.masks[n]]))
+
+
+def test_an_optimizer_whose_eps_is_not_one_number_attaches():
+    """Adafactor's eps is a pair, (None, 1e-3): the float16 eps check crashed attach with a TypeError."""
+    m = nn.Linear(8, 4)
+    conn = adaptive.Connectome(m)
+    conn.set_masks({n: torch.rand(k.shape) < 0.5 for n, k in conn.masks.items()})
+    opt = torch.optim.Adafactor(m.parameters(), lr=0.01)
+    conn.attach(opt)
+    m(torch.randn(2, 8)).sum().backward()
+    opt.step()
+    assert torch.all(m.weight[~conn.masks["weight"]] == 0)
