@@ -164,6 +164,25 @@ def test_a_checkpoint_without_a_manifest_loads_with_a_warning_but_needs_its_rand
     assert "random_states_0.pkl is missing" in refused(capsys, out, "--resume", "latest")
 
 
+def test_a_checkpoint_whose_manifest_is_cut_short_is_refused_not_trusted(tmp_path):
+    """A MANIFEST.json that cannot be read must refuse the checkpoint (its files cannot be checked),
+    not let a damaged weights file load as verified."""
+    from adaptive.integrity import CheckpointDamagedError, check_manifest, write_manifest
+    from adaptive.training import verify_checkpoint
+
+    ck = tmp_path / "checkpoints" / "step_00000020"
+    ck.mkdir(parents=True)
+    (ck / "model.safetensors").write_bytes(b"weights" * 100)
+    (ck / "random_states_0.pkl").write_bytes(b"rng")
+    (ck / "config.yaml").write_text("model: mlp\n")
+    m = write_manifest(ck)
+    (ck / "model.safetensors").write_bytes(b"WEIGHTS" * 100)  # damaged after it was written
+    m.write_bytes(m.read_bytes()[:-20])  # and the manifest cut short
+    assert check_manifest(ck) == "its MANIFEST.json cannot be read (JSONDecodeError)"
+    with pytest.raises(CheckpointDamagedError, match=r"step_00000020 is damaged: its MANIFEST.json cannot be read"):
+        verify_checkpoint(ck)
+
+
 # ----------------------------------------------------------------------------- mask-only stage checkpoint
 
 def _stage_file(tmp_path):
@@ -245,6 +264,42 @@ def test_a_stage_checkpoint_whose_format_entry_was_hit_is_called_damaged(tmp_pat
     assert "weights_only" not in str(e.value)
 
 
+def _rename_mask(s):
+    s["masks"] = {"fc9.weight": s["masks"]["fc1.weight"]}
+
+
+def _reshape_mask(s):
+    s["masks"]["fc1.weight"] = s["masks"]["fc1.weight"].reshape(4)
+
+
+def _retype_mask(s):
+    s["masks"]["fc1.weight"] = s["masks"]["fc1.weight"].to(torch.uint8)
+
+
+def _change_moment(s):
+    s["controller"]["moment"] = torch.tensor(99.0)
+
+
+@pytest.mark.parametrize("tamper", [_rename_mask, _reshape_mask, _retype_mask, _change_moment],
+                         ids=["renamed_key", "reshaped", "retyped", "one_element_tensor"])
+def test_a_stage_checkpoint_changed_in_a_name_shape_dtype_or_scalar_is_refused(tmp_path, tamper):
+    """The stored sha256 covers dict keys, each tensor's dtype and shape, and one-element tensors:
+    a mask renamed, reshaped or retyped (same bytes) or a changed controller moment is damage."""
+    from adaptive.mask_only_checkpoint import CheckpointMismatchError, load_stage, save_stage
+
+    path = tmp_path / "ck.pt"
+    save_stage(path, {"fingerprint": {"targets": [0.5]}, "stage": 1, "step": 10, "since_best": 0,
+                      "masks": {"fc1.weight": torch.tensor([[True, False], [True, True]])},
+                      "controller": {"moment": torch.tensor(0.25)}, "snapshots": {}, "history": [{"stage": 1}],
+                      "data": None, "cpu_seconds": 1.0, "wall_seconds": 1.0})
+    assert torch.equal(load_stage(path, {"targets": [0.5]})["controller"]["moment"], torch.tensor(0.25))  # intact
+    state = torch.load(path, weights_only=True)
+    tamper(state)  # its stored sha256 kept
+    torch.save(state, path)
+    with pytest.raises(CheckpointMismatchError, match="is damaged: its content does not match the sha256 stored in it"):
+        load_stage(path, {"targets": [0.5]})
+
+
 def test_a_stage_checkpoint_written_before_checksums_still_resumes(tmp_path, capsys):
     path = _stage_file(tmp_path)
     state = torch.load(path, weights_only=True)
@@ -291,6 +346,27 @@ def test_a_connectome_file_saved_before_checksums_still_loads(tmp_path):
     save_file(load_file(tmp_path / "c.safetensors"), str(tmp_path / "old.safetensors"), metadata=meta)
     back = adaptive.Connectome.load(tmp_path / "old.safetensors", model)
     assert all(torch.equal(back.masks[n], c.masks[n]) for n in c.masks)
+
+
+def test_a_connectome_file_whose_metadata_changed_is_refused(tmp_path):
+    """The sha256 in a connectome file covers its metadata too: a mode re-saved as mask_only (the
+    tensors and the sha256 entry kept) is refused, not loaded as a mask-only connectome."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+    f = tmp_path / "c.safetensors"
+    adaptive.Connectome(model(), mode="train").save(f)
+    assert adaptive.Connectome.load(f, model()).mode == "train"  # intact: loads
+    with safe_open(str(f), framework="pt") as g:
+        meta, tensors = g.metadata(), {k: g.get_tensor(k) for k in g.keys()}
+    meta["mode"] = "mask_only"
+    save_file(tensors, str(f), metadata=meta)
+    with pytest.raises(ValueError, match="is damaged: its content does not match the sha256"):
+        adaptive.Connectome.load(f, model())
 
 
 # ----------------------------------------------------------------------------- --overwrite and config.yaml

@@ -332,6 +332,30 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path, script):
     assert "interrupted" in err and len(err.strip().splitlines()) == 1
 
 
+def test_ctrl_c_once_the_run_has_written_a_checkpoint_says_how_to_continue(tmp_path):
+    """Once the run has started, Ctrl-C is run_cli's: its line names the checkpoint to continue
+    from, not the start-up handler's 'interrupted while starting; nothing was written'."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "o"
+    p = subprocess.Popen([sys.executable, str(root / "recipes" / "adaptive.py"), "--max_steps", "100000", "--threads", "1",
+                          "--progress", "false", "--figures", "false", "--checkpoint_every", "20", "--output_dir",
+                          str(out)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start = time.time()
+    while p.poll() is None and not list((out / "checkpoints").glob("step_*")) and time.time() - start < 120:
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().startswith(f"recipes/adaptive.py: interrupted; add --resume latest --output_dir {out} to the "
+                                  "same command to continue from step_"), err[-2000:]
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path):
     """A job a shell script starts in the background has SIGINT ignored; the quiet start-up handler
     and run_cli replaced that, so a Ctrl-C meant for the script killed the run."""

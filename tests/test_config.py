@@ -276,3 +276,41 @@ def test_nested_dataclasses_stay_dataclasses_and_the_latest_option_wins(tmp_path
 def test_a_value_that_is_not_yaml_names_its_own_option():
     with pytest.raises(ConfigError, match=r"--model_kw 'hidden=\[64, 32': the value is not YAML"):
         parse_config(Cfg, ["--model_kw", "hidden=[64, 32"])
+
+
+def test_a_key_value_entry_written_with_an_exponent_is_a_float():
+    """--dataset-kw lr=1e-3 gave the string '1e-3' (YAML 1.1 reads it so), where '{lr: 1e-3}' gave 0.001."""
+    from adaptive.config import merge_key_values
+
+    assert merge_key_values(["lr=1e-3"]) == {"lr": 0.001} == merge_key_values(["{lr: 1e-3}"])
+
+
+def test_an_exponent_inside_a_nested_mapping_is_a_float():
+    from adaptive.config import merge_key_values
+
+    assert merge_key_values(["{opt: {lr: 1e-3}}"]) == {"opt": {"lr": 0.001}}
+    assert parse_config(Cfg, ["--model_kw", "{opt: {lr: 1e-3}}"]).model_kw == {"opt": {"lr": 0.001}}
+
+
+def test_a_mapping_with_an_equals_sign_in_a_value_is_read_as_the_mapping():
+    """'{root: /data, filter: "x=1"}' is a YAML mapping, not KEY=VALUE split at its '='."""
+    from adaptive.config import merge_key_values
+
+    assert merge_key_values(['{root: /data, filter: "x=1"}']) == {"root": "/data", "filter": "x=1"}
+    assert parse_config(Cfg, ["--model_kw", '{act: relu, expr: "a=b"}']).model_kw == {"act": "relu", "expr": "a=b"}
+
+
+def test_a_nested_mapping_keeps_the_dotted_fields_given_before_it():
+    """--optim.sched.warm 5 then --optim '{sched: {kind: lin}}': the mapping sets kind, warm stays 5."""
+    cfg = parse_config(_Nested, ["--optim.sched.warm", "5", "--optim", "{sched: {kind: lin}}"])
+    assert cfg.optim == _Optim(sched=_Sched(kind="lin", warm=5))
+
+
+def test_load_config_with_overrides_derives_defaults_again_as_parse_config_does(tmp_path):
+    """load_config(file, overrides={'mode': 'b'}) kept the steps derived from the file's mode a (20)."""
+    (tmp_path / "c.yaml").write_text("seed: 1\n")
+    cfg = load_config(_Derived, tmp_path / "c.yaml", overrides={"mode": "b"})
+    assert (cfg.mode, cfg.steps, cfg.seed) == ("b", 1, 1)
+    assert cfg == parse_config(_Derived, ["--config", str(tmp_path / "c.yaml"), "--mode", "b"])
+    (tmp_path / "s.yaml").write_text("steps: 7\n")  # a value the file gives is kept
+    assert load_config(_Derived, tmp_path / "s.yaml", overrides={"mode": "b"}).steps == 7

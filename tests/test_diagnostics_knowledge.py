@@ -107,3 +107,22 @@ def test_strict_json_replaces_only_non_finite_numbers():
            "e": (1, "x", None), "f": {"g": torch.tensor(float("nan"))}}
     out = json.loads(jsonio.dumps(doc))
     assert out == {"a": None, "b": [1.5, None, None], "c": 2.5, "d": 0.25, "e": [1, "x", None], "f": {"g": None}}
+
+
+def test_strict_json_writes_a_non_finite_number_in_a_tuple_as_null():
+    """(low, high) with a NaN was refused as 'Out of range float values', not written as null."""
+    import json
+
+    from adaptive import jsonio
+
+    assert json.loads(jsonio.dumps({"loss_range": (0.5, float("nan"))})) == {"loss_range": [0.5, None]}
+
+
+def test_strict_json_writes_a_non_finite_one_element_tensor_as_null():
+    """A 1-d one-element tensor goes through float(): an infinite one is null, as a 0-d one is."""
+    import json
+
+    from adaptive import jsonio
+
+    text = jsonio.dumps({"loss": torch.tensor([float("inf")]), "best": torch.tensor([0.25])})
+    assert json.loads(text) == {"loss": None, "best": 0.25}

@@ -1,11 +1,14 @@
 """Stage checkpoints of optimize_connectome: an interrupted run resumes after its last stage."""
 import copy
+import re
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from adaptive.mask_only import changed_weights, optimize_connectome
+from adaptive.mask_only_checkpoint import FORMAT, CheckpointMismatchError, fingerprint, load_stage, save_stage, \
+    weights_checksum
 
 from test_mask_only import tiny
 
@@ -138,6 +141,64 @@ def test_a_folder_as_checkpoint_path_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="is a folder: give a file path"):
         optimize_connectome(model, *ordered_loaders(), 0.3, checkpoint=tmp_path, **KW)
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+
+def _stage_state(**entries):
+    """The entries of a stage checkpoint (what optimize_connectome records), ``entries`` replacing some."""
+    return {"fingerprint": {}, "stage": 1, "step": 1, "since_best": 0, "masks": {}, "controller": {}, "snapshots": {},
+            "history": [], "cpu_seconds": 0.0, "wall_seconds": 0.0, **entries}
+
+
+def test_a_resume_with_other_frozen_weights_is_refused(tmp_path):
+    """Weights 5% larger are other weights: only the last bits of their sums may differ."""
+    w = torch.randn(100, 100, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "ck.pt"
+    save_stage(path, _stage_state(fingerprint=fingerprint(weights=weights_checksum({"w": w}))))
+    assert load_stage(path, fingerprint(weights=weights_checksum({"w": w.clone()})))["stage"] == 1
+    with pytest.raises(CheckpointMismatchError, match=r"written by another run; it differs in weights: the checkpoint "
+                                                      r"was made from other weights\. Use the same settings"):
+        load_stage(path, fingerprint(weights=weights_checksum({"w": w * 1.05})))
+
+
+def test_a_resume_with_an_estimator_setting_whose_repr_starts_alike_is_refused(tmp_path):
+    """beta2=0.9995 is another setting than the checkpoint's beta2=0.999, though its repr starts alike."""
+    from adaptive.utility import get_estimator
+
+    saved = get_estimator("presence")
+    assert repr(saved) == "Presence(step=0.01, beta1=0.9, beta2=0.999)"
+    path = tmp_path / "ck.pt"
+    save_stage(path, _stage_state(fingerprint=fingerprint(estimator=saved)))
+    assert load_stage(path, fingerprint(estimator=get_estimator("presence")))["stage"] == 1
+    other = type(saved)(step=0.01, beta1=0.9, beta2=0.9995)
+    with pytest.raises(CheckpointMismatchError, match=r"it differs in estimator: checkpoint 'Presence\(step=0.01, "
+                                                      r"beta1=0.9, beta2=0.999\)', this run 'Presence\(step=0.01, "
+                                                      r"beta1=0.9, beta2=0.9995\)'"):
+        load_stage(path, fingerprint(estimator=other))
+
+
+def test_a_stage_checkpoint_of_another_format_is_refused(tmp_path):
+    """A newer version's format 2 (its sha256 intact) is not read as format 1."""
+    path = tmp_path / "ck.pt"
+    save_stage(path, _stage_state(format=2))
+    with pytest.raises(CheckpointMismatchError, match=r"ck.pt is not a mask-only stage checkpoint \(format 1\)\. "
+                                                      r"Delete it"):
+        load_stage(path, {})
+
+
+@pytest.mark.parametrize("entries, problem", [
+    (dict(optimizer={}), "unknown entry 'optimizer'"),
+    (dict(stage=True), "'stage' is a bool"),
+    (dict(data={"train": {"epoch": 0}}), "'data' does not hold both loaders' positions"),
+    (dict(masks={"fc.weight": [1, 0, 1]}), "'masks' holds something other than tensors"),
+], ids=["unknown_entry", "bool_stage", "one_loader_position", "masks_not_tensors"])
+def test_a_stage_checkpoint_without_checksum_and_damaged_entries_is_refused(tmp_path, entries, problem):
+    """A checkpoint written before checksums is checked entry by entry before anything uses it."""
+    path = tmp_path / "ck.pt"
+    torch.save({"format": FORMAT, **_stage_state(**entries)}, path)  # no sha256: an older version's file
+    with pytest.raises(CheckpointMismatchError, match=rf"ck.pt is damaged \({re.escape(problem)}\)\. Delete it"):
+        load_stage(path, {})
+    torch.save({"format": FORMAT, **_stage_state()}, path)
+    assert load_stage(path, {})["stage"] == 1  # the same without the damage loads
 
 
 class NoisyImages(torch.utils.data.Dataset):

@@ -2,6 +2,7 @@
 shapes (None, never 0 or above 1, otherwise), losses averaged over the units they stand for, target
 "best" by held-out loss where there is no accuracy, plain two-argument losses, nested inputs."""
 import copy
+import re
 
 import pytest
 import torch
@@ -207,3 +208,36 @@ def test_a_single_logit_with_integer_labels_has_no_accuracy_and_a_weighted_loss_
     loss, acc, _ = evaluate(nn.Identity(), [(out, y)], weighted)
     assert loss == pytest.approx(float(weighted(out, y)), rel=1e-6) and acc == pytest.approx(float((out.argmax(1) == y).float().mean()))
     assert evaluate(nn.Identity(), [(out, y)])[0] == float(F.cross_entropy(out, y, reduction="sum")) / 16  # unweighted: the sum, as before
+
+
+def test_a_regression_loss_with_a_reduction_argument_is_its_mean_not_its_sum_over_features():
+    """F.mse_loss takes reduction='sum', but for (B, 5) predictions its sum is over features too:
+    evaluate must report the mean loss_fn gives, not 5x it."""
+    torch.manual_seed(0)
+    batches = [(torch.randn(8, 5), torch.randn(8, 5)) for _ in range(2)]
+    loss, acc, n = evaluate(nn.Identity(), batches, F.mse_loss)
+    assert acc is None and n == 16
+    assert loss == pytest.approx(sum(float(F.mse_loss(x, y)) for x, y in batches) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("returned", [(12, 10), (2, 2.5)], ids=["correct_above_count", "fractional_count"])
+def test_an_accuracy_fn_returning_more_correct_than_counted_or_a_fractional_count_is_refused(returned):
+    from adaptive.metrics import batch_accuracy
+
+    def my_accuracy(out, y):
+        return returned
+
+    with pytest.raises(ValueError, match=r"accuracy_fn must return \(correct, count\) with 0 <= correct <= count "
+                                         rf"\(an integer\), or None for no accuracy; 'my_accuracy' returned "
+                                         rf"{re.escape(repr(returned))}"):
+        batch_accuracy(my_accuracy, torch.zeros(10, 3), torch.zeros(10, dtype=torch.long))
+    assert batch_accuracy(lambda o, y: (10, 10.0), torch.zeros(10, 3), None) == (10, 10)  # a whole float count is fine
+
+
+def test_bool_targets_are_not_class_labels():
+    """Bool targets are a binary score, not class indices: no accuracy, the loss weighted by examples."""
+    from adaptive.metrics import loss_weight
+
+    out, y = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]]), torch.tensor([True, False, True])
+    assert default_accuracy(out, y) is None and loss_weight(out, y) == 3
+    assert default_accuracy(out, y.long()) == (0, 3)  # the same labels as integers are classes

@@ -574,6 +574,42 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, capsys):
     assert run(out, "--max_steps", "5").state.step == 5  # free again once the other run ended
 
 
+def test_a_run_that_finds_an_earlier_run_once_it_holds_the_lock_is_refused(tmp_path):
+    """A run that ended while this one was starting left its summary.json: the recheck made once the
+    lock is held refuses the fresh run instead of letting it write beside the earlier one."""
+    import types
+
+    from adaptive.run_folder import RunFolderError, RunLock, existing, refuse_earlier_run
+
+    (tmp_path / "summary.json").write_text("{}")
+    lock = RunLock(types.SimpleNamespace(num_processes=1, is_main_process=True), tmp_path)
+    recheck = lambda: refuse_earlier_run(tmp_path, existing(tmp_path, ["summary.json"]),  # noqa: E731
+                                         overwrite=False, weights=None, doomed=[])
+    with pytest.raises(RunFolderError, match=r"holds an earlier run \(summary.json\): start afresh in another "
+                                             r"--output_dir, or add --overwrite"):
+        lock.acquire(recheck=recheck)
+    assert lock.fd is None  # the lock is let go
+    (tmp_path / "summary.json").unlink()
+    lock.acquire(recheck=recheck)
+    lock.release()
+
+
+def test_overwrite_never_follows_a_symbolic_link_to_a_folder(tmp_path):
+    """graph_report as a link to the user's own folder: --overwrite's delete_files leaves the link and
+    the folder alone (rmtree on it raised OSError with the earlier run half deleted)."""
+    from adaptive.run_folder import delete_files
+
+    out, mine = tmp_path / "run", tmp_path / "mine"
+    out.mkdir()
+    mine.mkdir()
+    (mine / "notes.md").write_text("mine")
+    (out / "graph_report").symlink_to(mine, target_is_directory=True)
+    (out / "summary.json").write_text("{}")
+    delete_files(out, ["graph_report", "summary.json"], trees=["graph_report"])
+    assert (out / "graph_report").is_symlink() and (mine / "notes.md").read_text() == "mine"
+    assert not (out / "summary.json").exists()
+
+
 def test_the_interrupt_message_points_at_the_checkpoint_or_says_there_is_none(tmp_path, capsys):
     class Stop(KeyboardInterrupt):
         pass
