@@ -539,8 +539,7 @@ class Controller:
                 fraction, current = 0.0, EditPlan()
                 break
             fraction *= 0.5
-            current = plan.shrink(fraction, groups=lambda n: self.conn.granularities[n].constraint_groups(
-                self.conn.layers[n].shape))
+            current = self._shrink(plan, fraction)
             if current.counts() == (0, 0):  # rounding left nothing to try: the update is rolled back
                 fraction = 0.0
                 break
@@ -602,6 +601,30 @@ class Controller:
                 self.conn.params[n].copy_(w)
         restore_state(state)
         self.conn.apply()
+
+    def _shrink(self, plan: EditPlan, fraction: float) -> EditPlan:
+        """``plan`` cut to its best ``fraction`` for a line search, halved further (to nothing at
+        worst) while its net removal strays from ``fraction`` of the plan's by more than half its
+        largest ensemble: prunes and grows are cut by count, so with ensembles of different sizes
+        (a 15-synapse block pruned, the 4-synapse ones that replaced it cut) the cut plan could move
+        the density off the target the whole plan met, for good."""
+        groups = lambda n: self.conn.granularities[n].constraint_groups(self.conn.layers[n].shape)  # noqa: E731
+        p_full, g_full = self._synapse_counts(plan)
+        sizes = [self._ensemble_sizes(n, idx) for side in (plan.prune, plan.grow) for n, idx in side.items()]
+        half = max([0.5] + [float(v.max()) / 2 for v in sizes if v.numel()])
+        while True:
+            current = plan.shrink(fraction, groups=groups)
+            p, g = self._synapse_counts(current)
+            if current.counts() == (0, 0) or abs((p - g) - fraction * (p_full - g_full)) <= max(1.0, half):
+                return current
+            fraction *= 0.5
+
+    def _ensemble_sizes(self, name: str, idx: torch.Tensor) -> torch.Tensor:
+        """Synapses in each of layer ``name``'s ensembles ``idx``."""
+        g, shape = self.conn.granularities[name], self.conn.layers[name].shape
+        if tuple(g.ensemble_shape(shape)) == tuple(shape):
+            return torch.ones(idx.numel())
+        return g.ensemble_sizes(shape).reshape(-1)[idx.cpu()].round()
 
     def _synapse_counts(self, plan: EditPlan):
         """Synapses pruned and grown by an applied plan (ensembles can hold several)."""

@@ -233,3 +233,59 @@ def test_swaps_keep_the_density_within_half_an_ensemble_of_mixed_sizes(policy, b
     n = 2112  # synapses of _mixed_sizes_net
     misses = {d: _worst_miss(policy, budget, ensemble, d) for d in [0.05, 0.5, 0.8, 0.95, 1 - 99 / n, 1 - 54 / n, 1 - 27 / n]}
     assert all(v <= 1 for v in misses.values()), {d: round(v, 2) for d, v in misses.items() if v > 1}
+
+
+def _mixed_net():
+    torch.manual_seed(0)  # neurons of 27, 72, 128 and 10 synapses
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 10), nn.ReLU(), nn.Linear(10, 4))
+
+
+def _half_largest(conn):
+    return max(float(conn.granularities[n].ensemble_sizes(torch.Size(conn.layers[n].shape)).max()) for n in conn.names) / 2
+
+
+@pytest.mark.parametrize("ensemble,density,mode", [("neuron", 0.5, "train"), ("neuron", 0.8, "train"),
+                                                   ("block:3x5", 0.5, "train"), ("kernel", 0.8, "mask_only"),
+                                                   ({"*0*": "neuron", "*": "synapse"}, 0.03, "train")])
+def test_threshold_without_a_deadline_settles_within_half_an_ensemble_of_the_target(ensemble, density, mode):
+    """With no end_step the pace took the edit limit's cheapest ensembles whatever they held, so it
+    overshot by many ensembles (990 live for a target of 1,690), and below the target nothing came back."""
+    m = _mixed_net()
+    conn = adaptive.Connectome(m, ensemble=ensemble, mode=mode)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05) if mode == "train" else None
+    ctrl = adaptive.Controller(conn, opt, policy="threshold", density=density, budget="global", update_every=2,
+                               end_step=None, seed=0)
+    x, y = torch.randn(256, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(256) % 4
+    for s in range(60):
+        i = (4 * s) % 252
+        F.cross_entropy(m(x[i:i + 4]), y[i:i + 4]).backward()
+        if opt is not None:
+            opt.step()
+            opt.zero_grad()
+        else:
+            ctrl.observe()
+            ctrl.step()
+            m.zero_grad()
+    assert abs(conn.num_live() - density * conn.num_synapses()) <= _half_largest(conn)
+
+
+@pytest.mark.parametrize("policy,ensemble,density", [("set", "block:3x5", 0.97), ("utility", "neuron", 0.3),
+                                                     ("rigl", "neuron", 0.5)])
+def test_a_line_search_never_moves_the_density_off_its_target(policy, ensemble, density):
+    """A shrunk plan kept the same fraction of prunes and of grows by count, so with ensembles of
+    different sizes the live count left the target (719 live for 634, tolerance 64) for good."""
+    m = _mixed_net()
+    conn = adaptive.Connectome(m, ensemble=ensemble)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    x, y = torch.randn(256, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(256) % 4
+    ctrl = adaptive.Controller(conn, opt, policy=policy, density=density, budget="global", update_every=2, end_step=12,
+                               seed=0, holdout_loss=lambda: float(F.cross_entropy(m(x[:32]), y[:32])))
+    for s in range(14):
+        i = (4 * s) % 252
+        F.cross_entropy(m(x[i:i + 4]), y[i:i + 4]).backward()
+        opt.step()
+        opt.zero_grad()
+    target, half = density * conn.num_synapses(), _half_largest(conn)
+    assert any(e["line_search_fraction"] not in (None, 1.0) for e in ctrl.events)  # the line search did cut
+    assert all(abs(e["live"] - target) <= half for e in ctrl.events), [(e["live"], target, half) for e in ctrl.events]

@@ -30,9 +30,11 @@ class Threshold(Policy):
 
     def _pace(self, ctrl, step, live, target):
         """Synapses to remove, net, at this update: the excess over the target, spread over the
-        updates left before ``end_step``."""
-        need = max(0.0, live - target)
-        if ctrl.end_step is None or need == 0:
+        updates left before ``end_step``; negative below the target (synapses to restore, net)."""
+        need = live - target
+        if need <= 0:  # at or below the target (an update past it): the shortfall is restored at once
+            return need
+        if ctrl.end_step is None:
             return need
         left = max(1, math.ceil((ctrl.end_step - step) / ctrl.update_every))
         return math.ceil(need / left)
@@ -54,8 +56,8 @@ class Threshold(Policy):
         pace = self._pace(ctrl, step, live_synapses(size, a), global_synapse_target(ctrl, ctrl.density)) if target_set else 0
         n_pace = max_count(size, pace, live)  # enough ensembles to remove ``pace`` synapses
         if target_set and ctrl.end_step is None and n_pace > limit:
-            n_pace = limit  # no deadline: as fast as the edit limit allows
-            pace = size_sum(size, lowest(per_synapse(c, size), a, n_pace))
+            n_pace = limit  # no deadline: as fast as the edit limit allows, and never past the target
+            pace = min(pace, size_sum(size, lowest(per_synapse(c, size), a, n_pace)))
         # ensembles of different sizes compete by value per synapse (the budget's unit); the
         # boundaries apply to their whole (summed) values
         cs, gs = per_synapse(c, size), per_synapse(g, size)
@@ -68,7 +70,9 @@ class Threshold(Policy):
             n_p = max(min(n_below, limit), take_synapses(p_idx, size, pace).numel())
             p_idx = p_idx[:n_p]
         above = ~a & (g > self.restore_boundary)
-        r_idx = highest(gs, above, min(int(above.sum()), limit))
+        n_short = max_count(size, -pace, int((~a).sum())) if target_set else 0
+        above[highest(gs, ~a, n_short)] = True  # below the target: the best absent, wherever the boundary is
+        r_idx = highest(gs, above, min(int(above.sum()), max(limit, n_short)))
         if target_set:
             # net removal is exactly the pace (to within half an ensemble): restores only replace
             # prunes beyond it, and prunes beyond the pace that nothing replaces are dropped
