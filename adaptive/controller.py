@@ -27,7 +27,7 @@ from .atomic import write_text
 from .connectome import Connectome
 from .distributed import check_masks_agree
 from .optim_state import restore_state, snapshot_state, unwrap_optimizer
-from .policies.base import EditPlan, get_policy, keep_plan, synapse_targets
+from .policies.base import EditPlan, get_policy, global_synapse_target, keep_plan, synapse_targets
 from .schedules import get_decay
 from .utility import GradientStats, UtilityContext, get_estimator
 from .warn import warn_user
@@ -538,8 +538,7 @@ class Controller:
             if attempt == self.line_search_tries or plan.atomic:
                 fraction, current = 0.0, EditPlan()
                 break
-            fraction *= 0.5
-            current = self._shrink(plan, fraction)
+            fraction, current = self._shrink(plan, fraction * 0.5)
             if current.counts() == (0, 0):  # rounding left nothing to try: the update is rolled back
                 fraction = 0.0
                 break
@@ -602,29 +601,45 @@ class Controller:
         restore_state(state)
         self.conn.apply()
 
-    def _shrink(self, plan: EditPlan, fraction: float) -> EditPlan:
-        """``plan`` cut to its best ``fraction`` for a line search, halved further (to nothing at
-        worst) while its net removal strays from ``fraction`` of the plan's by more than half its
-        largest ensemble: prunes and grows are cut by count, so with ensembles of different sizes
-        (a 15-synapse block pruned, the 4-synapse ones that replaced it cut) the cut plan could move
-        the density off the target the whole plan met, for good."""
+    def _shrink(self, plan: EditPlan, fraction: float):
+        """``(fraction, plan cut to its best fraction)`` for a line search. Prunes and grows are cut
+        by count, so where a swap plan that holds the density on its target mixes ensembles of
+        different sizes (a 15-synapse block pruned, the 4-synapse ones that replaced it cut) the cut
+        could leave the target for good: such a cut is halved further (to nothing at worst) until it
+        lands within half its largest ensemble of the target. A plan still on its way to the target
+        (or one that only prunes or only grows) is cut as it is: the next update goes on from there."""
         groups = lambda n: self.conn.granularities[n].constraint_groups(self.conn.layers[n].shape)  # noqa: E731
-        p_full, g_full = self._synapse_counts(plan)
-        sizes = [self._ensemble_sizes(n, idx) for side in (plan.prune, plan.grow) for n, idx in side.items()]
-        half = max([0.5] + [float(v.max()) / 2 for v in sizes if v.numel()])
-        while True:
-            current = plan.shrink(fraction, groups=groups)
-            p, g = self._synapse_counts(current)
-            if current.counts() == (0, 0) or abs((p - g) - fraction * (p_full - g_full)) <= max(1.0, half):
-                return current
-            fraction *= 0.5
+        current = plan.shrink(fraction, groups=groups)
+        if self.density is None or 0 in plan.counts():
+            return fraction, current
+        sizes = {n: self._layer_sizes(n) for n in set(plan.prune) | set(plan.grow)}
 
-    def _ensemble_sizes(self, name: str, idx: torch.Tensor) -> torch.Tensor:
-        """Synapses in each of layer ``name``'s ensembles ``idx``."""
+        def edited(side):
+            return [sizes[n][idx.cpu()] if sizes[n] is not None else torch.ones(idx.numel())
+                    for n, idx in side.items() if idx.numel()]
+
+        def net(p):
+            return sum(float(v.sum()) for v in edited(p.prune)) - sum(float(v.sum()) for v in edited(p.grow))
+
+        every = edited(plan.prune) + edited(plan.grow)
+        half = max(float(v.max()) for v in every) / 2
+        if half * 2 == min(float(v.min()) for v in every):
+            return fraction, current  # one ensemble size: a cut is off by whole ensembles at most, as ever
+        live = sum(int(torch.count_nonzero(m)) for n, m in self.conn.masks.items() if n not in self.protected)
+        target = global_synapse_target(self, self.density)
+        if abs(live - net(plan) - target) > half:
+            return fraction, current  # on its way to the target
+        while current.counts() != (0, 0) and abs(live - net(current) - target) > half:
+            fraction *= 0.5
+            current = plan.shrink(fraction, groups=groups)
+        return fraction, current
+
+    def _layer_sizes(self, name: str) -> Optional[torch.Tensor]:
+        """Synapses in each of layer ``name``'s ensembles, flat; None where each holds one."""
         g, shape = self.conn.granularities[name], self.conn.layers[name].shape
         if tuple(g.ensemble_shape(shape)) == tuple(shape):
-            return torch.ones(idx.numel())
-        return g.ensemble_sizes(shape).reshape(-1)[idx.cpu()].round()
+            return None
+        return g.ensemble_sizes(shape).reshape(-1).round()
 
     def _synapse_counts(self, plan: EditPlan):
         """Synapses pruned and grown by an applied plan (ensembles can hold several)."""
