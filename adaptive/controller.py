@@ -606,30 +606,35 @@ class Controller:
         by count, so where a swap plan that holds the density on its target mixes ensembles of
         different sizes (a 15-synapse block pruned, the 4-synapse ones that replaced it cut) the cut
         could leave the target for good: such a cut is halved further (to nothing at worst) until it
-        lands within half its largest ensemble of the target. A plan still on its way to the target
-        (or one that only prunes or only grows) is cut as it is: the next update goes on from there."""
+        lands within half an ensemble of the target: the network's for the global budget (and the
+        policies that rank all layers together), each layer's for a layer budget. A plan still on its
+        way to the target (or one that only prunes or only grows) is cut as it is: the next update
+        goes on from there. Where every ensemble holds as many synapses, cuts are as they always were."""
         groups = lambda n: self.conn.granularities[n].constraint_groups(self.conn.layers[n].shape)  # noqa: E731
         current = plan.shrink(fraction, groups=groups)
         if self.density is None or 0 in plan.counts():
             return fraction, current
-        sizes = {n: self._layer_sizes(n) for n in set(plan.prune) | set(plan.grow)}
-
-        def edited(side):
-            return [sizes[n][idx.cpu()] if sizes[n] is not None else torch.ones(idx.numel())
-                    for n, idx in side.items() if idx.numel()]
-
-        def net(p):
-            return sum(float(v.sum()) for v in edited(p.prune)) - sum(float(v.sum()) for v in edited(p.grow))
-
-        every = edited(plan.prune) + edited(plan.grow)
-        half = max(float(v.max()) for v in every) / 2
-        if half * 2 == min(float(v.min()) for v in every):
+        editable = [n for n in self.conn.names if n not in self.protected]
+        sizes = {n: self._layer_sizes(n) for n in editable}
+        extent = {n: (1.0, 1.0) if v is None else (float(v.min()), float(v.max())) for n, v in sizes.items()}
+        if len({x for e in extent.values() for x in e}) == 1:
             return fraction, current  # one ensemble size: a cut is off by whole ensembles at most, as ever
-        live = sum(int(torch.count_nonzero(m)) for n, m in self.conn.masks.items() if n not in self.protected)
-        target = global_synapse_target(self, self.density)
-        if abs(live - net(plan) - target) > half:
-            return fraction, current  # on its way to the target
-        while current.counts() != (0, 0) and abs(live - net(current) - target) > half:
+        per_layer = synapse_targets(self, self.density)[0] if not self.policy.ranks_globally else None
+        if per_layer is None:  # one count over the network
+            regions = {"*": (editable, global_synapse_target(self, self.density), max(e[1] for e in extent.values()) / 2)}
+        else:
+            regions = {n: ([n], per_layer[n], extent[n][1] / 2) for n in set(plan.prune) | set(plan.grow) if n in per_layer}
+        live = {n: int(torch.count_nonzero(self.conn.masks[n])) for n in editable}
+
+        def net(p, names):  # synapses removed, net, from the layers ``names``
+            return sum(sign * (float(sizes[n][idx.cpu()].sum()) if sizes[n] is not None else idx.numel())
+                       for side, sign in ((p.prune, 1), (p.grow, -1)) for n, idx in side.items() if n in names)
+
+        def off(p, names, target):
+            return abs(sum(live[n] for n in names) - net(p, set(names)) - target)
+
+        held = [(names, target, half) for names, target, half in regions.values() if off(plan, names, target) <= half]
+        while current.counts() != (0, 0) and any(off(current, names, target) > half for names, target, half in held):
             fraction *= 0.5
             current = plan.shrink(fraction, groups=groups)
         return fraction, current

@@ -270,9 +270,13 @@ def test_threshold_without_a_deadline_settles_within_half_an_ensemble_of_the_tar
     assert abs(conn.num_live() - density * conn.num_synapses()) <= _half_largest(conn)
 
 
-@pytest.mark.parametrize("policy,ensemble,density", [("set", "block:3x5", 0.97), ("set", "neuron", 0.5),
-                                                     ("rigl", "block:3x5", 0.8)])
-def test_a_line_search_cut_keeps_the_density_and_reports_the_fraction_it_applied(policy, ensemble, density):
+@pytest.mark.parametrize("policy,ensemble,density,budget", [("set", "block:3x5", 0.97, "global"),
+                                                            ("set", "neuron", 0.5, "global"),
+                                                            ("rigl", "block:3x5", 0.8, "global"),
+                                                            ("rigl", "block:3x5", 0.3, "global"),
+                                                            ("rigl", "block:3x5", 0.5, "uniform"),
+                                                            ("set", "block:3x5", 0.7, "erk")])
+def test_a_line_search_cut_keeps_the_density_and_reports_the_fraction_it_applied(policy, ensemble, density, budget):
     """A shrunk plan kept the same fraction of prunes and of grows by count, so with ensembles of
     different sizes the live count left the target (719 live for 634, tolerance 64) for good. The
     held-out "loss" here is the number of synapses an update changed, so every plan of more than
@@ -285,7 +289,7 @@ def test_a_line_search_cut_keeps_the_density_and_reports_the_fraction_it_applied
         return sum(int((conn.masks[n] != before[n]).sum()) for n in before) / 1000 if before else 0.0
 
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
-    ctrl = adaptive.Controller(conn, opt, policy=policy, density=density, budget="global", update_every=2, end_step=20,
+    ctrl = adaptive.Controller(conn, opt, policy=policy, density=density, budget=budget, update_every=2, end_step=20,
                                seed=0, holdout_loss=changed, line_search_tolerance=0.0305)
     apply = ctrl._apply
 
@@ -306,7 +310,16 @@ def test_a_line_search_cut_keeps_the_density_and_reports_the_fraction_it_applied
     updates = [e for e in ctrl.events if e["kind"] == "update"]
     cut = [(p, e) for p, e in zip(plans, updates) if e["line_search_fraction"] not in (None, 0.0, 1.0)]
     assert cut  # some update was cut and kept in part
-    assert all(abs(e["live"] - target) <= half for e in ctrl.events), [(e["live"], target, half) for e in ctrl.events]
+    if budget == "global":
+        assert all(abs(e["live"] - target) <= half for e in ctrl.events), [(e["live"], target, half) for e in ctrl.events]
+    else:  # each layer on its own target, to within half of its own largest ensemble
+        from adaptive.policies.base import synapse_targets
+
+        per_layer = synapse_targets(ctrl, density)[0]
+        for e in ctrl.events:
+            for n, d in e["layer_density"].items():
+                sizes = conn.granularities[n].ensemble_sizes(torch.Size(conn.layers[n].shape))
+                assert abs(d * conn.masks[n].numel() - per_layer[n]) <= float(sizes.max()) / 2 + 1e-6, (e["step"], n)
     groups = lambda n: conn.granularities[n].constraint_groups(conn.layers[n].shape)  # noqa: E731
     for p, e in cut:
         assert p.shrink(e["line_search_fraction"], groups=groups).counts() == (e["pruned_ensembles"], e["grown_ensembles"])
