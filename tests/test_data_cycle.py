@@ -120,3 +120,59 @@ def test_a_read_only_pass_counter_is_left_alone():
     b = LoaderCycle(DataLoader(Noisy(), batch_size=6, sampler=ReadOnlyEpoch(20)))
     b.load_state_dict(state)  # no AttributeError from a property without a setter
     assert next(b)[1].tolist() == [6, 7, 8, 9, 10, 11]
+
+
+def test_a_position_recorded_exactly_at_the_end_of_a_pass_resumes_with_the_same_batches():
+    """20 examples in batches of 5: the pass ends on a full batch, and the sampler draws its next
+    permutation only when asked for a fifth; the record must come after that draw."""
+    def make():
+        return DataLoader(Noisy(), batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(3))
+
+    torch.manual_seed(0)
+    a = LoaderCycle(make())
+    for _ in range(4):
+        next(a)
+    state = a.state_dict()
+    expected = [next(a)[1] for _ in range(6)]
+    b = LoaderCycle(make())
+    b.load_state_dict(state)
+    assert [next(b)[1].tolist() for _ in range(6)] == [e.tolist() for e in expected]
+
+
+def test_loading_a_state_into_a_cycle_part_way_through_a_pass_drops_its_old_pass():
+    torch.manual_seed(0)
+    a = LoaderCycle(loader(0, True))
+    state = a.state_dict()  # before its first batch
+    expected = [next(a)[1].tolist() for _ in range(6)]
+    b = LoaderCycle(loader(0, True))
+    for _ in range(2):
+        next(b)
+    b.load_state_dict(state)
+    assert [next(b)[1].tolist() for _ in range(6)] == expected
+
+
+def _resumed_draw(seed_all, draw):
+    """``draw()`` right after a state recorded with a cached second Gaussian, then after resuming it
+    in a process whose random states differ."""
+    seed_all(1)
+    draw()  # draws a pair and keeps the second for the next call
+    state = LoaderCycle(loader(0, True)).state_dict()
+    expected = draw()
+    seed_all(2)
+    draw()
+    LoaderCycle(loader(0, True)).load_state_dict(state)
+    return expected, draw()
+
+
+def test_numpys_cached_second_gaussian_survives_a_resume():
+    import numpy as np
+
+    expected, got = _resumed_draw(np.random.seed, np.random.randn)
+    assert got == expected
+
+
+def test_pythons_cached_second_gaussian_survives_a_resume():
+    import random
+
+    expected, got = _resumed_draw(random.seed, lambda: random.gauss(0.0, 1.0))
+    assert got == expected

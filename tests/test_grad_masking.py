@@ -237,3 +237,18 @@ def test_bad_observer_or_switch_is_refused_and_changes_nothing():
     opt.zero_grad()
     backward(model, x, y)
     assert bool((pruned_grads(conn) == 0).all())  # still masking in backward
+
+
+def test_a_gradient_replaced_by_a_new_tensor_with_the_same_version_is_masked_by_the_step():
+    model, conn, opt, x, y = setup(torch.optim.SGD)
+    for step in range(2):  # the first step records the weights' versions; the second may trust the hooks
+        opt.zero_grad()
+        backward(model, x, y)
+        if step == 1:
+            for p in conn.params.values():
+                fresh = torch.zeros_like(p.grad)
+                fresh.add_(1.0)  # written once: its version counter equals the masked gradient's
+                assert fresh._version == p.grad._version
+                p.grad = fresh
+        opt.step()
+        assert pruned_weights_zero(conn)

@@ -568,3 +568,24 @@ def test_resume_through_state_dicts_is_exact_in_any_load_order(opt_name, order):
     run(m, opt, 17, 40)
     assert conn.mask_hash() == want[1]
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in want[0].items())
+
+
+def test_a_regrown_synapse_starts_adagrad_at_its_own_groups_initial_accumulator_value():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    conn = adaptive.Connectome(model)
+    opt = torch.optim.Adagrad([{"params": [model[0].bias, model[2].bias]},  # 0.0 (the default) here
+                               {"params": [model[0].weight, model[2].weight], "initial_accumulator_value": 0.7}],
+                              lr=1e-2)
+    conn.set_masks(random_masks(conn, 0.5, seed=1))
+    conn.attach(opt)
+    for s in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(torch.randn(4, 6)), torch.randint(0, 3, (4,))).backward()
+        opt.step()
+    old = {n: m.clone() for n, m in conn.masks.items()}
+    conn.set_masks(random_masks(conn, 0.5, seed=2))
+    for n, p in conn.params.items():
+        grown = conn.masks[n] & ~old[n]
+        assert grown.any()
+        assert torch.equal(opt.state[p]["sum"][grown], torch.full((int(grown.sum()),), 0.7))

@@ -301,3 +301,20 @@ def test_an_optimizer_whose_eps_is_not_one_number_attaches():
     m(torch.randn(2, 8)).sum().backward()
     opt.step()
     assert torch.all(m.weight[~conn.masks["weight"]] == 0)
+
+
+def test_an_eps_given_as_a_zero_tensor_keeps_pruned_weights_exactly_zero_and_warns():
+    """eps=torch.tensor(0.) is 0 as well: the step divides 0 by 0 at pruned positions, so it must be re-masked."""
+    torch.manual_seed(0)
+    model = _net()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, eps=torch.tensor(0.0))
+    conn = adaptive.Connectome(model)
+    conn.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in conn.masks.items()})
+    with pytest.warns(UserWarning, match="eps=0"):
+        conn.attach(opt)
+    for _ in range(3):
+        F.cross_entropy(model(torch.randn(16, 10)), torch.randint(0, 4, (16,))).backward()
+        opt.step()
+        opt.zero_grad()
+        for n, p in conn.params.items():
+            assert torch.equal(p[~conn.masks[n]], torch.zeros_like(p[~conn.masks[n]]))
