@@ -758,3 +758,102 @@ def test_a_window_with_nan_gradients_is_left_out_with_one_warning(mode, policy, 
              for t in v.values() if isinstance(t, torch.Tensor)]
     assert all(bool(torch.isfinite(t).all()) for t in state)
     assert window(False) is not None  # a finite window updates again
+
+
+# --------------------------------------------------------------- GradientStats, by hand
+def _two_layers():
+    from adaptive.utility.stats import GradientStats
+
+    net = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False))
+    conn = adaptive.Connectome(net)
+    return net, conn, GradientStats(conn)
+
+
+def _grads(net, a, b):
+    """Set layer 0's gradient to ``a`` and layer 1's to ``b`` everywhere (None: no gradient)."""
+    for m, v in zip(net, (a, b)):
+        m.weight.grad = None if v is None else torch.full((2, 2), float(v))
+
+
+def test_stats_a_layer_without_gradient_at_a_windows_first_batch_starts_from_zero():
+    net, conn, stats = _two_layers()
+    _grads(net, 100.0, 1.0)
+    stats.observe()
+    stats.reset()
+    _grads(net, None, 1.0)  # layer 0 takes no part in this batch: it adds zeros
+    stats.observe()
+    _grads(net, 1.0, 1.0)
+    stats.observe()
+    assert torch.equal(stats.mean("0.weight"), torch.full((2, 2), 0.5))
+
+
+def test_stats_a_batch_where_a_layer_had_no_gradient_counts_as_zeros():
+    net, conn, stats = _two_layers()
+    _grads(net, None, 1.0)
+    stats.observe()
+    _grads(net, 1.0, 1.0)
+    stats.observe()
+    assert stats.n("0.weight") == 2
+    assert torch.equal(stats.mean("0.weight"), torch.full((2, 2), 0.5))
+
+
+def test_stats_second_moment_of_a_windows_first_batch_is_the_square():
+    net, conn, stats = _two_layers()
+    _grads(net, -3.0, 2.0)
+    stats.observe()
+    assert torch.equal(stats.sq_mean("0.weight"), torch.full((2, 2), 9.0))
+    assert torch.equal(stats.sq_mean("1.weight"), torch.full((2, 2), 4.0))
+
+
+def _window_of_1_and_3():
+    net, conn, stats = _two_layers()
+    for v in (1.0, 3.0):  # mean 2, mean square 5, biased variance 1, unbiased 2
+        _grads(net, v, v)
+        stats.observe()
+    return stats
+
+
+def test_stats_batch_variance_is_unbiased():
+    assert torch.equal(_window_of_1_and_3().batch_variance("0.weight"), torch.full((2, 2), 2.0))
+
+
+def test_stats_fisher_recovers_the_per_sample_second_moment_from_the_batch_size():
+    stats = _window_of_1_and_3()
+    assert torch.equal(stats.fisher("0.weight", batch_size=8), torch.full((2, 2), 20.0))  # 2^2 + 8 * 2
+    assert torch.equal(stats.fisher("0.weight"), torch.full((2, 2), 5.0))
+
+
+def test_stats_a_window_with_nan_in_one_layer_is_not_finite():
+    net, conn, stats = _two_layers()
+    _grads(net, float("nan"), 1.0)
+    stats.observe()
+    assert not stats.finite()
+
+
+def _reloaded(stats):
+    from adaptive.utility.stats import GradientStats
+
+    again = GradientStats(stats.conn)
+    again.load_state_dict(stats.state_dict())
+    return again
+
+
+def test_stats_state_dict_round_trip_keeps_the_second_moments():
+    net, conn, stats = _two_layers()
+    for v in (1.0, 3.0):
+        _grads(net, v, -v)
+        stats.observe()
+    again = _reloaded(stats)
+    for n in conn.params:
+        assert torch.equal(again.sq_mean(n), torch.full((2, 2), 5.0))
+
+
+def test_stats_state_dict_round_trip_keeps_each_layers_own_count():
+    net, conn, stats = _two_layers()
+    _grads(net, 1.0, 2.0)
+    stats.observe(["0.weight"])  # one optimizer's step: layer 1 is not observed here
+    _grads(net, 3.0, 2.0)
+    stats.observe()
+    again = _reloaded(stats)
+    assert (again.n("0.weight"), again.n("1.weight")) == (2, 1)
+    assert torch.equal(again.mean("1.weight"), torch.full((2, 2), 2.0))
