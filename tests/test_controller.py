@@ -857,3 +857,52 @@ def test_stats_state_dict_round_trip_keeps_each_layers_own_count():
     again = _reloaded(stats)
     assert (again.n("0.weight"), again.n("1.weight")) == (2, 1)
     assert torch.equal(again.mean("1.weight"), torch.full((2, 2), 2.0))
+
+
+# --------------------------------------------------------------- schedules and budgets, by hand
+def test_gmp_density_follows_the_cubic_at_the_midpoint():
+    # sparsity 0 -> 0.9 over 100 steps; at step 50: 0.9 + (0 - 0.9) * 0.5^3 = 0.7875, density 0.2125
+    assert CubicDensity(1.0, 0.1, 0, 100)(50) == pytest.approx(0.2125)
+    assert CubicDensity(1.0, 0.1, 0, 100)(25) == pytest.approx(1.0 - 0.9 * (1.0 - 0.75 ** 3))
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_an_edit_decay_holds_its_start_value_before_its_start_step(name):
+    from adaptive.schedules import get_decay
+
+    decay = get_decay(name, 0.3, end_step=100, start_step=50)
+    assert decay(10) == pytest.approx(0.3)
+    assert decay(50) == pytest.approx(0.3)
+    assert decay(100) == pytest.approx(0.0)
+
+
+def _layers(*modules):
+    return adaptive.Connectome(nn.Sequential(*modules)).layers
+
+
+def test_erk_counts_the_kernel_dimensions_of_a_conv():
+    layers = _layers(nn.Conv2d(3, 16, 5), nn.Conv2d(16, 32, 3), nn.Linear(32, 10))
+    # live counts proportional to the sum of each weight's dimensions: 29, 54, 42; at 30% of 6128
+    # (1838) the linear layer would need 589 > 320, so it is full and the convs share 1518 as 29:54
+    assert get_budget("erk")(layers, 0.3) == {"0.weight": 530, "1.weight": 988, "2.weight": 320}
+
+
+def test_er_gives_mirror_image_layers_the_same_count():
+    layers = _layers(nn.Linear(10, 30), nn.Linear(30, 10), nn.Linear(5, 5))
+    counts = get_budget("er")(layers, 0.5)  # (10 + 30) / (10 * 30) for both
+    assert sum(counts.values()) == round(0.5 * 625)
+    assert abs(counts["0.weight"] - counts["1.weight"]) <= 1
+
+
+def test_the_min_density_floor_is_rounded_up():
+    layers = _layers(nn.Linear(127, 79), nn.Linear(30, 30), nn.Linear(30, 30))
+    assert get_budget("erk")(layers, 0.18)["0.weight"] < 0.15 * 10033  # ERK alone puts it below the floor
+    counts = get_budget("erk")(layers, 0.18, min_density=0.15)
+    assert counts["0.weight"] == 1505  # ceil(0.15 * 10033 = 1504.95): at least 15%
+    assert sum(counts.values()) == round(0.18 * 11833)
+
+
+def test_the_rounding_remainder_goes_to_the_largest_fractions():
+    layers = _layers(nn.Linear(37, 9), nn.Linear(29, 23))  # 333 and 667 synapses
+    # 3% of each: 9.99 and 20.01, 30 in all: the spare synapse goes to the 9.99
+    assert get_budget("uniform")(layers, 0.03) == {"0.weight": 10, "1.weight": 20}
