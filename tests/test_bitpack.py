@@ -33,3 +33,12 @@ def test_unpack_rejects_a_wrong_size():
         bitpack.unpack(torch.zeros(3, dtype=torch.uint8), (3, 4))
     with pytest.raises(ValueError, match="uint8"):
         bitpack.unpack(torch.zeros(2, dtype=torch.int32), (3, 4))
+
+
+def test_a_non_contiguous_mask_packs_in_its_own_element_order():
+    mask = torch.tensor([[True, False, False], [True, True, False], [False, False, True]]).t()  # transposed
+    assert not mask.is_contiguous()
+    packed = bitpack.pack(mask)
+    # rows of the transpose: 1 1 0 / 0 1 0 / 0 0 1, then 7 zero bits of padding
+    assert packed.tolist() == [0b11001000, 0b10000000]
+    assert torch.equal(bitpack.unpack(packed, mask.shape), mask)

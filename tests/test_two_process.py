@@ -19,3 +19,18 @@ def test_two_processes_hold_identical_masks(tmp_path):
     assert a["grad_differs"] and b["grad_differs"]  # the ranks really saw different data
     assert len(a["mask_only"]) == 5 and a["mask_only"] == b["mask_only"]
     assert sum(x[1] for x in a["mask_only"]) > 0  # edits happened
+
+
+def test_process_group_helpers_on_two_processes(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_helpers.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    r = launch_two([script, tmp_path], env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    recs = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    for i, rec in enumerate(recs):
+        assert rec["index"] == rec["rank"] == i and rec["world"] == 2
+        assert rec["mean"] == [[1.5, 3.0], [[15.0]], "torch.float32", "torch.float64"]  # the mean, not the sum
+        assert rec["problem"] == "a file only rank 1 reads is missing"  # on rank 0 as well
+        assert rec["no_problem"] is None
+        assert rec["agree"]
+        assert rec["mismatch"] is not None and "masks differ between processes at step 2" in rec["mismatch"]

@@ -1,0 +1,48 @@
+"""Run under `accelerate launch --multi_gpu --num_processes 2`: the process-group helpers of
+adaptive.distributed, each with a value both ranks can check. Writes one JSON file per rank into argv[1]."""
+import json
+import os
+import sys
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+import adaptive
+from adaptive import distributed as D
+
+
+def main(out_dir):
+    acc = Accelerator(cpu=True)
+    me = acc.process_index
+    record = {"index": me, "rank": D.rank(), "world": D.world_size()}
+
+    a, b = torch.tensor([1.0, 2.0]) * (me + 1), torch.tensor([[10.0]], dtype=torch.float64) * (me + 1)
+    D.all_reduce_mean_([a, b, None])
+    record["mean"] = [a.tolist(), b.tolist(), str(a.dtype), str(b.dtype)]
+
+    # a check that fails on rank 1 only must stop both
+    record["problem"] = D.agreed_problem("a file only rank 1 reads is missing" if me == 1 else None)
+    record["no_problem"] = D.agreed_problem(None)
+
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)))
+    conn.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in conn.masks.items()})  # the same on both ranks
+    record["agree"] = D.check_masks_agree(conn, step=1) == conn.mask_hash()
+    if me == 1:
+        conn.set_masks({n: ~m for n, m in conn.masks.items()})
+    try:
+        D.check_masks_agree(conn, step=2)
+        record["mismatch"] = None
+    except D.MaskMismatchError as e:
+        record["mismatch"] = str(e)
+
+    with open(os.path.join(out_dir, f"rank{me}.json"), "w") as f:
+        json.dump(record, f)
+    acc.wait_for_everyone()
+    acc.end_training()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
+    D.exit_launched_process()
