@@ -607,7 +607,8 @@ class Controller:
         different sizes (a 15-synapse block pruned, the 4-synapse ones that replaced it cut) the cut
         could leave the target for good: such a cut is halved further (to nothing at worst) until it
         lands within half an ensemble of the target: the network's for the global budget (and the
-        policies that rank all layers together), each layer's for a layer budget. A plan still on its
+        policies that rank all layers together or hold only the network's count), each layer's for a
+        layer budget. A plan still on its
         way to the target (or one that only prunes or only grows) is cut as it is: the next update
         goes on from there. Where every ensemble holds as many synapses, cuts are as they always were."""
         groups = lambda n: self.conn.granularities[n].constraint_groups(self.conn.layers[n].shape)  # noqa: E731
@@ -619,7 +620,8 @@ class Controller:
         extent = {n: (1.0, 1.0) if v is None else (float(v.min()), float(v.max())) for n, v in sizes.items()}
         if len({x for e in extent.values() for x in e}) == 1:
             return fraction, current  # one ensemble size: a cut is off by whole ensembles at most, as ever
-        per_layer = synapse_targets(self, self.density)[0] if not self.policy.ranks_globally else None
+        per_layer = (synapse_targets(self, self.density)[0]
+                     if self.policy.holds_layer_counts and not self.policy.ranks_globally else None)
         if per_layer is None:  # one count over the network
             regions = {"*": (editable, global_synapse_target(self, self.density), max(e[1] for e in extent.values()) / 2)}
         else:

@@ -311,6 +311,14 @@ def test_a_builder_s_own_type_error_keeps_its_traceback():
         _MODELS.pop("buggy_for_test", None)
 
 
+def _ctrl_c_default():
+    """In the child: Ctrl-C as an interactive shell gives it. A suite started in the background
+    (``cmd &`` without job control) hands its children SIGINT ignored, which the recipes respect."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("script", ["recipes/adaptive.py", "recipes/prune_pretrained.py", "recipes/diagnostics.py"])
 def test_ctrl_c_while_starting_is_one_line(tmp_path, script):
     """Ctrl-C in the first second, while torch was still importing, printed a KeyboardInterrupt
@@ -324,7 +332,7 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path, script):
     root = Path(__file__).resolve().parents[1]
     args = {"recipes/diagnostics.py": ["progress", str(tmp_path)]}.get(script, ["--output_dir", str(tmp_path / "o")])
     p = subprocess.Popen([sys.executable, str(root / script), *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_default)
     time.sleep(0.25)  # the imports take over a second
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
@@ -344,7 +352,8 @@ def test_ctrl_c_once_the_run_has_written_a_checkpoint_says_how_to_continue(tmp_p
     out = tmp_path / "o"
     p = subprocess.Popen([sys.executable, str(root / "recipes" / "adaptive.py"), "--max_steps", "100000", "--threads", "1",
                           "--progress", "false", "--figures", "false", "--checkpoint_every", "20", "--output_dir",
-                          str(out)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          str(out)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_ctrl_c_default)
     start = time.time()
     while p.poll() is None and not list((out / "checkpoints").glob("step_*")) and time.time() - start < 120:
         time.sleep(0.1)

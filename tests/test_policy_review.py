@@ -323,3 +323,29 @@ def test_a_line_search_cut_keeps_the_density_and_reports_the_fraction_it_applied
     groups = lambda n: conn.granularities[n].constraint_groups(conn.layers[n].shape)  # noqa: E731
     for p, e in cut:
         assert p.shrink(e["line_search_fraction"], groups=groups).counts() == (e["pruned_ensembles"], e["grown_ensembles"])
+
+
+def test_a_line_search_cut_of_balanced_keeps_the_networks_count_under_a_layer_budget():
+    """balanced holds the network's live count (its layer densities move freely), but its cuts were
+    checked against the uniform budget's per-layer targets, which it never holds: a cut grew 128
+    synapses and left the network 80 off its target (tolerance 64) for good."""
+    m = _mixed_net()
+    conn = adaptive.Connectome(m, ensemble="neuron")
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    calls, box = {}, {}
+
+    def holdout():  # each update's full plan is rejected once, so every plan is cut to half
+        i = calls.get(box["c"].step_count, 0)
+        calls[box["c"].step_count] = i + 1
+        return 1.0 if i == 1 else 0.0
+
+    box["c"] = ctrl = adaptive.Controller(conn, opt, policy="balanced", density=0.5, budget="uniform", update_every=2,
+                                          end_step=40, seed=0, holdout_loss=holdout)
+    x, y = torch.randn(256, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(256) % 4
+    for s in range(16):
+        i = (4 * s) % 252
+        F.cross_entropy(m(x[i:i + 4]), y[i:i + 4]).backward()
+        opt.step()
+        opt.zero_grad()
+    target, half = 0.5 * conn.num_synapses(), _half_largest(conn)
+    assert all(abs(e["live"] - target) <= half for e in ctrl.events), [(e["step"], e["live"]) for e in ctrl.events]

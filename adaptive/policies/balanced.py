@@ -15,6 +15,7 @@ class Balanced(SET):
     drop_by = grow_by = "estimator"
     needs_density = False
     supports_nm = True
+    holds_layer_counts = False  # layer densities move freely; the network's count stays on the target
 
     def initialize(self, ctrl):
         if ctrl.density is None or ctrl.density >= ctrl.conn.density():

@@ -144,6 +144,7 @@ class Policy:
     needs_density = True
     supports_nm = False  # n:m granularities need policies whose scores share units
     ranks_globally = False  # True: every edit ranks all layers together, so no layer budget or floor applies
+    holds_layer_counts = True  # False: its updates hold the network's live count, not each layer's (balanced)
 
     def initialize(self, ctrl: "Controller") -> Optional[EditPlan]:
         """Plan applied at construction (default: sparsify to the target with ``ctrl.init``)."""
