@@ -628,12 +628,9 @@ class Controller:
             regions = {n: ([n], per_layer[n], extent[n][1] / 2) for n in set(plan.prune) | set(plan.grow) if n in per_layer}
         live = {n: int(torch.count_nonzero(self.conn.masks[n])) for n in editable}
 
-        def net(p, names):  # synapses removed, net, from the layers ``names``
-            return sum(sign * (float(sizes[n][idx.cpu()].sum()) if sizes[n] is not None else idx.numel())
-                       for side, sign in ((p.prune, 1), (p.grow, -1)) for n, idx in side.items() if n in names)
-
-        def off(p, names, target):
-            return abs(sum(live[n] for n in names) - net(p, set(names)) - target)
+        def off(p, names, target):  # how far the plan ``p`` would leave the layers ``names`` from ``target``
+            pruned, grown = self._synapse_counts(p, set(names), sizes)
+            return abs(sum(live[n] for n in names) - pruned + grown - target)
 
         held = [(names, target, half) for names, target, half in regions.values() if off(plan, names, target) <= half]
         while current.counts() != (0, 0) and any(off(current, names, target) > half for names, target, half in held):
@@ -648,18 +645,17 @@ class Controller:
             return None
         return g.ensemble_sizes(shape).reshape(-1).round()
 
-    def _synapse_counts(self, plan: EditPlan):
-        """Synapses pruned and grown by an applied plan (ensembles can hold several)."""
+    def _synapse_counts(self, plan: EditPlan, names=None, sizes=None):
+        """Synapses pruned and grown by a plan (ensembles can hold several), in the layers ``names``
+        (all: None); ``sizes``: :meth:`_layer_sizes` of those layers, where already at hand."""
         counts = []
         for side in (plan.prune, plan.grow):
             total = 0
             for n, idx in side.items():
-                g = self.conn.granularities[n]
-                shape = self.conn.layers[n].shape
-                if tuple(g.ensemble_shape(shape)) == tuple(shape):
-                    total += int(idx.numel())
-                else:
-                    total += int(g.ensemble_sizes(shape).reshape(-1)[idx.cpu()].round().long().sum())
+                if names is not None and n not in names:
+                    continue
+                size = sizes[n] if sizes is not None else self._layer_sizes(n)
+                total += int(idx.numel()) if size is None else int(size[idx.cpu()].long().sum())
             counts.append(total)
         return tuple(counts)
 

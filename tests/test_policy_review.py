@@ -241,6 +241,21 @@ def _mixed_net():
                          nn.Linear(8 * 4 * 4, 10), nn.ReLU(), nn.Linear(10, 4))
 
 
+def _train_mixed(m, steps, opt, ctrl=None):
+    """``steps`` batches of 4 random images: stepped by ``opt``, or (mask_only) by ``ctrl`` explicitly."""
+    x, y = torch.randn(256, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(256) % 4
+    for s in range(steps):
+        i = (4 * s) % 252
+        F.cross_entropy(m(x[i:i + 4]), y[i:i + 4]).backward()
+        if opt is not None:
+            opt.step()
+            opt.zero_grad()
+        else:
+            ctrl.observe()
+            ctrl.step()
+            m.zero_grad()
+
+
 def _half_largest(conn):
     return max(float(conn.granularities[n].ensemble_sizes(torch.Size(conn.layers[n].shape)).max()) for n in conn.names) / 2
 
@@ -256,17 +271,7 @@ def test_threshold_without_a_deadline_settles_within_half_an_ensemble_of_the_tar
     opt = torch.optim.SGD(m.parameters(), lr=0.05) if mode == "train" else None
     ctrl = adaptive.Controller(conn, opt, policy="threshold", density=density, budget="global", update_every=2,
                                end_step=None, seed=0)
-    x, y = torch.randn(256, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(256) % 4
-    for s in range(60):
-        i = (4 * s) % 252
-        F.cross_entropy(m(x[i:i + 4]), y[i:i + 4]).backward()
-        if opt is not None:
-            opt.step()
-            opt.zero_grad()
-        else:
-            ctrl.observe()
-            ctrl.step()
-            m.zero_grad()
+    _train_mixed(m, 60, opt, ctrl)
     assert abs(conn.num_live() - density * conn.num_synapses()) <= _half_largest(conn)
 
 
@@ -300,12 +305,7 @@ def test_a_line_search_cut_keeps_the_density_and_reports_the_fraction_it_applied
         return apply(plan, step, kind, line_search)
 
     ctrl._apply = recorded
-    x, y = torch.randn(256, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(256) % 4
-    for s in range(22):
-        i = (4 * s) % 252
-        F.cross_entropy(m(x[i:i + 4]), y[i:i + 4]).backward()
-        opt.step()
-        opt.zero_grad()
+    _train_mixed(m, 22, opt)
     target, half = density * conn.num_synapses(), _half_largest(conn)
     updates = [e for e in ctrl.events if e["kind"] == "update"]
     cut = [(p, e) for p, e in zip(plans, updates) if e["line_search_fraction"] not in (None, 0.0, 1.0)]
@@ -341,11 +341,6 @@ def test_a_line_search_cut_of_balanced_keeps_the_networks_count_under_a_layer_bu
 
     box["c"] = ctrl = adaptive.Controller(conn, opt, policy="balanced", density=0.5, budget="uniform", update_every=2,
                                           end_step=40, seed=0, holdout_loss=holdout)
-    x, y = torch.randn(256, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(256) % 4
-    for s in range(16):
-        i = (4 * s) % 252
-        F.cross_entropy(m(x[i:i + 4]), y[i:i + 4]).backward()
-        opt.step()
-        opt.zero_grad()
+    _train_mixed(m, 16, opt)
     target, half = 0.5 * conn.num_synapses(), _half_largest(conn)
     assert all(abs(e["live"] - target) <= half for e in ctrl.events), [(e["step"], e["live"]) for e in ctrl.events]
