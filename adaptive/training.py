@@ -48,13 +48,16 @@ class TrainState:
     # the run's shape, checked on resume: another process count reads other data at the same step
     processes: int = 1
     steps_per_epoch: int = 0
+    # the learning rate the last trained step used (a scheduler has already moved the optimizer's
+    # on to the next step's): what a metric row's ``lr`` reports
+    lr: Optional[float] = None
 
     def state_dict(self) -> dict:
         """The window is saved summed over all processes (only the main process's copy is written)."""
         window = self.saved_window if self.saved_window is not None else self.window
         return {"step": self.step, "epoch": self.epoch, "metrics": [dict(r) for r in self.metrics],
                 "window": [float(v) for v in window], "processes": self.processes,
-                "steps_per_epoch": self.steps_per_epoch}
+                "steps_per_epoch": self.steps_per_epoch, "lr": self.lr}
 
     def load_state_dict(self, sd: dict) -> None:
         """Each process takes an equal share of the saved window, so the next row's sum over
@@ -63,6 +66,7 @@ class TrainState:
         self.metrics = [dict(r) for r in sd.get("metrics", [])]
         self.processes = int(sd.get("processes", self.processes))  # older checkpoints: taken as this run's
         self.steps_per_epoch = int(sd.get("steps_per_epoch", self.steps_per_epoch))
+        self.lr = sd.get("lr", self.lr)
         n = _world_size()
         self.window = [float(v) / n for v in sd.get("window", (0.0, 0.0, 0.0))]
 
@@ -156,6 +160,7 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
         out = model(x)
         loss = loss_fn(out, y)
         accelerator.backward(loss)
+        state.lr = float(optimizer.param_groups[0]["lr"])  # this step's (the scheduler moves it on below)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if lr_scheduler is not None:
@@ -171,8 +176,7 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
         if log_every and state.step % log_every == 0:
             win = torch.tensor(w, dtype=torch.float64, device=accelerator.device)
             tot = accelerator.reduce(win, reduction="sum").cpu()
-            lr = optimizer.param_groups[0]["lr"]
-            metric_row(state, "train", tot[0] / tot[2], tot[1] / tot[2], conn, lr)
+            metric_row(state, "train", tot[0] / tot[2], tot[1] / tot[2], conn, state.lr)
             state.window = [0.0, 0.0, 0.0]
         if progress is not None:
             progress.update(1)

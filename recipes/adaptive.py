@@ -498,7 +498,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
         if len(loaders.datasets.holdout) == 0:
             return None
         loss, acc, _ = evaluate(accelerator, model, holdout_dl)
-        metric_row(state, "holdout", loss, acc, conn, optimizer.param_groups[0]["lr"])
+        metric_row(state, "holdout", loss, acc, conn, _row_lr(state, optimizer))
         write_metrics()
         return acc
 
@@ -535,7 +535,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     # the holdout score of the final network: reused only if it was taken at the last step
     holdout_acc = last["accuracy"] if last.get("split") == "holdout" and last.get("step") == state.step else eval_holdout()
     test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
-    metric_row(state, "test", test_loss, test_acc, conn, optimizer.param_groups[0]["lr"])
+    metric_row(state, "test", test_loss, test_acc, conn, _row_lr(state, optimizer))
     files = _write_outputs(accelerator, cfg, output_dir, state.metrics, ctrl.events, conn,
                            _split_labels(loaders, n_test, "train (mean over the batches trained since the last point)",
                                          cfg.test_subset))
@@ -543,7 +543,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
                    density=conn.density(), synapses=conn.num_synapses(), live=conn.num_live(), nonzero=_nonzero(conn),
                    steps=state.step, updates=sum(1 for e in ctrl.events if e.get("kind") == "update"), seconds=seconds,
                    processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))
-    summary.update(target_density=cfg.density, density_note=_density_note(cfg, summary, total_steps),
+    summary.update(target_density=cfg.density, density_note=_density_note(cfg, summary, total_steps, ctrl),
                    update_note=_update_note(cfg, summary, total_steps))
     _finish(accelerator, output_dir, summary, files)
     _end(accelerator)
@@ -765,9 +765,11 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         stage_checkpoint.settle(ckpt)
     save_config_once(None)  # a resumed run with every target done records nothing
     conn = result.conn
-    state = TrainState(step=result.controller.step_count)
+    per_pass = max(1, len(train_dl))
+    epoch_of = lambda step: max(0, step - 1) // per_pass  # noqa: E731  (the pass over TRAIN a step's batch came from)
+    state = TrainState(step=result.controller.step_count, epoch=epoch_of(result.controller.step_count))
     for h in result.history:
-        st = TrainState(step=h["step"])
+        st = TrainState(step=h["step"], epoch=epoch_of(h["step"]))
         if h["kind"] == "update":
             metric_row(st, "train", h["train_loss"], h["train_acc"])
         elif h["kind"] == "eval":
@@ -842,16 +844,46 @@ def _end(accelerator) -> None:
     accelerator.end_training()
 
 
-def _density_note(cfg, summary, total_steps) -> Optional[str]:
+def _density_note(cfg, summary, total_steps, ctrl) -> Optional[str]:
     """A line for the summary when the run ended more than one point of density away from the
-    requested one (a gradual policy given too few steps to finish its schedule), else None."""
+    requested one, else None: ensembles too coarse to come closer, or a gradual policy given too few
+    steps to finish its schedule."""
     got, want = summary["density"], cfg.density
     if abs(got - want) <= 0.01:
         return None
+    largest = _whole_ensembles(ctrl, want)
+    if largest is not None:
+        return (f"the run ended at density {got:.4f}, not the requested {want:g}: its {cfg.ensemble!r} ensembles "
+                f"(up to {largest:,} synapses each) are kept or pruned whole, and {got:.4f} is as near as whole "
+                "ensembles come (within half an ensemble of the budget's target); a finer --ensemble lands nearer")
     end_step = max(1, int(round(cfg.end_fraction * total_steps)))
     return (f"the run ended at density {got:.4f}, not the requested {want:g}: policy {cfg.policy!r} made "
             f"{summary['updates']} update(s), one every {cfg.update_every} steps until step {end_step} of {total_steps} "
             f"(end_fraction {cfg.end_fraction:g}); give it more steps (--epochs, --max_steps) or a smaller --update_every")
+
+
+def _whole_ensembles(ctrl, density: float) -> Optional[int]:
+    """The largest ensemble's synapses when the live count is within half an ensemble of its target
+    for ``density`` (each layer's under a layer budget whose counts the policy holds, else the
+    network's): as near as whole ensembles come. None where ensembles hold one synapse or the count
+    is farther off."""
+    from adaptive.policies.base import synapse_targets
+
+    names = ctrl.editable()
+    largest = {n: 1 if (s := ctrl._layer_sizes(n)) is None else int(s.max()) for n in names}
+    if not names or max(largest.values()) <= 1:
+        return None
+    try:
+        per_layer, network = synapse_targets(ctrl, density)
+    except ValueError:  # the density is below what protected layers and floors need: no target to meet
+        return None
+    live = {n: int(torch.count_nonzero(ctrl.conn.masks[n])) for n in names}
+    if per_layer is not None and ctrl.policy.holds_layer_counts and not ctrl.policy.ranks_globally:
+        near = all(abs(live[n] - per_layer[n]) <= largest[n] / 2 for n in names)
+    else:
+        target = network if network is not None else sum(per_layer.values())
+        near = abs(sum(live.values()) - target) <= max(largest.values()) / 2
+    return max(largest.values()) if near else None
 
 
 def _update_note(cfg, summary, total_steps) -> Optional[str]:
@@ -864,6 +896,11 @@ def _update_note(cfg, summary, total_steps) -> Optional[str]:
             "masks; give it more steps (--epochs, --max_steps) or a smaller --update_every")
 
 
+def _row_lr(state, optimizer) -> float:
+    """A held-out or test row's ``lr``: the last trained step's, or the first step's before any."""
+    return state.lr if state.lr is not None else float(optimizer.param_groups[0]["lr"])
+
+
 def _nonzero(conn) -> int:
     """Live synapses whose weight is not exactly 0.0 (a pruned one is 0.0, or NaN after a run
     diverged, and is not counted): fewer than the live ones where a live synapse holds 0.0
@@ -872,6 +909,8 @@ def _nonzero(conn) -> int:
 
 
 def _finish(accelerator, output_dir, summary, files):
+    # every forward pass of the run, the held-out and test evaluations included, ran at this precision
+    summary["mixed_precision"] = mp = str(accelerator.mixed_precision)
     if accelerator.is_main_process:
         write_text(output_dir / "summary.json", jsonio.dumps(summary, indent=1))
         files["summary"] = output_dir / "summary.json"
@@ -882,7 +921,9 @@ def _finish(accelerator, output_dir, summary, files):
             f"{summary['test_examples']:,} test images (held-out part of TRAIN {'n/a' if ho is None else f'{100 * ho:.2f}%'}), "
             f"density {summary['density']:.4f} ({summary['live']:,} of {summary['synapses']:,} synapses live"
             + (f", {zero_live:,} of them holding exactly 0.0" if zero_live else "")
-            + f"), {summary['updates']} controller updates\n"
+            + f"), {summary['updates']} controller updates"
+            + (f"; every figure measured under {mp} autocast (--mixed_precision), so a float32 evaluation of "
+               "dense_state_dict.pt differs in the last digits" if mp != "no" else "") + "\n"
             f"outputs in {output_dir}/: " + ", ".join(sorted(p.name for p in files.values())),
             flush=True,
         )

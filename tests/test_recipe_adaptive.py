@@ -190,9 +190,12 @@ def test_kill_while_saving_leaves_previous_checkpoint(tmp_path, monkeypatch):
     assert not partial.exists()  # the next save cleaned it up
 
 
-def test_bf16_keeps_pruned_weights_zero(tmp_path):
+def test_bf16_keeps_pruned_weights_zero(tmp_path, capsys):
     res = run(tmp_path, "--mixed_precision", "bf16", "--max_steps", "30", "--figures", "false")
     assert res.summary["updates"] == 2
+    # the test figure was measured under bf16 autocast, and the summary and the console say so
+    assert json.loads((tmp_path / "summary.json").read_text())["mixed_precision"] == "bf16"
+    assert "every figure measured under bf16 autocast" in capsys.readouterr().out
     for n, m in res.conn.masks.items():
         w = res.conn.params[n].detach()
         assert w.dtype == torch.float32
@@ -273,6 +276,7 @@ def test_mask_only_mode_changes_no_weight(tmp_path, precision):
                   "--update_every", "8", "--threads", "1", "--progress", "false", "--figures", "false",
                   "--mixed_precision", precision, "--weights", str(tmp_path / "w.pt")])
     assert res.conn.mode == "mask_only" and changed_weights(res.conn) == 0
+    assert res.summary["mixed_precision"] == precision  # the precision its figures were measured at
     # against the weights file itself, not the copy the run kept: every live weight bit-identical,
     # every pruned one exactly 0.0, every other tensor (biases, ...) untouched
     final = res.model.state_dict()
@@ -380,8 +384,12 @@ def test_mask_only_mode_scores_the_holdout_every_epoch_or_every_eval_every_steps
             "--progress", "false", "--figures", "false"]
     res = R.main(base + ["--output_dir", str(tmp_path / "epochs")])
     steps_per_epoch = res.state.step // 3
-    held = [r for r in read_metrics_csv(tmp_path / "epochs" / "metrics.csv") if r["split"] == "holdout"]
+    rows = read_metrics_csv(tmp_path / "epochs" / "metrics.csv")
+    held = [r for r in rows if r["split"] == "holdout"]
     assert [int(r["step"]) for r in held] == [steps_per_epoch, 2 * steps_per_epoch, 3 * steps_per_epoch]
+    # each row's epoch is the pass over TRAIN its last batch came from
+    assert [int(r["epoch"]) for r in held] == [0, 1, 2]
+    assert all(int(r["epoch"]) == (int(r["step"]) - 1) // steps_per_epoch for r in rows)
     res = R.main(base + ["--output_dir", str(tmp_path / "every"), "--eval_every", "4"])
     held = [r for r in read_metrics_csv(tmp_path / "every" / "metrics.csv") if r["split"] == "holdout"]
     assert [int(r["step"]) for r in held] == list(range(4, res.state.step, 4)) + [res.state.step]
@@ -400,6 +408,29 @@ def test_a_run_too_short_for_its_schedule_says_it_missed_the_density(tmp_path, c
                   "--update_every", "10", "--threads", "1", "--progress", "false", "--figures", "false"])
     assert abs(res.summary["density"] - 0.5) <= 0.01 and res.summary["density_note"] is None
     assert "note:" not in capsys.readouterr().out
+
+
+def test_a_density_missed_by_whole_ensembles_says_so_not_that_the_run_was_short(tmp_path, capsys):
+    # rigl holds its density from step 0: 32x32 blocks land 0.011 off, and more steps cannot help
+    res = R.main(["--output_dir", str(tmp_path / "blocks"), "--policy", "rigl", "--ensemble", "block:32x32",
+                  "--density", "0.3", "--max_steps", "20", "--update_every", "10", "--threads", "1",
+                  "--progress", "false", "--figures", "false"])
+    note = res.summary["density_note"]
+    assert abs(res.summary["density"] - 0.3) > 0.01 and "not the requested 0.3" in note
+    assert "as near as whole ensembles come" in note and "1,024 synapses" in note and "more steps" not in note
+    assert f"note: {note}" in capsys.readouterr().out
+
+
+def test_metrics_lr_is_the_rate_each_row_trained_with(tmp_path):
+    # warmup over 4 steps to a constant 0.1: steps 1-4 train at 0.025, 0.05, 0.075, 0.1, then 0.1
+    R.main(["--output_dir", str(tmp_path / "lr"), "--policy", "set", "--lr", "0.1", "--lr_schedule", "constant",
+            "--warmup_steps", "4", "--max_steps", "6", "--log_every", "1", "--update_every", "10", "--threads", "1",
+            "--progress", "false", "--figures", "false"])
+    rows = read_metrics_csv(tmp_path / "lr" / "metrics.csv")
+    train = [(int(r["step"]), r["lr"]) for r in rows if r["split"] == "train"]
+    assert [step for step, _ in train] == [1, 2, 3, 4, 5, 6]
+    assert [lr for _, lr in train] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1], rel=1e-12)
+    assert [r["lr"] for r in rows if r["split"] in ("holdout", "test")][-1] == pytest.approx(0.1)  # the last step's
 
 
 def test_mask_only_mode_without_weights_says_it_searches_random_weights(tmp_path, capsys):
