@@ -25,7 +25,7 @@ from . import policies as _policies  # noqa: F401  (registration)
 from .budgets import get_budget
 from .atomic import write_text
 from .connectome import Connectome
-from .distributed import check_masks_agree
+from .distributed import all_reduce_mean_, check_masks_agree
 from .optim_state import restore_state, snapshot_state, unwrap_optimizer
 from .policies.base import EditPlan, get_policy, global_synapse_target, keep_plan, synapse_targets
 from .schedules import get_decay
@@ -70,7 +70,11 @@ class Controller:
         holdout_loss: optional callable returning the loss on held-out training data; when given,
             each update is checked and shrunk (halved, up to ``line_search_tries`` times) or rolled
             back when it raises that loss by more than ``line_search_tolerance`` (or by more than the
-            plan's own ``tolerance`` when its policy sets one).
+            plan's own ``tolerance`` when its policy sets one). Across processes, give it on every
+            process: each may score its own shard (a loader prepared by Accelerate); the controller
+            averages the losses over the processes before every decision (equal-size shards give
+            the mean over the whole held-out set; a NaN on one process makes the mean NaN, which
+            rejects the try on every process), and the events log that mean.
         verify: check at every update that all processes hold identical masks (raises otherwise).
         seed: folded with the step for all randomness.
         **policy_kwargs: passed to the policy (e.g. ``prune_boundary`` for threshold); an argument
@@ -589,8 +593,14 @@ class Controller:
                           "per-layer budget ('erk', 'uniform'), protect=[...] or a finer ensemble")
 
     def _holdout(self) -> float:
+        """``holdout_loss()`` averaged over processes (as it is on one process): each process may
+        score its own shard, and every process must accept, halve or roll back alike. All processes
+        call this equally often, since the tries depend only on agreed values (these means, plans
+        made from reduced statistics)."""
         with torch.no_grad():
-            return float(self.holdout_loss())
+            loss = torch.tensor([float(self.holdout_loss())], dtype=torch.float64)
+        all_reduce_mean_([loss])
+        return float(loss)
 
     def _restore(self, masks, weights, state=()):
         """Undo a trial edit: masks, weights and the optimizer moments the edit reset."""

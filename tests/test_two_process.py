@@ -1,4 +1,4 @@
-"""Invariant 4: same seed, different data per rank, identical masks at every update."""
+"""Invariant 4: same seed, different data (and held-out losses) per rank, identical masks at every update."""
 import json
 import os
 import sys
@@ -19,6 +19,11 @@ def test_two_processes_hold_identical_masks(tmp_path):
     assert a["grad_differs"] and b["grad_differs"]  # the ranks really saw different data
     assert len(a["mask_only"]) == 5 and a["mask_only"] == b["mask_only"]
     assert sum(x[1] for x in a["mask_only"]) > 0  # edits happened
+    # the line search decided on the held-out loss averaged over the ranks, not on each rank's own
+    ls = a["line_search"]
+    assert ls == b["line_search"] and ls["step"] == 4 and ls["calls"] == 4
+    assert ls["line_search_fraction"] == 0.25 and ls["pruned"] > 0 and ls["grown"] > 0
+    assert abs(ls["holdout_loss"] - 0.9) < 1e-12 and abs(ls["actual_loss_change"] + 0.1) < 1e-12
 
 
 def test_process_group_helpers_on_two_processes(tmp_path):

@@ -1,5 +1,5 @@
-"""Run under `accelerate launch --multi_gpu --num_processes 2`: every rank sees different data;
-masks must agree at every update. Writes one JSON file per rank into argv[1]."""
+"""Run under `accelerate launch --multi_gpu --num_processes 2`: every rank sees different data (and
+scores its own held-out loss); masks must agree at every update. Writes one JSON file per rank into argv[1]."""
 import json
 import os
 import sys
@@ -15,7 +15,7 @@ import adaptive
 def main(out_dir):
     acc = Accelerator(cpu=True)
     rank = acc.process_index
-    record = {"world": acc.num_processes, "train": [], "mask_only": [], "grad_differs": None}
+    record = {"world": acc.num_processes, "train": [], "mask_only": [], "grad_differs": None, "line_search": None}
 
     # (a) train mode, DDP through Accelerate, RigL driven by the optimizer hooks
     torch.manual_seed(0)
@@ -50,6 +50,33 @@ def main(out_dir):
         ev = ctrl2.step()
         if ev is not None:
             record["mask_only"].append([conn2.mask_hash(), ev["pruned"], ev["grown"]])
+
+    # (c) a line search whose held-out loss differs by rank (each scores its own shard): alone, rank 0
+    # would keep the whole update (0.9 < 1.2) and rank 1 half of it (a NaN, then 0.8 <= 0.8); on the
+    # means (1.0 before; NaN, 1.05, 0.9 after) both reject twice and keep a quarter
+    torch.manual_seed(2)
+    net3 = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 4))
+    opt3 = torch.optim.SGD(net3.parameters(), lr=0.1)
+    own = [[1.2, 0.9, 1.3, 0.7], [0.8, float("nan"), 0.8, 1.1]][rank]
+    calls = []
+
+    def holdout_loss():
+        calls.append(own[len(calls)])
+        return calls[-1]
+
+    conn3 = adaptive.Connectome(net3)
+    ctrl3 = adaptive.Controller(conn3, opt3, policy="rigl", density=0.3, update_every=4, end_step=40, seed=5,
+                                holdout_loss=holdout_loss, verify=True)
+    g3 = torch.Generator().manual_seed(7)  # the same batches on both ranks: only the held-out losses differ
+    for step in range(4):
+        x, y = torch.randn(16, 12, generator=g3), torch.randint(0, 4, (16,), generator=g3)
+        F.cross_entropy(net3(x), y).backward()
+        opt3.step()
+        opt3.zero_grad()
+    ev = ctrl3.events[-1]
+    record["line_search"] = {k: ev.get(k) for k in ("step", "line_search_fraction", "holdout_loss", "actual_loss_change",
+                                                     "pruned", "grown", "mask_hash")}
+    record["line_search"]["calls"] = len(calls)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)
     acc.wait_for_everyone()
