@@ -407,14 +407,18 @@ class Controller:
     def alive(self) -> Dict[str, torch.Tensor]:
         return {n: m for n, m in self.conn.ensemble_masks().items() if n not in self.protected}
 
-    def keep_plan(self, keep_scores: Dict[str, torch.Tensor], density: float, allow_grow: bool = False) -> EditPlan:
+    def keep_plan(self, keep_scores: Dict[str, torch.Tensor], density: float, allow_grow: bool = False,
+                  network: bool = False) -> EditPlan:
         """A plan keeping the highest-scoring ensembles at ``density`` (a fraction of synapses, met to
-        within half an ensemble) under the budget, or the top n of every m for n:m granularities.
+        within half an ensemble) under the budget, or the top n of every m for n:m granularities;
+        ``network``: the network's count held too under a layer budget.
         See :func:`adaptive.policies.base.keep_plan`."""
-        return keep_plan(self, keep_scores, density, allow_grow)
+        return keep_plan(self, keep_scores, density, allow_grow, network)
 
     def initial_plan(self) -> EditPlan:
-        """Sparsify to the target density at construction, by ``self.init``."""
+        """Sparsify to the target density at construction, by ``self.init``; for a policy that holds
+        the network's count rather than each layer's (``holds_layer_counts = False``: balanced), the
+        network's count lands within half an ensemble of its target under a layer budget too."""
         names = self.editable()
         if self.init == "random":
             # the random estimator's draw per ensemble: every size kept with the same chance
@@ -436,7 +440,7 @@ class Controller:
             lift = (hi - lo) + 1.0
             scores = {n: s.float() + alive[n].to(s.device).reshape(s.shape).float() * lift for n, s in scores.items()}
         density = self.density if self.density is not None else self.conn.density()
-        return self.keep_plan(scores, density)
+        return self.keep_plan(scores, density, network=not self.policy.holds_layer_counts)
 
     # ------------------------------------------------------------------ editing
     def _masks_from_plan(self, plan: EditPlan) -> Dict[str, torch.Tensor]:

@@ -344,3 +344,68 @@ def test_a_line_search_cut_of_balanced_keeps_the_networks_count_under_a_layer_bu
     _train_mixed(m, 16, opt)
     target, half = 0.5 * conn.num_synapses(), _half_largest(conn)
     assert all(abs(e["live"] - target) <= half for e in ctrl.events), [(e["step"], e["live"]) for e in ctrl.events]
+
+
+def _erk_conv_net():
+    torch.manual_seed(0)  # neurons of 9, 36, 96 and 20 synapses: ERK at 3% keeps 0, 0, 0 and 1 of them
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(96, 20), nn.ReLU(), nn.Linear(20, 10))
+
+
+def _deep_mlp():
+    torch.manual_seed(0)  # neurons of 30 synapses: uniform at 11.5% rounds each layer to 3 or 4 of them
+    return nn.Sequential(*[mod for _ in range(4) for mod in (nn.Linear(30, 30), nn.ReLU())], nn.Linear(30, 10))
+
+
+def _balanced_run(m, density, budget, ensemble="neuron", batches=(), prune=None):
+    """balanced on ``m`` (``prune``: layers emptied by hand first), trained on ``batches`` (inputs,
+    targets); the controller and the network's target and tolerance."""
+    from adaptive.policies.base import global_synapse_target
+
+    conn = adaptive.Connectome(m, ensemble=ensemble)
+    if prune:
+        conn.set_masks(prune(conn))
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    ctrl = adaptive.Controller(conn, opt, policy="balanced", density=density, budget=budget, update_every=5,
+                               end_step=30, seed=3)
+    for x, y in batches:
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    return ctrl, global_synapse_target(ctrl, density), _half_largest(conn)
+
+
+@pytest.mark.filterwarnings("ignore:.*no live synapse left")
+@pytest.mark.parametrize("case", ["erk_conv", "uniform_mlp", "uniform_blocks"])
+def test_balanced_construction_holds_the_networks_count_under_a_layer_budget(case):
+    """balanced holds the network's count, but its construction kept each layer's budget rounded to
+    whole ensembles, and the roundings added up: 51 synapses under the target (tolerance 48) under
+    ERK, 58 under (tolerance 15) under a uniform budget, 11 over (tolerance 7.5) with 3x5 blocks."""
+    if case == "erk_conv":
+        m, density, budget, ensemble = _erk_conv_net(), 0.03, "erk", "neuron"
+    elif case == "uniform_mlp":
+        m, density, budget, ensemble = _deep_mlp(), 0.115, "uniform", "neuron"
+    else:
+        m, density, budget, ensemble = _mixed_net(), 0.7, "uniform", "block:3x5"
+    ctrl, target, half = _balanced_run(m, density, budget, ensemble)
+    assert [e["kind"] for e in ctrl.events] == ["init"]
+    assert abs(ctrl.events[0]["live"] - target) <= half, (ctrl.events[0]["live"], target, half)
+
+
+@pytest.mark.filterwarnings("ignore:.*no live synapse left")
+def test_balanced_updates_restore_the_networks_count_when_no_swap_is_worth_making():
+    """balanced grew back to its target only alongside a swap worth making; with three layers empty
+    (the state ERK's rounding left at 3%) no absent neuron has a gain above a live one's cost, and the
+    network stayed at 20 live synapses for a target of 71 (tolerance 48) at every update."""
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(8)]
+
+    def last_neuron_only(conn):
+        masks = {n: torch.zeros_like(mk) for n, mk in conn.masks.items()}
+        masks["7.weight"][0] = True
+        return masks
+
+    ctrl, target, half = _balanced_run(_erk_conv_net(), 0.03, "erk", batches=batches * 4, prune=last_neuron_only)
+    updates = [e for e in ctrl.events if e["kind"] == "update"]
+    assert len(updates) >= 6 and ctrl.events[0]["kind"] == "update"  # sparser than the target: nothing pruned at construction
+    assert all(abs(e["live"] - target) <= half for e in updates), [(e["step"], e["live"], target, half) for e in updates]

@@ -1,12 +1,15 @@
 """Balanced crawling: at fixed overall density, swap the cheapest-to-remove present ensembles
 for the most useful absent ones, across all layers, but only pairs whose estimated restoration
 gain exceeds the removal cost. Layer densities move freely; the connectome crawls through the loss
-landscape."""
+landscape. The network's live count stays within half an ensemble of the target, swap or no swap."""
 from __future__ import annotations
 
 import math
 
-from .base import concat, concat_sizes, global_synapse_target, per_synapse, register_policy
+import torch
+
+from .base import (concat, concat_sizes, floor_mask, global_synapse_target, hold_count, live_synapses, per_synapse,
+                   register_policy)
 from .swap import SET, global_candidates, global_plan, grow_candidates, replaceable, spare_synapses
 
 
@@ -37,9 +40,32 @@ class Balanced(SET):
             g_idx = grow_candidates(gs, a, size, p_idx, target, True)
         else:
             g_idx = g_idx[:0]
+        if target is not None:
+            p_idx, g_idx = self.hold(ctrl, cost, alive, cs, gs, a, size, target, p_idx, g_idx)
         plan = global_plan(c, g, names, sizes, p_idx, g_idx)
-        plan.est_loss_change = float(c[p_idx].sum() - g[g_idx].sum()) if n else 0.0
+        plan.est_loss_change = float(c[p_idx].sum() - g[g_idx].sum()) if p_idx.numel() or g_idx.numel() else 0.0
         return plan
+
+    @staticmethod
+    def hold(ctrl, cost, alive, cs, gs, a, size, target, p_idx, g_idx):
+        """``p_idx`` and ``g_idx`` with the edits that bring the network's count back to ``target``
+        where the swaps leave it more than half an ensemble off (:func:`hold_count`): the best absent
+        ensembles grown, or the cheapest live ones above each layer's floor pruned, none that the
+        swaps already edit. Swaps grow only while one is worth making, and a count can start off its
+        target: a layer budget rounds each layer to whole ensembles at construction, and an emptied
+        layer's ensembles may have no gain at all."""
+        after = a.clone()
+        after[p_idx], after[g_idx] = False, True
+        can_prune = a & after
+        if live_synapses(size, after) > target:  # pruning may be needed: each layer's floor stays
+            held = floor_mask(ctrl, cost, alive)
+            can_prune = can_prune if held is None else can_prune & ~held.to(a.device)
+        grow, prune = hold_count(torch.where(a, cs, gs), after, size, target, ~(a | after), can_prune)
+        if grow.numel():
+            g_idx = torch.cat([g_idx, grow])
+        if prune.numel():
+            p_idx = torch.cat([p_idx, prune])
+        return p_idx, g_idx
 
     @staticmethod
     def worth(cs, gs, p_idx, g_idx):

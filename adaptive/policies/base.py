@@ -358,6 +358,22 @@ def take_synapses(idx: torch.Tensor, size, budget: float) -> torch.Tensor:
     return idx[: int(((s.cumsum(0) - s / 2) < budget).sum())]
 
 
+def hold_count(value, live, size, target, can_grow, can_prune):
+    """Ensembles to grow and to prune that bring the synapses of ``live`` (flat bool) back to
+    ``target`` where they miss it by more than half an ensemble (the largest): the ``can_grow`` ones
+    of highest ``value`` (per synapse), or the ``can_prune`` ones of lowest, each taken when at least
+    half of it fits (:func:`take_synapses`). ``(grow, prune)``, best first; both empty within that
+    tolerance, so a count already on its target is left as it is."""
+    short = target - live_synapses(size, live)
+    none = torch.zeros(0, dtype=torch.long, device=value.device)
+    if abs(short) <= (size if isinstance(size, float) else float(size.max())) / 2:
+        return none, none
+    ok = (can_grow if short > 0 else can_prune).reshape(-1)
+    pick = highest if short > 0 else lowest
+    idx = take_synapses(pick(value, ok, max_count(size, abs(short), int(ok.sum()))), size, abs(short))
+    return (idx, none) if short > 0 else (none, idx)
+
+
 def all_synapses(size, alive: torch.Tensor) -> float:
     """Synapses in all the ensembles laid out as ``alive``, live or not."""
     return size * alive.numel() if isinstance(size, float) else float(size.sum())
@@ -414,6 +430,15 @@ def floor_protected(ctrl, scores: Dict[str, torch.Tensor], alive) -> Dict[str, t
     return out
 
 
+def floor_mask(ctrl, scores: Dict[str, torch.Tensor], alive) -> Optional[torch.Tensor]:
+    """:func:`floor_protected` laid out as :func:`concat` lays out ``scores`` (one flat bool
+    tensor), or None where no layer has a floor."""
+    held = floor_protected(ctrl, scores, alive)
+    if not held:
+        return None
+    return concat({n: held.get(n, torch.zeros_like(scores[n], dtype=torch.bool)) for n in scores})[0]
+
+
 def _check_budget(ctrl, density: float, counts) -> None:
     """A layer budget's counts against its contract (adaptive.budgets): an integer per layer, none
     above its layer's size, adding up to round(density * total) (to the ensembles' rounding)."""
@@ -465,11 +490,30 @@ def _keep_top(scores: torch.Tensor, size, budget: float) -> torch.Tensor:
     return k
 
 
-def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_grow: bool = False) -> EditPlan:
+def _hold_network(ctrl, keep_scores, keep, density):
+    """``keep`` (per layer, each layer on its own target) with the network's count brought to
+    :func:`global_synapse_target` by :func:`hold_count`, ensembles ranked by score per synapse."""
+    flat, names, sizes = concat(keep_scores)
+    size = concat_sizes(ctrl, names, sizes)
+    k = concat(keep)[0].to(flat.device)
+    held = floor_mask(ctrl, keep_scores, None)
+    can_drop = k if held is None else k & ~held.to(k.device)
+    grow, drop = hold_count(per_synapse(flat, size), k, size, global_synapse_target(ctrl, density), ~k, can_drop)
+    if not grow.numel() and not drop.numel():
+        return keep
+    k[grow], k[drop] = True, False
+    return {n: part.view(keep_scores[n].shape) for n, part in zip(names, torch.split(k, sizes))}
+
+
+def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_grow: bool = False,
+              network: bool = False) -> EditPlan:
     """A plan keeping the highest-scoring ensembles at ``density`` (a fraction of synapses) under the
     controller's budget, to within half an ensemble per layer (per connectome for the global
-    budget); n:m granularities keep the top n of every m. Pruned indices are ordered lowest score
-    first, grown ones highest first."""
+    budget); n:m granularities keep the top n of every m. ``network``: under a layer budget, the
+    network's count is held too (for a policy that holds it, balanced): where the layers' roundings
+    to whole ensembles add up to more than half an ensemble (the largest), the best of the rest
+    across layers are kept, or the worst kept ones above each layer's floor let go
+    (:func:`hold_count`). Pruned indices are ordered lowest score first, grown ones highest first."""
     alive = ctrl.alive()
     keep: Dict[str, torch.Tensor] = {}
 
@@ -481,10 +525,9 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
             flat, names, sizes = concat(keep_scores)
             size = concat_sizes(ctrl, names, sizes)
             ranked = per_synapse(flat, size)
-            held = floor_protected(ctrl, keep_scores, None)
-            if held:  # each layer's floor first, then the best of the rest across layers
-                ranked = ranked.masked_fill(concat({n: held.get(n, torch.zeros_like(keep_scores[n], dtype=torch.bool))
-                                                     for n in keep_scores})[0].to(ranked.device), float("inf"))
+            held = floor_mask(ctrl, keep_scores, None)
+            if held is not None:  # each layer's floor first, then the best of the rest across layers
+                ranked = ranked.masked_fill(held.to(ranked.device), float("inf"))
             k = _keep_top(ranked, size, total)
             for n, part in zip(names, torch.split(k, sizes)):
                 keep[n] = part.view(keep_scores[n].shape)
@@ -492,6 +535,8 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
             for n, s in keep_scores.items():
                 size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)
                 keep[n] = _keep_top(per_synapse(s, size), size, per_layer[n]).view(s.shape)
+            if network:
+                keep = _hold_network(ctrl, keep_scores, keep, density)
     plan = EditPlan()
     for n, k in keep.items():
         a = alive[n].reshape(-1).to(k.device)

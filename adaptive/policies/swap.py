@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import (EditPlan, Policy, all_synapses, concat, concat_sizes, ensemble_size, floor_protected, highest,
+from .base import (EditPlan, Policy, all_synapses, concat, concat_sizes, ensemble_size, floor_mask, highest,
                    keep_plan, live_synapses, lowest, max_count, per_synapse, register_policy, size_sum, split,
                    synapse_targets, take_synapses)
 
@@ -30,9 +30,9 @@ def global_candidates(ctrl, cost, gain, alive, frac, ordered=True, target=None, 
     k = min(int(round(frac * live)), a.numel() - live)
     size = concat_sizes(ctrl, names, sizes)
     prunable = a
-    held = floor_protected(ctrl, cost, alive)
-    if held:  # min_density: the ensembles holding each layer's floor are not pruned
-        prunable = a & ~concat({n: held.get(n, torch.zeros_like(cost[n], dtype=torch.bool)) for n in cost})[0].to(a.device)
+    held = floor_mask(ctrl, cost, alive)
+    if held is not None:  # min_density: the ensembles holding each layer's floor are not pruned
+        prunable = a & ~held.to(a.device)
         k = min(k, int(prunable.sum()))
     p_idx = lowest(per_synapse(c, size), prunable, k, ordered)
     room = spare_synapses(size, a, target) if room is None else room
