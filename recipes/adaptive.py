@@ -849,7 +849,7 @@ def _density_note(cfg, summary, total_steps, ctrl) -> Optional[str]:
     requested one, else None: ensembles too coarse to come closer, or a gradual policy given too few
     steps to finish its schedule."""
     got, want = summary["density"], cfg.density
-    if abs(got - want) <= 0.01:
+    if want is None or abs(got - want) <= 0.01:  # --density none: the policy's own boundaries set it
         return None
     largest = _whole_ensembles(ctrl, want)
     if largest is not None:

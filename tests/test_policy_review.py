@@ -409,3 +409,51 @@ def test_balanced_updates_restore_the_networks_count_when_no_swap_is_worth_makin
     updates = [e for e in ctrl.events if e["kind"] == "update"]
     assert len(updates) >= 6 and ctrl.events[0]["kind"] == "update"  # sparser than the target: nothing pruned at construction
     assert all(abs(e["live"] - target) <= half for e in updates), [(e["step"], e["live"], target, half) for e in updates]
+
+
+def _thirty_wide_mlp():
+    return nn.Sequential(*[mod for _ in range(3) for mod in (nn.Linear(30, 30), nn.ReLU())], nn.Linear(30, 10))
+
+
+def test_balanced_construction_on_a_partly_sparse_connectome_counts_only_live_ensembles():
+    """Construction cannot grow, yet the network hold counted a sparse layer's absent neurons as kept:
+    1,230 live for a target of 1,500 (tolerance 15), 270 trained synapses pruned for nothing."""
+    torch.manual_seed(0)
+    m = _thirty_wide_mlp()
+    conn = adaptive.Connectome(m, ensemble="neuron")
+    masks = {n: torch.ones_like(mk) for n, mk in conn.masks.items()}
+    masks["0.weight"][6:] = False  # the first layer at 0.2, the rest dense
+    conn.set_masks(masks)
+    ctrl = adaptive.Controller(conn, torch.optim.SGD(m.parameters(), lr=0.05), policy="balanced", density=0.5,
+                               budget="uniform", update_every=5, seed=3)
+    init = ctrl.events[0]
+    assert init["grown"] == 0 and abs(init["live"] - 1500) <= 15, init["live"]
+    assert init["pruned"] == 2280 - init["live"]
+
+
+def test_balanced_restores_its_count_after_a_line_search_cut_without_a_veto():
+    """A line search's equal-size cut leaves the count one 30-synapse neuron off (tolerance 15); the
+    restoring edit went through the held-out check like a swap and was rolled back at every update."""
+    for seed in (2, 3):
+        torch.manual_seed(seed)
+        m = _thirty_wide_mlp()
+        conn = adaptive.Connectome(m, ensemble="neuron", mode="mask_only")
+        masks = {n: torch.zeros_like(mk) for n, mk in conn.masks.items()}
+        for n in masks:
+            masks[n][:2] = True
+        conn.set_masks(masks)
+        g = torch.Generator().manual_seed(seed)
+        batches = [(torch.randn(16, 30, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(8)]
+        hx, hy = torch.randn(64, 30, generator=g), torch.randint(0, 10, (64,), generator=g)
+        ctrl = adaptive.Controller(conn, policy="balanced", density=0.5, budget="uniform", update_every=5,
+                                   end_step=40, seed=3, holdout_loss=lambda: F.cross_entropy(m(hx), hy))
+        for x, y in batches * 5:
+            F.cross_entropy(m(x), y).backward()
+            ctrl.observe()
+            ctrl.step()
+            m.zero_grad()
+        lives = [e["live"] for e in ctrl.events if e["kind"] == "update"]
+        off = [i for i, live in enumerate(lives) if abs(live - 1500) > 15]
+        assert off, lives  # the cut this test is about happened
+        assert all(i + 1 < len(lives) and abs(lives[i + 1] - 1500) <= 15 for i in off), lives
+        assert abs(lives[-1] - 1500) <= 15, lives

@@ -421,6 +421,15 @@ def test_a_density_missed_by_whole_ensembles_says_so_not_that_the_run_was_short(
     assert f"note: {note}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("policy", ["balanced", "threshold"])
+def test_a_run_without_a_target_density_finishes_with_its_summary(tmp_path, policy):
+    # these policies need no density (--density none): the run trained, then crashed on the note
+    res = run(tmp_path, "--policy", policy, "--density", "none", "--max_steps", "20", "--figures", "false")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["target_density"] is None and summary["density_note"] is None
+    assert summary["density"] == res.conn.density() and summary["updates"] >= 1
+
+
 def test_metrics_lr_is_the_rate_each_row_trained_with(tmp_path):
     # warmup over 4 steps to a constant 0.1: steps 1-4 train at 0.025, 0.05, 0.075, 0.1, then 0.1
     R.main(["--output_dir", str(tmp_path / "lr"), "--policy", "set", "--lr", "0.1", "--lr_schedule", "constant",

@@ -1,7 +1,8 @@
 """Balanced crawling: at fixed overall density, swap the cheapest-to-remove present ensembles
 for the most useful absent ones, across all layers, but only pairs whose estimated restoration
 gain exceeds the removal cost. Layer densities move freely; the connectome crawls through the loss
-landscape. The network's live count stays within half an ensemble of the target, swap or no swap."""
+landscape. The network's live count stays within half an ensemble of the target, swap or no swap:
+an update that finds it farther off restores it alone, and a line search does not veto that."""
 from __future__ import annotations
 
 import math
@@ -31,6 +32,16 @@ class Balanced(SET):
         size = concat_sizes(ctrl, names, sizes)
         a = concat(alive)[0].to(c.device)
         cs, gs = per_synapse(c, size), per_synapse(g, size)  # the order global_candidates ranked in
+        if target is not None:
+            # a count already off its target (a layer budget's construction, a line search's cut)
+            # is restored first, alone, and no held-out loss vetoes it: swaps resume next update
+            none = p_idx[:0]
+            p_fix, g_fix = self.hold(ctrl, cost, alive, cs, gs, a, size, target, none, none)
+            if p_fix.numel() or g_fix.numel():
+                plan = global_plan(c, g, names, sizes, p_fix, g_fix)
+                plan.est_loss_change = float(c[p_fix].sum() - g[g_fix].sum())
+                plan.tolerance = math.inf
+                return plan
         p_idx, n = self.worth(cs, gs, p_idx, g_idx)
         room = spare_synapses(size, a, target)
         if not replaceable(size, p_idx, room):  # more than the absent ones can replace: among those that can

@@ -490,15 +490,20 @@ def _keep_top(scores: torch.Tensor, size, budget: float) -> torch.Tensor:
     return k
 
 
-def _hold_network(ctrl, keep_scores, keep, density):
+def _hold_network(ctrl, keep_scores, keep, density, alive, allow_grow):
     """``keep`` (per layer, each layer on its own target) with the network's count brought to
-    :func:`global_synapse_target` by :func:`hold_count`, ensembles ranked by score per synapse."""
+    :func:`global_synapse_target` by :func:`hold_count`, ensembles ranked by score per synapse.
+    Without ``allow_grow`` an absent ensemble in ``keep`` stays absent: only live ones count, and
+    only live ones are kept or let go."""
     flat, names, sizes = concat(keep_scores)
     size = concat_sizes(ctrl, names, sizes)
     k = concat(keep)[0].to(flat.device)
+    a = concat({n: alive[n].reshape(keep_scores[n].shape) for n in names})[0].to(k.device)
+    can_keep = torch.ones_like(a) if allow_grow else a
     held = floor_mask(ctrl, keep_scores, None)
-    can_drop = k if held is None else k & ~held.to(k.device)
-    grow, drop = hold_count(per_synapse(flat, size), k, size, global_synapse_target(ctrl, density), ~k, can_drop)
+    can_drop = k & can_keep if held is None else k & can_keep & ~held.to(k.device)
+    grow, drop = hold_count(per_synapse(flat, size), k & can_keep, size, global_synapse_target(ctrl, density),
+                            ~k & can_keep, can_drop)
     if not grow.numel() and not drop.numel():
         return keep
     k[grow], k[drop] = True, False
@@ -536,7 +541,7 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
                 size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)
                 keep[n] = _keep_top(per_synapse(s, size), size, per_layer[n]).view(s.shape)
             if network:
-                keep = _hold_network(ctrl, keep_scores, keep, density)
+                keep = _hold_network(ctrl, keep_scores, keep, density, alive, allow_grow)
     plan = EditPlan()
     for n, k in keep.items():
         a = alive[n].reshape(-1).to(k.device)

@@ -217,6 +217,11 @@ def fmt(xs):
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
 
 
+# the options whose values change the table (the rest say where files go or how it is shown)
+RESULT_OPTIONS = ("densities", "methods", "candidates", "batch_size", "lr", "wd", "update_every", "selection_seed",
+                  "epochs", "seeds")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=12)
@@ -240,6 +245,9 @@ def main(argv=None):
                     "(e.g. 'two processes side by side on 2 cores')")
     ap.add_argument("--remark", default="", help="a sentence added under the table (e.g. how the candidates came about)")
     args = ap.parse_args(argv)
+    # the options that shape the table, as given where they differ from their defaults
+    args.changed = [f"--{k} {getattr(args, k)}" for k in RESULT_OPTIONS
+                    if k not in ("epochs", "seeds") and getattr(args, k) != ap.get_default(k)]
     torch.set_num_threads(args.threads)
     densities = [float(d) for d in args.densities.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -362,14 +370,13 @@ def write_table(args, densities, methods, seeds, table, chosen, candidates, done
         lines += ["", f"Targets at 2%: ours >= 98.20 (got {100 * ours:.2f}: {'met' if ours >= 0.982 else 'missed'}); "
                   + "; ".join(gaps) + "."]
     secs = [r["seconds"] for r in done.values() if r["key"].startswith(tag)]
-    lines += ["", f"Reproduce: `python recipes/benchmarks/dst_mnist.py --epochs {args.epochs} --seeds "
+    given = "".join(f" {c}" for c in getattr(args, "changed", ())) + " --append" * bool(args.append)
+    lines += ["", f"Reproduce: `python recipes/benchmarks/dst_mnist.py{given} --epochs {args.epochs} --seeds "
               f"{','.join(map(str, seeds))}` ({len(secs)} runs, {sum(secs) / 60:.0f} minutes of run time, each run "
               "on 1 thread" + (f"; {args.how_run}" if args.how_run else "")
               + (f"; {len(reused)} of them read back from {args.results}, not rerun" if reused else "") + ")."]
     if args.append:
         lines[0] = f"## The same at {', '.join(f'{100 * d:g}%' for d in densities)} density, {args.epochs} epochs"
-        lines[-1] = lines[-1].replace("`python recipes/benchmarks/dst_mnist.py", "`python recipes/benchmarks/dst_mnist.py "
-                                      f"--densities {args.densities} --methods {args.methods} --candidates {args.candidates} --append")
     if args.remark:
         lines += ["", args.remark]
     text = "\n".join(lines) + "\n"

@@ -1,0 +1,25 @@
+"""recipes/benchmarks/dst_mnist.py: the table's Reproduce line gives every option that shaped it."""
+import pytest
+
+import adaptive.paths as paths
+from _scripts import load_script  # noqa: E402
+
+MNIST = paths.SHARED_DATA / "mnist" / "mnist.npz"
+
+
+@pytest.mark.skipif(not MNIST.is_file(), reason=f"shared MNIST absent at {MNIST} (always present on CI)")
+@pytest.mark.parametrize("extra, expect", [
+    ([], "dst_mnist.py --epochs 12 --seeds 0,1,2`"),
+    (["--densities", "0.02", "--methods", "ours,rigl", "--candidates", "utility/curvature", "--lr", "0.05",
+      "--seeds", "0"],
+     "dst_mnist.py --densities 0.02 --methods ours,rigl --candidates utility/curvature --lr 0.05 --epochs 12 --seeds 0`"),
+    (["--append", "--update_every", "200"], "dst_mnist.py --update_every 200 --append --epochs 12 --seeds 0,1,2`"),
+])
+def test_the_reproduce_line_carries_the_options_that_shaped_the_table(tmp_path, extra, expect):
+    # without --append it kept only --epochs and --seeds: a 3-run table said to come from the 19-run default
+    (tmp_path / "none.jsonl").touch()
+    out = tmp_path / "table.md"
+    load_script("recipes/benchmarks/dst_mnist.py", "dst_mnist").main(
+        ["--table_only", "--results", str(tmp_path / "none.jsonl"), "--out", str(out), "--data-dir", str(MNIST.parent.parent),
+         *extra])
+    assert f"Reproduce: `python recipes/benchmarks/{expect}" in out.read_text()
