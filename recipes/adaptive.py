@@ -544,7 +544,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
                    steps=state.step, updates=sum(1 for e in ctrl.events if e.get("kind") == "update"), seconds=seconds,
                    processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))
     summary.update(target_density=cfg.density, density_note=_density_note(cfg, summary, total_steps, ctrl),
-                   update_note=_update_note(cfg, summary, total_steps))
+                   update_note=_update_note(cfg, summary, total_steps, ctrl))
     _finish(accelerator, output_dir, summary, files)
     _end(accelerator)
     return RunResult(output_dir, model, conn, ctrl, state, summary, files)
@@ -886,10 +886,20 @@ def _whole_ensembles(ctrl, density: float) -> Optional[int]:
     return max(largest.values()) if near else None
 
 
-def _update_note(cfg, summary, total_steps) -> Optional[str]:
-    """A line for the summary when an adaptive policy never got to edit the connectome."""
+def _update_note(cfg, summary, total_steps, ctrl) -> Optional[str]:
+    """A line for the summary when an adaptive policy never got to edit the connectome: its update
+    windows held NaN or inf gradients, or the run was too short for its schedule."""
+    skipped = ctrl.nonfinite_windows
+    if skipped and summary["updates"]:
+        return (f"{skipped} update window(s) held NaN or inf gradients and were skipped ({summary['updates']} "
+                "update(s) ran); the training diverged at times (see the losses in metrics.csv): lower --lr, or "
+                "add --warmup_steps")
     if summary["updates"] or cfg.policy == "magnitude":  # one-shot magnitude prunes at the start
         return None
+    if skipped:
+        return (f"no controller update ran: the gradients of all {skipped} update window(s) held NaN or inf, so "
+                "each update was skipped and the connectome kept its initial masks; the training diverged (see "
+                "the losses in metrics.csv): lower --lr, or add --warmup_steps")
     end_step = max(1, int(round(cfg.end_fraction * total_steps)))
     return (f"no controller update ran: policy {cfg.policy!r} edits every {cfg.update_every} steps until step "
             f"{end_step} of {total_steps} (end_fraction {cfg.end_fraction:g}), so the connectome kept its initial "

@@ -430,6 +430,22 @@ def test_a_run_without_a_target_density_finishes_with_its_summary(tmp_path, poli
     assert summary["density"] == res.conn.density() and summary["updates"] >= 1
 
 
+def test_a_diverged_run_blames_its_nan_gradients_not_its_length(tmp_path, capsys):
+    # every update window held NaN: the note told the user to give the run more steps
+    res = run(tmp_path, "--policy", "rigl", "--density", "0.2", "--lr", "1e8", "--figures", "false")
+    note = res.summary["update_note"]
+    assert res.summary["updates"] == 0 and res.controller.nonfinite_windows == 3
+    assert note.startswith("no controller update ran: the gradients of all 3 update window(s) held NaN or inf")
+    assert "more steps" not in note and f"note: {note}" in capsys.readouterr().out
+    # some windows skipped, some updates ran: said too
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(policy="rigl", update_every=10, end_fraction=0.8)
+    note = R._update_note(cfg, {"updates": 4}, 100, SimpleNamespace(nonfinite_windows=2))
+    assert note.startswith("2 update window(s) held NaN or inf gradients and were skipped (4 update(s) ran)")
+    assert R._update_note(cfg, {"updates": 4}, 100, SimpleNamespace(nonfinite_windows=0)) is None
+
+
 def test_metrics_lr_is_the_rate_each_row_trained_with(tmp_path):
     # warmup over 4 steps to a constant 0.1: steps 1-4 train at 0.025, 0.05, 0.075, 0.1, then 0.1
     R.main(["--output_dir", str(tmp_path / "lr"), "--policy", "set", "--lr", "0.1", "--lr_schedule", "constant",
