@@ -71,6 +71,11 @@ def _plain_names(d: Optional[Mapping], known) -> Optional[dict]:
     return out
 
 
+class EnsembleRuleError(ValueError):
+    """A mask breaks a rule of its layer's granularity (n of every m kept, or a plugin
+    granularity's ``violation``)."""
+
+
 def _forget_autocast_copies() -> None:
     """Drop autocast's cached low-precision copies of the weights. Inside one ``torch.autocast``
     region every forward pass reuses the first copy of a weight, so after a mask edit in that region
@@ -266,7 +271,7 @@ class Connectome:
                 fix = (f"keep the top n of every m with conn.granularity_of({k!r}).select(scores)"
                        if hasattr(self.granularities[k], "density") else
                        "build it at ensemble level and use set_ensemble_masks()")
-                raise ValueError(f"mask for {k!r}: {why}; {fix}")
+                raise EnsembleRuleError(f"mask for {k!r}: {why}; {fix}")
             clean[k] = m.detach().to(self.params[k].device, copy=True)
         return clean
 

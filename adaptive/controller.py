@@ -24,7 +24,7 @@ import torch
 from . import policies as _policies  # noqa: F401  (registration)
 from .budgets import get_budget
 from .atomic import write_text
-from .connectome import Connectome
+from .connectome import Connectome, EnsembleRuleError
 from .distributed import all_reduce_mean_, check_masks_agree
 from .optim_state import restore_state, snapshot_state, unwrap_optimizer
 from .policies.base import EditPlan, get_policy, global_synapse_target, keep_plan, synapse_targets
@@ -33,6 +33,7 @@ from .utility import GradientStats, UtilityContext, get_estimator
 from .warn import warn_user
 
 INITS = ("random", "magnitude", "estimator")
+GROW_INITS = ("zero", "original", "random")
 # The estimator of policies that take one when none is named: in train mode curvature (the
 # consistency estimator's first-order removal term sends first the weights whose whole removal hurts
 # most on a ViT: recipes/benchmarks/removal_orders_vit.py; curvature was also chosen on held-out
@@ -48,7 +49,9 @@ class Controller:
         optimizer: optional; when given, the controller drives itself from its step hooks.
         policy: "magnitude", "gmp", "set", "rigl", "utility", "balanced", "threshold" (registry).
         density: target fraction of live synapses over all prunable layers, in (0, 1].
-        budget: "global", "uniform", "erk", "er": how the density is shared between layers.
+        budget: "global", "uniform", "erk", "er": how the density is shared between layers. The
+            policies that rank all layers together (threshold, crawl) apply none: they refuse any
+            but the default and "global", as they refuse ``min_density``.
         update_every: steps between updates (>= 1).
         start_step / end_step: first update step / the step where edits stop (edit fraction reaches
             0; gmp reaches its density).
@@ -58,19 +61,24 @@ class Controller:
             ``curvature`` in train mode, ``consistency`` in mask_only mode) and gmp's removal order
             (magnitude by default).
         grow_init: "zero" (default in train mode), "original" (default in mask_only), "random", or
-            a callable ``f(name, grown_mask) -> tensor``.
+            a callable ``f(name, grown_mask) -> tensor`` (the weight's shape; a wrong one raises at
+            the edit, before anything changes); anything else is refused at construction.
         min_density: per-layer floor of the budget. protect: name patterns kept dense, never edited.
         init: how a sparse policy sparsifies at construction: "random" (train default),
-            "magnitude" (mask_only default) or "estimator".
+            "magnitude" (mask_only default) or "estimator" (its removal costs; refused for an
+            estimator that scores from gradients alone, such as curvature, obd or taylor: a new
+            controller has observed none, so every score would be 0).
         window: observe gradients only during the last ``window`` steps before each update
             (None: every step since the last update).
         batch_size: the number of samples each observed gradient averages, which lets second-order
             estimators recover the per-sample Fisher: the per-process batch, times the number of
-            processes when DDP averages gradients across them before the step (train mode).
+            processes when DDP averages gradients across them before the step (train mode). An
+            integer >= 1, or None (the Fisher is then the batch gradients' second moment).
         holdout_loss: optional callable returning the loss on held-out training data; when given,
-            each update is checked and shrunk (halved, up to ``line_search_tries`` times) or rolled
-            back when it raises that loss by more than ``line_search_tolerance`` (or by more than the
-            plan's own ``tolerance`` when its policy sets one). Across processes, give it on every
+            each update is checked and shrunk (halved, up to ``line_search_tries`` times, an integer
+            >= 0; 0: the whole update or nothing) or rolled back when it raises that loss by more
+            than ``line_search_tolerance`` (or by more than the plan's own ``tolerance`` when its
+            policy sets one). Across processes, give it on every
             process: each may score its own shard (a loader prepared by Accelerate); the controller
             averages the losses over the processes before every decision (equal-size shards give
             the mean over the whole held-out set; a NaN on one process makes the mean NaN, which
@@ -132,6 +140,15 @@ class Controller:
             raise ValueError(f"window must be None or an integer >= 1, got {window!r}")
         if init is not None and init not in INITS:
             raise ValueError(f"unknown init {init!r}: use one of {INITS}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be None or the number of samples each observed gradient averages (an "
+                             f"integer >= 1), got {batch_size!r}")
+        if isinstance(line_search_tries, bool) or not isinstance(line_search_tries, int) or line_search_tries < 0:
+            raise ValueError(f"line_search_tries must be an integer >= 0 (the halvings an update may try before it is "
+                             f"rolled back; 0: all or nothing), got {line_search_tries!r}")
+        if not (grow_init is None or callable(grow_init) or (isinstance(grow_init, str) and grow_init in GROW_INITS)):
+            raise ValueError(f"unknown grow_init {grow_init!r}: use {', '.join(map(repr, GROW_INITS))} or a callable "
+                             "f(name, grown_mask) -> tensor")
         self.policy = get_policy(policy, **policy_kwargs)
         nm = conn.fixed_density
         if nm is not None and density is None:
@@ -149,6 +166,10 @@ class Controller:
             raise ValueError(f"policy {self.policy.name!r} ranks the ensembles of all layers together and keeps no "
                              f"per-layer floor, so min_density={min_density} would be ignored: keep a layer with "
                              "protect=[...], or use a policy that applies layer budgets (utility, rigl, set, gmp, magnitude)")
+        if self.policy.ranks_globally and budget not in ("erk", "global"):  # "erk": the default, unused here too
+            raise ValueError(f"policy {self.policy.name!r} ranks the ensembles of all layers together (as the 'global' "
+                             f"budget does), so budget={budget!r} would be ignored: leave budget out, or use a policy "
+                             "that applies layer budgets (utility, rigl, set, gmp, magnitude)")
         if nm is not None and not self.policy.supports_nm:
             raise ValueError(
                 f"ensemble {conn.ensemble!r} fixes the density at {nm:g} per group; policy {self.policy.name!r} "
@@ -176,8 +197,6 @@ class Controller:
         self.grow_est = None if grow_by is None else self.drop_est if grow_by == drop_by else get_estimator(grow_by)
         if grow_init is None:
             grow_init = "original" if conn.mode == "mask_only" else "zero"
-        if isinstance(grow_init, str) and grow_init not in ("zero", "original", "random"):
-            raise ValueError(f"unknown grow_init {grow_init!r}: use 'zero', 'original', 'random' or a callable")
         self.grow_init = grow_init
         self.min_density = min_density
         pats = [protect] if isinstance(protect, str) else list(protect)
@@ -428,6 +447,15 @@ class Controller:
         elif self.init == "magnitude":
             scores = {n: self.conn.granularities[n].pool(self.conn.params[n].detach().abs().float(), "sum") for n in names}
         else:
+            est = self.drop_est
+            blind = est.needs_gradients and not getattr(est, "scores_without_gradients", False)
+            if blind and (self.stats is None or self.stats.count == 0):
+                raise ValueError(
+                    f"init='estimator' ranks the ensembles by estimator {getattr(est, 'name', type(est).__name__)!r}, whose scores come from observed "
+                    "gradients, but none has been observed yet (a new controller has seen none): every score is 0 and "
+                    "the ensembles kept would be chosen by index. Use init='magnitude' or init='random' (the estimator "
+                    "edits from the first update on), or an estimator that scores without gradients (magnitude, "
+                    "presence, evidence)")
             scores = self.scores("cost", 0, names)  # the costliest to remove are kept
         # A connectome that is sparse already (loaded, or edited by hand) keeps its live ensembles
         # first: the init's scores only order the live ones among themselves (and the absent ones,
@@ -469,11 +497,12 @@ class Controller:
     def _set_plan_masks(self, plan: EditPlan) -> None:
         """Apply ``plan``'s masks, validated: an edit that breaks a granularity's rule (n:m, or a
         plugin granularity's ``violation``) is refused before anything changes, so every connectome
-        the controller writes loads again."""
+        the controller writes loads again. Other errors (a grow_init callable's bad tensor) keep
+        their own message."""
         masks = self._masks_from_plan(plan)
         try:
             self.conn.set_ensemble_masks(masks, grow_init=self._grow_init_fn(), validate=True)
-        except ValueError as e:
+        except EnsembleRuleError as e:
             raise ValueError(f"policy {self.policy.name!r}'s edit breaks a rule of the connectome's ensembles ({e}); "
                              "use a policy that keeps that rule (for n:m: magnitude, utility or balanced) or another "
                              "ensemble") from None

@@ -1,0 +1,95 @@
+"""Controller settings: a bad one is refused at the call, naming it, with the
+connectome and the model as they were; a good one is not refused."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import adaptive
+
+torch.set_num_threads(1)
+
+
+def net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+BAD = {
+    "line_search_tries=-1": (dict(line_search_tries=-1), "line_search_tries must be an integer >= 0"),
+    "line_search_tries=1.5": (dict(line_search_tries=1.5), "line_search_tries must be an integer >= 0"),
+    "batch_size=-64": (dict(batch_size=-64), "batch_size must be None or .* integer >= 1"),
+    "batch_size=0": (dict(batch_size=0), "batch_size must be None or .* integer >= 1"),
+    "batch_size=2.5": (dict(batch_size=2.5), "batch_size must be None or .* integer >= 1"),
+    "grow_init=0.0": (dict(grow_init=0.0), "unknown grow_init 0.0: use 'zero', 'original', 'random' or a callable"),
+    "threshold, budget=uniform": (dict(policy="threshold", budget="uniform"),
+                                  "budget='uniform' would be ignored: leave budget out"),
+    "init=estimator, curvature": (dict(policy="utility", estimator="curvature", budget="uniform", init="estimator"),
+                                  "init='estimator' .* 'curvature'.* Use init='magnitude' or init='random'"),
+    "init=estimator, taylor": (dict(policy="balanced", estimator="taylor", init="estimator"), "'taylor'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_a_bad_setting_is_refused_at_construction_and_changes_nothing(case):
+    kw, match = BAD[case]
+    m = net()
+    conn = adaptive.Connectome(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    before = conn.mask_hash(), {k: v.clone() for k, v in m.state_dict().items()}
+    kw = {"policy": "rigl", "density": 0.5, "update_every": 2, "end_step": 10, **kw}
+    with pytest.raises(ValueError, match=match):
+        adaptive.Controller(conn, opt, **kw)
+    assert conn.mask_hash() == before[0]
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before[1].items())
+    assert conn._observers == [] and conn.original == {}
+
+
+@pytest.mark.parametrize("estimator", ["magnitude", "presence", "evidence"])
+def test_init_estimator_with_an_estimator_that_scores_without_gradients_is_kept(estimator):
+    """They rank synapses before any gradient (magnitude, or a magnitude prior): by value, not by index."""
+    m = net()
+    conn = adaptive.Connectome(m)
+    w = m[0].weight.detach().abs().clone()
+    adaptive.Controller(conn, policy="utility", estimator=estimator, density=0.5, budget="uniform", init="estimator")
+    kept = conn.masks["0.weight"]
+    assert float(w[kept].min()) >= float(w[~kept].max())  # the largest half kept, wherever they sit
+
+
+def test_line_search_tries_zero_tries_the_whole_update_once():
+    m = net()
+    conn = adaptive.Connectome(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=2, end_step=10,
+                               holdout_loss=lambda: float(F.cross_entropy(m(x), y)), line_search_tries=0, batch_size=32)
+    for _ in range(2):
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    assert ctrl.events[-1]["kind"] == "update" and ctrl.events[-1]["line_search_fraction"] in (0.0, 1.0)
+
+
+def test_a_grow_init_callable_of_the_wrong_shape_is_blamed_not_the_policy_or_n_m():
+    m = net()
+    conn = adaptive.Connectome(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=2, end_step=10,
+                               grow_init=lambda name, grown: torch.zeros(3))
+    before = conn.mask_hash()
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    F.cross_entropy(m(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+    F.cross_entropy(m(x), y).backward()
+    with pytest.raises(ValueError, match=r"grow_init callable must return a tensor shaped \((16, 8|3, 16)\) for '[02].weight'") as e:
+        opt.step()
+    assert "n:m" not in str(e.value) and "policy" not in str(e.value)
+    assert conn.mask_hash() == before
+    ctrl.detach()
+
+
+def test_threshold_keeps_the_default_and_the_global_budget():
+    for budget in ("erk", "global"):
+        adaptive.Controller(adaptive.Connectome(net()), policy="threshold", density=0.5, budget=budget)
+
