@@ -91,11 +91,16 @@ class MaskOnlyResult:
     def events(self) -> List[dict]:
         return self.controller.events
 
-    def use(self, label: str) -> Snapshot:
-        """Load the masks of snapshot ``label`` into the connectome (weights restored bit-exact)."""
-        if label not in self.snapshots:
-            raise KeyError(f"no snapshot {label!r}: have {sorted(self.snapshots)}")
-        snap = self.snapshots[label]
+    def use(self, label: Union[str, float, int]) -> Snapshot:
+        """Load the masks of snapshot ``label`` into the connectome (weights restored bit-exact);
+        ``label`` is a key of ``snapshots`` or the target as given (0.5 for "0.5")."""
+        key = label
+        if key not in self.snapshots and isinstance(label, (int, float)) and not isinstance(label, bool):
+            key = next((k for k in (_label(label), repr(float(label))) if k in self.snapshots), label)
+        if key not in self.snapshots:
+            raise KeyError(f"no snapshot {label!r}: have {sorted(self.snapshots)}; pass one of those labels "
+                           "(or the target as given to optimize_connectome)")
+        snap = self.snapshots[key]
         self.conn.set_masks(snap.masks)
         return snap
 
@@ -291,7 +296,7 @@ def optimize_connectome(
     Args:
         target: one target or several (removal count, fraction in (0, 1), or "best"); several
             are visited in increasing order of removal, one stage each, with a snapshot per target.
-        passes: passes over ``train_loader`` per stage (fractional allowed).
+        passes: passes over ``train_loader`` per stage (a finite number > 0, fractional allowed).
         ensemble / include / exclude: the connectome's granularity and layer selection.
         estimator: utility estimator (registry name or instance) for removal costs and restoration
             gains; "presence" (default) learns a value per synapse batch by batch from the
@@ -313,6 +318,8 @@ def optimize_connectome(
             (0, the default: none; measured on CIFAR ResNets, per-update verification with
             per-batch updates cost 5x the time and lost accuracy, see
             recipes/benchmarks/mask_only_ablations).
+        line_search_tries: halvings a verified update may try before it is rolled back (an integer
+            >= 0; 0: the whole update or nothing); used with ``verify_batches`` > 0.
         eval_every: evaluate the whole holdout every this many updates (0: only at stage ends).
         loss_fn: ``loss_fn(output, targets)`` -> the mean loss of a batch (default ``F.cross_entropy``);
             checked on the first training batch, before any backward pass. Held-out losses use
@@ -354,8 +361,9 @@ def optimize_connectome(
     targets = list(target) if isinstance(target, (list, tuple)) else [target]
     if not targets:
         raise ValueError("give at least one target")
-    if passes <= 0:
-        raise ValueError(f"passes must be > 0, got {passes}")
+    if isinstance(passes, bool) or not isinstance(passes, (int, float)) or not (0 < passes < math.inf):
+        raise ValueError(f"passes must be a finite number > 0 (passes over the train loader per stage; fractional "
+                         f"allowed), got {passes!r}")
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
     if not 0.0 <= approach <= 1.0:
@@ -370,6 +378,9 @@ def optimize_connectome(
         raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
     if not isinstance(verify_batches, int) or verify_batches < 0:
         raise ValueError(f"verify_batches must be an integer >= 0 (0: no line search), got {verify_batches!r}")
+    if isinstance(line_search_tries, bool) or not isinstance(line_search_tries, int) or line_search_tries < 0:
+        raise ValueError(f"line_search_tries must be an integer >= 0 (the halvings a verified update may try before "
+                         f"it is rolled back; 0: all or nothing), got {line_search_tries!r}")
     if not isinstance(eval_every, int) or eval_every < 0:
         raise ValueError(f"eval_every must be an integer >= 0 (updates between held-out evaluations; 0: at stage "
                          f"ends only), got {eval_every!r}")

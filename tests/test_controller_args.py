@@ -1,9 +1,12 @@
-"""Controller settings: a bad one is refused at the call, naming it, with the
+"""Controller and optimize_connectome settings: a bad one is refused at the call, naming it, with the
 connectome and the model as they were; a good one is not refused."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import adaptive
 
@@ -93,3 +96,36 @@ def test_threshold_keeps_the_default_and_the_global_budget():
     for budget in ("erk", "global"):
         adaptive.Controller(adaptive.Connectome(net()), policy="threshold", density=0.5, budget=budget)
 
+
+def loaders():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 8, generator=g), torch.randint(0, 3, (96,), generator=g)
+    return (DataLoader(TensorDataset(x[:64], y[:64]), batch_size=16),
+            DataLoader(TensorDataset(x[64:], y[64:]), batch_size=16))
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(verify_batches=1, line_search_tries=-1), "line_search_tries must be an integer >= 0"),
+    (dict(verify_batches=1, line_search_tries=1.5), "line_search_tries must be an integer >= 0"),
+    (dict(passes=math.inf), "passes must be a finite number > 0"),
+    (dict(passes=math.nan), "passes must be a finite number > 0"),
+    (dict(passes=0), "passes must be a finite number > 0"),
+])
+def test_optimize_connectome_refuses_a_bad_setting_before_any_work(kw, match):
+    m = net()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    train, holdout = loaders()
+    with pytest.raises(ValueError, match=match):
+        adaptive.optimize_connectome(m, train, holdout, target=0.3, progress=False, **kw)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    assert m.training
+
+
+def test_a_snapshot_is_found_by_the_target_as_given():
+    train, holdout = loaders()
+    res = adaptive.optimize_connectome(net(), train, holdout, target=[0.5, 100], progress=False)
+    assert res.use(0.5) is res.snapshots["0.5"] and res.use(100) is res.snapshots["100"]
+    assert res.use("0.5") is res.snapshots["0.5"]
+    assert torch.equal(res.conn.masks["0.weight"], res.snapshots["0.5"].masks["0.weight"])
+    with pytest.raises(KeyError, match=r"no snapshot 0.7: have \['0.5', '100'\]; pass one of those labels"):
+        res.use(0.7)
