@@ -21,8 +21,9 @@ with its source. An item can go when each of its readers can do without it:
 Constants are found by a probe run in which inputs are NaN: NaN spreads through every op that
 depends on data, a unit with no live input (or whose live inputs are exact zeros) emits its bias,
 and whatever stays finite and uniform is a constant (integer inputs such as token ids are data, and
-so is every float made from them). Items of inputs, outputs, grouped convolutions, ops the
-compactor does not understand and layers whose weight is tied to another module's are kept; a
+so is every float made from them). Items of inputs, outputs, grouped convolutions, transposed
+convolutions, ops the compactor does not understand and layers whose weight is tied to another
+module's are kept; a
 depthwise convolution (groups == channels) keeps or drops input channel ``c`` together with output
 channel ``c`` and its filter, other grouped convolutions keep all their channels. The result is
 checked against the masked model on the example input, a second random input and a batch of twice
@@ -365,6 +366,8 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
                 items.pin(a)
             continue
         if _stateful(module) and (calls[n.target] > 1 or n.target in tied):  # one set of parameters cannot be sliced two ways
+            cat = "pinned"
+        if isinstance(module, ops.TRANSPOSED_MODULES):  # not a synapse layer: its channels stay, like an unknown op's
             cat = "pinned"
         if cat == "weighted":
             x = _module_input(n)

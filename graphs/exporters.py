@@ -79,7 +79,8 @@ def from_header(h: dict, node_attrs, src, dst, edge_attrs):
         raise ValueError(f"not an adaptive graph (format {h.get('format')!r}, expected {FORMAT!r})")
     groups = [Group(*x) for x in h["groups"]]
     layers = [LayerFlow(x[0], x[1], -1, x[2], tuple(x[3]), x[4], torch.zeros(0, dtype=torch.long), "",
-                        tuple(x[5]) if len(x) > 5 and x[5] else None) for x in h["layers"]]
+                        tuple(x[5]) if len(x) > 5 and x[5] else None, x[2].startswith("convtranspose"))
+              for x in h["layers"]]
     for x_id, x in enumerate(groups):
         if x.layer >= 0 and x.kind == "layer":
             layers[x.layer].group = x_id

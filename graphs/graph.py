@@ -183,7 +183,11 @@ def _synapse_edges(layer: LayerFlow, start: int, w, m, u):
     i = torch.div(flat % (ipg * k), k, rounding_mode="floor")
     c = torch.div(o, opg, rounding_mode="floor") * ipg + i
     offset = layer.rows[0] * (m[0].numel() if m.dim() > 1 else 1) if layer.rows else 0
-    cols = {"position": flat + offset, "weight": w.reshape(-1)[flat]}  # position in the whole parameter
+    position = flat + offset  # in the whole parameter
+    if layer.transposed:  # the parameter is (in, out/groups, *kernel): number its elements in that order
+        stored = (layer.shape[1] * layer.groups, layer.shape[0] // layer.groups, *layer.shape[2:])
+        position = layer.part(torch.arange(m.numel()).view(stored)).reshape(-1)[flat]
+    cols = {"position": position, "weight": w.reshape(-1)[flat]}
     if u is not None:
         cols["utility"] = u.reshape(-1)[flat]
     return layer.in_src[c], start + o, cols

@@ -2,7 +2,9 @@
 
 Every op falls in one category:
 
-- ``weighted``: an ``nn.Linear``/``nn.Conv1d/2d/3d`` call: it creates new units.
+- ``weighted``: an ``nn.Linear``/``nn.Conv1d/2d/3d`` call, or a transposed convolution
+  (``nn.ConvTranspose1d/2d/3d``, a U-Net's up-convolution; not a prunable layer, its weights count as
+  live): it creates new units, each fed by every input channel of its group.
 - ``attention``: an ``nn.MultiheadAttention`` call: query, key and value units, then ``out_proj``.
 - ``recurrent``: an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` call, unrolled one step: gate units per layer
   and direction, fed by the input and by state nodes standing for the previous hidden state.
@@ -19,8 +21,8 @@ Every op falls in one category:
   evaluated exactly on tensors of unit ids.
 - ``reduce``: mean/sum/amax over some dimensions.
 
-Anything else is unknown: the tracer warns, naming the node, and assumes every input feeds
-every output. Extend a table (or :func:`register_op`) to teach it a new op.
+Anything else is unknown: the tracer warns, naming the node (and a module's type), and assumes
+every input feeds every output. Extend a table (or :func:`register_op`) to teach it a new op.
 """
 from __future__ import annotations
 
@@ -32,6 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 WEIGHTED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# weighted too, but their weight is (in, out/groups, *kernel) and they are not synapse layers: the
+# graph reads them through LayerFlow.part, and compaction leaves them as they are
+TRANSPOSED_MODULES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 POINTWISE_MODULES = (
     nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
@@ -117,7 +122,9 @@ def register_op(target: Any, category: str) -> None:
     """Teach the tracer an op: ``target`` is a function, a method name or a module class;
     ``category`` one of "pointwise", "broadcast", "shape", "reduce"."""
     if category not in ("pointwise", "broadcast", "shape", "reduce"):
-        raise ValueError(f"unknown op category {category!r}: use pointwise, broadcast, shape or reduce")
+        raise ValueError(f"unknown op category {category!r}: use pointwise, broadcast, shape or reduce (weighted "
+                         "layers are the Linear, Conv and ConvTranspose modules, which the tracer knows; for another "
+                         "op that mixes channels through weights, pass depths= to the depth diagnostics)")
     _EXTRA[target] = category
 
 
@@ -128,7 +135,7 @@ def categorize(node, module=None) -> str:
         for cls, cat in _EXTRA.items():
             if isinstance(cls, type) and isinstance(module, cls):
                 return cat
-        if isinstance(module, WEIGHTED_MODULES):
+        if isinstance(module, WEIGHTED_MODULES + TRANSPOSED_MODULES):
             return "weighted"
         if isinstance(module, nn.MultiheadAttention):
             return "attention"
@@ -186,8 +193,23 @@ def elementwise(node, module=None) -> bool:
     return node.op == "call_method" and node.target in POINTWISE_METHODS
 
 
-def describe(node) -> str:
-    """A short human name for an fx node, for warnings."""
+def describe(node, module=None) -> str:
+    """A short human name for an fx node, for warnings (with the type of the module it calls)."""
     t = node.target
     name = getattr(t, "__name__", None) or str(t)
-    return f"{node.name!r} ({node.op} {name})"
+    kind = f", a {type(module).__name__}" if module is not None else ""
+    return f"{node.name!r} ({node.op} {name}{kind})"
+
+
+def how_to_register(node, module=None) -> str:
+    """The :func:`register_op` call that teaches the tracer ``node``'s op, for warnings."""
+    if module is not None:
+        cls = type(module)
+        target = f"{cls.__module__}.{cls.__qualname__}"
+    elif node.op == "call_method":
+        target = repr(node.target)
+    else:
+        t = node.target
+        target = f"{getattr(t, '__module__', None) or 'torch'}.{getattr(t, '__qualname__', None) or getattr(t, '__name__', t)}"
+    return (f'graphs.register_op({target}, "pointwise") if it acts on each channel alone ("broadcast", "shape" or '
+            f'"reduce" for the other kinds: see graphs.ops)')

@@ -4,7 +4,7 @@ The model is traced with ``torch.fx`` and run once on an example input by a
 :class:`torch.fx.passes.shape_prop.ShapeProp` interpreter that, next to the real values, carries an
 *id tensor* for every tensor of the graph: each element holds the id of the graph node that produced
 it (0 for a constant such as zero padding). Weighted layers (Linear, Conv, the projections of
-attention and the matrices of recurrent layers) start new units; shape
+attention and the matrices of recurrent layers, transposed convolutions) start new units; shape
 ops (view, flatten, cat, getitem, pad, split, permute) are evaluated exactly on the id tensors, so
 concatenation offsets, the ``h*w`` features of each flattened channel and the CIFAR ResNet's
 zero-padding shortcut come out right without special cases; per-channel ops (normalisation,
@@ -54,20 +54,26 @@ class Group:
 class LayerFlow:
     """One weighted layer: its units and the node feeding each of its input channels. ``module`` is
     the module's name, or for the parts of an attention or recurrent module a label under it
-    (``attn.q``, ``rnn.l0_reverse.hh``); ``param`` is always the weight's parameter name."""
+    (``attn.q``, ``rnn.l0_reverse.hh``); ``param`` is always the weight's parameter name. ``shape``
+    is ``(out, in/groups, *kernel)``; a transposed convolution's parameter is stored
+    ``(in, out/groups, *kernel)``, which :meth:`part` turns into that layout."""
 
     module: str
     param: str
     group: int
-    kind: str  # linear | conv1d | conv2d | conv3d
+    kind: str  # linear | conv1d | conv2d | conv3d | convtranspose1d | convtranspose2d | convtranspose3d
     shape: tuple
     groups: int
     in_src: torch.Tensor  # LongTensor [in_units]: node id feeding each input channel/feature
     fx_node: str = ""
     rows: Optional[Tuple[int, int]] = None  # the rows of ``param`` this layer is (attention q/k/v), else all
+    transposed: bool = False  # the parameter is (in, out/groups, *kernel) (nn.ConvTranspose*)
 
     def part(self, t: torch.Tensor) -> torch.Tensor:
-        """This layer's rows of a tensor shaped like the whole parameter."""
+        """This layer's rows of a tensor shaped like the whole parameter, laid out as ``shape``."""
+        if self.transposed:
+            g, (o, ipg) = self.groups, self.shape[:2]
+            return t.reshape(g, ipg, o // g, *t.shape[2:]).transpose(1, 2).reshape(o, ipg, *t.shape[2:])
         return t if self.rows is None else t[self.rows[0]:self.rows[1]]
 
 
@@ -78,10 +84,14 @@ class Trace:
     wires: Dict[int, Tuple[torch.Tensor, torch.Tensor]]  # group id -> (src, dst) into that group
     concats: List[dict]  # {"node": name, "parts": [(operand name, LongTensor ids)]}
     warnings: List[str] = field(default_factory=list)
-    traced: bool = True
+    traced: bool = True  # False: fx could not trace the model (``reason`` says why); module order stands in
     # group id of a recurrent layer's state nodes -> (src, dst): the units whose values the state
     # nodes hold at the next time step (the graph's back edges, kind "recurrent")
     recurrent: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # ops the tracer could not follow (it assumed every input feeds every output there): for each, the
+    # number of layers recorded before it (those layers' inputs do not depend on it) and its description
+    unknown: List[Tuple[int, str]] = field(default_factory=list)
+    reason: str = ""  # why fx could not trace the model, when ``traced`` is False
 
     @property
     def num_nodes(self) -> int:
@@ -121,6 +131,7 @@ class _Book:
         self.concats: List[dict] = []
         self.warnings: List[str] = []
         self.recurrent: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.unknown: List[Tuple[int, str]] = []
 
     def snapshot(self) -> tuple:
         """Sizes of what is recorded (every record only grows: lists and insertion-ordered dicts)."""
@@ -319,6 +330,10 @@ class FlowProp(ShapeProp):
     def _on_weighted(self, n, module, result):
         x = self.flows.get(n.args[0])
         axis = -1 if isinstance(module, nn.Linear) else 1
+        w, groups = module.weight, int(getattr(module, "groups", 1))
+        transposed = isinstance(module, ops.TRANSPOSED_MODULES)
+        # (out, in/groups, *kernel); a transposed convolution stores (in, out/groups, *kernel)
+        shape = (w.shape[1] * groups, w.shape[0] // groups, *w.shape[2:]) if transposed else tuple(w.shape)
         if not isinstance(x, torch.Tensor):
             raise ValueError("its input carries no traced data")
         in_src = self.readout(x, axis, f"{n.target}.input")
@@ -332,17 +347,15 @@ class FlowProp(ShapeProp):
             layer = self.book.layers[self.seen_modules[name]]
             start = self.book.groups[layer.group].start
         else:
-            out = int(module.weight.shape[0])
             lid = len(self.book.layers)
-            gid, start = self.book.new_group(name, "layer", type(module).__name__, out, layer=lid)
-            w = module.weight
-            kind = "linear" if isinstance(module, nn.Linear) else f"conv{w.dim() - 2}d"
-            groups = int(getattr(module, "groups", 1))
-            if in_src.numel() != w.shape[1] * groups:
-                raise ValueError(f"{name} reads {in_src.numel()} input units but its weight expects {w.shape[1] * groups}")
-            self.book.layers.append(LayerFlow(name, f"{name}.weight", gid, kind, tuple(w.shape), groups, in_src, n.name))
+            gid, start = self.book.new_group(name, "layer", type(module).__name__, shape[0], layer=lid)
+            kind = "linear" if isinstance(module, nn.Linear) else f"conv{'transpose' if transposed else ''}{w.dim() - 2}d"
+            if in_src.numel() != shape[1] * groups:
+                raise ValueError(f"{name} reads {in_src.numel()} input units but its weight expects {shape[1] * groups}")
+            self.book.layers.append(LayerFlow(name, f"{name}.weight", gid, kind, shape, groups, in_src, n.name,
+                                              transposed=transposed))
             self.seen_modules[name] = lid
-        ids = torch.arange(start, start + int(module.weight.shape[0]))
+        ids = torch.arange(start, start + shape[0])
         return _expand(ids, result.shape, axis)
 
     def _on_attention(self, n, module, result):
@@ -668,10 +681,12 @@ class FlowProp(ShapeProp):
         return fill(result)
 
     def _on_unknown(self, n, result, reason):
+        module = self.mods.get(n.target) if n.op == "call_module" else None
         msg = (
-            f"graphs: cannot follow the data flow through node {ops.describe(n)}{reason}; assuming every input "
-            f"unit feeds every output (teach it with graphs.ops.register_op)"
+            f"graphs: cannot follow the data flow through node {ops.describe(n, module)}{reason}; assuming every "
+            f"input unit feeds every output (teach it with {ops.how_to_register(n, module)})"
         )
+        self.book.unknown.append((len(self.book.layers), ops.describe(n, module)))
         self.book.warnings.append(msg)
         warn_user(msg)
         flows = self._tensor_flows((n.args, n.kwargs))
@@ -721,7 +736,7 @@ def _default_inputs(model: nn.Module) -> List[torch.Tensor]:
 
 
 def _auto_input_nodes(model: nn.Module, x: torch.Tensor) -> str:
-    convs = any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in model.modules())
+    convs = any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d) + ops.TRANSPOSED_MODULES) for m in model.modules())
     return "channels" if convs or x[0].numel() > 1_000_000 else "elements"
 
 
@@ -800,7 +815,7 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
         _add_outputs(prop, gm, result)
         for w in book.warnings:
             warn_user(w)
-        tr = Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, True, book.recurrent)
+        tr = Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, True, book.recurrent, book.unknown)
         return _unwrap(tr) if root else tr
     if example_input is not None:
         raise RuntimeError(f"running {type(model).__name__} on example_input failed: {errors[0]}")
@@ -874,4 +889,4 @@ def fallback_trace(model: nn.Module, reason: str) -> Trace:
     if prev is not None:
         gid, start = book.new_group("output", "output", "logits", prev.numel())
         book.wires[gid] = (prev, torch.arange(start, start + prev.numel()))
-    return Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, traced=False)
+    return Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, traced=False, reason=reason)

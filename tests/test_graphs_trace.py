@@ -193,6 +193,65 @@ def test_unknown_op_warns_naming_the_node():
     assert wires("a", "cumsum", [(i, 0) for i in range(3)]) <= edge_set(g)
 
 
+def test_unknown_module_warning_names_its_type_and_a_register_op_call_that_works():
+    class Soft(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.soft, self.b = nn.Linear(4, 3), nn.Softmax(dim=1), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.b(self.soft(self.a(x)))
+
+    with pytest.warns(UserWarning, match=r"'soft' \(call_module soft, a Softmax\)") as rec:
+        graphs.build(model=Soft(), level="unit")
+    call = next(str(w.message) for w in rec if "Softmax" in str(w.message)).split("teach it with ")[1].split(" if it")[0]
+    assert call == 'graphs.register_op(torch.nn.modules.activation.Softmax, "pointwise")'
+    try:
+        eval(call, {"graphs": graphs, "torch": torch})
+        g = graphs.build(model=Soft(), level="unit")
+        assert not g.warnings
+    finally:
+        graphs.ops._EXTRA.pop(nn.Softmax, None)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_transposed_conv_is_a_weighted_layer(groups):
+    class UpNet(nn.Module):  # a U-Net's up path: the up-convolution's output is one layer deeper
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Conv2d(2, 4, 3, padding=1)
+            self.down = nn.Conv2d(4, 4, 3, padding=1, stride=2)
+            self.up = nn.ConvTranspose2d(4, 6, 2, stride=2, groups=groups)  # weight (in 4, out/groups, 2, 2)
+            self.dec = nn.Conv2d(6 + 4, 2, 1)
+
+        def forward(self, x):
+            e = F.relu(self.enc(x))
+            return self.dec(torch.cat([self.up(F.relu(self.down(e))), e], 1))
+
+    import warnings
+
+    model, x = UpNet(), torch.randn(1, 2, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing unknown
+        g = graphs.build(model=model, level="synapse", example_input=x)
+    lay = {l.module: l for l in g.layers}
+    assert lay["up"].kind == "convtranspose2d" and lay["up"].shape == (6, 4 // groups, 2, 2)
+    assert g.node_attrs["depth_max"][lay["dec"].in_src].tolist() == [3] * 6 + [1] * 4
+    assert g.live_synapses() == sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight"))
+    # every synapse of the up-convolution: its position in the parameter, its value, its input and output channel
+    e = g.edge_attrs["layer"] == list(lay).index("up")
+    pos, w = g.edge_attrs["position"][e], model.up.weight.detach()
+    assert torch.equal(pos.sort().values, torch.arange(w.numel())) and torch.equal(g.edge_attrs["weight"][e], w.reshape(-1)[pos])
+    cin, cout = pos // w[0].numel(), (pos % w[0].numel()) // w[0, 0].numel()  # (in, out/groups, kH, kW)
+    assert torch.equal(g.src[e], lay["up"].in_src[cin])
+    assert torch.equal(g.dst[e] - g.groups[lay["up"].group].start, cin // (4 // groups) * (6 // groups) + cout)
+    unit = graphs.build(model=model, level="unit", example_input=x)
+    assert int(unit.edge_attrs["count"].sum()) == g.live_synapses()
+    with pytest.warns(UserWarning, match="up.weight"):  # not a synapse layer: dense, outside the connectome
+        conn = adaptive.Connectome(model)
+    assert "up.weight" not in conn.masks and graphs.build(conn, level="unit", example_input=x).live_synapses() == g.live_synapses()
+
+
 def test_contracted_junctions_give_direct_unit_edges():
     g = graphs.build(model=Residual(), level="unit", example_input=torch.randn(1, 2, 4, 4), junctions=False)
     expected = (full("x", "a", 2, 3) | full("a", "b", 3, 3) | {(f"{s}:{i}", f"fc:{j}", EDGE_SYNAPSE)
