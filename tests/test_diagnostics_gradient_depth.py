@@ -131,3 +131,114 @@ def test_gradient_by_depth_traces_models_without_input_depths():
     with pytest.warns(UserWarning, match="one band"):
         res = gradient_by_depth(TwoBandNet(), [(torch.randn(8, 5), torch.randint(0, 3, (8,)))], layer="classifier", batches=1)
     assert res.depths == [1]  # traced: both halves read the hidden layer's output, one band at depth 1
+
+
+class UpNet(nn.Module):
+    """A U-Net's up path: the transposed convolution is a layer, so ``dec`` reads depths 3 and 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Conv2d(2, 4, 3, padding=1)
+        self.down = nn.Conv2d(4, 4, 3, padding=1, stride=2)
+        self.up = nn.ConvTranspose2d(4, 6, 2, stride=2)
+        self.dec = nn.Conv2d(6 + 4, 3, 1)
+
+    def forward(self, x):
+        e = torch.relu(self.enc(x))
+        return self.dec(torch.cat([self.up(torch.relu(self.down(e))), e], 1)).mean((2, 3))
+
+
+def test_traced_depths_count_a_transposed_conv_as_a_layer():
+    from adaptive.diagnostics.gradient_depth import traced_depths
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 8, 8)
+    assert traced_depths(UpNet(), "dec", x).tolist() == [3] * 6 + [1] * 4
+    res = gradient_by_depth(UpNet(), [(x, torch.tensor([0, 1]))], layer="dec", batches=1)
+    assert res.depths == [1, 3] and res.table["weights"] == [12, 18]
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_weight_depths_of_a_transposed_conv_follow_its_input_axis(groups):
+    # nn.ConvTranspose2d's weight is (in, out/groups, kH, kW): input channel i is dim 0, whatever the groups
+    torch.manual_seed(0)
+    up = nn.ConvTranspose2d(8, 4, 2, stride=2, groups=groups)
+    model = nn.Sequential(up, nn.Conv2d(4, 2, 1))
+    x, y = torch.randn(2, 8, 3, 3), torch.randint(0, 2, (2, 6, 6))
+    depths = torch.tensor([1] * 4 + [2] * 4)
+    res = gradient_by_depth(model, [(x, y)], layer="0", depths=depths, batches=1)
+    g = torch.autograd.grad(nn.functional.cross_entropy(model(x), y), [up.weight])[0].abs()
+    assert res.table["weights"] == [64 // groups, 64 // groups]
+    assert res.table["mean"] == pytest.approx([float(g[:4].mean()), float(g[4:].mean())])
+    d = torch.arange(8)
+    wd = weight_depths(up.weight.shape, d, groups, transposed=True)
+    assert torch.equal(wd, d.view(8, 1, 1, 1).expand(up.weight.shape))
+    with pytest.raises(ValueError, match="8 input units"):
+        weight_depths(up.weight.shape, torch.arange(4), groups, transposed=True)
+
+
+def test_depths_of_the_wrong_length_for_a_conv_are_refused():
+    model = nn.Sequential(nn.Conv2d(8, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    loader = [(torch.randn(2, 8, 5, 5), torch.tensor([0, 3]))]
+    with pytest.raises(ValueError, match="8 input units.*give 8, one per input channel"):
+        gradient_by_depth(model, loader, layer="0", depths=[0, 1], batches=1)  # 2 divides 8: no stretch for a conv
+    assert weight_depths((1, 6), torch.tensor([0, 1]))[0].tolist() == [0, 0, 0, 1, 1, 1]  # a Linear's flattened map
+
+
+def test_an_untraceable_model_is_refused_not_chained_in_module_order():
+    class Dynamic(nn.Module):  # fx cannot trace data-dependent control flow
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.classifier = nn.Linear(4, 3), nn.Linear(3, 3), nn.Linear(6, 2)
+
+        def forward(self, x):
+            if x.sum() > 0:
+                x = -x
+            h = torch.relu(self.a(x))
+            return self.classifier(torch.cat([h, torch.relu(self.b(h))], 1))
+
+    with pytest.warns(UserWarning, match="module order"), \
+            pytest.raises(ValueError, match=r"could not trace Dynamic at .* in forward \(if x.sum\(\) > 0:.*module-order "
+                                            r"fallback has no concatenation.*pass depths="):
+        gradient_by_depth(Dynamic(), [(torch.randn(2, 4), torch.tensor([0, 1]))], layer="classifier", batches=1)
+
+
+class Cumsum(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 3), nn.Linear(3, 3), nn.Linear(3, 2)
+
+    def forward(self, x):
+        return torch.cumsum(self.c(self.b(torch.cumsum(self.a(x), 1))), 1)
+
+
+def test_traced_depths_refuse_an_op_the_tracer_cannot_follow():
+    from adaptive.diagnostics.gradient_depth import traced_depths
+
+    x = torch.randn(2, 4)
+    with pytest.warns(UserWarning, match="cumsum"):
+        assert traced_depths(Cumsum(), "a", x).tolist() == [0] * 4  # the unknown ops come after it
+    with pytest.warns(UserWarning, match="cumsum"), \
+            pytest.raises(ValueError, match=r"'b'.*1 op\(s\) the tracer cannot follow \('cumsum'.*register_op.*pass depths="):
+        gradient_by_depth(Cumsum(), [(x, torch.tensor([0, 1]))], layer="b", batches=1, loss_fn=sum_loss)
+
+
+class PaddedCat(nn.Module):
+    """``b`` reads the raw input (depth 0), ``a``'s output (depth 1) and two zero-padded channels (-1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3 + 3 + 2, 4, 1)
+
+    def forward(self, x):
+        a = torch.relu(self.a(x))
+        return self.b(torch.cat([x, nn.functional.pad(a, (0, 0, 0, 0, 0, 2))], 1)).mean((2, 3))
+
+
+def test_ratio_compares_signal_bands_not_the_constant_band(tmp_path):
+    torch.manual_seed(0)
+    res = gradient_by_depth(PaddedCat(), [(torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,)))], layer="b", batches=1)
+    rows = {r["depth"]: r for r in res.table}
+    assert res.depths == [-1, 0, 1] and rows[-1]["zero_fraction"] == 1.0
+    assert res.ratio() == pytest.approx(rows[0]["median"] / rows[1]["median"]) and res.ratio() > 0
+

@@ -46,7 +46,7 @@ class BandGradientScaler:
         for layer in layers:
             name, mod, w = find_weight(model, layer)
             d = resolve_depths(model, name, depths.get(name))
-            wd = weight_depths(w.shape, d, int(getattr(mod, "groups", 1)))
+            wd = weight_depths(w.shape, d, int(getattr(mod, "groups", 1)), bool(getattr(mod, "transposed", False)))
             uniq, idx = torch.unique(wd, return_inverse=True)
             st = {"index": idx.to(w.device), "bands": uniq, "log_typical": None, "scale": None}
             self.state[name] = st

@@ -28,7 +28,8 @@ HOW_TO_PASS_DEPTHS = (
 def resolve_depths(model: nn.Module, layer: str, depths=None, example: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Signal depth of each input unit of ``layer``: ``depths`` if given, else the model's own
     ``input_depths(layer)``, else the data flow traced by :mod:`graphs` (:func:`traced_depths`).
-    Raises a ValueError saying how to pass them when none of these works."""
+    Raises a ValueError saying how to pass them when none of these works, which includes a model fx
+    cannot trace and an op the tracer cannot follow on the way to ``layer``: their depths would be wrong."""
     if depths is not None:
         return torch.as_tensor(depths, dtype=torch.long).reshape(-1).cpu()
     if hasattr(model, "input_depths"):
@@ -43,30 +44,54 @@ def resolve_depths(model: nn.Module, layer: str, depths=None, example: Optional[
 def traced_depths(model: nn.Module, layer: str, example: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Depth of each input unit of ``layer`` from the traced connectome graph (:func:`graphs.build`):
     the longest number of weighted layers between the model's input and that unit (0 = raw input;
-    -1 for channels fed only by constants, such as zero padding)."""
+    -1 for channels fed only by constants, such as zero padding). Raises a ValueError when fx cannot
+    trace the model (the module-order fallback has no concatenation or residual links) or when an op
+    the tracer cannot follow comes before ``layer`` (it would join every input to every output there)."""
     import graphs
 
     name = layer[: -len(".weight")] if layer.endswith(".weight") else layer
-    g = graphs.build(model=model, level="unit", example_input=None if example is None else example[:1])
+    tr = graphs.trace(model, None if example is None else example[:1])
+    if not tr.traced:
+        raise ValueError(" ".join(f"{tr.reason}; the module-order fallback has no concatenation or residual links, "
+                                  "so its depths would be wrong".split()))
+    g = graphs.build(model=model, level="unit", traced=tr)
     depth = g.node_attrs["depth_max"]
-    for lf in g.layers:
+    for lid, lf in enumerate(g.layers):
         if lf.module == name:
+            unknown = [d for before, d in tr.unknown if before <= lid]
+            if unknown:
+                raise ValueError(f"the data flow into {name!r} passes through {len(unknown)} op(s) the tracer cannot follow "
+                                 f"({', '.join(unknown[:3])}), so its depths would be wrong; teach graphs each op with "
+                                 "graphs.register_op (see the warning) if it acts on each channel alone")
             return depth[lf.in_src].long().cpu()
     raise KeyError(f"the traced graph has no weighted layer {name!r}; it has {[lf.module for lf in g.layers][:12]}")
 
 
-def weight_depths(weight_shape, depths: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    """Depth of the signal read by every element of a weight shaped ``(out, in/groups, *kernel)``,
-    from the depth of each of the layer's input units. A Linear fed by a flattened ``C x H x W``
-    map may be given one depth per channel (``C`` entries): each is repeated over its positions."""
+def weight_depths(weight_shape, depths: torch.Tensor, groups: int = 1, transposed: bool = False) -> torch.Tensor:
+    """Depth of the signal read by every element of a weight shaped ``(out, in/groups, *kernel)``
+    (``(in, out/groups, *kernel)`` when ``transposed``: an ``nn.ConvTranspose*``), from the depth of
+    each of the layer's input units. A Linear (a 2-d weight) fed by a flattened ``C x H x W`` map may
+    be given one depth per channel (``C`` entries): each is repeated over its positions."""
+    if transposed:
+        n_in = int(weight_shape[0])
+        if depths.numel() != n_in:
+            raise ValueError(f"got {depths.numel()} depths but the transposed convolution has {n_in} input units "
+                             f"(channels; its weight is (in, out/groups, *kernel)): give {n_in}; {HOW_TO_PASS_DEPTHS}")
+        return depths.view(n_in, *([1] * (len(weight_shape) - 1))).expand(*weight_shape).contiguous()
     out, in_per_group = int(weight_shape[0]), int(weight_shape[1])
     n_in = in_per_group * groups
     if depths.numel() != n_in:
-        if depths.numel() > 0 and n_in % depths.numel() == 0:
+        if len(weight_shape) == 2 and depths.numel() > 0 and n_in % depths.numel() == 0:
             depths = depths.repeat_interleave(n_in // depths.numel())
+        elif len(weight_shape) == 2:
+            raise ValueError(
+                f"got {depths.numel()} depths but the layer has {n_in} input units (features): give {n_in}, or one per "
+                f"channel of the flattened C x H x W map feeding it (C dividing {n_in}); {HOW_TO_PASS_DEPTHS}"
+            )
         else:
             raise ValueError(
-                f"got {depths.numel()} depths but the layer has {n_in} input units; {HOW_TO_PASS_DEPTHS}"
+                f"got {depths.numel()} depths but the layer has {n_in} input units (channels): give {n_in}, one per "
+                f"input channel; {HOW_TO_PASS_DEPTHS}"
             )
     out_per_group = out // groups
     col = (torch.arange(out) // out_per_group).unsqueeze(1) * in_per_group + torch.arange(in_per_group)
@@ -96,9 +121,10 @@ class GradientByDepth:
         return self.table["median"]
 
     def ratio(self) -> float:
-        """Median ``|grad|`` of the shallowest band over that of the deepest band (NaN when the
-        layer reads a single depth: there is nothing to compare)."""
-        m = self.medians()
+        """Median ``|grad|`` of the shallowest signal band (depth >= 0: the band -1 of channels fed
+        only by constants, such as zero padding, is left out) over that of the deepest band (NaN when
+        the layer reads a single signal depth: there is nothing to compare)."""
+        m = [r["median"] for r in self.table if r["depth"] >= 0]
         if len(m) < 2:
             return math.nan
         return m[0] / m[-1] if m[-1] > 0 else math.inf
@@ -134,7 +160,7 @@ class GradientByDepth:
         ax.set_xlabel("depth of the signal read (layers it went through; 0 = raw input)")
         ax.set_ylabel(f"|dL/dw| of {self.layer} weights")
         ttl = self.title or f"{self.layer}: weight gradients by source depth"
-        ax.set_title(f"{ttl}\n{self.batches} batches; first/last band median ratio {self.ratio():.3g}", fontsize=9)
+        ax.set_title(f"{ttl}\n{self.batches} batches; shallowest/deepest signal band median ratio {self.ratio():.3g}", fontsize=9)
         ax.legend(fontsize=8, loc="best")
         ax.grid(True, which="major", axis="y", alpha=0.3)
         return save_figure(fig, path, svg=svg)
@@ -154,16 +180,17 @@ def gradient_by_depth(
     """Measure the gradients of ``layer``'s weights, grouped by the signal depth of the input each
     weight reads, over ``batches`` batches of ``loader`` (one pass when None).
 
-    Depths come from ``depths`` (one per input unit), else ``model.input_depths(layer)``, else
-    :mod:`graphs` tracing (see :func:`resolve_depths`). Only the weight's gradient is computed
-    (``torch.autograd.grad``): the model's ``.grad`` fields, parameters and buffers (BatchNorm
-    running statistics, which train mode would otherwise update) are left untouched.
+    Depths come from ``depths`` (one per input unit: feature or channel; a Linear fed by a flattened
+    map may take one per channel), else ``model.input_depths(layer)``, else :mod:`graphs` tracing (see
+    :func:`resolve_depths`). Only the weight's gradient is computed (``torch.autograd.grad``): the
+    model's ``.grad`` fields, parameters and buffers (BatchNorm running statistics, which train mode
+    would otherwise update) are left untouched.
     Statistics are over all weights x batches, in bounded memory (:class:`LogHistogram`).
     ``cycle``: restart the loader (a new epoch) until ``batches`` batches have been seen.
     """
     name, mod, weight = find_weight(model, layer)
     device = device or model_device(model)
-    groups = int(getattr(mod, "groups", 1))
+    groups, transposed = int(getattr(mod, "groups", 1)), bool(getattr(mod, "transposed", False))
     per_weight = torch.zeros(weight.shape, dtype=torch.float64)
     hist = band_index = uniq = None
     n = 0
@@ -172,7 +199,7 @@ def gradient_by_depth(
             x, y = to_device(x, device), to_device(y, device)  # nested inputs (a tuple of tensors) too
             if band_index is None:
                 d = resolve_depths(model, name, depths, example=x)
-                wd = weight_depths(weight.shape, d, groups)
+                wd = weight_depths(weight.shape, d, groups, transposed)
                 uniq, band_index = torch.unique(wd, return_inverse=True)
                 hist = LogHistogram(len(uniq))
             loss = loss_fn(model(x), y)
