@@ -242,3 +242,28 @@ def test_ratio_compares_signal_bands_not_the_constant_band(tmp_path):
     assert res.depths == [-1, 0, 1] and rows[-1]["zero_fraction"] == 1.0
     assert res.ratio() == pytest.approx(rows[0]["median"] / rows[1]["median"]) and res.ratio() > 0
 
+
+def test_diagnostics_neither_scale_nor_advance_an_attached_band_scaler():
+    from adaptive.diagnostics import collinearity
+
+    torch.manual_seed(0)
+    model = TwoBand()
+    loader = [(torch.randn(8, 5), torch.randint(0, 3, (8,))) for _ in range(3)]
+    raw = gradient_by_depth(model, loader, layer="classifier", batches=3)
+    raw_col = collinearity(model, loader)
+    scaler = BandGradientScaler(model, layers=["classifier"], momentum=0.9)
+    for x, y in loader[:2]:
+        nn.functional.cross_entropy(model(x), y).backward()
+    model.zero_grad()
+    state = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in scaler.state["classifier"].items()}
+    res = gradient_by_depth(model, loader, layer="classifier", batches=3)
+    col = collinearity(model, loader)
+    assert res.medians() == raw.medians() and torch.equal(res.per_weight, raw.per_weight)
+    assert torch.equal(col.full_grad_sq["classifier.weight"], raw_col.full_grad_sq["classifier.weight"])
+    for k, v in scaler.state["classifier"].items():
+        assert torch.equal(v, state[k]) if isinstance(v, torch.Tensor) else v == state[k]
+    x, y = loader[0]
+    nn.functional.cross_entropy(model(x), y).backward()  # training after a diagnostic is scaled again
+    assert not torch.equal(scaler.state["classifier"]["log_typical"], state["log_typical"])
+    g = model.classifier.weight.grad.abs()
+    assert float(g[:, 7:].log().mean() - g[:, :7].log().mean()) == pytest.approx(0, abs=1e-3)

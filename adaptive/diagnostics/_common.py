@@ -82,6 +82,27 @@ def training_mode(model: nn.Module, train: bool):
             m.training = t
 
 
+_SCALERS_SUSPENDED = 0  # > 0 inside scalers_suspended()
+
+
+@contextlib.contextmanager
+def scalers_suspended():
+    """Inside, every :class:`~adaptive.diagnostics.BandGradientScaler` hook passes gradients through
+    unscaled and leaves its running state alone: the diagnostics measure the model's own gradients
+    and leave a scaler attached for training as they found it. A process-wide counter, not a
+    thread-local flag: autograd may run hooks on its own threads."""
+    global _SCALERS_SUSPENDED
+    _SCALERS_SUSPENDED += 1
+    try:
+        yield
+    finally:
+        _SCALERS_SUSPENDED -= 1
+
+
+def scalers_are_suspended() -> bool:
+    return _SCALERS_SUSPENDED > 0
+
+
 @contextlib.contextmanager
 def kept_buffers(model: nn.Module):
     """Restore every buffer of ``model`` (BatchNorm running statistics, counters) on exit, so a

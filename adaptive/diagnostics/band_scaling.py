@@ -15,7 +15,7 @@ from typing import Dict, Iterable, Optional
 import torch
 from torch import nn
 
-from ._common import find_weight
+from ._common import find_weight, scalers_are_suspended
 from .gradient_depth import resolve_depths, weight_depths
 
 
@@ -28,7 +28,9 @@ class BandGradientScaler:
             if it has that attribute, else all Linear/Conv layers for which ``input_depths`` works).
         momentum: of the running log-magnitude per band (0 uses the current batch only).
     The hook acts on ``param.grad`` as autograd produces it, so any optimizer sees scaled gradients.
-    Call :meth:`remove` to take the hooks off.
+    Inside :func:`~adaptive.diagnostics._common.scalers_suspended` (which every diagnostic that takes
+    gradients enters) the hooks do nothing: no scaling, no state update. Call :meth:`remove` to take
+    the hooks off.
     """
 
     def __init__(self, model: nn.Module, layers: Optional[Iterable[str]] = None,
@@ -69,7 +71,9 @@ class BandGradientScaler:
         return names
 
     def _hook(self, st):
-        def scale(grad: torch.Tensor) -> torch.Tensor:
+        def scale(grad: torch.Tensor) -> Optional[torch.Tensor]:
+            if scalers_are_suspended():  # a diagnostic is measuring the raw gradient
+                return None
             idx = st["index"]
             nb = len(st["bands"])
             a = grad.detach().abs().reshape(-1)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..discovery import discover
-from ._common import default_loss, iterate_batches, kept_buffers, model_device, training_mode
+from ._common import default_loss, iterate_batches, kept_buffers, model_device, scalers_suspended, training_mode
 from .table import Table, pyplot, save_figure
 
 THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -188,7 +188,8 @@ def collinearity(
     own batches when None, whose inputs may be a tuple of tensors for a model taking one) and measure the collinearity of every
     prunable weight (Linear/Conv weights, filtered by ``include``/``exclude`` like
     :class:`adaptive.Connectome`). Leaves ``.grad``, the parameters and the buffers (BatchNorm
-    running statistics, even in train mode) untouched."""
+    running statistics, even in train mode) untouched; an attached :class:`BandGradientScaler`
+    neither scales the gradients measured nor updates its state."""
     found = discover(model, include, exclude)
     if not found:
         raise ValueError("no prunable weight matched: check include/exclude patterns")
@@ -200,7 +201,7 @@ def collinearity(
     pos = [torch.zeros(p.numel(), dtype=torch.int32) for p in params]
     neg = [torch.zeros(p.numel(), dtype=torch.int32) for p in params]
     n = 0
-    with kept_buffers(model), training_mode(model, train_mode):
+    with kept_buffers(model), training_mode(model, train_mode), scalers_suspended():
         for x, y in iterate_batches(rebatch(loader, batch_size), batches, desc="collinearity", warn_short=True):
             x, y = _to_device(x, device), _to_device(y, device)
             grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..metrics import to_device
-from ._common import LogHistogram, default_loss, find_weight, iterate_batches, kept_buffers, model_device, training_mode
+from ._common import (LogHistogram, default_loss, find_weight, iterate_batches, kept_buffers, model_device, scalers_suspended,
+                      training_mode)
 from .table import Table, pyplot, save_figure
 from ..warn import warn_user
 
@@ -160,7 +161,8 @@ class GradientByDepth:
         ax.set_xlabel("depth of the signal read (layers it went through; 0 = raw input)")
         ax.set_ylabel(f"|dL/dw| of {self.layer} weights")
         ttl = self.title or f"{self.layer}: weight gradients by source depth"
-        ax.set_title(f"{ttl}\n{self.batches} batches; shallowest/deepest signal band median ratio {self.ratio():.3g}", fontsize=9)
+        ax.set_title(f"{ttl}\n{self.batches} batches; shallowest/deepest signal band median ratio {self.ratio():.3g}",
+                     fontsize=9)
         ax.legend(fontsize=8, loc="best")
         ax.grid(True, which="major", axis="y", alpha=0.3)
         return save_figure(fig, path, svg=svg)
@@ -184,7 +186,8 @@ def gradient_by_depth(
     map may take one per channel), else ``model.input_depths(layer)``, else :mod:`graphs` tracing (see
     :func:`resolve_depths`). Only the weight's gradient is computed (``torch.autograd.grad``): the
     model's ``.grad`` fields, parameters and buffers (BatchNorm running statistics, which train mode
-    would otherwise update) are left untouched.
+    would otherwise update) are left untouched, and an attached :class:`BandGradientScaler` neither
+    scales the gradients measured nor updates its state (:func:`scalers_suspended`).
     Statistics are over all weights x batches, in bounded memory (:class:`LogHistogram`).
     ``cycle``: restart the loader (a new epoch) until ``batches`` batches have been seen.
     """
@@ -194,7 +197,7 @@ def gradient_by_depth(
     per_weight = torch.zeros(weight.shape, dtype=torch.float64)
     hist = band_index = uniq = None
     n = 0
-    with kept_buffers(model), training_mode(model, train_mode):
+    with kept_buffers(model), training_mode(model, train_mode), scalers_suspended():
         for x, y in iterate_batches(loader, batches, desc=f"gradients of {name}", cycle=cycle):
             x, y = to_device(x, device), to_device(y, device)  # nested inputs (a tuple of tensors) too
             if band_index is None:

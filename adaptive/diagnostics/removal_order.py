@@ -13,14 +13,14 @@ from typing import Callable, Dict, Optional
 import torch
 
 from ..metrics import example_count, to_device
-from ._common import default_loss, iterate_batches, model_device, training_mode
+from ._common import default_loss, iterate_batches, model_device, scalers_suspended, training_mode
 
 
 def _gradient_batches(conn, loader, batches, loss_fn, desc):
     """Yield after each batch's backward pass (``.grad`` of the connectome's weights is fresh)."""
     model = conn.model
     device = model_device(model)
-    with training_mode(model, False):
+    with training_mode(model, False), scalers_suspended():  # scores read the model's own gradients
         for x, y in iterate_batches(loader, batches, desc=desc):
             model.zero_grad(set_to_none=True)
             loss_fn(model(to_device(x, device)), to_device(y, device)).backward()
