@@ -284,7 +284,8 @@ class Connectome:
         self, masks: Mapping[str, torch.Tensor], grow_init: str | Callable = "zero", validate: bool = True
     ) -> Dict[str, torch.Tensor]:
         """Replace the masks of the given layers (others untouched). Validated first, then applied to
-        every layer at once: on any error nothing changes.
+        every layer at once: on any error nothing changes (but for an error an edit listener raises,
+        which comes once the edit is applied whole).
 
         Pruned weights become 0.0; grown synapses start at zero in train mode (``grow_init="zero"``,
         or "original"/a callable ``f(name, grown_mask) -> tensor``), at their original value in
@@ -299,10 +300,11 @@ class Connectome:
     @torch.inference_mode(False)
     @torch.no_grad()
     def _set(self, clean: Mapping[str, torch.Tensor], grow_init: str | Callable = "zero",
-             restore: bool = False) -> Dict[str, torch.Tensor]:
+             restore: bool = False, notify: bool = True) -> Dict[str, torch.Tensor]:
         """set_masks on validated masks. ``restore``: the masks come with the weights and optimizer
         state they were saved with (a checkpoint), so optimizer state is reset only where a synapse
-        is absent (it is zero there in the checkpoint too), never where one is present."""
+        is absent (it is zero there in the checkpoint too), never where one is present. ``notify``:
+        tell the edit listeners (False: the caller does, once its own changes are done)."""
         _check_grow_init(grow_init, self.mode, bool(self.original))
         self._check_params()
         # Plan every edit first (a grow_init callable may raise): nothing changes until all succeed.
@@ -347,9 +349,23 @@ class Connectome:
         if changed:
             _forget_autocast_copies()
             self._reset_optimizer_state({k: ch & ~self.masks[k] for k, ch in changed.items()} if restore else changed)
-            for fn in self._edit_listeners:
-                fn(changed)
+            if notify:
+                self._notify_edit_listeners(changed)
         return changed
+
+    def _notify_edit_listeners(self, changed: Dict[str, torch.Tensor]) -> None:
+        """Tell every edit listener of a finished edit; one that raises does not keep the others
+        from hearing of it, and its error is raised afterwards, saying the edit itself was applied."""
+        failed = None
+        for fn in self._edit_listeners:
+            try:
+                fn(changed)
+            except Exception as e:  # re-raised below, once every listener has heard of the edit
+                failed = failed or e
+        if failed is not None:
+            failed.add_note("(raised by a Connectome edit listener: the mask edit itself was applied whole -- masks, "
+                            "weights and optimizer state -- and every other listener was told of it)")
+            raise failed
 
     def _touched(self, k: str) -> bool:
         """Was ``self.masks[k]`` replaced or written in place since it was last set?"""
@@ -679,7 +695,11 @@ class Connectome:
                 return
 
     def add_edit_listener(self, fn: Callable[[Dict[str, torch.Tensor]], None]) -> None:
-        """Call ``fn(changed)`` after every mask edit."""
+        """Call ``fn(changed)`` after every mask edit, once masks, weights and optimizer state are all
+        updated (``changed``: ``{name: bool tensor}`` of the positions that changed). An exception a
+        listener raises reaches the caller of the edit, which stays applied."""
+        if not callable(fn):
+            raise TypeError(f"add_edit_listener needs a callable fn(changed) run after each mask edit, got {type(fn).__name__}")
         self._edit_listeners.append(fn)
 
     def _wants_dense_gradients(self) -> bool:
@@ -890,6 +910,11 @@ class Connectome:
         if missing:
             raise KeyError(f"state_dict has no mask for {missing[:5]}: it was saved from a different set of layers")
         original = sd.get("original") or {}
+        lacking = [n for n in self.params if n not in original]
+        if original and lacking:
+            raise KeyError(f"state_dict has original weights for some layers but not for {lacking[:5]}"
+                           f"{'...' if len(lacking) > 5 else ''}: save it with every layer's original "
+                           "(Connectome.state_dict() does), or leave 'original' out to keep this connectome's")
         for n, o in original.items():
             if n not in self.params:
                 raise KeyError(f"state_dict has original weights for unknown parameter {n!r}")
@@ -900,8 +925,10 @@ class Connectome:
             self.original = {n: original[n].to(self.params[n].device, self.params[n].dtype).clone() for n in self.params}
         # a restore, not an edit: an optimizer loaded from the same checkpoint (Accelerate loads it
         # first) keeps its moments where a synapse is present
-        self._set(clean, restore=True)
+        changed = self._set(clean, restore=True, notify=False)
         self.apply()
+        if changed:  # listeners hear of the load once it is whole
+            self._notify_edit_listeners(changed)
 
     def _mixed(self) -> bool:
         return len({g.spec for g in self.granularities.values()}) > 1

@@ -522,3 +522,49 @@ def test_a_module_swapped_in_after_attach_is_refused_at_the_step():
     model(torch.randn(4, 20)).sum().backward()
     with pytest.raises(RuntimeError, match=r"\['2.weight'\] are no longer the ones.*a module swapped in"):
         opt.step()
+
+
+def test_a_non_callable_edit_listener_is_refused_before_any_edit():
+    """add_edit_listener took anything; the next set_masks then raised 'int' object is not callable
+    after it had changed masks, weights and momentum."""
+    model = mlp()
+    conn = adaptive.Connectome(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    conn.attach(opt)
+    model(torch.randn(4, 20)).sum().backward()
+    opt.step()
+    with pytest.raises(TypeError, match="add_edit_listener needs a callable fn\\(changed\\).*got int"):
+        conn.add_edit_listener(5)
+    assert conn._edit_listeners == []
+    conn.set_masks(random_masks(conn))  # edits as usual
+
+
+def test_a_listener_that_raises_hears_of_an_edit_applied_whole_and_others_hear_too():
+    model = mlp()
+    conn = adaptive.Connectome(model)
+    heard = []
+
+    def broken(changed):
+        raise RuntimeError("listener bug")
+
+    conn.add_edit_listener(broken)
+    conn.add_edit_listener(lambda changed: heard.append(sorted(changed)))
+    masks = random_masks(conn)
+    with pytest.raises(RuntimeError, match="listener bug") as e:
+        conn.set_masks(masks)
+    assert "the mask edit itself was applied whole" in "".join(getattr(e.value, "__notes__", []))
+    assert heard == [sorted(masks)]
+    for n, p in conn.params.items():
+        assert torch.equal(conn.masks[n], masks[n]) and bool((p[~masks[n]] == 0).all())
+
+
+def test_a_state_dict_with_originals_for_some_layers_names_the_missing_ones():
+    """It raised a bare KeyError '2.weight'."""
+    sd = adaptive.Connectome(mlp(), mode="mask_only").state_dict()
+    sd["original"] = {"0.weight": sd["original"]["0.weight"]}
+    conn = adaptive.Connectome(mlp(seed=3), mode="mask_only")
+    before = {n: p.detach().clone() for n, p in conn.params.items()}
+    with pytest.raises(KeyError, match=r"original weights for some layers but not for \['2.weight', '4.weight'\]"):
+        conn.load_state_dict(sd)
+    assert all(torch.equal(before[n], p) for n, p in conn.params.items())
+    assert all(torch.equal(conn.original[n], before[n]) for n in before)
