@@ -70,11 +70,11 @@ def signal_depth(g):
     return dmax, dmin
 
 
-def _per_unit(g, what: str) -> None:
+def _per_unit(g, what: str, instead: str = "") -> None:
     """Facts about single units need a graph whose nodes are units."""
     if g.level == "layer":
         raise ValueError(f"{what} is a fact about single units, but this graph's nodes are whole layers; "
-                         "build it at unit or synapse level: graphs.build(conn, 'unit')")
+                         f"build it at unit or synapse level: graphs.build(conn, 'unit'){instead}")
 
 
 def reachability(g) -> Dict[str, torch.Tensor]:
@@ -162,7 +162,12 @@ def density_per_layer(g, conn=None) -> Dict[str, float]:
 
 
 def degree_distribution(g, which: str = "in") -> Dict[str, torch.Tensor]:
-    """Per layer: the in- or out-degree of each of its units (LongTensor) in this graph."""
+    """Per layer: the in- or out-degree of each of its units (LongTensor) in this graph. Unit or
+    synapse level (a layer-level graph has no unit nodes: its ``node_attrs["in_degree"]`` holds
+    each layer's own degree)."""
+    if which not in ("in", "out"):
+        raise ValueError(f"degree_distribution: which must be 'in' or 'out', got {which!r}")
+    _per_unit(g, "the degree distribution", f"; each layer's own degree is in g.node_attrs['{which}_degree']")
     deg = g.node_attrs[f"{which}_degree"]
     return {x.name: deg[x.start: x.start + x.count] for x in g.groups if x.kind == "layer"}
 
@@ -173,6 +178,8 @@ def concat_composition(g) -> List[dict]:
     Returns ``[{"node": fx node, "depth": LongTensor [C] (longest depth per channel, -1 if
     unreached), "depth_min": LongTensor [C], "parts": [(operand, offset, size)],
     "histogram": {depth: channels}}]``."""
+    if not g.concats:  # a graph read from a file keeps none, nor a layer-level one its unit nodes
+        return []
     nodes = g.unit_node_attrs if g.level == "layer" else g.node_attrs
     dmax, dmin = nodes["depth_max"], nodes["depth_min"]
     out = []

@@ -214,3 +214,21 @@ def test_a_damaged_config_is_named_and_model_overrides_it(tmp_path, capsys):
         assert main(["export", str(run), "--model", "mlp", "--num-classes", "10", "--in-shape", "1,8,8",
                      "--out", str(tmp_path / "g.graphml")]) == 0
     assert (tmp_path / "g.graphml").is_file()
+
+
+def test_degree_distribution_refuses_a_layer_graph_and_concats_of_a_read_one_are_none(tmp_path):
+    """On a layer-level graph degree_distribution sliced the layer nodes with the unit-level group
+    spans: the first layer got the degrees of unrelated nodes, the others empty tensors."""
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(build_model("lenet5", num_classes=10, in_shape=(1, 28, 28)))
+    unit = graphs.build(conn, "unit")
+    assert {k: v.numel() for k, v in graphs.degree_distribution(unit, "in").items()} == {
+        "conv1": 6, "conv2": 16, "fc1": 120, "fc2": 84, "fc3": 10}
+    layer = graphs.build(conn, "layer")
+    with pytest.raises(ValueError, match=r"build it at unit or synapse level.*g.node_attrs\['out_degree'\]"):
+        graphs.degree_distribution(layer, "out")
+    with pytest.raises(ValueError, match="which must be 'in' or 'out'"):
+        graphs.degree_distribution(unit, "both")
+    # a layer-level graph read back from a file has neither concatenations nor unit nodes: none to report
+    read = graphs.read_json(graphs.write(layer, tmp_path / "g.json"))
+    assert read.level == "layer" and graphs.concat_composition(read) == []
