@@ -207,7 +207,8 @@ def build(
     """Build the graph of ``conn`` (an :class:`adaptive.Connectome`) at ``level``.
 
     ``example_input`` (batch first) drives the fx trace; None infers one from the first layer.
-    ``utility`` maps parameter names to per-synapse (or per-ensemble) scores, summed onto edges.
+    ``utility`` maps parameter names to per-synapse (or per-ensemble) scores, summed onto edges (a
+    key that names no weighted layer, such as a module name without ``.weight``, is refused).
     ``model`` stands in for ``conn.model`` (or replaces ``conn`` entirely: every weight live).
     ``traced`` reuses a :func:`graphs.trace.trace` result. Linear/Conv layers outside the
     connectome count as fully live. Guarantee: every input channel of a layer has exactly one
@@ -234,6 +235,8 @@ def build(
                    f"the graph: {missing[:5]}{'...' if len(missing) > 5 else ''} ({why})")
             warn_user(msg)
             notes.append(msg)
+    if utility:
+        _check_utility_names(utility, conn, model, tr)
     unit = _build_nodes_and_edges(tr, conn, model, "synapse" if level == "synapse" else "unit", utility)
     unit.warnings.extend(notes)
     _annotate(unit)
@@ -263,6 +266,18 @@ def _check_belongs(conn, model: nn.Module, tr: Trace) -> None:
             f"the connectome does not fit the model ({what}): it was made for another model "
             f"({type(conn.model).__name__}); build the graph from a Connectome of this model, or pass model=conn.model"
         )
+
+
+def _check_utility_names(utility: Mapping, conn, model: nn.Module, tr: Trace) -> None:
+    """Refuse ``utility`` keys that name no weighted layer: they would add nothing to any edge."""
+    known = {_conn_name(conn, model, l) for l in tr.layers} | set(conn.masks if conn is not None else ())
+    unknown = [k for k in utility if k not in known]
+    if unknown:
+        names = sorted(known)
+        raise KeyError(
+            f"utility has scores for {unknown[:5]}{'...' if len(unknown) > 5 else ''}, which name no weighted layer: "
+            f"key it by parameter name, one of {names[:8]}{'...' if len(names) > 8 else ''}"
+            + (" (the connectome's names: conn.names)" if conn is not None else ""))
 
 
 def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> ConnectomeGraph:

@@ -111,6 +111,21 @@ def test_unit_edges_aggregate_synapses_and_utility(conn):
     assert torch.allclose(sq, sq_u, rtol=1e-5)
 
 
+def test_utility_keys_that_name_no_layer_are_refused(conn):
+    """Module names ("conv1" for "conv1.weight") or a typo were ignored: every edge's utility summed to 0."""
+    name = next(iter(conn.masks))
+    module = name.rsplit(".", 1)[0]
+    for bad in ({module: torch.ones(conn.masks[name].shape)}, {name: torch.ones(conn.masks[name].shape), "nope": torch.ones(3)}):
+        with pytest.raises(KeyError, match=rf"utility has scores for \[{sorted(set(bad) - {name})[0]!r}\], which name no "
+                                           rf"weighted layer: key it by parameter name, one of \[{name!r}"):
+            graphs.build(conn, "unit", utility=bad)
+    model = Small()  # without a connectome: the traced layers' parameter names
+    ok = graphs.build(model=model, level="unit", utility={name: torch.ones(conn.masks[name].shape)})
+    assert float(ok.edge_attrs["utility"].sum()) > 0
+    with pytest.raises(KeyError, match="name no weighted layer"):
+        graphs.build(model=model, level="unit", utility={module: torch.ones(conn.masks[name].shape)})
+
+
 def test_dead_units_and_reachability():
     m = Small()
     c = adaptive.Connectome(m)
