@@ -44,6 +44,18 @@ def test_drops_are_from_the_intact_network_when_counts_lack_zero():
     assert curve.table["accuracy_drop"] == [0, 0.25, 0.5]
 
 
+@pytest.mark.parametrize("kw, name", [({"points": -3}, "points"), ({"points": 2.5}, "points"), ({"points": 0}, "points"),
+                                      ({"max_fraction": -1.0}, "max_fraction"), ({"max_fraction": 2.0}, "max_fraction"),
+                                      ({"max_fraction": float("nan")}, "max_fraction")])
+def test_points_and_max_fraction_that_draw_no_curve_are_refused_naming_them(kw, name):
+    """points=-3 raised 'number of steps must be non-negative', max_fraction=-1 was taken, and
+    max_fraction=2 blamed ``counts``, which the caller never passed."""
+    model, data = constructed()
+    with pytest.raises(ValueError, match=rf"^{name} must .*got {kw[name]!r}"):
+        knowledge_distribution(model, data, **kw)
+    assert knowledge_distribution(model, data, points=1, max_fraction=0.5).table["removed"] == [0, 1, 4]
+
+
 def test_taylor_order_uses_gradients_and_needs_a_loader():
     model, data = constructed()
     with pytest.raises(ValueError, match="held-out"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -31,11 +32,22 @@ DEFAULT_NOISE_FLOOR = 1e-3  # nats of loss increase: changes below are noise, no
 
 def default_counts(total: int, points: int = 40, max_fraction: float = 1.0) -> List[int]:
     """0, then about ``points`` geometrically spaced counts from 1 to ``max_fraction * total``,
-    merged with ``points // 2`` evenly spaced ones (so both log and linear axes are covered)."""
+    merged with ``points // 2`` evenly spaced ones (so both log and linear axes are covered).
+    ``points``: a whole number >= 1; ``max_fraction``: in (0, 1]."""
+    _check_points(points, max_fraction)
     top = max(1, int(round(total * max_fraction)))
     geo = torch.logspace(0, math.log10(top), points, dtype=torch.float64).round().long().tolist()
     lin = torch.linspace(0, top, max(2, points // 2), dtype=torch.float64).round().long().tolist()
     return sorted(set([0] + geo + lin))
+
+
+def _check_points(points, max_fraction) -> None:
+    """Refuse a ``points`` or ``max_fraction`` that draws no curve, naming the argument."""
+    if isinstance(points, bool) or not isinstance(points, numbers.Integral) or points < 1:
+        raise ValueError(f"points must be a whole number of removal counts, at least 1, got {points!r}")
+    if isinstance(max_fraction, bool) or not isinstance(max_fraction, numbers.Real) or not 0.0 < max_fraction <= 1.0:
+        raise ValueError(f"max_fraction must be the fraction of prunable weights to remove at most, in (0, 1], "
+                         f"got {max_fraction!r}")
 
 
 def materialize(loader, batches: Optional[int], desc: str):
@@ -333,7 +345,11 @@ def knowledge_distribution(
     it your way (chance then from ``num_classes`` only), ``accuracy_fn=None`` turns it off. Without
     accuracy (regression, probability targets) the table has no accuracy columns, the loss increase
     alone is fitted and ``note`` says so.
+
+    ``points`` (a whole number >= 1) and ``max_fraction`` (in (0, 1]) shape the default counts; they
+    are checked before any work, also when ``counts`` is given.
     """
+    _check_points(points, max_fraction)
     work = copy.deepcopy(model)
     conn = Connectome(work, include=include, exclude=exclude)
     total = conn.num_synapses()
