@@ -68,6 +68,18 @@ def test_unknown_model_and_torchvision_name_errors():
         build_model("foo:bar")
 
 
+@pytest.mark.parametrize("bad", [0, -1, 2.5, 3.0, True, "10", None])
+def test_num_classes_that_is_not_a_whole_number_of_outputs_is_refused(bad):
+    """num_classes=0 built a 0-output model and 2.5 was cut to 2, silently."""
+    with pytest.raises(ValueError, match=rf"num_classes must be a whole number of outputs, at least 1, got {bad!r}"):
+        build_model("mlp", num_classes=bad, in_shape=(8,))
+
+
+def test_num_classes_of_one_and_integer_tensors_build():
+    assert build_model("mlp", num_classes=1, in_shape=(8,))(torch.randn(2, 8)).shape == (2, 1)  # a regression head
+    assert build_model("lenet5", num_classes=torch.tensor(3))(torch.randn(2, 1, 28, 28)).shape == (2, 3)
+
+
 def test_register_model_extends_registry():
     @register_model("tiny_test_net")
     def tiny(num_classes=10, in_shape=None):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import operator
 import re
 from typing import Callable, Dict, Optional, Sequence
 
@@ -52,11 +53,13 @@ def build_model(
     """Build model ``name`` for ``num_classes`` outputs and inputs shaped ``in_shape``.
 
     ``in_shape`` is ``(C, H, W)`` for images or ``(features,)`` for vectors, without the batch
-    dimension; ``None`` takes the family's default. ``weights`` is a file path loaded with
+    dimension; ``None`` takes the family's default. ``num_classes`` is a whole number >= 1 (1: a
+    single output, as a regression or binary head has). ``weights`` is a file path loaded with
     :func:`load_weights` (strict; never downloads). Extra keyword arguments go to the family.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    num_classes = _as_num_classes(num_classes)
     in_shape = _as_in_shape(in_shape)
     if ":" in name:
         prefix, rest = name.split(":", 1)
@@ -85,6 +88,17 @@ def build_model(
 
 _UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
 _SET_BY_BUILD_MODEL = ("num_classes", "in_shape")  # build_model's own arguments, not model keywords
+
+
+def _as_num_classes(num_classes) -> int:
+    """``num_classes`` as an int >= 1; a ValueError naming it otherwise (2.5 is not cut to 2)."""
+    try:
+        n = operator.index(num_classes) if not isinstance(num_classes, bool) else None
+    except TypeError:
+        n = None
+    if n is None or n < 1:
+        raise ValueError(f"num_classes must be a whole number of outputs, at least 1, got {num_classes!r}")
+    return n
 
 
 def _as_in_shape(in_shape) -> Optional[tuple]:
