@@ -910,16 +910,16 @@ class Connectome:
         if missing:
             raise KeyError(f"state_dict has no mask for {missing[:5]}: it was saved from a different set of layers")
         original = sd.get("original") or {}
-        lacking = [n for n in self.params if n not in original]
-        if original and lacking:
-            raise KeyError(f"state_dict has original weights for some layers but not for {lacking[:5]}"
-                           f"{'...' if len(lacking) > 5 else ''}: save it with every layer's original "
-                           "(Connectome.state_dict() does), or leave 'original' out to keep this connectome's")
         for n, o in original.items():
             if n not in self.params:
                 raise KeyError(f"state_dict has original weights for unknown parameter {n!r}")
             if tuple(o.shape) != tuple(self.params[n].shape):
                 raise ValueError(f"original weight for {n!r} has shape {tuple(o.shape)}, the model has {tuple(self.params[n].shape)}")
+        lacking = [n for n in self.params if n not in original]
+        if original and lacking:
+            raise KeyError(f"state_dict has original weights for some layers but not for {lacking[:5]}"
+                           f"{'...' if len(lacking) > 5 else ''}: save it with every layer's original "
+                           "(Connectome.state_dict() does), or leave 'original' out to keep this connectome's")
         clean = self._validate(sd["masks"])
         if original:
             self.original = {n: original[n].to(self.params[n].device, self.params[n].dtype).clone() for n in self.params}
