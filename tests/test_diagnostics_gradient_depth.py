@@ -267,3 +267,34 @@ def test_diagnostics_neither_scale_nor_advance_an_attached_band_scaler():
     assert not torch.equal(scaler.state["classifier"]["log_typical"], state["log_typical"])
     g = model.classifier.weight.grad.abs()
     assert float(g[:, 7:].log().mean() - g[:, :7].log().mean()) == pytest.approx(0, abs=1e-3)
+
+
+def test_zero_notes_are_honest_and_never_under_the_legend(monkeypatch):
+    """A band with 0.06% exact zeros read '0% zero', and legend(loc='best') could cover a note."""
+    import importlib
+
+    from adaptive.diagnostics.table import Table
+
+    GD = importlib.import_module("adaptive.diagnostics.gradient_depth")
+    fractions = [0.0, 0.000625, 0.0075, 0.021875, 0.995, 1.0]
+    rows = [dict(depth=d, weights=50, values=500, median=1e-3, q1=5e-4, q3=2e-3, mean=1e-3, zero_fraction=z)
+            for d, z in enumerate(fractions)]
+    g = torch.Generator().manual_seed(0)
+    band = torch.arange(len(fractions)).repeat_interleave(50)
+    per_weight = torch.exp(torch.randn(band.numel(), generator=g) * 2 - 7).double()
+    obj = GD.GradientByDepth(layer="classifier", depths=list(range(len(fractions))), table=Table(rows),
+                             per_weight=per_weight, band=band, batches=10)
+    figs = []
+    monkeypatch.setattr(GD, "save_figure", lambda fig, path, svg=False: figs.append(fig) or [path])
+    obj.plot("x.png")
+    fig = figs[0]
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(r)
+    assert not legend.overlaps(ax.get_window_extent(r))  # outside the plotting area: nothing there to cover
+    assert not any(t.get_window_extent(r).overlaps(legend) for t in ax.texts)
+    assert [t.get_text() for t in ax.texts] == ["<1% zero", "<1% zero", "2% zero", ">99% zero", "100% zero"]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

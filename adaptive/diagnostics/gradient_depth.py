@@ -133,7 +133,8 @@ class GradientByDepth:
     def plot(self, path, svg: bool = False, max_points_per_band: int = 4000, seed: int = 0):
         """One strip per source depth on a log axis: every weight (its mean ``|grad|`` over the
         batches; a random subset beyond ``max_points_per_band``) plus the band's median and
-        quartiles over all weights and batches. Returns the written paths."""
+        quartiles over all weights and batches; under a band with exact zeros, their share ("<1%
+        zero" when it is below a percent); the legend right of the axes. Returns the written paths."""
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(self.depths), 4.2))
         g = torch.Generator().manual_seed(seed)
@@ -155,7 +156,7 @@ class GradientByDepth:
         for i, d in enumerate(self.depths):  # exact zeros (dead units) have no place on a log axis: say how many
             z = row[d]["zero_fraction"]
             if z > 0:
-                ax.annotate(f"{z:.0%} zero", (i, 0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+                ax.annotate(f"{_percent(z)} zero", (i, 0), xycoords=("data", "axes fraction"), xytext=(0, 3),
                             textcoords="offset points", ha="center", va="bottom", fontsize=7, color="C3")
         ax.set_xticks(xs, [str(d) for d in self.depths])
         ax.set_xlabel("depth of the signal read (layers it went through; 0 = raw input)")
@@ -163,9 +164,19 @@ class GradientByDepth:
         ttl = self.title or f"{self.layer}: weight gradients by source depth"
         ax.set_title(f"{ttl}\n{self.batches} batches; shallowest/deepest signal band median ratio {self.ratio():.3g}",
                      fontsize=9)
-        ax.legend(fontsize=8, loc="best")
+        # outside the axes, right of them: inside, "best" could still cover a band's zero note
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
         ax.grid(True, which="major", axis="y", alpha=0.3)
         return save_figure(fig, path, svg=svg)
+
+
+def _percent(fraction: float) -> str:
+    """``fraction`` as a whole percentage that never reads 0% or 100% when it is neither."""
+    if 0 < fraction < 0.01:
+        return "<1%"
+    if 0.99 < fraction < 1:
+        return ">99%"
+    return f"{fraction:.0%}"
 
 
 def gradient_by_depth(
