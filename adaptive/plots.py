@@ -6,10 +6,11 @@
 - :func:`plot_run`: all three, returns the paths written.
 Inputs are plain lists of dicts (metric rows as in :data:`adaptive.training.METRIC_FIELDS`,
 controller events), so a finished run can be re-plotted from its ``metrics.csv`` and
-``events.jsonl``.
+``events.jsonl``. NaN and inf values are left out, and the panel says how many.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -19,17 +20,45 @@ SPLIT_STYLE = {"train": dict(marker="", lw=1.0, alpha=0.8), "holdout": dict(mark
                "test": dict(marker="s", ms=6, ls="none")}
 
 
+def finite(v) -> bool:
+    """Whether ``v`` is a number that can be drawn (not None, NaN or inf)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def note_nonfinite(ax, what: str, bad: int, total: int, drawn: bool) -> None:
+    """Say on ``ax`` that ``bad`` of ``total`` values of ``what`` were NaN or inf and are not drawn:
+    in the middle of an empty panel, else under the panel's title (set the title first)."""
+    if not bad:
+        return
+    msg = f"{what} not finite at {bad} of {total} points (left out)"
+    if drawn:
+        ax.set_title(f"{ax.get_title()}\n{msg}", fontsize=9)
+    else:
+        ax.text(0.5, 0.5, msg, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+
+
+def single_point_marker(n: int) -> dict:
+    """Line style keys that keep a one-point series visible (a line needs two points)."""
+    return dict(marker="o", ms=4) if n == 1 else {}
+
+
 def boundary_scale(ax, values) -> None:
     """A y-scale for edit boundaries: linear where they are all of one sign within two decades
     (presence values, magnitudes), symmetric-log where they cross zero or span decades (loss-change
-    estimates)."""
+    estimates). The symlog's linear part ends at a whole decade, at most four below the largest
+    value: its tick labels then sit a decade apart, and values smaller still are drawn linearly
+    around 0."""
+    values = [v for v in values if finite(v)]
     vals = [abs(v) for v in values if v != 0]
     if not vals:
         return
     one_sign = all(v > 0 for v in values) or all(v < 0 for v in values)
     if one_sign and max(vals) / min(vals) < 100:
         return
-    ax.set_yscale("symlog", linthresh=max(min(vals), 1e-12))
+    # linthresh off the decades (the smallest |value|, say 7.7e-8) put the decade ticks inside the
+    # narrow linear part, where their labels (1e-8, 0, -1e-8) were drawn over each other
+    lowest = math.floor(math.log10(min(vals)))
+    ax.set_yscale("symlog", linthresh=10.0 ** max(lowest, math.ceil(math.log10(max(vals))) - 4))
 
 
 def _pyplot():
@@ -49,42 +78,46 @@ def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, st
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     splits = [s for s in ("train", "holdout", "test") if any(r["split"] == s for r in rows)]
     splits += sorted({r["split"] for r in rows} - set(splits))
-    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
+    for ax, key in ((axes[0], "loss"), (axes[1], "accuracy")):
+        given = [r for r in rows if r.get(key) is not None]
         for s in splits:
-            pts = [(r["step"], r[key]) for r in rows if r["split"] == s and r.get(key) is not None]
+            pts = [(r["step"], r[key]) for r in given if r["split"] == s and finite(r[key])]
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, label=labels.get(s, s), **SPLIT_STYLE.get(s, {}))
         ax.set_xlabel("training step")
-        ax.set_ylabel(label)
+        ax.set_ylabel(key)
+        ax.set_title(key)
         ax.grid(alpha=0.3)
-        if splits:
+        drawn = bool(ax.get_legend_handles_labels()[0])
+        if drawn:
             ax.legend(fontsize=8)
-    axes[0].set_title("loss")
-    axes[1].set_title("accuracy")
+        note_nonfinite(ax, key, sum(1 for r in given if not finite(r[key])), len(given), drawn)
     fig.tight_layout()
     return _save(fig, plt, path)
 
 
 def plot_density(events: Sequence[dict], path) -> Path:
+    """Overall and per-layer density at every controller event."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     evs = [e for e in events if "density" in e]
     if evs:
         steps = [e["step"] for e in evs]
         layers: List[str] = list(evs[-1].get("layer_density", {}))
+        dot = single_point_marker(len(evs))  # a run with no update has one event: a line alone would not show
         for name in layers:
-            ax.plot(steps, [e.get("layer_density", {}).get(name) for e in evs], lw=1, alpha=0.8, label=name)
-        ax.plot(steps, [e["density"] for e in evs], color="k", lw=2.2, label="overall")
-    else:
+            ax.plot(steps, [e.get("layer_density", {}).get(name) for e in evs], lw=1, alpha=0.8, label=name, **dot)
+        ax.plot(steps, [e["density"] for e in evs], color="k", lw=2.2, label="overall", **dot)
+    if not evs:
         ax.text(0.5, 0.5, "no controller events", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("training step")
     ax.set_ylabel("density (live synapses / synapses)")
     ax.set_ylim(0, 1.05)
     ax.set_title("connectome density, overall and per layer")
     ax.grid(alpha=0.3)
-    if evs:
-        ax.legend(fontsize=7, ncol=2 if len(evs[-1].get("layer_density", {})) > 8 else 1)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2 if evs and len(evs[-1].get("layer_density", {})) > 8 else 1)
     fig.tight_layout()
     return _save(fig, plt, path)
 
@@ -95,7 +128,11 @@ def plot_edits(events: Sequence[dict], path) -> Path:
     evs = [e for e in events if e.get("kind", "update") == "update"]
     if evs:
         steps = [e["step"] for e in evs]
-        width = max(1.0, 0.4 * (min(b - a for a, b in zip(steps, steps[1:])) if len(steps) > 1 else 1.0))
+        # pruned on [s - width, s], grown on [s, s + width]: with width 0.4 of the smallest gap
+        # between updates, no update's bars reach its neighbour's (a width of at least 1 step did,
+        # with an update every step, and hid the pruned bars)
+        distinct = sorted(set(steps))
+        width = 0.4 * min((b - a for a, b in zip(distinct, distinct[1:])), default=1.0)
         ax.bar([s - width / 2 for s in steps], [e.get("pruned", 0) for e in evs], width=width, color="tab:red", label="pruned")
         ax.bar([s + width / 2 for s in steps], [e.get("grown", 0) for e in evs], width=width, color="tab:green", label="grown")
         counts = sorted(c for e in evs for c in (e.get("pruned", 0), e.get("grown", 0)) if c)

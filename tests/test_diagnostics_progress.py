@@ -77,3 +77,42 @@ def test_damaged_lines_are_skipped_with_a_warning_and_undecodable_metrics_name_t
     (tmp_path / "metrics.csv").write_bytes(b"step,split,loss,accuracy\n1,train,0.5,0.\xff9\n")
     with pytest.raises(ValueError, match=r"metrics.csv cannot be read .*damaged"), pytest.warns(UserWarning):
         progress(str(tmp_path))
+
+
+def _kept_figures(monkeypatch):
+    import importlib
+
+    mod = importlib.import_module("adaptive.diagnostics.progress")
+    figs = []
+    monkeypatch.setattr(mod, "save_figure", lambda fig, path, svg=False: figs.append(fig) or [str(path)])
+    return figs
+
+
+def test_non_finite_losses_are_left_out_and_the_panel_says_so(tmp_path, monkeypatch):
+    """A NaN loss passed the isinstance check: an empty loss panel with a full legend and no note."""
+    rows = ["step,split,loss,accuracy,removed"] + [f"{s},train,nan,0.1,800" for s in (10, 20, 30)]
+    rows += ["30,holdout,nan,0.09,800", "40,holdout,0.5,0.2,900"]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    loss = figs[0].axes[0]
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["holdout"]  # train has no finite point
+    assert [list(line.get_ydata()) for line in loss.get_lines()] == [[0.5]]
+    assert "loss not finite at 4 of 5 points (left out)" in loss.get_title()
+
+    (tmp_path / "metrics.csv").write_text("\n".join(rows[:-1]) + "\n")  # nothing finite: said in the middle
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    loss = figs[1].axes[0]
+    assert loss.get_legend() is None
+    assert [t.get_text() for t in loss.texts] == ["loss not finite at 4 of 4 points (left out)"]
+
+
+def test_a_run_with_no_update_draws_its_single_density_point(tmp_path, monkeypatch):
+    ev = {"step": 0, "kind": "init", "pruned": 800, "grown": 0, "density": 0.2, "removed": 800,
+          "layer_density": {"fc1.weight": 0.16, "fc2.weight": 0.47}}
+    (tmp_path / "events.jsonl").write_text(json.dumps(ev) + "\n")
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    lines = figs[0].axes[4].get_lines()
+    assert [line.get_label() for line in lines] == ["all", "fc1.weight", "fc2.weight"]
+    assert all(line.get_marker() not in (None, "", " ", "None") for line in lines)  # one point needs a marker

@@ -6,7 +6,8 @@ run of ``recipes/prune_pretrained.py``, its ``history.jsonl``).
 null), ``est_loss_change`` (only where the estimator is a loss model; ``est_score_change`` holds the
 estimator's own units otherwise), ``actual_loss_change``. ``metrics.csv``: columns ``step``, ``split``
 and any numeric ones (``loss``, ``accuracy``, ``removed``, ...). Missing keys, blank cells and
-missing files are tolerated: what is there is drawn.
+missing files are tolerated: what is there is drawn; a NaN or inf loss or accuracy is left out and
+its panel says how many.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from ..plots import boundary_scale
+from ..plots import boundary_scale, finite, note_nonfinite, single_point_marker
 from .table import Table, pyplot, save_figure
 from ..warn import warn_user
 
@@ -119,9 +120,9 @@ class Progress:
         splits = sorted({str(r.get("split", "all")) for r in m})
         for ax, key in ((axes[0, 0], "loss"), (axes[0, 1], "accuracy")):
             drawn = False
+            given = [r for r in m if isinstance(r.get(key), (int, float)) and isinstance(r.get(xkey), (int, float))]
             for s in splits:
-                pts = [(r[xkey], r[key]) for r in m if str(r.get("split", "all")) == s
-                       and isinstance(r.get(key), (int, float)) and isinstance(r.get(xkey), (int, float))]
+                pts = [(r[xkey], r[key]) for r in given if str(r.get("split", "all")) == s and finite(r[key])]
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=s)
                     drawn = True
@@ -131,8 +132,9 @@ class Progress:
             ax.set_title(f"{key} against {'removal' if xkey == 'removed' else 'step'}", fontsize=9)
             if drawn:
                 ax.legend(fontsize=8)
-            else:
+            elif not given:
                 ax.text(0.5, 0.5, f"no {key} in the run's metrics", ha="center", va="center", transform=ax.transAxes)
+            note_nonfinite(ax, key, sum(1 for r in given if not finite(r[key])), len(given), drawn)
             ax.grid(True, alpha=0.3)
         ev = self.events
         steps = ev["step"]
@@ -178,14 +180,14 @@ class Progress:
         ax.grid(True, alpha=0.3)
         ax = axes[1, 1]
         pts = [(s, v) for s, v in zip(steps, ev["density"]) if isinstance(v, (int, float))]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "k-", lw=2, label="all")
+        if pts:  # a run with no update has one event: a marker keeps its single point visible
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "k-", lw=2, label="all", **single_point_marker(len(pts)))
         layers: Dict[str, list] = {}
         for e in ev:
             for k, v in _flat(e.get("layer_density")).items():
                 layers.setdefault(k, []).append((e.get("step"), v))
         for k, lp in list(layers.items())[:20]:
-            ax.plot([p[0] for p in lp], [p[1] for p in lp], lw=0.8, alpha=0.7, label=k)
+            ax.plot([p[0] for p in lp], [p[1] for p in lp], lw=0.8, alpha=0.7, label=k, **single_point_marker(len(lp)))
         ax.set_xlabel("step")
         ax.set_ylabel("density (fraction of synapses present)")
         ax.set_title("density", fontsize=9)

@@ -1,0 +1,86 @@
+"""plots: the run figures show every bar, point and note they are given (inspected on the Figure)."""
+import matplotlib
+
+matplotlib.use("Agg")
+import pytest  # noqa: E402
+
+from adaptive import plots  # noqa: E402
+
+NAN = float("nan")
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The Figures the plot functions draw, kept open instead of written."""
+    kept = []
+    monkeypatch.setattr(plots, "_save", lambda fig, plt, path: kept.append(fig) or path)
+    yield kept
+    import matplotlib.pyplot as plt
+
+    for fig in kept:
+        plt.close(fig)
+
+
+def _legend(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else []
+
+
+@pytest.mark.parametrize("steps", [range(1, 6), range(10, 60, 10), [3, 4, 10, 30]])
+def test_edit_bars_of_neighbouring_updates_never_overlap(figures, steps):
+    """An update every step (mask_only's default) gave bars 1 step wide: update s's grown bar covered
+    [s, s + 1], the slot of update s + 1's pruned bar, and hid it."""
+    plots.plot_edits([{"step": s, "kind": "update", "pruned": 40, "grown": 40} for s in steps], "edits.png")
+    pruned, grown = figures[0].axes[0].containers
+    spans = sorted((p.get_x(), p.get_x() + p.get_width()) for c in (pruned, grown) for p in c.patches)
+    assert all(w > 0 for a, w in spans)
+    assert all(b0 <= a1 + 1e-9 for (a0, b0), (a1, b1) in zip(spans, spans[1:])), spans
+    for s, p, g in zip(steps, pruned.patches, grown.patches):  # pruned left of the update's step, grown right
+        assert p.get_x() + p.get_width() == pytest.approx(s) == pytest.approx(g.get_x())
+
+
+def test_non_finite_losses_are_left_out_and_the_panel_says_so(figures):
+    rows = [dict(step=s, split="train", loss=NAN, accuracy=0.1) for s in (10, 20, 30)]
+    rows += [dict(step=30, split="holdout", loss=NAN, accuracy=0.1), dict(step=30, split="test", loss=NAN, accuracy=0.1)]
+    plots.plot_loss_accuracy(rows, "la.png")
+    loss, acc = figures[0].axes
+    assert not loss.get_lines() and _legend(loss) == []  # no legend of series with nothing drawn
+    assert [t.get_text() for t in loss.texts] == ["loss not finite at 5 of 5 points (left out)"]
+    assert _legend(acc) == ["train", "holdout", "test"] and not acc.texts
+
+    rows[0]["loss"], rows[3]["loss"] = 2.3, float("inf")  # some finite: drawn, and the title says what is not
+    plots.plot_loss_accuracy(rows, "la.png")
+    loss = figures[1].axes[0]
+    assert _legend(loss) == ["train"] and [list(line.get_ydata()) for line in loss.get_lines()] == [[2.3]]
+    assert "loss not finite at 4 of 5 points (left out)" in loss.get_title()
+
+
+def test_a_run_with_no_update_draws_its_single_density_point(figures):
+    ev = [{"step": 0, "kind": "init", "density": 0.2, "layer_density": {"fc1.weight": 0.16, "fc2.weight": 0.47}}]
+    plots.plot_density(ev, "density.png")
+    lines = figures[0].axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["fc1.weight", "fc2.weight", "overall"]
+    assert all(line.get_marker() not in (None, "", " ", "None") for line in lines)  # a line alone needs two points
+
+
+def test_boundary_tick_labels_never_overlap():
+    """linthresh = the smallest |value| (7.7e-8) put ticks 1e-8, 0 and -1e-8 inside the narrow linear
+    part, their labels drawn over each other."""
+    import matplotlib.pyplot as plt
+
+    restore = [3.0e-7, 7.2e-7, 1.5e-6, 2.0e-5, 1.2e-4, 2.5e-4]
+    prune = [-7.7e-8, -8.1e-7, -3e-6, -2e-5, -1e-4, -1.7e-4]
+    for values, size in ((restore + prune, (6.5, 4.5)), (restore + prune, (4.5, 3.0)), ([1e-12, 0.5, -3e-9], (5, 3.5)),
+                         ([2e-3, -1e-6, 5e-4], (5, 3.5))):
+        fig, ax = plt.subplots(figsize=size)
+        ax.plot(range(len(values)), values, ".")
+        plots.boundary_scale(ax, values)
+        fig.tight_layout()
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        lo, hi = ax.get_ylim()
+        boxes = [(t.get_text(), t.get_window_extent(r)) for t, y in zip(ax.get_yticklabels(), ax.get_yticks())
+                 if t.get_text() and lo <= y <= hi]
+        plt.close(fig)
+        assert ax.get_yscale() == "symlog" and len(boxes) >= 3
+        over = [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
+        assert not over, (values, size, over)
