@@ -18,6 +18,8 @@ from .atomic import atomic_path
 
 SPLIT_STYLE = {"train": dict(marker="", lw=1.0, alpha=0.8), "holdout": dict(marker="o", ms=3),
                "test": dict(marker="s", ms=6, ls="none")}
+# the masks a run kept when they are not its last ones (mask_only --target best)
+KEPT_STYLE = dict(marker="*", ms=14, ls="none", color="gold", mec="k", zorder=5, label="kept (best on held-out)")
 
 
 def finite(v) -> bool:
@@ -70,21 +72,30 @@ def _pyplot():
     return plt
 
 
-def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, str]] = None) -> Path:
+def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, str]] = None,
+                       kept: Optional[dict] = None) -> Path:
     """Loss and accuracy against step, one line per split; ``labels`` names a split in the legend
-    (say which data fed it: ``{"holdout": "held-out: 6,000 images of TRAIN"}``)."""
+    (say which data fed it: ``{"holdout": "held-out: 6,000 images of TRAIN"}``). ``kept``
+    (``step``, ``holdout_loss``, ``holdout_acc``): the held-out evaluation of the masks a run kept
+    when they are not its last ones, marked with a star; the test point, measured on those masks, is
+    drawn at their step."""
     plt = _pyplot()
     labels = labels or {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     splits = [s for s in ("train", "holdout", "test") if any(r["split"] == s for r in rows)]
     splits += sorted({r["split"] for r in rows} - set(splits))
-    for ax, key in ((axes[0], "loss"), (axes[1], "accuracy")):
+    for ax, key, held_key in ((axes[0], "loss", "holdout_loss"), (axes[1], "accuracy", "holdout_acc")):
         given = [r for r in rows if r.get(key) is not None]
         for s in splits:
-            pts = [(r["step"], r[key]) for r in given if r["split"] == s and finite(r[key])]
+            pts = [(kept["step"] if kept is not None and s == "test" else r["step"], r[key])
+                   for r in given if r["split"] == s and finite(r[key])]
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, label=labels.get(s, s), **SPLIT_STYLE.get(s, {}))
+                label = labels.get(s, s) + (": the kept masks" if kept is not None and s == "test" else "")
+                ax.plot(xs, ys, label=label, **SPLIT_STYLE.get(s, {}))
+        held = None if kept is None else kept.get(held_key)
+        if finite(held):
+            ax.plot([kept["step"]], [held], **KEPT_STYLE)
         ax.set_xlabel("training step")
         ax.set_ylabel(key)
         ax.set_title(key)
@@ -97,8 +108,9 @@ def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, st
     return _save(fig, plt, path)
 
 
-def plot_density(events: Sequence[dict], path) -> Path:
-    """Overall and per-layer density at every controller event."""
+def plot_density(events: Sequence[dict], path, kept: Optional[dict] = None) -> Path:
+    """Overall and per-layer density at every controller event; ``kept`` (``step``, ``density``):
+    the masks a run kept when they are not its last ones, marked with a star."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     evs = [e for e in events if "density" in e]
@@ -109,6 +121,8 @@ def plot_density(events: Sequence[dict], path) -> Path:
         for name in layers:
             ax.plot(steps, [e.get("layer_density", {}).get(name) for e in evs], lw=1, alpha=0.8, label=name, **dot)
         ax.plot(steps, [e["density"] for e in evs], color="k", lw=2.2, label="overall", **dot)
+    if kept is not None:
+        ax.plot([kept["step"]], [kept["density"]], **KEPT_STYLE)
     if not evs:
         ax.text(0.5, 0.5, "no controller events", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("training step")
@@ -153,14 +167,16 @@ def plot_edits(events: Sequence[dict], path) -> Path:
 
 
 def plot_run(rows: Sequence[dict], events: Sequence[dict], out_dir,
-             labels: Optional[Dict[str, str]] = None) -> Dict[str, Path]:
+             labels: Optional[Dict[str, str]] = None, kept: Optional[dict] = None) -> Dict[str, Path]:
     """Write ``loss_accuracy.png``, ``density.png`` and ``edits.png`` into ``out_dir``; ``labels``
-    as in :func:`plot_loss_accuracy`."""
+    as in :func:`plot_loss_accuracy`; ``kept`` (``step``, ``density``, ``holdout_loss``,
+    ``holdout_acc``): the masks the run kept where they are not its last ones (a mask_only run's
+    ``--target best``), starred in the first two figures."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return {
-        "loss_accuracy": plot_loss_accuracy(rows, out / "loss_accuracy.png", labels),
-        "density": plot_density(events, out / "density.png"),
+        "loss_accuracy": plot_loss_accuracy(rows, out / "loss_accuracy.png", labels, kept),
+        "density": plot_density(events, out / "density.png", kept),
         "edits": plot_edits(events, out / "edits.png"),
     }
 

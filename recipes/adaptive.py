@@ -785,8 +785,13 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     from adaptive.mask_only import changed_weights
 
     accelerator.print(f"surviving weights that differ from the original: {changed_weights(conn)}")
-    files = _write_outputs(accelerator, cfg, output_dir, state.metrics, result.events, conn,
-                           _split_labels(loaders, n_test, "train (each update window's batches)", cfg.test_subset))
+    # for 'best' the figures star the masks the model now holds (the chosen rung, or the dense network):
+    # the lines end at the last rung tried
+    best = result.snapshots.get("best")
+    kept = None if best is None else dict(step=best.step, density=1 - best.removed / conn.num_synapses(),
+                                          holdout_loss=best.holdout_loss, holdout_acc=best.holdout_acc)
+    labels = _split_labels(loaders, n_test, "train (each update window's batches)", cfg.test_subset)
+    files = _write_outputs(accelerator, cfg, output_dir, state.metrics, result.events, conn, labels, kept)
     # the held-out score of the masks the model now holds (for 'best', the chosen rung, not the last one tried)
     snaps = result.snapshots
     final = snaps.get("best") or (list(snaps.values())[-1] if snaps else None)
@@ -820,7 +825,7 @@ def _split_labels(loaders, n_test: int, train: str, test_subset: Optional[int] =
 
 
 def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn,
-                   labels: Optional[Dict[str, str]] = None) -> Dict[str, Path]:
+                   labels: Optional[Dict[str, str]] = None, kept: Optional[dict] = None) -> Dict[str, Path]:
     files = {"config": output_dir / "config.yaml", "metrics": output_dir / "metrics.csv",
              "events": output_dir / "events.jsonl", "connectome": output_dir / "connectome.safetensors",
              "dense_state_dict": output_dir / "dense_state_dict.pt"}
@@ -832,7 +837,7 @@ def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn,
         if cfg.figures:
             from adaptive.plots import plot_run
 
-            files.update(plot_run(rows, events, output_dir, labels))
+            files.update(plot_run(rows, events, output_dir, labels, kept))
     accelerator.wait_for_everyone()
     return files
 

@@ -62,6 +62,26 @@ def test_a_run_with_no_update_draws_its_single_density_point(figures):
     assert all(line.get_marker() not in (None, "", " ", "None") for line in lines)  # a line alone needs two points
 
 
+def test_best_target_figures_mark_the_kept_masks(figures):
+    """mask_only --target best: the lines end at the last rung tried (0.8 here) while the run kept the
+    dense network, scored at step 0; a star marks what was kept and the test point sits with it."""
+    events = [{"step": s, "kind": "update", "density": d, "pruned": 1, "grown": 1}
+              for s, d in ((1, 0.9), (20, 0.9), (21, 0.8), (40, 0.8))]
+    rows = [dict(step=s, split="holdout", loss=loss, accuracy=acc) for s, loss, acc in ((0, 0.11, 0.97), (20, 0.12, 0.96),
+                                                                                      (40, 0.13, 0.95))]
+    rows.append(dict(step=40, split="test", loss=0.25, accuracy=0.93))
+    kept = dict(step=0, density=1.0, holdout_loss=0.11, holdout_acc=0.97)
+    plots.plot_run(rows, events, "run", kept=kept)
+    la, dens = figures[0], figures[1]
+    star = [line for line in dens.axes[0].get_lines() if line.get_label() == "kept (best on held-out)"]
+    assert len(star) == 1 and list(star[0].get_xydata()[0]) == [0, 1.0]
+    assert "kept (best on held-out)" in _legend(dens.axes[0])
+    for ax, value in zip(la.axes, (0.11, 0.97)):
+        by_label = {line.get_label(): line.get_xydata().tolist() for line in ax.get_lines()}
+        assert by_label["kept (best on held-out)"] == [[0, value]]
+        assert by_label["test: the kept masks"] == [[0, 0.25 if value == 0.11 else 0.93]]  # measured on the kept masks
+
+
 def test_boundary_tick_labels_never_overlap():
     """linthresh = the smallest |value| (7.7e-8) put ticks 1e-8, 0 and -1e-8 inside the narrow linear
     part, their labels drawn over each other."""

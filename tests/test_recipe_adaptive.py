@@ -307,6 +307,33 @@ def test_mask_only_best_reports_the_held_out_score_of_the_masks_it_keeps(tmp_pat
     assert res.summary["holdout_accuracy"] > rungs[-1]["accuracy"]
 
 
+def test_mask_only_best_figures_star_the_masks_it_keeps(tmp_path, monkeypatch):
+    """density.png ended at the last rung tried (the climb went past the best one) and nothing said
+    which masks the run kept; now a star marks their density and held-out score, with the test point."""
+    import adaptive.plots
+
+    figs = []
+    monkeypatch.setattr(adaptive.plots, "_save", lambda fig, plt, path: figs.append(fig) or path)
+    res = R.main(["--output_dir", str(tmp_path), "--mode", "mask_only", "--target", "best", "--epochs", "1",
+                  "--update_every", "8", "--threads", "1", "--progress", "false",
+                  "--mask_only_kw.ladder", "[0.2, 0.5, 0.8, 0.95]", "--mask_only_kw.patience", "1"])
+    la, dens = figs[0], figs[1]
+    lines = {line.get_label(): line.get_xydata().tolist() for line in dens.axes[0].get_lines()}
+    assert lines["overall"][-1][1] != pytest.approx(res.conn.density(), abs=1e-6)  # the line ends elsewhere
+    ((step, density),) = lines["kept (best on held-out)"]
+    assert density == pytest.approx(res.conn.density())
+    held = [r for r in res.state.metrics if r["split"] == "holdout" and r["step"] == step]
+    assert held and held[-1]["accuracy"] == pytest.approx(res.summary["holdout_accuracy"])
+    acc = {line.get_label(): line.get_xydata().tolist() for line in la.axes[1].get_lines()}
+    assert acc["kept (best on held-out)"] == [[step, pytest.approx(res.summary["holdout_accuracy"])]]
+    test = [v for k, v in acc.items() if k.startswith("test")]
+    assert test == [[[step, pytest.approx(res.summary["test_accuracy"])]]]  # the test point sits with the kept masks
+    import matplotlib.pyplot as plt
+
+    for fig in figs:
+        plt.close(fig)
+
+
 MISMATCH = '''
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("recipe", {script!r})
