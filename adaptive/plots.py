@@ -11,6 +11,7 @@ controller events), so a finished run can be re-plotted from its ``metrics.csv``
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -24,7 +25,7 @@ KEPT_STYLE = dict(marker="*", ms=14, ls="none", color="gold", mec="k", zorder=5,
 
 def finite(v) -> bool:
     """Whether ``v`` is a number that can be drawn (not None, NaN or inf)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)  # numpy scalars too
 
 
 def note_nonfinite(ax, what: str, bad: int, total: int, drawn: bool) -> None:
