@@ -1,8 +1,12 @@
 """recipes/benchmarks/dst_mnist.py: the table's Reproduce line gives every option that shaped it."""
+import runpy
+import sys
+
 import pytest
 
 import adaptive.paths as paths
-from _scripts import load_script  # noqa: E402
+
+SCRIPT = paths.REPO_ROOT / "recipes" / "benchmarks" / "dst_mnist.py"
 
 MNIST = paths.SHARED_DATA / "mnist" / "mnist.npz"
 
@@ -15,11 +19,13 @@ MNIST = paths.SHARED_DATA / "mnist" / "mnist.npz"
      "dst_mnist.py --densities 0.02 --methods ours,rigl --candidates utility/curvature --lr 0.05 --epochs 12 --seeds 0`"),
     (["--append", "--update_every", "200"], "dst_mnist.py --update_every 200 --append --epochs 12 --seeds 0,1,2`"),
 ])
-def test_the_reproduce_line_carries_the_options_that_shaped_the_table(tmp_path, extra, expect):
+def test_the_reproduce_line_carries_the_options_that_shaped_the_table(tmp_path, monkeypatch, extra, expect):
     # without --append it kept only --epochs and --seeds: a 3-run table said to come from the 19-run default
     (tmp_path / "none.jsonl").touch()
     out = tmp_path / "table.md"
-    load_script("recipes/benchmarks/dst_mnist.py", "dst_mnist").main(
-        ["--table_only", "--results", str(tmp_path / "none.jsonl"), "--out", str(out), "--data-dir", str(MNIST.parent.parent),
-         *extra])
+    # run as the README runs it (as __main__, like tests/test_readme.py): the policies it registers
+    # then come from the one origin, which a rerun may register again
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--table_only", "--results", str(tmp_path / "none.jsonl"),
+                                      "--out", str(out), "--data-dir", str(MNIST.parent.parent), *extra])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
     assert f"Reproduce: `python recipes/benchmarks/{expect}" in out.read_text()
