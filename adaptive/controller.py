@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import operator
 import os
 import weakref
 from typing import Callable, Dict, Iterable, List, Optional
@@ -40,6 +41,17 @@ GROW_INITS = ("zero", "original", "random")
 # data at every density of recipes/benchmarks/dst_mnist.py), in mask_only mode consistency.
 DEFAULT_ESTIMATOR = {"train": "curvature", "mask_only": "consistency"}
 
+
+
+def whole_number(x) -> Optional[int]:
+    """``x`` as an int where it is a whole number (an int, a numpy or one-element torch integer), else
+    None (a bool too: ``True`` is no count)."""
+    if isinstance(x, bool):
+        return None
+    try:
+        return operator.index(x)
+    except TypeError:
+        return None
 
 class Controller:
     """Edits ``conn`` at update steps from measured utility.
@@ -140,12 +152,14 @@ class Controller:
             raise ValueError(f"window must be None or an integer >= 1, got {window!r}")
         if init is not None and init not in INITS:
             raise ValueError(f"unknown init {init!r}: use one of {INITS}")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        if batch_size is not None and (whole_number(batch_size) is None or batch_size < 1):
             raise ValueError(f"batch_size must be None or the number of samples each observed gradient averages (an "
                              f"integer >= 1), got {batch_size!r}")
-        if isinstance(line_search_tries, bool) or not isinstance(line_search_tries, int) or line_search_tries < 0:
+        batch_size = None if batch_size is None else whole_number(batch_size)
+        if whole_number(line_search_tries) is None or line_search_tries < 0:
             raise ValueError(f"line_search_tries must be an integer >= 0 (the halvings an update may try before it is "
                              f"rolled back; 0: all or nothing), got {line_search_tries!r}")
+        line_search_tries = whole_number(line_search_tries)
         if not (grow_init is None or callable(grow_init) or (isinstance(grow_init, str) and grow_init in GROW_INITS)):
             raise ValueError(f"unknown grow_init {grow_init!r}: use {', '.join(map(repr, GROW_INITS))} or a callable "
                              "f(name, grown_mask) -> tensor")
@@ -447,16 +461,16 @@ class Controller:
         elif self.init == "magnitude":
             scores = {n: self.conn.granularities[n].pool(self.conn.params[n].detach().abs().float(), "sum") for n in names}
         else:
-            est = self.drop_est
-            blind = est.needs_gradients and not getattr(est, "scores_without_gradients", False)
-            if blind and (self.stats is None or self.stats.count == 0):
-                raise ValueError(
-                    f"init='estimator' ranks the ensembles by estimator {getattr(est, 'name', type(est).__name__)!r}, whose scores come from observed "
-                    "gradients, but none has been observed yet (a new controller has seen none): every score is 0 and "
-                    "the ensembles kept would be chosen by index. Use init='magnitude' or init='random' (the estimator "
-                    "edits from the first update on), or an estimator that scores without gradients (magnitude, "
-                    "presence, evidence)")
             scores = self.scores("cost", 0, names)  # the costliest to remove are kept
+            unseen = self.stats is None or self.stats.count == 0
+            if unseen and all(bool((s == s.reshape(-1)[0]).all()) for s in scores.values() if s.numel()):
+                est = self.drop_est
+                raise ValueError(
+                    f"init='estimator' ranks the ensembles by estimator {getattr(est, 'name', type(est).__name__)!r}, "
+                    "but every removal cost it gives before any gradient is observed is the same (a new controller "
+                    "has seen none), so the ensembles kept would be chosen by index. Use init='magnitude' or "
+                    "init='random' (the estimator edits from the first update on), or an estimator whose removal "
+                    "cost needs no gradient (magnitude, gradient, presence, evidence)")
         # A connectome that is sparse already (loaded, or edited by hand) keeps its live ensembles
         # first: the init's scores only order the live ones among themselves (and the absent ones,
         # which this plan never grows). Without this, a fresh draw of random scores kept ensembles

@@ -35,6 +35,7 @@ every stage and resumes from there (:mod:`adaptive.mask_only_checkpoint`).
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from contextlib import contextmanager
@@ -48,7 +49,7 @@ from torch import nn
 from . import mask_only_checkpoint as ckpt
 from .connectome import Connectome
 from .distributed import all_reduce_mean_, check_masks_agree, is_distributed, world_size
-from .controller import Controller
+from .controller import Controller, whole_number
 from .data.cycle import LoaderCycle
 from .ensemble_rules import parse_rules
 from .metrics import (AccuracyFn, batch_accuracy, batch_loss, check_output, default_accuracy, example_count,
@@ -361,9 +362,10 @@ def optimize_connectome(
     targets = list(target) if isinstance(target, (list, tuple)) else [target]
     if not targets:
         raise ValueError("give at least one target")
-    if isinstance(passes, bool) or not isinstance(passes, (int, float)) or not (0 < passes < math.inf):
+    if isinstance(passes, bool) or not isinstance(passes, numbers.Real) or not (0 < passes < math.inf):
         raise ValueError(f"passes must be a finite number > 0 (passes over the train loader per stage; fractional "
                          f"allowed), got {passes!r}")
+    passes = whole_number(passes) if whole_number(passes) is not None else float(passes)  # numpy scalars: plain
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
     if not 0.0 <= approach <= 1.0:
@@ -378,9 +380,10 @@ def optimize_connectome(
         raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
     if not isinstance(verify_batches, int) or verify_batches < 0:
         raise ValueError(f"verify_batches must be an integer >= 0 (0: no line search), got {verify_batches!r}")
-    if isinstance(line_search_tries, bool) or not isinstance(line_search_tries, int) or line_search_tries < 0:
+    if whole_number(line_search_tries) is None or line_search_tries < 0:
         raise ValueError(f"line_search_tries must be an integer >= 0 (the halvings a verified update may try before "
                          f"it is rolled back; 0: all or nothing), got {line_search_tries!r}")
+    line_search_tries = whole_number(line_search_tries)
     if not isinstance(eval_every, int) or eval_every < 0:
         raise ValueError(f"eval_every must be an integer >= 0 (updates between held-out evaluations; 0: at stage "
                          f"ends only), got {eval_every!r}")

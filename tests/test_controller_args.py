@@ -48,9 +48,10 @@ def test_a_bad_setting_is_refused_at_construction_and_changes_nothing(case):
     assert conn._observers == [] and conn.original == {}
 
 
-@pytest.mark.parametrize("estimator", ["magnitude", "presence", "evidence"])
+@pytest.mark.parametrize("estimator", ["magnitude", "presence", "evidence", "gradient"])
 def test_init_estimator_with_an_estimator_that_scores_without_gradients_is_kept(estimator):
-    """They rank synapses before any gradient (magnitude, or a magnitude prior): by value, not by index."""
+    """They rank synapses before any gradient (magnitude, a magnitude prior, or a removal cost of |w|
+    as gradient's): by value, not by index."""
     m = net()
     conn = adaptive.Connectome(m)
     w = m[0].weight.detach().abs().clone()
@@ -129,3 +130,43 @@ def test_a_snapshot_is_found_by_the_target_as_given():
     assert torch.equal(res.conn.masks["0.weight"], res.snapshots["0.5"].masks["0.weight"])
     with pytest.raises(KeyError, match=r"no snapshot 0.7: have \['0.5', '100'\]; pass one of those labels"):
         res.use(0.7)
+
+
+def test_numpy_and_torch_whole_numbers_are_counts_too():
+    """np.int64(64) and torch.tensor(64) worked as counts before the checks; the checks refused them."""
+    import numpy as np
+
+    m = net()
+    conn = adaptive.Connectome(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=2, end_step=10,
+                               batch_size=np.int64(64), line_search_tries=torch.tensor(3))
+    assert (ctrl.batch_size, ctrl.line_search_tries) == (64, 3)
+    assert type(ctrl.batch_size) is int and type(ctrl.line_search_tries) is int
+    train, holdout = loaders()
+    res = adaptive.optimize_connectome(net(), train, holdout, target=0.3, progress=False, passes=np.float32(0.5),
+                                       verify_batches=1, line_search_tries=np.int64(2))
+    assert res.conn.num_live() < res.conn.num_synapses()
+
+
+def test_init_estimator_takes_a_plugin_whose_removal_cost_needs_no_gradient():
+    """A gradient-based plugin with a magnitude prior on its removal side ranks by value before any
+    gradient: it was refused for needing gradients at all."""
+    from adaptive.utility import Estimator
+
+    class Prior(Estimator):
+        name = "prior-test"
+        needs_gradients = True
+
+        def removal_cost(self, ctx):
+            return ctx.weight.detach().abs()
+
+        def restoration_gain(self, ctx):
+            return ctx.stats.mean(ctx.name).abs()
+
+    m = net()
+    conn = adaptive.Connectome(m)
+    w = m[0].weight.detach().abs().clone()
+    adaptive.Controller(conn, policy="utility", estimator=Prior(), density=0.5, budget="uniform", init="estimator")
+    kept = conn.masks["0.weight"]
+    assert float(w[kept].min()) >= float(w[~kept].max())

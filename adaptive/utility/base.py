@@ -70,9 +70,6 @@ class Estimator:
 
     name = "?"
     needs_gradients = False  # True: the controller collects gradient statistics
-    # True: ranks synapses before any gradient is observed too (a gradient-based estimator with a prior:
-    # presence, evidence start from the magnitude); False with needs_gradients: every score is 0 until then
-    scores_without_gradients = False
     needs_second_moment = False
     needs_fisher = False  # True: reads GradientStats.fisher, which needs two or more batches a window
 

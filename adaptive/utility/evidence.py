@@ -32,7 +32,6 @@ from .base import Estimator, register_estimator
 class Evidence(Estimator):
     needs_gradients = True
     needs_second_moment = True
-    scores_without_gradients = True  # the magnitude prior until the first window
 
     def __init__(self, step: float = 0.003, clip: float = 3.0, decay: float = 1.0):
         self.step, self.clip, self.decay = float(step), float(clip), float(decay)

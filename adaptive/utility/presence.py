@@ -37,7 +37,6 @@ from .base import Estimator, register_estimator
 class Presence(Estimator):
     needs_gradients = True
     needs_second_moment = False
-    scores_without_gradients = True  # the layer-normalised magnitude until the first window
 
     def __init__(self, step: float = 0.01, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
         if step <= 0:
