@@ -269,6 +269,49 @@ def test_diagnostics_neither_scale_nor_advance_an_attached_band_scaler():
     assert float(g[:, 7:].log().mean() - g[:, :7].log().mean()) == pytest.approx(0, abs=1e-3)
 
 
+
+@pytest.mark.parametrize("diagnostic", ["gradient_by_depth", "collinearity"])
+def test_a_diagnostic_on_another_model_in_another_thread_leaves_a_scaler_working(diagnostic):
+    """Suspension was process-wide: a diagnostic measuring model B in a side thread turned off the
+    scaler training model A in the main thread (no scaling, no state). It now holds only B's weights."""
+    import threading
+
+    from adaptive.diagnostics import collinearity
+
+    torch.manual_seed(0)
+    a, b = TwoBand(), TwoBand()
+    scaler = BandGradientScaler(a, layers=["classifier"], momentum=0.0)
+    inside, done, failed = threading.Event(), threading.Event(), []
+
+    def held_loss(out, y):  # called inside the diagnostic's suspension: hold it there
+        inside.set()
+        done.wait(10)
+        return nn.functional.cross_entropy(out, y)
+
+    def side():
+        try:
+            loader = [(torch.randn(8, 5), torch.randint(0, 3, (8,)))]
+            if diagnostic == "collinearity":
+                collinearity(b, loader, loss_fn=held_loss)
+            else:
+                gradient_by_depth(b, loader, layer="classifier", batches=1, loss_fn=held_loss)
+        except Exception as e:  # pragma: no cover - reported below
+            failed.append(e)
+
+    t = threading.Thread(target=side)
+    t.start()
+    try:
+        assert inside.wait(10)
+        x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+        nn.functional.cross_entropy(a(x), y).backward()
+    finally:
+        done.set()
+        t.join()
+    assert not failed
+    assert scaler.scales()["classifier"], "the scaler on model A was suspended by a diagnostic on model B"
+    g = a.classifier.weight.grad.abs()  # scaled: both bands at one typical size (raw: 1000x apart)
+    assert float(g[:, 7:].log().mean() - g[:, :7].log().mean()) == pytest.approx(0, abs=1e-3)
+
 def test_zero_notes_are_honest_and_never_under_the_legend(monkeypatch):
     """A band with 0.06% exact zeros read '0% zero', and legend(loc='best') could cover a note."""
     import importlib

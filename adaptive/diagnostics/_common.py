@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Tuple
+import threading
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -82,25 +83,36 @@ def training_mode(model: nn.Module, train: bool):
             m.training = t
 
 
-_SCALERS_SUSPENDED = 0  # > 0 inside scalers_suspended()
+_SUSPENDED: Dict[int, int] = {}  # id of a parameter -> how many scalers_suspended() blocks hold it
+_SUSPENDED_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def scalers_suspended():
-    """Inside, every :class:`~adaptive.diagnostics.BandGradientScaler` hook passes gradients through
-    unscaled and leaves its running state alone: the diagnostics measure the model's own gradients
-    and leave a scaler attached for training as they found it. A process-wide counter, not a
-    thread-local flag: autograd may run hooks on its own threads."""
-    global _SCALERS_SUSPENDED
-    _SCALERS_SUSPENDED += 1
+def scalers_suspended(model: nn.Module):
+    """Inside, a :class:`~adaptive.diagnostics.BandGradientScaler` hook on a parameter of ``model``
+    passes gradients through unscaled and leaves its running state alone: the diagnostics measure
+    the model's own gradients and leave a scaler attached for training as they found it. Scalers
+    on other models' parameters (one training in another thread) keep working. Kept per parameter,
+    process-wide, not per thread: autograd may run the measured model's hooks on its own threads."""
+    ids = {id(p) for p in model.parameters()}
+    with _SUSPENDED_LOCK:
+        for i in ids:
+            _SUSPENDED[i] = _SUSPENDED.get(i, 0) + 1
     try:
         yield
     finally:
-        _SCALERS_SUSPENDED -= 1
+        with _SUSPENDED_LOCK:
+            for i in ids:
+                if _SUSPENDED[i] == 1:
+                    del _SUSPENDED[i]
+                else:
+                    _SUSPENDED[i] -= 1
 
 
-def scalers_are_suspended() -> bool:
-    return _SCALERS_SUSPENDED > 0
+def scaler_suspended(param_id: int) -> bool:
+    """Whether hooks on the parameter ``id(param) == param_id`` are suspended (a diagnostic is
+    measuring its model)."""
+    return param_id in _SUSPENDED
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from typing import Dict, Iterable, Optional
 import torch
 from torch import nn
 
-from ._common import find_weight, scalers_are_suspended
+from ._common import find_weight, scaler_suspended
 from .gradient_depth import resolve_depths, weight_depths
 
 
@@ -28,9 +28,10 @@ class BandGradientScaler:
             if it has that attribute, else all Linear/Conv layers for which ``input_depths`` works).
         momentum: of the running log-magnitude per band (0 uses the current batch only).
     The hook acts on ``param.grad`` as autograd produces it, so any optimizer sees scaled gradients.
-    Inside :func:`~adaptive.diagnostics._common.scalers_suspended` (which every diagnostic that takes
-    gradients enters) the hooks do nothing: no scaling, no state update. Call :meth:`remove` to take
-    the hooks off.
+    While a diagnostic takes gradients of the model (inside
+    :func:`~adaptive.diagnostics._common.scalers_suspended` ``(model)``) the hooks on its weights do
+    nothing: no scaling, no state update; a scaler on another model's weights keeps working. Call
+    :meth:`remove` to take the hooks off.
     """
 
     def __init__(self, model: nn.Module, layers: Optional[Iterable[str]] = None,
@@ -52,7 +53,7 @@ class BandGradientScaler:
             uniq, idx = torch.unique(wd, return_inverse=True)
             st = {"index": idx.to(w.device), "bands": uniq, "log_typical": None, "scale": None}
             self.state[name] = st
-            self._handles.append(w.register_hook(self._hook(st)))
+            self._handles.append(w.register_hook(self._hook(st, id(w))))
 
     @staticmethod
     def _layers_with_depths(model, depths):
@@ -70,9 +71,9 @@ class BandGradientScaler:
                     names.append(n)
         return names
 
-    def _hook(self, st):
+    def _hook(self, st, weight_id: int):
         def scale(grad: torch.Tensor) -> Optional[torch.Tensor]:
-            if scalers_are_suspended():  # a diagnostic is measuring the raw gradient
+            if scaler_suspended(weight_id):  # a diagnostic is measuring this model's raw gradient
                 return None
             idx = st["index"]
             nb = len(st["bands"])

@@ -201,7 +201,7 @@ def collinearity(
     pos = [torch.zeros(p.numel(), dtype=torch.int32) for p in params]
     neg = [torch.zeros(p.numel(), dtype=torch.int32) for p in params]
     n = 0
-    with kept_buffers(model), training_mode(model, train_mode), scalers_suspended():
+    with kept_buffers(model), training_mode(model, train_mode), scalers_suspended(model):
         for x, y in iterate_batches(rebatch(loader, batch_size), batches, desc="collinearity", warn_short=True):
             x, y = _to_device(x, device), _to_device(y, device)
             grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)

@@ -208,7 +208,7 @@ def gradient_by_depth(
     per_weight = torch.zeros(weight.shape, dtype=torch.float64)
     hist = band_index = uniq = None
     n = 0
-    with kept_buffers(model), training_mode(model, train_mode), scalers_suspended():
+    with kept_buffers(model), training_mode(model, train_mode), scalers_suspended(model):
         for x, y in iterate_batches(loader, batches, desc=f"gradients of {name}", cycle=cycle):
             x, y = to_device(x, device), to_device(y, device)  # nested inputs (a tuple of tensors) too
             if band_index is None:

@@ -20,7 +20,7 @@ def _gradient_batches(conn, loader, batches, loss_fn, desc):
     """Yield after each batch's backward pass (``.grad`` of the connectome's weights is fresh)."""
     model = conn.model
     device = model_device(model)
-    with training_mode(model, False), scalers_suspended():  # scores read the model's own gradients
+    with training_mode(model, False), scalers_suspended(model):  # scores read the model's own gradients
         for x, y in iterate_batches(loader, batches, desc=desc):
             model.zero_grad(set_to_none=True)
             loss_fn(model(to_device(x, device)), to_device(y, device)).backward()
