@@ -223,6 +223,37 @@ def test_traced_depths_refuse_an_op_the_tracer_cannot_follow():
         gradient_by_depth(Cumsum(), [(x, torch.tensor([0, 1]))], layer="b", batches=1, loss_fn=sum_loss)
 
 
+
+class AuxHead(nn.Module):
+    """An auxiliary head reads fc1's output through an op the tracer cannot follow; fc2 and out never do."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.aux, self.fc2, self.out = nn.Linear(6, 8), nn.Linear(8, 3), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        a = self.aux(torch.cumsum(h, dim=1))
+        return self.out(torch.relu(self.fc2(h))) + 0 * a
+
+
+def test_traced_depths_ignore_an_unknown_op_that_does_not_feed_the_layer():
+    """An unknown op recorded earlier in execution order refused every later layer, even one its
+    output never reaches; only an op on the way into the layer (its ancestor in the graph) is refused."""
+    from adaptive.diagnostics.gradient_depth import traced_depths
+
+    x = torch.randn(2, 6)
+    with pytest.warns(UserWarning, match="cumsum"):
+        assert traced_depths(AuxHead(), "fc2", x).tolist() == [1] * 8
+    with pytest.warns(UserWarning, match="cumsum"):
+        assert traced_depths(AuxHead(), "out", x).tolist() == [2] * 8
+    with pytest.warns(UserWarning, match="cumsum"), \
+            pytest.raises(ValueError, match=r"'aux'.*1 op\(s\) the tracer cannot follow \('cumsum'"):
+        traced_depths(AuxHead(), "aux", x)
+    with pytest.warns(UserWarning, match="cumsum"), pytest.warns(UserWarning, match="one band"):
+        res = gradient_by_depth(AuxHead(), [(x, torch.tensor([0, 1]))], layer="out", batches=1)
+    assert res.depths == [2]
+
 class PaddedCat(nn.Module):
     """``b`` reads the raw input (depth 0), ``a``'s output (depth 1) and two zero-padded channels (-1)."""
 

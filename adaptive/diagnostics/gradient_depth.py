@@ -47,7 +47,8 @@ def traced_depths(model: nn.Module, layer: str, example: Optional[torch.Tensor] 
     the longest number of weighted layers between the model's input and that unit (0 = raw input;
     -1 for channels fed only by constants, such as zero padding). Raises a ValueError when fx cannot
     trace the model (the module-order fallback has no concatenation or residual links) or when an op
-    the tracer cannot follow comes before ``layer`` (it would join every input to every output there)."""
+    the tracer cannot follow feeds ``layer``'s input (it would join every input to every output
+    there); such an op elsewhere (on another head) is no obstacle."""
     import graphs
 
     name = layer[: -len(".weight")] if layer.endswith(".weight") else layer
@@ -59,13 +60,33 @@ def traced_depths(model: nn.Module, layer: str, example: Optional[torch.Tensor] 
     depth = g.node_attrs["depth_max"]
     for lid, lf in enumerate(g.layers):
         if lf.module == name:
-            unknown = [d for before, d in tr.unknown if before <= lid]
+            unknown = _unknown_ops_feeding(g, tr, lf.in_src) if any(before <= lid for before, _ in tr.unknown) else []
             if unknown:
                 raise ValueError(f"the data flow into {name!r} passes through {len(unknown)} op(s) the tracer cannot follow "
                                  f"({', '.join(unknown[:3])}), so its depths would be wrong; teach graphs each op with "
                                  "graphs.register_op (see the warning) if it acts on each channel alone")
             return depth[lf.in_src].long().cpu()
     raise KeyError(f"the traced graph has no weighted layer {name!r}; it has {[lf.module for lf in g.layers][:12]}")
+
+
+def _unknown_ops_feeding(g, tr, in_src: torch.Tensor) -> List[str]:
+    """The ops the tracer could not follow (their junctions) from which a path of the traced graph
+    ``g`` leads to the nodes ``in_src``: edges are walked backwards, group by group in reverse
+    topological order (and again while recurrent back edges add nodes). An op that does not feed
+    ``in_src`` (another head) leaves its depths alone."""
+    above = torch.zeros(g.num_nodes, dtype=torch.bool)
+    above[in_src] = True
+    ptr = g.edge_ptr.tolist()
+    spans = [(a, b) for a, b in zip(ptr[:-1], ptr[1:]) if b > a][::-1]
+    while True:
+        count = int(above.sum())
+        for a, b in spans:
+            above[g.src[a:b][above[g.dst[a:b]]]] = True
+        if int(above.sum()) == count:
+            break
+    fed = {repr(gr.name) for gr in g.groups  # an unknown op's junction is named after its fx node
+           if gr.kind == "junction" and gr.op == "unknown" and bool(above[gr.start:gr.start + gr.count].any())}
+    return [d for _, d in tr.unknown if d.split(" ", 1)[0] in fed]  # d: "'node' (call_function op)"
 
 
 def weight_depths(weight_shape, depths: torch.Tensor, groups: int = 1, transposed: bool = False) -> torch.Tensor:
