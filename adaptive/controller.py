@@ -43,6 +43,13 @@ DEFAULT_ESTIMATOR = {"train": "curvature", "mask_only": "consistency"}
 
 
 
+def _ranks_nothing(scores: torch.Tensor) -> bool:
+    """Whether ``scores`` order nothing: their finite values all equal, or none finite (NaN and inf
+    rank as ties, broken by index)."""
+    f = scores[torch.isfinite(scores)]
+    return f.numel() == 0 or bool((f == f[0]).all())
+
+
 def whole_number(x) -> Optional[int]:
     """``x`` as an int where it is a whole number (an int, a numpy or one-element torch integer), else
     None (a bool too: ``True`` is no count)."""
@@ -463,7 +470,7 @@ class Controller:
         else:
             scores = self.scores("cost", 0, names)  # the costliest to remove are kept
             unseen = self.stats is None or self.stats.count == 0
-            if unseen and all(bool((s == s.reshape(-1)[0]).all()) for s in scores.values() if s.numel()):
+            if unseen and all(_ranks_nothing(s) for s in scores.values()):
                 est = self.drop_est
                 raise ValueError(
                     f"init='estimator' ranks the ensembles by estimator {getattr(est, 'name', type(est).__name__)!r}, "

@@ -362,6 +362,8 @@ def optimize_connectome(
     targets = list(target) if isinstance(target, (list, tuple)) else [target]
     if not targets:
         raise ValueError("give at least one target")
+    if isinstance(passes, torch.Tensor) and passes.numel() == 1 and not passes.dtype.is_complex:
+        passes = passes.item()  # a one-element tensor: its number
     if isinstance(passes, bool) or not isinstance(passes, numbers.Real) or not (0 < passes < math.inf):
         raise ValueError(f"passes must be a finite number > 0 (passes over the train loader per stage; fractional "
                          f"allowed), got {passes!r}")

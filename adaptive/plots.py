@@ -145,9 +145,12 @@ def plot_edits(events: Sequence[dict], path) -> Path:
         steps = [e["step"] for e in evs]
         # pruned on [s - width, s], grown on [s, s + width]: with width 0.4 of the smallest gap
         # between updates, no update's bars reach its neighbour's (a width of at least 1 step did,
-        # with an update every step, and hid the pruned bars)
+        # with an update every step, and hid the pruned bars); but never under 1/250 of the steps
+        # shown, or one close pair in a long run made every bar thinner than a pixel (updates that
+        # close stand at one place on the axis anyway)
         distinct = sorted(set(steps))
-        width = 0.4 * min((b - a for a, b in zip(distinct, distinct[1:])), default=1.0)
+        span = distinct[-1] - distinct[0]
+        width = max(0.4 * min((b - a for a, b in zip(distinct, distinct[1:])), default=1.0), span / 250)
         ax.bar([s - width / 2 for s in steps], [e.get("pruned", 0) for e in evs], width=width, color="tab:red", label="pruned")
         ax.bar([s + width / 2 for s in steps], [e.get("grown", 0) for e in evs], width=width, color="tab:green", label="grown")
         counts = sorted(c for e in evs for c in (e.get("pruned", 0), e.get("grown", 0)) if c)

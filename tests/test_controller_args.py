@@ -170,3 +170,32 @@ def test_init_estimator_takes_a_plugin_whose_removal_cost_needs_no_gradient():
     adaptive.Controller(conn, policy="utility", estimator=Prior(), density=0.5, budget="uniform", init="estimator")
     kept = conn.masks["0.weight"]
     assert float(w[kept].min()) >= float(w[~kept].max())
+
+
+def test_init_estimator_refuses_removal_costs_that_are_all_nan_before_any_gradient():
+    """A signal-to-noise cost |E g| / sqrt(E g^2) is 0/0 before any gradient: NaN everywhere, which
+    ranks as ties broken by index; it was accepted once constant scores alone were refused."""
+    from adaptive.utility import Estimator
+
+    class SNR(Estimator):
+        name = "snr-test"
+        needs_gradients = True
+
+        def removal_cost(self, ctx):
+            return torch.full_like(ctx.weight, float("nan"))
+
+        def restoration_gain(self, ctx):
+            return ctx.stats.mean(ctx.name).abs()
+
+    m = net()
+    conn = adaptive.Connectome(m)
+    before = conn.mask_hash()
+    with pytest.raises(ValueError, match="init='estimator' ranks the ensembles by estimator 'snr-test'"):
+        adaptive.Controller(conn, policy="utility", estimator=SNR(), density=0.5, budget="uniform", init="estimator")
+    assert conn.mask_hash() == before
+
+
+def test_optimize_connectome_takes_passes_as_a_one_element_tensor():
+    train, holdout = loaders()
+    res = adaptive.optimize_connectome(net(), train, holdout, target=0.3, progress=False, passes=torch.tensor(1))
+    assert res.conn.num_live() < res.conn.num_synapses()

@@ -38,6 +38,20 @@ def test_edit_bars_of_neighbouring_updates_never_overlap(figures, steps):
         assert p.get_x() + p.get_width() == pytest.approx(s) == pytest.approx(g.get_x())
 
 
+def test_edit_bars_stay_visible_when_one_pair_of_updates_is_close_in_a_long_run(figures):
+    """Width 0.4 of the smallest gap (1 step) on a 5,000-step axis drew every bar under a pixel."""
+    steps = [0, 1, 1000, 2000, 3000, 4000, 5000]
+    plots.plot_edits([{"step": s, "kind": "update", "pruned": 40, "grown": 40} for s in steps], "edits.png")
+    fig = figures[0]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    for c in ax.containers:
+        for p in c.patches:
+            box = p.get_window_extent(fig.canvas.get_renderer())
+            assert box.width >= 1.5, (p.get_x(), box.width)  # pixels
+    assert ax.containers[0].patches[2].get_width() == pytest.approx(5000 / 250)
+
+
 def test_non_finite_losses_are_left_out_and_the_panel_says_so(figures):
     rows = [dict(step=s, split="train", loss=NAN, accuracy=0.1) for s in (10, 20, 30)]
     rows += [dict(step=30, split="holdout", loss=NAN, accuracy=0.1), dict(step=30, split="test", loss=NAN, accuracy=0.1)]
