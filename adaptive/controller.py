@@ -589,7 +589,7 @@ class Controller:
             if not use_ls:
                 break
             loss_after = self._holdout()
-            if loss_after - loss_before <= tolerance:
+            if tolerance == float("inf") or loss_after - loss_before <= tolerance:  # inf: a required edit, NaN or not
                 break
             self._restore(before_masks, before_w, before_state)
             loss_after = loss_before

@@ -93,7 +93,10 @@ def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, st
             if pts:
                 xs, ys = zip(*pts)
                 label = labels.get(s, s) + (": the kept masks" if kept is not None and s == "test" else "")
-                ax.plot(xs, ys, label=label, **SPLIT_STYLE.get(s, {}))
+                style = dict(SPLIT_STYLE.get(s, {}))
+                if kept is not None and s == "test":
+                    style["zorder"] = KEPT_STYLE["zorder"] + 1  # over the star: held-out and test can coincide
+                ax.plot(xs, ys, label=label, **style)
         held = None if kept is None else kept.get(held_key)
         if finite(held):
             ax.plot([kept["step"]], [held], **KEPT_STYLE)

@@ -210,6 +210,10 @@ def how_to_register(node, module=None) -> str:
         target = repr(node.target)
     else:
         t = node.target
-        target = f"{getattr(t, '__module__', None) or 'torch'}.{getattr(t, '__qualname__', None) or getattr(t, '__name__', t)}"
+        name = getattr(t, "__qualname__", None) or getattr(t, "__name__", t)
+        module = getattr(t, "__module__", None) or "torch"
+        if str(name).startswith("_VariableFunctionsClass."):  # a torch.* built-in: reached as torch.<name>
+            module, name = "torch", getattr(t, "__name__", str(name).rsplit(".", 1)[-1])
+        target = f"{module}.{name}"
     return (f'graphs.register_op({target}, "pointwise") if it acts on each channel alone ("broadcast", "shape" or '
             f'"reduce" for the other kinds: see graphs.ops)')

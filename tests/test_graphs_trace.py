@@ -214,6 +214,28 @@ def test_unknown_module_warning_names_its_type_and_a_register_op_call_that_works
         graphs.ops._EXTRA.pop(nn.Softmax, None)
 
 
+def test_unknown_torch_function_warning_suggests_a_call_that_works():
+    """For a torch.* built-in the hint read graphs.register_op(torch._VariableFunctionsClass.cumsum, ...),
+    which fails with AttributeError when pasted."""
+    class Cum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.b(torch.cumsum(self.a(x), dim=1))
+
+    with pytest.warns(UserWarning, match="cumsum") as rec:
+        graphs.build(model=Cum(), level="unit")
+    call = next(str(w.message) for w in rec if "cumsum" in str(w.message)).split("teach it with ")[1].split(" if it")[0]
+    assert call == 'graphs.register_op(torch.cumsum, "pointwise")'
+    try:
+        eval(call, {"graphs": graphs, "torch": torch})
+        assert not graphs.build(model=Cum(), level="unit").warnings
+    finally:
+        graphs.ops._EXTRA.pop(torch.cumsum, None)
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_transposed_conv_is_a_weighted_layer(groups):
     class UpNet(nn.Module):  # a U-Net's up path: the up-convolution's output is one layer deeper

@@ -94,6 +94,8 @@ def test_best_target_figures_mark_the_kept_masks(figures):
         by_label = {line.get_label(): line.get_xydata().tolist() for line in ax.get_lines()}
         assert by_label["kept (best on held-out)"] == [[0, value]]
         assert by_label["test: the kept masks"] == [[0, 0.25 if value == 0.11 else 0.93]]  # measured on the kept masks
+        z = {line.get_label(): line.get_zorder() for line in ax.get_lines()}
+        assert z["test: the kept masks"] > z["kept (best on held-out)"]  # the star never hides the test point
 
 
 def test_boundary_tick_labels_never_overlap():

@@ -457,3 +457,22 @@ def test_balanced_restores_its_count_after_a_line_search_cut_without_a_veto():
         assert off, lives  # the cut this test is about happened
         assert all(i + 1 < len(lives) and abs(lives[i + 1] - 1500) <= 15 for i in off), lives
         assert abs(lives[-1] - 1500) <= 15, lives
+
+
+def test_balanced_restores_its_count_even_when_the_held_out_loss_is_nan():
+    """The restore carries an infinite tolerance, but NaN - NaN <= inf is False: a NaN held-out loss
+    rolled it back at every update, 147 synapses under the target, silently."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 17), nn.ReLU(), nn.Linear(17, 5))
+    conn = adaptive.Connectome(m)
+    conn.set_masks({k: torch.rand_like(v.float()) < 0.2 for k, v in conn.masks.items()})  # ~20% live, by hand
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    x, y = torch.randn(16, 20), torch.randint(0, 5, (16,))
+    ctrl = adaptive.Controller(conn, opt, policy="balanced", density=0.3, budget="uniform", update_every=2,
+                               holdout_loss=lambda: float("nan"))
+    for _ in range(4):
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    first = next(e for e in ctrl.events if e["kind"] == "update")
+    assert first["grown"] > 0 and abs(first["live"] - 0.3 * conn.num_synapses()) <= 0.5
