@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import weakref
+from collections import OrderedDict
 from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
 import torch
@@ -1070,7 +1071,10 @@ class Connectome:
         """An ordinary ``model.state_dict()`` (same keys) with zeros where pruned: it loads into a
         vanilla model with no project code."""
         self._check_params()
-        sd = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        src = self.model.state_dict()
+        sd = OrderedDict((k, v.detach().clone()) for k, v in src.items())
+        if hasattr(src, "_metadata"):  # the modules' versions, which some loaders need (torchvision's MNASNet)
+            sd._metadata = src._metadata
         keys = state_dict_keys(self.model)
         for n, p in self.params.items():
             m = self.masks[n]

@@ -208,3 +208,27 @@ def test_vit_tiny_is_a_connectome_of_every_weight_matrix_and_checks_its_argument
         build_model("vit_tiny", in_shape=(3, 32, 32), patch=5)
     with pytest.raises(ValueError, match="multiple of heads"):
         build_model("vit_tiny", in_shape=(3, 32, 32), width=10, heads=4)
+
+
+def test_module_versions_survive_a_pruned_state_dict_and_a_weights_file(tmp_path):
+    """torchvision's MNASNet refuses a state_dict without its modules' versions (``_metadata``):
+    dense_state_dict() and read_state_dict rebuilt plain dicts, so its pruned weights did not load into
+    a vanilla model and an ordinary weights file (here saved under DataParallel's prefix) was refused."""
+    import torchvision
+
+    import adaptive
+
+    torch.manual_seed(0)
+    model = torchvision.models.mnasnet0_5(num_classes=10).eval()
+    conn = adaptive.Connectome(model)
+    conn.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in conn.masks.items()})
+    torch.save(conn.dense_state_dict(), tmp_path / "pruned.pt")
+    vanilla = torchvision.models.mnasnet0_5(num_classes=10).eval()
+    vanilla.load_state_dict(torch.load(tmp_path / "pruned.pt", weights_only=True), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(vanilla(x), model(x))
+    wrapped = torch.nn.DataParallel(torchvision.models.mnasnet0_5(num_classes=10))
+    torch.save(wrapped.state_dict(), tmp_path / "plain.pt")
+    fresh = load_weights(torchvision.models.mnasnet0_5(num_classes=10), str(tmp_path / "plain.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), wrapped.module.state_dict().values()))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from typing import Dict
 
 import torch
@@ -53,17 +54,25 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         sd = inner
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsMismatchError(f"{path!r} does not hold a state_dict of tensors")
-    out, came_from = {}, {}
+    out, came_from = OrderedDict(), {}
     for k, v in sd.items():
-        key = k
-        for p in _STRIP_PREFIXES:
-            if key.startswith(p):
-                key = key[len(p):]
+        key = _strip(k)
         if key in out:  # 'module.k' and 'k' both: one would silently overwrite the other
             raise WeightsMismatchError(f"{path!r} holds both {came_from[key]!r} and {k!r}, which name the same "
                                        f"parameter {key!r} once prefixes are stripped: keep one copy of each")
         out[key], came_from[key] = v, k
+    meta = getattr(sd, "_metadata", None)
+    if meta is not None:  # the modules' versions, which some loaders need (torchvision's MNASNet)
+        out._metadata = OrderedDict((_strip(k + ".")[:-1] if k else k, v) for k, v in meta.items())
     return out
+
+
+def _strip(key: str) -> str:
+    """``key`` without the wrappers' prefixes (DataParallel's ``module.``, ...)."""
+    for p in _STRIP_PREFIXES:
+        if key.startswith(p):
+            key = key[len(p):]
+    return key
 
 
 def _check_integrity(path: str) -> None:
