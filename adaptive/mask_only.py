@@ -435,7 +435,12 @@ def optimize_connectome(
     scoring = {"reduction": None}  # whether loss_fn takes reduction="sum": checked before the first backward pass
 
     def verify_loss() -> float:
-        return _agreed(evaluate(model, verify_set, loss_fn, accuracy_fn=None, reduction=scoring["reduction"])[0])[0]
+        loss = _agreed(evaluate(model, verify_set, loss_fn, accuracy_fn=None, reduction=scoring["reduction"])[0])[0]
+        if not math.isfinite(loss):  # every line-search decision would compare NaN: none could be judged
+            raise ValueError(f"the held-out loss of the line search is {loss} on {len(verify_set)} held-out batch(es): "
+                             "the held-out data (or the model on it) gives non-finite losses; check that data for "
+                             "NaN or inf, or pass verify_batches=0 to edit without a line search")
+        return loss
 
     ctrl = Controller(
         conn, policy="crawl", estimator=estimator, update_every=window, edit_decay="constant",

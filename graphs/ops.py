@@ -214,6 +214,8 @@ def how_to_register(node, module=None) -> str:
         module = getattr(t, "__module__", None) or "torch"
         if str(name).startswith("_VariableFunctionsClass."):  # a torch.* built-in: reached as torch.<name>
             module, name = "torch", getattr(t, "__name__", str(name).rsplit(".", 1)[-1])
+        elif module == "_operator":  # x // 2, -x: the operator module's functions
+            module = "operator"
         target = f"{module}.{name}"
     return (f'graphs.register_op({target}, "pointwise") if it acts on each channel alone ("broadcast", "shape" or '
             f'"reduce" for the other kinds: see graphs.ops)')

@@ -199,3 +199,17 @@ def test_optimize_connectome_takes_passes_as_a_one_element_tensor():
     train, holdout = loaders()
     res = adaptive.optimize_connectome(net(), train, holdout, target=0.3, progress=False, passes=torch.tensor(1))
     assert res.conn.num_live() < res.conn.num_synapses()
+
+
+def test_a_non_finite_held_out_loss_stops_the_line_search_with_the_model_restored():
+    """Held-out data of NaN: every decision compared NaN; once required edits went through on NaN, the
+    run finished silently with a NaN held-out loss (and 'best' chose to remove nothing)."""
+    m = net()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 8, generator=g), torch.randint(0, 3, (96,), generator=g)
+    train = DataLoader(TensorDataset(x[:64], y[:64]), batch_size=16)
+    holdout = DataLoader(TensorDataset(torch.full((32, 8), float("nan")), y[64:]), batch_size=16)
+    with pytest.raises(ValueError, match="the held-out loss of the line search is nan .* check that data for NaN"):
+        adaptive.optimize_connectome(m, train, holdout, target=0.3, progress=False, verify_batches=1)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())

@@ -236,6 +236,22 @@ def test_unknown_torch_function_warning_suggests_a_call_that_works():
         graphs.ops._EXTRA.pop(torch.cumsum, None)
 
 
+def test_unknown_operator_warning_names_the_operator_module():
+    """x // 2 read graphs.register_op(_operator.floordiv, ...): no such name to paste."""
+    class Div(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.b(self.a(x) // 2)
+
+    with pytest.warns(UserWarning, match="floordiv") as rec:
+        graphs.build(model=Div(), level="unit")
+    msg = next(str(w.message) for w in rec if "floordiv" in str(w.message))
+    assert 'graphs.register_op(operator.floordiv, "pointwise")' in msg
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_transposed_conv_is_a_weighted_layer(groups):
     class UpNet(nn.Module):  # a U-Net's up path: the up-convolution's output is one layer deeper

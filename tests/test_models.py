@@ -232,3 +232,24 @@ def test_module_versions_survive_a_pruned_state_dict_and_a_weights_file(tmp_path
     torch.save(wrapped.state_dict(), tmp_path / "plain.pt")
     fresh = load_weights(torchvision.models.mnasnet0_5(num_classes=10), str(tmp_path / "plain.pt"))
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), wrapped.module.state_dict().values()))
+
+
+def test_a_versioned_file_without_num_batches_tracked_and_nested_wrapper_prefixes_load(tmp_path):
+    """Keeping the modules' versions made BatchNorm refuse a file without num_batches_tracked (PyTorch
+    fills it only for unversioned files), half-loading the model; and torch.compile(DataParallel(m))
+    keys (_orig_mod.module.) were stripped once, so the file was refused."""
+    def net():
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+
+    torch.manual_seed(0)
+    src = net()
+    src[1].running_mean.fill_(5.0)
+    sd = src.state_dict()
+    del sd["1.num_batches_tracked"]  # an old checkpoint; the dict keeps its _metadata
+    torch.save(sd, tmp_path / "old.pt")
+    model = load_weights(net(), str(tmp_path / "old.pt"))
+    assert torch.equal(model[1].running_mean, torch.full((4,), 5.0)) and int(model[1].num_batches_tracked) == 0
+    nested = {f"_orig_mod.module.{k}": v for k, v in src.state_dict().items()}
+    torch.save(nested, tmp_path / "nested.pt")
+    model = load_weights(net(), str(tmp_path / "nested.pt"))
+    assert torch.equal(model[0].weight, src[0].weight)

@@ -69,9 +69,12 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
 
 def _strip(key: str) -> str:
     """``key`` without the wrappers' prefixes (DataParallel's ``module.``, ...)."""
-    for p in _STRIP_PREFIXES:
-        if key.startswith(p):
-            key = key[len(p):]
+    stripped = True
+    while stripped:  # nested wrappers: torch.compile of a DataParallel model saves _orig_mod.module.<key>
+        stripped = False
+        for p in _STRIP_PREFIXES:
+            if key.startswith(p):
+                key, stripped = key[len(p):], True
     return key
 
 
@@ -135,5 +138,8 @@ def load_weights(model: nn.Module, path: str) -> nn.Module:
             + "; ".join(parts)
             + ". Check --model and num_classes against the file."
         )
+    for k in own:  # filled as PyTorch fills it for an unversioned file (a versioned one is refused)
+        if k.endswith("num_batches_tracked") and k not in sd:
+            sd[k] = own[k].detach().clone()
     model.load_state_dict(sd, strict=True)
     return model
