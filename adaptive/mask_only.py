@@ -355,7 +355,8 @@ def optimize_connectome(
     A window with a NaN or inf loss or gradient (a corrupt example, a diverging model) is left out
     whole: it reaches neither the estimator nor the masks, and the stage draws another window in its
     place; the first is warned of and the total is summed up in a warning at the end. A whole pass of
-    them in a row raises ValueError (the model gets its original weights back).
+    them in a row raises ValueError (the model gets its original weights back), and so does a held-out
+    loss of NaN or inf in the line search (``verify_batches > 0``), which no decision could be taken on.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
