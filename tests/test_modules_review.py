@@ -13,6 +13,16 @@ def _net():
     return nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 4))
 
 
+def _three_steps_keep_pruned_zero(model, opt, conn):
+    """Three training steps, every pruned weight exactly 0.0 after each."""
+    for _ in range(3):
+        F.cross_entropy(model(torch.randn(16, 10)), torch.randint(0, 4, (16,))).backward()
+        opt.step()
+        opt.zero_grad()
+        for n, p in conn.params.items():
+            assert torch.equal(p[~conn.masks[n]], torch.zeros_like(p[~conn.masks[n]]))
+
+
 @pytest.mark.parametrize("make", [lambda ps: torch.optim.Adam(ps, lr=1e-2, eps=0.0),
                                   lambda ps: torch.optim.RMSprop(ps, lr=1e-3, eps=0.0)])
 def test_eps_zero_keeps_pruned_weights_exactly_zero_and_warns(make):
@@ -25,12 +35,7 @@ def test_eps_zero_keeps_pruned_weights_exactly_zero_and_warns(make):
     conn.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in conn.masks.items()})
     with pytest.warns(UserWarning, match="eps=0"):
         conn.attach(opt)
-    for _ in range(3):
-        F.cross_entropy(model(torch.randn(16, 10)), torch.randint(0, 4, (16,))).backward()
-        opt.step()
-        opt.zero_grad()
-        for n, p in conn.params.items():
-            assert torch.equal(p[~conn.masks[n]], torch.zeros_like(p[~conn.masks[n]]))
+    _three_steps_keep_pruned_zero(model, opt, conn)
 
 
 def test_two_optimizers_enter_each_step_once_with_the_true_gradient():
@@ -313,10 +318,5 @@ def test_an_eps_given_as_a_zero_tensor_keeps_pruned_weights_exactly_zero_and_war
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         conn.attach(opt)
-    for _ in range(3):
-        F.cross_entropy(model(torch.randn(16, 10)), torch.randint(0, 4, (16,))).backward()
-        opt.step()
-        opt.zero_grad()
-        for n, p in conn.params.items():
-            assert torch.equal(p[~conn.masks[n]], torch.zeros_like(p[~conn.masks[n]]))
+    _three_steps_keep_pruned_zero(model, opt, conn)
     assert any("eps=0" in str(w.message) for w in caught)
