@@ -1,6 +1,7 @@
 """recipes/benchmarks/mask_only.py refuses nonsense settings before it reads data or runs a method."""
 
 import pytest
+import torch
 from _scripts import load_script  # noqa: E402
 
 
@@ -27,3 +28,43 @@ def test_bad_settings_fail_before_any_work(argv, msg, capsys, monkeypatch, tmp_p
     err = capsys.readouterr().err
     assert msg in err, err
     assert not read and not (tmp_path / "t.md").exists()
+
+
+def test_edge_popup_reads_the_train_data_in_the_order_ours_read_it(monkeypatch, tmp_path):
+    """Both learned methods start from the same shuffle: edge-popup's rows must not depend on how
+    many passes ours took (they did: it went on from where ours left the loader's generator)."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    mod = _bench()
+    x = torch.arange(64, dtype=torch.float32)[:, None]
+    ds = TensorDataset(x, torch.zeros(64, dtype=torch.long))
+    g = torch.Generator().manual_seed(0)
+    dl = SimpleNamespace(train=DataLoader(ds, batch_size=8, shuffle=True, generator=g),
+                         holdout=DataLoader(ds, batch_size=8))
+    monkeypatch.setattr(mod, "get_dataloaders", lambda *a, **k: dl)
+    monkeypatch.setattr(mod, "resolve_data_dir", lambda d: tmp_path)
+    monkeypatch.setattr(mod, "build_model", lambda *a, **k: torch.nn.Linear(1, 1))
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def ours(model, train, holdout, targets, passes, **kw):
+        # three passes over the data, as ours would take over three targets
+        orders = [torch.cat([b[0][:, 0] for b in train]) for _ in range(3)]
+        seen["ours"] = orders[0]
+        assert not torch.equal(orders[0], orders[1])  # the loader does reshuffle each pass
+        return SimpleNamespace(conn=None, snapshots={f"{t:g}": SimpleNamespace(masks={}, holdout_acc=0.0,
+                                                                               cpu_seconds=0.0) for t in targets})
+
+    def ep(model, train, holdout, targets, **kw):
+        seen["edge-popup"] = torch.cat([b[0][:, 0] for b in train])
+        raise Stop
+
+    monkeypatch.setattr(mod, "optimize_connectome", ours)
+    monkeypatch.setattr(mod, "edge_popup", ep)
+    with pytest.raises(Stop):
+        mod.main(["--targets", "0.1,0.2,0.5", "--no-progress", "--output", str(tmp_path / "t.md")])
+    assert torch.equal(seen["ours"], seen["edge-popup"])

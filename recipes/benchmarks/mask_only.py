@@ -111,6 +111,9 @@ def main(argv=None):
     load0 = os.getloadavg()[0]
     rows = []  # (method, target, removed, conn/model, masks, holdout_acc, cpu_min)
     # ---- ours
+    # both learned methods read the train loader in the same order: edge-popup starts from the
+    # shuffle state ours started from, so its rows do not depend on how many passes ours took
+    order0 = dl.train.generator.get_state()
     model_o = fresh()
     est = args.estimator
     if est == "evidence":
@@ -129,6 +132,7 @@ def main(argv=None):
         rows.append(("ours", t, res.conn, s.masks, s.holdout_acc, s.cpu_seconds / 60))
     # ---- edge-popup
     model_e = fresh()
+    dl.train.generator.set_state(order0)
     conn_e, snaps = edge_popup(model_e, dl.train, dl.holdout, targets, passes=args.passes, lr=args.ep_lr,
                                progress=not args.no_progress)
     for t in targets:
