@@ -177,8 +177,9 @@ def concat_composition(g) -> List[dict]:
 
     Returns ``[{"node": fx node, "depth": LongTensor [C] (longest depth per channel, -1 if
     unreached), "depth_min": LongTensor [C], "parts": [(operand, offset, size)],
-    "histogram": {depth: channels}}]``."""
-    if not g.concats:  # a graph read from a file keeps none, nor a layer-level one its unit nodes
+    "histogram": {depth: channels}}]``. A graph read back from .json or .graphml, or converted to
+    and from PyG or networkx, gives the same answer as the graph written (GEXF files keep none)."""
+    if not g.concats:  # none traced, or a contracted graph (analyse the uncontracted one)
         return []
     nodes = g.unit_node_attrs if g.level == "layer" else g.node_attrs
     dmax, dmin = nodes["depth_max"], nodes["depth_min"]

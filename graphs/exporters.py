@@ -3,6 +3,11 @@ objects, and file writers chosen by extension.
 
 ``register_exporter("name")(fn)`` adds ``fn(graph) -> object``; ``register_writer(".ext")(fn)`` adds
 ``fn(graph, path)``. Built in: exporters "pyg" and "networkx"; writers ".graphml", ".gexf", ".json".
+
+Every format but GEXF carries the :func:`header` (groups, layers, concatenations, dtypes), so
+``read_json``, ``from_networkx(nx.read_graphml(...))`` and ``from_pyg`` give back a graph that
+:func:`graphs.concat_composition` analyses as it did the original. GEXF keeps no graph attributes: a
+GEXF file is for viewing (Gephi), and writing one from a graph with concatenations warns.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Callable, Dict
 import torch
 
 from adaptive.atomic import write_text
+from adaptive.warn import warn_user
 
 EXPORTERS: Dict[str, Callable] = {}
 WRITERS: Dict[str, Callable] = {}
@@ -56,8 +62,12 @@ def write(g, path, format: str | None = None) -> str:
 
 
 def header(g) -> dict:
-    """Graph-level metadata as JSON-able values (groups, layers, meta, dtypes)."""
-    return {
+    """Graph-level metadata as JSON-able values (groups, layers, concatenations, meta, dtypes).
+
+    ``concats`` holds each concatenation's fx node and, per operand, the ids of the nodes feeding its
+    channels; at the layer level those are unit node ids, so ``unit_depths`` keeps the unit nodes'
+    ``depth_max`` and ``depth_min`` that :func:`graphs.concat_composition` reads."""
+    h = {
         "format": FORMAT,
         "level": g.level,
         "groups": [[x.name, x.kind, x.op, x.start, x.count, x.layer] for x in g.groups],
@@ -67,7 +77,11 @@ def header(g) -> dict:
         "warnings": list(g.warnings),
         "node_dtypes": {k: str(v.dtype).replace("torch.", "") for k, v in g.node_attrs.items()},
         "edge_dtypes": {k: str(v.dtype).replace("torch.", "") for k, v in g.edge_attrs.items()},
+        "concats": [{"node": c["node"], "parts": [[name, ids.tolist()] for name, ids in c["parts"]]} for c in g.concats],
     }
+    if g.concats and g.level == "layer":
+        h["unit_depths"] = {k: g.unit_node_attrs[k].tolist() for k in ("depth_max", "depth_min")}
+    return h
 
 
 def from_header(h: dict, node_attrs, src, dst, edge_attrs):
@@ -86,8 +100,12 @@ def from_header(h: dict, node_attrs, src, dst, edge_attrs):
             layers[x.layer].group = x_id
     nd = {k: node_attrs[k].to(getattr(torch, t)) for k, t in h["node_dtypes"].items()}
     ed = {k: edge_attrs[k].to(getattr(torch, t)) for k, t in h["edge_dtypes"].items()}
-    g = ConnectomeGraph(h["level"], nd, src.long(), dst.long(), ed, groups, layers, [], list(h.get("warnings", [])),
-                        dict(h.get("meta", {})))
+    concats = [{"node": c["node"], "parts": [(name, torch.tensor(ids, dtype=torch.long)) for name, ids in c["parts"]]}
+               for c in h.get("concats", [])]  # files written before concats were kept have none
+    unit_nodes = ({k: torch.tensor(v, dtype=torch.long) for k, v in h["unit_depths"].items()}
+                  if "unit_depths" in h else None)
+    g = ConnectomeGraph(h["level"], nd, src.long(), dst.long(), ed, groups, layers, concats, list(h.get("warnings", [])),
+                        dict(h.get("meta", {})), unit_node_attrs=unit_nodes)
     _edge_ptr(g)
     return g
 
@@ -115,6 +133,10 @@ def write_graphml(g, path):
 def write_gexf(g, path):
     import networkx as nx
     from .netx import to_networkx
+    if g.concats:
+        warn_user(f"graphs.write: GEXF keeps no graph attributes, so the .gexf file drops the graph's {len(g.concats)} "
+                  "concatenation record(s) and the header from_networkx needs to read it back; write .graphml or "
+                  ".json to keep them")
     nx.write_gexf(to_networkx(g, flat=True), path)
 
 

@@ -82,7 +82,11 @@ def test_pyg_networkx_round_trip(conn, level):
 @pytest.mark.parametrize("ext", [".graphml", ".gexf", ".json"])
 def test_writers(conn, tmp_path, ext):
     g = graphs.build(conn, "unit")
-    path = graphs.write(g, tmp_path / f"g{ext}")
+    if ext == ".gexf":  # Small concatenates: GEXF, which keeps no graph attributes, says it drops that
+        with pytest.warns(UserWarning, match=r"GEXF keeps no graph attributes.*1 concatenation.*\.graphml or \.json"):
+            path = graphs.write(g, tmp_path / f"g{ext}")
+    else:
+        path = graphs.write(g, tmp_path / f"g{ext}")
     assert os.path.getsize(path) > 0
     if ext == ".json":
         assert_same(g, graphs.read_json(path))
@@ -432,3 +436,29 @@ def test_cli_help_describes_every_command_and_option(capsys):
     with pytest.raises(SystemExit):
         main(["compact", "run", "--contract"])
     assert "unrecognized arguments: --contract" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("level", ["synapse", "unit", "layer"])
+def test_concat_composition_survives_files_and_conversions(tmp_path, level):
+    """Exports dropped the concatenation records: concat_composition of a graph read back was []."""
+    models = pytest.importorskip("adaptive.models")
+    m = models.build_model("densecat", depth=3, width=4, kind="cnn", in_shape=(3, 8, 8))
+    conn = adaptive.Connectome(m)
+    conn.set_masks({k: torch.rand(v.shape, generator=torch.Generator().manual_seed(2)) < 0.5 for k, v in conn.masks.items()})
+    g = graphs.build(conn, level)
+    want = graphs.concat_composition(g)
+    assert len(want) == 4 and any(len(c["histogram"]) > 1 for c in want)  # channels of several depths
+    backs = {
+        "json": graphs.read_json(graphs.write(g, tmp_path / "g.json")),
+        "graphml": graphs.from_networkx(nx.read_graphml(graphs.write(g, tmp_path / "g.graphml"))),
+        "networkx": graphs.from_networkx(graphs.to_networkx(g)),
+        "pyg": graphs.from_pyg(graphs.to_pyg(g)),
+    }
+    for how, back in backs.items():
+        got = graphs.concat_composition(back)
+        assert len(got) == len(want), how
+        for a, b in zip(want, got):
+            assert (a["node"], a["parts"], a["histogram"]) == (b["node"], b["parts"], b["histogram"]), how
+            assert torch.equal(a["depth"], b["depth"]) and torch.equal(a["depth_min"], b["depth_min"]), how
+    with pytest.warns(UserWarning, match="GEXF keeps no graph attributes.*4 concatenation"):
+        graphs.write(g, tmp_path / "g.gexf")

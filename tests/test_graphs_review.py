@@ -229,6 +229,6 @@ def test_degree_distribution_refuses_a_layer_graph_and_concats_of_a_read_one_are
         graphs.degree_distribution(layer, "out")
     with pytest.raises(ValueError, match="which must be 'in' or 'out'"):
         graphs.degree_distribution(unit, "both")
-    # a layer-level graph read back from a file has neither concatenations nor unit nodes: none to report
+    # LeNet-5 concatenates nothing: a layer-level graph of it read back from a file has none to report
     read = graphs.read_json(graphs.write(layer, tmp_path / "g.json"))
     assert read.level == "layer" and graphs.concat_composition(read) == []
