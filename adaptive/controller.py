@@ -103,7 +103,7 @@ class Controller:
             the mean over the whole held-out set; a NaN on one process makes the mean NaN, which
             rejects the try on every process), and the events log that mean.
         verify: check at every update that all processes hold identical masks (raises otherwise).
-        seed: folded with the step for all randomness.
+        seed: an integer (numpy and torch integers too), folded with the step for all randomness.
         **policy_kwargs: passed to the policy (e.g. ``prune_boundary`` for threshold); an argument
             neither the Controller nor the policy takes is a ValueError naming the ones it does.
 
@@ -167,6 +167,9 @@ class Controller:
             raise ValueError(f"line_search_tries must be an integer >= 0 (the halvings an update may try before it is "
                              f"rolled back; 0: all or nothing), got {line_search_tries!r}")
         line_search_tries = whole_number(line_search_tries)
+        if whole_number(seed) is None:
+            raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
+                             f"number such as seed=0")
         if not (grow_init is None or callable(grow_init) or (isinstance(grow_init, str) and grow_init in GROW_INITS)):
             raise ValueError(f"unknown grow_init {grow_init!r}: use {', '.join(map(repr, GROW_INITS))} or a callable "
                              "f(name, grown_mask) -> tensor")
@@ -240,7 +243,7 @@ class Controller:
         self.line_search_tolerance = line_search_tolerance
         self.line_search_tries = line_search_tries
         self.verify = verify
-        self.seed = int(seed)
+        self.seed = whole_number(seed)
         self.step_count = 0
         self.events: List[dict] = []
         needs_g = self.drop_est.needs_gradients or (self.grow_est is not None and self.grow_est.needs_gradients)

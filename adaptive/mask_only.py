@@ -210,6 +210,14 @@ def _model_device(model: nn.Module) -> Optional[torch.device]:
     return None if p is None else p.device
 
 
+def _is_real(x) -> bool:
+    """Whether ``x`` is a real number: an int, a float, a numpy real scalar or a one-element real
+    tensor (not a bool)."""
+    if isinstance(x, torch.Tensor):
+        return x.numel() == 1 and not x.dtype.is_complex and x.dtype != torch.bool
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def _shuffled(loader, seed: int):
     """The held-out examples in a seeded random order, so that every verification set mixes
     classes (holdout loaders usually keep the dataset's order, often grouped by class)."""
@@ -309,7 +317,8 @@ def optimize_connectome(
         approach: fraction of each stage spent reaching its target, then crawling at it (0: the
             first update of the stage jumps to the target).
         margin: estimated improvement a swap (or, in threshold mode, an edit) must promise, in
-            the estimator's units (presence: value units; threshold mode prunes values below -margin).
+            the estimator's units (presence: value units; threshold mode prunes values below -margin);
+            a finite number.
         ladder: for target "best", the removal fractions tried in increasing order, one stage of
             ``passes`` each, the masks carried from rung to rung; the dense network is scored first.
             Empty: threshold mode instead (edit wherever the estimator promises an improvement of
@@ -332,6 +341,8 @@ def optimize_connectome(
             of the output's shape without that axis, one count per example or position; no accuracy
             for anything else), or None for no accuracy at all. Where there is none, ``holdout_acc``
             and ``train_acc`` are None (never 0) and target "best" chooses by held-out loss.
+        seed: an integer (numpy and torch integers too), folded with the step for every random choice
+            and ordering the held-out batches.
         callback: called with every history record.
         checkpoint: a file that records the run after every stage (see
             :mod:`adaptive.mask_only_checkpoint`). If it exists when the run starts, the run resumes
@@ -369,27 +380,38 @@ def optimize_connectome(
         raise ValueError(f"passes must be a finite number > 0 (passes over the train loader per stage; fractional "
                          f"allowed), got {passes!r}")
     passes = whole_number(passes) if whole_number(passes) is not None else float(passes)  # numpy scalars: plain
-    if not isinstance(window, int) or window < 1:
+    if whole_number(window) is None or window < 1:
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
-    if not 0.0 <= approach <= 1.0:
-        raise ValueError(f"approach must be in [0, 1], got {approach}")
-    if not 0.0 <= edit_fraction <= 1.0:
-        raise ValueError(f"edit_fraction must be in [0, 1] (the most swaps per update, as a fraction of the live "
-                         f"ensembles), got {edit_fraction}")
+    window = whole_number(window)
+    if not _is_real(approach) or not 0.0 <= approach <= 1.0:  # NaN fails the range too
+        raise ValueError(f"approach must be a number in [0, 1], got {approach!r}")
+    if not _is_real(edit_fraction) or not 0.0 <= edit_fraction <= 1.0:
+        raise ValueError(f"edit_fraction must be a number in [0, 1] (the most swaps per update, as a fraction of the "
+                         f"live ensembles), got {edit_fraction!r}")
+    if not _is_real(margin) or not math.isfinite(margin):
+        raise ValueError(f"margin must be a finite number (the estimated improvement a swap must promise, in the "
+                         f"estimator's units; 0: any improvement), got {margin!r}")
+    if whole_number(seed) is None:
+        raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
+                         f"number such as seed=0")
+    seed = whole_number(seed)
     ladder = [float(f) for f in ladder]
     if any(not 0.0 < f < 1.0 for f in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
         raise ValueError(f"ladder must be increasing removal fractions in (0, 1), got {ladder}")
-    if not isinstance(patience, int) or patience < 1:
+    if whole_number(patience) is None or patience < 1:
         raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
-    if not isinstance(verify_batches, int) or verify_batches < 0:
+    patience = whole_number(patience)
+    if whole_number(verify_batches) is None or verify_batches < 0:
         raise ValueError(f"verify_batches must be an integer >= 0 (0: no line search), got {verify_batches!r}")
+    verify_batches = whole_number(verify_batches)
     if whole_number(line_search_tries) is None or line_search_tries < 0:
         raise ValueError(f"line_search_tries must be an integer >= 0 (the halvings a verified update may try before "
                          f"it is rolled back; 0: all or nothing), got {line_search_tries!r}")
     line_search_tries = whole_number(line_search_tries)
-    if not isinstance(eval_every, int) or eval_every < 0:
+    if whole_number(eval_every) is None or eval_every < 0:
         raise ValueError(f"eval_every must be an integer >= 0 (updates between held-out evaluations; 0: at stage "
                          f"ends only), got {eval_every!r}")
+    eval_every = whole_number(eval_every)
     n_train = _check_loader(train_loader, "train")
     _check_loader(holdout_loader, "holdout")
     if n_train == 0:

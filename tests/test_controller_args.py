@@ -25,6 +25,8 @@ BAD = {
     "batch_size=0": (dict(batch_size=0), "batch_size must be None or .* integer >= 1"),
     "batch_size=2.5": (dict(batch_size=2.5), "batch_size must be None or .* integer >= 1"),
     "grow_init=0.0": (dict(grow_init=0.0), "unknown grow_init 0.0: use 'zero', 'original', 'random' or a callable"),
+    "seed=1.5": (dict(seed=1.5), r"seed must be an integer .*got 1.5: pass a whole number"),
+    "seed=True": (dict(seed=True), r"seed must be an integer .*got True"),
     "threshold, budget=uniform": (dict(policy="threshold", budget="uniform"),
                                   "budget='uniform' would be ignored: leave budget out"),
     "init=estimator, curvature": (dict(policy="utility", estimator="curvature", budget="uniform", init="estimator"),
@@ -111,13 +113,25 @@ def loaders():
     (dict(passes=math.inf), "passes must be a finite number > 0"),
     (dict(passes=math.nan), "passes must be a finite number > 0"),
     (dict(passes=0), "passes must be a finite number > 0"),
+    # margin and seed went through unchecked: NaN made every swap fail its test, 1.5 ran as seed 1
+    (dict(margin=math.nan), r"margin must be a finite number .*got nan"),
+    (dict(margin=-math.inf), r"margin must be a finite number .*got -inf"),
+    (dict(margin="0.1"), r"margin must be a finite number .*got '0.1'"),
+    (dict(seed=1.5), r"seed must be an integer .*got 1.5: pass a whole number such as seed=0"),
+    (dict(seed=True), r"seed must be an integer .*got True"),
+    (dict(approach=math.nan), r"approach must be a number in \[0, 1\], got nan"),
+    (dict(edit_fraction=math.inf), r"edit_fraction must be a number in \[0, 1\].*got inf"),
+    (dict(edit_fraction=True), r"edit_fraction must be a number in \[0, 1\].*got True"),
+    (dict(target="best", ladder=[0.2, math.nan]), r"ladder must be increasing removal fractions in \(0, 1\)"),
+    (dict(window=True), "window must be an integer >= 1, got True"),
+    (dict(patience=2.0), "patience must be an integer >= 1, got 2.0"),
 ])
 def test_optimize_connectome_refuses_a_bad_setting_before_any_work(kw, match):
     m = net()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     train, holdout = loaders()
     with pytest.raises(ValueError, match=match):
-        adaptive.optimize_connectome(m, train, holdout, target=0.3, progress=False, **kw)
+        adaptive.optimize_connectome(m, train, holdout, **{"target": 0.3, "progress": False, **kw})
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
     assert m.training
 
@@ -147,6 +161,21 @@ def test_numpy_and_torch_whole_numbers_are_counts_too():
     res = adaptive.optimize_connectome(net(), train, holdout, target=0.3, progress=False, passes=np.float32(0.5),
                                        verify_batches=1, line_search_tries=np.int64(2))
     assert res.conn.num_live() < res.conn.num_synapses()
+
+
+def test_numpy_and_torch_integers_are_seeds_and_counts_of_optimize_connectome():
+    """seed, window, patience, verify_batches and eval_every take any whole number (not a bool), and a
+    numpy or torch seed runs as the int it holds."""
+    import numpy as np
+
+    conn = adaptive.Connectome(net())
+    assert adaptive.Controller(conn, policy="rigl", density=0.5, seed=torch.tensor(3)).seed == 3
+    train, holdout = loaders()
+    runs = [adaptive.optimize_connectome(net(), train, holdout, target="best", ladder=[0.2, 0.4], progress=False,
+                                         seed=s, window=w, patience=p, verify_batches=v, eval_every=e)
+            for s, w, p, v, e in [(3, 2, 1, 1, 2), (np.int64(3), np.int32(2), torch.tensor(1), np.int8(1), torch.tensor(2))]]
+    assert runs[0].conn.mask_hash() == runs[1].conn.mask_hash()
+    assert runs[0].controller.seed == runs[1].controller.seed == 3 and type(runs[1].controller.seed) is int
 
 
 def test_init_estimator_takes_a_plugin_whose_removal_cost_needs_no_gradient():
