@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import operator
 import os
 import weakref
 from typing import Callable, Dict, Iterable, List, Optional
@@ -26,6 +25,7 @@ from . import policies as _policies  # noqa: F401  (registration)
 from .budgets import get_budget
 from .atomic import write_text
 from .connectome import Connectome, EnsembleRuleError
+from .counts import whole_number  # noqa: F401  (also importable from here, as before)
 from .distributed import all_reduce_mean_, check_masks_agree
 from .optim_state import restore_state, snapshot_state, unwrap_optimizer
 from .policies.base import EditPlan, get_policy, global_synapse_target, keep_plan, synapse_targets
@@ -49,16 +49,6 @@ def _ranks_nothing(scores: torch.Tensor) -> bool:
     f = scores[torch.isfinite(scores)]
     return f.numel() == 0 or bool((f == f[0]).all())
 
-
-def whole_number(x) -> Optional[int]:
-    """``x`` as an int where it is a whole number (an int, a numpy or one-element torch integer), else
-    None (a bool too: ``True`` is no count)."""
-    if isinstance(x, bool):
-        return None
-    try:
-        return operator.index(x)
-    except TypeError:
-        return None
 
 class Controller:
     """Edits ``conn`` at update steps from measured utility.

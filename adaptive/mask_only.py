@@ -49,7 +49,8 @@ from torch import nn
 from . import mask_only_checkpoint as ckpt
 from .connectome import Connectome
 from .distributed import all_reduce_mean_, check_masks_agree, is_distributed, world_size
-from .controller import Controller, whole_number
+from .controller import Controller
+from .counts import whole_number
 from .data.cycle import LoaderCycle
 from .ensemble_rules import parse_rules
 from .metrics import (AccuracyFn, batch_accuracy, batch_loss, check_output, default_accuracy, example_count,

@@ -163,6 +163,19 @@ def test_numpy_and_torch_whole_numbers_are_counts_too():
     assert res.conn.num_live() < res.conn.num_synapses()
 
 
+def test_one_whole_number_check_for_counts_everywhere():
+    """build_model and knowledge_distribution had checks of their own (operator.index, numbers.Integral,
+    which refused torch.tensor(3)); the controller's whole_number is now the one they all use."""
+    import numpy as np
+
+    from adaptive.counts import whole_number
+    from adaptive.controller import whole_number as from_controller
+
+    assert from_controller is whole_number
+    assert [whole_number(x) for x in (3, np.int64(3), torch.tensor(3), np.uint8(3))] == [3, 3, 3, 3]
+    assert [whole_number(x) for x in (True, False, 3.0, 2.5, torch.tensor(3.0), "3", None)] == [None] * 7
+
+
 def test_numpy_and_torch_integers_are_seeds_and_counts_of_optimize_connectome():
     """seed, window, patience, verify_batches and eval_every take any whole number (not a bool), and a
     numpy or torch seed runs as the int it holds."""

@@ -56,6 +56,18 @@ def test_points_and_max_fraction_that_draw_no_curve_are_refused_naming_them(kw, 
     assert knowledge_distribution(model, data, points=1, max_fraction=0.5).table["removed"] == [0, 1, 4]
 
 
+def test_points_takes_numpy_and_torch_integers_and_refuses_a_bool():
+    """points checked numbers.Integral: torch.tensor(1) was refused while build_model and the
+    controller took it; all three share adaptive.counts.whole_number now."""
+    import numpy as np
+
+    model, data = constructed()
+    for points in (np.int64(1), torch.tensor(1)):
+        assert knowledge_distribution(model, data, points=points, max_fraction=0.5).table["removed"] == [0, 1, 4]
+    with pytest.raises(ValueError, match=r"^points must be a whole number .*got True"):
+        knowledge_distribution(model, data, points=True)
+
+
 def test_taylor_order_uses_gradients_and_needs_a_loader():
     model, data = constructed()
     with pytest.raises(ValueError, match="held-out"):

@@ -2,6 +2,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.fx
@@ -78,6 +79,7 @@ def test_num_classes_that_is_not_a_whole_number_of_outputs_is_refused(bad):
 def test_num_classes_of_one_and_integer_tensors_build():
     assert build_model("mlp", num_classes=1, in_shape=(8,))(torch.randn(2, 8)).shape == (2, 1)  # a regression head
     assert build_model("lenet5", num_classes=torch.tensor(3))(torch.randn(2, 1, 28, 28)).shape == (2, 3)
+    assert build_model("mlp", num_classes=np.int64(3), in_shape=(8,))(torch.randn(2, 8)).shape == (2, 3)
 
 
 def test_register_model_extends_registry():

@@ -22,6 +22,7 @@ from torch import nn
 from .. import jsonio
 from ..atomic import write_text
 from ..connectome import Connectome
+from ..counts import whole_number
 from ..metrics import AccuracyFn, batch_accuracy, check_output, default_accuracy, example_count, loss_weight, to_device
 from ._common import default_loss, iterate_batches, model_device, training_mode
 from .removal_order import global_order, removal_scores
@@ -34,20 +35,21 @@ def default_counts(total: int, points: int = 40, max_fraction: float = 1.0) -> L
     """0, then about ``points`` geometrically spaced counts from 1 to ``max_fraction * total``,
     merged with ``points // 2`` evenly spaced ones (so both log and linear axes are covered).
     ``points``: a whole number >= 1; ``max_fraction``: in (0, 1]."""
-    _check_points(points, max_fraction)
+    points = _check_points(points, max_fraction)
     top = max(1, int(round(total * max_fraction)))
     geo = torch.logspace(0, math.log10(top), points, dtype=torch.float64).round().long().tolist()
     lin = torch.linspace(0, top, max(2, points // 2), dtype=torch.float64).round().long().tolist()
     return sorted(set([0] + geo + lin))
 
 
-def _check_points(points, max_fraction) -> None:
-    """Refuse a ``points`` or ``max_fraction`` that draws no curve, naming the argument."""
-    if isinstance(points, bool) or not isinstance(points, numbers.Integral) or points < 1:
+def _check_points(points, max_fraction) -> int:
+    """``points`` as an int; refuse a ``points`` or ``max_fraction`` that draws no curve, naming the argument."""
+    if whole_number(points) is None or points < 1:
         raise ValueError(f"points must be a whole number of removal counts, at least 1, got {points!r}")
     if isinstance(max_fraction, bool) or not isinstance(max_fraction, numbers.Real) or not 0.0 < max_fraction <= 1.0:
         raise ValueError(f"max_fraction must be the fraction of prunable weights to remove at most, in (0, 1], "
                          f"got {max_fraction!r}")
+    return whole_number(points)
 
 
 def materialize(loader, batches: Optional[int], desc: str):
@@ -349,7 +351,7 @@ def knowledge_distribution(
     ``points`` (a whole number >= 1) and ``max_fraction`` (in (0, 1]) shape the default counts; they
     are checked before any work, also when ``counts`` is given.
     """
-    _check_points(points, max_fraction)
+    points = _check_points(points, max_fraction)
     work = copy.deepcopy(model)
     conn = Connectome(work, include=include, exclude=exclude)
     total = conn.num_synapses()

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import operator
 import re
 from typing import Callable, Dict, Optional, Sequence
 
 from torch import nn
 
 from .. import registry as _registry
+from ..counts import whole_number
 from .weights import WeightsMismatchError, load_weights, read_state_dict
 
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
@@ -92,10 +92,7 @@ _SET_BY_BUILD_MODEL = ("num_classes", "in_shape")  # build_model's own arguments
 
 def _as_num_classes(num_classes) -> int:
     """``num_classes`` as an int >= 1; a ValueError naming it otherwise (2.5 is not cut to 2)."""
-    try:
-        n = operator.index(num_classes) if not isinstance(num_classes, bool) else None
-    except TypeError:
-        n = None
+    n = whole_number(num_classes)
     if n is None or n < 1:
         raise ValueError(f"num_classes must be a whole number of outputs, at least 1, got {num_classes!r}")
     return n
