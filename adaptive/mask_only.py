@@ -385,10 +385,10 @@ def optimize_connectome(
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
     window = whole_number(window)
     if not _is_real(approach) or not 0.0 <= approach <= 1.0:  # NaN fails the range too
-        raise ValueError(f"approach must be a number in [0, 1], got {approach!r}")
+        raise ValueError(f"approach must be in [0, 1], got {approach!r}")
     if not _is_real(edit_fraction) or not 0.0 <= edit_fraction <= 1.0:
-        raise ValueError(f"edit_fraction must be a number in [0, 1] (the most swaps per update, as a fraction of the "
-                         f"live ensembles), got {edit_fraction!r}")
+        raise ValueError(f"edit_fraction must be in [0, 1] (the most swaps per update, as a fraction of the live "
+                         f"ensembles), got {edit_fraction!r}")
     if not _is_real(margin) or not math.isfinite(margin):
         raise ValueError(f"margin must be a finite number (the estimated improvement a swap must promise, in the "
                          f"estimator's units; 0: any improvement), got {margin!r}")
