@@ -135,18 +135,25 @@ class Controller:
         if isinstance(optimizer, str):
             raise TypeError(f"Controller's second argument is the optimizer (or None), got the string {optimizer!r}: "
                             f"pass the policy by name, policy={optimizer!r}")
-        if not isinstance(update_every, int) or update_every < 1:
+        if whole_number(update_every) is None or update_every < 1:
             raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
-        if start_step < 0:
-            raise ValueError(f"start_step must be >= 0, got {start_step}")
+        update_every = whole_number(update_every)
+        if whole_number(start_step) is None or start_step < 0:
+            raise ValueError(f"start_step must be an integer >= 0 (the first step edits may happen at), got "
+                             f"{start_step!r}")
+        start_step = whole_number(start_step)
+        if end_step is not None and whole_number(end_step) is None:
+            raise ValueError(f"end_step must be None or an integer step (no edits from it on), got {end_step!r}")
+        end_step = None if end_step is None else whole_number(end_step)
         if end_step is not None and end_step <= start_step:
             raise ValueError(f"end_step ({end_step}) must come after start_step ({start_step})")
         if not 0.0 <= edit_fraction <= 1.0:
             raise ValueError(f"edit_fraction must be in [0, 1], got {edit_fraction}")
         if not 0.0 <= min_density <= 1.0:
             raise ValueError(f"min_density must be in [0, 1], got {min_density}")
-        if window is not None and (not isinstance(window, int) or window < 1):
+        if window is not None and (whole_number(window) is None or window < 1):
             raise ValueError(f"window must be None or an integer >= 1, got {window!r}")
+        window = None if window is None else whole_number(window)
         if init is not None and init not in INITS:
             raise ValueError(f"unknown init {init!r}: use one of {INITS}")
         if batch_size is not None and (whole_number(batch_size) is None or batch_size < 1):

@@ -27,6 +27,11 @@ BAD = {
     "grow_init=0.0": (dict(grow_init=0.0), "unknown grow_init 0.0: use 'zero', 'original', 'random' or a callable"),
     "seed=1.5": (dict(seed=1.5), r"seed must be an integer .*got 1.5: pass a whole number"),
     "seed=True": (dict(seed=True), r"seed must be an integer .*got True"),
+    "update_every=True": (dict(update_every=True), "update_every must be an integer >= 1, got True"),
+    "update_every=2.5": (dict(update_every=2.5), "update_every must be an integer >= 1, got 2.5"),
+    "window=True": (dict(window=True), "window must be None or an integer >= 1, got True"),
+    "start_step=0.5": (dict(start_step=0.5), "start_step must be an integer >= 0"),
+    "end_step=9.5": (dict(end_step=9.5), "end_step must be None or an integer step"),
     "threshold, budget=uniform": (dict(policy="threshold", budget="uniform"),
                                   "budget='uniform' would be ignored: leave budget out"),
     "init=estimator, curvature": (dict(policy="utility", estimator="curvature", budget="uniform", init="estimator"),
@@ -153,10 +158,12 @@ def test_numpy_and_torch_whole_numbers_are_counts_too():
     m = net()
     conn = adaptive.Connectome(m)
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
-    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=2, end_step=10,
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=np.int64(2), end_step=np.int32(10),
+                               start_step=torch.tensor(1), window=np.int16(2),
                                batch_size=np.int64(64), line_search_tries=torch.tensor(3))
-    assert (ctrl.batch_size, ctrl.line_search_tries) == (64, 3)
-    assert type(ctrl.batch_size) is int and type(ctrl.line_search_tries) is int
+    got = (ctrl.batch_size, ctrl.line_search_tries, ctrl.update_every, ctrl.end_step, ctrl.start_step, ctrl.window)
+    assert got == (64, 3, 2, 10, 1, 2)
+    assert all(type(v) is int for v in got)
     train, holdout = loaders()
     res = adaptive.optimize_connectome(net(), train, holdout, target=0.3, progress=False, passes=np.float32(0.5),
                                        verify_batches=1, line_search_tries=np.int64(2))
