@@ -38,7 +38,13 @@ class Crawl(Policy):
         if not 0.0 <= edit_fraction <= 1.0:
             raise ValueError(f"edit_fraction must be in [0, 1], got {edit_fraction}")
         self.edit_fraction = float(edit_fraction)
-        self.margin = float(margin)
+        try:
+            self.margin = float(margin)
+        except (TypeError, ValueError):
+            self.margin = math.nan
+        if isinstance(margin, bool) or not math.isfinite(self.margin):
+            raise ValueError(f"margin must be a finite number (the estimated improvement a swap must promise, in the "
+                             f"estimator's units; 0: any improvement), got {margin!r}")
         self.goal: Optional[int] = None  # live synapses wanted over the editable layers
         self.deadline: Optional[int] = None  # step by which the goal is reached
 
