@@ -23,12 +23,27 @@ from typing import Dict, Iterable, Optional, Sequence
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 from .warn import warn_user
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_KIND = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d"}
 _RNN_MATRIX = re.compile(r"weight_(ih|hh|hr)_l\d+(_reverse)?")
 ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+def weight_hooks(module: nn.Module) -> Dict[str, object]:
+    """``{weight attribute: hook}`` for each weight of ``module`` that old-style
+    ``torch.nn.utils.weight_norm`` or ``torch.nn.utils.spectral_norm`` recomputes before every call
+    (from ``NAME_g`` and ``NAME_v``, or from ``NAME_orig``); the weight itself is then a plain tensor."""
+    return {h.name: h for h in module._forward_pre_hooks.values() if isinstance(h, (WeightNorm, SpectralNorm))}
+
+
+def _hook_sources(module: nn.Module, hook) -> list:
+    """The parameters of ``module`` from which ``hook`` (see :func:`weight_hooks`) computes its weight."""
+    suffixes = ("_g", "_v") if isinstance(hook, WeightNorm) else ("_orig",)
+    return [p for p in (module._parameters.get(hook.name + s) for s in suffixes) if p is not None]
 
 
 def _prunable_weights(module: nn.Module):
@@ -97,8 +112,9 @@ def _listed(names: Sequence[str]) -> str:
 
 def _other_weight_matrices(model: nn.Module, seen: set) -> list:
     """``(name, module type)`` of weight tensors (a parameter named ``*weight*`` with two or more
-    dimensions) that no prunable layer holds: ConvTranspose, Bilinear, old-style weight_norm's
-    weight_v. Embeddings are not synapses by design and are not listed."""
+    dimensions) that no prunable layer holds: ConvTranspose, Bilinear. Embeddings are not synapses by
+    design and are not listed; ``seen`` also holds the ``weight_g``/``weight_v`` (``weight_orig``) of a
+    prunable layer under old-style weight_norm (spectral_norm), which a warning of their own names."""
     out, listed = [], set(seen)
     for mname, module in model.named_modules():
         if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
@@ -132,19 +148,25 @@ def discover(
     used_inc: set[str] = set()
     used_exc: set[str] = set()
     computed = []  # layers whose weight a parametrization computes (weight_norm, spectral_norm, ...)
-    hooked = []  # layers whose weight a forward hook computes (old-style weight_norm / spectral_norm)
+    hooked = {}  # layers whose weight a forward hook computes (old-style weight_norm / spectral_norm): label -> hook
+    hook_sources: set[int] = set()  # their weight_g/weight_v/weight_orig: explained by that warning, not the generic one
     complex_all, complex_ = [], []  # complex-valued weights (all; include/exclude keep): not synapses, left dense
     held = aliases(model)
     for mname, module in model.named_modules():
+        hooks = weight_hooks(module)
         for attr, kind, groups in _prunable_weights(module):
             label = mname if attr == "weight" else f"{mname}.{attr}" if mname else attr
             if parametrize.is_parametrized(module, attr):
                 computed.append(label)
                 continue
+            if attr in hooks:
+                hooked[label] = hooks[attr]
+                hook_sources.update(id(p) for p in _hook_sources(module, hooks[attr]))
+                continue
             w = getattr(module, attr, None)
             if not isinstance(w, nn.Parameter):
-                if isinstance(w, torch.Tensor):  # torch.nn.utils.weight_norm sets it from weight_g/weight_v
-                    hooked.append(label)
+                if isinstance(w, torch.Tensor):  # a buffer, or set by another hook: named only if nothing is prunable
+                    hooked[label] = None
                 continue
             if id(w) in seen:
                 continue  # a shared weight counts once
@@ -179,11 +201,19 @@ def discover(
             f"{len(computed)} layer(s) have a parametrized weight ({', '.join(computed[:4])}{', ...' if len(computed) > 4 else ''}): "
             "it is computed at every call, so it holds no synapses of the connectome. To include them, call "
             "torch.nn.utils.parametrize.remove_parametrizations(module, NAME) first")
+    for fn, labels in (("weight_norm", [l for l, h in hooked.items() if isinstance(h, WeightNorm)]),
+                       ("spectral_norm", [l for l, h in hooked.items() if isinstance(h, SpectralNorm)])):
+        if labels:
+            warn_user(
+                f"{len(labels)} layer(s) have a weight computed by torch.nn.utils.{fn} ({_listed(labels)}): it is "
+                f"recomputed at every call, so it holds no synapses of the connectome and stays dense. To include them, "
+                f"call torch.nn.utils.remove_{fn}(module) first (or remove_{fn}(module, NAME) for a weight other "
+                "than 'weight')")
     if complex_ and candidates:
         warn_user(
             f"{len(complex_)} complex-valued weight(s) are not synapses of the connectome and stay dense: "
             f"{_listed(complex_)}. A Connectome prunes real (floating-point) weights only")
-    others = _other_weight_matrices(model, seen)
+    others = _other_weight_matrices(model, seen | hook_sources)
     if others:
         shown = ", ".join(f"{n} ({kind})" for n, kind in others[:4]) + (", ..." if len(others) > 4 else "")
         warn_user(
@@ -198,7 +228,7 @@ def discover(
                 "their real and imaginary parts as real weights (two real layers)")
         if computed or hooked:
             raise ValueError(
-                f"{type(model).__name__} has no prunable layers: its layer(s) {_listed(computed + hooked)} are there, "
+                f"{type(model).__name__} has no prunable layers: its layer(s) {_listed(computed + list(hooked))} are there, "
                 "but their weights are reparametrised (weight_norm, spectral_norm or another parametrization) and "
                 "computed at every call, so they hold no synapses. Remove the reparametrisation before building the "
                 "Connectome: torch.nn.utils.remove_weight_norm(module) (or remove_spectral_norm) for "

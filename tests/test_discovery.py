@@ -137,6 +137,29 @@ def test_a_parametrized_weight_is_named_in_a_warning_with_the_fix():
     assert list(discover(model)) == ["0.weight", "2.weight"]
 
 
+@pytest.mark.parametrize("fn", ["weight_norm", "spectral_norm"])
+def test_an_old_style_weight_norm_is_named_in_a_warning_with_its_fix(fn):
+    """torch.nn.utils.weight_norm/spectral_norm recompute the weight from weight_g/weight_v (weight_orig)
+    before every call: the warning said the Linear's weight_g and weight_v were weight tensors left dense
+    although Linear weights are pruned, and never named weight_norm or how to undo it."""
+    import warnings
+
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.nn.utils.weight_norm is deprecated
+        getattr(nn.utils, fn)(model[0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = discover(model)
+    said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(said) == 1, said
+    assert f"computed by torch.nn.utils.{fn} (0)" in said[0] and f"torch.nn.utils.remove_{fn}(module)" in said[0]
+    assert "weight_g" not in said[0] and "weight_orig" not in said[0] and "not synapses of the connectome and" not in said[0]
+    assert list(found) == ["2.weight"]
+    getattr(nn.utils, f"remove_{fn}")(model[0])
+    assert list(discover(model)) == ["0.weight", "2.weight"]
+
+
 def test_weight_tensors_left_dense_are_named_in_a_warning():
     import warnings
 

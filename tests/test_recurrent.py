@@ -179,7 +179,8 @@ def test_parametrized_and_old_weight_norm_matrices_are_named_not_pruned():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         rnn = torch.nn.utils.weight_norm(nn.LSTM(4, 3), "weight_hh_l0")
-    with pytest.warns(UserWarning, match=r"not synapses.*weight_hh_l0_g.*weight_hh_l0_v"):
+    with pytest.warns(UserWarning, match=r"computed by torch.nn.utils.weight_norm \(rnn.weight_hh_l0\).*"
+                                         r"remove_weight_norm\(module, NAME\)"):
         c = adaptive.Connectome(nn.ModuleDict({"rnn": rnn}))
     assert list(c.layers) == ["rnn.weight_ih_l0"]  # the gain vector is not a set of synapses
 
