@@ -26,9 +26,12 @@ from typing import Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm
 
 from .trace import (CONST, EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT, JUNCTION, KIND_NAMES, OUTPUT, UNIT, Group,
                     LayerFlow, Trace, trace)
+from adaptive.discovery import weight_hooks
 from adaptive.warn import warn_user
 
 LEVELS = ("synapse", "unit", "layer")
@@ -83,12 +86,41 @@ class ConnectomeGraph:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _param(model: nn.Module, name: str) -> torch.Tensor:
-    """``model``'s parameter called ``name`` (a tied weight answers to each of its names)."""
+def _computed(model: nn.Module, name: str):
+    """``(module, attribute, hook)`` when ``name`` is a weight computed at every call from other
+    parameters (a parametrization: hook None; old-style weight_norm or spectral_norm: its hook), else None."""
+    mname, _, attr = name.rpartition(".")
+    try:
+        module = model.get_submodule(mname)
+    except AttributeError:
+        return None
+    hook = weight_hooks(module).get(attr)
+    return (module, attr, hook) if hook is not None or parametrize.is_parametrized(module, attr) else None
+
+
+def _param(model: nn.Module, name: str) -> Optional[nn.Parameter]:
+    """``model``'s parameter called ``name`` (a tied weight answers to each of its names), or None
+    for a computed weight (:func:`_computed`): such a layer holds no synapses of any connectome."""
     try:
         return model.get_parameter(name)
     except AttributeError as e:
+        if _computed(model, name) is not None:
+            return None
         raise KeyError(f"{type(model).__name__} has no parameter {name!r}") from e
+
+
+def _weight(model: nn.Module, name: str) -> torch.Tensor:
+    """The values of the weight ``name``: its parameter's, or those its parametrization or
+    weight_norm/spectral_norm hook computes now (as an eval-mode call would)."""
+    p = _param(model, name)
+    if p is not None:
+        return p
+    module, attr, hook = _computed(model, name)
+    with torch.no_grad():
+        if isinstance(hook, SpectralNorm):
+            return hook.compute_weight(module, do_power_iteration=False)
+        # old-style weight_norm: the attribute holds the last call's value, stale after an optimizer step
+        return getattr(module, attr) if hook is None else hook.compute_weight(module)
 
 
 def _conn_name(conn, model: nn.Module, layer: LayerFlow) -> Optional[str]:
@@ -97,12 +129,13 @@ def _conn_name(conn, model: nn.Module, layer: LayerFlow) -> Optional[str]:
     if conn is None or layer.param in conn.masks:
         return layer.param
     w = _param(model, layer.param)
-    return next((n for n, p in conn.params.items() if p is w), layer.param)
+    return next((n for n, p in conn.params.items() if p is w), layer.param) if w is not None else layer.param
 
 
-def _weight_and_mask(conn, model: nn.Module, layer: LayerFlow):
-    """``layer``'s weight and mask (its rows of them for an attention projection), on the CPU."""
-    w = _param(model, layer.param).detach()
+def _weight_and_mask(conn, model: nn.Module, layer: LayerFlow, w: Optional[torch.Tensor] = None):
+    """``layer``'s weight (``w``, the whole weight's values, when given) and mask (its rows of them for
+    an attention projection), on the CPU. A weight outside the connectome is all live."""
+    w = (_weight(model, layer.param) if w is None else w).detach()
     m = conn.masks.get(_conn_name(conn, model, layer)) if conn is not None else None
     if m is None:
         m = torch.ones(w.shape, dtype=torch.bool)
@@ -211,7 +244,9 @@ def build(
     key that names no weighted layer, such as a module name without ``.weight``, is refused).
     ``model`` stands in for ``conn.model`` (or replaces ``conn`` entirely: every weight live).
     ``traced`` reuses a :func:`graphs.trace.trace` result. Linear/Conv layers outside the
-    connectome count as fully live. Guarantee: every input channel of a layer has exactly one
+    connectome count as fully live, with their weights' values; so does a layer whose weight a
+    parametrization or old-style weight_norm/spectral_norm computes (it holds no synapses), with the
+    weight that call computes. Guarantee: every input channel of a layer has exactly one
     source node (a junction where several units merge), so the synapse level holds exactly one
     edge per live synapse and the unit level's ``count`` attributes sum to the same number.
     ``junctions=False`` contracts junctions into direct edges from every feeding unit
@@ -291,9 +326,11 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
     for gid, g in enumerate(tr.groups):
         if g.kind == "layer":
             layer = tr.layers[g.layer]
-            w, m = _weight_and_mask(conn, model, layer)
-            u = _utility_for(utility, conn, layer, tuple(_param(model, layer.param).shape), model)
-            key = (id(_param(model, layer.param)), layer.rows)
+            whole = _weight(model, layer.param)
+            w, m = _weight_and_mask(conn, model, layer, whole)
+            u = _utility_for(utility, conn, layer, tuple(whole.shape), model)
+            p = _param(model, layer.param)  # a computed weight is a new tensor at each call: key it by name
+            key = (id(p) if p is not None else layer.param, layer.rows)
             uses[key] = uses.get(key, 0) + 1
             if uses[key] == 1:
                 total_live += int(m.sum())

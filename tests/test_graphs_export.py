@@ -99,6 +99,67 @@ def test_writers(conn, tmp_path, ext):
         graphs.write(g, tmp_path / "g.xyz")
 
 
+REPARAMETRIZE = {
+    "parametrizations.weight_norm": lambda m: nn.utils.parametrizations.weight_norm(m),
+    "parametrizations.orthogonal": lambda m: nn.utils.parametrizations.orthogonal(m),
+    "weight_norm": lambda m: nn.utils.weight_norm(m),
+    "spectral_norm": lambda m: nn.utils.spectral_norm(m),
+}
+
+
+@pytest.mark.parametrize("how", list(REPARAMETRIZE))
+@pytest.mark.parametrize("with_connectome", [True, False])
+def test_a_layer_with_a_computed_weight_is_in_the_graph_fully_live_with_its_values(how, with_connectome, tmp_path):
+    """A weight a parametrization or weight_norm computes holds no synapses; building the graph raised
+    KeyError ("has no parameter '0.weight'") instead of treating it as a layer outside the connectome."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation, and the Connectome's "holds no synapses" warning
+        REPARAMETRIZE[how](model[0])
+        conn = adaptive.Connectome(model) if with_connectome else None
+    mask = torch.rand(5, 12) < 0.5
+    if conn is not None:
+        assert conn.names == ["2.weight"]
+        conn.set_masks({"2.weight": mask})
+    tr = graphs.trace(model, torch.randn(1, 12))
+    m = model[0]
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p))  # so the weight an old-style hook set at the trace's call is stale
+        if how == "weight_norm":
+            expected = m.weight_g * m.weight_v / m.weight_v.norm(dim=1, keepdim=True)
+        elif how == "spectral_norm":  # eval mode: no power iteration
+            expected = m.weight_orig / torch.dot(m.weight_u, m.weight_orig @ m.weight_v)
+        else:
+            expected = m.weight.detach().clone()
+    live2 = int(mask.sum()) if conn is not None else 60
+    kw = dict(model=model, traced=tr) if conn is None else dict(traced=tr)
+    syn = graphs.build(conn, "synapse", **kw)
+    first = syn.edge_attrs["layer"] == [l.module for l in syn.layers].index("0")
+    pos = syn.edge_attrs["position"][first]
+    assert torch.equal(pos.sort().values, torch.arange(144))  # every synapse of the layer is live
+    assert torch.allclose(syn.edge_attrs["weight"][first], expected.reshape(-1)[pos])
+    assert syn.live_synapses() == 144 + live2
+    unit = graphs.build(conn, "unit", **kw)
+    first = unit.edge_attrs["layer"] == 0
+    assert int(unit.edge_attrs["count"][first].sum()) == 144 and unit.live_synapses() == 144 + live2
+    assert torch.allclose(unit.edge_attrs["l1"][first].sum(), expected.abs().sum())
+    lay = graphs.build(conn, "layer", **kw)
+    i = [g.name for g in lay.groups].index("0")
+    assert float(lay.node_attrs["live"][i]) == 144 and float(lay.node_attrs["density"][i]) == 1.0
+    for g in (syn, unit, lay):
+        assert graphs.to_networkx(g).number_of_edges() == g.num_edges
+        assert graphs.to_pyg(g).edge_index.shape[1] == g.num_edges
+    for ext in (".graphml", ".json", ".gexf"):
+        assert os.path.getsize(graphs.write(unit, tmp_path / f"g{ext}")) > 0
+    assert_same(unit, graphs.read_json(tmp_path / "g.json"))
+    kw.pop("traced")
+    assert_same(unit, graphs.build(conn, "unit", example_input=torch.randn(1, 12), **kw))  # a trace of its own
+
+
 def test_unit_edges_aggregate_synapses_and_utility(conn):
     util = {k: torch.rand(v.shape) for k, v in conn.masks.items()}
     u = graphs.build(conn, "unit", utility=util)
