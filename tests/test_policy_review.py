@@ -476,3 +476,70 @@ def test_balanced_restores_its_count_even_when_the_held_out_loss_is_nan():
         opt.zero_grad()
     first = next(e for e in ctrl.events if e["kind"] == "update")
     assert first["grown"] > 0 and abs(first["live"] - 0.3 * conn.num_synapses()) <= 0.5
+
+
+def _swap_run_with_a_layer_set_by_hand(policy, ensemble, budget, fill, density=0.3, **kw):
+    """A swap policy trains _mixed_net for two updates; then layer 2.weight's mask is set by hand to
+    all ``fill`` and one more update runs. Returns the connectome, the budget's counts, the largest
+    ensemble per layer and the live counts per layer after that update and after three more."""
+    m = _mixed_net()
+    conn = adaptive.Connectome(m, ensemble=ensemble)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    adaptive.Controller(conn, opt, policy=policy, density=density, budget=budget, update_every=2, seed=0, **kw)
+    _train_mixed(m, 4, opt)
+    masks = {n: mk.clone() for n, mk in conn.masks.items()}
+    masks["2.weight"].fill_(fill)
+    conn.set_masks(masks)
+    _train_mixed(m, 2, opt)
+    after = {n: int(conn.masks[n].sum()) for n in conn.names}
+    _train_mixed(m, 6, opt)
+    later = {n: int(conn.masks[n].sum()) for n in conn.names}
+    largest = {n: float(conn.granularities[n].ensemble_sizes(torch.Size(conn.layers[n].shape)).max()) for n in conn.names}
+    return conn, get_budget(budget)(conn.layers, density), largest, after, later
+
+
+@pytest.mark.parametrize("policy", ["set", "rigl", "utility"])
+@pytest.mark.parametrize("ensemble, budget", [("synapse", "erk"), ("kernel", "erk"), ("block:3x5", "erk"),
+                                              ("0=kernel;5=neuron;synapse", "uniform")])
+@pytest.mark.filterwarnings("ignore:.*no live synapse left")
+def test_swap_updates_refill_a_layer_emptied_by_hand_to_its_budget(policy, ensemble, budget):
+    """set, rigl and utility swap only within layers that have live ensembles: a layer whose mask was
+    emptied by hand (conn.set_masks) stayed empty at every update, its budget 74 synapses, and the
+    network 557 for a target of 634 for good (rigl, kernels, ERK at 0.3). The next update grows the
+    layer back to its budgeted count by the policy's own growth scores, and the layers stay there."""
+    conn, counts, largest, after, later = _swap_run_with_a_layer_set_by_hand(policy, ensemble, budget, fill=False)
+    target = round(0.3 * conn.num_synapses())
+    for live in (after, later):
+        assert all(abs(live[n] - counts[n]) <= largest[n] for n in conn.names), (live, counts)
+        assert abs(sum(live.values()) - target) <= max(largest.values()), (sum(live.values()), target)
+
+
+@pytest.mark.parametrize("policy", ["set", "rigl", "utility"])
+def test_swap_updates_prune_a_layer_made_dense_by_hand_back_to_its_budget(policy):
+    """The other side: a layer made dense by hand has no absent ensemble to swap in, so no swap was
+    planned there and it stayed dense, 576 synapses for its budget of 74, the network 1,133 for a
+    target of 634, for good (rigl, kernels, ERK at 0.3)."""
+    conn, counts, largest, after, later = _swap_run_with_a_layer_set_by_hand(policy, "kernel", "erk", fill=True)
+    for live in (after, later):
+        assert all(abs(live[n] - counts[n]) <= largest[n] for n in conn.names), (live, counts)
+
+
+def test_refilling_an_emptied_layer_is_the_same_on_every_run():
+    """The refill is decided from the seed and the pooled scores alone (invariant 4): set's random
+    growth draws the same ensembles in two runs."""
+    runs = [_swap_run_with_a_layer_set_by_hand("set", "synapse", "erk", fill=False)[0].masks for _ in range(2)]
+    assert bool(runs[0]["2.weight"].any())  # refilled
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
+
+
+@pytest.mark.parametrize("policy", ["set", "rigl", "utility"])
+def test_a_line_search_does_not_veto_refilling_an_emptied_layer(policy):
+    """The refill comes alone with no held-out veto, as balanced restores its count: made part of
+    the update's swaps, it would be rolled back with them whenever they raise the held-out loss, and
+    the layer stay empty for good (rigl on kernels did, at every update, under an ordinary held-out
+    loss). Here every try raises it, so only the refill goes through."""
+    calls = iter(range(10**6))
+    conn, counts, largest, after, later = _swap_run_with_a_layer_set_by_hand(
+        policy, "kernel", "erk", fill=False, holdout_loss=lambda: float(next(calls)))
+    assert abs(after["2.weight"] - counts["2.weight"]) <= largest["2.weight"] / 2, (after, counts)
+    assert later == after  # every swap since was rolled back
