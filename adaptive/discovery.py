@@ -15,6 +15,7 @@ patterns see every name it has, so excluding any module that holds a tied weight
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
 import re
 from dataclasses import dataclass
@@ -38,6 +39,23 @@ def weight_hooks(module: nn.Module) -> Dict[str, object]:
     ``torch.nn.utils.weight_norm`` or ``torch.nn.utils.spectral_norm`` recomputes before every call
     (from ``NAME_g`` and ``NAME_v``, or from ``NAME_orig``); the weight itself is then a plain tensor."""
     return {h.name: h for h in module._forward_pre_hooks.values() if isinstance(h, (WeightNorm, SpectralNorm))}
+
+
+def copy_model(model: nn.Module, purpose: str) -> nn.Module:
+    """``copy.deepcopy(model)``, with an error that names the fix where torch cannot copy it: a layer
+    under old-style ``torch.nn.utils.weight_norm`` holds a computed weight that deepcopy refuses.
+    ``purpose`` names the caller in the message (e.g. ``"graphs.compact"``)."""
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError as e:
+        hooked = [f"{n or type(m).__name__}.{a} ({'weight_norm' if isinstance(h, WeightNorm) else 'spectral_norm'})"
+                  for n, m in model.named_modules() for a, h in weight_hooks(m).items()]
+        if not hooked:
+            raise
+        raise ValueError(f"{purpose} works on a copy of the model, and torch cannot copy a layer whose weight an "
+                         f"old-style torch.nn.utils hook computes: {', '.join(hooked)}. Call "
+                         f"torch.nn.utils.remove_weight_norm(module) (remove_spectral_norm for spectral_norm) first, "
+                         f"or use torch.nn.utils.parametrizations.weight_norm, which can be copied") from e
 
 
 def _hook_sources(module: nn.Module, hook) -> list:

@@ -56,6 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from adaptive.discovery import copy_model
+
 from . import ops
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -277,13 +279,17 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     maximum output difference. ``align`` > 1 keeps a few removable units so that every Linear/Conv
     keeps a multiple of ``align`` output units (CPU and GPU kernels run faster on such widths).
     Raises if fx cannot trace the model or the check fails."""
+    if not isinstance(model, nn.Module):
+        hint = (f": pass the network first, graphs.compact(conn.model, conn, ...)" if hasattr(model, "masks")
+                else "")
+        raise TypeError(f"compact needs the nn.Module to shrink as its first argument, got {type(model).__name__}{hint}")
     if int(align) < 1:
         raise ValueError(f"align must be a positive integer, got {align!r}")
     from .trace import default_example_input
 
     if example_input is None:
         example_input = default_example_input(model)[0]
-    src = copy.deepcopy(model).eval()
+    src = copy_model(model, "graphs.compact").eval()
     if conn is not None:
         with torch.no_grad():
             params = dict(src.named_parameters(remove_duplicate=False))

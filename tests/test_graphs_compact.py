@@ -579,3 +579,23 @@ def test_constants_judged_on_a_1x1_example_hold_at_other_sizes():
     for other in (torch.randn(4, 3, 1, 1), torch.randn(4, 3, 8, 8)):
         with torch.no_grad():
             assert torch.allclose(small(other), m(other), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_model_torch_cannot_copy_is_refused_with_the_fix_named():
+    """An old-style weight_norm layer makes deepcopy fail inside torch with a RuntimeError about graph
+    leaves; compact and knowledge_distribution, which work on copies, name the layer and the fix."""
+    from adaptive.diagnostics.knowledge import knowledge_distribution
+
+    m = nn.Sequential(nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 5))
+    torch.nn.utils.weight_norm(m[0])
+    conn = adaptive.Connectome(m)
+    with pytest.raises(TypeError, match=r"graphs.compact\(conn.model, conn, ...\)"):
+        graphs.compact(conn, example_input=torch.randn(2, 12))
+    with pytest.raises(ValueError, match=r"graphs.compact .*0.weight \(weight_norm\).*remove_weight_norm"):
+        graphs.compact(m, conn, example_input=torch.randn(2, 12))
+    data = [(torch.randn(4, 12), torch.randint(0, 5, (4,)))]
+    with pytest.raises(ValueError, match=r"knowledge_distribution .*0.weight \(weight_norm\).*remove_weight_norm"):
+        knowledge_distribution(m, data, data, counts=[0, 10])
+    torch.nn.utils.remove_weight_norm(m[0])  # the fix the message names works
+    graphs.compact(m, adaptive.Connectome(m), example_input=torch.randn(2, 12))

@@ -10,7 +10,6 @@ the noise) and at the last (the network has collapsed to chance).
 """
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from torch import nn
 from .. import jsonio
 from ..atomic import write_text
 from ..connectome import Connectome
+from ..discovery import copy_model
 from ..counts import whole_number
 from ..metrics import AccuracyFn, batch_accuracy, check_output, default_accuracy, example_count, loss_weight, to_device
 from ._common import default_loss, iterate_batches, model_device, training_mode
@@ -352,7 +352,7 @@ def knowledge_distribution(
     are checked before any work, also when ``counts`` is given.
     """
     points = _check_points(points, max_fraction)
-    work = copy.deepcopy(model)
+    work = copy_model(model, "knowledge_distribution")
     conn = Connectome(work, include=include, exclude=exclude)
     total = conn.num_synapses()
     scores = removal_scores(conn, order_loader, estimator, order_batches, loss_fn)
