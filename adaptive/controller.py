@@ -138,13 +138,13 @@ class Controller:
         if whole_number(update_every) is None or update_every < 1:
             raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
         update_every = whole_number(update_every)
-        if whole_number(start_step) is None or start_step < 0:
+        if whole_number(start_step, floats=True) is None or start_step < 0:
             raise ValueError(f"start_step must be an integer >= 0 (the first step edits may happen at), got "
                              f"{start_step!r}")
-        start_step = whole_number(start_step)
-        if end_step is not None and whole_number(end_step) is None:
+        start_step = whole_number(start_step, floats=True)
+        if end_step is not None and whole_number(end_step, floats=True) is None:
             raise ValueError(f"end_step must be None or an integer step (no edits from it on), got {end_step!r}")
-        end_step = None if end_step is None else whole_number(end_step)
+        end_step = None if end_step is None else whole_number(end_step, floats=True)
         if end_step is not None and end_step <= start_step:
             raise ValueError(f"end_step ({end_step}) must come after start_step ({start_step})")
         if not 0.0 <= edit_fraction <= 1.0:
@@ -164,7 +164,7 @@ class Controller:
             raise ValueError(f"line_search_tries must be an integer >= 0 (the halvings an update may try before it is "
                              f"rolled back; 0: all or nothing), got {line_search_tries!r}")
         line_search_tries = whole_number(line_search_tries)
-        if whole_number(seed) is None:
+        if whole_number(seed, floats=True) is None:
             raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
                              f"number such as seed=0")
         if not (grow_init is None or callable(grow_init) or (isinstance(grow_init, str) and grow_init in GROW_INITS)):
@@ -240,7 +240,7 @@ class Controller:
         self.line_search_tolerance = line_search_tolerance
         self.line_search_tries = line_search_tries
         self.verify = verify
-        self.seed = whole_number(seed)
+        self.seed = whole_number(seed, floats=True)
         self.step_count = 0
         self.events: List[dict] = []
         needs_g = self.drop_est.needs_gradients or (self.grow_est is not None and self.grow_est.needs_gradients)

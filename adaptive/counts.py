@@ -5,16 +5,23 @@ the controller and all it imports.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from typing import Optional
 
 
-def whole_number(x) -> Optional[int]:
+def whole_number(x, floats: bool = False) -> Optional[int]:
     """``x`` as an int where it is a whole number (an int, a numpy or one-element torch integer), else
-    None (a bool too: ``True`` is no count)."""
+    None (a bool too: ``True`` is no count). ``floats=True`` also takes a float that holds a whole
+    number (``750.0``, from ``0.75 * total_steps``) for the arguments that always took one (steps
+    and seeds); ``2.5`` stays None, never cut to 2."""
     if isinstance(x, bool):
         return None
     try:
         return operator.index(x)
     except TypeError:
-        return None
+        pass
+    if floats and isinstance(x, numbers.Real) and math.isfinite(x) and float(x).is_integer():
+        return int(x)
+    return None

@@ -392,10 +392,10 @@ def optimize_connectome(
     if not _is_real(margin) or not math.isfinite(margin):
         raise ValueError(f"margin must be a finite number (the estimated improvement a swap must promise, in the "
                          f"estimator's units; 0: any improvement), got {margin!r}")
-    if whole_number(seed) is None:
+    if whole_number(seed, floats=True) is None:
         raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
                          f"number such as seed=0")
-    seed = whole_number(seed)
+    seed = whole_number(seed, floats=True)
     ladder = [float(f) for f in ladder]
     if any(not 0.0 < f < 1.0 for f in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
         raise ValueError(f"ladder must be increasing removal fractions in (0, 1), got {ladder}")

@@ -265,3 +265,20 @@ def test_a_non_finite_held_out_loss_stops_the_line_search_with_the_model_restore
     with pytest.raises(ValueError, match="the held-out loss of the line search is nan .* check that data for NaN"):
         adaptive.optimize_connectome(m, train, holdout, target=0.3, progress=False, verify_batches=1)
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+
+
+def test_steps_and_seeds_take_floats_that_hold_whole_numbers_as_they_always_did():
+    """end_step=0.75 * total_steps (750.0), start_step=0.0 and seed=1.0 ran before the shared
+    whole-number check; they still do, as plain ints, while 2.5 is refused, never cut to 2."""
+    m = net()
+    ctrl = adaptive.Controller(adaptive.Connectome(m), torch.optim.SGD(m.parameters(), lr=0.1), policy="rigl",
+                               density=0.5, update_every=2, end_step=0.75 * 1000, start_step=0.0, seed=1.0)
+    got = (ctrl.end_step, ctrl.start_step, ctrl.seed)
+    assert got == (750, 0, 1) and all(type(v) is int for v in got)
+    train, holdout = loaders()
+    a = adaptive.optimize_connectome(net(), train, holdout, target=0.3, progress=False, passes=0.5, seed=2.0)
+    b = adaptive.optimize_connectome(net(), train, holdout, target=0.3, progress=False, passes=0.5, seed=2)
+    assert all(torch.equal(a.conn.masks[n], b.conn.masks[n]) for n in a.conn.masks)
+    for kw in (dict(end_step=750.5), dict(seed=1.5), dict(start_step=float("inf"))):
+        with pytest.raises(ValueError, match="must be"):
+            adaptive.Controller(adaptive.Connectome(net()), None, policy="rigl", density=0.5, **kw)
