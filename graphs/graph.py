@@ -101,11 +101,11 @@ def _computed(model: nn.Module, name: str):
 def _param(model: nn.Module, name: str) -> Optional[nn.Parameter]:
     """``model``'s parameter called ``name`` (a tied weight answers to each of its names), or None
     for a computed weight (:func:`_computed`): such a layer holds no synapses of any connectome."""
+    if _computed(model, name) is not None:  # asked first: reading a parametrized weight computes it
+        return None
     try:
         return model.get_parameter(name)
     except AttributeError as e:
-        if _computed(model, name) is not None:
-            return None
         raise KeyError(f"{type(model).__name__} has no parameter {name!r}") from e
 
 
@@ -119,8 +119,18 @@ def _weight(model: nn.Module, name: str) -> torch.Tensor:
     with torch.no_grad():
         if isinstance(hook, SpectralNorm):
             return hook.compute_weight(module, do_power_iteration=False)
-        # old-style weight_norm: the attribute holds the last call's value, stale after an optimizer step
-        return getattr(module, attr) if hook is None else hook.compute_weight(module)
+        if hook is not None:  # old-style weight_norm: the attribute holds the last call's value, stale
+            return hook.compute_weight(module)  # after an optimizer step
+        # a parametrization in training mode may update its state when read (spectral_norm's power
+        # iteration moves its buffers): read it as an eval-mode call would, and leave it as it was
+        plist = module.parametrizations[attr]
+        modes = [(m, m.training) for m in plist.modules()]
+        plist.eval()
+        try:
+            return getattr(module, attr).clone()
+        finally:
+            for m, mode in modes:
+                m.training = mode
 
 
 def _conn_name(conn, model: nn.Module, layer: LayerFlow) -> Optional[str]:

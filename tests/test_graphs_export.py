@@ -523,3 +523,30 @@ def test_concat_composition_survives_files_and_conversions(tmp_path, level):
             assert torch.equal(a["depth"], b["depth"]) and torch.equal(a["depth_min"], b["depth_min"]), how
     with pytest.warns(UserWarning, match="GEXF keeps no graph attributes.*4 concatenation"):
         graphs.write(g, tmp_path / "g.gexf")
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_building_a_graph_of_a_training_mode_spectral_norm_layer_leaves_its_state_alone():
+    """A new-style spectral_norm in training mode runs a power iteration at every read of its weight:
+    graphs.build moved its buffers and recorded a weight no eval-mode call uses, differing between
+    two builds of the same model."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 5))
+    nn.utils.parametrizations.spectral_norm(model[0])
+    sn = model[0].parametrizations.weight[0]
+    with torch.no_grad():
+        model[0].parametrizations.weight.original.add_(torch.randn(12, 12))  # as an optimizer step would
+    model.eval()
+    with torch.no_grad():
+        w_eval = model[0].weight.clone()
+    model.train()
+    u0, v0 = sn._u.clone(), sn._v.clone()
+    x = torch.randn(2, 12)
+    g = graphs.build(model=model, level="synapse", example_input=x)
+    assert torch.equal(u0, sn._u) and torch.equal(v0, sn._v)
+    assert model.training and sn.training
+    first = g.edge_attrs["layer"] == 0
+    w, pos = g.edge_attrs["weight"][first], g.edge_attrs["position"][first]
+    torch.testing.assert_close(w, w_eval.reshape(-1)[pos].to(w.dtype))
+    g2 = graphs.build(model=model, level="synapse", example_input=x)
+    assert torch.equal(g.edge_attrs["weight"], g2.edge_attrs["weight"])
