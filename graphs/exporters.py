@@ -77,11 +77,25 @@ def header(g) -> dict:
         "warnings": list(g.warnings),
         "node_dtypes": {k: str(v.dtype).replace("torch.", "") for k, v in g.node_attrs.items()},
         "edge_dtypes": {k: str(v.dtype).replace("torch.", "") for k, v in g.edge_attrs.items()},
-        "concats": [{"node": c["node"], "parts": [[name, ids.tolist()] for name, ids in c["parts"]]} for c in g.concats],
+        "concats": [{"node": c["node"], "parts": [[name, _runs(ids)] for name, ids in c["parts"]]} for c in g.concats],
     }
     if g.concats and g.level == "layer":
         h["unit_depths"] = {k: g.unit_node_attrs[k].tolist() for k in ("depth_max", "depth_min")}
     return h
+
+
+def _runs(ids: torch.Tensor) -> dict:
+    """A concatenation operand's node ids as runs: a flattened feature map repeats each channel's
+    node once per pixel, so the header grows with the channels, not the pixels."""
+    values, counts = torch.unique_consecutive(ids.reshape(-1), return_counts=True)
+    return {"ids": values.tolist(), "repeats": counts.tolist()}
+
+
+def _from_runs(ids) -> torch.Tensor:
+    """The ids :func:`_runs` wrote (or a plain list of ids)."""
+    if isinstance(ids, dict):
+        return torch.tensor(ids["ids"], dtype=torch.long).repeat_interleave(torch.tensor(ids["repeats"], dtype=torch.long))
+    return torch.tensor(ids, dtype=torch.long)
 
 
 def from_header(h: dict, node_attrs, src, dst, edge_attrs):
@@ -100,7 +114,7 @@ def from_header(h: dict, node_attrs, src, dst, edge_attrs):
             layers[x.layer].group = x_id
     nd = {k: node_attrs[k].to(getattr(torch, t)) for k, t in h["node_dtypes"].items()}
     ed = {k: edge_attrs[k].to(getattr(torch, t)) for k, t in h["edge_dtypes"].items()}
-    concats = [{"node": c["node"], "parts": [(name, torch.tensor(ids, dtype=torch.long)) for name, ids in c["parts"]]}
+    concats = [{"node": c["node"], "parts": [(name, _from_runs(ids)) for name, ids in c["parts"]]}
                for c in h.get("concats", [])]  # files written before concats were kept have none
     unit_nodes = ({k: torch.tensor(v, dtype=torch.long) for k, v in h["unit_depths"].items()}
                   if "unit_depths" in h else None)

@@ -550,3 +550,35 @@ def test_building_a_graph_of_a_training_mode_spectral_norm_layer_leaves_its_stat
     torch.testing.assert_close(w, w_eval.reshape(-1)[pos].to(w.dtype))
     g2 = graphs.build(model=model, level="synapse", example_input=x)
     assert torch.equal(g.edge_attrs["weight"], g2.edge_attrs["weight"])
+
+
+class _FlatCat(nn.Module):
+    """Two conv branches, flattened and concatenated before the classifier."""
+
+    def __init__(self, side):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 5, padding=2)
+        self.fc = nn.Linear(2 * 8 * side * side, 10)
+
+    def forward(self, x):
+        return self.fc(torch.cat([torch.relu(self.a(x)).flatten(1), torch.relu(self.b(x)).flatten(1)], 1))
+
+
+@pytest.mark.parametrize("level", ["layer", "unit"])
+def test_concatenation_records_grow_with_channels_not_pixels(level, tmp_path):
+    """The header listed one node id per concatenated element: a flattened 32x32 map made a layer-level
+    file 140 times larger. Runs of ids keep it the same size at any resolution, and read back whole."""
+    import json
+
+    from graphs.exporters import header
+
+    sizes = {}
+    for side in (4, 32):
+        m = _FlatCat(side).eval()
+        g = graphs.build(model=m, level=level, example_input=torch.randn(1, 3, side, side))
+        sizes[side] = len(json.dumps(header(g)["concats"]))
+        back = graphs.read_json(graphs.write(g, tmp_path / f"g{side}.json"))
+        assert [[(n, ids.tolist()) for n, ids in c["parts"]] for c in back.concats] == \
+               [[(n, ids.tolist()) for n, ids in c["parts"]] for c in g.concats]
+        assert sum(ids.numel() for _, ids in g.concats[0]["parts"]) == 2 * 8 * side * side
+    assert sizes[32] < 2 * sizes[4]  # node ids may take a digit more; one per pixel was 64 times as many
