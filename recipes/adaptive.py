@@ -117,7 +117,8 @@ class RunConfig:
                                   "mode, as recipes/prune_pretrained.py)")
     max_steps: Optional[int] = _help("stop after this many steps (overrides epochs; the schedules span it; in "
                                      "mask_only mode: training batches per target)")
-    mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = _help("default: what accelerate launch was given, else no")
+    mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = _help("default: what accelerate launch was given, else "
+                                                                     "no; fp16 needs a GPU (on a CPU: bf16)")
     cpu: bool = _opt(False, "stay on the CPU even when a GPU is there")
     seed: int = _opt(0, "seed of the split, data order, initial weights and controller (the same on every process)")
     threads: Optional[int] = _help("torch threads per process")
@@ -356,6 +357,7 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     # without a GPU, cpu=True is what makes a multi-process launch a gloo (MULTI_CPU) run
     accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
+    _refuse_inert_precision(cfg, accelerator)
     resume_from = None
     output_dir = cfg.output_dir
     if cfg.resume and cfg.mode == "mask_only":
@@ -374,6 +376,26 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
         return _train(cfg, on_step, accelerator, resume_from, output_dir, lock)
     finally:
         lock.release()
+
+
+def _refuse_inert_precision(cfg: RunConfig, accelerator) -> None:
+    """Accelerate turns fp16 off on a CPU without a word (no autocast, no scaler: a float32 run),
+    while the run would record and announce fp16: refused, before anything is written."""
+    if _inert_fp16(accelerator):
+        given = ("--mixed_precision fp16" if cfg.mixed_precision == "fp16" else
+                 "mixed precision fp16 (from accelerate launch or its config)")
+        raise ValueError(f"{given} cannot run on the {accelerator.device.type.upper()} (Accelerate runs fp16 "
+                         "autocast only on an accelerator such as a GPU, and would silently run float32 here): use "
+                         "--mixed_precision bf16 (the CPU's mixed precision) or --mixed_precision no")
+
+
+def _inert_fp16(accelerator) -> bool:
+    """fp16 set but no fp16 autocast (Accelerate's native_amp off: a CPU); DeepSpeed and
+    Megatron-LM run their own precision, not Accelerate's autocast."""
+    from accelerate.utils import DistributedType
+
+    return (accelerator.mixed_precision == "fp16" and not accelerator.native_amp
+            and accelerator.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM))
 
 
 def _refuse_earlier_run(cfg: RunConfig, output_dir: Path) -> None:
@@ -924,8 +946,9 @@ def _nonzero(conn) -> int:
 
 
 def _finish(accelerator, output_dir, summary, files):
-    # every forward pass of the run, the held-out and test evaluations included, ran at this precision
-    summary["mixed_precision"] = mp = str(accelerator.mixed_precision)
+    # every forward pass of the run, the held-out and test evaluations included, ran at this precision:
+    # what Accelerate's autocast ran, not the setting (fp16 on a CPU runs none: refused by training_function)
+    summary["mixed_precision"] = mp = "no" if _inert_fp16(accelerator) else str(accelerator.mixed_precision)
     if accelerator.is_main_process:
         write_text(output_dir / "summary.json", jsonio.dumps(summary, indent=1))
         files["summary"] = output_dir / "summary.json"

@@ -203,6 +203,21 @@ def test_bf16_keeps_pruned_weights_zero(tmp_path, capsys):
         assert torch.count_nonzero(w[m]) > 0.9 * int(m.sum())
 
 
+def test_fp16_on_a_cpu_is_refused_naming_bf16(tmp_path, capsys, monkeypatch):
+    """Accelerate runs no fp16 autocast on a CPU: the run was float32 bit for bit, yet summary.json
+    recorded fp16 and the closing line said every figure was measured under fp16 autocast."""
+    for how, given in ((["--mixed_precision", "fp16"], "--mixed_precision fp16 cannot run on the CPU"),
+                       ([], "mixed precision fp16 (from accelerate launch or its config) cannot run on the CPU")):
+        if not how:  # what `accelerate launch --mixed_precision fp16` hands the process
+            monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+        with pytest.raises(SystemExit) as e:
+            run(tmp_path / "a", "--cpu", "true", *how)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert given in err and "use --mixed_precision bf16 (the CPU's mixed precision)" in err
+        assert not (tmp_path / "a").exists()
+
+
 def test_two_processes_agree(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
     r = launch_two([SCRIPT, *TINY, "--output_dir", tmp_path, "--checkpoint_every", "20", "--figures", "false"],
