@@ -109,7 +109,7 @@ class RunConfig:
     # optimisation
     optimizer: Literal["sgd", "adamw"] = _opt("sgd", "weight optimizer (train mode)")
     lr: float = _opt(0.1, "peak learning rate of the weights")
-    momentum: float = _opt(0.9, "SGD momentum (adamw: beta1)")
+    momentum: float = _opt(0.9, "SGD momentum, in [0, 1) (adamw: beta1, the default 0.9 being AdamW's own)")
     weight_decay: float = _opt(5e-4, "weight decay")
     lr_schedule: Literal["cosine", "constant"] = _opt("cosine", "learning-rate schedule after the warmup")
     warmup_steps: int = _opt(0, "steps of linear learning-rate warmup")
@@ -285,7 +285,8 @@ def build_optimizer(cfg: RunConfig, model):
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.momentum > 0)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # --momentum is beta1 (its default 0.9 is AdamW's own); beta2 stays AdamW's 0.999
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
 
 
 def build_connectome(cfg: RunConfig, model) -> Connectome:

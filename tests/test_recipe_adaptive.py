@@ -218,6 +218,20 @@ def test_fp16_on_a_cpu_is_refused_naming_bf16(tmp_path, capsys, monkeypatch):
         assert not (tmp_path / "a").exists()
 
 
+def test_adamw_takes_momentum_as_beta1(tmp_path):
+    """--momentum was documented as AdamW's beta1 but never reached it: runs with 0.9 and 0.0 were
+    bit-identical. The default (0.9) is AdamW's own beta1, so default runs are unchanged."""
+    from adaptive.config import parse_config
+
+    model = build_model("mlp", num_classes=10, in_shape=(1, 8, 8))
+    assert R.build_optimizer(parse_config(R.RunConfig, ["--optimizer", "adamw"]), model).param_groups[0]["betas"] == \
+        (0.9, 0.999) == torch.optim.AdamW(model.parameters()).defaults["betas"]
+    adamw = ["--optimizer", "adamw", "--lr", "0.003", "--max_steps", "6", "--update_every", "3", "--figures", "false"]
+    heavy = run(tmp_path / "m09", *adamw, "--momentum", "0.9")
+    light = run(tmp_path / "m0", *adamw, "--momentum", "0.0")
+    assert not same_state(heavy, light)
+
+
 def test_two_processes_agree(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
     r = launch_two([SCRIPT, *TINY, "--output_dir", tmp_path, "--checkpoint_every", "20", "--figures", "false"],
