@@ -198,12 +198,46 @@ class RunConfig:
                 raise ConfigError("target (synapses to remove) applies to mode mask_only; in train mode --density "
                                   "sets the fraction of live synapses")
             _check_target(self.target)
+        _refuse_derived_keys(self)
         if self.mode == "mask_only" and self.checkpoint_every:
             raise ConfigError("mode mask_only checkpoints after every target on its own "
                               f"({MASK_ONLY_CHECKPOINT} in the run folder): drop --checkpoint_every")
         if self.mode == "mask_only":
             _refuse_train_only(self)
         _check_names(self)
+
+
+# keys of --controller_kw (train mode) and --mask_only_kw that the recipe sets itself, and from what
+_CONTROLLER_SETS = {
+    "conn": "from --ensemble, --include and --exclude", "optimizer": "from --optimizer, --lr and --momentum",
+    "policy": "from --policy", "density": "from --density", "budget": "from --budget",
+    "update_every": "from --update_every", "end_step": "from --end_fraction (edits stop at that fraction of the steps)",
+    "edit_fraction": "from --edit_fraction", "estimator": "from --estimator", "min_density": "from --min_density",
+    "protect": "from --protect", "batch_size": "from --batch_size (times the process count)", "seed": "from --seed",
+    "verify": "to true (every update checks that all processes hold the same masks)",
+}
+_MASK_ONLY_SETS = {
+    "model": "from --model and --weights", "train_loader": "from --dataset", "holdout_loader": "from --holdout",
+    "target": "from --target (or --density)", "passes": "from --max_steps (training batches per target) or --epochs",
+    "ensemble": "from --ensemble", "include": "from --include", "exclude": "from --exclude",
+    "estimator": "from --estimator", "window": "from --update_every", "edit_fraction": "from --edit_fraction",
+    "seed": "from --seed", "progress": "from --progress", "eval_every": "from --eval_every (in steps)",
+    "checkpoint": "to the run folder's mask_only_checkpoint.pt, which --resume continues from (choose the "
+                  "folder with --output_dir)",
+    "callback": "to its own, which records config.yaml",
+}
+
+
+def _refuse_derived_keys(cfg) -> None:
+    """A --controller_kw or --mask_only_kw key that the recipe sets itself, from one of its own
+    options: it crashed (the Controller got the key twice) or silently replaced the recipe's value
+    (passes=3 ran 3 passes while the opening line counted --max_steps' batches)."""
+    if cfg.mode == "mask_only":  # (where --controller_kw is refused whole)
+        option, given, sets = "mask_only_kw", cfg.mask_only_kw, _MASK_ONLY_SETS
+    else:
+        option, given, sets = "controller_kw", cfg.controller_kw, _CONTROLLER_SETS
+    for key in sorted(set(given) & set(sets)):
+        raise ConfigError(f"--{option} {key}: the recipe sets {key} itself, {sets[key]}; drop {key} from --{option}")
 
 
 # train-mode settings mask_only has no use for: (key, the value that means "not set", what to do instead)
@@ -766,7 +800,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     # held-out evaluations as in train mode: every --eval_every steps, else every epoch (in updates)
     window = max(1, int(cfg.update_every or 1))
     kw["eval_every"] = max(1, (cfg.eval_every or len(train_dl)) // window)
-    kw.update(cfg.mask_only_kw)
+    kw.update(cfg.mask_only_kw)  # (none of the keys above: _refuse_derived_keys refused those)
     saved = []
 
     def save_config_once(record):  # the first record comes after optimize_connectome has checked its settings

@@ -412,3 +412,40 @@ def test_adaptive_refuses_a_prune_pretrained_folder_and_ctrl_c_after_an_overwrit
         assert "--resume in place of --overwrite" in P._on_interrupt(["--output_dir", str(out), "--overwrite"])
     finally:
         P._STARTED["replaced_earlier"] = False
+
+
+@pytest.mark.parametrize("argv, message", [
+    # --controller_kw keys the recipe passes itself: a bare "got multiple values for keyword argument"
+    (["--controller_kw", "verify=false"], "--controller_kw verify: the recipe sets verify itself, to true"),
+    (["--controller_kw", "seed=3"], "--controller_kw seed: the recipe sets seed itself, from --seed; drop seed"),
+    (["--controller_kw", "density=0.5"], "--controller_kw density: the recipe sets density itself, from --density"),
+    (["--controller_kw", "update_every=5"], "the recipe sets update_every itself, from --update_every"),
+    # --mask_only_kw keys the recipe derives from its own options: they silently replaced them
+    (["--mode", "mask_only", "--mask_only_kw", "passes=3"],
+     "--mask_only_kw passes: the recipe sets passes itself, from --max_steps (training batches per target) or "
+     "--epochs; drop passes from --mask_only_kw"),
+    (["--mode", "mask_only", "--mask_only_kw", "checkpoint=elsewhere.pt"],
+     "the recipe sets checkpoint itself, to the run folder's mask_only_checkpoint.pt, which --resume continues from"),
+    (["--mode", "mask_only", "--mask_only_kw", "seed=1"], "the recipe sets seed itself, from --seed"),
+    (["--mode", "mask_only", "--mask_only_kw", "estimator=evidence"], "sets estimator itself, from --estimator"),
+    (["--mode", "mask_only", "--mask_only_kw", "window=4"], "sets window itself, from --update_every"),
+    (["--mode", "mask_only", "--mask_only_kw", "eval_every=4"], "sets eval_every itself, from --eval_every"),
+    (["--mode", "mask_only", "--mask_only_kw", "edit_fraction=0.5"], "sets edit_fraction itself, from --edit_fraction"),
+    (["--mode", "mask_only", "--mask_only_kw", "callback=x"], "sets callback itself, to its own"),
+    (["--mode", "mask_only", "--mask_only_kw", "target=0.5"], "sets target itself, from --target (or --density)"),
+])
+def test_a_kw_key_the_recipe_sets_itself_is_refused_before_anything_is_written(tmp_path, argv, message, capsys):
+    out = tmp_path / "run"
+    err = error_of(TINY + ["--output_dir", str(out), *argv], capsys)
+    assert message in err
+    assert not out.exists()
+
+
+def test_kw_keys_the_recipe_does_not_set_still_pass_and_the_shipped_config_sets_its_own_at_the_top():
+    from adaptive.config import parse_config
+
+    assert A.parse_args(["--mode", "mask_only", "--mask_only_kw", "approach=0.5"]).mask_only_kw == {"approach": 0.5}
+    assert A.parse_args(["--controller_kw", "line_search_tries=1"]).controller_kw == {"line_search_tries": 1}
+    shipped = parse_config(A.RunConfig, ["--config", str(Path(A.__file__).parent / "configs" /
+                                                          "imagenet_mobilenetv3_maskonly_adaptive.yaml")])
+    assert (shipped.edit_fraction, shipped.eval_every, shipped.mask_only_kw) == (1.0, 2000, {"verify_batches": 0})
