@@ -60,6 +60,9 @@ def _opt(default, text: str):
     return field(default=default, metadata={"help": text})
 
 
+_DEFAULT_DENSITY = 0.2  # RunConfig.density's default: a mask_only --target overrides only this one
+
+
 @dataclass
 class RunConfig:
     """Every option of the recipe, with its default (the no-argument run)."""
@@ -95,7 +98,8 @@ class RunConfig:
     policy: str = field(default="utility", metadata={"help": "rigl, set, utility, balanced, gmp, threshold, magnitude, "
                                                              "crawl (adaptive.policies)"})
     estimator: Optional[str] = field(default=None, metadata={"help": "utility estimator (utility/balanced/threshold/gmp; mask_only); default: curvature in train mode, presence in mask_only mode"})
-    density: Optional[float] = field(default=0.2, metadata={"help": "target fraction of live synapses"})
+    density: Optional[float] = field(default=_DEFAULT_DENSITY, metadata={"help": "target fraction of live synapses "
+                                     "(mask_only: --target defaults to 1 - density; give one of the two)"})
     budget: str = _opt("erk", "how the density is shared among layers (adaptive.budgets: global, uniform, erk, er)")
     update_every: Optional[int] = field(default=None, metadata={"help": "steps between connectome updates; default: 25 in train mode, 1 in mask_only mode"})
     edit_fraction: Optional[float] = field(default=None, metadata={"help": "fraction of live ensembles edited at an update, decaying "
@@ -198,6 +202,10 @@ class RunConfig:
                 raise ConfigError("target (synapses to remove) applies to mode mask_only; in train mode --density "
                                   "sets the fraction of live synapses")
             _check_target(self.target)
+            if self.density not in (None, _DEFAULT_DENSITY):
+                raise ConfigError(f"--target {self.target} and --density {self.density} both say how much mask_only "
+                                  f"removes (--target: synapses to remove; --density D means --target 1-D): give one "
+                                  "of them")
         _refuse_derived_keys(self)
         if self.mode == "mask_only" and self.checkpoint_every:
             raise ConfigError("mode mask_only checkpoints after every target on its own "

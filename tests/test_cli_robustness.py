@@ -449,3 +449,16 @@ def test_kw_keys_the_recipe_does_not_set_still_pass_and_the_shipped_config_sets_
     shipped = parse_config(A.RunConfig, ["--config", str(Path(A.__file__).parent / "configs" /
                                                           "imagenet_mobilenetv3_maskonly_adaptive.yaml")])
     assert (shipped.edit_fraction, shipped.eval_every, shipped.mask_only_kw) == (1.0, 2000, {"verify_batches": 0})
+
+
+def test_mask_only_target_with_a_density_is_refused_and_either_alone_is_taken(tmp_path, capsys):
+    """--density 0.5 --target 0.3 ran to density 0.7 while config.yaml recorded density 0.5."""
+    out = tmp_path / "run"
+    err = error_of(TINY + ["--output_dir", str(out), "--mode", "mask_only", "--density", "0.5", "--target", "0.3"],
+                   capsys)
+    assert "--target 0.3 and --density 0.5 both say how much mask_only removes" in err and "give one of them" in err
+    assert not out.exists()
+    mask = A.parse_args(["--mode", "mask_only", "--target", "0.3"])  # --density at its default: not refused
+    assert (mask.target, mask.density) == (0.3, 0.2)
+    assert A.parse_args(["--mode", "mask_only", "--density", "0.5"]).density == 0.5
+    assert A.parse_args(["--mode", "mask_only", "--density", "none", "--target", "best"]).target == "best"
