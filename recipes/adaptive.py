@@ -116,7 +116,7 @@ class RunConfig:
     momentum: float = _opt(0.9, "SGD momentum, in [0, 1) (adamw: beta1, the default 0.9 being AdamW's own)")
     weight_decay: float = _opt(5e-4, "weight decay")
     lr_schedule: Literal["cosine", "constant"] = _opt("cosine", "learning-rate schedule after the warmup")
-    warmup_steps: int = _opt(0, "steps of linear learning-rate warmup")
+    warmup_steps: int = _opt(0, "steps of linear learning-rate warmup (at most the run's steps)")
     epochs: Optional[int] = _help("passes over the train part (default: 20 in train mode; 1 per target in mask_only "
                                   "mode, as recipes/prune_pretrained.py)")
     max_steps: Optional[int] = _help("stop after this many steps (overrides epochs; the schedules span it; in "
@@ -179,7 +179,10 @@ class RunConfig:
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}"),
+            (0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1) (SGD momentum; adamw: beta1), got {self.momentum}"),
+            (0.0 <= self.weight_decay < math.inf, f"weight_decay must be a finite number >= 0, got {self.weight_decay}"),
+            (0 <= self.seed <= 2**32 - 1, f"seed must be in [0, 2**32 - 1] (0 to 4294967295), got {self.seed}"),
             (self.update_every >= 1, f"update_every must be >= 1, got {self.update_every}"),
             (0.0 <= self.edit_fraction <= 1.0, f"edit_fraction must be in [0, 1], got {self.edit_fraction}"),
             (0.0 < self.end_fraction <= 1.0, f"end_fraction must be in (0, 1], got {self.end_fraction}"),
@@ -188,6 +191,9 @@ class RunConfig:
             (self.eval_every >= 0, f"eval_every must be >= 0 (0: every epoch), got {self.eval_every}"),
             (self.log_every >= 0, f"log_every must be >= 0 (0: no train rows), got {self.log_every}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.mode == "mask_only" or self.max_steps is None or self.warmup_steps <= self.max_steps,
+             f"warmup_steps ({self.warmup_steps}) exceeds the run's {self.max_steps} steps (--max_steps), so the "
+             f"learning rate would never reach --lr: give --warmup_steps {self.max_steps} or fewer"),
             (self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0 (0: keep every one), got {self.keep_checkpoints}"),
             (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
             (self.eval_batch_size is None or self.eval_batch_size >= 1,
@@ -513,6 +519,10 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     if steps_per_epoch == 0:
         raise ValueError(f"the train loader is empty ({len(loaders.datasets.train)} examples): lower --batch_size or --holdout")
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    if cfg.warmup_steps > total_steps:  # (--max_steps was checked while parsing)
+        raise ValueError(f"warmup_steps ({cfg.warmup_steps}) exceeds the run's {total_steps} steps (--epochs "
+                         f"{cfg.epochs} x {steps_per_epoch} batches), so the learning rate would never reach --lr: "
+                         f"give --warmup_steps {total_steps} or fewer")
     epochs = math.ceil(total_steps / steps_per_epoch)
     lr_scheduler = cosine_schedule(optimizer, total_steps, cfg.warmup_steps, cfg.lr_schedule)
     conn = build_connectome(cfg, accelerator.unwrap_model(model))

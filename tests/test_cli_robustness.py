@@ -462,3 +462,36 @@ def test_mask_only_target_with_a_density_is_refused_and_either_alone_is_taken(tm
     assert (mask.target, mask.density) == (0.3, 0.2)
     assert A.parse_args(["--mode", "mask_only", "--density", "0.5"]).density == 0.5
     assert A.parse_args(["--mode", "mask_only", "--density", "none", "--target", "best"]).target == "best"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "inf"], "lr must be a finite number > 0, got inf"),  # every loss NaN, and the run exited 0
+    (["--lr", "nan"], "lr must be a finite number > 0, got nan"),
+    (["--momentum", "1.5"], "momentum must be in [0, 1) (SGD momentum; adamw: beta1), got 1.5"),
+    (["--momentum", "-1"], "momentum must be in [0, 1) (SGD momentum; adamw: beta1), got -1"),
+    (["--weight_decay", "-1"], "weight_decay must be a finite number >= 0, got -1"),
+    (["--seed", "-1"], "seed must be in [0, 2**32 - 1] (0 to 4294967295), got -1"),
+    (["--seed", "4294967296"], "seed must be in [0, 2**32 - 1] (0 to 4294967295), got 4294967296"),
+    (["--warmup_steps", "50"], "warmup_steps (50) exceeds the run's 20 steps (--max_steps), so the learning rate "
+                               "would never reach --lr: give --warmup_steps 20 or fewer"),
+])
+def test_out_of_range_values_are_refused_before_anything_is_written(tmp_path, argv, message, capsys):
+    out = tmp_path / "run"
+    err = error_of(TINY + ["--output_dir", str(out), *argv], capsys)
+    assert message in err
+    assert not out.exists()
+
+
+def test_values_at_the_edges_of_their_ranges_are_taken():
+    assert A.parse_args(["--max_steps", "20", "--warmup_steps", "20"]).warmup_steps == 20  # the last step reaches --lr
+    assert A.parse_args(["--seed", "4294967295"]).seed == 2**32 - 1 and A.parse_args(["--seed", "0"]).seed == 0
+    assert A.parse_args(["--momentum", "0", "--weight_decay", "0"]).momentum == 0
+
+
+def test_warmup_longer_than_the_epochs_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--epochs", "1", "--batch_size", "500", "--threads", "1", "--progress", "false", "--figures", "false",
+            "--output_dir", str(out)]
+    err = error_of(argv + ["--warmup_steps", "4"], capsys)  # digits: 3 batches of 500 in the train part
+    assert "warmup_steps (4) exceeds the run's 3 steps (--epochs 1 x 3 batches)" in err
+    assert "give --warmup_steps 3 or fewer" in err and not out.exists()
