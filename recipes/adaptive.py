@@ -203,6 +203,9 @@ class RunConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        if self.resume and self.overwrite:
+            raise ConfigError(f"--resume {self.resume} continues the run in the folder and --overwrite deletes it to "
+                              "start afresh: give one of them (drop --overwrite to continue the run)")
         if self.target is not None:
             if self.mode != "mask_only":
                 raise ConfigError("target (synapses to remove) applies to mode mask_only; in train mode --density "

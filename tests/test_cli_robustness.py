@@ -495,3 +495,13 @@ def test_warmup_longer_than_the_epochs_is_refused_before_anything_is_written(tmp
     err = error_of(argv + ["--warmup_steps", "4"], capsys)  # digits: 3 batches of 500 in the train part
     assert "warmup_steps (4) exceeds the run's 3 steps (--epochs 1 x 3 batches)" in err
     assert "give --warmup_steps 3 or fewer" in err and not out.exists()
+
+
+def test_resume_with_overwrite_is_refused(tmp_path, capsys):
+    """--overwrite was silently ignored: the run was continued and nothing deleted."""
+    out = tmp_path / "run"
+    err = error_of(TINY + ["--output_dir", str(out), "--resume", "latest", "--overwrite"], capsys)
+    assert "--resume latest continues the run in the folder and --overwrite deletes it to start afresh: give one " \
+           "of them" in err
+    assert not out.exists()
+    assert A.parse_args(["--resume", "latest", "--output_dir", "x"]).resume == "latest"
