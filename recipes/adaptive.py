@@ -221,6 +221,9 @@ class RunConfig:
                               f"({MASK_ONLY_CHECKPOINT} in the run folder): drop --checkpoint_every")
         if self.mode == "mask_only":
             _refuse_train_only(self)
+        elif self.mask_only_kw:
+            raise ConfigError(f"mask_only_kw ({self.mask_only_kw!r}) applies to mode mask_only; train mode passes more "
+                              "Controller arguments with --controller_kw: drop --mask_only_kw or add --mode mask_only")
         _check_names(self)
 
 

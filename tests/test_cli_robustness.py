@@ -505,3 +505,11 @@ def test_resume_with_overwrite_is_refused(tmp_path, capsys):
            "of them" in err
     assert not out.exists()
     assert A.parse_args(["--resume", "latest", "--output_dir", "x"]).resume == "latest"
+
+
+def test_mask_only_kw_in_train_mode_is_refused_not_ignored(tmp_path, capsys):
+    """--mask_only_kw in train mode was read by nothing: the run went on without it."""
+    out = tmp_path / "run"
+    err = error_of(TINY + ["--output_dir", str(out), "--mask_only_kw.approach", "0.5"], capsys)
+    assert "mask_only_kw ({'approach': 0.5}) applies to mode mask_only" in err and "--controller_kw" in err
+    assert not out.exists()
