@@ -478,18 +478,27 @@ def test_balanced_restores_its_count_even_when_the_held_out_loss_is_nan():
     assert first["grown"] > 0 and abs(first["live"] - 0.3 * conn.num_synapses()) <= 0.5
 
 
-def _swap_run_with_a_layer_set_by_hand(policy, ensemble, budget, fill, density=0.3, **kw):
+def _swap_run_with_a_layer_set_by_hand(policy, ensemble, budget, fill, density=0.3, keep=0, holdout_of=None, **kw):
     """A swap policy trains _mixed_net for two updates; then layer 2.weight's mask is set by hand to
-    all ``fill`` and one more update runs. Returns the connectome, the budget's counts, the largest
-    ensemble per layer and the live counts per layer after that update and after three more."""
+    all ``fill`` but ``keep`` ensembles (the first ``keep`` live ones when emptying, the first
+    ``keep`` absent ones when filling) and one more update runs. Returns the connectome, the
+    budget's counts, the largest ensemble per layer and the live counts per layer after that update
+    and after three more. ``holdout_of(model)``: a held-out loss of the model."""
     m = _mixed_net()
+    if holdout_of is not None:
+        kw["holdout_loss"] = lambda: holdout_of(m)
     conn = adaptive.Connectome(m, ensemble=ensemble)
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
-    adaptive.Controller(conn, opt, policy=policy, density=density, budget=budget, update_every=2, seed=0, **kw)
+    ctrl = adaptive.Controller(conn, opt, policy=policy, density=density, budget=budget, update_every=2, seed=0, **kw)
     _train_mixed(m, 4, opt)
     masks = {n: mk.clone() for n, mk in conn.masks.items()}
-    masks["2.weight"].fill_(fill)
+    ens = conn.ensemble_masks()["2.weight"]
+    kept = (ens.reshape(-1) != fill).nonzero().squeeze(1)[:keep]  # left as they were
+    edited = torch.full_like(ens, fill).reshape(-1)
+    edited[kept] = not fill
+    masks["2.weight"] = conn.granularities["2.weight"].expand(edited.view(ens.shape), masks["2.weight"].shape).clone()
     conn.set_masks(masks)
+    _swap_run_with_a_layer_set_by_hand.ctrl = ctrl  # for a test that reads the events
     _train_mixed(m, 2, opt)
     after = {n: int(conn.masks[n].sum()) for n in conn.names}
     _train_mixed(m, 6, opt)
@@ -543,3 +552,44 @@ def test_a_line_search_does_not_veto_refilling_an_emptied_layer(policy):
         policy, "kernel", "erk", fill=False, holdout_loss=lambda: float(next(calls)))
     assert abs(after["2.weight"] - counts["2.weight"]) <= largest["2.weight"] / 2, (after, counts)
     assert later == after  # every swap since was rolled back
+
+
+@pytest.mark.parametrize("policy", ["set", "rigl", "utility"])
+@pytest.mark.parametrize("fill, keep", [(False, 2), (False, 3), (True, 1), (True, 2)])
+def test_a_line_search_does_not_veto_restoring_a_layer_nearly_emptied_or_filled_by_hand(policy, fill, keep):
+    """A hand edit that leaves a layer a few ensembles (2 live kernels of 64, or all but 1 absent)
+    gives it a swap to make, and the layer's restoration came with that swap and the other layers'
+    swaps: a line search that rolled them back rolled it back too, at every update, and the layer
+    stayed off its budget for good (rigl, kernels, ERK at 0.3: 18 of its 74 synapses, or 567; the
+    network at 0.53 for 0.3). The restoration comes alone, with no held-out veto, whatever the edit
+    left: here every try raises the held-out loss, so only the restoration goes through."""
+    calls = iter(range(10**6))
+    conn, counts, largest, after, later = _swap_run_with_a_layer_set_by_hand(
+        policy, "kernel", "erk", fill=fill, keep=keep, holdout_loss=lambda: float(next(calls)))
+    assert all(abs(after[n] - counts[n]) <= largest[n] / 2 for n in conn.names), (after, counts)
+    assert later == after  # every swap since was rolled back
+
+
+@pytest.mark.parametrize("policy", ["set", "rigl", "utility"])
+@pytest.mark.parametrize("fill, keep", [(False, 2), (True, 1)])
+def test_a_layer_nearly_emptied_or_filled_by_hand_is_restored_under_an_ordinary_held_out_loss(policy, fill, keep):
+    """The reported case, with a held-out loss on a fixed batch: the layer is back on its count at
+    the next update and stays there while swaps go on in every layer."""
+    hx, hy = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(2)), torch.arange(64) % 4
+    conn, counts, largest, after, later = _swap_run_with_a_layer_set_by_hand(
+        policy, "kernel", "erk", fill=fill, keep=keep, holdout_of=lambda m: float(F.cross_entropy(m(hx), hy)))
+    for live in (after, later):
+        assert all(abs(live[n] - counts[n]) <= largest[n] / 2 for n in conn.names), (live, counts)
+    assert abs(sum(later.values()) - round(0.3 * conn.num_synapses())) <= 2 * max(largest.values())
+
+
+@pytest.mark.parametrize("policy", ["set", "rigl", "utility"])
+def test_swaps_resume_after_restoring_a_layer_nearly_filled_by_hand(policy):
+    """The restoration is one update: the next ones swap again (the layer on its count, so it
+    cannot fire at every update)."""
+    conn, counts, largest, after, later = _swap_run_with_a_layer_set_by_hand(policy, "kernel", "erk", fill=True, keep=1)
+    updates = [e for e in _swap_run_with_a_layer_set_by_hand.ctrl.events if e["kind"] == "update"]
+    restored, rest = updates[2], updates[3:]
+    assert restored["grown"] == 0 and restored["pruned"] > 0
+    assert rest and all(e["pruned"] > 0 and e["grown"] == e["pruned"] for e in rest), rest
+    assert all(abs(later[n] - counts[n]) <= largest[n] / 2 for n in conn.names), (later, counts)

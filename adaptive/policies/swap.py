@@ -4,8 +4,8 @@ At each update a decaying fraction of every layer's live ensembles (or of all of
 global budget) is pruned, lowest removal cost first, and the same number of absent ensembles is
 grown, highest restoration gain first (ensembles pruned at this update are not regrown, so no more
 synapses are pruned than the absent ensembles can replace: see :func:`refillable`). Under a layer
-budget a layer with nothing to swap that is off its count (emptied or filled by hand) is brought
-back to it instead, alone (:func:`swap_plan`).
+budget a layer off its count (emptied or filled by hand, wholly or nearly) is brought back to it
+instead, alone (:func:`swap_plan`).
 SET grows at random; RigL is SET with gradient growth; utility takes both sides from an estimator.
 """
 from __future__ import annotations
@@ -101,11 +101,13 @@ def global_plan(c, g, names, sizes, p_idx, g_idx) -> EditPlan:
 def swap_plan(ctrl, step, cost, gain, alive, frac) -> EditPlan:
     """Prune the ``frac`` cheapest live ensembles of every layer (of all layers together under the
     global budget) and grow the most useful absent ones up to the budget's live synapses. Under a
-    layer budget, a layer with no swap to make that is more than half an ensemble off its count (one
-    emptied by hand has no live ensemble, one filled by hand no absent one) is brought back to it
-    (:func:`hold_count`: the most useful absent ones grown, or the cheapest live ones pruned); such
-    a restoration is the whole plan, with an infinite line-search tolerance, as balanced restores
-    its count: joined to the swaps, a held-out veto of them rolled it back too, every time."""
+    layer budget, a layer more than half an ensemble off its count (set by hand: emptied or filled,
+    wholly or all but a few ensembles) is brought back to it instead (:func:`hold_count`: the most
+    useful absent ones grown, or the cheapest live ones pruned); such a restoration is the whole
+    plan, with an infinite line-search tolerance, as balanced restores its count: joined to the
+    swaps, a held-out veto of them rolled it back too, every time, and the layer stayed off its
+    count for good. Swaps keep every layer within half an ensemble of its count, so a run that
+    never meets the case never restores."""
     # best-first order matters only when a line search may shrink the plan
     ordered = ctrl.holdout_loss is not None
     per_layer, total = synapse_targets(ctrl, ctrl.density)
@@ -114,26 +116,27 @@ def swap_plan(ctrl, step, cost, gain, alive, frac) -> EditPlan:
     plan, restore = EditPlan(), EditPlan()
     for n in cost:
         a = alive[n].to(cost[n].device)
-        n_live = int(torch.count_nonzero(a))
-        k = min(int(round(frac * n_live)), a.numel() - n_live)  # no more than can be grown
         size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)  # block edges are smaller
-        p_idx = a.new_zeros(0, dtype=torch.long)
-        if k:
-            p_idx = lowest(per_synapse(cost[n], size), a, k, ordered)
-            p_idx = refillable(per_synapse(cost[n], size), a, size, p_idx, spare_synapses(size, a, per_layer[n]))
-        if p_idx.numel():  # a swap, which also grows a layer under its count back to it (grow_candidates)
-            g_idx = grow_candidates(per_synapse(gain[n], size), a, size, p_idx, per_layer[n], ordered)
-            plan.prune[n], plan.prune_scores[n] = p_idx, cost[n].reshape(-1)[p_idx]
-            plan.grow[n], plan.grow_scores[n] = g_idx, gain[n].reshape(-1)[g_idx]
-            continue
-        # no swap: a layer emptied by hand has no live ensemble to swap, one filled by hand no absent
-        # one; off its count by more than half an ensemble, it is brought back to it (best gains
-        # grown, or lowest costs pruned)
-        value = torch.where(a, per_synapse(cost[n], size), per_synapse(gain[n], size))
-        g_idx, p_idx = hold_count(value, a, size, per_layer[n], ~a, a)
-        if p_idx.numel() or g_idx.numel():
+        largest = size if isinstance(size, float) else float(size.max())
+        if abs(per_layer[n] - live_synapses(size, a)) > largest / 2:
+            # off its count (a hand edit): brought back to it, best gains grown or lowest costs pruned
+            value = torch.where(a, per_synapse(cost[n], size), per_synapse(gain[n], size))
+            g_idx, p_idx = hold_count(value, a, size, per_layer[n], ~a, a)
             restore.prune[n], restore.prune_scores[n] = p_idx, cost[n].reshape(-1)[p_idx]
             restore.grow[n], restore.grow_scores[n] = g_idx, gain[n].reshape(-1)[g_idx]
+            continue
+        if restore.prune:  # the restoration comes alone: no swap to plan
+            continue
+        n_live = int(torch.count_nonzero(a))
+        k = min(int(round(frac * n_live)), a.numel() - n_live)  # no more than can be grown
+        if k == 0:
+            continue
+        p_idx = lowest(per_synapse(cost[n], size), a, k, ordered)
+        p_idx = refillable(per_synapse(cost[n], size), a, size, p_idx, spare_synapses(size, a, per_layer[n]))
+        g_idx = grow_candidates(per_synapse(gain[n], size), a, size, p_idx, per_layer[n], ordered)
+        if p_idx.numel():
+            plan.prune[n], plan.prune_scores[n] = p_idx, cost[n].reshape(-1)[p_idx]
+            plan.grow[n], plan.grow_scores[n] = g_idx, gain[n].reshape(-1)[g_idx]
     if restore.prune:
         # alone, and no held-out loss vetoes it (as balanced restores its count): a line search
         # would roll it back with the swaps it came with, for good; swaps resume at the next update
