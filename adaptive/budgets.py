@@ -2,12 +2,15 @@
 
 A budget is a plain function ``(layers, density, protected, min_density) -> {name: live synapses}``
 returning integer live-synapse counts that add up exactly to ``round(density * total)``, with no
-layer above its size. ``global`` returns None: the controller then ranks all layers together.
+layer above its size. ``protected``: the layers kept as they are, as ``{name: live synapses}`` (the
+controller passes what each holds) or as names alone (counted dense); a protected layer's count is
+what it holds, and the other layers share the rest. ``global`` returns None: the controller then
+ranks all layers together.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Mapping, Optional
 
 from . import registry as _registry
 from .discovery import SynapseLayer
@@ -82,21 +85,23 @@ def _clipped_share(a: Dict[str, float], lo: Dict[str, int], hi: Dict[str, int], 
 
 
 def _allocate(layers: Dict[str, SynapseLayer], density: float, weights: Dict[str, float],
-              protected: Iterable[str], min_density: float) -> Dict[str, int]:
+              protected: Iterable[str] | Mapping[str, int], min_density: float) -> Dict[str, int]:
     """Live counts proportional to ``weights`` (per-synapse density factors) with exact total,
     capacity capping (a layer that would exceed 100% is made dense and the rest rescaled) and a
     per-layer floor of ``min_density`` (a layer held at its floor leaves the rest to the others;
     solved for one scale at once, so a layer made full is released again when floors lower the
-    scale)."""
+    scale). A protected layer keeps what it holds (``protected[name]`` for a mapping, else its size)."""
     sizes = {n: l.numel for n, l in layers.items()}
     total = sum(sizes.values())
     target = int(round(density * total))
-    fixed: Dict[str, int] = {n: sizes[n] for n in protected if n in sizes}
+    held = protected if isinstance(protected, Mapping) else {n: sizes.get(n) for n in protected}
+    fixed: Dict[str, int] = {n: int(held[n]) for n in held if n in sizes}
     floor = {n: int(math.ceil(min_density * sizes[n])) for n in sizes}
-    if sum(fixed.values()) + sum(floor[n] for n in sizes if n not in fixed) > target:
+    need = sum(fixed.values()) + sum(floor[n] for n in sizes if n not in fixed)
+    if need > target:
         raise ValueError(
-            f"density {density} is too low for the protected layers {sorted(fixed)} and min_density {min_density}: "
-            f"they alone need {sum(fixed.values()) + sum(floor[n] for n in sizes if n not in fixed):,} of "
+            f"density {density} is too low for the protected layers {sorted(fixed)} (holding "
+            f"{sum(fixed.values()):,} live synapses) and min_density {min_density}: they alone need {need:,} of "
             f"{target:,} live synapses; raise the density or protect fewer layers"
         )
     free = [n for n in sizes if n not in fixed]

@@ -72,7 +72,8 @@ class Controller:
         grow_init: "zero" (default in train mode), "original" (default in mask_only), "random", or
             a callable ``f(name, grown_mask) -> tensor`` (the weight's shape; a wrong one raises at
             the edit, before anything changes); anything else is refused at construction.
-        min_density: per-layer floor of the budget. protect: name patterns kept dense, never edited.
+        min_density: per-layer floor of the budget. protect: name patterns of layers kept as they are,
+            never edited (a budget counts them at the synapses they hold).
         init: how a sparse policy sparsifies at construction: "random" (train default),
             "magnitude" (mask_only default) or "estimator" (its removal costs; refused for an
             estimator that scores from gradients alone, such as curvature, obd or taylor: a new
@@ -419,6 +420,11 @@ class Controller:
 
     def editable(self) -> List[str]:
         return [n for n in self.conn.names if n not in self.protected]
+
+    def protected_live(self) -> Dict[str, int]:
+        """Live synapses of each protected layer: what a budget counts them at (a protected layer
+        emptied or pruned by hand holds no more, and the other layers share the rest of the target)."""
+        return {n: int(torch.count_nonzero(self.conn.masks[n])) for n in self.protected}
 
     def scores(self, side: str, step: Optional[int] = None, names=None) -> Dict[str, torch.Tensor]:
         """Per-ensemble scores: ``side="cost"`` (removal cost, from drop_by) or ``"gain"``

@@ -536,7 +536,7 @@ def optimize_connectome(
                 continue
             start = step
             deadline = start + max(window, int(round(approach * steps_per_stage)) // window * window)
-            prot = sum(conn.layers[n].numel for n in ctrl.protected)
+            prot = sum(ctrl.protected_live().values())
             if removed_goal is None:
                 policy.set_goal(None)
             else:

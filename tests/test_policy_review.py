@@ -593,3 +593,58 @@ def test_swaps_resume_after_restoring_a_layer_nearly_filled_by_hand(policy):
     assert restored["grown"] == 0 and restored["pruned"] > 0
     assert rest and all(e["pruned"] > 0 and e["grown"] == e["pruned"] for e in rest), rest
     assert all(abs(later[n] - counts[n]) <= largest[n] / 2 for n in conn.names), (later, counts)
+
+
+def _run_with_a_protected_layer_pruned_by_hand(policy, budget, keep_fraction, density=0.3, steps=8):
+    """_mixed_net on kernels with layer 2.weight (576 synapses) pruned by hand to its first
+    ``keep_fraction`` of output channels, then protected; ``steps`` batches at ``density``. Returns
+    the connectome and the controller."""
+    m = _mixed_net()
+    conn = adaptive.Connectome(m, ensemble="kernel")
+    masks = {n: mk.clone() for n, mk in conn.masks.items()}
+    masks["2.weight"][int(keep_fraction * 8):] = False
+    conn.set_masks(masks)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    ctrl = adaptive.Controller(conn, opt, policy=policy, density=density, budget=budget, update_every=2, seed=0,
+                               protect=["2.weight"])
+    _train_mixed(m, steps, opt)
+    return conn, ctrl
+
+
+@pytest.mark.parametrize("policy", ["set", "rigl", "utility", "magnitude"])
+@pytest.mark.parametrize("budget", ["erk", "uniform", "global"])
+@pytest.mark.parametrize("keep_fraction, density", [(0.0, 0.3), (0.0, 0.25), (0.5, 0.3)])
+@pytest.mark.filterwarnings("ignore:.*no live synapse left")
+def test_a_protected_layer_counts_at_what_it_holds(policy, budget, keep_fraction, density):
+    """The README's way to keep a layer empty (protect=[name]) left the network at a tenth of its
+    density: budgets counted a protected layer at its full size, 576 synapses for one holding none,
+    so the other layers shared 58 of the 634 target synapses (rigl, kernels, ERK at 0.3: 61 live,
+    no warning); at 0.25 the controller refused, the protected layer said to need 576 of 528. A
+    protected layer counts at the synapses it holds (none, or half of it when pruned by hand to
+    half), and the other layers share the rest of the network's target."""
+    conn, ctrl = _run_with_a_protected_layer_pruned_by_hand(policy, budget, keep_fraction, density)
+    held = int(keep_fraction * 576)
+    assert int(conn.masks["2.weight"].sum()) == held  # never edited
+    live = sum(int(mk.sum()) for mk in conn.masks.values())
+    assert abs(live - round(density * conn.num_synapses())) <= 9, live  # within one kernel
+
+
+def test_a_budget_counts_a_protected_layer_given_with_its_live_synapses():
+    """The budget functions take the protected layers as {name: live synapses} (what the controller
+    passes) or as names (counted dense, as before)."""
+    layers = {"a": layer("a", (40, 30)), "b": layer("b", (30, 20))}
+    target = round(0.4 * 1800)
+    for name in ["erk", "uniform", "er"]:
+        half = get_budget(name)(layers, 0.4, protected={"b": 300})
+        assert half["b"] == 300 and half["a"] == target - 300
+        dense = get_budget(name)(layers, 0.4, protected=["b"])
+        assert dense["b"] == 600 and dense["a"] == target - 600
+        assert dense == get_budget(name)(layers, 0.4, protected={"b": 600})
+
+
+def test_too_low_a_density_for_a_protected_layer_names_what_it_holds():
+    """The error states the protected layers' live synapses, not their size."""
+    with pytest.raises(ValueError, match=r"protected layers \['2.weight'\] \(holding 288 live synapses\).*need 288 of 211"):
+        _run_with_a_protected_layer_pruned_by_hand("rigl", "erk", 0.5, density=0.1, steps=0)
+    with pytest.raises(ValueError, match=r"\(holding 288 live synapses\).*need 288 of 211"):
+        _run_with_a_protected_layer_pruned_by_hand("rigl", "global", 0.5, density=0.1, steps=0)

@@ -387,16 +387,16 @@ def live_synapses(size, alive: torch.Tensor) -> float:
 
 
 def global_synapse_target(ctrl, density: float) -> int:
-    """Live synapses of all editable layers together for ``density`` (protected layers count as
-    dense). Raises when the protected layers and the ``min_density`` floors alone exceed it."""
-    prot = sum(ctrl.conn.layers[n].numel for n in ctrl.protected)
+    """Live synapses of all editable layers together for ``density`` (protected layers count at the
+    synapses they hold). Raises when the protected layers and the ``min_density`` floors alone exceed it."""
+    prot = sum(ctrl.protected_live().values())
     target = int(round(density * ctrl.conn.num_synapses()))
     floors = sum(layer_floors(ctrl).values())
     if prot + floors > target:
         raise ValueError(
-            f"density {density} is too low for the protected layers {sorted(ctrl.protected)} and min_density "
-            f"{ctrl.min_density}: they alone need {prot + floors:,} of {target:,} live synapses; raise the density "
-            "or protect fewer layers")
+            f"density {density} is too low for the protected layers {sorted(ctrl.protected)} (holding {prot:,} live "
+            f"synapses) and min_density {ctrl.min_density}: they alone need {prot + floors:,} of {target:,} live "
+            "synapses; raise the density or protect fewer layers")
     return target - prot
 
 
@@ -465,7 +465,7 @@ def _check_budget(ctrl, density: float, counts) -> None:
 def synapse_targets(ctrl, density: float):
     """Live synapses per editable layer for ``density`` under the controller's budget, or, for the
     global budget, ``None`` and the live synapses of all editable layers together."""
-    counts = ctrl.budget_fn(ctrl.conn.layers, density, protected=ctrl.protected, min_density=ctrl.min_density)
+    counts = ctrl.budget_fn(ctrl.conn.layers, density, protected=ctrl.protected_live(), min_density=ctrl.min_density)
     if counts is not None:
         _check_budget(ctrl, density, counts)
         return {n: counts[n] for n in ctrl.editable()}, None

@@ -54,7 +54,7 @@ class Crawl(Policy):
         and the policy crawled at the starting size."""
         if ctrl.density is not None and self.goal is None:
             total = ctrl.conn.num_synapses()
-            prot = sum(ctrl.conn.layers[n].numel for n in ctrl.protected)
+            prot = sum(ctrl.protected_live().values())
             self.set_goal(int(round(ctrl.density * total)) - prot, ctrl.end_step)
         return None
 
