@@ -4,8 +4,9 @@ A budget is a plain function ``(layers, density, protected, min_density) -> {nam
 returning integer live-synapse counts that add up exactly to ``round(density * total)``, with no
 layer above its size. ``protected``: the layers kept as they are, as ``{name: live synapses}`` (the
 controller passes what each holds) or as names alone (counted dense); a protected layer's count is
-what it holds, and the other layers share the rest. ``global`` returns None: the controller then
-ranks all layers together.
+what it holds, and the other layers share the rest (a density they cannot make up even when full,
+or one under what the protected layers and floors alone need, is a ValueError naming the range the
+network can reach). ``global`` returns None: the controller then ranks all layers together.
 """
 from __future__ import annotations
 
@@ -99,11 +100,10 @@ def _allocate(layers: Dict[str, SynapseLayer], density: float, weights: Dict[str
     floor = {n: int(math.ceil(min_density * sizes[n])) for n in sizes}
     need = sum(fixed.values()) + sum(floor[n] for n in sizes if n not in fixed)
     if need > target:
-        raise ValueError(
-            f"density {density} is too low for the protected layers {sorted(fixed)} (holding "
-            f"{sum(fixed.values()):,} live synapses) and min_density {min_density}: they alone need {need:,} of "
-            f"{target:,} live synapses; raise the density or protect fewer layers"
-        )
+        raise too_low_error(density, fixed, min_density, need, target)
+    most = sum(fixed.values()) + sum(sizes[n] for n in sizes if n not in fixed)
+    if most < target:
+        raise too_high_error(density, fixed, most, total)
     free = [n for n in sizes if n not in fixed]
     remaining = target - sum(fixed.values())
     a = {n: weights[n] * sizes[n] for n in free}
@@ -113,6 +113,30 @@ def _allocate(layers: Dict[str, SynapseLayer], density: float, weights: Dict[str
     counts = dict(fixed)
     counts.update(_largest_remainder(raw, target - sum(fixed.values()), {n: sizes[n] for n in free}))
     return {n: counts[n] for n in layers}
+
+
+def too_low_error(density: float, fixed: Mapping[str, int], min_density: float, need: int, target: int) -> ValueError:
+    """The error for a density under what the protected layers (``fixed``: {name: live synapses})
+    and the ``min_density`` floors of the others alone need (``need`` of ``target`` live synapses)."""
+    held = sum(fixed.values())
+    what = [f"the protected layers {sorted(fixed)} (holding {held:,} live synapses)" if fixed else "",
+            f"min_density {min_density}" if min_density > 0 else ""]
+    fix = ["raise the density", "protect fewer layers" if fixed else "", "lower min_density" if min_density > 0 else ""]
+    return ValueError(f"density {density} is too low for {' and '.join(filter(None, what))}: "
+                      f"{'they' if fixed else 'the floors'} alone need {need:,} of {target:,} live synapses; "
+                      + " or ".join(filter(None, fix)))
+
+
+def too_high_error(density: float, fixed: Mapping[str, int], most: int, total: int) -> ValueError:
+    """The error for a density the network cannot reach: the protected layers (``fixed``) hold
+    fewer synapses than their share (emptied or pruned by hand) and the others, full, leave the
+    network at ``most`` of its ``total`` synapses."""
+    held = sum(fixed.values())
+    return ValueError(
+        f"density {density} is out of reach: the protected layers {sorted(fixed)} hold {held:,} live synapses "
+        f"and the other layers at most {most - held:,} (all of theirs), {most:,} of the {int(round(density * total)):,} "
+        f"asked for (density {most / total:.4f}); lower the density to {math.floor(most / total * 1e4) / 1e4:g} or "
+        "less, or refill the protected layers (Connectome.set_masks) or leave them out of protect=[...]")
 
 
 @register_budget("global")

@@ -267,7 +267,7 @@ class Controller:
         if optimizer is not None:
             conn._check_optimizer(optimizer)
         if self.density is not None and conn.fixed_density is None:
-            synapse_targets(self, self.density)  # raises now, not at the first update, when it cannot be met
+            synapse_targets(self, self.density, strict=True)  # raises now, not at the first update, when it cannot be met
         kept = grow_init == "original" and not conn.original
         if kept:
             conn.keep_original()

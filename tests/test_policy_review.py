@@ -157,7 +157,7 @@ def test_min_density_floors_hold_under_the_global_budget(policy):
 
 def test_floors_and_protected_layers_beyond_a_global_target_are_refused():
     conn = adaptive.Connectome(_mlp())
-    with pytest.raises(ValueError, match="too low for the protected layers"):
+    with pytest.raises(ValueError, match="too low for min_density 0.3"):
         adaptive.Controller(conn, None, policy="magnitude", density=0.1, budget="global", min_density=0.3)
     with pytest.raises(ValueError, match="too low for the protected layers"):
         adaptive.Controller(conn, None, policy="rigl", density=0.2, budget="global", protect=["0"])
@@ -648,3 +648,104 @@ def test_too_low_a_density_for_a_protected_layer_names_what_it_holds():
         _run_with_a_protected_layer_pruned_by_hand("rigl", "erk", 0.5, density=0.1, steps=0)
     with pytest.raises(ValueError, match=r"\(holding 288 live synapses\).*need 288 of 211"):
         _run_with_a_protected_layer_pruned_by_hand("rigl", "global", 0.5, density=0.1, steps=0)
+
+
+def _protected_layer_edited_mid_run(policy, budget, density, keep=1.0, edit=0.0, steps=12, **kw):
+    """_mixed_net on kernels, layer 2.weight (576 synapses) pruned by hand to its first ``keep``
+    of output channels and protected; 4 batches at ``density``, then 2.weight set by hand to its
+    first ``edit`` of output channels (0: emptied), then ``steps`` batches. Returns the connectome,
+    the controller and the live synapses of the editable layers after each update since the edit."""
+    m = _mixed_net()
+    conn = adaptive.Connectome(m, ensemble="kernel")
+    masks = {n: mk.clone() for n, mk in conn.masks.items()}
+    masks["2.weight"][int(keep * 8):] = False
+    conn.set_masks(masks)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    ctrl = adaptive.Controller(conn, opt, policy=policy, density=density, budget=budget, update_every=2, seed=0,
+                               end_step=8, protect=["2.weight"], **kw)
+    _train_mixed(m, 4, opt)
+    masks = {n: mk.clone() for n, mk in conn.masks.items()}
+    masks["2.weight"][:] = False
+    masks["2.weight"][:int(edit * 8)] = True
+    conn.set_masks(masks)
+    lives = []
+    for _ in range(steps // 2):
+        _train_mixed(m, 2, opt)
+        lives.append(sum(int(conn.masks[n].sum()) for n in conn.names if n != "2.weight"))
+    return conn, ctrl, lives
+
+
+@pytest.mark.parametrize("policy, budget", [(p, b) for p in ["rigl", "gmp"] for b in ["erk", "uniform", "er", "global"]]
+                         + [("crawl", "global")])
+def test_a_density_the_layers_next_to_an_emptied_protected_layer_cannot_hold_is_refused_clearly(policy, budget):
+    """With the protected 576-synapse layer emptied, the other layers hold at most 1,536 of the
+    network's 2,112 synapses: density 0.9 (1,901) is out of reach. The layer budgets blamed
+    themselves ("layer budget 'erk' broke its contract ... counts add up to 1,536, not 1,901") and
+    the global budget was taken and ended at 0.727 silently. The controller refuses it, naming
+    the density the network reaches and the fix, and leaves the masks as they were."""
+    m = _mixed_net()
+    conn = adaptive.Connectome(m, ensemble="kernel")
+    masks = {n: mk.clone() for n, mk in conn.masks.items()}
+    masks["2.weight"][:] = False
+    conn.set_masks(masks)
+    with pytest.raises(ValueError, match=r"density 0.9 is out of reach: the protected layers \['2.weight'\] hold 0 "
+                                         r"live synapses and the other layers at most 1,536.*lower the density to "
+                                         r"0.7272 or less, or refill the protected layers"):
+        adaptive.Controller(conn, None, policy=policy, density=0.9, budget=budget, update_every=2, end_step=8,
+                            protect=["2.weight"])
+    assert all(torch.equal(conn.masks[n], masks[n]) for n in masks)
+    adaptive.Controller(conn, None, policy=policy, density=0.72, budget=budget, update_every=2, end_step=8,
+                        protect=["2.weight"])
+
+
+def test_a_budget_refuses_a_density_its_unprotected_layers_cannot_hold():
+    layers = {"a": layer("a", (40, 30)), "b": layer("b", (30, 20))}
+    for name in ["erk", "uniform", "er"]:
+        with pytest.raises(ValueError, match=r"out of reach.*at most 1,200.*1,200 of the 1,710 asked for"):
+            get_budget(name)(layers, 0.95, protected={"b": 0})
+        assert sum(get_budget(name)(layers, 1200 / 1800, protected={"b": 0}).values()) == 1200
+
+
+@pytest.mark.parametrize("budget", ["erk", "uniform", "global"])
+@pytest.mark.parametrize("policy", ["set", "rigl", "utility"])
+@pytest.mark.filterwarnings("ignore:.*no live synapse left")
+def test_layers_fill_up_to_what_they_hold_when_a_protected_layer_is_emptied_mid_run(budget, policy):
+    """Density 0.9 holds with the protected layer dense; emptied by hand mid-run, it leaves the
+    other layers more than all of theirs. The first update raised ("layer budget 'erk' broke its
+    contract at density 0.9: counts add up to 1,536, not 1,901") at opt.step(). The layers now
+    fill up to all they hold, with one warning naming the density the network reaches."""
+    with pytest.warns(UserWarning, match=r"density 0.9 is out of reach.*the network stays at density 0.7273") as rec:
+        conn, ctrl, lives = _protected_layer_edited_mid_run(policy, budget, 0.9)
+    assert sum("out of reach" in str(w.message) for w in rec) == 1
+    assert lives[-1] == 1536, lives  # every editable layer full
+    assert int(conn.masks["2.weight"].sum()) == 0
+
+
+@pytest.mark.parametrize("budget", ["erk", "global"])
+@pytest.mark.filterwarnings("ignore:.*no live synapse left")
+def test_gmp_passes_densities_above_reach_on_its_way_down(budget, recwarn):
+    """gmp starts dense: with the protected layer emptied its first updates ask for densities (0.98
+    at step 2) the other layers cannot make up, and a layer budget raised ("broke its contract")
+    though the target, 0.3, is in reach. Those updates keep the layers full, with no warning, and
+    the run reaches its target."""
+    m = _mixed_net()
+    conn = adaptive.Connectome(m, ensemble="kernel")
+    masks = {n: mk.clone() for n, mk in conn.masks.items()}
+    masks["2.weight"][:] = False
+    conn.set_masks(masks)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    adaptive.Controller(conn, opt, policy="gmp", density=0.3, budget=budget, update_every=2, end_step=200,
+                        protect=["2.weight"])
+    _train_mixed(m, 202, opt)
+    assert abs(conn.num_live() - round(0.3 * conn.num_synapses())) <= 9
+    assert not [w for w in recwarn if "out of reach" in str(w.message)]
+
+
+@pytest.mark.parametrize("budget", ["erk", "global"])
+def test_too_low_a_density_for_the_floors_alone_does_not_speak_of_protected_layers(budget):
+    """With no layer protected the error listed "the protected layers [] (holding 0 live synapses)"."""
+    conn = adaptive.Connectome(_mlp())
+    with pytest.raises(ValueError) as err:
+        adaptive.Controller(conn, None, policy="magnitude", density=0.1, budget=budget, min_density=0.3)
+    assert str(err.value).startswith("density 0.1 is too low for min_density 0.3: the floors alone need")
+    assert "protect" not in str(err.value) and "lower min_density" in str(err.value)

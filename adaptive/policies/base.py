@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Dict, Optional, Type
 import torch
 
 from .. import registry as _registry
+from ..budgets import too_high_error, too_low_error
+from ..warn import warn_user
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..controller import Controller
@@ -386,17 +388,42 @@ def live_synapses(size, alive: torch.Tensor) -> float:
     return float(size.to(a.device)[a].sum())
 
 
+def reachable(ctrl, density: float, strict: bool = False) -> float:
+    """``density``, or the density the network reaches with its editable layers full where they
+    cannot make up their share of it: a protected layer holding fewer synapses than its share
+    (emptied or pruned by hand) leaves them more than they hold. ``strict`` (at construction): a
+    ValueError naming the reachable density and the fix instead. Mid-run the editable layers fill
+    up to all they hold, with a warning (once per count) when ``density`` is the controller's own
+    target (a schedule's intermediate densities above it, as gmp's near 1.0, are met as far as they go)."""
+    prot = ctrl.protected_live()
+    total = ctrl.conn.num_synapses()
+    most = sum(prot.values()) + sum(ctrl.conn.layers[n].numel for n in ctrl.editable())
+    if int(round(density * total)) <= most:
+        return density
+    if strict:
+        raise too_high_error(density, prot, most, total)
+    warned = ctrl.__dict__.setdefault("_warned_reach", set())
+    if density == ctrl.density and most not in warned:
+        warned.add(most)
+        warn_user(f"density {density} is out of reach: the protected layers {sorted(prot)} hold "
+                  f"{sum(prot.values()):,} live synapses and the other layers, full, {most - sum(prot.values()):,}, so "
+                  f"the network stays at density {most / total:.4f} ({most:,} of the {int(round(density * total)):,} "
+                  "synapses asked for); lower the density, or refill the protected layers (Connectome.set_masks) "
+                  "or leave them out of protect=[...]")
+    return most / total  # round(most / total * total) == most
+
+
 def global_synapse_target(ctrl, density: float) -> int:
     """Live synapses of all editable layers together for ``density`` (protected layers count at the
-    synapses they hold). Raises when the protected layers and the ``min_density`` floors alone exceed it."""
+    synapses they hold; at most all the editable layers hold, :func:`reachable`). Raises when the
+    protected layers and the ``min_density`` floors alone exceed it."""
+    density = reachable(ctrl, density)
     prot = sum(ctrl.protected_live().values())
     target = int(round(density * ctrl.conn.num_synapses()))
     floors = sum(layer_floors(ctrl).values())
     if prot + floors > target:
-        raise ValueError(
-            f"density {density} is too low for the protected layers {sorted(ctrl.protected)} (holding {prot:,} live "
-            f"synapses) and min_density {ctrl.min_density}: they alone need {prot + floors:,} of {target:,} live "
-            "synapses; raise the density or protect fewer layers")
+        raise too_low_error(density, ctrl.protected_live(), float(getattr(ctrl, "min_density", 0.0) or 0.0), prot + floors,
+                            target)
     return target - prot
 
 
@@ -462,9 +489,12 @@ def _check_budget(ctrl, density: float, counts) -> None:
             "round(density * total))")
 
 
-def synapse_targets(ctrl, density: float):
+def synapse_targets(ctrl, density: float, strict: bool = False):
     """Live synapses per editable layer for ``density`` under the controller's budget, or, for the
-    global budget, ``None`` and the live synapses of all editable layers together."""
+    global budget, ``None`` and the live synapses of all editable layers together. A density the
+    editable layers cannot make up even when full is met as far as they go, or with ``strict`` (at
+    construction) refused (:func:`reachable`)."""
+    density = reachable(ctrl, density, strict)
     counts = ctrl.budget_fn(ctrl.conn.layers, density, protected=ctrl.protected_live(), min_density=ctrl.min_density)
     if counts is not None:
         _check_budget(ctrl, density, counts)
