@@ -741,6 +741,23 @@ def test_gmp_passes_densities_above_reach_on_its_way_down(budget, recwarn):
     assert not [w for w in recwarn if "out of reach" in str(w.message)]
 
 
+@pytest.mark.parametrize("policy", ["set", "rigl", "utility"])
+@pytest.mark.parametrize("keep, edit", [(1.0, 0.0), (0.5, 0.0), (0.5, 1.0)])
+@pytest.mark.filterwarnings("ignore:.*no live synapse left")
+def test_a_line_search_does_not_veto_following_a_protected_layer_edited_mid_run_under_the_global_budget(
+        policy, keep, edit):
+    """Under the global budget the other layers' catch-up to a protected layer emptied (or refilled)
+    by hand came with the update's swaps, and a held-out loss that rose at every try vetoed it at
+    every update: 371 live for a target of 499, for good (rigl on an MLP at 0.3), where the layer
+    budgets restore alone. The catch-up now comes alone, with no veto; here every try raises the
+    held-out loss, so only it goes through, and the count stays on target."""
+    calls = iter(range(10**6))
+    conn, ctrl, lives = _protected_layer_edited_mid_run(policy, "global", 0.3, keep=keep, edit=edit,
+                                                        holdout_loss=lambda: float(next(calls)))
+    target = round(0.3 * conn.num_synapses()) - int(conn.masks["2.weight"].sum())
+    assert all(abs(live - target) <= 4.5 for live in lives), (lives, target)
+
+
 @pytest.mark.parametrize("budget", ["erk", "global"])
 def test_too_low_a_density_for_the_floors_alone_does_not_speak_of_protected_layers(budget):
     """With no layer protected the error listed "the protected layers [] (holding 0 live synapses)"."""

@@ -4,8 +4,9 @@ At each update a decaying fraction of every layer's live ensembles (or of all of
 global budget) is pruned, lowest removal cost first, and the same number of absent ensembles is
 grown, highest restoration gain first (ensembles pruned at this update are not regrown, so no more
 synapses are pruned than the absent ensembles can replace: see :func:`refillable`). Under a layer
-budget a layer off its count (emptied or filled by hand, wholly or nearly) is brought back to it
-instead, alone (:func:`swap_plan`).
+budget a layer off its count (emptied or filled by hand, wholly or nearly), under the global budget
+the network off its count (a protected layer edited by hand), is brought back to it instead, alone
+(:func:`swap_plan`).
 SET grows at random; RigL is SET with gradient growth; utility takes both sides from an estimator.
 """
 from __future__ import annotations
@@ -98,6 +99,35 @@ def global_plan(c, g, names, sizes, p_idx, g_idx) -> EditPlan:
     return plan
 
 
+def global_restore(ctrl, cost, gain, alive, target):
+    """Under the global budget, where the editable layers together miss ``target`` by more than one
+    ensemble (its largest) per layer (a protected layer edited by hand leaves them a new share, or
+    a layer was emptied or filled by hand), the plan that brings them back to within half an
+    ensemble of it alone (:func:`hold_count`: the most useful absent ensembles grown, or the
+    cheapest live ones above the ``min_density`` floors pruned), with an infinite line-search
+    tolerance; None where they are within it. The margin is what a line search's cut of a global
+    swap plan can leave (each layer's prunes and grows cut to a prefix apiece: the network off by
+    up to one ensemble per layer, caught up with the next swaps): restoring that alone would change
+    ordinary runs."""
+    c, names, sizes = concat(cost)
+    a = concat(alive)[0].to(c.device)
+    size = concat_sizes(ctrl, names, sizes)
+    per_layer = (ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape) for n in names)
+    slack = sum(s if isinstance(s, float) else float(s.max()) for s in per_layer)
+    if abs(target - live_synapses(size, a)) <= slack:
+        return None
+    g = concat(gain)[0]
+    held = floor_mask(ctrl, cost, alive)
+    prunable = a if held is None else a & ~held.to(a.device)
+    value = torch.where(a, per_synapse(c, size), per_synapse(g, size))
+    g_idx, p_idx = hold_count(value, a, size, target, ~a, prunable)
+    if not g_idx.numel() and not p_idx.numel():
+        return None
+    plan = global_plan(c, g, names, sizes, p_idx, g_idx)
+    plan.tolerance = math.inf
+    return plan
+
+
 def swap_plan(ctrl, step, cost, gain, alive, frac) -> EditPlan:
     """Prune the ``frac`` cheapest live ensembles of every layer (of all layers together under the
     global budget) and grow the most useful absent ones up to the budget's live synapses. Under a
@@ -106,12 +136,17 @@ def swap_plan(ctrl, step, cost, gain, alive, frac) -> EditPlan:
     useful absent ones grown, or the cheapest live ones pruned); such a restoration is the whole
     plan, with an infinite line-search tolerance, as balanced restores its count: joined to the
     swaps, a held-out veto of them rolled it back too, every time, and the layer stayed off its
-    count for good. Swaps keep every layer within half an ensemble of its count, so a run that
-    never meets the case never restores."""
+    count for good. Under the global budget the network's count is restored so, alone, when it is
+    more than an ensemble per layer off (:func:`global_restore`: a protected layer edited by hand).
+    Swaps keep every layer (the network) within half an ensemble of its count, so a run that never
+    meets the case never restores."""
     # best-first order matters only when a line search may shrink the plan
     ordered = ctrl.holdout_loss is not None
     per_layer, total = synapse_targets(ctrl, ctrl.density)
     if per_layer is None:
+        restore = global_restore(ctrl, cost, gain, alive, total)
+        if restore is not None:
+            return restore
         return global_plan(*global_candidates(ctrl, cost, gain, alive, frac, ordered, target=total))
     plan, restore = EditPlan(), EditPlan()
     for n in cost:
