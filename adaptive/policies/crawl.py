@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from .base import EditPlan, Policy, concat, highest, lowest, register_policy, split
+from .base import EditPlan, Policy, concat, global_synapse_target, highest, lowest, register_policy, split
 
 
 @register_policy("crawl")
@@ -47,21 +47,24 @@ class Crawl(Policy):
                              f"estimator's units; 0: any improvement), got {margin!r}")
         self.goal: Optional[int] = None  # live synapses wanted over the editable layers
         self.deadline: Optional[int] = None  # step by which the goal is reached
+        self.follows_density = False  # the goal is the controller's density less the protected layers' synapses
 
     def initialize(self, ctrl):
         """A controller given ``density`` (used directly, not through optimize_connectome) sets the
         goal from it, reached by ``end_step`` (at the first update without one): it was ignored,
-        and the policy crawled at the starting size."""
+        and the policy crawled at the starting size. Such a goal follows what the protected layers
+        hold, read again at every update (one emptied or pruned by hand mid-run leaves the others its
+        share); a goal set by :meth:`set_goal` stays as set."""
         if ctrl.density is not None and self.goal is None:
-            total = ctrl.conn.num_synapses()
-            prot = sum(ctrl.protected_live().values())
-            self.set_goal(int(round(ctrl.density * total)) - prot, ctrl.end_step)
+            self.set_goal(global_synapse_target(ctrl, ctrl.density), ctrl.end_step)
+            self.follows_density = True
         return None
 
     def set_goal(self, live: Optional[int], deadline: Optional[int] = None) -> None:
         """Aim for ``live`` synapses over the editable layers (None: no size goal, threshold editing) by step ``deadline``."""
         self.goal = None if live is None else int(live)
         self.deadline = None if deadline is None else int(deadline)
+        self.follows_density = False
 
     def updates_left(self, ctrl, step: int) -> int:
         """Updates until the deadline, this one included (1: the goal must be reached now)."""
@@ -100,6 +103,8 @@ class Crawl(Policy):
         return int(((s.cumsum(0) * 2 - s) <= 2 * int(count)).sum())
 
     def update(self, ctrl, step):
+        if self.follows_density:
+            self.goal = global_synapse_target(ctrl, ctrl.density)  # what the protected layers hold now
         c, names, sizes = concat(ctrl.scores("cost", step))
         g, _, _ = concat(ctrl.scores("gain", step))
         a, _, _ = concat(ctrl.alive())
@@ -167,9 +172,11 @@ class Crawl(Policy):
         return plan
 
     def state_dict(self):
-        return {"edit_fraction": self.edit_fraction, "goal": self.goal, "deadline": self.deadline}
+        return {"edit_fraction": self.edit_fraction, "goal": self.goal, "deadline": self.deadline,
+                "follows_density": self.follows_density}
 
     def load_state_dict(self, sd):
         self.edit_fraction = float(sd.get("edit_fraction", self.edit_fraction))
         self.goal = sd.get("goal", self.goal)
         self.deadline = sd.get("deadline", self.deadline)
+        self.follows_density = bool(sd.get("follows_density", self.follows_density))
