@@ -99,7 +99,8 @@ class RunConfig:
                                                              "crawl (adaptive.policies)"})
     estimator: Optional[str] = field(default=None, metadata={"help": "utility estimator (utility/balanced/threshold/gmp; mask_only); default: curvature in train mode, presence in mask_only mode"})
     density: Optional[float] = field(default=_DEFAULT_DENSITY, metadata={"help": "target fraction of live synapses "
-                                     "(mask_only: --target defaults to 1 - density; give one of the two)"})
+                                     "(mask_only: the same as --target 1-D, so 1.0 removes nothing, and none the same as "
+                                     "--target best; give one of the two)"})
     budget: str = _opt("erk", "how the density is shared among layers (adaptive.budgets: global, uniform, erk, er)")
     update_every: Optional[int] = field(default=None, metadata={"help": "steps between connectome updates; default: 25 in train mode, 1 in mask_only mode"})
     edit_fraction: Optional[float] = field(default=None, metadata={"help": "fraction of live ensembles edited at an update, decaying "
@@ -108,7 +109,8 @@ class RunConfig:
     min_density: float = _opt(0.0, "per-layer density floor of the budget")
     protect: List[str] = field(default_factory=list, metadata={"help": "shell-style name patterns: matching layers are kept dense, never edited"})
     controller_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "more Controller arguments"})
-    target: Optional[Union[int, float, str]] = _help("mask_only: synapses to remove (count, fraction or best); default 1 - density")
+    target: Optional[Union[int, float, str]] = _help("mask_only: synapses to remove (count, fraction or best); default 1 - density (best for "
+                                                    "--density none)")
     mask_only_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "more optimize_connectome arguments"})
     # optimisation
     optimizer: Literal["sgd", "adamw"] = _opt("sgd", "weight optimizer (train mode)")
@@ -279,6 +281,13 @@ def _refuse_train_only(cfg) -> None:
         if getattr(cfg, key) not in unset:
             raise ConfigError(f"mode mask_only does not use {key} (got {getattr(cfg, key)!r}): {instead}; "
                               f"drop --{key}")
+
+
+def mask_only_target(density: Optional[float]) -> Union[float, str]:
+    """The mask_only target that ``--density`` means without a ``--target``: the fraction 1 - density
+    to remove (density 1.0 removes nothing), or "best" for ``--density none`` (as ``--target best``:
+    a ladder of removals, keeping the rung with the best held-out score, or the dense network)."""
+    return "best" if density is None else 1.0 - density
 
 
 def _check_target(target) -> None:
@@ -810,7 +819,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     # every process verifies edits on the same (whole, unsharded) held-out batches, so all make the
     # same decisions; optimize_connectome moves batches to the model's device
     holdout_dl = loaders.holdout
-    target = cfg.target if cfg.target is not None else (1.0 - cfg.density if cfg.density and cfg.density < 1 else "best")
+    target = cfg.target if cfg.target is not None else mask_only_target(cfg.density)
     if len(train_dl) == 0:
         raise ValueError(f"the train loader is empty ({len(loaders.datasets.train)} examples): lower --batch_size or --holdout")
     # --max_steps counts training batches per target (each process's), else --epochs passes

@@ -464,6 +464,16 @@ def test_mask_only_target_with_a_density_is_refused_and_either_alone_is_taken(tm
     assert A.parse_args(["--mode", "mask_only", "--density", "none", "--target", "best"]).target == "best"
 
 
+def test_mask_only_density_one_removes_nothing_and_density_none_is_target_best(tmp_path, capsys):
+    """--density 1.0 ran target 'best' (60% removed) though --density D is documented as --target 1-D."""
+    base = ["--mode", "mask_only", "--threads", "1", "--progress", "false", "--figures", "false", "--max_steps", "3"]
+    res = A.main(base + ["--density", "1.0", "--output_dir", str(tmp_path / "a")])
+    assert "target 0.0," in capsys.readouterr().out and res.conn.density() == 1.0
+    assert A.mask_only_target(1.0) == 0.0 and A.mask_only_target(0.25) == 0.75 and A.mask_only_target(None) == "best"
+    help_text = A.RunConfig.__dataclass_fields__["density"].metadata["help"]
+    assert "1.0 removes nothing" in help_text and "none the same as --target best" in help_text
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--lr", "inf"], "lr must be a finite number > 0, got inf"),  # every loss NaN, and the run exited 0
     (["--lr", "nan"], "lr must be a finite number > 0, got nan"),
