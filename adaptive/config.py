@@ -19,7 +19,9 @@ Order of precedence: dataclass defaults < each ``--config FILE`` in the order gi
 underscores (``--data-dir`` == ``--data_dir``; YAML keys likewise). Dotted keys reach into a nested
 dataclass or a dict field (``--model_kw.depth 4``). Unknown keys and values of the wrong type raise
 :class:`ConfigError` naming the key, where it came from, the expected type and the closest known
-key. ``parse_config(..., exit_on_error=True)`` turns that into an argparse-style exit.
+key. The dataclass's own checks (``__post_init__``) run once, on the merged settings, so a later
+file or the command line can fix what an earlier file gave. ``parse_config(..., exit_on_error=True)``
+turns any of these into an argparse-style exit.
 
 Supported field types: bool, int, float, str, ``Optional[X]``, ``Literal[...]``, ``List[X]``,
 ``Tuple[X, ...]`` / fixed tuples (comma-separated on the command line, or a YAML list), ``Dict``
@@ -219,8 +221,14 @@ def _unknown(key: str, known, where: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}' {where}{hint}")
 
 
-def _apply(cls, values: Dict[str, Any], updates: Dict[str, Any], prefix: str = "", source: str = "") -> Any:
-    """``cls`` built from ``values`` updated by the nested mapping ``updates`` (all checked)."""
+class _Unbuilt(dict):
+    """A nested dataclass field's values, merged from every source, built (and checked) last."""
+
+
+def _merge(cls, values: Dict[str, Any], updates: Dict[str, Any], prefix: str = "", source: str = "") -> Dict[str, Any]:
+    """``values`` (of ``cls``'s fields) updated by the nested mapping ``updates``: keys known and values
+    of the right types, or a :class:`ConfigError` naming ``source``; a dict field is updated entry by
+    entry. Nothing is built, so ``__post_init__`` checks (and derives) only the merged settings."""
     fields = _fields(cls)
     values = dict(values)
     for raw_key, value in updates.items():
@@ -230,13 +238,22 @@ def _apply(cls, values: Dict[str, Any], updates: Dict[str, Any], prefix: str = "
         tp, _ = fields[key]
         current = values.get(key)
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            base = _shallow(current) if dataclasses.is_dataclass(current) else _default_values(tp)
-            values[key] = _apply(tp, base, value, prefix + key + ".", source)
+            base = (current if isinstance(current, _Unbuilt) else
+                    _shallow(current) if dataclasses.is_dataclass(current) else _default_values(tp))
+            values[key] = _Unbuilt(_merge(tp, base, value, prefix + key + ".", source))
         else:
             value = _coerce(value, tp, prefix + key, source)
             if isinstance(value, dict) and isinstance(current, dict):
                 value = {**current, **value}  # a dict field is updated entry by entry
             values[key] = value
+    return values
+
+
+def _build(cls, values: Dict[str, Any], prefix: str = "", source: str = "") -> Any:
+    """``cls`` from merged ``values`` (nested dataclasses first), its ``__post_init__`` checks naming ``source``."""
+    fields = _fields(cls)
+    values = {k: (_build(fields[k][0], v, prefix + k + ".", source) if isinstance(v, _Unbuilt) else v)
+              for k, v in values.items()}
     missing = [k for k in fields if k not in values]
     if missing:
         raise ConfigError(f"required config keys missing: {', '.join(prefix + k for k in missing)}")
@@ -246,6 +263,11 @@ def _apply(cls, values: Dict[str, Any], updates: Dict[str, Any], prefix: str = "
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(f"invalid configuration{(' ' + source) if source else ''}: {e}") from e
+
+
+def _apply(cls, values: Dict[str, Any], updates: Dict[str, Any], prefix: str = "", source: str = "") -> Any:
+    """``cls`` built from ``values`` updated by the nested mapping ``updates`` (all checked)."""
+    return _build(cls, _merge(cls, values, updates, prefix, source), prefix, source)
 
 
 def from_dict(cls, data: Dict[str, Any], source: str = "") -> Any:
@@ -276,15 +298,13 @@ def to_dict(cfg) -> Dict[str, Any]:
 
 
 def load_config(cls, path, overrides: Optional[Dict[str, Any]] = None):
-    """``cls`` from the YAML file ``path`` (only known keys, right types), then ``overrides``."""
+    """``cls`` from the YAML file ``path`` (only known keys, right types), then ``overrides``; the
+    config's own checks see the file and the overrides together."""
     raw = _read_yaml(path, option=None) or {}
-    cfg = from_dict(cls, raw, source=f"in {path}")
-    if not overrides:
-        return cfg
-    given = {str(k).replace("-", "_") for k in raw}  # derived defaults are derived again, after the overrides
-    base = _default_values(cls)
-    values = {k: (v if k in given else base.get(k, v)) for k, v in _shallow(cfg).items()}
-    return _apply(cls, values, overrides, source="in overrides")
+    values = _merge(cls, _default_values(cls), raw, source=f"in {path}")
+    if overrides:
+        values = _merge(cls, values, overrides, source="in overrides")
+    return _build(cls, values, source=f"in {path}" + (" with overrides" if overrides else ""))
 
 
 def save_config(cfg, path, **override) -> None:
@@ -535,17 +555,15 @@ def parse_config(cls, argv: Optional[Sequence[str]] = None, prog: Optional[str] 
         raise SystemExit(0)
     try:
         configs, flat = _parse_argv(cls, argv)
+        # each source's keys and types are checked naming it; the config's own checks (__post_init__)
+        # run once, on the merged settings, so that a later file or the command line can fix what an
+        # earlier file gave (and the defaults __post_init__ derives follow the final values)
         values = _default_values(cls)
         for path in configs:
-            raw = _read_yaml(path) or {}
-            cfg = _apply(cls, values, raw, source=f"in {path}")
-            new = _shallow(cfg)
-            # what this file set (as the config checked and normalised it); every other field as it
-            # was, not the value __post_init__ derived from the others: a later file or the command
-            # line that changes those others must still get their derived defaults
-            given = {str(k).replace("-", "_") for k in raw}
-            values = {k: (new[k] if k in given else values.get(k, new[k])) for k in new}
-        return _apply(cls, values, _nest(flat), source="(from the command line)")
+            values = _merge(cls, values, _read_yaml(path) or {}, source=f"in {path}")
+        values = _merge(cls, values, _nest(flat), source="(from the command line)")
+        sources = configs + (["the command line"] if flat else [])
+        return _build(cls, values, source=f"(from {' and '.join(sources)})" if sources else "")
     except yaml.YAMLError as e:
         e = ConfigError(f"a value could not be read as YAML ({type(e).__name__}: {str(e).splitlines()[0]}); quote "
                         "it differently or give it in a --config file")

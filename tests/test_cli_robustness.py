@@ -474,6 +474,20 @@ def test_mask_only_density_one_removes_nothing_and_density_none_is_target_best(t
     assert "1.0 removes nothing" in help_text and "none the same as --target best" in help_text
 
 
+def test_a_command_line_option_fixes_what_a_config_file_gave(tmp_path, capsys):
+    """The checks ran on each --config file before the command line applied, so the fix an error
+    named was itself refused when the value came from a file."""
+    (tmp_path / "td.yaml").write_text("mode: mask_only\ntarget: 0.5\ndensity: 0.3\n")  # an old run's record
+    (tmp_path / "wm.yaml").write_text("warmup_steps: 200\nmax_steps: 100\n")
+    (tmp_path / "lr.yaml").write_text("lr: 0\n")
+    td = A.parse_args(["--config", str(tmp_path / "td.yaml"), "--density", "none"])
+    assert (td.target, td.density) == (0.5, None)
+    assert A.parse_args(["--config", str(tmp_path / "wm.yaml"), "--warmup_steps", "50"]).warmup_steps == 50
+    assert A.parse_args(["--config", str(tmp_path / "lr.yaml"), "--lr", "0.1"]).lr == 0.1
+    err = error_of(["--config", str(tmp_path / "wm.yaml"), "--output_dir", str(tmp_path / "run")], capsys)
+    assert "warmup_steps (200) exceeds the run's 100 steps" in err and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--lr", "inf"], "lr must be a finite number > 0, got inf"),  # every loss NaN, and the run exited 0
     (["--lr", "nan"], "lr must be a finite number > 0, got nan"),

@@ -314,3 +314,44 @@ def test_load_config_with_overrides_derives_defaults_again_as_parse_config_does(
     assert cfg == parse_config(_Derived, ["--config", str(tmp_path / "c.yaml"), "--mode", "b"])
     (tmp_path / "s.yaml").write_text("steps: 7\n")  # a value the file gives is kept
     assert load_config(_Derived, tmp_path / "s.yaml", overrides={"mode": "b"}).steps == 7
+
+
+@dataclass
+class _Checked:
+    lr: float = 0.1
+    warmup: int = 0
+    steps: int = 100
+    optim: Opt = field(default_factory=Opt)
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.warmup > self.steps:
+            raise ValueError(f"warmup ({self.warmup}) exceeds steps ({self.steps})")
+
+
+def test_checks_run_once_on_the_merged_settings_so_a_later_source_fixes_an_earlier_one(tmp_path):
+    """Each --config file was checked before the command line applied: 'lr: 0' in a file with
+    --lr 0.1 was refused for lr 0, and warmup 200 > steps 100 for --warmup 50 (the fix named)."""
+    (tmp_path / "lr.yaml").write_text("lr: 0\n")
+    (tmp_path / "wm.yaml").write_text("warmup: 200\n")
+    assert parse_config(_Checked, ["--config", str(tmp_path / "lr.yaml"), "--lr", "0.1"]).lr == 0.1
+    assert parse_config(_Checked, ["--config", str(tmp_path / "wm.yaml"), "--warmup", "50"]).warmup == 50
+    assert parse_config(_Checked, ["--config", str(tmp_path / "wm.yaml"), "--steps", "300"]).warmup == 200
+    (tmp_path / "fix.yaml").write_text("steps: 300\n")  # a later file fixes an earlier one too
+    assert parse_config(_Checked, ["--config", str(tmp_path / "wm.yaml"), "--config", str(tmp_path / "fix.yaml")]).steps == 300
+    assert load_config(_Checked, tmp_path / "lr.yaml", overrides={"lr": 0.5}).lr == 0.5
+    # what stays wrong after every source is still refused, naming where the settings came from
+    with pytest.raises(ConfigError, match=r"invalid configuration \(from .*wm.yaml\): warmup \(200\) exceeds steps"):
+        parse_config(_Checked, ["--config", str(tmp_path / "wm.yaml")])
+    with pytest.raises(ConfigError, match=r"\(from .*lr.yaml and the command line\): lr must be > 0"):
+        parse_config(_Checked, ["--config", str(tmp_path / "lr.yaml"), "--warmup", "1"])
+    # an unknown key or a wrong type still names its own file, whatever comes after it
+    (tmp_path / "bad.yaml").write_text("optim: {lrr: 1}\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr' in .*bad.yaml; did you mean 'optim.lr'"):
+        parse_config(_Checked, ["--config", str(tmp_path / "bad.yaml"), "--lr", "0.2"])
+    (tmp_path / "bad.yaml").write_text("steps: many\n")
+    with pytest.raises(ConfigError, match=r"config key 'steps' in .*bad.yaml expects int"):
+        parse_config(_Checked, ["--config", str(tmp_path / "bad.yaml"), "--steps", "5"])
+    (tmp_path / "o.yaml").write_text("optim: {lr: 0.5}\n")  # nested fields merge across sources
+    assert parse_config(_Checked, ["--config", str(tmp_path / "o.yaml"), "--optim.momentum", "0.1"]).optim == Opt(0.5, 0.1)
