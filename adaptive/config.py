@@ -31,6 +31,7 @@ nested dataclasses.
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import re
@@ -45,7 +46,7 @@ import yaml
 from .atomic import write_text
 
 __all__ = ["ConfigError", "parse_config", "from_dict", "to_dict", "load_config", "save_config",
-           "config_help", "normalize_key", "read_yaml", "merge_key_values"]
+           "config_help", "normalize_key", "read_yaml", "merge_key_values", "given_keys", "COMMAND_LINE"]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -54,6 +55,19 @@ _NONE = {"none", "null", "~"}
 
 class _Cli(str):
     """A value typed on the command line (a string still to be parsed), as opposed to YAML's."""
+
+
+COMMAND_LINE = "the command line"  # where given_keys() says a key came from the command line
+_GIVEN: contextvars.ContextVar = contextvars.ContextVar("adaptive_config_given", default=None)
+
+
+def given_keys() -> Optional[Dict[str, str]]:
+    """While :func:`parse_config` builds a config (in its ``__post_init__``): each top-level key the
+    user gave, mapped to the last source that gave it (:data:`COMMAND_LINE` or the ``--config``
+    file's path); None when the config is built any other way (directly, :func:`from_dict`,
+    :func:`load_config`). It tells a value given on purpose from the same value left at its default."""
+    given = _GIVEN.get()
+    return None if given is None else dict(given)
 
 
 class ConfigError(ValueError):
@@ -558,12 +572,19 @@ def parse_config(cls, argv: Optional[Sequence[str]] = None, prog: Optional[str] 
         # each source's keys and types are checked naming it; the config's own checks (__post_init__)
         # run once, on the merged settings, so that a later file or the command line can fix what an
         # earlier file gave (and the defaults __post_init__ derives follow the final values)
-        values = _default_values(cls)
+        values, given = _default_values(cls), {}
         for path in configs:
-            values = _merge(cls, values, _read_yaml(path) or {}, source=f"in {path}")
+            raw = _read_yaml(path) or {}
+            values = _merge(cls, values, raw, source=f"in {path}")
+            given.update({normalize_key(str(k)): str(path) for k in raw})
         values = _merge(cls, values, _nest(flat), source="(from the command line)")
-        sources = configs + (["the command line"] if flat else [])
-        return _build(cls, values, source=f"(from {' and '.join(sources)})" if sources else "")
+        given.update({p[0]: COMMAND_LINE for p in flat})
+        sources = configs + ([COMMAND_LINE] if flat else [])
+        token = _GIVEN.set(given)  # given_keys(), for __post_init__
+        try:
+            return _build(cls, values, source=f"(from {' and '.join(sources)})" if sources else "")
+        finally:
+            _GIVEN.reset(token)
     except yaml.YAMLError as e:
         e = ConfigError(f"a value could not be read as YAML ({type(e).__name__}: {str(e).splitlines()[0]}); quote "
                         "it differently or give it in a --config file")

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptive import Connectome, Controller  # noqa: E402
 from adaptive.cli import show_progress  # noqa: E402
-from adaptive.config import ConfigError, parse_config, save_config  # noqa: E402
+from adaptive.config import COMMAND_LINE, ConfigError, given_keys, parse_config, save_config  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive import jsonio  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
@@ -60,7 +60,9 @@ def _opt(default, text: str):
     return field(default=default, metadata={"help": text})
 
 
-_DEFAULT_DENSITY = 0.2  # RunConfig.density's default: a mask_only --target overrides only this one
+# RunConfig.density's default: a mask_only --target overrides it where no one gave it, and where a
+# --config file gives it (every config.yaml records a density, a --target run's this one)
+_DEFAULT_DENSITY = 0.2
 
 
 @dataclass
@@ -213,10 +215,11 @@ class RunConfig:
                 raise ConfigError("target (synapses to remove) applies to mode mask_only; in train mode --density "
                                   "sets the fraction of live synapses")
             _check_target(self.target)
-            if self.density not in (None, _DEFAULT_DENSITY):
+            given = (given_keys() or {}).get("density")
+            if self.density is not None and (self.density != _DEFAULT_DENSITY or given == COMMAND_LINE):
                 raise ConfigError(f"--target {self.target} and --density {self.density} both say how much mask_only "
                                   f"removes (--target: synapses to remove; --density D means --target 1-D): give one "
-                                  "of them")
+                                  "of them (--target none or --density none drops one that a --config file gives)")
         _refuse_derived_keys(self)
         if self.mode == "mask_only" and self.checkpoint_every:
             raise ConfigError("mode mask_only checkpoints after every target on its own "

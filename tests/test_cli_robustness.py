@@ -460,6 +460,20 @@ def test_mask_only_target_with_a_density_is_refused_and_either_alone_is_taken(tm
     assert not out.exists()
     mask = A.parse_args(["--mode", "mask_only", "--target", "0.3"])  # --density at its default: not refused
     assert (mask.target, mask.density) == (0.3, 0.2)
+    # --density 0.2 given on purpose (the default's value) was silently dropped for the --target
+    err = error_of(TINY + ["--output_dir", str(out), "--mode", "mask_only", "--target", "0.5", "--density", "0.2"],
+                   capsys)
+    assert "--target 0.5 and --density 0.2 both say how much mask_only removes" in err and not out.exists()
+    assert A.RunConfig(mode="mask_only", target=0.5).density == 0.2  # built directly: the default, taken
+    # a mask_only run's config.yaml records density 0.2 beside its target: it reruns and resumes as recorded
+    A.main(["--mode", "mask_only", "--target", "0.5", "--max_steps", "2", "--threads", "1", "--progress", "false",
+            "--figures", "false", "--output_dir", str(out)])
+    recorded = A.parse_args(["--config", str(out / "config.yaml")])
+    assert (recorded.target, recorded.density) == (0.5, 0.2)
+    A.main(["--config", str(out / "config.yaml"), "--resume", "latest"])
+    err = error_of(["--config", str(out / "config.yaml"), "--density", "0.3"], capsys)
+    assert "give one of them (--target none or --density none drops one that a --config file gives)" in err
+    assert A.parse_args(["--config", str(out / "config.yaml"), "--target", "none", "--density", "0.3"]).density == 0.3
     assert A.parse_args(["--mode", "mask_only", "--density", "0.5"]).density == 0.5
     assert A.parse_args(["--mode", "mask_only", "--density", "none", "--target", "best"]).target == "best"
 

@@ -355,3 +355,25 @@ def test_checks_run_once_on_the_merged_settings_so_a_later_source_fixes_an_earli
         parse_config(_Checked, ["--config", str(tmp_path / "bad.yaml"), "--steps", "5"])
     (tmp_path / "o.yaml").write_text("optim: {lr: 0.5}\n")  # nested fields merge across sources
     assert parse_config(_Checked, ["--config", str(tmp_path / "o.yaml"), "--optim.momentum", "0.1"]).optim == Opt(0.5, 0.1)
+
+
+def test_given_keys_tells_a_value_given_on_purpose_from_its_default(tmp_path):
+    from adaptive.config import COMMAND_LINE, given_keys
+
+    seen = []
+
+    @dataclass
+    class _Seen:
+        lr: float = 0.1
+        steps: int = 100
+
+        def __post_init__(self):
+            seen.append(given_keys())
+
+    (tmp_path / "a.yaml").write_text("lr: 0.1\nsteps: 5\n")
+    parse_config(_Seen, ["--config", str(tmp_path / "a.yaml"), "--lr", "0.1"])
+    assert seen[-1] == {"lr": COMMAND_LINE, "steps": str(tmp_path / "a.yaml")}
+    parse_config(_Seen, [])
+    assert seen[-1] == {}
+    _Seen()
+    assert seen[-1] is None and given_keys() is None  # built directly: nothing to tell
