@@ -172,6 +172,9 @@ class RunConfig:
             self.epochs = 1 if self.mode == "mask_only" else 20
         if self.edit_fraction is None:
             self.edit_fraction = 1.0 if self.mode == "mask_only" else 0.3
+        if self.mode == "mask_only" and self.resume:  # a run recorded before the recipe set these keys itself
+            for key, value in _kw_as_options(_fields_of(self)).items():
+                setattr(self, key, value)
         from adaptive.paths import absolute_if_exists
 
         self.weights = absolute_if_exists(self.weights)  # config.yaml then reruns from any working directory
@@ -195,7 +198,8 @@ class RunConfig:
             (self.eval_every >= 0, f"eval_every must be >= 0 (0: every epoch), got {self.eval_every}"),
             (self.log_every >= 0, f"log_every must be >= 0 (0: no train rows), got {self.log_every}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
-            (self.mode == "mask_only" or self.max_steps is None or self.warmup_steps <= self.max_steps,
+            # (a resumed run continues as recorded: runs started before this check could hold such a warmup)
+            (self.mode == "mask_only" or self.max_steps is None or self.warmup_steps <= self.max_steps or self.resume,
              f"warmup_steps ({self.warmup_steps}) exceeds the run's {self.max_steps} steps (--max_steps), so the "
              f"learning rate would never reach --lr: give --warmup_steps {self.max_steps} or fewer"),
             (self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0 (0: keep every one), got {self.keep_checkpoints}"),
@@ -251,6 +255,31 @@ _MASK_ONLY_SETS = {
                   "folder with --output_dir)",
     "callback": "to its own, which records config.yaml",
 }
+
+
+# keys an earlier recipe passed on through --mask_only_kw (the shipped ImageNet config's held edit_fraction
+# and eval_every) that it now sets from its own options: a resumed run reads them as those options
+_KW_OPTIONS = {"window": "update_every", "edit_fraction": "edit_fraction", "estimator": "estimator", "seed": "seed",
+               "ensemble": "ensemble", "include": "include", "exclude": "exclude", "eval_every": "eval_every"}
+
+
+def _fields_of(cfg) -> dict:
+    return {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+
+
+def _kw_as_options(settings: dict) -> dict:
+    """The settings that change when the keys of ``settings['mask_only_kw']`` that the recipe now sets
+    itself are read as its options (``mask_only_kw`` without them among them); {} when it holds none.
+    Its eval_every counted updates (optimize_connectome's unit), the option counts steps."""
+    kw = dict(settings.get("mask_only_kw") or {})
+    if not set(kw) & set(_KW_OPTIONS):
+        return {}
+    out = {_KW_OPTIONS[k]: kw.pop(k) for k in list(kw) if k in _KW_OPTIONS}
+    if "eval_every" in out:
+        window = out.get("update_every", settings.get("update_every")) or 1
+        out["eval_every"] = out["eval_every"] * max(1, int(window))
+    out["mask_only_kw"] = kw
+    return out
 
 
 def _refuse_derived_keys(cfg) -> None:
@@ -424,7 +453,6 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     # without a GPU, cpu=True is what makes a multi-process launch a gloo (MULTI_CPU) run
     accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
-    _refuse_inert_precision(cfg, accelerator)
     resume_from = None
     output_dir = cfg.output_dir
     if cfg.resume and cfg.mode == "mask_only":
@@ -434,8 +462,14 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
         output_dir = output_dir or str(run_dir_of(resume_from))
     output_dir = Path(output_dir or _broadcast_str(accelerator, default_output_dir()))
     if cfg.resume:
-        _check_resumed_config(cfg, output_dir, resume_from)
+        _check_resumed_config(cfg, output_dir, resume_from, no_fp16=_no_fp16_autocast(accelerator))
+    if cfg.resume and cfg.mixed_precision == "fp16" and _inert_fp16(accelerator):  # (recorded so: the check passed)
+        accelerator.print(f"note: the run records --mixed_precision fp16, which the {accelerator.device.type.upper()} "
+                          "cannot run (Accelerate ran it in float32): it continues as it ran, as --mixed_precision no")
+        cfg.mixed_precision = "no"
     else:
+        _refuse_inert_precision(cfg, accelerator)  # a new run, or fp16 from accelerate launch: refused
+    if not cfg.resume:
         _refuse_earlier_run(cfg, output_dir)
     _INTERRUPT.update(output_dir=output_dir, resume_from=resume_from)
     lock = _RunLock(accelerator, output_dir)  # taken before the run's first write into the folder
@@ -459,9 +493,15 @@ def _refuse_inert_precision(cfg: RunConfig, accelerator) -> None:
 def _inert_fp16(accelerator) -> bool:
     """fp16 set but no fp16 autocast (Accelerate's native_amp off: a CPU); DeepSpeed and
     Megatron-LM run their own precision, not Accelerate's autocast."""
+    return accelerator.mixed_precision == "fp16" and not accelerator.native_amp and _no_fp16_autocast(accelerator)
+
+
+def _no_fp16_autocast(accelerator) -> bool:
+    """Whether Accelerate would run fp16 here as float32 (no autocast, no scaler): on a CPU, outside
+    DeepSpeed and Megatron-LM (which run their own precision)."""
     from accelerate.utils import DistributedType
 
-    return (accelerator.mixed_precision == "fp16" and not accelerator.native_amp
+    return (accelerator.device.type == "cpu"
             and accelerator.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM))
 
 
@@ -537,7 +577,10 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     if steps_per_epoch == 0:
         raise ValueError(f"the train loader is empty ({len(loaders.datasets.train)} examples): lower --batch_size or --holdout")
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    if cfg.warmup_steps > total_steps:  # (--max_steps was checked while parsing)
+    if cfg.warmup_steps > total_steps and cfg.resume:  # recorded before the check below: it continues as it ran
+        accelerator.print(f"warning: warmup_steps ({cfg.warmup_steps}) exceeds the run's {total_steps} steps, so the "
+                          "learning rate never reaches --lr; the resumed run was started so and continues so")
+    elif cfg.warmup_steps > total_steps:  # (--max_steps was checked while parsing)
         raise ValueError(f"warmup_steps ({cfg.warmup_steps}) exceeds the run's {total_steps} steps (--epochs "
                          f"{cfg.epochs} x {steps_per_epoch} batches), so the learning rate would never reach --lr: "
                          f"give --warmup_steps {total_steps} or fewer")
@@ -696,11 +739,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot continue this run (unreadable, or written with other settings)."""
 
 
-def _check_resumed_config(cfg: RunConfig, output_dir: Path, resume_from: Optional[Path] = None) -> None:
+def _check_resumed_config(cfg: RunConfig, output_dir: Path, resume_from: Optional[Path] = None,
+                          no_fp16: bool = False) -> None:
     """Refuse, before any work, to resume a run with settings other than the ones it was made with:
     the copy of config.yaml inside the checkpoint (checked against the checkpoint's manifest first),
     else the run folder's config.yaml; and than the ones of the folder it writes into, when that is
-    another run's. The checkpoint's controller, schedule and weights would silently override them."""
+    another run's. The checkpoint's controller, schedule and weights would silently override them.
+    ``no_fp16``: this device runs fp16 as float32, so a recorded fp16 reads as what ran, 'no'."""
     folders = [Path(output_dir)]
     if resume_from is not None:
         from adaptive.distributed import agreed_problem, rank, world_size
@@ -720,12 +765,12 @@ def _check_resumed_config(cfg: RunConfig, output_dir: Path, resume_from: Optiona
         run = run_dir_of(resume_from)
         own = Path(resume_from) / CONFIG_COPY
         if own.is_file():  # the settings the checkpoint was made with, whatever its run folder holds now
-            _check_against(cfg, own, run_dir=run, resume=resume_from)
+            _check_against(cfg, own, run_dir=run, resume=resume_from, no_fp16=no_fp16)
             folders = [f for f in folders if f.resolve() != run.resolve()]
         elif run.resolve() != Path(output_dir).resolve():
             folders.append(run)
     for folder in folders:
-        _check_against(cfg, folder / "config.yaml")
+        _check_against(cfg, folder / "config.yaml", no_fp16=no_fp16)
 
 
 def _normalised(d: dict) -> dict:
@@ -738,9 +783,12 @@ def _normalised(d: dict) -> dict:
     return d
 
 
-def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, resume: Optional[Path] = None) -> None:
+def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, resume: Optional[Path] = None,
+                   no_fp16: bool = False) -> None:
     """Compare the settings of ``cfg`` with the ones recorded in ``path`` (a run folder's config.yaml,
-    or a checkpoint's copy of it: then ``run_dir`` is the checkpoint's run and ``resume`` the checkpoint)."""
+    or a checkpoint's copy of it: then ``run_dir`` is the checkpoint's run and ``resume`` the checkpoint).
+    Runs recorded before the recipe refused them compare as they ran: fp16 where ``no_fp16`` (this
+    device ran it as float32) as 'no', and a mask_only_kw key the recipe now sets as its option."""
     from adaptive.config import to_dict
     import yaml
 
@@ -761,8 +809,14 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
     if not isinstance(saved, dict) or not saved:
         raise CheckpointError(f"--resume: {path} is damaged ({'empty' if saved in (None, {}) else 'not a mapping of settings'}), "
                               f"so the settings of the run cannot be checked; {fix}")
+    if saved.get("mode") == "mask_only":
+        saved.update(_kw_as_options(saved))
+    now = to_dict(cfg)
+    if no_fp16 and saved.get("mixed_precision") == "fp16":  # it ran float32: fp16 or no continue it
+        saved["mixed_precision"] = "no"
+        now["mixed_precision"] = "no" if now.get("mixed_precision") == "fp16" else now.get("mixed_precision")
     saved = _normalised(saved)
-    now = _normalised(to_dict(cfg))
+    now = _normalised(now)
     from adaptive.paths import absolute_if_exists
 
     if "weights" in saved:  # runs recorded before paths were stored absolute
@@ -774,7 +828,7 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
         # a magnitude/gmp run recorded when curvature was every policy's default ran with it: it
         # continues with it
         cfg.estimator = "curvature"
-        now = _normalised(to_dict(cfg))
+        now["estimator"] = "curvature"
     diff = [f"{k}: run {saved[k]!r}, now {now[k]!r}" for k in now if k in saved and k not in free and saved[k] != now[k]]
     if diff:
         run_dir = run_dir or path.parent

@@ -551,3 +551,109 @@ def test_mask_only_kw_in_train_mode_is_refused_not_ignored(tmp_path, capsys):
     err = error_of(TINY + ["--output_dir", str(out), "--mask_only_kw.approach", "0.5"], capsys)
     assert "mask_only_kw ({'approach': 0.5}) applies to mode mask_only" in err and "--controller_kw" in err
     assert not out.exists()
+
+
+def _main(argv):
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)  # one run per process, as from the command line
+    return A.main(argv)
+
+
+def _error_of(argv, capsys):
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    return error_of(argv, capsys)
+
+
+def _recorded_before_the_checks(run, **settings):
+    """Rewrite what a run recorded (config.yaml, each checkpoint's copy, whose manifest is signed
+    again) to settings that a recipe older than its refusals took: a run started before them."""
+    import yaml
+
+    from adaptive.integrity import write_manifest
+
+    for path in [run / "config.yaml", *(run / "checkpoints").glob("step_*/config.yaml")]:
+        recorded = yaml.safe_load(path.read_text())
+        recorded.update(settings)
+        path.write_text(yaml.safe_dump(recorded, sort_keys=False))
+        if path.parent != run:
+            write_manifest(path.parent)
+
+
+def _stopped_train_run(run):
+    import shutil
+
+    _main(["--max_steps", "6", "--update_every", "2", "--checkpoint_every", "3", "--threads", "1", "--progress",
+            "false", "--figures", "false", "--output_dir", str(run)])
+    _back_to_step_3(run)
+
+
+def _back_to_step_3(run):
+    import shutil
+
+    for later in (run / "checkpoints").glob("step_*"):
+        if later.name != "step_00000003":
+            shutil.rmtree(later)  # stopped after step 3
+
+
+def test_a_cpu_run_recorded_with_fp16_resumes_as_it_ran(tmp_path, capsys):
+    """A CPU run recorded with fp16 before the check (it ran float32) was refused by every --resume
+    command: as recorded by the fp16 check, with --mixed_precision no or bf16 as a changed setting."""
+    fp16 = tmp_path / "fp16"
+    _stopped_train_run(fp16)
+    _recorded_before_the_checks(fp16, mixed_precision="fp16")
+    capsys.readouterr()
+    res = _main(["--config", str(fp16 / "config.yaml"), "--resume", "latest"])  # as recorded: as it ran
+    assert res.state.step == 6 and res.summary["mixed_precision"] == "no"
+    assert "continues as it ran, as --mixed_precision no" in capsys.readouterr().out
+    _back_to_step_3(fp16)
+    _recorded_before_the_checks(fp16, mixed_precision="fp16")
+    assert _main(["--config", str(fp16 / "config.yaml"), "--resume", "latest", "--mixed_precision", "no"]).state.step == 6
+    _back_to_step_3(fp16)
+    _recorded_before_the_checks(fp16, mixed_precision="fp16")
+    err = _error_of(["--config", str(fp16 / "config.yaml"), "--resume", "latest", "--mixed_precision", "bf16"], capsys)
+    assert "mixed_precision: run 'no', now 'bf16'" in err  # bf16 is not what ran
+    # a run that ran 'no' is not continued under fp16, nor is a new run started so
+    plain = tmp_path / "plain"
+    _stopped_train_run(plain)
+    err = _error_of(["--config", str(plain / "config.yaml"), "--resume", "latest", "--mixed_precision", "fp16"], capsys)
+    assert "mixed_precision: run 'no', now 'fp16'" in err
+    assert "fp16 cannot run on the CPU" in _error_of(TINY + ["--mixed_precision", "fp16", "--output_dir",
+                                                           str(tmp_path / "new")], capsys)
+
+
+
+def test_a_train_run_recorded_with_a_warmup_longer_than_the_run_still_resumes(tmp_path, capsys):
+    """A run started with --warmup_steps 10 --max_steps 6 before the check was refused as recorded,
+    and with --warmup_steps 6 (the fix the error named) as a changed setting."""
+    warm = tmp_path / "warm"
+    _stopped_train_run(warm)
+    _recorded_before_the_checks(warm, warmup_steps=10)
+    res = _main(["--config", str(warm / "config.yaml"), "--resume", "latest"])
+    assert res.state.step == 6 and "warmup_steps (10) exceeds the run's 6 steps" in capsys.readouterr().out
+    err = _error_of(["--config", str(warm / "config.yaml"), "--output_dir", str(tmp_path / "new")], capsys)
+    assert "warmup_steps (10) exceeds the run's 6 steps (--max_steps)" in err  # a new run is still refused
+
+
+def test_mask_only_runs_recorded_with_recipe_set_mask_only_kw_keys_still_resume(tmp_path, capsys):
+    """The old shipped ImageNet config passed edit_fraction and eval_every in --mask_only_kw: such a
+    run was refused as recorded (keys the recipe sets) and with the keys moved (eval_every run 0, now 2)."""
+    run = tmp_path / "m"
+    mo = ["--mode", "mask_only", "--max_steps", "4", "--target", "0.5", "--threads", "1", "--progress", "false",
+          "--figures", "false"]
+    _main(mo + ["--edit_fraction", "1.0", "--eval_every", "2", "--mask_only_kw", "{verify_batches: 0}",
+                 "--output_dir", str(run)])
+    _recorded_before_the_checks(run, eval_every=0, mask_only_kw={"edit_fraction": 1.0, "eval_every": 2,
+                                                                 "verify_batches": 0})
+    _main(["--config", str(run / "config.yaml"), "--resume", "latest"])  # as recorded
+    _recorded_before_the_checks(run, eval_every=0, mask_only_kw={"edit_fraction": 1.0, "eval_every": 2,
+                                                                 "verify_batches": 0})
+    _main(mo + ["--edit_fraction", "1.0", "--eval_every", "2", "--mask_only_kw", "{verify_batches: 0}",
+                 "--resume", "latest", "--output_dir", str(run)])  # the keys where the recipe now takes them
+    err = _error_of(mo + ["--eval_every", "4", "--mask_only_kw", "{verify_batches: 0}", "--resume", "latest",
+                         "--output_dir", str(run)], capsys)
+    assert "eval_every: run 2, now 4" in err  # another value is still another setting
+    err = _error_of(mo + ["--mask_only_kw", "{eval_every: 2}", "--output_dir", str(tmp_path / "new")], capsys)
+    assert "--mask_only_kw eval_every: the recipe sets eval_every itself" in err  # a new run is still refused
