@@ -599,16 +599,23 @@ def _run_with_a_protected_layer_pruned_by_hand(policy, budget, keep_fraction, de
     """_mixed_net on kernels with layer 2.weight (576 synapses) pruned by hand to its first
     ``keep_fraction`` of output channels, then protected; ``steps`` batches at ``density``. Returns
     the connectome and the controller."""
+    m, conn, opt, ctrl = _mixed_net_with_a_protected_layer(keep_fraction, policy=policy, density=density,
+                                                           budget=budget)
+    _train_mixed(m, steps, opt)
+    return conn, ctrl
+
+
+def _mixed_net_with_a_protected_layer(keep, **ctrl_kw):
+    """_mixed_net on kernels with layer 2.weight (576 synapses) pruned by hand to its first ``keep``
+    of output channels, then protected by a Controller given ``ctrl_kw``: (model, conn, opt, ctrl)."""
     m = _mixed_net()
     conn = adaptive.Connectome(m, ensemble="kernel")
     masks = {n: mk.clone() for n, mk in conn.masks.items()}
-    masks["2.weight"][int(keep_fraction * 8):] = False
+    masks["2.weight"][int(keep * 8):] = False
     conn.set_masks(masks)
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
-    ctrl = adaptive.Controller(conn, opt, policy=policy, density=density, budget=budget, update_every=2, seed=0,
-                               protect=["2.weight"])
-    _train_mixed(m, steps, opt)
-    return conn, ctrl
+    ctrl = adaptive.Controller(conn, opt, update_every=2, seed=0, protect=["2.weight"], **ctrl_kw)
+    return m, conn, opt, ctrl
 
 
 @pytest.mark.parametrize("policy", ["set", "rigl", "utility", "magnitude"])
@@ -655,14 +662,8 @@ def _protected_layer_edited_mid_run(policy, budget, density, keep=1.0, edit=0.0,
     of output channels and protected; 4 batches at ``density``, then 2.weight set by hand to its
     first ``edit`` of output channels (0: emptied), then ``steps`` batches. Returns the connectome,
     the controller and the live synapses of the editable layers after each update since the edit."""
-    m = _mixed_net()
-    conn = adaptive.Connectome(m, ensemble="kernel")
-    masks = {n: mk.clone() for n, mk in conn.masks.items()}
-    masks["2.weight"][int(keep * 8):] = False
-    conn.set_masks(masks)
-    opt = torch.optim.SGD(m.parameters(), lr=0.05)
-    ctrl = adaptive.Controller(conn, opt, policy=policy, density=density, budget=budget, update_every=2, seed=0,
-                               end_step=8, protect=["2.weight"], **kw)
+    m, conn, opt, ctrl = _mixed_net_with_a_protected_layer(keep, policy=policy, density=density, budget=budget,
+                                                           end_step=8, **kw)
     _train_mixed(m, 4, opt)
     masks = {n: mk.clone() for n, mk in conn.masks.items()}
     masks["2.weight"][:] = False
