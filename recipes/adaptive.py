@@ -173,8 +173,10 @@ class RunConfig:
         if self.edit_fraction is None:
             self.edit_fraction = 1.0 if self.mode == "mask_only" else 0.3
         if self.mode == "mask_only" and self.resume:  # a run recorded before the recipe set these keys itself
+            typed = {k for k, src in (given_keys() or {}).items() if src == COMMAND_LINE}
             for key, value in _kw_as_options(_fields_of(self)).items():
-                setattr(self, key, value)
+                if key not in typed or key == "mask_only_kw":  # an option typed now stays, so the resume check
+                    setattr(self, key, value)                  # names it if it differs from the run's
         from adaptive.paths import absolute_if_exists
 
         self.weights = absolute_if_exists(self.weights)  # config.yaml then reruns from any working directory

@@ -655,5 +655,9 @@ def test_mask_only_runs_recorded_with_recipe_set_mask_only_kw_keys_still_resume(
     err = _error_of(mo + ["--eval_every", "4", "--mask_only_kw", "{verify_batches: 0}", "--resume", "latest",
                          "--output_dir", str(run)], capsys)
     assert "eval_every: run 2, now 4" in err  # another value is still another setting
+    _recorded_before_the_checks(run, eval_every=0, mask_only_kw={"edit_fraction": 1.0, "eval_every": 2,
+                                                                 "verify_batches": 0})
+    err = _error_of(["--config", str(run / "config.yaml"), "--resume", "latest", "--edit_fraction", "0.5"], capsys)
+    assert "edit_fraction" in err and "1.0" in err and "0.5" in err  # an option typed now is not replaced silently
     err = _error_of(mo + ["--mask_only_kw", "{eval_every: 2}", "--output_dir", str(tmp_path / "new")], capsys)
     assert "--mask_only_kw eval_every: the recipe sets eval_every itself" in err  # a new run is still refused
