@@ -179,4 +179,7 @@ class Crawl(Policy):
         self.edit_fraction = float(sd.get("edit_fraction", self.edit_fraction))
         self.goal = sd.get("goal", self.goal)
         self.deadline = sd.get("deadline", self.deadline)
-        self.follows_density = bool(sd.get("follows_density", self.follows_density))
+        if "follows_density" in sd:
+            self.follows_density = bool(sd["follows_density"])
+        elif sd.get("goal") is not None:  # a state saved before the key: its goal stayed as saved, from
+            self.follows_density = False  # the density or from set_goal alike, and still does

@@ -99,16 +99,28 @@ def global_plan(c, g, names, sizes, p_idx, g_idx) -> EditPlan:
     return plan
 
 
+def _edited_by_hand(ctrl) -> bool:
+    """Whether the masks changed since the controller's last edit (``set_masks`` by hand, of a
+    protected layer or any other): the live count its last event recorded differs from the
+    connectome's now. False before its first event. A line search's cut leaves the network a few
+    synapses off its target in ordinary runs, which the next swaps catch up: those never restore."""
+    last = next((e for e in reversed(ctrl.events) if "live" in e), None)
+    return last is not None and int(last["live"]) != ctrl.conn.num_live()
+
+
 def global_restore(ctrl, cost, gain, alive, target):
     """Under the global budget, where the editable layers together miss ``target`` by more than one
     ensemble (its largest) per layer (a protected layer edited by hand leaves them a new share, or
     a layer was emptied or filled by hand), the plan that brings them back to within half an
     ensemble of it alone (:func:`hold_count`: the most useful absent ensembles grown, or the
     cheapest live ones above the ``min_density`` floors pruned), with an infinite line-search
-    tolerance; None where they are within it. The margin is what a line search's cut of a global
+    tolerance; None where they are within it, or where nothing but the controller edited the masks
+    since its last update (:func:`_edited_by_hand`). The margin is what a line search's cut of a global
     swap plan can leave (each layer's prunes and grows cut to a prefix apiece: the network off by
     up to one ensemble per layer, caught up with the next swaps): restoring that alone would change
     ordinary runs."""
+    if not _edited_by_hand(ctrl):
+        return None
     c, names, sizes = concat(cost)
     a = concat(alive)[0].to(c.device)
     size = concat_sizes(ctrl, names, sizes)
