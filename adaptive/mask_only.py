@@ -149,8 +149,9 @@ def resolve_target(target: Target, total: int) -> Optional[int]:
         return None
     if isinstance(target, float):
         return int(round(target * total))
-    if target > total:
-        raise ValueError(f"target of {target} synapses to remove is beyond the model's {total} prunable synapses")
+    if target >= total:  # as a fraction must be below 1: removing every synapse leaves no network
+        raise ValueError(f"target of {target} synapses to remove {'is every one of' if target == total else 'is beyond'} "
+                         f"the model's {total} prunable synapses: give a count below {total}")
     return int(target)
 
 

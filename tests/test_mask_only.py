@@ -100,7 +100,9 @@ def test_stops_exactly_at_targets(target):
 
 def test_resolve_target_by_hand():
     assert resolve_target(0.1, 248) == 25 and resolve_target(0.25, 248) == 62 and resolve_target(0.0, 248) == 0
-    assert resolve_target(248, 248) == 248 and resolve_target("best", 248) is None
+    assert resolve_target(247, 248) == 247 and resolve_target("best", 248) is None
+    with pytest.raises(ValueError, match="every one of the model's 248 prunable synapses: give a count below 248"):
+        resolve_target(248, 248)  # as the fraction 1.0 is refused: removing every synapse leaves no network
     with pytest.raises(ValueError, match="beyond the model's 248"):
         resolve_target(249, 248)
 
