@@ -31,6 +31,7 @@ on the folder refuses a second run into it while one runs.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import json
@@ -86,6 +87,8 @@ AFRESH = "start afresh with --overwrite (which deletes that run's files) and no 
 def parse_remove(values: List[str]):
     out = []
     for v in values:
+        if (v == "best" and out) or "best" in out:
+            raise ValueError(f"--remove {' '.join(values)}: 'best' cannot be combined with other targets: run it on its own")
         if v == "best":
             out.append("best")
             continue
@@ -132,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", type=int, help="use only this many train images (quick runs)")
     p.add_argument("--ensemble", help="synapse, kernel, neuron, block:RxC; or per layer, first match wins: '*fc*=neuron;synapse'")
     p.add_argument("--estimator", help="utility estimator (presence, evidence, consistency, obd, taylor, ...)")
-    p.add_argument("--step", type=float, help="step of the presence or evidence estimator (none: the estimator's own)")
+    p.add_argument("--step", type=number_or_none,
+                   help="step of the presence or evidence estimator (none: the estimator's own, also over a "
+                        "--config file's step)")
     p.add_argument("--window", type=int, help="training batches per update")
     p.add_argument("--edit-fraction", dest="edit_fraction", type=float,
                    help="most swaps per update, as a fraction of the live ensembles (decays over a stage)")
@@ -169,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def number_or_none(text: str):
+    """--step: a number, or none (unset: the estimator's own step, over a --config file's step too)."""
+    return "none" if text.strip().lower() == "none" else float(text)
+
+
 def _shown(value) -> str:
     if isinstance(value, list):
         return " ".join(str(v) for v in value) or "none"
@@ -183,15 +193,71 @@ def _check_dataset_kw(dataset: str, kw: dict) -> None:
 
     if dataset not in available_datasets():
         return  # an unknown dataset is reported by the data layer, with the known names
+    if "augment" in kw:  # the data layer's message points at recipes/adaptive.py's --augment
+        raise SystemExit("dataset_kw ['augment']: this recipe has no augmentation: the masks are chosen on the "
+                         "training images as they are (the weights never train); drop augment")
     try:
         check_dataset_kw(dataset, kw)
     except ValueError as e:
         raise SystemExit(str(e)) from None
 
 
+def _check_file_values(path: str, loaded: dict, parser: argparse.ArgumentParser) -> None:
+    """A --config file's values checked as the command line checks them: its choices and its types
+    (``cfg.update`` alone let ``mixed_precision: fp16`` run float32 under an fp16 label)."""
+    actions = {a.dest: a for a in parser._actions}
+    for key, value in loaded.items():
+        action = actions.get(key)
+        if action is None or value is None or key in RANGED:  # RANGED: _check_ranges names the range too
+            continue
+        if action.choices is not None and value not in action.choices:
+            raise SystemExit(f"{path}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+        values = value if isinstance(value, list) and action.nargs in ("*", "+") else [value]
+        if action.type is int and any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+            raise SystemExit(f"{path}: {key} must be an integer, got {value!r}")
+        if action.type in (float, number_or_none) and any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) for v in values if v != "none"):
+            raise SystemExit(f"{path}: {key} must be a number, got {value!r}")
+
+
+RANGED = ("step", "passes", "holdout", "approach", "edit_fraction", "patience", "window", "ladder")
+
+
+def _check_ranges(cfg: dict, origin) -> None:
+    """The options checked before anything is built or written (a run refused later left its folder
+    behind); ``origin(key)`` names where a value came from (--key, or the --config file's key)."""
+    def number(key):
+        v = cfg[key]
+        return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+    if cfg["step"] is not None and not (number("step") and cfg["step"] > 0):
+        raise SystemExit(f"{origin('step')} must be a number > 0 (or none: the estimator's own), got {cfg['step']!r}")
+    if not (number("passes") and cfg["passes"] > 0):
+        raise SystemExit(f"{origin('passes')} must be a number > 0 (passes over the train part per target; "
+                         f"fractional allowed), got {cfg['passes']!r}")
+    if not (number("holdout") and 0 < cfg["holdout"] < 1):
+        raise SystemExit(f"{origin('holdout')} must be a fraction in (0, 1) (the part of the TRAIN split held out "
+                         f"for selection), got {cfg['holdout']!r}")
+    for key in ("approach", "edit_fraction"):
+        if not (number(key) and 0 <= cfg[key] <= 1):
+            raise SystemExit(f"{origin(key)} must be a number in [0, 1], got {cfg[key]!r}")
+    for key, least in (("patience", 1), ("window", 1)):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise SystemExit(f"{origin(key)} must be an integer >= {least}, got {v!r}")
+    ladder = cfg["ladder"] if isinstance(cfg["ladder"], list) else [cfg["ladder"]]
+    if any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1 for f in ladder) \
+            or any(b <= a for a, b in zip(ladder, ladder[1:])):
+        raise SystemExit(f"{origin('ladder')} must be increasing removal fractions in (0, 1), got "
+                         f"{' '.join(map(str, ladder))}")
+    cfg["ladder"] = [float(f) for f in ladder]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     cfg = dict(DEFAULTS)
+    loaded = {}
     if args.config:
         from adaptive.config import ConfigError, read_yaml
 
@@ -202,6 +268,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         unknown = sorted(set(loaded) - set(DEFAULTS))
         if unknown:
             raise SystemExit(f"{args.config}: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
+        if loaded.get("mixed_precision") is False:  # YAML reads a bare `no` as false
+            loaded["mixed_precision"] = "no"
+        _check_file_values(args.config, loaded, parser)
         cfg.update(loaded)
     for k, v in vars(args).items():
         if k not in ("config", "dataset_kw") and v is not None:
@@ -232,7 +301,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         v = cfg.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
             raise SystemExit(f"--{key.replace('_', '-')} must be an integer >= {least}, got {v!r}")
+    on_command_line = {k for k, v in vars(args).items() if v is not None}
+
+    def origin(key):  # where the value came from: the error names what to change
+        return f"{args.config}: {key}" if key in loaded and key not in on_command_line else f"--{key.replace('_', '-')}"
+
+    if cfg["step"] == "none":  # --step none (or step: none in the file): the estimator's own step
+        cfg["step"] = None
+    _check_ranges(cfg, origin)
+    if cfg["step"] is not None and cfg["estimator"] not in ("presence", "evidence"):
+        where = (f"{args.config} sets step: {cfg['step']}" if origin("step") != "--step" else f"--step {cfg['step']}")
+        raise SystemExit(f"{where}, which applies to the presence and evidence estimators, not {cfg['estimator']!r}: "
+                         "give --step none (the estimator's own)")
     cfg["remove"] = parse_remove([str(r) for r in (cfg["remove"] if isinstance(cfg["remove"], list) else [cfg["remove"]])])
+    if "best" not in cfg["remove"]:
+        given = [k for k in ("ladder", "patience") if k in on_command_line]
+        if given:  # a --config file's ladder (every config.yaml a run writes holds one) stays unused
+            raise SystemExit(f"--{given[0]} applies to --remove best (the climb's rungs), not to the fixed targets "
+                             f"{' '.join(map(str, cfg['remove']))}: drop it, or give --remove best")
     if cfg["resume"] and cfg["overwrite"]:
         raise SystemExit("--resume continues the run in --output_dir and --overwrite deletes it: give one of them")
     return argparse.Namespace(**cfg)
@@ -449,10 +535,16 @@ def main(argv=None, test_loader_hook=None) -> dict:
                           "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
     if args.resume and not (out / CHECKPOINT).is_file() and not (out / (CHECKPOINT + ".earlier")).is_file():
         raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out} to continue; run without --resume to start")
+    created = not out.exists()  # a run refused below takes back the folder it made (never an existing one)
     lock = run_folder.RunLock(accelerator, out)  # taken before the run's first write into the folder
     lock.acquire(None if args.resume else lambda: _refuse_earlier_run(args, out))
     try:
         return _prune(args, dl, test_loader, model, train_dl, accelerator, out)
+    except BaseException:
+        if created and accelerator.is_main_process and [p.name for p in out.iterdir()] == [".lock"]:
+            (out / ".lock").unlink()  # refused (a count beyond the model's synapses, say): it leaves no folder
+            out.rmdir()
+        raise
     finally:
         lock.release()
 

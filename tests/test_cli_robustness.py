@@ -39,12 +39,14 @@ def error_of(argv, capsys) -> str:
     (["-5"], "cannot be negative"),
     (["-0.1"], "cannot be negative"),
     (["0.2", "0.2"], "given twice"),
+    (["0.2", "best"], "'best' cannot be combined with other targets"),  # was refused only after the folder was made
+    (["best", "1"], "'best' cannot be combined with other targets"),
 ])
 def test_prune_pretrained_refuses_bad_targets_while_parsing(remove, message):
     with pytest.raises(ValueError) as e:
         P.parse_args(["--remove", *remove])
     assert message in str(e.value)
-    assert P.parse_args(["--remove", "1", "0.5", "best"]).remove == [1, 0.5, "best"]  # 1 weight is not 1.0
+    assert P.parse_args(["--remove", "1", "0.5"]).remove == [1, 0.5]  # 1 weight is not 1.0
 
 
 def test_a_fresh_run_sets_the_earlier_checkpoint_aside_until_it_records_its_own(tmp_path):

@@ -142,8 +142,80 @@ def test_step_option_builds_the_estimator_or_fails_clearly():
     est = mod._estimator(ns)
     assert isinstance(est, Presence) and est.step == 0.02
     assert mod._estimator(mod.parse_args([])) == "presence"
-    with pytest.raises(ValueError, match="--step applies to the presence and evidence"):
-        mod._estimator(mod.parse_args(["--estimator", "magnitude", "--step", "0.1"]))
+    with pytest.raises(SystemExit, match="--step 0.1, which applies to the presence and evidence estimators, not "
+                                         "'magnitude': give --step none"):
+        mod.parse_args(["--estimator", "magnitude", "--step", "0.1"])  # refused before any data is read
+
+
+def test_a_config_files_step_is_named_and_step_none_unsets_it():
+    """The shipped ImageNet config sets step: 0.01; --estimator obd was refused pointing at --step,
+    and --step none was not accepted."""
+    mod = recipe()
+    config = str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml")
+    with pytest.raises(SystemExit, match=r"imagenet_mobilenetv3_maskonly\.yaml sets step: 0\.01, which applies to "
+                                         r"the presence and evidence estimators, not 'obd': give --step none"):
+        mod.parse_args(["--config", config, "--estimator", "obd"])
+    ns = mod.parse_args(["--config", config, "--estimator", "obd", "--step", "none"])
+    assert ns.step is None and mod._estimator(ns) == "obd"
+
+
+def _config(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("mixed_precision: fp16\n", r"c\.yaml: mixed_precision must be one of no, bf16, got 'fp16'"),
+    ("step: fast\n", r"c\.yaml: step must be a number > 0 \(or none: the estimator's own\), got 'fast'"),
+    ("passes: 0\n", r"c\.yaml: passes must be a number > 0"),
+    ("holdout: lots\n", r"c\.yaml: holdout must be a fraction in \(0, 1\)"),
+    ("ladder: [0.5, 0.2]\n", r"c\.yaml: ladder must be increasing removal fractions in \(0, 1\), got 0.5 0.2"),
+    ("seed: one\n", r"c\.yaml: seed must be an integer, got 'one'"),
+])
+def test_config_file_values_are_checked_as_the_command_line_checks_them(tmp_path, text, match):
+    """A config file's values went in unchecked: fp16 ran float32 under an fp16 label, step: fast
+    failed deep inside with a TypeError."""
+    with pytest.raises(SystemExit, match=match):
+        recipe().parse_args(["--config", _config(tmp_path, text)])
+    assert recipe().parse_args(["--config", _config(tmp_path, "mixed_precision: no\n")]).mixed_precision == "no"
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--holdout", "0"], r"--holdout must be a fraction in \(0, 1\)"),
+    (["--passes", "0"], "--passes must be a number > 0"),
+    (["--ladder", "0.6", "0.3"], r"--ladder must be increasing removal fractions in \(0, 1\), got 0.6 0.3"),
+    (["--remove", "0.2", "--ladder", "0.3", "0.6"], "--ladder applies to --remove best"),
+    (["--remove", "0.2", "--patience", "5"], "--patience applies to --remove best"),
+    (["--dataset", "fake", "--dataset-kw", "augment=true"], "this recipe has no augmentation"),
+])
+def test_settings_are_refused_while_parsing(argv, match):
+    """They were refused after the run folder was created (leaving it with only its .lock), or
+    silently ignored (--ladder, --patience with fixed targets), or pointed at a missing --augment."""
+    with pytest.raises(SystemExit, match=match):
+        recipe().parse_args(argv)
+
+
+def test_a_config_yaml_with_a_ladder_still_reruns_fixed_targets(tmp_path):
+    """Every config.yaml a run writes holds ladder and patience: only the command line's are refused."""
+    ns = recipe().parse_args(["--config", _config(tmp_path, "remove: [0.2]\nladder: [0.3]\npatience: 3\n")])
+    assert ns.remove == [0.2] and ns.ladder == [0.3]
+
+
+def test_a_refused_count_leaves_no_folder_behind(tmp_path, weights):
+    """A count of every synapse (as --remove 1.0) or more is refused once the model is built: the
+    folder the run created goes again; a folder that was there stays, with what it held."""
+    mod = recipe()
+    out = tmp_path / "new"
+    for count, match in (("268336", "is every one of the model's 268336"), ("300000", "beyond")):
+        with pytest.raises(ValueError, match=match):
+            mod.main(args(weights, out, "--remove", count))
+        assert not out.exists()
+    there = tmp_path / "there"
+    there.mkdir()
+    with pytest.raises(ValueError, match="beyond"):
+        mod.main(args(weights, there, "--remove", "300000"))
+    assert there.is_dir()
 
 
 def test_best_climbs_the_given_ladder(tmp_path, weights, capsys):
