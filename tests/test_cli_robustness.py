@@ -416,7 +416,20 @@ def test_adaptive_refuses_a_prune_pretrained_folder_and_ctrl_c_after_an_overwrit
         P._STARTED["replaced_earlier"] = False
 
 
-@pytest.mark.parametrize("argv, message", [
+OUT_OF_RANGE = [
+    (["--lr", "inf"], "lr must be a finite number > 0, got inf"),  # every loss NaN, and the run exited 0
+    (["--lr", "nan"], "lr must be a finite number > 0, got nan"),
+    (["--momentum", "1.5"], "momentum must be in [0, 1) (SGD momentum; adamw: beta1), got 1.5"),
+    (["--momentum", "-1"], "momentum must be in [0, 1) (SGD momentum; adamw: beta1), got -1"),
+    (["--weight_decay", "-1"], "weight_decay must be a finite number >= 0, got -1"),
+    (["--seed", "-1"], "seed must be in [0, 2**32 - 1] (0 to 4294967295), got -1"),
+    (["--seed", "4294967296"], "seed must be in [0, 2**32 - 1] (0 to 4294967295), got 4294967296"),
+    (["--warmup_steps", "50"], "warmup_steps (50) exceeds the run's 20 steps (--max_steps), so the learning rate "
+                               "would never reach --lr: give --warmup_steps 20 or fewer"),
+]
+
+
+@pytest.mark.parametrize("argv, message", OUT_OF_RANGE + [
     # --controller_kw keys the recipe passes itself: a bare "got multiple values for keyword argument"
     (["--controller_kw", "verify=false"], "--controller_kw verify: the recipe sets verify itself, to true"),
     (["--controller_kw", "seed=3"], "--controller_kw seed: the recipe sets seed itself, from --seed; drop seed"),
@@ -436,7 +449,7 @@ def test_adaptive_refuses_a_prune_pretrained_folder_and_ctrl_c_after_an_overwrit
     (["--mode", "mask_only", "--mask_only_kw", "callback=x"], "sets callback itself, to its own"),
     (["--mode", "mask_only", "--mask_only_kw", "target=0.5"], "sets target itself, from --target (or --density)"),
 ])
-def test_a_kw_key_the_recipe_sets_itself_is_refused_before_anything_is_written(tmp_path, argv, message, capsys):
+def test_a_kw_key_or_an_out_of_range_value_is_refused_before_anything_is_written(tmp_path, argv, message, capsys):
     out = tmp_path / "run"
     err = error_of(TINY + ["--output_dir", str(out), *argv], capsys)
     assert message in err
@@ -504,24 +517,6 @@ def test_a_command_line_option_fixes_what_a_config_file_gave(tmp_path, capsys):
     assert "warmup_steps (200) exceeds the run's 100 steps" in err and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--lr", "inf"], "lr must be a finite number > 0, got inf"),  # every loss NaN, and the run exited 0
-    (["--lr", "nan"], "lr must be a finite number > 0, got nan"),
-    (["--momentum", "1.5"], "momentum must be in [0, 1) (SGD momentum; adamw: beta1), got 1.5"),
-    (["--momentum", "-1"], "momentum must be in [0, 1) (SGD momentum; adamw: beta1), got -1"),
-    (["--weight_decay", "-1"], "weight_decay must be a finite number >= 0, got -1"),
-    (["--seed", "-1"], "seed must be in [0, 2**32 - 1] (0 to 4294967295), got -1"),
-    (["--seed", "4294967296"], "seed must be in [0, 2**32 - 1] (0 to 4294967295), got 4294967296"),
-    (["--warmup_steps", "50"], "warmup_steps (50) exceeds the run's 20 steps (--max_steps), so the learning rate "
-                               "would never reach --lr: give --warmup_steps 20 or fewer"),
-])
-def test_out_of_range_values_are_refused_before_anything_is_written(tmp_path, argv, message, capsys):
-    out = tmp_path / "run"
-    err = error_of(TINY + ["--output_dir", str(out), *argv], capsys)
-    assert message in err
-    assert not out.exists()
-
-
 def test_values_at_the_edges_of_their_ranges_are_taken():
     assert A.parse_args(["--max_steps", "20", "--warmup_steps", "20"]).warmup_steps == 20  # the last step reaches --lr
     assert A.parse_args(["--seed", "4294967295"]).seed == 2**32 - 1 and A.parse_args(["--seed", "0"]).seed == 0
@@ -585,8 +580,6 @@ def _recorded_before_the_checks(run, **settings):
 
 
 def _stopped_train_run(run):
-    import shutil
-
     _main(["--max_steps", "6", "--update_every", "2", "--checkpoint_every", "3", "--threads", "1", "--progress",
             "false", "--figures", "false", "--output_dir", str(run)])
     _back_to_step_3(run)
