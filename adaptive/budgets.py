@@ -132,11 +132,24 @@ def too_high_error(density: float, fixed: Mapping[str, int], most: int, total: i
     fewer synapses than their share (emptied or pruned by hand) and the others, full, leave the
     network at ``most`` of its ``total`` synapses."""
     held = sum(fixed.values())
+    if most == 0:
+        lower = "no density in (0, 1] is reachable: refill"
+    else:
+        lower = f"lower the density to {reachable_text(most / total)} or less, or refill"
     return ValueError(
         f"density {density} is out of reach: the protected layers {sorted(fixed)} hold {held:,} live synapses "
         f"and the other layers at most {most - held:,} (all of theirs), {most:,} of the {int(round(density * total)):,} "
-        f"asked for (density {most / total:.4f}); lower the density to {math.floor(most / total * 1e4) / 1e4:g} or "
-        "less, or refill the protected layers (Connectome.set_masks) or leave them out of protect=[...]")
+        f"asked for (density {most / total:.4g}); {lower} the protected layers (Connectome.set_masks) or leave them "
+        "out of protect=[...]")
+
+
+def reachable_text(density: float) -> str:
+    """``density`` rounded down to four significant digits, so that a density it names is reachable
+    (0.9231 for 0.92308, 2.105e-05 for 2.1053e-05)."""
+    if density <= 0:
+        return "0"
+    scale = 10 ** (3 - math.floor(math.log10(density)))
+    return f"{math.floor(density * scale) / scale:.4g}"
 
 
 @register_budget("global")

@@ -1,6 +1,7 @@
 """Budgets, policies and estimators checked against what their docs promise, on hand-made cases."""
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -846,3 +847,47 @@ def test_a_crawl_state_saved_before_follows_density_keeps_its_set_goal():
     ctrl2.load_state_dict(sd)
     _train_mixed(m2, 4, opt2)
     assert ctrl2.policy.goal == 1200
+
+
+@pytest.mark.parametrize("budget", ["erk", "global"])
+@pytest.mark.filterwarnings("ignore:.*no live synapse left")
+def test_gmp_says_when_a_hand_edit_leaves_the_network_under_its_schedule(budget):
+    """gmp only prunes: with the protected layer emptied by hand mid-run, the budget hands the other
+    layers its share, which gmp had pruned away and cannot grow back. The run sat at a small part of
+    its density (104 live for a target of 634) with no word; it now warns once, naming the fix."""
+    with pytest.warns(UserWarning, match=r"policy 'gmp' at step \d+: the editable layers hold [\d,]+ live synapses, "
+                                         r"under the [\d,]+ its schedule asks for .*gmp only prunes.*refill them by hand "
+                                         r"or use a policy that grows") as rec:
+        conn, ctrl, lives = _protected_layer_edited_mid_run("gmp", budget, 0.3)
+    assert sum("gmp only prunes" in str(w.message) for w in rec) == 1
+    assert lives[-1] < round(0.3 * conn.num_synapses()) / 2  # what the warning is about: the count stays under
+
+
+@pytest.mark.parametrize("budget", ["erk", "uniform", "global"])
+@pytest.mark.parametrize("ensemble", ["kernel", None])
+def test_gmp_runs_without_a_hand_edit_never_warn_of_being_under_their_schedule(budget, ensemble, recwarn):
+    m = _mixed_net()
+    conn = adaptive.Connectome(m, ensemble=ensemble) if ensemble else adaptive.Connectome(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    adaptive.Controller(conn, opt, policy="gmp", density=0.2, budget=budget, update_every=2, end_step=40,
+                        min_density=0.05, protect=["0.weight"])
+    _train_mixed(m, 44, opt)
+    assert abs(conn.num_live() - round(0.2 * conn.num_synapses())) <= 40
+    assert not [w for w in recwarn if "only prunes" in str(w.message)]
+
+
+def test_an_out_of_reach_error_names_a_density_that_is_reachable_however_small():
+    """The editable layer holds 4 of 200,004 synapses (the protected one emptied): the error said
+    'lower the density to 0 or less', which is refused in turn."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 100000, bias=False))
+    conn = adaptive.Connectome(m)
+    masks = {n: mk.clone() for n, mk in conn.masks.items()}
+    masks["1.weight"][:] = False
+    conn.set_masks(masks)
+    with pytest.raises(ValueError, match=r"density 0.3 is out of reach.*\(density 2e-05\); lower the density to "
+                                         r"(\S+) or less") as err:
+        adaptive.Controller(conn, None, policy="set", density=0.3, update_every=2, end_step=8, protect=["1.weight"])
+    suggested = float(re.search(r"lower the density to (\S+) or less", str(err.value)).group(1))
+    assert 0 < suggested <= 4 / 200004
+    adaptive.Controller(conn, None, policy="set", density=suggested, update_every=2, end_step=8, protect=["1.weight"])

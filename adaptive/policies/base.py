@@ -407,7 +407,7 @@ def reachable(ctrl, density: float, strict: bool = False) -> float:
         warned.add(most)
         warn_user(f"density {density} is out of reach: the protected layers {sorted(prot)} hold "
                   f"{sum(prot.values()):,} live synapses and the other layers, full, {most - sum(prot.values()):,}, so "
-                  f"the network stays at density {most / total:.4f} ({most:,} of the {int(round(density * total)):,} "
+                  f"the network stays at density {most / total:.4g} ({most:,} of the {int(round(density * total)):,} "
                   "synapses asked for); lower the density, or refill the protected layers (Connectome.set_masks) "
                   "or leave them out of protect=[...]")
     return most / total  # round(most / total * total) == most
