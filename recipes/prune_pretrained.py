@@ -203,13 +203,17 @@ def _check_dataset_kw(dataset: str, kw: dict) -> None:
 
 
 def _check_file_values(path: str, loaded: dict, parser: argparse.ArgumentParser) -> None:
-    """A --config file's values checked as the command line checks them: its choices and its types
-    (``cfg.update`` alone let ``mixed_precision: fp16`` run float32 under an fp16 label)."""
+    """A --config file's values checked as the command line checks them: its choices, its types and its
+    flags (``cfg.update`` alone let ``mixed_precision: fp16`` run float32 under an fp16 label, and a
+    quoted ``overwrite: 'false'`` count as true, deleting the earlier run)."""
     actions = {a.dest: a for a in parser._actions}
     for key, value in loaded.items():
         action = actions.get(key)
         if action is None or value is None or key in RANGED:  # RANGED: _check_ranges names the range too
             continue
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and not isinstance(value, bool):
+            raise SystemExit(f"{path}: {key} must be true or false (unquoted: YAML reads a quoted {value!r} as "
+                             f"text, which would count as true), got {value!r}")
         if action.choices is not None and value not in action.choices:
             raise SystemExit(f"{path}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
         values = value if isinstance(value, list) and action.nargs in ("*", "+") else [value]

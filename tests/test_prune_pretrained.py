@@ -181,6 +181,18 @@ def test_config_file_values_are_checked_as_the_command_line_checks_them(tmp_path
     assert recipe().parse_args(["--config", _config(tmp_path, "mixed_precision: no\n")]).mixed_precision == "no"
 
 
+@pytest.mark.parametrize("text", ["overwrite: 'false'\n", "cpu: 'no'\n", "download: 'false'\n", "resume: 0\n",
+                                  "progress: 'false'\n"])
+def test_a_config_files_flags_must_be_true_or_false(tmp_path, text):
+    """A flag's value went in unchecked: a quoted overwrite: 'false' counted as true, so the earlier
+    run in --output_dir was deleted instead of refused."""
+    key = text.split(":")[0]
+    with pytest.raises(SystemExit, match=rf"c\.yaml: {key} must be true or false \(unquoted"):
+        recipe().parse_args(["--config", _config(tmp_path, text)])
+    ns = recipe().parse_args(["--config", _config(tmp_path, "overwrite: false\ncpu: true\nprogress: false\n")])
+    assert ns.overwrite is False and ns.cpu is True and ns.progress is False
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--holdout", "0"], r"--holdout must be a fraction in \(0, 1\)"),
     (["--passes", "0"], "--passes must be a number > 0"),
