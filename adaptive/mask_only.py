@@ -393,6 +393,9 @@ def optimize_connectome(
     if not _is_real(margin) or not math.isfinite(margin):
         raise ValueError(f"margin must be a finite number (the estimated improvement a swap must promise, in the "
                          f"estimator's units; 0: any improvement), got {margin!r}")
+    # numpy scalars and one-element tensors as plain floats: the run rounds them (a tensor has no
+    # __round__) and the checkpoint's fingerprint compares them with the plain number of a resume
+    approach, edit_fraction, margin = float(approach), float(edit_fraction), float(margin)
     if whole_number(seed, floats=True) is None:
         raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
                          f"number such as seed=0")

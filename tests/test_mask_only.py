@@ -207,6 +207,19 @@ def test_bad_ladder_fails_before_anything_runs(kw, match):
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
 
 
+@pytest.mark.parametrize("kind", ["numpy", "tensor"])
+def test_numpy_and_tensor_settings_run_as_their_plain_numbers(kind):
+    """A one-element tensor approach or edit_fraction passed the check, then failed deep inside the
+    run (a tensor has no __round__); numpy and tensor reals now run as the plain float would."""
+    import numpy as np
+
+    wrap = (lambda v: np.float32(v)) if kind == "numpy" else (lambda v: torch.tensor(v))
+    plain = run(tiny(), 0.5, approach=0.5, edit_fraction=0.5, margin=0.0)
+    other = run(tiny(), 0.5, approach=wrap(0.5), edit_fraction=wrap(0.5), margin=wrap(0.0))
+    a, b = plain.snapshots["0.5"], other.snapshots["0.5"]
+    assert a.removed == b.removed and all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+
+
 def test_empty_loader_and_mixed_best_fail_clearly():
     m = tiny()
     tr, ho = loaders()

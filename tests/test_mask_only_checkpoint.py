@@ -117,6 +117,20 @@ def test_a_resume_with_other_estimator_settings_or_precision_is_refused(tmp_path
         optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path, **kw)
 
 
+@pytest.mark.parametrize("first, then", [
+    (dict(approach=__import__("numpy").float32(0.5)), dict(approach=0.5)),
+    (dict(edit_fraction=torch.tensor(0.25)), dict(edit_fraction=0.25)),
+    (dict(margin=torch.tensor(0.0)), dict(margin=0.0)),
+])
+def test_a_numpy_or_tensor_setting_resumes_with_the_equal_plain_number(tmp_path, first, then):
+    """The checkpoint recorded a numpy or tensor setting by its repr ('np.float32(0.5)'), so a
+    resume with the equal plain number was refused as another run."""
+    path = tmp_path / "ck.pt"
+    interrupted(tiny(), [0.2, 0.5], path, at_stage=1, **first)
+    resumed = optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path, **{**KW, **then})
+    assert [h["kind"] for h in resumed.history].count("resume") == 1
+
+
 def test_checkpoints_recorded_before_settings_were_fingerprinted_still_resume():
     from adaptive.mask_only_checkpoint import _differences
 
