@@ -186,6 +186,17 @@ def test_one_whole_number_check_for_counts_everywhere():
     assert [whole_number(x) for x in (True, False, 3.0, 2.5, torch.tensor(3.0), "3", None)] == [None] * 7
 
 
+def test_numpy_and_torch_bools_are_no_counts():
+    """operator.index took torch.tensor(True) as the count 1, though the docstring says a bool is none."""
+    import numpy as np
+
+    from adaptive.counts import whole_number
+
+    for x in (torch.tensor(True), torch.tensor([False]), np.True_, np.bool_(False), np.array(True)):
+        assert whole_number(x) is None and whole_number(x, floats=True) is None, repr(x)
+    assert whole_number(torch.tensor([3])) == 3 and whole_number(np.array(3)) == 3
+
+
 def test_numpy_and_torch_integers_are_seeds_and_counts_of_optimize_connectome():
     """seed, window, patience, verify_batches and eval_every take any whole number (not a bool), and a
     numpy or torch seed runs as the int it holds."""
