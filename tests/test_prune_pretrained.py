@@ -228,6 +228,10 @@ def test_a_refused_count_leaves_no_folder_behind(tmp_path, weights):
     with pytest.raises(ValueError, match="beyond"):
         mod.main(args(weights, there, "--remove", "300000"))
     assert there.is_dir()
+    # the lock made the missing parents too: they go as well, down to the folder that was there
+    with pytest.raises(ValueError, match="beyond"):
+        mod.main(args(weights, there / "x" / "y", "--remove", "300000"))
+    assert there.is_dir() and not (there / "x").exists()
 
 
 def test_best_climbs_the_given_ladder(tmp_path, weights, capsys):
