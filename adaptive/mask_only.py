@@ -96,7 +96,7 @@ class MaskOnlyResult:
     def use(self, label: Union[str, float, int]) -> Snapshot:
         """Load the masks of snapshot ``label`` into the connectome (weights restored bit-exact);
         ``label`` is a key of ``snapshots`` or the target as given (0.5 for "0.5")."""
-        key = label
+        key = label = _plain_number(label)
         if key not in self.snapshots and isinstance(label, (int, float)) and not isinstance(label, bool):
             key = next((k for k in (_label(label), repr(float(label))) if k in self.snapshots), label)
         if key not in self.snapshots:
@@ -111,9 +111,20 @@ def _label(t: Target) -> str:
     return t if isinstance(t, str) else (f"{t:g}" if isinstance(t, float) else str(int(t)))
 
 
+def _plain_number(t):
+    """A numpy or torch number as the Python int (a whole-number type) or float it holds; anything
+    else (strings, bools, Python numbers, other objects) as it is."""
+    if isinstance(t, (str, bool, int, float)):
+        return t
+    if whole_number(t) is not None:
+        return whole_number(t)
+    return float(t) if _is_real(t) else t
+
+
 def _labels(targets) -> List[str]:
     """Each target's name (the snapshot key, the recipe's subfolder): short, and distinct even for
     fractions that print alike at 6 figures (0.1000108, 0.10001085: then written in full)."""
+    targets = [_plain_number(t) for t in targets]  # np.float32(0.25) is "0.25", not int()'s "0"
     labels = [_label(t) for t in targets]
     if len(set(labels)) < len(labels):
         labels = [repr(float(t)) if isinstance(t, float) else lab for t, lab in zip(targets, labels)]
@@ -122,7 +133,9 @@ def _labels(targets) -> List[str]:
 
 def parse_target(target: Target) -> Target:
     """``target`` checked without a model: "best", a fraction in [0, 1) (a string with a decimal
-    point or an exponent, or a float) or a count >= 0 (an int). Raises ValueError naming the fix."""
+    point or an exponent, or a float: numpy and torch floats too) or a count >= 0 (an int: numpy and
+    torch integers too; never a bool). Raises ValueError naming the fix."""
+    target = _plain_number(target)  # np.int64(30) is the count 30, np.float32(0.25) the fraction 0.25
     if isinstance(target, str) and target != "best":
         try:
             target = float(target) if any(ch in target for ch in ".eE") else int(target)
@@ -400,7 +413,14 @@ def optimize_connectome(
         raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
                          f"number such as seed=0")
     seed = whole_number(seed, floats=True)
-    ladder = [float(f) for f in ladder]
+    bad_ladder = (f"ladder must be a list of increasing removal fractions in (0, 1) such as [0.1, 0.2, 0.3] "
+                  f"(or [] for threshold editing), got {ladder!r}")
+    if ladder is None or isinstance(ladder, (str, bytes)) or not isinstance(ladder, Iterable):
+        raise ValueError(bad_ladder)
+    try:
+        ladder = [float(f) for f in ladder]
+    except (TypeError, ValueError):
+        raise ValueError(bad_ladder) from None
     if any(not 0.0 < f < 1.0 for f in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
         raise ValueError(f"ladder must be increasing removal fractions in (0, 1), got {ladder}")
     if whole_number(patience) is None or patience < 1:

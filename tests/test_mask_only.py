@@ -220,6 +220,33 @@ def test_numpy_and_tensor_settings_run_as_their_plain_numbers(kind):
     assert a.removed == b.removed and all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
 
 
+def test_numpy_and_torch_targets_are_counts_and_fractions():
+    """parse_target refused np.int64(30), torch.tensor(30) and np.float32(0.25) with a message
+    asking for a count or a fraction; bools stay refused."""
+    import numpy as np
+
+    from adaptive.mask_only import parse_target
+
+    for t, want in ((np.int64(30), 30), (torch.tensor(30), 30), (np.float32(0.25), 0.25), (torch.tensor(0.25), 0.25)):
+        got = parse_target(t)
+        assert got == want and type(got) is type(want), repr(t)
+    for t in (True, np.True_, torch.tensor(True), torch.tensor([1, 2])):
+        with pytest.raises(ValueError, match="give a fraction in"):
+            parse_target(t)
+    tr, ho = loaders()
+    r = optimize_connectome(tiny(), tr, ho, [np.float32(0.25), torch.tensor(100)], passes=0.5, progress=False)
+    assert sorted(r.snapshots) == ["0.25", "100"] and r.snapshots["100"].removed == 100
+    assert r.use(np.float32(0.25)) is r.snapshots["0.25"]
+
+
+@pytest.mark.parametrize("ladder", [None, "0.5", 0.5, ["a", 0.5]])
+def test_a_ladder_that_is_no_list_of_fractions_is_named(ladder):
+    """ladder=None failed with a bare TypeError, ladder="0.5" with float()'s "could not convert '.'"."""
+    tr, ho = loaders()
+    with pytest.raises(ValueError, match=r"ladder must be a list of increasing removal fractions in \(0, 1\) such as"):
+        optimize_connectome(tiny(), tr, ho, "best", ladder=ladder, progress=False)
+
+
 def test_empty_loader_and_mixed_best_fail_clearly():
     m = tiny()
     tr, ho = loaders()
