@@ -65,7 +65,7 @@ def header(g) -> dict:
     """Graph-level metadata as JSON-able values (groups, layers, concatenations, meta, dtypes).
 
     ``concats`` holds each concatenation's fx node and, per operand, the ids of the nodes feeding its
-    channels; at the layer level those are unit node ids, so ``unit_depths`` keeps the unit nodes'
+    channels (a plain list, or runs of ids where they repeat: see :func:`_runs`); at the layer level those are unit node ids, so ``unit_depths`` keeps the unit nodes'
     ``depth_max`` and ``depth_min`` that :func:`graphs.concat_composition` reads."""
     h = {
         "format": FORMAT,
@@ -84,10 +84,13 @@ def header(g) -> dict:
     return h
 
 
-def _runs(ids: torch.Tensor) -> dict:
-    """A concatenation operand's node ids as runs: a flattened feature map repeats each channel's
-    node once per pixel, so the header grows with the channels, not the pixels."""
+def _runs(ids: torch.Tensor):
+    """A concatenation operand's node ids as runs ``{"ids", "repeats"}``: a flattened feature map
+    repeats each channel's node once per pixel, so the header grows with the channels, not the
+    pixels. Where no id repeats (a channel concatenation) the plain list of ids, a third shorter."""
     values, counts = torch.unique_consecutive(ids.reshape(-1), return_counts=True)
+    if bool((counts == 1).all()):
+        return values.tolist()
     return {"ids": values.tolist(), "repeats": counts.tolist()}
 
 

@@ -582,3 +582,20 @@ def test_concatenation_records_grow_with_channels_not_pixels(level, tmp_path):
                [[(n, ids.tolist()) for n, ids in c["parts"]] for c in g.concats]
         assert sum(ids.numel() for _, ids in g.concats[0]["parts"]) == 2 * 8 * side * side
     assert sizes[32] < 2 * sizes[4]  # node ids may take a digit more; one per pixel was 64 times as many
+
+
+@pytest.mark.parametrize("level", ["layer", "unit"])
+def test_concatenation_records_are_plain_lists_unless_an_id_repeats(level, tmp_path):
+    """Every record was written as runs (ids, repeats), even with no repeat above 1: GoogLeNet's and
+    DenseNet's channel concatenations made headers half again as big as the plain lists. Both forms
+    read back whole."""
+    from graphs.exporters import header
+
+    cases = {"channels": (Small().eval(), torch.randn(1, 3, 6, 6)), "flattened": (_FlatCat(4).eval(), torch.randn(1, 3, 4, 4))}
+    for name, (m, x) in cases.items():
+        g = graphs.build(model=m, level=level, example_input=x)
+        parts = [ids for c in header(g)["concats"] for _, ids in c["parts"]]
+        assert parts and all(isinstance(p, list) if name == "channels" else isinstance(p, dict) for p in parts), name
+        back = graphs.read_json(graphs.write(g, tmp_path / f"{name}.json"))
+        assert [[(n, ids.tolist()) for n, ids in c["parts"]] for c in back.concats] == \
+               [[(n, ids.tolist()) for n, ids in c["parts"]] for c in g.concats], name
