@@ -213,8 +213,9 @@ def _check_file_values(path: str, loaded: dict, parser: argparse.ArgumentParser)
         if action is None or value is None or key in RANGED:  # RANGED: _check_ranges names the range too
             continue
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and not isinstance(value, bool):
-            raise SystemExit(f"{path}: {key} must be true or false (unquoted: YAML reads a quoted {value!r} as "
-                             f"text, which would count as true), got {value!r}")
+            hint = (f": write true or false unquoted (YAML reads a quoted {value!r} as text, which counts as true)"
+                    if isinstance(value, str) else "")
+            raise SystemExit(f"{path}: {key} must be true or false, got {value!r}{hint}")
         if action.choices is not None and value not in action.choices:
             raise SystemExit(f"{path}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
         values = value if isinstance(value, list) and action.nargs in ("*", "+") else [value]
