@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptive import Connectome, Controller  # noqa: E402
 from adaptive.cli import show_progress  # noqa: E402
+from adaptive.counts import whole_number  # noqa: E402
 from adaptive.config import COMMAND_LINE, ConfigError, given_keys, parse_config, save_config  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive import jsonio  # noqa: E402
@@ -99,7 +100,9 @@ class RunConfig:
     exclude: Optional[List[str]] = _help("shell-style name patterns: matching weights stay out of the connectome")
     policy: str = field(default="utility", metadata={"help": "rigl, set, utility, balanced, gmp, threshold, magnitude, "
                                                              "crawl (adaptive.policies)"})
-    estimator: Optional[str] = field(default=None, metadata={"help": "utility estimator (utility/balanced/threshold/gmp; mask_only); default: curvature in train mode, presence in mask_only mode"})
+    estimator: Optional[str] = field(default=None, metadata={"help": "utility estimator: the scores of policies utility, balanced, threshold "
+                                     "and crawl (default: curvature) and of mask_only mode (default: presence); gmp and magnitude take one "
+                                     "only when it is named (without one they rank by weight magnitude); rigl and set take none (refused)"})
     density: Optional[float] = field(default=_DEFAULT_DENSITY, metadata={"help": "target fraction of live synapses "
                                      "(mask_only: the same as --target 1-D, so 1.0 removes nothing, and none the same as "
                                      "--target best; give one of the two)"})
@@ -175,8 +178,10 @@ class RunConfig:
         if self.mode == "mask_only" and self.resume:  # a run recorded before the recipe set these keys itself
             typed = {k for k, src in (given_keys() or {}).items() if src == COMMAND_LINE}
             for key, value in _kw_as_options(_fields_of(self)).items():
-                if key not in typed or key == "mask_only_kw":  # an option typed now stays, so the resume check
-                    setattr(self, key, value)                  # names it if it differs from the run's
+                # an option typed now stays, so the resume check names it if it differs from the run's;
+                # where --mask_only_kw is typed with it (the run's own command), the key won, as it did
+                if key not in typed or "mask_only_kw" in typed:
+                    setattr(self, key, value)
         from adaptive.paths import absolute_if_exists
 
         self.weights = absolute_if_exists(self.weights)  # config.yaml then reruns from any working directory
@@ -232,9 +237,8 @@ class RunConfig:
                               f"({MASK_ONLY_CHECKPOINT} in the run folder): drop --checkpoint_every")
         if self.mode == "mask_only":
             _refuse_train_only(self)
-        elif self.mask_only_kw:
-            raise ConfigError(f"mask_only_kw ({self.mask_only_kw!r}) applies to mode mask_only; train mode passes more "
-                              "Controller arguments with --controller_kw: drop --mask_only_kw or add --mode mask_only")
+        elif self.mask_only_kw and not self.resume:  # (a resumed run: checked against its record)
+            raise ConfigError(_train_mask_only_kw_error(self.mask_only_kw))
         _check_names(self)
 
 
@@ -262,7 +266,14 @@ _MASK_ONLY_SETS = {
 # keys an earlier recipe passed on through --mask_only_kw (the shipped ImageNet config's held edit_fraction
 # and eval_every) that it now sets from its own options: a resumed run reads them as those options
 _KW_OPTIONS = {"window": "update_every", "edit_fraction": "edit_fraction", "estimator": "estimator", "seed": "seed",
-               "ensemble": "ensemble", "include": "include", "exclude": "exclude", "eval_every": "eval_every"}
+               "ensemble": "ensemble", "include": "include", "exclude": "exclude", "eval_every": "eval_every",
+               "progress": "progress"}
+# ... where an option says the same; where none does, the key stays in a resumed run's mask_only_kw and is
+# passed on as the earlier recipe passed it (after the recipe's own values): passes that are no whole number
+# (--max_steps counts batches, unknown until the data is loaded), eval_every 0 (held-out evaluations at stage
+# ends only; the option's 0 is every epoch), and a window without an eval_every that differs from the run's
+# update_every (the earlier recipe divided the default evaluation cadence by update_every, not by window)
+_KW_KEPT = ("passes", "eval_every", "window")
 
 
 def _fields_of(cfg) -> dict:
@@ -272,28 +283,61 @@ def _fields_of(cfg) -> dict:
 def _kw_as_options(settings: dict) -> dict:
     """The settings that change when the keys of ``settings['mask_only_kw']`` that the recipe now sets
     itself are read as its options (``mask_only_kw`` without them among them); {} when it holds none.
-    Its eval_every counted updates (optimize_connectome's unit), the option counts steps."""
+    The result runs as the recorded run did: its eval_every counted updates (optimize_connectome's
+    unit), the option counts steps; passes=N ran N epochs whatever --max_steps said."""
     kw = dict(settings.get("mask_only_kw") or {})
-    if not set(kw) & set(_KW_OPTIONS):
+    if not set(kw) & (set(_KW_OPTIONS) | {"passes"}):
         return {}
-    out = {_KW_OPTIONS[k]: kw.pop(k) for k in list(kw) if k in _KW_OPTIONS}
+    out = {}
+    if "passes" in kw and (whole_number(kw["passes"], floats=True) or 0) >= 1:
+        out.update(epochs=whole_number(kw.pop("passes"), floats=True), max_steps=None)
+    recorded_window = settings.get("update_every") or 1
+    if "window" in kw and "eval_every" not in kw and kw["window"] != recorded_window:
+        kw_window = kw.pop("window")  # kept (below): the default cadence was divided by update_every
+    else:
+        kw_window = None
+    if kw.get("eval_every") == 0:
+        kw_eval = kw.pop("eval_every")  # kept: evaluations at stage ends only
+    else:
+        kw_eval = None
+    out.update({_KW_OPTIONS[k]: kw.pop(k) for k in list(kw) if k in _KW_OPTIONS})
     if "eval_every" in out:
-        window = out.get("update_every", settings.get("update_every")) or 1
-        out["eval_every"] = out["eval_every"] * max(1, int(window))
+        out["eval_every"] = out["eval_every"] * max(1, int(out.get("update_every", recorded_window)))
+    kw.update({k: v for k, v in (("window", kw_window), ("eval_every", kw_eval)) if v is not None})
+    if kw == (settings.get("mask_only_kw") or {}):
+        return {}
     out["mask_only_kw"] = kw
     return out
+
+
+def _train_mask_only_kw_error(kw) -> str:
+    return (f"mask_only_kw ({kw!r}) applies to mode mask_only; train mode passes more Controller arguments with "
+            "--controller_kw: drop --mask_only_kw or add --mode mask_only")
 
 
 def _refuse_derived_keys(cfg) -> None:
     """A --controller_kw or --mask_only_kw key that the recipe sets itself, from one of its own
     options: it crashed (the Controller got the key twice) or silently replaced the recipe's value
-    (passes=3 ran 3 passes while the opening line counted --max_steps' batches)."""
+    (passes=3 ran 3 passes while the opening line counted --max_steps' batches). A --mask_only_kw
+    key optimize_connectome does not take is named with the ones it does (it was refused only after
+    the run folder was made)."""
     if cfg.mode == "mask_only":  # (where --controller_kw is refused whole)
-        option, given, sets = "mask_only_kw", cfg.mask_only_kw, _MASK_ONLY_SETS
+        option, given, sets = "mask_only_kw", dict(cfg.mask_only_kw), _MASK_ONLY_SETS
+        if cfg.resume:  # what a resumed run recorded before the check, and no option says (_kw_as_options)
+            given = {k: v for k, v in given.items() if k not in _KW_KEPT}
     else:
         option, given, sets = "controller_kw", cfg.controller_kw, _CONTROLLER_SETS
     for key in sorted(set(given) & set(sets)):
         raise ConfigError(f"--{option} {key}: the recipe sets {key} itself, {sets[key]}; drop {key} from --{option}")
+    if cfg.mode == "mask_only":
+        import inspect
+
+        from adaptive.mask_only import optimize_connectome
+
+        takes = [k for k in inspect.signature(optimize_connectome).parameters if k not in sets]
+        for key in sorted(set(given) - set(takes)):
+            raise ConfigError(f"--mask_only_kw {key}: optimize_connectome takes no argument {key!r}; --mask_only_kw "
+                              f"sets {', '.join(takes)}")
 
 
 # train-mode settings mask_only has no use for: (key, the value that means "not set", what to do instead)
@@ -464,11 +508,13 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
         output_dir = output_dir or str(run_dir_of(resume_from))
     output_dir = Path(output_dir or _broadcast_str(accelerator, default_output_dir()))
     if cfg.resume:
-        _check_resumed_config(cfg, output_dir, resume_from, no_fp16=_no_fp16_autocast(accelerator))
+        recorded = _check_resumed_config(cfg, output_dir, resume_from, no_fp16=_no_fp16_autocast(accelerator))
+        if cfg.mode != "mask_only":
+            _train_mode_mask_only_kw(cfg, recorded, accelerator)
     if cfg.resume and cfg.mixed_precision == "fp16" and _inert_fp16(accelerator):  # (recorded so: the check passed)
+        # it keeps recording fp16, as the run did, so that its own command continues it again later
         accelerator.print(f"note: the run records --mixed_precision fp16, which the {accelerator.device.type.upper()} "
                           "cannot run (Accelerate ran it in float32): it continues as it ran, as --mixed_precision no")
-        cfg.mixed_precision = "no"
     else:
         _refuse_inert_precision(cfg, accelerator)  # a new run, or fp16 from accelerate launch: refused
     if not cfg.resume:
@@ -477,8 +523,24 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     lock = _RunLock(accelerator, output_dir)  # taken before the run's first write into the folder
     try:
         return _train(cfg, on_step, accelerator, resume_from, output_dir, lock)
+    except Exception:
+        lock.release(refused=True)  # a folder this command made and wrote nothing into goes
+        raise
     finally:
         lock.release()
+
+
+def _train_mode_mask_only_kw(cfg: RunConfig, recorded: List[dict], accelerator) -> None:
+    """A train-mode run recorded with --mask_only_kw before it was refused there (read by nothing):
+    resumed with or without it, it keeps the recorded one (so its own command resumes it again),
+    with a note. A resumed run that recorded none is refused one, as a new run is."""
+    kw = next((r["mask_only_kw"] for r in recorded if r.get("mask_only_kw")), None)
+    if kw:
+        accelerator.print(f"note: the run records --mask_only_kw {kw!r}, which train mode never read (runs started "
+                          "before it was refused there): the run continues without it, as it ran")
+        cfg.mask_only_kw = kw
+    elif cfg.mask_only_kw:
+        raise ConfigError(_train_mask_only_kw_error(cfg.mask_only_kw))
 
 
 def _refuse_inert_precision(cfg: RunConfig, accelerator) -> None:
@@ -556,8 +618,21 @@ class _RunLock(run_folder.RunLock):
     def __init__(self, accelerator, output_dir: Path):
         super().__init__(accelerator, output_dir, error=CheckpointError)
 
+    made_folder = False
+
     def acquire(self, cfg: RunConfig) -> None:
+        if self.fd is None:
+            self.made_folder = not self.path.parent.exists()
         super().acquire(None if cfg.resume else (lambda: _refuse_earlier_run(cfg, self.path.parent)))
+
+    def release(self, refused: bool = False) -> None:
+        """``refused``: the run stopped on an error; the folder goes if this run made it and it holds
+        nothing but the lock (mask_only checks optimize_connectome's settings only once it holds it)."""
+        folder = self.path.parent
+        if refused and self.fd is not None and self.made_folder and [p.name for p in folder.iterdir()] == [".lock"]:
+            self.path.unlink()  # while the lock is still held
+            folder.rmdir()
+        super().release()
 
 
 def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, lock: "_RunLock") -> RunResult:
@@ -742,13 +817,15 @@ class CheckpointError(RuntimeError):
 
 
 def _check_resumed_config(cfg: RunConfig, output_dir: Path, resume_from: Optional[Path] = None,
-                          no_fp16: bool = False) -> None:
+                          no_fp16: bool = False) -> List[dict]:
     """Refuse, before any work, to resume a run with settings other than the ones it was made with:
     the copy of config.yaml inside the checkpoint (checked against the checkpoint's manifest first),
     else the run folder's config.yaml; and than the ones of the folder it writes into, when that is
     another run's. The checkpoint's controller, schedule and weights would silently override them.
-    ``no_fp16``: this device runs fp16 as float32, so a recorded fp16 reads as what ran, 'no'."""
+    ``no_fp16``: this device runs fp16 as float32, so a recorded fp16 reads as what ran, 'no'.
+    Returns the settings recorded (as compared), checkpoint's first."""
     folders = [Path(output_dir)]
+    recorded = []
     if resume_from is not None:
         from adaptive.distributed import agreed_problem, rank, world_size
         from adaptive.integrity import CheckpointRefusedError
@@ -767,12 +844,13 @@ def _check_resumed_config(cfg: RunConfig, output_dir: Path, resume_from: Optiona
         run = run_dir_of(resume_from)
         own = Path(resume_from) / CONFIG_COPY
         if own.is_file():  # the settings the checkpoint was made with, whatever its run folder holds now
-            _check_against(cfg, own, run_dir=run, resume=resume_from, no_fp16=no_fp16)
+            recorded.append(_check_against(cfg, own, run_dir=run, resume=resume_from, no_fp16=no_fp16))
             folders = [f for f in folders if f.resolve() != run.resolve()]
         elif run.resolve() != Path(output_dir).resolve():
             folders.append(run)
     for folder in folders:
-        _check_against(cfg, folder / "config.yaml", no_fp16=no_fp16)
+        recorded.append(_check_against(cfg, folder / "config.yaml", no_fp16=no_fp16))
+    return [r for r in recorded if r is not None]
 
 
 def _normalised(d: dict) -> dict:
@@ -786,16 +864,17 @@ def _normalised(d: dict) -> dict:
 
 
 def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, resume: Optional[Path] = None,
-                   no_fp16: bool = False) -> None:
+                   no_fp16: bool = False) -> Optional[dict]:
     """Compare the settings of ``cfg`` with the ones recorded in ``path`` (a run folder's config.yaml,
     or a checkpoint's copy of it: then ``run_dir`` is the checkpoint's run and ``resume`` the checkpoint).
     Runs recorded before the recipe refused them compare as they ran: fp16 where ``no_fp16`` (this
-    device ran it as float32) as 'no', and a mask_only_kw key the recipe now sets as its option."""
+    device ran it as float32) as 'no', a mask_only_kw key the recipe now sets as its option, and a
+    train-mode mask_only_kw (read by nothing) not at all. Returns the settings recorded (None: no file)."""
     from adaptive.config import to_dict
     import yaml
 
     if not path.is_file():
-        return  # a run folder without its config (copied checkpoints): nothing to compare
+        return None  # a run folder without its config (copied checkpoints): nothing to compare
     fix = ("put the run's config.yaml back, or run without --resume into another --output_dir to start afresh"
            if resume is None else f"delete {resume} and resume from an earlier checkpoint, or start afresh")
     try:
@@ -823,7 +902,7 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
 
     if "weights" in saved:  # runs recorded before paths were stored absolute
         saved["weights"] = absolute_if_exists(saved["weights"])
-    free = _RESUME_MAY_CHANGE | (_MASK_ONLY_FINGERPRINTED if cfg.mode == "mask_only" else set())
+    free = _RESUME_MAY_CHANGE | (_MASK_ONLY_FINGERPRINTED if cfg.mode == "mask_only" else {"mask_only_kw"})
     if cfg.mode != "mask_only" and not _uses_estimator(cfg.policy):
         free = free | {"estimator"}  # runs recorded before the recipe dropped it for such policies name one
     elif cfg.mode != "mask_only" and cfg.estimator is None and saved.get("estimator") == "curvature":
@@ -832,11 +911,16 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
         cfg.estimator = "curvature"
         now["estimator"] = "curvature"
     diff = [f"{k}: run {saved[k]!r}, now {now[k]!r}" for k in now if k in saved and k not in free and saved[k] != now[k]]
+    if cfg.mode == "mask_only":  # the one mask_only_kw key the stage checkpoint does not compare (kept from a run
+        ev = [(d.get("mask_only_kw") or {}).get("eval_every") for d in (saved, now)]  # recorded before the check)
+        if ev[0] != ev[1]:
+            diff.append(f"mask_only_kw eval_every: run {ev[0]!r}, now {ev[1]!r}")
     if diff:
         run_dir = run_dir or path.parent
         raise CheckpointError(f"--resume: {path} records other settings ({'; '.join(diff)}); resume with the run's "
                               f"settings (--config {path} --output_dir {run_dir} --resume {resume or 'latest'} gives "
                               "them all), or run without --resume into another --output_dir to start afresh")
+    return saved
 
 
 def _mask_only_run_dir(resume: str, output_dir) -> Path:
@@ -883,6 +967,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         raise ValueError(f"the train loader is empty ({len(loaders.datasets.train)} examples): lower --batch_size or --holdout")
     # --max_steps counts training batches per target (each process's), else --epochs passes
     passes = cfg.max_steps / len(train_dl) if cfg.max_steps else float(cfg.epochs)
+    passes = cfg.mask_only_kw.get("passes", passes)  # (kept by a resumed run recorded before the check)
     accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {sum(p.numel() for p in model.parameters()):,} "
                       f"parameters, target {target}, {passes:.3g} pass(es) of {len(train_dl)} batches per target, "
                       f"estimator {cfg.estimator} -> {output_dir}")
@@ -892,7 +977,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     # held-out evaluations as in train mode: every --eval_every steps, else every epoch (in updates)
     window = max(1, int(cfg.update_every or 1))
     kw["eval_every"] = max(1, (cfg.eval_every or len(train_dl)) // window)
-    kw.update(cfg.mask_only_kw)  # (none of the keys above: _refuse_derived_keys refused those)
+    kw.update(cfg.mask_only_kw)  # (none of the keys above but the ones a resumed run kept: see _KW_KEPT)
     saved = []
 
     def save_config_once(record):  # the first record comes after optimize_connectome has checked its settings

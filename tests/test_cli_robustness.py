@@ -448,6 +448,11 @@ OUT_OF_RANGE = [
     (["--mode", "mask_only", "--mask_only_kw", "edit_fraction=0.5"], "sets edit_fraction itself, from --edit_fraction"),
     (["--mode", "mask_only", "--mask_only_kw", "callback=x"], "sets callback itself, to its own"),
     (["--mode", "mask_only", "--mask_only_kw", "target=0.5"], "sets target itself, from --target (or --density)"),
+    # refused by optimize_connectome once the run held its folder's lock: the folder and its .lock stayed
+    (["--mode", "mask_only", "--target", "99999999"], "beyond the model's 50432 prunable synapses"),
+    (["--mode", "mask_only", "--mask_only_kw", "approach=3"], "approach must be in [0, 1], got 3"),
+    (["--mode", "mask_only", "--mask_only_kw", "foo=1"],
+     "--mask_only_kw foo: optimize_connectome takes no argument 'foo'; --mask_only_kw sets approach, margin, ladder"),
 ])
 def test_a_kw_key_or_an_out_of_range_value_is_refused_before_anything_is_written(tmp_path, argv, message, capsys):
     out = tmp_path / "run"
@@ -656,3 +661,103 @@ def test_mask_only_runs_recorded_with_recipe_set_mask_only_kw_keys_still_resume(
     assert "edit_fraction" in err and "1.0" in err and "0.5" in err  # an option typed now is not replaced silently
     err = _error_of(mo + ["--mask_only_kw", "{eval_every: 2}", "--output_dir", str(tmp_path / "new")], capsys)
     assert "--mask_only_kw eval_every: the recipe sets eval_every itself" in err  # a new run is still refused
+
+
+def test_a_refused_command_leaves_an_empty_folder_it_did_not_make_in_place(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()  # the user's: a refused run takes it away no more than it would a full one
+    error_of(TINY + ["--output_dir", str(out), "--mode", "mask_only", "--mask_only_kw", "approach=3"], capsys)
+    assert out.is_dir()
+
+
+def test_a_train_run_recorded_with_mask_only_kw_resumes_with_or_without_it(tmp_path, capsys):
+    """--mask_only_kw in train mode (read by nothing) was taken before c3dbdec refused it: such a run
+    was refused by every --resume command, as recorded (refused) and without it (a changed setting)."""
+    run = tmp_path / "t"
+    _stopped_train_run(run)
+    _recorded_before_the_checks(run, mask_only_kw={"approach": 0.5})
+    capsys.readouterr()
+    assert _main(["--config", str(run / "config.yaml"), "--resume", "latest"]).state.step == 6  # as recorded
+    assert "train mode never read" in capsys.readouterr().out
+    command = ["--max_steps", "6", "--update_every", "2", "--checkpoint_every", "3", "--threads", "1", "--progress",
+               "false", "--figures", "false", "--output_dir", str(run), "--resume", "latest"]
+    for given in ([], ["--mask_only_kw", "approach=0.5"]):  # the run's command, without and with it
+        _back_to_step_3(run)
+        assert _main(command + given).state.step == 6
+    plain = tmp_path / "plain"  # a run that recorded none is refused one on --resume, as a new run is
+    _stopped_train_run(plain)
+    err = _error_of(command[:-4] + ["--output_dir", str(plain), "--resume", "latest", "--mask_only_kw", "approach=0.5"],
+                    capsys)
+    assert "mask_only_kw ({'approach': 0.5}) applies to mode mask_only" in err
+
+
+MASK_ONLY = ["--mode", "mask_only", "--target", "0.5", "--threads", "1", "--progress", "false", "--figures", "false"]
+
+
+@pytest.mark.parametrize("ran, recorded", [
+    (["--epochs", "1"], {"passes": 1, "progress": False}),  # passes=1 ran one pass whatever --max_steps said
+    (["--max_steps", "21"], {"passes": 0.5}),  # half of the 41 batches: 21 steps per target
+])
+def test_mask_only_runs_recorded_with_passes_or_progress_in_mask_only_kw_still_resume(tmp_path, capsys, ran,
+                                                                                        recorded):
+    """Before 93fe91b --mask_only_kw passes and progress were passed on; a76f2b6 read 8 such keys as
+    their options but not these: such a run was refused as recorded and as typed."""
+    run = tmp_path / "m"
+    _main(MASK_ONLY + ran + ["--output_dir", str(run)])
+    _recorded_before_the_checks(run, max_steps=4, epochs=1, mask_only_kw=recorded)
+    res = _main(["--config", str(run / "config.yaml"), "--resume", "latest"])
+    assert res.state.step == (41 if recorded.get("passes") == 1 else 21)
+    typed = ["--mask_only_kw", "{" + ", ".join(f"{k}: {v}" for k, v in recorded.items()) + "}"]
+    assert _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(run), "--resume", "latest"] + typed).state.step \
+        == res.state.step  # the run's own command
+    err = _error_of(MASK_ONLY + ["--mask_only_kw", "passes=1", "--output_dir", str(tmp_path / "new")], capsys)
+    assert "--mask_only_kw passes: the recipe sets passes itself" in err  # a new run is still refused
+
+
+@pytest.mark.parametrize("recorded, update_every, eval_every", [
+    ({"eval_every": 0}, 1, 0),  # optimize_connectome's 0: at stage ends only (the option's 0 is every epoch: 41)
+    ({"window": 2}, 1, 41),  # the earlier recipe divided the epoch's 41 steps by --update_every 1, not by window
+    ({"window": 2, "eval_every": 3}, 1, 3),
+    ({"eval_every": 2}, 1, 2),
+])
+def test_a_resumed_mask_only_run_evaluates_as_its_recorded_mask_only_kw_did(tmp_path, monkeypatch, recorded,
+                                                                           update_every, eval_every):
+    import functools
+
+    import adaptive.mask_only as M
+
+    run = tmp_path / "m"
+    _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(run)])
+    _recorded_before_the_checks(run, update_every=update_every, eval_every=0, mask_only_kw=recorded)
+    got = {}
+
+    @functools.wraps(M.optimize_connectome)
+    def stub(model, train_loader, holdout_loader, target, **kw):  # what the recipe passes on, then stop
+        got.update(kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(M, "optimize_connectome", stub)
+    with pytest.raises(SystemExit):
+        _main(["--config", str(run / "config.yaml"), "--resume", "latest"])
+    assert (got["eval_every"], got["window"]) == (eval_every, recorded.get("window", update_every))
+
+
+def test_a_cpu_run_recorded_with_fp16_resumes_again_with_its_own_command(tmp_path, capsys):
+    """Resumed once with --mixed_precision fp16, its new checkpoints recorded 'no', and the same
+    command was refused from them."""
+    run = tmp_path / "fp16"
+    command = ["--max_steps", "9", "--update_every", "2", "--checkpoint_every", "3", "--keep_checkpoints", "0",
+               "--threads", "1", "--progress", "false", "--figures", "false", "--output_dir", str(run)]
+    _main(command)
+    _back_to_step_3(run)
+    _recorded_before_the_checks(run, mixed_precision="fp16")
+    _main(command + ["--mixed_precision", "fp16", "--resume", "latest"])  # writes step 6 (then stopped there)
+    capsys.readouterr()
+    res = _main(command + ["--mixed_precision", "fp16", "--resume", str(run / "checkpoints" / "step_00000006")])
+    assert res.state.step == 9 and res.summary["mixed_precision"] == "no"
+    assert "continues as it ran, as --mixed_precision no" in capsys.readouterr().out
+
+
+def test_estimator_help_says_which_policies_use_it():
+    text = A.RunConfig.__dataclass_fields__["estimator"].metadata["help"]
+    assert "gmp and magnitude take one only when it is named" in text and "rank by weight magnitude" in text
