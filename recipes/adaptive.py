@@ -19,6 +19,7 @@ run folder (``--output_dir``, default ``runs/<date-time>``): ``config.yaml`` (re
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -310,6 +311,16 @@ def _kw_as_options(settings: dict) -> dict:
     return out
 
 
+def _cadence(settings: dict) -> dict:
+    """What sets a mask_only run's held-out evaluations, read as the run runs it (a run recorded with
+    --mask_only_kw keys the recipe now sets, :func:`_kw_as_options`): a resume that changes it would
+    choose --target best's snapshot, and write its rows, at other steps."""
+    s = {**settings, **_kw_as_options(settings)}
+    kw = s.get("mask_only_kw") or {}
+    return {"update_every": s.get("update_every"), "eval_every": s.get("eval_every"),
+            **{f"mask_only_kw {k}": kw.get(k) for k in _KW_KEPT}}
+
+
 def _train_mask_only_kw_error(kw) -> str:
     return (f"mask_only_kw ({kw!r}) applies to mode mask_only; train mode passes more Controller arguments with "
             "--controller_kw: drop --mask_only_kw or add --mode mask_only")
@@ -523,8 +534,8 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     lock = _RunLock(accelerator, output_dir)  # taken before the run's first write into the folder
     try:
         return _train(cfg, on_step, accelerator, resume_from, output_dir, lock)
-    except Exception:
-        lock.release(refused=True)  # a folder this command made and wrote nothing into goes
+    except BaseException:  # an error or Ctrl-C
+        lock.release(refused=True)  # the folders this command made and wrote nothing into go
         raise
     finally:
         lock.release()
@@ -618,20 +629,23 @@ class _RunLock(run_folder.RunLock):
     def __init__(self, accelerator, output_dir: Path):
         super().__init__(accelerator, output_dir, error=CheckpointError)
 
-    made_folder = False
+    made_folders: List[Path] = []
 
     def acquire(self, cfg: RunConfig) -> None:
-        if self.fd is None:
-            self.made_folder = not self.path.parent.exists()
+        if self.fd is None:  # the folders the lock is about to make (its parents too), innermost first
+            self.made_folders = list(itertools.takewhile(lambda p: not p.exists(), self.path.parents))
         super().acquire(None if cfg.resume else (lambda: _refuse_earlier_run(cfg, self.path.parent)))
 
     def release(self, refused: bool = False) -> None:
-        """``refused``: the run stopped on an error; the folder goes if this run made it and it holds
+        """``refused``: the run stopped on an error or Ctrl-C; the folders it made go while they hold
         nothing but the lock (mask_only checks optimize_connectome's settings only once it holds it)."""
         folder = self.path.parent
-        if refused and self.fd is not None and self.made_folder and [p.name for p in folder.iterdir()] == [".lock"]:
+        if refused and self.fd is not None and self.made_folders and [p.name for p in folder.iterdir()] == [".lock"]:
             self.path.unlink()  # while the lock is still held
-            folder.rmdir()
+            for made in self.made_folders:
+                if not made.is_dir() or any(made.iterdir()):
+                    break  # something else was written there meanwhile: it stays, and so do its parents
+                made.rmdir()
         super().release()
 
 
@@ -775,6 +789,8 @@ def _on_interrupt() -> str:
     out = _INTERRUPT.get("output_dir")
     if out is None:
         return ""
+    if not Path(out).exists():  # interrupted before it wrote anything: its folder went with it
+        return "the run wrote nothing (its folder is gone again); the same command starts it afresh"
     cks = list_checkpoints(Path(out) / CHECKPOINT_DIR)
     if cks or (Path(out) / MASK_ONLY_CHECKPOINT).is_file():
         what = cks[-1].name if cks else f"{MASK_ONLY_CHECKPOINT} (the last finished target)"
@@ -911,10 +927,10 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
         cfg.estimator = "curvature"
         now["estimator"] = "curvature"
     diff = [f"{k}: run {saved[k]!r}, now {now[k]!r}" for k in now if k in saved and k not in free and saved[k] != now[k]]
-    if cfg.mode == "mask_only":  # the one mask_only_kw key the stage checkpoint does not compare (kept from a run
-        ev = [(d.get("mask_only_kw") or {}).get("eval_every") for d in (saved, now)]  # recorded before the check)
-        if ev[0] != ev[1]:
-            diff.append(f"mask_only_kw eval_every: run {ev[0]!r}, now {ev[1]!r}")
+    if cfg.mode == "mask_only":  # the held-out cadence, which the stage checkpoint does not compare, as each runs it
+        run, this = _cadence(saved), _cadence(now)
+        diff += [f"{k}: run {run[k]!r}, now {this[k]!r}" for k in run if run[k] != this[k] and f"{k}: run" not in
+                 " ".join(diff)]
     if diff:
         run_dir = run_dir or path.parent
         raise CheckpointError(f"--resume: {path} records other settings ({'; '.join(diff)}); resume with the run's "

@@ -761,3 +761,42 @@ def test_a_cpu_run_recorded_with_fp16_resumes_again_with_its_own_command(tmp_pat
 def test_estimator_help_says_which_policies_use_it():
     text = A.RunConfig.__dataclass_fields__["estimator"].metadata["help"]
     assert "gmp and magnitude take one only when it is named" in text and "rank by weight magnitude" in text
+
+
+def test_a_refused_command_takes_back_the_parent_folders_it_made_and_no_others(tmp_path, capsys):
+    """The lock makes --output_dir's missing parents too; only the innermost one went."""
+    (tmp_path / "kept").mkdir()
+    out = tmp_path / "kept" / "x" / "y" / "run"
+    err = error_of(TINY + ["--output_dir", str(out), "--mode", "mask_only", "--mask_only_kw", "approach=3"], capsys)
+    assert "approach must be in [0, 1], got 3" in err
+    assert not (tmp_path / "kept" / "x").exists() and (tmp_path / "kept").is_dir()
+
+
+def test_ctrl_c_before_a_mask_only_run_wrote_anything_takes_back_its_folder(tmp_path, monkeypatch, capsys):
+    """An error there took the folder back; Ctrl-C left it holding only .lock, with advice to rerun
+    with --overwrite that a plain rerun does not need."""
+    import adaptive.mask_only as M
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(M, "optimize_connectome", interrupted)
+    out = tmp_path / "a" / "run"
+    with pytest.raises(SystemExit) as stop:
+        _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(out)])
+    assert stop.value.code == 130
+    assert not (tmp_path / "a").exists()
+    assert "the run wrote nothing (its folder is gone again); the same command starts it afresh" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("typed", [["--update_every", "2"], ["--update_every", "2", "--mask_only_kw", "{}"]])
+def test_a_resume_that_would_change_a_recorded_runs_evaluation_cadence_is_refused(tmp_path, capsys, typed):
+    """A run recorded with --mask_only_kw window=2 at update_every 1 evaluated every 41 steps; resumed
+    with --update_every 2 it went on every 20, unnamed (the stage checkpoint compares the window
+    alone, and --target best picks its snapshot from these evaluations)."""
+    run = tmp_path / "m"
+    _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(run)])
+    _recorded_before_the_checks(run, update_every=1, mask_only_kw={"window": 2})
+    err = _error_of(["--config", str(run / "config.yaml"), "--resume", "latest", *typed], capsys)
+    assert "records other settings (update_every: run 1, now 2; mask_only_kw window: run 2, now None)" in err
