@@ -232,3 +232,21 @@ def test_degree_distribution_refuses_a_layer_graph_and_concats_of_a_read_one_are
     # LeNet-5 concatenates nothing: a layer-level graph of it read back from a file has none to report
     read = graphs.read_json(graphs.write(layer, tmp_path / "g.json"))
     assert read.level == "layer" and graphs.concat_composition(read) == []
+
+
+def test_build_takes_a_torch_compile_wrapper_as_connectome_does():
+    """Connectome(torch.compile(m)) uses the module the wrapper runs; graphs.build(conn,
+    model=torch.compile(m)) fell back to module order with an fx error about OptimizedModule."""
+    import warnings
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    conn = adaptive.Connectome(m)
+    masks = {n: torch.rand(mk.shape) < 0.5 for n, mk in conn.masks.items()}
+    conn.set_masks(masks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        g = graphs.build(conn, level="synapse", model=torch.compile(m), example_input=torch.randn(1, 3, 8, 8))
+    plain = graphs.build(conn, level="synapse", example_input=torch.randn(1, 3, 8, 8))
+    assert g.live_synapses() == plain.live_synapses() == conn.num_live()
+    assert graphs.to_networkx(g).number_of_edges() == graphs.to_networkx(plain).number_of_edges()
