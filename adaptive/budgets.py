@@ -145,11 +145,12 @@ def too_high_error(density: float, fixed: Mapping[str, int], most: int, total: i
 
 def reachable_text(density: float) -> str:
     """``density`` rounded down to four significant digits, so that a density it names is reachable
-    (0.9231 for 0.92308, 2.105e-05 for 2.1053e-05)."""
+    (0.923 for 0.92308, 2.105e-05 for 2.1053e-05, 0.57 for 57 / 100, whose float product with 10^4
+    falls a hair under 5700)."""
     if density <= 0:
         return "0"
     scale = 10 ** (3 - math.floor(math.log10(density)))
-    return f"{math.floor(density * scale) / scale:.4g}"
+    return f"{math.floor(round(density * scale, 6)) / scale:.4g}"
 
 
 @register_budget("global")

@@ -747,6 +747,9 @@ def trace(model: nn.Module, example_input=None, input_nodes: str = "auto") -> Tr
     convolutions). Falls back to module order, with a warning, when fx cannot trace the model."""
     if input_nodes not in ("auto", "channels", "elements"):
         raise ValueError(f"input_nodes must be 'auto', 'channels' or 'elements', got {input_nodes!r}")
+    from adaptive.connectome import _uncompiled
+
+    model = _uncompiled(model)  # a torch.compile wrapper: the module it runs, under its own names
     modes = {m: m.training for m in model.modules()}
     model.eval()  # trace and run the inference graph (no aux heads, dropout or batch statistics)
     try:

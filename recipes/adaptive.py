@@ -530,7 +530,8 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
         _refuse_inert_precision(cfg, accelerator)  # a new run, or fp16 from accelerate launch: refused
     if not cfg.resume:
         _refuse_earlier_run(cfg, output_dir)
-    _INTERRUPT.update(output_dir=output_dir, resume_from=resume_from)
+    _INTERRUPT.update(output_dir=output_dir, resume_from=resume_from, overwrite=cfg.overwrite and not cfg.resume,
+                      wrote=False)
     lock = _RunLock(accelerator, output_dir)  # taken before the run's first write into the folder
     try:
         return _train(cfg, on_step, accelerator, resume_from, output_dir, lock)
@@ -637,11 +638,11 @@ class _RunLock(run_folder.RunLock):
         super().acquire(None if cfg.resume else (lambda: _refuse_earlier_run(cfg, self.path.parent)))
 
     def release(self, refused: bool = False) -> None:
-        """``refused``: the run stopped on an error or Ctrl-C; the folders it made go while they hold
-        nothing but the lock (mask_only checks optimize_connectome's settings only once it holds it)."""
+        """``refused``: the run stopped on an error or Ctrl-C; where it wrote nothing its lock goes, and
+        so do the folders it made while they hold nothing (mask_only checks optimize_connectome's settings only once it holds it)."""
         folder = self.path.parent
-        if refused and self.fd is not None and self.made_folders and [p.name for p in folder.iterdir()] == [".lock"]:
-            self.path.unlink()  # while the lock is still held
+        if refused and self.fd is not None and [p.name for p in folder.iterdir()] == [".lock"]:
+            self.path.unlink()  # while the lock is still held (a folder that was there stays, empty)
             for made in self.made_folders:
                 if not made.is_dir() or any(made.iterdir()):
                     break  # something else was written there meanwhile: it stays, and so do its parents
@@ -789,8 +790,11 @@ def _on_interrupt() -> str:
     out = _INTERRUPT.get("output_dir")
     if out is None:
         return ""
-    if not Path(out).exists():  # interrupted before it wrote anything: its folder went with it
-        return "the run wrote nothing (its folder is gone again); the same command starts it afresh"
+    if _INTERRUPT.get("overwrite") and not _INTERRUPT.get("wrote"):  # (--overwrite deletes at the first write)
+        return (f"the run wrote nothing, and the earlier run in {out} is kept as it was; the same command (with "
+                "--overwrite) starts afresh")
+    if not Path(out).exists() or {p.name for p in Path(out).iterdir()} <= {".lock"}:
+        return "the run wrote nothing (its lock and any folder it made are gone again); the same command starts it afresh"
     cks = list_checkpoints(Path(out) / CHECKPOINT_DIR)
     if cks or (Path(out) / MASK_ONLY_CHECKPOINT).is_file():
         what = cks[-1].name if cks else f"{MASK_ONLY_CHECKPOINT} (the last finished target)"
@@ -818,6 +822,7 @@ _MASK_ONLY_FINGERPRINTED = {"target", "density", "epochs", "estimator", "update_
 def _save_config(accelerator, cfg: RunConfig, output_dir: Path) -> None:
     """config.yaml, written once the settings have been accepted (data, model, controller built);
     with --overwrite, the earlier run's files go only now, so a refused command leaves them."""
+    _INTERRUPT["wrote"] = True  # (every process: what Ctrl-C's message says of the earlier run)
     if accelerator.is_main_process:
         if cfg.overwrite and not cfg.resume:
             # (a mask-only run has not recorded a stage yet: its earlier run's checkpoint, set aside

@@ -786,7 +786,7 @@ def test_ctrl_c_before_a_mask_only_run_wrote_anything_takes_back_its_folder(tmp_
         _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(out)])
     assert stop.value.code == 130
     assert not (tmp_path / "a").exists()
-    assert "the run wrote nothing (its folder is gone again); the same command starts it afresh" in \
+    assert "the run wrote nothing (its lock and any folder it made are gone again); the same command starts it afresh" in \
         capsys.readouterr().err
 
 
@@ -800,3 +800,33 @@ def test_a_resume_that_would_change_a_recorded_runs_evaluation_cadence_is_refuse
     _recorded_before_the_checks(run, update_every=1, mask_only_kw={"window": 2})
     err = _error_of(["--config", str(run / "config.yaml"), "--resume", "latest", *typed], capsys)
     assert "records other settings (update_every: run 1, now 2; mask_only_kw window: run 2, now None)" in err
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_ctrl_c_before_anything_is_written_into_an_existing_folder_says_the_same_command_starts_afresh(
+        tmp_path, monkeypatch, capsys, overwrite):
+    """Into a folder made beforehand, the .lock stayed and the message advised --overwrite; after an
+    earlier run with --overwrite, it pointed to the earlier run's checkpoint, which neither
+    suggested command could continue (--overwrite had not deleted it yet)."""
+    import adaptive.mask_only as M
+
+    out = tmp_path / "run"
+    out.mkdir()
+    if overwrite:
+        _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(out)])
+    before = sorted(p.name for p in out.iterdir())
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(M, "optimize_connectome", interrupted)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        _main(MASK_ONLY + ["--max_steps", "4", "--target", "0.3", "--output_dir", str(out)]
+              + (["--overwrite"] if overwrite else []))
+    err = capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before  # no .lock left, the earlier run as it was
+    if overwrite:
+        assert f"the earlier run in {out} is kept as it was; the same command (with --overwrite) starts afresh" in err
+    else:
+        assert "the same command starts it afresh" in err and "--overwrite" not in err

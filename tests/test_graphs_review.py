@@ -250,3 +250,8 @@ def test_build_takes_a_torch_compile_wrapper_as_connectome_does():
     plain = graphs.build(conn, level="synapse", example_input=torch.randn(1, 3, 8, 8))
     assert g.live_synapses() == plain.live_synapses() == conn.num_live()
     assert graphs.to_networkx(g).number_of_edges() == graphs.to_networkx(plain).number_of_edges()
+    compiled = torch.compile(m)  # a trace of the wrapper, reused: it named the weights '_orig_mod.*'
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tr = graphs.trace(compiled, torch.randn(1, 3, 8, 8))
+        assert graphs.build(conn, level="synapse", model=compiled, traced=tr).live_synapses() == conn.num_live()

@@ -855,8 +855,8 @@ def test_gmp_says_when_a_hand_edit_leaves_the_network_under_its_schedule(budget)
     """gmp only prunes: with the protected layer emptied by hand mid-run, the budget hands the other
     layers its share, which gmp had pruned away and cannot grow back. The run sat at a small part of
     its density (104 live for a target of 634) with no word; it now warns once, naming the fix."""
-    with pytest.warns(UserWarning, match=r"policy 'gmp' at step \d+: the editable layers hold [\d,]+ live synapses, "
-                                         r"under the [\d,]+ its schedule asks for .*gmp only prunes.*refill them by hand "
+    with pytest.warns(UserWarning, match=r"policy 'gmp' at step \d+: (layers? [\w., ]+ holds?|the editable layers hold) [\d,]+ live "
+                                         r"synapses, under the [\d,]+ its target density 0.3 asks of them.*gmp only prunes.*refill them by hand "
                                          r"or use a policy that grows") as rec:
         conn, ctrl, lives = _protected_layer_edited_mid_run("gmp", budget, 0.3)
     assert sum("gmp only prunes" in str(w.message) for w in rec) == 1
@@ -891,3 +891,29 @@ def test_an_out_of_reach_error_names_a_density_that_is_reachable_however_small()
     suggested = float(re.search(r"lower the density to (\S+) or less", str(err.value)).group(1))
     assert 0 < suggested <= 4 / 200004
     adaptive.Controller(conn, None, policy="set", density=suggested, update_every=2, end_step=8, protect=["1.weight"])
+
+
+@pytest.mark.parametrize("final, warns", [(0.2, False), (0.7, True)])
+def test_gmp_on_a_network_sparse_before_the_run_warns_only_when_its_target_is_out_of_its_reach(final, warns, recwarn):
+    """Masks at 50% before gmp started: its schedule, falling from 1.0, asked every layer for more
+    than it held, and it warned four times that the network would 'stay under', though it reached
+    its target 0.2 (uniform: 0.2 of every layer). It warns (once) only when the target itself asks
+    for more than the layers hold."""
+    m = _mixed_net()
+    conn = adaptive.Connectome(m)
+    conn.set_masks({n: torch.rand(mk.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+                    for n, mk in conn.masks.items()})
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    adaptive.Controller(conn, opt, policy="gmp", density=final, budget="uniform", update_every=2, end_step=20)
+    _train_mixed(m, 24, opt)
+    assert sum("gmp only prunes" in str(w.message) for w in recwarn) == int(warns)
+    if not warns:
+        assert abs(conn.density() - final) < 0.02
+
+
+def test_the_reachable_density_named_is_not_rounded_below_one_that_is_reachable():
+    from adaptive.budgets import reachable_text
+
+    assert reachable_text(57 / 100) == "0.57"  # 0.57 * 10**4 is 5699.999... in floats: it said 0.5699
+    assert reachable_text(12 / 13) == "0.923" and reachable_text(4 / 190000) == "2.105e-05"
+    assert reachable_text(0.0003) == "0.0003"

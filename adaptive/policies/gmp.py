@@ -37,15 +37,17 @@ class GMP(Policy):
             for n, s in ctrl.scores("cost", step).items()
         }
         plan = keep_plan(ctrl, scores, target)
-        self._warn_if_short(ctrl, alive, plan, target, step)
+        self._warn_if_short(ctrl, alive, plan, step)
         return plan
 
-    def _warn_if_short(self, ctrl, alive, plan, target, step):
-        """gmp only prunes: where a hand edit (Connectome.set_masks) left layers below what the
-        schedule asks of them, the network stays under its target. Say so, once per set of short layers, rather
-        than leave a run at a fraction of its density in silence."""
+    def _warn_if_short(self, ctrl, alive, plan, step):
+        """gmp only prunes: where hand edits (Connectome.set_masks, before or during the run) left layers
+        below what the schedule's final density asks of them, the network stays under its target. Say
+        so, once per set of short layers, rather than leave a run at a fraction of its density in
+        silence (layers only under the schedule's present density catch up as it falls)."""
         if ctrl.conn.fixed_density is not None:  # n:m granularities keep n of every m, no count to miss
             return
+        target = ctrl.density  # the schedule only falls: a layer under its final count stays under for good
         per_layer, total = synapse_targets(ctrl, target)
         live, slack = {}, {}
         for n in ctrl.editable():
@@ -56,20 +58,19 @@ class GMP(Policy):
             live[n] = int(round(float(live_synapses(size, kept))))
             slack[n] = size if isinstance(size, float) else float(size.max())
         if per_layer is not None:
-            short = {n: per_layer[n] - live[n] for n in live if live[n] < per_layer[n] - slack[n]}
-            wanted = sum(per_layer.values())
+            short = sorted(n for n in live if live[n] < per_layer[n] - slack[n])
+            have, wanted = sum(live[n] for n in short), sum(per_layer[n] for n in short)
+            who = f"layer{'s' if len(short) > 1 else ''} {', '.join(short)} hold{'' if len(short) > 1 else 's'}"
         else:
-            wanted = total
-            short = {} if sum(live.values()) >= wanted - max(slack.values(), default=0) else dict(network=1)
-        have = sum(live.values())
+            have, wanted = sum(live.values()), total
+            short = [] if have >= wanted - max(slack.values(), default=0) else ["network"]
+            who = "the editable layers hold"
         warned = self.__dict__.setdefault("_warned_short", set())
-        key = tuple(sorted(short))
-        if not short or key in warned:
+        if not short or tuple(short) in warned:
             return
-        warned.add(key)
-        where = "" if per_layer is None else f" (short: {', '.join(sorted(short))})"
-        warn_user(f"policy 'gmp' at step {step}: the editable layers hold {have:,} live synapses, under the "
-                  f"{wanted:,} its schedule asks for at density {target:.4g}{where}, after a hand edit "
-                  "(Connectome.set_masks) emptied synapses; gmp only prunes, so they stay under: refill them "
+        warned.add(tuple(short))
+        warn_user(f"policy 'gmp' at step {step}: {who} {have:,} live synapses, under the {wanted:,} its target "
+                  f"density {target:.4g} asks of them, after hand edits (Connectome.set_masks) removed synapses; "
+                  "gmp only prunes, so they stay under: refill them "
                   "by hand or use a policy that grows (set, rigl, utility)")
 
