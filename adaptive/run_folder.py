@@ -83,6 +83,14 @@ def refuse_other_recipe(output_dir: Path, markers: Sequence[str], recipe: str, e
             "(--overwrite deletes only this recipe's own runs)")
 
 
+def _same_file(fd, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the one at ``path`` (not unlinked or replaced)."""
+    try:
+        return os.fstat(fd.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
 class RunLock:
     """An exclusive lock on the run folder (main process), taken just before the run first writes
     there and held to its end: a second run into the same folder is refused instead of
@@ -114,6 +122,9 @@ class RunLock:
                     busy = (f"another run is writing into {self.path.parent}{f' (process {who})' if who else ''}: "
                             "wait for it to finish, or give this one another --output_dir")
                 else:
+                    if not _same_file(fd, self.path):  # a run that wrote nothing took its lock file away
+                        fd.close()          # between our open and flock: take the one at the path now
+                        return self.acquire(recheck)
                     fd.seek(0)
                     fd.truncate()
                     fd.write(str(os.getpid()))

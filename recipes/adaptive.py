@@ -790,15 +790,17 @@ def _on_interrupt() -> str:
     out = _INTERRUPT.get("output_dir")
     if out is None:
         return ""
-    if _INTERRUPT.get("overwrite") and not _INTERRUPT.get("wrote"):  # (--overwrite deletes at the first write)
-        return (f"the run wrote nothing, and the earlier run in {out} is kept as it was; the same command (with "
-                "--overwrite) starts afresh")
-    if not Path(out).exists() or {p.name for p in Path(out).iterdir()} <= {".lock"}:
-        return "the run wrote nothing (its lock and any folder it made are gone again); the same command starts it afresh"
+    if not _INTERRUPT.get("wrote"):  # (config.yaml is its first write; --overwrite deletes only then)
+        if _INTERRUPT.get("overwrite") and _earlier_run(Path(out)):
+            return (f"the run wrote nothing, and the earlier run in {out} is kept as it was; the same command (with "
+                    "--overwrite) starts afresh")
+        if _INTERRUPT.get("resume_from") is None:
+            return "the run wrote nothing (its lock and any folder it made are gone again); the same command starts it afresh"
     cks = list_checkpoints(Path(out) / CHECKPOINT_DIR)
     if cks or (Path(out) / MASK_ONLY_CHECKPOINT).is_file():
         what = cks[-1].name if cks else f"{MASK_ONLY_CHECKPOINT} (the last finished target)"
-        return f"add --resume latest --output_dir {out} to the same command to continue from {what}"
+        same = "the same command without --overwrite" if _INTERRUPT.get("overwrite") else "the same command"
+        return f"add --resume latest --output_dir {out} to {same} to continue from {what}"
     if _INTERRUPT.get("resume_from") is not None:
         return (f"the run wrote no checkpoint of its own; the same command continues from {_INTERRUPT['resume_from']} "
                 "again")
@@ -975,48 +977,51 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     if stage_checkpoint.begin(ckpt, bool(cfg.resume)):  # (without --resume, only with --overwrite)
         accelerator.print(f"--overwrite: the earlier run in {output_dir} is deleted once this run's settings are "
                           f"accepted (at its first update); until then its {MASK_ONLY_CHECKPOINT} is kept")
-    accelerator.wait_for_everyone()
-
-    # no DDP wrapper: no weight is trained; the controller reduces its statistics across processes
-    model = model.to(accelerator.device)
-    train_dl, test_dl = accelerator.prepare(loaders.train, loaders.test)
-    # every process verifies edits on the same (whole, unsharded) held-out batches, so all make the
-    # same decisions; optimize_connectome moves batches to the model's device
-    holdout_dl = loaders.holdout
-    target = cfg.target if cfg.target is not None else mask_only_target(cfg.density)
-    if len(train_dl) == 0:
-        raise ValueError(f"the train loader is empty ({len(loaders.datasets.train)} examples): lower --batch_size or --holdout")
-    # --max_steps counts training batches per target (each process's), else --epochs passes
-    passes = cfg.max_steps / len(train_dl) if cfg.max_steps else float(cfg.epochs)
-    passes = cfg.mask_only_kw.get("passes", passes)  # (kept by a resumed run recorded before the check)
-    accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {sum(p.numel() for p in model.parameters()):,} "
-                      f"parameters, target {target}, {passes:.3g} pass(es) of {len(train_dl)} batches per target, "
-                      f"estimator {cfg.estimator} -> {output_dir}")
-    kw = dict(passes=passes, ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
-              estimator=cfg.estimator, window=cfg.update_every, edit_fraction=cfg.edit_fraction, seed=cfg.seed,
-              progress=show_progress(cfg.progress) and accelerator.is_local_main_process, checkpoint=ckpt)
-    # held-out evaluations as in train mode: every --eval_every steps, else every epoch (in updates)
-    window = max(1, int(cfg.update_every or 1))
-    kw["eval_every"] = max(1, (cfg.eval_every or len(train_dl)) // window)
-    kw.update(cfg.mask_only_kw)  # (none of the keys above but the ones a resumed run kept: see _KW_KEPT)
-    saved = []
-
-    def save_config_once(record):  # the first record comes after optimize_connectome has checked its settings
-        if not saved:
-            _save_config(accelerator, cfg, output_dir)
-            saved.append(True)
-
-    kw["callback"] = save_config_once
-    t0 = time.time()
+    # an earlier run's checkpoint (set aside by begin) survives a run refused or stopped before its
+    # first target, from here on: the setup below can fail or be interrupted too
     try:
-        with accelerator.autocast():  # --mixed_precision: the passes run under autocast, weights stay exact
-            result = optimize_connectome(model, train_dl, holdout_dl, target, **kw)
-    except stage_checkpoint.CheckpointMismatchError as e:  # the checkpoint path here is RUN/mask_only_checkpoint.pt
-        raise e.with_fix(f"To continue it, give the run's settings with --resume (--config {output_dir / 'config.yaml'} "
-                         "holds them); to start afresh, give another --output_dir (or --overwrite to replace that "
-                         "run)", afresh="start afresh in another --output_dir, or with --overwrite (which deletes that "
-                         "run)") from None
-    finally:  # an earlier run's checkpoint survives a run refused (or stopped) before its first target
+        accelerator.wait_for_everyone()
+
+        # no DDP wrapper: no weight is trained; the controller reduces its statistics across processes
+        model = model.to(accelerator.device)
+        train_dl, test_dl = accelerator.prepare(loaders.train, loaders.test)
+        # every process verifies edits on the same (whole, unsharded) held-out batches, so all make the
+        # same decisions; optimize_connectome moves batches to the model's device
+        holdout_dl = loaders.holdout
+        target = cfg.target if cfg.target is not None else mask_only_target(cfg.density)
+        if len(train_dl) == 0:
+            raise ValueError(f"the train loader is empty ({len(loaders.datasets.train)} examples): lower --batch_size or --holdout")
+        # --max_steps counts training batches per target (each process's), else --epochs passes
+        passes = cfg.max_steps / len(train_dl) if cfg.max_steps else float(cfg.epochs)
+        passes = cfg.mask_only_kw.get("passes", passes)  # (kept by a resumed run recorded before the check)
+        accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {sum(p.numel() for p in model.parameters()):,} "
+                          f"parameters, target {target}, {passes:.3g} pass(es) of {len(train_dl)} batches per target, "
+                          f"estimator {cfg.estimator} -> {output_dir}")
+        kw = dict(passes=passes, ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
+                  estimator=cfg.estimator, window=cfg.update_every, edit_fraction=cfg.edit_fraction, seed=cfg.seed,
+                  progress=show_progress(cfg.progress) and accelerator.is_local_main_process, checkpoint=ckpt)
+        # held-out evaluations as in train mode: every --eval_every steps, else every epoch (in updates)
+        window = max(1, int(cfg.update_every or 1))
+        kw["eval_every"] = max(1, (cfg.eval_every or len(train_dl)) // window)
+        kw.update(cfg.mask_only_kw)  # (none of the keys above but the ones a resumed run kept: see _KW_KEPT)
+        saved = []
+
+        def save_config_once(record):  # the first record comes after optimize_connectome has checked its settings
+            if not saved:
+                _save_config(accelerator, cfg, output_dir)
+                saved.append(True)
+
+        kw["callback"] = save_config_once
+        t0 = time.time()
+        try:
+            with accelerator.autocast():  # --mixed_precision: the passes run under autocast, weights stay exact
+                result = optimize_connectome(model, train_dl, holdout_dl, target, **kw)
+        except stage_checkpoint.CheckpointMismatchError as e:  # the checkpoint path here is RUN/mask_only_checkpoint.pt
+            raise e.with_fix(f"To continue it, give the run's settings with --resume (--config {output_dir / 'config.yaml'} "
+                             "holds them); to start afresh, give another --output_dir (or --overwrite to replace that "
+                             "run)", afresh="start afresh in another --output_dir, or with --overwrite (which deletes that "
+                             "run)") from None
+    finally:
         stage_checkpoint.settle(ckpt)
     save_config_once(None)  # a resumed run with every target done records nothing
     conn = result.conn

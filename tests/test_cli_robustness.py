@@ -1,5 +1,6 @@
 """The recipes against the mistakes real users make: bad targets, a refused command in a folder
 that holds an earlier run, resuming with other settings or from a damaged checkpoint."""
+import os
 from pathlib import Path
 
 import pytest
@@ -830,3 +831,100 @@ def test_ctrl_c_before_anything_is_written_into_an_existing_folder_says_the_same
         assert f"the earlier run in {out} is kept as it was; the same command (with --overwrite) starts afresh" in err
     else:
         assert "the same command starts it afresh" in err and "--overwrite" not in err
+
+
+def _interrupted_at(argv, step, capsys):
+    """Run the recipe with Ctrl-C at ``step`` (0: none); returns what it printed to stderr."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+
+    def hook(state):
+        if state.step == step:
+            raise KeyboardInterrupt
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        A.main(argv, on_step=hook)
+    assert stop.value.code == 130
+    return capsys.readouterr().err
+
+
+def test_ctrl_c_after_an_overwrite_run_wrote_a_checkpoint_says_to_resume_without_overwrite(tmp_path, capsys):
+    """The advice ('add --resume latest ... to the same command') was refused when followed:
+    --resume and --overwrite are never given together."""
+    out = tmp_path / "run"
+    cmd = ["--max_steps", "30", "--update_every", "5", "--checkpoint_every", "10", "--threads", "1", "--progress",
+           "false", "--figures", "false", "--output_dir", str(out)]
+    _main(cmd)
+    new = cmd + ["--density", "0.3", "--overwrite"]
+    err = _interrupted_at(new, 15, capsys)
+    assert f"add --resume latest --output_dir {out} to the same command without --overwrite to continue from " \
+           "step_00000010" in err
+    res = _main([a for a in new if a != "--overwrite"] + ["--resume", "latest"])
+    assert res.state.step == 30 and res.summary["target_density"] == 0.3
+
+
+def test_ctrl_c_of_an_overwrite_run_into_a_new_folder_speaks_of_no_earlier_run(tmp_path, monkeypatch, capsys):
+    import adaptive.mask_only as M
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(M, "optimize_connectome", interrupted)
+    with pytest.raises(SystemExit):
+        _main(MASK_ONLY + ["--max_steps", "4", "--overwrite", "--output_dir", str(tmp_path / "new")])
+    err = capsys.readouterr().err
+    assert "the run wrote nothing (its lock and any folder it made are gone again)" in err and "earlier" not in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_ctrl_c_while_an_overwrite_mask_only_run_sets_up_keeps_the_earlier_runs_checkpoint_resumable(
+        tmp_path, monkeypatch, capsys):
+    """The earlier run's checkpoint, set aside as .earlier when the run began, was put back only
+    around optimize_connectome: interrupted in the setup before it, the folder kept the .earlier
+    file and --resume found no checkpoint."""
+    out = tmp_path / "run"
+    _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(out)])
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(A, "show_progress", interrupted)
+    with pytest.raises(SystemExit):
+        _main(MASK_ONLY + ["--max_steps", "4", "--target", "0.3", "--overwrite", "--output_dir", str(out)])
+    assert (out / A.MASK_ONLY_CHECKPOINT).is_file() and not (out / (A.MASK_ONLY_CHECKPOINT + ".earlier")).exists()
+    monkeypatch.undo()
+    res = _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(out), "--resume", "latest"])
+    assert res.summary["synapses"] - res.summary["live"] == 25216  # the earlier run's target 0.5, resumed
+
+
+def test_a_lock_file_taken_away_between_open_and_flock_is_not_held(tmp_path, monkeypatch):
+    """A run that wrote nothing removes its .lock as it ends; a second run that had opened that file
+    just before locked the unlinked file, and a third then created a new .lock and ran beside it."""
+    import fcntl
+
+    from adaptive.run_folder import RunLock
+
+    class Main:
+        is_main_process = True
+        num_processes = 1
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    real_flock = fcntl.flock
+    calls = []
+
+    def flock_after_unlink(fd, op):  # the first run's clean-up lands between this run's open and flock
+        if not calls and op & fcntl.LOCK_EX:
+            (folder / ".lock").unlink()
+        calls.append(op)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_unlink)
+    lock = RunLock(Main(), folder)
+    lock.acquire()
+    try:
+        assert os.fstat(lock.fd.fileno()).st_ino == os.stat(folder / ".lock").st_ino
+    finally:
+        lock.release()
