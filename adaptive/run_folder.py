@@ -124,7 +124,7 @@ class RunLock:
                 else:
                     if not _same_file(fd, self.path):  # a run that wrote nothing took its lock file away
                         fd.close()          # between our open and flock: take the one at the path now
-                        return self.acquire(recheck)
+                        return RunLock.acquire(self, recheck)  # (this class's: a subclass's takes other arguments)
                     fd.seek(0)
                     fd.truncate()
                     fd.write(str(os.getpid()))

@@ -531,7 +531,7 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     if not cfg.resume:
         _refuse_earlier_run(cfg, output_dir)
     _INTERRUPT.update(output_dir=output_dir, resume_from=resume_from, overwrite=cfg.overwrite and not cfg.resume,
-                      wrote=False)
+                      resume=bool(cfg.resume), wrote=False)
     lock = _RunLock(accelerator, output_dir)  # taken before the run's first write into the folder
     try:
         return _train(cfg, on_step, accelerator, resume_from, output_dir, lock)
@@ -794,7 +794,7 @@ def _on_interrupt() -> str:
         if _INTERRUPT.get("overwrite") and _earlier_run(Path(out)):
             return (f"the run wrote nothing, and the earlier run in {out} is kept as it was; the same command (with "
                     "--overwrite) starts afresh")
-        if _INTERRUPT.get("resume_from") is None:
+        if not _INTERRUPT.get("resume"):
             return "the run wrote nothing (its lock and any folder it made are gone again); the same command starts it afresh"
     cks = list_checkpoints(Path(out) / CHECKPOINT_DIR)
     if cks or (Path(out) / MASK_ONLY_CHECKPOINT).is_file():
@@ -958,7 +958,8 @@ def _mask_only_run_dir(resume: str, output_dir) -> Path:
         if output_dir is not None and Path(output_dir).resolve() != run.resolve():
             raise FileNotFoundError(f"--resume {resume} continues the mask-only run in {run}, where it writes; "
                                     f"drop --output_dir {output_dir} (or give --output_dir {run})")
-    if not (run / MASK_ONLY_CHECKPOINT).is_file():
+    if not (run / MASK_ONLY_CHECKPOINT).is_file() and not (run / (MASK_ONLY_CHECKPOINT + ".earlier")).is_file():
+        # (.earlier: set aside by an --overwrite run killed before its first target; begin puts it back)
         raise FileNotFoundError(f"--resume: no {MASK_ONLY_CHECKPOINT} in {run} (a mask_only run writes one after "
                                 "every target); run without --resume to start")
     return run

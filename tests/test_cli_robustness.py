@@ -899,7 +899,8 @@ def test_ctrl_c_while_an_overwrite_mask_only_run_sets_up_keeps_the_earlier_runs_
     assert res.summary["synapses"] - res.summary["live"] == 25216  # the earlier run's target 0.5, resumed
 
 
-def test_a_lock_file_taken_away_between_open_and_flock_is_not_held(tmp_path, monkeypatch):
+@pytest.mark.parametrize("recipe", [False, True])
+def test_a_lock_file_taken_away_between_open_and_flock_is_not_held(tmp_path, monkeypatch, recipe):
     """A run that wrote nothing removes its .lock as it ends; a second run that had opened that file
     just before locked the unlinked file, and a third then created a new .lock and ran beside it."""
     import fcntl
@@ -922,9 +923,43 @@ def test_a_lock_file_taken_away_between_open_and_flock_is_not_held(tmp_path, mon
         return real_flock(fd, op)
 
     monkeypatch.setattr(fcntl, "flock", flock_after_unlink)
-    lock = RunLock(Main(), folder)
-    lock.acquire()
+    if recipe:  # the recipe's lock, whose acquire takes the run's settings: the retry called it with a lambda
+        import types
+
+        lock = A._RunLock(Main(), folder)
+        lock.acquire(types.SimpleNamespace(resume="latest"))
+    else:
+        lock = RunLock(Main(), folder)
+        lock.acquire()
     try:
         assert os.fstat(lock.fd.fileno()).st_ino == os.stat(folder / ".lock").st_ino
     finally:
         lock.release()
+
+
+def test_ctrl_c_while_a_resumed_mask_only_run_sets_up_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    """It said 'the run wrote nothing ...; the same command starts it afresh', where the same
+    command continues the run from its checkpoint."""
+    out = tmp_path / "run"
+    _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(out)])
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(A, "show_progress", interrupted)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(out), "--resume", "latest"])
+    err = capsys.readouterr().err
+    assert "starts it afresh" not in err and f"--output_dir {out}" in err and "to continue from" in err
+
+
+def test_resume_puts_back_a_checkpoint_an_overwrite_run_killed_in_its_setup_set_aside(tmp_path):
+    """Killed (no finally runs) before its first target, an --overwrite run leaves the earlier
+    run's checkpoint as .earlier: --resume said there was none, and a fresh run is refused too."""
+    out = tmp_path / "run"
+    _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(out)])
+    os.replace(out / A.MASK_ONLY_CHECKPOINT, out / (A.MASK_ONLY_CHECKPOINT + ".earlier"))
+    res = _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(out), "--resume", "latest"])
+    assert res.summary["synapses"] - res.summary["live"] == 25216
+    assert (out / A.MASK_ONLY_CHECKPOINT).is_file() and not (out / (A.MASK_ONLY_CHECKPOINT + ".earlier")).exists()
