@@ -591,7 +591,7 @@ def _refuse_earlier_run(cfg: RunConfig, output_dir: Path) -> None:
                               "give this run another --output_dir (--overwrite deletes only this recipe's own runs)")
     run_folder.refuse_result_folder(output_dir, ("checkpoint.pt", "results.md", "history.jsonl", "summary.json"),
                                     "recipes/prune_pretrained.py", error=CheckpointError)
-    resumable = list_checkpoints(output_dir / CHECKPOINT_DIR) or (output_dir / MASK_ONLY_CHECKPOINT).is_file()
+    resumable = list_checkpoints(output_dir / CHECKPOINT_DIR) or _mask_only_resumable(output_dir)
     run_folder.refuse_earlier_run(
         output_dir, _earlier_run(output_dir), overwrite=cfg.overwrite, weights=cfg.weights,
         doomed=[output_dir / n for n in _RUN_FILES + _DERIVED_FILES],
@@ -797,7 +797,7 @@ def _on_interrupt() -> str:
         if not _INTERRUPT.get("resume"):
             return "the run wrote nothing (its lock and any folder it made are gone again); the same command starts it afresh"
     cks = list_checkpoints(Path(out) / CHECKPOINT_DIR)
-    if cks or (Path(out) / MASK_ONLY_CHECKPOINT).is_file():
+    if cks or _mask_only_resumable(Path(out)):
         what = cks[-1].name if cks else f"{MASK_ONLY_CHECKPOINT} (the last finished target)"
         same = "the same command without --overwrite" if _INTERRUPT.get("overwrite") else "the same command"
         return f"add --resume latest --output_dir {out} to {same} to continue from {what}"
@@ -946,6 +946,12 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
     return saved
 
 
+def _mask_only_resumable(run: Path) -> bool:
+    """Whether ``run`` holds a mask_only checkpoint --resume continues: its own, or one an --overwrite
+    run killed before its first target left set aside (``.earlier``; stage_checkpoint.begin puts it back)."""
+    return (run / MASK_ONLY_CHECKPOINT).is_file() or (run / (MASK_ONLY_CHECKPOINT + ".earlier")).is_file()
+
+
 def _mask_only_run_dir(resume: str, output_dir) -> Path:
     """The run folder whose mask-only stage checkpoint ``--resume`` names (``latest``: --output_dir)."""
     if resume == "latest":
@@ -958,8 +964,7 @@ def _mask_only_run_dir(resume: str, output_dir) -> Path:
         if output_dir is not None and Path(output_dir).resolve() != run.resolve():
             raise FileNotFoundError(f"--resume {resume} continues the mask-only run in {run}, where it writes; "
                                     f"drop --output_dir {output_dir} (or give --output_dir {run})")
-    if not (run / MASK_ONLY_CHECKPOINT).is_file() and not (run / (MASK_ONLY_CHECKPOINT + ".earlier")).is_file():
-        # (.earlier: set aside by an --overwrite run killed before its first target; begin puts it back)
+    if not _mask_only_resumable(run):
         raise FileNotFoundError(f"--resume: no {MASK_ONLY_CHECKPOINT} in {run} (a mask_only run writes one after "
                                 "every target); run without --resume to start")
     return run

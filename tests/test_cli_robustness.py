@@ -954,12 +954,14 @@ def test_ctrl_c_while_a_resumed_mask_only_run_sets_up_says_how_to_continue(tmp_p
     assert "starts it afresh" not in err and f"--output_dir {out}" in err and "to continue from" in err
 
 
-def test_resume_puts_back_a_checkpoint_an_overwrite_run_killed_in_its_setup_set_aside(tmp_path):
+def test_resume_puts_back_a_checkpoint_an_overwrite_run_killed_in_its_setup_set_aside(tmp_path, capsys):
     """Killed (no finally runs) before its first target, an --overwrite run leaves the earlier
     run's checkpoint as .earlier: --resume said there was none, and a fresh run is refused too."""
     out = tmp_path / "run"
     _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(out)])
     os.replace(out / A.MASK_ONLY_CHECKPOINT, out / (A.MASK_ONLY_CHECKPOINT + ".earlier"))
+    err = _error_of(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(out)], capsys)
+    assert f"continue it with --resume latest --output_dir {out}" in err  # the refusal names what works
     res = _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(out), "--resume", "latest"])
     assert res.summary["synapses"] - res.summary["live"] == 25216
     assert (out / A.MASK_ONLY_CHECKPOINT).is_file() and not (out / (A.MASK_ONLY_CHECKPOINT + ".earlier")).exists()
