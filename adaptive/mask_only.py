@@ -116,8 +116,9 @@ def _plain_number(t):
     else (strings, bools, Python numbers, other objects) as it is."""
     if isinstance(t, (str, bool, int, float)):
         return t
-    if whole_number(t) is not None:
-        return whole_number(t)
+    count = whole_number(t)
+    if count is not None:
+        return count
     return float(t) if _is_real(t) else t
 
 

@@ -9,6 +9,7 @@ into it is refused instead of interleaving its files with the first one's.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from pathlib import Path
@@ -95,7 +96,11 @@ class RunLock:
     """An exclusive lock on the run folder (main process), taken just before the run first writes
     there and held to its end: a second run into the same folder is refused instead of
     interleaving its files and checkpoints with this one's. A command refused earlier creates
-    nothing. Raises ``error`` (every process) when the folder is held or cannot be written."""
+    nothing. Raises ``error`` (every process) when the folder is held or cannot be written.
+    ``release(refused=True)`` (a run stopped by an error or Ctrl-C) takes back what a run that
+    wrote nothing leaves: its lock file, and the folders taking the lock made (parents too)."""
+
+    made_folders: List[Path] = []
 
     def __init__(self, accelerator, output_dir: Path, error: type = RunFolderError):
         self.accelerator, self.path, self.fd, self.error = accelerator, Path(output_dir) / ".lock", None, error
@@ -105,42 +110,57 @@ class RunLock:
         this one was starting left an earlier run in the folder."""
         busy = ""
         if self.accelerator.is_main_process and self.fd is None:
-            import fcntl
-
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = open(self.path, "a+")
-            except OSError as e:  # a folder that is a file, no permission: every process hears it
-                busy = f"cannot write into --output_dir {self.path.parent}: {e.strerror or e}"
-            else:
+            # the folders the lock is about to make, innermost first (a refused run takes them back)
+            self.made_folders = list(itertools.takewhile(lambda p: not p.exists(), self.path.parents))
+            busy = self._lock()
+            if not busy and recheck is not None:  # a run that ended while this one was starting
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    fd.seek(0)
-                    who = fd.read().strip()
-                    fd.close()
-                    busy = (f"another run is writing into {self.path.parent}{f' (process {who})' if who else ''}: "
-                            "wait for it to finish, or give this one another --output_dir")
-                else:
-                    if not _same_file(fd, self.path):  # a run that wrote nothing took its lock file away
-                        fd.close()          # between our open and flock: take the one at the path now
-                        return RunLock.acquire(self, recheck)  # (this class's: a subclass's takes other arguments)
-                    fd.seek(0)
-                    fd.truncate()
-                    fd.write(str(os.getpid()))
-                    fd.flush()
-                    self.fd = fd
-                    if recheck is not None:  # a run that ended while this one was starting
-                        try:
-                            recheck()
-                        except self.error as e:
-                            busy = str(e)
+                    recheck()
+                except self.error as e:
+                    busy = str(e)
         busy = broadcast_str(self.accelerator, busy)
         if busy:
             self.release()
             raise self.error(busy)
 
-    def release(self) -> None:
+    def _lock(self) -> str:
+        """Lock the file at ``self.path`` (main process): "" once held, else why not."""
+        import fcntl
+
+        while True:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = open(self.path, "a+")
+            except OSError as e:  # a folder that is a file, no permission: every process hears it
+                return f"cannot write into --output_dir {self.path.parent}: {e.strerror or e}"
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fd.seek(0)
+                who = fd.read().strip()
+                fd.close()
+                return (f"another run is writing into {self.path.parent}{f' (process {who})' if who else ''}: "
+                        "wait for it to finish, or give this one another --output_dir")
+            if _same_file(fd, self.path):
+                break
+            fd.close()  # a run that wrote nothing took its lock file away between our open and flock: again
+        fd.seek(0)
+        fd.truncate()
+        fd.write(str(os.getpid()))
+        fd.flush()
+        self.fd = fd
+        return ""
+
+    def release(self, refused: bool = False) -> None:
+        """Release the lock; ``refused``: the run stopped on an error or Ctrl-C, and where it wrote
+        nothing its lock file goes, and so do the folders it made while they hold nothing."""
+        folder = self.path.parent
+        if refused and self.fd is not None and [p.name for p in folder.iterdir()] == [".lock"]:
+            self.path.unlink()  # while the lock is still held (a folder that was there stays, empty)
+            for made in self.made_folders:
+                if not made.is_dir() or any(made.iterdir()):
+                    break  # something else was written there meanwhile: it stays, and so do its parents
+                made.rmdir()
         if self.fd is not None:
             self.fd.close()  # closing releases the lock
             self.fd = None

@@ -19,7 +19,6 @@ run folder (``--output_dir``, default ``runs/<date-time>``): ``config.yaml`` (re
 """
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -630,24 +629,8 @@ class _RunLock(run_folder.RunLock):
     def __init__(self, accelerator, output_dir: Path):
         super().__init__(accelerator, output_dir, error=CheckpointError)
 
-    made_folders: List[Path] = []
-
     def acquire(self, cfg: RunConfig) -> None:
-        if self.fd is None:  # the folders the lock is about to make (its parents too), innermost first
-            self.made_folders = list(itertools.takewhile(lambda p: not p.exists(), self.path.parents))
         super().acquire(None if cfg.resume else (lambda: _refuse_earlier_run(cfg, self.path.parent)))
-
-    def release(self, refused: bool = False) -> None:
-        """``refused``: the run stopped on an error or Ctrl-C; where it wrote nothing its lock goes, and
-        so do the folders it made while they hold nothing (mask_only checks optimize_connectome's settings only once it holds it)."""
-        folder = self.path.parent
-        if refused and self.fd is not None and [p.name for p in folder.iterdir()] == [".lock"]:
-            self.path.unlink()  # while the lock is still held (a folder that was there stays, empty)
-            for made in self.made_folders:
-                if not made.is_dir() or any(made.iterdir()):
-                    break  # something else was written there meanwhile: it stays, and so do its parents
-                made.rmdir()
-        super().release()
 
 
 def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, lock: "_RunLock") -> RunResult:

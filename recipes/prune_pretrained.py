@@ -31,7 +31,6 @@ on the folder refuses a second run into it while one runs.
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import os
 import sys
@@ -541,20 +540,12 @@ def main(argv=None, test_loader_hook=None) -> dict:
                           "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
     if args.resume and not (out / CHECKPOINT).is_file() and not (out / (CHECKPOINT + ".earlier")).is_file():
         raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out} to continue; run without --resume to start")
-    # a run refused below takes back the folders it made (the lock makes the parents too), never one
-    # that was there: the missing ones, innermost first
-    created = list(itertools.takewhile(lambda p: not p.exists(), [out, *out.parents]))
     lock = run_folder.RunLock(accelerator, out)  # taken before the run's first write into the folder
     lock.acquire(None if args.resume else lambda: _refuse_earlier_run(args, out))
     try:
         return _prune(args, dl, test_loader, model, train_dl, accelerator, out)
-    except BaseException:
-        if created and accelerator.is_main_process and [p.name for p in out.iterdir()] == [".lock"]:
-            (out / ".lock").unlink()  # refused (a count beyond the model's synapses, say): it leaves no folder
-            for folder in created:
-                if not folder.is_dir() or any(folder.iterdir()):
-                    break  # something else was written there meanwhile: it stays, and so do its parents
-                folder.rmdir()
+    except BaseException:  # refused (a count beyond the model's synapses, say) before writing: it leaves no folder
+        lock.release(refused=True)
         raise
     finally:
         lock.release()
