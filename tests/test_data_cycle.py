@@ -176,3 +176,66 @@ def test_pythons_cached_second_gaussian_survives_a_resume():
 
     expected, got = _resumed_draw(random.seed, lambda: random.gauss(0.0, 1.0))
     assert got == expected
+
+
+class ReadAhead:
+    """A loader that loads the next batch before it yields the current one (as an
+    Accelerate-prepared loader does)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.sampler = inner.sampler  # where LoaderCycle finds the generator that shuffles
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __iter__(self):
+        it = iter(self.inner)
+        current = next(it, None)
+        while current is not None:
+            following = next(it, None)
+            yield current
+            current = following
+
+
+def _prepared_noisy():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    return Accelerator(cpu=True).prepare(DataLoader(Noisy(), batch_size=3, shuffle=True,
+                                                    generator=torch.Generator().manual_seed(3)))
+
+
+@pytest.mark.parametrize("make", [lambda: ReadAhead(loader(0, True)), _prepared_noisy],
+                         ids=["read-ahead", "accelerate"])
+@pytest.mark.parametrize("stop_after", [1, 3, 5])
+def test_a_read_ahead_batch_draws_its_random_transform_as_it_did(make, stop_after):
+    """Random transforms in the main process draw from the global generator, and other code draws
+    from it between batches (a mask_only run's evaluations do). A loader that reads ahead has
+    drawn the batch after the recorded position already; the replay must draw it the same way
+    (a resumed mask_only run with --augment read another first batch and chose other masks)."""
+    from accelerate.state import AcceleratorState
+
+    try:
+        torch.manual_seed(0)
+        a = LoaderCycle(make())
+        for _ in range(stop_after):
+            next(a)
+            torch.rand(5)  # other code draws between batches
+        state = a.state_dict()
+        expected = [next(a)[0] for _ in range(4)]
+        torch.manual_seed(42)
+        b = LoaderCycle(make())
+        b.load_state_dict(state)
+        got = [next(b)[0] for _ in range(4)]
+        assert all(torch.equal(x, y) for x, y in zip(expected, got)), (expected, got)
+        # and a position recorded right after such a load resumes the same way
+        c = LoaderCycle(make())
+        c.load_state_dict(state)
+        again = c.state_dict()
+        d = LoaderCycle(make())
+        d.load_state_dict(again)
+        assert all(torch.equal(x, next(d)[0]) for x in expected)
+    finally:
+        AcceleratorState._reset_state(True)

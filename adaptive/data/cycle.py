@@ -5,11 +5,17 @@ records where it stands: the random states when the current pass began (the glob
 Python and NumPy generators, and every ``torch.Generator`` the loader's samplers hold, which
 decide its shuffling and worker seeds), how many batches of that pass were taken, and the random
 states now. :meth:`load_state_dict` replays that pass from its start up to the recorded batch (the
-batches are loaded and dropped, so random transforms draw what they drew the first time) and
-then sets the random states to those recorded: a run resumed from a checkpoint reads the very
-batches the uninterrupted run would have read next, provided the loader's order depends only on
-those random states (a DataLoader's does; Accelerate-prepared loaders too). A checkpoint taken
-at the end of a pass replays nothing.
+batches are loaded and dropped) and then sets the random states to those recorded: a run resumed
+from a checkpoint reads the very batches the uninterrupted run would have read next, provided the
+loader's order depends only on those random states (a DataLoader's does; Accelerate-prepared
+loaders too). A checkpoint taken at the end of a pass replays nothing.
+
+Random transforms that draw from the global generators in the main process draw in the replay
+what they drew the first time only where nothing else drew between batches. A loader that reads
+ahead (an Accelerate-prepared one loads the next batch before it yields the current) has already
+drawn the batch after the recorded position, under the random states of the moment it was asked
+for the last batch; other code (an evaluation, dropout) may have drawn since the pass began. So
+the states before each request are kept too, and the replay's last request runs under them.
 """
 from __future__ import annotations
 
@@ -78,22 +84,36 @@ def _generators(loader, make: bool = True) -> List[torch.Generator]:
     return found
 
 
-def rng_states(loader=None) -> Dict[str, object]:
-    """The random states that decide what ``loader`` yields next (tensors and plain values, so
-    that ``torch.load(..., weights_only=True)`` reads them back)."""
-    version, mt, gauss = random.getstate()
-    np_state = np.random.get_state()
+def _capture(loader=None) -> tuple:
+    """The random states as the generators hand them out (cheap enough to take before every batch;
+    :func:`_recorded` turns them into what a checkpoint stores)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return (torch.get_rng_state(), random.getstate(), np.random.get_state(),
+            [g.get_state() for g in _generators(loader)] if loader is not None else [],
+            [int(getattr(o, a)) for o, a in _counters(loader)] if loader is not None else [], cuda)
+
+
+def _recorded(captured: tuple) -> Dict[str, object]:
+    """Captured states as tensors and plain values, so that ``torch.load(..., weights_only=True)``
+    reads them back."""
+    torch_state, (version, mt, gauss), np_state, generators, counters, cuda = captured
     state = {
-        "torch": torch.get_rng_state(),
+        "torch": torch_state,
         "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
-        "generators": [g.get_state() for g in _generators(loader)] if loader is not None else [],
-        "counters": [int(getattr(o, a)) for o, a in _counters(loader)] if loader is not None else [],
+        "generators": generators,
+        "counters": counters,
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if cuda is not None:
+        state["cuda"] = cuda
     return state
+
+
+def rng_states(loader=None) -> Dict[str, object]:
+    """The random states that decide what ``loader`` yields next (tensors and plain values, so
+    that ``torch.load(..., weights_only=True)`` reads them back)."""
+    return _recorded(_capture(loader))
 
 
 def set_rng_states(state: Dict[str, object], loader=None) -> None:
@@ -136,6 +156,7 @@ class LoaderCycle:
         self.offset = 0  # batches taken from the current pass
         self._pass_start: Optional[dict] = None
         self._pending = None  # a batch read past the loader's stated length (see _settle)
+        self._before_last = None  # the random states when the last batch was asked for (captured)
 
     def __iter__(self):
         return self
@@ -153,12 +174,14 @@ class LoaderCycle:
         if self._it is None:
             self._begin_pass()
         try:
+            self._before_last = _capture(self.loader)
             batch = next(self._it)
         except StopIteration:
             if self.offset == 0:
                 raise ValueError("loader yielded no batches") from None
             self._begin_pass()
             try:
+                self._before_last = _capture(self.loader)
                 batch = next(self._it)
             except StopIteration:
                 raise ValueError("loader yielded no batches") from None
@@ -184,16 +207,23 @@ class LoaderCycle:
 
     def state_dict(self) -> dict:
         self._settle()
-        return {"pass_start": self._pass_start, "offset": self.offset, "now": rng_states(self.loader)}
+        before = self._before_last if self._it is not None and self.offset > 0 else None
+        return {"pass_start": self._pass_start, "offset": self.offset, "now": rng_states(self.loader),
+                "before_last": None if before is None else _recorded(before)}
 
     def load_state_dict(self, state: dict) -> None:
         """Stand where ``state`` was recorded (see the module docstring)."""
         offset, n = int(state["offset"]), self._pass_length()
-        self._it, self.offset = None, 0
+        self._it, self.offset, self._before_last = None, 0, None
         if state["pass_start"] is not None and offset > 0 and (n is None or offset < n):
             set_rng_states(state["pass_start"], self.loader)
             self._begin_pass()
-            for _ in range(offset):  # replayed, so that random transforms draw as they did
+            before = state.get("before_last")  # (absent from checkpoints older than it)
+            for i in range(offset):  # replayed: the loader's own draws come out as they did
+                if i == offset - 1:
+                    if before is not None:
+                        set_rng_states(before, self.loader)  # what a read-ahead batch drew from
+                    self._before_last = _capture(self.loader)
                 next(self._it)
             self.offset = offset
         set_rng_states(state["now"], self.loader)
