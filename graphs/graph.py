@@ -262,6 +262,12 @@ def build(
     edge per live synapse and the unit level's ``count`` attributes sum to the same number.
     ``junctions=False`` contracts junctions into direct edges from every feeding unit
     (:func:`graphs.contract.contract_junctions`; a synapse shared by k sources then appears k times).
+    The contracted graph is larger: in a transformer every LayerNorm reads every channel of the
+    residual stream, whose channels each come from every earlier block, so a layer after a LayerNorm
+    gets an edge from each of its units to each unit that wrote to the stream (unit edges grow like
+    width^2 x depth^2: a torchvision ViT of width 64 and 8 layers has 306k unit edges, 1.55M
+    contracted, built in 1.6 s and 0.6 GB over the unit graph). The synapse level keeps every copy
+    of a shared synapse, so it grows faster; memory follows the contracted graph, not the copies.
     """
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}: use one of {LEVELS}")
