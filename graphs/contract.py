@@ -7,11 +7,12 @@ junction, through chains of junctions. At the unit level copies that join the sa
 merged (counts and L1 add, L2 combines as a root of summed squares), so a synapse shared by several
 sources is counted once per source: ``meta["live_synapses"]`` keeps the true number.
 
-The copies are merged as they are made, so memory follows the contracted graph: edges leaving
-junctions with the same set of sources (a LayerNorm's channels all share its statistics junction's,
-every unit that wrote to the residual stream) are summed per target before they are expanded, and
-the rest is expanded a chunk of targets at a time. Laying out every copy first made width^3 x
-depth^2 of them in a transformer (55M for the 564k edges of a ViT of width 128, 6.5 GB).
+The copies are merged as they are made, so time and memory follow the contracted graph: edges
+leaving junctions with the same set of sources (a LayerNorm's channels all share its statistics
+junction's: every unit that wrote to the residual stream) are summed per target, then per block of
+sources found in the same junctions (an attention head's query and key units), and only then
+expanded to sources, a chunk of targets at a time. Laying out every copy first made width^3 x
+depth^2 of them in a transformer (55M for the 564k edges of a ViT of width 128: 23 s, 6.5 GB).
 Tensor code: one join per level of junction nesting, a loop over chunks, no loop per edge.
 """
 from __future__ import annotations
@@ -66,25 +67,56 @@ def _expand(src, dst, attrs, is_j, cnt, ptr, ss):
     return new_src, dst[idx], {k: v[idx] for k, v in attrs.items()}
 
 
-def _source_classes(js, ss, cnt, ptr, n):
-    """Junctions grouped by their set of sources: (class of each node, -1 off junctions with sources;
-    the first junction of each class). Rows are hashed, then checked entry by entry against their
-    class's first junction; a hash collision falls back to one class per junction."""
-    has = cnt > 0
-    jl = has.nonzero().squeeze(1)
-    if not jl.numel():
-        return torch.full((n,), -1, dtype=torch.long), jl
-    h = torch.randint(-(1 << 62), 1 << 62, (n,), generator=torch.Generator().manual_seed(0))
-    row = torch.zeros(n, dtype=torch.long).index_add_(0, js, h[ss])
-    _, inv = torch.unique(torch.stack([cnt[jl], row[jl]], 1), dim=0, return_inverse=True)
-    rep = torch.full((int(inv.max()) + 1,), n, dtype=torch.long).scatter_reduce_(0, inv, jl, "amin")
-    cls = torch.full((n,), -1, dtype=torch.long)
-    cls[jl] = inv
-    within = torch.arange(js.numel()) - ptr[js]
-    if not bool((ss == ss[ptr[rep[cls[js]]] + within]).all()):
-        cls[jl] = torch.arange(jl.numel())
-        rep = jl
-    return cls, rep
+def _same_rows(r, c, nr):
+    """Rows of the 0/1 matrix with entries ``(r, c)`` (sorted by row, then column) that hold the same
+    columns: (the group of each of the ``nr`` rows, -1 for an empty one; the first row of each
+    group). Rows are hashed, then checked entry by entry against their group's first row; a hash
+    collision falls back to one group per row."""
+    cnt = torch.bincount(r, minlength=nr)
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), cnt.cumsum(0)])
+    rows = (cnt > 0).nonzero().squeeze(1)
+    grp = torch.full((nr,), -1, dtype=torch.long)
+    if not rows.numel():
+        return grp, rows
+    h = torch.randint(-(1 << 62), 1 << 62, (int(c.max()) + 1,), generator=torch.Generator().manual_seed(0))
+    row_hash = torch.zeros(nr, dtype=torch.long).index_add_(0, r, h[c])  # wraps around: fine for a hash
+    _, inv = torch.unique(torch.stack([cnt[rows], row_hash[rows]], 1), dim=0, return_inverse=True)
+    first = torch.full((int(inv.max()) + 1,), nr, dtype=torch.long).scatter_reduce_(0, inv, rows, "amin")
+    grp[rows] = inv
+    within = torch.arange(r.numel()) - ptr[r]
+    if not bool((c == c[ptr[first[grp[r]]] + within]).all()):
+        grp[rows] = torch.arange(rows.numel())
+        first = rows
+    return grp, first
+
+
+def _factors(js, ss, cnt, ptr, n):
+    """The junctions' sources as classes of blocks: junctions with the same set of sources form a
+    class (a LayerNorm's channels share their statistics junction's), sources in the same classes
+    form a block (the query and key units of an attention head), so each class's set of sources
+    is a disjoint union of blocks. Returns the class of each node (-1 off junctions with sources),
+    the number of sources of each class, each class's blocks (CSR: pointers, block ids) and each
+    block's sources (CSR)."""
+    cls, rep = _same_rows(js, ss, n)
+    ncls = rep.numel()
+    pc, ps = _spread(rep, ptr, ss)  # (class, source), sorted by class then source
+    o = torch.argsort(ps * max(ncls, 1) + pc)
+    blk, brep = _same_rows(ps[o], pc[o], n)
+    nb = max(brep.numel(), 1)
+    cb = torch.unique(pc * nb + blk[ps])  # sorted by class, then block
+    cb_ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(cb // nb, minlength=ncls).cumsum(0)])
+    srcs = (blk >= 0).nonzero().squeeze(1)
+    b_src = srcs[torch.argsort(blk[srcs], stable=True)]
+    b_ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(blk[srcs], minlength=nb).cumsum(0)])
+    return cls, cnt[rep], (cb_ptr, cb % nb), (b_ptr, b_src)
+
+
+def _spread(a, ptr, vals):
+    """For each index in ``a``, every entry of its CSR row: (position in ``a``, entry)."""
+    r = ptr[a + 1] - ptr[a]
+    idx = torch.repeat_interleave(torch.arange(a.numel()), r)
+    within = torch.arange(idx.numel()) - torch.repeat_interleave(torch.cumsum(r, 0) - r, r)
+    return idx, vals[ptr[a][idx] + within]
 
 
 def _merge(key, cols, first):
@@ -97,8 +129,9 @@ def _merge(key, cols, first):
 
 def _merged_unit_edges(src, dst, attrs, is_j, js, ss, cnt, ptr, n):
     """The unit level's contracted edges, merged, without the copies at once: edges leaving
-    junctions with the same sources are summed per target first (a LayerNorm's channels all share
-    the sources of its statistics junction), then expanded a chunk of targets at a time and merged.
+    junctions with the same sources are summed per (target, class), then per (target, block) (see
+    :func:`_factors`), then expanded to sources a chunk of targets at a time and merged with the
+    edges from units.
     Returns keys ``src * n + dst`` (sorted), float64 sums (``l2`` as a sum of squares) and the index
     of the first edge of each merged edge (its ``kind`` and ``layer``)."""
     names = [k for k in ("count", "l1", "utility", "l2") if k in attrs]
@@ -106,15 +139,14 @@ def _merged_unit_edges(src, dst, attrs, is_j, js, ss, cnt, ptr, n):
     eid = torch.arange(src.numel())
     fj = is_j[src] & (cnt[src] > 0)  # edges from a junction without sources have no copies
     direct = ~is_j[src]
-    cls, rep = _source_classes(js, ss, cnt, ptr, n)
-    ncls = max(rep.numel(), 1)
-    ck, ccols, cfirst = _merge(dst[fj] * ncls + cls[src[fj]], {k: v[fj] for k, v in cols.items()}, eid[fj])
-    cd, cc = torch.div(ck, ncls, rounding_mode="floor"), ck % ncls  # sorted by target
-    reps = cnt[rep[cc]]
+    cls, sizes, (cb_ptr, cb_blk), (b_ptr, b_src) = _factors(js, ss, cnt, ptr, n)
+    ncls, nb = cb_ptr.numel() - 1, max(b_ptr.numel() - 1, 1)
+    ck, ccols, cfirst = _merge(dst[fj] * max(ncls, 1) + cls[src[fj]], {k: v[fj] for k, v in cols.items()}, eid[fj])
+    cd, cc = torch.div(ck, max(ncls, 1), rounding_mode="floor"), ck % max(ncls, 1)  # sorted by target
     # chunks of targets with at most CHUNK copies each (a target's copies stay in one chunk)
     b_all = direct.nonzero().squeeze(1)
     b_all = b_all[torch.argsort(dst[b_all], stable=True)]
-    load = torch.bincount(cd, weights=reps.double(), minlength=n) + torch.bincount(dst[b_all], minlength=n)
+    load = torch.bincount(cd, weights=sizes[cc].double(), minlength=n) + torch.bincount(dst[b_all], minlength=n)
     chunk_of = (torch.cumsum(load, 0) - load).div(CHUNK, rounding_mode="floor").long()
     c_chunk, d_chunk = chunk_of[cd], chunk_of[dst[b_all]]  # both sorted
     keys, sums, firsts = [], {k: [] for k in names}, []
@@ -123,13 +155,16 @@ def _merged_unit_edges(src, dst, attrs, is_j, js, ss, cnt, ptr, n):
         a = torch.arange(lo, hi)
         lo, hi = torch.searchsorted(d_chunk, torch.tensor([c, c + 1])).tolist()
         b = b_all[lo:hi]
-        r = reps[a]
-        idx = torch.repeat_interleave(a, r)
-        within = torch.arange(idx.numel()) - torch.repeat_interleave(torch.cumsum(r, 0) - r, r)
-        s = torch.cat([ss[ptr[rep[cc[idx]]] + within], src[b]])
-        key = s * n + torch.cat([cd[idx], dst[b]])
-        uk, out, fst = _merge(key, {k: torch.cat([ccols[k][idx], cols[k][b]]) for k in names},
-                              torch.cat([cfirst[idx], b]))
+        # (target, class) -> (target, block), merged: a block lies in a class whole or not at all
+        i1, blk = _spread(cc[a], cb_ptr, cb_blk)
+        i1 = a[i1]
+        bk, bcols, bfirst = _merge(cd[i1] * nb + blk, {k: ccols[k][i1] for k in names}, cfirst[i1])
+        bd, bb = torch.div(bk, nb, rounding_mode="floor"), bk % nb
+        # (target, block) -> (target, source): blocks are disjoint, so these are distinct
+        i2, s = _spread(bb, b_ptr, b_src)
+        key = torch.cat([s, src[b]]) * n + torch.cat([bd[i2], dst[b]])
+        uk, out, fst = _merge(key, {k: torch.cat([bcols[k][i2], cols[k][b]]) for k in names},
+                              torch.cat([bfirst[i2], b]))
         keys.append(uk)
         firsts.append(fst)
         for k in names:
@@ -144,11 +179,11 @@ def _merged_unit_edges(src, dst, attrs, is_j, js, ss, cnt, ptr, n):
 def contract_junctions(g):
     """A copy of unit- or synapse-level graph ``g`` without junction nodes (see module docstring).
 
-    At the unit level the memory needed grows with the contracted graph and the edges expanded
-    in one chunk (:data:`CHUNK`), not with the copies before merging: a transformer's LayerNorm
-    feeds every channel from every channel of the residual stream, so the copies grow like
-    width^3 x depth^2 while the merged edges grow like width^2 x depth^2. The synapse level keeps
-    every copy, so its size is the copies'."""
+    At the unit level time and memory grow with the contracted graph (plus the (junction, source)
+    pairs and at most :data:`CHUNK` copies at once), not with the copies before merging: a
+    transformer's LayerNorm feeds every channel from every channel of the residual stream, so the
+    copies grow like width^3 x depth^2 while the merged edges grow like width^2 x depth^2. The
+    synapse level keeps every copy, so its size is the copies'."""
     from .graph import ConnectomeGraph, _annotate, _edge_ptr
 
     if g.level == "layer":

@@ -116,7 +116,8 @@ def measure_contract(impl: str, width: int, layers: int, threads: int) -> dict:
 
 
 # (width, layers, implementations): the old one only where it takes seconds
-CONTRACT_CASES = [(32, 2, ("old", "new")), (64, 2, ("old", "new")), (128, 2, ("new",)), (64, 8, ("new",))]
+CONTRACT_CASES = [(32, 2, ("old", "new")), (64, 2, ("old", "new")), (128, 2, ("new",)), (64, 8, ("new",)),
+                  (256, 2, ("new",)), (128, 8, ("new",))]
 
 
 def contract_rows(threads, quick=False) -> list:
