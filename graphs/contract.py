@@ -11,8 +11,10 @@ The copies are merged as they are made, so time and memory follow the contracted
 leaving junctions with the same set of sources (a LayerNorm's channels all share its statistics
 junction's: every unit that wrote to the residual stream) are summed per target, then per block of
 sources found in the same junctions (an attention head's query and key units), and only then
-expanded to sources, a chunk of targets at a time. Laying out every copy first made width^3 x
-depth^2 of them in a transformer (55M for the 564k edges of a ViT of width 128: 23 s, 6.5 GB).
+expanded to sources, a chunk of targets at a time (where that merges nothing and the copies are
+few, as in a ResNet, they are laid out at once: see :data:`PLAIN`). Laying out every copy first
+made width^3 x depth^2 of them in a transformer (55M for the 564k edges of a ViT of width 128:
+23 s, 6.5 GB).
 Tensor code: one join per level of junction nesting, a loop over chunks, no loop per edge.
 """
 from __future__ import annotations
@@ -56,6 +58,10 @@ def junction_sources(g):
 
 # copies of edges expanded at once while merging (bounds the peak memory of contract_junctions)
 CHUNK = 1 << 22
+# where no two edges into a unit leave junctions with the same sources, the copies are laid out at
+# once and merged as a whole (faster: ResNets, whose copies are the result) when they are at most
+# this many times the edges and (junction, source) pairs
+PLAIN = 4
 
 
 def _expand(src, dst, attrs, is_j, cnt, ptr, ss):
@@ -95,8 +101,8 @@ def _factors(js, ss, cnt, ptr, n):
     class (a LayerNorm's channels share their statistics junction's), sources in the same classes
     form a block (the query and key units of an attention head), so each class's set of sources
     is a disjoint union of blocks. Returns the class of each node (-1 off junctions with sources),
-    the number of sources of each class, each class's blocks (CSR: pointers, block ids) and each
-    block's sources (CSR)."""
+    each class's sources (CSR: pointers, node ids), each class's blocks (CSR) and each block's
+    sources (CSR)."""
     cls, rep = _same_rows(js, ss, n)
     ncls = rep.numel()
     pc, ps = _spread(rep, ptr, ss)  # (class, source), sorted by class then source
@@ -108,7 +114,8 @@ def _factors(js, ss, cnt, ptr, n):
     srcs = (blk >= 0).nonzero().squeeze(1)
     b_src = srcs[torch.argsort(blk[srcs], stable=True)]
     b_ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(blk[srcs], minlength=nb).cumsum(0)])
-    return cls, cnt[rep], (cb_ptr, cb % nb), (b_ptr, b_src)
+    cs_ptr = torch.cat([torch.zeros(1, dtype=torch.long), cnt[rep].cumsum(0)])
+    return cls, (cs_ptr, ps), (cb_ptr, cb % nb), (b_ptr, b_src)
 
 
 def _spread(a, ptr, vals):
@@ -119,11 +126,17 @@ def _spread(a, ptr, vals):
     return idx, vals[ptr[a][idx] + within]
 
 
-def _merge(key, cols, first):
-    """Sum ``cols`` (float64) over equal keys; ``first`` (an edge index) keeps its minimum."""
-    uk, inv = torch.unique(key, return_inverse=True)
-    out = {k: torch.zeros(uk.numel(), dtype=torch.float64).index_add_(0, inv, v) for k, v in cols.items()}
-    fst = torch.full((uk.numel(),), torch.iinfo(torch.long).max, dtype=torch.long).scatter_reduce_(0, inv, first, "amin")
+def _merge(key, cols, first, ordered=False):
+    """Sum ``cols`` (float64) over equal keys; ``first`` (an edge index) keeps its minimum. Keys come
+    out sorted where some merge or ``ordered`` asks for it, else as they came (cheaper)."""
+    skey, order = torch.sort(key)
+    if not bool((skey[1:] == skey[:-1]).any()):  # nothing to merge
+        if not ordered:
+            return key, cols, first
+        return skey, {k: v[order] for k, v in cols.items()}, first[order]
+    uk, inv = torch.unique_consecutive(skey, return_inverse=True)
+    out = {k: torch.zeros(uk.numel(), dtype=torch.float64).index_add_(0, inv, v[order]) for k, v in cols.items()}
+    fst = torch.full((uk.numel(),), torch.iinfo(torch.long).max, dtype=torch.long).scatter_reduce_(0, inv, first[order], "amin")
     return uk, out, fst
 
 
@@ -132,17 +145,23 @@ def _merged_unit_edges(src, dst, attrs, is_j, js, ss, cnt, ptr, n):
     junctions with the same sources are summed per (target, class), then per (target, block) (see
     :func:`_factors`), then expanded to sources a chunk of targets at a time and merged with the
     edges from units.
-    Returns keys ``src * n + dst`` (sorted), float64 sums (``l2`` as a sum of squares) and the index
-    of the first edge of each merged edge (its ``kind`` and ``layer``)."""
+    Returns keys ``src * n + dst`` (distinct, in no particular order), float64 sums (``l2`` as a
+    sum of squares) and the index of the first edge of each merged edge (its ``kind`` and ``layer``);
+    None where the copies are better laid out at once (see :data:`PLAIN`)."""
     names = [k for k in ("count", "l1", "utility", "l2") if k in attrs]
     cols = {k: attrs[k].double() ** 2 if k == "l2" else attrs[k].double() for k in names}
     eid = torch.arange(src.numel())
     fj = is_j[src] & (cnt[src] > 0)  # edges from a junction without sources have no copies
     direct = ~is_j[src]
-    cls, sizes, (cb_ptr, cb_blk), (b_ptr, b_src) = _factors(js, ss, cnt, ptr, n)
-    ncls, nb = cb_ptr.numel() - 1, max(b_ptr.numel() - 1, 1)
-    ck, ccols, cfirst = _merge(dst[fj] * max(ncls, 1) + cls[src[fj]], {k: v[fj] for k, v in cols.items()}, eid[fj])
-    cd, cc = torch.div(ck, max(ncls, 1), rounding_mode="floor"), ck % max(ncls, 1)  # sorted by target
+    cls, (cs_ptr, cs_src), (cb_ptr, cb_blk), (b_ptr, b_src) = _factors(js, ss, cnt, ptr, n)
+    ncls, nb = max(cb_ptr.numel() - 1, 1), max(b_ptr.numel() - 1, 1)
+    sizes = cs_ptr[1:] - cs_ptr[:-1]
+    by_block = (cb_ptr[1:] - cb_ptr[:-1]) < sizes  # classes worth summing per block on the way
+    ck, ccols, cfirst = _merge(dst[fj] * ncls + cls[src[fj]], {k: v[fj] for k, v in cols.items()}, eid[fj], True)
+    cd, cc = torch.div(ck, ncls, rounding_mode="floor"), ck % ncls  # sorted by target
+    copies = int(sizes[cc].sum()) + int(direct.sum())
+    if ck.numel() == int(fj.sum()) and copies <= PLAIN * (src.numel() + js.numel()):
+        return None  # nothing to gain from the classes and blocks: the copies are few enough
     # chunks of targets with at most CHUNK copies each (a target's copies stay in one chunk)
     b_all = direct.nonzero().squeeze(1)
     b_all = b_all[torch.argsort(dst[b_all], stable=True)]
@@ -155,25 +174,26 @@ def _merged_unit_edges(src, dst, attrs, is_j, js, ss, cnt, ptr, n):
         a = torch.arange(lo, hi)
         lo, hi = torch.searchsorted(d_chunk, torch.tensor([c, c + 1])).tolist()
         b = b_all[lo:hi]
+        blocked = by_block[cc[a]]
         # (target, class) -> (target, block), merged: a block lies in a class whole or not at all
-        i1, blk = _spread(cc[a], cb_ptr, cb_blk)
-        i1 = a[i1]
+        i1, blk = _spread(cc[a[blocked]], cb_ptr, cb_blk)
+        i1 = a[blocked][i1]
         bk, bcols, bfirst = _merge(cd[i1] * nb + blk, {k: ccols[k][i1] for k in names}, cfirst[i1])
         bd, bb = torch.div(bk, nb, rounding_mode="floor"), bk % nb
-        # (target, block) -> (target, source): blocks are disjoint, so these are distinct
-        i2, s = _spread(bb, b_ptr, b_src)
-        key = torch.cat([s, src[b]]) * n + torch.cat([bd[i2], dst[b]])
-        uk, out, fst = _merge(key, {k: torch.cat([bcols[k][i2], cols[k][b]]) for k in names},
-                              torch.cat([bfirst[i2], b]))
+        # (target, block) -> (target, source), and (target, class) -> (target, source) for the rest
+        i2, s2 = _spread(bb, b_ptr, b_src)
+        i3, s3 = _spread(cc[a[~blocked]], cs_ptr, cs_src)
+        i3 = a[~blocked][i3]
+        key = torch.cat([s2, s3, src[b]]) * n + torch.cat([bd[i2], cd[i3], dst[b]])
+        uk, out, fst = _merge(key, {k: torch.cat([bcols[k][i2], ccols[k][i3], cols[k][b]]) for k in names},
+                              torch.cat([bfirst[i2], cfirst[i3], b]))
         keys.append(uk)
         firsts.append(fst)
         for k in names:
             sums[k].append(out[k])
     if not keys:
         return torch.zeros(0, dtype=torch.long), {k: torch.zeros(0, dtype=torch.float64) for k in names}, eid[:0]
-    key = torch.cat(keys)
-    key, order = torch.sort(key)
-    return key, {k: torch.cat(v)[order] for k, v in sums.items()}, torch.cat(firsts)[order]
+    return torch.cat(keys), {k: torch.cat(v) for k, v in sums.items()}, torch.cat(firsts)
 
 
 def contract_junctions(g):
@@ -200,17 +220,37 @@ def contract_junctions(g):
     src, dst = g.src[keep_e], g.dst[keep_e]
     attrs = {k: v[keep_e] for k, v in g.edge_attrs.items()}
     copies = int(torch.where(is_j[src], cnt[src], torch.ones_like(src)).sum())
-    merged = None
-    if g.level == "unit":  # merge copies joining the same two nodes
-        key, sums, first = _merged_unit_edges(src, dst, attrs, is_j, js, ss, cnt, ptr, n)
-        if key.numel() < copies:
-            merged = {k: attrs[k][first] for k in ("kind", "layer")}
-            for k, v in sums.items():
-                merged[k] = (v.sqrt() if k == "l2" else v).to(attrs[k].dtype)
-            src, dst = torch.div(key, n, rounding_mode="floor"), key % n
-            attrs = {k: merged[k] for k in g.edge_attrs}
-    if merged is None:  # every copy is an edge of its own: the copies are the result
+    merged = _merged_unit_edges(src, dst, attrs, is_j, js, ss, cnt, ptr, n) if g.level == "unit" else None
+    if merged is not None:
+        key, sums, first = merged
+        new_src = torch.div(key, n, rounding_mode="floor")
+        # edges in order of source then target; where no two copies met, in the order of the edges
+        # they copy (then of their sources), as the copies were laid out
+        order = torch.argsort(key if key.numel() < copies else first * n + new_src)
+        attrs_out = {k: attrs[k][first[order]] for k in ("kind", "layer")}
+        for k, v in sums.items():
+            v = v[order]
+            attrs_out[k] = (v.sqrt() if k == "l2" else v).to(attrs[k].dtype)
+        src, dst = new_src[order], key[order] % n
+        attrs = {k: attrs_out[k] for k in g.edge_attrs}
+    else:  # every copy laid out, in the order of the edges they copy
         src, dst, attrs = _expand(src, dst, attrs, is_j, cnt, ptr, ss)
+        if g.level == "unit":  # merge copies joining the same two nodes
+            skey, order = torch.sort(src * n + dst)
+            if bool((skey[1:] == skey[:-1]).any()):
+                uk, inv = torch.unique_consecutive(skey, return_inverse=True)
+                starts = torch.ones(skey.numel(), dtype=torch.bool)
+                starts[1:] = skey[1:] != skey[:-1]
+                first = order[starts]
+                merged = {k: attrs[k][first] for k in ("kind", "layer")}
+                for k in ("count", "l1", "utility", "l2"):
+                    if k in attrs:
+                        v = attrs[k][order].double()
+                        v = v * v if k == "l2" else v
+                        tot = torch.zeros(uk.numel(), dtype=torch.float64).index_add_(0, inv, v)
+                        merged[k] = (tot.sqrt() if k == "l2" else tot).to(attrs[k].dtype)
+                src, dst = torch.div(uk, n, rounding_mode="floor"), uk % n
+                attrs = {k: merged[k] for k in g.edge_attrs}
     # renumber nodes without the junctions
     keep_n = ~is_j
     new_id = torch.cumsum(keep_n.long(), 0) - 1

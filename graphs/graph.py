@@ -266,7 +266,7 @@ def build(
     residual stream, whose channels each come from every earlier block, so a layer after a LayerNorm
     gets an edge from each of its units to each unit that wrote to the stream (unit edges grow like
     width^2 x depth^2: a torchvision ViT of width 128 and 8 layers has 1.2M unit edges, 6.2M
-    contracted, in 5 s and 1.1 GB over the unit graph, one thread). Time and memory follow the
+    contracted, in 4 s and 1.2 GB over the unit graph, one thread). Time and memory follow the
     contracted graph; the synapse level keeps every copy of a shared synapse, so it grows faster.
     """
     if level not in LEVELS:

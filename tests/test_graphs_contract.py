@@ -219,6 +219,8 @@ def test_contraction_matches_the_previous_implementation(name, level, monkeypatc
     _identical(contract.contract_junctions(g), ref)
     monkeypatch.setattr(contract, "CHUNK", 7)  # many chunks of targets
     _identical(contract.contract_junctions(g), ref)
+    monkeypatch.setattr(contract, "PLAIN", 0)  # classes and blocks even where they merge nothing
+    _identical(contract.contract_junctions(g), ref)
     js, ss = contract.junction_sources(g)
     rjs, rss = _ref_junction_sources(g)
     assert torch.equal(js, rjs) and torch.equal(ss, rss)
@@ -228,6 +230,7 @@ def test_junctions_whose_source_hashes_collide_are_kept_apart(monkeypatch):
     model, x = _model("vit")
     g = graphs.build(_connectome(model), "unit", example_input=x)
     ref = _ref_contract(g)
+    monkeypatch.setattr(contract, "PLAIN", 0)
     monkeypatch.setattr(torch, "randint", lambda lo, hi, size, generator=None: torch.zeros(size, dtype=torch.long))
     _identical(contract.contract_junctions(g), ref)  # every row hashes alike: one class per junction
 
