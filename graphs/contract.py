@@ -149,7 +149,6 @@ def _merged_unit_edges(src, dst, attrs, is_j, js, ss, cnt, ptr, n):
     sum of squares) and the index of the first edge of each merged edge (its ``kind`` and ``layer``);
     None where the copies are better laid out at once (see :data:`PLAIN`)."""
     names = [k for k in ("count", "l1", "utility", "l2") if k in attrs]
-    cols = {k: attrs[k].double() ** 2 if k == "l2" else attrs[k].double() for k in names}
     eid = torch.arange(src.numel())
     fj = is_j[src] & (cnt[src] > 0)  # edges from a junction without sources have no copies
     direct = ~is_j[src]
@@ -157,11 +156,15 @@ def _merged_unit_edges(src, dst, attrs, is_j, js, ss, cnt, ptr, n):
     ncls, nb = max(cb_ptr.numel() - 1, 1), max(b_ptr.numel() - 1, 1)
     sizes = cs_ptr[1:] - cs_ptr[:-1]
     by_block = (cb_ptr[1:] - cb_ptr[:-1]) < sizes  # classes worth summing per block on the way
-    ck, ccols, cfirst = _merge(dst[fj] * ncls + cls[src[fj]], {k: v[fj] for k, v in cols.items()}, eid[fj], True)
-    cd, cc = torch.div(ck, ncls, rounding_mode="floor"), ck % ncls  # sorted by target
-    copies = int(sizes[cc].sum()) + int(direct.sum())
-    if ck.numel() == int(fj.sum()) and copies <= PLAIN * (src.numel() + js.numel()):
+    k1 = dst[fj] * ncls + cls[src[fj]]
+    sk1 = torch.sort(k1).values
+    copies = int(sizes[cls[src[fj]]].sum()) + int(direct.sum())
+    if not bool((sk1[1:] == sk1[:-1]).any()) and copies <= PLAIN * (src.numel() + js.numel()):
         return None  # nothing to gain from the classes and blocks: the copies are few enough
+    del sk1
+    cols = {k: attrs[k].double() ** 2 if k == "l2" else attrs[k].double() for k in names}
+    ck, ccols, cfirst = _merge(k1, {k: v[fj] for k, v in cols.items()}, eid[fj], True)
+    cd, cc = torch.div(ck, ncls, rounding_mode="floor"), ck % ncls  # sorted by target
     # chunks of targets with at most CHUNK copies each (a target's copies stay in one chunk)
     b_all = direct.nonzero().squeeze(1)
     b_all = b_all[torch.argsort(dst[b_all], stable=True)]
