@@ -142,6 +142,18 @@ def test_graphml_of_a_repeated_node_pair_and_of_no_edges(tmp_path):
     assert ("edge", "count", "long") not in _keys(tmp_path / "new1.graphml")
 
 
+@pytest.mark.parametrize("level", ["synapse", "unit"])
+def test_graphml_of_edges_in_any_order(level, tmp_path):
+    """networkx wrote a source's edges grouped by target (a MultiDiGraph's adjacency); written in their
+    order, by source, they read back to the same graph, adjacency and predecessor order included."""
+    g = graphs.build(_conn(Cat()), level)
+    p = torch.randperm(g.num_edges, generator=torch.Generator().manual_seed(3))
+    g = dataclasses.replace(g, src=g.src[p], dst=g.dst[p], edge_attrs={k: v[p] for k, v in g.edge_attrs.items()})
+    _reference(g, tmp_path / "old.graphml")
+    G = assert_same_read(graphs.write(g, tmp_path / "new.graphml"), tmp_path / "old.graphml")
+    assert isinstance(G, nx.MultiDiGraph) == (level == "synapse")
+
+
 def _big():
     """A synapse-level graph of 50,200 edges (one dense 250 -> 200 Linear, its 200 units wired to outputs)."""
     g = graphs.build(model=nn.Sequential(nn.Linear(250, 200)), level="synapse", example_input=torch.randn(1, 250))
