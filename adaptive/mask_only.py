@@ -657,8 +657,8 @@ def optimize_connectome(
             snap = Snapshot(label, e["removed"], {n: m.clone() for n, m in conn.masks.items()},
                             e["holdout_loss"], e["holdout_acc"], step,
                             selected_by=_criterion(e["holdout_acc"]) if removed_goal is None or climb else None)
-            if best is not None and _better(best.holdout_acc, best.holdout_loss, snap):
-                snap = best
+            if best is not None and not _better(snap.holdout_acc, snap.holdout_loss, best):
+                snap = best  # a tie is no gain: the earlier candidate stays, as on a ladder
                 conn.set_masks(snap.masks)
             if removed_goal is not None and snap.removed != removed_goal and abs(snap.removed - removed_goal) >= max_ens:
                 raise RuntimeError(f"stage {label!r} ended at {snap.removed} removed, not {removed_goal}: a scheduling bug")

@@ -239,3 +239,37 @@ def test_a_read_ahead_batch_draws_its_random_transform_as_it_did(make, stop_afte
         assert all(torch.equal(x, next(d)[0]) for x in expected)
     finally:
         AcceleratorState._reset_state(True)
+
+
+class LongerThanItSays(torch.utils.data.IterableDataset):
+    """24 examples in batches of 6 (4 batches) from a dataset that claims 18 (3 batches)."""
+
+    def __len__(self):
+        return 18
+
+    def __iter__(self):
+        for i in range(24):
+            yield torch.tensor(float(i)) + torch.rand(()), i
+
+
+@pytest.mark.parametrize("stop_after", [2, 3, 4, 5])
+def test_a_loader_longer_than_its_length_resumes_with_the_batch_it_read_past_the_end(stop_after):
+    """Recording at the stated end of a pass reads one batch further to see whether the pass ended;
+    a loader that had one more kept it for next, and the resumed run read an earlier batch again
+    (a mask_only stage of one pass ends exactly there)."""
+    def make():
+        return DataLoader(LongerThanItSays(), batch_size=6)
+
+    torch.manual_seed(0)
+    a = LoaderCycle(make())
+    for _ in range(stop_after):
+        next(a)
+        torch.rand(3)  # other code draws between batches
+    state = a.state_dict()
+    expected = [next(a) for _ in range(6)]
+    torch.manual_seed(42)
+    b = LoaderCycle(make())
+    b.load_state_dict(state)
+    got = [next(b) for _ in range(6)]
+    assert [g[1].tolist() for g in got] == [e[1].tolist() for e in expected]
+    assert all(torch.equal(g[0], e[0]) for g, e in zip(got, expected))

@@ -105,3 +105,9 @@ def test_collinearity_medians_are_true_medians():
 
     assert _median(torch.tensor([4.0, 1.0, 3.0, 2.0])) == 2.5
     assert _median(torch.tensor([3.0, 1.0, 2.0])) == 2.0
+
+
+def test_to_pandas_without_pandas_names_the_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as on a machine without pandas
+    with pytest.raises(ImportError, match="pip install pandas"):
+        Table([{"a": 1}]).to_pandas()

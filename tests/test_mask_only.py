@@ -172,6 +172,22 @@ def test_best_keeps_the_dense_network_when_no_rung_beats_it():
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
 
 
+def test_threshold_mode_keeps_the_earlier_candidate_on_a_tie():
+    """Target "best" without a ladder: a stage that ends on the dense network's held-out accuracy
+    gained nothing, so the dense network stays (it kept the pruned one; a ladder never did)."""
+    m = tiny()
+    tr, ho = loaders()
+    with torch.no_grad():
+        x = torch.cat([xb for xb, _ in ho])
+        y = m.eval()(x).argmax(1)
+    m.train()
+    ho_own = DataLoader(TensorDataset(x, y), batch_size=16)
+    r = optimize_connectome(m, tr, ho_own, "best", passes=1.0, ladder=(), eval_every=0, progress=False)
+    ends = [h for h in r.history if h["kind"] == "eval" and h["stage"] >= 0]
+    assert ends and ends[-1]["removed"] > 0 and ends[-1]["holdout_acc"] == 1.0  # a tie with the dense network
+    assert r.snapshots["best"].removed == 0 and r.snapshots["best"].holdout_acc == 1.0
+
+
 @pytest.mark.parametrize("target, match", [(10_000, "beyond"), (1.5, r"\[0, 1\)"), ("lots", "fraction"),
                                            (-5, "cannot be negative"), ([0.2, 0.2], "give each target once"),
                                            (float("nan"), "fraction"), (float("inf"), "fraction")])

@@ -200,30 +200,35 @@ class LoaderCycle:
         n = self._pass_length()
         if self._it is not None and self._pending is None and n is not None and self.offset >= n:
             try:
-                self._pending = next(self._it)
-                self.offset -= 1  # not taken yet
+                before = _capture(self.loader)
+                self._pending = next(self._it)  # a loader longer than it says: read, not taken yet
+                self._before_last = before
             except StopIteration:
                 self._it = None  # the next batch begins a new pass
 
     def state_dict(self) -> dict:
         self._settle()
         before = self._before_last if self._it is not None and self.offset > 0 else None
-        return {"pass_start": self._pass_start, "offset": self.offset, "now": rng_states(self.loader),
-                "before_last": None if before is None else _recorded(before)}
+        return {"pass_start": self._pass_start, "offset": self.offset, "pending": self._pending is not None,
+                "now": rng_states(self.loader), "before_last": None if before is None else _recorded(before)}
 
     def load_state_dict(self, state: dict) -> None:
         """Stand where ``state`` was recorded (see the module docstring)."""
         offset, n = int(state["offset"]), self._pass_length()
-        self._it, self.offset, self._before_last = None, 0, None
-        if state["pass_start"] is not None and offset > 0 and (n is None or offset < n):
+        pending = bool(state.get("pending", False))  # (absent from checkpoints older than it)
+        self._it, self.offset, self._before_last, self._pending = None, 0, None, None
+        if state["pass_start"] is not None and offset > 0 and (n is None or offset < n or pending):
             set_rng_states(state["pass_start"], self.loader)
             self._begin_pass()
             before = state.get("before_last")  # (absent from checkpoints older than it)
-            for i in range(offset):  # replayed: the loader's own draws come out as they did
-                if i == offset - 1:
+            requests = offset + pending  # a batch read past the stated length is read again, kept for next
+            for i in range(requests):  # replayed: the loader's own draws come out as they did
+                if i == requests - 1:
                     if before is not None:
                         set_rng_states(before, self.loader)  # what a read-ahead batch drew from
                     self._before_last = _capture(self.loader)
-                next(self._it)
+                batch = next(self._it)
+            if pending:
+                self._pending = batch
             self.offset = offset
         set_rng_states(state["now"], self.loader)

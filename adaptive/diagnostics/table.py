@@ -49,7 +49,11 @@ class Table(list):
             w.writerows(self)
 
     def to_pandas(self):
-        import pandas as pd  # optional: only notebooks that ask for a DataFrame need it
+        try:
+            import pandas as pd  # optional: only notebooks that ask for a DataFrame need it
+        except ImportError:
+            raise ImportError("Table.to_pandas needs pandas, which adaptive does not install: "
+                              "`pip install pandas`, or use .to_csv(path) / .to_markdown()") from None
 
         return pd.DataFrame(list(self), columns=self.columns)
 

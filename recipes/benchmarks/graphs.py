@@ -3,7 +3,8 @@
 1. torchvision resnet50 and mobilenet_v3_large (ImageNet shapes, 224x224) with random masks at 50%
    density: seconds to trace, build each level and convert it to PyG and networkx, and the peak
    resident memory of the process doing it (each (model, level) runs in a fresh subprocess, so
-   peaks do not mix).
+   peaks do not mix); then seconds, file size and peak memory of writing it as GraphML and as JSON
+   (``graphs.write``; graphs of up to 10 M edges).
 2. Compaction of a CIFAR ResNet-20 (pretrained weights from ``--data-dir`` when present) in which
    50% of the units of every conv layer have no live input: forward time of the masked dense model
    against the compacted one, measured side by side (interleaved runs, median).
@@ -14,7 +15,8 @@
    ``contract_junctions``, against the implementation it replaced (kept in
    tests/test_graphs_contract.py) where that one fits in a few seconds.
 
-    python recipes/benchmarks/graphs.py [--data-dir ../shared/data] [--quick] [--only-contract]
+    python recipes/benchmarks/graphs.py [--data-dir ../shared/data] [--quick] [--skip-graphs | --skip-compaction]
+                                        [--only-contract]
 
 Prints a table and writes it to recipes/benchmarks/results/graphs.md (``--only-contract``: part 4
 alone, to results/graphs_contract.md).
@@ -29,6 +31,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -42,8 +45,44 @@ TARGETS = {("resnet50", "unit", "pyg"): 5.0, ("resnet50", "unit", "networkx"): 3
            ("mobilenet_v3_large", "synapse", "build"): 10.0}
 
 
+WRITE_MAX_EDGES = 10_000_000  # graphs.write of a larger graph (resnet50's synapse level) is not timed
+
+
 def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+
+
+def _reset_peak() -> bool:
+    """Start measuring the peak resident memory afresh (Linux: 5 in /proc/self/clear_refs resets it to
+    the current resident memory); False where that cannot be done (the peak then stays the process's)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _write_rows(g, row):
+    """Seconds, file MB and peak GB (the process's, model and graph included, from the write's start)
+    of graphs.write(g, ...) as GraphML and as JSON; each file is removed once measured."""
+    import graphs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt in ("graphml", "json"):
+            path = os.path.join(tmp, f"g.{fmt}")
+            row["write_peak_reset"] = _reset_peak()
+            t = time.perf_counter()
+            graphs.write(g, path)
+            row[f"{fmt}_s"] = time.perf_counter() - t
+            row[f"{fmt}_peak_gb"] = _rss_gb()
+            row[f"{fmt}_mb"] = os.path.getsize(path) / 1e6
+            os.remove(path)
+
+
+def _peak(r) -> float:
+    """The row's process peak: the largest of those measured (each write restarted the measurement)."""
+    return max(r.get(k, 0.0) for k in ("peak_gb_pyg", "graphml_peak_gb", "json_peak_gb", "peak_gb_nx"))
 
 
 def random_masks(conn, density: float, seed: int = 0):
@@ -79,13 +118,15 @@ def measure_one(arch: str, level: str, networkx: bool, threads: int) -> dict:
     row["pyg_s"] = time.perf_counter() - t
     del data
     row["peak_gb_pyg"] = _rss_gb()
+    if g.num_edges <= WRITE_MAX_EDGES:  # each write resets the peak: the rows' peak is the largest of them all
+        _write_rows(g, row)
     if networkx:
         t = time.perf_counter()
         G = graphs.to_networkx(g)
         row["networkx_s"] = time.perf_counter() - t
         row["nx_edges"] = G.number_of_edges()
         del G
-        row["peak_gb_nx"] = _rss_gb()
+        row["peak_gb_nx"] = _rss_gb()  # since the last write's start, if any: see _peak
     return row
 
 
@@ -169,7 +210,7 @@ def graph_rows(archs, levels, threads, skip_nx) -> list:
             row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)
             print(f"  {arch:20s} {level:8s} build {row['build_s']:.2f}s pyg {row['pyg_s']:.2f}s "
-                  f"nx {row.get('networkx_s', float('nan')):.2f}s peak {row.get('peak_gb_nx', row['peak_gb_pyg']):.2f} GB",
+                  f"nx {row.get('networkx_s', float('nan')):.2f}s peak {_peak(row):.2f} GB",
                   flush=True)
     return rows
 
@@ -306,9 +347,25 @@ def table(rows, comp, threads, cmdline, vit=(), contract=()) -> str:
     ]
     for r in rows:
         nxs = f"{r['networkx_s']:.2f}" if "networkx_s" in r else "not run"
-        peak = r.get("peak_gb_nx", r["peak_gb_pyg"])
+        peak = _peak(r)
         lines.append(f"| {r['model']} | {r['level']} | {r['nodes']:,} | {r['edges']:,} | {r['trace_s']:.2f} | "
                      f"{r['build_s']:.2f} | {r['pyg_s']:.2f} | {nxs} | {peak:.2f} |")
+    written = [r for r in rows if "graphml_s" in r]
+    if written:
+        fresh = all(r["write_peak_reset"] for r in written)
+        lines += [
+            "",
+            "Writing the graph (`graphs.write(g, path)`, GraphML then JSON, in the same process after to_pyg, before "
+            "to_networkx; graphs of up to "
+            f"{WRITE_MAX_EDGES:,} edges). peak = the process's maximum resident memory "
+            + ("from the write's start (model and graph included)." if fresh else "(the whole run's: it could not be reset here)."),
+            "",
+            "| model | level | edges | GraphML s | GraphML MB | GraphML peak GB | JSON s | JSON MB | JSON peak GB |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in written:
+            lines.append(f"| {r['model']} | {r['level']} | {r['edges']:,} | {r['graphml_s']:.2f} | {r['graphml_mb']:,.0f} | "
+                         f"{r['graphml_peak_gb']:.2f} | {r['json_s']:.2f} | {r['json_mb']:,.0f} | {r['json_peak_gb']:.2f} |")
     lines += ["", "Targets (2 cores):", ""]
     for (arch, level, what), limit in TARGETS.items():
         r = next((r for r in rows if r["model"] == arch and r["level"] == level), None)
@@ -398,6 +455,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=21)
     p.add_argument("--out", default=os.path.join(HERE, "results", "graphs.md"))
     p.add_argument("--skip-graphs", action="store_true", help="only the compaction part")
+    p.add_argument("--skip-compaction", action="store_true", help="only the graph part (building, converting, writing)")
     p.add_argument("--only-contract", action="store_true",
                    help="only the junction contraction part, written to results/graphs_contract.md")
     a = p.parse_args(argv)
@@ -422,14 +480,14 @@ def main(argv=None):
     rows = [] if a.skip_graphs else graph_rows(archs, levels, a.threads, skip_nx)
     print("compaction:")
     comp = []
-    for scenario, align in [(s_, al) for s_ in SCENARIOS for al in (1, 8)]:
+    for scenario, align in [] if a.skip_compaction else [(s_, al) for s_ in SCENARIOS for al in (1, 8)]:
         comp.append(compaction_row(a.data_dir, a.compact_threads, 16 if a.quick else a.batch, 5 if a.quick else a.repeats,
                                    scenario, align))
         c = comp[-1]
         print(f"  {scenario} align {align}: removed {c['removed_units']}/{c['dead_units']} dead units, speed-up {c['speedup']:.2f}x "
               f"({c['masked_ms']:.1f} ms -> {c['compact_ms']:.1f} ms)", flush=True)
     vit = []
-    for fraction in VIT_FRACTIONS:
+    for fraction in () if a.skip_compaction else VIT_FRACTIONS:
         vit.append(vit_compaction_row(a.compact_threads, 16 if a.quick else a.batch, 5 if a.quick else a.repeats, fraction))
         v = vit[-1]
         print(f"  vit_tiny, {fraction:.0%} of MLP units dead: removed {v['removed_units']}/{v['dead_units']}, "
