@@ -10,10 +10,16 @@
    against the compacted one, measured side by side (interleaved runs, median).
 3. The same for vit_tiny (a transformer; random init) whose MLP hidden units lose their input
    synapses: Linear layers applied to the tokens shrink.
+4. Contracting junctions (``graphs.build(..., junctions=False)``) of torchvision VisionTransformers
+   (32x32 input, patch 8, every synapse live) at the unit level: seconds and peak memory of
+   ``contract_junctions``, against the implementation it replaced (kept in
+   tests/test_graphs_contract.py) where that one fits in a few seconds.
 
     python recipes/benchmarks/graphs.py [--data-dir ../shared/data] [--quick] [--skip-graphs | --skip-compaction]
+                                        [--only-contract]
 
-Prints a table and writes it to recipes/benchmarks/results/graphs.md.
+Prints a table and writes it to recipes/benchmarks/results/graphs.md (``--only-contract``: part 4
+alone, to results/graphs_contract.md).
 """
 from __future__ import annotations
 
@@ -122,6 +128,74 @@ def measure_one(arch: str, level: str, networkx: bool, threads: int) -> dict:
         del G
         row["peak_gb_nx"] = _rss_gb()  # since the last write's start, if any: see _peak
     return row
+
+
+def measure_contract(impl: str, width: int, layers: int, threads: int) -> dict:
+    """Runs inside a subprocess: contract the unit graph of a VisionTransformer with ``impl``."""
+    torch.set_num_threads(threads)
+    from torchvision.models import VisionTransformer
+
+    import graphs
+    from graphs.contract import contract_junctions
+
+    if impl == "new":
+        fn = contract_junctions
+    else:
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from test_graphs_contract import _ref_contract as fn
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=layers, num_heads=2, hidden_dim=width,
+                              mlp_dim=2 * width, num_classes=10)
+    g = graphs.build(model=model, level="unit", example_input=torch.randn(1, 3, 32, 32))
+    row = {"impl": impl, "width": width, "layers": layers, "unit_edges": g.num_edges, "rss_before_gb": _rss_gb()}
+    t = time.perf_counter()
+    c = fn(g)
+    row["contract_s"] = time.perf_counter() - t
+    row["peak_gb"] = _rss_gb()
+    row["edges"] = c.num_edges
+    return row
+
+
+# (width, layers, implementations): the old one only where it takes seconds
+CONTRACT_CASES = [(32, 2, ("old", "new")), (64, 2, ("old", "new")), (128, 2, ("new",)), (64, 8, ("new",)),
+                  (256, 2, ("new",)), (128, 8, ("new",))]
+
+
+def contract_rows(threads, quick=False) -> list:
+    rows = []
+    for width, layers, impls in CONTRACT_CASES[:2] if quick else CONTRACT_CASES:
+        for impl in impls:
+            cmd = [sys.executable, __file__, "--contract-child", impl, str(width), str(layers), str(threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            if out.returncode != 0:
+                raise RuntimeError(f"contract {impl} {width}/{layers} failed:\n{out.stderr[-2000:]}")
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(f"  ViT width {width}, {layers} layers, {impl}: {r['edges']:,} edges, {r['contract_s']:.2f} s, "
+                  f"peak {r['peak_gb']:.2f} GB", flush=True)
+    return rows
+
+
+def contract_table(rows, threads) -> list:
+    lines = [
+        "## Contracting junctions (`junctions=False`)",
+        "",
+        "torchvision VisionTransformer, 32x32 input, patch 8, 2 heads, MLP 2 x width, every synapse live, unit "
+        "level; each row in a fresh process. `old` is the implementation before the merge-while-expanding "
+        "one (it laid out one copy of each edge leaving a junction per source of that junction, then "
+        "merged: a LayerNorm's statistics junction makes width^3 x depth^2 copies; width 128 and 2 layers: "
+        "55M copies, 22.8 s and 6.47 GB peak on this machine; width 64 and 8 layers: 43 s and 10.2 GB "
+        "on another; vit_b_16 was killed at 24 GB). peak = "
+        "the process's maximum resident memory; before = after building the unit graph. "
+        f"{threads} torch thread(s).",
+        "",
+        "| width | layers | implementation | unit edges | contracted edges | contract s | peak GB (before) |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(f"| {r['width']} | {r['layers']} | {r['impl']} | {r['unit_edges']:,} | {r['edges']:,} | "
+                     f"{r['contract_s']:.2f} | {r['peak_gb']:.2f} ({r['rss_before_gb']:.2f}) |")
+    return lines
 
 
 def graph_rows(archs, levels, threads, skip_nx) -> list:
@@ -254,7 +328,7 @@ def _interleaved(model, small, x, repeats) -> dict:
     return times
 
 
-def table(rows, comp, threads, cmdline, vit=()) -> str:
+def table(rows, comp, threads, cmdline, vit=(), contract=()) -> str:
     lines = [
         "# graphs benchmark",
         "",
@@ -356,6 +430,8 @@ def table(rows, comp, threads, cmdline, vit=()) -> str:
                 f"| {v['fraction']:.0%} | {v['units']} | {v['dead_units']} | {v['removed_units']} | "
                 f"{v['params_masked']:,} -> {v['params_compact']:,} | {v['masked_ms']:.1f} | {v['compact_ms']:.1f} | "
                 f"{v['speedup']:.2f}x | {v['min_speedup']:.2f}x | {v['max_abs_diff']:.1g} |")
+    if contract:
+        lines += [""] + contract_table(contract, threads)
     return "\n".join(lines) + "\n"
 
 
@@ -363,6 +439,10 @@ def main(argv=None):
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
         arch, level, nx_ok, threads = sys.argv[2:6]
         print(json.dumps(measure_one(arch, level, nx_ok == "1", int(threads))))
+        return
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--contract-child":
+        impl, width, layers, threads = sys.argv[2:6]
+        print(json.dumps(measure_contract(impl, int(width), int(layers), int(threads))))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=os.environ.get("ADAPTIVE_DATA", os.path.join(ROOT, "..", "shared", "data")))
@@ -376,7 +456,22 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(HERE, "results", "graphs.md"))
     p.add_argument("--skip-graphs", action="store_true", help="only the compaction part")
     p.add_argument("--skip-compaction", action="store_true", help="only the graph part (building, converting, writing)")
+    p.add_argument("--only-contract", action="store_true",
+                   help="only the junction contraction part, written to results/graphs_contract.md")
     a = p.parse_args(argv)
+    cmdline = "python recipes/benchmarks/graphs.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
+    if a.only_contract:
+        print("contracting junctions:")
+        rows = contract_rows(a.threads, a.quick)
+        text = "\n".join(["# graphs benchmark: contracting junctions", "", f"Command: `{cmdline}`  ",
+                          f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                          f"torch {torch.__version__}.", ""] + contract_table(rows, a.threads)) + "\n"
+        print()
+        print(text)
+        from adaptive.atomic import write_text
+
+        write_text(os.path.join(HERE, "results", "graphs_contract.md"), text)
+        return
     archs = ["mobilenet_v3_large"] if a.quick else ["resnet50", "mobilenet_v3_large"]
     levels = ["unit"] if a.quick else ["layer", "unit", "synapse"]
     # networkx at the synapse level of resnet50 means 12.8 M Python edge dicts in a MultiDiGraph (> 8 GB)
@@ -397,8 +492,9 @@ def main(argv=None):
         v = vit[-1]
         print(f"  vit_tiny, {fraction:.0%} of MLP units dead: removed {v['removed_units']}/{v['dead_units']}, "
               f"speed-up {v['speedup']:.2f}x ({v['masked_ms']:.1f} ms -> {v['compact_ms']:.1f} ms)", flush=True)
-    cmdline = "python recipes/benchmarks/graphs.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
-    text = table(rows, comp, a.threads, cmdline, vit)
+    print("contracting junctions:")
+    contract = contract_rows(a.threads, a.quick)
+    text = table(rows, comp, a.threads, cmdline, vit, contract)
     print()
     print(text)
     from adaptive.atomic import write_text
