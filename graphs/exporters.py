@@ -12,6 +12,7 @@ GEXF file is for viewing (Gephi), and writing one from a graph with concatenatio
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Callable, Dict
@@ -144,6 +145,25 @@ GRAPHML_CHUNK = 1 << 18  # edges (or nodes) formatted and written at a time by w
 
 
 @register_writer(".graphml")
+def _graphml_writer(g, path):
+    """What :func:`write` calls (inside its own atomic write): the file, compressed by its suffix."""
+    with _open_text(path) as f:
+        _write_graphml_to(g, f, GRAPHML_CHUNK)
+
+
+def _open_text(path):
+    """``path`` opened for text, gzip- or bzip2-compressed where it ends in .gz or .bz2 (as
+    networkx's writers do)."""
+    p = os.fspath(path)
+    if p.endswith(".gz"):
+        import gzip
+        return gzip.open(p, "wt", encoding="utf-8", newline="\n")
+    if p.endswith(".bz2"):
+        import bz2
+        return bz2.open(p, "wt", encoding="utf-8", newline="\n")
+    return open(p, "w", encoding="utf-8", newline="\n")
+
+
 def write_graphml(g, path, chunk: int | None = None):
     """GraphML written straight from the graph's columns, ``chunk`` edges (default
     :data:`GRAPHML_CHUNK`) formatted and written at a time, so memory stays bounded by the chunk
@@ -152,12 +172,35 @@ def write_graphml(g, path, chunk: int | None = None):
     networkx's file: the same node ids, attributes and their types (``long``,
     ``double``, ``boolean``, ``string``), graph attributes ``level`` and ``header``, edges in the same
     order, numbered by ``id`` at the synapse level (a MultiDiGraph), one edge per node pair otherwise
-    (the last one's attributes, as networkx keeps them). Written atomically."""
+    (the last one's attributes, as networkx keeps them). ``path`` may be an open file (text or
+    binary) or a path, gzip- or bzip2-compressed where it ends in .gz or .bz2; a path is written
+    atomically."""
     from adaptive.atomic import atomic_path
 
     chunk = GRAPHML_CHUNK if chunk is None else chunk
     if chunk < 1:
         raise ValueError(f"write_graphml: chunk must be a positive number of edges, got {chunk}")
+    if hasattr(path, "write"):  # an open file, as nx.write_graphml takes
+        if isinstance(path, io.TextIOBase):
+            _write_graphml_to(g, path, chunk)
+        else:
+            f = io.TextIOWrapper(path, encoding="utf-8", newline="\n", write_through=True)
+            try:
+                _write_graphml_to(g, f, chunk)
+                f.flush()
+            finally:
+                f.detach()  # the caller's file stays open
+        return path
+    with atomic_path(path) as tmp, _open_text(tmp) as f:
+        _write_graphml_to(g, f, chunk)
+    return path
+
+
+def _write_graphml_to(g, f, chunk: int) -> None:
+    if "name" in g.node_attrs:
+        raise ValueError("write_graphml: a node attribute is called 'name', which GraphML files of this "
+                         "package give the node names; rename the attribute (g.node_attrs['my_name'] = "
+                         "g.node_attrs.pop('name'))")
     multi = g.level == "synapse"
     n, src, dst = g.num_nodes, g.src, g.dst
     keep, data = _graphml_edges(src, dst, n, multi)
@@ -167,30 +210,28 @@ def write_graphml(g, path, chunk: int | None = None):
     keys = [("graph", "level", "string"), ("graph", "header", "string")]
     keys += [("node", k, "string" if v is None else _graphml_type(k, v)) for k, v in ncols.items()] if n else []
     keys += [("edge", k, _graphml_type(k, v)) for k, v in ecols.items()] if keep.numel() else []
-    kid = {(f, k): f"d{i}" for i, (f, k, _) in enumerate(keys)}
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write("<?xml version='1.0' encoding='utf-8'?>\n<graphml xmlns=\"http://graphml.graphdrawing.org/xmlns\" "
-                "xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xsi:schemaLocation=\"http://graphml."
-                "graphdrawing.org/xmlns http://graphml.graphdrawing.org/xmlns/1.0/graphml.xsd\">\n")
-        f.writelines(f'  <key id="{kid[fr, k]}" for="{fr}" attr.name={_xml_attr(k)} attr.type="{t}" />\n'
-                     for fr, k, t in reversed(keys))
-        f.write('  <graph edgedefault="directed">\n')
-        names = [_xml_text(x) for x in g.node_names()]
-        nlits = ['    <node id="'] + _data_lits("node", list(ncols) if n else [], kid, "    </node>\n")
-        for a in range(0, n, chunk):
-            b = min(a + chunk, n)
-            cols = [_graphml_text(torch.arange(a, b)), names[a:b]] + [_graphml_text(v[a:b]) for v in g.node_attrs.values()]
-            f.write(_interleave(nlits, cols))
-        elits = ['    <edge source="', '" target="'] + (['" id="'] if multi else [])
-        elits += _data_lits("edge", list(ecols) if keep.numel() else [], kid, "    </edge>\n")
-        for a in range(0, keep.numel(), chunk):
-            at, by = keep[a:a + chunk], data[a:a + chunk]
-            cols = [_graphml_text(src[at]), _graphml_text(dst[at])] + ([_graphml_text(at)] if multi else [])
-            f.write(_interleave(elits, cols + [_graphml_text(v[by]) for v in ecols.values()]))
-        f.write(f'    <data key="{kid["graph", "level"]}">{_xml_text(g.level)}</data>\n'
-                f'    <data key="{kid["graph", "header"]}">{_xml_text(json.dumps(header(g)))}</data>\n'
-                "  </graph>\n</graphml>\n")
-    return path
+    kid = {(fr, k): f"d{i}" for i, (fr, k, _) in enumerate(keys)}
+    f.write("<?xml version='1.0' encoding='utf-8'?>\n<graphml xmlns=\"http://graphml.graphdrawing.org/xmlns\" "
+            "xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xsi:schemaLocation=\"http://graphml."
+            "graphdrawing.org/xmlns http://graphml.graphdrawing.org/xmlns/1.0/graphml.xsd\">\n")
+    f.writelines(f'  <key id="{kid[fr, k]}" for="{fr}" attr.name={_xml_attr(k)} attr.type="{t}" />\n'
+                 for fr, k, t in reversed(keys))
+    f.write('  <graph edgedefault="directed">\n')
+    names = [_xml_text(x) for x in g.node_names()]
+    nlits = ['    <node id="'] + _data_lits("node", list(ncols) if n else [], kid, "    </node>\n")
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        cols = [_graphml_text(torch.arange(a, b)), names[a:b]] + [_graphml_text(v[a:b]) for v in g.node_attrs.values()]
+        f.write(_interleave(nlits, cols))
+    elits = ['    <edge source="', '" target="'] + (['" id="'] if multi else [])
+    elits += _data_lits("edge", list(ecols) if keep.numel() else [], kid, "    </edge>\n")
+    for a in range(0, keep.numel(), chunk):
+        at, by = keep[a:a + chunk], data[a:a + chunk]
+        cols = [_graphml_text(src[at]), _graphml_text(dst[at])] + ([_graphml_text(at)] if multi else [])
+        f.write(_interleave(elits, cols + [_graphml_text(v[by]) for v in ecols.values()]))
+    f.write(f'    <data key="{kid["graph", "level"]}">{_xml_text(g.level)}</data>\n'
+            f'    <data key="{kid["graph", "header"]}">{_xml_text(json.dumps(header(g)))}</data>\n'
+            "  </graph>\n</graphml>\n")
 
 
 def _graphml_edges(src, dst, n, multi):

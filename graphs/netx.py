@@ -31,7 +31,7 @@ def to_networkx(g, flat: bool = False):
     G.add_nodes_from(zip(range(n), map(dict, map(zip, repeat(nkeys), zip(*ncols)))))
     ekeys = list(g.edge_attrs)
     ecols = [v.tolist() for v in g.edge_attrs.values()]
-    datas = list(map(dict, map(zip, repeat(ekeys), zip(*ecols))))
+    datas = list(map(dict, map(zip, repeat(ekeys), zip(*ecols)))) if ekeys else [{} for _ in range(g.src.numel())]
     if multi:
         G.add_edges_from(zip(g.src.tolist(), g.dst.tolist(), range(len(datas)), datas))
     else:
@@ -61,7 +61,7 @@ def from_networkx(G):
                          "(graphs.write(g, 'x.graphml')), which reads back whole")
     h = json.loads(G.graph["header"]) if isinstance(G.graph["header"], str) else G.graph["header"]
     nodes = sorted(G.nodes(data=True), key=lambda t: int(t[0]))
-    ncols = {k: torch.tensor([d[k] for _, d in nodes], dtype=torch.float64) for k in h["node_dtypes"]}
+    ncols = {k: _column([d[k] for _, d in nodes]) for k in h["node_dtypes"]}
     if G.is_multigraph():
         edges = sorted(G.edges(keys=True, data=True), key=lambda t: int(t[2]))
         src = [int(u) for u, _, _, _ in edges]
@@ -69,8 +69,21 @@ def from_networkx(G):
         datas = [d for _, _, _, d in edges]
     else:
         edges = list(G.edges(data=True))
+        if h.get("level") == "synapse" and edges and all("id" in d for _, _, d in edges):
+            # a synapse-level file with no repeated node pair reads back as a DiGraph: the edge ids
+            # GraphML kept give the original order
+            edges.sort(key=lambda t: int(t[2]["id"]))
         src = [int(u) for u, _, _ in edges]
         dst = [int(v) for _, v, _ in edges]
         datas = [d for _, _, d in edges]
-    ecols = {k: torch.tensor([d[k] for d in datas], dtype=torch.float64) for k in h["edge_dtypes"]}
+    ecols = {k: _column([d[k] for d in datas]) for k in h["edge_dtypes"]}
     return from_header(h, ncols, torch.tensor(src, dtype=torch.long), torch.tensor(dst, dtype=torch.long), ecols)
+
+
+def _column(values: list) -> torch.Tensor:
+    """Values read back from networkx as a tensor that loses nothing: whole numbers as int64 (float64
+    would round those above 2**53), anything else as float64 (:func:`from_header` casts to the
+    recorded dtype)."""
+    if values and all(isinstance(v, (bool, int)) for v in values):
+        return torch.tensor([int(v) for v in values], dtype=torch.int64)
+    return torch.tensor(values, dtype=torch.float64)

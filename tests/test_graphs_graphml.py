@@ -197,3 +197,78 @@ def test_graphml_is_written_atomically(tmp_path, monkeypatch):
     assert path.read_text() == "earlier" and os.listdir(tmp_path) == ["g.graphml"]
     with pytest.raises(ValueError, match="chunk must be a positive"):
         graphs.exporters.write_graphml(g, path, chunk=0)
+
+
+@pytest.mark.parametrize("suffix", [".graphml.gz", ".graphml.bz2"])
+def test_graphml_is_compressed_by_its_suffix_as_networkx_did(suffix, tmp_path):
+    g = graphs.build(_conn(Cat()), "unit")
+    _reference(g, tmp_path / f"old{suffix}")
+    graphs.exporters.write_graphml(g, tmp_path / f"direct{suffix}")
+    graphs.write(g, tmp_path / f"via{suffix}", format="graphml")
+    old = nx.read_graphml(tmp_path / f"old{suffix}")
+    for name in ("direct", "via"):
+        new = nx.read_graphml(tmp_path / f"{name}{suffix}")  # fails unless compressed
+        assert list(new.nodes(data=True)) == list(old.nodes(data=True))
+        assert list(new.edges(data=True)) == list(old.edges(data=True)) and new.graph == old.graph
+
+
+def test_graphml_goes_to_an_open_file_as_networkx_wrote_it(tmp_path):
+    import io
+
+    g = graphs.build(_conn(Cat()), "unit")
+    _reference(g, tmp_path / "old.graphml")
+    binary, text = io.BytesIO(), io.StringIO()
+    graphs.exporters.write_graphml(g, binary)
+    graphs.exporters.write_graphml(g, text)
+    assert not binary.closed and not text.closed  # the caller's files stay open
+    (tmp_path / "b.graphml").write_bytes(binary.getvalue())
+    (tmp_path / "t.graphml").write_text(text.getvalue(), encoding="utf-8")
+    assert_same_read(tmp_path / "b.graphml", tmp_path / "old.graphml")
+    assert_same_read(tmp_path / "t.graphml", tmp_path / "old.graphml")
+
+
+def test_graphml_through_write_takes_one_temporary_name(tmp_path):
+    """graphs.write writes atomically already: a second temporary name inside it made names of 200
+    characters too long for the file system."""
+    g = graphs.build(_conn(Cat()), "unit")
+    path = tmp_path / ("n" * 200 + ".graphml")
+    graphs.write(g, path)
+    assert nx.read_graphml(path).number_of_edges() > 0
+
+
+def test_graphml_refuses_a_node_attribute_called_name(tmp_path):
+    g = graphs.build(_conn(Cat()), "unit")
+    g.node_attrs["name"] = torch.arange(g.num_nodes)
+    with pytest.raises(ValueError, match="rename the attribute"):
+        graphs.write(g, tmp_path / "x.graphml")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("level", ["unit", "synapse"])
+def test_networkx_keeps_the_edges_of_a_graph_without_edge_attributes(level, tmp_path):
+    g = graphs.build(_conn(Cat()), level)
+    bare = dataclasses.replace(g, edge_attrs={})
+    assert graphs.to_networkx(bare).number_of_edges() == len(set(zip(g.src.tolist(), g.dst.tolist()))) \
+        if level == "unit" else g.num_edges
+    graphs.write(bare, tmp_path / "x.graphml")
+    assert nx.read_graphml(tmp_path / "x.graphml").number_of_edges() == graphs.to_networkx(bare).number_of_edges()
+
+
+def test_graphml_reads_back_whole_numbers_beyond_float_precision_and_the_synapse_order(tmp_path):
+    """from_networkx passed every column through float64 (2**63-1 came back as -2**63), and a
+    synapse-level file without a repeated node pair, read back as a DiGraph, lost the edge order."""
+    g = graphs.build(_conn(Cat()), "synapse")
+    keep = torch.unique(g.src * g.num_nodes + g.dst, return_inverse=True)[1]
+    first = torch.zeros(int(keep.max()) + 1, dtype=torch.long).scatter_reduce(
+        0, keep, torch.arange(keep.numel()), "amin", include_self=False)
+    one = torch.sort(first).values  # one synapse per node pair, in their order
+    g = dataclasses.replace(g, src=g.src[one], dst=g.dst[one], edge_attrs={k: v[one] for k, v in g.edge_attrs.items()})
+    big = torch.full((g.num_edges,), 2**53 + 1, dtype=torch.long)
+    big[0], big[1] = 2**63 - 1, -2**63
+    g.edge_attrs["big"] = big
+    graphs.write(g, tmp_path / "x.graphml")
+    G = nx.read_graphml(tmp_path / "x.graphml")
+    assert not G.is_multigraph()
+    back = graphs.from_networkx(G)
+    assert torch.equal(back.edge_attrs["big"], big)
+    assert torch.equal(back.src, g.src) and torch.equal(back.dst, g.dst)
