@@ -29,3 +29,24 @@ def test_the_reproduce_line_carries_the_options_that_shaped_the_table(tmp_path, 
                                       "--out", str(out), "--data-dir", str(MNIST.parent.parent), *extra])
     runpy.run_path(str(SCRIPT), run_name="__main__")
     assert f"Reproduce: `python recipes/benchmarks/{expect}" in out.read_text()
+
+
+@pytest.mark.skipif(not MNIST.is_file(), reason=f"shared MNIST absent at {MNIST} (always present on CI)")
+def test_the_reproduce_line_counts_only_the_runs_behind_the_table(tmp_path, monkeypatch):
+    """A results file shared between sections: the line counted every run with the same settings
+    (a 1-run table said 3 runs and 6 minutes)."""
+    import json
+
+    tag = "e12-b100-lr0.1-wd0.0005-u100"
+    rows = [{"key": f"{tag}|rigl|None/None|{d}|0", "holdout_acc": 0.9, "test_acc": 0.95, "seconds": 120.0}
+            for d in (0.1, 0.05, 0.02)]
+    res = tmp_path / "runs.jsonl"
+    res.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "table.md"
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--table_only", "--results", str(res), "--out", str(out),
+                                      "--data-dir", str(MNIST.parent.parent), "--densities", "0.1",
+                                      "--methods", "rigl", "--seeds", "0"])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    text = out.read_text()
+    assert "| RigL | 95.00" in text
+    assert "(1 runs, 2 minutes of run time" in text

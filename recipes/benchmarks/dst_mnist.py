@@ -369,7 +369,15 @@ def write_table(args, densities, methods, seeds, table, chosen, candidates, done
                 gaps.append(f"ours - {names.get(m, m)} >= 0.20 points (got {gap:+.3f}: {'met' if gap >= 0.2 else 'missed'})")
         lines += ["", f"Targets at 2%: ours >= 98.20 (got {100 * ours:.2f}: {'met' if ours >= 0.982 else 'missed'}); "
                   + "; ".join(gaps) + "."]
-    secs = [r["seconds"] for r in done.values() if r["key"].startswith(tag)]
+    # the runs behind this table: its rows and the choosing runs of its densities (a results file
+    # shared with other sections holds more runs with the same settings)
+    behind = {r.get("key", id(r)): r for rows in table.values() for r in rows}
+    for d in (d for d in densities if d in chosen):
+        for p, e in candidates:
+            k = f"{tag}|ours|{p}/{e}|{d}|{args.selection_seed}"
+            if k in done:
+                behind[k] = done[k]
+    secs = [r["seconds"] for r in behind.values()]
     given = "".join(f" {c}" for c in getattr(args, "changed", ())) + " --append" * bool(args.append)
     lines += ["", f"Reproduce: `python recipes/benchmarks/dst_mnist.py{given} --epochs {args.epochs} --seeds "
               f"{','.join(map(str, seeds))}` ({len(secs)} runs, {sum(secs) / 60:.0f} minutes of run time, each run "
