@@ -148,7 +148,7 @@ def _merged_unit_edges(src, dst, attrs, is_j, js, ss, cnt, ptr, n):
     Returns keys ``src * n + dst`` (distinct, in no particular order), float64 sums (``l2`` as a
     sum of squares) and the index of the first edge of each merged edge (its ``kind`` and ``layer``);
     None where the copies are better laid out at once (see :data:`PLAIN`)."""
-    names = [k for k in ("count", "l1", "utility", "l2") if k in attrs]
+    names = [k for k in _MERGED if k in attrs]
     eid = torch.arange(src.numel())
     fj = is_j[src] & (cnt[src] > 0)  # edges from a junction without sources have no copies
     direct = ~is_j[src]
@@ -199,6 +199,9 @@ def _merged_unit_edges(src, dst, attrs, is_j, js, ss, cnt, ptr, n):
     return torch.cat(keys), {k: torch.cat(v) for k, v in sums.items()}, torch.cat(firsts)
 
 
+_MERGED = ("count", "l1", "utility", "l2")  # edge attributes that merged copies add (l2 as a root of summed squares)
+
+
 def contract_junctions(g):
     """A copy of unit- or synapse-level graph ``g`` without junction nodes (see module docstring).
 
@@ -206,7 +209,11 @@ def contract_junctions(g):
     pairs and at most :data:`CHUNK` copies at once), not with the copies before merging: a
     transformer's LayerNorm feeds every channel from every channel of the residual stream, so the
     copies grow like width^3 x depth^2 while the merged edges grow like width^2 x depth^2. The
-    synapse level keeps every copy, so its size is the copies'."""
+    synapse level keeps every copy, so its size is the copies'.
+
+    Merged values are summed in float64, grouped first, so in another order than copy by copy: cast
+    back to float32 they can differ from an edge-by-edge sum by one rounding where the values span
+    more than float32's 24 bits (the grouped sum is then the correctly rounded one)."""
     from .graph import ConnectomeGraph, _annotate, _edge_ptr
 
     if g.level == "layer":
@@ -216,6 +223,11 @@ def contract_junctions(g):
     n = g.num_nodes
     if not bool(is_j.any()):
         return g
+    extra = sorted(set(g.edge_attrs) - set(_MERGED) - {"kind", "layer"})
+    if g.level == "unit" and extra:
+        raise ValueError(f"contract_junctions: edge attribute(s) {extra} have no rule for merging the copies "
+                         f"that join the same two units (known: {', '.join(_MERGED)}, kind, layer); drop them "
+                         "before contracting and compute them on the contracted graph")
     js, ss = junction_sources(g)
     cnt = torch.bincount(js, minlength=n)
     ptr = torch.cat([torch.zeros(1, dtype=torch.long), cnt.cumsum(0)])
@@ -246,7 +258,7 @@ def contract_junctions(g):
                 starts[1:] = skey[1:] != skey[:-1]
                 first = order[starts]
                 merged = {k: attrs[k][first] for k in ("kind", "layer")}
-                for k in ("count", "l1", "utility", "l2"):
+                for k in _MERGED:
                     if k in attrs:
                         v = attrs[k][order].double()
                         v = v * v if k == "l2" else v

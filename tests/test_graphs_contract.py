@@ -257,3 +257,24 @@ def test_big_contractions_go_in_chunks(monkeypatch):
         _identical(contract.contract_junctions(g), ref)
     pairs = contract.junction_sources(g)[0].numel()  # laid out whole: as many as the (junction, source) pairs
     assert seen[0] <= max(1000 + 544, pairs)  # a chunk may run over by one target's copies (an out_proj unit: 32 x 17)
+
+
+def test_an_edge_attribute_without_a_merge_rule_is_refused_by_name():
+    import dataclasses
+
+    import graphs as gr
+    from graphs.contract import contract_junctions
+
+    class Res(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.c(h + self.b(h))
+
+    g = gr.build(model=Res(), level="unit", example_input=torch.randn(1, 4))
+    g = dataclasses.replace(g, edge_attrs={**g.edge_attrs, "note": torch.zeros(g.num_edges)})
+    with pytest.raises(ValueError, match=r"\['note'\] have no rule"):
+        contract_junctions(g)
