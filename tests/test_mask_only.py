@@ -157,16 +157,20 @@ def test_best_climbs_the_ladder_and_keeps_the_best_rung(patience):
     assert total - r.conn.num_live() == snap.removed and changed_weights(r.conn) == 0
 
 
-def test_best_keeps_the_dense_network_when_no_rung_beats_it():
-    m = tiny()
-    before = copy.deepcopy(m.state_dict())
-    tr, ho = loaders()
-    # a holdout the pretrained net gets right and where removing half its weights cannot help
+def _own_answers(m, ho):
+    """``ho``'s images labelled with ``m``'s own predictions: a holdout the network gets all right."""
     with torch.no_grad():
         x = torch.cat([xb for xb, _ in ho])
         y = m.eval()(x).argmax(1)
     m.train()
-    ho_own = DataLoader(TensorDataset(x, y), batch_size=16)
+    return DataLoader(TensorDataset(x, y), batch_size=16)
+
+
+def test_best_keeps_the_dense_network_when_no_rung_beats_it():
+    m = tiny()
+    before = copy.deepcopy(m.state_dict())
+    tr, ho = loaders()
+    ho_own = _own_answers(m, ho)  # where removing half its weights cannot help
     r = optimize_connectome(m, tr, ho_own, "best", passes=0.5, ladder=(0.5, 0.9), patience=2, progress=False)
     assert r.snapshots["best"].removed == 0 and r.snapshots["best"].holdout_acc == 1.0
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
@@ -177,11 +181,7 @@ def test_threshold_mode_keeps_the_earlier_candidate_on_a_tie():
     gained nothing, so the dense network stays (it kept the pruned one; a ladder never did)."""
     m = tiny()
     tr, ho = loaders()
-    with torch.no_grad():
-        x = torch.cat([xb for xb, _ in ho])
-        y = m.eval()(x).argmax(1)
-    m.train()
-    ho_own = DataLoader(TensorDataset(x, y), batch_size=16)
+    ho_own = _own_answers(m, ho)
     r = optimize_connectome(m, tr, ho_own, "best", passes=1.0, ladder=(), eval_every=0, progress=False)
     ends = [h for h in r.history if h["kind"] == "eval" and h["stage"] >= 0]
     assert ends and ends[-1]["removed"] > 0 and ends[-1]["holdout_acc"] == 1.0  # a tie with the dense network
