@@ -167,8 +167,8 @@ def _open_text(path):
 def write_graphml(g, path, chunk: int | None = None):
     """GraphML written straight from the graph's columns, ``chunk`` edges (default
     :data:`GRAPHML_CHUNK`) formatted and written at a time, so memory stays bounded by the chunk
-    (nx.write_graphml of to_networkx(g, flat=True) built the networkx graph, then the whole XML tree:
-    about 4 KB and 70 us an edge). ``nx.read_graphml`` reads the file back to the graph it read from
+    (nx.write_graphml of to_networkx(g, flat=True) built the networkx graph, then the whole XML tree,
+    so its memory grew with the edges). ``nx.read_graphml`` reads the file back to the graph it read from
     networkx's file: the same node ids, attributes and their types (``long``,
     ``double``, ``boolean``, ``string``), graph attributes ``level`` and ``header``, edges in the same
     order, numbered by ``id`` at the synapse level (a MultiDiGraph), one edge per node pair otherwise

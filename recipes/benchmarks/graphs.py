@@ -183,9 +183,8 @@ def contract_table(rows, threads) -> list:
         "torchvision VisionTransformer, 32x32 input, patch 8, 2 heads, MLP 2 x width, every synapse live, unit "
         "level; each row in a fresh process. `old` is the implementation before the merge-while-expanding "
         "one (it laid out one copy of each edge leaving a junction per source of that junction, then "
-        "merged: a LayerNorm's statistics junction makes width^3 x depth^2 copies; width 128 and 2 layers: "
-        "55M copies, 22.8 s and 6.47 GB peak on this machine; width 64 and 8 layers: 43 s and 10.2 GB "
-        "on another; vit_b_16 was killed at 24 GB). peak = "
+        "merged: a LayerNorm's statistics junction makes width^3 x depth^2 copies, so it runs only on the "
+        "smallest widths here). peak = "
         "the process's maximum resident memory; before = after building the unit graph. "
         f"{threads} torch thread(s).",
         "",
