@@ -452,12 +452,18 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="mobilenet unit level and a short compaction run only")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=21)
-    p.add_argument("--out", default=os.path.join(HERE, "results", "graphs.md"))
+    p.add_argument("--out", default=None,
+                   help="the table's file (default results/graphs.md; results/graphs_contract.md with --only-contract)")
     p.add_argument("--skip-graphs", action="store_true", help="only the compaction part")
     p.add_argument("--skip-compaction", action="store_true", help="only the graph part (building, converting, writing)")
     p.add_argument("--only-contract", action="store_true",
                    help="only the junction contraction part, written to results/graphs_contract.md")
     a = p.parse_args(argv)
+    if a.skip_graphs and a.skip_compaction:
+        p.error("--skip-graphs and --skip-compaction together leave nothing to run: give one of them")
+    if a.only_contract and (a.skip_graphs or a.skip_compaction):
+        p.error("--only-contract runs the junction contraction part alone: drop --skip-graphs/--skip-compaction")
+    a.out = a.out or os.path.join(HERE, "results", "graphs_contract.md" if a.only_contract else "graphs.md")
     cmdline = "python recipes/benchmarks/graphs.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
     if a.only_contract:
         print("contracting junctions:")
@@ -469,7 +475,7 @@ def main(argv=None):
         print(text)
         from adaptive.atomic import write_text
 
-        write_text(os.path.join(HERE, "results", "graphs_contract.md"), text)
+        write_text(a.out, text)
         return
     archs = ["mobilenet_v3_large"] if a.quick else ["resnet50", "mobilenet_v3_large"]
     levels = ["unit"] if a.quick else ["layer", "unit", "synapse"]
