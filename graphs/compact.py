@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from adaptive.connectome import _uncompiled
 from adaptive.discovery import copy_model
 
 from . import ops
@@ -287,6 +288,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
         raise ValueError(f"align must be a positive integer, got {align!r}")
     from .trace import default_example_input
 
+    model = _uncompiled(model)  # a torch.compile wrapper: the module it runs, under the names conn uses
     if example_input is None:
         example_input = default_example_input(model)[0]
     src = copy_model(model, "graphs.compact").eval()

@@ -599,3 +599,20 @@ def test_a_model_torch_cannot_copy_is_refused_with_the_fix_named():
         knowledge_distribution(m, data, data, counts=[0, 10])
     torch.nn.utils.remove_weight_norm(m[0])  # the fix the message names works
     graphs.compact(m, adaptive.Connectome(m), example_input=torch.randn(2, 12))
+
+
+def test_compact_takes_a_torch_compile_wrapper_as_connectome_does():
+    """Connectome(torch.compile(m)) names weights as the plain module does; compact(torch.compile(m),
+    conn) looked the connectome's names up in the wrapper's ``_orig_mod.``-prefixed ones and raised a
+    bare KeyError."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["0.weight"][[1, 3]] = False  # two hidden units with no input: their constant bias folds on
+    conn.set_masks(masks)
+    x = torch.randn(4, 6)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(torch.compile(m), conn, x)
+    assert small.compaction["removed"] == {"0": 2, "2": 0}
+    assert torch.allclose(small(x), ref, atol=1e-5)
