@@ -658,3 +658,28 @@ def test_edge_popup_refuses_two_targets_of_one_count():
     tr, ho = loaders()
     with pytest.raises(ValueError, match="both remove 25 synapses"):
         edge_popup(m, tr, ho, [0.1, 25], passes=0.1, progress=False)
+
+
+def test_edge_popup_leaves_out_non_finite_batches_as_the_controller_does():
+    """A NaN in the training data made every score NaN (Adam steps by NaN) and the top-k arbitrary;
+    edge-popup ran on and reported held-out figures of a mask picked by NaN comparisons (58% of the
+    clean run's masks). Such a batch is now left out and another drawn in its place, with a warning,
+    as the controller does; a whole pass of them in a row is refused, the model given its original
+    weights back."""
+    (x, y), ho = loaders()[0].dataset.tensors, loaders()[1]
+    x = x.clone()
+    x[5] = float("nan")  # batch 0 of 6; six steps learn from batches 1-5 and 1 again
+    with pytest.warns(UserWarning, match="left out 2 training batch"):
+        conn, snaps = edge_popup(tiny(), DataLoader(TensorDataset(x, y), batch_size=16), ho, [0.3], passes=1.0,
+                                 progress=False)
+    _, clean = edge_popup(tiny(), DataLoader(TensorDataset(x[16:], y[16:]), batch_size=16), ho, [0.3], passes=1.2,
+                          progress=False)  # the same six batches, without the NaN one
+    assert snaps["0.3"]["removed"] == resolve_target(0.3, conn.num_synapses())
+    assert all(torch.equal(snaps["0.3"]["masks"][n], clean["0.3"]["masks"][n]) for n in conn.names)
+    m = tiny()
+    before = copy.deepcopy(m.state_dict())
+    x[:] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf on 6 batches in a row .a whole pass. at target 0.3"):
+        edge_popup(m, DataLoader(TensorDataset(x, y), batch_size=16), ho, [0.3], passes=1.0, progress=False)
+    sd = m.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in before.items())

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..connectome import Connectome
 from ..data.cycle import LoaderCycle
+from ..warn import warn_user
 from ..mask_only import _check_loader, _labels, _model_device, _to_device, evaluate, mask_learning, resolve_target
 
 
@@ -63,7 +64,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     scores = {n: (o.abs() / o.pow(2).mean().sqrt().clamp_min(1e-12)).float().clone().requires_grad_(True)
               for n, o in conn.original.items()}
     steps = max(1, int(math.ceil(passes * n_train - 1e-9)))
-    snaps = {}
+    snaps, skipped = {}, 0
     it, device = LoaderCycle(train_loader), _model_device(model)
     t_cpu, t_wall = time.process_time(), time.time()
     from tqdm.auto import tqdm
@@ -76,10 +77,21 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
             for _ in range(steps):
                 conn.set_masks(_topk_masks({n: s.detach() for n, s in scores.items()}, keep))
-                x, y = _to_device(next(it), device)
-                for p in conn.params.values():
-                    p.grad = None
-                loss_fn(model(x), y).backward()
+                in_a_row = 0
+                while True:  # as the controller does: a batch with a non-finite loss is left out, another drawn
+                    x, y = _to_device(next(it), device)  # (NaN gradients would make every score NaN, top-k arbitrary)
+                    for p in conn.params.values():
+                        p.grad = None
+                    loss = loss_fn(model(x), y)
+                    if torch.isfinite(loss):
+                        break
+                    skipped, in_a_row = skipped + 1, in_a_row + 1
+                    if in_a_row >= n_train:
+                        raise ValueError(
+                            f"edge-popup's training loss was NaN or inf on {in_a_row} batches in a row (a whole pass) at "
+                            f"target {label}: check the training data for NaN or inf, and that loss_fn takes "
+                            "(logits, labels)")
+                loss.backward()
                 with torch.no_grad():
                     for n, s in scores.items():
                         s.grad = conn.params[n].grad * conn.original[n]  # straight through the top-k
@@ -94,4 +106,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                             "holdout_loss": hl, "holdout_acc": ha,
                             "cpu_seconds": time.process_time() - t_cpu, "wall_seconds": time.time() - t_wall}
         bar.close()
+    if skipped:
+        warn_user(f"edge-popup left out {skipped} training batch(es) whose loss was NaN or inf and drew others in their "
+                  "place (no score learned from them); check the training data for NaN or inf")
     return conn, snaps
