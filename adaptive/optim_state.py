@@ -1,7 +1,10 @@
 """Optimizer-state repair: moments at pruned and regrown positions are reset, so momentum,
 weight decay and Adam's averages can neither revive a pruned synapse nor push a regrown one with
 stale history. Works for any optimizer whose per-parameter state holds tensors shaped like the
-parameter (SGD momentum buffers, Adam/AdamW moments, RMSprop, Adagrad, ...): no isinstance chain."""
+parameter (SGD momentum buffers, Adam/AdamW moments, RMSprop, Adagrad, ...): no isinstance chain.
+L-BFGS is the exception: it keeps its history as vectors over all its parameters at once, whose
+curvature pairs cannot be repaired position by position, so an edit that leaves any of it at a
+pruned position restarts that history (as a fresh L-BFGS would start)."""
 from __future__ import annotations
 
 import functools
@@ -26,12 +29,45 @@ def unwrap_optimizer(optimizer):
 @torch.no_grad()
 def reset_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, where: torch.Tensor) -> None:
     """Zero every parameter-shaped state tensor of ``param`` at the positions ``where`` (bool)."""
+    if isinstance(optimizer, torch.optim.LBFGS):
+        _reset_lbfgs(optimizer, param, where)
+        return
     state = optimizer.state.get(param)
     if not state:
         return
     for key, v in state.items():
         if isinstance(v, torch.Tensor) and v.shape == param.shape and v.is_floating_point():
             v.masked_fill_(where.to(v.device), _fresh_value(optimizer, param, key))
+
+
+_LBFGS_VECTORS = ("d", "prev_flat_grad")
+_LBFGS_LISTS = ("old_dirs", "old_stps")
+
+
+def _reset_lbfgs(optimizer: torch.optim.LBFGS, param: torch.Tensor, where: torch.Tensor) -> None:
+    """L-BFGS keeps, under its first parameter, flat vectors over all its parameters: the last
+    direction ``d``, the last gradient and the curvature pairs (``old_dirs``, ``old_stps``). With
+    masked gradients these stay 0.0 at pruned positions; after an edit the newly pruned positions
+    carry the old values, which bend every later direction (a run diverged to NaN in five steps).
+    Zeroing them there would break the pairs' curvature condition, so the history restarts."""
+    params = optimizer._params
+    state = optimizer.state.get(params[0])
+    if not state:
+        return
+    offset = 0
+    for p in params:
+        if p is param:
+            break
+        offset += p.numel() * (2 if torch.is_complex(p) else 1)  # LBFGS views complex numbers as pairs of reals
+    else:
+        return  # not one of this optimizer's parameters
+    flat = [state.get(k) for k in _LBFGS_VECTORS] + [v for k in _LBFGS_LISTS for v in state.get(k, [])]
+    flat = [v for v in flat if isinstance(v, torch.Tensor)]
+    if torch.is_complex(param):  # its pairs of reals: a position holds two entries
+        where = torch.view_as_real(torch.zeros_like(param)).ne(0) | where.unsqueeze(-1)
+    pos = where.reshape(-1).to(flat[0].device) if flat else where.reshape(-1)
+    if any(v.numel() < offset + pos.numel() or v[offset: offset + pos.numel()][pos].any() for v in flat):
+        optimizer.state.pop(params[0], None)  # the next step starts afresh (its first, cautious step size)
 
 
 def _fresh_value(optimizer, param, key) -> float:
@@ -55,6 +91,10 @@ def snapshot_state(optimizers, params) -> list:
     for opt in optimizers:
         if opt is None:
             continue
+        if isinstance(opt, torch.optim.LBFGS):  # its whole history, which an edit may drop (see _reset_lbfgs):
+            first = opt._params[0]               # dropped, not changed in place, so a reference keeps it
+            saved.append((opt, first, None, opt.state.get(first)))
+            continue
         for p in params:
             for key, v in (opt.state.get(p) or {}).items():
                 if isinstance(v, torch.Tensor) and v.shape == p.shape and v.is_floating_point():
@@ -65,6 +105,11 @@ def snapshot_state(optimizers, params) -> list:
 @torch.no_grad()
 def restore_state(saved: list) -> None:
     for opt, p, key, v in saved:
+        if key is None:  # L-BFGS's whole history, as it was
+            opt.state.pop(p, None)
+            if v is not None:
+                opt.state[p] = v
+            continue
         now = (opt.state.get(p) or {}).get(key)
         if isinstance(now, torch.Tensor) and now.shape == v.shape:
             now.copy_(v)

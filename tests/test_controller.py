@@ -212,6 +212,42 @@ def test_regrown_weights_and_moments_are_zero():
         assert checked > 0
 
 
+def test_lbfgs_history_holds_nothing_at_pruned_positions_after_an_edit():
+    """L-BFGS keeps flat history vectors under its first parameter, which the per-parameter repair
+    never reached: after each edit its direction and curvature pairs still held values at the
+    newly pruned positions, and a run of set edits diverged to NaN within five steps."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.Flatten(),
+                          nn.Linear(8 * 4 * 4, 3))
+    x, y = torch.randn(2, 4, 8, 8), torch.randint(0, 3, (2,), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=4)
+    conn = adaptive.Connectome(model)
+    adaptive.Controller(conn, opt, policy="set", density=0.5, budget="uniform", update_every=2, end_step=10, seed=0)
+    params = opt._params
+    edits = []
+    conn.add_edit_listener(lambda ch: edits.append(1))
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    checked = 0
+    for _ in range(10):
+        before = len(edits)
+        opt.step(closure)
+        pruned = torch.cat([(~conn.masks[n]).reshape(-1) if n in conn.masks else torch.zeros(p.numel(), dtype=torch.bool)
+                            for n, p in zip(dict(model.named_parameters()), params)])
+        state = opt.state.get(params[0]) or {}
+        flat = [state[k] for k in ("d", "prev_flat_grad") if k in state] + state.get("old_dirs", []) + state.get("old_stps", [])
+        assert all(not v[pruned].any() for v in flat)
+        checked += len(edits) > before
+    assert checked >= 3
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert closure().item() < 1.0
+
+
 def test_mask_only_restoration_bit_exact():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3))
