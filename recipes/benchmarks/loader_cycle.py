@@ -1,0 +1,180 @@
+"""Per-batch cost of :class:`adaptive.data.cycle.LoaderCycle` against iterating the loader itself.
+
+Every training loop of the library (the controller's recipes, ``optimize_connectome``, the
+edge-popup baseline) draws its batches through a ``LoaderCycle``, which copies the random states
+(torch, Python, NumPy, the loader's generators) before each batch request, so that a checkpoint can
+replay the exact batches (see the module's docstring). This benchmark times that bookkeeping where it
+is paid, side by side in one process:
+
+- ``plain``: ``next()`` on the loader's own iterator, a new one at the end of each pass;
+- ``LoaderCycle``: ``next()`` on a ``LoaderCycle`` over the same loader;
+- the random-state copy alone (``_capture``), the part LoaderCycle adds per batch;
+- a reference step: forward and backward of LeNet-300-100 on one batch of 128 MNIST-sized inputs
+  (the smallest network the recipes train; any larger one makes the overhead smaller still).
+
+Loaders (synthetic tensors, MNIST-sized, batch 128, shuffled): a plain ``DataLoader``, and the same
+prepared by Accelerate (a single process here), which reads one batch ahead. The variants run
+interleaved, the order rotating every round, and the table reports medians over rounds.
+
+    python recipes/benchmarks/loader_cycle.py            # about a minute
+    python recipes/benchmarks/loader_cycle.py --quick    # a smoke run
+Writes recipes/benchmarks/results/loader_cycle.md (``--out`` to write elsewhere).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from adaptive.atomic import write_text  # noqa: E402
+from adaptive.data.cycle import LoaderCycle, _capture  # noqa: E402
+from adaptive.models import build_model  # noqa: E402
+
+RESULTS = ROOT / "recipes" / "benchmarks" / "results" / "loader_cycle.md"
+
+
+class _Plain:
+    """The loader's own iterator, restarted at the end of each pass (what a loop without resume does)."""
+
+    def __init__(self, loader):
+        self.loader, self.it = loader, iter(loader)
+
+    def __next__(self):
+        try:
+            return next(self.it)
+        except StopIteration:
+            self.it = iter(self.loader)
+            return next(self.it)
+
+
+def _loaders(n: int, batch: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    ds = TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+    out = {"DataLoader": lambda: DataLoader(ds, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(1))}
+    try:
+        from accelerate import Accelerator
+
+        acc = Accelerator(cpu=True)
+        out["Accelerate-prepared"] = lambda: acc.prepare(DataLoader(ds, batch_size=batch, shuffle=True))
+    except ImportError:  # accelerate is a dependency of the project; tolerate its absence in a bare env
+        pass
+    return out
+
+
+def _time_batches(source, k: int) -> float:
+    """Seconds per batch over ``k`` batches drawn from ``source`` (its first batch already drawn)."""
+    t = time.perf_counter()
+    for _ in range(k):
+        next(source)
+    return (time.perf_counter() - t) / k
+
+
+def _time_capture(loader, k: int) -> float:
+    t = time.perf_counter()
+    for _ in range(k):
+        _capture(loader)
+    return (time.perf_counter() - t) / k
+
+
+def _time_step(model, x, y, k: int) -> float:
+    t = time.perf_counter()
+    for _ in range(k):
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+    return (time.perf_counter() - t) / k
+
+
+def run(rounds: int, batches: int, n: int, batch: int) -> tuple:
+    torch.manual_seed(0)
+    model = build_model("lenet300")
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    _time_step(model, x, y, 3)  # warm-up
+    step = statistics.median(_time_step(model, x, y, batches) for _ in range(rounds))
+    rows = []
+    for name, make in _loaders(n, batch).items():
+        loader = make()
+        sources = {"plain": _Plain(loader), "LoaderCycle": LoaderCycle(loader)}
+        for s in sources.values():
+            next(s)  # start the worker-free iterators before timing
+        times = {k: [] for k in sources}
+        times["capture"], ratios, added = [], [], []
+        for r in range(rounds):
+            order = list(sources)[r % 2:] + list(sources)[: r % 2]
+            got = {}
+            for k in order:
+                got[k] = _time_batches(sources[k], batches)
+                times[k].append(got[k])
+            times["capture"].append(_time_capture(loader, batches))
+            ratios.append(got["LoaderCycle"] / got["plain"])
+            added.append(got["LoaderCycle"] - got["plain"])
+        med = {k: statistics.median(v) for k, v in times.items()}
+        rows.append({"loader": name, "plain_us": med["plain"] * 1e6, "cycle_us": med["LoaderCycle"] * 1e6,
+                     "extra_us": statistics.median(added) * 1e6, "capture_us": med["capture"] * 1e6,
+                     "ratio": statistics.median(ratios), "step_ms": step * 1e3,
+                     "of_step": statistics.median(added) / step})
+    return rows, step
+
+
+def table(rows, args, seconds: float) -> str:
+    lines = [
+        "# LoaderCycle: per-batch cost against iterating the loader itself",
+        "",
+        "Generated by `python recipes/benchmarks/loader_cycle.py"
+        + (" --quick" if args.quick else "") + "` (do not edit by hand).",
+        f"Synthetic MNIST-sized tensors ({args.n:,} examples), batch {args.batch}, shuffled; medians over "
+        f"{args.rounds} interleaved rounds of {args.batches} batches. 'added' is LoaderCycle minus plain and the ratio LoaderCycle / plain, each taken within a round (median over rounds), so it need not equal the difference of the medians on a loaded machine; "
+        "'random-state copy' times the copy LoaderCycle takes before each request on its own. The reference "
+        "step is LeNet-300-100's forward and backward on one batch.",
+        "",
+        "| loader | plain µs/batch | LoaderCycle µs/batch | added µs/batch | random-state copy µs | "
+        "LoaderCycle / plain | reference step ms | added / step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['loader']} | {r['plain_us']:.1f} | {r['cycle_us']:.1f} | {r['extra_us']:.1f} | "
+                     f"{r['capture_us']:.1f} | {r['ratio']:.2f} | {r['step_ms']:.2f} | {100 * r['of_step']:.1f}% |")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines += ["", f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} thread(s), CPU; "
+              f"load average at the end {load:.1f} on {os.cpu_count()} cores; {seconds:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 3 rounds of 20 batches")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
+    ap.add_argument("--batches", type=int, default=200, help="batches per variant per round (default 200)")
+    ap.add_argument("--n", type=int, default=60000, help="examples in the synthetic dataset (default 60000)")
+    ap.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help=f"where to write the table (default {RESULTS})")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.batches, args.n = 3, 20, 4096
+    for opt in ("rounds", "batches", "n", "batch", "threads"):
+        if getattr(args, opt) < 1:
+            ap.error(f"--{opt} must be a positive integer, got {getattr(args, opt)}")
+    if args.n < args.batch:
+        ap.error(f"--n ({args.n}) must hold at least one batch of --batch {args.batch}")
+    torch.set_num_threads(args.threads)
+    t = time.time()
+    rows, _ = run(args.rounds, args.batches, args.n, args.batch)
+    text = table(rows, args, time.time() - t)
+    print(text)
+    write_text(args.out, text)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""recipes/benchmarks/loader_cycle.py: a smoke run writes its table where --out says, with the
+figures it measured; bad option values are refused before any work."""
+import runpy
+
+import pytest
+
+import adaptive.paths as paths
+
+SCRIPT = paths.REPO_ROOT / "recipes" / "benchmarks" / "loader_cycle.py"
+
+
+def test_quick_run_writes_the_measured_table(tmp_path):
+    main = runpy.run_path(str(SCRIPT))["main"]
+    out = tmp_path / "lc.md"
+    main(["--quick", "--rounds", "2", "--batches", "4", "--n", "512", "--batch", "64", "--out", str(out)])
+    rows = [l.split("|")[1:-1] for l in out.read_text().splitlines() if l.startswith("| ") and "µs" not in l]
+    assert [r[0].strip() for r in rows] == ["DataLoader", "Accelerate-prepared"]
+    for r in rows:
+        plain, cycle, added, capture = (float(c) for c in r[1:5])
+        assert plain > 0 and cycle > 0 and capture > 0
+        assert abs(added) < cycle  # a per-round difference of the two columns
+        assert float(r[6]) > 0  # the reference step was timed
+
+
+@pytest.mark.parametrize("argv, match", [(["--rounds", "0"], "--rounds must be a positive integer"),
+                                         (["--n", "10", "--batch", "64"], "must hold at least one batch")])
+def test_bad_options_are_refused(argv, match, capsys):
+    main = runpy.run_path(str(SCRIPT))["main"]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and match in capsys.readouterr().err
