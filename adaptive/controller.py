@@ -774,6 +774,8 @@ class Controller:
             "policy": self.policy.state_dict(),
             "estimators": self._estimator_states(),
             "nonfinite_windows": self.nonfinite_windows,
+            "policy_name": self.policy.name,
+            "estimator_names": {side: est.name for side, est in self._estimators().items()},
         }
 
     def _estimators(self) -> Dict[str, object]:
@@ -784,6 +786,25 @@ class Controller:
 
     def _estimator_states(self) -> dict:
         return {side: est.state_dict() for side, est in self._estimators().items()}
+
+    def _check_state_kinds(self, sd: dict) -> None:
+        """Refuse, before anything loads, the state of a controller with another policy or estimator:
+        what a policy keeps (boundaries, goals, a done flag) means nothing to another, which would
+        take the entries it knows and silently go on from its own defaults. (States saved before
+        the names were recorded are taken as they are.)"""
+        saved = sd.get("policy_name")
+        if saved is not None and saved != self.policy.name:
+            raise ValueError(f"this controller state was saved by a controller with policy={saved!r}, and this one "
+                             f"runs policy={self.policy.name!r}: build the controller with policy={saved!r} (and its "
+                             "other settings) to resume that run, or start this one without loading it")
+        names = {side: est.name for side, est in self._estimators().items()}
+        for side, name in (sd.get("estimator_names") or {}).items():
+            mine = names.get(side, names["drop"])  # one estimator for both sides here, two there
+            if name != mine:
+                what = "drop_by" if side == "drop" else "grow_by"
+                raise ValueError(f"this controller state was saved with another estimator, {what}={name!r}, and this one uses "
+                                 f"{what}={mine!r}: build it with {what}={name!r} to resume that run, or start this "
+                                 "one without loading it")
 
     def _check_state_shapes(self, sd: dict) -> None:
         """Refuse, before anything loads, a state whose per-layer tensors do not fit this connectome
@@ -811,6 +832,7 @@ class Controller:
         if not isinstance(sd, dict) or "step_count" not in sd:
             raise ValueError("not a controller state_dict: it has no 'step_count' entry")
         self._check_state_shapes(sd)
+        self._check_state_kinds(sd)
         states = sd.get("estimators") or {}
         for side, est in self._estimators().items():  # first: a mismatch raises before anything changes
             est.load_state_dict(states.get(side) or {})

@@ -57,8 +57,9 @@ def _sparse_ctrl(policy, **kw):
     m = tiny()
     conn = adaptive.Connectome(m)
     kw.setdefault("edit_fraction", 0.5)
+    kw.setdefault("budget", "uniform")
     ctrl = adaptive.Controller(
-        conn, policy=policy, density=0.5, budget="uniform", init="magnitude", update_every=1,
+        conn, policy=policy, density=0.5, init="magnitude", update_every=1,
         edit_decay="constant", seed=3, **kw,
     )
     return m, conn, ctrl
@@ -404,6 +405,34 @@ def test_estimator_refuses_a_foreign_state(saved, loading):
     with pytest.raises(ValueError, match="another estimator"):
         ctrl2.load_state_dict(sd)
     assert ctrl2.step_count == 0 and ctrl2.drop_est.state_dict() in ({}, get_estimator(loading).state_dict())
+
+
+@pytest.mark.parametrize("saved, loading, match", [
+    (("utility", {}), ("rigl", {}), "policy='utility', and this one runs policy='rigl'"),
+    (("set", {}), ("gmp", {"end_step": 10}), "policy='set', and this one runs policy='gmp'"),
+    (("threshold", {"budget": "global"}), ("set", {}), "policy='threshold', and this one runs policy='set'"),
+    (("utility", {"estimator": "taylor"}), ("utility", {"estimator": "magnitude"}),
+     "another estimator, drop_by='taylor', and this one uses drop_by='magnitude'"),
+])
+def test_a_controller_refuses_the_state_of_another_policy_or_estimator(saved, loading, match):
+    """A controller took the state of one with another policy: each policy reads the entries it
+    knows (with defaults for the rest), so a threshold controller went on from a SET run's state,
+    with its own boundaries, and said nothing."""
+    m, conn, ctrl = _sparse_ctrl(saved[0], **saved[1])
+    for _ in range(2):
+        set_grad(m, torch.randn(2, 4))
+        ctrl.observe()
+        ctrl.step()
+    sd = ctrl.state_dict()
+    m2, conn2, ctrl2 = _sparse_ctrl(loading[0], **loading[1])
+    before = (ctrl2.policy.state_dict(), conn2.mask_hash())
+    with pytest.raises(ValueError, match=match.replace("(", r"\(")):
+        ctrl2.load_state_dict(sd)
+    assert ctrl2.step_count == 0 and (ctrl2.policy.state_dict(), conn2.mask_hash()) == before
+    legacy = {k: v for k, v in sd.items() if k not in ("policy_name", "estimator_names")}
+    if saved == loading:  # a state saved before the names were recorded is taken as it is
+        ctrl2.load_state_dict(legacy)
+        assert ctrl2.step_count == 2
 
 
 @pytest.mark.parametrize(
