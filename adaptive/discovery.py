@@ -5,7 +5,7 @@ included) or of a MultiheadAttention's input projections (``in_proj_weight``, or
 ``k_proj_weight`` and ``v_proj_weight`` when keys and values have their own sizes; its
 ``out_proj`` is a Linear) or of a recurrent layer's matrices (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``:
 ``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``). Complex-valued weights are not synapses (they stay
-dense, named in a warning), nor are weights a parametrization or ``weight_norm`` computes. Biases, normalisation parameters and embeddings are not synapses, but a Linear tied to an
+dense, named in a warning), nor are weights a parametrization or ``weight_norm`` computes, or that ``torch.nn.utils.prune`` masks (a warning names ``prune.remove``). Biases, normalisation parameters and embeddings are not synapses, but a Linear tied to an
 embedding (``head.weight = emb.weight``) holds synapses, so pruning it zeroes entries of the
 embedding table: the Connectome warns about any synapse weight that a non-synapse module also
 holds (:func:`shared_weight_warning`), naming ``exclude=`` to keep it dense. A weight shared by
@@ -24,6 +24,7 @@ from typing import Dict, Iterable, Optional, Sequence
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils import prune as torch_prune
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 from .warn import warn_user
@@ -39,6 +40,29 @@ def weight_hooks(module: nn.Module) -> Dict[str, object]:
     ``torch.nn.utils.weight_norm`` or ``torch.nn.utils.spectral_norm`` recomputes before every call
     (from ``NAME_g`` and ``NAME_v``, or from ``NAME_orig``); the weight itself is then a plain tensor."""
     return {h.name: h for h in module._forward_pre_hooks.values() if isinstance(h, (WeightNorm, SpectralNorm))}
+
+
+def pruning_hooks(module: nn.Module) -> Dict[str, object]:
+    """``{weight attribute: hook}`` for each weight of ``module`` that ``torch.nn.utils.prune`` masks:
+    it holds ``NAME_orig`` (a parameter) and ``NAME_mask`` (a buffer) and recomputes ``NAME`` as their
+    product before every call, so ``NAME`` itself is a plain tensor."""
+    return {h._tensor_name: h for h in module._forward_pre_hooks.values()
+            if isinstance(h, torch_prune.BasePruningMethod)}
+
+
+def _pruned_message(pruned: Sequence[tuple], include: str) -> str:
+    """Why the weights that ``torch.nn.utils.prune`` masks (``(module name, attribute)`` pairs) hold no
+    synapses, and how ``include`` them (the end of a sentence, e.g. "to include them")."""
+    mname, attr = pruned[0]
+    name = f"{mname}.{attr}" if mname else attr
+    a = attr if all(x == attr for _, x in pruned) else "NAME"
+    return (f"{_listed([f'{m}.{x}' if m else x for m, x in pruned])} are masked by torch.nn.utils.prune: each is "
+            f"recomputed from {a}_orig * {a}_mask at every call, so it holds no synapses of the connectome. "
+            f"{include[0].upper()}{include[1:]}, call torch.nn.utils.prune.remove(module, {a!r}) on each of those "
+            f"modules first (here torch.nn.utils.prune.remove(model.get_submodule({mname!r}), {attr!r})): it makes "
+            f"the pruning permanent (the weight becomes a parameter, zero where it was pruned) and drops {a}_mask. "
+            f"To keep that mask as the connectome's, save mask = module.{attr}_mask.bool() before prune.remove and "
+            f"pass it to conn.set_masks({{{name!r}: mask}}) once the Connectome is built")
 
 
 def copy_model(model: nn.Module, purpose: str) -> nn.Module:
@@ -70,8 +94,11 @@ def _prunable_weights(module: nn.Module):
         kind = "linear" if isinstance(module, nn.Linear) else _CONV_KIND[next(c for c in _CONV_KIND if isinstance(module, c))]
         return [("weight", kind, int(getattr(module, "groups", 1)))]
     if isinstance(module, nn.MultiheadAttention):
-        # a projection of the input to queries, keys or values: a Linear without the module
-        return [(a, "linear", 1) for a in ATTENTION_WEIGHTS if isinstance(getattr(module, a, None), nn.Parameter)]
+        # a projection of the input to queries, keys or values: a Linear without the module (a plain
+        # tensor where torch.nn.utils.prune masks it, which discover names)
+        masked = pruning_hooks(module)
+        return [(a, "linear", 1) for a in ATTENTION_WEIGHTS
+                if isinstance(getattr(module, a, None), nn.Parameter) or a in masked]
     if isinstance(module, nn.RNNBase):
         # weight_ih_l{k}[_reverse] (gates x input), weight_hh_l{k}[_reverse] (gates x hidden) and an
         # LSTM's weight_hr_l{k}[_reverse] (projection x hidden): each a Linear's matrix
@@ -155,7 +182,7 @@ def discover(
     ``include``/``exclude`` are shell-style patterns (``fnmatch``) tested against both the module
     name and the parameter name, e.g. ``include="layer*"`` or ``exclude=["conv1", "fc"]``; a lazy
     layer they leave out may stay unmaterialised. Raises ValueError when nothing prunable is found
-    (naming the reparametrised or complex-valued layers that are there) or a pattern matches nothing.
+    (naming the reparametrised, torch.nn.utils.prune-masked or complex-valued layers that are there) or a pattern matches nothing.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
@@ -167,11 +194,12 @@ def discover(
     used_exc: set[str] = set()
     computed = []  # layers whose weight a parametrization computes (weight_norm, spectral_norm, ...)
     hooked = {}  # layers whose weight a forward hook computes (old-style weight_norm / spectral_norm): label -> hook
+    pruned = []  # (module name, attribute) of each weight torch.nn.utils.prune masks (weight_orig * weight_mask)
     hook_sources: set[int] = set()  # their weight_g/weight_v/weight_orig: explained by that warning, not the generic one
     complex_all, complex_ = [], []  # complex-valued weights (all; include/exclude keep): not synapses, left dense
     held = aliases(model)
     for mname, module in model.named_modules():
-        hooks = weight_hooks(module)
+        hooks, masked = weight_hooks(module), pruning_hooks(module)
         for attr, kind, groups in _prunable_weights(module):
             label = mname if attr == "weight" else f"{mname}.{attr}" if mname else attr
             if parametrize.is_parametrized(module, attr):
@@ -180,6 +208,12 @@ def discover(
             if attr in hooks:
                 hooked[label] = hooks[attr]
                 hook_sources.update(id(p) for p in _hook_sources(module, hooks[attr]))
+                continue
+            if attr in masked:
+                pruned.append((mname, attr))
+                orig = module._parameters.get(attr + "_orig")
+                if orig is not None:
+                    hook_sources.add(id(orig))
                 continue
             w = getattr(module, attr, None)
             if not isinstance(w, nn.Parameter):
@@ -227,6 +261,9 @@ def discover(
                 f"recomputed at every call, so it holds no synapses of the connectome and stays dense. To include them, "
                 f"call torch.nn.utils.remove_{fn}(module) first (or remove_{fn}(module, NAME) for a weight other "
                 "than 'weight')")
+    if pruned and candidates:
+        warn_user(f"{len(pruned)} weight(s) stay dense, outside the connectome: "
+                  f"{_pruned_message(pruned, 'to include them')}")
     if complex_ and candidates:
         warn_user(
             f"{len(complex_)} complex-valued weight(s) are not synapses of the connectome and stay dense: "
@@ -244,14 +281,19 @@ def discover(
                 f"{type(model).__name__} has no prunable layers: its only prunable weights are complex-valued "
                 f"({_listed(complex_all)}), and a Connectome prunes real (floating-point) weights only; to prune them, hold "
                 "their real and imaginary parts as real weights (two real layers)")
+        reasons = []
+        if pruned:
+            reasons.append(f"its weight(s) {_pruned_message(pruned, 'to build the Connectome')}")
         if computed or hooked:
-            raise ValueError(
-                f"{type(model).__name__} has no prunable layers: its layer(s) {_listed(computed + list(hooked))} are there, "
+            reasons.append(
+                f"its layer(s) {_listed(computed + list(hooked))} are there, "
                 "but their weights are reparametrised (weight_norm, spectral_norm or another parametrization) and "
                 "computed at every call, so they hold no synapses. Remove the reparametrisation before building the "
                 "Connectome: torch.nn.utils.remove_weight_norm(module) (or remove_spectral_norm) for "
                 "torch.nn.utils.weight_norm, torch.nn.utils.parametrize.remove_parametrizations(module, 'weight', "
                 "leave_parametrized=True) for a parametrization (parametrizations.weight_norm, orthogonal, ...)")
+        if reasons:
+            raise ValueError(f"{type(model).__name__} has no prunable layers: " + "; and ".join(reasons))
         raise ValueError(
             f"{type(model).__name__} has no prunable layers: a Connectome needs at least one nn.Linear, "
             f"nn.Conv1d/2d/3d, nn.MultiheadAttention or nn.RNN/LSTM/GRU weight"

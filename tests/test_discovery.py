@@ -234,6 +234,95 @@ def test_a_model_whose_every_layer_is_weight_normed_is_refused_naming_the_cause_
             adaptive.Connectome(model)
 
 
+def test_a_weight_masked_by_torch_nn_utils_prune_is_named_with_prune_remove_and_its_mask_carries_over():
+    """torch.nn.utils.prune keeps weight_orig (a Parameter) and weight_mask (a buffer) and recomputes
+    weight before every call. The warning said "0.weight_orig (Linear) ... stay dense. A Connectome
+    prunes nn.Linear ... weights", and with every layer pruned the error blamed weight_norm or a
+    parametrization and advised remove_weight_norm / remove_parametrizations, which both raise here."""
+    import warnings
+
+    import torch.nn.utils.prune as tp
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    tp.l1_unstructured(model[0], "weight", amount=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        conn = adaptive.Connectome(model)
+    said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert conn.names == ["2.weight"] and len(said) == 1, said
+    assert "0.weight are masked by torch.nn.utils.prune" in said[0]
+    assert "torch.nn.utils.prune.remove(model.get_submodule('0'), 'weight')" in said[0]
+    assert "weight_orig (Linear)" not in said[0] and "remove_weight_norm" not in said[0]
+
+    alone = nn.Sequential(nn.Linear(6, 8))
+    tp.l1_unstructured(alone[0], "weight", amount=0.5)
+    with pytest.raises(ValueError, match=r"has no prunable layers: its weight\(s\) 0.weight are masked by "
+                                         r"torch.nn.utils.prune.*torch.nn.utils.prune.remove\(module, 'weight'\)") as e:
+        adaptive.Connectome(alone)
+    assert "remove_weight_norm" not in str(e.value) and "remove_parametrizations" not in str(e.value)
+    root = nn.Linear(6, 8)  # the model itself: get_submodule('') is the model
+    tp.random_unstructured(root, "weight", amount=0.3)
+    with pytest.raises(ValueError, match=r"weight\(s\) weight are masked.*get_submodule\(''\), 'weight'\)"):
+        adaptive.Connectome(root)
+
+    # the fix the message names, and its way to keep the mask: both work as it says
+    x = torch.randn(5, 6)
+    before = model(x)
+    mask = model[0].weight_mask.bool()
+    tp.remove(model[0], "weight")
+    conn = adaptive.Connectome(model)
+    assert conn.names == ["0.weight", "2.weight"]
+    conn.set_masks({"0.weight": mask})
+    assert torch.equal(conn.masks["0.weight"], mask) and torch.allclose(model(x), before)
+
+
+@pytest.mark.parametrize("attr", ["in_proj_weight", "weight_ih_l0"])
+def test_a_prune_masked_attention_or_recurrent_matrix_is_named_with_its_own_prune_remove_call(attr):
+    """An attention projection masked by torch.nn.utils.prune was named as "a.in_proj_weight_orig
+    (MultiheadAttention) ... A Connectome prunes nn.MultiheadAttention's projections"."""
+    import torch.nn.utils.prune as tp
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.MultiheadAttention(8, 2) if attr == "in_proj_weight" else nn.LSTM(8, 8)
+            self.f = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.f(self.a(x, x, x)[0] if attr == "in_proj_weight" else self.a(x)[0])
+
+    model = Net()
+    tp.l1_unstructured(model.a, attr, amount=0.5)
+    with pytest.warns(UserWarning, match=rf"a\.{attr} are masked by torch.nn.utils.prune.*"
+                                         rf"prune.remove\(model.get_submodule\('a'\), '{attr}'\)") as caught:
+        conn = adaptive.Connectome(model)
+    assert f"a.{attr}" not in conn.names and "f.weight" in conn.names
+    assert not any("_orig (" in str(w.message) for w in caught)
+    mask = getattr(model.a, f"{attr}_mask").bool()
+    tp.remove(model.a, attr)
+    conn = adaptive.Connectome(model)
+    conn.set_masks({f"a.{attr}": mask})
+    assert torch.equal(conn.masks[f"a.{attr}"], mask)
+
+
+@pytest.mark.parametrize("how", ["weight_norm", "parametrizations.weight_norm"])
+def test_a_model_mixing_prune_masked_and_weight_normed_layers_is_refused_naming_both_fixes(how):
+    import warnings
+
+    import torch.nn.utils.prune as tp
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    tp.l1_unstructured(model[0], "weight", amount=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.nn.utils.weight_norm is deprecated
+        nn.utils.weight_norm(model[2]) if how == "weight_norm" else nn.utils.parametrizations.weight_norm(model[2])
+        with pytest.raises(ValueError, match=r"0.weight are masked by torch.nn.utils.prune.*prune.remove.*"
+                                             r"layer\(s\) 2 are there, but their weights are reparametrised.*"
+                                             r"remove_weight_norm\(module\)"):
+            adaptive.Connectome(model)
+
+
 def test_complex_weights_are_not_synapses_they_stay_dense_with_a_warning():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 6, dtype=torch.cfloat))
