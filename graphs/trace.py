@@ -760,8 +760,10 @@ def trace(model: nn.Module, example_input=None, input_nodes: str = "auto") -> Tr
 
 
 class _Root(nn.Module):
-    """Holds an attention, recurrent or transformer module given as the whole model, so that fx
-    records it as one call (which the rules above follow) instead of tracing into its forward."""
+    """Holds an attention, recurrent, transformer or other torch.nn module with a rule (a Linear, a
+    Conv, a normalisation, ...) given as the whole model, so that fx records it as one call (which
+    the rules above follow) instead of tracing into its forward: fx never treats the root as a leaf,
+    so a bare nn.Linear would otherwise become an F.linear call that no layer owns."""
 
     def __init__(self, m: nn.Module, nargs: int):
         super().__init__()
@@ -774,11 +776,22 @@ class _Root(nn.Module):
 
 
 _ROOT_RULES = (nn.MultiheadAttention, nn.RNNBase) + ops.TRANSFORMER_MODULES
+# modules followed as one call only when fx makes them a leaf (torch.nn's own, not a subclass defined
+# elsewhere, which fx traces into wherever it is): wrapped as the root too, as inside a Sequential
+_LEAF_RULES = (ops.WEIGHTED_MODULES + ops.TRANSPOSED_MODULES + ops.NORMALIZE_MODULES + ops.POINTWISE_MODULES
+               + ops.SHAPE_MODULES)
+
+
+def _wrap_root(model: nn.Module) -> bool:
+    """Is ``model`` traced as ``_Root(model)``: a module a rule follows as one call?"""
+    return isinstance(model, _ROOT_RULES) or (
+        isinstance(model, _LEAF_RULES) and fx.Tracer().is_leaf_module(model, "m"))
 
 
 def _unwrap(tr: Trace) -> Trace:
-    """Names of a trace of ``_Root(model)`` as the model's own (drop the ``m.`` prefix)."""
-    cut = lambda name: name[2:] if name.startswith("m.") else name
+    """Names of a trace of ``_Root(model)`` as the model's own (drop the ``m.`` prefix; ``m``, the
+    model itself, is ``""`` as in ``model.named_modules()``)."""
+    cut = lambda name: name[2:] if name.startswith("m.") else "" if name == "m" else name
     for g in tr.groups:
         g.name = cut(g.name)
     for l in tr.layers:
@@ -787,7 +800,7 @@ def _unwrap(tr: Trace) -> Trace:
 
 
 def _trace_eval(model, example_input, input_nodes) -> Trace:
-    root = isinstance(model, _ROOT_RULES)
+    root = _wrap_root(model)
     if not root:
         try:
             gm = fx.symbolic_trace(model)

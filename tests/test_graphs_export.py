@@ -599,3 +599,31 @@ def test_concatenation_records_are_plain_lists_unless_an_id_repeats(level, tmp_p
         back = graphs.read_json(graphs.write(g, tmp_path / f"{name}.json"))
         assert [[(n, ids.tolist()) for n, ids in c["parts"]] for c in back.concats] == \
                [[(n, ids.tolist()) for n, ids in c["parts"]] for c in g.concats], name
+
+
+def test_cli_on_a_model_that_is_one_linear_layer(tmp_path, capsys):
+    """A bare nn.Linear as the whole model: export wrote a graph with none of its live synapses
+    (fx traced into the root's forward); export, report and compact now see its one layer."""
+    from adaptive.models import _REGISTRY, register_model
+    from graphs.cli import main
+
+    torch.manual_seed(0)
+
+    @register_model("bare_linear_for_test")
+    def bare(num_classes=10, in_shape=(6,)):
+        return nn.Linear(in_shape[0], num_classes)
+
+    try:
+        c = adaptive.Connectome(bare(num_classes=4))
+        c.set_masks({"weight": torch.rand(4, 6) < 0.5})
+        run = tmp_path / "run"
+        c.save(run / "connectome.safetensors")
+        torch.save(c.dense_state_dict(), run / "model_state.pt")
+        (run / "config.yaml").write_text("model: bare_linear_for_test\nnum_classes: 4\nin_shape: [6]\n")
+        assert main(["export", str(run), "--format", "json"]) == 0
+        assert graphs.read_json(run / "connectome_unit.json").live_synapses() == c.num_live() > 0
+        assert main(["report", str(run)]) == 0
+        assert json.loads((run / "graph_report" / "summary.json").read_text())["live_synapses"] == c.num_live()
+        assert main(["compact", str(run)]) == 0
+    finally:
+        _REGISTRY.pop("bare_linear_for_test", None)

@@ -415,3 +415,38 @@ def test_gradient_by_depth_traces_a_model_with_an_auxiliary_loss_output():
         out = gradient_by_depth(_AuxOutputs(), loader, layer="b", batches=2,
                                 loss_fn=lambda o, y: F.cross_entropy(o[0], y) + o[1])
     assert [r["depth"] for r in out.table] == [1]
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: nn.Linear(6, 5), (2, 6)),
+    (lambda: nn.Conv1d(3, 4, 3), (2, 3, 9)),
+    (lambda: nn.Conv2d(4, 6, 3, groups=2), (2, 4, 7, 7)),
+    (lambda: nn.Conv3d(2, 3, 2), (2, 2, 4, 4, 4)),
+])
+def test_a_model_that_is_one_linear_or_conv_layer_keeps_its_synapses_in_the_graph(make, shape):
+    """fx never makes the root a leaf, so a bare nn.Linear (nn.Conv*) traced into an F.linear call that
+    no layer owns: the graph had 0 live synapses for the connectome's live ones, with a warning that
+    the layer was off the data path and a register_op(torch._C._nn.linear, ...) hint. It is now
+    followed as one call, as inside a Sequential: the same edges, under the model's own names."""
+    import warnings
+
+    torch.manual_seed(0)
+    layer, x = make(), torch.randn(*shape)
+    masks = {"weight": torch.rand(layer.weight.shape) < 0.5}
+    bare = adaptive.Connectome(layer)
+    bare.set_masks(masks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(bare, example_input=x)
+    assert g.live_synapses() == bare.num_live() > 0
+    assert [l.param for l in g.layers] == ["weight"] and [l.module for l in g.layers] == [""]
+
+    seq = adaptive.Connectome(nn.Sequential(layer))
+    seq.set_masks({"0.weight": masks["weight"]})
+    ref = graphs.build(seq, example_input=x)
+    assert torch.equal(g.src, ref.src) and torch.equal(g.dst, ref.dst)
+    assert g.edge_attrs.keys() == ref.edge_attrs.keys()
+    assert all(torch.equal(g.edge_attrs[k], ref.edge_attrs[k]) for k in g.edge_attrs)
+    small = graphs.compact(layer, bare, example_input=x)  # one layer: its outputs stay, nothing to remove
+    with torch.no_grad():
+        assert torch.allclose(small(x), layer.eval()(x), atol=1e-6)
