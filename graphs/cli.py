@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Optional
 
@@ -394,11 +395,7 @@ def _run(a) -> int:
         out, fmt = _export_path(a, run_dir)  # checked before the (long) build
         g = graphs.build(conn, a.level, junctions=not a.contract)
         if fmt == "pt":
-            from adaptive.atomic import atomic_path
-
-            data = graphs.to_pyg(g)
-            with atomic_path(out) as tmp:  # a failed or interrupted save leaves no half file
-                torch.save(data, tmp)
+            _save(graphs.to_pyg(g), out)
         else:
             graphs.write(g, out, format=fmt)
         print(f"wrote {out}: {g}")
@@ -419,9 +416,25 @@ def _run(a) -> int:
     return 0
 
 
+def _save(obj, out: str) -> None:
+    """``torch.save`` to ``out`` atomically (a failed or interrupted save leaves no half file). torch
+    reports a failed write (permissions, a full disk) as a RuntimeError, which would read as a
+    failure to rebuild the model: it is raised as the OSError it is, naming the file."""
+    from adaptive.atomic import atomic_path
+
+    try:
+        with atomic_path(out) as tmp:
+            torch.save(obj, tmp)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "file failed" in first or "write" in first.lower():
+            why = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", first)  # torch's C++ location, not news
+            raise OSError(f"cannot write {out}: {why} (choose another --out, or free space)") from e
+        raise
+
+
 def _compact(model, conn, a, run_dir) -> int:
     import graphs
-    from adaptive.atomic import atomic_path
 
     from .trace import default_example_input
 
@@ -430,8 +443,7 @@ def _compact(model, conn, a, run_dir) -> int:
         out = os.path.join(out, "compact_model.pt")
     x = default_example_input(model)[0].expand(8, *default_example_input(model)[0].shape[1:]).contiguous()
     small = graphs.compact(model, conn, torch.randn_like(x))
-    with atomic_path(out) as tmp:
-        torch.save(small, tmp)
+    _save(small, out)
     c = small.compaction
     print(f"removed {c['units_removed']} dead units: {c['params_before']:,} -> {c['params_after']:,} parameters "
           f"(outputs agree to {c['max_abs_diff']:.2g}); wrote {out} (torch.load(..., weights_only=False))")

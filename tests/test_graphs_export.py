@@ -627,3 +627,22 @@ def test_cli_on_a_model_that_is_one_linear_layer(tmp_path, capsys):
         assert main(["compact", str(run)]) == 0
     finally:
         _REGISTRY.pop("bare_linear_for_test", None)
+
+
+@pytest.mark.parametrize("cmd", ["export", "compact"])
+def test_cli_a_failed_pt_write_is_named_as_one_not_as_a_model_failure(cmd, mlp_run, tmp_path, capsys, monkeypatch):
+    """torch.save reports a failed write (a full disk, a folder it may not write) as a RuntimeError,
+    which the CLI labelled "rebuilding or tracing the model failed: check --model, --in-shape and
+    --num-classes"."""
+    from graphs.cli import main
+
+    def full_disk(obj, f, *a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:747] . open file failed with strerror: "
+                           "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    out = tmp_path / "x.pt"
+    assert main([cmd, str(mlp_run), "--out", str(out)]) == 2
+    err = _error_line(capsys)
+    assert f"cannot write {out}: open file failed with strerror: No space left on device" in err
+    assert "--model" not in err and "enforce fail" not in err and not list(tmp_path.iterdir())
