@@ -640,8 +640,14 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     set_seed(cfg.seed)
 
     loaders = get_dataloaders(cfg)
-    model = build_model(cfg.model, num_classes=loaders.num_classes, in_shape=loaders.in_shape, weights=cfg.weights,
-                        **cfg.model_kw)
+    try:
+        model = build_model(cfg.model, num_classes=loaders.num_classes, in_shape=loaders.in_shape, weights=cfg.weights,
+                            **cfg.model_kw)
+    except (ValueError, TypeError) as e:
+        if not cfg.model_kw or isinstance(e, CheckpointError):
+            raise
+        given = " ".join(f"{k}={v}" for k, v in cfg.model_kw.items())
+        raise ConfigError(f"--model_kw {given}: {e}") from e
     if cfg.mode == "mask_only":
         return _mask_only(cfg, accelerator, model, loaders, output_dir, lock)
 

@@ -99,6 +99,14 @@ def test_a_misspelt_entry_of_a_kw_mapping_is_one_error_line(tmp_path, capsys):
     assert not (tmp_path / "a" / "config.yaml").exists()
 
 
+def test_a_model_kw_value_the_model_cannot_take_names_the_option(tmp_path, capsys):
+    """--model_kw hidden=abc ended with a bare "invalid literal for int() with base 10: 'abc'"."""
+    err = error_of(TINY + ["--output_dir", str(tmp_path / "a"), "--model_kw", "hidden=abc"], capsys)
+    assert ("--model_kw hidden=abc: hidden sizes must be whole numbers, one per hidden layer (e.g. 300,100), "
+            "got 'abc'") in err
+    assert not (tmp_path / "a" / "config.yaml").exists()
+
+
 def test_a_keyword_the_model_name_fills_is_named(tmp_path, capsys):
     """torchvision:NAME gives NAME as the builder's first argument, arch: --model_kw arch=... was a
     bare 'got multiple values for argument' TypeError."""

@@ -14,11 +14,15 @@ _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn
 
 def parse_hidden(hidden: Union[int, str, Sequence[int]]) -> tuple:
     """Hidden sizes from an int, a sequence, or a comma-separated string like ``"300,100"``."""
+    given = hidden
     if isinstance(hidden, int):
         hidden = (hidden,)
     elif isinstance(hidden, str):
-        hidden = tuple(int(h) for h in hidden.replace(" ", "").split(",") if h)
-    hidden = tuple(int(h) for h in hidden)
+        hidden = tuple(h for h in hidden.replace(" ", "").split(",") if h)
+    try:
+        hidden = tuple(int(h) for h in hidden)
+    except (TypeError, ValueError):
+        raise ValueError(f"hidden sizes must be whole numbers, one per hidden layer (e.g. 300,100), got {given!r}") from None
     if any(h <= 0 for h in hidden):
         raise ValueError(f"hidden sizes must be positive, got {hidden}")
     return hidden
