@@ -108,3 +108,34 @@ def test_batches_that_cannot_be_recut_are_refused_naming_what_is_accepted():
     # (inputs tensor, targets tensor, extra) is still re-cut
     triples = [(torch.randn(8, 6), torch.randint(0, 3, (8,)), torch.rand(8)) for _ in range(3)]
     assert [len(x) for x, _ in rebatch(triples, 6)] == [6, 6, 6, 6]
+
+
+@pytest.mark.parametrize("frozen", ["0.weight", "all"])
+def test_frozen_layers_are_measured_and_keep_their_flags(frozen):
+    """A frozen layer (requires_grad=False) made torch.autograd.grad raise 'One of the
+    differentiated Tensors does not require grad' (every parameter frozen: 'element 0 of tensors
+    does not require grad')."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    data = [(torch.randn(10, 6), torch.randint(0, 3, (10,))) for _ in range(3)]
+    ref = collinearity(model, data)
+    names = [n for n, _ in model.named_parameters()] if frozen == "all" else [frozen]
+    for n, p in model.named_parameters():
+        p.requires_grad_(n not in names)
+    res = collinearity(model, data)
+    for n in ref.cosine:
+        assert torch.equal(res.cosine[n], ref.cosine[n]) and torch.equal(res.full_grad_sq[n], ref.full_grad_sq[n])
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == set(names)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_called_under_no_grad_or_inference_mode_it_still_measures(mode):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    data = [(torch.randn(10, 6), torch.randint(0, 3, (10,))) for _ in range(3)]
+    ref = collinearity(model, data)
+    with mode():
+        res = collinearity(model, data)
+    assert all(torch.equal(res.cosine[n], ref.cosine[n]) for n in ref.cosine)
+

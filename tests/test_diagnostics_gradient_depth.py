@@ -372,3 +372,45 @@ def test_zero_notes_are_honest_and_never_under_the_legend(monkeypatch):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def _densecat():
+    from adaptive.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("densecat", num_classes=10, in_shape=(1, 8, 8), depth=2, width=4)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    return net, [(x[i:i + 16], y[i:i + 16]) for i in range(0, 32, 16)]
+
+
+@pytest.mark.parametrize("frozen", [["classifier.weight"], ["layers.0.weight"], "all"])
+def test_a_frozen_layer_is_measured_on_its_real_gradient_and_keeps_its_flag(frozen):
+    """torch.autograd.grad(loss, [weight]) raised 'One of the differentiated Tensors does not
+    require grad' when the measured layer was frozen (requires_grad=False, a frozen backbone), and
+    'element 0 of tensors does not require grad' when every parameter was."""
+    net, loader = _densecat()
+    ref = gradient_by_depth(net, loader, "classifier", batches=2)
+    names = [n for n, _ in net.named_parameters()] if frozen == "all" else frozen
+    params = dict(net.named_parameters())
+    for n in names:
+        params[n].requires_grad_(False)
+    res = gradient_by_depth(net, loader, "classifier", batches=2)
+    assert torch.equal(res.per_weight, ref.per_weight) and res.table == ref.table
+    assert {n for n, p in net.named_parameters() if not p.requires_grad} == set(names)  # flags given back
+    assert all(p.grad is None for p in net.parameters())
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_called_under_no_grad_or_inference_mode_it_still_measures(mode):
+    """Under torch.no_grad() or torch.inference_mode() the loss had no grad_fn and autograd raised
+    'element 0 of tensors does not require grad'."""
+    net, loader = _densecat()
+    ref = gradient_by_depth(net, loader, "classifier", batches=2)
+    with mode():
+        res = gradient_by_depth(net, loader, "classifier", batches=2)
+    assert torch.equal(res.per_weight, ref.per_weight)
+    with torch.inference_mode():  # batches made inside inference mode cannot enter autograd: say so
+        made_inside = [(x.clone(), y.clone()) for x, y in loader]
+    with pytest.raises(RuntimeError, match=r"call gradient_by_depth outside torch.inference_mode\(\)"):
+        gradient_by_depth(net, made_inside, "classifier", batches=2)
+

@@ -150,3 +150,72 @@ def test_strict_json_writes_a_non_finite_one_element_tensor_as_null():
 
     text = jsonio.dumps({"loss": torch.tensor([float("inf")]), "best": torch.tensor([0.25])})
     assert json.loads(text) == {"loss": None, "best": 0.25}
+
+
+def _trained_mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(96, 6), torch.randint(0, 3, (96,))
+    train = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 96, 32)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(20):
+        for xb, yb in train:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+    return model, train
+
+
+@pytest.mark.parametrize("estimator", ["taylor", "obd"])
+def test_a_frozen_layer_is_ordered_on_its_real_gradient(estimator):
+    """A frozen layer (requires_grad=False) had no .grad, which the gradient statistics took as
+    zeros: every one of its weights scored exactly 0 and was removed first. With every parameter
+    frozen the order raised 'element 0 of tensors does not require grad'."""
+    from adaptive.connectome import Connectome
+    from adaptive.diagnostics import removal_scores
+
+    model, train = _trained_mlp()
+    ref = knowledge_distribution(model, train, order_loader=train, estimator=estimator, counts=[0, 20, 60])
+    ref_scores = removal_scores(Connectome(model), train, estimator)
+    for frozen in (["0.weight"], [n for n, _ in model.named_parameters()]):
+        for n, p in model.named_parameters():
+            p.requires_grad_(n not in frozen)
+        scores = removal_scores(Connectome(model), train, estimator)
+        assert not bool((scores["0.weight"] == 0).all())
+        assert all(torch.equal(scores[n], ref_scores[n]) for n in ref_scores)
+        curve = knowledge_distribution(model, train, order_loader=train, estimator=estimator, counts=[0, 20, 60])
+        assert torch.equal(curve.meta["order"], ref.meta["order"]) and curve.table == ref.table
+        assert {n for n, p in model.named_parameters() if not p.requires_grad} == set(frozen)
+
+
+def test_fine_tune_trains_only_what_the_caller_left_trainable():
+    model, train = _trained_mlp()
+    model[0].weight.requires_grad_(False)
+    curve = knowledge_distribution(model, train, order_loader=train, counts=[0, 20, 60], finetune_batches=2, lr=0.1)
+    work, conn = curve.meta["model"], curve.meta["connectome"]
+    assert torch.equal(work[0].weight, model[0].weight * conn.masks["0.weight"])  # frozen: only its removals
+    assert not torch.equal(work[2].bias, model[2].bias)  # the trainable parameters were fine-tuned
+    assert not model[0].weight.requires_grad and model[2].weight.requires_grad
+
+
+def test_fine_tune_with_every_parameter_frozen_warns_and_is_one_shot():
+    """With every parameter frozen the fine-tune's backward raised 'element 0 of tensors does not
+    require grad'."""
+    model, train = _trained_mlp()
+    one_shot = knowledge_distribution(model, train, order_loader=train, counts=[0, 20, 60])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.warns(UserWarning, match="nothing to train; the curve is one shot"):
+        curve = knowledge_distribution(model, train, order_loader=train, counts=[0, 20, 60], finetune_batches=2)
+    assert curve.finetune_batches == 0 and curve.table == one_shot.table
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_called_under_no_grad_or_inference_mode_it_still_measures(mode):
+    model, train = _trained_mlp()
+    ref = knowledge_distribution(model, train, order_loader=train, estimator="taylor", counts=[0, 20],
+                                 finetune_batches=1)
+    with mode():
+        curve = knowledge_distribution(model, train, order_loader=train, estimator="taylor", counts=[0, 20],
+                                       finetune_batches=1)
+    assert torch.equal(curve.meta["order"], ref.meta["order"]) and curve.table == ref.table

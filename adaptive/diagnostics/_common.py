@@ -128,6 +128,33 @@ def kept_buffers(model: nn.Module):
                 b.copy_(v)
 
 
+@contextlib.contextmanager
+def measured_gradients(params, what: str):
+    """The frame of a diagnostic's gradient work: autograd records inside even when the caller
+    runs under ``torch.no_grad()`` or ``torch.inference_mode()``, and every tensor of ``params``
+    (the measured weights) requires grad, so a frozen layer (``requires_grad=False``, as in a
+    frozen backbone) is measured like any other. Each ``requires_grad`` flag is given back on exit.
+    ``what`` names the diagnostic in the error raised where a tensor made inside inference mode
+    (a parameter or a batch) cannot take part in autograd."""
+    unique = list({id(p): p for p in params}.values())
+    flags = [(p, p.requires_grad) for p in unique]
+    with torch.inference_mode(False), torch.enable_grad():
+        try:
+            for p, _ in flags:
+                p.requires_grad_(True)
+            yield
+        except RuntimeError as e:
+            if "nference tensor" not in str(e):
+                raise
+            raise RuntimeError(
+                f"{what} measures gradients, and a tensor made inside torch.inference_mode() (a batch of the "
+                f"loader or a parameter of the model) cannot take part in autograd ({e}); call {what} outside "
+                "torch.inference_mode(), with the model and the batches made outside it too") from e
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+
 def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parameter]:
     """``(module_name, module, weight)`` for ``layer`` given as a module name ("classifier") or a
     parameter name ("classifier.weight")."""

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..discovery import discover
-from ._common import default_loss, iterate_batches, kept_buffers, model_device, scalers_suspended, training_mode
+from ._common import (default_loss, iterate_batches, kept_buffers, measured_gradients, model_device, scalers_suspended,
+                      training_mode)
 from .table import Table, pyplot, save_figure
 
 THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -172,6 +173,7 @@ def _to_device(x, device):
     return x
 
 
+@torch.inference_mode(False)  # its tensors (sums, gradients) must be normal ones, whatever the caller's mode
 def collinearity(
     model: nn.Module,
     loader,
@@ -189,7 +191,10 @@ def collinearity(
     prunable weight (Linear/Conv weights, filtered by ``include``/``exclude`` like
     :class:`adaptive.Connectome`). Leaves ``.grad``, the parameters and the buffers (BatchNorm
     running statistics, even in train mode) untouched; an attached :class:`BandGradientScaler`
-    neither scales the gradients measured nor updates its state."""
+    neither scales the gradients measured nor updates its state. A frozen layer
+    (``requires_grad=False``) is measured too: its weight requires grad for the measurement and gets
+    its flag back afterwards; a call under ``torch.no_grad()`` or ``torch.inference_mode()`` measures
+    as well (batches and model must be made outside inference mode)."""
     found = discover(model, include, exclude)
     if not found:
         raise ValueError("no prunable weight matched: check include/exclude patterns")
@@ -201,7 +206,8 @@ def collinearity(
     pos = [torch.zeros(p.numel(), dtype=torch.int32) for p in params]
     neg = [torch.zeros(p.numel(), dtype=torch.int32) for p in params]
     n = 0
-    with kept_buffers(model), training_mode(model, train_mode), scalers_suspended(model):
+    with measured_gradients(params, "collinearity"), kept_buffers(model), training_mode(model, train_mode), \
+            scalers_suspended(model):
         for x, y in iterate_batches(rebatch(loader, batch_size), batches, desc="collinearity", warn_short=True):
             x, y = _to_device(x, device), _to_device(y, device)
             grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)

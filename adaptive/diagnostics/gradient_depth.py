@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ..metrics import to_device
-from ._common import (LogHistogram, default_loss, find_weight, iterate_batches, kept_buffers, model_device, scalers_suspended,
-                      training_mode)
+from ._common import (LogHistogram, default_loss, find_weight, iterate_batches, kept_buffers, measured_gradients, model_device,
+                      scalers_suspended, training_mode)
 from .table import Table, pyplot, save_figure
 from ..warn import warn_user
 
@@ -200,6 +200,7 @@ def _percent(fraction: float) -> str:
     return f"{fraction:.0%}"
 
 
+@torch.inference_mode(False)  # its tensors (sums, gradients) must be normal ones, whatever the caller's mode
 def gradient_by_depth(
     model: nn.Module,
     loader,
@@ -219,7 +220,10 @@ def gradient_by_depth(
     :func:`resolve_depths`). Only the weight's gradient is computed (``torch.autograd.grad``): the
     model's ``.grad`` fields, parameters and buffers (BatchNorm running statistics, which train mode
     would otherwise update) are left untouched, and an attached :class:`BandGradientScaler` neither
-    scales the gradients measured nor updates its state (:func:`scalers_suspended`).
+    scales the gradients measured nor updates its state (:func:`scalers_suspended`). A frozen
+    ``layer`` (``requires_grad=False``) is measured too: its weight requires grad for the measurement
+    and gets its flag back afterwards; a call under ``torch.no_grad()`` or ``torch.inference_mode()``
+    measures as well (batches and model must be made outside inference mode).
     Statistics are over all weights x batches, in bounded memory (:class:`LogHistogram`).
     ``cycle``: restart the loader (a new epoch) until ``batches`` batches have been seen.
     """
@@ -229,7 +233,8 @@ def gradient_by_depth(
     per_weight = torch.zeros(weight.shape, dtype=torch.float64)
     hist = band_index = uniq = None
     n = 0
-    with kept_buffers(model), training_mode(model, train_mode), scalers_suspended(model):
+    with measured_gradients([weight], "gradient_by_depth"), kept_buffers(model), training_mode(model, train_mode), \
+            scalers_suspended(model):
         for x, y in iterate_batches(loader, batches, desc=f"gradients of {name}", cycle=cycle):
             x, y = to_device(x, device), to_device(y, device)  # nested inputs (a tuple of tensors) too
             if band_index is None:

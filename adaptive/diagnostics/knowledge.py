@@ -27,6 +27,7 @@ from ..metrics import AccuracyFn, batch_accuracy, check_output, default_accuracy
 from ._common import default_loss, iterate_batches, model_device, training_mode
 from .removal_order import global_order, removal_scores
 from .table import Table, pyplot, save_figure
+from ..warn import warn_user
 
 DEFAULT_NOISE_FLOOR = 1e-3  # nats of loss increase: changes below are noise, not fitted
 
@@ -307,6 +308,7 @@ class KnowledgeCurve:
         return save_figure(fig, path, svg=svg)
 
 
+@torch.inference_mode(False)  # the copy and the gradients need autograd, whatever the caller's mode
 def knowledge_distribution(
     model: nn.Module,
     eval_loader,
@@ -338,6 +340,14 @@ def knowledge_distribution(
     weights of the order. Otherwise the removal is progressive: after each point's removal the copy
     is fine-tuned for ``finetune_batches`` SGD steps on ``finetune_loader`` (default
     ``order_loader``) with the removed weights held at exactly zero. ``model`` is never modified.
+
+    Frozen parameters (``requires_grad=False``, e.g. a frozen backbone): the removal order reads
+    the real gradient of every prunable weight, a frozen layer's too (it requires grad while the
+    order is measured). The fine-tune respects the flags: it trains only the parameters that
+    require grad, so a frozen layer stays as it is (its removed weights at zero); where none
+    requires grad there is nothing to fine-tune, a warning says so and the curve is one shot
+    (``finetune_batches`` recorded as 0). Under ``torch.no_grad()`` or ``torch.inference_mode()``
+    the diagnostic still measures (batches must be made outside inference mode).
 
     ``model`` must return a tensor (the logits, class axis 1; a dict, tuple or ``.logits`` object is
     refused); batches, nested inputs included, are moved to its device. Loss and accuracy follow
@@ -372,9 +382,16 @@ def knowledge_distribution(
         src = finetune_loader if finetune_loader is not None else order_loader
         if src is None:
             raise ValueError("finetune_batches > 0 needs finetune_loader (or order_loader) of training data")
-        opt = torch.optim.SGD(work.parameters(), lr=lr, momentum=momentum)
-        conn.attach(opt)
-        ft_iter = _forever(src)
+        trainable = [p for p in work.parameters() if p.requires_grad]
+        if trainable:
+            opt = torch.optim.SGD(trainable, lr=lr, momentum=momentum)
+            conn.attach(opt)
+            ft_iter = _forever(src)
+        else:
+            warn_user(f"knowledge_distribution(finetune_batches={finetune_batches}): every parameter of the model has "
+                      "requires_grad=False, so the fine-tune has nothing to train; the curve is one shot "
+                      "(finetune_batches=0). Set requires_grad=True on the parameters to fine-tune")
+            finetune_batches = 0
     sizes = [m.numel() for m in conn.masks.values()]
     names = list(conn.masks)
     rows, base = [], None
@@ -386,7 +403,7 @@ def knowledge_distribution(
         flat[order[:k]] = False
         conn.set_masks({n: m.view(conn.masks[n].shape) for n, m in zip(names, flat.split(sizes))})
         if finetune_batches and k > 0:
-            with training_mode(work, True):
+            with training_mode(work, True), torch.enable_grad():
                 for _ in range(finetune_batches):
                     x, y = next(ft_iter)
                     opt.zero_grad(set_to_none=True)

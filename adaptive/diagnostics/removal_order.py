@@ -13,14 +13,17 @@ from typing import Callable, Dict, Optional
 import torch
 
 from ..metrics import example_count, to_device
-from ._common import default_loss, iterate_batches, model_device, scalers_suspended, training_mode
+from ._common import default_loss, iterate_batches, measured_gradients, model_device, scalers_suspended, training_mode
 
 
 def _gradient_batches(conn, loader, batches, loss_fn, desc):
-    """Yield after each batch's backward pass (``.grad`` of the connectome's weights is fresh)."""
+    """Yield after each batch's backward pass (``.grad`` of the connectome's weights is fresh).
+    Every weight of the connectome gets its gradient, a frozen one (``requires_grad=False``) too:
+    it requires grad while the batches run and gets its flag back afterwards."""
     model = conn.model
     device = model_device(model)
-    with training_mode(model, False), scalers_suspended(model):  # scores read the model's own gradients
+    with measured_gradients(conn.params.values(), "removal_scores"), training_mode(model, False), \
+            scalers_suspended(model):  # scores read the model's own gradients
         for x, y in iterate_batches(loader, batches, desc=desc):
             model.zero_grad(set_to_none=True)
             loss_fn(model(to_device(x, device)), to_device(y, device)).backward()
@@ -28,11 +31,13 @@ def _gradient_batches(conn, loader, batches, loss_fn, desc):
     model.zero_grad(set_to_none=True)
 
 
+@torch.inference_mode(False)  # its tensors (sums, gradients) must be normal ones, whatever the caller's mode
 def removal_scores(conn, loader=None, estimator: str = "magnitude", batches: Optional[int] = 20,
                    loss_fn: Callable = default_loss, seed: int = 0) -> Dict[str, torch.Tensor]:
     """Score every synapse of ``conn`` (an :class:`adaptive.Connectome`) with ``estimator``'s
     removal cost; low = removed first. Gradients (model in eval mode) come from ``batches`` batches
-    of ``loader`` when the estimator needs them."""
+    of ``loader`` when the estimator needs them, for every weight of ``conn``: a frozen layer's
+    (``requires_grad=False``) included, so it is scored on its real gradient, not on none."""
     from ..utility import GradientStats, UtilityContext, get_estimator
 
     est = get_estimator(estimator)
