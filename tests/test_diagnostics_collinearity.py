@@ -139,3 +139,15 @@ def test_called_under_no_grad_or_inference_mode_it_still_measures(mode):
         res = collinearity(model, data)
     assert all(torch.equal(res.cosine[n], ref.cosine[n]) for n in ref.cosine)
 
+
+def test_train_mode_leaves_a_reassigned_buffer_as_it_was():
+    """kept_buffers restored the old tensor objects only; a module that reassigns its running mean
+    (self.mean = 0.9 * self.mean + ...) kept the value the measurement left."""
+    from test_diagnostics_gradient_depth import RunningNorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(RunningNorm(6), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    data = [(torch.randn(16, 6) + 3, torch.randint(0, 3, (16,))) for _ in range(4)]
+    mean = model[0].mean
+    collinearity(model, data, train_mode=True)
+    assert model[0].mean is mean and torch.equal(mean, torch.zeros(6)) and int(model[0].seen) == 0

@@ -414,3 +414,33 @@ def test_called_under_no_grad_or_inference_mode_it_still_measures(mode):
     with pytest.raises(RuntimeError, match=r"call gradient_by_depth outside torch.inference_mode\(\)"):
         gradient_by_depth(net, made_inside, "classifier", batches=2)
 
+
+class RunningNorm(nn.Module):
+    """An input normaliser whose running mean is updated by reassignment in train mode (a common
+    pattern), with a non-persistent counter and a buffer that is None."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("unused", None)
+
+    def forward(self, x):
+        if self.training:
+            self.mean = 0.9 * self.mean + 0.1 * x.detach().mean(0)
+            self.seen = self.seen + 1
+        return x - self.mean
+
+
+def test_a_buffer_the_module_reassigns_is_restored():
+    """kept_buffers copied the saved values back into the old tensor objects, but a module that
+    reassigns its buffer held a new tensor, so the diagnostic changed the model's running mean."""
+    torch.manual_seed(0)
+    net = nn.Sequential(RunningNorm(6), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(64, 6) + 3, torch.randint(0, 3, (64,))
+    loader = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    mean, seen = net[0].mean, net[0].seen
+    gradient_by_depth(net, loader, layer="3", batches=4, depths=torch.arange(8) % 2)
+    assert net[0].mean is mean and net[0].seen is seen  # the original objects: outside references stay valid
+    assert torch.equal(mean, torch.zeros(6)) and int(seen) == 0
+    assert net[0].unused is None and set(net.state_dict()) == {"0.mean", "1.weight", "1.bias", "3.weight", "3.bias"}

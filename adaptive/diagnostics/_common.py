@@ -118,14 +118,27 @@ def scaler_suspended(param_id: int) -> bool:
 @contextlib.contextmanager
 def kept_buffers(model: nn.Module):
     """Restore every buffer of ``model`` (BatchNorm running statistics, counters) on exit, so a
-    measurement run in train mode leaves the model exactly as it found it."""
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    measurement run in train mode leaves the model exactly as it found it. Saved per module and
+    buffer name, so a module that reassigns its buffer (``self.mean = 0.9 * self.mean + ...``)
+    gets its original tensor object back, holding its original values (references to it stay
+    valid); a buffer that was None is None again, and a non-persistent one stays non-persistent."""
+    saved = []
+    for mod in model.modules():
+        for name, b in mod._buffers.items():
+            saved.append((mod, name, b, None if b is None else b.detach().clone(),
+                          name in mod._non_persistent_buffers_set))
     try:
         yield model
     finally:
         with torch.no_grad():
-            for b, v in saved:
-                b.copy_(v)
+            for mod, name, b, value, non_persistent in saved:
+                if b is not None:
+                    b.copy_(value)
+                mod._buffers[name] = b
+                if non_persistent:
+                    mod._non_persistent_buffers_set.add(name)
+                else:
+                    mod._non_persistent_buffers_set.discard(name)
 
 
 @contextlib.contextmanager
