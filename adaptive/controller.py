@@ -182,6 +182,11 @@ class Controller:
             raise ValueError(f"policy {self.policy.name!r} needs a target density in (0, 1]")
         if density is not None and not (isinstance(density, (int, float)) and 0.0 < density <= 1.0):
             raise ValueError(f"density must be in (0, 1], got {density!r}")
+        total = conn.num_synapses()
+        if density is not None and int(round(density * total)) == 0 and total > 0:
+            raise ValueError(f"density {density!r} keeps round({density!r} x {total:,}) = 0 of the connectome's {total:,} "
+                             f"synapses, a network with no connection: use a density of at least {1 / total:.3g} "
+                             "(one synapse), in practice far more")
         self.budget_fn = get_budget(budget)
         self.budget = budget
         if self.policy.ranks_globally and min_density > 0:
