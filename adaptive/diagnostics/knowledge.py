@@ -20,10 +20,11 @@ from torch import nn
 
 from .. import jsonio
 from ..atomic import write_text
-from ..connectome import Connectome
+from ..connectome import Connectome, _uncompiled
 from ..discovery import copy_model
 from ..counts import whole_number
 from ..metrics import AccuracyFn, batch_accuracy, check_output, default_accuracy, example_count, loss_weight, to_device
+from ..warn import warn_user
 from ._common import default_loss, iterate_batches, model_device, training_mode
 from .removal_order import global_order, removal_scores
 from .table import Table, pyplot, save_figure
@@ -170,6 +171,8 @@ class KnowledgeCurve:
     each with the ``floor`` it was fitted above (the loss fit alone where there is no accuracy).
     ``chance``: 1 / the classes on the output's axis 1; None where there is no accuracy. ``noise_floor``: the loss increase below which
     :func:`fit_curve` fitted nothing (recorded in ``knowledge_summary.json``, the fit table and the figure).
+    ``total``: the prunable weights live at the start; ``pruned_before``: those the model came with
+    already pruned (its Connectome's masks), which stay pruned and are counted in neither.
     """
 
     table: Table
@@ -181,6 +184,7 @@ class KnowledgeCurve:
     note: str = ""
     meta: dict = field(default_factory=dict)
     noise_floor: float = DEFAULT_NOISE_FLOOR
+    pruned_before: int = 0
 
     def save(self, out_dir: str) -> None:
         """Write ``knowledge_curve.csv/.md``, ``knowledge_fit.csv/.md`` and ``knowledge_summary.json``
@@ -194,6 +198,7 @@ class KnowledgeCurve:
         keep = {k: v for k, v in self.meta.items() if isinstance(v, (int, float, str, dict, list)) or v is None}
         write_text(os.path.join(out_dir, "knowledge_summary.json"), jsonio.dumps(
             {"total_weights": self.total, "estimator": self.estimator, "finetune_batches": self.finetune_batches,
+             "pruned_before": self.pruned_before,
              "chance": self.chance, "noise_floor": self.noise_floor, "note": self.note, "fits": self.fits,
              "meta": keep}, indent=2))
 
@@ -227,7 +232,7 @@ class KnowledgeCurve:
             fits = fit_curve(table, s["chance"], samples, noise_floor)
             meta["refit_of"] = {"folder": os.path.abspath(out_dir), "noise_floor": recorded}
             return cls(table, s["total_weights"], s["estimator"], s["finetune_batches"], fits, s["chance"],
-                       s.get("note", ""), meta, noise_floor)
+                       s.get("note", ""), meta, noise_floor, int(s.get("pruned_before", 0)))
         except (ValueError, KeyError, TypeError, AttributeError) as e:  # json.JSONDecodeError is a ValueError
             raise ValueError(f"{out_dir}: knowledge_summary.json or knowledge_curve.csv cannot be read "
                              f"({type(e).__name__}: {e}); rerun the knowledge command to write them afresh") from None
@@ -250,6 +255,7 @@ class KnowledgeCurve:
         log y axis with the exponential fit (straight there) and the range where it holds."""
         plt = pyplot()
         k = self.table["removed"]
+        start = "net as given" if self.pruned_before else "intact net"
         with_acc = has_accuracy(self.table)  # without accuracy the top panels draw the loss of what remains
         top = [100 * a for a in self.table["accuracy"]] if with_acc else self.table["loss"]
         fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
@@ -265,9 +271,10 @@ class KnowledgeCurve:
             ax.grid(True, which="both" if logx else "major", alpha=0.3)
             ax.legend(fontsize=8)
             sec = ax.secondary_xaxis("top", functions=(lambda v, t=self.total: 100 * v / t, lambda f, t=self.total: f * t / 100))
-            sec.set_xlabel("% of prunable weights", fontsize=8)
+            sec.set_xlabel(f"% of the {self.total:,} weights live at the start ({self.pruned_before:,} already pruned)"
+                           if self.pruned_before else "% of prunable weights", fontsize=8)
         for ax, key, label, scale in (
-            (axes[1, 0], "loss_increase", "loss increase over the intact net (nats)", 1.0),
+            (axes[1, 0], "loss_increase", f"loss increase over the {start} (nats)", 1.0),
             (axes[1, 1], "accuracy_drop", "accuracy drop (percentage points)", 100.0),
         ):
             if key == "accuracy_drop" and not with_acc:
@@ -302,8 +309,11 @@ class KnowledgeCurve:
             ax.legend(fontsize=7)
         mode = "one shot" if self.finetune_batches == 0 else f"{self.finetune_batches} fine-tune batches per point"
         head = title or "knowledge distribution"
-        fig.suptitle(f"{head}\nremoved in {self.estimator} order, {mode}; {self.note}; fitted above a loss-increase "
-                     f"noise floor of {self.noise_floor:g}", fontsize=9)
+        import textwrap
+
+        sub = (f"removed in {self.estimator} order, {mode}; {self.note}; fitted above a loss-increase "
+               f"noise floor of {self.noise_floor:g}")
+        fig.suptitle(f"{head}\n" + textwrap.fill(sub, 170), fontsize=9)
         fig.tight_layout()
         return save_figure(fig, path, svg=svg)
 
@@ -329,6 +339,7 @@ def knowledge_distribution(
     num_classes: Optional[int] = None,
     noise_floor: float = DEFAULT_NOISE_FLOOR,
     accuracy_fn: Optional[AccuracyFn] = default_accuracy,
+    conn: Optional[Connectome] = None,
 ) -> KnowledgeCurve:
     """Remove the prunable weights of a copy of ``model`` in ``estimator`` order (scores from
     ``order_batches`` batches of ``order_loader``; choose held-out training data, never the test
@@ -360,16 +371,42 @@ def knowledge_distribution(
 
     ``points`` (a whole number >= 1) and ``max_fraction`` (in (0, 1]) shape the default counts; they
     are checked before any work, also when ``counts`` is given.
+
+    A pruned model: pass its :class:`~adaptive.Connectome` as ``conn`` (a Connectome attached to an
+    optimizer of ``model`` is found without it). Its pruned weights stay pruned in the copy, also
+    through fine-tuning, and are not counted: ``total``, ``removed`` and ``fraction`` are of the
+    weights still live at the start (``pruned_before`` says how many were already pruned, and the
+    note says so). Without one, a model of which 1% or more of the prunable weights are exact zeros
+    gets a warning.
     """
     points = _check_points(points, max_fraction)
+    if conn is not None and not isinstance(conn, Connectome):
+        raise TypeError(f"conn must be the model's adaptive.Connectome (its masks say what is already pruned), "
+                        f"got {type(conn).__name__}")
+    if conn is not None and conn.model is not _uncompiled(model):
+        raise ValueError("conn masks another model than the one given: pass the Connectome built on this model "
+                         "(knowledge_distribution(conn.model, ..., conn=conn))")
+    source = conn if conn is not None else _attached_connectome(model)
     work = copy_model(model, "knowledge_distribution")
     conn = Connectome(work, include=include, exclude=exclude)
-    total = conn.num_synapses()
+    if source is not None:
+        _carry_pruning(source, conn)
+    else:
+        _warn_if_zeros(conn)
+    live_flat = torch.cat([m.reshape(-1).cpu() for m in conn.masks.values()])
+    pruned_before = int((~live_flat).sum())
+    total = live_flat.numel() - pruned_before  # what remains at the start: the already-pruned are not counted
+    if total == 0:
+        raise ValueError("every prunable weight of the model is already pruned (its Connectome's masks): "
+                         "nothing is left to remove")
     scores = removal_scores(conn, order_loader, estimator, order_batches, loss_fn)
     order = global_order(scores)
+    if pruned_before:
+        order = order[live_flat[order]]  # only live weights are removed; the pruned ones stay pruned
     counts = sorted(set(int(c) for c in (counts if counts is not None else default_counts(total, points, max_fraction))))
     if counts and (counts[0] < 0 or counts[-1] > total):
-        raise ValueError(f"counts must lie in [0, {total}] (the number of prunable weights), got {counts[0]}..{counts[-1]}")
+        what = f"live prunable weights; {pruned_before} more are already pruned" if pruned_before else "prunable weights"
+        raise ValueError(f"counts must lie in [0, {total}] (the number of {what}), got {counts[0]}..{counts[-1]}")
     if not counts or counts[0] != 0:  # the intact network is always measured: the drops are from it
         counts = [0] + counts
     data = materialize(eval_loader, eval_batches, desc="evaluation data")
@@ -399,7 +436,7 @@ def knowledge_distribution(
 
     device = model_device(work)
     for k in tqdm(counts, desc=f"removing ({estimator})", leave=False, disable=None):
-        flat = torch.ones(total, dtype=torch.bool)
+        flat = live_flat.clone()
         flat[order[:k]] = False
         conn.set_masks({n: m.view(conn.masks[n].shape) for n, m in zip(names, flat.split(sizes))})
         if finetune_batches and k > 0:
@@ -428,10 +465,47 @@ def knowledge_distribution(
     note = f"evaluated on {base['samples']} samples"
     if "positions" in base:
         note += f" ({base['positions']} positions)"
+    if pruned_before:
+        note += (f"; {pruned_before} of the {total + pruned_before} prunable weights were already pruned (the model's "
+                 f"Connectome): they stay pruned and are not counted, removed and fractions are of the {total} live ones")
     if base["accuracy"] is None:
         note += ("; no accuracy (the targets are not class labels of the output's axis 1; pass accuracy_fn= to "
                  "count one), so the loss increase alone is fitted")
     return KnowledgeCurve(table, total, estimator, finetune_batches or 0, fits, chance,
                           note=note,
                           meta={"base": base, "model": work, "connectome": conn, "order": order},
-                          noise_floor=noise_floor)
+                          noise_floor=noise_floor, pruned_before=pruned_before)
+
+
+def _attached_connectome(model: nn.Module) -> Optional[Connectome]:
+    """The Connectome that masks ``model``'s weights through an optimizer (attached), if any."""
+    from ..connectome import _MASKED_BY
+
+    for p in _uncompiled(model).parameters():
+        entry = _MASKED_BY.get(id(p))
+        c = entry[1]() if entry is not None and entry[0]() is p else None
+        if c is not None and (c._optimizers or c._masker.handles):
+            return c
+    return None
+
+
+def _carry_pruning(source: Connectome, conn: Connectome) -> None:
+    """Set ``conn`` (on the copy) to the pruning of ``source`` (on the model); refuse pruned layers
+    that ``conn`` does not measure, whose weights fine-tuning would grow back."""
+    left_out = [n for n, m in source.masks.items() if n not in conn.masks and not bool(m.all())]
+    if left_out:
+        raise ValueError(f"the model's Connectome has pruned weights in {left_out[:3]}{' ...' if len(left_out) > 3 else ''}, "
+                         "which include/exclude leave out of this measurement: measure them too (widen include/exclude), "
+                         "or the curve would not be of the pruned model")
+    conn.set_masks({n: source.masks[n] for n in conn.masks if n in source.masks})
+
+
+def _warn_if_zeros(conn: Connectome) -> None:
+    """Warn when no Connectome came with the model but 1% or more of its prunable weights are exact
+    zeros (a pruned model): they would be counted as live and fine-tuning would grow them back."""
+    zeros = sum(int((p == 0).sum()) for p in conn.params.values())
+    total = conn.num_synapses()
+    if zeros and zeros >= 0.01 * total:
+        warn_user(f"{zeros} of the model's {total} prunable weights are exactly zero, as if pruned, but no Connectome "
+                  "came with it: they are counted as live weights (and fine-tuning may grow them back). If the model "
+                  "is pruned, pass its Connectome: knowledge_distribution(model, ..., conn=conn)")

@@ -1,0 +1,100 @@
+"""Diagnostics audit fixes: knowledge_distribution on a pruned model, the user's matplotlib backend
+kept, the gradient histogram's floor below float32's subnormals, a single-batch collinearity warned."""
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaptive import Connectome
+from adaptive.diagnostics import KnowledgeCurve, collinearity, knowledge_distribution
+from adaptive.diagnostics._common import LogHistogram
+
+torch.set_num_threads(1)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def constructed():
+    # feature j alone decides sample j (label 0) through w[0, j] = 4 - j, w[1, j] = -(4 - j)
+    model = nn.Linear(4, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[4.0, 3, 2, 1], [-4.0, -3, -2, -1]]))
+        model.bias.copy_(torch.tensor([0.0, 0.5]))
+    data = [(torch.eye(4), torch.zeros(4, dtype=torch.long))]
+    return model, data
+
+
+def pruned_constructed():
+    model, data = constructed()
+    conn = Connectome(model)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    mask[:, 3] = False  # feature 3's pair (|w| = 1) already pruned: sample 3 already lost
+    conn.set_masks({"weight": mask})
+    return model, data, conn
+
+
+def test_knowledge_starts_from_the_models_pruning():
+    model, data, conn = pruned_constructed()
+    curve = knowledge_distribution(model, data, counts=range(7), estimator="magnitude", conn=conn)
+    assert curve.total == 6 and curve.pruned_before == 2
+    assert curve.table["removed"] == list(range(7))
+    assert curve.table["fraction"][-1] == 1.0
+    # the pruned pair is neither counted nor removed again: the first removals are the |w| = 2 pair
+    assert curve.table["accuracy"] == [0.75, 0.75, 0.5, 0.5, 0.25, 0.25, 0.0]
+    assert "2 of the 8 prunable weights were already pruned" in curve.note
+    with pytest.raises(ValueError, match=r"\[0, 6\]"):
+        knowledge_distribution(model, data, counts=[7], conn=conn)
+
+
+def test_knowledge_fine_tune_never_regrows_pruned_weights():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4))
+    X = torch.randn(200, 6)
+    Y = X[:, :4].argmax(1)
+    conn = Connectome(net)
+    conn.set_masks({n: torch.rand_like(p) < 0.3 for n, p in conn.params.items()})
+    pruned = sum(int((~m).sum()) for m in conn.masks.values())
+    data = [(X[i:i + 50], Y[i:i + 50]) for i in range(0, 200, 50)]
+    c = knowledge_distribution(net, data, counts=[0, 1], finetune_batches=5, finetune_loader=data, lr=0.1, conn=conn)
+    assert c.pruned_before == pruned and c.total == conn.num_synapses() - pruned
+    work = c.meta["connectome"]
+    zeros = sum(int((p == 0).sum()) for p in work.params.values())
+    assert zeros == pruned + 1  # the model's pruned weights plus the one removed, after fine-tuning
+    for n, m in conn.masks.items():
+        assert not work.masks[n][~m].any()
+
+
+def test_knowledge_finds_an_attached_connectome(tmp_path):
+    model, data, conn = pruned_constructed()
+    conn.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+    curve = knowledge_distribution(model, data, counts=[0, 1, 2], estimator="magnitude")
+    assert curve.total == 6 and curve.pruned_before == 2
+    curve.save(tmp_path)
+    assert json.loads((tmp_path / "knowledge_summary.json").read_text())["pruned_before"] == 2
+    back = KnowledgeCurve.load(str(tmp_path))
+    assert back.pruned_before == 2 and back.total == 6
+    curve.plot(tmp_path / "k.png")
+
+
+def test_knowledge_warns_on_zeros_without_a_connectome():
+    model, data = constructed()
+    with torch.no_grad():
+        model.weight[:, 3] = 0.0
+    with pytest.warns(UserWarning, match="exactly zero.*conn=conn"):
+        knowledge_distribution(model, data, counts=[0, 1])
+    intact, data = constructed()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        knowledge_distribution(intact, data, counts=[0, 1])
+
+
+def test_knowledge_refuses_a_connectome_of_another_model():
+    model, data, conn = pruned_constructed()
+    other, _ = constructed()
+    with pytest.raises(ValueError, match="another model"):
+        knowledge_distribution(other, data, counts=[0, 1], conn=conn)
