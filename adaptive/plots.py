@@ -65,12 +65,9 @@ def boundary_scale(ax, values) -> None:
 
 
 def _pyplot():
-    import matplotlib
+    from .diagnostics.table import pyplot  # Agg unless the user picked a backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, str]] = None,

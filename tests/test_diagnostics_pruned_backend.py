@@ -98,3 +98,34 @@ def test_knowledge_refuses_a_connectome_of_another_model():
     other, _ = constructed()
     with pytest.raises(ValueError, match="another model"):
         knowledge_distribution(other, data, counts=[0, 1], conn=conn)
+
+
+BACKEND_SCRIPT = r"""
+import sys, torch, matplotlib
+CHOICE = sys.argv[1]
+if CHOICE != "none":
+    matplotlib.use(CHOICE)
+import matplotlib.pyplot as plt
+if CHOICE != "none":
+    plt.figure()
+from torch import nn
+from adaptive.diagnostics import collinearity
+from adaptive.plots import plot_loss_accuracy
+net = nn.Sequential(nn.Linear(4, 3))
+X = torch.randn(32, 4); Y = torch.randint(0, 3, (32,))
+col = collinearity(net, [(X[:16], Y[:16]), (X[16:], Y[16:])])
+col.plot(sys.argv[2] + "/col.png")
+plot_loss_accuracy([{"step": 1, "split": "train", "loss": 1.0, "accuracy": 0.5}], sys.argv[2] + "/la.png")
+print(matplotlib.get_backend().lower(), plt.get_fignums())
+"""
+
+
+@pytest.mark.parametrize("choice, expect", [("svg", "svg [1]"), ("pdf", "pdf [1]"), ("none", "agg []")])
+def test_plots_keep_the_users_backend(tmp_path, choice, expect):
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", "DISPLAY", "WAYLAND_DISPLAY")}
+    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", MPLCONFIGDIR=str(tmp_path / "mpl"))
+    r = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT, choice, str(tmp_path)], env=env, cwd=str(tmp_path),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == expect
+    assert (tmp_path / "col.png").exists() and (tmp_path / "la.png").exists()

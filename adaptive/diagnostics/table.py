@@ -80,11 +80,29 @@ def save_figure(fig, path: str | os.PathLike, svg: bool = False, dpi: int = 120)
 
 
 def pyplot():
-    """matplotlib.pyplot on a non-interactive backend unless the user picked one."""
+    """matplotlib.pyplot, on the backend the user picked (``MPLBACKEND``, ``matplotlib.use``, a
+    matplotlibrc's ``backend``, or the one an already-used pyplot runs on); on the non-interactive
+    Agg only where none was picked and matplotlib would choose one itself (the figures are written
+    to files, not shown)."""
     import matplotlib
 
-    if "MPLBACKEND" not in os.environ:
+    if not backend_chosen():
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def backend_chosen() -> bool:
+    """Whether matplotlib's backend was picked (by the user, or resolved by a pyplot already in use)
+    rather than left for matplotlib to choose on first use."""
+    import matplotlib
+
+    if os.environ.get("MPLBACKEND"):
+        return True
+    rc = matplotlib.rcParams
+    get = getattr(rc, "_get_backend_or_none", None)  # None while still to be chosen
+    if get is not None:
+        return get() is not None
+    sentinel = getattr(matplotlib.rcsetup, "_auto_backend_sentinel", None)  # a matplotlib without that method
+    return dict.__getitem__(rc, "backend") is not sentinel
