@@ -129,3 +129,17 @@ def test_plots_keep_the_users_backend(tmp_path, choice, expect):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == expect
     assert (tmp_path / "col.png").exists() and (tmp_path / "la.png").exists()
+
+
+@pytest.mark.parametrize("values, dtype", [
+    ([3e-42, 5e-42, 8e-42], torch.float32),  # float32 subnormals
+    ([1.401298464324817e-45] * 3, torch.float32),  # the smallest one
+    ([2e-40, 5e-40, 9e-40], torch.bfloat16),  # bfloat16 subnormals
+    ([1e-7, 3e-7, 5e-6], torch.float16),
+])
+def test_histogram_bins_subnormal_gradients(values, dtype):
+    v = torch.tensor(values, dtype=dtype)
+    h = LogHistogram(1)
+    h.update(v, torch.zeros(3, dtype=torch.long))
+    true = float(v.double().median())
+    assert float(h.quantile(0.5)[0]) == pytest.approx(true, rel=0.012, abs=0)  # abs=0: approx allows 1e-12 by default
