@@ -143,3 +143,14 @@ def test_histogram_bins_subnormal_gradients(values, dtype):
     h.update(v, torch.zeros(3, dtype=torch.long))
     true = float(v.double().median())
     assert float(h.quantile(0.5)[0]) == pytest.approx(true, rel=0.012, abs=0)  # abs=0: approx allows 1e-12 by default
+
+
+def test_collinearity_warns_on_a_single_batch():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    X, Y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    with pytest.warns(UserWarning, match="single batch.*several"):
+        collinearity(net, [(X, Y)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        collinearity(net, [(X[:16], Y[:16]), (X[16:], Y[16:])])

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..discovery import discover
+from ..warn import warn_user
 from ._common import (default_loss, iterate_batches, kept_buffers, measured_gradients, model_device, scalers_suspended,
                       training_mode)
 from .table import Table, pyplot, save_figure
@@ -220,6 +221,10 @@ def collinearity(
                 pos[i] += (g > 0).int()
                 neg[i] += (g < 0).int()
             n += 1
+    if n == 1:
+        warn_user("collinearity measured on a single batch: every weight's gradient agrees with itself, so cosine and "
+                  "sign agreement are 1 by definition and say nothing; pass a loader (or batches=) with several "
+                  "batches (batch_size= re-cuts a loader into more, smaller ones)")
     cos, agree, g2, var, rows = {}, {}, {}, {}, []
     for i, name in enumerate(names):
         mean = s1[i] / n
