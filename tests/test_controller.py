@@ -440,7 +440,7 @@ def test_a_controller_refuses_the_state_of_another_policy_or_estimator(saved, lo
     [
         (dict(density=0.0), ValueError, "density"),
         (dict(density=1.5), ValueError, "density"),
-        (dict(density=1e-4), ValueError, r"keeps round\(0.0001 x 512\) = 0 of the connectome's 512 synapses"),
+        (dict(density=0.05), ValueError, r"keeps round\(0.05 x 8\) = 0 of the connectome's 8 synapses.*at least 0.125"),
         (dict(density=0.5, policy="nope"), ValueError, "unknown policy"),
         (dict(density=0.5, budget="nope"), ValueError, "unknown layer budget"),
         (dict(density=0.5, end_step=5, start_step=10), ValueError, "end_step"),
