@@ -8,25 +8,15 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adaptive import Connectome
 from adaptive.diagnostics import KnowledgeCurve, collinearity, knowledge_distribution
 from adaptive.diagnostics._common import LogHistogram
+from test_diagnostics_knowledge import constructed  # the classifier whose curves are known exactly
 
 torch.set_num_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def constructed():
-    # feature j alone decides sample j (label 0) through w[0, j] = 4 - j, w[1, j] = -(4 - j)
-    model = nn.Linear(4, 2)
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor([[4.0, 3, 2, 1], [-4.0, -3, -2, -1]]))
-        model.bias.copy_(torch.tensor([0.0, 0.5]))
-    data = [(torch.eye(4), torch.zeros(4, dtype=torch.long))]
-    return model, data
 
 
 def pruned_constructed():
