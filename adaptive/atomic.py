@@ -7,14 +7,69 @@ half of one.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, List, Optional, Union
 
 
 _UMASK = os.umask(0)  # read once (os.umask can only be read by setting it)
 os.umask(_UMASK)
+
+
+def temp_name(name: str, pid: int, token: str) -> str:
+    """The name of :func:`atomic_path`'s temporary file for the file ``name``, written by process
+    ``pid`` (``token``: 8 random hex digits): ``.NAME.PID-TOKEN.tmpSUFFIX``."""
+    return f".{name}.{pid}-{token}.tmp{Path(name).suffix}"
+
+
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)-[0-9a-f]{8}\.tmp(?P<suffix>.*)", re.DOTALL)
+
+
+def temp_writer(name: str) -> Optional[int]:
+    """The process id that wrote ``name`` when it is a temporary file of :func:`atomic_path`
+    (exactly its pattern, :func:`temp_name`), else None."""
+    m = _TEMP_NAME.fullmatch(name)
+    if m is None or Path(m["name"]).suffix != m["suffix"]:
+        return None
+    return int(m["pid"])
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (this process counts; so does one of another
+    user). A pid taken over by a new process since reads as alive: its file stays (the safe side)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True  # it exists (another user's), or we cannot tell: left alone
+    return True
+
+
+def sweep_stale_temps(folder: Union[str, os.PathLike]) -> List[Path]:
+    """Remove the temporary files that :func:`atomic_path` left in ``folder`` (not its subfolders)
+    when its process was killed between writing and renaming (SIGKILL, a power cut): only files of
+    exactly that name pattern whose writer is no longer running. Call it where nothing else writes
+    there: a run that has just taken the folder's lock, before it writes. Returns what it removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # no such folder, or one we cannot read: nothing to do
+        return removed
+    for e in entries:
+        pid = temp_writer(e.name)
+        if pid is None or not e.is_file(follow_symlinks=False) or _alive(pid):
+            continue
+        try:
+            os.unlink(e.path)
+        except OSError:  # gone meanwhile, or not ours to remove: left
+            continue
+        removed.append(Path(e.path))
+    return removed
 
 
 @contextmanager
@@ -24,7 +79,7 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     is created if needed; the file gets the usual permissions (umask), not a private temp file's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
+    tmp = path.with_name(temp_name(path.name, os.getpid(), secrets.token_hex(4)))
     try:
         yield tmp
         if tmp.exists():  # some writers (safetensors) create private 0600 files: the usual permissions instead

@@ -118,10 +118,29 @@ class RunLock:
                     recheck()
                 except self.error as e:
                     busy = str(e)
+            if not busy:  # held, before anything is written: what a killed run's writes left goes
+                self.sweep()
         busy = broadcast_str(self.accelerator, busy)
         if busy:
             self.release()
             raise self.error(busy)
+
+    def sweep(self) -> None:
+        """(main process, once the lock is held, before the run writes) Remove the temporary files
+        that a run killed mid-write left (:func:`adaptive.atomic.sweep_stale_temps`: only files of
+        the atomic writes' own name pattern whose writer is gone) in the folder and the folders in
+        it (a prune_pretrained run's ``remove_*``); a folder reached through a link is left alone.
+        The lock excludes every other run, so nothing of a live run is here; with --overwrite too."""
+        from .atomic import sweep_stale_temps
+
+        folder = self.path.parent
+        sweep_stale_temps(folder)
+        try:
+            inside = [d for d in folder.iterdir() if d.is_dir() and not d.is_symlink()]
+        except OSError:  # housekeeping: never a reason to stop the run (or hang its other processes)
+            inside = []
+        for d in inside:
+            sweep_stale_temps(d)
 
     def _lock(self) -> str:
         """Lock the file at ``self.path`` (main process): "" once held, else why not."""

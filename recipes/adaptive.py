@@ -632,6 +632,16 @@ class _RunLock(run_folder.RunLock):
     def acquire(self, cfg: RunConfig) -> None:
         super().acquire(None if cfg.resume else (lambda: _refuse_earlier_run(cfg, self.path.parent)))
 
+    def sweep(self) -> None:
+        """Also the checkpoint folder a run stopped while saving left (``checkpoints/.tmp-step_N``),
+        now rather than at the run's next save (save_checkpoint sweeps them too)."""
+        import shutil
+
+        super().sweep()
+        for stale in (self.path.parent / CHECKPOINT_DIR).glob(".tmp-step_*"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+
 
 def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, lock: "_RunLock") -> RunResult:
     from accelerate.utils import set_seed

@@ -72,3 +72,40 @@ def test_write_text_makes_the_folder_and_replaces_the_file_whole(tmp_path):
     assert write_text(out, "first\n") == out and out.read_text() == "first\n"
     write_text(out, "second\n")
     assert out.read_text() == "second\n" and sorted(p.name for p in out.parent.iterdir()) == ["table.md"]
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended (a child run and waited for)."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", ""])
+    p.wait()
+    return p.pid
+
+
+def test_sweep_removes_only_temporaries_of_writers_that_are_gone(tmp_path):
+    """A run killed between an atomic write and its rename left .NAME.PID-HEX.tmpSUFFIX for good:
+    sweep_stale_temps removes exactly those (writer gone), and nothing else."""
+    from adaptive.atomic import sweep_stale_temps, temp_writer
+
+    dead, live = _dead_pid(), os.getppid()
+    with atomic_path(tmp_path / "metrics.csv") as tmp:  # the name atomic_path makes is the pattern swept
+        assert temp_writer(tmp.name) == os.getpid()
+        tmp.write_text("x")
+    stale = [f".metrics.csv.{dead}-0123abcd.tmp.csv", f".checkpoint.pt.{dead}-deadbeef.tmp.pt",
+             f".LICENSE.{dead}-00ff00ff.tmp"]
+    kept = [f".metrics.csv.{live}-0123abcd.tmp.csv",  # a live writer (another tool writing now)
+            f".metrics.csv.{os.getpid()}-0123abcd.tmp.csv",  # this process
+            f".metrics.csv.{dead}-0123abcd.tmp.pt",  # another suffix than its name's: not atomic_path's
+            f".metrics.csv.{dead}-0123abcd.tmp.csv.bak", f"metrics.csv.{dead}-0123abcd.tmp.csv",
+            f".metrics.csv.{dead}-0123ABCD.tmp.csv", "notes.tmp.csv", "metrics.csv"]
+    for n in stale + kept:
+        (tmp_path / n).write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / stale[0]).write_text("x")  # subfolders are the caller's to name
+    removed = sweep_stale_temps(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["sub"])
+    assert (tmp_path / "sub" / stale[0]).exists()
+    assert sweep_stale_temps(tmp_path / "none") == []

@@ -973,3 +973,63 @@ def test_resume_puts_back_a_checkpoint_an_overwrite_run_killed_in_its_setup_set_
     res = _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(out), "--resume", "latest"])
     assert res.summary["synapses"] - res.summary["live"] == 25216
     assert (out / A.MASK_ONLY_CHECKPOINT).is_file() and not (out / (A.MASK_ONLY_CHECKPOINT + ".earlier")).exists()
+
+
+def _leave_temps(folder: Path, *names: str) -> list:
+    """What a run SIGKILLed between an atomic write and its rename leaves: .NAME.PID-HEX.tmpSUFFIX
+    of a process that is gone. Returns their paths."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", ""])
+    p.wait()
+    out = []
+    for n in names:
+        f = folder / f".{n}.{p.pid}-0a1b2c3d.tmp{Path(n).suffix}"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"half a file")
+        out.append(f)
+    return out
+
+
+def test_temp_files_a_killed_train_run_left_go_when_it_is_resumed(tmp_path):
+    """SIGKILL between writing metrics.csv's temporary and the rename left .metrics.csv.PID-HEX.tmp.csv
+    beside the run for good (a successful --resume kept it); a checkpoint folder a save stopped
+    half-way left went only at the next save (none here: the run saves no more)."""
+    run = tmp_path / "run"
+    argv = TINY + ["--checkpoint_every", "10", "--output_dir", str(run)]
+    _main(argv)
+    temps = _leave_temps(run, "metrics.csv", "config.yaml")
+    partial = run / "checkpoints" / ".tmp-step_00000015"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    mine = run / "notes.tmp.csv"  # not the pattern: stays
+    mine.write_text("mine")
+    assert _main(argv + ["--resume", "latest"]).state.step == 20
+    assert not any(t.exists() for t in temps) and not partial.exists() and mine.exists()
+
+
+def test_temp_files_a_killed_mask_only_run_left_go_on_resume_and_on_overwrite(tmp_path):
+    run = tmp_path / "m"
+    argv = MASK_ONLY + ["--max_steps", "4", "--output_dir", str(run)]
+    _main(argv)
+    temps = _leave_temps(run, A.MASK_ONLY_CHECKPOINT, "summary.json")
+    _main(argv + ["--resume", "latest"])
+    assert not any(t.exists() for t in temps)
+    temps = _leave_temps(run, A.MASK_ONLY_CHECKPOINT)
+    _main(argv + ["--overwrite"])
+    assert not any(t.exists() for t in temps)
+    assert (run / A.MASK_ONLY_CHECKPOINT).is_file()
+
+
+def test_temp_files_a_killed_prune_pretrained_run_left_go_on_resume_and_on_overwrite(tmp_path):
+    out = tmp_path / "run"
+    argv = PRUNE_TINY + ["--output_dir", str(out), "--remove", "0.2", "0.3"]
+    P.main(argv)
+    temps = _leave_temps(out, "checkpoint.pt", "results.md") + _leave_temps(out / "remove_0.2", "pruned_state_dict.pt")
+    P.main(argv + ["--resume"])
+    assert not any(t.exists() for t in temps)
+    temps = _leave_temps(out, "checkpoint.pt")
+    P.main(argv + ["--overwrite"])
+    assert not any(t.exists() for t in temps) and (out / "checkpoint.pt").is_file()
+
