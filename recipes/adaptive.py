@@ -964,8 +964,13 @@ def _mask_only_run_dir(resume: str, output_dir) -> Path:
             raise FileNotFoundError(f"--resume {resume} continues the mask-only run in {run}, where it writes; "
                                     f"drop --output_dir {output_dir} (or give --output_dir {run})")
     if not _mask_only_resumable(run):
+        earlier = _earlier_run(run) if run.is_dir() else []
+        start = (f"it holds an earlier run ({', '.join(earlier[:3])}{' ...' if len(earlier) > 3 else ''}) with no "
+                 "target recorded to continue from (stopped before its first one, say): start afresh there with "
+                 "--overwrite instead of --resume, or give another --output_dir" if earlier else
+                 "run without --resume to start")
         raise FileNotFoundError(f"--resume: no {MASK_ONLY_CHECKPOINT} in {run} (a mask_only run writes one after "
-                                "every target); run without --resume to start")
+                                f"every target); {start}")
     return run
 
 

@@ -1033,3 +1033,19 @@ def test_temp_files_a_killed_prune_pretrained_run_left_go_on_resume_and_on_overw
     P.main(argv + ["--overwrite"])
     assert not any(t.exists() for t in temps) and (out / "checkpoint.pt").is_file()
 
+
+def test_mask_only_resume_of_a_run_without_a_target_names_the_command_that_starts_it(tmp_path, capsys):
+    """A run killed before its first target (config.yaml, no mask_only_checkpoint.pt): --resume said
+    'run without --resume to start', and that command is refused (an earlier run is there)."""
+    run = tmp_path / "m"
+    argv = MASK_ONLY + ["--max_steps", "4", "--output_dir", str(run)]
+    _main(argv)
+    for f in run.iterdir():
+        if f.name not in ("config.yaml", ".lock"):
+            f.unlink()  # as a run SIGKILLed before its first target leaves it
+    err = _error_of(argv + ["--resume", "latest"], capsys)
+    assert "no mask_only_checkpoint.pt" in err and "--overwrite" in err and "another --output_dir" in err
+    assert "run without --resume to start" not in err
+    assert _main(argv + ["--overwrite"]).summary["live"] == 25216  # the command it names starts the run
+    err = _error_of(MASK_ONLY + ["--output_dir", str(tmp_path / "none"), "--resume", "latest"], capsys)
+    assert "run without --resume to start" in err  # nothing there: that is the way
