@@ -472,6 +472,7 @@ def optimize_connectome(
                               window=window, edit_fraction=edit_fraction, approach=approach, margin=margin,
                               ladder=ladder if climb else [], patience=patience if climb else None,
                               verify_batches=verify_batches, line_search_tries=line_search_tries, seed=seed,
+                              eval_every=eval_every,  # when the held-out evaluations (and "best"'s choice) fall
                               weights=ckpt.weights_checksum(conn.original), precision=_precision(model),
                               train_data=_data_identity(train_loader), holdout_data=_data_identity(holdout_loader))
         saved = ckpt.load_stage(checkpoint, fp)  # a foreign file fails here, before anything changes

@@ -144,8 +144,8 @@ def _differences(saved: dict, now: dict) -> List[str]:
         if k == "weights" and isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
             if all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12) for x, y in zip(a, b)):
                 continue  # sums on another device may differ in the last bits
-        if k == "precision" and a is None:
-            continue  # recorded before the precision was
+        if k in ("precision", "eval_every") and a is None:
+            continue  # recorded before the precision (the held-out cadence) was
         if k == "estimator" and isinstance(a, str) and isinstance(b, str) and _same_estimator(a, b):
             continue
         if a != b:

@@ -273,3 +273,18 @@ def test_resume_reads_the_batches_the_uninterrupted_run_would_have_read(tmp_path
     blind = tmp_path / "blind.pt"
     torch.save(saved, blind)
     assert not same(straight, resume(blind))
+
+
+def test_a_resume_with_another_evaluation_cadence_is_refused(tmp_path):
+    """eval_every was left out of the fingerprint: a resume evaluated (and chose "best"'s snapshot)
+    at other steps than the run it continued, silently. A checkpoint recorded before it was
+    fingerprinted still resumes."""
+    from adaptive.mask_only_checkpoint import _differences
+
+    path = tmp_path / "ck.pt"
+    interrupted(tiny(), [0.2, 0.5], path, at_stage=1, eval_every=1)
+    with pytest.raises(CheckpointMismatchError, match="eval_every: checkpoint 1, this run 3"):
+        optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path, **{**KW, "eval_every": 3})
+    resumed = optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path, **{**KW, "eval_every": 1})
+    assert [h["kind"] for h in resumed.history].count("resume") == 1
+    assert _differences({"window": 2}, {"window": 2, "eval_every": 5}) == []
