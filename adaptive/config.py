@@ -74,6 +74,14 @@ class ConfigError(ValueError):
     """A configuration key or value is not acceptable; the message says which and why."""
 
 
+SEED_RANGE = "[0, 2**32 - 1] (0 to 4294967295)"  # what numpy's seeding (and so every recipe's --seed) takes
+
+
+def seed_in_range(seed) -> bool:
+    """Whether ``seed`` is an integer the recipes accept as --seed (:data:`SEED_RANGE`)."""
+    return not isinstance(seed, bool) and isinstance(seed, int) and 0 <= seed <= 2**32 - 1
+
+
 def normalize_key(key: str) -> str:
     """``--data-dir`` / ``data-dir`` / ``data_dir`` -> ``data_dir``."""
     return key.lstrip("-").replace("-", "_")

@@ -192,3 +192,47 @@ def refuse_result_folder(output_dir: Path, markers: Sequence[str], recipe: str, 
     if out.name.startswith("remove_") and existing(out.parent, markers):
         raise (error or RunFolderError)(
             f"{output_dir} is a result folder of the {recipe} run in {out.parent}: give this run another --output_dir")
+
+
+def read_settings(path: Path, fix: str, error: type = RunFolderError) -> Optional[dict]:
+    """The settings a run recorded in ``path`` (its config.yaml), read before a resume does any work;
+    None when there is no such file. A damaged file raises ``error`` naming it, with ``fix``."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as f:
+            saved = yaml.safe_load(f.read().decode("utf-8"))
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        raise error(f"--resume: {path} is damaged (not valid YAML{f' at line {where.line + 1}' if where else ''}), "
+                    f"so the settings of the run cannot be checked; {fix}") from None
+    except UnicodeDecodeError:
+        raise error(f"--resume: {path} is damaged (not UTF-8 text), so the settings of the run cannot be "
+                    f"checked; {fix}") from None
+    if not isinstance(saved, dict) or not saved:
+        raise error(f"--resume: {path} is damaged ({'empty' if saved in (None, {}) else 'not a mapping of settings'}), "
+                    f"so the settings of the run cannot be checked; {fix}")
+    return saved
+
+
+def normalised_settings(d: dict) -> dict:
+    """Settings that mean the same run written alike: no mixed precision, the CPU without a GPU."""
+    d = dict(d)
+    if d.get("mixed_precision") in (None, "no"):
+        d["mixed_precision"] = "no"
+    if "cpu" in d:
+        import torch
+
+        if not torch.cuda.is_available():
+            d["cpu"] = True
+    return d
+
+
+def changed_settings(saved: dict, now: dict, may_change: Collection[str]) -> List[str]:
+    """Each setting of ``now`` that the run recorded (``saved``) with another value, as
+    ``"KEY: run OLD, now NEW"``; the keys in ``may_change`` (a resume may change them) aside."""
+    return [f"{k}: run {saved[k]!r}, now {now[k]!r}" for k in now
+            if k in saved and k not in may_change and saved[k] != now[k]]

@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adaptive import Connectome, Controller  # noqa: E402
 from adaptive.cli import show_progress  # noqa: E402
 from adaptive.counts import whole_number  # noqa: E402
-from adaptive.config import COMMAND_LINE, ConfigError, given_keys, parse_config, save_config  # noqa: E402
+from adaptive.config import (COMMAND_LINE, SEED_RANGE, ConfigError, given_keys, parse_config, save_config,  # noqa: E402
+                             seed_in_range)
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive import jsonio  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
@@ -196,7 +197,7 @@ class RunConfig:
             (math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}"),
             (0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1) (SGD momentum; adamw: beta1), got {self.momentum}"),
             (0.0 <= self.weight_decay < math.inf, f"weight_decay must be a finite number >= 0, got {self.weight_decay}"),
-            (0 <= self.seed <= 2**32 - 1, f"seed must be in [0, 2**32 - 1] (0 to 4294967295), got {self.seed}"),
+            (seed_in_range(self.seed), f"seed must be in {SEED_RANGE}, got {self.seed}"),
             (self.update_every >= 1, f"update_every must be >= 1, got {self.update_every}"),
             (0.0 <= self.edit_fraction <= 1.0, f"edit_fraction must be in [0, 1], got {self.edit_fraction}"),
             (0.0 < self.end_fraction <= 1.0, f"end_fraction must be in (0, 1], got {self.end_fraction}"),
@@ -875,16 +876,6 @@ def _check_resumed_config(cfg: RunConfig, output_dir: Path, resume_from: Optiona
     return [r for r in recorded if r is not None]
 
 
-def _normalised(d: dict) -> dict:
-    """Settings that mean the same run written alike: no mixed precision, the CPU without a GPU."""
-    d = dict(d)
-    if d.get("mixed_precision") in (None, "no"):
-        d["mixed_precision"] = "no"
-    if "cpu" in d and not torch.cuda.is_available():
-        d["cpu"] = True
-    return d
-
-
 def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, resume: Optional[Path] = None,
                    no_fp16: bool = False) -> Optional[dict]:
     """Compare the settings of ``cfg`` with the ones recorded in ``path`` (a run folder's config.yaml,
@@ -893,33 +884,20 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
     device ran it as float32) as 'no', a mask_only_kw key the recipe now sets as its option, and a
     train-mode mask_only_kw (read by nothing) not at all. Returns the settings recorded (None: no file)."""
     from adaptive.config import to_dict
-    import yaml
 
-    if not path.is_file():
-        return None  # a run folder without its config (copied checkpoints): nothing to compare
     fix = ("put the run's config.yaml back, or run without --resume into another --output_dir to start afresh"
            if resume is None else f"delete {resume} and resume from an earlier checkpoint, or start afresh")
-    try:
-        with open(path, "rb") as f:
-            saved = yaml.safe_load(f.read().decode("utf-8"))
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        raise CheckpointError(f"--resume: {path} is damaged (not valid YAML{f' at line {where.line + 1}' if where else ''}), "
-                              f"so the settings of the run cannot be checked; {fix}") from None
-    except UnicodeDecodeError:
-        raise CheckpointError(f"--resume: {path} is damaged (not UTF-8 text), so the settings of the run cannot be "
-                              f"checked; {fix}") from None
-    if not isinstance(saved, dict) or not saved:
-        raise CheckpointError(f"--resume: {path} is damaged ({'empty' if saved in (None, {}) else 'not a mapping of settings'}), "
-                              f"so the settings of the run cannot be checked; {fix}")
+    saved = run_folder.read_settings(path, fix, error=CheckpointError)
+    if saved is None:
+        return None  # a run folder without its config (copied checkpoints): nothing to compare
     if saved.get("mode") == "mask_only":
         saved.update(_kw_as_options(saved))
     now = to_dict(cfg)
     if no_fp16 and saved.get("mixed_precision") == "fp16":  # it ran float32: fp16 or no continue it
         saved["mixed_precision"] = "no"
         now["mixed_precision"] = "no" if now.get("mixed_precision") == "fp16" else now.get("mixed_precision")
-    saved = _normalised(saved)
-    now = _normalised(now)
+    saved = run_folder.normalised_settings(saved)
+    now = run_folder.normalised_settings(now)
     from adaptive.paths import absolute_if_exists
 
     if "weights" in saved:  # runs recorded before paths were stored absolute
@@ -932,7 +910,7 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
         # continues with it
         cfg.estimator = "curvature"
         now["estimator"] = "curvature"
-    diff = [f"{k}: run {saved[k]!r}, now {now[k]!r}" for k in now if k in saved and k not in free and saved[k] != now[k]]
+    diff = run_folder.changed_settings(saved, now, free)
     if cfg.mode == "mask_only":  # the held-out cadence, which the stage checkpoint does not compare, as each runs it
         run, this = _cadence(saved), _cadence(now)
         diff += [f"{k}: run {run[k]!r}, now {this[k]!r}" for k in run if run[k] != this[k] and f"{k}: run" not in

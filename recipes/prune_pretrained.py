@@ -20,8 +20,9 @@ weights_only=True)`` and ``load_state_dict`` into a vanilla model), ``connectome
 and at the top: ``results.md`` (the table), ``curves.png`` (loss and accuracy against the number of
 removed weights, and the prune/restore boundaries over time), ``history.jsonl``, ``events.jsonl``,
 ``summary.json`` (the rows, and every process's mask hash per snapshot), ``config.yaml`` (the resolved
-options, which ``python -m graphs export OUTPUT_DIR/remove_<target>`` reads), ``checkpoint.pt`` (the run
-after each finished target or ladder rung: ``--resume`` continues from it after a crash).
+options, which ``python -m graphs export OUTPUT_DIR/remove_<target>`` reads; written as the run starts,
+and a ``--resume`` with other settings is refused against it), ``checkpoint.pt`` (the run after each
+finished target or ladder rung: ``--resume`` continues from it after a crash).
 
 One run per folder (:mod:`adaptive.run_folder`): a run without ``--resume`` into a folder that holds
 an earlier run's outputs or checkpoint is refused before anything is written; ``--overwrite``
@@ -53,7 +54,7 @@ from adaptive import jsonio  # noqa: E402
 from adaptive import run_folder  # noqa: E402
 from adaptive.atomic import atomic_path  # noqa: E402
 from adaptive.cli import show_progress  # noqa: E402
-from adaptive.config import merge_key_values  # noqa: E402
+from adaptive.config import SEED_RANGE, merge_key_values, seed_in_range  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.mask_only import changed_weights, evaluate, optimize_connectome, parse_target  # noqa: E402
@@ -202,6 +203,35 @@ def _check_dataset_kw(dataset: str, kw: dict) -> None:
         raise SystemExit(str(e)) from None
 
 
+def _check_names(cfg: dict, origin) -> None:
+    """The registry names (model, dataset, ensemble, estimator) checked before any data is read or
+    anything written, as recipes/adaptive.py checks them (they failed after the data had loaded and
+    the model had been built)."""
+    from adaptive.data import available_datasets
+    from adaptive.ensemble_rules import parse_rules
+    from adaptive.models import available_models
+    from adaptive.utility.base import estimator_names
+
+    def known(key, names, hint=""):
+        if cfg[key] not in names:
+            raise SystemExit(f"{origin(key)} {cfg[key]}: unknown {key}: use one of {', '.join(sorted(names))}{hint}")
+
+    plugin = " (or register your own in a file given with --plugins)"
+    if ":" not in cfg["model"] and cfg["model"].lower() not in available_models():
+        raise SystemExit(f"{origin('model')} {cfg['model']}: unknown model: use one of {', '.join(available_models())} "
+                         f"(torchvision:NAME is any torchvision classifier){plugin}")
+    known("dataset", available_datasets(), plugin)
+    known("estimator", estimator_names(), plugin)
+    try:
+        rules = parse_rules(cfg["ensemble"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"{origin('ensemble')} {cfg['ensemble']}: {e}") from None
+    if any(hasattr(g, "density") for _, g in rules):  # optimize_connectome's refusal, before the data loads
+        raise SystemExit(f"{origin('ensemble')} {cfg['ensemble']}: n:m fixes the density in every group, so no "
+                         "removal target can be reached by removing and restoring synapses: use 'synapse', 'kernel', "
+                         "'neuron' or 'block:RxC'")
+
+
 def _check_file_values(path: str, loaded: dict, parser: argparse.ArgumentParser) -> None:
     """A --config file's values checked as the command line checks them: its choices, its types and its
     flags (``cfg.update`` alone let ``mixed_precision: fp16`` run float32 under an fp16 label, and a
@@ -218,11 +248,24 @@ def _check_file_values(path: str, loaded: dict, parser: argparse.ArgumentParser)
         if action.choices is not None and value not in action.choices:
             raise SystemExit(f"{path}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
         values = value if isinstance(value, list) and action.nargs in ("*", "+") else [value]
+        if key in _TEXT and action.nargs is None and not isinstance(value, str):  # a name or a path
+            raise SystemExit(f"{path}: {key} must be text ({_TEXT[key]}), got {value!r}"
+                             + (f": quote it ({key}: '{value}')" if isinstance(value, (int, float)) else ""))
+        if key in _TEXT and action.nargs in ("*", "+") and any(
+                not isinstance(v, (str, int, float)) or isinstance(v, bool) for v in values):
+            raise SystemExit(f"{path}: {key} must be {_TEXT[key]}, got {value!r}")
         if action.type is int and any(isinstance(v, bool) or not isinstance(v, int) for v in values):
             raise SystemExit(f"{path}: {key} must be an integer, got {value!r}")
         if action.type in (float, number_or_none) and any(
                 isinstance(v, bool) or not isinstance(v, (int, float)) for v in values if v != "none"):
             raise SystemExit(f"{path}: {key} must be a number, got {value!r}")
+
+
+# what each text option of a --config file names (its value must be text, as on the command line)
+_TEXT = dict(model="a model name", weights="a file path", dataset="a dataset name", data_dir="a folder path",
+             output_dir="a folder path", ensemble="an ensemble rule, e.g. synapse", estimator="an estimator name",
+             mixed_precision="no or bf16", remove="targets: fractions, counts or best, e.g. [0.2, 0.5]",
+             plugins="a list of .py files or module names")
 
 
 RANGED = ("step", "passes", "holdout", "approach", "edit_fraction", "patience", "window", "ladder")
@@ -300,17 +343,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         load_plugins(cfg["plugins"])  # before any name is used: a plugin's names count as built-in ones
     except PluginError as e:
         raise SystemExit(str(e)) from None
+    on_command_line = {k for k, v in vars(args).items() if v is not None}
+
+    def origin(key):  # where the value came from: the error names what to change
+        return f"{args.config}: {key}" if key in loaded and key not in on_command_line else f"--{key.replace('_', '-')}"
+
+    _check_names(cfg, origin)
     _check_dataset_kw(cfg["dataset"], cfg["dataset_kw"])
     for key, least in (("batch_size", 1), ("eval_batch_size", 1), ("train_eval_batches", 1), ("verify_batches", 0),
                        ("eval_every", 0), ("subset", 1), ("threads", 1), ("num_workers", 0)):
         v = cfg.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
             raise SystemExit(f"--{key.replace('_', '-')} must be an integer >= {least}, got {v!r}")
-    on_command_line = {k for k, v in vars(args).items() if v is not None}
-
-    def origin(key):  # where the value came from: the error names what to change
-        return f"{args.config}: {key}" if key in loaded and key not in on_command_line else f"--{key.replace('_', '-')}"
-
+    if not seed_in_range(cfg["seed"]):  # as recipes/adaptive.py's (torch.manual_seed overflowed past 2**64)
+        raise SystemExit(f"{origin('seed')} must be in {SEED_RANGE}, got {cfg['seed']!r}")
     if cfg["step"] == "none":  # --step none (or step: none in the file): the estimator's own step
         cfg["step"] = None
     _check_ranges(cfg, origin)
@@ -515,6 +561,10 @@ def main(argv=None, test_loader_hook=None) -> dict:
     out = Path(args.output_dir)
     if not args.resume:  # before anything is built or written
         _refuse_earlier_run(args, out)
+    else:  # before any data is read: a run continues with the settings it was started with
+        if not (out / CHECKPOINT).is_file() and not (out / (CHECKPOINT + ".earlier")).is_file():
+            raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out} to continue; run without --resume to start")
+        _check_resumed_settings(args, out)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -538,8 +588,6 @@ def main(argv=None, test_loader_hook=None) -> dict:
     if args.weights is None:
         accelerator.print("note: no --weights given, so the masks are learned on the network's random initial "
                           "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
-    if args.resume and not (out / CHECKPOINT).is_file() and not (out / (CHECKPOINT + ".earlier")).is_file():
-        raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out} to continue; run without --resume to start")
     lock = run_folder.RunLock(accelerator, out)  # taken before the run's first write into the folder
     lock.acquire(None if args.resume else lambda: _refuse_earlier_run(args, out))
     try:
@@ -562,6 +610,14 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
                           f"(at its first update); until then its {CHECKPOINT} is kept")
     accelerator.wait_for_everyone()
     deleted = []
+    # config.yaml records the settings before the first stage checkpoint, so that a --resume after a
+    # crash is checked against them (_check_resumed_settings); a run that records no stage takes it back
+    wrote_config = []
+
+    def write_config():
+        if main_proc:
+            _write_config(args, dl, out)
+            wrote_config.append(True)
 
     def delete_earlier_run(_record=None):  # --overwrite: settings accepted, the earlier run goes (once)
         if args.overwrite and not deleted:
@@ -569,7 +625,10 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
             _STARTED["replaced_earlier"] = True  # from here on, checkpoint.pt is this run's (Ctrl-C says so)
             if main_proc:
                 _delete_run(out, keep=(CHECKPOINT,))  # checkpoint.pt, if there, is this run's (set aside above)
+                write_config()
 
+    if not args.overwrite and (not args.resume or (out / "config.yaml").is_file()):
+        write_config()  # (an --overwrite run's goes once the earlier run's config.yaml has gone, above)
     extra = {"callback": delete_earlier_run} if args.overwrite else {}
     t0 = time.time()
     try:
@@ -584,6 +643,8 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
         raise e.with_fix(RESUME_FIX, afresh=AFRESH) from None
     finally:  # --overwrite: the earlier run's checkpoint survives a run refused before its first update
         stage_checkpoint.settle(ckpt_path)
+        if wrote_config and not args.resume and not ckpt_path.is_file():  # stopped before its first stage:
+            (out / "config.yaml").unlink(missing_ok=True)  # nothing to resume, nothing left behind
     delete_earlier_run()
     # the optimisation's wall time over every session of a resumed run (its snapshots carry it on)
     minutes = max([(time.time() - t0) / 60] + [s.wall_seconds / 60 for s in result.snapshots.values()])
@@ -659,23 +720,77 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
                        device=accelerator.device.type, mask_hash_per_process=hashes)
         with atomic_path(out / "summary.json") as tmp:
             tmp.write_text(jsonio.dumps(summary, indent=1))
-        import yaml
-
-        resolved = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
-        resolved["num_classes"] = args.num_classes or dl.num_classes
-        resolved["resume"] = False  # a rerun from this file is a new run (a resumed one says --resume again)
-        resolved["overwrite"] = False  # and never deletes a run it was not told to
-        # the resolved options, every key one that --config takes (so the file reruns the job), and
-        # what `python -m graphs` reads to rebuild the model
-        with atomic_path(out / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(resolved, sort_keys=True))
+        _write_config(args, dl, out)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {"rows": rows, "output_dir": str(out), "result": result, "minutes": minutes,
             "mask_hash_per_process": hashes}
 
 
+def _settings(args) -> dict:
+    """The resolved options as config.yaml records them."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
+
+
+def _write_config(args, dl, out: Path) -> None:
+    """config.yaml: the resolved options, every key one that --config takes (so the file reruns the
+    job), and what `python -m graphs` reads to rebuild the model."""
+    import yaml
+
+    resolved = _settings(args)
+    resolved["num_classes"] = args.num_classes or dl.num_classes
+    resolved["resume"] = False  # a rerun from this file is a new run (a resumed one says --resume again)
+    resolved["overwrite"] = False  # and never deletes a run it was not told to
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "config.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(resolved, sort_keys=True))
+
+
+# what a --resume may give otherwise than the run recorded: where things are and how the run shows
+# and spends its resources, none of what it computes (as recipes/adaptive.py's _RESUME_MAY_CHANGE)
+RESUME_MAY_CHANGE = {"resume", "overwrite", "output_dir", "data_dir", "download", "plugins", "progress", "threads",
+                     "num_workers"}
+
+
+def _check_resumed_settings(args, out: Path) -> None:
+    """Refuse, before any data is read, to resume the run in ``out`` with settings other than the
+    ones its config.yaml records (other data through --dataset-kw, another --eval-every: the stage
+    checkpoint's fingerprint knows the data only by its counts, and not the evaluation cadence)."""
+    from adaptive.paths import absolute_if_exists
+
+    path = out / "config.yaml"
+    saved = run_folder.read_settings(path, f"put the run's config.yaml back, or {AFRESH}")
+    if saved is None:
+        return  # a run recorded before config.yaml was written at its start: its checkpoint is still checked
+    if "weights" in saved:
+        saved["weights"] = absolute_if_exists(saved["weights"])
+    now = _settings(args)
+    free = RESUME_MAY_CHANGE | ({"num_classes"} if now.get("num_classes") is None else set())  # (the data's)
+    diff = run_folder.changed_settings(run_folder.normalised_settings(saved), run_folder.normalised_settings(now),
+                                       free)
+    if diff:
+        raise run_folder.RunFolderError(
+            f"--resume: {path} records other settings ({'; '.join(diff)}): resume with the run's settings "
+            f"(--config {path} --resume gives them all), or {AFRESH}")
+
+
 _STARTED = {"replaced_earlier": False}  # an --overwrite run that deleted the earlier run (its settings accepted)
+
+
+PROG = "recipes/prune_pretrained.py"
+
+
+def _cli_main():
+    """:func:`main` from the command line: an option refused while parsing (a SystemExit with its
+    message) is one ``error:`` line and status 2, as every other refusal (it was status 1, unprefixed)."""
+    try:
+        return main()
+    except SystemExit as e:
+        if not isinstance(e.code, str):
+            raise
+        msg = e.code if e.code.startswith(f"{PROG}: error:") else f"{PROG}: error: {e.code}"
+        print(msg, file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _on_interrupt(argv=None) -> str:
@@ -699,5 +814,5 @@ if __name__ == "__main__":
 
     from adaptive.distributed import exit_launched_process
 
-    run_cli(main, "recipes/prune_pretrained.py", on_interrupt=_on_interrupt, errors=(run_folder.RunFolderError,))
+    run_cli(_cli_main, PROG, on_interrupt=_on_interrupt, errors=(run_folder.RunFolderError,))
     exit_launched_process()  # every rank has written what it must: skip gloo's teardown

@@ -14,6 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         (["recipes/adaptive.py", "--density", "2"], "density must be in (0, 1]"),
         (["recipes/prune_pretrained.py", "--model", "resnet20", "--remove", "1.5", "--dataset", "fake"], "target fraction 1.5"),
         (["recipes/diagnostics.py", "knowledge", "--dataset", "nope"], "unknown dataset 'nope'"),
+        # refused while parsing: it was status 1 and no error: line
+        (["recipes/prune_pretrained.py", "--seed", "-1"], "--seed must be in [0, 2**32 - 1]"),
     ],
 )
 def test_bad_input_gives_one_error_line(args, expect):

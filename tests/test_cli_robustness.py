@@ -215,6 +215,10 @@ def test_prune_pretrained_refused_resume_names_the_options_that_fix_it(tmp_path)
     """The refusal said 'another checkpoint path': the recipe has no such option."""
     out = tmp_path / "run"
     P.main(PRUNE_TINY + ["--output_dir", str(out), "--remove", "0.2"])
+    with pytest.raises(RuntimeError, match=r"records other settings \(remove: run \[0\.2\], now \[0\.3\]\).*--resume"
+                                           r".*another --output_dir"):  # config.yaml's check, before any data
+        P.main(PRUNE_TINY + ["--output_dir", str(out), "--remove", "0.3", "--resume"])
+    (out / "config.yaml").unlink()  # a run recorded without it: the checkpoint's own check refuses
     with pytest.raises(ValueError) as e:
         P.main(PRUNE_TINY + ["--output_dir", str(out), "--remove", "0.3", "--resume"])
     msg = str(e.value)

@@ -762,3 +762,122 @@ def test_overwrite_never_deletes_through_a_link_nor_in_a_folder_without_an_earli
     with pytest.raises(FileNotFoundError, match="no checkpoint.pt"):
         mod.main(args(weights, tmp_path / "nope", "--remove", "0.3", "--resume"))
     assert not (tmp_path / "nope").exists()
+
+
+# ---- refusals before any data is read (auditor's d3, d4, d5)
+
+MLP = ["--model", "mlp", "--dataset", "fake", "--dataset-kw", "shape=[64]", "--dataset-kw", "train_size=256",
+       "--passes", "0.3", "--batch-size", "32", "--remove", "0.2", "0.5", "--eval-every", "1", "--no-progress"]
+
+
+def _no_data(mod, monkeypatch):
+    def refused(*a, **k):
+        raise AssertionError("the data was read before the refusal")
+
+    monkeypatch.setattr(mod, "get_dataloaders", refused)
+
+
+def test_a_resume_with_other_data_or_evaluation_settings_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
+    """--resume took other --dataset-kw (other examples, same counts: the stage checkpoint knows the
+    data only by its counts) and another --eval-every silently, mixed two cadences in history.jsonl and
+    rewrote config.yaml as if the whole run had used them. Now config.yaml is written when the run
+    starts and a resume is compared with it, as recipes/adaptive.py's is; where and how the run shows
+    itself (--threads, --progress, --data-dir, ...) may change."""
+    mod = recipe()
+    out = tmp_path / "run"
+    real = mod.optimize_connectome
+
+    class Crash(Exception):
+        pass
+
+    def crash_in_second_target(*a, **kw):
+        def cb(rec):
+            if rec["kind"] == "update" and rec["stage"] == 1:
+                raise Crash
+
+        return real(*a, callback=cb, **kw)
+
+    monkeypatch.setattr(mod, "optimize_connectome", crash_in_second_target)
+    with pytest.raises(Crash):
+        mod.main(MLP + ["--output_dir", str(out)])
+    assert (out / "checkpoint.pt").is_file() and (out / "config.yaml").is_file()
+    monkeypatch.setattr(mod, "optimize_connectome", real)
+    recorded = (out / "config.yaml").read_bytes()
+    loaders = mod.get_dataloaders
+    _no_data(mod, monkeypatch)
+    run_folder = mod.run_folder
+    with pytest.raises(run_folder.RunFolderError, match=(
+            r"--resume: .*config\.yaml records other settings \(eval_every: run 1, now 3; dataset_kw: run "
+            r"\{'shape': \[64\], 'train_size': 256\}, now \{.*'data_seed': 7.*\}\): resume with the run's settings "
+            r"\(--config .*config\.yaml --resume gives them all\), or start afresh")):
+        mod.main(MLP + ["--dataset-kw", "data_seed=7", "--eval-every", "3", "--output_dir", str(out), "--resume"])
+    for other in (["--eval-every", "3"], ["--seed", "1"], ["--estimator", "taylor"], ["--mixed-precision", "bf16"]):
+        with pytest.raises(run_folder.RunFolderError, match=f"{other[0].lstrip('-').replace('-', '_')}: run "):
+            mod.main(MLP + other + ["--output_dir", str(out), "--resume"])
+    assert (out / "config.yaml").read_bytes() == recorded and not (out / "history.jsonl").exists()
+    # the run's own config.yaml resumes it, and so does its command with other threads and progress
+    monkeypatch.setattr(mod, "get_dataloaders", loaders)
+    ns = mod.parse_args(["--config", str(out / "config.yaml"), "--resume", "--threads", "1", "--progress"])
+    mod._check_resumed_settings(ns, out)
+    mod.main(MLP + ["--output_dir", str(out), "--resume", "--threads", "1", "--data-dir", str(tmp_path)])
+    hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["kind"] for h in hist].count("resume") == 1
+
+
+def test_a_run_stopped_before_its_first_target_leaves_no_config_behind(tmp_path, monkeypatch):
+    """config.yaml is written as the run starts; a run that records no stage takes it back (the
+    folder it made goes too), so the same command runs again without --overwrite."""
+    mod = recipe()
+    out = tmp_path / "run"
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod.stage_checkpoint, "save_stage", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        mod.main(MLP + ["--output_dir", str(out)])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text, match", [
+    ("dataset: [digits]\n", r"c\.yaml: dataset must be text \(a dataset name\), got \['digits'\]$"),
+    ("output_dir: 5\n", r"c\.yaml: output_dir must be text \(a folder path\), got 5: quote it \(output_dir: '5'\)"),
+    ("weights: 7\n", r"c\.yaml: weights must be text \(a file path\), got 7: quote it"),
+    ("estimator: {a: 1}\n", r"c\.yaml: estimator must be text \(an estimator name\), got \{'a': 1\}"),
+    ("data_dir: [a]\n", r"c\.yaml: data_dir must be text \(a folder path\), got \['a'\]"),
+    ("model: true\n", r"c\.yaml: model must be text \(a model name\), got True"),
+    ("remove: [{a: 1}]\n", r"c\.yaml: remove must be targets: fractions, counts or best"),
+    ("plugins: [[a.py]]\n", r"c\.yaml: plugins must be a list of \.py files or module names"),
+    ("ensemble: bogus\n", r"c\.yaml: ensemble bogus: unknown ensemble spec 'bogus'"),
+    ("estimator: nosuch\n", r"c\.yaml: estimator nosuch: unknown estimator: use one of .*presence"),
+    ("seed: -1\n", r"c\.yaml: seed must be in \[0, 2\*\*32 - 1\] \(0 to 4294967295\), got -1"),
+])
+def test_a_config_files_text_values_are_checked_as_the_command_line_checks_them(tmp_path, text, match):
+    """Text options (no type= in the parser) went in unchecked: `dataset: [digits]` gave 'unhashable
+    type: list', `output_dir: 5` 'expected str, bytes or os.PathLike object, not int', and
+    `data_dir: [a]` was accepted and recorded."""
+    with pytest.raises(SystemExit, match=match):
+        recipe().parse_args(["--config", _config(tmp_path, "model: mlp\ndataset: digits\n" + text)])
+    ok = recipe().parse_args(["--config", _config(tmp_path, "remove: [0.2, 500]\nplugins: []\noutput_dir: '5'\n")])
+    assert ok.remove == [0.2, 500] and ok.output_dir.endswith("5")
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--ensemble", "bogus"], r"^--ensemble bogus: unknown ensemble spec 'bogus': use 'synapse'"),
+    (["--ensemble", "2:4"], r"^--ensemble 2:4: n:m fixes the density in every group"),
+    (["--estimator", "nosuch"], r"^--estimator nosuch: unknown estimator: use one of .*presence.*--plugins"),
+    (["--model", "nosuch"], r"^--model nosuch: unknown model: use one of .*resnet20"),
+    (["--seed", "99999999999999999999"], r"^--seed must be in \[0, 2\*\*32 - 1\] \(0 to 4294967295\), got 9+$"),
+    (["--seed", "-1"], r"^--seed must be in \[0, 2\*\*32 - 1\] \(0 to 4294967295\), got -1$"),
+    (["--seed", "4294967296"], r"^--seed must be in \[0, 2\*\*32 - 1\] \(0 to 4294967295\), got 4294967296$"),
+])
+def test_names_and_seeds_are_refused_before_the_data_is_read(tmp_path, monkeypatch, argv, match):
+    """--ensemble bogus and --estimator nosuch failed only after the data had loaded and the model had
+    been built; --seed 99999999999999999999 'Overflow when unpacking long long', and -1 or 2**32 ran."""
+    mod = recipe()
+    _no_data(mod, monkeypatch)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=match):
+        mod.main(["--model", "mlp", "--dataset", "digits", "--remove", "0.2", "--output_dir", str(out), *argv])
+    assert not out.exists()
+    assert recipe().parse_args(["--seed", "4294967295"]).seed == 4294967295
