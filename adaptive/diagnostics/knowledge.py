@@ -28,7 +28,6 @@ from ..warn import warn_user
 from ._common import default_loss, iterate_batches, model_device, training_mode
 from .removal_order import global_order, removal_scores
 from .table import Table, pyplot, save_figure
-from ..warn import warn_user
 
 DEFAULT_NOISE_FLOOR = 1e-3  # nats of loss increase: changes below are noise, not fitted
 
