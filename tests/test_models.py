@@ -76,6 +76,20 @@ def test_num_classes_that_is_not_a_whole_number_of_outputs_is_refused(bad):
         build_model("mlp", num_classes=bad, in_shape=(8,))
 
 
+@pytest.mark.parametrize("bad", [300.7, [300, 100.5], True, [True, 100], "3.5", None])
+def test_hidden_sizes_that_are_not_whole_numbers_are_refused(bad):
+    """hidden=300.7 built a 300-unit layer and hidden=True a 1-unit one, silently."""
+    with pytest.raises(ValueError, match="hidden sizes must be whole numbers"):
+        build_model("mlp", num_classes=3, in_shape=(8,), hidden=bad)
+
+
+def test_hidden_sizes_as_text_numbers_and_numpy_ints_build():
+    widths = lambda m: [l.out_features for l in m.modules() if isinstance(l, torch.nn.Linear)]  # noqa: E731
+    assert widths(build_model("mlp", num_classes=3, in_shape=(8,), hidden=" 30, 10")) == [30, 10, 3]
+    assert widths(build_model("mlp", num_classes=3, in_shape=(8,), hidden=np.int64(7))) == [7, 3]
+    assert widths(build_model("mlp", num_classes=3, in_shape=(8,), hidden=[np.int32(5), 4])) == [5, 4, 3]
+
+
 def test_num_classes_of_one_and_integer_tensors_build():
     assert build_model("mlp", num_classes=1, in_shape=(8,))(torch.randn(2, 8)).shape == (2, 1)  # a regression head
     assert build_model("lenet5", num_classes=torch.tensor(3))(torch.randn(2, 1, 28, 28)).shape == (2, 3)

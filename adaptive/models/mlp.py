@@ -8,6 +8,7 @@ from torch import nn
 
 from . import register_model
 from ._shape import as_shape, numel
+from ..counts import whole_number
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
 
@@ -15,14 +16,18 @@ _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn
 def parse_hidden(hidden: Union[int, str, Sequence[int]]) -> tuple:
     """Hidden sizes from an int, a sequence, or a comma-separated string like ``"300,100"``."""
     given = hidden
-    if isinstance(hidden, int):
+    if whole_number(hidden) is not None:
         hidden = (hidden,)
     elif isinstance(hidden, str):
         hidden = tuple(h for h in hidden.replace(" ", "").split(",") if h)
     try:
-        hidden = tuple(int(h) for h in hidden)
+        # text is read as int ("300"); anything else must already be a whole number: 300.7 or True is
+        # refused, never cut to 300 or taken as 1
+        hidden = tuple(int(h) if isinstance(h, str) else whole_number(h) for h in hidden)
     except (TypeError, ValueError):
-        raise ValueError(f"hidden sizes must be whole numbers, one per hidden layer (e.g. 300,100), got {given!r}") from None
+        hidden = (None,)
+    if any(h is None for h in hidden):
+        raise ValueError(f"hidden sizes must be whole numbers, one per hidden layer (e.g. 300,100), got {given!r}")
     if any(h <= 0 for h in hidden):
         raise ValueError(f"hidden sizes must be positive, got {hidden}")
     return hidden
