@@ -3,7 +3,7 @@ objects, and file writers chosen by extension.
 
 ``register_exporter("name")(fn)`` adds ``fn(graph) -> object``; ``register_writer(".ext")(fn)`` adds
 ``fn(graph, path)``. Built in: exporters "pyg" and "networkx"; writers ".graphml" (streamed from the
-graph's columns, not through networkx), ".gexf", ".json".
+graph's columns, not through networkx), ".gexf", ".json" (streamed too).
 
 Every format but GEXF carries the :func:`header` (groups, layers, concatenations, dtypes), so
 ``read_json``, ``from_networkx(nx.read_graphml(...))`` and ``from_pyg`` give back a graph that
@@ -19,7 +19,7 @@ from typing import Callable, Dict
 
 import torch
 
-from adaptive.atomic import write_text
+from adaptive.atomic import atomic_path
 from adaptive.warn import warn_user
 
 EXPORTERS: Dict[str, Callable] = {}
@@ -56,8 +56,6 @@ def write(g, path, format: str | None = None) -> str:
     ext = ("." + format.lstrip(".")) if format else os.path.splitext(path)[1].lower()
     if ext not in WRITERS:
         raise ValueError(f"cannot write {path!r}: unknown format {ext!r}; known are {sorted(WRITERS)}")
-    from adaptive.atomic import atomic_path
-
     with atomic_path(path) as tmp:  # a failing writer leaves the old file, never half a new one
         WRITERS[ext](g, os.fspath(tmp))
     return path
@@ -175,8 +173,6 @@ def write_graphml(g, path, chunk: int | None = None):
     (the last one's attributes, as networkx keeps them). ``path`` may be an open file (text or
     binary) or a path, gzip- or bzip2-compressed where it ends in .gz or .bz2; a path is written
     atomically."""
-    from adaptive.atomic import atomic_path
-
     chunk = GRAPHML_CHUNK if chunk is None else chunk
     if chunk < 1:
         raise ValueError(f"write_graphml: chunk must be a positive number of edges, got {chunk}")
@@ -315,13 +311,31 @@ def write_gexf(g, path):
     nx.write_gexf(to_networkx(g, flat=True), path)
 
 
+JSON_CHUNK = 1 << 18  # values of a column formatted and written at a time by write_json
+
+
 @register_writer(".json")
 def write_json(g, path):
-    doc = header(g)
-    doc["nodes"] = {k: v.tolist() for k, v in g.node_attrs.items()}
-    doc["nodes"]["name"] = g.node_names()
-    doc["edges"] = {"src": g.src.tolist(), "dst": g.dst.tolist(), **{k: v.tolist() for k, v in g.edge_attrs.items()}}
-    write_text(path, json.dumps(doc))
+    """The :func:`header`'s keys, then ``"nodes"`` (each node attribute, then ``"name"``) and ``"edges"``
+    (``"src"``, ``"dst"``, each edge attribute), each a list: the bytes ``json.dumps`` gave of that
+    document, written :data:`JSON_CHUNK` values at a time, so memory stays bounded by the chunk
+    (``json.dumps`` of the whole document held every value as a Python object, then the whole text).
+    Written atomically."""
+    nodes = dict(g.node_attrs)
+    nodes["name"] = g.node_names()
+    tables = {"nodes": nodes, "edges": {"src": g.src, "dst": g.dst, **g.edge_attrs}}
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write(json.dumps(header(g))[:-1])  # the header's object, left open
+        for table, cols in tables.items():
+            f.write(f", {json.dumps(table)}: {{")
+            for i, (name, col) in enumerate(cols.items()):
+                f.write(f"{', ' if i else ''}{json.dumps(name)}: [")
+                for a in range(0, len(col), JSON_CHUNK):
+                    part = col[a:a + JSON_CHUNK]
+                    f.write((", " if a else "") + json.dumps(part.tolist() if torch.is_tensor(part) else part)[1:-1])
+                f.write("]")
+            f.write("}")
+        f.write("}")
 
 
 def read_json(path):

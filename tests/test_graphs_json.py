@@ -1,0 +1,96 @@
+"""graphs.write(g, "x.json") writes the JSON document a chunk of values at a time: the same bytes as
+json.dumps of the whole document, the writer used before, and memory bounded by the chunk (that
+writer's grew with the edges)."""
+import dataclasses
+import json
+import tracemalloc
+
+import pytest
+import torch
+
+import graphs
+import graphs.exporters
+from test_graphs_export import assert_same
+from test_graphs_graphml import CASES, _big, _conn, Cat
+
+torch.set_num_threads(1)
+
+
+def _reference(g) -> str:
+    """What write_json wrote before it streamed: json.dumps of the whole document."""
+    doc = graphs.exporters.header(g)
+    doc["nodes"] = {k: v.tolist() for k, v in g.node_attrs.items()}
+    doc["nodes"]["name"] = g.node_names()
+    doc["edges"] = {"src": g.src.tolist(), "dst": g.dst.tolist(), **{k: v.tolist() for k, v in g.edge_attrs.items()}}
+    return json.dumps(doc)
+
+
+def _assert_written_as_before(g, tmp_path, monkeypatch):
+    old = _reference(g)
+    for chunk in (1 << 18, 1, 7):  # the default chunk holds the whole graph: columns split at odd places too
+        monkeypatch.setattr(graphs.exporters, "JSON_CHUNK", chunk, raising=False)
+        path = graphs.write(g, tmp_path / f"new{chunk}.json")
+        with open(path, encoding="utf-8") as f:
+            assert f.read() == old, f"chunk {chunk}"
+        with open(path, encoding="utf-8") as f:
+            assert json.dumps(json.load(f)) == old  # parses to the same document (a nan equals no nan: compared as text)
+    return graphs.read_json(path)
+
+
+@pytest.mark.parametrize("level", ["unit", "synapse", "layer"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_json_is_the_document_json_dumps_wrote(case, level, tmp_path, monkeypatch):
+    conn, x = CASES[case]()
+    g = graphs.build(conn, level, example_input=x)
+    assert g.num_edges > 0
+    assert_same(g, _assert_written_as_before(g, tmp_path, monkeypatch))
+
+
+def test_json_of_bool_and_float_columns_and_of_no_edges(tmp_path, monkeypatch):
+    """Bools, floats (nan and infinities too, as json.dumps writes them) and a graph without edges."""
+    g = graphs.build(_conn(Cat()), "unit")
+    g.node_attrs["flag"] = torch.arange(g.num_nodes) % 3 == 0
+    score = torch.linspace(-1e-7, 3e17, g.num_nodes, dtype=torch.float64)
+    score[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    g.node_attrs["score"] = score
+    g.edge_attrs["w"] = torch.randn(g.num_edges, generator=torch.Generator().manual_seed(0))  # float32
+    _assert_written_as_before(g, tmp_path, monkeypatch)
+    none = dataclasses.replace(g, src=g.src[:0], dst=g.dst[:0], edge_attrs={k: v[:0] for k, v in g.edge_attrs.items()})
+    assert _assert_written_as_before(none, tmp_path, monkeypatch).num_edges == 0
+
+
+def test_json_memory_is_bounded_by_the_chunk(tmp_path, monkeypatch):
+    """Writing JSON held every value as a Python object and the whole text, memory growing with the
+    edges; it now holds one chunk of values at a time."""
+    g = _big()
+    monkeypatch.setattr(graphs.exporters, "JSON_CHUNK", 1000, raising=False)
+    tracemalloc.start()
+    try:
+        graphs.write(g, tmp_path / "g.json")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1e6, f"writing 50,200 edges in chunks of 1,000 took {peak / 1e6:.1f} MB of Python memory"
+    assert graphs.read_json(tmp_path / "g.json").num_edges == 50_200
+
+
+def test_json_is_written_atomically(tmp_path, monkeypatch):
+    """A write that fails midway (after some chunks reached the file) leaves the earlier file whole
+    and no temporary file beside it."""
+    g = _big()
+    path = tmp_path / "g.json"
+    path.write_text("earlier")
+    monkeypatch.setattr(graphs.exporters, "JSON_CHUNK", 1000, raising=False)
+    real, calls = json.dumps, []
+
+    def failing(obj, *a, **kw):
+        calls.append(1)
+        if len(calls) == 20:
+            raise OSError("disk full")
+        return real(obj, *a, **kw)
+
+    monkeypatch.setattr(graphs.exporters.json, "dumps", failing)
+    with pytest.raises(OSError, match="disk full"):
+        graphs.write(g, path)
+    monkeypatch.undo()
+    assert path.read_text() == "earlier" and [p.name for p in tmp_path.iterdir()] == ["g.json"]
