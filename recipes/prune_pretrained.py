@@ -367,9 +367,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     cfg["remove"] = parse_remove([str(r) for r in (cfg["remove"] if isinstance(cfg["remove"], list) else [cfg["remove"]])])
     if "best" not in cfg["remove"]:
         given = [k for k in ("ladder", "patience") if k in on_command_line]
-        if given:  # a --config file's ladder (every config.yaml a run writes holds one) stays unused
+        targets = ' '.join(map(str, cfg['remove']))
+        if given:
             raise SystemExit(f"--{given[0]} applies to --remove best (the climb's rungs), not to the fixed targets "
-                             f"{' '.join(map(str, cfg['remove']))}: drop it, or give --remove best")
+                             f"{targets}: drop it, or give --remove best")
+        # a --config file's too, unless it holds the default: every config.yaml a run writes records
+        # ladder and patience, a fixed-target run's the defaults (it reruns); another value went unused
+        given = [k for k in ("ladder", "patience") if k in loaded and cfg[k] != DEFAULTS[k]]
+        if given:
+            raise SystemExit(f"{args.config}: {given[0]} {_shown(cfg[given[0]])} applies to --remove best (the "
+                             f"climb's rungs), not to the fixed targets {targets}: drop {given[0]} from "
+                             f"{args.config}, or give --remove best")
     if cfg["resume"] and cfg["overwrite"]:
         raise SystemExit("--resume continues the run in --output_dir and --overwrite deletes it: give one of them")
     return argparse.Namespace(**cfg)
@@ -563,7 +571,15 @@ def main(argv=None, test_loader_hook=None) -> dict:
         _refuse_earlier_run(args, out)
     else:  # before any data is read: a run continues with the settings it was started with
         if not (out / CHECKPOINT).is_file() and not (out / (CHECKPOINT + ".earlier")).is_file():
-            raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out} to continue; run without --resume to start")
+            # the command it names must run: not into another recipe's run or a result folder, and
+            # with --overwrite where an earlier run is (a run killed before its first target leaves config.yaml)
+            run_folder.refuse_other_recipe(out, OTHER_RECIPE_FILES, "recipes/adaptive.py")
+            run_folder.refuse_result_folder(out, RUN_FILES, "recipes/prune_pretrained.py")
+            earlier = _earlier_run(out)
+            start = (f"it holds an earlier run ({', '.join(earlier[:3])}{' ...' if len(earlier) > 3 else ''}) with no "
+                     f"target recorded to continue from (stopped before its first one, say): {AFRESH}" if earlier
+                     else "run without --resume to start")
+            raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out} to continue; {start}")
         _check_resumed_settings(args, out)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -766,6 +782,8 @@ def _check_resumed_settings(args, out: Path) -> None:
         saved["weights"] = absolute_if_exists(saved["weights"])
     now = _settings(args)
     free = RESUME_MAY_CHANGE | ({"num_classes"} if now.get("num_classes") is None else set())  # (the data's)
+    if "best" not in args.remove:  # unused by fixed targets (a config.yaml recorded before a file's were refused)
+        free |= {"ladder", "patience"}
     diff = run_folder.changed_settings(run_folder.normalised_settings(saved), run_folder.normalised_settings(now),
                                        free)
     if diff:

@@ -1,5 +1,6 @@
 """recipes/prune_pretrained.py end to end on fake data and a randomly initialised ResNet-20."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -209,10 +210,38 @@ def test_settings_are_refused_while_parsing(argv, match):
         recipe().parse_args(argv)
 
 
-def test_a_config_yaml_with_a_ladder_still_reruns_fixed_targets(tmp_path):
-    """Every config.yaml a run writes holds ladder and patience: only the command line's are refused."""
-    ns = recipe().parse_args(["--config", _config(tmp_path, "remove: [0.2]\nladder: [0.3]\npatience: 3\n")])
-    assert ns.remove == [0.2] and ns.ladder == [0.3]
+@pytest.mark.parametrize("text, argv, match", [
+    ("remove: [0.2]\nladder: [0.3, 0.6]\n", [],
+     r"c\.yaml: ladder 0\.3 0\.6 applies to --remove best \(the climb's rungs\), not to the fixed targets 0\.2: "
+     r"drop ladder from .*c\.yaml, or give --remove best"),
+    ("remove: [0.2, 300]\npatience: 5\n", [], r"c\.yaml: patience 5 applies to --remove best .* fixed targets 0\.2 300"),
+    ("ladder: [0.3]\npatience: 3\n", ["--remove", "0.2"], r"c\.yaml: ladder 0\.3 applies to --remove best"),
+])
+def test_a_config_files_ladder_or_patience_with_fixed_targets_is_refused_as_the_command_lines(
+        tmp_path, text, argv, match):
+    """A file's ladder or patience with fixed targets was accepted and silently unused (and recorded
+    in config.yaml as if it had been used); the command line's were refused."""
+    with pytest.raises(SystemExit, match=match):
+        recipe().parse_args(["--config", _config(tmp_path, text), *argv])
+
+
+def test_a_config_yaml_with_the_default_ladder_still_reruns_fixed_targets(tmp_path, weights):
+    """Every config.yaml a run writes holds ladder and patience, a fixed-target run's the defaults:
+    it reruns (and resumes) its targets."""
+    mod = recipe()
+    out = tmp_path / "run"
+    mod.main(args(weights, out, "--remove", "0.2"))
+    ns = mod.parse_args(["--config", str(out / "config.yaml"), "--resume"])
+    assert ns.remove == [0.2] and ns.ladder == mod.DEFAULTS["ladder"] and ns.patience == mod.DEFAULTS["patience"]
+    mod._check_resumed_settings(ns, out)
+    # one recorded before a file's ladder was refused resumes once the ladder is dropped (unused by fixed targets)
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    (out / "config.yaml").write_text(yaml.safe_dump(dict(saved, ladder=[0.3], patience=5)))
+    mod._check_resumed_settings(ns, out)
+    ns = mod.parse_args(["--config", _config(tmp_path, "remove: best\nladder: [0.3]\npatience: 3\n")])
+    assert ns.remove == ["best"] and ns.ladder == [0.3] and ns.patience == 3  # the climb takes them
 
 
 def test_a_refused_count_leaves_no_folder_behind(tmp_path, weights):
@@ -822,6 +851,28 @@ def test_a_resume_with_other_data_or_evaluation_settings_is_refused_before_the_d
     mod.main(MLP + ["--output_dir", str(out), "--resume", "--threads", "1", "--data-dir", str(tmp_path)])
     hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [h["kind"] for h in hist].count("resume") == 1
+
+
+def test_a_resume_of_a_run_killed_before_its_first_target_names_the_command_that_starts_it(tmp_path, capsys):
+    """A run killed before its first target (SIGKILL: config.yaml written as it starts, no
+    checkpoint.pt): --resume said 'run without --resume to start', and that command is refused
+    (the folder holds an earlier run: config.yaml)."""
+    mod = recipe()
+    out = tmp_path / "run"
+    argv = MLP + ["--output_dir", str(out)]
+    mod.main(argv)
+    for f in out.iterdir():
+        if f.name not in ("config.yaml", ".lock"):
+            shutil.rmtree(f) if f.is_dir() else f.unlink()  # as a run SIGKILLed before its first target leaves it
+    with pytest.raises(FileNotFoundError) as e:
+        mod.main(argv + ["--resume"])
+    err = str(e.value)
+    assert "no checkpoint.pt" in err and "config.yaml" in err and "--overwrite" in err and "another --output_dir" in err
+    assert "run without --resume to start" not in err
+    assert mod.main(argv + ["--overwrite"])["rows"][-1]["target"] == "0.5"  # the command it names starts the run
+    with pytest.raises(FileNotFoundError, match="run without --resume to start$"):  # nothing there: that is the way
+        mod.main(MLP + ["--output_dir", str(tmp_path / "none"), "--resume"])
+    assert not (tmp_path / "none").exists()
 
 
 def test_a_run_stopped_before_its_first_target_leaves_no_config_behind(tmp_path, monkeypatch):
