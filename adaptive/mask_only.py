@@ -48,6 +48,7 @@ from torch import nn
 
 from . import mask_only_checkpoint as ckpt
 from .connectome import Connectome
+from .discovery import state_dict_keys
 from .distributed import all_reduce_mean_, check_masks_agree, is_distributed, world_size
 from .controller import Controller
 from .counts import whole_number
@@ -768,4 +769,39 @@ def changed_weights(conn: Connectome) -> int:
         bits = _INT_VIEW[p.element_size()]
         same = p.detach().view(bits) == o.view(bits)
         n += int((conn.masks[name].to(p.device) & ~same).sum())
+    return n
+
+
+def loaded_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """A copy of ``model.state_dict()`` on the CPU, taken before a connectome is attached: the
+    reference :func:`changed_from` compares a pruned state_dict with."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    bits = _INT_VIEW.get(a.element_size())
+    if bits is None or a.dtype != b.dtype:
+        return a == b
+    return a.view(bits) == b.view(bits)
+
+
+def changed_from(state: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor], conn: Connectome) -> int:
+    """Entries of ``state`` (a pruned state_dict, :meth:`Connectome.dense_state_dict`) whose bits
+    differ from ``reference`` (:func:`loaded_state`: the weights as loaded), pruned synapses set to
+    +0.0 aside: surviving weights, biases, normalisation statistics, every tensor. Unlike
+    :func:`changed_weights` it does not trust the connectome's own copy of the weights
+    (``conn.original``); a key or shape that does not match counts every entry of that tensor."""
+    keys = state_dict_keys(conn.model)
+    pruned = {k: ~conn.masks[n].cpu() for n, p in conn.params.items() for k in keys.get(id(p), [n])}
+    n = 0
+    for k in set(state) | set(reference):
+        a, ref = state.get(k), reference.get(k)
+        if a is None or ref is None or a.shape != ref.shape or a.dtype != ref.dtype:
+            n += max(0 if a is None else a.numel(), 0 if ref is None else ref.numel())
+            continue
+        a = a.detach().cpu()
+        same = _same_bits(a, ref)
+        if k in pruned:
+            same |= pruned[k] & _same_bits(a, torch.zeros_like(a))
+        n += int((~same).sum())
     return n

@@ -955,7 +955,7 @@ def _mask_only_run_dir(resume: str, output_dir) -> Path:
 def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     """Mask-only connectome optimisation: the weights stay bit-exact, only the masks move. The run
     is recorded after every target in ``mask_only_checkpoint.pt``; ``--resume`` continues it."""
-    from adaptive.mask_only import optimize_connectome
+    from adaptive.mask_only import loaded_state, optimize_connectome
 
     ckpt = output_dir / MASK_ONLY_CHECKPOINT  # --resume was resolved to this run folder already
     if cfg.weights is None:
@@ -1000,6 +1000,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
                 saved.append(True)
 
         kw["callback"] = save_config_once
+        loaded = loaded_state(model)  # the weights as loaded, before the connectome: the final check's reference
         t0 = time.time()
         try:
             with accelerator.autocast():  # --mixed_precision: the passes run under autocast, weights stay exact
@@ -1030,9 +1031,11 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     with accelerator.autocast():
         test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
     metric_row(state, "test", test_loss, test_acc, conn)
-    from adaptive.mask_only import changed_weights
+    from adaptive.mask_only import changed_from
 
-    accelerator.print(f"surviving weights that differ from the original: {changed_weights(conn)}")
+    accelerator.print(f"surviving weights that differ from the original: {changed_from(conn.dense_state_dict(), loaded, conn)} "
+                      "(every tensor of the model, biases and normalisation statistics too, compared bit for bit "
+                      "with the weights as loaded)")
     # for 'best' the figures star the masks the model now holds (the chosen rung, or the dense network):
     # the lines end at the last rung tried
     best = result.snapshots.get("best")

@@ -57,7 +57,7 @@ from adaptive.cli import show_progress  # noqa: E402
 from adaptive.config import SEED_RANGE, merge_key_values, seed_in_range  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.metrics import fmt_accuracy  # noqa: E402
-from adaptive.mask_only import changed_weights, evaluate, optimize_connectome, parse_target  # noqa: E402
+from adaptive.mask_only import changed_from, evaluate, loaded_state, optimize_connectome, parse_target  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.plots import boundary_scale  # noqa: E402
 from adaptive.training import evaluate as evaluate_sharded  # noqa: E402
@@ -646,6 +646,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
     if not args.overwrite and (not args.resume or (out / "config.yaml").is_file()):
         write_config()  # (an --overwrite run's goes once the earlier run's config.yaml has gone, above)
     extra = {"callback": delete_earlier_run} if args.overwrite else {}
+    loaded = loaded_state(model)  # the weights as loaded, before the connectome: what the report checks against
     t0 = time.time()
     try:
         with accelerator.autocast():  # --mixed-precision bf16: forward passes in bf16, weights and masks untouched
@@ -694,7 +695,8 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
         several = len(result.snapshots) > 1
         for label, snap in result.snapshots.items():
             result.use(label)
-            differ = changed_weights(conn)
+            pruned_sd = conn.dense_state_dict()
+            differ = changed_from(pruned_sd, loaded, conn)  # every tensor, against the copy taken at load
             hashes[label] = gather_mask_hashes(accelerator, conn)
             if len(set(hashes[label])) != 1:  # before anything is written
                 raise RuntimeError(f"[{label}] the processes hold different masks (hashes {hashes[label]}): "
@@ -703,11 +705,13 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
             if main_proc:
                 folder.mkdir(parents=True, exist_ok=True)
                 with atomic_path(folder / "pruned_state_dict.pt") as tmp:  # never a truncated file
-                    torch.save(conn.dense_state_dict(), tmp)
+                    torch.save(pruned_sd, tmp)
                 conn.save(folder / "connectome.safetensors")
             tl, ta, _ = train_eval()
             sl, sa, _ = evaluate_sharded(accelerator, model, test_dl, progress=report_bar)
-            accelerator.print(f"[{label}] surviving weights that differ from the original: {differ}")
+            accelerator.print(f"[{label}] surviving weights that differ from the original: {differ} "
+                              "(every tensor of pruned_state_dict.pt, biases and normalisation statistics too, "
+                              "compared bit for bit with the weights as loaded)")
             rows.append(dict(target=label, removed=snap.removed, fraction=snap.removed / total, train_loss=tl,
                              train_acc=ta, holdout_loss=snap.holdout_loss, holdout_acc=snap.holdout_acc,
                              test_loss=sl, test_acc=sa, changed=differ, folder=str(folder)))

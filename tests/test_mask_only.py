@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from adaptive import Connectome, Controller
 from adaptive.baselines.edge_popup import edge_popup
-from adaptive.mask_only import changed_weights, evaluate, optimize_connectome, resolve_target
+from adaptive.mask_only import changed_from, changed_weights, evaluate, loaded_state, optimize_connectome, resolve_target
 from adaptive.utility import UtilityContext
 from adaptive.utility.presence import Presence
 
@@ -69,6 +69,41 @@ def test_weights_frozen_bit_exact_and_bn_untouched():
     for label in r.snapshots:
         r.use(label)
         assert changed_weights(r.conn) == 0
+
+
+def test_changed_from_checks_every_tensor_against_the_weights_as_loaded():
+    """The recipes' "surviving weights that differ from the original" figure compared against the
+    connectome's own copy (conn.original): a corrupted copy printed 0 while the exported
+    state_dict differed from the loaded weights; biases and BN statistics were not compared."""
+    m = tiny()
+    loaded = loaded_state(m)
+    r = run(m, [0.4])
+    conn = r.conn
+    assert changed_from(conn.dense_state_dict(), loaded, conn) == 0  # pruned zeros aside, all bit-identical
+    assert (~conn.masks["conv.weight"]).any()
+    # a surviving weight whose bits moved together with the connectome's own copy of it
+    live = conn.masks["conv.weight"].flatten().nonzero()[0, 0]
+    with torch.no_grad():
+        conn.original["conv.weight"].view(-1)[live] += 1.0
+        m.conv.weight.view(-1)[live] += 1.0
+    assert changed_weights(conn) == 0  # measured against the corrupted copy, it cannot see it
+    assert changed_from(conn.dense_state_dict(), loaded, conn) == 1
+    # a bias or a normalisation statistic that moved counts too
+    sd = conn.dense_state_dict()
+    sd["conv.weight"].view(-1)[live] = loaded["conv.weight"].view(-1)[live]
+    sd["bn.running_var"][0] += 1.0
+    sd["fc.bias"][:2] = 0.0
+    assert changed_from(sd, loaded, conn) == 3
+    # a pruned synapse reads as pruned when it is +0.0 exactly: -0.0 is a difference
+    sd = {k: v.clone() for k, v in loaded.items()}
+    pruned = (~conn.masks["conv.weight"]).flatten().nonzero()[:, 0]
+    sd["conv.weight"].view(-1)[pruned[1:]] = 0.0
+    sd["conv.weight"].view(-1)[pruned[0]] = -0.0
+    assert changed_from(sd, loaded, conn) == 1
+    # a missing key or another shape counts every entry of that tensor
+    del sd["fc.bias"]
+    sd["bn.weight"] = torch.ones(3)
+    assert changed_from(sd, loaded, conn) == 1 + 4 + 8
 
 
 def test_restoration_is_exact_after_crawling():

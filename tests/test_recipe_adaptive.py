@@ -295,7 +295,7 @@ def test_runtime_problems_fail_with_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
-def test_mask_only_mode_changes_no_weight(tmp_path, precision):
+def test_mask_only_mode_changes_no_weight(tmp_path, precision, capsys):
     from adaptive.mask_only import changed_weights
 
     torch.manual_seed(123)
@@ -305,6 +305,8 @@ def test_mask_only_mode_changes_no_weight(tmp_path, precision):
                   "--update_every", "8", "--threads", "1", "--progress", "false", "--figures", "false",
                   "--mixed_precision", precision, "--weights", str(tmp_path / "w.pt")])
     assert res.conn.mode == "mask_only" and changed_weights(res.conn) == 0
+    assert ("surviving weights that differ from the original: 0 (every tensor of the model, biases and "
+            "normalisation statistics too, compared bit for bit with the weights as loaded)") in capsys.readouterr().out
     assert res.summary["mixed_precision"] == precision  # the precision its figures were measured at
     # against the weights file itself, not the copy the run kept: every live weight bit-identical,
     # every pruned one exactly 0.0, every other tensor (biases, ...) untouched
