@@ -277,10 +277,18 @@ class Controller:
         if kept:
             conn.keep_original()
         self.conn.add_observer(self._observe_hook, active=self._editing)
+        self._init_used = False  # set by initial_plan: whether ``init`` decided anything
         try:
             plan = self.policy.initialize(self)
             if plan is not None:
                 self._apply(plan, step=0, kind="init", line_search=False)
+            if init is not None and not self._init_used:
+                why = ("no density was given" if self.density is None else
+                       f"policy {self.policy.name!r} starts from the connectome as it is and reaches its target "
+                       "through its own updates" if not getattr(self.policy, "sparse_at_start", True) else
+                       f"the connectome already holds no more than density {self.density}")
+                warn_user(f"init={init!r} was not used: nothing was sparsified at construction ({why}); "
+                          "drop init=, or give a policy that sparsifies at construction (rigl, set, ...)")
         except BaseException:
             self.conn._remove_observer(self._observe_hook)
             if kept:
@@ -470,6 +478,7 @@ class Controller:
         """Sparsify to the target density at construction, by ``self.init``; for a policy that holds
         the network's count rather than each layer's (``holds_layer_counts = False``: balanced), the
         network's count lands within half an ensemble of its target under a layer budget too."""
+        self._init_used = True
         names = self.editable()
         if self.init == "random":
             # the random estimator's draw per ensemble: every size kept with the same chance

@@ -293,3 +293,27 @@ def test_steps_and_seeds_take_floats_that_hold_whole_numbers_as_they_always_did(
     for kw in (dict(end_step=750.5), dict(seed=1.5), dict(start_step=float("inf"))):
         with pytest.raises(ValueError, match="must be"):
             adaptive.Controller(adaptive.Connectome(net()), None, policy="rigl", density=0.5, **kw)
+
+
+@pytest.mark.parametrize("policy, kw, why", [
+    ("gmp", dict(density=0.5, end_step=10, update_every=2), "policy 'gmp' starts from the connectome as it is"),
+    ("threshold", dict(), "no density was given"),
+    ("balanced", dict(density=1.0), "already holds no more than density 1.0"),
+])
+def test_an_init_the_policy_never_uses_is_named(policy, kw, why):
+    """init='magnitude' with a policy that does not sparsify at construction (gmp prunes from the
+    dense network by its schedule) was accepted and silently unused."""
+    conn = adaptive.Connectome(net())
+    with pytest.warns(UserWarning, match=rf"init='magnitude' was not used: .*{why}"):
+        adaptive.Controller(conn, policy=policy, init="magnitude", **kw)
+    assert conn.density() == 1.0
+
+
+def test_an_init_that_sparsifies_raises_no_warning():
+    import warnings
+
+    conn = adaptive.Connectome(net())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adaptive.Controller(conn, policy="rigl", density=0.5, end_step=10, init="magnitude")
+    assert conn.density() == pytest.approx(0.5, abs=0.02)
