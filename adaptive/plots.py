@@ -109,19 +109,46 @@ def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, st
     return _save(fig, plt, path)
 
 
-def plot_density(events: Sequence[dict], path, kept: Optional[dict] = None) -> Path:
-    """Overall and per-layer density at every controller event; ``kept`` (``step``, ``density``):
-    the masks a run kept when they are not its last ones, marked with a star."""
+def density_before(event: dict) -> Optional[float]:
+    """The overall density just before ``event``, from its counts (``live``, ``removed``, ``pruned``,
+    ``grown``, in synapses); None where it lacks one."""
+    counts = [event.get(k) for k in ("live", "removed", "pruned", "grown")]
+    if not all(isinstance(c, (int, float)) for c in counts):
+        return None
+    live, removed, pruned, grown = counts
+    return (live + pruned - grown) / (live + removed) if live + removed else None
+
+
+def step_points(steps: Sequence, values: Sequence, start=None, last_step=None) -> tuple:
+    """The points of a step function drawn with ``drawstyle="steps-post"``: ``values[i]`` holds from
+    ``steps[i]`` to the next step; ``start``, where known, from step 0 to the first step; the last
+    value on to ``last_step``, where the run went on after it."""
+    xs, ys = list(steps), list(values)
+    if start is not None and xs and xs[0] > 0:
+        xs, ys = [0] + xs, [start] + ys
+    if last_step is not None and xs and last_step > xs[-1]:
+        xs, ys = xs + [last_step], ys + [ys[-1]]
+    return xs, ys
+
+
+def plot_density(events: Sequence[dict], path, kept: Optional[dict] = None, last_step=None) -> Path:
+    """Overall and per-layer density against step, a step function: each controller event's density
+    holds until the next event, and the last one until ``last_step`` (the run's last step). The
+    overall line starts at step 0 at the density before the first event (from its counts); a layer's
+    starts at its first event, before which events record no layer density. ``kept`` (``step``,
+    ``density``): the masks a run kept when they are not its last ones, marked with a star."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     evs = [e for e in events if "density" in e]
     if evs:
         steps = [e["step"] for e in evs]
         layers: List[str] = list(evs[-1].get("layer_density", {}))
-        dot = single_point_marker(len(evs))  # a run with no update has one event: a line alone would not show
         for name in layers:
-            ax.plot(steps, [e.get("layer_density", {}).get(name) for e in evs], lw=1, alpha=0.8, label=name, **dot)
-        ax.plot(steps, [e["density"] for e in evs], color="k", lw=2.2, label="overall", **dot)
+            xs, ys = step_points(steps, [e.get("layer_density", {}).get(name) for e in evs], last_step=last_step)
+            # a run with no update has one event: a line alone would not show
+            ax.plot(xs, ys, lw=1, alpha=0.8, label=name, drawstyle="steps-post", **single_point_marker(len(xs)))
+        xs, ys = step_points(steps, [e["density"] for e in evs], density_before(evs[0]), last_step)
+        ax.plot(xs, ys, color="k", lw=2.2, label="overall", drawstyle="steps-post", **single_point_marker(len(xs)))
     if kept is not None:
         ax.plot([kept["step"]], [kept["density"]], **KEPT_STYLE)
     if not evs:
@@ -178,9 +205,10 @@ def plot_run(rows: Sequence[dict], events: Sequence[dict], out_dir,
     ``--target best``), starred in the first two figures."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    steps = [r["step"] for r in rows if isinstance(r.get("step"), (int, float))]
     return {
         "loss_accuracy": plot_loss_accuracy(rows, out / "loss_accuracy.png", labels, kept),
-        "density": plot_density(events, out / "density.png", kept),
+        "density": plot_density(events, out / "density.png", kept, last_step=max(steps, default=None)),
         "edits": plot_edits(events, out / "edits.png"),
     }
 

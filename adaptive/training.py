@@ -100,9 +100,13 @@ def _connectome_fields(conn) -> dict:
     return {"density": live / max(1, total), "removed": total - live}
 
 
-def metric_row(state: TrainState, split: str, loss: float, accuracy: float, conn=None, lr=None) -> dict:
+def metric_row(state: TrainState, split: str, loss: float, accuracy: float, conn=None, lr=None,
+               fields: Optional[dict] = None) -> dict:
+    """Append a metrics row at ``state.step``. Its ``density`` and ``removed`` are ``conn``'s now, or
+    ``fields`` (``_connectome_fields`` taken earlier: the connectome the row's numbers were measured at)."""
+    fields = _connectome_fields(conn) if fields is None else fields
     row = {"step": state.step, "epoch": state.epoch, "split": split, "loss": float(loss),
-           "accuracy": None if accuracy is None else float(accuracy), **_connectome_fields(conn), "lr": lr}
+           "accuracy": None if accuracy is None else float(accuracy), **fields, "lr": lr}
     state.metrics.append(row)
     return row
 
@@ -148,7 +152,10 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     controller observes, masks and edits inside it), scheduler step, ``state.step += 1``.
 
     Every ``log_every`` steps a ``train`` metric row is appended with the loss and accuracy
-    averaged over the interval and over all processes. ``on_step(state)`` runs after each step
+    averaged over the interval and over all processes, and the ``density``/``removed`` of the
+    connectome the row's last batch ran at: taken before that step's optimizer step, whose
+    controller update the row's numbers never saw (a window that spans an earlier update mixes
+    both densities and reports the later one). ``on_step(state)`` runs after each step
     (checkpointing, tests). Stops early at ``max_steps``. Returns the epoch's mean loss/accuracy
     over the processed batches on this process.
     """
@@ -157,6 +164,8 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     for x, y in loader:
         if max_steps is not None and state.step >= max_steps:
             break
+        # the connectome this batch runs at, for the row it closes: the step's update comes after
+        at = _connectome_fields(conn) if log_every and (state.step + 1) % log_every == 0 else None
         out = model(x)
         loss = loss_fn(out, y)
         accelerator.backward(loss)
@@ -176,7 +185,7 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
         if log_every and state.step % log_every == 0:
             win = torch.tensor(w, dtype=torch.float64, device=accelerator.device)
             tot = accelerator.reduce(win, reduction="sum").cpu()
-            metric_row(state, "train", tot[0] / tot[2], tot[1] / tot[2], conn, state.lr)
+            metric_row(state, "train", tot[0] / tot[2], tot[1] / tot[2], lr=state.lr, fields=at)
             state.window = [0.0, 0.0, 0.0]
         if progress is not None:
             progress.update(1)

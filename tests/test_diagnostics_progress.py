@@ -34,6 +34,16 @@ def test_removed_comes_from_events_when_metrics_lack_it(tmp_path):
     assert (tmp_path / "out" / "progress.png").exists() and paths == [str(tmp_path / "out" / "progress.png")]
 
 
+def test_a_train_row_at_an_update_step_gets_the_count_before_the_update(tmp_path):
+    """A train row of step 10 averages batches run before step 10's update (made after its optimizer
+    step); a held-out row of step 10 was evaluated after it. Both were given the count after it."""
+    (tmp_path / "events.jsonl").write_text(json.dumps({"step": 10, "pruned": 100, "grown": 0}) + "\n")
+    rows = ["step,split,loss,accuracy", "10,train,2.0,0.3", "10,holdout,2.2,0.2", "11,train,2.1,0.2"]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    p = progress(str(tmp_path))
+    assert p.removed_source == "events" and p.metrics["removed"] == [0, 100, 100]
+
+
 def test_removed_column_and_density_axis(tmp_path):
     write_run(tmp_path, with_removed=True)
     p = progress(str(tmp_path), total_synapses=1000)

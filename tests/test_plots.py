@@ -76,6 +76,20 @@ def test_a_run_with_no_update_draws_its_single_density_point(figures):
     assert all(line.get_marker() not in (None, "", " ", "None") for line in lines)  # a line alone needs two points
 
 
+def test_density_is_drawn_as_a_step_function_from_the_start_to_the_last_step(figures):
+    """density.png joined the updates with straight lines (step 15 of gmp at 10 -> 20 read ~0.16,
+    not 0.2125), from the first update to the last, though the run started dense and went on."""
+    ev = [{"step": s, "kind": "update", "density": d, "live": live, "removed": 1000 - live, "pruned": p, "grown": 0,
+           "layer_density": {"a": la}} for s, d, live, p, la in ((10, 0.5, 500, 500, 0.4), (20, 0.2125, 212, 288, 0.1))]
+    rows = [dict(step=s, split="train", loss=1.0, accuracy=0.5) for s in (5, 10, 15, 20, 25, 30)]
+    plots.plot_run(rows, ev, "run")
+    lines = {line.get_label(): line for line in figures[1].axes[0].get_lines()}
+    assert {line.get_drawstyle() for line in lines.values()} == {"steps-post"}
+    assert lines["overall"].get_xydata().tolist() == [[0, 1.0], [10, 0.5], [20, 0.2125], [30, 0.2125]]
+    assert lines["a"].get_xydata().tolist() == [[10, 0.4], [20, 0.1], [30, 0.1]]  # no layer density before the first
+    assert plots.step_points([0, 10], [0.2, 0.1], start=1.0, last_step=5) == ([0, 10], [0.2, 0.1])  # nothing to add
+
+
 def test_best_target_figures_mark_the_kept_masks(figures):
     """mask_only --target best: the lines end at the last rung tried (0.8 here) while the run kept the
     dense network, scored at step 0; a star marks what was kept and the test point sits with it."""

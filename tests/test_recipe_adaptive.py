@@ -453,6 +453,39 @@ def test_mask_only_mode_scores_the_holdout_every_epoch_or_every_eval_every_steps
     assert [int(r["step"]) for r in held] == list(range(4, res.state.step, 4)) + [res.state.step]
 
 
+def test_train_rows_report_the_density_their_batches_ran_at(tmp_path, monkeypatch):
+    """A train row was given the density after its last step's controller update: gmp's jump to 0.1
+    at step 10 was written on the row of step 10, whose loss the dense network made (the loss rises
+    at step 11), and the progress figure drew that dense loss at 45k synapses removed. density.png
+    joined the updates with straight lines, from the first update to the last, though the density
+    is a step function from the start of the run to its end."""
+    import adaptive.plots
+
+    figs = []
+    monkeypatch.setattr(adaptive.plots, "_save", lambda fig, plt, path: figs.append(fig) or path)
+    res = R.main(["--output_dir", str(tmp_path / "a"), "--policy", "gmp", "--density", "0.1", "--max_steps", "14",
+                  "--update_every", "10", "--log_every", "1", "--threads", "1", "--progress", "false"])
+    (update,) = [e for e in res.controller.events if e["kind"] == "update"]
+    assert update["step"] == 10 and update["removed"] > 0
+    train = {r["step"]: r for r in read_metrics_csv(tmp_path / "a" / "metrics.csv") if r["split"] == "train"}
+    assert sorted(train) == list(range(1, 15))
+    for s in range(1, 11):  # up to and including step 10: trained dense, the update came after its batch
+        assert (train[s]["density"], train[s]["removed"]) == (1.0, 0), s
+    for s in range(11, 15):
+        assert train[s]["removed"] == update["removed"] and train[s]["density"] == pytest.approx(update["density"]), s
+    # density.png: a step from the start (dense, step 0) to the run's last step
+    lines = {line.get_label(): line for line in figs[1].axes[0].get_lines()}
+    overall = lines["overall"]
+    assert overall.get_drawstyle() == "steps-post"
+    assert overall.get_xydata().tolist() == [[0, 1.0], [10, pytest.approx(update["density"])],
+                                             [14, pytest.approx(update["density"])]]
+    # a window of log_every steps that spans an update reports its last batch's density (after it)
+    R.main(["--output_dir", str(tmp_path / "b"), "--policy", "gmp", "--density", "0.1", "--max_steps", "14",
+            "--update_every", "10", "--log_every", "4", "--threads", "1", "--progress", "false", "--figures", "false"])
+    train = [r for r in read_metrics_csv(tmp_path / "b" / "metrics.csv") if r["split"] == "train"]
+    assert [(r["step"], r["removed"]) for r in train] == [(4, 0), (8, 0), (12, update["removed"])]
+
+
 def test_a_run_too_short_for_its_schedule_says_it_missed_the_density(tmp_path, capsys):
     # gmp starts dense and prunes on a schedule; three steps end before its first update
     res = R.main(["--output_dir", str(tmp_path / "short"), "--policy", "gmp", "--density", "0.5", "--max_steps", "3",

@@ -181,13 +181,15 @@ class Progress:
         ax = axes[1, 1]
         pts = [(s, v) for s, v in zip(steps, ev["density"]) if isinstance(v, (int, float))]
         if pts:  # a run with no update has one event: a marker keeps its single point visible
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "k-", lw=2, label="all", **single_point_marker(len(pts)))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "k-", lw=2, label="all", drawstyle="steps-post",
+                    **single_point_marker(len(pts)))
         layers: Dict[str, list] = {}
         for e in ev:
             for k, v in _flat(e.get("layer_density")).items():
                 layers.setdefault(k, []).append((e.get("step"), v))
         for k, lp in list(layers.items())[:20]:
-            ax.plot([p[0] for p in lp], [p[1] for p in lp], lw=0.8, alpha=0.7, label=k, **single_point_marker(len(lp)))
+            ax.plot([p[0] for p in lp], [p[1] for p in lp], lw=0.8, alpha=0.7, label=k, drawstyle="steps-post",
+                    **single_point_marker(len(lp)))
         ax.set_xlabel("step")
         ax.set_ylabel("density (fraction of synapses present)")
         ax.set_title("density", fontsize=9)
@@ -264,7 +266,10 @@ def progress(run_dir: str, total_synapses: Optional[int] = None) -> Progress:
         source = "events"
         for r in metrics:  # a row with its own count keeps it; only blank ones are filled
             if not isinstance(r.get("removed"), (int, float)):
-                before = [c for s, c in removed_at if isinstance(s, (int, float)) and s <= r["step"]]
+                # a train row's batches ran before the update of its own step (made after the optimizer
+                # step); a held-out or test row at that step was evaluated after it
+                train = str(r.get("split")) == "train"
+                before = [c for s, c in removed_at if isinstance(s, (int, float)) and (s < r["step"] if train else s <= r["step"])]
                 r["removed"] = before[-1] if before else 0
     else:
         source = "step"
