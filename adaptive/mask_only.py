@@ -89,6 +89,8 @@ class MaskOnlyResult:
     controller: Controller
     snapshots: Dict[str, Snapshot] = field(default_factory=dict)
     history: List[dict] = field(default_factory=list)
+    # wall seconds the earlier sessions of a resumed optimisation recorded in its checkpoint (0: none)
+    resumed_seconds: float = 0.0
 
     @property
     def events(self) -> List[dict]:
@@ -508,6 +510,7 @@ def optimize_connectome(
     if saved is not None:  # the clocks go on from where the recorded run stopped
         t_cpu -= saved["cpu_seconds"]
         t_wall -= saved["wall_seconds"]
+        result.resumed_seconds = float(saved["wall_seconds"])
 
     def record(rec):
         rec["cpu_seconds"], rec["wall_seconds"] = time.process_time() - t_cpu, time.time() - t_wall

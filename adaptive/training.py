@@ -51,13 +51,16 @@ class TrainState:
     # the learning rate the last trained step used (a scheduler has already moved the optimizer's
     # on to the next step's): what a metric row's ``lr`` reports
     lr: Optional[float] = None
+    # wall seconds of the run up to this state, over every session of a resumed run (set by the
+    # recipe before each checkpoint); None: resumed from a checkpoint that did not record it
+    seconds: Optional[float] = 0.0
 
     def state_dict(self) -> dict:
         """The window is saved summed over all processes (only the main process's copy is written)."""
         window = self.saved_window if self.saved_window is not None else self.window
         return {"step": self.step, "epoch": self.epoch, "metrics": [dict(r) for r in self.metrics],
                 "window": [float(v) for v in window], "processes": self.processes,
-                "steps_per_epoch": self.steps_per_epoch, "lr": self.lr}
+                "steps_per_epoch": self.steps_per_epoch, "lr": self.lr, "seconds": self.seconds}
 
     def load_state_dict(self, sd: dict) -> None:
         """Each process takes an equal share of the saved window, so the next row's sum over
@@ -67,6 +70,8 @@ class TrainState:
         self.processes = int(sd.get("processes", self.processes))  # older checkpoints: taken as this run's
         self.steps_per_epoch = int(sd.get("steps_per_epoch", self.steps_per_epoch))
         self.lr = sd.get("lr", self.lr)
+        seconds = sd.get("seconds")  # older checkpoints: None, the earlier sessions' time is unknown
+        self.seconds = None if seconds is None else float(seconds)
         n = _world_size()
         self.window = [float(v) / n for v in sd.get("window", (0.0, 0.0, 0.0))]
 

@@ -702,6 +702,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
                 f"read other data and another global batch. Resume with `accelerate launch --num_processes "
                 f"{state.processes} ...` (and the run's data settings), or start a new run")
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
+    resumed_at = state.step
     lock.acquire(cfg)
     _save_config(accelerator, cfg, output_dir)  # only now: a refused command leaves an earlier run's config alone
     # every checkpoint carries the settings it was made with (checked by a later --resume)
@@ -735,12 +736,17 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
         if (s.step % cfg.eval_every == 0) if cfg.eval_every else (s.step % steps_per_epoch == 0):
             eval_holdout()
         if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and s.step < total_steps:
+            s.seconds = elapsed()  # the run's time so far, carried on by a resume from this checkpoint
             save_checkpoint(accelerator, output_dir, s.step, cfg.keep_checkpoints, state=s, files=ckpt_files)
             write_metrics()
         if on_step is not None:
             on_step(s)
 
-    t0 = time.time()
+    t0, recorded = time.time(), state.seconds  # recorded: the earlier sessions' (None: not known)
+
+    def elapsed() -> Optional[float]:
+        return None if recorded is None else recorded + time.time() - t0
+
     start_epoch, skip = divmod(state.step, steps_per_epoch)
     for epoch in range(start_epoch, epochs):
         state.epoch = epoch
@@ -757,7 +763,6 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
             break
     if progress is not None:
         progress.close()
-    seconds = time.time() - t0
 
     last = state.metrics[-1] if state.metrics else {}
     # the holdout score of the final network: reused only if it was taken at the last step
@@ -767,12 +772,16 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     files = _write_outputs(accelerator, cfg, output_dir, state.metrics, ctrl.events, conn,
                            _split_labels(loaders, n_test, "train (mean over the batches trained since the last point)",
                                          cfg.test_subset))
+    seconds = time.time() - t0 if recorded is None else elapsed()
     summary = dict(test_accuracy=test_acc, test_loss=test_loss, test_examples=n_test, holdout_accuracy=holdout_acc,
                    density=conn.density(), synapses=conn.num_synapses(), live=conn.num_live(), nonzero=_nonzero(conn),
                    steps=state.step, updates=sum(1 for e in ctrl.events if e.get("kind") == "update"), seconds=seconds,
                    processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))
     summary.update(target_density=cfg.density, density_note=_density_note(cfg, summary, total_steps, ctrl),
-                   update_note=_update_note(cfg, summary, total_steps, ctrl))
+                   update_note=_update_note(cfg, summary, total_steps, ctrl),
+                   seconds_note=None if recorded is not None else (
+                       f"seconds ({seconds:.0f}) covers only this session, from step {resumed_at} on: the checkpoint "
+                       f"it resumed from ({resume_from}) was written before checkpoints recorded the run's time"))
     _finish(accelerator, output_dir, summary, files)
     _end(accelerator)
     return RunResult(output_dir, model, conn, ctrl, state, summary, files)
@@ -1049,7 +1058,8 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     summary = dict(test_accuracy=test_acc, test_loss=test_loss, test_examples=n_test,
                    holdout_accuracy=final.holdout_acc if final is not None else None, density=conn.density(),
                    synapses=conn.num_synapses(), live=conn.num_live(), nonzero=_nonzero(conn), steps=state.step,
-                   updates=sum(1 for e in result.events if e.get("kind") == "update"), seconds=time.time() - t0,
+                   updates=sum(1 for e in result.events if e.get("kind") == "update"),
+                   seconds=result.resumed_seconds + time.time() - t0,  # a resumed run's earlier sessions too
                    processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))
     _finish(accelerator, output_dir, summary, files)
     _end(accelerator)
@@ -1194,7 +1204,7 @@ def _finish(accelerator, output_dir, summary, files):
             f"outputs in {output_dir}/: " + ", ".join(sorted(p.name for p in files.values())),
             flush=True,
         )
-        for key in ("density_note", "update_note"):
+        for key in ("density_note", "update_note", "seconds_note"):
             if summary.get(key):
                 print(f"note: {summary[key]}", flush=True)
 
