@@ -82,8 +82,8 @@ class RunConfig:
     download: bool = _opt(False, "let torchvision download a dataset that is not found (needs internet)")
     dataset_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "extra dataset arguments (e.g. shape for fake)"})
     holdout: float = field(default=0.1, metadata={"help": "fraction of TRAIN held out for selection/evaluation"})
-    subset: Optional[int] = _help("use only this many train examples")
-    test_subset: Optional[int] = _help("evaluate on only about this many test examples (a stratified draw, rounded per class)")
+    subset: Optional[int] = _help("use only this many train examples (a stratified draw that includes the held-out part)")
+    test_subset: Optional[int] = _help("evaluate on only this many test examples (a stratified draw)")
     augment: bool = _opt(False, "train-time augmentation (CIFAR: crop and flip; MNIST: shifts; ImageNet: random resized "
                                 "crop and flip; digits: none, a warning says so)")
     batch_size: int = _opt(32, "train batch size per process")

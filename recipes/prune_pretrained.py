@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an argument of the dataset builder, e.g. resize=232 for imagenet, or several as a YAML mapping "
                         "'{resize: 232, image_size: 224}' (repeatable, later ones winning per key, over the "
                         "--config file's; YAML values)")
-    p.add_argument("--subset", type=int, help="use only this many train images (quick runs)")
+    p.add_argument("--subset", type=int,
+                   help="use only this many train images (quick runs; a stratified draw that includes the held-out part)")
     p.add_argument("--ensemble", help="synapse, kernel, neuron, block:RxC; or per layer, first match wins: '*fc*=neuron;synapse'")
     p.add_argument("--estimator", help="utility estimator (presence, evidence, consistency, obd, taylor, ...)")
     p.add_argument("--step", type=number_or_none,

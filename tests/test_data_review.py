@@ -222,6 +222,44 @@ def test_subset_too_small_to_stratify_is_refused_with_the_minimum():
     assert len(D.stratified_subset(labels, 10)) == 10
 
 
+def test_a_subset_draws_exactly_the_examples_asked_for():
+    """--subset N said "this many" and drew about N (digits: 600 gave 601, 1000 gave 1002, 15 gave 16)."""
+    for n, holdout in ((600, 0.1), (1000, 0.1), (15, 0.0)):
+        s = get_datasets("digits", holdout=holdout, subset=n)
+        assert len(s.train) + len(s.holdout) == n
+    labels = torch.tensor([0] * 7 + [1] * 50 + [2] * 123 + [3] * 3)  # unequal classes
+    counts = torch.bincount(labels).double()
+    for n in range(4, len(labels)):
+        drawn = D.stratified_subset(labels, n, seed=3)
+        assert len(drawn) == n and len(set(drawn.tolist())) == n
+        share = counts * n / len(labels)  # every class within one example of its share
+        assert ((torch.bincount(labels[drawn], minlength=4) - share).abs() < 1).all()
+    assert len(D.stratified_subset(torch.arange(10).repeat(100), 10)) == 10  # one of each class
+    with pytest.raises(ValueError, match="at least 10 \\(one per class\\)"):
+        D.stratified_subset(torch.arange(10).repeat(100), 7)  # drew 10 before, one per class
+
+
+def test_a_subset_whose_shares_round_to_its_size_draws_what_it_drew_before():
+    """Published figures used draws that already came out exact (MNIST 12,000, cifar10 TEST 1,000 and
+    2,000): the draw is the one made before subsets were exact (the seed's holdout-style split)."""
+    cases = [(torch.arange(10).repeat_interleave(1000), (1000, 2000))]
+    if (SHARED / "mnist" / "mnist.npz").is_file():
+        cases.append((torch.as_tensor(np.load(SHARED / "mnist" / "mnist.npz")["y_train"]).long(), (12000,)))
+    for labels, sizes in cases:
+        for size in sizes:
+            for seed in (0, 1):
+                before = stratified_split(labels, size / len(labels), seed=seed + 1_000_003)[1]
+                assert len(before) == size and torch.equal(D.stratified_subset(labels, size, seed), before)
+
+
+def test_a_subset_too_small_for_any_holdout_is_refused_with_the_minimum():
+    """digits --subset 15 at holdout 0.1 ran with an empty held-out part (nothing to select on)."""
+    with pytest.raises(ValueError, match="held-out part of digits is empty.*give a subset of at least 51"):
+        get_datasets("digits", holdout=0.1, subset=15)
+    assert len(get_datasets("digits", holdout=0.1, subset=51).holdout) == 1
+    assert len(get_datasets("digits", holdout=0.0, subset=15).holdout) == 0  # holdout 0 asks for none
+
+
 def test_holdout_that_leaves_no_train_part_is_refused():
     # a subset of 10 digits is one example per class; holdout 0.9 draws round(0.9) = 1 of each
     # class, so every example is held out and nothing is left to train on

@@ -59,10 +59,10 @@ def test_progress(recipe, tmp_path):
 
 
 def test_train_part_smaller_than_a_batch_is_refused_clearly(recipe, tmp_path):
-    # 20 digits with a 10% holdout leave 18 to train on, fewer than one full batch of 64: the
+    # 60 digits with a 10% holdout leave 50 to train on, fewer than one full batch of 64: the
     # loader would yield nothing and training died with a bare StopIteration
     with pytest.raises(ValueError, match="fewer than one batch of 64.*larger --subset or a smaller --batch_size"):
-        recipe.main(["collinearity", *COMMON, "--subset", "20", "--output_dir", str(tmp_path), "--model", "mlp",
+        recipe.main(["collinearity", *COMMON, "--subset", "60", "--output_dir", str(tmp_path), "--model", "mlp",
                      "--train_steps", "3", "--batches", "3"])
 
 

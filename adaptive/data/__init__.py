@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..paths import DatasetNotFoundError, resolve_data_dir
 from .base import LazyDataset, Source, available_datasets, check_dataset_kw, get_source_builder, register_dataset
-from .split import stratified_split, stratified_subset
+from .split import holdout_counts, stratified_split, stratified_subset, subset_counts
 from .tensors import TensorImages, random_crop_flip
 
 # Importing the families registers them.
@@ -48,9 +48,10 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
 
     - ``holdout``: fraction of the train split held out, stratified by class and drawn at random
       with ``seed`` (never by position); disjoint from ``train``; 0 gives an empty holdout.
-    - ``subset``: use only a stratified random ``subset`` examples of the train split (before
-      the holdout is drawn from them); ``test_subset`` likewise caps the test split (a fixed
-      draw, so every run with the same seed reports on the same test examples).
+    - ``subset``: use only a stratified random draw of exactly ``subset`` examples of the train
+      split (before the holdout is drawn from them; one with an empty holdout is refused);
+      ``test_subset`` likewise caps the test split (a fixed draw, so every run with the same seed
+      reports on the same test examples).
     - ``augment``: training augmentation on the train part only (holdout and test never).
     - ``download``: allow torchvision's downloader when the data is not on disk.
     - ``progress``: progress bars of long preparation (decoding CIFAR-10's JPEGs into the cache):
@@ -70,6 +71,10 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     pool = stratified_subset(labels, subset, seed) if subset is not None else torch.arange(len(labels))
     kept, drawn = stratified_split(labels[pool], holdout, seed)
     train, held = pool[kept], pool[drawn]
+    if subset is not None and holdout > 0 and held.numel() == 0:
+        raise ValueError(f"the held-out part of {name} is empty: a subset of {len(pool)} train examples with holdout "
+                         f"{holdout} holds out round({holdout} x its examples of a class) = 0 of every class; "
+                         + _subset_for_holdout(labels, subset, holdout))
     if train.numel() == 0:
         raise ValueError(f"the train part of {name} is empty: {len(pool)} train examples"
                          f"{' (subset)' if subset else ''} with holdout {holdout} leave none to train on; "
@@ -86,6 +91,15 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     return DatasetSplits(train=src.train_view(train), holdout=src.eval_view(held),
                          test=LazyDataset(build_test, name=f"{name} test"), num_classes=src.num_classes,
                          in_shape=tuple(src.in_shape), classes=list(src.classes), name=name)
+
+
+def _subset_for_holdout(labels: torch.Tensor, subset: int, holdout: float) -> str:
+    """How to get a non-empty held-out part: the smallest subset that gives one."""
+    counts = torch.unique(torch.as_tensor(labels), return_counts=True)[1]
+    for size in range(subset + 1, len(labels) + 1):
+        if bool((holdout_counts(subset_counts(counts, size), holdout) > 0).any()):
+            return f"give a subset of at least {size} (or a larger holdout; holdout 0 for none)"
+    return "give a larger holdout (holdout 0 for none)"
 
 
 @dataclass
