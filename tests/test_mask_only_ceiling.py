@@ -61,3 +61,14 @@ def test_test_split_read_once_for_the_step_the_holdout_chose(tmp_path, monkeypat
             if line.startswith("| every weight fine-tuned |")]
     held = [float(r[3]) for r in runs]
     assert "(chosen)" in runs[held.index(max(held))][4]
+
+
+def test_loading_it_leaves_the_benchmarks_folder_off_the_import_path():
+    """It put recipes/benchmarks on sys.path for good, so a later ``import graphs`` (the diagnostics'
+    depth tracing) in the same process found recipes/benchmarks/graphs.py instead of the package."""
+    import os
+    import sys
+
+    _bench()
+    here = os.path.realpath(os.path.join(os.path.dirname(__file__), "..", "recipes", "benchmarks"))
+    assert not [p for p in sys.path if os.path.realpath(p or os.getcwd()) == here]

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.data import get_dataloaders  # noqa: E402
@@ -34,7 +33,14 @@ from adaptive.data.cycle import LoaderCycle  # noqa: E402
 from adaptive.mask_only import evaluate  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
-from mask_only import WEIGHTS, add_run_options  # noqa: E402  (the same networks and run options)
+
+# the same networks and run options as mask_only.py beside it; its folder only while that is imported:
+# it also holds graphs.py, which would stand in for the graphs package of any later import
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+try:
+    from mask_only import WEIGHTS, add_run_options  # noqa: E402
+finally:
+    sys.path.remove(str(Path(__file__).resolve().parent))
 
 
 def _floats(ap, name, text):
