@@ -71,11 +71,13 @@ def main():
     for r in rows:
         lines.append(f"| {r[0]} | {r[1]:,} | {r[2]:.3f} | {r[3]:.4f} | {r[4]:.2%} | {r[5]:.3f} | {r[6]:.1f} | {r[7]:,} |")
     mask_bytes = sum(m.numel() * m.element_size() for m in conn.masks.values()) / conn.num_synapses()
+    last_bytes = sum(m.numel() * m.element_size() for m in conn._last_set.values()) / conn.num_synapses()
     text = (
         f"# Controller cost: torchvision resnet50, batch {args.batch} x {args.size}x{args.size}, "
         f"{torch.get_num_threads()} threads, median of {args.repeats}\n\n" + "\n".join(lines) +
-        f"\n\nConnectome bool masks: {mask_bytes:.1f} B/synapse in memory, plus a 4 B/synapse float cache while "
-        "attached to an optimizer (see overhead.md); 1 bit/synapse on disk. Update = global top-k over all "
+        f"\n\nConnectome bool masks: {mask_bytes:.1f} B/synapse in memory and {last_bytes:.1f} B/synapse for its copy "
+        "of the masks as last set, plus a 4 B/synapse float cache while attached to an optimizer (see overhead.md: "
+        "Connectome.resident_bytes); 1 bit/synapse on disk. Update = global top-k over all "
         "layers, 10% of live synapses swapped, SGD momentum repaired; no line search (unordered selection).\n"
         "Targets: observe <= 3% of a training step; update <= 1 s on 2 cores.\n"
     )

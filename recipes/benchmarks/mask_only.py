@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.baselines.edge_popup import edge_popup  # noqa: E402
 from adaptive.data import get_dataloaders  # noqa: E402
-from adaptive.mask_only import changed_weights, evaluate, optimize_connectome  # noqa: E402
+from adaptive.mask_only import changed_from, evaluate, loaded_state, optimize_connectome  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 
@@ -107,6 +107,7 @@ def main(argv=None):
     def fresh():
         return build_model(args.model, weights=str(data_dir / WEIGHTS[args.model]))
 
+    loaded = loaded_state(fresh())  # the weights file as loaded: every row's state_dict is compared with it
     t_start = time.time()
     load0 = os.getloadavg()[0]
     rows = []  # (method, target, removed, conn/model, masks, holdout_acc, cpu_min)
@@ -164,7 +165,7 @@ def main(argv=None):
         conn.set_masks(masks)
         conn.model.eval()
         tl, ta, _ = evaluate(conn.model, dl.test)
-        out.append((method, t, total - conn.num_live(), ta, tl, ha, cpu, changed_weights(conn)))
+        out.append((method, t, total - conn.num_live(), ta, tl, ha, cpu, changed_from(conn.dense_state_dict(), loaded, conn)))
     order = {"dense": 0, "magnitude one-shot": 1, "edge-popup": 2, "ours": 3}
     out.sort(key=lambda r: (r[1], order[r[0]]))
     head = ("| method | removed | removed weights | test acc % | test loss | held-out acc % | CPU min | changed surviving weights |\n"
@@ -189,7 +190,7 @@ def main(argv=None):
         f"Learned rows: {args.passes:g} pass(es) per target, targets visited in order {args.targets}, "
         f"batch {args.batch_size}; ours: estimator {args.estimator}"
         f"{f' step {args.step:g}' if args.estimator == 'presence' else ''}, edge-popup: Adam lr {args.ep_lr:g}. The pretrained networks saw the lossless train images, so held-out accuracy "
-        f"is not unseen-data accuracy. CPU min = process CPU time (all {args.threads} threads): for the learned rows, from the method's start to that snapshot (held-out scoring included); for magnitude, computing that mask and scoring it on the held-out part; for dense, that scoring alone.\n\n"
+        f"is not unseen-data accuracy. CPU min = process CPU time (all {args.threads} threads): for the learned rows, from the method's start to that snapshot (held-out scoring included); for magnitude, computing that mask and scoring it on the held-out part; for dense, that scoring alone. Changed surviving weights: entries of the row's state_dict (pruned weights zeroed; biases and BatchNorm statistics too) whose bits differ from the weights file as loaded.\n\n"
         + "\n".join(checks) + "\n\n"
         f"Whole benchmark: {wall:.1f} min wall on {os.cpu_count()} cores ({platform.processor() or platform.machine()}); "
         f"1-minute load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
