@@ -700,7 +700,7 @@ class Controller:
         if self.density is None or 0 in plan.counts():
             return fraction, current
         editable = [n for n in self.conn.names if n not in self.protected]
-        sizes = {n: self._layer_sizes(n) for n in editable}
+        sizes = {n: self.ensemble_sizes(n) for n in editable}
         extent = {n: (1.0, 1.0) if v is None else (float(v.min()), float(v.max())) for n, v in sizes.items()}
         if len({x for e in extent.values() for x in e}) == 1:
             return fraction, current  # one ensemble size: a cut is off by whole ensembles at most, as ever
@@ -722,8 +722,9 @@ class Controller:
             current = plan.shrink(fraction, groups=groups)
         return fraction, current
 
-    def _layer_sizes(self, name: str) -> Optional[torch.Tensor]:
-        """Synapses in each of layer ``name``'s ensembles, flat; None where each holds one."""
+    def ensemble_sizes(self, name: str) -> Optional[torch.Tensor]:
+        """Synapses in each of layer ``name``'s ensembles (a flat tensor, in the order of its ensemble
+        mask); None where each ensemble holds one synapse."""
         g, shape = self.conn.granularities[name], self.conn.layers[name].shape
         if tuple(g.ensemble_shape(shape)) == tuple(shape):
             return None
@@ -731,14 +732,14 @@ class Controller:
 
     def _synapse_counts(self, plan: EditPlan, names=None, sizes=None):
         """Synapses pruned and grown by a plan (ensembles can hold several), in the layers ``names``
-        (all: None); ``sizes``: :meth:`_layer_sizes` of those layers, where already at hand."""
+        (all: None); ``sizes``: :meth:`ensemble_sizes` of those layers, where already at hand."""
         counts = []
         for side in (plan.prune, plan.grow):
             total = 0
             for n, idx in side.items():
                 if names is not None and n not in names:
                     continue
-                size = sizes[n] if sizes is not None else self._layer_sizes(n)
+                size = sizes[n] if sizes is not None else self.ensemble_sizes(n)
                 total += int(idx.numel()) if size is None else int(size[idx.cpu()].long().sum())
             counts.append(total)
         return tuple(counts)

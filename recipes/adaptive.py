@@ -1136,7 +1136,7 @@ def _whole_ensembles(ctrl, density: float) -> Optional[int]:
     from adaptive.policies.base import synapse_targets
 
     names = ctrl.editable()
-    largest = {n: 1 if (s := ctrl._layer_sizes(n)) is None else int(s.max()) for n in names}
+    largest = {n: 1 if (s := ctrl.ensemble_sizes(n)) is None else int(s.max()) for n in names}
     if not names or max(largest.values()) <= 1:
         return None
     try:

@@ -317,3 +317,12 @@ def test_an_init_that_sparsifies_raises_no_warning():
         warnings.simplefilter("error")
         adaptive.Controller(conn, policy="rigl", density=0.5, end_step=10, init="magnitude")
     assert conn.density() == pytest.approx(0.5, abs=0.02)
+
+
+def test_ensemble_sizes_names_the_synapses_of_each_ensemble():
+    conn = adaptive.Connectome(net(), ensemble="neuron")
+    ctrl = adaptive.Controller(conn, policy="rigl", density=0.5, end_step=10)
+    sizes = ctrl.ensemble_sizes("0.weight")
+    assert sizes is not None and int(sizes.sum()) == 8 * 16 and len(sizes) == conn.ensemble_masks()["0.weight"].numel()
+    assert adaptive.Controller(adaptive.Connectome(net()), policy="rigl", density=0.5,
+                               end_step=10).ensemble_sizes("0.weight") is None  # one synapse each
