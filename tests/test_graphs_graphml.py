@@ -150,17 +150,22 @@ def _big():
     return g
 
 
+def write_peak(g, path) -> int:
+    """Peak Python memory (bytes, tracemalloc) of ``graphs.write(g, path)``."""
+    tracemalloc.start()
+    try:
+        graphs.write(g, path)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_graphml_memory_is_bounded_by_the_chunk(tmp_path, monkeypatch):
     """Writing GraphML held the networkx graph and the whole XML tree, memory growing with the edges;
     it now holds one chunk of edges at a time."""
     g = _big()
     monkeypatch.setattr(graphs.exporters, "GRAPHML_CHUNK", 1000, raising=False)
-    tracemalloc.start()
-    try:
-        graphs.write(g, tmp_path / "g.graphml")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = write_peak(g, tmp_path / "g.graphml")
     assert peak < 8e6, f"writing 50,200 edges in chunks of 1,000 took {peak / 1e6:.0f} MB of Python memory"
     G = nx.read_graphml(tmp_path / "g.graphml")
     assert G.number_of_edges() == 50_200

@@ -3,7 +3,6 @@ json.dumps of the whole document, the writer used before, and memory bounded by 
 writer's grew with the edges)."""
 import dataclasses
 import json
-import tracemalloc
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch
 import graphs
 import graphs.exporters
 from test_graphs_export import assert_same
-from test_graphs_graphml import CASES, _big, _conn, Cat
+from test_graphs_graphml import CASES, _big, _conn, Cat, write_peak
 
 torch.set_num_threads(1)
 
@@ -64,12 +63,7 @@ def test_json_memory_is_bounded_by_the_chunk(tmp_path, monkeypatch):
     edges; it now holds one chunk of values at a time."""
     g = _big()
     monkeypatch.setattr(graphs.exporters, "JSON_CHUNK", 1000, raising=False)
-    tracemalloc.start()
-    try:
-        graphs.write(g, tmp_path / "g.json")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = write_peak(g, tmp_path / "g.json")
     assert peak < 1e6, f"writing 50,200 edges in chunks of 1,000 took {peak / 1e6:.1f} MB of Python memory"
     assert graphs.read_json(tmp_path / "g.json").num_edges == 50_200
 

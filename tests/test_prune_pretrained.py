@@ -36,6 +36,25 @@ def weights(tmp_path):
     return path
 
 
+class Crash(Exception):
+    """Raised by :func:`_crash_in_second_target`'s run."""
+
+
+def _crash_in_second_target(mod, monkeypatch):
+    """The recipe's runs raise Crash at the first update of their second target (after the first
+    target's checkpoint); ``monkeypatch.setattr(mod, "optimize_connectome", ...)`` undoes it."""
+    real = mod.optimize_connectome
+
+    def crash(*a, **kw):
+        def cb(rec):
+            if rec["kind"] == "update" and rec["stage"] == 1:
+                raise Crash
+
+        return real(*a, callback=cb, **kw)
+
+    monkeypatch.setattr(mod, "optimize_connectome", crash)
+
+
 def args(weights, out, *more):
     return ["--model", "resnet20", "--weights", str(weights), "--dataset", "fake", "--output_dir", str(out),
             "--batch-size", "32", "--eval-batch-size", "64", "--window", "2", "--passes", "0.5",
@@ -343,18 +362,7 @@ def test_resume_continues_after_the_last_finished_target(tmp_path, weights, caps
     with pytest.raises(FileNotFoundError, match="no checkpoint.pt"):
         mod.main(args(weights, out, "--remove", "0.2", "0.5", "--resume"))
     real = mod.optimize_connectome
-
-    class Crash(Exception):
-        pass
-
-    def crash_in_second_target(*a, **kw):
-        def cb(rec):
-            if rec["kind"] == "update" and rec["stage"] == 1:
-                raise Crash
-
-        return real(*a, callback=cb, **kw)
-
-    monkeypatch.setattr(mod, "optimize_connectome", crash_in_second_target)
+    _crash_in_second_target(mod, monkeypatch)
     with pytest.raises(Crash):
         mod.main(args(weights, out, "--remove", "0.2", "0.5"))
     assert (out / "checkpoint.pt").is_file() and not (out / "results.md").exists()
@@ -815,18 +823,7 @@ def test_a_resume_with_other_data_or_evaluation_settings_is_refused_before_the_d
     mod = recipe()
     out = tmp_path / "run"
     real = mod.optimize_connectome
-
-    class Crash(Exception):
-        pass
-
-    def crash_in_second_target(*a, **kw):
-        def cb(rec):
-            if rec["kind"] == "update" and rec["stage"] == 1:
-                raise Crash
-
-        return real(*a, callback=cb, **kw)
-
-    monkeypatch.setattr(mod, "optimize_connectome", crash_in_second_target)
+    _crash_in_second_target(mod, monkeypatch)
     with pytest.raises(Crash):
         mod.main(MLP + ["--output_dir", str(out)])
     assert (out / "checkpoint.pt").is_file() and (out / "config.yaml").is_file()
