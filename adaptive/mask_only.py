@@ -768,9 +768,7 @@ def changed_weights(conn: Connectome) -> int:
         raise ValueError("changed_weights needs a mask_only connectome (it compares against .original)")
     n = 0
     for name, p in conn.params.items():
-        o = conn.original[name].to(p.device, p.dtype)
-        bits = _INT_VIEW[p.element_size()]
-        same = p.detach().view(bits) == o.view(bits)
+        same = _same_bits(p.detach(), conn.original[name].to(p.device, p.dtype))
         n += int((conn.masks[name].to(p.device) & ~same).sum())
     return n
 
