@@ -725,6 +725,9 @@ class Controller:
     def ensemble_sizes(self, name: str) -> Optional[torch.Tensor]:
         """Synapses in each of layer ``name``'s ensembles (a flat tensor, in the order of its ensemble
         mask); None where each ensemble holds one synapse."""
+        if name not in self.conn.layers:
+            raise KeyError(f"no layer {name!r} in the connectome: its layers are {list(self.conn.layers)[:8]}"
+                           f"{' ...' if len(self.conn.layers) > 8 else ''}")
         g, shape = self.conn.granularities[name], self.conn.layers[name].shape
         if tuple(g.ensemble_shape(shape)) == tuple(shape):
             return None

@@ -40,7 +40,7 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -792,6 +792,10 @@ def changed_from(state: Dict[str, torch.Tensor], reference: Dict[str, torch.Tens
     +0.0 aside: surviving weights, biases, normalisation statistics, every tensor. Unlike
     :func:`changed_weights` it does not trust the connectome's own copy of the weights
     (``conn.original``); a key or shape that does not match counts every entry of that tensor."""
+    for what, d in (("state", state), ("reference", reference)):
+        if not isinstance(d, Mapping):
+            raise TypeError(f"changed_from: {what} must be a state_dict (a mapping of names to tensors), got "
+                            f"{type(d).__name__}: pass conn.dense_state_dict() and loaded_state(model)")
     keys = state_dict_keys(conn.model)
     pruned = {k: ~conn.masks[n].cpu() for n, p in conn.params.items() for k in keys.get(id(p), [n])}
     n = 0

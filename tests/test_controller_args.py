@@ -326,3 +326,5 @@ def test_ensemble_sizes_names_the_synapses_of_each_ensemble():
     assert sizes is not None and int(sizes.sum()) == 8 * 16 and len(sizes) == conn.ensemble_masks()["0.weight"].numel()
     assert adaptive.Controller(adaptive.Connectome(net()), policy="rigl", density=0.5,
                                end_step=10).ensemble_sizes("0.weight") is None  # one synapse each
+    with pytest.raises(KeyError, match=r"no layer 'fc' in the connectome: its layers are \['0.weight', '2.weight'\]"):
+        ctrl.ensemble_sizes("fc")

@@ -104,6 +104,8 @@ def test_changed_from_checks_every_tensor_against_the_weights_as_loaded():
     del sd["fc.bias"]
     sd["bn.weight"] = torch.ones(3)
     assert changed_from(sd, loaded, conn) == 1 + 4 + 8
+    with pytest.raises(TypeError, match="changed_from: state must be a state_dict .*got Tensor"):
+        changed_from(sd["conv.weight"], loaded, conn)
 
 
 def test_restoration_is_exact_after_crawling():
