@@ -530,9 +530,15 @@ def test_weight_written_between_steps_is_pruned_again_at_the_next_step():
             assert torch.all(p[~conn.masks[n]] == 0), (step, n)
 
 
+@pytest.mark.parametrize("policy, kw", [
+    ("rigl", dict(density=0.3)),
+    # threshold's adaptive boundaries are its state: a resume that dropped prune_boundary kept pruning
+    # at the initial 0.05 and drifted from the uninterrupted run
+    ("threshold", dict(density=None, estimator="magnitude", prune_boundary=0.05)),
+], ids=["rigl", "threshold"])
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 @pytest.mark.parametrize("order", ["model,opt,conn,ctrl", "model,conn,ctrl,opt", "conn,ctrl,opt,model"])
-def test_resume_through_state_dicts_is_exact_in_any_load_order(opt_name, order):
+def test_resume_through_state_dicts_is_exact_in_any_load_order(opt_name, order, policy, kw):
     """Invariant 5 through the Python API: the optimizer may be loaded before the connectome (the
     natural order, and Accelerate's). Loading it used to zero the moments wherever the fresh run's
     initial masks had no synapse, and the connectome's restore treated the saved masks as an edit."""
@@ -544,7 +550,7 @@ def test_resume_through_state_dicts_is_exact_in_any_load_order(opt_name, order):
         opt = (torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) if opt_name == "sgd"
                else torch.optim.Adam(m.parameters(), lr=1e-2))
         conn = adaptive.Connectome(m)
-        ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.3, update_every=5, end_step=30, seed=0)
+        ctrl = adaptive.Controller(conn, opt, policy=policy, update_every=5, end_step=30, seed=0, **kw)
         return m, opt, conn, ctrl
 
     def run(m, opt, a, b):
@@ -561,10 +567,14 @@ def test_resume_through_state_dicts_is_exact_in_any_load_order(opt_name, order):
     m, opt, conn, ctrl = build()
     run(m, opt, 0, 17)
     ck = copy.deepcopy({"model": m.state_dict(), "opt": opt.state_dict(), "conn": conn.state_dict(), "ctrl": ctrl.state_dict()})
+    boundaries = (getattr(ctrl.policy, "prune_boundary", None), getattr(ctrl.policy, "restore_boundary", None))
     m, opt, conn, ctrl = build()
     objs = {"model": m, "opt": opt, "conn": conn, "ctrl": ctrl}
     for what in order.split(","):
         objs[what].load_state_dict(ck[what])
+    if policy == "threshold":
+        assert boundaries[0] != 0.05  # the boundary adapted before the save, so the check below means something
+        assert (ctrl.policy.prune_boundary, ctrl.policy.restore_boundary) == boundaries
     run(m, opt, 17, 40)
     assert conn.mask_hash() == want[1]
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in want[0].items())
