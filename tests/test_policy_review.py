@@ -137,7 +137,8 @@ def _mlp():
     return nn.Sequential(nn.Linear(20, 40), nn.ReLU(), nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 5))
 
 
-@pytest.mark.parametrize("policy", ["magnitude", "rigl", "set"])
+@pytest.mark.filterwarnings("ignore:estimator curvature recovers")  # balanced's default estimator, window 1
+@pytest.mark.parametrize("policy", ["magnitude", "rigl", "set", "balanced"])
 def test_min_density_floors_hold_under_the_global_budget(policy):
     m = _mlp()
     with torch.no_grad():
@@ -146,7 +147,14 @@ def test_min_density_floors_hold_under_the_global_budget(policy):
     ctrl = adaptive.Controller(conn, None, policy=policy, density=0.2, budget="global", min_density=0.1,
                                update_every=1, end_step=20, edit_fraction=0.5, seed=0)
     x, y = torch.randn(32, 20), torch.randint(0, 5, (32,))
-    for _ in range(5):
+    for step in range(5):
+        if step == 2 and policy == "balanced":
+            # balanced only prunes (and so only meets the floors) when the network is over its target:
+            # a hand edit regrows layer 0 in full and leaves layer 2 exactly at its floor
+            w2 = conn.params["2.weight"].detach().abs() + conn.masks["2.weight"].float()  # live ones first
+            keep2 = conn.granularity_of("2.weight").select(w2, math.ceil(0.1 * 40 * 30))
+            conn.set_masks({"0.weight": torch.ones(40, 20, dtype=torch.bool), "2.weight": keep2},
+                           grow_init=lambda n, g: torch.randn(g.shape))
         m.zero_grad()
         F.cross_entropy(m(x), y).backward()
         ctrl.observe()
