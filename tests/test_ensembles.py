@@ -147,6 +147,8 @@ def test_violation_reports_a_mask_that_splits_an_ensemble():
     assert get_granularity("synapse").violation(m) is None
     assert "2" in get_granularity("2:4").violation(m)
     assert get_granularity("2:4").violation(torch.ones(4, 8, dtype=torch.bool)) is None  # dense layer
+    three = torch.tensor([[True, True, True, False, True, True, False, False]])  # n + 1 live in one group
+    assert "more than 2 live" in get_granularity("2:4").violation(three)
 
 
 @pytest.mark.parametrize("spec", ["synapse", "unstructured", "kernel", "neuron", "channel", "filter", "block:2x8", "2:4", " Kernel "])

@@ -440,6 +440,19 @@ def test_mask_inconsistent_with_the_granularity_raises_and_changes_nothing(ensem
     assert_unchanged(conn, snap)
 
 
+def test_an_n_m_mask_with_one_live_synapse_too_many_in_a_group_is_refused():
+    """2:4 allows at most 2 live per group of 4: 3 of 4 (n + 1, not only a dense group) is refused."""
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(8, 4)), ensemble="2:4")
+    m = conn.granularity_of("0.weight").select(torch.randn(4, 8))
+    conn.set_masks({"0.weight": m})
+    snap = snapshot(conn)
+    m = m.clone()
+    m[0, :4] = torch.tensor([True, True, True, False])  # 3 live in the first group of 4
+    with pytest.raises(ValueError, match="mask for '0.weight': mask has more than 2 live synapses in some group of 4"):
+        conn.set_masks({"0.weight": m})
+    assert_unchanged(conn, snap)
+
+
 def test_bad_ensemble_masks_raise_and_change_nothing():
     model = small_net()
     conn = adaptive.Connectome(model, ensemble="kernel")
