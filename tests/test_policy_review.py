@@ -334,6 +334,45 @@ def test_a_line_search_cut_keeps_the_density_and_reports_the_fraction_it_applied
         assert p.shrink(e["line_search_fraction"], groups=groups).counts() == (e["pruned_ensembles"], e["grown_ensembles"])
 
 
+def test_keep_plans_list_prunes_lowest_score_first_and_grows_highest_first():
+    """A line search keeps a leading part of each list (EditPlan: best first), so the order is the
+    behaviour: the cheapest live ensembles are pruned first, the most promising dead ones grown first."""
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(20, 10), nn.ReLU(), nn.Linear(10, 5)))
+    ctrl = adaptive.Controller(conn, policy="magnitude", density=1.0, budget="uniform")
+    conn.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in conn.masks.items()})
+    g = torch.Generator().manual_seed(1)
+    scores = {n: torch.randn(m.shape, generator=g) for n, m in conn.masks.items()}
+    plan = ctrl.keep_plan(scores, 0.5, allow_grow=True)
+    for n, s in scores.items():
+        s = s.reshape(-1)
+        assert plan.prune[n].numel() > 1 and plan.grow[n].numel() > 1
+        assert bool((s[plan.prune[n]].diff() >= 0).all()), n
+        assert bool((s[plan.grow[n]].diff() <= 0).all()), n
+
+
+def test_a_line_search_cut_of_gmp_prunes_the_smallest_weights():
+    """The held-out "loss" grows with every synapse pruned, so the line search keeps only a part of
+    the first magnitude update: that part must be the smallest weights, not the largest ones."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 50), nn.ReLU(), nn.Linear(50, 5))
+    conn = adaptive.Connectome(model)
+    w0 = {n: p.detach().abs().clone() for n, p in conn.params.items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # weights do not move: magnitudes stay those of w0
+    ctrl = adaptive.Controller(conn, opt, policy="gmp", density=0.1, budget="uniform", update_every=25,
+                               start_step=0, end_step=50, holdout_loss=lambda: 1.0 - conn.density(),
+                               line_search_tolerance=0.15)
+    X, Y = torch.randn(8, 20), torch.randint(0, 5, (8,))
+    for _ in range(25):
+        F.cross_entropy(model(X), Y).backward()
+        opt.step()
+        opt.zero_grad()
+    assert 0.0 < ctrl.events[-1]["line_search_fraction"] < 1.0  # the update was cut, not applied in full
+    for n, m in conn.masks.items():
+        assert (~m).any() and m.any(), n
+        assert float(w0[n][~m].max()) <= float(w0[n][m].min()), n
+
+
 def test_a_line_search_cut_of_balanced_keeps_the_networks_count_under_a_layer_budget():
     """balanced holds the network's live count (its layer densities move freely), but its cuts were
     checked against the uniform budget's per-layer targets, which it never holds: a cut grew 128
