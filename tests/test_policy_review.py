@@ -373,6 +373,30 @@ def test_a_line_search_cut_of_gmp_prunes_the_smallest_weights():
         assert float(w0[n][~m].max()) <= float(w0[n][m].min()), n
 
 
+@pytest.mark.parametrize("budget", ["uniform", "global"])
+def test_a_line_search_cut_of_rigl_prunes_the_cheapest_live_weights(budget):
+    """With a held-out loss, swap plans must be ordered best first: the held-out loss rejects the
+    first update's full plan and accepts half of it, and that half must prune the smallest live
+    weights (rigl's removal cost is the magnitude), not an arbitrary half of the candidates."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 5))
+    conn = adaptive.Connectome(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # weights do not move: magnitudes stay as saved below
+    calls = iter([0.0, 1.0, 0.0] + [0.0] * 100)  # before, the full plan (rejected), half of it (accepted)
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, budget=budget, update_every=5,
+                               edit_fraction=0.1, holdout_loss=lambda: next(calls), line_search_tolerance=0.0)
+    X, Y = torch.randn(8, 100), torch.randint(0, 5, (8,))
+    for _ in range(5):
+        F.cross_entropy(model(X), Y).backward()
+        w, before = conn.params["0.weight"].detach().abs().clone(), conn.masks["0.weight"].clone()
+        opt.step()
+        opt.zero_grad()
+    assert ctrl.events[-1]["kind"] == "update" and ctrl.events[-1]["line_search_fraction"] == 0.5
+    pruned, kept = before & ~conn.masks["0.weight"], before & conn.masks["0.weight"]
+    assert pruned.any()
+    assert float(w[pruned].max()) <= float(w[kept].min())
+
+
 def test_a_line_search_cut_of_balanced_keeps_the_networks_count_under_a_layer_budget():
     """balanced holds the network's live count (its layer densities move freely), but its cuts were
     checked against the uniform budget's per-layer targets, which it never holds: a cut grew 128
