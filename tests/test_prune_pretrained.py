@@ -929,3 +929,27 @@ def test_names_and_seeds_are_refused_before_the_data_is_read(tmp_path, monkeypat
         mod.main(["--model", "mlp", "--dataset", "digits", "--remove", "0.2", "--output_dir", str(out), *argv])
     assert not out.exists()
     assert recipe().parse_args(["--seed", "4294967295"]).seed == 4294967295
+
+
+def test_the_differ_check_counts_a_surviving_weight_moved_by_one_bit(tmp_path, weights, capsys, monkeypatch):
+    """The 'surviving weights that differ from the original' check compares pruned_state_dict.pt with
+    a copy of the weights taken at load: a surviving weight moved by one ulp after the optimisation, in
+    the model and in the connectome's own copy alike, prints 1 (a self-comparison would print 0)."""
+    mod = recipe()
+    real = mod.optimize_connectome
+
+    def moved(model, *a, **kw):
+        r = real(model, *a, **kw)
+        name = next(iter(r.conn.params))
+        with torch.no_grad():
+            for snap in r.snapshots.values():
+                live = snap.masks[name].flatten().nonzero()[0, 0]
+                for t in (r.conn.params[name], r.conn.original[name]):
+                    v = t.view(-1)[live]
+                    t.view(-1)[live] = torch.nextafter(v, torch.tensor(float("inf")))
+        return r
+
+    monkeypatch.setattr(mod, "optimize_connectome", moved)
+    summary = mod.main(args(weights, tmp_path / "run", "--remove", "300"))
+    assert "surviving weights that differ from the original: 1 " in capsys.readouterr().out
+    assert [r["changed"] for r in summary["rows"] if r["target"] == "300"] == [1]

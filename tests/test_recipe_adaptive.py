@@ -324,6 +324,32 @@ def test_mask_only_mode_changes_no_weight(tmp_path, precision, capsys):
     assert (tmp_path / "run" / "connectome.safetensors").exists() and (tmp_path / "run" / "events.jsonl").read_text()
 
 
+def test_mask_only_differ_line_counts_a_surviving_weight_moved_by_one_bit(tmp_path, capsys, monkeypatch):
+    """--mode mask_only's 'surviving weights that differ from the original' compares with a copy of
+    the weights taken at load: a surviving weight moved by one ulp after the optimisation, in the model
+    and in the connectome's own copy alike, prints 1 (a self-comparison would print 0)."""
+    import adaptive.mask_only as mo
+
+    real = mo.optimize_connectome
+
+    def moved(model, *a, **kw):
+        r = real(model, *a, **kw)
+        name = next(iter(r.conn.params))
+        live = r.conn.masks[name].flatten().nonzero()[0, 0]
+        with torch.no_grad():
+            for t in (r.conn.params[name], r.conn.original[name]):
+                t.view(-1)[live] = torch.nextafter(t.view(-1)[live], torch.tensor(float("inf")))
+        return r
+
+    monkeypatch.setattr(mo, "optimize_connectome", moved)
+    torch.manual_seed(123)
+    torch.save(build_model("mlp", num_classes=10, in_shape=(64,)).state_dict(), tmp_path / "w.pt")
+    R.main(["--output_dir", str(tmp_path / "run"), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
+            "--update_every", "8", "--threads", "1", "--progress", "false", "--figures", "false",
+            "--weights", str(tmp_path / "w.pt")])
+    assert "surviving weights that differ from the original: 1 " in capsys.readouterr().out
+
+
 def test_mask_only_best_reports_the_held_out_score_of_the_masks_it_keeps(tmp_path):
     """--target best climbs rungs until held-out accuracy stops improving, keeps the best rung,
     and the summary's holdout accuracy is that rung's (not the last, worse, rung tried)."""
