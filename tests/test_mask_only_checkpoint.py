@@ -87,6 +87,11 @@ def test_climb_resumes_and_does_not_rerun_finished_rungs(tmp_path):
     (dict(data=dict(bs=12)), r"train_data: checkpoint \[96, 6, 16\], this run \[96, 8, 12\]"),
     (dict(data=dict(n=80)), "train_data"),
     (dict(data=dict(bs=17)), r"train_data: checkpoint \[96, 6, 16\], this run \[96, 6, 17\]"),  # same batch count
+    # settings that change which synapses an update edits: a resume with others would mix two runs
+    (dict(seed=5), "seed: checkpoint 0, this run 5"),
+    (dict(edit_fraction=0.9), "edit_fraction: checkpoint 0.3, this run 0.9"),
+    (dict(margin=0.5), "margin: checkpoint 0.0, this run 0.5"),
+    (dict(approach=0.5), "approach: checkpoint 0.0, this run 0.5"),
 ])
 def test_a_checkpoint_of_another_run_is_refused_before_anything_changes(tmp_path, change, match):
     path = tmp_path / "ck.pt"
@@ -94,7 +99,7 @@ def test_a_checkpoint_of_another_run_is_refused_before_anything_changes(tmp_path
     before = path.read_bytes()
     model = tiny(change.get("seed_model", 0))
     original = copy.deepcopy(model.state_dict())
-    kw = {**KW, **{k: v for k, v in change.items() if k in KW or k == "window"}}
+    kw = {**KW, **{k: v for k, v in change.items() if k not in ("target", "seed_model", "data")}}
     with pytest.raises(ValueError, match=match):
         optimize_connectome(model, *ordered_loaders(**change.get("data", {})), change.get("target", [0.2, 0.5]),
                             checkpoint=path, **kw)
