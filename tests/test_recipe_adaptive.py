@@ -350,6 +350,40 @@ def test_mask_only_differ_line_counts_a_surviving_weight_moved_by_one_bit(tmp_pa
     assert "surviving weights that differ from the original: 1 " in capsys.readouterr().out
 
 
+def test_mask_only_mode_reads_the_test_split_only_for_the_report(tmp_path, monkeypatch):
+    """--mode mask_only scores its snapshots on the held-out part of TRAIN and leaves the test split
+    unread until the final report (README: the holdout used for every choice is a stratified, seeded
+    part of TRAIN; the test split is read only when reported)."""
+    import adaptive.mask_only as mo
+    from adaptive.data.base import LazyDataset
+
+    seen = {}
+    real_loaders, real_opt = R.get_dataloaders, mo.optimize_connectome
+
+    def loaders(cfg):
+        seen["loaders"] = real_loaders(cfg)
+        return seen["loaders"]
+
+    def spy(model, train_loader, holdout_loader, *a, **kw):
+        test = seen["loaders"].test.dataset
+        assert isinstance(test, LazyDataset) and not test.materialized, "test split built before optimisation"
+        assert holdout_loader.dataset is seen["loaders"].holdout.dataset, "snapshots scored on another split"
+        r = real_opt(model, train_loader, holdout_loader, *a, **kw)
+        assert not test.materialized, "test split read during optimisation"
+        seen["optimised"] = True
+        return r
+
+    monkeypatch.setattr(R, "get_dataloaders", loaders)
+    monkeypatch.setattr(mo, "optimize_connectome", spy)
+    torch.manual_seed(123)
+    torch.save(build_model("mlp", num_classes=10, in_shape=(64,)).state_dict(), tmp_path / "w.pt")
+    R.main(["--output_dir", str(tmp_path / "run"), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
+            "--update_every", "8", "--threads", "1", "--progress", "false", "--figures", "false",
+            "--weights", str(tmp_path / "w.pt")])
+    assert seen.get("optimised")
+    assert seen["loaders"].test.dataset.materialized  # and read for the report
+
+
 def test_mask_only_best_reports_the_held_out_score_of_the_masks_it_keeps(tmp_path):
     """--target best climbs rungs until held-out accuracy stops improving, keeps the best rung,
     and the summary's holdout accuracy is that rung's (not the last, worse, rung tried)."""
