@@ -60,3 +60,15 @@ def test_a_checkpoint_saved_after_resuming_from_an_earlier_one_is_kept_and_later
         save_checkpoint(acc, tmp_path, s, keep=0)
     saved = save_checkpoint(acc, tmp_path, 150, keep=1)
     assert saved.exists() and [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_00000150"]
+
+
+def test_later_checkpoints_of_an_abandoned_timeline_go_with_the_default_keep(tmp_path, accelerator):
+    """With the default keep (room for one older checkpoint), a save at 150 after resuming from 100
+    with 200 on disk removes 200, the abandoned timeline's, so --resume latest picks 150."""
+    from adaptive.training import find_checkpoint, list_checkpoints, save_checkpoint
+
+    for s in (100, 200):
+        save_checkpoint(accelerator, tmp_path, s, keep=None)
+    saved = save_checkpoint(accelerator, tmp_path, 150)
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_00000100", "step_00000150"]
+    assert find_checkpoint("latest", tmp_path) == saved
