@@ -108,6 +108,27 @@ def test_changed_from_checks_every_tensor_against_the_weights_as_loaded():
         changed_from(sd["conv.weight"], loaded, conn)
 
 
+def test_changed_weights_sees_a_one_ulp_change_and_a_sign_flipped_zero():
+    """changed_weights (the oracle of invariant 2) compares bits: a surviving weight moved by one ulp
+    counts, and so does a surviving 0.0 that became -0.0 (equal as numbers, not as bits)."""
+    m = tiny()
+    conn = run(m, [0.5]).conn
+    assert changed_weights(conn) == 0
+    w, orig = m.conv.weight, conn.original["conv.weight"]
+    live = conn.masks["conv.weight"].flatten().nonzero()[:2, 0]
+    with torch.no_grad():
+        v = w.view(-1)[live[0]]
+        w.view(-1)[live[0]] = torch.nextafter(v, torch.tensor(float("inf")))
+    assert changed_weights(conn) == 1
+    with torch.no_grad():
+        w.view(-1)[live[0]] = orig.view(-1)[live[0]]
+        orig.view(-1)[live[1]] = 0.0  # a surviving weight that is exactly zero ...
+        w.view(-1)[live[1]] = 0.0
+        assert changed_weights(conn) == 0
+        w.view(-1)[live[1]] = -0.0  # ... whose sign bit flipped
+    assert changed_weights(conn) == 1
+
+
 def test_restoration_is_exact_after_crawling():
     m = tiny()
     orig = {n: p.detach().clone() for n, p in m.named_parameters()}
