@@ -953,3 +953,14 @@ def test_the_differ_check_counts_a_surviving_weight_moved_by_one_bit(tmp_path, w
     summary = mod.main(args(weights, tmp_path / "run", "--remove", "300"))
     assert "surviving weights that differ from the original: 1 " in capsys.readouterr().out
     assert [r["changed"] for r in summary["rows"] if r["target"] == "300"] == [1]
+
+
+def test_results_table_columns_follow_their_headers():
+    """results.md puts every number under the header of the split that fed it (train, held-out, test)."""
+    row = dict(target="0.2", removed=20, fraction=0.2, train_loss=0.1111, train_acc=0.11, holdout_loss=0.2222,
+               holdout_acc=0.22, test_loss=0.3333, test_acc=0.33)
+    head, _, body = recipe()._table([row]).splitlines()
+    cols = [c.strip() for c in head.strip("|").split("|")]
+    vals = dict(zip(cols, [c.strip() for c in body.strip("|").split("|")]))
+    assert (vals["train loss"], vals["held-out loss"], vals["test loss"]) == ("0.1111", "0.2222", "0.3333")
+    assert [vals[f"{s} acc"][:2] for s in ("train", "held-out", "test")] == ["11", "22", "33"]
