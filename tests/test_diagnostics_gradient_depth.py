@@ -444,3 +444,31 @@ def test_a_buffer_the_module_reassigns_is_restored():
     assert net[0].mean is mean and net[0].seen is seen  # the original objects: outside references stay valid
     assert torch.equal(mean, torch.zeros(6)) and int(seen) == 0
     assert net[0].unused is None and set(net.state_dict()) == {"0.mean", "1.weight", "1.bias", "3.weight", "3.bias"}
+
+
+class _OneLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 1, bias=False)
+
+
+def _scaled_gradient(net, c):
+    (net.fc.weight * torch.tensor([c], dtype=torch.float32)).sum().backward()
+    g = net.fc.weight.grad.clone()
+    net.fc.weight.grad = None
+    return g
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_band_scaler_momentum_weights_the_previous_typical_size(momentum):
+    """momentum is that of each band's running log-magnitude: 0 uses the current batch only, 0.9
+    keeps 90% of the previous typical size. Exact scales after two batches."""
+    net = _OneLinear()
+    sc = BandGradientScaler(net, layers=["fc"], depths={"fc": torch.tensor([0, 0, 1, 1])}, momentum=momentum)
+    _scaled_gradient(net, [1.0, 1.0, 100.0, 100.0])  # band 1 a hundred times band 0
+    g = _scaled_gradient(net, [1.0, 1.0, 1.0, 1.0])  # now the bands agree
+    log_t1 = momentum * math.log(100.0) + (1 - momentum) * math.log(1.0)  # band 1's typical size; band 0's is 0
+    common = log_t1 / 2
+    want = torch.tensor([math.exp(common)] * 2 + [math.exp(common - log_t1)] * 2)
+    assert torch.allclose(g.reshape(-1), want.float(), rtol=1e-5)
+    sc.remove()
