@@ -771,3 +771,27 @@ def test_edge_popup_leaves_out_non_finite_batches_as_the_controller_does():
         edge_popup(m, DataLoader(TensorDataset(x, y), batch_size=16), ho, [0.3], passes=1.0, progress=False)
     sd = m.state_dict()
     assert all(torch.equal(sd[k], v) for k, v in before.items())
+
+
+def test_verification_batches_mix_the_classes_of_a_class_ordered_holdout(monkeypatch):
+    """The line search's held-out batches come in a seeded random order, so a holdout loader kept in
+    class order (as ImageFolder splits are) still gives verification batches of several classes."""
+    import adaptive.mask_only as mo
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(96) % 4
+    x = torch.randn(96, 3, 6, 6, generator=g) + y.view(-1, 1, 1, 1).float() * 0.3
+    order = torch.argsort(y[:64], stable=True)  # the holdout grouped by class
+    ho = DataLoader(TensorDataset(x[:64][order], y[:64][order]), batch_size=16)
+    tr = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=g)
+    seen = []
+    real = mo.evaluate
+
+    def spy(model, batches, *a, **kw):
+        if kw.get("accuracy_fn", 0) is None:  # the line search's verification set
+            seen.extend(len(torch.unique(b[1])) for b in batches)
+        return real(model, batches, *a, **kw)
+
+    monkeypatch.setattr(mo, "evaluate", spy)
+    mo.optimize_connectome(tiny(), tr, ho, 0.3, passes=1.0, window=2, verify_batches=1, progress=False)
+    assert seen and min(seen) > 1, seen
