@@ -616,3 +616,22 @@ def test_compact_takes_a_torch_compile_wrapper_as_connectome_does():
     small = graphs.compact(torch.compile(m), conn, x)
     assert small.compaction["removed"] == {"0": 2, "2": 0}
     assert torch.allclose(small(x), ref, atol=1e-5)
+
+
+def test_unit_l1_l2_sum_live_synapses_only_whatever_the_weights_hold():
+    """Unit-level edges carry the L1 and L2 of their LIVE synapses only, even when the weights at pruned
+    positions are not zero (build(conn, model=...) given the unpruned model)."""
+    import copy
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+    dense = copy.deepcopy(net)
+    conn = adaptive.Connectome(net)
+    masks = {n: torch.rand(m.shape) > 0.5 for n, m in conn.masks.items()}
+    conn.set_masks(masks)
+    g = graphs.build(conn, "unit", model=dense, example_input=torch.randn(1, 3, 5, 5))  # unpruned weights
+    live_l1 = sum(float((p.detach().abs() * masks[n]).sum()) for n, p in dense.named_parameters() if n in masks)
+    live_l2 = sum(float((p.detach().pow(2) * masks[n]).sum()) for n, p in dense.named_parameters() if n in masks)
+    assert float(g.edge_attrs["l1"].sum()) == pytest.approx(live_l1, rel=1e-6)
+    assert float(g.edge_attrs["l2"].double().pow(2).sum()) == pytest.approx(live_l2, rel=1e-5)  # l2: root of the sum of squares
+    assert int(g.edge_attrs["count"].sum()) == sum(int(m.sum()) for m in masks.values())
