@@ -52,3 +52,42 @@ def add(table: Dict[str, Any], kind: str, name: str, obj: Any, replace: bool = F
     if _journal is not None:
         _journal.append((table, name, table.get(name, _ABSENT)))
     table[name] = obj
+
+
+def class_decorator(table: Dict[str, Any], kind: str, name: str, replace: bool = False):
+    """Class decorator for a registry of classes: the class answers to ``name`` in ``table`` (a
+    taken name is refused unless ``replace``, :func:`add`) and keeps it as ``cls.name``."""
+    def deco(cls):
+        add(table, kind, name, cls, replace)
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def build(table: Dict[str, Any], kind: str, name: Any, kw: Dict[str, Any]) -> Any:
+    """An instance of the class registered in ``table`` as ``name``, built with ``kw``. An unknown
+    name, a keyword the class does not take, or a non-number for an option whose default is a
+    number is a ValueError naming what exists (``kind`` names the registry in the message)."""
+    import inspect
+
+    if not isinstance(name, str) or name not in table:
+        raise ValueError(f"unknown {kind} {name!r}: use one of {sorted(table)}")
+    cls = table[name]
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(k for k in kw if k not in params)
+        if unknown:
+            takes = sorted(k for k, p in params.items() if p.kind is not p.VAR_POSITIONAL)
+            raise ValueError(
+                f"unknown argument(s) {unknown} for {kind} {name!r} (neither a Controller nor a {kind} option): "
+                + (f"the {kind} takes {takes}" if takes else f"the {kind} takes none")
+            )
+    for k, v in kw.items():  # a number option given something else is named, not a bare float() error
+        d = params[k].default if k in params else None
+        if isinstance(d, (int, float)) and not isinstance(d, bool) and not isinstance(v, (int, float)):
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"{kind} {name!r} option {k} must be a number, got {v!r}") from None
+    return cls(**kw)

@@ -7,7 +7,6 @@ come from utility estimators (``drop_by`` for removal cost, ``grow_by`` for rest
 """
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 
@@ -28,12 +27,7 @@ _POLICIES: Dict[str, Type["Policy"]] = {}
 
 def register_policy(name: str, replace: bool = False):
     """Class decorator: the policy answers to ``name`` (taken names are refused unless ``replace``)."""
-    def deco(cls):
-        _registry.add(_POLICIES, "policy", name, cls, replace)
-        cls.name = name
-        return cls
-
-    return deco
+    return _registry.class_decorator(_POLICIES, "policy", name, replace)
 
 
 def get_policy(name, **kw) -> "Policy":
@@ -42,26 +36,7 @@ def get_policy(name, **kw) -> "Policy":
     lists what exists."""
     if isinstance(name, Policy):
         return name
-    if name not in _POLICIES:
-        raise ValueError(f"unknown policy {name!r}: use one of {sorted(_POLICIES)}")
-    cls = _POLICIES[name]
-    params = inspect.signature(cls).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(k for k in kw if k not in params)
-        if unknown:
-            takes = sorted(k for k, p in params.items() if p.kind is not p.VAR_POSITIONAL)
-            raise ValueError(
-                f"unknown argument(s) {unknown} for policy {name!r} (neither a Controller nor a policy option): "
-                + (f"the policy takes {takes}" if takes else "the policy takes none")
-            )
-    for k, v in kw.items():  # a number option given something else is named, not a bare float() error
-        d = params[k].default if k in params else None
-        if isinstance(d, (int, float)) and not isinstance(d, bool) and not isinstance(v, (int, float)):
-            try:
-                float(v)
-            except (TypeError, ValueError):
-                raise ValueError(f"policy {name!r} option {k} must be a number, got {v!r}") from None
-    return cls(**kw)
+    return _registry.build(_POLICIES, "policy", name, kw)
 
 
 def policy_names():

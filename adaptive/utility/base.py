@@ -24,22 +24,16 @@ _ESTIMATORS: Dict[str, Type["Estimator"]] = {}
 
 def register_estimator(name: str, replace: bool = False):
     """Class decorator: the estimator answers to ``name`` (taken names are refused unless ``replace``)."""
-    def deco(cls):
-        _registry.add(_ESTIMATORS, "utility estimator", name, cls, replace)
-        cls.name = name
-        return cls
-
-    return deco
+    return _registry.class_decorator(_ESTIMATORS, "utility estimator", name, replace)
 
 
 def get_estimator(name, **kw) -> "Estimator":
     """The utility estimator registered as ``name`` (see :func:`estimator_names`), built with ``kw``;
-    an :class:`Estimator` instance is returned as it is. An unknown name is a ValueError listing them."""
+    an :class:`Estimator` instance is returned as it is. An unknown name or keyword is a ValueError
+    that lists what exists."""
     if isinstance(name, Estimator):
         return name
-    if name not in _ESTIMATORS:
-        raise ValueError(f"unknown utility estimator {name!r}: use one of {sorted(_ESTIMATORS)}")
-    return _ESTIMATORS[name](**kw)
+    return _registry.build(_ESTIMATORS, "utility estimator", name, kw)
 
 
 def estimator_names():
