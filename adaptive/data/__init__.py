@@ -94,10 +94,33 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
 
 
 def _subset_for_holdout(labels: torch.Tensor, subset: int, holdout: float) -> str:
-    """How to get a non-empty held-out part: the smallest subset that gives one."""
+    """How to get a non-empty held-out part: the smallest subset above ``subset`` that gives one.
+
+    Whether a size gives one is not monotone in the size (the largest-remainder rounding of
+    :func:`subset_counts` can take an example from a class as the size grows), so the answer is
+    not a plain bisection; but each class's count at a size lies between the floor and the ceiling
+    of its exact share, both monotone in the size. A bisection finds the first size whose ceilings
+    could give a held-out example; from there sizes are tried in turn, and the first size whose
+    floors do give one ends the search, so at most about ``len(labels) / largest class`` (no more
+    than the number of classes) sizes are tried: the answer of trying every size, found quickly."""
     counts = torch.unique(torch.as_tensor(labels), return_counts=True)[1]
-    for size in range(subset + 1, len(labels) + 1):
-        if bool((holdout_counts(subset_counts(counts, size), holdout) > 0).any()):
+    n = len(labels)
+
+    def could(size):  # some class, at the ceiling of its share, holds out an example
+        share = counts.double() * float(size / int(counts.sum()))
+        return bool((holdout_counts(torch.ceil(share), holdout) > 0).any())
+
+    def gives(size):
+        return bool((holdout_counts(subset_counts(counts, size), holdout) > 0).any())
+
+    lo, hi = subset + 1, n
+    if lo > n or not could(n):
+        return "give a larger holdout (holdout 0 for none)"
+    while lo < hi:  # the first size that could give one (could() is monotone in the size)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if could(mid) else (mid + 1, hi)
+    for size in range(lo, n + 1):
+        if gives(size):
             return f"give a subset of at least {size} (or a larger holdout; holdout 0 for none)"
     return "give a larger holdout (holdout 0 for none)"
 

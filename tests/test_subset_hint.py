@@ -1,0 +1,41 @@
+"""The hint of get_datasets for an empty held-out part (_subset_for_holdout) names the smallest
+subset that gives one: the same answer as trying every size, found without trying them all."""
+import random
+
+import torch
+
+from adaptive.data import _subset_for_holdout
+from adaptive.data.split import holdout_counts, subset_counts
+
+
+def _brute(labels, subset, holdout):  # the hint as it was: every size in turn
+    counts = torch.unique(labels, return_counts=True)[1]
+    for size in range(subset + 1, len(labels) + 1):
+        if bool((holdout_counts(subset_counts(counts, size), holdout) > 0).any()):
+            return f"give a subset of at least {size} (or a larger holdout; holdout 0 for none)"
+    return "give a larger holdout (holdout 0 for none)"
+
+
+def test_same_hint_as_trying_every_size():
+    rng = random.Random(0)
+    cases = [(torch.arange(500) % 10, 10, 0.01), (torch.arange(500) % 10, 3, 0.3),
+             (torch.tensor([0] * 7 + [1] * 3 + [2] * 1), 1, 0.2), (torch.arange(40) % 4, 39, 0.01),
+             (torch.arange(40) % 4, 40, 0.5)]
+    for _ in range(150):
+        k = rng.randint(1, 8)
+        y = torch.cat([torch.full((rng.randint(1, 60),), c) for c in range(k)])
+        cases.append((y, rng.randint(1, len(y)), rng.choice([0.003, 0.01, 0.02, 0.05, 0.1, 0.17, 0.3, 0.45])))
+    for y, subset, hold in cases:
+        assert _subset_for_holdout(y, subset, hold) == _brute(y, subset, hold), (y.bincount().tolist(), subset, hold)
+
+
+def test_imagenet_sized_labels_return():
+    y = torch.arange(1_281_167) % 1000
+    assert _subset_for_holdout(y, 2000, 0.001) == _brute_at(y, 500001, 0.001)
+
+
+def _brute_at(y, size, hold):  # the brute-force answer checked at the size and the one before it
+    counts = torch.unique(y, return_counts=True)[1]
+    gives = lambda s: bool((holdout_counts(subset_counts(counts, s), hold) > 0).any())
+    assert gives(size) and not gives(size - 1)
+    return f"give a subset of at least {size} (or a larger holdout; holdout 0 for none)"
