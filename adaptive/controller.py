@@ -575,7 +575,9 @@ class Controller:
                     continue
                 if n in self.protected:
                     raise ValueError(f"{who}: it edits layer {n!r}, which protect= keeps as it is")
-                if torch.unique(idx).numel() != idx.numel():
+                seen = torch.zeros(size, dtype=torch.bool, device=idx.device)  # O(k) duplicate test, no sort
+                seen[idx] = True
+                if int(torch.count_nonzero(seen)) != idx.numel():
                     raise ValueError(f"{who}: {side}[{n!r}] lists an ensemble more than once")
                 ens = self.conn.ensemble_masks() if ens is None else ens
                 live = ens[n].reshape(-1)[idx.to(ens[n].device)]
