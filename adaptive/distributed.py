@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -22,23 +22,52 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+BUCKET_ELEMENTS = 1 << 24  # entries reduced at once: 16 M float64 values, 128 MB
+
+
 @torch.no_grad()
-def all_reduce_mean_(tensors: Iterable[torch.Tensor]) -> None:
-    """In-place mean over ranks (no-op on one process). Tensors are flattened into one bucket."""
+def all_reduce_mean_(tensors: Iterable[torch.Tensor], bucket_elements: Optional[int] = None) -> None:
+    """In-place mean over ranks (no-op on one process), summed in float64. The tensors are reduced
+    in buckets of at most ``bucket_elements`` entries (default :data:`BUCKET_ELEMENTS`; a tensor
+    larger than that is split across buckets), one after the other, so the extra memory is one
+    bucket rather than a float64 copy of everything. Each entry is summed on its own, so the result
+    does not depend on the bucket size."""
     tensors: List[torch.Tensor] = [t for t in tensors if t is not None]
     if not tensors or not is_distributed():
         return
-    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
-    backend = dist.get_backend()
-    if backend == "nccl" and not flat.is_cuda:
-        flat = flat.cuda()
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
-    off = 0
-    for t in tensors:
-        n = t.numel()
-        t.copy_(flat[off : off + n].view_as(t).to(t.dtype))
-        off += n
+    cap = max(1, int(bucket_elements or BUCKET_ELEMENTS))
+    # a flat view of each tensor to reduce into (a copy, written back at the end, where there is none)
+    flats = [t.view(-1) if t.is_contiguous() else t.reshape(-1).clone() for t in tensors]
+    device = "cuda" if dist.get_backend() == "nccl" and not flats[0].is_cuda else flats[0].device
+    world = dist.get_world_size()
+    i, start = 0, 0  # the next entry to reduce: flats[i][start]
+    while i < len(flats):
+        pieces, n = [], 0  # (tensor's flat view, first entry, entries) in this bucket
+        while i < len(flats) and n < cap:
+            k = min(flats[i].numel() - start, cap - n)
+            if k > 0:
+                pieces.append((flats[i], start, k))
+                n += k
+                start += k
+            if start >= flats[i].numel():
+                i, start = i + 1, 0
+        if not pieces:
+            continue
+        bucket = torch.empty(n, dtype=torch.float64, device=device)
+        off = 0
+        for f, s, k in pieces:
+            bucket[off : off + k].copy_(f[s : s + k])
+            off += k
+        dist.all_reduce(bucket, op=dist.ReduceOp.SUM)
+        bucket /= world
+        off = 0
+        for f, s, k in pieces:
+            f[s : s + k].copy_(bucket[off : off + k])
+            off += k
+        del bucket
+    for t, f in zip(tensors, flats):
+        if not t.is_contiguous():
+            t.copy_(f.view_as(t))
 
 
 def agreed_problem(problem):

@@ -35,6 +35,7 @@ def test_process_group_helpers_on_two_processes(tmp_path):
     for i, rec in enumerate(recs):
         assert rec["index"] == rec["rank"] == i and rec["world"] == 2
         assert rec["mean"] == [[1.5, 3.0], [[15.0]], "torch.float32", "torch.float64"]  # the mean, not the sum
+        assert rec["buckets_agree"] and rec["bucket_mean"] == 1.0  # small buckets: the one-bucket result
         assert rec["problem"] == "a file only rank 1 reads is missing"  # on rank 0 as well
         assert rec["no_problem"] is None
         assert rec["agree"]

@@ -21,6 +21,17 @@ def main(out_dir):
     D.all_reduce_mean_([a, b, None])
     record["mean"] = [a.tolist(), b.tolist(), str(a.dtype), str(b.dtype)]
 
+    # reduced in buckets of 3 entries (tensors split across them): the same as in one bucket
+    g = torch.Generator().manual_seed(me)
+    make = lambda: [torch.randn(4, 5, generator=g).t(), torch.randn(7, generator=g).double(), torch.tensor(0.5 + me)]
+    one = make()
+    g.manual_seed(me)
+    small = make()
+    D.all_reduce_mean_(one, bucket_elements=10**9)
+    D.all_reduce_mean_(small, bucket_elements=3)
+    record["buckets_agree"] = all(torch.equal(x, y) and x.dtype == y.dtype for x, y in zip(one, small))
+    record["bucket_mean"] = one[2].item()
+
     # a check that fails on rank 1 only must stop both
     record["problem"] = D.agreed_problem("a file only rank 1 reads is missing" if me == 1 else None)
     record["no_problem"] = D.agreed_problem(None)
