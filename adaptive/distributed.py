@@ -32,10 +32,14 @@ def all_reduce_mean_(tensors: Iterable[torch.Tensor], bucket_elements: Optional[
     larger than that is split across buckets), one after the other, so the extra memory is one
     bucket rather than a float64 copy of everything. Each entry is summed on its own, so the result
     does not depend on the bucket size."""
+    if bucket_elements is not None and (isinstance(bucket_elements, bool) or int(bucket_elements) != bucket_elements
+                                        or bucket_elements < 1):
+        raise ValueError(f"bucket_elements must be a positive whole number of entries (or None for "
+                         f"{BUCKET_ELEMENTS}), got {bucket_elements!r}")
     tensors: List[torch.Tensor] = [t for t in tensors if t is not None]
     if not tensors or not is_distributed():
         return
-    cap = max(1, int(bucket_elements or BUCKET_ELEMENTS))
+    cap = int(bucket_elements or BUCKET_ELEMENTS)
     # a flat view of each tensor to reduce into (a copy, written back at the end, where there is none)
     flats = [t.view(-1) if t.is_contiguous() else t.reshape(-1).clone() for t in tensors]
     device = "cuda" if dist.get_backend() == "nccl" and not flats[0].is_cuda else flats[0].device

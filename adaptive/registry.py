@@ -8,6 +8,8 @@ definition again (a module re-executed, a notebook cell run twice) replaces the 
 """
 from __future__ import annotations
 
+import inspect
+
 from contextlib import contextmanager
 from typing import Any, Dict, List, Optional
 
@@ -69,8 +71,6 @@ def build(table: Dict[str, Any], kind: str, name: Any, kw: Dict[str, Any]) -> An
     """An instance of the class registered in ``table`` as ``name``, built with ``kw``. An unknown
     name, a keyword the class does not take, or a non-number for an option whose default is a
     number is a ValueError naming what exists (``kind`` names the registry in the message)."""
-    import inspect
-
     if not isinstance(name, str) or name not in table:
         raise ValueError(f"unknown {kind} {name!r}: use one of {sorted(table)}")
     cls = table[name]

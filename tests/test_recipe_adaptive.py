@@ -324,6 +324,15 @@ def test_mask_only_mode_changes_no_weight(tmp_path, precision, capsys):
     assert (tmp_path / "run" / "connectome.safetensors").exists() and (tmp_path / "run" / "events.jsonl").read_text()
 
 
+def _mask_only_from_saved_weights(tmp_path):
+    """A tiny --mode mask_only run (mlp on digits, 30% removed) from a weights file saved here."""
+    torch.manual_seed(123)
+    torch.save(build_model("mlp", num_classes=10, in_shape=(64,)).state_dict(), tmp_path / "w.pt")
+    return R.main(["--output_dir", str(tmp_path / "run"), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
+                   "--update_every", "8", "--threads", "1", "--progress", "false", "--figures", "false",
+                   "--weights", str(tmp_path / "w.pt")])
+
+
 def test_mask_only_differ_line_counts_a_surviving_weight_moved_by_one_bit(tmp_path, capsys, monkeypatch):
     """--mode mask_only's 'surviving weights that differ from the original' compares with a copy of
     the weights taken at load: a surviving weight moved by one ulp after the optimisation, in the model
@@ -342,11 +351,7 @@ def test_mask_only_differ_line_counts_a_surviving_weight_moved_by_one_bit(tmp_pa
         return r
 
     monkeypatch.setattr(mo, "optimize_connectome", moved)
-    torch.manual_seed(123)
-    torch.save(build_model("mlp", num_classes=10, in_shape=(64,)).state_dict(), tmp_path / "w.pt")
-    R.main(["--output_dir", str(tmp_path / "run"), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
-            "--update_every", "8", "--threads", "1", "--progress", "false", "--figures", "false",
-            "--weights", str(tmp_path / "w.pt")])
+    _mask_only_from_saved_weights(tmp_path)
     assert "surviving weights that differ from the original: 1 " in capsys.readouterr().out
 
 
@@ -375,11 +380,7 @@ def test_mask_only_mode_reads_the_test_split_only_for_the_report(tmp_path, monke
 
     monkeypatch.setattr(R, "get_dataloaders", loaders)
     monkeypatch.setattr(mo, "optimize_connectome", spy)
-    torch.manual_seed(123)
-    torch.save(build_model("mlp", num_classes=10, in_shape=(64,)).state_dict(), tmp_path / "w.pt")
-    R.main(["--output_dir", str(tmp_path / "run"), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
-            "--update_every", "8", "--threads", "1", "--progress", "false", "--figures", "false",
-            "--weights", str(tmp_path / "w.pt")])
+    _mask_only_from_saved_weights(tmp_path)
     assert seen.get("optimised")
     assert seen["loaders"].test.dataset.materialized  # and read for the report
 

@@ -46,3 +46,16 @@ def test_one_process_leaves_tensors_alone():
     t = torch.arange(4.0)
     D.all_reduce_mean_([t], bucket_elements=1)
     assert torch.equal(t, torch.arange(4.0))
+
+
+def test_a_bucket_size_that_is_not_a_positive_whole_number_is_refused_on_any_process(monkeypatch):
+    import pytest
+
+    for bad in (0, -3, 2.5, True):
+        t = torch.arange(4.0)
+        with pytest.raises(ValueError, match="bucket_elements must be a positive whole number"):
+            D.all_reduce_mean_([t], bucket_elements=bad)  # one process: refused all the same
+        assert torch.equal(t, torch.arange(4.0))
+    _fake_group(monkeypatch, [])
+    with pytest.raises(ValueError, match="bucket_elements"):
+        D.all_reduce_mean_([torch.ones(3)], bucket_elements=0)
