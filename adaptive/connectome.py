@@ -888,12 +888,12 @@ class Connectome:
             "format": FORMAT,
             "ensemble": self.ensemble,
             "mode": self.mode,
-            "masks": {n: m.detach().cpu().clone() for n, m in self.masks.items()},
+            "masks": {n: m.detach().to("cpu", copy=True) for n, m in self.masks.items()},
         }
         if self._mixed():
             sd["ensembles"] = self.ensemble_specs()  # the rules string alone would do; this checks it
         if self.original:
-            sd["original"] = {n: o.detach().cpu().clone() for n, o in self.original.items()}
+            sd["original"] = {n: o.detach().to("cpu", copy=True) for n, o in self.original.items()}
         return sd
 
     @torch.inference_mode(False)

@@ -399,6 +399,55 @@ def test_stateful_estimator_survives_a_checkpoint(estimator, tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(resumed(False), straight))
 
 
+@pytest.mark.parametrize("estimator", ["presence", "evidence", "taylor"])
+def test_a_state_dict_is_a_copy_the_run_does_not_change(estimator):
+    """state_dict() hands over copies (one per tensor, on the CPU): the masks, originals, statistics
+    and estimator moments it holds stay as they were while the run goes on and edits, pruning and
+    re-growing, the live tensors in place."""
+    import copy
+
+    gen = torch.Generator().manual_seed(0)
+    m = tiny(torch.randn(16, 32, generator=gen))
+    conn = adaptive.Connectome(m)
+    conn.keep_original()
+    est = get_estimator(estimator, **({} if estimator == "taylor" else {"step": 0.3}))
+    ctrl = adaptive.Controller(conn, policy="utility", estimator=est, density=0.5, init="magnitude",
+                               update_every=2, edit_fraction=0.3, edit_decay="constant", seed=3)
+
+    def run(steps):
+        for _ in range(steps):
+            set_grad(m, torch.randn(16, 32, generator=gen))
+            ctrl.observe()
+            ctrl.step()
+
+    run(4)
+    states = {"conn": conn.state_dict(), "ctrl": ctrl.state_dict()}
+    frozen = copy.deepcopy(states)
+    before = conn.masks["weight"].clone()
+    with torch.no_grad():
+        conn.original["weight"].mul_(2.0)  # in place, as a caller might
+        conn.masks["weight"].logical_not_()
+        conn.masks["weight"].logical_not_()
+    run(8)
+    assert not torch.equal(conn.masks["weight"], before)  # the run did edit
+
+    def tensors(x, path=""):
+        if isinstance(x, torch.Tensor):
+            yield path, x
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                yield from tensors(v, f"{path}/{k}")
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                yield from tensors(v, f"{path}/{i}")
+
+    now, then = dict(tensors(states)), dict(tensors(frozen))
+    assert now.keys() == then.keys() and any("masks" in k for k in now) and any("original" in k for k in now)
+    assert any(k.startswith("/ctrl/stats/" if estimator == "taylor" else "/ctrl/estimators/") for k in now), list(now)
+    changed = [k for k in now if not torch.equal(now[k], then[k])]
+    assert not changed, f"state_dict entries changed by the run that followed: {changed}"
+
+
 @pytest.mark.parametrize("saved, loading", [("presence", "taylor"), ("presence", "evidence"), ("evidence", "presence")])
 def test_estimator_refuses_a_foreign_state(saved, loading):
     m, conn, ctrl = _sparse_ctrl("utility", estimator=saved)

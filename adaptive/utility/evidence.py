@@ -61,8 +61,8 @@ class Evidence(Estimator):
         return self._value[ctx.name]
 
     def state_dict(self) -> dict:
-        return {"evidence": {n: e.cpu().clone() for n, e in self.evidence.items()},
-                "value": {n: v.cpu().clone() for n, v in self._value.items()}}
+        return {"evidence": {n: e.to("cpu", copy=True) for n, e in self.evidence.items()},
+                "value": {n: v.to("cpu", copy=True) for n, v in self._value.items()}}
 
     def load_state_dict(self, sd: dict) -> None:
         self._check_state_keys(sd, ("evidence", "value"))

@@ -100,9 +100,9 @@ class Presence(Estimator):
 
     def state_dict(self) -> dict:
         return {"step_scale": self.step_scale, "t": dict(self.t),
-                "value": {n: v.cpu().clone() for n, v in self.value.items()},
-                "m": {n: v.cpu().clone() for n, v in self.m.items()},
-                "v": {n: v.cpu().clone() for n, v in self.v.items()}}
+                "value": {n: v.to("cpu", copy=True) for n, v in self.value.items()},
+                "m": {n: v.to("cpu", copy=True) for n, v in self.m.items()},
+                "v": {n: v.to("cpu", copy=True) for n, v in self.v.items()}}
 
     def load_state_dict(self, sd: dict) -> None:
         self._check_state_keys(sd, ("step_scale", "t", "value", "m", "v"))

@@ -173,8 +173,8 @@ class GradientStats:
         return {
             "count": self.count,
             "counts": dict(self.counts),
-            "g_sum": {n: t.cpu().clone() for n, t in self.g_sum.items()},
-            "g2_sum": {n: t.cpu().clone() for n, t in self.g2_sum.items()},
+            "g_sum": {n: t.to("cpu", copy=True) for n, t in self.g_sum.items()},
+            "g2_sum": {n: t.to("cpu", copy=True) for n, t in self.g2_sum.items()},
         }
 
     def load_state_dict(self, sd: dict) -> None:
