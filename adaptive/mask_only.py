@@ -366,7 +366,9 @@ def optimize_connectome(
         checkpoint: a file that records the run after every stage (see
             :mod:`adaptive.mask_only_checkpoint`). If it exists when the run starts, the run resumes
             after its last completed stage (masks, estimator state, snapshots, history); a file
-            from a run with other targets, settings or weights is refused before anything changes.
+            from a run with other targets, settings, weights, ``loss_fn`` or ``accuracy_fn`` (by
+            module and name; a loss module or ``functools.partial`` also by its plain settings) is
+            refused before anything changes.
             The loaders' positions are recorded too: the stages after a resume read the batches
             an uninterrupted run would have read (pass the same loaders).
 
@@ -476,6 +478,7 @@ def optimize_connectome(
                               ladder=ladder if climb else [], patience=patience if climb else None,
                               verify_batches=verify_batches, line_search_tries=line_search_tries, seed=seed,
                               eval_every=eval_every,  # when the held-out evaluations (and "best"'s choice) fall
+                              loss_fn=ckpt.callable_identity(loss_fn), accuracy_fn=ckpt.callable_identity(accuracy_fn),
                               weights=ckpt.weights_checksum(conn.original), precision=_precision(model),
                               train_data=_data_identity(train_loader), holdout_data=_data_identity(holdout_loader))
         saved = ckpt.load_stage(checkpoint, fp)  # a foreign file fails here, before anything changes

@@ -5,10 +5,11 @@ file: the masks, the controller's state (estimator values and moments, policy, e
 snapshot kept so far, the history and the clocks. A run that starts with that file present
 continues after its last completed stage instead of starting over.
 
-The file carries a fingerprint of what the run was asked to do (targets, settings, the number of
-synapses, a checksum of the frozen weights); a file from another run is refused with the
-differences named, before anything changes. Files are written atomically (a temporary file
-renamed), by the first process only; every process reads the same file when it resumes.
+The file carries a fingerprint of what the run was asked to do (targets, settings, the loss and
+accuracy functions by name, the number of synapses, a checksum of the frozen weights); a file
+from another run is refused with the differences named, before anything changes. Files are
+written atomically (a temporary file renamed), by the first process only; every process reads the
+same file when it resumes.
 
 The loaders' positions are recorded too (:class:`adaptive.data.cycle.LoaderCycle`): the stages
 after a resume read the batches the uninterrupted run would have read, so a resumed run reaches
@@ -18,9 +19,11 @@ replays that pass up to the recorded batch when it resumes: loaded and dropped, 
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
+from types import MethodType
 from typing import Dict, List, Optional
 
 import torch
@@ -123,6 +126,40 @@ def fingerprint(**settings) -> dict:
     return {k: norm(v) for k, v in settings.items()}
 
 
+def callable_identity(fn) -> Optional[object]:
+    """A name for ``fn`` (a loss or accuracy function) that is the same in every run that passes the
+    same function: ``module.qualname`` for a function, the class and its plain settings (numbers,
+    strings, flags: ``label_smoothing``, ``reduction``) for a loss module or another callable object,
+    the function and its arguments for a ``functools.partial``. Never a memory address, which would
+    differ between the run and its resume. None for None."""
+    if fn is None:
+        return None
+    if isinstance(fn, functools.partial):
+        return [callable_identity(fn.func), [_value_identity(a) for a in fn.args],
+                {k: _value_identity(v) for k, v in sorted(fn.keywords.items())}]
+    if isinstance(fn, MethodType):  # a bound method: its object's identity, then its name
+        return [callable_identity(fn.__self__), fn.__name__]
+    name = getattr(fn, "__qualname__", None)
+    if isinstance(name, str) and not isinstance(fn, torch.nn.Module):  # a function or builtin
+        return f"{getattr(fn, '__module__', None) or ''}.{name}"
+    # a loss module or another callable object: its class and its plain settings (label_smoothing,
+    # reduction, ...), not its repr (a module's omits most settings, an object's holds an address)
+    settings = {k: v for k, v in sorted(getattr(fn, "__dict__", {}).items())
+                if not k.startswith("_") and k != "training" and (v is None or isinstance(v, (bool, int, float, str)))}
+    return [f"{type(fn).__module__}.{type(fn).__qualname__}", settings]
+
+
+def _value_identity(v):
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_value_identity(x) for x in v]
+    if callable(v):
+        return callable_identity(v)
+    text = repr(v)
+    return type(v).__qualname__ if " at 0x" in text else text
+
+
 def _same_estimator(saved: str, now: str) -> bool:
     """Older checkpoints recorded an estimator by its registry name ("presence", its defaults) or
     by a repr without its settings ("Evidence()"): the same estimator as ``now`` if its defaults
@@ -146,6 +183,8 @@ def _differences(saved: dict, now: dict) -> List[str]:
                 continue  # sums on another device may differ in the last bits
         if k in ("precision", "eval_every") and a is None:
             continue  # recorded before the precision (the held-out cadence) was
+        if k in ("loss_fn", "accuracy_fn") and k not in saved:
+            continue  # recorded before the loss and accuracy functions were
         if k == "estimator" and isinstance(a, str) and isinstance(b, str) and _same_estimator(a, b):
             continue
         if a != b:

@@ -293,3 +293,52 @@ def test_a_resume_with_another_evaluation_cadence_is_refused(tmp_path):
     resumed = optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path, **{**KW, "eval_every": 1})
     assert [h["kind"] for h in resumed.history].count("resume") == 1
     assert _differences({"window": 2}, {"window": 2, "eval_every": 5}) == []
+
+
+def _smooth_loss(out, y):
+    return torch.nn.functional.cross_entropy(out, y, label_smoothing=0.1)
+
+
+def _top1_never(out, y):
+    return 0, int(y.numel())
+
+
+@pytest.mark.parametrize("first, then, match", [
+    (dict(), dict(loss_fn=_smooth_loss), r"loss_fn: checkpoint 'torch.nn.functional.cross_entropy', this run '.*_smooth_loss'"),
+    (dict(loss_fn=torch.nn.CrossEntropyLoss()), dict(loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=0.1)),
+     r"loss_fn: checkpoint .*'label_smoothing': 0.0.*this run .*'label_smoothing': 0.1"),
+    (dict(loss_fn=__import__("functools").partial(torch.nn.functional.cross_entropy, label_smoothing=0.1)),
+     dict(loss_fn=__import__("functools").partial(torch.nn.functional.cross_entropy, label_smoothing=0.2)),
+     r"loss_fn: .*0\.1.*this run .*0\.2"),
+    (dict(), dict(accuracy_fn=_top1_never), r"accuracy_fn: checkpoint 'adaptive.metrics.default_accuracy'"),
+    (dict(), dict(accuracy_fn=None), r"accuracy_fn: checkpoint 'adaptive.metrics.default_accuracy', this run None"),
+])
+def test_a_resume_with_another_loss_or_accuracy_function_is_refused(tmp_path, first, then, match):
+    """The loss ranks the edits and the held-out loss and accuracy choose the snapshots: a resume
+    that scores with other functions is another run."""
+    path = tmp_path / "ck.pt"
+    interrupted(tiny(), [0.2, 0.5], path, at_stage=1, **first)
+    with pytest.raises(CheckpointMismatchError, match=match):
+        optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path, **{**KW, **then})
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.nn.CrossEntropyLoss(label_smoothing=0.1),
+    lambda: __import__("functools").partial(torch.nn.functional.cross_entropy, label_smoothing=0.1),
+    lambda: _smooth_loss,
+])
+def test_the_same_loss_function_built_again_resumes(tmp_path, make):
+    """A module or partial made anew for the resume has another address: it is the same function."""
+    path = tmp_path / "ck.pt"
+    interrupted(tiny(), [0.2, 0.5], path, at_stage=1, loss_fn=make())
+    resumed = optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path, **{**KW, "loss_fn": make()})
+    assert [h["kind"] for h in resumed.history].count("resume") == 1
+
+
+def test_checkpoints_recorded_before_the_loss_function_was_fingerprinted_still_resume():
+    from adaptive.mask_only_checkpoint import _differences
+
+    assert _differences({"window": 2}, {"window": 2, "loss_fn": "torch.nn.functional.cross_entropy",
+                                        "accuracy_fn": "adaptive.metrics.default_accuracy"}) == []
+    assert _differences({"window": 2, "accuracy_fn": None},
+                        {"window": 2, "accuracy_fn": "adaptive.metrics.default_accuracy"}) != []
