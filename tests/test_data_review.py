@@ -3,6 +3,8 @@ test split is read only for the final report (and nothing chosen depends on it),
 touches the train part only, normalisation suits the pretrained CIFAR ResNets, and caches and
 missing folders are handled honestly."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -237,6 +239,19 @@ def test_a_subset_draws_exactly_the_examples_asked_for():
     assert len(D.stratified_subset(torch.arange(10).repeat(100), 10)) == 10  # one of each class
     with pytest.raises(ValueError, match="at least 10 \\(one per class\\)"):
         D.stratified_subset(torch.arange(10).repeat(100), 7)  # drew 10 before, one per class
+
+
+def test_a_subset_larger_than_its_split_uses_all_of_it_and_says_so():
+    """subset=10,000 of the 1,438 digits train examples silently used all 1,438 while the docs said "exactly"."""
+    with pytest.warns(UserWarning, match=r"subset=10,000 asks for more examples than the train split of digits "
+                                         r"holds \(1,438\): all 1,438 are used"):
+        s = get_datasets("digits", holdout=0.1, subset=10_000)
+    assert len(s.train) + len(s.holdout) == 1438
+    with pytest.warns(UserWarning, match=r"test_subset=999,999 asks for more .* test split of digits"):
+        n = len(get_datasets("digits", holdout=0.1, test_subset=999_999).test)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the whole split asked for exactly: no warning
+        assert len(get_datasets("digits", holdout=0.1, subset=1438, test_subset=n).test) == n
 
 
 def test_a_subset_whose_shares_round_to_its_size_draws_what_it_drew_before():

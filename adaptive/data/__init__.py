@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..paths import DatasetNotFoundError, resolve_data_dir
+from ..warn import warn_user
 from .base import LazyDataset, Source, available_datasets, check_dataset_kw, get_source_builder, register_dataset
 from .split import holdout_counts, stratified_split, stratified_subset, subset_counts
 from .tensors import TensorImages, random_crop_flip
@@ -49,7 +50,8 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     - ``holdout``: fraction of the train split held out, stratified by class and drawn at random
       with ``seed`` (never by position); disjoint from ``train``; 0 gives an empty holdout.
     - ``subset``: use only a stratified random draw of exactly ``subset`` examples of the train
-      split (before the holdout is drawn from them; one with an empty holdout is refused);
+      split (before the holdout is drawn from them; one with an empty holdout is refused); a
+      ``subset`` of the split's size or more uses all of it, with a warning when it is more;
       ``test_subset`` likewise caps the test split (a fixed draw, so every run with the same seed
       reports on the same test examples).
     - ``augment``: training augmentation on the train part only (holdout and test never).
@@ -68,6 +70,7 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
         kw["progress"] = progress
     src: Source = builder(data_dir=data_dir, download=download, augment=augment, **kw)
     labels = src.train_labels
+    _warn_short(name, "train", subset, len(labels), "subset")
     pool = stratified_subset(labels, subset, seed) if subset is not None else torch.arange(len(labels))
     kept, drawn = stratified_split(labels[pool], holdout, seed)
     train, held = pool[kept], pool[drawn]
@@ -83,6 +86,7 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     def build_test():
         ds = src.test()
         if test_subset is not None:
+            _warn_short(name, "test", test_subset, len(ds), "test_subset")
             drawn = ds.select(stratified_subset(torch.as_tensor(ds.targets), test_subset, seed))
             drawn.whole_split_size = len(ds)  # what a report says the draw was taken from
             return drawn
@@ -91,6 +95,12 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     return DatasetSplits(train=src.train_view(train), holdout=src.eval_view(held),
                          test=LazyDataset(build_test, name=f"{name} test"), num_classes=src.num_classes,
                          in_shape=tuple(src.in_shape), classes=list(src.classes), name=name)
+
+
+def _warn_short(name: str, split: str, asked: Optional[int], size: int, option: str) -> None:
+    if asked is not None and asked > size:
+        warn_user(f"{option}={asked:,} asks for more examples than the {split} split of {name} holds ({size:,}): "
+                  f"all {size:,} are used; give {option}={size:,} (or leave it out) to say so")
 
 
 def _subset_for_holdout(labels: torch.Tensor, subset: int, holdout: float) -> str:
