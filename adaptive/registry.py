@@ -87,7 +87,10 @@ def build(table: Dict[str, Any], kind: str, name: Any, kw: Dict[str, Any]) -> An
         d = params[k].default if k in params else None
         if isinstance(d, (int, float)) and not isinstance(d, bool) and not isinstance(v, (int, float)):
             try:
-                float(v)
+                if isinstance(v, (str, bytes)):  # float("0.5") works, but the class would get a string
+                    raise TypeError
+                float(v)  # a numpy or a one-element torch number is taken
             except (TypeError, ValueError):
-                raise ValueError(f"{kind} {name!r} option {k} must be a number, got {v!r}") from None
+                raise ValueError(f"{kind} {name!r} option {k} must be a number, got {v!r}"
+                                 + (f" (a string: write {k}={v})" if isinstance(v, str) else "")) from None
     return cls(**kw)

@@ -1,7 +1,10 @@
 """get_policy and get_estimator share one checked build (adaptive.registry.build): an unknown
 name, an unknown keyword or a non-number for a number option is a ValueError naming the options."""
+import numpy as np
 import pytest
+import torch
 
+import adaptive
 from adaptive.policies.base import get_policy
 from adaptive.utility.base import get_estimator
 
@@ -33,4 +36,33 @@ def test_number_option_given_text_is_named():
 
     with pytest.raises(ValueError, match=r"thing 'x' option rate must be a number, got 'fast'"):
         build({"x": Thing}, "thing", "x", {"rate": "fast"})
-    assert build({"x": Thing}, "thing", "x", {"rate": "0.25"}).rate == "0.25"
+    # a number written as text reached the class as a string (get_estimator("presence", step="0.5")
+    # then failed with a bare TypeError, get_estimator("evidence", clip="3") was taken)
+    with pytest.raises(ValueError, match=r"option rate must be a number, got '0.25' \(a string: write rate=0.25\)"):
+        build({"x": Thing}, "thing", "x", {"rate": "0.25"})
+    assert build({"x": Thing}, "thing", "x", {"rate": np.float32(0.25)}).rate == np.float32(0.25)
+    assert build({"x": Thing}, "thing", "x", {"rate": torch.tensor(0.25)}).rate == 0.25
+
+
+@pytest.mark.parametrize("case", ["presence step", "evidence clip", "crawl edit_fraction"])
+def test_a_number_written_as_text_is_refused_by_name(case):
+    name, option = case.split()
+    get = get_policy if name == "crawl" else get_estimator
+    with pytest.raises(ValueError, match=rf"{name}' option {option} must be a number, got '0.5' \(a string"):
+        get(name, **{option: "0.5"})
+
+
+def test_options_given_with_an_instance_are_refused_not_dropped():
+    """get_policy(RigL(), bogus=1) and Controller(policy=<instance>, edit_fraction=...) dropped the
+    options unseen: the run went on with the instance's own settings."""
+    with pytest.raises(ValueError, match=r"policy option\(s\) \['bogus'\] cannot be applied to the policy instance "
+                                         r"RigL given: build the instance with them, or give the policy by name \('rigl'\)"):
+        get_policy(get_policy("rigl"), bogus=1)
+    with pytest.raises(ValueError, match=r"option\(s\) \['step'\] cannot be applied to the estimator instance Presence"):
+        get_estimator(get_estimator("presence"), step=0.3)
+    conn = adaptive.Connectome(torch.nn.Sequential(torch.nn.Linear(8, 8)))
+    with pytest.raises(ValueError, match=r"\['margin'\] cannot be applied to the policy instance Crawl"):
+        adaptive.Controller(conn, None, policy=get_policy("crawl", edit_fraction=0.1), density=0.5, margin=0.2)
+    assert conn.density() == 1.0  # refused before the controller sparsified anything
+    policy = get_policy("crawl", edit_fraction=0.1)
+    assert get_policy(policy) is policy and get_estimator(get_estimator("presence")).name == "presence"

@@ -32,9 +32,14 @@ def register_policy(name: str, replace: bool = False):
 
 def get_policy(name, **kw) -> "Policy":
     """The policy registered as ``name`` (see :func:`policy_names`), built with ``kw``; a
-    :class:`Policy` instance is returned as it is. An unknown name or keyword is a ValueError that
-    lists what exists."""
+    :class:`Policy` instance is returned as it is (options
+    with it are refused: build it with them). An unknown name or keyword is a ValueError that lists
+    what exists."""
     if isinstance(name, Policy):
+        if kw:  # options for a built instance would be dropped unseen
+            raise ValueError(f"policy option(s) {sorted(kw)} cannot be applied to the policy instance "
+                             f"{type(name).__name__} given: build the instance with them, or give the policy "
+                             f"by name ({getattr(name, 'name', '...')!r}) with the options")
         return name
     return _registry.build(_POLICIES, "policy", name, kw)
 

@@ -29,9 +29,14 @@ def register_estimator(name: str, replace: bool = False):
 
 def get_estimator(name, **kw) -> "Estimator":
     """The utility estimator registered as ``name`` (see :func:`estimator_names`), built with ``kw``;
-    an :class:`Estimator` instance is returned as it is. An unknown name or keyword is a ValueError
-    that lists what exists."""
+    an :class:`Estimator` instance is returned as it is (options
+    with it are refused: build it with them). An unknown name or keyword is a ValueError that lists
+    what exists."""
     if isinstance(name, Estimator):
+        if kw:  # options for a built instance would be dropped unseen
+            raise ValueError(f"utility estimator option(s) {sorted(kw)} cannot be applied to the estimator "
+                             f"instance {type(name).__name__} given: build the instance with them, or give the "
+                             f"estimator by name ({getattr(name, 'name', '...')!r}) with the options")
         return name
     return _registry.build(_ESTIMATORS, "utility estimator", name, kw)
 
