@@ -19,6 +19,7 @@ from typing import Callable, Dict
 
 import torch
 
+from adaptive import registry as _registry
 from adaptive.atomic import atomic_path
 from adaptive.warn import warn_user
 
@@ -27,18 +28,30 @@ WRITERS: Dict[str, Callable] = {}
 FORMAT = "adaptive.graph/1"
 
 
-def register_exporter(name: str):
+def register_exporter(name: str, replace: bool = False):
+    """Decorator: ``fn(graph) -> object`` answers to ``export(g, name)``. A taken name (a built-in
+    such as "pyg") is refused unless ``replace=True`` (the rule of every registry of the package,
+    :mod:`adaptive.registry`)."""
     def deco(fn):
-        EXPORTERS[name] = fn
+        _registry.add(EXPORTERS, "graph exporter", name, fn, replace)
         return fn
     return deco
 
 
-def register_writer(ext: str):
-    ext = ext if ext.startswith(".") else "." + ext
+def _extension(ext) -> str:
+    if not isinstance(ext, str) or not ext.strip("."):
+        raise ValueError(f"a graph writer's extension is a non-empty string such as '.csv', got {ext!r}")
+    return "." + ext.lstrip(".").lower()
+
+
+def register_writer(ext: str, replace: bool = False):
+    """Decorator: ``fn(graph, path)`` writes files ending in ``ext`` (".csv" or "csv", any case:
+    extensions are matched without regard to case). A taken extension (a built-in such as ".json")
+    is refused unless ``replace=True``."""
+    ext = _extension(ext)
 
     def deco(fn):
-        WRITERS[ext] = fn
+        _registry.add(WRITERS, "graph writer", ext, fn, replace)
         return fn
     return deco
 
@@ -51,9 +64,10 @@ def export(g, name: str):
 
 
 def write(g, path, format: str | None = None) -> str:
-    """Write ``g`` to ``path``; the format comes from ``format`` or the file extension."""
+    """Write ``g`` to ``path``; the format comes from ``format`` ("json", ".graphml", any case) or
+    the file extension."""
     path = os.fspath(path)
-    ext = ("." + format.lstrip(".")) if format else os.path.splitext(path)[1].lower()
+    ext = _extension(format) if format else os.path.splitext(path)[1].lower()
     if ext not in WRITERS:
         raise ValueError(f"cannot write {path!r}: unknown format {ext!r}; known are {sorted(WRITERS)}")
     with atomic_path(path) as tmp:  # a failing writer leaves the old file, never half a new one

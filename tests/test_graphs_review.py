@@ -80,7 +80,7 @@ def test_failing_writer_leaves_the_old_file(tmp_path):
     graphs.write(g, path)
     before = path.read_bytes()
 
-    @graphs.register_writer(".json")
+    @graphs.register_writer(".json", replace=True)
     def broken(g, p):
         with open(p, "w") as f:
             f.write('{"half": ')
@@ -90,7 +90,7 @@ def test_failing_writer_leaves_the_old_file(tmp_path):
         with pytest.raises(OSError, match="disk full"):
             graphs.write(g, path)
     finally:
-        graphs.register_writer(".json")(graphs.exporters.write_json)
+        graphs.register_writer(".json", replace=True)(graphs.exporters.write_json)
     assert path.read_bytes() == before and json.loads(before)["level"] == "layer"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.json"]
 
@@ -255,3 +255,32 @@ def test_build_takes_a_torch_compile_wrapper_as_connectome_does():
         warnings.simplefilter("error")
         tr = graphs.trace(compiled, torch.randn(1, 3, 8, 8))
         assert graphs.build(conn, level="synapse", model=compiled, traced=tr).live_synapses() == conn.num_live()
+
+
+def test_writers_and_exporters_follow_the_registry_rule(tmp_path):
+    """register_writer("JSONL") stored ".JSONL", which write() (lowercasing the file's extension)
+    never found; a writer or exporter registered under a built-in's name replaced it silently."""
+    g = graphs.build(model=build_model("lenet300", in_shape=(1, 28, 28)), level="layer")
+    seen = []
+
+    @graphs.register_writer("MyFmt")
+    def mine(g, p):
+        seen.append(p)
+        with open(p, "w") as f:
+            f.write("ok")
+
+    try:
+        for name in ("a.myfmt", "b.MYFMT"):
+            graphs.write(g, tmp_path / name)
+        graphs.write(g, tmp_path / "c.txt", format="MYFMT")
+        assert len(seen) == 3 and (tmp_path / "c.txt").read_text() == "ok"
+        assert graphs.write(g, tmp_path / "d.bin", format="JSON") and json.loads((tmp_path / "d.bin").read_text())
+    finally:
+        graphs.WRITERS.pop(".myfmt", None)
+    with pytest.raises(ValueError, match=r"graph writer '.json' is already registered .*replace=True"):
+        graphs.register_writer(".JSON")(lambda g, p: None)
+    with pytest.raises(ValueError, match=r"graph exporter 'pyg' is already registered .*replace=True"):
+        graphs.register_exporter("pyg")(lambda g: None)
+    assert graphs.WRITERS[".json"] is graphs.exporters.write_json and "pyg" in graphs.EXPORTERS
+    with pytest.raises(ValueError, match="extension is a non-empty string"):
+        graphs.register_writer(".")
