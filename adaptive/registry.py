@@ -39,7 +39,12 @@ def all_or_nothing():
 
 
 def _origin(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+    """Where ``obj`` was defined: module and qualified name, and for a lambda (whose name,
+    ``<lambda>``, every lambda of its scope shares) the line it starts on too."""
+    name = getattr(obj, "__qualname__", repr(obj))
+    code = getattr(obj, "__code__", None)
+    line = f" (line {code.co_firstlineno})" if isinstance(name, str) and name.endswith("<lambda>") and code else ""
+    return f"{getattr(obj, '__module__', '?')}.{name}{line}"
 
 
 def add(table: Dict[str, Any], kind: str, name: str, obj: Any, replace: bool = False) -> None:

@@ -37,6 +37,23 @@ def test_the_same_definition_registered_twice_is_quiet(monkeypatch):
     assert type(get_estimator("twice")) is Twice
 
 
+def test_two_lambdas_under_one_name_clash_and_one_run_twice_is_quiet(monkeypatch):
+    """Two lambdas of one module share the qualified name '<lambda>': the second replaced the first
+    silently, as though it were the same definition run again."""
+    monkeypatch.setattr("adaptive.budgets._BUDGETS", dict(_BUDGETS))
+    first = lambda layers, density, protected=(), min_density=0.0: {n: density for n in layers}  # noqa: E731
+    second = lambda layers, density, protected=(), min_density=0.0: {n: 1.0 for n in layers}  # noqa: E731
+    register_budget("two_lambdas")(first)
+    with pytest.raises(ValueError, match=r"'two_lambdas' is already registered \(.*<lambda> \(line \d+\)\); "
+                                         r"register .*<lambda> \(line \d+\) under another name"):
+        register_budget("two_lambdas")(second)
+    assert get_budget("two_lambdas") is first
+    for _ in range(2):  # one lambda made anew, as a notebook cell run again makes it
+        register_budget("again")(lambda layers, density, protected=(), min_density=0.0: {})
+    register_budget("two_lambdas", replace=True)(second)
+    assert get_budget("two_lambdas") is second
+
+
 @pytest.mark.parametrize("table, decorate, name", [
     (_POLICIES, lambda n: register_policy(n), "rigl"),
     (_BUDGETS, lambda n: register_budget(n), "erk"),
