@@ -322,8 +322,9 @@ def optimize_connectome(
     """Optimise the connectome of pretrained ``model`` with its weights frozen bit-exact.
 
     Args:
-        target: one target or several (removal count, fraction in (0, 1), or "best"); several
-            are visited in increasing order of removal, one stage each, with a snapshot per target.
+        target: one target or several (removal count, fraction in [0, 1), or "best"; 0 keeps the
+            dense network as a snapshot); several are visited in increasing order of removal, one
+            stage each, with a snapshot per target.
         passes: passes over ``train_loader`` per stage (a finite number > 0, fractional allowed).
         ensemble / include / exclude: the connectome's granularity and layer selection.
         estimator: utility estimator (registry name or instance) for removal costs and restoration
@@ -382,7 +383,8 @@ def optimize_connectome(
     (to the ensemble) at its snapshot; only ``train_loader`` and ``holdout_loader`` are read; if
     the run is interrupted (an error in a loader or the loss, Ctrl-C), the model gets its original
     weights back before the exception propagates.
-    Raises ValueError before any work on a bad target, an empty loader or a bad setting.
+    Raises ValueError before any work on a bad target, an empty loader or a bad setting (a
+    ``loss_fn``, ``accuracy_fn`` or ``callback`` that cannot be called included).
 
     A window with a NaN or inf loss or gradient (a corrupt example, a diverging model) is left out
     whole: it reaches neither the estimator nor the masks, and the stage draws another window in its
@@ -443,6 +445,11 @@ def optimize_connectome(
         raise ValueError(f"eval_every must be an integer >= 0 (updates between held-out evaluations; 0: at stage "
                          f"ends only), got {eval_every!r}")
     eval_every = whole_number(eval_every)
+    for what, fn, none_ok in (("loss_fn", loss_fn, False), ("accuracy_fn", accuracy_fn, True),
+                              ("callback", callback, True)):
+        if not (callable(fn) or (none_ok and fn is None)):
+            raise ValueError(f"{what} must be a callable{' or None' if none_ok else ''}, got {fn!r}"
+                             + (" (a loss: F.cross_entropy or nn.CrossEntropyLoss())" if what == "loss_fn" else ""))
     n_train = _check_loader(train_loader, "train")
     _check_loader(holdout_loader, "holdout")
     if n_train == 0:

@@ -281,6 +281,30 @@ def test_bad_ladder_fails_before_anything_runs(kw, match):
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
 
 
+@pytest.mark.parametrize("kw, match", [(dict(callback=5), r"callback must be a callable or None, got 5"),
+                                       (dict(loss_fn="ce"), r"loss_fn must be a callable, got 'ce' \(a loss: F.cross_entropy"),
+                                       (dict(loss_fn=None), r"loss_fn must be a callable, got None"),
+                                       (dict(accuracy_fn=3), r"accuracy_fn must be a callable or None, got 3")])
+def test_a_function_that_cannot_be_called_fails_before_a_batch_is_read(kw, match):
+    """callback=5 raised a TypeError only at the first record, after a training batch was read."""
+    m = tiny()
+    before = copy.deepcopy(m.state_dict())
+    tr, ho = loaders()
+    seen = []
+
+    class Spy:
+        def __len__(self):
+            return len(tr)
+
+        def __iter__(self):
+            seen.append(1)
+            return iter(tr)
+
+    with pytest.raises(ValueError, match=match):
+        optimize_connectome(m, Spy(), ho, 0.3, progress=False, **kw)
+    assert not seen and all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
 @pytest.mark.parametrize("kind", ["numpy", "tensor"])
 def test_numpy_and_tensor_settings_run_as_their_plain_numbers(kind):
     """A one-element tensor approach or edit_fraction passed the check, then failed deep inside the
