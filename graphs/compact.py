@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from adaptive.connectome import _uncompiled
+from adaptive.counts import whole_number
 from adaptive.discovery import copy_model
 
 from . import ops
@@ -281,10 +282,10 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     keeps a multiple of ``align`` output units (CPU and GPU kernels run faster on such widths).
     Raises if fx cannot trace the model or the check fails."""
     if not isinstance(model, nn.Module):
-        hint = (f": pass the network first, graphs.compact(conn.model, conn, ...)" if hasattr(model, "masks")
+        hint = (": pass the network first, graphs.compact(conn.model, conn, ...)" if hasattr(model, "masks")
                 else "")
         raise TypeError(f"compact needs the nn.Module to shrink as its first argument, got {type(model).__name__}{hint}")
-    if int(align) < 1:
+    if whole_number(align) is None or align < 1:  # 2.5 is refused, never cut to 2
         raise ValueError(f"align must be a positive integer, got {align!r}")
     from .trace import default_example_input
 

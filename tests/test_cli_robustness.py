@@ -306,9 +306,10 @@ def test_in_shape_strings_are_read_or_refused_never_misread():
     from adaptive.models import build_model
 
     assert build_model("mlp", in_shape="(1, 8, 8)").in_shape == (1, 8, 8)
-    for bad in ("1 8 8", "3,,32", ""):
+    for bad in ("1 8 8", "3,,32", "", "0,8,8", (8.7,), (1, 8, 0), ()):  # 8.7 was cut to 8
         with pytest.raises(ValueError, match="in_shape must be"):
             build_model("mlp", in_shape=bad)
+    assert build_model("mlp", in_shape=(1.0, 8, torch.tensor(8))).in_shape == (1, 8, 8)
 
 
 def test_a_builder_s_own_type_error_keeps_its_traceback():

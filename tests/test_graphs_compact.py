@@ -635,3 +635,12 @@ def test_unit_l1_l2_sum_live_synapses_only_whatever_the_weights_hold():
     assert float(g.edge_attrs["l1"].sum()) == pytest.approx(live_l1, rel=1e-6)
     assert float(g.edge_attrs["l2"].double().pow(2).sum()) == pytest.approx(live_l2, rel=1e-5)  # l2: root of the sum of squares
     assert int(g.edge_attrs["count"].sum()) == sum(int(m.sum()) for m in masks.values())
+
+
+@pytest.mark.parametrize("align", [2.5, 0, "8", True])
+def test_align_that_is_not_a_positive_integer_is_refused(align):
+    """align=2.5 was cut to 2 although the error for align=0 asks for a positive integer."""
+    m = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    conn = adaptive.Connectome(m, ensemble="neuron")
+    with pytest.raises(ValueError, match=r"align must be a positive integer, got"):
+        graphs.compact(m, conn, torch.randn(2, 6), align=align)

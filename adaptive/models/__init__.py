@@ -109,8 +109,12 @@ def _as_in_shape(in_shape) -> Optional[tuple]:
                 parts.pop()
             if not parts:
                 raise ValueError(in_shape)
-            return tuple(int(d) for d in parts)  # "1 28 28" or "3,,32": a ValueError, not a wrong number
-        return tuple(int(s) for s in in_shape)
+            sizes = tuple(int(d) for d in parts)  # "1 28 28" or "3,,32": a ValueError, not a wrong number
+        else:
+            sizes = tuple(whole_number(s, floats=True) for s in in_shape)  # 8.7 is no size, never cut to 8
+        if not sizes or any(d is None or d < 1 for d in sizes):
+            raise ValueError(in_shape)
+        return sizes
     except (TypeError, ValueError):
         raise ValueError(f"in_shape must be the input's sizes without the batch, like (3, 32, 32) or (784,), got "
                          f"{in_shape!r}") from None
