@@ -441,7 +441,8 @@ class Controller:
 
     def scores(self, side: str, step: Optional[int] = None, names=None) -> Dict[str, torch.Tensor]:
         """Per-ensemble scores: ``side="cost"`` (removal cost, from drop_by) or ``"gain"``
-        (restoration gain, from grow_by)."""
+        (restoration gain, from grow_by), as the estimator sees them at ``step`` (default: the
+        controller's current step), for the layers ``names`` (default: every editable layer)."""
         step = self.step_count if step is None else step
         est = self.drop_est if side == "cost" else self.grow_est
         if est is None:
@@ -468,9 +469,11 @@ class Controller:
 
     def keep_plan(self, keep_scores: Dict[str, torch.Tensor], density: float, allow_grow: bool = False,
                   network: bool = False) -> EditPlan:
-        """A plan keeping the highest-scoring ensembles at ``density`` (a fraction of synapses, met to
-        within half an ensemble) under the budget, or the top n of every m for n:m granularities;
-        ``network``: the network's count held too under a layer budget.
+        """A plan keeping the highest-scoring ensembles (``keep_scores``: one score per ensemble of
+        each layer) at ``density`` (a fraction of synapses, met to within half an ensemble) under the
+        budget, or the top n of every m for n:m granularities; absent ensembles that score high
+        enough are grown only with ``allow_grow`` (else the plan only prunes); ``network``: the
+        network's count held too under a layer budget.
         See :func:`adaptive.policies.base.keep_plan`."""
         return keep_plan(self, keep_scores, density, allow_grow, network)
 

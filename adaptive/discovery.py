@@ -109,8 +109,8 @@ def _prunable_weights(module: nn.Module):
 
 @dataclass(frozen=True)
 class SynapseLayer:
-    """Bookkeeping for one prunable weight (``Connectome.layers[name]``): its parameter and module
-    names, the kind of layer, the weight's shape and its convolution groups. ``out_units`` and
+    """Bookkeeping for one prunable weight (``Connectome.layers[name]``): its parameter ``name`` and
+    ``module_name``, the ``kind`` of layer, the weight's shape and its convolution groups. ``out_units`` and
     ``in_units`` are the units the synapses join (channels for a convolution)."""
 
     name: str  # parameter name, e.g. "layer1.0.conv1.weight"

@@ -64,7 +64,17 @@ Target = Union[int, float, str]
 
 @dataclass
 class Snapshot:
-    """The masks at one requested target, with the held-out numbers that chose them."""
+    """The masks at one requested target, with the held-out numbers that chose them.
+
+    - ``label``: the target as given ("0.2", "50000", "best"), its key in ``MaskOnlyResult.snapshots``;
+    - ``removed``: synapses removed in these masks; ``masks``: one bool tensor per layer;
+    - ``holdout_loss``, ``holdout_acc``: measured on the held-out part of the train split (never the
+      test split); ``holdout_acc`` is None where accuracy cannot be counted (never 0);
+    - ``step``: the optimisation step at which the snapshot was taken;
+    - ``cpu_seconds``, ``wall_seconds``: process CPU time and wall time from the start of the
+      optimisation to this snapshot;
+    - ``selected_by``: for target "best", the criterion that chose it ("holdout_acc" or
+      "holdout_loss"); None for a fixed target."""
 
     label: str
     removed: int
@@ -83,7 +93,10 @@ class MaskOnlyResult:
     window loss/accuracy over every process's batches, measured with ``train_removed`` synapses
     removed, i.e. before the update; ``removed`` is the count after it; verification loss, edits)
     and per evaluation (held-out loss/accuracy);
-    ``events`` are the controller's events; ``snapshots`` are keyed by target label."""
+    ``events`` are the controller's events; ``snapshots`` are keyed by target label. ``conn`` and
+    ``controller`` are the connectome and the controller that ran (:meth:`use` loads a
+    snapshot's masks into ``conn``); ``resumed_seconds`` is the wall time the
+    earlier sessions of a resumed optimisation recorded in its checkpoint (0: none)."""
 
     conn: Connectome
     controller: Controller
@@ -364,6 +377,8 @@ def optimize_connectome(
         seed: an integer (numpy and torch integers too), folded with the step for every random choice
             and ordering the held-out batches.
         callback: called with every history record.
+        progress: a tqdm bar over the run's batches (drawn by the first process of each machine
+            only); None: only when stderr is a terminal.
         checkpoint: a file that records the run after every stage (see
             :mod:`adaptive.mask_only_checkpoint`). If it exists when the run starts, the run resumes
             after its last completed stage (masks, estimator state, snapshots, history); a file
@@ -565,7 +580,7 @@ def optimize_connectome(
             record({"kind": "resume", "step": step, "stage": first_stage, "removed": total - conn.num_live(),
                     "checkpoint": str(checkpoint)})
         bar = tqdm(total=steps_per_stage * (len(resolved) - first_stage), desc="mask-only", unit="batch",
-                   disable=not (show_progress(None) if progress is None else progress), mininterval=2.0)
+                   disable=not show_progress(progress), mininterval=2.0)
         if resolved[0][0] == "best" and saved is None:  # the dense network is the first candidate: removing nothing may be best
             e = full_holdout(0, -1)
             result.snapshots["best"] = Snapshot("best", e["removed"], {n: m.clone() for n, m in conn.masks.items()},

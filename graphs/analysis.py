@@ -153,7 +153,9 @@ def layer_live(g) -> torch.Tensor:
 
 
 def density_per_layer(g, conn=None) -> Dict[str, float]:
-    """Live fraction of each weighted layer's synapses (from the graph; equals the connectome's)."""
+    """Live fraction of each weighted layer's synapses, read from the graph alone (it equals the
+    connectome's). ``conn`` is not used: it is accepted so that calls written
+    ``density_per_layer(g, conn)`` still run."""
     if g.level == "layer":
         return {x.name: d for x, d in zip(g.groups, g.node_attrs["density"].tolist()) if x.kind == "layer"}
     per = layer_live(g)
@@ -162,7 +164,8 @@ def density_per_layer(g, conn=None) -> Dict[str, float]:
 
 
 def degree_distribution(g, which: str = "in") -> Dict[str, torch.Tensor]:
-    """Per layer: the in- or out-degree of each of its units (LongTensor) in this graph. Unit or
+    """Per layer: the in-degree (``which="in"``) or out-degree (``"out"``) of each of its units
+    (LongTensor) in this graph. Unit or
     synapse level (a layer-level graph has no unit nodes: its ``node_attrs["in_degree"]`` holds
     each layer's own degree)."""
     if which not in ("in", "out"):

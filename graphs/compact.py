@@ -69,7 +69,8 @@ _BN = nn.modules.batchnorm._BatchNorm
 class FoldedConv(nn.Module):
     """A convolution plus the exact contribution of removed constant input channels:
     ``conv(x) + conv_k(ones)``, where ``conv_k`` has one input channel holding ``sum_c k_c W[:, c]``
-    and the same stride, padding and dilation, so zero-padding borders come out right."""
+    and the same stride, padding and dilation, so zero-padding borders come out right.
+    ``const_weight``: that one-channel kernel, ``sum_c k_c W[:, c]`` (a buffer)."""
 
     def __init__(self, conv: nn.Module, const_weight: torch.Tensor):
         super().__init__()
@@ -280,7 +281,10 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     ``compaction``: a dict with params before/after, units removed per layer and the verified
     maximum output difference. ``align`` > 1 keeps a few removable units so that every Linear/Conv
     keeps a multiple of ``align`` output units (CPU and GPU kernels run faster on such widths).
-    Raises if fx cannot trace the model or the check fails."""
+    ``example_input`` (batch first; None: one inferred from the first layer) drives the trace and,
+    with ``verify``, the check that the compact copy's outputs match the masked model's within
+    ``torch.allclose(atol=atol, rtol=rtol)``. Raises if fx cannot trace the model or the check
+    fails (``verify=False`` skips it)."""
     if not isinstance(model, nn.Module):
         hint = (": pass the network first, graphs.compact(conn.model, conn, ...)" if hasattr(model, "masks")
                 else "")

@@ -41,8 +41,16 @@ LEVELS = ("synapse", "unit", "layer")
 @dataclass
 class ConnectomeGraph:
     """A directed graph held as tensors: ``src``/``dst`` LongTensors [E] (source -> target),
-    ``edge_attrs`` name -> tensor [E], ``node_attrs`` name -> tensor [N], plus the groups (inputs,
-    layers, junction ops, outputs) the nodes belong to. Node ids are 0..N-1."""
+    ``edge_attrs`` name -> tensor [E], ``node_attrs`` name -> tensor [N], plus the ``groups``
+    (inputs, layers, junction ops, outputs) the nodes belong to. Node ids are 0..N-1.
+
+    ``level``: "synapse", "unit" or "layer" (see :func:`build`); ``layers``: each weighted layer's
+    flow (its input and output groups); ``concats``: each concatenation, its node and the parts it
+    joins (what :func:`graphs.concat_composition` analyses); ``warnings``: what the trace could not
+    follow exactly; ``meta``: facts of the build (model class, ensemble, live counts); ``edge_ptr``:
+    where edges are grouped by target group, the edges into group g are ``edge_ptr[g]:edge_ptr[g+1]``
+    (None otherwise); ``unit_node_attrs``: at the layer level, the node attributes of the unit graph
+    behind it (None at other levels)."""
 
     level: str
     node_attrs: Dict[str, torch.Tensor]
@@ -254,7 +262,9 @@ def build(
     ``utility`` maps parameter names to per-synapse (or per-ensemble) scores, summed onto edges (a
     key that names no weighted layer, such as a module name without ``.weight``, is refused).
     ``model`` stands in for ``conn.model`` (or replaces ``conn`` entirely: every weight live).
-    ``traced`` reuses a :func:`graphs.trace.trace` result. Linear/Conv layers outside the
+    ``traced`` reuses a :func:`graphs.trace.trace` result. ``input_nodes``: "channels" (one node
+    per input channel), "elements" (one per input feature or pixel) or "auto" (elements for models
+    without convolutions), as :func:`graphs.trace.trace` takes it. Linear/Conv layers outside the
     connectome count as fully live, with their weights' values; so does a layer whose weight a
     parametrization or old-style weight_norm/spectral_norm computes (it holds no synapses), with the
     weight that call computes. Guarantee: every input channel of a layer has exactly one

@@ -45,7 +45,9 @@ class DatasetSplits:
 def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, download: bool = False,
                  subset: Optional[int] = None, test_subset: Optional[int] = None, augment: bool = False,
                  progress: Optional[bool] = None, **kw) -> DatasetSplits:
-    """Build dataset ``name`` (see :func:`available_datasets`).
+    """Build dataset ``name`` (see :func:`available_datasets`) from ``data_dir`` (default: the
+    ``ADAPTIVE_DATA`` environment variable, else ``../shared/data`` beside the repository, else
+    ``~/.cache/adaptive/data``; see :func:`adaptive.paths.resolve_data_dir`).
 
     - ``holdout``: fraction of the train split held out, stratified by class and drawn at random
       with ``seed`` (never by position); disjoint from ``train``; 0 gives an empty holdout.
@@ -157,7 +159,14 @@ def get_dataloaders(name: str, batch_size: int = 128, data_dir=None, holdout: fl
                     test_subset: Optional[int] = None, progress: Optional[bool] = None, **kw) -> DataLoaders:
     """DataLoaders over :func:`get_datasets`. The train loader shuffles with a generator seeded by
     ``seed``; holdout and test are in order with ``eval_batch_size`` (default: ``batch_size``).
-    Creating the test loader does not read the test split."""
+    Creating the test loader does not read the test split.
+
+    ``data_dir``, ``holdout``, ``seed``, ``download``, ``subset``, ``test_subset``, ``augment``,
+    ``progress`` and extra keywords go to :func:`get_datasets` (see there). ``num_workers``:
+    loader worker processes (0: load in the main process); the holdout and test loaders keep
+    theirs between passes, the train loader's start afresh every pass so that a resumed run
+    draws the augmentation of the uninterrupted one. ``drop_last``: drop the train split's last
+    batch when it is smaller than ``batch_size``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     splits = get_datasets(name, data_dir=data_dir, holdout=holdout, seed=seed, download=download,

@@ -94,7 +94,8 @@ class Collinearity:
 
     ``cosine[name]``, ``sign_agreement[name]``, ``full_grad_sq[name]`` (``G^2``) and
     ``grad_var[name]`` (variance of the batch gradients) are aligned with ``weight.reshape(-1)``.
-    ``table`` has one row per layer.
+    ``batches`` is the number of batches measured, ``batch_size`` the samples per batch (None: the
+    loader's own batches). ``table`` has one row per layer.
     """
 
     cosine: Dict[str, torch.Tensor]
@@ -195,7 +196,12 @@ def collinearity(
     neither scales the gradients measured nor updates its state. A frozen layer
     (``requires_grad=False``) is measured too: its weight requires grad for the measurement and gets
     its flag back afterwards; a call under ``torch.no_grad()`` or ``torch.inference_mode()`` measures
-    as well (batches and model must be made outside inference mode)."""
+    as well (batches and model must be made outside inference mode).
+
+    ``loss_fn(output, targets)``: the loss whose gradients are measured (default cross-entropy).
+    ``train_mode``: run the model in train mode (dropout, batch statistics) while measuring, as
+    training sees it; False measures in eval mode; each module's own mode is restored afterwards.
+    ``device``: where batches go (default: the model's device)."""
     found = discover(model, include, exclude)
     if not found:
         raise ValueError("no prunable weight matched: check include/exclude patterns")

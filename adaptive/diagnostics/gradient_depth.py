@@ -30,7 +30,9 @@ def resolve_depths(model: nn.Module, layer: str, depths=None, example: Optional[
     """Signal depth of each input unit of ``layer``: ``depths`` if given, else the model's own
     ``input_depths(layer)``, else the data flow traced by :mod:`graphs` (:func:`traced_depths`).
     Raises a ValueError saying how to pass them when none of these works, which includes a model fx
-    cannot trace and an op the tracer cannot follow on the way to ``layer``: their depths would be wrong."""
+    cannot trace and an op the tracer cannot follow on the way to ``layer``: their depths would be wrong.
+    ``example``: an input batch to trace with (its first example is used; default: an input the
+    tracer builds from the model)."""
     if depths is not None:
         return torch.as_tensor(depths, dtype=torch.long).reshape(-1).cpu()
     if hasattr(model, "input_depths"):
@@ -90,9 +92,9 @@ def _unknown_ops_feeding(g, tr, in_src: torch.Tensor) -> List[str]:
 
 
 def weight_depths(weight_shape, depths: torch.Tensor, groups: int = 1, transposed: bool = False) -> torch.Tensor:
-    """Depth of the signal read by every element of a weight shaped ``(out, in/groups, *kernel)``
-    (``(in, out/groups, *kernel)`` when ``transposed``: an ``nn.ConvTranspose*``), from the depth of
-    each of the layer's input units. A Linear (a 2-d weight) fed by a flattened ``C x H x W`` map may
+    """Depth of the signal read by every element of a weight of shape ``weight_shape``, which is
+    ``(out, in/groups, *kernel)`` (``(in, out/groups, *kernel)`` when ``transposed``: an
+    ``nn.ConvTranspose*``), from ``depths``, the depth of each of the layer's input units. A Linear (a 2-d weight) fed by a flattened ``C x H x W`` map may
     be given one depth per channel (``C`` entries): each is repeated over its positions."""
     if transposed:
         n_in = int(weight_shape[0])
@@ -127,7 +129,10 @@ class GradientByDepth:
 
     ``table`` has one row per source depth: weights, values (weights x batches), median, q1, q3,
     mean of ``|grad|``, and the fraction of exact zeros. ``per_weight`` is each weight's mean
-    ``|grad|`` over the batches (the points of the figure), ``band`` its depth.
+    ``|grad|`` over the batches (the points of the figure), ``band`` its depth. ``layer`` is the
+    weight's parameter name, ``depths`` the source depths present (sorted), ``batches`` the batches
+    measured; ``title`` and ``meta`` are free for the caller (the figure's title, a record of the
+    run's settings) and stay empty unless set.
     """
 
     layer: str
@@ -226,6 +231,9 @@ def gradient_by_depth(
     measures as well (batches and model must be made outside inference mode).
     Statistics are over all weights x batches, in bounded memory (:class:`LogHistogram`).
     ``cycle``: restart the loader (a new epoch) until ``batches`` batches have been seen.
+    ``loss_fn(output, targets)``: the loss whose gradients are measured (default cross-entropy).
+    ``train_mode``: run the model in train mode while measuring (False: eval mode); each module's
+    own mode is restored afterwards. ``device``: where batches go (default: the model's device).
     """
     name, mod, weight = find_weight(model, layer)
     device = device or model_device(model)

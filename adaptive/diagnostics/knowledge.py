@@ -66,7 +66,9 @@ def evaluate(model: nn.Module, data, loss_fn: Callable = default_loss,
     default anything but integer targets of the output's shape without its class axis 1), the loss
     is each batch's mean weighted by its positions (classification shapes) or examples. ``samples``:
     the examples; ``positions``, only where they differ from the examples (a sequence tagger): what
-    the accuracy counted."""
+    the accuracy counted. ``loss_fn(output, targets)``: the batch's mean loss (default
+    cross-entropy); ``accuracy_fn(output, targets) -> (correct, count)`` counts accuracy your way
+    (None: no accuracy)."""
     device = model_device(model)
     tot_loss, correct, counted, n, examples = 0.0, 0, 0, 0, 0
     with training_mode(model, False):
@@ -172,6 +174,11 @@ class KnowledgeCurve:
     :func:`fit_curve` fitted nothing (recorded in ``knowledge_summary.json``, the fit table and the figure).
     ``total``: the prunable weights live at the start; ``pruned_before``: those the model came with
     already pruned (its Connectome's masks), which stay pruned and are counted in neither.
+    ``estimator``: the removal order's estimator; ``finetune_batches``: SGD steps after each removal
+    (0: one shot); ``note``: what a reader must know of the curve (no accuracy, weights pruned
+    before); ``meta``: the intact network's numbers (``"base"``), the pruned copy, its connectome
+    and the removal order, and whatever a caller adds (its plain entries are saved in
+    ``knowledge_summary.json``).
     """
 
     table: Table
@@ -348,8 +355,12 @@ def knowledge_distribution(
 
     ``finetune_batches = 0`` is one shot: every point is the intact network minus the first k
     weights of the order. Otherwise the removal is progressive: after each point's removal the copy
-    is fine-tuned for ``finetune_batches`` SGD steps on ``finetune_loader`` (default
-    ``order_loader``) with the removed weights held at exactly zero. ``model`` is never modified.
+    is fine-tuned for ``finetune_batches`` SGD steps (learning rate ``lr``, ``momentum``) on
+    ``finetune_loader`` (default ``order_loader``) with the removed weights held at exactly zero.
+    ``model`` is never modified. ``include``/``exclude`` choose the prunable weights as for
+    :class:`adaptive.Connectome`; ``loss_fn(output, targets)`` is the loss measured, ranked by and
+    fine-tuned on (default cross-entropy); ``noise_floor``: the loss increase below which the fit
+    of :func:`fit_curve` takes no point (measurement noise, not lost knowledge).
 
     Frozen parameters (``requires_grad=False``, e.g. a frozen backbone): the removal order reads
     the real gradient of every prunable weight, a frozen layer's too (it requires grad while the

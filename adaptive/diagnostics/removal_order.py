@@ -37,7 +37,10 @@ def removal_scores(conn, loader=None, estimator: str = "magnitude", batches: Opt
     """Score every synapse of ``conn`` (an :class:`adaptive.Connectome`) with ``estimator``'s
     removal cost; low = removed first. Gradients (model in eval mode) come from ``batches`` batches
     of ``loader`` when the estimator needs them, for every weight of ``conn``: a frozen layer's
-    (``requires_grad=False``) included, so it is scored on its real gradient, not on none."""
+    (``requires_grad=False``) included, so it is scored on its real gradient, not on none.
+    ``loss_fn(output, targets)``: the loss whose gradients are observed (default cross-entropy);
+    ``seed``: seeds the estimator's random draws (the "random" estimator's order), one generator
+    per layer."""
     from ..utility import GradientStats, UtilityContext, get_estimator
 
     est = get_estimator(estimator)

@@ -31,6 +31,7 @@ class Table(list):
         return super().__getitem__(key)
 
     def to_markdown(self, floatfmt: str = ".4g") -> str:
+        """The table as Markdown, floats written with the format spec ``floatfmt``, None as blank."""
         cols = self.columns
 
         def fmt(v):
@@ -62,7 +63,8 @@ class Table(list):
 
 
 def save_figure(fig, path: str | os.PathLike, svg: bool = False, dpi: int = 120) -> List[str]:
-    """Write ``fig`` as PNG at ``path`` (and an SVG next to it when ``svg``); close it; return paths."""
+    """Write ``fig`` as PNG at ``path`` (``dpi`` dots per inch; and an SVG next to it when ``svg``);
+    close it; return paths."""
     import matplotlib.pyplot as plt
 
     path = os.fspath(path)

@@ -522,13 +522,14 @@ def _hold_network(ctrl, keep_scores, keep, density, alive, allow_grow):
 
 def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_grow: bool = False,
               network: bool = False) -> EditPlan:
-    """A plan keeping the highest-scoring ensembles at ``density`` (a fraction of synapses) under the
-    controller's budget, to within half an ensemble per layer (per connectome for the global
+    """A plan keeping the highest-scoring ensembles (``keep_scores``: one score per ensemble of each
+    layer) at ``density`` (a fraction of synapses) under ``ctrl``'s budget, to within half an ensemble per layer (per connectome for the global
     budget); n:m granularities keep the top n of every m. ``network``: under a layer budget, the
     network's count is held too (for a policy that holds it, balanced): where the layers' roundings
     to whole ensembles add up to more than half an ensemble (the largest), the best of the rest
     across layers are kept, or the worst kept ones above each layer's floor let go
-    (:func:`hold_count`). Pruned indices are ordered lowest score first, grown ones highest first."""
+    (:func:`hold_count`). Absent ensembles among the kept are grown only with ``allow_grow`` (else
+    the plan only prunes). Pruned indices are ordered lowest score first, grown ones highest first."""
     alive = ctrl.alive()
     keep: Dict[str, torch.Tensor] = {}
 
