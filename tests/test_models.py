@@ -131,6 +131,32 @@ def test_load_weights_wrappers_prefix_and_mismatch(tmp_path):
         build_model("lenet5", weights=str(tmp_path / "absent.pt"))
 
 
+@pytest.mark.parametrize("spoil, match", [
+    # each passed the name and shape checks, and load_state_dict raised (or dropped values) after copying the keys before it
+    (lambda t: torch.empty(t.shape, device="meta"), r"'fc3\.bias' as a meta tensor, which has a shape but no values"),
+    (lambda t: t.to_sparse(), r"'fc3\.bias' as a torch\.sparse_coo tensor.*\.to_dense\(\)"),
+    (lambda t: (t + 1j).to(torch.cfloat), r"'fc3\.bias' as torch\.complex64, and the model's is torch\.float32: the imaginary"),
+    (lambda t: t > 0, r"'fc3\.bias' as torch\.bool, and the model's is torch\.float32"),
+])
+def test_load_weights_refuses_a_tensor_the_model_cannot_take_before_copying_any(tmp_path, spoil, match):
+    torch.manual_seed(0)
+    model, src = build_model("mlp", num_classes=3, in_shape=(8,)), build_model("mlp", num_classes=3, in_shape=(8,))
+    sd = dict(src.state_dict())
+    assert list(sd)[-1] == "fc3.bias"  # the last one: every other key would be copied before it
+    sd["fc3.bias"] = spoil(sd["fc3.bias"])
+    torch.save(sd, tmp_path / "w.pt")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(WeightsMismatchError, match=match):
+        load_weights(model, tmp_path / "w.pt")
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    # a half-precision file still loads into a float32 model, as before
+    half = {k: v.half() for k, v in src.state_dict().items()}
+    torch.save(half, tmp_path / "half.pt")
+    load_weights(model, tmp_path / "half.pt")
+    assert all(torch.equal(model.state_dict()[k], v.float()) for k, v in half.items())
+
+
 def test_load_weights_safetensors(tmp_path):
     from safetensors.torch import save_file
 

@@ -107,11 +107,41 @@ def _check_integrity(path: str) -> None:
                 f"{h.hexdigest()[:len(m.group(1))]}: it is damaged (copy it again) or was renamed (rename it)")
 
 
+def _check_copyable(path: str, key: str, t: torch.Tensor, own: torch.Tensor) -> None:
+    """Refuse, before anything is copied, a tensor of the right name and shape that the model's
+    own cannot take: PyTorch would raise (meta, sparse) or drop part of each value (complex into
+    real, floating point into integers) midway through the copy, after the keys before it."""
+    where = f"weights file {path!r} holds {key!r}"
+    if t.device.type == "meta":
+        raise WeightsMismatchError(f"{where} as a meta tensor, which has a shape but no values (a model built on the "
+                                   "meta device, saved before its weights were loaded or initialized): save the "
+                                   "state_dict of a model whose weights are materialized")
+    if t.layout != torch.strided:
+        raise WeightsMismatchError(f"{where} as a {t.layout} tensor, and the model keeps it dense: re-save the file with "
+                                   f"dense tensors (sd[{key!r}] = sd[{key!r}].to_dense())")
+    if t.is_quantized:
+        raise WeightsMismatchError(f"{where} as a quantized tensor ({t.dtype}), and the model's is {own.dtype}: re-save "
+                                   f"it dequantized (sd[{key!r}] = sd[{key!r}].dequantize())")
+    lossy = None
+    if t.is_complex() and not own.is_complex():
+        lossy = "the imaginary parts would be dropped"
+    elif (t.is_floating_point() or t.is_complex()) and not (own.is_floating_point() or own.is_complex()):
+        lossy = "the fractional parts would be dropped"
+    elif t.dtype == torch.bool and (own.is_floating_point() or own.is_complex()):
+        lossy = "true/false values are a mask, not weights"
+    if lossy:
+        raise WeightsMismatchError(f"{where} as {t.dtype}, and the model's is {own.dtype}: {lossy}. Check that the file "
+                                   "holds this model's weights, or convert that tensor to "
+                                   f"{own.dtype} yourself and re-save it")
+
+
 def load_weights(model: nn.Module, path: str) -> nn.Module:
     """Load the weights file ``path`` into ``model`` with ``strict=True``; returns ``model``.
 
-    Raises :class:`WeightsMismatchError` naming the missing, unexpected and wrongly shaped keys
-    before anything is copied, so a failed load leaves the model untouched.
+    Raises :class:`WeightsMismatchError` naming the missing, unexpected and wrongly shaped keys,
+    or a tensor the model cannot take (a meta or sparse tensor, complex values into real weights,
+    floating point into integers, booleans into weights), before anything is copied, so a failed
+    load leaves the model untouched.
     """
     path = os.fspath(path)
     sd = read_state_dict(path)
@@ -122,6 +152,10 @@ def load_weights(model: nn.Module, path: str) -> nn.Module:
     unexpected = [k for k in sd if k not in own]
     shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in sd and sd[k].shape != own[k].shape]
+    if not (missing or unexpected or shapes):
+        for k in own:  # what fits by name and shape but cannot be copied, or not without losing values
+            if k in sd:
+                _check_copyable(path, k, sd[k], own[k])
     if missing or unexpected or shapes:
         def fmt(xs):
             return ", ".join(xs[:8]) + (f" ... (+{len(xs) - 8} more)" if len(xs) > 8 else "")
