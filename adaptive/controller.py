@@ -831,40 +831,77 @@ class Controller:
 
     def _check_state_shapes(self, sd: dict) -> None:
         """Refuse, before anything loads, a state whose per-layer tensors do not fit this connectome
-        (a checkpoint of another model or of other layers)."""
+        (a checkpoint of another model or of other layers). The stats' sums are keyed by layer; an
+        estimator's state is walked blind, and a dict of tensors is taken as keyed by layer when one
+        of its keys names a layer here or has a dot (a parameter name of another model): a bare
+        module's layers are named "weight" and "bias", which only the first test finds, and an
+        estimator's own tensors, under keys of neither kind, are left alone."""
         shapes = {n: {tuple(self.conn.masks[n].shape), tuple(self.conn.granularities[n].ensemble_shape(self.conn.masks[n].shape))}
                   for n in self.conn.masks}
 
-        def walk(where, d):
+        def walk(where, d, by_layer=False):
+            tensors = {k: v for k, v in d.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
+            by_layer = by_layer or any(isinstance(k, str) and (k in shapes or "." in k) for k in tensors)
             for k, v in d.items():
                 if isinstance(v, dict):
                     walk(f"{where}.{k}", v)
-                elif isinstance(v, torch.Tensor) and v.dim() > 0 and isinstance(k, str) and "." in k:
+                elif k in tensors and by_layer:
                     if k not in shapes:
                         raise ValueError(f"controller state {where} holds layer {k!r}, which this connectome does not have: "
                                          "was it saved from another model?")
                     if tuple(v.shape) not in shapes[k]:
                         raise ValueError(f"controller state {where}[{k!r}] has shape {tuple(v.shape)}, but layer {k!r} "
                                          f"is {tuple(self.conn.masks[k].shape)} here: was it saved from another model?")
-        for key in ("stats", "estimators"):
-            if isinstance(sd.get(key), dict):
-                walk(key, sd[key])
+        stats = sd.get("stats")
+        if isinstance(stats, dict):
+            for key, v in stats.items():
+                if isinstance(v, dict):
+                    walk(f"stats.{key}", v, by_layer=key in ("g_sum", "g2_sum"))
+        if isinstance(sd.get("estimators"), dict):
+            walk("estimators", sd["estimators"])
 
     def load_state_dict(self, sd: dict) -> None:
-        """Restore a state saved by :meth:`state_dict`; checked first, so a bad one changes nothing."""
+        """Restore a state saved by :meth:`state_dict`; checked first, so a bad one changes nothing.
+
+        The layers' shapes, the policy and estimators' names and the controller's own counters are
+        checked before anything loads; the parts (estimators, policy, gradient window) then load
+        each through its own ``load_state_dict``, and one that raises has every part put back as it
+        was before the error is raised (a :class:`ValueError` naming the part)."""
         if not isinstance(sd, dict) or "step_count" not in sd:
             raise ValueError("not a controller state_dict: it has no 'step_count' entry")
         self._check_state_shapes(sd)
         self._check_state_kinds(sd)
+        try:
+            step_count = int(sd["step_count"])
+            nonfinite = int(sd.get("nonfinite_windows", 0))
+            events = sd.get("events", [])
+            if not isinstance(events, (list, tuple)):
+                raise TypeError(f"'events' is a {type(events).__name__}, not a list")
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"controller state entry is malformed ({e}): pass the dict that Controller.state_dict() "
+                             "returned, unchanged") from e
         states = sd.get("estimators") or {}
-        for side, est in self._estimators().items():  # first: a mismatch raises before anything changes
-            est.load_state_dict(states.get(side) or {})
-        self.step_count = int(sd["step_count"])
-        self.events = list(sd.get("events", []))
-        self.nonfinite_windows = int(sd.get("nonfinite_windows", 0))
+        parts = [(f"estimators[{side!r}]", est, states.get(side) or {}) for side, est in self._estimators().items()]
+        parts.append(("policy", self.policy, sd.get("policy") or {}))
         if self.stats is not None and sd.get("stats"):
-            self.stats.load_state_dict(sd["stats"])
-        self.policy.load_state_dict(sd.get("policy") or {})
+            parts.append(("stats", self.stats, sd["stats"]))
+        saved = [(obj, obj.state_dict(), getattr(obj, "_reduced", None)) for _, obj, _ in parts]
+        for i, (name, obj, state) in enumerate(parts):
+            try:
+                if not isinstance(state, dict):
+                    raise TypeError(f"a {type(state).__name__}, not a dict")
+                obj.load_state_dict(state)
+            except Exception as e:
+                for o, before, reduced in saved[:i + 1]:  # all or nothing: the parts loaded so far, and this one, go back
+                    o.load_state_dict(before)
+                    if reduced is not None:
+                        o._reduced = reduced
+                raise ValueError(f"controller state entry {name} does not load into this controller's "
+                                 f"{type(obj).__name__} ({type(e).__name__}: {e}); nothing was changed: pass a state "
+                                 "saved by Controller.state_dict() of a controller built with the same settings") from e
+        self.step_count = step_count
+        self.events = list(events)
+        self.nonfinite_windows = nonfinite
 
     def write_events(self, path: str | os.PathLike) -> None:
         """Write every event as JSON lines."""

@@ -1,6 +1,8 @@
 """The controller leaves no half-done state: a failed construction, a rolled-back edit, a second
 attach and a foreign checkpoint each leave the connectome, the optimizer and the controller as
 they were (invariant 6)."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -142,3 +144,75 @@ def test_a_regrown_synapse_starts_from_a_fresh_optimizer_state(make, key, fresh)
         opt.zero_grad()
     conn.set_masks({"weight": torch.ones(2, 4, dtype=torch.bool)})  # regrown at 0.0
     assert float(opt.state[lin.weight][key][0, 3]) == pytest.approx(fresh)  # as a fresh entry starts
+
+
+def _same(a, b):
+    """Bitwise equality of two state dicts (nested dicts, lists, tensors, numbers)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _trained(model, steps, seed, **kw):
+    torch.manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opts = dict(policy="utility", density=0.5, update_every=2, end_step=40, seed=0)
+    opts.update(kw)
+    ctrl = adaptive.Controller(adaptive.Connectome(model), opt, **opts)
+    g = torch.Generator().manual_seed(seed)
+    classes = model(torch.zeros(1, 8)).shape[1]
+    for _ in range(steps):
+        x = torch.randn(16, 8, generator=g)
+        F.cross_entropy(model(x), torch.randint(0, classes, (16,), generator=g)).backward()
+        opt.step()
+        opt.zero_grad()
+    return ctrl
+
+
+@pytest.mark.parametrize("saved, loaded, match", [
+    # a bare module's layers are named "weight" and "bias", with no dot: they were never checked, the counters
+    # were overwritten and the stats' copy_ raised a bare RuntimeError
+    (lambda: nn.Linear(8, 4), lambda: nn.Linear(8, 5), r"stats\.g_sum\['weight'\] has shape \(4, 8\), but layer 'weight' is \(5, 8\)"),
+    (lambda: nn.Linear(8, 4), lambda: nn.Sequential(nn.Linear(8, 4)), r"holds layer 'weight', which this connectome does not have"),
+    (lambda: nn.Sequential(nn.Linear(8, 4)), lambda: nn.Linear(8, 4), r"holds layer '0\.weight', which this connectome does not have"),
+])
+def test_a_bare_modules_controller_state_is_checked_like_any_other(saved, loaded, match):
+    torch.manual_seed(0)
+    sd = _trained(saved(), 5, seed=1).state_dict()
+    torch.manual_seed(0)
+    ctrl = _trained(loaded(), 3, seed=2)
+    before = ctrl.state_dict()
+    with pytest.raises(ValueError, match=match + r".*another model"):
+        ctrl.load_state_dict(sd)
+    assert _same(ctrl.state_dict(), before)
+
+
+def _break_counts(sd):
+    sd["stats"]["counts"] = {n: "three" for n in sd["stats"]["counts"]}  # after the sums were copied in
+
+
+@pytest.mark.parametrize("policy, estimator, breaks, match", [
+    ("utility", None, lambda sd: sd["stats"]["g_sum"].update(weight="garbage"), r"entry stats .*GradientStats.*TypeError"),
+    ("utility", None, _break_counts, r"entry stats .*GradientStats.*ValueError"),
+    ("utility", None, lambda sd: sd.update(stats="garbage"), r"entry stats .*not a dict"),
+    ("threshold", None, lambda sd: sd["policy"].update(restore_boundary="garbage"), r"entry policy .*could not convert"),
+    ("utility", "presence", lambda sd: sd["estimators"]["drop"].update(t={"weight": "two"}), r"entry estimators\['drop'\]"),
+    ("utility", None, lambda sd: sd.update(nonfinite_windows="x"), r"malformed"),
+    ("utility", None, lambda sd: sd.update(events=5), r"malformed.*'events' is a int"),
+])
+def test_a_malformed_controller_state_changes_nothing(policy, estimator, breaks, match):
+    kw = {"estimator": estimator} if estimator else {}
+    sd = copy.deepcopy(_trained(nn.Linear(8, 4), 6, seed=1, policy=policy, **kw).state_dict())
+    breaks(sd)
+    ctrl = _trained(nn.Linear(8, 4), 3, seed=2, policy=policy, **kw)
+    before = ctrl.state_dict()
+    assert not _same(before["stats"], sd["stats"])  # a load that went through the sums would show
+    with pytest.raises(ValueError, match=match + r".*(nothing was changed|Controller\.state_dict\(\))"):
+        ctrl.load_state_dict(sd)
+    assert _same(ctrl.state_dict(), before)
+    assert ctrl.step_count == 3
