@@ -204,14 +204,14 @@ class Connectome:
 
     def ensemble_masks(self) -> Dict[str, torch.Tensor]:
         """Masks at ensemble level (an ensemble is alive when any of its synapses is)."""
-        out = {}
-        for n, m in self.masks.items():
-            g = self.granularities[n]
-            if tuple(g.ensemble_shape(m.shape)) == tuple(m.shape):
-                out[n] = m.clone()  # one synapse per ensemble: a copy, free to edit and pass back
-            else:
-                out[n] = g.pool(m.float(), "max") > 0
-        return out
+        return {n: self.ensemble_mask(n) for n in self.masks}
+
+    def ensemble_mask(self, name: str) -> torch.Tensor:
+        """Layer ``name``'s mask at ensemble level (see :meth:`ensemble_masks`): a new tensor."""
+        m, g = self.masks[name], self.granularities[name]
+        if tuple(g.ensemble_shape(m.shape)) == tuple(m.shape):
+            return m.clone()  # one synapse per ensemble: a copy, free to edit and pass back
+        return g.pool(m.float(), "max") > 0
 
     def mask_hash(self) -> str:
         """SHA-256 of all masks (bit-packed, in layer order): equal on every process that agrees."""
@@ -367,6 +367,15 @@ class Connectome:
             failed.add_note("(raised by a Connectome edit listener: the mask edit itself was applied whole -- masks, "
                             "weights and optimizer state -- and every other listener was told of it)")
             raise failed
+
+    def edited_in_place(self, name: str) -> bool:
+        """Whether layer ``name``'s mask was replaced or written in place since it was last set and
+        now differs from the mask as set: the next set of that layer then counts those differences
+        as changed too and re-imposes its weights, so it can change synapses its edit does not name."""
+        if not self._touched(name):
+            return False
+        m = self.masks[name]
+        return not torch.equal(m, self._previous(name, m.device))
 
     def _touched(self, k: str) -> bool:
         """Was ``self.masks[k]`` replaced or written in place since it was last set?"""

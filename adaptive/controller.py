@@ -27,8 +27,9 @@ from .atomic import write_text
 from .connectome import Connectome, EnsembleRuleError
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
 from .distributed import all_reduce_mean_, check_masks_agree
-from .optim_state import restore_state, snapshot_state, unwrap_optimizer
+from .optim_state import unwrap_optimizer
 from .policies.base import EditPlan, get_policy, global_synapse_target, keep_plan, synapse_targets
+from .rollback import EditSnapshot
 from .schedules import get_decay
 from .utility import GradientStats, UtilityContext, get_estimator
 from .warn import warn_user
@@ -593,16 +594,11 @@ class Controller:
         self._check_plan(plan)
         n_prune, n_grow = plan.counts()
         use_ls = bool(line_search and self.holdout_loss is not None and (n_prune or n_grow))
-        touched = set(plan.prune) | set(plan.grow)
-        # snapshots only where a rollback may need them
-        before_masks = {n: self.conn.masks[n].clone() for n in touched} if use_ls else {}
-        before_w = {n: self.conn.params[n].detach().clone() for n in touched} if use_ls and self.conn.mode == "train" else {}
-        before_state = (snapshot_state([r() for r in self.conn._optimizers], [self.conn.params[n] for n in touched])
-                        if use_ls else [])
+        # what the plan can change, saved only where a rollback may need it (every try is a part of the plan)
+        before = EditSnapshot(self.conn, plan) if use_ls else None
         event = {"step": step, "kind": kind, "policy": self.policy.name}
         loss_before = loss_after = None
         fraction = 1.0
-        use_ls = line_search and self.holdout_loss is not None and (n_prune or n_grow)
         if use_ls:
             loss_before = self._holdout()
         # a policy may allow a plan a loss rise of its own (e.g. the estimated cost of pruning it must do)
@@ -616,7 +612,7 @@ class Controller:
             loss_after = self._holdout()
             if tolerance == float("inf") or loss_after - loss_before <= tolerance:  # inf: a required edit, NaN or not
                 break
-            self._restore(before_masks, before_w, before_state)
+            before.restore()
             loss_after = loss_before
             if attempt == self.line_search_tries or plan.atomic:
                 fraction, current = 0.0, EditPlan()
@@ -680,15 +676,6 @@ class Controller:
             loss = torch.tensor([float(self.holdout_loss())], dtype=torch.float64)
         all_reduce_mean_([loss])
         return float(loss)
-
-    def _restore(self, masks, weights, state=()):
-        """Undo a trial edit: masks, weights and the optimizer moments the edit reset."""
-        self.conn.set_masks(masks)
-        with torch.no_grad():
-            for n, w in weights.items():
-                self.conn.params[n].copy_(w)
-        restore_state(state)
-        self.conn.apply()
 
     def _shrink(self, plan: EditPlan, fraction: float):
         """``(fraction, plan cut to its best fraction)`` for a line search. Prunes and grows are cut

@@ -32,12 +32,15 @@ def reset_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, where: to
     if isinstance(optimizer, torch.optim.LBFGS):
         _reset_lbfgs(optimizer, param, where)
         return
-    state = optimizer.state.get(param)
-    if not state:
-        return
-    for key, v in state.items():
-        if isinstance(v, torch.Tensor) and v.shape == param.shape and v.is_floating_point():
-            v.masked_fill_(where.to(v.device), _fresh_value(optimizer, param, key))
+    for key, v in shaped_state(optimizer, param):
+        v.masked_fill_(where.to(v.device), _fresh_value(optimizer, param, key))
+
+
+def shaped_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> list:
+    """``[(key, tensor)]``: ``param``'s state tensors in ``optimizer`` that are shaped like it and
+    floating point (moments, momentum buffers): the ones an edit resets position by position."""
+    return [(key, v) for key, v in (optimizer.state.get(param) or {}).items()
+            if isinstance(v, torch.Tensor) and v.shape == param.shape and v.is_floating_point()]
 
 
 _LBFGS_VECTORS = ("d", "prev_flat_grad")
@@ -96,9 +99,7 @@ def snapshot_state(optimizers, params) -> list:
             saved.append((opt, first, None, opt.state.get(first)))
             continue
         for p in params:
-            for key, v in (opt.state.get(p) or {}).items():
-                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.is_floating_point():
-                    saved.append((opt, p, key, v.clone()))
+            saved.extend((opt, p, key, v.clone()) for key, v in shaped_state(opt, p))
     return saved
 
 

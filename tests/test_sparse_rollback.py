@@ -1,0 +1,249 @@
+"""Line-search rollback (adaptive/rollback.py): a rejected edit leaves masks, weights and every
+optimizer state tensor bit for bit as they were (-0.0 included), from a snapshot of only the
+synapses the plan can change."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import adaptive
+from adaptive.policies.base import EditPlan
+from adaptive.rollback import EditSnapshot, plan_positions
+
+X, Y = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(16) % 5
+
+
+def _net(channels_last=False):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, 5))
+    if channels_last:  # a weight (and so its moments) that is not contiguous: positions are unravelled
+        m[2].to(memory_format=torch.channels_last)
+    return m
+
+
+OPTIMIZERS = {
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+    "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3),
+}
+
+
+def _bits(t):
+    if t.is_floating_point():
+        return t.detach().contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+    return t.detach()
+
+
+def _unbits(b, like):
+    return b.view(like.dtype).view(like.shape)
+
+
+def _capture(conn, opt):
+    """Everything a rollback must put back, as bit views."""
+    out = {f"mask/{n}": m.clone() for n, m in conn.masks.items()}
+    out.update({f"last_set/{n}": m.clone() for n, m in conn._last_set.items()})
+    out.update({f"param/{k}": _bits(v).clone() for k, v in conn.model.state_dict().items()})
+    if opt is not None:
+        for i, st in opt.state_dict()["state"].items():
+            out.update({f"opt/{i}/{k}": _bits(v).clone() for k, v in st.items() if torch.is_tensor(v)})
+    return out
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    bad = [k for k in a if a[k].shape != b[k].shape or not torch.equal(a[k], b[k])]
+    assert not bad, f"changed by the rolled-back edit: {bad}"
+
+
+def _setup(mode="train", ensemble="synapse", opt="adam", holdout=None, channels_last=False, tries=2):
+    model = _net(channels_last)
+    conn = adaptive.Connectome(model, ensemble=ensemble, mode=mode)
+    o = OPTIMIZERS[opt](model.parameters()) if opt else None  # mask_only: the weights are put back after each step
+    ctrl = adaptive.Controller(conn, o, policy="rigl" if mode == "train" else "utility", density=0.5,
+                               budget="uniform", update_every=10**6, edit_fraction=0.3, edit_decay="constant",
+                               seed=0, holdout_loss=holdout, line_search_tries=tries)
+    for _ in range(3):  # optimizer state in place, pruned positions included
+        model.zero_grad()
+        F.cross_entropy(model(X), Y).backward()
+        if o is not None:
+            o.step()
+        else:
+            ctrl.observe()
+    return model, conn, o, ctrl
+
+
+def _negative_zeros(conn, opt):
+    """-0.0 at live weights and in every moment (at a few positions of each layer): a restore that
+    wrote +0.0 there (a masked_fill, a reset) would show."""
+    with torch.no_grad():
+        for n, p in conn.params.items():
+            live = torch.unravel_index(conn.masks[n].reshape(-1).nonzero().squeeze(1)[::3], p.shape)
+            if conn.mode == "train":
+                p[live] = -0.0
+            if opt is not None:
+                for v in opt.state.get(p, {}).values():
+                    if torch.is_tensor(v) and v.shape == p.shape:
+                        v[torch.unravel_index(torch.arange(0, v.numel(), 5), v.shape)] = -0.0
+    conn.apply()
+
+
+def _rejecting(conn):
+    """A held-out loss that any change of the masks since ``ref`` raises: every try is rolled back."""
+    ref = {}
+
+    def holdout():
+        return float(sum(int((conn.masks[n] != ref[n]).sum()) for n in ref))
+
+    return ref, holdout
+
+
+@pytest.mark.parametrize("mode,ensemble,opt,channels_last", [
+    ("train", "synapse", "adam", False),
+    ("train", "synapse", "sgd_momentum", True),
+    ("train", "neuron", "adam", False),
+    ("train", "block:2x4", "sgd_momentum", False),
+    ("train", "kernel", "adam", True),
+    ("mask_only", "synapse", None, False),
+    ("mask_only", "neuron", "sgd_momentum", False),
+])
+def test_a_rejected_update_leaves_everything_bit_for_bit(mode, ensemble, opt, channels_last):
+    holder = {}
+    model, conn, o, ctrl = _setup(mode, ensemble, opt, holdout=lambda: holder["f"](), channels_last=channels_last)
+    ref, holder["f"] = _rejecting(conn)
+    _negative_zeros(conn, o)
+    ref.update({n: m.clone() for n, m in conn.masks.items()})
+    before = _capture(conn, o)
+    heard = []
+    conn.add_edit_listener(lambda changed: heard.append(sorted(changed)))
+    ev = ctrl.update()
+    assert ev["line_search_fraction"] == 0.0 and ev["pruned"] == ev["grown"] == 0
+    assert len(heard) >= 2 and len(heard) % 2 == 0  # every try set, and set back, through the connectome
+    _assert_same(before, _capture(conn, o))
+    assert all(conn._dense[n] == bool(m.all()) and not conn.edited_in_place(n) for n, m in conn.masks.items())
+    # the connectome's caches follow: a step after the rollback keeps pruned weights at 0.0
+    if o is not None and mode == "train":
+        o.zero_grad()
+        F.cross_entropy(model(X), Y).backward()
+        o.step()
+        assert all(bool((p[~conn.masks[n]] == 0).all()) for n, p in conn.params.items())
+
+
+def _plan(conn, per_layer=12, seed=0):
+    """Prune the first ``per_layer`` live ensembles and grow the first absent ones of every layer,
+    in a shuffled order (line-search halving keeps a prefix)."""
+    g = torch.Generator().manual_seed(seed)
+    prune, grow = {}, {}
+    for n, e in conn.ensemble_masks().items():
+        e = e.reshape(-1)
+        live, absent = e.nonzero().squeeze(1), (~e).nonzero().squeeze(1)
+        prune[n] = live[torch.randperm(live.numel(), generator=g)[:per_layer]]
+        grow[n] = absent[torch.randperm(absent.numel(), generator=g)[:per_layer]]
+    return EditPlan(prune=prune, grow=grow)
+
+
+@pytest.mark.parametrize("opt", ["adam", "sgd_momentum"])
+@pytest.mark.parametrize("ensemble", ["synapse", "neuron"])
+def test_a_halved_plan_that_is_accepted_equals_setting_the_half_directly(opt, ensemble):
+    """Full plan rejected and rolled back, then its half accepted: the result is bit for bit the
+    half set with no line search on an identical run."""
+    losses = iter([0.0, 1.0, 0.0])
+    model, conn, o, ctrl = _setup("train", ensemble, opt, holdout=lambda: next(losses))
+    _negative_zeros(conn, o)
+    twin_model, twin_conn, twin_o, twin_ctrl = _setup("train", ensemble, opt)
+    _negative_zeros(twin_conn, twin_o)
+    _assert_same(_capture(conn, o), _capture(twin_conn, twin_o))
+    plan = _plan(conn)
+    ev = ctrl._apply(plan, step=0)
+    assert ev["line_search_fraction"] == 0.5
+    half = twin_ctrl._shrink(plan, 0.5)[1]
+    assert 0 < half.counts()[0] < plan.counts()[0]
+    twin_ctrl._apply(half, step=0, line_search=False)
+    _assert_same(_capture(twin_conn, twin_o), _capture(conn, o))
+
+
+def test_every_try_rolled_back_from_one_snapshot():
+    """Three tries (full, half, quarter) all rejected: each restore starts from a different edit."""
+    holder = {}
+    model, conn, o, ctrl = _setup("train", "synapse", "adam", holdout=lambda: holder["f"](), tries=3)
+    ref, holder["f"] = _rejecting(conn)
+    _negative_zeros(conn, o)
+    ref.update({n: m.clone() for n, m in conn.masks.items()})
+    before = _capture(conn, o)
+    sets = []
+    conn.add_edit_listener(lambda changed: sets.append(sum(int(c.sum()) for c in changed.values())))
+    ev = ctrl._apply(_plan(conn, per_layer=16), step=0)
+    assert ev["line_search_fraction"] == 0.0
+    assert len(sets) == 8 and sets[0] > sets[2] > sets[4] > sets[6] > 0  # 4 tries, each set back
+    _assert_same(before, _capture(conn, o))
+
+
+def test_a_partly_present_ensemble_outside_the_plan_is_put_back():
+    """A neuron only partly present (set unvalidated) is set whole by any edit of its layer, though
+    no plan names it: the snapshot covers it, and the rollback puts its holes back."""
+    holder = {}
+    model, conn, o, ctrl = _setup("train", "neuron", "adam", holdout=lambda: holder["f"]())
+    ref, holder["f"] = _rejecting(conn)
+    n = "5.weight"
+    m = conn.masks[n].clone()
+    row = int(m.all(1).nonzero()[0])
+    m[row, ::2] = False
+    conn.set_masks({n: m}, validate=False)
+    ref.update({k: v.clone() for k, v in conn.masks.items()})
+    before = _capture(conn, o)
+    plan = EditPlan(prune={n: torch.tensor([r for r in range(32) if r != row and bool(m[r].all())][:3])})
+    pos = plan_positions(conn, plan)[n]
+    assert pos.numel() == 3 * 256 + 128  # the three named neurons and the holes of the partial one
+    ctrl._apply(plan, step=0)
+    _assert_same(before, _capture(conn, o))
+
+
+def test_a_layer_edited_in_place_is_kept_whole_and_rolled_back_as_before():
+    """A mask written in place since it was last set: the controller's set re-imposes that layer,
+    so its snapshot is whole; after the rollback the layer holds the mask as written (now as set),
+    its weights with that mask imposed (conn.apply), its moments as they were: as before this change."""
+    holder = {}
+    model, conn, o, ctrl = _setup("train", "synapse", "adam", holdout=lambda: holder["f"]())
+    ref, holder["f"] = _rejecting(conn)
+    n = "5.weight"
+    live = conn.masks[n].reshape(-1).nonzero().squeeze(1)
+    conn.masks[n].view(-1)[live[:40]] = False  # in place, outside the plan below
+    assert conn.edited_in_place(n) and not conn.edited_in_place("7.weight")
+    ref.update({k: v.clone() for k, v in conn.masks.items()})
+    before = _capture(conn, o)
+    plan = EditPlan(prune={n: live[100:110], "7.weight": conn.masks["7.weight"].reshape(-1).nonzero().squeeze(1)[:5]})
+    snap = EditSnapshot(conn, plan)
+    assert snap.positions[n] is None and snap.positions["7.weight"].numel() == 5
+    ev = ctrl._apply(plan, step=0)
+    assert ev["line_search_fraction"] == 0.0
+    expect = dict(before)
+    w = conn.model.state_dict()[n]
+    expect[f"param/{n}"] = _bits(_unbits(before[f"param/{n}"], w).masked_fill(~ref[n], 0.0))
+    expect[f"last_set/{n}"] = ref[n]  # the mask as written is now the mask as set
+    _assert_same(expect, _capture(conn, o))
+    assert not conn.edited_in_place(n)
+
+
+def test_the_snapshot_holds_the_plan_not_the_layers():
+    """Bytes held grow with the synapses a plan edits, not with the layers it touches: 48 edited
+    synapses over two layers (4.2 million synapses) with Adam hold about a kilobyte, 21 bytes each,
+    where whole copies of those layers (mask, weight, two moments: 13 bytes a synapse) held 55 MB."""
+    model = nn.Sequential(nn.Linear(2048, 2048, bias=False), nn.Linear(2048, 8, bias=False))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    conn = adaptive.Connectome(model)
+    conn.attach(opt)
+    model(torch.randn(4, 2048)).square().mean().backward()
+    opt.step()
+    masks = {n: m.clone() for n, m in conn.masks.items()}
+    for m in masks.values():
+        m.view(-1)[::2] = False
+    conn.set_masks(masks)
+    sizes = {}
+    for k in (12, 1200):
+        plan = _plan(conn, per_layer=k)
+        snap = EditSnapshot(conn, plan)
+        edited = sum(p.numel() for p in snap.positions.values())
+        assert edited == 4 * k  # prune and grow in both layers
+        sizes[k] = snap.nbytes()
+        assert sizes[k] == edited * (8 + 1 + 4 + 4 + 4)  # position, mask bit, weight, Adam's two moments
+    whole = sum(p.numel() for p in conn.params.values()) * 13
+    assert sizes[12] * 10_000 < whole and sizes[1200] == 100 * sizes[12]
