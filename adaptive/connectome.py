@@ -29,7 +29,7 @@ from torch import nn
 from . import bitpack, ensemble_rules
 from .atomic import atomic_path
 from .discovery import SynapseLayer, aliases, discover, shared_weight_warning, state_dict_keys
-from .ensembles import Granularity
+from .ensembles import Granularity, expands_exactly
 from .grad_masking import BackwardMasker
 from .optim_state import preserves_zeros, reset_state, unwrap_optimizer, zero_eps_warning
 from .warn import warn_user
@@ -143,6 +143,9 @@ class Connectome:
         # parameter's dtype and device. A float multiply is ~7x faster than one by a bool mask
         # (no per-element dtype cast) and torch._foreach_mul_ does all layers in one call.
         self._hot: Optional[tuple] = None
+        # Ensemble masks as last pooled (see _ensemble_mask): name -> (weakref to the mask pooled,
+        # its version, its address, the granularity, the ensemble mask).
+        self._ens_cache: Dict[str, tuple] = {}
         self.original: Dict[str, torch.Tensor] = {}
         if mode == "mask_only":
             self.original = {n: p.detach().clone() for n, p in self.params.items()}
@@ -203,14 +206,34 @@ class Connectome:
         return {n: int(torch.count_nonzero(m)) / max(1, m.numel()) for n, m in self.masks.items()}
 
     def ensemble_masks(self) -> Dict[str, torch.Tensor]:
-        """Masks at ensemble level (an ensemble is alive when any of its synapses is)."""
-        return {n: self.ensemble_mask(n) for n in self.masks}
+        """Masks at ensemble level (an ensemble is alive when any of its synapses is): copies, free
+        to edit and pass back."""
+        return {n: self._ensemble_mask(n).clone() for n in self.masks}
 
     def ensemble_mask(self, name: str) -> torch.Tensor:
-        """Layer ``name``'s mask at ensemble level (see :meth:`ensemble_masks`): a new tensor."""
-        m, g = self.masks[name], self.granularities[name]
+        """Layer ``name``'s mask at ensemble level (see :meth:`ensemble_masks`): a copy."""
+        return self._ensemble_mask(name).clone()
+
+    def _ensemble_mask(self, n: str) -> torch.Tensor:
+        """Layer ``n``'s ensemble mask, shared with a cache (or the mask itself where each ensemble
+        is one synapse): read it, never edit it. Pooling every layer of resnet50 takes a tenth of a
+        second and a controller update reads the masks several times, so the pooled mask is kept
+        while the layer's mask is the same tensor, with the same version (an in-place edit bumps it),
+        at the same address; set_ensemble_masks stores the ensemble masks it was given."""
+        m, g = self.masks[n], self.granularities[n]
         if tuple(g.ensemble_shape(m.shape)) == tuple(m.shape):
-            return m.clone()  # one synapse per ensemble: a copy, free to edit and pass back
+            return m
+        if m.is_inference():  # tracks no version: an in-place edit could not be told
+            return self._pool_ensemble_mask(g, m)
+        hit = self._ens_cache.get(n)
+        if hit is not None and hit[0]() is m and hit[1] == m._version and hit[2] == m.data_ptr() and hit[3] is g:
+            return hit[4]
+        e = self._pool_ensemble_mask(g, m)
+        self._ens_cache[n] = (weakref.ref(m), m._version, m.data_ptr(), g, e)
+        return e
+
+    @staticmethod
+    def _pool_ensemble_mask(g: Granularity, m: torch.Tensor) -> torch.Tensor:
         return g.pool(m.float(), "max") > 0
 
     def mask_hash(self) -> str:
@@ -246,7 +269,9 @@ class Connectome:
         )
 
     # ------------------------------------------------------------------ editing
-    def _validate(self, masks: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def _validate(self, masks: Mapping[str, torch.Tensor], rules_kept=()) -> Dict[str, torch.Tensor]:
+        """Checked private copies of ``masks``; ``rules_kept``: layers whose masks are known to keep
+        their granularity's rule (expanded from ensemble masks, see ``expands_exactly``)."""
         if not isinstance(masks, Mapping):
             raise TypeError(f"set_masks expects a dict of parameter name -> bool tensor, got {type(masks).__name__}")
         unknown = [k for k in masks if k not in self.masks]
@@ -267,7 +292,7 @@ class Connectome:
                 raise ValueError(
                     f"mask for {k!r} has shape {tuple(m.shape)} but the weight has shape {tuple(self.masks[k].shape)}"
                 )
-            why = self.granularities[k].violation(m)
+            why = None if k in rules_kept else self.granularities[k].violation(m)
             if why:
                 fix = (f"keep the top n of every m with conn.granularity_of({k!r}).select(scores)"
                        if hasattr(self.granularities[k], "density") else
@@ -294,18 +319,21 @@ class Connectome:
         Returns ``{name: changed bool tensor}``. ``validate=False`` skips the checks (and the copy)
         for callers such as the controller that build masks from this connectome's own.
         """
-        clean = self._validate(masks) if validate else {
-            k: (m.clone() if m.is_inference() else m).to(self.params[k].device) for k, m in masks.items()}
-        return self._set(clean, grow_init)
+        return self._set(self._validate(masks) if validate else self._unvalidated(masks), grow_init)
+
+    def _unvalidated(self, masks: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return {k: (m.clone() if m.is_inference() else m).to(self.params[k].device) for k, m in masks.items()}
 
     @torch.inference_mode(False)
     @torch.no_grad()
     def _set(self, clean: Mapping[str, torch.Tensor], grow_init: str | Callable = "zero",
-             restore: bool = False, notify: bool = True) -> Dict[str, torch.Tensor]:
+             restore: bool = False, notify: bool = True, pooled: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
         """set_masks on validated masks. ``restore``: the masks come with the weights and optimizer
         state they were saved with (a checkpoint), so optimizer state is reset only where a synapse
         is absent (it is zero there in the checkpoint too), never where one is present. ``notify``:
-        tell the edit listeners (False: the caller does, once its own changes are done)."""
+        tell the edit listeners (False: the caller does, once its own changes are done). ``pooled``:
+        private copies of the ensemble masks of layers in ``clean`` (what their pooling gives),
+        stored in the ensemble-mask cache."""
         _check_grow_init(grow_init, self.mode, bool(self.original))
         self._check_params()
         # Plan every edit first (a grow_init callable may raise): nothing changes until all succeed.
@@ -334,6 +362,8 @@ class Connectome:
             self.masks[k] = new
             self._last_set[k] = new.clone()
             self._set_tensor[k], self._set_version[k] = new, version
+            if pooled is not None and k in pooled:  # before the listeners, who may edit the mask again
+                self._ens_cache[k] = (weakref.ref(new), new._version, new.data_ptr(), self.granularities[k], pooled[k])
             self._dense[k] = bool(new.all())
             self._hot = None
             self._edited()
@@ -391,8 +421,13 @@ class Connectome:
             last = self._last_set[k] = last.to(device)
         return last
 
-    def set_ensemble_masks(self, masks: Mapping[str, torch.Tensor], **kw) -> Dict[str, torch.Tensor]:
-        """Like :meth:`set_masks` but with one bool per ensemble (shape ``granularity.ensemble_shape``)."""
+    @torch.inference_mode(False)
+    @torch.no_grad()
+    def set_ensemble_masks(self, masks: Mapping[str, torch.Tensor], grow_init: str | Callable = "zero",
+                           validate: bool = True) -> Dict[str, torch.Tensor]:
+        """Like :meth:`set_masks` but with one bool per ensemble (shape ``granularity.ensemble_shape``).
+        An ensemble mask of a granularity that ``expands_exactly`` expands to a valid mask, so only
+        the other granularities' rules (n:m, plugins) are checked."""
         if not isinstance(masks, Mapping):
             raise TypeError(f"set_ensemble_masks expects a dict of parameter name -> bool tensor, got {type(masks).__name__}")
         expanded = {}
@@ -406,7 +441,11 @@ class Connectome:
             if tuple(m.shape) != tuple(es):
                 raise ValueError(f"ensemble mask for {k!r} has shape {tuple(m.shape)}, expected {tuple(es)} for '{g.spec}'")
             expanded[k] = g.expand(m, self.masks[k].shape).contiguous()
-        return self.set_masks(expanded, **kw)
+        exact = {k for k in expanded if expands_exactly(self.granularities[k]) and expanded[k].numel()}
+        clean = self._validate(expanded, rules_kept=exact) if validate else self._unvalidated(expanded)
+        pooled = {k: masks[k].detach().to(clean[k].device, memory_format=torch.contiguous_format, copy=True)
+                  for k in exact if masks[k].shape != expanded[k].shape}  # (the others are their own ensemble mask)
+        return self._set(clean, grow_init, pooled=pooled)
 
     def _grown_values(self, name, new, grown, how) -> torch.Tensor:
         """The weight of layer ``name`` under its ``new`` mask: current values where kept, 0.0 where
@@ -878,7 +917,7 @@ class Connectome:
         """A pickled or deep-copied connectome is detached: optimizer hooks, observers and edit
         listeners belong to the original (re-attach them on the copy); caches are rebuilt."""
         state = self.__dict__.copy()
-        state.update(_optimizers=[], _handles=[], _observers=[], _observer_active=[], _edit_listeners=[], _controllers=[], _stopped=[], _hot=None,
+        state.update(_optimizers=[], _handles=[], _observers=[], _observer_active=[], _edit_listeners=[], _controllers=[], _stopped=[], _hot=None, _ens_cache={},
                      _versions=None, _found_inf=None, _holders=None, _links=None)
         state.pop("_repair_pending", None)
         state.pop("_masker", None)
@@ -886,7 +925,7 @@ class Connectome:
 
     def __setstate__(self, state: dict) -> None:
         state = {"_observer_active": [None] * len(state.get("_observers", [])), "_gen": 0, "_static_gen": 0, "_mask_in_backward": True,
-                 "_last_set": {}, "_set_tensor": {}, "_set_version": {}, "_controllers": [], "_stopped": [], **state, "_repair_pending": weakref.WeakSet()}
+                 "_last_set": {}, "_set_tensor": {}, "_set_version": {}, "_ens_cache": {}, "_controllers": [], "_stopped": [], **state, "_repair_pending": weakref.WeakSet()}
         self.__dict__.update(state)
         self._masker = BackwardMasker(self)
 
@@ -1074,6 +1113,7 @@ class Connectome:
         total += sum(o.numel() * o.element_size() for o in self.original.values())
         if self._hot is not None:
             total += sum(f.numel() * f.element_size() for f in self._hot[2])
+        total += sum(e[4].numel() for e in self._ens_cache.values())  # pooled ensemble masks, a byte per ensemble
         return total
 
     def dense_state_dict(self) -> Dict[str, torch.Tensor]:

@@ -517,15 +517,15 @@ class Controller:
 
     # ------------------------------------------------------------------ editing
     def _masks_from_plan(self, plan: EditPlan) -> Dict[str, torch.Tensor]:
-        ens = self.conn.ensemble_masks()
         new = {}
         for n in set(plan.prune) | set(plan.grow):
-            m = ens[n].clone().reshape(-1)
+            now = self.conn._ensemble_mask(n)  # shared with the connectome's cache: copied before the edit
+            m = now.clone().reshape(-1)
             if n in plan.prune and plan.prune[n].numel():
                 m[plan.prune[n].to(m.device)] = False
             if n in plan.grow and plan.grow[n].numel():
                 m[plan.grow[n].to(m.device)] = True
-            new[n] = m.view(ens[n].shape)
+            new[n] = m.view(now.shape)
         return new
 
     def _grow_init_fn(self):
@@ -558,7 +558,6 @@ class Controller:
         who = f"policy {self.policy.name!r} returned a bad EditPlan"
         if not isinstance(plan, EditPlan):
             raise TypeError(f"{who}: {type(plan).__name__}, not an EditPlan (or None)")
-        ens = None
         for side, scores in (("prune", plan.prune_scores), ("grow", plan.grow_scores)):
             if not isinstance(scores, dict) or not all(isinstance(v, torch.Tensor) for v in scores.values()):
                 raise ValueError(f"{who}: {side}_scores must be a dict of layer name -> tensor")
@@ -583,8 +582,8 @@ class Controller:
                 seen[idx] = True
                 if int(torch.count_nonzero(seen)) != idx.numel():
                     raise ValueError(f"{who}: {side}[{n!r}] lists an ensemble more than once")
-                ens = self.conn.ensemble_masks() if ens is None else ens
-                live = ens[n].reshape(-1)[idx.to(ens[n].device)]
+                ens = self.conn._ensemble_mask(n)  # read only
+                live = ens.reshape(-1)[idx.to(ens.device)]
                 if side == "prune" and not bool(live.all()):
                     raise ValueError(f"{who}: prune[{n!r}] holds ensembles that are already absent")
                 if side == "grow" and bool(live.any()):

@@ -261,6 +261,15 @@ class NMGranularity(SynapseGranularity):
         return keep.reshape(scores.shape)
 
 
+def expands_exactly(g: Granularity) -> bool:
+    """Is every ensemble mask of ``g``, expanded, a valid synapse mask that pools ("max") back to
+    itself? True for the built-in synapse, kernel, neuron and block granularities: expand copies each
+    ensemble's value to all its synapses, every ensemble holds at least one (edge blocks are smaller,
+    never empty), and no other rule applies. False for n:m (a density rule within groups) and for
+    any other class, a subclass of these included: its ``violation`` may add a rule."""
+    return type(g) in (SynapseGranularity, KernelGranularity, NeuronGranularity, BlockGranularity)
+
+
 register_granularity(r"synapse|unstructured")(lambda s: SynapseGranularity())
 register_granularity(r"kernel")(lambda s: KernelGranularity())
 register_granularity(r"neuron|channel|filter")(lambda s: NeuronGranularity())
