@@ -425,9 +425,10 @@ class Connectome:
     @torch.no_grad()
     def set_ensemble_masks(self, masks: Mapping[str, torch.Tensor], grow_init: str | Callable = "zero",
                            validate: bool = True) -> Dict[str, torch.Tensor]:
-        """Like :meth:`set_masks` but with one bool per ensemble (shape ``granularity.ensemble_shape``).
-        An ensemble mask of a granularity that ``expands_exactly`` expands to a valid mask, so only
-        the other granularities' rules (n:m, plugins) are checked."""
+        """Like :meth:`set_masks` but with one bool per ensemble (shape ``granularity.ensemble_shape``);
+        ``grow_init`` and ``validate`` as there. An ensemble mask of a granularity that
+        ``expands_exactly`` expands to a valid mask, so only the other granularities' rules (n:m,
+        plugins) are checked."""
         if not isinstance(masks, Mapping):
             raise TypeError(f"set_ensemble_masks expects a dict of parameter name -> bool tensor, got {type(masks).__name__}")
         expanded = {}
