@@ -691,7 +691,7 @@ class Controller:
         if self.density is None or 0 in plan.counts():
             return fraction, current
         editable = [n for n in self.conn.names if n not in self.protected]
-        sizes = {n: self.ensemble_sizes(n) for n in editable}
+        sizes = {n: self._sizes(n) for n in editable}
         extent = {n: (1.0, 1.0) if v is None else (float(v.min()), float(v.max())) for n, v in sizes.items()}
         if len({x for e in extent.values() for x in e}) == 1:
             return fraction, current  # one ensemble size: a cut is off by whole ensembles at most, as ever
@@ -719,10 +719,20 @@ class Controller:
         if name not in self.conn.layers:
             raise KeyError(f"no layer {name!r} in the connectome: its layers are {list(self.conn.layers)[:8]}"
                            f"{' ...' if len(self.conn.layers) > 8 else ''}")
+        sizes = self._sizes(name)
+        return None if sizes is None else sizes.clone()
+
+    def _sizes(self, name: str) -> Optional[torch.Tensor]:
+        """:meth:`ensemble_sizes`, shared (read it, never edit it): a layer's shape and granularity
+        never change, so its sizes are pooled once (a pooling of the whole weight, which every
+        update repeated for every layer of its plan)."""
+        cache = self.__dict__.setdefault("_size_cache", {})
         g, shape = self.conn.granularities[name], self.conn.layers[name].shape
-        if tuple(g.ensemble_shape(shape)) == tuple(shape):
-            return None
-        return g.ensemble_sizes(shape).reshape(-1).round()
+        key = (name, g, tuple(shape))
+        if key not in cache:
+            cache[key] = (None if tuple(g.ensemble_shape(shape)) == tuple(shape)
+                          else g.ensemble_sizes(shape).reshape(-1).round())
+        return cache[key]
 
     def _synapse_counts(self, plan: EditPlan, names=None, sizes=None):
         """Synapses pruned and grown by a plan (ensembles can hold several), in the layers ``names``
@@ -733,7 +743,7 @@ class Controller:
             for n, idx in side.items():
                 if names is not None and n not in names:
                     continue
-                size = sizes[n] if sizes is not None else self.ensemble_sizes(n)
+                size = sizes[n] if sizes is not None else self._sizes(n)
                 total += int(idx.numel()) if size is None else int(size[idx.cpu()].long().sum())
             counts.append(total)
         return tuple(counts)

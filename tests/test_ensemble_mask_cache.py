@@ -267,3 +267,24 @@ def test_resident_bytes_count_the_cached_ensemble_masks():
     base = conn.resident_bytes()
     conn.ensemble_masks()
     assert conn.resident_bytes() == base + sum(m.shape[0] for m in conn.masks.values())
+
+
+@pytest.mark.parametrize("ensemble,policy", [("block:2x3", "rigl"), ("neuron", "set")])
+def test_a_controller_update_pools_no_ensemble_sizes_once_warm(ensemble, policy, monkeypatch):
+    """Every update pooled a tensor of ones over each edited layer's weight to count the synapses of
+    its plan (_synapse_counts): a layer's sizes never change, so they are pooled once."""
+    from adaptive.ensembles import Granularity
+
+    updates = _train(ensemble, policy, updates=3)
+    conn, ctrl = next(updates)
+    calls = []
+    real = Granularity.ensemble_sizes
+    monkeypatch.setattr(Granularity, "ensemble_sizes", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    for _ in range(2):
+        conn, ctrl = next(updates)
+        assert ctrl.events[-1]["pruned"] and ctrl.events[-1]["pruned"] > ctrl.events[-1]["pruned_ensembles"]
+    assert len(calls) == 0
+    name = next(iter(conn.masks))
+    sizes = ctrl.ensemble_sizes(name)  # a copy: editing it changes no count
+    sizes.fill_(0)
+    assert bool((ctrl.ensemble_sizes(name) > 0).all())

@@ -23,5 +23,8 @@ class RandomScore(Estimator):
         shape = torch.Size(ctx.weight.shape)
         if tuple(gran.ensemble_shape(shape)) == tuple(shape):
             return self._draw(ctx)
+        from ..policies.base import ensemble_size  # (policies import the estimators)
+
         r = torch.rand(gran.ensemble_shape(shape), generator=ctx.generator)
-        return (r * gran.ensemble_sizes(shape)).to(ctx.weight.device)
+        size = ensemble_size(gran, shape)  # pooled once per layer shape, not at every update
+        return (r * (size if isinstance(size, float) else size.view(r.shape))).to(ctx.weight.device)
