@@ -402,9 +402,7 @@ class Connectome:
         """Whether layer ``name``'s mask was replaced or written in place since it was last set and
         now differs from the mask as set: the next set of that layer then counts those differences
         as changed too and re-imposes its weights, so it can change synapses its edit does not name."""
-        if not self._touched(name):
-            return False
-        m = self.masks[name]
+        m = self.masks[name]  # compared by value: a write behind the version counter (.data) too
         return not torch.equal(m, self._previous(name, m.device))
 
     def _touched(self, k: str) -> bool:
@@ -514,8 +512,11 @@ class Connectome:
     @torch.no_grad()
     def apply(self) -> None:
         """Impose the masks on the weights (and the originals in mask_only mode). Call it after
-        writing to weights behind autograd's version counter (``p.data.copy_(...)``, a NumPy view):
-        the step re-masks weights only when that counter shows a write."""
+        writing to weights or masks behind autograd's version counter (``p.data.copy_(...)``,
+        ``conn.masks[n].data[...] = False``, a NumPy view): the step re-masks weights only when that
+        counter shows a write, and the pooled ensemble masks are kept until it shows one (this call
+        drops them)."""
+        self._ens_cache.clear()
         self._check_params()
         if self.mode == "mask_only":
             self._apply()

@@ -828,16 +828,22 @@ class Controller:
     def _check_state_shapes(self, sd: dict) -> None:
         """Refuse, before anything loads, a state whose per-layer tensors do not fit this connectome
         (a checkpoint of another model or of other layers). The stats' sums are keyed by layer; an
-        estimator's state is walked blind, and a dict of tensors is taken as keyed by layer when one
-        of its keys names a layer here or has a dot (a parameter name of another model): a bare
-        module's layers are named "weight" and "bias", which only the first test finds, and an
-        estimator's own tensors, under keys of neither kind, are left alone."""
+        estimator's state is walked blind: a tensor is taken as a layer's when its key names a layer
+        here and it has that layer's rank (a bare module's layers are named "weight" and "bias", so
+        an estimator's own tensor of another rank under such a key is its own), or when its key has
+        a dot and names no layer here (a parameter name of another model); other tensors are the
+        estimator's own and left alone."""
         shapes = {n: {tuple(self.conn.masks[n].shape), tuple(self.conn.granularities[n].ensemble_shape(self.conn.masks[n].shape))}
                   for n in self.conn.masks}
 
+        dims = {n: {len(s) for s in ss} for n, ss in shapes.items()}
+
         def walk(where, d, by_layer=False):
             tensors = {k: v for k, v in d.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
-            by_layer = by_layer or any(isinstance(k, str) and (k in shapes or "." in k) for k in tensors)
+            if not by_layer:  # a tensor of a layer's rank under its name (an estimator's own, of another rank, is not)
+                tensors = {k: v for k, v in tensors.items() if isinstance(k, str) and (
+                    "." in k and k not in shapes or k in shapes and v.dim() in dims[k])}
+            by_layer = by_layer or bool(tensors)
             for k, v in d.items():
                 if isinstance(v, dict):
                     walk(f"{where}.{k}", v)

@@ -156,6 +156,8 @@ def _value_identity(v):
         return [_value_identity(x) for x in v]
     if callable(v):
         return callable_identity(v)
+    if isinstance(v, torch.Tensor):  # its values, not its device: every process holds its own copy
+        return f"tensor {tuple(v.shape)} {v.dtype}" if v.is_meta else repr(v.detach().cpu())
     text = repr(v)
     return type(v).__qualname__ if " at 0x" in text else text
 

@@ -289,8 +289,9 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
         hint = (": pass the network first, graphs.compact(conn.model, conn, ...)" if hasattr(model, "masks")
                 else "")
         raise TypeError(f"compact needs the nn.Module to shrink as its first argument, got {type(model).__name__}{hint}")
-    if whole_number(align) is None or align < 1:  # 2.5 is refused, never cut to 2
+    if whole_number(align, floats=True) is None or align < 1:  # 2.0 is 2; 2.5 is refused, never cut to 2
         raise ValueError(f"align must be a positive integer, got {align!r}")
+    align = whole_number(align, floats=True)
     from .trace import default_example_input
 
     model = _uncompiled(model)  # a torch.compile wrapper: the module it runs, under the names conn uses

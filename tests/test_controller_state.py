@@ -216,3 +216,40 @@ def test_a_malformed_controller_state_changes_nothing(policy, estimator, breaks,
         ctrl.load_state_dict(sd)
     assert _same(ctrl.state_dict(), before)
     assert ctrl.step_count == 3
+
+
+def test_an_estimators_own_tensor_under_a_layers_name_is_not_taken_for_the_layers():
+    """A plugin estimator keeping its own mixing weights under the key "weight" on a bare module (whose
+    one layer is named "weight") could not load its own controller's state: the tensor was taken for
+    the layer's and refused for its shape. A tensor of another rank than the layer's is the estimator's."""
+    from adaptive.utility import register_estimator
+    from adaptive.utility.base import Estimator, _ESTIMATORS
+
+    class Mix(Estimator):
+        def __init__(self):
+            self.weight = torch.tensor([0.7, 0.3])
+
+        def removal_cost(self, ctx):
+            return self.weight[0] * ctx.weight.detach().abs() + self.weight[1] * ctx.weight.detach().square()
+
+        restoration_gain = removal_cost
+
+        def state_dict(self):
+            return {"weight": self.weight.clone()}
+
+        def load_state_dict(self, sd):
+            self.weight = sd["weight"].clone()
+
+    register_estimator("mix_own_weight")(Mix)
+    try:
+        def build():
+            torch.manual_seed(0)
+            return adaptive.Controller(adaptive.Connectome(nn.Linear(8, 4)), None, policy="utility",
+                                       estimator="mix_own_weight", density=0.5, update_every=10)
+        sd = build().state_dict()
+        sd["estimators"]["drop"]["weight"] = torch.tensor([0.1, 0.9])
+        ctrl = build()
+        ctrl.load_state_dict(sd)
+        assert torch.equal(ctrl.drop_est.weight, torch.tensor([0.1, 0.9]))
+    finally:
+        _ESTIMATORS.pop("mix_own_weight", None)

@@ -13,6 +13,7 @@ import adaptive
 from adaptive import ensembles
 from adaptive.connectome import EnsembleRuleError
 from adaptive.ensembles import BlockGranularity, NeuronGranularity, expands_exactly, get_granularity
+from adaptive.policies.base import EditPlan
 
 torch.set_num_threads(1)
 
@@ -288,3 +289,34 @@ def test_a_controller_update_pools_no_ensemble_sizes_once_warm(ensemble, policy,
     sizes = ctrl.ensemble_sizes(name)  # a copy: editing it changes no count
     sizes.fill_(0)
     assert bool((ctrl.ensemble_sizes(name) > 0).all())
+
+
+def test_a_mask_written_behind_the_version_counter_is_seen_after_apply():
+    """A neuron pruned through .data (then conn.apply(), as for any write behind autograd's version
+    counter) was regrown by the next controller edit of that layer: the cached ensemble mask still
+    showed it alive. apply() drops the cache; a rolled-back edit of that layer is still bit-exact."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=10**6)
+    x, y = torch.randn(8, 16), torch.arange(8) % 4
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    name = "0.weight"
+    live = conn.ensemble_masks()[name].reshape(-1).nonzero().squeeze(1)
+    dead_one, edited = int(live[0]), int(live[1])
+    conn.masks[name].data[dead_one] = False
+    conn.apply()
+    assert not bool(conn.ensemble_masks()[name][dead_one].any())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = {k: v.clone() for k, v in opt.state[conn.params[name]].items()}
+    ctrl.holdout_loss = lambda: 0.0 if torch.equal(conn.masks[name], mask_before) else 1.0  # rejects any edit
+    mask_before = conn.masks[name].clone()
+    ctrl._apply(EditPlan(prune={name: torch.tensor([edited])}), step=0)
+    assert torch.equal(conn.masks[name], mask_before)  # rolled back, the .data prune kept
+    assert all(torch.equal(v.view(torch.uint8), before[k].view(torch.uint8)) for k, v in model.state_dict().items())
+    assert all(torch.equal(v, moments[k]) for k, v in opt.state[conn.params[name]].items())
+    ctrl.holdout_loss = None
+    ctrl._apply(EditPlan(prune={name: torch.tensor([edited])}), step=0)
+    assert not bool(conn.masks[name][dead_one].any()) and not bool(conn.masks[name][edited].any())

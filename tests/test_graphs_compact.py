@@ -644,3 +644,10 @@ def test_align_that_is_not_a_positive_integer_is_refused(align):
     conn = adaptive.Connectome(m, ensemble="neuron")
     with pytest.raises(ValueError, match=r"align must be a positive integer, got"):
         graphs.compact(m, conn, torch.randn(2, 6), align=align)
+
+
+def test_align_given_as_a_whole_float_is_taken():
+    m = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    conn = adaptive.Connectome(m, ensemble="neuron")
+    small = graphs.compact(m, conn, torch.randn(2, 6), align=4.0)
+    assert small.compaction["params_after"] <= small.compaction["params_before"]

@@ -342,3 +342,16 @@ def test_checkpoints_recorded_before_the_loss_function_was_fingerprinted_still_r
                                         "accuracy_fn": "adaptive.metrics.default_accuracy"}) == []
     assert _differences({"window": 2, "accuracy_fn": None},
                         {"window": 2, "accuracy_fn": "adaptive.metrics.default_accuracy"}) != []
+
+
+def test_a_tensor_argument_of_a_loss_is_named_by_its_values_not_its_device():
+    """Each process of a multi-GPU run holds its class weights on its own device: their repr named
+    it (device='cuda:1'), so every process but the first would refuse the resume."""
+    import functools
+
+    from adaptive.mask_only_checkpoint import callable_identity
+
+    on_meta = callable_identity(functools.partial(torch.nn.functional.cross_entropy, weight=torch.ones(3, device="meta")))
+    on_cpu = callable_identity(functools.partial(torch.nn.functional.cross_entropy, weight=torch.ones(3)))
+    assert "device" not in repr(on_meta) and "device" not in repr(on_cpu) and on_cpu != on_meta
+    assert callable_identity(functools.partial(torch.nn.functional.cross_entropy, weight=torch.ones(3))) == on_cpu
