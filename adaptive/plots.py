@@ -17,8 +17,13 @@ from typing import Dict, List, Optional, Sequence
 
 from .atomic import atomic_path
 
-SPLIT_STYLE = {"train": dict(marker="", lw=1.0, alpha=0.8), "holdout": dict(marker="o", ms=3),
-               "test": dict(marker="s", ms=6, ls="none")}
+# one colour per split in every figure (run figures, progress.png, prune_pretrained's curves.png)
+SPLIT_COLOR = {"train": "tab:blue", "holdout": "tab:orange", "test": "tab:green"}
+SPLIT_STYLE = {"train": dict(marker="", lw=1.0, alpha=0.8, color=SPLIT_COLOR["train"]),
+               "holdout": dict(marker="o", ms=3, color=SPLIT_COLOR["holdout"]),
+               "test": dict(marker="s", ms=6, ls="none", color=SPLIT_COLOR["test"])}
+# more lines than colours: the line style tells apart the lines that share a colour (10 colours each)
+LINE_STYLES = ("-", "--", ":", "-.")
 # the masks a run kept when they are not its last ones (mask_only --target best)
 KEPT_STYLE = dict(marker="*", ms=14, ls="none", color="gold", mec="k", zorder=5, label="kept (best on held-out)")
 
@@ -64,6 +69,72 @@ def boundary_scale(ax, values) -> None:
     ax.set_yscale("symlog", linthresh=10.0 ** max(lowest, math.ceil(math.log10(max(vals))) - 4))
 
 
+def line_style(i: int) -> str:
+    """The line style of the ``i``-th line drawn in the default colour cycle: lines 0-9 solid, 10-19
+    dashed, ... so that no two of the first 40 lines share both colour and style."""
+    return LINE_STYLES[(i // 10) % len(LINE_STYLES)]
+
+
+def legend_below(ax, handles=None, labels=None, ncol: Optional[int] = None, fontsize=8, inches: float = 0.5, **kw):
+    """A legend under ``ax`` (``inches`` below its bottom edge, under the tick labels and x label),
+    where it can cover no data. It is left out of ``tight_layout`` so the panels keep their size:
+    save the figure with ``bbox_inches="tight"`` so the canvas grows to hold it."""
+    from matplotlib.transforms import ScaledTranslation
+
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    fig = ax.figure
+    leg = ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0),
+                    bbox_transform=ax.transAxes + ScaledTranslation(0, -inches, fig.dpi_scale_trans),
+                    ncol=ncol or min(len(handles), 2), fontsize=fontsize, **kw)
+    leg.set_in_layout(False)
+    return leg
+
+
+def tight_artists(fig) -> list:
+    """What ``savefig(bbox_inches="tight", bbox_extra_artists=...)`` must hold for the saved canvas
+    to take in a :func:`legend_below` too (``tight`` alone leaves out what is out of the layout)."""
+    extra = fig.get_default_bbox_extra_artists()
+    return extra + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None and ax.get_legend() not in extra]
+
+
+def run_title(model=None, dataset=None, run_dir=None, what: str = "") -> str:
+    """A figure title naming what a run trained: ``"mlp on digits (run ad1)"``, led by ``what``
+    (``"controller progress: "``); the run folder's name alone where model and dataset are unknown."""
+    import os
+
+    parts = " on ".join(str(x) for x in (model, dataset) if x)
+    run = os.path.basename(os.path.normpath(str(run_dir))) if run_dir else ""
+    if parts and run:
+        parts = f"{parts} (run {run})"
+    elif run:
+        parts = f"run {run} (model and dataset not recorded)"
+    return f"{what}{parts}" if parts else what.rstrip(": ")
+
+
+def run_config(run_dir) -> dict:
+    """``model`` and ``dataset`` of the run in ``run_dir``, from its ``config.yaml`` (or its
+    parent's: prune_pretrained keeps one above its ``remove_<target>`` folders); {} where there is
+    none or it cannot be read (a figure title is no reason to fail)."""
+    import os
+
+    for folder in (run_dir, os.path.dirname(os.path.abspath(run_dir))):
+        path = os.path.join(folder, "config.yaml")
+        if os.path.isfile(path):
+            try:
+                import yaml
+
+                with open(path) as f:
+                    cfg = yaml.safe_load(f)
+            except Exception:  # noqa: BLE001 - damaged or unreadable: the title names the folder alone
+                return {}
+            if not isinstance(cfg, dict):
+                return {}
+            # a mapping names its builder's keywords too ("model: {name: mlp, hidden: [8]}"): its name
+            return {k: v.get("name") if isinstance(v, dict) else v for k, v in cfg.items() if k in ("model", "dataset")}
+    return {}
+
+
 def _pyplot():
     from .diagnostics.table import pyplot  # Agg unless the user picked a backend
 
@@ -71,12 +142,13 @@ def _pyplot():
 
 
 def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, str]] = None,
-                       kept: Optional[dict] = None) -> Path:
+                       kept: Optional[dict] = None, title: Optional[str] = None) -> Path:
     """Loss and accuracy against step, one line per split; ``labels`` names a split in the legend
     (say which data fed it: ``{"holdout": "held-out: 6,000 images of TRAIN"}``). ``kept``
     (``step``, ``holdout_loss``, ``holdout_acc``): the held-out evaluation of the masks a run kept
     when they are not its last ones, marked with a star; the test point, measured on those masks, is
-    drawn at their step."""
+    drawn at their step. ``title``: the figure's title (name the model and dataset). The legend sits
+    under each panel: inside, it hid a run's only held-out point."""
     plt = _pyplot()
     labels = labels or {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -103,8 +175,10 @@ def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, st
         ax.grid(alpha=0.3)
         drawn = bool(ax.get_legend_handles_labels()[0])
         if drawn:
-            ax.legend(fontsize=8)
+            legend_below(ax)
         note_nonfinite(ax, key, sum(1 for r in given if not finite(r[key])), len(given), drawn)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, plt, path)
 
@@ -131,22 +205,25 @@ def step_points(steps: Sequence, values: Sequence, start=None, last_step=None) -
     return xs, ys
 
 
-def plot_density(events: Sequence[dict], path, kept: Optional[dict] = None, last_step=None) -> Path:
+def plot_density(events: Sequence[dict], path, kept: Optional[dict] = None, last_step=None,
+                 title: Optional[str] = None) -> Path:
     """Overall and per-layer density against step, a step function: each controller event's density
     holds until the next event, and the last one until ``last_step`` (the run's last step). The
     overall line starts at step 0 at the density before the first event (from its counts); a layer's
     starts at its first event, before which events record no layer density. ``kept`` (``step``,
-    ``density``): the masks a run kept when they are not its last ones, marked with a star."""
+    ``density``): the masks a run kept when they are not its last ones, marked with a star.
+    ``title``: a line above the figure's own (name the model and dataset)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     evs = [e for e in events if "density" in e]
     if evs:
         steps = [e["step"] for e in evs]
         layers: List[str] = list(evs[-1].get("layer_density", {}))
-        for name in layers:
+        for i, name in enumerate(layers):
             xs, ys = step_points(steps, [e.get("layer_density", {}).get(name) for e in evs], last_step=last_step)
             # a run with no update has one event: a line alone would not show
-            ax.plot(xs, ys, lw=1, alpha=0.8, label=name, drawstyle="steps-post", **single_point_marker(len(xs)))
+            ax.plot(xs, ys, lw=1, alpha=0.8, ls=line_style(i), label=name, drawstyle="steps-post",
+                    **single_point_marker(len(xs)))
         xs, ys = step_points(steps, [e["density"] for e in evs], density_before(evs[0]), last_step)
         ax.plot(xs, ys, color="k", lw=2.2, label="overall", drawstyle="steps-post", **single_point_marker(len(xs)))
     if kept is not None:
@@ -156,15 +233,19 @@ def plot_density(events: Sequence[dict], path, kept: Optional[dict] = None, last
     ax.set_xlabel("training step")
     ax.set_ylabel("density (live synapses / synapses)")
     ax.set_ylim(0, 1.05)
-    ax.set_title("connectome density, overall and per layer")
+    ax.set_title(_headed(title, "connectome density, overall and per layer"))
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, ncol=2 if evs and len(evs[-1].get("layer_density", {})) > 8 else 1)
+        # beside the axes: inside, it covered the layers' lines
+        ax.legend(fontsize=7, ncol=2 if evs and len(evs[-1].get("layer_density", {})) > 24 else 1,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     return _save(fig, plt, path)
 
 
-def plot_edits(events: Sequence[dict], path) -> Path:
+def plot_edits(events: Sequence[dict], path, title: Optional[str] = None) -> Path:
+    """Synapses pruned (red) and grown (green) at every controller update, as bars; ``title``: a
+    line above the figure's own (name the model and dataset)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     evs = [e for e in events if e.get("kind", "update") == "update"]
@@ -185,32 +266,39 @@ def plot_edits(events: Sequence[dict], path) -> Path:
             # one large edit (a jump to the target) would flatten the many small ones: log scale
             ax.set_yscale("symlog", linthresh=1)
             ax.set_ylabel("synapses per update (log scale above 1)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # covers no bar
     else:
         ax.text(0.5, 0.5, "no controller updates", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("training step (controller update)")
     if ax.get_yscale() == "linear":
         ax.set_ylabel("synapses per update")
-    ax.set_title("pruned and grown synapses per update")
+    ax.set_title(_headed(title, "pruned and grown synapses per update"))
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return _save(fig, plt, path)
 
 
 def plot_run(rows: Sequence[dict], events: Sequence[dict], out_dir,
-             labels: Optional[Dict[str, str]] = None, kept: Optional[dict] = None) -> Dict[str, Path]:
+             labels: Optional[Dict[str, str]] = None, kept: Optional[dict] = None,
+             title: Optional[str] = None) -> Dict[str, Path]:
     """Write ``loss_accuracy.png``, ``density.png`` and ``edits.png`` into ``out_dir``; ``labels``
     as in :func:`plot_loss_accuracy`; ``kept`` (``step``, ``density``, ``holdout_loss``,
     ``holdout_acc``): the masks the run kept where they are not its last ones (a mask_only run's
-    ``--target best``), starred in the first two figures."""
+    ``--target best``), starred in the first two figures; ``title``: named on every figure (the model
+    and dataset, see :func:`run_title`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     steps = [r["step"] for r in rows if isinstance(r.get("step"), (int, float))]
     return {
-        "loss_accuracy": plot_loss_accuracy(rows, out / "loss_accuracy.png", labels, kept),
-        "density": plot_density(events, out / "density.png", kept, last_step=max(steps, default=None)),
-        "edits": plot_edits(events, out / "edits.png"),
+        "loss_accuracy": plot_loss_accuracy(rows, out / "loss_accuracy.png", labels, kept, title=title),
+        "density": plot_density(events, out / "density.png", kept, last_step=max(steps, default=None), title=title),
+        "edits": plot_edits(events, out / "edits.png", title=title),
     }
+
+
+def _headed(title: Optional[str], own: str) -> str:
+    """A panel's ``own`` title under the figure's ``title`` (the model and dataset), where given."""
+    return f"{title}\n{own}" if title else own
 
 
 def _save(fig, plt, path) -> Path:
@@ -218,6 +306,7 @@ def _save(fig, plt, path) -> Path:
     if not path.suffix:  # matplotlib's own default: a PNG named path.png
         path = path.with_suffix(".png")
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
+        # "tight": the canvas grows to hold a legend under a panel
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", bbox_extra_artists=tight_artists(fig))
     plt.close(fig)
     return path

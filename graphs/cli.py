@@ -411,7 +411,11 @@ def _run(a) -> int:
     s = graphs.summary(g)
     print(format_summary(s))
     write_text(os.path.join(out, "summary.json"), jsonio.dumps(s, indent=1))
-    for path in graphs.figures.plot_all(g, out):
+    from adaptive.plots import run_config, run_title
+
+    cfg = run_config(run_dir)
+    title = run_title(a.model or cfg.get("model"), cfg.get("dataset"), run_dir, what="connectome of ")
+    for path in graphs.figures.plot_all(g, out, title):
         print(f"figure: {path}")
     return 0
 

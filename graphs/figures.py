@@ -3,7 +3,7 @@ reachability and the signal-depth composition of every concatenation."""
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -21,6 +21,11 @@ def _plt():
     return plt
 
 
+def _headed(title: Optional[str], own: str) -> str:
+    """A figure's ``own`` title under ``title`` (the run: model, dataset, folder), where given."""
+    return f"{title}\n{own}" if title else own
+
+
 def _save(fig, out_dir, name) -> str:
     path = os.path.join(out_dir, name)
     fig.tight_layout()
@@ -30,7 +35,7 @@ def _save(fig, out_dir, name) -> str:
     return path
 
 
-def plot_density(g, out_dir) -> str:
+def plot_density(g, out_dir, title: Optional[str] = None) -> str:
     plt = _plt()
     d = analysis.density_per_layer(g)
     fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(d)), 3.5))
@@ -39,11 +44,11 @@ def plot_density(g, out_dir) -> str:
     ax.set_xticklabels(list(d), rotation=90, fontsize=6)
     ax.set_ylabel("live fraction of synapses")
     ax.set_xlabel("layer")
-    ax.set_title("density per layer")
+    ax.set_title(_headed(title, "density per layer"))
     return _save(fig, out_dir, "density_per_layer.png")
 
 
-def plot_degrees(g, out_dir) -> str:
+def plot_degrees(g, out_dir, title: Optional[str] = None) -> str:
     plt = _plt()
     unit = g.node_attrs["kind"] == 2
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -54,10 +59,12 @@ def plot_degrees(g, out_dir) -> str:
         ax.set_xlabel(f"{which}-degree ({g.level} level edges)")
         ax.set_ylabel("units")
         ax.set_title(f"{which}-degree distribution")
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, out_dir, "degree_distribution.png")
 
 
-def plot_dead(g, out_dir) -> str:
+def plot_dead(g, out_dir, title: Optional[str] = None) -> str:
     plt = _plt()
     dead = analysis.dead_units(g)
     layers = [x for x in g.groups if x.kind == "layer"]
@@ -79,12 +86,12 @@ def plot_dead(g, out_dir) -> str:
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction of the layer's units that are dead")
     ax.set_xlabel("layer")
-    ax.set_title(f"dead units: {int(dead['dead'].sum())} of {int((g.node_attrs['kind'] == 2).sum())} (unreachable either way)")
+    ax.set_title(_headed(title, f"dead units: {int(dead['dead'].sum())} of {int((g.node_attrs['kind'] == 2).sum())} (unreachable either way)"))
     ax.legend(fontsize=7)
     return _save(fig, out_dir, "dead_units.png")
 
 
-def plot_reachability(g, out_dir) -> str:
+def plot_reachability(g, out_dir, title: Optional[str] = None) -> str:
     plt = _plt()
     r = analysis.reachability(g)
     layers = [x for x in g.groups if x.kind in ("layer", "output")]
@@ -98,12 +105,12 @@ def plot_reachability(g, out_dir) -> str:
     ax.set_ylim(-0.05, 1.05)
     ax.set_ylabel("fraction of units")
     ax.set_xlabel("layer (topological order)")
-    ax.set_title("reachability through live synapses")
+    ax.set_title(_headed(title, "reachability through live synapses"))
     ax.legend(fontsize=7)
     return _save(fig, out_dir, "reachability.png")
 
 
-def plot_concats(g, out_dir) -> str | None:
+def plot_concats(g, out_dir, title: Optional[str] = None) -> str | None:
     comps = analysis.concat_composition(g)
     if not comps:
         return None
@@ -122,14 +129,15 @@ def plot_concats(g, out_dir) -> str | None:
     ax.set_yticklabels([c["node"] for c in comps], fontsize=6)
     ax.set_xlabel("signal depth of the joined channel (-1: constant/unreached)")
     ax.set_ylabel("concatenation")
-    ax.set_title("signal-depth composition of each concatenation")
+    ax.set_title(_headed(title, "signal-depth composition of each concatenation"))
     fig.colorbar(im, ax=ax, label="fraction of channels")
     return _save(fig, out_dir, "concat_depths.png")
 
 
-def plot_all(g, out_dir) -> List[str]:
-    """Write every figure into ``out_dir``; returns the paths."""
+def plot_all(g, out_dir, title: Optional[str] = None) -> List[str]:
+    """Write every figure into ``out_dir``; returns the paths. ``title``: a line naming the run (its
+    model and dataset, see :func:`adaptive.plots.run_title`) above each figure's own title."""
     os.makedirs(out_dir, exist_ok=True)
-    paths = [plot_density(g, out_dir), plot_degrees(g, out_dir), plot_dead(g, out_dir), plot_reachability(g, out_dir)]
-    c = plot_concats(g, out_dir)
+    paths = [f(g, out_dir, title) for f in (plot_density, plot_degrees, plot_dead, plot_reachability)]
+    c = plot_concats(g, out_dir, title)
     return paths + ([c] if c else [])

@@ -1096,9 +1096,10 @@ def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn,
         conn.save(files["connectome"], with_original=conn.mode == "mask_only")
         torch.save(conn.dense_state_dict(), files["dense_state_dict"])
         if cfg.figures:
-            from adaptive.plots import plot_run
+            from adaptive.plots import plot_run, run_title
 
-            files.update(plot_run(rows, events, output_dir, labels, kept))
+            title = run_title(cfg.model, cfg.dataset, output_dir, what=f"{cfg.mode}: " if cfg.mode != "train" else "")
+            files.update(plot_run(rows, events, output_dir, labels, kept, title=title))
     accelerator.wait_for_everyone()
     return files
 

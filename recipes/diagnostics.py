@@ -169,7 +169,13 @@ def cmd_dense_gradients(args):
             write_table(res.table, out, f"gradients_by_depth_{tag}", f"{args.layer} |grad| by source depth ({tag})")
             ratio = res.ratio()
             decades = math.log10(ratio) if 0 < ratio < math.inf else float("nan")
-            print(f"{tag}: median |grad| of the first band / last band = {ratio:.4g} ({decades:+.2f} decades); "
+            if math.isfinite(decades):
+                said = f"{ratio:.4g} ({decades:+.2f} decades)"
+            elif math.isnan(ratio):
+                said = "one signal band: no ratio"
+            else:  # 0 or inf: a band's median gradient is exactly 0
+                said = f"{ratio:.4g} (the {'last' if ratio == math.inf else 'first'} band's median is 0)"
+            print(f"{tag}: median |grad| of the first band / last band = {said}; "
                   f"train loss (mean of the last 10% of steps) {'-' if train_loss is None else f'{train_loss:.4f}'}; figure {paths[0]}")
             rows.append({"net": tag, "train_loss": train_loss, "first_band_median": res.medians()[0],
                          "last_band_median": res.medians()[-1], "first/last": ratio,
@@ -317,7 +323,11 @@ def cmd_progress(args):
     prog = D.progress(args.run_dir, total_synapses=args.total_synapses)  # checks the folder before anything is made
     out = args.output_dir or args.run_dir
     os.makedirs(out, exist_ok=True)
-    paths = prog.plot(os.path.join(out, "progress.png"), svg=args.svg, title=f"controller progress: {args.run_dir}")
+    from adaptive.plots import run_config, run_title
+
+    cfg = run_config(args.run_dir)  # the run's model and dataset, not this command's --model/--dataset defaults
+    title = run_title(cfg.get("model"), cfg.get("dataset"), args.run_dir, what="controller progress: ")
+    paths = prog.plot(os.path.join(out, "progress.png"), svg=args.svg, title=f"{title}\n{args.run_dir}")
     print(f"{len(prog.events)} events, {len(prog.metrics)} metric rows; removal axis from {prog.removed_source}; figure {paths[0]}")
 
 

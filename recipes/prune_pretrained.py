@@ -59,7 +59,7 @@ from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.mask_only import changed_from, evaluate, loaded_state, optimize_connectome, parse_target  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
-from adaptive.plots import boundary_scale  # noqa: E402
+from adaptive.plots import SPLIT_COLOR, boundary_scale, legend_below, run_title, step_points, tight_artists  # noqa: E402
 from adaptive.training import evaluate as evaluate_sharded  # noqa: E402
 
 DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None, remove=["best"],
@@ -434,7 +434,9 @@ def _delete_run(out: Path, keep=()) -> None:
     run_folder.delete_files(out, run_folder.DERIVED_FILES + RUN_FILES[2:], trees=run_folder.DERIVED_DIRS)
 
 
-def _plot(history, snapshots_rows, events, path):
+def _plot(history, snapshots_rows, events, path, title: str = ""):
+    """``curves.png``: loss and accuracy against removed weights, the removed count and swaps per
+    update against step, and the edit boundaries; ``title`` (the model and dataset) heads it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -448,20 +450,20 @@ def _plot(history, snapshots_rows, events, path):
     dense = [r for r in snapshots_rows if r.get("removed") == 0 and r.get("holdout_acc") is not None]
     for ax, key, name in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "acc", "accuracy")):
         ax.plot([h.get("train_removed", h["removed"]) for h in ups], [h[f"train_{key}"] for h in ups], ".", ms=3, alpha=0.5,
-                color="tab:blue", label="train (update windows)")
+                color=SPLIT_COLOR["train"], label="train (update windows)")
         ends = sorted(_stage_ends(evs))
         held = {evs[i]["removed"]: evs[i][f"holdout_{key}"] for i in ends}
         if dense and 0 not in held:  # the dense network's score starts the line
             held[0] = dense[0][f"holdout_{key}"]
         during = [(h["removed"], h[f"holdout_{key}"]) for i, h in enumerate(evs) if i not in ends]
         if during:  # evaluations before a stage had settled: right after a jump the network is still adapting
-            ax.plot(*zip(*during), "o", ms=3, mfc="none", color="tab:orange", alpha=0.8, zorder=3,
+            ax.plot(*zip(*during), "o", ms=3, mfc="none", color=SPLIT_COLOR["holdout"], alpha=0.8, zorder=3,
                     label="held-out, during a stage")
-        ax.plot(sorted(held), [held[r] for r in sorted(held)], "o-", ms=4, color="tab:orange",
+        ax.plot(sorted(held), [held[r] for r in sorted(held)], "o-", ms=4, color=SPLIT_COLOR["holdout"],
                 label="held-out (part of TRAIN), end of each stage")
         rows = [r for r in snapshots_rows if r.get(f"test_{key}") is not None]
         ax.plot([r["removed"] for r in rows], [r[f"test_{key}"] for r in rows], "s", ms=7,
-                color="tab:green", label="test (final report)")
+                color=SPLIT_COLOR["test"], label="test (final report)")
         ax.set_xlabel("removed weights")
         ax.xaxis.set_major_formatter(EngFormatter())
         ax.set_ylabel(name)
@@ -469,7 +471,12 @@ def _plot(history, snapshots_rows, events, path):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     ax = axes[1, 0]
-    ax.plot([h["step"] for h in ups], [h["removed"] for h in ups], color="k", label="removed weights")
+    # a step function: the count jumps at an update and holds until the next; from step 0 at the count
+    # the first update's window ran with (the starting network), on to the last logged step
+    last = max((h["step"] for h in history if isinstance(h.get("step"), (int, float))), default=None)
+    xs, ys = step_points([h["step"] for h in ups], [h["removed"] for h in ups],
+                         start=ups[0].get("train_removed") if ups else None, last_step=last)
+    ax.plot(xs, ys, color="k", label="removed weights", drawstyle="steps-post")
     ax.set_xlabel("training batch")
     ax.set_ylabel("removed weights")
     ax.yaxis.set_major_formatter(EngFormatter())
@@ -477,13 +484,16 @@ def _plot(history, snapshots_rows, events, path):
     ax.grid(alpha=0.3)
     swaps = [(e["step"], min(e.get("pruned") or 0, e.get("grown") or 0)) for e in events if e.get("kind") == "update"]
     swaps = [(t, n) for t, n in swaps if n > 0]
+    handles, labels = ax.get_legend_handles_labels()
     if swaps:  # at a fixed count the connectome still moves: as many pruned as restored
         twin = ax.twinx()
-        twin.plot(*zip(*swaps), ".", ms=2, color="tab:blue", alpha=0.6, label="swapped per update (right axis)")
+        twin.plot(*zip(*swaps), "o", ms=3, color="tab:purple", alpha=0.7, label="swapped per update (right axis)")
         twin.set_yscale("log")
-        twin.set_ylabel("synapses swapped per update", color="tab:blue")
-        lines = ax.get_legend_handles_labels(), twin.get_legend_handles_labels()
-        ax.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], fontsize=8, loc="upper left")
+        twin.set_ylabel("synapses swapped per update", color="tab:purple")
+        more = twin.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    if handles:  # both axes' entries in one legend under the panel: inside, the twin axis's dots fell on it
+        legend_below(ax, handles, labels, ncol=2)
     ax = axes[1, 1]
     pb = [(e["step"], e["boundaries"]["prune"]) for e in events if e.get("boundaries") and e["boundaries"].get("prune") is not None]
     rb = [(e["step"], e["boundaries"]["restore"]) for e in events if e.get("boundaries") and e["boundaries"].get("restore") is not None]
@@ -493,7 +503,7 @@ def _plot(history, snapshots_rows, events, path):
         ax.plot(*zip(*pb), ".", ms=1.5, color="tab:red", label="prune boundary (removal cost of the last pruned)")
     if rb or pb:
         boundary_scale(ax, [v for _, v in rb + pb])
-        ax.legend(fontsize=8)
+        legend_below(ax, ncol=1)  # inside, it covered the boundaries at the top of the panel
     else:
         ax.text(0.5, 0.5, "no edits logged", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("training batch")
@@ -501,9 +511,12 @@ def _plot(history, snapshots_rows, events, path):
     ax.set_title("edit boundaries over time", fontsize=10)
     ax.grid(alpha=0.3)
     axes[1, 1].sharex(axes[1, 0])
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
+        # "tight": the canvas grows to hold the legend under a panel
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", bbox_extra_artists=tight_artists(fig))
     plt.close(fig)
 
 
@@ -736,7 +749,8 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
             for h in result.history:
                 f.write(json.dumps(h, default=float) + "\n")
         result.controller.write_events(out / "events.jsonl")
-        _plot(result.history, rows, result.events, out / "curves.png")
+        _plot(result.history, rows, result.events, out / "curves.png",
+              title=run_title(args.model, args.dataset, out, what="prune_pretrained: "))
         summary = dict(rows=rows, minutes=minutes, processes=accelerator.num_processes,
                        device=accelerator.device.type, mask_hash_per_process=hashes)
         with atomic_path(out / "summary.json") as tmp:

@@ -472,3 +472,23 @@ def test_band_scaler_momentum_weights_the_previous_typical_size(momentum):
     want = torch.tensor([math.exp(common)] * 2 + [math.exp(common - log_t1)] * 2)
     assert torch.allclose(g.reshape(-1), want.float(), rtol=1e-5)
     sc.remove()
+
+
+def test_one_signal_band_says_there_is_no_ratio(monkeypatch):
+    """A layer that reads one signal depth has nothing to compare: its title read 'median ratio nan'."""
+    import importlib
+
+    from adaptive.diagnostics.table import Table
+
+    GD = importlib.import_module("adaptive.diagnostics.gradient_depth")
+    rows = [dict(depth=0, weights=50, values=500, median=1e-3, q1=5e-4, q3=2e-3, mean=1e-3, zero_fraction=0.0)]
+    obj = GD.GradientByDepth(layer="layers.0", depths=[0], table=Table(rows), per_weight=torch.full((50,), 1e-3).double(),
+                             band=torch.zeros(50, dtype=torch.long), batches=5)
+    figs = []
+    monkeypatch.setattr(GD, "save_figure", lambda fig, path, svg=False: figs.append(fig) or [path])
+    obj.plot("x.png")
+    title = figs[0].axes[0].get_title()
+    assert "nan" not in title and "one signal band: no ratio" in title
+    import matplotlib.pyplot as plt
+
+    plt.close(figs[0])

@@ -126,3 +126,69 @@ def test_a_run_with_no_update_draws_its_single_density_point(tmp_path, monkeypat
     lines = figs[0].axes[4].get_lines()
     assert [line.get_label() for line in lines] == ["all", "fc1.weight", "fc2.weight"]
     assert all(line.get_marker() not in (None, "", " ", "None") for line in lines)  # one point needs a marker
+
+
+def _events(d, events):
+    (d / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+def test_estimates_without_a_measured_change_are_drawn_and_the_panel_says_why(tmp_path, monkeypatch):
+    """A train run logs est_loss_change but no actual_loss_change (no held-out line search): the
+    panel said "no loss-change estimates logged" with two estimates in the file."""
+    _events(tmp_path, [{"step": 0, "kind": "init", "pruned": 800, "density": 0.2},
+                       {"step": 10, "kind": "update", "pruned": 5, "grown": 5, "est_loss_change": -117.4, "actual_loss_change": None},
+                       {"step": 20, "kind": "update", "pruned": 2, "grown": 2, "est_loss_change": -51.2},
+                       {"step": 30, "kind": "update", "pruned": 0, "grown": 0}])
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    ax = figs[0].axes[5]
+    text = ax.get_title() + " ".join(t.get_text() for t in ax.texts)
+    assert "no loss-change estimates logged" not in text
+    assert "2 estimate(s) logged; no measured loss change to compare (no held-out line search)" in text
+    assert [line.get_xydata().tolist() for line in ax.get_lines()] == [[[10, -117.4], [20, -51.2]]]
+
+
+def test_estimates_in_the_estimators_own_units_are_named(tmp_path, monkeypatch):
+    _events(tmp_path, [{"step": 2, "kind": "update", "pruned": 9, "est_score_change": 4108.5, "actual_loss_change": 0.11}])
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    said = " ".join(t.get_text() for t in figs[0].axes[5].texts)
+    assert "no loss-change estimates logged" in said
+    assert "1 estimate(s) in the estimator's own units" in said and "1 measured loss change(s) logged" in said
+
+
+def test_every_layer_gets_a_density_line_that_no_other_looks_like(tmp_path, monkeypatch):
+    """Layers past the 20th were dropped silently, and every 10th line repeated colour and style; the
+    legend sat inside the panel over the lines."""
+    layers = {f"layer{i}.weight": 0.5 + i / 100 for i in range(33)}
+    _events(tmp_path, [{"step": s, "kind": "update", "pruned": 1, "grown": 1, "density": 0.7, "layer_density": layers}
+                       for s in (2, 4)])
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    fig, ax = figs[0], figs[0].axes[4]
+    lines = [line for line in ax.get_lines() if line.get_label() != "all"]
+    assert [line.get_label() for line in lines] == list(layers)
+    assert len({(line.get_color(), line.get_linestyle()) for line in lines}) == 33
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    assert not ax.get_legend().get_window_extent(r).overlaps(ax.get_window_extent(r))  # under the panel
+
+
+def test_an_empty_update_panel_says_there_were_no_updates(tmp_path, monkeypatch):
+    _events(tmp_path, [{"step": 0, "kind": "init", "pruned": 800, "grown": 0, "density": 0.2}])
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    assert [t.get_text() for t in figs[0].axes[2].texts] == ["no controller updates (only the initial pruning)"]
+
+
+def test_the_progress_command_names_the_runs_model_and_dataset(tmp_path, monkeypatch):
+    from _scripts import load_script
+
+    run = tmp_path / "run_a"
+    run.mkdir()
+    write_run(run)
+    (run / "config.yaml").write_text("model: resnet32\ndataset: cifar10\n")
+    figs = _kept_figures(monkeypatch)
+    load_script("recipes/diagnostics.py", "diagnostics_recipe").main(["progress", str(run), "--output_dir", str(tmp_path / "out")])
+    head = figs[0]._suptitle.get_text()
+    assert "resnet32 on cifar10 (run run_a)" in head

@@ -252,6 +252,26 @@ def test_cli_export_and_report(tmp_path, capsys):
     assert json.loads((run / "graph_report" / "summary.json").read_text())["live_synapses"] == c.num_live()
 
 
+def test_report_figures_name_the_run(mlp_run, tmp_path, monkeypatch):
+    """The report's figures named neither the model nor the run; config.yaml has both."""
+    import shutil
+
+    from graphs.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(mlp_run, run)  # the fixture's folder is shared: its config.yaml stays as it is
+    figs = []
+    real = graphs.figures._save
+    monkeypatch.setattr(graphs.figures, "_save", lambda fig, out_dir, name: figs.append(fig) or real(fig, out_dir, name))
+    (run / "config.yaml").write_text("model:\n  name: mlp\n  hidden: [8]\n  in_shape: [1, 4, 4]\ndataset: digits\n")
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    assert len(figs) == 4
+    for fig in figs:
+        said = " ".join([fig._suptitle.get_text() if fig._suptitle else ""] + [ax.get_title() for ax in fig.axes])
+        assert "connectome of mlp on digits (run run)" in said, said
+    assert graphs.figures.plot_density.__defaults__ == (None,)  # the title stays optional
+
+
 def test_figures_include_concat_depths(tmp_path):
     models = pytest.importorskip("adaptive.models")
     m = models.build_model("densecat", depth=3, width=4, kind="cnn", in_shape=(3, 8, 8))

@@ -134,3 +134,79 @@ def test_boundary_tick_labels_never_overlap():
         assert ax.get_yscale() == "symlog" and len(boxes) >= 3
         over = [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
         assert not over, (values, size, over)
+
+
+def _window(fig, artist):
+    fig.canvas.draw()
+    return artist.get_window_extent(fig.canvas.get_renderer())
+
+
+def test_the_loss_accuracy_legend_covers_no_point(figures):
+    """A 2-step run has one held-out point at the top of each panel (and the test point at the
+    bottom): the upper-right legend hid the held-out one. The legend now lies outside the axes."""
+    rows = [dict(step=2, split="holdout", loss=2.3043, accuracy=0.0979), dict(step=2, split="test", loss=2.3023, accuracy=0.0975)]
+    plots.plot_loss_accuracy(rows, "la.png")
+    fig = figures[0]
+    for ax in fig.axes:
+        legend = _window(fig, ax.get_legend())
+        assert not legend.overlaps(_window(fig, ax)), ax.get_title()  # below the panel, off the data
+        assert _legend(ax) == ["holdout", "test"]
+
+
+def test_a_legend_below_a_panel_is_on_the_saved_canvas(tmp_path):
+    """A legend left out of the layout is left out of bbox_inches="tight" too: the canvas must be
+    told to hold it, or the saved PNG cuts it off."""
+    from PIL import Image
+
+    rows = [dict(step=s, split="train", loss=1.0 / s, accuracy=0.1 * s) for s in range(1, 6)]
+    without = plots.plot_loss_accuracy([], tmp_path / "empty.png")  # nothing drawn: no legend
+    with_legend = plots.plot_loss_accuracy(rows, tmp_path / "la.png")
+    assert Image.open(with_legend).size[1] > Image.open(without).size[1] + 20  # the canvas grew to hold it
+
+
+def test_split_colours_are_the_same_whichever_splits_a_run_has(figures):
+    """A 2-step run has no train row: held-out took the first colour (blue, train's elsewhere) and
+    test the second (orange, held-out's elsewhere)."""
+    plots.plot_loss_accuracy([dict(step=2, split="holdout", loss=2.0, accuracy=0.1),
+                              dict(step=2, split="test", loss=2.1, accuracy=0.1)], "la.png")
+    plots.plot_loss_accuracy([dict(step=s, split=sp, loss=2.0, accuracy=0.1) for s in (1, 2) for sp in ("train", "holdout", "test")],
+                             "la.png")
+    import matplotlib.colors as mc
+
+    for fig in figures:
+        colours = {line.get_label(): mc.to_hex(line.get_color()) for line in fig.axes[0].get_lines()}
+        assert colours["holdout"] == mc.to_hex(plots.SPLIT_COLOR["holdout"])
+        assert colours["test"] == mc.to_hex(plots.SPLIT_COLOR["test"])
+    assert len(set(plots.SPLIT_COLOR.values())) == 3
+
+
+def test_run_figures_name_the_model_and_dataset(figures, tmp_path):
+    rows = [dict(step=s, split="train", loss=1.0, accuracy=0.5) for s in (5, 10)]
+    ev = [{"step": 10, "kind": "update", "density": 0.5, "pruned": 5, "grown": 5, "layer_density": {"a": 0.5}}]
+    title = plots.run_title("resnet20", "cifar10", tmp_path / "my_run")
+    assert title == "resnet20 on cifar10 (run my_run)"
+    plots.plot_run(rows, ev, tmp_path / "out", title=title)
+    la, dens, edits = figures
+    assert la._suptitle is not None and la._suptitle.get_text() == title
+    for fig in (dens, edits):
+        assert fig.axes[0].get_title().startswith(title + "\n")
+    plots.plot_run(rows, ev, tmp_path / "out")  # without a title: as before
+    assert figures[3]._suptitle is None
+    assert plots.run_title(run_dir="/x/run7") == "run run7 (model and dataset not recorded)"
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text("model: lenet5\ndataset: mnist\nlr: 0.1\n")
+    assert plots.run_config(tmp_path / "r") == {"model": "lenet5", "dataset": "mnist"}
+    assert plots.run_config(tmp_path / "none") == {}
+    (tmp_path / "r" / "config.yaml").write_text("model:\n  name: mlp\n  hidden: [8]\n")
+    assert plots.run_config(tmp_path / "r") == {"model": "mlp"}
+
+
+def test_density_layers_that_share_a_colour_differ_in_line_style(figures):
+    ev = [{"step": s, "kind": "update", "density": 0.5, "layer_density": {f"l{i}": 0.5 for i in range(25)}} for s in (1, 2)]
+    plots.plot_density(ev, "density.png")
+    ax = figures[0].axes[0]
+    lines = [line for line in ax.get_lines() if line.get_label() != "overall"]
+    assert len(lines) == 25
+    pairs = {(line.get_color(), line.get_linestyle()) for line in lines}
+    assert len(pairs) == 25  # no two layers look alike
+    assert not _window(figures[0], ax.get_legend()).overlaps(_window(figures[0], ax))  # beside the axes

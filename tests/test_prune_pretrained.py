@@ -621,6 +621,46 @@ def test_figure_draws_each_stage_by_its_last_evaluation_and_the_swaps(tmp_path, 
     assert list(swaps.get_xdata()) == [2, 3, 7] and list(swaps.get_ydata()) == [3, 1, 2]
 
 
+def test_curves_show_removal_as_steps_from_step_0_with_one_legend_off_the_data(tmp_path, monkeypatch):
+    """The removed count was a sloped line from the first update (a jump at step 2 read as a ramp,
+    and the dense stretch before it was missing); the crawl panel's legend sat under its twin axis,
+    whose dots were drawn on it; the figure named neither model nor dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.figure
+
+    mod = recipe()
+    ups = [{"kind": "update", "step": s, "removed": 10 if s < 6 else 20, "train_removed": 0 if s == 2 else (10 if s <= 6 else 20),
+            "train_loss": 1.0, "train_acc": 0.5} for s in (2, 4, 6, 8)]
+    evs = [{"kind": "eval", "step": 9, "stage": 1, "removed": 20, "holdout_loss": 1.0, "holdout_acc": 0.5}]
+    events = [{"kind": "update", "step": s, "pruned": p, "grown": g, "boundaries": {"prune": 0.2, "restore": 0.3}}
+              for s, p, g in ((2, 10, 0), (4, 3, 3), (6, 10, 0), (8, 2, 2))]
+    captured = {}
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def spy(fig, path, **kw):
+        captured["fig"] = fig
+        return real_savefig(fig, path, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    mod._plot(ups + evs, [], events, tmp_path / "curves.png")  # the title is optional
+    fig = captured["fig"]
+    crawl, twin = fig.axes[2], fig.axes[-1]
+    line = next(l for l in crawl.get_lines() if l.get_label() == "removed weights")
+    assert line.get_drawstyle() == "steps-post"
+    assert line.get_xydata().tolist() == [[0, 0], [2, 10], [4, 10], [6, 20], [8, 20], [9, 20]]
+    legend = crawl.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["removed weights", "swapped per update (right axis)"]
+    assert twin.get_legend() is None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    r = FigureCanvasAgg(fig).get_renderer()  # the figure was closed after saving: a canvas to measure it on
+    assert not legend.get_window_extent(r).overlaps(crawl.get_window_extent(r))  # outside the plotting area
+    mod._plot(ups + evs, [], events, tmp_path / "curves.png", title="prune_pretrained: resnet20 on cifar10 (run x)")
+    assert captured["fig"]._suptitle.get_text() == "prune_pretrained: resnet20 on cifar10 (run x)"
+
+
 def test_train_rows_are_scored_on_one_fixed_sample():
     import argparse
 

@@ -188,8 +188,9 @@ class GradientByDepth:
         ax.set_xlabel("depth of the signal read (layers it went through; 0 = raw input)")
         ax.set_ylabel(f"|dL/dw| of {self.layer} weights")
         ttl = self.title or f"{self.layer}: weight gradients by source depth"
-        ax.set_title(f"{ttl}\n{self.batches} batches; shallowest/deepest signal band median ratio {self.ratio():.3g}",
-                     fontsize=9)
+        ratio = self.ratio()
+        said = "one signal band: no ratio" if math.isnan(ratio) else f"shallowest/deepest signal band median ratio {ratio:.3g}"
+        ax.set_title(f"{ttl}\n{self.batches} batches; {said}", fontsize=9)
         # outside the axes, right of them: inside, "best" could still cover a band's zero note
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
         ax.grid(True, which="major", axis="y", alpha=0.3)

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from ..plots import boundary_scale, finite, note_nonfinite, single_point_marker
+from ..plots import SPLIT_COLOR, boundary_scale, finite, legend_below, line_style, note_nonfinite, single_point_marker
 from .table import Table, pyplot, save_figure
 from ..warn import warn_user
 
@@ -124,7 +124,7 @@ class Progress:
             for s in splits:
                 pts = [(r[xkey], r[key]) for r in given if str(r.get("split", "all")) == s and finite(r[key])]
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=s)
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=s, color=SPLIT_COLOR.get(s))
                     drawn = True
             ax.set_xlabel(xlabel)
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))
@@ -159,6 +159,10 @@ class Progress:
         ax.set_title(f"pruned and restored per controller update{init_note}", fontsize=9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no controller updates" + (" (only the initial pruning)" if init else "")
+                    if not upd else "no pruned or restored counts logged",
+                    ha="center", va="center", transform=ax.transAxes)
         ax.grid(True, alpha=0.3)
         ax = axes[1, 0]
         series: Dict[str, list] = {}
@@ -187,34 +191,65 @@ class Progress:
         for e in ev:
             for k, v in _flat(e.get("layer_density")).items():
                 layers.setdefault(k, []).append((e.get("step"), v))
-        for k, lp in list(layers.items())[:20]:
-            ax.plot([p[0] for p in lp], [p[1] for p in lp], lw=0.8, alpha=0.7, label=k, drawstyle="steps-post",
-                    **single_point_marker(len(lp)))
+        for i, (k, lp) in enumerate(layers.items()):  # every layer: the style tells apart those sharing a colour
+            ax.plot([p[0] for p in lp], [p[1] for p in lp], lw=0.8, alpha=0.7, ls=line_style(i), label=k,
+                    drawstyle="steps-post", **single_point_marker(len(lp)))
         ax.set_xlabel("step")
         ax.set_ylabel("density (fraction of synapses present)")
-        ax.set_title("density", fontsize=9)
-        if pts or layers:
-            ax.legend(fontsize=6, ncol=2)
+        ax.set_title("density" + (f" (legend below: all {len(layers)} layers)" if layers else ""), fontsize=9)
+        if pts or layers:  # under the panel: inside, it covered the layers' lines
+            legend_below(ax, fontsize=6, ncol=max(2, min(4, math.ceil(len(layers) / 8))))
+        else:
+            ax.text(0.5, 0.5, "no density logged", ha="center", va="center", transform=ax.transAxes)
         ax.grid(True, alpha=0.3)
-        ax = axes[1, 2]
-        pts = [(a, b) for a, b in zip(ev["est_loss_change"], ev["actual_loss_change"])
-               if isinstance(a, (int, float)) and isinstance(b, (int, float))]
+        self._plot_estimates(axes[1, 2])
+        fig.suptitle(title or "controller progress", fontsize=10)
+        fig.tight_layout()
+        return save_figure(fig, path, svg=svg)
+
+    def _plot_estimates(self, ax):
+        """Each update's estimated loss change against the one measured (held-out line search); where
+        none was measured, the estimates alone against step, and the panel says why."""
+        ev = self.events
+        est = [(e.get("step"), e.get("est_loss_change"), e.get("actual_loss_change")) for e in ev
+               if finite(e.get("est_loss_change"))]
+        measured = sum(1 for e in ev if finite(e.get("actual_loss_change")))
+        in_score = sum(1 for e in ev if finite(e.get("est_score_change")))
+        pts = [(a, b) for _, a, b in est if finite(b)]
+        ax.grid(True, alpha=0.3)
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=10)
             lo = min(min(p) for p in pts)
             hi = max(max(p) for p in pts)
             ax.plot([lo, hi], [lo, hi], "k:", lw=1, label="y = x")
             ax.legend(fontsize=8)
+            ax.set_xlabel("estimated loss change of the update")
+            ax.set_ylabel("actual loss change (held-out)")
+            left = (f"\n{len(est) - len(pts)} of {len(est)} estimates have no measured change (not drawn)"
+                    if len(est) > len(pts) else "")
+            ax.set_title(f"utility estimate against outcome{left}", fontsize=9)
+            return
+        if est and all(isinstance(s, (int, float)) for s, _, _ in est):  # nothing to compare: the estimates alone
+            ax.plot([s for s, _, _ in est], [a for _, a, _ in est], "o", ms=4, color="tab:purple")
+            ax.set_xlabel("step")
+            ax.set_ylabel("estimated loss change of the update")
+            why = ("no measured loss change to compare (no held-out line search)" if not measured else
+                   f"the {measured} measured loss change(s) are at other updates")
+            more = f"\n({in_score} more in the estimator's own units, not drawn)" if in_score else ""
+            ax.set_title(f"utility estimate per update\n{len(est)} estimate(s) logged; {why}{more}", fontsize=9)
+            return
+        if est:
+            msg = f"{len(est)} loss-change estimate(s) logged, but no step to place them at"
         else:
-            ax.text(0.5, 0.5, "no loss-change estimates logged\n(the estimator's values are not loss units,\nor no held-out loss was measured)",
-                    ha="center", va="center", transform=ax.transAxes, fontsize=8)
+            msg = "no loss-change estimates logged"
+            if in_score:
+                msg += f"\n({in_score} estimate(s) in the estimator's own units, not loss: est_score_change)"
+            if measured:
+                msg += f"\n{measured} measured loss change(s) logged, with no estimate to compare"
+        ax.text(0.5, 0.5, msg, ha="center", va="center", transform=ax.transAxes, fontsize=8)
         ax.set_xlabel("estimated loss change of the update")
-        ax.set_ylabel("actual loss change")
+        ax.set_ylabel("actual loss change (held-out)")
         ax.set_title("utility estimate against outcome", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        fig.suptitle(title or "controller progress", fontsize=10)
-        fig.tight_layout()
-        return save_figure(fig, path, svg=svg)
 
 
 def read_history(path: str) -> Table:
