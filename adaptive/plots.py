@@ -75,10 +75,13 @@ def line_style(i: int) -> str:
     return LINE_STYLES[(i // 10) % len(LINE_STYLES)]
 
 
-def legend_below(ax, handles=None, labels=None, ncol: Optional[int] = None, fontsize=8, inches: float = 0.5, **kw):
+def legend_below(ax, handles=None, labels=None, ncol: Optional[int] = None, fontsize=8, inches: float = 0.5,
+                 in_layout: bool = False, **kw):
     """A legend under ``ax`` (``inches`` below its bottom edge, under the tick labels and x label),
-    where it can cover no data. It is left out of ``tight_layout`` so the panels keep their size:
-    save the figure with ``bbox_inches="tight"`` so the canvas grows to hold it."""
+    where it can cover no data. Unless ``in_layout`` (a panel with another below it: ``tight_layout``
+    then makes room between them), it is left out of ``tight_layout`` so the panels keep their size:
+    save the figure with ``bbox_inches="tight"`` and :func:`tight_artists` so the canvas grows to
+    hold it."""
     from matplotlib.transforms import ScaledTranslation
 
     if handles is None:
@@ -87,7 +90,7 @@ def legend_below(ax, handles=None, labels=None, ncol: Optional[int] = None, font
     leg = ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0),
                     bbox_transform=ax.transAxes + ScaledTranslation(0, -inches, fig.dpi_scale_trans),
                     ncol=ncol or min(len(handles), 2), fontsize=fontsize, **kw)
-    leg.set_in_layout(False)
+    leg.set_in_layout(in_layout)
     return leg
 
 

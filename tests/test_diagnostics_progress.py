@@ -192,3 +192,23 @@ def test_the_progress_command_names_the_runs_model_and_dataset(tmp_path, monkeyp
     load_script("recipes/diagnostics.py", "diagnostics_recipe").main(["progress", str(run), "--output_dir", str(tmp_path / "out")])
     head = figs[0]._suptitle.get_text()
     assert "resnet32 on cifar10 (run run_a)" in head
+
+
+def test_no_legend_of_progress_png_lies_on_a_panel(tmp_path, monkeypatch):
+    """A 2-step run has one held-out and one test point per panel: the legends inside the panels
+    could hide them (as in loss_accuracy.png). Every legend now lies outside every panel."""
+    (tmp_path / "metrics.csv").write_text("step,split,loss,accuracy,removed\n2,holdout,2.3043,0.0979,800\n"
+                                          "2,test,2.3023,0.0975,800\n")
+    _events(tmp_path, [{"step": 1, "kind": "update", "pruned": 5, "grown": 5, "density": 0.2,
+                        "layer_density": {"a": 0.2}, "boundaries": {"prune": 0.1, "restore": 0.2}},
+                       {"step": 2, "kind": "update", "pruned": 3, "grown": 3, "density": 0.2,
+                        "layer_density": {"a": 0.2}, "boundaries": {"prune": 0.1, "restore": 0.2}}])
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    fig = figs[0]
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 5  # loss, accuracy, updates, boundaries, density
+    for legend in legends:
+        assert not any(legend.get_window_extent(r).overlaps(ax.get_window_extent(r)) for ax in fig.axes)

@@ -130,8 +130,8 @@ class Progress:
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))
             ax.set_ylabel("loss (nats for cross-entropy)" if key == "loss" else "accuracy (fraction correct)")
             ax.set_title(f"{key} against {'removal' if xkey == 'removed' else 'step'}", fontsize=9)
-            if drawn:
-                ax.legend(fontsize=8)
+            if drawn:  # under the panel (room made between the rows): inside, it could hide a lone point
+                legend_below(ax, ncol=3, in_layout=True)
             elif not given:
                 ax.text(0.5, 0.5, f"no {key} in the run's metrics", ha="center", va="center", transform=ax.transAxes)
             note_nonfinite(ax, key, sum(1 for r in given if not finite(r[key])), len(given), drawn)
@@ -158,7 +158,7 @@ class Progress:
         init_note = "".join(f"\ninitial pruning at step {e.get('step')}: {e.get('pruned') or 0:,} (not drawn)" for e in init[:1])
         ax.set_title(f"pruned and restored per controller update{init_note}", fontsize=9)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            legend_below(ax, ncol=2, in_layout=True)  # off the counts, as in the panels beside it
         else:
             ax.text(0.5, 0.5, "no controller updates" + (" (only the initial pruning)" if init else "")
                     if not upd else "no pruned or restored counts logged",
@@ -175,7 +175,7 @@ class Progress:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=2, label=k)
         if series:
             boundary_scale(ax, [p[1] for pts in series.values() for p in pts])
-            ax.legend(fontsize=7)
+            legend_below(ax, fontsize=7, ncol=max(2, min(4, math.ceil(len(series) / 8))))  # off the lines
         else:
             ax.text(0.5, 0.5, "no boundaries logged", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("step")
