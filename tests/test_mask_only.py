@@ -250,6 +250,12 @@ def test_threshold_mode_keeps_the_earlier_candidate_on_a_tie():
                                            (-5, "cannot be negative"), ([0.2, 0.2], "give each target once"),
                                            (float("nan"), "fraction"), (float("inf"), "fraction")])
 def test_bad_target_fails_before_anything_runs(target, match):
+    _refused_before_a_batch_is_read(target, match)
+
+
+def _refused_before_a_batch_is_read(target, match, **kw):
+    """optimize_connectome(target, **kw) raises ValueError matching ``match`` before the train
+    loader is read, with the model in train mode and its state as it was."""
     m = tiny()
     before = copy.deepcopy(m.state_dict())
     tr, ho = loaders()
@@ -264,8 +270,8 @@ def test_bad_target_fails_before_anything_runs(target, match):
             return iter(tr)
 
     with pytest.raises(ValueError, match=match):
-        optimize_connectome(m, Spy(), ho, target, progress=False)
-    assert not seen, "the loader was read before the bad target was noticed"
+        optimize_connectome(m, Spy(), ho, target, progress=False, **kw)
+    assert not seen, "the loader was read before the bad input was noticed"
     assert m.training and all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
 
 
@@ -287,22 +293,7 @@ def test_bad_ladder_fails_before_anything_runs(kw, match):
                                        (dict(accuracy_fn=3), r"accuracy_fn must be a callable or None, got 3")])
 def test_a_function_that_cannot_be_called_fails_before_a_batch_is_read(kw, match):
     """callback=5 raised a TypeError only at the first record, after a training batch was read."""
-    m = tiny()
-    before = copy.deepcopy(m.state_dict())
-    tr, ho = loaders()
-    seen = []
-
-    class Spy:
-        def __len__(self):
-            return len(tr)
-
-        def __iter__(self):
-            seen.append(1)
-            return iter(tr)
-
-    with pytest.raises(ValueError, match=match):
-        optimize_connectome(m, Spy(), ho, 0.3, progress=False, **kw)
-    assert not seen and all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    _refused_before_a_batch_is_read(0.3, match, **kw)
 
 
 @pytest.mark.parametrize("kind", ["numpy", "tensor"])
