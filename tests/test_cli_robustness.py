@@ -349,7 +349,13 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path, script):
     args = {"recipes/diagnostics.py": ["progress", str(tmp_path)]}.get(script, ["--output_dir", str(tmp_path / "o")])
     p = subprocess.Popen([sys.executable, str(root / script), *args], cwd=tmp_path, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_default)
-    time.sleep(0.25)  # the imports take over a second
+    # Ctrl-C once the script runs and torch is loading (its library is mapped): before that, Python
+    # itself is still starting (a slow machine takes over 0.25 s to import `site`), and a signal
+    # there is Python's own fatal error, outside any script's reach.
+    maps, deadline = Path(f"/proc/{p.pid}/maps"), time.monotonic() + 60
+    while "libtorch" not in maps.read_text() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert p.poll() is None, "the script ended before torch was imported"
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "Traceback" not in err, err
