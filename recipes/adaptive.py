@@ -130,7 +130,8 @@ class RunConfig:
     max_steps: Optional[int] = _help("stop after this many steps (overrides epochs; the schedules span it; in "
                                      "mask_only mode: training batches per target)")
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = _help("default: what accelerate launch was given, else "
-                                                                     "no; fp16 needs a GPU (on a CPU: bf16)")
+                                                                     "no (config.yaml records the one that ran); "
+                                                                     "fp16 needs a GPU (on a CPU: bf16)")
     cpu: bool = _opt(False, "stay on the CPU even when a GPU is there")
     seed: int = _opt(0, "seed of the split, data order, initial weights and controller (the same on every process)")
     threads: Optional[int] = _help("torch threads per process")
@@ -510,6 +511,9 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     # without a GPU, cpu=True is what makes a multi-process launch a gloo (MULTI_CPU) run
     accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
+    from_launch = cfg.mixed_precision is None
+    if from_launch:  # the precision accelerate launch (or its config) gave, else no: recorded and compared as it runs
+        cfg.mixed_precision = str(accelerator.mixed_precision)
     resume_from = None
     output_dir = cfg.output_dir
     if cfg.resume and cfg.mode == "mask_only":
@@ -522,12 +526,12 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
         recorded = _check_resumed_config(cfg, output_dir, resume_from, no_fp16=_no_fp16_autocast(accelerator))
         if cfg.mode != "mask_only":
             _train_mode_mask_only_kw(cfg, recorded, accelerator)
-    if cfg.resume and cfg.mixed_precision == "fp16" and _inert_fp16(accelerator):  # (recorded so: the check passed)
+    if cfg.resume and not from_launch and cfg.mixed_precision == "fp16" and _inert_fp16(accelerator):  # (recorded so)
         # it keeps recording fp16, as the run did, so that its own command continues it again later
         accelerator.print(f"note: the run records --mixed_precision fp16, which the {accelerator.device.type.upper()} "
                           "cannot run (Accelerate ran it in float32): it continues as it ran, as --mixed_precision no")
     else:
-        _refuse_inert_precision(cfg, accelerator)  # a new run, or fp16 from accelerate launch: refused
+        _refuse_inert_precision(accelerator, from_launch)  # a new run, or fp16 from accelerate launch: refused
     if not cfg.resume:
         _refuse_earlier_run(cfg, output_dir)
     _INTERRUPT.update(output_dir=output_dir, resume_from=resume_from, overwrite=cfg.overwrite and not cfg.resume,
@@ -555,12 +559,12 @@ def _train_mode_mask_only_kw(cfg: RunConfig, recorded: List[dict], accelerator) 
         raise ConfigError(_train_mask_only_kw_error(cfg.mask_only_kw))
 
 
-def _refuse_inert_precision(cfg: RunConfig, accelerator) -> None:
+def _refuse_inert_precision(accelerator, from_launch: bool) -> None:
     """Accelerate turns fp16 off on a CPU without a word (no autocast, no scaler: a float32 run),
     while the run would record and announce fp16: refused, before anything is written."""
     if _inert_fp16(accelerator):
-        given = ("--mixed_precision fp16" if cfg.mixed_precision == "fp16" else
-                 "mixed precision fp16 (from accelerate launch or its config)")
+        given = ("mixed precision fp16 (from accelerate launch or its config)" if from_launch else
+                 "--mixed_precision fp16")
         raise ValueError(f"{given} cannot run on the {accelerator.device.type.upper()} (Accelerate runs fp16 "
                          "autocast only on an accelerator such as a GPU, and would silently run float32 here): use "
                          "--mixed_precision bf16 (the CPU's mixed precision) or --mixed_precision no")
@@ -902,6 +906,8 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
     if saved.get("mode") == "mask_only":
         saved.update(_kw_as_options(saved))
     now = to_dict(cfg)
+    if "mixed_precision" in saved and saved["mixed_precision"] is None:  # recorded before the precision that ran was
+        saved["mixed_precision"] = _unrecorded_precision(path, run_dir or path.parent, now["mixed_precision"])
     if no_fp16 and saved.get("mixed_precision") == "fp16":  # it ran float32: fp16 or no continue it
         saved["mixed_precision"] = "no"
         now["mixed_precision"] = "no" if now.get("mixed_precision") == "fp16" else now.get("mixed_precision")
@@ -926,10 +932,34 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
                  " ".join(diff)]
     if diff:
         run_dir = run_dir or path.parent
-        raise CheckpointError(f"--resume: {path} records other settings ({'; '.join(diff)}); resume with the run's "
-                              f"settings (--config {path} --output_dir {run_dir} --resume {resume or 'latest'} gives "
-                              "them all), or run without --resume into another --output_dir to start afresh")
+        mp = ""
+        if any(d.startswith("mixed_precision: run") for d in diff):  # what accelerate launch gave, or the option
+            mp = (f" (mixed_precision is the precision each ran: relaunch with accelerate launch --mixed_precision "
+                  f"{saved['mixed_precision']}, or give --mixed_precision {saved['mixed_precision']})")
+        raise CheckpointError(f"--resume: {path} records other settings ({'; '.join(diff)}){mp}; resume with the "
+                              f"run's settings (--config {path} --output_dir {run_dir} --resume {resume or 'latest'} "
+                              "gives them all), or run without --resume into another --output_dir to start afresh")
     return saved
+
+
+def _unrecorded_precision(path: Path, run_dir: Path, now: str) -> str:
+    """The precision a run ran that recorded ``mixed_precision: null`` (before the recipe recorded the one
+    accelerate launch gave it): its summary.json's, when it has one; else unknown, and it continues
+    under this launch's, as such runs always did, with a note."""
+    from adaptive.distributed import rank
+
+    try:
+        ran = json.loads((run_dir / "summary.json").read_text()).get("mixed_precision")
+    except (OSError, ValueError, AttributeError):
+        ran = None
+    if isinstance(ran, str) and ran:
+        return ran
+    if rank() == 0:
+        print(f"note: {path} records no mixed precision (runs before the recipe recorded the one accelerate launch "
+              f"gave), and no summary.json says which ran: the run continues under {now}, this launch's; if it "
+              "ran another, relaunch with accelerate launch --mixed_precision X or give --mixed_precision X",
+              flush=True)
+    return now
 
 
 def _mask_only_resumable(run: Path) -> bool:

@@ -644,6 +644,87 @@ def test_a_cpu_run_recorded_with_fp16_resumes_as_it_ran(tmp_path, capsys):
                                                            str(tmp_path / "new")], capsys)
 
 
+def _recorded_precision(run):
+    import yaml
+
+    return [yaml.safe_load(p.read_text())["mixed_precision"]
+            for p in [run / "config.yaml", *(run / "checkpoints").glob("step_*/config.yaml")]]
+
+
+def test_the_precision_accelerate_launch_gave_is_recorded_and_resumed(tmp_path, capsys, monkeypatch):
+    """`accelerate launch --mixed_precision bf16` (the recipe's option left unset) ran bf16, yet
+    config.yaml recorded null, compared as 'no': a resume under a float32 launch continued in float32
+    without a word, a resume with --mixed_precision bf16 was refused ('run no, now bf16'), and
+    --config RUN/config.yaml did not reproduce the run."""
+    from adaptive.training import list_checkpoints
+
+    run = tmp_path / "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what accelerate launch --mixed_precision bf16 hands it
+    argv = ["--max_steps", "6", "--update_every", "2", "--checkpoint_every", "3", "--threads", "1", "--progress",
+            "false", "--figures", "false", "--output_dir", str(run)]
+    full = _main(argv)
+    assert full.summary["mixed_precision"] == "bf16" and set(_recorded_precision(run)) == {"bf16"}
+    _back_to_step_3(run)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # resumed by `accelerate launch --mixed_precision no`
+    metrics = (run / "metrics.csv").read_bytes()
+    err = _error_of([*argv, "--resume", "latest"], capsys)
+    assert "records other settings (mixed_precision: run 'bf16', now 'no') (mixed_precision is" in err
+    assert "relaunch with accelerate launch --mixed_precision bf16, or give --mixed_precision bf16" in err
+    # refused before any step: nothing written
+    assert [c.name for c in list_checkpoints(run / "checkpoints")] == ["step_00000003"]
+    assert (run / "metrics.csv").read_bytes() == metrics and _recorded_precision(run) == ["bf16", "bf16"]
+    # the run's config.yaml reproduces it, whatever the launch gave; so does the recipe's own option
+    for how in (["--config", str(run / "config.yaml")], [*argv, "--mixed_precision", "bf16"]):
+        res = _main([*how, "--output_dir", str(run), "--resume", "latest"])
+        assert res.state.step == 6 and res.summary["mixed_precision"] == "bf16"
+        assert res.conn.mask_hash() == full.conn.mask_hash()
+        sa, sb = res.model.state_dict(), full.model.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)  # continued in bf16, as the uninterrupted run
+        _back_to_step_3(run)
+    # a new run under a float32 launch records 'no'
+    _main(TINY + ["--output_dir", str(tmp_path / "plain")])
+    assert _recorded_precision(tmp_path / "plain") == ["no"]
+
+
+def test_a_mask_only_run_under_a_launch_precision_resumes_with_its_config(tmp_path, capsys, monkeypatch):
+    """The stage checkpoint refused a float32 resume of a bf16-launched run, advising
+    --config RUN/config.yaml, which recorded null and could not give bf16."""
+    import yaml
+
+    run = tmp_path / "mo"
+    argv = ["--mode", "mask_only", "--target", "0.3", "--epochs", "1", "--update_every", "8", "--threads", "1",
+            "--progress", "false", "--figures", "false", "--output_dir", str(run)]
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    _main(argv)
+    assert yaml.safe_load((run / "config.yaml").read_text())["mixed_precision"] == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    err = _error_of([*argv, "--resume", "latest"], capsys)
+    assert "mixed_precision: run 'bf16', now 'no'" in err and "accelerate launch --mixed_precision bf16" in err
+    res = _main(["--config", str(run / "config.yaml"), "--output_dir", str(run), "--resume", "latest"])
+    assert res.summary["mixed_precision"] == "bf16"
+
+
+def test_a_run_that_recorded_a_null_precision_resumes_as_it_ran(tmp_path, capsys, monkeypatch):
+    """Runs before the recipe recorded the launch's precision recorded null: compared with the
+    precision their summary.json records, else (no summary: not known) continued as before, with a note."""
+    run = tmp_path / "old"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    _stopped_train_run(run)  # finished (summary.json: bf16), then back to step 3
+    _recorded_before_the_checks(run, mixed_precision=None)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    err = _error_of(["--config", str(run / "config.yaml"), "--resume", "latest"], capsys)
+    assert "mixed_precision: run 'bf16', now 'no'" in err
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert _main(["--config", str(run / "config.yaml"), "--resume", "latest"]).state.step == 6  # as it ran
+    _back_to_step_3(run)
+    _recorded_before_the_checks(run, mixed_precision=None)
+    (run / "summary.json").unlink()  # stopped before its end: which precision it ran is not recorded
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    capsys.readouterr()
+    res = _main(["--config", str(run / "config.yaml"), "--resume", "latest"])
+    assert res.state.step == 6 and res.summary["mixed_precision"] == "no"
+    assert "records no mixed precision" in capsys.readouterr().out and _recorded_precision(run)[0] == "no"
+
 
 def test_a_train_run_recorded_with_a_warmup_longer_than_the_run_still_resumes(tmp_path, capsys):
     """A run started with --warmup_steps 10 --max_steps 6 before the check was refused as recorded,
