@@ -414,6 +414,7 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    _refuse_multi_process()
     if getattr(args, "plugins", None):
         from adaptive.plugins import PluginError, load_plugins
 
@@ -434,6 +435,23 @@ def main(argv=None):
         _remove_empty(created)
         raise
     return args
+
+
+def _refuse_multi_process() -> None:
+    """Every command runs whole in one process: under a multi-process launch (accelerate launch
+    --num_processes N, torchrun) each process ran all of it, the output written N times, with no word.
+    Refused before any work by the main process, with one line; the others leave quietly (status 0,
+    so that the launcher does not stop the main process before it has said why)."""
+    try:
+        processes = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        processes = 1
+    if processes > 1:
+        if os.environ.get("RANK", "0") not in ("0", ""):
+            raise SystemExit(0)
+        _refuse(f"diagnostics runs in one process and splits no work, but this launch started {processes} "
+                "(WORLD_SIZE): each would run the whole command and write every file; run it with plain "
+                "`python recipes/diagnostics.py ...` instead of accelerate launch or torchrun")
 
 
 def _missing_folders(path) -> list:

@@ -219,3 +219,27 @@ def test_a_failed_command_leaves_no_empty_output_folder(recipe, tmp_path, monkey
     with pytest.raises(FileNotFoundError):
         recipe.main([*no_data, "--output_dir", str(kept / "sub")])
     assert (kept / "sub").is_dir()
+
+
+def test_a_multi_process_launch_is_refused_before_any_work(tmp_path):
+    """Under `accelerate launch --num_processes 2` every process ran the whole command (all output
+    twice, every file written by both) without a word: diagnostics splits no work."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    for rank, said in (("0", True), ("1", False)):
+        env = dict(os.environ, WORLD_SIZE="2", RANK=rank, LOCAL_RANK=rank, OMP_NUM_THREADS="1")
+        p = subprocess.run([sys.executable, str(root / "recipes" / "diagnostics.py"), "collinearity", *COMMON,
+                            "--train_steps", "2", "--output_dir", str(out)], env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert (p.returncode != 0) == said and p.stdout == ""  # the others exit quietly: the launch fails once
+        if said:
+            assert p.stderr.count("\n") == 1 and "error: diagnostics runs in one process" in p.stderr
+            assert "this launch started 2 (WORLD_SIZE)" in p.stderr
+            assert "run it with plain `python recipes/diagnostics.py ...`" in p.stderr
+        else:
+            assert p.stderr == ""
+        assert not out.exists()
