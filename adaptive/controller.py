@@ -51,6 +51,28 @@ def _ranks_nothing(scores: torch.Tensor) -> bool:
     return f.numel() == 0 or bool((f == f[0]).all())
 
 
+def _check_scores(est, side: str, name: str, s, method: Optional[str] = None) -> None:
+    """Refuse an estimator's scores that rank nothing meaningfully: complex values, or NaN (which
+    the policies cannot agree on: a swap sorts it last, a keep plan first). +-inf is taken (the
+    largest and smallest scores: never or always chosen first). One ``isnan().any()`` per layer."""
+    method = method or ("removal_cost" if side == "cost" else "restoration_gain")
+    what = f"{method} ({'removal cost' if side == 'cost' else 'growth gain'})"
+    who = f"estimator {getattr(est, 'name', None) or type(est).__name__!r} ({type(est).__name__})"
+    if not isinstance(s, torch.Tensor):
+        raise ValueError(f"{who}'s {what} for layer {name!r} is a {type(s).__name__}, not a tensor: "
+                         "it must return a real tensor of scores")
+    if s.is_complex():
+        raise ValueError(f"{who}'s {what} for layer {name!r} is complex ({s.dtype}): scores must be real "
+                         "numbers; return a real tensor (e.g. .abs() or .real of it)")
+    if s.is_floating_point() and bool(torch.isnan(s).any()):
+        bad = int(torch.isnan(s).sum())
+        raise ValueError(f"{who}'s {what} for layer {name!r} holds {bad} NaN of {s.numel()} entries: a NaN "
+                         "score has no place in an order (the policies would prune it first or never), so "
+                         "the controller refuses it and leaves the connectome as it was; make the estimator return "
+                         "finite values (e.g. torch.nan_to_num(score, nan=0.0), or a guarded division such as "
+                         "a / b.clamp_min(eps)); +-inf is allowed (ranks as the largest/smallest score)")
+
+
 class Controller:
     """Edits ``conn`` at update steps from measured utility.
 
@@ -454,7 +476,9 @@ class Controller:
                 ctx = self.context(n, step)
                 gran = self.conn.granularities[n]
                 if hasattr(est, "ensemble_scores"):  # drawn per ensemble (random): no sum to pool
-                    out[n] = est.ensemble_scores(ctx, gran).float()
+                    s = est.ensemble_scores(ctx, gran)
+                    _check_scores(est, side, n, s, "ensemble_scores")
+                    out[n] = s.float()
                     continue
                 s = est.removal_cost(ctx) if side == "cost" else est.restoration_gain(ctx)
                 if not isinstance(s, torch.Tensor) or tuple(s.shape) != tuple(ctx.weight.shape):
@@ -462,6 +486,7 @@ class Controller:
                         f"estimator {type(est).__name__}'s {'removal_cost' if side == 'cost' else 'restoration_gain'} "
                         f"for layer {n!r} has shape {tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__}, "
                         f"not the weight's {tuple(ctx.weight.shape)}: it must return one score per synapse")
+                _check_scores(est, side, n, s)
                 out[n] = gran.pool(s.float(), "sum")
         return out
 

@@ -237,7 +237,8 @@ def test_init_estimator_takes_a_plugin_whose_removal_cost_needs_no_gradient():
 
 def test_init_estimator_refuses_removal_costs_that_are_all_nan_before_any_gradient():
     """A signal-to-noise cost |E g| / sqrt(E g^2) is 0/0 before any gradient: NaN everywhere, which
-    ranks as ties broken by index; it was accepted once constant scores alone were refused."""
+    ranks as ties broken by index; it was accepted once constant scores alone were refused. (NaN
+    scores are now refused wherever they come, naming the estimator and the count.)"""
     from adaptive.utility import Estimator
 
     class SNR(Estimator):
@@ -253,7 +254,7 @@ def test_init_estimator_refuses_removal_costs_that_are_all_nan_before_any_gradie
     m = net()
     conn = adaptive.Connectome(m)
     before = conn.mask_hash()
-    with pytest.raises(ValueError, match="init='estimator' ranks the ensembles by estimator 'snr-test'"):
+    with pytest.raises(ValueError, match="estimator 'snr-test'.*removal cost.*'0.weight' holds 128 NaN of 128"):
         adaptive.Controller(conn, policy="utility", estimator=SNR(), density=0.5, budget="uniform", init="estimator")
     assert conn.mask_hash() == before
 

@@ -18,14 +18,16 @@ class OneShot(Policy):
     def initialize(self, ctrl):
         if ctrl.drop_est.needs_gradients:
             return None
-        self.done = True
-        return keep_plan(ctrl, ctrl.scores("cost", 0), ctrl.density)
+        plan = keep_plan(ctrl, ctrl.scores("cost", 0), ctrl.density)
+        self.done = True  # only once planned: scores refused (NaN) leave the prune to come
+        return plan
 
     def update(self, ctrl, step):
         if self.done:
             return None
+        plan = keep_plan(ctrl, ctrl.scores("cost", step), ctrl.density)
         self.done = True
-        return keep_plan(ctrl, ctrl.scores("cost", step), ctrl.density)
+        return plan
 
     def state_dict(self):
         return {"done": self.done}

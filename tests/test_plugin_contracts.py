@@ -1,0 +1,97 @@
+"""A plugin that breaks its part of the contract is refused with an error naming it, before it can
+edit the connectome: NaN or complex estimator scores."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import adaptive
+from adaptive.utility import Estimator, register_estimator
+
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+
+def _train(model, opt, steps):
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randn(16, 20, generator=g), torch.randint(0, 10, (16,), generator=g)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+
+
+@register_estimator("contract_bad_scores", replace=True)
+class BadScores(Estimator):
+    """|w| everywhere; ``fill`` (set from outside) spoils rows 0-15 of layer 0 on side ``where``."""
+    needs_gradients = True
+    fill, where = None, "cost"
+
+    def _score(self, ctx, w, side):
+        s = w.detach().abs().clone()
+        if ctx.name == "0.weight" and side == self.where and self.fill is not None:
+            if self.fill == "complex":
+                return s.to(torch.complex64)
+            s[:16] = self.fill
+        return s
+
+    def removal_cost(self, ctx):
+        return self._score(ctx, ctx.weight, "cost")
+
+    def restoration_gain(self, ctx):
+        return self._score(ctx, ctx.w0, "gain")
+
+
+@pytest.mark.parametrize("policy", ["utility", "magnitude", "gmp", "threshold", "balanced"])
+@pytest.mark.parametrize("where", ["cost", "gain"])
+def test_nan_scores_are_refused_at_the_update_and_nothing_is_edited(policy, where):
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    conn = adaptive.Connectome(model)
+    budget = {} if policy == "threshold" else {"budget": "uniform"}
+    ctrl = adaptive.Controller(conn, opt, policy=policy, estimator="contract_bad_scores", density=0.5,
+                               update_every=4, end_step=12, seed=0, **budget)
+    est = ctrl.drop_est if where == "cost" else ctrl.grow_est
+    if not isinstance(est, BadScores):
+        pytest.skip(f"policy {policy!r} reads no {where} from the estimator")
+    est.fill, est.where = float("nan"), where
+    _train(model, opt, 3)
+    before = {n: m.clone() for n, m in conn.masks.items()}
+    side = "removal cost" if where == "cost" else "growth gain"
+    with pytest.raises(ValueError, match=rf"'contract_bad_scores'.*{side}.*layer '0.weight' holds 320 NaN of 640.*nan_to_num"):
+        _train(model, opt, 1)  # step 4: the update
+    assert all(torch.equal(before[n], conn.masks[n]) for n in before)
+    assert all(not bool(conn.params[n].detach()[~before[n]].any()) for n in before)  # pruned stay 0
+    assert ctrl.policy.state_dict().get("done") in (None, False)  # magnitude's one prune is still to come
+
+
+def test_complex_scores_are_refused_and_inf_is_taken():
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, policy="utility", estimator="contract_bad_scores", density=0.5,
+                               update_every=4, end_step=12, seed=0, budget="uniform")
+    ctrl.drop_est.fill = "complex"
+    with pytest.raises(ValueError, match=r"'contract_bad_scores'.*removal cost.*layer '0.weight' is complex"):
+        _train(model, opt, 4)
+    ctrl.drop_est.fill = float("-inf")  # -inf: the lowest cost, removed first; allowed
+    _train(model, opt, 8)
+    assert abs(conn.density() - 0.5) < 0.01
+
+
+def test_built_in_estimators_give_no_nan_on_a_fresh_window():
+    """A unit that never gets a gradient (dead ReLU: 0/0 in a signal-to-noise score) gives no NaN."""
+    from adaptive.utility import estimator_names
+    for name in estimator_names():
+        if name.startswith("contract_"):
+            continue
+        model = _net()
+        with torch.no_grad():
+            model[0].bias[:8] = -100.0  # units 0-7 never fire: their gradients are exactly 0
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        conn = adaptive.Connectome(model)
+        ctrl = adaptive.Controller(conn, opt, policy="utility", estimator=name, density=0.5,
+                                   update_every=4, end_step=12, seed=0, budget="uniform")
+        _train(model, opt, 12)  # raises if any update's scores hold NaN
+        assert len([e for e in ctrl.events if e["kind"] == "update"]) >= 2, name
