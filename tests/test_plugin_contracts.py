@@ -1,5 +1,5 @@
 """A plugin that breaks its part of the contract is refused with an error naming it, before it can
-edit the connectome: NaN or complex estimator scores."""
+edit the connectome: NaN or complex estimator scores; a model builder that returns no module."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,3 +95,15 @@ def test_built_in_estimators_give_no_nan_on_a_fresh_window():
                                    update_every=4, end_step=12, seed=0, budget="uniform")
         _train(model, opt, 12)  # raises if any update's scores hold NaN
         assert len([e for e in ctrl.events if e["kind"] == "update"]) >= 2, name
+
+
+def test_a_model_builder_returning_no_module_is_a_type_error_naming_it():
+    from adaptive.models import build_model, register_model
+
+    @register_model("contract_not_a_module")
+    def returns_a_function(num_classes=10, in_shape=(1, 8, 8)):
+        return lambda x: x
+
+    with pytest.raises(TypeError, match=r"model 'contract_not_a_module': its builder .*returns_a_function.* "
+                                        r"returned builtins.function .*not a torch.nn.Module"):
+        build_model("contract_not_a_module", num_classes=10, in_shape=(1, 8, 8))

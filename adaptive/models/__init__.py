@@ -81,9 +81,21 @@ def build_model(
         if not bad or bad.group(1) not in kw or bad.group(1) in accepted:  # the builder's own bug: its traceback
             raise
         raise ValueError(_unknown_keyword(name, bad.group(1), accepted, takes_more, str(e))) from None
+    if not isinstance(model, nn.Module):
+        fn = getattr(builder, "__qualname__", None) or repr(builder)
+        where = getattr(builder, "__module__", None)
+        raise TypeError(f"model {name!r}: its builder {fn}{f' (in {where})' if where else ''} returned "
+                        f"{type(model).__module__}.{type(model).__qualname__} ({_short(model)}), not a torch.nn.Module; "
+                        "a registered model builder must return the model (an nn.Module instance)")
     if weights:
         load_weights(model, weights)
     return model
+
+
+def _short(obj) -> str:
+    """``repr(obj)`` cut to a line's worth, for an error message."""
+    r = repr(obj)
+    return r if len(r) <= 80 else r[:77] + "..."
 
 
 _UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
