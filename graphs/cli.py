@@ -30,7 +30,8 @@ from adaptive.atomic import write_text
 from adaptive.warn import warn_user
 
 WEIGHT_FILES = ("model_state.pt", "dense_state_dict.pt", "pruned_state_dict.pt")
-FORMATS = ("graphml", "gexf", "json", "pt")  # pt: a torch_geometric Data saved with torch.save
+FORMATS = ("graphml", "gexf", "json", "pt")  # built in (pt: a torch_geometric Data saved with torch.save); a
+# plugin may register more writers (graphs.register_writer), so --format is checked once plugins are loaded
 # (num_classes, in_shape) of the datasets recipes/adaptive.py names in config.yaml's ``dataset``
 DATASETS = {"mnist": (10, (1, 28, 28)), "cifar10": (10, (3, 32, 32)), "digits": (10, (1, 8, 8)),
             "imagenet": (1000, (3, 224, 224))}
@@ -276,9 +277,11 @@ def _parser():
                            help="file to write, its extension naming the format (.graphml, .gexf, .json, .pt), or "
                                 "an existing folder to write connectome_LEVEL.FORMAT into "
                                 "(default: RUN/connectome_LEVEL.FORMAT)")
-            s.add_argument("--format", choices=FORMATS,
-                           help="graphml, gexf, json, or pt (a torch_geometric Data saved with torch.save); "
-                                "default: the extension of --out, else graphml; refused if --out's extension differs")
+            s.add_argument("--format", metavar="FORMAT",
+                           help=f"{', '.join(FORMATS[:-1])}, or {FORMATS[-1]} (a torch_geometric Data saved with "
+                                "torch.save), or the extension of a writer a plugin registers (--plugins, "
+                                "config.yaml's 'plugins'); default: the extension of --out, else graphml; refused "
+                                "if --out's extension differs")
         elif cmd == "report":
             s.add_argument("--out", metavar="PATH", help="folder for summary.json and the figures, created if "
                            "needed (default: RUN/graph_report)")
@@ -359,13 +362,18 @@ def _export_path(a, run_dir: str):
     """(path, format) export writes: --out's extension is the format, --format may only agree with it."""
     from .exporters import WRITERS
 
-    fmt = a.format
+    known = sorted({*(e.lstrip(".") for e in WRITERS), "pt"})  # plugins are loaded by now: their writers too
+    fmt = a.format.lower() if a.format else None
+    if fmt is not None and fmt not in known:
+        plugin = sorted(set(known) - set(FORMATS))
+        raise UsageError(f"--format {a.format!r} is no format graphs can write: use one of {', '.join(known)}"
+                         + (f" ({', '.join(plugin)}: registered by a plugin)" if plugin else "")
+                         + "; a plugin's writer counts once --plugins (or config.yaml's 'plugins') loads it")
     out = a.out
     if out is None or os.path.isdir(out) or out.endswith(("/", os.sep)):
         fmt = fmt or "graphml"
         return os.path.join(out or run_dir, f"connectome_{a.level}.{fmt}"), fmt
     ext = os.path.splitext(out)[1].lower()
-    known = sorted({*(e.lstrip(".") for e in WRITERS), "pt"})
     if not ext:
         raise UsageError(f"--out {out!r} has no file extension, so it names no format: end it with "
                          f"{', '.join('.' + k for k in known)}, or pass an existing folder (or end the path with /) "

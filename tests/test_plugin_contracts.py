@@ -1,5 +1,6 @@
 """A plugin that breaks its part of the contract is refused with an error naming it, before it can
-edit the connectome: NaN or complex estimator scores; a model builder that returns no module."""
+edit the connectome: NaN or complex estimator scores; a model builder that returns no module; and
+a graph writer a plugin registers is a valid ``--format``."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -107,3 +108,31 @@ def test_a_model_builder_returning_no_module_is_a_type_error_naming_it():
     with pytest.raises(TypeError, match=r"model 'contract_not_a_module': its builder .*returns_a_function.* "
                                         r"returned builtins.function .*not a torch.nn.Module"):
         build_model("contract_not_a_module", num_classes=10, in_shape=(1, 8, 8))
+
+
+def test_graphs_export_takes_a_format_a_plugin_registers_and_names_the_known_ones(tmp_path, capsys):
+    """--format was an argparse choice fixed before plugins load: a plugin's writer worked with
+    --out x.ext but --format ext was refused."""
+    from adaptive.models import build_model
+    from graphs.cli import main
+
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(build_model("mlp", hidden=(8,), in_shape=(1, 4, 4)))
+    run = tmp_path / "run"
+    conn.save(run / "connectome.safetensors")
+    torch.save(conn.dense_state_dict(), run / "model_state.pt")
+    (run / "config.yaml").write_text("model:\n  name: mlp\n  hidden: [8]\n  in_shape: [1, 4, 4]\n")
+    plugin = tmp_path / "contract_writer.py"
+    plugin.write_text("import graphs\n\n@graphs.register_writer('.ctcsv', replace=True)\n"
+                      "def write(g, path):\n    open(path, 'w').write('src,dst\\n')\n")
+    assert main(["export", str(run), "--plugins", str(plugin), "--format", "ctcsv"]) == 0
+    assert (run / "connectome_unit.ctcsv").read_text() == "src,dst\n"
+    capsys.readouterr()
+    assert main(["export", str(run), "--plugins", str(plugin), "--format", "xml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --format 'xml'") and err.count("\n") == 1, err
+    assert "ctcsv, gexf, graphml, json, pt (ctcsv: registered by a plugin)" in err
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "graphml, gexf, json, or pt" in " ".join(capsys.readouterr().out.split())
+
