@@ -29,7 +29,7 @@ from torch import nn
 from . import bitpack, ensemble_rules
 from .atomic import atomic_path
 from .discovery import SynapseLayer, aliases, discover, shared_weight_warning, state_dict_keys
-from .ensembles import Granularity, expands_exactly
+from .ensembles import Granularity, check_granularity, expands_exactly
 from .grad_masking import BackwardMasker
 from .optim_state import preserves_zeros, reset_state, unwrap_optimizer, zero_eps_warning
 from .warn import warn_user
@@ -139,6 +139,11 @@ class Connectome:
         held = aliases(model)  # a tied weight answers to every name it has, as in include/exclude
         self.granularities, self._ensemble = ensemble_rules.resolve(
             ensemble, list(self.params), {n: held.get(id(p), ()) + (n, n.rpartition(".")[0]) for n, p in self.params.items()})
+        checked = set()  # a plugin granularity's pool and expand agree (once per granularity and shape)
+        for n, g in self.granularities.items():
+            if (g, tuple(self.masks[n].shape)) not in checked:
+                check_granularity(g, n, self.masks[n].shape, self.masks[n].device)
+                checked.add((g, tuple(self.masks[n].shape)))
         # Hot-path cache: the non-dense layers' parameters and their masks as 0/1 tensors in the
         # parameter's dtype and device. A float multiply is ~7x faster than one by a bool mask
         # (no per-element dtype cast) and torch._foreach_mul_ does all layers in one call.

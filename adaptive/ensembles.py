@@ -270,6 +270,60 @@ def expands_exactly(g: Granularity) -> bool:
     return type(g) in (SynapseGranularity, KernelGranularity, NeuronGranularity, BlockGranularity)
 
 
+_BUILTIN_TYPES = (SynapseGranularity, KernelGranularity, NeuronGranularity, BlockGranularity, NMGranularity)
+
+
+def check_granularity(g: Granularity, name: str, shape, device=None, builtin: bool = False) -> None:
+    """Refuse a granularity that is not self-consistent on layer ``name`` (weight ``shape``):
+    ``pool`` must return ``ensemble_shape``, ``expand`` the weight's shape, and an ensemble mask
+    must come back from ``pool(expand(x).float(), "max") > 0`` (how the connectome reads its masks)
+    for a random bool ``x`` and its complement. A ValueError names the granularity, the layer and
+    what was wrong. The built-in granularities hold by construction (tests check them with
+    ``builtin=True``) and are skipped; a plugin's costs a few pool/expand calls per layer shape."""
+    if type(g) in _BUILTIN_TYPES and not builtin:
+        return
+    shape = tuple(shape)
+    who = f"ensemble granularity {g.spec!r} ({type(g).__qualname__})"
+    where = f"on layer {name!r} (weight shape {shape})"
+
+    def refuse(what: str, cause: Exception | None = None):
+        why = f": {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}" if cause else ""
+        raise ValueError(f"{who} is not self-consistent {where}: {what}{why}. A granularity's pool() reduces a "
+                         "weight-shaped tensor to ensemble_shape(shape), expand() broadcasts ensemble values back "
+                         "to the weight's shape, and pooling ('max') an expanded ensemble mask gives it back: fix "
+                         "the plugin's granularity") from cause
+
+    try:
+        es = tuple(int(d) for d in g.ensemble_shape(shape))
+    except Exception as e:  # noqa: BLE001 - a plugin's own bug, named
+        refuse("ensemble_shape() failed", e)
+    try:
+        pooled = g.pool(torch.ones(shape, device=device), "sum")
+    except Exception as e:  # noqa: BLE001
+        refuse("pool() failed on a weight-shaped tensor", e)
+    if not isinstance(pooled, torch.Tensor) or tuple(pooled.shape) != es:
+        refuse(f"pool() returns {tuple(pooled.shape) if isinstance(pooled, torch.Tensor) else type(pooled).__name__}, "
+               f"but ensemble_shape() says {es}")
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(es, generator=gen) < 0.5).to(device)
+    for m in (x, ~x):
+        try:
+            full = g.expand(m, shape)
+        except Exception as e:  # noqa: BLE001
+            refuse(f"expand() failed on an ensemble mask of shape {es}", e)
+        if not isinstance(full, torch.Tensor) or tuple(full.shape) != shape:
+            refuse(f"expand() of an ensemble mask of shape {es} returns "
+                   f"{tuple(full.shape) if isinstance(full, torch.Tensor) else type(full).__name__}, not the weight's shape")
+        try:
+            back = g.pool(full.float(), "max") > 0
+        except Exception as e:  # noqa: BLE001
+            refuse("pool(expand(mask), 'max') failed", e)
+        if tuple(back.shape) != es or not torch.equal(back, m):
+            bad = int((back != m).sum()) if tuple(back.shape) == es else "all"
+            refuse(f"pool(expand(mask), 'max') does not give a random ensemble mask back ({bad} of {m.numel()} "
+                   "ensembles differ): pool and expand disagree on which synapses form an ensemble")
+
+
 register_granularity(r"synapse|unstructured")(lambda s: SynapseGranularity())
 register_granularity(r"kernel")(lambda s: KernelGranularity())
 register_granularity(r"neuron|channel|filter")(lambda s: NeuronGranularity())

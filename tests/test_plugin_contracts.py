@@ -1,11 +1,13 @@
 """A plugin that breaks its part of the contract is refused with an error naming it, before it can
-edit the connectome: NaN or complex estimator scores; a model builder that returns no module; and
-a graph writer a plugin registers is a valid ``--format``."""
+edit the connectome: NaN or complex estimator scores; a model builder that returns no module; a
+granularity whose pool and expand disagree; and a graph writer a plugin registers is a valid
+``--format``."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import adaptive
+from adaptive.ensembles import Granularity
 from adaptive.utility import Estimator, register_estimator
 
 
@@ -136,3 +138,57 @@ def test_graphs_export_takes_a_format_a_plugin_registers_and_names_the_known_one
         main(["export", "--help"])
     assert "graphml, gexf, json, or pt" in " ".join(capsys.readouterr().out.split())
 
+
+class _Rows(Granularity):
+    """Pairs of rows (a correct plugin granularity); ``bug`` spoils one of its three parts."""
+    bug = None
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def ensemble_shape(self, shape):
+        return (shape[0] // 2,)
+
+    def pool(self, scores, how="sum"):
+        m = scores.reshape(scores.shape[0] // 2, -1)
+        if self.spec == "ctrows_wrongpool":
+            return scores.reshape(scores.shape[0], -1)  # forgot to reduce
+        return {"sum": m.sum, "mean": m.mean, "max": m.amax, "min": m.amin}[how](1)
+
+    def expand(self, values, shape):
+        if self.spec == "ctrows_wrongexpand":
+            return values.reshape(-1, 1)  # forgot to broadcast
+        if self.spec == "ctrows_inconsistent":
+            values = torch.cat([values, values])  # ensemble i -> rows i and i + n/2, not 2i and 2i+1
+        else:
+            values = values.repeat_interleave(2)
+        return values.reshape(shape[0], *([1] * (len(shape) - 1))).expand(shape)
+
+
+@pytest.mark.parametrize("spec, what", [
+    ("ctrows_wrongpool", r"pool\(\) returns \(32, 20\), but ensemble_shape\(\) says \(16,\)"),
+    ("ctrows_wrongexpand", r"expand\(\) of an ensemble mask of shape \(16,\) returns \(16, 1\), not the weight's shape"),
+    ("ctrows_inconsistent", r"pool\(expand\(mask\), 'max'\) does not give a random ensemble mask back"),
+])
+def test_a_plugin_granularity_that_is_not_self_consistent_is_refused_when_the_connectome_is_built(spec, what):
+    from adaptive.ensembles import register_granularity
+    register_granularity(spec, replace=True)(_Rows)
+    with pytest.raises(ValueError, match=rf"granularity '{spec}' \(_Rows\) is not self-consistent on layer "
+                                         rf"'0.weight' \(weight shape \(32, 20\)\): {what}"):
+        adaptive.Connectome(_net(), ensemble=spec)
+
+
+def test_a_self_consistent_plugin_granularity_and_every_built_in_pass_the_check():
+    from adaptive.ensembles import check_granularity, get_granularity, register_granularity
+    register_granularity("ctrows", replace=True)(_Rows)
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    conn = adaptive.Connectome(model, ensemble="ctrows")
+    adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=4, end_step=12, seed=0, budget="uniform")
+    _train(model, opt, 12)
+    m = conn.masks["0.weight"]
+    assert torch.equal(m[0::2], m[1::2]) and abs(conn.density() - 0.5) < 0.05
+    shapes = [(32, 20), (7, 5), (1, 1), (64, 3, 3, 3), (10, 4, 5, 5), (6, 2, 3, 3, 3), (13, 1, 7, 7)]
+    for spec in ["synapse", "kernel", "neuron", "block:4x4", "block:3x2", "block:1x8", "2:4", "1:3"]:
+        for shape in shapes:
+            check_granularity(get_granularity(spec), "layer", shape, builtin=True)
