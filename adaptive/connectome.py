@@ -141,9 +141,10 @@ class Connectome:
             ensemble, list(self.params), {n: held.get(id(p), ()) + (n, n.rpartition(".")[0]) for n, p in self.params.items()})
         checked = set()  # a plugin granularity's pool and expand agree (once per granularity and shape)
         for n, g in self.granularities.items():
-            if (g, tuple(self.masks[n].shape)) not in checked:
+            key = (id(g), tuple(self.masks[n].shape))  # by identity: a plugin's dataclass may not hash
+            if key not in checked:
                 check_granularity(g, n, self.masks[n].shape, self.masks[n].device)
-                checked.add((g, tuple(self.masks[n].shape)))
+                checked.add(key)
         # Hot-path cache: the non-dense layers' parameters and their masks as 0/1 tensors in the
         # parameter's dtype and device. A float multiply is ~7x faster than one by a bool mask
         # (no per-element dtype cast) and torch._foreach_mul_ does all layers in one call.

@@ -753,11 +753,12 @@ class Controller:
         update repeated for every layer of its plan)."""
         cache = self.__dict__.setdefault("_size_cache", {})
         g, shape = self.conn.granularities[name], self.conn.layers[name].shape
-        key = (name, g, tuple(shape))
-        if key not in cache:
-            cache[key] = (None if tuple(g.ensemble_shape(shape)) == tuple(shape)
-                          else g.ensemble_sizes(shape).reshape(-1).round())
-        return cache[key]
+        key = (name, tuple(shape))
+        held = cache.get(key)
+        if held is None or held[0] is not g:  # by identity: a plugin's dataclass granularity may not hash
+            held = cache[key] = (g, None if tuple(g.ensemble_shape(shape)) == tuple(shape)
+                                 else g.ensemble_sizes(shape).reshape(-1).round())
+        return held[1]
 
     def _synapse_counts(self, plan: EditPlan, names=None, sizes=None):
         """Synapses pruned and grown by a plan (ensembles can hold several), in the layers ``names``

@@ -192,3 +192,25 @@ def test_a_self_consistent_plugin_granularity_and_every_built_in_pass_the_check(
     for spec in ["synapse", "kernel", "neuron", "block:4x4", "block:3x2", "block:1x8", "2:4", "1:3"]:
         for shape in shapes:
             check_granularity(get_granularity(spec), "layer", shape, builtin=True)
+
+
+def test_a_dataclass_plugin_granularity_which_does_not_hash_is_checked_too():
+    """A dataclass with eq=True has no __hash__: the per-(granularity, shape) memo of the check
+    keyed by the granularity itself raised 'unhashable type' when the connectome was built."""
+    import dataclasses
+
+    from adaptive.ensembles import NeuronGranularity, register_granularity
+
+    @dataclasses.dataclass
+    class Units(NeuronGranularity):
+        k: int = 1
+
+    register_granularity("ct_dataclass_units", replace=True)(lambda s: Units())
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    conn = adaptive.Connectome(model, ensemble="ct_dataclass_units")
+    assert all(type(g) is Units for g in conn.granularities.values())
+    adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=4, end_step=12, seed=0, budget="uniform")
+    _train(model, opt, 12)
+    m = conn.masks["0.weight"]  # whole units (rows) present or absent, half of them
+    assert bool((m.all(1) | ~m.any(1)).all()) and abs(conn.density() - 0.5) < 0.05
