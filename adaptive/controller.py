@@ -51,7 +51,13 @@ def _ranks_nothing(scores: torch.Tensor) -> bool:
     return f.numel() == 0 or bool((f == f[0]).all())
 
 
-def _check_scores(est, side: str, name: str, s, method: Optional[str] = None) -> None:
+def _nonfinite_weights(ctx) -> int:
+    """Entries of the layer's weights (and of the originals a restore reads) that are NaN or inf."""
+    return sum(int((~torch.isfinite(t)).sum()) for t in (ctx.weight, ctx.restore)
+               if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+
+def _check_scores(est, side: str, name: str, s, method: Optional[str] = None, ctx=None) -> None:
     """Refuse an estimator's scores that rank nothing meaningfully: complex values, or NaN (which
     the policies cannot agree on: a swap sorts it last, a keep plan first). +-inf is taken (the
     largest and smallest scores: never or always chosen first). One ``isnan().any()`` per layer."""
@@ -66,6 +72,12 @@ def _check_scores(est, side: str, name: str, s, method: Optional[str] = None) ->
                          "numbers; return a real tensor (e.g. .abs() or .real of it)")
     if s.is_floating_point() and bool(torch.isnan(s).any()):
         bad = int(torch.isnan(s).sum())
+        broken = _nonfinite_weights(ctx) if ctx is not None else 0
+        if broken:  # the scores inherit it: the estimator is not at fault
+            raise ValueError(f"{who}'s {what} for layer {name!r} holds {bad} NaN of {s.numel()} entries because "
+                             f"the layer's weights hold {broken} NaN or inf values: the run diverged (lower the "
+                             "learning rate, or check the data for NaN or inf) or the weights loaded were broken; "
+                             "the controller refuses to edit from them and leaves the connectome as it was")
         raise ValueError(f"{who}'s {what} for layer {name!r} holds {bad} NaN of {s.numel()} entries: a NaN "
                          "score has no place in an order (the policies would prune it first or never), so "
                          "the controller refuses it and leaves the connectome as it was; make the estimator return "
@@ -123,10 +135,10 @@ class Controller:
 
     A window whose gradients hold NaN or inf (a non-finite loss or gradient in any batch, on any
     process) is left out: its update is skipped, the first time with a warning, and counted in
-    ``nonfinite_windows``.
+    ``nonfinite_windows``; so is an update while an editable layer's weights hold NaN or inf.
     """
 
-    nonfinite_windows = 0  # windows left out for NaN or inf gradients (see update)
+    nonfinite_windows = 0  # updates skipped for NaN or inf gradients or weights (see update)
 
     def __init__(
         self,
@@ -477,7 +489,7 @@ class Controller:
                 gran = self.conn.granularities[n]
                 if hasattr(est, "ensemble_scores"):  # drawn per ensemble (random): no sum to pool
                     s = est.ensemble_scores(ctx, gran)
-                    _check_scores(est, side, n, s, "ensemble_scores")
+                    _check_scores(est, side, n, s, "ensemble_scores", ctx)
                     out[n] = s.float()
                     continue
                 s = est.removal_cost(ctx) if side == "cost" else est.restoration_gain(ctx)
@@ -486,8 +498,15 @@ class Controller:
                         f"estimator {type(est).__name__}'s {'removal_cost' if side == 'cost' else 'restoration_gain'} "
                         f"for layer {n!r} has shape {tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__}, "
                         f"not the weight's {tuple(ctx.weight.shape)}: it must return one score per synapse")
-                _check_scores(est, side, n, s)
-                out[n] = gran.pool(s.float(), "sum")
+                _check_scores(est, side, n, s, ctx=ctx)
+                out[n] = pooled = gran.pool(s.float(), "sum")
+                if bool(torch.isnan(pooled).any()):  # +inf and -inf in one ensemble: their sum is NaN
+                    raise ValueError(
+                        f"estimator {getattr(est, 'name', None) or type(est).__name__!r}'s "
+                        f"{'removal_cost' if side == 'cost' else 'restoration_gain'} for layer {n!r} sums to NaN in "
+                        f"{int(torch.isnan(pooled).sum())} of {pooled.numel()} ensembles ({gran.spec}): each holds "
+                        "both +inf and -inf, which have no sum; the controller refuses it and leaves the connectome "
+                        "as it was. Give an ensemble's synapses infinities of one sign, or finite scores")
         return out
 
     def alive(self) -> Dict[str, torch.Tensor]:
@@ -799,6 +818,17 @@ class Controller:
                                   f"check the data (NaN or inf in inputs or targets) {check}. Later such windows are "
                                   "counted in ctrl.nonfinite_windows, not warned again")  # update, its inference_mode wrapper, step, the caller
                 return None
+        broken = [n for n in self.editable() if not bool(torch.isfinite(self.conn.params[n]).all())]
+        if broken:
+            # scores made from them (magnitude, gmp: estimators that read no gradient) would be NaN, which
+            # ranks nothing: the update is skipped, as a window with non-finite gradients is
+            self.nonfinite_windows += 1
+            if self.nonfinite_windows == 1:
+                warn_user(f"step {step}: the weights of {len(broken)} layer(s) ({', '.join(broken[:3])}"
+                          f"{' ...' if len(broken) > 3 else ''}) hold NaN or inf (a diverging run), so the update is "
+                          "skipped; check the data (NaN or inf in inputs or targets) and the learning rate. Later "
+                          "such updates are counted in ctrl.nonfinite_windows, not warned again")
+            return None
         plan = self.policy.update(self, step)
         event = self._apply(plan if plan is not None else EditPlan(), step=step)
         if self.stats is not None:

@@ -932,14 +932,29 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
                  " ".join(diff)]
     if diff:
         run_dir = run_dir or path.parent
-        mp = ""
+        mp = give = ""
         if any(d.startswith("mixed_precision: run") for d in diff):  # what accelerate launch gave, or the option
             mp = (f" (mixed_precision is the precision each ran: relaunch with accelerate launch --mixed_precision "
                   f"{saved['mixed_precision']}, or give --mixed_precision {saved['mixed_precision']})")
+            give = f" --mixed_precision {saved['mixed_precision']}"  # a file recorded before it was (null) lacks it
         raise CheckpointError(f"--resume: {path} records other settings ({'; '.join(diff)}){mp}; resume with the "
-                              f"run's settings (--config {path} --output_dir {run_dir} --resume {resume or 'latest'} "
-                              "gives them all), or run without --resume into another --output_dir to start afresh")
+                              f"run's settings (--config {path}{give} --output_dir {run_dir} --resume "
+                              f"{resume or 'latest'} gives them all), or run without --resume into another "
+                              "--output_dir to start afresh")
     return saved
+
+
+def _stage_precision_fix(problem: str) -> str:
+    """For a stage checkpoint that ran under another precision: the option that gives it (a config.yaml
+    recorded before the recipe recorded the precision accelerate launch gave holds none)."""
+    import re
+
+    m = re.search(r"precision: checkpoint '([^']*)'", problem)
+    ran = m and {"autocast bfloat16": "bf16", "autocast float16": "fp16", "float32": "no"}.get(m.group(1))
+    if not ran:  # none, or weights of another dtype: no option of the recipe gives that
+        return ""
+    return (f"; the precision it ran, {m.group(1)!r}, is --mixed_precision {ran}, or accelerate launch "
+            f"--mixed_precision {ran}")
 
 
 def _unrecorded_precision(path: Path, run_dir: Path, now: str) -> str:
@@ -1046,7 +1061,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
                 result = optimize_connectome(model, train_dl, holdout_dl, target, **kw)
         except stage_checkpoint.CheckpointMismatchError as e:  # the checkpoint path here is RUN/mask_only_checkpoint.pt
             raise e.with_fix(f"To continue it, give the run's settings with --resume (--config {output_dir / 'config.yaml'} "
-                             "holds them); to start afresh, give another --output_dir (or --overwrite to replace that "
+                             f"holds them{_stage_precision_fix(e.problem)}); to start afresh, give another --output_dir (or --overwrite to replace that "
                              "run)", afresh="start afresh in another --output_dir, or with --overwrite (which deletes that "
                              "run)") from None
     finally:
@@ -1185,16 +1200,16 @@ def _whole_ensembles(ctrl, density: float) -> Optional[int]:
 
 def _update_note(cfg, summary, total_steps, ctrl) -> Optional[str]:
     """A line for the summary when an adaptive policy never got to edit the connectome: its update
-    windows held NaN or inf gradients, or the run was too short for its schedule."""
+    windows held NaN or inf gradients or weights, or the run was too short for its schedule."""
     skipped = ctrl.nonfinite_windows
     if skipped and summary["updates"]:
-        return (f"{skipped} update window(s) held NaN or inf gradients and were skipped ({summary['updates']} "
+        return (f"{skipped} update window(s) held NaN or inf gradients or weights and were skipped ({summary['updates']} "
                 "update(s) ran); the training diverged at times (see the losses in metrics.csv): lower --lr, or "
                 "add --warmup_steps")
     if summary["updates"] or cfg.policy == "magnitude":  # one-shot magnitude prunes at the start
         return None
     if skipped:
-        return (f"no controller update ran: the gradients of all {skipped} update window(s) held NaN or inf, so "
+        return (f"no controller update ran: the gradients or weights of all {skipped} update window(s) held NaN or inf, so "
                 "each update was skipped and the connectome kept its initial masks; the training diverged (see "
                 "the losses in metrics.csv): lower --lr, or add --warmup_steps")
     end_step = max(1, int(round(cfg.end_fraction * total_steps)))

@@ -702,6 +702,18 @@ def test_a_mask_only_run_under_a_launch_precision_resumes_with_its_config(tmp_pa
     assert "mixed_precision: run 'bf16', now 'no'" in err and "accelerate launch --mixed_precision bf16" in err
     res = _main(["--config", str(run / "config.yaml"), "--output_dir", str(run), "--resume", "latest"])
     assert res.summary["mixed_precision"] == "bf16"
+    # recorded before the precision was (null), stopped before its summary: the stage checkpoint refuses a
+    # float32 resume, and its advice names the option, which the config file cannot give
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["mixed_precision"] = None
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (run / "summary.json").unlink()
+    err = _error_of(["--config", str(run / "config.yaml"), "--output_dir", str(run), "--resume", "latest"], capsys)
+    assert "precision: checkpoint 'autocast bfloat16', this run 'float32'" in err
+    assert "the precision it ran, 'autocast bfloat16', is --mixed_precision bf16" in err
+    res = _main(["--config", str(run / "config.yaml"), "--mixed_precision", "bf16", "--output_dir", str(run),
+                 "--resume", "latest"])
+    assert res.summary["mixed_precision"] == "bf16"
 
 
 def test_a_run_that_recorded_a_null_precision_resumes_as_it_ran(tmp_path, capsys, monkeypatch):
@@ -714,8 +726,14 @@ def test_a_run_that_recorded_a_null_precision_resumes_as_it_ran(tmp_path, capsys
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
     err = _error_of(["--config", str(run / "config.yaml"), "--resume", "latest"], capsys)
     assert "mixed_precision: run 'bf16', now 'no'" in err
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    assert _main(["--config", str(run / "config.yaml"), "--resume", "latest"]).state.step == 6  # as it ran
+    # the command the error advises gives the precision too (the config files record null): it resumes
+    import re
+    import shlex
+
+    advised = re.search(r"\((--config .*) gives them all\)", err).group(1)
+    assert " --mixed_precision bf16 " in advised
+    res = _main(shlex.split(advised))
+    assert res.state.step == 6 and res.summary["mixed_precision"] == "bf16"  # as it ran
     _back_to_step_3(run)
     _recorded_before_the_checks(run, mixed_precision=None)
     (run / "summary.json").unlink()  # stopped before its end: which precision it ran is not recorded

@@ -214,3 +214,53 @@ def test_a_dataclass_plugin_granularity_which_does_not_hash_is_checked_too():
     _train(model, opt, 12)
     m = conn.masks["0.weight"]  # whole units (rows) present or absent, half of them
     assert bool((m.all(1) | ~m.any(1)).all()) and abs(conn.density() - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("policy", ["gmp", "magnitude"])
+def test_a_diverged_run_under_an_estimator_reading_no_gradient_skips_its_update_naming_the_weights(policy):
+    """NaN weights (a diverged run) gave magnitude NaN scores, and the update was refused with advice to
+    fix the built-in estimator: now the update is skipped, as a window of NaN gradients is, with a
+    warning naming the weights, and a direct scores() call names them as the cause."""
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, policy=policy, estimator="magnitude", density=0.5, update_every=4,
+                               end_step=40, seed=0)
+    _train(model, opt, 3)
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")  # the 4th step spreads it to layer 2
+    before = {n: m.clone() for n, m in conn.masks.items()}
+    with pytest.warns(UserWarning, match=r"step 4: the weights of 2 layer\(s\) \(0.weight, 2.weight\) hold NaN or inf"):
+        _train(model, opt, 1)
+    assert ctrl.nonfinite_windows == 1 and not [e for e in ctrl.events if e["kind"] == "update"]
+    assert all(torch.equal(before[n], conn.masks[n]) for n in before)
+    with pytest.raises(ValueError, match=r"because the layer's weights hold \d+ NaN or inf values: the run diverged"):
+        ctrl.scores("cost", names=["0.weight"])
+
+
+def test_an_ensemble_whose_scores_hold_both_infinities_is_refused_not_pooled_to_nan():
+    """+inf and -inf in one ensemble sum to NaN after pooling, which the per-synapse check passed."""
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    ctrl = adaptive.Controller(conn, opt, policy="utility", estimator="contract_bad_scores", density=0.5,
+                               update_every=4, end_step=12, seed=0, budget="uniform")
+    _train(model, opt, 3)
+    before = {n: m.clone() for n, m in conn.masks.items()}
+    ctrl.drop_est.fill = float("inf")  # rows 0-15 +inf ...
+    orig = BadScores._score
+
+    def both(self, ctx, w, side):
+        s = orig(self, ctx, w, side)
+        if ctx.name == "0.weight" and side == "cost":
+            s[:4, 0] = float("-inf")  # ... but one synapse of units 0-3 -inf
+        return s
+
+    BadScores._score = both
+    try:
+        with pytest.raises(ValueError, match=r"sums to NaN in 4 of 32 ensembles \(neuron\): each holds both \+inf "
+                                             r"and -inf"):
+            _train(model, opt, 1)
+    finally:
+        BadScores._score = orig
+    assert all(torch.equal(before[n], conn.masks[n]) for n in before)

@@ -587,14 +587,14 @@ def test_a_diverged_run_blames_its_nan_gradients_not_its_length(tmp_path, capsys
     res = run(tmp_path, "--policy", "rigl", "--density", "0.2", "--lr", "1e8", "--figures", "false")
     note = res.summary["update_note"]
     assert res.summary["updates"] == 0 and res.controller.nonfinite_windows == 3
-    assert note.startswith("no controller update ran: the gradients of all 3 update window(s) held NaN or inf")
+    assert note.startswith("no controller update ran: the gradients or weights of all 3 update window(s) held NaN or inf")
     assert "more steps" not in note and f"note: {note}" in capsys.readouterr().out
     # some windows skipped, some updates ran: said too
     from types import SimpleNamespace
 
     cfg = SimpleNamespace(policy="rigl", update_every=10, end_fraction=0.8)
     note = R._update_note(cfg, {"updates": 4}, 100, SimpleNamespace(nonfinite_windows=2))
-    assert note.startswith("2 update window(s) held NaN or inf gradients and were skipped (4 update(s) ran)")
+    assert note.startswith("2 update window(s) held NaN or inf gradients or weights and were skipped (4 update(s) ran)")
     assert R._update_note(cfg, {"updates": 4}, 100, SimpleNamespace(nonfinite_windows=0)) is None
 
 
