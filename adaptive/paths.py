@@ -2,7 +2,8 @@
 
 Data is looked for, in order: an explicit ``data_dir`` (``--data-dir``), the ``ADAPTIVE_DATA``
 environment variable, ``<repo root>/../shared/data`` (repo root = the folder holding the
-``adaptive`` package), and ``~/.cache/adaptive/data``. Caches (decoded image tensors) go to
+``adaptive`` package; a source or editable checkout only: an installed package's folder is
+site-packages, with no repository beside it), and ``~/.cache/adaptive/data``. Caches (decoded image tensors) go to
 ``ADAPTIVE_CACHE`` or ``~/.cache/adaptive``, never inside the repository.
 """
 from __future__ import annotations
@@ -15,6 +16,8 @@ PathLike = Union[str, os.PathLike]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# a source or editable checkout (not site-packages): only then is there a repository to look beside
+IN_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file()
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -45,18 +48,19 @@ def candidate_data_dirs(data_dir: Optional[PathLike] = None) -> List[Path]:
     env = os.environ.get("ADAPTIVE_DATA")
     if env:
         dirs.append(Path(env).expanduser())
-    dirs += [SHARED_DATA, cache_dir() / "data"]
+    dirs += [SHARED_DATA] if IN_CHECKOUT else []
+    dirs += [cache_dir() / "data"]
     return dirs
 
 
 def resolve_data_dir(data_dir: Optional[PathLike] = None) -> Path:
     """The data folder to use: explicit arg, else $ADAPTIVE_DATA, else ``../shared/data`` from the
-    repo root if it exists, else ``~/.cache/adaptive/data`` (also the place downloads go)."""
+    repo root if it exists (a checkout), else ``~/.cache/adaptive/data`` (also the place downloads go)."""
     if data_dir is not None and str(data_dir) != "":
         return Path(data_dir).expanduser()
     if os.environ.get("ADAPTIVE_DATA"):
         return Path(os.environ["ADAPTIVE_DATA"]).expanduser()
-    return SHARED_DATA if SHARED_DATA.is_dir() else cache_dir() / "data"
+    return SHARED_DATA if IN_CHECKOUT and SHARED_DATA.is_dir() else cache_dir() / "data"
 
 
 def find_data(name: str, relpaths: Sequence[str], data_dir: Optional[PathLike] = None,
