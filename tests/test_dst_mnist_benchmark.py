@@ -21,7 +21,12 @@ MNIST = paths.SHARED_DATA / "mnist" / "mnist.npz"
 ])
 def test_the_reproduce_line_carries_the_options_that_shaped_the_table(tmp_path, monkeypatch, extra, expect):
     # without --append it kept only --epochs and --seeds: a 3-run table said to come from the 19-run default
-    (tmp_path / "none.jsonl").touch()
+    import json
+
+    lr, every = ("0.05" if "--lr" in extra else "0.1"), ("200" if "200" in extra else "100")
+    (tmp_path / "none.jsonl").write_text(json.dumps(  # one finished run: a table with none is refused
+        {"key": f"e12-b100-lr{lr}-wd0.0005-u{every}|rigl|None/None|0.02|0", "holdout_acc": 0.9, "test_acc": 0.95,
+         "seconds": 60.0}) + "\n")
     out = tmp_path / "table.md"
     # run as the README runs it (as __main__, like tests/test_readme.py): the policies it registers
     # then come from the one origin, which a rerun may register again
@@ -50,3 +55,25 @@ def test_the_reproduce_line_counts_only_the_runs_behind_the_table(tmp_path, monk
     text = out.read_text()
     assert "| RigL | 95.00" in text
     assert "(1 runs, 2 minutes of run time" in text
+
+
+@pytest.mark.skipif(not MNIST.is_file(), reason=f"shared MNIST absent at {MNIST} (always present on CI)")
+def test_table_only_with_no_finished_run_leaves_the_table_as_it_is(tmp_path, monkeypatch):
+    """--table_only from a folder with no runs/ (a fresh clone) replaced the recorded table with an
+    empty one; and --results was found from the working folder while --out was the repository's."""
+    out = tmp_path / "table.md"
+    out.write_text("the recorded table\n")
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--table_only", "--results", str(tmp_path / "none.jsonl"),
+                                      "--out", str(out), "--data-dir", str(MNIST.parent.parent)])
+    with pytest.raises(SystemExit, match=r"--table_only: no finished run in .*none.jsonl for these settings, so "
+                                         r".*table.md is left as it is"):
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert out.read_text() == "the recorded table\n"
+    monkeypatch.chdir(tmp_path)  # the default --results is the repository's runs/, wherever it is run from
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--table_only", "--out", str(out), "--data-dir",
+                                      str(MNIST.parent.parent), "--methods", "rigl", "--densities", "0.33", "--seeds",
+                                      "99"])  # settings no recorded run has
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert f"no finished run in {paths.REPO_ROOT / 'runs' / 'benchmarks' / 'dst_mnist' / 'results.jsonl'} " in str(e.value)
+    assert out.read_text() == "the recorded table\n"

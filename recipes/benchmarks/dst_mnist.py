@@ -237,7 +237,8 @@ def main(argv=None):
                     help="policy/estimator pairs for 'ours'; estimator@u50+f0.5 also sets update_every and edit fraction")
     ap.add_argument("--data-dir", "--data_dir", dest="data_dir")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--results", default="runs/benchmarks/dst_mnist/results.jsonl")
+    ap.add_argument("--results", default=str(HERE.parents[1] / "runs" / "benchmarks" / "dst_mnist" / "results.jsonl"),
+                    help="the finished runs (JSON lines; default: runs/benchmarks/dst_mnist/ of the repository, as --out is)")
     ap.add_argument("--out", default=str(HERE / "results" / "dst_mnist.md"))
     ap.add_argument("--table_only", action="store_true", help="only write the table from finished runs")
     ap.add_argument("--append", action="store_true", help="append the table to --out as a section")
@@ -314,6 +315,9 @@ def main(argv=None):
                     row = run(m, 1.0 if m == "dense" else d, s, *pe)
                 if row is not None:
                     table[(m, d)].append(row)
+    if args.table_only and not any(table.values()):  # an empty table would replace the recorded one
+        raise SystemExit(f"--table_only: no finished run in {res_path} for these settings, so {args.out} is left as it "
+                         "is; run the benchmark without --table_only first (or give --results the file that holds them)")
     write_table(args, densities, methods, seeds, table, chosen, candidates, done, tag, rigl_torch_why, data, reused)
 
 
