@@ -32,6 +32,13 @@ def absolute_if_exists(value):
     return value
 
 
+def repo_relative(path: PathLike) -> str:
+    """``path`` as a committed table prints it: relative to the repository root when inside it (the
+    same on every machine), else as given."""
+    p, root = Path(path).resolve(), Path(REPO_ROOT).resolve()
+    return p.relative_to(root).as_posix() if p.is_relative_to(root) else str(path)
+
+
 def cache_dir(path: Optional[PathLike] = None) -> Path:
     """Folder for derived caches: ``path``, else $ADAPTIVE_CACHE, else ``~/.cache/adaptive``."""
     if path is not None:

@@ -77,3 +77,23 @@ def test_table_only_with_no_finished_run_leaves_the_table_as_it_is(tmp_path, mon
         runpy.run_path(str(SCRIPT), run_name="__main__")
     assert f"no finished run in {paths.REPO_ROOT / 'runs' / 'benchmarks' / 'dst_mnist' / 'results.jsonl'} " in str(e.value)
     assert out.read_text() == "the recorded table\n"
+
+
+
+@pytest.mark.skipif(not MNIST.is_file(), reason=f"shared MNIST absent at {MNIST} (always present on CI)")
+def test_the_table_names_the_repository_s_results_file_relative_to_it(tmp_path, monkeypatch):
+    """The default --results became an absolute path, which the committed table then carried."""
+    import json
+
+    assert paths.repo_relative("/elsewhere/r.jsonl") == "/elsewhere/r.jsonl"
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path)  # a repository here, its results file inside it
+    res = tmp_path / "runs" / "benchmarks" / "dst_mnist" / "results.jsonl"
+    res.parent.mkdir(parents=True)
+    res.write_text(json.dumps({"key": "e12-b100-lr0.1-wd0.0005-u100|rigl|None/None|0.02|0", "holdout_acc": 0.9,
+                               "test_acc": 0.95, "seconds": 60.0}) + "\n")
+    out = tmp_path / "table.md"
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--table_only", "--results", str(res), "--out", str(out),
+                                      "--data-dir", str(MNIST.parent.parent), "--densities", "0.02",
+                                      "--methods", "rigl", "--seeds", "0"])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert "1 of them read back from runs/benchmarks/dst_mnist/results.jsonl, not rerun" in out.read_text()
