@@ -57,13 +57,28 @@ def _nonfinite_weights(ctx) -> int:
                if isinstance(t, torch.Tensor) and t.is_floating_point())
 
 
+def _describe(est, side: str, method: Optional[str] = None):
+    """(who, what) an error about an estimator's scores names: the estimator, and its method and side."""
+    method = method or ("removal_cost" if side == "cost" else "restoration_gain")
+    return (f"estimator {getattr(est, 'name', None) or type(est).__name__!r} ({type(est).__name__})",
+            f"{method} ({'removal cost' if side == 'cost' else 'growth gain'})")
+
+
+def _check_pooled(est, side: str, name: str, pooled: torch.Tensor, gran) -> None:
+    """Refuse ensemble scores that pooled to NaN: +inf and -inf in one ensemble have no sum."""
+    if bool(torch.isnan(pooled).any()):
+        who, what = _describe(est, side)
+        raise ValueError(f"{who}'s {what} for layer {name!r} sums to NaN in {int(torch.isnan(pooled).sum())} of "
+                         f"{pooled.numel()} ensembles ({gran.spec}): each holds both +inf and -inf, which have no "
+                         "sum; the controller refuses it and leaves the connectome as it was. Give an ensemble's "
+                         "synapses infinities of one sign, or finite scores")
+
+
 def _check_scores(est, side: str, name: str, s, method: Optional[str] = None, ctx=None) -> None:
     """Refuse an estimator's scores that rank nothing meaningfully: complex values, or NaN (which
     the policies cannot agree on: a swap sorts it last, a keep plan first). +-inf is taken (the
     largest and smallest scores: never or always chosen first). One ``isnan().any()`` per layer."""
-    method = method or ("removal_cost" if side == "cost" else "restoration_gain")
-    what = f"{method} ({'removal cost' if side == 'cost' else 'growth gain'})"
-    who = f"estimator {getattr(est, 'name', None) or type(est).__name__!r} ({type(est).__name__})"
+    who, what = _describe(est, side, method)
     if not isinstance(s, torch.Tensor):
         raise ValueError(f"{who}'s {what} for layer {name!r} is a {type(s).__name__}, not a tensor: "
                          "it must return a real tensor of scores")
@@ -499,14 +514,9 @@ class Controller:
                         f"for layer {n!r} has shape {tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__}, "
                         f"not the weight's {tuple(ctx.weight.shape)}: it must return one score per synapse")
                 _check_scores(est, side, n, s, ctx=ctx)
-                out[n] = pooled = gran.pool(s.float(), "sum")
-                if bool(torch.isnan(pooled).any()):  # +inf and -inf in one ensemble: their sum is NaN
-                    raise ValueError(
-                        f"estimator {getattr(est, 'name', None) or type(est).__name__!r}'s "
-                        f"{'removal_cost' if side == 'cost' else 'restoration_gain'} for layer {n!r} sums to NaN in "
-                        f"{int(torch.isnan(pooled).sum())} of {pooled.numel()} ensembles ({gran.spec}): each holds "
-                        "both +inf and -inf, which have no sum; the controller refuses it and leaves the connectome "
-                        "as it was. Give an ensemble's synapses infinities of one sign, or finite scores")
+                out[n] = gran.pool(s.float(), "sum")
+                if out[n].shape != s.shape:  # ensembles of several synapses: a sum, which +inf and -inf spoil
+                    _check_pooled(est, side, n, out[n], gran)
         return out
 
     def alive(self) -> Dict[str, torch.Tensor]:
