@@ -48,6 +48,9 @@ class TrainState:
     # the run's shape, checked on resume: another process count reads other data at the same step
     processes: int = 1
     steps_per_epoch: int = 0
+    # batches accumulated into one optimizer step (Accelerate's gradient_accumulation_steps): a step
+    # of a run resumed with another would read other batches and average another number of them
+    accumulation: int = 1
     # the learning rate the last trained step used (a scheduler has already moved the optimizer's
     # on to the next step's): what a metric row's ``lr`` reports
     lr: Optional[float] = None
@@ -60,7 +63,8 @@ class TrainState:
         window = self.saved_window if self.saved_window is not None else self.window
         return {"step": self.step, "epoch": self.epoch, "metrics": [dict(r) for r in self.metrics],
                 "window": [float(v) for v in window], "processes": self.processes,
-                "steps_per_epoch": self.steps_per_epoch, "lr": self.lr, "seconds": self.seconds}
+                "steps_per_epoch": self.steps_per_epoch, "gradient_accumulation_steps": self.accumulation,
+                "lr": self.lr, "seconds": self.seconds}
 
     def load_state_dict(self, sd: dict) -> None:
         """Each process takes an equal share of the saved window, so the next row's sum over
@@ -69,6 +73,7 @@ class TrainState:
         self.metrics = [dict(r) for r in sd.get("metrics", [])]
         self.processes = int(sd.get("processes", self.processes))  # older checkpoints: taken as this run's
         self.steps_per_epoch = int(sd.get("steps_per_epoch", self.steps_per_epoch))
+        self.accumulation = int(sd.get("gradient_accumulation_steps", 1))  # older checkpoints: none accumulated
         self.lr = sd.get("lr", self.lr)
         seconds = sd.get("seconds")  # older checkpoints: None, the earlier sessions' time is unknown
         self.seconds = None if seconds is None else float(seconds)
@@ -153,33 +158,47 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
                     log_every: int = 50, on_step: Optional[Callable[[TrainState], None]] = None,
                     progress=None) -> Dict[str, float]:
     """One pass over ``loader`` (already positioned: pass ``accelerator.skip_first_batches`` to
-    resume mid-epoch). Each batch: forward, ``accelerator.backward``, optimizer step (the attached
-    controller observes, masks and edits inside it), scheduler step, ``state.step += 1``.
+    resume mid-epoch). Each batch runs inside ``accelerator.accumulate(model)``: forward,
+    ``accelerator.backward`` (which divides the loss by the accelerator's
+    ``gradient_accumulation_steps``, K), optimizer step and ``zero_grad``, which Accelerate's
+    optimizer wrapper carries out only at the last batch of each group of K (and at the loader's
+    end, where the last group may hold fewer). One such group is one step: the attached controller
+    observes, masks and edits inside the real optimizer step only, on the accumulated gradient; then
+    the scheduler steps and ``state.step += 1``. With K > 1 the optimizer must be one prepared by
+    ``accelerator``, which knows when to step.
 
     Every ``log_every`` steps a ``train`` metric row is appended with the loss and accuracy
-    averaged over the interval and over all processes, and the ``density``/``removed`` of the
-    connectome the row's last batch ran at: taken before that step's optimizer step, whose
-    controller update the row's numbers never saw (a window that spans an earlier update mixes
-    both densities and reports the later one). ``on_step(state)`` runs after each step
-    (checkpointing, tests). Stops early at ``max_steps``. Returns the epoch's mean loss/accuracy
-    over the processed batches on this process.
+    averaged over the interval's examples (every batch of every group) and over all processes, and
+    the ``density``/``removed`` of the connectome the row's last step ran at: taken before that
+    step's optimizer step, whose controller update the row's numbers never saw (a window that spans
+    an earlier update mixes both densities and reports the later one). ``on_step(state)`` runs after
+    each step (checkpointing, tests), so a checkpoint always falls between groups. Stops early at
+    ``max_steps``. Returns the epoch's mean loss/accuracy over the processed batches on this process.
     """
+    if accelerator.gradient_accumulation_steps > 1:
+        from accelerate.optimizer import AcceleratedOptimizer
+
+        if not isinstance(optimizer, AcceleratedOptimizer):
+            raise TypeError(f"train_one_epoch with gradient_accumulation_steps {accelerator.gradient_accumulation_steps} "
+                            "needs the optimizer that accelerator.prepare returned (it steps only at the last batch of "
+                            "each group); this one would step at every batch: pass the prepared one")
     model.train()
     ep_loss = ep_correct = ep_n = 0.0
     for x, y in loader:
         if max_steps is not None and state.step >= max_steps:
             break
-        # the connectome this batch runs at, for the row it closes: the step's update comes after
-        at = _connectome_fields(conn) if log_every and (state.step + 1) % log_every == 0 else None
-        out = model(x)
-        loss = loss_fn(out, y)
-        accelerator.backward(loss)
-        state.lr = float(optimizer.param_groups[0]["lr"])  # this step's (the scheduler moves it on below)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if lr_scheduler is not None:
-            lr_scheduler.step()
-        state.step += 1
+        with accelerator.accumulate(model):
+            stepping = accelerator.sync_gradients  # this batch ends a group: the optimizer steps
+            # the connectome this step runs at, for the row it closes: the step's update comes after
+            at = (_connectome_fields(conn) if stepping and log_every and (state.step + 1) % log_every == 0
+                  else None)
+            out = model(x)
+            loss = loss_fn(out, y)
+            accelerator.backward(loss)
+            if stepping:
+                state.lr = float(optimizer.param_groups[0]["lr"])  # this step's (the scheduler moves it on below)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             b = int(y.numel())
             lsum = float(loss.detach().float()) * b
@@ -187,6 +206,11 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
         w = state.window
         w[0], w[1], w[2] = w[0] + lsum, w[1] + corr, w[2] + b
         ep_loss, ep_correct, ep_n = ep_loss + lsum, ep_correct + corr, ep_n + b
+        if not stepping:
+            continue
+        if lr_scheduler is not None:
+            lr_scheduler.step()
+        state.step += 1
         if log_every and state.step % log_every == 0:
             win = torch.tensor(w, dtype=torch.float64, device=accelerator.device)
             tot = accelerator.reduce(win, reduction="sum").cpu()

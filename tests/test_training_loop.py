@@ -72,3 +72,38 @@ def test_later_checkpoints_of_an_abandoned_timeline_go_with_the_default_keep(tmp
     saved = save_checkpoint(accelerator, tmp_path, 150)
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_00000100", "step_00000150"]
     assert find_checkpoint("latest", tmp_path) == saved
+
+
+def test_accumulation_needs_the_prepared_optimizer_which_steps_once_per_group():
+    """With gradient_accumulation_steps K an unprepared optimizer would step at every batch: refused.
+    The prepared one steps once per K batches (the loader's end closes a shorter group), and a train
+    row averages every batch of its steps, not the last of each group."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    try:
+        acc = Accelerator(cpu=True, gradient_accumulation_steps=2)
+        torch.manual_seed(0)
+        model = nn.Linear(4, 3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        data = torch.utils.data.TensorDataset(torch.randn(25, 4), torch.randint(0, 3, (25,)))
+        loader = torch.utils.data.DataLoader(data, batch_size=5)  # 5 batches: groups of 2, 2 and 1
+        with pytest.raises(TypeError, match="needs the optimizer that accelerator.prepare returned"):
+            train_one_epoch(acc, model, opt, [], TrainState())
+        model, opt, loader = acc.prepare(model, opt, loader)
+        steps, losses = [], []
+        opt.optimizer.register_step_post_hook(lambda *a: steps.append(len(losses)))
+
+        def loss_fn(out, y):
+            loss = F.cross_entropy(out, y)
+            losses.append(float(loss.detach()))
+            return loss
+
+        state = TrainState()
+        train_one_epoch(acc, model, opt, loader, state, loss_fn=loss_fn, log_every=3)
+        assert state.step == 3 and steps == [2, 4, 5]  # the optimizer stepped after batches 2, 4 and 5
+        (row,) = [r for r in state.metrics if r["split"] == "train"]
+        assert row["step"] == 3 and row["loss"] == pytest.approx(sum(losses) / 5, rel=1e-6)
+    finally:
+        AcceleratorState._reset_state(True)
