@@ -62,6 +62,8 @@ def _opt(default, text: str):
     return field(default=default, metadata={"help": text})
 
 
+# what Accelerate reads over its gradient_accumulation_steps argument (accelerate launch sets it for DeepSpeed)
+_ACCUM_ENV = "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
 # RunConfig.density's default: a mask_only --target overrides it where no one gave it, and where a
 # --config file gives it (every config.yaml records a density, a --target run's this one)
 _DEFAULT_DENSITY = 0.2
@@ -87,6 +89,12 @@ class RunConfig:
     augment: bool = _opt(False, "train-time augmentation (CIFAR: crop and flip; MNIST: shifts; ImageNet: random resized "
                                 "crop and flip; digits: none, a warning says so)")
     batch_size: int = _opt(32, "train batch size per process")
+    gradient_accumulation_steps: int = _opt(1, "batches accumulated into one optimizer step (Accelerate's "
+                                            "accumulate), for an effective batch of this x batch-size x processes; "
+                                            "every step count (max-steps, warmup-steps, update-every, log-every, "
+                                            "eval-every, checkpoint-every) counts optimizer steps. Accelerate takes "
+                                            f"{_ACCUM_ENV} from the environment first, where no one gave this option; "
+                                            "config.yaml records the one that ran")
     eval_batch_size: Optional[int] = _help("batch size of the holdout and test evaluations (default: batch-size)")
     num_workers: int = _opt(0, "data loading worker processes per process")
     # model
@@ -193,6 +201,8 @@ class RunConfig:
         checks = [
             (self.density is None or 0.0 < self.density <= 1.0, f"density must be in (0, 1], got {self.density}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.gradient_accumulation_steps >= 1, f"gradient_accumulation_steps must be >= 1 (1: a step per batch), "
+                                                    f"got {self.gradient_accumulation_steps}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
             (math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}"),
@@ -220,6 +230,7 @@ class RunConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        _accumulation_from_env(self)
         if self.resume and self.overwrite:
             raise ConfigError(f"--resume {self.resume} continues the run in the folder and --overwrite deletes it to "
                               "start afresh: give one of them (drop --overwrite to continue the run)")
@@ -250,7 +261,7 @@ _CONTROLLER_SETS = {
     "policy": "from --policy", "density": "from --density", "budget": "from --budget",
     "update_every": "from --update_every", "end_step": "from --end_fraction (edits stop at that fraction of the steps)",
     "edit_fraction": "from --edit_fraction", "estimator": "from --estimator", "min_density": "from --min_density",
-    "protect": "from --protect", "batch_size": "from --batch_size (times the process count)", "seed": "from --seed",
+    "protect": "from --protect", "batch_size": "from --batch_size (times --gradient_accumulation_steps and the process count)", "seed": "from --seed",
     "verify": "to true (every update checks that all processes hold the same masks)",
 }
 _MASK_ONLY_SETS = {
@@ -362,7 +373,32 @@ _TRAIN_ONLY = [
     ("end_fraction", (0.75,), "mask_only schedules its edits per target (--mask_only_kw approach=...)"),
 ] + [(key, (default,), "mask_only trains no weight") for key, default in (
     ("optimizer", "sgd"), ("lr", 0.1), ("momentum", 0.9), ("weight_decay", 5e-4), ("lr_schedule", "cosine"),
-    ("warmup_steps", 0))]
+    ("warmup_steps", 0), ("gradient_accumulation_steps", 1))]
+
+
+def _accumulation_from_env(cfg) -> None:
+    """Accelerate reads ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS`` over the Accelerator's argument: where it
+    is set, the run takes it as --gradient_accumulation_steps when no one gave the option, and is
+    refused where the option (command line or --config file) says otherwise, or where the mode
+    accumulates nothing: either would run other than the option says."""
+    raw = os.environ.get(_ACCUM_ENV)
+    if raw is None or not raw.strip():
+        return
+    k = int(raw.strip()) if raw.strip().isdigit() else None  # (as Accelerate's int(): no sign, no fraction)
+    if k is None or k < 1:
+        raise ConfigError(f"{_ACCUM_ENV}={raw!r} in the environment is no whole number >= 1, and Accelerate reads it "
+                          f"as the gradient accumulation steps: unset it (--gradient_accumulation_steps sets them)")
+    given = (given_keys() or {}).get("gradient_accumulation_steps")
+    if cfg.mode == "mask_only":
+        if k != 1:
+            raise ConfigError(f"{_ACCUM_ENV}={k} in the environment asks Accelerate to accumulate gradients, which mode "
+                              "mask_only never does (it trains no weight): unset it")
+        return
+    if given is not None and k != cfg.gradient_accumulation_steps:
+        raise ConfigError(f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} (from {given}) and {_ACCUM_ENV}"
+                          f"={k} in the environment disagree, and Accelerate would run {k}: unset {_ACCUM_ENV}, or "
+                          f"give --gradient_accumulation_steps {k}")
+    cfg.gradient_accumulation_steps = k
 
 
 def _refuse_train_only(cfg) -> None:
@@ -450,7 +486,8 @@ def build_connectome(cfg: RunConfig, model) -> Connectome:
 def build_controller(cfg: RunConfig, conn: Connectome, optimizer=None, total_steps: int = 1000,
                      num_processes: int = 1) -> Controller:
     """The controller that ``cfg`` describes. Train mode: attached to ``optimizer``; edits stop at
-    ``end_fraction`` of ``total_steps``. Mask-only mode: the crawl policy driven explicitly (this
+    ``end_fraction`` of ``total_steps`` (optimizer steps); each gradient it observes averages
+    batch_size x gradient_accumulation_steps x ``num_processes`` samples. Mask-only mode: the crawl policy driven explicitly (this
     is the controller :func:`adaptive.optimize_connectome` builds)."""
     if cfg.mode == "mask_only":
         return Controller(conn, policy="crawl", estimator=cfg.estimator, update_every=cfg.update_every,
@@ -459,7 +496,8 @@ def build_controller(cfg: RunConfig, conn: Connectome, optimizer=None, total_ste
     return Controller(conn, optimizer, policy=cfg.policy, density=cfg.density, budget=cfg.budget,
                       update_every=cfg.update_every, end_step=end_step, edit_fraction=cfg.edit_fraction,
                       estimator=cfg.estimator if _uses_estimator(cfg.policy) else None, min_density=cfg.min_density,
-                      protect=cfg.protect, batch_size=cfg.batch_size * num_processes, seed=cfg.seed, verify=True, **cfg.controller_kw)
+                      protect=cfg.protect, batch_size=cfg.batch_size * cfg.gradient_accumulation_steps * num_processes,
+                      seed=cfg.seed, verify=True, **cfg.controller_kw)
 
 
 def _uses_estimator(policy: str) -> bool:
@@ -510,7 +548,11 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
         torch.set_num_threads(cfg.threads)
     # without a GPU, cpu=True is what makes a multi-process launch a gloo (MULTI_CPU) run
     accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
+    # Accelerate takes ACCELERATE_GRADIENT_ACCUMULATION_STEPS over the argument (parse_args reconciled the two):
+    # what runs is recorded and compared on resume
+    cfg.gradient_accumulation_steps = int(accelerator.gradient_accumulation_steps)
     from_launch = cfg.mixed_precision is None
     if from_launch:  # the precision accelerate launch (or its config) gave, else no: recorded and compared as it runs
         cfg.mixed_precision = str(accelerator.mixed_precision)
@@ -669,23 +711,27 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     optimizer = build_optimizer(cfg, model)
     model, optimizer, train_dl, holdout_dl, test_dl = accelerator.prepare(
         model, optimizer, loaders.train, loaders.holdout, loaders.test)
-    steps_per_epoch = len(train_dl)
-    if steps_per_epoch == 0:
+    accum = cfg.gradient_accumulation_steps
+    if len(train_dl) == 0:
         raise ValueError(f"the train loader is empty ({len(loaders.datasets.train)} examples): lower --batch_size or --holdout")
+    # a step is an optimizer step, of `accum` batches; Accelerate also steps at the end of the loader
+    steps_per_epoch = math.ceil(len(train_dl) / accum)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     if cfg.warmup_steps > total_steps and cfg.resume:  # recorded before the check below: it continues as it ran
         accelerator.print(f"warning: warmup_steps ({cfg.warmup_steps}) exceeds the run's {total_steps} steps, so the "
                           "learning rate never reaches --lr; the resumed run was started so and continues so")
     elif cfg.warmup_steps > total_steps:  # (--max_steps was checked while parsing)
+        per_epoch = (f"{steps_per_epoch} steps of {accum} batches (--gradient_accumulation_steps)" if accum > 1 else
+                     f"{steps_per_epoch} batches")
         raise ValueError(f"warmup_steps ({cfg.warmup_steps}) exceeds the run's {total_steps} steps (--epochs "
-                         f"{cfg.epochs} x {steps_per_epoch} batches), so the learning rate would never reach --lr: "
+                         f"{cfg.epochs} x {per_epoch}), so the learning rate would never reach --lr: "
                          f"give --warmup_steps {total_steps} or fewer")
     epochs = math.ceil(total_steps / steps_per_epoch)
     lr_scheduler = cosine_schedule(optimizer, total_steps, cfg.warmup_steps, cfg.lr_schedule)
     conn = build_connectome(cfg, accelerator.unwrap_model(model))
     # DDP averages gradients over every process's batch before the controller sees them
     ctrl = build_controller(cfg, conn, optimizer, total_steps, num_processes=accelerator.num_processes)
-    state = TrainState(processes=accelerator.num_processes, steps_per_epoch=steps_per_epoch)
+    state = TrainState(processes=accelerator.num_processes, steps_per_epoch=steps_per_epoch, accumulation=accum)
     # The registration order is part of the checkpoint format: custom_checkpoint_0..3.
     accelerator.register_for_checkpointing(conn, ctrl, state, lr_scheduler)
     if resume_from is not None:
@@ -699,6 +745,12 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
             raise CheckpointError(
                 f"checkpoint {resume_from} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                 f"resume from an earlier one (--resume {resume_from.parent}/step_N) or run without --resume") from e
+        if state.accumulation != accum:  # (a checkpoint without the run's config.yaml: checked only here)
+            raise CheckpointError(
+                f"--resume: {resume_from} was written by a run that accumulated {state.accumulation} batch(es) per "
+                f"optimizer step; this one accumulates {accum}, so the same step would read other batches and average "
+                f"another number of them. Resume with --gradient_accumulation_steps {state.accumulation}, or start a "
+                "new run")
         if (state.processes, state.steps_per_epoch) != (accelerator.num_processes, steps_per_epoch):
             raise CheckpointError(
                 f"--resume: {resume_from} was written by a run of {state.processes} process(es) with {state.steps_per_epoch} "
@@ -715,7 +767,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     accelerator.print(
         f"{cfg.model} on {cfg.dataset}: {conn.num_synapses():,} synapses, density {conn.density():.3f}, policy "
         f"{cfg.policy}{'/' + ctrl.estimator_name if ctrl.estimator_name else ''}, {accelerator.num_processes} process(es), "
-        f"{total_steps} steps -> {output_dir}")
+        f"{total_steps} steps{f' of {accum} accumulated batches' if accum > 1 else ''} -> {output_dir}")
     progress = None
     if show_progress(cfg.progress) and accelerator.is_local_main_process:
         from tqdm.auto import tqdm
@@ -758,8 +810,8 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
         if hasattr(train_dl.dataset, "set_epoch"):  # augmentation keyed on (seed, epoch, example): exact resume
             train_dl.dataset.set_epoch(epoch, seed=cfg.seed)
         loader = train_dl
-        if epoch == start_epoch and skip:
-            loader = accelerator.skip_first_batches(train_dl, skip)
+        if epoch == start_epoch and skip:  # the batches of the steps already taken (whole groups: no epoch's last)
+            loader = accelerator.skip_first_batches(train_dl, skip * accum)
             loader.set_epoch(epoch)
         train_one_epoch(accelerator, model, optimizer, loader, state, lr_scheduler=lr_scheduler, conn=conn,
                         max_steps=total_steps, log_every=cfg.log_every, on_step=step_hook, progress=progress)
@@ -911,6 +963,7 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
     if no_fp16 and saved.get("mixed_precision") == "fp16":  # it ran float32: fp16 or no continue it
         saved["mixed_precision"] = "no"
         now["mixed_precision"] = "no" if now.get("mixed_precision") == "fp16" else now.get("mixed_precision")
+    saved.setdefault("gradient_accumulation_steps", 1)  # recorded before the option: one batch per step
     saved = run_folder.normalised_settings(saved)
     now = run_folder.normalised_settings(now)
     from adaptive.paths import absolute_if_exists
@@ -937,6 +990,11 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
             mp = (f" (mixed_precision is the precision each ran: relaunch with accelerate launch --mixed_precision "
                   f"{saved['mixed_precision']}, or give --mixed_precision {saved['mixed_precision']})")
             give = f" --mixed_precision {saved['mixed_precision']}"  # a file recorded before it was (null) lacks it
+        if any(d.startswith("gradient_accumulation_steps: run") for d in diff):  # a file recorded before it lacks it
+            k = saved["gradient_accumulation_steps"]
+            mp += (f" (gradient_accumulation_steps is what Accelerate ran: give --gradient_accumulation_steps {k}"
+                   + (f" and unset {_ACCUM_ENV}" if os.environ.get(_ACCUM_ENV) else "") + ")")
+            give += f" --gradient_accumulation_steps {k}"
         raise CheckpointError(f"--resume: {path} records other settings ({'; '.join(diff)}){mp}; resume with the "
                               f"run's settings (--config {path}{give} --output_dir {run_dir} --resume "
                               f"{resume or 'latest'} gives them all), or run without --resume into another "
