@@ -13,7 +13,7 @@ from .utility import Estimator, get_estimator, register_estimator
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("data", "models", "diagnostics", "baselines", "config", "paths", "training", "plots", "mask_only")
+_LAZY_MODULES = ("data", "models", "diagnostics", "baselines", "config", "paths", "training", "plots", "mask_only", "clipping")
 _LAZY_ATTRS = {
     "optimize_connectome": "mask_only",
     "MaskOnlyResult": "mask_only",
@@ -23,6 +23,7 @@ _LAZY_ATTRS = {
     "load_weights": "models",
     "get_datasets": "data",
     "get_dataloaders": "data",
+    "clip_gradients": "clipping",
 }
 
 
@@ -60,4 +61,5 @@ __all__ = [
     "load_weights",
     "get_datasets",
     "get_dataloaders",
+    "clip_gradients",
 ]

@@ -1,7 +1,8 @@
 """Training-loop pieces that recipes share (torchvision-references style seams).
 
 - :class:`TrainState`: the loop's own progress (step, epoch, metric rows), checkpointed with the run;
-- :func:`train_one_epoch`: one pass over a prepared train loader, resumable mid-epoch;
+- :func:`train_one_epoch`: one pass over a prepared train loader, resumable mid-epoch, optionally
+  clipping the gradient norm (:func:`adaptive.clipping.clip_gradients`);
 - :func:`evaluate`: loss and accuracy over a prepared loader, gathered across processes;
 - :func:`save_checkpoint` / :func:`find_checkpoint` / :func:`load_checkpoint`: Accelerate's
   ``save_state``/``load_state`` made atomic (written to a temporary folder, then renamed, so a run
@@ -26,10 +27,16 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_path
+from .clipping import clip_gradients
 
 CHECKPOINT_DIR = "checkpoints"
 _CKPT_RE = re.compile(r"^step_(\d+)$")
 METRIC_FIELDS = ("step", "epoch", "split", "loss", "accuracy", "density", "removed", "lr")
+# written after METRIC_FIELDS only when a row carries them (train rows of a run that clips gradients)
+CLIP_FIELDS = ("grad_norm", "clipped")
+# TrainState.window: loss sum, correct count, examples; with clipping, the sum of the steps' finite
+# pre-clip gradient norms, the steps clipped and the steps counted
+_WINDOW = 6
 
 
 @dataclass
@@ -40,10 +47,11 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     metrics: List[dict] = field(default_factory=list)
-    # This process's loss sum, correct count and examples since the last train metric row. It lives
+    # This process's loss sum, correct count and examples since the last train metric row (then the
+    # gradient-norm sums of a clipping run: _WINDOW). It lives
     # here, not in one epoch's loop, so a logging interval that spans an epoch boundary or a
     # checkpoint and resume averages all of its steps.
-    window: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    window: List[float] = field(default_factory=lambda: [0.0] * _WINDOW)
     saved_window: Optional[List[float]] = None  # the sum over processes, set by save_checkpoint while it saves
     # the run's shape, checked on resume: another process count reads other data at the same step
     processes: int = 1
@@ -78,7 +86,8 @@ class TrainState:
         seconds = sd.get("seconds")  # older checkpoints: None, the earlier sessions' time is unknown
         self.seconds = None if seconds is None else float(seconds)
         n = _world_size()
-        self.window = [float(v) / n for v in sd.get("window", (0.0, 0.0, 0.0))]
+        window = [float(v) / n for v in sd.get("window", ())]
+        self.window = window + [0.0] * (_WINDOW - len(window))  # older checkpoints: loss and accuracy only
 
 
 def _world_size() -> int:
@@ -156,7 +165,7 @@ def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy, pr
 def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *, lr_scheduler=None,
                     conn=None, loss_fn: Callable = F.cross_entropy, max_steps: Optional[int] = None,
                     log_every: int = 50, on_step: Optional[Callable[[TrainState], None]] = None,
-                    progress=None) -> Dict[str, float]:
+                    progress=None, max_grad_norm: Optional[float] = None) -> Dict[str, float]:
     """One pass over ``loader`` (already positioned: pass ``accelerator.skip_first_batches`` to
     resume mid-epoch). Each batch runs inside ``accelerator.accumulate(model)``: forward,
     ``accelerator.backward`` (which divides the loss by the accelerator's
@@ -174,6 +183,13 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     an earlier update mixes both densities and reports the later one). ``on_step(state)`` runs after
     each step (checkpointing, tests), so a checkpoint always falls between groups. Stops early at
     ``max_steps``. Returns the epoch's mean loss/accuracy over the processed batches on this process.
+
+    ``max_grad_norm``: clip each step's gradient to this total 2-norm
+    (:func:`~adaptive.clipping.clip_gradients`: measured on the live gradients ``conn`` leaves the
+    optimizer, unscaled first under fp16), after the group's last backward and before the optimizer
+    step and its observers. Its train rows then also carry ``grad_norm``, the mean pre-clip norm
+    over the row's steps, and ``clipped``, the share of those steps it scaled down (steps whose
+    norm is not finite, which a GradScaler skips, count in neither; None if all were).
     """
     if accelerator.gradient_accumulation_steps > 1:
         from accelerate.optimizer import AcceleratedOptimizer
@@ -197,6 +213,8 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
             accelerator.backward(loss)
             if stepping:
                 state.lr = float(optimizer.param_groups[0]["lr"])  # this step's (the scheduler moves it on below)
+                if max_grad_norm is not None:
+                    norm = float(clip_gradients(model.parameters(), max_grad_norm, conn, accelerator=accelerator))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -208,14 +226,20 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
         ep_loss, ep_correct, ep_n = ep_loss + lsum, ep_correct + corr, ep_n + b
         if not stepping:
             continue
+        if max_grad_norm is not None and math.isfinite(norm):
+            w[3], w[4], w[5] = w[3] + norm, w[4] + (norm > max_grad_norm), w[5] + 1
         if lr_scheduler is not None:
             lr_scheduler.step()
         state.step += 1
         if log_every and state.step % log_every == 0:
             win = torch.tensor(w, dtype=torch.float64, device=accelerator.device)
             tot = accelerator.reduce(win, reduction="sum").cpu()
-            metric_row(state, "train", tot[0] / tot[2], tot[1] / tot[2], lr=state.lr, fields=at)
-            state.window = [0.0, 0.0, 0.0]
+            row = metric_row(state, "train", tot[0] / tot[2], tot[1] / tot[2], lr=state.lr, fields=at)
+            if max_grad_norm is not None:  # (every process holds the same norms: the sums keep their ratios)
+                counted = float(tot[5])
+                row.update(grad_norm=float(tot[3]) / counted if counted else None,
+                           clipped=float(tot[4]) / counted if counted else None)
+            state.window = [0.0] * _WINDOW
         if progress is not None:
             progress.update(1)
             if state.step % 10 == 0:
@@ -469,12 +493,17 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
 # ----------------------------------------------------------------------------- files
 
 def write_metrics_csv(rows: List[dict], path) -> None:
-    """Write metric rows (the fields of :data:`METRIC_FIELDS`) as CSV, atomically."""
+    """Write metric rows (the fields of :data:`METRIC_FIELDS`, then those of :data:`CLIP_FIELDS`
+    where a row carries them) as CSV, atomically."""
+    fields = list(METRIC_FIELDS) + [k for k in CLIP_FIELDS if any(k in r for r in rows)]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(METRIC_FIELDS), extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in METRIC_FIELDS})
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+
+
+_FLOAT_FIELDS = ("loss", "accuracy", "density", "lr") + CLIP_FIELDS
 
 
 def read_metrics_csv(path) -> List[dict]:
@@ -489,6 +518,6 @@ def read_metrics_csv(path) -> List[dict]:
                 elif v == "":
                     row[k] = None
                 else:
-                    row[k] = float(v) if any(c in v for c in ".eE") or k in ("loss", "accuracy", "density", "lr") else int(v)
+                    row[k] = float(v) if any(c in v for c in ".eE") or k in _FLOAT_FIELDS else int(v)
             out.append(row)
     return out

@@ -1,0 +1,47 @@
+"""Gradient-norm clipping measured on the gradients the optimizer uses.
+
+A connectome weight's ``.grad`` is dense (absent synapses included) at the steps where an observer
+reads it (growth scores need the gradient where no synapse is) and already masked at the others,
+where :mod:`adaptive.grad_masking` masks it inside backward; either way the step masks it before
+the optimizer uses it. ``torch.nn.utils.clip_grad_norm_`` on ``.grad`` would therefore measure a
+larger norm at observation steps, and clip the same live gradient by another factor depending on
+whether the controller happened to observe that step.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional
+
+import torch
+
+
+@torch.no_grad()
+def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float, conn=None, *, accelerator=None,
+                   norm_type: float = 2.0, foreach: Optional[bool] = None) -> torch.Tensor:
+    """Scale the gradients of ``parameters`` so that their total ``norm_type`` norm is at most
+    ``max_norm``, as ``torch.nn.utils.clip_grad_norm_`` does, but with the norm taken over the
+    gradients the optimizer will use: each weight of ``conn`` (a :class:`~adaptive.Connectome`)
+    counts with its live gradient (``grad * mask``), every other parameter with its ``.grad``.
+    The clip factor is then the same whether or not ``.grad`` still holds the dense gradient at
+    pruned positions (an observation step), and every gradient, dense ones included, is scaled by
+    it, so observers that run before the step see the clipped gradient.
+
+    Call it after the last backward of a step and before ``optimizer.step()``: with gradient
+    accumulation only where ``accelerator.sync_gradients`` (across processes the gradients are then
+    averaged by DDP, so every process computes the same factor). ``accelerator`` (Accelerate's):
+    its gradients are unscaled first (``accelerator.unscale_gradients()``), as
+    ``accelerator.clip_grad_norm_`` does under fp16 mixed precision. ``foreach``: as torch's.
+    Returns the total norm before clipping (a 0-d tensor; non-finite if a gradient is)."""
+    if not (isinstance(max_norm, (int, float)) and math.isfinite(max_norm) and max_norm > 0):
+        raise ValueError(f"clip_gradients: max_norm must be a finite number > 0, got {max_norm!r}")
+    params = [p for p in parameters if p.grad is not None]
+    if accelerator is not None:
+        accelerator.unscale_gradients()
+    masks = {}
+    if conn is not None:
+        _, weights, fmasks = conn._hot_lists()  # layers with pruned synapses; masks on each weight's device and dtype
+        masks = {id(p): f for p, f in zip(weights, fmasks)}
+    live = [p.grad * masks[id(p)] if id(p) in masks else p.grad for p in params]
+    total = torch.nn.utils.get_total_norm(live, norm_type, foreach=foreach)
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=foreach)
+    return total

@@ -1,0 +1,185 @@
+"""adaptive.clipping.clip_gradients: the gradient norm of a masked network is measured on the live
+gradients the optimizer uses, so the clip factor does not depend on whether ``.grad`` still holds
+the dense gradient (an observation step); every gradient is scaled by it; train_one_epoch clips with
+it once per optimizer step and records the norms."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaptive import Connectome, clip_gradients
+from adaptive.training import TrainState, train_one_epoch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture()
+def accelerator():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield Accelerator(cpu=True)
+    AcceleratorState._reset_state(True)
+
+
+def masked_net(seed=0):
+    """A tiny MLP (biases: parameters outside the connectome) with half of its synapses pruned."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    conn = Connectome(model)
+    g = torch.Generator().manual_seed(seed)
+    conn.set_masks({n: torch.rand(m.shape, generator=g) < 0.5 for n, m in conn.masks.items()})
+    return model, conn
+
+
+def test_the_clip_factor_is_the_same_whether_grad_is_dense_at_pruned_positions_or_not():
+    """.grad of a masked weight holds nonzero values at pruned positions at an observation step and
+    zeros at the others: the clipped live gradients, and the norm returned, are the same; torch's own
+    clip_grad_norm_ on masked copies gives them too. The dense values are scaled by the same factor."""
+    model, conn = masked_net()
+    g = torch.Generator().manual_seed(1)
+    dense = {n: torch.randn(p.shape, generator=g) * 3 for n, p in model.named_parameters()}
+    masks = {n: conn.masks[n] for n in conn.params}
+
+    def with_grads(masked: bool):
+        for n, p in model.named_parameters():
+            p.grad = dense[n] * masks[n] if masked and n in masks else dense[n].clone()
+        return model
+
+    norms, live = [], []
+    for masked in (False, True):
+        norms.append(clip_gradients(with_grads(masked).parameters(), 1.0, conn))
+        live.append({n: p.grad * masks[n] if n in masks else p.grad.clone() for n, p in model.named_parameters()})
+    holders = []  # the reference: torch's clip_grad_norm_ on masked copies
+    for n, d in dense.items():
+        h = nn.Parameter(torch.zeros_like(d))
+        h.grad = d * masks[n] if n in masks else d.clone()
+        holders.append((n, h))
+    ref_norm = torch.nn.utils.clip_grad_norm_([h for _, h in holders], 1.0)
+    assert float(norms[0]) > 1.0  # it clips
+    assert torch.equal(norms[0], norms[1]) and torch.equal(norms[0], ref_norm)
+    for n, h in holders:
+        assert torch.equal(live[0][n], live[1][n]) and torch.equal(live[0][n], h.grad), n
+    # the dense gradient (what an observer reads) is scaled by the same factor, pruned positions included
+    with_grads(False)
+    clip_gradients(model.parameters(), 1.0, conn)
+    factor = 1.0 / (float(ref_norm) + 1e-6)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, dense[n] * factor, rtol=1e-6, atol=0)
+        if n in masks:
+            assert (p.grad[~masks[n]] != 0).all()
+
+
+def test_a_norm_below_the_limit_changes_nothing_and_a_bad_limit_is_refused():
+    model, conn = masked_net()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e-3)
+    before = [p.grad.clone() for p in model.parameters()]
+    clip_gradients(model.parameters(), 10.0, conn)
+    assert all(torch.equal(a, p.grad) for a, p in zip(before, model.parameters()))
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="max_norm must be a finite number > 0"):
+            clip_gradients(model.parameters(), bad, conn)
+
+
+def batches(n, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(5, 6, generator=g), torch.randint(0, 3, (5,), generator=g)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("observed", [True, False], ids=["observation step", "masked in backward"])
+def test_one_sgd_step_moves_each_weight_by_lr_times_its_clipped_masked_gradient(accelerator, observed):
+    """Against a hand computation: the gradient of the batch, masked copies clipped by torch's
+    clip_grad_norm_, w - lr * that. At an observation step the observer reads the dense gradient
+    clipped by the same factor; otherwise backward masks the gradient before the clip."""
+    model, conn = masked_net()
+    (x, y), = batches(1)
+    lr, limit = 0.5, 0.05
+    ref = {n: p.detach().clone() for n, p in model.named_parameters()}
+    F.cross_entropy(model(x), y).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    holders = {}
+    for n, gr in grads.items():
+        holders[n] = h = nn.Parameter(torch.zeros_like(gr))
+        h.grad = gr * conn.masks[n] if n in conn.params else gr.clone()
+    norm = torch.nn.utils.clip_grad_norm_(list(holders.values()), limit)
+    assert float(norm) > limit  # the reference clips
+    expect = {n: ref[n].add(holders[n].grad, alpha=-lr) for n in ref}
+
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.0)
+    conn.attach(opt)
+    seen = []
+    if observed:
+        conn.add_observer(lambda: seen.append({n: p.grad.clone() for n, p in conn.params.items()}))
+    state = TrainState()
+    train_one_epoch(accelerator, model, opt, [(x, y)], state, conn=conn, log_every=1, max_grad_norm=limit)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expect[n], rtol=0, atol=1e-7)
+        if n in conn.params:
+            assert (p[~conn.masks[n]] == 0).all()
+    if observed:  # the dense gradient, clipped by the live gradient's factor
+        factor = limit / (float(norm) + 1e-6)
+        for n, got in seen[0].items():
+            torch.testing.assert_close(got, grads[n] * factor, rtol=1e-6, atol=1e-9)
+            assert (got[~conn.masks[n]] != 0).any()
+    row = state.metrics[-1]
+    assert row["grad_norm"] == pytest.approx(float(norm), rel=1e-6) and row["clipped"] == 1.0
+
+
+def test_the_loop_trains_alike_whether_gradients_are_masked_in_backward_or_at_the_step(accelerator):
+    """An observer active every other step: with the backward hooks (masked gradients at the steps
+    between observations) and without them (dense gradients at every clip), a run with clipping is
+    bit-identical; a norm taken on .grad as it stands would clip the two by other factors."""
+    data = batches(8)
+    runs = []
+    for in_backward in (True, False):
+        model, conn = masked_net()
+        conn.mask_in_backward = in_backward
+        opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+        conn.attach(opt)
+        state = TrainState()
+        conn.add_observer(lambda: None, active=lambda: state.step % 2 == 0)
+        train_one_epoch(accelerator, model, opt, data, state, conn=conn, log_every=4, max_grad_norm=0.05)
+        runs.append((model, state))
+    (a, sa), (b, sb) = runs
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert [r["grad_norm"] for r in sa.metrics] == [r["grad_norm"] for r in sb.metrics]
+    assert all(r["clipped"] == 1.0 and r["grad_norm"] > 0.05 for r in sa.metrics)
+
+
+def test_gradient_accumulation_clips_once_per_step_on_the_accumulated_gradient():
+    """Two accumulated batches of 5 clip as one batch of 10 (the same weights, to rounding): the
+    clip comes after the group's last backward, not after each."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    data = batches(4)
+    joined = [(torch.cat([data[i][0], data[i + 1][0]]), torch.cat([data[i][1], data[i + 1][1]])) for i in (0, 2)]
+    out = []
+    for k, loader in ((1, joined), (2, data)):
+        AcceleratorState._reset_state(True)
+        acc = Accelerator(cpu=True, gradient_accumulation_steps=k)
+        model, conn = masked_net()
+        opt = acc.prepare(torch.optim.SGD(model.parameters(), lr=0.5))
+        conn.attach(opt)
+        state = TrainState()
+        train_one_epoch(acc, model, opt, loader, state, conn=conn, log_every=1, max_grad_norm=0.05)
+        assert state.step == 2
+        out.append((model, state))
+    AcceleratorState._reset_state(True)
+    (one, s1), (two, s2) = out
+    for p, q in zip(one.parameters(), two.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    assert [r["grad_norm"] for r in s2.metrics] == pytest.approx([r["grad_norm"] for r in s1.metrics], rel=1e-5)
+
+
+def test_a_loop_state_saved_before_the_norm_columns_loads_with_empty_ones():
+    """A checkpoint's window of loss, correct and examples (written before clipping was recorded)
+    loads with the norm sums at zero."""
+    state = TrainState()
+    state.load_state_dict({"step": 3, "epoch": 0, "window": [6.0, 2.0, 10.0]})
+    assert state.window == [6.0, 2.0, 10.0, 0.0, 0.0, 0.0]
