@@ -133,6 +133,11 @@ class RunConfig:
     weight_decay: float = _opt(5e-4, "weight decay")
     lr_schedule: Literal["cosine", "constant"] = _opt("cosine", "learning-rate schedule after the warmup")
     warmup_steps: int = _opt(0, "steps of linear learning-rate warmup (at most the run's steps)")
+    max_grad_norm: Optional[float] = _help("clip each step's gradient to this total 2-norm, a finite number > 0, "
+                                           "measured on the live (masked) gradients the optimizer uses, after the "
+                                           "last accumulated batch (default: none, no clipping); train rows of "
+                                           "metrics.csv then add grad_norm (the mean pre-clip norm) and clipped "
+                                           "(the share of steps scaled down)")
     epochs: Optional[int] = _help("passes over the train part (default: 20 in train mode; 1 per target in mask_only "
                                   "mode, as recipes/prune_pretrained.py)")
     max_steps: Optional[int] = _help("stop after this many steps (overrides epochs; the schedules span it; in "
@@ -217,6 +222,8 @@ class RunConfig:
             (self.eval_every >= 0, f"eval_every must be >= 0 (0: every epoch), got {self.eval_every}"),
             (self.log_every >= 0, f"log_every must be >= 0 (0: no train rows), got {self.log_every}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.max_grad_norm is None or (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0),
+             f"max_grad_norm must be a finite number > 0 (or none: no clipping), got {self.max_grad_norm}"),
             # (a resumed run continues as recorded: runs started before this check could hold such a warmup)
             (self.mode == "mask_only" or self.max_steps is None or self.warmup_steps <= self.max_steps or self.resume,
              f"warmup_steps ({self.warmup_steps}) exceeds the run's {self.max_steps} steps (--max_steps), so the "
@@ -373,7 +380,7 @@ _TRAIN_ONLY = [
     ("end_fraction", (0.75,), "mask_only schedules its edits per target (--mask_only_kw approach=...)"),
 ] + [(key, (default,), "mask_only trains no weight") for key, default in (
     ("optimizer", "sgd"), ("lr", 0.1), ("momentum", 0.9), ("weight_decay", 5e-4), ("lr_schedule", "cosine"),
-    ("warmup_steps", 0), ("gradient_accumulation_steps", 1))]
+    ("warmup_steps", 0), ("gradient_accumulation_steps", 1), ("max_grad_norm", None))]
 
 
 def _accumulation_from_env(cfg) -> None:
@@ -814,7 +821,8 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
             loader = accelerator.skip_first_batches(train_dl, skip * accum)
             loader.set_epoch(epoch)
         train_one_epoch(accelerator, model, optimizer, loader, state, lr_scheduler=lr_scheduler, conn=conn,
-                        max_steps=total_steps, log_every=cfg.log_every, on_step=step_hook, progress=progress)
+                        max_steps=total_steps, log_every=cfg.log_every, on_step=step_hook, progress=progress,
+                        max_grad_norm=cfg.max_grad_norm)
         if state.step >= total_steps:
             break
     if progress is not None:
@@ -964,6 +972,7 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
         saved["mixed_precision"] = "no"
         now["mixed_precision"] = "no" if now.get("mixed_precision") == "fp16" else now.get("mixed_precision")
     saved.setdefault("gradient_accumulation_steps", 1)  # recorded before the option: one batch per step
+    saved.setdefault("max_grad_norm", None)  # recorded before the option: no clipping
     saved = run_folder.normalised_settings(saved)
     now = run_folder.normalised_settings(now)
     from adaptive.paths import absolute_if_exists
