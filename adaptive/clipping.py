@@ -32,7 +32,11 @@ def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float, co
     its gradients are unscaled first (``accelerator.unscale_gradients()``), as
     ``accelerator.clip_grad_norm_`` does under fp16 mixed precision. ``foreach``: as torch's.
     Returns the total norm before clipping (a 0-d tensor; non-finite if a gradient is)."""
-    if not (isinstance(max_norm, (int, float)) and math.isfinite(max_norm) and max_norm > 0):
+    try:
+        limit = float(max_norm)  # (a NumPy or 0-d tensor number too)
+    except (TypeError, ValueError):
+        limit = math.nan
+    if not (math.isfinite(limit) and limit > 0):
         raise ValueError(f"clip_gradients: max_norm must be a finite number > 0, got {max_norm!r}")
     params = [p for p in parameters if p.grad is not None]
     if accelerator is not None:
@@ -43,5 +47,5 @@ def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float, co
         masks = {id(p): f for p, f in zip(weights, fmasks)}
     live = [p.grad * masks[id(p)] if id(p) in masks else p.grad for p in params]
     total = torch.nn.utils.get_total_norm(live, norm_type, foreach=foreach)
-    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=foreach)
+    torch.nn.utils.clip_grads_with_norm_(params, limit, total, foreach=foreach)
     return total

@@ -708,7 +708,8 @@ class Connectome:
         """Mask each gradient inside backward as soon as it is accumulated, at steps where no
         observer reads dense gradients (default True: cheaper on small networks). Set False to keep
         ``.grad`` dense until the optimizer step: to read it yourself without an observer, to clip
-        by the dense gradient norm at every step, or when your code writes gradients behind
+        by the dense gradient norm at every step (:func:`adaptive.clip_gradients` clips by the live
+        gradients' norm, the same with or without these hooks), or when your code writes gradients behind
         autograd's version counter (``.grad.data``, NumPy views), which the step's check cannot see."""
         return self._mask_in_backward
 

@@ -80,7 +80,7 @@ def test_a_norm_below_the_limit_changes_nothing_and_a_bad_limit_is_refused():
     before = [p.grad.clone() for p in model.parameters()]
     clip_gradients(model.parameters(), 10.0, conn)
     assert all(torch.equal(a, p.grad) for a, p in zip(before, model.parameters()))
-    for bad in (0.0, -1.0, math.nan, math.inf):
+    for bad in (0.0, -1.0, math.nan, math.inf, "abc", None):
         with pytest.raises(ValueError, match="max_norm must be a finite number > 0"):
             clip_gradients(model.parameters(), bad, conn)
 
