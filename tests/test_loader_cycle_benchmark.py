@@ -18,7 +18,9 @@ def test_quick_run_writes_the_measured_table(tmp_path):
     for r in rows:
         plain, cycle, added, capture = (float(c) for c in r[1:5])
         assert plain > 0 and cycle > 0 and capture > 0
-        assert abs(added) < cycle  # a per-round difference of the two columns
+        # a per-round difference of the two columns: median(cycle_r - plain_r) lies between -median(plain_r)
+        # and median(cycle_r) whatever the load; |added| < cycle fails when load slows plain in 2 of 3 rounds
+        assert -plain <= added <= cycle
         assert float(r[6]) > 0  # the reference step was timed
 
 
