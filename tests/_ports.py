@@ -2,6 +2,8 @@
 Accelerate's default rendezvous port (29500) would make them collide."""
 import socket
 
+from _scripts import CHILD_TIMEOUT
+
 
 def free_port() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -15,7 +17,7 @@ def free_port() -> str:
 GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
 
 
-def launch_two(script_and_args, *, cwd=None, env=None, timeout=300):
+def launch_two(script_and_args, *, cwd=None, env=None, timeout=CHILD_TIMEOUT):
     """``accelerate launch --multi_gpu --num_processes 2`` on the CPU (gloo), each attempt on a free
     port. A run that died of the gloo teardown abort is run once more, with a warning, so that the
     abort stays visible in the test summary; any other outcome is returned as it is."""

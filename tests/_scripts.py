@@ -14,3 +14,9 @@ def load_script(relpath: str, name: str):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+# The limit on a child process a test runs (a recipe, a two-process launch): a guard against a
+# hang, not a speed limit. CI runs the suite with pytest -n 2 on a slower 2-core machine, where a
+# launch that takes a minute here (under load) can take several; a tight limit failed good runs.
+CHILD_TIMEOUT = 900

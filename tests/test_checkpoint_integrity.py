@@ -14,7 +14,7 @@ import adaptive
 from adaptive.training import list_checkpoints, read_metrics_csv
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _scripts import load_script  # noqa: E402
+from _scripts import CHILD_TIMEOUT, load_script  # noqa: E402
 
 torch.set_num_threads(1)
 R = load_script("recipes/adaptive.py", "recipe_adaptive_integrity")
@@ -467,7 +467,7 @@ def test_a_file_size_limit_while_saving_is_one_line(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (lim, lim))
 
     r = subprocess.run([sys.executable, str(script), *TINY, "--output_dir", str(tmp_path / "run")], env=env,
-                       capture_output=True, text=True, preexec_fn=limit, timeout=300)
+                       capture_output=True, text=True, preexec_fn=limit, timeout=CHILD_TIMEOUT)
     assert r.returncode == 2, r.stderr[-2000:]
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert "Traceback" not in r.stderr and lines[-1].startswith("recipes/adaptive.py: error: writing checkpoint")

@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from _scripts import CHILD_TIMEOUT  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -21,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_bad_input_gives_one_error_line(args, expect):
     env = dict(os.environ, MPLBACKEND="Agg")
     env.pop("ADAPTIVE_TRACEBACK", None)
-    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if "error:" in line]

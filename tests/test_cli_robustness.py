@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from adaptive import mask_only_checkpoint as stage
-from _scripts import load_script  # noqa: E402
+from _scripts import CHILD_TIMEOUT, load_script  # noqa: E402
 
 torch.set_num_threads(1)
 TINY = ["--max_steps", "20", "--update_every", "10", "--threads", "1", "--progress", "false", "--figures", "false"]
@@ -327,6 +327,19 @@ def test_a_builder_s_own_type_error_keeps_its_traceback():
         _MODELS.pop("buggy_for_test", None)
 
 
+def _importing_torch(p) -> bool:
+    """Wait until the child runs its script and torch is loading (torch's library is mapped);
+    False if it ended first. Before that, Python itself is still starting (a slow machine takes
+    over 0.25 s to import `site`), and a signal there is Python's own fatal error, outside any
+    script's reach."""
+    import time
+
+    maps, deadline = Path(f"/proc/{p.pid}/maps"), time.monotonic() + CHILD_TIMEOUT
+    while "libtorch" not in maps.read_text() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return p.poll() is None
+
+
 def _ctrl_c_default():
     """In the child: Ctrl-C as an interactive shell gives it. A suite started in the background
     (``cmd &`` without job control) hands its children SIGINT ignored, which the recipes respect."""
@@ -349,15 +362,9 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path, script):
     args = {"recipes/diagnostics.py": ["progress", str(tmp_path)]}.get(script, ["--output_dir", str(tmp_path / "o")])
     p = subprocess.Popen([sys.executable, str(root / script), *args], cwd=tmp_path, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_default)
-    # Ctrl-C once the script runs and torch is loading (its library is mapped): before that, Python
-    # itself is still starting (a slow machine takes over 0.25 s to import `site`), and a signal
-    # there is Python's own fatal error, outside any script's reach.
-    maps, deadline = Path(f"/proc/{p.pid}/maps"), time.monotonic() + 60
-    while "libtorch" not in maps.read_text() and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert p.poll() is None, "the script ended before torch was imported"
+    assert _importing_torch(p), "the script ended before torch was imported"
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
+    _, err = p.communicate(timeout=CHILD_TIMEOUT)
     assert p.returncode == 130 and "Traceback" not in err, err
     assert "interrupted" in err and len(err.strip().splitlines()) == 1
 
@@ -376,11 +383,11 @@ def test_ctrl_c_once_the_run_has_written_a_checkpoint_says_how_to_continue(tmp_p
                           "--progress", "false", "--figures", "false", "--checkpoint_every", "20", "--output_dir",
                           str(out)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          preexec_fn=_ctrl_c_default)
-    start = time.time()
-    while p.poll() is None and not list((out / "checkpoints").glob("step_*")) and time.time() - start < 120:
+    deadline = time.monotonic() + CHILD_TIMEOUT  # a checkpoint folder is step_* only once complete
+    while p.poll() is None and not list((out / "checkpoints").glob("step_*")) and time.monotonic() < deadline:
         time.sleep(0.1)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
+    _, err = p.communicate(timeout=CHILD_TIMEOUT)
     assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert err.strip().startswith(f"recipes/adaptive.py: interrupted; add --resume latest --output_dir {out} to the "
                                   "same command to continue from step_"), err[-2000:]
@@ -399,11 +406,16 @@ def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path):
     p = subprocess.Popen([sys.executable, str(root / "recipes" / "adaptive.py"), *TINY, "--output_dir", str(tmp_path / "o")],
                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    for _ in range(2):  # while importing, then while running
-        time.sleep(1.0)
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=120)
+    # Ctrl-C while importing, then while running (config.yaml is written once the run has started):
+    # waited for, not slept for, so that a slow machine does not send both while still importing
+    assert _importing_torch(p), "the run ended before torch was imported"
+    p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    while not (tmp_path / "o" / "config.yaml").exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert p.poll() is None, "the run ended before it wrote config.yaml"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=CHILD_TIMEOUT)
     assert p.returncode == 0 and "interrupted" not in err and "done in" in out, err[-2000:]
 
 

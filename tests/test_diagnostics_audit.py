@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from adaptive.diagnostics import BandGradientScaler, progress
 from adaptive.diagnostics.table import Table
 from adaptive.models import build_model
+from _scripts import CHILD_TIMEOUT  # noqa: E402
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def test_a_blank_removed_cell_keeps_the_other_rows_counts(tmp_path):
 
 def _diagnostics(*args, cwd):
     return subprocess.run([sys.executable, str(ROOT / "recipes" / "diagnostics.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=CHILD_TIMEOUT)
 
 
 def test_progress_of_a_missing_folder_creates_nothing(tmp_path):

@@ -13,6 +13,7 @@ from torch import nn
 from adaptive import Connectome
 from adaptive.diagnostics import KnowledgeCurve, collinearity, knowledge_distribution
 from adaptive.diagnostics._common import LogHistogram
+from _scripts import CHILD_TIMEOUT  # noqa: E402
 from test_diagnostics_knowledge import constructed  # the classifier whose curves are known exactly
 
 torch.set_num_threads(1)
@@ -115,7 +116,7 @@ def test_plots_keep_the_users_backend(tmp_path, choice, expect):
     env = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", "DISPLAY", "WAYLAND_DISPLAY")}
     env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", MPLCONFIGDIR=str(tmp_path / "mpl"))
     r = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT, choice, str(tmp_path)], env=env, cwd=str(tmp_path),
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=CHILD_TIMEOUT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == expect
     assert (tmp_path / "col.png").exists() and (tmp_path / "la.png").exists()

@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from _scripts import load_script  # noqa: E402
+from _scripts import CHILD_TIMEOUT, load_script  # noqa: E402
 
 torch.set_num_threads(1)
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -234,7 +234,7 @@ def test_a_multi_process_launch_is_refused_before_any_work(tmp_path):
         env = dict(os.environ, WORLD_SIZE="2", RANK=rank, LOCAL_RANK=rank, OMP_NUM_THREADS="1")
         p = subprocess.run([sys.executable, str(root / "recipes" / "diagnostics.py"), "collinearity", *COMMON,
                             "--train_steps", "2", "--output_dir", str(out)], env=env, capture_output=True, text=True,
-                           timeout=120)
+                           timeout=CHILD_TIMEOUT)
         assert (p.returncode != 0) == said and p.stdout == ""  # the others exit quietly: the launch fails once
         if said:
             assert p.stderr.count("\n") == 1 and "error: diagnostics runs in one process" in p.stderr

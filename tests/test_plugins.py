@@ -8,7 +8,7 @@ import pytest
 from adaptive.models import available_models
 from adaptive.plugins import PluginError, load_plugin, load_plugins
 from adaptive.utility.base import estimator_names
-from _scripts import load_script  # noqa: E402
+from _scripts import CHILD_TIMEOUT, load_script  # noqa: E402
 
 PLUGIN = textwrap.dedent('''
     import torch
@@ -81,7 +81,7 @@ def test_adaptive_recipe_trains_a_plugin_model_with_a_plugin_estimator(plugin, t
     elsewhere.mkdir()
     r = subprocess.run([sys.executable, "-m", "graphs", "export", str(tmp_path / "run"), "--format", "json",
                         "--out", str(elsewhere / "g.json")], cwd=elsewhere, capture_output=True, text=True,
-                       env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+                       env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=CHILD_TIMEOUT)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (elsewhere / "g.json").stat().st_size > 0
 

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from _scripts import CHILD_TIMEOUT  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md")).read()
 
@@ -22,7 +24,7 @@ def test_readme_has_python_examples():
 def test_readme_python_example_runs(index, tmp_path):
     code = python_blocks()[index]
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env)
     assert r.returncode == 0, f"README example {index} failed:\n{code}\n--- stderr ---\n{r.stderr[-4000:]}"
 
 

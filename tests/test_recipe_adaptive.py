@@ -16,7 +16,7 @@ from adaptive.training import find_checkpoint, list_checkpoints, read_metrics_cs
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _ports import free_port, launch_two  # noqa: E402
-from _scripts import load_script  # noqa: E402
+from _scripts import CHILD_TIMEOUT, load_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "adaptive.py"
@@ -449,7 +449,7 @@ def test_two_processes_that_disagree_stop_with_a_clear_error(tmp_path):
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *TINY,
            "--output_dir", str(tmp_path / "run"), "--figures", "false"]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env, cwd=ROOT)
     assert r.returncode != 0
     assert "MaskMismatchError: connectome masks differ between processes at step 10" in r.stdout + r.stderr
     assert not (tmp_path / "run" / "summary.json").exists()
