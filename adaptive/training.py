@@ -174,7 +174,8 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     end, where the last group may hold fewer). One such group is one step: the attached controller
     observes, masks and edits inside the real optimizer step only, on the accumulated gradient; then
     the scheduler steps and ``state.step += 1``. With K > 1 the optimizer must be one prepared by
-    ``accelerator``, which knows when to step.
+    ``accelerator``, which knows when to step, and so must the loader, which tells it where an epoch
+    ends.
 
     Every ``log_every`` steps a ``train`` metric row is appended with the loss and accuracy
     averaged over the interval's examples (every batch of every group) and over all processes, and
@@ -192,12 +193,20 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     norm is not finite, which a GradScaler skips, count in neither; None if all were).
     """
     if accelerator.gradient_accumulation_steps > 1:
+        from accelerate.data_loader import DataLoaderStateMixin
         from accelerate.optimizer import AcceleratedOptimizer
 
+        k = accelerator.gradient_accumulation_steps
         if not isinstance(optimizer, AcceleratedOptimizer):
-            raise TypeError(f"train_one_epoch with gradient_accumulation_steps {accelerator.gradient_accumulation_steps} "
-                            "needs the optimizer that accelerator.prepare returned (it steps only at the last batch of "
-                            "each group); this one would step at every batch: pass the prepared one")
+            raise TypeError(f"train_one_epoch with gradient_accumulation_steps {k} needs the optimizer that "
+                            "accelerator.prepare returned (it steps only at the last batch of each group); this one "
+                            "would step at every batch: pass the prepared one")
+        if not isinstance(loader, DataLoaderStateMixin):
+            raise TypeError(f"train_one_epoch with gradient_accumulation_steps {k} needs a loader that accelerator."
+                            f"prepare returned (or accelerator.skip_first_batches of one), which tells Accelerate where "
+                            f"it ends; over this {type(loader).__name__} an epoch whose batches are no multiple of {k} "
+                            "would leave its last batches' gradient for the next epoch's first step: pass the prepared "
+                            "loader")
     model.train()
     ep_loss = ep_correct = ep_n = 0.0
     for x, y in loader:

@@ -383,19 +383,34 @@ _TRAIN_ONLY = [
     ("warmup_steps", 0), ("gradient_accumulation_steps", 1), ("max_grad_norm", None))]
 
 
-def _accumulation_from_env(cfg) -> None:
-    """Accelerate reads ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS`` over the Accelerator's argument: where it
-    is set, the run takes it as --gradient_accumulation_steps when no one gave the option, and is
-    refused where the option (command line or --config file) says otherwise, or where the mode
-    accumulates nothing: either would run other than the option says."""
+def _env_accumulation() -> Optional[int]:
+    """``ACCELERATE_GRADIENT_ACCUMULATION_STEPS``, which Accelerate reads over the Accelerator's argument
+    (``accelerate launch`` sets it for DeepSpeed): None where it is unset, refused where Accelerate's
+    ``int()`` would fail on it (blank too) or it is below 1."""
     raw = os.environ.get(_ACCUM_ENV)
-    if raw is None or not raw.strip():
-        return
+    if raw is None:
+        return None
     k = int(raw.strip()) if raw.strip().isdigit() else None  # (as Accelerate's int(): no sign, no fraction)
     if k is None or k < 1:
         raise ConfigError(f"{_ACCUM_ENV}={raw!r} in the environment is no whole number >= 1, and Accelerate reads it "
                           f"as the gradient accumulation steps: unset it (--gradient_accumulation_steps sets them)")
-    given = (given_keys() or {}).get("gradient_accumulation_steps")
+    return k
+
+
+def _accumulation_from_env(cfg) -> None:
+    """While a command line (and ``--config`` file) is parsed: where the environment sets
+    ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS``, the run takes it as --gradient_accumulation_steps when
+    no one gave the option, and is refused where the option says otherwise, or where the mode
+    accumulates nothing: either would run other than the option says. A config built in code or
+    loaded from a file keeps its value (:func:`training_function` refuses it if Accelerate would run
+    another)."""
+    given_all = given_keys()
+    if given_all is None:  # not parsing a command line: what the file or the code says stays
+        return
+    k = _env_accumulation()
+    if k is None:
+        return
+    given = given_all.get("gradient_accumulation_steps")
     if cfg.mode == "mask_only":
         if k != 1:
             raise ConfigError(f"{_ACCUM_ENV}={k} in the environment asks Accelerate to accumulate gradients, which mode "
@@ -406,6 +421,16 @@ def _accumulation_from_env(cfg) -> None:
                           f"={k} in the environment disagree, and Accelerate would run {k}: unset {_ACCUM_ENV}, or "
                           f"give --gradient_accumulation_steps {k}")
     cfg.gradient_accumulation_steps = k
+
+
+def _refuse_other_accumulation(cfg, ran: int) -> None:
+    """A config built in code (or loaded) whose gradient_accumulation_steps is not what Accelerate took
+    from the environment: refused before anything runs, rather than run and recorded otherwise."""
+    if ran != cfg.gradient_accumulation_steps:
+        mode = " (mode mask_only accumulates nothing)" if cfg.mode == "mask_only" else ""
+        raise ConfigError(f"gradient_accumulation_steps is {cfg.gradient_accumulation_steps}{mode}, but {_ACCUM_ENV}="
+                          f"{ran} in the environment makes Accelerate run {ran}: unset {_ACCUM_ENV}"
+                          + ("" if mode else f", or set gradient_accumulation_steps={ran}"))
 
 
 def _refuse_train_only(cfg) -> None:
@@ -553,13 +578,14 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    _env_accumulation()  # one Accelerate cannot read (a blank one too) is refused, naming it
     # without a GPU, cpu=True is what makes a multi-process launch a gloo (MULTI_CPU) run
     accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
-    # Accelerate takes ACCELERATE_GRADIENT_ACCUMULATION_STEPS over the argument (parse_args reconciled the two):
-    # what runs is recorded and compared on resume
-    cfg.gradient_accumulation_steps = int(accelerator.gradient_accumulation_steps)
+    # Accelerate takes ACCELERATE_GRADIENT_ACCUMULATION_STEPS over the argument (parse_args reconciled the two
+    # for a command line; a config built in code that disagrees is refused): what runs is what is recorded
+    _refuse_other_accumulation(cfg, int(accelerator.gradient_accumulation_steps))
     from_launch = cfg.mixed_precision is None
     if from_launch:  # the precision accelerate launch (or its config) gave, else no: recorded and compared as it runs
         cfg.mixed_precision = str(accelerator.mixed_precision)

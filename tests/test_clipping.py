@@ -158,13 +158,14 @@ def test_gradient_accumulation_clips_once_per_step_on_the_accumulated_gradient()
     from accelerate.state import AcceleratorState
 
     data = batches(4)
-    joined = [(torch.cat([data[i][0], data[i + 1][0]]), torch.cat([data[i][1], data[i + 1][1]])) for i in (0, 2)]
+    examples = torch.utils.data.TensorDataset(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]))
     out = []
-    for k, loader in ((1, joined), (2, data)):
+    for k, batch in ((1, 10), (2, 5)):
         AcceleratorState._reset_state(True)
         acc = Accelerator(cpu=True, gradient_accumulation_steps=k)
         model, conn = masked_net()
-        opt = acc.prepare(torch.optim.SGD(model.parameters(), lr=0.5))
+        opt, loader = acc.prepare(torch.optim.SGD(model.parameters(), lr=0.5),
+                                  torch.utils.data.DataLoader(examples, batch_size=batch))
         conn.attach(opt)
         state = TrainState()
         train_one_epoch(acc, model, opt, loader, state, conn=conn, log_every=1, max_grad_norm=0.05)
@@ -183,3 +184,23 @@ def test_a_loop_state_saved_before_the_norm_columns_loads_with_empty_ones():
     state = TrainState()
     state.load_state_dict({"step": 3, "epoch": 0, "window": [6.0, 2.0, 10.0]})
     assert state.window == [6.0, 2.0, 10.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf])
+def test_before_torch_2_6_the_same_norm_and_clip_are_computed_without_its_helpers(monkeypatch, norm_type):
+    """pyproject allows torch >= 2.1, and torch.nn.utils.get_total_norm / clip_grads_with_norm_ came in
+    2.6: without them (deleted here) the norm and the clipped gradients are torch's own, to rounding."""
+    grads = {}
+    for helpers in (True, False):
+        if not helpers:
+            monkeypatch.delattr(torch.nn.utils, "get_total_norm")
+            monkeypatch.delattr(torch.nn.utils, "clip_grads_with_norm_")
+        model, conn = masked_net()
+        F.cross_entropy(model(torch.randn(5, 6, generator=torch.Generator().manual_seed(1))),
+                        torch.tensor([0, 1, 2, 0, 1])).backward()
+        norm = clip_gradients(model.parameters(), 0.05, conn, norm_type=norm_type)
+        assert float(norm) > 0.05
+        grads[helpers] = (norm, [p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(grads[False][0], grads[True][0], rtol=1e-6, atol=0)
+    for a, b in zip(grads[False][1], grads[True][1]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)

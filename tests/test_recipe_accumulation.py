@@ -91,8 +91,39 @@ def test_accumulation_asked_through_the_environment_trains_as_the_larger_batch(t
     sa, so = env.model.state_dict(), one.model.state_dict()
     for k in so:
         torch.testing.assert_close(sa[k], so[k], rtol=1e-5, atol=1e-6)
-    assert load_config(R.RunConfig, tmp_path / "b16-env" / "config.yaml").gradient_accumulation_steps == 2
     assert env.state.accumulation == 2
+    monkeypatch.delenv(ENV)  # what the file records, read without the variable
+    assert load_config(R.RunConfig, tmp_path / "b16-env" / "config.yaml").gradient_accumulation_steps == 2
+
+
+def test_the_environment_variable_never_rewrites_a_config_loaded_or_built_in_code(tmp_path, monkeypatch):
+    """Only a parsed command line takes ACCELERATE_GRADIENT_ACCUMULATION_STEPS: a config.yaml read back
+    says what it records, and a RunConfig built in code keeps its value, which training_function
+    refuses, before writing anything, where Accelerate would run another."""
+    run(tmp_path / "k1", "--subset", "710", "--max_steps", "2", "--batch_size", "16")
+    monkeypatch.setenv(ENV, "2")
+    assert load_config(R.RunConfig, tmp_path / "k1" / "config.yaml").gradient_accumulation_steps == 1
+    cfg = R.RunConfig(gradient_accumulation_steps=4, max_steps=2, output_dir=str(tmp_path / "code"), progress=False,
+                      figures=False)
+    assert cfg.gradient_accumulation_steps == 4
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    with pytest.raises(R.ConfigError, match=f"gradient_accumulation_steps is 4, but {ENV}=2 in the environment makes "
+                                            f"Accelerate run 2: unset {ENV}, or set gradient_accumulation_steps=2"):
+        R.training_function(cfg)
+    assert not (tmp_path / "code").exists()
+
+
+def test_a_blank_environment_variable_is_refused_by_name(tmp_path, monkeypatch, capsys):
+    """Accelerate's int('') would fail with 'invalid literal for int()', naming nothing."""
+    monkeypatch.setenv(ENV, "")
+    with pytest.raises(SystemExit):
+        R.parse_args([])
+    assert f"{ENV}='' in the environment is no whole number >= 1" in capsys.readouterr().err
+    cfg = R.RunConfig(max_steps=2, output_dir=str(tmp_path / "code"), progress=False, figures=False)
+    with pytest.raises(R.ConfigError, match=f"{ENV}='' in the environment is no whole number >= 1"):
+        R.training_function(cfg)
 
 
 def test_a_mid_epoch_resume_under_accumulation_is_bit_exact(tmp_path):
@@ -208,3 +239,19 @@ def test_a_checkpoint_whose_loop_state_accumulated_otherwise_is_refused(tmp_path
     err = capsys.readouterr().err
     assert "accumulated 3 batch(es) per optimizer step; this one accumulates 1" in err
     assert "--gradient_accumulation_steps 3" in err
+
+
+@pytest.mark.parametrize("policy", [["--policy", "rigl"], ["--policy", "set"], ["--policy", "gmp"],
+                                    ["--estimator", "obd"], ["--estimator", "taylor"], ["--estimator", "evidence"]],
+                         ids=lambda a: a[1])
+def test_accumulated_steps_edit_as_the_larger_batch_under_each_policy(tmp_path, policy):
+    """What the README promises per policy (curvature, the default, is the test above): the same
+    masks after the same updates, weights to rounding."""
+    common = ["--subset", "710", "--max_steps", "30", *policy]
+    one = run(tmp_path / "b32", *common, "--batch_size", "32")
+    acc = run(tmp_path / "b16x2", *common, "--batch_size", "16", "--gradient_accumulation_steps", "2")
+    assert sum(e["kind"] == "update" for e in acc.controller.events) >= 4
+    assert acc.conn.mask_hash() == one.conn.mask_hash()
+    sa, so = acc.model.state_dict(), one.model.state_dict()
+    for k in so:
+        torch.testing.assert_close(sa[k], so[k], rtol=1e-5, atol=1e-6)

@@ -92,6 +92,11 @@ def test_accumulation_needs_the_prepared_optimizer_which_steps_once_per_group():
         with pytest.raises(TypeError, match="needs the optimizer that accelerator.prepare returned"):
             train_one_epoch(acc, model, opt, [], TrainState())
         model, opt, loader = acc.prepare(model, opt, loader)
+        # nor a loader Accelerate never saw: it cannot tell where the epoch ends, so the 5th batch's
+        # gradient would be left in .grad for the next epoch's first step
+        with pytest.raises(TypeError, match="needs a loader that accelerator.prepare returned"):
+            train_one_epoch(acc, model, opt, list(loader), TrainState())
+        assert all(p.grad is None for p in model.parameters())
         steps, losses = [], []
         opt.optimizer.register_step_post_hook(lambda *a: steps.append(len(losses)))
 
