@@ -3,7 +3,8 @@
 - :func:`plot_loss_accuracy`: loss and accuracy against step, per split (train / holdout / test);
 - :func:`plot_density`: overall and per-layer density against step, from controller events;
 - :func:`plot_edits`: synapses pruned and grown at every controller update;
-- :func:`plot_run`: all three, returns the paths written.
+- :func:`plot_grad_norm`: a clipping run's gradient norm before clipping, and the share of steps clipped;
+- :func:`plot_run`: all of them that the run has data for, returns the paths written.
 Inputs are plain lists of dicts (metric rows as in :data:`adaptive.training.METRIC_FIELDS`,
 controller events), so a finished run can be re-plotted from its ``metrics.csv`` and
 ``events.jsonl``. NaN and inf values are left out, and the panel says how many.
@@ -281,22 +282,65 @@ def plot_edits(events: Sequence[dict], path, title: Optional[str] = None) -> Pat
     return _save(fig, plt, path)
 
 
+def plot_grad_norm(rows: Sequence[dict], path, max_grad_norm: Optional[float] = None,
+                   title: Optional[str] = None) -> Path:
+    """A clipping run's train rows (``grad_norm``: the mean gradient norm before clipping over each
+    row's steps; ``clipped``: the share of those steps scaled down) against step, with the limit
+    ``max_grad_norm`` as a dashed line where given: whether clipping acts, and how often."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    given = [r for r in rows if r.get("split") == "train" and r.get("grad_norm") is not None]
+    pts = [(r["step"], r["grad_norm"]) for r in given if finite(r["grad_norm"])]
+    if pts:
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, color=SPLIT_COLOR["train"], lw=1.2, label="gradient norm before clipping (row mean)",
+                **single_point_marker(len(xs)))
+        if min(ys) > 0 and max(ys) / min(ys) > 100:
+            ax.set_yscale("log")
+    if max_grad_norm is not None:
+        ax.axhline(max_grad_norm, color="k", ls="--", lw=1, label=f"--max_grad_norm {max_grad_norm:g}")
+    shares = [(r["step"], r["clipped"]) for r in given if finite(r.get("clipped"))]
+    handles, names = ax.get_legend_handles_labels()
+    if shares:
+        twin = ax.twinx()
+        xs, ys = zip(*shares)
+        # a row covers the steps up to it: each value is drawn over the interval that ends at its step
+        (line,) = twin.plot(xs, ys, color="tab:red", lw=1, alpha=0.7, drawstyle="steps-pre",
+                            **single_point_marker(len(xs)))
+        twin.set_ylim(-0.05, 1.05)
+        twin.set_ylabel("share of steps clipped")
+        handles, names = handles + [line], names + ["share of the row's steps clipped"]
+    ax.set_xlabel("training step")
+    ax.set_ylabel("gradient norm (live gradients)")
+    ax.set_title(_headed(title, "gradient norm before clipping"), fontsize=9 if title else None)
+    ax.grid(alpha=0.3)
+    if handles:
+        legend_below(ax, handles, names)
+    note_nonfinite(ax, "gradient norm", len(given) - len(pts), len(given), bool(handles))
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
 def plot_run(rows: Sequence[dict], events: Sequence[dict], out_dir,
              labels: Optional[Dict[str, str]] = None, kept: Optional[dict] = None,
-             title: Optional[str] = None) -> Dict[str, Path]:
-    """Write ``loss_accuracy.png``, ``density.png`` and ``edits.png`` into ``out_dir``; ``labels``
-    as in :func:`plot_loss_accuracy`; ``kept`` (``step``, ``density``, ``holdout_loss``,
-    ``holdout_acc``): the masks the run kept where they are not its last ones (a mask_only run's
-    ``--target best``), starred in the first two figures; ``title``: named on every figure (the model
-    and dataset, see :func:`run_title`)."""
+             title: Optional[str] = None, max_grad_norm: Optional[float] = None) -> Dict[str, Path]:
+    """Write ``loss_accuracy.png``, ``density.png`` and ``edits.png`` into ``out_dir``, and
+    ``grad_norm.png`` where train rows carry a ``grad_norm`` (a run that clips its gradients; its
+    limit ``max_grad_norm`` drawn where given); ``labels`` as in :func:`plot_loss_accuracy`; ``kept``
+    (``step``, ``density``, ``holdout_loss``, ``holdout_acc``): the masks the run kept where they are
+    not its last ones (a mask_only run's ``--target best``), starred in the first two figures;
+    ``title``: named on every figure (the model and dataset, see :func:`run_title`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     steps = [r["step"] for r in rows if isinstance(r.get("step"), (int, float))]
-    return {
+    files = {
         "loss_accuracy": plot_loss_accuracy(rows, out / "loss_accuracy.png", labels, kept, title=title),
         "density": plot_density(events, out / "density.png", kept, last_step=max(steps, default=None), title=title),
         "edits": plot_edits(events, out / "edits.png", title=title),
     }
+    if any(r.get("grad_norm") is not None for r in rows):
+        files["grad_norm"] = plot_grad_norm(rows, out / "grad_norm.png", max_grad_norm, title=title)
+    return files
 
 
 def _headed(title: Optional[str], own: str) -> str:

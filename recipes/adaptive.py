@@ -1237,7 +1237,8 @@ def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn,
             from adaptive.plots import plot_run, run_title
 
             title = run_title(cfg.model, cfg.dataset, output_dir, what=f"{cfg.mode}: " if cfg.mode != "train" else "")
-            files.update(plot_run(rows, events, output_dir, labels, kept, title=title))
+            files.update(plot_run(rows, events, output_dir, labels, kept, title=title,
+                                  max_grad_norm=cfg.max_grad_norm))
     accelerator.wait_for_everyone()
     return files
 

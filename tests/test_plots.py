@@ -210,3 +210,24 @@ def test_density_layers_that_share_a_colour_differ_in_line_style(figures):
     pairs = {(line.get_color(), line.get_linestyle()) for line in lines}
     assert len(pairs) == 25  # no two layers look alike
     assert not _window(figures[0], ax.get_legend()).overlaps(_window(figures[0], ax))  # beside the axes
+
+
+def test_a_clipping_run_gets_a_gradient_norm_figure_with_its_limit(figures):
+    """grad_norm.png: the rows' mean pre-clip norms (a NaN one left out and counted), the limit as a
+    dashed line, the share of steps clipped on a second axis; a run that never clipped gets none."""
+    rows = [dict(step=s, split="train", loss=1.0, accuracy=0.5, grad_norm=g, clipped=c)
+            for s, g, c in ((5, 3.0, 1.0), (10, float("nan"), None), (15, 0.5, 0.4), (20, 0.2, 0.0))]
+    rows.append(dict(step=20, split="holdout", loss=1.0, accuracy=0.5))
+    files = plots.plot_run(rows, [], "run", max_grad_norm=1.0, title="mlp on digits")
+    assert set(files) == {"loss_accuracy", "density", "edits", "grad_norm"}
+    fig = figures[3]
+    ax, twin = fig.axes[0], fig.axes[1]
+    norm, limit = ax.get_lines()
+    assert norm.get_xydata().tolist() == [[5, 3.0], [15, 0.5], [20, 0.2]]
+    assert limit.get_linestyle() == "--" and list(limit.get_ydata()) == [1.0, 1.0]
+    assert twin.get_lines()[0].get_xydata().tolist() == [[5, 1.0], [15, 0.4], [20, 0.0]]
+    assert "gradient norm not finite at 1 of 4 points" in ax.get_title()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["gradient norm before clipping (row mean)", "--max_grad_norm 1", "share of the row's steps clipped"]
+    figures.clear()
+    assert "grad_norm" not in plots.plot_run([dict(step=5, split="train", loss=1.0, accuracy=0.5)], [], "run")

@@ -140,3 +140,11 @@ def test_a_run_recorded_before_the_option_clipped_nothing(tmp_path):
     R._check_resumed_config(R.RunConfig(), tmp_path)  # no clipping: as it ran
     with pytest.raises(R.CheckpointError, match=r"max_grad_norm: run None, now 1.0"):
         R._check_resumed_config(R.RunConfig(max_grad_norm=1.0), tmp_path)
+
+
+def test_a_clipping_run_writes_its_gradient_norm_figure(tmp_path):
+    res = run(tmp_path / "fig", "--max_grad_norm", "0.05", "--figures", "true")
+    assert res.files["grad_norm"] == tmp_path / "fig" / "grad_norm.png"
+    assert (tmp_path / "fig" / "grad_norm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plain = run(tmp_path / "plain", "--figures", "true")
+    assert "grad_norm" not in plain.files and not (tmp_path / "plain" / "grad_norm.png").exists()
