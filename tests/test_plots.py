@@ -76,13 +76,13 @@ def test_a_run_with_no_update_draws_its_single_density_point(figures):
     assert all(line.get_marker() not in (None, "", " ", "None") for line in lines)  # a line alone needs two points
 
 
-def test_density_is_drawn_as_a_step_function_from_the_start_to_the_last_step(figures):
+def test_density_is_drawn_as_a_step_function_from_the_start_to_the_last_step(figures, tmp_path):
     """density.png joined the updates with straight lines (step 15 of gmp at 10 -> 20 read ~0.16,
     not 0.2125), from the first update to the last, though the run started dense and went on."""
     ev = [{"step": s, "kind": "update", "density": d, "live": live, "removed": 1000 - live, "pruned": p, "grown": 0,
            "layer_density": {"a": la}} for s, d, live, p, la in ((10, 0.5, 500, 500, 0.4), (20, 0.2125, 212, 288, 0.1))]
     rows = [dict(step=s, split="train", loss=1.0, accuracy=0.5) for s in (5, 10, 15, 20, 25, 30)]
-    plots.plot_run(rows, ev, "run")
+    plots.plot_run(rows, ev, tmp_path / "run")
     lines = {line.get_label(): line for line in figures[1].axes[0].get_lines()}
     assert {line.get_drawstyle() for line in lines.values()} == {"steps-post"}
     assert lines["overall"].get_xydata().tolist() == [[0, 1.0], [10, 0.5], [20, 0.2125], [30, 0.2125]]
@@ -90,7 +90,7 @@ def test_density_is_drawn_as_a_step_function_from_the_start_to_the_last_step(fig
     assert plots.step_points([0, 10], [0.2, 0.1], start=1.0, last_step=5) == ([0, 10], [0.2, 0.1])  # nothing to add
 
 
-def test_best_target_figures_mark_the_kept_masks(figures):
+def test_best_target_figures_mark_the_kept_masks(figures, tmp_path):
     """mask_only --target best: the lines end at the last rung tried (0.8 here) while the run kept the
     dense network, scored at step 0; a star marks what was kept and the test point sits with it."""
     events = [{"step": s, "kind": "update", "density": d, "pruned": 1, "grown": 1}
@@ -99,7 +99,7 @@ def test_best_target_figures_mark_the_kept_masks(figures):
                                                                                       (40, 0.13, 0.95))]
     rows.append(dict(step=40, split="test", loss=0.25, accuracy=0.93))
     kept = dict(step=0, density=1.0, holdout_loss=0.11, holdout_acc=0.97)
-    plots.plot_run(rows, events, "run", kept=kept)
+    plots.plot_run(rows, events, tmp_path / "run", kept=kept)
     la, dens = figures[0], figures[1]
     star = [line for line in dens.axes[0].get_lines() if line.get_label() == "kept (best on held-out)"]
     assert len(star) == 1 and list(star[0].get_xydata()[0]) == [0, 1.0]
@@ -212,13 +212,13 @@ def test_density_layers_that_share_a_colour_differ_in_line_style(figures):
     assert not _window(figures[0], ax.get_legend()).overlaps(_window(figures[0], ax))  # beside the axes
 
 
-def test_a_clipping_run_gets_a_gradient_norm_figure_with_its_limit(figures):
+def test_a_clipping_run_gets_a_gradient_norm_figure_with_its_limit(figures, tmp_path):
     """grad_norm.png: the rows' mean pre-clip norms (a NaN one left out and counted), the limit as a
     dashed line, the share of steps clipped on a second axis; a run that never clipped gets none."""
     rows = [dict(step=s, split="train", loss=1.0, accuracy=0.5, grad_norm=g, clipped=c)
             for s, g, c in ((5, 3.0, 1.0), (10, float("nan"), None), (15, 0.5, 0.4), (20, 0.2, 0.0))]
     rows.append(dict(step=20, split="holdout", loss=1.0, accuracy=0.5))
-    files = plots.plot_run(rows, [], "run", max_grad_norm=1.0, title="mlp on digits")
+    files = plots.plot_run(rows, [], tmp_path / "run", max_grad_norm=1.0, title="mlp on digits")
     assert set(files) == {"loss_accuracy", "density", "edits", "grad_norm"}
     fig = figures[3]
     ax, twin = fig.axes[0], fig.axes[1]
@@ -230,4 +230,4 @@ def test_a_clipping_run_gets_a_gradient_norm_figure_with_its_limit(figures):
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["gradient norm before clipping (row mean)", "--max_grad_norm 1", "share of the row's steps clipped"]
     figures.clear()
-    assert "grad_norm" not in plots.plot_run([dict(step=5, split="train", loss=1.0, accuracy=0.5)], [], "run")
+    assert "grad_norm" not in plots.plot_run([dict(step=5, split="train", loss=1.0, accuracy=0.5)], [], tmp_path / "run")

@@ -19,9 +19,10 @@ TINY = ["--update_every", "5", "--log_every", "5", "--threads", "1", "--progress
 
 
 @pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
+def _fresh_accelerate_state(monkeypatch):
     from accelerate.state import AcceleratorState
 
+    monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", raising=False)  # (one exported for DeepSpeed)
     AcceleratorState._reset_state(True)
     yield
     AcceleratorState._reset_state(True)
