@@ -3,6 +3,8 @@ gradients the optimizer uses, so the clip factor does not depend on whether ``.g
 the dense gradient (an observation step); every gradient is scaled by it; train_one_epoch clips with
 it once per optimizer step and records the norms."""
 import math
+import os
+import sys
 
 import pytest
 import torch
@@ -12,17 +14,13 @@ from torch import nn
 from adaptive import Connectome, clip_gradients
 from adaptive.training import TrainState, train_one_epoch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _training import cpu_accelerator, reset_accelerate  # noqa: E402
+
 torch.set_num_threads(1)
 
 
-@pytest.fixture()
-def accelerator():
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield Accelerator(cpu=True)
-    AcceleratorState._reset_state(True)
+accelerator = pytest.fixture(cpu_accelerator)
 
 
 def masked_net(seed=0):
@@ -155,13 +153,12 @@ def test_gradient_accumulation_clips_once_per_step_on_the_accumulated_gradient()
     """Two accumulated batches of 5 clip as one batch of 10 (the same weights, to rounding): the
     clip comes after the group's last backward, not after each."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
     data = batches(4)
     examples = torch.utils.data.TensorDataset(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]))
     out = []
     for k, batch in ((1, 10), (2, 5)):
-        AcceleratorState._reset_state(True)
+        reset_accelerate()
         acc = Accelerator(cpu=True, gradient_accumulation_steps=k)
         model, conn = masked_net()
         opt, loader = acc.prepare(torch.optim.SGD(model.parameters(), lr=0.5),
@@ -171,7 +168,7 @@ def test_gradient_accumulation_clips_once_per_step_on_the_accumulated_gradient()
         train_one_epoch(acc, model, opt, loader, state, conn=conn, log_every=1, max_grad_norm=0.05)
         assert state.step == 2
         out.append((model, state))
-    AcceleratorState._reset_state(True)
+    reset_accelerate()
     (one, s1), (two, s2) = out
     for p, q in zip(one.parameters(), two.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)

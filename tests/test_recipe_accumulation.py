@@ -12,6 +12,7 @@ from adaptive.training import find_checkpoint, list_checkpoints
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _scripts import load_script  # noqa: E402
+from _training import recipe_runner, reset_accelerate, same_weights  # noqa: E402
 
 R = load_script("recipes/adaptive.py", "recipe_adaptive_accumulation")
 ENV = "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
@@ -22,24 +23,13 @@ TINY = ["--update_every", "5", "--log_every", "5", "--threads", "1", "--progress
 
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state(monkeypatch):
-    from accelerate.state import AcceleratorState
-
     monkeypatch.delenv(ENV, raising=False)
-    AcceleratorState._reset_state(True)
+    reset_accelerate()
     yield
-    AcceleratorState._reset_state(True)
+    reset_accelerate()
 
 
-def run(tmp, *extra, on_step=None):
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    return R.main(TINY + ["--output_dir", str(tmp), *extra], on_step=on_step)
-
-
-def same_state(a, b):
-    sa, sb = a.model.state_dict(), b.model.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+run = recipe_runner(R, TINY)
 
 
 class Stop(Exception):
@@ -106,9 +96,7 @@ def test_the_environment_variable_never_rewrites_a_config_loaded_or_built_in_cod
     cfg = R.RunConfig(gradient_accumulation_steps=4, max_steps=2, output_dir=str(tmp_path / "code"), progress=False,
                       figures=False)
     assert cfg.gradient_accumulation_steps == 4
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
+    reset_accelerate()
     with pytest.raises(R.ConfigError, match=f"gradient_accumulation_steps is 4, but {ENV}=2 in the environment makes "
                                             f"Accelerate run 2: unset {ENV}, or set gradient_accumulation_steps=2"):
         R.training_function(cfg)
@@ -144,7 +132,7 @@ def test_a_mid_epoch_resume_under_accumulation_is_bit_exact(tmp_path):
     resumed = run(tmp_path / "cut", *common, "--resume", "latest")
     assert resumed.state.step == 90
     assert resumed.conn.mask_hash() == full.conn.mask_hash()
-    assert same_state(resumed, full)
+    assert same_weights(resumed, full)
     assert resumed.controller.events == full.controller.events
     assert resumed.state.metrics == full.state.metrics
     opt_a, opt_b = full.controller.optimizer.state_dict(), resumed.controller.optimizer.state_dict()

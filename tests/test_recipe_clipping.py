@@ -12,6 +12,7 @@ from adaptive.training import find_checkpoint, read_metrics_csv
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _scripts import load_script  # noqa: E402
+from _training import recipe_runner, reset_accelerate, same_weights  # noqa: E402
 
 R = load_script("recipes/adaptive.py", "recipe_adaptive_clipping")
 TINY = ["--update_every", "5", "--log_every", "5", "--threads", "1", "--progress", "false", "--figures", "false",
@@ -20,24 +21,13 @@ TINY = ["--update_every", "5", "--log_every", "5", "--threads", "1", "--progress
 
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state(monkeypatch):
-    from accelerate.state import AcceleratorState
-
     monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", raising=False)  # (one exported for DeepSpeed)
-    AcceleratorState._reset_state(True)
+    reset_accelerate()
     yield
-    AcceleratorState._reset_state(True)
+    reset_accelerate()
 
 
-def run(tmp, *extra, on_step=None):
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    return R.main(TINY + ["--output_dir", str(tmp), *extra], on_step=on_step)
-
-
-def same_weights(a, b):
-    sa, sb = a.model.state_dict(), b.model.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+run = recipe_runner(R, TINY)
 
 
 def test_a_limit_no_step_reaches_changes_nothing_and_a_small_one_clips(tmp_path):

@@ -1,5 +1,8 @@
 """adaptive.training.train_one_epoch: train metric rows average every step of their interval, also
 when the interval spans an epoch boundary or a checkpoint."""
+import os
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,17 +10,13 @@ from torch import nn
 
 from adaptive.training import TrainState, train_one_epoch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _training import cpu_accelerator, reset_accelerate  # noqa: E402
+
 torch.set_num_threads(1)
 
 
-@pytest.fixture()
-def accelerator():
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield Accelerator(cpu=True)
-    AcceleratorState._reset_state(True)
+accelerator = pytest.fixture(cpu_accelerator)
 
 
 def test_a_logging_interval_spanning_epochs_and_a_resume_averages_all_its_steps(accelerator):
@@ -79,9 +78,8 @@ def test_accumulation_needs_the_prepared_optimizer_which_steps_once_per_group():
     The prepared one steps once per K batches (the loader's end closes a shorter group), and a train
     row averages every batch of its steps, not the last of each group."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
-    AcceleratorState._reset_state(True)
+    reset_accelerate()
     try:
         acc = Accelerator(cpu=True, gradient_accumulation_steps=2)
         torch.manual_seed(0)
@@ -111,4 +109,4 @@ def test_accumulation_needs_the_prepared_optimizer_which_steps_once_per_group():
         (row,) = [r for r in state.metrics if r["split"] == "train"]
         assert row["step"] == 3 and row["loss"] == pytest.approx(sum(losses) / 5, rel=1e-6)
     finally:
-        AcceleratorState._reset_state(True)
+        reset_accelerate()
