@@ -3,6 +3,7 @@
 - :class:`TrainState`: the loop's own progress (step, epoch, metric rows), checkpointed with the run;
 - :func:`train_one_epoch`: one pass over a prepared train loader, resumable mid-epoch, optionally
   clipping the gradient norm (:func:`adaptive.clipping.clip_gradients`);
+- :func:`lr_schedule`: warm-up, then a cosine, constant or step learning-rate schedule;
 - :func:`evaluate`: loss and accuracy over a prepared loader, gathered across processes;
 - :func:`save_checkpoint` / :func:`find_checkpoint` / :func:`load_checkpoint`: Accelerate's
   ``save_state``/``load_state`` made atomic (written to a temporary folder, then renamed, so a run
@@ -21,7 +22,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -95,20 +96,41 @@ def _world_size() -> int:
     return d.get_world_size() if d.is_available() and d.is_initialized() else 1
 
 
-def cosine_schedule(optimizer, total_steps: int, warmup: int = 0, kind: str = "cosine"):
-    """A LambdaLR: linear warm-up for ``warmup`` steps, then cosine to 0 at ``total_steps``
-    (``kind="constant"``: flat). Stepped once per optimizer step, whatever the process count."""
+def lr_schedule(optimizer, total_steps: int, warmup: int = 0, kind: str = "cosine",
+                milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1):
+    """A LambdaLR, stepped once per optimizer step whatever the process count: linear warm-up for
+    ``warmup`` steps, then ``kind``:
+
+    - ``"cosine"``: cosine from the peak to 0 at ``total_steps``;
+    - ``"constant"``: flat;
+    - ``"step"``: the rate is multiplied by ``gamma`` at each of ``milestones``, fractions of
+      ``total_steps`` in (0, 1): from the optimizer step nearest ``m * total_steps`` (counted from 0,
+      halves up) on, as in the classic CIFAR ResNet recipe (0.1, divided by 10 at half and three
+      quarters of the run). A milestone inside the warm-up scales the ramp.
+    """
+    if kind not in ("cosine", "constant", "step"):
+        raise ValueError(f"unknown learning-rate schedule {kind!r}: cosine, constant or step")
     total = max(1, int(total_steps))
+    if kind == "step":
+        if not all(0.0 < m < 1.0 for m in milestones) or list(milestones) != sorted(set(milestones)):
+            raise ValueError(f"milestones must be increasing fractions of the run in (0, 1), got {list(milestones)}")
+        if not (math.isfinite(gamma) and 0.0 < gamma <= 1.0):
+            raise ValueError(f"gamma must be in (0, 1] (the factor applied at each milestone), got {gamma}")
+    at = [math.floor(m * total + 0.5) for m in milestones]  # the nearest step, halves up
 
     def factor(s: int) -> float:
-        if warmup and s < warmup:
-            return (s + 1) / warmup
-        if kind == "constant":
-            return 1.0
+        ramp = (s + 1) / warmup if warmup and s < warmup else 1.0
+        if kind == "step":
+            return ramp * gamma ** sum(s >= a for a in at)
+        if ramp < 1.0 or kind == "constant":
+            return ramp
         t = min(max(s - warmup, 0), total - warmup) / max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * t))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+cosine_schedule = lr_schedule  # (its name before the step schedule)
 
 
 def _connectome_fields(conn) -> dict:

@@ -19,6 +19,7 @@ run folder (``--output_dir``, default ``runs/<date-time>``): ``config.yaml`` (re
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -33,6 +34,7 @@ if __name__ == "__main__":  # Ctrl-C while torch is still importing: one line, n
     import _startup  # noqa: F401
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,8 +51,8 @@ from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.data import get_dataloaders as _get_dataloaders  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.training import (  # noqa: E402
-    CHECKPOINT_DIR, TrainState, cosine_schedule, evaluate, find_checkpoint, list_checkpoints, load_checkpoint,
-    metric_row, run_dir_of, save_checkpoint, train_one_epoch, write_metrics_csv,
+    CHECKPOINT_DIR, TrainState, evaluate, find_checkpoint, list_checkpoints, load_checkpoint,
+    lr_schedule, metric_row, run_dir_of, save_checkpoint, train_one_epoch, write_metrics_csv,
 )
 
 
@@ -131,7 +133,17 @@ class RunConfig:
     lr: float = _opt(0.1, "peak learning rate of the weights")
     momentum: float = _opt(0.9, "SGD momentum, in [0, 1) (adamw: beta1, the default 0.9 being AdamW's own)")
     weight_decay: float = _opt(5e-4, "weight decay")
-    lr_schedule: Literal["cosine", "constant"] = _opt("cosine", "learning-rate schedule after the warmup")
+    lr_schedule: Literal["cosine", "constant", "step"] = _opt("cosine", "learning-rate schedule after the warmup: "
+                                                              "cosine (to 0 at the last step), constant, or step (the "
+                                                              "rate times --lr_gamma at each of --lr_milestones)")
+    lr_milestones: List[float] = field(default_factory=lambda: [0.5, 0.75], metadata={
+        "help": "--lr_schedule step: where the rate drops, as increasing fractions of the run's steps in (0, 1), "
+                "comma-separated (the drop comes at the optimizer step nearest fraction x steps, halves up)"})
+    lr_gamma: float = _opt(0.1, "--lr_schedule step: the factor applied at each milestone, in (0, 1]")
+    label_smoothing: float = _opt(0.0, "label smoothing of the training loss, in [0, 1) (torch's cross_entropy "
+                                       "label_smoothing): the weights and the controller's utilities follow the "
+                                       "smoothed loss; held-out and test losses stay plain cross-entropy, and train "
+                                       "rows of metrics.csv report the smoothed loss they trained on")
     warmup_steps: int = _opt(0, "steps of linear learning-rate warmup (at most the run's steps)")
     max_grad_norm: Optional[float] = _help("clip each step's gradient to this total 2-norm, a finite number > 0, "
                                            "measured on the live (masked) gradients the optimizer uses, after the "
@@ -160,7 +172,7 @@ class RunConfig:
     progress: Optional[bool] = _help("progress bars (data decoding, training, final test evaluation): true, false, or "
                                      "left out (the default): bars only when stderr is a terminal, none into pipes "
                                      "and log files; --progress alone means true, --no-progress false")
-    figures: bool = _opt(True, "write loss_accuracy.png, density.png and edits.png at the end")
+    figures: bool = _opt(True, "write loss_accuracy.png, density.png and edits.png (with --max_grad_norm grad_norm.png too) at the end")
 
     def __post_init__(self):
         # mode-dependent defaults: mask_only uses what recipes/benchmarks/mask_only_ablations measured
@@ -222,6 +234,17 @@ class RunConfig:
             (self.eval_every >= 0, f"eval_every must be >= 0 (0: every epoch), got {self.eval_every}"),
             (self.log_every >= 0, f"log_every must be >= 0 (0: no train rows), got {self.log_every}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (all(0.0 < m < 1.0 for m in self.lr_milestones) and self.lr_milestones == sorted(set(self.lr_milestones))
+             and len(self.lr_milestones) > 0,
+             f"lr_milestones must be increasing fractions of the run in (0, 1), such as 0.5,0.75, got "
+             f"{self.lr_milestones}"),
+            (math.isfinite(self.lr_gamma) and 0.0 < self.lr_gamma <= 1.0,
+             f"lr_gamma must be in (0, 1] (the factor at each milestone), got {self.lr_gamma}"),
+            (self.lr_schedule == "step" or (self.lr_milestones == [0.5, 0.75] and self.lr_gamma == 0.1),
+             f"lr_milestones and lr_gamma shape only --lr_schedule step (this run's is {self.lr_schedule}): give "
+             f"--lr_schedule step, or drop them"),
+            (math.isfinite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0,
+             f"label_smoothing must be in [0, 1) (0: none), got {self.label_smoothing}"),
             (self.max_grad_norm is None or (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0),
              f"max_grad_norm must be a finite number > 0 (or none: no clipping), got {self.max_grad_norm}"),
             # (a resumed run continues as recorded: runs started before this check could hold such a warmup)
@@ -380,7 +403,7 @@ _TRAIN_ONLY = [
     ("end_fraction", (0.75,), "mask_only schedules its edits per target (--mask_only_kw approach=...)"),
 ] + [(key, (default,), "mask_only trains no weight") for key, default in (
     ("optimizer", "sgd"), ("lr", 0.1), ("momentum", 0.9), ("weight_decay", 5e-4), ("lr_schedule", "cosine"),
-    ("warmup_steps", 0), ("gradient_accumulation_steps", 1), ("max_grad_norm", None))]
+    ("warmup_steps", 0), ("gradient_accumulation_steps", 1), ("max_grad_norm", None), ("label_smoothing", 0.0))]
 
 
 def _env_accumulation() -> Optional[int]:
@@ -760,7 +783,8 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
                          f"{cfg.epochs} x {per_epoch}), so the learning rate would never reach --lr: "
                          f"give --warmup_steps {total_steps} or fewer")
     epochs = math.ceil(total_steps / steps_per_epoch)
-    lr_scheduler = cosine_schedule(optimizer, total_steps, cfg.warmup_steps, cfg.lr_schedule)
+    lr_scheduler = lr_schedule(optimizer, total_steps, cfg.warmup_steps, cfg.lr_schedule, cfg.lr_milestones,
+                               cfg.lr_gamma)
     conn = build_connectome(cfg, accelerator.unwrap_model(model))
     # DDP averages gradients over every process's batch before the controller sees them
     ctrl = build_controller(cfg, conn, optimizer, total_steps, num_processes=accelerator.num_processes)
@@ -836,6 +860,9 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     def elapsed() -> Optional[float]:
         return None if recorded is None else recorded + time.time() - t0
 
+    # the loss the weights train on (label smoothing); held-out and test losses stay plain cross-entropy
+    train_loss = (functools.partial(F.cross_entropy, label_smoothing=cfg.label_smoothing) if cfg.label_smoothing
+                  else F.cross_entropy)
     start_epoch, skip = divmod(state.step, steps_per_epoch)
     for epoch in range(start_epoch, epochs):
         state.epoch = epoch
@@ -848,7 +875,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
             loader.set_epoch(epoch)
         train_one_epoch(accelerator, model, optimizer, loader, state, lr_scheduler=lr_scheduler, conn=conn,
                         max_steps=total_steps, log_every=cfg.log_every, on_step=step_hook, progress=progress,
-                        max_grad_norm=cfg.max_grad_norm)
+                        max_grad_norm=cfg.max_grad_norm, loss_fn=train_loss)
         if state.step >= total_steps:
             break
     if progress is not None:
@@ -860,8 +887,9 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
     metric_row(state, "test", test_loss, test_acc, conn, _row_lr(state, optimizer))
     files = _write_outputs(accelerator, cfg, output_dir, state.metrics, ctrl.events, conn,
-                           _split_labels(loaders, n_test, "train (mean over the batches trained since the last point)",
-                                         cfg.test_subset))
+                           _split_labels(loaders, n_test, "train (mean over the batches trained since the last point"
+                                         + (f"; loss with label smoothing {cfg.label_smoothing:g})" if cfg.label_smoothing
+                                            else ")"), cfg.test_subset))
     seconds = time.time() - t0 if recorded is None else elapsed()
     summary = dict(test_accuracy=test_acc, test_loss=test_loss, test_examples=n_test, holdout_accuracy=holdout_acc,
                    density=conn.density(), synapses=conn.num_synapses(), live=conn.num_live(), nonzero=_nonzero(conn),
@@ -911,7 +939,7 @@ _RESUME_MAY_CHANGE = {"resume", "output_dir", "data_dir", "plugins", "progress",
                       "log_every", "keep_checkpoints", "checkpoint_every", "overwrite"}
 # what a run writes into its folder: an --overwrite run deletes these (and nothing else) first
 _RUN_FILES = ("config.yaml", "metrics.csv", "events.jsonl", "connectome.safetensors", "dense_state_dict.pt",
-              "summary.json", "loss_accuracy.png", "density.png", "edits.png", MASK_ONLY_CHECKPOINT)
+              "summary.json", "loss_accuracy.png", "density.png", "edits.png", "grad_norm.png", MASK_ONLY_CHECKPOINT)
 # what `python -m graphs` and `recipes/diagnostics.py progress` write into a run folder by default
 _DERIVED_DIRS = run_folder.DERIVED_DIRS
 _DERIVED_FILES = run_folder.DERIVED_FILES + (MASK_ONLY_CHECKPOINT + ".earlier",)
@@ -999,6 +1027,9 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
         now["mixed_precision"] = "no" if now.get("mixed_precision") == "fp16" else now.get("mixed_precision")
     saved.setdefault("gradient_accumulation_steps", 1)  # recorded before the option: one batch per step
     saved.setdefault("max_grad_norm", None)  # recorded before the option: no clipping
+    saved.setdefault("label_smoothing", 0.0)  # recorded before the option: none
+    saved.setdefault("lr_milestones", [0.5, 0.75])  # recorded before the step schedule: unused
+    saved.setdefault("lr_gamma", 0.1)
     saved = run_folder.normalised_settings(saved)
     now = run_folder.normalised_settings(now)
     from adaptive.paths import absolute_if_exists
