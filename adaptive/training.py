@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -116,7 +117,9 @@ def lr_schedule(optimizer, total_steps: int, warmup: int = 0, kind: str = "cosin
             raise ValueError(f"milestones must be increasing fractions of the run in (0, 1), got {list(milestones)}")
         if not (math.isfinite(gamma) and 0.0 < gamma <= 1.0):
             raise ValueError(f"gamma must be in (0, 1] (the factor applied at each milestone), got {gamma}")
-    at = [math.floor(m * total + 0.5) for m in milestones]  # the nearest step, halves up
+    # the nearest step, halves up, of the fraction as written: in floats 0.29 x 50 is 14.499999999999998,
+    # which would round down
+    at = [math.floor(Fraction(str(m)) * total + Fraction(1, 2)) for m in milestones]
 
     def factor(s: int) -> float:
         ramp = (s + 1) / warmup if warmup and s < warmup else 1.0

@@ -50,6 +50,9 @@ def test_step_schedule_factors():
     assert _factors(10, 2, "step", milestones=(0.25, 0.75), gamma=0.5) == pytest.approx(
         [0.5, 1, 1, .5, .5, .5, .5, .5, .25, .25])
     assert _factors(6, kind="step", milestones=(0.5,), gamma=1.0) == [1.0] * 6
+    # halves up for the fraction as written, though its float product falls short (0.29 x 50: 14.499999999999998)
+    assert _factors(50, kind="step", milestones=(0.29,), gamma=0.5) == [1.0] * 15 + [0.5] * 35
+    assert _factors(25, kind="step", milestones=(0.58,), gamma=0.5) == [1.0] * 15 + [0.5] * 10
     # cosine and constant as before the step schedule existed (cosine_schedule: its old name)
     old = [((s + 1) / 3 if s < 3 else 0.5 * (1 + math.cos(math.pi * min(s - 3, 7) / 7))) for s in range(10)]
     assert _factors(10, 3) == pytest.approx(old, abs=1e-12) and cosine_schedule is lr_schedule
