@@ -240,7 +240,9 @@ class RunConfig:
              f"{self.lr_milestones}"),
             (math.isfinite(self.lr_gamma) and 0.0 < self.lr_gamma <= 1.0,
              f"lr_gamma must be in (0, 1] (the factor at each milestone), got {self.lr_gamma}"),
-            (self.lr_schedule == "step" or (self.lr_milestones == [0.5, 0.75] and self.lr_gamma == 0.1),
+            # (mask_only trains no weight: _refuse_train_only names them there)
+            (self.mode == "mask_only" or self.lr_schedule == "step"
+             or (self.lr_milestones == [0.5, 0.75] and self.lr_gamma == 0.1),
              f"lr_milestones and lr_gamma shape only --lr_schedule step (this run's is {self.lr_schedule}): give "
              f"--lr_schedule step, or drop them"),
             (math.isfinite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0,
@@ -403,7 +405,8 @@ _TRAIN_ONLY = [
     ("end_fraction", (0.75,), "mask_only schedules its edits per target (--mask_only_kw approach=...)"),
 ] + [(key, (default,), "mask_only trains no weight") for key, default in (
     ("optimizer", "sgd"), ("lr", 0.1), ("momentum", 0.9), ("weight_decay", 5e-4), ("lr_schedule", "cosine"),
-    ("warmup_steps", 0), ("gradient_accumulation_steps", 1), ("max_grad_norm", None), ("label_smoothing", 0.0))]
+    ("lr_milestones", [0.5, 0.75]), ("lr_gamma", 0.1), ("warmup_steps", 0), ("gradient_accumulation_steps", 1),
+    ("max_grad_norm", None), ("label_smoothing", 0.0))]
 
 
 def _env_accumulation() -> Optional[int]:

@@ -158,6 +158,9 @@ def test_label_smoothing_off_trains_as_before(tmp_path):
     (["--label_smoothing", "-0.1"], "label_smoothing must be in \\[0, 1\\)"),
     (["--mode", "mask_only", "--label_smoothing", "0.1"], "mode mask_only does not use label_smoothing"),
     (["--mode", "mask_only", "--lr_schedule", "step"], "mode mask_only does not use lr_schedule"),
+    # (not "give --lr_schedule step", which mask_only refuses in turn)
+    (["--mode", "mask_only", "--lr_gamma", "0.5"], "mode mask_only does not use lr_gamma .*drop --lr_gamma"),
+    (["--mode", "mask_only", "--lr_milestones", "0.3"], "mode mask_only does not use lr_milestones .*drop --lr_milestones"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys, args, msg):
     with pytest.raises(SystemExit):
