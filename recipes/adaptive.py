@@ -134,8 +134,9 @@ class RunConfig:
     momentum: float = _opt(0.9, "SGD momentum, in [0, 1) (adamw: beta1, the default 0.9 being AdamW's own)")
     weight_decay: float = _opt(5e-4, "weight decay")
     lr_schedule: Literal["cosine", "constant", "step"] = _opt("cosine", "learning-rate schedule after the warmup: "
-                                                              "cosine (to 0 at the last step), constant, or step (the "
-                                                              "rate times --lr_gamma at each of --lr_milestones)")
+                                                              "cosine (towards 0, reached just after the last step), constant, "
+                                                              "or step (the rate times --lr_gamma at each of "
+                                                              "--lr_milestones)")
     lr_milestones: List[float] = field(default_factory=lambda: [0.5, 0.75], metadata={
         "help": "--lr_schedule step: where the rate drops, as increasing fractions of the run's steps in (0, 1), "
                 "comma-separated (the drop comes at the optimizer step nearest fraction x steps, halves up)"})
