@@ -173,7 +173,8 @@ class RunConfig:
     progress: Optional[bool] = _help("progress bars (data decoding, training, final test evaluation): true, false, or "
                                      "left out (the default): bars only when stderr is a terminal, none into pipes "
                                      "and log files; --progress alone means true, --no-progress false")
-    figures: bool = _opt(True, "write loss_accuracy.png, density.png and edits.png (with --max_grad_norm grad_norm.png too) at the end")
+    figures: bool = _opt(True, "write loss_accuracy.png, density.png and edits.png (with --max_grad_norm and train "
+                                 "rows, --log_every above 0, grad_norm.png too) at the end")
 
     def __post_init__(self):
         # mode-dependent defaults: mask_only uses what recipes/benchmarks/mask_only_ablations measured
