@@ -217,6 +217,9 @@ class RunConfig:
         self.data_dir = absolute_if_exists(self.data_dir)
         if self.output_dir:  # so that --config RUN/config.yaml names this run folder from anywhere
             self.output_dir = os.path.abspath(self.output_dir)
+        # a --config file (a step run's config.yaml) that gives them is no option to drop: its values are reset
+        files = sorted({src for k, src in (given_keys() or {}).items() if k in ("lr_milestones", "lr_gamma")
+                        and src != COMMAND_LINE})
         checks = [
             (self.density is None or 0.0 < self.density <= 1.0, f"density must be in (0, 1], got {self.density}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
@@ -246,7 +249,8 @@ class RunConfig:
             (self.mode == "mask_only" or self.lr_schedule == "step"
              or (self.lr_milestones == [0.5, 0.75] and self.lr_gamma == 0.1),
              f"lr_milestones and lr_gamma shape only --lr_schedule step (this run's is {self.lr_schedule}): give "
-             f"--lr_schedule step, or drop them"),
+             f"--lr_schedule step, or drop them" + (f" ({', '.join(map(str, files))} gives them: add --lr_milestones "
+                                                    "0.5,0.75 --lr_gamma 0.1, their defaults)" if files else "")),
             (math.isfinite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0,
              f"label_smoothing must be in [0, 1) (0: none), got {self.label_smoothing}"),
             (self.max_grad_norm is None or (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0),

@@ -106,6 +106,19 @@ def test_a_run_recorded_before_these_options_compares_as_it_ran(tmp_path):
         R._check_resumed_config(cfg("--lr_schedule", "step"), tmp_path)
 
 
+def test_a_step_runs_config_reruns_with_another_schedule_by_the_defaults_the_error_names(tmp_path, capsys):
+    run(tmp_path / "step", "--lr_schedule", "step", "--lr_milestones", "0.25,0.5", "--lr_gamma", "0.5")
+    config = tmp_path / "step" / "config.yaml"
+    rerun = ["--config", str(config), "--output_dir", str(tmp_path / "cos"), "--lr_schedule", "cosine"]
+    with pytest.raises(SystemExit):  # (its milestones and factor come from the file: no option to drop)
+        R.main(rerun)
+    assert f"({config} gives them: add --lr_milestones 0.5,0.75 --lr_gamma 0.1, their defaults)" in capsys.readouterr().err
+    assert R.parse_args(rerun + ["--lr_milestones", "0.5,0.75", "--lr_gamma", "0.1"]).lr_schedule == "cosine"
+    with pytest.raises(SystemExit):  # typed ones: drop them
+        R.main(["--output_dir", str(tmp_path / "typed"), "--lr_gamma", "0.5"])
+    assert capsys.readouterr().err.rstrip().endswith("give --lr_schedule step, or drop them")
+
+
 def test_label_smoothing_trains_on_the_smoothed_loss_and_reports_plain_held_out_loss(tmp_path, monkeypatch):
     seen = {}
     original = R.train_one_epoch
