@@ -38,8 +38,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -97,8 +95,6 @@ def plot_rows(runs: Path, names, path: Path, title: str) -> Path:
     """Density, train loss and held-out accuracy against the step, one line per row, from each
     run's metrics.csv: when each removal order prunes, what it costs the training loss, and what
     the network keeps on held-out data."""
-    import json
-
     from adaptive.plots import _pyplot, _save, density_before, legend_below, step_points
     from adaptive.training import read_metrics_csv
 
@@ -243,5 +239,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     main()
