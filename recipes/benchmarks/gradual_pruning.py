@@ -23,7 +23,7 @@ to ``--density`` of its conv and linear weights (all layers ranked together: the
 No setting was chosen on these results: the rows use the recipe's defaults (an update every 25
 steps, edits until 75% of the run) and a fine-tuning rate of a tenth of the networks' training rate.
 The test split is read only for each run's final report. Writes
-recipes/benchmarks/results/gradual_pruning[_MODEL].md, a figure (docs/figures/gradual_pruning_MODEL.png:
+recipes/benchmarks/results/gradual_pruning[_MODEL][_seedN].md, a figure (docs/figures/gradual_pruning_MODEL[_seedN].png:
 density, train loss and held-out accuracy against the step, one line per row), and keeps each run's
 folder under ``--runs``.
 """
@@ -224,14 +224,16 @@ def main(argv=None):
     lines += ["", f"Whole benchmark: {(time.time() - start) / 60:.1f} min wall on {os.cpu_count()} cores; 1-minute load "
                   f"average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end.", "",
               f"Reproduce: `python recipes/benchmarks/gradual_pruning.py{_shown(argv)}`"]
+    seed = f"_seed{args.seed}" if args.seed else ""
     out = Path(args.output) if args.output else (
-        ROOT / "recipes" / "benchmarks" / "results" / f"gradual_pruning{'' if args.model == 'resnet20' else '_' + args.model}.md")
+        ROOT / "recipes" / "benchmarks" / "results" /
+        f"gradual_pruning{'' if args.model == 'resnet20' else '_' + args.model}{seed}.md")
     figure = Path(args.figure) if args.figure else (out.with_suffix(".png") if args.output else
-                                                     ROOT / "docs" / "figures" / f"gradual_pruning_{args.model}.png")
+                                                     ROOT / "docs" / "figures" / f"gradual_pruning_{args.model}{seed}.png")
     plot_rows(runs, list(results), figure, f"pretrained {args.model} on cifar10-jpeg, pruned to density "
-                                           f"{args.density:g} while fine-tuning {args.epochs} epoch(s)")
-    lines.insert(-2, f"Figure: {figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure} (density, train "
-                     "loss and held-out accuracy against the step, one line per row).\n")
+                                           f"{args.density:g} while fine-tuning {args.epochs} epoch(s), seed {args.seed}")
+    lines[-2:-2] = [f"Figure: {figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure} (density, train "
+                    "loss and held-out accuracy against the step, one line per row).", ""]
     write_text(out, "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwritten to {out}")
