@@ -51,6 +51,6 @@ def test_rows_run_the_recipe_and_the_one_shot_mask_is_torchs(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 10_000 and "Figure: " in text
     # the command shown reproduces the table: every setting, not where the runs went
     shown = next(ln for ln in text.splitlines() if ln.startswith("Reproduce: "))
-    assert shown == ("Reproduce: `python recipes/benchmarks/gradual_pruning.py --rows dense,one-shot magnitude "
+    assert shown == ("Reproduce: `python recipes/benchmarks/gradual_pruning.py --rows 'dense,one-shot magnitude' "
                      f"--subset 1200 --test-subset 300 --epochs 1 --density 0.2 --data-dir {SHARED}`")
     assert (tmp_path / "runs" / "one-shot_magnitude" / "connectome.safetensors").is_file()

@@ -988,3 +988,47 @@ def test_the_reachable_density_named_is_not_rounded_below_one_that_is_reachable(
     assert reachable_text(57 / 100) == "0.57"  # 0.57 * 10**4 is 5699.999... in floats: it said 0.5699
     assert reachable_text(12 / 13) == "0.923" and reachable_text(4 / 190000) == "2.105e-05"
     assert reachable_text(0.0003) == "0.0003"
+
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_threshold_cubic_pace_follows_zhu_and_gupta_to_the_target(start):
+    """pace="cubic": the live count after each update is the cubic schedule's, from the live count
+    of the first update to the target at the last update by end_step; pace="even" removes the same
+    number at every update, a growing share of what is live."""
+    def run(pace):
+        torch.manual_seed(0)
+        conn = adaptive.Connectome(nn.Sequential(nn.Linear(40, 50, bias=False)))  # 2,000 synapses
+        ctrl = adaptive.Controller(conn, None, policy="threshold", estimator="magnitude", density=0.1,
+                                   budget="global", update_every=2, start_step=start, end_step=start + 21,
+                                   edit_fraction=1.0, edit_decay="constant", pace=pace)
+        lives = []
+        for step in range(1, start + 26):
+            if ctrl.step() is not None:
+                lives.append((step, conn.num_live()))
+        return ctrl, lives
+
+    ctrl, lives = run("cubic")
+    last = start + 20  # the last update that falls by end_step
+    first_step = lives[0][0]
+    assert [s for s, _ in lives] == list(range(first_step, last + 1, 2))
+    for step, live in lives:
+        p = (step - start) / (last - start)
+        wanted = 200 + (2000 - 200) * (1 - p) ** 3
+        assert live == math.floor(wanted) if step < last else live == 200, (step, live, wanted)
+    assert ctrl.policy.state_dict()["start_live"] == 2000
+    _, even = run("even")
+    removed = [a - b for (_, a), (_, b) in zip([(0, 2000)] + even[:-1], even)]
+    assert even[-1][1] == 200 and max(removed) - min(removed) <= 1  # the same count at every update
+
+
+def test_threshold_pace_is_checked_and_restored_from_a_checkpoint():
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(10, 10, bias=False)))
+    with pytest.raises(ValueError, match="unknown pace 'linear': use one of \\('even', 'cubic'\\)"):
+        adaptive.Controller(conn, None, policy="threshold", estimator="magnitude", density=0.5, pace="linear")
+    from adaptive.policies.threshold import Threshold
+
+    policy = Threshold(pace="cubic")
+    policy.load_state_dict({"prune_boundary": 0.5, "restore_boundary": 0.1})  # saved before the pace
+    assert policy.start_live is None and policy.prune_boundary == 0.5
+    policy.load_state_dict({"prune_boundary": 0.5, "restore_boundary": 0.1, "start_live": 1234})
+    assert policy.start_live == 1234

@@ -4,8 +4,12 @@ Prune every present ensemble whose removal cost is below the prune boundary, res
 one whose restoration gain is above the restore boundary. Boundaries adapt so that each update's
 edits stay within limits: at most ``edit_fraction`` (decaying) of the live ensembles per side, and,
 while a target density is set and not reached, a net removal pace that reaches it by ``end_step``
-(or as fast as the limit allows without one). The controller's line search (``holdout_loss``)
-shrinks or rolls back an update that raises the held-out loss.
+(or as fast as the limit allows without one): ``pace="even"`` (the default) spreads the excess
+evenly over the updates left, so late updates remove a growing share of what is live;
+``pace="cubic"`` follows Zhu & Gupta's schedule from the live count of the first update, removing
+most early and little at the end (recipes/benchmarks/gradual_pruning.py measures both). The
+controller's line search (``holdout_loss``) shrinks or rolls back an update that raises the held-out
+loss.
 """
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from .base import (EditPlan, Policy, concat, concat_sizes, global_synapse_target
                    max_count, per_synapse, register_policy, size_sum, split, take_synapses)
 
 
+PACES = ("even", "cubic")
+
+
 @register_policy("threshold")
 class Threshold(Policy):
     drop_by = grow_by = "estimator"
@@ -23,19 +30,35 @@ class Threshold(Policy):
     sparse_at_start = False
     ranks_globally = True
 
-    def __init__(self, prune_boundary: float = 0.0, restore_boundary: float = 0.0, adapt: bool = True):
+    def __init__(self, prune_boundary: float = 0.0, restore_boundary: float = 0.0, adapt: bool = True,
+                 pace: str = "even"):
+        if pace not in PACES:
+            raise ValueError(f"policy 'threshold': unknown pace {pace!r}: use one of {PACES}")
         self.prune_boundary = float(prune_boundary)
         self.restore_boundary = float(restore_boundary)
         self.adapt = adapt
+        self.pace = pace
+        self.start_live = None  # pace="cubic": the live synapses at the first update, where its schedule starts
 
     def _pace(self, ctrl, step, live, target):
         """Synapses to remove, net, at this update: the excess over the target, spread over the
-        updates left before ``end_step``; negative below the target (synapses to restore, net)."""
+        updates left before ``end_step`` (evenly, or along the cubic schedule); negative below the
+        target (synapses to restore, net)."""
         need = live - target
         if need <= 0:  # at or below the target (an update past it): the shortfall is restored at once
             return need
         if ctrl.end_step is None:
             return need
+        if self.pace == "cubic":
+            if self.start_live is None:
+                self.start_live = live
+            # the last update that falls by end_step reaches the target, as gmp's schedule does
+            last = ctrl.start_step + (ctrl.end_step - ctrl.start_step) // ctrl.update_every * ctrl.update_every
+            if step >= last or last <= ctrl.start_step:
+                return need
+            p = max(0.0, (step - ctrl.start_step) / (last - ctrl.start_step))
+            wanted = target + max(0, self.start_live - target) * (1.0 - p) ** 3
+            return max(0, math.ceil(live - wanted))  # ahead of the schedule: no net removal
         left = max(1, math.ceil((ctrl.end_step - step) / ctrl.update_every))
         return math.ceil(need / left)
 
@@ -90,8 +113,10 @@ class Threshold(Policy):
         return plan
 
     def state_dict(self):
-        return {"prune_boundary": self.prune_boundary, "restore_boundary": self.restore_boundary}
+        return {"prune_boundary": self.prune_boundary, "restore_boundary": self.restore_boundary,
+                "start_live": self.start_live}
 
     def load_state_dict(self, sd):
         self.prune_boundary = float(sd.get("prune_boundary", self.prune_boundary))
         self.restore_boundary = float(sd.get("restore_boundary", self.restore_boundary))
+        self.start_live = sd.get("start_live", self.start_live)

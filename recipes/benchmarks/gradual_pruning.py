@@ -16,7 +16,7 @@ to ``--density`` of its conv and linear weights (all layers ranked together: the
 - gmp: Zhu & Gupta's gradual magnitude pruning (cubic schedule until 75% of the run);
 - gmp/curvature: the same schedule, removal order by the curvature estimator's cost (OBD's F w^2/2);
 - threshold/curvature: prune and restore boundaries on measured cost and gain, paced to the density
-  by 75% of the run;
+  by 75% of the run, evenly (the policy's default) or along gmp's cubic schedule (``pace=cubic``);
 - utility/curvature: the one-shot magnitude mask, then prune/regrow swaps by measured utility (an
   edit fraction of 0.3 decaying to 0 at 75% of the run).
 
@@ -51,6 +51,8 @@ ROWS = {  # name: the recipe options that make the row (on top of the shared one
     "gmp": ["--policy", "gmp"],
     "gmp/curvature": ["--policy", "gmp", "--estimator", "curvature"],
     "threshold/curvature": ["--policy", "threshold", "--estimator", "curvature"],
+    "threshold/curvature (cubic pace)": ["--policy", "threshold", "--estimator", "curvature", "--controller_kw",
+                                        "pace=cubic"],
     "utility/curvature": ["--policy", "utility", "--estimator", "curvature", "--controller_kw", "init=magnitude"],
 }
 
@@ -130,20 +132,30 @@ def plot_rows(runs: Path, names, path: Path, title: str) -> Path:
 
 
 def run_folder(runs: Path, name: str) -> Path:
-    return runs / name.replace("/", "_").replace(" ", "_")
+    import re
+
+    return runs / re.sub(r"[^\w.-]+", "_", name).strip("_")
 
 
 def _shown(argv) -> str:
-    """The command's arguments that shape the table (not where runs go or whether bars show)."""
-    args, out, skip = list(argv if argv is not None else sys.argv[1:]), [], False
+    """The command's arguments that shape the table (not where runs go or whether bars show; an
+    --output or --figure inside the repository stays, so that the command writes the same files)."""
+    import shlex
+
+    args, out, skip = [], [], None
+    for a in (argv if argv is not None else sys.argv[1:]):  # (--key=value as --key value)
+        args += a.split("=", 1) if a.startswith(("--runs=", "--output=", "--figure=")) else [a]
     for a in args:
-        if skip:
-            skip = False
+        if skip is not None:
+            path = Path(a).resolve()
+            if skip != "--runs" and path.is_relative_to(ROOT):
+                out += [skip, str(path.relative_to(ROOT))]
+            skip = None
         elif a in ("--runs", "--output", "--figure"):
-            skip = True
-        elif a != "--no-progress" and not a.startswith(("--runs=", "--output=", "--figure=")):
+            skip = a
+        elif a != "--no-progress":
             out.append(a)
-    return "".join(f" {a}" for a in out)
+    return "".join(" " + shlex.quote(a) for a in out)
 
 
 def main(argv=None):
@@ -232,7 +244,7 @@ def main(argv=None):
                                                      ROOT / "docs" / "figures" / f"gradual_pruning_{args.model}{seed}.png")
     plot_rows(runs, list(results), figure, f"pretrained {args.model} on cifar10-jpeg, pruned to density "
                                            f"{args.density:g} while fine-tuning {args.epochs} epoch(s), seed {args.seed}")
-    lines[-2:-2] = [f"Figure: {figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure} (density, train "
+    lines[-1:-1] = [f"Figure: {figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure} (density, train "
                     "loss and held-out accuracy against the step, one line per row).", ""]
     write_text(out, "\n".join(lines) + "\n")
     print("\n".join(lines))
