@@ -627,7 +627,7 @@ def test_a_misspelt_policy_argument_names_what_the_policy_takes():
     from torch import nn
 
     conn = adaptive.Connectome(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
-    with pytest.raises(ValueError, match=r"\['prune_boundar'\] for policy 'threshold'.*takes \['adapt', 'prune_boundary'"):
+    with pytest.raises(ValueError, match=r"\['prune_boundar'\] for policy 'threshold'.*takes \['adapt', 'pace', 'prune_boundary'"):
         adaptive.Controller(conn, None, policy="threshold", density=0.5, update_every=5, end_step=50, prune_boundar=0.1)
     with pytest.raises(ValueError, match=r"\['bogus'\] for policy 'utility'.*takes none"):
         adaptive.Controller(conn, None, policy="utility", density=0.5, update_every=5, end_step=50, bogus=1)
