@@ -1032,3 +1032,22 @@ def test_threshold_pace_is_checked_and_restored_from_a_checkpoint():
     assert policy.start_live is None and policy.prune_boundary == 0.5
     policy.load_state_dict({"prune_boundary": 0.5, "restore_boundary": 0.1, "start_live": 1234})
     assert policy.start_live == 1234
+
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_threshold_cubic_pace_reaches_the_target_when_end_step_is_an_update_step(start):
+    """An update at end_step edits nothing (the edit fraction is 0 there): with end_step - start_step
+    a multiple of update_every, the cubic pace reaches the target at the update before it, as the
+    even pace does; it stopped at the schedule's value of the update before (228 of 2,000 for 200)."""
+    for pace in ("even", "cubic"):
+        torch.manual_seed(0)
+        conn = adaptive.Connectome(nn.Sequential(nn.Linear(40, 50, bias=False)))  # 2,000 synapses
+        ctrl = adaptive.Controller(conn, None, policy="threshold", estimator="magnitude", density=0.1,
+                                   budget="global", update_every=5, start_step=start, end_step=start + 20, pace=pace)
+        lives = {}
+        for step in range(1, start + 26):
+            if ctrl.step() is not None:
+                lives[step] = conn.num_live()
+        assert lives[start + 15] == lives[start + 20] == 200, (pace, lives)
+        if pace == "cubic":  # along the schedule to the update before end_step
+            assert lives[start + 10] == math.floor(200 + 1800 * (1 - 10 / 15) ** 3), lives

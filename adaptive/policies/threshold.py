@@ -52,8 +52,9 @@ class Threshold(Policy):
         if self.pace == "cubic":
             if self.start_live is None:
                 self.start_live = live
-            # the last update that falls by end_step reaches the target, as gmp's schedule does
-            last = ctrl.start_step + (ctrl.end_step - ctrl.start_step) // ctrl.update_every * ctrl.update_every
+            # the last update before end_step reaches the target (the edit fraction is 0 at end_step,
+            # so an update there edits nothing, as the even pace's count of updates left assumes)
+            last = ctrl.start_step + (ctrl.end_step - 1 - ctrl.start_step) // ctrl.update_every * ctrl.update_every
             if step >= last or last <= ctrl.start_step:
                 return need
             p = max(0.0, (step - ctrl.start_step) / (last - ctrl.start_step))
