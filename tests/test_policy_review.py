@@ -1,6 +1,7 @@
 """Budgets, policies and estimators checked against what their docs promise, on hand-made cases."""
 import math
 import random
+import warnings
 import re
 
 import pytest
@@ -1051,3 +1052,26 @@ def test_threshold_cubic_pace_reaches_the_target_when_end_step_is_an_update_step
         assert lives[start + 15] == lives[start + 20] == 200, (pace, lives)
         if pace == "cubic":  # along the schedule to the update before end_step
             assert lives[start + 10] == math.floor(200 + 1800 * (1 - 10 / 15) ** 3), lives
+
+
+@pytest.mark.parametrize("pace", ["even", "cubic"])
+def test_threshold_warns_when_no_update_before_end_step_prunes_to_the_density(pace):
+    """threshold starts dense and only its updates bring the network to its density: with no update
+    before end_step (an update at end_step edits nothing) it stayed dense in silence; gmp warns."""
+    def build(update_every, end_step, density=0.1):
+        conn = adaptive.Connectome(nn.Sequential(nn.Linear(40, 50, bias=False)))
+        return conn, adaptive.Controller(conn, None, policy="threshold", estimator="magnitude", density=density,
+                                         update_every=update_every, end_step=end_step, pace=pace)
+
+    for update_every in (25, 20):
+        with pytest.warns(UserWarning, match="policy 'threshold': no update falls between start_step=0 and "
+                                             f"end_step=20 with update_every={update_every} .*stays at density 1, not "
+                                             "0.1; lower update_every or move end_step later"):
+            conn, ctrl = build(update_every, 20)
+        for _ in range(30):
+            ctrl.step()
+        assert conn.num_live() == 2000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build(10, 20)  # an update at step 10 reaches it
+        build(25, 20, density=1.0)  # nothing to prune

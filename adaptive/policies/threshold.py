@@ -18,6 +18,7 @@ import math
 
 from .base import (EditPlan, Policy, concat, concat_sizes, global_synapse_target, highest, live_synapses, lowest,
                    max_count, per_synapse, register_policy, size_sum, split, take_synapses)
+from ..warn import warn_user
 
 
 PACES = ("even", "cubic")
@@ -40,6 +41,22 @@ class Threshold(Policy):
         self.pace = pace
         self.start_live = None  # pace="cubic": the live synapses at the first update, where its schedule starts
 
+    @staticmethod
+    def _last_update(ctrl) -> int:
+        """The last update that edits: the edit fraction is 0 at end_step, so the last one before it."""
+        return ctrl.start_step + (ctrl.end_step - 1 - ctrl.start_step) // ctrl.update_every * ctrl.update_every
+
+    def initialize(self, ctrl):
+        # the network starts as it is and only updates bring it to its density: with none before
+        # end_step it stays as it is, which gmp warns of too
+        if (ctrl.density is not None and ctrl.end_step is not None and self._last_update(ctrl) < max(1, ctrl.start_step)
+                and ctrl.conn.num_live() > round(ctrl.density * ctrl.conn.num_synapses())):
+            warn_user(f"policy 'threshold': no update falls between start_step={ctrl.start_step} and end_step="
+                      f"{ctrl.end_step} with update_every={ctrl.update_every} (an update at end_step edits nothing), "
+                      f"so the network stays at density {ctrl.conn.density():.4g}, not {ctrl.density:g}; lower "
+                      "update_every or move end_step later")
+        return super().initialize(ctrl)
+
     def _pace(self, ctrl, step, live, target):
         """Synapses to remove, net, at this update: the excess over the target, spread over the
         updates left before ``end_step`` (evenly, or along the cubic schedule); negative below the
@@ -54,7 +71,7 @@ class Threshold(Policy):
                 self.start_live = live
             # the last update before end_step reaches the target (the edit fraction is 0 at end_step,
             # so an update there edits nothing, as the even pace's count of updates left assumes)
-            last = ctrl.start_step + (ctrl.end_step - 1 - ctrl.start_step) // ctrl.update_every * ctrl.update_every
+            last = self._last_update(ctrl)
             if step >= last or last <= ctrl.start_step:
                 return need
             p = max(0.0, (step - ctrl.start_step) / (last - ctrl.start_step))
