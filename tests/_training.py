@@ -43,3 +43,14 @@ def same_weights(a, b) -> bool:
     """Whether two runs' models hold bit-identical state_dicts."""
     sa, sb = a.model.state_dict(), b.model.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def fresh_recipe_state(monkeypatch):
+    """Generator for an autouse fixture of in-process recipe tests (``_fresh = pytest.fixture(
+    autouse=True)(fresh_recipe_state)``): no ACCELERATE_GRADIENT_ACCUMULATION_STEPS from the
+    environment (one exported for DeepSpeed would turn into accumulation), and a fresh Accelerator
+    state before and after."""
+    monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", raising=False)
+    reset_accelerate()
+    yield
+    reset_accelerate()

@@ -12,19 +12,14 @@ from adaptive.training import find_checkpoint, read_metrics_csv
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _scripts import load_script  # noqa: E402
-from _training import recipe_runner, reset_accelerate, same_weights  # noqa: E402
+from _training import fresh_recipe_state, recipe_runner, same_weights  # noqa: E402
 
 R = load_script("recipes/adaptive.py", "recipe_adaptive_clipping")
 TINY = ["--update_every", "5", "--log_every", "5", "--threads", "1", "--progress", "false", "--figures", "false",
         "--eval_batch_size", "64", "--subset", "400", "--max_steps", "20"]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state(monkeypatch):
-    monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", raising=False)  # (one exported for DeepSpeed)
-    reset_accelerate()
-    yield
-    reset_accelerate()
+_fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)
 
 
 run = recipe_runner(R, TINY)
