@@ -98,7 +98,7 @@ def _world_size() -> int:
 
 
 def lr_schedule(optimizer, total_steps: int, warmup: int = 0, kind: str = "cosine",
-                milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1):
+                milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1):  # (STEP_MILESTONES, STEP_GAMMA)
     """A LambdaLR, stepped once per optimizer step whatever the process count: linear warm-up for
     ``warmup`` steps, then ``kind``:
 
@@ -112,11 +112,9 @@ def lr_schedule(optimizer, total_steps: int, warmup: int = 0, kind: str = "cosin
     if kind not in ("cosine", "constant", "step"):
         raise ValueError(f"unknown learning-rate schedule {kind!r}: cosine, constant or step")
     total = max(1, int(total_steps))
-    if kind == "step":
-        if not all(0.0 < m < 1.0 for m in milestones) or list(milestones) != sorted(set(milestones)):
-            raise ValueError(f"milestones must be increasing fractions of the run in (0, 1), got {list(milestones)}")
-        if not (math.isfinite(gamma) and 0.0 < gamma <= 1.0):
-            raise ValueError(f"gamma must be in (0, 1] (the factor applied at each milestone), got {gamma}")
+    problem = step_schedule_problem(milestones, gamma) if kind == "step" else None
+    if problem:
+        raise ValueError(problem)
     # the nearest step, halves up, of the fraction as written: in floats 0.29 x 50 is 14.499999999999998,
     # which would round down
     at = [math.floor(Fraction(str(m)) * total + Fraction(1, 2)) for m in milestones]
@@ -134,6 +132,20 @@ def lr_schedule(optimizer, total_steps: int, warmup: int = 0, kind: str = "cosin
 
 
 cosine_schedule = lr_schedule  # (its name before the step schedule)
+
+
+STEP_MILESTONES = (0.5, 0.75)  # the step schedule's defaults: the rate /10 at half and three quarters of the run
+STEP_GAMMA = 0.1
+
+
+def step_schedule_problem(milestones: Sequence[float], gamma: float) -> Optional[str]:
+    """What is wrong with a step schedule's ``milestones`` and ``gamma`` (None: nothing)."""
+    ms = list(milestones)
+    if not ms or not all(0.0 < m < 1.0 for m in ms) or ms != sorted(set(ms)):
+        return f"milestones must be increasing fractions of the run in (0, 1), such as 0.5,0.75, got {ms}"
+    if not (math.isfinite(gamma) and 0.0 < gamma <= 1.0):
+        return f"gamma must be in (0, 1] (the factor applied at each milestone), got {gamma}"
+    return None
 
 
 def _connectome_fields(conn) -> dict:

@@ -51,8 +51,9 @@ from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.data import get_dataloaders as _get_dataloaders  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.training import (  # noqa: E402
-    CHECKPOINT_DIR, TrainState, evaluate, find_checkpoint, list_checkpoints, load_checkpoint,
-    lr_schedule, metric_row, run_dir_of, save_checkpoint, train_one_epoch, write_metrics_csv,
+    CHECKPOINT_DIR, STEP_GAMMA, STEP_MILESTONES, TrainState, evaluate, find_checkpoint, list_checkpoints,
+    load_checkpoint, lr_schedule, metric_row, run_dir_of, save_checkpoint, step_schedule_problem, train_one_epoch,
+    write_metrics_csv,
 )
 
 
@@ -137,10 +138,10 @@ class RunConfig:
                                                               "cosine (towards 0, reached just after the last step), constant, "
                                                               "or step (the rate times --lr_gamma at each of "
                                                               "--lr_milestones)")
-    lr_milestones: List[float] = field(default_factory=lambda: [0.5, 0.75], metadata={
+    lr_milestones: List[float] = field(default_factory=lambda: list(STEP_MILESTONES), metadata={
         "help": "--lr_schedule step: where the rate drops, as increasing fractions of the run's steps in (0, 1), "
                 "comma-separated (the drop comes at the optimizer step nearest fraction x steps, halves up)"})
-    lr_gamma: float = _opt(0.1, "--lr_schedule step: the factor applied at each milestone, in (0, 1]")
+    lr_gamma: float = _opt(STEP_GAMMA, "--lr_schedule step: the factor applied at each milestone, in (0, 1]")
     label_smoothing: float = _opt(0.0, "label smoothing of the training loss, in [0, 1) (torch's cross_entropy "
                                        "label_smoothing): the weights and the controller's utilities follow the "
                                        "smoothed loss; held-out and test losses stay plain cross-entropy, and train "
@@ -220,6 +221,7 @@ class RunConfig:
         # a --config file (a step run's config.yaml) that gives them is no option to drop: its values are reset
         files = sorted({src for k, src in (given_keys() or {}).items() if k in ("lr_milestones", "lr_gamma")
                         and src != COMMAND_LINE})
+        step_problem = step_schedule_problem(self.lr_milestones, self.lr_gamma)
         checks = [
             (self.density is None or 0.0 < self.density <= 1.0, f"density must be in (0, 1], got {self.density}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
@@ -239,18 +241,14 @@ class RunConfig:
             (self.eval_every >= 0, f"eval_every must be >= 0 (0: every epoch), got {self.eval_every}"),
             (self.log_every >= 0, f"log_every must be >= 0 (0: no train rows), got {self.log_every}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
-            (all(0.0 < m < 1.0 for m in self.lr_milestones) and self.lr_milestones == sorted(set(self.lr_milestones))
-             and len(self.lr_milestones) > 0,
-             f"lr_milestones must be increasing fractions of the run in (0, 1), such as 0.5,0.75, got "
-             f"{self.lr_milestones}"),
-            (math.isfinite(self.lr_gamma) and 0.0 < self.lr_gamma <= 1.0,
-             f"lr_gamma must be in (0, 1] (the factor at each milestone), got {self.lr_gamma}"),
+            (step_problem is None, f"lr_{step_problem}"),
             # (mask_only trains no weight: _refuse_train_only names them there)
             (self.mode == "mask_only" or self.lr_schedule == "step"
-             or (self.lr_milestones == [0.5, 0.75] and self.lr_gamma == 0.1),
+             or (self.lr_milestones == list(STEP_MILESTONES) and self.lr_gamma == STEP_GAMMA),
              f"lr_milestones and lr_gamma shape only --lr_schedule step (this run's is {self.lr_schedule}): give "
              f"--lr_schedule step, or drop them" + (f" ({', '.join(map(str, files))} gives them: add --lr_milestones "
-                                                    "0.5,0.75 --lr_gamma 0.1, their defaults)" if files else "")),
+                                                    f"{','.join(map(str, STEP_MILESTONES))} --lr_gamma {STEP_GAMMA}, "
+                                                    "their defaults)" if files else "")),
             (math.isfinite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0,
              f"label_smoothing must be in [0, 1) (0: none), got {self.label_smoothing}"),
             (self.max_grad_norm is None or (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0),
@@ -411,7 +409,7 @@ _TRAIN_ONLY = [
     ("end_fraction", (0.75,), "mask_only schedules its edits per target (--mask_only_kw approach=...)"),
 ] + [(key, (default,), "mask_only trains no weight") for key, default in (
     ("optimizer", "sgd"), ("lr", 0.1), ("momentum", 0.9), ("weight_decay", 5e-4), ("lr_schedule", "cosine"),
-    ("lr_milestones", [0.5, 0.75]), ("lr_gamma", 0.1), ("warmup_steps", 0), ("gradient_accumulation_steps", 1),
+    ("lr_milestones", list(STEP_MILESTONES)), ("lr_gamma", STEP_GAMMA), ("warmup_steps", 0), ("gradient_accumulation_steps", 1),
     ("max_grad_norm", None), ("label_smoothing", 0.0))]
 
 
@@ -1037,8 +1035,8 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
     saved.setdefault("gradient_accumulation_steps", 1)  # recorded before the option: one batch per step
     saved.setdefault("max_grad_norm", None)  # recorded before the option: no clipping
     saved.setdefault("label_smoothing", 0.0)  # recorded before the option: none
-    saved.setdefault("lr_milestones", [0.5, 0.75])  # recorded before the step schedule: unused
-    saved.setdefault("lr_gamma", 0.1)
+    saved.setdefault("lr_milestones", list(STEP_MILESTONES))  # recorded before the step schedule: unused
+    saved.setdefault("lr_gamma", STEP_GAMMA)
     saved = run_folder.normalised_settings(saved)
     now = run_folder.normalised_settings(now)
     from adaptive.paths import absolute_if_exists
