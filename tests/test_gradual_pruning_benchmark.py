@@ -22,6 +22,8 @@ def _bench():
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--lr", "nan"], "--lr a finite number > 0"),
     (["--subset", "0"], "--subset must be >= 1"),
+    (["--rows", "gmp,dense,gmp"], "--rows names a row more than once"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32 - 1]"),
 ])
 def test_bad_settings_fail_before_any_run(argv, msg, capsys, monkeypatch, tmp_path):
     mod = _bench()

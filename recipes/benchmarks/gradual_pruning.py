@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -132,8 +133,6 @@ def plot_rows(runs: Path, names, path: Path, title: str) -> Path:
 
 
 def run_folder(runs: Path, name: str) -> Path:
-    import re
-
     return runs / re.sub(r"[^\w.-]+", "_", name).strip("_")
 
 
@@ -179,6 +178,10 @@ def main(argv=None):
     unknown = [r for r in rows if r not in ROWS]
     if unknown or not rows:
         ap.error(f"--rows: unknown {unknown or 'none given'}; choose from {', '.join(ROWS)}")
+    if len(set(rows)) < len(rows):
+        ap.error(f"--rows names a row more than once ({args.rows}): each row runs once")
+    if not 0 <= args.seed <= 2**32 - 1:
+        ap.error(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
     if not 0.0 < args.density < 1.0:
         ap.error(f"--density must be in (0, 1), got {args.density}")
     if args.epochs < 1 or not args.lr > 0 or args.lr == float("inf"):
