@@ -51,6 +51,14 @@ def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float, co
     return total
 
 
+def clip_factor(total: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """The factor torch's clipping multiplies every gradient by, computed as it does (in the norm's
+    dtype): ``min(1, max_norm / (total + 1e-6))``. Below 1 also for a norm a hair under ``max_norm``
+    (within the 1e-6), and exactly 1 for one a hair above it where ``total + 1e-6`` rounds to
+    ``total``; ``factor < 1`` is what "this step was clipped" means."""
+    return torch.clamp(max_norm / (total + 1e-6), max=1.0)
+
+
 def _total_norm(tensors, norm_type: float, foreach: Optional[bool]) -> torch.Tensor:
     """torch's ``get_total_norm`` (torch >= 2.6); before it, the same sum: each tensor's norm, then the
     norm of those, on the first tensor's device."""
@@ -71,6 +79,6 @@ def _clip_with_norm(params, limit: float, total: torch.Tensor, foreach: Optional
     if own is not None:
         own(params, limit, total, foreach=foreach)
         return
-    factor = torch.clamp(limit / (total + 1e-6), max=1.0)
+    factor = clip_factor(total, limit)
     for p in params:  # (one multiply per parameter, as torch's non-foreach path)
         p.grad.mul_(factor.to(p.grad.device))

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_path
-from .clipping import clip_gradients
+from .clipping import clip_factor, clip_gradients
 
 CHECKPOINT_DIR = "checkpoints"
 _CKPT_RE = re.compile(r"^step_(\d+)$")
@@ -226,7 +226,8 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     (:func:`~adaptive.clipping.clip_gradients`: measured on the live gradients ``conn`` leaves the
     optimizer, unscaled first under fp16), after the group's last backward and before the optimizer
     step and its observers. Its train rows then also carry ``grad_norm``, the mean pre-clip norm
-    over the row's steps, and ``clipped``, the share of those steps it scaled down (steps whose
+    over the row's steps, and ``clipped``, the share of those steps it scaled down (torch's factor
+    ``min(1, max_norm / (norm + 1e-6))`` below 1: :func:`~adaptive.clipping.clip_factor`; steps whose
     norm is not finite, which a GradScaler skips, count in neither; None if all were).
     """
     if accelerator.gradient_accumulation_steps > 1:
@@ -260,7 +261,8 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
             if stepping:
                 state.lr = float(optimizer.param_groups[0]["lr"])  # this step's (the scheduler moves it on below)
                 if max_grad_norm is not None:
-                    norm = float(clip_gradients(model.parameters(), max_grad_norm, conn, accelerator=accelerator))
+                    total = clip_gradients(model.parameters(), max_grad_norm, conn, accelerator=accelerator)
+                    norm, scaled = float(total), bool(clip_factor(total, max_grad_norm) < 1)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -273,7 +275,7 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
         if not stepping:
             continue
         if max_grad_norm is not None and math.isfinite(norm):
-            w[3], w[4], w[5] = w[3] + norm, w[4] + (norm > max_grad_norm), w[5] + 1
+            w[3], w[4], w[5] = w[3] + norm, w[4] + scaled, w[5] + 1
         if lr_scheduler is not None:
             lr_scheduler.step()
         state.step += 1

@@ -201,3 +201,27 @@ def test_before_torch_2_6_the_same_norm_and_clip_are_computed_without_its_helper
     torch.testing.assert_close(grads[False][0], grads[True][0], rtol=1e-6, atol=0)
     for a, b in zip(grads[False][1], grads[True][1]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("offset, expect", [(0.0, 1.0), (5e-7, 1.0), (-5e-7, 1.0), (1e-3, 0.0)],
+                         ids=["limit equal to the norm", "limit a hair above it", "limit a hair below it", "limit well above it"])
+def test_clipped_counts_the_steps_torch_scales_down_also_within_its_epsilon(accelerator, offset, expect):
+    """torch multiplies every gradient by min(1, limit / (norm + 1e-6)): a limit equal to the
+    pre-clip norm, or up to 1e-6 above it, still scales the step down; ``clipped`` counts such a
+    step (it counted only norm > limit) and the weights show the factor below 1."""
+    model, conn = masked_net()
+    (x, y), = batches(1)
+    F.cross_entropy(model(x), y).backward()
+    live = [p.grad * conn.masks[n] if n in conn.params else p.grad for n, p in model.named_parameters()]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in live]))
+    model.zero_grad(set_to_none=True)
+    limit = float(norm) + offset
+    factor = float(torch.clamp(limit / (norm + 1e-6), max=1.0))
+    assert (factor < 1.0) == (expect == 1.0)  # what torch does with this limit
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.0)
+    conn.attach(opt)
+    state = TrainState()
+    train_one_epoch(accelerator, model, opt, [(x, y)], state, conn=conn, log_every=1, max_grad_norm=limit)
+    row = state.metrics[-1]
+    assert row["grad_norm"] == pytest.approx(float(norm), rel=1e-6)
+    assert row["clipped"] == expect
