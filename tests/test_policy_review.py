@@ -1075,3 +1075,58 @@ def test_threshold_warns_when_no_update_before_end_step_prunes_to_the_density(pa
         warnings.simplefilter("error")
         build(10, 20)  # an update at step 10 reaches it
         build(25, 20, density=1.0)  # nothing to prune
+
+
+def _threshold_run(pace_kw, steps, state=None, drop=()):
+    """A threshold controller on 2,000 magnitude-scored synapses, 10% target by step 21; ``state``: a
+    controller state to load first (with the policy keys in ``drop`` removed, as an older save)."""
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(40, 50, bias=False)))
+    ctrl = adaptive.Controller(conn, None, policy="threshold", estimator="magnitude", density=0.1, budget="global",
+                               update_every=2, end_step=21, edit_fraction=1.0, edit_decay="constant", **pace_kw)
+    if state is not None:
+        conn.set_masks(state["masks"])
+        sd = {**state["ctrl"], "policy": {k: v for k, v in state["ctrl"]["policy"].items() if k not in drop}}
+        ctrl.load_state_dict(sd)
+    lives = []
+    while ctrl.step_count < steps:
+        if ctrl.step() is not None:
+            lives.append(conn.num_live())
+    return ctrl, conn, lives
+
+
+def test_threshold_paces_cubically_by_default_and_saves_its_pace():
+    """The cubic pace is the default (measured better than the even one: recipes/benchmarks/
+    threshold_pace.py); the state records it."""
+    ctrl, _, default = _threshold_run({}, 22)
+    _, _, cubic = _threshold_run({"pace": "cubic"}, 22)
+    _, _, even = _threshold_run({"pace": "even"}, 22)
+    assert default == cubic != even and default[-1] == 200
+    assert ctrl.policy.pace == "cubic" and ctrl.policy.state_dict()["pace"] == "cubic"
+
+
+@pytest.mark.parametrize("drop, pace", [(("pace",), "even"), (("pace",), "cubic"), ((), "even"), ((), "cubic")],
+                         ids=["even, saved before the pace", "cubic, saved before the pace", "even", "cubic"])
+def test_threshold_resumes_at_the_pace_it_ran_when_pace_is_left_unset(drop, pace):
+    """A run saved at step 8, resumed by a controller built without ``pace``, continues at the
+    saved pace, as the uninterrupted run: a state saved before paces were recorded is an even run,
+    or a cubic one where the cubic schedule's start is recorded."""
+    _, _, whole = _threshold_run({"pace": pace}, 22)
+    ctrl, conn, first = _threshold_run({"pace": pace}, 8)
+    state = {"masks": {n: m.clone() for n, m in conn.masks.items()}, "ctrl": ctrl.state_dict()}
+    resumed, _, rest = _threshold_run({}, 22, state=state, drop=drop)
+    assert resumed.policy.pace == pace and first + rest == whole
+
+
+def test_threshold_refuses_a_state_saved_at_another_pace_than_the_one_given():
+    ctrl, conn, _ = _threshold_run({"pace": "cubic"}, 8)
+    state = {"masks": {n: m.clone() for n, m in conn.masks.items()}, "ctrl": ctrl.state_dict()}
+    for drop in ((), ("pace",)):  # recorded, or known from the cubic schedule's start
+        with pytest.raises(ValueError, match=r"saved at pace='cubic', this policy was built with pace='even': build it "
+                                             r"with pace='cubic' \(or leave pace unset\)"):
+            _threshold_run({"pace": "even"}, 22, state=state, drop=drop)
+    fresh, _, _ = _threshold_run({"pace": "even"}, 0)
+    before = fresh.policy.state_dict()
+    with pytest.raises(ValueError):
+        fresh.load_state_dict(state["ctrl"])
+    assert fresh.policy.state_dict() == before and fresh.step_count == 0  # nothing changed

@@ -4,17 +4,19 @@ Prune every present ensemble whose removal cost is below the prune boundary, res
 one whose restoration gain is above the restore boundary. Boundaries adapt so that each update's
 edits stay within limits: at most ``edit_fraction`` (decaying) of the live ensembles per side, and,
 while a target density is set and not reached, a net removal pace that reaches it by ``end_step``
-(or as fast as the limit allows without one): ``pace="even"`` (the default) spreads the excess
-evenly over the updates left, so late updates remove a growing share of what is live;
-``pace="cubic"`` follows Zhu & Gupta's schedule from the live count of the first update, removing
-most early and little at the end (recipes/benchmarks/gradual_pruning.py measures both). The
-controller's line search (``holdout_loss``) shrinks or rolls back an update that raises the held-out
-loss.
+(or as fast as the limit allows without one): ``pace="cubic"`` (the default) follows Zhu & Gupta's
+schedule from the live count of the first update, removing most early and little at the end;
+``pace="even"`` (the default until the cubic pace was measured better) spreads the excess evenly
+over the updates left, so late updates remove a growing share of what is live
+(recipes/benchmarks/threshold_pace.py and gradual_pruning.py measure both). The pace is saved with
+the policy's state: a state saved before it was (an even run, unless the cubic schedule's start is
+recorded) resumes at the pace it ran, and an explicit other pace is refused. The controller's line
+search (``holdout_loss``) shrinks or rolls back an update that raises the held-out loss.
 """
 from __future__ import annotations
 
 import math
-
+from typing import Optional
 
 from .base import (EditPlan, Policy, concat, concat_sizes, global_synapse_target, highest, live_synapses, lowest,
                    max_count, per_synapse, register_policy, size_sum, split, take_synapses)
@@ -22,6 +24,7 @@ from ..warn import warn_user
 
 
 PACES = ("even", "cubic")
+DEFAULT_PACE = "cubic"
 
 
 @register_policy("threshold")
@@ -32,13 +35,14 @@ class Threshold(Policy):
     ranks_globally = True
 
     def __init__(self, prune_boundary: float = 0.0, restore_boundary: float = 0.0, adapt: bool = True,
-                 pace: str = "even"):
-        if pace not in PACES:
+                 pace: Optional[str] = None):
+        if pace is not None and pace not in PACES:
             raise ValueError(f"policy 'threshold': unknown pace {pace!r}: use one of {PACES}")
         self.prune_boundary = float(prune_boundary)
         self.restore_boundary = float(restore_boundary)
         self.adapt = adapt
-        self.pace = pace
+        self.pace_given = pace is not None  # unset: a loaded state's pace wins (a resumed run keeps its pace)
+        self.pace = pace or DEFAULT_PACE
         self.start_live = None  # pace="cubic": the live synapses at the first update, where its schedule starts
 
     @staticmethod
@@ -132,9 +136,27 @@ class Threshold(Policy):
 
     def state_dict(self):
         return {"prune_boundary": self.prune_boundary, "restore_boundary": self.restore_boundary,
-                "start_live": self.start_live}
+                "start_live": self.start_live, "pace": self.pace}
+
+    @staticmethod
+    def recorded_pace(sd) -> Optional[str]:
+        """The pace a state was saved at: its ``pace``; before paces were saved, ``cubic`` where the
+        cubic schedule's start is recorded, else None (an even run, or a cubic one before its first
+        paced update: the two states are alike)."""
+        if sd.get("pace") is not None:
+            return sd["pace"]
+        return "cubic" if sd.get("start_live") is not None else None
 
     def load_state_dict(self, sd):
-        self.prune_boundary = float(sd.get("prune_boundary", self.prune_boundary))
-        self.restore_boundary = float(sd.get("restore_boundary", self.restore_boundary))
+        recorded = self.recorded_pace(sd)
+        if recorded is not None and recorded not in PACES:
+            raise ValueError(f"policy 'threshold': the state's pace {recorded!r} is none of {PACES}")
+        if self.pace_given and recorded is not None and recorded != self.pace:
+            raise ValueError(f"policy 'threshold': the state was saved at pace={recorded!r}, this policy was built with "
+                             f"pace={self.pace!r}: build it with pace={recorded!r} (or leave pace unset) to continue "
+                             "the run as it ran")
+        pace = self.pace if self.pace_given else (recorded or "even")  # unrecorded, unset: the old default, even
+        prune_boundary = float(sd.get("prune_boundary", self.prune_boundary))
+        restore_boundary = float(sd.get("restore_boundary", self.restore_boundary))
+        self.prune_boundary, self.restore_boundary, self.pace = prune_boundary, restore_boundary, pace
         self.start_live = sd.get("start_live", self.start_live)

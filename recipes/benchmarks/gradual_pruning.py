@@ -16,7 +16,8 @@ to ``--density`` of its conv and linear weights (all layers ranked together: the
 - gmp: Zhu & Gupta's gradual magnitude pruning (cubic schedule until 75% of the run);
 - gmp/curvature: the same schedule, removal order by the curvature estimator's cost (OBD's F w^2/2);
 - threshold/curvature: prune and restore boundaries on measured cost and gain, paced to the density
-  by 75% of the run, evenly (the policy's default) or along gmp's cubic schedule (``pace=cubic``);
+  by 75% of the run, evenly (``pace=even``, the policy's default when these tables were measured)
+  or along gmp's cubic schedule (``pace=cubic``, its default since; threshold_pace.py);
 - utility/curvature: the one-shot magnitude mask, then prune/regrow swaps by measured utility (an
   edit fraction of 0.3 decaying to 0 at 75% of the run).
 
@@ -51,7 +52,8 @@ ROWS = {  # name: the recipe options that make the row (on top of the shared one
     "one-shot magnitude": ["--policy", "magnitude"],
     "gmp": ["--policy", "gmp"],
     "gmp/curvature": ["--policy", "gmp", "--estimator", "curvature"],
-    "threshold/curvature": ["--policy", "threshold", "--estimator", "curvature"],
+    # (the even pace was threshold's default when the tables were measured; the row keeps it)
+    "threshold/curvature": ["--policy", "threshold", "--estimator", "curvature", "--controller_kw", "pace=even"],
     "threshold/curvature (cubic pace)": ["--policy", "threshold", "--estimator", "curvature", "--controller_kw",
                                         "pace=cubic"],
     "utility/curvature": ["--policy", "utility", "--estimator", "curvature", "--controller_kw", "init=magnitude"],

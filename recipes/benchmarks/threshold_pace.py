@@ -1,0 +1,237 @@
+"""Gradual pruning from scratch with the ``threshold`` policy: its even pace against its cubic pace.
+
+    python recipes/benchmarks/threshold_pace.py                      # 4 settings x 3 seeds x 2 paces
+    python recipes/benchmarks/threshold_pace.py --settings "lenet300/mnist 5%" --seeds 0,1
+
+``threshold`` prunes (and restores) by measured cost and gain, and its net removal is paced to the
+target density by ``end_step``: ``pace="even"`` spreads the excess evenly over the updates left (the
+same count at every update, so a growing share of what is live), ``pace="cubic"`` follows Zhu &
+Gupta's schedule from the first update's live count (most early, little at the end). This benchmark
+trains each setting from scratch once per pace and seed, every run a ``recipes/adaptive.py`` job that
+differs only in ``--controller_kw pace=...``; the settings are the shipped MNIST config
+(``recipes/configs/mnist_lenet300_utility.yaml``: batch 100, SGD 0.1 cosine, an update every 100
+steps, edits until 75% of the run, ERK budget, curvature estimator) with ``--policy threshold`` and
+fewer epochs, on lenet300 and lenet5, and the recipe's own default job (an MLP on scikit-learn's
+digits). The comparison is read on the held-out part of TRAIN (the recipe's stratified 10%); the
+test split is read only for each run's final report. Pretrained networks pruned while they fine-tune
+are measured by ``gradual_pruning.py``. Writes recipes/benchmarks/results/threshold_pace.md and the
+figure docs/figures/threshold_pace.png (held-out accuracy per seed, both paces, each setting).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from adaptive.atomic import write_text  # noqa: E402
+from adaptive.paths import resolve_data_dir  # noqa: E402
+
+PACES = ("even", "cubic")
+_MNIST = ["--config", str(ROOT / "recipes" / "configs" / "mnist_lenet300_utility.yaml"), "--policy", "threshold"]
+SETTINGS = {  # name: the recipe options (before --seed and the pace), and the epochs unless --epochs says
+    "lenet300/mnist 5%": ([*_MNIST, "--density", "0.05"], 3),
+    "lenet300/mnist 2%": ([*_MNIST, "--density", "0.02"], 3),
+    "lenet5/mnist 5%": ([*_MNIST, "--model", "lenet5", "--density", "0.05"], 3),
+    "mlp/digits 20%": (["--policy", "threshold"], 20),  # the recipe's default job (20% density, ERK, curvature, 20 epochs)
+}
+NEEDS_DATA = {"lenet300/mnist 5%", "lenet300/mnist 2%", "lenet5/mnist 5%"}
+
+
+def run_one(setting: str, pace: str, seed: int, args, out: Path) -> dict:
+    """One recipe run; its summary.json plus the wall time it took."""
+    options, epochs = SETTINGS[setting]
+    cmd = [sys.executable, str(ROOT / "recipes" / "adaptive.py"), *options, "--seed", str(seed),
+           "--controller_kw", f"pace={pace}", "--output_dir", str(out), "--overwrite", "--figures", "false",
+           "--progress", "false", "--threads", str(args.threads)]
+    cmd += ["--max_steps", str(args.max_steps)] if args.max_steps else ["--epochs", str(args.epochs or epochs)]
+    if setting in NEEDS_DATA:
+        cmd += ["--data-dir", str(args.data)]
+    if args.subset:
+        cmd += ["--subset", str(args.subset)]
+    t0 = time.time()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{setting}, pace {pace}, seed {seed} failed (exit {done.returncode}): {' '.join(cmd)}\n"
+                         f"{done.stderr[-3000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    summary["wall_min"] = (time.time() - t0) / 60
+    return summary
+
+
+def _folder(runs: Path, setting: str, pace: str, seed: int) -> Path:
+    safe = re.sub(r"[^\w.-]+", "_", setting).strip("_")
+    return runs / f"{safe}_{pace}_seed{seed}"
+
+
+def _mean_sd(xs) -> str:
+    xs = [100 * x for x in xs]
+    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
+
+
+def plot(results, seeds, path: Path) -> Path:
+    """Held-out accuracy of every run: one panel per setting, a line per seed joining its two paces
+    (the same split, data order and initial weights), and each pace's mean."""
+    from adaptive.plots import _pyplot, _save
+
+    plt = _pyplot()
+    names = list(results)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for s in seeds:
+            ax.plot(range(len(PACES)), [100 * results[name][p][s]["holdout_accuracy"] for p in PACES], "-", color="0.6",
+                    lw=1, zorder=1)
+        for i, pace in enumerate(PACES):
+            acc = [100 * results[name][pace][s]["holdout_accuracy"] for s in seeds]
+            ax.plot([i] * len(acc), acc, "o", color=f"C{i}", ms=6, zorder=2, label="a seed" if i == 0 else None)
+            ax.plot([i - 0.18, i + 0.18], [statistics.mean(acc)] * 2, "-", color="k", lw=2, zorder=3,
+                    label="mean" if i == 0 else None)
+        ax.set_xticks(range(len(PACES)), [f"pace={p}" for p in PACES])
+        ax.set_xlim(-0.5, len(PACES) - 0.5)
+        ax.set_title(name, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("held-out accuracy % (final network)")
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"threshold policy, gradual pruning from scratch, seeds {', '.join(map(str, seeds))}: "
+                 "a line joins a seed's two runs")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _shown(argv) -> str:
+    """The arguments that shape the table (not where runs go; an --output or --figure inside the
+    repository stays)."""
+    import shlex
+
+    args, out, skip = [], [], None
+    for a in (argv if argv is not None else sys.argv[1:]):
+        args += a.split("=", 1) if a.startswith(("--runs=", "--output=", "--figure=", "--data-dir=")) else [a]
+    for a in args:
+        if skip is not None:
+            path = Path(a).resolve()
+            if skip in ("--output", "--figure") and path.is_relative_to(ROOT):
+                out += [skip, str(path.relative_to(ROOT))]
+            skip = None
+        elif a in ("--runs", "--output", "--figure", "--data-dir"):
+            skip = a
+        elif a not in ("--no-progress",):
+            out.append(a)
+    return "".join(" " + shlex.quote(a) for a in out)
+
+
+def _int_list(text: str, what: str, ap) -> list:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        ap.error(f"{what}: comma-separated whole numbers, got {text!r}")
+    if not values or len(set(values)) < len(values) or not all(0 <= v <= 2**32 - 1 for v in values):
+        ap.error(f"{what}: distinct whole numbers in [0, 2**32 - 1], got {text!r}")
+    return values
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of: {', '.join(SETTINGS)}")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (split, data order, initialisation)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs of every run (the schedules span them; default: "
+                                                             "3 on MNIST, 20 on digits)")
+    ap.add_argument("--max-steps", type=int, default=None, help="steps of every run instead of --epochs (quick runs)")
+    ap.add_argument("--subset", type=int, default=None, help="train examples (quick runs; the table says so)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of each run (default 1)")
+    ap.add_argument("--data-dir", default=None, help="data folder (default: $ADAPTIVE_DATA or ../shared/data)")
+    ap.add_argument("--runs", default=None, help="folder for the runs' own folders (default: a temporary one)")
+    ap.add_argument("--output", default=None, help="the table (default: recipes/benchmarks/results/threshold_pace.md)")
+    ap.add_argument("--figure", default=None, help="the figure (default: docs/figures/threshold_pace.png, or beside "
+                                                   "--output)")
+    ap.add_argument("--no-progress", action="store_true", help="no per-run lines")
+    args = ap.parse_args(argv)
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown or not settings or len(set(settings)) < len(settings):
+        ap.error(f"--settings: {'unknown ' + str(unknown) if unknown else 'none given or one named twice'}; "
+                 f"choose from {', '.join(SETTINGS)}")
+    seeds = _int_list(args.seeds, "--seeds", ap)
+    for name in ("epochs", "max_steps", "subset", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    args.data = resolve_data_dir(args.data_dir)
+    if any(s in NEEDS_DATA for s in settings) and not (args.data / "mnist" / "mnist.npz").is_file():
+        ap.error(f"the MNIST settings need {args.data / 'mnist' / 'mnist.npz'} (give --data-dir)")
+    import tempfile
+
+    runs = Path(args.runs) if args.runs else Path(tempfile.mkdtemp(prefix="threshold_pace_"))
+    start, load0 = time.time(), os.getloadavg()[0]
+    results = {s: {p: {} for p in PACES} for s in settings}
+    for setting in settings:
+        for seed in seeds:
+            for pace in PACES:
+                r = run_one(setting, pace, seed, args, _folder(runs, setting, pace, seed))
+                results[setting][pace][seed] = r
+                if not args.no_progress:
+                    print(f"[{(time.time() - start) / 60:5.1f} min] {setting}, pace={pace}, seed {seed}: held-out "
+                          f"{100 * r['holdout_accuracy']:.2f}%, test {100 * r['test_accuracy']:.2f}%, density "
+                          f"{r['density']:.4f}", flush=True)
+    budget = (f"{args.max_steps} steps" if args.max_steps else f"{args.epochs} epoch(s)" if args.epochs else
+              "3 epochs on MNIST, 20 on digits")
+    lines = [f"# threshold policy: even against cubic pace, gradual pruning from scratch ({budget} per run)", "",
+             "| setting | pace | held-out acc % (mean ± sd) | test acc % (mean ± sd) | held-out per seed | final density | "
+             "test examples | wall min per run |", "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+    diffs = []
+    for setting in settings:
+        for pace in PACES:
+            rs = [results[setting][pace][s] for s in seeds]
+            per_seed = ", ".join(f"{100 * r['holdout_accuracy']:.2f}" for r in rs)
+            lines.append(f"| {setting} | {pace} | {_mean_sd([r['holdout_accuracy'] for r in rs])} | "
+                         f"{_mean_sd([r['test_accuracy'] for r in rs])} | "
+                         f"{per_seed} | "
+                         f"{statistics.mean(r['density'] for r in rs):.4f} | "
+                         f"{rs[0]['test_examples']:,} | "
+                         f"{statistics.mean(r['wall_min'] for r in rs):.1f} |")
+        d = [100 * (results[setting]["cubic"][s]["holdout_accuracy"] - results[setting]["even"][s]["holdout_accuracy"])
+             for s in seeds]
+        diffs.append((setting, d))
+    lines += ["", "Cubic minus even, held-out accuracy points, per seed (the same seed: the same split, data order "
+                  "and initial weights):", ""]
+    lines += [f"- {setting}: {', '.join(f'{x:+.2f}' for x in d)} (mean {statistics.mean(d):+.2f}; cubic ahead "
+              f"on {sum(x > 0 for x in d)} of {len(d)})" for setting, d in diffs]
+    lines += ["", "Every run: `recipes/adaptive.py` in train mode, `--policy threshold --controller_kw pace=PACE`, "
+                  f"{budget}{', a ' + str(args.subset) + '-example subset of TRAIN' if args.subset else ''}; MNIST "
+                  "settings: the options of recipes/configs/mnist_lenet300_utility.yaml (batch 100, SGD lr 0.1 "
+                  "cosine, weight decay 5e-4, an update every 100 steps, edits until 75% of the run, ERK budget, "
+                  "curvature estimator) with the density and model named; mlp/digits: the recipe's defaults. "
+                  "Held-out: the final network on the recipe's stratified 10% of TRAIN (seeded), the numbers the "
+                  "comparison is read on. Test: the setting's TEST split, read only for this table.",
+              "", f"Figure: {_rel(_figure_path(args))}.", "",
+              f"Whole benchmark: {(time.time() - start) / 60:.1f} min wall on {os.cpu_count()} cores; 1-minute load "
+              f"average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end.", "",
+              f"Reproduce: `python recipes/benchmarks/threshold_pace.py{_shown(argv)}`"]
+    out = Path(args.output) if args.output else ROOT / "recipes" / "benchmarks" / "results" / "threshold_pace.md"
+    plot(results, seeds, _figure_path(args))
+    write_text(out, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nwritten to {out}")
+    return results
+
+
+def _figure_path(args) -> Path:
+    if args.figure:
+        return Path(args.figure)
+    return Path(args.output).with_suffix(".png") if args.output else ROOT / "docs" / "figures" / "threshold_pace.png"
+
+
+def _rel(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+if __name__ == "__main__":
+    main()
