@@ -178,7 +178,12 @@ def resolve_target(target: Target, total: int) -> Optional[int]:
     if target == "best":
         return None
     if isinstance(target, float):
-        return int(round(target * total))
+        count = int(round(target * total))
+        if count >= total:  # a fraction below 1 that rounds to every synapse, as the count would be
+            raise ValueError(f"target fraction {target!r} removes round({target!r} x {total}) = {count} synapses, every "
+                             f"one of the model's {total} prunable synapses: give a smaller fraction, or a count "
+                             f"below {total}")
+        return count
     if target >= total:  # as a fraction must be below 1: removing every synapse leaves no network
         raise ValueError(f"target of {target} synapses to remove {'is every one of' if target == total else 'is beyond'} "
                          f"the model's {total} prunable synapses: give a count below {total}")

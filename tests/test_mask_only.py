@@ -253,6 +253,18 @@ def test_bad_target_fails_before_anything_runs(target, match):
     _refused_before_a_batch_is_read(target, match)
 
 
+def test_a_fraction_that_rounds_to_every_synapse_is_refused_as_that_count_is():
+    """0.999 of 248 synapses rounds to 248: as the count 248 (and the fraction 1.0), a target that
+    removes every synapse is refused before a batch is read (it ran and removed them all)."""
+    assert resolve_target(0.997, 248) == 247  # 247.256: one synapse left, allowed as the count 247
+    with pytest.raises(ValueError, match=r"fraction 0.999 removes round\(0.999 x 248\) = 248 synapses, every one of "
+                                         r"the model's 248 .*a smaller fraction, or a count below 248"):
+        resolve_target(0.999, 248)
+    _refused_before_a_batch_is_read(0.999, "every one of the model's 248")
+    _refused_before_a_batch_is_read([0.2, 0.9999], "every one of the model's 248")
+    _refused_before_a_batch_is_read("best", "every one of the model's 248", ladder=(0.5, 0.999))
+
+
 def _refused_before_a_batch_is_read(target, match, **kw):
     """optimize_connectome(target, **kw) raises ValueError matching ``match`` before the train
     loader is read, with the model in train mode and its state as it was."""

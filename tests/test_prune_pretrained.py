@@ -264,11 +264,12 @@ def test_a_config_yaml_with_the_default_ladder_still_reruns_fixed_targets(tmp_pa
 
 
 def test_a_refused_count_leaves_no_folder_behind(tmp_path, weights):
-    """A count of every synapse (as --remove 1.0) or more is refused once the model is built: the
-    folder the run created goes again; a folder that was there stays, with what it held."""
+    """A count of every synapse (as --remove 1.0) or more, or a fraction that rounds to every synapse, is
+    refused once the model is built: the folder the run created goes again; a folder that was there stays, with what it held."""
     mod = recipe()
     out = tmp_path / "new"
-    for count, match in (("268336", "is every one of the model's 268336"), ("300000", "beyond")):
+    for count, match in (("268336", "is every one of the model's 268336"), ("300000", "beyond"),
+                         ("0.9999999", "removes round.* = 268336 synapses, every one of the model's 268336")):
         with pytest.raises(ValueError, match=match):
             mod.main(args(weights, out, "--remove", count))
         assert not out.exists()
