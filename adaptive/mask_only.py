@@ -168,7 +168,9 @@ def parse_target(target: Target) -> Target:
     if target < 0:
         raise ValueError(f"target {target} cannot be negative: give a fraction in [0, 1) or a count >= 0")
     if isinstance(target, float) and target >= 1.0:
-        raise ValueError(f"target fraction {target} must be in [0, 1)")
+        count = (f": for the count of {int(target)} synapses give it as a whole number ({int(target)}), with no "
+                 "decimal point or exponent" if target.is_integer() and target > 1 else "")
+        raise ValueError(f"target fraction {target} must be in [0, 1){count}")
     return target
 
 

@@ -253,6 +253,20 @@ def test_bad_target_fails_before_anything_runs(target, match):
     _refused_before_a_batch_is_read(target, match)
 
 
+@pytest.mark.parametrize("target, count", [("1e3", 1000), (50000.0, 50000), ("100.", 100)])
+def test_a_whole_number_written_as_a_fraction_is_refused_naming_the_count(target, count):
+    """"1e3" or 50000.0 (a count written with an exponent or a decimal point) is read as a fraction,
+    and refused: the message says to write the count as a whole number (it only gave the range)."""
+    from adaptive.mask_only import parse_target
+
+    with pytest.raises(ValueError, match=rf"must be in \[0, 1\): for the count of {count} synapses give it as a whole "
+                                         rf"number \({count}\)"):
+        parse_target(target)
+    assert parse_target(str(count)) == count
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\)$"):  # 1.0 and 1.5 are no counts of anything meant
+        parse_target(1.0)
+
+
 def test_a_fraction_that_rounds_to_every_synapse_is_refused_as_that_count_is():
     """0.999 of 248 synapses rounds to 248: as the count 248 (and the fraction 1.0), a target that
     removes every synapse is refused before a batch is read (it ran and removed them all)."""

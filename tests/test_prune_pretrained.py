@@ -214,6 +214,13 @@ def test_a_config_files_flags_must_be_true_or_false(tmp_path, text):
     assert ns.overwrite is False and ns.cpu is True and ns.progress is False
 
 
+def test_a_count_written_with_an_exponent_is_refused_naming_the_whole_number():
+    with pytest.raises(ValueError, match=r"--remove 5e4: target fraction 50000.0 must be in \[0, 1\): for the count of "
+                                         r"50000 synapses give it as a whole number \(50000\)"):
+        recipe().parse_args(["--remove", "0.2", "5e4"])
+
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--holdout", "0"], r"--holdout must be a fraction in \(0, 1\)"),
     (["--passes", "0"], "--passes must be a number > 0"),
