@@ -212,11 +212,21 @@ def _check_loader(loader, what: str) -> int:
         n = len(loader)
     except TypeError:
         n = None
+    hint = {"holdout": "hold out more of the train split (a larger holdout fraction or subset)",
+            "train": "give it data (a larger subset, or a smaller holdout fraction)"}.get(what, "give it data")
     if n == 0:
-        hint = {"holdout": "hold out more of the train split (a larger holdout fraction or subset)",
-                "train": "give it data (a larger subset, or a smaller holdout fraction)"}.get(what, "give it data")
         raise ValueError(f"{what} loader is empty: it yields no batches; {hint}")
+    if n is None and what == "holdout":  # no length (an IterableDataset): look, before any work
+        it = iter(loader)
+        if it is loader:  # a generator: the first evaluation would use it up, the next find it empty
+            raise ValueError("holdout loader is a one-shot iterator (a generator, say), but every evaluation reads "
+                             "it whole: pass something that iterates afresh each time (a DataLoader, a list of batches)")
+        if next(it, _NONE) is _NONE:
+            raise ValueError(f"holdout loader is empty: it yields no batches; {hint}")
     return n or 0
+
+
+_NONE = object()  # what a loader's first batch is when it yields none
 
 
 def _to_device(batch, device):
@@ -406,7 +416,9 @@ def optimize_connectome(
     the run is interrupted (an error in a loader or the loss, Ctrl-C), the model gets its original
     weights back before the exception propagates.
     Raises ValueError before any work on a bad target, an empty loader or a bad setting (a
-    ``loss_fn``, ``accuracy_fn`` or ``callback`` that cannot be called included).
+    ``loss_fn``, ``accuracy_fn`` or ``callback`` that cannot be called included). A holdout loader
+    with no ``len()`` is asked for its first batch to see that it has one; a one-shot iterator (a
+    generator) as holdout is refused, since every evaluation reads the holdout whole.
 
     A window with a NaN or inf loss or gradient (a corrupt example, a diverging model) is left out
     whole: it reaches neither the estimator nor the masks, and the stage draws another window in its

@@ -362,6 +362,52 @@ def test_a_ladder_that_is_no_list_of_fractions_is_named(ladder):
         optimize_connectome(tiny(), tr, ho, "best", ladder=ladder, progress=False)
 
 
+class _NoBatches(torch.utils.data.IterableDataset):
+    """A streamed dataset with no length that yields nothing."""
+
+    def __iter__(self):
+        return iter(())
+
+
+def test_a_holdout_without_length_that_is_empty_or_one_shot_fails_before_a_batch_is_read():
+    """A holdout loader with no len() passed the empty-loader check: an empty one ran a whole stage and
+    then failed with "evaluate: no examples" (or "loader yielded no batches" with a line search), and
+    a generator was used up by the first evaluation and failed at the second target's."""
+    m = tiny()
+    before = copy.deepcopy(m.state_dict())
+    tr, ho = loaders()
+    seen = []
+
+    class Spy:
+        def __len__(self):
+            return len(tr)
+
+        def __iter__(self):
+            seen.append(1)
+            return iter(tr)
+
+    for holdout, kw, match in ((DataLoader(_NoBatches(), batch_size=4), {}, "holdout loader is empty"),
+                               (DataLoader(_NoBatches(), batch_size=4), dict(verify_batches=1), "holdout loader is empty"),
+                               ((b for b in ho), {}, "holdout loader is a one-shot iterator")):
+        with pytest.raises(ValueError, match=match):
+            optimize_connectome(m, Spy(), holdout, [0.2, 0.5], passes=0.5, progress=False, **kw)
+        assert not seen, "the train loader was read before the bad holdout was noticed"
+        assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    # a holdout with no len() that iterates afresh runs as before
+    r = optimize_connectome(m, tr, _Stream(list(ho)), [0.2, 0.5], passes=0.5, progress=False)
+    assert set(r.snapshots) == {"0.2", "0.5"} and all(s.holdout_acc is not None for s in r.snapshots.values())
+
+
+class _Stream:
+    """Held-out batches with no length, iterable afresh each time."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
 def test_empty_loader_and_mixed_best_fail_clearly():
     m = tiny()
     tr, ho = loaders()
