@@ -365,7 +365,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         where = (f"{args.config} sets step: {cfg['step']}" if origin("step") != "--step" else f"--step {cfg['step']}")
         raise SystemExit(f"{where}, which applies to the presence and evidence estimators, not {cfg['estimator']!r}: "
                          "give --step none (the estimator's own)")
-    cfg["remove"] = parse_remove([str(r) for r in (cfg["remove"] if isinstance(cfg["remove"], list) else [cfg["remove"]])])
+    removes = cfg["remove"] if isinstance(cfg["remove"], list) else [cfg["remove"]]
+    if not removes:  # (a --config file's remove: []; --remove takes one value at least) it failed after the data loaded
+        raise SystemExit(f"{origin('remove')} is empty: give at least one target: fractions (0.2), counts (50000) or best")
+    cfg["remove"] = parse_remove([str(r) for r in removes])
     if "best" not in cfg["remove"]:
         given = [k for k in ("ladder", "patience") if k in on_command_line]
         targets = ' '.join(map(str, cfg['remove']))

@@ -214,6 +214,13 @@ def test_a_config_files_flags_must_be_true_or_false(tmp_path, text):
     assert ns.overwrite is False and ns.cpu is True and ns.progress is False
 
 
+def test_a_config_files_empty_remove_is_refused_while_parsing(tmp_path):
+    """remove: [] was accepted while parsing, and the run failed only once the data had loaded and the
+    model was built ("give at least one target", naming no file)."""
+    with pytest.raises(SystemExit, match=r"c\.yaml: remove is empty: give at least one target"):
+        recipe().parse_args(["--config", _config(tmp_path, "remove: []\n")])
+
+
 def test_a_count_written_with_an_exponent_is_refused_naming_the_whole_number():
     with pytest.raises(ValueError, match=r"--remove 5e4: target fraction 50000.0 must be in \[0, 1\): for the count of "
                                          r"50000 synapses give it as a whole number \(50000\)"):
