@@ -560,7 +560,9 @@ class FlowProp(ShapeProp):
     def _on_normalize(self, n, module, result):
         """LayerNorm / GroupNorm: output channel ``c`` is a junction of input channel ``c`` and one
         *statistics* junction per normalised group of channels (all of them for a LayerNorm over the
-        channel axis; a LayerNorm over positions only acts on each channel alone)."""
+        channel axis; a LayerNorm over positions only acts on each channel alone). A LayerNorm's channel
+        axis is the one axis along which the units vary (the last for a channels-last map), else the
+        last of a sequence's and axis 1 of a map."""
         x = self._flow_of(n.args[0]) if n.args else None
         if not isinstance(x, torch.Tensor) or not isinstance(result, torch.Tensor):
             raise ValueError("no tensor input")
@@ -575,6 +577,11 @@ class FlowProp(ShapeProp):
             shape = module.normalized_shape if module is not None else real(1, "normalized_shape")
             k = 1 if isinstance(shape, int) else len(shape)
             axis = nd - 1 if nd <= 3 else 1  # channels last for sequences, first after the batch for maps
+            # unless the ids say otherwise: units on the last axis only (a ConvNeXt block permutes its map
+            # to channels last before its LayerNorm), or on axis 1 only (a Conv1d's [N, C, L] output)
+            last, first = _uniform_except(x, nd - 1), _uniform_except(x, 1)
+            if last != first:
+                axis = nd - 1 if last else 1
             if axis < nd - k:  # normalised over positions only: each channel alone
                 return self._on_pointwise(n, result)
             groups = 1

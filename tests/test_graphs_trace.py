@@ -450,3 +450,58 @@ def test_a_model_that_is_one_linear_or_conv_layer_keeps_its_synapses_in_the_grap
     small = graphs.compact(layer, bare, example_input=x)  # one layer: its outputs stay, nothing to remove
     with torch.no_grad():
         assert torch.allclose(small(x), layer.eval()(x), atol=1e-6)
+
+
+class _ChannelsLastBlock(nn.Module):
+    """A ConvNeXt block: depthwise conv, permute to channels last, LayerNorm over the channels, MLP."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        self.stem, self.dw = nn.Conv2d(3, c, 1), nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.norm, self.l1, self.l2, self.fc = nn.LayerNorm(c), nn.Linear(c, 8), nn.Linear(8, c), nn.Linear(c, 2)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.l2(F.gelu(self.l1(self.norm(self.dw(x).permute(0, 2, 3, 1))))).permute(0, 3, 1, 2)
+        return self.fc((x + y).mean((2, 3)))
+
+
+class _SequenceNorm(nn.Module):
+    """A LayerNorm over the positions of a Conv1d's [N, C, L] output: each channel alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.norm, self.b = nn.Conv1d(2, 3, 1), nn.LayerNorm(5), nn.Conv1d(3, 2, 1)
+
+    def forward(self, x):
+        return self.b(self.norm(self.a(x))).mean(-1)
+
+
+def test_layer_norm_channels_are_found_on_the_axis_the_units_lie_on():
+    """The LayerNorm's channel axis was guessed from the rank alone: axis 1 of a 4-D map, so a
+    ConvNeXt block's LayerNorm over the channels of its channels-last map counted as per-channel (no
+    statistics junction), and a depthwise unit that still moves every channel's statistics was called
+    dead once its own l1 column was pruned; the last axis of a 3-D tensor, so a LayerNorm over the
+    positions of a Conv1d's output joined every channel into every position."""
+    torch.manual_seed(0)
+    m = _ChannelsLastBlock().eval()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["l1.weight"][:, 0] = False  # dw:0 reaches l1 only through the LayerNorm's statistics
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        y0 = m(x)
+        m.dw.bias[0] += 1
+        moved = (m(x) - y0).abs().max()
+        m.dw.bias[0] -= 1
+    assert moved > 1e-3  # dw:0 is alive: it moves the output
+    g = graphs.build(conn, "unit", example_input=x)
+    names = g.node_names()
+    into_l1 = {names[s] for s, d in zip(g.src.tolist(), g.dst.tolist()) if names[d].startswith("l1:")}
+    assert into_l1 and all(n.startswith("norm:") for n in into_l1)  # junctions of a channel and the statistics
+    assert graphs.summary(g)["dead"]["dead"] == 0
+
+    g = graphs.build(model=_SequenceNorm(), level="unit", example_input=torch.randn(2, 2, 5))
+    assert edge_set(g) >= {(f"a:{i}", f"b:{j}", EDGE_SYNAPSE) for i in range(3) for j in range(2)}
+    assert not any(gr.kind == "junction" for gr in g.groups)
