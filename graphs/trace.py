@@ -722,10 +722,13 @@ def _check_standard_transformer(module: nn.Module) -> None:
 
 # ---------------------------------------------------------------------------------------- API
 def default_example_input(model: nn.Module) -> List[torch.Tensor]:
-    """Candidate example inputs (batch 1) inferred from the first weighted layer and ``in_shape``."""
-    p = next(model.parameters(), None)
+    """Candidate example inputs (batch 1) inferred from the first weighted layer and ``in_shape``, on
+    the device and in the floating-point dtype of the model's parameters (a float64 or bfloat16 model
+    cannot run a float32 input)."""
+    p = next((q for q in model.parameters() if q.is_floating_point()), None)
     dev = p.device if p is not None else torch.device("cpu")
-    return [x.to(dev) for x in _default_inputs(model)]
+    dtype = p.dtype if p is not None else None
+    return [x.to(dev, dtype) for x in _default_inputs(model)]
 
 
 def _default_inputs(model: nn.Module) -> List[torch.Tensor]:

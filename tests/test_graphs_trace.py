@@ -505,3 +505,17 @@ def test_layer_norm_channels_are_found_on_the_axis_the_units_lie_on():
     g = graphs.build(model=_SequenceNorm(), level="unit", example_input=torch.randn(2, 2, 5))
     assert edge_set(g) >= {(f"a:{i}", f"b:{j}", EDGE_SYNAPSE) for i in range(3) for j in range(2)}
     assert not any(gr.kind == "junction" for gr in g.groups)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_the_guessed_input_has_the_dtype_of_the_model(dtype):
+    """The input guessed when no example_input is given was float32 whatever the model's dtype, so a
+    float64 or bfloat16 model could not be built into a graph (or compacted) without one: "could not
+    guess an input ... pass example_input" (compact: a dtype mismatch from deep inside the model)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 1)).to(dtype)
+    conn = adaptive.Connectome(m)
+    conn.set_masks({k: torch.rand(v.shape) < 0.5 for k, v in conn.masks.items()})
+    g = graphs.build(conn, "synapse")
+    assert g.live_synapses() == conn.num_live() > 0
+    assert graphs.compact(m, conn).compaction["params_after"] <= sum(p.numel() for p in m.parameters())
