@@ -448,12 +448,13 @@ def _save(obj, out: str) -> None:
 def _compact(model, conn, a, run_dir) -> int:
     import graphs
 
-    from .trace import default_example_input
+    from .trace import runnable_example_input
 
     out = a.out or run_dir
     if os.path.isdir(out) or out.endswith(("/", os.sep)):
         out = os.path.join(out, "compact_model.pt")
-    x = default_example_input(model)[0].expand(8, *default_example_input(model)[0].shape[1:]).contiguous()
+    x = runnable_example_input(model)
+    x = x.expand(8, *x.shape[1:]).contiguous()
     small = graphs.compact(model, conn, torch.randn_like(x))
     _save(small, out)
     c = small.compaction

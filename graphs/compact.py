@@ -281,8 +281,9 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     ``compaction``: a dict with params before/after, units removed per layer and the verified
     maximum output difference. ``align`` > 1 keeps a few removable units so that every Linear/Conv
     keeps a multiple of ``align`` output units (CPU and GPU kernels run faster on such widths).
-    ``example_input`` (batch first; None: one inferred from the first layer) drives the trace and,
-    with ``verify``, the check that the compact copy's outputs match the masked model's within
+    ``example_input`` (batch first; None: the first input inferred from the first layer that the
+    model runs on, as :func:`graphs.build` guesses) drives the trace and, with ``verify``, the check
+    that the compact copy's outputs match the masked model's within
     ``torch.allclose(atol=atol, rtol=rtol)``. Raises if fx cannot trace the model or the check
     fails (``verify=False`` skips it)."""
     if not isinstance(model, nn.Module):
@@ -292,11 +293,11 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     if whole_number(align, floats=True) is None or align < 1:  # 2.0 is 2; 2.5 is refused, never cut to 2
         raise ValueError(f"align must be a positive integer, got {align!r}")
     align = whole_number(align, floats=True)
-    from .trace import default_example_input
+    from .trace import runnable_example_input
 
     model = _uncompiled(model)  # a torch.compile wrapper: the module it runs, under the names conn uses
     if example_input is None:
-        example_input = default_example_input(model)[0]
+        example_input = runnable_example_input(model)
     src = copy_model(model, "graphs.compact").eval()
     if conn is not None:
         with torch.no_grad():

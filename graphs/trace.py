@@ -731,6 +731,30 @@ def default_example_input(model: nn.Module) -> List[torch.Tensor]:
     return [x.to(dev, dtype) for x in _default_inputs(model)]
 
 
+def runnable_example_input(model: nn.Module) -> torch.Tensor:
+    """The first of :func:`default_example_input`'s candidates that ``model`` runs on (in eval mode,
+    without gradients; the modules' modes are left as they were), as :func:`trace` picks one."""
+    candidates = default_example_input(model)
+    if len(candidates) == 1:
+        return candidates[0]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    errors = []
+    try:
+        for x in candidates:
+            try:
+                with torch.no_grad():
+                    model(x)
+                return x
+            except Exception as e:  # noqa: BLE001 - a wrong guess: try the next size
+                errors.append(f"input {tuple(x.shape)}: {type(e).__name__}: {str(e)[:200]}")
+    finally:
+        for m, t in modes.items():
+            m.training = t
+    raise ValueError(
+        f"could not guess an input for {type(model).__name__} ({'; '.join(errors)[:400]}): pass example_input=tensor")
+
+
 def _default_inputs(model: nn.Module) -> List[torch.Tensor]:
     shape = getattr(model, "in_shape", None)
     if shape is not None:

@@ -651,3 +651,29 @@ def test_align_given_as_a_whole_float_is_taken():
     conn = adaptive.Connectome(m, ensemble="neuron")
     small = graphs.compact(m, conn, torch.randn(2, 6), align=4.0)
     assert small.compaction["params_after"] <= small.compaction["params_before"]
+
+
+def test_compact_without_an_example_input_guesses_one_the_model_runs_on(tmp_path, capsys):
+    """compact (and the compact command) took the first guessed input, 32x32, where build tries each
+    guess until the model runs: LeNet-5 without an in_shape was built into a graph but compact failed
+    with "mat1 and mat2 shapes cannot be multiplied"; the model's modes are left as they were."""
+    from adaptive.models import build_model
+    from graphs.cli import main
+
+    torch.manual_seed(0)
+    m = build_model("lenet5")
+    assert getattr(m, "in_shape", None) is None
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["conv2.weight"][:3] = False  # three dead units
+    conn.set_masks(masks)
+    m.train()
+    graphs.build(conn)  # the guess build makes
+    small = graphs.compact(m, conn)
+    assert small.compaction["removed"]["conv2"] == 3
+    assert all(x.training for x in m.modules())
+    run = tmp_path / "run"
+    conn.save(run / "connectome.safetensors")
+    torch.save(conn.dense_state_dict(), run / "model_state.pt")
+    (run / "config.yaml").write_text("model: lenet5\n")
+    assert main(["compact", str(run)]) == 0, capsys.readouterr().err
