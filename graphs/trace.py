@@ -674,8 +674,10 @@ class FlowProp(ShapeProp):
             raise ValueError("no tensor input")
         args = [self._real(a) for a in n.args[1:]]
         kwargs = {k: self._real(v) for k, v in n.kwargs.items() if k != "dtype"}
-        hi, lo = torch.amax(x, *args, **kwargs), torch.amin(x, *args, **kwargs)
-        if torch.equal(hi, lo):
+        # the constant (zero padding) is no source: a padded map's mean is still each channel's own
+        hi = torch.amax(x, *args, **kwargs)
+        lo = torch.amin(torch.where(x == 0, torch.inf, x), *args, **kwargs)
+        if torch.equal(hi, torch.where(torch.isinf(lo), 0.0, lo)):
             return hi
         return self._mix(n, [x], result, "reduce")
 

@@ -519,3 +519,35 @@ def test_the_guessed_input_has_the_dtype_of_the_model(dtype):
     g = graphs.build(conn, "synapse")
     assert g.live_synapses() == conn.num_live() > 0
     assert graphs.compact(m, conn).compaction["params_after"] <= sum(p.numel() for p in m.parameters())
+
+
+class _PaddedMean(nn.Module):
+    def __init__(self, reduce):
+        super().__init__()
+        self.a, self.fc, self.reduce = nn.Conv2d(2, 3, 1), nn.Linear(3, 2), reduce
+
+    def forward(self, x):
+        y = F.pad(self.a(x), (1, 1, 1, 1))
+        return self.fc(y.mean((2, 3)) if self.reduce == "mean" else torch.amax(y, dim=(2, 3)))
+
+
+@pytest.mark.parametrize("reduce", ["mean", "amax"])
+def test_a_reduction_over_a_zero_padded_map_keeps_each_channel_apart(reduce):
+    """Averaging (or max-pooling) a zero-padded map over its positions met the padding's constant
+    beside each channel's unit and took the result as mixing every channel: fc read one junction of
+    all of a's units (adaptive_avg_pool2d of the same map read each unit apart), so a unit whose fc
+    column was pruned still counted as reaching the output."""
+    torch.manual_seed(0)
+    m = _PaddedMean(reduce).eval()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["fc.weight"][:, 0] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 2, 4, 4)
+    g = graphs.build(conn, "unit", example_input=x)
+    assert edge_set(g) == full("x", "a", 2, 3) | full("a", "fc", 3, 2) - full("a", "fc", 1, 2) | wires(
+        "fc", "output", [(0, 0), (1, 1)])
+    dead = graphs.dead_units(g)["dead"]
+    assert [g.node_names()[i] for i in dead.nonzero().flatten().tolist()] == ["a:0"]
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"]["a"] == 1
