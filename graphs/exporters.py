@@ -353,9 +353,19 @@ def write_json(g, path):
 
 
 def read_json(path):
-    """Read a graph written by ``write(g, "x.json")``."""
-    with open(path) as f:
-        doc = json.load(f)
+    """Read a graph written by ``write(g, "x.json")``; any other file (a report's summary.json, a
+    GraphML file) is refused with a ValueError naming it."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            doc = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{os.fspath(path)!r} is not JSON ({type(e).__name__}: {e}): read_json reads the .json files "
+                             "graphs.write writes (a .graphml file reads back with "
+                             "graphs.from_networkx(networkx.read_graphml(path)))") from None
+    fmt = doc.get("format") if isinstance(doc, dict) else None
+    if fmt != FORMAT or not isinstance(doc.get("edges"), dict) or not isinstance(doc.get("nodes"), dict):
+        raise ValueError(f"{os.fspath(path)!r} is not a graph written by graphs.write (format {fmt!r}, expected "
+                         f"{FORMAT!r}, with 'nodes' and 'edges')")
     e = doc["edges"]
     edges = {k: torch.tensor(v, dtype=getattr(torch, doc["edge_dtypes"][k])) for k, v in e.items() if k not in ("src", "dst")}
     nodes = {k: torch.tensor(v, dtype=getattr(torch, doc["node_dtypes"][k])) for k, v in doc["nodes"].items() if k != "name"}

@@ -88,3 +88,21 @@ def test_json_is_written_atomically(tmp_path, monkeypatch):
         graphs.write(g, path)
     monkeypatch.undo()
     assert path.read_text() == "earlier" and [p.name for p in tmp_path.iterdir()] == ["g.json"]
+
+
+def test_read_json_refuses_a_file_that_is_no_graph_by_name(tmp_path):
+    """read_json of a report's summary.json (written beside the exports) raised KeyError: 'edges', of
+    a JSON list a TypeError, of a GraphML file a bare JSONDecodeError; each is now a ValueError
+    naming the file and what read_json reads (from_header's format check came too late)."""
+    g = graphs.build(_conn(Cat()), "unit")
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"level": "unit", "nodes": 3, "edges": 2}))
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    xml = graphs.write(g, tmp_path / "g.graphml")
+    for path, says in ((summary, "not a graph written by graphs.write"), (listed, "not a graph written"),
+                       (xml, "is not JSON")):
+        with pytest.raises(ValueError, match=says) as e:
+            graphs.read_json(path)
+        assert str(path) in str(e.value)
+    assert graphs.read_json(graphs.write(g, tmp_path / "g.json")).num_edges == g.num_edges
