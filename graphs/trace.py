@@ -120,6 +120,11 @@ def _truncate(d: dict, n: int) -> None:
         del d[k]
 
 
+class InputError(ValueError):
+    """The example input does not fit the trace (no batch dimension): raised, never taken for an
+    op the tracer does not know."""
+
+
 class _Book:
     """Allocates node ids and records junction wires and recurrent back edges."""
 
@@ -261,6 +266,8 @@ class FlowProp(ShapeProp):
         snap, seen = self.book.snapshot(), len(self.seen_modules)
         try:
             self.flows[n] = self.flow(n, result)
+        except InputError:
+            raise
         except Exception as e:  # a rule that cannot handle this use of a known op
             self.book.restore(snap)
             _truncate(self.seen_modules, seen)
@@ -319,7 +326,8 @@ class FlowProp(ShapeProp):
         if not isinstance(x, torch.Tensor):
             return None
         if x.dim() < 2:
-            raise ValueError(f"input {n.name!r} has shape {tuple(x.shape)}: graphs needs a batch dimension first")
+            raise InputError(f"input {n.name!r} has shape {tuple(x.shape)}: graphs needs a batch dimension first "
+                             "(pass x.unsqueeze(0) for one sample)")
         if self.input_nodes == "elements":
             count = x[0].numel()
             _, start = self.book.new_group(n.name, "input", "elements", count)
@@ -350,8 +358,10 @@ class FlowProp(ShapeProp):
             lid = len(self.book.layers)
             gid, start = self.book.new_group(name, "layer", type(module).__name__, shape[0], layer=lid)
             kind = "linear" if isinstance(module, nn.Linear) else f"conv{'transpose' if transposed else ''}{w.dim() - 2}d"
-            if in_src.numel() != shape[1] * groups:
-                raise ValueError(f"{name} reads {in_src.numel()} input units but its weight expects {shape[1] * groups}")
+            if in_src.numel() != shape[1] * groups:  # a batched input's axis 1 (a Linear's last) holds them all
+                raise InputError(f"{name} reads {in_src.numel()} input units on axis {axis} of its input "
+                                 f"{tuple(x.shape)} but its weight expects {shape[1] * groups}: graphs needs a batch "
+                                 "dimension first; is example_input one sample without it? (pass x.unsqueeze(0))")
             self.book.layers.append(LayerFlow(name, f"{name}.weight", gid, kind, shape, groups, in_src, n.name,
                                               transposed=transposed))
             self.seen_modules[name] = lid
@@ -861,6 +871,8 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
                 warnings.simplefilter("ignore")  # re-emitted below, once
                 result = prop.propagate(*xs)
         except Exception as e:
+            if isinstance(e, InputError) and example_input is not None:  # fx appends the node: said once
+                raise InputError(str(e).split("\n\nWhile executing")[0]) from None
             shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in xs]
             errors.append(f"input {shapes}: {type(e).__name__}: {str(e)[:200]}")
             continue

@@ -551,3 +551,22 @@ def test_a_reduction_over_a_zero_padded_map_keeps_each_channel_apart(reduce):
     assert [g.node_names()[i] for i in dead.nonzero().flatten().tolist()] == ["a:0"]
     small = graphs.compact(m, conn, x)
     assert small.compaction["removed"]["a"] == 1
+
+
+@pytest.mark.parametrize("make, x", [
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1)), torch.randn(3, 8, 8)),
+    (lambda: nn.Sequential(nn.Conv1d(3, 4, 3)), torch.randn(3, 8)),
+    (lambda: nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), torch.randn(4)),
+])
+def test_an_example_input_without_its_batch_dimension_is_refused(make, x):
+    """One sample without the batch (an image [C, H, W], which torch's convolutions take) was traced
+    with its first axis as the batch: every Conv read the wrong axis, and that error (like the
+    placeholder's own 'needs a batch dimension') was taken for an op the tracer does not know, so
+    build returned a graph with no live synapse of the connectome's, warning to register Conv2d (or
+    the input) as "pointwise". It is refused, naming the fix."""
+    m = make()
+    conn = adaptive.Connectome(m)
+    with pytest.raises(ValueError, match=r"batch dimension first.*unsqueeze\(0\)") as e:
+        graphs.build(conn, example_input=x)
+    assert "While executing" not in str(e.value)
+    assert graphs.build(conn, example_input=x.unsqueeze(0)).live_synapses() == conn.num_live()
