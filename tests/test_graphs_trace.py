@@ -570,3 +570,35 @@ def test_an_example_input_without_its_batch_dimension_is_refused(make, x):
         graphs.build(conn, example_input=x)
     assert "While executing" not in str(e.value)
     assert graphs.build(conn, example_input=x.unsqueeze(0)).live_synapses() == conn.num_live()
+
+
+class _InPlaceAdd(nn.Module):
+    def __init__(self, view):
+        super().__init__()
+        self.a, self.b, self.fc, self.view = nn.Conv2d(2, 4, 1), nn.Conv2d(2, 2, 1), nn.Linear(4, 2), view
+
+    def forward(self, x):
+        y, z = self.a(x), self.b(x)
+        if self.view:
+            y[:, :2].add_(z)
+        else:
+            y.add_(torch.cat([z, z], 1))  # fx hands fc's mean y, not add_'s result
+        return self.fc(y.mean((2, 3)))
+
+
+def test_an_in_place_addition_reaches_the_nodes_that_read_its_tensor_after_it():
+    """fx gives the nodes after ``y.add_(z)`` the node ``y``, not the method's (unused) result, so the
+    graph had fc read a's units alone: b, whose output the model adds in, had no edge out and counted
+    as dead, without a warning. They now read the sum; an in-place change of a view of a tensor read
+    again later, which the graph cannot follow, is warned and counted as an unknown op."""
+    x = torch.randn(1, 2, 3, 3)
+    g = graphs.build(model=_InPlaceAdd(False), level="unit", example_input=x)
+    names = g.node_names()
+    into_fc = {names[s] for s, d in zip(g.src.tolist(), g.dst.tolist()) if names[d].startswith("fc:")}
+    assert into_fc == {f"add_:{i}" for i in range(4)}
+    assert edge_set(g) >= wires("b", "add_", [(0, 0), (1, 1), (0, 2), (1, 3)]) | wires("a", "add_", [(i, i) for i in range(4)])
+    assert graphs.summary(g)["dead"]["dead"] == 0 and not g.warnings
+
+    with pytest.warns(UserWarning, match="changes 'getitem' in place, a view of 'a'.*out of place"):
+        tr = graphs.trace(_InPlaceAdd(True), x)
+    assert [what for _, what in tr.unknown] == ["'add_' (call_method add_)"]
