@@ -65,9 +65,13 @@ def export(g, name: str):
 
 def write(g, path, format: str | None = None) -> str:
     """Write ``g`` to ``path``; the format comes from ``format`` ("json", ".graphml", any case) or
-    the file extension."""
+    the file extension. The built-in formats are gzip- or bzip2-compressed where ``path`` ends in .gz
+    or .bz2 (``x.graphml.gz`` is GraphML, compressed)."""
     path = os.fspath(path)
     ext = _extension(format) if format else os.path.splitext(path)[1].lower()
+    if not format and ext in COMPRESSED:
+        inner = os.path.splitext(os.path.splitext(path)[0])[1].lower()
+        ext = inner if inner in (".graphml", ".gexf", ".json") else ext
     if ext not in WRITERS:
         raise ValueError(f"cannot write {path!r}: unknown format {ext!r}; known are {sorted(WRITERS)}")
     with atomic_path(path) as tmp:  # a failing writer leaves the old file, never half a new one
@@ -163,17 +167,21 @@ def _graphml_writer(g, path):
         _write_graphml_to(g, f, GRAPHML_CHUNK)
 
 
-def _open_text(path):
-    """``path`` opened for text, gzip- or bzip2-compressed where it ends in .gz or .bz2 (as
-    networkx's writers do)."""
+COMPRESSED = (".gz", ".bz2")
+
+
+def _open_text(path, mode: str = "w"):
+    """``path`` opened for text (``mode`` "w" or "r"), gzip- or bzip2-compressed where it ends in .gz
+    or .bz2 (as networkx's writers and readers do)."""
     p = os.fspath(path)
+    newline = "\n" if mode == "w" else None
     if p.endswith(".gz"):
         import gzip
-        return gzip.open(p, "wt", encoding="utf-8", newline="\n")
+        return gzip.open(p, mode + "t", encoding="utf-8", newline=newline)
     if p.endswith(".bz2"):
         import bz2
-        return bz2.open(p, "wt", encoding="utf-8", newline="\n")
-    return open(p, "w", encoding="utf-8", newline="\n")
+        return bz2.open(p, mode + "t", encoding="utf-8", newline=newline)
+    return open(p, mode, encoding="utf-8", newline=newline)
 
 
 def write_graphml(g, path, chunk: int | None = None):
@@ -334,11 +342,11 @@ def write_json(g, path):
     (``"src"``, ``"dst"``, each edge attribute), each a list: the bytes ``json.dumps`` gave of that
     document, written :data:`JSON_CHUNK` values at a time, so memory stays bounded by the chunk
     (``json.dumps`` of the whole document held every value as a Python object, then the whole text).
-    Written atomically."""
+    Written atomically; gzip- or bzip2-compressed where ``path`` ends in .gz or .bz2."""
     nodes = dict(g.node_attrs)
     nodes["name"] = g.node_names()
     tables = {"nodes": nodes, "edges": {"src": g.src, "dst": g.dst, **g.edge_attrs}}
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+    with atomic_path(path) as tmp, _open_text(tmp) as f:
         f.write(json.dumps(header(g))[:-1])  # the header's object, left open
         for table, cols in tables.items():
             f.write(f", {json.dumps(table)}: {{")
@@ -353,12 +361,12 @@ def write_json(g, path):
 
 
 def read_json(path):
-    """Read a graph written by ``write(g, "x.json")``; any other file (a report's summary.json, a
-    GraphML file) is refused with a ValueError naming it."""
-    with open(path, encoding="utf-8") as f:
+    """Read a graph written by ``write(g, "x.json")`` (or ``"x.json.gz"``, ``"x.json.bz2"``); any other
+    file (a report's summary.json, a GraphML file) is refused with a ValueError naming it."""
+    with _open_text(path, "r") as f:
         try:
             doc = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as e:
             raise ValueError(f"{os.fspath(path)!r} is not JSON ({type(e).__name__}: {e}): read_json reads the .json files "
                              "graphs.write writes (a .graphml file reads back with "
                              "graphs.from_networkx(networkx.read_graphml(path)))") from None

@@ -106,3 +106,26 @@ def test_read_json_refuses_a_file_that_is_no_graph_by_name(tmp_path):
             graphs.read_json(path)
         assert str(path) in str(e.value)
     assert graphs.read_json(graphs.write(g, tmp_path / "g.json")).num_edges == g.num_edges
+
+
+@pytest.mark.parametrize("suffix, opener", [(".gz", "gzip"), (".bz2", "bz2")])
+def test_json_and_graphml_are_compressed_by_their_suffix_and_named_by_the_format_before_it(suffix, opener, tmp_path):
+    """GraphML and GEXF were compressed where the path ends in .gz or .bz2, JSON was not: write(g,
+    "g.json.gz", format="json") wrote plain text under a gzip name, and read_json could not read a
+    compressed file. write(g, "g.graphml.gz") was refused as the unknown format '.gz'."""
+    import importlib
+
+    import networkx as nx
+
+    g = graphs.build(_conn(Cat()), "unit")
+    for name in (f"g.json{suffix}", f"g.graphml{suffix}"):
+        path = graphs.write(g, tmp_path / name)  # the format is the extension before the suffix
+        with importlib.import_module(opener).open(path, "rt", encoding="utf-8") as f:
+            text = f.read()
+        assert text.startswith("{") if ".json" in name else text.startswith("<?xml")
+    assert_same(g, graphs.read_json(tmp_path / f"g.json{suffix}"))
+    assert_same(g, graphs.from_networkx(nx.read_graphml(tmp_path / f"g.graphml{suffix}")))
+    graphs.write(g, tmp_path / f"h.json{suffix}", format="json")
+    assert_same(g, graphs.read_json(tmp_path / f"h.json{suffix}"))
+    with pytest.raises(ValueError, match="unknown format"):
+        graphs.write(g, tmp_path / f"g.txt{suffix}")
