@@ -879,8 +879,10 @@ def _unwrap(tr: Trace) -> Trace:
 def _trace_eval(model, example_input, input_nodes) -> Trace:
     root = _wrap_root(model)
     if not root:
+        nargs = (len(example_input) if isinstance(example_input, (tuple, list))
+                 and not isinstance(example_input, nn.utils.rnn.PackedSequence) else 1)
         try:
-            gm = fx.symbolic_trace(model)
+            gm = fx.symbolic_trace(model, concrete_args=_unsupplied_defaults(model, nargs))
         except Exception as e:
             return fallback_trace(model, f"torch.fx could not trace {type(model).__name__}{_where(e)}: {type(e).__name__}: {e}")
     candidates = [example_input] if example_input is not None else default_example_input(model)
@@ -917,6 +919,22 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
     raise ValueError(
         f"could not guess an input for {type(model).__name__} ({'; '.join(errors)[:400]}): pass example_input=tensor"
     )
+
+
+def _unsupplied_defaults(model: nn.Module, nargs: int) -> Optional[Dict[str, Any]]:
+    """The parameters of ``model.forward`` after the ``nargs`` inputs that have defaults, with their
+    defaults: the run uses them, so fx traces with them (``mask=None``, ``return_features=False``:
+    traced as proxies, an ``if`` on them stopped fx, or took the branch the run does not)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    rest = positional[nargs:] + [p for p in params if p.kind is p.KEYWORD_ONLY]
+    fixed = {p.name: p.default for p in rest if p.default is not p.empty}
+    return fixed or None
 
 
 def _add_outputs(prop: FlowProp, gm: fx.GraphModule, result) -> None:

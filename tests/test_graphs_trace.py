@@ -602,3 +602,33 @@ def test_an_in_place_addition_reaches_the_nodes_that_read_its_tensor_after_it():
     with pytest.warns(UserWarning, match="changes 'getitem' in place, a view of 'a'.*out of place"):
         tr = graphs.trace(_InPlaceAdd(True), x)
     assert [what for _, what in tr.unknown] == ["'add_' (call_method add_)"]
+
+
+class _WithOptions(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x, mask=None, return_features=False):
+        h = self.a(x)
+        h = h + self.b(h)
+        if mask is not None:
+            h = h * mask
+        f = h.mean((2, 3))
+        return f if return_features else self.fc(f)
+
+
+def test_forward_options_left_at_their_defaults_are_traced_at_them():
+    """fx traced ``mask=None`` and ``return_features=False`` as proxies: the ``if`` on the flag stopped
+    it (module-order fallback, the residual junctions missing, with a warning) and, without the
+    flag, the ``mask is not None`` branch was traced as taken, so the run failed ("ShapeProp error").
+    Options the example input does not give are traced at their defaults, as the model runs."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 4, 4)
+    conn = adaptive.Connectome(_WithOptions())
+    for example in (x, None):
+        g = graphs.build(conn, "unit", example_input=example)
+        assert g.meta["traced"] and not g.warnings
+        assert edge_set(g) >= wires("b", "add", [(i, i) for i in range(4)]) | full("add", "fc", 4, 2)
+    g = graphs.build(conn, "unit", example_input=(x, torch.ones(1, 4, 1, 1)))  # a mask given: traced through it
+    assert g.meta["traced"] and [gr.name for gr in g.groups if gr.kind == "input"] == ["x", "mask"]
