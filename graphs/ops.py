@@ -10,7 +10,7 @@ Every op falls in one category:
   and direction, fed by the input and by state nodes standing for the previous hidden state.
 - ``transformer``: ``nn.Transformer`` and its encoder/decoder (layers): attention, feed-forward and
   residual junctions, written out per layer.
-- ``normalize``: LayerNorm / GroupNorm / LocalResponseNorm: channel ``c`` of the output reads channel
+- ``normalize``: LayerNorm / RMSNorm / GroupNorm / LocalResponseNorm: channel ``c`` of the output reads channel
   ``c`` of the input and the statistics of the channels normalised with it (a junction per channel;
   for a LocalResponseNorm the window of ``size`` channels around ``c``).
 - ``pointwise``: acts on each channel separately (activations, batch and instance normalisation, pooling, dropout,
@@ -51,8 +51,8 @@ POINTWISE_MODULES = (
 SHAPE_MODULES = (nn.Flatten, nn.Unflatten)
 # normalisations whose statistics span channels: every output channel also reads those statistics
 # (a LocalResponseNorm's, those of a window of neighbouring channels)
-NORMALIZE_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
-NORMALIZE_FUNCTIONS = {F.layer_norm, F.group_norm, F.local_response_norm}
+NORMALIZE_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+NORMALIZE_FUNCTIONS = {F.layer_norm, F.group_norm, F.local_response_norm} | ({F.rms_norm} if hasattr(F, "rms_norm") else set())
 TRANSFORMER_MODULES = (nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
                        nn.TransformerDecoderLayer)
 

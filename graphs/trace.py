@@ -599,7 +599,7 @@ class FlowProp(ShapeProp):
         raise ValueError(f"a per-channel op changed the channel count ({tuple(x.shape)} -> {tuple(result.shape)})")
 
     def _on_normalize(self, n, module, result):
-        """LayerNorm / GroupNorm: output channel ``c`` is a junction of input channel ``c`` and one
+        """LayerNorm (RMSNorm) / GroupNorm: output channel ``c`` is a junction of input channel ``c`` and one
         *statistics* junction per normalised group of channels (all of them for a LayerNorm over the
         channel axis; a LayerNorm over positions only acts on each channel alone). A LayerNorm's channel
         axis is the one axis along which the units vary (the last for a channels-last map), else the

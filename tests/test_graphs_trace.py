@@ -632,3 +632,31 @@ def test_forward_options_left_at_their_defaults_are_traced_at_them():
         assert edge_set(g) >= wires("b", "add", [(i, i) for i in range(4)]) | full("add", "fc", 4, 2)
     g = graphs.build(conn, "unit", example_input=(x, torch.ones(1, 4, 1, 1)))  # a mask given: traced through it
     assert g.meta["traced"] and [gr.name for gr in g.groups if gr.kind == "input"] == ["x", "mask"]
+
+
+@pytest.mark.skipif(not hasattr(nn, "RMSNorm"), reason="torch without nn.RMSNorm")
+@pytest.mark.parametrize("functional", [False, True])
+def test_rms_norm_is_a_normalisation_like_layer_norm(functional):
+    """nn.RMSNorm (F.rms_norm), torch's own normalisation, was an unknown op: every channel merged into
+    one junction, with a warning that suggested registering it as "pointwise" (which would drop the
+    statistics it reads). It is now followed as LayerNorm is: each channel with the statistics."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.norm, self.b = nn.Linear(3, 4), nn.RMSNorm(4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(F.rms_norm(h, (4,)) if functional else self.norm(h))
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(model=Net(), level="unit", example_input=torch.randn(2, 3))
+    norm = "rms_norm" if functional else "norm"
+    assert edge_set(g) == (full("x", "a", 3, 4) | wires("a", norm, [(i, i) for i in range(4)])
+                           | wires("a", f"{norm}.statistics", [(i, 0) for i in range(4)])
+                           | wires(f"{norm}.statistics", norm, [(0, i) for i in range(4)])
+                           | full(norm, "b", 4, 2) | wires("b", "output", [(0, 0), (1, 1)]))
