@@ -277,28 +277,33 @@ class FlowProp(ShapeProp):
 
     def _in_place(self, n: fx.Node) -> None:
         """``x.add_(y)`` changes ``x``: the nodes after it that read ``x`` (fx gives them ``x``, not the
-        method's result, which may go unused) read the new ids. A change to a view of another tensor
-        (``x[:, :2].add_(y)``) cannot reach that tensor's ids: warned, and counted as unknown."""
+        method's result, which may go unused) read the new ids, as do those holding the same tensor
+        (the ``y.add_(a)`` of ``y.add_(a).mul_(b)``). A change to a view of another tensor
+        (``x[:, :2].add_(y)``), or to a tensor with a view of it, cannot reach the other's ids: where
+        the other is read after it, warned, and counted as unknown."""
         if n.op != "call_method" or not str(n.target).endswith("_") or not n.args or not isinstance(n.args[0], fx.Node):
             return
         base, new = n.args[0], self.flows.get(n)
         old = self.flows.get(base)
         if not isinstance(new, torch.Tensor) or not isinstance(old, torch.Tensor) or torch.equal(new, old):
             return
-        self.flows[base] = new
-        # the tensors ``base`` views (through shape ops): does a node after ``n`` read one of them?
+        t = self.env.get(base)
+        if not isinstance(t, torch.Tensor):
+            self.flows[base] = new
+            return
+        for v, r in self.env.items():  # every node holding this very tensor (in-place methods return it)
+            if r is t:
+                self.flows[v] = new
+        # another view of its memory (``t``'s base, or a view of it) read after ``n`` keeps its old ids.
+        # The env still holds every node read after ``n``, however many views away it is
+        root = t if t._base is None else t._base
         order = {m: i for i, m in enumerate(n.graph.nodes)}
-        viewed, src = [], base
-        while (isinstance(self.env.get(src), torch.Tensor) and self.env[src]._base is not None
-               and src.op in ("call_method", "call_function", "call_module") and src.args
-               and isinstance(src.args[0], fx.Node)
-               and ops.categorize(src, self.mods.get(src.target) if src.op == "call_module" else None) == "shape"):
-            src = src.args[0]
-            viewed.append(src)
-        later = [v for v in viewed if any(order[u] > order[n] for u in v.users)]
+        later = [v for v, r in self.env.items() if isinstance(r, torch.Tensor) and r is not t
+                 and (r is root or r._base is root) and any(order[u] > order[n] for u in v.users)]
         if later:
             what = ops.describe(n)
-            msg = (f"graphs: node {what} changes {base.name!r} in place, a view of {later[0].name!r}, which is read "
+            rel = "a view of" if self.env[later[0]] is root else "sharing memory with"
+            msg = (f"graphs: node {what} changes {base.name!r} in place, {rel} {later[0].name!r}, which is read "
                    f"again after it: the graph does not see {later[0].name!r} change; write it out of place "
                    f"(x = torch.cat(...) or x = x + ...) to have it followed")
             self.book.unknown.append((len(self.book.layers), what))
