@@ -771,9 +771,13 @@ def _check_standard_transformer(module: nn.Module) -> None:
 # ---------------------------------------------------------------------------------------- API
 def default_example_input(model: nn.Module) -> List[torch.Tensor]:
     """Candidate example inputs (batch 1) inferred from the first weighted layer and ``in_shape``, on
-    the device and in the floating-point dtype of the model's parameters (a float64 or bfloat16 model
-    cannot run a float32 input)."""
-    p = next((q for q in model.parameters() if q.is_floating_point()), None)
+    the device and in the floating-point dtype of that layer's weight (a float64 or bfloat16 model
+    cannot run a float32 input; a frozen parameter of another dtype registered before it says nothing
+    of what the layer reads), else of the model's first floating-point parameter."""
+    first = next((m for m in model.modules() if isinstance(m, ops.WEIGHTED_MODULES)), None)
+    w = getattr(first, "weight", None)
+    p = w if isinstance(w, torch.Tensor) and w.is_floating_point() else next(
+        (q for q in model.parameters() if q.is_floating_point()), None)
     dev = p.device if p is not None else torch.device("cpu")
     dtype = p.dtype if p is not None else None
     return [x.to(dev, dtype) for x in _default_inputs(model)]

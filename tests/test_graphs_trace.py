@@ -712,3 +712,25 @@ def test_an_in_place_change_the_ids_cannot_follow_is_warned_however_the_views_ar
         tr = graphs.trace(_InPlaceAlias(case), torch.randn(2, 4))
     assert [what for _, what in tr.unknown] == ["'add_' (call_method add_)"]
 
+
+class _FrozenScaleFirst(nn.Module):
+    """A float32 network whose first parameter is a frozen float64 constant (a calibration scale)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1, dtype=torch.float64), requires_grad=False)
+        self.fc, self.out = nn.Linear(4, 3), nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.out(self.fc(x) * self.scale.float())
+
+
+def test_the_guessed_input_has_the_dtype_of_the_first_layer_not_of_the_first_parameter():
+    """The guessed input took the dtype of the model's first floating-point parameter: a frozen
+    float64 scale registered before a float32 Linear made it float64, so a model traced without an
+    example_input before could no longer be ("could not guess an input"), nor compacted."""
+    m = _FrozenScaleFirst()
+    conn = adaptive.Connectome(m)
+    g = graphs.build(conn, "unit")
+    assert g.meta["traced"] and g.live_synapses() == conn.num_live()
+    assert graphs.compact(m, conn).compaction["units_removed"] == 0
