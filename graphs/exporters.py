@@ -172,13 +172,13 @@ COMPRESSED = (".gz", ".bz2")
 
 def _open_text(path, mode: str = "w"):
     """``path`` opened for text (``mode`` "w" or "r"), gzip- or bzip2-compressed where it ends in .gz
-    or .bz2 (as networkx's writers and readers do)."""
+    or .bz2, in any case, as :func:`write` finds the format inside them (``g.JSON.GZ`` is compressed)."""
     p = os.fspath(path)
     newline = "\n" if mode == "w" else None
-    if p.endswith(".gz"):
+    if p.lower().endswith(".gz"):
         import gzip
         return gzip.open(p, mode + "t", encoding="utf-8", newline=newline)
-    if p.endswith(".bz2"):
+    if p.lower().endswith(".bz2"):
         import bz2
         return bz2.open(p, mode + "t", encoding="utf-8", newline=newline)
     return open(p, mode, encoding="utf-8", newline=newline)
@@ -330,7 +330,14 @@ def write_gexf(g, path):
         warn_user(f"graphs.write: GEXF keeps no graph attributes, so the .gexf file drops the graph's {len(g.concats)} "
                   "concatenation record(s) and the header from_networkx needs to read it back; write .graphml or "
                   ".json to keep them")
-    nx.write_gexf(to_networkx(g, flat=True), path)
+    p = os.fspath(path)
+    if p.lower().endswith(COMPRESSED) and not p.endswith(COMPRESSED):  # networkx compresses .gz/.bz2 in lower case only
+        import bz2
+        import gzip
+        with (gzip if p.lower().endswith(".gz") else bz2).open(p, "wb") as f:
+            nx.write_gexf(to_networkx(g, flat=True), f)
+        return
+    nx.write_gexf(to_networkx(g, flat=True), p)
 
 
 JSON_CHUNK = 1 << 18  # values of a column formatted and written at a time by write_json

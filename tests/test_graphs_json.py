@@ -129,3 +129,20 @@ def test_json_and_graphml_are_compressed_by_their_suffix_and_named_by_the_format
     assert_same(g, graphs.read_json(tmp_path / f"h.json{suffix}"))
     with pytest.raises(ValueError, match="unknown format"):
         graphs.write(g, tmp_path / f"g.txt{suffix}")
+
+
+@pytest.mark.parametrize("name, magic", [("g.JSON.GZ", b"\x1f\x8b"), ("g.GraphML.Gz", b"\x1f\x8b"),
+                                         ("g.gexf.BZ2", b"BZh")])
+def test_a_compression_suffix_in_upper_case_compresses_as_the_format_it_names(name, magic, tmp_path):
+    """write found the format inside a .GZ or .BZ2 suffix in any case (write(g, "g.JSON.GZ") is JSON)
+    but compressed only where the suffix was lower case: the file named .GZ was plain text."""
+    g = graphs.build(_conn(Cat()), "unit")
+    if "gexf" in name:
+        with pytest.warns(UserWarning, match="GEXF keeps no graph attributes"):
+            path = graphs.write(g, tmp_path / name)
+    else:
+        path = graphs.write(g, tmp_path / name)
+    with open(path, "rb") as f:
+        assert f.read(len(magic)) == magic
+    if name.lower().startswith("g.json"):
+        assert_same(g, graphs.read_json(path))
