@@ -942,7 +942,10 @@ def _unsupplied_defaults(model: nn.Module, nargs: int) -> Optional[Dict[str, Any
         return None
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     rest = positional[nargs:] + [p for p in params if p.kind is p.KEYWORD_ONLY]
-    fixed = {p.name: p.default for p in rest if p.default is not p.empty}
+    # only values fx can specialise on (and check): a tuple, list or dict it flattens into placeholders
+    # it cannot write out (a SyntaxError, so module order); a tensor, function or object stays a proxy
+    fixed = {p.name: p.default for p in rest
+             if p.default is None or type(p.default) in (bool, int, float, str)}
     return fixed or None
 
 

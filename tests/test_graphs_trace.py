@@ -734,3 +734,29 @@ def test_the_guessed_input_has_the_dtype_of_the_first_layer_not_of_the_first_par
     g = graphs.build(conn, "unit")
     assert g.meta["traced"] and g.live_synapses() == conn.num_live()
     assert graphs.compact(m, conn).compaction["units_removed"] == 0
+
+
+class _TupleOption(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x, dims=(2, 3), sizes=[1], extra={"scale": 1.0}, enable=True):
+        h = self.a(x)
+        h = h + self.b(h)
+        return self.fc(h.mean(dims)) if enable else h
+
+
+def test_forward_options_fx_cannot_specialise_on_stay_as_before():
+    """fx flattens a tuple, list or dict given in concrete_args into placeholders it cannot write out
+    (a SyntaxError): a forward with a ``dims=(2, 3)`` default, traced before, fell back to module
+    order (the residual junctions missing) once every default was handed to fx. Such defaults stay
+    proxies, as before; a bool or None still is traced at its value."""
+    import warnings
+
+    x = torch.randn(1, 3, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(model=_TupleOption(), level="unit", example_input=x)
+    assert g.meta["traced"] and not g.warnings
+    assert edge_set(g) >= wires("b", "add", [(i, i) for i in range(4)]) | full("add", "fc", 4, 2)
