@@ -55,8 +55,9 @@ def clip_factor(total: torch.Tensor, max_norm: float) -> torch.Tensor:
     """The factor torch's clipping multiplies every gradient by, computed as it does (in the norm's
     dtype): ``min(1, max_norm / (total + 1e-6))``. Below 1 also for a norm a hair under ``max_norm``
     (within the 1e-6), and exactly 1 for one a hair above it where ``total + 1e-6`` rounds to
-    ``total``; ``factor < 1`` is what "this step was clipped" means."""
-    return torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    ``total``; ``factor < 1`` is what "this step was clipped" means. ``max_norm`` is taken as a
+    Python float, as torch takes it (a float64 0-d tensor would otherwise compute in float64)."""
+    return torch.clamp(float(max_norm) / (total + 1e-6), max=1.0)
 
 
 def _total_norm(tensors, norm_type: float, foreach: Optional[bool]) -> torch.Tensor:

@@ -225,3 +225,21 @@ def test_clipped_counts_the_steps_torch_scales_down_also_within_its_epsilon(acce
     row = state.metrics[-1]
     assert row["grad_norm"] == pytest.approx(float(norm), rel=1e-6)
     assert row["clipped"] == expect
+
+
+@pytest.mark.parametrize("limit", [torch.tensor(99.999999, dtype=torch.float64), torch.tensor(100.000001, dtype=torch.float64),
+                                   99.999999, 100.0], ids=["float64 tensor below", "float64 tensor above", "float below", "float"])
+def test_clip_factor_is_the_factor_torch_scales_by_whatever_the_limit_type(limit):
+    """clip_gradients takes a 0-d tensor limit and, as torch, clips with float(limit) in the norm's
+    dtype: clip_factor computes the same factor (a float64 limit against a float32 norm of 100 is no
+    reason to count a step torch leaves unscaled as clipped)."""
+    from adaptive.clipping import clip_factor
+
+    p = nn.Parameter(torch.zeros(4))
+    p.grad = torch.full((4,), 50.0)  # norm 100: 100 + 1e-6 rounds to 100 in float32
+    before = p.grad.clone()
+    total = clip_gradients([p], limit)
+    scaled = not torch.equal(p.grad, before)
+    factor = clip_factor(total, limit)
+    assert factor.dtype == total.dtype and bool(factor < 1) == scaled
+    assert torch.equal(p.grad, before * factor)
