@@ -25,6 +25,7 @@ def _bench():
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--max-steps", "0"], "--max-steps must be >= 1"),
     (["--threads", "0"], "--threads must be >= 1"),
+    (["--out", "x.md"], "unrecognized arguments: --out x.md"),  # (no abbreviations: the Reproduce line shows full names)
 ])
 def test_bad_settings_fail_before_any_run(argv, msg, capsys, monkeypatch, tmp_path):
     mod = _bench()
