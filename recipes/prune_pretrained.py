@@ -604,7 +604,8 @@ def main(argv=None, test_loader_hook=None) -> dict:
     dl = get_dataloaders(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir, holdout=args.holdout,
                          download=args.download,
                          seed=args.seed, subset=args.subset, eval_batch_size=args.eval_batch_size,
-                         num_workers=args.num_workers, progress=args.progress, **args.dataset_kw)
+                         num_workers=args.num_workers, progress=args.progress, holdout_required=True,
+                         **args.dataset_kw)
     test_loader = test_loader_hook(dl.test) if test_loader_hook else dl.test  # wrapping reads nothing
     if args.num_classes and dl.num_classes and args.num_classes != dl.num_classes:
         # labels are the data's class indices 0..K-1: a model of another class count scores them wrongly

@@ -1019,3 +1019,12 @@ def test_results_table_columns_follow_their_headers():
     vals = dict(zip(cols, [c.strip() for c in body.strip("|").split("|")]))
     assert (vals["train loss"], vals["held-out loss"], vals["test loss"]) == ("0.1111", "0.2222", "0.3333")
     assert [vals[f"{s} acc"][:2] for s in ("train", "held-out", "test")] == ["11", "22", "33"]
+
+
+def test_a_subset_too_small_to_hold_out_an_example_names_a_fix_this_recipe_takes(tmp_path, weights):
+    """The data layer's hint said 'holdout 0 for none', which this recipe refuses: it names a larger
+    subset or holdout only."""
+    with pytest.raises(ValueError, match=r"held-out part of fake is empty.*give a subset of at least \d+ "
+                                         r"\(or a larger holdout\)$") as info:
+        recipe().main(args(weights, tmp_path / "o", "--remove", "0.2", "--subset", "20", "--holdout", "0.01"))
+    assert "holdout 0 for none" not in str(info.value) and not (tmp_path / "o").exists()

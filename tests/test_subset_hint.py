@@ -39,3 +39,16 @@ def _brute_at(y, size, hold):  # the brute-force answer checked at the size and 
     gives = lambda s: bool((holdout_counts(subset_counts(counts, s), hold) > 0).any())
     assert gives(size) and not gives(size - 1)
     return f"give a subset of at least {size} (or a larger holdout; holdout 0 for none)"
+
+
+def test_a_caller_that_needs_the_held_out_part_is_not_told_to_drop_it():
+    """prune_pretrained refuses --holdout 0 (its selection reads the held-out part), so the hint it
+    relays names a subset or a larger holdout, never 'holdout 0 for none'."""
+    y = torch.arange(500) % 10
+    for subset, hold in ((10, 0.05), (10, 0.01), (3, 0.3)):
+        plain = _brute(y, subset, hold)
+        needed = _subset_for_holdout(y, subset, hold, required=True)
+        assert needed == plain.replace("; holdout 0 for none", "").replace(" (holdout 0 for none)", "")
+        assert "holdout 0" not in needed and _subset_for_holdout(y, subset, hold) == plain
+    assert _subset_for_holdout(y, 10, 0.05, required=True).startswith("give a subset of at least ")
+    assert _subset_for_holdout(y, 10, 0.01, required=True) == "give a larger holdout"

@@ -44,7 +44,7 @@ class DatasetSplits:
 
 def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, download: bool = False,
                  subset: Optional[int] = None, test_subset: Optional[int] = None, augment: bool = False,
-                 progress: Optional[bool] = None, **kw) -> DatasetSplits:
+                 progress: Optional[bool] = None, holdout_required: bool = False, **kw) -> DatasetSplits:
     """Build dataset ``name`` (see :func:`available_datasets`) from ``data_dir`` (default: the
     ``ADAPTIVE_DATA`` environment variable, else ``../shared/data`` beside the repository, else
     ``~/.cache/adaptive/data``; see :func:`adaptive.paths.resolve_data_dir`).
@@ -60,6 +60,8 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     - ``download``: allow torchvision's downloader when the data is not on disk.
     - ``progress``: progress bars of long preparation (decoding CIFAR-10's JPEGs into the cache):
       True, False, or None (only when stderr is a terminal); given to families that take it.
+    - ``holdout_required``: the caller cannot do without a held-out part (its selection reads it),
+      so the error for a subset too small to hold out an example does not suggest ``holdout`` 0.
     Extra keyword arguments go to the family (e.g. ``normalize=`` for cifar10, ``shape=`` for fake).
     Raises :class:`DatasetNotFoundError` with every path tried when the data is missing.
     """
@@ -79,7 +81,7 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     if subset is not None and holdout > 0 and held.numel() == 0:
         raise ValueError(f"the held-out part of {name} is empty: a subset of {len(pool)} train examples with holdout "
                          f"{holdout} holds out round({holdout} x its examples of a class) = 0 of every class; "
-                         + _subset_for_holdout(labels, subset, holdout))
+                         + _subset_for_holdout(labels, subset, holdout, holdout_required))
     if train.numel() == 0:
         raise ValueError(f"the train part of {name} is empty: {len(pool)} train examples"
                          f"{' (subset)' if subset else ''} with holdout {holdout} leave none to train on; "
@@ -105,7 +107,7 @@ def _warn_short(name: str, split: str, asked: Optional[int], size: int, option: 
                   f"all {size:,} are used; give {option}={size:,} (or leave it out) to say so")
 
 
-def _subset_for_holdout(labels: torch.Tensor, subset: int, holdout: float) -> str:
+def _subset_for_holdout(labels: torch.Tensor, subset: int, holdout: float, required: bool = False) -> str:
     """How to get a non-empty held-out part: the smallest subset above ``subset`` that gives one.
 
     Whether a size gives one is not monotone in the size (the largest-remainder rounding of
@@ -125,16 +127,17 @@ def _subset_for_holdout(labels: torch.Tensor, subset: int, holdout: float) -> st
     def gives(size):
         return bool((holdout_counts(subset_counts(counts, size), holdout) > 0).any())
 
+    none = "" if required else "; holdout 0 for none"
     lo, hi = subset + 1, n
     if lo > n or not could(n):
-        return "give a larger holdout (holdout 0 for none)"
+        return f"give a larger holdout{' (' + none[2:] + ')' if none else ''}"
     while lo < hi:  # the first size that could give one (could() is monotone in the size)
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if could(mid) else (mid + 1, hi)
     for size in range(lo, n + 1):
         if gives(size):
-            return f"give a subset of at least {size} (or a larger holdout; holdout 0 for none)"
-    return "give a larger holdout (holdout 0 for none)"
+            return f"give a subset of at least {size} (or a larger holdout{none})"
+    return f"give a larger holdout{' (' + none[2:] + ')' if none else ''}"
 
 
 @dataclass
