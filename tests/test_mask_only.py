@@ -279,6 +279,19 @@ def test_a_fraction_that_rounds_to_every_synapse_is_refused_as_that_count_is():
     _refused_before_a_batch_is_read("best", "every one of the model's 248", ladder=(0.5, 0.999))
 
 
+def _spy(loader, seen):
+    """A class whose instances iterate ``loader``, appending to ``seen`` each time one is read."""
+    class Spy:
+        def __len__(self):
+            return len(loader)
+
+        def __iter__(self):
+            seen.append(1)
+            return iter(loader)
+
+    return Spy
+
+
 def _refused_before_a_batch_is_read(target, match, **kw):
     """optimize_connectome(target, **kw) raises ValueError matching ``match`` before the train
     loader is read, with the model in train mode and its state as it was."""
@@ -286,14 +299,7 @@ def _refused_before_a_batch_is_read(target, match, **kw):
     before = copy.deepcopy(m.state_dict())
     tr, ho = loaders()
     seen = []
-
-    class Spy:
-        def __len__(self):
-            return len(tr)
-
-        def __iter__(self):
-            seen.append(1)
-            return iter(tr)
+    Spy = _spy(tr, seen)
 
     with pytest.raises(ValueError, match=match):
         optimize_connectome(m, Spy(), ho, target, progress=False, **kw)
@@ -377,14 +383,7 @@ def test_a_holdout_without_length_that_is_empty_or_one_shot_fails_before_a_batch
     before = copy.deepcopy(m.state_dict())
     tr, ho = loaders()
     seen = []
-
-    class Spy:
-        def __len__(self):
-            return len(tr)
-
-        def __iter__(self):
-            seen.append(1)
-            return iter(tr)
+    Spy = _spy(tr, seen)
 
     for holdout, kw, match in ((DataLoader(_NoBatches(), batch_size=4), {}, "holdout loader is empty"),
                                (DataLoader(_NoBatches(), batch_size=4), dict(verify_batches=1), "holdout loader is empty"),
