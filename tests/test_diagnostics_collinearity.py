@@ -151,3 +151,15 @@ def test_train_mode_leaves_a_reassigned_buffer_as_it_was():
     mean = model[0].mean
     collinearity(model, data, train_mode=True)
     assert model[0].mean is mean and torch.equal(mean, torch.zeros(6)) and int(model[0].seen) == 0
+
+
+def test_a_non_finite_gradient_is_refused_naming_the_batch():
+    """A NaN gradient made every cosine of the layer 0 ('the batches cancel') and its sign agreement
+    0, without a word; now a ValueError names the batch and the layer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    bad = x.clone()
+    bad[2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"gradient of '0.weight' at batch 3 has .*NaN or inf"):
+        collinearity(model, [(x, y), (x, y), (bad, y)])

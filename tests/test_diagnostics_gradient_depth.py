@@ -492,3 +492,18 @@ def test_one_signal_band_says_there_is_no_ratio(monkeypatch):
     import matplotlib.pyplot as plt
 
     plt.close(figs[0])
+
+
+def test_a_non_finite_gradient_is_refused_naming_the_batch():
+    """A NaN gradient (a NaN input in the second batch) crashed LogHistogram.update with torch's
+    'bincount only supports 1-d non-negative integral inputs'; now a ValueError names the batch and
+    the layer, and the frozen flag is given back."""
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 2)
+    layer.weight.requires_grad_(False)
+    good, bad = torch.randn(3, 4), torch.randn(3, 4)
+    bad[0, 1] = float("nan")
+    y = torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"gradient of '' at batch 2 has .*NaN or inf"):
+        gradient_by_depth(layer, [(good, y), (bad, y)], layer="", batches=2, depths=torch.tensor([0, 0, 1, 1]))
+    assert layer.weight.requires_grad is False

@@ -168,6 +168,17 @@ def measured_gradients(params, what: str):
                 p.requires_grad_(flag)
 
 
+def check_finite(grad: torch.Tensor, what: str, name: str, batch: int) -> None:
+    """Refuse a gradient with NaN or inf entries (the loss or the data of batch ``batch``, counted
+    from 1, is not finite): its statistics would be wrong (a NaN collinearity reads as 0, "cancels",
+    and a NaN cannot be binned). The error names the batch, the layer and what to check."""
+    bad = ~torch.isfinite(grad)
+    if bool(bad.any()):
+        raise ValueError(f"{what}: the gradient of {name!r} at batch {batch} has {int(bad.sum())} of {grad.numel()} "
+                         "entries NaN or inf (a non-finite loss, input or weight): its statistics would be wrong; check "
+                         "the data and the model's weights (a diverged model), or use a loader whose batches are finite")
+
+
 def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parameter]:
     """``(module_name, module, weight)`` for ``layer`` given as a module name ("classifier") or a
     parameter name ("classifier.weight")."""

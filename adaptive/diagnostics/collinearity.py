@@ -22,7 +22,7 @@ from torch import nn
 
 from ..discovery import discover
 from ..warn import warn_user
-from ._common import (default_loss, iterate_batches, kept_buffers, measured_gradients, model_device, scalers_suspended,
+from ._common import (check_finite, default_loss, iterate_batches, kept_buffers, measured_gradients, model_device, scalers_suspended,
                       training_mode)
 from .table import Table, pyplot, save_figure
 
@@ -221,6 +221,7 @@ def collinearity(
             for i, g in enumerate(grads):
                 if g is None:
                     continue
+                check_finite(g, "collinearity", names[i], n + 1)
                 g = g.detach().reshape(-1).double().cpu()
                 s1[i] += g
                 s2[i] += g * g

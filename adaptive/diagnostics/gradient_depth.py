@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..metrics import to_device
-from ._common import (LogHistogram, default_loss, find_weight, iterate_batches, kept_buffers, measured_gradients, model_device,
+from ._common import (LogHistogram, check_finite, default_loss, find_weight, iterate_batches, kept_buffers, measured_gradients, model_device,
                       scalers_suspended, training_mode)
 from .table import Table, pyplot, save_figure
 from ..warn import warn_user
@@ -253,6 +253,7 @@ def gradient_by_depth(
                 hist = LogHistogram(len(uniq))
             loss = loss_fn(model(x), y)
             (g,) = torch.autograd.grad(loss, [weight])
+            check_finite(g, "gradient_by_depth", name, n + 1)
             a = g.detach().abs().cpu()
             hist.update(a, band_index)
             per_weight += a.double()
