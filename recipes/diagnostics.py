@@ -172,7 +172,7 @@ def cmd_dense_gradients(args):
             if math.isfinite(decades):
                 said = f"{ratio:.4g} ({decades:+.2f} decades)"
             elif math.isnan(ratio):
-                said = "one signal band: no ratio"
+                said = res.no_ratio_reason()
             else:  # 0 or inf: a band's median gradient is exactly 0
                 said = f"{ratio:.4g} (the {'last' if ratio == math.inf else 'first'} band's median is 0)"
             print(f"{tag}: median |grad| of the first band / last band = {said}; "

@@ -507,3 +507,28 @@ def test_a_non_finite_gradient_is_refused_naming_the_batch():
     with pytest.raises(ValueError, match=r"gradient of '' at batch 2 has .*NaN or inf"):
         gradient_by_depth(layer, [(good, y), (bad, y)], layer="", batches=2, depths=torch.tensor([0, 0, 1, 1]))
     assert layer.weight.requires_grad is False
+
+
+def test_two_bands_with_zero_medians_have_no_ratio(tmp_path):
+    """Both bands' median |grad| 0 (the inputs are all zero): ratio() was inf (0/0 read as 'the
+    shallow band is infinitely larger'), the figure's title said so; now NaN, and the title says why."""
+    from adaptive.diagnostics.table import pyplot
+
+    layer = nn.Linear(4, 2, bias=False)
+    res = gradient_by_depth(layer, constant_loader(torch.zeros(1, 4), 3), layer="", batches=3, loss_fn=sum_loss,
+                            depths=torch.tensor([0, 0, 1, 1]))
+    assert res.medians() == [0.0, 0.0] and math.isnan(res.ratio())
+    plt = pyplot()
+    closed = plt.close
+    titles = []
+    plt.close = lambda fig=None: (titles.append(fig.axes[0].get_title()), closed(fig))
+    try:
+        res.plot(tmp_path / "g.png")
+    finally:
+        plt.close = closed
+    assert "medians are both 0: no ratio" in titles[0] and "inf" not in titles[0]
+    # only the deepest band at 0 is still inf
+    x = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    res = gradient_by_depth(layer, constant_loader(x, 3), layer="", batches=3, loss_fn=sum_loss,
+                            depths=torch.tensor([0, 0, 1, 1]))
+    assert res.ratio() == math.inf

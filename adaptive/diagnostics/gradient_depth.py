@@ -150,11 +150,18 @@ class GradientByDepth:
     def ratio(self) -> float:
         """Median ``|grad|`` of the shallowest signal band (depth >= 0: the band -1 of channels fed
         only by constants, such as zero padding, is left out) over that of the deepest band (NaN when
-        the layer reads a single signal depth: there is nothing to compare)."""
+        the layer reads a single signal depth, or both medians are 0: there is nothing to compare; inf
+        when only the deepest band's median is 0)."""
         m = [r["median"] for r in self.table if r["depth"] >= 0]
-        if len(m) < 2:
+        if len(m) < 2 or m[0] == m[-1] == 0:
             return math.nan
         return m[0] / m[-1] if m[-1] > 0 else math.inf
+
+    def no_ratio_reason(self) -> str:
+        """Why :meth:`ratio` is NaN, in a few words (for a title or a printed line)."""
+        if sum(1 for r in self.table if r["depth"] >= 0) < 2:
+            return "one signal band: no ratio"
+        return "the shallowest and deepest bands' medians are both 0: no ratio"
 
     def plot(self, path, svg: bool = False, max_points_per_band: int = 4000, seed: int = 0):
         """One strip per source depth on a log axis: every weight (its mean ``|grad|`` over the
@@ -189,7 +196,7 @@ class GradientByDepth:
         ax.set_ylabel(f"|dL/dw| of {self.layer} weights")
         ttl = self.title or f"{self.layer}: weight gradients by source depth"
         ratio = self.ratio()
-        said = "one signal band: no ratio" if math.isnan(ratio) else f"shallowest/deepest signal band median ratio {ratio:.3g}"
+        said = self.no_ratio_reason() if math.isnan(ratio) else f"shallowest/deepest signal band median ratio {ratio:.3g}"
         ax.set_title(f"{ttl}\n{self.batches} batches; {said}", fontsize=9)
         # outside the axes, right of them: inside, "best" could still cover a band's zero note
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
