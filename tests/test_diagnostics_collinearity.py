@@ -163,3 +163,23 @@ def test_a_non_finite_gradient_is_refused_naming_the_batch():
     bad[2, 0] = float("nan")
     with pytest.raises(ValueError, match=r"gradient of '0.weight' at batch 3 has .*NaN or inf"):
         collinearity(model, [(x, y), (x, y), (bad, y)])
+
+
+def test_plot_with_no_weight_off_zero_gradient_says_so(tmp_path):
+    """Every weight with G = 0 (all-zero inputs: no gradient reaches the layer): plot() raised
+    matplotlib's 'Invalid vmin or vmax' from the colorbar of an empty hexbin; now the figure is
+    written and says there is nothing to draw."""
+    from adaptive.diagnostics.table import pyplot
+
+    model = nn.Sequential(nn.Linear(4, 2, bias=False))
+    res = collinearity(model, [(torch.zeros(3, 4), torch.zeros(3, dtype=torch.long))] * 3)
+    assert float(torch.cat(list(res.full_grad_sq.values())).abs().max()) == 0
+    plt = pyplot()
+    closed, texts = plt.close, []
+    plt.close = lambda fig=None: (texts.extend(t.get_text() for t in fig.axes[0].texts), closed(fig))
+    try:
+        paths = res.plot(tmp_path / "c.png")
+    finally:
+        plt.close = closed
+    assert (tmp_path / "c.png").is_file() and paths == [str(tmp_path / "c.png")]
+    assert any("every weight has G = 0" in t for t in texts)

@@ -124,8 +124,12 @@ class Collinearity:
         g2 = torch.cat(list(self.full_grad_sq.values())).double()
         keep = (g2 > 0).numpy()
         fig, ax = plt.subplots(figsize=(6, 4.2))
-        hb = ax.hexbin(g2.log10().numpy()[keep], c[keep], gridsize=60, bins="log", cmap="viridis", mincnt=1)
-        fig.colorbar(hb, ax=ax, label="weights per cell")
+        if keep.any():
+            hb = ax.hexbin(g2.log10().numpy()[keep], c[keep], gridsize=60, bins="log", cmap="viridis", mincnt=1)
+            fig.colorbar(hb, ax=ax, label="weights per cell")
+        else:  # a hexbin of nothing has no colour range: matplotlib's colorbar raised "Invalid vmin or vmax"
+            ax.text(0.5, 0.5, "every weight has G = 0 (no gradient reached them): nothing to draw",
+                    ha="center", va="center", transform=ax.transAxes, fontsize=8)
         if measure == "cosine" and self.batches > 1:
             ax.axhline(self.batches ** -0.5, color="red", ls=":", lw=1, label="1/sqrt(batches): one batch alone, or noise")
             ax.legend(fontsize=7, loc="upper left")
