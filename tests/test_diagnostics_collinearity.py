@@ -183,3 +183,27 @@ def test_plot_with_no_weight_off_zero_gradient_says_so(tmp_path):
         plt.close = closed
     assert (tmp_path / "c.png").is_file() and paths == [str(tmp_path / "c.png")]
     assert any("every weight has G = 0" in t for t in texts)
+
+
+class _TwoHeads(nn.Module):
+    """``b`` is never used by forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.a(x)
+
+
+def test_a_layer_the_loss_never_reaches_is_left_out_with_a_warning():
+    """An unused head got cosine 0 and sign agreement 0 in the table ('its batches cancel'); now it
+    is left out, with a warning naming it; with nothing reached, a ValueError."""
+    torch.manual_seed(0)
+    model = _TwoHeads()
+    data = [(torch.randn(3, 4), torch.randint(0, 3, (3,))) for _ in range(3)]
+    with pytest.warns(UserWarning, match=r"left out .*b\.weight"):
+        res = collinearity(model, data)
+    assert set(res.cosine) == {"a.weight"} and res.table["layer"] == ["a.weight"]
+    with pytest.raises(ValueError, match="takes part in the loss"):
+        collinearity(model, data, include="b")

@@ -532,3 +532,20 @@ def test_two_bands_with_zero_medians_have_no_ratio(tmp_path):
     res = gradient_by_depth(layer, constant_loader(x, 3), layer="", batches=3, loss_fn=sum_loss,
                             depths=torch.tensor([0, 0, 1, 1]))
     assert res.ratio() == math.inf
+
+
+def test_a_layer_the_loss_never_reaches_is_refused_clearly():
+    """autograd's 'appears to not have been used in the graph. Set allow_unused=True' came through,
+    which is not the fix; now a ValueError says the layer takes no part in the loss."""
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.a(x)
+
+    x, y = torch.randn(3, 4), torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"layer 'b' takes no part in the loss"):
+        gradient_by_depth(TwoHeads(), [(x, y)] * 2, layer="b", batches=2, depths=torch.tensor([0, 0, 1, 1]))

@@ -195,7 +195,8 @@ def collinearity(
     the loader's batches, which must then be ``(inputs tensor, targets tensor, ...)``; the loader's
     own batches when None, whose inputs may be a tuple of tensors for a model taking one) and measure the collinearity of every
     prunable weight (Linear/Conv weights, filtered by ``include``/``exclude`` like
-    :class:`adaptive.Connectome`). Leaves ``.grad``, the parameters and the buffers (BatchNorm
+    :class:`adaptive.Connectome`); a layer the loss does not reach in any batch (an unused head) has no
+    gradient to measure and is left out with a warning (a ValueError when none is reached). Leaves ``.grad``, the parameters and the buffers (BatchNorm
     running statistics, even in train mode) untouched; an attached :class:`BandGradientScaler`
     neither scales the gradients measured nor updates its state. A frozen layer
     (``requires_grad=False``) is measured too: its weight requires grad for the measurement and gets
@@ -216,6 +217,7 @@ def collinearity(
     s2 = [torch.zeros(p.numel(), dtype=torch.float64) for p in params]
     pos = [torch.zeros(p.numel(), dtype=torch.int32) for p in params]
     neg = [torch.zeros(p.numel(), dtype=torch.int32) for p in params]
+    used = [False] * len(params)
     n = 0
     with measured_gradients(params, "collinearity"), kept_buffers(model), training_mode(model, train_mode), \
             scalers_suspended(model):
@@ -226,6 +228,7 @@ def collinearity(
                 if g is None:
                     continue
                 check_finite(g, "collinearity", names[i], n + 1)
+                used[i] = True
                 g = g.detach().reshape(-1).double().cpu()
                 s1[i] += g
                 s2[i] += g * g
@@ -236,8 +239,19 @@ def collinearity(
         warn_user("collinearity measured on a single batch: every weight's gradient agrees with itself, so cosine and "
                   "sign agreement are 1 by definition and say nothing; pass a loader (or batches=) with several "
                   "batches (batch_size= re-cuts a loader into more, smaller ones)")
+    unused = [name for name, u in zip(names, used) if not u]
+    if len(unused) == len(names):
+        raise ValueError(f"collinearity: none of the measured weights ({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}) "
+                         "takes part in the loss (the model's forward does not use them), so there is no gradient to "
+                         "measure: include layers on the way to the output")
+    if unused:  # no gradient in any batch: cosine and sign agreement would read 0 ("the batches cancel")
+        warn_user(f"collinearity: {len(unused)} layer(s) take no part in the loss in any batch and are left out "
+                  f"(no gradient to measure): {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}; "
+                  "exclude= them to silence this")
     cos, agree, g2, var, rows = {}, {}, {}, {}, []
     for i, name in enumerate(names):
+        if not used[i]:
+            continue
         mean = s1[i] / n
         ms = s2[i] / n
         rms = ms.sqrt()

@@ -259,7 +259,11 @@ def gradient_by_depth(
                 uniq, band_index = torch.unique(wd, return_inverse=True)
                 hist = LogHistogram(len(uniq))
             loss = loss_fn(model(x), y)
-            (g,) = torch.autograd.grad(loss, [weight])
+            (g,) = torch.autograd.grad(loss, [weight], allow_unused=True)
+            if g is None:  # autograd's own error asked for allow_unused=True, which is not the fix
+                raise ValueError(f"gradient_by_depth: layer {name!r} takes no part in the loss (the model's forward does "
+                                 "not use it, or its output does not reach the loss), so it has no gradient: pick a "
+                                 "layer on the way to the output")
             check_finite(g, "gradient_by_depth", name, n + 1)
             a = g.detach().abs().cpu()
             hist.update(a, band_index)
