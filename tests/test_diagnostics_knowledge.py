@@ -219,3 +219,16 @@ def test_called_under_no_grad_or_inference_mode_it_still_measures(mode):
         curve = knowledge_distribution(model, train, order_loader=train, estimator="taylor", counts=[0, 20],
                                        finetune_batches=1)
     assert torch.equal(curve.meta["order"], ref.meta["order"]) and curve.table == ref.table
+
+
+def test_evaluate_refuses_empty_data_and_takes_batches_with_an_index():
+    """evaluate([]) raised ZeroDivisionError; a loader of (x, y, index) batches, which the fine-tune
+    loader of knowledge_distribution takes, raised 'too many values to unpack'."""
+    from adaptive.diagnostics import evaluate
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="no examples"):
+        evaluate(model, [])
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+    assert evaluate(model, [(x, y, torch.arange(4))]) == evaluate(model, [(x, y)])

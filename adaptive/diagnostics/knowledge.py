@@ -68,11 +68,12 @@ def evaluate(model: nn.Module, data, loss_fn: Callable = default_loss,
     the examples; ``positions``, only where they differ from the examples (a sequence tagger): what
     the accuracy counted. ``loss_fn(output, targets)``: the batch's mean loss (default
     cross-entropy); ``accuracy_fn(output, targets) -> (correct, count)`` counts accuracy your way
-    (None: no accuracy)."""
+    (None: no accuracy). Batches may carry more than ``(x, y)`` (an index): the rest is ignored; ``data``
+    without a batch is refused with a ValueError."""
     device = model_device(model)
     tot_loss, correct, counted, n, examples = 0.0, 0, 0, 0, 0
     with training_mode(model, False):
-        for x, y in data:
+        for x, y, *_ in data:
             x, y = to_device(x, device), to_device(y, device)
             out = check_output(model(x), model, "knowledge_distribution")
             units = loss_weight(out, y)
@@ -83,6 +84,9 @@ def evaluate(model: nn.Module, data, loss_fn: Callable = default_loss,
             if acc is not None:
                 correct += acc[0]
                 counted += acc[1]
+    if not n:  # a ZeroDivisionError before
+        raise ValueError("evaluate: the data yielded no examples (an empty loader or dataset): pass at least one "
+                         "(inputs, targets) batch")
     r = {"loss": tot_loss / n, "accuracy": correct / counted if counted else None, "samples": examples}
     if counted and counted != examples:
         r["positions"] = counted
