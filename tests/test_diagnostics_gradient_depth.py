@@ -549,3 +549,21 @@ def test_a_layer_the_loss_never_reaches_is_refused_clearly():
     x, y = torch.randn(3, 4), torch.zeros(3, dtype=torch.long)
     with pytest.raises(ValueError, match=r"layer 'b' takes no part in the loss"):
         gradient_by_depth(TwoHeads(), [(x, y)] * 2, layer="b", batches=2, depths=torch.tensor([0, 0, 1, 1]))
+
+
+def test_band_scaler_state_survives_an_infinite_gradient():
+    """One inf gradient entry (a diverged step that training skips) made the band's running log
+    magnitude inf and every later scale NaN or inf, for good; now non-finite entries take no part."""
+    layer = nn.Linear(4, 2, bias=False)
+    scaler = BandGradientScaler(layer, layers=[""], depths={"": torch.tensor([0, 0, 1, 1])}, momentum=0.5)
+    x = torch.tensor([[1.0, 1.0, 1e-3, 1e-3]])
+    bad = x.clone()
+    bad[0, 0] = float("inf")
+    layer(bad).sum().backward()
+    layer.weight.grad = None
+    layer(x).sum().backward()
+    scales = scaler.scales()[""]
+    assert all(math.isfinite(v) for v in scales.values())
+    assert scales[0] == pytest.approx(10 ** -1.5, rel=1e-5) and scales[1] == pytest.approx(10 ** 1.5, rel=1e-5)
+    assert torch.isfinite(layer.weight.grad).all()
+    scaler.remove()

@@ -30,7 +30,8 @@ class BandGradientScaler:
     The hook acts on ``param.grad`` as autograd produces it, so any optimizer sees scaled gradients.
     While a diagnostic takes gradients of the model (inside
     :func:`~adaptive.diagnostics._common.scalers_suspended` ``(model)``) the hooks on its weights do
-    nothing: no scaling, no state update; a scaler on another model's weights keeps working. Call
+    nothing: no scaling, no state update; a scaler on another model's weights keeps working. A NaN or
+    inf gradient entry takes no part in the running state (it passes through, scaled). Call
     :meth:`remove` to take the hooks off.
     """
 
@@ -78,7 +79,7 @@ class BandGradientScaler:
             idx = st["index"]
             nb = len(st["bands"])
             a = grad.detach().abs().reshape(-1)
-            nz = a > 0
+            nz = (a > 0) & torch.isfinite(a)  # an inf made the running state inf and every later scale NaN
             logs = torch.zeros(nb, dtype=torch.float64, device=a.device).index_add_(0, idx.reshape(-1)[nz], a[nz].double().log())
             cnt = torch.bincount(idx.reshape(-1)[nz], minlength=nb).double()
             have = cnt > 0
