@@ -43,9 +43,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
+from _reproduce import shown_args  # noqa: E402
 
 WEIGHTS = {"resnet20": "resnet-cifar10/resnet20-12fca82f.th", "resnet32": "resnet-cifar10/resnet32-d509ac18.th"}
 ROWS = {  # name: the recipe options that make the row (on top of the shared ones)
@@ -146,27 +148,6 @@ def run_folder(runs: Path, name: str) -> Path:
     return runs / re.sub(r"[^\w.-]+", "_", name).strip("_")
 
 
-def _shown(argv) -> str:
-    """The command's arguments that shape the table (not where runs go or whether bars show; an
-    --output or --figure inside the repository stays, so that the command writes the same files)."""
-    import shlex
-
-    args, out, skip = [], [], None
-    for a in (argv if argv is not None else sys.argv[1:]):  # (--key=value as --key value)
-        args += a.split("=", 1) if a.startswith(("--runs=", "--output=", "--figure=")) else [a]
-    for a in args:
-        if skip is not None:
-            path = Path(a).resolve()
-            if skip != "--runs" and path.is_relative_to(ROOT):
-                out += [skip, str(path.relative_to(ROOT))]
-            skip = None
-        elif a in ("--runs", "--output", "--figure"):
-            skip = a
-        elif a != "--no-progress":
-            out.append(a)
-    return "".join(" " + shlex.quote(a) for a in out)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="resnet20", choices=sorted(WEIGHTS))
@@ -249,7 +230,7 @@ def main(argv=None):
                       f"(L1Unstructured, the same amount) on the same pretrained weights: {check} entries differ."]
     lines += ["", f"Whole benchmark: {(time.time() - start) / 60:.1f} min wall on {os.cpu_count()} cores; 1-minute load "
                   f"average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end.", "",
-              f"Reproduce: `python recipes/benchmarks/gradual_pruning.py{_shown(argv)}`"]
+              f"Reproduce: `python recipes/benchmarks/gradual_pruning.py{shown_args(argv, ROOT, dropped=('--runs',))}`"]
     seed = f"_seed{args.seed}" if args.seed else ""
     out = Path(args.output) if args.output else (
         ROOT / "recipes" / "benchmarks" / "results" /

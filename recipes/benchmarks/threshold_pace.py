@@ -31,9 +31,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
+from _reproduce import shown_args  # noqa: E402
 
 PACES = ("even", "cubic")
 _MNIST = ["--config", str(ROOT / "recipes" / "configs" / "mnist_lenet300_utility.yaml"), "--policy", "threshold"]
@@ -104,27 +106,6 @@ def plot(results, seeds, path: Path) -> Path:
                  "a line joins a seed's two runs")
     fig.tight_layout()
     return _save(fig, plt, path)
-
-
-def _shown(argv) -> str:
-    """The arguments that shape the table (not where runs go; an --output or --figure inside the
-    repository stays)."""
-    import shlex
-
-    args, out, skip = [], [], None
-    for a in (argv if argv is not None else sys.argv[1:]):
-        args += a.split("=", 1) if a.startswith(("--runs=", "--output=", "--figure=", "--data-dir=")) else [a]
-    for a in args:
-        if skip is not None:
-            path = Path(a).resolve()
-            if skip in ("--output", "--figure") and path.is_relative_to(ROOT):
-                out += [skip, str(path.relative_to(ROOT))]
-            skip = None
-        elif a in ("--runs", "--output", "--figure", "--data-dir"):
-            skip = a
-        elif a not in ("--no-progress",):
-            out.append(a)
-    return "".join(" " + shlex.quote(a) for a in out)
 
 
 def _int_list(text: str, what: str, ap) -> list:
@@ -213,7 +194,7 @@ def main(argv=None):
               "", f"Figure: {_rel(_figure_path(args))}.", "",
               f"Whole benchmark: {(time.time() - start) / 60:.1f} min wall on {os.cpu_count()} cores; 1-minute load "
               f"average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end.", "",
-              f"Reproduce: `python recipes/benchmarks/threshold_pace.py{_shown(argv)}`"]
+              f"Reproduce: `python recipes/benchmarks/threshold_pace.py{shown_args(argv, ROOT, dropped=('--runs', '--data-dir'))}`"]
     out = Path(args.output) if args.output else ROOT / "recipes" / "benchmarks" / "results" / "threshold_pace.md"
     plot(results, seeds, _figure_path(args))
     write_text(out, "\n".join(lines) + "\n")
