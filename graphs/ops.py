@@ -5,21 +5,36 @@ Every op falls in one category:
 - ``weighted``: an ``nn.Linear``/``nn.Conv1d/2d/3d`` call, or a transposed convolution
   (``nn.ConvTranspose1d/2d/3d``, a U-Net's up-convolution; not a prunable layer, its weights count as
   live): it creates new units, each fed by every input channel of its group.
-- ``attention``: an ``nn.MultiheadAttention`` call: query, key and value units, then ``out_proj``.
+- ``attention``: an ``nn.MultiheadAttention`` call: query, key and value units, then ``out_proj``; and
+  ``F.scaled_dot_product_attention(q, k, v)``, which has no units of its own: output channel ``c`` of
+  head ``h`` (every axis before the last two is a batch or head axis) is a junction of value channel
+  ``c`` and every query and key channel of head ``h`` (and of a traced ``attn_mask``), as inside
+  ``nn.MultiheadAttention``; positions are not units: each input channel's ids along the sequence axis are
+  merged first, as a weighted layer's input is read.
 - ``recurrent``: an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` call, unrolled one step: gate units per layer
   and direction, fed by the input and by state nodes standing for the previous hidden state.
 - ``transformer``: ``nn.Transformer`` and its encoder/decoder (layers): attention, feed-forward and
   residual junctions, written out per layer.
 - ``normalize``: LayerNorm / RMSNorm / GroupNorm / LocalResponseNorm: channel ``c`` of the output reads channel
   ``c`` of the input and the statistics of the channels normalised with it (a junction per channel;
-  for a LocalResponseNorm the window of ``size`` channels around ``c``).
+  for a LocalResponseNorm the window of ``size`` channels around ``c``). Softmax, log-softmax and softmin
+  (``F.softmax``, ``torch.softmax``, ``x.softmax``, ``nn.Softmax``, ``nn.Softmax2d``, ...) and ``F.normalize``
+  act along one ``dim``: followed exactly on the ids, each output element reads its own element and a
+  *statistics* junction of every element along ``dim`` beside it. Over the channel axis that is the
+  LayerNorm wiring (every channel reads the statistics of all); over an axis along which the units do
+  not change (positions, an attention map's key axis) each channel reads only itself.
 - ``pointwise``: acts on each channel separately (activations, batch and instance normalisation, pooling, dropout,
   resampling): channel ``c`` of the output is fed by channel ``c`` of the input.
 - ``broadcast``: elementwise arithmetic of several tensors (residual ``+``, squeeze-excitation ``*``):
   each output element is fed by the elements it was computed from (a *junction* when they differ).
-- ``shape``: moves elements without computing (view, flatten, cat, getitem, pad, permute, split):
-  evaluated exactly on tensors of unit ids.
+- ``shape``: moves elements without computing (view, flatten, cat, getitem, pad, permute, split,
+  pixel_shuffle/pixel_unshuffle): evaluated exactly on tensors of unit ids.
 - ``reduce``: mean/sum/amax over some dimensions.
+
+``F.linear(x, self.fc.weight, ...)`` on the weight of an ``nn.Linear`` (a ``get_attr`` node: a subclass of
+``nn.Linear`` that fx traces into, or a model reading a layer's weight directly) is, for the tracer,
+that layer called (:func:`linear_owner`); it stays "unknown" here, so compaction leaves it alone. Any
+other ``F.linear`` (a computed or shared weight) is unknown, with a warning saying why.
 
 Anything else is unknown: the tracer warns, naming the node (and a module's type), and assumes
 every input feeds every output. Extend a table (or :func:`register_op`) to teach it a new op.
@@ -48,11 +63,19 @@ POINTWISE_MODULES = (
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
     nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
 )
-SHAPE_MODULES = (nn.Flatten, nn.Unflatten)
+SHAPE_MODULES = (nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle)
+# ops acting along one ``dim`` (softmax and kin, p-norm normalisation): each element reads every element
+# along ``dim`` (normalize category; the tracer's rule is FlowProp._on_along_dim)
+ALONG_DIM_MODULES = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d)
+ALONG_DIM_FUNCTIONS = {F.softmax, F.log_softmax, F.softmin, torch.softmax, torch.log_softmax, F.normalize}
+ALONG_DIM_METHODS = {"softmax", "log_softmax"}
 # normalisations whose statistics span channels: every output channel also reads those statistics
 # (a LocalResponseNorm's, those of a window of neighbouring channels)
-NORMALIZE_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
-NORMALIZE_FUNCTIONS = {F.layer_norm, F.group_norm, F.local_response_norm} | ({F.rms_norm} if hasattr(F, "rms_norm") else set())
+NORMALIZE_MODULES = ((nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+                     + ALONG_DIM_MODULES)
+NORMALIZE_FUNCTIONS = ({F.layer_norm, F.group_norm, F.local_response_norm} | ({F.rms_norm} if hasattr(F, "rms_norm") else set())
+                       | ALONG_DIM_FUNCTIONS)
+ATTENTION_FUNCTIONS = {F.scaled_dot_product_attention}
 TRANSFORMER_MODULES = (nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
                        nn.TransformerDecoderLayer)
 
@@ -82,7 +105,7 @@ BROADCAST_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_",
 SHAPE_FUNCTIONS = {
     torch.flatten, torch.reshape, torch.cat, torch.concat, torch.stack, torch.permute, torch.transpose,
     torch.squeeze, torch.unsqueeze, torch.split, torch.chunk, torch.narrow, torch.movedim, F.pad,
-    operator.getitem, torch.unflatten, torch.triu, torch.tril,
+    operator.getitem, torch.unflatten, torch.triu, torch.tril, F.pixel_shuffle, F.pixel_unshuffle,
 }
 SHAPE_METHODS = {
     "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "split", "chunk", "narrow",
@@ -153,6 +176,8 @@ def categorize(node, module=None) -> str:
     if target in _EXTRA:
         return _EXTRA[target]
     if op == "call_function":
+        if target in ATTENTION_FUNCTIONS:
+            return "attention"
         if target in NORMALIZE_FUNCTIONS:
             return "normalize"
         if target in POINTWISE_FUNCTIONS:
@@ -165,6 +190,8 @@ def categorize(node, module=None) -> str:
             return "reduce"
         return "unknown"
     if op == "call_method":
+        if target in ALONG_DIM_METHODS:
+            return "normalize"
         if target in POINTWISE_METHODS:
             return "pointwise"
         if target in BROADCAST_METHODS:
@@ -193,6 +220,25 @@ def elementwise(node, module=None) -> bool:
     return node.op == "call_method" and node.target in POINTWISE_METHODS
 
 
+def linear_owner(node, root: nn.Module):
+    """``(name, None)`` when ``node`` is ``F.linear(x, w, ...)`` whose ``w`` is the ``weight`` of an
+    ``nn.Linear`` of ``root`` (a ``get_attr`` node; ``name`` is that module's), else ``(None, why)``."""
+    w = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    if getattr(w, "op", None) != "get_attr":
+        return None, (f"its weight {getattr(w, 'name', w)!r} is computed in the forward, not a layer's parameter, "
+                      "so no layer owns the synapses")
+    owner, _, attr = str(w.target).rpartition(".")
+    try:
+        module = root.get_submodule(owner)
+    except AttributeError:
+        module = None
+    if attr != "weight" or not isinstance(module, nn.Linear):
+        kind = type(module).__name__ if module is not None else "no module"
+        return None, (f"its weight {w.target!r} is not the weight of an nn.Linear (it belongs to {kind}), so no "
+                      "weighted layer owns the synapses")
+    return owner, None
+
+
 def describe(node, module=None) -> str:
     """A short human name for an fx node, for warnings (with the type of the module it calls)."""
     t = node.target
@@ -202,7 +248,11 @@ def describe(node, module=None) -> str:
 
 
 def how_to_register(node, module=None) -> str:
-    """The :func:`register_op` call that teaches the tracer ``node``'s op, for warnings."""
+    """The :func:`register_op` call that teaches the tracer ``node``'s op, for warnings (for an
+    ``F.linear``, which no category describes, how to have its layer followed instead)."""
+    if node.op == "call_function" and node.target is F.linear:
+        return ("call the nn.Linear module itself (self.fc(x)), or F.linear on its own weight, to have its units "
+                "followed; no register_op category describes a weighted op")
     if module is not None:
         cls = type(module)
         target = f"{cls.__module__}.{cls.__qualname__}"

@@ -215,8 +215,11 @@ def _squeeze_uniform(t: torch.Tensor) -> torch.Tensor:
 class FlowProp(ShapeProp):
     """ShapeProp that also propagates id tensors (see the module docstring)."""
 
-    def __init__(self, gm: fx.GraphModule, book: _Book, input_nodes: str):
+    def __init__(self, gm: fx.GraphModule, book: _Book, input_nodes: str, root: Optional[nn.Module] = None):
         super().__init__(gm)
+        # the module traced, whose submodules ``get_attr`` targets name (the GraphModule keeps only the
+        # parameter of a module it does not call, under a bare nn.Module)
+        self.root = gm if root is None else root
         self.book = book
         self.input_nodes = input_nodes
         self.flows: Dict[fx.Node, Any] = {}
@@ -332,6 +335,8 @@ class FlowProp(ShapeProp):
         module = self.mods.get(n.target) if n.op == "call_module" else None
         if n.op == "call_function" and not self._tensor_flows((n.args, n.kwargs)):
             return self._constant_like(result)  # made from no traced data (torch.full, a causal mask)
+        if n.op == "call_function" and n.target is F.linear:
+            return self._on_linear(n, result)
         cat = ops.categorize(n, module)
         if cat == "weighted":
             return self._on_weighted(n, module, result)
@@ -371,8 +376,16 @@ class FlowProp(ShapeProp):
         _, start = self.book.new_group(n.name, "input", "channels", x.shape[1])
         return _expand(torch.arange(start, start + x.shape[1]), x.shape, 1)
 
-    def _on_weighted(self, n, module, result):
-        x = self.flows.get(n.args[0])
+    def _on_linear(self, n, result):
+        """``F.linear(x, self.fc.weight, ...)``: the call of the ``nn.Linear`` owning the weight (see
+        :func:`ops.linear_owner`); any other weight: unknown, the warning saying why."""
+        owner, why = ops.linear_owner(n, self.root)
+        if owner is None:
+            return self._on_unknown(n, result, f": {why}")
+        return self._on_weighted(n, self.root.get_submodule(owner), result, owner)
+
+    def _on_weighted(self, n, module, result, name=None):
+        x = self.flows.get(n.args[0] if n.args else n.kwargs.get("input"))
         axis = -1 if isinstance(module, nn.Linear) else 1
         w, groups = module.weight, int(getattr(module, "groups", 1))
         transposed = isinstance(module, ops.TRANSPOSED_MODULES)
@@ -380,8 +393,8 @@ class FlowProp(ShapeProp):
         shape = (w.shape[1] * groups, w.shape[0] // groups, *w.shape[2:]) if transposed else tuple(w.shape)
         if not isinstance(x, torch.Tensor):
             raise ValueError("its input carries no traced data")
-        in_src = self.readout(x, axis, f"{n.target}.input")
-        name = str(n.target)
+        name = str(n.target) if name is None else name
+        in_src = self.readout(x, axis, f"{name}.input")
         if name in self.seen_modules:
             self.book.warnings.append(
                 f"module {name!r} is called more than once (node {n.name!r}); the graph keeps the units and "
@@ -406,7 +419,9 @@ class FlowProp(ShapeProp):
 
     def _on_attention(self, n, module, result):
         """``nn.MultiheadAttention`` called on traced query, key and value tensors (see
-        :meth:`_attention_units`)."""
+        :meth:`_attention_units`); ``F.scaled_dot_product_attention`` (see :meth:`_on_sdpa`)."""
+        if n.op == "call_function":
+            return self._on_sdpa(n, result)
         name = str(n.target)
         flows = [self._arg(n, i, k) for i, k in enumerate(("query", "key", "value"))]
         if any(not isinstance(f, torch.Tensor) for f in flows):
@@ -447,6 +462,48 @@ class FlowProp(ShapeProp):
         out = self._matrix_layer(module.out_proj, f"{name}.out_proj", "weight", f"{name}.out_proj", mixed, node_name)
         self.seen_modules[name] = first
         return out, q, k
+
+    def _on_sdpa(self, n, result):
+        """``F.scaled_dot_product_attention(q, k, v, attn_mask, ...)``: tensors ``[*B, L, E]`` (``*B`` the
+        batch and head axes), output ``[*B, L, Ev]``. Output channel ``c`` at batch/head index ``b`` is a
+        junction of value channel ``c`` and every query and key channel at ``b`` (and of a traced
+        mask's ids), as :meth:`_attention_units` wires ``nn.MultiheadAttention``: the weights mix
+        positions, so each channel's ids along the sequence axis are merged first (a junction where
+        they differ). With ``enable_gqa`` key/value head ``j`` serves query heads ``j*r .. j*r+r-1``."""
+        q, k, v = (self._arg(n, i, key) for i, key in enumerate(("query", "key", "value")))
+        if any(not isinstance(f, torch.Tensor) for f in (q, k, v)):
+            raise ValueError("a query, key or value input carries no traced data")
+        gqa = self._real(n.args[7]) if len(n.args) > 7 else self._real(n.kwargs.get("enable_gqa", False))
+        if gqa and q.dim() >= 3 and k.shape[-3] != q.shape[-3]:
+            r = q.shape[-3] // k.shape[-3]
+            k, v = k.repeat_interleave(r, dim=-3), v.repeat_interleave(r, dim=-3)
+        qc, kc, vc = (self._positions_merged(f, -2, f"{n.name}.{t}") for f, t in zip((q, k, v), "qkv"))
+        parts = [qc.unsqueeze(-2), kc.unsqueeze(-2), vc.unsqueeze(-1)]  # [*B, 1, 1, E], ..., [*B, 1, Ev, 1]
+        mask = self._arg(n, 3, "attn_mask")
+        if isinstance(mask, torch.Tensor):  # [*B, L, S]: its ids at b, all positions
+            m = self._positions_merged(self._positions_merged(mask, -1, f"{n.name}.mask"), -2, f"{n.name}.mask")
+            parts.append(m.unsqueeze(-1))
+        target = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))  # [*B, 1, Ev]
+        feeds = torch.cat([torch.broadcast_to(p, tuple(target) + (p.shape[-1],)) for p in parts], -1)
+        K = feeds.shape[-1]
+        combos, inverse = torch.unique(feeds.reshape(-1, K).long(), dim=0, return_inverse=True)
+        ids = self.book.combine(torch.arange(combos.shape[0]).repeat_interleave(K), combos.reshape(-1),
+                                combos.shape[0], n.name, "attention")
+        return torch.broadcast_to(ids[inverse].to(torch.float64).view(target), result.shape)
+
+    def _positions_merged(self, t, axis, name):
+        """``t`` with ``axis`` shrunk to size 1, each entry the node of all the ids along ``axis`` beside it
+        (a junction where they differ); other axes along which ``t`` is constant shrink to 1 too."""
+        s = _squeeze_uniform(t)
+        axis = axis % s.dim()
+        if s.shape[axis] == 1:
+            return s
+        m = s.movedim(axis, -1)
+        L = m.shape[-1]
+        rows = m.reshape(-1, L).long()
+        ids = self.book.combine(torch.arange(rows.shape[0]).repeat_interleave(L), rows.reshape(-1), rows.shape[0],
+                                name, "mix")
+        return ids.to(torch.float64).view(m.shape[:-1]).unsqueeze(axis)
 
     # nn.Transformer and its parts: fx cannot trace into them (their fast-path checks branch on
     # tensor properties), so their wiring is written out here, at the level of channels. Dropout
@@ -614,6 +671,8 @@ class FlowProp(ShapeProp):
             raise ValueError("no tensor input")
         real = lambda i, key: self._real(n.args[i]) if len(n.args) > i else self._real(n.kwargs.get(key))
         nd = x.dim()
+        if isinstance(module, ops.ALONG_DIM_MODULES) or n.target in ops.ALONG_DIM_FUNCTIONS or n.target in ops.ALONG_DIM_METHODS:
+            return self._on_along_dim(n, module, x, result)
         if isinstance(module, nn.LocalResponseNorm) or n.target is F.local_response_norm:
             size = int(module.size if module is not None else real(1, "size"))
             return _expand(self._windowed(self.readout(x, 1, f"{n.name}.input"), size, n.name), result.shape, 1)
@@ -633,6 +692,40 @@ class FlowProp(ShapeProp):
             groups = 1
         out = self._normalized(self.readout(x, axis, f"{n.name}.input"), groups, n.name)
         return _expand(out, result.shape, axis)
+
+    def _on_along_dim(self, n, module, x, result):
+        """Softmax (log-softmax, softmin) and ``F.normalize`` along ``dim``, followed exactly on the ids:
+        each output element is a junction of its own input element and a *statistics* node of every
+        element along ``dim`` in its slice (the slices that hold the same ids share one). Along the
+        channel axis of a tensor whose units vary along it alone, that is :meth:`_normalized` with one
+        group (LayerNorm's wiring); along an axis the ids do not vary on (positions, an attention map's
+        keys), every element reads only its own unit: the ids pass unchanged."""
+        nd = x.dim()
+        if module is not None:
+            dim = -3 if isinstance(module, nn.Softmax2d) else module.dim
+        elif n.target is F.normalize:
+            dim = self._real(n.args[2]) if len(n.args) > 2 else self._real(n.kwargs.get("dim", 1))
+        else:
+            dim = self._real(n.args[1]) if len(n.args) > 1 else self._real(n.kwargs.get("dim"))
+        if dim is None:  # torch's implicit dim (deprecated): 0 for 0-, 1- and 3-d tensors, else 1
+            dim = 0 if nd in (0, 1, 3) else 1
+        if tuple(result.shape) != tuple(x.shape):
+            raise ValueError(f"it changed the shape ({tuple(x.shape)} -> {tuple(result.shape)})")
+        d = int(dim) % nd
+        s = _squeeze_uniform(x)
+        if s.shape[d] == 1:
+            return x
+        t = s.movedim(d, -1)
+        L = t.shape[-1]
+        rows = t.reshape(-1, L).long()
+        slices, which = torch.unique(rows, dim=0, return_inverse=True)
+        stats = self.book.combine(torch.arange(slices.shape[0]).repeat_interleave(L), slices.reshape(-1),
+                                  slices.shape[0], f"{n.name}.statistics", "statistics")
+        pairs = torch.stack([rows.reshape(-1), stats[which].repeat_interleave(L)])  # [2, elements]
+        combos, inverse = torch.unique(pairs, dim=1, return_inverse=True)
+        m = combos.shape[1]
+        ids = self.book.combine(torch.arange(m).repeat(2), combos.reshape(-1), m, n.name, "normalize")
+        return ids[inverse].to(torch.float64).view(t.shape).movedim(-1, d).expand(result.shape)
 
     def _windowed(self, ch, size, name):
         """Channel sources ``ch`` after a LocalResponseNorm of ``size``: channel ``c`` is scaled by the
@@ -737,9 +830,11 @@ class FlowProp(ShapeProp):
 
     def _on_unknown(self, n, result, reason):
         module = self.mods.get(n.target) if n.op == "call_module" else None
+        hint = ops.how_to_register(n, module)
+        hint = hint if n.target is F.linear else f"teach it with {hint}"
         msg = (
             f"graphs: cannot follow the data flow through node {ops.describe(n, module)}{reason}; assuming every "
-            f"input unit feeds every output (teach it with {ops.how_to_register(n, module)})"
+            f"input unit feeds every output ({hint})"
         )
         self.book.unknown.append((len(self.book.layers), ops.describe(n, module)))
         self.book.warnings.append(msg)
@@ -902,11 +997,12 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
             raise ValueError(
                 "graphs cannot trace a PackedSequence input: pass the padded batch instead (a tensor [B, L, features] "
                 "or [L, B, features]); the graph of one time step does not depend on the sequence lengths")
+        traced = _Root(model, len(xs)) if root else model
         if root:
-            gm = fx.symbolic_trace(_Root(model, len(xs)), concrete_args={k: None for k in "abc"[len(xs):]})
+            gm = fx.symbolic_trace(traced, concrete_args={k: None for k in "abc"[len(xs):]})
         mode = input_nodes if input_nodes != "auto" else _auto_input_nodes(model, xs[0])
         book = _Book()
-        prop = FlowProp(gm, book, mode)
+        prop = FlowProp(gm, book, mode, traced)
         try:
             # torch's ShapeProp prints a traceback for a failing input; a wrong guess is not news
             with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):

@@ -1,0 +1,248 @@
+"""Ops the tracer used to call unknown (warned, every input feeding every output): softmax and kin,
+F.normalize, pixel (un)shuffle, F.scaled_dot_product_attention, F.linear on an nn.Linear's weight."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import graphs
+from graphs.graph import EDGE_SYNAPSE, EDGE_WIRE
+
+torch.set_num_threads(1)
+
+
+def edge_set(g):
+    names = g.node_names()
+    return {(names[s], names[d], int(k)) for s, d, k in zip(g.src.tolist(), g.dst.tolist(), g.edge_attrs["kind"].tolist())}
+
+
+def full(a, b, n_a, n_b, kind=EDGE_SYNAPSE):
+    return {(f"{a}:{i}", f"{b}:{j}", kind) for i in range(n_a) for j in range(n_b)}
+
+
+def wires(a, b, pairs):
+    return {(f"{a}:{i}", f"{b}:{j}", EDGE_WIRE) for i, j in pairs}
+
+
+def inner(g):
+    """The edges past the input (a [N, T, 3] input's channel nodes reach ``a`` through a junction)."""
+    return {e for e in edge_set(g) if not e[0].startswith(("x:", "a.input"))}
+
+
+def build(model, x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no op left unknown
+        return graphs.build(model=model, level="unit", example_input=x, input_nodes="channels")
+
+
+class Between(nn.Module):
+    """a -> op -> b, with ``a`` writing 4 units on the last axis of [N, T, 4]."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.a, self.op, self.b = nn.Linear(3, 4), op, nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(self.op(self.a(x)))
+
+
+class Fn(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, h):
+        return self.fn(h)
+
+
+ACROSS_CHANNELS = {  # name of the node -> the op, over the last (channel) axis of [N, T, 4]
+    "softmax": lambda: Fn(lambda h: F.softmax(h, dim=-1)),
+    "log_softmax": lambda: Fn(lambda h: F.log_softmax(h, -1)),
+    "softmin": lambda: Fn(lambda h: F.softmin(h, dim=2)),
+    "softmax_method": lambda: Fn(lambda h: h.softmax(-1)),
+    "log_softmax_method": lambda: Fn(lambda h: h.log_softmax(dim=-1)),
+    "torch_softmax": lambda: Fn(lambda h: torch.softmax(h, -1)),
+    "torch_log_softmax": lambda: Fn(lambda h: torch.log_softmax(h, dim=-1)),
+    "normalize": lambda: Fn(lambda h: F.normalize(h, dim=-1)),
+    "Softmax": lambda: nn.Softmax(dim=-1),
+    "LogSoftmax": lambda: nn.LogSoftmax(dim=2),
+    "Softmin": lambda: nn.Softmin(dim=-1),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ACROSS_CHANNELS))
+def test_softmax_over_channels_is_a_normalisation_over_all_channels(kind):
+    """Softmax over the channel axis: every output channel reads every input channel, through one
+    statistics junction, as a LayerNorm is wired (channel c: a junction of a:c and the statistics).
+    It was unknown: one junction fed by all four units, feeding every unit of b."""
+    g = build(Between(ACROSS_CHANNELS[kind]()), torch.randn(2, 5, 3))
+    op = next(gr.name for gr in g.groups if gr.kind == "junction" and not gr.name.startswith("a.")
+              and not gr.name.endswith(".statistics"))
+    assert inner(g) == (wires("a", op, [(i, i) for i in range(4)])
+                           | wires("a", f"{op}.statistics", [(i, 0) for i in range(4)])
+                           | wires(f"{op}.statistics", op, [(0, i) for i in range(4)])
+                           | full(op, "b", 4, 2) | wires("b", "output", [(0, 0), (1, 1)]))
+    assert not g.warnings
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Fn(lambda h: F.softmax(h, dim=1)),  # over the 5 positions of [N, 5, 4]
+    lambda: Fn(lambda h: h.log_softmax(1)),
+    lambda: Fn(lambda h: F.normalize(h, p=1, dim=1)),
+    lambda: nn.Softmax(dim=1),
+])
+def test_softmax_over_positions_keeps_each_channel_alone(make):
+    """Softmax over an axis the units do not change along: channel c reads channel c only."""
+    g = build(Between(make()), torch.randn(2, 5, 3))
+    assert inner(g) == full("a", "b", 4, 2) | wires("b", "output", [(0, 0), (1, 1)])
+
+
+def test_softmax2d_and_implicit_dim_on_a_feature_map():
+    """nn.Softmax2d normalises over the channels of [N, C, H, W]: all channels read the statistics;
+    nn.Softmax() without dim picks axis 1 of a 4-d tensor, as torch does."""
+    for op in (nn.Softmax2d(), nn.Softmax()):
+        net = nn.Sequential(nn.Conv2d(2, 3, 1), op, nn.Conv2d(3, 2, 1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's own implicit-dim deprecation warning
+            g = graphs.build(model=net, level="unit", example_input=torch.randn(1, 2, 4, 4))
+        assert not g.warnings
+        op = "_1"  # the fx node's name (of module "1")
+        assert edge_set(g) >= (wires("0", op, [(i, i) for i in range(3)]) | wires("0", f"{op}.statistics", [(i, 0) for i in range(3)])
+                               | wires(f"{op}.statistics", op, [(0, i) for i in range(3)]) | full(op, "2", 3, 2))
+
+
+def test_attention_softmax_over_keys_passes_each_channel():
+    """An attention map computed by an unknown op (matmul) is one node; its softmax over the key axis
+    adds nothing (it was a second unknown op)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            w = torch.einsum("ntc,nsc->nts", h, h).softmax(-1)
+            return self.b(torch.einsum("nts,nsc->ntc", w, h))
+
+    with pytest.warns(UserWarning) as rec:
+        g = graphs.build(model=Net(), level="unit", example_input=torch.randn(2, 5, 3), input_nodes="channels")
+    unknown = [str(w.message) for w in rec if "cannot follow" in str(w.message)]
+    assert len(unknown) == 2 and all("einsum" in m for m in unknown)
+
+
+def test_pixel_shuffle_moves_channels_exactly():
+    """F.pixel_shuffle(x, 2) puts input channels 4c..4c+3 into output channel c (one per pixel of each
+    2x2 block): a junction of those four for the next layer; pixel_unshuffle undoes it exactly."""
+
+    class Net(nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 8, 1), nn.Conv2d(2, 3, 1)
+            self.c = nn.Conv2d(8, 1, 1)
+            self.shuffle = nn.PixelShuffle(2) if module else None
+            self.unshuffle = nn.PixelUnshuffle(2) if module else None
+
+        def forward(self, x):
+            h = self.a(x)
+            s = self.shuffle(h) if self.shuffle is not None else F.pixel_shuffle(h, 2)
+            u = self.unshuffle(s) if self.unshuffle is not None else F.pixel_unshuffle(s, 2)
+            return self.b(s) + self.c(u).mean() * 0
+
+    for module in (False, True):
+        g = build(Net(module), torch.randn(1, 1, 3, 3))
+        lay = {l.module: l for l in g.layers}
+        names = g.node_names()
+        assert [names[i] for i in lay["c"].in_src.tolist()] == [f"a:{i}" for i in range(8)]  # unshuffled back
+        mixed = [names[i] for i in lay["b"].in_src.tolist()]
+        assert edge_set(g) >= wires("a", mixed[0].split(":")[0], [(i, i // 4) for i in range(8)])
+        assert len(set(mixed)) == 2
+
+
+class SDPA(nn.Module):
+    """Self-attention written with F.scaled_dot_product_attention: E = 4 channels, 2 heads of 2."""
+
+    def __init__(self, heads=2, gqa=False):
+        super().__init__()
+        self.heads, self.gqa = heads, gqa
+        self.q, self.k, self.v = nn.Linear(3, 4), nn.Linear(3, 4 // (2 if gqa else 1)), nn.Linear(3, 4 // (2 if gqa else 1))
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        N, T, _ = x.shape
+        split = lambda t: t.view(N, T, -1, 2).transpose(1, 2)  # [N, heads, T, 2]
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True) if self.gqa else F.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(N, T, 4))
+
+
+def _feeds(g, group):
+    """{unit index of the junction group: set of node names feeding it}"""
+    names = g.node_names()
+    out = {}
+    for s, d in zip(g.src.tolist(), g.dst.tolist()):
+        if names[d].startswith(group + ":"):
+            out.setdefault(int(names[d].split(":")[1]), set()).add(names[s])
+    return out
+
+
+def test_scaled_dot_product_attention_wires_heads_like_multihead_attention():
+    """Output channel c of head h reads value channel c and the query and key channels of head h only
+    (2 * head_dim + 1 units), as nn.MultiheadAttention is wired; it was one junction of everything."""
+    g = build(SDPA(), torch.randn(2, 5, 3))
+    lay = {l.module: l for l in g.layers}
+    names = g.node_names()
+    att = [names[i] for i in lay["out"].in_src.tolist()]
+    group = att[0].split(":")[0]
+    feeds = _feeds(g, group)
+    head = lambda t, h: {f"{t}:{2 * h}", f"{t}:{2 * h + 1}"}
+    for c in range(4):  # channel c of the output = head c // 2, value channel c
+        j = int(att[c].split(":")[1])
+        assert feeds[j] == {f"v:{c}"} | head("q", c // 2) | head("k", c // 2)
+
+
+def test_scaled_dot_product_attention_grouped_query_heads():
+    """enable_gqa: 2 query heads share 1 key/value head: both read k's and v's only head."""
+    g = build(SDPA(gqa=True), torch.randn(2, 5, 3))
+    lay = {l.module: l for l in g.layers}
+    names = g.node_names()
+    att = [names[i] for i in lay["out"].in_src.tolist()]
+    feeds = _feeds(g, att[0].split(":")[0])
+    for c in range(4):
+        j = int(att[c].split(":")[1])
+        assert feeds[j] == {f"v:{c % 2}", "k:0", "k:1", f"q:{c // 2 * 2}", f"q:{c // 2 * 2 + 1}"}
+
+
+def test_functional_linear_on_a_linear_weight_is_that_layer():
+    """F.linear(x, self.fc.weight, self.fc.bias) (fc never called as a module) is the layer fc: its
+    units and synapses are in the graph; it was an unknown op that no layer owned."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(F.relu(F.linear(x, self.fc.weight, self.fc.bias)))
+
+    g = build(Net(), torch.randn(2, 3))
+    assert [(l.module, l.param) for l in g.layers] == [("fc", "fc.weight"), ("b", "b.weight")]
+    assert edge_set(g) == full("x", "fc", 3, 4) | full("fc", "b", 4, 2) | wires("b", "output", [(0, 0), (1, 1)])
+
+
+def test_functional_linear_on_another_weight_says_why_it_is_unknown():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 3))
+            self.b = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(F.linear(x, self.w * 2))
+
+    with pytest.warns(UserWarning, match=r"'linear'.*weight 'mul' is computed in the forward.*call the nn.Linear "
+                                         r"module itself") as rec:
+        graphs.build(model=Net(), level="unit", example_input=torch.randn(2, 3))
+    assert not any("graphs.register_op(" in str(w.message) for w in rec if "'linear'" in str(w.message))
