@@ -9,7 +9,8 @@ top-level ``num_classes``/``in_shape`` are read too). ``--model``, ``--connectom
 for any of them (RUN_DIR may also be the connectome file itself).
 
 ``export --out`` names the file written; its extension (.graphml, .gexf, .json, .pt) is its format,
-and a ``--format`` that disagrees with it is refused. ``--out`` may also be an existing folder (or a
+and a ``--format`` that disagrees with it is refused. .graphml, .gexf and .json may be followed by .gz
+or .bz2 (``connectome.graphml.gz``): the file is written compressed, as ``graphs.write`` does. ``--out`` may also be an existing folder (or a
 path ending in ``/``): ``connectome_<level>.<format>`` is written into it. A mistake the user can fix
 ends with one ``error: ...`` line and status 2 (``ADAPTIVE_TRACEBACK=1`` shows the traceback);
 Ctrl-C ends with one line and status 130.
@@ -274,7 +275,8 @@ def _parser():
                             "in_shape, else the model's own)")
         if cmd == "export":
             s.add_argument("--out", metavar="PATH",
-                           help="file to write, its extension naming the format (.graphml, .gexf, .json, .pt), or "
+                           help="file to write, its extension naming the format (.graphml, .gexf, .json, .pt; the first "
+                                "three compressed with .gz or .bz2 after it, e.g. .graphml.gz), or "
                                 "an existing folder to write connectome_LEVEL.FORMAT into "
                                 "(default: RUN/connectome_LEVEL.FORMAT)")
             s.add_argument("--format", metavar="FORMAT",
@@ -360,7 +362,7 @@ def _check_out(out: str, folder: bool = False) -> None:
 
 def _export_path(a, run_dir: str):
     """(path, format) export writes: --out's extension is the format, --format may only agree with it."""
-    from .exporters import WRITERS
+    from .exporters import COMPRESSED, COMPRESSIBLE, WRITERS
 
     known = sorted({*(e.lstrip(".") for e in WRITERS), "pt"})  # plugins are loaded by now: their writers too
     fmt = a.format.lower() if a.format else None
@@ -374,13 +376,20 @@ def _export_path(a, run_dir: str):
         fmt = fmt or "graphml"
         return os.path.join(out or run_dir, f"connectome_{a.level}.{fmt}"), fmt
     ext = os.path.splitext(out)[1].lower()
+    endings = (f"{', '.join('.' + k for k in known)} (or compressed: "
+               f"{', '.join(e + c for e in COMPRESSIBLE for c in COMPRESSED)})")
     if not ext:
-        raise UsageError(f"--out {out!r} has no file extension, so it names no format: end it with "
-                         f"{', '.join('.' + k for k in known)}, or pass an existing folder (or end the path with /) "
-                         f"to write connectome_{a.level}.{fmt or 'graphml'} into it")
+        raise UsageError(f"--out {out!r} has no file extension, so it names no format: end it with {endings}, or "
+                         f"pass an existing folder (or end the path with /) to write "
+                         f"connectome_{a.level}.{fmt or 'graphml'} into it")
+    if ext in COMPRESSED:  # x.graphml.gz: the format is the extension before it
+        inner = os.path.splitext(os.path.splitext(out)[0])[1].lower()
+        if inner not in COMPRESSIBLE:
+            raise UsageError(f"--out {out!r} ends in {inner}{ext}, which graphs cannot write compressed: end it with "
+                             f"{endings}")
+        ext = inner
     if ext.lstrip(".") not in known:
-        raise UsageError(f"--out {out!r} ends in {ext}, a format graphs cannot write: end it with "
-                         f"{', '.join('.' + k for k in known)}")
+        raise UsageError(f"--out {out!r} ends in {ext}, a format graphs cannot write: end it with {endings}")
     if fmt and fmt != ext.lstrip("."):
         raise UsageError(f"--format {fmt} but --out {out!r} ends in {ext}: drop --format (the extension names the "
                          f"format) or give --out a .{fmt} name")

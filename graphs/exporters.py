@@ -71,7 +71,7 @@ def write(g, path, format: str | None = None) -> str:
     ext = _extension(format) if format else os.path.splitext(path)[1].lower()
     if not format and ext in COMPRESSED:
         inner = os.path.splitext(os.path.splitext(path)[0])[1].lower()
-        ext = inner if inner in (".graphml", ".gexf", ".json") else ext
+        ext = inner if inner in COMPRESSIBLE else ext
     if ext not in WRITERS:
         raise ValueError(f"cannot write {path!r}: unknown format {ext!r}; known are {sorted(WRITERS)}")
     with atomic_path(path) as tmp:  # a failing writer leaves the old file, never half a new one
@@ -168,6 +168,7 @@ def _graphml_writer(g, path):
 
 
 COMPRESSED = (".gz", ".bz2")
+COMPRESSIBLE = (".graphml", ".gexf", ".json")  # the built-in writers, which compress by the path's suffix
 
 
 def _open_text(path, mode: str = "w"):

@@ -462,6 +462,39 @@ def test_cli_export_writes_the_format_its_out_names(mlp_run, tmp_path, capsys):
     assert "which is a file, not a folder" in _error_line(capsys)
 
 
+def test_cli_export_writes_compressed_files_the_writers_compress(mlp_run, tmp_path, capsys):
+    """--out x.graphml.gz was refused ('ends in .gz, a format graphs cannot write') though graphs.write
+    writes it compressed: .graphml, .gexf and .json followed by .gz or .bz2 are written so (the format
+    before the suffix; --format may agree with it); a .pt.gz or an unknown inner extension is refused
+    with a message naming the endings that work."""
+    import bz2
+    import gzip
+
+    from graphs.cli import main
+
+    plain = tmp_path / "plain.json"
+    assert main(["export", str(mlp_run), "--out", str(plain)]) == 0
+    ref = graphs.read_json(plain)
+    pairs = lambda g: set(zip(g.src.tolist(), g.dst.tolist()))
+    assert main(["export", str(mlp_run), "--out", str(tmp_path / "g.graphml.gz")]) == 0
+    with gzip.open(tmp_path / "g.graphml.gz", "rb") as f:
+        back = graphs.from_networkx(nx.read_graphml(f))
+    assert pairs(back) == pairs(ref) and back.num_edges == ref.num_edges > 0
+    assert main(["export", str(mlp_run), "--format", "json", "--out", str(tmp_path / "g.json.bz2")]) == 0
+    assert bz2.open(tmp_path / "g.json.bz2").read(1) == b"{"
+    back = graphs.read_json(tmp_path / "g.json.bz2")
+    assert torch.equal(back.src, ref.src) and torch.equal(back.dst, ref.dst)
+    assert main(["export", str(mlp_run), "--out", str(tmp_path / "g.GEXF.GZ")]) == 0
+    assert gzip.open(tmp_path / "g.GEXF.GZ").read(5) == b"<?xml"
+    assert main(["export", str(mlp_run), "--format", "gexf", "--out", str(tmp_path / "h.json.gz")]) == 2
+    assert "--format gexf" in _error_line(capsys) and not (tmp_path / "h.json.gz").exists()
+    for bad in ("g.pt.gz", "g.xyz.bz2", "g.gz"):
+        assert main(["export", str(mlp_run), "--out", str(tmp_path / bad)]) == 2
+        err = _error_line(capsys)
+        assert "cannot write compressed" in err and ".graphml.gz" in err and ".json.bz2" in err, err
+        assert not (tmp_path / bad).exists()
+
+
 def test_cli_user_mistakes_end_with_one_error_line(mlp_run, tmp_path, capsys, monkeypatch):
     """Not a connectome, weights of another model, a report folder that is a file, Ctrl-C: one
     line naming the problem and the fix (status 2; 130 for Ctrl-C), no traceback."""
