@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from typing import Callable, Dict
 
@@ -342,6 +343,48 @@ def write_gexf(g, path):
 
 
 JSON_CHUNK = 1 << 18  # values of a column formatted and written at a time by write_json
+# JSON has no NaN or infinity (json.dumps' bare NaN/Infinity tokens are refused by JavaScript's JSON.parse,
+# Go, serde...): write_json writes them as these strings (protobuf's JSON mapping does the same), which
+# read_json turns back into the floats in a float column or a meta key listed under "nonfinite_meta"
+NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def _nonfinite_text(x: float) -> str:
+    return "NaN" if x != x else ("Infinity" if x > 0 else "-Infinity")
+
+
+def _json_values(part) -> str:
+    """``json.dumps`` of a column's chunk (a tensor or a list), non-finite floats as :data:`NONFINITE` strings."""
+    if not torch.is_tensor(part):
+        return json.dumps(part)
+    vals = part.tolist()
+    if part.is_floating_point():
+        for i in (~torch.isfinite(part)).nonzero().flatten().tolist():  # the non-finite values only
+            vals[i] = _nonfinite_text(vals[i])
+    return json.dumps(vals, allow_nan=False)
+
+
+def _strict_header(h: dict) -> dict:
+    """:func:`header` with the meta's non-finite floats as :data:`NONFINITE` strings, their keys listed
+    under ``"nonfinite_meta"`` (a meta string "NaN" stays a string)."""
+    fix = lambda v: _nonfinite_text(v) if isinstance(v, float) and not math.isfinite(v) else v
+    meta = {k: [fix(x) for x in v] if isinstance(v, list) else fix(v) for k, v in h["meta"].items()}
+    keys = [k for k in h["meta"] if json.dumps(meta[k]) != json.dumps(h["meta"][k])]
+    return {**h, "meta": meta, "nonfinite_meta": keys} if keys else h
+
+
+def _float_column(v: list, dtype) -> torch.Tensor:
+    """A column read back: the :data:`NONFINITE` strings of a float column as their floats (a file
+    written before them holds bare NaN tokens, which ``json.load`` reads as floats already)."""
+    try:
+        return torch.tensor(v, dtype=dtype)
+    except (TypeError, ValueError):
+        if not dtype.is_floating_point:
+            raise
+        try:
+            return torch.tensor([NONFINITE[x] if isinstance(x, str) else x for x in v], dtype=dtype)
+        except KeyError as e:
+            raise ValueError(f"a float column holds the string {e.args[0]!r}, not a number") from None
 
 
 @register_writer(".json")
@@ -350,19 +393,21 @@ def write_json(g, path):
     (``"src"``, ``"dst"``, each edge attribute), each a list: the bytes ``json.dumps`` gave of that
     document, written :data:`JSON_CHUNK` values at a time, so memory stays bounded by the chunk
     (``json.dumps`` of the whole document held every value as a Python object, then the whole text).
-    Written atomically; gzip- or bzip2-compressed where ``path`` ends in .gz or .bz2."""
+    Written atomically; gzip- or bzip2-compressed where ``path`` ends in .gz or .bz2. Strict JSON: a NaN or
+    infinite float (a diverged run's weights) is the string "NaN", "Infinity" or "-Infinity" (see
+    :data:`NONFINITE`), not the bare token ``json.dumps`` writes, which other tools' parsers refuse."""
     nodes = dict(g.node_attrs)
     nodes["name"] = g.node_names()
     tables = {"nodes": nodes, "edges": {"src": g.src, "dst": g.dst, **g.edge_attrs}}
     with atomic_path(path) as tmp, _open_text(tmp) as f:
-        f.write(json.dumps(header(g))[:-1])  # the header's object, left open
+        f.write(json.dumps(_strict_header(header(g)), allow_nan=False)[:-1])  # the header's object, left open
         for table, cols in tables.items():
             f.write(f", {json.dumps(table)}: {{")
             for i, (name, col) in enumerate(cols.items()):
                 f.write(f"{', ' if i else ''}{json.dumps(name)}: [")
                 for a in range(0, len(col), JSON_CHUNK):
                     part = col[a:a + JSON_CHUNK]
-                    f.write((", " if a else "") + json.dumps(part.tolist() if torch.is_tensor(part) else part)[1:-1])
+                    f.write((", " if a else "") + _json_values(part)[1:-1])
                 f.write("]")
             f.write("}")
         f.write("}")
@@ -370,7 +415,9 @@ def write_json(g, path):
 
 def read_json(path):
     """Read a graph written by ``write(g, "x.json")`` (or ``"x.json.gz"``, ``"x.json.bz2"``); any other
-    file (a report's summary.json, a GraphML file) is refused with a ValueError naming it."""
+    file (a report's summary.json, a GraphML file) is refused with a ValueError naming it. Non-finite
+    floats come back from the strings write_json writes, and from the bare NaN/Infinity tokens of files
+    written before it wrote strict JSON."""
     with _open_text(path, "r") as f:
         try:
             doc = json.load(f)
@@ -383,6 +430,9 @@ def read_json(path):
         raise ValueError(f"{os.fspath(path)!r} is not a graph written by graphs.write (format {fmt!r}, expected "
                          f"{FORMAT!r}, with 'nodes' and 'edges')")
     e = doc["edges"]
-    edges = {k: torch.tensor(v, dtype=getattr(torch, doc["edge_dtypes"][k])) for k, v in e.items() if k not in ("src", "dst")}
-    nodes = {k: torch.tensor(v, dtype=getattr(torch, doc["node_dtypes"][k])) for k, v in doc["nodes"].items() if k != "name"}
+    edges = {k: _float_column(v, getattr(torch, doc["edge_dtypes"][k])) for k, v in e.items() if k not in ("src", "dst")}
+    nodes = {k: _float_column(v, getattr(torch, doc["node_dtypes"][k])) for k, v in doc["nodes"].items() if k != "name"}
+    back = lambda v: [back(x) for x in v] if isinstance(v, list) else NONFINITE.get(v, v)
+    for k in doc.pop("nonfinite_meta", []):
+        doc["meta"][k] = back(doc["meta"][k])
     return from_header(doc, nodes, torch.tensor(e["src"], dtype=torch.long), torch.tensor(e["dst"], dtype=torch.long), edges)

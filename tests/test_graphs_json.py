@@ -3,6 +3,7 @@ json.dumps of the whole document, the writer used before, and memory bounded by 
 writer's grew with the edges)."""
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -15,12 +16,18 @@ from test_graphs_graphml import CASES, _big, _conn, Cat, write_peak
 torch.set_num_threads(1)
 
 
-def _reference(g) -> str:
-    """What write_json wrote before it streamed: json.dumps of the whole document."""
+def _reference(g, strict: bool = True) -> str:
+    """What write_json wrote before it streamed: json.dumps of the whole document; ``strict``: with
+    non-finite floats as the strings "NaN", "Infinity", "-Infinity" (else json.dumps' bare tokens, as
+    write_json wrote them before it wrote strict JSON)."""
+    text = lambda x: "NaN" if x != x else "Infinity" if x > 0 else "-Infinity"
+    enc = lambda v: [text(x) if strict and isinstance(x, float) and not math.isfinite(x) else x for x in v.tolist()]
     doc = graphs.exporters.header(g)
-    doc["nodes"] = {k: v.tolist() for k, v in g.node_attrs.items()}
+    if strict:
+        doc = graphs.exporters._strict_header(doc)
+    doc["nodes"] = {k: enc(v) for k, v in g.node_attrs.items()}
     doc["nodes"]["name"] = g.node_names()
-    doc["edges"] = {"src": g.src.tolist(), "dst": g.dst.tolist(), **{k: v.tolist() for k, v in g.edge_attrs.items()}}
+    doc["edges"] = {"src": g.src.tolist(), "dst": g.dst.tolist(), **{k: enc(v) for k, v in g.edge_attrs.items()}}
     return json.dumps(doc)
 
 
@@ -46,7 +53,8 @@ def test_json_is_the_document_json_dumps_wrote(case, level, tmp_path, monkeypatc
 
 
 def test_json_of_bool_and_float_columns_and_of_no_edges(tmp_path, monkeypatch):
-    """Bools, floats (nan and infinities too, as json.dumps writes them) and a graph without edges."""
+    """Bools, floats (nan and infinities too, as the strings "NaN", "Infinity", "-Infinity") and a graph
+    without edges."""
     g = graphs.build(_conn(Cat()), "unit")
     g.node_attrs["flag"] = torch.arange(g.num_nodes) % 3 == 0
     score = torch.linspace(-1e-7, 3e17, g.num_nodes, dtype=torch.float64)
@@ -146,3 +154,38 @@ def test_a_compression_suffix_in_upper_case_compresses_as_the_format_it_names(na
         assert f.read(len(magic)) == magic
     if name.lower().startswith("g.json"):
         assert_same(g, graphs.read_json(path))
+
+
+def test_json_is_strict_and_non_finite_floats_round_trip(tmp_path):
+    """NaN and infinite floats (a diverged run's weights) were written as json.dumps' bare NaN/Infinity
+    tokens, which are not JSON: strict parsers (JavaScript's JSON.parse, Go, serde) refuse the file.
+    They are the strings "NaN", "Infinity", "-Infinity" now, and read_json gives the floats back
+    exactly, in float columns and in the meta; a file written before (bare tokens) still reads."""
+    g = graphs.build(_conn(Cat()), "unit")
+    w = torch.randn(g.num_edges, generator=torch.Generator().manual_seed(0))  # float32
+    w[[0, 2, 5]] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    g.edge_attrs["w"] = w
+    g.node_attrs["score"] = torch.full((g.num_nodes,), float("nan"), dtype=torch.float64)
+    g.meta["loss"], g.meta["curve"], g.meta["label"] = float("inf"), [1.0, float("nan")], "NaN"
+
+    def refuse(token):
+        raise ValueError(token)
+
+    for name in ("g.json", "g.json.gz"):
+        path = graphs.write(g, tmp_path / name)
+        with graphs.exporters._open_text(path, "r") as f:
+            doc = json.load(f, parse_constant=refuse)  # no bare NaN / Infinity token
+        assert doc["edges"]["w"][:6:] == ["NaN", doc["edges"]["w"][1], "Infinity", *doc["edges"]["w"][3:5], "-Infinity"]
+        back = graphs.read_json(path)
+        assert back.edge_attrs["w"].dtype == torch.float32 and bool(back.edge_attrs["w"][0].isnan())
+        assert torch.equal(back.edge_attrs["w"].isnan(), w.isnan()) and torch.equal(back.edge_attrs["w"][1:], w[1:])
+        assert bool(back.node_attrs["score"].isnan().all())
+        assert back.meta["loss"] == float("inf") and back.meta["curve"][0] == 1.0 and back.meta["curve"][1] != back.meta["curve"][1]
+        assert back.meta["label"] == "NaN"  # a string stays a string
+        assert torch.equal(back.src, g.src) and torch.equal(back.dst, g.dst)  # (assert_same: nan != nan)
+    old = tmp_path / "old.json"  # what write_json wrote before: json.dumps' bare tokens
+    old.write_text(_reference(g, strict=False))
+    assert "NaN" in old.read_text() and '"NaN"' not in old.read_text().split('"edges"')[1]
+    back = graphs.read_json(old)
+    assert torch.equal(back.edge_attrs["w"].isnan(), w.isnan()) and torch.equal(back.edge_attrs["w"][1:], w[1:])
+    assert back.meta["loss"] == float("inf")
