@@ -411,7 +411,8 @@ class FlowProp(ShapeProp):
                 raise InputError(f"{name} reads {in_src.numel()} input units on axis {axis} of its input "
                                  f"{tuple(x.shape)} but its weight expects {shape[1] * groups}: graphs needs a batch "
                                  "dimension first; is example_input one sample without it? (pass x.unsqueeze(0))")
-            self.book.layers.append(LayerFlow(name, f"{name}.weight", gid, kind, shape, groups, in_src, n.name,
+            param = f"{name}.weight" if name else "weight"  # F.linear(x, self.weight) in the model itself
+            self.book.layers.append(LayerFlow(name, param, gid, kind, shape, groups, in_src, n.name,
                                               transposed=transposed))
             self.seen_modules[name] = lid
         ids = torch.arange(start, start + shape[0])

@@ -246,3 +246,17 @@ def test_functional_linear_on_another_weight_says_why_it_is_unknown():
                                          r"module itself") as rec:
         graphs.build(model=Net(), level="unit", example_input=torch.randn(2, 3))
     assert not any("graphs.register_op(" in str(w.message) for w in rec if "'linear'" in str(w.message))
+
+
+def test_functional_linear_of_a_linear_subclass_given_as_the_model_names_its_weight():
+    """A subclass of nn.Linear defined outside torch.nn, given as the whole model, is traced into: its
+    F.linear(x, self.weight, self.bias) is the model's own layer, whose parameter is "weight" (as for a
+    plain nn.Linear); it was named ".weight", so utility={"weight": ...} was refused."""
+
+    class MyLinear(nn.Linear):
+        pass
+
+    g = graphs.build(model=MyLinear(3, 4), level="synapse", example_input=torch.randn(2, 3),
+                     utility={"weight": torch.ones(4, 3)})
+    assert [(l.module, l.param) for l in g.layers] == [("", "weight")]
+    assert int((g.edge_attrs["kind"] == EDGE_SYNAPSE).sum()) == 12
