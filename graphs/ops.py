@@ -27,7 +27,7 @@ Every op falls in one category:
   resampling): channel ``c`` of the output is fed by channel ``c`` of the input.
 - ``broadcast``: elementwise arithmetic of several tensors (residual ``+``, squeeze-excitation ``*``):
   each output element is fed by the elements it was computed from (a *junction* when they differ).
-- ``shape``: moves elements without computing (view, flatten, cat, getitem, pad, permute, split,
+- ``shape``: moves elements without computing (view, flatten, cat, getitem, pad, permute, split, unbind,
   pixel_shuffle/pixel_unshuffle): evaluated exactly on tensors of unit ids.
 - ``reduce``: mean/sum/amax over some dimensions.
 
@@ -105,12 +105,12 @@ BROADCAST_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_",
 SHAPE_FUNCTIONS = {
     torch.flatten, torch.reshape, torch.cat, torch.concat, torch.stack, torch.permute, torch.transpose,
     torch.squeeze, torch.unsqueeze, torch.split, torch.chunk, torch.narrow, torch.movedim, F.pad,
-    operator.getitem, torch.unflatten, torch.triu, torch.tril, F.pixel_shuffle, F.pixel_unshuffle,
+    operator.getitem, torch.unflatten, torch.triu, torch.tril, F.pixel_shuffle, F.pixel_unshuffle, torch.unbind,
 }
 SHAPE_METHODS = {
     "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "split", "chunk", "narrow",
     "expand", "expand_as", "repeat", "movedim", "unflatten", "t", "view_as", "reshape_as", "contiguous",
-    "triu", "tril",
+    "triu", "tril", "unbind",
 }
 # pointwise ops that act along axis 1 (statistics, pooling, padding, resampling): not elementwise
 _ALONG_AXIS_ONE_MODULES = (

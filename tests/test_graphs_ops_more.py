@@ -260,3 +260,35 @@ def test_functional_linear_of_a_linear_subclass_given_as_the_model_names_its_wei
                      utility={"weight": torch.ones(4, 3)})
     assert [(l.module, l.param) for l in g.layers] == [("", "weight")]
     assert int((g.edge_attrs["kind"] == EDGE_SYNAPSE).sum()) == 12
+
+
+class TimmAttention(nn.Module):
+    """timm's ViT attention: one qkv Linear, its output split by reshape/permute/unbind, 2 heads of 4."""
+
+    def __init__(self, dim=8, heads=2, fn=False):
+        super().__init__()
+        self.heads, self.fn = heads, fn
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = torch.unbind(qkv, 0) if self.fn else qkv.unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+@pytest.mark.parametrize("fn", [False, True])
+def test_timm_attention_split_by_unbind_reaches_the_heads(fn):
+    """q, k, v = qkv.unbind(0) (timm's ViT) is a shape op: proj input channel c (head c // 4) reads
+    qkv's value unit 16 + c and the query and key units of its head only. unbind was unknown: one
+    junction of all 24 qkv units feeding every proj unit."""
+    g = build(TimmAttention(fn=fn), torch.randn(2, 5, 8))
+    lay = {l.module: l for l in g.layers}
+    names = g.node_names()
+    att = [names[i] for i in lay["proj"].in_src.tolist()]
+    feeds = _feeds(g, att[0].split(":")[0])
+    for c in range(8):
+        h = c // 4
+        want = {f"qkv:{16 + c}"} | {f"qkv:{4 * h + i}" for i in range(4)} | {f"qkv:{8 + 4 * h + i}" for i in range(4)}
+        assert feeds[int(att[c].split(":")[1])] == want
