@@ -382,17 +382,19 @@ def _export_path(a, run_dir: str):
         raise UsageError(f"--out {out!r} has no file extension, so it names no format: end it with {endings}, or "
                          f"pass an existing folder (or end the path with /) to write "
                          f"connectome_{a.level}.{fmt or 'graphml'} into it")
+    packed = ""  # the compression suffix of x.graphml.gz, as written
     if ext in COMPRESSED:  # x.graphml.gz: the format is the extension before it
         inner = os.path.splitext(os.path.splitext(out)[0])[1].lower()
         if inner not in COMPRESSIBLE:
             raise UsageError(f"--out {out!r} ends in {inner}{ext}, which graphs cannot write compressed: end it with "
                              f"{endings}")
-        ext = inner
+        ext, packed = inner, os.path.splitext(out)[1]
     if ext.lstrip(".") not in known:
         raise UsageError(f"--out {out!r} ends in {ext}, a format graphs cannot write: end it with {endings}")
     if fmt and fmt != ext.lstrip("."):
-        raise UsageError(f"--format {fmt} but --out {out!r} ends in {ext}: drop --format (the extension names the "
-                         f"format) or give --out a .{fmt} name")
+        want = f".{fmt}{packed}" if packed and f".{fmt}" in COMPRESSIBLE else f".{fmt}"
+        raise UsageError(f"--format {fmt} but --out {out!r} ends in {ext}{packed}: drop --format (the extension names "
+                         f"the format) or give --out a {want} name")
     return out, ext.lstrip(".")
 
 

@@ -699,3 +699,16 @@ def test_cli_a_failed_pt_write_is_named_as_one_not_as_a_model_failure(cmd, mlp_r
     err = _error_line(capsys)
     assert f"cannot write {out}: open file failed with strerror: No space left on device" in err
     assert "--model" not in err and "enforce fail" not in err and not list(tmp_path.iterdir())
+
+
+def test_cli_export_format_disagreeing_with_a_compressed_out_names_the_whole_ending(mlp_run, tmp_path, capsys):
+    """--format graphml --out x.json.gz: the refusal said --out "ends in .json" and to give it a
+    .graphml name (which would drop the compression); it names .json.gz and .graphml.gz now."""
+    from graphs.cli import main
+
+    assert main(["export", str(mlp_run), "--format", "graphml", "--out", str(tmp_path / "x.json.GZ")]) == 2
+    err = _error_line(capsys)
+    assert "ends in .json.GZ" in err and "a .graphml.GZ name" in err, err
+    assert main(["export", str(mlp_run), "--format", "pt", "--out", str(tmp_path / "x.json.bz2")]) == 2
+    err = _error_line(capsys)
+    assert "ends in .json.bz2" in err and "a .pt name" in err, err
