@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import operator
 import warnings
 from dataclasses import dataclass, field
@@ -712,12 +713,13 @@ class FlowProp(ShapeProp):
             dim = 0 if nd in (0, 1, 3) else 1
         if tuple(result.shape) != tuple(x.shape):
             raise ValueError(f"it changed the shape ({tuple(x.shape)} -> {tuple(result.shape)})")
-        d = int(dim) % nd
+        d = sorted({int(k) % nd for k in (dim if isinstance(dim, (tuple, list)) else (dim,))})  # F.normalize: several
         s = _squeeze_uniform(x)
-        if s.shape[d] == 1:
+        if all(s.shape[k] == 1 for k in d):
             return x
-        t = s.movedim(d, -1)
-        L = t.shape[-1]
+        ends = list(range(nd - len(d), nd))
+        t = s.movedim(d, ends)
+        L = math.prod(t.shape[nd - len(d):])
         rows = t.reshape(-1, L).long()
         slices, which = torch.unique(rows, dim=0, return_inverse=True)
         stats = self.book.combine(torch.arange(slices.shape[0]).repeat_interleave(L), slices.reshape(-1),
@@ -726,7 +728,7 @@ class FlowProp(ShapeProp):
         combos, inverse = torch.unique(pairs, dim=1, return_inverse=True)
         m = combos.shape[1]
         ids = self.book.combine(torch.arange(m).repeat(2), combos.reshape(-1), m, n.name, "normalize")
-        return ids[inverse].to(torch.float64).view(t.shape).movedim(-1, d).expand(result.shape)
+        return ids[inverse].to(torch.float64).view(t.shape).movedim(ends, d).expand(result.shape)
 
     def _windowed(self, ch, size, name):
         """Channel sources ``ch`` after a LocalResponseNorm of ``size``: channel ``c`` is scaled by the

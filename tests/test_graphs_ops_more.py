@@ -292,3 +292,18 @@ def test_timm_attention_split_by_unbind_reaches_the_heads(fn):
         h = c // 4
         want = {f"qkv:{16 + c}"} | {f"qkv:{4 * h + i}" for i in range(4)} | {f"qkv:{8 + 4 * h + i}" for i in range(4)}
         assert feeds[int(att[c].split(":")[1])] == want
+
+
+def test_normalize_over_several_dims():
+    """F.normalize(x, dim=(2, 3)) (torch takes a tuple of dims: the norm over every pixel of a channel)
+    keeps each channel alone; dim=(1, 3) reads all channels through one statistics junction. A tuple
+    was an unknown op (TypeError in the rule), all to all, with a hint to register normalize as pointwise."""
+    for dims, across in (((2, 3), False), ((-1, -2), False), ((1, 3), True)):
+        net = nn.Sequential(nn.Conv2d(2, 3, 1), Fn(lambda h, dims=dims: F.normalize(h, dim=dims)), nn.Conv2d(3, 2, 1))
+        g = build(net, torch.randn(1, 2, 4, 4))
+        op = "normalize"
+        if across:
+            assert edge_set(g) >= (wires("0", op, [(i, i) for i in range(3)])
+                                   | wires("0", f"{op}.statistics", [(i, 0) for i in range(3)]) | full(op, "2", 3, 2))
+        else:
+            assert edge_set(g) >= full("0", "2", 3, 2) and not [gr for gr in g.groups if gr.kind == "junction"]
