@@ -210,16 +210,20 @@ def step_points(steps: Sequence, values: Sequence, start=None, last_step=None) -
 
 
 def plot_density(events: Sequence[dict], path, kept: Optional[dict] = None, last_step=None,
-                 title: Optional[str] = None) -> Path:
+                 title: Optional[str] = None, rows: Sequence[dict] = ()) -> Path:
     """Overall and per-layer density against step, a step function: each controller event's density
     holds until the next event, and the last one until ``last_step`` (the run's last step). The
     overall line starts at step 0 at the density before the first event (from its counts); a layer's
     starts at its first event, before which events record no layer density. ``kept`` (``step``,
     ``density``): the masks a run kept when they are not its last ones, marked with a star.
-    ``title``: a line above the figure's own (name the model and dataset)."""
+    ``title``: a line above the figure's own (name the model and dataset). ``rows``: metric rows;
+    the ``silent_units`` of train rows (the share of units no gradient reached over each row's
+    steps) is drawn on the same 0-1 axis, each value over the interval that ends at its row."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     evs = [e for e in events if "density" in e]
+    silent = [(r["step"], r["silent_units"]) for r in rows
+              if r.get("split") == "train" and finite(r.get("silent_units"))]
     if evs:
         steps = [e["step"] for e in evs]
         layers: List[str] = list(evs[-1].get("layer_density", {}))
@@ -230,6 +234,10 @@ def plot_density(events: Sequence[dict], path, kept: Optional[dict] = None, last
                     **single_point_marker(len(xs)))
         xs, ys = step_points(steps, [e["density"] for e in evs], density_before(evs[0]), last_step)
         ax.plot(xs, ys, color="k", lw=2.2, label="overall", drawstyle="steps-post", **single_point_marker(len(xs)))
+    if silent:
+        xs, ys = zip(*silent)
+        ax.plot(xs, ys, color="tab:red", lw=1.2, ls=":", drawstyle="steps-pre",
+                label="silent units (no gradient over the row)", **single_point_marker(len(xs)))
     if kept is not None:
         ax.plot([kept["step"]], [kept["density"]], **KEPT_STYLE)
     if not evs:
@@ -237,7 +245,7 @@ def plot_density(events: Sequence[dict], path, kept: Optional[dict] = None, last
     ax.set_xlabel("training step")
     ax.set_ylabel("density (live synapses / synapses)")
     ax.set_ylim(0, 1.05)
-    ax.set_title(_headed(title, "connectome density, overall and per layer"))
+    ax.set_title(_headed(title, "connectome density, overall and per layer" + ("; silent units" if silent else "")))
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         # beside the axes: inside, it covered the layers' lines
@@ -324,7 +332,8 @@ def plot_grad_norm(rows: Sequence[dict], path, max_grad_norm: Optional[float] = 
 def plot_run(rows: Sequence[dict], events: Sequence[dict], out_dir,
              labels: Optional[Dict[str, str]] = None, kept: Optional[dict] = None,
              title: Optional[str] = None, max_grad_norm: Optional[float] = None) -> Dict[str, Path]:
-    """Write ``loss_accuracy.png``, ``density.png`` and ``edits.png`` into ``out_dir``, and
+    """Write ``loss_accuracy.png``, ``density.png`` (with the train rows' ``silent_units`` where they
+    carry it) and ``edits.png`` into ``out_dir``, and
     ``grad_norm.png`` where train rows carry a ``grad_norm`` (a run that clips its gradients; its
     limit ``max_grad_norm`` drawn where given); ``labels`` as in :func:`plot_loss_accuracy`; ``kept``
     (``step``, ``density``, ``holdout_loss``, ``holdout_acc``): the masks the run kept where they are
@@ -335,7 +344,8 @@ def plot_run(rows: Sequence[dict], events: Sequence[dict], out_dir,
     steps = [r["step"] for r in rows if isinstance(r.get("step"), (int, float))]
     files = {
         "loss_accuracy": plot_loss_accuracy(rows, out / "loss_accuracy.png", labels, kept, title=title),
-        "density": plot_density(events, out / "density.png", kept, last_step=max(steps, default=None), title=title),
+        "density": plot_density(events, out / "density.png", kept, last_step=max(steps, default=None), title=title,
+                                rows=rows),
         "edits": plot_edits(events, out / "edits.png", title=title),
     }
     if any(r.get("grad_norm") is not None for r in rows):

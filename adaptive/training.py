@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,10 @@ _CKPT_RE = re.compile(r"^step_(\d+)$")
 METRIC_FIELDS = ("step", "epoch", "split", "loss", "accuracy", "density", "removed", "lr")
 # written after METRIC_FIELDS only when a row carries them (train rows of a run that clips gradients)
 CLIP_FIELDS = ("grad_norm", "clipped")
+# train rows of a run that watches silent units (TrainState.silent_units: adaptive.diagnostics.SilentUnits):
+# the share of its layers' units that no gradient reached over the row's steps
+SILENT_FIELDS = ("silent_units",)
+OPTIONAL_FIELDS = CLIP_FIELDS + SILENT_FIELDS
 # TrainState.window: loss sum, correct count, examples; with clipping, the sum of the steps' finite
 # pre-clip gradient norms, the steps clipped and the steps counted
 _WINDOW = 6
@@ -67,6 +71,12 @@ class TrainState:
     # wall seconds of the run up to this state, over every session of a resumed run (set by the
     # recipe before each checkpoint); None: resumed from a checkpoint that did not record it
     seconds: Optional[float] = 0.0
+    # a SilentUnits watching the run's layers (adaptive.diagnostics): its interval so far is saved with
+    # the state (summed over processes: saved_silent, set by save_checkpoint), so a resumed run's
+    # silent_units column is the uninterrupted run's
+    silent_units: Optional[Any] = field(default=None, compare=False, repr=False)
+    saved_silent: Optional[List[float]] = None
+    silent_layers: Optional[list] = None  # the last train row's LayerSilence list (until the recipe reads it)
 
     def state_dict(self) -> dict:
         """The window is saved summed over all processes (only the main process's copy is written)."""
@@ -74,7 +84,13 @@ class TrainState:
         return {"step": self.step, "epoch": self.epoch, "metrics": [dict(r) for r in self.metrics],
                 "window": [float(v) for v in window], "processes": self.processes,
                 "steps_per_epoch": self.steps_per_epoch, "gradient_accumulation_steps": self.accumulation,
-                "lr": self.lr, "seconds": self.seconds}
+                "lr": self.lr, "seconds": self.seconds, **self._silent_state()}
+
+    def _silent_state(self) -> dict:
+        if self.silent_units is None:
+            return {}
+        v = self.saved_silent if self.saved_silent is not None else self.silent_units.vector().tolist()
+        return {"silent": [float(x) for x in v]}
 
     def load_state_dict(self, sd: dict) -> None:
         """Each process takes an equal share of the saved window, so the next row's sum over
@@ -90,6 +106,11 @@ class TrainState:
         n = _world_size()
         window = [float(v) / n for v in sd.get("window", ())]
         self.window = window + [0.0] * (_WINDOW - len(window))  # older checkpoints: loss and accuracy only
+        if self.silent_units is not None:  # (every process takes the whole: only where it is zero counts)
+            if "silent" in sd:
+                self.silent_units.load_vector(torch.tensor(sd["silent"], dtype=torch.float32))
+            else:  # older checkpoints: the interval restarts here
+                self.silent_units.reset()
 
 
 def _world_size() -> int:
@@ -229,6 +250,10 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     over the row's steps, and ``clipped``, the share of those steps it scaled down (torch's factor
     ``min(1, max_norm / (norm + 1e-6))`` below 1: :func:`~adaptive.clipping.clip_factor`; steps whose
     norm is not finite, which a GradScaler skips, count in neither; None if all were).
+
+    ``state.silent_units`` (an :class:`adaptive.diagnostics.SilentUnits` on the model's layers, or
+    None): train rows then carry ``silent_units``, the share of its units no gradient reached over the
+    row's steps, and ``state.silent_layers`` holds the row's per-layer counts.
     """
     if accelerator.gradient_accumulation_steps > 1:
         from accelerate.data_loader import DataLoaderStateMixin
@@ -287,6 +312,10 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
                 counted = float(tot[5])
                 row.update(grad_norm=float(tot[3]) / counted if counted else None,
                            clipped=float(tot[4]) / counted if counted else None)
+            if state.silent_units is not None:  # (a collective call, as the reduce above)
+                state.silent_layers = state.silent_units.layers(accelerator)
+                state.silent_units.reset()
+                row["silent_units"] = state.silent_units.share(state.silent_layers)
             state.window = [0.0] * _WINDOW
         if progress is not None:
             progress.update(1)
@@ -368,6 +397,9 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
         win = torch.tensor(state.window, dtype=torch.float64, device=accelerator.device)
         tot = accelerator.reduce(win, reduction="sum").cpu()
         state.saved_window = tot.tolist()
+        if state.silent_units is not None:
+            v = state.silent_units.vector(accelerator.device)
+            state.saved_silent = accelerator.reduce(v, reduction="sum").cpu().tolist()
     if not failed:
         try:
             accelerator.save_state(str(tmp))
@@ -375,7 +407,7 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
             failed = write_failure(e)
         finally:
             if state is not None:
-                state.saved_window = None
+                state.saved_window = state.saved_silent = None
     accelerator.wait_for_everyone()
     if accelerator.num_processes > 1:  # every process raises together, not only the one whose write failed
         from accelerate.utils import gather_object
@@ -541,9 +573,9 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
 # ----------------------------------------------------------------------------- files
 
 def write_metrics_csv(rows: List[dict], path) -> None:
-    """Write metric rows (the fields of :data:`METRIC_FIELDS`, then those of :data:`CLIP_FIELDS`
+    """Write metric rows (the fields of :data:`METRIC_FIELDS`, then those of :data:`OPTIONAL_FIELDS`
     where a row carries them) as CSV, atomically."""
-    fields = list(METRIC_FIELDS) + [k for k in CLIP_FIELDS if any(k in r for r in rows)]
+    fields = list(METRIC_FIELDS) + [k for k in OPTIONAL_FIELDS if any(k in r for r in rows)]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
@@ -551,7 +583,7 @@ def write_metrics_csv(rows: List[dict], path) -> None:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
 
 
-_FLOAT_FIELDS = ("loss", "accuracy", "density", "lr") + CLIP_FIELDS
+_FLOAT_FIELDS = ("loss", "accuracy", "density", "lr") + OPTIONAL_FIELDS
 
 
 def read_metrics_csv(path) -> List[dict]:

@@ -48,6 +48,7 @@ from adaptive import jsonio  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive import run_folder  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
+from adaptive.diagnostics.silent_units import SilentUnits  # noqa: E402
 from adaptive.data import get_dataloaders as _get_dataloaders  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.training import (  # noqa: E402
@@ -799,6 +800,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     # DDP averages gradients over every process's batch before the controller sees them
     ctrl = build_controller(cfg, conn, optimizer, total_steps, num_processes=accelerator.num_processes)
     state = TrainState(processes=accelerator.num_processes, steps_per_epoch=steps_per_epoch, accumulation=accum)
+    silent = state.silent_units = SilentUnits.from_connectome(conn)  # (hooks on the unwrapped model's layers)
     # The registration order is part of the checkpoint format: custom_checkpoint_0..3.
     accelerator.register_for_checkpointing(conn, ctrl, state, lr_scheduler)
     if resume_from is not None:
@@ -846,6 +848,22 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
         if main:
             write_metrics_csv(state.metrics, output_dir / "metrics.csv")
 
+    warned_silent = set()
+
+    def warn_silent() -> None:
+        """Warn, once per layer, about a layer most of whose units no gradient reached over the last
+        train row's steps."""
+        for l in SilentUnits.alarming(state.silent_layers or []):
+            if l.name not in warned_silent:
+                warned_silent.add(l.name)
+                accelerator.print(
+                    f"warning: {l.name}: {l.silent} of {l.units} units received no gradient over steps "
+                    f"{state.step - cfg.log_every + 1}-{state.step}, so the network trains without them: ReLUs that "
+                    f"no longer fire on any input (a lower --lr or a larger --batch_size usually keeps them alive), or "
+                    f"units whose outgoing synapses are all pruned (python -m graphs report RUN_DIR counts those); "
+                    f"metrics.csv's silent_units column follows the share")
+        state.silent_layers = None
+
     def eval_holdout():
         if len(loaders.datasets.holdout) == 0:
             return None
@@ -855,6 +873,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
         return acc
 
     def step_hook(s: TrainState):
+        warn_silent()
         # the holdout row of a step comes before its checkpoint, so a resumed run has it too
         if (s.step % cfg.eval_every == 0) if cfg.eval_every else (s.step % steps_per_epoch == 0):
             eval_holdout()

@@ -231,3 +231,22 @@ def test_a_clipping_run_gets_a_gradient_norm_figure_with_its_limit(figures, tmp_
     assert labels == ["gradient norm before clipping (row mean)", "--max_grad_norm 1", "share of the row's steps clipped"]
     figures.clear()
     assert "grad_norm" not in plots.plot_run([dict(step=5, split="train", loss=1.0, accuracy=0.5)], [], tmp_path / "run")
+
+
+def test_density_figure_draws_the_train_rows_silent_units(figures, tmp_path):
+    """The silent_units of train rows (a train-mode run's) share density.png's 0-1 axis, each value over
+    the interval its row closes; non-finite values and other splits are left out; no column, no line."""
+    ev = [{"step": 0, "kind": "init", "density": 0.5, "layer_density": {"a": 0.5}}]
+    rows = [dict(step=s, split="train", loss=1.0, accuracy=0.5, silent_units=v)
+            for s, v in ((10, 0.0), (20, 0.25), (30, NAN), (40, 0.75))]
+    rows.append(dict(step=40, split="holdout", loss=1.0, accuracy=0.5, silent_units=0.9))
+    plots.plot_run(rows, ev, tmp_path / "run")
+    ax = figures[1].axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    silent = lines["silent units (no gradient over the row)"]
+    assert silent.get_drawstyle() == "steps-pre"
+    assert silent.get_xydata().tolist() == [[10, 0.0], [20, 0.25], [40, 0.75]]
+    assert ax.get_title().endswith("; silent units")
+    plots.plot_run([dict(r, silent_units=None) for r in rows], ev, tmp_path / "none")
+    labels = [line.get_label() for line in figures[-2].axes[0].get_lines()]
+    assert not any("silent" in label for label in labels)

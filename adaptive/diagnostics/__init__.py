@@ -7,6 +7,8 @@
 - :func:`knowledge_distribution` (knowledge.py): accuracy of what remains against weights removed
   in utility order (removal_order.py), with an exponential fit.
 - :func:`progress` (progress.py): a run's controller events and metrics drawn against removal.
+- :class:`SilentUnits` (silent_units.py): the units of a training network that no gradient reaches
+  (dead ReLUs, units cut off by pruning); the recipe reports their share in metrics.csv.
 
 Every diagnostic returns its numbers as a :class:`Table` and draws PNG figures (SVG on request).
 """
@@ -16,11 +18,12 @@ from .gradient_depth import GradientByDepth, gradient_by_depth, resolve_depths, 
 from .knowledge import KnowledgeCurve, evaluate, fit_exponential, knowledge_distribution
 from .progress import Progress, progress, read_events, read_metrics
 from .removal_order import global_order, removal_scores
+from .silent_units import LayerSilence, SilentUnits
 from .table import Table, save_figure
 
 __all__ = [
     "BandGradientScaler", "Collinearity", "collinearity", "GradientByDepth", "gradient_by_depth",
     "resolve_depths", "weight_depths", "KnowledgeCurve", "evaluate", "fit_exponential",
     "knowledge_distribution", "Progress", "progress", "read_events", "read_metrics",
-    "global_order", "removal_scores", "Table", "save_figure",
+    "global_order", "removal_scores", "LayerSilence", "SilentUnits", "Table", "save_figure",
 ]

@@ -14,6 +14,9 @@ Variants:
                  the previous hot path: all gradients masked in one torch._foreach_mul_ just
                  before the optimizer step
   bool masks     the first hot path: one mul_ per layer by the bool mask (dtype cast per element)
+  ours + silent units
+                 ours, with the adaptive.diagnostics.SilentUnits hooks recipes/adaptive.py puts on
+                 every train-mode run (an amax of |gradient| per unit of each layer's output)
 Besides whole-step ratios (noisy on a shared machine) it times the masking work alone, which is
 all the connectome adds to a step, for the library's path and for per-layer float multiplies.
   rigl-torch     rigl_torch.RigLScheduler (PyPI, static topology, so only its per-step masking is
@@ -46,6 +49,7 @@ import adaptive  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive import Connectome  # noqa: E402
 from adaptive.grad_masking import _GradHook  # noqa: E402
+from adaptive.diagnostics.silent_units import SilentUnits  # noqa: E402
 
 RESULTS = ROOT / "recipes" / "benchmarks" / "results" / "overhead.md"
 
@@ -307,6 +311,9 @@ def bench_case(label, spec, rounds, warmup, steps_per_sample, seed=0):
     runners = [Runner("plain", copy.deepcopy(base), x, y), Runner("plain, second copy (noise control)", copy.deepcopy(base), x, y)]
     runners.append(ours(Connectome, "ours", base, x, y))
     runners.append(ours(AtStep, "ours, masked at the step (previous path)", base, x, y))
+    watched = ours(Connectome, "ours + silent units (the recipe's watch)", base, x, y)
+    watched.silent = SilentUnits.from_connectome(watched.conn)
+    runners.append(watched)
     rg = rigl(base, x, y)
     if isinstance(rg, Runner):
         runners.append(rg)
@@ -351,6 +358,8 @@ def bench_case(label, spec, rounds, warmup, steps_per_sample, seed=0):
                 assert bool((p.detach()[~conn.masks[n]] == 0).all()), f"{r.name}: {n} revived a pruned weight"
             r.bytes_per_synapse = conn.resident_bytes() / conn.num_synapses()
             r.density = conn.density()
+        if getattr(r, "silent", None) is not None:  # the watch really ran inside the timed steps
+            assert r.silent.layers(), f"{r.name}: no layer's output gradient reached the watch"
         row.update(bytes=r.bytes_per_synapse, density=r.density)
         out["rows"][r.name] = row
     if not isinstance(rg, Runner):

@@ -1,0 +1,136 @@
+"""adaptive.diagnostics.SilentUnits: units no gradient reaches, counted exactly on networks whose dead
+units are known, carried through a checkpoint, and reported by the recipe's train rows."""
+import os
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import adaptive
+from adaptive.diagnostics import SilentUnits
+from adaptive.training import TrainState, read_metrics_csv
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _scripts import load_script  # noqa: E402
+
+R = load_script("recipes/adaptive.py", "recipe_adaptive_silent")
+
+
+def _dead_mlp(inplace=False, dead=(0, 3, 5)):
+    """5 -> 8 -> 3 with the given hidden ReLUs dead: a bias of -100 keeps them below zero on any input."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 8), nn.ReLU(inplace=inplace), nn.Linear(8, 3))
+    with torch.no_grad():
+        m[0].bias[list(dead)] = -100.0
+    return m
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_dead_relus_of_a_linear_layer_are_counted_exactly(inplace):
+    m = _dead_mlp(inplace)
+    s = SilentUnits({"hidden": m[0], "out": m[2]})
+    for _ in range(3):
+        m(torch.randn(32, 5)).logsumexp(1).sum().backward()
+    hidden, out = s.layers()
+    assert (hidden.name, hidden.silent, hidden.units) == ("hidden", 3, 8)
+    assert (out.silent, out.units) == (0, 3)
+    assert SilentUnits.share([hidden, out]) == pytest.approx(3 / 11)
+    assert SilentUnits.alarming([hidden, out]) == []  # 3 of 8 is below half
+    s.reset()
+    assert s.layers() == []  # nothing measured since the reset
+
+
+def test_dead_channels_of_a_convolution_and_a_layer_called_twice():
+    torch.manual_seed(0)
+    conv, shared = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 1)
+    with torch.no_grad():
+        conv.bias[[1, 2, 4, 5]] = -100.0
+
+    def net(x):
+        h = torch.relu(conv(x))
+        return shared(torch.relu(shared(h))).mean((2, 3))
+
+    s = SilentUnits({"conv": conv, "shared": shared})
+    net(torch.randn(4, 3, 8, 8)).pow(2).sum().backward()
+    layers = {l.name: l for l in s.layers()}
+    assert (layers["conv"].silent, layers["conv"].units) == (4, 6)
+    # the second call's output always gets a gradient: every channel of the shared layer is reached
+    assert layers["shared"].silent == 0
+    assert [l.name for l in SilentUnits.alarming(list(layers.values()))] == ["conv"]  # 4 of 6
+
+
+def test_layers_that_never_ran_in_training_are_not_measured():
+    m = _dead_mlp()
+    unused = nn.Linear(8, 4)
+    s = SilentUnits({"hidden": m[0], "out": m[2], "unused": unused})
+    with torch.no_grad():  # no gradient: not an interval
+        m(torch.randn(4, 5))
+    m.eval()  # evaluation mode: not training, not counted
+    m(torch.randn(4, 5)).sum().backward()
+    assert s.layers() == []
+    m.train()
+    m(torch.randn(4, 5)).sum().backward()
+    assert [l.name for l in s.layers()] == ["hidden", "out"]
+    s.remove()
+    s.reset()
+    m(torch.randn(4, 5)).sum().backward()
+    assert s.layers() == []  # the hooks are gone
+
+
+def test_bad_layers_are_refused():
+    with pytest.raises(ValueError, match="no layers"):
+        SilentUnits({})
+    with pytest.raises(TypeError, match="ReLU.*Linear or Conv"):
+        SilentUnits({"act": nn.ReLU()})
+
+
+def test_the_interval_survives_a_train_state_checkpoint():
+    m = _dead_mlp()
+    state = TrainState(silent_units=SilentUnits({"hidden": m[0], "out": m[2]}))
+    m(torch.randn(8, 5)).sum().backward()
+    sd = state.state_dict()
+    fresh = _dead_mlp()
+    back = TrainState(silent_units=SilentUnits({"hidden": fresh[0], "out": fresh[2]}))
+    back.load_state_dict(sd)
+    assert back.silent_units.layers() == state.silent_units.layers()
+    assert back.silent_units.layers()[0].silent == 3
+    # the resumed interval goes on: a gradient now reaching a unit counts with the saved ones
+    with torch.no_grad():
+        fresh[0].bias[0] = 100.0
+    fresh(torch.randn(8, 5)).sum().backward()
+    assert back.silent_units.layers()[0].silent == 2
+    # a checkpoint written before the state carried the interval starts a new one
+    old = {k: v for k, v in sd.items() if k != "silent"}
+    back.load_state_dict(old)
+    assert back.silent_units.layers() == []
+    # a saved interval of other layers is refused, naming both sizes
+    with pytest.raises(ValueError, match="does not fit these layers"):
+        back.load_state_dict({**sd, "silent": [0.0] * 5})
+
+
+def test_the_recipe_reports_silent_units_and_warns_about_a_dying_layer(tmp_path, capsys):
+    """A learning rate far too high kills most of the MLP's hidden ReLUs within a few steps: the
+    train rows show the share rising and the recipe names the layer; a sane rate keeps them alive."""
+    from accelerate.state import AcceleratorState
+
+    common = ["--max_steps", "30", "--log_every", "10", "--threads", "1", "--progress", "false", "--figures", "false",
+              "--density", "1.0", "--momentum", "0"]
+    AcceleratorState._reset_state(True)
+    R.main(common + ["--lr", "10", "--output_dir", str(tmp_path / "hot")])
+    out = capsys.readouterr().out
+    rows = [r for r in read_metrics_csv(tmp_path / "hot" / "metrics.csv") if r["split"] == "train"]
+    shares = [r["silent_units"] for r in rows]
+    assert all(r["loss"] == r["loss"] for r in rows)  # a finite (if huge) loss: the units died, nothing diverged to NaN
+    assert len(shares) == 3 and shares[0] < 0.1 and shares[-1] > 0.8, shares
+    assert "units received no gradient over steps" in out and "a lower --lr" in out
+    AcceleratorState._reset_state(True)
+    R.main(common + ["--lr", "0.01", "--output_dir", str(tmp_path / "calm")])
+    out = capsys.readouterr().out
+    rows = [r for r in read_metrics_csv(tmp_path / "calm" / "metrics.csv") if r["split"] == "train"]
+    assert all(r["silent_units"] < 0.2 for r in rows), [r["silent_units"] for r in rows]
+    assert "received no gradient" not in out
+    # holdout and test rows carry no such column value
+    assert all(r["silent_units"] is None for r in read_metrics_csv(tmp_path / "calm" / "metrics.csv")
+               if r["split"] != "train")
+    AcceleratorState._reset_state(True)
