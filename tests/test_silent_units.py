@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-import adaptive
 from adaptive.diagnostics import SilentUnits
 from adaptive.training import TrainState, read_metrics_csv
 
