@@ -800,7 +800,8 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     # DDP averages gradients over every process's batch before the controller sees them
     ctrl = build_controller(cfg, conn, optimizer, total_steps, num_processes=accelerator.num_processes)
     state = TrainState(processes=accelerator.num_processes, steps_per_epoch=steps_per_epoch, accumulation=accum)
-    state.silent_units = SilentUnits.from_connectome(conn)  # (hooks on the unwrapped model's layers)
+    watched = SilentUnits.connectome_layers(conn)  # (hooks on the unwrapped model's layers)
+    state.silent_units = SilentUnits(watched) if watched else None
     # The registration order is part of the checkpoint format: custom_checkpoint_0..3.
     accelerator.register_for_checkpointing(conn, ctrl, state, lr_scheduler)
     if resume_from is not None:

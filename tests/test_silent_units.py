@@ -133,3 +133,44 @@ def test_the_recipe_reports_silent_units_and_warns_about_a_dying_layer(tmp_path,
     assert all(r["silent_units"] is None for r in read_metrics_csv(tmp_path / "calm" / "metrics.csv")
                if r["split"] != "train")
     AcceleratorState._reset_state(True)
+
+
+class _AttentionAndRnn(nn.Module):
+    """Synapse layers of every kind the Connectome prunes: an attention's packed input projection and an
+    RNN's gate matrices are weights read as plain tensors; out_proj and fc are Linear modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.rnn = nn.GRU(8, 8, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h, _ = self.att(x, x, x)
+        h, _ = self.rnn(h)
+        return self.fc(h.mean(1))
+
+
+def test_from_connectome_watches_the_layers_that_are_modules_of_their_own():
+    """A Connectome of a model with attention or an RNN holds weights of no Linear/Conv module of their
+    own (in_proj_weight, weight_ih_l0): they are left out, not refused (the recipe crashed on vit_tiny)."""
+    from adaptive import Connectome
+
+    torch.manual_seed(0)
+    conn = Connectome(_AttentionAndRnn())
+    s = SilentUnits.from_connectome(conn)
+    assert s.names == ["att.out_proj.weight", "fc.weight"]
+    conn.model(torch.randn(4, 5, 8)).sum().backward()
+    assert [l.name for l in s.layers()] == ["fc.weight"]  # out_proj runs through F.linear: not measured
+    assert SilentUnits.connectome_layers(Connectome(nn.GRU(8, 8))) == {}
+
+
+def test_the_recipe_runs_a_model_with_attention(tmp_path):
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    R.main(["--model", "vit_tiny", "--max_steps", "4", "--log_every", "2", "--threads", "1", "--progress", "false",
+            "--figures", "false", "--output_dir", str(tmp_path)])
+    rows = [r for r in read_metrics_csv(tmp_path / "metrics.csv") if r["split"] == "train"]
+    assert len(rows) == 2 and all(0 <= r["silent_units"] <= 1 for r in rows)
+    AcceleratorState._reset_state(True)

@@ -75,9 +75,22 @@ class SilentUnits:
 
     @classmethod
     def from_connectome(cls, conn) -> "SilentUnits":
-        """The modules of ``conn``'s synapse layers, by parameter name."""
+        """The modules of ``conn``'s synapse layers, by parameter name (:meth:`connectome_layers`)."""
+        return cls(cls.connectome_layers(conn))
+
+    @staticmethod
+    def connectome_layers(conn) -> Dict[str, nn.Module]:
+        """``name -> module`` of ``conn``'s synapse layers that are a module of their own (a Linear or
+        convolution). A weight its module reads as a plain tensor (``nn.MultiheadAttention``'s input
+        projections, an RNN's gate matrices) has no output of its own to watch and is left out; empty
+        where every layer is such a weight."""
         mods = dict(conn.model.named_modules())
-        return cls({n: mods[layer.module_name] for n, layer in conn.layers.items()})
+        out = {}
+        for n, layer in conn.layers.items():
+            m = mods[layer.module_name]
+            if getattr(m, "out_features", None) or getattr(m, "out_channels", None):
+                out[n] = m
+        return out
 
     # ------------------------------------------------------------------------------ hooks
     def _forward_hook(self, name: str):
