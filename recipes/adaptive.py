@@ -908,6 +908,8 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
                         max_grad_norm=cfg.max_grad_norm, loss_fn=train_loss)
         if state.step >= total_steps:
             break
+    if state.silent_units is not None:  # the model the run returns carries no hook of it (torch.save pickles it)
+        state.silent_units.remove()
     if progress is not None:
         progress.close()
 

@@ -1,5 +1,6 @@
 """adaptive.diagnostics.SilentUnits: units no gradient reaches, counted exactly on networks whose dead
 units are known, carried through a checkpoint, and reported by the recipe's train rows."""
+import io
 import os
 import sys
 
@@ -124,7 +125,11 @@ def test_the_recipe_reports_silent_units_and_warns_about_a_dying_layer(tmp_path,
     assert len(shares) == 3 and shares[0] < 0.1 and shares[-1] > 0.8, shares
     assert "units received no gradient over steps" in out and "a lower --lr" in out
     AcceleratorState._reset_state(True)
-    R.main(common + ["--lr", "0.01", "--output_dir", str(tmp_path / "calm")])
+    res = R.main(common + ["--lr", "0.01", "--output_dir", str(tmp_path / "calm")])
+    # the hooks go with the run: the model it returns pickles (a local hook function did not) and its later
+    # training reaches no tracker
+    assert not any(m._forward_hooks for m in res.model.modules())
+    torch.save(res.model, io.BytesIO())
     out = capsys.readouterr().out
     rows = [r for r in read_metrics_csv(tmp_path / "calm" / "metrics.csv") if r["split"] == "train"]
     assert all(r["silent_units"] < 0.2 for r in rows), [r["silent_units"] for r in rows]
