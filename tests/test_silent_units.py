@@ -179,3 +179,16 @@ def test_the_recipe_runs_a_model_with_attention(tmp_path):
     rows = [r for r in read_metrics_csv(tmp_path / "metrics.csv") if r["split"] == "train"]
     assert len(rows) == 2 and all(0 <= r["silent_units"] <= 1 for r in rows)
     AcceleratorState._reset_state(True)
+
+
+def test_a_resumed_interval_goes_on_with_gradients_on_another_device():
+    """load_vector holds the resumed interval on the CPU; a model on an accelerator then sent gradients
+    from there, and torch.maximum of the two raised in the backward pass (a GPU run resumed from a
+    checkpoint taken mid-row crashed at its first step). The meta device stands in for the accelerator."""
+    hidden, out = nn.Linear(5, 8, device="meta"), nn.Linear(8, 3, device="meta")
+    s = SilentUnits({"hidden": hidden, "out": out})
+    saved = torch.zeros(8 + 3 + 2)
+    saved[:4], saved[11] = 1.0, 1.0  # units 0-3 of hidden reached; hidden measured
+    s.load_vector(saved)
+    out(hidden(torch.randn(4, 5, device="meta"))).sum().backward()
+    assert s._peak["hidden"].device.type == "meta" and s._peak["out"].device.type == "meta"

@@ -109,7 +109,8 @@ class SilentUnits:
         peak = (g.abs().amax(dim=dims) if dims else g.abs()).float()
         held = self._peak[name]
         # NaN/inf count as reached: a diverged step is not a silent unit
-        self._peak[name] = peak if held is None else torch.maximum(held, peak)
+        # (an interval resumed from a checkpoint is held on the CPU until the first gradient arrives)
+        self._peak[name] = peak if held is None else torch.maximum(held.to(peak.device), peak)
 
     def remove(self) -> None:
         for h in self._handles:
@@ -123,8 +124,10 @@ class SilentUnits:
 
     def vector(self, device=None) -> torch.Tensor:
         """This process's interval as one float32 vector: per layer, its units' peak |gradient|
-        (0 where none arrived), then one entry per layer, 1 if it was measured. Its sum over processes
-        is the whole job's state (zero exactly where no process saw a gradient)."""
+        (0 where none arrived), then one entry per layer, 1 if it was measured, on ``device`` (default:
+        the CPU). Its sum over processes is the whole job's state (zero exactly where no process saw a
+        gradient)."""
+        device = torch.device("cpu") if device is None else device
         parts = []
         for n in self.names:
             p = self._peak[n]
