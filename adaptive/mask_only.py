@@ -520,9 +520,9 @@ def optimize_connectome(
                               verify_batches=verify_batches, line_search_tries=line_search_tries, seed=seed,
                               eval_every=eval_every,  # when the held-out evaluations (and "best"'s choice) fall
                               loss_fn=ckpt.callable_identity(loss_fn), accuracy_fn=ckpt.callable_identity(accuracy_fn),
-                              weights=ckpt.weights_checksum(conn.original), precision=_precision(model),
+                              weights=ckpt.weights_digest(conn.original), precision=_precision(model),
                               train_data=_data_identity(train_loader), holdout_data=_data_identity(holdout_loader))
-        saved = ckpt.load_stage(checkpoint, fp)  # a foreign file fails here, before anything changes
+        saved = ckpt.load_stage(checkpoint, fp, conn.original)  # a foreign file fails here, before anything changes
     max_ens = max(int(conn.granularities[n].pool(torch.ones(conn.layers[n].shape), "sum").max()) for n in conn.names)
 
     device = _model_device(model)  # batches follow the model: move it to a GPU first to run there

@@ -6,7 +6,7 @@ snapshot kept so far, the history and the clocks. A run that starts with that fi
 continues after its last completed stage instead of starting over.
 
 The file carries a fingerprint of what the run was asked to do (targets, settings, the loss and
-accuracy functions by name, the number of synapses, a checksum of the frozen weights); a file
+accuracy functions by name, the number of synapses, a digest of each frozen weight tensor); a file
 from another run is refused with the differences named, before anything changes. Files are
 written atomically (a temporary file renamed), by the first process only; every process reads the
 same file when it resumes.
@@ -20,6 +20,7 @@ replays that pass up to the recorded batch when it resumes: loaded and dropped, 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -109,9 +110,60 @@ def _set_aside(path: Path) -> Path:
     return path.with_name(path.name + ".earlier")
 
 
+def weights_digest(original: Dict[str, torch.Tensor]) -> List[List[str]]:
+    """The exact identity of the frozen weights: ``[name, digest]`` per layer, the digest a blake2b of
+    the tensor's dtype, shape and bytes (row-major, on the CPU; any dtype, bf16 included), so that
+    weights negated, permuted or changed in one bit are other weights, on any device."""
+    out = []
+    for name, o in original.items():
+        t = o.detach().to("cpu").contiguous()
+        h = hashlib.blake2b(f"{t.dtype} {tuple(t.shape)}".encode(), digest_size=16)
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # raw bytes: bf16 has no numpy dtype of its own
+        out.append([name, h.hexdigest()])
+    return out
+
+
 def weights_checksum(original: Dict[str, torch.Tensor]) -> List[float]:
-    """Per-layer sums of |w| (float64) of the frozen weights: a cheap identity of the model."""
+    """Per-layer sums of |w| (float64): the weights' identity in checkpoints written before
+    :func:`weights_digest` (blind to a sign or an order); still compared, with its tolerance, when
+    such a checkpoint is resumed."""
     return [float(o.detach().double().abs().sum()) for o in original.values()]
+
+
+def _is_sums(v) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, float) for x in v)
+
+
+def _is_digest(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, list) and len(x) == 2 and all(isinstance(y, str) for y in x)
+                                       for x in v)
+
+
+def _weights_differences(saved, now: list, weights: Optional[Dict[str, torch.Tensor]]) -> Optional[str]:
+    """What differs between the weights a checkpoint recorded (``saved``: :func:`weights_digest`'s
+    list, or an older checkpoint's :func:`weights_checksum`) and this run's (``now``, a digest
+    list of ``weights``); None when they are the same."""
+    fix = "load the weights that run started from"
+    names = [n for n, _ in now]
+    if _is_sums(saved):  # an older checkpoint's
+        if weights is None:
+            return "weights: the checkpoint records an older version's sums of |w|, which need the weights to check"
+        if len(saved) != len(now):
+            return f"weights: the checkpoint was made from another model ({len(saved)} layers, this run {len(now)})"
+        # sums on another device may differ in the last bits
+        differ = [n for n, a, b in zip(names, saved, weights_checksum(weights))
+                  if not math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)]
+    elif not _is_digest(saved):
+        return "weights: the checkpoint was made from other weights (it records no digest per layer)"
+    elif [n for n, _ in saved] != names:
+        return (f"weights: the checkpoint was made from another model (layers {[n for n, _ in saved][:5]}, "
+                f"this run {names[:5]})")
+    else:
+        differ = [n for (n, a), (_, b) in zip(saved, now) if a != b]
+    if not differ:
+        return None
+    more = f" and {len(differ) - 1} more" if len(differ) > 1 else ""
+    return f"weights: the checkpoint was made from other weights (layer {differ[0]!r}{more} differs: {fix})"
 
 
 def fingerprint(**settings) -> dict:
@@ -176,11 +228,16 @@ def _same_estimator(saved: str, now: str) -> bool:
     return saved.endswith("()") and now.startswith(saved[:-1])
 
 
-def _differences(saved: dict, now: dict) -> List[str]:
+def _differences(saved: dict, now: dict, weights: Optional[Dict[str, torch.Tensor]] = None) -> List[str]:
     out = []
     for k in sorted(set(saved) | set(now)):
         a, b = saved.get(k), now.get(k)
-        if k == "weights" and isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        if k == "weights" and _is_digest(b):
+            problem = _weights_differences(a, b, weights)
+            if problem:
+                out.append(problem)
+            continue
+        if k == "weights" and _is_sums(a) and _is_sums(b) and len(a) == len(b):  # weights_checksum on both sides
             if all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12) for x, y in zip(a, b)):
                 continue  # sums on another device may differ in the last bits
         if k in ("precision", "eval_every") and a is None:
@@ -268,8 +325,10 @@ def _unreadable(e: BaseException) -> str:
     return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
 
 
-def load_stage(path, now: dict) -> Optional[dict]:
-    """The state recorded in ``path`` (None when there is no file). Raises
+def load_stage(path, now: dict, weights: Optional[Dict[str, torch.Tensor]] = None) -> Optional[dict]:
+    """The state recorded in ``path`` (None when there is no file). ``weights``: the frozen weights
+    whose :func:`weights_digest` is ``now["weights"]``, needed only to check a checkpoint written
+    before the digests (it recorded :func:`weights_checksum`'s sums). Raises
     :class:`CheckpointMismatchError` when it was written by a run with another fingerprint, is
     damaged (its content does not match the sha256 stored with it, or its entries are not what a
     stage checkpoint holds) or is not a stage checkpoint, and ValueError when ``path`` is a folder.
@@ -306,7 +365,7 @@ def load_stage(path, now: dict) -> Optional[dict]:
         if rank() == 0:
             print(f"warning: {path} carries no checksum (written by an older version), so it cannot be verified",
                   file=sys.stderr)
-    diff = _differences(state["fingerprint"], now)
+    diff = _differences(state["fingerprint"], now, weights)
     if diff:
         raise CheckpointMismatchError(f"{path} was written by another run; it differs in " + "; ".join(diff),
                                       _API_FIX["other run"])

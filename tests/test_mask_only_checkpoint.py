@@ -179,6 +179,66 @@ def test_a_resume_with_other_frozen_weights_is_refused(tmp_path):
         load_stage(path, fingerprint(weights=weights_checksum({"w": w * 1.05})))
 
 
+@pytest.mark.parametrize("change", ["negated", "permuted", "one bit"])
+def test_a_resume_with_weights_of_the_same_sums_is_refused_naming_the_layer(tmp_path, change):
+    """Negated or permuted weights have the per-layer |w| sums of the original (the identity checked
+    before): the digest tells them apart, and the refusal names the layer and what to do."""
+    path = tmp_path / "ck.pt"
+    interrupted(tiny(), [0.2, 0.5], path, at_stage=1)
+    before = path.read_bytes()
+    model = tiny()
+    name, p = next((n, p) for n, p in model.named_parameters() if p.dim() > 1)
+    with torch.no_grad():
+        if change == "negated":
+            p.neg_()
+        elif change == "permuted":
+            p.copy_(p.flatten().flip(0).view_as(p))
+        else:
+            p.view(-1)[0] = torch.nextafter(p.view(-1)[0], torch.tensor(float("inf")))
+    original = copy.deepcopy(model.state_dict())
+    with pytest.raises(CheckpointMismatchError, match=rf"the checkpoint was made from other weights \(layer "
+                                                      rf"'{re.escape(name)}' differs: load the weights that run "
+                                                      rf"started from\)\. Use the same settings"):
+        optimize_connectome(model, *ordered_loaders(), [0.2, 0.5], checkpoint=path, **KW)
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
+    assert path.read_bytes() == before
+
+
+def test_weights_digest_is_exact_for_bf16_and_ignores_the_memory_layout():
+    from adaptive.mask_only_checkpoint import weights_digest
+
+    w = torch.randn(8, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    digest = weights_digest({"w": w})
+    assert digest == [["w", weights_digest({"w": w.clone()})[0][1]]]
+    assert weights_digest({"w": w.to(memory_format=torch.channels_last)}) == digest  # same values, same identity
+    assert weights_digest({"w": -w}) != digest and weights_digest({"w": w.view(4, 8, 3, 3)}) != digest
+    b = w.to(torch.bfloat16)
+    assert weights_digest({"w": b}) == weights_digest({"w": b.clone()}) != digest  # the dtype is part of it
+    assert weights_digest({"w": -b}) != weights_digest({"w": b})
+
+
+def test_a_checkpoint_recording_the_older_weight_sums_still_resumes(tmp_path):
+    """Checkpoints written before the digests recorded per-layer |w| sums: still compared with their
+    tolerance, and a mismatch names the layer."""
+    path = tmp_path / "ck.pt"
+    interrupted(tiny(), [0.2, 0.5], path, at_stage=1)
+    state = torch.load(path, weights_only=True)
+    state.pop("sha256")
+    model = tiny()
+    conn = __import__("adaptive").Connectome(tiny(), mode="mask_only")
+    assert [n for n, _ in state["fingerprint"]["weights"]] == list(conn.original)
+    state["fingerprint"]["weights"] = weights_checksum(conn.original)
+    save_stage(path, {k: v for k, v in state.items() if k != "format"})
+    resumed = optimize_connectome(model, *ordered_loaders(), [0.2, 0.5], checkpoint=path, **KW)
+    assert [h["kind"] for h in resumed.history].count("resume") == 1
+    other = tiny()
+    name, p = list(other.named_parameters())[-2]
+    with torch.no_grad():
+        p.mul_(1.05)
+    with pytest.raises(CheckpointMismatchError, match=rf"other weights \(layer '{re.escape(name)}' differs"):
+        optimize_connectome(other, *ordered_loaders(), [0.2, 0.5], checkpoint=path, **KW)
+
+
 def test_a_resume_with_an_estimator_setting_whose_repr_starts_alike_is_refused(tmp_path):
     """beta2=0.9995 is another setting than the checkpoint's beta2=0.999, though its repr starts alike."""
     from adaptive.utility import get_estimator
