@@ -425,6 +425,9 @@ def optimize_connectome(
     place; the first is warned of and the total is summed up in a warning at the end. A whole pass of
     them in a row raises ValueError (the model gets its original weights back), and so does a held-out
     loss of NaN or inf in the line search (``verify_batches > 0``), which no decision could be taken on.
+    The dense network is scored on the holdout before any synapse is removed: a held-out loss (or
+    accuracy) of NaN or inf there raises ValueError, the model untouched. Masks whose held-out figures
+    are NaN or inf later are never chosen as "best" (warned of; a fixed target's snapshot keeps them).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -562,17 +565,23 @@ def optimize_connectome(
         if callback is not None:
             callback(rec)
 
-    def full_holdout(step, stage):
-        if is_distributed():  # every evaluation (each stage end, every eval_every updates) checks agreement
-            check_masks_agree(conn, step)
+    def holdout_figures():
         loss, acc, _ = evaluate(model, holdout_loader, loss_fn, accuracy_fn=accuracy_fn, reduction=scoring["reduction"])
         if acc is None:  # no accuracy (adaptive.metrics): None, never 0
-            loss = _agreed(loss)[0]
-        else:
-            loss, acc = _agreed(loss, acc)
+            return _agreed(loss)[0], None
+        return tuple(_agreed(loss, acc))
+
+    def full_holdout(step, stage, figures=None):
+        if is_distributed():  # every evaluation (each stage end, every eval_every updates) checks agreement
+            check_masks_agree(conn, step)
+        loss, acc = figures or holdout_figures()
         rec = {"kind": "eval", "step": step, "stage": stage, "removed": total - conn.num_live(),
                "holdout_loss": loss, "holdout_acc": acc}
         record(rec)
+        if not _finite(acc, loss):  # the dense network's were finite (checked first): these masks broke it
+            warn_user(f"held-out loss {loss}, accuracy {acc} with {rec['removed']} synapses removed (step {step}): "
+                      "the network gives non-finite held-out figures with these masks, so they are never chosen as "
+                      "the best (a fixed target's snapshot keeps them, with these figures)")
         return rec
 
     with mask_learning(model, conn):
@@ -598,10 +607,14 @@ def optimize_connectome(
                 first_stage = len(resolved)  # the recorded climb had already stopped
             record({"kind": "resume", "step": step, "stage": first_stage, "removed": total - conn.num_live(),
                     "checkpoint": str(checkpoint)})
+        dense = None
+        if saved is None:  # the dense network first: held-out figures no choice could be made on stop the run here
+            dense = holdout_figures()
+            _refuse_nonfinite_dense(*dense)
         bar = tqdm(total=steps_per_stage * (len(resolved) - first_stage), desc="mask-only", unit="batch",
                    disable=not show_progress(progress), mininterval=2.0)
         if resolved[0][0] == "best" and saved is None:  # the dense network is the first candidate: removing nothing may be best
-            e = full_holdout(0, -1)
+            e = full_holdout(0, -1, dense)
             result.snapshots["best"] = Snapshot("best", e["removed"], {n: m.clone() for n, m in conn.masks.items()},
                                                 e["holdout_loss"], e["holdout_acc"], 0, e["cpu_seconds"],
                                                 e["wall_seconds"], _criterion(e["holdout_acc"]))
@@ -697,7 +710,7 @@ def optimize_connectome(
                 n_upd = (step - start) // window
                 if eval_every and n_upd % eval_every == 0 and step - start < steps_per_stage:
                     e = full_holdout(step, stage)
-                    if removed_goal is None and (best is None or _better(e["holdout_acc"], e["holdout_loss"], best)):
+                    if removed_goal is None and _better(e["holdout_acc"], e["holdout_loss"], best):
                         best = Snapshot(label, e["removed"], {n: m.clone() for n, m in conn.masks.items()},
                                         e["holdout_loss"], e["holdout_acc"], step, selected_by=_criterion(e["holdout_acc"]))
             for p in conn.params.values():
@@ -738,11 +751,30 @@ def _criterion(acc: Optional[float]) -> str:
     return "holdout_loss" if acc is None else "holdout_acc"
 
 
-def _better(acc: Optional[float], loss: float, than: Snapshot) -> bool:
+def _finite(acc: Optional[float], loss: float) -> bool:
+    """Whether held-out figures are ones a choice can be made on: no NaN or inf (NaN compares false)."""
+    return math.isfinite(loss) and (acc is None or math.isfinite(acc))
+
+
+def _refuse_nonfinite_dense(loss: float, acc: Optional[float]) -> None:
+    """The dense network's held-out figures, checked before any synapse is removed."""
+    if not _finite(acc, loss):
+        raise ValueError(f"the dense network's held-out loss is {loss} (accuracy {acc}) before any synapse was removed, "
+                         "so no held-out choice could be made (NaN compares false): check the held-out data for NaN or "
+                         "inf, and the model on it (weights that hold NaN or inf, an output that overflows) and the "
+                         "loss function; nothing was changed")
+
+
+def _better(acc: Optional[float], loss: float, than: Optional[Snapshot]) -> bool:
     """Whether a held-out evaluation (``acc``, ``loss``) beats snapshot ``than`` for target "best":
     by a strictly higher accuracy where there is one (an accuracy tie is no gain: classification
     chooses exactly as it always has), by a strictly lower loss where there is none (regression,
-    probability targets; see :mod:`adaptive.metrics`)."""
+    probability targets; see :mod:`adaptive.metrics`). Non-finite figures never beat anything, and
+    finite ones beat no snapshot (None) and a non-finite one."""
+    if not _finite(acc, loss):
+        return False
+    if than is None or not _finite(than.holdout_acc, than.holdout_loss):
+        return True
     if acc is not None and than.holdout_acc is not None:
         return acc > than.holdout_acc
     return loss < than.holdout_loss

@@ -292,12 +292,13 @@ def _spy(loader, seen):
     return Spy
 
 
-def _refused_before_a_batch_is_read(target, match, **kw):
+def _refused_before_a_batch_is_read(target, match, holdout=None, **kw):
     """optimize_connectome(target, **kw) raises ValueError matching ``match`` before the train
     loader is read, with the model in train mode and its state as it was."""
     m = tiny()
     before = copy.deepcopy(m.state_dict())
     tr, ho = loaders()
+    ho = holdout or ho
     seen = []
     Spy = _spy(tr, seen)
 
@@ -682,16 +683,55 @@ def test_nan_in_every_batch_stops_with_a_clear_error_and_the_model_whole():
     tr, ho = loaders()
     calls = []
 
-    def nan_loss(out, y, **kw):
-        calls.append(kw)
-        return F.cross_entropy(out, y, **kw) * float("nan")
+    def nan_loss(out, y, **kw):  # NaN on the training batches (with gradients), finite on the held-out ones
+        calls.append(torch.is_grad_enabled())
+        return F.cross_entropy(out, y, **kw) * (float("nan") if torch.is_grad_enabled() else 1.0)
 
     with pytest.raises(ValueError, match="every training batch of a whole pass .* NaN or inf") as info:
         optimize_connectome(m, tr, ho, [0.3, 0.6], passes=2.0, window=2, loss_fn=nan_loss, progress=False)
     assert any("original weights" in n for n in getattr(info.value, "__notes__", []))
-    assert sum(not kw for kw in calls) <= len(tr) + 1  # a pass (and a reduction check), not the whole run
+    assert sum(calls) <= len(tr)  # a pass, not the whole run
     sd = m.state_dict()
     assert all(torch.equal(sd[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("target", ["best", 0.3, [0.2, 0.5]])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_dense_network_with_nonfinite_holdout_loss_is_refused_before_any_work(target, bad):
+    """A held-out loss of NaN or inf before any synapse is removed: no held-out choice could be made
+    (NaN compares false: the dense network was kept as "best" whatever the rungs scored), and a
+    fixed target learned it only at its stage's end. Refused before a training batch is read."""
+    tr, ho = loaders()
+    x, y = ho.dataset.tensors
+    x = x.clone()
+    x[5] = bad  # one corrupt held-out example
+    _refused_before_a_batch_is_read(target, r"the dense network's held-out loss is (nan|inf) .*before any synapse "
+                                            r"was removed.*check the held-out data for NaN or inf",
+                                    holdout=DataLoader(TensorDataset(x, y), batch_size=16))
+
+
+def test_masks_with_a_nan_holdout_loss_are_never_chosen_as_best():
+    """A rung whose masks give a NaN held-out loss is never the best, even at a higher held-out
+    accuracy; the evaluation is kept in the history and warned of."""
+    m = tiny()
+
+    def pruned():
+        return bool((m.fc.weight == 0).any() or (m.conv.weight == 0).any())
+
+    def loss_fn(out, y, **kw):  # the held-out loss (no gradients) is NaN once anything is pruned
+        return F.cross_entropy(out, y, **kw) * (float("nan") if pruned() and not torch.is_grad_enabled() else 1.0)
+
+    def accuracy_fn(out, y):  # and the held-out accuracy looks perfect: NaN must still not win
+        return (y.numel() if pruned() else 0), y.numel()
+
+    tr, ho = loaders()
+    with pytest.warns(UserWarning, match=r"held-out loss nan.*never chosen as the best"):
+        res = optimize_connectome(m, tr, ho, "best", ladder=(0.2, 0.4), patience=2, passes=0.5, window=2,
+                                  loss_fn=loss_fn, accuracy_fn=accuracy_fn, progress=False)
+    evals = [h for h in res.history if h["kind"] == "eval"]
+    assert evals[0]["removed"] == 0 and all(h["holdout_loss"] != h["holdout_loss"] for h in evals[1:])
+    best = res.snapshots["best"]
+    assert best.removed == 0 and best.holdout_loss == best.holdout_loss  # the dense network, finite
 
 
 def test_crawl_at_goal_sorts_only_candidates_and_matches_full_orders():
