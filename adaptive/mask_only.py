@@ -401,7 +401,8 @@ def optimize_connectome(
             after its last completed stage (masks, estimator state, snapshots, history); a file
             from a run with other targets, settings, weights, ``loss_fn`` or ``accuracy_fn`` (by
             module and name; a loss module or ``functools.partial`` also by its plain settings) is
-            refused before anything changes.
+            refused before anything changes, and so is a path that cannot be written (a file where
+            its folder should be, a folder that takes no new file).
             The loaders' positions are recorded too: the stages after a resume read the batches
             an uninterrupted run would have read (pass the same loaders).
 
@@ -526,6 +527,7 @@ def optimize_connectome(
                               weights=ckpt.weights_digest(conn.original), precision=_precision(model),
                               train_data=_data_identity(train_loader), holdout_data=_data_identity(holdout_loader))
         saved = ckpt.load_stage(checkpoint, fp, conn.original)  # a foreign file fails here, before anything changes
+        ckpt.check_writable(checkpoint)  # and a path no stage could be recorded in
     max_ens = max(int(conn.granularities[n].pool(torch.ones(conn.layers[n].shape), "sum").max()) for n in conn.names)
 
     device = _model_device(model)  # batches follow the model: move it to a GPU first to run there

@@ -106,6 +106,35 @@ def settle(path) -> None:
         os.replace(earlier, path)
 
 
+def check_writable(path) -> None:
+    """Refuse, before any work, a checkpoint ``path`` that cannot be written (:func:`save_stage` failed
+    only after the first stage): a file where a folder on its way should be, or a folder this process
+    cannot create a file in (the nearest existing one: the write creates the rest). Creates nothing;
+    every process gets the first process's answer."""
+    import tempfile
+
+    from .distributed import agreed_problem
+    from .integrity import write_failure
+
+    path = Path(path)
+    problem = ""
+    if rank() == 0:
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:  # (False too under a file: NotADirectoryError)
+            folder = folder.parent
+        if not folder.is_dir():
+            problem = f"{folder} is a file, not a folder"
+        else:
+            try:
+                tempfile.TemporaryFile(dir=folder).close()
+            except OSError as e:
+                problem = f"no file can be created in {folder} ({write_failure(e)})"
+    problem = agreed_problem(problem)
+    if problem:
+        raise ValueError(f"checkpoint {path} cannot be written: {problem}; give a checkpoint= path in a folder that "
+                         "can be written (checked before any work: the first stage's record would have failed)")
+
+
 def _set_aside(path: Path) -> Path:
     return path.with_name(path.name + ".earlier")
 

@@ -10,7 +10,7 @@ from adaptive.mask_only import changed_weights, optimize_connectome
 from adaptive.mask_only_checkpoint import FORMAT, CheckpointMismatchError, fingerprint, load_stage, save_stage, \
     weights_checksum
 
-from test_mask_only import tiny
+from test_mask_only import _refused_before_a_batch_is_read, tiny
 
 torch.set_num_threads(1)
 
@@ -160,6 +160,16 @@ def test_a_folder_as_checkpoint_path_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="is a folder: give a file path"):
         optimize_connectome(model, *ordered_loaders(), 0.3, checkpoint=tmp_path, **KW)
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("where", ["a file/ck.pt", "a file/deeper/ck.pt"])
+def test_a_checkpoint_path_that_cannot_be_written_is_refused_before_any_work(tmp_path, where):
+    """A file where the checkpoint's folder should be: the first stage's record failed, after the
+    whole stage had run."""
+    (tmp_path / "a file").write_text("not a folder")
+    _refused_before_a_batch_is_read([0.2, 0.5], rf"checkpoint .*ck\.pt cannot be written: .*a file is a file, not a "
+                                                rf"folder; give a checkpoint= path", checkpoint=tmp_path / where)
+    assert (tmp_path / "a file").read_text() == "not a folder"
 
 
 def _stage_state(**entries):
