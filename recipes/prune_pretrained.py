@@ -351,6 +351,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     _check_names(cfg, origin)
     _check_dataset_kw(cfg["dataset"], cfg["dataset_kw"])
+    if cfg["weights"] is not None and not os.path.isfile(cfg["weights"]):  # (it failed once the data had loaded)
+        what = ("is a folder: pass the weights file inside it" if os.path.isdir(cfg["weights"]) else
+                "does not exist: pass the path of a saved state_dict (this project never downloads weights)")
+        raise SystemExit(f"{origin('weights')} {cfg['weights']} {what}")
     for key, least in (("batch_size", 1), ("eval_batch_size", 1), ("train_eval_batches", 1), ("verify_batches", 0),
                        ("eval_every", 0), ("subset", 1), ("threads", 1), ("num_workers", 0)):
         v = cfg.get(key)

@@ -146,6 +146,21 @@ def test_bad_counts_are_refused_while_parsing(option, value):
         recipe().parse_args([option, value])
 
 
+@pytest.mark.parametrize("where, match", [("nope.pt", "does not exist: pass the path of a saved state_dict"),
+                                          (".", "is a folder: pass the weights file inside it")])
+def test_a_weights_path_that_is_no_file_is_refused_before_the_data_is_read(tmp_path, monkeypatch, where, match):
+    """A mistyped --weights failed in build_model, after the data had loaded (ImageNet: minutes)."""
+    mod = recipe()
+
+    def no_data(*a, **kw):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(mod, "get_dataloaders", no_data)
+    with pytest.raises(SystemExit, match=rf"^--weights .* {match}"):
+        mod.main(args(tmp_path / where, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_imagenet_config_parses():
     mod = recipe()
     ns = mod.parse_args(["--config", str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml")])
