@@ -52,7 +52,7 @@ from .discovery import state_dict_keys
 from .distributed import all_reduce_mean_, check_masks_agree, is_distributed, world_size
 from .controller import Controller
 from .counts import whole_number
-from .data.cycle import LoaderCycle
+from .data.cycle import LoaderCycle, rng_states, set_rng_states
 from .ensemble_rules import parse_rules
 from .metrics import (AccuracyFn, batch_accuracy, batch_loss, check_output, default_accuracy, example_count,
                       loss_weight, takes_reduction, to_device)
@@ -611,7 +611,12 @@ def optimize_connectome(
                     "checkpoint": str(checkpoint)})
         dense = None
         if saved is None:  # the dense network first: held-out figures no choice could be made on stop the run here
+            # a fixed target's is an extra pass: it leaves every random state (and the holdout loader's
+            # generators) as it found it, so the train loader reads the batches it read without it
+            states = rng_states(holdout_loader) if resolved[0][0] != "best" else None
             dense = holdout_figures()
+            if states is not None:
+                set_rng_states(states, holdout_loader)
             _refuse_nonfinite_dense(*dense)
         bar = tqdm(total=steps_per_stage * (len(resolved) - first_stage), desc="mask-only", unit="batch",
                    disable=not show_progress(progress), mininterval=2.0)

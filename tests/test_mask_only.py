@@ -921,3 +921,34 @@ def test_verification_batches_mix_the_classes_of_a_class_ordered_holdout(monkeyp
     monkeypatch.setattr(mo, "evaluate", spy)
     mo.optimize_connectome(tiny(), tr, ho, 0.3, passes=1.0, window=2, verify_batches=1, progress=False)
     assert seen and min(seen) > 1, seen
+
+
+def test_the_dense_check_of_a_fixed_target_draws_no_random_numbers():
+    """Fixed targets scored the holdout first only at their stage's end; the dense network's check
+    before any work iterated the holdout DataLoader, which draws its base seed from the global
+    generator, so a train loader shuffled by that generator read other batches than before: the
+    extra pass leaves every random state as it found it (target "best" scored it there already)."""
+    tr, ho = loaders()
+    ds = tr.dataset
+    states = []
+
+    class Shuffled:  # shuffled by the global generator; notes its state at each pass's start
+        def __len__(self):
+            return len(self.dl)
+
+        def __init__(self):
+            self.dl = DataLoader(ds, batch_size=16, shuffle=True)
+
+        def __iter__(self):
+            states.append(torch.get_rng_state())
+            return iter(self.dl)
+
+    runs = []
+    for holdout in (list(ho), ho):  # a list draws nothing; a DataLoader draws a seed at every pass
+        states.clear()
+        torch.manual_seed(5)
+        r = optimize_connectome(tiny(), Shuffled(), holdout, [0.3], passes=1.0, window=2, edit_fraction=0.1,
+                                progress=False)
+        runs.append((states[0], [h["train_loss"] for h in r.history if h["kind"] == "update"]))
+    assert torch.equal(runs[0][0], runs[1][0]), "the dense check drew from the global generator"
+    assert runs[0][1] == runs[1][1]
