@@ -34,6 +34,7 @@ every stage and resumes from there (:mod:`adaptive.mask_only_checkpoint`).
 """
 from __future__ import annotations
 
+import collections.abc
 import math
 import numbers
 import os
@@ -216,11 +217,17 @@ def _check_loader(loader, what: str) -> int:
             "train": "give it data (a larger subset, or a smaller holdout fraction)"}.get(what, "give it data")
     if n == 0:
         raise ValueError(f"{what} loader is empty: it yields no batches; {hint}")
+    one_shot = ("holdout loader is a one-shot iterator (a generator, say), but every evaluation reads it whole (the "
+                "dense network's check before any work, then every stage's end): pass something that iterates "
+                "afresh each time (a DataLoader, a list of batches)")
+    if what == "holdout" and isinstance(loader, collections.abc.Iterator):  # with a length too: seen without a read
+        raise ValueError(one_shot)
     if n is None and what == "holdout":  # no length (an IterableDataset): look, before any work
         it = iter(loader)
-        if it is loader:  # a generator: the first evaluation would use it up, the next find it empty
-            raise ValueError("holdout loader is a one-shot iterator (a generator, say), but every evaluation reads "
-                             "it whole: pass something that iterates afresh each time (a DataLoader, a list of batches)")
+        # a generator, or an object whose iter() hands out one and the same iterator: the first
+        # evaluation would use it up, the next find it empty (a DataLoader makes a new one each time)
+        if it is loader or (not isinstance(loader, torch.utils.data.DataLoader) and iter(loader) is it):
+            raise ValueError(one_shot)
         if next(it, _NONE) is _NONE:
             raise ValueError(f"holdout loader is empty: it yields no batches; {hint}")
     return n or 0
@@ -419,7 +426,8 @@ def optimize_connectome(
     Raises ValueError before any work on a bad target, an empty loader or a bad setting (a
     ``loss_fn``, ``accuracy_fn`` or ``callback`` that cannot be called included). A holdout loader
     with no ``len()`` is asked for its first batch to see that it has one; a one-shot iterator (a
-    generator) as holdout is refused, since every evaluation reads the holdout whole.
+    generator, with a length or without) as holdout is refused, since every evaluation reads the
+    holdout whole and every run reads it at least twice.
 
     A window with a NaN or inf loss or gradient (a corrupt example, a diverging model) is left out
     whole: it reaches neither the estimator nor the masks, and the stage draws another window in its

@@ -952,3 +952,40 @@ def test_the_dense_check_of_a_fixed_target_draws_no_random_numbers():
         runs.append((states[0], [h["train_loss"] for h in r.history if h["kind"] == "update"]))
     assert torch.equal(runs[0][0], runs[1][0]), "the dense check drew from the global generator"
     assert runs[0][1] == runs[1][1]
+
+
+class _OneShotWithLength:
+    """Held-out batches that can be read once, with a length (iter() is the object itself)."""
+
+    def __init__(self, batches):
+        self.batches = list(batches)
+        self.it = iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.it)
+
+
+class _SharedIterator:
+    """Held-out batches with no length whose iter() hands out one and the same generator."""
+
+    def __init__(self, batches):
+        self.it = (b for b in list(batches))
+
+    def __iter__(self):
+        return self.it
+
+
+@pytest.mark.parametrize("kind", [_OneShotWithLength, _SharedIterator])
+def test_a_one_shot_holdout_is_refused_before_a_batch_is_read_even_for_one_fixed_target(kind):
+    """Every run reads the holdout at least twice now (the dense network's check, then the stage's
+    end): a one-shot holdout with a length passed the check, as did one whose iter() hands out the
+    same generator (its first batch taken by the emptiness check), and a single fixed target then
+    failed with "evaluate: no examples" after its whole stage."""
+    _, ho = loaders()
+    _refused_before_a_batch_is_read(0.3, "holdout loader is a one-shot iterator", holdout=kind(ho))
