@@ -409,7 +409,7 @@ def optimize_connectome(
             from a run with other targets, settings, weights, ``loss_fn`` or ``accuracy_fn`` (by
             module and name; a loss module or ``functools.partial`` also by its plain settings) is
             refused before anything changes, and so is a path that cannot be written (a file where
-            its folder should be, a folder that takes no new file).
+            its folder should be, a folder that takes no new file) unless it holds every stage.
             The loaders' positions are recorded too: the stages after a resume read the batches
             an uninterrupted run would have read (pass the same loaders).
 
@@ -535,7 +535,10 @@ def optimize_connectome(
                               weights=ckpt.weights_digest(conn.original), precision=_precision(model),
                               train_data=_data_identity(train_loader), holdout_data=_data_identity(holdout_loader))
         saved = ckpt.load_stage(checkpoint, fp, conn.original)  # a foreign file fails here, before anything changes
-        ckpt.check_writable(checkpoint)  # and a path no stage could be recorded in
+        finished = saved is not None and (saved["stage"] + 1 >= len(resolved)
+                                          or (climb and saved["since_best"] >= patience))
+        if not finished:  # a path no stage could be recorded in (a finished run's file is only read)
+            ckpt.check_writable(checkpoint)
     max_ens = max(int(conn.granularities[n].pool(torch.ones(conn.layers[n].shape), "sum").max()) for n in conn.names)
 
     device = _model_device(model)  # batches follow the model: move it to a GPU first to run there

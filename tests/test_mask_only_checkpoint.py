@@ -425,3 +425,28 @@ def test_a_tensor_argument_of_a_loss_is_named_by_its_values_not_its_device():
     on_cpu = callable_identity(functools.partial(torch.nn.functional.cross_entropy, weight=torch.ones(3)))
     assert "device" not in repr(on_meta) and "device" not in repr(on_cpu) and on_cpu != on_meta
     assert callable_identity(functools.partial(torch.nn.functional.cross_entropy, weight=torch.ones(3))) == on_cpu
+
+
+def test_a_finished_checkpoint_in_a_folder_that_takes_no_new_file_still_resumes(tmp_path, monkeypatch):
+    """A checkpoint whose every stage is recorded is only read when resumed (nothing runs again), so
+    a read-only copy of it (an archive, a shared folder) resumed to its snapshots; the writability
+    check refused it. One with a stage left to record is still refused."""
+    import tempfile
+
+    path = tmp_path / "ck.pt"
+    done = optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path, **KW)
+
+    def read_only(*a, **kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)  # (as root, chmod cannot make a folder read-only)
+    before = path.read_bytes()
+    again = optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path, **KW)
+    assert [h["kind"] for h in again.history][-1] == "resume" and path.read_bytes() == before
+    assert {k: s.removed for k, s in again.snapshots.items()} == {k: s.removed for k, s in done.snapshots.items()}
+    partial = tmp_path / "partial.pt"
+    monkeypatch.undo()
+    interrupted(tiny(), [0.2, 0.5], partial, at_stage=1)
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(ValueError, match=r"partial\.pt cannot be written: no file can be created in"):
+        optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=partial, **KW)
