@@ -239,10 +239,11 @@ class Controller:
                              "(one synapse), in practice far more")
         self.budget_fn = get_budget(budget)
         self.budget = budget
-        if self.policy.ranks_globally and min_density > 0:
+        if not self.policy.keeps_floors and min_density > 0:
             raise ValueError(f"policy {self.policy.name!r} ranks the ensembles of all layers together and keeps no "
                              f"per-layer floor, so min_density={min_density} would be ignored: keep a layer with "
-                             "protect=[...], or use a policy that applies layer budgets (utility, rigl, set, gmp, magnitude)")
+                             "protect=[...], or use a policy that keeps floors (threshold, or one that applies layer "
+                             "budgets: utility, rigl, set, gmp, magnitude)")
         if self.policy.ranks_globally and budget not in ("erk", "global"):  # "erk": the default, unused here too
             raise ValueError(f"policy {self.policy.name!r} ranks the ensembles of all layers together (as the 'global' "
                              f"budget does), so budget={budget!r} would be ignored: leave budget out, or use a policy "

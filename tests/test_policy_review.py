@@ -174,11 +174,45 @@ def test_floors_and_protected_layers_beyond_a_global_target_are_refused():
     assert conn.density() == 1.0
 
 
-@pytest.mark.parametrize("policy", ["threshold", "crawl"])
-def test_policies_that_rank_all_layers_together_refuse_a_floor(policy):
+def test_a_policy_that_ranks_all_layers_together_without_floors_refuses_one():
     conn = adaptive.Connectome(_mlp())
-    with pytest.raises(ValueError, match="keeps no per-layer floor"):
-        adaptive.Controller(conn, None, policy=policy, density=0.5, min_density=0.1)
+    with pytest.raises(ValueError, match="keeps no per-layer floor.*threshold"):
+        adaptive.Controller(conn, None, policy="crawl", density=0.5, min_density=0.1)
+
+
+@pytest.mark.parametrize("pace", ["cubic", "even"])
+def test_threshold_keeps_the_min_density_floors_a_global_ranking_would_empty(pace):
+    """threshold ranks all layers together: a layer whose synapses all look cheap (tiny weights, so
+    tiny curvature costs) was emptied, a layer collapse that cuts the network; min_density keeps its
+    floor, the costliest of its ensembles, and the run still reaches its density."""
+    def run(min_density):
+        m = _mlp()
+        with torch.no_grad():
+            m[2].weight.mul_(1e-4)
+        w0 = m[2].weight.detach().abs().clone()
+        conn = adaptive.Connectome(m)
+        ctrl = adaptive.Controller(conn, None, policy="threshold", estimator="magnitude", density=0.1,
+                                   min_density=min_density, update_every=1, end_step=12, edit_fraction=0.5, seed=0,
+                                   pace=pace)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(12):
+            x, y = torch.randn(32, 20, generator=g), torch.randint(0, 5, (32,), generator=g)
+            m.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            ctrl.observe()
+            ctrl.step()
+            for n, mask in conn.masks.items():
+                assert int(mask.sum()) >= math.ceil(min_density * mask.numel()), (n, int(mask.sum()))
+        return conn, w0
+
+    conn, _ = run(0.0)
+    assert int(conn.masks["2.weight"].sum()) == 0  # without a floor the layer collapses
+    conn, w0 = run(0.05)
+    kept = conn.masks["2.weight"]
+    assert int(kept.sum()) == math.ceil(0.05 * kept.numel())
+    assert abs(conn.density() - 0.1) < 1e-3
+    # the floor holds the layer's largest weights (magnitude's costliest to remove)
+    assert float(w0[kept].min()) >= float(w0[~kept].max())
 
 
 @pytest.mark.parametrize("policy, kw", [("gmp", dict(protect=["2.weight"])), ("gmp", dict(min_density=0.5)),

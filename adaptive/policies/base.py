@@ -125,7 +125,8 @@ class Policy:
     grow_by: Optional[str] = None  # None: the policy never grows
     needs_density = True
     supports_nm = False  # n:m granularities need policies whose scores share units
-    ranks_globally = False  # True: every edit ranks all layers together, so no layer budget or floor applies
+    ranks_globally = False  # True: every edit ranks all layers together, so no layer budget applies
+    keeps_floors = True  # False: a policy that ranks globally and keeps no min_density floor (refused with one)
     holds_layer_counts = True  # False: its updates hold the network's live count, not each layer's (balanced)
 
     def initialize(self, ctrl: "Controller") -> Optional[EditPlan]:

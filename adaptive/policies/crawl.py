@@ -33,6 +33,7 @@ class Crawl(Policy):
     needs_density = False
     sparse_at_start = False
     ranks_globally = True
+    keeps_floors = False
 
     def __init__(self, edit_fraction: float = 0.01, margin: float = 0.0):
         if not 0.0 <= edit_fraction <= 1.0:
