@@ -337,6 +337,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     plugins = cfg["plugins"] if isinstance(cfg["plugins"], list) else [cfg["plugins"]]
     plugins = [p.strip() for item in plugins for p in str(item).split(",") if p.strip()]  # "a.py,b.py" as in recipes/adaptive.py
     cfg["plugins"] = resolved(plugins)  # absolute: config.yaml reruns from any working directory
+    if isinstance(cfg["weights"], str) and not cfg["weights"].strip():
+        cfg["weights"] = None  # --weights "" (or weights: '' in a config): none, as build_model has always read it
     cfg["weights"], cfg["data_dir"] = absolute_if_exists(cfg["weights"]), absolute_if_exists(cfg["data_dir"])
     if cfg.get("output_dir"):  # config.yaml names this run folder from any working directory
         cfg["output_dir"] = os.path.abspath(cfg["output_dir"])

@@ -267,13 +267,36 @@ def test_optimize_connectome_takes_passes_as_a_one_element_tensor():
 
 def test_a_non_finite_held_out_loss_stops_the_line_search_with_the_model_restored():
     """Held-out data of NaN: every decision compared NaN; once required edits went through on NaN, the
-    run finished silently with a NaN held-out loss (and 'best' chose to remove nothing)."""
+    run finished silently with a NaN held-out loss (and 'best' chose to remove nothing). The dense
+    network's held-out loss is now checked before any edit, so that refusal comes first."""
     m = net()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(96, 8, generator=g), torch.randint(0, 3, (96,), generator=g)
     train = DataLoader(TensorDataset(x[:64], y[:64]), batch_size=16)
     holdout = DataLoader(TensorDataset(torch.full((32, 8), float("nan")), y[64:]), batch_size=16)
+    with pytest.raises(ValueError, match="the dense network's held-out loss is nan .* before any synapse was removed"):
+        adaptive.optimize_connectome(m, train, holdout, target=0.3, progress=False, verify_batches=1)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+
+
+class _NanOncePruned(nn.Module):
+    """A network whose output turns NaN once any weight of its first layer is 0.0 (pruned): the dense
+    network passes the check before any edit, the first edited one does not."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = net()
+
+    def forward(self, x):
+        out = self.body(x)
+        return out * float("nan") if bool((self.body[0].weight == 0).any()) else out
+
+
+def test_a_held_out_loss_that_turns_nan_after_an_edit_stops_the_line_search_with_the_model_restored():
+    m = _NanOncePruned()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    train, holdout = loaders()
     with pytest.raises(ValueError, match="the held-out loss of the line search is nan .* check that data for NaN"):
         adaptive.optimize_connectome(m, train, holdout, target=0.3, progress=False, verify_batches=1)
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())

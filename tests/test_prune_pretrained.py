@@ -161,6 +161,15 @@ def test_a_weights_path_that_is_no_file_is_refused_before_the_data_is_read(tmp_p
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("given", ["", "  "])
+def test_an_empty_weights_path_means_no_weights_as_it_always_did(tmp_path, given):
+    """build_model reads weights '' as none (random weights, a supermask search); the check of the
+    weights file that came in front of it refused '' as 'does not exist'."""
+    ns = recipe().parse_args(["--model", "resnet20", "--weights", given, "--dataset", "fake", "--output_dir",
+                              str(tmp_path / "out")])
+    assert ns.weights is None
+
+
 def test_imagenet_config_parses():
     mod = recipe()
     ns = mod.parse_args(["--config", str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml")])
