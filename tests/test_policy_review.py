@@ -215,6 +215,42 @@ def test_threshold_keeps_the_min_density_floors_a_global_ranking_would_empty(pac
     assert float(w0[kept].min()) >= float(w0[~kept].max())
 
 
+def test_threshold_refuses_floors_that_whole_ensembles_round_above_its_density():
+    """threshold never prunes a layer's floor, held in whole ensembles: 20- to 40-synapse neurons
+    round floors of 40, 60 and 8 synapses up to 40 + 80 + 30 = 150 live synapses, above the 0.06
+    target's 129. The construction check counts floors in synapses (108 <= 129), so the run was
+    accepted and ended, silently, at density 0.0698 (a small CNN's neurons: 0.159 for 0.1)."""
+    conn = adaptive.Connectome(_mlp(), ensemble="neuron")
+    with pytest.raises(ValueError, match=r"min_density 0.05 held in whole ensembles.*150 of the 129"):
+        adaptive.Controller(conn, None, policy="threshold", density=0.06, min_density=0.05, estimator="magnitude",
+                            update_every=1, end_step=10)
+    assert conn.density() == 1.0
+    # a density the whole floors leave room for runs
+    adaptive.Controller(adaptive.Connectome(_mlp(), ensemble="neuron"), None, policy="threshold", density=0.1,
+                        min_density=0.05, estimator="magnitude", update_every=1, end_step=10)
+
+
+def test_threshold_warns_when_block_edge_floors_keep_it_above_its_density():
+    """Layers of unequal ensembles (a 5x5 weight in 2x2 blocks: 4, 2, 2 and 1 synapses) hold their
+    floor in the costliest blocks, which construction cannot foresee: the run that cannot reach its
+    density says so instead of ending above it silently."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 5))
+    conn = adaptive.Connectome(m, ensemble="block:2x2")
+    ctrl = adaptive.Controller(conn, None, policy="threshold", density=0.15, min_density=0.1, estimator="magnitude",
+                               update_every=1, end_step=12, edit_fraction=0.5)
+    g = torch.Generator().manual_seed(0)
+    with pytest.warns(UserWarning, match="the min_density floors, held in whole ensembles, leave"):
+        for _ in range(12):
+            x, y = torch.randn(16, 5, generator=g), torch.randint(0, 5, (16,), generator=g)
+            m.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            ctrl.observe()
+            ctrl.step()
+    assert conn.num_live() > round(0.15 * conn.num_synapses())
+
+
+
 @pytest.mark.parametrize("policy, kw", [("gmp", dict(protect=["2.weight"])), ("gmp", dict(min_density=0.5)),
                                         ("threshold", dict(protect=["2.weight"]))])
 def test_a_global_target_that_cannot_be_met_is_refused_at_construction(policy, kw):

@@ -24,8 +24,11 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from .base import (EditPlan, Policy, concat, concat_sizes, floor_mask, global_synapse_target, highest, live_synapses,
-                   lowest, max_count, per_synapse, register_policy, size_sum, split, take_synapses)
+import torch
+
+from .base import (EditPlan, Policy, concat, concat_sizes, ensemble_size, floor_mask, global_synapse_target, highest,
+                   layer_floors, live_synapses, lowest, max_count, per_synapse, register_policy, size_sum, split,
+                   take_synapses)
 from ..warn import warn_user
 
 
@@ -65,7 +68,29 @@ class Threshold(Policy):
                       f"{ctrl.end_step} with update_every={ctrl.update_every} (an update at end_step edits nothing), "
                       f"so the network stays at density {ctrl.conn.density():.4g}, not {ctrl.density:g}; lower "
                       "update_every or move end_step later")
+        if ctrl.density is not None and ctrl.conn.fixed_density is None and layer_floors(ctrl):
+            self._check_whole_floors(ctrl)
         return super().initialize(ctrl)
+
+    @staticmethod
+    def _check_whole_floors(ctrl):
+        """Refuse a target the floors cannot make room for once held in whole ensembles: a layer's
+        floor is never pruned, and a neuron or a kernel rounds it up to a whole one (a floor of 5
+        synapses in 20-synapse neurons keeps 20), which the synapse count of the construction check
+        leaves out. Layers of unequal ensembles (block edges) count at their floor (a lower bound)."""
+        floors = layer_floors(ctrl)
+        held, largest = 0.0, 1.0
+        for n, floor in floors.items():
+            size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)
+            largest = max(largest, size if isinstance(size, float) else float(size.max()))
+            cover = math.ceil(floor / size) * size if isinstance(size, float) else floor
+            held += min(cover, int(torch.count_nonzero(ctrl.conn.masks[n])))  # a layer under its floor keeps all it has
+        target = global_synapse_target(ctrl, ctrl.density)
+        if held > target + largest / 2:
+            raise ValueError(f"policy 'threshold': density {ctrl.density} is too low for min_density {ctrl.min_density} "
+                             f"held in whole ensembles: each layer's floor rounds up to whole ensembles, which alone keep "
+                             f"{int(held):,} of the {target:,} live synapses the editable layers may hold; raise the "
+                             "density or lower min_density or use smaller ensembles")
 
     def _pace(self, ctrl, step, live, target):
         """Synapses to remove, net, at this update: the excess over the target, spread over the
@@ -110,6 +135,13 @@ class Threshold(Policy):
         # the pace is counted in synapses (ensembles can differ in size), the edit limit in ensembles
         pace = self._pace(ctrl, step, live_synapses(size, a), global_synapse_target(ctrl, ctrl.density)) if target_set else 0
         n_pace = max_count(size, pace, int(prunable.sum()))  # enough ensembles to remove ``pace`` synapses
+        if held is not None and not getattr(self, "_warned_floors", False):
+            spare = live_synapses(size, prunable)
+            if pace - spare > (size if isinstance(size, float) else float(size.max())) / 2:
+                self._warned_floors = True
+                warn_user(f"policy 'threshold': the min_density floors, held in whole ensembles, leave {spare:,.0f} "
+                          f"synapses to prune where {pace:,.0f} are due at step {step}, so the network stays above "
+                          f"density {ctrl.density:g}; raise the density or lower min_density or use smaller ensembles")
         if target_set and ctrl.end_step is None and n_pace > limit:
             n_pace = limit  # no deadline: as fast as the edit limit allows, and never past the target
             pace = min(pace, size_sum(size, lowest(per_synapse(c, size), prunable, n_pace)))
