@@ -239,7 +239,10 @@ class Controller:
                              "(one synapse), in practice far more")
         self.budget_fn = get_budget(budget)
         self.budget = budget
-        if not self.policy.keeps_floors and min_density > 0:
+        keeps_floors = self.policy.keeps_floors
+        if keeps_floors is None:
+            keeps_floors = not self.policy.ranks_globally
+        if not keeps_floors and min_density > 0:
             raise ValueError(f"policy {self.policy.name!r} ranks the ensembles of all layers together and keeps no "
                              f"per-layer floor, so min_density={min_density} would be ignored: keep a layer with "
                              "protect=[...], or use a policy that keeps floors (threshold, or one that applies layer "

@@ -250,6 +250,27 @@ def test_threshold_warns_when_block_edge_floors_keep_it_above_its_density():
     assert conn.num_live() > round(0.15 * conn.num_synapses())
 
 
+def test_a_registered_policy_that_ranks_globally_refuses_a_floor_unless_it_keeps_one():
+    """keeps_floors defaulted to True for every policy: a registered policy that ranks all layers
+    together (ranks_globally, which no layer budget's floors reach) was refused a min_density before
+    keeps_floors existed and then took it, silently ignored."""
+    from adaptive.policies.base import _POLICIES, Policy, register_policy
+
+    @register_policy("review_global_ranker", replace=True)
+    class GlobalRanker(Policy):
+        needs_density = False
+        ranks_globally = True
+
+    try:
+        with pytest.raises(ValueError, match="keeps no per-layer floor"):
+            adaptive.Controller(adaptive.Connectome(_mlp()), None, policy="review_global_ranker", density=0.5,
+                                min_density=0.1)
+        GlobalRanker.keeps_floors = True  # one that says it keeps them is taken at its word
+        adaptive.Controller(adaptive.Connectome(_mlp()), None, policy="review_global_ranker", density=0.5,
+                            min_density=0.1)
+    finally:
+        _POLICIES.pop("review_global_ranker", None)
+
 
 @pytest.mark.parametrize("policy, kw", [("gmp", dict(protect=["2.weight"])), ("gmp", dict(min_density=0.5)),
                                         ("threshold", dict(protect=["2.weight"]))])

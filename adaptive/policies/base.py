@@ -126,7 +126,9 @@ class Policy:
     needs_density = True
     supports_nm = False  # n:m granularities need policies whose scores share units
     ranks_globally = False  # True: every edit ranks all layers together, so no layer budget applies
-    keeps_floors = True  # False: a policy that ranks globally and keeps no min_density floor (refused with one)
+    # whether min_density floors hold (else refused with one); None: unless the policy ranks globally
+    # (a budget's floors do not apply there, so one that does keep them says so: threshold)
+    keeps_floors: Optional[bool] = None
     holds_layer_counts = True  # False: its updates hold the network's live count, not each layer's (balanced)
 
     def initialize(self, ctrl: "Controller") -> Optional[EditPlan]:

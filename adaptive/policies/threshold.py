@@ -42,6 +42,7 @@ class Threshold(Policy):
     needs_density = False
     sparse_at_start = False
     ranks_globally = True
+    keeps_floors = True  # each layer's floor is held out of the ranking (update)
 
     def __init__(self, prune_boundary: float = 0.0, restore_boundary: float = 0.0, adapt: bool = True,
                  pace: Optional[str] = None):
