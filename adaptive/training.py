@@ -252,8 +252,9 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     norm is not finite, which a GradScaler skips, count in neither; None if all were).
 
     ``state.silent_units`` (an :class:`adaptive.diagnostics.SilentUnits` on the model's layers, or
-    None): train rows then carry ``silent_units``, the share of its units no gradient reached over the
-    row's steps, and ``state.silent_layers`` holds the row's per-layer counts.
+    None): it observes each step's gradients before the optimizer step; train rows then carry
+    ``silent_units``, the share of its units no gradient reached over the row's steps, and
+    ``state.silent_layers`` holds the row's per-layer counts.
     """
     if accelerator.gradient_accumulation_steps > 1:
         from accelerate.data_loader import DataLoaderStateMixin
@@ -288,6 +289,8 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
                 if max_grad_norm is not None:
                     total = clip_gradients(model.parameters(), max_grad_norm, conn, accelerator=accelerator)
                     norm, scaled = float(total), bool(clip_factor(total, max_grad_norm) < 1)
+                if state.silent_units is not None:  # the gradients this step uses (averaged over processes)
+                    state.silent_units.observe()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():

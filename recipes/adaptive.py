@@ -800,8 +800,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     # DDP averages gradients over every process's batch before the controller sees them
     ctrl = build_controller(cfg, conn, optimizer, total_steps, num_processes=accelerator.num_processes)
     state = TrainState(processes=accelerator.num_processes, steps_per_epoch=steps_per_epoch, accumulation=accum)
-    watched = SilentUnits.connectome_layers(conn)  # (hooks on the unwrapped model's layers)
-    state.silent_units = SilentUnits(watched) if watched else None
+    state.silent_units = SilentUnits.from_connectome(conn)  # reads each step's gradients; no hook on the model
     # The registration order is part of the checkpoint format: custom_checkpoint_0..3.
     accelerator.register_for_checkpointing(conn, ctrl, state, lr_scheduler)
     if resume_from is not None:
@@ -908,8 +907,6 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
                         max_grad_norm=cfg.max_grad_norm, loss_fn=train_loss)
         if state.step >= total_steps:
             break
-    if state.silent_units is not None:  # the model the run returns carries no hook of it (torch.save pickles it)
-        state.silent_units.remove()
     if progress is not None:
         progress.close()
 

@@ -17,21 +17,27 @@ from _scripts import load_script  # noqa: E402
 R = load_script("recipes/adaptive.py", "recipe_adaptive_silent")
 
 
-def _dead_mlp(inplace=False, dead=(0, 3, 5)):
+def _dead_mlp(dead=(0, 3, 5)):
     """5 -> 8 -> 3 with the given hidden ReLUs dead: a bias of -100 keeps them below zero on any input."""
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Linear(5, 8), nn.ReLU(inplace=inplace), nn.Linear(8, 3))
+    m = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
     with torch.no_grad():
         m[0].bias[list(dead)] = -100.0
     return m
 
 
-@pytest.mark.parametrize("inplace", [False, True])
-def test_dead_relus_of_a_linear_layer_are_counted_exactly(inplace):
-    m = _dead_mlp(inplace)
+def _step(model, silent, x, loss=lambda out: out.logsumexp(-1).sum()):
+    """One training step's gradients, observed as train_one_epoch observes them."""
+    model.zero_grad(set_to_none=True)
+    loss(model(x)).backward()
+    silent.observe()
+
+
+def test_dead_relus_of_a_linear_layer_are_counted_exactly():
+    m = _dead_mlp()
     s = SilentUnits({"hidden": m[0], "out": m[2]})
     for _ in range(3):
-        m(torch.randn(32, 5)).logsumexp(1).sum().backward()
+        _step(m, s, torch.randn(32, 5))
     hidden, out = s.layers()
     assert (hidden.name, hidden.silent, hidden.units) == ("hidden", 3, 8)
     assert (out.silent, out.units) == (0, 3)
@@ -41,18 +47,26 @@ def test_dead_relus_of_a_linear_layer_are_counted_exactly(inplace):
     assert s.layers() == []  # nothing measured since the reset
 
 
+def test_a_unit_reached_at_one_step_of_the_interval_is_not_silent():
+    m = _dead_mlp()
+    s = SilentUnits({"hidden": m[0], "out": m[2]})
+    _step(m, s, torch.randn(32, 5))
+    with torch.no_grad():
+        m[0].bias[0] = 100.0  # unit 0 fires at the second step only
+    _step(m, s, torch.randn(32, 5))
+    assert s.layers()[0].silent == 2
+
+
 def test_dead_channels_of_a_convolution_and_a_layer_called_twice():
     torch.manual_seed(0)
     conv, shared = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 1)
     with torch.no_grad():
         conv.bias[[1, 2, 4, 5]] = -100.0
-
-    def net(x):
-        h = torch.relu(conv(x))
-        return shared(torch.relu(shared(h))).mean((2, 3))
-
+    net = nn.Module()
+    net.conv, net.shared = conv, shared
+    net.forward = lambda x: shared(torch.relu(shared(torch.relu(conv(x))))).mean((2, 3))
     s = SilentUnits({"conv": conv, "shared": shared})
-    net(torch.randn(4, 3, 8, 8)).pow(2).sum().backward()
+    _step(net, s, torch.randn(4, 3, 8, 8), loss=lambda out: out.pow(2).sum())
     layers = {l.name: l for l in s.layers()}
     assert (layers["conv"].silent, layers["conv"].units) == (4, 6)
     # the second call's output always gets a gradient: every channel of the shared layer is reached
@@ -60,35 +74,82 @@ def test_dead_channels_of_a_convolution_and_a_layer_called_twice():
     assert [l.name for l in SilentUnits.alarming(list(layers.values()))] == ["conv"]  # 4 of 6
 
 
-def test_layers_that_never_ran_in_training_are_not_measured():
+def test_layers_without_a_gradient_are_not_measured():
     m = _dead_mlp()
     unused = nn.Linear(8, 4)
     s = SilentUnits({"hidden": m[0], "out": m[2], "unused": unused})
-    with torch.no_grad():  # no gradient: not an interval
-        m(torch.randn(4, 5))
-    m.eval()  # evaluation mode: not training, not counted
-    m(torch.randn(4, 5)).sum().backward()
+    s.observe()  # no backward yet: nothing to take in
     assert s.layers() == []
-    m.train()
-    m(torch.randn(4, 5)).sum().backward()
+    _step(m, s, torch.randn(4, 5))
     assert [l.name for l in s.layers()] == ["hidden", "out"]
-    s.remove()
-    s.reset()
-    m(torch.randn(4, 5)).sum().backward()
-    assert s.layers() == []  # the hooks are gone
 
 
 def test_bad_layers_are_refused():
     with pytest.raises(ValueError, match="no layers"):
         SilentUnits({})
-    with pytest.raises(TypeError, match="ReLU.*Linear or Conv"):
+    with pytest.raises(TypeError, match="ReLU without a weight tensor"):
         SilentUnits({"act": nn.ReLU()})
+
+
+def test_a_bias_free_unit_with_no_live_input_is_silent_even_under_dense_gradients():
+    """A unit of a bias-free layer whose every incoming synapse is pruned outputs a constant 0: no
+    gradient reaches a live weight of it, though the dense gradient of its absent weights is not 0
+    (a controller reading dense gradients at that step)."""
+    from adaptive import Connectome
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 8, bias=False), nn.Tanh(), nn.Linear(8, 3))
+    conn = Connectome(m)
+    mask = torch.ones(8, 5, dtype=torch.bool)
+    mask[[2, 6]] = False  # units 2 and 6 of the first layer lose every input
+    conn.set_masks({"0.weight": mask})
+    s = SilentUnits.from_connectome(conn)
+    m.zero_grad()
+    m(torch.randn(16, 5)).logsumexp(-1).sum().backward()  # no optimizer attached: the gradient stays dense
+    assert bool(m[0].weight.grad[[2, 6]].ne(0).any())
+    s.observe()
+    first, last = s.layers()
+    assert (first.name, first.silent, first.units) == ("0.weight", 2, 8)
+    assert (last.name, last.silent) == ("2.weight", 0)
+
+
+class _AttentionAndRnn(nn.Module):
+    """Synapse layers of every kind the Connectome prunes: an attention's packed input projection and an
+    RNN's gate matrices are weights read as plain tensors; out_proj and fc are Linear modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.rnn = nn.GRU(8, 8, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h, _ = self.att(x, x, x)
+        h, _ = self.rnn(h)
+        return self.fc(h.mean(1))
+
+
+def test_from_connectome_watches_every_synapse_layer_with_its_bias():
+    """Weights read as plain tensors (in_proj_weight, weight_ih_l0, out_proj through F.linear) are
+    measured from their gradients like any Linear (a forward-hook design had to leave them out)."""
+    from adaptive import Connectome
+
+    torch.manual_seed(0)
+    conn = Connectome(_AttentionAndRnn())
+    s = SilentUnits.from_connectome(conn)
+    assert s.names == list(conn.layers)
+    assert s.units["att.in_proj_weight"] == 24 and s.units["rnn.weight_ih_l0"] == 24
+    assert s._biases["att.in_proj_weight"] is conn.model.att.in_proj_bias
+    assert s._biases["rnn.weight_hh_l0"] is conn.model.rnn.bias_hh_l0
+    assert s._biases["fc.weight"] is conn.model.fc.bias
+    _step(conn.model, s, torch.randn(4, 5, 8))
+    assert [l.name for l in s.layers()] == list(conn.layers)
 
 
 def test_the_interval_survives_a_train_state_checkpoint():
     m = _dead_mlp()
     state = TrainState(silent_units=SilentUnits({"hidden": m[0], "out": m[2]}))
-    m(torch.randn(8, 5)).sum().backward()
+    _step(m, state.silent_units, torch.randn(8, 5))
     sd = state.state_dict()
     fresh = _dead_mlp()
     back = TrainState(silent_units=SilentUnits({"hidden": fresh[0], "out": fresh[2]}))
@@ -98,7 +159,7 @@ def test_the_interval_survives_a_train_state_checkpoint():
     # the resumed interval goes on: a gradient now reaching a unit counts with the saved ones
     with torch.no_grad():
         fresh[0].bias[0] = 100.0
-    fresh(torch.randn(8, 5)).sum().backward()
+    _step(fresh, back.silent_units, torch.randn(8, 5))
     assert back.silent_units.layers()[0].silent == 2
     # a checkpoint written before the state carried the interval starts a new one
     old = {k: v for k, v in sd.items() if k != "silent"}
@@ -126,8 +187,7 @@ def test_the_recipe_reports_silent_units_and_warns_about_a_dying_layer(tmp_path,
     assert "units received no gradient over steps" in out and "a lower --lr" in out
     AcceleratorState._reset_state(True)
     res = R.main(common + ["--lr", "0.01", "--output_dir", str(tmp_path / "calm")])
-    # the hooks go with the run: the model it returns pickles (a local hook function did not) and its later
-    # training reaches no tracker
+    # the watch puts no hook on the model: the model the run returns pickles (a forward-hook design's did not)
     assert not any(m._forward_hooks for m in res.model.modules())
     torch.save(res.model, io.BytesIO())
     out = capsys.readouterr().out
@@ -138,36 +198,6 @@ def test_the_recipe_reports_silent_units_and_warns_about_a_dying_layer(tmp_path,
     assert all(r["silent_units"] is None for r in read_metrics_csv(tmp_path / "calm" / "metrics.csv")
                if r["split"] != "train")
     AcceleratorState._reset_state(True)
-
-
-class _AttentionAndRnn(nn.Module):
-    """Synapse layers of every kind the Connectome prunes: an attention's packed input projection and an
-    RNN's gate matrices are weights read as plain tensors; out_proj and fc are Linear modules."""
-
-    def __init__(self):
-        super().__init__()
-        self.att = nn.MultiheadAttention(8, 2, batch_first=True)
-        self.rnn = nn.GRU(8, 8, batch_first=True)
-        self.fc = nn.Linear(8, 3)
-
-    def forward(self, x):
-        h, _ = self.att(x, x, x)
-        h, _ = self.rnn(h)
-        return self.fc(h.mean(1))
-
-
-def test_from_connectome_watches_the_layers_that_are_modules_of_their_own():
-    """A Connectome of a model with attention or an RNN holds weights of no Linear/Conv module of their
-    own (in_proj_weight, weight_ih_l0): they are left out, not refused (the recipe crashed on vit_tiny)."""
-    from adaptive import Connectome
-
-    torch.manual_seed(0)
-    conn = Connectome(_AttentionAndRnn())
-    s = SilentUnits.from_connectome(conn)
-    assert s.names == ["att.out_proj.weight", "fc.weight"]
-    conn.model(torch.randn(4, 5, 8)).sum().backward()
-    assert [l.name for l in s.layers()] == ["fc.weight"]  # out_proj runs through F.linear: not measured
-    assert SilentUnits.connectome_layers(Connectome(nn.GRU(8, 8))) == {}
 
 
 def test_the_recipe_runs_a_model_with_attention(tmp_path):
@@ -183,7 +213,7 @@ def test_the_recipe_runs_a_model_with_attention(tmp_path):
 
 def test_a_resumed_interval_goes_on_with_gradients_on_another_device():
     """load_vector holds the resumed interval on the CPU; a model on an accelerator then sent gradients
-    from there, and torch.maximum of the two raised in the backward pass (a GPU run resumed from a
+    from there, and torch.maximum of the two raised at the first step (a GPU run resumed from a
     checkpoint taken mid-row crashed at its first step). The meta device stands in for the accelerator."""
     hidden, out = nn.Linear(5, 8, device="meta"), nn.Linear(8, 3, device="meta")
     s = SilentUnits({"hidden": hidden, "out": out})
@@ -191,4 +221,5 @@ def test_a_resumed_interval_goes_on_with_gradients_on_another_device():
     saved[:4], saved[11] = 1.0, 1.0  # units 0-3 of hidden reached; hidden measured
     s.load_vector(saved)
     out(hidden(torch.randn(4, 5, device="meta"))).sum().backward()
+    s.observe()
     assert s._peak["hidden"].device.type == "meta" and s._peak["out"].device.type == "meta"

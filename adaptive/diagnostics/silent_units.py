@@ -1,32 +1,38 @@
 """Silent units: units of a network's weighted layers that no gradient reaches while it trains.
 
-A unit is an output feature of a Linear or an output channel of a convolution. It is *silent* over
-an interval of training when the gradient of the loss with respect to its output was exactly zero
-for every example of every step: nothing it computes can change, and nothing can teach it. The usual
-cause is a ReLU that no longer fires on any input (a "dead" unit: a learning rate too high for the
-batch size pushes its bias and weights where every pre-activation is negative); another is a unit
-whose every outgoing synapse is pruned, so the loss no longer reads it. Either way the network
-trains without it, and a run whose hidden layers fall silent can collapse to chance with no other
-sign than its loss.
+A unit is an output feature of a Linear, an output channel of a convolution, a row of any weight
+whose units lie on axis 0 (an attention's packed projection, an RNN's gate matrix). It is *silent*
+over an interval of training when no gradient reached its weights or its bias at any step: the
+gradient of the loss with respect to its output was zero on every example, so nothing it computes
+can change and nothing can teach it. The usual cause is a ReLU that no longer fires on any input (a
+"dead" unit: a learning rate too high for the batch size pushes its bias and weights where every
+pre-activation is negative); another is a unit whose every outgoing synapse is pruned, so the loss
+no longer reads it (or, without a bias, every incoming one: it outputs a constant). Either way the
+network trains without it, and a run whose hidden layers fall silent can collapse to chance with no
+other sign than its loss.
 
-:class:`SilentUnits` watches the layers with forward hooks that put a gradient hook on each output:
-per unit it keeps the largest |gradient| seen since the last :meth:`SilentUnits.reset` (an ``amax``
-over the batch and positions: tensor code, one small vector per layer). A module called several
-times per step (shared weights) counts every call. Layers whose module never ran in training mode
-with gradients (a weight read by ``F.linear`` inside another module's forward, as
-``nn.MultiheadAttention`` reads its ``out_proj``) are not measured and left out of the counts.
+:class:`SilentUnits` reads the gradients the optimizer is about to use: :meth:`SilentUnits.observe`,
+once per optimizer step (after the last backward of the step, before the gradients are zeroed),
+keeps per unit the largest |gradient| of its weights and bias since the last
+:meth:`SilentUnits.reset` (an ``amax`` and an ``amin`` over each weight's gradient: tensor code, one small
+vector per layer; it puts no hook on the model). A weight row's gradient is zero for every example
+exactly when the unit's output gradient is (short of inputs that are all zero); whether the
+optimizer's gradients are masked or dense at a step does not change that, and a unit of a bias-free
+layer with no live input, which outputs a constant 0, counts as silent. Under DDP every process
+holds the same averaged gradients. A layer whose weight had no gradient at any observed step
+(unused) is not measured and left out.
 
-Given as ``TrainState.silent_units``, :func:`adaptive.training.train_one_epoch` puts the share on
-every train row of metrics.csv (``silent_units``: over the row's ``log_every`` steps, so over
-``log_every`` x batch size examples; a unit that fires rarely may be silent over a short row) and
-saves the interval with the state, so a resumed run reports what the uninterrupted one did. The
-recipe (``recipes/adaptive.py``) watches every train-mode run and warns when most of a layer's
-units are silent.
+Given as ``TrainState.silent_units``, :func:`adaptive.training.train_one_epoch` observes every step
+and puts the share on every train row of metrics.csv (``silent_units``: over the row's
+``log_every`` steps, so over ``log_every`` x batch size examples; a unit that fires rarely may be
+silent over a short row) and saves the interval with the state, so a resumed run reports what the
+uninterrupted one did. The recipe (``recipes/adaptive.py``) watches every train-mode run and warns
+when most of a layer's units are silent.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -49,73 +55,90 @@ class LayerSilence:
 
 
 class SilentUnits:
-    """Track, per unit of the given layers, whether any gradient reached its output.
+    """Track, per unit of the given layers, whether any gradient reached its weights or bias.
 
     Args:
-        layers: ``name -> module`` (an ``nn.Linear`` or ``nn.Conv1d/2d/3d``, or any module whose
-            output holds the units on axis 1, or on the last axis for a Linear).
+        layers: ``name -> module`` with a ``weight`` whose units lie on axis 0 (``nn.Linear``,
+            ``nn.Conv1d/2d/3d``) and an optional ``bias`` (one entry per unit).
     Use :meth:`from_connectome` for a :class:`~adaptive.Connectome`'s synapse layers. Call
-    :meth:`remove` to take the hooks off.
+    :meth:`observe` once per optimizer step.
     """
 
     def __init__(self, layers: Mapping[str, nn.Module]):
-        if not layers:
-            raise ValueError("SilentUnits: no layers to watch: pass name -> module of the Linear/Conv layers")
-        self.names: List[str] = list(layers)
-        self.units: Dict[str, int] = {}
+        weights, biases = {}, {}
         for n, m in layers.items():
-            units = getattr(m, "out_features", None) or getattr(m, "out_channels", None)
-            if not units:
-                raise TypeError(f"SilentUnits: {n} is a {type(m).__name__}, which has neither out_features nor "
-                                "out_channels: pass Linear or Conv layers")
-            self.units[n] = int(units)
-        self._linear = {n: isinstance(m, nn.Linear) for n, m in layers.items()}
-        self._peak: Dict[str, Optional[torch.Tensor]] = {n: None for n in self.names}
-        self._handles = [m.register_forward_hook(self._forward_hook(n)) for n, m in layers.items()]
+            w = getattr(m, "weight", None)
+            if not isinstance(w, torch.Tensor) or w.dim() < 1:
+                raise TypeError(f"SilentUnits: {n} is a {type(m).__name__} without a weight tensor: pass layers "
+                                "such as Linear or Conv modules")
+            weights[n], biases[n] = w, getattr(m, "bias", None)
+        self._setup(weights, biases, None)
 
     @classmethod
     def from_connectome(cls, conn) -> "SilentUnits":
-        """The modules of ``conn``'s synapse layers, by parameter name (:meth:`connectome_layers`)."""
-        return cls(cls.connectome_layers(conn))
-
-    @staticmethod
-    def connectome_layers(conn) -> Dict[str, nn.Module]:
-        """``name -> module`` of ``conn``'s synapse layers that are a module of their own (a Linear or
-        convolution). A weight its module reads as a plain tensor (``nn.MultiheadAttention``'s input
-        projections, an RNN's gate matrices) has no output of its own to watch and is left out; empty
-        where every layer is such a weight."""
-        mods = dict(conn.model.named_modules())
-        out = {}
+        """Every synapse layer of ``conn``, by parameter name: its weight's rows (the layer's
+        ``out_units``), its bias where the module holds one of matching size (``x.bias`` beside
+        ``x.weight``, ``in_proj_bias`` beside ``in_proj_weight``, ``bias_ih_l0`` beside
+        ``weight_ih_l0``); a unit of a bias-free layer with no live synapse (``conn.masks``) counts
+        as silent."""
+        params = dict(conn.model.named_parameters())
+        weights, biases = {}, {}
         for n, layer in conn.layers.items():
-            m = mods[layer.module_name]
-            if getattr(m, "out_features", None) or getattr(m, "out_channels", None):
-                out[n] = m
+            weights[n] = conn.params[n]
+            prefix, dot, last = n.rpartition(".")
+            b = params.get(f"{prefix}{dot}{last.replace('weight', 'bias', 1)}") if "weight" in last else None
+            biases[n] = b if b is not None and tuple(b.shape) == (layer.out_units,) else None
+        out = cls.__new__(cls)
+        out._setup(weights, biases, lambda name: conn.masks[name])
         return out
 
-    # ------------------------------------------------------------------------------ hooks
-    def _forward_hook(self, name: str):
-        def hook(module, inputs, out):
-            if not (module.training and torch.is_tensor(out) and out.requires_grad):
-                return
-            axis = out.dim() - 1 if self._linear[name] or out.dim() < 2 else 1
-            if out.shape[axis] != self.units[name]:  # not a layout this class understands: do not guess
-                return
-            out.register_hook(lambda g: self._record(name, g, axis))
-        return hook
+    def _setup(self, weights: Dict[str, torch.Tensor], biases: Dict[str, Optional[torch.Tensor]],
+               mask_of: Optional[Callable[[str], torch.Tensor]]) -> None:
+        if not weights:
+            raise ValueError("SilentUnits: no layers to watch: pass name -> module of the Linear/Conv layers")
+        self.names: List[str] = list(weights)
+        self.units: Dict[str, int] = {n: int(w.shape[0]) for n, w in weights.items()}
+        self._weights, self._biases, self._mask_of = weights, biases, mask_of
+        self._inputs: Dict[str, tuple] = {}  # layer -> (mask identity, units with a live input)
+        self._peak: Dict[str, Optional[torch.Tensor]] = {n: None for n in self.names}
 
+    # ------------------------------------------------------------------------------ observing
     @torch.no_grad()
-    def _record(self, name: str, g: torch.Tensor, axis: int) -> None:
-        dims = tuple(d for d in range(g.dim()) if d != axis)
-        peak = (g.abs().amax(dim=dims) if dims else g.abs()).float()
-        held = self._peak[name]
-        # NaN/inf count as reached: a diverged step is not a silent unit
-        # (an interval resumed from a checkpoint is held on the CPU until the first gradient arrives)
-        self._peak[name] = peak if held is None else torch.maximum(held.to(peak.device), peak)
+    def observe(self) -> None:
+        """Take in this step's gradients: call after the step's last backward, before they are
+        zeroed. A layer whose weight holds no gradient (unused this step) is skipped."""
+        for n in self.names:
+            g = self._weights[n].grad
+            if g is None:
+                continue
+            k = self.units[n]
+            # a row is 0 where its max and min are: two reductions, no temporary of the gradient's size
+            # (torch.aminmax was 14x slower on a CPU; a 2-norm underflows to 0 below 1e-23 in float32)
+            rows = g.detach().reshape(k, -1)
+            peak = torch.maximum(rows.amax(dim=1), -rows.amin(dim=1))
+            b = self._biases[n]
+            if b is not None and b.grad is not None:
+                peak = torch.maximum(peak, b.grad.detach().abs().to(peak.dtype))
+            elif self._mask_of is not None:
+                # no bias: a unit with no live input outputs a constant 0, whatever the dense
+                # gradient of its absent weights says (a controller may read dense gradients)
+                peak = torch.where(self._has_input(n, peak.device), peak, torch.zeros((), dtype=peak.dtype,
+                                                                                        device=peak.device))
+            peak = peak.float()
+            held = self._peak[n]
+            # NaN/inf count as reached: a diverged step is not a silent unit
+            # (an interval resumed from a checkpoint is held on the CPU until the first gradient arrives)
+            self._peak[n] = peak if held is None else torch.maximum(held.to(peak.device), peak)
 
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+    def _has_input(self, n: str, device) -> torch.Tensor:
+        """Per unit of layer ``n``: whether any of its synapses is live (cached per mask version)."""
+        mask = self._mask_of(n)
+        key = (id(mask), mask._version)
+        hit = self._inputs.get(n)
+        if hit is None or hit[0] != key:
+            hit = (key, mask.reshape(self.units[n], -1).any(dim=1).to(device))
+            self._inputs[n] = hit
+        return hit[1]
 
     # ------------------------------------------------------------------------------ state
     def reset(self) -> None:

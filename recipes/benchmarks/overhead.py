@@ -15,8 +15,9 @@ Variants:
                  before the optimizer step
   bool masks     the first hot path: one mul_ per layer by the bool mask (dtype cast per element)
   ours + silent units
-                 ours, with the adaptive.diagnostics.SilentUnits hooks recipes/adaptive.py puts on
-                 every train-mode run (an amax of |gradient| per unit of each layer's output)
+                 ours, with the adaptive.diagnostics.SilentUnits watch recipes/adaptive.py keeps on
+                 every train-mode run: observe() before each optimizer step (an amax of the live
+                 |gradient| per unit of each layer's weight, and its bias)
 Besides whole-step ratios (noisy on a shared machine) it times the masking work alone, which is
 all the connectome adds to a step, for the library's path and for per-layer float multiplies.
   rigl-torch     rigl_torch.RigLScheduler (PyPI, static topology, so only its per-step masking is
@@ -205,6 +206,7 @@ class Runner:
         self.gate = lambda: True  # rigl-torch decides whether the optimizer steps
         self.bytes_per_synapse = None
         self.density = None
+        self.silent = None  # an adaptive.diagnostics.SilentUnits observing each step (the recipe's watch)
         self.times = []  # CPU time of this thread per step
         self.walls = []  # wall-clock time per step
 
@@ -213,6 +215,8 @@ class Runner:
         self.opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(self.model(self.x), self.y)
         loss.backward()
+        if self.silent is not None:  # the recipe's watch reads the gradients before the optimizer step
+            self.silent.observe()
         if self.gate():
             self.opt.step()
         return time.thread_time() - t, time.perf_counter() - w
