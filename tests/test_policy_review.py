@@ -165,6 +165,44 @@ def test_min_density_floors_hold_under_the_global_budget(policy):
     assert abs(conn.density() - 0.2) < 1e-3
 
 
+class _SmallCnn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(128, 5)
+
+    def forward(self, x):
+        h = F.max_pool2d(F.relu(self.c1(x)), 2)
+        return self.fc(F.max_pool2d(F.relu(self.c2(h)), 2).flatten(1))
+
+
+@pytest.mark.filterwarnings("ignore:estimator curvature recovers")
+@pytest.mark.parametrize("policy", ["gmp", "utility", "magnitude", "rigl", "set"])
+def test_global_budget_floors_held_in_whole_neurons_are_refused_or_kept(policy):
+    """Floors of 11, 29 and 32 synapses (min_density 0.05) in neurons of 27, 72 and 128 synapses keep
+    227: at density 0.1 (143 live synapses) the global ranking met the target by emptying the Linear,
+    breaking its floor (density 0.069); now refused at construction. At 0.16 (229) every floor holds."""
+    def build(density):
+        torch.manual_seed(0)
+        m = _SmallCnn()
+        conn = adaptive.Connectome(m, ensemble="neuron")
+        return m, conn, adaptive.Controller(conn, None, policy=policy, density=density, budget="global",
+                                            min_density=0.05, update_every=1, end_step=10, seed=0)
+
+    with pytest.raises(ValueError, match="too low for min_density 0.05 held in whole ensembles: .* keep 227 of the 143"):
+        build(0.1)
+    m, conn, ctrl = build(0.16)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 5, (8,), generator=g)
+        m.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        ctrl.observe()
+        ctrl.step()
+        for n, mask in conn.masks.items():
+            assert int(mask.sum()) >= math.ceil(0.05 * mask.numel()), (n, int(mask.sum()))
+    assert abs(int(sum(mk.sum() for mk in conn.masks.values())) - 229) <= 64  # within half the largest neuron
+
+
 def test_floors_and_protected_layers_beyond_a_global_target_are_refused():
     conn = adaptive.Connectome(_mlp())
     with pytest.raises(ValueError, match="too low for min_density 0.3"):

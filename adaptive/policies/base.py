@@ -482,7 +482,32 @@ def synapse_targets(ctrl, density: float, strict: bool = False):
     if counts is not None:
         _check_budget(ctrl, density, counts)
         return {n: counts[n] for n in ctrl.editable()}, None
-    return None, global_synapse_target(ctrl, density)
+    target = global_synapse_target(ctrl, density)
+    if strict and layer_floors(ctrl):
+        check_whole_floors(ctrl, density, target)
+    return None, target
+
+
+def check_whole_floors(ctrl, density: float, target: int, who: str = "") -> None:
+    """Refuse a target the ``min_density`` floors cannot make room for once held in whole ensembles
+    (``target``: the live synapses of the editable layers, :func:`global_synapse_target`). A layer's
+    floor is held by whole ensembles (:func:`floor_protected`): a neuron or a kernel rounds it up (a
+    floor of 5 synapses in 20-synapse neurons keeps 20), which the synapse count of
+    :func:`global_synapse_target` leaves out; past the target, a ranking met the target by breaking a
+    floor (a Linear of 128-synapse neurons with a floor of 32 was emptied) or ended above it. Layers of
+    unequal ensembles (block edges) count at their floor (a lower bound); a layer under its floor
+    counts what it holds."""
+    held, largest = 0.0, 1.0
+    for n, floor in layer_floors(ctrl).items():
+        size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)
+        largest = max(largest, size if isinstance(size, float) else float(size.max()))
+        cover = math.ceil(floor / size) * size if isinstance(size, float) else floor
+        held += min(cover, int(torch.count_nonzero(ctrl.conn.masks[n])))
+    if held > target + largest / 2:
+        raise ValueError(f"{who}density {density} is too low for min_density {ctrl.min_density} held in whole "
+                         f"ensembles: each layer's floor rounds up to whole ensembles, which alone keep {int(held):,} of "
+                         f"the {target:,} live synapses the editable layers may hold; raise the density or lower "
+                         "min_density or use smaller ensembles")
 
 
 def _keep_top(scores: torch.Tensor, size, budget: float) -> torch.Tensor:

@@ -24,10 +24,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import torch
-
-from .base import (EditPlan, Policy, concat, concat_sizes, ensemble_size, floor_mask, global_synapse_target, highest,
-                   layer_floors, live_synapses, lowest, max_count, per_synapse, register_policy, size_sum, split,
+from .base import (EditPlan, Policy, check_whole_floors, concat, concat_sizes, floor_mask, global_synapse_target,
+                   highest, layer_floors, live_synapses, lowest, max_count, per_synapse, register_policy, size_sum, split,
                    take_synapses)
 from ..warn import warn_user
 
@@ -75,23 +73,9 @@ class Threshold(Policy):
 
     @staticmethod
     def _check_whole_floors(ctrl):
-        """Refuse a target the floors cannot make room for once held in whole ensembles: a layer's
-        floor is never pruned, and a neuron or a kernel rounds it up to a whole one (a floor of 5
-        synapses in 20-synapse neurons keeps 20), which the synapse count of the construction check
-        leaves out. Layers of unequal ensembles (block edges) count at their floor (a lower bound)."""
-        floors = layer_floors(ctrl)
-        held, largest = 0.0, 1.0
-        for n, floor in floors.items():
-            size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)
-            largest = max(largest, size if isinstance(size, float) else float(size.max()))
-            cover = math.ceil(floor / size) * size if isinstance(size, float) else floor
-            held += min(cover, int(torch.count_nonzero(ctrl.conn.masks[n])))  # a layer under its floor keeps all it has
-        target = global_synapse_target(ctrl, ctrl.density)
-        if held > target + largest / 2:
-            raise ValueError(f"policy 'threshold': density {ctrl.density} is too low for min_density {ctrl.min_density} "
-                             f"held in whole ensembles: each layer's floor rounds up to whole ensembles, which alone keep "
-                             f"{int(held):,} of the {target:,} live synapses the editable layers may hold; raise the "
-                             "density or lower min_density or use smaller ensembles")
+        """Refuse a target the floors cannot make room for once held in whole ensembles
+        (:func:`~adaptive.policies.base.check_whole_floors`): a layer's floor is never pruned."""
+        check_whole_floors(ctrl, ctrl.density, global_synapse_target(ctrl, ctrl.density), "policy 'threshold': ")
 
     def _pace(self, ctrl, step, live, target):
         """Synapses to remove, net, at this update: the excess over the target, spread over the
