@@ -223,3 +223,37 @@ def test_a_resumed_interval_goes_on_with_gradients_on_another_device():
     out(hidden(torch.randn(4, 5, device="meta"))).sum().backward()
     s.observe()
     assert s._peak["hidden"].device.type == "meta" and s._peak["out"].device.type == "meta"
+
+
+def test_a_mask_replaced_by_a_tensor_that_reuses_the_old_ones_id_is_read_anew():
+    """The live-input cache was keyed on (id(mask), mask._version): set_masks puts a new tensor in
+    conn.masks, and a new one made after the cached one was freed can take its address (and its version,
+    0). A unit that lost every input then still counted as fed (the cache of the old mask answered)."""
+    from adaptive import Connectome
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 8, bias=False), nn.Tanh(), nn.Linear(8, 3))
+    conn = Connectome(m)
+    s = SilentUnits.from_connectome(conn)
+    full = torch.ones(8, 5, dtype=torch.bool)
+    cut = full.clone()
+    cut[[2, 6]] = False  # units 2 and 6 lose every input
+    other = full.clone()
+    other[0, 0] = False
+    x = torch.randn(16, 5)
+    reused = 0
+    for _ in range(1000):
+        if reused == 3:
+            break
+        conn.set_masks({"0.weight": full.clone()})
+        _step(m, s, x)  # caches the full mask's live inputs
+        s.reset()
+        cached = id(conn.masks["0.weight"])
+        conn.set_masks({"0.weight": other.clone()})  # frees the cached mask
+        conn.set_masks({"0.weight": cut.clone()})  # which this new one may replace at its address
+        reused += id(conn.masks["0.weight"]) == cached
+        _step(m, s, x)  # (no optimizer attached: the gradient is dense)
+        assert s.layers()[0].silent == 2
+        s.reset()
+    if not reused:
+        pytest.skip("no mask tensor took the cached one's address")

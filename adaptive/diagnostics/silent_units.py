@@ -31,6 +31,7 @@ when most of a layer's units are silent.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional
 
@@ -99,7 +100,7 @@ class SilentUnits:
         self.names: List[str] = list(weights)
         self.units: Dict[str, int] = {n: int(w.shape[0]) for n, w in weights.items()}
         self._weights, self._biases, self._mask_of = weights, biases, mask_of
-        self._inputs: Dict[str, tuple] = {}  # layer -> (mask identity, units with a live input)
+        self._inputs: Dict[str, tuple] = {}  # layer -> (weakref to the mask, its version, units with a live input)
         self._peak: Dict[str, Optional[torch.Tensor]] = {n: None for n in self.names}
 
     # ------------------------------------------------------------------------------ observing
@@ -133,12 +134,13 @@ class SilentUnits:
     def _has_input(self, n: str, device) -> torch.Tensor:
         """Per unit of layer ``n``: whether any of its synapses is live (cached per mask version)."""
         mask = self._mask_of(n)
-        key = (id(mask), mask._version)
         hit = self._inputs.get(n)
-        if hit is None or hit[0] != key:
-            hit = (key, mask.reshape(self.units[n], -1).any(dim=1).to(device))
+        # by identity through a weak reference, not id(): set_masks puts a new tensor in conn.masks,
+        # which can take a freed one's address (and its version, 0)
+        if hit is None or hit[0]() is not mask or hit[1] != mask._version:
+            hit = (weakref.ref(mask), mask._version, mask.reshape(self.units[n], -1).any(dim=1).to(device))
             self._inputs[n] = hit
-        return hit[1]
+        return hit[2]
 
     # ------------------------------------------------------------------------------ state
     def reset(self) -> None:
