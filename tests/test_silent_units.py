@@ -257,3 +257,35 @@ def test_a_mask_replaced_by_a_tensor_that_reuses_the_old_ones_id_is_read_anew():
         s.reset()
     if not reused:
         pytest.skip("no mask tensor took the cached one's address")
+
+
+@pytest.mark.parametrize("mask_in_backward", [True, False])
+def test_a_bias_free_unit_whose_live_inputs_are_all_zero_counts_alike_under_masked_and_dense_gradients(
+        mask_in_backward):
+    """Unit 2 of a bias-free layer keeps one live synapse, from an input that is always 0: no gradient
+    reaches a live weight of it. The dense gradient of its pruned weights reads the other inputs and is
+    not 0, so it counted as reached at steps whose gradients were dense (several processes, an observer
+    reading dense gradients, conn.mask_in_backward = False) and as silent on one process."""
+    from adaptive import Connectome
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 8, bias=False), nn.Tanh(), nn.Linear(8, 3))
+    conn = Connectome(m)
+    mask = torch.ones(8, 5, dtype=torch.bool)
+    mask[2] = False
+    mask[2, 0] = True
+    conn.set_masks({"0.weight": mask})
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    conn.attach(opt)
+    conn.mask_in_backward = mask_in_backward
+    s = SilentUnits.from_connectome(conn)
+    for _ in range(3):
+        x = torch.randn(16, 5)
+        x[:, 0] = 0.0
+        opt.zero_grad(set_to_none=True)
+        m(x).logsumexp(-1).sum().backward()
+        assert bool(m[0].weight.grad[2].ne(0).any()) is not mask_in_backward  # dense: the pruned ones read x
+        s.observe()
+        opt.step()
+    first, last = s.layers()
+    assert (first.silent, last.silent) == (1, 0)

@@ -16,9 +16,10 @@ once per optimizer step (after the last backward of the step, before the gradien
 keeps per unit the largest |gradient| of its weights and bias since the last
 :meth:`SilentUnits.reset` (an ``amax`` and an ``amin`` over each weight's gradient: tensor code, one small
 vector per layer; it puts no hook on the model). A weight row's gradient is zero for every example
-exactly when the unit's output gradient is (short of inputs that are all zero); whether the
-optimizer's gradients are masked or dense at a step does not change that, and a unit of a bias-free
-layer with no live input, which outputs a constant 0, counts as silent. Under DDP every process
+exactly when the unit's output gradient is (short of inputs that are all zero). A bias-free layer of
+a connectome is read on its live synapses only, whether the step's gradients are masked or dense: a
+unit with no live input, which outputs a constant 0, or whose live inputs were all 0, counts as silent
+(a dense gradient is masked for this first, a temporary of its size). Under DDP every process
 holds the same averaged gradients. A layer whose weight had no gradient at any observed step
 (unused) is not measured and left out.
 
@@ -80,8 +81,8 @@ class SilentUnits:
         """Every synapse layer of ``conn``, by parameter name: its weight's rows (the layer's
         ``out_units``), its bias where the module holds one of matching size (``x.bias`` beside
         ``x.weight``, ``in_proj_bias`` beside ``in_proj_weight``, ``bias_ih_l0`` beside
-        ``weight_ih_l0``); a unit of a bias-free layer with no live synapse (``conn.masks``) counts
-        as silent."""
+        ``weight_ih_l0``); a bias-free layer is read on its live synapses (``conn.masks``) only, so a
+        unit of it with no live synapse counts as silent."""
         params = dict(conn.model.named_parameters())
         weights, biases = {}, {}
         for n, layer in conn.layers.items():
@@ -90,16 +91,20 @@ class SilentUnits:
             b = params.get(f"{prefix}{dot}{last.replace('weight', 'bias', 1)}") if "weight" in last else None
             biases[n] = b if b is not None and tuple(b.shape) == (layer.out_units,) else None
         out = cls.__new__(cls)
-        out._setup(weights, biases, lambda name: conn.masks[name])
+        out._setup(weights, biases, lambda name: conn.masks[name],
+                   # the gradient holds only live synapses' (no pruned one, or masked in backward
+                   # and unwritten since): else the step masks it after the observers
+                   lambda name: conn._dense[name] or conn._masker.all_masked([name], [conn.params[name]]))
         return out
 
     def _setup(self, weights: Dict[str, torch.Tensor], biases: Dict[str, Optional[torch.Tensor]],
-               mask_of: Optional[Callable[[str], torch.Tensor]]) -> None:
+               mask_of: Optional[Callable[[str], torch.Tensor]],
+               masked: Optional[Callable[[str], bool]] = None) -> None:
         if not weights:
             raise ValueError("SilentUnits: no layers to watch: pass name -> module of the Linear/Conv layers")
         self.names: List[str] = list(weights)
         self.units: Dict[str, int] = {n: int(w.shape[0]) for n, w in weights.items()}
-        self._weights, self._biases, self._mask_of = weights, biases, mask_of
+        self._weights, self._biases, self._mask_of, self._masked = weights, biases, mask_of, masked
         self._inputs: Dict[str, tuple] = {}  # layer -> (weakref to the mask, its version, units with a live input)
         self._peak: Dict[str, Optional[torch.Tensor]] = {n: None for n in self.names}
 
@@ -113,12 +118,21 @@ class SilentUnits:
             if g is None:
                 continue
             k = self.units[n]
+            b = self._biases[n]
+            biased = b is not None and b.grad is not None
+            g = g.detach()
+            if not biased and self._mask_of is not None and not (self._masked is not None and self._masked(n)):
+                # no bias: only the live synapses' gradients say whether the unit is reached. A dense
+                # gradient of pruned weights also reads inputs the live ones do not (a unit whose live
+                # inputs are all 0 would count as reached at a dense step and silent at a masked one)
+                mask = self._mask_of(n)
+                g = torch.where(mask if mask.device == g.device else mask.to(g.device), g,
+                                torch.zeros((), dtype=g.dtype, device=g.device))
             # a row is 0 where its max and min are: two reductions, no temporary of the gradient's size
             # (torch.aminmax was 14x slower on a CPU; a 2-norm underflows to 0 below 1e-23 in float32)
-            rows = g.detach().reshape(k, -1)
+            rows = g.reshape(k, -1)
             peak = torch.maximum(rows.amax(dim=1), -rows.amin(dim=1))
-            b = self._biases[n]
-            if b is not None and b.grad is not None:
+            if biased:
                 peak = torch.maximum(peak, b.grad.detach().abs().to(peak.dtype))
             elif self._mask_of is not None:
                 # no bias: a unit with no live input outputs a constant 0, whatever the dense
