@@ -252,7 +252,8 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     norm is not finite, which a GradScaler skips, count in neither; None if all were).
 
     ``state.silent_units`` (an :class:`adaptive.diagnostics.SilentUnits` on the model's layers, or
-    None): it observes each step's gradients before the optimizer step; train rows then carry
+    None): it observes each step's gradients before the optimizer step (a step the optimizer then
+    skips, which a GradScaler does when they hold inf or NaN, is taken back); train rows then carry
     ``silent_units``, the share of its units no gradient reached over the row's steps, and
     ``state.silent_layers`` holds the row's per-layer counts.
     """
@@ -292,6 +293,8 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
                 if state.silent_units is not None:  # the gradients this step uses (averaged over processes)
                     state.silent_units.observe()
             optimizer.step()
+            if stepping and state.silent_units is not None and getattr(optimizer, "step_was_skipped", False):
+                state.silent_units.discard_last()  # a GradScaler skipped it: its inf/NaN gradients taught nothing
             optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             b = int(y.numel())

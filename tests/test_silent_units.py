@@ -289,3 +289,43 @@ def test_a_bias_free_unit_whose_live_inputs_are_all_zero_counts_alike_under_mask
         opt.step()
     first, last = s.layers()
     assert (first.silent, last.silent) == (1, 0)
+
+
+def test_a_step_the_grad_scaler_skips_is_not_observed():
+    """Under fp16 a GradScaler skips every step whose scaled gradients overflowed (several at the start
+    of a run while it calibrates its scale, then now and then): its inf/NaN gradients teach nothing,
+    but they counted as reached. Unit 0 of the hidden layer feeds nothing (its outgoing weights are 0),
+    so its output gradient is 0 at every step, NaN (inf x 0) at the overflowing one."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from adaptive.training import train_one_epoch
+
+    class ScalerSkips(torch.optim.SGD):  # reports a skipped step as an AcceleratedOptimizer under fp16 does
+        step_was_skipped = False
+
+        def step(self, closure=None):
+            if not self.step_was_skipped:
+                return super().step(closure)
+
+    AcceleratorState._reset_state(True)
+    try:
+        acc = Accelerator(cpu=True)
+        m = _dead_mlp(dead=())
+        with torch.no_grad():
+            m[2].weight[:, 0] = 0.0
+        opt = ScalerSkips(m.parameters(), lr=0.0)
+        calls = []
+
+        def loss_fn(out, y):
+            calls.append(None)
+            opt.step_was_skipped = len(calls) == 2  # the scaled loss overflows at the second step
+            return nn.functional.cross_entropy(out, y) * (float("inf") if opt.step_was_skipped else 1.0)
+
+        state = TrainState(silent_units=SilentUnits({"hidden": m[0], "out": m[2]}))
+        loader = [(torch.randn(8, 5), torch.randint(0, 3, (8,))) for _ in range(3)]
+        train_one_epoch(acc, m, opt, loader, state, loss_fn=loss_fn, log_every=3)
+        hidden, out = state.silent_layers
+        assert (hidden.silent, out.silent) == (1, 0)
+    finally:
+        AcceleratorState._reset_state(True)

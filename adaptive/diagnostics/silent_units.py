@@ -24,6 +24,7 @@ holds the same averaged gradients. A layer whose weight had no gradient at any o
 (unused) is not measured and left out.
 
 Given as ``TrainState.silent_units``, :func:`adaptive.training.train_one_epoch` observes every step
+(and takes back one the optimizer skips: a GradScaler's, whose gradients held inf or NaN)
 and puts the share on every train row of metrics.csv (``silent_units``: over the row's
 ``log_every`` steps, so over ``log_every`` x batch size examples; a unit that fires rarely may be
 silent over a short row) and saves the interval with the state, so a resumed run reports what the
@@ -112,7 +113,9 @@ class SilentUnits:
     @torch.no_grad()
     def observe(self) -> None:
         """Take in this step's gradients: call after the step's last backward, before they are
-        zeroed. A layer whose weight holds no gradient (unused this step) is skipped."""
+        zeroed. A layer whose weight holds no gradient (unused this step) is skipped.
+        :meth:`discard_last` takes it back."""
+        self._before = dict(self._peak)  # (observing replaces the peak tensors, never writes them)
         for n in self.names:
             g = self._weights[n].grad
             if g is None:
@@ -145,6 +148,13 @@ class SilentUnits:
             # (an interval resumed from a checkpoint is held on the CPU until the first gradient arrives)
             self._peak[n] = peak if held is None else torch.maximum(held.to(peak.device), peak)
 
+    def discard_last(self) -> None:
+        """Forget the last :meth:`observe` (a step the optimizer then skipped: a GradScaler found
+        inf or NaN among its scaled gradients, which taught nothing)."""
+        before = self.__dict__.pop("_before", None)
+        if before is not None:
+            self._peak = before
+
     def _has_input(self, n: str, device) -> torch.Tensor:
         """Per unit of layer ``n``: whether any of its synapses is live (cached per mask version)."""
         mask = self._mask_of(n)
@@ -160,6 +170,7 @@ class SilentUnits:
     def reset(self) -> None:
         """Start a new interval: forget every gradient seen."""
         self._peak = {n: None for n in self.names}
+        self.__dict__.pop("_before", None)
 
     def vector(self, device=None) -> torch.Tensor:
         """This process's interval as one float32 vector: per layer, its units' peak |gradient|
@@ -183,6 +194,7 @@ class SilentUnits:
             raise ValueError(f"SilentUnits: a saved state of {v.numel()} entries does not fit these layers "
                              f"({expected}: {sum(self.units.values())} units of {len(self.names)} layers)")
         measured = v[-len(self.names):]
+        self.__dict__.pop("_before", None)
         at = 0
         for i, n in enumerate(self.names):
             k = self.units[n]
