@@ -2,28 +2,21 @@
 F.normalize, pixel (un)shuffle, F.scaled_dot_product_attention, F.linear on an nn.Linear's weight."""
 import warnings
 
+import os
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import graphs
-from graphs.graph import EDGE_SYNAPSE, EDGE_WIRE
+from graphs.graph import EDGE_SYNAPSE
 
 torch.set_num_threads(1)
 
-
-def edge_set(g):
-    names = g.node_names()
-    return {(names[s], names[d], int(k)) for s, d, k in zip(g.src.tolist(), g.dst.tolist(), g.edge_attrs["kind"].tolist())}
-
-
-def full(a, b, n_a, n_b, kind=EDGE_SYNAPSE):
-    return {(f"{a}:{i}", f"{b}:{j}", kind) for i in range(n_a) for j in range(n_b)}
-
-
-def wires(a, b, pairs):
-    return {(f"{a}:{i}", f"{b}:{j}", EDGE_WIRE) for i, j in pairs}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _graph_edges import edge_set, full, wires  # noqa: E402
 
 
 def inner(g):
@@ -128,7 +121,7 @@ def test_attention_softmax_over_keys_passes_each_channel():
             return self.b(torch.einsum("nts,nsc->ntc", w, h))
 
     with pytest.warns(UserWarning) as rec:
-        g = graphs.build(model=Net(), level="unit", example_input=torch.randn(2, 5, 3), input_nodes="channels")
+        graphs.build(model=Net(), level="unit", example_input=torch.randn(2, 5, 3), input_nodes="channels")
     unknown = [str(w.message) for w in rec if "cannot follow" in str(w.message)]
     assert len(unknown) == 2 and all("einsum" in m for m in unknown)
 
