@@ -250,7 +250,7 @@ def _write_graphml_to(g, f, chunk: int) -> None:
         cols = [_graphml_text(src[at]), _graphml_text(dst[at])] + ([_graphml_text(at)] if multi else [])
         f.write(_interleave(elits, cols + [_graphml_text(v[by]) for v in ecols.values()]))
     f.write(f'    <data key="{kid["graph", "level"]}">{_xml_text(g.level)}</data>\n'
-            f'    <data key="{kid["graph", "header"]}">{_xml_text(json.dumps(header(g)))}</data>\n'
+            f'    <data key="{kid["graph", "header"]}">{_xml_text(header_text(g))}</data>\n'
             "  </graph>\n</graphml>\n")
 
 
@@ -373,6 +373,21 @@ def _strict_header(h: dict) -> dict:
     return {**h, "meta": meta, "nonfinite_meta": keys} if keys else h
 
 
+def header_text(g) -> str:
+    """:func:`header` as strict JSON text (:func:`_strict_header`): the ``header`` graph attribute of
+    GraphML and of :func:`~graphs.netx.to_networkx`, read back by :func:`header_from_doc`."""
+    return json.dumps(_strict_header(header(g)), allow_nan=False)
+
+
+def header_from_doc(doc: dict) -> dict:
+    """A parsed header (or JSON document) with the meta keys listed under ``"nonfinite_meta"`` given
+    back their non-finite floats; a header written before (bare NaN tokens, no list) as it is."""
+    back = lambda v: [back(x) for x in v] if isinstance(v, list) else NONFINITE.get(v, v)
+    for k in doc.pop("nonfinite_meta", []):
+        doc["meta"][k] = back(doc["meta"][k])
+    return doc
+
+
 def _float_column(v: list, dtype) -> torch.Tensor:
     """A column read back: the :data:`NONFINITE` strings of a float column as their floats (a file
     written before them holds bare NaN tokens, which ``json.load`` reads as floats already)."""
@@ -432,7 +447,4 @@ def read_json(path):
     e = doc["edges"]
     edges = {k: _float_column(v, getattr(torch, doc["edge_dtypes"][k])) for k, v in e.items() if k not in ("src", "dst")}
     nodes = {k: _float_column(v, getattr(torch, doc["node_dtypes"][k])) for k, v in doc["nodes"].items() if k != "name"}
-    back = lambda v: [back(x) for x in v] if isinstance(v, list) else NONFINITE.get(v, v)
-    for k in doc.pop("nonfinite_meta", []):
-        doc["meta"][k] = back(doc["meta"][k])
-    return from_header(doc, nodes, torch.tensor(e["src"], dtype=torch.long), torch.tensor(e["dst"], dtype=torch.long), edges)
+    return from_header(header_from_doc(doc), nodes, torch.tensor(e["src"], dtype=torch.long), torch.tensor(e["dst"], dtype=torch.long), edges)

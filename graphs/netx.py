@@ -17,12 +17,12 @@ def to_networkx(g, flat: bool = False):
     """``flat=True`` stores only scalar graph attributes (what GraphML and GEXF accept)."""
     import networkx as nx
 
-    from .exporters import header
+    from .exporters import header_text
 
     multi = g.level == "synapse"
     G = nx.MultiDiGraph() if multi else nx.DiGraph()
     G.graph["level"] = g.level
-    G.graph["header"] = json.dumps(header(g))
+    G.graph["header"] = header_text(g)  # strict JSON: non-finite meta values as strings
     if not flat:
         G.graph["meta"] = dict(g.meta)
     n = g.num_nodes
@@ -53,13 +53,14 @@ def _adjacency(key: torch.Tensor, other: torch.Tensor, datas: list, n: int) -> d
 def from_networkx(G):
     """The :class:`ConnectomeGraph` that :func:`to_networkx` exported (edges in networkx order,
     or in their original order at the synapse level)."""
-    from .exporters import from_header
+    from .exporters import from_header, header_from_doc
 
     if "header" not in G.graph:
         raise ValueError("this networkx graph has no 'header' graph attribute: it was not made by graphs.to_networkx, or "
                          "it went through a format that drops graph attributes (GEXF does); write GraphML "
                          "(graphs.write(g, 'x.graphml')), which reads back whole")
-    h = json.loads(G.graph["header"]) if isinstance(G.graph["header"], str) else G.graph["header"]
+    given = G.graph["header"]
+    h = header_from_doc(json.loads(given) if isinstance(given, str) else {**given, "meta": dict(given.get("meta", {}))})
     nodes = sorted(G.nodes(data=True), key=lambda t: int(t[0]))
     ncols = {k: _column([d[k] for _, d in nodes]) for k in h["node_dtypes"]}
     if G.is_multigraph():

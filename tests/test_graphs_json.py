@@ -189,3 +189,29 @@ def test_json_is_strict_and_non_finite_floats_round_trip(tmp_path):
     back = graphs.read_json(old)
     assert torch.equal(back.edge_attrs["w"].isnan(), w.isnan()) and torch.equal(back.edge_attrs["w"][1:], w[1:])
     assert back.meta["loss"] == float("inf")
+
+
+def test_the_graphml_and_networkx_header_is_strict_json_and_its_meta_round_trips(tmp_path):
+    """GraphML (and to_networkx) carry the graph's header as JSON text, which held json.dumps' bare
+    NaN/Infinity tokens for a non-finite meta value; it is strict JSON now, read back exactly, and a
+    header written before (bare tokens) still reads."""
+    import networkx as nx
+
+    g = graphs.build(_conn(Cat()), "unit")
+    g.meta["loss"], g.meta["curve"], g.meta["label"] = float("inf"), [1.0, float("nan")], "NaN"
+
+    def refuse(token):
+        raise ValueError(token)
+
+    G = graphs.to_networkx(g)
+    doc = json.loads(G.graph["header"], parse_constant=refuse)  # no bare NaN / Infinity token
+    assert doc["meta"]["loss"] == "Infinity" and sorted(doc["nonfinite_meta"]) == ["curve", "loss"]
+    path = graphs.write(g, tmp_path / "g.graphml")
+    back = graphs.from_networkx(nx.read_graphml(path))
+    json.loads(nx.read_graphml(path).graph["header"], parse_constant=refuse)
+    assert back.meta["loss"] == float("inf") and back.meta["curve"][0] == 1.0 and back.meta["curve"][1] != back.meta["curve"][1]
+    assert back.meta["label"] == "NaN"
+    edges = lambda x: set(zip(x.src.tolist(), x.dst.tolist()))  # (a unit-level graph reads back in another order)
+    assert back.num_edges == g.num_edges and edges(back) == edges(g)
+    G.graph["header"] = json.dumps(graphs.exporters.header(g))  # what to_networkx wrote before
+    assert graphs.from_networkx(G).meta["loss"] == float("inf")
