@@ -18,6 +18,9 @@ Variants:
                  ours, with the adaptive.diagnostics.SilentUnits watch recipes/adaptive.py keeps on
                  every train-mode run: observe() before each optimizer step (an amax of the live
                  |gradient| per unit of each layer's weight, and its bias)
+  ours + silent units, gradients dense
+                 the same where a controller edits (it reads dense gradients): a bias-free layer's
+                 gradient is masked into a temporary before it is read
 Besides whole-step ratios (noisy on a shared machine) it times the masking work alone, which is
 all the connectome adds to a step, for the library's path and for per-layer float multiplies.
   rigl-torch     rigl_torch.RigLScheduler (PyPI, static topology, so only its per-step masking is
@@ -318,6 +321,12 @@ def bench_case(label, spec, rounds, warmup, steps_per_sample, seed=0):
     watched = ours(Connectome, "ours + silent units (the recipe's watch)", base, x, y)
     watched.silent = SilentUnits.from_connectome(watched.conn)
     runners.append(watched)
+    # the recipe's usual path: while a controller edits it reads dense gradients, so at observe() a
+    # bias-free layer's gradient is not known masked and is masked into a temporary first
+    dense = ours(Connectome, "ours + silent units, gradients dense (a controller editing)", base, x, y)
+    dense.silent = SilentUnits.from_connectome(dense.conn)
+    dense.silent._masked = lambda name: False
+    runners.append(dense)
     rg = rigl(base, x, y)
     if isinstance(rg, Runner):
         runners.append(rg)
