@@ -32,6 +32,7 @@ from .policies.base import EditPlan, get_policy, global_synapse_target, keep_pla
 from .rollback import EditSnapshot
 from .schedules import get_decay
 from .utility import GradientStats, UtilityContext, get_estimator
+from .utility.ties import ZERO_COST_ORDERS, order_zero_costs
 from .warn import warn_user
 
 INITS = ("random", "magnitude", "estimator")
@@ -145,6 +146,10 @@ class Controller:
             rejects the try on every process), and the events log that mean.
         verify: check at every update that all processes hold identical masks (raises otherwise).
         seed: an integer (numpy and torch integers too), folded with the step for all randomness.
+        zero_cost_order: how removal costs of exactly 0 (synapses no gradient reached in the
+            window) are ordered among themselves: "magnitude" (the default: smaller weights first,
+            :mod:`adaptive.utility.ties`) or "index" (by position, as before; ``recipes/benchmarks/
+            zero_cost_ties.py`` compares the two).
         **policy_kwargs: passed to the policy (e.g. ``prune_boundary`` for threshold); an argument
             neither the Controller nor the policy takes is a ValueError naming the ones it does.
 
@@ -179,6 +184,7 @@ class Controller:
         line_search_tries: int = 3,
         verify: bool = False,
         seed: int = 0,
+        zero_cost_order: str = "magnitude",
         **policy_kwargs,
     ):
         if not isinstance(conn, Connectome):
@@ -218,6 +224,8 @@ class Controller:
         if whole_number(seed, floats=True) is None:
             raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
                              f"number such as seed=0")
+        if zero_cost_order not in ZERO_COST_ORDERS:
+            raise ValueError(f"unknown zero_cost_order {zero_cost_order!r}: use one of {ZERO_COST_ORDERS}")
         if not (grow_init is None or callable(grow_init) or (isinstance(grow_init, str) and grow_init in GROW_INITS)):
             raise ValueError(f"unknown grow_init {grow_init!r}: use {', '.join(map(repr, GROW_INITS))} or a callable "
                              "f(name, grown_mask) -> tensor")
@@ -301,6 +309,7 @@ class Controller:
         self.line_search_tries = line_search_tries
         self.verify = verify
         self.seed = whole_number(seed, floats=True)
+        self.zero_cost_order = zero_cost_order
         self.step_count = 0
         self.events: List[dict] = []
         needs_g = self.drop_est.needs_gradients or (self.grow_est is not None and self.grow_est.needs_gradients)
@@ -493,11 +502,16 @@ class Controller:
         emptied or pruned by hand holds no more, and the other layers share the rest of the target)."""
         return {n: int(torch.count_nonzero(self.conn.masks[n])) for n in self.protected}
 
-    def scores(self, side: str, step: Optional[int] = None, names=None) -> Dict[str, torch.Tensor]:
+    def scores(self, side: str, step: Optional[int] = None, names=None,
+               zero_cost_order: Optional[str] = None) -> Dict[str, torch.Tensor]:
         """Per-ensemble scores: ``side="cost"`` (removal cost, from drop_by) or ``"gain"``
         (restoration gain, from grow_by), as the estimator sees them at ``step`` (default: the
-        controller's current step), for the layers ``names`` (default: every editable layer)."""
+        controller's current step), for the layers ``names`` (default: every editable layer).
+        Removal costs of exactly 0 are ordered by ``zero_cost_order`` (default: the controller's)."""
         step = self.step_count if step is None else step
+        zero_cost_order = zero_cost_order or self.zero_cost_order
+        if zero_cost_order not in ZERO_COST_ORDERS:
+            raise ValueError(f"unknown zero_cost_order {zero_cost_order!r}: use one of {ZERO_COST_ORDERS}")
         est = self.drop_est if side == "cost" else self.grow_est
         if est is None:
             raise ValueError(f"policy {self.policy.name!r} has no {side} estimator")
@@ -518,7 +532,10 @@ class Controller:
                         f"for layer {n!r} has shape {tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__}, "
                         f"not the weight's {tuple(ctx.weight.shape)}: it must return one score per synapse")
                 _check_scores(est, side, n, s, ctx=ctx)
-                out[n] = gran.pool(s.float(), "sum")
+                s = s.float()
+                if side == "cost" and zero_cost_order == "magnitude":  # no gradient seen: smaller weights first
+                    s = order_zero_costs(s, ctx.weight)
+                out[n] = gran.pool(s, "sum")
                 if out[n].shape != s.shape:  # ensembles of several synapses: a sum, which +inf and -inf spoil
                     _check_pooled(est, side, n, out[n], gran)
         return out
@@ -552,12 +569,13 @@ class Controller:
         else:
             scores = self.scores("cost", 0, names)  # the costliest to remove are kept
             unseen = self.stats is None or self.stats.count == 0
-            if unseen and all(_ranks_nothing(s) for s in scores.values()):
+            # costs all 0 (no gradient seen yet) would rank by magnitude alone, which init='magnitude' is
+            if unseen and all(_ranks_nothing(s) for s in self.scores("cost", 0, names, zero_cost_order="index").values()):
                 est = self.drop_est
                 raise ValueError(
                     f"init='estimator' ranks the ensembles by estimator {getattr(est, 'name', type(est).__name__)!r}, "
                     "but every removal cost it gives before any gradient is observed is the same (a new controller "
-                    "has seen none), so the ensembles kept would be chosen by index. Use init='magnitude' or "
+                    "has seen none), so the ensembles kept would be chosen by magnitude alone. Use init='magnitude' or "
                     "init='random' (the estimator edits from the first update on), or an estimator whose removal "
                     "cost needs no gradient (magnitude, gradient, presence, evidence)")
         # A connectome that is sparse already (loaded, or edited by hand) keeps its live ensembles

@@ -40,6 +40,8 @@ BAD = {
     "init=estimator, curvature": (dict(policy="utility", estimator="curvature", budget="uniform", init="estimator"),
                                   "init='estimator' .* 'curvature'.* Use init='magnitude' or init='random'"),
     "init=estimator, taylor": (dict(policy="balanced", estimator="taylor", init="estimator"), "'taylor'"),
+    "zero_cost_order='size'": (dict(zero_cost_order="size"),
+                               r"unknown zero_cost_order 'size': use one of \('magnitude', 'index'\)"),
 }
 
 

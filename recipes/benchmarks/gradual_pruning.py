@@ -43,11 +43,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
-from _reproduce import shown_args  # noqa: E402
+
+# the sibling modules, with this folder on the import path only while they are imported: it also holds
+# graphs.py, which would stand in for the graphs package of any later import in the same process
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+try:
+    from _reproduce import shown_args  # noqa: E402
+finally:
+    sys.path.remove(str(Path(__file__).resolve().parent))
 
 WEIGHTS = {"resnet20": "resnet-cifar10/resnet20-12fca82f.th", "resnet32": "resnet-cifar10/resnet32-d509ac18.th"}
 ROWS = {  # name: the recipe options that make the row (on top of the shared ones)

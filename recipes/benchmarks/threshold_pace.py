@@ -31,11 +31,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
-from _reproduce import shown_args  # noqa: E402
+
+# the sibling modules, with this folder on the import path only while they are imported: it also holds
+# graphs.py, which would stand in for the graphs package of any later import in the same process
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+try:
+    from _reproduce import shown_args  # noqa: E402
+finally:
+    sys.path.remove(str(Path(__file__).resolve().parent))
 
 PACES = ("even", "cubic")
 _MNIST = ["--config", str(ROOT / "recipes" / "configs" / "mnist_lenet300_utility.yaml"), "--policy", "threshold"]

@@ -1,0 +1,79 @@
+"""Removal costs of exactly 0 (no gradient reached the synapse in the window) rank by magnitude,
+smallest first, not by position; zero_cost_order="index" keeps the old order."""
+import pytest
+import torch
+from torch import nn
+
+import adaptive
+from adaptive.utility.ties import TIE, order_zero_costs
+
+torch.set_num_threads(1)
+
+
+def test_order_zero_costs_orders_only_exact_zeros():
+    cost = torch.tensor([0.0, -0.0, 1e-3, -2e-3, 0.0, 5.0])
+    w = torch.tensor([3.0, -1.0, 0.5, 0.25, 0.0, -2.0])
+    out = order_zero_costs(cost, w)
+    assert out[[2, 3, 5]].tolist() == cost[[2, 3, 5]].tolist()  # measured costs untouched
+    assert out[0].item() == pytest.approx(3.0 * TIE) and out[1].item() == pytest.approx(1.0 * TIE)
+    assert out[4].item() == 0.0  # a weight of 0 stays at 0
+    # order: the negative cost, then the zero weight, the smaller then the larger zero-cost weight, then the rest
+    assert torch.argsort(out).tolist() == [3, 4, 1, 0, 2, 5]
+    none_zero = torch.tensor([1.0, 2.0])
+    assert order_zero_costs(none_zero, torch.ones(2)) is none_zero
+
+
+# the weights of inputs 3-5 (no gradient): the four smallest sit neither first nor last by position
+SILENT_W = torch.tensor([[0.9, 0.15, 0.8], [0.25, 0.7, 1.0], [0.6, 0.1, 0.5], [1.1, 0.2, 1.2]])
+SMALLEST = torch.zeros(4, 6, dtype=torch.bool)
+SMALLEST[[0, 1, 2, 3], [4, 3, 4, 4]] = True  # 0.15, 0.25, 0.1, 0.2
+
+
+def _window_with_silent_inputs(order, policy="gmp", **kw):
+    """A Linear(6, 4) whose inputs 3, 4 and 5 are always 0: their 12 synapses see no gradient, so the
+    curvature estimator costs them exactly 0. One window of 4 batches, then the update that prunes 4."""
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 4)
+    with torch.no_grad():
+        lin.weight[:, :3] = 1.0
+        lin.weight[:, 3:] = SILENT_W * torch.tensor([1.0, -1.0, 1.0])  # the sign plays no part
+    conn = adaptive.Connectome(lin)
+    ctrl = adaptive.Controller(conn, None, policy=policy, density=1 - 4 / 24, estimator="curvature", update_every=4,
+                               end_step=5, batch_size=8, zero_cost_order=order, **kw)
+    x = torch.cat([torch.randn(8, 3), torch.zeros(8, 3)], 1)
+    for step in range(4):
+        lin.zero_grad()
+        lin(x).pow(2).sum().backward()
+        ctrl.observe()
+        if step == 3:
+            before = next(iter(ctrl.scores("cost").values()))
+        ctrl.step()
+    return conn, before
+
+
+@pytest.mark.parametrize("policy", ["gmp", "threshold"])  # dense at start: the window decides all 4
+def test_zero_cost_synapses_are_pruned_smallest_weight_first(policy):
+    kw = {} if policy == "gmp" else dict(edit_fraction=1.0)
+    conn, cost = _window_with_silent_inputs("magnitude", policy, **kw)
+    assert bool((cost[:, 3:] > 0).all()) and float(cost[:, 3:].max()) < 1e-36  # ordered, below any measured cost
+    assert torch.allclose(cost[:, 3:] / TIE, SILENT_W, rtol=1e-4)  # subnormal floats: a few digits
+    assert bool((cost[:, :3] > 1e-3).all())  # measured costs as they were
+    pruned = ~next(iter(conn.masks.values()))
+    assert torch.equal(pruned, SMALLEST), (policy, pruned)
+
+
+@pytest.mark.parametrize("policy", ["gmp", "threshold"])
+def test_index_order_keeps_the_old_choice_by_position(policy):
+    conn, cost = _window_with_silent_inputs("index", policy, **({} if policy == "gmp" else dict(edit_fraction=1.0)))
+    assert bool((cost[:, 3:] == 0).all())
+    pruned = ~next(iter(conn.masks.values()))
+    assert int(pruned.sum()) == 4 and bool(pruned[:, 3:].all(1).any())  # a whole row's zero-cost inputs, by position
+
+
+def test_init_estimator_with_no_window_is_still_refused():
+    """Costs all 0 before any gradient would rank by magnitude alone: init='estimator' stays refused."""
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    conn = adaptive.Connectome(m)
+    with pytest.raises(ValueError, match="chosen by magnitude alone. Use init='magnitude'"):
+        adaptive.Controller(conn, None, policy="utility", estimator="curvature", density=0.5, budget="uniform",
+                            init="estimator")
