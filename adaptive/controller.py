@@ -147,9 +147,10 @@ class Controller:
         verify: check at every update that all processes hold identical masks (raises otherwise).
         seed: an integer (numpy and torch integers too), folded with the step for all randomness.
         zero_cost_order: how removal costs of exactly 0 (synapses no gradient reached in the
-            window) are ordered among themselves: "magnitude" (the default: smaller weights first,
+            window) are ordered among themselves: "magnitude" (smaller weights first,
             :mod:`adaptive.utility.ties`) or "index" (by position, as before; ``recipes/benchmarks/
-            zero_cost_ties.py`` compares the two).
+            zero_cost_ties.py`` compares the two). Unset: "magnitude", or the order a loaded state
+            ran with ("index" for a state saved before the order was recorded).
         **policy_kwargs: passed to the policy (e.g. ``prune_boundary`` for threshold); an argument
             neither the Controller nor the policy takes is a ValueError naming the ones it does.
 
@@ -184,7 +185,7 @@ class Controller:
         line_search_tries: int = 3,
         verify: bool = False,
         seed: int = 0,
-        zero_cost_order: str = "magnitude",
+        zero_cost_order: Optional[str] = None,
         **policy_kwargs,
     ):
         if not isinstance(conn, Connectome):
@@ -224,7 +225,7 @@ class Controller:
         if whole_number(seed, floats=True) is None:
             raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
                              f"number such as seed=0")
-        if zero_cost_order not in ZERO_COST_ORDERS:
+        if zero_cost_order is not None and zero_cost_order not in ZERO_COST_ORDERS:
             raise ValueError(f"unknown zero_cost_order {zero_cost_order!r}: use one of {ZERO_COST_ORDERS}")
         if not (grow_init is None or callable(grow_init) or (isinstance(grow_init, str) and grow_init in GROW_INITS)):
             raise ValueError(f"unknown grow_init {grow_init!r}: use {', '.join(map(repr, GROW_INITS))} or a callable "
@@ -309,7 +310,9 @@ class Controller:
         self.line_search_tries = line_search_tries
         self.verify = verify
         self.seed = whole_number(seed, floats=True)
-        self.zero_cost_order = zero_cost_order
+        # unset: "magnitude", or the order a loaded state ran with (a resumed run keeps its order)
+        self._zero_cost_order_given = zero_cost_order is not None
+        self.zero_cost_order = zero_cost_order or "magnitude"
         self.step_count = 0
         self.events: List[dict] = []
         needs_g = self.drop_est.needs_gradients or (self.grow_est is not None and self.grow_est.needs_gradients)
@@ -883,6 +886,7 @@ class Controller:
             "nonfinite_windows": self.nonfinite_windows,
             "policy_name": self.policy.name,
             "estimator_names": {side: est.name for side, est in self._estimators().items()},
+            "zero_cost_order": self.zero_cost_order,
         }
 
     def _estimators(self) -> Dict[str, object]:
@@ -961,6 +965,7 @@ class Controller:
             raise ValueError("not a controller state_dict: it has no 'step_count' entry")
         self._check_state_shapes(sd)
         self._check_state_kinds(sd)
+        zero_cost_order = self._loaded_zero_cost_order(sd)
         try:
             step_count = int(sd["step_count"])
             nonfinite = int(sd.get("nonfinite_windows", 0))
@@ -992,6 +997,21 @@ class Controller:
         self.step_count = step_count
         self.events = list(events)
         self.nonfinite_windows = nonfinite
+        self.zero_cost_order = zero_cost_order
+
+    def _loaded_zero_cost_order(self, sd: dict) -> str:
+        """The zero-cost order a resumed run goes on with: the state's (a state saved before the order
+        was recorded ran with "index"); one given to this controller that differs is refused."""
+        recorded = sd.get("zero_cost_order")
+        if recorded is not None and recorded not in ZERO_COST_ORDERS:
+            raise ValueError(f"the controller state's zero_cost_order {recorded!r} is none of {ZERO_COST_ORDERS}")
+        if self._zero_cost_order_given:
+            if recorded is not None and recorded != self.zero_cost_order:
+                raise ValueError(f"this controller state was saved with zero_cost_order={recorded!r}, and this "
+                                 f"controller was built with zero_cost_order={self.zero_cost_order!r}: build it with "
+                                 f"zero_cost_order={recorded!r} (or leave it unset) to continue the run as it ran")
+            return self.zero_cost_order
+        return recorded or "index"
 
     def write_events(self, path: str | os.PathLike) -> None:
         """Write every event as JSON lines."""

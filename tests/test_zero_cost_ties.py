@@ -55,8 +55,8 @@ def _window_with_silent_inputs(order, policy="gmp", **kw):
 def test_zero_cost_synapses_are_pruned_smallest_weight_first(policy):
     kw = {} if policy == "gmp" else dict(edit_fraction=1.0)
     conn, cost = _window_with_silent_inputs("magnitude", policy, **kw)
-    assert bool((cost[:, 3:] > 0).all()) and float(cost[:, 3:].max()) < 1e-36  # ordered, below any measured cost
-    assert torch.allclose(cost[:, 3:] / TIE, SILENT_W, rtol=1e-4)  # subnormal floats: a few digits
+    assert bool((cost[:, 3:] > 0).all()) and float(cost[:, 3:].max()) < 1e-29  # ordered, below any measured cost
+    assert torch.equal(cost[:, 3:] / TIE, SILENT_W)  # normal floats: every digit of the weight
     assert bool((cost[:, :3] > 1e-3).all())  # measured costs as they were
     pruned = ~next(iter(conn.masks.values()))
     assert torch.equal(pruned, SMALLEST), (policy, pruned)
@@ -77,3 +77,46 @@ def test_init_estimator_with_no_window_is_still_refused():
     with pytest.raises(ValueError, match="chosen by magnitude alone. Use init='magnitude'"):
         adaptive.Controller(conn, None, policy="utility", estimator="curvature", density=0.5, budget="uniform",
                             init="estimator")
+
+
+def test_order_survives_flush_to_zero_and_tells_close_weights_apart():
+    """The ordered values are normal floats: a process that flushes subnormals to zero keeps the
+    order (subnormal values became 0 again, the order by position), and weights 5e-8 apart differ."""
+    w = torch.tensor([0.9, 0.1, 0.5, 1e-3, 1e-3 + 5e-8, 2e-7, 2.5e-7])
+    expected = [5, 6, 3, 4, 1, 2, 0]
+    assert torch.argsort(order_zero_costs(torch.zeros(7), w), stable=True).tolist() == expected
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals")
+    try:
+        out = order_zero_costs(torch.zeros(7), w)
+    finally:
+        torch.set_flush_denormal(False)
+    assert bool((out > 0).all()) and torch.argsort(out, stable=True).tolist() == expected
+
+
+def test_nonfinite_weight_keeps_cost_zero():
+    """A NaN weight must not turn a cost of 0 into NaN after the controller checked the scores."""
+    out = order_zero_costs(torch.zeros(3), torch.tensor([float("nan"), float("inf"), 0.5]))
+    assert out[:2].tolist() == [0.0, 0.0] and out[2].item() == 0.5 * TIE
+
+
+def _ctrl(**kw):
+    return adaptive.Controller(adaptive.Connectome(nn.Linear(6, 4)), None, policy="gmp", density=0.5,
+                               estimator="curvature", update_every=4, end_step=20, batch_size=8, **kw)
+
+
+def test_resumed_run_keeps_its_zero_cost_order():
+    """The order is in the state: unset, a resumed run goes on with it (a state saved before it was
+    recorded ran by index); given and different, it is refused before anything loads."""
+    sd = _ctrl(zero_cost_order="index").state_dict()
+    assert sd["zero_cost_order"] == "index"
+    resumed = _ctrl()
+    resumed.load_state_dict(sd)
+    assert resumed.zero_cost_order == "index"
+    with pytest.raises(ValueError, match="saved with zero_cost_order='index'.*built with zero_cost_order='magnitude'"):
+        _ctrl(zero_cost_order="magnitude").load_state_dict(sd)
+    old = {k: v for k, v in _ctrl().state_dict().items() if k != "zero_cost_order"}
+    for kw, order in (({}, "index"), (dict(zero_cost_order="magnitude"), "magnitude")):
+        c = _ctrl(**kw)
+        c.load_state_dict(old)
+        assert c.zero_cost_order == order

@@ -10,25 +10,34 @@ data at most seeds, and lenet300 at 5% on MNIST with the recipe's generic defaul
 collapsed at seed 0 (41% -> 97%); it is no cure for every collapse: lenet5 collapsed at another seed
 with either order. ``recipes/benchmarks/zero_cost_ties.py`` measures both (results/zero_cost_ties.md).
 
-The order is given by a value far below any measured cost: an exact 0 becomes ``|w|`` times the
-least normal float32 (1.2e-38), so a zero-cost synapse stays above every negative cost and below
-every positive one larger than ``|w| * 1.2e-38`` (a weight of 10: 1.2e-37), and the loss change a
-plan reports moves by as little. Only the removal side is ordered: a restoration gain of 0 ranks
-an absent synapse, whose weight is 0, with nothing to order it by.
+The order is given by a value far below any cost worth measuring: an exact 0 becomes ``|w|`` times
+2**-100 (7.9e-31), with ``|w|`` taken at least 2**-26 (1.5e-8), so the value is a normal float32
+that keeps all 24 bits of the weight's order. (Not a subnormal such as ``|w|`` times the least
+normal float32: that keeps |w| only to steps of 1.2e-7, and a process with flush-to-zero on,
+``torch.set_flush_denormal(True)`` or a library built with -ffast-math, makes it 0 again, the
+order by position.) A zero-cost synapse
+stays above every negative cost and below every positive one larger than ``|w| * 7.9e-31``, and
+the loss change a plan reports moves by as little. A weight of 0, NaN or inf keeps the cost 0 (a
+NaN would slip past the controller's check of the estimator's scores). Only the removal side is
+ordered: a restoration gain of 0 ranks an absent synapse, whose weight is 0, with nothing to order
+it by.
 """
 from __future__ import annotations
 
 import torch
 
 ZERO_COST_ORDERS = ("magnitude", "index")  # Controller(zero_cost_order=...): "index" is the order before
-TIE = torch.finfo(torch.float32).tiny  # 1.18e-38: the scale of the order given to exact zeros
+TIE = 2.0 ** -100  # 7.9e-31: the scale of the order given to exact zeros
+FLOOR = 2.0 ** -26  # the least |w| told apart: |w| * TIE stays a normal float32 (>= 2**-126)
 
 
 def order_zero_costs(cost: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``cost`` (float32, the weight's shape) with each exact 0 replaced by ``|weight| * TIE``:
-    zero-cost synapses rank among themselves by magnitude, smallest first. A weight of 0 (a synapse
-    grown at zero) keeps the cost 0."""
+    """``cost`` (float32, the weight's shape) with each exact 0 replaced by
+    ``max(|weight|, FLOOR) * TIE``: zero-cost synapses rank among themselves by magnitude, smallest
+    first. A weight of 0 (a synapse grown at zero), NaN or inf keeps the cost 0."""
     zero = cost == 0
     if not bool(zero.any()):
         return cost
-    return torch.where(zero, weight.detach().abs().to(cost.dtype) * TIE, cost)
+    a = weight.detach().abs().to(device=cost.device, dtype=cost.dtype)
+    key = torch.where(torch.isfinite(a) & (a > 0), a.clamp_min(FLOOR) * TIE, torch.zeros_like(a))
+    return torch.where(zero, key, cost)
