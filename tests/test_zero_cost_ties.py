@@ -120,3 +120,39 @@ def test_resumed_run_keeps_its_zero_cost_order():
         c = _ctrl(**kw)
         c.load_state_dict(old)
         assert c.zero_cost_order == order
+
+
+def _two_windows(order):
+    """Threshold at density 0.5, even pace, edit fraction 1: window 1 leaves inputs 3-5 silent (zero
+    cost), window 2 inputs 0-2. Returns the events of the two updates and the boundary after the first."""
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 4)
+    with torch.no_grad():
+        lin.weight[:, :3] = 0.05 * torch.arange(1, 13, dtype=torch.float32).view(4, 3)
+        lin.weight[:, 3:] = 1.0 + 0.1 * torch.arange(12, dtype=torch.float32).view(4, 3)
+    conn = adaptive.Connectome(lin)
+    ctrl = adaptive.Controller(conn, None, policy="threshold", density=0.5, estimator="curvature", update_every=4,
+                               end_step=20, batch_size=8, edit_fraction=1.0, pace="even", zero_cost_order=order)
+    g = torch.Generator().manual_seed(1)
+    boundary = None
+    for step in range(8):
+        x = torch.randn(8, 6, generator=g)
+        x[:, 3:] = 0 if step < 4 else x[:, 3:]
+        x[:, :3] = 0 if step >= 4 else x[:, :3]
+        lin.zero_grad()
+        lin(x).pow(2).sum().backward()
+        ctrl.observe()
+        ctrl.step()
+        if step == 3:
+            boundary = ctrl.policy.prune_boundary
+    return [(e["pruned"], e["grown"]) for e in ctrl.events if e.get("kind") == "update"], boundary
+
+
+def test_pruning_zero_costs_leaves_thresholds_boundary_at_zero():
+    """The boundary adapted to a tie value (1e-38 and up) made every smaller zero-cost weight fall
+    below it at the next update: pruned past the pace, with swaps (4 pruned, 1 grown, where the
+    order by index pruned 3 and grew none)."""
+    by_index, b_index = _two_windows("index")
+    by_magnitude, b_magnitude = _two_windows("magnitude")
+    assert b_index == b_magnitude == 0.0
+    assert [p for p, _ in by_magnitude] == [p for p, _ in by_index] and all(g == 0 for _, g in by_magnitude)

@@ -30,6 +30,7 @@ from typing import Optional
 from .base import (EditPlan, Policy, check_whole_floors, concat, concat_sizes, floor_mask, global_synapse_target,
                    highest, layer_floors, live_synapses, lowest, max_count, per_synapse, register_policy, size_sum, split,
                    take_synapses)
+from ..utility.ties import untied
 from ..warn import warn_user
 
 
@@ -154,8 +155,8 @@ class Threshold(Policy):
             r_idx = take_synapses(r_idx, size, size_sum(size, p_idx) - pace)
             p_idx = take_synapses(p_idx, size, size_sum(size, r_idx) + pace)
         if self.adapt:
-            if p_idx.numel():
-                self.prune_boundary = float(c[p_idx].max())
+            if p_idx.numel():  # (zero costs, ordered by magnitude, leave it at 0: see adaptive.utility.ties)
+                self.prune_boundary = untied(float(c[p_idx].max()))
             if r_idx.numel():
                 self.restore_boundary = max(0.0, float(g[r_idx].min()))
         plan = EditPlan(boundaries={"prune": self.prune_boundary, "restore": self.restore_boundary})

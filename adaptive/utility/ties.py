@@ -29,6 +29,15 @@ import torch
 ZERO_COST_ORDERS = ("magnitude", "index")  # Controller(zero_cost_order=...): "index" is the order before
 TIE = 2.0 ** -100  # 7.9e-31: the scale of the order given to exact zeros
 FLOOR = 2.0 ** -26  # the least |w| told apart: |w| * TIE stays a normal float32 (>= 2**-126)
+CEILING = TIE * 2.0 ** 20  # 8.3e-25: the most a tie value reaches (weights up to 2**20, about 1e6)
+
+
+def untied(value: float) -> float:
+    """A cost as measured: a value in (0, CEILING), where tie values lie, reads 0. A policy that
+    adapts a boundary to the costs it pruned (threshold) adapts it to this, so that pruning zero-cost
+    synapses leaves its boundary at 0, as it did before they were ordered, and does not make every
+    smaller zero-cost weight fall below the boundary at later updates."""
+    return 0.0 if 0.0 < value < CEILING else value
 
 
 def order_zero_costs(cost: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
