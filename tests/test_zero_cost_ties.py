@@ -156,3 +156,29 @@ def test_pruning_zero_costs_leaves_thresholds_boundary_at_zero():
     by_magnitude, b_magnitude = _two_windows("magnitude")
     assert b_index == b_magnitude == 0.0
     assert [p for p, _ in by_magnitude] == [p for p, _ in by_index] and all(g == 0 for _, g in by_magnitude)
+
+
+def test_index_order_adapts_the_boundary_as_before_even_to_tiny_measured_costs():
+    """zero_cost_order='index' is the old behaviour throughout: a measured cost below the tie values'
+    ceiling (here about 1e-31: a weight of 1e-16) still sets threshold's boundary."""
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 2)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+        lin.weight[0, 0] = 1e-16
+    costs = {}
+    for order in ("index", "magnitude"):
+        conn = adaptive.Connectome(lin)
+        ctrl = adaptive.Controller(conn, None, policy="threshold", density=7 / 8, estimator="curvature", update_every=2,
+                                   end_step=4, batch_size=4, edit_fraction=1.0, zero_cost_order=order)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(2):
+            lin.zero_grad()
+            lin(torch.randn(4, 4, generator=g)).pow(2).sum().backward()
+            ctrl.observe()
+            ctrl.step()
+        assert not bool(conn.masks[next(iter(conn.masks))][0, 0])  # the tiny weight went first
+        costs[order] = ctrl.policy.prune_boundary
+        with torch.no_grad():
+            lin.weight[0, 0] = 1e-16
+    assert 0 < costs["index"] < adaptive.utility.ties.CEILING and costs["magnitude"] == 0.0

@@ -156,7 +156,8 @@ class Threshold(Policy):
             p_idx = take_synapses(p_idx, size, size_sum(size, r_idx) + pace)
         if self.adapt:
             if p_idx.numel():  # (zero costs, ordered by magnitude, leave it at 0: see adaptive.utility.ties)
-                self.prune_boundary = untied(float(c[p_idx].max()))
+                top = float(c[p_idx].max())
+                self.prune_boundary = untied(top) if getattr(ctrl, "zero_cost_order", "index") == "magnitude" else top
             if r_idx.numel():
                 self.restore_boundary = max(0.0, float(g[r_idx].min()))
         plan = EditPlan(boundaries={"prune": self.prune_boundary, "restore": self.restore_boundary})
