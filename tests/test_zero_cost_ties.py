@@ -182,3 +182,20 @@ def test_index_order_adapts_the_boundary_as_before_even_to_tiny_measured_costs()
         with torch.no_grad():
             lin.weight[0, 0] = 1e-16
     assert 0 < costs["index"] < adaptive.utility.ties.CEILING and costs["magnitude"] == 0.0
+
+
+@pytest.mark.parametrize("estimator, warns", [("taylor", True), ("obd", True), ("consistency", True),
+                                              ("curvature", False), ("magnitude", False)])
+def test_threshold_warns_of_signed_removal_costs_in_train_mode(estimator, warns):
+    """threshold with a first-order estimator churns (lenet300 at 5%: taylor ended at chance)."""
+    import warnings
+
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adaptive.Controller(adaptive.Connectome(m), None, policy="threshold", estimator=estimator, density=0.5,
+                            end_step=100)
+    hits = [w for w in caught if "first-order term" in str(w.message)]
+    assert len(hits) == int(warns), [str(w.message) for w in caught]
+    if warns:
+        assert f"estimator {estimator!r}" in str(hits[0].message) and "--estimator curvature" in str(hits[0].message)

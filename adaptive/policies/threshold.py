@@ -13,6 +13,13 @@ the policy's state: a state saved before it was (an even run, unless the cubic s
 recorded) resumes at the pace it ran, and an explicit other pace is refused. The controller's line
 search (``holdout_loss``) shrinks or rolls back an update that raises the held-out loss.
 
+In train mode it warns when its estimator's removal costs are signed (``Estimator.signed_cost``:
+taylor, obd, consistency): their first-order term ``-g*w`` is negative for many synapses, all below
+the boundary. On lenet300/MNIST at 5% with the recipe's generic defaults (``recipes/adaptive.py
+--model lenet300 --dataset mnist --policy threshold --estimator E --density 0.05 --epochs 3 --seed
+S``, seeds 0 and 1) the runs ended at 11.24% and 11.24% held-out with taylor, 80.33% and 77.70% with
+obd, 86.31% and 85.21% with consistency, and 96.60% and 96.88% with curvature.
+
 Ranking all layers together, it can empty a layer (a layer collapse, which cuts the network);
 ``min_density`` keeps a floor in each layer: the ensembles holding it, the costliest to remove,
 are never pruned. (It is no cure for every failing run: lenet300 at 5% on MNIST with the recipe's
@@ -73,6 +80,13 @@ class Threshold(Policy):
                       "update_every or move end_step later")
         if ctrl.density is not None and ctrl.conn.fixed_density is None and layer_floors(ctrl):
             self._check_whole_floors(ctrl)
+        est = ctrl.drop_est
+        if ctrl.conn.mode == "train" and getattr(est, "signed_cost", False):
+            warn_user(f"policy 'threshold' with estimator {getattr(est, 'name', type(est).__name__)!r}: its removal costs "
+                      "have a first-order term (-g*w), negative for many synapses, and threshold prunes every synapse "
+                      "below its boundary (0 at the start), restoring others in their place beyond the pace; on "
+                      "lenet300/MNIST at 5% this ended at 11% (taylor), 78-80% (obd) and 85-86% (consistency) held-out "
+                      "where curvature, the default, reached 96.6-96.9%: use --estimator curvature")
         return super().initialize(ctrl)
 
     @staticmethod

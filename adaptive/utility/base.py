@@ -71,6 +71,7 @@ class Estimator:
     needs_gradients = False  # True: the controller collects gradient statistics
     needs_second_moment = False
     needs_fisher = False  # True: reads GradientStats.fisher, which needs two or more batches a window
+    signed_cost = False  # True: removal costs with a first-order term (-g*w), negative for many synapses
 
     def loss_units(self, mode: str) -> bool:
         """Whether this estimator's values are expected loss changes in connectome ``mode`` (a

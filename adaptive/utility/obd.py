@@ -14,6 +14,7 @@ from .base import Estimator, register_estimator
 
 @register_estimator("obd")
 class OBD(Estimator):
+    signed_cost = True  # -g*w (+ F*w^2/2): negative wherever the first-order term outweighs
     needs_gradients = True
     needs_fisher = True  # the per-sample Fisher comes from the spread of a window's batch gradients
 

@@ -9,6 +9,7 @@ from .base import Estimator, register_estimator
 
 @register_estimator("taylor")
 class Taylor(Estimator):
+    signed_cost = True  # -g*w: removal is estimated to lower the loss for about half of the synapses
     needs_gradients = True
 
     def loss_units(self, mode: str) -> bool:

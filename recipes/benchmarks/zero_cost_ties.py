@@ -1,6 +1,6 @@
 """Zero removal costs ordered by position (the old order) against by magnitude (the default).
 
-    python recipes/benchmarks/zero_cost_ties.py                      # 5 settings x 8 seeds x 2 orders
+    python recipes/benchmarks/zero_cost_ties.py                      # 6 settings x 8 seeds x 2 orders
     python recipes/benchmarks/zero_cost_ties.py --settings "lenet300/mnist 5%, threshold" --seeds 0,1
     python recipes/benchmarks/zero_cost_ties.py --settings "lenet300/mnist 5%, threshold; lenet5/mnist 5%, threshold"
 
@@ -12,8 +12,8 @@ whole; it now takes the smaller weights first (``Controller(zero_cost_order="mag
 :mod:`adaptive.utility.ties`). This benchmark trains each setting from scratch once per order and
 seed, every run a ``recipes/adaptive.py`` job that differs only in ``--controller_kw
 zero_cost_order=...``: the threshold policy with the recipe's generic defaults (batch 32, SGD lr 0.1;
-the README's silent-units example) on lenet300 and lenet5, the same on lenet300 with the shipped
-MNIST config (batch 100), the utility policy with the generic defaults, and the recipe's default job
+the README's silent-units example) on lenet300 and lenet5, the same with the shipped MNIST config
+(batch 100), the utility policy with the generic defaults, and the recipe's default job
 (an MLP on scikit-learn's digits, threshold policy). The comparison is read on the held-out part of
 TRAIN (the recipe's stratified 10%); the test split is read only for each run's final report.
 Writes recipes/benchmarks/results/zero_cost_ties.md and docs/figures/zero_cost_ties.png.
@@ -55,6 +55,8 @@ SETTINGS = {  # name: the recipe options before --seed and the order
     "lenet300/mnist 5%, threshold": [*_MNIST, "--model", "lenet300", "--policy", "threshold", "--density", "0.05"],
     "lenet5/mnist 5%, threshold": [*_MNIST, "--model", "lenet5", "--policy", "threshold", "--density", "0.05"],
     "lenet300/mnist 5%, threshold, batch 100": [*_SHIPPED, "--policy", "threshold", "--density", "0.05"],
+    "lenet5/mnist 5%, threshold, batch 100": [*_SHIPPED, "--model", "lenet5", "--policy", "threshold", "--density",
+                                              "0.05"],
     "lenet300/mnist 5%, utility": [*_MNIST, "--model", "lenet300", "--policy", "utility", "--density", "0.05"],
     "mlp/digits 20%, threshold": ["--policy", "threshold"],  # the recipe's default job (20 epochs)
 }
@@ -178,7 +180,7 @@ def main(argv=None):
                   f"{budget}{', a ' + str(args.subset) + '-example subset of TRAIN' if args.subset else ''}; the "
                   "generic defaults are the recipe's (batch 32, SGD lr 0.1 nesterov cosine, weight decay 5e-4, an "
                   "update every 25 steps, edit fraction 0.3, edits until 75% of the run, curvature estimator); "
-                  "'batch 100' is recipes/configs/mnist_lenet300_utility.yaml with the policy and density named. "
+                  "'batch 100' is recipes/configs/mnist_lenet300_utility.yaml with the model, policy and density named. "
                   "Held-out: the final network on the recipe's stratified 10% of TRAIN (seeded), the numbers the "
                   "comparison is read on. Test: the setting's TEST split, read only for this table.",
               "", f"Figure: {_rel(_figure_path(args))}.", "",
