@@ -199,3 +199,42 @@ def test_threshold_warns_of_signed_removal_costs_in_train_mode(estimator, warns)
     assert len(hits) == int(warns), [str(w.message) for w in caught]
     if warns:
         assert f"estimator {estimator!r}" in str(hits[0].message) and "--estimator curvature" in str(hits[0].message)
+
+
+def test_threshold_signed_cost_warning_follows_the_removal_cost_it_runs():
+    """signed_cost speaks of the removal cost of the class that declared it: a plugin deriving from
+    OBD with a removal cost that is never negative is not warned of (it was); one that restates the
+    flag is, and so is a subclass that keeps OBD's cost; mask_only mode never is."""
+    import warnings
+
+    from adaptive.utility.obd import OBD
+    from adaptive.utility.taylor import Taylor
+
+    class NonNegative(OBD):  # OBD's curvature term alone
+        def removal_cost(self, ctx):
+            w = ctx.weight.detach().float()
+            return 0.5 * ctx.stats.fisher(ctx.name, ctx.batch_size) * w * w
+
+    class Restated(NonNegative):
+        signed_cost = True
+
+        def removal_cost(self, ctx):
+            return -super().removal_cost(ctx)
+
+    class GainOnly(Taylor):  # Taylor's removal cost, another gain
+        def restoration_gain(self, ctx):
+            return super().restoration_gain(ctx).abs()
+
+    def warned(est, mode="train"):
+        m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            adaptive.Controller(adaptive.Connectome(m, mode=mode), None, policy="threshold", estimator=est,
+                                density=0.5, end_step=100)
+        return sum("first-order term" in str(w.message) for w in caught)
+
+    assert warned(NonNegative()) == 0
+    assert warned(Restated()) == 1
+    assert warned(GainOnly()) == 1
+    assert warned(OBD()) == 1
+    assert warned("obd", mode="mask_only") == 0

@@ -64,6 +64,22 @@ class UtilityContext:
         return (self.restore if self.restore is not None else self.weight).float()
 
 
+def declares_signed_cost(est) -> bool:
+    """Whether ``est`` declares signed removal costs (``signed_cost``), the flag read only where it
+    speaks of the removal cost ``est`` computes: set on the instance, or by the class that defines
+    the ``removal_cost`` it runs or by a subclass of that class. A subclass that overrides
+    ``removal_cost`` (a plugin deriving from OBD with a cost that is never negative) without
+    restating the flag does not inherit its parent's."""
+    if "signed_cost" in getattr(est, "__dict__", {}):
+        return bool(est.signed_cost)
+    mro = type(est).__mro__
+    flag = next((k for k in mro if "signed_cost" in vars(k)), None)
+    cost = next((k for k in mro if "removal_cost" in vars(k)), None)
+    if flag is None:
+        return False
+    return bool(flag.__dict__["signed_cost"]) and (cost is None or issubclass(flag, cost))
+
+
 class Estimator:
     """Base class: override ``removal_cost`` and ``restoration_gain``."""
 
