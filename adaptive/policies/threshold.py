@@ -23,7 +23,7 @@ obd, 86.31% and 85.21% with consistency, and 96.60% and 96.88% with curvature.
 Ranking all layers together, it can empty a layer (a layer collapse, which cuts the network);
 ``min_density`` keeps a floor in each layer: the ensembles holding it, the costliest to remove,
 are never pruned. (It is no cure for every failing run: lenet300 at 5% on MNIST with the recipe's
-generic defaults, batch 32 and lr 0.1, left fc1 at 0.5% and ended at 41% at seed 0 while zero costs
+generic defaults, batch 32 and lr 0.1, left fc1 at 0.33% and ended at 41% at seed 0 while zero costs
 were ordered by position; with ``--min_density 0.01`` or ``0.02`` fc1 kept its floor and the run
 still died, at chance. The cause was the order: every synapse it pruned had a removal cost of exactly
 0, the inputs of units silent in the window, taken by position, whole units at a time; ordered by
@@ -87,7 +87,7 @@ class Threshold(Policy):
                       "have a first-order term (-g*w), negative for many synapses, and threshold prunes every synapse "
                       "below its boundary (0 at the start), restoring others in their place beyond the pace; on "
                       "lenet300/MNIST at 5% this ended at 11% (taylor), 78-80% (obd) and 85-86% (consistency) held-out "
-                      "where curvature, the default, reached 96.6-96.9%: use --estimator curvature")
+                      "where curvature, the default, reached 96.6-96.9%: use the curvature estimator (--estimator curvature)")
         return super().initialize(ctrl)
 
     @staticmethod
