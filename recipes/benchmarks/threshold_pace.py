@@ -20,11 +20,9 @@ figure docs/figures/threshold_pace.png (held-out accuracy per seed, both paces, 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +37,8 @@ from adaptive.paths import resolve_data_dir  # noqa: E402
 # graphs.py, which would stand in for the graphs package of any later import in the same process
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 try:
+    from _paired_runs import int_list as _int_list, mean_sd as _mean_sd, rel as _rel  # noqa: E402
+    from _paired_runs import paired_plot, recipe_run  # noqa: E402
     from _reproduce import shown_args  # noqa: E402
 finally:
     sys.path.remove(str(Path(__file__).resolve().parent))
@@ -57,22 +57,13 @@ NEEDS_DATA = {"lenet300/mnist 5%", "lenet300/mnist 2%", "lenet5/mnist 5%"}
 def run_one(setting: str, pace: str, seed: int, args, out: Path) -> dict:
     """One recipe run; its summary.json plus the wall time it took."""
     options, epochs = SETTINGS[setting]
-    cmd = [sys.executable, str(ROOT / "recipes" / "adaptive.py"), *options, "--seed", str(seed),
-           "--controller_kw", f"pace={pace}", "--output_dir", str(out), "--overwrite", "--figures", "false",
-           "--progress", "false", "--threads", str(args.threads)]
-    cmd += ["--max_steps", str(args.max_steps)] if args.max_steps else ["--epochs", str(args.epochs or epochs)]
+    opts = [*options, "--seed", str(seed), "--controller_kw", f"pace={pace}", "--threads", str(args.threads)]
+    opts += ["--max_steps", str(args.max_steps)] if args.max_steps else ["--epochs", str(args.epochs or epochs)]
     if setting in NEEDS_DATA:
-        cmd += ["--data-dir", str(args.data)]
+        opts += ["--data-dir", str(args.data)]
     if args.subset:
-        cmd += ["--subset", str(args.subset)]
-    t0 = time.time()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{setting}, pace {pace}, seed {seed} failed (exit {done.returncode}): {' '.join(cmd)}\n"
-                         f"{done.stderr[-3000:]}")
-    summary = json.loads((out / "summary.json").read_text())
-    summary["wall_min"] = (time.time() - t0) / 60
-    return summary
+        opts += ["--subset", str(args.subset)]
+    return recipe_run(opts, out, f"{setting}, pace {pace}, seed {seed}")
 
 
 def _folder(runs: Path, setting: str, pace: str, seed: int) -> Path:
@@ -80,48 +71,12 @@ def _folder(runs: Path, setting: str, pace: str, seed: int) -> Path:
     return runs / f"{safe}_{pace}_seed{seed}"
 
 
-def _mean_sd(xs) -> str:
-    xs = [100 * x for x in xs]
-    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
-
-
 def plot(results, seeds, path: Path) -> Path:
     """Held-out accuracy of every run: one panel per setting, a line per seed joining its two paces
     (the same split, data order and initial weights), and each pace's mean."""
-    from adaptive.plots import _pyplot, _save
-
-    plt = _pyplot()
-    names = list(results)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        for s in seeds:
-            ax.plot(range(len(PACES)), [100 * results[name][p][s]["holdout_accuracy"] for p in PACES], "-", color="0.6",
-                    lw=1, zorder=1)
-        for i, pace in enumerate(PACES):
-            acc = [100 * results[name][pace][s]["holdout_accuracy"] for s in seeds]
-            ax.plot([i] * len(acc), acc, "o", color=f"C{i}", ms=6, zorder=2, label="a seed" if i == 0 else None)
-            ax.plot([i - 0.18, i + 0.18], [statistics.mean(acc)] * 2, "-", color="k", lw=2, zorder=3,
-                    label="mean" if i == 0 else None)
-        ax.set_xticks(range(len(PACES)), [f"pace={p}" for p in PACES])
-        ax.set_xlim(-0.5, len(PACES) - 0.5)
-        ax.set_title(name, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("held-out accuracy % (final network)")
-    axes[0][0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"threshold policy, gradual pruning from scratch, seeds {', '.join(map(str, seeds))}: "
-                 "a line joins a seed's two runs")
-    fig.tight_layout()
-    return _save(fig, plt, path)
-
-
-def _int_list(text: str, what: str, ap) -> list:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        ap.error(f"{what}: comma-separated whole numbers, got {text!r}")
-    if not values or len(set(values)) < len(values) or not all(0 <= v <= 2**32 - 1 for v in values):
-        ap.error(f"{what}: distinct whole numbers in [0, 2**32 - 1], got {text!r}")
-    return values
+    return paired_plot(results, PACES, seeds, path, [f"pace={p}" for p in PACES],
+                       f"threshold policy, gradual pruning from scratch, seeds {', '.join(map(str, seeds))}: "
+                       "a line joins a seed's two runs")
 
 
 def main(argv=None):
@@ -213,11 +168,6 @@ def _figure_path(args) -> Path:
     if args.figure:
         return Path(args.figure)
     return Path(args.output).with_suffix(".png") if args.output else ROOT / "docs" / "figures" / "threshold_pace.png"
-
-
-def _rel(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 if __name__ == "__main__":

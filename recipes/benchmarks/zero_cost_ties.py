@@ -21,11 +21,9 @@ Writes recipes/benchmarks/results/zero_cost_ties.md and docs/figures/zero_cost_t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,7 +40,8 @@ from adaptive.utility.ties import ZERO_COST_ORDERS  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 try:
     from _reproduce import shown_args  # noqa: E402
-    from threshold_pace import _int_list, _mean_sd, _rel  # noqa: E402
+    from _paired_runs import int_list as _int_list, mean_sd as _mean_sd, rel as _rel  # noqa: E402
+    from _paired_runs import paired_plot, recipe_run  # noqa: E402
 finally:
     sys.path.remove(str(Path(__file__).resolve().parent))
 
@@ -65,51 +64,22 @@ NEEDS_DATA = {s for s in SETTINGS if "mnist" in s}
 
 def run_one(setting: str, order: str, seed: int, args, out: Path) -> dict:
     """One recipe run; its summary.json plus the wall time it took."""
-    cmd = [sys.executable, str(ROOT / "recipes" / "adaptive.py"), *SETTINGS[setting], "--seed", str(seed),
-           "--controller_kw", f"zero_cost_order={order}", "--output_dir", str(out), "--overwrite", "--figures",
-           "false", "--progress", "false", "--threads", str(args.threads)]
+    opts = [*SETTINGS[setting], "--seed", str(seed), "--controller_kw", f"zero_cost_order={order}", "--threads",
+            str(args.threads)]
     if args.max_steps:
-        cmd += ["--max_steps", str(args.max_steps)]
+        opts += ["--max_steps", str(args.max_steps)]
     if setting in NEEDS_DATA:
-        cmd += ["--data-dir", str(args.data)]
+        opts += ["--data-dir", str(args.data)]
     if args.subset:
-        cmd += ["--subset", str(args.subset)]
-    t0 = time.time()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{setting}, zero_cost_order {order}, seed {seed} failed (exit {done.returncode}): "
-                         f"{' '.join(cmd)}\n{done.stderr[-3000:]}")
-    summary = json.loads((out / "summary.json").read_text())
-    summary["wall_min"] = (time.time() - t0) / 60
-    return summary
+        opts += ["--subset", str(args.subset)]
+    return recipe_run(opts, out, f"{setting}, zero_cost_order {order}, seed {seed}")
 
 
 def plot(results, seeds, path: Path) -> Path:
     """Held-out accuracy of every run: one panel per setting, a line per seed joining its two orders."""
-    from adaptive.plots import _pyplot, _save
-
-    plt = _pyplot()
-    names = list(results)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        for s in seeds:
-            ax.plot(range(len(ORDERS)), [100 * results[name][o][s]["holdout_accuracy"] for o in ORDERS], "-",
-                    color="0.6", lw=1, zorder=1)
-        for i, order in enumerate(ORDERS):
-            acc = [100 * results[name][order][s]["holdout_accuracy"] for s in seeds]
-            ax.plot([i] * len(acc), acc, "o", color=f"C{i}", ms=6, zorder=2, label="a seed" if i == 0 else None)
-            ax.plot([i - 0.18, i + 0.18], [statistics.median(acc)] * 2, "-", color="k", lw=2, zorder=3,
-                    label="median" if i == 0 else None)
-        ax.set_xticks(range(len(ORDERS)), list(ORDERS))
-        ax.set_xlim(-0.5, len(ORDERS) - 0.5)
-        ax.set_title(name, fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("held-out accuracy % (final network)")
-    axes[0][0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"zero removal costs ordered by index or by magnitude, seeds {', '.join(map(str, seeds))}: "
-                 "a line joins a seed's two runs")
-    fig.tight_layout()
-    return _save(fig, plt, path)
+    return paired_plot(results, ORDERS, seeds, path, ORDERS,
+                       f"zero removal costs ordered by index or by magnitude, seeds {', '.join(map(str, seeds))}: "
+                       "a line joins a seed's two runs", center=statistics.median)
 
 
 def main(argv=None):

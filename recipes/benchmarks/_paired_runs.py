@@ -1,0 +1,78 @@
+"""Shared by the benchmarks that train each setting once per variant and seed, every run a
+``recipes/adaptive.py`` job (threshold_pace.py, zero_cost_ties.py): the run, the figure that joins a
+seed's runs across the variants, and their small argument and table helpers."""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def recipe_run(options, out: Path, label: str) -> dict:
+    """One recipe job with ``options`` into ``out`` (no figures, no progress bars); its summary.json
+    plus ``wall_min``, the minutes it took. A failed job stops the benchmark, naming ``label``."""
+    cmd = [sys.executable, str(ROOT / "recipes" / "adaptive.py"), *options, "--output_dir", str(out), "--overwrite",
+           "--figures", "false", "--progress", "false"]
+    t0 = time.time()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{label} failed (exit {done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    summary["wall_min"] = (time.time() - t0) / 60
+    return summary
+
+
+def paired_plot(results, variants, seeds, path: Path, ticks, title: str, center=statistics.mean) -> Path:
+    """Held-out accuracy of every run: one panel per setting, a line per seed joining its runs across
+    ``variants`` (the same split, data order and initial weights), and each variant's ``center``."""
+    from adaptive.plots import _pyplot, _save
+
+    plt = _pyplot()
+    names = list(results)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.7), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for s in seeds:
+            ax.plot(range(len(variants)), [100 * results[name][v][s]["holdout_accuracy"] for v in variants], "-",
+                    color="0.6", lw=1, zorder=1)
+        for i, v in enumerate(variants):
+            acc = [100 * results[name][v][s]["holdout_accuracy"] for s in seeds]
+            ax.plot([i] * len(acc), acc, "o", color=f"C{i}", ms=6, zorder=2, label="a seed" if i == 0 else None)
+            ax.plot([i - 0.18, i + 0.18], [center(acc)] * 2, "-", color="k", lw=2, zorder=3,
+                    label=center.__name__ if i == 0 else None)
+        ax.set_xticks(range(len(variants)), list(ticks))
+        ax.set_xlim(-0.5, len(variants) - 0.5)
+        ax.set_title(name, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("held-out accuracy % (final network)")
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def int_list(text: str, what: str, ap) -> list:
+    """Comma-separated distinct whole numbers in [0, 2**32 - 1] (seeds), or ``ap.error``."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        ap.error(f"{what}: comma-separated whole numbers, got {text!r}")
+    if not values or len(set(values)) < len(values) or not all(0 <= v <= 2**32 - 1 for v in values):
+        ap.error(f"{what}: distinct whole numbers in [0, 2**32 - 1], got {text!r}")
+    return values
+
+
+def mean_sd(xs) -> str:
+    """Fractions as percent: ``mean ± sd`` (the value alone for one)."""
+    xs = [100 * x for x in xs]
+    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
+
+
+def rel(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
