@@ -16,6 +16,7 @@ from .consistency import Consistency
 @register_estimator("curvature")
 class Curvature(Consistency):
     signed_cost = False  # F*w^2/2 alone: never negative
+
     def removal_cost(self, ctx):
         w = ctx.weight.detach().float()
         return 0.5 * ctx.stats.fisher(ctx.name, ctx.batch_size) * w * w
