@@ -570,10 +570,12 @@ class Controller:
         elif self.init == "magnitude":
             scores = {n: self.conn.granularities[n].pool(self.conn.params[n].detach().abs().float(), "sum") for n in names}
         else:
-            scores = self.scores("cost", 0, names)  # the costliest to remove are kept
             unseen = self.stats is None or self.stats.count == 0
-            # costs all 0 (no gradient seen yet) would rank by magnitude alone, which init='magnitude' is
-            if unseen and all(_ranks_nothing(s) for s in self.scores("cost", 0, names, zero_cost_order="index").values()):
+            # the costliest to remove are kept. Before any gradient, read the costs unordered (one call:
+            # an estimator may be stateful): all 0 would rank by magnitude alone, which init='magnitude'
+            # is; costs that rank something are 0 only at weights of 0, which the order leaves at 0
+            scores = self.scores("cost", 0, names, zero_cost_order="index" if unseen else None)
+            if unseen and all(_ranks_nothing(s) for s in scores.values()):
                 est = self.drop_est
                 raise ValueError(
                     f"init='estimator' ranks the ensembles by estimator {getattr(est, 'name', type(est).__name__)!r}, "
