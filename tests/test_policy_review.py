@@ -133,6 +133,16 @@ def test_smallest_k_of_a_large_input_with_inf_and_nan():
     assert torch.equal(idx, ref)
 
 
+def _step_keeping_floors(m, conn, ctrl, x, y, min_density):
+    """One training step the controller observes (and may edit at); every layer keeps its floor."""
+    m.zero_grad()
+    F.cross_entropy(m(x), y).backward()
+    ctrl.observe()
+    ctrl.step()
+    for n, mask in conn.masks.items():
+        assert int(mask.sum()) >= math.ceil(min_density * mask.numel()), (n, int(mask.sum()))
+
+
 def _mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(20, 40), nn.ReLU(), nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 5))
@@ -156,12 +166,7 @@ def test_min_density_floors_hold_under_the_global_budget(policy):
             keep2 = conn.granularity_of("2.weight").select(w2, math.ceil(0.1 * 40 * 30))
             conn.set_masks({"0.weight": torch.ones(40, 20, dtype=torch.bool), "2.weight": keep2},
                            grow_init=lambda n, g: torch.randn(g.shape))
-        m.zero_grad()
-        F.cross_entropy(m(x), y).backward()
-        ctrl.observe()
-        ctrl.step()
-        for n, mask in conn.masks.items():
-            assert int(mask.sum()) >= math.ceil(0.1 * mask.numel()), (n, int(mask.sum()))
+        _step_keeping_floors(m, conn, ctrl, x, y, 0.1)
     assert abs(conn.density() - 0.2) < 1e-3
 
 
@@ -194,12 +199,7 @@ def test_global_budget_floors_held_in_whole_neurons_are_refused_or_kept(policy):
     g = torch.Generator().manual_seed(0)
     for _ in range(12):
         x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 5, (8,), generator=g)
-        m.zero_grad()
-        F.cross_entropy(m(x), y).backward()
-        ctrl.observe()
-        ctrl.step()
-        for n, mask in conn.masks.items():
-            assert int(mask.sum()) >= math.ceil(0.05 * mask.numel()), (n, int(mask.sum()))
+        _step_keeping_floors(m, conn, ctrl, x, y, 0.05)
     assert abs(int(sum(mk.sum() for mk in conn.masks.values())) - 229) <= 64  # within half the largest neuron
 
 
