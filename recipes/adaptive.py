@@ -849,6 +849,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
             write_metrics_csv(state.metrics, output_dir / "metrics.csv")
 
     warned_silent = set()
+    remedy = dying_relu_remedy(cfg)
 
     def warn_silent() -> None:
         """Warn, once per layer, about a layer most of whose units no gradient reached over the last
@@ -859,7 +860,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
                 accelerator.print(
                     f"warning: {l.name}: {l.silent} of {l.units} units received no gradient over steps "
                     f"{state.step - cfg.log_every + 1}-{state.step}, so the network trains without them: ReLUs that "
-                    f"no longer fire on any input (a lower --lr or a larger --batch_size usually keeps them alive), or "
+                    f"no longer fire on any input ({remedy}), or "
                     f"units whose outgoing synapses are all pruned (python -m graphs report RUN_DIR counts those); "
                     f"metrics.csv's silent_units column follows the share")
         state.silent_layers = None
@@ -1370,6 +1371,17 @@ def _update_note(cfg, summary, total_steps, ctrl) -> Optional[str]:
     return (f"no controller update ran: policy {cfg.policy!r} edits every {cfg.update_every} steps until step "
             f"{end_step} of {total_steps} (end_fraction {cfg.end_fraction:g}), so the connectome kept its initial "
             "masks; give it more steps (--epochs, --max_steps) or a smaller --update_every")
+
+
+def dying_relu_remedy(cfg) -> str:
+    """What the silent-units warning suggests against ReLUs that die: clipping the gradient where the
+    run does not clip (recipes/benchmarks/lenet5_stability.py: LeNet-5 at lr 0.1 collapsed to chance at
+    2 of 8 seeds, with --max_grad_norm 1 at none, and a warmup did not prevent it), else a tighter clip
+    or a lower rate."""
+    if cfg.max_grad_norm is None:
+        return ("clipping the gradient, --max_grad_norm 1, kept all 8 seeds of LeNet-5 on MNIST alive where lr 0.1 "
+                "alone lost 2: README, recipes/benchmarks/lenet5_stability.py; a lower --lr helps too")
+    return f"a smaller --max_grad_norm than {cfg.max_grad_norm:g} or a lower --lr usually keeps them alive"
 
 
 def _row_lr(state, optimizer) -> float:

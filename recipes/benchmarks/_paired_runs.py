@@ -34,7 +34,8 @@ def paired_plot(results, variants, seeds, path: Path, ticks, title: str, center=
 
     plt = _pyplot()
     names = list(results)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.7), squeeze=False)
+    width = max(3.2, 1.1 * len(variants) + 0.4)  # room for every tick label side by side
+    fig, axes = plt.subplots(1, len(names), figsize=(width * len(names), 3.7), squeeze=False)
     for ax, name in zip(axes[0], names):
         for s in seeds:
             ax.plot(range(len(variants)), [100 * results[name][v][s]["holdout_accuracy"] for v in variants], "-",

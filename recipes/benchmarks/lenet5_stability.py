@@ -1,0 +1,194 @@
+"""LeNet-5 on MNIST at SGD lr 0.1: how often training dies, and what keeps it alive.
+
+    python recipes/benchmarks/lenet5_stability.py                      # 3 settings x 4 variants x 8 seeds
+    python recipes/benchmarks/lenet5_stability.py --settings "dense, batch 100" --variants "lr 0.1;clip 1" --seeds 0,1
+    python recipes/benchmarks/lenet5_stability.py --jobs 1             # one run at a time
+    python recipes/benchmarks/lenet5_stability.py --settings "utility 5%, batch 100" --variants "lr 0.1;clip 1" \
+        --output recipes/benchmarks/results/lenet5_stability_utility.md  # recipes/configs/mnist_lenet5.yaml's policy
+
+The recipe's learning rate (SGD lr 0.1, Nesterov momentum 0.9, cosine, no warmup) suits the
+networks it was set for (ResNets with batch normalisation, LeNet-300-100), but LeNet-5, which has no
+normalisation, sometimes does not survive its first hundred steps: its ReLUs stop firing on every
+input, the loss stays at ln 10 and the run ends at chance (the ``silent_units`` column and its warning
+show it). The threshold policy starts dense, so its runs share this. This benchmark trains each
+setting once per variant and seed, every run a ``recipes/adaptive.py`` job that differs only in the
+variant's options: as shipped (lr 0.1), the gradient clipped to a total 2-norm of 1
+(``--max_grad_norm 1``), a linear warmup of 500 steps (``--warmup_steps 500``), and half the rate
+(``--lr 0.05``). The comparison is read on the held-out part of TRAIN (the recipe's stratified 10%);
+the test split is read only for each run's final report. Writes
+recipes/benchmarks/results/lenet5_stability.md and docs/figures/lenet5_stability.png.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from adaptive.atomic import write_text  # noqa: E402
+from adaptive.paths import resolve_data_dir  # noqa: E402
+
+# the sibling modules, with this folder on the import path only while they are imported: it also holds
+# graphs.py, which would stand in for the graphs package of any later import in the same process
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+try:
+    from _reproduce import shown_args  # noqa: E402
+    from _paired_runs import int_list as _int_list, mean_sd as _mean_sd, rel as _rel  # noqa: E402
+    from _paired_runs import paired_plot, recipe_run  # noqa: E402
+finally:
+    sys.path.remove(str(Path(__file__).resolve().parent))
+
+COLLAPSED = 0.5  # a run below 50% held-out accuracy on 10 classes counts as collapsed in the table
+_SHIPPED = ["--config", str(ROOT / "recipes" / "configs" / "mnist_lenet300_utility.yaml"), "--model", "lenet5",
+            "--epochs", "3"]
+SETTINGS = {  # name: the recipe options before the variant's and --seed
+    "dense, batch 100": [*_SHIPPED, "--density", "1.0"],
+    "threshold 5%, batch 100": [*_SHIPPED, "--policy", "threshold", "--density", "0.05"],
+    "threshold 5%, batch 32": ["--dataset", "mnist", "--model", "lenet5", "--epochs", "3", "--policy", "threshold",
+                               "--density", "0.05"],
+    # recipes/configs/mnist_lenet5.yaml's policy: sparse (ERK) from the first step, not dense first
+    "utility 5%, batch 100": [*_SHIPPED, "--policy", "utility", "--density", "0.05"],
+}
+DEFAULT_SETTINGS = ("dense, batch 100", "threshold 5%, batch 100", "threshold 5%, batch 32")
+VARIANTS = {  # name: the options that set it apart from the shipped rate
+    "lr 0.1": [],
+    "clip 1": ["--max_grad_norm", "1"],
+    "warmup 500": ["--warmup_steps", "500"],
+    "lr 0.05": ["--lr", "0.05"],
+}
+
+
+def run_one(setting: str, variant: str, seed: int, args, out: Path) -> dict:
+    """One recipe run; its summary.json plus the wall time it took."""
+    opts = [*SETTINGS[setting], *VARIANTS[variant], "--seed", str(seed), "--threads", str(args.threads),
+            "--data-dir", str(args.data)]
+    if args.max_steps:
+        opts += ["--max_steps", str(args.max_steps)]
+    if args.subset:
+        opts += ["--subset", str(args.subset)]
+    return recipe_run(opts, out, f"{setting}, {variant}, seed {seed}")
+
+
+def _names(text: str, known: dict, what: str, ap) -> list:
+    names = [s.strip() for s in text.split(";") if s.strip()]
+    unknown = [s for s in names if s not in known]
+    if unknown or not names or len(set(names)) < len(names):
+        ap.error(f"{what}: {'unknown ' + str(unknown) if unknown else 'none given or one named twice'}; "
+                 f"choose from {'; '.join(known)}")
+    return names
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    ap.add_argument("--settings", default=";".join(DEFAULT_SETTINGS),
+                    help=f"semicolon-separated, of: {'; '.join(SETTINGS)} (default: {'; '.join(DEFAULT_SETTINGS)})")
+    ap.add_argument("--variants", default=";".join(VARIANTS), help=f"semicolon-separated, of: {'; '.join(VARIANTS)} "
+                                                                  "(the first is the baseline of the differences)")
+    ap.add_argument("--seeds", default="0,1,2,3,4,5,6,7", help="comma-separated seeds (split, data order, weights)")
+    ap.add_argument("--max-steps", type=int, default=None, help="steps of every run instead of its epochs (quick runs)")
+    ap.add_argument("--subset", type=int, default=None, help="train examples (quick runs; the table says so)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of each run (default 1)")
+    ap.add_argument("--jobs", type=int, default=2, help="runs side by side (default 2; the results do not depend on it)")
+    ap.add_argument("--data-dir", default=None, help="data folder (default: $ADAPTIVE_DATA or ../shared/data)")
+    ap.add_argument("--runs", default=None, help="folder for the runs' own folders (default: a temporary one)")
+    ap.add_argument("--output", default=None, help="the table (default: recipes/benchmarks/results/lenet5_stability.md)")
+    ap.add_argument("--figure", default=None, help="the figure (default: docs/figures/lenet5_stability.png, or beside "
+                                                   "--output)")
+    ap.add_argument("--no-progress", action="store_true", help="no per-run lines")
+    args = ap.parse_args(argv)
+    settings = _names(args.settings, SETTINGS, "--settings", ap)
+    variants = _names(args.variants, VARIANTS, "--variants", ap)
+    seeds = _int_list(args.seeds, "--seeds", ap)
+    for name in ("max_steps", "subset", "threads", "jobs"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    args.data = resolve_data_dir(args.data_dir)
+    if not (args.data / "mnist" / "mnist.npz").is_file():
+        ap.error(f"the benchmark needs {args.data / 'mnist' / 'mnist.npz'} (give --data-dir)")
+    import tempfile
+
+    runs = Path(args.runs) if args.runs else Path(tempfile.mkdtemp(prefix="lenet5_stability_"))
+    start, load0 = time.time(), os.getloadavg()[0]
+    results = {s: {v: {} for v in variants} for s in settings}
+    jobs = [(s, v, seed) for s in settings for seed in seeds for v in variants]
+
+    def one(job):
+        setting, variant, seed = job
+        safe = re.sub(r"[^\w.-]+", "_", f"{setting}_{variant}").strip("_")
+        r = run_one(setting, variant, seed, args, runs / f"{safe}_seed{seed}")
+        if not args.no_progress:
+            print(f"[{(time.time() - start) / 60:5.1f} min] {setting}, {variant}, seed {seed}: held-out "
+                  f"{100 * r['holdout_accuracy']:.2f}%, test {100 * r['test_accuracy']:.2f}%", flush=True)
+        return job, r
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process
+        for (setting, variant, seed), r in pool.map(one, jobs):
+            results[setting][variant][seed] = r
+    budget = f"{args.max_steps} steps" if args.max_steps else "3 epochs"
+    lines = [f"# LeNet-5 on MNIST at SGD lr 0.1: collapses, and what keeps training alive ({budget} per run)", "",
+             "| setting | variant | held-out acc % (median) | held-out acc % (mean ± sd) | collapsed (held-out "
+             f"< {100 * COLLAPSED:.0f}%) | test acc % (median) | held-out per seed | wall min per run |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |"]
+    diffs = []
+    base = variants[0]
+    for setting in settings:
+        for variant in variants:
+            rs = [results[setting][variant][s] for s in seeds]
+            held = [r["holdout_accuracy"] for r in rs]
+            lines.append(f"| {setting} | {variant} | {100 * statistics.median(held):.2f} | {_mean_sd(held)} | "
+                         f"{sum(h < COLLAPSED for h in held)} of {len(held)} | "
+                         f"{100 * statistics.median(r['test_accuracy'] for r in rs):.2f} | "
+                         f"{', '.join(f'{100 * h:.2f}' for h in held)} | "
+                         f"{statistics.mean(r['wall_min'] for r in rs):.1f} |")
+        for variant in variants[1:]:
+            d = [100 * (results[setting][variant][s]["holdout_accuracy"] - results[setting][base][s]["holdout_accuracy"])
+                 for s in seeds]
+            diffs.append((setting, variant, d))
+    if diffs:
+        lines += ["", f"Each variant minus {base}, held-out accuracy points, per seed (the same seed: the same split, "
+                      "data order and initial weights):", ""]
+        lines += [f"- {setting}, {variant}: {', '.join(f'{x:+.2f}' for x in d)} (median {statistics.median(d):+.2f}; "
+                  f"ahead on {sum(x > 0 for x in d)}, behind on {sum(x < 0 for x in d)} of {len(d)})"
+                  for setting, variant, d in diffs]
+    lines += ["", "Every run: `recipes/adaptive.py --model lenet5 --dataset mnist` in train mode, "
+                  f"{budget}{', a ' + str(args.subset) + '-example subset of TRAIN' if args.subset else ''}, SGD "
+                  "(Nesterov momentum 0.9, cosine to 0 after any warmup, weight decay 5e-4). 'batch 100' is "
+                  "recipes/configs/mnist_lenet300_utility.yaml with the model, density and policy named (an update "
+                  "every 100 steps); 'batch 32' is the recipe's generic defaults (an update every 25 steps); the "
+                  "threshold policy starts dense and prunes to 5%, the utility policy starts sparse (ERK) at 5% and "
+                  "moves synapses (curvature estimator, edits until 75% of the run). "
+                  "Variants: " + "; ".join(f"{v}: {' '.join(VARIANTS[v]) or 'as shipped'}" for v in variants) + ". "
+                  "Held-out: the final network on the recipe's stratified 10% of TRAIN (seeded), the numbers the "
+                  "comparison is read on. Test: MNIST's TEST split, read only for this table.",
+              "", f"Figure: {_rel(_figure_path(args))}.", "",
+              f"Whole benchmark: {(time.time() - start) / 60:.1f} min wall on {os.cpu_count()} cores, {args.jobs} "
+              f"run(s) side by side; 1-minute load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at "
+              "the end.", "",
+              "Reproduce: `python recipes/benchmarks/lenet5_stability.py"
+              f"{shown_args(argv, ROOT, dropped=('--runs', '--data-dir', '--jobs'))}`"]
+    out = Path(args.output) if args.output else ROOT / "recipes" / "benchmarks" / "results" / "lenet5_stability.md"
+    paired_plot(results, variants, seeds, _figure_path(args), variants,
+                f"LeNet-5 on MNIST, seeds {', '.join(map(str, seeds))}: a line joins a seed's runs",
+                center=statistics.median)
+    write_text(out, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nwritten to {out}")
+    return results
+
+
+def _figure_path(args) -> Path:
+    if args.figure:
+        return Path(args.figure)
+    return Path(args.output).with_suffix(".png") if args.output else ROOT / "docs" / "figures" / "lenet5_stability.png"
+
+
+if __name__ == "__main__":
+    main()
