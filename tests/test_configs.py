@@ -6,6 +6,7 @@ Configs are for recipes/adaptive.py, except those written in recipes/prune_pretr
 connectome and controller."""
 import dataclasses
 import inspect
+import warnings
 from pathlib import Path
 
 import pytest
@@ -85,11 +86,17 @@ def test_config_builds(path):
         return
     opt = R.build_optimizer(tiny, model)
     conn = R.build_connectome(tiny, model)
-    ctrl = R.build_controller(tiny, conn, opt, total_steps=100)
+    # enough steps for several updates before the edits end (a gradual policy needs one to prune at all)
+    total = max(100, 8 * tiny.update_every)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ctrl = R.build_controller(tiny, conn, opt, total_steps=total)
+    assert not [str(w.message) for w in caught if "no update falls" in str(w.message)]
+    assert ctrl.density == pytest.approx(cfg.density)
     # a gradual policy (threshold, gmp) starts dense and its updates bring the network to the density
     start = tiny.density if ctrl.policy.sparse_at_start else 1.0
     assert conn.density() == pytest.approx(start, abs=2e-3)
-    assert ctrl.end_step == 75 and ctrl.update_every == tiny.update_every
+    assert ctrl.end_step == round(tiny.end_fraction * total) and ctrl.update_every == tiny.update_every
     for n in ctrl.protected:
         assert bool(conn.masks[n].all())
     F.cross_entropy(model(x), y).backward()

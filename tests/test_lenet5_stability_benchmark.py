@@ -1,6 +1,8 @@
 """recipes/benchmarks/lenet5_stability.py: every run is a recipe job with its variant's options, the
 table shows what the runs' own summaries say, and bad settings fail before any run."""
+import json
 import re
+import statistics
 
 import pytest
 import yaml
@@ -24,6 +26,9 @@ def _bench():
     (["--seeds", "0,x"], "--seeds: comma-separated whole numbers"),
     (["--max-steps", "0"], "--max-steps must be >= 1"),
     (["--jobs", "0"], "--jobs must be >= 1"),
+    # the recipe refuses a warmup longer than the run: refused here before the first run, not at the warmup's
+    (["--max-steps", "999"], "--variants 'warmup 500' needs runs of at least 1000 steps"),
+    (["--variants", "clip 1;warmup 500", "--subset", "2000"], "the shortest here has about 51"),
 ])
 def test_bad_settings_fail_before_any_run(argv, msg, capsys, monkeypatch, tmp_path):
     mod = _bench()
@@ -35,6 +40,32 @@ def test_bad_settings_fail_before_any_run(argv, msg, capsys, monkeypatch, tmp_pa
     assert not ran and not (tmp_path / "t.md").exists()
 
 
+def test_a_short_run_without_the_warmup_variant_is_not_refused(monkeypatch, tmp_path):
+    mod = _bench()
+    ran = []
+    monkeypatch.setattr(mod, "run_one", lambda s, v, seed, args, out: ran.append((s, v, seed)) or
+                        {"holdout_accuracy": 0.5, "test_accuracy": 0.5, "wall_min": 0.1})
+    monkeypatch.setattr(mod, "paired_plot", lambda *a, **k: None)
+    mod.main(["--variants", "lr 0.1;clip 1", "--max-steps", "30", "--seeds", "0", "--output", str(tmp_path / "t.md"),
+              "--no-progress"])
+    assert len(ran) == 6 and (tmp_path / "t.md").is_file()
+
+
+def test_each_variant_passes_its_options_and_nothing_else(monkeypatch, tmp_path):
+    mod = _bench()
+    seen = {}
+    monkeypatch.setattr(mod, "recipe_run", lambda opts, out, label: seen.setdefault(label, opts))
+    args = type("A", (), {"threads": 1, "data": tmp_path, "max_steps": None, "subset": None})()
+    for v in mod.VARIANTS:
+        mod.run_one("threshold 5%, batch 32", v, 4, args, tmp_path / v)
+    base = seen["threshold 5%, batch 32, lr 0.1, seed 4"]
+    assert base[:10] == ["--dataset", "mnist", "--model", "lenet5", "--epochs", "3", "--policy", "threshold",
+                         "--density", "0.05"]
+    extra = {"clip 1": ["--max_grad_norm", "1"], "warmup 500": ["--warmup_steps", "500"], "lr 0.05": ["--lr", "0.05"]}
+    for v, opts in extra.items():
+        assert seen[f"threshold 5%, batch 32, {v}, seed 4"] == base[:10] + opts + base[10:]
+
+
 def test_the_benchmark_needs_mnist(capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         _bench().main(["--data-dir", str(tmp_path), "--output", str(tmp_path / "t.md")])
@@ -44,29 +75,33 @@ def test_the_benchmark_needs_mnist(capsys, tmp_path):
 @pytest.mark.skipif(not MNIST.is_file(), reason=f"shared MNIST absent at {MNIST} (always present on CI)")
 def test_each_run_uses_its_variant_and_the_table_shows_the_runs_summaries(tmp_path):
     out, runs = tmp_path / "t.md", tmp_path / "runs"
-    variants = ["lr 0.1", "clip 1", "lr 0.05"]
-    results = _bench().main(["--settings", DENSE, "--variants", ";".join(variants), "--seeds", "3", "--max-steps", "30",
-                             "--subset", "2000", "--runs", str(runs), "--output", str(out), "--no-progress"])
+    variants, seeds = ["lr 0.1", "clip 1"], [3, 1]
+    results = _bench().main(["--settings", DENSE, "--variants", ";".join(variants), "--seeds", "3,1", "--max-steps",
+                             "30", "--subset", "2000", "--runs", str(runs), "--output", str(out), "--no-progress"])
     text = out.read_text()
-    expect = {"lr 0.1": (0.1, None), "clip 1": (0.1, 1.0), "lr 0.05": (0.05, None)}
+    expect = {"lr 0.1": (0.1, None), "clip 1": (0.1, 1.0)}
     for v in variants:
-        r = results[DENSE][v][3]
-        assert r["density"] == 1.0 and r["steps"] == 30
-        row = re.search(rf"^\| {re.escape(DENSE)} \| {v} \| ([\d.]+) \| [\d.]+ \| (\d) of 1 \| ([\d.]+) \| ([\d.]+) \|",
-                        text, re.M)
-        assert row, text
-        assert float(row[1]) == round(100 * r["holdout_accuracy"], 2) == float(row[4])
-        assert float(row[3]) == round(100 * r["test_accuracy"], 2)
-        assert int(row[2]) == (r["holdout_accuracy"] < 0.5)
         safe = re.sub(r"[^\w.-]+", "_", f"{DENSE}_{v}").strip("_")
-        cfg = yaml.safe_load((runs / f"{safe}_seed3" / "config.yaml").read_text())
-        assert (cfg["lr"], cfg["max_grad_norm"]) == expect[v]
-        assert cfg["model"] == "lenet5" and cfg["batch_size"] == 100 and cfg["seed"] == 3
-    held = {v: 100 * results[DENSE][v][3]["holdout_accuracy"] for v in variants}
-    for v in variants[1:]:
-        d = held[v] - held["lr 0.1"]
-        assert f"- {DENSE}, {v}: {d:+.2f} (median {d:+.2f};" in text
+        for s in seeds:  # each result is its own run's, read back from the run's folder
+            r = results[DENSE][v][s]
+            on_disk = json.loads((runs / f"{safe}_seed{s}" / "summary.json").read_text())
+            assert {k: r[k] for k in on_disk} == on_disk and r["density"] == 1.0 and r["steps"] == 30
+            cfg = yaml.safe_load((runs / f"{safe}_seed{s}" / "config.yaml").read_text())
+            assert (cfg["lr"], cfg["max_grad_norm"], cfg["seed"]) == (*expect[v], s)
+            assert cfg["model"] == "lenet5" and cfg["batch_size"] == 100
+        held = [100 * results[DENSE][v][s]["holdout_accuracy"] for s in seeds]
+        row = re.search(rf"^\| {re.escape(DENSE)} \| {v} \| ([\d.]+) \| [\d.]+ ± [\d.]+ \| (\d) of 2 \| ([\d.]+) \| "
+                        rf"([\d., ]+) \|", text, re.M)
+        assert row, text
+        assert float(row[1]) == round(statistics.median(held), 2)
+        assert float(row[3]) == round(statistics.median(100 * results[DENSE][v][s]["test_accuracy"] for s in seeds), 2)
+        assert int(row[2]) == sum(h < 50 for h in held)
+        assert row[4] == ", ".join(f"{h:.2f}" for h in held)  # in the order the seeds were given
+    d = [100 * (results[DENSE]["clip 1"][s]["holdout_accuracy"] - results[DENSE]["lr 0.1"][s]["holdout_accuracy"])
+         for s in seeds]
+    assert f"- {DENSE}, clip 1: {d[0]:+.2f}, {d[1]:+.2f} (median {statistics.median(d):+.2f};" in text
     assert out.with_suffix(".png").stat().st_size > 10_000 and "Figure: " in text
+    assert "the utility policy" not in text  # said only where a utility setting ran
     assert text.splitlines()[-1] == ("Reproduce: `python recipes/benchmarks/lenet5_stability.py --settings "
-                                     "'dense, batch 100' --variants 'lr 0.1;clip 1;lr 0.05' --seeds 3 --max-steps 30 "
+                                     "'dense, batch 100' --variants 'lr 0.1;clip 1' --seeds 3,1 --max-steps 30 "
                                      "--subset 2000`")

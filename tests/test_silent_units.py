@@ -185,7 +185,7 @@ def test_the_recipe_reports_silent_units_and_warns_about_a_dying_layer(tmp_path,
     assert all(r["loss"] == r["loss"] for r in rows)  # a finite (if huge) loss: the units died, nothing diverged to NaN
     assert len(shares) == 3 and shares[0] < 0.1 and shares[-1] > 0.8, shares
     assert "units received no gradient over steps" in out and "a lower --lr" in out
-    assert "clipping the gradient, --max_grad_norm 1, kept all 8 seeds of LeNet-5" in out  # the run did not clip: try clipping
+    assert "clipping the gradient, --max_grad_norm 1, kept all 24 LeNet-5 runs" in out  # the run did not clip: try clipping
     AcceleratorState._reset_state(True)
     res = R.main(common + ["--lr", "0.01", "--output_dir", str(tmp_path / "calm")])
     # the watch puts no hook on the model: the model the run returns pickles (a forward-hook design's did not)

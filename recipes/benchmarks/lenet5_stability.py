@@ -8,8 +8,8 @@
 
 The recipe's learning rate (SGD lr 0.1, Nesterov momentum 0.9, cosine, no warmup) suits the
 networks it was set for (ResNets with batch normalisation, LeNet-300-100), but LeNet-5, which has no
-normalisation, sometimes does not survive its first hundred steps: its ReLUs stop firing on every
-input, the loss stays at ln 10 and the run ends at chance (the ``silent_units`` column and its warning
+normalisation, sometimes does not survive its first few hundred steps (once in the benchmark, late in
+the run): its ReLUs stop firing on every input, the loss stays at ln 10 and the run ends at chance (the ``silent_units`` column and its warning
 show it). The threshold policy starts dense, so its runs share this. This benchmark trains each
 setting once per variant and seed, every run a ``recipes/adaptive.py`` job that differs only in the
 variant's options: as shipped (lr 0.1), the gradient clipped to a total 2-norm of 1
@@ -63,6 +63,17 @@ VARIANTS = {  # name: the options that set it apart from the shipped rate
     "warmup 500": ["--warmup_steps", "500"],
     "lr 0.05": ["--lr", "0.05"],
 }
+WARMUP = 500
+MNIST_TRAIN, HOLDOUT = 60_000, 0.1  # MNIST's TRAIN split and the recipe's held-out share of it
+
+
+def fewest_steps(settings, args) -> int:
+    """A lower bound on the steps of the shortest run: --max-steps, else 3 epochs of the train part at
+    the setting's batch size (of --subset examples where given, less the held-out share)."""
+    if args.max_steps:
+        return args.max_steps
+    train = int((args.subset or MNIST_TRAIN) * (1 - HOLDOUT)) - 1
+    return min(3 * (train // (100 if "batch 100" in s else 32)) for s in settings)
 
 
 def run_one(setting: str, variant: str, seed: int, args, out: Path) -> dict:
@@ -110,6 +121,10 @@ def main(argv=None):
         value = getattr(args, name)
         if value is not None and value < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if "warmup 500" in variants and fewest_steps(settings, args) < 2 * WARMUP:
+        ap.error(f"--variants 'warmup 500' needs runs of at least {2 * WARMUP} steps (a warmup of at most half the "
+                 f"run), and the shortest here has about {fewest_steps(settings, args)}: give a larger --max-steps or "
+                 "--subset, or leave that variant out")
     args.data = resolve_data_dir(args.data_dir)
     if not (args.data / "mnist" / "mnist.npz").is_file():
         ap.error(f"the benchmark needs {args.data / 'mnist' / 'mnist.npz'} (give --data-dir)")
@@ -163,8 +178,10 @@ def main(argv=None):
                   "(Nesterov momentum 0.9, cosine to 0 after any warmup, weight decay 5e-4). 'batch 100' is "
                   "recipes/configs/mnist_lenet300_utility.yaml with the model, density and policy named (an update "
                   "every 100 steps); 'batch 32' is the recipe's generic defaults (an update every 25 steps); the "
-                  "threshold policy starts dense and prunes to 5%, the utility policy starts sparse (ERK) at 5% and "
-                  "moves synapses (curvature estimator, edits until 75% of the run). "
+                  "threshold policy starts dense and prunes to 5%"
+                  + (", the utility policy starts sparse (ERK) at 5% and moves synapses" if any(
+                      s.startswith("utility") for s in settings) else "")
+                  + " (curvature estimator, edits until 75% of the run). "
                   "Variants: " + "; ".join(f"{v}: {' '.join(VARIANTS[v]) or 'as shipped'}" for v in variants) + ". "
                   "Held-out: the final network on the recipe's stratified 10% of TRAIN (seeded), the numbers the "
                   "comparison is read on. Test: MNIST's TEST split, read only for this table.",
