@@ -6,6 +6,7 @@ Configs are for recipes/adaptive.py, except those written in recipes/prune_pretr
 connectome and controller."""
 import dataclasses
 import inspect
+import math
 import warnings
 from pathlib import Path
 
@@ -25,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
 # the input shape each dataset family has, reproduced with fake data
 SHAPES = {"mnist": [1, 28, 28], "digits": [1, 8, 8], "cifar10": [3, 32, 32], "imagenet": [3, 64, 64]}
+# the train part of each dataset a train-mode config names: TRAIN less the recipe's 10% held out
+TRAIN_PART = {"mnist": 54_001, "cifar10": 45_000}
 
 
 R = load_script("recipes/adaptive.py", "recipe_adaptive_cfg")
@@ -86,8 +89,10 @@ def test_config_builds(path):
         return
     opt = R.build_optimizer(tiny, model)
     conn = R.build_connectome(tiny, model)
-    # enough steps for several updates before the edits end (a gradual policy needs one to prune at all)
-    total = max(100, 8 * tiny.update_every)
+    # the config's own run length on its real data, so that a schedule that could not reach its density
+    # (no update before the edits end: a gradual policy would stay dense) fails here
+    total = cfg.max_steps or cfg.epochs * math.ceil(TRAIN_PART[cfg.dataset] / cfg.batch_size)
+    total //= cfg.gradient_accumulation_steps
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ctrl = R.build_controller(tiny, conn, opt, total_steps=total)
