@@ -67,6 +67,16 @@ def int_list(text: str, what: str, ap) -> list:
     return values
 
 
+def collapse_cells(rs, collapsed: float) -> str:
+    """The cells a table of repeated runs gives one variant's runs ``rs`` (their summaries, in seed
+    order): held-out median, mean ± sd, how many fell below ``collapsed``, test median, held-out per
+    seed and wall minutes per run (zero_cost_ties.py, lenet5_stability.py)."""
+    held = [r["holdout_accuracy"] for r in rs]
+    return (f"{100 * statistics.median(held):.2f} | {mean_sd(held)} | {sum(h < collapsed for h in held)} of "
+            f"{len(held)} | {100 * statistics.median(r['test_accuracy'] for r in rs):.2f} | "
+            f"{', '.join(f'{100 * h:.2f}' for h in held)} | {statistics.mean(r['wall_min'] for r in rs):.1f} |")
+
+
 def mean_sd(xs) -> str:
     """Fractions as percent: ``mean ± sd`` (the value alone for one)."""
     xs = [100 * x for x in xs]

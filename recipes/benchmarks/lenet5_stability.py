@@ -41,8 +41,8 @@ from adaptive.paths import resolve_data_dir  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 try:
     from _reproduce import shown_args  # noqa: E402
-    from _paired_runs import int_list as _int_list, mean_sd as _mean_sd, rel as _rel  # noqa: E402
-    from _paired_runs import paired_plot, recipe_run  # noqa: E402
+    from _paired_runs import int_list as _int_list, rel as _rel  # noqa: E402
+    from _paired_runs import collapse_cells, paired_plot, recipe_run  # noqa: E402
 finally:
     sys.path.remove(str(Path(__file__).resolve().parent))
 
@@ -158,13 +158,7 @@ def main(argv=None):
     base = variants[0]
     for setting in settings:
         for variant in variants:
-            rs = [results[setting][variant][s] for s in seeds]
-            held = [r["holdout_accuracy"] for r in rs]
-            lines.append(f"| {setting} | {variant} | {100 * statistics.median(held):.2f} | {_mean_sd(held)} | "
-                         f"{sum(h < COLLAPSED for h in held)} of {len(held)} | "
-                         f"{100 * statistics.median(r['test_accuracy'] for r in rs):.2f} | "
-                         f"{', '.join(f'{100 * h:.2f}' for h in held)} | "
-                         f"{statistics.mean(r['wall_min'] for r in rs):.1f} |")
+            lines.append(f"| {setting} | {variant} | {collapse_cells([results[setting][variant][s] for s in seeds], COLLAPSED)}")
         for variant in variants[1:]:
             d = [100 * (results[setting][variant][s]["holdout_accuracy"] - results[setting][base][s]["holdout_accuracy"])
                  for s in seeds]

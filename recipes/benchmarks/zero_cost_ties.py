@@ -40,8 +40,8 @@ from adaptive.utility.ties import ZERO_COST_ORDERS  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 try:
     from _reproduce import shown_args  # noqa: E402
-    from _paired_runs import int_list as _int_list, mean_sd as _mean_sd, rel as _rel  # noqa: E402
-    from _paired_runs import paired_plot, recipe_run  # noqa: E402
+    from _paired_runs import int_list as _int_list, rel as _rel  # noqa: E402
+    from _paired_runs import collapse_cells, paired_plot, recipe_run  # noqa: E402
 finally:
     sys.path.remove(str(Path(__file__).resolve().parent))
 
@@ -132,13 +132,7 @@ def main(argv=None):
     diffs = []
     for setting in settings:
         for order in ORDERS:
-            rs = [results[setting][order][s] for s in seeds]
-            held = [r["holdout_accuracy"] for r in rs]
-            lines.append(f"| {setting} | {order} | {100 * statistics.median(held):.2f} | {_mean_sd(held)} | "
-                         f"{sum(h < COLLAPSED for h in held)} of {len(held)} | "
-                         f"{100 * statistics.median(r['test_accuracy'] for r in rs):.2f} | "
-                         f"{', '.join(f'{100 * h:.2f}' for h in held)} | "
-                         f"{statistics.mean(r['wall_min'] for r in rs):.1f} |")
+            lines.append(f"| {setting} | {order} | {collapse_cells([results[setting][order][s] for s in seeds], COLLAPSED)}")
         d = [100 * (results[setting]["magnitude"][s]["holdout_accuracy"] -
                     results[setting]["index"][s]["holdout_accuracy"]) for s in seeds]
         diffs.append((setting, d))
