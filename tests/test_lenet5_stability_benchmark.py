@@ -116,3 +116,29 @@ def test_each_run_uses_its_variant_and_the_table_shows_the_runs_summaries(tmp_pa
     assert text.splitlines()[-1] == ("Reproduce: `python recipes/benchmarks/lenet5_stability.py --settings "
                                      "'dense, batch 100' --variants 'lr 0.1;clip 1' --seeds 3,1 --max-steps 30 "
                                      "--subset 2000`")
+
+
+def test_the_table_describes_only_the_policies_that_ran(monkeypatch, tmp_path):
+    mod = _bench()
+    monkeypatch.setattr(mod, "run_one", lambda s, v, seed, args, out: {"holdout_accuracy": 0.9, "test_accuracy": 0.9,
+                                                                       "wall_min": 0.1})
+    monkeypatch.setattr(mod, "paired_plot", lambda *a, **k: None)
+    notes, where = mod.POLICY_NOTES, _where(tmp_path)
+    for settings, said in [("rigl 5%, batch 100", {"rigl"}), ("utility 5%, batch 100;rigl 5%, batch 100",
+                                                               {"utility", "rigl"}), (DENSE, set())]:
+        mod.main(["--settings", settings, "--variants", "lr 0.1;clip 1", "--seeds", "0", "--no-progress", *where])
+        text = (tmp_path / "t.md").read_text()
+        assert {p for p in notes if notes[p] in text} == said, (settings, text)
+
+
+@pytest.mark.skipif(not MNIST.is_file(), reason=f"shared MNIST absent at {MNIST} (always present on CI)")
+def test_the_rigl_setting_runs_rigl_on_lenet5_at_five_percent(tmp_path):
+    runs = tmp_path / "runs"
+    results = _bench().main(["--settings", "rigl 5%, batch 100", "--variants", "clip 1", "--seeds", "2",
+                             "--max-steps", "30", "--subset", "2000", "--runs", str(runs), "--output",
+                             str(tmp_path / "t.md"), "--no-progress", "--data-dir", str(MNIST.parent.parent)])
+    cfg = yaml.safe_load((runs / "rigl_5_batch_100_clip_1_seed2" / "config.yaml").read_text())
+    assert (cfg["policy"], cfg["estimator"], cfg["model"], cfg["density"], cfg["batch_size"], cfg["update_every"],
+            cfg["max_grad_norm"]) == ("rigl", None, "lenet5", 0.05, 100, 100, 1.0)
+    r = results["rigl 5%, batch 100"]["clip 1"][2]
+    assert abs(r["density"] - 0.05) < 1e-3 and r["steps"] == 30

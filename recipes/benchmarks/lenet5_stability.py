@@ -4,7 +4,9 @@
     python recipes/benchmarks/lenet5_stability.py --settings "dense, batch 100" --variants "lr 0.1;clip 1" --seeds 0,1
     python recipes/benchmarks/lenet5_stability.py --jobs 1             # one run at a time
     python recipes/benchmarks/lenet5_stability.py --settings "utility 5%, batch 100" --variants "lr 0.1;clip 1" \
-        --output recipes/benchmarks/results/lenet5_stability_utility.md  # recipes/configs/mnist_lenet5.yaml's policy
+        --output recipes/benchmarks/results/lenet5_stability_utility.md  # the utility policy, sparse from the start
+    python recipes/benchmarks/lenet5_stability.py --settings "utility 5%, batch 100;rigl 5%, batch 100" \
+        --variants "clip 1;lr 0.1" --output recipes/benchmarks/results/lenet5_dst.md  # against RigL
 
 The recipe's learning rate (SGD lr 0.1, Nesterov momentum 0.9, cosine, no warmup) suits the
 networks it was set for (ResNets with batch normalisation, LeNet-300-100), but LeNet-5, which has no
@@ -54,8 +56,17 @@ SETTINGS = {  # name: the recipe options before the variant's and --seed
     "threshold 5%, batch 100": [*_SHIPPED, "--policy", "threshold", "--density", "0.05"],
     "threshold 5%, batch 32": ["--dataset", "mnist", "--model", "lenet5", "--epochs", "3", "--policy", "threshold",
                                "--density", "0.05"],
-    # recipes/configs/mnist_lenet5.yaml's policy: sparse (ERK) from the first step, not dense first
+    # sparse (ERK) from the first step, not dense first
     "utility 5%, batch 100": [*_SHIPPED, "--policy", "utility", "--density", "0.05"],
+    # RigL (magnitude drop, gradient growth) on the same schedule: the reference for the utility policy
+    "rigl 5%, batch 100": ["--config", str(ROOT / "recipes" / "configs" / "mnist_lenet300_rigl.yaml"), "--model", "lenet5",
+                           "--epochs", "3", "--density", "0.05"],
+}
+POLICY_NOTES = {  # how each setting's policy reaches 5%, said under the table where one of its settings ran
+    "threshold": "the threshold policy starts dense and prunes to 5% (curvature estimator)",
+    "utility": "the utility policy starts sparse (ERK) at 5% and moves synapses (curvature estimator)",
+    "rigl": "RigL starts sparse (ERK) at 5% and moves synapses (magnitude drop, gradient growth; "
+            "recipes/configs/mnist_lenet300_rigl.yaml, the same schedule)",
 }
 DEFAULT_SETTINGS = ("dense, batch 100", "threshold 5%, batch 100", "threshold 5%, batch 32")
 VARIANTS = {  # name: the options that set it apart from the shipped rate
@@ -173,11 +184,9 @@ def main(argv=None):
                   f"{budget}{', a ' + str(args.subset) + '-example subset of TRAIN' if args.subset else ''}, SGD "
                   "(Nesterov momentum 0.9, cosine to 0 after any warmup, weight decay 5e-4). 'batch 100' is "
                   "recipes/configs/mnist_lenet300_utility.yaml with the model, density and policy named (an update "
-                  "every 100 steps); 'batch 32' is the recipe's generic defaults (an update every 25 steps); the "
-                  "threshold policy starts dense and prunes to 5%"
-                  + (", the utility policy starts sparse (ERK) at 5% and moves synapses" if any(
-                      s.startswith("utility") for s in settings) else "")
-                  + " (curvature estimator, edits until 75% of the run). "
+                  "every 100 steps); 'batch 32' is the recipe's generic defaults (an update every 25 steps); "
+                  + "; ".join(POLICY_NOTES[p] for p in POLICY_NOTES if any(s.startswith(p) for s in settings))
+                  + "; edits until 75% of the run. "
                   "Variants: " + "; ".join(f"{v}: {' '.join(VARIANTS[v]) or 'as shipped'}" for v in variants) + ". "
                   "Held-out: the final network on the recipe's stratified 10% of TRAIN (seeded), the numbers the "
                   "comparison is read on. Test: MNIST's TEST split, read only for this table.",
