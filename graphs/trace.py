@@ -93,6 +93,9 @@ class Trace:
     # number of layers recorded before it (those layers' inputs do not depend on it) and its description
     unknown: List[Tuple[int, str]] = field(default_factory=list)
     reason: str = ""  # why fx could not trace the model, when ``traced`` is False
+    # each unknown op's description (as in ``unknown``) -> the parameters it reads: a module's own, or
+    # those its operands are computed from (``x @ self.w``); the layers whose wiring the graph guesses
+    unknown_weights: Dict[str, List[str]] = field(default_factory=dict)
 
     @property
     def num_nodes(self) -> int:
@@ -138,6 +141,7 @@ class _Book:
         self.warnings: List[str] = []
         self.recurrent: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
         self.unknown: List[Tuple[int, str]] = []
+        self.unknown_weights: Dict[str, List[str]] = {}
 
     def snapshot(self) -> tuple:
         """Sizes of what is recorded (every record only grows: lists and insertion-ordered dicts)."""
@@ -831,15 +835,39 @@ class FlowProp(ShapeProp):
             return type(result)(fill(r) for r in result)
         return fill(result)
 
+    def _weights_read(self, n, module) -> List[str]:
+        """The parameters node ``n`` reads: a called module's own, else those its operands are computed
+        from without traced data (``x @ self.w``, ``F.linear(x, self.w * self.mask)``)."""
+        if module is not None:
+            return [f"{n.target}.{p}" for p, _ in module.named_parameters()]
+        names, todo, seen = [], list(n.all_input_nodes), set()
+        while todo:
+            m = todo.pop()
+            if m in seen:
+                continue
+            seen.add(m)
+            if m.op == "get_attr":
+                if isinstance(self.fetch_attr(m.target), nn.Parameter):  # (the env drops values once read)
+                    names.append(str(m.target))
+            elif m.op != "placeholder":
+                f = self.flows.get(m)
+                if not (isinstance(f, torch.Tensor) and bool(f.any())):  # made from no traced data
+                    todo.extend(m.all_input_nodes)
+        return sorted(names)
+
     def _on_unknown(self, n, result, reason):
         module = self.mods.get(n.target) if n.op == "call_module" else None
         hint = ops.how_to_register(n, module)
         hint = hint if n.target is F.linear else f"teach it with {hint}"
+        what, weights = ops.describe(n, module), self._weights_read(n, module)
+        reads = f", reading the weights {', '.join(map(repr, weights))}" if weights else ""
         msg = (
-            f"graphs: cannot follow the data flow through node {ops.describe(n, module)}{reason}; assuming every "
+            f"graphs: cannot follow the data flow through node {what}{reads}{reason}; assuming every "
             f"input unit feeds every output ({hint})"
         )
-        self.book.unknown.append((len(self.book.layers), ops.describe(n, module)))
+        self.book.unknown.append((len(self.book.layers), what))
+        if weights:
+            self.book.unknown_weights[what] = weights
         self.book.warnings.append(msg)
         warn_user(msg)
         flows = self._tensor_flows((n.args, n.kwargs))
@@ -980,6 +1008,7 @@ def _unwrap(tr: Trace) -> Trace:
         g.name = cut(g.name)
     for l in tr.layers:
         l.module, l.param = cut(l.module), cut(l.param)
+    tr.unknown_weights = {what: [cut(p) for p in names] for what, names in tr.unknown_weights.items()}
     return tr
 
 
@@ -1020,7 +1049,8 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
         _add_outputs(prop, gm, result)
         for w in book.warnings:
             warn_user(w)
-        tr = Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, True, book.recurrent, book.unknown)
+        tr = Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, True, book.recurrent, book.unknown,
+                   unknown_weights=book.unknown_weights)
         return _unwrap(tr) if root else tr
     if example_input is not None:
         raise RuntimeError(f"running {type(model).__name__} on example_input failed: {errors[0]}")

@@ -1,0 +1,68 @@
+"""An op the tracer cannot follow is named with the weights it reads, so the user knows which layer's
+wiring the graph only guesses."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graphs.trace import trace
+
+torch.set_num_threads(1)
+
+
+class MatmulOnWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.scale, self.fc2 = nn.Linear(4, 6), nn.Parameter(torch.randn(6, 6)), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)) @ self.scale)
+
+
+class MaskedLinear(nn.Module):  # F.linear on a weight computed in the forward (not a layer's own)
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.w, self.fc2 = nn.Linear(4, 6), nn.Parameter(torch.randn(5, 6)), nn.Linear(5, 3)
+        self.register_buffer("mask", torch.ones(5, 6))
+
+    def forward(self, x):
+        return self.fc2(F.linear(self.fc1(x), self.w.t().t() * self.mask))
+
+
+class BilinearHead(nn.Module):  # a torch.nn module with weights that no rule describes
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.bil = nn.Linear(4, 6), nn.Bilinear(6, 6, 3)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.bil(h, h)
+
+
+@pytest.mark.parametrize("model, what, weights", [
+    (MatmulOnWeight, "'matmul' (call_function matmul)", ["scale"]),
+    (MaskedLinear, "'linear' (call_function linear)", ["w"]),  # through t() and * mask, not the buffer
+    (BilinearHead, "'bil' (call_module bil, a Bilinear)", ["bil.weight", "bil.bias"]),
+])
+def test_unknown_op_names_the_weights_it_reads(model, what, weights):
+    with pytest.warns(UserWarning, match="cannot follow") as rec:
+        tr = trace(model(), torch.randn(1, 4))
+    assert tr.unknown_weights == {what: weights}
+    msg = next(str(w.message) for w in rec if what in str(w.message))
+    assert f"reading the weights {', '.join(map(repr, weights))}" in msg
+
+
+def test_unknown_op_on_data_alone_names_no_weights():
+    class Cum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.b(torch.cumsum(self.a(x), dim=1))  # reads fc a's output, not its weight
+
+    with pytest.warns(UserWarning, match="cumsum") as rec:
+        tr = trace(Cum(), torch.randn(1, 4))
+    assert tr.unknown_weights == {}
+    assert not any("reading the weights" in str(w.message) for w in rec)
