@@ -784,8 +784,18 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
         diff = max(float((a - b).abs().max()) for a, b in pairs) if pairs else 0.0
         worst = max(worst, diff)
         if not all(torch.allclose(a, b, atol=atol, rtol=rtol) for a, b in pairs):
-            raise RuntimeError(
-                f"compaction changed the outputs (max abs diff {diff:.3g} > atol {atol}); please report this model. "
-                f"Pass verify=False to get the model anyway."
-            )
+            raise RuntimeError(_mismatch(pairs, diff, atol, rtol))
     return worst
+
+
+def _mismatch(pairs, diff, atol, rtol) -> str:
+    """Why the check failed: the difference next to the outputs' scale and the tolerances, with a
+    hint to check in float64 when the difference is the size of rounding at that scale."""
+    scale = max(float(a.abs().max()) for a, _ in pairs)
+    low = [a.dtype for a, _ in pairs if a.is_floating_point() and a.dtype != torch.float64]
+    rounding = bool(low) and diff <= 1e-3 * scale  # a relative difference a bug rarely stays below
+    hint = (f"; relative to outputs this large the difference looks like {str(low[0])[6:]} rounding: compact a float64 "
+            "copy (model.double(), example_input.double()) to check, or pass larger atol/rtol" if rounding else "")
+    return (f"compaction changed the outputs (max abs diff {diff:.3g} > atol {atol} + rtol {rtol} x |output|, with "
+            f"outputs up to {scale:.3g} in magnitude){hint}; if it persists, please report this model. Pass "
+            "verify=False to get the model anyway.")

@@ -1,4 +1,6 @@
 """graphs.compact: dead units removed physically, outputs unchanged."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -163,6 +165,26 @@ def test_untraceable_model_is_refused():
     with pytest.raises(RuntimeError, match=r"fx-traceable.* failed at .*test_graphs_compact.py:\d+ in forward "
                                            r"\(return self.a\(x\) if x.sum\(\) > 0 else -self.a\(x\)\)"):
         graphs.compact(Dynamic(), example_input=torch.randn(1, 4))
+
+
+@pytest.mark.parametrize("shift, dtype, rounding", [
+    (1e-2, torch.float32, True),  # 0.01 next to outputs of a few hundred: float32 rounding's size
+    (10.0, torch.float32, False),  # a real change
+    (1e-2, torch.float64, False),  # already float64: no float64 to try
+])
+def test_failed_check_gives_the_output_scale_the_tolerances_and_a_float64_hint_for_rounding(shift, dtype, rounding):
+    from graphs.compact import _verify
+
+    torch.manual_seed(0)
+    ref = nn.Linear(4, 3).to(dtype)
+    with torch.no_grad():
+        ref.weight.mul_(1000)
+    changed = copy.deepcopy(ref)
+    with torch.no_grad():
+        changed.bias[2] += shift
+    with pytest.raises(RuntimeError, match=r"atol 1e-06 \+ rtol 2e-06 x \|output\|, with outputs up to \d+ in magnitude") as e:
+        _verify(ref, changed, torch.randn(1, 4, dtype=dtype), 1e-6, 2e-6)
+    assert ("looks like float32 rounding: compact a float64 copy" in str(e.value)) == rounding
 
 
 def test_torchvision_resnet18_shared_relu_modules():
