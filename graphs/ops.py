@@ -41,8 +41,9 @@ every input feeds every output. Extend a table (or :func:`register_op`) to teach
 """
 from __future__ import annotations
 
+import math
 import operator
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -247,9 +248,46 @@ def describe(node, module=None) -> str:
     return f"{node.name!r} ({node.op} {name}{kind})"
 
 
-def how_to_register(node, module=None) -> str:
-    """The :func:`register_op` call that teaches the tracer ``node``'s op, for warnings (for an
-    ``F.linear``, which no category describes, how to have its layer followed instead)."""
+def fitting_category(in_shapes, out_shape) -> Optional[str]:
+    """The :func:`register_op` category whose tracer rule can follow an op taking tensors of
+    ``in_shapes`` to one of ``out_shape`` (None for a tuple result): "pointwise" keeps its one operand's
+    shape, or its dimensions and channels (axis 1: pooling); "shape" keeps its element count; "reduce"
+    drops dimensions or shrinks them to 1; "broadcast" gives the broadcast shape of several operands.
+    None: no rule fits (a matmul, a diff along the channels)."""
+    ins = [tuple(s) for s in in_shapes]
+    if out_shape is None or not ins:
+        return None
+    out = tuple(out_shape)
+    if len(ins) > 1:
+        try:
+            return "broadcast" if tuple(torch.broadcast_shapes(*ins)) == out else None
+        except RuntimeError:
+            return None
+    x = ins[0]
+    if out == x or (len(out) == len(x) >= 2 and out[1] == x[1]):
+        return "pointwise"
+    if math.prod(out) == math.prod(x):
+        return "shape"
+    if len(out) == len(x):
+        kept = all(o in (i, 1) for o, i in zip(out, x))
+    else:
+        rest = iter(x)
+        kept = all(any(o == i for i in rest) for o in out)  # ``out`` is ``x`` with some dimensions dropped
+    return "reduce" if kept and math.prod(out) < math.prod(x) else None
+
+
+_CATEGORY_WHEN = {
+    "pointwise": "if it acts on each channel alone",
+    "shape": "if it only moves elements, as a view or a transpose does",
+    "reduce": "if it reduces over the dimensions it drops, as a sum or a mean does",
+    "broadcast": "if each output element is computed from its operands' elements at the same (broadcast) position",
+}
+
+
+def how_to_register(node, module=None, in_shapes=(), out_shape=None) -> str:
+    """How to teach the tracer ``node``'s op, for warnings: the :func:`register_op` call with the
+    category that fits its operands' ``in_shapes`` and result's ``out_shape`` (see
+    :func:`fitting_category`), or why none does (for an ``F.linear``, how to have its layer followed)."""
     if node.op == "call_function" and node.target is F.linear:
         return ("call the nn.Linear module itself (self.fc(x)), or F.linear on its own weight, to have its units "
                 "followed; no register_op category describes a weighted op")
@@ -267,5 +305,13 @@ def how_to_register(node, module=None) -> str:
         elif module == "_operator":  # x // 2, -x: the operator module's functions
             module = "operator"
         target = f"{module}.{name}"
-    return (f'graphs.register_op({target}, "pointwise") if it acts on each channel alone ("broadcast", "shape" or '
-            f'"reduce" for the other kinds: see graphs.ops)')
+    category = fitting_category(in_shapes, out_shape)
+    if category is None:
+        shapes = ", ".join(str(tuple(s)) for s in in_shapes) or "no traced tensor"
+        result = str(tuple(out_shape)) if out_shape is not None else "a tuple"
+        return (f"no graphs.register_op category fits {target}, which takes {shapes} to {result} (pointwise keeps "
+                "the shape or the channels, shape the element count, reduce drops dimensions, broadcast gives the "
+                "operands' broadcast shape); write it with ops the tracer knows (see graphs.ops)")
+    also = ('"shape" if it only moves elements, as a flip or a roll does; ' if category == "pointwise"
+            and tuple(out_shape) == tuple(in_shapes[0]) else "")
+    return f'teach it with graphs.register_op({target}, "{category}") {_CATEGORY_WHEN[category]} ({also}see graphs.ops)'

@@ -857,8 +857,8 @@ class FlowProp(ShapeProp):
 
     def _on_unknown(self, n, result, reason):
         module = self.mods.get(n.target) if n.op == "call_module" else None
-        hint = ops.how_to_register(n, module)
-        hint = hint if n.target is F.linear else f"teach it with {hint}"
+        shapes = [tuple(f.shape) for f in self._tensor_flows((n.args, n.kwargs))]  # ids: the operands' shapes
+        hint = ops.how_to_register(n, module, shapes, tuple(result.shape) if isinstance(result, torch.Tensor) else None)
         what, weights = ops.describe(n, module), self._weights_read(n, module)
         reads = f", reading the weights {', '.join(map(repr, weights))}" if weights else ""
         msg = (

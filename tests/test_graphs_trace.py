@@ -245,6 +245,41 @@ def test_unknown_operator_warning_names_the_operator_module():
     assert 'graphs.register_op(operator.floordiv, "pointwise")' in msg
 
 
+@pytest.mark.parametrize("f, target, category", [
+    (lambda h: torch.cumsum(h, dim=2), torch.cumsum, "pointwise"),  # keeps the shape
+    (lambda h: torch.rot90(h, 1, (1, 2)), torch.rot90, "shape"),  # keeps the element count
+    (lambda h: torch.logsumexp(h, dim=2), torch.logsumexp, "reduce"),  # drops a dimension
+    (lambda h: torch.hypot(h, h[:, :1]), torch.hypot, "broadcast"),  # several operands, their broadcast shape
+    (lambda h: torch.diff(h, dim=1), torch.diff, None),  # one channel fewer: no rule fits
+    (lambda h: torch.bmm(h, h.transpose(1, 2)), torch.bmm, None),
+])
+def test_unknown_op_hint_suggests_the_category_that_fits_its_shapes(f, target, category):
+    """The hint said "pointwise" whatever the op; registering a shape-changing op so fails again."""
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 4)
+
+        def forward(self, x):
+            return f(self.a(x))
+
+    name = target.__name__
+    with pytest.warns(UserWarning, match=name) as rec:
+        graphs.trace(Odd(), torch.randn(1, 6, 3))
+    msg = next(str(w.message) for w in rec if name in str(w.message))
+    if category is None:
+        assert f"no graphs.register_op category fits torch.{name}, which takes (1, 6, 4)" in msg
+        assert "teach it with" not in msg
+        return
+    call = msg.split("teach it with ")[1].split(" if ")[0]
+    assert call == f'graphs.register_op(torch.{name}, "{category}")'
+    try:
+        eval(call, {"graphs": graphs, "torch": torch})
+        assert not graphs.trace(Odd(), torch.randn(1, 6, 3)).unknown  # the suggested rule follows it
+    finally:
+        graphs.ops._EXTRA.pop(target, None)
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_transposed_conv_is_a_weighted_layer(groups):
     class UpNet(nn.Module):  # a U-Net's up path: the up-convolution's output is one layer deeper
