@@ -524,10 +524,27 @@ class Connectome:
         drops them)."""
         self._ens_cache.clear()
         self._check_params()
+        self._follow_in_place_edits()
         if self.mode == "mask_only":
             self._apply()
         else:
             self._impose_exact()
+
+    @torch.no_grad()
+    def _follow_in_place_edits(self) -> None:
+        """Catch up with masks written in place (by value, so a write behind the version counter
+        counts too): which layers have pruned synapses is read anew (a layer pruned only in place
+        was still taken as dense and skipped) and the hot-path masks, copies of the masks as they
+        were, are rebuilt; attached optimizers' moments are reset where such a write pruned."""
+        pruned = {}
+        for n, m in self.masks.items():
+            self._dense[n] = bool(m.all())
+            last = self._previous(n, m.device)
+            if not torch.equal(m, last):
+                pruned[n] = last & ~m
+        self._hot = None
+        self._edited()
+        self._reset_optimizer_state(pruned)
 
     @torch.no_grad()
     def _impose_exact(self) -> None:
