@@ -438,13 +438,21 @@ class Connectome:
         expanded = {}
         for k, m in masks.items():
             if k not in self.masks:
-                raise KeyError(f"unknown parameter name {k!r}: known prunable weights are {self.names[:5]}...")
+                raise KeyError(f"unknown parameter name {k!r}: set_ensemble_masks takes the names of this connectome's "
+                               f"prunable weights, which are {self.names[:5]}{'...' if len(self.names) > 5 else ''} "
+                               "(all in conn.names)")
             g = self.granularities[k]
             es = g.ensemble_shape(self.masks[k].shape)
-            if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
-                raise TypeError(f"ensemble mask for {k!r} must be a bool tensor")
+            if not isinstance(m, torch.Tensor):
+                raise TypeError(f"ensemble mask for {k!r} ('{g.spec}' ensembles) must be a torch.bool tensor, got "
+                                f"{type(m).__name__}; use torch.as_tensor(mask, dtype=torch.bool)")
+            if m.dtype != torch.bool:
+                raise TypeError(f"ensemble mask for {k!r} ('{g.spec}' ensembles) must be a torch.bool tensor, got "
+                                f"{m.dtype}; use mask.bool() or mask > 0")
             if tuple(m.shape) != tuple(es):
-                raise ValueError(f"ensemble mask for {k!r} has shape {tuple(m.shape)}, expected {tuple(es)} for '{g.spec}'")
+                raise ValueError(f"ensemble mask for {k!r} has shape {tuple(m.shape)}, expected {tuple(es)} for '{g.spec}' "
+                                 f"(one bool per ensemble): start from conn.ensemble_mask({k!r}), or give a mask shaped "
+                                 f"like the weight {tuple(self.masks[k].shape)} to set_masks()")
             expanded[k] = g.expand(m, self.masks[k].shape).contiguous()
         exact = {k for k in expanded if expands_exactly(self.granularities[k]) and expanded[k].numel()}
         clean = self._validate(expanded, rules_kept=exact) if validate else self._unvalidated(expanded)

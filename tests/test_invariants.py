@@ -457,11 +457,16 @@ def test_bad_ensemble_masks_raise_and_change_nothing():
     model = small_net()
     conn = adaptive.Connectome(model, ensemble="kernel")
     snap = snapshot(conn)
-    with pytest.raises(ValueError, match=r"expected \(8, 3\) for 'kernel'"):
+    # each error names the layer and its granularity, what was wrong, and what to pass instead
+    with pytest.raises(ValueError, match=r"'0.weight' has shape \(8, 3, 3, 3\), expected \(8, 3\) for 'kernel'.*"
+                                         r"conn.ensemble_mask\('0.weight'\).*set_masks"):
         conn.set_ensemble_masks({"0.weight": torch.ones(8, 3, 3, 3, dtype=torch.bool)})
-    with pytest.raises(TypeError, match="bool tensor"):
+    with pytest.raises(TypeError, match=r"'0.weight' \('kernel' ensembles\) must be a torch.bool tensor, got "
+                                        r"torch.float32; use mask.bool\(\)"):
         conn.set_ensemble_masks({"0.weight": torch.ones(8, 3)})
-    with pytest.raises(KeyError, match="unknown parameter name 'nope'"):
+    with pytest.raises(TypeError, match=r"'0.weight' \('kernel' ensembles\).*got list; use torch.as_tensor"):
+        conn.set_ensemble_masks({"0.weight": [[True] * 3] * 8})
+    with pytest.raises(KeyError, match=r"unknown parameter name 'nope'.*prunable weights, which are \['0.weight'.*conn.names"):
         conn.set_ensemble_masks({"3.weight": torch.zeros(8, 2, dtype=torch.bool), "nope": torch.ones(1, dtype=torch.bool)})
     with pytest.raises(TypeError, match="dict"):
         conn.set_ensemble_masks([torch.ones(8, 3, dtype=torch.bool)])
