@@ -191,6 +191,11 @@ class Connectome:
 
     def granularity_of(self, name: str) -> Granularity:
         """The ensemble granularity of layer ``name``."""
+        if name not in self.granularities:
+            hint = f"did you mean {name + '.weight'!r}? " if f"{name}.weight" in self.granularities else ""
+            raise KeyError(f"granularity_of: {name!r} is not a prunable weight of this connectome: {hint}give a "
+                           f"parameter name, one of {self.names[:5]}{'...' if len(self.names) > 5 else ''} "
+                           "(all in conn.names)")
         return self.granularities[name]
 
     @property
