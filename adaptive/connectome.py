@@ -990,6 +990,7 @@ class Connectome:
         before or after the connectome."""
         if not isinstance(sd, Mapping) or "masks" not in sd:
             raise ValueError("not a connectome state_dict: it has no 'masks' entry")
+        _check_state_entries(sd)
         sd = {**sd, "masks": _plain_names(sd["masks"], self.params), "original": _plain_names(sd.get("original"), self.params),
               "ensembles": _plain_names(sd.get("ensembles"), self.params)}
         if "ensemble" in sd:
@@ -1170,6 +1171,24 @@ class Connectome:
                 if k in sd:
                     sd[k] = torch.where(m.to(sd[k].device), sd[k], torch.zeros((), dtype=sd[k].dtype))
         return sd
+
+
+def _check_state_entries(sd: Mapping) -> None:
+    """Refuse a connectome state_dict whose entries are not of the kinds :meth:`Connectome.state_dict`
+    writes (a dict where one is due, tensors in 'original'), before anything reads them further."""
+    fix = "pass what Connectome.state_dict() returned (or a checkpoint's copy of it)"
+    if "ensemble" in sd and not isinstance(sd["ensemble"], str):
+        raise TypeError(f"the connectome state_dict's 'ensemble' must be a granularity spec string such as 'synapse', "
+                        f"got {type(sd['ensemble']).__name__}: {fix}")
+    for key, what in (("masks", "bool tensor"), ("original", "tensor"), ("ensembles", "granularity spec")):
+        entry = sd.get(key)
+        if not isinstance(entry, Mapping) and (key == "masks" or entry is not None):
+            raise TypeError(f"the connectome state_dict's {key!r} must be a dict of parameter name -> {what}, got "
+                            f"{type(entry).__name__}: {fix}")
+    for n, o in (sd.get("original") or {}).items():
+        if not isinstance(o, torch.Tensor):
+            raise TypeError(f"the connectome state_dict's original weight for {n!r} must be a torch.Tensor, got "
+                            f"{type(o).__name__}: {fix}")
 
 
 def _check_grow_init(how, mode: str, has_original: bool) -> None:

@@ -527,6 +527,32 @@ def test_bad_state_dicts_raise_and_change_nothing():
     assert_unchanged(conn, snap)
 
 
+MALFORMED_STATE = [
+    ("masks not a dict", lambda sd: {**sd, "masks": list(sd["masks"].values())}, r"'masks' must be a dict.*got list"),
+    ("masks None", lambda sd: {**sd, "masks": None}, r"'masks' must be a dict.*got NoneType"),
+    ("original not a dict", lambda sd: {**sd, "original": list(sd["original"].values())}, r"'original' must be a dict.*got list"),
+    ("original not a tensor", lambda sd: {**sd, "original": {**sd["original"], "2.weight": [[0.0] * 5] * 4}},
+     r"original weight for '2.weight' must be a torch.Tensor, got list"),
+    ("ensembles not a dict", lambda sd: {**sd, "ensembles": "synapse"}, r"'ensembles' must be a dict.*got str"),
+    ("ensemble not a string", lambda sd: {**sd, "ensemble": 3}, r"'ensemble' must be a granularity spec string.*got int"),
+]
+
+
+@pytest.mark.parametrize("case, make, words", MALFORMED_STATE, ids=[c[0] for c in MALFORMED_STATE])
+def test_malformed_state_dict_entries_are_refused_clearly_and_change_nothing(case, make, words):
+    # these crashed with AttributeError ('list' object has no attribute 'items' / 'shape') or TypeError
+    # deep inside the load, naming neither the entry nor the fix
+    model = _linear_net()
+    conn = adaptive.Connectome(model, mode="mask_only")
+    sd = conn.state_dict()
+    conn.set_masks({"0.weight": torch.eye(5, 6, dtype=torch.bool)})
+    snap, original = snapshot(conn), {n: o.clone() for n, o in conn.original.items()}
+    with pytest.raises(TypeError, match=words + r".*Connectome.state_dict\(\)"):
+        conn.load_state_dict(make(sd))
+    assert_unchanged(conn, snap)
+    assert all(torch.equal(o, original[n]) for n, o in conn.original.items())
+
+
 def test_weight_written_between_steps_is_pruned_again_at_the_next_step():
     """The pre-step pass skips re-masking weights only while their version counters show that
     nothing wrote to them since they were last masked; any outside write is caught."""
