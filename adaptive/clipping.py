@@ -16,7 +16,7 @@ import torch
 
 
 @torch.no_grad()
-def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float, conn=None, *, accelerator=None,
+def clip_gradients(parameters: Iterable[torch.nn.Parameter] | torch.Tensor, max_norm: float, conn=None, *, accelerator=None,
                    norm_type: float = 2.0, foreach: Optional[bool] = None) -> torch.Tensor:
     """Scale the gradients of ``parameters`` so that their total ``norm_type`` norm is at most
     ``max_norm``, as ``torch.nn.utils.clip_grad_norm_`` does, but with the norm taken over the
@@ -31,6 +31,7 @@ def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float, co
     averaged by DDP, so every process computes the same factor). ``accelerator`` (Accelerate's):
     its gradients are unscaled first (``accelerator.unscale_gradients()``), as
     ``accelerator.clip_grad_norm_`` does under fp16 mixed precision. ``foreach``: as torch's.
+    ``parameters`` may be a single tensor, as for torch's.
     Returns the total norm before clipping (a 0-d tensor; non-finite if a gradient is)."""
     try:
         limit = float(max_norm)  # (a NumPy or 0-d tensor number too)
@@ -38,6 +39,8 @@ def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float, co
         limit = math.nan
     if not (math.isfinite(limit) and limit > 0):
         raise ValueError(f"clip_gradients: max_norm must be a finite number > 0, got {max_norm!r}")
+    if isinstance(parameters, torch.Tensor):  # iterated, it would give its rows, none with a .grad: nothing clipped
+        parameters = [parameters]
     params = [p for p in parameters if p.grad is not None]
     if accelerator is not None:
         accelerator.unscale_gradients()

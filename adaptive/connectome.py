@@ -191,6 +191,11 @@ class Connectome:
 
     def granularity_of(self, name: str) -> Granularity:
         """The ensemble granularity of layer ``name``."""
+        if name not in self.granularities:
+            hint = f"did you mean {name + '.weight'!r}? " if f"{name}.weight" in self.granularities else ""
+            raise KeyError(f"granularity_of: {name!r} is not a prunable weight of this connectome: {hint}give a "
+                           f"parameter name, one of {self.names[:5]}{'...' if len(self.names) > 5 else ''} "
+                           "(all in conn.names)")
         return self.granularities[name]
 
     @property
@@ -438,13 +443,21 @@ class Connectome:
         expanded = {}
         for k, m in masks.items():
             if k not in self.masks:
-                raise KeyError(f"unknown parameter name {k!r}: known prunable weights are {self.names[:5]}...")
+                raise KeyError(f"unknown parameter name {k!r}: set_ensemble_masks takes the names of this connectome's "
+                               f"prunable weights, which are {self.names[:5]}{'...' if len(self.names) > 5 else ''} "
+                               "(all in conn.names)")
             g = self.granularities[k]
             es = g.ensemble_shape(self.masks[k].shape)
-            if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
-                raise TypeError(f"ensemble mask for {k!r} must be a bool tensor")
+            if not isinstance(m, torch.Tensor):
+                raise TypeError(f"ensemble mask for {k!r} ('{g.spec}' ensembles) must be a torch.bool tensor, got "
+                                f"{type(m).__name__}; use torch.as_tensor(mask, dtype=torch.bool)")
+            if m.dtype != torch.bool:
+                raise TypeError(f"ensemble mask for {k!r} ('{g.spec}' ensembles) must be a torch.bool tensor, got "
+                                f"{m.dtype}; use mask.bool() or mask > 0")
             if tuple(m.shape) != tuple(es):
-                raise ValueError(f"ensemble mask for {k!r} has shape {tuple(m.shape)}, expected {tuple(es)} for '{g.spec}'")
+                raise ValueError(f"ensemble mask for {k!r} has shape {tuple(m.shape)}, expected {tuple(es)} for '{g.spec}' "
+                                 f"(one bool per ensemble): start from conn.ensemble_mask({k!r}), or give a mask shaped "
+                                 f"like the weight {tuple(self.masks[k].shape)} to set_masks()")
             expanded[k] = g.expand(m, self.masks[k].shape).contiguous()
         exact = {k for k in expanded if expands_exactly(self.granularities[k]) and expanded[k].numel()}
         clean = self._validate(expanded, rules_kept=exact) if validate else self._unvalidated(expanded)
@@ -524,10 +537,27 @@ class Connectome:
         drops them)."""
         self._ens_cache.clear()
         self._check_params()
+        self._follow_in_place_edits()
         if self.mode == "mask_only":
             self._apply()
         else:
             self._impose_exact()
+
+    @torch.no_grad()
+    def _follow_in_place_edits(self) -> None:
+        """Catch up with masks written in place (by value, so a write behind the version counter
+        counts too): which layers have pruned synapses is read anew (a layer pruned only in place
+        was still taken as dense and skipped) and the hot-path masks, copies of the masks as they
+        were, are rebuilt; attached optimizers' moments are reset where such a write pruned."""
+        pruned = {}
+        for n, m in self.masks.items():
+            self._dense[n] = bool(m.all())
+            last = self._previous(n, m.device)
+            if not torch.equal(m, last):
+                pruned[n] = last & ~m
+        self._hot = None
+        self._edited()
+        self._reset_optimizer_state(pruned)
 
     @torch.no_grad()
     def _impose_exact(self) -> None:
@@ -960,6 +990,7 @@ class Connectome:
         before or after the connectome."""
         if not isinstance(sd, Mapping) or "masks" not in sd:
             raise ValueError("not a connectome state_dict: it has no 'masks' entry")
+        _check_state_entries(sd)
         sd = {**sd, "masks": _plain_names(sd["masks"], self.params), "original": _plain_names(sd.get("original"), self.params),
               "ensembles": _plain_names(sd.get("ensembles"), self.params)}
         if "ensemble" in sd:
@@ -1140,6 +1171,24 @@ class Connectome:
                 if k in sd:
                     sd[k] = torch.where(m.to(sd[k].device), sd[k], torch.zeros((), dtype=sd[k].dtype))
         return sd
+
+
+def _check_state_entries(sd: Mapping) -> None:
+    """Refuse a connectome state_dict whose entries are not of the kinds :meth:`Connectome.state_dict`
+    writes (a dict where one is due, tensors in 'original'), before anything reads them further."""
+    fix = "pass what Connectome.state_dict() returned (or a checkpoint's copy of it)"
+    if "ensemble" in sd and not isinstance(sd["ensemble"], str):
+        raise TypeError(f"the connectome state_dict's 'ensemble' must be a granularity spec string such as 'synapse', "
+                        f"got {type(sd['ensemble']).__name__}: {fix}")
+    for key, what in (("masks", "bool tensor"), ("original", "tensor"), ("ensembles", "granularity spec")):
+        entry = sd.get(key)
+        if not isinstance(entry, Mapping) and (key == "masks" or entry is not None):
+            raise TypeError(f"the connectome state_dict's {key!r} must be a dict of parameter name -> {what}, got "
+                            f"{type(entry).__name__}: {fix}")
+    for n, o in (sd.get("original") or {}).items():
+        if not isinstance(o, torch.Tensor):
+            raise TypeError(f"the connectome state_dict's original weight for {n!r} must be a torch.Tensor, got "
+                            f"{type(o).__name__}: {fix}")
 
 
 def _check_grow_init(how, mode: str, has_original: bool) -> None:

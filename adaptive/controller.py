@@ -230,6 +230,10 @@ class Controller:
         if not (grow_init is None or callable(grow_init) or (isinstance(grow_init, str) and grow_init in GROW_INITS)):
             raise ValueError(f"unknown grow_init {grow_init!r}: use {', '.join(map(repr, GROW_INITS))} or a callable "
                              "f(name, grown_mask) -> tensor")
+        if holdout_loss is not None and not callable(holdout_loss):
+            raise TypeError(f"holdout_loss must be None or a callable taking no arguments that returns the loss on "
+                            f"held-out data, got {type(holdout_loss).__name__}: wrap a loader in a function, e.g. "
+                            "holdout_loss=lambda: adaptive.mask_only.evaluate(model, holdout_loader)[0]")
         self.policy = get_policy(policy, **policy_kwargs)
         nm = conn.fixed_density
         if nm is not None and density is None:

@@ -83,6 +83,23 @@ def test_a_norm_below_the_limit_changes_nothing_and_a_bad_limit_is_refused():
             clip_gradients(model.parameters(), bad, conn)
 
 
+@pytest.mark.parametrize("with_conn", [False, True])
+def test_a_single_tensor_is_clipped_as_torch_clips_it(with_conn):
+    # iterated as a collection, a tensor gave its rows (none with a .grad): nothing was clipped and
+    # the norm returned was 0
+    model, conn = masked_net()
+    w = model[0].weight
+    dense = torch.randn(w.shape, generator=torch.Generator().manual_seed(1)) * 3
+    live = dense * conn.masks["0.weight"] if with_conn else dense
+    ref = nn.Parameter(torch.zeros_like(w))
+    ref.grad = live.clone()
+    ref_norm = torch.nn.utils.clip_grad_norm_(ref, 1.0)
+    w.grad = live.clone()
+    norm = clip_gradients(w, 1.0, conn if with_conn else None)
+    assert float(ref_norm) > 1.0 and torch.equal(norm, ref_norm)
+    assert torch.equal(w.grad, ref.grad)
+
+
 def batches(n, seed=2):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(5, 6, generator=g), torch.randint(0, 3, (5,), generator=g)) for _ in range(n)]

@@ -325,6 +325,39 @@ def test_apply_remasks_a_weight_written_behind_the_version_counter():
     assert (m.weight[~mask] == 0).all()
 
 
+@pytest.mark.parametrize("sparse_before", [False, True])
+@pytest.mark.parametrize("write", ["in place", "behind the version counter"])
+def test_apply_imposes_masks_written_in_place(sparse_before, write):
+    """conn.masks written in place, then conn.apply(): the newly masked weights are exactly 0.0 and
+    stay so through later steps. apply() skipped a layer that was dense when last set, and the
+    steps masked with the hot-path copies of the masks as they were (momentum revived them too)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4))
+    conn = adaptive.Connectome(model)
+    if sparse_before:
+        mask = torch.ones(4, 6, dtype=torch.bool)
+        mask[0, 0] = False
+        conn.set_masks({"0.weight": mask})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    conn.attach(opt)
+    x = torch.randn(5, 6)
+    model(x).sum().backward()
+    opt.step()  # momentum buffers are non-zero at every live synapse
+    opt.zero_grad()
+    target = conn.masks["0.weight"] if write == "in place" else conn.masks["0.weight"].data
+    target[2:, 3:] = False
+    conn.apply()
+    w, pruned = model[0].weight, ~conn.masks["0.weight"]
+    assert int(pruned.sum()) == 6 + sparse_before
+    assert bool((w[pruned] == 0).all()) and bool((w[~pruned] != 0).all())
+    assert not bool(opt.state[w]["momentum_buffer"][pruned].any())
+    for _ in range(2):
+        model(x).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    assert bool((w[pruned] == 0).all())
+
+
 @pytest.mark.parametrize("ensemble", ["synapse", "neuron"])
 @pytest.mark.parametrize("via", ["ensemble_masks", "masks in place"])
 def test_read_modify_write_of_the_masks_prunes_for_real(ensemble, via):

@@ -60,6 +60,26 @@ def test_a_bad_setting_is_refused_at_construction_and_changes_nothing(case):
     assert conn._observers == [] and conn.original == {}
 
 
+@pytest.mark.parametrize("holdout", ["loader", "number"])
+def test_a_holdout_loss_that_is_not_callable_is_refused_at_construction(holdout):
+    # a DataLoader was taken, and the first update with a line search failed with "'DataLoader' object
+    # is not callable", far from the mistake
+    m = net()
+    conn = adaptive.Connectome(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    loader = DataLoader(TensorDataset(torch.randn(8, 8), torch.randint(0, 3, (8,))), batch_size=4)
+    bad = loader if holdout == "loader" else 0.5
+    before = conn.mask_hash()
+    with pytest.raises(TypeError, match=rf"holdout_loss must be None or a callable .* got {type(bad).__name__}: "
+                                        r"wrap a loader in a function, e\.g\. holdout_loss=lambda: "):
+        adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=2, holdout_loss=bad)
+    assert conn.mask_hash() == before and conn._optimizers == [] and conn._controllers == []
+    assert not opt._optimizer_step_pre_hooks
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=2,
+                               holdout_loss=lambda: adaptive.mask_only.evaluate(m, loader)[0])  # the fix it gives
+    assert ctrl._holdout() == pytest.approx(adaptive.mask_only.evaluate(m, loader)[0])
+
+
 @pytest.mark.parametrize("estimator", ["magnitude", "presence", "evidence", "gradient"])
 def test_init_estimator_with_an_estimator_that_scores_without_gradients_is_kept(estimator):
     """They rank synapses before any gradient (magnitude, a magnitude prior, or a removal cost of |w|

@@ -62,6 +62,17 @@ def test_bad_rules_fail_clearly_and_build_nothing(rules, exc, match):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_granularity_of_an_unknown_name_says_which_names_there_are():
+    # was a bare KeyError('4'), naming neither the known layers nor the fix
+    conn = adaptive.Connectome(net(), ensemble="0=kernel;4=neuron;synapse")
+    with pytest.raises(KeyError, match=r"'4' is not a prunable weight.*did you mean '4.weight'\?.*"
+                                       r"\['0.weight', '4.weight', '6.weight'\].*conn.names"):
+        conn.granularity_of("4")
+    with pytest.raises(KeyError, match=r"'4.bias' is not a prunable weight.*: give a parameter name, one of \['0.weight'"):
+        conn.granularity_of("4.bias")
+    assert conn.granularity_of("4.weight").spec == "neuron"
+
+
 def test_connectome_checks_and_expands_each_layer_with_its_own_granularity():
     conn = adaptive.Connectome(net(), ensemble="0=kernel;4=neuron;synapse")
     assert [conn.granularity_of(n).spec for n in NAMES] == ["kernel", "neuron", "synapse"]

@@ -457,11 +457,16 @@ def test_bad_ensemble_masks_raise_and_change_nothing():
     model = small_net()
     conn = adaptive.Connectome(model, ensemble="kernel")
     snap = snapshot(conn)
-    with pytest.raises(ValueError, match=r"expected \(8, 3\) for 'kernel'"):
+    # each error names the layer and its granularity, what was wrong, and what to pass instead
+    with pytest.raises(ValueError, match=r"'0.weight' has shape \(8, 3, 3, 3\), expected \(8, 3\) for 'kernel'.*"
+                                         r"conn.ensemble_mask\('0.weight'\).*set_masks"):
         conn.set_ensemble_masks({"0.weight": torch.ones(8, 3, 3, 3, dtype=torch.bool)})
-    with pytest.raises(TypeError, match="bool tensor"):
+    with pytest.raises(TypeError, match=r"'0.weight' \('kernel' ensembles\) must be a torch.bool tensor, got "
+                                        r"torch.float32; use mask.bool\(\)"):
         conn.set_ensemble_masks({"0.weight": torch.ones(8, 3)})
-    with pytest.raises(KeyError, match="unknown parameter name 'nope'"):
+    with pytest.raises(TypeError, match=r"'0.weight' \('kernel' ensembles\).*got list; use torch.as_tensor"):
+        conn.set_ensemble_masks({"0.weight": [[True] * 3] * 8})
+    with pytest.raises(KeyError, match=r"unknown parameter name 'nope'.*prunable weights, which are \['0.weight'.*conn.names"):
         conn.set_ensemble_masks({"3.weight": torch.zeros(8, 2, dtype=torch.bool), "nope": torch.ones(1, dtype=torch.bool)})
     with pytest.raises(TypeError, match="dict"):
         conn.set_ensemble_masks([torch.ones(8, 3, dtype=torch.bool)])
@@ -520,6 +525,32 @@ def test_bad_state_dicts_raise_and_change_nothing():
     with pytest.raises(ValueError, match="original weight for '0.weight'"):
         conn.load_state_dict({**sd, "original": {"0.weight": torch.zeros(2, 2)}})
     assert_unchanged(conn, snap)
+
+
+MALFORMED_STATE = [
+    ("masks not a dict", lambda sd: {**sd, "masks": list(sd["masks"].values())}, r"'masks' must be a dict.*got list"),
+    ("masks None", lambda sd: {**sd, "masks": None}, r"'masks' must be a dict.*got NoneType"),
+    ("original not a dict", lambda sd: {**sd, "original": list(sd["original"].values())}, r"'original' must be a dict.*got list"),
+    ("original not a tensor", lambda sd: {**sd, "original": {**sd["original"], "2.weight": [[0.0] * 5] * 4}},
+     r"original weight for '2.weight' must be a torch.Tensor, got list"),
+    ("ensembles not a dict", lambda sd: {**sd, "ensembles": "synapse"}, r"'ensembles' must be a dict.*got str"),
+    ("ensemble not a string", lambda sd: {**sd, "ensemble": 3}, r"'ensemble' must be a granularity spec string.*got int"),
+]
+
+
+@pytest.mark.parametrize("case, make, words", MALFORMED_STATE, ids=[c[0] for c in MALFORMED_STATE])
+def test_malformed_state_dict_entries_are_refused_clearly_and_change_nothing(case, make, words):
+    # these crashed with AttributeError ('list' object has no attribute 'items' / 'shape') or TypeError
+    # deep inside the load, naming neither the entry nor the fix
+    model = _linear_net()
+    conn = adaptive.Connectome(model, mode="mask_only")
+    sd = conn.state_dict()
+    conn.set_masks({"0.weight": torch.eye(5, 6, dtype=torch.bool)})
+    snap, original = snapshot(conn), {n: o.clone() for n, o in conn.original.items()}
+    with pytest.raises(TypeError, match=words + r".*Connectome.state_dict\(\)"):
+        conn.load_state_dict(make(sd))
+    assert_unchanged(conn, snap)
+    assert all(torch.equal(o, original[n]) for n, o in conn.original.items())
 
 
 def test_weight_written_between_steps_is_pruned_again_at_the_next_step():
