@@ -28,7 +28,7 @@ from torch import nn
 
 from . import bitpack, ensemble_rules
 from .atomic import atomic_path
-from .discovery import SynapseLayer, aliases, discover, shared_weight_warning, state_dict_keys
+from .discovery import SynapseLayer, aliases, discover, holds_synapses, shared_weight_warning, state_dict_keys
 from .ensembles import Granularity, check_granularity, expands_exactly
 from .grad_masking import BackwardMasker
 from .optim_state import preserves_zeros, reset_state, unwrap_optimizer, zero_eps_warning
@@ -1094,6 +1094,14 @@ class Connectome:
         for n, s in shapes.items():
             if n not in params:
                 raise KeyError(f"the saved connectome has a layer {n!r} that the model does not have")
+            mname, _, attr = n.rpartition(".")
+            module = model.get_submodule(mname)
+            if not holds_synapses(module, attr):
+                raise ValueError(
+                    f"the saved connectome has synapses in {n!r}, but in this model {mname or 'the model'!r} is of type "
+                    f"{type(module).__name__}, whose {attr!r} holds no synapses (a Connectome prunes Linear, "
+                    "Conv1d/2d/3d, MultiheadAttention and RNN/LSTM/GRU weights): load the file into a model of the "
+                    "architecture it was saved from, or build a new Connectome on this model")
             if tuple(params[n].shape) != s:
                 raise ValueError(f"shape mismatch for {n!r}: saved {s}, model has {tuple(params[n].shape)}")
         mode = mode or meta["mode"]

@@ -107,6 +107,12 @@ def _prunable_weights(module: nn.Module):
     return []
 
 
+def holds_synapses(module: nn.Module, attr: str) -> bool:
+    """Whether ``module``'s weight ``attr`` is one whose entries are synapses (a Linear's or a
+    convolution's ``weight``, an attention projection, a recurrent matrix), as :func:`discover` finds them."""
+    return any(a == attr for a, _, _ in _prunable_weights(module))
+
+
 @dataclass(frozen=True)
 class SynapseLayer:
     """Bookkeeping for one prunable weight (``Connectome.layers[name]``): its parameter ``name`` and
