@@ -1011,12 +1011,16 @@ class Connectome:
     def save(self, path: str | os.PathLike, with_original: bool = False) -> None:
         """Write the connectome to a safetensors file, masks bit-packed (1 bit per synapse).
 
-        The write is atomic (temporary file, then rename). ``with_original`` also stores the
+        The write is atomic (temporary file, then rename). ``path`` is a file: an existing folder is
+        refused, as :meth:`load` refuses one. ``with_original`` also stores the
         original weights of a mask_only connectome; without it, :meth:`load` takes them from the
         model it is given, which must then hold the unpruned weights.
         """
         from safetensors.torch import save_file
 
+        if os.path.isdir(path):  # as load refuses one: a run folder holds its connectome.safetensors
+            raise ValueError(f"{path} is a folder, not a connectome file: give a file path, e.g. "
+                             f"{os.path.join(path, 'connectome.safetensors')}")
         self._check_params()
         tensors = {f"mask/{n}": bitpack.pack(m) for n, m in self.masks.items()}
         if with_original:

@@ -229,6 +229,21 @@ def test_load_names_a_saved_layer_that_is_an_embedding_in_the_model(tmp_path):
         assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
 
 
+def test_save_refuses_a_folder_as_load_does(tmp_path):
+    """save(folder) failed inside its atomic rename with IsADirectoryError on a temporary file's name."""
+    conn = adaptive.Connectome(mlp())
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for call in (lambda: conn.save(folder), lambda: adaptive.Connectome.load(folder, mlp())):
+        with pytest.raises(ValueError, match=r"run is a folder, not a connectome file"):
+            call()
+    assert list(tmp_path.iterdir()) == [folder] and list(folder.iterdir()) == []  # nothing written
+    with pytest.raises(ValueError, match=r"e\.g\. .*run/connectome\.safetensors"):
+        conn.save(str(folder))
+    conn.save(folder / "connectome.safetensors")  # the path the error names round-trips
+    assert adaptive.Connectome.load(folder / "connectome.safetensors", mlp()).mask_hash() == conn.mask_hash()
+
+
 def test_mask_only_save_with_original_restores_bit_identical(tmp_path):
     model = mlp()
     orig = {n: p.detach().clone() for n, p in model.named_parameters()}
