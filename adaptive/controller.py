@@ -297,10 +297,15 @@ class Controller:
         if conn.mode == "train" and self.policy.grow_by is not None:
             frozen = [n for n in conn.names if n not in self.protected and not conn.params[n].requires_grad]
             if frozen:
+                shown = ", ".join(frozen[:4]) + (f" and {len(frozen) - 4} more" if len(frozen) > 4 else "")
+                names = repr(frozen) if len(frozen) <= 4 else "[...] with their names"
+                start = ("0.0 (grow_init='zero'), counted live while it does nothing" if grow_init == "zero" else
+                         f"its grow_init={grow_init!r} value" if isinstance(grow_init, str) else "its grow_init callable's value")
                 raise ValueError(
-                    f"layer(s) {frozen[:3]}{' ...' if len(frozen) > 3 else ''} are frozen (requires_grad=False): synapses "
-                    f"that policy {self.policy.name!r} grows there would stay 0.0 forever while counted live; leave them "
-                    "out of the Connectome (exclude=...) or keep their connectome fixed (protect=...)"
+                    f"{len(frozen)} layer(s) are frozen (requires_grad=False): {shown}. Synapses that policy "
+                    f"{self.policy.name!r} grows there would never train: each would stay at {start}. "
+                    f"Leave them out of the Connectome (exclude={names}), keep their connectome fixed "
+                    f"(protect={names}), or unfreeze them (weight.requires_grad_(True))"
                 )
         self.init = init or ("magnitude" if conn.mode == "mask_only" else "random")
         self.window = window
