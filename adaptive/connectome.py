@@ -290,6 +290,7 @@ class Connectome:
         for k, m in masks.items():
             if not isinstance(m, torch.Tensor):
                 raise TypeError(f"mask for {k!r} must be a torch.Tensor, got {type(m).__name__}")
+            _refuse_sparse(m, f"mask for {k!r}")
             if m.dtype != torch.bool:
                 raise TypeError(f"mask for {k!r} must have dtype torch.bool, got {m.dtype}; use mask.bool() or mask > 0")
             if m.is_meta:
@@ -441,6 +442,8 @@ class Connectome:
                 raise KeyError(f"unknown parameter name {k!r}: known prunable weights are {self.names[:5]}...")
             g = self.granularities[k]
             es = g.ensemble_shape(self.masks[k].shape)
+            if isinstance(m, torch.Tensor):
+                _refuse_sparse(m, f"ensemble mask for {k!r}")
             if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
                 raise TypeError(f"ensemble mask for {k!r} must be a bool tensor")
             if tuple(m.shape) != tuple(es):
@@ -1152,6 +1155,13 @@ class Connectome:
                 if k in sd:
                     sd[k] = torch.where(m.to(sd[k].device), sd[k], torch.zeros((), dtype=sd[k].dtype))
         return sd
+
+
+def _refuse_sparse(m: torch.Tensor, what: str) -> None:
+    """Refuse a sparse mask (COO, CSR, ...): masks are dense bool tensors, one entry per synapse."""
+    if m.layout != torch.strided:
+        raise TypeError(f"{what} is a sparse tensor ({m.layout}): masks are dense bool tensors with one entry per "
+                        "synapse (or ensemble); pass mask.to_dense()")
 
 
 def _check_grow_init(how, mode: str, has_original: bool) -> None:
