@@ -434,7 +434,7 @@ class Controller:
     @torch.compiler.disable  # eager even inside a compiled opt.step, as the connectome's step hooks
     def _after_step(self, opt, args, kwargs) -> None:
         if not self.conn._step_skipped(opt):  # a GradScaler's skipped step (fused optimizer) is no step
-            self.step()
+            self._advance()
 
     def _observe_hook(self):
         if self.optimizer is not None:  # driven explicitly, ctrl.observe() is the caller's
@@ -475,7 +475,17 @@ class Controller:
         return (step - self.start_step) % self.update_every == 0
 
     def step(self) -> Optional[dict]:
-        """Advance one training step; run an update when one is due. Returns its event, if any."""
+        """Advance one training step; run an update when one is due. Returns its event, if any.
+        Only for a controller driven explicitly: one attached to an optimizer steps itself after
+        each of its steps, so a call here is refused (it would count each training step twice)."""
+        if self.optimizer is not None:
+            raise RuntimeError(
+                "this Controller is attached to an optimizer and steps itself after every optimizer.step(), so "
+                "ctrl.step() would count each training step twice: drop the ctrl.step() call, or call ctrl.detach() "
+                "first to drive it explicitly (ctrl.observe() after backward, ctrl.step() after the optimizer step)")
+        return self._advance()
+
+    def _advance(self) -> Optional[dict]:
         self.step_count += 1
         if self.due(self.step_count):
             return self.update()
