@@ -94,7 +94,8 @@ class Connectome:
         ensemble: granularity spec: "synapse", "kernel", "neuron", "block:RxC" or "n:m"; or rules
             giving layers different ones, first match wins: ``{"*mlp*": "neuron", "*": "synapse"}``
             or ``"*mlp*=neuron;synapse"`` (see :mod:`adaptive.ensemble_rules`).
-        include / exclude: shell-style name patterns selecting prunable layers.
+        include / exclude: shell-style name patterns selecting prunable layers: a list, or a string
+            split at commas as on the command line (``exclude="0,2"``).
         mode: "train" (weights learn, pruned weights held at 0.0) or "mask_only" (weights frozen
             at their current values, which are kept so a restored synapse returns bit-identical).
     """

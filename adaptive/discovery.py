@@ -142,10 +142,12 @@ class SynapseLayer:
 
 
 def _as_patterns(p: Optional[Iterable[str] | str]) -> Sequence[str]:
+    """The patterns of ``include``/``exclude``: a string is split at commas, as the command line's
+    ``--exclude 0,2`` is (a pattern itself holds no comma)."""
     if p is None:
         return ()
     if isinstance(p, str):
-        return (p,)
+        return tuple(t.strip() for t in p.split(",") if t.strip())
     pats = tuple(p)
     for x in pats:
         if not isinstance(x, str):
@@ -186,7 +188,8 @@ def discover(
     """Return ``{parameter name: (SynapseLayer, parameter)}`` for every prunable weight.
 
     ``include``/``exclude`` are shell-style patterns (``fnmatch``) tested against both the module
-    name and the parameter name, e.g. ``include="layer*"`` or ``exclude=["conv1", "fc"]``; a lazy
+    name and the parameter name, e.g. ``include="layer*"``, ``exclude=["conv1", "fc"]`` or
+    ``exclude="conv1,fc"`` (a string is split at commas, as on the command line); a lazy
     layer they leave out may stay unmaterialised. A weight with no entries (``nn.Linear(0, 4)``) holds
     no synapses and is left out. Raises ValueError when nothing prunable is found
     (naming the reparametrised, torch.nn.utils.prune-masked or complex-valued layers that are there) or a pattern matches nothing.

@@ -72,6 +72,27 @@ def test_include_and_exclude_patterns():
         adaptive.Connectome(model, include=[3])
 
 
+def test_a_comma_separated_pattern_string_is_split_as_on_the_command_line():
+    """exclude="0,2" was one pattern '0,2', refused as matching nothing, where the CLI's --exclude 0,2
+    excludes two layers."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    assert adaptive.Connectome(model, exclude="0,2").names == ["1.weight", "3.weight"]
+    assert adaptive.Connectome(model, exclude=" 0 , 2, ").names == ["1.weight", "3.weight"]
+    assert adaptive.Connectome(model, include="0,3*").names == ["0.weight", "3.weight"]
+    with pytest.raises(ValueError, match=r"exclude pattern\(s\) \['fc'\] matched no prunable layer"):
+        adaptive.Connectome(model, exclude="0,fc")  # each part is checked as a pattern of its own
+    from dataclasses import dataclass
+    from typing import List, Optional
+
+    from adaptive.config import parse_config
+
+    @dataclass
+    class Cli:
+        exclude: Optional[List[str]] = None
+
+    assert parse_config(Cli, ["--exclude", "0,2"]).exclude == ["0", "2"]  # the command line's reading
+
+
 def _count(model, types=(nn.Linear, nn.Conv2d)):
     seen, n, total = set(), 0, 0
     for m in model.modules():
