@@ -440,7 +440,8 @@ class Connectome:
         expanded = {}
         for k, m in masks.items():
             if k not in self.masks:
-                raise KeyError(f"unknown parameter name {k!r}: known prunable weights are {self.names[:5]}...")
+                raise KeyError(f"unknown parameter name {k!r}: known prunable weights are "
+                               f"{self.names[:5]}{'...' if len(self.names) > 5 else ''}")
             g = self.granularities[k]
             es = g.ensemble_shape(self.masks[k].shape)
             if isinstance(m, torch.Tensor):

@@ -293,7 +293,8 @@ class Controller:
         self.protected = [n for n in conn.names if any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p) for p in pats)]
         unused = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p) for n in conn.names)]
         if unused:
-            raise ValueError(f"protect pattern(s) {unused} matched no layer of the connectome: known layers are {conn.names[:5]}...")
+            raise ValueError(f"protect pattern(s) {unused} matched no layer of the connectome: known layers are "
+                             f"{conn.names[:5]}{'...' if len(conn.names) > 5 else ''}")
         if conn.mode == "train" and self.policy.grow_by is not None:
             frozen = [n for n in conn.names if n not in self.protected and not conn.params[n].requires_grad]
             if frozen:
