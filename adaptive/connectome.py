@@ -28,7 +28,7 @@ from torch import nn
 
 from . import bitpack, ensemble_rules
 from .atomic import atomic_path
-from .discovery import SynapseLayer, aliases, discover, shared_weight_warning, state_dict_keys
+from .discovery import SynapseLayer, aliases, discover, holds_synapses, shared_weight_warning, state_dict_keys
 from .ensembles import Granularity, check_granularity, expands_exactly
 from .grad_masking import BackwardMasker
 from .optim_state import preserves_zeros, reset_state, unwrap_optimizer, zero_eps_warning
@@ -94,7 +94,8 @@ class Connectome:
         ensemble: granularity spec: "synapse", "kernel", "neuron", "block:RxC" or "n:m"; or rules
             giving layers different ones, first match wins: ``{"*mlp*": "neuron", "*": "synapse"}``
             or ``"*mlp*=neuron;synapse"`` (see :mod:`adaptive.ensemble_rules`).
-        include / exclude: shell-style name patterns selecting prunable layers.
+        include / exclude: shell-style name patterns selecting prunable layers: a list, or a string
+            split at commas as on the command line (``exclude="0,2"``).
         mode: "train" (weights learn, pruned weights held at 0.0) or "mask_only" (weights frozen
             at their current values, which are kept so a restored synapse returns bit-identical).
     """
@@ -295,6 +296,7 @@ class Connectome:
         for k, m in masks.items():
             if not isinstance(m, torch.Tensor):
                 raise TypeError(f"mask for {k!r} must be a torch.Tensor, got {type(m).__name__}")
+            _refuse_sparse(m, f"mask for {k!r}")
             if m.dtype != torch.bool:
                 raise TypeError(f"mask for {k!r} must have dtype torch.bool, got {m.dtype}; use mask.bool() or mask > 0")
             if m.is_meta:
@@ -451,6 +453,7 @@ class Connectome:
             if not isinstance(m, torch.Tensor):
                 raise TypeError(f"ensemble mask for {k!r} ('{g.spec}' ensembles) must be a torch.bool tensor, got "
                                 f"{type(m).__name__}; use torch.as_tensor(mask, dtype=torch.bool)")
+            _refuse_sparse(m, f"ensemble mask for {k!r}")
             if m.dtype != torch.bool:
                 raise TypeError(f"ensemble mask for {k!r} ('{g.spec}' ensembles) must be a torch.bool tensor, got "
                                 f"{m.dtype}; use mask.bool() or mask > 0")
@@ -1042,12 +1045,16 @@ class Connectome:
     def save(self, path: str | os.PathLike, with_original: bool = False) -> None:
         """Write the connectome to a safetensors file, masks bit-packed (1 bit per synapse).
 
-        The write is atomic (temporary file, then rename). ``with_original`` also stores the
+        The write is atomic (temporary file, then rename). ``path`` is a file: an existing folder is
+        refused, as :meth:`load` refuses one. ``with_original`` also stores the
         original weights of a mask_only connectome; without it, :meth:`load` takes them from the
         model it is given, which must then hold the unpruned weights.
         """
         from safetensors.torch import save_file
 
+        if os.path.isdir(path):  # as load refuses one: a run folder holds its connectome.safetensors
+            raise ValueError(f"{path} is a folder, not a connectome file: give a file path, e.g. "
+                             f"{os.path.join(path, 'connectome.safetensors')}")
         self._check_params()
         tensors = {f"mask/{n}": bitpack.pack(m) for n, m in self.masks.items()}
         if with_original:
@@ -1125,6 +1132,14 @@ class Connectome:
         for n, s in shapes.items():
             if n not in params:
                 raise KeyError(f"the saved connectome has a layer {n!r} that the model does not have")
+            mname, _, attr = n.rpartition(".")
+            module = model.get_submodule(mname)
+            if not holds_synapses(module, attr):
+                raise ValueError(
+                    f"the saved connectome has synapses in {n!r}, but in this model {mname or 'the model'!r} is of type "
+                    f"{type(module).__name__}, whose {attr!r} holds no synapses (a Connectome prunes Linear, "
+                    "Conv1d/2d/3d, MultiheadAttention and RNN/LSTM/GRU weights): load the file into a model of the "
+                    "architecture it was saved from, or build a new Connectome on this model")
             if tuple(params[n].shape) != s:
                 raise ValueError(f"shape mismatch for {n!r}: saved {s}, model has {tuple(params[n].shape)}")
         mode = mode or meta["mode"]
@@ -1189,6 +1204,13 @@ def _check_state_entries(sd: Mapping) -> None:
         if not isinstance(o, torch.Tensor):
             raise TypeError(f"the connectome state_dict's original weight for {n!r} must be a torch.Tensor, got "
                             f"{type(o).__name__}: {fix}")
+
+
+def _refuse_sparse(m: torch.Tensor, what: str) -> None:
+    """Refuse a sparse mask (COO, CSR, ...): masks are dense bool tensors, one entry per synapse."""
+    if m.layout != torch.strided:
+        raise TypeError(f"{what} is a sparse tensor ({m.layout}): masks are dense bool tensors with one entry per "
+                        "synapse (or ensemble); pass mask.to_dense()")
 
 
 def _check_grow_init(how, mode: str, has_original: bool) -> None:

@@ -297,14 +297,20 @@ class Controller:
         self.protected = [n for n in conn.names if any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p) for p in pats)]
         unused = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p) for n in conn.names)]
         if unused:
-            raise ValueError(f"protect pattern(s) {unused} matched no layer of the connectome: known layers are {conn.names[:5]}...")
+            raise ValueError(f"protect pattern(s) {unused} matched no layer of the connectome: known layers are "
+                             f"{conn.names[:5]}{'...' if len(conn.names) > 5 else ''}")
         if conn.mode == "train" and self.policy.grow_by is not None:
             frozen = [n for n in conn.names if n not in self.protected and not conn.params[n].requires_grad]
             if frozen:
+                shown = ", ".join(frozen[:4]) + (f" and {len(frozen) - 4} more" if len(frozen) > 4 else "")
+                names = repr(frozen) if len(frozen) <= 4 else "[...] with their names"
+                start = ("0.0 (grow_init='zero'), counted live while it does nothing" if grow_init == "zero" else
+                         f"its grow_init={grow_init!r} value" if isinstance(grow_init, str) else "its grow_init callable's value")
                 raise ValueError(
-                    f"layer(s) {frozen[:3]}{' ...' if len(frozen) > 3 else ''} are frozen (requires_grad=False): synapses "
-                    f"that policy {self.policy.name!r} grows there would stay 0.0 forever while counted live; leave them "
-                    "out of the Connectome (exclude=...) or keep their connectome fixed (protect=...)"
+                    f"{len(frozen)} layer(s) are frozen (requires_grad=False): {shown}. Synapses that policy "
+                    f"{self.policy.name!r} grows there would never train: each would stay at {start}. "
+                    f"Leave them out of the Connectome (exclude={names}), keep their connectome fixed "
+                    f"(protect={names}), or unfreeze them (weight.requires_grad_(True))"
                 )
         self.init = init or ("magnitude" if conn.mode == "mask_only" else "random")
         self.window = window
@@ -433,7 +439,7 @@ class Controller:
     @torch.compiler.disable  # eager even inside a compiled opt.step, as the connectome's step hooks
     def _after_step(self, opt, args, kwargs) -> None:
         if not self.conn._step_skipped(opt):  # a GradScaler's skipped step (fused optimizer) is no step
-            self.step()
+            self._advance()
 
     def _observe_hook(self):
         if self.optimizer is not None:  # driven explicitly, ctrl.observe() is the caller's
@@ -474,7 +480,17 @@ class Controller:
         return (step - self.start_step) % self.update_every == 0
 
     def step(self) -> Optional[dict]:
-        """Advance one training step; run an update when one is due. Returns its event, if any."""
+        """Advance one training step; run an update when one is due. Returns its event, if any.
+        Only for a controller driven explicitly: one attached to an optimizer steps itself after
+        each of its steps, so a call here is refused (it would count each training step twice)."""
+        if self.optimizer is not None:
+            raise RuntimeError(
+                "this Controller is attached to an optimizer and steps itself after every optimizer.step(), so "
+                "ctrl.step() would count each training step twice: drop the ctrl.step() call, or call ctrl.detach() "
+                "first to drive it explicitly (ctrl.observe() after backward, ctrl.step() after the optimizer step)")
+        return self._advance()
+
+    def _advance(self) -> Optional[dict]:
         self.step_count += 1
         if self.due(self.step_count):
             return self.update()

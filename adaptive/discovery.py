@@ -107,6 +107,12 @@ def _prunable_weights(module: nn.Module):
     return []
 
 
+def holds_synapses(module: nn.Module, attr: str) -> bool:
+    """Whether ``module``'s weight ``attr`` is one whose entries are synapses (a Linear's or a
+    convolution's ``weight``, an attention projection, a recurrent matrix), as :func:`discover` finds them."""
+    return any(a == attr for a, _, _ in _prunable_weights(module))
+
+
 @dataclass(frozen=True)
 class SynapseLayer:
     """Bookkeeping for one prunable weight (``Connectome.layers[name]``): its parameter ``name`` and
@@ -136,10 +142,12 @@ class SynapseLayer:
 
 
 def _as_patterns(p: Optional[Iterable[str] | str]) -> Sequence[str]:
+    """The patterns of ``include``/``exclude``: a string is split at commas, as the command line's
+    ``--exclude 0,2`` is (a pattern itself holds no comma)."""
     if p is None:
         return ()
     if isinstance(p, str):
-        return (p,)
+        return tuple(t.strip() for t in p.split(",") if t.strip())
     pats = tuple(p)
     for x in pats:
         if not isinstance(x, str):
@@ -180,8 +188,10 @@ def discover(
     """Return ``{parameter name: (SynapseLayer, parameter)}`` for every prunable weight.
 
     ``include``/``exclude`` are shell-style patterns (``fnmatch``) tested against both the module
-    name and the parameter name, e.g. ``include="layer*"`` or ``exclude=["conv1", "fc"]``; a lazy
-    layer they leave out may stay unmaterialised. Raises ValueError when nothing prunable is found
+    name and the parameter name, e.g. ``include="layer*"``, ``exclude=["conv1", "fc"]`` or
+    ``exclude="conv1,fc"`` (a string is split at commas, as on the command line); a lazy
+    layer they leave out may stay unmaterialised. A weight with no entries (``nn.Linear(0, 4)``) holds
+    no synapses and is left out. Raises ValueError when nothing prunable is found
     (naming the reparametrised, torch.nn.utils.prune-masked or complex-valued layers that are there) or a pattern matches nothing.
     """
     if not isinstance(model, nn.Module):
@@ -197,6 +207,7 @@ def discover(
     pruned = []  # (module name, attribute) of each weight torch.nn.utils.prune masks (weight_orig * weight_mask)
     hook_sources: set[int] = set()  # their weight_g/weight_v/weight_orig: explained by that warning, not the generic one
     complex_all, complex_ = [], []  # complex-valued weights (all; include/exclude keep): not synapses, left dense
+    empty = []  # weights with no entries (nn.Linear(0, 4)): no synapse to mask, score or edit, so left out
     held = aliases(model)
     for mname, module in model.named_modules():
         hooks, masked = weight_hooks(module), pruning_hooks(module)
@@ -224,9 +235,12 @@ def discover(
                 continue  # a shared weight counts once
             seen.add(id(w))
             pname = f"{mname}.{attr}" if mname else attr
+            no_entries = not isinstance(w, nn.parameter.UninitializedParameter) and w.numel() == 0
             if w.is_complex():
                 # masks, optimizer-state repair and utility estimates are defined for real weights only
                 complex_all.append(f"{pname} ({w.dtype})")
+            elif no_entries:
+                empty.append(pname)
             else:
                 candidates += 1
             names = held.get(id(w), (mname, pname))  # a tied weight answers to every name it has
@@ -241,6 +255,8 @@ def discover(
                 continue
             if w.is_complex():
                 complex_.append(complex_all[-1])
+                continue
+            if no_entries:
                 continue
             if isinstance(w, nn.parameter.UninitializedParameter):  # only a layer that include/exclude keep
                 raise ValueError(
@@ -282,6 +298,9 @@ def discover(
                 f"({_listed(complex_all)}), and a Connectome prunes real (floating-point) weights only; to prune them, hold "
                 "their real and imaginary parts as real weights (two real layers)")
         reasons = []
+        if empty:
+            reasons.append(f"its layer(s) {_listed(empty)} have weights with no entries (a dimension of size 0), "
+                           "so they hold no synapses: a Connectome needs at least one weight with entries")
         if pruned:
             reasons.append(f"its weight(s) {_pruned_message(pruned, 'to build the Connectome')}")
         if computed or hooked:

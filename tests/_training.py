@@ -4,11 +4,13 @@ import torch.nn.functional as F
 
 
 def train_steps(model, opt, ctrl, x, y, steps: int) -> None:
+    """``steps`` optimizer steps; ``ctrl`` is stepped by hand only when no optimizer steps it."""
     for _ in range(steps):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
-        ctrl.step()
+        if ctrl.optimizer is None:
+            ctrl.step()
 
 
 def reset_accelerate() -> None:

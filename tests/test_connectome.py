@@ -214,6 +214,36 @@ def test_load_into_a_model_of_different_shape_names_the_parameter(tmp_path, resn
         adaptive.Connectome.load(tmp_path / "junk.safetensors", mlp())
 
 
+def test_load_names_a_saved_layer_that_is_an_embedding_in_the_model(tmp_path):
+    """A saved Linear that the model holds as an nn.Embedding (or another layer without synapses) was
+    refused as "include pattern(s) ['0'] matched no prunable layer" (same shape) or as a shape mismatch."""
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 3)))
+    conn.save(tmp_path / "c.safetensors")
+    for first in (nn.Embedding(4, 4), nn.Embedding(10, 4), nn.LayerNorm(4)):
+        other = nn.Sequential(first, nn.Linear(4, 3))
+        before = {k: v.clone() for k, v in other.state_dict().items()}
+        with pytest.raises(ValueError, match=rf"synapses in '0.weight', but in this model '0' is of type "
+                                             rf"{type(first).__name__}.*load the file into a model of the architecture"):
+            adaptive.Connectome.load(tmp_path / "c.safetensors", other)
+        assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+
+
+def test_save_refuses_a_folder_as_load_does(tmp_path):
+    """save(folder) failed inside its atomic rename with IsADirectoryError on a temporary file's name."""
+    conn = adaptive.Connectome(mlp())
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for call in (lambda: conn.save(folder), lambda: adaptive.Connectome.load(folder, mlp())):
+        with pytest.raises(ValueError, match=r"run is a folder, not a connectome file"):
+            call()
+    assert list(tmp_path.iterdir()) == [folder] and list(folder.iterdir()) == []  # nothing written
+    with pytest.raises(ValueError, match=r"e\.g\. .*run/connectome\.safetensors"):
+        conn.save(str(folder))
+    conn.save(folder / "connectome.safetensors")  # the path the error names round-trips
+    assert adaptive.Connectome.load(folder / "connectome.safetensors", mlp()).mask_hash() == conn.mask_hash()
+
+
 def test_mask_only_save_with_original_restores_bit_identical(tmp_path):
     model = mlp()
     orig = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -517,6 +517,20 @@ def test_bad_configuration(kw, exc, match):
     assert torch.equal(conn.masks["weight"], before) and torch.equal(m.weight, W)
 
 
+def test_the_known_names_end_with_an_ellipsis_only_when_some_were_cut():
+    """The unknown-protect error (and set_ensemble_masks' unknown-name one) always ended its list of
+    known names with '...', also when it named every layer."""
+    for n, suffix in ((2, ""), (5, ""), (6, "...")):
+        conn = adaptive.Connectome(nn.Sequential(*[nn.Linear(4, 4) for _ in range(n)]))
+        shown = str([f"{i}.weight" for i in range(min(n, 5))])
+        with pytest.raises(ValueError) as e:
+            adaptive.Controller(conn, policy="magnitude", density=0.5, protect="nope")
+        assert str(e.value).endswith(f"known layers are {shown}{suffix}")
+        with pytest.raises(KeyError) as e:
+            conn.set_ensemble_masks({"nope": torch.ones(4, 4, dtype=torch.bool)})
+        assert e.value.args[0].endswith(f"known prunable weights are {shown}{suffix}")
+
+
 def test_nm_policy():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))

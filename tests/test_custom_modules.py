@@ -176,6 +176,29 @@ def test_growing_into_a_frozen_layer_is_refused():
     adaptive.Controller(adaptive.Connectome(model), opt, policy="gmp", density=0.3, update_every=5, end_step=50)
 
 
+def test_the_frozen_layer_error_says_what_growth_would_do_and_names_a_fix_that_works():
+    """It said grown synapses 'would stay 0.0 forever' under every grow_init (grow_init='random' or
+    'original' starts them elsewhere), cut the names after 3 with no count and named no pattern to pass."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(6)], nn.Linear(4, 3))
+    conn = adaptive.Connectome(model)
+    for i in (0, 1):
+        model[i].weight.requires_grad_(False)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    kw = dict(policy="rigl", density=0.3, update_every=5, end_step=50)
+    with pytest.raises(ValueError, match=r"2 layer\(s\) are frozen.*: 0.weight, 1.weight\. .* stay at its "
+                                         r"grow_init='random' value\. .*exclude=\['0.weight', '1.weight'\]") as e:
+        adaptive.Controller(conn, opt, grow_init="random", **kw)
+    assert "0.0" not in str(e.value)
+    with pytest.raises(ValueError, match=r"stay at 0\.0 \(grow_init='zero'\), counted live"):
+        adaptive.Controller(conn, opt, **kw)
+    adaptive.Controller(adaptive.Connectome(model, exclude=["0.weight", "1.weight"]), opt, **kw)  # the fix named
+    for i in range(6):
+        model[i].weight.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"6 layer\(s\) are frozen .*: 0.weight, 1.weight, 2.weight, 3.weight and 2 more\."):
+        adaptive.Controller(adaptive.Connectome(model), opt, **kw)
+
+
 class LogitsInDict(nn.Module):
     def __init__(self):
         super().__init__()

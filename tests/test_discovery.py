@@ -72,6 +72,27 @@ def test_include_and_exclude_patterns():
         adaptive.Connectome(model, include=[3])
 
 
+def test_a_comma_separated_pattern_string_is_split_as_on_the_command_line():
+    """exclude="0,2" was one pattern '0,2', refused as matching nothing, where the CLI's --exclude 0,2
+    excludes two layers."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    assert adaptive.Connectome(model, exclude="0,2").names == ["1.weight", "3.weight"]
+    assert adaptive.Connectome(model, exclude=" 0 , 2, ").names == ["1.weight", "3.weight"]
+    assert adaptive.Connectome(model, include="0,3*").names == ["0.weight", "3.weight"]
+    with pytest.raises(ValueError, match=r"exclude pattern\(s\) \['fc'\] matched no prunable layer"):
+        adaptive.Connectome(model, exclude="0,fc")  # each part is checked as a pattern of its own
+    from dataclasses import dataclass
+    from typing import List, Optional
+
+    from adaptive.config import parse_config
+
+    @dataclass
+    class Cli:
+        exclude: Optional[List[str]] = None
+
+    assert parse_config(Cli, ["--exclude", "0,2"]).exclude == ["0", "2"]  # the command line's reading
+
+
 def _count(model, types=(nn.Linear, nn.Conv2d)):
     seen, n, total = set(), 0, 0
     for m in model.modules():
@@ -337,3 +358,22 @@ def test_complex_weights_are_not_synapses_they_stay_dense_with_a_warning():
     for dtype in (torch.cfloat, torch.complex128):
         with pytest.raises(ValueError, match=r"only prunable weights are complex-valued \(0.weight \(torch.complex"):
             adaptive.Connectome(nn.Sequential(nn.Linear(4, 4, dtype=dtype)))
+
+
+def test_weights_with_no_entries_are_left_out_of_the_connectome():
+    """nn.Linear(0, 4) or nn.Linear(4, 0) became a layer of 0 synapses: a neuron ensemble's summary
+    divided by zero, and a model of only such layers made an empty connectome."""
+    import warnings
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # torch's own "Initializing zero-element tensors is a no-op"
+        warnings.simplefilter("ignore")
+        model = nn.Sequential(nn.Linear(0, 4), nn.Linear(4, 0), nn.Conv2d(3, 0, 3), nn.Linear(4, 3))
+        only_empty = nn.Sequential(nn.Linear(4, 0))
+    assert list(discover(model)) == ["3.weight"]
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    assert conn.names == ["3.weight"] and conn.num_synapses() == 12
+    assert "3.weight" in conn.summary()
+    assert adaptive.Connectome(model, exclude="0").names == ["3.weight"]  # a pattern naming one is still used
+    with pytest.raises(ValueError, match=r"no prunable layers: its layer\(s\) 0.weight have weights with no entries"):
+        adaptive.Connectome(only_empty)

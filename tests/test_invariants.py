@@ -476,6 +476,22 @@ def test_bad_ensemble_masks_raise_and_change_nothing():
     assert int(changed["0.weight"].sum()) == (24 - 3) * 9
 
 
+@pytest.mark.parametrize("to_sparse", [torch.Tensor.to_sparse, torch.Tensor.to_sparse_csr], ids=["coo", "csr"])
+def test_sparse_masks_are_refused_with_to_dense_and_change_nothing(to_sparse):
+    """A sparse mask failed deep inside the edit (NotImplementedError for bitwise_xor on SparseCPU,
+    'reshape is not implemented for sparse tensors', 'unsupported tensor layout')."""
+    conn = adaptive.Connectome(small_net(), ensemble="kernel")
+    snap = snapshot(conn)
+    pruned = {n: torch.zeros_like(m) for n, m in conn.masks.items()}  # valid edits beside the sparse mask
+    sparse = {"0.weight": to_sparse(torch.ones(8, 3, 3, 3, dtype=torch.bool))}
+    sparse_ensembles = {"0.weight": to_sparse(torch.ones(8, 3, dtype=torch.bool))}
+    for call, edits, what in ((conn.set_masks, {**pruned, **sparse}, "mask"),
+                              (conn.set_ensemble_masks, {**conn.ensemble_masks(), **sparse_ensembles}, "ensemble mask")):
+        with pytest.raises(TypeError, match=rf"^{what} for '0.weight' is a sparse tensor \(torch.sparse_(coo|csr)\).*mask.to_dense\(\)"):
+            call(edits)
+        assert_unchanged(conn, snap)
+
+
 @pytest.mark.parametrize(
     "kwargs, err, words",
     [

@@ -140,6 +140,25 @@ def test_a_detached_controller_driven_explicitly_reads_dense_gradients():
     assert _pruned_nonzero(conn) == 0
 
 
+def test_an_attached_controller_refuses_an_explicit_step_that_would_count_a_step_twice():
+    """ctrl.step() after opt.step() on an attached controller advanced it twice per training step:
+    its updates came at half the steps asked and its schedule ran twice as fast."""
+    model, opt, x, y = _setup()
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, policy="set", density=0.5, budget="uniform", update_every=4, seed=0)
+    _train(model, opt, x, y, 3)
+    masks, events = {n: m.clone() for n, m in conn.masks.items()}, len(ctrl.events)
+    with pytest.raises(RuntimeError, match=r"attached to an optimizer and steps itself.*count each training step "
+                                           r"twice: drop the ctrl.step\(\) call, or call ctrl.detach\(\) first"):
+        ctrl.step()
+    assert ctrl.step_count == 3 and all(torch.equal(masks[n], m) for n, m in conn.masks.items())
+    _train(model, opt, x, y, 1)  # the optimizer's step is the fourth: the update is due there
+    assert ctrl.step_count == 4 and len(ctrl.events) == events + 1
+    ctrl.detach()
+    ctrl.step()  # driven explicitly, as the error says
+    assert ctrl.step_count == 5
+
+
 def test_connectome_attach_after_its_detach_restarts_its_controller():
     model, opt, x, y = _setup()
     conn = adaptive.Connectome(model)
