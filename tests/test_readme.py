@@ -1,6 +1,7 @@
 """Every README example is run verbatim, and CI runs the README's test command."""
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -60,7 +61,7 @@ def readme_commands():
             part = re.sub(r"\s+#.*$", "", part).strip()
             m = re.match(r"(?:python|accelerate launch)\s+(-m graphs|recipes/\S+\.py)(.*)$", part)
             if m:
-                argv = [a for a in re.sub(r"\[([^\]]*)\]", r"\1", m.group(2)).split() if a != "..."]
+                argv = [a for a in shlex.split(re.sub(r"\[([^\]]*)\]", r"\1", m.group(2))) if a != "..."]  # quoted values stay whole
                 out.append((m.group(1), argv))
     return out
 
