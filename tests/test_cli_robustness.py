@@ -1171,3 +1171,13 @@ def test_mask_only_resume_of_a_run_without_a_target_names_the_command_that_start
     assert _main(argv + ["--overwrite"]).summary["live"] == 25216  # the command it names starts the run
     err = _error_of(MASK_ONLY + ["--output_dir", str(tmp_path / "none"), "--resume", "latest"], capsys)
     assert "run without --resume to start" in err  # nothing there: that is the way
+
+
+def test_a_test_subset_smaller_than_the_classes_is_refused_before_training(tmp_path, capsys):
+    """--test_subset 5 on 10 classes trained the whole run, then failed at the test evaluation."""
+    out = tmp_path / "run"
+    err = error_of(TINY + ["--output_dir", str(out), "--test_subset", "5"], capsys)
+    assert "test_subset 5 cannot hold one test example of each of the 10 classes of digits" in err
+    assert "give a test_subset of at least 10" in err and not out.exists()
+    err = error_of(TINY + ["--output_dir", str(out), "--test_subset", "0"], capsys)
+    assert "test_subset must be a positive number of examples" in err and not out.exists()
