@@ -18,6 +18,7 @@ Ctrl-C ends with one line and status 130.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -172,9 +173,15 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
         raise FileNotFoundError(f"no run folder or connectome file at {run!r}: pass a run folder holding "
                                 "connectome.safetensors (or the .safetensors file itself)")
     run_dir = run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run))
+    folder_only = connectome is None and os.path.isdir(run)
     if connectome is None:
         connectome = run if os.path.isfile(run) else os.path.join(run_dir, "connectome.safetensors")
     if not os.path.isfile(connectome):
+        targets = sorted(d for d in glob.glob(os.path.join(glob.escape(run_dir), "remove_*"))
+                         if os.path.isfile(os.path.join(d, "connectome.safetensors")))
+        if targets and folder_only:  # a prune_pretrained.py run of several targets: one folder each
+            raise FileNotFoundError(f"no connectome at {connectome!r}: {run} is a run of several targets, one folder "
+                                    f"each; pass one of them: {', '.join(targets)}")
         raise FileNotFoundError(f"no connectome at {connectome!r}: pass a run folder holding connectome.safetensors or --connectome PATH")
     _check_connectome(connectome)
     try:
