@@ -220,6 +220,9 @@ class RunConfig:
 
         self.weights = absolute_if_exists(self.weights)  # config.yaml then reruns from any working directory
         self.data_dir = absolute_if_exists(self.data_dir)
+        if self.output_dir is not None and not self.output_dir.strip():  # ("" ran into runs/<date-time> unsaid)
+            raise ConfigError("output_dir is empty: give a folder, or leave output_dir out (or null) for the default "
+                              "runs/<date-time>")
         if self.output_dir:  # so that --config RUN/config.yaml names this run folder from anywhere
             self.output_dir = os.path.abspath(self.output_dir)
         # a --config file (a step run's config.yaml) that gives them is no option to drop: its values are reset

@@ -424,6 +424,8 @@ def main(argv=None):
             raise SystemExit(f"recipes/diagnostics.py: error: {e}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.output_dir is not None and not args.output_dir.strip():  # (it failed once the work was done)
+        _refuse("--output_dir is empty: give a folder, or leave it out for the command's default")
     if args.output_dir is None and getattr(args, "replot", None):
         args.output_dir = args.replot  # redrawn where the run is, unless told otherwise
     if args.output_dir is None and args.command != "progress":

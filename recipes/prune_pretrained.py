@@ -340,6 +340,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if isinstance(cfg["weights"], str) and not cfg["weights"].strip():
         cfg["weights"] = None  # --weights "" (or weights: '' in a config): none, as build_model has always read it
     cfg["weights"], cfg["data_dir"] = absolute_if_exists(cfg["weights"]), absolute_if_exists(cfg["data_dir"])
+    if cfg["output_dir"] is None or (isinstance(cfg["output_dir"], str) and not cfg["output_dir"].strip()):
+        where = f"{args.config}: output_dir" if args.output_dir is None else "--output_dir"  # ("": the working directory)
+        raise SystemExit(f"{where} is empty: give the run folder (default: {DEFAULTS['output_dir']}, where "
+                         "output_dir is left out)")
     if cfg.get("output_dir"):  # config.yaml names this run folder from any working directory
         cfg["output_dir"] = os.path.abspath(cfg["output_dir"])
     try:

@@ -1181,3 +1181,12 @@ def test_a_test_subset_smaller_than_the_classes_is_refused_before_training(tmp_p
     assert "give a test_subset of at least 10" in err and not out.exists()
     err = error_of(TINY + ["--output_dir", str(out), "--test_subset", "0"], capsys)
     assert "test_subset must be a positive number of examples" in err and not out.exists()
+
+
+def test_an_empty_output_dir_is_refused(tmp_path, capsys, monkeypatch):
+    """--output_dir '' (an unset shell variable, say) ran into runs/<date-time> without a word."""
+    monkeypatch.chdir(tmp_path)
+    err = error_of(TINY + ["--output_dir", ""], capsys)
+    assert "output_dir is empty: give a folder, or leave output_dir out (or null)" in err
+    assert not (tmp_path / "runs").exists()
+    assert A.parse_args(["--output_dir", "none"]).output_dir is None  # null: the default runs/<date-time>

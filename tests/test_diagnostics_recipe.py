@@ -243,3 +243,11 @@ def test_a_multi_process_launch_is_refused_before_any_work(tmp_path):
         else:
             assert p.stderr == ""
         assert not out.exists()
+
+
+def test_an_empty_output_dir_is_refused_before_any_work(recipe, tmp_path, monkeypatch):
+    """--output_dir '' trained and measured, then failed with "[Errno 2] No such file or directory: ''"."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="--output_dir is empty: give a folder"):
+        recipe.main(["collinearity", *COMMON, "--output_dir", "", "--train_steps", "2"])
+    assert not list(tmp_path.iterdir())

@@ -1052,3 +1052,14 @@ def test_a_subset_too_small_to_hold_out_an_example_names_a_fix_this_recipe_takes
                                          r"\(or a larger holdout\)$") as info:
         recipe().main(args(weights, tmp_path / "o", "--remove", "0.2", "--subset", "20", "--holdout", "0.01"))
     assert "holdout 0 for none" not in str(info.value) and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("text", ["output_dir: ''\n", "output_dir:\n", "output_dir: null\n"])
+def test_an_empty_output_dir_is_refused_not_the_working_directory(tmp_path, text):
+    """output_dir: '' wrote the run into the working directory, and output_dir: (null) crashed with
+    'expected str, bytes or os.PathLike object, not NoneType' once the data had loaded."""
+    with pytest.raises(SystemExit, match=r"c\.yaml: output_dir is empty: give the run folder \(default: "
+                                         r"runs/prune_pretrained"):
+        recipe().parse_args(["--config", _config(tmp_path, text)])
+    with pytest.raises(SystemExit, match=r"--output_dir is empty"):
+        recipe().parse_args(["--output_dir", " "])
