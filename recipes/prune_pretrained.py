@@ -317,6 +317,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         unknown = sorted(set(loaded) - set(DEFAULTS))
         if unknown:
             raise SystemExit(f"{args.config}: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
+        # a key with no value (`batch_size:`) is unset: the default, as where the key is left out (it crashed
+        # obscurely: "'<' not supported between 'NoneType' and 'int'"); an empty output_dir is refused below
+        loaded = {k: v for k, v in loaded.items() if v is not None or k == "output_dir"}
         if loaded.get("mixed_precision") is False:  # YAML reads a bare `no` as false
             loaded["mixed_precision"] = "no"
         _check_file_values(args.config, loaded, parser)

@@ -1063,3 +1063,14 @@ def test_an_empty_output_dir_is_refused_not_the_working_directory(tmp_path, text
         recipe().parse_args(["--config", _config(tmp_path, text)])
     with pytest.raises(SystemExit, match=r"--output_dir is empty"):
         recipe().parse_args(["--output_dir", " "])
+
+
+def test_a_config_key_with_no_value_is_unset(tmp_path):
+    """`batch_size:` (null) crashed with "'<' not supported between instances of 'NoneType' and 'int'",
+    `model:` with "argument of type 'NoneType' is not iterable", `eval_batch_size:` only once the data
+    had loaded; `mixed_precision:` ran under the label None."""
+    mod = recipe()
+    keys = [k for k in mod.DEFAULTS if k != "output_dir"]
+    ns = mod.parse_args(["--config", _config(tmp_path, "".join(f"{k}:\n" for k in keys))])
+    default = mod.parse_args([])
+    assert {k: getattr(ns, k) for k in keys} == {k: getattr(default, k) for k in keys}
