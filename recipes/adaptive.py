@@ -225,6 +225,9 @@ class RunConfig:
                               "runs/<date-time>")
         if self.output_dir:  # so that --config RUN/config.yaml names this run folder from anywhere
             self.output_dir = os.path.abspath(self.output_dir)
+            problem = run_folder.not_a_folder(self.output_dir)  # (it was refused only after the data had loaded)
+            if problem:
+                raise ConfigError(problem)
         # a --config file (a step run's config.yaml) that gives them is no option to drop: its values are reset
         files = sorted({src for k, src in (given_keys() or {}).items() if k in ("lr_milestones", "lr_gamma")
                         and src != COMMAND_LINE})

@@ -430,6 +430,12 @@ def main(argv=None):
         args.output_dir = args.replot  # redrawn where the run is, unless told otherwise
     if args.output_dir is None and args.command != "progress":
         args.output_dir = os.path.join("runs", "diagnostics", args.command)
+    if args.output_dir is not None:  # (makedirs failed with "File exists" once the work was done)
+        from adaptive.run_folder import not_a_folder
+
+        problem = not_a_folder(args.output_dir)
+        if problem:
+            _refuse(problem)
     created = _missing_folders(args.output_dir)
     try:
         args.func(args)

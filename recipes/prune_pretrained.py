@@ -349,6 +349,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "output_dir is left out)")
     if cfg.get("output_dir"):  # config.yaml names this run folder from any working directory
         cfg["output_dir"] = os.path.abspath(cfg["output_dir"])
+        problem = run_folder.not_a_folder(cfg["output_dir"])  # (it was refused only after the data had loaded)
+        if problem:
+            raise SystemExit(problem)
     try:
         load_plugins(cfg["plugins"])  # before any name is used: a plugin's names count as built-in ones
     except PluginError as e:

@@ -1190,3 +1190,15 @@ def test_an_empty_output_dir_is_refused(tmp_path, capsys, monkeypatch):
     assert "output_dir is empty: give a folder, or leave output_dir out (or null)" in err
     assert not (tmp_path / "runs").exists()
     assert A.parse_args(["--output_dir", "none"]).output_dir is None  # null: the default runs/<date-time>
+
+
+def test_an_output_dir_that_is_a_file_is_refused_while_parsing(tmp_path, capsys):
+    """An --output_dir that is a file was refused only once the data had loaded ("File exists")."""
+    (tmp_path / "afile").write_text("x")
+    for out, what in ((tmp_path / "afile", "is a file"), (tmp_path / "afile" / "run", f"lies under {tmp_path}")):
+        with pytest.raises(SystemExit):
+            A.parse_args(["--output_dir", str(out)])
+        assert f"--output_dir {out} {what}" in capsys.readouterr().err
+        with pytest.raises(SystemExit, match=f"--output_dir {out} {what}"):
+            P.parse_args(["--output_dir", str(out)])
+    assert A.parse_args(["--output_dir", str(tmp_path / "new" / "run")]).output_dir == str(tmp_path / "new" / "run")

@@ -251,3 +251,11 @@ def test_an_empty_output_dir_is_refused_before_any_work(recipe, tmp_path, monkey
     with pytest.raises(SystemExit, match="--output_dir is empty: give a folder"):
         recipe.main(["collinearity", *COMMON, "--output_dir", "", "--train_steps", "2"])
     assert not list(tmp_path.iterdir())
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_any_work(recipe, tmp_path, monkeypatch):
+    """It failed with "File exists: afile" once the model had trained."""
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(recipe, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    with pytest.raises(SystemExit, match=r"--output_dir \S*afile is a file, not a folder: give a folder path"):
+        recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path / "afile"), "--train_steps", "2"])
