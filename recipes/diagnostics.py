@@ -145,7 +145,6 @@ def cmd_dense_gradients(args):
         _refuse("dense-gradients builds and trains its own DenseCat nets (--kind, --batchnorm, --depth, --width): "
                 "--weights applies to collinearity and knowledge; drop it")
     _check_counts(args, "grad_batches", "depth", "width", "compare_steps")
-    _check_counts(args, "train_steps", least=0)
     out = outdir(args)
     data = get_data(args)
     kinds = ["mlp", "cnn"] if args.kind == "both" else [args.kind]
@@ -422,6 +421,7 @@ def main(argv=None):
             load_plugins(args.plugins)
         except PluginError as e:
             raise SystemExit(f"recipes/diagnostics.py: error: {e}") from None
+    _check_counts(args, "train_steps", least=0)  # every command's (collinearity and knowledge took -5 as 0)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.output_dir is not None and not args.output_dir.strip():  # (it failed once the work was done)

@@ -259,3 +259,12 @@ def test_an_output_dir_that_is_a_file_is_refused_before_any_work(recipe, tmp_pat
     monkeypatch.setattr(recipe, "get_data", lambda *a, **k: pytest.fail("data loaded"))
     with pytest.raises(SystemExit, match=r"--output_dir \S*afile is a file, not a folder: give a folder path"):
         recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path / "afile"), "--train_steps", "2"])
+
+
+@pytest.mark.parametrize("command", ["collinearity", "knowledge"])
+def test_negative_train_steps_are_refused_by_every_command(recipe, tmp_path, command, monkeypatch):
+    """collinearity and knowledge took --train_steps -5 as 0 steps and reported an untrained model."""
+    monkeypatch.setattr(recipe, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    with pytest.raises(SystemExit, match="--train_steps must be at least 0, got -5"):
+        recipe.main([command, *COMMON, "--output_dir", str(tmp_path / "out"), "--train_steps", "-5"])
+    assert not (tmp_path / "out").exists()
