@@ -321,6 +321,10 @@ def _refit_note(curve, given) -> str:
 def cmd_progress(args):
     prog = D.progress(args.run_dir, total_synapses=args.total_synapses)  # checks the folder before anything is made
     out = args.output_dir or args.run_dir
+    for name in ("progress.png", "progress.svg") if args.svg else ("progress.png",):
+        if os.path.isdir(os.path.join(out, name)):  # (the error named a temporary file of the atomic write)
+            _refuse(f"{os.path.join(out, name)} is a folder, so the figure cannot be written there: move it away, "
+                    "or give another --output_dir")
     os.makedirs(out, exist_ok=True)
     from adaptive.plots import run_config, run_title
 

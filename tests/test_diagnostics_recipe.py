@@ -268,3 +268,21 @@ def test_negative_train_steps_are_refused_by_every_command(recipe, tmp_path, com
     with pytest.raises(SystemExit, match="--train_steps must be at least 0, got -5"):
         recipe.main([command, *COMMON, "--output_dir", str(tmp_path / "out"), "--train_steps", "-5"])
     assert not (tmp_path / "out").exists()
+
+
+def test_progress_into_a_path_it_cannot_write_names_the_path_and_the_fix(recipe, tmp_path, capsys):
+    """A folder where progress.png goes failed with "Is a directory: .progress.png.<pid>-<hex>.tmp.png",
+    naming a temporary file the user never asked for; an --output_dir that is a file, "File exists"."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "events.jsonl").write_text(json.dumps({"step": 5, "pruned": 3, "grown": 1, "density": 0.9}) + "\n")
+    (run / "metrics.csv").write_text("step,split,loss,accuracy\n0,train,2.0,0.1\n6,holdout,1.5,0.5\n")
+    (run / "progress.png").mkdir()
+    with pytest.raises(SystemExit, match=r"run/progress\.png is a folder, so the figure cannot be written there: "
+                                         r"move it away, or give another --output_dir"):
+        recipe.main(["progress", str(run)])
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match=r"--output_dir \S*afile is a file, not a folder"):
+        recipe.main(["progress", str(run), "--output_dir", str(tmp_path / "afile")])
+    recipe.main(["progress", str(run), "--output_dir", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "progress.png").is_file()
