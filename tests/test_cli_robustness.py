@@ -1202,3 +1202,12 @@ def test_an_output_dir_that_is_a_file_is_refused_while_parsing(tmp_path, capsys)
         with pytest.raises(SystemExit, match=f"--output_dir {out} {what}"):
             P.parse_args(["--output_dir", str(out)])
     assert A.parse_args(["--output_dir", str(tmp_path / "new" / "run")]).output_dir == str(tmp_path / "new" / "run")
+
+
+def test_list_options_given_twice_accumulate():
+    """--exclude, --include, --protect, --plugins and --lr_milestones kept only their last value."""
+    cfg = A.parse_args(["--exclude", "*fc1*", "--exclude", "*fc2*", "--include", "*", "--include", "x",
+                        "--protect", "a", "--protect", "b", "--lr_schedule", "step", "--lr_milestones", "0.3",
+                        "--lr_milestones", "0.6", "--plugins", "math", "--plugins", "json"])
+    assert cfg.exclude == ["*fc1*", "*fc2*"] and cfg.include == ["*", "x"] and cfg.protect == ["a", "b"]
+    assert cfg.lr_milestones == [0.3, 0.6] and cfg.plugins == ["math", "json"]
