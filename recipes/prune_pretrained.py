@@ -106,23 +106,26 @@ def parse_remove(values: List[str]):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)  # --remov is not --remove
     p.add_argument("--config", help="YAML file of defaults (keys are the options below, with underscores)")
-    p.add_argument("--plugins", nargs="+", help=".py files or module names imported first: their register_* calls "
-                   "add models, datasets or estimators that the other options can then name (adaptive.plugins)")
+    p.add_argument("--plugins", nargs="+", action="extend", help=".py files or module names imported first: their "
+                   "register_* calls add models, datasets or estimators that the other options can then name "
+                   "(adaptive.plugins; repeatable, the values adding up)")
     p.add_argument("--model", help="model name (adaptive.models registry, or torchvision:NAME)")
     p.add_argument("--weights", help="pretrained weights file (loaded strictly; none: random initial weights, a supermask search)")
     p.add_argument("--dataset", help="dataset name (adaptive.data registry)")
     p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="data folder (default: ADAPTIVE_DATA or ../shared/data)")
     p.add_argument("--download", action="store_true", default=None,
                    help="let torchvision download a dataset that is not found (needs internet; not ImageNet)")
-    p.add_argument("--remove", nargs="+", help="targets: fractions (0.2), counts (50000) or 'best'; several allowed")
+    p.add_argument("--remove", nargs="+", action="extend",
+                   help="targets: fractions (0.2), counts (50000) or 'best'; several allowed (repeatable, the values "
+                        "adding up)")
     p.add_argument("--output_dir", "--output-dir", dest="output_dir",
                    help="run folder: pruned_state_dict.pt, connectome, table, figure, config.yaml (one subfolder "
                         "per target when there are several)")
     p.add_argument("--seed", type=int, help="seed of the train/held-out split, the data order and the controller")
     p.add_argument("--passes", type=float, help="passes over the train part per target (per rung for 'best')")
-    p.add_argument("--ladder", nargs="*", type=float,
-                   help="for --remove best: removal fractions climbed in order; "
-                        "none given: threshold mode")
+    p.add_argument("--ladder", nargs="*", type=float, action="extend",
+                   help="for --remove best: removal fractions climbed in order (repeatable, the values adding "
+                        "up); none given: threshold mode")
     p.add_argument("--patience", type=int, help="for --remove best: rungs without a better held-out accuracy "
                                                   "before the climb stops")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, help="train batch size")

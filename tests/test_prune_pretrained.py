@@ -1074,3 +1074,14 @@ def test_a_config_key_with_no_value_is_unset(tmp_path):
     ns = mod.parse_args(["--config", _config(tmp_path, "".join(f"{k}:\n" for k in keys))])
     default = mod.parse_args([])
     assert {k: getattr(ns, k) for k in keys} == {k: getattr(default, k) for k in keys}
+
+
+def test_remove_ladder_and_plugins_given_several_times_add_up():
+    """--remove 0.1 --remove 0.2 ran only 0.2 (argparse's last one won), as did --ladder and --plugins."""
+    mod = recipe()
+    assert mod.parse_args(["--remove", "0.1", "--remove", "0.2", "0.3"]).remove == [0.1, 0.2, 0.3]
+    assert mod.parse_args(["--remove", "best", "--ladder", "0.1", "--ladder", "0.3"]).ladder == [0.1, 0.3]
+    assert mod.parse_args(["--remove", "best", "--ladder"]).ladder == []  # no values: threshold mode, as before
+    assert mod.parse_args(["--plugins", "math", "--plugins", "json"]).plugins == ["math", "json"]
+    with pytest.raises(ValueError, match="given twice"):
+        mod.parse_args(["--remove", "0.2", "--remove", "0.2"])
