@@ -297,9 +297,9 @@ def _parser():
         else:
             s.add_argument("--out", metavar="PATH", help="file the compacted model is saved to, or an existing "
                            "folder to write compact_model.pt into (default: RUN/compact_model.pt)")
-        s.add_argument("--plugins", nargs="+", default=[], metavar="PLUGIN",
+        s.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="PLUGIN",
                        help=".py files or modules that register the run's model (those config.yaml's 'plugins' "
-                            "names are imported anyway; default: none)")
+                            "names are imported anyway; repeatable, the values adding up; default: none)")
         if cmd != "compact":
             s.add_argument("--contract", action="store_true",
                            help="replace junctions (residual sums) by direct edges from every feeding unit "

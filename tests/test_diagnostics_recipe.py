@@ -286,3 +286,11 @@ def test_progress_into_a_path_it_cannot_write_names_the_path_and_the_fix(recipe,
         recipe.main(["progress", str(run), "--output_dir", str(tmp_path / "afile")])
     recipe.main(["progress", str(run), "--output_dir", str(tmp_path / "out")])
     assert (tmp_path / "out" / "progress.png").is_file()
+
+
+def test_plugins_given_several_times_add_up(recipe):
+    """--plugins a.py --plugins b.py loaded only b.py (argparse kept the last one's values)."""
+    for command in ("collinearity", "knowledge", "dense-gradients"):
+        args = recipe.build_parser().parse_args([command, "--plugins", "a.py", "--plugins", "b.py", "c.py"])
+        assert args.plugins == ["a.py", "b.py", "c.py"]
+        assert recipe.build_parser().parse_args([command]).plugins == []

@@ -303,3 +303,14 @@ def test_a_run_folder_of_several_targets_names_its_remove_subfolders(tmp_path, c
     assert "is a run of several targets" in err and "Traceback" not in err
     assert str(run / "remove_0.2") in err and str(run / "remove_0.5") in err and "remove_0.9" not in err
     assert main(["report", str(run / "remove_0.2"), "--out", str(tmp_path / "rep")]) == 0
+
+
+def test_plugins_given_several_times_add_up():
+    """--plugins a.py --plugins b.py loaded only b.py (argparse kept the last one's values)."""
+    from graphs.cli import _parser
+
+    p, _ = _parser()
+    for cmd in ("export", "report", "compact"):
+        assert p.parse_args([cmd, "run", "--plugins", "a.py", "--plugins", "b.py", "c.py"]).plugins == [
+            "a.py", "b.py", "c.py"]
+        assert p.parse_args([cmd, "run"]).plugins == []
