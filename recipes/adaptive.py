@@ -280,6 +280,10 @@ class RunConfig:
         if self.resume and self.overwrite:
             raise ConfigError(f"--resume {self.resume} continues the run in the folder and --overwrite deletes it to "
                               "start afresh: give one of them (drop --overwrite to continue the run)")
+        if self.resume and self.resume != "latest" and not os.path.exists(self.resume):  # (said: "no checkpoint in")
+            raise ConfigError(f"--resume {self.resume} does not exist: give a run folder or a checkpoint folder "
+                              "(checkpoints/step_N), or latest with --output_dir RUN (relative paths start from "
+                              f"{os.getcwd()})")
         if self.target is not None:
             if self.mode != "mask_only":
                 raise ConfigError("target (synapses to remove) applies to mode mask_only; in train mode --density "

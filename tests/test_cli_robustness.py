@@ -1211,3 +1211,12 @@ def test_list_options_given_twice_accumulate():
                         "--lr_milestones", "0.6", "--plugins", "math", "--plugins", "json"])
     assert cfg.exclude == ["*fc1*", "*fc2*"] and cfg.include == ["*", "x"] and cfg.protect == ["a", "b"]
     assert cfg.lr_milestones == [0.3, 0.6] and cfg.plugins == ["math", "json"]
+
+
+def test_a_resume_path_that_does_not_exist_is_refused_while_parsing(tmp_path, capsys):
+    """--resume NOWHERE said "no complete checkpoint found in NOWHERE (looked for step_N folders ...)",
+    as if the folder were there without checkpoints."""
+    missing = tmp_path / "nowhere"
+    err = error_of(TINY + ["--resume", str(missing)], capsys)
+    assert f"--resume {missing} does not exist: give a run folder or a checkpoint folder" in err
+    assert not missing.exists()
