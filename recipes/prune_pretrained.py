@@ -617,6 +617,11 @@ def main(argv=None, test_loader_hook=None) -> dict:
                      else "run without --resume to start")
             raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out} to continue; {start}")
         _check_resumed_settings(args, out)
+        ckpt = out / CHECKPOINT if (out / CHECKPOINT).is_file() else out / (CHECKPOINT + ".earlier")
+        try:  # a damaged one was refused only once the data had loaded (its settings are compared then)
+            stage_checkpoint.check_readable(ckpt)
+        except stage_checkpoint.CheckpointMismatchError as e:
+            raise e.with_fix(RESUME_FIX, afresh=AFRESH) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

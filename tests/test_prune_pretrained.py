@@ -1085,3 +1085,17 @@ def test_remove_ladder_and_plugins_given_several_times_add_up():
     assert mod.parse_args(["--plugins", "math", "--plugins", "json"]).plugins == ["math", "json"]
     with pytest.raises(ValueError, match="given twice"):
         mod.parse_args(["--remove", "0.2", "--remove", "0.2"])
+
+
+@pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 cut short", b"not a checkpoint at all"])
+def test_a_damaged_checkpoint_is_refused_before_the_data_loads(tmp_path, monkeypatch, damage):
+    """--resume with a truncated checkpoint.pt loaded the data and built the model before saying so."""
+    mod = recipe()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(damage)
+    monkeypatch.setattr(mod, "get_dataloaders", lambda *a, **k: pytest.fail("the data was loaded"))
+    with pytest.raises(ValueError, match=r"checkpoint\.pt (is empty|is not a readable mask-only checkpoint).*It "
+                                         r"cannot be resumed: start afresh with --overwrite"):
+        mod.main(["--output_dir", str(out), "--resume", "--dataset", "digits", "--model", "mlp"])
+    assert (out / "checkpoint.pt").read_bytes() == damage
