@@ -838,6 +838,12 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
                 f"{state.processes} ...` (and the run's data settings), or start a new run")
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
     resumed_at = state.step
+    k = cfg.checkpoint_every
+    if k and (state.step // k + 1) * k >= total_steps:  # (the last step writes the outputs, not a checkpoint)
+        accelerator.print(f"warning: --checkpoint_every {k} is not shorter than the run's {total_steps} steps"
+                          f"{f' (resumed at step {state.step})' if state.step else ''}, so no checkpoint will be "
+                          "written before the end and a stopped run cannot be resumed: give --checkpoint_every "
+                          f"{max(1, (total_steps - state.step - 1))} or fewer for one")
     lock.acquire(cfg)
     _save_config(accelerator, cfg, output_dir)  # only now: a refused command leaves an earlier run's config alone
     # every checkpoint carries the settings it was made with (checked by a later --resume)

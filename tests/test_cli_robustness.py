@@ -1220,3 +1220,15 @@ def test_a_resume_path_that_does_not_exist_is_refused_while_parsing(tmp_path, ca
     err = error_of(TINY + ["--resume", str(missing)], capsys)
     assert f"--resume {missing} does not exist: give a run folder or a checkpoint folder" in err
     assert not missing.exists()
+
+
+def test_checkpoint_every_longer_than_the_run_warns_that_none_will_be_written(tmp_path, capsys):
+    """--checkpoint_every 20 of a 20-step run wrote no checkpoint, without a word (a stopped run could
+    not be resumed)."""
+    A.main(TINY + ["--output_dir", str(tmp_path / "a"), "--checkpoint_every", "20"])
+    out = capsys.readouterr().out
+    assert ("warning: --checkpoint_every 20 is not shorter than the run's 20 steps, so no checkpoint will be written "
+            "before the end and a stopped run cannot be resumed: give --checkpoint_every 19 or fewer") in out
+    assert not (tmp_path / "a" / "checkpoints").exists() or not any((tmp_path / "a" / "checkpoints").iterdir())
+    A.main(TINY + ["--output_dir", str(tmp_path / "b"), "--checkpoint_every", "10"])
+    assert "--checkpoint_every" not in capsys.readouterr().out
