@@ -24,7 +24,9 @@ file or the command line can fix what an earlier file gave. ``parse_config(..., 
 turns any of these into an argparse-style exit.
 
 Supported field types: bool, int, float, str, ``Optional[X]``, ``Literal[...]``, ``List[X]``,
-``Tuple[X, ...]`` / fixed tuples (comma-separated on the command line, or a YAML list), ``Dict``
+``Tuple[X, ...]`` / fixed tuples (comma-separated on the command line, or a YAML list; a ``List``
+option given more than once on the command line takes the values of every one, in order, over
+a --config file's list, and ``none`` there sets None where the field allows it), ``Dict``
 (a YAML mapping, ``--key.entry value`` or ``--key entry=value``, repeatable; command-line values of
 dict entries are parsed as YAML scalars), ``Any``, and
 nested dataclasses.
@@ -378,6 +380,13 @@ def _is_bool(tp) -> bool:
     return tp is bool or (_is_union(tp) and bool in typing.get_args(tp))
 
 
+def _is_list(tp) -> bool:
+    """``List[X]`` or ``Optional[List[X]]``: a field whose command-line values accumulate."""
+    if _is_union(tp):
+        return any(_is_list(a) for a in typing.get_args(tp) if a is not type(None))
+    return typing.get_origin(tp) is list or tp is list
+
+
 def _lookup_type(cls, dotted: str):
     """Type of the field at ``dotted`` (``a.b.c``), or None when unknown. Dict entries: value type."""
     tp = cls
@@ -504,6 +513,10 @@ def _parse_argv(cls, argv: Sequence[str]) -> Tuple[List[str], Dict[Tuple[str, ..
             entries = _dict_entries(path, val, tp, key)
         elif dataclasses.is_dataclass(tp):  # --optim '{lr: 0.5}': its fields, each under its own path
             entries = _field_entries(path, val, tp, key)
+        elif _is_list(tp) and val.strip().lower() not in _NONE:  # repeated, a list option's values accumulate
+            items = [_Cli(v) if isinstance(v, str) else v for v in _split_list(val)]
+            before = flat.get(path)
+            entries = {path: (before if isinstance(before, list) else []) + items}
         else:
             entries = {path: _Cli(val)}
         for p, v in entries.items():  # the latest option last, where a later one overrides an earlier one
@@ -552,6 +565,7 @@ def config_help(cls, prog: Optional[str] = None) -> str:
     """One line per key: name, type, default, and ``metadata["help"]`` where given."""
     lines = [f"usage: {prog or 'script'} [--config FILE.yaml ...] [--key value ...]", "",
              "options (dashes or underscores; later --config files and then --key value override;",
+             "a list option given more than once takes the values of every one, in order;",
              "a yes/no option alone means yes, --no-KEY means no):"]
     defaults = _default_values(cls)
     for name, (tp, f) in _fields(cls).items():

@@ -362,6 +362,32 @@ def load_stage(path, now: dict, weights: Optional[Dict[str, torch.Tensor]] = Non
     damaged (its content does not match the sha256 stored with it, or its entries are not what a
     stage checkpoint holds) or is not a stage checkpoint, and ValueError when ``path`` is a folder.
     Everything is checked before the state is returned, so a caller changes nothing for a bad file."""
+    state = _read(path)
+    if state is None:
+        return None
+    if "sha256" not in state:
+        import sys
+
+        if rank() == 0:
+            print(f"warning: {path} carries no checksum (written by an older version), so it cannot be verified",
+                  file=sys.stderr)
+    diff = _differences(state["fingerprint"], now, weights)
+    if diff:
+        raise CheckpointMismatchError(f"{path} was written by another run; it differs in " + "; ".join(diff),
+                                      _API_FIX["other run"])
+    state.pop("sha256", None)
+    return state
+
+
+def check_readable(path) -> None:
+    """Raise what :func:`load_stage` raises for a damaged, unreadable or foreign file at ``path``
+    (nothing for a stage checkpoint, or no file), without comparing its settings: a recipe checks
+    it before loading any data."""
+    _read(path)
+
+
+def _read(path) -> Optional[dict]:
+    """The state in ``path`` (None: no file), checked to be an undamaged stage checkpoint."""
     from .integrity import digest
 
     path = Path(path)
@@ -388,15 +414,4 @@ def load_stage(path, now: dict, weights: Optional[Dict[str, torch.Tensor]] = Non
     problem = _structure_problem(state)
     if problem:
         raise CheckpointMismatchError(f"{path} is damaged ({problem})", _API_FIX["damaged"], damaged=True)
-    if "sha256" not in state:
-        import sys
-
-        if rank() == 0:
-            print(f"warning: {path} carries no checksum (written by an older version), so it cannot be verified",
-                  file=sys.stderr)
-    diff = _differences(state["fingerprint"], now, weights)
-    if diff:
-        raise CheckpointMismatchError(f"{path} was written by another run; it differs in " + "; ".join(diff),
-                                      _API_FIX["other run"])
-    state.pop("sha256", None)
     return state

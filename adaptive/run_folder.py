@@ -37,6 +37,19 @@ def broadcast_str(accelerator, value: str) -> str:
     return box[0]
 
 
+def not_a_folder(output_dir, option: str = "--output_dir") -> Optional[str]:
+    """Why ``output_dir`` cannot be made a folder (it, or a folder above it, is a file), naming
+    ``option`` and the fix; None when it can. Recipes check it before any data is loaded."""
+    path = Path(os.path.abspath(output_dir))
+    for p in (path, *path.parents):
+        if p.exists():
+            if p.is_dir():
+                return None
+            what = "is a file" if p == path else f"lies under {p}, which is a file"
+            return f"{option} {output_dir} {what}, not a folder: give a folder path"
+    return None
+
+
 def existing(output_dir: Path, names: Iterable[str]) -> List[str]:
     """Those of ``names`` that exist in ``output_dir``, in order."""
     return [n for n in names if (Path(output_dir) / n).exists()]

@@ -18,6 +18,7 @@ Ctrl-C ends with one line and status 130.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -172,9 +173,15 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
         raise FileNotFoundError(f"no run folder or connectome file at {run!r}: pass a run folder holding "
                                 "connectome.safetensors (or the .safetensors file itself)")
     run_dir = run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run))
+    folder_only = connectome is None and os.path.isdir(run)
     if connectome is None:
         connectome = run if os.path.isfile(run) else os.path.join(run_dir, "connectome.safetensors")
     if not os.path.isfile(connectome):
+        targets = sorted(d for d in glob.glob(os.path.join(glob.escape(run_dir), "remove_*"))
+                         if os.path.isfile(os.path.join(d, "connectome.safetensors")))
+        if targets and folder_only:  # a prune_pretrained.py run of several targets: one folder each
+            raise FileNotFoundError(f"no connectome at {connectome!r}: {run} is a run of several targets, one folder "
+                                    f"each; pass one of them: {', '.join(targets)}")
         raise FileNotFoundError(f"no connectome at {connectome!r}: pass a run folder holding connectome.safetensors or --connectome PATH")
     _check_connectome(connectome)
     try:
@@ -290,9 +297,9 @@ def _parser():
         else:
             s.add_argument("--out", metavar="PATH", help="file the compacted model is saved to, or an existing "
                            "folder to write compact_model.pt into (default: RUN/compact_model.pt)")
-        s.add_argument("--plugins", nargs="+", default=[], metavar="PLUGIN",
+        s.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="PLUGIN",
                        help=".py files or modules that register the run's model (those config.yaml's 'plugins' "
-                            "names are imported anyway; default: none)")
+                            "names are imported anyway; repeatable, the values adding up; default: none)")
         if cmd != "compact":
             s.add_argument("--contract", action="store_true",
                            help="replace junctions (residual sums) by direct edges from every feeding unit "

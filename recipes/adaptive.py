@@ -220,8 +220,14 @@ class RunConfig:
 
         self.weights = absolute_if_exists(self.weights)  # config.yaml then reruns from any working directory
         self.data_dir = absolute_if_exists(self.data_dir)
+        if self.output_dir is not None and not self.output_dir.strip():  # ("" ran into runs/<date-time> unsaid)
+            raise ConfigError("output_dir is empty: give a folder, or leave output_dir out (or null) for the default "
+                              "runs/<date-time>")
         if self.output_dir:  # so that --config RUN/config.yaml names this run folder from anywhere
             self.output_dir = os.path.abspath(self.output_dir)
+            problem = run_folder.not_a_folder(self.output_dir)  # (it was refused only after the data had loaded)
+            if problem:
+                raise ConfigError(problem)
         # a --config file (a step run's config.yaml) that gives them is no option to drop: its values are reset
         files = sorted({src for k, src in (given_keys() or {}).items() if k in ("lr_milestones", "lr_gamma")
                         and src != COMMAND_LINE})
@@ -274,6 +280,10 @@ class RunConfig:
         if self.resume and self.overwrite:
             raise ConfigError(f"--resume {self.resume} continues the run in the folder and --overwrite deletes it to "
                               "start afresh: give one of them (drop --overwrite to continue the run)")
+        if self.resume and self.resume != "latest" and not os.path.exists(self.resume):  # (said: "no checkpoint in")
+            raise ConfigError(f"--resume {self.resume} does not exist: give a run folder or a checkpoint folder "
+                              "(checkpoints/step_N), or latest with --output_dir RUN (relative paths start from "
+                              f"{os.getcwd()})")
         if self.target is not None:
             if self.mode != "mask_only":
                 raise ConfigError("target (synapses to remove) applies to mode mask_only; in train mode --density "
@@ -828,6 +838,12 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
                 f"{state.processes} ...` (and the run's data settings), or start a new run")
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
     resumed_at = state.step
+    k = cfg.checkpoint_every
+    if k and (state.step // k + 1) * k >= total_steps:  # (the last step writes the outputs, not a checkpoint)
+        accelerator.print(f"warning: --checkpoint_every {k} is not shorter than the run's {total_steps} steps"
+                          f"{f' (resumed at step {state.step})' if state.step else ''}, so no checkpoint will be "
+                          "written before the end and a stopped run cannot be resumed: give --checkpoint_every "
+                          f"{max(1, (total_steps - state.step - 1))} or fewer for one")
     lock.acquire(cfg)
     _save_config(accelerator, cfg, output_dir)  # only now: a refused command leaves an earlier run's config alone
     # every checkpoint carries the settings it was made with (checked by a later --resume)

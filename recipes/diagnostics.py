@@ -145,7 +145,6 @@ def cmd_dense_gradients(args):
         _refuse("dense-gradients builds and trains its own DenseCat nets (--kind, --batchnorm, --depth, --width): "
                 "--weights applies to collinearity and knowledge; drop it")
     _check_counts(args, "grad_batches", "depth", "width", "compare_steps")
-    _check_counts(args, "train_steps", least=0)
     out = outdir(args)
     data = get_data(args)
     kinds = ["mlp", "cnn"] if args.kind == "both" else [args.kind]
@@ -322,6 +321,10 @@ def _refit_note(curve, given) -> str:
 def cmd_progress(args):
     prog = D.progress(args.run_dir, total_synapses=args.total_synapses)  # checks the folder before anything is made
     out = args.output_dir or args.run_dir
+    for name in ("progress.png", "progress.svg") if args.svg else ("progress.png",):
+        if os.path.isdir(os.path.join(out, name)):  # (the error named a temporary file of the atomic write)
+            _refuse(f"{os.path.join(out, name)} is a folder, so the figure cannot be written there: move it away, "
+                    "or give another --output_dir")
     os.makedirs(out, exist_ok=True)
     from adaptive.plots import run_config, run_title
 
@@ -340,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, help="data folder (default: $ADAPTIVE_DATA, else ../shared/data)")
     g.add_argument("--download", action="store_true", help="let torchvision download a dataset that is not found (needs internet; default: never)")
     g.add_argument("--model", default="mlp", help="model name for adaptive.models.build_model (mlp, lenet5, resnet20, ...; dense-gradients always builds densecat)")
-    g.add_argument("--plugins", nargs="+", default=[], help=".py files or module names imported first: their "
-                   "register_* calls add models or datasets that --model and --dataset can then name (default: none)")
+    g.add_argument("--plugins", nargs="+", action="extend", default=[], help=".py files or module names imported first: their "
+                   "register_* calls add models or datasets that --model and --dataset can then name (repeatable, the "
+                   "values adding up; default: none)")
     g.add_argument("--weights", default=None, help="weights file loaded strictly into --model (skips the brief training; default: none, train --train_steps)")
     g.add_argument("--dataset-kw", "--dataset_kw", dest="dataset_kw", action="append", default=[], metavar="KEY=VALUE",
                    help="an argument of the dataset builder, e.g. image_size=32 for folder, or several as a YAML mapping "
@@ -422,12 +426,21 @@ def main(argv=None):
             load_plugins(args.plugins)
         except PluginError as e:
             raise SystemExit(f"recipes/diagnostics.py: error: {e}") from None
+    _check_counts(args, "train_steps", least=0)  # every command's (collinearity and knowledge took -5 as 0)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.output_dir is not None and not args.output_dir.strip():  # (it failed once the work was done)
+        _refuse("--output_dir is empty: give a folder, or leave it out for the command's default")
     if args.output_dir is None and getattr(args, "replot", None):
         args.output_dir = args.replot  # redrawn where the run is, unless told otherwise
     if args.output_dir is None and args.command != "progress":
         args.output_dir = os.path.join("runs", "diagnostics", args.command)
+    if args.output_dir is not None:  # (makedirs failed with "File exists" once the work was done)
+        from adaptive.run_folder import not_a_folder
+
+        problem = not_a_folder(args.output_dir)
+        if problem:
+            _refuse(problem)
     created = _missing_folders(args.output_dir)
     try:
         args.func(args)

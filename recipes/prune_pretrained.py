@@ -106,23 +106,26 @@ def parse_remove(values: List[str]):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)  # --remov is not --remove
     p.add_argument("--config", help="YAML file of defaults (keys are the options below, with underscores)")
-    p.add_argument("--plugins", nargs="+", help=".py files or module names imported first: their register_* calls "
-                   "add models, datasets or estimators that the other options can then name (adaptive.plugins)")
+    p.add_argument("--plugins", nargs="+", action="extend", help=".py files or module names imported first: their "
+                   "register_* calls add models, datasets or estimators that the other options can then name "
+                   "(adaptive.plugins; repeatable, the values adding up)")
     p.add_argument("--model", help="model name (adaptive.models registry, or torchvision:NAME)")
     p.add_argument("--weights", help="pretrained weights file (loaded strictly; none: random initial weights, a supermask search)")
     p.add_argument("--dataset", help="dataset name (adaptive.data registry)")
     p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="data folder (default: ADAPTIVE_DATA or ../shared/data)")
     p.add_argument("--download", action="store_true", default=None,
                    help="let torchvision download a dataset that is not found (needs internet; not ImageNet)")
-    p.add_argument("--remove", nargs="+", help="targets: fractions (0.2), counts (50000) or 'best'; several allowed")
+    p.add_argument("--remove", nargs="+", action="extend",
+                   help="targets: fractions (0.2), counts (50000) or 'best'; several allowed (repeatable, the values "
+                        "adding up)")
     p.add_argument("--output_dir", "--output-dir", dest="output_dir",
                    help="run folder: pruned_state_dict.pt, connectome, table, figure, config.yaml (one subfolder "
                         "per target when there are several)")
     p.add_argument("--seed", type=int, help="seed of the train/held-out split, the data order and the controller")
     p.add_argument("--passes", type=float, help="passes over the train part per target (per rung for 'best')")
-    p.add_argument("--ladder", nargs="*", type=float,
-                   help="for --remove best: removal fractions climbed in order; "
-                        "none given: threshold mode")
+    p.add_argument("--ladder", nargs="*", type=float, action="extend",
+                   help="for --remove best: removal fractions climbed in order (repeatable, the values adding "
+                        "up); none given: threshold mode")
     p.add_argument("--patience", type=int, help="for --remove best: rungs without a better held-out accuracy "
                                                   "before the climb stops")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, help="train batch size")
@@ -317,6 +320,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         unknown = sorted(set(loaded) - set(DEFAULTS))
         if unknown:
             raise SystemExit(f"{args.config}: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
+        # a key with no value (`batch_size:`) is unset: the default, as where the key is left out (it crashed
+        # obscurely: "'<' not supported between 'NoneType' and 'int'"); an empty output_dir is refused below
+        loaded = {k: v for k, v in loaded.items() if v is not None or k == "output_dir"}
         if loaded.get("mixed_precision") is False:  # YAML reads a bare `no` as false
             loaded["mixed_precision"] = "no"
         _check_file_values(args.config, loaded, parser)
@@ -340,8 +346,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     if isinstance(cfg["weights"], str) and not cfg["weights"].strip():
         cfg["weights"] = None  # --weights "" (or weights: '' in a config): none, as build_model has always read it
     cfg["weights"], cfg["data_dir"] = absolute_if_exists(cfg["weights"]), absolute_if_exists(cfg["data_dir"])
+    if cfg["output_dir"] is None or (isinstance(cfg["output_dir"], str) and not cfg["output_dir"].strip()):
+        where = f"{args.config}: output_dir" if args.output_dir is None else "--output_dir"  # ("": the working directory)
+        raise SystemExit(f"{where} is empty: give the run folder (default: {DEFAULTS['output_dir']}, where "
+                         "output_dir is left out)")
     if cfg.get("output_dir"):  # config.yaml names this run folder from any working directory
         cfg["output_dir"] = os.path.abspath(cfg["output_dir"])
+        problem = run_folder.not_a_folder(cfg["output_dir"])  # (it was refused only after the data had loaded)
+        if problem:
+            raise SystemExit(problem)
     try:
         load_plugins(cfg["plugins"])  # before any name is used: a plugin's names count as built-in ones
     except PluginError as e:
@@ -604,6 +617,11 @@ def main(argv=None, test_loader_hook=None) -> dict:
                      else "run without --resume to start")
             raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out} to continue; {start}")
         _check_resumed_settings(args, out)
+        ckpt = out / CHECKPOINT if (out / CHECKPOINT).is_file() else out / (CHECKPOINT + ".earlier")
+        try:  # a damaged one was refused only once the data had loaded (its settings are compared then)
+            stage_checkpoint.check_readable(ckpt)
+        except stage_checkpoint.CheckpointMismatchError as e:
+            raise e.with_fix(RESUME_FIX, afresh=AFRESH) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -1171,3 +1171,64 @@ def test_mask_only_resume_of_a_run_without_a_target_names_the_command_that_start
     assert _main(argv + ["--overwrite"]).summary["live"] == 25216  # the command it names starts the run
     err = _error_of(MASK_ONLY + ["--output_dir", str(tmp_path / "none"), "--resume", "latest"], capsys)
     assert "run without --resume to start" in err  # nothing there: that is the way
+
+
+def test_a_test_subset_smaller_than_the_classes_is_refused_before_training(tmp_path, capsys):
+    """--test_subset 5 on 10 classes trained the whole run, then failed at the test evaluation."""
+    out = tmp_path / "run"
+    err = error_of(TINY + ["--output_dir", str(out), "--test_subset", "5"], capsys)
+    assert "test_subset 5 cannot hold one test example of each of the 10 classes of digits" in err
+    assert "give a test_subset of at least 10" in err and not out.exists()
+    err = error_of(TINY + ["--output_dir", str(out), "--test_subset", "0"], capsys)
+    assert "test_subset must be a positive number of examples" in err and not out.exists()
+
+
+def test_an_empty_output_dir_is_refused(tmp_path, capsys, monkeypatch):
+    """--output_dir '' (an unset shell variable, say) ran into runs/<date-time> without a word."""
+    monkeypatch.chdir(tmp_path)
+    err = error_of(TINY + ["--output_dir", ""], capsys)
+    assert "output_dir is empty: give a folder, or leave output_dir out (or null)" in err
+    assert not (tmp_path / "runs").exists()
+    assert A.parse_args(["--output_dir", "none"]).output_dir is None  # null: the default runs/<date-time>
+
+
+def test_an_output_dir_that_is_a_file_is_refused_while_parsing(tmp_path, capsys):
+    """An --output_dir that is a file was refused only once the data had loaded ("File exists")."""
+    (tmp_path / "afile").write_text("x")
+    for out, what in ((tmp_path / "afile", "is a file"), (tmp_path / "afile" / "run", f"lies under {tmp_path}")):
+        with pytest.raises(SystemExit):
+            A.parse_args(["--output_dir", str(out)])
+        assert f"--output_dir {out} {what}" in capsys.readouterr().err
+        with pytest.raises(SystemExit, match=f"--output_dir {out} {what}"):
+            P.parse_args(["--output_dir", str(out)])
+    assert A.parse_args(["--output_dir", str(tmp_path / "new" / "run")]).output_dir == str(tmp_path / "new" / "run")
+
+
+def test_list_options_given_twice_accumulate():
+    """--exclude, --include, --protect, --plugins and --lr_milestones kept only their last value."""
+    cfg = A.parse_args(["--exclude", "*fc1*", "--exclude", "*fc2*", "--include", "*", "--include", "x",
+                        "--protect", "a", "--protect", "b", "--lr_schedule", "step", "--lr_milestones", "0.3",
+                        "--lr_milestones", "0.6", "--plugins", "math", "--plugins", "json"])
+    assert cfg.exclude == ["*fc1*", "*fc2*"] and cfg.include == ["*", "x"] and cfg.protect == ["a", "b"]
+    assert cfg.lr_milestones == [0.3, 0.6] and cfg.plugins == ["math", "json"]
+
+
+def test_a_resume_path_that_does_not_exist_is_refused_while_parsing(tmp_path, capsys):
+    """--resume NOWHERE said "no complete checkpoint found in NOWHERE (looked for step_N folders ...)",
+    as if the folder were there without checkpoints."""
+    missing = tmp_path / "nowhere"
+    err = error_of(TINY + ["--resume", str(missing)], capsys)
+    assert f"--resume {missing} does not exist: give a run folder or a checkpoint folder" in err
+    assert not missing.exists()
+
+
+def test_checkpoint_every_longer_than_the_run_warns_that_none_will_be_written(tmp_path, capsys):
+    """--checkpoint_every 20 of a 20-step run wrote no checkpoint, without a word (a stopped run could
+    not be resumed)."""
+    A.main(TINY + ["--output_dir", str(tmp_path / "a"), "--checkpoint_every", "20"])
+    out = capsys.readouterr().out
+    assert ("warning: --checkpoint_every 20 is not shorter than the run's 20 steps, so no checkpoint will be written "
+            "before the end and a stopped run cannot be resumed: give --checkpoint_every 19 or fewer") in out
+    assert not (tmp_path / "a" / "checkpoints").exists() or not any((tmp_path / "a" / "checkpoints").iterdir())
+    A.main(TINY + ["--output_dir", str(tmp_path / "b"), "--checkpoint_every", "10"])
+    assert "--checkpoint_every" not in capsys.readouterr().out

@@ -377,3 +377,25 @@ def test_given_keys_tells_a_value_given_on_purpose_from_its_default(tmp_path):
     assert seen[-1] == {}
     _Seen()
     assert seen[-1] is None and given_keys() is None  # built directly: nothing to tell
+
+
+@dataclass
+class Lists:
+    remove: List[float] = field(default_factory=lambda: [0.2])
+    exclude: Optional[List[str]] = None
+    hidden: Tuple[int, ...] = (300, 100)
+
+
+def test_a_list_option_given_twice_takes_the_values_of_both(tmp_path):
+    """--exclude a --exclude b kept only b: the earlier pattern was dropped without a word."""
+    cfg = parse_config(Lists, ["--exclude", "*fc1*", "--remove", "0.3", "--exclude", "*fc2*,*fc3*", "--remove",
+                               "[0.5, 0.7]"])
+    assert cfg.exclude == ["*fc1*", "*fc2*", "*fc3*"] and cfg.remove == [0.3, 0.5, 0.7]
+    path = tmp_path / "a.yaml"
+    path.write_text("remove: [0.1]\nexclude: [head]\n")  # the command line's lists replace a file's
+    cfg = parse_config(Lists, ["--config", str(path), "--remove", "0.4", "--remove", "0.6"])
+    assert cfg.remove == [0.4, 0.6] and cfg.exclude == ["head"]
+    assert parse_config(Lists, ["--exclude", "a", "--exclude", "none"]).exclude is None  # none: unset again
+    assert parse_config(Lists, ["--exclude", "none", "--exclude", "b"]).exclude == ["b"]
+    assert parse_config(Lists, ["--hidden", "1,2", "--hidden", "3"]).hidden == (3,)  # a tuple: the last one
+    assert "a list option given more than once takes the values of every one" in config_help(Lists)

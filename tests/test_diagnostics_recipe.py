@@ -243,3 +243,54 @@ def test_a_multi_process_launch_is_refused_before_any_work(tmp_path):
         else:
             assert p.stderr == ""
         assert not out.exists()
+
+
+def test_an_empty_output_dir_is_refused_before_any_work(recipe, tmp_path, monkeypatch):
+    """--output_dir '' trained and measured, then failed with "[Errno 2] No such file or directory: ''"."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="--output_dir is empty: give a folder"):
+        recipe.main(["collinearity", *COMMON, "--output_dir", "", "--train_steps", "2"])
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_any_work(recipe, tmp_path, monkeypatch):
+    """It failed with "File exists: afile" once the model had trained."""
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(recipe, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    with pytest.raises(SystemExit, match=r"--output_dir \S*afile is a file, not a folder: give a folder path"):
+        recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path / "afile"), "--train_steps", "2"])
+
+
+@pytest.mark.parametrize("command", ["collinearity", "knowledge"])
+def test_negative_train_steps_are_refused_by_every_command(recipe, tmp_path, command, monkeypatch):
+    """collinearity and knowledge took --train_steps -5 as 0 steps and reported an untrained model."""
+    monkeypatch.setattr(recipe, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    with pytest.raises(SystemExit, match="--train_steps must be at least 0, got -5"):
+        recipe.main([command, *COMMON, "--output_dir", str(tmp_path / "out"), "--train_steps", "-5"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_progress_into_a_path_it_cannot_write_names_the_path_and_the_fix(recipe, tmp_path, capsys):
+    """A folder where progress.png goes failed with "Is a directory: .progress.png.<pid>-<hex>.tmp.png",
+    naming a temporary file the user never asked for; an --output_dir that is a file, "File exists"."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "events.jsonl").write_text(json.dumps({"step": 5, "pruned": 3, "grown": 1, "density": 0.9}) + "\n")
+    (run / "metrics.csv").write_text("step,split,loss,accuracy\n0,train,2.0,0.1\n6,holdout,1.5,0.5\n")
+    (run / "progress.png").mkdir()
+    with pytest.raises(SystemExit, match=r"run/progress\.png is a folder, so the figure cannot be written there: "
+                                         r"move it away, or give another --output_dir"):
+        recipe.main(["progress", str(run)])
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match=r"--output_dir \S*afile is a file, not a folder"):
+        recipe.main(["progress", str(run), "--output_dir", str(tmp_path / "afile")])
+    recipe.main(["progress", str(run), "--output_dir", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "progress.png").is_file()
+
+
+def test_plugins_given_several_times_add_up(recipe):
+    """--plugins a.py --plugins b.py loaded only b.py (argparse kept the last one's values)."""
+    for command in ("collinearity", "knowledge", "dense-gradients"):
+        args = recipe.build_parser().parse_args([command, "--plugins", "a.py", "--plugins", "b.py", "c.py"])
+        assert args.plugins == ["a.py", "b.py", "c.py"]
+        assert recipe.build_parser().parse_args([command]).plugins == []

@@ -284,3 +284,33 @@ def test_writers_and_exporters_follow_the_registry_rule(tmp_path):
     assert graphs.WRITERS[".json"] is graphs.exporters.write_json and "pyg" in graphs.EXPORTERS
     with pytest.raises(ValueError, match="extension is a non-empty string"):
         graphs.register_writer(".")
+
+
+def test_a_run_folder_of_several_targets_names_its_remove_subfolders(tmp_path, capsys):
+    """prune_pretrained.py writes one remove_<target> folder per target, and the top-level folder
+    holds no connectome: the error said only that none was there, not which folder to pass."""
+    from graphs.cli import main
+
+    model = build_model("mlp", num_classes=10, in_shape=(1, 8, 8))
+    run = tmp_path / "run"
+    for target in ("0.2", "0.5"):
+        (run / f"remove_{target}").mkdir(parents=True)
+        adaptive.Connectome(model).save(run / f"remove_{target}" / "connectome.safetensors")
+    (run / "remove_0.9").mkdir()  # no connectome in it: not named
+    (run / "config.yaml").write_text("model: mlp\ndataset: digits\n")
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "is a run of several targets" in err and "Traceback" not in err
+    assert str(run / "remove_0.2") in err and str(run / "remove_0.5") in err and "remove_0.9" not in err
+    assert main(["report", str(run / "remove_0.2"), "--out", str(tmp_path / "rep")]) == 0
+
+
+def test_plugins_given_several_times_add_up():
+    """--plugins a.py --plugins b.py loaded only b.py (argparse kept the last one's values)."""
+    from graphs.cli import _parser
+
+    p, _ = _parser()
+    for cmd in ("export", "report", "compact"):
+        assert p.parse_args([cmd, "run", "--plugins", "a.py", "--plugins", "b.py", "c.py"]).plugins == [
+            "a.py", "b.py", "c.py"]
+        assert p.parse_args([cmd, "run"]).plugins == []

@@ -1052,3 +1052,50 @@ def test_a_subset_too_small_to_hold_out_an_example_names_a_fix_this_recipe_takes
                                          r"\(or a larger holdout\)$") as info:
         recipe().main(args(weights, tmp_path / "o", "--remove", "0.2", "--subset", "20", "--holdout", "0.01"))
     assert "holdout 0 for none" not in str(info.value) and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("text", ["output_dir: ''\n", "output_dir:\n", "output_dir: null\n"])
+def test_an_empty_output_dir_is_refused_not_the_working_directory(tmp_path, text):
+    """output_dir: '' wrote the run into the working directory, and output_dir: (null) crashed with
+    'expected str, bytes or os.PathLike object, not NoneType' once the data had loaded."""
+    with pytest.raises(SystemExit, match=r"c\.yaml: output_dir is empty: give the run folder \(default: "
+                                         r"runs/prune_pretrained"):
+        recipe().parse_args(["--config", _config(tmp_path, text)])
+    with pytest.raises(SystemExit, match=r"--output_dir is empty"):
+        recipe().parse_args(["--output_dir", " "])
+
+
+def test_a_config_key_with_no_value_is_unset(tmp_path):
+    """`batch_size:` (null) crashed with "'<' not supported between instances of 'NoneType' and 'int'",
+    `model:` with "argument of type 'NoneType' is not iterable", `eval_batch_size:` only once the data
+    had loaded; `mixed_precision:` ran under the label None."""
+    mod = recipe()
+    keys = [k for k in mod.DEFAULTS if k != "output_dir"]
+    ns = mod.parse_args(["--config", _config(tmp_path, "".join(f"{k}:\n" for k in keys))])
+    default = mod.parse_args([])
+    assert {k: getattr(ns, k) for k in keys} == {k: getattr(default, k) for k in keys}
+
+
+def test_remove_ladder_and_plugins_given_several_times_add_up():
+    """--remove 0.1 --remove 0.2 ran only 0.2 (argparse's last one won), as did --ladder and --plugins."""
+    mod = recipe()
+    assert mod.parse_args(["--remove", "0.1", "--remove", "0.2", "0.3"]).remove == [0.1, 0.2, 0.3]
+    assert mod.parse_args(["--remove", "best", "--ladder", "0.1", "--ladder", "0.3"]).ladder == [0.1, 0.3]
+    assert mod.parse_args(["--remove", "best", "--ladder"]).ladder == []  # no values: threshold mode, as before
+    assert mod.parse_args(["--plugins", "math", "--plugins", "json"]).plugins == ["math", "json"]
+    with pytest.raises(ValueError, match="given twice"):
+        mod.parse_args(["--remove", "0.2", "--remove", "0.2"])
+
+
+@pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 cut short", b"not a checkpoint at all"])
+def test_a_damaged_checkpoint_is_refused_before_the_data_loads(tmp_path, monkeypatch, damage):
+    """--resume with a truncated checkpoint.pt loaded the data and built the model before saying so."""
+    mod = recipe()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(damage)
+    monkeypatch.setattr(mod, "get_dataloaders", lambda *a, **k: pytest.fail("the data was loaded"))
+    with pytest.raises(ValueError, match=r"checkpoint\.pt (is empty|is not a readable mask-only checkpoint).*It "
+                                         r"cannot be resumed: start afresh with --overwrite"):
+        mod.main(["--output_dir", str(out), "--resume", "--dataset", "digits", "--model", "mlp"])
+    assert (out / "checkpoint.pt").read_bytes() == damage
