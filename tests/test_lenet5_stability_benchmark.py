@@ -129,6 +129,8 @@ def test_the_table_describes_only_the_policies_that_ran(monkeypatch, tmp_path):
         mod.main(["--settings", settings, "--variants", "lr 0.1;clip 1", "--seeds", "0", "--no-progress", *where])
         text = (tmp_path / "t.md").read_text()
         assert {p for p in notes if notes[p] in text} == said, (settings, text)
+        assert ("batch 32" in text) == ("batch 32" in settings) and "; ;" not in text and ";." not in text, text
+        assert ("edits until 75% of the run" in text) == bool(said), text
 
 
 @pytest.mark.skipif(not MNIST.is_file(), reason=f"shared MNIST absent at {MNIST} (always present on CI)")
