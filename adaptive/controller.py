@@ -443,7 +443,7 @@ class Controller:
 
     def _observe_hook(self):
         if self.optimizer is not None:  # driven explicitly, ctrl.observe() is the caller's
-            self.observe()
+            self._observe()
 
     def _in_window(self) -> bool:
         if self.window is None:
@@ -463,7 +463,18 @@ class Controller:
         return self.stats is not None and self._in_window() and not self.finished
 
     def observe(self) -> None:
-        """Add the current dense gradients to the utility window (call after ``backward``)."""
+        """Add the current dense gradients to the utility window (call after ``backward``).
+        Only for a controller driven explicitly: one attached to an optimizer observes in its
+        step hook, so a call here is refused (it would add each gradient to the window twice)."""
+        if self.optimizer is not None:
+            raise RuntimeError(
+                "this Controller is attached to an optimizer and observes the gradients itself at every "
+                "optimizer.step(), so ctrl.observe() would add each gradient to the utility window twice: drop the "
+                "ctrl.observe() call, or call ctrl.detach() first to drive it explicitly (ctrl.observe() after "
+                "backward, ctrl.step() after the optimizer step)")
+        self._observe()
+
+    def _observe(self) -> None:
         if self._observing():
             names = self.conn.stepping_layers(primary=self.optimizer)
             self.stats.observe() if names is None else self.stats.observe(names)
