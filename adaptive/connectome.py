@@ -552,6 +552,7 @@ class Connectome:
             self._apply()
         else:
             self._impose_exact()
+            _forget_autocast_copies()  # as _apply does: a forward in the same autocast region reads the masked weights
 
     @torch.no_grad()
     def _follow_in_place_edits(self) -> None:

@@ -561,6 +561,25 @@ def test_files_and_state_dicts_saved_with_an_empty_layer_still_load(tmp_path):
         adaptive.Connectome.load(tmp_path / "old.safetensors", wide)  # a layer the model does fill is no skip
 
 
+def test_apply_in_train_mode_inside_an_autocast_region_drops_the_stale_low_precision_weights():
+    """autocast keeps one low-precision copy of each weight per region; set_masks and the mask_only
+    apply dropped it, the train-mode apply did not: after an in-place mask edit and apply(), the
+    next forward in the same region still ran the unpruned weights."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 3)
+    conn = adaptive.Connectome(m)
+    x = torch.randn(2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = m(x)
+        conn.masks["weight"].data[0] = False  # an edit behind the version counter: apply() imposes it
+        conn.apply()
+        inside = m(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a fresh region: fresh copies
+        fresh = m(x)
+    assert float(m.weight.detach()[0].abs().max()) == 0.0
+    assert torch.equal(inside, fresh) and not torch.equal(inside, before)
+
+
 def test_a_connectome_built_or_loaded_inside_inference_mode_tracks_edits(tmp_path):
     """Connectome(model) and Connectome.load inside torch.inference_mode() raised 'Inference tensors
     do not track version counter' (their masks were inference tensors)."""
