@@ -72,6 +72,13 @@ def _plain_names(d: Optional[Mapping], known) -> Optional[dict]:
     return out
 
 
+def _empty_saved(saved_sizes: Mapping[str, int], params: Mapping) -> set:
+    """Names of saved layers of no elements whose weight holds no entries in the model either
+    (``nn.Linear(4, 0)``): connectomes saved before such weights were left out of them list these
+    layers of no synapses; a load skips them, as the connectome it builds has no such layer."""
+    return {n for n, size in saved_sizes.items() if size == 0 and n in params and params[n].numel() == 0}
+
+
 class EnsembleRuleError(ValueError):
     """A mask breaks a rule of its layer's granularity (n of every m kept, or a plugin
     granularity's ``violation``)."""
@@ -545,6 +552,7 @@ class Connectome:
             self._apply()
         else:
             self._impose_exact()
+            _forget_autocast_copies()  # as _apply does: a forward in the same autocast region reads the masked weights
 
     @torch.no_grad()
     def _follow_in_place_edits(self) -> None:
@@ -994,8 +1002,13 @@ class Connectome:
         if not isinstance(sd, Mapping) or "masks" not in sd:
             raise ValueError("not a connectome state_dict: it has no 'masks' entry")
         _check_state_entries(sd)
-        sd = {**sd, "masks": _plain_names(sd["masks"], self.params), "original": _plain_names(sd.get("original"), self.params),
-              "ensembles": _plain_names(sd.get("ensembles"), self.params)}
+        model_params = dict(self.model.named_parameters(remove_duplicate=False))
+        sd = {**sd, **{k: _plain_names(sd.get(k), model_params) for k in ("masks", "original", "ensembles")}}
+        empty = _empty_saved({n: m.numel() for n, m in sd["masks"].items() if n not in self.masks
+                              and isinstance(m, torch.Tensor)}, model_params)
+        if empty:
+            sd.update({k: {n: v for n, v in sd[k].items() if n not in empty} if sd[k] is not None else None
+                       for k in ("masks", "original", "ensembles")})
         if "ensemble" in sd:
             self._check_same_ensembles(sd["ensemble"], sd.get("ensembles"), "state_dict")
         missing = [n for n in self.masks if n not in sd["masks"]]
@@ -1142,6 +1155,11 @@ class Connectome:
                     "architecture it was saved from, or build a new Connectome on this model")
             if tuple(params[n].shape) != s:
                 raise ValueError(f"shape mismatch for {n!r}: saved {s}, model has {tuple(params[n].shape)}")
+        empty = _empty_saved({n: torch.Size(v).numel() for n, v in shapes.items()}, params)
+        if empty:
+            shapes, packed, original = ({n: v for n, v in d.items() if n not in empty} for d in (shapes, packed, original))
+            if isinstance(per_layer, dict):
+                meta["ensembles"] = json.dumps({n: v for n, v in json.loads(meta["ensembles"]).items() if n not in empty})
         mode = mode or meta["mode"]
         if mode == "mask_only" and not original:
             original = None  # taken from the model below

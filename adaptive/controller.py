@@ -26,6 +26,7 @@ from .budgets import get_budget
 from .atomic import write_text
 from .connectome import Connectome, EnsembleRuleError
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
+from .discovery import _as_patterns
 from .distributed import all_reduce_mean_, check_masks_agree
 from .optim_state import unwrap_optimizer
 from .policies.base import EditPlan, get_policy, global_synapse_target, keep_plan, synapse_targets
@@ -124,7 +125,8 @@ class Controller:
             a callable ``f(name, grown_mask) -> tensor`` (the weight's shape; a wrong one raises at
             the edit, before anything changes); anything else is refused at construction.
         min_density: per-layer floor of the budget. protect: name patterns of layers kept as they are,
-            never edited (a budget counts them at the synapses they hold).
+            never edited (a budget counts them at the synapses they hold): a list, or a string split
+            at commas as include=/exclude= are (``protect="0,3"``).
         init: how a sparse policy sparsifies at construction: "random" (train default),
             "magnitude" (mask_only default) or "estimator" (its removal costs; refused for an
             estimator that scores from gradients alone, such as curvature, obd or taylor: a new
@@ -293,7 +295,7 @@ class Controller:
             grow_init = "original" if conn.mode == "mask_only" else "zero"
         self.grow_init = grow_init
         self.min_density = min_density
-        pats = [protect] if isinstance(protect, str) else list(protect)
+        pats = _as_patterns(protect, "protect")  # a string is split at commas, as include=/exclude= are
         self.protected = [n for n in conn.names if any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p) for p in pats)]
         unused = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p) for n in conn.names)]
         if unused:
@@ -443,7 +445,7 @@ class Controller:
 
     def _observe_hook(self):
         if self.optimizer is not None:  # driven explicitly, ctrl.observe() is the caller's
-            self.observe()
+            self._observe()
 
     def _in_window(self) -> bool:
         if self.window is None:
@@ -463,7 +465,18 @@ class Controller:
         return self.stats is not None and self._in_window() and not self.finished
 
     def observe(self) -> None:
-        """Add the current dense gradients to the utility window (call after ``backward``)."""
+        """Add the current dense gradients to the utility window (call after ``backward``).
+        Only for a controller driven explicitly: one attached to an optimizer observes in its
+        step hook, so a call here is refused (it would add each gradient to the window twice)."""
+        if self.optimizer is not None:
+            raise RuntimeError(
+                "this Controller is attached to an optimizer and observes the gradients itself at every "
+                "optimizer.step(), so ctrl.observe() would add each gradient to the utility window twice: drop the "
+                "ctrl.observe() call, or call ctrl.detach() first to drive it explicitly (ctrl.observe() after "
+                "backward, ctrl.step() after the optimizer step)")
+        self._observe()
+
+    def _observe(self) -> None:
         if self._observing():
             names = self.conn.stepping_layers(primary=self.optimizer)
             self.stats.observe() if names is None else self.stats.observe(names)

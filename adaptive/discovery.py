@@ -141,9 +141,9 @@ class SynapseLayer:
         return n
 
 
-def _as_patterns(p: Optional[Iterable[str] | str]) -> Sequence[str]:
-    """The patterns of ``include``/``exclude``: a string is split at commas, as the command line's
-    ``--exclude 0,2`` is (a pattern itself holds no comma)."""
+def _as_patterns(p: Optional[Iterable[str] | str], what: str = "include/exclude") -> Sequence[str]:
+    """The patterns of ``include``/``exclude`` (and the controller's ``protect``): a string is split
+    at commas, as the command line's ``--exclude 0,2`` is (a pattern itself holds no comma)."""
     if p is None:
         return ()
     if isinstance(p, str):
@@ -151,7 +151,7 @@ def _as_patterns(p: Optional[Iterable[str] | str]) -> Sequence[str]:
     pats = tuple(p)
     for x in pats:
         if not isinstance(x, str):
-            raise TypeError(f"include/exclude patterns must be strings, got {x!r}")
+            raise TypeError(f"{what} patterns must be strings, got {x!r}")
     return pats
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import re
 import sys
@@ -297,6 +298,14 @@ def _parser():
         else:
             s.add_argument("--out", metavar="PATH", help="file the compacted model is saved to, or an existing "
                            "folder to write compact_model.pt into (default: RUN/compact_model.pt)")
+            s.add_argument("--atol", type=_tolerance, default=1e-4, metavar="X",
+                           help="absolute tolerance of the check that the compacted model's outputs match the masked "
+                                "model's (torch.allclose; default: 1e-4, as graphs.compact)")
+            s.add_argument("--rtol", type=_tolerance, default=1e-4, metavar="X",
+                           help="relative tolerance of that check (default: 1e-4, as graphs.compact)")
+            s.add_argument("--float64", action="store_true",
+                           help="compact and check a float64 copy of the model, to tell float32 rounding from a real "
+                                "change; the saved model is float64 too (default: the model's own dtype)")
         s.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="PLUGIN",
                        help=".py files or modules that register the run's model (those config.yaml's 'plugins' "
                             "names are imported anyway; repeatable, the values adding up; default: none)")
@@ -305,6 +314,17 @@ def _parser():
                            help="replace junctions (residual sums) by direct edges from every feeding unit "
                                 "(default: junctions are nodes)")
     return p, subs
+
+
+def _tolerance(text: str) -> float:
+    """--atol / --rtol: a finite number >= 0."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = float("nan")
+    if not math.isfinite(x) or x < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a tolerance: give a finite number >= 0, e.g. 1e-4")
+    return x
 
 
 def _in_shape(text: str) -> str:
@@ -466,14 +486,21 @@ def _save(obj, out: str) -> None:
 def _compact(model, conn, a, run_dir) -> int:
     import graphs
 
+    from .compact import CompactionMismatchError
     from .trace import runnable_example_input
 
     out = a.out or run_dir
     if os.path.isdir(out) or out.endswith(("/", os.sep)):
         out = os.path.join(out, "compact_model.pt")
-    x = runnable_example_input(model)
+    if a.float64:
+        model.double()  # in place: the connectome masks the same parameters
+    x = runnable_example_input(model)  # in the dtype of the model's first layer
     x = x.expand(8, *x.shape[1:]).contiguous()
-    small = graphs.compact(model, conn, torch.randn_like(x))
+    try:
+        small = graphs.compact(model, conn, torch.randn_like(x), atol=a.atol, rtol=a.rtol)
+    except CompactionMismatchError as e:
+        raise CompactionMismatchError(f"{e} On the command line, --atol and --rtol set the tolerances (now {a.atol} "
+                                      f"and {a.rtol}) and --float64 compacts a float64 copy.") from e
     _save(small, out)
     c = small.compaction
     print(f"removed {c['units_removed']} dead units: {c['params_before']:,} -> {c['params_after']:,} parameters "

@@ -755,6 +755,10 @@ def _tensor_leaves(out) -> list:
     return []
 
 
+class CompactionMismatchError(RuntimeError):
+    """The compact model's outputs differ from the masked model's beyond the check's tolerances."""
+
+
 @torch.no_grad()
 def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
     def other(t):  # a second input: random floats, or the ids (tokens) shuffled
@@ -784,7 +788,7 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
         diff = max(float((a - b).abs().max()) for a, b in pairs) if pairs else 0.0
         worst = max(worst, diff)
         if not all(torch.allclose(a, b, atol=atol, rtol=rtol) for a, b in pairs):
-            raise RuntimeError(_mismatch(pairs, diff, atol, rtol))
+            raise CompactionMismatchError(_mismatch(pairs, diff, atol, rtol))
     return worst
 
 

@@ -519,6 +519,67 @@ def test_files_and_state_dicts_saved_under_a_compiled_models_names_still_load(tm
     assert all(torch.equal(other.masks[n], conn.masks[n]) for n in conn.names)
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
+def test_files_and_state_dicts_saved_with_an_empty_layer_still_load(tmp_path):
+    """Before weights with no entries (nn.Linear(4, 0)) were left out of connectomes, save wrote
+    them as layers of 0 synapses; such a file (or state_dict) then failed to load with 'unknown
+    parameter name'. The empty layer is skipped: the model holds no synapses there either."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from adaptive import bitpack
+    from adaptive.integrity import tensors_digest
+
+    def model():
+        torch.manual_seed(0)
+        return nn.ModuleDict({"a": nn.Linear(4, 8), "e": nn.Linear(4, 0), "b": nn.Linear(8, 2)})
+
+    conn = adaptive.Connectome(model(), ensemble={"a": "neuron", "*": "synapse"}, mode="mask_only")
+    conn.set_masks({"a.weight": (torch.arange(8) % 3 > 0)[:, None].expand(8, 4), "b.weight": torch.rand(2, 8) > 0.5})
+    conn.save(tmp_path / "c.safetensors", with_original=True)
+    with safe_open(str(tmp_path / "c.safetensors"), "pt") as f:  # add the empty layer as the earlier save did
+        meta = {k: v for k, v in f.metadata().items() if k != "sha256"}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    empty = torch.ones(0, 4, dtype=torch.bool)
+    tensors.update({"mask/e.weight": bitpack.pack(empty), "original/e.weight": torch.empty(0, 4)})
+    meta["layers"] = json.dumps({**json.loads(meta["layers"]), "e.weight": [0, 4]})
+    meta["ensembles"] = json.dumps({**json.loads(meta["ensembles"]), "e.weight": "synapse"})
+    meta["sha256"] = tensors_digest(tensors, meta)
+    save_file(tensors, tmp_path / "old.safetensors", metadata=meta)
+    loaded = adaptive.Connectome.load(tmp_path / "old.safetensors", model())
+    assert loaded.names == conn.names == ["a.weight", "b.weight"]
+    assert all(torch.equal(loaded.masks[n], conn.masks[n]) for n in conn.names)
+    assert all(torch.equal(loaded.original[n], conn.original[n]) for n in conn.names)
+    sd = conn.state_dict()
+    sd["masks"]["e.weight"], sd["original"]["e.weight"] = empty, torch.empty(0, 4)
+    sd["ensembles"]["e.weight"] = "synapse"
+    other = adaptive.Connectome(model(), ensemble={"a": "neuron", "*": "synapse"}, mode="mask_only")
+    other.load_state_dict(sd)
+    assert all(torch.equal(other.masks[n], conn.masks[n]) for n in conn.names)
+    wide = nn.ModuleDict({"a": nn.Linear(4, 8), "e": nn.Linear(4, 3), "b": nn.Linear(8, 2)})
+    with pytest.raises(ValueError, match=r"shape mismatch for 'e.weight': saved \(0, 4\), model has \(3, 4\)"):
+        adaptive.Connectome.load(tmp_path / "old.safetensors", wide)  # a layer the model does fill is no skip
+
+
+def test_apply_in_train_mode_inside_an_autocast_region_drops_the_stale_low_precision_weights():
+    """autocast keeps one low-precision copy of each weight per region; set_masks and the mask_only
+    apply dropped it, the train-mode apply did not: after an in-place mask edit and apply(), the
+    next forward in the same region still ran the unpruned weights."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 3)
+    conn = adaptive.Connectome(m)
+    x = torch.randn(2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = m(x)
+        conn.masks["weight"].data[0] = False  # an edit behind the version counter: apply() imposes it
+        conn.apply()
+        inside = m(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a fresh region: fresh copies
+        fresh = m(x)
+    assert float(m.weight.detach()[0].abs().max()) == 0.0
+    assert torch.equal(inside, fresh) and not torch.equal(inside, before)
+
+
 def test_a_connectome_built_or_loaded_inside_inference_mode_tracks_edits(tmp_path):
     """Connectome(model) and Connectome.load inside torch.inference_mode() raised 'Inference tensors
     do not track version counter' (their masks were inference tensors)."""

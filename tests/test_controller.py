@@ -531,6 +531,19 @@ def test_the_known_names_end_with_an_ellipsis_only_when_some_were_cut():
         assert f"prunable weights, which are {shown}{suffix} (all in conn.names)" in e.value.args[0]
 
 
+def test_protect_given_as_one_string_is_split_at_commas_as_include_and_exclude_are():
+    """protect="0,2" was one pattern '0,2', refused as matching no layer, where exclude="0,2" names
+    two layers."""
+    conn = adaptive.Connectome(nn.Sequential(*[nn.Linear(4, 4) for _ in range(4)]))
+    ctrl = adaptive.Controller(conn, policy="magnitude", density=0.5, protect="0, 2")
+    assert ctrl.protected == ["0.weight", "2.weight"]
+    assert ctrl.editable() == ["1.weight", "3.weight"]
+    with pytest.raises(ValueError, match=r"protect pattern\(s\) \['nope'\] matched no layer"):
+        adaptive.Controller(conn, policy="magnitude", density=0.5, protect="0,nope")
+    with pytest.raises(TypeError, match="protect patterns must be strings, got 0"):
+        adaptive.Controller(conn, policy="magnitude", density=0.5, protect=[0])
+
+
 def test_nm_policy():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))

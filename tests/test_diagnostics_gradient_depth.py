@@ -224,6 +224,27 @@ def test_traced_depths_refuse_an_op_the_tracer_cannot_follow():
 
 
 
+class Logsumexp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.b(torch.special.logsumexp(self.a(x).reshape(-1, 3, 2), 2))
+
+
+def test_the_unknown_op_error_defers_to_the_category_its_warning_suggests():
+    """The error told to register every unknown op 'if it acts on each channel alone' (pointwise),
+    while the warning suggested the category that fits the op's shapes ("reduce" for a logsumexp)."""
+    from adaptive.diagnostics.gradient_depth import traced_depths
+
+    with pytest.warns(UserWarning, match=r'register_op\(torch\._C\._special\.special_logsumexp, "reduce"\)'), \
+            pytest.raises(ValueError, match=r"'b'.*cannot follow \('special_logsumexp'.*register_op in the category its "
+                                            r"warning suggests for the op's shapes") as e:
+        traced_depths(Logsumexp(), "b", torch.randn(2, 4))
+    assert "each channel alone" not in str(e.value)
+
+
 class AuxHead(nn.Module):
     """An auxiliary head reads fc1's output through an op the tracer cannot follow; fc2 and out never do."""
 

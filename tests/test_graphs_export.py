@@ -426,6 +426,46 @@ def mlp_run(tmp_path_factory):
     return run
 
 
+def test_cli_compact_passes_its_tolerances_and_float64_to_the_check(mlp_run, tmp_path, capsys, monkeypatch):
+    """python -m graphs compact had no way to set the check's atol/rtol or to compact in float64,
+    which the check's error suggests."""
+    import importlib
+    import inspect
+
+    from graphs.cli import main
+
+    compact_module = importlib.import_module("graphs.compact")
+    real, seen = compact_module._verify, []
+
+    def spy(ref, gm, x, atol, rtol):
+        seen.append((atol, rtol, x.dtype))
+        return real(ref, gm, x, atol, rtol)
+
+    monkeypatch.setattr(compact_module, "_verify", spy)
+    api = inspect.signature(graphs.compact).parameters
+    assert main(["compact", str(mlp_run), "--out", str(tmp_path / "a.pt")]) == 0
+    assert seen.pop() == (api["atol"].default, api["rtol"].default, torch.float32)
+    assert main(["compact", str(mlp_run), "--out", str(tmp_path / "b.pt"), "--atol", "0.5", "--rtol", "2.5e-3",
+                 "--float64"]) == 0
+    assert seen.pop() == (0.5, 2.5e-3, torch.float64)
+    small = torch.load(tmp_path / "b.pt", weights_only=False)
+    assert {p.dtype for p in small.parameters()} == {torch.float64}
+    capsys.readouterr()
+    for bad in ("-1", "nan", "x"):
+        with pytest.raises(SystemExit):
+            main(["compact", str(mlp_run), "--atol", bad])
+        assert f"argument --atol: {bad!r} is not a tolerance: give a finite number >= 0" in capsys.readouterr().err
+
+    def mismatch(ref, gm, x, atol, rtol):
+        raise compact_module.CompactionMismatchError(f"compaction changed the outputs (atol {atol} + rtol {rtol})")
+
+    monkeypatch.setattr(compact_module, "_verify", mismatch)
+    assert main(["compact", str(mlp_run), "--out", str(tmp_path / "c.pt"), "--rtol", "0.01"]) == 2
+    err = _error_line(capsys)
+    assert "(atol 0.0001 + rtol 0.01)" in err and "--atol and --rtol set the tolerances (now 0.0001 and 0.01)" in err
+    assert "rebuilding or tracing the model failed" not in err and not (tmp_path / "c.pt").exists()
+
+
 def _error_line(capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err  # one line, no traceback

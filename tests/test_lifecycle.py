@@ -159,6 +159,25 @@ def test_an_attached_controller_refuses_an_explicit_step_that_would_count_a_step
     assert ctrl.step_count == 5
 
 
+def test_an_attached_controller_refuses_an_explicit_observe_that_would_count_a_gradient_twice():
+    """ctrl.observe() before opt.step() on an attached controller added the gradient to the utility
+    window, and the optimizer's step hook added it again: each batch counted twice."""
+    model, opt, x, y = _setup()
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.3, budget="uniform", update_every=100, seed=0)
+    F.cross_entropy(model(x[:8]), y[:8]).backward()
+    with pytest.raises(RuntimeError, match=r"attached to an optimizer and observes the gradients itself.*window twice: "
+                                           r"drop the ctrl.observe\(\) call, or call ctrl.detach\(\) first"):
+        ctrl.observe()
+    opt.step()  # the step hook observes this batch once
+    opt.zero_grad()
+    assert set(ctrl.stats.counts.values()) == {1}
+    ctrl.detach()
+    F.cross_entropy(model(x[:8]), y[:8]).backward()
+    ctrl.observe()  # driven explicitly, as the error says
+    assert set(ctrl.stats.counts.values()) == {2}
+
+
 def test_connectome_attach_after_its_detach_restarts_its_controller():
     model, opt, x, y = _setup()
     conn = adaptive.Connectome(model)

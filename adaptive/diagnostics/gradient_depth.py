@@ -66,7 +66,8 @@ def traced_depths(model: nn.Module, layer: str, example: Optional[torch.Tensor] 
             if unknown:
                 raise ValueError(f"the data flow into {name!r} passes through {len(unknown)} op(s) the tracer cannot follow "
                                  f"({', '.join(unknown[:3])}), so its depths would be wrong; teach graphs each op with "
-                                 "graphs.register_op (see the warning) if it acts on each channel alone")
+                                 "graphs.register_op in the category its warning suggests for the op's shapes, if "
+                                 "that category's description fits what the op does")
             return depth[lf.in_src].long().cpu()
     raise KeyError(f"the traced graph has no weighted layer {name!r}; it has {[lf.module for lf in g.layers][:12]}")
 
