@@ -106,6 +106,12 @@ def _is_union(tp) -> bool:
     return typing.get_origin(tp) is Union or (hasattr(types, "UnionType") and isinstance(tp, types.UnionType))
 
 
+def split_commas(text: str) -> list:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``, empty parts dropped; a comma inside a ``[...]`` character
+    class of a name pattern does not split (``"layer[1,2],fc"`` -> ``["layer[1,2]", "fc"]``)."""
+    return [t.strip() for t in re.split(r",(?![^\[]*\])", text) if t.strip()]
+
+
 def _split_list(text: str) -> list:
     text = text.strip()
     if text.startswith("["):
@@ -115,7 +121,7 @@ def _split_list(text: str) -> list:
             parsed = None
         if isinstance(parsed, list):
             return parsed
-    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+    return split_commas(text)
 
 
 def _looks_float(value) -> bool:

@@ -27,6 +27,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
+from .config import split_commas
 from .warn import warn_user
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -143,11 +144,12 @@ class SynapseLayer:
 
 def _as_patterns(p: Optional[Iterable[str] | str], what: str = "include/exclude") -> Sequence[str]:
     """The patterns of ``include``/``exclude`` (and the controller's ``protect``): a string is split
-    at commas, as the command line's ``--exclude 0,2`` is (a pattern itself holds no comma)."""
+    at commas, as the command line's ``--exclude 0,2`` is, except inside a ``[...]`` character class
+    (``"layer[1,2]"`` stays one pattern)."""
     if p is None:
         return ()
     if isinstance(p, str):
-        return tuple(t.strip() for t in p.split(",") if t.strip())
+        return tuple(split_commas(p))
     pats = tuple(p)
     for x in pats:
         if not isinstance(x, str):

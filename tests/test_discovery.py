@@ -93,6 +93,31 @@ def test_a_comma_separated_pattern_string_is_split_as_on_the_command_line():
     assert parse_config(Cli, ["--exclude", "0,2"]).exclude == ["0", "2"]  # the command line's reading
 
 
+def test_a_comma_inside_a_character_class_does_not_split_the_pattern():
+    """'layer[1,2]' is one fnmatch pattern (layer1 or layer2): splitting every comma cut it into
+    'layer[1' and '2]', which matched nothing, in the API and on the command line alike."""
+    from dataclasses import dataclass
+    from typing import List, Optional
+
+    from adaptive.config import parse_config
+
+    model = nn.Sequential()
+    for i in (1, 2, 3):
+        model.add_module(f"layer{i}", nn.Linear(4, 4))
+    model.add_module("fc", nn.Linear(4, 2))
+    assert adaptive.Connectome(model, exclude="layer[1,2]").names == ["layer3.weight", "fc.weight"]
+    assert adaptive.Connectome(model, include="layer[1,3], fc").names == ["layer1.weight", "layer3.weight", "fc.weight"]
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, policy="magnitude", density=0.9, protect="layer[2,3]")
+    assert sorted(ctrl.protected) == ["layer2.weight", "layer3.weight"]
+
+    @dataclass
+    class Cli:
+        exclude: Optional[List[str]] = None
+
+    assert parse_config(Cli, ["--exclude", "layer[1,2],fc"]).exclude == ["layer[1,2]", "fc"]
+
+
 def _count(model, types=(nn.Linear, nn.Conv2d)):
     seen, n, total = set(), 0, 0
     for m in model.modules():
