@@ -457,13 +457,15 @@ def test_cli_compact_passes_its_tolerances_and_float64_to_the_check(mlp_run, tmp
         assert f"argument --atol: {bad!r} is not a tolerance: give a finite number >= 0" in capsys.readouterr().err
 
     def mismatch(ref, gm, x, atol, rtol):
-        raise compact_module.CompactionMismatchError(f"compaction changed the outputs (atol {atol} + rtol {rtol})")
+        raise compact_module.CompactionMismatchError(f"compaction changed the outputs (atol {atol} + rtol {rtol}). "
+                                                     "Pass verify=False to get the model anyway.")
 
     monkeypatch.setattr(compact_module, "_verify", mismatch)
     assert main(["compact", str(mlp_run), "--out", str(tmp_path / "c.pt"), "--rtol", "0.01"]) == 2
     err = _error_line(capsys)
     assert "(atol 0.0001 + rtol 0.01)" in err and "--atol and --rtol set the tolerances (now 0.0001 and 0.01)" in err
     assert "rebuilding or tracing the model failed" not in err and not (tmp_path / "c.pt").exists()
+    assert "Pass verify=False" not in err and "graphs.compact(..., verify=False)" in err  # no CLI option of that name
 
 
 def _error_line(capsys):
