@@ -280,10 +280,11 @@ class RunConfig:
         if self.resume and self.overwrite:
             raise ConfigError(f"--resume {self.resume} continues the run in the folder and --overwrite deletes it to "
                               "start afresh: give one of them (drop --overwrite to continue the run)")
-        if self.resume and self.resume != "latest" and not os.path.exists(self.resume):  # (said: "no checkpoint in")
-            raise ConfigError(f"--resume {self.resume} does not exist: give a run folder or a checkpoint folder "
-                              "(checkpoints/step_N), or latest with --output_dir RUN (relative paths start from "
-                              f"{os.getcwd()})")
+        if self.resume and self.resume != "latest" and not _resume_path_exists(self.resume):  # (said: "no checkpoint in")
+            where = "" if os.path.isabs(self.resume) else f" (relative paths start from {os.getcwd()})"
+            raise ConfigError(f"--resume {self.resume} does not exist: give a run folder, a checkpoint folder "
+                              f"(checkpoints/step_N) or a mask_only run's {MASK_ONLY_CHECKPOINT}, or latest with "
+                              f"--output_dir RUN{where}")
         if self.target is not None:
             if self.mode != "mask_only":
                 raise ConfigError("target (synapses to remove) applies to mode mask_only; in train mode --density "
@@ -840,10 +841,15 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     resumed_at = state.step
     k = cfg.checkpoint_every
     if k and (state.step // k + 1) * k >= total_steps:  # (the last step writes the outputs, not a checkpoint)
-        accelerator.print(f"warning: --checkpoint_every {k} is not shorter than the run's {total_steps} steps"
-                          f"{f' (resumed at step {state.step})' if state.step else ''}, so no checkpoint will be "
-                          "written before the end and a stopped run cannot be resumed: give --checkpoint_every "
-                          f"{max(1, (total_steps - state.step - 1))} or fewer for one")
+        left = total_steps - state.step - 1  # the largest interval that still ends at a step before the last
+        fix = f": give --checkpoint_every {left} or fewer for one" if left >= 1 else ""
+        if state.step:
+            accelerator.print(f"warning: --checkpoint_every {k} writes no further checkpoint in the "
+                              f"{total_steps - state.step} steps left of {total_steps} (resumed at step {state.step}), "
+                              f"so a stopped run resumes from step {state.step} again{fix}")
+        else:
+            accelerator.print(f"warning: --checkpoint_every {k} is not shorter than the run's {total_steps} steps, so "
+                              f"no checkpoint will be written before the end and a stopped run cannot be resumed{fix}")
     lock.acquire(cfg)
     _save_config(accelerator, cfg, output_dir)  # only now: a refused command leaves an earlier run's config alone
     # every checkpoint carries the settings it was made with (checked by a later --resume)
@@ -1151,6 +1157,14 @@ def _mask_only_resumable(run: Path) -> bool:
     """Whether ``run`` holds a mask_only checkpoint --resume continues: its own, or one an --overwrite
     run killed before its first target left set aside (``.earlier``; stage_checkpoint.begin puts it back)."""
     return (run / MASK_ONLY_CHECKPOINT).is_file() or (run / (MASK_ONLY_CHECKPOINT + ".earlier")).is_file()
+
+
+def _resume_path_exists(resume: str) -> bool:
+    """Whether --resume names something there: a folder or file, or a mask_only run's checkpoint
+    file whose run folder is there (its checkpoint may be the '.earlier' copy an --overwrite run
+    killed before its first target left aside, which _mask_only_run_dir takes)."""
+    p = Path(resume)
+    return p.exists() or (p.name == MASK_ONLY_CHECKPOINT and p.parent.is_dir())
 
 
 def _mask_only_run_dir(resume: str, output_dir) -> Path:

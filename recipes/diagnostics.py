@@ -432,11 +432,11 @@ def main(argv=None):
     if args.output_dir is not None and not args.output_dir.strip():  # (it failed once the work was done)
         _refuse("--output_dir is empty: give a folder, or leave it out for the command's default")
     if args.output_dir is None and getattr(args, "replot", None):
-        args.output_dir = args.replot  # redrawn where the run is, unless told otherwise
-    if args.output_dir is None and args.command != "progress":
+        args.output_dir = args.replot  # redrawn where the run is, unless told otherwise (--replot's checks name it)
+    elif args.output_dir is None and args.command != "progress":
         args.output_dir = os.path.join("runs", "diagnostics", args.command)
-    if args.output_dir is not None:  # (makedirs failed with "File exists" once the work was done)
-        from adaptive.run_folder import not_a_folder
+    if args.output_dir is not None and args.output_dir != getattr(args, "replot", None):
+        from adaptive.run_folder import not_a_folder  # (makedirs failed with "File exists" once the work was done)
 
         problem = not_a_folder(args.output_dir)
         if problem:

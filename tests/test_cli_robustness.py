@@ -1,6 +1,7 @@
 """The recipes against the mistakes real users make: bad targets, a refused command in a folder
 that holds an earlier run, resuming with other settings or from a damaged checkpoint."""
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -1183,6 +1184,22 @@ def test_a_test_subset_smaller_than_the_classes_is_refused_before_training(tmp_p
     assert "test_subset must be a positive number of examples" in err and not out.exists()
 
 
+def test_a_test_subset_of_a_whole_small_test_split_is_taken_as_before():
+    """The early refusal compares with the class count; a test split smaller than that (a custom or
+    fake dataset) is taken whole by a test_subset of its size or more, as before the check, and the
+    warning's advice (test_subset = the split's size) is followed, not refused."""
+    from adaptive.data import get_datasets
+
+    for n in (8, 20):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            ds = get_datasets("fake", num_classes=10, test_size=8, test_subset=n, shape=[4])
+            assert len(ds.test) == 8
+        assert (n == 8) != any("test_subset=8" in str(w.message) for w in seen)
+    with pytest.raises(ValueError, match="test_subset 5 cannot hold one test example of each of the 10 classes"):
+        get_datasets("fake", num_classes=10, test_size=8, test_subset=5, shape=[4])
+
+
 def test_an_empty_output_dir_is_refused(tmp_path, capsys, monkeypatch):
     """--output_dir '' (an unset shell variable, say) ran into runs/<date-time> without a word."""
     monkeypatch.chdir(tmp_path)
@@ -1218,8 +1235,16 @@ def test_a_resume_path_that_does_not_exist_is_refused_while_parsing(tmp_path, ca
     as if the folder were there without checkpoints."""
     missing = tmp_path / "nowhere"
     err = error_of(TINY + ["--resume", str(missing)], capsys)
-    assert f"--resume {missing} does not exist: give a run folder or a checkpoint folder" in err
-    assert not missing.exists()
+    assert f"--resume {missing} does not exist: give a run folder, a checkpoint folder" in err
+    assert not missing.exists() and "relative paths start from" not in err  # (an absolute path)
+    # a mask_only run's checkpoint file is taken by name where its run folder is there: its record may be
+    # the '.earlier' copy an --overwrite run killed before its first target left aside
+    run = tmp_path / "run"
+    run.mkdir()
+    named = run / "mask_only_checkpoint.pt"
+    assert A.parse_args(TINY + ["--mode", "mask_only", "--resume", str(named)]).resume == str(named)
+    err = error_of(TINY + ["--mode", "mask_only", "--resume", str(missing / "mask_only_checkpoint.pt")], capsys)
+    assert "does not exist" in err
 
 
 def test_checkpoint_every_longer_than_the_run_warns_that_none_will_be_written(tmp_path, capsys):
@@ -1232,3 +1257,9 @@ def test_checkpoint_every_longer_than_the_run_warns_that_none_will_be_written(tm
     assert not (tmp_path / "a" / "checkpoints").exists() or not any((tmp_path / "a" / "checkpoints").iterdir())
     A.main(TINY + ["--output_dir", str(tmp_path / "b"), "--checkpoint_every", "10"])
     assert "--checkpoint_every" not in capsys.readouterr().out
+    # resumed from step 10, nothing more is written, but the checkpoint it resumed from stays: said so
+    A.main(TINY + ["--output_dir", str(tmp_path / "b"), "--checkpoint_every", "10", "--resume", "latest"])
+    out = capsys.readouterr().out
+    assert ("warning: --checkpoint_every 10 writes no further checkpoint in the 10 steps left of 20 (resumed at step "
+            "10), so a stopped run resumes from step 10 again: give --checkpoint_every 9 or fewer for one") in out
+    assert "cannot be resumed" not in out and (tmp_path / "b" / "checkpoints" / "step_00000010").is_dir()

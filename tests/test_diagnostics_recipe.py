@@ -141,8 +141,10 @@ def test_replot_records_the_noise_floor_it_refitted_above(recipe, tmp_path, caps
 
 def test_replot_of_a_folder_without_a_knowledge_run_names_the_option(recipe, tmp_path):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file.json").write_text("{}")
     for folder, says in ((tmp_path / "empty", "holds no knowledge_summary.json"),
-                         (tmp_path / "missing", "is not a folder")):
+                         (tmp_path / "missing", "is not a folder"),
+                         (tmp_path / "a_file.json", "is not a folder")):  # named as --replot, not --output_dir
         with pytest.raises(SystemExit) as e:
             recipe.main(["knowledge", "--replot", str(folder)])
         msg = str(e.value.code)

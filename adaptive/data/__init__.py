@@ -74,7 +74,8 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
         kw["progress"] = progress
     src: Source = builder(data_dir=data_dir, download=download, augment=augment, **kw)
     labels = src.train_labels
-    if test_subset is not None and test_subset < src.num_classes:  # (the test split is read only once trained)
+    if (test_subset is not None and test_subset < src.num_classes  # (the test split is read only once trained)
+            and (src.test_size is None or test_subset < src.test_size)):  # (a test_subset of the whole split takes it all)
         raise ValueError(f"test_subset {test_subset} cannot hold one test example of each of the {src.num_classes} "
                          f"classes of {name}: give a test_subset of at least {src.num_classes} (or leave it out)")
     _warn_short(name, "train", subset, len(labels), "subset")

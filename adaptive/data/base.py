@@ -18,7 +18,8 @@ class Source:
     ``train_labels`` are the labels of the whole train split (used to draw stratified holdout
     and subsets). ``train_view(idx)`` / ``eval_view(idx)`` give the examples of the train split
     at ``idx`` with training transforms (augmentation) or evaluation transforms. ``test()``
-    builds the test split; it is called only when the test split is first used. The datasets
+    builds the test split; it is called only when the test split is first used (``test_size``, when
+    a family knows it without building the split, lets a ``test_subset`` check run before that). The datasets
     returned expose ``targets`` (a LongTensor) and ``select(positions)`` (a sub-view).
     """
 
@@ -29,6 +30,7 @@ class Source:
     num_classes: int
     in_shape: Tuple[int, ...]
     classes: List[str] = field(default_factory=list)
+    test_size: Optional[int] = None  # the test split's size, where known without building it (None: not known)
 
 
 _DATASETS: Dict[str, Callable[..., Source]] = {}

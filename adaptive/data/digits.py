@@ -36,5 +36,5 @@ def digits(data_dir=None, download=False, augment=False) -> Source:
     return Source(
         train_labels=y_tr, train_view=view, eval_view=view,
         test=lambda: TensorImages(x[te], y[te], None, mean, std),
-        num_classes=10, in_shape=(1, 8, 8), classes=[str(i) for i in range(10)],
+        num_classes=10, in_shape=(1, 8, 8), classes=[str(i) for i in range(10)], test_size=len(te),
     )

@@ -38,4 +38,5 @@ def fake(data_dir=None, download=False, augment=False, shape=(3, 32, 32), num_cl
         eval_view=lambda idx: TensorImages(x, y, idx),
         test=lambda: TensorImages(xt, yt),
         num_classes=int(num_classes), in_shape=shape, classes=[str(i) for i in range(num_classes)],
+        test_size=len(yt),
     )
