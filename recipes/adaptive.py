@@ -280,7 +280,7 @@ class RunConfig:
         if self.resume and self.overwrite:
             raise ConfigError(f"--resume {self.resume} continues the run in the folder and --overwrite deletes it to "
                               "start afresh: give one of them (drop --overwrite to continue the run)")
-        if self.resume and self.resume != "latest" and not _resume_path_exists(self.resume):  # (said: "no checkpoint in")
+        if self.resume and self.resume != "latest" and not _resume_path_exists(self.resume, self.mode):  # (said: "no checkpoint in")
             where = "" if os.path.isabs(self.resume) else f" (relative paths start from {os.getcwd()})"
             raise ConfigError(f"--resume {self.resume} does not exist: give a run folder, a checkpoint folder "
                               f"(checkpoints/step_N) or a mask_only run's {MASK_ONLY_CHECKPOINT}, or latest with "
@@ -840,13 +840,13 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
     resumed_at = state.step
     k = cfg.checkpoint_every
-    if k and (state.step // k + 1) * k >= total_steps:  # (the last step writes the outputs, not a checkpoint)
-        left = total_steps - state.step - 1  # the largest interval that still ends at a step before the last
-        fix = f": give --checkpoint_every {left} or fewer for one" if left >= 1 else ""
+    left = total_steps - state.step - 1  # the largest interval that still ends at a step before the last
+    if k and (state.step // k + 1) * k >= total_steps and left >= 1:  # (the last step writes the outputs, not a
+        fix = f": give --checkpoint_every {left} or fewer for one"   # checkpoint: a run of 1 step left writes none)
         if state.step:
-            accelerator.print(f"warning: --checkpoint_every {k} writes no further checkpoint in the "
-                              f"{total_steps - state.step} steps left of {total_steps} (resumed at step {state.step}), "
-                              f"so a stopped run resumes from step {state.step} again{fix}")
+            accelerator.print(f"warning: --checkpoint_every {k} writes no further checkpoint in the {left + 1} steps "
+                              f"left of {total_steps} (resumed at step {state.step}), so a stopped run resumes from "
+                              f"step {state.step} again{fix}")
         else:
             accelerator.print(f"warning: --checkpoint_every {k} is not shorter than the run's {total_steps} steps, so "
                               f"no checkpoint will be written before the end and a stopped run cannot be resumed{fix}")
@@ -1159,12 +1159,12 @@ def _mask_only_resumable(run: Path) -> bool:
     return (run / MASK_ONLY_CHECKPOINT).is_file() or (run / (MASK_ONLY_CHECKPOINT + ".earlier")).is_file()
 
 
-def _resume_path_exists(resume: str) -> bool:
-    """Whether --resume names something there: a folder or file, or a mask_only run's checkpoint
-    file whose run folder is there (its checkpoint may be the '.earlier' copy an --overwrite run
-    killed before its first target left aside, which _mask_only_run_dir takes)."""
+def _resume_path_exists(resume: str, mode: str) -> bool:
+    """Whether --resume names something there: a folder or file, or, in mask_only mode, a run's
+    checkpoint file whose run folder is there (its checkpoint may be the '.earlier' copy an
+    --overwrite run killed before its first target left aside, which _mask_only_run_dir takes)."""
     p = Path(resume)
-    return p.exists() or (p.name == MASK_ONLY_CHECKPOINT and p.parent.is_dir())
+    return p.exists() or (mode == "mask_only" and p.name == MASK_ONLY_CHECKPOINT and p.parent.is_dir())
 
 
 def _mask_only_run_dir(resume: str, output_dir) -> Path:

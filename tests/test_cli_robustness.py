@@ -1196,8 +1196,9 @@ def test_a_test_subset_of_a_whole_small_test_split_is_taken_as_before():
             ds = get_datasets("fake", num_classes=10, test_size=8, test_subset=n, shape=[4])
             assert len(ds.test) == 8
         assert (n == 8) != any("test_subset=8" in str(w.message) for w in seen)
-    with pytest.raises(ValueError, match="test_subset 5 cannot hold one test example of each of the 10 classes"):
+    with pytest.raises(ValueError, match="test_subset 5 cannot hold one test example of each of the 10 classes") as e:
         get_datasets("fake", num_classes=10, test_size=8, test_subset=5, shape=[4])
+    assert "give a test_subset of at least 8 (the test split holds only 8 examples" in str(e.value)  # 8: no warning
 
 
 def test_an_empty_output_dir_is_refused(tmp_path, capsys, monkeypatch):
@@ -1245,6 +1246,8 @@ def test_a_resume_path_that_does_not_exist_is_refused_while_parsing(tmp_path, ca
     assert A.parse_args(TINY + ["--mode", "mask_only", "--resume", str(named)]).resume == str(named)
     err = error_of(TINY + ["--mode", "mask_only", "--resume", str(missing / "mask_only_checkpoint.pt")], capsys)
     assert "does not exist" in err
+    err = error_of(TINY + ["--resume", str(named)], capsys)  # train mode reads no such file: refused by name
+    assert f"--resume {named} does not exist" in err
 
 
 def test_checkpoint_every_longer_than_the_run_warns_that_none_will_be_written(tmp_path, capsys):

@@ -239,10 +239,11 @@ def test_the_unknown_op_error_defers_to_the_category_its_warning_suggests():
     from adaptive.diagnostics.gradient_depth import traced_depths
 
     with pytest.warns(UserWarning, match=r'register_op\(torch\._C\._special\.special_logsumexp, "reduce"\)'), \
-            pytest.raises(ValueError, match=r"'b'.*cannot follow \('special_logsumexp'.*register_op in the category its "
-                                            r"warning suggests for the op's shapes") as e:
+            pytest.raises(ValueError, match=r"'b'.*cannot follow \('special_logsumexp'.*follow each op's warning: register "
+                                            r"it with graphs.register_op in the category the warning suggests") as e:
         traced_depths(Logsumexp(), "b", torch.randn(2, 4))
     assert "each channel alone" not in str(e.value)
+    assert "where it says no category fits, write the op with ones the tracer knows" in str(e.value)  # (cdist, say)
 
 
 class AuxHead(nn.Module):

@@ -76,8 +76,11 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     labels = src.train_labels
     if (test_subset is not None and test_subset < src.num_classes  # (the test split is read only once trained)
             and (src.test_size is None or test_subset < src.test_size)):  # (a test_subset of the whole split takes it all)
+        least = src.num_classes if src.test_size is None else min(src.num_classes, src.test_size)
+        whole = (f" (the test split holds only {src.test_size} examples, fewer than the classes: {least} takes it all)"
+                 if least < src.num_classes else "")
         raise ValueError(f"test_subset {test_subset} cannot hold one test example of each of the {src.num_classes} "
-                         f"classes of {name}: give a test_subset of at least {src.num_classes} (or leave it out)")
+                         f"classes of {name}: give a test_subset of at least {least}{whole} (or leave it out)")
     _warn_short(name, "train", subset, len(labels), "subset")
     pool = stratified_subset(labels, subset, seed) if subset is not None else torch.arange(len(labels))
     kept, drawn = stratified_split(labels[pool], holdout, seed)

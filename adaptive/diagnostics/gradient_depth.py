@@ -65,9 +65,10 @@ def traced_depths(model: nn.Module, layer: str, example: Optional[torch.Tensor] 
             unknown = _unknown_ops_feeding(g, tr, lf.in_src) if any(before <= lid for before, _ in tr.unknown) else []
             if unknown:
                 raise ValueError(f"the data flow into {name!r} passes through {len(unknown)} op(s) the tracer cannot follow "
-                                 f"({', '.join(unknown[:3])}), so its depths would be wrong; teach graphs each op with "
-                                 "graphs.register_op in the category its warning suggests for the op's shapes, if "
-                                 "that category's description fits what the op does")
+                                 f"({', '.join(unknown[:3])}), so its depths would be wrong; follow each op's warning: "
+                                 "register it with graphs.register_op in the category the warning suggests (if that "
+                                 "category's description fits what the op does), or, where it says no category "
+                                 "fits, write the op with ones the tracer knows")
             return depth[lf.in_src].long().cpu()
     raise KeyError(f"the traced graph has no weighted layer {name!r}; it has {[lf.module for lf in g.layers][:12]}")
 
