@@ -952,6 +952,19 @@ class Controller:
                                  f"{what}={mine!r}: build it with {what}={name!r} to resume that run, or start this "
                                  "one without loading it")
 
+    def _without_empty_layers(self, sd: dict) -> dict:
+        """``sd`` without the tensors of no elements it keeps under the name of a weight that holds no
+        entries in this model either (``nn.Linear(4, 0)``): states saved before such weights were left
+        out of the connectome kept per-layer statistics of them (a copy; ``sd`` is left as given)."""
+        empty = {n for n, p in self.conn.model.named_parameters() if p.numel() == 0} - set(self.conn.masks)
+        if not empty:
+            return sd
+
+        def drop(d):
+            return {k: drop(v) if isinstance(v, dict) else v for k, v in d.items()
+                    if not (k in empty and isinstance(v, torch.Tensor) and v.numel() == 0)}
+        return drop(sd)
+
     def _check_state_shapes(self, sd: dict) -> None:
         """Refuse, before anything loads, a state whose per-layer tensors do not fit this connectome
         (a checkpoint of another model or of other layers). The stats' sums are keyed by layer; an
@@ -998,6 +1011,7 @@ class Controller:
         was before the error is raised (a :class:`ValueError` naming the part)."""
         if not isinstance(sd, dict) or "step_count" not in sd:
             raise ValueError("not a controller state_dict: it has no 'step_count' entry")
+        sd = self._without_empty_layers(sd)
         self._check_state_shapes(sd)
         self._check_state_kinds(sd)
         zero_cost_order = self._loaded_zero_cost_order(sd)

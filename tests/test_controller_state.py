@@ -254,3 +254,40 @@ def test_an_estimators_own_tensor_under_a_layers_name_is_not_taken_for_the_layer
         assert torch.equal(ctrl.drop_est.weight, torch.tensor([0.1, 0.9]))
     finally:
         _ESTIMATORS.pop("mix_own_weight", None)
+
+
+class _WithEmptyLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.e, self.b = nn.Linear(20, 32), nn.Linear(20, 0), nn.Linear(32, 5)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))) + self.e(x).sum()
+
+
+def test_a_state_saved_with_an_empty_layer_still_loads():
+    """Before weights with no entries (nn.Linear(20, 0)) were left out of connectomes, a controller
+    kept per-layer statistics of them; such a checkpoint's controller state was refused as holding
+    a layer 'this connectome does not have', so the run could not be resumed."""
+    torch.manual_seed(0)
+    m = _WithEmptyLayer()
+    conn = adaptive.Connectome(m)
+    assert "e.weight" not in conn.masks
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    ctrl = adaptive.Controller(conn, opt, policy="utility", estimator="taylor", density=0.5, update_every=4)
+    train(m, opt, 6)
+    sd = ctrl.state_dict()
+    for key in ("g_sum", "g2_sum"):
+        sd["stats"][key]["e.weight"] = torch.zeros(0, 20)  # as the old connectome's layer of no synapses left it
+    old = copy.deepcopy(sd)
+
+    m2 = _WithEmptyLayer()
+    conn2 = adaptive.Connectome(m2)
+    opt2 = torch.optim.SGD(m2.parameters(), lr=0.1)
+    ctrl2 = adaptive.Controller(conn2, opt2, policy="utility", estimator="taylor", density=0.5, update_every=4)
+    ctrl2.load_state_dict(sd)
+    assert ctrl2.step_count == ctrl.step_count and sd["stats"]["g_sum"].keys() == old["stats"]["g_sum"].keys()
+    assert torch.equal(ctrl2.stats.g_sum["a.weight"], ctrl.stats.g_sum["a.weight"])
+    sd["stats"]["g_sum"]["e.weight"] = torch.zeros(3, 20)  # a layer with entries there is another model's
+    with pytest.raises(ValueError, match="holds layer 'e.weight', which this connectome does not have"):
+        ctrl2.load_state_dict(sd)
