@@ -252,3 +252,19 @@ def test_a_steep_fit_drawn_out_to_the_last_count_does_not_break_the_figure(tmp_p
     assert 0.24 * k[-1] > 710  # exp of it is inf in float64
     curve.plot(tmp_path / "k.png")
     assert (tmp_path / "k.png").exists()
+
+
+def test_a_curve_that_never_rises_draws_without_a_legend_warning(tmp_path):
+    """Removing weights of an untrained net can only lower its loss: no point above 0 and no fit,
+    and the empty legend made matplotlib warn 'No artists with labels found to put in legend'."""
+    import warnings
+
+    from adaptive.diagnostics import Table
+    from adaptive.diagnostics.knowledge import KnowledgeCurve, fit_curve
+
+    rows = [dict(removed=a, fraction=a / 8, accuracy=0.5, loss=1 - 0.01 * a, accuracy_drop=0.0, loss_increase=-0.01 * a)
+            for a in (0, 1, 2, 4, 8)]
+    curve = KnowledgeCurve(Table(rows), 8, "magnitude", 0, fit_curve(Table(rows), 0.5, 100), 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        curve.plot(tmp_path / "k.png")

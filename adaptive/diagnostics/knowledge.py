@@ -320,7 +320,8 @@ class KnowledgeCurve:
             ax.set_xlabel("weights removed (count)")
             ax.set_ylabel(label + ", log axis")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:  # no point above 0 and no fit: nothing to name
+                ax.legend(fontsize=7)
         mode = "one shot" if self.finetune_batches == 0 else f"{self.finetune_batches} fine-tune batches per point"
         head = title or "knowledge distribution"
         import textwrap
