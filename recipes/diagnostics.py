@@ -301,8 +301,8 @@ def cmd_knowledge(args):
                   + (" (a fixed random sample)" if curve.meta['base']['samples'] < len(data.test.dataset) else ""))
     curve.meta.update(model=args.model, dataset=args.dataset, seconds=time.time() - t0,
                       title=f"knowledge distribution of {source} on {args.dataset}")
+    curve.save(out)  # first: a figure that fails to draw must not lose the measured curve
     paths = curve.plot(os.path.join(out, f"knowledge_{args.model}.png"), svg=args.svg, title=curve.meta["title"])
-    curve.save(out)
     print(f"\naccuracy of what remains\n{curve.table.to_markdown()}")
     print(f"\nexponential fits (log y = a + rate * removed)\n{curve.fit_table().to_markdown()}")
     print(f"\n{curve.note}; {curve.total:,} prunable weights; {time.time() - t0:.0f} s; figure {paths[0]}")

@@ -207,3 +207,18 @@ def test_a_layer_the_loss_never_reaches_is_left_out_with_a_warning():
     assert set(res.cosine) == {"a.weight"} and res.table["layer"] == ["a.weight"]
     with pytest.raises(ValueError, match="takes part in the loss"):
         collinearity(model, data, include="b")
+
+
+def test_the_layer_table_gives_the_share_of_weights_no_gradient_reached():
+    """A weight of a dead ReLU gets a gradient of exactly 0 in every batch: its cosine and sign
+    agreement read 0, as if its batches cancelled, and pull the layer's median down (LeNet-5 after
+    50 steps on MNIST: fc1's median cosine 0.028, most of its weights never reached). The table
+    now says how many of them there are."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    with torch.no_grad():
+        model[0].bias[:2] = -100.0  # units 0 and 1 never fire: their 2 x 4 input weights and 3 x 2 outputs get 0
+    loader = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(5)]
+    rows = {r["layer"]: r for r in collinearity(model, loader).table}
+    assert rows["0.weight"]["no_gradient"] == pytest.approx(8 / 24)
+    assert rows["2.weight"]["no_gradient"] == pytest.approx(6 / 18)

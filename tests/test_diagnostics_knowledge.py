@@ -232,3 +232,39 @@ def test_evaluate_refuses_empty_data_and_takes_batches_with_an_index():
         evaluate(model, [])
     x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
     assert evaluate(model, [(x, y, torch.arange(4))]) == evaluate(model, [(x, y)])
+
+
+def test_a_steep_fit_drawn_out_to_the_last_count_does_not_break_the_figure(tmp_path):
+    """A fit over the first few removals (e-fold every 4 weights) drawn out to the last count of
+    100,000 overflowed float64 to inf: matplotlib's log ticks raised OverflowError and the figure
+    (a pretrained ResNet-20 in obd order) was lost. The measured points now set the y range."""
+    from adaptive.diagnostics import Table
+    from adaptive.diagnostics.knowledge import KnowledgeCurve
+
+    k = [0, 1, 2, 4, 8, 16, 100000]
+    li = [0, 0.01, 0.03, 0.2, 3.0, 5.0, 6.0]
+    acc = [0.8, 0.79, 0.77, 0.7, 0.6, 0.1, 0.1]
+    rows = [dict(removed=a, fraction=a / k[-1], accuracy=c, loss=1 + x, accuracy_drop=0.8 - c, loss_increase=x)
+            for a, x, c in zip(k, li, acc)]
+    fit = dict(rate=0.24, intercept=-3.0, r2=0.9, points=4, within_tolerance=1.0, fit_from=1.0, fit_to=8.0,
+               holds_from=1.0, holds_to=8.0, floor=1e-3)
+    curve = KnowledgeCurve(Table(rows), k[-1], "obd", 0, {"loss_increase": dict(fit), "accuracy_drop": dict(fit)}, 0.1)
+    assert 0.24 * k[-1] > 710  # exp of it is inf in float64
+    curve.plot(tmp_path / "k.png")
+    assert (tmp_path / "k.png").exists()
+
+
+def test_a_curve_that_never_rises_draws_without_a_legend_warning(tmp_path):
+    """Removing weights of an untrained net can only lower its loss: no point above 0 and no fit,
+    and the empty legend made matplotlib warn 'No artists with labels found to put in legend'."""
+    import warnings
+
+    from adaptive.diagnostics import Table
+    from adaptive.diagnostics.knowledge import KnowledgeCurve, fit_curve
+
+    rows = [dict(removed=a, fraction=a / 8, accuracy=0.5, loss=1 - 0.01 * a, accuracy_drop=0.0, loss_increase=-0.01 * a)
+            for a in (0, 1, 2, 4, 8)]
+    curve = KnowledgeCurve(Table(rows), 8, "magnitude", 0, fit_curve(Table(rows), 0.5, 100), 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        curve.plot(tmp_path / "k.png")

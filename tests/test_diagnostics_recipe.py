@@ -49,6 +49,22 @@ def test_knowledge(recipe, tmp_path):
     assert "TEST" in summary["note"] and summary["estimator"] == "taylor"
 
 
+def test_knowledge_writes_its_tables_before_drawing(recipe, tmp_path, monkeypatch):
+    """The curve's tables were written after the figure: a figure that failed to draw (an
+    OverflowError of matplotlib's log ticks) lost the whole measurement, minutes of it."""
+    from adaptive.diagnostics import KnowledgeCurve
+
+    def fail(self, *a, **k):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(KnowledgeCurve, "plot", fail)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        recipe.main(["knowledge", *COMMON, "--output_dir", str(tmp_path), "--model", "mlp", "--train_steps", "3",
+                     "--points", "3"])
+    for name in ("knowledge_curve.csv", "knowledge_fit.csv", "knowledge_summary.json"):
+        assert (tmp_path / name).exists(), name
+
+
 def test_progress(recipe, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

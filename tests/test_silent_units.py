@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from adaptive.diagnostics import SilentUnits
+from adaptive.diagnostics import LayerSilence, SilentUnits
 from adaptive.training import TrainState, read_metrics_csv
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -72,6 +72,21 @@ def test_dead_channels_of_a_convolution_and_a_layer_called_twice():
     # the second call's output always gets a gradient: every channel of the shared layer is reached
     assert layers["shared"].silent == 0
     assert [l.name for l in SilentUnits.alarming(list(layers.values()))] == ["conv"]  # 4 of 6
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_transposed_convolution_counts_its_output_channels(groups, bias):
+    """A ConvTranspose's weight is (in, out/groups, *kernel): its units lie on axis 1. They were read
+    on axis 0, as input channels: a biased layer failed with a size mismatch, a bias-free one counted
+    the wrong units."""
+    torch.manual_seed(0)
+    ct = nn.ConvTranspose2d(4, 6, 3, groups=groups, bias=bias)
+    s = SilentUnits({"ct": ct})
+    ct(torch.randn(2, 4, 5, 5))[:, [1, 4]].sum().backward()  # only output channels 1 and 4 reach the loss
+    s.observe()
+    assert s.layers() == [LayerSilence("ct", 4, 6)]
+    assert torch.equal(s.vector()[:6] > 0, torch.tensor([False, True, False, False, True, False]))
 
 
 def test_layers_without_a_gradient_are_not_measured():

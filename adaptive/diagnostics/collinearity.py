@@ -95,7 +95,9 @@ class Collinearity:
     ``cosine[name]``, ``sign_agreement[name]``, ``full_grad_sq[name]`` (``G^2``) and
     ``grad_var[name]`` (variance of the batch gradients) are aligned with ``weight.reshape(-1)``.
     ``batches`` is the number of batches measured, ``batch_size`` the samples per batch (None: the
-    loader's own batches). ``table`` has one row per layer.
+    loader's own batches). ``table`` has one row per layer; its ``no_gradient`` is the share of the
+    layer's weights whose gradient was exactly 0 in every batch (a dead unit's inputs and outputs),
+    whose cosine and sign agreement read 0 and count in the layer's medians and fractions.
     """
 
     cosine: Dict[str, torch.Tensor]
@@ -266,5 +268,8 @@ def collinearity(
             "mean_sign_agreement": float(a.mean()),
             "median_G2": _median(mean * mean),
             "frac_cos>0.5": float((c > 0.5).double().mean()),
+            # no gradient in any batch (a dead unit's weights): cosine and agreement read 0 there, as if
+            # the batches cancelled; this says how much of the median and fractions that is
+            "no_gradient": float(((pos[i] + neg[i]) == 0).double().mean()),
         })
     return Collinearity(cos, agree, g2, var, n, batch_size, Table(rows))

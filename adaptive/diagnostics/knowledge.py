@@ -312,11 +312,16 @@ class KnowledgeCurve:
                         "and the collapse (3 needed); measure more points (--points)",
                         ha="center", va="center", transform=ax.transAxes, fontsize=8)
             ax.set_yscale("log")
+            if pos:  # the measured points set the range, not the line: a steep fit drawn out to the last
+                # count reaches 1e300 or overflows to inf (matplotlib's log ticks then fail) and flattens them
+                ys = [p[1] for p in pos]
+                ax.set_ylim(min(ys) / 3, max(ys) * 3)
             ax.set_xlim(-0.02 * max(k), 1.02 * max(k))
             ax.set_xlabel("weights removed (count)")
             ax.set_ylabel(label + ", log axis")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:  # no point above 0 and no fit: nothing to name
+                ax.legend(fontsize=7)
         mode = "one shot" if self.finetune_batches == 0 else f"{self.finetune_batches} fine-tune batches per point"
         head = title or "knowledge distribution"
         import textwrap

@@ -62,20 +62,25 @@ class SilentUnits:
 
     Args:
         layers: ``name -> module`` with a ``weight`` whose units lie on axis 0 (``nn.Linear``,
-            ``nn.Conv1d/2d/3d``) and an optional ``bias`` (one entry per unit).
+            ``nn.Conv1d/2d/3d``; on axis 1, group by group, for ``nn.ConvTranspose1d/2d/3d``, whose
+            weight is ``(in, out/groups, *kernel)``) and an optional ``bias`` (one entry per unit).
     Use :meth:`from_connectome` for a :class:`~adaptive.Connectome`'s synapse layers. Call
     :meth:`observe` once per optimizer step.
     """
 
     def __init__(self, layers: Mapping[str, nn.Module]):
-        weights, biases = {}, {}
+        weights, biases, transposed = {}, {}, {}
         for n, m in layers.items():
             w = getattr(m, "weight", None)
             if not isinstance(w, torch.Tensor) or w.dim() < 1:
                 raise TypeError(f"SilentUnits: {n} is a {type(m).__name__} without a weight tensor: pass layers "
                                 "such as Linear or Conv modules")
             weights[n], biases[n] = w, getattr(m, "bias", None)
+            if getattr(m, "transposed", False):  # a ConvTranspose: its units (output channels) lie on axis 1
+                transposed[n] = int(getattr(m, "groups", 1))
         self._setup(weights, biases, None)
+        self._transposed = transposed
+        self.units.update({n: int(weights[n].shape[1]) * g for n, g in transposed.items()})
 
     @classmethod
     def from_connectome(cls, conn) -> "SilentUnits":
@@ -111,6 +116,7 @@ class SilentUnits:
         self.units: Dict[str, int] = {n: int(w.shape[0]) for n, w in weights.items()}
         self._weights, self._biases, self._mask_of, self._masked = weights, biases, mask_of, masked
         self._float_masks = float_masks
+        self._transposed: Dict[str, int] = {}  # ConvTranspose layer -> its groups
         self._inputs: Dict[str, tuple] = {}  # layer -> (weakref to the mask, its version, units with a live input)
         self._peak: Dict[str, Optional[torch.Tensor]] = {n: None for n in self.names}
 
@@ -145,8 +151,13 @@ class SilentUnits:
                                     torch.zeros((), dtype=g.dtype, device=g.device))
             # a row is 0 where its max and min are: two reductions, no temporary of the gradient's size
             # (torch.aminmax was 14x slower on a CPU; a 2-norm underflows to 0 below 1e-23 in float32)
-            rows = g.reshape(k, -1)
-            peak = torch.maximum(rows.amax(dim=1), -rows.amin(dim=1))
+            if n in self._transposed:  # (in, out/groups, *kernel): reduce over each group's inputs and the kernel
+                groups = self._transposed[n]
+                rows = g.reshape(groups, g.shape[0] // groups, g.shape[1], -1)
+                peak = torch.maximum(rows.amax(dim=(1, 3)), -rows.amin(dim=(1, 3))).reshape(k)
+            else:
+                rows = g.reshape(k, -1)
+                peak = torch.maximum(rows.amax(dim=1), -rows.amin(dim=1))
             if biased:
                 peak = torch.maximum(peak, b.grad.detach().abs().to(peak.dtype))
             elif self._mask_of is not None:
