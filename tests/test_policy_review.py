@@ -1259,3 +1259,26 @@ def test_threshold_refuses_a_state_saved_at_another_pace_than_the_one_given():
     with pytest.raises(ValueError):
         fresh.load_state_dict(state["ctrl"])
     assert fresh.policy.state_dict() == before and fresh.step_count == 0  # nothing changed
+
+
+def test_magnitude_after_hand_edits_that_left_a_layer_short_says_it_stays_under(recwarn):
+    """magnitude, like gmp, only prunes: a layer a hand edit left under its budgeted count stays under,
+    and the network ended at 0.27 of a 0.5 density with no word about it. It warns as gmp does, at its
+    prune, and not where the target is within reach."""
+    for final, warns in ((0.5, True), (0.1, False)):
+        m = _mixed_net()
+        conn = adaptive.Connectome(m)
+        masks = {n: mk.clone() for n, mk in conn.masks.items()}
+        masks["5.weight"][:, 16:] = False  # 160 of its 1,280 synapses left: under 0.5 (640), over 0.1 (128)
+        conn.set_masks(masks)
+        opt = torch.optim.SGD(m.parameters(), lr=0.05)
+        adaptive.Controller(conn, opt, policy="magnitude", density=final, budget="uniform")
+        _train_mixed(m, 2, opt)
+        short = [str(w.message) for w in recwarn if "magnitude only prunes, so they stay under" in str(w.message)]
+        assert len(short) == int(warns)
+        if warns:
+            assert short[0].startswith("policy 'magnitude' at step 0: layer 5.weight holds 160 live synapses, "
+                                       "under the 640 its target density 0.5 asks of them")
+        else:
+            assert abs(conn.density() - final) < 0.01
+        recwarn.clear()

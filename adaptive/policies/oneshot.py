@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .base import Policy, keep_plan, register_policy
+from .gmp import warn_if_short
 
 
 @register_policy("magnitude")
@@ -20,6 +21,7 @@ class OneShot(Policy):
             return None
         plan = keep_plan(ctrl, ctrl.scores("cost", 0), ctrl.density)
         self.done = True  # only once planned: scores refused (NaN) leave the prune to come
+        warn_if_short(self, ctrl, ctrl.alive(), plan, 0)
         return plan
 
     def update(self, ctrl, step):
@@ -27,6 +29,7 @@ class OneShot(Policy):
             return None
         plan = keep_plan(ctrl, ctrl.scores("cost", step), ctrl.density)
         self.done = True
+        warn_if_short(self, ctrl, ctrl.alive(), plan, step)
         return plan
 
     def state_dict(self):
