@@ -776,9 +776,17 @@ class Controller:
         empty = [n for n, k in live.items() if k == 0 and n not in warned and n not in self.protected]
         if empty:
             warned.update(empty)
+            # only remedies this controller takes: a layer budget where the global one is in use, floors where
+            # it keeps them (a policy ranking globally refuses a layer budget, crawl a floor too)
+            policy = self.policy
+            floors = policy.keeps_floors if policy.keeps_floors is not None else not policy.ranks_globally
+            ways = ((["min_density=..."] if floors else [])
+                    + (["a per-layer budget ('erk', 'uniform')"] if self.budget == "global" and not policy.ranks_globally
+                       else [])
+                    + ["protect=[...]"])
             warn_user(f"layer(s) {empty[:5]}{' ...' if len(empty) > 5 else ''} have no live synapse left: the "
-                          "network is cut there and what follows sees a constant. Keep some with min_density=..., a "
-                          "per-layer budget ('erk', 'uniform'), protect=[...] or a finer ensemble")
+                      f"network is cut there and what follows sees a constant. Keep some with {', '.join(ways)} "
+                      "or a finer ensemble")
 
     def _holdout(self) -> float:
         """``holdout_loss()`` averaged over processes (as it is on one process): each process may

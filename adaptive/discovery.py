@@ -322,6 +322,13 @@ def discover(
     for kind, patterns, used in (("include", inc, used_inc), ("exclude", exc, used_exc)):
         unused = [p for p in patterns if p not in used]
         if unused:
+            others = [n for n, _ in model.named_parameters() if _matches(unused, n)]
+            if others:  # a bias, an embedding table, a bare Parameter read by F.linear: named, not prunable
+                raise ValueError(
+                    f"{kind} pattern(s) {unused} matched no prunable layer: they match the parameter(s) "
+                    f"{_listed(others)}, which are not weights of a prunable layer (nn.Linear, nn.Conv1d/2d/3d, "
+                    "nn.MultiheadAttention's projections, nn.RNN/LSTM/GRU matrices), so they are never synapses; "
+                    "to prune a weight, hold it in such a layer")
             raise ValueError(f"{kind} pattern(s) {unused} matched no prunable layer; check module names with "
                              "model.named_modules() and weight names with model.named_parameters()")
     if not found:

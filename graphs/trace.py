@@ -1012,6 +1012,18 @@ def _unwrap(tr: Trace) -> Trace:
     return tr
 
 
+def _failure(e: Exception) -> str:
+    """``Type: message (at node 'name')`` of what running the model on an input raised. torch's ShapeProp
+    re-raises an op's error as ``ShapeProp error for: node=... with meta={...}``, whose first few hundred
+    characters are the node's metadata: the op's own error (its ``__cause__``) is what says what was
+    wrong (a dtype, a shape), and the node fx was executing where it failed."""
+    where = str(e).partition("\n\nWhile executing %")[2].split(" ", 1)[0]
+    if isinstance(e, RuntimeError) and str(e).startswith("ShapeProp error") and e.__cause__ is not None:
+        e = e.__cause__
+    msg = str(e).split("\n\nWhile executing")[0]
+    return f"{type(e).__name__}: {msg[:200]}" + (f" (at node {where!r})" if where else "")
+
+
 def _trace_eval(model, example_input, input_nodes) -> Trace:
     root = _wrap_root(model)
     if not root:
@@ -1044,7 +1056,7 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
             if isinstance(e, InputError) and example_input is not None:  # fx appends the node: said once
                 raise InputError(str(e).split("\n\nWhile executing")[0]) from None
             shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in xs]
-            errors.append(f"input {shapes}: {type(e).__name__}: {str(e)[:200]}")
+            errors.append(f"input {shapes}: {_failure(e)}")
             continue
         _add_outputs(prop, gm, result)
         for w in book.warnings:

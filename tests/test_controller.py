@@ -1054,3 +1054,21 @@ def test_the_rounding_remainder_goes_to_the_largest_fractions():
     layers = _layers(nn.Linear(37, 9), nn.Linear(29, 23))  # 333 and 667 synapses
     # 3% of each: 9.99 and 20.01, 30 in all: the spare synapse goes to the 9.99
     assert get_budget("uniform")(layers, 0.03) == {"0.weight": 10, "1.weight": 20}
+
+
+@pytest.mark.parametrize("budget, advice", [
+    ("global", "min_density=..., a per-layer budget ('erk', 'uniform'), protect=[...] or a finer ensemble"),
+    ("uniform", "min_density=..., protect=[...] or a finer ensemble"),
+    ("erk", "min_density=..., protect=[...] or a finer ensemble"),
+])
+def test_an_emptied_layer_is_warned_about_with_only_the_remedies_this_controller_takes(budget, advice):
+    """The warning told a run under the 'uniform' budget that emptied a 2-neuron layer (neurons of 16,
+    density 0.1) to keep some with 'a per-layer budget ('erk', 'uniform')': the one in use. It
+    suggests a layer budget only under the global one."""
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)), ensemble="neuron")
+    with pytest.warns(UserWarning, match=r"\['2.weight'\] have no live synapse left") as rec:
+        adaptive.Controller(conn, policy="magnitude", density=0.1, budget=budget)
+    assert not conn.masks["2.weight"].any()
+    msg = next(str(w.message) for w in rec if "no live synapse left" in str(w.message))
+    assert msg.endswith("Keep some with " + advice)

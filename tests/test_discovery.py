@@ -402,3 +402,27 @@ def test_weights_with_no_entries_are_left_out_of_the_connectome():
     assert adaptive.Connectome(model, exclude="0").names == ["3.weight"]  # a pattern naming one is still used
     with pytest.raises(ValueError, match=r"no prunable layers: its layer\(s\) 0.weight have weights with no entries"):
         adaptive.Connectome(only_empty)
+
+
+class _BareWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 3))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.linear(x, self.w))
+
+
+def test_a_pattern_naming_a_parameter_outside_prunable_layers_says_so():
+    """include='w' on a bare Parameter read by F.linear (or a bias, an embedding table) was refused with
+    'check ... weight names with model.named_parameters()', where 'w' is listed: the error names the
+    parameters it matches and why they are no synapses."""
+    model = _BareWeight()
+    with pytest.raises(ValueError, match=r"\['w'\] matched no prunable layer: they match the parameter\(s\) w, "
+                                         r"which are not weights of a prunable layer.*hold it in such a layer"):
+        adaptive.Connectome(model, include="w")
+    with pytest.raises(ValueError, match=r"match the parameter\(s\) fc.bias, which are not weights"):
+        adaptive.Connectome(model, exclude="*.bias")
+    with pytest.raises(ValueError, match=r"\['nope'\] matched no prunable layer; check module names"):
+        adaptive.Connectome(model, include="nope")  # matches nothing at all: as before

@@ -788,3 +788,25 @@ def test_forward_options_fx_cannot_specialise_on_stay_as_before():
         g = graphs.build(model=_TupleOption(), level="unit", example_input=x)
     assert g.meta["traced"] and not g.warnings
     assert edge_set(g) >= wires("b", "add", [(i, i) for i in range(4)]) | full("add", "fc", 4, 2)
+
+
+class _TwoBranches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.branches = nn.ModuleDict({"a": nn.Sequential(nn.Linear(8, 16), nn.ReLU()), "b": nn.Linear(8, 4)})
+        self.out = nn.Linear(20, 2)
+
+    def forward(self, x):
+        return self.out(torch.cat([self.branches["a"](x), self.branches["b"](x)], -1))
+
+
+def test_an_input_the_model_cannot_run_is_refused_with_the_models_own_error():
+    """torch's ShapeProp re-raises an op's error as 'ShapeProp error for: node=... with meta={...}': the
+    message kept the first 200 characters of that metadata dump, so neither a wrong dtype nor a wrong
+    size was ever named. It names the op's own error and the node where it failed."""
+    conn = adaptive.Connectome(_TwoBranches())
+    with pytest.raises(RuntimeError, match=r"must have the same dtype.*at node 'branches_a_0'"):
+        graphs.build(conn, "unit", example_input=torch.randn(1, 8, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"\(1x7 and 8x16\).*at node 'branches_a_0'") as err:
+        graphs.build(conn, "unit", example_input=torch.randn(1, 7))
+    assert "ShapeProp" not in str(err.value) and "meta=" not in str(err.value)

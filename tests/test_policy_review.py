@@ -1259,3 +1259,48 @@ def test_threshold_refuses_a_state_saved_at_another_pace_than_the_one_given():
     with pytest.raises(ValueError):
         fresh.load_state_dict(state["ctrl"])
     assert fresh.policy.state_dict() == before and fresh.step_count == 0  # nothing changed
+
+
+def test_magnitude_after_hand_edits_that_left_a_layer_short_says_it_stays_under(recwarn):
+    """magnitude, like gmp, only prunes: a layer a hand edit left under its budgeted count stays under,
+    and the network ended at 0.27 of a 0.5 density with no word about it. It warns as gmp does, at its
+    prune, and not where the target is within reach."""
+    for final, warns in ((0.5, True), (0.1, False)):
+        m = _mixed_net()
+        conn = adaptive.Connectome(m)
+        masks = {n: mk.clone() for n, mk in conn.masks.items()}
+        masks["5.weight"][:, 16:] = False  # 160 of its 1,280 synapses left: under 0.5 (640), over 0.1 (128)
+        conn.set_masks(masks)
+        opt = torch.optim.SGD(m.parameters(), lr=0.05)
+        adaptive.Controller(conn, opt, policy="magnitude", density=final, budget="uniform")
+        _train_mixed(m, 2, opt)
+        short = [str(w.message) for w in recwarn if "magnitude only prunes, so they stay under" in str(w.message)]
+        assert len(short) == int(warns)
+        if warns:
+            assert short[0].startswith("policy 'magnitude' at step 0: layer 5.weight holds 160 live synapses, "
+                                       "under the 640 its target density 0.5 asks of them")
+        else:
+            assert abs(conn.density() - final) < 0.01
+        recwarn.clear()
+
+
+@pytest.mark.parametrize("estimator", ["taylor", "obd"])
+def test_magnitude_with_an_estimator_on_a_sparse_network_prunes_only_to_its_density(estimator):
+    """magnitude ranked absent synapses with present ones: a removal cost an estimator gives an absent
+    one (taylor's and obd's 0 where w = 0, above present ones' negative or tied costs) kept it in its
+    layer's budget, and a present synapse was pruned in its place: from 50% random masks to 0.3
+    under the uniform budget, the network ended at 0.283. Absent ensembles are never kept over
+    present ones, as under gmp."""
+    m = _mixed_net()
+    conn = adaptive.Connectome(m)
+    conn.set_masks({n: torch.rand(mk.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+                    for n, mk in conn.masks.items()})
+    before = {n: mk.clone() for n, mk in conn.masks.items()}
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    adaptive.Controller(conn, opt, policy="magnitude", estimator=estimator, density=0.3, budget="uniform",
+                        update_every=2, end_step=2)
+    _train_mixed(m, 3, opt)
+    assert abs(conn.density() - 0.3) < 1e-3
+    for n, mk in conn.masks.items():
+        assert not bool((mk & ~before[n]).any())  # pruned only
+        assert abs(int(mk.sum()) - round(0.3 * mk.numel())) <= 1, n

@@ -37,40 +37,40 @@ class GMP(Policy):
             for n, s in ctrl.scores("cost", step).items()
         }
         plan = keep_plan(ctrl, scores, target)
-        self._warn_if_short(ctrl, alive, plan, step)
+        warn_if_short(self, ctrl, alive, plan, step)
         return plan
 
-    def _warn_if_short(self, ctrl, alive, plan, step):
-        """gmp only prunes: where hand edits (Connectome.set_masks, before or during the run) left layers
-        below what the schedule's final density asks of them, the network stays under its target. Say
-        so, once per set of short layers, rather than leave a run at a fraction of its density in
-        silence (layers only under the schedule's present density catch up as it falls)."""
-        if ctrl.conn.fixed_density is not None:  # n:m granularities keep n of every m, no count to miss
-            return
-        target = ctrl.density  # the schedule only falls: a layer under its final count stays under for good
-        per_layer, total = synapse_targets(ctrl, target)
-        live, slack = {}, {}
-        for n in ctrl.editable():
-            kept = alive[n].reshape(-1).clone()
-            if n in plan.prune:
-                kept[plan.prune[n].to(kept.device)] = False
-            size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)
-            live[n] = int(round(float(live_synapses(size, kept))))
-            slack[n] = size if isinstance(size, float) else float(size.max())
-        if per_layer is not None:
-            short = sorted(n for n in live if live[n] < per_layer[n] - slack[n])
-            have, wanted = sum(live[n] for n in short), sum(per_layer[n] for n in short)
-            who = f"layer{'s' if len(short) > 1 else ''} {', '.join(short)} hold{'' if len(short) > 1 else 's'}"
-        else:
-            have, wanted = sum(live.values()), total
-            short = [] if have >= wanted - max(slack.values(), default=0) else ["network"]
-            who = "the editable layers hold"
-        warned = self.__dict__.setdefault("_warned_short", set())
-        if not short or tuple(short) in warned:
-            return
-        warned.add(tuple(short))
-        warn_user(f"policy 'gmp' at step {step}: {who} {have:,} live synapses, under the {wanted:,} its target "
-                  f"density {target:.4g} asks of them, after hand edits (Connectome.set_masks) removed synapses; "
-                  "gmp only prunes, so they stay under: refill them "
-                  "by hand or use a policy that grows (set, rigl, utility)")
 
+def warn_if_short(policy, ctrl, alive, plan, step):
+    """gmp and magnitude only prune: where hand edits (Connectome.set_masks, before or during the run)
+    left layers below what the final density asks of them, the network stays under its target. Say
+    so, once per set of short layers, rather than leave a run at a fraction of its density in
+    silence (under gmp, layers only under the schedule's present density catch up as it falls)."""
+    if ctrl.conn.fixed_density is not None:  # n:m granularities keep n of every m, no count to miss
+        return
+    target = ctrl.density  # the schedule only falls: a layer under its final count stays under for good
+    per_layer, total = synapse_targets(ctrl, target)
+    live, slack = {}, {}
+    for n in ctrl.editable():
+        kept = alive[n].reshape(-1).clone()
+        if n in plan.prune:
+            kept[plan.prune[n].to(kept.device)] = False
+        size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)
+        live[n] = int(round(float(live_synapses(size, kept))))
+        slack[n] = size if isinstance(size, float) else float(size.max())
+    if per_layer is not None:
+        short = sorted(n for n in live if live[n] < per_layer[n] - slack[n])
+        have, wanted = sum(live[n] for n in short), sum(per_layer[n] for n in short)
+        who = f"layer{'s' if len(short) > 1 else ''} {', '.join(short)} hold{'' if len(short) > 1 else 's'}"
+    else:
+        have, wanted = sum(live.values()), total
+        short = [] if have >= wanted - max(slack.values(), default=0) else ["network"]
+        who = "the editable layers hold"
+    warned = policy.__dict__.setdefault("_warned_short", set())
+    if not short or tuple(short) in warned:
+        return
+    warned.add(tuple(short))
+    warn_user(f"policy '{policy.name}' at step {step}: {who} {have:,} live synapses, under the {wanted:,} its target "
+              f"density {target:.4g} asks of them, after hand edits (Connectome.set_masks) removed synapses; "
+              f"{policy.name} only prunes, so they stay under: refill them "
+              "by hand or use a policy that grows (set, rigl, utility)")

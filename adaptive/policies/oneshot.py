@@ -1,7 +1,10 @@
 """One-shot pruning to a density: by magnitude (the default) or by any named estimator."""
 from __future__ import annotations
 
+import torch
+
 from .base import Policy, keep_plan, register_policy
+from .gmp import warn_if_short
 
 
 @register_policy("magnitude")
@@ -18,15 +21,26 @@ class OneShot(Policy):
     def initialize(self, ctrl):
         if ctrl.drop_est.needs_gradients:
             return None
-        plan = keep_plan(ctrl, ctrl.scores("cost", 0), ctrl.density)
+        plan = self._plan(ctrl, 0)
         self.done = True  # only once planned: scores refused (NaN) leave the prune to come
         return plan
 
     def update(self, ctrl, step):
         if self.done:
             return None
-        plan = keep_plan(ctrl, ctrl.scores("cost", step), ctrl.density)
+        plan = self._plan(ctrl, step)
         self.done = True
+        return plan
+
+    def _plan(self, ctrl, step):
+        # an absent ensemble is never kept in place of a present one: a removal cost an estimator gives it
+        # (0 where w = 0, above a signed cost's negative ones) counted it in its layer's budget, and a
+        # present one was pruned in its place, so a sparse network ended below its density
+        alive = ctrl.alive()
+        scores = {n: torch.where(alive[n].to(s.device), s, torch.full_like(s, float("-inf")))
+                  for n, s in ctrl.scores("cost", step).items()}
+        plan = keep_plan(ctrl, scores, ctrl.density)
+        warn_if_short(self, ctrl, alive, plan, step)
         return plan
 
     def state_dict(self):
