@@ -268,7 +268,7 @@ def cmd_knowledge(args):
         if not 0.0 < args.max_fraction <= 1.0:
             _refuse(f"--max_fraction must be in (0, 1], got {args.max_fraction}")
         _check_counts(args, "points", "eval_batches", "order_batches")
-        _check_counts(args, "finetune_batches", least=0)
+        _check_counts(args, "finetune_batches", "bn_batches", least=0)
     if args.replot:
         try:  # read before any folder is made: a mistyped --replot creates nothing
             curve = D.KnowledgeCurve.load(args.replot, noise_floor=args.noise_floor)
@@ -291,14 +291,15 @@ def cmd_knowledge(args):
         points=args.points,
         max_fraction=args.max_fraction, finetune_batches=args.finetune_batches,
         finetune_loader=seeded_train_loader(data, args.batch_size, args.seed + 2), lr=args.finetune_lr,
-        eval_batches=args.eval_batches, order_batches=args.order_batches,
+        eval_batches=args.eval_batches, order_batches=args.order_batches, bn_batches=args.bn_batches,
         noise_floor=DEFAULT_NOISE_FLOOR if args.noise_floor is None else args.noise_floor,
     )
     n_order = min(len(data.holdout.dataset), (args.order_batches or 10 ** 9) * (data.holdout.batch_size or 1))
     source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
     curve.note = (f"order from {'weights only' if args.estimator == 'magnitude' else f'{n_order} held-out TRAIN images'}; "
                   f"accuracy on {curve.meta['base']['samples']} {args.dataset} TEST images"
-                  + (" (a fixed random sample)" if curve.meta['base']['samples'] < len(data.test.dataset) else ""))
+                  + (" (a fixed random sample)" if curve.meta['base']['samples'] < len(data.test.dataset) else "")
+                  + "".join("; " + c for c in curve.meta["caveats"]))
     curve.meta.update(model=args.model, dataset=args.dataset, seconds=time.time() - t0,
                       title=f"knowledge distribution of {source} on {args.dataset}")
     curve.save(out)  # first: a figure that fails to draw must not lose the measured curve
@@ -391,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--finetune_batches", type=int, default=0, help="fine-tune steps after each point (0 = one shot)")
     s.add_argument("--finetune_lr", type=float, default=1e-3, help="SGD step size of the --finetune_batches steps")
     s.add_argument("--eval_batches", type=int, default=None, help="TEST batches per point (default: all)")
+    s.add_argument("--bn_batches", type=int, default=0, help="TRAIN batches on which BatchNorm statistics are "
+                   "re-estimated at every point (0: the intact network's are kept)")
     s.add_argument("--order_batches", type=int, default=20, help="held-out TRAIN batches for gradient-based orders")
     s.add_argument("--noise_floor", type=float, default=None,
                    help="loss increases (nats) below this are not fitted; recorded in knowledge_summary.json and "

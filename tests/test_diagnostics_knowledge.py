@@ -268,3 +268,45 @@ def test_a_curve_that_never_rises_draws_without_a_legend_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         curve.plot(tmp_path / "k.png")
+
+
+def _bn_net():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 4))
+    train = [(torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))) for _ in range(3)]
+    with torch.no_grad():  # running statistics of its own
+        model.train()
+        for x, _ in train:
+            model(x)
+        model.eval()
+    return model, train
+
+
+def test_batchnorm_statistics_are_named_in_the_note_or_re_estimated_at_every_point():
+    """Removal left BatchNorm with the intact network's running statistics, which a pretrained
+    ResNet-20 with 17% removed turned into 3e5 nats of 'loss increase' (5.9 re-estimated), and the
+    curve said nothing of it."""
+    model, train = _bn_net()
+    kept = knowledge_distribution(model, train, counts=[0, 100])
+    assert "intact network's running statistics" in kept.note and "bn_batches" in kept.note
+    curve = knowledge_distribution(model, train, counts=[0, 100], bn_batches=2, finetune_loader=train)
+    assert "re-estimated at every point on 2 TRAIN batches" in curve.note
+    work = curve.meta["model"]  # left at the last point: the statistics of the pruned net over the 2 batches
+    with torch.no_grad():
+        h = [work[0](x) for x, _ in train[:2]]
+    bn = work[1]  # the mean of the two batches' statistics
+    assert torch.allclose(bn.running_mean, sum(t.mean((0, 2, 3)) for t in h) / 2, atol=1e-5)
+    assert torch.allclose(bn.running_var, sum(t.var((0, 2, 3)) for t in h) / 2, rtol=1e-4)
+    assert bn.momentum == 0.1 and torch.equal(model[1].running_mean, _bn_net()[0][1].running_mean)
+    with pytest.raises(ValueError, match="bn_batches"):
+        knowledge_distribution(model, train, counts=[0, 100], bn_batches=-1)
+
+
+def test_an_overshooting_fine_tune_is_named_not_printed_as_lost_knowledge():
+    model, train = _trained_mlp()
+    with pytest.warns(UserWarning, match="overshooting step, not lost knowledge: use a lower lr"):
+        curve = knowledge_distribution(model, train, order_loader=train, counts=[0, 20, 60], finetune_batches=1, lr=1e4)
+    assert curve.meta["finetune_overshot"] == [20, 60] and "overshooting" in curve.note
+    calm = knowledge_distribution(model, train, order_loader=train, counts=[0, 20, 60], finetune_batches=1, lr=1e-3)
+    assert calm.meta["finetune_overshot"] == [] and "overshooting" not in calm.note

@@ -230,14 +230,27 @@ class LogHistogram:
         return self.sums / self.total().clamp_min(1)
 
     def quantile(self, q: float) -> torch.Tensor:
-        """Per-group ``q``-quantile (geometric interpolation inside a bin; 0.0 if it falls among zeros)."""
+        """Per-group ``q``-quantile as ``torch.quantile`` defines it (linear interpolation between the
+        two values ranked ``q * (n - 1)`` either side), each of the two read from its bin (geometric
+        interpolation inside it, 0.0 among the zeros), so within the class's resolution of
+        ``torch.quantile``. It read the value of rank ``q * n``, the lower of the two middle values
+        for a median: on 96 values, 3% and more below ``torch.quantile``, however fine the bins."""
         tot = self.total()
-        target = q * tot
-        need = (target - self.zeros).clamp_min(0)
+        pos = q * (tot - 1).clamp_min(0)
+        lo = pos.floor()
+        frac = pos - lo
+        a, b = self._at_rank(lo), self._at_rank(torch.minimum(lo + 1, (tot - 1).clamp_min(0)))
+        val = a + frac * (b - a)
+        return torch.where(tot == 0, torch.zeros_like(val), val)
+
+    def _at_rank(self, rank: torch.Tensor) -> torch.Tensor:
+        """Per group, the value of 0-based ``rank`` in ascending order: 0.0 among the zeros, else the
+        geometric middle of its share of its bin."""
+        need = rank - self.zeros + 0.5  # counts the value half: the middle of its share of the bin
         cum = self.counts.cumsum(1)
-        idx = torch.searchsorted(cum, need.unsqueeze(1)).squeeze(1).clamp_(max=self.nbins - 1)
+        idx = torch.searchsorted(cum, need.clamp_min(0).unsqueeze(1)).squeeze(1).clamp_(max=self.nbins - 1)
         before = torch.where(idx > 0, cum.gather(1, (idx - 1).clamp_min(0).unsqueeze(1)).squeeze(1), torch.zeros_like(need))
         inbin = self.counts.gather(1, idx.unsqueeze(1)).squeeze(1).clamp_min(1)
         frac = ((need - before) / inbin).clamp(0, 1)
         val = 10 ** (self.lo + (idx.double() + frac) / self.bpd)
-        return torch.where((target <= self.zeros) | (tot == 0), torch.zeros_like(val), val)
+        return torch.where(rank < self.zeros, torch.zeros_like(val), val)
