@@ -780,7 +780,7 @@ class Controller:
             # it keeps them (a policy ranking globally refuses a layer budget, crawl a floor too)
             policy = self.policy
             floors = policy.keeps_floors if policy.keeps_floors is not None else not policy.ranks_globally
-            ways = ((["min_density=..."] if floors else [])
+            ways = ((["min_density=..."] if floors and self.budget != "uniform" else [])  # (uniform: at most each share)
                     + (["a per-layer budget ('erk', 'uniform')"] if self.budget == "global" and not policy.ranks_globally
                        else [])
                     + ["protect=[...]"])

@@ -1058,7 +1058,7 @@ def test_the_rounding_remainder_goes_to_the_largest_fractions():
 
 @pytest.mark.parametrize("budget, advice", [
     ("global", "min_density=..., a per-layer budget ('erk', 'uniform'), protect=[...] or a finer ensemble"),
-    ("uniform", "min_density=..., protect=[...] or a finer ensemble"),
+    ("uniform", "protect=[...] or a finer ensemble"),  # (a floor is at most each layer's uniform share)
     ("erk", "min_density=..., protect=[...] or a finer ensemble"),
 ])
 def test_an_emptied_layer_is_warned_about_with_only_the_remedies_this_controller_takes(budget, advice):

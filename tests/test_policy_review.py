@@ -1304,3 +1304,28 @@ def test_magnitude_with_an_estimator_on_a_sparse_network_prunes_only_to_its_dens
     for n, mk in conn.masks.items():
         assert not bool((mk & ~before[n]).any())  # pruned only
         assert abs(int(mk.sum()) - round(0.3 * mk.numel())) <= 1, n
+
+
+@pytest.mark.parametrize("policy", ["magnitude", "gmp"])
+def test_a_layer_below_its_floor_holds_it_with_live_synapses_only(policy, recwarn):
+    """Under the global budget with min_density, a plan that only prunes held each layer's floor
+    with any of its ensembles, absent ones too: a layer that hand edits left below its floor
+    reserved absent synapses it never grows, and live ones elsewhere were pruned in their place
+    (540 live of a 780 target, layers 0 and 4 cut from 1,000 live synapses to 460)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(20, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 5))
+    conn = adaptive.Connectome(m)
+    cut = torch.zeros(40, 40, dtype=torch.bool)
+    cut.view(-1)[torch.randperm(1600, generator=torch.Generator().manual_seed(1))[:80]] = True
+    conn.set_masks({"2.weight": cut})
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    kw = {"end_step": 2} if policy == "magnitude" else {"start_step": 0, "end_step": 2}
+    adaptive.Controller(conn, opt, policy=policy, density=0.3, budget="global", min_density=0.2, update_every=2, **kw)
+    x, y = torch.randn(16, 20), torch.randint(0, 5, (16,))
+    for _ in range(3):
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    live = {n: int(mk.sum()) for n, mk in conn.masks.items()}
+    assert live["2.weight"] == 80  # below its floor (320): nothing is grown, and it reserves nothing more
+    assert sum(live.values()) == round(0.3 * sum(mk.numel() for mk in conn.masks.values())), live

@@ -538,7 +538,7 @@ def _hold_network(ctrl, keep_scores, keep, density, alive, allow_grow):
     k = concat(keep)[0].to(flat.device)
     a = concat({n: alive[n].reshape(keep_scores[n].shape) for n in names})[0].to(k.device)
     can_keep = torch.ones_like(a) if allow_grow else a
-    held = floor_mask(ctrl, keep_scores, None)
+    held = floor_mask(ctrl, keep_scores, None if allow_grow else alive)  # (an absent one, never grown, holds no floor)
     can_drop = k & can_keep if held is None else k & can_keep & ~held.to(k.device)
     grow, drop = hold_count(per_synapse(flat, size), k & can_keep, size, global_synapse_target(ctrl, density),
                             ~k & can_keep, can_drop)
@@ -569,7 +569,9 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
             flat, names, sizes = concat(keep_scores)
             size = concat_sizes(ctrl, names, sizes)
             ranked = per_synapse(flat, size)
-            held = floor_mask(ctrl, keep_scores, None)
+            # a plan that only prunes holds each floor with live ensembles: an absent one there is
+            # never grown, and holding the floor it would take budget a present one elsewhere needs
+            held = floor_mask(ctrl, keep_scores, None if allow_grow else alive)
             if held is not None:  # each layer's floor first, then the best of the rest across layers
                 ranked = ranked.masked_fill(held.to(ranked.device), float("inf"))
             k = _keep_top(ranked, size, total)
