@@ -323,6 +323,14 @@ def discover(
         unused = [p for p in patterns if p not in used]
         if unused:
             others = [n for n, _ in model.named_parameters() if _matches(unused, n)]
+            stored = [n for n in others if ".parametrizations." in n or re.search(r"(_orig|weight_g|weight_v)$", n)]
+            if stored:  # the tensors a reparametrised weight is computed from: the weight is in a prunable layer
+                raise ValueError(
+                    f"{kind} pattern(s) {unused} matched no prunable layer: they match {_listed(stored)}, the stored "
+                    "tensors of reparametrised weights (torch.nn.utils.prune, weight_norm, a parametrization), which "
+                    "a Connectome leaves dense; remove the reparametrisation first (prune.remove(module, 'weight'), "
+                    "torch.nn.utils.remove_weight_norm(module), or torch.nn.utils.parametrize."
+                    "remove_parametrizations(module, 'weight', leave_parametrized=True))")
             if others:  # a bias, an embedding table, a bare Parameter read by F.linear: named, not prunable
                 raise ValueError(
                     f"{kind} pattern(s) {unused} matched no prunable layer: they match the parameter(s) "

@@ -426,3 +426,18 @@ def test_a_pattern_naming_a_parameter_outside_prunable_layers_says_so():
         adaptive.Connectome(model, exclude="*.bias")
     with pytest.raises(ValueError, match=r"\['nope'\] matched no prunable layer; check module names"):
         adaptive.Connectome(model, include="nope")  # matches nothing at all: as before
+
+
+def test_a_pattern_naming_a_reparametrised_weight_says_to_remove_the_reparametrisation():
+    """A weight under torch.nn.utils.prune or a parametrization is in an nn.Linear already: 'hold it in
+    such a layer' was the wrong fix, contradicting the warning beside it."""
+    from torch.nn.utils import parametrizations, prune
+
+    for reparam, stored in ((lambda m: prune.l1_unstructured(m, "weight", amount=0.5), "0.weight_orig"),
+                            (parametrizations.weight_norm, "0.parametrizations.weight.original0")):
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+        reparam(model[0])
+        with pytest.warns(UserWarning), pytest.raises(ValueError) as e:
+            adaptive.Connectome(model, include="0.*")
+        msg = str(e.value)
+        assert stored in msg and "remove the reparametrisation first" in msg and "hold it in such a layer" not in msg
