@@ -1,6 +1,8 @@
 """knowledge_distribution: exact curves on a constructed classifier, fits, fine-tune keeps zeros."""
 import math
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -250,8 +252,24 @@ def test_a_steep_fit_drawn_out_to_the_last_count_does_not_break_the_figure(tmp_p
                holds_from=1.0, holds_to=8.0, floor=1e-3)
     curve = KnowledgeCurve(Table(rows), k[-1], "obd", 0, {"loss_increase": dict(fit), "accuracy_drop": dict(fit)}, 0.1)
     assert 0.24 * k[-1] > 710  # exp of it is inf in float64
-    curve.plot(tmp_path / "k.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # matplotlib's 'overflow encountered in exp' on the line
+        curve.plot(tmp_path / "k.png")
     assert (tmp_path / "k.png").exists()
+    # ResNet-20, obd order, BatchNorm re-estimated: a fit over the first 1,265 of 268,336 removals drawn out to
+    # the last reached inf, and matplotlib's log-axis transform warned 'overflow encountered in exp'
+    k = [0, 1, 6, 36, 212, 1265, 7544, 44994, 89445, 178891, 268336]
+    li = [0, 0.01149, 0.07194, 0.4439, 2.468, 6.756, 11.12, 4.714, 5.38, 4.293, 1.343]
+    acc = [0.784, 0.77, 0.76, 0.712, 0.462, 0.248, 0.128, 0.104, 0.104, 0.104, 0.1]
+    rows = [dict(removed=a, fraction=a / k[-1], accuracy=c, loss=1 + x, accuracy_drop=0.784 - c, loss_increase=x)
+            for a, x, c in zip(k, li, acc)]
+    fit = dict(rate=0.0034684, intercept=-2.0738, r2=0.53, points=5, within_tolerance=0.4, fit_from=1.0,
+               fit_to=1265.0, holds_from=1.0, holds_to=1265.0, floor=1e-3)
+    real = KnowledgeCurve(Table(rows), k[-1], "obd", 1, {"loss_increase": fit,
+                                                         "accuracy_drop": dict(fit, rate=0.0022081, intercept=-4.2)}, 0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        real.plot(tmp_path / "r.png")
 
 
 def test_a_curve_that_never_rises_draws_without_a_legend_warning(tmp_path):

@@ -300,7 +300,11 @@ class KnowledgeCurve:
             f = self.fits.get(key, {})
             if f and f.get("rate") == f.get("rate") and f.get("fit_from") is not None:
                 xs = torch.linspace(0, max(k), 200)
-                ax.plot(xs, scale * torch.exp(f["intercept"] + f["rate"] * xs.double()), "-", color="C3",
+                line = scale * torch.exp(f["intercept"] + f["rate"] * xs.double())
+                if pos:  # held just outside the measured range, which sets the axis: a steep fit's 1e300 or
+                    # inf drawn on a log axis overflows matplotlib's transforms ('overflow encountered in exp')
+                    line = line.clamp(min(p[1] for p in pos) / 30, max(p[1] for p in pos) * 30)
+                ax.plot(xs, line, "-", color="C3",
                         label=f"exp fit: e-fold every {1 / f['rate']:.3g} weights (R²={f['r2']:.3f})" if f["rate"] > 0 else "exp fit")
                 ax.axvspan(f["fit_from"], f["fit_to"], color="C2", alpha=0.12,
                            label=f"fitted range ({f.get('within_tolerance', float('nan')):.0%} of its points within ×2)")
