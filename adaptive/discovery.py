@@ -161,6 +161,36 @@ def _matches(patterns: Sequence[str], *names: str) -> bool:
     return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
 
 
+def _reparametrised_weight(model: nn.Module, name: str) -> Optional[str]:
+    """For a parameter that stores the reparametrised weight of a prunable layer (prune's
+    ``weight_orig``, weight_norm's ``weight_g``/``weight_v``, spectral_norm's ``weight_orig``, a
+    parametrization's ``parametrizations.weight.original*``): the call that removes it; else None.
+    Read from the module's hooks and parametrizations, not guessed from the name."""
+    owner, _, leaf = name.rpartition(".")
+    if ".parametrizations.weight.original" in f".{name}":
+        owner = f".{name}".split(".parametrizations.weight.")[0][1:]
+        leaf = None
+    try:
+        m = model.get_submodule(owner)
+    except AttributeError:
+        return None
+    if not isinstance(m, PRUNABLE_TYPES):
+        return None
+    if leaf is None:
+        return ("torch.nn.utils.parametrize.remove_parametrizations(module, 'weight', leave_parametrized=True)"
+                if parametrize.is_parametrized(m, "weight") else None)
+    for h in m._forward_pre_hooks.values():
+        if getattr(h, "name", getattr(h, "_tensor_name", None)) != "weight":
+            continue
+        if isinstance(h, SpectralNorm) and leaf == "weight_orig":
+            return "torch.nn.utils.remove_spectral_norm(module)"
+        if isinstance(h, WeightNorm) and leaf in ("weight_g", "weight_v"):
+            return "torch.nn.utils.remove_weight_norm(module)"
+        if isinstance(h, torch_prune.BasePruningMethod) and leaf == "weight_orig":
+            return "torch.nn.utils.prune.remove(module, 'weight')"
+    return None
+
+
 def _listed(names: Sequence[str]) -> str:
     return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
 
@@ -323,14 +353,12 @@ def discover(
         unused = [p for p in patterns if p not in used]
         if unused:
             others = [n for n, _ in model.named_parameters() if _matches(unused, n)]
-            stored = [n for n in others if ".parametrizations." in n or re.search(r"(_orig|weight_g|weight_v)$", n)]
+            stored = {n: fix for n in others if (fix := _reparametrised_weight(model, n))}
             if stored:  # the tensors a reparametrised weight is computed from: the weight is in a prunable layer
                 raise ValueError(
-                    f"{kind} pattern(s) {unused} matched no prunable layer: they match {_listed(stored)}, the stored "
-                    "tensors of reparametrised weights (torch.nn.utils.prune, weight_norm, a parametrization), which "
-                    "a Connectome leaves dense; remove the reparametrisation first (prune.remove(module, 'weight'), "
-                    "torch.nn.utils.remove_weight_norm(module), or torch.nn.utils.parametrize."
-                    "remove_parametrizations(module, 'weight', leave_parametrized=True))")
+                    f"{kind} pattern(s) {unused} matched no prunable layer: they match {_listed(list(stored))}, the "
+                    "stored tensors of reparametrised weights of prunable layers, which a Connectome leaves dense; "
+                    f"remove the reparametrisation first ({' or '.join(sorted(set(stored.values())))})")
             if others:  # a bias, an embedding table, a bare Parameter read by F.linear: named, not prunable
                 raise ValueError(
                     f"{kind} pattern(s) {unused} matched no prunable layer: they match the parameter(s) "

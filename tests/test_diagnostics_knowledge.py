@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from adaptive.diagnostics import fit_exponential, knowledge_distribution
@@ -303,7 +304,7 @@ def _bn_net():
 
 def test_batchnorm_statistics_are_named_in_the_note_or_re_estimated_at_every_point():
     """Removal left BatchNorm with the intact network's running statistics, which a pretrained
-    ResNet-20 with 17% removed turned into 3e5 nats of 'loss increase' (5.9 re-estimated), and the
+    ResNet-20 with 17% removed turned into 3e5 nats of 'loss increase' (4.9 re-estimated), and the
     curve said nothing of it."""
     model, train = _bn_net()
     kept = knowledge_distribution(model, train, counts=[0, 100])
@@ -328,3 +329,26 @@ def test_an_overshooting_fine_tune_is_named_not_printed_as_lost_knowledge():
     assert curve.meta["finetune_overshot"] == [20, 60] and "overshooting" in curve.note
     calm = knowledge_distribution(model, train, order_loader=train, counts=[0, 20, 60], finetune_batches=1, lr=1e-3)
     assert calm.meta["finetune_overshot"] == [] and "overshooting" not in calm.note
+
+
+def test_a_negative_loss_that_falls_is_no_overshoot_and_instance_norm_is_left_as_it_is():
+    """'after > 2 * before' flagged every improving step of a negative loss (cross-entropy - 5) as an
+    overshoot; and InstanceNorm's tracked statistics, picked as BatchNorm's, were reset and never
+    re-estimated (its forward reads a momentum of None as 0), while the note said re-estimated."""
+    model, train = _trained_mlp()
+    shifted = knowledge_distribution(model, train, order_loader=train, counts=[0, 20, 60], finetune_batches=1, lr=1e-3,
+                                     loss_fn=lambda out, y: F.cross_entropy(out, y) - 5)
+    assert shifted.meta["finetune_overshot"] == [] and "overshooting" not in shifted.note
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4, affine=True, track_running_stats=True), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    data = [(torch.randn(8, 3, 6, 6) * 3 + 1, torch.randint(0, 2, (8,))) for _ in range(2)]
+    with torch.no_grad():
+        net.train()
+        for x, _ in data:
+            net(x)
+        net.eval()
+    held = net[1].running_mean.clone()
+    assert held.abs().max() > 0.05
+    curve = knowledge_distribution(net, data, counts=[0, 10], bn_batches=2, finetune_loader=data)
+    assert torch.equal(curve.meta["model"][1].running_mean, held)  # not wiped to 0

@@ -431,13 +431,23 @@ def test_a_pattern_naming_a_parameter_outside_prunable_layers_says_so():
 def test_a_pattern_naming_a_reparametrised_weight_says_to_remove_the_reparametrisation():
     """A weight under torch.nn.utils.prune or a parametrization is in an nn.Linear already: 'hold it in
     such a layer' was the wrong fix, contradicting the warning beside it."""
-    from torch.nn.utils import parametrizations, prune
+    from torch.nn.utils import parametrizations, prune, spectral_norm
 
-    for reparam, stored in ((lambda m: prune.l1_unstructured(m, "weight", amount=0.5), "0.weight_orig"),
-                            (parametrizations.weight_norm, "0.parametrizations.weight.original0")):
+    for reparam, stored, fix in (
+            (lambda m: prune.l1_unstructured(m, "weight", amount=0.5), "0.weight_orig", "prune.remove(module, 'weight')"),
+            (parametrizations.weight_norm, "0.parametrizations.weight.original0", "remove_parametrizations(module"),
+            (spectral_norm, "0.weight_orig", "remove_spectral_norm(module)")):
         model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
         reparam(model[0])
         with pytest.warns(UserWarning), pytest.raises(ValueError) as e:
             adaptive.Connectome(model, include="0.*")
         msg = str(e.value)
-        assert stored in msg and "remove the reparametrisation first" in msg and "hold it in such a layer" not in msg
+        assert stored in msg and "remove the reparametrisation first" in msg and fix in msg, msg
+        assert "hold it in such a layer" not in msg and msg.count("remove") == 2, msg  # the one fix that works
+    # told from the module, not the name: a plain Parameter named *_orig, a pruned bias are no weights
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    model.register_parameter("pos_orig", nn.Parameter(torch.zeros(3)))
+    prune.l1_unstructured(model[0], "bias", amount=0.5)
+    for pattern, named in (("pos*", "pos_orig"), ("0.bias*", "0.bias_orig")):
+        with pytest.raises(ValueError, match=f"they match the parameter\\(s\\) {named}, which are not weights"):
+            adaptive.Connectome(model, include=pattern)

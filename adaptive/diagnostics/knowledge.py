@@ -393,9 +393,9 @@ def knowledge_distribution(
     accuracy (regression, probability targets) the table has no accuracy columns, the loss increase
     alone is fitted and ``note`` says so.
 
-    BatchNorm (any norm layer with running statistics) evaluates with the statistics it holds: the
+    BatchNorm (its running statistics; an InstanceNorm's are left as they are) evaluates with the statistics it holds: the
     intact network's, which after many removals no longer match what the layers below compute (a
-    pretrained ResNet-20 read 3e5 nats of loss increase with 17% removed in obd order, 5.9 with them
+    pretrained ResNet-20 read 3e5 nats of loss increase with 17% removed in obd order, 4.9 with them
     re-estimated); the fine-tune's train-mode steps move them only part of the way. ``bn_batches``
     re-estimates them at every point, the intact network's too, as the plain mean over that many
     batches of ``finetune_loader`` (default ``order_loader``), forward passes only; 0 (the default)
@@ -451,7 +451,9 @@ def knowledge_distribution(
         num_classes = int(probe.shape[1]) if probe.dim() >= 2 else None
     if whole_number(bn_batches) is None or bn_batches < 0:
         raise ValueError(f"bn_batches must be a whole number of batches, at least 0, got {bn_batches!r}")
-    norms = [m for m in work.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
+    # BatchNorm's: an InstanceNorm's (rarely tracked) forward reads a momentum of None as 0, so a
+    # cumulative re-estimate would leave it reset; it is left as it is
+    norms = [m for m in work.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
              and m.running_mean is not None]
     bn_data = None
     if bn_batches and norms:
@@ -496,7 +498,8 @@ def knowledge_distribution(
                         first, before = (x, y), float(loss.detach())
                 with torch.no_grad(), kept_buffers(work):  # the same batch after the steps; its statistics not kept
                     after = float(loss_fn(work(to_device(first[0], device)), to_device(first[1], device)))
-            if not math.isfinite(after) or after > 2 * before:
+            # rose by more than its own size (more than doubled, for a loss that may be negative or 0)
+            if not math.isfinite(after) or after - before > max(abs(before), 1e-6):
                 overshot.append((k, before, after))
         if bn_data is not None:
             _recalibrate(work, norms, bn_data, device)
@@ -531,7 +534,7 @@ def knowledge_distribution(
     elif norms:
         caveats.append(f"BatchNorm statistics re-estimated at every point on {len(bn_data)} TRAIN batches")
     if overshot:
-        pts = ", ".join(f"{k} ({b:.3g} -> {a:.3g})" for k, b, a in overshot[:6]) + (" ..." if len(overshot) > 6 else "")
+        pts = ", ".join(f"{k} ({b:.5g} -> {a:.5g})" for k, b, a in overshot[:6]) + (" ..." if len(overshot) > 6 else "")
         msg = (f"the fine-tune at lr {lr:g} raised the loss of its own first batch (non-finite or more than doubled) at "
                f"{len(overshot)} point(s), removed (loss before -> after the steps): {pts}; the curve there measures "
                "an overshooting step, not lost knowledge: use a lower lr (--finetune_lr) or finetune_batches 0")
