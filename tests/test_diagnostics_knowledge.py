@@ -352,3 +352,19 @@ def test_a_negative_loss_that_falls_is_no_overshoot_and_instance_norm_is_left_as
     assert held.abs().max() > 0.05
     curve = knowledge_distribution(net, data, counts=[0, 10], bn_batches=2, finetune_loader=data)
     assert torch.equal(curve.meta["model"][1].running_mean, held)  # not wiped to 0
+
+
+def test_an_order_read_from_a_single_batch_of_several_asked_says_so():
+    """A held-out part no larger than one batch (100 images, batches of 250) gave the order one batch of
+    the two asked, unsaid: the curvature estimators then read that batch's squared gradient alone."""
+    from adaptive.connectome import Connectome
+    from adaptive.diagnostics import removal_scores
+
+    model, train = _trained_mlp()
+    with pytest.warns(UserWarning, match=r"the obd removal order read a single batch of the 2 asked.*squared gradient"):
+        removal_scores(Connectome(model), train[:1], "obd", batches=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        removal_scores(Connectome(model), train[:2], "obd", batches=20)  # several: the whole loader, as a default reads
+        removal_scores(Connectome(model), train[:1], "obd", batches=1)  # one, as asked
+        removal_scores(Connectome(model), train[:1], "magnitude", batches=2)  # no gradients read

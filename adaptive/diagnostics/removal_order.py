@@ -13,6 +13,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from ..metrics import example_count, to_device
+from ..warn import warn_user
 from ._common import default_loss, iterate_batches, measured_gradients, model_device, scalers_suspended, training_mode
 
 
@@ -49,9 +50,17 @@ def removal_scores(conn, loader=None, estimator: str = "magnitude", batches: Opt
     if getattr(est, "needs_gradients", False):
         if loader is None:
             raise ValueError(f"estimator {estimator!r} needs gradients: pass a loader of held-out training data")
+        read = 0
         for bs in _gradient_batches(conn, loader, batches, loss_fn, desc=f"{estimator} statistics"):
             stats.observe()
+            read += 1
             batch_size = max(bs, batch_size or 0)  # the loader's batch size, not a short last batch's
+        if read == 1 and (batches is None or batches > 1):  # (a held-out part no larger than one batch; fewer
+            # batches than asked are otherwise the whole loader, as a default of 20 reads a small held-out part)
+            warn_user(f"the {estimator} removal order read a single batch{f' of the {batches} asked' if batches else ''}: "
+                      "the loader holds no more, so its statistics are one batch's (a second moment is that batch's "
+                      "squared gradient alone, a mean no mean of several); give more held-out data or a smaller "
+                      "batch size")
     scores = {}
     for i, (name, p) in enumerate(conn.params.items()):
         ctx = UtilityContext(
