@@ -100,7 +100,7 @@ def _allocate(layers: Dict[str, SynapseLayer], density: float, weights: Dict[str
     floor = {n: int(math.ceil(min_density * sizes[n])) for n in sizes}
     need = sum(fixed.values()) + sum(floor[n] for n in sizes if n not in fixed)
     if need > target:
-        raise too_low_error(density, fixed, min_density, need, target)
+        raise too_low_error(density, fixed, min_density, need, target, total)
     most = sum(fixed.values()) + sum(sizes[n] for n in sizes if n not in fixed)
     if most < target:
         raise too_high_error(density, fixed, most, total)
@@ -115,13 +115,19 @@ def _allocate(layers: Dict[str, SynapseLayer], density: float, weights: Dict[str
     return {n: counts[n] for n in layers}
 
 
-def too_low_error(density: float, fixed: Mapping[str, int], min_density: float, need: int, target: int) -> ValueError:
+def too_low_error(density: float, fixed: Mapping[str, int], min_density: float, need: int, target: int,
+                  total: Optional[int] = None) -> ValueError:
     """The error for a density under what the protected layers (``fixed``: {name: live synapses})
-    and the ``min_density`` floors of the others alone need (``need`` of ``target`` live synapses)."""
+    and the ``min_density`` floors of the others alone need (``need`` of ``target`` live synapses;
+    ``total``: the synapses a density is a fraction of, to name the lowest density that holds them)."""
     held = sum(fixed.values())
     what = [f"the protected layers {sorted(fixed)} (holding {held:,} live synapses)" if fixed else "",
             f"min_density {min_density}" if min_density > 0 else ""]
-    fix = ["raise the density", "protect fewer layers" if fixed else "", "lower min_density" if min_density > 0 else ""]
+    raise_to = "raise the density"
+    if total:
+        least = _rounded_up_text(need / total)
+        raise_to = f"raise the density to {least} or more" if float(least) <= 1 else ""
+    fix = [raise_to, "protect fewer layers" if fixed else "", "lower min_density" if min_density > 0 else ""]
     return ValueError(f"density {density} is too low for {' and '.join(filter(None, what))}: "
                       f"{'they' if fixed else 'the floors'} alone need {need:,} of {target:,} live synapses; "
                       + " or ".join(filter(None, fix)))
@@ -141,6 +147,13 @@ def too_high_error(density: float, fixed: Mapping[str, int], most: int, total: i
         f"and the other layers at most {most - held:,} (all of theirs), {most:,} of the {int(round(density * total)):,} "
         f"asked for (density {most / total:.4g}); {lower} the protected layers (Connectome.set_masks) or leave them "
         "out of protect=[...]")
+
+
+def _rounded_up_text(density: float) -> str:
+    """``density`` rounded up to four significant digits, so that a density it names holds at least
+    ``density`` of the synapses."""
+    scale = 10 ** (3 - math.floor(math.log10(density)))
+    return f"{math.ceil(round(density * scale, 6)) / scale:.4g}"
 
 
 def reachable_text(density: float) -> str:

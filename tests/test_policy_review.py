@@ -1329,3 +1329,28 @@ def test_a_layer_below_its_floor_holds_it_with_live_synapses_only(policy, recwar
     live = {n: int(mk.sum()) for n, mk in conn.masks.items()}
     assert live["2.weight"] == 80  # below its floor (320): nothing is grown, and it reserves nothing more
     assert sum(live.values()) == round(0.3 * sum(mk.numel() for mk in conn.masks.values())), live
+
+
+@pytest.mark.parametrize("budget", ["erk", "uniform", "global"])
+def test_too_low_a_density_names_the_lowest_that_holds_the_protected_layers_and_floors(budget):
+    """'raise the density' did not say to what: the error names the lowest density that holds what
+    the protected layers and the floors need, and that density is accepted."""
+    import re
+
+    def build(density, min_density):
+        conn = adaptive.Connectome(_mlp())
+        m = conn.masks["0.weight"].clone()
+        m.view(-1)[: m.numel() // 2] = False
+        conn.set_masks({"0.weight": m})
+        return adaptive.Controller(conn, None, policy="magnitude", density=density, budget=budget,
+                                   min_density=min_density, protect=["0.weight"])
+
+    for min_density in (0.0, 0.05):
+        with pytest.raises(ValueError) as err:
+            build(0.05, min_density)
+        found = re.search(r"raise the density to ([0-9.e-]+) or more", str(err.value))
+        assert found, str(err.value)
+        least = float(found.group(1))
+        build(least, min_density)  # accepted
+        with pytest.raises(ValueError, match="is too low for"):
+            build(least - 0.002, min_density)

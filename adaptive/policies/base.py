@@ -406,7 +406,7 @@ def global_synapse_target(ctrl, density: float) -> int:
     floors = sum(layer_floors(ctrl).values())
     if prot + floors > target:
         raise too_low_error(density, ctrl.protected_live(), float(getattr(ctrl, "min_density", 0.0) or 0.0), prot + floors,
-                            target)
+                            target, ctrl.conn.num_synapses())
     return target - prot
 
 
