@@ -26,7 +26,7 @@ from .budgets import get_budget
 from .atomic import write_text
 from .connectome import Connectome, EnsembleRuleError
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
-from .discovery import _as_patterns
+from .discovery import _as_patterns, container_hint
 from .distributed import all_reduce_mean_, check_masks_agree
 from .optim_state import unwrap_optimizer
 from .policies.base import EditPlan, get_policy, global_synapse_target, keep_plan, synapse_targets
@@ -300,7 +300,8 @@ class Controller:
         unused = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p) for n in conn.names)]
         if unused:
             raise ValueError(f"protect pattern(s) {unused} matched no layer of the connectome: known layers are "
-                             f"{conn.names[:5]}{'...' if len(conn.names) > 5 else ''}")
+                             f"{conn.names[:5]}{'...' if len(conn.names) > 5 else ''}"
+                             + container_hint(unused, [*conn.names, *(conn.layers[n].module_name for n in conn.names)]))
         if conn.mode == "train" and self.policy.grow_by is not None:
             frozen = [n for n in conn.names if n not in self.protected and not conn.params[n].requires_grad]
             if frozen:

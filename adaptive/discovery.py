@@ -191,6 +191,15 @@ def _reparametrised_weight(model: nn.Module, name: str) -> Optional[str]:
     return None
 
 
+def container_hint(unused: Sequence[str], names: Iterable[str]) -> str:
+    """For patterns that name a module holding prunable layers (a Sequential, a block): a pattern
+    matches a layer's own name, so ``'NAME.*'`` is what takes every layer inside ('' if none)."""
+    names = list(names)
+    inside = [p for p in unused if any(fnmatch.fnmatchcase(n, f"{p}.*") for n in names)]
+    return (f"; {', '.join(repr(p) for p in inside)} name(s) module(s) holding prunable layers, and a pattern matches "
+            f"a layer's own name: give {', '.join(repr(p + '.*') for p in inside)} for every layer inside" if inside else "")
+
+
 def _listed(names: Sequence[str]) -> str:
     return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
 
@@ -232,6 +241,7 @@ def discover(
     found: Dict[str, tuple[SynapseLayer, nn.Parameter]] = {}
     seen: set[int] = set()
     candidates = 0
+    candidate_names: list = []  # (module and weight names of every prunable weight, for container hints)
     used_inc: set[str] = set()
     used_exc: set[str] = set()
     computed = []  # layers whose weight a parametrization computes (weight_norm, spectral_norm, ...)
@@ -273,9 +283,10 @@ def discover(
                 complex_all.append(f"{pname} ({w.dtype})")
             elif no_entries:
                 empty.append(pname)
-            else:
-                candidates += 1
             names = held.get(id(w), (mname, pname))  # a tied weight answers to every name it has
+            if not w.is_complex() and not no_entries:
+                candidates += 1
+                candidate_names.extend(names)
             if exc:
                 used_exc.update(p for p in exc if _matches([p], *names))
             if inc:
@@ -366,7 +377,8 @@ def discover(
                     "nn.MultiheadAttention's projections, nn.RNN/LSTM/GRU matrices), so they are never synapses; "
                     "to prune a weight, hold it in such a layer")
             raise ValueError(f"{kind} pattern(s) {unused} matched no prunable layer; check module names with "
-                             "model.named_modules() and weight names with model.named_parameters()")
+                             "model.named_modules() and weight names with model.named_parameters()"
+                             + container_hint(unused, candidate_names))
     if not found:
         raise ValueError(
             f"include={list(inc)} / exclude={list(exc)} left no prunable layer of the {candidates} found"

@@ -451,3 +451,21 @@ def test_a_pattern_naming_a_reparametrised_weight_says_to_remove_the_reparametri
     for pattern, named in (("pos*", "pos_orig"), ("0.bias*", "0.bias_orig")):
         with pytest.raises(ValueError, match=f"they match the parameter\\(s\\) {named}, which are not weights"):
             adaptive.Connectome(model, include=pattern)
+
+
+def test_a_pattern_naming_a_container_of_layers_suggests_its_star_form():
+    """protect='branches.b' (or include=) where branches.b is a Sequential was refused as matching no
+    layer, with no hint that a pattern matches a layer's own name and 'branches.b.*' takes them all."""
+    model = nn.Sequential()
+    model.add_module("branches", nn.ModuleDict({"a": nn.Sequential(nn.Linear(4, 4)), "b": nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))}))
+    model.add_module("out", nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"'branches.b' name\(s\) module\(s\) holding prunable layers.*give 'branches.b.\*'"):
+        adaptive.Connectome(model, include="branches.b")
+    conn = adaptive.Connectome(model)
+    with pytest.raises(ValueError, match=r"protect pattern\(s\) \['branches.b'\] matched no layer.*give 'branches.b.\*'"):
+        adaptive.Controller(conn, policy="magnitude", density=0.9, protect="branches.b")
+    ctrl = adaptive.Controller(conn, policy="magnitude", density=0.9, protect="branches.b.*")  # the form it names
+    assert sorted(ctrl.protected) == ["branches.b.0.weight", "branches.b.1.weight"]
+    with pytest.raises(ValueError) as e:
+        adaptive.Connectome(model, include="nope")
+    assert "holding prunable layers" not in str(e.value)  # no container of that name: no hint
