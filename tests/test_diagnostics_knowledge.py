@@ -321,6 +321,13 @@ def test_batchnorm_statistics_are_named_in_the_note_or_re_estimated_at_every_poi
     with pytest.raises(ValueError, match="bn_batches"):
         knowledge_distribution(model, train, counts=[0, 100], bn_batches=-1)
 
+    class Untouchable:  # refused before any batch is read (the order's gradients, the evaluation data)
+        def __iter__(self):
+            raise AssertionError("read before bn_batches was checked")
+
+    with pytest.raises(ValueError, match="bn_batches must be a whole number"):
+        knowledge_distribution(model, Untouchable(), order_loader=Untouchable(), estimator="taylor", bn_batches=1.5)
+
 
 def test_an_overshooting_fine_tune_is_named_not_printed_as_lost_knowledge():
     model, train = _trained_mlp()

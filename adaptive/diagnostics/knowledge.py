@@ -415,6 +415,8 @@ def knowledge_distribution(
     gets a warning.
     """
     points = _check_points(points, max_fraction)
+    if whole_number(bn_batches) is None or bn_batches < 0:
+        raise ValueError(f"bn_batches must be a whole number of batches, at least 0, got {bn_batches!r}")
     if conn is not None and not isinstance(conn, Connectome):
         raise TypeError(f"conn must be the model's adaptive.Connectome (its masks say what is already pruned), "
                         f"got {type(conn).__name__}")
@@ -449,8 +451,6 @@ def knowledge_distribution(
         with torch.no_grad(), training_mode(work, False):
             probe = check_output(work(to_device(data[0][0], model_device(work))), work, "knowledge_distribution")
         num_classes = int(probe.shape[1]) if probe.dim() >= 2 else None
-    if whole_number(bn_batches) is None or bn_batches < 0:
-        raise ValueError(f"bn_batches must be a whole number of batches, at least 0, got {bn_batches!r}")
     # BatchNorm's: an InstanceNorm's (rarely tracked) forward reads a momentum of None as 0, so a
     # cumulative re-estimate would leave it reset; it is left as it is
     norms = [m for m in work.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
