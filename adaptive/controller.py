@@ -469,12 +469,8 @@ class Controller:
         """Add the current dense gradients to the utility window (call after ``backward``).
         Only for a controller driven explicitly: one attached to an optimizer observes in its
         step hook, so a call here is refused (it would add each gradient to the window twice)."""
-        if self.optimizer is not None:
-            raise RuntimeError(
-                "this Controller is attached to an optimizer and observes the gradients itself at every "
-                "optimizer.step(), so ctrl.observe() would add each gradient to the utility window twice: drop the "
-                "ctrl.observe() call, or call ctrl.detach() first to drive it explicitly (ctrl.observe() after "
-                "backward, ctrl.step() after the optimizer step)")
+        self._refuse_when_attached("observe", "observes the gradients itself at every optimizer.step()",
+                                   "add each gradient to the utility window twice")
         self._observe()
 
     def _observe(self) -> None:
@@ -497,12 +493,16 @@ class Controller:
         """Advance one training step; run an update when one is due. Returns its event, if any.
         Only for a controller driven explicitly: one attached to an optimizer steps itself after
         each of its steps, so a call here is refused (it would count each training step twice)."""
+        self._refuse_when_attached("step", "steps itself after every optimizer.step()", "count each training step twice")
+        return self._advance()
+
+    def _refuse_when_attached(self, call: str, does: str, twice: str) -> None:
+        """An explicit observe()/step() on a controller its optimizer's hook already drives is refused."""
         if self.optimizer is not None:
             raise RuntimeError(
-                "this Controller is attached to an optimizer and steps itself after every optimizer.step(), so "
-                "ctrl.step() would count each training step twice: drop the ctrl.step() call, or call ctrl.detach() "
-                "first to drive it explicitly (ctrl.observe() after backward, ctrl.step() after the optimizer step)")
-        return self._advance()
+                f"this Controller is attached to an optimizer and {does}, so ctrl.{call}() would {twice}: drop the "
+                f"ctrl.{call}() call, or call ctrl.detach() first to drive it explicitly (ctrl.observe() after "
+                "backward, ctrl.step() after the optimizer step)")
 
     def _advance(self) -> Optional[dict]:
         self.step_count += 1
