@@ -97,7 +97,7 @@ def _allocate(layers: Dict[str, SynapseLayer], density: float, weights: Dict[str
     target = int(round(density * total))
     held = protected if isinstance(protected, Mapping) else {n: sizes.get(n) for n in protected}
     fixed: Dict[str, int] = {n: int(held[n]) for n in held if n in sizes}
-    floor = {n: int(math.ceil(min_density * sizes[n])) for n in sizes}
+    floor = {n: floor_synapses(min_density, sizes[n]) for n in sizes}
     need = sum(fixed.values()) + sum(floor[n] for n in sizes if n not in fixed)
     if need > target:
         raise too_low_error(density, fixed, min_density, need, target, total)
@@ -113,6 +113,15 @@ def _allocate(layers: Dict[str, SynapseLayer], density: float, weights: Dict[str
     counts = dict(fixed)
     counts.update(_largest_remainder(raw, target - sum(fixed.values()), {n: sizes[n] for n in free}))
     return {n: counts[n] for n in layers}
+
+
+def floor_synapses(min_density: float, size: int) -> int:
+    """The live synapses a ``min_density`` floor keeps in a layer of ``size`` synapses: at least
+    ``min_density`` of them, ``min_density * size`` rounded up, where a product that float arithmetic
+    puts a hair above a whole number counts as that number (``0.07 * 100`` is ``7.000000000000001``:
+    the floor is 7 synapses, not 8, so a uniform density of 0.07 holds a min_density of 0.07)."""
+    x = min_density * size
+    return int(math.ceil(x - 1e-12 * x))  # (float error is ~1e-16 of x; a real fraction is far larger)
 
 
 def too_low_error(density: float, fixed: Mapping[str, int], min_density: float, need: int, target: int,

@@ -1050,6 +1050,19 @@ def test_the_min_density_floor_is_rounded_up():
     assert sum(counts.values()) == round(0.18 * 11833)
 
 
+def test_a_min_density_floor_of_a_whole_number_of_synapses_is_that_number():
+    """0.07 * 100 is 7.000000000000001 in floats: the floor was rounded up to 8 synapses, so a uniform
+    density of 0.07 could not hold a min_density of 0.07 (refused: "raise the density to 0.08")."""
+    layers = _layers(nn.Linear(10, 10), nn.Linear(10, 10))
+    assert get_budget("uniform")(layers, 0.07, min_density=0.07) == {"0.weight": 7, "1.weight": 7}
+    assert get_budget("erk")(layers, 0.07, min_density=0.07) == {"0.weight": 7, "1.weight": 7}
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 10)))
+    ctrl = adaptive.Controller(conn, policy="magnitude", budget="global", density=0.07, min_density=0.07)
+    from adaptive.policies.base import layer_floors
+
+    assert layer_floors(ctrl) == {"0.weight": 7, "2.weight": 7}  # the global budget's floors alike
+
+
 def test_the_rounding_remainder_goes_to_the_largest_fractions():
     layers = _layers(nn.Linear(37, 9), nn.Linear(29, 23))  # 333 and 667 synapses
     # 3% of each: 9.99 and 20.01, 30 in all: the spare synapse goes to the 9.99

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Type
 import torch
 
 from .. import registry as _registry
-from ..budgets import too_high_error, too_low_error
+from ..budgets import floor_synapses, too_high_error, too_low_error
 from ..warn import warn_user
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -413,7 +413,7 @@ def global_synapse_target(ctrl, density: float) -> int:
 def layer_floors(ctrl) -> Dict[str, int]:
     """Live synapses each editable layer keeps at least (``min_density`` of its synapses)."""
     md = float(getattr(ctrl, "min_density", 0.0) or 0.0)
-    return {n: int(math.ceil(md * ctrl.conn.layers[n].numel)) for n in ctrl.editable()} if md > 0 else {}
+    return {n: floor_synapses(md, ctrl.conn.layers[n].numel) for n in ctrl.editable()} if md > 0 else {}
 
 
 def floor_protected(ctrl, scores: Dict[str, torch.Tensor], alive) -> Dict[str, torch.Tensor]:
