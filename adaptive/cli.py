@@ -29,16 +29,19 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
     one line (``on_interrupt``: how to continue, where the program can, or a function that says it
     then; status 130). An operating-system error on a path (a folder that is a file, no permission)
     is one line too, and so is a checkpoint that could not be written (a full disk). ``errors``:
-    more exception types that mean a problem the user can fix. Returns what ``main()`` returns."""
+    more exception types that mean a problem the user can fix. Warnings print as one ``warning:``
+    line each (:func:`adaptive.warn.command_line_warnings`). Returns what ``main()`` returns."""
     from .integrity import CheckpointWriteError
     from .models import WeightsMismatchError
     from .paths import DatasetNotFoundError
+    from .warn import command_line_warnings
 
     if threading.current_thread() is threading.main_thread() and getattr(
             signal.getsignal(signal.SIGINT), "adaptive_startup", False):  # a recipe's quiet start-up handler:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is handled below
     try:
-        return main()
+        with command_line_warnings():
+            return main()
     except (ValueError, KeyError, TypeError, FileNotFoundError, DatasetNotFoundError, WeightsMismatchError,
             CheckpointWriteError, *errors) as e:
         if os.environ.get("ADAPTIVE_TRACEBACK"):

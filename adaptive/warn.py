@@ -1,4 +1,5 @@
-"""Warnings attributed to the caller's code, not to a line of this package or of torch.
+"""Warnings attributed to the caller's code, not to a line of this package or of torch; and, on the
+command line, shown as one ``warning: ...`` line (:func:`command_line_warnings`).
 
 Python shows a warning once per (message, module, line) by default: one raised with a fixed
 ``stacklevel`` that lands on a library line when the call came through another library function is
@@ -7,6 +8,7 @@ frame outside this package shows it at each line of the user's code that trigger
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -44,3 +46,28 @@ def user_stacklevel() -> int:
 def warn_user(message: str, category: type = UserWarning) -> None:
     """``warnings.warn`` attributed to the first line of code outside this package."""
     warnings.warn(message, category, stacklevel=user_stacklevel() + 1)
+
+
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    """A shown warning as ``warning: MESSAGE`` (another category than UserWarning named in brackets),
+    without Python's ``FILE:LINE: UserWarning:`` prefix and the echoed source line."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    return f"warning{kind}: {message}\n"
+
+
+@contextlib.contextmanager
+def command_line_warnings():
+    """Inside the block, a warning that is shown prints as one ``warning: MESSAGE`` line: the
+    recipes and ``python -m graphs`` run under it, whose users act on the message, not on a line
+    of this package. Only the printing changes: which warnings show (filters, ``-W``), and their
+    capture (``catch_warnings(record=True)``, ``pytest.warns``) are as before, and the library's
+    API warns as any Python library does. ``ADAPTIVE_TRACEBACK=1`` keeps Python's own format."""
+    if os.environ.get("ADAPTIVE_TRACEBACK"):
+        yield
+        return
+    before = warnings.formatwarning
+    warnings.formatwarning = _one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = before

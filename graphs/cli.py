@@ -30,7 +30,7 @@ import torch
 
 from adaptive import jsonio
 from adaptive.atomic import write_text
-from adaptive.warn import warn_user
+from adaptive.warn import command_line_warnings, warn_user
 
 WEIGHT_FILES = ("model_state.pt", "dense_state_dict.pt", "pruned_state_dict.pt")
 FORMATS = ("graphml", "gexf", "json", "pt")  # built in (pt: a torch_geometric Data saved with torch.save); a
@@ -350,7 +350,8 @@ def main(argv=None) -> int:
     from adaptive.models import WeightsMismatchError
 
     try:
-        return _run(a)
+        with command_line_warnings():  # one ``warning:`` line each, as the recipes print them
+            return _run(a)
     except KeyboardInterrupt:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise

@@ -1,5 +1,6 @@
 """Every recipe entry point turns a user's mistake into one `error:` line and status 2."""
 import os
+import re
 import subprocess
 import sys
 
@@ -44,3 +45,59 @@ def test_ctrl_c_ends_with_one_line_saying_how_to_continue(capsys, monkeypatch):
     monkeypatch.setenv("ADAPTIVE_TRACEBACK", "1")
     with pytest.raises(KeyboardInterrupt):
         run_cli(interrupted, "prog")
+
+
+def _printed_warnings(fn):
+    """What ``fn()``'s warnings print on stderr, shown as Python shows them outside pytest (pytest
+    records them instead): every one, each through ``warnings.formatwarning``."""
+    import io
+    import warnings
+
+    err = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: err.write(
+            warnings.formatwarning(message, category, filename, lineno, line))
+        fn()
+    return err.getvalue()
+
+
+def test_a_data_warning_prints_as_one_warning_line_on_the_command_line(monkeypatch):
+    """A data layer's warning (a subset larger than the split) printed as Python's
+    ``/path/recipes/prune_pretrained.py:628: UserWarning: ...`` and the source line; under run_cli (every
+    recipe) and ``python -m graphs`` it is one ``warning:`` line. The library's warning is unchanged."""
+    import warnings
+
+    from adaptive.cli import run_cli
+    from adaptive.data import get_datasets
+    from graphs import cli as graphs_cli
+
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+
+    def load():
+        get_datasets("fake", subset=100000, train_size=64, test_size=16)
+
+    expect = ("warning: subset=100,000 asks for more examples than the train split of fake holds (64): all 64 are "
+              "used; give subset=64 (or leave it out) to say so\n")
+    assert _printed_warnings(lambda: run_cli(load, "prog")) == expect
+    monkeypatch.setattr(graphs_cli, "_run", lambda a: load())
+    assert _printed_warnings(lambda: graphs_cli.main(["report", "somewhere"])) == expect
+    raw = _printed_warnings(load)  # outside the command line: Python's own format, as before
+    assert "test_cli.py:" in raw and "UserWarning: subset=100,000" in raw
+    with pytest.warns(UserWarning, match="subset=100,000"):  # and a caller inside run_cli still catches it
+        run_cli(load, "prog")
+    assert warnings.formatwarning.__module__ == "warnings"  # put back once the run ends
+    monkeypatch.setenv("ADAPTIVE_TRACEBACK", "1")  # asks for the internals: where it was raised too
+    assert "UserWarning" in _printed_warnings(lambda: run_cli(load, "prog"))
+
+
+def test_a_recipe_prints_a_data_warning_as_one_line():
+    """The recipe run as a program: the subset warning reads as the recipe's other warnings do."""
+    env = dict(os.environ, MPLBACKEND="Agg")
+    env.pop("ADAPTIVE_TRACEBACK", None)
+    r = subprocess.run([sys.executable, "recipes/prune_pretrained.py", "--model", "resnet20", "--dataset", "fake",
+                        "--subset", "100000", "--num-classes", "3", "--output_dir", "never_written"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env)
+    assert r.returncode == 2, r.stderr[-2000:]  # (refused once the data had loaded: 3 classes are not fake's 10)
+    assert "warning: subset=100,000 asks for more examples than the train split of fake holds (512)" in r.stderr
+    assert "UserWarning" not in r.stderr and not re.search(r"\.py:\d+:", r.stderr), r.stderr  # no FILE:LINE:
