@@ -91,13 +91,16 @@ def test_a_data_warning_prints_as_one_warning_line_on_the_command_line(monkeypat
     assert "UserWarning" in _printed_warnings(lambda: run_cli(load, "prog"))
 
 
-def test_a_recipe_prints_a_data_warning_as_one_line():
+def test_a_recipe_prints_a_data_warning_as_one_line(tmp_path):
     """The recipe run as a program: the subset warning reads as the recipe's other warnings do."""
+    import torch
+
     env = dict(os.environ, MPLBACKEND="Agg")
     env.pop("ADAPTIVE_TRACEBACK", None)
-    r = subprocess.run([sys.executable, "recipes/prune_pretrained.py", "--model", "resnet20", "--dataset", "fake",
-                        "--subset", "100000", "--num-classes", "3", "--output_dir", "never_written"],
+    torch.save({"x": torch.zeros(1)}, tmp_path / "w.pt")  # refused once the data has loaded: no MLP's weights
+    r = subprocess.run([sys.executable, "recipes/adaptive.py", "--dataset", "fake", "--subset", "100000",
+                        "--weights", str(tmp_path / "w.pt"), "--output_dir", str(tmp_path / "run")],
                        cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env)
-    assert r.returncode == 2, r.stderr[-2000:]  # (refused once the data had loaded: 3 classes are not fake's 10)
+    assert r.returncode == 2 and "does not match model MLP" in r.stderr, r.stderr[-2000:]
     assert "warning: subset=100,000 asks for more examples than the train split of fake holds (512)" in r.stderr
     assert "UserWarning" not in r.stderr and not re.search(r"\.py:\d+:", r.stderr), r.stderr  # no FILE:LINE:

@@ -258,3 +258,23 @@ def test_augmentation_keyed_on_seed_epoch_and_example():
     assert not torch.equal(e, rng.batch([3, 5, 9])[0])
     plain = TensorImages(x, torch.arange(40) % 10, augment=False)
     assert not torch.equal(d, plain.batch(list(range(40)))[0])  # it does augment
+
+
+def test_dataset_facts_are_what_the_data_says_known_before_it_is_read(tmp_path):
+    """dataset_facts gives (classes, input shape) unread, for a recipe to build the model (and refuse
+    a target beyond it) before the data loads; each family's facts agree with its built Source."""
+    from adaptive.data import dataset_facts
+
+    _write_folder(tmp_path / "imagenet" / "train", n_per_class=2, classes=("n01", "n02", "n03"))
+    _write_folder(tmp_path / "imagenet" / "val", n_per_class=1, classes=("n01", "n02", "n03"))
+    (tmp_path / "mnist").mkdir()
+    _write_npz(tmp_path / "mnist" / "mnist.npz")
+    for name, kw in (("fake", dict(shape=[2, 5], num_classes=3, train_size=30)), ("digits", {}),
+                     ("mnist", dict(data_dir=tmp_path)), ("imagenet", dict(data_dir=tmp_path, image_size=12, resize=16)),
+                     ("folder", dict(data_dir=tmp_path / "imagenet", image_size=12, resize=16))):
+        s = get_datasets(name, holdout=0.3, **kw)
+        assert dataset_facts(name, **kw) == (s.num_classes, s.in_shape), name
+    assert dataset_facts("mnist", data_dir=tmp_path / "nowhere") == (10, (1, 28, 28))  # it reads nothing
+    assert dataset_facts("imagenet", data_dir=tmp_path / "nowhere") is None  # no folder: its builder says so
+    assert dataset_facts("fake", shape="x") is None  # a bad argument likewise
+    assert dataset_facts("cifar10", data_dir=tmp_path) is None  # its image size is known once decoded

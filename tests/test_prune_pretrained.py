@@ -322,6 +322,27 @@ def test_a_refused_count_leaves_no_folder_behind(tmp_path, weights):
     assert there.is_dir() and not (there / "x").exists()
 
 
+def test_a_count_beyond_the_model_is_refused_before_any_data_is_read(tmp_path, weights, monkeypatch):
+    """The model (its weights loaded) is built before the data where the dataset knows its classes and
+    input shape unread: a count of every synapse or more is refused then, with the message the later
+    check gives (it was refused only once the data had loaded)."""
+    mod = recipe()
+
+    def no_data(*a, **kw):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(mod, "get_dataloaders", no_data)
+    for target, match in (("300000", "300000 synapses to remove is beyond the model's 268336 prunable synapses"),
+                          ("0.9999999", "removes round.* = 268336 synapses, every one of the model's 268336")):
+        with pytest.raises(ValueError, match=match):
+            mod.main(args(weights, tmp_path / "out", "--remove", "0.2", target))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="beyond the model's"):  # MNIST's folder need not even exist
+        mod.main(["--model", "resnet20", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere"),
+                  "--remove", "10000000", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_best_climbs_the_given_ladder(tmp_path, weights, capsys):
     mod = recipe()
     out = tmp_path / "best"

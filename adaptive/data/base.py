@@ -36,16 +36,38 @@ class Source:
 _DATASETS: Dict[str, Callable[..., Source]] = {}
 
 
-def register_dataset(name: str, replace: bool = False):
+def register_dataset(name: str, replace: bool = False, facts: Optional[Callable[..., Tuple[int, Tuple[int, ...]]]] = None):
     """Register ``fn(data_dir, download, augment, **kw) -> Source`` under ``name`` (a taken name is
     refused unless ``replace``). A builder with a ``progress`` parameter gets the caller's progress
-    setting (True, False, or None: bars only when stderr is a terminal) for its long work."""
+    setting (True, False, or None: bars only when stderr is a terminal) for its long work.
+
+    ``facts(data_dir=None, **kw) -> (num_classes, in_shape)``, for a family that knows them for
+    certain from its arguments (and at most a look at folder names), without reading an example:
+    what the builder's :class:`Source` will say. It lets a caller build the model, and refuse what
+    does not fit it, before the data is read (:func:`dataset_facts`)."""
 
     def deco(fn):
         _registry.add(_DATASETS, "dataset", name, fn, replace)
+        fn.dataset_facts = facts
         return fn
 
     return deco
+
+
+def dataset_facts(name: str, data_dir=None, **kw) -> Optional[Tuple[int, Tuple[int, ...]]]:
+    """``(num_classes, in_shape)`` of dataset ``name`` built with ``data_dir`` and ``kw``, known
+    without reading its data; None where the family does not say (no ``facts`` registered) or cannot
+    tell (its folder is not found, an argument is bad: building it reports that)."""
+    facts = getattr(get_source_builder(name), "dataset_facts", None)
+    if facts is None:
+        return None
+    from ..paths import DatasetNotFoundError
+
+    try:
+        num_classes, in_shape = facts(data_dir=data_dir, **kw)
+    except (DatasetNotFoundError, FileNotFoundError, ValueError, TypeError):
+        return None
+    return int(num_classes), tuple(int(d) for d in in_shape)
 
 
 def check_dataset_kw(name: str, kw: dict) -> None:

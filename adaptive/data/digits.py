@@ -12,7 +12,7 @@ TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # fixed: the digits train/test split is part of the dataset's definition
 
 
-@register_dataset("digits")
+@register_dataset("digits", facts=lambda data_dir=None: (10, (1, 8, 8)))
 def digits(data_dir=None, download=False, augment=False) -> Source:
     """Digits as ``(1, 8, 8)`` images scaled to [0, 1] then standardised with the train split's
     mean and std; a fixed stratified 80/20 train/test split. ``augment`` is ignored: no augmentation

@@ -13,19 +13,28 @@ def _make(n, shape, num_classes, prototypes, g, signal):
     return x, y
 
 
-@register_dataset("fake")
+def _shape(shape) -> tuple:
+    """The ``shape`` argument as a tuple of positive sizes (a ValueError naming it otherwise)."""
+    try:
+        sizes = tuple(int(s) for s in ([shape] if isinstance(shape, int) else shape))
+    except (TypeError, ValueError):
+        sizes = ()
+    if not sizes or any(s <= 0 for s in sizes):
+        raise ValueError(f"dataset argument shape (--dataset-kw shape=...) must be positive sizes without the batch, "
+                         f"e.g. shape=[3,32,32] or shape=[64], got {shape!r}")
+    return sizes
+
+
+def _facts(data_dir=None, shape=(3, 32, 32), num_classes=10, **_):
+    return int(num_classes), _shape(shape)
+
+
+@register_dataset("fake", facts=_facts)
 def fake(data_dir=None, download=False, augment=False, shape=(3, 32, 32), num_classes=10,
          train_size=512, test_size=128, signal=1.0, data_seed=0) -> Source:
     """Gaussian noise plus a per-class prototype scaled by ``signal`` (0 gives pure noise, so the
     labels are learnable or not as a test wants). Deterministic in ``data_seed``."""
-    shape_given = shape
-    try:
-        shape = tuple(int(s) for s in ([shape] if isinstance(shape, int) else shape))
-    except (TypeError, ValueError):
-        shape = ()
-    if not shape or any(s <= 0 for s in shape):
-        raise ValueError(f"dataset argument shape (--dataset-kw shape=...) must be positive sizes without the batch, "
-                         f"e.g. shape=[3,32,32] or shape=[64], got {shape_given!r}")
+    shape = _shape(shape)
     g = torch.Generator().manual_seed(int(data_seed))
     prototypes = torch.randn((num_classes, *shape), generator=g)
     x, y = _make(int(train_size), shape, num_classes, prototypes, g, signal)

@@ -122,21 +122,51 @@ def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: 
     )
 
 
-@register_dataset("imagenet")
-def imagenet(data_dir=None, download=False, augment=False, image_size=224, resize=256) -> Source:
-    """ImageFolder ``<data>/imagenet/train`` and ``<data>/imagenet/val``. The train part uses
-    RandomResizedCrop + flip when ``augment``, else the evaluation transform (resize 256, center
-    crop 224), which holdout and val always use. ImageNet cannot be downloaded automatically."""
+def _folder_facts(train_dir, image_size) -> tuple:
+    """(classes, in_shape) of an ImageFolder source from the names of its class folders alone (the
+    classes ImageFolder finds; the transforms crop every image to ``image_size``)."""
+    from torchvision.datasets.folder import find_classes
+
+    return len(find_classes(str(train_dir))[0]), (3, int(image_size), int(image_size))
+
+
+def _imagenet_train(data_dir):
+    """ImageNet's train folder, with val/ beside it."""
     train_dir = find_data("imagenet", ("imagenet/train", "ILSVRC2012/train"), data_dir,
                           how="laid out as imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG "
                               "(ImageNet has no automatic download)")
     if not (train_dir.parent / "val").is_dir():  # said now, not after a whole run when the report needs it
         raise DatasetNotFoundError(f"imagenet validation split not found: expected {train_dir.parent / 'val'} next to "
                                    f"{train_dir} (laid out as val/<wnid>/*.JPEG)")
+    return train_dir
+
+
+@register_dataset("imagenet", facts=lambda data_dir=None, image_size=224, resize=256:
+                  _folder_facts(_imagenet_train(data_dir), image_size))
+def imagenet(data_dir=None, download=False, augment=False, image_size=224, resize=256) -> Source:
+    """ImageFolder ``<data>/imagenet/train`` and ``<data>/imagenet/val``. The train part uses
+    RandomResizedCrop + flip when ``augment``, else the evaluation transform (resize 256, center
+    crop 224), which holdout and val always use. ImageNet cannot be downloaded automatically."""
+    train_dir = _imagenet_train(data_dir)
     return _folder_source(train_dir, train_dir.parent / "val", augment, image_size, resize)
 
 
-@register_dataset("folder")
+def _folder_train(data_dir):
+    """The train/ folder of dataset 'folder' (or the DatasetNotFoundError saying what is missing)."""
+    from pathlib import Path
+
+    if data_dir is None:
+        raise DatasetNotFoundError("dataset 'folder' needs --data-dir: the folder that holds train/<class>/... and "
+                                   "val/<class>/... (or test/<class>/...)")
+    root = Path(data_dir).expanduser()
+    if not (root / "train").is_dir():
+        raise DatasetNotFoundError(f"dataset 'folder': {root / 'train'} not found; --data-dir must hold train/<class>/* "
+                                   "and val/<class>/* (or test/<class>/*)")
+    return root / "train"
+
+
+@register_dataset("folder", facts=lambda data_dir=None, image_size=224, resize=256, test_split=None:
+                  _folder_facts(_folder_train(data_dir), image_size))
 def folder(data_dir=None, download=False, augment=False, image_size=224, resize=256, test_split=None) -> Source:
     """Any image classification dataset in ImageFolder layout: ``data_dir/train/<class>/*`` and a
     test split beside it, ``data_dir/<test_split>/<class>/*`` (default: ``val``, else ``test``).
@@ -144,15 +174,7 @@ def folder(data_dir=None, download=False, augment=False, image_size=224, resize=
     ImageNet mean and std (torchvision's pretrained classifiers and the CIFAR ResNets here expect
     that); ``augment`` uses RandomResizedCrop + flip for the train part. The holdout is drawn from
     train, as for every dataset."""
-    if data_dir is None:
-        raise DatasetNotFoundError("dataset 'folder' needs --data-dir: the folder that holds train/<class>/... and "
-                                   "val/<class>/... (or test/<class>/...)")
-    from pathlib import Path
-
-    root = Path(data_dir).expanduser()
-    if not (root / "train").is_dir():
-        raise DatasetNotFoundError(f"dataset 'folder': {root / 'train'} not found; --data-dir must hold train/<class>/* "
-                                   "and val/<class>/* (or test/<class>/*)")
+    root = _folder_train(data_dir).parent
     splits = [test_split] if test_split else ["val", "test"]
     found = [root / s for s in splits if (root / s).is_dir()]
     if not found:

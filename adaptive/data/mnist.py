@@ -23,7 +23,7 @@ def _arrays(path, split):
         return torch.from_numpy(f[f"x_{split}"]), torch.from_numpy(f[f"y_{split}"]).long()
 
 
-@register_dataset("mnist")
+@register_dataset("mnist", facts=lambda data_dir=None: (10, (1, 28, 28)))
 def mnist(data_dir=None, download=False, augment=False) -> Source:
     """MNIST ``(1, 28, 28)``, normalised with mean/std 0.1307/0.3081; ``augment``: random shifts of
     up to 2 pixels (no flips) on the train part only. Reads the npz of the data
