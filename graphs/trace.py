@@ -353,6 +353,8 @@ class FlowProp(ShapeProp):
             return self._on_transformer(n, module, result)
         if cat == "normalize":
             return self._on_normalize(n, module, result)
+        if cat == "lookup":
+            return self._on_lookup(n, module, result)
         if cat == "pointwise":
             return self._on_pointwise(n, result)
         if cat == "broadcast":
@@ -773,6 +775,64 @@ class FlowProp(ShapeProp):
         ids = self.book.combine(row, combos.reshape(-1), m, n.name, op)
         return ids[inverse].to(torch.float64).view(shape).expand(result.shape)
 
+    def _on_lookup(self, n, module, result):
+        """``nn.Embedding`` / ``F.embedding(idx, table)``: output feature ``e`` at every position is column
+        ``e`` of the table, a node of its own (see :meth:`_table_ids`)."""
+        index = self._arg(n, 0, "input")
+        if not isinstance(index, torch.Tensor):
+            raise ValueError("its index carries no traced data")
+        if module is not None:
+            name, dim = str(n.target), int(module.embedding_dim)
+        else:
+            w = n.args[1] if len(n.args) > 1 else n.kwargs.get("weight")
+            name, dim = self._table_name(w), int(self._real(w).shape[-1])
+        ids = self._table_ids(name, (1, dim), -1, [index])
+        return ids.reshape(dim).to(torch.float64).expand(result.shape)
+
+    def _table_name(self, w) -> str:
+        """The name of a looked-up table: its module's (``emb`` for ``emb.weight``), a bare parameter's own
+        name, or the node computing it."""
+        if getattr(w, "op", None) == "get_attr":
+            owner, _, attr = str(w.target).rpartition(".")
+            return owner if attr == "weight" and owner else str(w.target)
+        return getattr(w, "name", "table")
+
+    def _table_ids(self, name, shape, axis, index_flows) -> torch.Tensor:
+        """An id tensor of ``shape`` for a table looked up by an index with ids ``index_flows``: one node
+        per entry along ``axis`` (kind input, op ``lookup``, named ``name``, ``name#2`` for a second
+        lookup in the same table), wired from the node of all the index's ids (a junction where they
+        differ; none for a constant index: a positional embedding of ``torch.arange``)."""
+        vals = torch.unique(torch.cat([_squeeze_uniform(f).reshape(-1) for f in index_flows]).long())
+        uses = sum(1 for g in self.book.groups if g.op == "lookup" and g.name.split("#")[0] == name)
+        label = name if uses == 0 else f"{name}#{uses + 1}"
+        src = self.book.combine(torch.zeros_like(vals), vals, 1, f"{label}.index", "lookup")
+        count = shape[axis]
+        gid, start = self.book.new_group(label, "input", "lookup", count)
+        dst = torch.arange(start, start + count)
+        if int(src[0]):
+            self.book.wires[gid] = (src.expand(count).clone(), dst)
+        return _expand(dst, shape, axis)
+
+    def _lookup_table(self, n, args):
+        """For ``table[idx]`` / ``table.index_select(dim, idx)`` on a table that carries no traced data (a
+        parameter) with a traced integer index: the table's id tensor (:meth:`_table_ids`, units on its
+        last axis, or on axis 0 when ``dim`` is the last), else None (an ordinary shape op)."""
+        if n.target not in (operator.getitem, torch.index_select, "index_select"):
+            return None
+        table = args[0]
+        if not isinstance(table, torch.Tensor) or table.dim() < 1 or bool(table.any()):
+            return None
+        index = [f for a in n.all_input_nodes[1:] if isinstance(self.env.get(a), torch.Tensor)
+                 and not self.env[a].is_floating_point() and self.env[a].dtype != torch.bool
+                 and isinstance(f := self.flows.get(a), torch.Tensor) and bool(f.any())]
+        if not index:
+            return None
+        axis = -1
+        if n.target is not operator.getitem:
+            dim = self._real(n.args[1]) if len(n.args) > 1 else self._real(n.kwargs.get("dim"))
+            axis = 0 if int(dim) % table.dim() == table.dim() - 1 else -1
+        return self._table_ids(self._table_name(n.args[0]), tuple(table.shape), axis, index)
+
     def _on_shape(self, n, module, result):
         def sub0(a):
             f = self._flow_of(a)
@@ -789,6 +849,9 @@ class FlowProp(ShapeProp):
             args = [first] + [self._real(a) for a in args[1:]]
         else:
             args = [sub0(args[0])] + [self._real(a) for a in args[1:]]
+            table = self._lookup_table(n, args)
+            if table is not None:
+                args[0] = table
         if not isinstance(args[0], (torch.Tensor, list)) or (isinstance(args[0], torch.Tensor) and args[0].dtype != torch.float64):
             raise ValueError("its data input carries no traced ids")
         if n.op == "call_method":
@@ -991,7 +1054,7 @@ _ROOT_RULES = (nn.MultiheadAttention, nn.RNNBase) + ops.TRANSFORMER_MODULES
 # modules followed as one call only when fx makes them a leaf (torch.nn's own, not a subclass defined
 # elsewhere, which fx traces into wherever it is): wrapped as the root too, as inside a Sequential
 _LEAF_RULES = (ops.WEIGHTED_MODULES + ops.TRANSPOSED_MODULES + ops.NORMALIZE_MODULES + ops.POINTWISE_MODULES
-               + ops.SHAPE_MODULES)
+               + ops.SHAPE_MODULES + ops.LOOKUP_MODULES)
 
 
 def _wrap_root(model: nn.Module) -> bool:
