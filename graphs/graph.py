@@ -348,6 +348,7 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
     ptr = [0]
     total_live = 0
     uses: Dict[tuple, int] = {}  # (weight, rows) -> traced layers that use it (a tied weight: several)
+    users: Dict[tuple, set] = {}  # (weight, rows) -> the labels of those layers, less a repeated call's "#k"
     names = (["count", "l1", "l2"] if level == "unit" else ["position", "weight"])
     if utility:
         names.append("utility")
@@ -360,6 +361,7 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
             p = _param(model, layer.param)  # a computed weight is a new tensor at each call: key it by name
             key = (id(p) if p is not None else layer.param, layer.rows)
             uses[key] = uses.get(key, 0) + 1
+            users.setdefault(key, set()).add(_first_call(layer.module))
             if uses[key] == 1:
                 total_live += int(m.sum())
             fn = _unit_edges if level == "unit" else _synapse_edges
@@ -398,10 +400,12 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
     nodes = tr.node_table()
     meta = {"live_synapses": total_live, "traced": tr.traced}
     shared = sum(1 for v in uses.values() if v > 1)
+    tied = sum(1 for v in users.values() if len(v) > 1)  # a module called again: the trace warned
     warns = list(tr.warnings)
     if shared:
         meta["shared_weights"] = shared
-        msg = (f"graphs: {shared} weight(s) are used by several layers (tied): their synapses have edges at every "
+    if tied:
+        msg = (f"graphs: {tied} weight(s) are used by several layers (tied): their synapses have edges at every "
                "use, and live_synapses() counts them once")
         warn_user(msg)
         warns.append(msg)
@@ -411,6 +415,12 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
     meta["model"] = type(model).__name__
     return ConnectomeGraph(level, nodes, src, dst, edge_attrs, tr.groups, tr.layers, tr.concats, warns,
                            meta, torch.tensor(ptr))
+
+
+def _first_call(label: str) -> str:
+    """A layer's label without the ``#k`` the trace gives the k-th call of a module (``fc#2`` -> ``fc``)."""
+    head, sep, last = label.rpartition(".")
+    return head + sep + last.split("#")[0]
 
 
 def _edge_ptr(g: ConnectomeGraph) -> None:

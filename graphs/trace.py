@@ -55,7 +55,9 @@ class Group:
 class LayerFlow:
     """One weighted layer: its units and the node feeding each of its input channels. ``module`` is
     the module's name, or for the parts of an attention or recurrent module a label under it
-    (``attn.q``, ``rnn.l0_reverse.hh``); ``param`` is always the weight's parameter name. ``shape``
+    (``attn.q``, ``rnn.l0_reverse.hh``), with ``#k`` for the k-th call of a module called more than once
+    (``fc#2``, ``attn.q#2``: a layer of its own, sharing the weight); ``param`` is always the weight's
+    parameter name. ``shape``
     is ``(out, in/groups, *kernel)``; a transposed convolution's parameter is stored
     ``(in, out/groups, *kernel)``, which :meth:`part` turns into that layout."""
 
@@ -229,7 +231,6 @@ class FlowProp(ShapeProp):
         self.input_nodes = input_nodes
         self.flows: Dict[fx.Node, Any] = {}
         self.mods = dict(gm.named_modules())
-        self.seen_modules: Dict[str, int] = {}
 
     # -------------------------------------------------------------- helpers
     def readout(self, t: torch.Tensor, axis: int, name: str) -> torch.Tensor:
@@ -271,15 +272,15 @@ class FlowProp(ShapeProp):
     # -------------------------------------------------------------- interpreter
     def run_node(self, n: fx.Node):
         result = super().run_node(n)
-        snap, seen = self.book.snapshot(), len(self.seen_modules)
+        snap = self.book.snapshot()
         try:
             self.flows[n] = self.flow(n, result)
         except InputError:
             raise
         except Exception as e:  # a rule that cannot handle this use of a known op
             self.book.restore(snap)
-            _truncate(self.seen_modules, seen)
             self.flows[n] = self._on_unknown(n, result, f": {type(e).__name__}: {e}")
+        self._note_repeat(n, self.book.layers[snap[2]:])
         self._in_place(n)
         return result
 
@@ -401,27 +402,18 @@ class FlowProp(ShapeProp):
         if not isinstance(x, torch.Tensor):
             raise ValueError("its input carries no traced data")
         name = str(n.target) if name is None else name
-        in_src = self.readout(x, axis, f"{name}.input")
-        if name in self.seen_modules:
-            self.book.warnings.append(
-                f"module {name!r} is called more than once (node {n.name!r}); the graph keeps the units and "
-                f"inputs of its first call only"
-            )
-            warn_user(self.book.warnings[-1])
-            layer = self.book.layers[self.seen_modules[name]]
-            start = self.book.groups[layer.group].start
-        else:
-            lid = len(self.book.layers)
-            gid, start = self.book.new_group(name, "layer", type(module).__name__, shape[0], layer=lid)
-            kind = "linear" if isinstance(module, nn.Linear) else f"conv{'transpose' if transposed else ''}{w.dim() - 2}d"
-            if in_src.numel() != shape[1] * groups:  # a batched input's axis 1 (a Linear's last) holds them all
-                raise InputError(f"{name} reads {in_src.numel()} input units on axis {axis} of its input "
-                                 f"{tuple(x.shape)} but its weight expects {shape[1] * groups}: graphs needs a batch "
-                                 "dimension first; is example_input one sample without it? (pass x.unsqueeze(0))")
-            param = f"{name}.weight" if name else "weight"  # F.linear(x, self.weight) in the model itself
-            self.book.layers.append(LayerFlow(name, param, gid, kind, shape, groups, in_src, n.name,
-                                              transposed=transposed))
-            self.seen_modules[name] = lid
+        param = f"{name}.weight" if name else "weight"  # F.linear(x, self.weight) in the model itself
+        label = self._call_label(name, param)
+        in_src = self.readout(x, axis, f"{label}.input")
+        if in_src.numel() != shape[1] * groups:  # a batched input's axis 1 (a Linear's last) holds them all
+            raise InputError(f"{name} reads {in_src.numel()} input units on axis {axis} of its input "
+                             f"{tuple(x.shape)} but its weight expects {shape[1] * groups}: graphs needs a batch "
+                             "dimension first; is example_input one sample without it? (pass x.unsqueeze(0))")
+        lid = len(self.book.layers)
+        gid, start = self.book.new_group(label, "layer", type(module).__name__, shape[0], layer=lid)
+        kind = "linear" if isinstance(module, nn.Linear) else f"conv{'transpose' if transposed else ''}{w.dim() - 2}d"
+        self.book.layers.append(LayerFlow(label, param, gid, kind, shape, groups, in_src, n.name,
+                                          transposed=transposed))
         ids = torch.arange(start, start + shape[0])
         return _expand(ids, result.shape, axis)
 
@@ -452,14 +444,11 @@ class FlowProp(ShapeProp):
         channels within a head: output channel ``c`` of head ``h`` is a sum of value unit ``c``
         weighted by scores computed from the query and key units of head ``h``, so it is a junction
         of those ``2 * head_dim + 1`` units. Returns (out_proj units, query units, key units)."""
-        if name in self.seen_modules:
-            raise ValueError(f"attention module {name!r} is called more than once; the graph follows one call per module")
         E, H = int(module.embed_dim), int(module.num_heads)
         if module._qkv_same_embed_dim:
             parts = [("in_proj_weight", (i * E, (i + 1) * E)) for i in range(3)]
         else:
             parts = [(f"{t}_proj_weight", None) for t in "qkv"]
-        first = len(self.book.layers)
         q, k, v = (self._matrix_layer(module, name, attr, f"{name}.{tag}", src, node_name, rows)
                    for (attr, rows), tag, src in zip(parts, "qkv", srcs))
         d = E // H
@@ -468,7 +457,6 @@ class FlowProp(ShapeProp):
         mixed = self.book.combine(torch.arange(E).repeat_interleave(2 * d + 1), feeds.reshape(-1), E,
                                   f"{name}.attention", "attention")
         out = self._matrix_layer(module.out_proj, f"{name}.out_proj", "weight", f"{name}.out_proj", mixed, node_name)
-        self.seen_modules[name] = first
         return out, q, k
 
     def _on_sdpa(self, n, result):
@@ -593,8 +581,6 @@ class FlowProp(ShapeProp):
         feed the next layer and, through *recurrent* back edges, its own state nodes (so a unit that
         reaches the output only at a later step is not counted dead)."""
         name = str(n.target)
-        if name in self.seen_modules:
-            raise ValueError(f"recurrent module {name!r} is called more than once; the graph follows one call per module")
         x = self._arg(n, 0, "input")
         if not isinstance(x, torch.Tensor):
             raise ValueError("its input carries no traced data (a PackedSequence is not followed)")
@@ -605,7 +591,6 @@ class FlowProp(ShapeProp):
         R = P or H
         dirs = ["", "_reverse"] if module.bidirectional else [""]
         src = self.readout(x, -1, f"{name}.input")
-        self.seen_modules[name] = len(self.book.layers)
         finals, cells = [], []
         for k in range(module.num_layers):
             outs = []
@@ -643,20 +628,38 @@ class FlowProp(ShapeProp):
 
     def _matrix_layer(self, module, owner, attr, label, in_src, node_name, rows=None) -> torch.Tensor:
         """A layer of units for the matrix ``module.<attr>`` (its ``rows`` only, when given; rows =
-        units) reading ``in_src``; returns the units' ids."""
+        units) reading ``in_src``; returns the units' ids. A matrix used again (its module called once
+        more) is a layer again, labelled ``label#k`` (:meth:`_call_label`)."""
         w = getattr(module, attr)
         if in_src.numel() != w.shape[1]:
             raise ValueError(f"{label} reads {in_src.numel()} units but {attr} expects {w.shape[1]}")
-        if attr == "weight":  # a Linear of its own (out_proj, linear1, ...): one call per module
-            if owner in self.seen_modules:
-                raise ValueError(f"module {owner!r} is called more than once; the graph follows one call per module")
-            self.seen_modules[owner] = len(self.book.layers)
+        param = f"{owner}.{attr}"
+        label = self._call_label(label, param, rows)
         out = int(w.shape[0]) if rows is None else rows[1] - rows[0]
         lid = len(self.book.layers)
         gid, start = self.book.new_group(label, "layer", type(module).__name__, out, layer=lid)
-        self.book.layers.append(LayerFlow(label, f"{owner}.{attr}", gid, "linear", (out, int(w.shape[1])), 1,
+        self.book.layers.append(LayerFlow(label, param, gid, "linear", (out, int(w.shape[1])), 1,
                                           in_src.long(), node_name, rows))
         return torch.arange(start, start + out)
+
+    def _call_label(self, label: str, param: str, rows=None) -> str:
+        """``label`` for the first layer using the rows ``rows`` of ``param``, ``label#k`` for the k-th
+        (a module called k times: each call's units are a layer of their own, sharing one weight)."""
+        k = 1 + sum(1 for l in self.book.layers if l.param == param and l.rows == rows)
+        return label if k == 1 else f"{label}#{k}"
+
+    def _note_repeat(self, n: fx.Node, layers: List[LayerFlow]) -> None:
+        """Warn that node ``n`` uses again the weights of ``layers`` (labelled ``#k``: a module called again)."""
+        again = [l for l in layers if "#" in l.module.rpartition(".")[2]]
+        if not again:
+            return
+        weights = ", ".join(dict.fromkeys(repr(l.param) for l in again))
+        labels = ", ".join(repr(l.module) for l in again[:4]) + (", ..." if len(again) > 4 else "")
+        msg = (f"graphs: node {n.name!r} uses weights used before in the forward ({weights}: a module called more than "
+               f"once): the graph has units at every call, this call's as {labels}; the calls share one weight, whose "
+               "synapses have edges at every call (live_synapses() counts them once)")
+        self.book.warnings.append(msg)
+        warn_user(msg)
 
     def _on_pointwise(self, n, result):
         x = self._flow_of(n.args[0]) if n.args else None

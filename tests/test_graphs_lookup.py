@@ -40,7 +40,8 @@ class TinyLM(nn.Module):
             return F.embedding(idx, w)
         if self.how == "getitem":
             return w[idx]
-        return torch.index_select(w, 0, idx.flatten()).view(idx.shape[0], idx.shape[1], E)
+        # the method: importing torch_geometric replaces torch.index_select by a Python function fx traces into
+        return w.index_select(0, idx.flatten()).view(idx.shape[0], idx.shape[1], E)
 
     def forward(self, idx):
         h = self.lookup(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
