@@ -118,6 +118,14 @@ def _param(model: nn.Module, name: str) -> Optional[nn.Parameter]:
         raise KeyError(f"{type(model).__name__} has no parameter {name!r}") from e
 
 
+def _param_or_none(model: nn.Module, name: str) -> Optional[nn.Parameter]:
+    """``model``'s parameter ``name``, or None when it has none by that name."""
+    try:
+        return model.get_parameter(name)
+    except AttributeError:
+        return None
+
+
 def _weight(model: nn.Module, name: str) -> torch.Tensor:
     """The values of the weight ``name``: its parameter's, or those its parametrization or
     weight_norm/spectral_norm hook computes now (as an eval-mode call would)."""
@@ -290,7 +298,11 @@ def build(
     if conn is not None:
         _check_belongs(conn, model, tr)
         seen = {_conn_name(conn, model, l) for l in tr.layers}
-        missing = [n for n in conn.masks if n not in seen]
+        # a weight an op the tracer cannot follow reads (x @ self.fc.weight.t()) is on the data path: that
+        # op's warning names it, so it is not called absent here too
+        read = {id(p) for names in tr.unknown_weights.values() for p in map(lambda n: _param_or_none(model, n), names)
+                if p is not None}
+        missing = [n for n in conn.masks if n not in seen and id(conn.params[n]) not in read]
         if missing:
             why = ("inside a module fx treats as a leaf, or unused in eval mode" if tr.traced else
                    "fx could not trace the model, and the module-order fallback chains only Linear and Conv layers")

@@ -926,7 +926,8 @@ class FlowProp(ShapeProp):
         shapes = [tuple(f.shape) for f in self._tensor_flows((n.args, n.kwargs))]  # ids: the operands' shapes
         hint = ops.how_to_register(n, module, shapes, tuple(result.shape) if isinstance(result, torch.Tensor) else None)
         what, weights = ops.describe(n, module), self._weights_read(n, module)
-        reads = f", reading the weights {', '.join(map(repr, weights))}" if weights else ""
+        reads = (f", reading the weights {', '.join(map(repr, weights))} (which get no synapse edges from it)"
+                 if weights else "")
         msg = (
             f"graphs: cannot follow the data flow through node {what}{reads}{reason}; assuming every "
             f"input unit feeds every output ({hint})"
