@@ -4,7 +4,8 @@ The model is traced with ``torch.fx`` and run once on an example input by a
 :class:`torch.fx.passes.shape_prop.ShapeProp` interpreter that, next to the real values, carries an
 *id tensor* for every tensor of the graph: each element holds the id of the graph node that produced
 it (0 for a constant such as zero padding). Weighted layers (Linear, Conv, the projections of
-attention and the matrices of recurrent layers, transposed convolutions) start new units; shape
+attention and the matrices of recurrent layers, transposed convolutions) start new units, embedding
+lookups new input nodes (their tables are no synapse layers); shape
 ops (view, flatten, cat, getitem, pad, split, permute) are evaluated exactly on the id tensors, so
 concatenation offsets, the ``h*w`` features of each flattened channel and the CIFAR ResNet's
 zero-padding shortcut come out right without special cases; per-channel ops (normalisation,
