@@ -42,8 +42,13 @@ with ``None`` where the channels end on axis 1 or the last (a squeeze-excitation
 ``s[:, :, None, None]``, a token mean ``h.mean(1)[:, None]``).
 
 Sizes. A sum over tokens or pixels of a constant unit is that constant times the input's size, so
-it is not a constant of the model: such units stay unless no reader uses them. A layer whose
-parameter the graph also reads directly (``F.linear(x, self.fc.weight)``) keeps its size.
+it is not a constant of the model: such units stay unless no reader uses them.
+
+Functional layers. ``F.linear(x, self.fc.weight, self.fc.bias)`` on an ``nn.Linear``'s own weight and
+bias (no bias where the layer has none) is that layer's call, and is compacted as one. A layer whose
+parameters are read otherwise (``F.linear(x, self.fc.weight)`` on a layer with a bias, ``self.fc.weight.t()``)
+keeps its size, and ``F.linear`` on a weight that is no ``nn.Linear``'s (a bare parameter, a computed
+weight) keeps the channels it reads and writes: a warning names each.
 """
 from __future__ import annotations
 
@@ -59,6 +64,7 @@ from torch import fx, nn
 from adaptive.connectome import _uncompiled
 from adaptive.counts import whole_number
 from adaptive.discovery import copy_model
+from adaptive.warn import warn_user
 
 from . import ops
 
@@ -312,6 +318,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
         raise RuntimeError(f"compact needs an fx-traceable model; tracing {type(model).__name__} failed{_where(e)}: "
                            f"{e}") from e
     gm.eval()
+    _functional_layers(gm, src)
     x = example_input[:1] if isinstance(example_input, torch.Tensor) else example_input
     with torch.no_grad():
         p = _Probe(gm)
@@ -328,6 +335,55 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
         report["max_abs_diff"] = _verify(ref, gm, example_input, atol, rtol)
     gm.compaction = report
     return gm
+
+
+def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
+    """Turn ``F.linear(x, self.fc.weight, self.fc.bias)`` on an ``nn.Linear``'s own weight and bias into the
+    call ``self.fc(x)``, which compaction shrinks; warn about each layer whose parameters are still read
+    directly (it keeps its size) and each ``F.linear`` on a weight no ``nn.Linear`` owns (its channels stay)."""
+    for n in list(gm.graph.nodes):
+        if n.op != "call_function" or n.target is not F.linear:
+            continue
+        owner, why = ops.linear_owner(n, src)
+        if owner is None:
+            warn_user(f"graphs.compact: node {ops.describe(n)} is F.linear where {why}: the channels it reads and "
+                      "writes keep their size; hold the weight in an nn.Linear and call it to have them compacted")
+            continue
+        module = src.get_submodule(owner)
+        bias = n.args[2] if len(n.args) > 2 else n.kwargs.get("bias")
+        own_bias = (bias is None if module.bias is None
+                    else getattr(bias, "op", None) == "get_attr" and bias.target == f"{owner}.bias")
+        x = n.args[0] if n.args else n.kwargs.get("input")
+        if not owner or not own_bias or type(module).forward is not nn.Linear.forward or not isinstance(x, fx.Node):
+            continue  # left as it is; warned below with the other direct reads of the layer's parameters
+        parent, _, child = owner.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, child, module)  # fx kept a bare holder of the weight
+        with gm.graph.inserting_before(n):
+            call = gm.graph.call_module(owner, (x,))
+        n.replace_all_uses_with(call)
+        reads = [a for a in n.all_input_nodes if a.op == "get_attr"]
+        gm.graph.erase_node(n)
+        for a in reads:
+            if not a.users:
+                gm.graph.erase_node(a)
+    read: Dict[str, List[str]] = {}
+    for n in gm.graph.nodes:
+        owner = str(n.target).rpartition(".")[0] if n.op == "get_attr" else None
+        if owner and isinstance(_submodule(src, owner), ops.WEIGHTED_MODULES):  # "": the model is the layer
+            read.setdefault(owner, []).extend(u.name for u in n.users)
+    for owner, users in read.items():
+        warn_user(f"graphs.compact: layer {owner!r} keeps its size: node(s) {sorted(set(users))} read its parameters "
+                  f"directly (F.linear with another bias, a transpose, ...), which a smaller layer would not fit; call "
+                  f"the module itself (self.{owner}(x)) to have it compacted")
+    gm.graph.lint()
+    gm.recompile()
+
+
+def _submodule(model: nn.Module, name: str) -> Optional[nn.Module]:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def _stateful(module) -> bool:

@@ -118,6 +118,14 @@ def _param(model: nn.Module, name: str) -> Optional[nn.Parameter]:
         raise KeyError(f"{type(model).__name__} has no parameter {name!r}") from e
 
 
+def _param_or_none(model: nn.Module, name: str) -> Optional[nn.Parameter]:
+    """``model``'s parameter ``name``, or None when it has none by that name."""
+    try:
+        return model.get_parameter(name)
+    except AttributeError:
+        return None
+
+
 def _weight(model: nn.Module, name: str) -> torch.Tensor:
     """The values of the weight ``name``: its parameter's, or those its parametrization or
     weight_norm/spectral_norm hook computes now (as an eval-mode call would)."""
@@ -290,7 +298,11 @@ def build(
     if conn is not None:
         _check_belongs(conn, model, tr)
         seen = {_conn_name(conn, model, l) for l in tr.layers}
-        missing = [n for n in conn.masks if n not in seen]
+        # a weight an op the tracer cannot follow reads (x @ self.fc.weight.t()) is on the data path: that
+        # op's warning names it, so it is not called absent here too
+        read = {id(p) for names in tr.unknown_weights.values() for p in map(lambda n: _param_or_none(model, n), names)
+                if p is not None}
+        missing = [n for n in conn.masks if n not in seen and id(conn.params[n]) not in read]
         if missing:
             why = ("inside a module fx treats as a leaf, or unused in eval mode" if tr.traced else
                    "fx could not trace the model, and the module-order fallback chains only Linear and Conv layers")
@@ -348,6 +360,7 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
     ptr = [0]
     total_live = 0
     uses: Dict[tuple, int] = {}  # (weight, rows) -> traced layers that use it (a tied weight: several)
+    users: Dict[tuple, set] = {}  # (weight, rows) -> the labels of those layers, less a repeated call's "#k"
     names = (["count", "l1", "l2"] if level == "unit" else ["position", "weight"])
     if utility:
         names.append("utility")
@@ -360,6 +373,7 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
             p = _param(model, layer.param)  # a computed weight is a new tensor at each call: key it by name
             key = (id(p) if p is not None else layer.param, layer.rows)
             uses[key] = uses.get(key, 0) + 1
+            users.setdefault(key, set()).add(_first_call(layer.module))
             if uses[key] == 1:
                 total_live += int(m.sum())
             fn = _unit_edges if level == "unit" else _synapse_edges
@@ -398,10 +412,12 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
     nodes = tr.node_table()
     meta = {"live_synapses": total_live, "traced": tr.traced}
     shared = sum(1 for v in uses.values() if v > 1)
+    tied = sum(1 for v in users.values() if len(v) > 1)  # a module called again: the trace warned
     warns = list(tr.warnings)
     if shared:
         meta["shared_weights"] = shared
-        msg = (f"graphs: {shared} weight(s) are used by several layers (tied): their synapses have edges at every "
+    if tied:
+        msg = (f"graphs: {tied} weight(s) are used by several layers (tied): their synapses have edges at every "
                "use, and live_synapses() counts them once")
         warn_user(msg)
         warns.append(msg)
@@ -411,6 +427,12 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
     meta["model"] = type(model).__name__
     return ConnectomeGraph(level, nodes, src, dst, edge_attrs, tr.groups, tr.layers, tr.concats, warns,
                            meta, torch.tensor(ptr))
+
+
+def _first_call(label: str) -> str:
+    """A layer's label without the ``#k`` the trace gives the k-th call of a module (``fc#2`` -> ``fc``)."""
+    head, sep, last = label.rpartition(".")
+    return head + sep + last.split("#")[0]
 
 
 def _edge_ptr(g: ConnectomeGraph) -> None:

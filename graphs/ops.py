@@ -30,11 +30,18 @@ Every op falls in one category:
 - ``shape``: moves elements without computing (view, flatten, cat, getitem, pad, permute, split, unbind,
   pixel_shuffle/pixel_unshuffle): evaluated exactly on tensors of unit ids.
 - ``reduce``: mean/sum/amax over some dimensions.
+- ``lookup``: an ``nn.Embedding`` / ``F.embedding`` call: rows of a table picked by an index. The table
+  is not a synapse layer (a Connectome leaves embeddings dense), so it has no units and no synapse
+  edges: its output features (the ``embedding_dim`` columns) are nodes of their own, of kind input
+  (op ``lookup``), wired from the nodes the index is computed from (the token positions). ``index_select``
+  (function and method) and indexing ``table[idx]`` are shape ops; on a table that carries no traced data
+  (a parameter) with a traced integer index they are the same lookup, the table's units on its last axis.
 
 ``F.linear(x, self.fc.weight, ...)`` on the weight of an ``nn.Linear`` (a ``get_attr`` node: a subclass of
 ``nn.Linear`` that fx traces into, or a model reading a layer's weight directly) is, for the tracer,
-that layer called (:func:`linear_owner`); it stays "unknown" here, so compaction leaves it alone. Any
-other ``F.linear`` (a computed or shared weight) is unknown, with a warning saying why.
+that layer called (:func:`linear_owner`); it stays "unknown" here (``graphs.compact`` turns such a call
+into the layer's own call where the bias is the layer's too). Any other ``F.linear`` (a computed or
+shared weight) is unknown, with a warning saying why.
 
 Anything else is unknown: the tracer warns, naming the node (and a module's type), and assumes
 every input feeds every output. Extend a table (or :func:`register_op`) to teach it a new op.
@@ -107,11 +114,12 @@ SHAPE_FUNCTIONS = {
     torch.flatten, torch.reshape, torch.cat, torch.concat, torch.stack, torch.permute, torch.transpose,
     torch.squeeze, torch.unsqueeze, torch.split, torch.chunk, torch.narrow, torch.movedim, F.pad,
     operator.getitem, torch.unflatten, torch.triu, torch.tril, F.pixel_shuffle, F.pixel_unshuffle, torch.unbind,
+    torch.index_select,
 }
 SHAPE_METHODS = {
     "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "split", "chunk", "narrow",
     "expand", "expand_as", "repeat", "movedim", "unflatten", "t", "view_as", "reshape_as", "contiguous",
-    "triu", "tril", "unbind",
+    "triu", "tril", "unbind", "index_select",
 }
 # pointwise ops that act along axis 1 (statistics, pooling, padding, resampling): not elementwise
 _ALONG_AXIS_ONE_MODULES = (
@@ -125,6 +133,9 @@ _ALONG_AXIS_ONE_FUNCTIONS = {
     F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
     F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.dropout2d,
 }
+# a table's rows picked by an index (see the module docstring): no units, no synapses
+LOOKUP_MODULES = (nn.Embedding,)
+LOOKUP_FUNCTIONS = {F.embedding}
 REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 CONCAT_FUNCTIONS = {torch.cat, torch.concat}
@@ -153,7 +164,8 @@ def register_op(target: Any, category: str) -> None:
 
 
 def categorize(node, module=None) -> str:
-    """The category of an fx node: weighted, attention, recurrent, transformer, normalize, pointwise, broadcast, shape, reduce, or unknown."""
+    """The category of an fx node: weighted, attention, recurrent, transformer, normalize, lookup, pointwise,
+    broadcast, shape, reduce, or unknown."""
     op, target = node.op, node.target
     if op == "call_module":
         for cls, cat in _EXTRA.items():
@@ -169,6 +181,8 @@ def categorize(node, module=None) -> str:
             return "transformer"
         if isinstance(module, NORMALIZE_MODULES):
             return "normalize"
+        if isinstance(module, LOOKUP_MODULES):
+            return "lookup"
         if isinstance(module, POINTWISE_MODULES):
             return "pointwise"
         if isinstance(module, SHAPE_MODULES):
@@ -181,6 +195,8 @@ def categorize(node, module=None) -> str:
             return "attention"
         if target in NORMALIZE_FUNCTIONS:
             return "normalize"
+        if target in LOOKUP_FUNCTIONS:
+            return "lookup"
         if target in POINTWISE_FUNCTIONS:
             return "pointwise"
         if target in BROADCAST_FUNCTIONS:

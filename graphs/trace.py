@@ -4,7 +4,8 @@ The model is traced with ``torch.fx`` and run once on an example input by a
 :class:`torch.fx.passes.shape_prop.ShapeProp` interpreter that, next to the real values, carries an
 *id tensor* for every tensor of the graph: each element holds the id of the graph node that produced
 it (0 for a constant such as zero padding). Weighted layers (Linear, Conv, the projections of
-attention and the matrices of recurrent layers, transposed convolutions) start new units; shape
+attention and the matrices of recurrent layers, transposed convolutions) start new units, embedding
+lookups new input nodes (their tables are no synapse layers); shape
 ops (view, flatten, cat, getitem, pad, split, permute) are evaluated exactly on the id tensors, so
 concatenation offsets, the ``h*w`` features of each flattened channel and the CIFAR ResNet's
 zero-padding shortcut come out right without special cases; per-channel ops (normalisation,
@@ -55,7 +56,9 @@ class Group:
 class LayerFlow:
     """One weighted layer: its units and the node feeding each of its input channels. ``module`` is
     the module's name, or for the parts of an attention or recurrent module a label under it
-    (``attn.q``, ``rnn.l0_reverse.hh``); ``param`` is always the weight's parameter name. ``shape``
+    (``attn.q``, ``rnn.l0_reverse.hh``), with ``#k`` for the k-th call of a module called more than once
+    (``fc#2``, ``attn.q#2``: a layer of its own, sharing the weight); ``param`` is always the weight's
+    parameter name. ``shape``
     is ``(out, in/groups, *kernel)``; a transposed convolution's parameter is stored
     ``(in, out/groups, *kernel)``, which :meth:`part` turns into that layout."""
 
@@ -229,7 +232,6 @@ class FlowProp(ShapeProp):
         self.input_nodes = input_nodes
         self.flows: Dict[fx.Node, Any] = {}
         self.mods = dict(gm.named_modules())
-        self.seen_modules: Dict[str, int] = {}
 
     # -------------------------------------------------------------- helpers
     def readout(self, t: torch.Tensor, axis: int, name: str) -> torch.Tensor:
@@ -271,15 +273,15 @@ class FlowProp(ShapeProp):
     # -------------------------------------------------------------- interpreter
     def run_node(self, n: fx.Node):
         result = super().run_node(n)
-        snap, seen = self.book.snapshot(), len(self.seen_modules)
+        snap = self.book.snapshot()
         try:
             self.flows[n] = self.flow(n, result)
         except InputError:
             raise
         except Exception as e:  # a rule that cannot handle this use of a known op
             self.book.restore(snap)
-            _truncate(self.seen_modules, seen)
             self.flows[n] = self._on_unknown(n, result, f": {type(e).__name__}: {e}")
+        self._note_repeat(n, self.book.layers[snap[2]:])
         self._in_place(n)
         return result
 
@@ -353,6 +355,8 @@ class FlowProp(ShapeProp):
             return self._on_transformer(n, module, result)
         if cat == "normalize":
             return self._on_normalize(n, module, result)
+        if cat == "lookup":
+            return self._on_lookup(n, module, result)
         if cat == "pointwise":
             return self._on_pointwise(n, result)
         if cat == "broadcast":
@@ -399,27 +403,18 @@ class FlowProp(ShapeProp):
         if not isinstance(x, torch.Tensor):
             raise ValueError("its input carries no traced data")
         name = str(n.target) if name is None else name
-        in_src = self.readout(x, axis, f"{name}.input")
-        if name in self.seen_modules:
-            self.book.warnings.append(
-                f"module {name!r} is called more than once (node {n.name!r}); the graph keeps the units and "
-                f"inputs of its first call only"
-            )
-            warn_user(self.book.warnings[-1])
-            layer = self.book.layers[self.seen_modules[name]]
-            start = self.book.groups[layer.group].start
-        else:
-            lid = len(self.book.layers)
-            gid, start = self.book.new_group(name, "layer", type(module).__name__, shape[0], layer=lid)
-            kind = "linear" if isinstance(module, nn.Linear) else f"conv{'transpose' if transposed else ''}{w.dim() - 2}d"
-            if in_src.numel() != shape[1] * groups:  # a batched input's axis 1 (a Linear's last) holds them all
-                raise InputError(f"{name} reads {in_src.numel()} input units on axis {axis} of its input "
-                                 f"{tuple(x.shape)} but its weight expects {shape[1] * groups}: graphs needs a batch "
-                                 "dimension first; is example_input one sample without it? (pass x.unsqueeze(0))")
-            param = f"{name}.weight" if name else "weight"  # F.linear(x, self.weight) in the model itself
-            self.book.layers.append(LayerFlow(name, param, gid, kind, shape, groups, in_src, n.name,
-                                              transposed=transposed))
-            self.seen_modules[name] = lid
+        param = f"{name}.weight" if name else "weight"  # F.linear(x, self.weight) in the model itself
+        label = self._call_label(name, param)
+        in_src = self.readout(x, axis, f"{label}.input")
+        if in_src.numel() != shape[1] * groups:  # a batched input's axis 1 (a Linear's last) holds them all
+            raise InputError(f"{name} reads {in_src.numel()} input units on axis {axis} of its input "
+                             f"{tuple(x.shape)} but its weight expects {shape[1] * groups}: graphs needs a batch "
+                             "dimension first; is example_input one sample without it? (pass x.unsqueeze(0))")
+        lid = len(self.book.layers)
+        gid, start = self.book.new_group(label, "layer", type(module).__name__, shape[0], layer=lid)
+        kind = "linear" if isinstance(module, nn.Linear) else f"conv{'transpose' if transposed else ''}{w.dim() - 2}d"
+        self.book.layers.append(LayerFlow(label, param, gid, kind, shape, groups, in_src, n.name,
+                                          transposed=transposed))
         ids = torch.arange(start, start + shape[0])
         return _expand(ids, result.shape, axis)
 
@@ -450,14 +445,11 @@ class FlowProp(ShapeProp):
         channels within a head: output channel ``c`` of head ``h`` is a sum of value unit ``c``
         weighted by scores computed from the query and key units of head ``h``, so it is a junction
         of those ``2 * head_dim + 1`` units. Returns (out_proj units, query units, key units)."""
-        if name in self.seen_modules:
-            raise ValueError(f"attention module {name!r} is called more than once; the graph follows one call per module")
         E, H = int(module.embed_dim), int(module.num_heads)
         if module._qkv_same_embed_dim:
             parts = [("in_proj_weight", (i * E, (i + 1) * E)) for i in range(3)]
         else:
             parts = [(f"{t}_proj_weight", None) for t in "qkv"]
-        first = len(self.book.layers)
         q, k, v = (self._matrix_layer(module, name, attr, f"{name}.{tag}", src, node_name, rows)
                    for (attr, rows), tag, src in zip(parts, "qkv", srcs))
         d = E // H
@@ -466,7 +458,6 @@ class FlowProp(ShapeProp):
         mixed = self.book.combine(torch.arange(E).repeat_interleave(2 * d + 1), feeds.reshape(-1), E,
                                   f"{name}.attention", "attention")
         out = self._matrix_layer(module.out_proj, f"{name}.out_proj", "weight", f"{name}.out_proj", mixed, node_name)
-        self.seen_modules[name] = first
         return out, q, k
 
     def _on_sdpa(self, n, result):
@@ -591,8 +582,6 @@ class FlowProp(ShapeProp):
         feed the next layer and, through *recurrent* back edges, its own state nodes (so a unit that
         reaches the output only at a later step is not counted dead)."""
         name = str(n.target)
-        if name in self.seen_modules:
-            raise ValueError(f"recurrent module {name!r} is called more than once; the graph follows one call per module")
         x = self._arg(n, 0, "input")
         if not isinstance(x, torch.Tensor):
             raise ValueError("its input carries no traced data (a PackedSequence is not followed)")
@@ -603,7 +592,6 @@ class FlowProp(ShapeProp):
         R = P or H
         dirs = ["", "_reverse"] if module.bidirectional else [""]
         src = self.readout(x, -1, f"{name}.input")
-        self.seen_modules[name] = len(self.book.layers)
         finals, cells = [], []
         for k in range(module.num_layers):
             outs = []
@@ -641,20 +629,38 @@ class FlowProp(ShapeProp):
 
     def _matrix_layer(self, module, owner, attr, label, in_src, node_name, rows=None) -> torch.Tensor:
         """A layer of units for the matrix ``module.<attr>`` (its ``rows`` only, when given; rows =
-        units) reading ``in_src``; returns the units' ids."""
+        units) reading ``in_src``; returns the units' ids. A matrix used again (its module called once
+        more) is a layer again, labelled ``label#k`` (:meth:`_call_label`)."""
         w = getattr(module, attr)
         if in_src.numel() != w.shape[1]:
             raise ValueError(f"{label} reads {in_src.numel()} units but {attr} expects {w.shape[1]}")
-        if attr == "weight":  # a Linear of its own (out_proj, linear1, ...): one call per module
-            if owner in self.seen_modules:
-                raise ValueError(f"module {owner!r} is called more than once; the graph follows one call per module")
-            self.seen_modules[owner] = len(self.book.layers)
+        param = f"{owner}.{attr}"
+        label = self._call_label(label, param, rows)
         out = int(w.shape[0]) if rows is None else rows[1] - rows[0]
         lid = len(self.book.layers)
         gid, start = self.book.new_group(label, "layer", type(module).__name__, out, layer=lid)
-        self.book.layers.append(LayerFlow(label, f"{owner}.{attr}", gid, "linear", (out, int(w.shape[1])), 1,
+        self.book.layers.append(LayerFlow(label, param, gid, "linear", (out, int(w.shape[1])), 1,
                                           in_src.long(), node_name, rows))
         return torch.arange(start, start + out)
+
+    def _call_label(self, label: str, param: str, rows=None) -> str:
+        """``label`` for the first layer using the rows ``rows`` of ``param``, ``label#k`` for the k-th
+        (a module called k times: each call's units are a layer of their own, sharing one weight)."""
+        k = 1 + sum(1 for l in self.book.layers if l.param == param and l.rows == rows)
+        return label if k == 1 else f"{label}#{k}"
+
+    def _note_repeat(self, n: fx.Node, layers: List[LayerFlow]) -> None:
+        """Warn that node ``n`` uses again the weights of ``layers`` (labelled ``#k``: a module called again)."""
+        again = [l for l in layers if "#" in l.module.rpartition(".")[2]]
+        if not again:
+            return
+        weights = ", ".join(dict.fromkeys(repr(l.param) for l in again))
+        labels = ", ".join(repr(l.module) for l in again[:4]) + (", ..." if len(again) > 4 else "")
+        msg = (f"graphs: node {n.name!r} uses weights used before in the forward ({weights}: a module called more than "
+               f"once): the graph has units at every call, this call's as {labels}; the calls share one weight, whose "
+               "synapses have edges at every call (live_synapses() counts them once)")
+        self.book.warnings.append(msg)
+        warn_user(msg)
 
     def _on_pointwise(self, n, result):
         x = self._flow_of(n.args[0]) if n.args else None
@@ -773,6 +779,64 @@ class FlowProp(ShapeProp):
         ids = self.book.combine(row, combos.reshape(-1), m, n.name, op)
         return ids[inverse].to(torch.float64).view(shape).expand(result.shape)
 
+    def _on_lookup(self, n, module, result):
+        """``nn.Embedding`` / ``F.embedding(idx, table)``: output feature ``e`` at every position is column
+        ``e`` of the table, a node of its own (see :meth:`_table_ids`)."""
+        index = self._arg(n, 0, "input")
+        if not isinstance(index, torch.Tensor):
+            raise ValueError("its index carries no traced data")
+        if module is not None:
+            name, dim = str(n.target), int(module.embedding_dim)
+        else:
+            w = n.args[1] if len(n.args) > 1 else n.kwargs.get("weight")
+            name, dim = self._table_name(w), int(self._real(w).shape[-1])
+        ids = self._table_ids(name, (1, dim), -1, [index])
+        return ids.reshape(dim).to(torch.float64).expand(result.shape)
+
+    def _table_name(self, w) -> str:
+        """The name of a looked-up table: its module's (``emb`` for ``emb.weight``), a bare parameter's own
+        name, or the node computing it."""
+        if getattr(w, "op", None) == "get_attr":
+            owner, _, attr = str(w.target).rpartition(".")
+            return owner if attr == "weight" and owner else str(w.target)
+        return getattr(w, "name", "table")
+
+    def _table_ids(self, name, shape, axis, index_flows) -> torch.Tensor:
+        """An id tensor of ``shape`` for a table looked up by an index with ids ``index_flows``: one node
+        per entry along ``axis`` (kind input, op ``lookup``, named ``name``, ``name#2`` for a second
+        lookup in the same table), wired from the node of all the index's ids (a junction where they
+        differ; none for a constant index: a positional embedding of ``torch.arange``)."""
+        vals = torch.unique(torch.cat([_squeeze_uniform(f).reshape(-1) for f in index_flows]).long())
+        uses = sum(1 for g in self.book.groups if g.op == "lookup" and g.name.split("#")[0] == name)
+        label = name if uses == 0 else f"{name}#{uses + 1}"
+        src = self.book.combine(torch.zeros_like(vals), vals, 1, f"{label}.index", "lookup")
+        count = shape[axis]
+        gid, start = self.book.new_group(label, "input", "lookup", count)
+        dst = torch.arange(start, start + count)
+        if int(src[0]):
+            self.book.wires[gid] = (src.expand(count).clone(), dst)
+        return _expand(dst, shape, axis)
+
+    def _lookup_table(self, n, args):
+        """For ``table[idx]`` / ``table.index_select(dim, idx)`` on a table that carries no traced data (a
+        parameter) with a traced integer index: the table's id tensor (:meth:`_table_ids`, units on its
+        last axis, or on axis 0 when ``dim`` is the last), else None (an ordinary shape op)."""
+        if n.target not in (operator.getitem, torch.index_select, "index_select"):
+            return None
+        table = args[0]
+        if not isinstance(table, torch.Tensor) or table.dim() < 1 or bool(table.any()):
+            return None
+        index = [f for a in n.all_input_nodes[1:] if isinstance(self.env.get(a), torch.Tensor)
+                 and not self.env[a].is_floating_point() and self.env[a].dtype != torch.bool
+                 and isinstance(f := self.flows.get(a), torch.Tensor) and bool(f.any())]
+        if not index:
+            return None
+        axis = -1
+        if n.target is not operator.getitem:
+            dim = self._real(n.args[1]) if len(n.args) > 1 else self._real(n.kwargs.get("dim"))
+            axis = 0 if int(dim) % table.dim() == table.dim() - 1 else -1
+        return self._table_ids(self._table_name(n.args[0]), tuple(table.shape), axis, index)
+
     def _on_shape(self, n, module, result):
         def sub0(a):
             f = self._flow_of(a)
@@ -789,6 +853,9 @@ class FlowProp(ShapeProp):
             args = [first] + [self._real(a) for a in args[1:]]
         else:
             args = [sub0(args[0])] + [self._real(a) for a in args[1:]]
+            table = self._lookup_table(n, args)
+            if table is not None:
+                args[0] = table
         if not isinstance(args[0], (torch.Tensor, list)) or (isinstance(args[0], torch.Tensor) and args[0].dtype != torch.float64):
             raise ValueError("its data input carries no traced ids")
         if n.op == "call_method":
@@ -860,7 +927,8 @@ class FlowProp(ShapeProp):
         shapes = [tuple(f.shape) for f in self._tensor_flows((n.args, n.kwargs))]  # ids: the operands' shapes
         hint = ops.how_to_register(n, module, shapes, tuple(result.shape) if isinstance(result, torch.Tensor) else None)
         what, weights = ops.describe(n, module), self._weights_read(n, module)
-        reads = f", reading the weights {', '.join(map(repr, weights))}" if weights else ""
+        reads = (f", reading the weights {', '.join(map(repr, weights))} (which get no synapse edges from it)"
+                 if weights else "")
         msg = (
             f"graphs: cannot follow the data flow through node {what}{reads}{reason}; assuming every "
             f"input unit feeds every output ({hint})"
@@ -991,7 +1059,7 @@ _ROOT_RULES = (nn.MultiheadAttention, nn.RNNBase) + ops.TRANSFORMER_MODULES
 # modules followed as one call only when fx makes them a leaf (torch.nn's own, not a subclass defined
 # elsewhere, which fx traces into wherever it is): wrapped as the root too, as inside a Sequential
 _LEAF_RULES = (ops.WEIGHTED_MODULES + ops.TRANSPOSED_MODULES + ops.NORMALIZE_MODULES + ops.POINTWISE_MODULES
-               + ops.SHAPE_MODULES)
+               + ops.SHAPE_MODULES + ops.LOOKUP_MODULES)
 
 
 def _wrap_root(model: nn.Module) -> bool:

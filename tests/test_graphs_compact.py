@@ -1,5 +1,7 @@
 """graphs.compact: dead units removed physically, outputs unchanged."""
 import copy
+import re
+import warnings
 
 import pytest
 import torch
@@ -701,3 +703,53 @@ def test_compact_without_an_example_input_guesses_one_the_model_runs_on(tmp_path
     torch.save(conn.dense_state_dict(), run / "model_state.pt")
     (run / "config.yaml").write_text("model: lenet5\n")
     assert main(["compact", str(run)]) == 0, capsys.readouterr().err
+
+
+class FunctionalLinear(nn.Module):
+    """Layer ``a`` read through F.linear: with its own weight and bias (``how="own"``, compacted as the
+    layer's call), without its bias (``"no_bias"``: kept, warned), or a bare parameter (``"bare"``)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.w = nn.Parameter(torch.randn(6, 4))
+
+    def forward(self, x):
+        if self.how == "own":
+            h = F.linear(x, self.a.weight, self.a.bias)
+        elif self.how == "no_bias":
+            h = F.linear(x, self.a.weight)
+        else:
+            h = F.linear(x, self.w)
+        return self.b(torch.relu(h))
+
+
+@pytest.mark.parametrize("how, removed, warned", [
+    ("own", 3, None),
+    ("no_bias", 0, r"layer 'a' keeps its size: node\(s\) \['linear'\] read its parameters directly.*self\.a\(x\)"),
+    ("bare", 0, r"node 'linear' \(call_function linear\) is F.linear where its weight 'w' is not the weight of an "
+                r"nn.Linear.*keep their size"),
+])
+def test_a_layer_read_through_functional_linear_is_compacted_or_named(how, removed, warned):
+    """F.linear(x, self.a.weight, self.a.bias) is a's call: its 3 dead units go (they were kept, silently);
+    any other F.linear keeps its channels, with a warning naming the layer or the node."""
+    torch.manual_seed(0)
+    model = FunctionalLinear(how).eval()
+    conn = adaptive.Connectome(model)
+    mask = conn.masks["a.weight"].clone()
+    mask[:3] = False
+    conn.set_masks({"a.weight": mask})
+    x = torch.randn(4, 4)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        small = graphs.compact(model, conn, x)
+    messages = [str(w.message) for w in rec if "graphs.compact" in str(w.message)]
+    if warned is None:
+        assert messages == []
+        assert small.a.weight.shape == (3, 4) and small.b.weight.shape == (3, 3)
+    else:
+        assert len(messages) == 1 and re.search(warned, messages[0]), messages
+    assert small.compaction["units_removed"] == removed
+    with torch.no_grad():
+        assert torch.allclose(small(x), masked_output(model, conn, x), atol=1e-5)

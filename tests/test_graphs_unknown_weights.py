@@ -66,3 +66,31 @@ def test_unknown_op_on_data_alone_names_no_weights():
         tr = trace(Cum(), torch.randn(1, 4))
     assert tr.unknown_weights == {}
     assert not any("reading the weights" in str(w.message) for w in rec)
+
+
+def test_a_layer_weight_read_by_an_unknown_op_is_named_once():
+    """torch.matmul(x, self.a.weight.t()) is on the data path: the unknown op's warning names a.weight and
+    says it gets no synapse edges; build also called a.weight 'not on the traced data path' (misleading).
+    A layer that is really unused is still named so."""
+    import warnings
+
+    import adaptive
+    import graphs
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.unused = nn.Linear(4, 6), nn.Linear(6, 3), nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.b(torch.matmul(x, self.a.weight.t()))
+
+    conn = adaptive.Connectome(Net())
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        graphs.build(conn, example_input=torch.randn(2, 4))
+    about_a = [str(w.message) for w in rec if "a.weight" in str(w.message)]
+    assert len(about_a) == 1
+    assert "'matmul'" in about_a[0] and "(which get no synapse edges from it)" in about_a[0]
+    absent = [str(w.message) for w in rec if "not on the traced data path" in str(w.message)]
+    assert len(absent) == 1 and "['unused.weight']" in absent[0]
