@@ -375,3 +375,32 @@ def test_an_order_read_from_a_single_batch_of_several_asked_says_so():
         removal_scores(Connectome(model), train[:2], "obd", batches=20)  # several: the whole loader, as a default reads
         removal_scores(Connectome(model), train[:1], "obd", batches=1)  # one, as asked
         removal_scores(Connectome(model), train[:1], "magnitude", batches=2)  # no gradients read
+
+
+def _kept_figures(monkeypatch):
+    """Make the knowledge module keep its figures instead of writing them."""
+    from adaptive.diagnostics import knowledge as knowledge_module
+
+    figs = []
+    monkeypatch.setattr(knowledge_module, "save_figure", lambda fig, path, svg=False: figs.append(fig) or [str(path)])
+    return figs
+
+
+def test_log_x_draws_the_fit_panels_on_a_log_axis_leaving_out_the_intact_net(monkeypatch):
+    """The loss-increase and accuracy-drop panels had a linear x axis only, which crowds the first removals
+    into the left edge. log_x draws them on a log axis; 0 removed (0 there by definition) is left out, said."""
+    figs = _kept_figures(monkeypatch)
+    model, data = constructed()
+    curve = knowledge_distribution(model, data, counts=range(9), estimator="magnitude", noise_floor=1e-6)
+    assert curve.fits["loss_increase"]["fit_from"] is not None  # a fit line is drawn
+    curve.plot("linear.png")
+    curve.plot("log.png", log_x=True)
+    linear, log = figs
+    for i in (2, 3):  # the two lower panels
+        assert linear.axes[i].get_xscale() == "linear"
+        ax = log.axes[i]
+        assert ax.get_xscale() == "log" and ax.get_xlim()[0] > 0
+        assert "0 removed, the intact net, is left out" in ax.get_xlabel()
+        drawn = [x for line in ax.get_lines() for x in line.get_xdata()]
+        assert drawn and min(drawn) >= 1  # the fit line too: nothing at 0, which a log axis cannot place
+    assert [log.axes[i].get_xscale() for i in (0, 1)] == ["linear", "log"]  # the top row as before
