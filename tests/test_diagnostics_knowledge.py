@@ -403,7 +403,7 @@ def test_log_x_draws_the_fit_panels_on_a_log_axis_leaving_out_the_intact_net(mon
         assert linear.axes[i].get_xscale() == "linear"
         ax = log.axes[i]
         assert ax.get_xscale() == "log" and ax.get_xlim()[0] > 0
-        assert "0 removed, the intact net, is left out" in ax.get_xlabel()
+        assert "0 removed, the intact net, left out" in ax.get_xlabel()
         drawn = [x for line in ax.get_lines() for x in line.get_xdata()]
         assert drawn and min(drawn) >= 1  # the fit line too: nothing at 0, which a log axis cannot place
     assert [log.axes[i].get_xscale() for i in (0, 1)] == ["linear", "log"]  # the top row as before

@@ -327,8 +327,7 @@ class KnowledgeCurve:
             if log_x:
                 ax.set_xscale("log")
                 ax.set_xlim(0.8, 1.25 * max(max(k), 1))
-                ax.set_xlabel(f"weights removed (count, log axis; 0 removed, the {start}, is left out: its "
-                              f"{'increase' if key == 'loss_increase' else 'drop'} is 0 by definition)", fontsize=8)
+                ax.set_xlabel(f"weights removed (count, log axis; 0 removed, the {start}, left out)")
             else:
                 ax.set_xlim(-0.02 * max(k), 1.02 * max(k))
                 ax.set_xlabel("weights removed (count)")
