@@ -2,7 +2,7 @@
 
     python recipes/diagnostics.py dense-gradients [--kind mlp|cnn|both] [--batchnorm off|on|both] [--compare]
     python recipes/diagnostics.py collinearity   [--model mlp --train_steps 300 | --weights FILE]
-    python recipes/diagnostics.py knowledge      [--model resnet20 --dataset cifar10 --weights FILE]
+    python recipes/diagnostics.py knowledge      [--model resnet20 --dataset cifar10 --weights FILE] [--log_x]
     python recipes/diagnostics.py progress RUN_DIR
 
 Every command takes --output_dir and the data/model options (--dataset, --data-dir, --model,
@@ -276,7 +276,7 @@ def cmd_knowledge(args):
             _refuse(f"--replot {args.replot}: {e}")
         out = outdir(args)
         paths = curve.plot(os.path.join(out, f"knowledge_{curve.meta.get('model', 'model')}.png"), svg=args.svg,
-                           title=curve.meta.get("title", ""))
+                           title=curve.meta.get("title", ""), log_x=args.log_x)
         curve.save(out)
         print(f"{curve.fit_table().to_markdown()}\nredrawn from {args.replot}: {_refit_note(curve, args.noise_floor)}; "
               f"figure {paths[0]}")
@@ -303,7 +303,8 @@ def cmd_knowledge(args):
     curve.meta.update(model=args.model, dataset=args.dataset, seconds=time.time() - t0,
                       title=f"knowledge distribution of {source} on {args.dataset}")
     curve.save(out)  # first: a figure that fails to draw must not lose the measured curve
-    paths = curve.plot(os.path.join(out, f"knowledge_{args.model}.png"), svg=args.svg, title=curve.meta["title"])
+    paths = curve.plot(os.path.join(out, f"knowledge_{args.model}.png"), svg=args.svg, title=curve.meta["title"],
+                       log_x=args.log_x)
     print(f"\naccuracy of what remains\n{curve.table.to_markdown()}")
     print(f"\nexponential fits (log y = a + rate * removed)\n{curve.fit_table().to_markdown()}")
     print(f"\n{curve.note}; {curve.total:,} prunable weights; {time.time() - t0:.0f} s; figure {paths[0]}")
@@ -398,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--noise_floor", type=float, default=None,
                    help="loss increases (nats) below this are not fitted; recorded in knowledge_summary.json and "
                         "the fit table (default: 1e-3; for --replot, the noise floor the run recorded)")
+    s.add_argument("--log_x", action="store_true", help="draw the loss-increase and accuracy-drop panels against a "
+                   "log axis of weights removed too (the intact net, 0 removed, left out there; with --replot as well; "
+                   "default: a linear axis, on which the exponential fit is straight)")
     s.add_argument("--replot", default=None, metavar="DIR", help="redraw and refit a finished knowledge run's tables (written into DIR unless --output_dir is given; default: measure afresh)")
     s.set_defaults(func=cmd_knowledge)
 

@@ -1,5 +1,6 @@
 """gradient_by_depth and BandGradientScaler on cases with known answers."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -589,3 +590,58 @@ def test_band_scaler_state_survives_an_infinite_gradient():
     assert scales[0] == pytest.approx(10 ** -1.5, rel=1e-5) and scales[1] == pytest.approx(10 ** 1.5, rel=1e-5)
     assert torch.isfinite(layer.weight.grad).all()
     scaler.remove()
+
+
+class _SharedLayer(nn.Module):
+    """``b`` runs twice: its first call reads a's output (depth 1), its second its own (depth 2), each
+    followed by an in-place ReLU. ``untied=True``: the second call runs a copy ``b2`` instead."""
+
+    def __init__(self, untied=False):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+        self.b2 = nn.Linear(4, 4) if untied else None
+
+    def forward(self, x):
+        h = torch.relu_(self.b(torch.relu(self.a(x))))
+        return self.head(torch.relu_((self.b2 or self.b)(h)))
+
+
+def _shared_and_untied():
+    torch.manual_seed(0)
+    shared, untied = _SharedLayer(), _SharedLayer(untied=True)
+    untied.load_state_dict(shared.state_dict(), strict=False)
+    untied.b2.load_state_dict(shared.b.state_dict())
+    return shared, untied
+
+
+def test_a_layer_called_twice_puts_each_calls_part_of_the_gradient_in_its_own_band():
+    """A layer run twice in one forward (weight sharing) got the one band of its first call's input:
+    the tracer keeps a module's first call, so the second call's gradient went to depth 1 though it
+    reads depth 2, and the head read depth 2 though it reads 3. Each call's part is measured apart
+    (they are the gradients of an untied copy's two layers) and goes to the band its call reads."""
+    shared, untied = _shared_and_untied()
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the tracer's 'called more than once ... first call only' is gone
+        res = gradient_by_depth(shared, [(x, y)], layer="b", batches=1)
+    assert res.calls == 2 and res.depths == [1, 2] and res.table["weights"] == [16, 16]
+    loss = nn.functional.cross_entropy(untied(x), y)
+    first, second = torch.autograd.grad(loss, [untied.b.weight, untied.b2.weight])
+    assert torch.allclose(res.per_weight.view(2, 4, 4), torch.stack([first, second]).abs(), atol=1e-7)
+    assert torch.equal(res.band.view(2, 16), torch.tensor([[1] * 16, [2] * 16]))
+    with pytest.warns(UserWarning, match="one band"):
+        assert gradient_by_depth(shared, [(x, y)], layer="head", batches=1).depths == [3]
+    assert shared.b.weight.grad is None  # measured without touching .grad
+
+
+def test_depths_given_once_for_a_layer_called_twice_warn_and_rows_per_call_are_used():
+    shared, _ = _shared_and_untied()
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    with pytest.warns(UserWarning, match=r"'b' is called 2 times in each forward \(weight sharing\).*depths given "
+                                         r"\(depths=\) describe its inputs once.*one row per call"):
+        once = gradient_by_depth(shared, data, layer="b", batches=1, depths=[0, 0, 1, 1])
+    assert once.depths == [0, 1] and once.table["weights"] == [16, 16]  # each call, each depth: 8 weights twice
+    rows = gradient_by_depth(shared, data, layer="b", batches=1, depths=[[1] * 4, [5] * 4])
+    assert rows.depths == [1, 5] and torch.equal(rows.per_weight, once.per_weight)
+    with pytest.raises(ValueError, match=r"3 rows of depths for 'b', which is called 2 times in each forward"):
+        gradient_by_depth(shared, data, layer="b", batches=1, depths=[[1] * 4] * 3)

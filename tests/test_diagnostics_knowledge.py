@@ -178,15 +178,17 @@ def test_a_frozen_layer_is_ordered_on_its_real_gradient(estimator):
     from adaptive.diagnostics import removal_scores
 
     model, train = _trained_mlp()
-    ref = knowledge_distribution(model, train, order_loader=train, estimator=estimator, counts=[0, 20, 60])
-    ref_scores = removal_scores(Connectome(model), train, estimator)
+    ref = knowledge_distribution(model, train, order_loader=train, order_batches=None, estimator=estimator,
+                                 counts=[0, 20, 60])
+    ref_scores = removal_scores(Connectome(model), train, estimator, batches=None)
     for frozen in (["0.weight"], [n for n, _ in model.named_parameters()]):
         for n, p in model.named_parameters():
             p.requires_grad_(n not in frozen)
-        scores = removal_scores(Connectome(model), train, estimator)
+        scores = removal_scores(Connectome(model), train, estimator, batches=None)
         assert not bool((scores["0.weight"] == 0).all())
         assert all(torch.equal(scores[n], ref_scores[n]) for n in ref_scores)
-        curve = knowledge_distribution(model, train, order_loader=train, estimator=estimator, counts=[0, 20, 60])
+        curve = knowledge_distribution(model, train, order_loader=train, order_batches=None, estimator=estimator,
+                                       counts=[0, 20, 60])
         assert torch.equal(curve.meta["order"], ref.meta["order"]) and curve.table == ref.table
         assert {n for n, p in model.named_parameters() if not p.requires_grad} == set(frozen)
 
@@ -216,11 +218,11 @@ def test_fine_tune_with_every_parameter_frozen_warns_and_is_one_shot():
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
 def test_called_under_no_grad_or_inference_mode_it_still_measures(mode):
     model, train = _trained_mlp()
-    ref = knowledge_distribution(model, train, order_loader=train, estimator="taylor", counts=[0, 20],
-                                 finetune_batches=1)
+    ref = knowledge_distribution(model, train, order_loader=train, order_batches=None, estimator="taylor",
+                                 counts=[0, 20], finetune_batches=1)
     with mode():
-        curve = knowledge_distribution(model, train, order_loader=train, estimator="taylor", counts=[0, 20],
-                                       finetune_batches=1)
+        curve = knowledge_distribution(model, train, order_loader=train, order_batches=None, estimator="taylor",
+                                       counts=[0, 20], finetune_batches=1)
     assert torch.equal(curve.meta["order"], ref.meta["order"]) and curve.table == ref.table
 
 
@@ -372,6 +374,48 @@ def test_an_order_read_from_a_single_batch_of_several_asked_says_so():
         removal_scores(Connectome(model), train[:1], "obd", batches=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        removal_scores(Connectome(model), train[:2], "obd", batches=20)  # several: the whole loader, as a default reads
+        removal_scores(Connectome(model), train[:2], "obd", batches=2)  # as many as asked
+        removal_scores(Connectome(model), train[:2], "obd", batches=None)  # one pass of several
         removal_scores(Connectome(model), train[:1], "obd", batches=1)  # one, as asked
         removal_scores(Connectome(model), train[:1], "magnitude", batches=2)  # no gradients read
+
+
+def _kept_figures(monkeypatch):
+    """Make the knowledge module keep its figures instead of writing them."""
+    from adaptive.diagnostics import knowledge as knowledge_module
+
+    figs = []
+    monkeypatch.setattr(knowledge_module, "save_figure", lambda fig, path, svg=False: figs.append(fig) or [str(path)])
+    return figs
+
+
+def test_log_x_draws_the_fit_panels_on_a_log_axis_leaving_out_the_intact_net(monkeypatch):
+    """The loss-increase and accuracy-drop panels had a linear x axis only, which crowds the first removals
+    into the left edge. log_x draws them on a log axis; 0 removed (0 there by definition) is left out, said."""
+    figs = _kept_figures(monkeypatch)
+    model, data = constructed()
+    curve = knowledge_distribution(model, data, counts=range(9), estimator="magnitude", noise_floor=1e-6)
+    assert curve.fits["loss_increase"]["fit_from"] is not None  # a fit line is drawn
+    curve.plot("linear.png")
+    curve.plot("log.png", log_x=True)
+    linear, log = figs
+    for i in (2, 3):  # the two lower panels
+        assert linear.axes[i].get_xscale() == "linear"
+        ax = log.axes[i]
+        assert ax.get_xscale() == "log" and ax.get_xlim()[0] > 0
+        assert "0 removed, the intact net, left out" in ax.get_xlabel()
+        drawn = [x for line in ax.get_lines() for x in line.get_xdata()]
+        assert drawn and min(drawn) >= 1  # the fit line too: nothing at 0, which a log axis cannot place
+    assert [log.axes[i].get_xscale() for i in (0, 1)] == ["linear", "log"]  # the top row as before
+
+
+def test_an_order_read_from_fewer_batches_than_asked_says_how_many():
+    """Several batches but fewer than asked (a held-out part of 2 batches, order_batches 20) went unsaid:
+    the order's statistics rested on 2, and nothing told the reader who asked for 20."""
+    from adaptive.connectome import Connectome
+    from adaptive.diagnostics import removal_scores
+
+    model, train = _trained_mlp()
+    with pytest.warns(UserWarning, match=r"the taylor removal order read 2 batches of the 20 asked: .*rest on 2 "
+                                         r"batches; .*--order_batches"):
+        removal_scores(Connectome(model), train[:2], "taylor", batches=20)

@@ -312,3 +312,16 @@ def test_plugins_given_several_times_add_up(recipe):
         args = recipe.build_parser().parse_args([command, "--plugins", "a.py", "--plugins", "b.py", "c.py"])
         assert args.plugins == ["a.py", "b.py", "c.py"]
         assert recipe.build_parser().parse_args([command]).plugins == []
+
+
+def test_log_x_draws_the_knowledge_fit_panels_on_a_log_axis_and_replot_takes_it(recipe, tmp_path, monkeypatch):
+    from adaptive.diagnostics import knowledge as knowledge_module
+
+    figs = []
+    monkeypatch.setattr(knowledge_module, "save_figure", lambda fig, path, svg=False: figs.append(fig) or [str(path)])
+    run = tmp_path / "k"
+    recipe.main(["knowledge", *COMMON, "--output_dir", str(run), "--model", "mlp", "--train_steps", "3", "--points", "3",
+                 "--log_x"])
+    recipe.main(["knowledge", "--replot", str(run)])
+    recipe.main(["knowledge", "--replot", str(run), "--log_x"])
+    assert [f.axes[2].get_xscale() for f in figs] == ["log", "linear", "log"]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..metrics import to_device
+from ._shared_calls import CallRecorder
 from ._common import (LogHistogram, check_finite, default_loss, find_weight, iterate_batches, kept_buffers, measured_gradients, model_device,
                       scalers_suspended, training_mode)
 from .table import Table, pyplot, save_figure
@@ -32,13 +33,24 @@ def resolve_depths(model: nn.Module, layer: str, depths=None, example: Optional[
     Raises a ValueError saying how to pass them when none of these works, which includes a model fx
     cannot trace and an op the tracer cannot follow on the way to ``layer``: their depths would be wrong.
     ``example``: an input batch to trace with (its first example is used; default: an input the
-    tracer builds from the model)."""
+    tracer builds from the model). A layer called several times in one forward: the depths its first
+    call reads (:func:`resolve_call_depths` gives every call's)."""
+    return resolve_call_depths(model, layer, depths, example)[0]
+
+
+def resolve_call_depths(model: nn.Module, layer: str, depths=None, example=None) -> List[torch.Tensor]:
+    """Signal depth of each input unit of ``layer`` at each of its calls in one forward, in call order:
+    one tensor for a layer called once, one per call for a layer called several times (weight
+    sharing), where each call reads a signal of another depth. ``depths``: one depth per input unit,
+    or one row of them per call; else ``model.input_depths(layer)`` (one tensor); else traced (one
+    per call where ``example`` is given, see :func:`traced_call_depths`). Errors as :func:`resolve_depths`."""
     if depths is not None:
-        return torch.as_tensor(depths, dtype=torch.long).reshape(-1).cpu()
+        d = torch.as_tensor(depths, dtype=torch.long).cpu()
+        return list(d) if d.dim() == 2 else [d.reshape(-1)]
     if hasattr(model, "input_depths"):
-        return torch.as_tensor(model.input_depths(layer), dtype=torch.long).reshape(-1).cpu()
+        return [torch.as_tensor(model.input_depths(layer), dtype=torch.long).reshape(-1).cpu()]
     try:
-        return traced_depths(model, layer, example)
+        return traced_call_depths(model, layer, example)
     except Exception as e:  # tracing is best effort: say what failed and how to get past it
         raise ValueError(f"cannot tell the signal depth of the inputs of {layer!r} ({type(e).__name__}: {e}); "
                          f"{HOW_TO_PASS_DEPTHS}") from e
@@ -50,27 +62,48 @@ def traced_depths(model: nn.Module, layer: str, example: Optional[torch.Tensor] 
     -1 for channels fed only by constants, such as zero padding). Raises a ValueError when fx cannot
     trace the model (the module-order fallback has no concatenation or residual links) or when an op
     the tracer cannot follow feeds ``layer``'s input (it would join every input to every output
-    there); such an op elsewhere (on another head) is no obstacle."""
+    there); such an op elsewhere (on another head) is no obstacle. A layer called several times in
+    one forward: its first call's (:func:`traced_call_depths` gives every call's)."""
+    return traced_call_depths(model, layer, example)[0]
+
+
+def traced_call_depths(model: nn.Module, layer: str, example=None) -> List[torch.Tensor]:
+    """:func:`traced_depths` for each call of ``layer`` in one forward of ``example``, in call order.
+    The graph keeps one call per module, so layers called several times (``layer`` or any other, whose
+    later calls feed what comes after them) are traced in a copy that gives each call a layer of its
+    own (:func:`~adaptive.diagnostics._shared_calls.unrolled_for_tracing`). Without ``example`` the
+    calls are not counted: one tensor, of the first call."""
     import graphs
 
+    from ._shared_calls import calls_per_forward, unrolled_for_tracing
+
     name = layer[: -len(".weight")] if layer.endswith(".weight") else layer
-    tr = graphs.trace(model, None if example is None else example[:1])
+    example = None if example is None else example[:1]
+    shared = calls_per_forward(model, example) if example is not None else {}
+    names = [f"{name}.call{k}" for k in range(shared[name])] if name in shared else [name]
+    traced = unrolled_for_tracing(model, shared) if shared else model
+    tr = graphs.trace(traced, example)
     if not tr.traced:
         raise ValueError(" ".join(f"{tr.reason}; the module-order fallback has no concatenation or residual links, "
                                   "so its depths would be wrong".split()))
-    g = graphs.build(model=model, level="unit", traced=tr)
+    g = graphs.build(model=traced, level="unit", traced=tr)
     depth = g.node_attrs["depth_max"]
-    for lid, lf in enumerate(g.layers):
-        if lf.module == name:
-            unknown = _unknown_ops_feeding(g, tr, lf.in_src) if any(before <= lid for before, _ in tr.unknown) else []
-            if unknown:
-                raise ValueError(f"the data flow into {name!r} passes through {len(unknown)} op(s) the tracer cannot follow "
-                                 f"({', '.join(unknown[:3])}), so its depths would be wrong; follow each op's warning: "
-                                 "register it with graphs.register_op in the category the warning suggests (if that "
-                                 "category's description fits what the op does), or, where it says no category "
-                                 "fits, write the op with ones the tracer knows")
-            return depth[lf.in_src].long().cpu()
-    raise KeyError(f"the traced graph has no weighted layer {name!r}; it has {[lf.module for lf in g.layers][:12]}")
+    found = {lf.module: (lid, lf) for lid, lf in reversed(list(enumerate(g.layers)))}  # a name's first layer
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise KeyError(f"the traced graph has no weighted layer {missing[0]!r}; it has {[lf.module for lf in g.layers][:12]}")
+    calls = []
+    for n in names:
+        lid, lf = found[n]
+        unknown = _unknown_ops_feeding(g, tr, lf.in_src) if any(before <= lid for before, _ in tr.unknown) else []
+        if unknown:
+            raise ValueError(f"the data flow into {name!r} passes through {len(unknown)} op(s) the tracer cannot follow "
+                             f"({', '.join(unknown[:3])}), so its depths would be wrong; follow each op's warning: "
+                             "register it with graphs.register_op in the category the warning suggests (if that "
+                             "category's description fits what the op does), or, where it says no category "
+                             "fits, write the op with ones the tracer knows")
+        calls.append(depth[lf.in_src].long().cpu())
+    return calls
 
 
 def _unknown_ops_feeding(g, tr, in_src: torch.Tensor) -> List[str]:
@@ -134,7 +167,10 @@ class GradientByDepth:
     ``|grad|`` over the batches (the points of the figure), ``band`` its depth. ``layer`` is the
     weight's parameter name, ``depths`` the source depths present (sorted), ``batches`` the batches
     measured; ``title`` and ``meta`` are free for the caller (the figure's title, a record of the
-    run's settings) and stay empty unless set.
+    run's settings) and stay empty unless set. ``calls``: how many times the layer runs in one
+    forward; a layer called several times (weight sharing) has each call's part of the gradient in
+    the band of the depth that call reads, so ``per_weight``, ``band`` and the table's ``weights``
+    count each weight once per call (call after call).
     """
 
     layer: str
@@ -145,6 +181,7 @@ class GradientByDepth:
     batches: int
     title: str = ""
     meta: dict = field(default_factory=dict)
+    calls: int = 1
 
     def medians(self) -> List[float]:
         return self.table["median"]
@@ -199,7 +236,9 @@ class GradientByDepth:
         ttl = self.title or f"{self.layer}: weight gradients by source depth"
         ratio = self.ratio()
         said = self.no_ratio_reason() if math.isnan(ratio) else f"shallowest/deepest signal band median ratio {ratio:.3g}"
-        ax.set_title(f"{ttl}\n{self.batches} batches; {said}", fontsize=9)
+        shared = (f"; called {self.calls} times per forward, each call's part in the band it reads"
+                  if self.calls > 1 else "")
+        ax.set_title(f"{ttl}\n{self.batches} batches{shared}; {said}", fontsize=9)
         # outside the axes, right of them: inside, "best" could still cover a band's zero note
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
         ax.grid(True, which="major", axis="y", alpha=0.3)
@@ -240,6 +279,11 @@ def gradient_by_depth(
     and gets its flag back afterwards; a call under ``torch.no_grad()`` or ``torch.inference_mode()``
     measures as well (batches and model must be made outside inference mode).
     Statistics are over all weights x batches, in bounded memory (:class:`LogHistogram`).
+    A layer called several times in one forward (weight sharing) reads a signal of another depth at
+    each call: its gradient is split into each call's part (the call's output gradient through that
+    call alone; the parts add up to the gradient), each counted in the band its call reads, with the
+    depths of every call traced (``depths=`` may give one row per call, in call order; depths given
+    once serve every call, with a warning).
     ``cycle``: restart the loader (a new epoch) until ``batches`` batches have been seen.
     ``loss_fn(output, targets)``: the loss whose gradients are measured (default cross-entropy).
     ``train_mode``: run the model in train mode while measuring (False: eval mode); each module's
@@ -248,33 +292,46 @@ def gradient_by_depth(
     name, mod, weight = find_weight(model, layer)
     device = device or model_device(model)
     groups, transposed = int(getattr(mod, "groups", 1)), bool(getattr(mod, "transposed", False))
-    per_weight = torch.zeros(weight.shape, dtype=torch.float64)
-    hist = band_index = uniq = None
+    hist = bands = call_depths = recorder = per_weight = None
     n = 0
     with measured_gradients([weight], "gradient_by_depth"), kept_buffers(model), training_mode(model, train_mode), \
             scalers_suspended(model):
-        for x, y in iterate_batches(loader, batches, desc=f"gradients of {name}", cycle=cycle):
-            x, y = to_device(x, device), to_device(y, device)  # nested inputs (a tuple of tensors) too
-            if band_index is None:
-                d = resolve_depths(model, name, depths, example=x)
-                wd = weight_depths(weight.shape, d, groups, transposed)
-                uniq, band_index = torch.unique(wd, return_inverse=True)
-                hist = LogHistogram(len(uniq))
-            loss = loss_fn(model(x), y)
-            (g,) = torch.autograd.grad(loss, [weight], allow_unused=True)
-            if g is None:  # autograd's own error asked for allow_unused=True, which is not the fix
-                raise ValueError(f"gradient_by_depth: layer {name!r} takes no part in the loss (the model's forward does "
-                                 "not use it, or its output does not reach the loss), so it has no gradient: pick a "
-                                 "layer on the way to the output")
-            check_finite(g, "gradient_by_depth", name, n + 1)
-            a = g.detach().abs().cpu()
-            hist.update(a, band_index)
-            per_weight += a.double()
-            n += 1
+        try:
+            for x, y in iterate_batches(loader, batches, desc=f"gradients of {name}", cycle=cycle):
+                x, y = to_device(x, device), to_device(y, device)  # nested inputs (a tuple of tensors) too
+                if call_depths is None:
+                    call_depths = resolve_call_depths(model, name, depths, example=x)
+                    recorder = CallRecorder(mod)  # after the tracing, whose copy of the model would carry it
+                recorder.clear()
+                loss = loss_fn(model(x), y)
+                (g,) = torch.autograd.grad(loss, [weight], allow_unused=True)
+                if g is None:  # autograd's own error asked for allow_unused=True, which is not the fix
+                    raise ValueError(f"gradient_by_depth: layer {name!r} takes no part in the loss (the model's forward "
+                                     "does not use it, or its output does not reach the loss), so it has no gradient: "
+                                     "pick a layer on the way to the output")
+                check_finite(g, "gradient_by_depth", name, n + 1)
+                calls = len(recorder.calls)
+                if bands is None:
+                    uniq, bands = _call_bands(name, weight.shape, call_depths, calls, groups, transposed, depths)
+                    hist = LogHistogram(len(uniq))
+                    per_weight = torch.zeros(len(bands), *weight.shape, dtype=torch.float64)
+                elif calls != len(bands):
+                    raise ValueError(f"gradient_by_depth: {name!r} was called {len(bands)} times in the first batch's "
+                                     f"forward and {calls} times in batch {n + 1}'s: its calls' depths differ from "
+                                     "batch to batch; measure a layer called the same number of times in every forward")
+                parts = [g] if len(bands) == 1 else recorder.gradient_parts(weight)
+                for k, part in enumerate(parts):
+                    a = part.detach().abs().cpu()
+                    hist.update(a, bands[k])
+                    per_weight[k] += a.double()
+                n += 1
+        finally:
+            if recorder is not None:
+                recorder.remove()
     per_weight /= n
     q1, med, q3, mean = hist.quantile(0.25), hist.quantile(0.5), hist.quantile(0.75), hist.mean()
     tot = hist.total()
-    wd_flat = uniq[band_index].reshape(-1)
+    wd_flat = uniq[torch.stack(bands)].reshape(-1)
     if len(uniq) == 1:
         warn_user(f"every input of {name!r} carries a signal of depth {int(uniq[0])}: one band, nothing to "
                       "compare (ratio() is NaN); pick a layer that reads a concatenation of signals of several depths, "
@@ -298,4 +355,24 @@ def gradient_by_depth(
         per_weight=per_weight.float().reshape(-1),
         band=wd_flat,
         batches=n,
+        calls=len(bands),
     )
+
+
+def _call_bands(name, shape, call_depths, calls, groups, transposed, given):
+    """The depths present (sorted) and, per call of the layer, each weight's index among them: the
+    band its part of the gradient in that call goes to. Depths given once for a layer called several
+    times (``depths=`` of one row, ``input_depths``) serve every call, with a warning."""
+    if len(call_depths) == 1 and calls > 1:
+        source = "given (depths=)" if given is not None else "of the model's input_depths()"
+        warn_user(f"{name!r} is called {calls} times in each forward (weight sharing), and each call reads a signal of "
+                  f"another depth, but the depths {source} describe its inputs once: every call's part of the gradient "
+                  "goes to the bands of those depths. Pass depths= with one row per call, in call order, to give each "
+                  "call its own")
+        call_depths = call_depths * calls
+    if len(call_depths) != calls:
+        raise ValueError(f"{len(call_depths)} rows of depths for {name!r}, which is called {calls} times in each forward: "
+                         "give one row of depths per call, in call order (or one row for all)")
+    wds = [weight_depths(shape, d, groups, transposed) for d in call_depths]
+    uniq = torch.unique(torch.stack(wds))
+    return uniq, [torch.searchsorted(uniq, wd.reshape(-1)).view(shape) for wd in wds]

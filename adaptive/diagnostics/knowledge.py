@@ -260,9 +260,12 @@ class KnowledgeCurve:
             })
         return Table(rows)
 
-    def plot(self, path, svg: bool = False, title: str = ""):
+    def plot(self, path, svg: bool = False, title: str = "", log_x: bool = False):
         """Four panels: accuracy vs removed on linear and log x; loss increase and accuracy drop on a
-        log y axis with the exponential fit (straight there) and the range where it holds."""
+        log y axis with the exponential fit (straight there) and the range where it holds.
+        ``log_x``: draw those two against a log axis of weights removed as well (the fit is then a
+        curve), which spreads out the first removals; their 0 removed, the intact net, has no place
+        there and is 0 in both by definition, so it is left out and the axis label says so."""
         plt = pyplot()
         k = self.table["removed"]
         start = "net as given" if self.pruned_before else "intact net"
@@ -299,13 +302,14 @@ class KnowledgeCurve:
                 ax.plot([p[0] for p in pos], [p[1] for p in pos], "o", ms=3, label="measured (> 0)")
             f = self.fits.get(key, {})
             if f and f.get("rate") == f.get("rate") and f.get("fit_from") is not None:
-                xs = torch.linspace(0, max(k), 200)
+                # on a log axis, points spaced evenly in log x (an even grid leaves the first decades empty)
+                xs = torch.logspace(0, math.log10(max(max(k), 1)), 200) if log_x else torch.linspace(0, max(k), 200)
                 line = scale * torch.exp(f["intercept"] + f["rate"] * xs.double())
                 if pos:  # held just outside the measured range, which sets the axis: a steep fit's 1e300 or
                     # inf drawn on a log axis overflows matplotlib's transforms ('overflow encountered in exp')
                     line = line.clamp(min(p[1] for p in pos) / 30, max(p[1] for p in pos) * 30)
                 ax.plot(xs, line, "-", color="C3",
-                        label=f"exp fit: e-fold every {1 / f['rate']:.3g} weights (R²={f['r2']:.3f})" if f["rate"] > 0 else "exp fit")
+                        label=f"exp fit{' (a curve on log x)' if log_x else ''}: e-fold every {1 / f['rate']:.3g} weights (R²={f['r2']:.3f})" if f["rate"] > 0 else "exp fit")
                 ax.axvspan(f["fit_from"], f["fit_to"], color="C2", alpha=0.12,
                            label=f"fitted range ({f.get('within_tolerance', float('nan')):.0%} of its points within ×2)")
                 for edge in {f["holds_from"], f["holds_to"]}:
@@ -320,8 +324,13 @@ class KnowledgeCurve:
                 # count reaches 1e300 or overflows to inf (matplotlib's log ticks then fail) and flattens them
                 ys = [p[1] for p in pos]
                 ax.set_ylim(min(ys) / 3, max(ys) * 3)
-            ax.set_xlim(-0.02 * max(k), 1.02 * max(k))
-            ax.set_xlabel("weights removed (count)")
+            if log_x:
+                ax.set_xscale("log")
+                ax.set_xlim(0.8, 1.25 * max(max(k), 1))
+                ax.set_xlabel(f"weights removed (count, log axis; 0 removed, the {start}, left out)")
+            else:
+                ax.set_xlim(-0.02 * max(k), 1.02 * max(k))
+                ax.set_xlabel("weights removed (count)")
             ax.set_ylabel(label + ", log axis")
             ax.grid(True, which="both", alpha=0.3)
             if ax.get_legend_handles_labels()[0]:  # no point above 0 and no fit: nothing to name

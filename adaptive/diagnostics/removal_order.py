@@ -55,12 +55,8 @@ def removal_scores(conn, loader=None, estimator: str = "magnitude", batches: Opt
             stats.observe()
             read += 1
             batch_size = max(bs, batch_size or 0)  # the loader's batch size, not a short last batch's
-        if read == 1 and (batches is None or batches > 1):  # (a held-out part no larger than one batch; fewer
-            # batches than asked are otherwise the whole loader, as a default of 20 reads a small held-out part)
-            warn_user(f"the {estimator} removal order read a single batch{f' of the {batches} asked' if batches else ''}: "
-                      "the loader holds no more, so its statistics are one batch's (a second moment is that batch's "
-                      "squared gradient alone, a mean no mean of several); give more held-out data or a smaller "
-                      "batch size")
+        if read < (batches or 2):  # the loader ran out first (a held-out part smaller than asked for)
+            _warn_short_order(estimator, read, batches)
     scores = {}
     for i, (name, p) in enumerate(conn.params.items()):
         ctx = UtilityContext(
@@ -69,6 +65,18 @@ def removal_scores(conn, loader=None, estimator: str = "magnitude", batches: Opt
         )
         scores[name] = est.removal_cost(ctx).detach().float().cpu()
     return scores
+
+
+def _warn_short_order(estimator: str, read: int, batches: Optional[int]) -> None:
+    """Say that the order's statistics rest on ``read`` batches, fewer than the ``batches`` asked
+    (None: one pass, which is short only when it is a single batch)."""
+    what = "a single batch" if read == 1 else f"{read} batches"
+    single = (" (a second moment is that batch's squared gradient alone, a mean no mean of several)"
+              if read == 1 else "")
+    warn_user(f"the {estimator} removal order read {what}{f' of the {batches} asked' if batches else ''}: the loader "
+              f"holds no more, so its statistics rest on {read} batch{'es' if read > 1 else ''}{single}; give more "
+              "held-out data or a smaller batch size, or ask for no more batches than the loader holds "
+              "(order_batches, --order_batches)")
 
 
 def global_order(scores: Dict[str, torch.Tensor]) -> torch.Tensor:
