@@ -1002,6 +1002,8 @@ class Connectome:
         if not isinstance(sd, Mapping) or "masks" not in sd:
             raise ValueError("not a connectome state_dict: it has no 'masks' entry")
         _check_state_entries(sd)
+        check_same_mode(sd.get("mode"), self.mode, "connectome state_dict",
+                        f"to carry only its masks over into a {self.mode} run, pass them to conn.set_masks(sd['masks'])")
         model_params = dict(self.model.named_parameters(remove_duplicate=False))
         sd = {**sd, **{k: _plain_names(sd.get(k), model_params) for k in ("masks", "original", "ensembles")}}
         empty = _empty_saved({n: m.numel() for n, m in sd["masks"].items() if n not in self.masks
@@ -1222,6 +1224,19 @@ def _check_state_entries(sd: Mapping) -> None:
         if not isinstance(o, torch.Tensor):
             raise TypeError(f"the connectome state_dict's original weight for {n!r} must be a torch.Tensor, got "
                             f"{type(o).__name__}: {fix}")
+
+
+def check_same_mode(saved, mine: str, what: str, carry: str) -> None:
+    """Refuse a ``what`` (a connectome or controller state) saved in the other mode, before anything
+    loads: a mask_only state holds the frozen original weights (and statistics of frozen weights), a
+    train one none of the originals, so either taken into the other mode would go on silently as a
+    run it never was. ``carry`` says what carries over instead. (A state saved before the mode was
+    recorded is taken as it is.)"""
+    if saved is None or saved == mine:
+        return
+    raise ValueError(
+        f"this {what} was saved in mode={saved!r}, and this connectome runs mode={mine!r}: build the Connectome "
+        f"with mode={saved!r} to resume that run; {carry}")
 
 
 def _refuse_sparse(m: torch.Tensor, what: str) -> None:

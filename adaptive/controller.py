@@ -24,7 +24,7 @@ import torch
 from . import policies as _policies  # noqa: F401  (registration)
 from .budgets import get_budget
 from .atomic import write_text
-from .connectome import Connectome, EnsembleRuleError
+from .connectome import Connectome, EnsembleRuleError, check_same_mode
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
 from .discovery import _as_patterns, container_hint
 from .distributed import all_reduce_mean_, check_masks_agree
@@ -956,6 +956,7 @@ class Controller:
             "policy_name": self.policy.name,
             "estimator_names": {side: est.name for side, est in self._estimators().items()},
             "zero_cost_order": self.zero_cost_order,
+            "mode": self.conn.mode,
         }
 
     def _estimators(self) -> Dict[str, object]:
@@ -971,7 +972,11 @@ class Controller:
         """Refuse, before anything loads, the state of a controller with another policy or estimator:
         what a policy keeps (boundaries, goals, a done flag) means nothing to another, which would
         take the entries it knows and silently go on from its own defaults. (States saved before
-        the names were recorded are taken as they are.)"""
+        the names were recorded are taken as they are.) Before them, a state of the other mode: its
+        window and estimators were gathered on frozen weights (mask_only) or trained ones (train)."""
+        check_same_mode(sd.get("mode"), self.conn.mode, "controller state",
+                        f"a controller's state does not carry over into a {self.conn.mode} run: start this controller "
+                        "without loading it (the masks carry over, through conn.set_masks)")
         saved = sd.get("policy_name")
         if saved is not None and saved != self.policy.name:
             raise ValueError(f"this controller state was saved by a controller with policy={saved!r}, and this one "
