@@ -1060,8 +1060,9 @@ class Connectome:
     def save(self, path: str | os.PathLike, with_original: bool = False) -> None:
         """Write the connectome to a safetensors file, masks bit-packed (1 bit per synapse).
 
-        The write is atomic (temporary file, then rename). ``path`` is a file: an existing folder is
-        refused, as :meth:`load` refuses one. ``with_original`` also stores the
+        The write is atomic (temporary file, then rename). ``path`` is a file named ``*.safetensors``:
+        another extension (``x.pt``, which ``torch.load`` could not read) and an existing folder are
+        refused, before anything is written. ``with_original`` also stores the
         original weights of a mask_only connectome; without it, :meth:`load` takes them from the
         model it is given, which must then hold the unpruned weights.
         """
@@ -1070,6 +1071,13 @@ class Connectome:
         if os.path.isdir(path):  # as load refuses one: a run folder holds its connectome.safetensors
             raise ValueError(f"{path} is a folder, not a connectome file: give a file path, e.g. "
                              f"{os.path.join(path, 'connectome.safetensors')}")
+        stem, ext = os.path.splitext(os.fspath(path))
+        if ext.lower() != ".safetensors":
+            raise ValueError(f"{os.fspath(path)} {f'has the extension {ext!r}' if ext else 'has no extension'}, but "
+                             f"Connectome.save writes a safetensors file (masks bit-packed), which torch.load cannot "
+                             f"read: name it "
+                             f"{stem + '.safetensors'!r} (Connectome.load reads it back); for a torch.save checkpoint, "
+                             "torch.save(conn.state_dict(), path) instead")
         self._check_params()
         tensors = {f"mask/{n}": bitpack.pack(m) for n, m in self.masks.items()}
         if with_original:

@@ -692,3 +692,17 @@ def test_a_state_dict_with_originals_for_some_layers_names_the_missing_ones():
         conn.load_state_dict(sd)
     assert all(torch.equal(before[n], p) for n, p in conn.params.items())
     assert all(torch.equal(conn.original[n], before[n]) for n in before)
+
+
+def test_save_refuses_a_name_that_is_not_a_safetensors_file(tmp_path):
+    """conn.save("x.pt") wrote a safetensors file under a torch checkpoint's name, which torch.load
+    then failed on ("invalid load key"). Refused before anything is written, naming the extension."""
+    conn = adaptive.Connectome(mlp())
+    for name, fixed in (("x.pt", "x.safetensors"), ("c.pth", "c.safetensors"), ("connectome", "connectome.safetensors")):
+        with pytest.raises(ValueError, match=rf"{name} (has the extension '\.pth?'|has no extension), but "
+                                             rf"Connectome.save writes a safetensors file.*name it '.*{fixed}'.*"
+                                             r"torch\.save\(conn\.state_dict\(\), path\)"):
+            conn.save(tmp_path / name)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    conn.save(tmp_path / "C.SafeTensors")
+    assert adaptive.Connectome.load(tmp_path / "C.SafeTensors", mlp()).mask_hash() == conn.mask_hash()
