@@ -28,7 +28,8 @@ from torch import nn
 
 from . import bitpack, ensemble_rules
 from .atomic import atomic_path
-from .discovery import SynapseLayer, aliases, discover, holds_synapses, shared_weight_warning, state_dict_keys
+from .discovery import (SynapseLayer, aliases, discover, holds_synapses, prunable_names, shared_weight_warning,
+                        state_dict_keys)
 from .ensembles import Granularity, check_granularity, expands_exactly
 from .grad_masking import BackwardMasker
 from .optim_state import preserves_zeros, reset_state, unwrap_optimizer, zero_eps_warning
@@ -1089,6 +1090,8 @@ class Connectome:
             "ensemble": self.ensemble,
             "mode": self.mode,
             "layers": json.dumps({n: list(l.shape) for n, l in self.layers.items()}),
+            # the model's prunable layers left out (exclude=): load warns about any other layer it leaves dense
+            "outside": json.dumps([n for n in prunable_names(self.model) if n not in self.masks]),
         }
         if self._mixed():
             meta["ensembles"] = json.dumps(self.ensemble_specs())
@@ -1181,6 +1184,7 @@ class Connectome:
         extra = [n for n in conn.masks if n not in shapes]
         if extra:
             raise KeyError(f"the model has prunable layer(s) {extra[:5]} that the saved connectome does not")
+        _warn_left_dense(model, conn, meta.get("outside"), path)
         if original:
             for n, o in original.items():
                 conn.original[n] = o.to(conn.params[n].device, conn.params[n].dtype)
@@ -1232,6 +1236,26 @@ def _check_state_entries(sd: Mapping) -> None:
         if not isinstance(o, torch.Tensor):
             raise TypeError(f"the connectome state_dict's original weight for {n!r} must be a torch.Tensor, got "
                             f"{type(o).__name__}: {fix}")
+
+
+def _warn_left_dense(model: nn.Module, conn: "Connectome", outside: Optional[str], path) -> None:
+    """Warn, naming them, about the prunable layers of ``model`` that the connectome loaded from
+    ``path`` leaves dense: layers the file has no mask for, other than those its connectome had left
+    out on purpose (``outside``, the JSON list save records; a file saved before it was recorded
+    cannot tell them apart, and says so)."""
+    try:
+        known = set(json.loads(outside)) if outside is not None else set()
+    except (ValueError, TypeError):  # unreadable: every layer without a mask is named
+        known = set()
+    extra = [n for n in prunable_names(model) if n not in conn.masks and n not in known]
+    if not extra:
+        return
+    why = ("" if outside is not None else "; this file, saved before a connectome recorded the layers it left out, "
+           "cannot tell whether exclude= left them out when it was saved")
+    warn_user(f"{len(extra)} prunable layer(s) of this model have no mask in {path} and stay dense, outside the "
+              f"connectome (no controller edits them): {', '.join(extra[:4])}{', ...' if len(extra) > 4 else ''}"
+              f"{why}. Load the file into the model it was saved from; to prune them too, build adaptive.Connectome("
+              "model) and pass it the loaded connectome's masks with conn.set_masks(loaded.masks)")
 
 
 def check_same_mode(saved, mine: str, what: str, carry: str) -> None:

@@ -407,6 +407,23 @@ def discover(
     return found
 
 
+def prunable_names(model: nn.Module) -> list:
+    """The names under which :func:`discover` (with no include/exclude) would take each weight of
+    ``model`` into a connectome, found quietly (no warning, no error): real weights with entries, not
+    reparametrised, a tied one once. An unmaterialised (lazy) weight is listed too."""
+    out, seen = [], set()
+    for mname, module in model.named_modules():
+        for attr, _, _ in _prunable_weights(module):
+            w = module._parameters.get(attr)
+            if w is None or id(w) in seen or parametrize.is_parametrized(module, attr):
+                continue
+            seen.add(id(w))
+            lazy = isinstance(w, nn.parameter.UninitializedParameter)
+            if lazy or (not w.is_complex() and w.numel() > 0):
+                out.append(f"{mname}.{attr}" if mname else attr)
+    return out
+
+
 def held_outside_synapse_layers(model: nn.Module, found: Dict[str, tuple]) -> Dict[str, list]:
     """``{synapse parameter name: [(name, module type), ...]}`` for every synapse weight of ``found``
     (as :func:`discover` returns it) that some module also holds as a parameter that is not one of its
