@@ -28,7 +28,8 @@ from torch import nn
 
 from . import bitpack, ensemble_rules
 from .atomic import atomic_path
-from .discovery import SynapseLayer, aliases, discover, holds_synapses, shared_weight_warning, state_dict_keys
+from .discovery import (SynapseLayer, aliases, discover, holds_synapses, prunable_names, shared_weight_warning,
+                        state_dict_keys)
 from .ensembles import Granularity, check_granularity, expands_exactly
 from .grad_masking import BackwardMasker
 from .optim_state import preserves_zeros, reset_state, unwrap_optimizer, zero_eps_warning
@@ -1002,6 +1003,8 @@ class Connectome:
         if not isinstance(sd, Mapping) or "masks" not in sd:
             raise ValueError("not a connectome state_dict: it has no 'masks' entry")
         _check_state_entries(sd)
+        check_same_mode(sd.get("mode"), self.mode, "connectome state_dict",
+                        f"to carry only its masks over into a {self.mode} run, pass them to conn.set_masks(sd['masks'])")
         model_params = dict(self.model.named_parameters(remove_duplicate=False))
         sd = {**sd, **{k: _plain_names(sd.get(k), model_params) for k in ("masks", "original", "ensembles")}}
         empty = _empty_saved({n: m.numel() for n, m in sd["masks"].items() if n not in self.masks
@@ -1058,8 +1061,9 @@ class Connectome:
     def save(self, path: str | os.PathLike, with_original: bool = False) -> None:
         """Write the connectome to a safetensors file, masks bit-packed (1 bit per synapse).
 
-        The write is atomic (temporary file, then rename). ``path`` is a file: an existing folder is
-        refused, as :meth:`load` refuses one. ``with_original`` also stores the
+        The write is atomic (temporary file, then rename). ``path`` is a file named ``*.safetensors``:
+        another extension (``x.pt``, which ``torch.load`` could not read) and an existing folder are
+        refused, before anything is written. ``with_original`` also stores the
         original weights of a mask_only connectome; without it, :meth:`load` takes them from the
         model it is given, which must then hold the unpruned weights.
         """
@@ -1068,6 +1072,13 @@ class Connectome:
         if os.path.isdir(path):  # as load refuses one: a run folder holds its connectome.safetensors
             raise ValueError(f"{path} is a folder, not a connectome file: give a file path, e.g. "
                              f"{os.path.join(path, 'connectome.safetensors')}")
+        stem, ext = os.path.splitext(os.fspath(path))
+        if ext.lower() != ".safetensors":
+            raise ValueError(f"{os.fspath(path)} {f'has the extension {ext!r}' if ext else 'has no extension'}, but "
+                             f"Connectome.save writes a safetensors file (masks bit-packed), which torch.load cannot "
+                             f"read: name it "
+                             f"{stem + '.safetensors'!r} (Connectome.load reads it back); for a torch.save checkpoint, "
+                             "torch.save(conn.state_dict(), path) instead")
         self._check_params()
         tensors = {f"mask/{n}": bitpack.pack(m) for n, m in self.masks.items()}
         if with_original:
@@ -1079,6 +1090,8 @@ class Connectome:
             "ensemble": self.ensemble,
             "mode": self.mode,
             "layers": json.dumps({n: list(l.shape) for n, l in self.layers.items()}),
+            # the model's prunable layers left out (exclude=): load warns about any other layer it leaves dense
+            "outside": json.dumps([n for n in prunable_names(self.model) if n not in self.masks]),
         }
         if self._mixed():
             meta["ensembles"] = json.dumps(self.ensemble_specs())
@@ -1171,6 +1184,7 @@ class Connectome:
         extra = [n for n in conn.masks if n not in shapes]
         if extra:
             raise KeyError(f"the model has prunable layer(s) {extra[:5]} that the saved connectome does not")
+        _warn_left_dense(model, conn, meta.get("outside"), path)
         if original:
             for n, o in original.items():
                 conn.original[n] = o.to(conn.params[n].device, conn.params[n].dtype)
@@ -1222,6 +1236,39 @@ def _check_state_entries(sd: Mapping) -> None:
         if not isinstance(o, torch.Tensor):
             raise TypeError(f"the connectome state_dict's original weight for {n!r} must be a torch.Tensor, got "
                             f"{type(o).__name__}: {fix}")
+
+
+def _warn_left_dense(model: nn.Module, conn: "Connectome", outside: Optional[str], path) -> None:
+    """Warn, naming them, about the prunable layers of ``model`` that the connectome loaded from
+    ``path`` leaves dense: layers the file has no mask for, other than those its connectome had left
+    out on purpose (``outside``, the JSON list save records; a file saved before it was recorded
+    cannot tell them apart, and says so)."""
+    try:
+        known = set(json.loads(outside)) if outside is not None else set()
+    except (ValueError, TypeError):  # unreadable: every layer without a mask is named
+        known = set()
+    extra = [n for n in prunable_names(model) if n not in conn.masks and n not in known]
+    if not extra:
+        return
+    why = ("" if outside is not None else "; this file, saved before a connectome recorded the layers it left out, "
+           "cannot tell whether exclude= left them out when it was saved")
+    warn_user(f"{len(extra)} prunable layer(s) of this model have no mask in {path} and stay dense, outside the "
+              f"connectome (no controller edits them): {', '.join(extra[:4])}{', ...' if len(extra) > 4 else ''}"
+              f"{why}. Load the file into the model it was saved from; to prune them too, build adaptive.Connectome("
+              "model) and pass it the loaded connectome's masks with conn.set_masks(loaded.masks)")
+
+
+def check_same_mode(saved, mine: str, what: str, carry: str) -> None:
+    """Refuse a ``what`` (a connectome or controller state) saved in the other mode, before anything
+    loads: a mask_only state holds the frozen original weights (and statistics of frozen weights), a
+    train one none of the originals, so either taken into the other mode would go on silently as a
+    run it never was. ``carry`` says what carries over instead. (A state saved before the mode was
+    recorded is taken as it is.)"""
+    if saved is None or saved == mine:
+        return
+    raise ValueError(
+        f"this {what} was saved in mode={saved!r}, and this connectome runs mode={mine!r}: build the Connectome "
+        f"with mode={saved!r} to resume that run; {carry}")
 
 
 def _refuse_sparse(m: torch.Tensor, what: str) -> None:

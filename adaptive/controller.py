@@ -24,7 +24,7 @@ import torch
 from . import policies as _policies  # noqa: F401  (registration)
 from .budgets import get_budget
 from .atomic import write_text
-from .connectome import Connectome, EnsembleRuleError
+from .connectome import Connectome, EnsembleRuleError, check_same_mode
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
 from .discovery import _as_patterns, container_hint
 from .distributed import all_reduce_mean_, check_masks_agree
@@ -476,7 +476,32 @@ class Controller:
     def _observe(self) -> None:
         if self._observing():
             names = self.conn.stepping_layers(primary=self.optimizer)
+            self._refuse_frozen(self.conn.names if names is None else names)
             self.stats.observe() if names is None else self.stats.observe(names)
+
+    def _refuse_frozen(self, names) -> None:
+        """Refuse, before the window takes anything, to observe layers whose weights are frozen
+        (``requires_grad=False``): autograd computes no gradient for them, so every utility built
+        from gradients would read 0 there and the policy would take their synapses as free to
+        remove. A protected layer is never edited, so its gradient is not needed."""
+        frozen = [n for n in names if n not in self.protected and not self.conn.params[n].requires_grad]
+        if not frozen:
+            return
+        shown = ", ".join(frozen[:4]) + (f" and {len(frozen) - 4} more" if len(frozen) > 4 else "")
+        names = repr(frozen) if len(frozen) <= 4 else "[...] with their names"
+        est = self.drop_est if self.drop_est.needs_gradients else self.grow_est
+        unfreeze = ("weight.requires_grad_(True) before the forward pass: in mask_only mode the weights never change "
+                    "(their gradients are masked, the originals restored), as adaptive.mask_only.mask_learning(model, "
+                    "conn) sets it up" if self.conn.mode == "mask_only" else
+                    "weight.requires_grad_(True) (left out of the optimizer, it still does not train; clear its "
+                    "gradient with model.zero_grad())")
+        raise ValueError(
+            f"{len(frozen)} layer(s) of the connectome are frozen (requires_grad=False): {shown}. Autograd computes "
+            f"no gradient for them, so estimator {est.name!r} would score every synapse there at 0 (free to remove, "
+            f"nothing to gain by restoring) and this controller would edit them by that; nothing was observed. Keep "
+            f"their connectome fixed (protect={names}), leave them out of the Connectome (exclude={names}), score by "
+            f"magnitude (estimator='magnitude', or a policy that reads no gradient), or, to score them by the loss, "
+            f"{unfreeze}")
 
     @property
     def finished(self) -> bool:
@@ -931,6 +956,7 @@ class Controller:
             "policy_name": self.policy.name,
             "estimator_names": {side: est.name for side, est in self._estimators().items()},
             "zero_cost_order": self.zero_cost_order,
+            "mode": self.conn.mode,
         }
 
     def _estimators(self) -> Dict[str, object]:
@@ -946,7 +972,11 @@ class Controller:
         """Refuse, before anything loads, the state of a controller with another policy or estimator:
         what a policy keeps (boundaries, goals, a done flag) means nothing to another, which would
         take the entries it knows and silently go on from its own defaults. (States saved before
-        the names were recorded are taken as they are.)"""
+        the names were recorded are taken as they are.) Before them, a state of the other mode: its
+        window and estimators were gathered on frozen weights (mask_only) or trained ones (train)."""
+        check_same_mode(sd.get("mode"), self.conn.mode, "controller state",
+                        f"a controller's state does not carry over into a {self.conn.mode} run: start this controller "
+                        "without loading it (the masks carry over, through conn.set_masks)")
         saved = sd.get("policy_name")
         if saved is not None and saved != self.policy.name:
             raise ValueError(f"this controller state was saved by a controller with policy={saved!r}, and this one "

@@ -204,21 +204,39 @@ def _listed(names: Sequence[str]) -> str:
     return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
 
 
+# Names of parameters that are matrix-shaped but no weight matrix: a position or bias table, a token,
+# a normalisation's or a layer scale's parameters (ViT's pos_embedding, Swin's relative_position_bias_table)
+_NOT_A_WEIGHT = re.compile(r"bias|embed|token|pos|norm|scale|gamma|beta", re.IGNORECASE)
+
+
 def _other_weight_matrices(model: nn.Module, seen: set) -> list:
-    """``(name, module type)`` of weight tensors (a parameter named ``*weight*`` with two or more
-    dimensions) that no prunable layer holds: ConvTranspose, Bilinear. Embeddings are not synapses by
-    design and are not listed; ``seen`` also holds the ``weight_g``/``weight_v`` (``weight_orig``) of a
-    prunable layer under old-style weight_norm (spectral_norm), which a warning of their own names."""
+    """``(name, module type, torch's own)`` of weight tensors that no prunable layer holds: a
+    parameter named ``*weight*`` with two or more dimensions (ConvTranspose, Bilinear), and a matrix
+    of a module of the user's own (two or more dimensions of more than one entry: ``self.w`` read by
+    ``F.linear(x, self.w)``) unless its name says it is a table, token or scale (a position
+    embedding). Embeddings are not synapses by design and are not listed, nor are the tensors a
+    parametrization computes its weight from (a warning of their own names the layer); ``seen``
+    also holds the ``weight_g``/``weight_v`` (``weight_orig``) of a prunable layer under old-style
+    weight_norm (spectral_norm), which a warning of their own names."""
     out, listed = [], set(seen)
     for mname, module in model.named_modules():
-        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag, parametrize.ParametrizationList)):
             continue
         for pname, p in module.named_parameters(recurse=False):
-            if id(p) not in listed and not isinstance(p, nn.parameter.UninitializedParameter) and p.dim() >= 2 \
-                    and "weight" in pname:
+            if id(p) in listed or isinstance(p, nn.parameter.UninitializedParameter) or p.dim() < 2:
+                continue
+            matrix = sum(s > 1 for s in p.shape) >= 2 and not _NOT_A_WEIGHT.search(pname)
+            if "weight" in pname or matrix:
                 listed.add(id(p))
-                out.append((f"{mname}.{pname}" if mname else pname, type(module).__name__))
+                out.append((f"{mname}.{pname}" if mname else pname, type(module).__name__,
+                            type(module).__module__.startswith("torch.")))
     return out
+
+
+# How a weight of the user's own module becomes prunable (the end of a sentence)
+HOLD_IN_A_LAYER = ("hold it in such a layer, in place of the Parameter: self.fc = nn.Linear(in_features, out_features, "
+                   "bias=False) read as F.linear(x, self.fc.weight) (the same [out, in] layout; an nn.Conv1d/2d/3d "
+                   "for a convolution kernel)")
 
 
 def discover(
@@ -329,11 +347,14 @@ def discover(
             f"{_listed(complex_)}. A Connectome prunes real (floating-point) weights only")
     others = _other_weight_matrices(model, seen | hook_sources)
     if others:
-        shown = ", ".join(f"{n} ({kind})" for n, kind in others[:4]) + (", ..." if len(others) > 4 else "")
+        shown = ", ".join(f"{n} ({kind})" for n, kind, _ in others[:4]) + (", ..." if len(others) > 4 else "")
+        own = [n for n, _, torchs in others if not torchs]
         warn_user(
             f"{len(others)} weight tensor(s) are not synapses of the connectome and stay dense: {shown}. A "
             "Connectome prunes nn.Linear and nn.Conv1d/2d/3d weights, nn.MultiheadAttention's projections and "
-            "nn.RNN/LSTM/GRU matrices")
+            "nn.RNN/LSTM/GRU matrices" + (
+                f"; {_listed(own)} {'is a parameter' if len(own) == 1 else 'are parameters'} of your own module(s): "
+                f"to prune one, {HOLD_IN_A_LAYER}; one that is no weight matrix rightly stays dense" if own else ""))
     if candidates == 0:
         if complex_all:
             raise ValueError(
@@ -375,7 +396,7 @@ def discover(
                     f"{kind} pattern(s) {unused} matched no prunable layer: they match the parameter(s) "
                     f"{_listed(others)}, which are not weights of a prunable layer (nn.Linear, nn.Conv1d/2d/3d, "
                     "nn.MultiheadAttention's projections, nn.RNN/LSTM/GRU matrices), so they are never synapses; "
-                    "to prune a weight, hold it in such a layer")
+                    f"to prune a weight, {HOLD_IN_A_LAYER}")
             raise ValueError(f"{kind} pattern(s) {unused} matched no prunable layer; check module names with "
                              "model.named_modules() and weight names with model.named_parameters()"
                              + container_hint(unused, candidate_names))
@@ -384,6 +405,23 @@ def discover(
             f"include={list(inc)} / exclude={list(exc)} left no prunable layer of the {candidates} found"
         )
     return found
+
+
+def prunable_names(model: nn.Module) -> list:
+    """The names under which :func:`discover` (with no include/exclude) would take each weight of
+    ``model`` into a connectome, found quietly (no warning, no error): real weights with entries, not
+    reparametrised, a tied one once. An unmaterialised (lazy) weight is listed too."""
+    out, seen = [], set()
+    for mname, module in model.named_modules():
+        for attr, _, _ in _prunable_weights(module):
+            w = module._parameters.get(attr)
+            if w is None or id(w) in seen or parametrize.is_parametrized(module, attr):
+                continue
+            seen.add(id(w))
+            lazy = isinstance(w, nn.parameter.UninitializedParameter)
+            if lazy or (not w.is_complex() and w.numel() > 0):
+                out.append(f"{mname}.{attr}" if mname else attr)
+    return out
 
 
 def held_outside_synapse_layers(model: nn.Module, found: Dict[str, tuple]) -> Dict[str, list]:

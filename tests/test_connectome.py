@@ -692,3 +692,53 @@ def test_a_state_dict_with_originals_for_some_layers_names_the_missing_ones():
         conn.load_state_dict(sd)
     assert all(torch.equal(before[n], p) for n, p in conn.params.items())
     assert all(torch.equal(conn.original[n], before[n]) for n in before)
+
+
+def test_save_refuses_a_name_that_is_not_a_safetensors_file(tmp_path):
+    """conn.save("x.pt") wrote a safetensors file under a torch checkpoint's name, which torch.load
+    then failed on ("invalid load key"). Refused before anything is written, naming the extension."""
+    conn = adaptive.Connectome(mlp())
+    for name, fixed in (("x.pt", "x.safetensors"), ("c.pth", "c.safetensors"), ("connectome", "connectome.safetensors")):
+        with pytest.raises(ValueError, match=rf"{name} (has the extension '\.pth?'|has no extension), but "
+                                             rf"Connectome.save writes a safetensors file.*name it '.*{fixed}'.*"
+                                             r"torch\.save\(conn\.state_dict\(\), path\)"):
+            conn.save(tmp_path / name)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    conn.save(tmp_path / "C.SafeTensors")
+    assert adaptive.Connectome.load(tmp_path / "C.SafeTensors", mlp()).mask_hash() == conn.mask_hash()
+
+
+def test_load_names_the_prunable_layers_it_leaves_dense(tmp_path):
+    """A connectome loaded into a model with more prunable layers than it was saved with left them
+    dense, outside the connectome, silently. Layers the saved connectome left out on purpose
+    (exclude=) are recorded at save and not named; a file saved before that record says so."""
+    import warnings
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    small = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    big = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4), nn.ReLU(), nn.Linear(4, 3))
+    conn = adaptive.Connectome(small)
+    conn.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in conn.masks.items()})
+    conn.save(tmp_path / "c.safetensors")
+    with pytest.warns(UserWarning, match=r"1 prunable layer\(s\) of this model have no mask in .*c\.safetensors and stay "
+                                         r"dense, outside the connectome.*: 4\.weight\. Load the file into the model it "
+                                         r"was saved from.*conn\.set_masks\(loaded\.masks\)") as caught:
+        loaded = adaptive.Connectome.load(tmp_path / "c.safetensors", big)
+    assert "cannot tell" not in str(caught[0].message)
+    assert loaded.names == ["0.weight", "2.weight"] and loaded.mask_hash() == conn.mask_hash()
+    whole = adaptive.Connectome(big)
+    whole.set_masks(loaded.masks)  # the fix named
+    assert whole.layer_density()["4.weight"] == 1.0 and all(torch.equal(whole.masks[n], conn.masks[n]) for n in conn.names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # left out on purpose when saved, or the same model: quiet
+        adaptive.Connectome(big, exclude="4").save(tmp_path / "x.safetensors")
+        assert adaptive.Connectome.load(tmp_path / "x.safetensors", big).names == ["0.weight", "2.weight"]
+        adaptive.Connectome.load(tmp_path / "c.safetensors", small)
+    with safe_open(str(tmp_path / "x.safetensors"), framework="pt") as f:  # as saved before the record (unverified)
+        meta = {k: v for k, v in f.metadata().items() if k not in ("outside", "sha256")}
+        save_file({k: f.get_tensor(k) for k in f.keys()}, str(tmp_path / "old.safetensors"), metadata=meta)
+    with pytest.warns(UserWarning, match=r": 4\.weight; this file, saved before .* cannot tell whether exclude= left them"):
+        adaptive.Connectome.load(tmp_path / "old.safetensors", big)

@@ -291,3 +291,35 @@ def test_a_state_saved_with_an_empty_layer_still_loads():
     sd["stats"]["g_sum"]["e.weight"] = torch.zeros(3, 20)  # a layer with entries there is another model's
     with pytest.raises(ValueError, match="holds layer 'e.weight', which this connectome does not have"):
         ctrl2.load_state_dict(sd)
+
+
+def test_a_state_of_the_other_mode_is_refused_before_anything_loads():
+    """A mask_only run's connectome state_dict (its frozen originals with it) loaded into a train-mode
+    connectome, or the reverse, and a mask_only controller's state (a window of gradients of frozen
+    weights) loaded into a train-mode controller were taken silently (the controller's only when both
+    named their estimator: it was refused for the mode's other default, naming drop_by)."""
+    torch.manual_seed(0)
+    make = lambda mode: adaptive.Connectome(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), mode=mode)
+    conns = {mode: make(mode) for mode in ("train", "mask_only")}
+    ctrls = {mode: adaptive.Controller(c, policy="utility", estimator="curvature", density=0.5, update_every=2)
+             for mode, c in conns.items()}
+    g = torch.Generator().manual_seed(1)
+    for mode, c in conns.items():  # different masks and controller states, to see that nothing loads
+        c.set_masks({n: torch.rand(m.shape, generator=g) < 0.5 for n, m in c.masks.items()})
+        ctrls[mode].step_count = 7 if mode == "mask_only" else 3
+    for saved, into in (("mask_only", "train"), ("train", "mask_only")):
+        conn, ctrl = conns[into], ctrls[into]
+        before = conn.mask_hash(), {n: o.clone() for n, o in conn.original.items()}, ctrl.step_count
+        with pytest.raises(ValueError, match=rf"connectome state_dict was saved in mode='{saved}', and this connectome "
+                                             rf"runs mode='{into}': build the Connectome with mode='{saved}'.*set_masks"):
+            conn.load_state_dict(conns[saved].state_dict())
+        with pytest.raises(ValueError, match=rf"controller state was saved in mode='{saved}', and this connectome runs "
+                                             rf"mode='{into}': build the Connectome with mode='{saved}'"):
+            ctrl.load_state_dict(ctrls[saved].state_dict())
+        assert (conn.mask_hash(), conn.original.keys(), ctrl.step_count) == (before[0], before[1].keys(), before[2])
+        assert all(torch.equal(conn.original[n], o) for n, o in before[1].items())
+        conn.set_masks(conns[saved].state_dict()["masks"])  # the fix named: the masks carry over
+        assert conn.mask_hash() == conns[saved].mask_hash()
+    sd = ctrls["train"].state_dict()
+    del sd["mode"]  # saved before the mode was recorded: taken as it is
+    ctrls["train"].load_state_dict(sd)

@@ -199,6 +199,47 @@ def test_the_frozen_layer_error_says_what_growth_would_do_and_names_a_fix_that_w
         adaptive.Controller(adaptive.Connectome(model), opt, **kw)
 
 
+
+def test_a_frozen_layer_is_not_scored_by_a_gradient_it_never_gets():
+    """A frozen weight (requires_grad=False) gets no gradient, so an estimator built from gradients
+    scored its synapses at 0 and the global budget pruned that layer first, silently (at density 0.5,
+    layer 0 went to 25% live and layer 2 stayed whole). The first observation naming it is refused, before the
+    window or the masks change, naming the fixes; protected, it is never scored."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    model[0].weight.requires_grad_(False)
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+
+    def run(conn, steps=5, **kw):
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        ctrl = adaptive.Controller(conn, opt, policy="magnitude", estimator="curvature", density=0.8, budget="global",
+                                   update_every=steps, end_step=steps, **kw)
+        for _ in range(steps):
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+        return ctrl
+
+    conn = adaptive.Connectome(model)
+    before = model[2].weight.detach().clone()
+    with pytest.raises(ValueError, match=r"1 layer\(s\) of the connectome are frozen \(requires_grad=False\): 0\.weight\. "
+                                         r".*estimator 'curvature' would score every synapse there at 0.*"
+                                         r"protect=\['0\.weight'\].*exclude=\['0\.weight'\].*requires_grad_\(True\)"):
+        run(conn)
+    assert all(bool(m.all()) for m in conn.masks.values()) and torch.equal(model[2].weight, before)  # no step, no edit
+    conn.detach()
+    ctrl = run(adaptive.Connectome(model), protect="0")
+    assert ctrl.conn.layer_density()["0.weight"] == 1.0 and ctrl.conn.num_live() == round(0.8 * 192)
+    ctrl.conn.detach()
+    # mask_only, driven by hand: the fix named there (the weights require grad, and still never change)
+    conn = adaptive.Connectome(model, mode="mask_only")
+    ctrl = adaptive.Controller(conn, policy="utility", estimator="curvature", density=0.5, update_every=2, end_step=2)
+    F.cross_entropy(model(x), y).backward()
+    with pytest.raises(ValueError, match=r"frozen.*in mask_only mode the weights never change"):
+        ctrl.observe()
+    assert ctrl.stats.count == 0
+
+
 class LogitsInDict(nn.Module):
     def __init__(self):
         super().__init__()

@@ -469,3 +469,33 @@ def test_a_pattern_naming_a_container_of_layers_suggests_its_star_form():
     with pytest.raises(ValueError) as e:
         adaptive.Connectome(model, include="nope")
     assert "holding prunable layers" not in str(e.value)  # no container of that name: no hint
+
+
+def test_a_weight_matrix_of_a_custom_module_left_dense_is_named_with_the_fix():
+    """A custom module's own Parameter read by F.linear (self.w, self.kernel: not named *weight*)
+    stayed dense with no warning; only parameters named *weight* were named, and without the fix."""
+    import warnings
+
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.kernel = nn.Parameter(torch.randn(4, 8)), nn.Parameter(torch.randn(4, 8, 3))
+            # no weight matrices: a position table, a token, a layer scale, a vector
+            self.pos_embedding, self.cls_token = nn.Parameter(torch.zeros(1, 5, 8)), nn.Parameter(torch.zeros(1, 1, 8))
+            self.layer_scale, self.v = nn.Parameter(torch.ones(8, 1, 1)), nn.Parameter(torch.ones(8))
+
+        def forward(self, x):
+            return torch.nn.functional.linear(x, self.w)
+
+    model = nn.Sequential(nn.Linear(8, 8), Custom())
+    with pytest.warns(UserWarning) as caught:
+        conn = adaptive.Connectome(model)
+    said = [str(w.message) for w in caught]
+    assert len(said) == 1, said
+    assert "2 weight tensor(s) are not synapses of the connectome and stay dense: 1.w (Custom), 1.kernel (Custom)" in said[0]
+    assert "1.w, 1.kernel are parameters of your own module(s)" in said[0] and "nn.Linear(in_features" in said[0]
+    assert conn.names == ["0.weight"]
+    model[1] = nn.Linear(8, 4, bias=False)  # the fix: held in an nn.Linear, it is a layer of the connectome
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert adaptive.Connectome(model).names == ["0.weight", "1.weight"]
