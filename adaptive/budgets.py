@@ -119,9 +119,13 @@ def floor_synapses(min_density: float, size: int) -> int:
     """The live synapses a ``min_density`` floor keeps in a layer of ``size`` synapses: at least
     ``min_density`` of them, ``min_density * size`` rounded up, where a product that float arithmetic
     puts a hair above a whole number counts as that number (``0.07 * 100`` is ``7.000000000000001``:
-    the floor is 7 synapses, not 8, so a uniform density of 0.07 holds a min_density of 0.07)."""
+    the floor is 7 synapses, not 8, so a uniform density of 0.07 holds a min_density of 0.07). The
+    tolerance is float error's own size: a wider one (1e-12 of the product) left a large layer a
+    synapse under its floor (0.9999 of 199,999,999 synapses is 199,979,999.0001: 199,980,000 kept)."""
     x = min_density * size
-    return int(math.ceil(x - 1e-12 * x))  # (float error is ~1e-16 of x; a real fraction is far larger)
+    # the product is within 2^-52 (2.2e-16) of it of min_density's decimal value times size (one rounding
+    # of the product, one of min_density): 1e-15 of it is above that and below any real fraction's part
+    return int(math.ceil(x - 1e-15 * x))
 
 
 def too_low_error(density: float, fixed: Mapping[str, int], min_density: float, need: int, target: int,

@@ -1462,8 +1462,10 @@ def main(argv=None, on_step=None) -> RunResult:
     """Parse the command line and run. Problems a user can fix (a bad option, missing data, a
     missing checkpoint or weights file that does not fit) end with one ``error:`` line, status 2."""
     from adaptive.cli import run_cli
+    from adaptive.warn import command_line_warnings
 
-    cfg = parse_args(argv)
+    with command_line_warnings():  # parsing imports --plugins, whose warnings print as run_cli prints the run's
+        cfg = parse_args(argv)
     return run_cli(lambda: training_function(cfg, on_step=on_step), "recipes/adaptive.py",
                    on_interrupt=_on_interrupt,
                    errors=(CheckpointError,))

@@ -1063,6 +1063,17 @@ def test_a_min_density_floor_of_a_whole_number_of_synapses_is_that_number():
     assert layer_floors(ctrl) == {"0.weight": 7, "2.weight": 7}  # the global budget's floors alike
 
 
+def test_a_min_density_floor_is_never_under_min_density_in_a_large_layer():
+    """The floor's tolerance for float error was 1e-12 of the product: in a layer of 199,999,999
+    synapses, 0.9999 of them (199,979,999.0001) was given a floor of 199,979,999, under min_density."""
+    from fractions import Fraction
+
+    from adaptive.budgets import floor_synapses
+
+    for md, size in ((0.9999, 199_999_999), (0.999999, 1_999_999), (0.07, 100), (0.57, 100), (0.0001, 12_345_678_901)):
+        assert floor_synapses(md, size) == math.ceil(Fraction(str(md)) * size), (md, size)
+
+
 def test_the_rounding_remainder_goes_to_the_largest_fractions():
     layers = _layers(nn.Linear(37, 9), nn.Linear(29, 23))  # 333 and 667 synapses
     # 3% of each: 9.99 and 20.01, 30 in all: the spare synapse goes to the 9.99

@@ -278,3 +278,30 @@ def test_dataset_facts_are_what_the_data_says_known_before_it_is_read(tmp_path):
     assert dataset_facts("imagenet", data_dir=tmp_path / "nowhere") is None  # no folder: its builder says so
     assert dataset_facts("fake", shape="x") is None  # a bad argument likewise
     assert dataset_facts("cifar10", data_dir=tmp_path) is None  # its image size is known once decoded
+
+
+def test_dataset_facts_belong_to_the_name_a_builder_is_registered_under(monkeypatch):
+    """The facts were kept on the builder function: an alias of a built-in (registered without facts)
+    took the built-in's away, a plugin's alias with other facts gave them to the built-in too, and a
+    bound method (which takes no attributes) could no longer be registered at all."""
+    from adaptive import registry
+    from adaptive.data import base, dataset_facts
+    from adaptive.data.digits import digits
+
+    monkeypatch.setattr(base, "_DATASETS", dict(base._DATASETS))
+    monkeypatch.setattr(base, "_FACTS", dict(getattr(base, "_FACTS", {})), raising=False)
+    base.register_dataset("digits_alias")(digits)
+    base.register_dataset("digits_wrong", facts=lambda data_dir=None: (3, (1, 4, 4)))(digits)
+    assert dataset_facts("digits") == (10, (1, 8, 8))
+    assert dataset_facts("digits_alias") is None and dataset_facts("digits_wrong") == (3, (1, 4, 4))
+
+    class Maker:
+        def build(self, data_dir=None, download=False, augment=False):
+            return digits(data_dir, download, augment)
+
+    base.register_dataset("from_method", facts=lambda data_dir=None: (10, (1, 8, 8)))(Maker().build)
+    assert get_datasets("from_method").num_classes == 10 and dataset_facts("from_method") == (10, (1, 8, 8))
+    with pytest.raises(RuntimeError), registry.all_or_nothing():  # a plugin that fails halfway: its facts go too
+        base.register_dataset("digits", replace=True, facts=lambda data_dir=None: (2, (5,)))(digits)
+        raise RuntimeError("the plugin's import failed")
+    assert dataset_facts("digits") == (10, (1, 8, 8))

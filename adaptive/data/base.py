@@ -34,6 +34,8 @@ class Source:
 
 
 _DATASETS: Dict[str, Callable[..., Source]] = {}
+_FACTS: Dict[str, Optional[Callable[..., Tuple[int, Tuple[int, ...]]]]] = {}  # by name: a builder registered
+# under two names (an alias) has each name's facts, and a bound method (no attributes) can be a builder
 
 
 def register_dataset(name: str, replace: bool = False, facts: Optional[Callable[..., Tuple[int, Tuple[int, ...]]]] = None):
@@ -48,7 +50,7 @@ def register_dataset(name: str, replace: bool = False, facts: Optional[Callable[
 
     def deco(fn):
         _registry.add(_DATASETS, "dataset", name, fn, replace)
-        fn.dataset_facts = facts
+        _registry.add(_FACTS, "dataset facts", name, facts, replace=True)  # (undone with it by all_or_nothing)
         return fn
 
     return deco
@@ -58,7 +60,8 @@ def dataset_facts(name: str, data_dir=None, **kw) -> Optional[Tuple[int, Tuple[i
     """``(num_classes, in_shape)`` of dataset ``name`` built with ``data_dir`` and ``kw``, known
     without reading its data; None where the family does not say (no ``facts`` registered) or cannot
     tell (its folder is not found, an argument is bad: building it reports that)."""
-    facts = getattr(get_source_builder(name), "dataset_facts", None)
+    get_source_builder(name)  # an unknown name: the error naming the datasets there are
+    facts = _FACTS.get(name)
     if facts is None:
         return None
     from ..paths import DatasetNotFoundError
