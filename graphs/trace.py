@@ -807,7 +807,8 @@ class FlowProp(ShapeProp):
         lookup in the same table), wired from the node of all the index's ids (a junction where they
         differ; none for a constant index: a positional embedding of ``torch.arange``)."""
         vals = torch.unique(torch.cat([_squeeze_uniform(f).reshape(-1) for f in index_flows]).long())
-        uses = sum(1 for g in self.book.groups if g.op == "lookup" and g.name.split("#")[0] == name)
+        uses = sum(1 for g in self.book.groups  # its input nodes; the ".index" junctions are "lookup" ops too
+                   if g.kind == "input" and g.op == "lookup" and g.name.split("#")[0] == name)
         label = name if uses == 0 else f"{name}#{uses + 1}"
         src = self.book.combine(torch.zeros_like(vals), vals, 1, f"{label}.index", "lookup")
         count = shape[axis]

@@ -97,17 +97,20 @@ def test_index_select_on_traced_data_is_a_shape_op():
     assert int((g.edge_attrs["kind"] == EDGE_SYNAPSE).sum()) == 12 + 8
 
 
-def test_a_table_looked_up_twice_has_nodes_for_each_lookup():
+def test_a_table_looked_up_three_times_has_nodes_for_each_lookup():
+    """Labels count the lookups, not the "NAME#k.index" junctions (the third lookup was "emb#4")."""
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
             self.emb, self.fc = nn.Embedding(V, E), nn.Linear(E, 3)
 
-        def forward(self, a, b):
-            return self.fc(self.emb(a) * self.emb(b))
+        def forward(self, a, b, c):
+            return self.fc(self.emb(a) * self.emb(b) * self.emb(c))
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        g = graphs.build(model=Net(), level="unit", example_input=(torch.randint(0, V, (2, T)),) * 2)
+        g = graphs.build(model=Net(), level="unit", example_input=(torch.randint(0, V, (2, T)),) * 3)
     looked = [(x.name, x.count) for x in g.groups if x.op == "lookup" and x.kind == "input"]
-    assert looked == [("emb", E), ("emb#2", E)]
+    assert looked == [("emb", E), ("emb#2", E), ("emb#3", E)]
+    assert [x.name for x in g.groups if x.op == "lookup" and x.kind == "junction"] == [
+        "emb.index", "emb#2.index", "emb#3.index"]
