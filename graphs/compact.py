@@ -45,7 +45,8 @@ Sizes. A sum over tokens or pixels of a constant unit is that constant times the
 it is not a constant of the model: such units stay unless no reader uses them.
 
 Functional layers. ``F.linear(x, self.fc.weight, self.fc.bias)`` on an ``nn.Linear``'s own weight and
-bias (no bias where the layer has none) is that layer's call, and is compacted as one. A layer whose
+bias (no bias where the layer has none) is that layer's call, and is compacted as one (unless the layer has
+forward hooks, which its call would run, or sits inside a module fx calls whole: an attention's ``out_proj``). A layer whose
 parameters are read otherwise (``F.linear(x, self.fc.weight)`` on a layer with a bias, ``self.fc.weight.t()``)
 keeps its size, and ``F.linear`` on a weight that is no ``nn.Linear``'s (a bare parameter, a computed
 weight) keeps the channels it reads and writes: a warning names each.
@@ -340,7 +341,11 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
 def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
     """Turn ``F.linear(x, self.fc.weight, self.fc.bias)`` on an ``nn.Linear``'s own weight and bias into the
     call ``self.fc(x)``, which compaction shrinks; warn about each layer whose parameters are still read
-    directly (it keeps its size) and each ``F.linear`` on a weight no ``nn.Linear`` owns (its channels stay)."""
+    directly (it keeps its size) and each ``F.linear`` on a weight no ``nn.Linear`` owns (its channels stay).
+    A layer with forward hooks (which its call would run and F.linear does not), or inside a module fx
+    calls whole (``attn.out_proj`` of a MultiheadAttention, which reads it at its full size), is left read."""
+    whole = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+    kept: Dict[str, str] = {}  # a layer read by an F.linear left as it is -> the reason, when not its bias
     for n in list(gm.graph.nodes):
         if n.op != "call_function" or n.target is not F.linear:
             continue
@@ -354,7 +359,14 @@ def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
         own_bias = (bias is None if module.bias is None
                     else getattr(bias, "op", None) == "get_attr" and bias.target == f"{owner}.bias")
         x = n.args[0] if n.args else n.kwargs.get("input")
-        if not owner or not own_bias or type(module).forward is not nn.Linear.forward or not isinstance(x, fx.Node):
+        inside = next((t for t in whole if owner.startswith(t + ".")), None)
+        if module._forward_hooks or module._forward_pre_hooks:
+            kept[owner] = "it has forward hooks, which its call would run and F.linear does not"
+        elif inside is not None:
+            kept[owner] = f"{inside!r}, called whole, reads it too"
+        elif type(module).forward is not nn.Linear.forward:
+            kept[owner] = f"{type(module).__name__}.forward is not nn.Linear's"
+        if not owner or not own_bias or owner in kept or not isinstance(x, fx.Node):
             continue  # left as it is; warned below with the other direct reads of the layer's parameters
         parent, _, child = owner.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, child, module)  # fx kept a bare holder of the weight
@@ -372,6 +384,11 @@ def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
         if owner and isinstance(_submodule(src, owner), ops.WEIGHTED_MODULES):  # "": the model is the layer
             read.setdefault(owner, []).extend(u.name for u in n.users)
     for owner, users in read.items():
+        if owner in kept:
+            warn_user(f"graphs.compact: layer {owner!r} keeps its size: node(s) {sorted(set(users))} read its "
+                      f"parameters directly (F.linear(x, self.{owner}.weight, ...)) and {kept[owner]}, so the call is "
+                      "not taken for the layer's own")
+            continue
         warn_user(f"graphs.compact: layer {owner!r} keeps its size: node(s) {sorted(set(users))} read its parameters "
                   f"directly (F.linear with another bias, a transpose, ...), which a smaller layer would not fit; call "
                   f"the module itself (self.{owner}(x)) to have it compacted")

@@ -35,7 +35,8 @@ Every op falls in one category:
   edges: its output features (the ``embedding_dim`` columns) are nodes of their own, of kind input
   (op ``lookup``), wired from the nodes the index is computed from (the token positions). ``index_select``
   (function and method) and indexing ``table[idx]`` are shape ops; on a table that carries no traced data
-  (a parameter) with a traced integer index they are the same lookup, the table's units on its last axis.
+  (a parameter) with a traced integer index they are the same lookup, the table's units on its last axis
+  (on its first where the index picks along the last: ``w[:, idx]``, ``w.index_select(-1, idx)``).
 
 ``F.linear(x, self.fc.weight, ...)`` on the weight of an ``nn.Linear`` (a ``get_attr`` node: a subclass of
 ``nn.Linear`` that fx traces into, or a model reading a layer's weight directly) is, for the tracer,

@@ -212,6 +212,14 @@ def _uniform_except(t: torch.Tensor, axis: int) -> bool:
     return True
 
 
+def _indexed_axis(idx, ndim: int, picks) -> int:
+    """The axis of a ``ndim``-dimensional tensor that the first of the nodes ``picks`` indexes in
+    ``t[idx]`` (``t[i]``: 0; ``t[:, i]``: 1; ``t[..., i]``: the last)."""
+    parts = [p for p in (idx if isinstance(idx, tuple) else (idx,)) if p is not None]
+    k = next((j for j, p in enumerate(parts) if isinstance(p, fx.Node) and p in picks), 0)  # 0: inside a list
+    return ndim - (len(parts) - k) if any(p is Ellipsis for p in parts[:k]) else k
+
+
 def _squeeze_uniform(t: torch.Tensor) -> torch.Tensor:
     """Shrink every dimension along which ``t`` is constant to size 1 (keeps broadcastability)."""
     for d in range(t.dim()):
@@ -807,7 +815,8 @@ class FlowProp(ShapeProp):
         lookup in the same table), wired from the node of all the index's ids (a junction where they
         differ; none for a constant index: a positional embedding of ``torch.arange``)."""
         vals = torch.unique(torch.cat([_squeeze_uniform(f).reshape(-1) for f in index_flows]).long())
-        uses = sum(1 for g in self.book.groups if g.op == "lookup" and g.name.split("#")[0] == name)
+        uses = sum(1 for g in self.book.groups  # its input nodes; the ".index" junctions are "lookup" ops too
+                   if g.kind == "input" and g.op == "lookup" and g.name.split("#")[0] == name)
         label = name if uses == 0 else f"{name}#{uses + 1}"
         src = self.book.combine(torch.zeros_like(vals), vals, 1, f"{label}.index", "lookup")
         count = shape[axis]
@@ -820,22 +829,24 @@ class FlowProp(ShapeProp):
     def _lookup_table(self, n, args):
         """For ``table[idx]`` / ``table.index_select(dim, idx)`` on a table that carries no traced data (a
         parameter) with a traced integer index: the table's id tensor (:meth:`_table_ids`, units on its
-        last axis, or on axis 0 when ``dim`` is the last), else None (an ordinary shape op)."""
+        last axis, or on axis 0 when the index picks along the last: ``w[:, idx]``,
+        ``w.index_select(-1, idx)``), else None (an ordinary shape op)."""
         if n.target not in (operator.getitem, torch.index_select, "index_select"):
             return None
         table = args[0]
         if not isinstance(table, torch.Tensor) or table.dim() < 1 or bool(table.any()):
             return None
-        index = [f for a in n.all_input_nodes[1:] if isinstance(self.env.get(a), torch.Tensor)
+        picks = [a for a in n.all_input_nodes[1:] if isinstance(self.env.get(a), torch.Tensor)
                  and not self.env[a].is_floating_point() and self.env[a].dtype != torch.bool
-                 and isinstance(f := self.flows.get(a), torch.Tensor) and bool(f.any())]
-        if not index:
+                 and isinstance(self.flows.get(a), torch.Tensor) and bool(self.flows[a].any())]
+        if not picks:
             return None
-        axis = -1
-        if n.target is not operator.getitem:
-            dim = self._real(n.args[1]) if len(n.args) > 1 else self._real(n.kwargs.get("dim"))
-            axis = 0 if int(dim) % table.dim() == table.dim() - 1 else -1
-        return self._table_ids(self._table_name(n.args[0]), tuple(table.shape), axis, index)
+        if n.target is operator.getitem:
+            picked = _indexed_axis(n.args[1], table.dim(), picks)
+        else:
+            picked = int(self._real(n.args[1]) if len(n.args) > 1 else self._real(n.kwargs.get("dim")))
+        axis = 0 if picked % table.dim() == table.dim() - 1 else -1
+        return self._table_ids(self._table_name(n.args[0]), tuple(table.shape), axis, [self.flows[a] for a in picks])
 
     def _on_shape(self, n, module, result):
         def sub0(a):

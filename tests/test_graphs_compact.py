@@ -753,3 +753,44 @@ def test_a_layer_read_through_functional_linear_is_compacted_or_named(how, remov
     assert small.compaction["units_removed"] == removed
     with torch.no_grad():
         assert torch.allclose(small(x), masked_output(model, conn, x), atol=1e-5)
+
+
+class HookedOrInside(nn.Module):
+    """F.linear on the own weight and bias of a layer with a forward hook (``"hook"``: its call would run the
+    hook) or of a MultiheadAttention's out_proj (``"inside"``: the attention reads it at its full size)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.attn, self.a, self.b = nn.MultiheadAttention(4, 2, batch_first=True), nn.Linear(4, 4), nn.Linear(4, 3)
+        self.a.register_forward_hook(lambda module, args, out: 2 * out)
+
+    def forward(self, x):
+        fc = self.a if self.how == "hook" else self.attn.out_proj
+        h = x if self.how == "hook" else self.attn(x, x, x)[0]
+        return self.b(torch.relu(F.linear(h, fc.weight, fc.bias)))
+
+
+@pytest.mark.parametrize("how, killed, layer, why", [
+    ("hook", "b", "a", "it has forward hooks"),
+    ("inside", "attn.out_proj", "attn.out_proj", "'attn', called whole, reads it too"),
+])
+def test_functional_linear_on_a_hooked_layer_or_one_inside_a_whole_module_is_left_as_it_is(how, killed, layer, why):
+    """Taken for the layer's call, the F.linear ran the hook (outputs doubled: a mismatch, or a wrong model
+    with verify=False) or shrank the attention's out_proj under it (a shape error)."""
+    torch.manual_seed(0)
+    model = HookedOrInside(how).eval()
+    conn = adaptive.Connectome(model)
+    name = f"{killed}.weight"
+    mask = conn.masks[name].clone()
+    mask[:2] = False
+    conn.set_masks({name: mask})
+    x = torch.randn(2, 5, 4)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        small = graphs.compact(model, conn, x, verify=False)
+    assert small.compaction["units_removed"] == 0
+    with torch.no_grad():
+        assert torch.allclose(small(x), masked_output(model, conn, x), atol=1e-5)
+    messages = [str(w.message) for w in rec if "graphs.compact" in str(w.message)]
+    assert len(messages) == 1 and f"layer {layer!r} keeps its size" in messages[0] and why in messages[0], messages

@@ -97,17 +97,46 @@ def test_index_select_on_traced_data_is_a_shape_op():
     assert int((g.edge_attrs["kind"] == EDGE_SYNAPSE).sum()) == 12 + 8
 
 
-def test_a_table_looked_up_twice_has_nodes_for_each_lookup():
+def test_a_table_looked_up_three_times_has_nodes_for_each_lookup():
+    """Labels count the lookups, not the "NAME#k.index" junctions (the third lookup was "emb#4")."""
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
             self.emb, self.fc = nn.Embedding(V, E), nn.Linear(E, 3)
 
-        def forward(self, a, b):
-            return self.fc(self.emb(a) * self.emb(b))
+        def forward(self, a, b, c):
+            return self.fc(self.emb(a) * self.emb(b) * self.emb(c))
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        g = graphs.build(model=Net(), level="unit", example_input=(torch.randint(0, V, (2, T)),) * 2)
+        g = graphs.build(model=Net(), level="unit", example_input=(torch.randint(0, V, (2, T)),) * 3)
     looked = [(x.name, x.count) for x in g.groups if x.op == "lookup" and x.kind == "input"]
-    assert looked == [("emb", E), ("emb#2", E)]
+    assert looked == [("emb", E), ("emb#2", E), ("emb#3", E)]
+    assert [x.name for x in g.groups if x.op == "lookup" and x.kind == "junction"] == [
+        "emb.index", "emb#2.index", "emb#3.index"]
+
+
+@pytest.mark.parametrize("how", ["w[:, idx]", "w[..., idx]", "index_select"])
+def test_a_table_looked_up_along_its_last_axis_has_its_rows_as_nodes(how):
+    """w[:, idx] picks columns of a (E, V) table: its E rows are the features, as for index_select(-1, idx).
+    getitem took the V columns for nodes: each of fc's input channels became a junction of the
+    picked columns."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.fc = nn.Parameter(torch.randn(E, V)), nn.Linear(E, 3)
+
+        def forward(self, idx):
+            if how == "index_select":
+                cols = self.w.index_select(-1, idx.flatten()).view(E, idx.shape[0], idx.shape[1])
+            else:
+                cols = self.w[:, idx] if how == "w[:, idx]" else self.w[..., idx]
+            return self.fc(cols.permute(1, 2, 0))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(model=Net(), level="unit", example_input=torch.randint(0, V, (2, T)))
+    assert [(x.name, x.count) for x in g.groups if x.op == "lookup" and x.kind == "input"] == [("w", E)]
+    names = g.node_names()
+    assert [names[i] for i in g.layers[0].in_src.tolist()] == [f"w:{c}" for c in range(E)]
