@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from adaptive import diagnostics as D  # noqa: E402
 from adaptive.diagnostics.knowledge import DEFAULT_NOISE_FLOOR  # noqa: E402
+DEFAULT_ORDER_BATCHES = 20  # held-out batches of a gradient-based removal order, where it holds them
 from adaptive.diagnostics.table import Table  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 
@@ -285,16 +286,18 @@ def cmd_knowledge(args):
     data = get_data(args)
     model = trained_model(args, data)
     t0 = time.time()
+    order_loader = None if args.estimator == "magnitude" else holdout_mixed(data, args.seed, f"the {args.estimator} order")
+    # not given: up to 20, the whole held-out part where it holds fewer (a warning is for a count asked for)
+    order_batches = args.order_batches or (min(DEFAULT_ORDER_BATCHES, len(order_loader)) if order_loader else None)
     curve = D.knowledge_distribution(
-        model, mixed(data.test, args.seed), estimator=args.estimator,
-        order_loader=None if args.estimator == "magnitude" else holdout_mixed(data, args.seed, f"the {args.estimator} order"),
+        model, mixed(data.test, args.seed), estimator=args.estimator, order_loader=order_loader,
         points=args.points,
         max_fraction=args.max_fraction, finetune_batches=args.finetune_batches,
         finetune_loader=seeded_train_loader(data, args.batch_size, args.seed + 2), lr=args.finetune_lr,
-        eval_batches=args.eval_batches, order_batches=args.order_batches, bn_batches=args.bn_batches,
+        eval_batches=args.eval_batches, order_batches=order_batches, bn_batches=args.bn_batches,
         noise_floor=DEFAULT_NOISE_FLOOR if args.noise_floor is None else args.noise_floor,
     )
-    n_order = min(len(data.holdout.dataset), (args.order_batches or 10 ** 9) * (data.holdout.batch_size or 1))
+    n_order = min(len(data.holdout.dataset), (order_batches or 10 ** 9) * (data.holdout.batch_size or 1))
     source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
     curve.note = (f"order from {'weights only' if args.estimator == 'magnitude' else f'{n_order} held-out TRAIN images'}; "
                   f"accuracy on {curve.meta['base']['samples']} {args.dataset} TEST images"
@@ -395,7 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval_batches", type=int, default=None, help="TEST batches per point (default: all)")
     s.add_argument("--bn_batches", type=int, default=0, help="TRAIN batches on which BatchNorm statistics are "
                    "re-estimated at every point (0: the intact network's are kept)")
-    s.add_argument("--order_batches", type=int, default=20, help="held-out TRAIN batches for gradient-based orders")
+    s.add_argument("--order_batches", type=int, default=None, help="held-out TRAIN batches for gradient-based orders; "
+                   "more than the held-out part holds get a warning (default: %d, or all of it where it holds fewer)"
+                   % DEFAULT_ORDER_BATCHES)
     s.add_argument("--noise_floor", type=float, default=None,
                    help="loss increases (nats) below this are not fitted; recorded in knowledge_summary.json and "
                         "the fit table (default: 1e-3; for --replot, the noise floor the run recorded)")

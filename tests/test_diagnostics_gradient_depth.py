@@ -645,3 +645,86 @@ def test_depths_given_once_for_a_layer_called_twice_warn_and_rows_per_call_are_u
     assert rows.depths == [1, 5] and torch.equal(rows.per_weight, once.per_weight)
     with pytest.raises(ValueError, match=r"3 rows of depths for 'b', which is called 2 times in each forward"):
         gradient_by_depth(shared, data, layer="b", batches=1, depths=[[1] * 4] * 3)
+
+
+class _SharedReadAttribute(nn.Module):
+    """``b`` runs twice; the forward also reads ``b``'s weight's dtype, and the model holds a tensor
+    that autograd made (no graph leaf), which ``copy.deepcopy`` refuses."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+        self.scale = torch.ones(1, requires_grad=True) * 1.0
+
+    def forward(self, x):
+        x = x.to(self.b.weight.dtype) * self.scale.detach()
+        return self.head(torch.relu(self.b(torch.relu(self.b(torch.relu(self.a(x)))))))
+
+
+def test_a_shared_layer_is_traced_in_the_model_itself_not_in_a_copy():
+    """The depths of a layer called twice were traced in a deep copy of the whole model with one copy
+    of the layer per call: a forward reading the layer's attributes (self.b.weight) failed there
+    ('_PerCall' has no attribute 'weight'), as did a model deepcopy refuses, for every layer of the
+    model; and the copy cost a model's memory (one more layer per call). The graph has every call."""
+    torch.manual_seed(0)
+    model = _SharedReadAttribute()
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = gradient_by_depth(model, data, layer="b", batches=1)
+    assert res.calls == 2 and res.depths == [1, 2]
+    with pytest.warns(UserWarning, match="one band"):
+        assert gradient_by_depth(model, data, layer="head", batches=1).depths == [3]
+
+
+class _CalledAgainInTraining(nn.Module):
+    """``b`` runs a second time in train mode only (an auxiliary path)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.b(torch.relu(self.a(x))))
+        return self.head(h + torch.relu(self.b(h)) if self.training else h)
+
+
+def test_traced_calls_other_than_the_measured_forwards_are_refused():
+    """Traced (eval mode) once, called twice in train mode: both calls' parts went to the first call's
+    band, with a warning blaming the model's input_depths() (it has none) and one saying every input
+    carries depth 1, though the second call reads depth 2."""
+    torch.manual_seed(0)
+    model = _CalledAgainInTraining()
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    with pytest.raises(ValueError, match=r"traced graph \(an eval-mode forward\) has 1 layer\(s\) using the weight of "
+                                         r"'b', but the measured forward \(train mode\) called 'b' 2 time\(s\).*"
+                                         r"train_mode=False"):
+        gradient_by_depth(model, data, layer="b", batches=1)
+    with pytest.warns(UserWarning, match="one band"):
+        assert gradient_by_depth(model, data, layer="b", batches=1, train_mode=False).depths == [1]
+    assert gradient_by_depth(model, data, layer="b", batches=1, depths=[[1] * 4, [2] * 4]).depths == [1, 2]
+
+
+class _ReadOutsideItsCalls(nn.Module):
+    """``b`` runs twice and its weight is read a third time by F.linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.b(torch.relu(self.a(x))))
+        h = torch.relu(nn.functional.linear(h, self.b.weight, self.b.bias))
+        return self.head(torch.relu(self.b(h)))
+
+
+def test_calls_parts_that_miss_a_read_of_the_weight_outside_them_are_refused():
+    """The calls' parts (the module's forward hook) miss what F.linear on the weight contributes: they did
+    not add up to the gradient, silently, with depths given per call."""
+    torch.manual_seed(0)
+    model = _ReadOutsideItsCalls()
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    with pytest.raises(ValueError, match=r"the parts of the gradient of 'b' that its 2 calls contribute do not add up"):
+        gradient_by_depth(model, data, layer="b", batches=1, depths=[[1] * 4, [3] * 4])
+    with pytest.raises(ValueError, match=r"has 3 layer\(s\) using the weight of 'b'.* called 'b' 2 time\(s\)"):
+        gradient_by_depth(model, data, layer="b", batches=1)

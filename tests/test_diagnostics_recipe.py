@@ -1,6 +1,7 @@
 """recipes/diagnostics.py: every command runs end to end on tiny offline settings and writes its figures."""
 import json
 import os
+import warnings
 
 import pytest
 import torch
@@ -325,3 +326,16 @@ def test_log_x_draws_the_knowledge_fit_panels_on_a_log_axis_and_replot_takes_it(
     recipe.main(["knowledge", "--replot", str(run)])
     recipe.main(["knowledge", "--replot", str(run), "--log_x"])
     assert [f.axes[2].get_xscale() for f in figs] == ["log", "linear", "log"]
+
+
+def test_knowledge_order_batches_not_given_reads_the_held_out_part_without_a_warning(recipe, tmp_path):
+    """--order_batches defaulted to 20: every gradient-based order on the default dataset (digits, a held-out
+    part of 2 batches) warned 'read 2 batches of the 20 asked', though nobody had asked for 20 and the
+    order read all there was. Not given: up to 20; a count given beyond the held-out part still warns."""
+    args = ["knowledge", *COMMON, "--model", "mlp", "--train_steps", "3", "--points", "3", "--estimator", "taylor"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        recipe.main([*args, "--output_dir", str(tmp_path / "a")])
+    assert "held-out TRAIN images" in json.loads((tmp_path / "a" / "knowledge_summary.json").read_text())["note"]
+    with pytest.warns(UserWarning, match=r"the taylor removal order read \d batches of the 20 asked"):
+        recipe.main([*args, "--output_dir", str(tmp_path / "b"), "--order_batches", "20"])

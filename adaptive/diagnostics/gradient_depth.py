@@ -8,6 +8,7 @@ bands over many batches and draws them.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
@@ -43,7 +44,7 @@ def resolve_call_depths(model: nn.Module, layer: str, depths=None, example=None)
     one tensor for a layer called once, one per call for a layer called several times (weight
     sharing), where each call reads a signal of another depth. ``depths``: one depth per input unit,
     or one row of them per call; else ``model.input_depths(layer)`` (one tensor); else traced (one
-    per call where ``example`` is given, see :func:`traced_call_depths`). Errors as :func:`resolve_depths`."""
+    per call, see :func:`traced_call_depths`). Errors as :func:`resolve_depths`."""
     if depths is not None:
         d = torch.as_tensor(depths, dtype=torch.long).cpu()
         return list(d) if d.dim() == 2 else [d.reshape(-1)]
@@ -68,30 +69,28 @@ def traced_depths(model: nn.Module, layer: str, example: Optional[torch.Tensor] 
 
 
 def traced_call_depths(model: nn.Module, layer: str, example=None) -> List[torch.Tensor]:
-    """:func:`traced_depths` for each call of ``layer`` in one forward of ``example``, in call order.
-    The graph keeps one call per module, so layers called several times (``layer`` or any other, whose
-    later calls feed what comes after them) are traced in a copy that gives each call a layer of its
-    own (:func:`~adaptive.diagnostics._shared_calls.unrolled_for_tracing`). Without ``example`` the
-    calls are not counted: one tensor, of the first call."""
+    """:func:`traced_depths` for each call of ``layer`` in one (eval-mode) forward of ``example``, in
+    call order. The graph has a layer for every call of a module called several times (``NAME``,
+    ``NAME#2``, ...: :func:`graphs.trace`), each reading what that call reads, so the depths of every
+    call, and of every layer after a shared one, come from the model itself; graphs' note that a
+    module is called more than once is not repeated here, where each call is measured on its own."""
     import graphs
 
-    from ._shared_calls import calls_per_forward, unrolled_for_tracing
-
     name = layer[: -len(".weight")] if layer.endswith(".weight") else layer
-    example = None if example is None else example[:1]
-    shared = calls_per_forward(model, example) if example is not None else {}
-    names = [f"{name}.call{k}" for k in range(shared[name])] if name in shared else [name]
-    traced = unrolled_for_tracing(model, shared) if shared else model
-    tr = graphs.trace(traced, example)
-    if not tr.traced:
-        raise ValueError(" ".join(f"{tr.reason}; the module-order fallback has no concatenation or residual links, "
-                                  "so its depths would be wrong".split()))
-    g = graphs.build(model=traced, level="unit", traced=tr)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"graphs: node .* uses weights used before in the forward")
+        tr = graphs.trace(model, None if example is None else example[:1])
+        if not tr.traced:
+            raise ValueError(" ".join(f"{tr.reason}; the module-order fallback has no concatenation or residual "
+                                      "links, so its depths would be wrong".split()))
+        g = graphs.build(model=model, level="unit", traced=tr)
     depth = g.node_attrs["depth_max"]
-    found = {lf.module: (lid, lf) for lid, lf in reversed(list(enumerate(g.layers)))}  # a name's first layer
-    missing = [n for n in names if n not in found]
-    if missing:
-        raise KeyError(f"the traced graph has no weighted layer {missing[0]!r}; it has {[lf.module for lf in g.layers][:12]}")
+    found = {lf.module: (lid, lf) for lid, lf in reversed(list(enumerate(g.layers)))}  # a label's first layer
+    if name not in found:
+        raise KeyError(f"the traced graph has no weighted layer {name!r}; it has {[lf.module for lf in g.layers][:12]}")
+    names = [name]
+    while f"{name}#{len(names) + 1}" in found:
+        names.append(f"{name}#{len(names) + 1}")
     calls = []
     for n in names:
         lid, lf = found[n]
@@ -301,7 +300,7 @@ def gradient_by_depth(
                 x, y = to_device(x, device), to_device(y, device)  # nested inputs (a tuple of tensors) too
                 if call_depths is None:
                     call_depths = resolve_call_depths(model, name, depths, example=x)
-                    recorder = CallRecorder(mod)  # after the tracing, whose copy of the model would carry it
+                    recorder = CallRecorder(mod)  # after the tracing, whose forward it would record
                 recorder.clear()
                 loss = loss_fn(model(x), y)
                 (g,) = torch.autograd.grad(loss, [weight], allow_unused=True)
@@ -312,14 +311,17 @@ def gradient_by_depth(
                 check_finite(g, "gradient_by_depth", name, n + 1)
                 calls = len(recorder.calls)
                 if bands is None:
-                    uniq, bands = _call_bands(name, weight.shape, call_depths, calls, groups, transposed, depths)
+                    source = ("given" if depths is not None else "input_depths" if hasattr(model, "input_depths")
+                              else "traced")
+                    uniq, bands = _call_bands(name, weight.shape, call_depths, calls, groups, transposed, source,
+                                              train_mode)
                     hist = LogHistogram(len(uniq))
                     per_weight = torch.zeros(len(bands), *weight.shape, dtype=torch.float64)
                 elif calls != len(bands):
                     raise ValueError(f"gradient_by_depth: {name!r} was called {len(bands)} times in the first batch's "
                                      f"forward and {calls} times in batch {n + 1}'s: its calls' depths differ from "
                                      "batch to batch; measure a layer called the same number of times in every forward")
-                parts = [g] if len(bands) == 1 else recorder.gradient_parts(weight)
+                parts = [g] if len(bands) == 1 else _parts_adding_up(name, recorder.gradient_parts(weight), g)
                 for k, part in enumerate(parts):
                     a = part.detach().abs().cpu()
                     hist.update(a, bands[k])
@@ -359,14 +361,35 @@ def gradient_by_depth(
     )
 
 
-def _call_bands(name, shape, call_depths, calls, groups, transposed, given):
+def _parts_adding_up(name: str, parts: List[torch.Tensor], g: torch.Tensor) -> List[torch.Tensor]:
+    """``parts``, the calls' parts of the gradient ``g``, once checked to add up to it (to 1% of its
+    largest entry: the sums run in another order): they miss what an op reading the weight outside
+    the module's calls contributes."""
+    gap = float((torch.stack(parts).sum(0) - g).abs().max())
+    if gap > 1e-2 * float(g.abs().max()):
+        raise ValueError(f"gradient_by_depth: the parts of the gradient of {name!r} that its {len(parts)} calls contribute "
+                         f"do not add up to the gradient (off by up to {gap:.3g}): the weight is also read outside the "
+                         "module's calls (F.linear(x, layer.weight), a tied weight), whose part no call carries; "
+                         "measure a layer whose weight only its own calls read")
+    return parts
+
+
+def _call_bands(name, shape, call_depths, calls, groups, transposed, source, train_mode):
     """The depths present (sorted) and, per call of the layer, each weight's index among them: the
     band its part of the gradient in that call goes to. Depths given once for a layer called several
-    times (``depths=`` of one row, ``input_depths``) serve every call, with a warning."""
+    times (``depths=`` of one row, ``input_depths``) serve every call, with a warning. ``source``:
+    where ``call_depths`` came from (given, input_depths or traced)."""
+    if source == "traced" and len(call_depths) != calls:
+        raise ValueError(f"gradient_by_depth: the traced graph (an eval-mode forward) has {len(call_depths)} layer(s) "
+                         f"using the weight of {name!r}, but the measured forward ({'train' if train_mode else 'eval'} mode) "
+                         f"called {name!r} {calls} time(s): a call made in one mode only, or an op reading the weight "
+                         "outside the module's calls (F.linear(x, layer.weight)), so the traced depths do not say which "
+                         "call reads which; measure in eval mode (train_mode=False) where the calls then match, or "
+                         "pass depths= with one row per call of the module, in call order")
     if len(call_depths) == 1 and calls > 1:
-        source = "given (depths=)" if given is not None else "of the model's input_depths()"
+        what = "given (depths=)" if source == "given" else "of the model's input_depths()"
         warn_user(f"{name!r} is called {calls} times in each forward (weight sharing), and each call reads a signal of "
-                  f"another depth, but the depths {source} describe its inputs once: every call's part of the gradient "
+                  f"another depth, but the depths {what} describe its inputs once: every call's part of the gradient "
                   "goes to the bands of those depths. Pass depths= with one row per call, in call order, to give each "
                   "call its own")
         call_depths = call_depths * calls
