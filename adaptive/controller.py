@@ -483,7 +483,12 @@ class Controller:
         """Refuse, before the window takes anything, to observe layers whose weights are frozen
         (``requires_grad=False``): autograd computes no gradient for them, so every utility built
         from gradients would read 0 there and the policy would take their synapses as free to
-        remove. A protected layer is never edited, so its gradient is not needed."""
+        remove. A protected layer is never edited, so its gradient is not needed; nor is any once
+        no edit can follow (the magnitude policy goes on observing after its one-shot prune, or past
+        end_step: a layer frozen for the fine-tuning after it is not refused)."""
+        if (self.policy.name == "magnitude" and getattr(self.policy, "done", False)) or \
+                (self.end_step is not None and self.step_count >= self.end_step):
+            return
         frozen = [n for n in names if n not in self.protected and not self.conn.params[n].requires_grad]
         if not frozen:
             return

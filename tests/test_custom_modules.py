@@ -240,6 +240,38 @@ def test_a_frozen_layer_is_not_scored_by_a_gradient_it_never_gets():
     assert ctrl.stats.count == 0
 
 
+def test_a_layer_frozen_after_a_one_shot_prune_is_not_refused():
+    """The magnitude policy goes on observing after its one prune, which edits nothing more: freezing
+    a layer for the fine-tuning after it raised the frozen-layer error at the next step. Frozen
+    before the prune, it is still refused."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctrl = adaptive.Controller(adaptive.Connectome(model), opt, policy="magnitude", estimator="taylor", density=0.5,
+                               update_every=3, end_step=3)
+
+    def train(steps):
+        for _ in range(steps):
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+
+    train(3)
+    assert ctrl.policy.done and ctrl.events[0]["pruned"] > 0
+    masks = {n: m.clone() for n, m in ctrl.conn.masks.items()}
+    model[0].weight.requires_grad_(False)  # the first layer frozen for the fine-tuning
+    frozen = model[0].weight.detach().clone()
+    train(3)
+    assert all(torch.equal(ctrl.conn.masks[n], m) for n, m in masks.items()) and torch.equal(model[0].weight, frozen)
+    ctrl.conn.detach()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    adaptive.Controller(adaptive.Connectome(model), opt, policy="magnitude", estimator="taylor", density=0.5,
+                        update_every=3, end_step=3)
+    with pytest.raises(ValueError, match=r"frozen \(requires_grad=False\): 0\.weight"):
+        train(1)
+
+
 class LogitsInDict(nn.Module):
     def __init__(self):
         super().__init__()
