@@ -132,6 +132,15 @@ class InputError(ValueError):
     op the tracer does not know."""
 
 
+class InputGuessError(ValueError):
+    """No example input could be guessed for a model (none of the guesses ran): pass one. ``what`` says
+    which model and why, ``tried`` what each guess raised (empty where there was nothing to guess from)."""
+
+    def __init__(self, what: str, tried: str = ""):
+        self.what, self.tried = what, tried
+        super().__init__(f"{what}{f' ({tried})' if tried else ''}: pass example_input=tensor")
+
+
 class _Book:
     """Allocates node ids and records junction wires and recurrent back edges."""
 
@@ -974,24 +983,50 @@ def _check_standard_transformer(module: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------------------- API
-def default_example_input(model: nn.Module) -> List[torch.Tensor]:
-    """Candidate example inputs (batch 1) inferred from the first weighted layer and ``in_shape``, on
-    the device and in the floating-point dtype of that layer's weight (a float64 or bfloat16 model
-    cannot run a float32 input; a frozen parameter of another dtype registered before it says nothing
-    of what the layer reads), else of the model's first floating-point parameter."""
-    first = next((m for m in model.modules() if isinstance(m, ops.WEIGHTED_MODULES)), None)
-    w = getattr(first, "weight", None)
+TOKENS = 16  # the sequence length guessed for token indices
+
+
+def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1) -> List[torch.Tensor]:
+    """Candidate example inputs (``batch`` samples), tried in order: float tensors shaped from
+    ``in_shape`` or the first weighted layer, on the device and in the floating-point dtype of that
+    layer's weight (a float64 or bfloat16 model cannot run a float32 input; a frozen parameter of
+    another dtype registered before it says nothing of what the layer reads), else of the model's first
+    floating-point parameter; and token indices (torch.long, each below the smallest ``nn.Embedding``
+    / ``nn.EmbeddingBag``'s ``num_embeddings``, so in range for every table) shaped ``in_shape``, else
+    ``(batch, 16)`` and ``(batch, n)`` for every smaller table size ``n`` (a positional table caps the
+    sequence). The token guesses come first where the model's first layer (in registration order) is
+    an embedding, after the float ones where a later one is, and not at all without one.
+    ``tokens=True`` keeps the token guesses only, ``False`` the float ones only."""
+    layers = [m for m in model.modules() if isinstance(m, ops.WEIGHTED_MODULES + ops.LOOKUP_MODULES)]
+    tables = [m for m in layers if isinstance(m, ops.LOOKUP_MODULES)]
+    w = next((m.weight for m in layers if isinstance(m, ops.WEIGHTED_MODULES)), None)
     p = w if isinstance(w, torch.Tensor) and w.is_floating_point() else next(
         (q for q in model.parameters() if q.is_floating_point()), None)
     dev = p.device if p is not None else torch.device("cpu")
-    dtype = p.dtype if p is not None else None
-    return [x.to(dev, dtype) for x in _default_inputs(model)]
+    shape = getattr(model, "in_shape", None)
+    ids = []
+    if tables or tokens:
+        high = min((int(m.num_embeddings) for m in tables), default=1)  # none: index 0, in range for any table
+        lengths = [tuple(shape)] if shape is not None else [
+            (n,) for n in sorted({TOKENS} | {int(m.num_embeddings) for m in tables if m.num_embeddings < TOKENS},
+                                 reverse=True)]
+        ids = [torch.randint(0, high, (batch, *s), device=dev) for s in lengths]
+    if tokens:
+        return ids
+    floats = []
+    if shape is not None or w is not None:
+        floats = [x.to(dev, p.dtype if p is not None else None) for x in _default_inputs(model, shape, batch)]
+    elif tokens is False or not tables:
+        raise InputGuessError(f"{type(model).__name__} has no Linear, Conv or Embedding layer to guess an input from")
+    if tokens is False:
+        return floats
+    return ids + floats if tables and isinstance(layers[0], ops.LOOKUP_MODULES) else floats + ids
 
 
-def runnable_example_input(model: nn.Module) -> torch.Tensor:
+def runnable_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1) -> torch.Tensor:
     """The first of :func:`default_example_input`'s candidates that ``model`` runs on (in eval mode,
     without gradients; the modules' modes are left as they were), as :func:`trace` picks one."""
-    candidates = default_example_input(model)
+    candidates = default_example_input(model, tokens, batch)
     if len(candidates) == 1:
         return candidates[0]
     modes = {m: m.training for m in model.modules()}
@@ -1004,26 +1039,27 @@ def runnable_example_input(model: nn.Module) -> torch.Tensor:
                     model(x)
                 return x
             except Exception as e:  # noqa: BLE001 - a wrong guess: try the next size
-                errors.append(f"input {tuple(x.shape)}: {type(e).__name__}: {str(e)[:200]}")
+                errors.append(f"input {_described(x)}: {type(e).__name__}: {str(e)[:200]}")
     finally:
         for m, t in modes.items():
             m.training = t
-    raise ValueError(
-        f"could not guess an input for {type(model).__name__} ({'; '.join(errors)[:400]}): pass example_input=tensor")
+    raise InputGuessError(f"could not guess an input for {type(model).__name__}", "; ".join(errors)[:400])
 
 
-def _default_inputs(model: nn.Module) -> List[torch.Tensor]:
-    shape = getattr(model, "in_shape", None)
+def _described(x) -> str:
+    """A guessed input for an error message: its shape, and ``long`` for token indices."""
+    return f"{tuple(x.shape)}" + ("" if x.is_floating_point() else f" {str(x.dtype).replace('torch.int64', 'long')}")
+
+
+def _default_inputs(model: nn.Module, shape, batch: int) -> List[torch.Tensor]:
     if shape is not None:
-        return [torch.randn(1, *shape)]
-    first = next((m for m in model.modules() if isinstance(m, ops.WEIGHTED_MODULES)), None)
-    if first is None:
-        raise ValueError(f"{type(model).__name__} has no Linear/Conv layer: pass example_input")
+        return [torch.randn(batch, *shape)]
+    first = next(m for m in model.modules() if isinstance(m, ops.WEIGHTED_MODULES))
     if isinstance(first, nn.Linear):
-        return [torch.randn(1, first.in_features)]
+        return [torch.randn(batch, first.in_features)]
     c, d = first.in_channels, first.weight.dim() - 2
     sizes = {1: [64, 256, 28, 32], 2: [32, 224, 28, 64, 96], 3: [16, 32]}[d]
-    return [torch.randn(1, c, *([s] * d)) for s in sizes]
+    return [torch.randn(batch, c, *([s] * d)) for s in sizes]
 
 
 def _auto_input_nodes(model: nn.Module, x: torch.Tensor) -> str:
@@ -1134,8 +1170,8 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
         except Exception as e:
             if isinstance(e, InputError) and example_input is not None:  # fx appends the node: said once
                 raise InputError(str(e).split("\n\nWhile executing")[0]) from None
-            shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in xs]
-            errors.append(f"input {shapes}: {_failure(e)}")
+            shapes = ", ".join(_described(t) if isinstance(t, torch.Tensor) else type(t).__name__ for t in xs)
+            errors.append(f"input [{shapes}]: {_failure(e)}")
             continue
         _add_outputs(prop, gm, result)
         for w in book.warnings:
@@ -1145,9 +1181,7 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
         return _unwrap(tr) if root else tr
     if example_input is not None:
         raise RuntimeError(f"running {type(model).__name__} on example_input failed: {errors[0]}")
-    raise ValueError(
-        f"could not guess an input for {type(model).__name__} ({'; '.join(errors)[:400]}): pass example_input=tensor"
-    )
+    raise InputGuessError(f"could not guess an input for {type(model).__name__}", "; ".join(errors)[:400])
 
 
 def _unsupplied_defaults(model: nn.Module, nargs: int) -> Optional[Dict[str, Any]]:

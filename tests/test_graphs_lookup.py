@@ -14,6 +14,8 @@ from torch import nn
 import adaptive
 import graphs
 from graphs.graph import EDGE_SYNAPSE
+from graphs.trace import InputGuessError, default_example_input, runnable_example_input
+from graphs.trace import trace as trace_model
 
 torch.set_num_threads(1)
 
@@ -140,3 +142,117 @@ def test_a_table_looked_up_along_its_last_axis_has_its_rows_as_nodes(how):
     assert [(x.name, x.count) for x in g.groups if x.op == "lookup" and x.kind == "input"] == [("w", E)]
     names = g.node_names()
     assert [names[i] for i in g.layers[0].in_src.tolist()] == [f"w:{c}" for c in range(E)]
+
+
+LM_PLUGIN = '''
+import torch
+from torch import nn
+from adaptive.models import register_model
+
+
+class PluginLM(nn.Module):
+    """Tokens and positions looked up, an MLP, a head: its first layer reads token indices."""
+
+    def __init__(self, num_classes, vocab=11, seq=12, dim=8):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, dim), nn.Embedding(seq, dim)
+        self.fc, self.head = nn.Linear(dim, 16), nn.Linear(16, num_classes)
+
+    def forward(self, idx):
+        h = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+        return self.head(torch.relu(self.fc(h)))
+
+
+@register_model("lookup_lm_plugin")
+def lookup_lm(num_classes=10, in_shape=None):
+    return PluginLM(num_classes)
+
+
+class Reshaping(nn.Module):
+    """Reads (batch, 15) features as 5 rows of 3: no guess from its first layer runs it."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.fc, self.head = nn.Linear(3, 4), nn.Linear(20, num_classes)
+
+    def forward(self, x):
+        return self.head(self.fc(x.view(x.shape[0], 5, 3)).flatten(1))
+
+
+@register_model("lookup_reshaping_plugin")
+def reshaping(num_classes=10, in_shape=None):
+    return Reshaping(num_classes)
+'''
+
+
+def _plugin_run(tmp_path, name):
+    from adaptive.models import build_model
+    from adaptive.plugins import load_plugins
+
+    plugin = tmp_path / "lookup_lm_plugin.py"
+    plugin.write_text(LM_PLUGIN)
+    load_plugins([str(plugin)])
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(build_model(name))
+    run = tmp_path / "run"
+    conn.save(run / "connectome.safetensors")
+    torch.save(conn.dense_state_dict(), run / "model_state.pt")
+    (run / "config.yaml").write_text(f"model: {name}\nplugins: [{plugin}]\n")
+    return run, conn
+
+
+def test_the_command_line_builds_the_graph_of_a_model_whose_first_layer_is_an_embedding(tmp_path, capsys):
+    """The guessed input was a float tensor, which an nn.Embedding refuses, and the error said to pass
+    example_input=tensor, which the command line has no way to: report, export and compact all failed.
+    Token indices are guessed (16 of them, or as many as the positional table holds: 12), and
+    --in-shape / --in-dtype give the input."""
+    from graphs.cli import main
+
+    run, conn = _plugin_run(tmp_path, "lookup_lm_plugin")
+    assert main(["export", str(run), "--out", str(tmp_path / "g.json")]) == 0
+    g = graphs.read_json(str(tmp_path / "g.json"))
+    groups = {x.name: x for x in g.groups}
+    assert (groups["idx"].count, groups["tok"].op, groups["tok"].count) == (12, "lookup", 8)
+    assert g.live_synapses() == conn.num_live()
+    assert main(["export", str(run), "--out", str(tmp_path / "g5.json"), "--in-shape", "5", "--in-dtype", "long"]) == 0
+    assert {x.name: x.count for x in graphs.read_json(str(tmp_path / "g5.json")).groups}["idx"] == 5
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    assert main(["compact", str(run), "--out", str(tmp_path / "small.pt")]) == 0
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(tmp_path / "report"), "--in-dtype", "float"]) == 2
+    err = capsys.readouterr().err
+    assert "Expected tensor for argument #1 'indices'" in err and "--in-dtype" in err, err
+
+
+def test_an_input_the_command_line_cannot_guess_names_its_options(tmp_path, capsys):
+    from adaptive.models import build_model
+    from graphs.cli import main
+
+    run, _ = _plugin_run(tmp_path, "lookup_reshaping_plugin")
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not guess an input for Reshaping: give the input with --in-shape (without "
+                          "the batch: 16 for 16 tokens, 3,32,32 for an image) and --in-dtype"), err
+    assert "tried input [(1, 3)]" in err and "example_input" not in err and err.count("\n") == 1
+    assert main(["report", str(run), "--out", str(tmp_path / "report"), "--in-shape", "15"]) == 0
+    with pytest.raises(InputGuessError, match=r"could not guess .*: pass example_input=tensor"):
+        trace_model(build_model("lookup_reshaping_plugin"))
+
+
+def test_guessed_token_indices_are_in_range_of_every_table():
+    """Token indices are long, below the smallest table's size, first where an embedding is the first
+    layer; tokens=True / False keep one kind."""
+
+    class ImageFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.emb = nn.Linear(4, 3), nn.Embedding(20, 3)
+
+    xs = default_example_input(TinyLM(), batch=2)
+    assert [(tuple(x.shape), x.dtype) for x in xs] == [((2, 16), torch.long), ((2, V), torch.long),
+                                                       ((2, T), torch.long), ((2, E), torch.float32)]
+    assert all(int(x.max()) < T for x in xs[:3])
+    assert [x.dtype for x in default_example_input(ImageFirst())] == [torch.float32, torch.long]
+    assert [x.dtype for x in default_example_input(ImageFirst(), tokens=True)] == [torch.long]
+    assert [x.dtype for x in default_example_input(ImageFirst(), tokens=False)] == [torch.float32]
+    assert runnable_example_input(TinyLM()).shape == (1, T)
