@@ -27,7 +27,7 @@ Every op falls in one category:
   resampling): channel ``c`` of the output is fed by channel ``c`` of the input.
 - ``broadcast``: elementwise arithmetic of several tensors (residual ``+``, squeeze-excitation ``*``):
   each output element is fed by the elements it was computed from (a *junction* when they differ).
-- ``shape``: moves elements without computing (view, flatten, cat, getitem, pad, permute, split, unbind,
+- ``shape``: moves elements without computing (view, flatten, cat, getitem, select, pad, permute, split, unbind,
   pixel_shuffle/pixel_unshuffle): evaluated exactly on tensors of unit ids.
 - ``reduce``: mean/sum/amax over some dimensions.
 - ``lookup``: an ``nn.Embedding`` / ``F.embedding`` call: rows of a table picked by an index. The table
@@ -57,6 +57,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# torch's own functions: a library may put a Python function of its own in their place in the torch
+# namespace (torch_geometric does for torch.index_select and torch.select); the tracer records torch's
+# (see graphs.trace.symbolic_trace), so the tables name those
+TORCH_OWN = torch._C._VariableFunctions
 WEIGHTED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # weighted too, but their weight is (in, out/groups, *kernel) and they are not synapse layers: the
 # graph reads them through LayerFlow.part, and compaction leaves them as they are
@@ -115,12 +119,12 @@ SHAPE_FUNCTIONS = {
     torch.flatten, torch.reshape, torch.cat, torch.concat, torch.stack, torch.permute, torch.transpose,
     torch.squeeze, torch.unsqueeze, torch.split, torch.chunk, torch.narrow, torch.movedim, F.pad,
     operator.getitem, torch.unflatten, torch.triu, torch.tril, F.pixel_shuffle, F.pixel_unshuffle, torch.unbind,
-    torch.index_select,
+    TORCH_OWN.index_select, TORCH_OWN.select,
 }
 SHAPE_METHODS = {
     "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "split", "chunk", "narrow",
     "expand", "expand_as", "repeat", "movedim", "unflatten", "t", "view_as", "reshape_as", "contiguous",
-    "triu", "tril", "unbind", "index_select",
+    "triu", "tril", "unbind", "index_select", "select",
 }
 # pointwise ops that act along axis 1 (statistics, pooling, padding, resampling): not elementwise
 _ALONG_AXIS_ONE_MODULES = (

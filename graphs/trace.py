@@ -21,6 +21,7 @@ import contextlib
 import io
 import math
 import operator
+import types
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -840,7 +841,7 @@ class FlowProp(ShapeProp):
         parameter) with a traced integer index: the table's id tensor (:meth:`_table_ids`, units on its
         last axis, or on axis 0 when the index picks along the last: ``w[:, idx]``,
         ``w.index_select(-1, idx)``), else None (an ordinary shape op)."""
-        if n.target not in (operator.getitem, torch.index_select, "index_select"):
+        if n.target not in (operator.getitem, ops.TORCH_OWN.index_select, "index_select"):
             return None
         table = args[0]
         if not isinstance(table, torch.Tensor) or table.dim() < 1 or bool(table.any()):
@@ -962,6 +963,33 @@ class FlowProp(ShapeProp):
         if not flows:
             return self._constant_like(result) if isinstance(result, torch.Tensor) else None
         return self._mix(n, flows, result, "unknown")
+
+
+@contextlib.contextmanager
+def _torch_own_functions():
+    """Put torch's own functions back in the torch namespace where another library replaced them with
+    Python functions of its own (torch_geometric's ``torch.index_select`` and ``torch.select``, which
+    check ``input.dim()`` in Python), restoring the replacements on exit."""
+    replaced = {name: f for name, f in vars(torch).items()
+                if isinstance(f, types.FunctionType) and not name.startswith("_") and hasattr(ops.TORCH_OWN, name)
+                and not (f.__module__ == "torch" or str(f.__module__).startswith("torch."))}
+    try:
+        for name in replaced:
+            setattr(torch, name, getattr(ops.TORCH_OWN, name))
+        yield
+    finally:
+        for name, f in replaced.items():
+            setattr(torch, name, f)
+
+
+def symbolic_trace(root: nn.Module, concrete_args=None) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace`` with torch's own functions in place of a library's Python replacements
+    (:func:`_torch_own_functions`): fx records torch's function as one call, as it records any torch
+    function, where it traced into the replacement and stopped at its ``if`` on a traced value (once
+    torch_geometric was imported, every model calling ``torch.index_select`` fell back to module order,
+    and ``graphs.compact`` refused it). The graph runs torch's function."""
+    with _torch_own_functions():
+        return fx.symbolic_trace(root, concrete_args=concrete_args)
 
 
 def _check_standard_transformer(module: nn.Module) -> None:
@@ -1145,7 +1173,7 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
         nargs = (len(example_input) if isinstance(example_input, (tuple, list))
                  and not isinstance(example_input, nn.utils.rnn.PackedSequence) else 1)
         try:
-            gm = fx.symbolic_trace(model, concrete_args=_unsupplied_defaults(model, nargs))
+            gm = symbolic_trace(model, concrete_args=_unsupplied_defaults(model, nargs))
         except Exception as e:
             return fallback_trace(model, f"torch.fx could not trace {type(model).__name__}{_where(e)}: {type(e).__name__}: {e}")
     candidates = [example_input] if example_input is not None else default_example_input(model)
@@ -1158,7 +1186,7 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
                 "or [L, B, features]); the graph of one time step does not depend on the sequence lengths")
         traced = _Root(model, len(xs)) if root else model
         if root:
-            gm = fx.symbolic_trace(traced, concrete_args={k: None for k in "abc"[len(xs):]})
+            gm = symbolic_trace(traced, concrete_args={k: None for k in "abc"[len(xs):]})
         mode = input_nodes if input_nodes != "auto" else _auto_input_nodes(model, xs[0])
         book = _Book()
         prop = FlowProp(gm, book, mode, traced)

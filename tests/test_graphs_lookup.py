@@ -42,7 +42,7 @@ class TinyLM(nn.Module):
             return F.embedding(idx, w)
         if self.how == "getitem":
             return w[idx]
-        # the method: importing torch_geometric replaces torch.index_select by a Python function fx traces into
+        # the method (torch.index_select, which importing torch_geometric replaces, is tested below)
         return w.index_select(0, idx.flatten()).view(idx.shape[0], idx.shape[1], E)
 
     def forward(self, idx):
@@ -256,3 +256,44 @@ def test_guessed_token_indices_are_in_range_of_every_table():
     assert [x.dtype for x in default_example_input(ImageFirst(), tokens=True)] == [torch.long]
     assert [x.dtype for x in default_example_input(ImageFirst(), tokens=False)] == [torch.float32]
     assert runnable_example_input(TinyLM()).shape == (1, T)
+
+
+def test_torch_functions_torch_geometric_replaces_are_followed():
+    """torch_geometric, once imported, replaces torch.index_select and torch.select with Python functions
+    that fx traced into and stopped at (an ``if`` on input.dim()): the whole model fell back to module
+    order, its lookup and channel permutation lost, and graphs.compact refused it."""
+    pytest.importorskip("torch_geometric")  # imported for what it does to torch
+
+    assert torch.index_select is not torch._C._VariableFunctions.index_select  # what the test is about
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.a, self.b = nn.Parameter(torch.randn(V, E)), nn.Linear(E, 4), nn.Linear(4, 2)
+            self.register_buffer("perm", torch.tensor([2, 0, 3, 1]))
+
+        def forward(self, idx):
+            h = torch.index_select(self.w, 0, idx.flatten()).view(idx.shape[0], idx.shape[1], E)  # a lookup
+            h = torch.index_select(self.a(h), -1, self.perm)  # a permutation of a's units
+            return self.b(torch.select(h, 1, 0))
+
+    torch.manual_seed(0)
+    m = Net()
+    with pytest.warns(UserWarning, match="not synapses of the connectome"):  # the table: no synapse layer
+        conn = adaptive.Connectome(m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to module order, no unknown op
+        g = graphs.build(conn, "unit", example_input=torch.randint(0, V, (2, T)))
+    assert g.meta["traced"]
+    assert [(x.name, x.count) for x in g.groups if x.op == "lookup" and x.kind == "input"] == [("w", E)]
+    names = g.node_names()
+    assert [names[i] for i in g.layers[0].in_src.tolist()] == [f"w:{c}" for c in range(E)]
+    assert [names[i] for i in g.layers[1].in_src.tolist()] == ["a:2", "a:0", "a:3", "a:1"]
+    assert torch.index_select is not torch._C._VariableFunctions.index_select  # torch_geometric's, put back
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["b.weight"][:, 0] = False  # b reads a:2 at its input 0: a:2 feeds nothing
+    conn.set_masks(masks)
+    dead = graphs.dead_units(graphs.build(conn, "unit", example_input=torch.randint(0, V, (2, T))))["dead"]
+    assert [names[i] for i in dead.nonzero().flatten().tolist()] == ["a:2"]
+    small = graphs.compact(m, conn, torch.randint(0, V, (4, T)))  # traced (it was refused), and checked
+    assert small.compaction["params_after"] <= small.compaction["params_before"]
