@@ -798,17 +798,20 @@ class FlowProp(ShapeProp):
         return ids[inverse].to(torch.float64).view(shape).expand(result.shape)
 
     def _on_lookup(self, n, module, result):
-        """``nn.Embedding`` / ``F.embedding(idx, table)``: output feature ``e`` at every position is column
-        ``e`` of the table, a node of its own (see :meth:`_table_ids`)."""
-        index = self._arg(n, 0, "input")
-        if not isinstance(index, torch.Tensor):
+        """``nn.Embedding`` / ``F.embedding(idx, table)``, and ``nn.EmbeddingBag`` / ``F.embedding_bag(idx,
+        table, ...)``, which sums, averages or takes the max of each bag's rows: output feature ``e`` at
+        every position (every bag) is column ``e`` of the table, a node of its own (see
+        :meth:`_table_ids`), fed by what the index (and a bag's offsets and per_sample_weights) is
+        computed from."""
+        if not isinstance(self._arg(n, 0, "input"), torch.Tensor):
             raise ValueError("its index carries no traced data")
         if module is not None:
-            name, dim = str(n.target), int(module.embedding_dim)
+            name, dim, reads = str(n.target), int(module.embedding_dim), (n.args, n.kwargs)
         else:
             w = n.args[1] if len(n.args) > 1 else n.kwargs.get("weight")
             name, dim = self._table_name(w), int(self._real(w).shape[-1])
-        ids = self._table_ids(name, (1, dim), -1, [index])
+            reads = (n.args[:1] + n.args[2:], {k: v for k, v in n.kwargs.items() if k != "weight"})
+        ids = self._table_ids(name, (1, dim), -1, self._tensor_flows(reads))
         return ids.reshape(dim).to(torch.float64).expand(result.shape)
 
     def _table_name(self, w) -> str:
@@ -837,11 +840,12 @@ class FlowProp(ShapeProp):
         return _expand(dst, shape, axis)
 
     def _lookup_table(self, n, args):
-        """For ``table[idx]`` / ``table.index_select(dim, idx)`` on a table that carries no traced data (a
-        parameter) with a traced integer index: the table's id tensor (:meth:`_table_ids`, units on its
-        last axis, or on axis 0 when the index picks along the last: ``w[:, idx]``,
-        ``w.index_select(-1, idx)``), else None (an ordinary shape op)."""
-        if n.target not in (operator.getitem, ops.TORCH_OWN.index_select, "index_select"):
+        """For ``table[idx]`` / ``table.index_select(dim, idx)`` / ``table.gather(dim, idx)`` on a table that
+        carries no traced data (a parameter) with a traced integer index: the table's id tensor
+        (:meth:`_table_ids`, units on its last axis, or on axis 0 when the index picks along the last:
+        ``w[:, idx]``, ``w.index_select(-1, idx)``), else None (an ordinary shape op)."""
+        if n.target not in (operator.getitem, ops.TORCH_OWN.index_select, "index_select", ops.TORCH_OWN.gather,
+                            "gather"):
             return None
         table = args[0]
         if not isinstance(table, torch.Tensor) or table.dim() < 1 or bool(table.any()):

@@ -297,3 +297,63 @@ def test_torch_functions_torch_geometric_replaces_are_followed():
     assert [names[i] for i in dead.nonzero().flatten().tolist()] == ["a:2"]
     small = graphs.compact(m, conn, torch.randint(0, V, (4, T)))  # traced (it was refused), and checked
     assert small.compaction["params_after"] <= small.compaction["params_before"]
+
+
+@pytest.mark.parametrize("how", ["module", "functional"])
+def test_an_embedding_bag_is_a_lookup_whose_features_are_input_nodes(how):
+    """nn.EmbeddingBag and F.embedding_bag (a bag's rows summed or averaged) were unknown ops: every
+    token position fed one junction feeding every input channel of fc, with a warning. Its columns are
+    lookup nodes, fed by the index and by the per_sample_weights the functional call is given."""
+
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bag, self.fc = nn.EmbeddingBag(V, E, mode="mean"), nn.Linear(E, 3)
+
+        def forward(self, idx, weights):
+            if how == "module":
+                return self.fc(self.bag(idx))
+            return self.fc(F.embedding_bag(idx, self.bag.weight, mode="sum", per_sample_weights=weights.abs()))
+
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(Bag())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no unknown op
+        g = graphs.build(conn, "unit", example_input=(torch.randint(0, V, (2, T)), torch.randn(2, T)))
+    assert [(x.name, x.kind, x.op, x.count) for x in g.groups if x.op == "lookup" and x.kind == "input"] == [
+        ("bag", "input", "lookup", E)]
+    assert [l.module for l in g.layers] == ["fc"] and g.live_synapses() == conn.num_live()
+    names = g.node_names()
+    assert [names[i] for i in g.layers[0].in_src.tolist()] == [f"bag:{c}" for c in range(E)]
+    edges = edge_set(g)
+    read = wires("idx", "bag.index", [(t, 0) for t in range(T)])
+    if how == "functional":
+        read |= wires("weights", "bag.index", [(t, 0) for t in range(T)])
+    assert {e for e in edges if e[1].startswith("bag.index")} == read
+
+
+def test_gather_on_a_table_is_a_lookup_and_on_traced_data_a_shape_op():
+    """w.gather(0, idx) picks rows of a parameter table: its columns are lookup nodes, as for w[idx];
+    torch.gather(h, -1, perm) on traced data moves h's units (b's input channel c reads a's unit
+    perm[c]). Both were unknown ops."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.a, self.b = nn.Parameter(torch.randn(V, E)), nn.Linear(E, 4), nn.Linear(4, 2)
+            self.register_buffer("perm", torch.tensor([2, 0, 3, 1]))
+
+        def forward(self, idx):
+            rows = self.w.gather(0, idx.reshape(-1, 1).expand(-1, E)).view(idx.shape[0], idx.shape[1], E)
+            h = self.a(rows)
+            return self.b(torch.gather(h, -1, self.perm.expand_as(h)))
+
+    with pytest.warns(UserWarning, match="not synapses of the connectome"):  # the table: no synapse layer
+        conn = adaptive.Connectome(Net())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(conn, "unit", example_input=torch.randint(0, V, (2, T)))
+    assert [(x.name, x.count) for x in g.groups if x.op == "lookup" and x.kind == "input"] == [("w", E)]
+    names = g.node_names()
+    assert [names[i] for i in g.layers[0].in_src.tolist()] == [f"w:{c}" for c in range(E)]
+    assert [names[i] for i in g.layers[1].in_src.tolist()] == ["a:2", "a:0", "a:3", "a:1"]
