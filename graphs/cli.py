@@ -279,8 +279,14 @@ def _parser():
                        help="classes of the model's output layer (default: from config.yaml's dataset or "
                             "num_classes, else the connectome's last layer)")
         s.add_argument("--in-shape", type=_in_shape, metavar="C,H,W",
-                       help="input shape without batch, e.g. 3,32,32 (default: from config.yaml's dataset or "
-                            "in_shape, else the model's own)")
+                       help="input shape without batch, e.g. 3,32,32, or 16 for 16 tokens (default: from "
+                            "config.yaml's dataset or in_shape, else the model's own)")
+        s.add_argument("--in-dtype", choices=("float", "long"),
+                       help="what the example input the model is traced (and compact checked) on holds: long for "
+                            "token indices (below the smallest nn.Embedding's size; 16 tokens unless --in-shape "
+                            "says), float for features in the model's own floating dtype (default: tokens first "
+                            "where the model's first layer is an nn.Embedding or nn.EmbeddingBag, float first "
+                            "otherwise, each tried where the other fails)")
         if cmd == "export":
             s.add_argument("--out", metavar="PATH",
                            help="file to write, its extension naming the format (.graphml, .gexf, .json, .pt; the first "
@@ -367,14 +373,20 @@ def main(argv=None) -> int:
 def _one_line(e: BaseException) -> str:
     """The first line of an error's message (with its type if that says something); longer
     messages point at ADAPTIVE_TRACEBACK."""
+    from .trace import InputGuessError
+
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    if isinstance(e, InputGuessError):  # the options that give the input, not the API's example_input=
+        tried = " ".join(e.tried.split())
+        return (f"{e.what}: give the input with --in-shape (without the batch: 16 for 16 tokens, 3,32,32 for an "
+                f"image) and --in-dtype (long for token indices, float otherwise)" + (f"; tried {tried}" if tried else ""))
     lines = [x for x in str(msg).strip().splitlines() if x.strip()] or [type(e).__name__]
     if isinstance(e, ImportError):
         lines[0] = f"{type(e).__name__}: {lines[0]} (install it, or choose another --format)"
     elif isinstance(e, OSError) and not isinstance(e, FileNotFoundError):  # permissions, a file where a folder goes
         lines[0] = f"{type(e).__name__}: {lines[0]}"
     elif isinstance(e, RuntimeError) and not type(e).__name__.endswith("MismatchError"):
-        lines[0] = (f"{lines[0]} (rebuilding or tracing the model failed: check --model, --in-shape and --num-classes; "
+        lines[0] = (f"{lines[0]} (rebuilding or tracing the model failed: check --model, --in-shape, --in-dtype and --num-classes; "
                     "ADAPTIVE_TRACEBACK=1 shows the traceback)")
     return lines[0] + (" ..." if len(lines) > 1 else "")
 
@@ -438,9 +450,14 @@ def _run(a) -> int:
     run_dir = a.run if os.path.isdir(a.run) else os.path.dirname(os.path.abspath(a.run))
     if a.cmd == "compact":
         return _compact(model, conn, a, run_dir)
+    x = None  # graphs.build guesses, trying token indices and float features
+    if a.in_dtype is not None:
+        from .trace import runnable_example_input
+
+        x = runnable_example_input(model, tokens=a.in_dtype == "long")
     if a.cmd == "export":
         out, fmt = _export_path(a, run_dir)  # checked before the (long) build
-        g = graphs.build(conn, a.level, junctions=not a.contract)
+        g = graphs.build(conn, a.level, junctions=not a.contract, example_input=x)
         if fmt == "pt":
             _save(graphs.to_pyg(g), out)
         else:
@@ -452,7 +469,7 @@ def _run(a) -> int:
         print("note: a report counts dead and unreachable units, so it reads the unit-level graph "
               "(--level layer applies to export)", file=sys.stderr)
         level = "unit"
-    g = graphs.build(conn, level, junctions=not a.contract)
+    g = graphs.build(conn, level, junctions=not a.contract, example_input=x)
     out = a.out or os.path.join(run_dir, "graph_report")
     os.makedirs(out, exist_ok=True)
     s = graphs.summary(g)
@@ -495,10 +512,10 @@ def _compact(model, conn, a, run_dir) -> int:
         out = os.path.join(out, "compact_model.pt")
     if a.float64:
         model.double()  # in place: the connectome masks the same parameters
-    x = runnable_example_input(model)  # in the dtype of the model's first layer
-    x = x.expand(8, *x.shape[1:]).contiguous()
+    tokens = None if a.in_dtype is None else a.in_dtype == "long"
+    x = runnable_example_input(model, tokens, batch=8)  # floats in the dtype of the model's first layer
     try:
-        small = graphs.compact(model, conn, torch.randn_like(x), atol=a.atol, rtol=a.rtol)
+        small = graphs.compact(model, conn, x, atol=a.atol, rtol=a.rtol)
     except CompactionMismatchError as e:
         said = str(e).replace(" Pass verify=False to get the model anyway.", "")  # the API's option, not the CLI's
         raise CompactionMismatchError(f"{said} On the command line, --atol and --rtol set the tolerances (now {a.atol} "

@@ -300,7 +300,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     if whole_number(align, floats=True) is None or align < 1:  # 2.0 is 2; 2.5 is refused, never cut to 2
         raise ValueError(f"align must be a positive integer, got {align!r}")
     align = whole_number(align, floats=True)
-    from .trace import _where, runnable_example_input
+    from .trace import _where, runnable_example_input, symbolic_trace
 
     model = _uncompiled(model)  # a torch.compile wrapper: the module it runs, under the names conn uses
     if example_input is None:
@@ -314,7 +314,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
                 w.mul_(conn.masks[name].to(w.device, w.dtype))
     ref = copy.deepcopy(src)  # the GraphModule shares submodules with src; keep an untouched reference
     try:
-        gm = fx.symbolic_trace(src)
+        gm = symbolic_trace(src)
     except Exception as e:
         raise RuntimeError(f"compact needs an fx-traceable model; tracing {type(model).__name__} failed{_where(e)}: "
                            f"{e}") from e

@@ -266,7 +266,8 @@ def build(
 ) -> ConnectomeGraph:
     """Build the graph of ``conn`` (an :class:`adaptive.Connectome`) at ``level``.
 
-    ``example_input`` (batch first) drives the fx trace; None infers one from the first layer.
+    ``example_input`` (batch first) drives the fx trace; None infers one from the first layer (float
+    features, or token indices where it is an embedding: :func:`graphs.trace.default_example_input`).
     ``utility`` maps parameter names to per-synapse (or per-ensemble) scores, summed onto edges (a
     key that names no weighted layer, such as a module name without ``.weight``, is refused).
     ``model`` stands in for ``conn.model`` (or replaces ``conn`` entirely: every weight live).

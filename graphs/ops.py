@@ -27,16 +27,18 @@ Every op falls in one category:
   resampling): channel ``c`` of the output is fed by channel ``c`` of the input.
 - ``broadcast``: elementwise arithmetic of several tensors (residual ``+``, squeeze-excitation ``*``):
   each output element is fed by the elements it was computed from (a *junction* when they differ).
-- ``shape``: moves elements without computing (view, flatten, cat, getitem, pad, permute, split, unbind,
+- ``shape``: moves elements without computing (view, flatten, cat, getitem, select, gather, pad, permute, split, unbind,
   pixel_shuffle/pixel_unshuffle): evaluated exactly on tensors of unit ids.
 - ``reduce``: mean/sum/amax over some dimensions.
-- ``lookup``: an ``nn.Embedding`` / ``F.embedding`` call: rows of a table picked by an index. The table
+- ``lookup``: an ``nn.Embedding`` / ``F.embedding`` call: rows of a table picked by an index (or an
+  ``nn.EmbeddingBag`` / ``F.embedding_bag`` call, which sums, averages or takes the max of a bag of them). The table
   is not a synapse layer (a Connectome leaves embeddings dense), so it has no units and no synapse
   edges: its output features (the ``embedding_dim`` columns) are nodes of their own, of kind input
   (op ``lookup``), wired from the nodes the index is computed from (the token positions). ``index_select``
-  (function and method) and indexing ``table[idx]`` are shape ops; on a table that carries no traced data
-  (a parameter) with a traced integer index they are the same lookup, the table's units on its last axis
-  (on its first where the index picks along the last: ``w[:, idx]``, ``w.index_select(-1, idx)``).
+  and ``gather`` (functions and methods) and indexing ``table[idx]`` are shape ops; on a table that carries
+  no traced data (a parameter) with a traced integer index they are the same lookup, the table's units on
+  its last axis (on its first where the index picks along the last: ``w[:, idx]``,
+  ``w.index_select(-1, idx)``, ``w.gather(-1, idx)``).
 
 ``F.linear(x, self.fc.weight, ...)`` on the weight of an ``nn.Linear`` (a ``get_attr`` node: a subclass of
 ``nn.Linear`` that fx traces into, or a model reading a layer's weight directly) is, for the tracer,
@@ -57,6 +59,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# torch's own functions: a library may put a Python function of its own in their place in the torch
+# namespace (torch_geometric does for torch.index_select and torch.select); the tracer records torch's
+# (see graphs.trace.symbolic_trace), so the tables name those
+TORCH_OWN = torch._C._VariableFunctions
 WEIGHTED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # weighted too, but their weight is (in, out/groups, *kernel) and they are not synapse layers: the
 # graph reads them through LayerFlow.part, and compaction leaves them as they are
@@ -115,12 +121,12 @@ SHAPE_FUNCTIONS = {
     torch.flatten, torch.reshape, torch.cat, torch.concat, torch.stack, torch.permute, torch.transpose,
     torch.squeeze, torch.unsqueeze, torch.split, torch.chunk, torch.narrow, torch.movedim, F.pad,
     operator.getitem, torch.unflatten, torch.triu, torch.tril, F.pixel_shuffle, F.pixel_unshuffle, torch.unbind,
-    torch.index_select,
+    TORCH_OWN.index_select, TORCH_OWN.select, TORCH_OWN.gather,
 }
 SHAPE_METHODS = {
     "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "split", "chunk", "narrow",
     "expand", "expand_as", "repeat", "movedim", "unflatten", "t", "view_as", "reshape_as", "contiguous",
-    "triu", "tril", "unbind", "index_select",
+    "triu", "tril", "unbind", "index_select", "select", "gather",
 }
 # pointwise ops that act along axis 1 (statistics, pooling, padding, resampling): not elementwise
 _ALONG_AXIS_ONE_MODULES = (
@@ -135,8 +141,8 @@ _ALONG_AXIS_ONE_FUNCTIONS = {
     F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.dropout2d,
 }
 # a table's rows picked by an index (see the module docstring): no units, no synapses
-LOOKUP_MODULES = (nn.Embedding,)
-LOOKUP_FUNCTIONS = {F.embedding}
+LOOKUP_MODULES = (nn.Embedding, nn.EmbeddingBag)
+LOOKUP_FUNCTIONS = {F.embedding, F.embedding_bag}
 REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 CONCAT_FUNCTIONS = {torch.cat, torch.concat}

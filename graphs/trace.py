@@ -21,6 +21,7 @@ import contextlib
 import io
 import math
 import operator
+import types
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -130,6 +131,15 @@ def _truncate(d: dict, n: int) -> None:
 class InputError(ValueError):
     """The example input does not fit the trace (no batch dimension): raised, never taken for an
     op the tracer does not know."""
+
+
+class InputGuessError(ValueError):
+    """No example input could be guessed for a model (none of the guesses ran): pass one. ``what`` says
+    which model and why, ``tried`` what each guess raised (empty where there was nothing to guess from)."""
+
+    def __init__(self, what: str, tried: str = ""):
+        self.what, self.tried = what, tried
+        super().__init__(f"{what}{f' ({tried})' if tried else ''}: pass example_input=tensor")
 
 
 class _Book:
@@ -788,17 +798,20 @@ class FlowProp(ShapeProp):
         return ids[inverse].to(torch.float64).view(shape).expand(result.shape)
 
     def _on_lookup(self, n, module, result):
-        """``nn.Embedding`` / ``F.embedding(idx, table)``: output feature ``e`` at every position is column
-        ``e`` of the table, a node of its own (see :meth:`_table_ids`)."""
-        index = self._arg(n, 0, "input")
-        if not isinstance(index, torch.Tensor):
+        """``nn.Embedding`` / ``F.embedding(idx, table)``, and ``nn.EmbeddingBag`` / ``F.embedding_bag(idx,
+        table, ...)``, which sums, averages or takes the max of each bag's rows: output feature ``e`` at
+        every position (every bag) is column ``e`` of the table, a node of its own (see
+        :meth:`_table_ids`), fed by what the index (and a bag's offsets and per_sample_weights) is
+        computed from."""
+        if not isinstance(self._arg(n, 0, "input"), torch.Tensor):
             raise ValueError("its index carries no traced data")
         if module is not None:
-            name, dim = str(n.target), int(module.embedding_dim)
+            name, dim, reads = str(n.target), int(module.embedding_dim), (n.args, n.kwargs)
         else:
             w = n.args[1] if len(n.args) > 1 else n.kwargs.get("weight")
             name, dim = self._table_name(w), int(self._real(w).shape[-1])
-        ids = self._table_ids(name, (1, dim), -1, [index])
+            reads = (n.args[:1] + n.args[2:], {k: v for k, v in n.kwargs.items() if k != "weight"})
+        ids = self._table_ids(name, (1, dim), -1, self._tensor_flows(reads))
         return ids.reshape(dim).to(torch.float64).expand(result.shape)
 
     def _table_name(self, w) -> str:
@@ -827,11 +840,12 @@ class FlowProp(ShapeProp):
         return _expand(dst, shape, axis)
 
     def _lookup_table(self, n, args):
-        """For ``table[idx]`` / ``table.index_select(dim, idx)`` on a table that carries no traced data (a
-        parameter) with a traced integer index: the table's id tensor (:meth:`_table_ids`, units on its
-        last axis, or on axis 0 when the index picks along the last: ``w[:, idx]``,
-        ``w.index_select(-1, idx)``), else None (an ordinary shape op)."""
-        if n.target not in (operator.getitem, torch.index_select, "index_select"):
+        """For ``table[idx]`` / ``table.index_select(dim, idx)`` / ``table.gather(dim, idx)`` on a table that
+        carries no traced data (a parameter) with a traced integer index: the table's id tensor
+        (:meth:`_table_ids`, units on its last axis, or on axis 0 when the index picks along the last:
+        ``w[:, idx]``, ``w.index_select(-1, idx)``), else None (an ordinary shape op)."""
+        if n.target not in (operator.getitem, ops.TORCH_OWN.index_select, "index_select", ops.TORCH_OWN.gather,
+                            "gather"):
             return None
         table = args[0]
         if not isinstance(table, torch.Tensor) or table.dim() < 1 or bool(table.any()):
@@ -955,6 +969,33 @@ class FlowProp(ShapeProp):
         return self._mix(n, flows, result, "unknown")
 
 
+@contextlib.contextmanager
+def _torch_own_functions():
+    """Put torch's own functions back in the torch namespace where another library replaced them with
+    Python functions of its own (torch_geometric's ``torch.index_select`` and ``torch.select``, which
+    check ``input.dim()`` in Python), restoring the replacements on exit."""
+    replaced = {name: f for name, f in vars(torch).items()
+                if isinstance(f, types.FunctionType) and not name.startswith("_") and hasattr(ops.TORCH_OWN, name)
+                and not (f.__module__ == "torch" or str(f.__module__).startswith("torch."))}
+    try:
+        for name in replaced:
+            setattr(torch, name, getattr(ops.TORCH_OWN, name))
+        yield
+    finally:
+        for name, f in replaced.items():
+            setattr(torch, name, f)
+
+
+def symbolic_trace(root: nn.Module, concrete_args=None) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace`` with torch's own functions in place of a library's Python replacements
+    (:func:`_torch_own_functions`): fx records torch's function as one call, as it records any torch
+    function, where it traced into the replacement and stopped at its ``if`` on a traced value (once
+    torch_geometric was imported, every model calling ``torch.index_select`` fell back to module order,
+    and ``graphs.compact`` refused it). The graph runs torch's function."""
+    with _torch_own_functions():
+        return fx.symbolic_trace(root, concrete_args=concrete_args)
+
+
 def _check_standard_transformer(module: nn.Module) -> None:
     """The transformer rules write out the standard layers' forward: refuse anything else (a custom
     layer inside nn.TransformerEncoder, a custom encoder inside nn.Transformer) before recording."""
@@ -974,24 +1015,50 @@ def _check_standard_transformer(module: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------------------- API
-def default_example_input(model: nn.Module) -> List[torch.Tensor]:
-    """Candidate example inputs (batch 1) inferred from the first weighted layer and ``in_shape``, on
-    the device and in the floating-point dtype of that layer's weight (a float64 or bfloat16 model
-    cannot run a float32 input; a frozen parameter of another dtype registered before it says nothing
-    of what the layer reads), else of the model's first floating-point parameter."""
-    first = next((m for m in model.modules() if isinstance(m, ops.WEIGHTED_MODULES)), None)
-    w = getattr(first, "weight", None)
+TOKENS = 16  # the sequence length guessed for token indices
+
+
+def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1) -> List[torch.Tensor]:
+    """Candidate example inputs (``batch`` samples), tried in order: float tensors shaped from
+    ``in_shape`` or the first weighted layer, on the device and in the floating-point dtype of that
+    layer's weight (a float64 or bfloat16 model cannot run a float32 input; a frozen parameter of
+    another dtype registered before it says nothing of what the layer reads), else of the model's first
+    floating-point parameter; and token indices (torch.long, each below the smallest ``nn.Embedding``
+    / ``nn.EmbeddingBag``'s ``num_embeddings``, so in range for every table) shaped ``in_shape``, else
+    ``(batch, 16)`` and ``(batch, n)`` for every smaller table size ``n`` (a positional table caps the
+    sequence). The token guesses come first where the model's first layer (in registration order) is
+    an embedding, after the float ones where a later one is, and not at all without one.
+    ``tokens=True`` keeps the token guesses only, ``False`` the float ones only."""
+    layers = [m for m in model.modules() if isinstance(m, ops.WEIGHTED_MODULES + ops.LOOKUP_MODULES)]
+    tables = [m for m in layers if isinstance(m, ops.LOOKUP_MODULES)]
+    w = next((m.weight for m in layers if isinstance(m, ops.WEIGHTED_MODULES)), None)
     p = w if isinstance(w, torch.Tensor) and w.is_floating_point() else next(
         (q for q in model.parameters() if q.is_floating_point()), None)
     dev = p.device if p is not None else torch.device("cpu")
-    dtype = p.dtype if p is not None else None
-    return [x.to(dev, dtype) for x in _default_inputs(model)]
+    shape = getattr(model, "in_shape", None)
+    ids = []
+    if tables or tokens:
+        high = min((int(m.num_embeddings) for m in tables), default=1)  # none: index 0, in range for any table
+        lengths = [tuple(shape)] if shape is not None else [
+            (n,) for n in sorted({TOKENS} | {int(m.num_embeddings) for m in tables if m.num_embeddings < TOKENS},
+                                 reverse=True)]
+        ids = [torch.randint(0, high, (batch, *s), device=dev) for s in lengths]
+    if tokens:
+        return ids
+    floats = []
+    if shape is not None or w is not None:
+        floats = [x.to(dev, p.dtype if p is not None else None) for x in _default_inputs(model, shape, batch)]
+    elif tokens is False or not tables:
+        raise InputGuessError(f"{type(model).__name__} has no Linear, Conv or Embedding layer to guess an input from")
+    if tokens is False:
+        return floats
+    return ids + floats if tables and isinstance(layers[0], ops.LOOKUP_MODULES) else floats + ids
 
 
-def runnable_example_input(model: nn.Module) -> torch.Tensor:
+def runnable_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1) -> torch.Tensor:
     """The first of :func:`default_example_input`'s candidates that ``model`` runs on (in eval mode,
     without gradients; the modules' modes are left as they were), as :func:`trace` picks one."""
-    candidates = default_example_input(model)
+    candidates = default_example_input(model, tokens, batch)
     if len(candidates) == 1:
         return candidates[0]
     modes = {m: m.training for m in model.modules()}
@@ -1004,26 +1071,27 @@ def runnable_example_input(model: nn.Module) -> torch.Tensor:
                     model(x)
                 return x
             except Exception as e:  # noqa: BLE001 - a wrong guess: try the next size
-                errors.append(f"input {tuple(x.shape)}: {type(e).__name__}: {str(e)[:200]}")
+                errors.append(f"input {_described(x)}: {type(e).__name__}: {str(e)[:200]}")
     finally:
         for m, t in modes.items():
             m.training = t
-    raise ValueError(
-        f"could not guess an input for {type(model).__name__} ({'; '.join(errors)[:400]}): pass example_input=tensor")
+    raise InputGuessError(f"could not guess an input for {type(model).__name__}", "; ".join(errors)[:400])
 
 
-def _default_inputs(model: nn.Module) -> List[torch.Tensor]:
-    shape = getattr(model, "in_shape", None)
+def _described(x) -> str:
+    """A guessed input for an error message: its shape, and ``long`` for token indices."""
+    return f"{tuple(x.shape)}" + ("" if x.is_floating_point() else f" {str(x.dtype).replace('torch.int64', 'long')}")
+
+
+def _default_inputs(model: nn.Module, shape, batch: int) -> List[torch.Tensor]:
     if shape is not None:
-        return [torch.randn(1, *shape)]
-    first = next((m for m in model.modules() if isinstance(m, ops.WEIGHTED_MODULES)), None)
-    if first is None:
-        raise ValueError(f"{type(model).__name__} has no Linear/Conv layer: pass example_input")
+        return [torch.randn(batch, *shape)]
+    first = next(m for m in model.modules() if isinstance(m, ops.WEIGHTED_MODULES))
     if isinstance(first, nn.Linear):
-        return [torch.randn(1, first.in_features)]
+        return [torch.randn(batch, first.in_features)]
     c, d = first.in_channels, first.weight.dim() - 2
     sizes = {1: [64, 256, 28, 32], 2: [32, 224, 28, 64, 96], 3: [16, 32]}[d]
-    return [torch.randn(1, c, *([s] * d)) for s in sizes]
+    return [torch.randn(batch, c, *([s] * d)) for s in sizes]
 
 
 def _auto_input_nodes(model: nn.Module, x: torch.Tensor) -> str:
@@ -1109,7 +1177,7 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
         nargs = (len(example_input) if isinstance(example_input, (tuple, list))
                  and not isinstance(example_input, nn.utils.rnn.PackedSequence) else 1)
         try:
-            gm = fx.symbolic_trace(model, concrete_args=_unsupplied_defaults(model, nargs))
+            gm = symbolic_trace(model, concrete_args=_unsupplied_defaults(model, nargs))
         except Exception as e:
             return fallback_trace(model, f"torch.fx could not trace {type(model).__name__}{_where(e)}: {type(e).__name__}: {e}")
     candidates = [example_input] if example_input is not None else default_example_input(model)
@@ -1122,7 +1190,7 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
                 "or [L, B, features]); the graph of one time step does not depend on the sequence lengths")
         traced = _Root(model, len(xs)) if root else model
         if root:
-            gm = fx.symbolic_trace(traced, concrete_args={k: None for k in "abc"[len(xs):]})
+            gm = symbolic_trace(traced, concrete_args={k: None for k in "abc"[len(xs):]})
         mode = input_nodes if input_nodes != "auto" else _auto_input_nodes(model, xs[0])
         book = _Book()
         prop = FlowProp(gm, book, mode, traced)
@@ -1134,8 +1202,8 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
         except Exception as e:
             if isinstance(e, InputError) and example_input is not None:  # fx appends the node: said once
                 raise InputError(str(e).split("\n\nWhile executing")[0]) from None
-            shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in xs]
-            errors.append(f"input {shapes}: {_failure(e)}")
+            shapes = ", ".join(_described(t) if isinstance(t, torch.Tensor) else type(t).__name__ for t in xs)
+            errors.append(f"input [{shapes}]: {_failure(e)}")
             continue
         _add_outputs(prop, gm, result)
         for w in book.warnings:
@@ -1145,9 +1213,7 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
         return _unwrap(tr) if root else tr
     if example_input is not None:
         raise RuntimeError(f"running {type(model).__name__} on example_input failed: {errors[0]}")
-    raise ValueError(
-        f"could not guess an input for {type(model).__name__} ({'; '.join(errors)[:400]}): pass example_input=tensor"
-    )
+    raise InputGuessError(f"could not guess an input for {type(model).__name__}", "; ".join(errors)[:400])
 
 
 def _unsupplied_defaults(model: nn.Module, nargs: int) -> Optional[Dict[str, Any]]:

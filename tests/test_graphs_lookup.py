@@ -14,6 +14,8 @@ from torch import nn
 import adaptive
 import graphs
 from graphs.graph import EDGE_SYNAPSE
+from graphs.trace import InputGuessError, default_example_input, runnable_example_input
+from graphs.trace import trace as trace_model
 
 torch.set_num_threads(1)
 
@@ -40,7 +42,7 @@ class TinyLM(nn.Module):
             return F.embedding(idx, w)
         if self.how == "getitem":
             return w[idx]
-        # the method: importing torch_geometric replaces torch.index_select by a Python function fx traces into
+        # the method (torch.index_select, which importing torch_geometric replaces, is tested below)
         return w.index_select(0, idx.flatten()).view(idx.shape[0], idx.shape[1], E)
 
     def forward(self, idx):
@@ -140,3 +142,218 @@ def test_a_table_looked_up_along_its_last_axis_has_its_rows_as_nodes(how):
     assert [(x.name, x.count) for x in g.groups if x.op == "lookup" and x.kind == "input"] == [("w", E)]
     names = g.node_names()
     assert [names[i] for i in g.layers[0].in_src.tolist()] == [f"w:{c}" for c in range(E)]
+
+
+LM_PLUGIN = '''
+import torch
+from torch import nn
+from adaptive.models import register_model
+
+
+class PluginLM(nn.Module):
+    """Tokens and positions looked up, an MLP, a head: its first layer reads token indices."""
+
+    def __init__(self, num_classes, vocab=11, seq=12, dim=8):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, dim), nn.Embedding(seq, dim)
+        self.fc, self.head = nn.Linear(dim, 16), nn.Linear(16, num_classes)
+
+    def forward(self, idx):
+        h = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+        return self.head(torch.relu(self.fc(h)))
+
+
+@register_model("lookup_lm_plugin")
+def lookup_lm(num_classes=10, in_shape=None):
+    return PluginLM(num_classes)
+
+
+class Reshaping(nn.Module):
+    """Reads (batch, 15) features as 5 rows of 3: no guess from its first layer runs it."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.fc, self.head = nn.Linear(3, 4), nn.Linear(20, num_classes)
+
+    def forward(self, x):
+        return self.head(self.fc(x.view(x.shape[0], 5, 3)).flatten(1))
+
+
+@register_model("lookup_reshaping_plugin")
+def reshaping(num_classes=10, in_shape=None):
+    return Reshaping(num_classes)
+'''
+
+
+def _plugin_run(tmp_path, name):
+    from adaptive.models import build_model
+    from adaptive.plugins import load_plugins
+
+    plugin = tmp_path / "lookup_lm_plugin.py"
+    plugin.write_text(LM_PLUGIN)
+    load_plugins([str(plugin)])
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(build_model(name))
+    run = tmp_path / "run"
+    conn.save(run / "connectome.safetensors")
+    torch.save(conn.dense_state_dict(), run / "model_state.pt")
+    (run / "config.yaml").write_text(f"model: {name}\nplugins: [{plugin}]\n")
+    return run, conn
+
+
+def test_the_command_line_builds_the_graph_of_a_model_whose_first_layer_is_an_embedding(tmp_path, capsys):
+    """The guessed input was a float tensor, which an nn.Embedding refuses, and the error said to pass
+    example_input=tensor, which the command line has no way to: report, export and compact all failed.
+    Token indices are guessed (16 of them, or as many as the positional table holds: 12), and
+    --in-shape / --in-dtype give the input."""
+    from graphs.cli import main
+
+    run, conn = _plugin_run(tmp_path, "lookup_lm_plugin")
+    assert main(["export", str(run), "--out", str(tmp_path / "g.json")]) == 0
+    g = graphs.read_json(str(tmp_path / "g.json"))
+    groups = {x.name: x for x in g.groups}
+    assert (groups["idx"].count, groups["tok"].op, groups["tok"].count) == (12, "lookup", 8)
+    assert g.live_synapses() == conn.num_live()
+    assert main(["export", str(run), "--out", str(tmp_path / "g5.json"), "--in-shape", "5", "--in-dtype", "long"]) == 0
+    assert {x.name: x.count for x in graphs.read_json(str(tmp_path / "g5.json")).groups}["idx"] == 5
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    assert main(["compact", str(run), "--out", str(tmp_path / "small.pt")]) == 0
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(tmp_path / "report"), "--in-dtype", "float"]) == 2
+    err = capsys.readouterr().err
+    assert "Expected tensor for argument #1 'indices'" in err and "--in-dtype" in err, err
+
+
+def test_an_input_the_command_line_cannot_guess_names_its_options(tmp_path, capsys):
+    from adaptive.models import build_model
+    from graphs.cli import main
+
+    run, _ = _plugin_run(tmp_path, "lookup_reshaping_plugin")
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not guess an input for Reshaping: give the input with --in-shape (without "
+                          "the batch: 16 for 16 tokens, 3,32,32 for an image) and --in-dtype"), err
+    assert "tried input [(1, 3)]" in err and "example_input" not in err and err.count("\n") == 1
+    assert main(["report", str(run), "--out", str(tmp_path / "report"), "--in-shape", "15"]) == 0
+    with pytest.raises(InputGuessError, match=r"could not guess .*: pass example_input=tensor"):
+        trace_model(build_model("lookup_reshaping_plugin"))
+
+
+def test_guessed_token_indices_are_in_range_of_every_table():
+    """Token indices are long, below the smallest table's size, first where an embedding is the first
+    layer; tokens=True / False keep one kind."""
+
+    class ImageFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.emb = nn.Linear(4, 3), nn.Embedding(20, 3)
+
+    xs = default_example_input(TinyLM(), batch=2)
+    assert [(tuple(x.shape), x.dtype) for x in xs] == [((2, 16), torch.long), ((2, V), torch.long),
+                                                       ((2, T), torch.long), ((2, E), torch.float32)]
+    assert all(int(x.max()) < T for x in xs[:3])
+    assert [x.dtype for x in default_example_input(ImageFirst())] == [torch.float32, torch.long]
+    assert [x.dtype for x in default_example_input(ImageFirst(), tokens=True)] == [torch.long]
+    assert [x.dtype for x in default_example_input(ImageFirst(), tokens=False)] == [torch.float32]
+    assert runnable_example_input(TinyLM()).shape == (1, T)
+
+
+def test_torch_functions_torch_geometric_replaces_are_followed():
+    """torch_geometric, once imported, replaces torch.index_select and torch.select with Python functions
+    that fx traced into and stopped at (an ``if`` on input.dim()): the whole model fell back to module
+    order, its lookup and channel permutation lost, and graphs.compact refused it."""
+    pytest.importorskip("torch_geometric")  # imported for what it does to torch
+
+    assert torch.index_select is not torch._C._VariableFunctions.index_select  # what the test is about
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.a, self.b = nn.Parameter(torch.randn(V, E)), nn.Linear(E, 4), nn.Linear(4, 2)
+            self.register_buffer("perm", torch.tensor([2, 0, 3, 1]))
+
+        def forward(self, idx):
+            h = torch.index_select(self.w, 0, idx.flatten()).view(idx.shape[0], idx.shape[1], E)  # a lookup
+            h = torch.index_select(self.a(h), -1, self.perm)  # a permutation of a's units
+            return self.b(torch.select(h, 1, 0))
+
+    torch.manual_seed(0)
+    m = Net()
+    with pytest.warns(UserWarning, match="not synapses of the connectome"):  # the table: no synapse layer
+        conn = adaptive.Connectome(m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to module order, no unknown op
+        g = graphs.build(conn, "unit", example_input=torch.randint(0, V, (2, T)))
+    assert g.meta["traced"]
+    assert [(x.name, x.count) for x in g.groups if x.op == "lookup" and x.kind == "input"] == [("w", E)]
+    names = g.node_names()
+    assert [names[i] for i in g.layers[0].in_src.tolist()] == [f"w:{c}" for c in range(E)]
+    assert [names[i] for i in g.layers[1].in_src.tolist()] == ["a:2", "a:0", "a:3", "a:1"]
+    assert torch.index_select is not torch._C._VariableFunctions.index_select  # torch_geometric's, put back
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["b.weight"][:, 0] = False  # b reads a:2 at its input 0: a:2 feeds nothing
+    conn.set_masks(masks)
+    dead = graphs.dead_units(graphs.build(conn, "unit", example_input=torch.randint(0, V, (2, T))))["dead"]
+    assert [names[i] for i in dead.nonzero().flatten().tolist()] == ["a:2"]
+    small = graphs.compact(m, conn, torch.randint(0, V, (4, T)))  # traced (it was refused), and checked
+    assert small.compaction["params_after"] <= small.compaction["params_before"]
+
+
+@pytest.mark.parametrize("how", ["module", "functional"])
+def test_an_embedding_bag_is_a_lookup_whose_features_are_input_nodes(how):
+    """nn.EmbeddingBag and F.embedding_bag (a bag's rows summed or averaged) were unknown ops: every
+    token position fed one junction feeding every input channel of fc, with a warning. Its columns are
+    lookup nodes, fed by the index and by the per_sample_weights the functional call is given."""
+
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bag, self.fc = nn.EmbeddingBag(V, E, mode="mean"), nn.Linear(E, 3)
+
+        def forward(self, idx, weights):
+            if how == "module":
+                return self.fc(self.bag(idx))
+            return self.fc(F.embedding_bag(idx, self.bag.weight, mode="sum", per_sample_weights=weights.abs()))
+
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(Bag())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no unknown op
+        g = graphs.build(conn, "unit", example_input=(torch.randint(0, V, (2, T)), torch.randn(2, T)))
+    assert [(x.name, x.kind, x.op, x.count) for x in g.groups if x.op == "lookup" and x.kind == "input"] == [
+        ("bag", "input", "lookup", E)]
+    assert [l.module for l in g.layers] == ["fc"] and g.live_synapses() == conn.num_live()
+    names = g.node_names()
+    assert [names[i] for i in g.layers[0].in_src.tolist()] == [f"bag:{c}" for c in range(E)]
+    edges = edge_set(g)
+    read = wires("idx", "bag.index", [(t, 0) for t in range(T)])
+    if how == "functional":
+        read |= wires("weights", "bag.index", [(t, 0) for t in range(T)])
+    assert {e for e in edges if e[1].startswith("bag.index")} == read
+
+
+def test_gather_on_a_table_is_a_lookup_and_on_traced_data_a_shape_op():
+    """w.gather(0, idx) picks rows of a parameter table: its columns are lookup nodes, as for w[idx];
+    torch.gather(h, -1, perm) on traced data moves h's units (b's input channel c reads a's unit
+    perm[c]). Both were unknown ops."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.a, self.b = nn.Parameter(torch.randn(V, E)), nn.Linear(E, 4), nn.Linear(4, 2)
+            self.register_buffer("perm", torch.tensor([2, 0, 3, 1]))
+
+        def forward(self, idx):
+            rows = self.w.gather(0, idx.reshape(-1, 1).expand(-1, E)).view(idx.shape[0], idx.shape[1], E)
+            h = self.a(rows)
+            return self.b(torch.gather(h, -1, self.perm.expand_as(h)))
+
+    with pytest.warns(UserWarning, match="not synapses of the connectome"):  # the table: no synapse layer
+        conn = adaptive.Connectome(Net())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(conn, "unit", example_input=torch.randint(0, V, (2, T)))
+    assert [(x.name, x.count) for x in g.groups if x.op == "lookup" and x.kind == "input"] == [("w", E)]
+    names = g.node_names()
+    assert [names[i] for i in g.layers[0].in_src.tolist()] == [f"w:{c}" for c in range(E)]
+    assert [names[i] for i in g.layers[1].in_src.tolist()] == ["a:2", "a:0", "a:3", "a:1"]
