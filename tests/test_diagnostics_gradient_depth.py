@@ -728,3 +728,49 @@ def test_calls_parts_that_miss_a_read_of_the_weight_outside_them_are_refused():
         gradient_by_depth(model, data, layer="b", batches=1, depths=[[1] * 4, [3] * 4])
     with pytest.raises(ValueError, match=r"has 3 layer\(s\) using the weight of 'b'.* called 'b' 2 time\(s\)"):
         gradient_by_depth(model, data, layer="b", batches=1)
+
+
+def _typical_log(g):
+    return g.abs()[g != 0].log().mean()
+
+
+def test_band_scaler_scales_each_call_of_a_shared_layer_by_that_calls_bands():
+    """The hook sees the summed gradient of a layer called twice and scaled all of it by the bands of
+    the first call (one band here, so not at all). Each call's part is scaled by its own bands: the
+    untied copy's two gradients, each times its band's common / typical size."""
+    shared, untied = _shared_and_untied()
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    scaler = BandGradientScaler(shared, layers=["b"], momentum=0.0)  # depths traced: calls read 1 and 2
+    nn.functional.cross_entropy(shared(x), y).backward()
+    first, second = torch.autograd.grad(nn.functional.cross_entropy(untied(x), y), [untied.b.weight, untied.b2.weight])
+    t1, t2 = _typical_log(first), _typical_log(second)
+    common = (t1 + t2) / 2
+    expected = first * (common - t1).exp() + second * (common - t2).exp()
+    assert torch.allclose(shared.b.weight.grad, expected, rtol=1e-5, atol=1e-8)
+    assert scaler.scales()["b"] == pytest.approx({1: float((common - t1).exp()), 2: float((common - t2).exp())})
+    scaler.remove()
+    shared.zero_grad()
+    nn.functional.cross_entropy(shared(x), y).backward()
+    assert torch.allclose(shared.b.weight.grad, first + second, atol=1e-7)  # hooks and recorders are off
+
+
+def test_band_scaler_refuses_calls_it_cannot_match_to_their_depths():
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    model = _CalledAgainInTraining().eval()  # one call in eval mode, two rows of depths
+    scaler = BandGradientScaler(model, layers=["b"], depths={"b": [[1] * 4, [2] * 4]})
+    with pytest.raises(ValueError, match=r"'b' was called 1 time\(s\) in the model's latest forward, but its depths "
+                                         r"have 2 rows \(one per call\).*one row per call"):
+        nn.functional.cross_entropy(model(x), y).backward()
+    scaler.remove()
+    shared, _ = _shared_and_untied()
+    scaler = BandGradientScaler(shared, layers=["b"])
+    loss = nn.functional.cross_entropy(shared(x), y) + nn.functional.cross_entropy(shared(x + 1), y)
+    with pytest.raises(ValueError, match=r"parts of the gradient of 'b' that its 2 calls contribute do not add up.*"
+                                         r"one backward per forward"):
+        loss.backward()  # two forwards, one backward: only the latest forward's calls are known
+    scaler.remove()
+    with pytest.warns(UserWarning, match=r"'b' is called 2 times in each forward.*depths describe its inputs once"):
+        scaler = BandGradientScaler(shared, layers=["b"], depths={"b": [0, 0, 1, 1]})
+        nn.functional.cross_entropy(shared(x), y).backward()
+    scaler.remove()

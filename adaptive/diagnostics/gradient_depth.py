@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..metrics import to_device
-from ._shared_calls import CallRecorder
+from ._shared_calls import CallRecorder, parts_adding_up
 from ._common import (LogHistogram, check_finite, default_loss, find_weight, iterate_batches, kept_buffers, measured_gradients, model_device,
                       scalers_suspended, training_mode)
 from .table import Table, pyplot, save_figure
@@ -321,7 +321,9 @@ def gradient_by_depth(
                     raise ValueError(f"gradient_by_depth: {name!r} was called {len(bands)} times in the first batch's "
                                      f"forward and {calls} times in batch {n + 1}'s: its calls' depths differ from "
                                      "batch to batch; measure a layer called the same number of times in every forward")
-                parts = [g] if len(bands) == 1 else _parts_adding_up(name, recorder.gradient_parts(weight), g)
+                parts = [g] if len(bands) == 1 else parts_adding_up(
+                    "gradient_by_depth", name, recorder.gradient_parts(weight), g,
+                    "measure a layer whose weight only its own calls read")
                 for k, part in enumerate(parts):
                     a = part.detach().abs().cpu()
                     hist.update(a, bands[k])
@@ -359,19 +361,6 @@ def gradient_by_depth(
         batches=n,
         calls=len(bands),
     )
-
-
-def _parts_adding_up(name: str, parts: List[torch.Tensor], g: torch.Tensor) -> List[torch.Tensor]:
-    """``parts``, the calls' parts of the gradient ``g``, once checked to add up to it (to 1% of its
-    largest entry: the sums run in another order): they miss what an op reading the weight outside
-    the module's calls contributes."""
-    gap = float((torch.stack(parts).sum(0) - g).abs().max())
-    if gap > 1e-2 * float(g.abs().max()):
-        raise ValueError(f"gradient_by_depth: the parts of the gradient of {name!r} that its {len(parts)} calls contribute "
-                         f"do not add up to the gradient (off by up to {gap:.3g}): the weight is also read outside the "
-                         "module's calls (F.linear(x, layer.weight), a tied weight), whose part no call carries; "
-                         "measure a layer whose weight only its own calls read")
-    return parts
 
 
 def _call_bands(name, shape, call_depths, calls, groups, transposed, source, train_mode):
