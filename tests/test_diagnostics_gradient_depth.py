@@ -1,4 +1,5 @@
 """gradient_by_depth and BandGradientScaler on cases with known answers."""
+import contextlib
 import math
 import warnings
 
@@ -728,3 +729,103 @@ def test_calls_parts_that_miss_a_read_of_the_weight_outside_them_are_refused():
         gradient_by_depth(model, data, layer="b", batches=1, depths=[[1] * 4, [3] * 4])
     with pytest.raises(ValueError, match=r"has 3 layer\(s\) using the weight of 'b'.* called 'b' 2 time\(s\)"):
         gradient_by_depth(model, data, layer="b", batches=1)
+
+
+def _typical_log(g):
+    return g.abs()[g != 0].log().mean()
+
+
+def test_band_scaler_scales_each_call_of_a_shared_layer_by_that_calls_bands():
+    """The hook sees the summed gradient of a layer called twice and scaled all of it by the bands of
+    the first call (one band here, so not at all). Each call's part is scaled by its own bands: the
+    untied copy's two gradients, each times its band's common / typical size."""
+    shared, untied = _shared_and_untied()
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    scaler = BandGradientScaler(shared, layers=["b"], momentum=0.0)  # depths traced: calls read 1 and 2
+    nn.functional.cross_entropy(shared(x), y).backward()
+    first, second = torch.autograd.grad(nn.functional.cross_entropy(untied(x), y), [untied.b.weight, untied.b2.weight])
+    t1, t2 = _typical_log(first), _typical_log(second)
+    common = (t1 + t2) / 2
+    expected = first * (common - t1).exp() + second * (common - t2).exp()
+    assert torch.allclose(shared.b.weight.grad, expected, rtol=1e-5, atol=1e-8)
+    assert scaler.scales()["b"] == pytest.approx({1: float((common - t1).exp()), 2: float((common - t2).exp())})
+    scaler.remove()
+    shared.zero_grad()
+    nn.functional.cross_entropy(shared(x), y).backward()
+    assert torch.allclose(shared.b.weight.grad, first + second, atol=1e-7)  # hooks and recorders are off
+
+
+def test_band_scaler_refuses_calls_it_cannot_match_to_their_depths():
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    model = _CalledAgainInTraining().eval()  # one call in eval mode, two rows of depths
+    scaler = BandGradientScaler(model, layers=["b"], depths={"b": [[1] * 4, [2] * 4]})
+    with pytest.raises(ValueError, match=r"'b' was called 1 time\(s\) in the model's latest forward, but its depths "
+                                         r"have 2 rows \(one per call\).*one row per call"):
+        nn.functional.cross_entropy(model(x), y).backward()
+    scaler.remove()
+    shared, _ = _shared_and_untied()
+    scaler = BandGradientScaler(shared, layers=["b"])
+    loss = nn.functional.cross_entropy(shared(x), y) + nn.functional.cross_entropy(shared(x + 1), y)
+    with pytest.raises(ValueError, match=r"parts of the gradient of 'b' that its 2 calls contribute do not add up.*"
+                                         r"one backward per forward"):
+        loss.backward()  # two forwards, one backward: only the latest forward's calls are known
+    scaler.remove()
+    with pytest.warns(UserWarning, match=r"'b' is called 2 times in each forward.*depths describe its inputs once"):
+        scaler = BandGradientScaler(shared, layers=["b"], depths={"b": [0, 0, 1, 1]})
+        nn.functional.cross_entropy(shared(x), y).backward()
+    scaler.remove()
+
+
+class _CallWithoutGrad(nn.Module):
+    """``b`` runs twice; its second call (``only=True``: both) runs under torch.no_grad()."""
+
+    def __init__(self, only=False):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+        self.only = only
+
+    def forward(self, x):
+        with torch.no_grad() if self.only else contextlib.nullcontext():
+            h = torch.relu(self.b(torch.relu(self.a(x))))
+        with torch.no_grad():
+            h2 = torch.relu(self.b(h))
+        return self.head(h + h2)
+
+
+def test_a_call_under_no_grad_is_said_to_have_no_gradient_not_measured_as_zeros(monkeypatch, tmp_path):
+    """The second call of 'b' runs under torch.no_grad(): its part is no gradient, not a zero one. The
+    band it reads (depth 2) read '100% zero' with median 0 and the ratio was inf, like dead units."""
+    import importlib
+
+    GD = importlib.import_module("adaptive.diagnostics.gradient_depth")
+    torch.manual_seed(0)
+    model = _CallWithoutGrad()
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))] * 2
+    res = gradient_by_depth(model, data, layer="b", batches=2)
+    assert res.calls == 2 and res.no_grad_calls == [2] and res.depths == [1, 2]
+    shallow, deep = res.table
+    assert deep["values"] == 0 and math.isnan(deep["median"]) and math.isnan(deep["zero_fraction"])
+    assert deep["note"] == "no gradient: call 2 ran under torch.no_grad(), not measured" and shallow["note"] == ""
+    assert shallow["values"] == 32 and shallow["median"] > 0
+    assert math.isnan(res.ratio()) and "called under torch.no_grad()" in res.no_ratio_reason()
+    (g,) = torch.autograd.grad(nn.functional.cross_entropy(model(data[0][0]), data[0][1]), [model.b.weight])
+    per_call = res.per_weight.view(2, 4, 4)
+    assert torch.allclose(per_call[0], g.abs(), atol=1e-7) and per_call[1].isnan().all()
+    assert "no gradient: call 2" in res.table.to_markdown()
+    figs = []
+    monkeypatch.setattr(GD, "save_figure", lambda fig, path, svg=False: figs.append(fig) or [path])
+    res.plot(tmp_path / "b.png")
+    ax = figs[0].axes[0]
+    texts = [t.get_text() for t in ax.texts]  # band 1: its dead units' share; band 2: no gradient
+    assert texts == [f"{shallow['zero_fraction']:.0%} zero", "no gradient:\nno_grad call"]
+    assert "call 2 under torch.no_grad(): no gradient, not measured" in ax.get_title()
+    import matplotlib.pyplot as plt
+
+    plt.close(figs[0])
+    with pytest.raises(ValueError, match=r"'b' has no gradient: the model's forward calls it only under torch.no_grad"):
+        gradient_by_depth(_CallWithoutGrad(only=True), data, layer="b", batches=1)
+    scaler = BandGradientScaler(model, layers=["b"], momentum=0.0)  # the band without gradient gets no size
+    nn.functional.cross_entropy(model(data[0][0]), data[0][1]).backward()
+    assert torch.allclose(model.b.weight.grad, g) and scaler.scales()["b"] == {1: 1.0, 2: 1.0}
+    scaler.remove()

@@ -16,18 +16,32 @@ import torch
 from torch import nn
 
 from ._common import find_weight, scaler_suspended
-from .gradient_depth import resolve_depths, weight_depths
+from ._shared_calls import CallRecorder, parts_adding_up
+from .gradient_depth import resolve_call_depths, weight_depths
+from ..warn import warn_user
 
 
 class BandGradientScaler:
     """Rescale the gradients of ``layers`` band by band (bands = source depths of their inputs).
 
     Args:
-        model: the network; depths come from ``depths[layer]`` or ``model.input_depths(layer)``.
+        model: the network; depths come from ``depths[layer]``, else ``model.input_depths(layer)``,
+            else the data flow traced by :mod:`graphs` (:func:`resolve_call_depths`).
         layers: module names; default every layer the model reports depths for (``model.depth_layers``
             if it has that attribute, else all Linear/Conv layers for which ``input_depths`` works).
+        depths: ``{layer: depths}``, one depth per input unit, or one row of them per call of a layer
+            called several times in one forward (weight sharing), in call order.
         momentum: of the running log-magnitude per band (0 uses the current batch only).
+        example: an input batch to trace depths with (default: an input the tracer builds).
     The hook acts on ``param.grad`` as autograd produces it, so any optimizer sees scaled gradients.
+    A layer called several times in one forward, each call reading a signal of another depth
+    (traced: the graph's ``NAME``, ``NAME#2``, ...; or ``depths`` rows), has each call's part of the
+    gradient (:class:`CallRecorder`: its output gradient through that call alone) scaled by the bands
+    of that call, the parts counted in their bands' running sizes; its calls are those of the model's
+    latest forward, so run one backward per forward of ``model`` (a backward over two forwards is
+    refused, as is a forward calling the layer another number of times than its depths have rows).
+    A call under ``torch.no_grad()`` contributes nothing, and its bands no running size. Depths
+    given once for such a layer serve every call (with a warning), as for :func:`gradient_by_depth`.
     While a diagnostic takes gradients of the model (inside
     :func:`~adaptive.diagnostics._common.scalers_suspended` ``(model)``) the hooks on its weights do
     nothing: no scaling, no state update; a scaler on another model's weights keeps working. A NaN or
@@ -36,7 +50,8 @@ class BandGradientScaler:
     """
 
     def __init__(self, model: nn.Module, layers: Optional[Iterable[str]] = None,
-                 depths: Optional[Dict[str, torch.Tensor]] = None, momentum: float = 0.9):
+                 depths: Optional[Dict[str, torch.Tensor]] = None, momentum: float = 0.9,
+                 example: Optional[torch.Tensor] = None):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         depths = depths or {}
@@ -47,14 +62,26 @@ class BandGradientScaler:
         self.momentum = momentum
         self.state: Dict[str, dict] = {}
         self._handles = []
-        for layer in layers:
-            name, mod, w = find_weight(model, layer)
-            d = resolve_depths(model, name, depths.get(name))
-            wd = weight_depths(w.shape, d, int(getattr(mod, "groups", 1)), bool(getattr(mod, "transposed", False)))
-            uniq, idx = torch.unique(wd, return_inverse=True)
-            st = {"index": idx.to(w.device), "bands": uniq, "log_typical": None, "scale": None}
-            self.state[name] = st
-            self._handles.append(w.register_hook(self._hook(st, id(w))))
+        try:
+            for layer in layers:
+                name, mod, w = find_weight(model, layer)
+                rows = resolve_call_depths(model, name, depths.get(name), example)
+                groups, transposed = int(getattr(mod, "groups", 1)), bool(getattr(mod, "transposed", False))
+                wds = torch.stack([weight_depths(w.shape, d, groups, transposed) for d in rows])
+                uniq = torch.unique(wds)
+                index = torch.searchsorted(uniq, wds.reshape(len(rows), -1)).view(wds.shape).to(w.device)
+                split = not bool((index == index[0]).all())  # calls reading other bands are scaled apart
+                recorder = CallRecorder(mod, keep_inputs=split)
+                self._handles.append(recorder)
+                st = {"name": name, "index": index, "bands": uniq, "recorder": recorder, "split": split, "splitting": False,
+                      "warned": False, "log_typical": None, "scale": None}
+                self.state[name] = st
+                self._handles.append(w.register_hook(self._hook(st, w)))
+            # a layer's calls are those of the model's latest forward (one without a backward leaves none behind)
+            self._handles.append(model.register_forward_pre_hook(self._new_forward))
+        except BaseException:
+            self.remove()  # no hook left on a model the scaler refused
+            raise
 
     @staticmethod
     def _layers_with_depths(model, depths):
@@ -72,16 +99,19 @@ class BandGradientScaler:
                     names.append(n)
         return names
 
-    def _hook(self, st, weight_id: int):
+    def _hook(self, st, weight: torch.Tensor):
+        weight_id = id(weight)
+
         def scale(grad: torch.Tensor) -> Optional[torch.Tensor]:
-            if scaler_suspended(weight_id):  # a diagnostic is measuring this model's raw gradient
-                return None
-            idx = st["index"]
+            if scaler_suspended(weight_id) or st["splitting"]:  # a diagnostic measures the raw gradient;
+                return None  # or this hook is splitting it into the calls' parts (autograd.grad runs the hooks)
+            parts, index = self._call_parts(st, grad, weight)
+            a = torch.cat([p.detach().abs().reshape(-1) for p in parts])
+            flat = index.reshape(-1)
             nb = len(st["bands"])
-            a = grad.detach().abs().reshape(-1)
             nz = (a > 0) & torch.isfinite(a)  # an inf made the running state inf and every later scale NaN
-            logs = torch.zeros(nb, dtype=torch.float64, device=a.device).index_add_(0, idx.reshape(-1)[nz], a[nz].double().log())
-            cnt = torch.bincount(idx.reshape(-1)[nz], minlength=nb).double()
+            logs = torch.zeros(nb, dtype=torch.float64, device=a.device).index_add_(0, flat[nz], a[nz].double().log())
+            cnt = torch.bincount(flat[nz], minlength=nb).double()
             have = cnt > 0
             cur = torch.where(have, logs / cnt.clamp_min(1), torch.zeros_like(logs))
             prev, seen = st["log_typical"], st.get("seen")
@@ -95,9 +125,44 @@ class BandGradientScaler:
             known = new[seen]
             common = known.mean() if known.numel() else torch.zeros((), dtype=new.dtype, device=new.device)
             st["scale"] = torch.where(seen, (common - new).exp(), torch.ones_like(new))
-            return grad * st["scale"].to(grad.dtype)[idx]
+            s = st["scale"].to(grad.dtype)
+            return sum(p * s[i] for p, i in zip(parts, index))
 
         return scale
+
+    def _call_parts(self, st, grad, weight):
+        """The parts of ``grad`` to scale apart and each part's band index: the whole gradient where
+        every call reads the same bands, else each call's part (they add up to ``grad``)."""
+        index, recorder = st["index"], st["recorder"]
+        try:
+            if not st["split"]:
+                calls = len(recorder.calls)
+                if len(index) == 1 and calls > 1 and not st["warned"]:
+                    st["warned"] = True
+                    warn_user(f"BandGradientScaler: {st['name']!r} is called {calls} times in each forward (weight "
+                              "sharing), but its depths describe its inputs once: every call's part of the gradient "
+                              "is scaled by the bands of those depths. Pass depths={layer: rows} with one row per "
+                              "call, in call order, to give each call its own")
+                return [grad], index[:1]  # every call reads the same bands: one scale serves their sum
+            if len(recorder.calls) != len(index):
+                raise ValueError(
+                    f"BandGradientScaler: {st['name']!r} was called {len(recorder.calls)} time(s) in the model's latest "
+                    f"forward, but its depths have {len(index)} rows (one per call), so which call reads which depths "
+                    "is unknown: pass depths={layer: rows} with one row per call of this forward, in call order (a "
+                    "call in train mode only is not in the traced, eval-mode graph)")
+            st["splitting"] = True
+            parts = recorder.gradient_parts(weight)
+        finally:
+            st["splitting"] = False
+            recorder.clear()  # the calls' inputs are not kept beyond this backward
+        return parts_adding_up("BandGradientScaler", st["name"], parts, grad,
+                               "scale a layer whose weight only its own calls read, and run one backward per forward "
+                               "of the model (the calls split are the latest forward's)"), index
+
+    def _new_forward(self, *_) -> None:
+        """A forward of the model begins: the layers' calls recorded before belong to an earlier one."""
+        for st in self.state.values():
+            st["recorder"].clear()
 
     def scales(self) -> Dict[str, Dict[int, float]]:
         """Current multiplier per band of each layer (empty before the first backward pass)."""
@@ -107,6 +172,7 @@ class BandGradientScaler:
         }
 
     def remove(self) -> None:
+        """Take the gradient hooks and the call recorders off the model."""
         for h in self._handles:
             h.remove()
         self._handles.clear()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..metrics import to_device
-from ._shared_calls import CallRecorder
+from ._shared_calls import CallRecorder, parts_adding_up
 from ._common import (LogHistogram, check_finite, default_loss, find_weight, iterate_batches, kept_buffers, measured_gradients, model_device,
                       scalers_suspended, training_mode)
 from .table import Table, pyplot, save_figure
@@ -169,7 +169,12 @@ class GradientByDepth:
     run's settings) and stay empty unless set. ``calls``: how many times the layer runs in one
     forward; a layer called several times (weight sharing) has each call's part of the gradient in
     the band of the depth that call reads, so ``per_weight``, ``band`` and the table's ``weights``
-    count each weight once per call (call after call).
+    count each weight once per call (call after call). ``no_grad_calls``: the calls (counted from 1)
+    that ran under ``torch.no_grad()`` in some batch (their output did not require grad): they
+    contribute no gradient, and their zeros are no measurement, so they are left out of the
+    statistics (``per_weight`` is NaN for a call never measured); the table then has a ``note``
+    column saying which bands they read, a band read only by them has no values (NaN statistics,
+    "no gradient: ...") and takes no part in :meth:`ratio`.
     """
 
     layer: str
@@ -181,6 +186,7 @@ class GradientByDepth:
     title: str = ""
     meta: dict = field(default_factory=dict)
     calls: int = 1
+    no_grad_calls: List[int] = field(default_factory=list)
 
     def medians(self) -> List[float]:
         return self.table["median"]
@@ -189,15 +195,19 @@ class GradientByDepth:
         """Median ``|grad|`` of the shallowest signal band (depth >= 0: the band -1 of channels fed
         only by constants, such as zero padding, is left out) over that of the deepest band (NaN when
         the layer reads a single signal depth, or both medians are 0: there is nothing to compare; inf
-        when only the deepest band's median is 0)."""
-        m = [r["median"] for r in self.table if r["depth"] >= 0]
+        when only the deepest band's median is 0). A band without values (read only by calls under
+        ``torch.no_grad()``) is left out too."""
+        m = [r["median"] for r in self.table if r["depth"] >= 0 and r["values"] > 0]
         if len(m) < 2 or m[0] == m[-1] == 0:
             return math.nan
         return m[0] / m[-1] if m[-1] > 0 else math.inf
 
     def no_ratio_reason(self) -> str:
         """Why :meth:`ratio` is NaN, in a few words (for a title or a printed line)."""
-        if sum(1 for r in self.table if r["depth"] >= 0) < 2:
+        signal = [r for r in self.table if r["depth"] >= 0]
+        if sum(1 for r in signal if r["values"] > 0) < 2 <= len(signal):
+            return "bands without gradient (called under torch.no_grad()) leave one signal band: no ratio"
+        if len(signal) < 2:
             return "one signal band: no ratio"
         return "the shallowest and deepest bands' medians are both 0: no ratio"
 
@@ -219,15 +229,17 @@ class GradientByDepth:
                        label="one weight: mean |grad| over the batches" if i == 0 else None)
         row = {r["depth"]: r for r in self.table}
         xs = list(range(len(self.depths)))
-        med = [row[d]["median"] for d in self.depths]
-        lo = [row[d]["median"] - row[d]["q1"] for d in self.depths]
-        hi = [row[d]["q3"] - row[d]["median"] for d in self.depths]
-        ax.errorbar(xs, med, yerr=[lo, hi], fmt="D", color="black", ms=5, capsize=4, label="median, quartiles (all batches)")
+        have = [i for i, d in enumerate(self.depths) if row[d]["values"] > 0]  # a band without gradient has no median
+        med = [row[self.depths[i]]["median"] for i in have]
+        lo = [row[self.depths[i]]["median"] - row[self.depths[i]]["q1"] for i in have]
+        hi = [row[self.depths[i]]["q3"] - row[self.depths[i]]["median"] for i in have]
+        ax.errorbar(have, med, yerr=[lo, hi], fmt="D", color="black", ms=5, capsize=4, label="median, quartiles (all batches)")
         ax.set_yscale("log")
         for i, d in enumerate(self.depths):  # exact zeros (dead units) have no place on a log axis: say how many
             z = row[d]["zero_fraction"]
-            if z > 0:
-                ax.annotate(f"{_percent(z)} zero", (i, 0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+            note = ("no gradient:\nno_grad call" if row[d]["values"] == 0 else f"{_percent(z)} zero" if z > 0 else "")
+            if note:
+                ax.annotate(note, (i, 0), xycoords=("data", "axes fraction"), xytext=(0, 3),
                             textcoords="offset points", ha="center", va="bottom", fontsize=7, color="C3")
         ax.set_xticks(xs, [str(d) for d in self.depths])
         ax.set_xlabel("depth of the signal read (layers it went through; 0 = raw input)")
@@ -237,6 +249,10 @@ class GradientByDepth:
         said = self.no_ratio_reason() if math.isnan(ratio) else f"shallowest/deepest signal band median ratio {ratio:.3g}"
         shared = (f"; called {self.calls} times per forward, each call's part in the band it reads"
                   if self.calls > 1 else "")
+        if self.no_grad_calls:
+            calls = ", ".join(map(str, self.no_grad_calls))
+            shared += f"\ncall{'s' if len(self.no_grad_calls) > 1 else ''} {calls} under torch.no_grad(): no gradient, not measured"
+
         ax.set_title(f"{ttl}\n{self.batches} batches{shared}; {said}", fontsize=9)
         # outside the axes, right of them: inside, "best" could still cover a band's zero note
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
@@ -282,7 +298,9 @@ def gradient_by_depth(
     each call: its gradient is split into each call's part (the call's output gradient through that
     call alone; the parts add up to the gradient), each counted in the band its call reads, with the
     depths of every call traced (``depths=`` may give one row per call, in call order; depths given
-    once serve every call, with a warning).
+    once serve every call, with a warning). A call the model's own forward makes under
+    ``torch.no_grad()`` contributes no gradient: it is left out, not counted as zeros
+    (:attr:`GradientByDepth.no_grad_calls`), and a layer only called so is refused.
     ``cycle``: restart the loader (a new epoch) until ``batches`` batches have been seen.
     ``loss_fn(output, targets)``: the loss whose gradients are measured (default cross-entropy).
     ``train_mode``: run the model in train mode while measuring (False: eval mode); each module's
@@ -304,6 +322,11 @@ def gradient_by_depth(
                 recorder.clear()
                 loss = loss_fn(model(x), y)
                 (g,) = torch.autograd.grad(loss, [weight], allow_unused=True)
+                if g is None and recorder.calls and all(c["no_grad"] for c in recorder.calls):
+                    raise ValueError(f"gradient_by_depth: layer {name!r} has no gradient: the model's forward calls it "
+                                     "only under torch.no_grad() (or torch.inference_mode(), or detaches its output), "
+                                     "so nothing it does reaches the loss's gradient; measure a layer the forward runs "
+                                     "with grad enabled")
                 if g is None:  # autograd's own error asked for allow_unused=True, which is not the fix
                     raise ValueError(f"gradient_by_depth: layer {name!r} takes no part in the loss (the model's forward "
                                      "does not use it, or its output does not reach the loss), so it has no gradient: "
@@ -317,38 +340,48 @@ def gradient_by_depth(
                                               train_mode)
                     hist = LogHistogram(len(uniq))
                     per_weight = torch.zeros(len(bands), *weight.shape, dtype=torch.float64)
+                    measured = torch.zeros(len(bands))  # batches each call's part was measured in
                 elif calls != len(bands):
                     raise ValueError(f"gradient_by_depth: {name!r} was called {len(bands)} times in the first batch's "
                                      f"forward and {calls} times in batch {n + 1}'s: its calls' depths differ from "
                                      "batch to batch; measure a layer called the same number of times in every forward")
-                parts = [g] if len(bands) == 1 else _parts_adding_up(name, recorder.gradient_parts(weight), g)
+                parts = [g] if len(bands) == 1 else parts_adding_up(
+                    "gradient_by_depth", name, recorder.gradient_parts(weight), g,
+                    "measure a layer whose weight only its own calls read")
                 for k, part in enumerate(parts):
+                    if recorder.calls and recorder.calls[k]["no_grad"]:  # a zero that measures nothing
+                        continue
                     a = part.detach().abs().cpu()
                     hist.update(a, bands[k])
                     per_weight[k] += a.double()
+                    measured[k] += 1
                 n += 1
         finally:
             if recorder is not None:
                 recorder.remove()
-    per_weight /= n
+    per_weight /= measured.double().view(-1, *[1] * weight.dim())  # NaN for a call never measured
     q1, med, q3, mean = hist.quantile(0.25), hist.quantile(0.5), hist.quantile(0.75), hist.mean()
     tot = hist.total()
     wd_flat = uniq[torch.stack(bands)].reshape(-1)
+    no_grad = [k + 1 for k in range(len(bands)) if measured[k] < n]
+    notes = _no_grad_notes(uniq, bands, measured, n, tot)
     if len(uniq) == 1:
         warn_user(f"every input of {name!r} carries a signal of depth {int(uniq[0])}: one band, nothing to "
                       "compare (ratio() is NaN); pick a layer that reads a concatenation of signals of several depths, "
                       "or pass depths=")
     rows = []
     for i, d in enumerate(uniq.tolist()):
+        stat = (lambda v: float(v[i])) if tot[i] > 0 else (lambda v: math.nan)  # no value: no statistic, not 0
         rows.append({
             "depth": int(d),
             "weights": int((wd_flat == d).sum()),
             "values": int(tot[i]),
-            "median": float(med[i]),
-            "q1": float(q1[i]),
-            "q3": float(q3[i]),
-            "mean": float(mean[i]),
-            "zero_fraction": float(hist.zeros[i] / tot[i].clamp_min(1)),
+            "median": stat(med),
+            "q1": stat(q1),
+            "q3": stat(q3),
+            "mean": stat(mean),
+            "zero_fraction": stat(hist.zeros / tot.clamp_min(1)),
+            **({"note": notes[i]} if no_grad else {}),
         })
     return GradientByDepth(
         layer=name,
@@ -358,20 +391,24 @@ def gradient_by_depth(
         band=wd_flat,
         batches=n,
         calls=len(bands),
+        no_grad_calls=no_grad,
     )
 
 
-def _parts_adding_up(name: str, parts: List[torch.Tensor], g: torch.Tensor) -> List[torch.Tensor]:
-    """``parts``, the calls' parts of the gradient ``g``, once checked to add up to it (to 1% of its
-    largest entry: the sums run in another order): they miss what an op reading the weight outside
-    the module's calls contributes."""
-    gap = float((torch.stack(parts).sum(0) - g).abs().max())
-    if gap > 1e-2 * float(g.abs().max()):
-        raise ValueError(f"gradient_by_depth: the parts of the gradient of {name!r} that its {len(parts)} calls contribute "
-                         f"do not add up to the gradient (off by up to {gap:.3g}): the weight is also read outside the "
-                         "module's calls (F.linear(x, layer.weight), a tied weight), whose part no call carries; "
-                         "measure a layer whose weight only its own calls read")
-    return parts
+def _no_grad_notes(uniq, bands, measured, n, tot) -> List[str]:
+    """Per band, what the calls run under ``torch.no_grad()`` (no gradient: not measured) left out of
+    it: the whole band (``no gradient``) or some of its values; empty where no such call reads it."""
+    notes = []
+    for i in range(len(uniq)):
+        left = [k + 1 for k in range(len(bands)) if measured[k] < n and bool((bands[k] == i).any())]
+        if not left:
+            notes.append("")
+            continue
+        which = f"call{'s' if len(left) > 1 else ''} {', '.join(map(str, left))}"
+        notes.append(f"no gradient: {which} ran under torch.no_grad(), not measured" if tot[i] == 0 else
+                     f"{which} ran under torch.no_grad() (in {int(n - min(measured[k - 1] for k in left))} of {n} "
+                     "batches): not counted")
+    return notes
 
 
 def _call_bands(name, shape, call_depths, calls, groups, transposed, source, train_mode):
