@@ -44,8 +44,8 @@ def register_dataset(name: str, replace: bool = False, facts: Optional[Callable[
     setting (True, False, or None: bars only when stderr is a terminal) for its long work.
 
     ``facts(data_dir=None, **kw) -> (num_classes, in_shape)``, for a family that knows them for
-    certain from its arguments (and at most a look at folder names), without reading an example:
-    what the builder's :class:`Source` will say. It lets a caller build the model, and refuse what
+    certain from its arguments (and at most a look at folder names and one file's header), without
+    decoding an example: what the builder's :class:`Source` will say. It lets a caller build the model, and refuse what
     does not fit it, before the data is read (:func:`dataset_facts`)."""
 
     def deco(fn):
