@@ -365,3 +365,27 @@ def test_dataset_facts_belong_to_the_name_a_builder_is_registered_under(monkeypa
         base.register_dataset("digits", replace=True, facts=lambda data_dir=None: (2, (5,)))(digits)
         raise RuntimeError("the plugin's import failed")
     assert dataset_facts("digits") == (10, (1, 8, 8))
+
+
+def test_model_before_data_builds_once_from_facts_and_again_only_where_the_data_says_otherwise(monkeypatch):
+    """The recipes' shared start: the model is built from the facts before the data, kept once the data
+    agrees, built again for the data's classes and shape where a plugin's facts were wrong, and built
+    only once the data has loaded where there are none."""
+    from adaptive.data import base, model_before_data
+    from adaptive.data.digits import digits
+
+    monkeypatch.setattr(base, "_DATASETS", dict(base._DATASETS))
+    monkeypatch.setattr(base, "_FACTS", dict(base._FACTS))
+    base.register_dataset("digits_wrong", facts=lambda data_dir=None: (3, (1, 4, 4)))(digits)
+    base.register_dataset("digits_none")(digits)
+    for name, before, after in (("digits", [(10, (1, 8, 8))], [(10, (1, 8, 8))]),
+                                ("digits_wrong", [(3, (1, 4, 4))], [(3, (1, 4, 4)), (10, (1, 8, 8))]),
+                                ("digits_none", [], [(10, (1, 8, 8))])):
+        built = []
+        model_for = model_before_data(name, lambda k, shape: built.append((k, shape)) or object())
+        assert built == before, name
+        s = get_datasets(name)
+        model = model_for(s.num_classes, s.in_shape)
+        assert built == after, name
+        if name == "digits":  # facts known and right: the one model, whatever sequence gives the shape
+            assert model_for(10, [1, 8, 8]) is model and len(built) == 1
