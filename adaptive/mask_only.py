@@ -41,7 +41,7 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,7 @@ from torch import nn
 
 from . import mask_only_checkpoint as ckpt
 from .connectome import Connectome
-from .discovery import state_dict_keys
+from .discovery import discover, state_dict_keys
 from .distributed import all_reduce_mean_, check_masks_agree, is_distributed, world_size
 from .controller import Controller
 from .counts import whole_number
@@ -191,6 +191,30 @@ def resolve_target(target: Target, total: int) -> Optional[int]:
         raise ValueError(f"target of {target} synapses to remove {'is every one of' if target == total else 'is beyond'} "
                          f"the model's {total} prunable synapses: give a count below {total}")
     return int(target)
+
+
+def _resolve_targets(targets: list, total: int) -> List[Tuple[str, Optional[int]]]:
+    """``(label, synapses to remove)`` of each target against ``total`` synapses, fewest first ("best":
+    None, on its own); a target beyond them, "best" among others or two removing the same count is
+    refused (ValueError)."""
+    resolved = [(lab, resolve_target(t, total)) for t, lab in zip(targets, _labels(targets))]
+    if any(r is None for _, r in resolved) and len(resolved) > 1:
+        raise ValueError("'best' cannot be combined with other targets: run it on its own")
+    counts: Dict[int, str] = {}
+    for label, r in resolved:
+        if r is not None and r in counts:
+            raise ValueError(f"targets {counts[r]} and {label} both remove {r:,} synapses: give each target once")
+        counts.setdefault(r, label)
+    return sorted(resolved, key=lambda lr: -1 if lr[1] is None else lr[1])
+
+
+def check_targets(model: nn.Module, target: Union[Target, Sequence[Target]], include=None, exclude=None) -> None:
+    """Refuse, with :func:`optimize_connectome`'s error and before any data is read, the ``target``
+    (one or several) it would refuse on ``model`` with ``include``/``exclude``: a count of every
+    prunable synapse or more (or a fraction rounding to one), "best" among others, two targets
+    removing the same count. Counts the synapses without building a connectome."""
+    targets = list(target) if isinstance(target, (list, tuple)) else [target]
+    _resolve_targets(targets, sum(p.numel() for _, p in discover(model, include, exclude).values()))
 
 
 def _data_identity(loader) -> list:
@@ -509,15 +533,7 @@ def optimize_connectome(
         )
     conn = Connectome(model, ensemble=ensemble, include=include, exclude=exclude, mode="mask_only")
     total = conn.num_synapses()
-    resolved = [(lab, resolve_target(t, total)) for t, lab in zip(targets, _labels(targets))]
-    if any(r is None for _, r in resolved) and len(resolved) > 1:
-        raise ValueError("'best' cannot be combined with other targets: run it on its own")
-    counts: Dict[int, str] = {}
-    for label, r in resolved:
-        if r is not None and r in counts:
-            raise ValueError(f"targets {counts[r]} and {label} both remove {r:,} synapses: give each target once")
-        counts.setdefault(r, label)
-    resolved.sort(key=lambda lr: -1 if lr[1] is None else lr[1])
+    resolved = _resolve_targets(targets, total)
     climb = resolved[0][1] is None and bool(ladder)  # "best" by climbing the ladder
     if climb:
         resolved = [("best", resolve_target(f, total)) for f in ladder]

@@ -49,7 +49,7 @@ from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive import run_folder  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.diagnostics.silent_units import SilentUnits  # noqa: E402
-from adaptive.data import get_dataloaders as _get_dataloaders  # noqa: E402
+from adaptive.data import get_dataloaders as _get_dataloaders, model_before_data  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.training import (  # noqa: E402
     CHECKPOINT_DIR, STEP_GAMMA, STEP_MILESTONES, TrainState, evaluate, find_checkpoint, list_checkpoints,
@@ -493,6 +493,11 @@ def mask_only_target(density: Optional[float]) -> Union[float, str]:
     return "best" if density is None else 1.0 - density
 
 
+def _target(cfg: "RunConfig") -> Union[int, float, str]:
+    """What a mask_only run removes: --target, else what --density means."""
+    return cfg.target if cfg.target is not None else mask_only_target(cfg.density)
+
+
 def _check_target(target) -> None:
     """A mask_only target is 'best', a fraction in [0, 1) or a count >= 0 (checked against the model later)."""
     from adaptive.mask_only import parse_target
@@ -545,6 +550,23 @@ def get_dataloaders(cfg: RunConfig):
                             seed=cfg.seed, download=cfg.download, subset=cfg.subset, test_subset=cfg.test_subset,
                             num_workers=cfg.num_workers, eval_batch_size=cfg.eval_batch_size, augment=cfg.augment,
                             progress=cfg.progress, **cfg.dataset_kw)
+
+
+def build_model_for(cfg: RunConfig, num_classes: int, in_shape) -> torch.nn.Module:
+    """``cfg``'s model (its --weights loaded) for data of ``num_classes`` classes and inputs
+    ``in_shape``; in mask_only mode its target is checked against the model's synapses."""
+    from adaptive.mask_only import check_targets
+
+    try:
+        model = build_model(cfg.model, num_classes=num_classes, in_shape=in_shape, weights=cfg.weights, **cfg.model_kw)
+    except (ValueError, TypeError) as e:
+        if not cfg.model_kw or isinstance(e, CheckpointError):
+            raise
+        given = " ".join(f"{k}={v}" for k, v in cfg.model_kw.items())
+        raise ConfigError(f"--model_kw {given}: {e}") from e
+    if cfg.mode == "mask_only":
+        check_targets(model, _target(cfg), include=cfg.include, exclude=cfg.exclude)
+    return model
 
 
 def build_optimizer(cfg: RunConfig, model):
@@ -774,15 +796,13 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     main = accelerator.is_main_process
     set_seed(cfg.seed)
 
+    # the model (its weights loaded) before the data where the dataset knows its classes and input
+    # shape unread: weights that do not fit, or a mask_only target beyond the model's synapses, are
+    # refused before minutes of data loading (as recipes/prune_pretrained.py does)
+    model_for = model_before_data(cfg.dataset, lambda k, shape: build_model_for(cfg, k, shape), data_dir=cfg.data_dir,
+                                  **cfg.dataset_kw)
     loaders = get_dataloaders(cfg)
-    try:
-        model = build_model(cfg.model, num_classes=loaders.num_classes, in_shape=loaders.in_shape, weights=cfg.weights,
-                            **cfg.model_kw)
-    except (ValueError, TypeError) as e:
-        if not cfg.model_kw or isinstance(e, CheckpointError):
-            raise
-        given = " ".join(f"{k}={v}" for k, v in cfg.model_kw.items())
-        raise ConfigError(f"--model_kw {given}: {e}") from e
+    model = model_for(loaders.num_classes, loaders.in_shape)
     if cfg.mode == "mask_only":
         return _mask_only(cfg, accelerator, model, loaders, output_dir, lock)
 
@@ -1214,7 +1234,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         # every process verifies edits on the same (whole, unsharded) held-out batches, so all make the
         # same decisions; optimize_connectome moves batches to the model's device
         holdout_dl = loaders.holdout
-        target = cfg.target if cfg.target is not None else mask_only_target(cfg.density)
+        target = _target(cfg)
         if len(train_dl) == 0:
             raise ValueError(f"the train loader is empty ({len(loaders.datasets.train)} examples): lower --batch_size or --holdout")
         # --max_steps counts training batches per target (each process's), else --epochs passes

@@ -48,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adaptive.data import dataset_facts, get_dataloaders  # noqa: E402
+from adaptive.data import get_dataloaders, model_before_data  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive import jsonio  # noqa: E402
 from adaptive import run_folder  # noqa: E402
@@ -57,8 +57,8 @@ from adaptive.cli import show_progress  # noqa: E402
 from adaptive.config import SEED_RANGE, merge_key_values, seed_in_range  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.metrics import fmt_accuracy  # noqa: E402
-from adaptive.mask_only import (changed_from, evaluate, loaded_state, optimize_connectome, parse_target,  # noqa: E402
-                                resolve_target)
+from adaptive.mask_only import (check_targets, changed_from, evaluate, loaded_state, optimize_connectome,  # noqa: E402
+                                parse_target)
 from adaptive.models import build_model  # noqa: E402
 from adaptive.plots import SPLIT_COLOR, boundary_scale, legend_below, run_title, step_points, tight_artists  # noqa: E402
 from adaptive.training import evaluate as evaluate_sharded  # noqa: E402
@@ -604,19 +604,13 @@ def _check_num_classes(args, num_classes: int) -> None:
 
 
 def _build(args, num_classes: int, in_shape) -> torch.nn.Module:
-    """The model for data of ``num_classes`` classes (unless --num-classes says) and inputs ``in_shape``."""
-    return build_model(args.model, num_classes=args.num_classes or num_classes, in_shape=in_shape,
-                       weights=args.weights)
-
-
-def _refuse_unreachable(targets, model) -> None:
-    """Refuse a count (or a fraction rounding to one) of every prunable synapse of ``model`` or more,
-    with :func:`optimize_connectome`'s message, which checks it again once the data has loaded."""
-    from adaptive.discovery import discover
-
-    total = sum(p.numel() for _, p in discover(model).values())
-    for t in targets:
-        resolve_target(t, total)
+    """The model for data of ``num_classes`` classes (unless --num-classes says, which must be the
+    data's) and inputs ``in_shape``, its --remove counts checked against its synapses."""
+    _check_num_classes(args, num_classes)
+    model = build_model(args.model, num_classes=args.num_classes or num_classes, in_shape=in_shape,
+                        weights=args.weights)
+    check_targets(model, args.remove)
+    return model
 
 
 def main(argv=None, test_loader_hook=None) -> dict:
@@ -654,21 +648,15 @@ def main(argv=None, test_loader_hook=None) -> dict:
     # the model (its weights loaded) before the data where the dataset knows its classes and input
     # shape unread: a weights file that does not fit, or a count beyond the model's synapses, is
     # refused before minutes of data loading (an ImageNet folder scan, CIFAR-10's JPEG decoding)
-    facts = dataset_facts(args.dataset, data_dir=args.data_dir, **args.dataset_kw)
-    model = None
-    if facts:
-        _check_num_classes(args, facts[0])
-        model = _build(args, *facts)
-        _refuse_unreachable(args.remove, model)
+    model_for = model_before_data(args.dataset, lambda k, shape: _build(args, k, shape), data_dir=args.data_dir,
+                                  **args.dataset_kw)
     dl = get_dataloaders(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir, holdout=args.holdout,
                          download=args.download,
                          seed=args.seed, subset=args.subset, eval_batch_size=args.eval_batch_size,
                          num_workers=args.num_workers, progress=args.progress, holdout_required=True,
                          **args.dataset_kw)
     test_loader = test_loader_hook(dl.test) if test_loader_hook else dl.test  # wrapping reads nothing
-    _check_num_classes(args, dl.num_classes)
-    if model is None or facts != (dl.num_classes, tuple(dl.in_shape)):  # (a plugin's facts may be wrong)
-        model = _build(args, dl.num_classes, dl.in_shape)
+    model = model_for(dl.num_classes, dl.in_shape)
     accelerator = _accelerator(args)
     model = model.to(accelerator.device)  # no DDP wrapper: no weight trains, the controller reduces its statistics
     train_dl = accelerator.prepare(dl.train)

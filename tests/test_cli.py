@@ -93,17 +93,15 @@ def test_a_data_warning_prints_as_one_warning_line_on_the_command_line(monkeypat
 
 def test_a_recipe_prints_a_data_warning_as_one_line(tmp_path):
     """The recipe run as a program: the subset warning reads as the recipe's other warnings do."""
-    import torch
-
     env = dict(os.environ, MPLBACKEND="Agg")
     env.pop("ADAPTIVE_TRACEBACK", None)
-    torch.save({"x": torch.zeros(1)}, tmp_path / "w.pt")  # refused once the data has loaded: no MLP's weights
     (tmp_path / "plugin.py").write_text("import warnings\nwarnings.warn('the plugin says so')\n")
     r = subprocess.run([sys.executable, "recipes/adaptive.py", "--dataset", "fake", "--subset", "100000",
-                        "--weights", str(tmp_path / "w.pt"), "--output_dir", str(tmp_path / "run"),
+                        "--mode", "mask_only", "--mask_only_kw.approach", "3",  # refused once the data has loaded
+                        "--output_dir", str(tmp_path / "run"),
                         "--plugins", str(tmp_path / "plugin.py")],  # imported while the options are parsed
                        cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env)
-    assert r.returncode == 2 and "does not match model MLP" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 2 and "approach must be in [0, 1], got 3" in r.stderr, r.stderr[-2000:]
     assert "warning: the plugin says so\n" in r.stderr, r.stderr[-2000:]
     assert "warning: subset=100,000 asks for more examples than the train split of fake holds (512)" in r.stderr
     assert "UserWarning" not in r.stderr and not re.search(r"\.py:\d+:", r.stderr), r.stderr  # no FILE:LINE:

@@ -481,7 +481,8 @@ OUT_OF_RANGE = [
     (["--mode", "mask_only", "--mask_only_kw", "edit_fraction=0.5"], "sets edit_fraction itself, from --edit_fraction"),
     (["--mode", "mask_only", "--mask_only_kw", "callback=x"], "sets callback itself, to its own"),
     (["--mode", "mask_only", "--mask_only_kw", "target=0.5"], "sets target itself, from --target (or --density)"),
-    # refused by optimize_connectome once the run held its folder's lock: the folder and its .lock stayed
+    # refused before the data (the model is built first), or by optimize_connectome once the run held
+    # its folder's lock: the folder and its .lock stayed
     (["--mode", "mask_only", "--target", "99999999"], "beyond the model's 50432 prunable synapses"),
     (["--mode", "mask_only", "--mask_only_kw", "approach=3"], "approach must be in [0, 1], got 3"),
     (["--mode", "mask_only", "--mask_only_kw", "foo=1"],

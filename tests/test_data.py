@@ -277,7 +277,67 @@ def test_dataset_facts_are_what_the_data_says_known_before_it_is_read(tmp_path):
     assert dataset_facts("mnist", data_dir=tmp_path / "nowhere") == (10, (1, 28, 28))  # it reads nothing
     assert dataset_facts("imagenet", data_dir=tmp_path / "nowhere") is None  # no folder: its builder says so
     assert dataset_facts("fake", shape="x") is None  # a bad argument likewise
-    assert dataset_facts("cifar10", data_dir=tmp_path) is None  # its image size is known once decoded
+    assert dataset_facts("cifar10", data_dir=tmp_path) is None  # no CIFAR-10 there: its builder says so
+
+
+def _no_decoding(monkeypatch):
+    def refuse(*a, **kw):
+        raise AssertionError("an image was decoded")
+
+    from adaptive.data import cifar
+
+    monkeypatch.setattr(folder_cache, "decode_folder", refuse)
+    monkeypatch.setattr(cifar, "cached_folder_tensor", refuse)
+
+
+def test_cifar10_facts_from_folder_names_and_one_image_header(tmp_path, monkeypatch):
+    """CIFAR-10's facts, nothing decoded: an ImageFolder copy's class folders and the size of the image
+    its decoding sizes the tensor by (no transform resizes it: 10x12 images are a (3, 10, 12) input);
+    torchvision's batches are 10 classes of (3, 32, 32). A layout its builder refuses has none."""
+    from PIL import Image
+
+    from adaptive.data import dataset_facts
+
+    rng = np.random.default_rng(0)
+    base = tmp_path / "cifar10-jpeg"
+    for split, classes in (("train", ("cat", "dog", "emu")), ("test", ("cat", "dog", "emu"))):
+        for c in classes:
+            (base / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(base / split / c / f"{i}.png")
+    with monkeypatch.context() as m:
+        _no_decoding(m)
+        facts = dataset_facts("cifar10", data_dir=tmp_path, normalize="cifar")
+        assert dataset_facts("cifar10", data_dir=tmp_path, normalize="bogus") is None  # the builder refuses it
+    s = get_datasets("cifar10", data_dir=tmp_path, holdout=1 / 3, cache_dir=tmp_path / "cache")
+    assert facts == (s.num_classes, s.in_shape) == (3, (3, 10, 12))
+    (base / "test" / "emu").rename(base / "test" / "fox")  # refused by the builder: no facts either
+    assert dataset_facts("cifar10", data_dir=tmp_path) is None
+    (base / "test").rename(tmp_path / "elsewhere")
+    assert dataset_facts("cifar10", data_dir=tmp_path) is None
+
+    import torchvision
+
+    batches = tmp_path / "tv" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    cifar = torchvision.datasets.CIFAR10
+    for name in [f for f, _ in cifar.train_list + cifar.test_list] + [cifar.meta["filename"]]:
+        (batches / name).write_bytes(b"")
+    assert dataset_facts("cifar10", data_dir=tmp_path / "tv") == (10, (3, 32, 32))  # torchvision's own shape
+    (batches / "test_batch").unlink()
+    assert dataset_facts("cifar10", data_dir=tmp_path / "tv") is None
+
+
+@pytest.mark.skipif(not (paths.SHARED_DATA / "cifar10-jpeg" / "test").is_dir(),
+                    reason=f"shared cifar10-jpeg absent at {paths.SHARED_DATA / 'cifar10-jpeg'}")
+def test_cifar10_facts_are_the_shared_copys_source(monkeypatch):
+    from adaptive.data import dataset_facts
+
+    with monkeypatch.context() as m:
+        _no_decoding(m)
+        facts = dataset_facts("cifar10", data_dir=paths.SHARED_DATA)
+    s = get_datasets("cifar10", data_dir=paths.SHARED_DATA)
+    assert facts == (s.num_classes, s.in_shape) == (10, (3, 32, 32))
 
 
 def test_dataset_facts_belong_to_the_name_a_builder_is_registered_under(monkeypatch):
@@ -305,3 +365,27 @@ def test_dataset_facts_belong_to_the_name_a_builder_is_registered_under(monkeypa
         base.register_dataset("digits", replace=True, facts=lambda data_dir=None: (2, (5,)))(digits)
         raise RuntimeError("the plugin's import failed")
     assert dataset_facts("digits") == (10, (1, 8, 8))
+
+
+def test_model_before_data_builds_once_from_facts_and_again_only_where_the_data_says_otherwise(monkeypatch):
+    """The recipes' shared start: the model is built from the facts before the data, kept once the data
+    agrees, built again for the data's classes and shape where a plugin's facts were wrong, and built
+    only once the data has loaded where there are none."""
+    from adaptive.data import base, model_before_data
+    from adaptive.data.digits import digits
+
+    monkeypatch.setattr(base, "_DATASETS", dict(base._DATASETS))
+    monkeypatch.setattr(base, "_FACTS", dict(base._FACTS))
+    base.register_dataset("digits_wrong", facts=lambda data_dir=None: (3, (1, 4, 4)))(digits)
+    base.register_dataset("digits_none")(digits)
+    for name, before, after in (("digits", [(10, (1, 8, 8))], [(10, (1, 8, 8))]),
+                                ("digits_wrong", [(3, (1, 4, 4))], [(3, (1, 4, 4)), (10, (1, 8, 8))]),
+                                ("digits_none", [], [(10, (1, 8, 8))])):
+        built = []
+        model_for = model_before_data(name, lambda k, shape: built.append((k, shape)) or object())
+        assert built == before, name
+        s = get_datasets(name)
+        model = model_for(s.num_classes, s.in_shape)
+        assert built == after, name
+        if name == "digits":  # facts known and right: the one model, whatever sequence gives the shape
+            assert model_for(10, [1, 8, 8]) is model and len(built) == 1

@@ -165,6 +165,25 @@ def test_resolve_target_by_hand():
         resolve_target(249, 248)
 
 
+def test_check_targets_refuses_what_optimize_connectome_would_before_any_data():
+    """The recipes' check before the data: optimize_connectome's own errors, the synapses counted as
+    include/exclude select them, the model left as it was."""
+    from adaptive.mask_only import check_targets
+
+    m, (train, holdout) = tiny(), loaders()
+    before = copy.deepcopy(m.state_dict())
+    assert check_targets(m, [0.5, 100]) is None and check_targets(m, "best") is None
+    for target, kw, match in ((248, {}, "248 synapses to remove is every one of the model's 248"),
+                              (40, dict(exclude="conv"), "40 synapses to remove is beyond the model's 32"),
+                              ([0.5, "best"], {}, "'best' cannot be combined with other targets"),
+                              ([0.5, 124], {}, "targets 0.5 and 124 both remove 124 synapses")):
+        with pytest.raises(ValueError, match=match):
+            check_targets(m, target, **kw)
+        with pytest.raises(ValueError, match=match):
+            optimize_connectome(m, train, holdout, target, progress=False, **kw)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
 def test_kernel_ensembles_stop_within_one_ensemble():
     m = tiny()
     r = run(m, 0.4, ensemble="kernel")

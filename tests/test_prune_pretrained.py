@@ -343,6 +343,36 @@ def test_a_count_beyond_the_model_is_refused_before_any_data_is_read(tmp_path, w
     assert not (tmp_path / "out").exists()
 
 
+SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
+
+
+@pytest.mark.parametrize("where", ["tiny", pytest.param("shared", marks=pytest.mark.skipif(
+    not (SHARED_CIFAR / "test").is_dir(), reason=f"shared cifar10-jpeg absent at {SHARED_CIFAR}"))])
+def test_on_cifar10_a_count_beyond_the_model_is_refused_before_any_data_is_read(tmp_path, weights, monkeypatch, where):
+    """CIFAR-10, the recipes' default dataset, knows its classes and input shape unread too (its class
+    folders and one image's header): a count beyond the model, or a --num-classes other than the
+    data's, is refused before a single image is decoded (it was refused once the whole copy had)."""
+    mod = recipe()
+    data = SHARED_CIFAR.parent
+    if where == "tiny":  # one 10x12 image per class
+        import numpy as np
+        from PIL import Image
+
+        data = tmp_path / "data"
+        for split in ("train", "test"):
+            for c in "abcdefghij":
+                (data / "cifar10-jpeg" / split / c).mkdir(parents=True)
+                Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(data / "cifar10-jpeg" / split / c / "0.png")
+    monkeypatch.setattr(mod, "get_dataloaders", lambda *a, **kw: pytest.fail("the data was read"))
+    cifar = ["--model", "resnet20", "--weights", str(weights), "--dataset", "cifar10", "--data-dir", str(data),
+             "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match="300000 synapses to remove is beyond the model's 268336 prunable"):
+        mod.main(cifar + ["--remove", "0.2", "300000"])
+    with pytest.raises(ValueError, match="--num-classes 5 does not match the 10 classes of the cifar10 data"):
+        mod.main(cifar + ["--remove", "0.2", "--num-classes", "5"])
+    assert not (tmp_path / "out").exists()
+
+
 def test_best_climbs_the_given_ladder(tmp_path, weights, capsys):
     mod = recipe()
     out = tmp_path / "best"

@@ -946,3 +946,26 @@ def test_nonzero_counts_live_weights_only_after_a_run_diverged(tmp_path):
     10,086 live synapses, and the closing line printed a negative count of zero weights."""
     res = run(tmp_path, "--lr", "1e12", "--figures", "false")
     assert 0 <= res.summary["nonzero"] <= res.summary["live"]
+
+
+def test_what_does_not_fit_the_model_is_refused_before_any_data_is_read(tmp_path, monkeypatch):
+    """Where the dataset knows its classes and input shape unread (digits does), the model is built,
+    its --weights loaded, before the data: a mask_only target beyond its synapses (as --include /
+    --exclude select them), a --density that rounds to every one, and weights of another model are
+    refused then (the target only once the data had loaded, inside optimize_connectome)."""
+    monkeypatch.setattr(R, "get_dataloaders", lambda cfg: pytest.fail("the data was read"))
+    monkeypatch.setenv("ADAPTIVE_TRACEBACK", "1")  # the error itself, not the command line's exit
+    mask_only = TINY + ["--output_dir", str(tmp_path / "run"), "--mode", "mask_only"]
+    for more, match in ((["--target", "50432"], "50432 synapses to remove is every one of the model's 50432"),
+                        (["--target", "20000", "--exclude", "fc2"], "is beyond the model's 17664 prunable synapses"),
+                        (["--density", "1e-9"], r"removes round\(0.999999999 x 50432\) = 50432 synapses, every one")):
+        with pytest.raises(ValueError, match=match):
+            R.main(mask_only + more)
+    w = tmp_path / "w.pt"
+    torch.save(build_model("mlp", num_classes=3, in_shape=(1, 8, 8)).state_dict(), w)  # 3 classes, not 10
+    from adaptive.models import WeightsMismatchError
+
+    for mode in ("train", "mask_only"):
+        with pytest.raises(WeightsMismatchError, match="does not match model MLP"):
+            R.main(TINY + ["--output_dir", str(tmp_path / "run"), "--mode", mode, "--weights", str(w)])
+    assert not (tmp_path / "run").exists()

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..paths import DatasetNotFoundError, resolve_data_dir
 from ..warn import warn_user
 from .base import (LazyDataset, Source, available_datasets, check_dataset_kw, dataset_facts, get_source_builder,
-                   register_dataset)
+                   model_before_data, register_dataset)
 from .split import holdout_counts, stratified_split, stratified_subset, subset_counts
 from .tensors import TensorImages, random_crop_flip
 
@@ -200,6 +200,7 @@ def get_dataloaders(name: str, batch_size: int = 128, data_dir=None, holdout: fl
 
 __all__ = [
     "get_datasets", "get_dataloaders", "DatasetSplits", "DataLoaders", "DatasetNotFoundError",
-    "register_dataset", "available_datasets", "check_dataset_kw", "dataset_facts", "Source", "LazyDataset", "TensorImages",
+    "register_dataset", "available_datasets", "check_dataset_kw", "dataset_facts", "model_before_data",
+    "Source", "LazyDataset", "TensorImages",
     "stratified_split", "stratified_subset", "random_crop_flip", "resolve_data_dir",
 ]

@@ -3,7 +3,7 @@ and :class:`LazyDataset` (the test split is built only when first used)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.data import Dataset
@@ -44,8 +44,8 @@ def register_dataset(name: str, replace: bool = False, facts: Optional[Callable[
     setting (True, False, or None: bars only when stderr is a terminal) for its long work.
 
     ``facts(data_dir=None, **kw) -> (num_classes, in_shape)``, for a family that knows them for
-    certain from its arguments (and at most a look at folder names), without reading an example:
-    what the builder's :class:`Source` will say. It lets a caller build the model, and refuse what
+    certain from its arguments (and at most a look at folder names and one file's header), without
+    decoding an example: what the builder's :class:`Source` will say. It lets a caller build the model, and refuse what
     does not fit it, before the data is read (:func:`dataset_facts`)."""
 
     def deco(fn):
@@ -71,6 +71,24 @@ def dataset_facts(name: str, data_dir=None, **kw) -> Optional[Tuple[int, Tuple[i
     except (DatasetNotFoundError, FileNotFoundError, ValueError, TypeError):
         return None
     return int(num_classes), tuple(int(d) for d in in_shape)
+
+
+def model_before_data(name: str, build: Callable[[int, Tuple[int, ...]], Any], data_dir=None,
+                      **kw) -> Callable[[int, Tuple[int, ...]], Any]:
+    """Call ``build(num_classes, in_shape)`` now, where dataset ``name`` knows them unread
+    (:func:`dataset_facts`), so that what does not fit the model (a weights file, a count of its
+    synapses; ``build`` refuses it) is refused before minutes of data loading. Returns
+    ``for_data(num_classes, in_shape)``, to call once the data has loaded: that model, or one built
+    then where the data's classes and shape are not the facts (none known, or a plugin's wrong)."""
+    facts = dataset_facts(name, data_dir=data_dir, **kw)
+    early = build(*facts) if facts else None
+
+    def for_data(num_classes: int, in_shape: Tuple[int, ...]):
+        if early is not None and facts == (int(num_classes), tuple(int(d) for d in in_shape)):
+            return early
+        return build(num_classes, in_shape)
+
+    return for_data
 
 
 def check_dataset_kw(name: str, kw: dict) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from ..paths import DatasetNotFoundError, find_data, resolve_data_dir
 from .base import Source, register_dataset
-from .folder_cache import cached_folder_tensor
+from .folder_cache import cached_folder_tensor, folder_facts
 from .tensors import TensorImages
 
 NORMALIZATIONS = {
@@ -37,7 +37,45 @@ def _torchvision_arrays(root: Path, train: bool, download: bool = False):
     return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets), list(ds.classes)
 
 
-@register_dataset("cifar10")
+def _test_folder(found: Path) -> Path:
+    """The test/ folder beside an ImageFolder copy's train/ (said now, not after a whole run when the
+    report needs it)."""
+    if not (found.parent / "test").is_dir():
+        raise DatasetNotFoundError(f"cifar10 test split not found: expected {found.parent / 'test'} next to {found}; "
+                                   f"an ImageFolder copy of CIFAR-10 needs both train/ and test/")
+    return found.parent / "test"
+
+
+def _check_test_classes(test_dir: Path, classes) -> None:
+    """Labels are class indices: a test/ with other class folders would shift them silently."""
+    test_classes = sorted(d.name for d in test_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if test_classes != list(classes):
+        raise ValueError(f"cifar10 at {test_dir.parent}: test/ has the classes {test_classes}, train/ has "
+                         f"{list(classes)}; both splits need the same class folders")
+
+
+def _facts(data_dir=None, normalize="imagenet", cache_dir=None):
+    """What :func:`cifar10` will say, nothing decoded: torchvision's batches are 10 classes of
+    ``(3, 32, 32)``; an ImageFolder copy has its class folders and the size of the image its decoding
+    sizes every image by (read from that file's header; no transform resizes)."""
+    import torchvision
+
+    _normalization(normalize)  # a bad one: the builder's error, once it runs
+    found = find_data("cifar10", RELPATHS, data_dir, how=HOW)
+    if found.name == "cifar-10-batches-py":
+        cifar = torchvision.datasets.CIFAR10
+        missing = [f for f, _ in cifar.train_list + cifar.test_list + [(cifar.meta["filename"], None)]
+                   if not (found / f).is_file()]
+        if missing:  # (torchvision refuses such a folder; its checksums are left to it)
+            raise DatasetNotFoundError(f"{found} lacks {missing}")
+        return 10, (3, 32, 32)
+    test_dir = _test_folder(found)
+    classes, in_shape = folder_facts(found)
+    _check_test_classes(test_dir, classes)
+    return len(classes), in_shape
+
+
+@register_dataset("cifar10", facts=_facts)
 def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", cache_dir=None,
             progress=None) -> Source:
     """CIFAR-10 ``(3, 32, 32)``. ``augment`` adds random crop (pad 4) and horizontal flip to the
@@ -59,17 +97,12 @@ def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", 
             return _torchvision_arrays(found.parent, train=False)[:2]
     else:
         base = found.parent
-        if not (base / "test").is_dir():  # said now, not after a whole run when the report needs it
-            raise DatasetNotFoundError(f"cifar10 test split not found: expected {base / 'test'} next to {found}; "
-                                       f"an ImageFolder copy of CIFAR-10 needs both train/ and test/")
+        test_dir = _test_folder(found)
         x, y, classes = cached_folder_tensor(found, f"{base.name}-train", cache_dir, progress=progress)
-        test_classes = sorted(d.name for d in (base / "test").iterdir() if d.is_dir() and not d.name.startswith("."))
-        if test_classes != list(classes):  # labels are class indices: another list would shift them silently
-            raise ValueError(f"cifar10 at {base}: test/ has the classes {test_classes}, train/ has {list(classes)}; "
-                             "both splits need the same class folders")
+        _check_test_classes(test_dir, classes)
 
         def load_test():
-            return cached_folder_tensor(base / "test", f"{base.name}-test", cache_dir, progress=progress)[:2]
+            return cached_folder_tensor(test_dir, f"{base.name}-test", cache_dir, progress=progress)[:2]
 
     def test():
         xt, yt = load_test()

@@ -24,11 +24,35 @@ def scan_folder(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
     """Classes (sorted folder names) and ``(path, class index)`` samples, as ImageFolder does."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
+    classes = _classes(root)
+    samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS)
+    return classes, samples
+
+
+def _classes(root: Path) -> List[str]:
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
     if not classes:
         raise FileNotFoundError(f"{root} has no class sub-folders (expected ImageFolder layout root/<class>/*.jpg)")
-    samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS)
-    return classes, samples
+    return classes
+
+
+def _height_width(path) -> Tuple[int, int]:
+    """An image's size from its header (PIL decodes no pixel until asked)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size[1], im.size[0]
+
+
+def folder_facts(root: Path) -> Tuple[List[str], Tuple[int, int, int]]:
+    """The classes and the ``(3, H, W)`` image shape that :func:`decode_folder` gives ``root``, known
+    without decoding: the class folders' names and the header of the image it sizes the tensor by
+    (the first class's first file: only that class's files are listed)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    classes = _classes(root)
+    first = make_dataset(str(root), {classes[0]: 0}, extensions=IMG_EXTENSIONS)[0][0]
+    return classes, (3, *_height_width(first))
 
 
 def decode_folder(root: Path, desc: str = "decoding", progress: Optional[bool] = None
@@ -41,8 +65,7 @@ def decode_folder(root: Path, desc: str = "decoding", progress: Optional[bool] =
     from ..cli import show_progress
 
     classes, samples = scan_folder(root)
-    with Image.open(samples[0][0]) as im:
-        w, h = im.size
+    h, w = _height_width(samples[0][0])
     images = torch.empty((len(samples), 3, h, w), dtype=torch.uint8)
     for i, (path, _) in enumerate(tqdm(samples, desc=desc, unit="img", mininterval=1.0,
                                            disable=not show_progress(progress))):
