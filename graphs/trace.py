@@ -1058,8 +1058,10 @@ def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch
     floats = []
     if shape is not None or w is not None:
         floats = [x.to(dev, p.dtype if p is not None else None) for x in _default_inputs(model, shape, batch)]
-    elif tokens is False or not tables:
-        raise InputGuessError(f"{type(model).__name__} has no Linear, Conv or Embedding layer to guess an input from")
+    elif tokens is False or not tables:  # tables: float features asked of a model of embeddings only
+        raise InputGuessError(f"{type(model).__name__} has no " + ("Linear or Conv layer to shape float features from"
+                                                                 if tables else "Linear, Conv or Embedding layer to "
+                                                                 "guess an input from"))
     if tokens is False:
         return floats
     return ids + floats if tables and isinstance(layers[0], ops.LOOKUP_MODULES) else floats + ids

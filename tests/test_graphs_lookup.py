@@ -332,6 +332,23 @@ def test_an_embedding_bag_is_a_lookup_whose_features_are_input_nodes(how):
     assert {e for e in edges if e[1].startswith("bag.index")} == read
 
 
+def test_float_features_asked_of_a_model_of_embeddings_only_say_what_is_missing():
+    """tokens=False (--in-dtype float) on a model whose only layer is an embedding said it had no
+    Embedding layer."""
+
+    class Tables(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok, self.w = nn.Embedding(V, E), nn.Parameter(torch.randn(E, 2))
+
+        def forward(self, idx):
+            return self.tok(idx) @ self.w
+
+    with pytest.raises(InputGuessError, match="no Linear or Conv layer to shape float features from"):
+        default_example_input(Tables(), tokens=False)
+    assert [x.dtype for x in default_example_input(Tables())] == [torch.long] * 2  # (1, 16) and (1, V)
+
+
 def test_a_flat_index_with_offsets_and_a_class_label_are_inputs_of_one_node_each():
     """nn.EmbeddingBag's flat form (a 1-D index and the bags' offsets) and a class label [B] next to an
     image were refused as inputs without a batch dimension (pass x.unsqueeze(0), which EmbeddingBag
