@@ -115,10 +115,26 @@ def _model_spec(cfg: dict, args):
     return name, kw
 
 
-def _dataset_in_shape(cfg: dict):
-    """The input shape of the run's dataset (a plugin's or another graphs has no table entry for),
-    read from the dataset itself; None when it cannot be (its files are elsewhere, say): the model's
-    own default input shape is used then."""
+def _dataset_facts(cfg: dict):
+    """``(num_classes, in_shape)`` of the run's dataset, as :func:`adaptive.data.dataset_facts` knows them
+    without reading its data (a plugin's dataset too, once its plugin is loaded); None when it cannot
+    say (no dataset in the config, a dataset it does not know, its folder elsewhere)."""
+    if not cfg.get("dataset"):
+        return None
+    try:
+        from adaptive.data.base import dataset_facts
+
+        return dataset_facts(str(cfg["dataset"]), cfg.get("data_dir"), **(cfg.get("dataset_kw") or {}))
+    except Exception:  # noqa: BLE001 - any failure: the connectome or the dataset's Source says
+        return None
+
+
+def _dataset_in_shape(cfg: dict, facts=None):
+    """The input shape of the run's dataset (a plugin's or another graphs has no table entry for):
+    from its ``facts`` (:func:`_dataset_facts`), else read from the dataset itself; None when it
+    cannot be (its files are elsewhere, say): the model's own default input shape is used then."""
+    if facts is not None:
+        return facts[1]
     try:
         from adaptive.data.base import get_source_builder
 
@@ -202,11 +218,13 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
         from adaptive.models import build_model
     except ImportError as e:
         raise RuntimeError(f"adaptive.models.build_model is not available ({e}); it is needed to rebuild {name!r}") from e
-    if "num_classes" not in kw:  # the last prunable layer of the saved connectome is the classifier
-        kw["num_classes"] = _classes_from(connectome)
+    facts = _dataset_facts(cfg) if "num_classes" not in kw or "in_shape" not in kw else None
+    if "num_classes" not in kw:  # the dataset's classes, else (it cannot say) the connectome's last layer's units,
+        # which are the classifier's unless an exclude= pattern kept the classifier out of the connectome
+        kw["num_classes"] = facts[0] if facts is not None else _classes_from(connectome)
     guessed = None
     if "in_shape" not in kw and cfg.get("dataset"):
-        guessed = _dataset_in_shape(cfg)  # None: the model's own default input shape
+        guessed = _dataset_in_shape(cfg, facts)  # None: the model's own default input shape
         if guessed is not None:
             kw["in_shape"] = guessed
     try:

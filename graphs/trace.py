@@ -248,6 +248,7 @@ class FlowProp(ShapeProp):
         self.root = gm if root is None else root
         self.book = book
         self.input_nodes = input_nodes
+        self.inputs = 1  # the example inputs propagate is given
         self.flows: Dict[fx.Node, Any] = {}
         self.mods = dict(gm.named_modules())
 
@@ -390,9 +391,18 @@ class FlowProp(ShapeProp):
             return torch.zeros((), dtype=torch.float64).expand(result.shape)
         return None
 
+    def propagate(self, *args):
+        self.inputs = len(args)
+        return super().propagate(*args)
+
     def _on_placeholder(self, n, x):
         if not isinstance(x, torch.Tensor):
             return None
+        if x.dim() == 1 and self.inputs > 1 and not x.is_floating_point() and x.dtype != torch.bool:
+            # indices next to other inputs (nn.EmbeddingBag's flat input and its offsets, a class label [B]
+            # next to an image): no axis of units, one node; a lone one is a sample without its batch
+            _, start = self.book.new_group(n.name, "input", "channels", 1)
+            return _expand(torch.tensor([start]), x.shape, 0)
         if x.dim() < 2:
             raise InputError(f"input {n.name!r} has shape {tuple(x.shape)}: graphs needs a batch dimension first "
                              "(pass x.unsqueeze(0) for one sample)")
@@ -1048,8 +1058,10 @@ def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch
     floats = []
     if shape is not None or w is not None:
         floats = [x.to(dev, p.dtype if p is not None else None) for x in _default_inputs(model, shape, batch)]
-    elif tokens is False or not tables:
-        raise InputGuessError(f"{type(model).__name__} has no Linear, Conv or Embedding layer to guess an input from")
+    elif tokens is False or not tables:  # tables: float features asked of a model of embeddings only
+        raise InputGuessError(f"{type(model).__name__} has no " + ("Linear or Conv layer to shape float features from"
+                                                                 if tables else "Linear, Conv or Embedding layer to "
+                                                                 "guess an input from"))
     if tokens is False:
         return floats
     return ids + floats if tables and isinstance(layers[0], ops.LOOKUP_MODULES) else floats + ids

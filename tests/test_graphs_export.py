@@ -323,6 +323,40 @@ def test_cli_reads_a_recipe_config(tmp_path):
     assert g.live_synapses() == c.num_live()
 
 
+def test_the_class_count_and_input_shape_come_from_the_dataset_not_an_excluded_classifier(tmp_path, capsys):
+    """A run whose config keeps the classifier out of the connectome (exclude=) was rebuilt with the
+    connectome's last layer's units as num_classes (the hidden layer's 16, not the dataset's 7): its
+    weights did not fit. The dataset's facts say the classes and the input shape, without building its
+    Source (which, for an image folder, scans every file)."""
+    from adaptive.data.base import _DATASETS, _FACTS, register_dataset
+    from graphs.cli import load_run, main
+
+    models = pytest.importorskip("adaptive.models")
+    m = models.build_model("mlp", hidden=(16,), num_classes=7, in_shape=(12,))
+    c = adaptive.Connectome(m, exclude=["fc2*"])
+    assert list(c.masks) == ["fc1.weight"]
+    c.save(tmp_path / "connectome.safetensors")
+    torch.save(c.dense_state_dict(), tmp_path / "dense_state_dict.pt")
+    (tmp_path / "config.yaml").write_text("dataset: fake\ndataset_kw: {num_classes: 7, shape: [12]}\nmodel: mlp\n"
+                                          "model_kw: {hidden: [16]}\nexclude: [fc2*]\n")
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    capsys.readouterr()
+    built = []
+
+    @register_dataset("review_unbuilt", facts=lambda data_dir=None: (7, (12,)))
+    def unbuilt(data_dir=None, download=False, augment=False):
+        built.append(1)
+        raise AssertionError("the Source is built")
+
+    try:
+        (tmp_path / "config.yaml").write_text("dataset: review_unbuilt\nmodel: mlp\nmodel_kw: {hidden: [16]}\n")
+        net, _ = load_run(str(tmp_path))
+        assert (net.fc1.in_features, net.fc2.out_features, built) == (12, 7, [])
+    finally:
+        _DATASETS.pop("review_unbuilt", None)
+        _FACTS.pop("review_unbuilt", None)
+
+
 def test_a_gexf_file_read_back_says_the_format_dropped_the_header(tmp_path):
     conn = adaptive.Connectome(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)))
     g = graphs.build(conn, "unit", example_input=torch.randn(1, 4))

@@ -332,6 +332,58 @@ def test_an_embedding_bag_is_a_lookup_whose_features_are_input_nodes(how):
     assert {e for e in edges if e[1].startswith("bag.index")} == read
 
 
+def test_float_features_asked_of_a_model_of_embeddings_only_say_what_is_missing():
+    """tokens=False (--in-dtype float) on a model whose only layer is an embedding said it had no
+    Embedding layer."""
+
+    class Tables(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok, self.w = nn.Embedding(V, E), nn.Parameter(torch.randn(E, 2))
+
+        def forward(self, idx):
+            return self.tok(idx) @ self.w
+
+    with pytest.raises(InputGuessError, match="no Linear or Conv layer to shape float features from"):
+        default_example_input(Tables(), tokens=False)
+    assert [x.dtype for x in default_example_input(Tables())] == [torch.long] * 2  # (1, 16) and (1, V)
+
+
+def test_a_flat_index_with_offsets_and_a_class_label_are_inputs_of_one_node_each():
+    """nn.EmbeddingBag's flat form (a 1-D index and the bags' offsets) and a class label [B] next to an
+    image were refused as inputs without a batch dimension (pass x.unsqueeze(0), which EmbeddingBag
+    refuses with offsets). A 1-D integer input next to others is one input node; a lone one is still
+    refused."""
+
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bag, self.fc = nn.EmbeddingBag(V, E, mode="max"), nn.Linear(E, 3)
+
+        def forward(self, idx, offsets):
+            return self.fc(self.bag(idx, offsets))
+
+    class Conditioned(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.label, self.conv, self.fc = nn.Embedding(10, 4), nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4, 2)
+
+        def forward(self, x, y):
+            return self.fc((self.conv(x) + self.label(y)[:, :, None, None]).mean((2, 3)))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(model=Bag(), level="unit", example_input=(torch.tensor([1, 2, 4, 5, 4, 3]), torch.tensor([0, 4])))
+    assert [(x.name, x.count) for x in g.groups if x.kind == "input"] == [("idx", 1), ("offsets", 1), ("bag", E)]
+    assert {e for e in edge_set(g) if e[1].startswith("bag")} == (
+        wires("idx", "bag.index", [(0, 0)]) | wires("offsets", "bag.index", [(0, 0)])
+        | wires("bag.index", "bag", [(0, c) for c in range(E)]))
+    g = graphs.build(model=Conditioned(), level="unit", example_input=(torch.randn(2, 1, 6, 6), torch.tensor([3, 1])))
+    assert {e for e in edge_set(g) if e[1].startswith("label")} == wires("y", "label", [(0, c) for c in range(4)])
+    with pytest.raises(ValueError, match=r"batch dimension first"):
+        graphs.build(model=nn.Sequential(nn.Embedding(V, E), nn.Linear(E, 2)), example_input=torch.tensor([1, 2]))
+
+
 def test_gather_on_a_table_is_a_lookup_and_on_traced_data_a_shape_op():
     """w.gather(0, idx) picks rows of a parameter table: its columns are lookup nodes, as for w[idx];
     torch.gather(h, -1, perm) on traced data moves h's units (b's input channel c reads a's unit
