@@ -829,3 +829,88 @@ def test_a_call_under_no_grad_is_said_to_have_no_gradient_not_measured_as_zeros(
     nn.functional.cross_entropy(model(data[0][0]), data[0][1]).backward()
     assert torch.allclose(model.b.weight.grad, g) and scaler.scales()["b"] == {1: 1.0, 2: 1.0}
     scaler.remove()
+
+
+class _Checkpointed(nn.Module):
+    """``inner``'s forward under gradient checkpointing (non-reentrant: recomputed in the backward)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, reentrant=False):
+        return torch.utils.checkpoint.checkpoint(self.inner, x, use_reentrant=reentrant)
+
+
+def test_gradient_checkpointings_recomputed_calls_are_not_counted_as_calls():
+    """The backward recomputes a checkpointed forward, calling each layer again: those calls were recorded,
+    so a shared layer was refused as called 4 times for 2 rows of depths, an ordinary layer got the scaler's
+    weight-sharing warning, and gradient_by_depth counted a zero part per weight (50% zeros, weights twice)."""
+    shared, _ = _shared_and_untied()
+    ckpt = _Checkpointed(_shared_and_untied()[0])
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    rows = [[1] * 4, [2] * 4]
+    scalers = [BandGradientScaler(shared, layers=["b"], depths={"b": rows}, momentum=0.0),
+               BandGradientScaler(ckpt, layers=["inner.b"], depths={"inner.b": rows}, momentum=0.0)]
+    nn.functional.cross_entropy(shared(x), y).backward()
+    nn.functional.cross_entropy(ckpt(x), y).backward()
+    assert torch.allclose(ckpt.inner.b.weight.grad, shared.b.weight.grad, atol=1e-7)
+    # a reentrant checkpoint runs the forward under no_grad: its calls have no part, refused by name
+    with pytest.raises(ValueError, match=r"do not add up.*reentrant torch.utils.checkpoint.*use_reentrant=False"):
+        nn.functional.cross_entropy(ckpt(x.clone().requires_grad_(), reentrant=True), y).backward()
+    for s in scalers:
+        s.remove()
+    plain, plain_ckpt = TwoBand(), _Checkpointed(TwoBand())
+    plain_ckpt.inner.load_state_dict(plain.state_dict())
+    data = [(torch.randn(8, 5), torch.randint(0, 3, (8,)))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "called 2 times in each forward (weight sharing)"
+        scaler = BandGradientScaler(plain_ckpt, layers=["inner.classifier"], depths={"inner.classifier": [0] * 7 + [1] * 7})
+        nn.functional.cross_entropy(plain_ckpt(data[0][0]), data[0][1]).backward()
+        scaler.remove()
+        res = gradient_by_depth(plain_ckpt, data, layer="inner.classifier", batches=1, depths=[0] * 7 + [1] * 7)
+    assert res.calls == 1 and list(res.table) == list(gradient_by_depth(plain, data, layer="classifier", batches=1).table)
+
+
+class _Autocast(nn.Module):
+    """``inner``'s forward under CPU bfloat16 autocast."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.inner(x).float()
+
+
+def test_a_shared_layers_calls_are_split_under_the_autocast_they_ran_under():
+    """Under autocast a call's input (the previous layer's output) is bfloat16: recomputing the call
+    in the backward, outside autocast, failed with 'mat1 and mat2 must have the same dtype'."""
+    shared, untied = (_Autocast(m) for m in _shared_and_untied())
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    first, second = torch.autograd.grad(nn.functional.cross_entropy(untied(x), y),
+                                        [untied.inner.b.weight, untied.inner.b2.weight])
+    res = gradient_by_depth(shared, [(x, y)], layer="inner.b", batches=1, depths=[[1] * 4, [2] * 4])
+    assert torch.allclose(res.per_weight.view(2, 4, 4).float(), torch.stack([first, second]).abs(), atol=1e-6)
+    scaler = BandGradientScaler(shared, layers=["inner.b"], depths={"inner.b": [[1] * 4, [2] * 4]}, momentum=0.0)
+    nn.functional.cross_entropy(shared(x), y).backward()
+    t1, t2 = _typical_log(first), _typical_log(second)
+    common = (t1 + t2) / 2
+    expected = first * (common - t1).exp() + second * (common - t2).exp()
+    assert torch.allclose(shared.inner.b.weight.grad, expected, rtol=1e-4, atol=1e-6)
+    scaler.remove()
+
+
+def test_band_scaler_says_a_second_backward_over_one_forward_is_the_problem():
+    """The first backward takes the calls (and their inputs) away: the second was refused as a forward
+    calling the layer 0 times for 2 rows of depths, telling its reader to pass other depths."""
+    shared, _ = _shared_and_untied()
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    scaler = BandGradientScaler(shared, layers=["b"], depths={"b": [[1] * 4, [2] * 4]})
+    out = shared(x)
+    nn.functional.cross_entropy(out, y).backward(retain_graph=True)
+    with pytest.raises(ValueError, match=r"no forward of the model has called it since the last backward through it: "
+                                         r"a second backward over one forward \(retain_graph=True\)"):
+        out.sum().backward()
+    scaler.remove()

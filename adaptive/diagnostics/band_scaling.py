@@ -144,12 +144,20 @@ class BandGradientScaler:
                               "is scaled by the bands of those depths. Pass depths={layer: rows} with one row per "
                               "call, in call order, to give each call its own")
                 return [grad], index[:1]  # every call reads the same bands: one scale serves their sum
+            if not recorder.calls:
+                raise ValueError(
+                    f"BandGradientScaler: a gradient of {st['name']!r} arrived, but no forward of the model has called it "
+                    "since the last backward through it: a second backward over one forward (retain_graph=True), or a "
+                    "forward of a part of the model (its own forward is what records the calls to split); add up the "
+                    "losses and run one backward per forward of the model")
             if len(recorder.calls) != len(index):
                 raise ValueError(
                     f"BandGradientScaler: {st['name']!r} was called {len(recorder.calls)} time(s) in the model's latest "
                     f"forward, but its depths have {len(index)} rows (one per call), so which call reads which depths "
                     "is unknown: pass depths={layer: rows} with one row per call of this forward, in call order (a "
                     "call in train mode only is not in the traced, eval-mode graph)")
+            reentrant = (" (a reentrant torch.utils.checkpoint runs the forward so, to run it again in the backward: "
+                         "pass use_reentrant=False)" if any(c["no_grad"] for c in recorder.calls) else "")
             st["splitting"] = True
             parts = recorder.gradient_parts(weight)
         finally:
@@ -157,7 +165,8 @@ class BandGradientScaler:
             recorder.clear()  # the calls' inputs are not kept beyond this backward
         return parts_adding_up("BandGradientScaler", st["name"], parts, grad,
                                "scale a layer whose weight only its own calls read, and run one backward per forward "
-                               "of the model (the calls split are the latest forward's)"), index
+                               "of the model (the calls split are the latest forward's); a call under torch.no_grad() "
+                               f"contributes no part{reentrant}"), index
 
     def _new_forward(self, *_) -> None:
         """A forward of the model begins: the layers' calls recorded before belong to an earlier one."""
