@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import mask_only_checkpoint as ckpt
-from .connectome import Connectome
+from .connectome import Connectome, _uncompiled
 from .discovery import discover, state_dict_keys
 from .distributed import all_reduce_mean_, check_masks_agree, is_distributed, world_size
 from .controller import Controller
@@ -212,9 +212,11 @@ def check_targets(model: nn.Module, target: Union[Target, Sequence[Target]], inc
     """Refuse, with :func:`optimize_connectome`'s error and before any data is read, the ``target``
     (one or several) it would refuse on ``model`` with ``include``/``exclude``: a count of every
     prunable synapse or more (or a fraction rounding to one), "best" among others, two targets
-    removing the same count. Counts the synapses without building a connectome."""
+    removing the same count. Counts the synapses without building a connectome, of the module a
+    ``torch.compile`` wrapper runs, as the connectome does (its names carry no ``_orig_mod.``)."""
     targets = list(target) if isinstance(target, (list, tuple)) else [target]
-    _resolve_targets(targets, sum(p.numel() for _, p in discover(model, include, exclude).values()))
+    found = discover(_uncompiled(model), include, exclude)
+    _resolve_targets(targets, sum(p.numel() for _, p in found.values()))
 
 
 def _data_identity(loader) -> list:

@@ -49,7 +49,7 @@ from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive import run_folder  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.diagnostics.silent_units import SilentUnits  # noqa: E402
-from adaptive.data import get_dataloaders as _get_dataloaders, model_before_data  # noqa: E402
+from adaptive.data import check_dataset_kw, get_dataloaders as _get_dataloaders, model_before_data  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.training import (  # noqa: E402
     CHECKPOINT_DIR, STEP_GAMMA, STEP_MILESTONES, TrainState, evaluate, find_checkpoint, list_checkpoints,
@@ -543,8 +543,6 @@ def _check_names(cfg: "RunConfig") -> None:
 
 def get_dataloaders(cfg: RunConfig):
     """Train, holdout (a stratified part of TRAIN) and test loaders for ``cfg`` (not yet prepared)."""
-    from adaptive.data.base import check_dataset_kw
-
     check_dataset_kw(cfg.dataset, cfg.dataset_kw)  # progress=, data_dir=: options of their own, named
     return _get_dataloaders(cfg.dataset, batch_size=cfg.batch_size, data_dir=cfg.data_dir, holdout=cfg.holdout,
                             seed=cfg.seed, download=cfg.download, subset=cfg.subset, test_subset=cfg.test_subset,
@@ -798,7 +796,9 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
 
     # the model (its weights loaded) before the data where the dataset knows its classes and input
     # shape unread: weights that do not fit, or a mask_only target beyond the model's synapses, are
-    # refused before minutes of data loading (as recipes/prune_pretrained.py does)
+    # refused before minutes of data loading (as recipes/prune_pretrained.py does); a --dataset_kw key an
+    # option sets (data_dir=, ...) is named first, not a clash of keywords in the facts' call
+    check_dataset_kw(cfg.dataset, cfg.dataset_kw)
     model_for = model_before_data(cfg.dataset, lambda k, shape: build_model_for(cfg, k, shape), data_dir=cfg.data_dir,
                                   **cfg.dataset_kw)
     loaders = get_dataloaders(cfg)

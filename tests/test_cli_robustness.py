@@ -297,6 +297,9 @@ def test_progress_bars_only_on_a_terminal_unless_asked_and_the_test_evaluation_h
 def test_dataset_kw_progress_is_named_in_every_recipe(tmp_path, capsys):
     err = error_of(TINY + ["--output_dir", str(tmp_path / "a"), "--dataset_kw.progress", "false"], capsys)
     assert "set by an option of its own (--progress)" in err
+    # named before the model is built from the dataset's facts: that call took data_dir twice (a TypeError)
+    err = error_of(TINY + ["--output_dir", str(tmp_path / "b"), "--dataset_kw.data_dir", str(tmp_path)], capsys)
+    assert "dataset_kw ['data_dir']: set by an option of its own (--data-dir)" in err, err
     D = load_script("recipes/diagnostics.py", "recipe_diagnostics_kw")
     with pytest.raises(ValueError, match="--dataset-kw progress"):  # one error line through the script's run_cli
         D.main(["collinearity", "--dataset", "digits", "--model", "mlp", "--output_dir", str(tmp_path / "d"),

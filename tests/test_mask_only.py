@@ -184,6 +184,19 @@ def test_check_targets_refuses_what_optimize_connectome_would_before_any_data():
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
 
 
+def test_check_targets_reads_a_compiled_models_names_as_the_connectome_does():
+    """A torch.compile wrapper's weights are named _orig_mod.*: check_targets refused --include conv
+    ("matched no prunable layer") where optimize_connectome's connectome, built on the module the
+    wrapper runs, took it."""
+    from adaptive.mask_only import check_targets
+
+    compiled = torch.compile(tiny())  # (nothing is compiled until a forward)
+    assert Connectome(compiled, include="conv", mode="mask_only").num_synapses() == 216
+    assert check_targets(compiled, 100, include="conv") is None
+    with pytest.raises(ValueError, match="216 synapses to remove is every one of the model's 216"):
+        check_targets(compiled, 216, include="conv")
+
+
 def test_kernel_ensembles_stop_within_one_ensemble():
     m = tiny()
     r = run(m, 0.4, ensemble="kernel")
