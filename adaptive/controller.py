@@ -484,11 +484,8 @@ class Controller:
         (``requires_grad=False``): autograd computes no gradient for them, so every utility built
         from gradients would read 0 there and the policy would take their synapses as free to
         remove. A protected layer is never edited, so its gradient is not needed; nor is any once
-        no edit can follow (the magnitude policy goes on observing after its one-shot prune, or past
-        end_step: a layer frozen for the fine-tuning after it is not refused)."""
-        if (self.policy.name == "magnitude" and getattr(self.policy, "done", False)) or \
-                (self.end_step is not None and self.step_count >= self.end_step):
-            return
+        no edit can follow (:attr:`finished`: nothing is observed then, so a layer frozen for the
+        fine-tuning after a one-shot prune or past end_step is not refused)."""
         frozen = [n for n in names if n not in self.protected and not self.conn.params[n].requires_grad]
         if not frozen:
             return
@@ -510,7 +507,10 @@ class Controller:
 
     @property
     def finished(self) -> bool:
-        return self.end_step is not None and self.step_count >= self.end_step and self.policy.name != "magnitude"
+        """Whether no edit can follow: past ``end_step`` (no update is due after it), or the policy
+        is done (the magnitude policy's one-shot prune). From then on gradients are neither observed
+        nor kept dense: nothing would read them."""
+        return (self.end_step is not None and self.step_count >= self.end_step) or self.policy.finished
 
     def due(self, step: int) -> bool:
         if step < max(1, self.start_step):
@@ -906,7 +906,8 @@ class Controller:
     def update(self) -> Optional[dict]:
         """Run one update now: reduce statistics, let the policy plan, apply, log an event."""
         step = self.step_count
-        if self.stats is not None:
+        # a policy that is done observed nothing since (see finished), and plans nothing from the window
+        if self.stats is not None and not self.policy.finished:
             self.stats.reduce()
             if self.stats.count == 0:
                 # every gradient-based score would be 0 and ties go by index: such an edit is arbitrary

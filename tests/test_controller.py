@@ -1,5 +1,6 @@
 """Controller: hand-computed policy cases, density invariants, determinism, bad configuration."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -307,6 +308,43 @@ def test_window_limits_observation():
         ctrl.step()
     # only the step right before each update is observed
     assert observed == [0, 0, 0, 1, 0, 0, 0, 1]
+
+
+@pytest.mark.parametrize("end_step", [None, 3])
+def test_a_one_shot_prune_by_an_estimator_stops_observing_once_done(end_step):
+    """The magnitude policy with a gradient estimator prunes once, at its first update; it went on
+    adding every later gradient to the window (and keeping pruned gradients dense for it), which no
+    update read: without end_step each empty update reduced and reset it, past end_step it grew
+    for the rest of the run. Once done, nothing is observed and the updates log empty events."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctrl = adaptive.Controller(adaptive.Connectome(model), opt, policy="magnitude", estimator="taylor", density=0.5,
+                               update_every=3, end_step=end_step)
+    conn = ctrl.conn
+
+    def train(steps):
+        for _ in range(steps):
+            F.cross_entropy(model(x), y).backward()
+            pruned = [p.grad[~conn.masks[n]] for n, p in conn.params.items()]
+            opt.step()
+            opt.zero_grad()
+        return pruned
+
+    train(2)
+    assert ctrl.stats.count == 2 and not ctrl.finished  # the window before the prune is gathered
+    train(1)
+    assert ctrl.events[0]["pruned"] > 0 and ctrl.finished
+    masks = {n: m.clone() for n, m in conn.masks.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an update with an empty window must not warn that nothing was observed
+        pruned = train(5)
+    assert ctrl.stats.count == 0 and ctrl.stats.state_dict()["count"] == 0
+    assert all(float(g.abs().sum()) == 0 for g in pruned)  # masked in backward: no dense gradient kept for it
+    assert all(torch.equal(conn.masks[n], m) for n, m in masks.items())
+    assert [e["pruned"] for e in ctrl.events] == ([ctrl.events[0]["pruned"], 0] if end_step is None
+                                                  else [ctrl.events[0]["pruned"]])
 
 
 def test_events_serialise(tmp_path):

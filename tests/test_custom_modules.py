@@ -241,7 +241,7 @@ def test_a_frozen_layer_is_not_scored_by_a_gradient_it_never_gets():
 
 
 def test_a_layer_frozen_after_a_one_shot_prune_is_not_refused():
-    """The magnitude policy goes on observing after its one prune, which edits nothing more: freezing
+    """The magnitude policy edits nothing after its one prune (and observes nothing since): freezing
     a layer for the fine-tuning after it raised the frozen-layer error at the next step. Frozen
     before the prune, it is still refused."""
     torch.manual_seed(0)

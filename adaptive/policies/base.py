@@ -137,6 +137,12 @@ class Policy:
             return None
         return ctrl.initial_plan()
 
+    @property
+    def finished(self) -> bool:
+        """Whether no later update of this policy can edit (a one-shot prune done): the controller
+        then stops observing gradients, which nothing would read."""
+        return False
+
     def update(self, ctrl: "Controller", step: int) -> Optional[EditPlan]:
         raise NotImplementedError
 

@@ -18,6 +18,10 @@ class OneShot(Policy):
     def __init__(self):
         self.done = False
 
+    @property
+    def finished(self) -> bool:
+        return self.done  # pruned once: nothing later edits
+
     def initialize(self, ctrl):
         if ctrl.drop_est.needs_gradients:
             return None
