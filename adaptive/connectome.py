@@ -1016,7 +1016,10 @@ class Connectome:
             self._check_same_ensembles(sd["ensemble"], sd.get("ensembles"), "state_dict")
         missing = [n for n in self.masks if n not in sd["masks"]]
         if missing:
-            raise KeyError(f"state_dict has no mask for {missing[:5]}: it was saved from a different set of layers")
+            raise KeyError(f"state_dict has no mask for {missing[:5]}{'...' if len(missing) > 5 else ''}: it was saved "
+                           "from a connectome over other layers (another include=/exclude=, or another model), and "
+                           "nothing was loaded; build this Connectome over the layers it was saved with, or carry "
+                           "over the masks it has with conn.set_masks(sd['masks']) (the other layers keep theirs)")
         original = sd.get("original") or {}
         for n, o in original.items():
             if n not in self.params:

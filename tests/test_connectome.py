@@ -742,3 +742,26 @@ def test_load_names_the_prunable_layers_it_leaves_dense(tmp_path):
         save_file({k: f.get_tensor(k) for k in f.keys()}, str(tmp_path / "old.safetensors"), metadata=meta)
     with pytest.warns(UserWarning, match=r": 4\.weight; this file, saved before .* cannot tell whether exclude= left them"):
         adaptive.Connectome.load(tmp_path / "old.safetensors", big)
+
+
+def test_load_state_dict_never_leaves_a_layer_dense_silently():
+    """Unlike Connectome.load, which builds the connectome (and warns of the layers it leaves dense),
+    load_state_dict fills a connectome that exists over its own layers: a state_dict over fewer layers
+    (or more) is refused, changing nothing, and the error names the fix, which carries the masks over."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4), nn.ReLU(), nn.Linear(4, 3))
+    small = adaptive.Connectome(model, exclude="4")
+    small.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in small.masks.items()})
+    sd = small.state_dict()
+    small.detach()
+    whole = adaptive.Connectome(model)
+    before, weights = whole.mask_hash(), {n: p.detach().clone() for n, p in whole.params.items()}
+    with pytest.raises(KeyError, match=r"no mask for \['4\.weight'\]: it was saved from a connectome over other "
+                                       r"layers.*nothing was loaded.*conn\.set_masks\(sd\['masks'\]\)"):
+        whole.load_state_dict(sd)
+    assert whole.mask_hash() == before and all(torch.equal(whole.params[n], w) for n, w in weights.items())
+    whole.set_masks(sd["masks"])  # the fix named
+    assert all(torch.equal(whole.masks[n], small.masks[n]) for n in small.names)
+    assert whole.layer_density()["4.weight"] == 1.0
+    with pytest.raises(KeyError, match=r"unknown parameter name\(s\) \['4\.weight'\]"):
+        adaptive.Connectome(model, exclude="4").load_state_dict(whole.state_dict())
