@@ -1107,37 +1107,45 @@ def _forward_inputs(model: nn.Module) -> List[str]:
     return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
 
 
-@contextlib.contextmanager
-def _unchanged(model: nn.Module):
+class _unchanged:
     """Run forwards of ``model`` (the input guesses, the trace) in eval mode and leave it as they found
     it, bit for bit: the modules' modes, every buffer (BatchNorm statistics, a step a forward counts; put
     back where reassigned) and the weights that a lookup with ``max_norm`` (``nn.Embedding``,
     ``nn.EmbeddingBag``) renormalises in place on every forward, in eval mode too. Only those are copied
     (other parameters would cost a model's worth of memory); a parameter a forward changed in place
-    anyway is warned about, by name."""
-    modes = {m: m.training for m in model.modules()}
-    bufs = [(m, k, b) for m in model.modules() for k, b in m._buffers.items() if isinstance(b, torch.Tensor)]
-    renormed = [m.weight for m in model.modules()
-                if getattr(m, "max_norm", None) is not None and isinstance(getattr(m, "weight", None), torch.Tensor)]
-    saved = {id(t): (t, t.detach().clone()) for t in [b for _, _, b in bufs] + renormed}
-    versions = {id(p): p._version for p in model.parameters()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, t in modes.items():
+    anyway is warned about, by name. (A class, not a generator: the warning points at the user's call.)"""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        model = self.model
+        self.modes = {m: m.training for m in model.modules()}
+        self.bufs = [(m, k, b) for m in model.modules() for k, b in m._buffers.items() if isinstance(b, torch.Tensor)]
+        renormed = [m.weight for m in model.modules() if getattr(m, "max_norm", None) is not None
+                    and isinstance(getattr(m, "weight", None), torch.Tensor)]
+        # a lazy module's uninitialised tensors have no values to copy (its first forward gives them a shape)
+        self.saved = {id(t): (t, t.detach().clone()) for t in [b for _, _, b in self.bufs] + renormed
+                      if not nn.parameter.is_lazy(t)}
+        self.versions = {id(p): p._version for p in model.parameters() if not nn.parameter.is_lazy(p)}
+        model.eval()
+
+    def __exit__(self, *exc):
+        for m, t in self.modes.items():
             m.training = t
-        for m, k, b in bufs:
+        for m, k, b in self.bufs:
             if m._buffers.get(k) is not b:
                 m._buffers[k] = b
         with torch.no_grad():
-            for t, copy in saved.values():
+            for t, copy in self.saved.values():
                 if not torch.equal(t, copy):
                     t.copy_(copy)
-        changed = [n for n, p in model.named_parameters() if p._version != versions[id(p)] and id(p) not in saved]
+        changed = [n for n, p in self.model.named_parameters()
+                   if id(p) not in self.saved and self.versions.get(id(p), p._version) != p._version]
         if changed:
-            warn_user(f"graphs: running {type(model).__name__} to trace it changed parameter(s) {changed[:5]} in place "
-                      "(in eval mode, without gradients); they are left changed")
+            warn_user(f"graphs: running {type(self.model).__name__} to trace it changed parameter(s) {changed[:5]} in "
+                      "place (in eval mode, without gradients); they are left changed")
+        return False
 
 
 def _described(x) -> str:

@@ -864,3 +864,8 @@ def test_a_parameter_a_forward_changes_in_place_is_named_in_a_warning():
 
     with pytest.warns(UserWarning, match=r"changed parameter\(s\) \['fc.weight'\] in place"):
         graphs.build(model=Decaying(), example_input=torch.randn(1, 3))
+    import warnings
+
+    with warnings.catch_warnings():  # a lazy module's first forward shapes its tensors: nothing to copy or warn of
+        warnings.simplefilter("error")
+        graphs.build(model=nn.Sequential(nn.Linear(3, 4), nn.LazyBatchNorm1d(), nn.Linear(4, 2)))
