@@ -135,11 +135,13 @@ class InputError(ValueError):
 
 class InputGuessError(ValueError):
     """No example input could be guessed for a model (none of the guesses ran): pass one. ``what`` says
-    which model and why, ``tried`` what each guess raised (empty where there was nothing to guess from)."""
+    which model and why, ``tried`` what each guess raised (empty where there was nothing to guess from),
+    ``inputs`` the names of the inputs its forward takes where it takes more than one (never guessed)."""
 
-    def __init__(self, what: str, tried: str = ""):
-        self.what, self.tried = what, tried
-        super().__init__(f"{what}{f' ({tried})' if tried else ''}: pass example_input=tensor")
+    def __init__(self, what: str, tried: str = "", inputs: Sequence[str] = ()):
+        self.what, self.tried, self.inputs = what, tried, tuple(inputs)
+        example = f"({', '.join(self.inputs)}), a tensor each" if len(self.inputs) > 1 else "tensor"
+        super().__init__(f"{what}{f' ({tried})' if tried else ''}: pass example_input={example}")
 
 
 class _Book:
@@ -398,9 +400,10 @@ class FlowProp(ShapeProp):
     def _on_placeholder(self, n, x):
         if not isinstance(x, torch.Tensor):
             return None
-        if x.dim() == 1 and self.inputs > 1 and not x.is_floating_point() and x.dtype != torch.bool:
-            # indices next to other inputs (nn.EmbeddingBag's flat input and its offsets, a class label [B]
-            # next to an image): no axis of units, one node; a lone one is a sample without its batch
+        if x.dim() == 1 and self.inputs > 1:
+            # one value per sample, or indices, next to other inputs (a diffusion timestep t [B] or a class
+            # label [B] next to an image, nn.EmbeddingBag's flat input and its offsets): no axis of units,
+            # one node; a lone one is a sample without its batch
             _, start = self.book.new_group(n.name, "input", "channels", 1)
             return _expand(torch.tensor([start]), x.shape, 0)
         if x.dim() < 2:
@@ -1038,7 +1041,12 @@ def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch
     ``(batch, 16)`` and ``(batch, n)`` for every smaller table size ``n`` (a positional table caps the
     sequence). The token guesses come first where the model's first layer (in registration order) is
     an embedding, after the float ones where a later one is, and not at all without one.
-    ``tokens=True`` keeps the token guesses only, ``False`` the float ones only."""
+    ``tokens=True`` keeps the token guesses only, ``False`` the float ones only. A model whose forward
+    takes several inputs (no default) is refused: nothing says what each of them is."""
+    names = _forward_inputs(model)
+    if len(names) > 1:
+        raise InputGuessError(f"{type(model).__name__}.forward takes {len(names)} inputs ({', '.join(names)}) and "
+                              "graphs guesses a single one", inputs=names)
     layers = [m for m in model.modules() if isinstance(m, ops.WEIGHTED_MODULES + ops.LOOKUP_MODULES)]
     tables = [m for m in layers if isinstance(m, ops.LOOKUP_MODULES)]
     w = next((m.weight for m in layers if isinstance(m, ops.WEIGHTED_MODULES)), None)
@@ -1069,14 +1077,12 @@ def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch
 
 def runnable_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1) -> torch.Tensor:
     """The first of :func:`default_example_input`'s candidates that ``model`` runs on (in eval mode,
-    without gradients; the modules' modes are left as they were), as :func:`trace` picks one."""
+    without gradients; the model is left as it was: see :func:`_unchanged`), as :func:`trace` picks one."""
     candidates = default_example_input(model, tokens, batch)
     if len(candidates) == 1:
         return candidates[0]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     errors = []
-    try:
+    with _unchanged(model):
         for x in candidates:
             try:
                 with torch.no_grad():
@@ -1084,10 +1090,62 @@ def runnable_example_input(model: nn.Module, tokens: Optional[bool] = None, batc
                 return x
             except Exception as e:  # noqa: BLE001 - a wrong guess: try the next size
                 errors.append(f"input {_described(x)}: {type(e).__name__}: {str(e)[:200]}")
-    finally:
-        for m, t in modes.items():
-            m.training = t
     raise InputGuessError(f"could not guess an input for {type(model).__name__}", "; ".join(errors)[:400])
+
+
+def _forward_inputs(model: nn.Module) -> List[str]:
+    """The names of the inputs ``model.forward`` needs (its positional parameters without a default);
+    a MultiheadAttention's query alone, as a guessed input is traced as self-attention."""
+    import inspect
+
+    if isinstance(model, nn.MultiheadAttention):
+        return ["query"]
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+
+
+class _unchanged:
+    """Run forwards of ``model`` (the input guesses, the trace) in eval mode and leave it as they found
+    it, bit for bit: the modules' modes, every buffer (BatchNorm statistics, a step a forward counts; put
+    back where reassigned) and the weights that a lookup with ``max_norm`` (``nn.Embedding``,
+    ``nn.EmbeddingBag``) renormalises in place on every forward, in eval mode too. Only those are copied
+    (other parameters would cost a model's worth of memory); a parameter a forward changed in place
+    anyway is warned about, by name. (A class, not a generator: the warning points at the user's call.)"""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        model = self.model
+        self.modes = {m: m.training for m in model.modules()}
+        self.bufs = [(m, k, b) for m in model.modules() for k, b in m._buffers.items() if isinstance(b, torch.Tensor)]
+        renormed = [m.weight for m in model.modules() if getattr(m, "max_norm", None) is not None
+                    and isinstance(getattr(m, "weight", None), torch.Tensor)]
+        # a lazy module's uninitialised tensors have no values to copy (its first forward gives them a shape)
+        self.saved = {id(t): (t, t.detach().clone()) for t in [b for _, _, b in self.bufs] + renormed
+                      if not nn.parameter.is_lazy(t)}
+        self.versions = {id(p): p._version for p in model.parameters() if not nn.parameter.is_lazy(p)}
+        model.eval()
+
+    def __exit__(self, *exc):
+        for m, t in self.modes.items():
+            m.training = t
+        for m, k, b in self.bufs:
+            if m._buffers.get(k) is not b:
+                m._buffers[k] = b
+        with torch.no_grad():
+            for t, copy in self.saved.values():
+                if not torch.equal(t, copy):
+                    t.copy_(copy)
+        changed = [n for n, p in self.model.named_parameters()
+                   if id(p) not in self.saved and self.versions.get(id(p), p._version) != p._version]
+        if changed:
+            warn_user(f"graphs: running {type(self.model).__name__} to trace it changed parameter(s) {changed[:5]} in "
+                      "place (in eval mode, without gradients); they are left changed")
+        return False
 
 
 def _described(x) -> str:
@@ -1121,13 +1179,9 @@ def trace(model: nn.Module, example_input=None, input_nodes: str = "auto") -> Tr
     from adaptive.connectome import _uncompiled
 
     model = _uncompiled(model)  # a torch.compile wrapper: the module it runs, under its own names
-    modes = {m: m.training for m in model.modules()}
-    model.eval()  # trace and run the inference graph (no aux heads, dropout or batch statistics)
-    try:
+    # trace and run the inference graph (no aux heads, dropout or batch statistics), leaving the model as it was
+    with _unchanged(model):
         return _trace_eval(model, example_input, input_nodes)
-    finally:
-        for m, t in modes.items():
-            m.training = t
 
 
 class _Root(nn.Module):

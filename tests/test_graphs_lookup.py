@@ -182,6 +182,22 @@ class Reshaping(nn.Module):
 @register_model("lookup_reshaping_plugin")
 def reshaping(num_classes=10, in_shape=None):
     return Reshaping(num_classes)
+
+
+class Timed(nn.Module):
+    """Features and a diffusion timestep t [B]: two inputs, which no option of the command line gives."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.fc, self.temb, self.head = nn.Linear(4, 8), nn.Linear(1, 8), nn.Linear(8, num_classes)
+
+    def forward(self, x, t):
+        return self.head(torch.relu(self.fc(x) + self.temb(t[:, None])))
+
+
+@register_model("lookup_timed_plugin")
+def timed(num_classes=10, in_shape=None):
+    return Timed(num_classes)
 '''
 
 
@@ -237,6 +253,60 @@ def test_an_input_the_command_line_cannot_guess_names_its_options(tmp_path, caps
     assert main(["report", str(run), "--out", str(tmp_path / "report"), "--in-shape", "15"]) == 0
     with pytest.raises(InputGuessError, match=r"could not guess .*: pass example_input=tensor"):
         trace_model(build_model("lookup_reshaping_plugin"))
+
+
+def test_a_model_of_two_inputs_is_not_guessed_and_the_error_says_how_to_give_them(tmp_path, capsys):
+    """A forward taking two inputs was tried on one guessed tensor, and the error said to pass
+    example_input=tensor (or on the command line --in-shape / --in-dtype, which shape one input only).
+    It names the inputs, the tuple to pass from Python, and says the command line cannot give them."""
+    from adaptive.models import build_model
+    from graphs.cli import main
+
+    run, conn = _plugin_run(tmp_path, "lookup_timed_plugin")
+    said = r"Timed.forward takes 2 inputs \(x, t\) and graphs guesses a single one: pass example_input=\(x, t\)"
+    for guess in (lambda m: graphs.build(model=m), lambda m: graphs.compact(m), runnable_example_input):
+        with pytest.raises(InputGuessError, match=said):
+            guess(build_model("lookup_timed_plugin"))
+    for args in (["export", "--out", str(tmp_path / "g.json")], ["report", "--in-shape", "4", "--in-dtype", "float"],
+                 ["compact", "--out", str(tmp_path / "small.pt")]):
+        assert main([args[0], str(run), *args[1:]]) == 2
+        err = capsys.readouterr().err
+        assert err == ("error: Timed.forward takes 2 inputs (x, t) and graphs guesses a single one: the command line "
+                       "gives a model one input only (--in-shape, --in-dtype); from Python, pass example_input=(x, t), "
+                       "a tensor each, batch first, to graphs.build (then graphs.write) or graphs.compact\n"), err
+    xt = (torch.randn(2, 4), torch.rand(2))
+    assert graphs.build(conn, example_input=xt).live_synapses() == conn.num_live()
+    assert graphs.compact(conn.model, conn, xt).compaction["max_abs_diff"] < 1e-5
+    # MultiheadAttention's forward takes query, key and value: a guess is traced as self-attention
+    assert graphs.build(model=nn.MultiheadAttention(E, 2)).groups[1].count == E
+
+
+def test_a_float_timestep_next_to_other_inputs_is_one_input_node():
+    """A diffusion timestep t [B] next to the image was refused as a sample without its batch dimension,
+    where an integer one was one input node: any 1-D input next to others is one node, wired to every
+    unit that reads it; a lone 1-D float input is still refused."""
+
+    class Diffusion(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.temb = nn.Conv2d(2, 3, 3, padding=1), nn.Linear(4, 3)
+            self.register_buffer("freqs", torch.tensor([1.0, 10.0]))
+
+        def forward(self, x, t):
+            f = t[:, None] * self.freqs  # a timestep embedding: [B, 4], every feature from t
+            e = self.temb(torch.cat([f.tanh(), f.sigmoid()], 1))
+            return self.conv(x) + e[:, :, None, None]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(model=Diffusion(), level="unit", example_input=(torch.randn(2, 2, 5, 5), torch.rand(2)))
+    assert [(x.name, x.count) for x in g.groups if x.kind == "input"] == [("x", 2), ("t", 1)]
+    edges = edge_set(g)
+    assert {e for e in edges if e[0].startswith("t:")} == {("t:0", f"temb:{j}", EDGE_SYNAPSE) for j in range(3)}
+    assert {e for e in edges if e[0].startswith("x:")} == {(f"x:{i}", f"conv:{j}", EDGE_SYNAPSE)
+                                                            for i in range(2) for j in range(3)}
+    with pytest.raises(ValueError, match=r"batch dimension first"):
+        graphs.build(model=nn.Linear(4, 2), example_input=torch.randn(4))
 
 
 def test_guessed_token_indices_are_in_range_of_every_table():

@@ -810,3 +810,62 @@ def test_an_input_the_model_cannot_run_is_refused_with_the_models_own_error():
     with pytest.raises(RuntimeError, match=r"\(1x7 and 8x16\).*at node 'branches_a_0'") as err:
         graphs.build(conn, "unit", example_input=torch.randn(1, 7))
     assert "ShapeProp" not in str(err.value) and "meta=" not in str(err.value)
+
+
+class _Renorming(nn.Module):
+    """An embedding that renormalises its rows in place on every forward (max_norm, in eval mode too), a
+    BatchNorm (left in train mode) and a buffer its forward counts in."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok, self.bn, self.fc = nn.Embedding(11, 4, max_norm=1.0), nn.BatchNorm1d(4), nn.Linear(4, 3)
+        self.register_buffer("calls", torch.zeros(()))
+        with torch.no_grad():
+            self.tok.weight.mul_(5.0)  # rows far above max_norm
+
+    def forward(self, idx):
+        self.calls.add_(1)
+        return self.fc(self.bn(self.tok(idx).mean(1)))
+
+
+def test_guessing_and_tracing_leave_the_model_bit_identical():
+    """The input guesses and the trace run the user's model: nn.Embedding(max_norm=1.0) renormalised the
+    rows it looked up in place (eval mode and no_grad do not stop it), and a counting buffer counted.
+    graphs.build and graphs.compact leave every parameter and buffer bit for bit as it was, and the
+    modules in the mode they were in (BatchNorm's running statistics untouched in train mode)."""
+    import warnings
+
+    torch.manual_seed(0)
+    m = _Renorming().train()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no parameter left changed
+        assert graphs.build(model=m).meta["traced"]  # guesses token indices and traces on them
+        graphs.compact(m)  # runs the guesses on the model, then compacts a copy
+    assert m.training and m.bn.training
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    assert int(m.bn.num_batches_tracked) == 0 and m.tok.weight.norm(dim=1).min() > 1.0
+
+
+def test_a_parameter_a_forward_changes_in_place_is_named_in_a_warning():
+    """Only buffers and max_norm lookup weights are copied before the trace runs the model: any other
+    parameter its forward changes in place stays changed, and the warning names it."""
+
+    class Decaying(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            self.fc.weight.mul_(0.5)
+            return self.fc(x)
+
+    with pytest.warns(UserWarning, match=r"changed parameter\(s\) \['fc.weight'\] in place"):
+        graphs.build(model=Decaying(), example_input=torch.randn(1, 3))
+    import warnings
+
+    with warnings.catch_warnings():  # a lazy module's first forward shapes its tensors: nothing to copy or warn of
+        warnings.simplefilter("error")
+        graphs.build(model=nn.Sequential(nn.Linear(3, 4), nn.LazyBatchNorm1d(), nn.Linear(4, 2)))
