@@ -38,16 +38,11 @@ from adaptive.atomic import write_text  # noqa: E402
 # ---------------------------------------------------------------------- shared seams
 def get_data(args, batch_size=None):
     from adaptive.data import get_dataloaders
-    from adaptive.data.base import check_dataset_kw
 
-    kw = _dataset_kw(args)
-    if "progress" in kw:
-        raise ValueError("--dataset-kw progress: diagnostics draws its bars only on a terminal, so there is nothing to set")
-    check_dataset_kw(args.dataset, kw)  # a ValueError: one error line (status 2)
     return get_dataloaders(args.dataset, batch_size=batch_size or args.batch_size, data_dir=args.data_dir,
                            download=getattr(args, "download", False),
                            holdout=args.holdout, seed=args.seed, subset=args.subset, test_subset=args.test_subset,
-                           eval_batch_size=args.eval_batch_size, **kw)
+                           eval_batch_size=args.eval_batch_size, **_checked_dataset_kw(args))
 
 
 def _dataset_kw(args) -> dict:
@@ -59,12 +54,34 @@ def _dataset_kw(args) -> dict:
         raise SystemExit(f"recipes/diagnostics.py: error: {e}") from None
 
 
-def get_model(args, data, name=None, **kw):
+def _checked_dataset_kw(args) -> dict:
+    """--dataset-kw, a key the dataset's builder does not take (or one an option sets) refused (a
+    ValueError: one error line, status 2) before any data is read."""
+    from adaptive.data.base import check_dataset_kw
+
+    kw = _dataset_kw(args)
+    if "progress" in kw:
+        raise ValueError("--dataset-kw progress: diagnostics draws its bars only on a terminal, so there is nothing to set")
+    check_dataset_kw(args.dataset, kw)
+    return kw
+
+
+def model_first(args, build):
+    """``build(num_classes, in_shape)`` called now where the dataset knows them unread
+    (:func:`adaptive.data.model_before_data`), so that what does not fit the model (a --weights file,
+    a --layer it lacks; ``build`` refuses it) is refused before the data loads. Returns
+    ``for_data(num_classes, in_shape)``, to call once it has: that model, or one built then."""
+    from adaptive.data import model_before_data
+
+    return model_before_data(args.dataset, build, data_dir=args.data_dir, **_checked_dataset_kw(args))
+
+
+def get_model(args, num_classes, in_shape):
+    """--model for data of ``num_classes`` classes and inputs ``in_shape``, seeded, its --weights loaded."""
     from adaptive.models import build_model
 
     torch.manual_seed(args.seed)
-    return build_model(name or args.model, num_classes=data.num_classes, in_shape=data.in_shape,
-                       weights=args.weights, **kw)
+    return build_model(args.model, num_classes=num_classes, in_shape=in_shape, weights=args.weights)
 
 
 def mixed(loader, seed):
@@ -139,25 +156,37 @@ def make_optimizer(kind, model, lr):
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
 
 
-def cmd_dense_gradients(args):
+def densecats(args, num_classes, in_shape, kinds, norms) -> dict:
+    """The DenseCat net of each (kind, batchnorm) compared, seeded alike, for data of ``num_classes``
+    classes and inputs ``in_shape``; a --layer it lacks is refused (before any training)."""
     from adaptive.models import build_model
 
+    nets = {}
+    for kind in kinds:
+        for bn in norms:
+            torch.manual_seed(args.seed)
+            nets[kind, bn] = build_model("densecat", num_classes=num_classes, in_shape=in_shape, depth=args.depth,
+                                         width=args.width, kind=kind, batchnorm=bn, activation=args.activation)
+            D.resolve_depths(nets[kind, bn], args.layer)
+    return nets
+
+
+def cmd_dense_gradients(args):
     if args.weights:
         _refuse("dense-gradients builds and trains its own DenseCat nets (--kind, --batchnorm, --depth, --width): "
                 "--weights applies to collinearity and knowledge; drop it")
     _check_counts(args, "grad_batches", "depth", "width", "compare_steps")
-    out = outdir(args)
-    data = get_data(args)
     kinds = ["mlp", "cnn"] if args.kind == "both" else [args.kind]
     norms = [False, True] if args.batchnorm == "both" else [args.batchnorm == "on"]
+    nets_for = model_first(args, lambda k, shape: densecats(args, k, shape, kinds, norms))
+    out = outdir(args)
+    data = get_data(args)
+    nets = nets_for(data.num_classes, data.in_shape)
     rows = []
     for kind in kinds:
         for bn in norms:
             tag = f"{kind}{'_bn' if bn else ''}"
-            torch.manual_seed(args.seed)
-            model = build_model("densecat", num_classes=data.num_classes, in_shape=data.in_shape,
-                                depth=args.depth, width=args.width, kind=kind, batchnorm=bn, activation=args.activation)
-            D.resolve_depths(model, args.layer)  # a wrong --layer fails here, before any training
+            model = nets[kind, bn]
             opt = make_optimizer("sgd", model, args.lr)
             train_loss = train_steps(model, seeded_train_loader(data, args.batch_size, args.seed), args.train_steps, opt, desc=f"train {tag}")
             res = D.gradient_by_depth(model, seeded_train_loader(data, args.batch_size, args.seed + 1), layer=args.layer,
@@ -212,8 +241,8 @@ def compare_optimizers(args, data, out, kinds):
 
 
 # ---------------------------------------------------------------------- collinearity
-def trained_model(args, data):
-    model = get_model(args, data)
+def trained_model(args, data, model):
+    """``model`` (:func:`get_model`'s), trained briefly on ``data`` unless --weights gave it."""
     if args.weights is None and args.train_steps > 0:
         print(f"no --weights given: training {args.model} from scratch for {args.train_steps} steps "
               f"(--train_steps) before measuring", flush=True)
@@ -239,9 +268,10 @@ def cmd_collinearity(args):
     _check_counts(args, "batches", "grad_batch_size")
     if args.split == "holdout" and args.holdout <= 0:
         _refuse("--split holdout needs held-out TRAIN data, and --holdout 0 leaves none: use --holdout 0.1 (say)")
+    model_for = model_first(args, lambda k, shape: get_model(args, k, shape))
     out = outdir(args)
     data = get_data(args, batch_size=max(args.batch_size, args.grad_batch_size or 0))
-    model = trained_model(args, data)
+    model = trained_model(args, data, model_for(data.num_classes, data.in_shape))
     loader = (holdout_mixed(data, args.seed, "--split holdout") if args.split == "holdout"
               else seeded_train_loader(data, args.batch_size, args.seed + 1))
     res = D.collinearity(model, loader, batch_size=args.grad_batch_size, batches=args.batches, train_mode=False)
@@ -282,9 +312,10 @@ def cmd_knowledge(args):
         print(f"{curve.fit_table().to_markdown()}\nredrawn from {args.replot}: {_refit_note(curve, args.noise_floor)}; "
               f"figure {paths[0]}")
         return
+    model_for = model_first(args, lambda k, shape: get_model(args, k, shape))
     out = outdir(args)
     data = get_data(args)
-    model = trained_model(args, data)
+    model = trained_model(args, data, model_for(data.num_classes, data.in_shape))
     t0 = time.time()
     order_loader = None if args.estimator == "magnitude" else holdout_mixed(data, args.seed, f"the {args.estimator} order")
     # not given: up to 20, the whole held-out part where it holds fewer (a warning is for a count asked for)

@@ -914,3 +914,50 @@ def test_band_scaler_says_a_second_backward_over_one_forward_is_the_problem():
                                          r"a second backward over one forward \(retain_graph=True\)"):
         out.sum().backward()
     scaler.remove()
+
+
+class _PairLinear(nn.Linear):
+    """A Linear returning a pair, as nn.LSTM and nn.MultiheadAttention return tuples: its output and
+    a second one computed from its input (not from the first); ``derived=True``: the second is a
+    slice of the first."""
+
+    def __init__(self, derived=False):
+        super().__init__(4, 4)
+        self.derived = derived
+
+    def forward(self, x):
+        y = super().forward(x)
+        return y, (y[:, :2] if self.derived else nn.functional.linear(x.tanh(), self.weight))
+
+
+class _SharedPair(nn.Module):
+    """``b`` returns a pair and runs twice (the second call's second tensor unused, as an attention's
+    weights often are); ``untied=True``: the second call runs a copy ``b2``."""
+
+    def __init__(self, untied=False, derived=False):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 4), _PairLinear(derived), nn.Linear(4, 3)
+        self.b2 = _PairLinear(derived) if untied else None
+
+    def forward(self, x):
+        y, z = self.b(torch.relu(self.a(x)))
+        h = torch.relu(y + z.sum(1, keepdim=True))
+        return self.head(torch.relu((self.b2 or self.b)(h)[0]))
+
+
+def test_a_shared_layer_returning_a_tuple_has_each_calls_part_measured():
+    """A shared layer returning a tuple had no output gradient recorded: every call's part was zero, and
+    the parts' sum was refused, blaming an F.linear read of the weight the model does not make."""
+    torch.manual_seed(0)
+    shared, untied = _SharedPair(), _SharedPair(untied=True)
+    untied.load_state_dict(shared.state_dict(), strict=False)
+    untied.b2.load_state_dict(shared.b.state_dict())
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    res = gradient_by_depth(shared, [(x, y)], layer="b", batches=1, depths=[[1] * 4, [2] * 4])
+    first, second = torch.autograd.grad(nn.functional.cross_entropy(untied(x), y), [untied.b.weight, untied.b2.weight])
+    assert torch.allclose(res.per_weight.view(2, 4, 4), torch.stack([first, second]).abs(), atol=1e-7)
+    torch.manual_seed(0)
+    derived = _SharedPair(derived=True)
+    with pytest.raises(ValueError, match=r"gradient_by_depth: call 1 of _PairLinear returns tensor 2 \(of the tensors "
+                                         r"it returns, in order\) computed from tensor 1, which it returns too"):
+        gradient_by_depth(derived, [(x, y)], layer="b", batches=1, depths=[[1] * 4, [2] * 4])

@@ -213,8 +213,9 @@ def test_dense_gradients_refuses_options_it_cannot_use(recipe, tmp_path):
 
 
 def test_a_failed_command_leaves_no_empty_output_folder(recipe, tmp_path, monkeypatch):
-    """A refused --layer or missing data is found after the output folder is made: the folders this
-    command made are removed again while empty; one that existed before, or holds anything, stays."""
+    """Missing data is found after the output folder is made (a refused --layer too, where the dataset
+    does not know its input shape unread): the folders this command made are removed again while
+    empty; one that existed before, or holds anything, stays."""
     bad_layer = ["dense-gradients", *COMMON, "--kind", "mlp", "--batchnorm", "off", "--depth", "2", "--width", "4",
                  "--train_steps", "1", "--layer", "nope"]
     no_data = ["collinearity", "--dataset", "folder", "--data-dir", str(tmp_path / "no_data"), "--train_steps", "1"]
@@ -339,3 +340,24 @@ def test_knowledge_order_batches_not_given_reads_the_held_out_part_without_a_war
     assert "held-out TRAIN images" in json.loads((tmp_path / "a" / "knowledge_summary.json").read_text())["note"]
     with pytest.warns(UserWarning, match=r"the taylor removal order read \d batches of the 20 asked"):
         recipe.main([*args, "--output_dir", str(tmp_path / "b"), "--order_batches", "20"])
+
+
+def test_what_does_not_fit_the_model_is_refused_before_any_data_is_read(recipe, tmp_path, monkeypatch):
+    """Where the dataset knows its classes and input shape unread (digits does), each command builds
+    its model before the data (adaptive.data.model_before_data): a --weights file of another model,
+    an unknown --model and a --layer the DenseCat nets lack were refused once the data had loaded."""
+    from adaptive.models import WeightsMismatchError, build_model
+
+    monkeypatch.setattr(recipe, "get_data", lambda *a, **k: pytest.fail("the data was read"))
+    out = tmp_path / "out"
+    w = tmp_path / "w.pt"
+    torch.save(build_model("mlp", num_classes=3, in_shape=(1, 8, 8)).state_dict(), w)  # 3 classes, not 10
+    for command in ("collinearity", "knowledge"):
+        with pytest.raises(WeightsMismatchError, match="does not match model MLP"):
+            recipe.main([command, *COMMON, "--output_dir", str(out), "--weights", str(w)])
+        with pytest.raises(ValueError, match="unknown model 'nope'"):
+            recipe.main([command, *COMMON, "--output_dir", str(out), "--model", "nope"])
+    with pytest.raises(KeyError, match=r"DenseCat has no prunable layer 'nope'; its layers are \['layers.0', "):
+        recipe.main(["dense-gradients", *COMMON, "--output_dir", str(out), "--kind", "both", "--depth", "2",
+                     "--width", "4", "--layer", "nope"])
+    assert not out.exists()

@@ -9,7 +9,7 @@ gradient into the calls' parts, and tells the calls that took no part in autogra
 from __future__ import annotations
 
 import contextlib
-from typing import List
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -20,7 +20,9 @@ class CallRecorder:
     (``call["no_grad"]``: True where it ran under ``torch.no_grad()`` or ``torch.inference_mode()``,
     or returned a detached output; such a call's inputs are not kept), the autocast it ran under, and,
     once a backward pass has run through it, the gradient of the loss with respect to its output as
-    the call returned it (a tensor hook: an in-place edit of the output afterwards does not change it).
+    the call returned it (a tensor hook: an in-place edit of the output afterwards does not change it);
+    of each of its tensors where it returns several (in tuples, lists and dicts: an LSTM's
+    ``(output, (h, c))``, an attention's ``(output, weights)``).
     :meth:`gradient_parts` then gives the part of the weight's gradient that each call contributes
     (they add up to the weight's gradient). ``keep_inputs=False``: only whether each call requires
     grad is kept (no parts). A call made while a backward pass runs is not recorded: it is gradient
@@ -34,13 +36,21 @@ class CallRecorder:
     def _record(self, module, args, kwargs, out):
         if torch._C._current_graph_task_id() != -1:  # a checkpoint's recomputation, inside the backward
             return
-        live = out.requires_grad if isinstance(out, torch.Tensor) else torch.is_grad_enabled()
+        tensors = _tensors(out)
+        live = any(t.requires_grad for t in tensors) if tensors else torch.is_grad_enabled()
         keep = live and self.keep_inputs
         cast = [(d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda") if keep and torch.is_autocast_enabled(d)]
-        call = {"args": args if keep else None, "kwargs": kwargs if keep else None, "grad": None, "no_grad": not live,
-                "autocast": cast}
-        if keep and isinstance(out, torch.Tensor):
-            out.register_hook(lambda g: call.__setitem__("grad", g))
+        call = {"args": args if keep else None, "kwargs": kwargs if keep else None, "grads": {}, "no_grad": not live,
+                "autocast": cast, "derived": None}
+        if keep:
+            edges = {}  # one hook per autograd edge: a tensor returned twice has its gradient once
+            for i, t in enumerate(tensors):
+                edge = _edge(t)
+                if t.requires_grad and edge not in edges:
+                    edges[edge] = i
+                    t.register_hook(lambda g, i=i: call["grads"].__setitem__(i, g))
+            if len(edges) > 1:
+                call["derived"] = _derived_output(edges, [*args, *kwargs.values()])
         self.calls.append(call)
 
     def clear(self) -> None:
@@ -50,27 +60,75 @@ class CallRecorder:
         self.handle.remove()
         self.calls = []
 
-    def gradient_parts(self, weight: torch.Tensor) -> List[torch.Tensor]:
+    def gradient_parts(self, weight: torch.Tensor, who: str = "CallRecorder") -> List[torch.Tensor]:
         """Per call, the gradient of the loss with respect to ``weight`` through that call alone: the
         call's output gradient pulled back through the call's own operation, its inputs held fixed
         (the calls before it reach the loss through its input, and are counted in their own part).
         Zero for a call whose output no gradient reached (run under ``torch.no_grad()``, or off the
         loss's path). Runs with grad enabled and under the autocast the call ran under (its output
         gradient has the dtype autocast gave the output), so it works inside a backward pass (a
-        gradient hook); hooks on ``weight`` run for the parts too."""
+        gradient hook); hooks on ``weight`` run for the parts too. A call returning several tensors:
+        the pull-back of each one's gradient (those the loss reached). Refused (ValueError from ``who``)
+        where a call returns a tensor computed from another it returns (``y`` and ``y[:, -1]``): the
+        gradient reaching the first holds the second's, so its part would be counted twice."""
         parts = []
-        for call in self.calls:
+        for k, call in enumerate(self.calls):
+            if call["derived"] and call["grads"]:
+                i, j = call["derived"]
+                raise ValueError(
+                    f"{who}: call {k + 1} of {type(self.module).__name__} returns tensor {j + 1} (of the tensors it "
+                    f"returns, in order) computed from tensor {i + 1}, which it returns too (as y and y[:, -1]): the "
+                    f"gradient reaching tensor {i + 1} holds tensor {j + 1}'s as well, so the calls' parts of the "
+                    f"weight's gradient cannot be told apart; compute tensor {j + 1} outside the layer from its "
+                    "output, or measure a layer whose returned tensors are not computed from one another")
             g = None
-            if call["grad"] is not None:
+            if call["grads"]:
                 args = [a.detach() if isinstance(a, torch.Tensor) else a for a in call["args"]]
                 kwargs = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in call["kwargs"].items()}
                 with torch.enable_grad(), contextlib.ExitStack() as cast:
                     for device, dtype in call["autocast"]:
                         cast.enter_context(torch.autocast(device, dtype=dtype))
-                    out = self.module.forward(*args, **kwargs)
-                    (g,) = torch.autograd.grad(out, [weight], call["grad"], allow_unused=True)
+                    outs = _tensors(self.module.forward(*args, **kwargs))
+                    reached = [(outs[i], grad) for i, grad in sorted(call["grads"].items()) if outs[i].requires_grad]
+                    if reached:  # (a tensor computed from the inputs alone has no part)
+                        (g,) = torch.autograd.grad([o for o, _ in reached], [weight], [grad for _, grad in reached],
+                                                   allow_unused=True)
             parts.append(torch.zeros_like(weight) if g is None else g)
         return parts
+
+
+def _tensors(out) -> List[torch.Tensor]:
+    """The tensors a module returned, in order: ``out`` itself, or those in its tuples, lists and dicts."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _tensors(o)]
+    return []
+
+
+def _edge(t: torch.Tensor):
+    """The autograd edge ``t`` stands for: its node and which of the node's outputs it is (``t``'s
+    id where it has no node: a leaf)."""
+    return (t.grad_fn, t.output_nr) if t.grad_fn is not None else id(t)
+
+
+def _derived_output(edges: dict, inputs) -> Optional[Tuple[int, int]]:
+    """``(i, j)`` where a call's returned tensor ``j`` is computed from its returned tensor ``i``, else
+    None. ``edges``: each returned tensor's index by its autograd edge; the walk back from each stays
+    in the call's own graph, stopping at the nodes of its ``inputs``."""
+    stop = {t.grad_fn for t in inputs if isinstance(t, torch.Tensor) and t.grad_fn is not None}
+    for edge, j in edges.items():
+        todo, seen = [edge[0]] if isinstance(edge, tuple) else [], set()
+        while todo:
+            for nxt in todo.pop().next_functions:
+                if nxt in edges and edges[nxt] != j:
+                    return edges[nxt], j
+                if nxt[0] is not None and nxt[0] not in seen and nxt[0] not in stop:
+                    seen.add(nxt[0])
+                    todo.append(nxt[0])
+    return None
 
 
 def parts_adding_up(who: str, name: str, parts: List[torch.Tensor], g: torch.Tensor, fix: str) -> List[torch.Tensor]:

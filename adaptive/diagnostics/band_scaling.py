@@ -159,7 +159,7 @@ class BandGradientScaler:
             reentrant = (" (a reentrant torch.utils.checkpoint runs the forward so, to run it again in the backward: "
                          "pass use_reentrant=False)" if any(c["no_grad"] for c in recorder.calls) else "")
             st["splitting"] = True
-            parts = recorder.gradient_parts(weight)
+            parts = recorder.gradient_parts(weight, "BandGradientScaler")
         finally:
             st["splitting"] = False
             recorder.clear()  # the calls' inputs are not kept beyond this backward

@@ -346,7 +346,7 @@ def gradient_by_depth(
                                      f"forward and {calls} times in batch {n + 1}'s: its calls' depths differ from "
                                      "batch to batch; measure a layer called the same number of times in every forward")
                 parts = [g] if len(bands) == 1 else parts_adding_up(
-                    "gradient_by_depth", name, recorder.gradient_parts(weight), g,
+                    "gradient_by_depth", name, recorder.gradient_parts(weight, "gradient_by_depth"), g,
                     "measure a layer whose weight only its own calls read")
                 for k, part in enumerate(parts):
                     if recorder.calls and recorder.calls[k]["no_grad"]:  # a zero that measures nothing
