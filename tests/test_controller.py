@@ -347,6 +347,35 @@ def test_a_one_shot_prune_by_an_estimator_stops_observing_once_done(end_step):
                                                   else [ctrl.events[0]["pruned"]])
 
 
+def test_a_policy_keeping_its_own_finished_flag_still_builds_and_stops_observing_by_it():
+    """A plugin policy written before Policy.finished existed may keep a flag of that name itself;
+    finished was a property without a setter, so ``self.finished = False`` in its __init__ raised
+    AttributeError. The flag it sets is the one the controller reads."""
+    from adaptive.policies import EditPlan, Policy
+
+    class PruneOnceThenStop(Policy):
+        drop_by = "estimator"
+
+        def __init__(self):
+            self.finished = False
+
+        def update(self, ctrl, step):
+            self.finished = True
+            return EditPlan()
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctrl = adaptive.Controller(adaptive.Connectome(model), opt, policy=PruneOnceThenStop(), estimator="taylor",
+                               density=0.5, update_every=2)
+    for step in range(1, 5):
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        assert ctrl.finished == (step >= 2) and ctrl.stats.count == (step if step < 2 else 0)
+
+
 def test_events_serialise(tmp_path):
     m, conn, ctrl = _sparse_ctrl("set")
     ctrl.step()

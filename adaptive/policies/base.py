@@ -137,11 +137,10 @@ class Policy:
             return None
         return ctrl.initial_plan()
 
-    @property
-    def finished(self) -> bool:
-        """Whether no later update of this policy can edit (a one-shot prune done): the controller
-        then stops observing gradients, which nothing would read."""
-        return False
+    # whether no later update of this policy can edit (a one-shot prune done): the controller then
+    # stops observing gradients, which nothing would read. A plain attribute, not a property, so that
+    # a policy may set it itself (``self.finished = True``), as one written before it existed may
+    finished = False
 
     def update(self, ctrl: "Controller", step: int) -> Optional[EditPlan]:
         raise NotImplementedError
