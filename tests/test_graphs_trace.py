@@ -919,3 +919,27 @@ def test_a_max_norm_lookup_has_only_its_rows_above_max_norm_copied():
         m(torch.arange(11)[None])
     assert kept.renormed[id(m.tok.weight)][1].tolist() == [8, 9, 10]
     assert torch.equal(m.tok.weight, before)
+
+
+def test_unary_maths_of_a_sinusoidal_timestep_embedding_is_followed_per_element():
+    """sin, cos, log and kin (functions and methods, in place too) were unknown ops: a sinusoidal timestep
+    embedding warned and wired every unit before it to every unit after. Each acts on each element."""
+    import math
+    import warnings
+
+    class Diffusion(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.temb = nn.Conv2d(2, 3, 3, padding=1), nn.Linear(4, 3)
+            self.register_buffer("freqs", torch.exp(-math.log(1e4) * torch.arange(2) / 2))
+
+        def forward(self, x, t):
+            f = self.conv(x).mean((2, 3))[:, :2] * self.freqs  # x's channels 0, 1 through the embedding
+            e = self.temb(torch.cat([f.sin(), torch.cos(f).log1p().exp_()], 1)) + t[:, None].log().sign()
+            return torch.rsqrt(e.abs() + 1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(model=Diffusion(), level="unit", example_input=(torch.randn(2, 2, 5, 5), torch.rand(2)))
+    assert {e for e in edge_set(g) if e[1].startswith("temb:")} == {
+        (f"conv:{i}", f"temb:{j}", EDGE_SYNAPSE) for i in range(2) for j in range(3)}
