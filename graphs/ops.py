@@ -94,11 +94,16 @@ ATTENTION_FUNCTIONS = {F.scaled_dot_product_attention}
 TRANSFORMER_MODULES = (nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
                        nn.TransformerDecoderLayer)
 
+# torch's unary element-wise maths (a sinusoidal timestep embedding's sin and cos), functions and methods
+_UNARY = ("sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "log", "log1p",
+          "log2", "log10", "exp2", "expm1", "rsqrt", "reciprocal", "erf", "erfc", "erfinv", "sign", "sgn", "floor",
+          "ceil", "round", "trunc", "frac", "logit", "nan_to_num", "exp", "abs", "neg", "sqrt", "square")
 POINTWISE_FUNCTIONS = {
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.gelu, F.silu, F.mish, F.elu, F.selu, F.leaky_relu,
     F.hardswish, F.hardsigmoid, F.hardtanh, F.softplus, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh,
     torch.clamp, torch.clip, torch.abs, torch.neg, torch.exp, torch.sqrt, torch.square,
-    F.dropout, F.dropout2d, F.alpha_dropout, F.batch_norm, F.instance_norm,
+    F.logsigmoid, F.softsign, F.tanhshrink, F.softshrink, F.hardshrink, F.celu, F.threshold,
+    *(getattr(torch, f) for f in _UNARY), F.dropout, F.dropout2d, F.alpha_dropout, F.batch_norm, F.instance_norm,
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
@@ -106,7 +111,7 @@ POINTWISE_FUNCTIONS = {
 POINTWISE_METHODS = {
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip", "abs", "neg", "exp",
     "sqrt", "square", "float", "double", "half", "bfloat16", "to", "type_as", "detach", "clone",
-    "cpu", "cuda",
+    "cpu", "cuda", *_UNARY, *(f"{f}_" for f in _UNARY),
 }
 BROADCAST_FUNCTIONS = {
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,

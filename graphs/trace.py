@@ -1111,8 +1111,10 @@ class _unchanged:
     """Run forwards of ``model`` (the input guesses, the trace) in eval mode and leave it as they found
     it, bit for bit: the modules' modes, every buffer (BatchNorm statistics, a step a forward counts; put
     back where reassigned) and the weights that a lookup with ``max_norm`` (``nn.Embedding``,
-    ``nn.EmbeddingBag``) renormalises in place on every forward, in eval mode too. Only those are copied
-    (other parameters would cost a model's worth of memory); a parameter a forward changed in place
+    ``nn.EmbeddingBag``) renormalises in place on every forward, in eval mode too (the rows above
+    ``max_norm``, the only ones it changes, are copied: other parameters would cost a model's worth of
+    memory), and the modules' other attributes a forward reassigns (a cache's length next to the cache
+    buffer; a lazy module's aside); a parameter a forward changed in place
     anyway is warned about, by name. (A class, not a generator: the warning points at the user's call.)"""
 
     def __init__(self, model: nn.Module):
@@ -1122,12 +1124,20 @@ class _unchanged:
         model = self.model
         self.modes = {m: m.training for m in model.modules()}
         self.bufs = [(m, k, b) for m in model.modules() for k, b in m._buffers.items() if isinstance(b, torch.Tensor)]
-        renormed = [m.weight for m in model.modules() if getattr(m, "max_norm", None) is not None
-                    and isinstance(getattr(m, "weight", None), torch.Tensor)]
+        # the other attributes a forward may set (a cache's length next to the cache buffer), those of a lazy
+        # module aside: its first forward turns it into the module it stands for (no change to undo)
+        self.attrs = [(m, {k: v for k, v in vars(m).items() if k not in _MODULE_STATE})
+                      for m in model.modules() if not isinstance(m, nn.modules.lazy.LazyModuleMixin)]
         # a lazy module's uninitialised tensors have no values to copy (its first forward gives them a shape)
-        self.saved = {id(t): (t, t.detach().clone()) for t in [b for _, _, b in self.bufs] + renormed
-                      if not nn.parameter.is_lazy(t)}
-        self.versions = {id(p): p._version for p in model.parameters() if not nn.parameter.is_lazy(p)}
+        self.saved = {id(b): (b, b.detach().clone()) for _, _, b in self.bufs if not nn.parameter.is_lazy(b)}
+        # a max_norm lookup rescales only the rows it reads whose norm is above max_norm: those are copied
+        self.renormed = {}
+        for m in model.modules():
+            w = getattr(m, "weight", None)
+            if getattr(m, "max_norm", None) is not None and isinstance(w, torch.Tensor) and not nn.parameter.is_lazy(w):
+                rows = (w.detach().norm(p=m.norm_type, dim=-1) > m.max_norm * 0.99).nonzero().squeeze(1)
+                self.renormed[id(w)] = (w, rows, w.detach()[rows].clone())
+        self.versions = {id(p): _version(p) for p in model.parameters() if not nn.parameter.is_lazy(p)}
         model.eval()
 
     def __exit__(self, *exc):
@@ -1136,16 +1146,33 @@ class _unchanged:
         for m, k, b in self.bufs:
             if m._buffers.get(k) is not b:
                 m._buffers[k] = b
+        for m, attrs in self.attrs:
+            for k, v in attrs.items():
+                if k in vars(m) and vars(m)[k] is not v:
+                    vars(m)[k] = v
         with torch.no_grad():
             for t, copy in self.saved.values():
                 if not torch.equal(t, copy):
                     t.copy_(copy)
+            for w, rows, copy in self.renormed.values():
+                if not torch.equal(w[rows], copy):
+                    w[rows] = copy
         changed = [n for n, p in self.model.named_parameters()
-                   if id(p) not in self.saved and self.versions.get(id(p), p._version) != p._version]
+                   if id(p) not in self.renormed and self.versions.get(id(p), _version(p)) != _version(p)]
         if changed:
             warn_user(f"graphs: running {type(self.model).__name__} to trace it changed parameter(s) {changed[:5]} in "
                       "place (in eval mode, without gradients); they are left changed")
         return False
+
+
+def _version(t: torch.Tensor) -> Optional[int]:
+    """How many times ``t`` was changed in place; None for an inference tensor (made under
+    ``torch.inference_mode()``), which has no count and cannot be changed outside it."""
+    return None if t.is_inference() else t._version
+
+
+# a module's own tables (its parameters, buffers, submodules and hooks), which _unchanged does not put back
+_MODULE_STATE = frozenset(vars(nn.Module()))
 
 
 def _described(x) -> str:

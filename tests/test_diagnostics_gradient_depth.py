@@ -961,3 +961,50 @@ def test_a_shared_layer_returning_a_tuple_has_each_calls_part_measured():
     with pytest.raises(ValueError, match=r"gradient_by_depth: call 1 of _PairLinear returns tensor 2 \(of the tensors "
                                          r"it returns, in order\) computed from tensor 1, which it returns too"):
         gradient_by_depth(derived, [(x, y)], layer="b", batches=1, depths=[[1] * 4, [2] * 4])
+
+
+def test_a_shared_lstm_given_its_own_state_has_each_calls_part_alone():
+    """A call's inputs in a tuple (an LSTM's state (h, c), from its previous call) were not held fixed:
+    the second call's part ran back through the first call too, and the parts did not add up."""
+    from adaptive.diagnostics._shared_calls import CallRecorder
+
+    torch.manual_seed(0)
+    lstm, copy = nn.LSTM(4, 4, batch_first=True), nn.LSTM(4, 4, batch_first=True)
+    copy.load_state_dict(lstm.state_dict())
+    x = torch.randn(3, 5, 4)
+    recorder = CallRecorder(lstm)
+    o, state = lstm(x)
+    o2, (h, c) = lstm(o, state)
+    (o2.sum() + h.sum() + c.sum()).backward()
+    parts = recorder.gradient_parts(lstm.weight_ih_l0)
+    recorder.remove()
+    o, state = lstm(x)  # untied: the second call runs the copy
+    o2, (h, c) = copy(o, state)
+    first, second = torch.autograd.grad(o2.sum() + h.sum() + c.sum(), [lstm.weight_ih_l0, copy.weight_ih_l0])
+    assert torch.allclose(parts[0], first, atol=1e-6) and torch.allclose(parts[1], second, atol=1e-6)
+
+
+class _Passing(nn.Linear):
+    """A Linear returning its output and its input as it came (a skip for the caller to add)."""
+
+    def forward(self, x):
+        return super().forward(x), x
+
+
+def test_a_shared_layer_returning_its_input_is_not_refused():
+    """An input returned as it came was taken for a returned tensor the output was computed from, and
+    the parts were refused; it has no part (the inputs are held fixed), so nothing counts twice."""
+    from adaptive.diagnostics._shared_calls import CallRecorder
+
+    torch.manual_seed(0)
+    layer, copy, a = _Passing(4, 4), _Passing(4, 4), nn.Linear(4, 4)
+    copy.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 4)
+    recorder = CallRecorder(layer)
+    y, skip = layer(a(x))
+    layer(torch.relu(y) + skip)[0].sum().backward()
+    parts = recorder.gradient_parts(layer.weight)
+    recorder.remove()
+    y, skip = layer(a(x))
+    first, second = torch.autograd.grad(copy(torch.relu(y) + skip)[0].sum(), [layer.weight, copy.weight])
+    assert torch.allclose(parts[0], first, atol=1e-6) and torch.allclose(parts[1], second, atol=1e-6)

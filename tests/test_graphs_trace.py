@@ -869,3 +869,77 @@ def test_a_parameter_a_forward_changes_in_place_is_named_in_a_warning():
     with warnings.catch_warnings():  # a lazy module's first forward shapes its tensors: nothing to copy or warn of
         warnings.simplefilter("error")
         graphs.build(model=nn.Sequential(nn.Linear(3, 4), nn.LazyBatchNorm1d(), nn.Linear(4, 2)))
+
+
+class _Rotary(nn.Module):
+    """A cache that grows to the longest sequence seen, with its length in a plain attribute (the rotary
+    embedding of transformers before 4.38), read by a model of tokens (two tables: two guesses)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok, self.pos, self.fc = nn.Embedding(50, 4), nn.Embedding(12, 4), nn.Linear(4, 3)
+        self._grow(4)
+
+    def _grow(self, n):
+        self.cached = n
+        self.register_buffer("cache", torch.arange(n, dtype=torch.float)[:, None], persistent=False)
+
+    def forward(self, idx):
+        if idx.shape[1] > self.cached:
+            self._grow(idx.shape[1])
+        return self.fc(self.tok(idx) * self.cache[: idx.shape[1]])
+
+
+def test_an_attribute_a_forward_reassigns_is_put_back_with_the_buffers():
+    """A guess grew the cache and its length (16 tokens); the buffer was put back (4 rows) and the length
+    not, so the model's next forward on 10 tokens sliced a 4-row cache and failed. Both are put back;
+    a parameter made under torch.inference_mode() (no version count) does not break the trace."""
+    from graphs.trace import runnable_example_input
+
+    m = _Rotary()
+    assert tuple(runnable_example_input(m).shape) == (1, 16)
+    assert m.cached == 4 and m.cache.shape == (4, 1)
+    assert m(torch.randint(0, 50, (2, 10))).shape == (2, 10, 3)
+    with torch.inference_mode():
+        frozen = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    assert graphs.build(model=frozen, example_input=torch.randn(2, 4)).live_synapses() == 56
+
+
+def test_a_max_norm_lookup_has_only_its_rows_above_max_norm_copied():
+    """The whole table of a max_norm lookup was copied around the trace (a second table's worth of
+    memory); the forward only rescales the rows it reads above max_norm, and only those are copied."""
+    from graphs.trace import _unchanged
+
+    m = _Renorming()
+    with torch.no_grad():
+        m.tok.weight[:8].div_(100.0)  # 8 rows well below max_norm, 3 above
+    before = m.tok.weight.detach().clone()
+    kept = _unchanged(m)
+    with kept:
+        m(torch.arange(11)[None])
+    assert kept.renormed[id(m.tok.weight)][1].tolist() == [8, 9, 10]
+    assert torch.equal(m.tok.weight, before)
+
+
+def test_unary_maths_of_a_sinusoidal_timestep_embedding_is_followed_per_element():
+    """sin, cos, log and kin (functions and methods, in place too) were unknown ops: a sinusoidal timestep
+    embedding warned and wired every unit before it to every unit after. Each acts on each element."""
+    import math
+    import warnings
+
+    class Diffusion(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.temb = nn.Conv2d(2, 3, 3, padding=1), nn.Linear(4, 3)
+            self.register_buffer("freqs", torch.exp(-math.log(1e4) * torch.arange(2) / 2))
+
+        def forward(self, x, t):
+            f = self.conv(x).mean((2, 3))[:, :2] * self.freqs  # x's channels 0, 1 through the embedding
+            e = self.temb(torch.cat([f.sin(), torch.cos(f).log1p().exp_()], 1)) + t[:, None].log().sign()
+            return torch.rsqrt(e.abs() + 1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(model=Diffusion(), level="unit", example_input=(torch.randn(2, 2, 5, 5), torch.rand(2)))
+    assert {e for e in edge_set(g) if e[1].startswith("temb:")} == {
+        (f"conv:{i}", f"temb:{j}", EDGE_SYNAPSE) for i in range(2) for j in range(3)}

@@ -43,14 +43,17 @@ class CallRecorder:
         call = {"args": args if keep else None, "kwargs": kwargs if keep else None, "grads": {}, "no_grad": not live,
                 "autocast": cast, "derived": None}
         if keep:
-            edges = {}  # one hook per autograd edge: a tensor returned twice has its gradient once
+            inputs = _tensors([*args, *kwargs.values()])
+            # one hook per autograd edge: a tensor returned twice has its gradient once; an input returned as it
+            # came has no part (the part holds the inputs fixed), and what the call computed from it is no double count
+            edges, given = {}, {_edge(t) for t in inputs}
             for i, t in enumerate(tensors):
                 edge = _edge(t)
-                if t.requires_grad and edge not in edges:
+                if t.requires_grad and edge not in edges and edge not in given:
                     edges[edge] = i
                     t.register_hook(lambda g, i=i: call["grads"].__setitem__(i, g))
             if len(edges) > 1:
-                call["derived"] = _derived_output(edges, [*args, *kwargs.values()])
+                call["derived"] = _derived_output(edges, inputs)
         self.calls.append(call)
 
     def clear(self) -> None:
@@ -83,8 +86,7 @@ class CallRecorder:
                     "output, or measure a layer whose returned tensors are not computed from one another")
             g = None
             if call["grads"]:
-                args = [a.detach() if isinstance(a, torch.Tensor) else a for a in call["args"]]
-                kwargs = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in call["kwargs"].items()}
+                args, kwargs = _detached(call["args"]), _detached(call["kwargs"])
                 with torch.enable_grad(), contextlib.ExitStack() as cast:
                     for device, dtype in call["autocast"]:
                         cast.enter_context(torch.autocast(device, dtype=dtype))
@@ -108,6 +110,21 @@ def _tensors(out) -> List[torch.Tensor]:
     return []
 
 
+def _detached(x):
+    """``x`` with every tensor in it detached, in its tuples (an LSTM's state ``(h, c)``, a
+    PackedSequence), lists and dicts too: a call's inputs held fixed."""
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, tuple):
+        items = [_detached(o) for o in x]
+        return type(x)(*items) if hasattr(x, "_fields") else type(x)(items)
+    if isinstance(x, list):
+        return [_detached(o) for o in x]
+    if isinstance(x, dict):
+        return {k: _detached(v) for k, v in x.items()}
+    return x
+
+
 def _edge(t: torch.Tensor):
     """The autograd edge ``t`` stands for: its node and which of the node's outputs it is (``t``'s
     id where it has no node: a leaf)."""
@@ -117,8 +134,8 @@ def _edge(t: torch.Tensor):
 def _derived_output(edges: dict, inputs) -> Optional[Tuple[int, int]]:
     """``(i, j)`` where a call's returned tensor ``j`` is computed from its returned tensor ``i``, else
     None. ``edges``: each returned tensor's index by its autograd edge; the walk back from each stays
-    in the call's own graph, stopping at the nodes of its ``inputs``."""
-    stop = {t.grad_fn for t in inputs if isinstance(t, torch.Tensor) and t.grad_fn is not None}
+    in the call's own graph, stopping at the nodes of its ``inputs`` (every tensor it was given)."""
+    stop = {t.grad_fn for t in inputs if t.grad_fn is not None}
     for edge, j in edges.items():
         todo, seen = [edge[0]] if isinstance(edge, tuple) else [], set()
         while todo:
