@@ -363,6 +363,8 @@ class FlowProp(ShapeProp):
         module = self.mods.get(n.target) if n.op == "call_module" else None
         if n.op == "call_function" and not self._tensor_flows((n.args, n.kwargs)):
             return self._constant_like(result)  # made from no traced data (torch.full, a causal mask)
+        if ops.reads_shape_only(n):
+            return self._constant_like(result)  # torch.zeros_like(x), x.new_zeros(...): x's shape, not its data
         if n.op == "call_function" and n.target is F.linear:
             return self._on_linear(n, result)
         cat = ops.categorize(n, module)
