@@ -206,6 +206,10 @@ def concat_composition(g) -> List[dict]:
 def summary(g) -> dict:
     """Everything above in one dict of plain numbers (for printing and JSON). Unit or synapse level:
     dead units and reachability are facts about single units."""
+    if g.level == "layer":  # said here: dead_units' own refusal names dead units, not the call made
+        raise ValueError("graphs.summary counts dead and unreachable units, facts about single units, but this graph's "
+                         "nodes are whole layers: build it at unit or synapse level, graphs.build(conn, 'unit'); "
+                         "of a layer-level graph, graphs.density_per_layer(g) gives each layer's density")
     dead = dead_units(g)
     units = int((g.node_attrs["kind"] == UNIT).sum())
     r = reachability(g)

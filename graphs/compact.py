@@ -300,7 +300,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     if whole_number(align, floats=True) is None or align < 1:  # 2.0 is 2; 2.5 is refused, never cut to 2
         raise ValueError(f"align must be a positive integer, got {align!r}")
     align = whole_number(align, floats=True)
-    from .trace import _where, runnable_example_input, symbolic_trace
+    from .trace import _unsupplied_defaults, _where, runnable_example_input, symbolic_trace
 
     model = _uncompiled(model)  # a torch.compile wrapper: the module it runs, under the names conn uses
     if example_input is None:
@@ -313,8 +313,9 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
                 w = params[name]
                 w.mul_(conn.masks[name].to(w.device, w.dtype))
     ref = copy.deepcopy(src)  # the GraphModule shares submodules with src; keep an untouched reference
-    try:
-        gm = symbolic_trace(src)
+    nargs = len(example_input) if isinstance(example_input, (tuple, list)) else 1
+    try:  # forward's defaulted parameters the example does not supply (mask=None) traced at their defaults, as build does
+        gm = symbolic_trace(src, concrete_args=_unsupplied_defaults(src, nargs))
     except Exception as e:
         raise RuntimeError(f"compact needs an fx-traceable model; tracing {type(model).__name__} failed{_where(e)}: "
                            f"{e}") from e

@@ -151,6 +151,16 @@ LOOKUP_FUNCTIONS = {F.embedding, F.embedding_bag}
 REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 CONCAT_FUNCTIONS = {torch.cat, torch.concat}
+# ops that read only their tensor's shape, dtype and device, never its values: their result is a constant
+SHAPE_ONLY_FUNCTIONS = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like,
+                        torch.randn_like, torch.randint_like}
+SHAPE_ONLY_METHODS = {"new_zeros", "new_ones", "new_full", "new_empty"}
+
+
+def reads_shape_only(node) -> bool:
+    """``torch.zeros_like(x)``, ``x.new_zeros(...)`` and their kind: made from ``x``'s shape, not its data."""
+    return ((node.op == "call_function" and node.target in SHAPE_ONLY_FUNCTIONS)
+            or (node.op == "call_method" and node.target in SHAPE_ONLY_METHODS))
 
 _EXTRA: Dict[Any, str] = {}
 _ELEMENTWISE_EXTRA: set = set()  # registered pointwise ops known to treat every element alike

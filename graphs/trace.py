@@ -363,6 +363,8 @@ class FlowProp(ShapeProp):
         module = self.mods.get(n.target) if n.op == "call_module" else None
         if n.op == "call_function" and not self._tensor_flows((n.args, n.kwargs)):
             return self._constant_like(result)  # made from no traced data (torch.full, a causal mask)
+        if ops.reads_shape_only(n):
+            return self._constant_like(result)  # torch.zeros_like(x), x.new_zeros(...): x's shape, not its data
         if n.op == "call_function" and n.target is F.linear:
             return self._on_linear(n, result)
         cat = ops.categorize(n, module)
@@ -1028,7 +1030,8 @@ def _check_standard_transformer(module: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------------------- API
-TOKENS = 16  # the sequence length guessed for token indices
+TOKENS = 16  # the sequence length guessed for token indices (and float steps for a recurrent first layer)
+_FEATURE_LAYERS = ops.WEIGHTED_MODULES + (nn.RNNBase,)  # the layers whose input size shapes a float guess
 
 
 def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1) -> List[torch.Tensor]:
@@ -1047,9 +1050,10 @@ def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch
     if len(names) > 1:
         raise InputGuessError(f"{type(model).__name__}.forward takes {len(names)} inputs ({', '.join(names)}) and "
                               "graphs guesses a single one", inputs=names)
-    layers = [m for m in model.modules() if isinstance(m, ops.WEIGHTED_MODULES + ops.LOOKUP_MODULES)]
+    layers = [m for m in model.modules() if isinstance(m, _FEATURE_LAYERS + ops.LOOKUP_MODULES)]
     tables = [m for m in layers if isinstance(m, ops.LOOKUP_MODULES)]
-    w = next((m.weight for m in layers if isinstance(m, ops.WEIGHTED_MODULES)), None)
+    w = next((m.weight_ih_l0 if isinstance(m, nn.RNNBase) else m.weight for m in layers
+              if isinstance(m, _FEATURE_LAYERS)), None)
     p = w if isinstance(w, torch.Tensor) and w.is_floating_point() else next(
         (q for q in model.parameters() if q.is_floating_point()), None)
     dev = p.device if p is not None else torch.device("cpu")
@@ -1067,9 +1071,9 @@ def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch
     if shape is not None or w is not None:
         floats = [x.to(dev, p.dtype if p is not None else None) for x in _default_inputs(model, shape, batch)]
     elif tokens is False or not tables:  # tables: float features asked of a model of embeddings only
-        raise InputGuessError(f"{type(model).__name__} has no " + ("Linear or Conv layer to shape float features from"
-                                                                 if tables else "Linear, Conv or Embedding layer to "
-                                                                 "guess an input from"))
+        raise InputGuessError(f"{type(model).__name__} has no " + ("Linear, Conv or recurrent layer to shape float "
+                                                                 "features from" if tables else "Linear, Conv, "
+                                                                 "recurrent or Embedding layer to guess an input from"))
     if tokens is False:
         return floats
     return ids + floats if tables and isinstance(layers[0], ops.LOOKUP_MODULES) else floats + ids
@@ -1183,7 +1187,9 @@ def _described(x) -> str:
 def _default_inputs(model: nn.Module, shape, batch: int) -> List[torch.Tensor]:
     if shape is not None:
         return [torch.randn(batch, *shape)]
-    first = next(m for m in model.modules() if isinstance(m, ops.WEIGHTED_MODULES))
+    first = next(m for m in model.modules() if isinstance(m, _FEATURE_LAYERS))
+    if isinstance(first, nn.RNNBase):  # a sequence of TOKENS steps, on the axes the layer reads
+        return [torch.randn(*((batch, TOKENS) if first.batch_first else (TOKENS, batch)), first.input_size)]
     if isinstance(first, nn.Linear):
         return [torch.randn(batch, first.in_features)]
     c, d = first.in_channels, first.weight.dim() - 2

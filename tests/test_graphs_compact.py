@@ -794,3 +794,30 @@ def test_functional_linear_on_a_hooked_layer_or_one_inside_a_whole_module_is_lef
         assert torch.allclose(small(x), masked_output(model, conn, x), atol=1e-5)
     messages = [str(w.message) for w in rec if "graphs.compact" in str(w.message)]
     assert len(messages) == 1 and f"layer {layer!r} keeps its size" in messages[0] and why in messages[0], messages
+
+
+class OptionalArgs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x, features=False, mask=None):
+        h = self.fc1(x).relu()
+        if mask is not None:
+            h = h * mask
+        return h if features else self.fc2(h)
+
+
+def test_forward_parameters_with_defaults_are_traced_at_their_defaults():
+    """As graphs.build does: fx traced ``features`` and ``mask`` as inputs, and compact refused the model
+    ('symbolically traced variables cannot be used as inputs to control flow') that build had traced."""
+    torch.manual_seed(0)
+    model = OptionalArgs().eval()
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"fc1.weight": torch.tensor([1, 0, 1, 1, 0, 1], dtype=torch.bool),
+                             "fc2.weight": torch.ones(3, dtype=torch.bool)})
+    x = torch.randn(2, 4)
+    small = graphs.compact(model, conn, x)
+    assert small.compaction["removed"] == {"fc1": 2, "fc2": 0}
+    assert small.fc1.weight.shape == (4, 4)
+    assert_same_outputs(small, lambda t: masked_output(model, conn, t), masked_output(model, conn, x), x, torch.randn(3, 4))

@@ -300,3 +300,16 @@ def test_normalize_over_several_dims():
                                    | wires("0", f"{op}.statistics", [(i, 0) for i in range(3)]) | full(op, "2", 3, 2))
         else:
             assert edge_set(g) >= full("0", "2", 3, 2) and not [gr for gr in g.groups if gr.kind == "junction"]
+
+
+@pytest.mark.parametrize("make", [lambda h: h + torch.zeros_like(h), lambda h: h * torch.ones_like(h),
+                                  lambda h: h + h.new_zeros(h.shape), lambda h: h - h.new_full(h.shape, 2.0),
+                                  lambda h: h + torch.randn_like(h)],
+                         ids=["zeros_like", "ones_like", "new_zeros", "new_full", "randn_like"])
+def test_tensors_made_from_a_shape_are_constants(make):
+    """``torch.zeros_like(h)``, ``h.new_zeros(...)`` and their kind read h's shape, not its values: a constant
+    (each unit of ``a`` feeds only itself), as ``h + 1`` is; they were unknown ops, warned about, joining every
+    unit of ``a`` to every unit of ``b``."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3)
+    assert inner(build(Between(Fn(make)), x)) == inner(build(Between(Fn(lambda h: h + 1.0)), x))

@@ -112,6 +112,16 @@ def test_model_spec_reads_the_input_size_of_folder_and_imagenet_runs():
     assert kw["num_classes"] == 3  # what the run recorded wins over any default
 
 
+def test_summary_of_a_layer_graph_says_summary_and_what_a_layer_graph_gives():
+    """The refusal named dead units, a call the user had not made, and not what a layer graph offers."""
+    conn = adaptive.Connectome(torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)))
+    layer = graphs.build(conn, "layer", example_input=torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"graphs\.summary counts dead .*build it at unit or synapse level.*"
+                                         r"graphs\.density_per_layer\(g\)"):
+        graphs.summary(layer)
+    assert graphs.density_per_layer(layer) == {"0": 1.0, "2": 1.0}
+
+
 def test_unit_facts_refuse_a_layer_graph_and_the_report_reads_units(tmp_path, capsys, monkeypatch):
     """Dead units and reachability are facts about single units: a layer-level graph (nodes are
     whole layers) is refused with the fix, and `report --level layer` reports on the unit graph."""

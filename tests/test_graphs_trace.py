@@ -11,6 +11,7 @@ from torch import nn
 import adaptive
 import graphs
 from graphs.graph import EDGE_SYNAPSE
+from graphs.trace import default_example_input
 
 torch.set_num_threads(1)
 
@@ -547,6 +548,27 @@ def test_the_guessed_input_has_the_dtype_of_the_model(dtype):
     g = graphs.build(conn, "synapse")
     assert g.live_synapses() == conn.num_live() > 0
     assert graphs.compact(m, conn).compaction["params_after"] <= sum(p.numel() for p in m.parameters())
+
+
+class _RecurrentFirst(nn.Module):
+    def __init__(self, batch_first):
+        super().__init__()
+        self.rnn, self.head = nn.GRU(6, 8, batch_first=batch_first), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_the_guessed_input_of_a_recurrent_first_layer_is_a_sequence_of_its_input_size(batch_first):
+    """The guess read the first Linear or Conv (here the head, 8 features), so a model that starts with an RNN,
+    LSTM or GRU (README's Tagger) could not be built into a graph or compacted without an example_input."""
+    conn = adaptive.Connectome(_RecurrentFirst(batch_first))
+    (x,) = default_example_input(conn.model)
+    assert x.shape == ((1, 16, 6) if batch_first else (16, 1, 6))
+    g = graphs.build(conn)
+    assert g.live_synapses() == conn.num_live()
+    graphs.compact(conn.model, conn)
 
 
 class _PaddedMean(nn.Module):
