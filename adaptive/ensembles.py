@@ -250,9 +250,10 @@ class NMGranularity(SynapseGranularity):
         return (i // rest) * -(-rest // self.m) + (i % rest) // self.m
 
     def select(self, scores, k=None):
-        """Keep the top ``n`` of every group of ``m`` (all of a shorter last group); ``k`` is ignored
-        (the density is n/m). Ties go to the lower index; padding sorts after every real score
-        (a stable sort), so a group never keeps padding in place of a real synapse."""
+        """Keep the top ``n`` of every group of ``m`` (a shorter last group keeps at most ``n``: all of it
+        when it holds ``n`` or fewer); ``k`` is ignored (the density is n/m). Ties go to the lower index;
+        padding sorts after every real score (a stable sort), so a group never keeps padding in place of
+        a real synapse."""
         g = self._groups(scores.float(), -math.inf)
         idx = torch.argsort(g, dim=-1, descending=True, stable=True)[..., : self.n]
         keep = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, idx, True)

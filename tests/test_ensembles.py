@@ -194,3 +194,15 @@ def test_registry_accepts_a_new_granularity():
     g = get_granularity("rowpair")
     assert g.ensemble_shape((5, 3)) == (3,)
     assert g.pool(torch.ones(5, 3), "sum").tolist() == [6.0, 6.0, 3.0]
+
+
+def test_nm_keeps_at_most_n_of_a_shorter_last_group():
+    """The README's claim: a row whose length is not a multiple of m ends in a shorter group that keeps
+    at most n (all of it when it holds n or fewer): a 3x3 depthwise kernel under 2:4 keeps 2 + 2 + 1."""
+    g = get_granularity("2:4")
+    kernel = g.select(torch.rand(6, 1, 3, 3))
+    assert kernel.flatten(1).sum(1).tolist() == [5] * 6
+    assert g.violation(kernel) is None
+    row7 = g.select(torch.rand(5, 7))  # groups of 4 and 3: the 3 keeps only 2
+    assert row7.sum(1).tolist() == [4] * 5
+    assert (row7[:, 4:].sum(1) == 2).all()
