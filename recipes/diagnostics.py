@@ -33,6 +33,7 @@ from adaptive.diagnostics.knowledge import DEFAULT_NOISE_FLOOR  # noqa: E402
 DEFAULT_ORDER_BATCHES = 20  # held-out batches of a gradient-based removal order, where it holds them
 from adaptive.diagnostics.table import Table  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
+from adaptive.cli import ArgumentParser  # noqa: E402
 
 
 # ---------------------------------------------------------------------- shared seams
@@ -400,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=0.05, help="SGD step size of the brief training (and of the SGD variants of dense-gradients)")
     g.add_argument("--train_steps", type=int, default=300, help="SGD steps of brief training when no --weights is given (dense-gradients: always)")
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("dense-gradients", allow_abbrev=False, parents=[common], help="gradients of a concatenation net by signal depth")
     s.add_argument("--kind", choices=["mlp", "cnn", "both"], default="both",
