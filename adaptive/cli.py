@@ -1,11 +1,36 @@
 """Command-line entry points: problems a user can fix end with one ``error:`` line and status 2."""
 from __future__ import annotations
 
+import argparse
+import difflib
 import os
 import signal
 import sys
 import threading
 from typing import Any, Callable, Optional, Tuple, Union
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose "unrecognized arguments" error comes from the subcommand given (with
+    its usage, which lists its options) and names the option a mistyped one nearly matches
+    (``--remov``: did you mean --remove?)."""
+
+    def parse_args(self, args=None, namespace=None):
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            known, parser = [], self
+            while True:  # this parser's options, then those of the subcommand given, and so on
+                known += [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+                subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+                chosen = subs[0].choices.get(getattr(ns, subs[0].dest, None)) if subs else None
+                if chosen is None:
+                    break
+                parser = chosen
+            hints = [f"{m[0]} for {o}" for o in (e.split("=", 1)[0] for e in extras if e.startswith("--"))
+                     if (m := difflib.get_close_matches(o, known, 1, 0.75))]
+            parser.error(f"unrecognized arguments: {' '.join(extras)}"
+                         + (f" (did you mean {', '.join(hints)}?)" if hints else ""))
+        return ns
 
 
 def show_progress(setting: Optional[bool] = None) -> bool:

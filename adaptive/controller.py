@@ -14,6 +14,7 @@ from (seed, step, layer), so all processes reach the same masks without broadcas
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import json
 import os
 import weakref
@@ -29,6 +30,7 @@ from .counts import whole_number  # noqa: F401  (also importable from here, as b
 from .discovery import _as_patterns, container_hint
 from .distributed import all_reduce_mean_, check_masks_agree
 from .optim_state import unwrap_optimizer
+from .registry import near_misses
 from .policies.base import EditPlan, get_policy, global_synapse_target, keep_plan, synapse_targets
 from .rollback import EditSnapshot
 from .schedules import get_decay
@@ -236,7 +238,14 @@ class Controller:
             raise TypeError(f"holdout_loss must be None or a callable taking no arguments that returns the loss on "
                             f"held-out data, got {type(holdout_loss).__name__}: wrap a loader in a function, e.g. "
                             "holdout_loss=lambda: adaptive.mask_only.evaluate(model, holdout_loader)[0]")
-        self.policy = get_policy(policy, **policy_kwargs)
+        try:
+            self.policy = get_policy(policy, **policy_kwargs)
+        except ValueError as e:  # a mistyped Controller option lands in policy_kwargs: name the one it meant
+            own = [n for n in inspect.signature(Controller).parameters if n not in ("conn", "policy_kwargs")]
+            hint = near_misses([k for k in policy_kwargs if repr(k) in str(e)], own, "the Controller's ")
+            if not hint:
+                raise
+            raise ValueError(f"{e}{hint}") from None
         nm = conn.fixed_density
         if nm is not None and density is None:
             density = nm  # n:m fixes the density: it need not be given

@@ -8,6 +8,7 @@ definition again (a module re-executed, a notebook cell run twice) replaces the 
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 
 from contextlib import contextmanager
@@ -72,6 +73,13 @@ def class_decorator(table: Dict[str, Any], kind: str, name: str, replace: bool =
     return deco
 
 
+def near_misses(given, known, whose: str = "") -> str:
+    """``"; did you mean 'pace' for 'pacee'?"`` for each of ``given`` that is a near miss of one of
+    ``known`` (``whose``, such as "the Controller's ", says whose option it is), else ``""``."""
+    hints = [f"{m[0]!r} for {k!r}" for k in given if (m := difflib.get_close_matches(k, list(known), 1, 0.75))]
+    return f"; did you mean {whose}{', '.join(hints)}?" if hints else ""
+
+
 def build(table: Dict[str, Any], kind: str, name: Any, kw: Dict[str, Any]) -> Any:
     """An instance of the class registered in ``table`` as ``name``, built with ``kw``. An unknown
     name, a keyword the class does not take, or a non-number for an option whose default is a
@@ -86,7 +94,7 @@ def build(table: Dict[str, Any], kind: str, name: Any, kw: Dict[str, Any]) -> An
             takes = sorted(k for k, p in params.items() if p.kind is not p.VAR_POSITIONAL)
             raise ValueError(
                 f"unknown argument(s) {unknown} for {kind} {name!r} (neither a Controller nor a {kind} option): "
-                + (f"the {kind} takes {takes}" if takes else f"the {kind} takes none")
+                + (f"the {kind} takes {takes}" if takes else f"the {kind} takes none") + near_misses(unknown, takes)
             )
     for k, v in kw.items():  # a number option given something else is named, not a bare float() error
         d = params[k].default if k in params else None

@@ -30,6 +30,7 @@ import torch
 
 from adaptive import jsonio
 from adaptive.atomic import write_text
+from adaptive.cli import ArgumentParser
 from adaptive.warn import command_line_warnings, warn_user
 
 WEIGHT_FILES = ("model_state.pt", "dense_state_dict.pt", "pruned_state_dict.pt")
@@ -269,7 +270,7 @@ _COMMANDS = {
 
 def _parser():
     """(the parser, its subcommands' parsers by name)."""
-    p = argparse.ArgumentParser(prog="python -m graphs", allow_abbrev=False,
+    p = ArgumentParser(prog="python -m graphs", allow_abbrev=False,
                                 description="The connectome of a run folder as a graph: export it, report on it, "
                                             "or compact the model. 'python -m graphs COMMAND --help' lists a "
                                             "command's options.")
@@ -366,9 +367,7 @@ def _in_shape(text: str) -> str:
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (2: a mistake the user can fix, 130: Ctrl-C)."""
     p, subs = _parser()
-    a, extra = p.parse_known_args(argv)
-    if extra:  # said by the subcommand, with its own usage (the top-level one lists no options)
-        subs[a.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
+    a = p.parse_args(argv)  # an unknown option is said by the subcommand, with its own usage
     from safetensors import SafetensorError
 
     from adaptive.models import WeightsMismatchError

@@ -5,8 +5,8 @@
     python recipes/diagnostics.py knowledge      [--model resnet20 --dataset cifar10 --weights FILE] [--log_x]
     python recipes/diagnostics.py progress RUN_DIR
 
-Every command takes --output_dir and the data/model options (--dataset, --data-dir, --model,
---weights, --batch_size, --seed); figures are PNG (plus SVG with --svg), tables CSV + Markdown,
+Every command takes --output_dir and --svg, and every one but progress (which reads a finished run)
+the data/model options (--dataset, --data-dir, --model, --weights, --batch_size, --seed); figures are PNG (plus SVG with --svg), tables CSV + Markdown,
 all written into --output_dir. Defaults run offline on scikit-learn's digits in seconds.
 Orders, step sizes and anything selected are computed on a held-out part of TRAIN; the test split
 is only ever used to report.
@@ -33,6 +33,7 @@ from adaptive.diagnostics.knowledge import DEFAULT_NOISE_FLOOR  # noqa: E402
 DEFAULT_ORDER_BATCHES = 20  # held-out batches of a gradient-based removal order, where it holds them
 from adaptive.diagnostics.table import Table  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
+from adaptive.cli import ArgumentParser  # noqa: E402
 
 
 # ---------------------------------------------------------------------- shared seams
@@ -372,9 +373,13 @@ def cmd_progress(args):
 
 # ---------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    # progress reads a finished run: it takes only the output options, not the data and model ones it would ignore
+    output = argparse.ArgumentParser(add_help=False)
+    o = output.add_argument_group("output")
+    o.add_argument("--output_dir", "--output-dir", default=None, help="where figures and tables go (default: runs/diagnostics/COMMAND; for progress, the run folder; for knowledge --replot, DIR)")
+    o.add_argument("--svg", action="store_true", help="also write SVG figures (default: PNG only)")
+    common = argparse.ArgumentParser(add_help=False, parents=[output])
     g = common.add_argument_group("data and model")
-    g.add_argument("--output_dir", "--output-dir", default=None, help="where figures and tables go (default: runs/diagnostics/COMMAND; for progress, the run folder; for knowledge --replot, DIR)")
     g.add_argument("--dataset", default="digits", help="digits (offline), mnist, cifar10, imagenet, folder (--data-dir holds train/ and val/ or test/), fake")
     g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, help="data folder (default: $ADAPTIVE_DATA, else ../shared/data)")
     g.add_argument("--download", action="store_true", help="let torchvision download a dataset that is not found (needs internet; default: never)")
@@ -392,12 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--holdout", type=float, default=0.1, help="fraction of TRAIN held out for orders and comparisons")
     g.add_argument("--subset", type=int, default=None, help="use a stratified subset of TRAIN of this size (default: all of it)")
     g.add_argument("--test_subset", type=int, default=None, help="report on a stratified subset of TEST of this size (default: all of it)")
-    g.add_argument("--svg", action="store_true", help="also write SVG figures (default: PNG only)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     g.add_argument("--lr", type=float, default=0.05, help="SGD step size of the brief training (and of the SGD variants of dense-gradients)")
     g.add_argument("--train_steps", type=int, default=300, help="SGD steps of brief training when no --weights is given (dense-gradients: always)")
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("dense-gradients", allow_abbrev=False, parents=[common], help="gradients of a concatenation net by signal depth")
     s.add_argument("--kind", choices=["mlp", "cnn", "both"], default="both",
@@ -441,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replot", default=None, metavar="DIR", help="redraw and refit a finished knowledge run's tables (written into DIR unless --output_dir is given; default: measure afresh)")
     s.set_defaults(func=cmd_knowledge)
 
-    s = sub.add_parser("progress", allow_abbrev=False, parents=[common], help="controller progress of a run folder")
+    s = sub.add_parser("progress", allow_abbrev=False, parents=[output], help="controller progress of a run folder")
     s.add_argument("run_dir", help="run folder of recipes/adaptive.py (events.jsonl, metrics.csv)")
     s.add_argument("--total_synapses", type=int, default=None, help="synapses of the run's connectome: places density-only events on the removal axis (default: read from the run)")
     s.set_defaults(func=cmd_progress)
@@ -470,7 +474,7 @@ def main(argv=None):
         except PluginError as e:
             raise SystemExit(f"recipes/diagnostics.py: error: {e}") from None
     _check_counts(args, "train_steps", least=0)  # every command's (collinearity and knowledge took -5 as 0)
-    if args.threads:
+    if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.output_dir is not None and not args.output_dir.strip():  # (it failed once the work was done)
         _refuse("--output_dir is empty: give a folder, or leave it out for the command's default")

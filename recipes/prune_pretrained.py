@@ -53,7 +53,7 @@ from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive import jsonio  # noqa: E402
 from adaptive import run_folder  # noqa: E402
 from adaptive.atomic import atomic_path  # noqa: E402
-from adaptive.cli import show_progress  # noqa: E402
+from adaptive.cli import ArgumentParser, show_progress  # noqa: E402
 from adaptive.config import SEED_RANGE, merge_key_values, seed_in_range  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.metrics import fmt_accuracy  # noqa: E402
@@ -105,7 +105,7 @@ def parse_remove(values: List[str]):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)  # --remov is not --remove
+    p = ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)  # --remov is not --remove
     p.add_argument("--config", help="YAML file of defaults (keys are the options below, with underscores)")
     p.add_argument("--plugins", nargs="+", action="extend", help=".py files or module names imported first: their "
                    "register_* calls add models, datasets or estimators that the other options can then name "

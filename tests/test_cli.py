@@ -105,3 +105,29 @@ def test_a_recipe_prints_a_data_warning_as_one_line(tmp_path):
     assert "warning: the plugin says so\n" in r.stderr, r.stderr[-2000:]
     assert "warning: subset=100,000 asks for more examples than the train split of fake holds (512)" in r.stderr
     assert "UserWarning" not in r.stderr and not re.search(r"\.py:\d+:", r.stderr), r.stderr  # no FILE:LINE:
+
+
+def test_a_mistyped_option_names_the_one_it_nearly_matches_in_every_argparse_command(capsys):
+    """prune_pretrained.py, diagnostics.py and python -m graphs said only "unrecognized arguments:
+    --remov 0.1" (recipes/adaptive.py names its closest key); each now names the option meant, of the
+    subcommand given, with that subcommand's usage, and guesses nothing where nothing is near."""
+    from _scripts import load_script
+    from graphs.cli import main as graphs_main
+
+    prune = load_script("recipes/prune_pretrained.py", "prune_cli_near_miss")
+    diag = load_script("recipes/diagnostics.py", "diagnostics_cli_near_miss")
+    cases = [(lambda: prune.build_parser().parse_args(["--remov", "0.1"]),
+              "unrecognized arguments: --remov 0.1 (did you mean --remove for --remov?)"),
+             (lambda: diag.build_parser().parse_args(["knowledge", "--point", "5", "--modle=x"]),
+              " knowledge [-h] [--output_dir OUTPUT_DIR]"),
+             (lambda: diag.build_parser().parse_args(["knowledge", "--point", "5", "--modle=x"]),
+              "--point 5 --modle=x (did you mean --points for --point, --model for --modle?)"),
+             (lambda: graphs_main(["export", "run", "--formt", "json"]), "(did you mean --format for --formt?)"),
+             (lambda: graphs_main(["export", "run", "--formt", "json"]), "usage: python -m graphs export")]
+    for parse, expect in cases:
+        with pytest.raises(SystemExit):
+            parse()
+        assert expect in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        diag.build_parser().parse_args(["progress", "run", "--zzz"])
+    assert capsys.readouterr().err.rstrip().endswith("unrecognized arguments: --zzz")

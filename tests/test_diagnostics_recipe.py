@@ -361,3 +361,23 @@ def test_what_does_not_fit_the_model_is_refused_before_any_data_is_read(recipe, 
         recipe.main(["dense-gradients", *COMMON, "--output_dir", str(out), "--kind", "both", "--depth", "2",
                      "--width", "4", "--layer", "nope"])
     assert not out.exists()
+
+
+def test_progress_takes_no_data_or_model_options_it_would_ignore(recipe, tmp_path, capsys):
+    """progress reads a finished run: its help listed --dataset, --model, --lr, --train_steps ... (every
+    other command's options), and `progress RUN --lr 7 --model resnet20` ran, reading none of them."""
+    import argparse
+
+    subs = next(a for a in recipe.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    options = {s for a in subs.choices["progress"]._actions for s in a.option_strings}
+    assert options == {"-h", "--help", "--total_synapses", "--output_dir", "--output-dir", "--svg"}
+    assert "--model" in {s for a in subs.choices["knowledge"]._actions for s in a.option_strings}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "events.jsonl").write_text(json.dumps({"step": 5, "pruned": 3, "grown": 1, "density": 0.9}) + "\n")
+    (run / "metrics.csv").write_text("step,split,loss,accuracy\n0,train,2.0,0.1\n6,holdout,1.5,0.5\n")
+    with pytest.raises(SystemExit):
+        recipe.main(["progress", str(run), "--lr", "7"])
+    assert "unrecognized arguments: --lr 7" in capsys.readouterr().err
+    recipe.main(["progress", str(run), "--svg", "--output_dir", str(tmp_path / "out")])
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"progress.png", "progress.svg"}

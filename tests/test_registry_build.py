@@ -66,3 +66,19 @@ def test_options_given_with_an_instance_are_refused_not_dropped():
     assert conn.density() == 1.0  # refused before the controller sparsified anything
     policy = get_policy("crawl", edit_fraction=0.1)
     assert get_policy(policy) is policy and get_estimator(get_estimator("presence")).name == "presence"
+
+
+def test_a_mistyped_option_names_the_one_it_meant_the_policys_or_the_controllers():
+    """--controller_kw zero_cost_ordr=index said only "the policy takes none", with no word of the
+    Controller option zero_cost_order it missed; pacee=even listed threshold's options unranked."""
+    with pytest.raises(ValueError, match=r"takes \['adapt', 'pace', .*\]; did you mean 'pace' for 'pacee'\?$"):
+        get_policy("threshold", pacee="even")
+    conn = adaptive.Connectome(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    with pytest.raises(ValueError, match=r"the policy takes none; did you mean the Controller's 'zero_cost_order' "
+                                         r"for 'zero_cost_ordr'\?$"):
+        adaptive.Controller(conn, policy="utility", density=0.5, zero_cost_ordr="index")
+    with pytest.raises(ValueError, match=r"the policy takes none$"):  # nothing near: no guess
+        adaptive.Controller(conn, policy="utility", density=0.5, foo=1)
+    with pytest.raises(ValueError, match=r"unknown pace 'evn'.*\)$"):  # a bad value of a known option: no guess
+        adaptive.Controller(conn, policy="threshold", density=0.5, pace="evn")
+    assert conn.density() == 1.0  # refused before anything was edited
