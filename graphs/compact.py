@@ -314,11 +314,15 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
                 w.mul_(conn.masks[name].to(w.device, w.dtype))
     ref = copy.deepcopy(src)  # the GraphModule shares submodules with src; keep an untouched reference
     nargs = len(example_input) if isinstance(example_input, (tuple, list)) else 1
+    fixed = _unsupplied_defaults(src, nargs) or {}
     try:  # forward's defaulted parameters the example does not supply (mask=None) traced at their defaults, as build does
-        gm = symbolic_trace(src, concrete_args=_unsupplied_defaults(src, nargs))
+        gm = symbolic_trace(src, concrete_args=fixed or None)
     except Exception as e:
         raise RuntimeError(f"compact needs an fx-traceable model; tracing {type(model).__name__} failed{_where(e)}: "
                            f"{e}") from e
+    for n in gm.graph.nodes:  # fx names such a parameter mask_1: the copy takes mask=None, as the model does
+        if n.op == "placeholder" and n.target.endswith("_1") and n.target[:-2] in fixed:
+            n.target = n.target[:-2]
     gm.eval()
     _functional_layers(gm, src)
     x = example_input[:1] if isinstance(example_input, torch.Tensor) else example_input

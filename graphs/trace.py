@@ -363,8 +363,12 @@ class FlowProp(ShapeProp):
         module = self.mods.get(n.target) if n.op == "call_module" else None
         if n.op == "call_function" and not self._tensor_flows((n.args, n.kwargs)):
             return self._constant_like(result)  # made from no traced data (torch.full, a causal mask)
-        if ops.reads_shape_only(n):
-            return self._constant_like(result)  # torch.zeros_like(x), x.new_zeros(...): x's shape, not its data
+        if ops.reads_shape_only(n):  # torch.zeros_like(x), x.new_zeros(...): x's shape, not its data
+            fill = self._tensor_flows((n.args[1:], {k: v for k, v in n.kwargs.items() if k != "input"}))
+            if not fill:
+                return self._constant_like(result)
+            if len(fill) == 1 and fill[0].numel() == 1:  # full_like(x, x.mean()): that one value everywhere
+                return fill[0].reshape(()).expand(result.shape)
         if n.op == "call_function" and n.target is F.linear:
             return self._on_linear(n, result)
         cat = ops.categorize(n, module)

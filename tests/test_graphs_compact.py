@@ -821,3 +821,15 @@ def test_forward_parameters_with_defaults_are_traced_at_their_defaults():
     assert small.compaction["removed"] == {"fc1": 2, "fc2": 0}
     assert small.fc1.weight.shape == (4, 4)
     assert_same_outputs(small, lambda t: masked_output(model, conn, t), masked_output(model, conn, x), x, torch.randn(3, 4))
+
+
+def test_a_compact_copy_takes_the_defaulted_parameters_by_their_names():
+    """fx names a parameter it specialises ``mask_1``: the copy refused ``small(x, mask=None)``, a call the model
+    takes (TypeError: unexpected keyword argument 'mask'); another value than the default is refused by name."""
+    torch.manual_seed(0)
+    model = OptionalArgs().eval()
+    x = torch.randn(2, 4)
+    small = graphs.compact(model, example_input=x)
+    assert torch.allclose(small(x, features=False, mask=None), model(x), atol=1e-6)
+    with pytest.raises(AssertionError, match="features has been specialized to have value False"):
+        small(x, features=True)

@@ -313,3 +313,14 @@ def test_tensors_made_from_a_shape_are_constants(make):
     torch.manual_seed(0)
     x = torch.randn(2, 5, 3)
     assert inner(build(Between(Fn(make)), x)) == inner(build(Between(Fn(lambda h: h + 1.0)), x))
+
+
+@pytest.mark.parametrize("make", [lambda h: h + torch.full_like(h, h.mean()),
+                                  lambda h: h + h.new_full(h.shape, fill_value=h.mean())],
+                         ids=["full_like", "new_full"])
+def test_a_tensor_filled_with_a_traced_value_carries_that_value(make):
+    """``torch.full_like(h, h.mean())`` is the mean everywhere, as ``h + h.mean()`` reads it: taken for a
+    constant, the mean's node fed nothing."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3)
+    assert inner(build(Between(Fn(make)), x)) == inner(build(Between(Fn(lambda h: h + h.mean())), x))
