@@ -314,12 +314,20 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
                 w.mul_(conn.masks[name].to(w.device, w.dtype))
     ref = copy.deepcopy(src)  # the GraphModule shares submodules with src; keep an untouched reference
     nargs = len(example_input) if isinstance(example_input, (tuple, list)) else 1
-    fixed = _unsupplied_defaults(src, nargs) or {}
-    try:  # forward's defaulted parameters the example does not supply (mask=None) traced at their defaults, as build does
-        gm = symbolic_trace(src, concrete_args=fixed or None)
-    except Exception as e:
-        raise RuntimeError(f"compact needs an fx-traceable model; tracing {type(model).__name__} failed{_where(e)}: "
-                           f"{e}") from e
+    # forward's defaulted parameters the example does not supply are traced at their defaults, as build
+    # does: first the flags (mask=None, return_features=False, mode='a'), which an `if` reads; a number
+    # (temperature=1.0) stays an input of the copy unless tracing needs it fixed too
+    every = _unsupplied_defaults(src, nargs) or {}
+    flags = {k: v for k, v in every.items() if v is None or isinstance(v, (bool, str))}
+    for fixed in ([flags, every] if every != flags else [every]):
+        try:
+            gm = symbolic_trace(src, concrete_args=fixed or None)
+            break
+        except Exception as e:  # noqa: BLE001 - fx raises many types; the last one is reported
+            failed = e
+    else:
+        raise RuntimeError(f"compact needs an fx-traceable model; tracing {type(model).__name__} failed"
+                           f"{_where(failed)}: {failed}") from failed
     for n in gm.graph.nodes:  # fx names such a parameter mask_1: the copy takes mask=None, as the model does
         if n.op == "placeholder" and n.target.endswith("_1") and n.target[:-2] in fixed:
             n.target = n.target[:-2]

@@ -833,3 +833,27 @@ def test_a_compact_copy_takes_the_defaulted_parameters_by_their_names():
     assert torch.allclose(small(x, features=False, mask=None), model(x), atol=1e-6)
     with pytest.raises(AssertionError, match="features has been specialized to have value False"):
         small(x, features=True)
+
+
+class Tempered(nn.Module):
+    """A flag an ``if`` reads, and a number used only in arithmetic."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x, temperature=1.0, logits=True):
+        y = self.fc2(torch.relu(self.fc1(x))) / temperature
+        return y if logits else y.softmax(-1)
+
+
+def test_a_numeric_default_stays_an_input_of_the_compact_copy():
+    """Only the flags an ``if`` reads are fixed at their defaults: ``temperature`` stays an input, so the copy
+    takes another value as the model does (it had been fixed at 1.0, and small(x, temperature=2.0) refused)."""
+    torch.manual_seed(0)
+    model = Tempered().eval()
+    x = torch.randn(2, 4)
+    small = graphs.compact(model, example_input=x)
+    assert torch.allclose(small(x, temperature=2.0), model(x, temperature=2.0), atol=1e-6)
+    with pytest.raises(AssertionError, match="logits has been specialized to have value True"):
+        small(x, logits=False)
