@@ -70,6 +70,14 @@ class _Parsed(Exception):
     pass
 
 
+def _parse_then_stop(real):
+    def parse_then_stop(self, args=None, namespace=None):
+        real(self, args, namespace)
+        raise _Parsed
+
+    return parse_then_stop
+
+
 def test_the_readme_shows_commands_of_every_kind():
     scripts = {s for s, _ in readme_commands()}
     assert {"recipes/adaptive.py", "recipes/prune_pretrained.py", "recipes/diagnostics.py", "-m graphs"} <= scripts
@@ -109,13 +117,12 @@ def test_readme_command_options_parse(script, argv, monkeypatch, tmp_path):
         with pytest.raises(_Parsed):
             graphs.cli.main(argv)
         return
-    real = argparse.ArgumentParser.parse_args
+    import adaptive.cli
 
-    def parse_then_stop(self, args=None, namespace=None):
-        real(self, args, namespace)
-        raise _Parsed
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    # the recipes' parser (adaptive.cli.ArgumentParser) has a parse_args of its own: both stop once parsed,
+    # or the command would run for real (a whole prune_pretrained job, written under the repository)
+    for cls in (argparse.ArgumentParser, adaptive.cli.ArgumentParser):
+        monkeypatch.setattr(cls, "parse_args", _parse_then_stop(cls.parse_args))
     monkeypatch.setattr(sys, "argv", [script, *argv])
     monkeypatch.syspath_prepend(os.path.join(ROOT, os.path.dirname(script)))
     with pytest.raises(_Parsed):
