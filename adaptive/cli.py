@@ -47,6 +47,45 @@ def show_progress(setting: Optional[bool] = None) -> bool:
         return False
 
 
+def counted(n: int, word: str) -> str:
+    """``n`` and ``word``, plural unless ``n`` is 1: ``1 unit``, ``3 units``, ``1,200 units``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def progress_lines(setting: Optional[bool], main: bool) -> bool:
+    """Whether to print plain progress lines: on the main process (``main``) wherever no bar is drawn
+    (stderr not a terminal, or ``--no-progress``), so that a run into a pipe or a log file is not
+    silent between its start line and its summary. The recipes print them at evaluations, never per batch."""
+    return main and not show_progress(setting)
+
+
+def progress_line(**figures) -> str:
+    """One plain progress line, no carriage return: ``progress: step 40/200, epoch 2, train loss 0.512,
+    ...``; a figure that is None is left out, a float shows 4 significant digits, ``seconds`` comes last."""
+    seconds = figures.pop("seconds", None)
+    parts = [f"{k.replace('_', ' ')} {v:.4g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+             for k, v in figures.items() if v is not None]
+    if seconds is not None:
+        parts.append(f"{seconds:.0f} s")
+    return "progress: " + ", ".join(parts)
+
+
+def mask_only_progress(total_synapses: int, show: Callable[[str], None]) -> Callable[[dict], None]:
+    """A callback for ``optimize_connectome``'s records that shows one :func:`progress_line` per held-out
+    evaluation (every ``eval_every`` updates and at each target's end), with the last update's train loss."""
+    last: dict = {}
+
+    def on_record(rec: dict) -> None:
+        if rec["kind"] == "update":
+            last.update(target=rec.get("target"), train_loss=rec.get("train_loss"))
+        elif rec["kind"] == "eval":
+            show(progress_line(step=rec["step"], target=last.get("target"), train_loss=last.get("train_loss"),
+                               holdout_loss=rec.get("holdout_loss"), holdout_accuracy=rec.get("holdout_acc"),
+                               density=f"{1 - rec['removed'] / max(1, total_synapses):.4f}",
+                               seconds=rec.get("wall_seconds")))
+    return on_record
+
+
 def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callable[[], str]] = "",
             errors: Tuple[type, ...] = ()) -> Any:
     """Run ``main()``; a bad option, missing data or weights that do not fit print one line naming

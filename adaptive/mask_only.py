@@ -215,8 +215,13 @@ def check_targets(model: nn.Module, target: Union[Target, Sequence[Target]], inc
     removing the same count. Counts the synapses without building a connectome, of the module a
     ``torch.compile`` wrapper runs, as the connectome does (its names carry no ``_orig_mod.``)."""
     targets = list(target) if isinstance(target, (list, tuple)) else [target]
-    found = discover(_uncompiled(model), include, exclude)
-    _resolve_targets(targets, sum(p.numel() for _, p in found.values()))
+    _resolve_targets(targets, count_synapses(model, include, exclude))
+
+
+def count_synapses(model: nn.Module, include=None, exclude=None) -> int:
+    """The prunable synapses a connectome of ``model`` with ``include``/``exclude`` would hold, counted
+    without building one (of the module a ``torch.compile`` wrapper runs): what targets count."""
+    return sum(p.numel() for _, p in discover(_uncompiled(model), include, exclude).values())
 
 
 def _data_identity(loader) -> list:

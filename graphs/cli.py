@@ -30,7 +30,7 @@ import torch
 
 from adaptive import jsonio
 from adaptive.atomic import write_text
-from adaptive.cli import ArgumentParser
+from adaptive.cli import ArgumentParser, counted
 from adaptive.warn import command_line_warnings, warn_user
 
 WEIGHT_FILES = ("model_state.pt", "dense_state_dict.pt", "pruned_state_dict.pt")
@@ -545,11 +545,11 @@ def _compact(model, conn, a, run_dir) -> int:
                                       "graphs.compact(..., verify=False) returns the model unchecked.") from e
     _save(small, out)
     c = small.compaction
-    print(f"removed {c['units_removed']} dead units: {c['params_before']:,} -> {c['params_after']:,} parameters "
+    print(f"removed {counted(c['units_removed'], 'dead unit')}: {c['params_before']:,} -> {c['params_after']:,} parameters "
           f"(outputs agree to {c['max_abs_diff']:.2g}); wrote {out} (torch.load(..., weights_only=False))")
     for layer, n in c["removed"].items():
         if n:
-            print(f"  {layer}: -{n} units")
+            print(f"  {layer}: -{counted(n, 'unit')}")
     return 0
 
 

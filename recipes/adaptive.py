@@ -25,6 +25,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptive import Connectome, Controller  # noqa: E402
-from adaptive.cli import show_progress  # noqa: E402
+from adaptive.cli import counted, mask_only_progress, progress_line, progress_lines, show_progress  # noqa: E402
 from adaptive.counts import whole_number  # noqa: E402
 from adaptive.config import (COMMAND_LINE, SEED_RANGE, ConfigError, given_keys, parse_config, save_config,  # noqa: E402
                              seed_in_range)
@@ -49,7 +50,7 @@ from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive import run_folder  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.diagnostics.silent_units import SilentUnits  # noqa: E402
-from adaptive.data import check_dataset_kw, get_dataloaders as _get_dataloaders, model_before_data  # noqa: E402
+from adaptive.data import check_dataset_kw, get_dataloaders as _get_dataloaders, model_before_data, test_images  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.training import (  # noqa: E402
     CHECKPOINT_DIR, STEP_GAMMA, STEP_MILESTONES, TrainState, evaluate, find_checkpoint, list_checkpoints,
@@ -879,7 +880,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
         f"{cfg.model} on {cfg.dataset}: {conn.num_synapses():,} synapses, density {conn.density():.3f}, policy "
         f"{cfg.policy}{'/' + ctrl.estimator_name if ctrl.estimator_name else ''}, {accelerator.num_processes} process(es), "
         f"{total_steps} steps{f' of {accum} accumulated batches' if accum > 1 else ''} -> {output_dir}")
-    progress = None
+    progress, lines = None, progress_lines(cfg.progress, accelerator.is_main_process)
     if show_progress(cfg.progress) and accelerator.is_local_main_process:
         from tqdm.auto import tqdm
 
@@ -919,7 +920,12 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
         warn_silent()
         # the holdout row of a step comes before its checkpoint, so a resumed run has it too
         if (s.step % cfg.eval_every == 0) if cfg.eval_every else (s.step % steps_per_epoch == 0):
-            eval_holdout()
+            holdout = eval_holdout()
+            if lines:  # no bar: one plain line per evaluation, so a piped or logged run is not silent
+                train = next((r for r in reversed(state.metrics) if r.get("split") == "train"), {})
+                print(progress_line(step=f"{s.step}/{total_steps}", epoch=f"{s.epoch + 1}/{epochs}", train_loss=train.get("loss"),
+                                    holdout_accuracy=holdout, density=f"{conn.density():.4f}", seconds=elapsed()),
+                      flush=True)
         if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and s.step < total_steps:
             s.seconds = elapsed()  # the run's time so far, carried on by a resume from this checkpoint
             save_checkpoint(accelerator, output_dir, s.step, cfg.keep_checkpoints, state=s, files=ckpt_files)
@@ -1213,7 +1219,7 @@ def _mask_only_run_dir(resume: str, output_dir) -> Path:
 def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     """Mask-only connectome optimisation: the weights stay bit-exact, only the masks move. The run
     is recorded after every target in ``mask_only_checkpoint.pt``; ``--resume`` continues it."""
-    from adaptive.mask_only import loaded_state, optimize_connectome
+    from adaptive.mask_only import count_synapses, loaded_state, optimize_connectome
 
     ckpt = output_dir / MASK_ONLY_CHECKPOINT  # --resume was resolved to this run folder already
     if cfg.weights is None:
@@ -1240,8 +1246,11 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         # --max_steps counts training batches per target (each process's), else --epochs passes
         passes = cfg.max_steps / len(train_dl) if cfg.max_steps else float(cfg.epochs)
         passes = cfg.mask_only_kw.get("passes", passes)  # (kept by a resumed run recorded before the check)
-        accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {sum(p.numel() for p in model.parameters()):,} "
-                          f"parameters, target {target}, {passes:.3g} pass(es) of {len(train_dl)} batches per target, "
+        with warnings.catch_warnings():  # the connectome's discovery warns about odd layers, once, below
+            warnings.simplefilter("ignore")
+            synapses = count_synapses(model, cfg.include, cfg.exclude)
+        accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {synapses:,} synapses (of "
+                          f"{sum(p.numel() for p in model.parameters()):,} parameters), target {target}, {passes:.3g} pass(es) of {len(train_dl)} batches per target, "
                           f"estimator {cfg.estimator} -> {output_dir}")
         kw = dict(passes=passes, ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
                   estimator=cfg.estimator, window=cfg.update_every, edit_fraction=cfg.edit_fraction, seed=cfg.seed,
@@ -1257,7 +1266,15 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
                 _save_config(accelerator, cfg, output_dir)
                 saved.append(True)
 
-        kw["callback"] = save_config_once
+        show = (mask_only_progress(synapses, lambda line: print(line, flush=True))
+                if progress_lines(cfg.progress, accelerator.is_main_process) else None)
+
+        def on_record(record):
+            save_config_once(record)
+            if show is not None:
+                show(record)
+
+        kw["callback"] = on_record
         loaded = loaded_state(model)  # the weights as loaded, before the connectome: the final check's reference
         t0 = time.time()
         try:
@@ -1328,10 +1345,8 @@ def _split_labels(loaders, n_test: int, train: str, test_subset: Optional[int] =
     """What fed each split's line in loss_accuracy.png: the held-out part is drawn from TRAIN, and
     the test line says how many test images it scored (of how many, when --test_subset drew fewer)."""
     n_holdout = len(loaders.datasets.holdout)
-    whole = getattr(loaders.datasets.test.dataset, "whole_split_size", None) if test_subset is not None else None
-    test = (f"test ({n_test:,} images)" if whole is None or n_test >= whole else
-            f"test ({n_test:,} of {whole:,} images, drawn by --test_subset)")
-    return {"train": train, "holdout": f"held-out ({n_holdout:,} images of TRAIN)", "test": test}
+    test = test_images(loaders.datasets.test if test_subset is not None else None, n_test)
+    return {"train": train, "holdout": f"held-out ({n_holdout:,} images of TRAIN)", "test": f"test ({test})"}
 
 
 def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn,
@@ -1460,7 +1475,7 @@ def _finish(accelerator, output_dir, summary, files):
             f"{summary['test_examples']:,} test images (held-out part of TRAIN {'n/a' if ho is None else f'{100 * ho:.2f}%'}), "
             f"density {summary['density']:.4f} ({summary['live']:,} of {summary['synapses']:,} synapses live"
             + (f", {zero_live:,} of them holding exactly 0.0" if zero_live else "")
-            + f"), {summary['updates']} controller updates"
+            + f"), {counted(summary['updates'], 'controller update')}"
             + (f"; every figure measured under {mp} autocast (--mixed_precision), so a float32 evaluation of "
                "dense_state_dict.pt differs in the last digits" if mp != "no" else "") + "\n"
             f"outputs in {output_dir}/: " + ", ".join(sorted(p.name for p in files.values())),

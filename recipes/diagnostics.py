@@ -426,7 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("knowledge", allow_abbrev=False, parents=[common], help="accuracy of what remains against weights removed")
     s.add_argument("--estimator", default="magnitude", help="utility estimator giving the removal order (adaptive.utility)")
-    s.add_argument("--points", type=int, default=40, help="removal counts measured along the curve")
+    s.add_argument("--points", type=int, default=40, help="N: the curve is measured at 0 removed, at N counts spaced "
+                   "logarithmically from 1 to --max_fraction of the prunable weights and at max(2, N // 2) counts "
+                   "spaced evenly from 0 to there; a count that comes twice (often among the smallest) is measured "
+                   "once, so at most 1 + N + max(2, N // 2) points")
     s.add_argument("--max_fraction", type=float, default=1.0, help="remove up to this fraction of the prunable weights")
     s.add_argument("--finetune_batches", type=int, default=0, help="fine-tune steps after each point (0 = one shot)")
     s.add_argument("--finetune_lr", type=float, default=1e-3, help="SGD step size of the --finetune_batches steps")

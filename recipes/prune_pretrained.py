@@ -48,16 +48,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adaptive.data import get_dataloaders, model_before_data  # noqa: E402
+from adaptive.data import get_dataloaders, model_before_data, test_images  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive import jsonio  # noqa: E402
 from adaptive import run_folder  # noqa: E402
 from adaptive.atomic import atomic_path  # noqa: E402
-from adaptive.cli import ArgumentParser, show_progress  # noqa: E402
+from adaptive.cli import ArgumentParser, mask_only_progress, progress_lines, show_progress  # noqa: E402
 from adaptive.config import SEED_RANGE, merge_key_values, seed_in_range  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.metrics import fmt_accuracy  # noqa: E402
-from adaptive.mask_only import (check_targets, changed_from, evaluate, loaded_state, optimize_connectome,  # noqa: E402
+from adaptive.mask_only import (check_targets, changed_from, count_synapses, evaluate, loaded_state, optimize_connectome,  # noqa: E402
                                 parse_target)
 from adaptive.models import build_model  # noqa: E402
 from adaptive.plots import SPLIT_COLOR, boundary_scale, legend_below, run_title, step_points, tight_artists  # noqa: E402
@@ -65,7 +65,7 @@ from adaptive.training import evaluate as evaluate_sharded  # noqa: E402
 
 DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None, remove=["best"],
                 output_dir="runs/prune_pretrained", seed=0, passes=1.0, batch_size=128, eval_batch_size=500,
-                holdout=0.1, subset=None, ensemble="synapse", estimator="presence", step=None, window=1,
+                holdout=0.1, subset=None, test_subset=None, ensemble="synapse", estimator="presence", step=None, window=1,
                 edit_fraction=1.0, approach=0.0, ladder=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], patience=2,
                 verify_batches=0, eval_every=100, train_eval_batches=10,
                 threads=None, progress=None, num_classes=None, num_workers=0, cpu=False,
@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--config file's; YAML values)")
     p.add_argument("--subset", type=int,
                    help="use only this many train images (quick runs; a stratified draw that includes the held-out part)")
+    p.add_argument("--test-subset", "--test_subset", dest="test_subset", type=int,
+                   help="report on only this many test images (quick runs; a stratified draw, the same for every row; "
+                        "at least one per class)")
     p.add_argument("--ensemble", help="synapse, kernel, neuron, block:RxC; or per layer, first match wins: '*fc*=neuron;synapse'")
     p.add_argument("--estimator", help="utility estimator (presence, evidence, consistency, obd, taylor, ...)")
     p.add_argument("--step", type=number_or_none,
@@ -372,7 +375,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                 "does not exist: pass the path of a saved state_dict (this project never downloads weights)")
         raise SystemExit(f"{origin('weights')} {cfg['weights']} {what}")
     for key, least in (("batch_size", 1), ("eval_batch_size", 1), ("train_eval_batches", 1), ("verify_batches", 0),
-                       ("eval_every", 0), ("subset", 1), ("threads", 1), ("num_workers", 0)):
+                       ("eval_every", 0), ("subset", 1), ("test_subset", 1), ("threads", 1), ("num_workers", 0)):
         v = cfg.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
             raise SystemExit(f"--{key.replace('_', '-')} must be an integer >= {least}, got {v!r}")
@@ -652,7 +655,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
                                   **args.dataset_kw)
     dl = get_dataloaders(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir, holdout=args.holdout,
                          download=args.download,
-                         seed=args.seed, subset=args.subset, eval_batch_size=args.eval_batch_size,
+                         seed=args.seed, subset=args.subset, test_subset=args.test_subset, eval_batch_size=args.eval_batch_size,
                          num_workers=args.num_workers, progress=args.progress, holdout_required=True,
                          **args.dataset_kw)
     test_loader = test_loader_hook(dl.test) if test_loader_hook else dl.test  # wrapping reads nothing
@@ -706,7 +709,15 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
 
     if not args.overwrite and (not args.resume or (out / "config.yaml").is_file()):
         write_config()  # (an --overwrite run's goes once the earlier run's config.yaml has gone, above)
-    extra = {"callback": delete_earlier_run} if args.overwrite else {}
+    show = (mask_only_progress(count_synapses(model), lambda line: accelerator.print(line, flush=True))
+            if progress_lines(args.progress, main_proc) else None)
+
+    def on_record(record):
+        delete_earlier_run(record)
+        if show is not None:  # no bar: one plain line per held-out evaluation
+            show(record)
+
+    extra = {"callback": on_record} if args.overwrite or show is not None else {}
     loaded = loaded_state(model)  # the weights as loaded, before the connectome: what the report checks against
     t0 = time.time()
     try:
@@ -750,7 +761,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
         conn.set_masks({n: torch.ones_like(m) for n, m in conn.masks.items()})
         tl, ta, _ = train_eval()
         hl, ha, _ = evaluate(model, dl.holdout, progress=report_bar)
-        sl, sa, _ = evaluate_sharded(accelerator, model, test_dl, progress=report_bar)
+        sl, sa, n_test = evaluate_sharded(accelerator, model, test_dl, progress=report_bar)
         rows.append(dict(target="dense", removed=0, fraction=0.0, train_loss=tl, train_acc=ta, holdout_loss=hl,
                          holdout_acc=ha, test_loss=sl, test_acc=sa))
         several = len(result.snapshots) > 1
@@ -786,7 +797,10 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
             + ").\n"
             f"Splits: train = a fixed random sample of {len(train_sample.dataset)} images of the train part (the same for "
             "every row); held-out = a stratified part of the TRAIN split "
-            "(used for line search and snapshot choice); test = the test split, read only for this report.\n")
+            "(used for line search and snapshot choice); test = "
+            + ("the test split" if args.test_subset is None else
+               f"a stratified draw from the test split ({test_images(test_loader.dataset, n_test, '--test-subset')})")
+            + ", read only for this report.\n")
     accelerator.print(table + note)
     if main_proc:
         out.mkdir(parents=True, exist_ok=True)

@@ -419,3 +419,22 @@ def test_an_order_read_from_fewer_batches_than_asked_says_how_many():
     with pytest.warns(UserWarning, match=r"the taylor removal order read 2 batches of the 20 asked: .*rest on 2 "
                                          r"batches; .*--order_batches"):
         removal_scores(Connectome(model), train[:2], "taylor", batches=20)
+
+
+def test_points_help_says_what_is_measured():
+    import argparse
+
+    from _scripts import load_script
+    from adaptive.diagnostics.knowledge import default_counts
+
+    parser = load_script("recipes/diagnostics.py", "diagnostics_points_help").build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["knowledge"]
+    text = " ".join(sub.format_help().split())
+    assert ("N counts spaced logarithmically from 1 to --max_fraction of the prunable weights and at max(2, N // 2) "
+            "counts spaced evenly") in text and "at most 1 + N + max(2, N // 2) points" in text
+    # what the help says is what default_counts measures: 0, the log-spaced and the evenly spaced counts
+    for total, n in ((268_336, 40), (1_000, 7), (10, 1)):
+        counts = default_counts(total, n)
+        geo = set(torch.logspace(0, math.log10(total), n, dtype=torch.float64).round().long().tolist())
+        lin = set(torch.linspace(0, total, max(2, n // 2), dtype=torch.float64).round().long().tolist())
+        assert set(counts) == {0} | geo | lin and len(counts) <= 1 + n + max(2, n // 2)

@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from adaptive.models import WeightsMismatchError, build_model
@@ -45,8 +46,10 @@ def _crash_in_second_target(mod, monkeypatch):
     target's checkpoint); ``monkeypatch.setattr(mod, "optimize_connectome", ...)`` undoes it."""
     real = mod.optimize_connectome
 
-    def crash(*a, **kw):
+    def crash(*a, callback=None, **kw):
         def cb(rec):
+            if callback is not None:  # the recipe's own (progress lines, --overwrite's deletion)
+                callback(rec)
             if rec["kind"] == "update" and rec["stage"] == 1:
                 raise Crash
 
@@ -1150,3 +1153,17 @@ def test_a_damaged_checkpoint_is_refused_before_the_data_loads(tmp_path, monkeyp
                                          r"cannot be resumed: start afresh with --overwrite"):
         mod.main(["--output_dir", str(out), "--resume", "--dataset", "digits", "--model", "mlp"])
     assert (out / "checkpoint.pt").read_bytes() == damage
+
+
+def test_test_subset_reports_on_a_stratified_draw(tmp_path, weights, capsys):
+    mod = recipe()
+    with pytest.raises(ValueError, match="cannot hold one test example of each of the 10 classes"):
+        mod.main(args(weights, tmp_path / "few", "--remove", "0.5", "--test-subset", "5"))
+    assert not (tmp_path / "few" / "results.md").exists()
+    capsys.readouterr()
+    mod.main(args(weights, tmp_path / "out", "--remove", "0.5", "--test-subset", "30"))
+    out = capsys.readouterr().out
+    results = (tmp_path / "out" / "results.md").read_text()
+    for text in (out, results):
+        assert "test = a stratified draw from the test split (30 of " in text and "drawn by --test-subset)" in text
+    assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["test_subset"] == 30

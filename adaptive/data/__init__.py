@@ -109,6 +109,18 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
                          in_shape=tuple(src.in_shape), classes=list(src.classes), name=name)
 
 
+def test_images(test_dataset, scored: int, option: str = "--test_subset") -> str:
+    """What a report says of the test images it scored: ``"359 images"``, or for a ``test_subset``
+    draw (``option`` names it as the command line spells it) ``"1,000 of 10,000 images, drawn by --test_subset"``."""
+    ds, whole = test_dataset, None
+    while ds is not None and whole is None:  # the draw, under a loader's or a lazy split's wrapper
+        whole = getattr(ds, "whole_split_size", None)
+        ds = getattr(ds, "dataset", None)
+    if whole is None or scored >= whole:
+        return f"{scored:,} images"
+    return f"{scored:,} of {whole:,} images, drawn by {option}"
+
+
 def _warn_short(name: str, split: str, asked: Optional[int], size: int, option: str) -> None:
     if asked is not None and asked > size:
         warn_user(f"{option}={asked:,} asks for more examples than the {split} split of {name} holds ({size:,}): "
@@ -200,7 +212,7 @@ def get_dataloaders(name: str, batch_size: int = 128, data_dir=None, holdout: fl
 
 __all__ = [
     "get_datasets", "get_dataloaders", "DatasetSplits", "DataLoaders", "DatasetNotFoundError",
-    "register_dataset", "available_datasets", "check_dataset_kw", "dataset_facts", "model_before_data",
+    "register_dataset", "available_datasets", "check_dataset_kw", "dataset_facts", "model_before_data", "test_images",
     "Source", "LazyDataset", "TensorImages",
     "stratified_split", "stratified_subset", "random_crop_flip", "resolve_data_dir",
 ]

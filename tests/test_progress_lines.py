@@ -1,0 +1,83 @@
+"""Runs into a pipe or a log file (stderr not a terminal: no bar) print one plain progress line per
+held-out evaluation, so an hours-long job is not silent between its start line and its summary."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from adaptive.cli import progress_line, progress_lines
+from adaptive.models import build_model
+from _scripts import CHILD_TIMEOUT, ROOT, load_script
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def test_progress_line_is_one_plain_line():
+    line = progress_line(step="40/200", epoch="2/10", train_loss=0.51234, holdout_accuracy=None, density="0.2000",
+                         seconds=12.4)
+    assert line == "progress: step 40/200, epoch 2/10, train loss 0.5123, density 0.2000, 12 s"
+    assert progress_lines(None, True) and not progress_lines(None, False)  # pytest's stderr is no terminal
+    assert not progress_lines(True, True)  # a bar asked for: no lines besides it
+
+
+def test_train_run_into_a_pipe_prints_progress_lines(tmp_path):
+    cmd = [sys.executable, str(ROOT / "recipes" / "adaptive.py"), "--max_steps", "40", "--eval_every", "10",
+           "--update_every", "10", "--log_every", "5", "--threads", "1", "--figures", "false",
+           "--output_dir", str(tmp_path / "run")]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.startswith("progress: ")]
+    assert [l.split(",")[0] for l in lines] == [f"progress: step {s}/40" for s in (10, 20, 30, 40)]
+    assert all(" train loss " in l and " holdout accuracy " in l and " density " in l and l.endswith(" s")
+               for l in lines), lines
+    assert "\r" not in r.stdout + r.stderr  # no bar redraws in a log file
+
+
+def test_mask_only_run_prints_progress_lines_and_counts_synapses(tmp_path, capsys):
+    R = load_script("recipes/adaptive.py", "adaptive_recipe_progress")
+    torch.manual_seed(0)
+    torch.save(build_model("mlp", num_classes=10, in_shape=(64,)).state_dict(), tmp_path / "w.pt")
+    res = R.main(["--output_dir", str(tmp_path / "run"), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
+                  "--update_every", "8", "--threads", "1", "--figures", "false", "--weights", str(tmp_path / "w.pt")])
+    out = capsys.readouterr().out
+    synapses, params = res.conn.num_synapses(), sum(p.numel() for p in res.model.parameters())
+    assert synapses < params
+    assert f"{synapses:,} synapses (of {params:,} parameters)" in out
+    lines = [l for l in out.splitlines() if l.startswith("progress: step ")]
+    assert lines and all("target 0.3" in l and "holdout accuracy" in l for l in lines), out
+    assert "\r" not in out
+
+
+def test_prune_pretrained_prints_progress_lines(tmp_path, capsys):
+    mod = load_script("recipes/prune_pretrained.py", "prune_pretrained_progress")
+    torch.manual_seed(0)
+    torch.save(build_model("resnet20", num_classes=10, in_shape=(3, 8, 8)).state_dict(), tmp_path / "w.pt")
+    mod.main(["--model", "resnet20", "--weights", str(tmp_path / "w.pt"), "--dataset", "fake", "--output_dir",
+              str(tmp_path / "out"), "--batch-size", "32", "--eval-batch-size", "64", "--window", "2", "--passes",
+              "0.5", "--verify-batches", "1", "--eval-every", "2", "--train-eval-batches", "2", "--subset", "192",
+              "--remove", "0.5", "--threads", "1"])
+    out = capsys.readouterr().out
+    lines = [l for l in out.splitlines() if l.startswith("progress: step ")]
+    assert lines and all("target 0.5" in l and "density" in l for l in lines), out
+    assert "\r" not in out
+
+
+def test_counts_of_one_are_singular(tmp_path, capsys):
+    from adaptive.cli import counted
+
+    assert (counted(1, "dead unit"), counted(0, "unit"), counted(1200, "controller update")) == (
+        "1 dead unit", "0 units", "1,200 controller updates")
+    R = load_script("recipes/adaptive.py", "adaptive_recipe_plural")
+    res = R.main(["--max_steps", "20", "--update_every", "10", "--threads", "1", "--figures", "false",
+                  "--output_dir", str(tmp_path / "run")])
+    assert res.summary["updates"] == 1 and "), 1 controller update\n" in capsys.readouterr().out
