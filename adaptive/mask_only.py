@@ -39,6 +39,7 @@ import math
 import numbers
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -220,8 +221,11 @@ def check_targets(model: nn.Module, target: Union[Target, Sequence[Target]], inc
 
 def count_synapses(model: nn.Module, include=None, exclude=None) -> int:
     """The prunable synapses a connectome of ``model`` with ``include``/``exclude`` would hold, counted
-    without building one (of the module a ``torch.compile`` wrapper runs): what targets count."""
-    return sum(p.numel() for _, p in discover(_uncompiled(model), include, exclude).values())
+    without building one (of the module a ``torch.compile`` wrapper runs): what targets count. Quietly:
+    discovery's warnings (a parametrized weight left dense, ...) are the connectome's to give, once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sum(p.numel() for _, p in discover(_uncompiled(model), include, exclude).values())
 
 
 def _data_identity(loader) -> list:

@@ -25,7 +25,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
@@ -1246,9 +1245,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         # --max_steps counts training batches per target (each process's), else --epochs passes
         passes = cfg.max_steps / len(train_dl) if cfg.max_steps else float(cfg.epochs)
         passes = cfg.mask_only_kw.get("passes", passes)  # (kept by a resumed run recorded before the check)
-        with warnings.catch_warnings():  # the connectome's discovery warns about odd layers, once, below
-            warnings.simplefilter("ignore")
-            synapses = count_synapses(model, cfg.include, cfg.exclude)
+        synapses = count_synapses(model, cfg.include, cfg.exclude)  # (quietly: the connectome warns, below)
         accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {synapses:,} synapses (of "
                           f"{sum(p.numel() for p in model.parameters()):,} parameters), target {target}, {passes:.3g} pass(es) of {len(train_dl)} batches per target, "
                           f"estimator {cfg.estimator} -> {output_dir}")

@@ -81,3 +81,16 @@ def test_counts_of_one_are_singular(tmp_path, capsys):
     res = R.main(["--max_steps", "20", "--update_every", "10", "--threads", "1", "--figures", "false",
                   "--output_dir", str(tmp_path / "run")])
     assert res.summary["updates"] == 1 and "), 1 controller update\n" in capsys.readouterr().out
+
+
+def test_counting_synapses_warns_nothing_the_connectome_warns_once(recwarn):
+    """The start line's count (count_synapses) and check_targets ran discovery, whose warnings (a
+    parametrized weight left dense, ...) came again from each call: prune_pretrained.py said one three times."""
+    import adaptive
+    from adaptive.mask_only import check_targets, count_synapses
+
+    model = torch.nn.Sequential(torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(4, 4)), torch.nn.Linear(4, 2))
+    check_targets(model, 0.5)
+    assert count_synapses(model) == 8 and not recwarn.list
+    with pytest.warns(UserWarning, match="parametrized weight"):
+        assert adaptive.Connectome(model).num_synapses() == 8
