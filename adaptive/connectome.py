@@ -1206,12 +1206,14 @@ class Connectome:
         total += sum(e[4].numel() for e in self._ens_cache.values())  # pooled ensemble masks, a byte per ensemble
         return total
 
-    def dense_state_dict(self) -> Dict[str, torch.Tensor]:
+    def dense_state_dict(self, device=None) -> Dict[str, torch.Tensor]:
         """An ordinary ``model.state_dict()`` (same keys) with zeros where pruned: it loads into a
-        vanilla model with no project code."""
+        vanilla model with no project code. ``device``: where its tensors go (None: where the model's
+        are); ``"cpu"`` for a file that loads on any machine, as the recipes write it (a file of CUDA
+        tensors needs ``map_location`` on a machine without a GPU)."""
         self._check_params()
         src = self.model.state_dict()
-        sd = OrderedDict((k, v.detach().clone()) for k, v in src.items())
+        sd = OrderedDict((k, v.detach().to(device=device, copy=True)) for k, v in src.items())
         if hasattr(src, "_metadata"):  # the modules' versions, which some loaders need (torchvision's MNASNet)
             sd._metadata = src._metadata
         keys = state_dict_keys(self.model)

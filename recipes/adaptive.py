@@ -1355,7 +1355,7 @@ def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn,
         write_metrics_csv(rows, files["metrics"])
         write_text(files["events"], "".join(json.dumps(e, default=float) + "\n" for e in events))
         conn.save(files["connectome"], with_original=conn.mode == "mask_only")
-        torch.save(conn.dense_state_dict(), files["dense_state_dict"])
+        torch.save(conn.dense_state_dict(device="cpu"), files["dense_state_dict"])  # loads on any machine
         if cfg.figures:
             from adaptive.plots import plot_run, run_title
 

@@ -15,8 +15,8 @@ training split only (a held-out part of it verifies every step and scores the sn
 split is read once, for the final report, after every decision is made.
 
 Writes into ``--output_dir`` (one subfolder ``remove_<target>`` per target when there are several):
-``pruned_state_dict.pt`` (a plain state_dict with zeros where pruned: ``torch.load(path,
-weights_only=True)`` and ``load_state_dict`` into a vanilla model), ``connectome.safetensors``;
+``pruned_state_dict.pt`` (a plain state_dict of CPU tensors with zeros where pruned: ``torch.load(path,
+weights_only=True)`` and ``load_state_dict`` into a vanilla model, on any machine), ``connectome.safetensors``;
 and at the top: ``results.md`` (the table), ``curves.png`` (loss and accuracy against the number of
 removed weights, and the prune/restore boundaries over time), ``history.jsonl``, ``events.jsonl``,
 ``summary.json`` (the rows, and every process's mask hash per snapshot), ``config.yaml`` (the resolved
@@ -767,7 +767,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
         several = len(result.snapshots) > 1
         for label, snap in result.snapshots.items():
             result.use(label)
-            pruned_sd = conn.dense_state_dict()
+            pruned_sd = conn.dense_state_dict(device="cpu")  # the file loads on a machine without a GPU
             differ = changed_from(pruned_sd, loaded, conn)  # every tensor, against the copy taken at load
             hashes[label] = gather_mask_hashes(accelerator, conn)
             if len(set(hashes[label])) != 1:  # before anything is written
