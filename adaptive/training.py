@@ -190,12 +190,15 @@ def metric_row(state: TrainState, split: str, loss: float, accuracy: float, conn
 
 @torch.no_grad()
 def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy, progress=None) -> tuple:
-    """``(mean loss, accuracy, examples)`` of ``model`` over a prepared ``loader``, every process
+    """``(mean loss, accuracy, examples)`` of ``model`` over ``loader`` (prepared by Accelerate, or any
+    iterable of batches, which are moved to the accelerator's device), every process
     evaluating its shard and the predictions gathered with ``gather_for_metrics`` (duplicates
     that even out the last batch across processes are dropped). The model's mode is restored.
     ``progress``: a progress bar (anything with ``update(n)``, e.g. tqdm) advanced once per batch;
     a tqdm bar made with ``total=None`` gets the loader's length here, when the evaluation starts (a
     lazily built test split is then read by the evaluation, not before)."""
+    from accelerate.utils import send_to_device
+
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
@@ -204,6 +207,8 @@ def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy, pr
         progress.refresh()
     try:
         for x, y in loader:
+            # a prepared loader's batches are there already; any other iterable's are moved
+            x, y = send_to_device((x, y), accelerator.device)
             out = model(x)
             losses = loss_fn(out.float(), y, reduction="none")
             preds = out.argmax(1)

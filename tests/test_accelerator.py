@@ -42,10 +42,10 @@ class ConvNet(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8 * 4 * 4, 4)
+        self.fc = nn.Linear(8, 4)
 
-    def forward(self, x):
-        return self.fc(F.adaptive_max_pool2d(F.relu(self.bn(self.conv(x))), 4).flatten(1))
+    def forward(self, x):  # any input size; no pooling op without a deterministic CUDA backward
+        return self.fc(F.relu(self.bn(self.conv(x))).mean((2, 3)))
 
 
 def mlp(seed=0):
@@ -204,9 +204,13 @@ def test_connectome_files_load_onto_either_device(device, tmp_path):
         for n, m in conn.masks.items():
             assert conn2.masks[n].device.type == other and torch.equal(conn2.masks[n].cpu(), m.cpu())
             assert conn2.params[n].detach()[~conn2.masks[n]].count_nonzero() == 0
+    on_device, on_cpu = conn.dense_state_dict(), conn.dense_state_dict(device="cpu")
+    assert {v.device.type for v in on_device.values()} == {device} and {v.device.type for v in on_cpu.values()} == {"cpu"}
+    torch.save(on_cpu, tmp_path / "plain.pt")  # what the recipes write: it loads on a machine without a GPU
     plain = ConvNet()
-    plain.load_state_dict(conn.dense_state_dict())  # a vanilla CPU model takes a GPU model's export
-    assert all(v.device.type == "cpu" for v in conn.dense_state_dict().values())
+    plain.load_state_dict(torch.load(tmp_path / "plain.pt", weights_only=True))
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, on_device[k].cpu()), k
 
 
 def _image_loaders(n=96, seed=0):
@@ -308,3 +312,26 @@ def test_the_graph_of_a_gpu_model_is_the_cpu_graph():
     for gr in (gpu_graph, guessed):
         assert dict(graphs.density_per_layer(gr)) == dict(graphs.density_per_layer(cpu_graph))
         assert graphs.summary(gr) == graphs.summary(cpu_graph)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_evaluate_moves_the_batches_of_any_loader_to_the_device(device):
+    """recipes' evaluate ran model(x) on the loader's batches as they came: a loader Accelerate had not
+    prepared (a wrapped test loader) gave CPU batches to a GPU model."""
+    from adaptive.training import evaluate
+
+    class OneProcess:  # what evaluate reads of an Accelerator
+        def __init__(self, device):
+            self.device = torch.device(device)
+
+        @staticmethod
+        def gather_for_metrics(t):
+            return t
+
+    torch.manual_seed(0)
+    model = mlp().to(device)
+    data = batches(3)
+    loss, acc, n = evaluate(OneProcess(device), model, data)
+    with torch.no_grad():
+        ref = torch.cat([F.cross_entropy(model(x.to(device)), y.to(device), reduction="none") for x, y in data])
+    assert n == 48 and loss == pytest.approx(float(ref.mean()), rel=1e-6) and 0 <= acc <= 1
