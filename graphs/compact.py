@@ -331,6 +331,8 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     for n in gm.graph.nodes:  # fx names such a parameter mask_1: the copy takes mask=None, as the model does
         if n.op == "placeholder" and n.target.endswith("_1") and n.target[:-2] in fixed:
             n.target = n.target[:-2]
+        if isinstance(n.type, str):  # an annotation left a string by `from __future__ import annotations`:
+            n.type = None            # torch 2.11's pickler took it for an object, and the copy failed to save
     gm.eval()
     _functional_layers(gm, src)
     x = example_input[:1] if isinstance(example_input, torch.Tensor) else example_input

@@ -857,3 +857,20 @@ def test_a_numeric_default_stays_an_input_of_the_compact_copy():
     assert torch.allclose(small(x, temperature=2.0), model(x, temperature=2.0), atol=1e-6)
     with pytest.raises(AssertionError, match="logits has been specialized to have value True"):
         small(x, logits=False)
+
+
+def test_a_compacted_model_with_string_annotations_saves_and_loads(tmp_path):
+    """A model written under `from __future__ import annotations` (adaptive.models' are) left fx's
+    placeholder typed by the string 'torch.Tensor', and `python -m graphs compact` failed to save the
+    copy on torch 2.11 (its pickler took the string for an object: seen on a GPU machine's torch)."""
+    from adaptive.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model("lenet5", num_classes=10, in_shape=(1, 28, 28)).eval()
+    assert isinstance(type(m).forward.__annotations__.get("x"), str)  # the premise: a string annotation
+    small = graphs.compact(m, adaptive.Connectome(m))
+    assert not any(isinstance(n.type, str) for n in small.graph.nodes)
+    torch.save(small, tmp_path / "small.pt")
+    again = torch.load(tmp_path / "small.pt", weights_only=False)
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(again(x), small(x))
