@@ -274,7 +274,7 @@ def test_bad_shapes_name_the_option(capsys):
 
 def test_progress_bars_only_on_a_terminal_unless_asked_and_the_test_evaluation_has_one(tmp_path, capsys):
     """Bars went into pipes and log files by default, and the test evaluations had none."""
-    quiet = [a for a in TINY if a not in ("--progress", "false")]
+    quiet = [a for a in TINY if a not in ("--progress", "false")] + ["--cpu", "true"]  # one process, one device: P runs on the CPU
     A.main(quiet + ["--output_dir", str(tmp_path / "a")])  # capsys' stderr is not a terminal: no bar
     assert capsys.readouterr().err == ""
     A.main(quiet + ["--output_dir", str(tmp_path / "b"), "--progress"])
@@ -621,9 +621,9 @@ def _recorded_before_the_checks(run, **settings):
             write_manifest(path.parent)
 
 
-def _stopped_train_run(run):
+def _stopped_train_run(run):  # a CPU run, also where there is a GPU
     _main(["--max_steps", "6", "--update_every", "2", "--checkpoint_every", "3", "--threads", "1", "--progress",
-            "false", "--figures", "false", "--output_dir", str(run)])
+            "false", "--figures", "false", "--cpu", "true", "--output_dir", str(run)])
     _back_to_step_3(run)
 
 
@@ -657,7 +657,7 @@ def test_a_cpu_run_recorded_with_fp16_resumes_as_it_ran(tmp_path, capsys):
     _stopped_train_run(plain)
     err = _error_of(["--config", str(plain / "config.yaml"), "--resume", "latest", "--mixed_precision", "fp16"], capsys)
     assert "mixed_precision: run 'no', now 'fp16'" in err
-    assert "fp16 cannot run on the CPU" in _error_of(TINY + ["--mixed_precision", "fp16", "--output_dir",
+    assert "fp16 cannot run on the CPU" in _error_of(TINY + ["--cpu", "true", "--mixed_precision", "fp16", "--output_dir",
                                                            str(tmp_path / "new")], capsys)
 
 
@@ -883,7 +883,7 @@ def test_a_cpu_run_recorded_with_fp16_resumes_again_with_its_own_command(tmp_pat
     command was refused from them."""
     run = tmp_path / "fp16"
     command = ["--max_steps", "9", "--update_every", "2", "--checkpoint_every", "3", "--keep_checkpoints", "0",
-               "--threads", "1", "--progress", "false", "--figures", "false", "--output_dir", str(run)]
+               "--threads", "1", "--progress", "false", "--figures", "false", "--cpu", "true", "--output_dir", str(run)]
     _main(command)
     _back_to_step_3(run)
     _recorded_before_the_checks(run, mixed_precision="fp16")

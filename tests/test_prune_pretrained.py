@@ -1079,7 +1079,7 @@ def test_the_differ_check_counts_a_surviving_weight_moved_by_one_bit(tmp_path, w
                 live = snap.masks[name].flatten().nonzero()[0, 0]
                 for t in (r.conn.params[name], r.conn.original[name]):
                     v = t.view(-1)[live]
-                    t.view(-1)[live] = torch.nextafter(v, torch.tensor(float("inf")))
+                    t.view(-1)[live] = torch.nextafter(v, torch.full_like(v, float("inf")))
         return r
 
     monkeypatch.setattr(mod, "optimize_connectome", moved)

@@ -347,7 +347,7 @@ def test_mask_only_differ_line_counts_a_surviving_weight_moved_by_one_bit(tmp_pa
         live = r.conn.masks[name].flatten().nonzero()[0, 0]
         with torch.no_grad():
             for t in (r.conn.params[name], r.conn.original[name]):
-                t.view(-1)[live] = torch.nextafter(t.view(-1)[live], torch.tensor(float("inf")))
+                t.view(-1)[live] = torch.nextafter(t.view(-1)[live], torch.full_like(t.view(-1)[live], float("inf")))
         return r
 
     monkeypatch.setattr(mo, "optimize_connectome", moved)

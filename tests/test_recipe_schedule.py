@@ -135,8 +135,9 @@ def test_label_smoothing_trains_on_the_smoothed_loss_and_reports_plain_held_out_
     # the held-out row is plain cross-entropy of the final weights
     loaders = R.get_dataloaders(load_config(R.RunConfig, tmp_path / "config.yaml"))
     res.model.eval()
+    dev = next(res.model.parameters()).device  # a GPU where there is one
     with torch.no_grad():
-        outs, ys = zip(*[(res.model(x), y) for x, y in loaders.holdout])
+        outs, ys = zip(*[(res.model(x.to(dev)).cpu(), y) for x, y in loaders.holdout])
     logits, labels = torch.cat(outs), torch.cat(ys)
     held = [r for r in rows if r["split"] == "holdout"][-1]
     assert held["step"] == 8
