@@ -5,7 +5,7 @@ layers have fewer channels and whose outputs equal the masked model's (eval mode
 
 What may be removed. Every channel of every tensor in the traced graph is an *item*; ops that keep
 channels apart (activations, BatchNorm, pooling, spatial slicing, elementwise ``+``/``*`` of equally
-shaped tensors, channel concatenation, flattening before a Linear, channel zero-padding) link the
+shaped tensors, channel concatenation, flattening before a Linear, channel zero-padding, splits) link the
 items they pass a channel between. Linked items form a class, removed all together or not at all, so
 a channel of a residual sum goes only if it goes from every summand, and a concatenated channel only
 with its source. An item can go when each of its readers can do without it:
@@ -29,13 +29,23 @@ channel ``c`` and its filter, other grouped convolutions keep all their channels
 checked against the masked model on the example input, a second random input and a batch of twice
 its size; a mismatch raises instead of returning a wrong model.
 
+Splits. ``torch.chunk``, ``torch.split`` and ``torch.tensor_split`` (functions and methods) are concatenation
+in reverse: split along the channel axis, part ``k``'s channel ``j`` is the source's channel ``offset_k + j``
+(a GLU's halves ``a, b = h.chunk(2, -1)``, linked channel for channel by ``a * sigmoid(b)``, go in pairs), and
+the compacted graph splits with each part's kept count, ``torch.split(h, [3, 2], -1)``, even where the
+model chunked evenly. Split along another axis (rows, tokens, the batch), every part holds every channel,
+linked to the source's own, and the split stays as written. The parts must each be taken by an integer
+index (``a, b = ...`` does that) or all concatenated back along the split axis
+(``torch.cat(h.chunk(2, -1), -1)``); parts used otherwise (stacked, the tuple sliced) keep their channels,
+and so do ``tensor_split``'s overlapping parts (indices out of order).
+
 Channel axis. A tensor's channels lie on axis 1, except where a Linear is applied to a sequence
 (``[N, T, C]`` or more dimensions): its output's channels lie on the last axis, and so do those of what
 is computed from it elementwise (activations, dropout, powers, residual ``+``/``*`` of tensors with the
 same layout, a gate with one value per token), of reductions and integer/slice indexing over the other
 axes (the mean over tokens, a class token ``x[:, 0]``, ``x[..., 1:, :]``), of views that keep the last axis
 (``[N, T, C] <-> [N*T, C]``; a channel count written into the view shrinks with the channels) and of
-concatenations. So the hidden units of a transformer's MLP go like those of a CNN. An op that mixes
+concatenations and splits. So the hidden units of a transformer's MLP go like those of a CNN. An op that mixes
 the last axis of such a tensor (pooling, batch or instance norm, padding, a transpose, a 1-D
 per-channel tensor, LayerNorm's statistics, attention) keeps all its channels. Indexing may add axes
 with ``None`` where the channels end on axis 1 or the last (a squeeze-excitation gate
@@ -113,6 +123,11 @@ class _Probe(fx.Interpreter):
         super().__init__(gm, garbage_collect_values=False)
         self.mods = dict(gm.named_modules())
 
+    def values(self, x) -> dict:
+        """Every node's probe value on an input shaped like ``x`` (a tensor, or a tuple of the inputs)."""
+        self.run(*(x if isinstance(x, (tuple, list)) else (x,)))
+        return self.env
+
     def placeholder(self, target, args, kwargs):
         real = super().placeholder(target, args, kwargs)
         # integer inputs (token ids) cannot hold NaN: they pass as they are, see run_node
@@ -124,8 +139,8 @@ class _Probe(fx.Interpreter):
             # a sum of a constant grows with the size of what it sums: not a constant of the model
             return torch.full_like(out, float("nan"))
         if n.op != "placeholder" and isinstance(out, torch.Tensor) and out.is_floating_point():
-            ins = [self.env.get(a) for a in n.all_input_nodes]
-            if ins and not any(isinstance(t, torch.Tensor) and t.is_floating_point() for t in ins):
+            ins = [t for a in n.all_input_nodes for t in _tensor_leaves(self.env.get(a))]  # a split's parts too
+            if n.all_input_nodes and not any(t.is_floating_point() for t in ins):
                 # floats made from integer data (an embedding lookup, one_hot(x).float()) depend on it
                 return torch.full_like(out, float("nan"))
         return out
@@ -186,6 +201,9 @@ class _Items:
         self.links_a: List[torch.Tensor] = []
         self.links_b: List[torch.Tensor] = []
         self.pinned: List[torch.Tensor] = []
+        # a split whose parts can be followed -> (its tensor, the split axis, the parts' sizes along it when
+        # that is the channel axis, else None: every part holds every channel)
+        self.splits: Dict[fx.Node, tuple] = {}
 
     def add(self, node, c, axis=1):
         self.offset[node], self.count[node], self.axis[node] = self.n, c, axis
@@ -337,9 +355,13 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     _functional_layers(gm, src)
     x = example_input[:1] if isinstance(example_input, torch.Tensor) else example_input
     with torch.no_grad():
-        p = _Probe(gm)
-        p.run(*(x if isinstance(x, (tuple, list)) else (x,)))
-        probe_env = p.env
+        try:
+            probe_env = _Probe(gm).values(x)
+        except Exception:  # noqa: BLE001 - one sample is too few (the model splits its batch): the whole example
+            if x is example_input:
+                raise
+            x = example_input
+            probe_env = _Probe(gm).values(x)
         wider_env = _probe_wider(gm, x)
     plan = _plan(gm, probe_env, int(align), wider_env)
     before = sum(t.numel() for t in gm.parameters())
@@ -434,11 +456,9 @@ def _probe_wider(gm: fx.GraphModule, x):
     wide = tuple(t.new_zeros(*t.shape[:2], *(2 * s for s in t.shape[2:]))
                  if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 3 else t for t in xs)
     try:
-        p = _Probe(gm)
-        p.run(*wide)
+        return _Probe(gm).values(wide)
     except Exception:  # the model fixes its input size: the example's is the only one it takes
         return None
-    return p.env
 
 
 def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
@@ -490,8 +510,9 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
                     items.pin(a)
             continue
         if n not in items.offset:
-            for a in args:
-                items.pin(a)
+            if not _split(n, env, items):
+                for a in args:
+                    items.pin(a)
             continue
         if _link(n, cat, module, args, env, items):
             continue
@@ -553,6 +574,8 @@ def _out_axis(n, cat, module, args, env, items) -> int:
     if cat == "weighted":
         return last if isinstance(module, nn.Linear) else 1
     t = n.target
+    if _of_split(n, items):  # a part of a split, or its parts concatenated whole: the split tensor's layout
+        return items.axis[items.splits[n.args[0]][0]]
     if t is operator.getitem and args and isinstance(env[args[0]], torch.Tensor) and args[0] in items.axis:
         oa = _getitem_channel_axis(n.args[1], env[args[0]].dim(), items.axis[args[0]])
         return oa if oa == last else 1  # channels on axis 1 or the last, as everywhere
@@ -594,6 +617,59 @@ def _reshape_sizes(n):
 def _channels_last_like(a, env, items) -> bool:
     """Are ``a``'s channels on its last axis (a 2-D tensor's axis 1 included)?"""
     return a in items.axis and (items.axis[a] == env[a].dim() - 1)
+
+
+_SPLITS = {torch.split, torch.chunk, torch.tensor_split}
+_SPLIT_METHODS = {"split", "chunk", "tensor_split"}
+
+
+def _whole(i) -> bool:
+    """Is ``i`` an int written into the graph (not a bool, not a node)?"""
+    return isinstance(i, int) and not isinstance(i, bool)
+
+
+def _concat_dim(n):
+    return n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+
+
+def _split(n, env, items) -> bool:
+    """Record in ``items.splits`` a chunk / split / tensor_split whose parts compaction can follow: every
+    use of the parts' tuple takes one part by its index, or concatenates them all back along the split
+    axis. Along the channel axis the parts must tile it (their sizes add up to its length); the parts'
+    sizes are then rewritten to the channels each keeps. False (nothing recorded) otherwise."""
+    if n.target not in (_SPLITS if n.op == "call_function" else _SPLIT_METHODS if n.op == "call_method" else ()):
+        return False
+    x = n.args[0] if n.args else n.kwargs.get("input", n.kwargs.get("tensor"))
+    dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)
+    parts = env.get(n)
+    if x not in items.offset or not _whole(dim) or not isinstance(parts, (tuple, list)):
+        return False
+    v, ax = env[x], items.axis[x]
+    d = dim % v.dim()
+    if not parts or not all(isinstance(p, torch.Tensor) and p.dim() == v.dim() for p in parts):
+        return False
+    for u in n.users:
+        index = u.target is operator.getitem and len(u.args) == 2 and u.args[0] is n and _whole(u.args[1])
+        whole = (u.target in ops.CONCAT_FUNCTIONS and u.args and u.args[0] is n and _whole(_concat_dim(u))
+                 and _concat_dim(u) % v.dim() == d)
+        if not (index or whole):
+            return False
+    if d != ax:  # rows, tokens or samples apart: every part has every channel
+        if any(p.shape[ax] != v.shape[ax] for p in parts):
+            return False
+        items.splits[n] = (x, d, None)
+        return True
+    sizes = [p.shape[d] for p in parts]
+    if sum(sizes) != v.shape[d]:  # tensor_split with indices out of order: overlapping parts
+        return False
+    items.splits[n] = (x, d, sizes)
+    return True
+
+
+def _of_split(n, items) -> bool:
+    """Does ``n`` take a part of a split _split follows, or concatenate its parts whole?"""
+    return ((n.target is operator.getitem or n.target in ops.CONCAT_FUNCTIONS) and bool(n.args)
+            and isinstance(n.args[0], fx.Node) and n.args[0] in items.splits)
 
 
 def _link(n, cat, module, args, env, items) -> bool:
@@ -646,10 +722,20 @@ def _link(n, cat, module, args, env, items) -> bool:
     if cat != "shape":
         return False
     t = n.target
+    if _of_split(n, items):
+        x, _, sizes = items.splits[n.args[0]]
+        if items.axis[n] != items.axis[x] or env[n].dim() != env[x].dim():
+            return False
+        if t is operator.getitem and sizes is not None:  # part k's channel j is x's channel offset_k + j
+            k = n.args[1] % len(sizes)
+            items.link(items.offset[x] + sum(sizes[:k]) + torch.arange(sizes[k]), items.ids(n))
+        else:  # every channel of x, in order: a part along another axis, or the parts concatenated back
+            items.link(items.ids(x), items.ids(n))
+        return True
     if t in ops.CONCAT_FUNCTIONS:
         dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
         if not isinstance(n.args[0], (tuple, list)):
-            return False  # torch.cat(x.chunk(2, -1), -1): parts we cannot see
+            return False  # a tuple of parts _split could not follow
         parts = list(n.args[0])
         if not all(p in items.offset and env[p].dim() == out.dim() and items.axis[p] == ax for p in parts):
             return False
@@ -767,6 +853,15 @@ def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
             n.target = channel_pad
             n.args = (n.args[0], tuple(spatial), idx_node)
             n.kwargs = {}
+    for n, (x, d, sizes) in items.splits.items():  # a split along the channel axis takes each part's kept count
+        k = keep(x)
+        if sizes is None or bool(k.all()):
+            continue
+        kept = [int(part.sum()) for part in k.split(sizes)]
+        with gm.graph.inserting_before(n):
+            new = gm.graph.call_function(torch.split, (x, kept, d))
+        n.replace_all_uses_with(new)
+        gm.graph.erase_node(n)
     gm.graph.lint()
     gm.recompile()
 

@@ -442,8 +442,16 @@ class _Tokens(nn.Module):
             h = torch.clamp(h, max=self.cap)
         elif k == "weight_read":  # fc1's weight also read directly: fc1 cannot shrink
             h = h + F.linear(x, self.fc1.weight)
-        elif k == "cat_of_chunks":  # torch.cat given one node: parts not visible
+        elif k == "cat_of_chunks":  # torch.cat given the chunks' tuple: the channels come back in order
             h = torch.cat(h.chunk(2, -1), -1)
+        elif k == "cat_of_chunks_other_axis":  # halves of the channels stacked along the tokens: mixed
+            h = torch.cat(h.chunk(2, -1), 1).repeat(1, 1, 2)
+        elif k == "channel_split_swapped":  # uneven parts of the channels, concatenated back the other way round
+            a, b = h.split([3, 5], -1)
+            h = torch.cat([b, a], -1)
+        elif k == "token_split":  # tokens split and put back in another order: every part has every channel
+            a, b = h.split([2, 3], 1)
+            h = torch.cat([b, a], 1)
         elif k == "depthwise_on_tokens":  # a depthwise Conv1d reads the 5 tokens as channels
             h = self.dw(h)
         elif k == "ellipsis":  # every channel kept, tokens sliced
@@ -459,7 +467,8 @@ class _Tokens(nn.Module):
 
 @pytest.mark.parametrize("kind, removed", [
     ("kwargs", 2), ("squared_relu", 2), ("gate", 1), ("reshape", 2),  # gated, a constant unit is no longer one
-    ("clamp_1d", 0), ("weight_read", 0), ("cat_of_chunks", 0), ("depthwise_on_tokens", 0),
+    ("clamp_1d", 0), ("weight_read", 0), ("cat_of_chunks", 2), ("cat_of_chunks_other_axis", 0),
+    ("channel_split_swapped", 2), ("token_split", 2), ("depthwise_on_tokens", 0),
     ("ellipsis", 2), ("ellipsis_channels", 0), ("centred", 2), ("none_on_channels", 1),
 ])
 def test_sequence_linear_units_through_other_ops(kind, removed):
@@ -874,3 +883,256 @@ def test_a_compacted_model_with_string_annotations_saves_and_loads(tmp_path):
     again = torch.load(tmp_path / "small.pt", weights_only=False)
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(again(x), small(x))
+
+
+class GluMlp(nn.Module):
+    """A gated linear unit: fc1's first half gated by the sigmoid of its second half."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(4, 3)
+
+    def forward(self, x):
+        a, b = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(a * torch.sigmoid(b))
+
+
+@pytest.mark.parametrize("shape", [(2, 6), (2, 5, 6)])
+def test_glu_halves_shrink_with_their_gating_partners(shape):
+    """``a * sigmoid(b)`` links channel j of each half: an unused product takes fc1's units j and 4 + j, a
+    product of two constant halves is a constant folded into fc2; a constant ``a_j`` gated by a live ``b_j``
+    is no constant, and both stay."""
+    torch.manual_seed(0)
+    m = GluMlp()
+    with torch.no_grad():
+        m.fc1.bias.normal_()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["fc2.weight"][:, 1] = False  # product 1 unused: fc1 units 1 and 5 go
+    masks["fc1.weight"][[3, 7]] = False  # product 3 constant: fc1 units 3 and 7 go, folded into fc2's bias
+    masks["fc1.weight"][2] = False  # a_2 constant, b_2 live: both stay
+    conn.set_masks(masks)
+    x = torch.randn(*shape)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == {"fc1": 4, "fc2": 0}
+    assert small.fc1.out_features == 4 and small.fc2.in_features == 2
+    assert_same_outputs(small, m, ref, x, torch.randn(4, *shape[1:]))
+
+
+class GluGate(nn.Module):
+    """A convolution whose channels gate each other in halves (a GLU over channels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x):
+        a, b = self.bn(self.conv1(x)).chunk(2, 1)
+        return self.fc(F.adaptive_avg_pool2d(self.conv2(a * torch.sigmoid(b)), 1).flatten(1))
+
+
+def test_glu_channel_gate_in_a_cnn():
+    torch.manual_seed(0)
+    m = randomize_bn(GluGate())
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["conv2.weight"][:, 1] = False  # gated channel 1 unused: conv1 units 1 and 5 go
+    masks["conv1.weight"][[2, 6]] = False  # gated channel 2 constant: folded into conv2 at its padded border
+    masks["conv1.weight"][3] = False  # a constant gated by a live unit: both stay
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 6, 6)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == {"conv1": 4, "conv2": 0, "fc": 0}
+    assert small.get_submodule("bn").num_features == 4
+    assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 6, 6))
+
+
+def split_sizes(gm):
+    """The sizes of every split left in a compacted graph, in order (a rewritten chunk is one of them)."""
+    return [list(n.args[1]) for n in gm.graph.nodes if n.target in (torch.split, "split")]
+
+
+class SplitCat(nn.Module):
+    """fc1's channels split (four ways of saying it), each part activated its own way, then concatenated back."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        if self.how == "split_sizes":
+            a, b = torch.split(h, [3, 5], dim=1)
+            y = torch.cat([F.relu(a), torch.tanh(b)], 1)
+        elif self.how == "split_int":
+            a, b, c = h.split(3, 1)
+            y = torch.cat([F.relu(a), torch.tanh(b), c], 1)
+        elif self.how == "tensor_split":
+            a, b, c = torch.tensor_split(h, [2, 7], dim=1)
+            y = torch.cat([F.relu(a), torch.tanh(b), c], 1)
+        elif self.how == "chunk":
+            a, b, c = torch.chunk(h, 3, 1)
+            y = torch.cat([F.relu(a), torch.tanh(b), c], 1)
+        else:  # the parts' tuple concatenated whole
+            y = torch.cat(h.tensor_split(3, dim=-1), -1)
+        return self.fc2(y)
+
+
+@pytest.mark.parametrize("how, sizes", [("split_sizes", [2, 3]), ("split_int", [2, 2, 1]),
+                                        ("tensor_split", [1, 3, 1]), ("chunk", [2, 2, 1]), ("whole_tuple", [2, 2, 1])])
+def test_uneven_split_then_cat_back(how, sizes):
+    """Part k's channel j is fc1's channel offset_k + j; the compacted split takes each part's kept count."""
+    torch.manual_seed(0)
+    m = SplitCat(how)
+    with torch.no_grad():
+        m.fc1.bias.normal_()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["fc2.weight"][:, [0, 4]] = False  # unused
+    masks["fc1.weight"][6] = False  # constant, folded into fc2's bias
+    conn.set_masks(masks)
+    x = torch.randn(2, 6)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == {"fc1": 3, "fc2": 0}
+    assert split_sizes(small) == [sizes]
+    assert_same_outputs(small, m, ref, x, torch.randn(5, 6))
+
+
+class TwoReaders(nn.Module):
+    """fc1's halves read by different layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fa, self.fb = nn.Linear(6, 8), nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x):
+        a, b = self.fc1(x).chunk(2, 1)
+        return self.fa(F.relu(a)) + self.fb(b)
+
+
+@pytest.mark.parametrize("constant, sizes", [(False, [3, 2]), (True, [2, 2])])
+def test_split_parts_read_by_different_layers_shrink_unevenly(constant, sizes):
+    """An even chunk whose halves lose 1 and 2 channels becomes ``torch.split(h, [3, 2], 1)``."""
+    torch.manual_seed(0)
+    m = TwoReaders()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["fa.weight"][:, 0] = False
+    masks["fb.weight"][:, [1, 2]] = False
+    if constant:
+        masks["fc1.weight"][3] = False  # constant, but fa reads it: folded into fa's bias
+    conn.set_masks(masks)
+    x = torch.randn(2, 6)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == {"fc1": 3 + constant, "fa": 0, "fb": 0}
+    assert (small.fa.in_features, small.fb.in_features) == tuple(sizes) and split_sizes(small) == [sizes]
+    assert not any(n.target == "chunk" for n in small.graph.nodes)
+    assert_same_outputs(small, m, ref, x, torch.randn(5, 6))
+
+
+class SpatialChunk(nn.Module):
+    """conv1's map cut into top and bottom halves, each read by its own 1x1 convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.top, self.bottom = nn.Conv2d(4, 3, 1), nn.Conv2d(4, 3, 1)
+
+    def forward(self, x):
+        t, b = self.conv1(x).chunk(2, dim=2)
+        return torch.cat([self.top(t), self.bottom(b)], 2)
+
+
+def test_chunk_along_a_spatial_axis_keeps_every_channel_in_each_part():
+    """Every part holds every channel: a channel goes when both halves can do without it, and the
+    chunk, which counts rows, is left as it is (the copy takes another image size)."""
+    torch.manual_seed(0)
+    m = SpatialChunk()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["top.weight"][:, 1] = False
+    masks["bottom.weight"][:, 1] = False  # channel 1 unused by both halves: goes
+    masks["top.weight"][:, 2] = False  # channel 2 read by the bottom half: stays
+    masks["conv1.weight"][3] = False  # constant: folded into both 1x1 convolutions' biases
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 6, 6)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == {"conv1": 2, "top": 0, "bottom": 0}
+    assert small.top.in_channels == small.bottom.in_channels == 2
+    assert any(n.target == "chunk" for n in small.graph.nodes)
+    assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 6, 6))
+    with torch.no_grad():
+        x2 = torch.randn(1, 3, 9, 5)
+        assert torch.allclose(small(x2), m(x2), atol=1e-5)
+
+
+class PartsElsewhere(nn.Module):
+    """fc1's halves used in ways whose channels compaction cannot follow."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        if self.how == "stack":  # the tuple stacked: half a's channel j sums with half b's
+            return self.fc2(torch.stack(h.chunk(2, 1)).sum(0))
+        if self.how == "tuple_sliced":  # a slice of the parts' tuple
+            return self.fc2(torch.cat(h.chunk(4, 1)[:2], 1))
+        return self.fc2(torch.cat(h.chunk(2, 1), 0))  # concatenated along the batch: half a's channel j on b's
+
+
+@pytest.mark.parametrize("how", ["stack", "tuple_sliced", "cat_batch"])
+def test_split_parts_used_otherwise_keep_their_channels(how):
+    torch.manual_seed(0)
+    m = PartsElsewhere(how)
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["fc2.weight"][:, 1] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 6)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"]["fc1"] == 0
+    assert torch.allclose(small(x), ref, atol=1e-5)
+
+
+class PairDifference(nn.Module):
+    """A batch of pairs: the first half of the batch minus the second, through one layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        first, second = F.relu(self.fc1(x)).chunk(2, 0)
+        return self.fc2(first - second)
+
+
+def test_chunk_along_the_batch_links_each_part_to_the_same_channels():
+    """Both halves of the batch hold every channel; the probe, which one sample would not split in two,
+    runs on the whole example. A constant unit's difference is a constant (zero)."""
+    torch.manual_seed(0)
+    m = PairDifference()
+    with torch.no_grad():
+        m.fc1.bias.normal_()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["fc2.weight"][:, 1] = False
+    masks["fc1.weight"][3] = False
+    conn.set_masks(masks)
+    x = torch.randn(4, 6)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == {"fc1": 2, "fc2": 0}
+    assert_same_outputs(small, m, ref, x, torch.randn(6, 6))
