@@ -56,8 +56,8 @@ from .controller import Controller
 from .counts import whole_number
 from .data.cycle import LoaderCycle, rng_states, set_rng_states
 from .ensemble_rules import parse_rules
-from .metrics import (AccuracyFn, batch_accuracy, batch_loss, check_output, default_accuracy, example_count,
-                      loss_weight, takes_reduction, to_device)
+from .metrics import (AccuracyFn, batch_accuracy, batch_loss, batch_sums, check_output, default_accuracy,
+                      example_count, takes_reduction, to_device)
 from .utility import get_estimator
 from .warn import warn_user
 
@@ -693,11 +693,12 @@ def optimize_connectome(
                 ctrl.observe()
                 if ctrl.batch_size is None:
                     ctrl.batch_size = int(y.shape[0])
-                units = loss_weight(out, y)  # positions for classification shapes, else examples (as evaluate)
-                win_loss += float(loss.detach()) * units
+                # positions for classification shapes, else examples (as evaluate); the sums stay on the
+                # device (as float64, the host's Python floats) and are read at the window's update
+                units, acc = batch_sums(accuracy_fn, out.detach(), y)
+                win_loss += loss.detach().double() * units
                 win_n += units
                 win_examples += example_count(y)
-                acc = batch_accuracy(accuracy_fn, out.detach(), y)
                 if acc is not None:
                     win_correct += acc[0]
                     win_counted += acc[1]
@@ -714,7 +715,8 @@ def optimize_connectome(
                         policy.set_goal(total - removed_goal - prot, step)
                     verify_set[:] = unused_verify or [_to_device(next(holdout_iter), device) for _ in range(verify_batches)]
                     unused_verify = None
-                window_removed = total - conn.num_live()  # the connectome the window's batches ran through
+                # the connectome the window's batches ran through (read where the update comes)
+                window_removed = total - conn.num_live() if ctrl.due(ctrl.step_count + 1) else None
                 skipped = ctrl.nonfinite_windows
                 ev = ctrl.step()
                 bar.update(1)
@@ -737,6 +739,7 @@ def optimize_connectome(
                     continue
                 left_out = 0
                 procs = 1
+                win_loss, win_correct, win_n, win_counted = _on_host(win_loss, win_correct, win_n, win_counted)
                 if is_distributed():  # the window over every process's batches, not this process's shard
                     win_loss, win_correct, win_n, win_counted, win_examples = _agreed(
                         win_loss, win_correct, win_n, win_counted, win_examples)
@@ -823,6 +826,14 @@ def _better(acc: Optional[float], loss: float, than: Optional[Snapshot]) -> bool
     if acc is not None and than.holdout_acc is not None:
         return acc > than.holdout_acc
     return loss < than.holdout_loss
+
+
+def _on_host(*values) -> List[float]:
+    """``values`` (numbers, or 0-d tensors on one device) as Python floats, the tensors read in one
+    transfer."""
+    tensors = [v for v in values if torch.is_tensor(v)]
+    read = iter(torch.stack([t.double() for t in tensors]).tolist() if tensors else ())
+    return [next(read) if torch.is_tensor(v) else float(v) for v in values]
 
 
 def _agreed(*values: float) -> List[float]:

@@ -71,6 +71,23 @@ def loss_weight(out, y) -> int:
     return example_count(y)
 
 
+def batch_sums(accuracy_fn: Optional[AccuracyFn], out, y):
+    """``(units, accuracy)`` of a training batch as :func:`loss_weight` and :func:`batch_accuracy`
+    give them, with what they count on the host left on the device: for classification shapes the
+    units are a 0-d tensor, and under :func:`default_accuracy` ``accuracy`` is ``(correct, count)``
+    as 0-d tensors (or None). Their sums hold the same numbers; a training loop adds them each step
+    and reads them on the host at its updates only (``bool(t.any())`` or ``int(t.sum())`` every
+    step would stall a GPU). Another ``accuracy_fn`` is called and checked as
+    :func:`batch_accuracy` does (its checks read its result on the host)."""
+    cls = is_class_target(out, y)
+    units = (y != IGNORE_INDEX).sum() if cls else example_count(y)
+    if accuracy_fn is not default_accuracy:
+        return units, batch_accuracy(accuracy_fn, out, y)
+    if not cls:
+        return units, None
+    return units, (((out.argmax(1) == y) & (y != IGNORE_INDEX)).sum(), units)
+
+
 def batch_accuracy(accuracy_fn: Optional[AccuracyFn], out, y) -> Optional[Tuple[float, int]]:
     """``accuracy_fn(out, y)`` checked: None (no accuracy) or ``(correct, count)`` with
     ``0 <= correct <= count``; a clear error for anything else."""

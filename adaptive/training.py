@@ -58,6 +58,10 @@ class TrainState:
     # here, not in one epoch's loop, so a logging interval that spans an epoch boundary or a
     # checkpoint and resume averages all of its steps.
     window: List[float] = field(default_factory=lambda: [0.0] * _WINDOW)
+    # while train_one_epoch runs, the window's sums go on in a float64 tensor on the accelerator's
+    # device (reading a step's loss on the host would stall a GPU every step); sync_window() brings
+    # them into ``window`` at each row, checkpoint and epoch's end, in the same order of additions
+    device_window: Optional[torch.Tensor] = field(default=None, compare=False, repr=False)
     saved_window: Optional[List[float]] = None  # the sum over processes, set by save_checkpoint while it saves
     # the run's shape, checked on resume: another process count reads other data at the same step
     processes: int = 1
@@ -80,11 +84,24 @@ class TrainState:
 
     def state_dict(self) -> dict:
         """The window is saved summed over all processes (only the main process's copy is written)."""
-        window = self.saved_window if self.saved_window is not None else self.window
+        window = self.saved_window if self.saved_window is not None else self.sync_window()
         return {"step": self.step, "epoch": self.epoch, "metrics": [dict(r) for r in self.metrics],
                 "window": [float(v) for v in window], "processes": self.processes,
                 "steps_per_epoch": self.steps_per_epoch, "gradient_accumulation_steps": self.accumulation,
                 "lr": self.lr, "seconds": self.seconds, **self._silent_state()}
+
+    def sync_window(self) -> List[float]:
+        """``window`` with the sums train_one_epoch keeps on the device brought in (a host-device
+        synchronisation where any are pending)."""
+        if self.device_window is not None:
+            self.window, self.device_window = self.device_window.tolist(), None
+        return self.window
+
+    def _on_device(self, device) -> torch.Tensor:
+        """The window as a float64 tensor on ``device``, where the loop adds each step's sums."""
+        if self.device_window is None:
+            self.device_window = torch.tensor(self.window, dtype=torch.float64, device=device)
+        return self.device_window
 
     def _silent_state(self) -> dict:
         if self.silent_units is None:
@@ -106,6 +123,7 @@ class TrainState:
         n = _world_size()
         window = [float(v) / n for v in sd.get("window", ())]
         self.window = window + [0.0] * (_WINDOW - len(window))  # older checkpoints: loss and accuracy only
+        self.device_window = None
         if self.silent_units is not None:  # (every process takes the whole: only where it is zero counts)
             if "silent" in sd:
                 self.silent_units.load_vector(torch.tensor(sd["silent"], dtype=torch.float32))
@@ -278,7 +296,9 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
                             "would leave its last batches' gradient for the next epoch's first step: pass the prepared "
                             "loader")
     model.train()
-    ep_loss = ep_correct = ep_n = 0.0
+    # the epoch's loss and correct sums stay on the device (as the window's) until it ends: no step
+    # between two rows reads a value on the host, so none stalls a GPU
+    ep, ep_n = torch.zeros(2, dtype=torch.float64, device=accelerator.device), 0
     for x, y in loader:
         if max_steps is not None and state.step >= max_steps:
             break
@@ -294,29 +314,36 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
                 state.lr = float(optimizer.param_groups[0]["lr"])  # this step's (the scheduler moves it on below)
                 if max_grad_norm is not None:
                     total = clip_gradients(model.parameters(), max_grad_norm, conn, accelerator=accelerator)
-                    norm, scaled = float(total), bool(clip_factor(total, max_grad_norm) < 1)
+                    clipped = clip_factor(total, max_grad_norm) < 1
                 if state.silent_units is not None:  # the gradients this step uses (averaged over processes)
                     state.silent_units.observe()
             optimizer.step()
             if stepping and state.silent_units is not None and getattr(optimizer, "step_was_skipped", False):
                 state.silent_units.discard_last()  # a GradScaler skipped it: its inf/NaN gradients taught nothing
             optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
+        with torch.no_grad():  # float64 sums on the device, as the host's Python floats added them
             b = int(y.numel())
-            lsum = float(loss.detach().float()) * b
-            corr = int((out.detach().argmax(1) == y).sum())
-        w = state.window
-        w[0], w[1], w[2] = w[0] + lsum, w[1] + corr, w[2] + b
-        ep_loss, ep_correct, ep_n = ep_loss + lsum, ep_correct + corr, ep_n + b
+            lsum = loss.detach().float().double().to(ep.device) * b
+            corr = (out.detach().argmax(1) == y).sum().to(ep.device)
+            w = state._on_device(ep.device)
+            w[0] += lsum
+            w[1] += corr
+            w[2] += b
+            ep[0] += lsum
+            ep[1] += corr
+            ep_n += b
+            if stepping and max_grad_norm is not None:  # a non-finite norm (a skipped step) counts in none
+                finite = torch.isfinite(total).to(ep.device)
+                w[3] += torch.where(finite, total.double().to(ep.device), 0.0)
+                w[4] += finite & clipped.to(ep.device)
+                w[5] += finite
         if not stepping:
             continue
-        if max_grad_norm is not None and math.isfinite(norm):
-            w[3], w[4], w[5] = w[3] + norm, w[4] + scaled, w[5] + 1
         if lr_scheduler is not None:
             lr_scheduler.step()
         state.step += 1
         if log_every and state.step % log_every == 0:
-            win = torch.tensor(w, dtype=torch.float64, device=accelerator.device)
+            win = torch.tensor(state.sync_window(), dtype=torch.float64, device=accelerator.device)
             tot = accelerator.reduce(win, reduction="sum").cpu()
             row = metric_row(state, "train", tot[0] / tot[2], tot[1] / tot[2], lr=state.lr, fields=at)
             if max_grad_norm is not None:  # (every process holds the same norms: the sums keep their ratios)
@@ -330,13 +357,15 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
             state.window = [0.0] * _WINDOW
         if progress is not None:
             progress.update(1)
-            if state.step % 10 == 0:
-                post = {"loss": f"{lsum / max(b, 1):.3f}"}
+            if state.step % 10 == 0:  # (the bar's only read of a step's loss on the host: every 10th step)
+                post = {"loss": f"{float(lsum) / max(b, 1):.3f}"}
                 if conn is not None:
                     post["density"] = f"{conn.density():.3f}"
                 progress.set_postfix(post, refresh=False)
         if on_step is not None:
             on_step(state)
+    state.sync_window()
+    ep_loss, ep_correct = ep.tolist()
     return {"loss": ep_loss / max(ep_n, 1), "accuracy": ep_correct / max(ep_n, 1)}
 
 
@@ -405,7 +434,7 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     if state is not None and accelerator.num_processes > 1:
-        win = torch.tensor(state.window, dtype=torch.float64, device=accelerator.device)
+        win = torch.tensor(state.sync_window(), dtype=torch.float64, device=accelerator.device)
         tot = accelerator.reduce(win, reduction="sum").cpu()
         state.saved_window = tot.tolist()
         if state.silent_units is not None:
