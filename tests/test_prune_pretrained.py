@@ -459,8 +459,11 @@ def test_resume_continues_after_the_last_finished_target(tmp_path, weights, caps
     with pytest.raises(Crash):
         mod.main(args(weights, out, "--remove", "0.2", "0.5"))
     assert (out / "checkpoint.pt").is_file() and not (out / "results.md").exists()
+    assert not (out / ".lock").exists()  # a run stopped by an error takes its lock file away too
+    (out / ".lock").write_text("99999999")  # a killed run's: its file stays, the system let go of its lock
     monkeypatch.setattr(mod, "optimize_connectome", real)
     summary = mod.main(args(weights, out, "--remove", "0.2", "0.5", "--resume"))
+    assert not (out / ".lock").exists()  # the finished run leaves no lock file (it left one in every folder)
     hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     resume = [h for h in hist if h["kind"] == "resume"]
     assert len(resume) == 1 and resume[0]["stage"] == 1
