@@ -1182,10 +1182,12 @@ def test_a_test_subset_smaller_than_the_classes_is_refused_before_training(tmp_p
     """--test_subset 5 on 10 classes trained the whole run, then failed at the test evaluation."""
     out = tmp_path / "run"
     err = error_of(TINY + ["--output_dir", str(out), "--test_subset", "5"], capsys)
-    assert "test_subset 5 cannot hold one test example of each of the 10 classes of digits" in err
-    assert "give a test_subset of at least 10" in err and not out.exists()
+    # named as this recipe spells the option
+    assert "--test_subset 5 cannot hold one test example of each of the 10 classes of digits" in err
+    assert "give a --test_subset of at least 10" in err and not out.exists()
     err = error_of(TINY + ["--output_dir", str(out), "--test_subset", "0"], capsys)
-    assert "test_subset must be a positive number of examples" in err and not out.exists()
+    assert "--test_subset must be a positive number of examples (or left out for all), got 0" in err
+    assert not out.exists()
 
 
 def test_a_test_subset_of_a_whole_small_test_split_is_taken_as_before():

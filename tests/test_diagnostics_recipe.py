@@ -83,6 +83,14 @@ def test_train_part_smaller_than_a_batch_is_refused_clearly(recipe, tmp_path):
                      "--train_steps", "3", "--batches", "3"])
 
 
+def test_a_test_subset_below_the_class_count_names_the_option(recipe, tmp_path):
+    """The refusal named the keyword test_subset rather than this recipe's --test_subset."""
+    with pytest.raises(ValueError, match="--test_subset 5 cannot hold one test example of each of the 10 classes of "
+                                         "digits: give a --test_subset of at least 10"):
+        recipe.main(["collinearity", *COMMON, "--test_subset", "5", "--output_dir", str(tmp_path), "--model", "mlp",
+                     "--train_steps", "3", "--batches", "3"])
+
+
 def test_holdout_and_test_batches_mix_classes(recipe, tmp_path):
     """Holdout and test loaders keep the dataset's order, grouped by class in an image folder: the
     diagnostics read them in a seeded random order, so a limited number of batches (and each batch)

@@ -1159,8 +1159,11 @@ def test_a_damaged_checkpoint_is_refused_before_the_data_loads(tmp_path, monkeyp
 
 
 def test_test_subset_reports_on_a_stratified_draw(tmp_path, weights, capsys):
+    """The refusal named test_subset, not this recipe's --test-subset; a --test-subset of the whole
+    test split or more was reported as 'a stratified draw from the test split'."""
     mod = recipe()
-    with pytest.raises(ValueError, match="cannot hold one test example of each of the 10 classes"):
+    with pytest.raises(ValueError, match="--test-subset 5 cannot hold one test example of each of the 10 classes of "
+                                         "fake: give a --test-subset of at least 10"):
         mod.main(args(weights, tmp_path / "few", "--remove", "0.5", "--test-subset", "5"))
     assert not (tmp_path / "few" / "results.md").exists()
     capsys.readouterr()
@@ -1170,3 +1173,10 @@ def test_test_subset_reports_on_a_stratified_draw(tmp_path, weights, capsys):
     for text in (out, results):
         assert "test = a stratified draw from the test split (30 of " in text and "drawn by --test-subset)" in text
     assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["test_subset"] == 30
+    with pytest.warns(UserWarning, match=r"--test-subset 1,000 asks for more examples than the test split of fake "
+                                         r"holds \(128\): all 128 are used; give --test-subset 128"):
+        mod.main(args(weights, tmp_path / "all", "--remove", "0.5", "--test-subset", "1000"))
+    out = capsys.readouterr().out
+    for text in (out, (tmp_path / "all" / "results.md").read_text()):
+        assert "test = the whole test split (128 images: --test-subset 1,000 is not smaller)" in text
+        assert "stratified draw from the test split" not in text
