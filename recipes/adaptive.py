@@ -802,7 +802,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     # option sets (data_dir=, ...) is named first, not a clash of keywords in the facts' call
     check_dataset_kw(cfg.dataset, cfg.dataset_kw)
     model_for = model_before_data(cfg.dataset, lambda k, shape: build_model_for(cfg, k, shape), data_dir=cfg.data_dir,
-                                  **cfg.dataset_kw)
+                                  download=cfg.download, **cfg.dataset_kw)
     loaders = get_dataloaders(cfg)
     model = model_for(loaders.num_classes, loaders.in_shape)
     if cfg.mode == "mask_only":

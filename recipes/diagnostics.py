@@ -75,7 +75,8 @@ def model_first(args, build):
     ``for_data(num_classes, in_shape)``, to call once it has: that model, or one built then."""
     from adaptive.data import model_before_data
 
-    return model_before_data(args.dataset, build, data_dir=args.data_dir, **_checked_dataset_kw(args))
+    return model_before_data(args.dataset, build, data_dir=args.data_dir, download=getattr(args, "download", False),
+                             **_checked_dataset_kw(args))
 
 
 def get_model(args, num_classes, in_shape):

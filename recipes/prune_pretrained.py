@@ -652,7 +652,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
     # shape unread: a weights file that does not fit, or a count beyond the model's synapses, is
     # refused before minutes of data loading (an ImageNet folder scan, CIFAR-10's JPEG decoding)
     model_for = model_before_data(args.dataset, lambda k, shape: _build(args, k, shape), data_dir=args.data_dir,
-                                  **args.dataset_kw)
+                                  download=args.download, **args.dataset_kw)
     dl = get_dataloaders(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir, holdout=args.holdout,
                          download=args.download,
                          seed=args.seed, subset=args.subset, test_subset=args.test_subset, eval_batch_size=args.eval_batch_size,

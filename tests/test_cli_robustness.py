@@ -899,6 +899,31 @@ def test_estimator_help_says_which_policies_use_it():
     assert "gmp and magnitude take one only when it is named" in text and "rank by weight magnitude" in text
 
 
+def no_cifar10_download(monkeypatch):
+    """torchvision's CIFAR-10 replaced by one that records each call (and downloads nothing)."""
+    import torchvision
+
+    calls = []
+
+    def recorded(root, train=True, download=False, **kw):
+        calls.append(download)
+        raise RuntimeError("no download in tests")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", recorded)
+    return calls
+
+
+def test_cifar10_download_waits_for_the_model_checks(tmp_path, monkeypatch, capsys):
+    """--dataset cifar10 --download with no copy on disk downloaded it first, and only then refused a
+    mask_only target beyond the model's synapses (refused before the data for every other dataset)."""
+    calls = no_cifar10_download(monkeypatch)
+    out = tmp_path / "run"
+    err = error_of(["--dataset", "cifar10", "--download", "--data_dir", str(tmp_path / "data"), "--model", "resnet20",
+                    "--mode", "mask_only", "--target", "99999999", "--threads", "1", "--output_dir", str(out)], capsys)
+    assert "beyond the model's 268336 prunable synapses" in err
+    assert calls == [] and not out.exists()
+
+
 def test_a_refused_command_takes_back_the_parent_folders_it_made_and_no_others(tmp_path, capsys):
     """The lock makes --output_dir's missing parents too; only the innermost one went."""
     (tmp_path / "kept").mkdir()

@@ -891,6 +891,25 @@ def test_an_interrupted_overwrite_leaves_no_earlier_checkpoint(tmp_path, weights
     assert sorted(p.name for p in out.iterdir()) == []  # the earlier run gone as a whole, and this one's lock too
 
 
+def test_cifar10_download_waits_for_the_model_checks(tmp_path, weights, monkeypatch):
+    """--dataset cifar10 --download with no copy on disk downloaded it before the --remove count
+    beyond the model's synapses was refused (refused before the data for every other dataset)."""
+    import torchvision
+
+    calls = []
+
+    def recorded(root, train=True, download=False, **kw):
+        calls.append(download)
+        raise RuntimeError("no download in tests")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", recorded)
+    mod = recipe()
+    with pytest.raises(ValueError, match="beyond the model's 268336 prunable synapses"):
+        mod.main(["--model", "resnet20", "--dataset", "cifar10", "--download", "--data-dir", str(tmp_path / "data"),
+                  "--output_dir", str(tmp_path / "run"), "--remove", "99999999", "--no-progress"])
+    assert calls == [] and not (tmp_path / "run").exists()
+
+
 def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, weights):
     import fcntl
 
