@@ -462,7 +462,16 @@ def test_resume_continues_after_the_last_finished_target(tmp_path, weights, caps
     assert not (out / ".lock").exists()  # a run stopped by an error takes its lock file away too
     (out / ".lock").write_text("99999999")  # a killed run's: its file stays, the system let go of its lock
     monkeypatch.setattr(mod, "optimize_connectome", real)
+    real_load, loads = torch.load, []
+
+    def counted_load(f, *a, **kw):
+        loads.append(Path(f) == out / "checkpoint.pt")
+        return real_load(f, *a, **kw)
+
+    monkeypatch.setattr(torch, "load", counted_load)
     summary = mod.main(args(weights, out, "--remove", "0.2", "0.5", "--resume"))
+    assert sum(loads) == 1  # read once: its check before the data loads passes the state on (it read it twice)
+    monkeypatch.setattr(torch, "load", real_load)
     assert not (out / ".lock").exists()  # the finished run leaves no lock file (it left one in every folder)
     hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     resume = [h for h in hist if h["kind"] == "resume"]
