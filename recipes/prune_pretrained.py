@@ -825,10 +825,10 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
 def _test_split_words(args, test_loader, n_test: int) -> str:
     """What results.md says the test rows were: the test split, or --test-subset's draw from it
     (a --test-subset of the split's size or more takes the whole split, and says so)."""
-    if is_test_draw(test_loader.dataset, n_test):
-        return f"a stratified draw from the test split ({test_images(test_loader.dataset, n_test, '--test-subset')})"
     if args.test_subset is None:
         return "the test split"
+    if is_test_draw(test_loader.dataset, n_test):
+        return f"a stratified draw from the test split ({test_images(test_loader.dataset, n_test, '--test-subset')})"
     return f"the whole test split ({n_test:,} images: --test-subset {args.test_subset:,} is not smaller)"
 
 
