@@ -361,8 +361,9 @@ def load_stage(path, now: dict, weights: Optional[Dict[str, torch.Tensor]] = Non
     :class:`CheckpointMismatchError` when it was written by a run with another fingerprint, is
     damaged (its content does not match the sha256 stored with it, or its entries are not what a
     stage checkpoint holds) or is not a stage checkpoint, and ValueError when ``path`` is a folder.
-    Everything is checked before the state is returned, so a caller changes nothing for a bad file."""
-    state = _read(path)
+    Everything is checked before the state is returned, so a caller changes nothing for a bad file.
+    What :func:`check_readable` read of this very file is taken instead of reading it again."""
+    state = _checked_state(path)
     if state is None:
         return None
     if "sha256" not in state:
@@ -382,8 +383,34 @@ def load_stage(path, now: dict, weights: Optional[Dict[str, torch.Tensor]] = Non
 def check_readable(path) -> None:
     """Raise what :func:`load_stage` raises for a damaged, unreadable or foreign file at ``path``
     (nothing for a stage checkpoint, or no file), without comparing its settings: a recipe checks
-    it before loading any data."""
-    _read(path)
+    it before loading any data. The state it read is kept for the next :func:`load_stage`, which
+    takes it while the file is still the one read (not replaced or changed since; renamed is the
+    same file), so that a resume reads its checkpoint once."""
+    stamp = _file_stamp(path)  # before the read: a file replaced during it does not match it later
+    state = _read(path)
+    _CHECKED.clear()
+    if state is not None and stamp is not None:
+        _CHECKED[stamp] = state
+
+
+# what check_readable read, by the file's identity, for the load_stage that follows (taken once)
+_CHECKED: Dict[tuple, dict] = {}
+
+
+def _file_stamp(path) -> Optional[tuple]:
+    """The identity of the file at ``path`` (device, inode, size, modification time); None: none there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _checked_state(path) -> Optional[dict]:
+    """The state :func:`check_readable` read of the file now at ``path``, else read (:func:`_read`)."""
+    kept = _CHECKED.pop(_file_stamp(path), None) if _CHECKED else None
+    _CHECKED.clear()
+    return kept if kept is not None else _read(path)
 
 
 def _read(path) -> Optional[dict]:

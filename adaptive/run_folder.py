@@ -110,8 +110,10 @@ class RunLock:
     there and held to its end: a second run into the same folder is refused instead of
     interleaving its files and checkpoints with this one's. A command refused earlier creates
     nothing. Raises ``error`` (every process) when the folder is held or cannot be written.
-    ``release(refused=True)`` (a run stopped by an error or Ctrl-C) takes back what a run that
-    wrote nothing leaves: its lock file, and the folders taking the lock made (parents too)."""
+    ``release()`` removes the lock file (a finished run leaves none); ``release(refused=True)`` (a
+    run stopped by an error or Ctrl-C) also takes back the folders taking the lock made (parents
+    too) where the run wrote nothing. A killed run's lock file stays, but the system let go of its
+    lock with the process: the next run, or a --resume, takes it as its own."""
 
     made_folders: List[Path] = []
 
@@ -184,18 +186,23 @@ class RunLock:
         return ""
 
     def release(self, refused: bool = False) -> None:
-        """Release the lock; ``refused``: the run stopped on an error or Ctrl-C, and where it wrote
-        nothing its lock file goes, and so do the folders it made while they hold nothing."""
+        """Release the lock, taking its lock file away (a run leaves no ``.lock`` behind);
+        ``refused``: the run stopped on an error or Ctrl-C, and where it wrote nothing the folders
+        it made go too, while they hold nothing. The file goes while the lock is still held: a run
+        that opened it meanwhile finds it unlinked once it gets the lock, and takes a new one."""
+        if self.fd is None:
+            return
         folder = self.path.parent
-        if refused and self.fd is not None and [p.name for p in folder.iterdir()] == [".lock"]:
-            self.path.unlink()  # while the lock is still held (a folder that was there stays, empty)
+        wrote_nothing = refused and [p.name for p in folder.iterdir()] == [".lock"]
+        if _same_file(self.fd, self.path):
+            self.path.unlink()  # a folder that was there stays (empty when this run wrote nothing)
+        if wrote_nothing:
             for made in self.made_folders:
                 if not made.is_dir() or any(made.iterdir()):
                     break  # something else was written there meanwhile: it stays, and so do its parents
                 made.rmdir()
-        if self.fd is not None:
-            self.fd.close()  # closing releases the lock
-            self.fd = None
+        self.fd.close()  # closing releases the lock
+        self.fd = None
 
 
 def refuse_result_folder(output_dir: Path, markers: Sequence[str], recipe: str, error: type = None) -> None:

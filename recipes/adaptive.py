@@ -89,7 +89,8 @@ class RunConfig:
     dataset_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "extra dataset arguments (e.g. shape for fake)"})
     holdout: float = field(default=0.1, metadata={"help": "fraction of TRAIN held out for selection/evaluation"})
     subset: Optional[int] = _help("use only this many train examples (a stratified draw that includes the held-out part)")
-    test_subset: Optional[int] = _help("evaluate on only this many test examples (a stratified draw)")
+    test_subset: Optional[int] = _help("evaluate on only this many test examples (a stratified draw; one of the "
+                                       "split's size or more takes the whole split)")
     augment: bool = _opt(False, "train-time augmentation (CIFAR: crop and flip; MNIST: shifts; ImageNet: random resized "
                                 "crop and flip; digits: none, a warning says so)")
     batch_size: int = _opt(32, "train batch size per process")
@@ -547,7 +548,8 @@ def get_dataloaders(cfg: RunConfig):
     return _get_dataloaders(cfg.dataset, batch_size=cfg.batch_size, data_dir=cfg.data_dir, holdout=cfg.holdout,
                             seed=cfg.seed, download=cfg.download, subset=cfg.subset, test_subset=cfg.test_subset,
                             num_workers=cfg.num_workers, eval_batch_size=cfg.eval_batch_size, augment=cfg.augment,
-                            progress=cfg.progress, **cfg.dataset_kw)
+                            progress=cfg.progress, option_names={"subset": "--subset", "test_subset": "--test_subset"},
+                            **cfg.dataset_kw)
 
 
 def build_model_for(cfg: RunConfig, num_classes: int, in_shape) -> torch.nn.Module:
@@ -800,7 +802,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     # option sets (data_dir=, ...) is named first, not a clash of keywords in the facts' call
     check_dataset_kw(cfg.dataset, cfg.dataset_kw)
     model_for = model_before_data(cfg.dataset, lambda k, shape: build_model_for(cfg, k, shape), data_dir=cfg.data_dir,
-                                  **cfg.dataset_kw)
+                                  download=cfg.download, **cfg.dataset_kw)
     loaders = get_dataloaders(cfg)
     model = model_for(loaders.num_classes, loaders.in_shape)
     if cfg.mode == "mask_only":

@@ -43,7 +43,8 @@ def get_data(args, batch_size=None):
     return get_dataloaders(args.dataset, batch_size=batch_size or args.batch_size, data_dir=args.data_dir,
                            download=getattr(args, "download", False),
                            holdout=args.holdout, seed=args.seed, subset=args.subset, test_subset=args.test_subset,
-                           eval_batch_size=args.eval_batch_size, **_checked_dataset_kw(args))
+                           eval_batch_size=args.eval_batch_size,
+                           option_names={"subset": "--subset", "test_subset": "--test_subset"}, **_checked_dataset_kw(args))
 
 
 def _dataset_kw(args) -> dict:
@@ -74,7 +75,8 @@ def model_first(args, build):
     ``for_data(num_classes, in_shape)``, to call once it has: that model, or one built then."""
     from adaptive.data import model_before_data
 
-    return model_before_data(args.dataset, build, data_dir=args.data_dir, **_checked_dataset_kw(args))
+    return model_before_data(args.dataset, build, data_dir=args.data_dir, download=getattr(args, "download", False),
+                             **_checked_dataset_kw(args))
 
 
 def get_model(args, num_classes, in_shape):

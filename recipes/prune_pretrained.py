@@ -48,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adaptive.data import get_dataloaders, model_before_data, test_images  # noqa: E402
+from adaptive.data import get_dataloaders, is_test_draw, model_before_data, test_images  # noqa: E402
 from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive import jsonio  # noqa: E402
 from adaptive import run_folder  # noqa: E402
@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only this many train images (quick runs; a stratified draw that includes the held-out part)")
     p.add_argument("--test-subset", "--test_subset", dest="test_subset", type=int,
                    help="report on only this many test images (quick runs; a stratified draw, the same for every row; "
-                        "at least one per class)")
+                        "at least one per class; one of the split's size or more takes the whole split)")
     p.add_argument("--ensemble", help="synapse, kernel, neuron, block:RxC; or per layer, first match wins: '*fc*=neuron;synapse'")
     p.add_argument("--estimator", help="utility estimator (presence, evidence, consistency, obd, taylor, ...)")
     p.add_argument("--step", type=number_or_none,
@@ -652,12 +652,12 @@ def main(argv=None, test_loader_hook=None) -> dict:
     # shape unread: a weights file that does not fit, or a count beyond the model's synapses, is
     # refused before minutes of data loading (an ImageNet folder scan, CIFAR-10's JPEG decoding)
     model_for = model_before_data(args.dataset, lambda k, shape: _build(args, k, shape), data_dir=args.data_dir,
-                                  **args.dataset_kw)
+                                  download=args.download, **args.dataset_kw)
     dl = get_dataloaders(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir, holdout=args.holdout,
                          download=args.download,
                          seed=args.seed, subset=args.subset, test_subset=args.test_subset, eval_batch_size=args.eval_batch_size,
                          num_workers=args.num_workers, progress=args.progress, holdout_required=True,
-                         **args.dataset_kw)
+                         option_names={"subset": "--subset", "test_subset": "--test-subset"}, **args.dataset_kw)
     test_loader = test_loader_hook(dl.test) if test_loader_hook else dl.test  # wrapping reads nothing
     model = model_for(dl.num_classes, dl.in_shape)
     accelerator = _accelerator(args)
@@ -798,8 +798,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
             f"Splits: train = a fixed random sample of {len(train_sample.dataset)} images of the train part (the same for "
             "every row); held-out = a stratified part of the TRAIN split "
             "(used for line search and snapshot choice); test = "
-            + ("the test split" if args.test_subset is None else
-               f"a stratified draw from the test split ({test_images(test_loader.dataset, n_test, '--test-subset')})")
+            + _test_split_words(args, test_loader, n_test)
             + ", read only for this report.\n")
     accelerator.print(table + note)
     if main_proc:
@@ -821,6 +820,16 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
     accelerator.end_training()
     return {"rows": rows, "output_dir": str(out), "result": result, "minutes": minutes,
             "mask_hash_per_process": hashes}
+
+
+def _test_split_words(args, test_loader, n_test: int) -> str:
+    """What results.md says the test rows were: the test split, or --test-subset's draw from it
+    (a --test-subset of the split's size or more takes the whole split, and says so)."""
+    if args.test_subset is None:
+        return "the test split"
+    if is_test_draw(test_loader.dataset, n_test):
+        return f"a stratified draw from the test split ({test_images(test_loader.dataset, n_test, '--test-subset')})"
+    return f"the whole test split ({n_test:,} images: --test-subset {args.test_subset:,} is not smaller)"
 
 
 def _settings(args) -> dict:

@@ -103,7 +103,8 @@ def test_a_recipe_prints_a_data_warning_as_one_line(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env)
     assert r.returncode == 2 and "approach must be in [0, 1], got 3" in r.stderr, r.stderr[-2000:]
     assert "warning: the plugin says so\n" in r.stderr, r.stderr[-2000:]
-    assert "warning: subset=100,000 asks for more examples than the train split of fake holds (512)" in r.stderr
+    assert ("warning: --subset 100,000 asks for more examples than the train split of fake holds (512): all 512 are "
+            "used; give --subset 512 (or leave it out)") in r.stderr  # the option as the recipe spells it
     assert "UserWarning" not in r.stderr and not re.search(r"\.py:\d+:", r.stderr), r.stderr  # no FILE:LINE:
 
 

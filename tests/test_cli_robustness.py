@@ -899,6 +899,31 @@ def test_estimator_help_says_which_policies_use_it():
     assert "gmp and magnitude take one only when it is named" in text and "rank by weight magnitude" in text
 
 
+def no_cifar10_download(monkeypatch):
+    """torchvision's CIFAR-10 replaced by one that records each call (and downloads nothing)."""
+    import torchvision
+
+    calls = []
+
+    def recorded(root, train=True, download=False, **kw):
+        calls.append(download)
+        raise RuntimeError("no download in tests")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", recorded)
+    return calls
+
+
+def test_cifar10_download_waits_for_the_model_checks(tmp_path, monkeypatch, capsys):
+    """--dataset cifar10 --download with no copy on disk downloaded it first, and only then refused a
+    mask_only target beyond the model's synapses (refused before the data for every other dataset)."""
+    calls = no_cifar10_download(monkeypatch)
+    out = tmp_path / "run"
+    err = error_of(["--dataset", "cifar10", "--download", "--data_dir", str(tmp_path / "data"), "--model", "resnet20",
+                    "--mode", "mask_only", "--target", "99999999", "--threads", "1", "--output_dir", str(out)], capsys)
+    assert "beyond the model's 268336 prunable synapses" in err
+    assert calls == [] and not out.exists()
+
+
 def test_a_refused_command_takes_back_the_parent_folders_it_made_and_no_others(tmp_path, capsys):
     """The lock makes --output_dir's missing parents too; only the innermost one went."""
     (tmp_path / "kept").mkdir()
@@ -1182,10 +1207,12 @@ def test_a_test_subset_smaller_than_the_classes_is_refused_before_training(tmp_p
     """--test_subset 5 on 10 classes trained the whole run, then failed at the test evaluation."""
     out = tmp_path / "run"
     err = error_of(TINY + ["--output_dir", str(out), "--test_subset", "5"], capsys)
-    assert "test_subset 5 cannot hold one test example of each of the 10 classes of digits" in err
-    assert "give a test_subset of at least 10" in err and not out.exists()
+    # named as this recipe spells the option
+    assert "--test_subset 5 cannot hold one test example of each of the 10 classes of digits" in err
+    assert "give a --test_subset of at least 10" in err and not out.exists()
     err = error_of(TINY + ["--output_dir", str(out), "--test_subset", "0"], capsys)
-    assert "test_subset must be a positive number of examples" in err and not out.exists()
+    assert "--test_subset must be a positive number of examples (or left out for all), got 0" in err
+    assert not out.exists()
 
 
 def test_a_test_subset_of_a_whole_small_test_split_is_taken_as_before():

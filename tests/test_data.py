@@ -278,6 +278,8 @@ def test_dataset_facts_are_what_the_data_says_known_before_it_is_read(tmp_path):
     assert dataset_facts("imagenet", data_dir=tmp_path / "nowhere") is None  # no folder: its builder says so
     assert dataset_facts("fake", shape="x") is None  # a bad argument likewise
     assert dataset_facts("cifar10", data_dir=tmp_path) is None  # no CIFAR-10 there: its builder says so
+    assert dataset_facts("cifar10", data_dir=tmp_path, download=True) == (10, (3, 32, 32))  # what it would fetch
+    assert dataset_facts("mnist", data_dir=tmp_path / "nowhere", download=True) == (10, (1, 28, 28))  # facts without it
 
 
 def _no_decoding(monkeypatch):

@@ -83,6 +83,36 @@ def test_train_part_smaller_than_a_batch_is_refused_clearly(recipe, tmp_path):
                      "--train_steps", "3", "--batches", "3"])
 
 
+def test_cifar10_download_waits_for_the_model_checks(recipe, tmp_path, monkeypatch):
+    """--dataset cifar10 --download with no copy on disk downloaded it before a --weights file of
+    another model was refused (refused before the data for every other dataset)."""
+    import torchvision
+
+    from adaptive.models import WeightsMismatchError, build_model
+
+    calls = []
+
+    def recorded(root, train=True, download=False, **kw):
+        calls.append(download)
+        raise RuntimeError("no download in tests")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", recorded)
+    w = tmp_path / "w.pt"
+    torch.save(build_model("resnet20", num_classes=3, in_shape=(3, 32, 32)).state_dict(), w)  # 3 classes, not 10
+    with pytest.raises(WeightsMismatchError, match="does not match model"):
+        recipe.main(["collinearity", "--dataset", "cifar10", "--download", "--data_dir", str(tmp_path / "data"),
+                     "--model", "resnet20", "--weights", str(w), "--output_dir", str(tmp_path / "out")])
+    assert calls == []
+
+
+def test_a_test_subset_below_the_class_count_names_the_option(recipe, tmp_path):
+    """The refusal named the keyword test_subset rather than this recipe's --test_subset."""
+    with pytest.raises(ValueError, match="--test_subset 5 cannot hold one test example of each of the 10 classes of "
+                                         "digits: give a --test_subset of at least 10"):
+        recipe.main(["collinearity", *COMMON, "--test_subset", "5", "--output_dir", str(tmp_path), "--model", "mlp",
+                     "--train_steps", "3", "--batches", "3"])
+
+
 def test_holdout_and_test_batches_mix_classes(recipe, tmp_path):
     """Holdout and test loaders keep the dataset's order, grouped by class in an image folder: the
     diagnostics read them in a seeded random order, so a limited number of batches (and each batch)

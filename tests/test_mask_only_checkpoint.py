@@ -450,3 +450,25 @@ def test_a_finished_checkpoint_in_a_folder_that_takes_no_new_file_still_resumes(
     monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
     with pytest.raises(ValueError, match=r"partial\.pt cannot be written: no file can be created in"):
         optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=partial, **KW)
+
+
+def test_load_stage_takes_what_check_readable_read_while_the_file_is_the_same(tmp_path, monkeypatch):
+    """A recipe checks its checkpoint before the data loads and loads it once the run starts: it was
+    read twice. The second read is saved only for the file read (renamed is the same file); one
+    replaced since (a new stage saved), or another path, is read afresh."""
+    from adaptive import mask_only_checkpoint as ck
+
+    path, moved = tmp_path / "ck.pt", tmp_path / "moved.pt"
+    real_load, loads = torch.load, []
+    monkeypatch.setattr(torch, "load", lambda f, *a, **kw: loads.append(f) or real_load(f, *a, **kw))
+    save_stage(path, _stage_state(stage=1))
+    ck.check_readable(path)
+    path.rename(moved)  # (as mask_only_checkpoint.begin puts a set-aside checkpoint back)
+    assert load_stage(moved, {})["stage"] == 1 and len(loads) == 1
+    assert load_stage(moved, {})["stage"] == 1 and len(loads) == 2  # taken once
+    ck.check_readable(moved)
+    save_stage(moved, _stage_state(stage=2))  # replaced after the check: its new content counts
+    assert load_stage(moved, {})["stage"] == 2 and len(loads) == 4
+    save_stage(path, _stage_state(stage=0))
+    ck.check_readable(moved)
+    assert load_stage(path, {})["stage"] == 0 and len(loads) == 6  # another file

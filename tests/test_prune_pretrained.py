@@ -459,8 +459,20 @@ def test_resume_continues_after_the_last_finished_target(tmp_path, weights, caps
     with pytest.raises(Crash):
         mod.main(args(weights, out, "--remove", "0.2", "0.5"))
     assert (out / "checkpoint.pt").is_file() and not (out / "results.md").exists()
+    assert not (out / ".lock").exists()  # a run stopped by an error takes its lock file away too
+    (out / ".lock").write_text("99999999")  # a killed run's: its file stays, the system let go of its lock
     monkeypatch.setattr(mod, "optimize_connectome", real)
+    real_load, loads = torch.load, []
+
+    def counted_load(f, *a, **kw):
+        loads.append(Path(f) == out / "checkpoint.pt")
+        return real_load(f, *a, **kw)
+
+    monkeypatch.setattr(torch, "load", counted_load)
     summary = mod.main(args(weights, out, "--remove", "0.2", "0.5", "--resume"))
+    assert sum(loads) == 1  # read once: its check before the data loads passes the state on (it read it twice)
+    monkeypatch.setattr(torch, "load", real_load)
+    assert not (out / ".lock").exists()  # the finished run leaves no lock file (it left one in every folder)
     hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     resume = [h for h in hist if h["kind"] == "resume"]
     assert len(resume) == 1 and resume[0]["stage"] == 1
@@ -888,6 +900,25 @@ def test_an_interrupted_overwrite_leaves_no_earlier_checkpoint(tmp_path, weights
     assert sorted(p.name for p in out.iterdir()) == []  # the earlier run gone as a whole, and this one's lock too
 
 
+def test_cifar10_download_waits_for_the_model_checks(tmp_path, weights, monkeypatch):
+    """--dataset cifar10 --download with no copy on disk downloaded it before the --remove count
+    beyond the model's synapses was refused (refused before the data for every other dataset)."""
+    import torchvision
+
+    calls = []
+
+    def recorded(root, train=True, download=False, **kw):
+        calls.append(download)
+        raise RuntimeError("no download in tests")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", recorded)
+    mod = recipe()
+    with pytest.raises(ValueError, match="beyond the model's 268336 prunable synapses"):
+        mod.main(["--model", "resnet20", "--dataset", "cifar10", "--download", "--data-dir", str(tmp_path / "data"),
+                  "--output_dir", str(tmp_path / "run"), "--remove", "99999999", "--no-progress"])
+    assert calls == [] and not (tmp_path / "run").exists()
+
+
 def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, weights):
     import fcntl
 
@@ -1156,8 +1187,11 @@ def test_a_damaged_checkpoint_is_refused_before_the_data_loads(tmp_path, monkeyp
 
 
 def test_test_subset_reports_on_a_stratified_draw(tmp_path, weights, capsys):
+    """The refusal named test_subset, not this recipe's --test-subset; a --test-subset of the whole
+    test split or more was reported as 'a stratified draw from the test split'."""
     mod = recipe()
-    with pytest.raises(ValueError, match="cannot hold one test example of each of the 10 classes"):
+    with pytest.raises(ValueError, match="--test-subset 5 cannot hold one test example of each of the 10 classes of "
+                                         "fake: give a --test-subset of at least 10"):
         mod.main(args(weights, tmp_path / "few", "--remove", "0.5", "--test-subset", "5"))
     assert not (tmp_path / "few" / "results.md").exists()
     capsys.readouterr()
@@ -1167,3 +1201,10 @@ def test_test_subset_reports_on_a_stratified_draw(tmp_path, weights, capsys):
     for text in (out, results):
         assert "test = a stratified draw from the test split (30 of " in text and "drawn by --test-subset)" in text
     assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["test_subset"] == 30
+    with pytest.warns(UserWarning, match=r"--test-subset 1,000 asks for more examples than the test split of fake "
+                                         r"holds \(128\): all 128 are used; give --test-subset 128"):
+        mod.main(args(weights, tmp_path / "all", "--remove", "0.5", "--test-subset", "1000"))
+    out = capsys.readouterr().out
+    for text in (out, (tmp_path / "all" / "results.md").read_text()):
+        assert "test = the whole test split (128 images: --test-subset 1,000 is not smaller)" in text
+        assert "stratified draw from the test split" not in text

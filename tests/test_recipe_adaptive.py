@@ -782,6 +782,18 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, capsys):
     assert run(out, "--max_steps", "5").state.step == 5  # free again once the other run ended
 
 
+def test_a_finished_run_leaves_no_lock_file_and_a_killed_runs_lock_blocks_nothing(tmp_path):
+    """Every finished run left its .lock in the run folder. A killed run's lock file stays, but the
+    system let go of its lock: a --resume (or a fresh run) takes it and takes it away at its end."""
+    out = tmp_path / "run"
+    run(out, "--max_steps", "20", "--checkpoint_every", "10", "--figures", "false")
+    assert not (out / ".lock").exists()
+    (out / ".lock").write_text("99999999")  # what a killed run leaves
+    resumed = run(out, "--max_steps", "20", "--checkpoint_every", "10", "--figures", "false", "--resume", "latest")
+    assert resumed.state.step == 20
+    assert not (out / ".lock").exists()
+
+
 def test_a_run_that_finds_an_earlier_run_once_it_holds_the_lock_is_refused(tmp_path):
     """A run that ended while this one was starting left its summary.json: the recheck made once the
     lock is held refuses the fresh run instead of letting it write beside the earlier one."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -45,7 +45,8 @@ class DatasetSplits:
 
 def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, download: bool = False,
                  subset: Optional[int] = None, test_subset: Optional[int] = None, augment: bool = False,
-                 progress: Optional[bool] = None, holdout_required: bool = False, **kw) -> DatasetSplits:
+                 progress: Optional[bool] = None, holdout_required: bool = False,
+                 option_names: Optional[Mapping[str, str]] = None, **kw) -> DatasetSplits:
     """Build dataset ``name`` (see :func:`available_datasets`) from ``data_dir`` (default: the
     ``ADAPTIVE_DATA`` environment variable, else ``../shared/data`` beside the repository, else
     ``~/.cache/adaptive/data``; see :func:`adaptive.paths.resolve_data_dir`).
@@ -63,13 +64,17 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
       True, False, or None (only when stderr is a terminal); given to families that take it.
     - ``holdout_required``: the caller cannot do without a held-out part (its selection reads it),
       so the error for a subset too small to hold out an example does not suggest ``holdout`` 0.
+    - ``option_names``: how the errors and warnings name ``subset`` and ``test_subset``: a command
+      line's options (``{"test_subset": "--test-subset"}``); by default these keywords.
     Extra keyword arguments go to the family (e.g. ``normalize=`` for cifar10, ``shape=`` for fake).
     Raises :class:`DatasetNotFoundError` with every path tried when the data is missing.
     """
     check_dataset_kw(name, kw)
+    named = {k: (option_names or {}).get(k, k) for k in ("subset", "test_subset")}
     for what, v in (("subset", subset), ("test_subset", test_subset)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"{what} must be a positive number of examples (or None for all), got {v!r}")
+            none = "left out" if named[what].startswith("-") else "None"
+            raise ValueError(f"{named[what]} must be a positive number of examples (or {none} for all), got {v!r}")
     builder = get_source_builder(name)
     if "progress" in inspect.signature(builder).parameters:
         kw["progress"] = progress
@@ -80,9 +85,10 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
         least = src.num_classes if src.test_size is None else min(src.num_classes, src.test_size)
         whole = (f" (the test split holds only {src.test_size} examples, fewer than the classes: {least} takes it all)"
                  if least < src.num_classes else "")
-        raise ValueError(f"test_subset {test_subset} cannot hold one test example of each of the {src.num_classes} "
-                         f"classes of {name}: give a test_subset of at least {least}{whole} (or leave it out)")
-    _warn_short(name, "train", subset, len(labels), "subset")
+        raise ValueError(f"{named['test_subset']} {test_subset} cannot hold one test example of each of the "
+                         f"{src.num_classes} classes of {name}: give a {named['test_subset']} of at least {least}{whole} "
+                         "(or leave it out)")
+    _warn_short(name, "train", subset, len(labels), named["subset"])
     pool = stratified_subset(labels, subset, seed) if subset is not None else torch.arange(len(labels))
     kept, drawn = stratified_split(labels[pool], holdout, seed)
     train, held = pool[kept], pool[drawn]
@@ -98,7 +104,7 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     def build_test():
         ds = src.test()
         if test_subset is not None:
-            _warn_short(name, "test", test_subset, len(ds), "test_subset")
+            _warn_short(name, "test", test_subset, len(ds), named["test_subset"])
             drawn = ds.select(stratified_subset(torch.as_tensor(ds.targets), test_subset, seed))
             drawn.whole_split_size = len(ds)  # what a report says the draw was taken from
             return drawn
@@ -112,19 +118,33 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
 def test_images(test_dataset, scored: int, option: str = "--test_subset") -> str:
     """What a report says of the test images it scored: ``"359 images"``, or for a ``test_subset``
     draw (``option`` names it as the command line spells it) ``"1,000 of 10,000 images, drawn by --test_subset"``."""
+    if not is_test_draw(test_dataset, scored):
+        return f"{scored:,} images"
+    return f"{scored:,} of {_whole_split_size(test_dataset):,} images, drawn by {option}"
+
+
+def is_test_draw(test_dataset, scored: int) -> bool:
+    """Whether the ``scored`` test images are a ``test_subset`` draw of fewer than the whole test
+    split (False for the whole split, also when a ``test_subset`` of its size or more took it all)."""
+    whole = _whole_split_size(test_dataset)
+    return whole is not None and scored < whole
+
+
+def _whole_split_size(test_dataset) -> Optional[int]:
+    """The size of the split a ``test_subset`` draw was taken from; None when it is no draw."""
     ds, whole = test_dataset, None
     while ds is not None and whole is None:  # the draw, under a loader's or a lazy split's wrapper
         whole = getattr(ds, "whole_split_size", None)
         ds = getattr(ds, "dataset", None)
-    if whole is None or scored >= whole:
-        return f"{scored:,} images"
-    return f"{scored:,} of {whole:,} images, drawn by {option}"
+    return whole
 
 
 def _warn_short(name: str, split: str, asked: Optional[int], size: int, option: str) -> None:
+    """Warn that ``option`` (a keyword, or a command line's ``--option``) asks for more than the split holds."""
     if asked is not None and asked > size:
-        warn_user(f"{option}={asked:,} asks for more examples than the {split} split of {name} holds ({size:,}): "
-                  f"all {size:,} are used; give {option}={size:,} (or leave it out) to say so")
+        given = (lambda n: f"{option} {n:,}") if option.startswith("-") else (lambda n: f"{option}={n:,}")
+        warn_user(f"{given(asked)} asks for more examples than the {split} split of {name} holds ({size:,}): "
+                  f"all {size:,} are used; give {given(size)} (or leave it out) to say so")
 
 
 def _subset_for_holdout(labels: torch.Tensor, subset: int, holdout: float, required: bool = False) -> str:
@@ -185,7 +205,8 @@ def get_dataloaders(name: str, batch_size: int = 128, data_dir=None, holdout: fl
     Creating the test loader does not read the test split.
 
     ``data_dir``, ``holdout``, ``seed``, ``download``, ``subset``, ``test_subset``, ``augment``,
-    ``progress`` and extra keywords go to :func:`get_datasets` (see there). ``num_workers``:
+    ``progress`` and extra keywords (``holdout_required``, ``option_names``, the family's) go to
+    :func:`get_datasets` (see there). ``num_workers``:
     loader worker processes (0: load in the main process); the holdout and test loaders keep
     theirs between passes, the train loader's start afresh every pass so that a resumed run
     draws the augmentation of the uninterrupted one. ``drop_last``: drop the train split's last
@@ -213,6 +234,7 @@ def get_dataloaders(name: str, batch_size: int = 128, data_dir=None, holdout: fl
 __all__ = [
     "get_datasets", "get_dataloaders", "DatasetSplits", "DataLoaders", "DatasetNotFoundError",
     "register_dataset", "available_datasets", "check_dataset_kw", "dataset_facts", "model_before_data", "test_images",
+    "is_test_draw",
     "Source", "LazyDataset", "TensorImages",
     "stratified_split", "stratified_subset", "random_crop_flip", "resolve_data_dir",
 ]

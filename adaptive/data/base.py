@@ -46,7 +46,9 @@ def register_dataset(name: str, replace: bool = False, facts: Optional[Callable[
     ``facts(data_dir=None, **kw) -> (num_classes, in_shape)``, for a family that knows them for
     certain from its arguments (and at most a look at folder names and one file's header), without
     decoding an example: what the builder's :class:`Source` will say. It lets a caller build the model, and refuse what
-    does not fit it, before the data is read (:func:`dataset_facts`)."""
+    does not fit it, before the data is read (:func:`dataset_facts`). Facts with a ``download``
+    parameter are told whether the builder may download data that is not on disk (then they say
+    what the download will give, so that a command refused for its model is refused before it)."""
 
     def deco(fn):
         _registry.add(_DATASETS, "dataset", name, fn, replace)
@@ -56,15 +58,21 @@ def register_dataset(name: str, replace: bool = False, facts: Optional[Callable[
     return deco
 
 
-def dataset_facts(name: str, data_dir=None, **kw) -> Optional[Tuple[int, Tuple[int, ...]]]:
-    """``(num_classes, in_shape)`` of dataset ``name`` built with ``data_dir`` and ``kw``, known
-    without reading its data; None where the family does not say (no ``facts`` registered) or cannot
-    tell (its folder is not found, an argument is bad: building it reports that)."""
+def dataset_facts(name: str, data_dir=None, download: bool = False, **kw) -> Optional[Tuple[int, Tuple[int, ...]]]:
+    """``(num_classes, in_shape)`` of dataset ``name`` built with ``data_dir``, ``download`` and
+    ``kw``, known without reading (or downloading) its data; None where the family does not say (no
+    ``facts`` registered) or cannot tell (its folder is not found, an argument is bad: building it
+    reports that)."""
+    import inspect
+
     get_source_builder(name)  # an unknown name: the error naming the datasets there are
     facts = _FACTS.get(name)
     if facts is None:
         return None
     from ..paths import DatasetNotFoundError
+
+    if download and "download" in inspect.signature(facts).parameters:
+        kw["download"] = True
 
     try:
         num_classes, in_shape = facts(data_dir=data_dir, **kw)
@@ -74,13 +82,14 @@ def dataset_facts(name: str, data_dir=None, **kw) -> Optional[Tuple[int, Tuple[i
 
 
 def model_before_data(name: str, build: Callable[[int, Tuple[int, ...]], Any], data_dir=None,
-                      **kw) -> Callable[[int, Tuple[int, ...]], Any]:
+                      download: bool = False, **kw) -> Callable[[int, Tuple[int, ...]], Any]:
     """Call ``build(num_classes, in_shape)`` now, where dataset ``name`` knows them unread
-    (:func:`dataset_facts`), so that what does not fit the model (a weights file, a count of its
-    synapses; ``build`` refuses it) is refused before minutes of data loading. Returns
+    (:func:`dataset_facts`; with ``download``, also where the data is yet to be downloaded), so
+    that what does not fit the model (a weights file, a count of its synapses; ``build`` refuses
+    it) is refused before minutes of data loading or a download. Returns
     ``for_data(num_classes, in_shape)``, to call once the data has loaded: that model, or one built
     then where the data's classes and shape are not the facts (none known, or a plugin's wrong)."""
-    facts = dataset_facts(name, data_dir=data_dir, **kw)
+    facts = dataset_facts(name, data_dir=data_dir, download=download, **kw)
     early = build(*facts) if facts else None
 
     def for_data(num_classes: int, in_shape: Tuple[int, ...]):

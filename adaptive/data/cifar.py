@@ -54,14 +54,20 @@ def _check_test_classes(test_dir: Path, classes) -> None:
                          f"{list(classes)}; both splits need the same class folders")
 
 
-def _facts(data_dir=None, normalize="imagenet", cache_dir=None):
+def _facts(data_dir=None, normalize="imagenet", cache_dir=None, download=False):
     """What :func:`cifar10` will say, nothing decoded: torchvision's batches are 10 classes of
-    ``(3, 32, 32)``; an ImageFolder copy has its class folders and the size of the image its decoding
-    sizes every image by (read from that file's header; no transform resizes)."""
+    ``(3, 32, 32)`` (what ``download`` fetches where no copy is found); an ImageFolder copy has its
+    class folders and the size of the image its decoding sizes every image by (read from that
+    file's header; no transform resizes)."""
     import torchvision
 
     _normalization(normalize)  # a bad one: the builder's error, once it runs
-    found = find_data("cifar10", RELPATHS, data_dir, how=HOW)
+    try:
+        found = find_data("cifar10", RELPATHS, data_dir, how=HOW)
+    except DatasetNotFoundError:
+        if download:  # the builder will download torchvision's batches
+            return 10, (3, 32, 32)
+        raise
     if found.name == "cifar-10-batches-py":
         cifar = torchvision.datasets.CIFAR10
         missing = [f for f, _ in cifar.train_list + cifar.test_list + [(cifar.meta["filename"], None)]
