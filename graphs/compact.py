@@ -182,8 +182,8 @@ def _module_input(n):
 def _channel_consts(t: torch.Tensor, axis: int = 1) -> torch.Tensor:
     """Per channel (along ``axis``): its value when finite and uniform, else NaN."""
     c = t.shape[axis]
-    if not t.is_floating_point():  # integer data (token ids) is input, never a constant
-        return torch.full((c,), float("nan"))
+    if not t.is_floating_point() or t.numel() == 0:  # integer data (token ids) is input, never a constant; nor
+        return torch.full((c,), float("nan"))      # is a channel with no values (a part of the batch one sample lacks)
     flat = t.movedim(axis, 0).reshape(c, -1)
     first = flat[:, 0]
     ok = torch.isfinite(first) & (flat == first[:, None]).all(1)
@@ -357,9 +357,13 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     with torch.no_grad():
         try:
             probe_env = _Probe(gm).values(x)
+            # a part of the batch one sample lacks (x.split([1, n - 1])) would hold no values to judge
+            few = any(isinstance(v, torch.Tensor) and v.numel() == 0 for v in probe_env.values())
         except Exception:  # noqa: BLE001 - one sample is too few (the model splits its batch): the whole example
             if x is example_input:
                 raise
+            few = True
+        if few and x is not example_input:
             x = example_input
             probe_env = _Probe(gm).values(x)
         wider_env = _probe_wider(gm, x)
