@@ -1181,3 +1181,45 @@ def test_split_parts_that_hold_nothing(how, removed):
     small = graphs.compact(m, conn, x)
     assert small.compaction["removed"] == removed
     assert_same_outputs(small, m, ref, x, torch.randn(5, 6))
+
+
+class DeadPart(nn.Module):
+    """conv1's halves through a BatchNorm and a depthwise convolution, and through a 1x1 convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.pw = nn.Conv2d(4, 4, 1, bias=False)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        a, b = F.relu(self.conv1(x)).chunk(2, 1)
+        y = torch.cat([self.dw(self.bn(a)), self.pw(b)], 1)
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+@pytest.mark.parametrize("dead, removed", [
+    ("dw_unused", {"conv1": 3, "dw": 3, "pw": 0, "fc": 0}),  # BatchNorm and depthwise conv: one channel each stays
+    ("pw_reads_nothing", {"conv1": 3, "dw": 0, "pw": 3, "fc": 0}),  # pw keeps one input and one (zero) output
+    ("both", {"conv1": 6, "dw": 3, "pw": 3, "fc": 0}),  # one channel of each half
+])
+def test_a_convolution_or_batchnorm_whose_channels_all_go_keeps_one(dead, removed):
+    """A split part whose every channel could go left a BatchNorm of no features, a depthwise convolution of no
+    groups, or a convolution reading no channels (which returns none): compaction raised. Each keeps one channel."""
+    torch.manual_seed(0)
+    m = randomize_bn(DeadPart())
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    if dead in ("dw_unused", "both"):
+        masks["fc.weight"][:, :4] = False
+    if dead in ("pw_reads_nothing", "both"):
+        masks["pw.weight"][:] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 6, 6)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == removed
+    assert small.get_submodule("bn").num_features == (1 if removed["dw"] == 3 else 4)
+    assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 6, 6))
