@@ -25,9 +25,9 @@ so is every float made from them). Items of inputs, outputs, grouped convolution
 convolutions, ops the compactor does not understand and layers whose weight is tied to another
 module's are kept; a
 depthwise convolution (groups == channels) keeps or drops input channel ``c`` together with output
-channel ``c`` and its filter, other grouped convolutions keep all their channels. A convolution or
-BatchNorm whose channels could all go (a split part no one reads) keeps one, since torch runs neither on
-no channels. The result is checked against the masked model on the example input, a second random input and a batch of twice
+channel ``c`` and its filter, other grouped convolutions keep all their channels. A convolution, BatchNorm,
+pooling or resampling whose channels could all go (a split part no one reads) keeps one: torch runs none of
+them on no channels. The result is checked against the masked model on the example input, a second random input and a batch of twice
 its size; a mismatch raises instead of returning a wrong model.
 
 Splits. ``torch.chunk``, ``torch.split`` and ``torch.tensor_split`` (functions and methods) are concatenation
@@ -548,15 +548,21 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     # a class goes only if none of its items is bad
     class_bad = torch.zeros(items.n, dtype=torch.long).index_add_(0, label, bad.long()) > 0
     removed = ~class_bad[label]
-    # a convolution or BatchNorm left without channels fails (torch refuses no output channels and no features, and
-    # a convolution reading no channels returns none): where a split part or a whole layer would lose all of them,
-    # its first stays
+    # torch runs no convolution, BatchNorm, pooling or resampling on no channels (a conv reading none returns none):
+    # where a split part or a whole layer would lose every channel such an op reads or writes, the first stays
     for n in gm.graph.nodes:
-        if n.op == "call_module" and isinstance(mods[n.target], (nn.modules.conv._ConvNd, _BN)) and n in items.offset:
-            for t in (n, _module_input(n)):
-                if t in items.offset and items.count[t] and bool(removed[items.ids(t)].all()):
-                    class_bad[label[items.offset[t]]] = True
-                    removed = ~class_bad[label]
+        m = mods.get(n.target) if n.op == "call_module" else None
+        if isinstance(m, nn.modules.conv._ConvNd):
+            ends = (n, _module_input(n))
+        elif isinstance(m, _BN) or (n.op in ("call_module", "call_function", "call_method")
+                                    and ops.categorize(n, m) == "pointwise" and not ops.elementwise(n, m)):
+            ends = (n,)  # linked to its input
+        else:
+            continue
+        for t in ends:
+            if t in items.offset and items.count[t] and bool(removed[items.ids(t)].all()):
+                class_bad[label[items.offset[t]]] = True
+                removed = ~class_bad[label]
     if align > 1:  # keep whole classes until every weighted layer keeps a multiple of align units
         outs = [items.ids(n) for n in gm.graph.nodes if n.op == "call_module"
                 and isinstance(mods[n.target], ops.WEIGHTED_MODULES) and n in items.offset]

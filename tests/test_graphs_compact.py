@@ -1223,3 +1223,31 @@ def test_a_convolution_or_batchnorm_whose_channels_all_go_keeps_one(dead, remove
     assert small.compaction["removed"] == removed
     assert small.get_submodule("bn").num_features == (1 if removed["dw"] == 3 else 4)
     assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 6, 6))
+
+
+class PooledPart(nn.Module):
+    """conv1's first half max-pooled into one Linear, its second averaged into another."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.fa, self.fb = nn.Linear(36, 2), nn.Linear(4, 2)
+
+    def forward(self, x):
+        a, b = F.relu(self.conv1(x)).chunk(2, 1)
+        return self.fa(F.max_pool2d(a, 2).flatten(1)) + self.fb(F.adaptive_avg_pool2d(b, 1).flatten(1))
+
+
+def test_a_pooled_split_part_whose_channels_all_go_keeps_one():
+    """max_pool2d takes no map of no channels: the half fa does not read keeps one channel."""
+    torch.manual_seed(0)
+    m = PooledPart()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["fa.weight"][:] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 6, 6)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == {"conv1": 3, "fa": 0, "fb": 0} and small.fa.in_features == 9
+    assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 6, 6))
