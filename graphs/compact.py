@@ -25,8 +25,9 @@ so is every float made from them). Items of inputs, outputs, grouped convolution
 convolutions, ops the compactor does not understand and layers whose weight is tied to another
 module's are kept; a
 depthwise convolution (groups == channels) keeps or drops input channel ``c`` together with output
-channel ``c`` and its filter, other grouped convolutions keep all their channels. The result is
-checked against the masked model on the example input, a second random input and a batch of twice
+channel ``c`` and its filter, other grouped convolutions keep all their channels. A convolution, BatchNorm,
+pooling or resampling whose channels could all go (a split part no one reads) keeps one: torch runs none of
+them on no channels. The result is checked against the masked model on the example input, a second random input and a batch of twice
 its size; a mismatch raises instead of returning a wrong model.
 
 Splits. ``torch.chunk``, ``torch.split`` and ``torch.tensor_split`` (functions and methods) are concatenation
@@ -182,8 +183,8 @@ def _module_input(n):
 def _channel_consts(t: torch.Tensor, axis: int = 1) -> torch.Tensor:
     """Per channel (along ``axis``): its value when finite and uniform, else NaN."""
     c = t.shape[axis]
-    if not t.is_floating_point():  # integer data (token ids) is input, never a constant
-        return torch.full((c,), float("nan"))
+    if not t.is_floating_point() or t.numel() == 0:  # integer data (token ids) is input, never a constant; nor
+        return torch.full((c,), float("nan"))      # is a channel with no values (a part of the batch one sample lacks)
     flat = t.movedim(axis, 0).reshape(c, -1)
     first = flat[:, 0]
     ok = torch.isfinite(first) & (flat == first[:, None]).all(1)
@@ -357,9 +358,13 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     with torch.no_grad():
         try:
             probe_env = _Probe(gm).values(x)
+            # a part of the batch one sample lacks (x.split([1, n - 1])) would hold no values to judge
+            few = any(isinstance(v, torch.Tensor) and v.numel() == 0 for v in probe_env.values())
         except Exception:  # noqa: BLE001 - one sample is too few (the model splits its batch): the whole example
             if x is example_input:
                 raise
+            few = True
+        if few and x is not example_input:
             x = example_input
             probe_env = _Probe(gm).values(x)
         wider_env = _probe_wider(gm, x)
@@ -543,6 +548,21 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     # a class goes only if none of its items is bad
     class_bad = torch.zeros(items.n, dtype=torch.long).index_add_(0, label, bad.long()) > 0
     removed = ~class_bad[label]
+    # torch runs no convolution, BatchNorm, pooling or resampling on no channels (a conv reading none returns none):
+    # where a split part or a whole layer would lose every channel such an op reads or writes, the first stays
+    for n in gm.graph.nodes:
+        m = mods.get(n.target) if n.op == "call_module" else None
+        if isinstance(m, nn.modules.conv._ConvNd):
+            ends = (n, _module_input(n))
+        elif isinstance(m, _BN) or (n.op in ("call_module", "call_function", "call_method")
+                                    and ops.categorize(n, m) == "pointwise" and not ops.elementwise(n, m)):
+            ends = (n,)  # linked to its input
+        else:
+            continue
+        for t in ends:
+            if t in items.offset and items.count[t] and bool(removed[items.ids(t)].all()):
+                class_bad[label[items.offset[t]]] = True
+                removed = ~class_bad[label]
     if align > 1:  # keep whole classes until every weighted layer keeps a multiple of align units
         outs = [items.ids(n) for n in gm.graph.nodes if n.op == "call_module"
                 and isinstance(mods[n.target], ops.WEIGHTED_MODULES) and n in items.offset]

@@ -1136,3 +1136,118 @@ def test_chunk_along_the_batch_links_each_part_to_the_same_channels():
     small = graphs.compact(m, conn, x)
     assert small.compaction["removed"] == {"fc1": 2, "fc2": 0}
     assert_same_outputs(small, m, ref, x, torch.randn(6, 6))
+
+
+class EmptyParts(nn.Module):
+    """Splits with a part that holds nothing: sizes with a zero, more sections than channels, and the
+    rest of a batch one sample lacks."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.fc1, self.f3, self.fc2, self.fb = nn.Linear(6, 8), nn.Linear(3, 3), nn.Linear(8, 3), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        if self.how == "zero_size":
+            a, none, b = torch.split(h, [3, 0, 5], -1)
+            return self.fc2(torch.cat([b, none, self.f3(a)], -1))
+        if self.how == "more_sections":  # 10 sections of 8 channels: the last two are empty
+            p = h.tensor_split(10, dim=-1)
+            a = self.f3(torch.cat([p[0], p[1], p[2]], -1))
+            return self.fc2(torch.cat([a, p[9], p[3], p[4], p[5], p[6], p[7]], -1))
+        first, rest = h.split([1, x.shape[0] - 1], 0)  # one sample against the rest of the batch
+        return self.fc2(first) + self.fb(rest).mean(0, keepdim=True)
+
+
+@pytest.mark.parametrize("how, removed", [("zero_size", {"fc1": 3, "f3": 1, "fc2": 0}),
+                                          ("more_sections", {"fc1": 3, "f3": 1, "fc2": 0}),
+                                          ("first_and_rest", {"fc1": 4, "fc2": 0, "fb": 0})])
+def test_split_parts_that_hold_nothing(how, removed):
+    """An empty part crashed the search for constants; the rest of a batch that one sample lacks is
+    probed on the whole example, so the constant units it holds still go."""
+    torch.manual_seed(0)
+    m = EmptyParts(how)
+    with torch.no_grad():
+        m.fc1.bias.normal_()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["fc2.weight"][:, [0, 5]] = False  # unused
+    masks["fb.weight"][:, [0, 5]] = False
+    masks["fc1.weight"][[1, 6]] = False  # constant, folded into their readers' biases
+    conn.set_masks(masks)
+    x = torch.randn(4, 6)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == removed
+    assert_same_outputs(small, m, ref, x, torch.randn(5, 6))
+
+
+class DeadPart(nn.Module):
+    """conv1's halves through a BatchNorm and a depthwise convolution, and through a 1x1 convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.pw = nn.Conv2d(4, 4, 1, bias=False)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        a, b = F.relu(self.conv1(x)).chunk(2, 1)
+        y = torch.cat([self.dw(self.bn(a)), self.pw(b)], 1)
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+@pytest.mark.parametrize("dead, removed", [
+    ("dw_unused", {"conv1": 3, "dw": 3, "pw": 0, "fc": 0}),  # BatchNorm and depthwise conv: one channel each stays
+    ("pw_reads_nothing", {"conv1": 3, "dw": 0, "pw": 3, "fc": 0}),  # pw keeps one input and one (zero) output
+    ("both", {"conv1": 6, "dw": 3, "pw": 3, "fc": 0}),  # one channel of each half
+])
+def test_a_convolution_or_batchnorm_whose_channels_all_go_keeps_one(dead, removed):
+    """A split part whose every channel could go left a BatchNorm of no features, a depthwise convolution of no
+    groups, or a convolution reading no channels (which returns none): compaction raised. Each keeps one channel."""
+    torch.manual_seed(0)
+    m = randomize_bn(DeadPart())
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    if dead in ("dw_unused", "both"):
+        masks["fc.weight"][:, :4] = False
+    if dead in ("pw_reads_nothing", "both"):
+        masks["pw.weight"][:] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 6, 6)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == removed
+    assert small.get_submodule("bn").num_features == (1 if removed["dw"] == 3 else 4)
+    assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 6, 6))
+
+
+class PooledPart(nn.Module):
+    """conv1's first half max-pooled into one Linear, its second averaged into another."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.fa, self.fb = nn.Linear(36, 2), nn.Linear(4, 2)
+
+    def forward(self, x):
+        a, b = F.relu(self.conv1(x)).chunk(2, 1)
+        return self.fa(F.max_pool2d(a, 2).flatten(1)) + self.fb(F.adaptive_avg_pool2d(b, 1).flatten(1))
+
+
+def test_a_pooled_split_part_whose_channels_all_go_keeps_one():
+    """max_pool2d takes no map of no channels: the half fa does not read keeps one channel."""
+    torch.manual_seed(0)
+    m = PooledPart()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["fa.weight"][:] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 6, 6)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == {"conv1": 3, "fa": 0, "fb": 0} and small.fa.in_features == 9
+    assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 6, 6))
