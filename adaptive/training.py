@@ -57,10 +57,12 @@ class TrainState:
     # gradient-norm sums of a clipping run: _WINDOW). It lives
     # here, not in one epoch's loop, so a logging interval that spans an epoch boundary or a
     # checkpoint and resume averages all of its steps.
-    window: List[float] = field(default_factory=lambda: [0.0] * _WINDOW)
+    # (the ``window`` property: reading it brings in device_window's pending sums)
+    _window: List[float] = field(default_factory=lambda: [0.0] * _WINDOW)
     # while train_one_epoch runs, the window's sums go on in a float64 tensor on the accelerator's
     # device (reading a step's loss on the host would stall a GPU every step); sync_window() brings
-    # them into ``window`` at each row, checkpoint and epoch's end, in the same order of additions
+    # them into ``window`` at each row, checkpoint and epoch's end, in the same order of additions,
+    # and wherever else ``window`` is read (an on_step hook's read is never a stale copy)
     device_window: Optional[torch.Tensor] = field(default=None, compare=False, repr=False)
     saved_window: Optional[List[float]] = None  # the sum over processes, set by save_checkpoint while it saves
     # the run's shape, checked on resume: another process count reads other data at the same step
@@ -90,17 +92,26 @@ class TrainState:
                 "steps_per_epoch": self.steps_per_epoch, "gradient_accumulation_steps": self.accumulation,
                 "lr": self.lr, "seconds": self.seconds, **self._silent_state()}
 
+    @property
+    def window(self) -> List[float]:
+        """This process's window sums (``_WINDOW``), as :meth:`sync_window` gives them."""
+        return self.sync_window()
+
+    @window.setter
+    def window(self, values: List[float]) -> None:
+        self._window, self.device_window = list(values), None
+
     def sync_window(self) -> List[float]:
-        """``window`` with the sums train_one_epoch keeps on the device brought in (a host-device
+        """The window with the sums train_one_epoch keeps on the device brought in (a host-device
         synchronisation where any are pending)."""
         if self.device_window is not None:
-            self.window, self.device_window = self.device_window.tolist(), None
-        return self.window
+            self._window, self.device_window = self.device_window.tolist(), None
+        return self._window
 
     def _on_device(self, device) -> torch.Tensor:
         """The window as a float64 tensor on ``device``, where the loop adds each step's sums."""
         if self.device_window is None:
-            self.device_window = torch.tensor(self.window, dtype=torch.float64, device=device)
+            self.device_window = torch.tensor(self._window, dtype=torch.float64, device=device)
         return self.device_window
 
     def _silent_state(self) -> dict:
@@ -123,7 +134,6 @@ class TrainState:
         n = _world_size()
         window = [float(v) / n for v in sd.get("window", ())]
         self.window = window + [0.0] * (_WINDOW - len(window))  # older checkpoints: loss and accuracy only
-        self.device_window = None
         if self.silent_units is not None:  # (every process takes the whole: only where it is zero counts)
             if "silent" in sd:
                 self.silent_units.load_vector(torch.tensor(sd["silent"], dtype=torch.float32))
