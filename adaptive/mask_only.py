@@ -679,7 +679,9 @@ def optimize_connectome(
                     est.begin_stage()  # a new goal: the estimator restarts its moving moments
             # "best" without a ladder (threshold editing): the dense network, scored first, competes too
             best = result.snapshots.get("best") if removed_goal is None and not climb else None
-            win_loss = win_correct = win_n = win_counted = win_examples = 0.0
+            # the counts start as the integer 0: summed with 0-d int64 tensors they stay exact int64 ones (from
+            # 0.0 they would be float32, whose integers end at 2**24 positions)
+            win_loss, win_correct, win_n, win_counted, win_examples = _EMPTY_WINDOW
             while step - start < steps_per_stage:
                 x, y = _to_device(next(train_iter), device)
                 for p in conn.params.values():
@@ -726,7 +728,7 @@ def optimize_connectome(
                     step -= window
                     ctrl.step_count -= window
                     bar.total += window
-                    win_loss = win_correct = win_n = win_counted = win_examples = 0.0
+                    win_loss, win_correct, win_n, win_counted, win_examples = _EMPTY_WINDOW
                     unused_verify = list(verify_set)  # the window in its place checks its steps on these
                     left_out += 1
                     if left_out * window >= n_train:
@@ -753,7 +755,7 @@ def optimize_connectome(
                        "actual_loss_change": ev.get("actual_loss_change"),
                        "line_search_fraction": ev.get("line_search_fraction")}
                 record(rec)
-                win_loss = win_correct = win_n = win_counted = win_examples = 0.0
+                win_loss, win_correct, win_n, win_counted, win_examples = _EMPTY_WINDOW
                 bar.set_postfix(removed=rec["removed"], loss=f"{rec['train_loss']:.3f}")
                 n_upd = (step - start) // window
                 if eval_every and n_upd % eval_every == 0 and step - start < steps_per_stage:
@@ -826,6 +828,9 @@ def _better(acc: Optional[float], loss: float, than: Optional[Snapshot]) -> bool
     if acc is not None and than.holdout_acc is not None:
         return acc > than.holdout_acc
     return loss < than.holdout_loss
+
+
+_EMPTY_WINDOW = (0.0, 0, 0, 0, 0)  # optimize_connectome's loss sum, correct, units, counted, examples
 
 
 def _on_host(*values) -> List[float]:

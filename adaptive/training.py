@@ -57,11 +57,16 @@ class TrainState:
     # gradient-norm sums of a clipping run: _WINDOW). It lives
     # here, not in one epoch's loop, so a logging interval that spans an epoch boundary or a
     # checkpoint and resume averages all of its steps.
-    window: List[float] = field(default_factory=lambda: [0.0] * _WINDOW)
+    # (the ``window`` property: reading it brings in device_window's pending sums)
+    _window: List[float] = field(default_factory=lambda: [0.0] * _WINDOW)
     # while train_one_epoch runs, the window's sums go on in a float64 tensor on the accelerator's
     # device (reading a step's loss on the host would stall a GPU every step); sync_window() brings
-    # them into ``window`` at each row, checkpoint and epoch's end, in the same order of additions
+    # them into ``window`` at each row, checkpoint and epoch's end, in the same order of additions,
+    # and wherever else ``window`` is read (an on_step hook's read is never a stale copy). The
+    # tensor stays, zeroed in place at each row: made again from the host's list, it would be a copy
+    # to the device, which waits for the device's queue to drain as a read does
     device_window: Optional[torch.Tensor] = field(default=None, compare=False, repr=False)
+    _pending: bool = field(default=False, init=False, compare=False, repr=False)  # device_window is ahead
     saved_window: Optional[List[float]] = None  # the sum over processes, set by save_checkpoint while it saves
     # the run's shape, checked on resume: another process count reads other data at the same step
     processes: int = 1
@@ -90,17 +95,36 @@ class TrainState:
                 "steps_per_epoch": self.steps_per_epoch, "gradient_accumulation_steps": self.accumulation,
                 "lr": self.lr, "seconds": self.seconds, **self._silent_state()}
 
-    def sync_window(self) -> List[float]:
-        """``window`` with the sums train_one_epoch keeps on the device brought in (a host-device
-        synchronisation where any are pending)."""
-        if self.device_window is not None:
-            self.window, self.device_window = self.device_window.tolist(), None
-        return self.window
+    @property
+    def window(self) -> List[float]:
+        """This process's window sums (``_WINDOW``), as :meth:`sync_window` gives them."""
+        return self.sync_window()
 
-    def _on_device(self, device) -> torch.Tensor:
-        """The window as a float64 tensor on ``device``, where the loop adds each step's sums."""
-        if self.device_window is None:
-            self.device_window = torch.tensor(self.window, dtype=torch.float64, device=device)
+    @window.setter
+    def window(self, values: List[float]) -> None:
+        self._window, self.device_window, self._pending = list(values), None, False
+
+    def sync_window(self) -> List[float]:
+        """The window with the sums train_one_epoch keeps on the device brought in (a host-device
+        synchronisation where any are pending)."""
+        if self._pending:
+            self._window, self._pending = self.device_window.tolist(), False
+        return self._window
+
+    def _reset_window(self) -> None:
+        """An empty window (after a row), the device's zeroed where it is (no copy to the device)."""
+        self._window, self._pending = [0.0] * _WINDOW, False
+        if self.device_window is not None:
+            self.device_window.zero_()
+
+    def _on_device(self, device: torch.device) -> torch.Tensor:
+        """The window as a float64 tensor on ``device``, where the loop adds each step's sums (made
+        from the host's list only where there is none there yet holding sums: a resume's first step)."""
+        if self.device_window is None or self.device_window.device != device:
+            w = self.sync_window()
+            self.device_window = (torch.tensor(w, dtype=torch.float64, device=device) if any(w) else
+                                  torch.zeros(_WINDOW, dtype=torch.float64, device=device))
+        self._pending = True
         return self.device_window
 
     def _silent_state(self) -> dict:
@@ -123,7 +147,6 @@ class TrainState:
         n = _world_size()
         window = [float(v) / n for v in sd.get("window", ())]
         self.window = window + [0.0] * (_WINDOW - len(window))  # older checkpoints: loss and accuracy only
-        self.device_window = None
         if self.silent_units is not None:  # (every process takes the whole: only where it is zero counts)
             if "silent" in sd:
                 self.silent_units.load_vector(torch.tensor(sd["silent"], dtype=torch.float32))
@@ -354,7 +377,7 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
                 state.silent_layers = state.silent_units.layers(accelerator)
                 state.silent_units.reset()
                 row["silent_units"] = state.silent_units.share(state.silent_layers)
-            state.window = [0.0] * _WINDOW
+            state._reset_window()
         if progress is not None:
             progress.update(1)
             if state.step % 10 == 0:  # (the bar's only read of a step's loss on the host: every 10th step)

@@ -12,13 +12,16 @@ CPU tensors, so ``with count_syncs() as s: ...`` counts them where no GPU is pre
   (``t[mask]``, ``t[mask] = v``). It catches them inside torch functions too (``torch.tensor`` of
   a list of 0-d tensors, ``clip_grad_norm_(error_if_nonfinite=True)``).
 - monkeypatches catch what never reaches the dispatcher on a CPU tensor: ``tolist``, ``numpy``,
-  ``cpu`` and ``to("cpu")`` (no-ops on a CPU tensor, copies to the host on a GPU), and
+  ``cpu`` and ``to("cpu")`` (no-ops on a CPU tensor, copies to the host on a GPU),
   ``torch.tensor``/``torch.as_tensor`` of a list holding tensors (each is read on the host; once
-  per call is counted).
+  per call is counted), and ``torch.tensor``/``torch.as_tensor`` of host data with a
+  ``device=torch.device(...)`` (the caller's device, a GPU there: a copy from pageable host memory
+  that waits for the device's queue to drain, as ``.to(device)`` without ``non_blocking`` does).
 
 What it cannot catch: a copy to the host written as ``.to(torch.device("cpu"))`` (a
 ``torch.device`` is taken as a variable holding the model's device, the host here, a GPU there;
-only the string ``.to("cpu")`` is counted), reads of a
+only the string ``.to("cpu")`` is counted), a host tensor's ``.to(device)`` (a copy to the GPU
+there, indistinguishable here from a no-op), reads of a
 tensor that lives on the CPU on a GPU machine too (an optimizer's ``step`` counter, a CPU generator:
 counted here, free there), and syncs inside C++ kernels that call no op (none known in the paths
 measured). A ``t[mask] = scalar`` is counted although PyTorch runs it as ``masked_fill_`` (no sync);
@@ -147,6 +150,8 @@ def count_syncs():
         def build(data, *a, _orig=orig, _name=name, **kw):
             if _holds_tensor(data):
                 syncs._record(_name)
+            elif isinstance(kw.get("device"), torch.device) and not torch.is_tensor(data):
+                syncs._record(f"{_name}(device=)")  # host data copied to the device: a GPU's queue drains first
             return _orig(data, *a, **kw)
         setattr(torch, name, build)
     try:

@@ -241,3 +241,35 @@ def test_bool_targets_are_not_class_labels():
     out, y = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]]), torch.tensor([True, False, True])
     assert default_accuracy(out, y) is None and loss_weight(out, y) == 3
     assert default_accuracy(out, y.long()) == (0, 3)  # the same labels as integers are classes
+
+
+def test_the_training_window_counts_positions_exactly_past_float32s_integers():
+    """The window's position count was summed in float32 (0.0 plus a 0-d int64 tensor) from 2**24 on:
+    three batches of 2**23 + 1 positions each made 3 * 2**23 + 4, and a constant loss's mean came out
+    below it. The units are exact (as the host's Python floats added them)."""
+    T = 2 ** 23 + 1
+
+    class Constant(nn.Module):  # the same (1, 2) logits at every position, expanded (no T-sized input)
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.lin(torch.ones(1, 2)).unsqueeze(-1).expand(1, 2, x.shape[-1])
+
+    def batch(t):
+        return torch.zeros(1, 1).expand(1, t), torch.zeros(1, 1, dtype=torch.long).expand(1, t)
+
+    def loss_fn(out, y):  # every position's loss is the first's: its mean, at a fraction of the cost
+        return F.cross_entropy(out[..., :1], y[..., :1])
+
+    model = Constant()
+    with torch.no_grad():
+        x, y = batch(1)
+        expected = float(loss_fn(model(x), y))
+    res = optimize_connectome(model, [batch(T)] * 3, [batch(4)], target=[1], window=3, loss_fn=loss_fn,
+                              progress=False)
+    first = next(h for h in res.history if h["kind"] == "update")
+    assert first["train_examples"] == 3
+    assert first["train_loss"] == expected

@@ -47,6 +47,29 @@ def test_a_logging_interval_spanning_epochs_and_a_resume_averages_all_its_steps(
     assert rows[0]["loss"] == pytest.approx((losses[0] + losses[1]) / 2, rel=1e-6)
 
 
+def test_state_window_read_between_rows_holds_every_step_so_far(accelerator):
+    """The window's sums stay on the device between rows; an on_step hook that read state.window got
+    the host copy of the last row or epoch (zeros here), a silently stale number."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    loader = [(torch.randn(5, 4, generator=g), torch.randint(0, 3, (5,), generator=g)) for _ in range(3)]
+    losses, seen = [], []
+
+    def loss_fn(out, y):
+        loss = F.cross_entropy(out, y)
+        losses.append(float(loss.detach()) * len(y))
+        return loss
+
+    state = TrainState()
+    train_one_epoch(accelerator, model, opt, loader, state, loss_fn=loss_fn, log_every=2,
+                    on_step=lambda st: seen.append(list(st.window[:3])))
+    assert [w[2] for w in seen] == [5.0, 0.0, 5.0]  # examples since the last row (step 2's)
+    assert [w[0] for w in seen] == [losses[0], 0.0, losses[2]]
+    assert state.window[0] == losses[2] and state.state_dict()["window"][0] == losses[2]
+
+
 def test_a_checkpoint_saved_after_resuming_from_an_earlier_one_is_kept_and_later_ones_go(tmp_path):
     """Resumed from step 100 with step 200 on disk, the save at 150 was pruned as the oldest and the
     abandoned step 200 stayed, so --resume latest would splice two timelines."""
