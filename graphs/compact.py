@@ -20,8 +20,10 @@ with its source. An item can go when each of its readers can do without it:
 
 Constants are found by a probe run in which inputs are NaN: NaN spreads through every op that
 depends on data, a unit with no live input (or whose live inputs are exact zeros) emits its bias,
-and whatever stays finite and uniform is a constant (integer inputs such as token ids are data, and
-so is every float made from them). Items of inputs, outputs, grouped convolutions, transposed
+and whatever stays finite and uniform, with the same value on an input twice the example's size, is a
+constant (integer inputs such as token ids are data, and so is every float made from them). Uniform and
+the same are judged to float rounding: an average rounds a constant by a few ulps, differently at each
+size. Items of inputs, outputs, grouped convolutions, transposed
 convolutions, ops the compactor does not understand and layers whose weight is tied to another
 module's are kept; a
 depthwise convolution (groups == channels) keeps or drops input channel ``c`` together with output
@@ -180,14 +182,25 @@ def _module_input(n):
     return x if isinstance(x, fx.Node) else None
 
 
+def _same_rtol(dtype: torch.dtype) -> float:
+    """How far apart (relative) two probe values of a constant may lie and still be one value: a mean or an
+    average pool rounds a constant differently at different sizes and over bins of different sizes (by up to
+    ~10 ulps for ``mean`` and ``adaptive_avg_pool2d`` at any size, ~0.12 ulp per element for ``avg_pool2d``
+    over the whole map, which sums in order). 64 float32 ulps (a few ulps of a coarser dtype) covers them,
+    and stays far below the size effects it must still tell apart (a zero-padded pool's border shifts the
+    mean of a map n wide by ~1/n); a size effect it misses would move the folded constant by less than a tenth
+    of the check's default rtol."""
+    return max(2.0 ** -17, 4 * torch.finfo(dtype).eps)
+
+
 def _channel_consts(t: torch.Tensor, axis: int = 1) -> torch.Tensor:
-    """Per channel (along ``axis``): its value when finite and uniform, else NaN."""
+    """Per channel (along ``axis``): its value when finite and uniform (to float rounding), else NaN."""
     c = t.shape[axis]
     if not t.is_floating_point() or t.numel() == 0:  # integer data (token ids) is input, never a constant; nor
         return torch.full((c,), float("nan"))      # is a channel with no values (a part of the batch one sample lacks)
     flat = t.movedim(axis, 0).reshape(c, -1)
     first = flat[:, 0]
-    ok = torch.isfinite(first) & (flat == first[:, None]).all(1)
+    ok = torch.isfinite(first) & torch.isclose(flat, first[:, None], rtol=_same_rtol(t.dtype), atol=0).all(1)
     return torch.where(ok, first, torch.full_like(first, float("nan")))
 
 
@@ -532,10 +545,11 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     consts = torch.full((items.n,), float("nan"), dtype=torch.float64)
     for n, off in items.offset.items():
         c = _channel_consts(env[n], items.axis[n]).double()
-        if wider_env is not None:  # constant at both input sizes, with the same value
+        if wider_env is not None:  # constant at both input sizes, with the same value (to float rounding)
             w = wider_env.get(n)
             ok = isinstance(w, torch.Tensor) and w.dim() == env[n].dim() and w.shape[items.axis[n]] == c.numel()
-            c = torch.where(_channel_consts(w, items.axis[n]).double() == c, c, float("nan")) if ok else c * float("nan")
+            same = ok and torch.isclose(_channel_consts(w, items.axis[n]).double(), c, rtol=_same_rtol(env[n].dtype), atol=0)
+            c = torch.where(same, c, float("nan")) if ok else c * float("nan")
         consts[off: off + items.count[n]] = c
     # items read by weighted layers: removable only if constant or unused by every reader
     for n, readers in weighted_inputs.items():

@@ -1251,3 +1251,51 @@ def test_a_pooled_split_part_whose_channels_all_go_keeps_one():
     small = graphs.compact(m, conn, x)
     assert small.compaction["removed"] == {"conv1": 3, "fa": 0, "fb": 0} and small.fa.in_features == 9
     assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 6, 6))
+
+
+class PooledConstants(nn.Module):
+    """conv(3 -> 8) -> BN -> ReLU -> a global average -> fc, the units a:1..7 cut from their inputs: each emits
+    a positive constant of its own (its bias through BN and ReLU)."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.pool = pool
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 9 if pool == "bins" else 8, 4)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.bn.running_mean.copy_(torch.randn(8, generator=g))
+            self.bn.running_var.copy_(torch.rand(8, generator=g) + 0.5)
+            self.bn.weight.copy_(torch.rand(8, generator=g) + 0.5)
+            self.bn.bias.copy_(torch.rand(8, generator=g))
+            self.a.bias.copy_(self.bn.running_mean + torch.rand(8, generator=g) + 0.1)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.a(x)))
+        if self.pool == "padded":  # the zero border lowers the mean of a constant, the more the smaller the map
+            h = F.avg_pool2d(h, 3, stride=1, padding=1)
+        if self.pool == "mean":
+            return self.fc(h.mean((2, 3)))
+        return self.fc(F.adaptive_avg_pool2d(h, 3 if self.pool == "bins" else 1).flatten(1))
+
+
+@pytest.mark.parametrize("size", [5, 6, 7, 8, 12])
+@pytest.mark.parametrize("pool, removed", [("adaptive", 7), ("mean", 7), ("bins", 7), ("padded", 0)])
+def test_constants_averaged_over_the_map_go_at_every_input_size(pool, removed, size):
+    """A mean over pixels rounds a constant differently at the example's size and at twice it (and over
+    bins of different sizes): judged by exact equality, constant channels read as not constant and stayed,
+    how many depending on the size, and so did those pooled into bins of different sizes (8 pixels into 3
+    bins). They are now judged to float rounding; a constant whose mean depends on the size (a zero-padded
+    pool's border) still stays."""
+    torch.manual_seed(0)
+    m = PooledConstants(pool).eval()
+    conn = adaptive.Connectome(m)
+    mask = conn.masks["a.weight"].clone()
+    mask[1:] = False
+    conn.set_masks({"a.weight": mask})
+    x = torch.randn(2, 3, size, size)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"]["a"] == removed
+    assert_same_outputs(small, m, ref, x, torch.randn(3, 3, size + 3, size + 3))
