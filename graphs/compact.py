@@ -32,7 +32,8 @@ pooling or resampling whose channels could all go (a split part no one reads) ke
 them on no channels. The result is checked against the masked model on the example input, a second random input and a batch of twice
 its size; a mismatch raises instead of returning a wrong model.
 
-Splits. ``torch.chunk``, ``torch.split`` and ``torch.tensor_split`` (functions and methods) are concatenation
+Splits. ``torch.chunk``, ``torch.split`` and ``torch.tensor_split`` (functions and methods; ``hsplit``, ``vsplit``,
+``dsplit`` and ``split_with_sizes`` too) are concatenation
 in reverse: split along the channel axis, part ``k``'s channel ``j`` is the source's channel ``offset_k + j``
 (a GLU's halves ``a, b = h.chunk(2, -1)``, linked channel for channel by ``a * sigmoid(b)``, go in pairs), and
 the compacted graph splits with each part's kept count, ``torch.split(h, [3, 2], -1)``, even where the
@@ -653,8 +654,18 @@ def _channels_last_like(a, env, items) -> bool:
     return a in items.axis and (items.axis[a] == env[a].dim() - 1)
 
 
-_SPLITS = {torch.split, torch.chunk, torch.tensor_split}
-_SPLIT_METHODS = {"split", "chunk", "tensor_split"}
+_SPLITS = {torch.split, torch.chunk, torch.tensor_split, torch.split_with_sizes, torch.hsplit, torch.vsplit, torch.dsplit}
+_SPLIT_METHODS = {"split", "chunk", "tensor_split", "split_with_sizes", "hsplit", "vsplit", "dsplit"}
+
+
+def _split_dim(n, ndim: int):
+    """The axis a split node splits: hsplit/vsplit/dsplit name it (hsplit: the columns, axis 0 of a vector), the
+    others take it as their third argument or ``dim``."""
+    fixed = {"vsplit": 0, "hsplit": 1 if ndim > 1 else 0, "dsplit": 2}
+    name = n.target if isinstance(n.target, str) else n.target.__name__
+    if name in fixed:
+        return fixed[name]
+    return n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)
 
 
 def _whole(i) -> bool:
@@ -667,18 +678,21 @@ def _concat_dim(n):
 
 
 def _split(n, env, items) -> bool:
-    """Record in ``items.splits`` a chunk / split / tensor_split whose parts compaction can follow: every
-    use of the parts' tuple takes one part by its index, or concatenates them all back along the split
-    axis. Along the channel axis the parts must tile it (their sizes add up to its length); the parts'
-    sizes are then rewritten to the channels each keeps. False (nothing recorded) otherwise."""
+    """Record in ``items.splits`` a chunk / split / tensor_split (or hsplit, vsplit, dsplit, split_with_sizes)
+    whose parts compaction can follow: every use of the parts' tuple takes one part by its index, or
+    concatenates them all back along the split axis. Along the channel axis the parts must tile it (their
+    sizes add up to its length); the parts' sizes are then rewritten to the channels each keeps. False
+    (nothing recorded) otherwise."""
     if n.target not in (_SPLITS if n.op == "call_function" else _SPLIT_METHODS if n.op == "call_method" else ()):
         return False
     x = n.args[0] if n.args else n.kwargs.get("input", n.kwargs.get("tensor"))
-    dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)
     parts = env.get(n)
-    if x not in items.offset or not _whole(dim) or not isinstance(parts, (tuple, list)):
+    if x not in items.offset or not isinstance(parts, (tuple, list)):
         return False
     v, ax = env[x], items.axis[x]
+    dim = _split_dim(n, v.dim())
+    if not _whole(dim):
+        return False
     d = dim % v.dim()
     if not parts or not all(isinstance(p, torch.Tensor) and p.dim() == v.dim() for p in parts):
         return False
