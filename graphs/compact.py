@@ -68,8 +68,10 @@ weight) keeps the channels it reads and writes: a warning names each.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import operator
+import warnings
 from typing import Dict, List, Optional
 
 import torch
@@ -932,17 +934,26 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
     w2 = w[ko][:, ki].contiguous()
     has_bias = m.bias is not None or (fold is None and bool((k != 0).any()))
     if isinstance(m, nn.Linear):
-        new = nn.Linear(w2.shape[1], w2.shape[0], bias=has_bias)
+        new = _uninitialised(nn.Linear, w, w2.shape[1], w2.shape[0], bias=has_bias)
     else:
-        cls = type(m)
-        new = cls(w2.shape[1], w2.shape[0], m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-                  groups=1, bias=has_bias, padding_mode=m.padding_mode)
-    new = new.to(w.device, w.dtype)
+        new = _uninitialised(type(m), w, w2.shape[1], w2.shape[0], m.kernel_size, stride=m.stride, padding=m.padding,
+                             dilation=m.dilation, groups=1, bias=has_bias, padding_mode=m.padding_mode)
     new.weight.copy_(w2)
     if has_bias:
         new.bias.copy_(bias[ko])
     new.train(m.training)
     return FoldedConv(new, fold) if fold is not None else new
+
+
+def _uninitialised(cls, like: torch.Tensor, *args, **kwargs) -> nn.Module:
+    """``cls(*args, **kwargs)`` on ``like``'s device and dtype with its parameters left uninitialised, for the
+    caller to fill: no time spent drawing weights that are overwritten, and none of torch's warnings that
+    initialising a layer left with no inputs or outputs (``nn.Linear(0, k)``) is a no-op."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        if "device" in inspect.signature(cls).parameters:
+            return nn.utils.skip_init(cls, *args, device=like.device, dtype=like.dtype, **kwargs)
+        return cls(*args, **kwargs).to(like.device, like.dtype)
 
 
 def _depthwise(m) -> bool:
@@ -952,8 +963,8 @@ def _depthwise(m) -> bool:
 
 def _shrink_depthwise(m: nn.Module, k: torch.Tensor) -> nn.Module:
     c = int(k.sum())
-    new = type(m)(c, c, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation, groups=c,
-                  bias=m.bias is not None, padding_mode=m.padding_mode).to(m.weight.device, m.weight.dtype)
+    new = _uninitialised(type(m), m.weight, c, c, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                         groups=c, bias=m.bias is not None, padding_mode=m.padding_mode)
     new.weight.data.copy_(m.weight.detach()[k])
     if m.bias is not None:
         new.bias.data.copy_(m.bias.detach()[k])

@@ -1312,3 +1312,22 @@ def test_constants_averaged_over_the_map_go_at_every_input_size(pool, removed, s
     small = graphs.compact(m, conn, x)
     assert small.compaction["removed"]["a"] == removed
     assert_same_outputs(small, m, ref, x, torch.randn(3, 3, size + 3, size + 3))
+
+
+def test_a_linear_emptied_of_every_unit_or_input_is_built_without_a_warning():
+    """fc1's units all cut from their inputs: fc1 keeps no unit (Linear(6, 0)) and fc2 no input (Linear(0, 3), their
+    constants folded into its bias). Building those layers made torch warn 'Initializing zero-element tensors is
+    a no-op' twice to the user; compaction now warns nothing."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    conn = adaptive.Connectome(m)
+    conn.set_masks({"0.weight": torch.zeros_like(conn.masks["0.weight"])})
+    x = torch.randn(2, 6)
+    ref = masked_output(m, conn, x)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        small = graphs.compact(m, conn, x)
+    assert [str(w.message) for w in rec] == []
+    fc1, fc2 = small.get_submodule("0"), small.get_submodule("2")
+    assert (fc1.in_features, fc1.out_features, fc2.in_features, fc2.out_features) == (6, 0, 0, 3)
+    assert_same_outputs(small, m, ref, x, torch.randn(5, 6))
