@@ -20,8 +20,10 @@ with its source. An item can go when each of its readers can do without it:
 
 Constants are found by a probe run in which inputs are NaN: NaN spreads through every op that
 depends on data, a unit with no live input (or whose live inputs are exact zeros) emits its bias,
-and whatever stays finite and uniform is a constant (integer inputs such as token ids are data, and
-so is every float made from them). Items of inputs, outputs, grouped convolutions, transposed
+and whatever stays finite and uniform, with the same value on an input twice the example's size, is a
+constant (integer inputs such as token ids are data, and so is every float made from them). Uniform and
+the same are judged to float rounding: an average rounds a constant by a few ulps, differently at each
+size. Items of inputs, outputs, grouped convolutions, transposed
 convolutions, ops the compactor does not understand and layers whose weight is tied to another
 module's are kept; a
 depthwise convolution (groups == channels) keeps or drops input channel ``c`` together with output
@@ -30,7 +32,8 @@ pooling or resampling whose channels could all go (a split part no one reads) ke
 them on no channels. The result is checked against the masked model on the example input, a second random input and a batch of twice
 its size; a mismatch raises instead of returning a wrong model.
 
-Splits. ``torch.chunk``, ``torch.split`` and ``torch.tensor_split`` (functions and methods) are concatenation
+Splits. ``torch.chunk``, ``torch.split`` and ``torch.tensor_split`` (functions and methods; ``hsplit``, ``vsplit``,
+``dsplit`` and ``split_with_sizes`` too) are concatenation
 in reverse: split along the channel axis, part ``k``'s channel ``j`` is the source's channel ``offset_k + j``
 (a GLU's halves ``a, b = h.chunk(2, -1)``, linked channel for channel by ``a * sigmoid(b)``, go in pairs), and
 the compacted graph splits with each part's kept count, ``torch.split(h, [3, 2], -1)``, even where the
@@ -65,8 +68,10 @@ weight) keeps the channels it reads and writes: a warning names each.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import operator
+import warnings
 from typing import Dict, List, Optional
 
 import torch
@@ -180,14 +185,25 @@ def _module_input(n):
     return x if isinstance(x, fx.Node) else None
 
 
+def _same_rtol(dtype: torch.dtype) -> float:
+    """How far apart (relative) two probe values of a constant may lie and still be one value: a mean or an
+    average pool rounds a constant differently at different sizes and over bins of different sizes (by up to
+    ~10 ulps for ``mean`` and ``adaptive_avg_pool2d`` at any size, ~0.12 ulp per element for ``avg_pool2d``
+    over the whole map, which sums in order). 64 float32 ulps (a few ulps of a coarser dtype) covers them,
+    and stays far below the size effects it must still tell apart (a zero-padded pool's border shifts the
+    mean of a map n wide by ~1/n); a size effect it misses would move the folded constant by less than a tenth
+    of the check's default rtol."""
+    return max(2.0 ** -17, 4 * torch.finfo(dtype).eps)
+
+
 def _channel_consts(t: torch.Tensor, axis: int = 1) -> torch.Tensor:
-    """Per channel (along ``axis``): its value when finite and uniform, else NaN."""
+    """Per channel (along ``axis``): its value when finite and uniform (to float rounding), else NaN."""
     c = t.shape[axis]
     if not t.is_floating_point() or t.numel() == 0:  # integer data (token ids) is input, never a constant; nor
         return torch.full((c,), float("nan"))      # is a channel with no values (a part of the batch one sample lacks)
     flat = t.movedim(axis, 0).reshape(c, -1)
     first = flat[:, 0]
-    ok = torch.isfinite(first) & (flat == first[:, None]).all(1)
+    ok = torch.isfinite(first) & torch.isclose(flat, first[:, None], rtol=_same_rtol(t.dtype), atol=0).all(1)
     return torch.where(ok, first, torch.full_like(first, float("nan")))
 
 
@@ -532,10 +548,11 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     consts = torch.full((items.n,), float("nan"), dtype=torch.float64)
     for n, off in items.offset.items():
         c = _channel_consts(env[n], items.axis[n]).double()
-        if wider_env is not None:  # constant at both input sizes, with the same value
+        if wider_env is not None:  # constant at both input sizes, with the same value (to float rounding)
             w = wider_env.get(n)
             ok = isinstance(w, torch.Tensor) and w.dim() == env[n].dim() and w.shape[items.axis[n]] == c.numel()
-            c = torch.where(_channel_consts(w, items.axis[n]).double() == c, c, float("nan")) if ok else c * float("nan")
+            same = ok and torch.isclose(_channel_consts(w, items.axis[n]).double(), c, rtol=_same_rtol(env[n].dtype), atol=0)
+            c = torch.where(same, c, float("nan")) if ok else c * float("nan")
         consts[off: off + items.count[n]] = c
     # items read by weighted layers: removable only if constant or unused by every reader
     for n, readers in weighted_inputs.items():
@@ -639,8 +656,18 @@ def _channels_last_like(a, env, items) -> bool:
     return a in items.axis and (items.axis[a] == env[a].dim() - 1)
 
 
-_SPLITS = {torch.split, torch.chunk, torch.tensor_split}
-_SPLIT_METHODS = {"split", "chunk", "tensor_split"}
+_SPLITS = {torch.split, torch.chunk, torch.tensor_split, torch.split_with_sizes, torch.hsplit, torch.vsplit, torch.dsplit}
+_SPLIT_METHODS = {"split", "chunk", "tensor_split", "split_with_sizes", "hsplit", "vsplit", "dsplit"}
+
+
+def _split_dim(n, ndim: int):
+    """The axis a split node splits: hsplit/vsplit/dsplit name it (hsplit: the columns, axis 0 of a vector), the
+    others take it as their third argument or ``dim``."""
+    fixed = {"vsplit": 0, "hsplit": 1 if ndim > 1 else 0, "dsplit": 2}
+    name = n.target if isinstance(n.target, str) else n.target.__name__
+    if name in fixed:
+        return fixed[name]
+    return n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)
 
 
 def _whole(i) -> bool:
@@ -653,18 +680,21 @@ def _concat_dim(n):
 
 
 def _split(n, env, items) -> bool:
-    """Record in ``items.splits`` a chunk / split / tensor_split whose parts compaction can follow: every
-    use of the parts' tuple takes one part by its index, or concatenates them all back along the split
-    axis. Along the channel axis the parts must tile it (their sizes add up to its length); the parts'
-    sizes are then rewritten to the channels each keeps. False (nothing recorded) otherwise."""
+    """Record in ``items.splits`` a chunk / split / tensor_split (or hsplit, vsplit, dsplit, split_with_sizes)
+    whose parts compaction can follow: every use of the parts' tuple takes one part by its index, or
+    concatenates them all back along the split axis. Along the channel axis the parts must tile it (their
+    sizes add up to its length); the parts' sizes are then rewritten to the channels each keeps. False
+    (nothing recorded) otherwise."""
     if n.target not in (_SPLITS if n.op == "call_function" else _SPLIT_METHODS if n.op == "call_method" else ()):
         return False
     x = n.args[0] if n.args else n.kwargs.get("input", n.kwargs.get("tensor"))
-    dim = n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)
     parts = env.get(n)
-    if x not in items.offset or not _whole(dim) or not isinstance(parts, (tuple, list)):
+    if x not in items.offset or not isinstance(parts, (tuple, list)):
         return False
     v, ax = env[x], items.axis[x]
+    dim = _split_dim(n, v.dim())
+    if not _whole(dim):
+        return False
     d = dim % v.dim()
     if not parts or not all(isinstance(p, torch.Tensor) and p.dim() == v.dim() for p in parts):
         return False
@@ -904,17 +934,26 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
     w2 = w[ko][:, ki].contiguous()
     has_bias = m.bias is not None or (fold is None and bool((k != 0).any()))
     if isinstance(m, nn.Linear):
-        new = nn.Linear(w2.shape[1], w2.shape[0], bias=has_bias)
+        new = _uninitialised(nn.Linear, w, w2.shape[1], w2.shape[0], bias=has_bias)
     else:
-        cls = type(m)
-        new = cls(w2.shape[1], w2.shape[0], m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-                  groups=1, bias=has_bias, padding_mode=m.padding_mode)
-    new = new.to(w.device, w.dtype)
+        new = _uninitialised(type(m), w, w2.shape[1], w2.shape[0], m.kernel_size, stride=m.stride, padding=m.padding,
+                             dilation=m.dilation, groups=1, bias=has_bias, padding_mode=m.padding_mode)
     new.weight.copy_(w2)
     if has_bias:
         new.bias.copy_(bias[ko])
     new.train(m.training)
     return FoldedConv(new, fold) if fold is not None else new
+
+
+def _uninitialised(cls, like: torch.Tensor, *args, **kwargs) -> nn.Module:
+    """``cls(*args, **kwargs)`` on ``like``'s device and dtype with its parameters left uninitialised, for the
+    caller to fill: no time spent drawing weights that are overwritten, and none of torch's warnings that
+    initialising a layer left with no inputs or outputs (``nn.Linear(0, k)``) is a no-op."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        if "device" in inspect.signature(cls).parameters:
+            return nn.utils.skip_init(cls, *args, device=like.device, dtype=like.dtype, **kwargs)
+        return cls(*args, **kwargs).to(like.device, like.dtype)
 
 
 def _depthwise(m) -> bool:
@@ -924,8 +963,8 @@ def _depthwise(m) -> bool:
 
 def _shrink_depthwise(m: nn.Module, k: torch.Tensor) -> nn.Module:
     c = int(k.sum())
-    new = type(m)(c, c, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation, groups=c,
-                  bias=m.bias is not None, padding_mode=m.padding_mode).to(m.weight.device, m.weight.dtype)
+    new = _uninitialised(type(m), m.weight, c, c, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                         groups=c, bias=m.bias is not None, padding_mode=m.padding_mode)
     new.weight.data.copy_(m.weight.detach()[k])
     if m.bias is not None:
         new.bias.data.copy_(m.bias.detach()[k])

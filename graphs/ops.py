@@ -27,8 +27,9 @@ Every op falls in one category:
   resampling): channel ``c`` of the output is fed by channel ``c`` of the input.
 - ``broadcast``: elementwise arithmetic of several tensors (residual ``+``, squeeze-excitation ``*``):
   each output element is fed by the elements it was computed from (a *junction* when they differ).
-- ``shape``: moves elements without computing (view, flatten, cat, getitem, select, gather, pad, permute, split, unbind,
-  pixel_shuffle/pixel_unshuffle): evaluated exactly on tensors of unit ids.
+- ``shape``: moves elements without computing (view, flatten, cat, getitem, select, gather, pad, permute, the
+  splits: split, chunk, tensor_split, hsplit/vsplit/dsplit, split_with_sizes, unbind; pixel_shuffle/pixel_unshuffle):
+  evaluated exactly on tensors of unit ids.
 - ``reduce``: mean/sum/amax over some dimensions.
 - ``lookup``: an ``nn.Embedding`` / ``F.embedding`` call: rows of a table picked by an index (or an
   ``nn.EmbeddingBag`` / ``F.embedding_bag`` call, which sums, averages or takes the max of a bag of them). The table
@@ -126,12 +127,14 @@ SHAPE_FUNCTIONS = {
     torch.flatten, torch.reshape, torch.cat, torch.concat, torch.stack, torch.permute, torch.transpose,
     torch.squeeze, torch.unsqueeze, torch.split, torch.chunk, torch.narrow, torch.movedim, F.pad,
     operator.getitem, torch.unflatten, torch.triu, torch.tril, F.pixel_shuffle, F.pixel_unshuffle, torch.unbind,
+    torch.tensor_split, torch.hsplit, torch.vsplit, torch.dsplit, torch.split_with_sizes,
     TORCH_OWN.index_select, TORCH_OWN.select, TORCH_OWN.gather,
 }
 SHAPE_METHODS = {
     "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "split", "chunk", "narrow",
     "expand", "expand_as", "repeat", "movedim", "unflatten", "t", "view_as", "reshape_as", "contiguous",
-    "triu", "tril", "unbind", "index_select", "select", "gather",
+    "triu", "tril", "unbind", "tensor_split", "hsplit", "vsplit", "dsplit", "split_with_sizes", "index_select",
+    "select", "gather",
 }
 # pointwise ops that act along axis 1 (statistics, pooling, padding, resampling): not elementwise
 _ALONG_AXIS_ONE_MODULES = (

@@ -958,7 +958,7 @@ def split_sizes(gm):
 
 
 class SplitCat(nn.Module):
-    """fc1's channels split (four ways of saying it), each part activated its own way, then concatenated back."""
+    """fc1's channels split (six ways of saying it), each part activated its own way, then concatenated back."""
 
     def __init__(self, how):
         super().__init__()
@@ -976,6 +976,12 @@ class SplitCat(nn.Module):
         elif self.how == "tensor_split":
             a, b, c = torch.tensor_split(h, [2, 7], dim=1)
             y = torch.cat([F.relu(a), torch.tanh(b), c], 1)
+        elif self.how == "hsplit":
+            a, b, c = torch.hsplit(h, [2, 7])
+            y = torch.cat([F.relu(a), torch.tanh(b), c], 1)
+        elif self.how == "split_with_sizes":
+            a, b = h.split_with_sizes([3, 5], 1)
+            y = torch.cat([F.relu(a), torch.tanh(b)], 1)
         elif self.how == "chunk":
             a, b, c = torch.chunk(h, 3, 1)
             y = torch.cat([F.relu(a), torch.tanh(b), c], 1)
@@ -985,7 +991,8 @@ class SplitCat(nn.Module):
 
 
 @pytest.mark.parametrize("how, sizes", [("split_sizes", [2, 3]), ("split_int", [2, 2, 1]),
-                                        ("tensor_split", [1, 3, 1]), ("chunk", [2, 2, 1]), ("whole_tuple", [2, 2, 1])])
+                                        ("tensor_split", [1, 3, 1]), ("chunk", [2, 2, 1]), ("whole_tuple", [2, 2, 1]),
+                                        ("hsplit", [1, 3, 1]), ("split_with_sizes", [2, 3])])
 def test_uneven_split_then_cat_back(how, sizes):
     """Part k's channel j is fc1's channel offset_k + j; the compacted split takes each part's kept count."""
     torch.manual_seed(0)
@@ -1041,21 +1048,24 @@ def test_split_parts_read_by_different_layers_shrink_unevenly(constant, sizes):
 class SpatialChunk(nn.Module):
     """conv1's map cut into top and bottom halves, each read by its own 1x1 convolution."""
 
-    def __init__(self):
+    def __init__(self, how="chunk"):
         super().__init__()
+        self.how = how
         self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
         self.top, self.bottom = nn.Conv2d(4, 3, 1), nn.Conv2d(4, 3, 1)
 
     def forward(self, x):
-        t, b = self.conv1(x).chunk(2, dim=2)
+        h = self.conv1(x)
+        t, b = h.chunk(2, dim=2) if self.how == "chunk" else h.dsplit(2)
         return torch.cat([self.top(t), self.bottom(b)], 2)
 
 
-def test_chunk_along_a_spatial_axis_keeps_every_channel_in_each_part():
+@pytest.mark.parametrize("how", ["chunk", "dsplit"])
+def test_chunk_along_a_spatial_axis_keeps_every_channel_in_each_part(how):
     """Every part holds every channel: a channel goes when both halves can do without it, and the
-    chunk, which counts rows, is left as it is (the copy takes another image size)."""
+    chunk (or dsplit), which counts rows, is left as it is (the copy takes another image size)."""
     torch.manual_seed(0)
-    m = SpatialChunk()
+    m = SpatialChunk(how)
     conn = adaptive.Connectome(m)
     masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
     masks["top.weight"][:, 1] = False
@@ -1068,10 +1078,10 @@ def test_chunk_along_a_spatial_axis_keeps_every_channel_in_each_part():
     small = graphs.compact(m, conn, x)
     assert small.compaction["removed"] == {"conv1": 2, "top": 0, "bottom": 0}
     assert small.top.in_channels == small.bottom.in_channels == 2
-    assert any(n.target == "chunk" for n in small.graph.nodes)
+    assert any(n.target == how for n in small.graph.nodes)
     assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 6, 6))
     with torch.no_grad():
-        x2 = torch.randn(1, 3, 9, 5)
+        x2 = torch.randn(1, 3, 10 if how == "dsplit" else 9, 5)  # dsplit's halves must be even
         assert torch.allclose(small(x2), m(x2), atol=1e-5)
 
 
@@ -1110,20 +1120,23 @@ def test_split_parts_used_otherwise_keep_their_channels(how):
 class PairDifference(nn.Module):
     """A batch of pairs: the first half of the batch minus the second, through one layer."""
 
-    def __init__(self):
+    def __init__(self, how="chunk"):
         super().__init__()
+        self.how = how
         self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
 
     def forward(self, x):
-        first, second = F.relu(self.fc1(x)).chunk(2, 0)
+        h = F.relu(self.fc1(x))
+        first, second = h.chunk(2, 0) if self.how == "chunk" else torch.vsplit(h, 2)
         return self.fc2(first - second)
 
 
-def test_chunk_along_the_batch_links_each_part_to_the_same_channels():
+@pytest.mark.parametrize("how", ["chunk", "vsplit"])
+def test_chunk_along_the_batch_links_each_part_to_the_same_channels(how):
     """Both halves of the batch hold every channel; the probe, which one sample would not split in two,
     runs on the whole example. A constant unit's difference is a constant (zero)."""
     torch.manual_seed(0)
-    m = PairDifference()
+    m = PairDifference(how)
     with torch.no_grad():
         m.fc1.bias.normal_()
     conn = adaptive.Connectome(m)
@@ -1251,3 +1264,70 @@ def test_a_pooled_split_part_whose_channels_all_go_keeps_one():
     small = graphs.compact(m, conn, x)
     assert small.compaction["removed"] == {"conv1": 3, "fa": 0, "fb": 0} and small.fa.in_features == 9
     assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 6, 6))
+
+
+class PooledConstants(nn.Module):
+    """conv(3 -> 8) -> BN -> ReLU -> a global average -> fc, the units a:1..7 cut from their inputs: each emits
+    a positive constant of its own (its bias through BN and ReLU)."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.pool = pool
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 9 if pool == "bins" else 8, 4)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.bn.running_mean.copy_(torch.randn(8, generator=g))
+            self.bn.running_var.copy_(torch.rand(8, generator=g) + 0.5)
+            self.bn.weight.copy_(torch.rand(8, generator=g) + 0.5)
+            self.bn.bias.copy_(torch.rand(8, generator=g))
+            self.a.bias.copy_(self.bn.running_mean + torch.rand(8, generator=g) + 0.1)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.a(x)))
+        if self.pool == "padded":  # the zero border lowers the mean of a constant, the more the smaller the map
+            h = F.avg_pool2d(h, 3, stride=1, padding=1)
+        if self.pool == "mean":
+            return self.fc(h.mean((2, 3)))
+        return self.fc(F.adaptive_avg_pool2d(h, 3 if self.pool == "bins" else 1).flatten(1))
+
+
+@pytest.mark.parametrize("size", [5, 6, 7, 8, 12])
+@pytest.mark.parametrize("pool, removed", [("adaptive", 7), ("mean", 7), ("bins", 7), ("padded", 0)])
+def test_constants_averaged_over_the_map_go_at_every_input_size(pool, removed, size):
+    """A mean over pixels rounds a constant differently at the example's size and at twice it (and over
+    bins of different sizes): judged by exact equality, constant channels read as not constant and stayed,
+    how many depending on the size, and so did those pooled into bins of different sizes (8 pixels into 3
+    bins). They are now judged to float rounding; a constant whose mean depends on the size (a zero-padded
+    pool's border) still stays."""
+    torch.manual_seed(0)
+    m = PooledConstants(pool).eval()
+    conn = adaptive.Connectome(m)
+    mask = conn.masks["a.weight"].clone()
+    mask[1:] = False
+    conn.set_masks({"a.weight": mask})
+    x = torch.randn(2, 3, size, size)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"]["a"] == removed
+    assert_same_outputs(small, m, ref, x, torch.randn(3, 3, size + 3, size + 3))
+
+
+def test_a_linear_emptied_of_every_unit_or_input_is_built_without_a_warning():
+    """fc1's units all cut from their inputs: fc1 keeps no unit (Linear(6, 0)) and fc2 no input (Linear(0, 3), their
+    constants folded into its bias). Building those layers made torch warn 'Initializing zero-element tensors is
+    a no-op' twice to the user; compaction now warns nothing."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    conn = adaptive.Connectome(m)
+    conn.set_masks({"0.weight": torch.zeros_like(conn.masks["0.weight"])})
+    x = torch.randn(2, 6)
+    ref = masked_output(m, conn, x)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        small = graphs.compact(m, conn, x)
+    assert [str(w.message) for w in rec] == []
+    fc1, fc2 = small.get_submodule("0"), small.get_submodule("2")
+    assert (fc1.in_features, fc1.out_features, fc2.in_features, fc2.out_features) == (6, 0, 0, 3)
+    assert_same_outputs(small, m, ref, x, torch.randn(5, 6))

@@ -324,3 +324,81 @@ def test_a_tensor_filled_with_a_traced_value_carries_that_value(make):
     torch.manual_seed(0)
     x = torch.randn(2, 5, 3)
     assert inner(build(Between(Fn(make)), x)) == inner(build(Between(Fn(lambda h: h + h.mean())), x))
+
+
+SPLITS = {  # name -> h [N, 6, 4, 4] split along the channels as torch.split(h, [1, 2, 3], 1) splits it
+    "tensor_split": lambda h: torch.tensor_split(h, [1, 3], 1),
+    "tensor_split_method": lambda h: h.tensor_split([1, 3], dim=1),
+    "hsplit": lambda h: torch.hsplit(h, [1, 3]),
+    "hsplit_method": lambda h: h.hsplit([1, 3]),
+    "split_with_sizes": lambda h: torch.split_with_sizes(h, [1, 2, 3], 1),
+    "split_with_sizes_method": lambda h: h.split_with_sizes([1, 2, 3], 1),
+}
+
+
+class Parts(nn.Module):
+    """a (3 -> 6 channels), split into three parts; b, c and d read the last channel of one part each."""
+
+    def __init__(self, parts):
+        super().__init__()
+        torch.manual_seed(0)
+        self.parts, self.a = parts, nn.Conv2d(3, 6, 1)
+        self.b, self.c, self.d = nn.Conv2d(1, 2, 1), nn.Conv2d(1, 2, 1), nn.Conv2d(1, 2, 1)
+
+    def forward(self, x):
+        p, q, r = self.parts(self.a(x))
+        return torch.cat([self.b(p[:, -1:]), self.c(q[:, -1:]), self.d(r[:, -1:])], 1)
+
+
+def synapses_from_a(g):
+    return {(s, d) for s, d, k in edge_set(g) if k == EDGE_SYNAPSE and s.startswith("a:")}
+
+
+@pytest.mark.parametrize("kind", sorted(SPLITS) + ["tensor_split_sections", "tensor_split_sections_method"])
+def test_tensor_split_and_its_kin_are_wired_as_split_and_chunk(kind):
+    """torch.tensor_split, hsplit and split_with_sizes (functions and methods) split as split does, and
+    tensor_split into sections as chunk does: each layer reads the channel of a its part holds. They were
+    unknown ops: warned, every unit of a feeding one junction that fed b, c and d."""
+    x = torch.randn(2, 3, 4, 4)
+    if kind.startswith("tensor_split_sections"):
+        parts = (lambda h: h.tensor_split(3, 1)) if kind.endswith("method") else (lambda h: torch.tensor_split(h, 3, 1))
+        as_split, last = (lambda h: h.chunk(3, 1)), (1, 3, 5)
+    else:
+        parts, as_split, last = SPLITS[kind], (lambda h: torch.split(h, [1, 2, 3], 1)), (0, 2, 5)
+    g = build(Parts(parts), x)
+    assert edge_set(g) == edge_set(build(Parts(as_split), x))
+    assert synapses_from_a(g) == {(f"a:{i}", f"{layer}:{j}") for i, layer in zip(last, "bcd") for j in (0, 1)}
+
+
+class AlongOtherAxes(nn.Module):
+    """a, its output split along the batch (vsplit) or the rows (dsplit) or taken apart by unbind, each part
+    read by a layer of its own; ``as_chunk`` writes the same with chunk."""
+
+    def __init__(self, kind, as_chunk):
+        super().__init__()
+        torch.manual_seed(0)
+        self.kind, self.as_chunk = kind, as_chunk
+        self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.kind == "vsplit":
+            p, q = h.chunk(2, 0) if self.as_chunk else torch.vsplit(h, 2)
+        elif self.kind == "dsplit":
+            p, q = h.chunk(2, 2) if self.as_chunk else h.dsplit(2)
+        else:  # unbind over a stack of two copies: each part every channel of a
+            s = torch.stack([h, 2 * h])
+            p, q = s.chunk(2, 0) if self.as_chunk else (torch.unbind(s) if self.kind == "unbind" else s.unbind(0))
+            if self.as_chunk:
+                p, q = p[0], q[0]
+        return torch.cat([self.b(p), self.c(q)], 0)
+
+
+@pytest.mark.parametrize("kind", ["vsplit", "dsplit", "unbind", "unbind_method"])
+def test_splits_along_other_axes_are_wired_as_chunk(kind):
+    """vsplit (the batch) and dsplit (rows) keep every channel in each part, as chunk along those axes does;
+    unbind (function and method) too."""
+    x = torch.randn(2, 3, 4, 4)
+    g = build(AlongOtherAxes(kind, False), x)
+    assert edge_set(g) == edge_set(build(AlongOtherAxes(kind, True), x))
+    assert edge_set(g) >= full("a", "b", 4, 2) | full("a", "c", 4, 2)
