@@ -490,6 +490,9 @@ OUT_OF_RANGE = [
     (["--mode", "mask_only", "--mask_only_kw", "approach=3"], "approach must be in [0, 1], got 3"),
     (["--mode", "mask_only", "--mask_only_kw", "foo=1"],
      "--mask_only_kw foo: optimize_connectome takes no argument 'foo'; --mask_only_kw sets approach, margin, ladder"),
+    # optimize_connectome's private argument (what a recipe's check read of its checkpoint) is no option
+    (["--mode", "mask_only", "--mask_only_kw", "_checked=1"], "--mask_only_kw _checked: optimize_connectome takes no "
+                                                              "argument '_checked'"),
 ])
 def test_a_kw_key_or_an_out_of_range_value_is_refused_before_anything_is_written(tmp_path, argv, message, capsys):
     out = tmp_path / "run"

@@ -462,13 +462,29 @@ def test_resume_continues_after_the_last_finished_target(tmp_path, weights, caps
     assert not (out / ".lock").exists()  # a run stopped by an error takes its lock file away too
     (out / ".lock").write_text("99999999")  # a killed run's: its file stays, the system let go of its lock
     monkeypatch.setattr(mod, "optimize_connectome", real)
-    real_load, loads = torch.load, []
+    import gc
+    import weakref
+
+    real_load, loads, masks_read = torch.load, [], []
 
     def counted_load(f, *a, **kw):
+        state = real_load(f, *a, **kw)
         loads.append(Path(f) == out / "checkpoint.pt")
-        return real_load(f, *a, **kw)
+        if loads[-1]:
+            masks_read.append(weakref.ref(next(iter(state["masks"].values()))))
+        return state
 
     monkeypatch.setattr(torch, "load", counted_load)
+    real_data = mod.get_dataloaders
+    monkeypatch.setattr(mod, "get_dataloaders", lambda *a, **kw: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash) as stopped:  # a resume stopped after its check of checkpoint.pt, before its load
+        mod.main(args(weights, out, "--remove", "0.2", "0.5", "--resume"))
+    gc.collect()
+    # what the check read is let go, though the error (its traceback, the recipe's frames) is kept:
+    # a module-wide store held it for the life of the process (a large model's masks and estimator state)
+    assert len(masks_read) == 1 and masks_read[0]() is None and stopped.value is not None
+    monkeypatch.setattr(mod, "get_dataloaders", real_data)
+    loads.clear()
     summary = mod.main(args(weights, out, "--remove", "0.2", "0.5", "--resume"))
     assert sum(loads) == 1  # read once: its check before the data loads passes the state on (it read it twice)
     monkeypatch.setattr(torch, "load", real_load)
