@@ -1218,6 +1218,23 @@ def test_a_test_subset_smaller_than_the_classes_is_refused_before_training(tmp_p
     assert not out.exists()
 
 
+def test_a_subset_too_small_names_the_option_as_the_recipe_spells_it(tmp_path, capsys):
+    """A --subset below the class count, or too small to hold out an example, was refused as 'give a
+    subset of at least N': the data layer's words, not the option; a library caller sees the keyword."""
+    out = tmp_path / "run"
+    err = error_of(TINY + ["--output_dir", str(out), "--subset", "5"], capsys)
+    assert "--subset 5 cannot hold one train example of each of the 10 classes of digits: give a --subset of at " \
+           "least 10 (or leave it out)" in err and not out.exists()
+    err = error_of(TINY + ["--output_dir", str(out), "--subset", "12", "--holdout", "0.02"], capsys)
+    assert "the 12 train examples of --subset 12 with holdout 0.02 hold out" in err
+    assert "give a --subset of at least 250 (or a larger holdout" in err and not out.exists()
+    from adaptive.data import get_datasets
+
+    with pytest.raises(ValueError, match=r"^subset 5 cannot hold one train example of each of the 10 classes of "
+                                         r"digits: give a subset of at least 10 \(or leave it out\)$"):
+        get_datasets("digits", subset=5)
+
+
 def test_a_test_subset_of_a_whole_small_test_split_is_taken_as_before():
     """The early refusal compares with the class count; a test split smaller than that (a custom or
     fake dataset) is taken whole by a test_subset of its size or more, as before the check, and the
