@@ -810,7 +810,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
             f"Splits: train = a fixed random sample of {len(train_sample.dataset)} images of the train part (the same for "
             "every row); held-out = a stratified part of the TRAIN split "
             "(used for line search and snapshot choice); test = "
-            + _test_split_words(args, test_loader, n_test)
+            + _test_split_words(args, dl.test, n_test)  # (the data's loader: a test_loader_hook's wrapper may hide it)
             + ", read only for this report.\n")
     accelerator.print(table + note)
     if main_proc:
@@ -836,7 +836,8 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
 
 def _test_split_words(args, test_loader, n_test: int) -> str:
     """What results.md says the test rows were: the test split, or --test-subset's draw from it
-    (a --test-subset of the split's size or more takes the whole split, and says so)."""
+    (a --test-subset of the split's size or more takes the whole split, and says so).
+    ``test_loader``: the data's own test loader, whose ``.dataset`` is the draw."""
     if args.test_subset is None:
         return "the test split"
     if is_test_draw(test_loader.dataset, n_test):

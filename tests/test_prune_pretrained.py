@@ -1204,14 +1204,26 @@ def test_a_damaged_checkpoint_is_refused_before_the_data_loads(tmp_path, monkeyp
 
 def test_test_subset_reports_on_a_stratified_draw(tmp_path, weights, capsys):
     """The refusal named test_subset, not this recipe's --test-subset; a --test-subset of the whole
-    test split or more was reported as 'a stratified draw from the test split'."""
+    test split or more was reported as 'a stratified draw from the test split'. A test_loader_hook
+    wrapper without ``.dataset`` failed the report under --test-subset (its words read the wrapper)."""
+
+    class Wrapped:  # reads the loader, as a test's spy does; no .dataset
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __iter__(self):
+            return iter(self.loader)
+
+        def __len__(self):
+            return len(self.loader)
+
     mod = recipe()
     with pytest.raises(ValueError, match="--test-subset 5 cannot hold one test example of each of the 10 classes of "
                                          "fake: give a --test-subset of at least 10"):
         mod.main(args(weights, tmp_path / "few", "--remove", "0.5", "--test-subset", "5"))
     assert not (tmp_path / "few" / "results.md").exists()
     capsys.readouterr()
-    mod.main(args(weights, tmp_path / "out", "--remove", "0.5", "--test-subset", "30"))
+    mod.main(args(weights, tmp_path / "out", "--remove", "0.5", "--test-subset", "30"), test_loader_hook=Wrapped)
     out = capsys.readouterr().out
     results = (tmp_path / "out" / "results.md").read_text()
     for text in (out, results):
