@@ -390,6 +390,7 @@ def optimize_connectome(
     progress: Optional[bool] = True,
     callback: Optional[Callable[[dict], None]] = None,
     checkpoint: Optional[Union[str, "os.PathLike"]] = None,
+    _checked: Optional[ckpt.Checked] = None,
 ) -> MaskOnlyResult:
     """Optimise the connectome of pretrained ``model`` with its weights frozen bit-exact.
 
@@ -447,6 +448,9 @@ def optimize_connectome(
             its folder should be, a folder that takes no new file) unless it holds every stage.
             The loaders' positions are recorded too: the stages after a resume read the batches
             an uninterrupted run would have read (pass the same loaders).
+        _checked: (for recipes) what :func:`adaptive.mask_only_checkpoint.check_readable` returned
+            for ``checkpoint`` when it checked the file before loading its data: its state is
+            taken instead of reading the file again, while the file is the one it read.
 
     Devices and processes: the optimisation runs where ``model`` is (move it to a GPU first);
     batches are moved to its device. Under Accelerate with several processes, give each process
@@ -561,7 +565,7 @@ def optimize_connectome(
                               loss_fn=ckpt.callable_identity(loss_fn), accuracy_fn=ckpt.callable_identity(accuracy_fn),
                               weights=ckpt.weights_digest(conn.original), precision=_precision(model),
                               train_data=_data_identity(train_loader), holdout_data=_data_identity(holdout_loader))
-        saved = ckpt.load_stage(checkpoint, fp, conn.original)  # a foreign file fails here, before anything changes
+        saved = ckpt.load_stage(checkpoint, fp, conn.original, checked=_checked)  # a foreign file fails here, before anything changes
         finished = saved is not None and (saved["stage"] + 1 >= len(resolved)
                                           or (climb and saved["since_best"] >= patience))
         if not finished:  # a path no stage could be recorded in (a finished run's file is only read)

@@ -354,7 +354,8 @@ def _unreadable(e: BaseException) -> str:
     return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
 
 
-def load_stage(path, now: dict, weights: Optional[Dict[str, torch.Tensor]] = None) -> Optional[dict]:
+def load_stage(path, now: dict, weights: Optional[Dict[str, torch.Tensor]] = None,
+               checked: Optional["Checked"] = None) -> Optional[dict]:
     """The state recorded in ``path`` (None when there is no file). ``weights``: the frozen weights
     whose :func:`weights_digest` is ``now["weights"]``, needed only to check a checkpoint written
     before the digests (it recorded :func:`weights_checksum`'s sums). Raises
@@ -362,8 +363,11 @@ def load_stage(path, now: dict, weights: Optional[Dict[str, torch.Tensor]] = Non
     damaged (its content does not match the sha256 stored with it, or its entries are not what a
     stage checkpoint holds) or is not a stage checkpoint, and ValueError when ``path`` is a folder.
     Everything is checked before the state is returned, so a caller changes nothing for a bad file.
-    What :func:`check_readable` read of this very file is taken instead of reading it again."""
-    state = _checked_state(path)
+    ``checked``: what :func:`check_readable` returned for this file, whose state is taken instead of
+    reading the file again while the file at ``path`` is the one it read (:meth:`Checked.take`)."""
+    state = checked.take(path) if checked is not None else None
+    if state is None:
+        state = _read(path)
     if state is None:
         return None
     if "sha256" not in state:
@@ -380,21 +384,34 @@ def load_stage(path, now: dict, weights: Optional[Dict[str, torch.Tensor]] = Non
     return state
 
 
-def check_readable(path) -> None:
+def check_readable(path) -> Optional["Checked"]:
     """Raise what :func:`load_stage` raises for a damaged, unreadable or foreign file at ``path``
     (nothing for a stage checkpoint, or no file), without comparing its settings: a recipe checks
-    it before loading any data. The state it read is kept for the next :func:`load_stage`, which
-    takes it while the file is still the one read (not replaced or changed since; renamed is the
-    same file), so that a resume reads its checkpoint once."""
+    it before loading any data. Returns what it read (None: no file), for the caller to hand to the
+    :func:`load_stage` that follows (``checked=``), so that a resume reads its checkpoint once."""
     stamp = _file_stamp(path)  # before the read: a file replaced during it does not match it later
     state = _read(path)
-    _CHECKED.clear()
-    if state is not None and stamp is not None:
-        _CHECKED[stamp] = state
+    return Checked(stamp, state) if state is not None and stamp is not None else None
 
 
-# what check_readable read, by the file's identity, for the load_stage that follows (taken once)
-_CHECKED: Dict[tuple, dict] = {}
+class Checked:
+    """The state :func:`check_readable` read, with the identity of the file it read (device, inode,
+    size, modification time). It goes only where its caller hands it, and is held only until
+    :meth:`take` (or :meth:`drop`): a checkpoint's state (a large model's masks and estimator
+    values) is not kept beyond the run that read it."""
+
+    def __init__(self, stamp: tuple, state: dict):
+        self.stamp, self.state = stamp, state
+
+    def take(self, path) -> Optional[dict]:
+        """The state, once, while the file at ``path`` is the one read (renamed is the same file;
+        one replaced or changed since is not: None, read it again); it is let go either way."""
+        state, self.state = self.state, None
+        return state if state is not None and _file_stamp(path) == self.stamp else None
+
+    def drop(self) -> None:
+        """Let the state go (a run that stopped before its load)."""
+        self.state = None
 
 
 def _file_stamp(path) -> Optional[tuple]:
@@ -404,13 +421,6 @@ def _file_stamp(path) -> Optional[tuple]:
     except OSError:
         return None
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _checked_state(path) -> Optional[dict]:
-    """The state :func:`check_readable` read of the file now at ``path``, else read (:func:`_read`)."""
-    kept = _CHECKED.pop(_file_stamp(path), None) if _CHECKED else None
-    _CHECKED.clear()
-    return kept if kept is not None else _read(path)
 
 
 def _read(path) -> Optional[dict]:

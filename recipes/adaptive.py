@@ -409,7 +409,8 @@ def _refuse_derived_keys(cfg) -> None:
 
         from adaptive.mask_only import optimize_connectome
 
-        takes = [k for k in inspect.signature(optimize_connectome).parameters if k not in sets]
+        takes = [k for k in inspect.signature(optimize_connectome).parameters
+                 if k not in sets and not k.startswith("_")]  # (a private one is the recipes' own)
         for key in sorted(set(given) - set(takes)):
             raise ConfigError(f"--mask_only_kw {key}: optimize_connectome takes no argument {key!r}; --mask_only_kw "
                               f"sets {', '.join(takes)}")

@@ -626,6 +626,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
     only the main process writes."""
     args = parse_args(argv)
     out = Path(args.output_dir)
+    checked = None  # what the check of the checkpoint read: the run's load takes it (one read of the file)
     if not args.resume:  # before anything is built or written
         _refuse_earlier_run(args, out)
     else:  # before any data is read: a run continues with the settings it was started with
@@ -642,9 +643,19 @@ def main(argv=None, test_loader_hook=None) -> dict:
         _check_resumed_settings(args, out)
         ckpt = out / CHECKPOINT if (out / CHECKPOINT).is_file() else out / (CHECKPOINT + ".earlier")
         try:  # a damaged one was refused only once the data had loaded (its settings are compared then)
-            stage_checkpoint.check_readable(ckpt)
+            checked = stage_checkpoint.check_readable(ckpt)
         except stage_checkpoint.CheckpointMismatchError as e:
             raise e.with_fix(RESUME_FIX, afresh=AFRESH) from None
+    try:
+        return _run(args, out, checked, test_loader_hook)
+    finally:  # a run stopped before its load (data refused, say) holds no checkpoint state after it
+        if checked is not None:
+            checked.drop()
+
+
+def _run(args, out: Path, checked, test_loader_hook) -> dict:
+    """The command once its options and --resume's checkpoint are checked: data, model, then the
+    run in its locked folder. ``checked``: what the check read of the checkpoint, for its load."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -671,7 +682,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
     lock = run_folder.RunLock(accelerator, out)  # taken before the run's first write into the folder
     lock.acquire(None if args.resume else lambda: _refuse_earlier_run(args, out))
     try:
-        return _prune(args, dl, test_loader, model, train_dl, accelerator, out)
+        return _prune(args, dl, test_loader, model, train_dl, accelerator, out, checked)
     except BaseException:  # refused (a count beyond the model's synapses, say) before writing: it leaves no folder
         lock.release(refused=True)
         raise
@@ -679,8 +690,9 @@ def main(argv=None, test_loader_hook=None) -> dict:
         lock.release()
 
 
-def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> dict:
-    """The run, once it holds its folder: optimisation, then the final report and the outputs."""
+def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, checked=None) -> dict:
+    """The run, once it holds its folder: optimisation, then the final report and the outputs.
+    ``checked``: what --resume's check read of the checkpoint (the optimisation's load takes it)."""
     main_proc = accelerator.is_main_process
     ckpt_path = out / CHECKPOINT
     # without --resume an earlier checkpoint is here only with --overwrite: set aside, so that a run
@@ -727,7 +739,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
                 estimator=_estimator(args), window=args.window, edit_fraction=args.edit_fraction,
                 approach=args.approach, verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed,
                 progress=show_progress(args.progress) and accelerator.is_local_main_process, ladder=args.ladder,
-                patience=args.patience, checkpoint=ckpt_path, **extra)
+                patience=args.patience, checkpoint=ckpt_path, _checked=checked, **extra)
     except stage_checkpoint.CheckpointMismatchError as e:  # the recipe's checkpoint path is OUTPUT_DIR/checkpoint.pt
         raise e.with_fix(RESUME_FIX, afresh=AFRESH) from None
     finally:  # --overwrite: the earlier run's checkpoint survives a run refused before its first update
@@ -798,7 +810,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
             f"Splits: train = a fixed random sample of {len(train_sample.dataset)} images of the train part (the same for "
             "every row); held-out = a stratified part of the TRAIN split "
             "(used for line search and snapshot choice); test = "
-            + _test_split_words(args, test_loader, n_test)
+            + _test_split_words(args, dl.test, n_test)  # (the data's loader: a test_loader_hook's wrapper may hide it)
             + ", read only for this report.\n")
     accelerator.print(table + note)
     if main_proc:
@@ -824,7 +836,8 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path) -> di
 
 def _test_split_words(args, test_loader, n_test: int) -> str:
     """What results.md says the test rows were: the test split, or --test-subset's draw from it
-    (a --test-subset of the split's size or more takes the whole split, and says so)."""
+    (a --test-subset of the split's size or more takes the whole split, and says so).
+    ``test_loader``: the data's own test loader, whose ``.dataset`` is the draw."""
     if args.test_subset is None:
         return "the test split"
     if is_test_draw(test_loader.dataset, n_test):

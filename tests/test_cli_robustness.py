@@ -490,6 +490,9 @@ OUT_OF_RANGE = [
     (["--mode", "mask_only", "--mask_only_kw", "approach=3"], "approach must be in [0, 1], got 3"),
     (["--mode", "mask_only", "--mask_only_kw", "foo=1"],
      "--mask_only_kw foo: optimize_connectome takes no argument 'foo'; --mask_only_kw sets approach, margin, ladder"),
+    # optimize_connectome's private argument (what a recipe's check read of its checkpoint) is no option
+    (["--mode", "mask_only", "--mask_only_kw", "_checked=1"], "--mask_only_kw _checked: optimize_connectome takes no "
+                                                              "argument '_checked'"),
 ])
 def test_a_kw_key_or_an_out_of_range_value_is_refused_before_anything_is_written(tmp_path, argv, message, capsys):
     out = tmp_path / "run"
@@ -1213,6 +1216,23 @@ def test_a_test_subset_smaller_than_the_classes_is_refused_before_training(tmp_p
     err = error_of(TINY + ["--output_dir", str(out), "--test_subset", "0"], capsys)
     assert "--test_subset must be a positive number of examples (or left out for all), got 0" in err
     assert not out.exists()
+
+
+def test_a_subset_too_small_names_the_option_as_the_recipe_spells_it(tmp_path, capsys):
+    """A --subset below the class count, or too small to hold out an example, was refused as 'give a
+    subset of at least N': the data layer's words, not the option; a library caller sees the keyword."""
+    out = tmp_path / "run"
+    err = error_of(TINY + ["--output_dir", str(out), "--subset", "5"], capsys)
+    assert "--subset 5 cannot hold one train example of each of the 10 classes of digits: give a --subset of at " \
+           "least 10 (or leave it out)" in err and not out.exists()
+    err = error_of(TINY + ["--output_dir", str(out), "--subset", "12", "--holdout", "0.02"], capsys)
+    assert "the 12 train examples of --subset 12 with holdout 0.02 hold out" in err
+    assert "give a --subset of at least 250 (or a larger holdout" in err and not out.exists()
+    from adaptive.data import get_datasets
+
+    with pytest.raises(ValueError, match=r"^subset 5 cannot hold one train example of each of the 10 classes of "
+                                         r"digits: give a subset of at least 10 \(or leave it out\)$"):
+        get_datasets("digits", subset=5)
 
 
 def test_a_test_subset_of_a_whole_small_test_split_is_taken_as_before():

@@ -454,21 +454,43 @@ def test_a_finished_checkpoint_in_a_folder_that_takes_no_new_file_still_resumes(
 
 def test_load_stage_takes_what_check_readable_read_while_the_file_is_the_same(tmp_path, monkeypatch):
     """A recipe checks its checkpoint before the data loads and loads it once the run starts: it was
-    read twice. The second read is saved only for the file read (renamed is the same file); one
-    replaced since (a new stage saved), or another path, is read afresh."""
+    read twice. The check's state, handed to the load, is taken for the file read (renamed is the
+    same file) and once; a file replaced since (a new stage saved), or another path, is read afresh."""
     from adaptive import mask_only_checkpoint as ck
 
     path, moved = tmp_path / "ck.pt", tmp_path / "moved.pt"
     real_load, loads = torch.load, []
     monkeypatch.setattr(torch, "load", lambda f, *a, **kw: loads.append(f) or real_load(f, *a, **kw))
+    assert ck.check_readable(tmp_path / "none.pt") is None and not loads  # no file: nothing to hand over
     save_stage(path, _stage_state(stage=1))
-    ck.check_readable(path)
+    checked = ck.check_readable(path)
     path.rename(moved)  # (as mask_only_checkpoint.begin puts a set-aside checkpoint back)
-    assert load_stage(moved, {})["stage"] == 1 and len(loads) == 1
-    assert load_stage(moved, {})["stage"] == 1 and len(loads) == 2  # taken once
-    ck.check_readable(moved)
+    assert load_stage(moved, {}, checked=checked)["stage"] == 1 and len(loads) == 1
+    assert load_stage(moved, {}, checked=checked)["stage"] == 1 and len(loads) == 2  # taken once
+    checked = ck.check_readable(moved)
     save_stage(moved, _stage_state(stage=2))  # replaced after the check: its new content counts
-    assert load_stage(moved, {})["stage"] == 2 and len(loads) == 4
+    assert load_stage(moved, {}, checked=checked)["stage"] == 2 and len(loads) == 4
+    assert checked.state is None  # let go even where it was not taken
     save_stage(path, _stage_state(stage=0))
-    ck.check_readable(moved)
-    assert load_stage(path, {})["stage"] == 0 and len(loads) == 6  # another file
+    checked = ck.check_readable(moved)
+    assert load_stage(path, {}, checked=checked)["stage"] == 0 and len(loads) == 6  # another file
+
+
+def test_what_check_readable_read_reaches_no_load_it_is_not_handed_to(tmp_path):
+    """The check kept its state in a module-wide store for whichever load came next: a check whose
+    run then stopped (its data refused, say) held the state for the life of the process, and a
+    later load of that path by another caller took it even where the file had been rewritten in
+    place, same size, within the clock's resolution (stage 1 for a file holding stage 2)."""
+    import os
+
+    from adaptive import mask_only_checkpoint as ck
+
+    path, other = tmp_path / "ck1.pt", tmp_path / "ck2.pt"  # names of one length: files of one size
+    save_stage(path, _stage_state(stage=1, masks={"w": torch.ones(4, dtype=torch.bool)}))
+    save_stage(other, _stage_state(stage=2, masks={"w": torch.ones(4, dtype=torch.bool)}))
+    ck.check_readable(path)  # a run that stops before its load (what it read is handed to no load)
+    before = os.stat(path)
+    assert other.stat().st_size == before.st_size
+    path.write_bytes(other.read_bytes())  # rewritten in place, its identity (inode, size, mtime) kept
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert load_stage(path, {})["stage"] == 2  # another caller's load reads the file

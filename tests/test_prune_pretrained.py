@@ -462,13 +462,29 @@ def test_resume_continues_after_the_last_finished_target(tmp_path, weights, caps
     assert not (out / ".lock").exists()  # a run stopped by an error takes its lock file away too
     (out / ".lock").write_text("99999999")  # a killed run's: its file stays, the system let go of its lock
     monkeypatch.setattr(mod, "optimize_connectome", real)
-    real_load, loads = torch.load, []
+    import gc
+    import weakref
+
+    real_load, loads, masks_read = torch.load, [], []
 
     def counted_load(f, *a, **kw):
+        state = real_load(f, *a, **kw)
         loads.append(Path(f) == out / "checkpoint.pt")
-        return real_load(f, *a, **kw)
+        if loads[-1]:
+            masks_read.append(weakref.ref(next(iter(state["masks"].values()))))
+        return state
 
     monkeypatch.setattr(torch, "load", counted_load)
+    real_data = mod.get_dataloaders
+    monkeypatch.setattr(mod, "get_dataloaders", lambda *a, **kw: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash) as stopped:  # a resume stopped after its check of checkpoint.pt, before its load
+        mod.main(args(weights, out, "--remove", "0.2", "0.5", "--resume"))
+    gc.collect()
+    # what the check read is let go, though the error (its traceback, the recipe's frames) is kept:
+    # a module-wide store held it for the life of the process (a large model's masks and estimator state)
+    assert len(masks_read) == 1 and masks_read[0]() is None and stopped.value is not None
+    monkeypatch.setattr(mod, "get_dataloaders", real_data)
+    loads.clear()
     summary = mod.main(args(weights, out, "--remove", "0.2", "0.5", "--resume"))
     assert sum(loads) == 1  # read once: its check before the data loads passes the state on (it read it twice)
     monkeypatch.setattr(torch, "load", real_load)
@@ -1133,7 +1149,7 @@ def test_results_table_columns_follow_their_headers():
 def test_a_subset_too_small_to_hold_out_an_example_names_a_fix_this_recipe_takes(tmp_path, weights):
     """The data layer's hint said 'holdout 0 for none', which this recipe refuses: it names a larger
     subset or holdout only."""
-    with pytest.raises(ValueError, match=r"held-out part of fake is empty.*give a subset of at least \d+ "
+    with pytest.raises(ValueError, match=r"held-out part of fake is empty.*give a --subset of at least \d+ "
                                          r"\(or a larger holdout\)$") as info:
         recipe().main(args(weights, tmp_path / "o", "--remove", "0.2", "--subset", "20", "--holdout", "0.01"))
     assert "holdout 0 for none" not in str(info.value) and not (tmp_path / "o").exists()
@@ -1188,14 +1204,26 @@ def test_a_damaged_checkpoint_is_refused_before_the_data_loads(tmp_path, monkeyp
 
 def test_test_subset_reports_on_a_stratified_draw(tmp_path, weights, capsys):
     """The refusal named test_subset, not this recipe's --test-subset; a --test-subset of the whole
-    test split or more was reported as 'a stratified draw from the test split'."""
+    test split or more was reported as 'a stratified draw from the test split'. A test_loader_hook
+    wrapper without ``.dataset`` failed the report under --test-subset (its words read the wrapper)."""
+
+    class Wrapped:  # reads the loader, as a test's spy does; no .dataset
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __iter__(self):
+            return iter(self.loader)
+
+        def __len__(self):
+            return len(self.loader)
+
     mod = recipe()
     with pytest.raises(ValueError, match="--test-subset 5 cannot hold one test example of each of the 10 classes of "
                                          "fake: give a --test-subset of at least 10"):
         mod.main(args(weights, tmp_path / "few", "--remove", "0.5", "--test-subset", "5"))
     assert not (tmp_path / "few" / "results.md").exists()
     capsys.readouterr()
-    mod.main(args(weights, tmp_path / "out", "--remove", "0.5", "--test-subset", "30"))
+    mod.main(args(weights, tmp_path / "out", "--remove", "0.5", "--test-subset", "30"), test_loader_hook=Wrapped)
     out = capsys.readouterr().out
     results = (tmp_path / "out" / "results.md").read_text()
     for text in (out, results):

@@ -89,13 +89,18 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
                          f"{src.num_classes} classes of {name}: give a {named['test_subset']} of at least {least}{whole} "
                          "(or leave it out)")
     _warn_short(name, "train", subset, len(labels), named["subset"])
+    present = int(torch.unique(torch.as_tensor(labels)).numel()) if subset is not None and subset < len(labels) else 0
+    if subset is not None and subset < present:  # (stratified_subset's own refusal names no option)
+        raise ValueError(f"{named['subset']} {subset} cannot hold one train example of each of the {present} classes "
+                         f"of {name}: give a {named['subset']} of at least {present} (or leave it out)")
     pool = stratified_subset(labels, subset, seed) if subset is not None else torch.arange(len(labels))
     kept, drawn = stratified_split(labels[pool], holdout, seed)
     train, held = pool[kept], pool[drawn]
     if subset is not None and holdout > 0 and held.numel() == 0:
-        raise ValueError(f"the held-out part of {name} is empty: a subset of {len(pool)} train examples with holdout "
-                         f"{holdout} holds out round({holdout} x its examples of a class) = 0 of every class; "
-                         + _subset_for_holdout(labels, subset, holdout, holdout_required))
+        raise ValueError(f"the held-out part of {name} is empty: the {len(pool)} train examples of {named['subset']} "
+                         f"{subset} with holdout {holdout} hold out round({holdout} x its examples of a class) = 0 of "
+                         "every class; "
+                         + _subset_for_holdout(labels, subset, holdout, holdout_required, named["subset"]))
     if train.numel() == 0:
         raise ValueError(f"the train part of {name} is empty: {len(pool)} train examples"
                          f"{' (subset)' if subset else ''} with holdout {holdout} leave none to train on; "
@@ -147,8 +152,10 @@ def _warn_short(name: str, split: str, asked: Optional[int], size: int, option: 
                   f"all {size:,} are used; give {given(size)} (or leave it out) to say so")
 
 
-def _subset_for_holdout(labels: torch.Tensor, subset: int, holdout: float, required: bool = False) -> str:
-    """How to get a non-empty held-out part: the smallest subset above ``subset`` that gives one.
+def _subset_for_holdout(labels: torch.Tensor, subset: int, holdout: float, required: bool = False,
+                        option: str = "subset") -> str:
+    """How to get a non-empty held-out part: the smallest subset above ``subset`` that gives one
+    (``option`` names it as the caller spells it).
 
     Whether a size gives one is not monotone in the size (the largest-remainder rounding of
     :func:`subset_counts` can take an example from a class as the size grows), so the answer is
@@ -176,7 +183,7 @@ def _subset_for_holdout(labels: torch.Tensor, subset: int, holdout: float, requi
         lo, hi = (lo, mid) if could(mid) else (mid + 1, hi)
     for size in range(lo, n + 1):
         if gives(size):
-            return f"give a subset of at least {size} (or a larger holdout{none})"
+            return f"give a {option} of at least {size} (or a larger holdout{none})"
     return f"give a larger holdout{' (' + none[2:] + ')' if none else ''}"
 
 
