@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import adaptive
-from adaptive.training import list_checkpoints, read_metrics_csv
+from adaptive.training import list_checkpoints
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _scripts import CHILD_TIMEOUT, load_script  # noqa: E402
@@ -186,7 +186,7 @@ def test_a_checkpoint_whose_manifest_is_cut_short_is_refused_not_trusted(tmp_pat
 # ----------------------------------------------------------------------------- mask-only stage checkpoint
 
 def _stage_file(tmp_path):
-    from test_mask_only_checkpoint import KW, interrupted
+    from test_mask_only_checkpoint import interrupted
     from test_mask_only import tiny
 
     path = tmp_path / "ck.pt"

@@ -360,7 +360,6 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path, script):
     import signal
     import subprocess
     import sys
-    import time
 
     root = Path(__file__).resolve().parents[1]
     args = {"recipes/diagnostics.py": ["progress", str(tmp_path)]}.get(script, ["--output_dir", str(tmp_path / "o")])
@@ -485,7 +484,7 @@ OUT_OF_RANGE = [
     (["--mode", "mask_only", "--mask_only_kw", "callback=x"], "sets callback itself, to its own"),
     (["--mode", "mask_only", "--mask_only_kw", "target=0.5"], "sets target itself, from --target (or --density)"),
     # refused before the data (the model is built first), or by optimize_connectome once the run held
-    # its folder's lock: the folder and its .lock stayed
+    # its folder's lock: the folder it made is taken back
     (["--mode", "mask_only", "--target", "99999999"], "beyond the model's 50432 prunable synapses"),
     (["--mode", "mask_only", "--mask_only_kw", "approach=3"], "approach must be in [0, 1], got 3"),
     (["--mode", "mask_only", "--mask_only_kw", "foo=1"],

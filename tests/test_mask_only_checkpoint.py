@@ -167,8 +167,8 @@ def test_a_checkpoint_path_that_cannot_be_written_is_refused_before_any_work(tmp
     """A file where the checkpoint's folder should be: the first stage's record failed, after the
     whole stage had run."""
     (tmp_path / "a file").write_text("not a folder")
-    _refused_before_a_batch_is_read([0.2, 0.5], rf"checkpoint .*ck\.pt cannot be written: .*a file is a file, not a "
-                                                rf"folder; give a checkpoint= path", checkpoint=tmp_path / where)
+    _refused_before_a_batch_is_read([0.2, 0.5], r"checkpoint .*ck\.pt cannot be written: .*a file is a file, not a "
+                                                r"folder; give a checkpoint= path", checkpoint=tmp_path / where)
     assert (tmp_path / "a file").read_text() == "not a folder"
 
 
