@@ -22,8 +22,9 @@ Constants are found by a probe run in which inputs are NaN: NaN spreads through 
 depends on data, a unit with no live input (or whose live inputs are exact zeros) emits its bias,
 and whatever stays finite and uniform, with the same value on an input twice the example's size, is a
 constant (integer inputs such as token ids are data, and so is every float made from them). Uniform and
-the same are judged to float rounding: an average rounds a constant by a few ulps, differently at each
-size. Items of inputs, outputs, grouped convolutions, transposed
+the same are judged to float32 rounding: an average rounds a constant by a few ulps, differently at each
+size (a float16 or bfloat16 model is probed on a float32 copy, whose rounding does not hide how a padded
+pool's border moves a mean with the size). Items of inputs, outputs, grouped convolutions, transposed
 convolutions, ops the compactor does not understand and layers whose weight is tied to another
 module's are kept; a
 depthwise convolution (groups == channels) keeps or drops input channel ``c`` together with output
@@ -125,9 +126,11 @@ class _Probe(fx.Interpreter):
     """Runs the graph on NaN inputs; a weighted unit whose live weights touch only exact-zero
     channels emits its bias."""
 
-    def __init__(self, gm):
-        super().__init__(gm, garbage_collect_values=False)
-        self.mods = dict(gm.named_modules())
+    def __init__(self, gm, weights=None):
+        """``weights``: a copy of ``gm`` (in float32, say) whose parameters the graph runs with instead."""
+        module = gm if weights is None else weights
+        super().__init__(module, garbage_collect_values=False, graph=gm.graph)
+        self.mods = dict(module.named_modules())
 
     def values(self, x) -> dict:
         """Every node's probe value on an input shaped like ``x`` (a tensor, or a tuple of the inputs)."""
@@ -185,15 +188,45 @@ def _module_input(n):
     return x if isinstance(x, fx.Node) else None
 
 
-def _same_rtol(dtype: torch.dtype) -> float:
-    """How far apart (relative) two probe values of a constant may lie and still be one value: a mean or an
-    average pool rounds a constant differently at different sizes and over bins of different sizes (by up to
-    ~10 ulps for ``mean`` and ``adaptive_avg_pool2d`` at any size, ~0.12 ulp per element for ``avg_pool2d``
-    over the whole map, which sums in order). 64 float32 ulps (a few ulps of a coarser dtype) covers them,
-    and stays far below the size effects it must still tell apart (a zero-padded pool's border shifts the
-    mean of a map n wide by ~1/n); a size effect it misses would move the folded constant by less than a tenth
-    of the check's default rtol."""
-    return max(2.0 ** -17, 4 * torch.finfo(dtype).eps)
+# How far apart (relative) two probe values of a constant may lie and still be one value: a mean or an average
+# pool rounds a constant differently at different sizes and over bins of different sizes (by up to ~10 float32
+# ulps for ``mean`` and ``adaptive_avg_pool2d`` at any size, ~0.12 ulp per element for ``avg_pool2d`` over the
+# whole map, which sums in order). 64 float32 ulps covers them, and stays far below the size effects it must
+# still tell apart (a zero-padded pool's border shifts the mean of a map n wide by ~1/n). The probe computes in
+# float32 at least (see _probe): an ulp of a coarser dtype (2**-7 of bfloat16, 2**-10 of float16) would hide
+# those size effects on maps only a few dozen or hundred wide.
+_SAME_RTOL = 2.0 ** -17
+
+
+def _coarse(t) -> bool:
+    """A float tensor coarser than float32 (float16, bfloat16, float8)."""
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and torch.finfo(t.dtype).bits < 32
+
+
+def _fine(t):
+    """``t`` in float32 when it is a coarser float; else as it is."""
+    return t.float() if _coarse(t) else t
+
+
+def _float32_weights(gm: fx.GraphModule) -> Optional[fx.GraphModule]:
+    """A copy of ``gm`` with its coarse float parameters and buffers in float32 for the probe to compute
+    with, or None when it holds none."""
+    if not any(_coarse(t) for t in [*gm.parameters(), *gm.buffers()]):
+        return None
+    return copy.deepcopy(gm)._apply(_fine)
+
+
+def _probe(gm: fx.GraphModule, x, weights: Optional[fx.GraphModule]) -> dict:
+    """The probe's values of ``gm``'s nodes on an input shaped like ``x``, computed with ``weights`` (gm's
+    float32 copy) on float32 inputs where given: the rounding of float16 or bfloat16 would hide how a
+    constant changes with the input size. A model that will not run so (it casts to its own dtype itself)
+    is probed in its own dtypes, where a size effect below their rounding goes unseen."""
+    if weights is not None:
+        try:
+            return _Probe(gm, weights).values(type(x)(map(_fine, x)) if isinstance(x, (tuple, list)) else _fine(x))
+        except Exception:  # noqa: BLE001 - any failure of the float32 run: the model's own dtypes decide
+            pass
+    return _Probe(gm).values(x)
 
 
 def _channel_consts(t: torch.Tensor, axis: int = 1) -> torch.Tensor:
@@ -203,7 +236,7 @@ def _channel_consts(t: torch.Tensor, axis: int = 1) -> torch.Tensor:
         return torch.full((c,), float("nan"))      # is a channel with no values (a part of the batch one sample lacks)
     flat = t.movedim(axis, 0).reshape(c, -1)
     first = flat[:, 0]
-    ok = torch.isfinite(first) & torch.isclose(flat, first[:, None], rtol=_same_rtol(t.dtype), atol=0).all(1)
+    ok = torch.isfinite(first) & torch.isclose(flat, first[:, None], rtol=_SAME_RTOL, atol=0).all(1)
     return torch.where(ok, first, torch.full_like(first, float("nan")))
 
 
@@ -371,9 +404,10 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     gm.eval()
     _functional_layers(gm, src)
     x = example_input[:1] if isinstance(example_input, torch.Tensor) else example_input
+    weights = _float32_weights(gm)
     with torch.no_grad():
         try:
-            probe_env = _Probe(gm).values(x)
+            probe_env = _probe(gm, x, weights)
             # a part of the batch one sample lacks (x.split([1, n - 1])) would hold no values to judge
             few = any(isinstance(v, torch.Tensor) and v.numel() == 0 for v in probe_env.values())
         except Exception:  # noqa: BLE001 - one sample is too few (the model splits its batch): the whole example
@@ -382,8 +416,9 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
             few = True
         if few and x is not example_input:
             x = example_input
-            probe_env = _Probe(gm).values(x)
-        wider_env = _probe_wider(gm, x)
+            probe_env = _probe(gm, x, weights)
+        wider_env = _probe_wider(gm, x, weights)
+    del weights
     plan = _plan(gm, probe_env, int(align), wider_env)
     before = sum(t.numel() for t in gm.parameters())
     _rewrite(gm, plan, probe_env)
@@ -466,7 +501,7 @@ def _stateful(module) -> bool:
     return module is not None and (any(True for _ in module.parameters()) or any(True for _ in module.buffers()))
 
 
-def _probe_wider(gm: fx.GraphModule, x):
+def _probe_wider(gm: fx.GraphModule, x, weights=None):
     """The probe's values on an input twice as large in every spatial dimension, or None when the
     model takes no such input. A channel is constant only if it is uniform on both: on a small map
     (a 1x1 one, say) a channel whose value depends on the position (a padded pool of a constant)
@@ -477,7 +512,7 @@ def _probe_wider(gm: fx.GraphModule, x):
     wide = tuple(t.new_zeros(*t.shape[:2], *(2 * s for s in t.shape[2:]))
                  if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 3 else t for t in xs)
     try:
-        return _Probe(gm).values(wide)
+        return _probe(gm, wide, weights)
     except Exception:  # the model fixes its input size: the example's is the only one it takes
         return None
 
@@ -551,7 +586,7 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
         if wider_env is not None:  # constant at both input sizes, with the same value (to float rounding)
             w = wider_env.get(n)
             ok = isinstance(w, torch.Tensor) and w.dim() == env[n].dim() and w.shape[items.axis[n]] == c.numel()
-            same = ok and torch.isclose(_channel_consts(w, items.axis[n]).double(), c, rtol=_same_rtol(env[n].dtype), atol=0)
+            same = ok and torch.isclose(_channel_consts(w, items.axis[n]).double(), c, rtol=_SAME_RTOL, atol=0)
             c = torch.where(same, c, float("nan")) if ok else c * float("nan")
         consts[off: off + items.count[n]] = c
     # items read by weighted layers: removable only if constant or unused by every reader

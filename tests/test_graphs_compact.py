@@ -1331,3 +1331,53 @@ def test_a_linear_emptied_of_every_unit_or_input_is_built_without_a_warning():
     fc1, fc2 = small.get_submodule("0"), small.get_submodule("2")
     assert (fc1.in_features, fc1.out_features, fc2.in_features, fc2.out_features) == (6, 0, 0, 3)
     assert_same_outputs(small, m, ref, x, torch.randn(5, 6))
+
+
+class CastsToBfloat16(PooledConstants):
+    """PooledConstants in float32 up to the pool, which casts to bfloat16 for fc itself: a float32 copy of
+    the model does not run (fc's weight in float32, its input bfloat16)."""
+
+    def forward(self, x):
+        h = F.avg_pool2d(F.relu(self.bn(self.a(x))), 3, stride=1, padding=1)
+        return self.fc(h.mean((2, 3)).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype, size", [(torch.bfloat16, 24), (torch.float16, 192)])
+@pytest.mark.parametrize("pool, removed", [("adaptive", 7), ("padded", 0)])
+def test_a_half_precision_model_is_probed_in_float32(dtype, size, pool, removed):
+    """In the model's own float16 or bfloat16, probe values 4 of its ulps apart passed as one constant: the mean
+    of a zero-padded pool (2/(3n) lower at a map n wide than at 2n) was folded at the example's size and the
+    compact model was some 10% off on smaller inputs. The probe now computes in float32 and keeps those units;
+    true constants still go."""
+    torch.manual_seed(0)
+    m = PooledConstants(pool).eval().to(dtype)
+    conn = adaptive.Connectome(m)
+    mask = conn.masks["a.weight"].clone()
+    mask[1:] = False
+    conn.set_masks({"a.weight": mask})
+    x = torch.randn(2, 3, size, size, dtype=dtype)
+    masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x, atol=2e-2, rtol=2e-2)
+    assert small.compaction["removed"]["a"] == removed
+    assert next(small.parameters()).dtype == dtype
+    with torch.no_grad():
+        for s in (6, 12):
+            other = torch.randn(3, 3, s, s, dtype=dtype)
+            assert torch.allclose(small(other).float(), m(other).float(), atol=2e-2, rtol=2e-2)
+
+
+def test_a_model_that_casts_to_a_half_dtype_itself_is_probed_in_its_own_dtypes():
+    """The float32 copy of a model that casts to bfloat16 in its forward does not run: the probe falls back to
+    the model's own dtypes, which judge the padded pool's mean as before (it stays) and compact the rest."""
+    torch.manual_seed(0)
+    m = CastsToBfloat16("padded").eval()
+    m.fc.to(torch.bfloat16)
+    conn = adaptive.Connectome(m)
+    mask = conn.masks["a.weight"].clone()
+    mask[1:] = False
+    conn.set_masks({"a.weight": mask})
+    x = torch.randn(2, 3, 8, 8)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x, atol=2e-2, rtol=2e-2)
+    assert small.compaction["removed"]["a"] == 0
+    assert torch.allclose(small(x).float(), ref.float())
