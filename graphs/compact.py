@@ -56,6 +56,16 @@ per-channel tensor, LayerNorm's statistics, attention) keeps all its channels. I
 with ``None`` where the channels end on axis 1 or the last (a squeeze-excitation gate
 ``s[:, :, None, None]``, a token mean ``h.mean(1)[:, None]``).
 
+Shape reads. fx traces ``x.shape``, ``x.size(3)``, ``b, c, h, w = x.shape`` and arithmetic on them as nodes, which
+the compacted GraphModule recomputes from the tensors it then holds (:mod:`graphs.shape_reads`). A value that holds no
+channel count (the batch, the map, ``x.shape[:-1]`` of a sequence: ``F.avg_pool2d(out, out.size()[3])``,
+``out.view(out.size(0), -1)``) keeps nothing. A channel count is followed where compact rewrites its use: as the
+channel entry of a view, reshape or expand that keeps the channels apart (``x.reshape(b, c, h * w)``,
+``s.view(b, c, 1, 1)`` of a gate whose count is read from another tensor, whose channels then go with the gate's),
+or in the sizes of a split along the channels (``h.split([2, h.shape[1] - 2], 1)``, rewritten with the kept counts).
+Used otherwise (compared in ``torch._assert``, multiplied into a flattened size, an amount of channel padding) it
+keeps every channel it counts.
+
 Sizes. A sum over tokens or pixels of a constant unit is that constant times the input's size, so
 it is not a constant of the model: such units stay unless no reader uses them.
 
@@ -84,7 +94,7 @@ from adaptive.counts import whole_number
 from adaptive.discovery import copy_model
 from adaptive.warn import warn_user
 
-from . import ops
+from . import ops, shape_reads
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _BN = nn.modules.batchnorm._BatchNorm
@@ -254,6 +264,10 @@ class _Items:
         # a split whose parts can be followed -> (its tensor, the split axis, the parts' sizes along it when
         # that is the channel axis, else None: every part holds every channel)
         self.splits: Dict[fx.Node, tuple] = {}
+        self.shapes: Dict[fx.Node, object] = {}  # shape reads and numbers computed from them: shape_reads.value
+        # the shape values a node uses in a way compact rewrites or follows (a view's channel entry): the channels
+        # they count may shrink; any other use of a channel count keeps the channels it counts
+        self.counted: Dict[fx.Node, set] = {}
 
     def add(self, node, c, axis=1):
         self.offset[node], self.count[node], self.axis[node] = self.n, c, axis
@@ -311,8 +325,21 @@ def _flatten_like(node, module, x, out) -> bool:
         rest = node.args[1:] if t in ("view", "reshape") else node.args[1]
         if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
             rest = rest[0]
-        return len(rest) == 2 and rest[1] == -1
+        return isinstance(rest, (tuple, list)) and len(rest) == 2 and _whole(rest[1]) and rest[1] == -1
     return False
+
+
+def _keeps_channels(node, module, x, out) -> bool:
+    """Does ``node`` reshape [N, C, *S] into [N, C, *S'] (``x.reshape(b, c, h * w)``, ``x.flatten(2)``,
+    ``s.view(b, c, 1, 1)``)? Each sample's channel ``c`` keeps its values in channel ``c``."""
+    if x.dim() < 2 or out.dim() < 2 or out.shape[:2] != x.shape[:2]:
+        return False
+    if isinstance(module, nn.Flatten):
+        return module.start_dim % x.dim() >= 2
+    if node.target is torch.flatten or node.target == "flatten":
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        return _whole(start) and start % x.dim() >= 2
+    return _reshape(node)
 
 
 def _expand_ellipsis(idx, ndim):
@@ -545,6 +572,10 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
             for a in args:
                 items.pin(a)
             continue
+        shape = shape_reads.value(n, env, items.axis, items.shapes)
+        if shape is not None:  # reading a shape leaves the tensor's channels free: where the value goes decides
+            items.shapes[n] = shape
+            continue
         if _stateful(module) and (calls[n.target] > 1 or n.target in tied):  # one set of parameters cannot be sliced two ways
             cat = "pinned"
         if isinstance(module, ops.TRANSPOSED_MODULES):  # not a synapse layer: its channels stay, like an unknown op's
@@ -575,6 +606,12 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
         items.pin(n)
         for a in args:
             items.pin(a)
+    for n in gm.graph.nodes:  # a channel count used where compact cannot follow it: the channels it counts stay
+        if n not in items.shapes:
+            for a in n.all_input_nodes:
+                if a in items.shapes and a not in items.counted.get(n, ()):
+                    for x in shape_reads.counts(items.shapes[a]):
+                        items.pin(x)
 
     label = items.classes()
     bad = torch.zeros(items.n, dtype=torch.bool)
@@ -681,9 +718,56 @@ def _reshape_sizes(n):
             return list(rest[0]), lambda sz: (n.args[0], tuple(sz))
         return rest, lambda sz: (n.args[0], *sz)
     shape = n.args[1] if len(n.args) > 1 else n.kwargs.get("shape")
+    if isinstance(shape, fx.Node) and not n.kwargs:  # torch.reshape(x, y.shape): one size value
+        return [shape], lambda sz: (n.args[0], *sz)
     if not isinstance(shape, (tuple, list)) or n.kwargs:
         return None
     return list(shape), lambda sz: (n.args[0], tuple(sz))
+
+
+def _reshape_entries(n, shapes) -> Optional[list]:
+    """A view/reshape's sizes, one per output axis, as ``(size, index)``: ``size`` an int or a
+    :class:`shape_reads.Dim`, ``index`` its place among the sizes written in (None for one taken from a size
+    value, ``x.view(y.shape)``, which a rewrite cannot change); None when they are not all so."""
+    got = _reshape_sizes(n)
+    if got is None:
+        return None
+    entries = []
+    for i, size in enumerate(got[0]):
+        value = shapes.get(size) if isinstance(size, fx.Node) else size
+        if isinstance(value, tuple):
+            entries.extend((v, None) for v in value)
+        elif _whole(value) or isinstance(value, shape_reads.Dim):
+            entries.append((value, i if _whole(size) else None))
+        else:
+            return None
+    return entries if all(_whole(v) or isinstance(v, shape_reads.Dim) for v, _ in entries) else None
+
+
+def _channel_entry(n, pos, x, env, items) -> bool:
+    """Can the view/reshape ``n`` of ``x``, which keeps x's channels on its output axis ``pos``, follow them as
+    they shrink? Its size there must be -1, a number written in (rewritten to the kept count), or a channel count
+    read at run time: ``x``'s own, or another tensor's, whose channels are then linked to x's (kept or removed
+    channel for channel, they keep the same count). The shape values it reads are then counted, unless another
+    of its sizes holds a channel count."""
+    entries = _reshape_entries(n, items.shapes)
+    out = env[n]
+    if entries is None or len(entries) != out.dim():
+        return False
+    size, index = entries[pos]
+    if isinstance(size, shape_reads.Dim):
+        z = size.count_of
+        if z is None or env[z].shape[items.axis[z]] != out.shape[pos]:
+            return False
+        if z is not x:
+            items.link(items.ids(z), items.ids(x))
+    elif size != -1:
+        if index is None or size != out.shape[pos]:
+            return False
+        n.meta["graphs_reshape_channels"] = index
+    if not any(shape_reads.counts(e) for k, (e, _) in enumerate(entries) if k != pos):
+        items.counted[n] = {a for a in n.all_input_nodes if a in items.shapes}
+    return True
 
 
 def _channels_last_like(a, env, items) -> bool:
@@ -747,7 +831,13 @@ def _split(n, env, items) -> bool:
     sizes = [p.shape[d] for p in parts]
     if sum(sizes) != v.shape[d]:  # tensor_split with indices out of order: overlapping parts
         return False
+    given = [a for a in n.all_input_nodes if a is not x]  # sizes computed from shapes: h.split([2, h.shape[1] - 2], 1)
+    if any(a not in items.shapes or shape_reads.varies(items.shapes[a]) for a in given):
+        return False  # they change with the input's size: the sizes compact writes in would hold at one size only
     items.splits[n] = (x, d, sizes)
+    items.counted[n] = set(given)  # replaced by the kept counts, even where every channel stays
+    if any(shape_reads.counts(items.shapes[a]) for a in given):
+        n.meta["graphs_split_counted"] = True
     return True
 
 
@@ -840,16 +930,15 @@ def _link(n, cat, module, args, env, items) -> bool:
     if x is None:
         return False
     if t == "contiguous" or (_reshape(n) and _channels_last_like(args[0], env, items) and ax == out.dim() - 1):
-        if env[args[0]].shape[items.axis[args[0]]] != out.shape[ax]:
+        if env[args[0]].shape[items.axis[args[0]]] != out.shape[ax] or (
+                t != "contiguous" and not _channel_entry(n, ax, args[0], env, items)):
             return False
-        if t != "contiguous":  # the channel count must be -1 or a number written in, which shrinks with them
-            sizes = _reshape_sizes(n)
-            if sizes is None or not sizes[0] or not (sizes[0][-1] == -1 or (
-                    isinstance(sizes[0][-1], int) and not isinstance(sizes[0][-1], bool) and sizes[0][-1] == out.shape[ax])):
-                return False
-            if sizes[0][-1] != -1:
-                n.meta["graphs_reshape_channels"] = True
         items.link(items.ids(args[0]), items.ids(n))
+        return True
+    if t in ("expand", "expand_as") and all(same_layout(a) for a in args) and out.dim() == x.dim() and (
+            t == "expand_as" or _channel_entry(n, ax, args[0], env, items)):  # a gate spread over the map
+        for a in args:  # expand_as(h): h's count is the output's, so h's channels go with them too
+            items.link(items.ids(a), items.ids(n))
         return True
     if t is operator.getitem and isinstance(x, torch.Tensor):
         xa = items.axis[args[0]]
@@ -863,6 +952,9 @@ def _link(n, cat, module, args, env, items) -> bool:
         hw = out.shape[1] // x.shape[1]
         items.link(items.ids(args[0]).repeat_interleave(hw), items.ids(n))
         return True
+    if _keeps_channels(n, module, x, out) and (not _reshape(n) or _channel_entry(n, 1, args[0], env, items)):
+        items.link(items.ids(args[0]), items.ids(n))
+        return True
     if t is F.pad:
         pad = n.args[1] if len(n.args) > 1 else n.kwargs.get("pad")
         mode = n.kwargs.get("mode", n.args[2] if len(n.args) > 2 else "constant")
@@ -871,8 +963,8 @@ def _link(n, cat, module, args, env, items) -> bool:
             return False
         pad = list(pad)
         nsp = 2 * (x.dim() - 2)
-        if len(pad) > nsp + 2:
-            return False
+        if len(pad) > nsp + 2 or not all(_whole(p) for p in pad[nsp:]):
+            return False  # channels padded by a computed amount: compact writes the amounts it keeps in
         left = pad[nsp] if len(pad) > nsp else 0
         items.link(items.ids(args[0]), items.offset[n] + left + torch.arange(x.shape[1]))
         n.meta["graphs_channel_pad"] = (tuple(pad[:nsp]), left, x.shape[1])
@@ -916,11 +1008,11 @@ def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
                 k = keep(n)
                 if not bool(k.all()):
                     replace(n.target, _shrink_bn(m, k))
-        elif n.meta.get("graphs_reshape_channels"):
-            k = int(keep(n).sum())
+        elif "graphs_reshape_channels" in n.meta:  # the channel count written into a view
+            k, at = int(keep(n).sum()), n.meta["graphs_reshape_channels"]
             sizes, where = _reshape_sizes(n)
-            if k != sizes[-1]:
-                n.args = where(sizes[:-1] + [k])
+            if k != sizes[at]:
+                n.args = where(sizes[:at] + [k] + sizes[at + 1:])
         elif n.op == "call_function" and "graphs_channel_pad" in n.meta:
             spatial, left, cin = n.meta["graphs_channel_pad"]
             ko, ki = keep(n), keep(n.args[0])
@@ -940,7 +1032,7 @@ def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
             n.kwargs = {}
     for n, (x, d, sizes) in items.splits.items():  # a split along the channel axis takes each part's kept count
         k = keep(x)
-        if sizes is None or bool(k.all()):
+        if sizes is None or (bool(k.all()) and not n.meta.get("graphs_split_counted")):
             continue
         kept = [int(part.sum()) for part in k.split(sizes)]
         with gm.graph.inserting_before(n):

@@ -1381,3 +1381,235 @@ def test_a_model_that_casts_to_a_half_dtype_itself_is_probed_in_its_own_dtypes()
     small = graphs.compact(m, conn, x, atol=2e-2, rtol=2e-2)
     assert small.compaction["removed"]["a"] == 0
     assert torch.allclose(small(x).float(), ref.float())
+
+
+class _Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class _AkamasterBlock(nn.Module):
+    """akamaster/pytorch_resnet_cifar10's BasicBlock: option-A shortcut as a lambda."""
+
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = _Lambda(lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4),
+                                                    "constant", 0))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class _AkamasterResNet(nn.Module):
+    """akamaster's CIFAR ResNet, small: its pooling and flattening read the shape of the last stage's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.layer1 = nn.Sequential(_AkamasterBlock(4, 4))
+        self.layer2 = nn.Sequential(_AkamasterBlock(4, 8, 2), _AkamasterBlock(8, 8))
+        self.linear = nn.Linear(8, 3)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer2(self.layer1(out))
+        out = F.avg_pool2d(out, out.size()[3])
+        out = out.view(out.size(0), -1)
+        return self.linear(out)
+
+
+def test_akamaster_resnet_reading_its_shapes_compacts_the_last_stage():
+    """``F.avg_pool2d(out, out.size()[3])`` and ``out.view(out.size(0), -1)`` read the last stage's shape: every
+    channel of its stream was kept. Its stream channels 0 and 7 (zero-padded in the shortcut, constant in both
+    blocks' residual branches) now go, with a hidden unit of each block."""
+    torch.manual_seed(0)
+    m = randomize_bn(_AkamasterResNet())
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    for block in ("layer2.0", "layer2.1"):
+        masks[f"{block}.conv2.weight"][[0, 7]] = False
+        masks[f"{block}.conv1.weight"][3] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 8, 8)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == {"conv1": 0, "layer1.0.conv1": 0, "layer1.0.conv2": 0, "layer2.0.conv1": 1,
+                                           "layer2.0.conv2": 2, "layer2.1.conv1": 1, "layer2.1.conv2": 2, "linear": 0}
+    assert small.get_submodule("linear").in_features == 6
+    assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 16, 16))
+
+
+class _ShapeReads(nn.Module):
+    """conv's six channels reach fc through a global mean written with the shape read out; ``how`` says how."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.fa, self.fb = nn.Conv2d(2, 3, 1), nn.Conv2d(4, 3, 1)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.conv(x))
+        b, c, hh, ww = h.shape
+        if self.how == "reshape":
+            h = h.reshape(b, c, hh * ww)
+        elif self.how == "reshape_kept_axes":
+            h = h.reshape(h.shape[0], h.shape[1], -1)
+        elif self.how == "view_written":
+            h = h.view(b, 6, hh * ww)
+        elif self.how == "flatten2":
+            h = h.flatten(2)
+        elif self.how == "split":  # split sizes computed from the count: rewritten with the kept counts
+            a, s = h.split([2, h.shape[1] - 2], 1)
+            h = torch.cat([self.fa(a), self.fb(s)], 1).flatten(2)
+        elif self.how == "assert":  # the count compared: the channels stay
+            torch._assert(c == 6, "six channels")
+            h = h.reshape(b, c, -1)
+        elif self.how == "arithmetic":  # the count multiplied into a view: the channels stay
+            h = h.reshape(b, c * hh * ww).view(b, 6, -1)
+        return self.fc(h.mean(-1))
+
+
+@pytest.mark.parametrize("how, removed", [
+    ("reshape", 2), ("reshape_kept_axes", 2), ("view_written", 2), ("flatten2", 2), ("split", 2),
+    ("assert", 0), ("arithmetic", 0)])
+def test_shape_reads_keep_channels_only_where_their_count_is_used_otherwise(how, removed):
+    """``b, c, h, w = x.shape; x.reshape(b, c, h * w).mean(-1)``: the reads kept every channel of x. Reads of the
+    batch or the map hold no channel count; the count itself may go into a view's channel entry or a split along
+    the channels, which compact rewrites; used otherwise (compared, multiplied) it keeps x's channels."""
+    torch.manual_seed(0)
+    m = _ShapeReads(how)
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["conv.weight"][1] = False  # constant: folded into fc's bias (or fa's)
+    if how == "split":
+        masks["fb.weight"][:, 3] = False  # conv's channel 5 has no live output
+    else:
+        masks["fc.weight"][:, 5] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 5, 5)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"]["conv"] == removed
+    if how == "split":
+        assert split_sizes(small) == [[1, 3]]
+    if how == "view_written":
+        assert [n.args for n in small.graph.nodes if n.target == "view"][0][2] == 4
+    assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 9, 7))
+
+
+class _SequenceReads(nn.Module):
+    """A token MLP whose hidden units pass views written with the sequence's shape read out."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 4)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        n, t = h.shape[0], h.shape[1]
+        flat = h.view(-1, h.shape[-1])  # [N*T, C]: the channel count read back
+        h = self.fc2(flat).view(n, t, -1) + x.new_zeros(x.shape[:-1] + (1,))
+        return h.reshape(h.shape[0], h.shape[1], -1)
+
+
+def test_sequence_shape_reads_of_tokens_or_the_channel_count_of_a_view():
+    """``shape[0]``, ``shape[1]`` and ``shape[:-1]`` of an ``[N, T, C]`` sequence hold no channel count; the count
+    read into ``h.view(-1, h.shape[-1])`` is the viewed tensor's own, which shrinks with it."""
+    torch.manual_seed(0)
+    m = _SequenceReads()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["fc2.weight"][:, [1, 4]] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 5, 4)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == {"fc1": 2, "fc2": 0}
+    assert_same_outputs(small, m, ref, x, torch.randn(3, 7, 4))
+
+
+class _SizedSqueezeExcite(nn.Module):
+    """The squeeze-excitation block as usually written: ``b, c, _, _ = x.size()``, then views to [b, c] and
+    [b, c, 1, 1] that name the input's channel count, and the gate spread over the map (``how``)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 8), nn.Sigmoid())
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = F.relu(self.conv1(x))
+        b, c, hh, ww = h.size()
+        y = self.fc(self.pool(h).view(b, c)).view(b, c, 1, 1)
+        if self.how == "expand_as":
+            y = y.expand_as(h)
+        elif self.how == "expand":
+            y = y.expand(b, c, hh, ww)
+        elif self.how == "expand_written":
+            y = y.expand(-1, 8, hh, -1)
+        return self.conv2(h * y)
+
+
+@pytest.mark.parametrize("how", ["broadcast", "expand_as", "expand", "expand_written"])
+def test_squeeze_excite_views_naming_the_channel_count(how):
+    """The gate's view to [b, c, 1, 1] reads conv1's count into another tensor (fc's output): the two are then
+    kept or removed channel for channel, so the count read at run time fits both. Expanded over the map (its
+    count read, -1 or written in) the gate keeps its channels apart."""
+    torch.manual_seed(0)
+    m = _SizedSqueezeExcite(how)
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["conv2.weight"][:, [1, 6]] = False  # conv1's units 1 and 6 reach only the gate and the product
+    masks["fc.0.weight"][:, [1, 6]] = False  # the gate reads them nowhere
+    masks["fc.2.weight"][[1, 6]] = False  # and its own 1 and 6 are constant
+    masks["fc.0.weight"][2] = False  # a hidden unit of the gate with no live input
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 6, 6)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == {"conv1": 2, "fc.0": 1, "fc.2": 2, "conv2": 0}
+    assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 10, 10))
+
+
+class _CountedPad(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.out = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.out(F.pad(h, (0, 0, 0, 0, h.shape[1] // 2, h.shape[1] // 2)))
+
+
+def test_channel_padding_by_a_computed_amount_keeps_the_channels_it_counts():
+    """``F.pad`` over the channels by ``h.shape[1] // 2`` failed ('unsupported operand type(s) for +: 'int' and
+    'Node''); the padded channels stay as they are, and so do h's, whose count sets the amount."""
+    torch.manual_seed(0)
+    m = _CountedPad()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["out.weight"][:, 3] = False  # h's channel 1 has no live output
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 5, 5)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == {"conv": 0, "out": 0}
+    assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 7, 7))
