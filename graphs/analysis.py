@@ -40,7 +40,10 @@ def signal_depth(g):
     """(longest, shortest) number of weighted layers on a live path from an input to each node;
     -1 where no such path exists. Inputs have depth 0; units add 1, junctions and outputs 0. A
     recurrent layer's state nodes count as inputs of depth 0 (one time step) once the unit whose
-    value they hold at the next step is reached from a real input, or when their initial state is."""
+    value they hold at the next step is reached from a real input, or when their initial state is. An
+    embedding's columns (op ``lookup``) are inputs of depth 0: the table has no units or synapses and
+    sums nothing (each value is one entry picked by one token), so its lookup counts no layer; a learned
+    positional table, which reads no input, is a source of depth 0 too."""
     n = g.num_nodes
     kind = g.node_attrs["kind"]
     w = (kind == UNIT).long()

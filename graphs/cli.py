@@ -396,9 +396,8 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, InputGuessError):  # the options that give the input, not the API's example_input=
         tried = " ".join(e.tried.split())
         if len(e.inputs) > 1:  # --in-shape / --in-dtype shape one input: no option gives a second
-            xs = ", ".join(e.inputs)
             return (f"{e.what}: the command line gives a model one input only (--in-shape, --in-dtype); from Python, "
-                    f"pass example_input=({xs}), a tensor each, batch first, to graphs.build (then graphs.write) "
+                    f"pass example_input={e.example(', batch first')}, to graphs.build (then graphs.write) "
                     "or graphs.compact")
         return (f"{e.what}: give the input with --in-shape (without the batch: 16 for 16 tokens, 3,32,32 for an "
                 f"image) and --in-dtype (long for token indices, float otherwise)" + (f"; tried {tried}" if tried else ""))

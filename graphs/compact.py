@@ -1130,6 +1130,8 @@ class CompactionMismatchError(RuntimeError):
 
 @torch.no_grad()
 def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
+    from .trace import _call_with_inputs
+
     def other(t):  # a second input: random floats, or the ids (tokens) shuffled
         if not isinstance(t, torch.Tensor):
             return t
@@ -1147,12 +1149,12 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
         args = tuple(xi) if isinstance(xi, (tuple, list)) else (xi,)  # several inputs: one argument each
         if i == 2:
             try:
-                ra = ref(*args)
+                ra = _call_with_inputs(ref, args)
             except Exception:  # the model fixes its batch size: nothing to compare
                 continue
             rb = gm(*args)
-        else:
-            ra, rb = ref(*args), gm(*args)  # a tensor, or a dict / tuple of them
+        else:  # the model takes a keyword-only input by name; gm, as fx wrote it, in its place
+            ra, rb = _call_with_inputs(ref, args), gm(*args)  # a tensor, or a dict / tuple of them
         pairs = [(a, b) for a, b in zip(_tensor_leaves(ra), _tensor_leaves(rb))]
         diff = max(float((a - b).abs().max()) for a, b in pairs) if pairs else 0.0
         worst = max(worst, diff)

@@ -136,12 +136,20 @@ class InputError(ValueError):
 class InputGuessError(ValueError):
     """No example input could be guessed for a model (none of the guesses ran): pass one. ``what`` says
     which model and why, ``tried`` what each guess raised (empty where there was nothing to guess from),
-    ``inputs`` the names of the inputs its forward takes where it takes more than one (never guessed)."""
+    ``inputs`` the names of the inputs its forward takes where it takes more than one (never guessed),
+    ``keyword`` those of them that are keyword-only (given in the tuple too, after the positional ones)."""
 
-    def __init__(self, what: str, tried: str = "", inputs: Sequence[str] = ()):
-        self.what, self.tried, self.inputs = what, tried, tuple(inputs)
-        example = f"({', '.join(self.inputs)}), a tensor each" if len(self.inputs) > 1 else "tensor"
-        super().__init__(f"{what}{f' ({tried})' if tried else ''}: pass example_input={example}")
+    def __init__(self, what: str, tried: str = "", inputs: Sequence[str] = (), keyword: Sequence[str] = ()):
+        self.what, self.tried, self.inputs, self.keyword = what, tried, tuple(inputs), tuple(keyword)
+        super().__init__(f"{what}{f' ({tried})' if tried else ''}: pass example_input={self.example()}")
+
+    def example(self, batch: str = "") -> str:
+        """What to pass as ``example_input`` (``batch``: words said of each tensor)."""
+        if len(self.inputs) < 2:
+            return "tensor"
+        them = "it" if len(self.keyword) == 1 else "them"
+        last = f" ({', '.join(self.keyword)}: keyword-only, last; graphs passes {them} by name)" if self.keyword else ""
+        return f"({', '.join(self.inputs)}), a tensor each{batch}{last}"
 
 
 class _Book:
@@ -1046,18 +1054,29 @@ def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch
     floating-point parameter; and token indices (torch.long, each below the smallest ``nn.Embedding``
     / ``nn.EmbeddingBag``'s ``num_embeddings``, so in range for every table) shaped ``in_shape``, else
     ``(batch, 16)`` and ``(batch, n)`` for every smaller table size ``n`` (a positional table caps the
-    sequence). The token guesses come first where the model's first layer (in registration order) is
-    an embedding, after the float ones where a later one is, and not at all without one.
-    ``tokens=True`` keeps the token guesses only, ``False`` the float ones only. A model whose forward
-    takes several inputs (no default) is refused: nothing says what each of them is."""
-    names = _forward_inputs(model)
+    sequence). The token guesses come first where the model's first layer is an embedding, after the
+    float ones where a later one is, and not at all without one. The first layer is the first one the
+    forward uses, in the order of its fx trace (symbolic: no input needed), so that a head registered
+    before the stem is not taken for the layer reading the input; registration order where fx cannot
+    trace the model. ``tokens=True`` keeps the token guesses only, ``False`` the float ones only. A
+    model whose forward takes several inputs (no default; keyword-only ones too) is refused: nothing
+    says what each of them is."""
+    return _example_inputs(model, tokens, batch)
+
+
+def _example_inputs(model: nn.Module, tokens: Optional[bool], batch: int,
+                    gm: Optional[fx.GraphModule] = None) -> List[torch.Tensor]:
+    """:func:`default_example_input`, with the model's fx graph where the caller traced it already."""
+    names, keyword = _forward_inputs(model), _keyword_inputs(model)
     if len(names) > 1:
         raise InputGuessError(f"{type(model).__name__}.forward takes {len(names)} inputs ({', '.join(names)}) and "
-                              "graphs guesses a single one", inputs=names)
-    layers = [m for m in model.modules() if isinstance(m, _FEATURE_LAYERS + ops.LOOKUP_MODULES)]
+                              f"graphs guesses a single one ({', '.join(names[1:])}: no guess)", inputs=names,
+                              keyword=keyword)
+    layers = _in_call_order(model, [m for m in model.modules() if isinstance(m, _FEATURE_LAYERS + ops.LOOKUP_MODULES)],
+                            gm)
     tables = [m for m in layers if isinstance(m, ops.LOOKUP_MODULES)]
-    w = next((m.weight_ih_l0 if isinstance(m, nn.RNNBase) else m.weight for m in layers
-              if isinstance(m, _FEATURE_LAYERS)), None)
+    first = next((m for m in layers if isinstance(m, _FEATURE_LAYERS)), None)
+    w = None if first is None else first.weight_ih_l0 if isinstance(first, nn.RNNBase) else first.weight
     p = w if isinstance(w, torch.Tensor) and w.is_floating_point() else next(
         (q for q in model.parameters() if q.is_floating_point()), None)
     dev = p.device if p is not None else torch.device("cpu")
@@ -1072,8 +1091,8 @@ def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch
     if tokens:
         return ids
     floats = []
-    if shape is not None or w is not None:
-        floats = [x.to(dev, p.dtype if p is not None else None) for x in _default_inputs(model, shape, batch)]
+    if shape is not None or first is not None:
+        floats = [x.to(dev, p.dtype if p is not None else None) for x in _default_inputs(first, shape, batch)]
     elif tokens is False or not tables:  # tables: float features asked of a model of embeddings only
         raise InputGuessError(f"{type(model).__name__} has no " + ("Linear, Conv or recurrent layer to shape float "
                                                                  "features from" if tables else "Linear, Conv, "
@@ -1081,6 +1100,33 @@ def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch
     if tokens is False:
         return floats
     return ids + floats if tables and isinstance(layers[0], ops.LOOKUP_MODULES) else floats + ids
+
+
+def _in_call_order(model: nn.Module, layers: List[nn.Module], gm: Optional[fx.GraphModule] = None) -> List[nn.Module]:
+    """``layers`` (in registration order) in the order ``model``'s forward first uses them: as a module it
+    calls, or through a weight it reads (``F.linear(x, self.fc.weight)``, a Linear subclass fx traces
+    into), in its fx graph (``gm``, else a symbolic trace: no input needed); those it never uses keep
+    their place after the others. Registration order where fx cannot trace the model."""
+    if len(layers) < 2 or _wrap_root(model):  # a torch module traced whole: itself is its first layer
+        return layers
+    if gm is None:
+        try:
+            with _unchanged(model), warnings.catch_warnings():  # a forward may store a proxy on the model
+                warnings.simplefilter("ignore")
+                gm = symbolic_trace(model, concrete_args=_unsupplied_defaults(model, 1))
+        except Exception:  # noqa: BLE001 - fx raises many types: registration order
+            return layers
+    owners = {id(m): i for i, m in enumerate(layers)}
+    first = {}
+    for n in gm.graph.nodes:
+        if n.op in ("call_module", "get_attr"):
+            path = n.target if n.op == "call_module" else n.target.rpartition(".")[0]
+            try:
+                m = model.get_submodule(path)
+            except AttributeError:
+                continue
+            first.setdefault(id(m), len(first))
+    return sorted(layers, key=lambda m: (first.get(id(m), len(first)), owners[id(m)]))
 
 
 def runnable_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1) -> torch.Tensor:
@@ -1101,18 +1147,44 @@ def runnable_example_input(model: nn.Module, tokens: Optional[bool] = None, batc
     raise InputGuessError(f"could not guess an input for {type(model).__name__}", "; ".join(errors)[:400])
 
 
-def _forward_inputs(model: nn.Module) -> List[str]:
-    """The names of the inputs ``model.forward`` needs (its positional parameters without a default);
-    a MultiheadAttention's query alone, as a guessed input is traced as self-attention."""
+def _forward_params(model: nn.Module) -> list:
+    """The parameters of ``model.forward`` (none where its signature cannot be read)."""
     import inspect
 
-    if isinstance(model, nn.MultiheadAttention):
-        return ["query"]
     try:
-        params = inspect.signature(model.forward).parameters.values()
+        return list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
         return []
-    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+
+
+def _forward_inputs(model: nn.Module) -> List[str]:
+    """The names of the inputs ``model.forward`` needs (its parameters without a default: the positional
+    ones, then the keyword-only ones, the order in which fx makes them the traced graph's placeholders);
+    a MultiheadAttention's query alone, as a guessed input is traced as self-attention."""
+    if isinstance(model, nn.MultiheadAttention):
+        return ["query"]
+    params = _forward_params(model)
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                  and p.default is p.empty]
+    return positional + _keyword_inputs(model)
+
+
+def _keyword_inputs(model: nn.Module) -> List[str]:
+    """The keyword-only parameters of ``model.forward`` without a default (``forward(self, x, *, mask)``)."""
+    return [p.name for p in _forward_params(model) if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+
+
+def _call_with_inputs(model: nn.Module, args: Sequence[Any]):
+    """``model(*args)`` with the inputs past its positional parameters given by name to its keyword-only
+    ones, in order: an ``example_input=(x, mask)`` for ``forward(self, x, *, mask)`` runs the model as
+    it runs its fx graph (whose placeholders are the positional parameters, then the keyword-only ones)."""
+    params = _forward_params(model)
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return model(*args)
+    npos = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+    keyword = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+    args = tuple(args)
+    return model(*args[:npos], **dict(zip(keyword, args[npos:])))
 
 
 class _unchanged:
@@ -1188,10 +1260,10 @@ def _described(x) -> str:
     return f"{tuple(x.shape)}" + ("" if x.is_floating_point() else f" {str(x.dtype).replace('torch.int64', 'long')}")
 
 
-def _default_inputs(model: nn.Module, shape, batch: int) -> List[torch.Tensor]:
+def _default_inputs(first: Optional[nn.Module], shape, batch: int) -> List[torch.Tensor]:
+    """Float guesses shaped ``shape`` where given, else from what ``first`` (the first feature layer) reads."""
     if shape is not None:
         return [torch.randn(batch, *shape)]
-    first = next(m for m in model.modules() if isinstance(m, _FEATURE_LAYERS))
     if isinstance(first, nn.RNNBase):  # a sequence of TOKENS steps, on the axes the layer reads
         return [torch.randn(*((batch, TOKENS) if first.batch_first else (TOKENS, batch)), first.input_size)]
     if isinstance(first, nn.Linear):
@@ -1283,7 +1355,7 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
             gm = symbolic_trace(model, concrete_args=_unsupplied_defaults(model, nargs))
         except Exception as e:
             return fallback_trace(model, f"torch.fx could not trace {type(model).__name__}{_where(e)}: {type(e).__name__}: {e}")
-    candidates = [example_input] if example_input is not None else default_example_input(model)
+    candidates = [example_input] if example_input is not None else _example_inputs(model, None, 1, None if root else gm)
     errors = []
     for x in candidates:
         xs = tuple(x) if isinstance(x, (tuple, list)) and not isinstance(x, nn.utils.rnn.PackedSequence) else (x,)

@@ -40,7 +40,7 @@ def test_constructed_gradients_give_known_band_medians(tmp_path):
     assert res.ratio() == pytest.approx(rows[0]["median"] / rows[5]["median"])
     # per-weight mean |grad| is exact
     assert torch.allclose(res.per_weight.view(2, 6), x.expand(2, 6))
-    paths = res.plot(tmp_path / "bands.png", svg=True)
+    res.plot(tmp_path / "bands.png", svg=True)
     assert all((tmp_path / p).exists() for p in ["bands.png", "bands.svg"])
 
 
@@ -158,6 +158,31 @@ def test_traced_depths_count_a_transposed_conv_as_a_layer():
     assert traced_depths(UpNet(), "dec", x).tolist() == [3] * 6 + [1] * 4
     res = gradient_by_depth(UpNet(), [(x, torch.tensor([0, 1]))], layer="dec", batches=1)
     assert res.depths == [1, 3] and res.table["weights"] == [12, 18]
+
+
+class EmbedNet(nn.Module):
+    """Token and positional tables, a hidden layer, and a head reading the hidden layer and both tables."""
+
+    def __init__(self, vocab=20, length=8, width=4):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, width), nn.Embedding(length, width)
+        self.hidden, self.head = nn.Linear(width, width), nn.Linear(3 * width, vocab)
+
+    def forward(self, idx):
+        t, p = self.tok(idx), self.pos(torch.arange(idx.shape[1], device=idx.device)).expand(idx.shape[0], -1, -1)
+        return self.head(torch.cat([torch.relu(self.hidden(t + p)), t, p], -1))
+
+
+def test_an_embeddings_lookup_is_at_the_depth_of_the_input_it_looks_up():
+    """Depth counts the layers with units and synapses a signal passed (Linear, Conv, transposed Conv,
+    recurrent and attention projections); an embedding has neither (its columns are input nodes of the
+    graph) and sums nothing: each value is one table entry picked by one token. Its lookup is at depth 0,
+    and a learned positional table, which reads no input, too (a source, not an unreached -1)."""
+    from adaptive.diagnostics.gradient_depth import traced_depths
+
+    idx = torch.randint(0, 20, (2, 8))
+    assert traced_depths(EmbedNet(), "hidden", idx).tolist() == [0] * 4
+    assert traced_depths(EmbedNet(), "head", idx).tolist() == [1] * 4 + [0] * 8
 
 
 @pytest.mark.parametrize("groups", [1, 2])

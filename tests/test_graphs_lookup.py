@@ -263,7 +263,8 @@ def test_a_model_of_two_inputs_is_not_guessed_and_the_error_says_how_to_give_the
     from graphs.cli import main
 
     run, conn = _plugin_run(tmp_path, "lookup_timed_plugin")
-    said = r"Timed.forward takes 2 inputs \(x, t\) and graphs guesses a single one: pass example_input=\(x, t\)"
+    said = (r"Timed.forward takes 2 inputs \(x, t\) and graphs guesses a single one \(t: no guess\): pass "
+            r"example_input=\(x, t\), a tensor each$")
     for guess in (lambda m: graphs.build(model=m), lambda m: graphs.compact(m), runnable_example_input):
         with pytest.raises(InputGuessError, match=said):
             guess(build_model("lookup_timed_plugin"))
@@ -271,7 +272,8 @@ def test_a_model_of_two_inputs_is_not_guessed_and_the_error_says_how_to_give_the
                  ["compact", "--out", str(tmp_path / "small.pt")]):
         assert main([args[0], str(run), *args[1:]]) == 2
         err = capsys.readouterr().err
-        assert err == ("error: Timed.forward takes 2 inputs (x, t) and graphs guesses a single one: the command line "
+        assert err == ("error: Timed.forward takes 2 inputs (x, t) and graphs guesses a single one (t: no guess): the "
+                       "command line "
                        "gives a model one input only (--in-shape, --in-dtype); from Python, pass example_input=(x, t), "
                        "a tensor each, batch first, to graphs.build (then graphs.write) or graphs.compact\n"), err
     xt = (torch.randn(2, 4), torch.rand(2))
@@ -279,6 +281,39 @@ def test_a_model_of_two_inputs_is_not_guessed_and_the_error_says_how_to_give_the
     assert graphs.compact(conn.model, conn, xt).compaction["max_abs_diff"] < 1e-5
     # MultiheadAttention's forward takes query, key and value: a guess is traced as self-attention
     assert graphs.build(model=nn.MultiheadAttention(E, 2)).groups[1].count == E
+
+
+class _KeywordMask(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
+
+    def forward(self, x, *, mask, scale=1.0):
+        return self.b(self.a(x) * mask) * scale
+
+
+def test_a_keyword_only_input_is_named_and_given_last_in_the_tuple():
+    """``forward(self, x, *, mask)`` was guessed one tensor, and the error said "could not guess an input
+    ... pass example_input=tensor", which cannot give mask; compact refused the tuple (x, mask) (it ran
+    the model on both positionally). The error names mask as the input with no guess and keyword-only,
+    the tuple takes it last, and build and compact pass it by name."""
+    from graphs.cli import _one_line
+
+    said = (r"_KeywordMask.forward takes 2 inputs \(x, mask\) and graphs guesses a single one \(mask: no guess\): "
+            r"pass example_input=\(x, mask\), a tensor each \(mask: keyword-only, last; graphs passes it by name\)$")
+    for guess in (lambda m: graphs.build(model=m), lambda m: graphs.compact(m), runnable_example_input):
+        with pytest.raises(InputGuessError, match=said) as e:
+            guess(_KeywordMask())
+    assert "example_input=(x, mask), a tensor each, batch first (mask: keyword-only, last; graphs passes it by name), " \
+        "to graphs.build" in _one_line(e.value)
+    torch.manual_seed(0)
+    m = _KeywordMask()
+    x, mask = torch.randn(2, 4), (torch.rand(2, 3) < 0.5).float()
+    g = graphs.build(model=m, example_input=(x, mask))
+    assert [(gr.name, gr.count) for gr in g.groups if gr.kind == "input"] == [("x", 4), ("mask", 3)]
+    small = graphs.compact(m, example_input=(x, mask))
+    assert small.compaction["max_abs_diff"] == 0.0
+    assert torch.equal(small(x, mask), m(x, mask=mask))
 
 
 def test_a_float_timestep_next_to_other_inputs_is_one_input_node():

@@ -571,6 +571,49 @@ def test_the_guessed_input_of_a_recurrent_first_layer_is_a_sequence_of_its_input
     graphs.compact(conn.model, conn)
 
 
+class _HeadRegisteredFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8, 5)  # registered before the stem, called after it
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.head(self.stem(x).mean((2, 3)))
+
+
+class _TokensCalledFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head, self.rnn, self.emb = nn.Linear(6, 30), nn.GRU(6, 6, batch_first=True), nn.Embedding(30, 6)
+
+    def forward(self, idx):
+        return self.head(self.rnn(self.emb(idx))[0])
+
+
+class _WeightReadFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head, self.rnn = nn.Linear(6, 2), nn.LSTM(4, 6)
+
+    def forward(self, x):  # the LSTM's weight read through F.linear: no call of the module, used first all the same
+        return self.head(self.rnn(F.linear(x, self.rnn.weight_ih_l0[:4]))[0])
+
+
+def test_the_input_is_guessed_from_the_first_layer_the_forward_calls():
+    """The guess read the first layer in registration order: a model that registers its head before its
+    stem was guessed the head's input (floats [1, 8] for a Conv2d stem: "could not guess an input"), a
+    language model whose Linear head comes before its embedding got floats tried first. The guess
+    follows the fx trace's order (a layer whose weight the forward reads counts as used there)."""
+    (x, *_), conn = default_example_input(_HeadRegisteredFirst()), adaptive.Connectome(_HeadRegisteredFirst())
+    assert x.shape == (1, 3, 32, 32)
+    assert graphs.build(conn).live_synapses() == conn.num_live()
+    assert graphs.compact(conn.model, conn).compaction["max_abs_diff"] == 0.0
+    assert [(tuple(x.shape), x.dtype) for x in default_example_input(_TokensCalledFirst())] == [
+        ((1, 16), torch.long), ((1, 16, 6), torch.float32)]  # tokens first; floats for the GRU, not the head
+    (x,) = default_example_input(_WeightReadFirst(), tokens=False)
+    assert x.shape == (16, 1, 4)
+
+
 class _PaddedMean(nn.Module):
     def __init__(self, reduce):
         super().__init__()

@@ -59,8 +59,9 @@ def resolve_call_depths(model: nn.Module, layer: str, depths=None, example=None)
 
 def traced_depths(model: nn.Module, layer: str, example: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Depth of each input unit of ``layer`` from the traced connectome graph (:func:`graphs.build`):
-    the longest number of weighted layers between the model's input and that unit (0 = raw input;
-    -1 for channels fed only by constants, such as zero padding). Raises a ValueError when fx cannot
+    the longest number of weighted layers between the model's input and that unit (0 = raw input, an
+    embedding's lookup included: see :func:`graphs.analysis.signal_depth`; -1 for channels fed only by
+    constants, such as zero padding). Raises a ValueError when fx cannot
     trace the model (the module-order fallback has no concatenation or residual links) or when an op
     the tracer cannot follow feeds ``layer``'s input (it would join every input to every output
     there); such an op elsewhere (on another head) is no obstacle. A layer called several times in
