@@ -835,9 +835,7 @@ def _split(n, env, items) -> bool:
     if any(a not in items.shapes or shape_reads.varies(items.shapes[a]) for a in given):
         return False  # they change with the input's size: the sizes compact writes in would hold at one size only
     items.splits[n] = (x, d, sizes)
-    items.counted[n] = set(given)  # replaced by the kept counts, even where every channel stays
-    if any(shape_reads.counts(items.shapes[a]) for a in given):
-        n.meta["graphs_split_counted"] = True
+    items.counted[n] = set(given)  # replaced by the kept counts where a tensor whose count they read loses channels
     return True
 
 
@@ -1032,7 +1030,10 @@ def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
             n.kwargs = {}
     for n, (x, d, sizes) in items.splits.items():  # a split along the channel axis takes each part's kept count
         k = keep(x)
-        if sizes is None or (bool(k.all()) and not n.meta.get("graphs_split_counted")):
+        # sizes read from tensors that keep every channel stay as written: right at any size, where the count read
+        # on axis 1 of an input or a transposed tensor may be its token count or length
+        counted = shape_reads.counts(tuple(items.shapes[a] for a in items.counted.get(n, ())))
+        if sizes is None or (bool(k.all()) and all(bool(keep(z).all()) for z in counted)):
             continue
         kept = [int(part.sum()) for part in k.split(sizes)]
         with gm.graph.inserting_before(n):
