@@ -63,6 +63,8 @@ channel count (the batch, the map, ``x.shape[:-1]`` of a sequence: ``F.avg_pool2
 channel entry of a view, reshape or expand that keeps the channels apart (``x.reshape(b, c, h * w)``,
 ``s.view(b, c, 1, 1)`` of a gate whose count is read from another tensor, whose channels then go with the gate's),
 or in the sizes of a split along the channels (``h.split([2, h.shape[1] - 2], 1)``, rewritten with the kept counts).
+A -1 in the channel entry is their count only where it is so on the probe twice the example's size too
+(``h.reshape(b, -1, 16)`` merges channels with the map on a larger one).
 Used otherwise (compared in ``torch._assert``, multiplied into a flattened size, an amount of channel padding) it
 keeps every channel it counts.
 
@@ -268,6 +270,7 @@ class _Items:
         # the shape values a node uses in a way compact rewrites or follows (a view's channel entry): the channels
         # they count may shrink; any other use of a channel count keeps the channels it counts
         self.counted: Dict[fx.Node, set] = {}
+        self.wider: Optional[dict] = None  # the probe's values on an input twice the example's size, if it ran
 
     def add(self, node, c, axis=1):
         self.offset[node], self.count[node], self.axis[node] = self.n, c, axis
@@ -547,6 +550,7 @@ def _probe_wider(gm: fx.GraphModule, x, weights=None):
 def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     mods = dict(gm.named_modules())
     items = _Items()
+    items.wider = wider_env
     calls: Dict[str, int] = {}
     for n in gm.graph.nodes:
         if n.op == "call_module":
@@ -765,6 +769,11 @@ def _channel_entry(n, pos, x, env, items) -> bool:
         if index is None or size != out.shape[pos]:
             return False
         n.meta["graphs_reshape_channels"] = index
+    elif items.wider is not None:  # -1 holds the count only if the other sizes hold the rest at any input size:
+        wx, wo = items.wider.get(x), items.wider.get(n)  # h.reshape(b, -1, 16) merges channels on a wider map
+        if not (isinstance(wx, torch.Tensor) and isinstance(wo, torch.Tensor) and wo.dim() == out.dim()
+                and wo.shape[pos] == wx.shape[items.axis[x]]):
+            return False
     if not any(shape_reads.counts(e) for k, (e, _) in enumerate(entries) if k != pos):
         items.counted[n] = {a for a in n.all_input_nodes if a in items.shapes}
     return True

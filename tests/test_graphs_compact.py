@@ -1652,3 +1652,35 @@ def test_a_split_sized_by_a_token_count_read_on_axis_1_holds_at_other_lengths(ho
     assert small.compaction["removed"]["fc1"] == 3
     assert_same_outputs(small, m, ref, x, torch.randn(3, 10, 4))
 
+
+class _RowsOf16(nn.Module):
+    """``h.reshape(b, -1, 16)``: one channel a row on a 4x4 map, rows across channels on a 6x6 one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.out = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.conv(x)))
+        b, c, hh, ww = h.shape
+        rows = h.reshape(b, -1, 16)
+        rows = rows - rows.mean(-1, keepdim=True)
+        return self.out(rows.reshape(b, c, hh, ww))
+
+
+def test_a_view_whose_minus_one_is_the_channel_count_only_at_the_example_size_keeps_the_channels():
+    """``h.reshape(b, -1, 16)`` on a 4x4 map has the channels on axis 1, and its -1 was taken for their count: four
+    constant channels went, and on a 6x6 map (rows of 16 across channels) the compact model was silently wrong.
+    -1 is the count only where it stays so on the probe twice the example's size."""
+    torch.manual_seed(0)
+    m = randomize_bn(_RowsOf16())
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["conv.weight"][[1, 4, 6, 7]] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 4, 4)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"]["conv"] == 0
+    assert_same_outputs(small, m, ref, x, torch.randn(2, 3, 6, 6))
