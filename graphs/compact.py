@@ -63,6 +63,8 @@ channel count (the batch, the map, ``x.shape[:-1]`` of a sequence: ``F.avg_pool2
 channel entry of a view, reshape or expand that keeps the channels apart (``x.reshape(b, c, h * w)``,
 ``s.view(b, c, 1, 1)`` of a gate whose count is read from another tensor, whose channels then go with the gate's),
 or in the sizes of a split along the channels (``h.split([2, h.shape[1] - 2], 1)``, rewritten with the kept counts).
+A -1 in the channel entry is their count only where it is so on the probe twice the example's size too
+(``h.reshape(b, -1, 16)`` merges channels with the map on a larger one).
 Used otherwise (compared in ``torch._assert``, multiplied into a flattened size, an amount of channel padding) it
 keeps every channel it counts.
 
@@ -268,6 +270,7 @@ class _Items:
         # the shape values a node uses in a way compact rewrites or follows (a view's channel entry): the channels
         # they count may shrink; any other use of a channel count keeps the channels it counts
         self.counted: Dict[fx.Node, set] = {}
+        self.wider: Optional[dict] = None  # the probe's values on an input twice the example's size, if it ran
 
     def add(self, node, c, axis=1):
         self.offset[node], self.count[node], self.axis[node] = self.n, c, axis
@@ -547,6 +550,7 @@ def _probe_wider(gm: fx.GraphModule, x, weights=None):
 def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     mods = dict(gm.named_modules())
     items = _Items()
+    items.wider = wider_env
     calls: Dict[str, int] = {}
     for n in gm.graph.nodes:
         if n.op == "call_module":
@@ -765,6 +769,11 @@ def _channel_entry(n, pos, x, env, items) -> bool:
         if index is None or size != out.shape[pos]:
             return False
         n.meta["graphs_reshape_channels"] = index
+    elif items.wider is not None:  # -1 holds the count only if the other sizes hold the rest at any input size:
+        wx, wo = items.wider.get(x), items.wider.get(n)  # h.reshape(b, -1, 16) merges channels on a wider map
+        if not (isinstance(wx, torch.Tensor) and isinstance(wo, torch.Tensor) and wo.dim() == out.dim()
+                and wo.shape[pos] == wx.shape[items.axis[x]]):
+            return False
     if not any(shape_reads.counts(e) for k, (e, _) in enumerate(entries) if k != pos):
         items.counted[n] = {a for a in n.all_input_nodes if a in items.shapes}
     return True
@@ -835,9 +844,7 @@ def _split(n, env, items) -> bool:
     if any(a not in items.shapes or shape_reads.varies(items.shapes[a]) for a in given):
         return False  # they change with the input's size: the sizes compact writes in would hold at one size only
     items.splits[n] = (x, d, sizes)
-    items.counted[n] = set(given)  # replaced by the kept counts, even where every channel stays
-    if any(shape_reads.counts(items.shapes[a]) for a in given):
-        n.meta["graphs_split_counted"] = True
+    items.counted[n] = set(given)  # replaced by the kept counts where a tensor whose count they read loses channels
     return True
 
 
@@ -1032,7 +1039,10 @@ def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
             n.kwargs = {}
     for n, (x, d, sizes) in items.splits.items():  # a split along the channel axis takes each part's kept count
         k = keep(x)
-        if sizes is None or (bool(k.all()) and not n.meta.get("graphs_split_counted")):
+        # sizes read from tensors that keep every channel stay as written: right at any size, where the count read
+        # on axis 1 of an input or a transposed tensor may be its token count or length
+        counted = shape_reads.counts(tuple(items.shapes[a] for a in items.counted.get(n, ())))
+        if sizes is None or (bool(k.all()) and all(bool(keep(z).all()) for z in counted)):
             continue
         kept = [int(part.sum()) for part in k.split(sizes)]
         with gm.graph.inserting_before(n):

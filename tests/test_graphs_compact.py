@@ -1613,3 +1613,74 @@ def test_channel_padding_by_a_computed_amount_keeps_the_channels_it_counts():
     small = graphs.compact(m, conn, x)
     assert small.compaction["removed"] == {"conv": 0, "out": 0}
     assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 7, 7))
+
+
+class _SplitByExtent(nn.Module):
+    """Splits sized by a count read on axis 1 of a tensor whose axis 1 holds no channels: the input's tokens, a
+    convolution's length after a transpose."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 4)
+        self.conv = nn.Conv1d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        if self.how == "tokens":
+            cls, rest = x.split([1, x.shape[1] - 1], 1)
+        else:
+            t = self.conv(x.transpose(1, 2)).transpose(1, 2)
+            cls, rest = t.split(t.shape[1] // 2, 1)
+        return self.fc2(F.relu(self.fc1(rest))) + cls.mean(1, keepdim=True)
+
+
+@pytest.mark.parametrize("how", ["tokens", "length"])
+def test_a_split_sized_by_a_token_count_read_on_axis_1_holds_at_other_lengths(how):
+    """``x.split([1, x.shape[1] - 1], 1)`` of an ``[N, T, C]`` input: axis 1 of a tensor whose channels all stay
+    may hold its tokens, and its count read there was written in as the example's ([1, 5]): the compact model
+    failed on other lengths. A tensor that keeps its channels keeps the split as written."""
+    torch.manual_seed(0)
+    m = _SplitByExtent(how)
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["fc1.weight"][[1, 6]] = False
+    masks["fc2.weight"][:, 3] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 6, 4)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"]["fc1"] == 3
+    assert_same_outputs(small, m, ref, x, torch.randn(3, 10, 4))
+
+
+class _RowsOf16(nn.Module):
+    """``h.reshape(b, -1, 16)``: one channel a row on a 4x4 map, rows across channels on a 6x6 one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.out = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.conv(x)))
+        b, c, hh, ww = h.shape
+        rows = h.reshape(b, -1, 16)
+        rows = rows - rows.mean(-1, keepdim=True)
+        return self.out(rows.reshape(b, c, hh, ww))
+
+
+def test_a_view_whose_minus_one_is_the_channel_count_only_at_the_example_size_keeps_the_channels():
+    """``h.reshape(b, -1, 16)`` on a 4x4 map has the channels on axis 1, and its -1 was taken for their count: four
+    constant channels went, and on a 6x6 map (rows of 16 across channels) the compact model was silently wrong.
+    -1 is the count only where it stays so on the probe twice the example's size."""
+    torch.manual_seed(0)
+    m = randomize_bn(_RowsOf16())
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["conv.weight"][[1, 4, 6, 7]] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 4, 4)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"]["conv"] == 0
+    assert_same_outputs(small, m, ref, x, torch.randn(2, 3, 6, 6))
