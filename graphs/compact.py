@@ -30,8 +30,12 @@ module's are kept; a
 depthwise convolution (groups == channels) keeps or drops input channel ``c`` together with output
 channel ``c`` and its filter, other grouped convolutions keep all their channels. A convolution, BatchNorm,
 pooling or resampling whose channels could all go (a split part no one reads) keeps one: torch runs none of
-them on no channels. The result is checked against the masked model on the example input, a second random input and a batch of twice
-its size; a mismatch raises instead of returning a wrong model.
+them on no channels. The result is checked against the masked model on the example input, a second random input, a
+batch of twice its size and, where the masked model runs on them, inputs of other sizes: twice the example's map
+(the axes past the channels) and an odd, non-square one, or else twice and one more tokens (axis 1 of an
+``[N, T, C]`` input or of token ids); a mismatch raises, naming the input's shape where it is not the example's,
+instead of returning a wrong model. A model that takes its example's size only (a Linear after a flatten) is
+checked at that size.
 
 Splits. ``torch.chunk``, ``torch.split`` and ``torch.tensor_split`` (functions and methods; ``hsplit``, ``vsplit``,
 ``dsplit`` and ``split_with_sizes`` too) are concatenation
@@ -1138,8 +1142,62 @@ class CompactionMismatchError(RuntimeError):
     """The compact model's outputs differ from the masked model's beyond the check's tolerances."""
 
 
+def _resized(x, axes: str, grow):
+    """``x`` (a tensor or a tuple / list of them) with random contents of another size, and where it says so
+    (" on an input of shape ..."); None when no tensor changes. ``axes`` "map" grows the axes past the channels
+    (2 on) of float tensors of rank 3 or more (images, volumes, signals), as the wider probe does; "tokens" grows
+    axis 1 of float ``[N, T, C]`` and integer ``[N, T, ...]`` tensors (a sequence's length; ids are drawn from the
+    example's). ``grow(sizes)``: the new sizes."""
+    def one(t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        if axes == "map" and t.is_floating_point() and t.dim() >= 3:
+            return torch.randn(*t.shape[:2], *grow(t.shape[2:]), dtype=t.dtype, device=t.device)
+        if axes == "tokens" and (t.dim() == 3 if t.is_floating_point() else t.dim() >= 2 and t.shape[1] > 0):
+            n = grow(t.shape[1:2])[0]
+            if t.is_floating_point():
+                return torch.randn(t.shape[0], n, *t.shape[2:], dtype=t.dtype, device=t.device)
+            return t[:, torch.randint(t.shape[1], (n,), device=t.device)]
+        return t
+
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    out = tuple(one(t) for t in xs)
+    changed = [(a.shape, b.shape) for a, b in zip(xs, out) if isinstance(a, torch.Tensor) and a.shape != b.shape]
+    if not changed:
+        return None
+    was, now = changed[0]
+    return (type(x)(out) if isinstance(x, (tuple, list)) else out[0],
+            f" on an input of shape {tuple(now)} (the example's is {tuple(was)})")
+
+
+def _other_sizes(ref, x) -> list:
+    """Inputs of other sizes than the example's that the masked model runs on, as ``(input, its outputs or None,
+    where)``: twice the example's size on the axes past the channels (the wider probe's) and an odd, non-square
+    one (one more, two more, ...), or else twice and one more tokens. None (an empty list) for a model that fixes
+    its input's size (a Linear after a flatten, positions embedded up to the example's length): compact's check
+    is then at the example's size only."""
+    from .trace import _call_with_inputs
+
+    for axes in ("map", "tokens"):
+        wide = _resized(x, axes, lambda s: [2 * n for n in s])
+        if wide is None:
+            continue
+        args = tuple(wide[0]) if isinstance(wide[0], (tuple, list)) else (wide[0],)
+        try:
+            ra = _call_with_inputs(ref, args)
+        except Exception:  # noqa: BLE001 - the model takes no input of that size
+            continue
+        odd = _resized(x, axes, lambda s: [n + 1 + i for i, n in enumerate(s)])
+        return [(wide[0], ra, wide[1]), (odd[0], None, odd[1])]
+    return []
+
+
 @torch.no_grad()
 def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
+    """Compare ``gm`` with the masked ``ref`` on the example, a second random input, a batch of twice its
+    size and, where ``ref`` runs on them, inputs of other sizes (:func:`_other_sizes`): a view or a split
+    sized for the example's map or length may be wrong on another. The largest difference; raises
+    :class:`CompactionMismatchError` on a mismatch, naming the input's shape where it is not the example's."""
     from .trace import _call_with_inputs
 
     def other(t):  # a second input: random floats, or the ids (tokens) shuffled
@@ -1148,32 +1206,45 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
         return torch.randn_like(t) if t.is_floating_point() else t.flatten()[torch.randperm(t.numel())].view_as(t)
 
     x2 = type(x)(other(t) for t in x) if isinstance(x, (tuple, list)) else other(x)
-    xs = [x, x2]
+    xs = [(x, None, False, ""), (x2, None, False, "")]
     ts = [t for t in (x2 if isinstance(x2, (tuple, list)) else (x2,)) if isinstance(t, torch.Tensor)]
     if ts and all(t.dim() >= 1 and t.shape[0] == ts[0].shape[0] for t in ts):  # and a batch of another size
         def double(t):
             return torch.cat([t, other(t)]) if isinstance(t, torch.Tensor) else t
-        xs.append(type(x2)(double(t) for t in x2) if isinstance(x2, (tuple, list)) else double(x2))
+        xs.append((type(x2)(double(t) for t in x2) if isinstance(x2, (tuple, list)) else double(x2), None, True, ""))
+    xs += [(xi, ra, True, where) for xi, ra, where in _other_sizes(ref, x)]
     worst = 0.0
-    for i, xi in enumerate(xs):
+    for xi, ra, optional, where in xs:
         args = tuple(xi) if isinstance(xi, (tuple, list)) else (xi,)  # several inputs: one argument each
-        if i == 2:
-            try:
-                ra = _call_with_inputs(ref, args)
-            except Exception:  # the model fixes its batch size: nothing to compare
+        if ra is None:
+            try:  # the model takes a keyword-only input by name; gm, as fx wrote it, in its place
+                ra = _call_with_inputs(ref, args)  # a tensor, or a dict / tuple of them
+            except Exception:  # noqa: BLE001 - the model fixes its batch size (or this odd size): nothing to compare
+                if not optional:
+                    raise
                 continue
+        try:
             rb = gm(*args)
-        else:  # the model takes a keyword-only input by name; gm, as fx wrote it, in its place
-            ra, rb = _call_with_inputs(ref, args), gm(*args)  # a tensor, or a dict / tuple of them
+        except Exception as e:  # noqa: BLE001 - the masked model runs on this input: so must the compact one
+            if not where:
+                raise
+            raise CompactionMismatchError(
+                f"compaction broke the model{where}, where the masked model runs: {type(e).__name__}: {e}; if it "
+                "persists, please report this model. Pass verify=False to get the model anyway.") from e
         pairs = [(a, b) for a, b in zip(_tensor_leaves(ra), _tensor_leaves(rb))]
+        if any(a.shape != b.shape for a, b in pairs):
+            raise CompactionMismatchError(
+                f"compaction changed the outputs' shapes{where}: {[tuple(a.shape) for a, _ in pairs]} became "
+                f"{[tuple(b.shape) for _, b in pairs]}; if it persists, please report this model. Pass verify=False "
+                "to get the model anyway.")
         diff = max(float((a - b).abs().max()) for a, b in pairs) if pairs else 0.0
         worst = max(worst, diff)
         if not all(torch.allclose(a, b, atol=atol, rtol=rtol) for a, b in pairs):
-            raise CompactionMismatchError(_mismatch(pairs, diff, atol, rtol))
+            raise CompactionMismatchError(_mismatch(pairs, diff, atol, rtol, where))
     return worst
 
 
-def _mismatch(pairs, diff, atol, rtol) -> str:
+def _mismatch(pairs, diff, atol, rtol, where: str = "") -> str:
     """Why the check failed: the difference next to the outputs' scale and the tolerances, with a
     hint to check in float64 when the difference is the size of rounding at that scale."""
     scale = max(float(a.abs().max()) for a, _ in pairs)
@@ -1181,6 +1252,6 @@ def _mismatch(pairs, diff, atol, rtol) -> str:
     rounding = bool(low) and diff <= 1e-3 * scale  # a relative difference a bug rarely stays below
     hint = (f"; relative to outputs this large the difference looks like {str(low[0])[6:]} rounding: compact a float64 "
             "copy (model.double(), example_input.double()) to check, or pass larger atol/rtol" if rounding else "")
-    return (f"compaction changed the outputs (max abs diff {diff:.3g} > atol {atol} + rtol {rtol} x |output|, with "
-            f"outputs up to {scale:.3g} in magnitude){hint}; if it persists, please report this model. Pass "
+    return (f"compaction changed the outputs{where} (max abs diff {diff:.3g} > atol {atol} + rtol {rtol} x |output|, "
+            f"with outputs up to {scale:.3g} in magnitude){hint}; if it persists, please report this model. Pass "
             "verify=False to get the model anyway.")

@@ -1684,3 +1684,80 @@ def test_a_view_whose_minus_one_is_the_channel_count_only_at_the_example_size_ke
     small = graphs.compact(m, conn, x)
     assert small.compaction["removed"]["conv"] == 0
     assert_same_outputs(small, m, ref, x, torch.randn(2, 3, 6, 6))
+
+
+class _RowCentred(nn.Module):
+    """Each channel's map centred: ``h.reshape(b, c, hh * ww)`` less its mean, reshaped back."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.out = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 2, 3, padding=1)
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))
+        b, c, hh, ww = h.shape
+        rows = h.reshape(b, c, hh * ww)
+        rows = rows - rows.mean(-1, keepdim=True)
+        return self.out(rows.reshape(b, c, hh, ww))
+
+
+def _sized_for_the_example(monkeypatch, change):
+    """Have compact's rewrite end with ``change(gm)``: a rewrite right at the example's size only."""
+    import importlib
+
+    compact_module = importlib.import_module("graphs.compact")
+    real = compact_module._rewrite
+
+    def rewrite(gm, plan, env):
+        real(gm, plan, env)
+        change(gm)
+        gm.recompile()
+
+    monkeypatch.setattr(compact_module, "_rewrite", rewrite)
+
+
+def test_compact_checks_the_outputs_at_other_input_sizes(monkeypatch):
+    """A compact model right at the example's size and wrong at another is refused, naming that size: here a
+    rewrite that wrote ``h.reshape(b, -1, 16)`` for ``h.reshape(b, c, hh * ww)`` (16 = 4x4, the example's map),
+    which on an 8x8 map centres rows of 16 across channels, silently, in outputs of the right shape."""
+    from graphs.compact import CompactionMismatchError
+
+    def rows_of_16(gm):
+        n, = [n for n in gm.graph.nodes if n.target == "reshape" and len(n.args) == 4]
+        n.args = (n.args[0], n.args[1], -1, 16)
+
+    torch.manual_seed(0)
+    m = _RowCentred()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["out.weight"][:, [2, 5]] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 4, 4)
+    assert graphs.compact(m, conn, x).compaction["removed"]["conv"] == 2  # the rewrite as compact writes it
+    _sized_for_the_example(monkeypatch, rows_of_16)
+    with pytest.raises(CompactionMismatchError, match=re.escape("changed the outputs on an input of shape (2, 3, 8, 8) "
+                                                                "(the example's is (2, 3, 4, 4))")):
+        graphs.compact(m, conn, x)
+    assert graphs.compact(m, conn, x, verify=False)(x).shape == (2, 2, 4, 4)  # right at the example's size
+
+
+def test_compact_checks_a_sequence_model_at_other_lengths(monkeypatch):
+    """``x.split([1, x.shape[1] - 1], 1)`` of an ``[N, T, C]`` input written as the example's ``[1, 5]``: the
+    compact model fails on 12 tokens, where the masked model runs, and compact says so."""
+    def example_sizes(gm):
+        n, = [n for n in gm.graph.nodes if n.target == "split"]
+        n.args = (n.args[0], [1, 5]) + n.args[2:]
+
+    torch.manual_seed(0)
+    m = _SplitByExtent("tokens")
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["fc1.weight"][[1, 6]] = False
+    conn.set_masks(masks)
+    _sized_for_the_example(monkeypatch, example_sizes)
+    from graphs.compact import CompactionMismatchError
+
+    with pytest.raises(CompactionMismatchError, match=re.escape("compaction broke the model on an input of shape "
+                                                                "(2, 12, 4) (the example's is (2, 6, 4)), where the "
+                                                                "masked model runs")):
+        graphs.compact(m, conn, torch.randn(2, 6, 4))
