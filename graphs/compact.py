@@ -31,7 +31,9 @@ depthwise convolution (groups == channels) keeps or drops input channel ``c`` to
 channel ``c`` and its filter, other grouped convolutions keep all their channels. A convolution, BatchNorm,
 pooling or resampling whose channels could all go (a split part no one reads) keeps one: torch runs none of
 them on no channels. The result is checked against the masked model on the example input, a second random input and a batch of twice
-its size; a mismatch raises instead of returning a wrong model.
+its size (drawn from a generator of the check's own: the global random generators are left as they were,
+and compacting the same model twice checks it on the same inputs); a mismatch raises instead of returning
+a wrong model.
 
 Splits. ``torch.chunk``, ``torch.split`` and ``torch.tensor_split`` (functions and methods; ``hsplit``, ``vsplit``,
 ``dsplit`` and ``split_with_sizes`` too) are concatenation
@@ -82,6 +84,7 @@ from torch import fx, nn
 from adaptive.connectome import _uncompiled
 from adaptive.counts import whole_number
 from adaptive.discovery import copy_model
+from adaptive.global_rng import kept_global_rng
 from adaptive.warn import warn_user
 
 from . import ops
@@ -349,6 +352,7 @@ def _getitem_channel_axis(idx, ndim, xa):
     return out_axis + (xa - axis) if xa >= axis else None  # the channel axis lies past the index
 
 
+@kept_global_rng()
 def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] = None,
             atol: float = 1e-4, rtol: float = 1e-4, verify: bool = True, align: int = 1) -> fx.GraphModule:
     """A smaller dense copy of ``model`` (masked by ``conn`` when given) without its removable dead
@@ -360,7 +364,8 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     model runs on, as :func:`graphs.build` guesses) drives the trace and, with ``verify``, the check
     that the compact copy's outputs match the masked model's within
     ``torch.allclose(atol=atol, rtol=rtol)``. Raises if fx cannot trace the model or the check
-    fails (``verify=False`` skips it)."""
+    fails (``verify=False`` skips it). Leaves the global random generators as it found them (a model
+    that draws in its forward draws from them, then they are put back: :mod:`adaptive.global_rng`)."""
     if not isinstance(model, nn.Module):
         hint = (": pass the network first, graphs.compact(conn.model, conn, ...)" if hasattr(model, "masks")
                 else "")
@@ -1038,10 +1043,16 @@ class CompactionMismatchError(RuntimeError):
 
 @torch.no_grad()
 def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
+    # the inputs are drawn from a generator of the check's own, on the CPU: the same inputs at every
+    # call and on every device, and nothing drawn from the global generators
+    g = torch.Generator().manual_seed(0)
+
     def other(t):  # a second input: random floats, or the ids (tokens) shuffled
         if not isinstance(t, torch.Tensor):
             return t
-        return torch.randn_like(t) if t.is_floating_point() else t.flatten()[torch.randperm(t.numel())].view_as(t)
+        if t.is_floating_point():
+            return torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device, t.dtype)
+        return t.flatten()[torch.randperm(t.numel(), generator=g).to(t.device)].view_as(t)
 
     x2 = type(x)(other(t) for t in x) if isinstance(x, (tuple, list)) else other(x)
     xs = [x, x2]
