@@ -206,9 +206,11 @@ CASES = [
          lambda c: D.removal_scores(c, loader(own_generator=False), estimator="taylor", batches=2)),
     case("guard: SilentUnits", mlp, silent_units),
     case("guard: progress", lambda tmp: tmp, progress),
-    # data
+    # data: the holdout and test loaders seed their passes from their own generators
     case("guard: get_dataloaders", lambda: None, lambda _: fake_loaders()),
     case("guard: get_dataloaders train pass", fake_loaders, one_pass("train")),
+    case("get_dataloaders holdout pass", fake_loaders, one_pass("holdout")),
+    case("get_dataloaders test pass", fake_loaders, one_pass("test")),
     # on CUDA, the draws would move the device's generator
     case("graphs.compact on CUDA", lambda: masked(cuda_convnet()), lambda c: graphs.compact(c.model, c),
          marks=needs_cuda),
