@@ -33,9 +33,10 @@ pooling or resampling whose channels could all go (a split part no one reads) ke
 them on no channels. The result is checked against the masked model on the example input, a second random input, a
 batch of twice its size and, where the masked model runs on them, inputs of other sizes: twice the example's map
 (the axes past the channels) and an odd, non-square one, or else twice and one more tokens (axis 1 of an
-``[N, T, C]`` input or of token ids); a mismatch raises, naming the input's shape where it is not the example's,
-instead of returning a wrong model. A model that takes its example's size only (a Linear after a flatten) is
-checked at that size.
+``[N, T, C]`` input or of token ids), all drawn from a generator of the check's own (the global random generators
+are left as they were, and compacting the same model twice checks it on the same inputs); a mismatch raises,
+naming the input's shape where it is not the example's, instead of returning a wrong model. A model that takes
+its example's size only (a Linear after a flatten) is checked at that size.
 
 Splits. ``torch.chunk``, ``torch.split`` and ``torch.tensor_split`` (functions and methods; ``hsplit``, ``vsplit``,
 ``dsplit`` and ``split_with_sizes`` too) are concatenation
@@ -98,6 +99,7 @@ from torch import fx, nn
 from adaptive.connectome import _uncompiled
 from adaptive.counts import whole_number
 from adaptive.discovery import copy_model
+from adaptive.global_rng import kept_global_rng
 from adaptive.warn import warn_user
 
 from . import ops, shape_reads
@@ -383,6 +385,7 @@ def _getitem_channel_axis(idx, ndim, xa):
     return out_axis + (xa - axis) if xa >= axis else None  # the channel axis lies past the index
 
 
+@kept_global_rng()
 def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] = None,
             atol: float = 1e-4, rtol: float = 1e-4, verify: bool = True, align: int = 1) -> fx.GraphModule:
     """A smaller dense copy of ``model`` (masked by ``conn`` when given) without its removable dead
@@ -394,7 +397,8 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     model runs on, as :func:`graphs.build` guesses) drives the trace and, with ``verify``, the check
     that the compact copy's outputs match the masked model's within
     ``torch.allclose(atol=atol, rtol=rtol)``. Raises if fx cannot trace the model or the check
-    fails (``verify=False`` skips it)."""
+    fails (``verify=False`` skips it). Leaves the global random generators as it found them (a model
+    that draws in its forward draws from them, then they are put back: :mod:`adaptive.global_rng`)."""
     if not isinstance(model, nn.Module):
         hint = (": pass the network first, graphs.compact(conn.model, conn, ...)" if hasattr(model, "masks")
                 else "")
@@ -1142,22 +1146,22 @@ class CompactionMismatchError(RuntimeError):
     """The compact model's outputs differ from the masked model's beyond the check's tolerances."""
 
 
-def _resized(x, axes: str, grow):
+def _resized(x, axes: str, grow, g: torch.Generator):
     """``x`` (a tensor or a tuple / list of them) with random contents of another size, and where it says so
     (" on an input of shape ..."); None when no tensor changes. ``axes`` "map" grows the axes past the channels
     (2 on) of float tensors of rank 3 or more (images, volumes, signals), as the wider probe does; "tokens" grows
     axis 1 of float ``[N, T, C]`` and integer ``[N, T, ...]`` tensors (a sequence's length; ids are drawn from the
-    example's). ``grow(sizes)``: the new sizes."""
+    example's). ``grow(sizes)``: the new sizes. Drawn from ``g`` on the CPU, then moved to each tensor's device."""
     def one(t):
         if not isinstance(t, torch.Tensor):
             return t
         if axes == "map" and t.is_floating_point() and t.dim() >= 3:
-            return torch.randn(*t.shape[:2], *grow(t.shape[2:]), dtype=t.dtype, device=t.device)
+            return torch.randn(*t.shape[:2], *grow(t.shape[2:]), generator=g, dtype=torch.float64).to(t.device, t.dtype)
         if axes == "tokens" and (t.dim() == 3 if t.is_floating_point() else t.dim() >= 2 and t.shape[1] > 0):
             n = grow(t.shape[1:2])[0]
             if t.is_floating_point():
-                return torch.randn(t.shape[0], n, *t.shape[2:], dtype=t.dtype, device=t.device)
-            return t[:, torch.randint(t.shape[1], (n,), device=t.device)]
+                return torch.randn(t.shape[0], n, *t.shape[2:], generator=g, dtype=torch.float64).to(t.device, t.dtype)
+            return t[:, torch.randint(t.shape[1], (n,), generator=g).to(t.device)]
         return t
 
     xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
@@ -1170,7 +1174,7 @@ def _resized(x, axes: str, grow):
             f" on an input of shape {tuple(now)} (the example's is {tuple(was)})")
 
 
-def _other_sizes(ref, x) -> list:
+def _other_sizes(ref, x, g: torch.Generator) -> list:
     """Inputs of other sizes than the example's that the masked model runs on, as ``(input, its outputs or None,
     where)``: twice the example's size on the axes past the channels (the wider probe's) and an odd, non-square
     one (one more, two more, ...), or else twice and one more tokens. None (an empty list) for a model that fixes
@@ -1179,7 +1183,7 @@ def _other_sizes(ref, x) -> list:
     from .trace import _call_with_inputs
 
     for axes in ("map", "tokens"):
-        wide = _resized(x, axes, lambda s: [2 * n for n in s])
+        wide = _resized(x, axes, lambda s: [2 * n for n in s], g)
         if wide is None:
             continue
         args = tuple(wide[0]) if isinstance(wide[0], (tuple, list)) else (wide[0],)
@@ -1187,7 +1191,7 @@ def _other_sizes(ref, x) -> list:
             ra = _call_with_inputs(ref, args)
         except Exception:  # noqa: BLE001 - the model takes no input of that size
             continue
-        odd = _resized(x, axes, lambda s: [n + 1 + i for i, n in enumerate(s)])
+        odd = _resized(x, axes, lambda s: [n + 1 + i for i, n in enumerate(s)], g)
         return [(wide[0], ra, wide[1]), (odd[0], None, odd[1])]
     return []
 
@@ -1200,10 +1204,16 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
     :class:`CompactionMismatchError` on a mismatch, naming the input's shape where it is not the example's."""
     from .trace import _call_with_inputs
 
+    # the inputs are drawn from a generator of the check's own, on the CPU: the same inputs at every
+    # call and on every device, and nothing drawn from the global generators
+    g = torch.Generator().manual_seed(0)
+
     def other(t):  # a second input: random floats, or the ids (tokens) shuffled
         if not isinstance(t, torch.Tensor):
             return t
-        return torch.randn_like(t) if t.is_floating_point() else t.flatten()[torch.randperm(t.numel())].view_as(t)
+        if t.is_floating_point():
+            return torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device, t.dtype)
+        return t.flatten()[torch.randperm(t.numel(), generator=g).to(t.device)].view_as(t)
 
     x2 = type(x)(other(t) for t in x) if isinstance(x, (tuple, list)) else other(x)
     xs = [(x, None, False, ""), (x2, None, False, "")]
@@ -1212,7 +1222,7 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
         def double(t):
             return torch.cat([t, other(t)]) if isinstance(t, torch.Tensor) else t
         xs.append((type(x2)(double(t) for t in x2) if isinstance(x2, (tuple, list)) else double(x2), None, True, ""))
-    xs += [(xi, ra, True, where) for xi, ra, where in _other_sizes(ref, x)]
+    xs += [(xi, ra, True, where) for xi, ra, where in _other_sizes(ref, x, g)]
     worst = 0.0
     for xi, ra, optional, where in xs:
         args = tuple(xi) if isinstance(xi, (tuple, list)) else (xi,)  # several inputs: one argument each

@@ -33,6 +33,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from . import ops
 from adaptive.warn import warn_user
+from adaptive.global_rng import global_states, set_global_states
 
 CONST, INPUT, UNIT, JUNCTION, OUTPUT = range(5)
 KIND_NAMES = ("constant", "input", "unit", "junction", "output")
@@ -1060,7 +1061,9 @@ def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch
     before the stem is not taken for the layer reading the input; registration order where fx cannot
     trace the model. ``tokens=True`` keeps the token guesses only, ``False`` the float ones only. A
     model whose forward takes several inputs (no default; keyword-only ones too) is refused: nothing
-    says what each of them is."""
+    says what each of them is. The values come from a generator of their own, seeded 0: the same
+    guesses at every call, and no draw from the global random generators (which would change what the
+    caller's code draws next)."""
     return _example_inputs(model, tokens, batch)
 
 
@@ -1081,18 +1084,19 @@ def _example_inputs(model: nn.Module, tokens: Optional[bool], batch: int,
         (q for q in model.parameters() if q.is_floating_point()), None)
     dev = p.device if p is not None else torch.device("cpu")
     shape = getattr(model, "in_shape", None)
+    g = torch.Generator().manual_seed(0)  # on the CPU, whatever the model's device: the same values anywhere
     ids = []
     if tables or tokens:
         high = min((int(m.num_embeddings) for m in tables), default=1)  # none: index 0, in range for any table
         lengths = [tuple(shape)] if shape is not None else [
             (n,) for n in sorted({TOKENS} | {int(m.num_embeddings) for m in tables if m.num_embeddings < TOKENS},
                                  reverse=True)]
-        ids = [torch.randint(0, high, (batch, *s), device=dev) for s in lengths]
+        ids = [torch.randint(0, high, (batch, *s), generator=g).to(dev) for s in lengths]
     if tokens:
         return ids
     floats = []
     if shape is not None or first is not None:
-        floats = [x.to(dev, p.dtype if p is not None else None) for x in _default_inputs(first, shape, batch)]
+        floats = [x.to(dev, p.dtype if p is not None else None) for x in _default_inputs(first, shape, batch, g)]
     elif tokens is False or not tables:  # tables: float features asked of a model of embeddings only
         raise InputGuessError(f"{type(model).__name__} has no " + ("Linear, Conv or recurrent layer to shape float "
                                                                  "features from" if tables else "Linear, Conv, "
@@ -1194,7 +1198,8 @@ class _unchanged:
     ``nn.EmbeddingBag``) renormalises in place on every forward, in eval mode too (the rows above
     ``max_norm``, the only ones it changes, are copied: other parameters would cost a model's worth of
     memory), and the modules' other attributes a forward reassigns (a cache's length next to the cache
-    buffer; a lazy module's aside); a parameter a forward changed in place
+    buffer; a lazy module's aside), and the global random generators (a forward that draws noise, in
+    eval mode too: see :mod:`adaptive.global_rng`); a parameter a forward changed in place
     anyway is warned about, by name. (A class, not a generator: the warning points at the user's call.)"""
 
     def __init__(self, model: nn.Module):
@@ -1218,9 +1223,11 @@ class _unchanged:
                 rows = (w.detach().norm(p=m.norm_type, dim=-1) > m.max_norm * 0.99).nonzero().squeeze(1)
                 self.renormed[id(w)] = (w, rows, w.detach()[rows].clone())
         self.versions = {id(p): _version(p) for p in model.parameters() if not nn.parameter.is_lazy(p)}
+        self.rng = global_states()
         model.eval()
 
     def __exit__(self, *exc):
+        set_global_states(self.rng)
         for m, t in self.modes.items():
             m.training = t
         for m, k, b in self.bufs:
@@ -1260,17 +1267,19 @@ def _described(x) -> str:
     return f"{tuple(x.shape)}" + ("" if x.is_floating_point() else f" {str(x.dtype).replace('torch.int64', 'long')}")
 
 
-def _default_inputs(first: Optional[nn.Module], shape, batch: int) -> List[torch.Tensor]:
-    """Float guesses shaped ``shape`` where given, else from what ``first`` (the first feature layer) reads."""
+def _default_inputs(first: Optional[nn.Module], shape, batch: int, g: torch.Generator) -> List[torch.Tensor]:
+    """Float guesses shaped ``shape`` where given, else from what ``first`` (the first feature layer) reads,
+    drawn from ``g``."""
     if shape is not None:
-        return [torch.randn(batch, *shape)]
+        return [torch.randn(batch, *shape, generator=g)]
     if isinstance(first, nn.RNNBase):  # a sequence of TOKENS steps, on the axes the layer reads
-        return [torch.randn(*((batch, TOKENS) if first.batch_first else (TOKENS, batch)), first.input_size)]
+        steps = (batch, TOKENS) if first.batch_first else (TOKENS, batch)
+        return [torch.randn(*steps, first.input_size, generator=g)]
     if isinstance(first, nn.Linear):
-        return [torch.randn(batch, first.in_features)]
+        return [torch.randn(batch, first.in_features, generator=g)]
     c, d = first.in_channels, first.weight.dim() - 2
     sizes = {1: [64, 256, 28, 32], 2: [32, 224, 28, 64, 96], 3: [16, 32]}[d]
-    return [torch.randn(batch, c, *([s] * d)) for s in sizes]
+    return [torch.randn(batch, c, *([s] * d), generator=g) for s in sizes]
 
 
 def _auto_input_nodes(model: nn.Module, x: torch.Tensor) -> str:

@@ -209,7 +209,10 @@ def get_dataloaders(name: str, batch_size: int = 128, data_dir=None, holdout: fl
                     test_subset: Optional[int] = None, progress: Optional[bool] = None, **kw) -> DataLoaders:
     """DataLoaders over :func:`get_datasets`. The train loader shuffles with a generator seeded by
     ``seed``; holdout and test are in order with ``eval_batch_size`` (default: ``batch_size``).
-    Creating the test loader does not read the test split.
+    Every loader seeds its passes (a DataLoader draws one seed per pass, for its workers) from a
+    generator of its own, so reading one draws nothing from torch's global generator: evaluating
+    does not change what the training code draws next. Creating the test loader does not read the
+    test split.
 
     ``data_dir``, ``holdout``, ``seed``, ``download``, ``subset``, ``test_subset``, ``augment``,
     ``progress`` and extra keywords (``holdout_required``, ``option_names``, the family's) go to
@@ -232,8 +235,10 @@ def get_dataloaders(name: str, batch_size: int = 128, data_dir=None, holdout: fl
         # augmentation differed from the uninterrupted run's
         train=DataLoader(splits.train, batch_size=batch_size, shuffle=True, generator=g, drop_last=drop_last,
                          num_workers=num_workers),
-        holdout=DataLoader(splits.holdout, batch_size=eval_bs, shuffle=False, **common),
-        test=DataLoader(splits.test, batch_size=eval_bs, shuffle=False, **common),
+        holdout=DataLoader(splits.holdout, batch_size=eval_bs, shuffle=False,
+                           generator=torch.Generator().manual_seed(int(seed)), **common),
+        test=DataLoader(splits.test, batch_size=eval_bs, shuffle=False,
+                        generator=torch.Generator().manual_seed(int(seed)), **common),
         num_classes=splits.num_classes, in_shape=splits.in_shape, classes=splits.classes, datasets=splits,
     )
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..discovery import discover
+from ..global_rng import kept_global_rng
 from ..warn import warn_user
 from ._common import (check_finite, default_loss, iterate_batches, kept_buffers, measured_gradients, model_device, scalers_suspended,
                       training_mode)
@@ -181,6 +182,7 @@ def _to_device(x, device):
     return x
 
 
+@kept_global_rng()
 @torch.inference_mode(False)  # its tensors (sums, gradients) must be normal ones, whatever the caller's mode
 def collinearity(
     model: nn.Module,
@@ -208,7 +210,9 @@ def collinearity(
     ``loss_fn(output, targets)``: the loss whose gradients are measured (default cross-entropy).
     ``train_mode``: run the model in train mode (dropout, batch statistics) while measuring, as
     training sees it; False measures in eval mode; each module's own mode is restored afterwards.
-    ``device``: where batches go (default: the model's device)."""
+    ``device``: where batches go (default: the model's device). The global random generators are left
+    as it found them (dropout masks and a loader's pass seeds are drawn from them, then they are put
+    back: :mod:`adaptive.global_rng`)."""
     found = discover(model, include, exclude)
     if not found:
         raise ValueError("no prunable weight matched: check include/exclude patterns")

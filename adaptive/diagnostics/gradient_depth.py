@@ -20,6 +20,7 @@ from ._shared_calls import CallRecorder, parts_adding_up
 from ._common import (LogHistogram, check_finite, default_loss, find_weight, iterate_batches, kept_buffers, measured_gradients, model_device,
                       scalers_suspended, training_mode)
 from .table import Table, pyplot, save_figure
+from ..global_rng import kept_global_rng
 from ..warn import warn_user
 
 HOW_TO_PASS_DEPTHS = (
@@ -270,6 +271,7 @@ def _percent(fraction: float) -> str:
     return f"{fraction:.0%}"
 
 
+@kept_global_rng()
 @torch.inference_mode(False)  # its tensors (sums, gradients) must be normal ones, whatever the caller's mode
 def gradient_by_depth(
     model: nn.Module,
@@ -306,6 +308,8 @@ def gradient_by_depth(
     ``loss_fn(output, targets)``: the loss whose gradients are measured (default cross-entropy).
     ``train_mode``: run the model in train mode while measuring (False: eval mode); each module's
     own mode is restored afterwards. ``device``: where batches go (default: the model's device).
+    The global random generators are left as it found them (dropout masks and a loader's pass seeds
+    are drawn from them, then they are put back: :mod:`adaptive.global_rng`).
     """
     name, mod, weight = find_weight(model, layer)
     device = device or model_device(model)

@@ -24,6 +24,7 @@ from ..connectome import Connectome, _uncompiled
 from ..discovery import copy_model
 from ..counts import whole_number
 from ..metrics import AccuracyFn, batch_accuracy, check_output, default_accuracy, example_count, loss_weight, to_device
+from ..global_rng import kept_global_rng
 from ..warn import warn_user
 from ._common import default_loss, iterate_batches, kept_buffers, model_device, training_mode
 from .removal_order import global_order, removal_scores
@@ -58,6 +59,7 @@ def materialize(loader, batches: Optional[int], desc: str):
     return [(x, y) for x, y in iterate_batches(loader, batches, desc=desc)]
 
 
+@kept_global_rng()
 @torch.no_grad()
 def evaluate(model: nn.Module, data, loss_fn: Callable = default_loss,
              accuracy_fn: Optional[AccuracyFn] = default_accuracy) -> Dict[str, float]:
@@ -69,7 +71,8 @@ def evaluate(model: nn.Module, data, loss_fn: Callable = default_loss,
     the accuracy counted. ``loss_fn(output, targets)``: the batch's mean loss (default
     cross-entropy); ``accuracy_fn(output, targets) -> (correct, count)`` counts accuracy your way
     (None: no accuracy). Batches may carry more than ``(x, y)`` (an index): the rest is ignored; ``data``
-    without a batch is refused with a ValueError."""
+    without a batch is refused with a ValueError. The global random generators are left as it found
+    them (a DataLoader without a generator draws each pass's seed from torch's: :mod:`adaptive.global_rng`)."""
     device = model_device(model)
     tot_loss, correct, counted, n, examples = 0.0, 0, 0, 0, 0
     with training_mode(model, False):
@@ -346,6 +349,7 @@ class KnowledgeCurve:
         return save_figure(fig, path, svg=svg)
 
 
+@kept_global_rng()
 @torch.inference_mode(False)  # the copy and the gradients need autograd, whatever the caller's mode
 def knowledge_distribution(
     model: nn.Module,
@@ -422,6 +426,9 @@ def knowledge_distribution(
     weights still live at the start (``pruned_before`` says how many were already pruned, and the
     note says so). Without one, a model of which 1% or more of the prunable weights are exact zeros
     gets a warning.
+
+    The global random generators are left as it found them (dropout masks while fine-tuning and the
+    loaders' pass seeds are drawn from them, then they are put back: :mod:`adaptive.global_rng`).
     """
     points = _check_points(points, max_fraction)
     if whole_number(bn_batches) is None or bn_batches < 0:

@@ -12,6 +12,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from ..global_rng import kept_global_rng
 from ..metrics import example_count, to_device
 from ..warn import warn_user
 from ._common import default_loss, iterate_batches, measured_gradients, model_device, scalers_suspended, training_mode
@@ -32,6 +33,7 @@ def _gradient_batches(conn, loader, batches, loss_fn, desc):
     model.zero_grad(set_to_none=True)
 
 
+@kept_global_rng()
 @torch.inference_mode(False)  # its tensors (sums, gradients) must be normal ones, whatever the caller's mode
 def removal_scores(conn, loader=None, estimator: str = "magnitude", batches: Optional[int] = 20,
                    loss_fn: Callable = default_loss, seed: int = 0) -> Dict[str, torch.Tensor]:
@@ -41,7 +43,7 @@ def removal_scores(conn, loader=None, estimator: str = "magnitude", batches: Opt
     (``requires_grad=False``) included, so it is scored on its real gradient, not on none.
     ``loss_fn(output, targets)``: the loss whose gradients are observed (default cross-entropy);
     ``seed``: seeds the estimator's random draws (the "random" estimator's order), one generator
-    per layer."""
+    per layer; the global random generators are left as it found them (:mod:`adaptive.global_rng`)."""
     from ..utility import GradientStats, UtilityContext, get_estimator
 
     est = get_estimator(estimator)
