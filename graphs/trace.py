@@ -1104,9 +1104,10 @@ def _example_inputs(model: nn.Module, tokens: Optional[bool], batch: int,
 
 def _in_call_order(model: nn.Module, layers: List[nn.Module], gm: Optional[fx.GraphModule] = None) -> List[nn.Module]:
     """``layers`` (in registration order) in the order ``model``'s forward first uses them: as a module it
-    calls, or through a weight it reads (``F.linear(x, self.fc.weight)``, a Linear subclass fx traces
-    into), in its fx graph (``gm``, else a symbolic trace: no input needed); those it never uses keep
-    their place after the others. Registration order where fx cannot trace the model."""
+    calls, or through a weight it computes with (``F.linear(x, self.fc.weight)``, a Linear subclass fx
+    traces into; a read of the weight's dtype, device or shape is no use), in its fx graph (``gm``, else
+    a symbolic trace: no input needed); those it never uses keep their place after the others.
+    Registration order where fx cannot trace the model."""
     if len(layers) < 2 or _wrap_root(model):  # a torch module traced whole: itself is its first layer
         return layers
     if gm is None:
@@ -1119,14 +1120,31 @@ def _in_call_order(model: nn.Module, layers: List[nn.Module], gm: Optional[fx.Gr
     owners = {id(m): i for i, m in enumerate(layers)}
     first = {}
     for n in gm.graph.nodes:
-        if n.op in ("call_module", "get_attr"):
-            path = n.target if n.op == "call_module" else n.target.rpartition(".")[0]
+        if n.op == "call_module":
+            paths = [n.target]
+        elif n.op in ("call_function", "call_method") and not _reads_metadata(n):  # computes with a weight
+            paths = [a.target.rpartition(".")[0] for a in n.all_input_nodes if a.op == "get_attr"]
+        else:
+            continue
+        for path in paths:
             try:
                 m = model.get_submodule(path)
             except AttributeError:
                 continue
             first.setdefault(id(m), len(first))
     return sorted(layers, key=lambda m: (first.get(id(m), len(first)), owners[id(m)]))
+
+
+_METADATA_ATTRS = frozenset({"dtype", "device", "shape", "ndim", "is_cuda", "layout", "requires_grad"})
+_METADATA_METHODS = frozenset({"size", "dim", "numel", "nelement", "get_device", "element_size"})
+
+
+def _reads_metadata(n: fx.Node) -> bool:
+    """Does ``n`` read a tensor's dtype, device or shape, not its values (``x.to(self.head.weight.dtype)``
+    at the top of a forward uses no head)?"""
+    if n.op == "call_function" and n.target is getattr:
+        return n.args[1] in _METADATA_ATTRS
+    return n.op == "call_method" and n.target in _METADATA_METHODS
 
 
 def runnable_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1) -> torch.Tensor:

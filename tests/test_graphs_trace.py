@@ -614,6 +614,25 @@ def test_the_input_is_guessed_from_the_first_layer_the_forward_calls():
     assert x.shape == (16, 1, 4)
 
 
+class _HeadDtypeReadFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 5)
+
+    def forward(self, x):  # the head's dtype, device and size read before the stem runs: no use of the head
+        x = x.to(self.head.weight.dtype).to(device=self.head.weight.device)
+        return self.head(self.stem(x).mean((2, 3)))[:, : self.head.weight.shape[0]]
+
+
+def test_a_read_of_a_weights_dtype_device_or_shape_is_no_use_of_its_layer():
+    """Any read of a layer's weight counted as its first use, so that ``x.to(self.head.weight.dtype)`` at
+    the top of a forward made the head the first layer: the stem (registered first, and called first)
+    was guessed the head's input [1, 8], and build said it could not guess an input."""
+    assert default_example_input(_HeadDtypeReadFirst())[0].shape == (1, 3, 32, 32)
+    assert [(gr.name, gr.count) for gr in graphs.build(model=_HeadDtypeReadFirst()).groups if gr.kind == "input"] == [
+        ("x", 3)]
+
+
 class _PaddedMean(nn.Module):
     def __init__(self, reduce):
         super().__init__()
