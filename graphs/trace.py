@@ -1211,9 +1211,11 @@ class _unchanged:
     back where reassigned) and the weights that a lookup with ``max_norm`` (``nn.Embedding``,
     ``nn.EmbeddingBag``) renormalises in place on every forward, in eval mode too (the rows above
     ``max_norm``, the only ones it changes, are copied: other parameters would cost a model's worth of
-    memory), and the modules' other attributes a forward reassigns (a cache's length next to the cache
-    buffer; a lazy module's aside); a parameter a forward changed in place
-    anyway is warned about, by name. (A class, not a generator: the warning points at the user's call.)"""
+    memory), the modules' other attributes a forward reassigns (a cache's length next to the cache
+    buffer; a lazy module's aside) and the items of those that are a list, dict or set, which a forward
+    may fill (features appended to ``self.feats``: by a symbolic trace, a Proxy); a parameter a forward
+    changed in place anyway is warned about, by name. (A class, not a generator: the warning points at
+    the user's call.)"""
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -1226,6 +1228,10 @@ class _unchanged:
         # module aside: its first forward turns it into the module it stands for (no change to undo)
         self.attrs = [(m, {k: v for k, v in vars(m).items() if k not in _MODULE_STATE})
                       for m in model.modules() if not isinstance(m, nn.modules.lazy.LazyModuleMixin)]
+        # and what a list, dict or set among them holds (a forward appending its features to self.feats: a
+        # symbolic trace left a Proxy there)
+        self.contents = [(v, type(v)(v)) for _, attrs in self.attrs for v in attrs.values()
+                         if type(v) in (list, dict, set)]
         # a lazy module's uninitialised tensors have no values to copy (its first forward gives them a shape)
         self.saved = {id(b): (b, b.detach().clone()) for _, _, b in self.bufs if not nn.parameter.is_lazy(b)}
         # a max_norm lookup rescales only the rows it reads whose norm is above max_norm: those are copied
@@ -1248,6 +1254,12 @@ class _unchanged:
             for k, v in attrs.items():
                 if k in vars(m) and vars(m)[k] is not v:
                     vars(m)[k] = v
+        for v, held in self.contents:
+            if type(v) is list:
+                v[:] = held
+            else:
+                v.clear()
+                v.update(held)
         with torch.no_grad():
             for t, copy in self.saved.values():
                 if not torch.equal(t, copy):

@@ -989,6 +989,32 @@ def test_an_attribute_a_forward_reassigns_is_put_back_with_the_buffers():
     assert graphs.build(model=frozen, example_input=torch.randn(2, 4)).live_synapses() == 56
 
 
+class _KeepsFeatures(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head, self.stem = nn.Linear(8, 5), nn.Linear(4, 8)
+        self.feats, self.seen = [], {}
+
+    def forward(self, x):
+        h = self.stem(x)
+        self.feats.append(h)
+        self.seen["stem"] = h
+        return self.head(h)
+
+
+def test_a_list_or_dict_a_forward_fills_is_emptied_after_the_guess_and_the_trace():
+    """The symbolic trace that orders the layers for the input guess (and build's own trace and run) left
+    what the forward stores in ``self.feats`` and ``self.seen`` on the model: a Proxy after
+    default_example_input, a Proxy and a tensor after build. Their items are put back."""
+    m = _KeepsFeatures()
+    assert default_example_input(m)[0].shape == (1, 4)
+    assert m.feats == [] and m.seen == {}
+    graphs.build(model=m)
+    assert m.feats == [] and m.seen == {}
+    m(torch.randn(2, 4))
+    assert [tuple(h.shape) for h in m.feats] == [(2, 8)] and list(m.seen) == ["stem"]
+
+
 def test_a_max_norm_lookup_has_only_its_rows_above_max_norm_copied():
     """The whole table of a max_norm lookup was copied around the trace (a second table's worth of
     memory); the forward only rescales the rows it reads above max_norm, and only those are copied."""
