@@ -1060,8 +1060,10 @@ def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch
     before the stem is not taken for the layer reading the input; registration order where fx cannot
     trace the model. ``tokens=True`` keeps the token guesses only, ``False`` the float ones only. A
     model whose forward takes several inputs (no default; keyword-only ones too) is refused: nothing
-    says what each of them is."""
-    return _example_inputs(model, tokens, batch)
+    says what each of them is. A ``torch.compile`` wrapper is guessed for the module it runs."""
+    from adaptive.connectome import _uncompiled
+
+    return _example_inputs(_uncompiled(model), tokens, batch)
 
 
 def _example_inputs(model: nn.Module, tokens: Optional[bool], batch: int,
@@ -1149,7 +1151,11 @@ def _reads_metadata(n: fx.Node) -> bool:
 
 def runnable_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1) -> torch.Tensor:
     """The first of :func:`default_example_input`'s candidates that ``model`` runs on (in eval mode,
-    without gradients; the model is left as it was: see :func:`_unchanged`), as :func:`trace` picks one."""
+    without gradients; the model is left as it was: see :func:`_unchanged`), as :func:`trace` picks one.
+    A ``torch.compile`` wrapper's module runs them uncompiled (compiling for each guess takes seconds)."""
+    from adaptive.connectome import _uncompiled
+
+    model = _uncompiled(model)
     candidates = default_example_input(model, tokens, batch)
     if len(candidates) == 1:
         return candidates[0]

@@ -633,6 +633,41 @@ def test_a_read_of_a_weights_dtype_device_or_shape_is_no_use_of_its_layer():
         ("x", 3)]
 
 
+class _Wide(nn.Module):
+    compiled = []  # of the class: graphs puts back what a forward appends to the model's own lists
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 2, 3, padding=1), nn.Linear(2 * 28 * 28, 3)
+
+    def forward(self, x):  # 28 x 28 images only: the 32 x 32 and 224 x 224 guesses fail
+        self.compiled.append(torch.compiler.is_compiling())
+        return self.head(self.stem(x).flatten(1))
+
+
+def test_the_input_of_a_torch_compile_wrapper_is_guessed_for_the_module_it_runs():
+    """default_example_input(torch.compile(m)) could not trace the wrapper, so it guessed the input of the
+    first layer registered (a head's [1, 8]), and took the wrapper's (*args, **kwargs) for one input (a
+    keyword-only mask went unnamed); runnable_example_input ran the compiled forward on each guess,
+    compiling it for each (seconds). Both read and run the module the wrapper holds, as build does."""
+    from graphs.trace import InputGuessError, runnable_example_input
+
+    assert default_example_input(torch.compile(_HeadRegisteredFirst()))[0].shape == (1, 3, 32, 32)
+    with pytest.raises(InputGuessError, match=r"takes 2 inputs \(x, mask\)"):
+        default_example_input(torch.compile(_KeywordOnly()))
+    assert runnable_example_input(torch.compile(_Wide())).shape == (1, 3, 28, 28)
+    assert _Wide.compiled and not any(_Wide.compiled)
+
+
+class _KeywordOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x, *, mask):
+        return self.fc(x) * mask
+
+
 class _PaddedMean(nn.Module):
     def __init__(self, reduce):
         super().__init__()
