@@ -24,7 +24,7 @@ import operator
 import types
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -1211,6 +1211,19 @@ def _call_with_inputs(model: nn.Module, args: Sequence[Any]):
     return model(*args[:npos], **dict(zip(keyword, args[npos:])))
 
 
+def _refuse_named_inputs(model: nn.Module, example_input) -> None:
+    """Refuse an ``example_input`` dict that gives the forward's inputs by name (``{"x": x, "mask": m}``,
+    or several inputs however named): graphs takes them as a tuple, in the forward's order."""
+    if not isinstance(example_input, Mapping):
+        return
+    named = [p.name for p in _forward_params(model) if p.name in example_input]
+    if named or len(_forward_inputs(model)) > 1:
+        order = ", ".join(named or _forward_inputs(model))
+        raise TypeError(f"example_input is a dict of {type(model).__name__}.forward's inputs: pass them as a tuple, in "
+                        f"the order of its parameters, example_input=({order}) (keyword-only ones last: graphs passes "
+                        "them by name)")
+
+
 class _unchanged:
     """Run forwards of ``model`` (the input guesses, the trace) in eval mode and leave it as they found
     it, bit for bit: the modules' modes, every buffer (BatchNorm statistics, a step a forward counts; put
@@ -1324,6 +1337,11 @@ def trace(model: nn.Module, example_input=None, input_nodes: str = "auto") -> Tr
     from adaptive.connectome import _uncompiled
 
     model = _uncompiled(model)  # a torch.compile wrapper: the module it runs, under its own names
+    if isinstance(example_input, Mapping):
+        _refuse_named_inputs(model, example_input)
+        raise TypeError(f"example_input is a dict, which {type(model).__name__}.forward takes as one argument; graphs "
+                        "follows tensors only (a tensor, or a tuple of them, one per input): trace a module whose "
+                        "forward takes the tensors and builds the dict")
     # trace and run the inference graph (no aux heads, dropout or batch statistics), leaving the model as it was
     with _unchanged(model):
         return _trace_eval(model, example_input, input_nodes)
