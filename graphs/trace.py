@@ -24,7 +24,7 @@ import operator
 import types
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -1063,8 +1063,10 @@ def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch
     model whose forward takes several inputs (no default; keyword-only ones too) is refused: nothing
     says what each of them is. The values come from a generator of their own, seeded 0: the same
     guesses at every call, and no draw from the global random generators (which would change what the
-    caller's code draws next)."""
-    return _example_inputs(model, tokens, batch)
+    caller's code draws next). A ``torch.compile`` wrapper is guessed for the module it runs."""
+    from adaptive.connectome import _uncompiled
+
+    return _example_inputs(_uncompiled(model), tokens, batch)
 
 
 def _example_inputs(model: nn.Module, tokens: Optional[bool], batch: int,
@@ -1108,9 +1110,10 @@ def _example_inputs(model: nn.Module, tokens: Optional[bool], batch: int,
 
 def _in_call_order(model: nn.Module, layers: List[nn.Module], gm: Optional[fx.GraphModule] = None) -> List[nn.Module]:
     """``layers`` (in registration order) in the order ``model``'s forward first uses them: as a module it
-    calls, or through a weight it reads (``F.linear(x, self.fc.weight)``, a Linear subclass fx traces
-    into), in its fx graph (``gm``, else a symbolic trace: no input needed); those it never uses keep
-    their place after the others. Registration order where fx cannot trace the model."""
+    calls, or through a weight it computes with (``F.linear(x, self.fc.weight)``, a Linear subclass fx
+    traces into; a read of the weight's dtype, device or shape is no use), in its fx graph (``gm``, else
+    a symbolic trace: no input needed); those it never uses keep their place after the others.
+    Registration order where fx cannot trace the model."""
     if len(layers) < 2 or _wrap_root(model):  # a torch module traced whole: itself is its first layer
         return layers
     if gm is None:
@@ -1123,8 +1126,13 @@ def _in_call_order(model: nn.Module, layers: List[nn.Module], gm: Optional[fx.Gr
     owners = {id(m): i for i, m in enumerate(layers)}
     first = {}
     for n in gm.graph.nodes:
-        if n.op in ("call_module", "get_attr"):
-            path = n.target if n.op == "call_module" else n.target.rpartition(".")[0]
+        if n.op == "call_module":
+            paths = [n.target]
+        elif n.op in ("call_function", "call_method") and not _reads_metadata(n):  # computes with a weight
+            paths = [a.target.rpartition(".")[0] for a in n.all_input_nodes if a.op == "get_attr"]
+        else:
+            continue
+        for path in paths:
             try:
                 m = model.get_submodule(path)
             except AttributeError:
@@ -1133,9 +1141,25 @@ def _in_call_order(model: nn.Module, layers: List[nn.Module], gm: Optional[fx.Gr
     return sorted(layers, key=lambda m: (first.get(id(m), len(first)), owners[id(m)]))
 
 
+_METADATA_ATTRS = frozenset({"dtype", "device", "shape", "ndim", "is_cuda", "layout", "requires_grad"})
+_METADATA_METHODS = frozenset({"size", "dim", "numel", "nelement", "get_device", "element_size"})
+
+
+def _reads_metadata(n: fx.Node) -> bool:
+    """Does ``n`` read a tensor's dtype, device or shape, not its values (``x.to(self.head.weight.dtype)``
+    at the top of a forward uses no head)?"""
+    if n.op == "call_function" and n.target is getattr:
+        return n.args[1] in _METADATA_ATTRS
+    return n.op == "call_method" and n.target in _METADATA_METHODS
+
+
 def runnable_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1) -> torch.Tensor:
     """The first of :func:`default_example_input`'s candidates that ``model`` runs on (in eval mode,
-    without gradients; the model is left as it was: see :func:`_unchanged`), as :func:`trace` picks one."""
+    without gradients; the model is left as it was: see :func:`_unchanged`), as :func:`trace` picks one.
+    A ``torch.compile`` wrapper's module runs them uncompiled (compiling for each guess takes seconds)."""
+    from adaptive.connectome import _uncompiled
+
+    model = _uncompiled(model)
     candidates = default_example_input(model, tokens, batch)
     if len(candidates) == 1:
         return candidates[0]
@@ -1191,16 +1215,31 @@ def _call_with_inputs(model: nn.Module, args: Sequence[Any]):
     return model(*args[:npos], **dict(zip(keyword, args[npos:])))
 
 
+def _refuse_named_inputs(model: nn.Module, example_input) -> None:
+    """Refuse an ``example_input`` dict that gives the forward's inputs by name (``{"x": x, "mask": m}``,
+    or several inputs however named): graphs takes them as a tuple, in the forward's order."""
+    if not isinstance(example_input, Mapping):
+        return
+    named = [p.name for p in _forward_params(model) if p.name in example_input]
+    if named or len(_forward_inputs(model)) > 1:
+        order = ", ".join(named or _forward_inputs(model))
+        raise TypeError(f"example_input is a dict of {type(model).__name__}.forward's inputs: pass them as a tuple, in "
+                        f"the order of its parameters, example_input=({order}) (keyword-only ones last: graphs passes "
+                        "them by name)")
+
+
 class _unchanged:
     """Run forwards of ``model`` (the input guesses, the trace) in eval mode and leave it as they found
     it, bit for bit: the modules' modes, every buffer (BatchNorm statistics, a step a forward counts; put
     back where reassigned) and the weights that a lookup with ``max_norm`` (``nn.Embedding``,
     ``nn.EmbeddingBag``) renormalises in place on every forward, in eval mode too (the rows above
     ``max_norm``, the only ones it changes, are copied: other parameters would cost a model's worth of
-    memory), and the modules' other attributes a forward reassigns (a cache's length next to the cache
-    buffer; a lazy module's aside), and the global random generators (a forward that draws noise, in
-    eval mode too: see :mod:`adaptive.global_rng`); a parameter a forward changed in place
-    anyway is warned about, by name. (A class, not a generator: the warning points at the user's call.)"""
+    memory), the modules' other attributes a forward reassigns (a cache's length next to the cache
+    buffer; a lazy module's aside) and the items of those that are a list, dict or set, which a forward
+    may fill (features appended to ``self.feats``: by a symbolic trace, a Proxy), and the global random
+    generators (a forward that draws noise, in eval mode too: see :mod:`adaptive.global_rng`); a parameter
+    a forward changed in place anyway is warned about, by name. (A class, not a generator: the warning
+    points at the user's call.)"""
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -1213,6 +1252,10 @@ class _unchanged:
         # module aside: its first forward turns it into the module it stands for (no change to undo)
         self.attrs = [(m, {k: v for k, v in vars(m).items() if k not in _MODULE_STATE})
                       for m in model.modules() if not isinstance(m, nn.modules.lazy.LazyModuleMixin)]
+        # and what a list, dict or set among them holds (a forward appending its features to self.feats: a
+        # symbolic trace left a Proxy there)
+        self.contents = [(v, type(v)(v)) for _, attrs in self.attrs for v in attrs.values()
+                         if type(v) in (list, dict, set)]
         # a lazy module's uninitialised tensors have no values to copy (its first forward gives them a shape)
         self.saved = {id(b): (b, b.detach().clone()) for _, _, b in self.bufs if not nn.parameter.is_lazy(b)}
         # a max_norm lookup rescales only the rows it reads whose norm is above max_norm: those are copied
@@ -1237,6 +1280,12 @@ class _unchanged:
             for k, v in attrs.items():
                 if k in vars(m) and vars(m)[k] is not v:
                     vars(m)[k] = v
+        for v, held in self.contents:
+            if type(v) is list:
+                v[:] = held
+            else:
+                v.clear()
+                v.update(held)
         with torch.no_grad():
             for t, copy in self.saved.values():
                 if not torch.equal(t, copy):
@@ -1297,6 +1346,11 @@ def trace(model: nn.Module, example_input=None, input_nodes: str = "auto") -> Tr
     from adaptive.connectome import _uncompiled
 
     model = _uncompiled(model)  # a torch.compile wrapper: the module it runs, under its own names
+    if isinstance(example_input, Mapping):
+        _refuse_named_inputs(model, example_input)
+        raise TypeError(f"example_input is a dict, which {type(model).__name__}.forward takes as one argument; graphs "
+                        "follows tensors only (a tensor, or a tuple of them, one per input): trace a module whose "
+                        "forward takes the tensors and builds the dict")
     # trace and run the inference graph (no aux heads, dropout or batch statistics), leaving the model as it was
     with _unchanged(model):
         return _trace_eval(model, example_input, input_nodes)

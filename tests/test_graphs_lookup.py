@@ -316,6 +316,35 @@ def test_a_keyword_only_input_is_named_and_given_last_in_the_tuple():
     assert torch.equal(small(x, mask), m(x, mask=mask))
 
 
+class _BatchDict(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
+
+    def forward(self, batch):
+        return self.b(self.a(batch["features"]))
+
+
+def test_a_dict_example_input_is_refused_with_the_tuple_to_pass():
+    """A dict of the inputs by name (``{"x": x, "mask": mask}``, the natural way to give a keyword-only
+    one) failed in build with ``KeyError: 0`` and in compact with fx's "Expected positional argument for
+    parameter mask". Both say to pass the tuple, in the forward's order. A dict the forward takes as its
+    one argument (a batch) was ``KeyError: 0`` in build, or, with input_nodes given, a graph without an
+    input: refused, saying graphs follows tensors only; compact, which runs it, still takes it."""
+    x, mask = torch.randn(2, 4), torch.rand(2, 3)
+    said = r"dict of _KeywordMask.forward's inputs: pass them as a tuple.* example_input=\(x, mask\)"
+    for run in (lambda: graphs.build(model=_KeywordMask(), example_input={"mask": mask, "x": x}),
+                lambda: graphs.compact(_KeywordMask(), example_input={"mask": mask, "x": x})):
+        with pytest.raises(TypeError, match=said):
+            run()
+    batch = {"features": x}
+    for nodes in ("auto", "elements"):
+        with pytest.raises(TypeError, match="dict, which _BatchDict.forward takes as one argument; graphs follows "
+                                            "tensors only"):
+            graphs.build(model=_BatchDict(), example_input=batch, input_nodes=nodes)
+    assert graphs.compact(_BatchDict(), example_input=batch).compaction["max_abs_diff"] == 0.0
+
+
 def test_a_float_timestep_next_to_other_inputs_is_one_input_node():
     """A diffusion timestep t [B] next to the image was refused as a sample without its batch dimension,
     where an integer one was one input node: any 1-D input next to others is one node, wired to every

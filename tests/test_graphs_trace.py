@@ -614,6 +614,60 @@ def test_the_input_is_guessed_from_the_first_layer_the_forward_calls():
     assert x.shape == (16, 1, 4)
 
 
+class _HeadDtypeReadFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 5)
+
+    def forward(self, x):  # the head's dtype, device and size read before the stem runs: no use of the head
+        x = x.to(self.head.weight.dtype).to(device=self.head.weight.device)
+        return self.head(self.stem(x).mean((2, 3)))[:, : self.head.weight.shape[0]]
+
+
+def test_a_read_of_a_weights_dtype_device_or_shape_is_no_use_of_its_layer():
+    """Any read of a layer's weight counted as its first use, so that ``x.to(self.head.weight.dtype)`` at
+    the top of a forward made the head the first layer: the stem (registered first, and called first)
+    was guessed the head's input [1, 8], and build said it could not guess an input."""
+    assert default_example_input(_HeadDtypeReadFirst())[0].shape == (1, 3, 32, 32)
+    assert [(gr.name, gr.count) for gr in graphs.build(model=_HeadDtypeReadFirst()).groups if gr.kind == "input"] == [
+        ("x", 3)]
+
+
+class _Wide(nn.Module):
+    compiled = []  # of the class: graphs puts back what a forward appends to the model's own lists
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 2, 3, padding=1), nn.Linear(2 * 28 * 28, 3)
+
+    def forward(self, x):  # 28 x 28 images only: the 32 x 32 and 224 x 224 guesses fail
+        self.compiled.append(torch.compiler.is_compiling())
+        return self.head(self.stem(x).flatten(1))
+
+
+def test_the_input_of_a_torch_compile_wrapper_is_guessed_for_the_module_it_runs():
+    """default_example_input(torch.compile(m)) could not trace the wrapper, so it guessed the input of the
+    first layer registered (a head's [1, 8]), and took the wrapper's (*args, **kwargs) for one input (a
+    keyword-only mask went unnamed); runnable_example_input ran the compiled forward on each guess,
+    compiling it for each (seconds). Both read and run the module the wrapper holds, as build does."""
+    from graphs.trace import InputGuessError, runnable_example_input
+
+    assert default_example_input(torch.compile(_HeadRegisteredFirst()))[0].shape == (1, 3, 32, 32)
+    with pytest.raises(InputGuessError, match=r"takes 2 inputs \(x, mask\)"):
+        default_example_input(torch.compile(_KeywordOnly()))
+    assert runnable_example_input(torch.compile(_Wide())).shape == (1, 3, 28, 28)
+    assert _Wide.compiled and not any(_Wide.compiled)
+
+
+class _KeywordOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x, *, mask):
+        return self.fc(x) * mask
+
+
 class _PaddedMean(nn.Module):
     def __init__(self, reduce):
         super().__init__()
@@ -968,6 +1022,32 @@ def test_an_attribute_a_forward_reassigns_is_put_back_with_the_buffers():
     with torch.inference_mode():
         frozen = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
     assert graphs.build(model=frozen, example_input=torch.randn(2, 4)).live_synapses() == 56
+
+
+class _KeepsFeatures(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head, self.stem = nn.Linear(8, 5), nn.Linear(4, 8)
+        self.feats, self.seen = [], {}
+
+    def forward(self, x):
+        h = self.stem(x)
+        self.feats.append(h)
+        self.seen["stem"] = h
+        return self.head(h)
+
+
+def test_a_list_or_dict_a_forward_fills_is_emptied_after_the_guess_and_the_trace():
+    """The symbolic trace that orders the layers for the input guess (and build's own trace and run) left
+    what the forward stores in ``self.feats`` and ``self.seen`` on the model: a Proxy after
+    default_example_input, a Proxy and a tensor after build. Their items are put back."""
+    m = _KeepsFeatures()
+    assert default_example_input(m)[0].shape == (1, 4)
+    assert m.feats == [] and m.seen == {}
+    graphs.build(model=m)
+    assert m.feats == [] and m.seen == {}
+    m(torch.randn(2, 4))
+    assert [tuple(h.shape) for h in m.feats] == [(2, 8)] and list(m.seen) == ["stem"]
 
 
 def test_a_max_norm_lookup_has_only_its_rows_above_max_norm_copied():
