@@ -146,12 +146,42 @@ def _dataset_in_shape(cfg: dict, facts=None):
         return None
 
 
-def _classes_from(connectome_path: str):
+def _layer_shapes(connectome_path: str) -> dict:
     from safetensors import safe_open
 
     with safe_open(connectome_path, framework="pt") as f:
-        shapes = json.loads((f.metadata() or {}).get("layers", "{}"))
+        return json.loads((f.metadata() or {}).get("layers", "{}"))
+
+
+def _classes_from(connectome_path: str):
+    """The connectome's last registered layer's units: a first guess at the class count, before the
+    model is built (:func:`_classes_used_last` then checks it)."""
+    shapes = _layer_shapes(connectome_path)
     return int(list(shapes.values())[-1][0]) if shapes else 10
+
+
+def _classes_used_last(net, connectome_path: str, weights: Optional[str]) -> Optional[int]:
+    """The output units of the Linear or Conv layer ``net``'s forward uses last (in its fx trace: a head
+    registered before the stem is still the head), as the connectome records them, else (the head kept
+    out of it by exclude=) the weights file; None where fx cannot trace ``net`` or neither records it."""
+    from graphs.ops import WEIGHTED_MODULES
+    from graphs.trace import _first_uses
+
+    first = _first_uses(net) or {}
+    used = [(first[id(m)], n) for n, m in net.named_modules() if isinstance(m, WEIGHTED_MODULES) and id(m) in first]
+    if not used:
+        return None
+    key = f"{max(used)[1]}.weight"
+    shape = _layer_shapes(connectome_path).get(key)
+    if shape is None and weights is not None:
+        from adaptive.models.weights import read_state_dict
+
+        try:
+            w = read_state_dict(weights).get(key)
+        except Exception:  # noqa: BLE001 - an unreadable file: loading it names the problem
+            w = None
+        shape = None if w is None or w.dim() < 2 else w.shape
+    return int(shape[0]) if shape is not None else None
 
 
 def _check_connectome(path: str) -> None:
@@ -220,25 +250,24 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
     except ImportError as e:
         raise RuntimeError(f"adaptive.models.build_model is not available ({e}); it is needed to rebuild {name!r}") from e
     facts = _dataset_facts(cfg) if "num_classes" not in kw or "in_shape" not in kw else None
-    if "num_classes" not in kw:  # the dataset's classes, else (it cannot say) the connectome's last layer's units,
-        # which are the classifier's unless an exclude= pattern kept the classifier out of the connectome
+    # the dataset's classes, else (it cannot say) a guess checked once the model is built: the units of
+    # the layer its forward uses last
+    classes_guessed = "num_classes" not in kw and facts is None
+    if "num_classes" not in kw:
         kw["num_classes"] = facts[0] if facts is not None else _classes_from(connectome)
     guessed = None
     if "in_shape" not in kw and cfg.get("dataset"):
         guessed = _dataset_in_shape(cfg, facts)  # None: the model's own default input shape
         if guessed is not None:
             kw["in_shape"] = guessed
-    try:
-        net = build_model(name, **kw)
-    except (TypeError, ValueError) as e:
-        if "in_shape" in kw and guessed is None:
-            raise
-        raise ValueError(f"rebuilding model {name!r} with {kw} failed ({type(e).__name__}: {e}); if the input shape "
-                         "is wrong or missing, pass --in-shape C,H,W") from e
-    if kw.get("in_shape") and getattr(net, "in_shape", None) is None:
-        net.in_shape = tuple(int(d) for d in kw["in_shape"])  # the data's shape: what tracing feeds the model
+    net = _rebuild(build_model, name, kw, guessed)
     if weights is None:
         weights = next((os.path.join(run_dir, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(run_dir, f))), None)
+    if classes_guessed:
+        used_last = _classes_used_last(net, connectome, weights)
+        if used_last is not None and used_last != kw["num_classes"]:
+            kw["num_classes"] = used_last
+            net = _rebuild(build_model, name, kw, guessed)
     if weights is not None:  # strict, naming missing, unexpected and misshapen keys; tensors only
         from adaptive.models import load_weights
 
@@ -250,6 +279,20 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
 
     conn = Connectome.load(connectome, net)
     return net, conn
+
+
+def _rebuild(build_model, name: str, kw: dict, guessed):
+    """``build_model(name, **kw)``; a failure where the input shape was guessed (or is missing) says so."""
+    try:
+        net = build_model(name, **kw)
+    except (TypeError, ValueError) as e:
+        if "in_shape" in kw and guessed is None:
+            raise
+        raise ValueError(f"rebuilding model {name!r} with {kw} failed ({type(e).__name__}: {e}); if the input shape "
+                         "is wrong or missing, pass --in-shape C,H,W") from e
+    if kw.get("in_shape") and getattr(net, "in_shape", None) is None:
+        net.in_shape = tuple(int(d) for d in kw["in_shape"])  # the data's shape: what tracing feeds the model
+    return net
 
 
 class UsageError(ValueError):

@@ -1109,21 +1109,33 @@ def _example_inputs(model: nn.Module, tokens: Optional[bool], batch: int,
 
 
 def _in_call_order(model: nn.Module, layers: List[nn.Module], gm: Optional[fx.GraphModule] = None) -> List[nn.Module]:
-    """``layers`` (in registration order) in the order ``model``'s forward first uses them: as a module it
-    calls, or through a weight it computes with (``F.linear(x, self.fc.weight)``, a Linear subclass fx
-    traces into; a read of the weight's dtype, device or shape is no use), in its fx graph (``gm``, else
-    a symbolic trace: no input needed); those it never uses keep their place after the others.
-    Registration order where fx cannot trace the model."""
-    if len(layers) < 2 or _wrap_root(model):  # a torch module traced whole: itself is its first layer
+    """``layers`` (in registration order) in the order ``model``'s forward first uses them
+    (:func:`_first_uses`); those it never uses keep their place after the others. Registration order
+    where fx cannot trace the model."""
+    if len(layers) < 2:
         return layers
+    first = _first_uses(model, gm)
+    if first is None:
+        return layers
+    owners = {id(m): i for i, m in enumerate(layers)}
+    return sorted(layers, key=lambda m: (first.get(id(m), len(first)), owners[id(m)]))
+
+
+def _first_uses(model: nn.Module, gm: Optional[fx.GraphModule] = None) -> Optional[Dict[int, int]]:
+    """``{id(submodule): rank}``: the order in which ``model``'s forward first uses its submodules, as
+    a module it calls or through a weight it computes with (``F.linear(x, self.fc.weight)``, a Linear
+    subclass fx traces into; a read of the weight's dtype, device or shape is no use), in its fx graph
+    (``gm``, else a symbolic trace: no input needed); a submodule it never uses is not in it. None where
+    fx cannot trace the model or traces a torch module whole (its own first layer)."""
+    if _wrap_root(model):
+        return None
     if gm is None:
         try:
             with _unchanged(model), warnings.catch_warnings():  # a forward may store a proxy on the model
                 warnings.simplefilter("ignore")
                 gm = symbolic_trace(model, concrete_args=_unsupplied_defaults(model, 1))
-        except Exception:  # noqa: BLE001 - fx raises many types: registration order
-            return layers
-    owners = {id(m): i for i, m in enumerate(layers)}
+        except Exception:  # noqa: BLE001 - fx raises many types: no order
+            return None
     first = {}
     for n in gm.graph.nodes:
         if n.op == "call_module":
@@ -1138,7 +1150,7 @@ def _in_call_order(model: nn.Module, layers: List[nn.Module], gm: Optional[fx.Gr
             except AttributeError:
                 continue
             first.setdefault(id(m), len(first))
-    return sorted(layers, key=lambda m: (first.get(id(m), len(first)), owners[id(m)]))
+    return first
 
 
 _METADATA_ATTRS = frozenset({"dtype", "device", "shape", "ndim", "is_cuda", "layout", "requires_grad"})

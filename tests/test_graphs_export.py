@@ -788,3 +788,41 @@ def test_cli_export_format_disagreeing_with_a_compressed_out_names_the_whole_end
     assert main(["export", str(mlp_run), "--format", "pt", "--out", str(tmp_path / "x.json.bz2")]) == 2
     err = _error_line(capsys)
     assert "ends in .json.bz2" in err and "a .pt name" in err, err
+
+
+class _HeadFirst(nn.Module):
+    """A classifier whose head is registered before its stem (and used last)."""
+
+    def __init__(self, num_classes=10, in_shape=(6,)):
+        super().__init__()
+        self.head = nn.Linear(8, num_classes)
+        self.stem = nn.Linear(in_shape[0], 8)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.stem(x)))
+
+
+def test_cli_takes_the_class_count_from_the_layer_the_forward_uses_last(tmp_path, capsys):
+    """A run that records no class count (no num_classes, no dataset) was rebuilt with the units of the
+    connectome's last registered layer: the stem's 8 for a head registered first, so its weights were
+    refused. The layer the forward uses last (the head) gives the count now."""
+    from adaptive.models import _REGISTRY, register_model
+    from graphs.cli import load_run, main
+
+    torch.manual_seed(0)
+    register_model("head_first_for_test")(_HeadFirst)
+    try:
+        c = adaptive.Connectome(_HeadFirst(num_classes=10))
+        c.set_masks({k: torch.rand(v.shape) < 0.5 for k, v in c.masks.items()})
+        run = tmp_path / "run"
+        c.save(run / "connectome.safetensors")
+        torch.save(c.dense_state_dict(), run / "model_state.pt")
+        (run / "config.yaml").write_text("model: head_first_for_test\nin_shape: [6]\n")
+        net, conn = load_run(str(run))
+        assert (net.head.out_features, net.stem.out_features, conn.num_live()) == (10, 8, c.num_live())
+        assert main(["export", str(run), "--format", "json"]) == 0
+        c2 = adaptive.Connectome(_HeadFirst(num_classes=10), exclude=["head*"])  # the head only in the weights file
+        c2.save(run / "connectome.safetensors")
+        assert load_run(str(run))[0].head.out_features == 10
+    finally:
+        _REGISTRY.pop("head_first_for_test", None)
