@@ -391,3 +391,38 @@ def test_model_before_data_builds_once_from_facts_and_again_only_where_the_data_
         assert built == after, name
         if name == "digits":  # facts known and right: the one model, whatever sequence gives the shape
             assert model_for(10, [1, 8, 8]) is model and len(built) == 1
+
+
+class _Uninspectable:
+    """Facts whose signature cannot be inspected (as a C builtin's, or a partial of one)."""
+
+    @property
+    def __signature__(self):
+        raise ValueError("no signature found")
+
+    def __call__(self, data_dir=None, **kw):
+        return 3, (4,)
+
+
+@pytest.mark.parametrize("facts", [_Uninspectable(), max])
+def test_facts_whose_signature_cannot_be_inspected_are_unknown_not_a_crash(facts):
+    """dataset_facts inspected the facts' signature (for a ``download`` parameter) outside its guard:
+    a callable inspect cannot read crashed the recipe; the facts are unknown now, and the model is
+    built once the data has loaded."""
+    from adaptive.data import dataset_facts, get_source_builder, model_before_data, register_dataset
+    from adaptive.data.base import _DATASETS, _FACTS
+
+    register_dataset("uninspectable_facts_for_test", facts=facts)(
+        lambda data_dir=None, download=False, augment=False: get_source_builder("fake")(
+            data_dir=data_dir, download=download, augment=augment, shape=[4], num_classes=3, train_size=8))
+    try:
+        assert dataset_facts("uninspectable_facts_for_test", download=True) is None
+        built = []
+        for_data = model_before_data("uninspectable_facts_for_test", lambda n, s: built.append((n, s)) or len(built),
+                                     download=True)
+        assert built == []
+        s = get_datasets("uninspectable_facts_for_test", holdout=0.25)
+        assert for_data(s.num_classes, s.in_shape) == 1 and built == [(3, (4,))]
+    finally:
+        _DATASETS.pop("uninspectable_facts_for_test", None)
+        _FACTS.pop("uninspectable_facts_for_test", None)

@@ -62,7 +62,7 @@ def dataset_facts(name: str, data_dir=None, download: bool = False, **kw) -> Opt
     """``(num_classes, in_shape)`` of dataset ``name`` built with ``data_dir``, ``download`` and
     ``kw``, known without reading (or downloading) its data; None where the family does not say (no
     ``facts`` registered) or cannot tell (its folder is not found, an argument is bad: building it
-    reports that)."""
+    reports that; facts whose signature cannot be inspected)."""
     import inspect
 
     get_source_builder(name)  # an unknown name: the error naming the datasets there are
@@ -71,10 +71,9 @@ def dataset_facts(name: str, data_dir=None, download: bool = False, **kw) -> Opt
         return None
     from ..paths import DatasetNotFoundError
 
-    if download and "download" in inspect.signature(facts).parameters:
-        kw["download"] = True
-
-    try:
+    try:  # (a signature inspect cannot read, a builtin's: ValueError or TypeError, facts unknown)
+        if download and "download" in inspect.signature(facts).parameters:
+            kw["download"] = True
         num_classes, in_shape = facts(data_dir=data_dir, **kw)
     except (DatasetNotFoundError, FileNotFoundError, ValueError, TypeError):
         return None
