@@ -339,7 +339,7 @@ def _parser():
                             "not the run's)")
         s.add_argument("--num-classes", type=int, metavar="N",
                        help="classes of the model's output layer (default: from config.yaml's dataset or "
-                            "num_classes, else the connectome's last layer)")
+                            "num_classes, else the outputs of the layer the forward uses last)")
         s.add_argument("--in-shape", type=_in_shape, metavar="C,H,W",
                        help="input shape without batch, e.g. 3,32,32, or 16 for 16 tokens (default: from "
                             "config.yaml's dataset or in_shape, else the model's own)")

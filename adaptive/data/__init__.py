@@ -210,9 +210,10 @@ def get_dataloaders(name: str, batch_size: int = 128, data_dir=None, holdout: fl
     """DataLoaders over :func:`get_datasets`. The train loader shuffles with a generator seeded by
     ``seed``; holdout and test are in order with ``eval_batch_size`` (default: ``batch_size``).
     Every loader seeds its passes (a DataLoader draws one seed per pass, for its workers) from a
-    generator of its own, so reading one draws nothing from torch's global generator: evaluating
-    does not change what the training code draws next. Creating the test loader does not read the
-    test split.
+    generator of its own, so reading one draws nothing from torch's global generator (evaluating
+    does not change what the training code draws next), except an augmented train split's crops and
+    flips, which come from it until the dataset's ``set_epoch(epoch, seed=...)`` keys them. Creating
+    the test loader does not read the test split.
 
     ``data_dir``, ``holdout``, ``seed``, ``download``, ``subset``, ``test_subset``, ``augment``,
     ``progress`` and extra keywords (``holdout_required``, ``option_names``, the family's) go to
