@@ -5,7 +5,10 @@
 # mask-only ResNet-20 on a CIFAR subset), then the whole suite. Takes about 5 minutes on 16 cores.
 export PYTHONPATH=$PWD MPLBACKEND=Agg PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_check}; mkdir -p "$OUT"
-mkdir -p ../shared && rm -rf ../shared/data && ln -s "$PWD/.gpudata/shared/data" ../shared/data
+# the copied data stands in for ../shared/data only where there is none (a real folder is used as it is)
+if [ ! -e ../shared/data ] || [ -L ../shared/data ]; then
+  mkdir -p ../shared && rm -f ../shared/data && ln -s "$PWD/.gpudata/shared/data" ../shared/data
+fi
 { nvidia-smi -L; python3 -c "import torch, torchvision, accelerate; print(torch.__version__, torchvision.__version__, accelerate.__version__, torch.cuda.get_device_name())"; } 2>&1 | tee "$OUT/env.txt"
 echo "== tests/test_accelerator.py"
 timeout 180 python3 -m pytest -q -p no:cacheprovider -rs tests/test_accelerator.py tests/test_syncs.py 2>&1 | tail -40 | tee "$OUT/accel.log"
