@@ -104,3 +104,31 @@ def test_the_folder_cache_notices_a_file_rewritten_at_the_same_size(tmp_path):
     x, _, _ = cached_folder_tensor(root, "t", tmp_path / "cache")
     assert int(x[0].max()) == 255
     shutil.rmtree(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("arch,side,aux", [("googlenet", 32, ("aux1.", "aux2.")), ("inception_v3", 75, ("AuxLogits.",))])
+def test_torchvision_aux_head_networks_load_their_own_weights_files(tmp_path, arch, side, aux):
+    """torchvision's GoogLeNet and Inception-v3 weights files hold the auxiliary heads (torchvision
+    builds them with aux_logits=True to load the file, then drops them) and were trained on inputs
+    that transform_input rescales: such a file was refused ("unexpected keys aux1...") with no way
+    to load it. It loads now, the heads skipped, and the network computes what torchvision's
+    pretrained one computes (transform_input on); pruned weights load back into that network."""
+    import torchvision
+
+    torch.manual_seed(0)
+    shipped = torchvision.models.get_model(arch, num_classes=3, aux_logits=True, transform_input=True,
+                                           init_weights=False).eval()
+    path = tmp_path / f"{arch}.pth"
+    torch.save(shipped.state_dict(), path)
+    assert any(k.startswith(aux) for k in shipped.state_dict())
+    net = build_model(f"torchvision:{arch}", num_classes=3, in_shape=(3, side, side), weights=str(path)).eval()
+    assert not any(k.startswith(aux) for k in net.state_dict())  # no head the forward never uses: no free removals
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        assert torch.equal(net(x), shipped(x))
+    vanilla = torchvision.models.get_model(arch, num_classes=3, aux_logits=False, transform_input=True,
+                                           init_weights=False)
+    vanilla.load_state_dict(net.state_dict())  # (the form README names for pruned_state_dict.pt)
+    torch.save({**shipped.state_dict(), "extra.weight": torch.zeros(1)}, path)  # anything else is still refused
+    with pytest.raises(WeightsMismatchError, match=r"unexpected keys \[extra\.weight\]"):
+        build_model(f"torchvision:{arch}", num_classes=3, in_shape=(3, side, side), weights=str(path))

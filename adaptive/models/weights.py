@@ -138,6 +138,8 @@ def _check_copyable(path: str, key: str, t: torch.Tensor, own: torch.Tensor) -> 
 def load_weights(model: nn.Module, path: str) -> nn.Module:
     """Load the weights file ``path`` into ``model`` with ``strict=True``; returns ``model``.
 
+    Keys under the prefixes a model lists in ``model.skipped_weight_prefixes`` (parts of the network
+    it deliberately lacks, as torchvision's GoogLeNet built without its auxiliary heads) are skipped.
     Raises :class:`WeightsMismatchError` naming the missing, unexpected and wrongly shaped keys,
     or a tensor the model cannot take (a meta or sparse tensor, complex values into real weights,
     floating point into integers, booleans into weights), before anything is copied, so a failed
@@ -146,6 +148,11 @@ def load_weights(model: nn.Module, path: str) -> nn.Module:
     path = os.fspath(path)
     sd = read_state_dict(path)
     own = model.state_dict()
+    # parts of the network the model deliberately lacks (torchvision's GoogLeNet and Inception-v3 without
+    # their auxiliary heads, which torchvision's own files hold): the file's keys under them are skipped
+    skipped = tuple(getattr(model, "skipped_weight_prefixes", ()))
+    for k in [k for k in sd if k not in own and k.startswith(skipped)]:
+        del sd[k]  # (in place: the file's _metadata, which some modules' loaders read, stays)
     # Checkpoints older than BatchNorm's ``num_batches_tracked`` lack it; PyTorch's own strict
     # loading fills it in for such files, so it is not a mismatch.
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
