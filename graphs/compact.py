@@ -24,11 +24,14 @@ and whatever stays finite and uniform, with the same value on an input twice the
 constant (integer inputs such as token ids are data, and so is every float made from them). Uniform and
 the same are judged to float32 rounding: an average rounds a constant by a few ulps, differently at each
 size (a float16 or bfloat16 model is probed on a float32 copy, whose rounding does not hide how a padded
-pool's border moves a mean with the size). Items of inputs, outputs, grouped convolutions, transposed
-convolutions, ops the compactor does not understand and layers whose weight is tied to another
-module's are kept; a
+pool's border moves a mean with the size). Items of inputs, outputs, transposed convolutions, ops the
+compactor does not understand and layers whose weight is tied to another module's are kept; a
 depthwise convolution (groups == channels) keeps or drops input channel ``c`` together with output
-channel ``c`` and its filter, other grouped convolutions keep all their channels. A convolution, BatchNorm,
+channel ``c`` and its filter. Another grouped convolution (ResNeXt's, RegNet's) keeps its groups alike
+(:func:`_uneven_groups`): a group goes whole, filters, inputs and outputs, where all its channels could go
+(``groups`` drops), and every other group loses as many input channels as the one that can lose the fewest,
+and likewise output channels, one of each staying at least; each kept output still reads its own group's kept
+inputs, so the smaller convolution computes the rest exactly. A convolution, BatchNorm,
 pooling or resampling whose channels could all go (a split part no one reads) keeps one: torch runs none of
 them on no channels. The result is checked against the masked model on the example input, a second random input, a
 batch of twice its size and, where the masked model runs on them, inputs of other sizes: twice the example's map
@@ -572,6 +575,7 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     # a parameter also read directly (F.linear(x, self.fc.weight)) would be read at its old size
     tied |= {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
     weighted_inputs = {}  # node -> weighted consumer nodes
+    grouped = []  # (input, node, groups) of each grouped, non-depthwise convolution whose input channels are items
     for n in gm.graph.nodes:
         out = env.get(n)
         args = [a for a in _tensor_args(n) if a in items.offset]
@@ -599,11 +603,13 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
                                              else items.axis[x] == 1)  # its input channels are x's items
             if aligned and _depthwise(module):  # channel c in <-> c out: one class, the filter goes with it
                 items.link(items.ids(x), items.ids(n))
-            elif aligned and int(getattr(module, "groups", 1)) == 1:
+            elif aligned:
                 weighted_inputs.setdefault(x, []).append(n)
-            else:  # grouped, or its input's items lie on an axis it does not read (a sequence Linear's output
-                # into a Conv1d, a LayerNorm's output into a sequence Linear): they stay; so do its
-                # output units where they are tied to its input channels
+                if int(getattr(module, "groups", 1)) > 1:  # its groups must stay alike: see _uneven_groups
+                    grouped.append((x, n, module.groups))
+            else:  # its input's items lie on an axis it does not read (a sequence Linear's output into a
+                # Conv1d, a LayerNorm's output into a sequence Linear): they stay; so do a grouped
+                # convolution's output units, whose groups are tied to its input channels
                 if int(getattr(module, "groups", 1)) > 1:
                     items.pin(n)
                 for a in args:
@@ -643,10 +649,7 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     for n, readers in weighted_inputs.items():
         ids = items.ids(n)
         for r in readers:
-            m = mods[r.target]
-            w = m.weight.detach()
-            used = (w != 0).transpose(0, 1).reshape(w.shape[1], -1).any(1)
-            bad[ids] |= used & torch.isnan(consts[ids])
+            bad[ids] |= _inputs_read(mods[r.target]) & torch.isnan(consts[ids])
     # a class goes only if none of its items is bad
     class_bad = torch.zeros(items.n, dtype=torch.long).index_add_(0, label, bad.long()) > 0
     removed = ~class_bad[label]
@@ -665,25 +668,56 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
             if t in items.offset and items.count[t] and bool(removed[items.ids(t)].all()):
                 class_bad[label[items.offset[t]]] = True
                 removed = ~class_bad[label]
-    if align > 1:  # keep whole classes until every weighted layer keeps a multiple of align units
-        outs = [items.ids(n) for n in gm.graph.nodes if n.op == "call_module"
-                and isinstance(mods[n.target], ops.WEIGHTED_MODULES) and n in items.offset]
-        changed = True
-        while changed:
-            changed = False
-            for ids in outs:
-                r = removed[ids]
-                short = int((-(~r).sum()) % align)
-                if short and bool(r.any()):
-                    class_bad[label[ids[r][:short]]] = True
-                    removed = ~class_bad[label]
-                    changed = True
+    outs = [items.ids(n) for n in gm.graph.nodes if n.op == "call_module"
+            and isinstance(mods[n.target], ops.WEIGHTED_MODULES) and n in items.offset] if align > 1 else []
+    changed = True
+    while changed:  # keeping a class can unsettle another layer's groups or alignment: until both hold everywhere
+        changed = False
+        for x, n, g in grouped:
+            stay = _uneven_groups(removed[items.ids(x)], removed[items.ids(n)], g)
+            if bool(stay[0].any()) or bool(stay[1].any()):
+                class_bad[label[torch.cat([items.ids(x)[stay[0]], items.ids(n)[stay[1]]])]] = True
+                removed = ~class_bad[label]
+                changed = True
+        for ids in outs:  # keep whole classes until every weighted layer keeps a multiple of align units
+            r = removed[ids]
+            short = int((-(~r).sum()) % align)
+            if short and bool(r.any()):
+                class_bad[label[ids[r][:short]]] = True
+                removed = ~class_bad[label]
+                changed = True
     per_layer = {}
     for n in gm.graph.nodes:
         if n.op == "call_module" and isinstance(mods[n.target], ops.WEIGHTED_MODULES) and n in items.offset:
             per_layer[n.target] = int(removed[items.ids(n)].sum())
     return {"items": items, "removed": removed, "consts": consts, "weighted_inputs": weighted_inputs,
             "removed_per_layer": per_layer}
+
+
+def _inputs_read(m: nn.Module) -> torch.Tensor:
+    """Per input channel of a Linear or Conv (grouped too): does any live weight read it?"""
+    w = m.weight.detach()
+    g = int(getattr(m, "groups", 1))
+    return (w != 0).reshape(g, w.shape[0] // g, w.shape[1], -1).any(-1).any(1).reshape(-1)
+
+
+def _uneven_groups(r_in: torch.Tensor, r_out: torch.Tensor, g: int):
+    """The removable input and output channels (``r_in``, ``r_out``: flags in channel order) a convolution of ``g``
+    groups must keep so that its groups stay alike, as ``(in, out)`` flags. The rule: a group goes whole (its
+    filters, inputs and outputs) when all its channels could go; every other group loses the same number of
+    inputs, the fewest any of them could lose, and likewise of outputs, and keeps one of each at least. The first
+    removable channels of a group go, the later ones stay. A smaller grouped convolution then computes the rest
+    exactly: each kept output still reads the kept inputs of its own group."""
+    r_in, r_out = r_in.view(g, -1), r_out.view(g, -1)
+    kept = ~(r_in.all(1) & r_out.all(1))
+    if not bool(kept.any()):  # no group left: the first stays (torch runs no convolution on no channels)
+        kept[0] = True
+
+    def excess(r):
+        t = min(int(r[kept].sum(1).min()), r.shape[1] - 1)
+        return (r & kept[:, None] & (r.cumsum(1) > t)).reshape(-1)
+
+    return excess(r_in), excess(r_out)
 
 
 def _out_axis(n, cat, module, args, env, items) -> int:
@@ -1063,13 +1097,18 @@ def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
 
 
 def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: torch.Tensor) -> nn.Module:
+    """``m`` with the output units ``ko`` and the input channels ``ki`` (flags) only, the constants ``k_in`` of the
+    inputs that go (NaN: none) folded into its bias or a :class:`FoldedConv`. A grouped convolution's flags must
+    leave its groups alike (:func:`_uneven_groups`): its groups with no kept channel go."""
     w = m.weight.detach()
+    g = int(getattr(m, "groups", 1))
     bias = m.bias.detach().clone() if m.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
     gone = ~ki
     k = torch.nan_to_num(k_in.to(w.dtype), nan=0.0) * gone
+    wg = w.view(g, w.shape[0] // g, *w.shape[1:])  # [groups, outputs per group, inputs per group, *kernel]
     fold = None
-    if bool((k != 0).any()):
-        contrib = (w * k.view(1, -1, *([1] * (w.dim() - 2)))).sum(1, keepdim=True)  # [O, 1, *kernel]
+    if bool((k != 0).any()):  # output o reads the constants of its own group's inputs
+        contrib = (wg * k.view(g, 1, -1, *([1] * (w.dim() - 2)))).sum(2).reshape(w.shape[0], 1, *w.shape[2:])
         pad = getattr(m, "padding", 0)
         unpadded = isinstance(m, nn.Linear) or m.padding_mode != "zeros" or (
             not isinstance(pad, str) and all(p == 0 for p in pad))
@@ -1077,13 +1116,22 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
             bias = bias + contrib.flatten(1).sum(1)
         else:
             fold = contrib[ko].contiguous()
-    w2 = w[ko][:, ki].contiguous()
+    if g == 1:
+        w2, g2 = w[ko][:, ki].contiguous(), 1
+    else:  # the groups that stay, each with as many kept inputs and outputs as the others
+        live = ko.view(g, -1).any(1)
+        g2 = int(live.sum())
+        o_idx = ko.view(g, -1)[live].nonzero()[:, 1].view(g2, -1)
+        i_idx = ki.view(g, -1)[live].nonzero()[:, 1].view(g2, -1)
+        at = torch.arange(g2)[:, None, None]
+        w2 = wg[live][at, o_idx[:, :, None], i_idx[:, None, :]].flatten(0, 1).contiguous()
     has_bias = m.bias is not None or (fold is None and bool((k != 0).any()))
     if isinstance(m, nn.Linear):
         new = _uninitialised(nn.Linear, w, w2.shape[1], w2.shape[0], bias=has_bias)
     else:
-        new = _uninitialised(type(m), w, w2.shape[1], w2.shape[0], m.kernel_size, stride=m.stride, padding=m.padding,
-                             dilation=m.dilation, groups=1, bias=has_bias, padding_mode=m.padding_mode)
+        new = _uninitialised(type(m), w, w2.shape[1] * g2, w2.shape[0], m.kernel_size, stride=m.stride,
+                             padding=m.padding, dilation=m.dilation, groups=g2, bias=has_bias,
+                             padding_mode=m.padding_mode)
     new.weight.copy_(w2)
     if has_bias:
         new.bias.copy_(bias[ko])
