@@ -50,7 +50,10 @@ model chunked evenly. Split along another axis (rows, tokens, the batch), every 
 linked to the source's own, and the split stays as written. The parts must each be taken by an integer
 index (``a, b = ...`` does that) or all concatenated back along the split axis
 (``torch.cat(h.chunk(2, -1), -1)``); parts used otherwise (stacked, the tuple sliced) keep their channels,
-and so do ``tensor_split``'s overlapping parts (indices out of order).
+and so do ``tensor_split``'s overlapping parts (indices out of order). ``torch.unbind`` (``first, second =
+h.unbind(1)``) is a split along another axis whose parts lack that axis: each holds every channel, on axis 1 or the
+last of a part of two axes or more, and they must be taken by an integer index or stacked back whole along the
+unbound axis (``torch.stack(h.unbind(3), 3)``); an unbind along the channels keeps them.
 
 Channel axis. A tensor's channels lie on axis 1, except where a Linear is applied to a sequence
 (``[N, T, C]`` or more dimensions): its output's channels lie on the last axis, and so do those of what
@@ -731,7 +734,7 @@ def _out_axis(n, cat, module, args, env, items) -> int:
         return last if isinstance(module, nn.Linear) else 1
     t = n.target
     if _of_split(n, items):  # a part of a split, or its parts concatenated whole: the split tensor's layout
-        return items.axis[items.splits[n.args[0]][0]]
+        return _part_axis(n, items)
     if t is operator.getitem and args and isinstance(env[args[0]], torch.Tensor) and args[0] in items.axis:
         oa = _getitem_channel_axis(n.args[1], env[args[0]].dim(), items.axis[args[0]])
         return oa if oa == last else 1  # channels on axis 1 or the last, as everywhere
@@ -827,8 +830,14 @@ def _channels_last_like(a, env, items) -> bool:
     return a in items.axis and (items.axis[a] == env[a].dim() - 1)
 
 
-_SPLITS = {torch.split, torch.chunk, torch.tensor_split, torch.split_with_sizes, torch.hsplit, torch.vsplit, torch.dsplit}
-_SPLIT_METHODS = {"split", "chunk", "tensor_split", "split_with_sizes", "hsplit", "vsplit", "dsplit"}
+_SPLITS = {torch.split, torch.chunk, torch.tensor_split, torch.split_with_sizes, torch.hsplit, torch.vsplit, torch.dsplit,
+           torch.unbind}
+_SPLIT_METHODS = {"split", "chunk", "tensor_split", "split_with_sizes", "hsplit", "vsplit", "dsplit", "unbind"}
+
+
+def _unbinds(n) -> bool:
+    """Is ``n`` an unbind (``torch.unbind(x, dim)``, ``x.unbind(dim)``), whose parts lack the axis it splits?"""
+    return n.target is torch.unbind or (n.op == "call_method" and n.target == "unbind")
 
 
 def _split_dim(n, ndim: int):
@@ -838,6 +847,8 @@ def _split_dim(n, ndim: int):
     name = n.target if isinstance(n.target, str) else n.target.__name__
     if name in fixed:
         return fixed[name]
+    if _unbinds(n):  # unbind(x, dim=0): no sizes before the axis
+        return n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
     return n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)
 
 
@@ -854,7 +865,9 @@ def _split(n, env, items) -> bool:
     """Record in ``items.splits`` a chunk / split / tensor_split (or hsplit, vsplit, dsplit, split_with_sizes)
     whose parts compaction can follow: every use of the parts' tuple takes one part by its index, or
     concatenates them all back along the split axis. Along the channel axis the parts must tile it (their
-    sizes add up to its length); the parts' sizes are then rewritten to the channels each keeps. False
+    sizes add up to its length); the parts' sizes are then rewritten to the channels each keeps. An unbind is
+    followed along another axis than the channels', its parts (each without that axis) taken by their index or
+    stacked back along it, where their channels end on axis 1 or the last of a part of two axes or more. False
     (nothing recorded) otherwise."""
     if n.target not in (_SPLITS if n.op == "call_function" else _SPLIT_METHODS if n.op == "call_method" else ()):
         return False
@@ -867,16 +880,21 @@ def _split(n, env, items) -> bool:
     if not _whole(dim):
         return False
     d = dim % v.dim()
-    if not parts or not all(isinstance(p, torch.Tensor) and p.dim() == v.dim() for p in parts):
+    unbind = _unbinds(n)
+    if not parts or not all(isinstance(p, torch.Tensor) and p.dim() == v.dim() - unbind for p in parts):
         return False
+    if unbind:  # a part's channels must lie where every op reads them: on axis 1, or the last of a sequence
+        pa = ax - (d < ax)
+        if d == ax or parts[0].dim() < 2 or pa not in (1, parts[0].dim() - 1):
+            return False
     for u in n.users:
         index = u.target is operator.getitem and len(u.args) == 2 and u.args[0] is n and _whole(u.args[1])
-        whole = (u.target in ops.CONCAT_FUNCTIONS and u.args and u.args[0] is n and _whole(_concat_dim(u))
-                 and _concat_dim(u) % v.dim() == d)
+        whole = (u.target in (_STACKS if unbind else ops.CONCAT_FUNCTIONS) and u.args and u.args[0] is n
+                 and _whole(_concat_dim(u)) and _concat_dim(u) % v.dim() == d)
         if not (index or whole):
             return False
     if d != ax:  # rows, tokens or samples apart: every part has every channel
-        if any(p.shape[ax] != v.shape[ax] for p in parts):
+        if any(p.shape[ax - (unbind and d < ax)] != v.shape[ax] for p in parts):
             return False
         items.splits[n] = (x, d, None)
         return True
@@ -891,10 +909,21 @@ def _split(n, env, items) -> bool:
     return True
 
 
+_STACKS = {torch.stack}  # what puts an unbind's parts back whole
+
+
 def _of_split(n, items) -> bool:
-    """Does ``n`` take a part of a split _split follows, or concatenate its parts whole?"""
-    return ((n.target is operator.getitem or n.target in ops.CONCAT_FUNCTIONS) and bool(n.args)
-            and isinstance(n.args[0], fx.Node) and n.args[0] in items.splits)
+    """Does ``n`` take a part of a split _split follows, or concatenate (stack) its parts whole?"""
+    return ((n.target is operator.getitem or n.target in ops.CONCAT_FUNCTIONS or n.target in _STACKS)
+            and bool(n.args) and isinstance(n.args[0], fx.Node) and n.args[0] in items.splits)
+
+
+def _part_axis(n, items) -> int:
+    """The channel axis of ``n``, a part of a split _split follows or its parts put back whole: the split tensor's,
+    one less for a part of an unbind along an axis before the channels."""
+    x, d, _ = items.splits[n.args[0]]
+    ax = items.axis[x]
+    return ax - (d < ax) if _unbinds(n.args[0]) and n.target is operator.getitem else ax
 
 
 def _link(n, cat, module, args, env, items) -> bool:
@@ -949,7 +978,8 @@ def _link(n, cat, module, args, env, items) -> bool:
     t = n.target
     if _of_split(n, items):
         x, _, sizes = items.splits[n.args[0]]
-        if items.axis[n] != items.axis[x] or env[n].dim() != env[x].dim():
+        part = _unbinds(n.args[0]) and t is operator.getitem  # one axis fewer
+        if items.axis[n] != _part_axis(n, items) or env[n].dim() != env[x].dim() - part:
             return False
         if t is operator.getitem and sizes is not None:  # part k's channel j is x's channel offset_k + j
             k = n.args[1] % len(sizes)
