@@ -74,6 +74,10 @@ channel count (the batch, the map, ``x.shape[:-1]`` of a sequence: ``F.avg_pool2
 channel entry of a view, reshape or expand that keeps the channels apart (``x.reshape(b, c, h * w)``,
 ``s.view(b, c, 1, 1)`` of a gate whose count is read from another tensor, whose channels then go with the gate's),
 or in the sizes of a split along the channels (``h.split([2, h.shape[1] - 2], 1)``, rewritten with the kept counts).
+A tensor made filled with one value from sizes (``x.new_zeros(x.size())``, ``h.new_ones(b, 1, h.size(2))``,
+``torch.zeros(h.shape)``, ``new_full``, ``torch.full``) whose one channel count is a tensor's, on axis 1 or the last,
+has that tensor's channels, which go with its own; ``torch.zeros_like(x)`` (``ones_like``, ``full_like``,
+``empty_like``; not the random ones, whose draws would change) has x's.
 A -1 in the channel entry is their count only where it is so on the probe twice the example's size too
 (``h.reshape(b, -1, 16)`` merges channels with the map on a larger one).
 Used otherwise (compared in ``torch._assert``, multiplied into a flattened size, an amount of channel padding) it
@@ -735,6 +739,10 @@ def _out_axis(n, cat, module, args, env, items) -> int:
     t = n.target
     if _of_split(n, items):  # a part of a split, or its parts concatenated whole: the split tensor's layout
         return _part_axis(n, items)
+    if _filled_sizes(n) is not None:  # x.new_zeros(y.size()): where it holds y's channel count
+        return _filled_channel_axis(n, env, items) or 1
+    if t in _FILLED_LIKE and args and env[args[0]].shape == out.shape:  # torch.zeros_like(x): x's layout
+        return items.axis[args[0]]
     if t is operator.getitem and args and isinstance(env[args[0]], torch.Tensor) and args[0] in items.axis:
         oa = _getitem_channel_axis(n.args[1], env[args[0]].dim(), items.axis[args[0]])
         return oa if oa == last else 1  # channels on axis 1 or the last, as everywhere
@@ -780,10 +788,14 @@ def _reshape_entries(n, shapes) -> Optional[list]:
     :class:`shape_reads.Dim`, ``index`` its place among the sizes written in (None for one taken from a size
     value, ``x.view(y.shape)``, which a rewrite cannot change); None when they are not all so."""
     got = _reshape_sizes(n)
-    if got is None:
-        return None
+    return None if got is None else _size_entries(got[0], shapes)
+
+
+def _size_entries(sizes, shapes) -> Optional[list]:
+    """Sizes as written (ints, shape-value nodes), one ``(size, index)`` per axis, as :func:`_reshape_entries`
+    gives them."""
     entries = []
-    for i, size in enumerate(got[0]):
+    for i, size in enumerate(sizes):
         value = shapes.get(size) if isinstance(size, fx.Node) else size
         if isinstance(value, tuple):
             entries.extend((v, None) for v in value)
@@ -926,10 +938,69 @@ def _part_axis(n, items) -> int:
     return ax - (d < ax) if _unbinds(n.args[0]) and n.target is operator.getitem else ax
 
 
+_FILLED_METHODS = {"new_zeros": 1, "new_ones": 1, "new_empty": 1, "new_full": 1}  # -> where the sizes start
+_FILLED_FUNCTIONS = {torch.zeros: 0, torch.ones: 0, torch.empty: 0, torch.full: 0}
+_FILLED_LIKE = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like}  # not the random ones
+
+
+def _filled_sizes(n) -> Optional[list]:
+    """The sizes of a tensor made filled with one value (``x.new_zeros(x.size())``, ``x.new_ones(b, c, h, w)``,
+    ``torch.zeros(x.shape)``, ``torch.full(size, v)``) as written, one per argument; None for another node."""
+    if n.op == "call_method" and n.target in _FILLED_METHODS:
+        start = _FILLED_METHODS[n.target]
+    elif n.op == "call_function" and n.target in _FILLED_FUNCTIONS:
+        start = _FILLED_FUNCTIONS[n.target]
+    else:
+        return None
+    if "size" in n.kwargs:
+        sizes = [n.kwargs["size"]]
+    else:
+        sizes = list(n.args[start:start + 1] if n.target in ("new_full", torch.full) else n.args[start:])
+    return list(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
+
+
+def _filled_channel_axis(n, env, items) -> Optional[int]:
+    """Where a tensor made filled from sizes holds channels: the one size that is a tensor's channel count read at
+    run time (that tensor's channels then go with its), on axis 1 or the last; None when none does so."""
+    sizes = _filled_sizes(n)
+    entries = None if sizes is None else _size_entries(sizes, items.shapes)
+    if entries is None or len(entries) != env[n].dim():
+        return None
+    at = [k for k, (e, _) in enumerate(entries) if shape_reads.counts(e)]
+    if len(at) != 1 or at[0] not in (1, env[n].dim() - 1):
+        return None
+    z = entries[at[0]][0].count_of
+    return at[0] if z is not None and z in items.axis and env[z].shape[items.axis[z]] == env[n].shape[at[0]] else None
+
+
+def _link_filled(n, env, items) -> bool:
+    """Link the channels of a tensor made filled with one value to those it is sized after: ``torch.zeros_like(x)``'s
+    to x's, ``x.new_zeros(y.size())``'s to the tensor whose channel count it reads (see
+    :func:`_filled_channel_axis`), whose count it then follows. False for another node."""
+    if n.op == "call_function" and n.target in _FILLED_LIKE:
+        x = n.args[0] if n.args else n.kwargs.get("input")
+        ok = (x in items.offset and env[x].shape == env[n].shape and items.axis[x] == items.axis[n]
+              and "size" not in n.kwargs)
+        if ok:
+            items.link(items.ids(x), items.ids(n))
+        return ok
+    sizes = _filled_sizes(n)
+    if sizes is None or _filled_channel_axis(n, env, items) != items.axis[n]:
+        return False
+    z = _size_entries(sizes, items.shapes)[items.axis[n]][0].count_of
+    items.link(items.ids(z), items.ids(n))
+    read = []  # the sizes' shape values only: a channel count as the fill value (torch.full(s, c)) stays counted
+    fx.node.map_arg(sizes, lambda a: read.append(a) or a)
+    items.counted[n] = {a for a in read if a in items.shapes}
+    return True
+
+
 def _link(n, cat, module, args, env, items) -> bool:
     """Link the channel items ``n`` passes through; False when ``n`` must pin its neighbours."""
     out = env[n]
     ax = items.axis[n]
+    if n.target in _FILLED_LIKE or _filled_sizes(n) is not None:
+        return _link_filled(n, env, items)
 
     def same_layout(a) -> bool:  # channel for channel: same rank, same channel axis, same channel count
         v = env[a]
