@@ -24,11 +24,14 @@ and whatever stays finite and uniform, with the same value on an input twice the
 constant (integer inputs such as token ids are data, and so is every float made from them). Uniform and
 the same are judged to float32 rounding: an average rounds a constant by a few ulps, differently at each
 size (a float16 or bfloat16 model is probed on a float32 copy, whose rounding does not hide how a padded
-pool's border moves a mean with the size). Items of inputs, outputs, grouped convolutions, transposed
-convolutions, ops the compactor does not understand and layers whose weight is tied to another
-module's are kept; a
+pool's border moves a mean with the size). Items of inputs, outputs, transposed convolutions, ops the
+compactor does not understand and layers whose weight is tied to another module's are kept; a
 depthwise convolution (groups == channels) keeps or drops input channel ``c`` together with output
-channel ``c`` and its filter, other grouped convolutions keep all their channels. A convolution, BatchNorm,
+channel ``c`` and its filter. Another grouped convolution (ResNeXt's, RegNet's) keeps its groups alike
+(:func:`_uneven_groups`): a group goes whole, filters, inputs and outputs, where all its channels could go
+(``groups`` drops), and every other group loses as many input channels as the one that can lose the fewest,
+and likewise output channels, one of each staying at least; each kept output still reads its own group's kept
+inputs, so the smaller convolution computes the rest exactly. A convolution, BatchNorm,
 pooling or resampling whose channels could all go (a split part no one reads) keeps one: torch runs none of
 them on no channels. The result is checked against the masked model on the example input, a second random input, a
 batch of twice its size and, where the masked model runs on them, inputs of other sizes: twice the example's map
@@ -47,7 +50,10 @@ model chunked evenly. Split along another axis (rows, tokens, the batch), every 
 linked to the source's own, and the split stays as written. The parts must each be taken by an integer
 index (``a, b = ...`` does that) or all concatenated back along the split axis
 (``torch.cat(h.chunk(2, -1), -1)``); parts used otherwise (stacked, the tuple sliced) keep their channels,
-and so do ``tensor_split``'s overlapping parts (indices out of order).
+and so do ``tensor_split``'s overlapping parts (indices out of order). ``torch.unbind`` (``first, second =
+h.unbind(1)``) is a split along another axis whose parts lack that axis: each holds every channel, on axis 1 or the
+last of a part of two axes or more, and they must be taken by an integer index or stacked back whole along the
+unbound axis (``torch.stack(h.unbind(3), 3)``); an unbind along the channels keeps them.
 
 Channel axis. A tensor's channels lie on axis 1, except where a Linear is applied to a sequence
 (``[N, T, C]`` or more dimensions): its output's channels lie on the last axis, and so do those of what
@@ -68,6 +74,10 @@ channel count (the batch, the map, ``x.shape[:-1]`` of a sequence: ``F.avg_pool2
 channel entry of a view, reshape or expand that keeps the channels apart (``x.reshape(b, c, h * w)``,
 ``s.view(b, c, 1, 1)`` of a gate whose count is read from another tensor, whose channels then go with the gate's),
 or in the sizes of a split along the channels (``h.split([2, h.shape[1] - 2], 1)``, rewritten with the kept counts).
+A tensor made filled with one value from sizes (``x.new_zeros(x.size())``, ``h.new_ones(b, 1, h.size(2))``,
+``torch.zeros(h.shape)``, ``new_full``, ``torch.full``) whose one channel count is a tensor's, on axis 1 or the last,
+has that tensor's channels, which go with its own; ``torch.zeros_like(x)`` (``ones_like``, ``full_like``,
+``empty_like``; not the random ones, whose draws would change) has x's.
 A -1 in the channel entry is their count only where it is so on the probe twice the example's size too
 (``h.reshape(b, -1, 16)`` merges channels with the map on a larger one).
 Used otherwise (compared in ``torch._assert``, multiplied into a flattened size, an amount of channel padding) it
@@ -572,6 +582,7 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     # a parameter also read directly (F.linear(x, self.fc.weight)) would be read at its old size
     tied |= {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
     weighted_inputs = {}  # node -> weighted consumer nodes
+    grouped = []  # (input, node, groups) of each grouped, non-depthwise convolution whose input channels are items
     for n in gm.graph.nodes:
         out = env.get(n)
         args = [a for a in _tensor_args(n) if a in items.offset]
@@ -599,11 +610,13 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
                                              else items.axis[x] == 1)  # its input channels are x's items
             if aligned and _depthwise(module):  # channel c in <-> c out: one class, the filter goes with it
                 items.link(items.ids(x), items.ids(n))
-            elif aligned and int(getattr(module, "groups", 1)) == 1:
+            elif aligned:
                 weighted_inputs.setdefault(x, []).append(n)
-            else:  # grouped, or its input's items lie on an axis it does not read (a sequence Linear's output
-                # into a Conv1d, a LayerNorm's output into a sequence Linear): they stay; so do its
-                # output units where they are tied to its input channels
+                if int(getattr(module, "groups", 1)) > 1:  # its groups must stay alike: see _uneven_groups
+                    grouped.append((x, n, module.groups))
+            else:  # its input's items lie on an axis it does not read (a sequence Linear's output into a
+                # Conv1d, a LayerNorm's output into a sequence Linear): they stay; so do a grouped
+                # convolution's output units, whose groups are tied to its input channels
                 if int(getattr(module, "groups", 1)) > 1:
                     items.pin(n)
                 for a in args:
@@ -643,10 +656,7 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     for n, readers in weighted_inputs.items():
         ids = items.ids(n)
         for r in readers:
-            m = mods[r.target]
-            w = m.weight.detach()
-            used = (w != 0).transpose(0, 1).reshape(w.shape[1], -1).any(1)
-            bad[ids] |= used & torch.isnan(consts[ids])
+            bad[ids] |= _inputs_read(mods[r.target]) & torch.isnan(consts[ids])
     # a class goes only if none of its items is bad
     class_bad = torch.zeros(items.n, dtype=torch.long).index_add_(0, label, bad.long()) > 0
     removed = ~class_bad[label]
@@ -665,25 +675,56 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
             if t in items.offset and items.count[t] and bool(removed[items.ids(t)].all()):
                 class_bad[label[items.offset[t]]] = True
                 removed = ~class_bad[label]
-    if align > 1:  # keep whole classes until every weighted layer keeps a multiple of align units
-        outs = [items.ids(n) for n in gm.graph.nodes if n.op == "call_module"
-                and isinstance(mods[n.target], ops.WEIGHTED_MODULES) and n in items.offset]
-        changed = True
-        while changed:
-            changed = False
-            for ids in outs:
-                r = removed[ids]
-                short = int((-(~r).sum()) % align)
-                if short and bool(r.any()):
-                    class_bad[label[ids[r][:short]]] = True
-                    removed = ~class_bad[label]
-                    changed = True
+    outs = [items.ids(n) for n in gm.graph.nodes if n.op == "call_module"
+            and isinstance(mods[n.target], ops.WEIGHTED_MODULES) and n in items.offset] if align > 1 else []
+    changed = True
+    while changed:  # keeping a class can unsettle another layer's groups or alignment: until both hold everywhere
+        changed = False
+        for x, n, g in grouped:
+            stay = _uneven_groups(removed[items.ids(x)], removed[items.ids(n)], g)
+            if bool(stay[0].any()) or bool(stay[1].any()):
+                class_bad[label[torch.cat([items.ids(x)[stay[0]], items.ids(n)[stay[1]]])]] = True
+                removed = ~class_bad[label]
+                changed = True
+        for ids in outs:  # keep whole classes until every weighted layer keeps a multiple of align units
+            r = removed[ids]
+            short = int((-(~r).sum()) % align)
+            if short and bool(r.any()):
+                class_bad[label[ids[r][:short]]] = True
+                removed = ~class_bad[label]
+                changed = True
     per_layer = {}
     for n in gm.graph.nodes:
         if n.op == "call_module" and isinstance(mods[n.target], ops.WEIGHTED_MODULES) and n in items.offset:
             per_layer[n.target] = int(removed[items.ids(n)].sum())
     return {"items": items, "removed": removed, "consts": consts, "weighted_inputs": weighted_inputs,
             "removed_per_layer": per_layer}
+
+
+def _inputs_read(m: nn.Module) -> torch.Tensor:
+    """Per input channel of a Linear or Conv (grouped too): does any live weight read it?"""
+    w = m.weight.detach()
+    g = int(getattr(m, "groups", 1))
+    return (w != 0).reshape(g, w.shape[0] // g, w.shape[1], -1).any(-1).any(1).reshape(-1)
+
+
+def _uneven_groups(r_in: torch.Tensor, r_out: torch.Tensor, g: int):
+    """The removable input and output channels (``r_in``, ``r_out``: flags in channel order) a convolution of ``g``
+    groups must keep so that its groups stay alike, as ``(in, out)`` flags. The rule: a group goes whole (its
+    filters, inputs and outputs) when all its channels could go; every other group loses the same number of
+    inputs, the fewest any of them could lose, and likewise of outputs, and keeps one of each at least. The first
+    removable channels of a group go, the later ones stay. A smaller grouped convolution then computes the rest
+    exactly: each kept output still reads the kept inputs of its own group."""
+    r_in, r_out = r_in.view(g, -1), r_out.view(g, -1)
+    kept = ~(r_in.all(1) & r_out.all(1))
+    if not bool(kept.any()):  # no group left: the first stays (torch runs no convolution on no channels)
+        kept[0] = True
+
+    def excess(r):
+        t = min(int(r[kept].sum(1).min()), r.shape[1] - 1)
+        return (r & kept[:, None] & (r.cumsum(1) > t)).reshape(-1)
+
+    return excess(r_in), excess(r_out)
 
 
 def _out_axis(n, cat, module, args, env, items) -> int:
@@ -697,7 +738,11 @@ def _out_axis(n, cat, module, args, env, items) -> int:
         return last if isinstance(module, nn.Linear) else 1
     t = n.target
     if _of_split(n, items):  # a part of a split, or its parts concatenated whole: the split tensor's layout
-        return items.axis[items.splits[n.args[0]][0]]
+        return _part_axis(n, items)
+    if _filled_sizes(n) is not None:  # x.new_zeros(y.size()): where it holds y's channel count
+        return _filled_channel_axis(n, env, items) or 1
+    if t in _FILLED_LIKE and args and env[args[0]].shape == out.shape:  # torch.zeros_like(x): x's layout
+        return items.axis[args[0]]
     if t is operator.getitem and args and isinstance(env[args[0]], torch.Tensor) and args[0] in items.axis:
         oa = _getitem_channel_axis(n.args[1], env[args[0]].dim(), items.axis[args[0]])
         return oa if oa == last else 1  # channels on axis 1 or the last, as everywhere
@@ -743,10 +788,14 @@ def _reshape_entries(n, shapes) -> Optional[list]:
     :class:`shape_reads.Dim`, ``index`` its place among the sizes written in (None for one taken from a size
     value, ``x.view(y.shape)``, which a rewrite cannot change); None when they are not all so."""
     got = _reshape_sizes(n)
-    if got is None:
-        return None
+    return None if got is None else _size_entries(got[0], shapes)
+
+
+def _size_entries(sizes, shapes) -> Optional[list]:
+    """Sizes as written (ints, shape-value nodes), one ``(size, index)`` per axis, as :func:`_reshape_entries`
+    gives them."""
     entries = []
-    for i, size in enumerate(got[0]):
+    for i, size in enumerate(sizes):
         value = shapes.get(size) if isinstance(size, fx.Node) else size
         if isinstance(value, tuple):
             entries.extend((v, None) for v in value)
@@ -793,8 +842,14 @@ def _channels_last_like(a, env, items) -> bool:
     return a in items.axis and (items.axis[a] == env[a].dim() - 1)
 
 
-_SPLITS = {torch.split, torch.chunk, torch.tensor_split, torch.split_with_sizes, torch.hsplit, torch.vsplit, torch.dsplit}
-_SPLIT_METHODS = {"split", "chunk", "tensor_split", "split_with_sizes", "hsplit", "vsplit", "dsplit"}
+_SPLITS = {torch.split, torch.chunk, torch.tensor_split, torch.split_with_sizes, torch.hsplit, torch.vsplit, torch.dsplit,
+           torch.unbind}
+_SPLIT_METHODS = {"split", "chunk", "tensor_split", "split_with_sizes", "hsplit", "vsplit", "dsplit", "unbind"}
+
+
+def _unbinds(n) -> bool:
+    """Is ``n`` an unbind (``torch.unbind(x, dim)``, ``x.unbind(dim)``), whose parts lack the axis it splits?"""
+    return n.target is torch.unbind or (n.op == "call_method" and n.target == "unbind")
 
 
 def _split_dim(n, ndim: int):
@@ -804,6 +859,8 @@ def _split_dim(n, ndim: int):
     name = n.target if isinstance(n.target, str) else n.target.__name__
     if name in fixed:
         return fixed[name]
+    if _unbinds(n):  # unbind(x, dim=0): no sizes before the axis
+        return n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
     return n.args[2] if len(n.args) > 2 else n.kwargs.get("dim", 0)
 
 
@@ -820,7 +877,9 @@ def _split(n, env, items) -> bool:
     """Record in ``items.splits`` a chunk / split / tensor_split (or hsplit, vsplit, dsplit, split_with_sizes)
     whose parts compaction can follow: every use of the parts' tuple takes one part by its index, or
     concatenates them all back along the split axis. Along the channel axis the parts must tile it (their
-    sizes add up to its length); the parts' sizes are then rewritten to the channels each keeps. False
+    sizes add up to its length); the parts' sizes are then rewritten to the channels each keeps. An unbind is
+    followed along another axis than the channels', its parts (each without that axis) taken by their index or
+    stacked back along it, where their channels end on axis 1 or the last of a part of two axes or more. False
     (nothing recorded) otherwise."""
     if n.target not in (_SPLITS if n.op == "call_function" else _SPLIT_METHODS if n.op == "call_method" else ()):
         return False
@@ -833,16 +892,21 @@ def _split(n, env, items) -> bool:
     if not _whole(dim):
         return False
     d = dim % v.dim()
-    if not parts or not all(isinstance(p, torch.Tensor) and p.dim() == v.dim() for p in parts):
+    unbind = _unbinds(n)
+    if not parts or not all(isinstance(p, torch.Tensor) and p.dim() == v.dim() - unbind for p in parts):
         return False
+    if unbind:  # a part's channels must lie where every op reads them: on axis 1, or the last of a sequence
+        pa = ax - (d < ax)
+        if d == ax or parts[0].dim() < 2 or pa not in (1, parts[0].dim() - 1):
+            return False
     for u in n.users:
         index = u.target is operator.getitem and len(u.args) == 2 and u.args[0] is n and _whole(u.args[1])
-        whole = (u.target in ops.CONCAT_FUNCTIONS and u.args and u.args[0] is n and _whole(_concat_dim(u))
-                 and _concat_dim(u) % v.dim() == d)
+        whole = (u.target in (_STACKS if unbind else ops.CONCAT_FUNCTIONS) and u.args and u.args[0] is n
+                 and _whole(_concat_dim(u)) and _concat_dim(u) % v.dim() == d)
         if not (index or whole):
             return False
     if d != ax:  # rows, tokens or samples apart: every part has every channel
-        if any(p.shape[ax] != v.shape[ax] for p in parts):
+        if any(p.shape[ax - (unbind and d < ax)] != v.shape[ax] for p in parts):
             return False
         items.splits[n] = (x, d, None)
         return True
@@ -857,16 +921,86 @@ def _split(n, env, items) -> bool:
     return True
 
 
+_STACKS = {torch.stack}  # what puts an unbind's parts back whole
+
+
 def _of_split(n, items) -> bool:
-    """Does ``n`` take a part of a split _split follows, or concatenate its parts whole?"""
-    return ((n.target is operator.getitem or n.target in ops.CONCAT_FUNCTIONS) and bool(n.args)
-            and isinstance(n.args[0], fx.Node) and n.args[0] in items.splits)
+    """Does ``n`` take a part of a split _split follows, or concatenate (stack) its parts whole?"""
+    return ((n.target is operator.getitem or n.target in ops.CONCAT_FUNCTIONS or n.target in _STACKS)
+            and bool(n.args) and isinstance(n.args[0], fx.Node) and n.args[0] in items.splits)
+
+
+def _part_axis(n, items) -> int:
+    """The channel axis of ``n``, a part of a split _split follows or its parts put back whole: the split tensor's,
+    one less for a part of an unbind along an axis before the channels."""
+    x, d, _ = items.splits[n.args[0]]
+    ax = items.axis[x]
+    return ax - (d < ax) if _unbinds(n.args[0]) and n.target is operator.getitem else ax
+
+
+_FILLED_METHODS = {"new_zeros": 1, "new_ones": 1, "new_empty": 1, "new_full": 1}  # -> where the sizes start
+_FILLED_FUNCTIONS = {torch.zeros: 0, torch.ones: 0, torch.empty: 0, torch.full: 0}
+_FILLED_LIKE = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like}  # not the random ones
+
+
+def _filled_sizes(n) -> Optional[list]:
+    """The sizes of a tensor made filled with one value (``x.new_zeros(x.size())``, ``x.new_ones(b, c, h, w)``,
+    ``torch.zeros(x.shape)``, ``torch.full(size, v)``) as written, one per argument; None for another node."""
+    if n.op == "call_method" and n.target in _FILLED_METHODS:
+        start = _FILLED_METHODS[n.target]
+    elif n.op == "call_function" and n.target in _FILLED_FUNCTIONS:
+        start = _FILLED_FUNCTIONS[n.target]
+    else:
+        return None
+    if "size" in n.kwargs:
+        sizes = [n.kwargs["size"]]
+    else:
+        sizes = list(n.args[start:start + 1] if n.target in ("new_full", torch.full) else n.args[start:])
+    return list(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
+
+
+def _filled_channel_axis(n, env, items) -> Optional[int]:
+    """Where a tensor made filled from sizes holds channels: the one size that is a tensor's channel count read at
+    run time (that tensor's channels then go with its), on axis 1 or the last; None when none does so."""
+    sizes = _filled_sizes(n)
+    entries = None if sizes is None else _size_entries(sizes, items.shapes)
+    if entries is None or len(entries) != env[n].dim():
+        return None
+    at = [k for k, (e, _) in enumerate(entries) if shape_reads.counts(e)]
+    if len(at) != 1 or at[0] not in (1, env[n].dim() - 1):
+        return None
+    z = entries[at[0]][0].count_of
+    return at[0] if z is not None and z in items.axis and env[z].shape[items.axis[z]] == env[n].shape[at[0]] else None
+
+
+def _link_filled(n, env, items) -> bool:
+    """Link the channels of a tensor made filled with one value to those it is sized after: ``torch.zeros_like(x)``'s
+    to x's, ``x.new_zeros(y.size())``'s to the tensor whose channel count it reads (see
+    :func:`_filled_channel_axis`), whose count it then follows. False for another node."""
+    if n.op == "call_function" and n.target in _FILLED_LIKE:
+        x = n.args[0] if n.args else n.kwargs.get("input")
+        ok = (x in items.offset and env[x].shape == env[n].shape and items.axis[x] == items.axis[n]
+              and "size" not in n.kwargs)
+        if ok:
+            items.link(items.ids(x), items.ids(n))
+        return ok
+    sizes = _filled_sizes(n)
+    if sizes is None or _filled_channel_axis(n, env, items) != items.axis[n]:
+        return False
+    z = _size_entries(sizes, items.shapes)[items.axis[n]][0].count_of
+    items.link(items.ids(z), items.ids(n))
+    read = []  # the sizes' shape values only: a channel count as the fill value (torch.full(s, c)) stays counted
+    fx.node.map_arg(sizes, lambda a: read.append(a) or a)
+    items.counted[n] = {a for a in read if a in items.shapes}
+    return True
 
 
 def _link(n, cat, module, args, env, items) -> bool:
     """Link the channel items ``n`` passes through; False when ``n`` must pin its neighbours."""
     out = env[n]
     ax = items.axis[n]
+    if n.target in _FILLED_LIKE or _filled_sizes(n) is not None:
+        return _link_filled(n, env, items)
 
     def same_layout(a) -> bool:  # channel for channel: same rank, same channel axis, same channel count
         v = env[a]
@@ -915,7 +1049,8 @@ def _link(n, cat, module, args, env, items) -> bool:
     t = n.target
     if _of_split(n, items):
         x, _, sizes = items.splits[n.args[0]]
-        if items.axis[n] != items.axis[x] or env[n].dim() != env[x].dim():
+        part = _unbinds(n.args[0]) and t is operator.getitem  # one axis fewer
+        if items.axis[n] != _part_axis(n, items) or env[n].dim() != env[x].dim() - part:
             return False
         if t is operator.getitem and sizes is not None:  # part k's channel j is x's channel offset_k + j
             k = n.args[1] % len(sizes)
@@ -1063,13 +1198,18 @@ def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
 
 
 def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: torch.Tensor) -> nn.Module:
+    """``m`` with the output units ``ko`` and the input channels ``ki`` (flags) only, the constants ``k_in`` of the
+    inputs that go (NaN: none) folded into its bias or a :class:`FoldedConv`. A grouped convolution's flags must
+    leave its groups alike (:func:`_uneven_groups`): its groups with no kept channel go."""
     w = m.weight.detach()
+    g = int(getattr(m, "groups", 1))
     bias = m.bias.detach().clone() if m.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
     gone = ~ki
     k = torch.nan_to_num(k_in.to(w.dtype), nan=0.0) * gone
+    wg = w.view(g, w.shape[0] // g, *w.shape[1:])  # [groups, outputs per group, inputs per group, *kernel]
     fold = None
-    if bool((k != 0).any()):
-        contrib = (w * k.view(1, -1, *([1] * (w.dim() - 2)))).sum(1, keepdim=True)  # [O, 1, *kernel]
+    if bool((k != 0).any()):  # output o reads the constants of its own group's inputs
+        contrib = (wg * k.view(g, 1, -1, *([1] * (w.dim() - 2)))).sum(2).reshape(w.shape[0], 1, *w.shape[2:])
         pad = getattr(m, "padding", 0)
         unpadded = isinstance(m, nn.Linear) or m.padding_mode != "zeros" or (
             not isinstance(pad, str) and all(p == 0 for p in pad))
@@ -1077,13 +1217,22 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
             bias = bias + contrib.flatten(1).sum(1)
         else:
             fold = contrib[ko].contiguous()
-    w2 = w[ko][:, ki].contiguous()
+    if g == 1:
+        w2, g2 = w[ko][:, ki].contiguous(), 1
+    else:  # the groups that stay, each with as many kept inputs and outputs as the others
+        live = ko.view(g, -1).any(1)
+        g2 = int(live.sum())
+        o_idx = ko.view(g, -1)[live].nonzero()[:, 1].view(g2, -1)
+        i_idx = ki.view(g, -1)[live].nonzero()[:, 1].view(g2, -1)
+        at = torch.arange(g2)[:, None, None]
+        w2 = wg[live][at, o_idx[:, :, None], i_idx[:, None, :]].flatten(0, 1).contiguous()
     has_bias = m.bias is not None or (fold is None and bool((k != 0).any()))
     if isinstance(m, nn.Linear):
         new = _uninitialised(nn.Linear, w, w2.shape[1], w2.shape[0], bias=has_bias)
     else:
-        new = _uninitialised(type(m), w, w2.shape[1], w2.shape[0], m.kernel_size, stride=m.stride, padding=m.padding,
-                             dilation=m.dilation, groups=1, bias=has_bias, padding_mode=m.padding_mode)
+        new = _uninitialised(type(m), w, w2.shape[1] * g2, w2.shape[0], m.kernel_size, stride=m.stride,
+                             padding=m.padding, dilation=m.dilation, groups=g2, bias=has_bias,
+                             padding_mode=m.padding_mode)
     new.weight.copy_(w2)
     if has_bias:
         new.bias.copy_(bias[ko])
