@@ -14,6 +14,7 @@ from typing import Callable, List, Optional
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from ..metrics import to_device
 from ._shared_calls import CallRecorder, parts_adding_up
@@ -81,7 +82,10 @@ def traced_call_depths(model: nn.Module, layer: str, example=None) -> List[torch
     name = layer[: -len(".weight")] if layer.endswith(".weight") else layer
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"graphs: node .* uses weights used before in the forward")
-        tr = graphs.trace(model, None if example is None else example[:1])
+        # the first example of every tensor in the input, given as one argument: the model is called
+        # model(x) with x whole, while graphs takes a tuple as several arguments
+        first = None if example is None else (tree_map(lambda t: t[:1] if torch.is_tensor(t) else t, example),)
+        tr = graphs.trace(model, first)
         if not tr.traced:
             raise ValueError(" ".join(f"{tr.reason}; the module-order fallback has no concatenation or residual "
                                       "links, so its depths would be wrong".split()))
