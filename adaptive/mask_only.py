@@ -56,7 +56,7 @@ from .controller import Controller
 from .counts import whole_number
 from .data.cycle import LoaderCycle, rng_states, set_rng_states
 from .ensemble_rules import parse_rules
-from .metrics import (AccuracyFn, batch_accuracy, batch_loss, batch_sums, check_output, default_accuracy,
+from .metrics import (AccuracyFn, batch_accuracy, batch_loss, batch_sums, call_model, check_output, default_accuracy,
                       example_count, takes_reduction, to_device)
 from .utility import get_estimator
 from .warn import warn_user
@@ -345,7 +345,7 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
     try:
         for batch in batches:
             x, y = _to_device(batch, device)
-            out = _logits(model(x), model)
+            out = _logits(call_model(model, x, "mask-only optimisation"), model)
             if reduction is None:
                 reduction = takes_reduction(loss_fn, out, y)
             s, k = batch_loss(loss_fn, out, y, reduction)
@@ -690,7 +690,7 @@ def optimize_connectome(
                 x, y = _to_device(next(train_iter), device)
                 for p in conn.params.values():
                     p.grad = None
-                out = _logits(model(x), model)
+                out = _logits(call_model(model, x, "mask-only optimisation"), model)
                 if scoring["reduction"] is None:  # the loss checked on this batch before any backward pass
                     with torch.no_grad():
                         scoring["reduction"] = takes_reduction(loss_fn, out.detach(), y)

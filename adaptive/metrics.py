@@ -109,6 +109,47 @@ def batch_accuracy(accuracy_fn: Optional[AccuracyFn], out, y) -> Optional[Tuple[
     return correct, int(count)
 
 
+def call_model(model, x, what: str = "this"):
+    """``model(x)``: a batch's inputs go to the model as one argument, a tuple or list of them too. A model
+    whose forward takes them as separate arguments (``forward(self, x, y)``) fails inside that call with
+    a bare TypeError: it gets one naming the contract and the fix (:func:`refuse_unpacked`)."""
+    try:
+        return model(x)
+    except TypeError as e:
+        refuse_unpacked(model, x, what, e)
+        raise
+
+
+def refuse_unpacked(model, x, what: str, cause: Optional[BaseException] = None) -> None:
+    """A TypeError when the inputs ``x``, a tuple or list, fit ``model.forward`` only as separate arguments."""
+    if isinstance(x, (tuple, list)) and _binds_unpacked(model, x):
+        raise TypeError(
+            f"{what} passes a batch's inputs to the model as one argument, model(inputs); {type(model).__name__}."
+            f"forward takes them as {len(x)} separate arguments: wrap it in a module whose forward takes them as "
+            "one, for example `def forward(self, inputs): return self.net(*inputs)`"
+        ) from cause
+
+
+def _binds_unpacked(model, x) -> bool:
+    """Whether ``model.forward`` accepts the items of ``x`` as its arguments but not ``x`` as one."""
+    import inspect
+
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return False
+    try:
+        sig.bind(x)
+        return False
+    except TypeError:
+        pass
+    try:
+        sig.bind(*x)
+        return True
+    except TypeError:
+        return False
+
+
 def check_output(out, model, what: str = "this") -> torch.Tensor:
     """``out`` when it is the tensor of logits (or predictions) ``what`` needs; a clear TypeError otherwise
     (a dict, a tuple, an object with ``.logits``)."""

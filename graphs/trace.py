@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils._pytree import tree_leaves
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
@@ -293,11 +294,12 @@ class FlowProp(ShapeProp):
         found = []
         fx.node.map_arg(args, lambda n: found.append(self.flows.get(n)) or n)
         out = []
-        for f in found:
+        while found:
+            f = found.pop(0)
             if isinstance(f, torch.Tensor):
                 out.append(f)
-            elif isinstance(f, (tuple, list)):
-                out.extend(x for x in f if isinstance(x, torch.Tensor))
+            elif isinstance(f, (tuple, list)):  # an LSTM's (h0, c0); nested inputs, ((x, t), mask)
+                found[:0] = f
         return out
 
     # -------------------------------------------------------------- interpreter
@@ -409,26 +411,32 @@ class FlowProp(ShapeProp):
         return None
 
     def propagate(self, *args):
-        self.inputs = len(args)
+        self.inputs = sum(len(a) if _nested(a) else 1 for a in args)
         return super().propagate(*args)
 
-    def _on_placeholder(self, n, x):
+    def _on_placeholder(self, n, x, name=None):
+        name = n.name if name is None else name
+        if _nested(x):  # one argument holding several tensors (forward(self, xy): x, y = xy): an input each
+            return type(x)(self._on_placeholder(n, t, f"{name}[{i}]") for i, t in enumerate(x))
+        if isinstance(x, Mapping) and _has_tensor(list(x.values())):
+            raise InputError(f"input {name!r} is a dict of tensors; graphs follows tensors only (a tensor, or a tuple "
+                             "or list of them): trace a module whose forward takes the tensors and builds the dict")
         if not isinstance(x, torch.Tensor):
             return None
         if x.dim() == 1 and self.inputs > 1:
             # one value per sample, or indices, next to other inputs (a diffusion timestep t [B] or a class
             # label [B] next to an image, nn.EmbeddingBag's flat input and its offsets): no axis of units,
             # one node; a lone one is a sample without its batch
-            _, start = self.book.new_group(n.name, "input", "channels", 1)
+            _, start = self.book.new_group(name, "input", "channels", 1)
             return _expand(torch.tensor([start]), x.shape, 0)
         if x.dim() < 2:
-            raise InputError(f"input {n.name!r} has shape {tuple(x.shape)}: graphs needs a batch dimension first "
+            raise InputError(f"input {name!r} has shape {tuple(x.shape)}: graphs needs a batch dimension first "
                              "(pass x.unsqueeze(0) for one sample)")
         if self.input_nodes == "elements":
             count = x[0].numel()
-            _, start = self.book.new_group(n.name, "input", "elements", count)
+            _, start = self.book.new_group(name, "input", "elements", count)
             return (torch.arange(start, start + count, dtype=torch.float64).view(1, *x.shape[1:])).expand(*x.shape)
-        _, start = self.book.new_group(n.name, "input", "channels", x.shape[1])
+        _, start = self.book.new_group(name, "input", "channels", x.shape[1])
         return _expand(torch.arange(start, start + x.shape[1]), x.shape, 1)
 
     def _on_linear(self, n, result):
@@ -1343,14 +1351,22 @@ def _default_inputs(first: Optional[nn.Module], shape, batch: int, g: torch.Gene
     return [torch.randn(batch, c, *([s] * d), generator=g) for s in sizes]
 
 
+def _nested(x) -> bool:
+    """A tuple or list given as one input (not a PackedSequence, which is a tuple too)."""
+    return isinstance(x, (tuple, list)) and not isinstance(x, (nn.utils.rnn.PackedSequence, torch.Size))
+
+
 def _auto_input_nodes(model: nn.Module, x: torch.Tensor) -> str:
     convs = any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d) + ops.TRANSPOSED_MODULES) for m in model.modules())
-    return "channels" if convs or x[0].numel() > 1_000_000 else "elements"
+    first = next((t for t in tree_leaves(x) if isinstance(t, torch.Tensor)), None)  # x nested too
+    return "channels" if convs or (first is not None and first[0].numel() > 1_000_000) else "elements"
 
 
 def trace(model: nn.Module, example_input=None, input_nodes: str = "auto") -> Trace:
     """Trace ``model``'s data flow (see module docstring). ``example_input``: a tensor or a tuple of
-    tensors (batch first); None infers one. ``input_nodes``: "channels" (one node per input
+    tensors (batch first), one per positional input; an input that is itself a tuple or list of tensors
+    (``forward(self, xy)``: ``example_input=((x, y),)``) gives an input group per tensor, ``xy[0]``,
+    ``xy[1]``; None infers one. ``input_nodes``: "channels" (one node per input
     channel), "elements" (per input feature or pixel) or "auto" (elements for models without
     convolutions). Falls back to module order, with a warning, when fx cannot trace the model."""
     if input_nodes not in ("auto", "channels", "elements"):

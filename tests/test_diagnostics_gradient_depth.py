@@ -1033,3 +1033,26 @@ def test_a_shared_layer_returning_its_input_is_not_refused():
     y, skip = layer(a(x))
     first, second = torch.autograd.grad(copy(torch.relu(y) + skip)[0].sum(), [layer.weight, copy.weight])
     assert torch.allclose(parts[0], first, atol=1e-6) and torch.allclose(parts[1], second, atol=1e-6)
+
+
+class _PairInput(nn.Module):
+    """Takes its two inputs as one list argument, as gradient_by_depth passes a batch's inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(2, 4)
+        self.head = nn.Linear(4 + 2, 2)
+
+    def forward(self, xy):
+        x, y = xy
+        return self.head(torch.cat([torch.relu(self.a(x)) + self.b(y), y], 1))
+
+
+def test_nested_inputs_are_traced_as_one_argument_of_their_first_example():
+    """The depths of a model taking its inputs as one list were traced on ``inputs[:1]``, the first
+    tensor alone, instead of the first example of each tensor: the forward failed and the depths
+    could not be told."""
+    g = torch.Generator().manual_seed(0)
+    loader = [([torch.randn(5, 3, generator=g), torch.randn(5, 2, generator=g)], torch.randint(0, 2, (5,), generator=g))]
+    res = gradient_by_depth(_PairInput(), loader, layer="head", batches=2)
+    assert {r["depth"]: r["weights"] for r in res.table} == {1: 8, 0: 4}  # 4 units of a/b, 2 raw y features

@@ -1088,3 +1088,48 @@ def test_unary_maths_of_a_sinusoidal_timestep_embedding_is_followed_per_element(
         g = graphs.build(model=Diffusion(), level="unit", example_input=(torch.randn(2, 2, 5, 5), torch.rand(2)))
     assert {e for e in edge_set(g) if e[1].startswith("temb:")} == {
         (f"conv:{i}", f"temb:{j}", EDGE_SYNAPSE) for i in range(2) for j in range(3)}
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fx, self.fy = nn.Linear(3, 4), nn.Linear(2, 4)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x, y):
+        return self.head(torch.cat([torch.relu(self.fx(x)), self.fy(y)], 1))
+
+
+class _OneListInput(_TwoInputs):
+    def forward(self, xy):  # the inputs as one argument, as the diagnostics and mask-only pass a batch's
+        x, y = xy
+        return super().forward(x, y)
+
+
+def test_inputs_given_as_one_tuple_or_list_argument_are_input_nodes():
+    """The tensors of a tuple or list passed as one argument were taken for constants: the graph had
+    no input node and every unit read as dead, with no warning."""
+    torch.manual_seed(0)
+    two = adaptive.Connectome(_TwoInputs())
+    ref = graphs.build(two, example_input=(torch.randn(2, 3), torch.randn(2, 2)))
+    one = _OneListInput()
+    one.load_state_dict(two.model.state_dict())
+    for pack in (list, tuple):
+        g = graphs.build(adaptive.Connectome(one), example_input=(pack([torch.randn(2, 3), torch.randn(2, 2)]),))
+        assert graphs.summary(g)["inputs"] == 5 and graphs.summary(g)["dead"]["dead"] == 0
+        named = {(s.replace("xy[0]", "x").replace("xy[1]", "y"), d, k) for s, d, k in edge_set(g)}
+        assert named == edge_set(ref)
+        assert [gr.name for gr in g.groups if gr.kind == "input"] == ["xy[0]", "xy[1]"]
+
+
+def test_an_input_dict_inside_the_argument_is_refused():
+    class DictIn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, xs):
+            return self.fc(xs[0]["a"])
+
+    with pytest.raises(ValueError, match="dict of tensors; graphs follows tensors only"):
+        graphs.build(adaptive.Connectome(DictIn()), example_input=([{"a": torch.randn(2, 3)}],))

@@ -273,3 +273,46 @@ def test_the_training_window_counts_positions_exactly_past_float32s_integers():
     first = next(h for h in res.history if h["kind"] == "update")
     assert first["train_examples"] == 3
     assert first["train_loss"] == expected
+
+
+class _TwoArguments(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(2, 4)
+
+    def forward(self, x, y):
+        return self.a(x) + self.b(y)
+
+
+@pytest.mark.parametrize("entry", ["optimize_connectome", "gradient_by_depth", "collinearity", "knowledge_distribution"])
+def test_a_forward_taking_the_inputs_as_separate_arguments_is_refused_naming_the_fix(entry):
+    """A batch's inputs go to the model as one argument; a forward(self, x, y) failed inside the call
+    with a bare "missing 1 required positional argument" (gradient_by_depth: a tracing error asking for
+    depths=), which named neither the contract nor the fix. The model comes back as it was."""
+    from adaptive import diagnostics
+
+    torch.manual_seed(0)
+    model = _TwoArguments()
+    before = copy.deepcopy(model.state_dict())
+    g = torch.Generator().manual_seed(0)
+    data = [((torch.randn(8, 3, generator=g), torch.randn(8, 2, generator=g)), torch.randint(0, 4, (8,), generator=g))] * 2
+    call = {"optimize_connectome": lambda: optimize_connectome(model, data, data, target=0.5, progress=False),
+            "gradient_by_depth": lambda: diagnostics.gradient_by_depth(model, data, layer="a", batches=1),
+            "collinearity": lambda: diagnostics.collinearity(model, data, batches=1),
+            "knowledge_distribution": lambda: diagnostics.knowledge_distribution(model, data, points=2)}[entry]
+    with pytest.raises(TypeError, match=r"model\(inputs\); _TwoArguments\.forward takes them as 2 separate arguments: "
+                                        r"wrap it .*self\.net\(\*inputs\)"):
+        call()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_a_forward_taking_one_tuple_still_gets_it_whole():
+    class OneTuple(_TwoArguments):
+        def forward(self, xy, scale=1.0):  # binds the tuple as one argument: no refusal, called as before
+            return super().forward(*xy) * scale
+
+    g = torch.Generator().manual_seed(0)
+    data = [((torch.randn(8, 3, generator=g), torch.randn(8, 2, generator=g)), torch.randint(0, 4, (8,), generator=g))]
+    loss, _, _ = evaluate(OneTuple(), data)
+    assert loss > 0

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..discovery import discover
 from ..global_rng import kept_global_rng
+from ..metrics import call_model
 from ..warn import warn_user
 from ._common import (check_finite, default_loss, iterate_batches, kept_buffers, measured_gradients, model_device, scalers_suspended,
                       training_mode)
@@ -229,7 +230,7 @@ def collinearity(
             scalers_suspended(model):
         for x, y in iterate_batches(rebatch(loader, batch_size), batches, desc="collinearity", warn_short=True):
             x, y = _to_device(x, device), _to_device(y, device)
-            grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
+            grads = torch.autograd.grad(loss_fn(call_model(model, x, "collinearity"), y), params, allow_unused=True)
             for i, g in enumerate(grads):
                 if g is None:
                     continue

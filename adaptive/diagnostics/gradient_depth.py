@@ -14,8 +14,9 @@ from typing import Callable, List, Optional
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
-from ..metrics import to_device
+from ..metrics import call_model, refuse_unpacked, to_device
 from ._shared_calls import CallRecorder, parts_adding_up
 from ._common import (LogHistogram, check_finite, default_loss, find_weight, iterate_batches, kept_buffers, measured_gradients, model_device,
                       scalers_suspended, training_mode)
@@ -81,7 +82,10 @@ def traced_call_depths(model: nn.Module, layer: str, example=None) -> List[torch
     name = layer[: -len(".weight")] if layer.endswith(".weight") else layer
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"graphs: node .* uses weights used before in the forward")
-        tr = graphs.trace(model, None if example is None else example[:1])
+        # the first example of every tensor in the input, given as one argument: the model is called
+        # model(x) with x whole, while graphs takes a tuple as several arguments
+        first = None if example is None else (tree_map(lambda t: t[:1] if torch.is_tensor(t) else t, example),)
+        tr = graphs.trace(model, first)
         if not tr.traced:
             raise ValueError(" ".join(f"{tr.reason}; the module-order fallback has no concatenation or residual "
                                       "links, so its depths would be wrong".split()))
@@ -322,10 +326,11 @@ def gradient_by_depth(
             for x, y in iterate_batches(loader, batches, desc=f"gradients of {name}", cycle=cycle):
                 x, y = to_device(x, device), to_device(y, device)  # nested inputs (a tuple of tensors) too
                 if call_depths is None:
+                    refuse_unpacked(model, x, "gradient_by_depth")  # before tracing, which would fail less clearly
                     call_depths = resolve_call_depths(model, name, depths, example=x)
                     recorder = CallRecorder(mod)  # after the tracing, whose forward it would record
                 recorder.clear()
-                loss = loss_fn(model(x), y)
+                loss = loss_fn(call_model(model, x, "gradient_by_depth"), y)
                 (g,) = torch.autograd.grad(loss, [weight], allow_unused=True)
                 if g is None and recorder.calls and all(c["no_grad"] for c in recorder.calls):
                     raise ValueError(f"gradient_by_depth: layer {name!r} has no gradient: the model's forward calls it "

@@ -23,7 +23,8 @@ from ..atomic import write_text
 from ..connectome import Connectome, _uncompiled
 from ..discovery import copy_model
 from ..counts import whole_number
-from ..metrics import AccuracyFn, batch_accuracy, check_output, default_accuracy, example_count, loss_weight, to_device
+from ..metrics import (AccuracyFn, batch_accuracy, call_model, check_output, default_accuracy, example_count, loss_weight,
+                       to_device)
 from ..global_rng import kept_global_rng
 from ..warn import warn_user
 from ._common import default_loss, iterate_batches, kept_buffers, model_device, training_mode
@@ -78,7 +79,7 @@ def evaluate(model: nn.Module, data, loss_fn: Callable = default_loss,
     with training_mode(model, False):
         for x, y, *_ in data:
             x, y = to_device(x, device), to_device(y, device)
-            out = check_output(model(x), model, "knowledge_distribution")
+            out = check_output(call_model(model, x, "knowledge_distribution"), model, "knowledge_distribution")
             units = loss_weight(out, y)
             tot_loss += float(loss_fn(out, y)) * units
             n += units
@@ -465,7 +466,8 @@ def knowledge_distribution(
     data = materialize(eval_loader, eval_batches, desc="evaluation data")
     if num_classes is None and accuracy_fn is default_accuracy:  # chance: 1 / the classes on axis 1
         with torch.no_grad(), training_mode(work, False):
-            probe = check_output(work(to_device(data[0][0], model_device(work))), work, "knowledge_distribution")
+            probe = check_output(call_model(work, to_device(data[0][0], model_device(work)), "knowledge_distribution"), work,
+                                 "knowledge_distribution")
         num_classes = int(probe.shape[1]) if probe.dim() >= 2 else None
     # BatchNorm's: an InstanceNorm's (rarely tracked) forward reads a momentum of None as 0, so a
     # cumulative re-estimate would leave it reset; it is left as it is
@@ -507,13 +509,14 @@ def knowledge_distribution(
                 for i in range(finetune_batches):
                     x, y = next(ft_iter)
                     opt.zero_grad(set_to_none=True)
-                    loss = loss_fn(work(to_device(x, device)), to_device(y, device))
+                    loss = loss_fn(call_model(work, to_device(x, device), "knowledge_distribution"), to_device(y, device))
                     loss.backward()
                     opt.step()
                     if i == 0:
                         first, before = (x, y), float(loss.detach())
                 with torch.no_grad(), kept_buffers(work):  # the same batch after the steps; its statistics not kept
-                    after = float(loss_fn(work(to_device(first[0], device)), to_device(first[1], device)))
+                    after = float(loss_fn(call_model(work, to_device(first[0], device), "knowledge_distribution"),
+                                        to_device(first[1], device)))
             # rose by more than its own size (more than doubled, for a loss that may be negative or 0)
             if not math.isfinite(after) or after - before > max(abs(before), 1e-6):
                 overshot.append((k, before, after))
@@ -578,7 +581,7 @@ def _recalibrate(model: nn.Module, norms, data, device) -> None:
             m.momentum = None  # cumulative average
         try:
             for x, *_ in data:
-                model(to_device(x, device))
+                call_model(model, to_device(x, device), "knowledge_distribution")
         finally:
             for m, mom in zip(norms, saved):
                 m.momentum = mom

@@ -13,7 +13,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from ..global_rng import kept_global_rng
-from ..metrics import example_count, to_device
+from ..metrics import call_model, example_count, to_device
 from ..warn import warn_user
 from ._common import default_loss, iterate_batches, measured_gradients, model_device, scalers_suspended, training_mode
 
@@ -28,7 +28,7 @@ def _gradient_batches(conn, loader, batches, loss_fn, desc):
             scalers_suspended(model):  # scores read the model's own gradients
         for x, y in iterate_batches(loader, batches, desc=desc):
             model.zero_grad(set_to_none=True)
-            loss_fn(model(to_device(x, device)), to_device(y, device)).backward()
+            loss_fn(call_model(model, to_device(x, device), "knowledge_distribution"), to_device(y, device)).backward()
             yield example_count(y)  # the batch's examples (x may be a tuple of inputs)
     model.zero_grad(set_to_none=True)
 
