@@ -417,6 +417,28 @@ def test_mask_only_never_changes_a_surviving_weight_even_with_an_optimizer(ensem
     assert not torch.equal(dict(model.named_parameters())["1.weight"], original["1.weight"])
 
 
+def test_mask_only_restores_survivors_in_the_dtype_the_model_was_cast_to():
+    """The step restores each weight from its original (kept in the dtype it had): after
+    model.double() the survivors are the originals cast to float64, the pruned ones +0.0."""
+    model = small_net()
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    conn = adaptive.Connectome(model, mode="mask_only")
+    conn.set_masks(random_masks(conn, 0.5, seed=3))
+    model.double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    conn.attach(opt)
+    for s in range(2):
+        x, y = batch(s)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x.double()), y).backward()
+        opt.step()
+    for n, p in conn.params.items():
+        live = conn.masks[n]
+        assert p.dtype == torch.float64
+        assert torch.equal(p.detach()[live], original[n].double()[live]), n
+        assert bool((p.detach()[~live].view(torch.int64) == 0).all()), n
+
+
 def test_mask_only_prune_and_restore_without_optimizer_is_bit_identical():
     model = small_net()
     with torch.no_grad():
