@@ -14,6 +14,8 @@ from typing import Iterable, Optional
 
 import torch
 
+from .exact_masking import masked
+
 
 @torch.no_grad()
 def clip_gradients(parameters: Iterable[torch.nn.Parameter] | torch.Tensor, max_norm: float, conn=None, *, accelerator=None,
@@ -21,7 +23,8 @@ def clip_gradients(parameters: Iterable[torch.nn.Parameter] | torch.Tensor, max_
     """Scale the gradients of ``parameters`` so that their total ``norm_type`` norm is at most
     ``max_norm``, as ``torch.nn.utils.clip_grad_norm_`` does, but with the norm taken over the
     gradients the optimizer will use: each weight of ``conn`` (a :class:`~adaptive.Connectome`)
-    counts with its live gradient (``grad * mask``), every other parameter with its ``.grad``.
+    counts with its live gradient (``.grad`` with exact zeros where pruned: an inf or NaN there, in a
+    dense gradient, does not reach the norm), every other parameter with its ``.grad``.
     The clip factor is then the same whether or not ``.grad`` still holds the dense gradient at
     pruned positions (an observation step), and every gradient, dense ones included, is scaled by
     it, so observers that run before the step see the clipped gradient.
@@ -46,9 +49,9 @@ def clip_gradients(parameters: Iterable[torch.nn.Parameter] | torch.Tensor, max_
         accelerator.unscale_gradients()
     masks = {}
     if conn is not None:
-        _, weights, fmasks = conn._hot_lists()  # layers with pruned synapses; masks on each weight's device and dtype
-        masks = {id(p): f for p, f in zip(weights, fmasks)}
-    live = [p.grad * masks[id(p)] if id(p) in masks else p.grad for p in params]
+        _, weights, imasks = conn._hot_lists()  # layers with pruned synapses; 0/1 masks on each weight's device
+        masks = {id(p): f for p, f in zip(weights, imasks)}
+    live = [masked(p.grad, masks[id(p)]) if id(p) in masks else p.grad for p in params]
     total = _total_norm(live, norm_type, foreach)
     _clip_with_norm(params, limit, total, foreach)
     return total

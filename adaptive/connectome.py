@@ -31,6 +31,7 @@ from .atomic import atomic_path
 from .discovery import (SynapseLayer, aliases, discover, holds_synapses, prunable_names, shared_weight_warning,
                         state_dict_keys)
 from .ensembles import Granularity, check_granularity, expands_exactly
+from .exact_masking import bits, int_mask, mask_, mask_dtype
 from .grad_masking import BackwardMasker
 from .optim_state import preserves_zeros, reset_state, unwrap_optimizer, zero_eps_warning
 from .warn import warn_user
@@ -154,9 +155,10 @@ class Connectome:
             if key not in checked:
                 check_granularity(g, n, self.masks[n].shape, self.masks[n].device)
                 checked.add(key)
-        # Hot-path cache: the non-dense layers' parameters and their masks as 0/1 tensors in the
-        # parameter's dtype and device. A float multiply is ~7x faster than one by a bool mask
-        # (no per-element dtype cast) and torch._foreach_mul_ does all layers in one call.
+        # Hot-path cache: the non-dense layers' parameters and their masks as 0/1 integers of the
+        # parameter's width on its device, multiplied into the bits of weights and gradients
+        # (adaptive.exact_masking): exact even over inf and NaN, as fast as a float multiply (~7x
+        # faster than one by a bool mask), and torch._foreach_mul_ does all layers in one call.
         self._hot: Optional[tuple] = None
         # Ensemble masks as last pooled (see _ensemble_mask): name -> (weakref to the mask pooled,
         # its version, its address, the granularity, the ensemble mask).
@@ -495,43 +497,52 @@ class Connectome:
         self.original = {n: p.detach().clone() for n, p in self.params.items()}
 
     def _hot_lists(self) -> tuple:
-        """``(names, params, float masks)`` of the layers that have pruned synapses, the masks on
-        each parameter's device and in its dtype. Rebuilt after a mask edit or a move of the model
-        (``model.to(...)`` keeps parameter identity and moves every parameter, so checking the
-        first one per call is enough; a partial move is caught by :meth:`_foreach_mask`)."""
+        """``(names, params, masks)`` of the layers that have pruned synapses, each mask as 0/1
+        integers of its parameter's width on its device (:mod:`adaptive.exact_masking`). Rebuilt
+        after a mask edit or a move of the model (``model.to(...)`` keeps parameter identity and
+        moves every parameter, so checking the first one per call is enough; a partial move is
+        caught by :meth:`_foreach_mask`)."""
         hot = self._hot
-        if hot is not None and (not hot[1] or (hot[1][0].device == hot[2][0].device and hot[1][0].dtype == hot[2][0].dtype)):
+        if hot is not None and (not hot[1] or (hot[1][0].device == hot[2][0].device
+                                               and mask_dtype(hot[1][0]) == hot[2][0].dtype)):
             return hot
         names = [n for n in self.params if not self._dense[n]]
         params = [self.params[n] for n in names]
-        fmasks = []
+        imasks = []
         for n, p in zip(names, params):
             m = self.masks[n]
             if m.device != p.device:
                 self.masks[n] = m = m.to(p.device)
-            fmasks.append(m.to(p.dtype))
-        self._hot = (names, params, fmasks)
+            imasks.append(int_mask(m, p))
+        self._hot = (names, params, imasks)
         return self._hot
 
     @torch.no_grad()
     def _foreach_mask(self, grads: bool, weights: bool) -> None:
-        """Multiply the gradients and/or weights of every layer with pruned synapses by its 0/1 mask,
-        in one ``torch._foreach_mul_``; a layer's gradient and weight sit side by side in the list,
-        so its mask is read from memory once for both."""
+        """Set the gradients and/or weights of every layer with pruned synapses to exactly +0.0 at
+        its pruned positions, whatever they held (inf and NaN included), and leave every other bit
+        as it was: one ``torch._foreach_mul_`` of their bits by the 0/1 masks
+        (:mod:`adaptive.exact_masking`). A layer's gradient and weight sit side by side in the
+        list, so its mask is read from memory once for both."""
         for attempt in range(2):
-            _, params, fmasks = self._hot_lists()
-            ts, ms = [], []
-            for p, f in zip(params, fmasks):
-                if grads and p.grad is not None:
-                    ts.append(p.grad)
-                    ms.append(f)
+            _, params, imasks = self._hot_lists()
+            ts, ms, sparse = [], [], []
+            for p, f in zip(params, imasks):
+                g = p.grad
+                if grads and g is not None:
+                    if g.is_sparse:  # (an embedding's sparse gradient: its stored values masked)
+                        sparse.append((g, f))
+                    else:
+                        ts.append(bits(g))
+                        ms.append(f)
                 if weights:
-                    ts.append(p)
+                    ts.append(bits(p))
                     ms.append(f)
-            if not ts:
-                return
             try:
-                torch._foreach_mul_(ts, ms)
+                if ts:
+                    torch._foreach_mul_(ts, ms)
+                for g, f in sparse:
+                    mask_(g, f)
                 return
             except RuntimeError:
                 if attempt:
@@ -552,7 +563,7 @@ class Connectome:
         if self.mode == "mask_only":
             self._apply()
         else:
-            self._impose_exact()
+            self._foreach_mask(grads=False, weights=True)  # exactly 0.0, even over a written inf or NaN
             _forget_autocast_copies()  # as _apply does: a forward in the same autocast region reads the masked weights
 
     @torch.no_grad()
@@ -570,15 +581,6 @@ class Connectome:
         self._hot = None
         self._edited()
         self._reset_optimizer_state(pruned)
-
-    @torch.no_grad()
-    def _impose_exact(self) -> None:
-        """Pruned weights set to exactly 0.0 even where they hold inf or NaN (a multiply by the 0/1
-        mask, the per-step path, would leave 0 * inf = NaN): after a load or any outside write."""
-        for n in self.params:
-            if not self._dense[n]:
-                p, m = self.params[n], self.masks[n]
-                p.masked_fill_(~(m if m.device == p.device else m.to(p.device)), 0.0)
 
     def _check_params(self) -> None:
         """Raise if the model no longer holds the parameters this connectome masks."""
@@ -624,21 +626,29 @@ class Connectome:
     @torch.no_grad()
     def _apply(self) -> None:
         if self.mode == "mask_only":
+            # every weight restored from its original, bit for bit where kept and +0.0 where pruned:
+            # the original's bits times the 0/1 integer mask, written into the weight in one pass
+            # (17x faster on a CPU than torch.where with the bool mask)
+            imasks = dict(zip(*self._hot_lists()[::2]))  # layers with pruned synapses
             for n, p in self.params.items():
-                m = self.masks[n]
-                if m.device != p.device:
-                    self.masks[n] = m = m.to(p.device)
                 o = self.original[n]
                 if o.device != p.device:
                     self.original[n] = o = o.to(p.device)
-                p.copy_(torch.where(m, o, torch.zeros((), dtype=p.dtype, device=p.device)))
+                if o.dtype != p.dtype:  # the model was cast since (model.half()): its weights follow
+                    o = o.to(p.dtype)
+                m = imasks.get(n)
+                if m is None:
+                    p.copy_(o)
+                else:
+                    torch.mul(bits(o), m if m.device == p.device else m.to(p.device), out=bits(p))
             _forget_autocast_copies()
             return
         self._foreach_mask(grads=False, weights=True)
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
-        """Zero the gradients at pruned positions (called just before an optimizer step)."""
+        """Set the gradients at pruned positions to exactly +0.0, even over inf or NaN (called just
+        before an optimizer step)."""
         self._foreach_mask(grads=True, weights=False)
 
     # ------------------------------------------------------------------ optimizers
@@ -848,7 +858,7 @@ class Connectome:
         hook. Weights are re-masked now; the wrapped closure lets observers see its dense
         gradients (first call) and masks them before the optimizer uses them (every call)."""
         if self.mode == "train":
-            self._remask_weights()
+            self._foreach_mask(grads=False, weights=True)
         calls = [0]
 
         @torch.compiler.disable
@@ -904,23 +914,11 @@ class Connectome:
             hot = self._hot
             if hot is None or not self._masker.all_masked(hot[0], hot[1]):
                 self.mask_gradients()
-        elif self._weights_untouched():
-            # an optimizer that is not zero-preserving, weights as it left them: gradients masked
-            # and weights re-imposed in one pass (and re-masked after the step)
+        else:
+            # an optimizer that is not zero-preserving (it is re-masked after the step too), or a
+            # weight written outside the optimizer since the last step (an init, a load, an EMA
+            # swap; exactly 0.0 again even over a loaded inf or NaN): gradients and weights in one pass
             self._foreach_mask(grads=True, weights=True)
-        else:
-            # a weight written outside the optimizer since the last step (an init, a load, an EMA
-            # swap) is pruned again here, exactly (a loaded inf or NaN must not survive as 0 * inf)
-            self._foreach_mask(grads=True, weights=False)
-            self._impose_exact()
-
-    def _remask_weights(self) -> None:
-        """Pruned weights re-imposed: by the fast multiply when nothing wrote to them since they were
-        last masked, else exactly (0.0 even over a loaded inf or NaN)."""
-        if self._weights_untouched():
-            self._foreach_mask(grads=False, weights=True)
-        else:
-            self._impose_exact()
 
     @torch.compiler.disable
     def _post_step(self, opt, args, kwargs):
@@ -931,7 +929,7 @@ class Connectome:
         if self.mode == "mask_only":
             self._apply()
         elif not preserves_zeros(opt):
-            self._impose_exact()  # exactly 0.0: such a step can leave NaN there (0/0), and NaN * 0 is NaN
+            self._foreach_mask(grads=False, weights=True)  # exactly 0.0 even where such a step left NaN (0/0)
         self._next_step()
         self._record_versions()
 

@@ -1,7 +1,8 @@
 """Masking gradients inside backward, as autograd accumulates each one.
 
 A connectome's pruned weights stay exactly 0.0 through a zero-preserving optimizer's step as long
-as their gradients are 0.0 there. The plain way masks every gradient in one pass just before the
+as their gradients are 0.0 there (exactly, even where backward produced inf or NaN: the gradient's
+bits are multiplied by the 0/1 mask, see :mod:`adaptive.exact_masking`). The plain way masks every gradient in one pass just before the
 step; this module instead masks each gradient the moment backward has accumulated it (a
 ``register_post_accumulate_grad_hook`` per weight), while it is still in cache. On small networks,
 where the masking is a visible part of a step, that is cheaper.
@@ -23,6 +24,7 @@ from typing import Dict, Optional
 
 import torch
 
+from .exact_masking import mask_
 from .optim_state import preserves_zeros
 
 
@@ -109,7 +111,7 @@ class _GradHook:
 
     def __init__(self, masker: BackwardMasker, name: str):
         self.masker, self.name = masker, name
-        self.mask: Optional[torch.Tensor] = None  # 0/1 in the weight's dtype; None for a dense layer
+        self.mask: Optional[torch.Tensor] = None  # 0/1 integers of the weight's width; None for a dense layer
 
     def __call__(self, param: torch.Tensor) -> None:
         m = self.masker
@@ -123,7 +125,7 @@ class _GradHook:
         if not m.on or f is None or g is None:
             return
         try:
-            g.mul_(f)
+            mask_(g, f)  # exactly +0.0 where pruned, even over inf or NaN (adaptive.exact_masking)
         except RuntimeError:  # the weight moved device since the masks were cached: the step masks it
             m.hot = self.mask = None
             return

@@ -71,6 +71,24 @@ def test_the_clip_factor_is_the_same_whether_grad_is_dense_at_pruned_positions_o
             assert (p.grad[~masks[n]] != 0).all()
 
 
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_an_inf_or_nan_at_a_pruned_position_of_a_dense_gradient_does_not_reach_the_norm(bad):
+    """The live gradient was taken as grad * mask, and 0 * inf = NaN: a non-finite value where no
+    synapse is (a dense gradient at an observation step) made the norm NaN and the clip factor
+    NaN, which turned every live gradient NaN. It is now masked exactly: the norm is the live one."""
+    model, conn = masked_net()
+    g = torch.Generator().manual_seed(1)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=g) * 3
+    conn.params["0.weight"].grad[~conn.masks["0.weight"]] = bad
+    ref = torch.nn.utils.get_total_norm([p.grad.where(conn.masks[n], 0.0) if n in conn.masks else p.grad
+                                         for n, p in model.named_parameters()])
+    total = clip_gradients(model.parameters(), 1.0, conn)
+    assert torch.isfinite(total) and torch.equal(total, ref)
+    for n, p in model.named_parameters():
+        assert bool(torch.isfinite(p.grad[conn.masks[n]] if n in conn.masks else p.grad).all()), n
+
+
 def test_a_norm_below_the_limit_changes_nothing_and_a_bad_limit_is_refused():
     model, conn = masked_net()
     for p in model.parameters():

@@ -50,6 +50,24 @@ def test_backward_masks_gradients_and_the_step_keeps_pruned_weights_at_zero():
     assert calls == []  # the step trusted the hooks' work
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -1.5])
+def test_backward_masks_a_pruned_gradient_to_plus_zero_whatever_it_holds(bad):
+    """The hook multiplied by the 0/1 mask, and 0 * inf = 0 * NaN = NaN (and 0 * -1.5 = -0.0): the
+    masked gradient of a pruned position is now all bits zero, the live ones keep their bits."""
+    model, conn, opt, x, y = setup()
+    p, pruned = conn.params["0.weight"], ~conn.masks["0.weight"]
+    h = p.register_hook(lambda g: g.masked_fill(pruned, bad))  # runs before the masking hook
+    backward(model, x, y)
+    h.remove()
+    assert conn._masker.done  # the hooks masked it
+    assert bool((p.grad.view(torch.int32)[pruned] == 0).all())
+    dense = p.grad.clone()
+    model.zero_grad()
+    conn.mask_in_backward = False
+    backward(model, x, y)
+    assert torch.equal(p.grad[~pruned], dense[~pruned])
+
+
 def test_a_write_to_the_gradient_after_backward_is_masked_by_the_step():
     model, conn, opt, x, y = setup()
     for _ in range(2):

@@ -3,6 +3,7 @@
 surviving weight, 3 an all-ones connectome is the plain model, 6 bad input changes nothing."""
 import copy
 import io
+import math
 import pickle
 
 import pytest
@@ -289,6 +290,103 @@ def test_deepcopy_and_pickle_of_the_model_work_with_a_connectome_attached():
     assert_pruned_are_zero(conn, opt)
 
 
+# ------------------------------------------------------------------ invariant 1 after a divergence
+def _poison_pruned_gradients(conn, value):
+    """A hook on each weight's incoming gradient (before accumulation, before the masking hooks)
+    that writes ``value`` at the first pruned position: a divergence only an absent synapse sees."""
+    hooks = []
+    for n, p in conn.params.items():
+        at = tuple((~conn.masks[n]).nonzero()[0].tolist())
+
+        def put(g, at=at):
+            g = g.clone()
+            g[at] = value
+            return g
+        hooks.append(p.register_hook(put))
+    return hooks
+
+
+def assert_pruned_are_plus_zero(conn, opt):
+    """Pruned weights and gradients all bits zero (+0.0: not NaN, not -0.0), optimizer state 0 there."""
+    for n, p in conn.params.items():
+        pruned = ~conn.masks[n]
+        assert bool((_bits(p)[pruned] == 0).all()), f"{n}: a pruned weight is not +0.0: {p.detach()[pruned].unique()}"
+        if p.grad is not None:
+            assert bool((_bits(p.grad)[pruned] == 0).all()), f"{n}: a pruned gradient is not +0.0"
+    assert_pruned_are_zero(conn, opt)
+
+
+DIVERGENCES = ["nan-loss", "nan-at-a-pruned-gradient", "inf-at-a-pruned-gradient"]
+MASKED = ["in-backward", "at-the-step", "observed"]
+
+
+@pytest.mark.parametrize("masked_at", MASKED)
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+@pytest.mark.parametrize("opt_name", ["sgd-momentum-wd", "adam", "spreading"])
+def test_pruned_positions_stay_plus_zero_through_a_divergence(opt_name, divergence, masked_at):
+    """Masking multiplied by the 0/1 mask, and 0 * NaN = 0 * inf = NaN: a NaN or inf gradient left
+    NaN at pruned positions, in the optimizer's moments and weights there, and the next forward
+    spread it to every output. Now pruned gradients and weights are +0.0 after every step, and a
+    divergence only a pruned position saw leaves the network finite."""
+    model = small_net()
+    conn = adaptive.Connectome(model)
+    conn.set_masks(random_masks(conn, 0.5))
+    opt = SpreadingOptimizer(model.parameters()) if opt_name == "spreading" else OPTIMIZERS[opt_name](model.parameters())
+    conn.attach(opt)
+    conn.mask_in_backward = masked_at == "in-backward"
+    if masked_at == "observed":  # dense gradients until the step (as at a controller's observation)
+        conn.add_observer(lambda: None)
+    train(model, opt, 2)
+    hooks = [] if divergence == "nan-loss" else _poison_pruned_gradients(conn, float(divergence[:3]))
+    x, y = batch(7)
+    opt.zero_grad(set_to_none=True)
+    (nn.functional.cross_entropy(model(x), y) * (math.nan if divergence == "nan-loss" else 1.0)).backward()
+    opt.step()
+    assert_pruned_are_plus_zero(conn, opt)
+    for h in hooks:
+        h.remove()
+    train(model, opt, 2)
+    assert_pruned_are_plus_zero(conn, opt)
+    if divergence != "nan-loss":  # only absent synapses saw it: the network is whole
+        assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+@pytest.mark.parametrize("behind_the_counter", [False, True])
+def test_a_nan_written_at_a_pruned_weight_is_plus_zero_after_the_next_step_or_apply(behind_the_counter):
+    model = small_net()
+    conn = adaptive.Connectome(model)
+    conn.set_masks(random_masks(conn, 0.5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    conn.attach(opt)
+    train(model, opt, 1)
+    at = tuple((~conn.masks["0.weight"]).nonzero()[0].tolist())
+    if behind_the_counter:  # (.data: no version counter moves, so apply() must be called)
+        model[0].weight.data[at] = -math.inf
+        conn.apply()
+    else:
+        with torch.no_grad():
+            model[0].weight[at] = math.nan
+    train(model, opt, 1)
+    assert_pruned_are_plus_zero(conn, opt)
+
+
+@pytest.mark.parametrize("opt_name", ["sgd-momentum-wd", "adam"])
+def test_mask_only_keeps_pruned_gradients_and_moments_at_zero_through_a_nan(opt_name):
+    model = small_net()
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    conn = adaptive.Connectome(model, mode="mask_only")
+    opt = OPTIMIZERS[opt_name](model.parameters())
+    conn.attach(opt)
+    conn.set_masks(random_masks(conn, 0.5, seed=3))
+    hooks = _poison_pruned_gradients(conn, math.nan)
+    train(model, opt, 2)
+    assert_pruned_are_plus_zero(conn, opt)
+    for n, p in conn.params.items():
+        assert torch.equal(_bits(p)[conn.masks[n]], _bits(original[n])[conn.masks[n]]), n
+    for h in hooks:
+        h.remove()
+
+
 # ---------------------------------------------------------------------------------- invariant 2
 def _bits(t):
     return t.detach().contiguous().view(torch.int32)
@@ -317,6 +415,28 @@ def test_mask_only_never_changes_a_surviving_weight_even_with_an_optimizer(ensem
         assert torch.equal(_bits(conn.original[n]), _bits(original[n]))
     # parameters that are not synapses (BatchNorm, biases) did train
     assert not torch.equal(dict(model.named_parameters())["1.weight"], original["1.weight"])
+
+
+def test_mask_only_restores_survivors_in_the_dtype_the_model_was_cast_to():
+    """The step restores each weight from its original (kept in the dtype it had): after
+    model.double() the survivors are the originals cast to float64, the pruned ones +0.0."""
+    model = small_net()
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    conn = adaptive.Connectome(model, mode="mask_only")
+    conn.set_masks(random_masks(conn, 0.5, seed=3))
+    model.double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    conn.attach(opt)
+    for s in range(2):
+        x, y = batch(s)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x.double()), y).backward()
+        opt.step()
+    for n, p in conn.params.items():
+        live = conn.masks[n]
+        assert p.dtype == torch.float64
+        assert torch.equal(p.detach()[live], original[n].double()[live]), n
+        assert bool((p.detach()[~live].view(torch.int64) == 0).all()), n
 
 
 def test_mask_only_prune_and_restore_without_optimizer_is_bit_identical():

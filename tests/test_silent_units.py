@@ -315,6 +315,31 @@ def test_a_bias_free_unit_whose_live_inputs_are_all_zero_counts_alike_under_mask
     assert (first.silent, last.silent) == (1, 0)
 
 
+def test_a_nan_in_the_dense_gradient_of_a_pruned_weight_does_not_make_its_unit_reached():
+    """As above, with the dense gradient at unit 2's pruned weights NaN: it was masked by a multiply
+    by the 0/1 mask, 0 * NaN = NaN, and NaN counts as reached. Masked exactly, unit 2 stays silent."""
+    from adaptive import Connectome
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 8, bias=False), nn.Tanh(), nn.Linear(8, 3))
+    conn = Connectome(m)
+    mask = torch.ones(8, 5, dtype=torch.bool)
+    mask[2] = False
+    mask[2, 0] = True
+    conn.set_masks({"0.weight": mask})
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    conn.attach(opt)
+    conn.mask_in_backward = False  # the gradient is dense at observe()
+    m[0].weight.register_hook(lambda g: g.masked_fill(~mask, float("nan")))
+    s = SilentUnits.from_connectome(conn)
+    x = torch.randn(16, 5)
+    x[:, 0] = 0.0
+    m(x).logsumexp(-1).sum().backward()
+    s.observe()
+    opt.step()
+    assert s.layers()[0].silent == 1
+
+
 def test_a_step_the_grad_scaler_skips_is_not_observed():
     """Under fp16 a GradScaler skips every step whose scaled gradients overflowed (several at the start
     of a run while it calibrates its scale, then now and then): its inf/NaN gradients teach nothing,

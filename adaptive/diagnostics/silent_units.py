@@ -40,6 +40,8 @@ from typing import Callable, Dict, List, Mapping, Optional
 import torch
 from torch import nn
 
+from ..exact_masking import mask_dtype, masked as masked_by
+
 WARN_SHARE = 0.5  # a layer with at least this share of silent units is warned about
 WARN_MIN_UNITS = 4  # ... if it has at least this many units (a 2-unit layer says little)
 
@@ -101,21 +103,21 @@ class SilentUnits:
                    # the gradient holds only live synapses' (no pruned one, or masked in backward
                    # and unwritten since): else the step masks it after the observers
                    lambda name: conn._dense[name] or conn._masker.all_masked([name], [conn.params[name]]),
-                   # the connectome's cached 0/1 masks in each weight's dtype: a multiply by one is ~20x
-                   # faster on a CPU than torch.where with the bool mask
+                   # the connectome's cached 0/1 integer masks: a multiply of the gradient's bits by one
+                   # (adaptive.exact_masking) is ~20x faster on a CPU than torch.where with the bool mask
                    lambda: dict(zip(*conn._hot_lists()[::2])))
         return out
 
     def _setup(self, weights: Dict[str, torch.Tensor], biases: Dict[str, Optional[torch.Tensor]],
                mask_of: Optional[Callable[[str], torch.Tensor]],
                masked: Optional[Callable[[str], bool]] = None,
-               float_masks: Optional[Callable[[], Dict[str, torch.Tensor]]] = None) -> None:
+               int_masks: Optional[Callable[[], Dict[str, torch.Tensor]]] = None) -> None:
         if not weights:
             raise ValueError("SilentUnits: no layers to watch: pass name -> module of the Linear/Conv layers")
         self.names: List[str] = list(weights)
         self.units: Dict[str, int] = {n: int(w.shape[0]) for n, w in weights.items()}
         self._weights, self._biases, self._mask_of, self._masked = weights, biases, mask_of, masked
-        self._float_masks = float_masks
+        self._int_masks = int_masks
         self._transposed: Dict[str, int] = {}  # ConvTranspose layer -> its groups
         self._inputs: Dict[str, tuple] = {}  # layer -> (weakref to the mask, its version, units with a live input)
         self._peak: Dict[str, Optional[torch.Tensor]] = {n: None for n in self.names}
@@ -127,7 +129,7 @@ class SilentUnits:
         zeroed. A layer whose weight holds no gradient (unused this step) is skipped.
         :meth:`discard_last` takes it back."""
         self._before = dict(self._peak)  # (observing replaces the peak tensors, never writes them)
-        fmasks = None  # the float masks, fetched once per step where a layer needs one
+        imasks = None  # the 0/1 integer masks, fetched once per step where a layer needs one
         for n in self.names:
             g = self._weights[n].grad
             if g is None:
@@ -140,11 +142,11 @@ class SilentUnits:
                 # no bias: only the live synapses' gradients say whether the unit is reached. A dense
                 # gradient of pruned weights also reads inputs the live ones do not (a unit whose live
                 # inputs are all 0 would count as reached at a dense step and silent at a masked one)
-                if fmasks is None:
-                    fmasks = self._float_masks() if self._float_masks is not None else {}
-                fm = fmasks.get(n)
-                if fm is not None and fm.device == g.device and fm.dtype == g.dtype and fm.shape == g.shape:
-                    g = g * fm
+                if imasks is None:
+                    imasks = self._int_masks() if self._int_masks is not None else {}
+                im = imasks.get(n)
+                if im is not None and im.device == g.device and im.dtype == mask_dtype(g) and im.shape == g.shape:
+                    g = masked_by(g, im)  # exactly 0.0 where pruned, even over an inf or NaN there
                 else:
                     mask = self._mask_of(n)
                     g = torch.where(mask if mask.device == g.device else mask.to(g.device), g,

@@ -8,8 +8,9 @@ ratio is the median over rounds of (variant step time / plain step time in the s
 Variants:
   plain          the model and optimizer alone
   ours           adaptive.Connectome(...).attach(opt) with the library's hot path: each
-                 gradient masked by its cached 0/1 float mask as soon as backward accumulates it
-                 (while it is in cache); the step only checks that nothing wrote to it since
+                 gradient masked by its cached 0/1 mask as soon as backward accumulates it
+                 (while it is in cache; the gradient's bits times 0/1 integers, exact even over
+                 inf and NaN: adaptive.exact_masking); the step only checks that nothing wrote to it since
   ours, masked at the step
                  the previous hot path: all gradients masked in one torch._foreach_mul_ just
                  before the optimizer step
@@ -22,7 +23,7 @@ Variants:
                  the same where a controller edits (it reads dense gradients): a bias-free layer's
                  gradient is masked into a temporary before it is read
 Besides whole-step ratios (noisy on a shared machine) it times the masking work alone, which is
-all the connectome adds to a step, for the library's path and for per-layer float multiplies.
+all the connectome adds to a step, for the library's path and for per-layer multiplies.
   rigl-torch     rigl_torch.RigLScheduler (PyPI, static topology, so only its per-step masking is
                  timed) where it installs; its uniform distribution keeps the first layer dense
 
@@ -52,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 import adaptive  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive import Connectome  # noqa: E402
+from adaptive.exact_masking import bits  # noqa: E402
 from adaptive.grad_masking import _GradHook  # noqa: E402
 from adaptive.diagnostics.silent_units import SilentUnits  # noqa: E402
 
@@ -130,7 +132,7 @@ CASES = {  # name: (builder, input shape, batch, classes)
 # masks at the optimizer step only (no masking inside backward) and, but for the first, overrides
 # the two optimizer hooks; everything else is the library's.
 class AtStep(Connectome):
-    """The library's path before gradients were masked inside backward: cached float masks, one
+    """The library's path before gradients were masked inside backward: cached 0/1 masks, one
     _foreach_mul_ of the gradients just before a zero-preserving optimizer's step."""
 
     def __init__(self, *a, **kw):
@@ -139,14 +141,14 @@ class AtStep(Connectome):
 
 
 class AlwaysRemask(AtStep):
-    """Cached float masks and _foreach_mul_, but gradients masked before and weights re-masked
+    """Cached 0/1 masks and _foreach_mul_, but gradients masked before and weights re-masked
     after every step, whatever the optimizer (two passes, each reading the masks)."""
 
     def _pre_step(self, opt, args, kwargs):
         self.mask_gradients()
 
     def _post_step(self, opt, args, kwargs):
-        self._foreach_mask(grads=False, weights=True)  # (apply() now re-masks exactly, by masked_fill_)
+        self._foreach_mask(grads=False, weights=True)
 
 
 class PerLayer(AtStep):
@@ -154,16 +156,16 @@ class PerLayer(AtStep):
 
     @torch.no_grad()
     def _pre_step(self, opt, args, kwargs):
-        _, params, fmasks = self._hot_lists()
-        for p, f in zip(params, fmasks):
+        _, params, imasks = self._hot_lists()
+        for p, f in zip(params, imasks):
             if p.grad is not None:
-                p.grad.mul_(f)
+                bits(p.grad).mul_(f)
 
     @torch.no_grad()
     def _post_step(self, opt, args, kwargs):
-        _, params, fmasks = self._hot_lists()
-        for p, f in zip(params, fmasks):
-            p.mul_(f)
+        _, params, imasks = self._hot_lists()
+        for p, f in zip(params, imasks):
+            bits(p).mul_(f)
 
 
 class BoolMask(AtStep):
@@ -301,7 +303,7 @@ def hook_ms(cls, base, x, y, reps):
     and its pre- and post-step optimizer hooks), measured inside real training steps so that the caches are as a step leaves them.
     This is all the connectome adds to a step, and far steadier than whole-step differences."""
     r = ours(timed(cls), "hook", base, x, y)
-    r.conn._hot = None  # attach() built the float-mask cache; it stays only if the variant uses it
+    r.conn._hot = None  # attach() built the 0/1-mask cache; it stays only if the variant uses it
     for _ in range(reps + 1):
         r.step()
     return 1e3 * statistics.median(r.conn.hook_times[1:]), r.conn

@@ -1,0 +1,45 @@
+"""adaptive.exact_masking: a 0/1 mask multiplied into a tensor's bits sets pruned positions to +0.0
+whatever they held (a float multiply leaves 0 * inf = 0 * NaN = NaN and 0 * -x = -0.0) and keeps
+every live bit, in every floating dtype, for dense and sparse COO tensors."""
+import pytest
+import torch
+
+from adaptive.exact_masking import bits, int_mask, mask_, mask_dtype, masked
+
+SPECIAL = [float("nan"), float("inf"), -float("inf"), -0.0, 0.0, -1.5, 3.0, 1e-40, -1e-300]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_pruned_positions_become_plus_zero_and_live_ones_keep_their_bits(dtype):
+    t = torch.tensor(SPECIAL * 2, dtype=dtype)
+    keep = torch.tensor([True] * len(SPECIAL) + [False] * len(SPECIAL))
+    m = int_mask(keep, t)
+    assert m.dtype == mask_dtype(t) and m.element_size() == t.element_size()
+    before = bits(t).clone()
+    copy = masked(t, m)
+    assert torch.equal(bits(t), before)  # masked() leaves its input alone
+    mask_(t, m)
+    for out in (t, copy):
+        assert out.dtype == dtype
+        assert torch.equal(bits(out)[keep], before[keep])  # NaN, inf, -0.0 and subnormals included
+        assert bool((bits(out)[~keep] == 0).all())  # +0.0: no NaN, no -0.0
+    assert bool(torch.isnan(t * 0).any())  # what the float multiply would have left
+
+
+def test_a_sparse_gradient_has_its_stored_values_masked_exactly_even_uncoalesced():
+    # an embedding's sparse gradient: rows 1 and 3 (row 3 twice, uncoalesced), 4 columns each
+    idx = torch.tensor([[1, 3, 3]])
+    vals = torch.tensor([[float("nan"), 1.0, -2.0, float("inf")], [float("inf"), 2.0, -0.5, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    g = torch.sparse_coo_tensor(idx, vals, (5, 4))
+    keep = torch.ones(5, 4, dtype=torch.bool)
+    keep[1, 0] = keep[3, 0] = keep[1, 3] = False
+    m = int_mask(keep, g)
+    copy = masked(g, m)
+    assert torch.isnan(g.to_dense()[1, 0])  # the copy left it alone
+    mask_(g, m)
+    for out in (g, copy):
+        dense = out.to_dense()
+        assert bool((bits(dense)[~keep] == 0).all())
+        assert torch.equal(dense[1], torch.tensor([0.0, 1.0, -2.0, 0.0]))
+        assert torch.equal(dense[3], torch.tensor([0.0, 3.0, 0.5, 2.0]))  # the two entries of row 3 summed
+        assert not bool(dense[[0, 2, 4]].any())
