@@ -55,7 +55,7 @@ def test_config_builds(path):
     torch.set_num_threads(1)
     if recipe_of(path) == "prune_pretrained":
         ns = P.parse_args(["--config", str(path)])
-        model = build_model(ns.model, num_classes=ns.num_classes or 10, in_shape=SHAPES[ns.dataset]).eval()
+        model = build_model(ns.model, num_classes=ns.num_classes or 10, in_shape=SHAPES[ns.dataset], **ns.model_kw).eval()
         conn = Connectome(model, ensemble=ns.ensemble, mode="mask_only")
         ctrl = Controller(conn, policy="crawl", estimator=ns.estimator, update_every=ns.window, edit_decay="constant")
         F.cross_entropy(model(torch.randn(2, *SHAPES[ns.dataset])), torch.tensor([0, 1])).backward()
