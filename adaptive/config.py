@@ -48,7 +48,8 @@ import yaml
 from .atomic import write_text
 
 __all__ = ["ConfigError", "parse_config", "from_dict", "to_dict", "load_config", "save_config",
-           "config_help", "normalize_key", "read_yaml", "merge_key_values", "given_keys", "COMMAND_LINE"]
+           "config_help", "normalize_key", "read_yaml", "merge_key_values", "dotted_key_values", "given_keys",
+           "COMMAND_LINE"]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -439,10 +440,12 @@ def key_value(item: str, option: str = "--dataset-kw"):
 
 
 def merge_key_values(items: Sequence[str], option: str = "--dataset-kw",
-                     base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                     base: Optional[Dict[str, Any]] = None,
+                     examples: Tuple[str, str] = ("image_size=32", "{image_size: 32, resize: 36}")) -> Dict[str, Any]:
     """``base`` (a --config file's mapping, say) updated by each of ``items`` in order, each
     ``KEY=VALUE`` or a YAML mapping (``'{a: 1, b: 2}'``), as :func:`parse_config` reads a dict
-    field: entry by entry, later ones winning per key. ValueError naming ``option`` otherwise."""
+    field: entry by entry, later ones winning per key. ValueError naming ``option`` otherwise, with
+    ``examples`` (one KEY=VALUE, one mapping) of what to write."""
     out = dict(base or {})
     for item in items:
         try:
@@ -457,9 +460,34 @@ def merge_key_values(items: Sequence[str], option: str = "--dataset-kw",
         except yaml.YAMLError:
             mapping = None
         if not isinstance(mapping, dict):
-            raise ValueError(f"{option} {item!r}: write KEY=VALUE or a YAML mapping, e.g. {option} image_size=32 "
-                             f"or {option} '{{image_size: 32, resize: 36}}'")
+            raise ValueError(f"{option} {item!r}: write KEY=VALUE or a YAML mapping, e.g. {option} {examples[0]} "
+                             f"or {option} '{examples[1]}'")
         out.update({str(k): _exponent_floats(v) for k, v in mapping.items()})
+    return out
+
+
+def dotted_key_values(argv: Sequence[str], options: Sequence[str]) -> List[str]:
+    """``argv`` with each ``--OPTION.KEY VALUE`` (or ``--OPTION.KEY=VALUE``) of the dict ``options``
+    (``model_kw``, spelt with - or _) written ``--OPTION KEY=VALUE``: the spelling :func:`parse_config`
+    takes for a dict field's entry, for a recipe whose options argparse reads. A ``--OPTION.KEY`` with
+    no value after it is left for argparse to refuse."""
+    names = {normalize_key(o) for o in options}
+    out, i = [], 0
+    while i < len(argv):
+        tok = str(argv[i])
+        head, eq, value = tok.partition("=")
+        option, dot, key = head[2:].partition(".") if head.startswith("--") else ("", "", "")
+        if dot and normalize_key(option) in names and key.isidentifier():
+            if eq:
+                out += [f"--{option}", f"{key}={value}"]
+                i += 1
+                continue
+            if i + 1 < len(argv) and not (str(argv[i + 1]).startswith("--") and len(str(argv[i + 1])) > 2):
+                out += [f"--{option}", f"{key}={argv[i + 1]}"]
+                i += 2
+                continue
+        out.append(tok)
+        i += 1
     return out
 
 

@@ -50,7 +50,7 @@ from adaptive import run_folder  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.diagnostics.silent_units import SilentUnits  # noqa: E402
 from adaptive.data import check_dataset_kw, get_dataloaders as _get_dataloaders, model_before_data, test_images  # noqa: E402
-from adaptive.models import build_model  # noqa: E402
+from adaptive.models import build_model_kw  # noqa: E402
 from adaptive.training import (  # noqa: E402
     CHECKPOINT_DIR, STEP_GAMMA, STEP_MILESTONES, TrainState, evaluate, find_checkpoint, list_checkpoints,
     load_checkpoint, lr_schedule, metric_row, run_dir_of, save_checkpoint, step_schedule_problem, train_one_epoch,
@@ -515,7 +515,7 @@ def _check_names(cfg: "RunConfig") -> None:
     from adaptive.budgets import budget_names
     from adaptive.data import available_datasets
     from adaptive.ensemble_rules import parse_rules
-    from adaptive.models import available_models
+    from adaptive.models import available_models, check_model_kw
     from adaptive.policies.base import policy_names
     from adaptive.utility.base import estimator_names
 
@@ -523,10 +523,6 @@ def _check_names(cfg: "RunConfig") -> None:
         if value not in names:
             raise ConfigError(f"unknown {what} '{value}': use one of {', '.join(sorted(names))}")
 
-    given = {"num_classes": "the dataset's class count", "in_shape": "the dataset's input shape",
-             "weights": "--weights FILE"}
-    for key in sorted(set(cfg.model_kw) & set(given)):
-        raise ConfigError(f"--model_kw {key}: the recipe sets {key} from {given[key]}; drop it from --model_kw")
     known("policy", cfg.policy, policy_names())
     if cfg.estimator is not None:
         known("estimator", cfg.estimator, estimator_names())
@@ -535,6 +531,7 @@ def _check_names(cfg: "RunConfig") -> None:
     if ":" not in cfg.model and cfg.model.lower() not in available_models():
         raise ConfigError(f"unknown model '{cfg.model}': use one of {', '.join(available_models())} (torchvision:NAME "
                           "is any torchvision classifier), or register your own in a file given with --plugins")
+    check_model_kw(cfg.model, cfg.model_kw)
     try:
         parse_rules(cfg.ensemble)
     except (ValueError, KeyError, TypeError) as e:
@@ -558,13 +555,7 @@ def build_model_for(cfg: RunConfig, num_classes: int, in_shape) -> torch.nn.Modu
     ``in_shape``; in mask_only mode its target is checked against the model's synapses."""
     from adaptive.mask_only import check_targets
 
-    try:
-        model = build_model(cfg.model, num_classes=num_classes, in_shape=in_shape, weights=cfg.weights, **cfg.model_kw)
-    except (ValueError, TypeError) as e:
-        if not cfg.model_kw or isinstance(e, CheckpointError):
-            raise
-        given = " ".join(f"{k}={v}" for k, v in cfg.model_kw.items())
-        raise ConfigError(f"--model_kw {given}: {e}") from e
+    model = build_model_kw(cfg.model, cfg.model_kw, num_classes=num_classes, in_shape=in_shape, weights=cfg.weights)
     if cfg.mode == "mask_only":
         check_targets(model, _target(cfg), include=cfg.include, exclude=cfg.exclude)
     return model

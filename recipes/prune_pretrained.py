@@ -54,12 +54,12 @@ from adaptive import jsonio  # noqa: E402
 from adaptive import run_folder  # noqa: E402
 from adaptive.atomic import atomic_path  # noqa: E402
 from adaptive.cli import ArgumentParser, mask_only_progress, progress_lines, show_progress  # noqa: E402
-from adaptive.config import SEED_RANGE, merge_key_values, seed_in_range  # noqa: E402
+from adaptive.config import SEED_RANGE, ConfigError, dotted_key_values, merge_key_values, seed_in_range  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.mask_only import (check_targets, changed_from, count_synapses, evaluate, loaded_state, optimize_connectome,  # noqa: E402
                                 parse_target)
-from adaptive.models import build_model  # noqa: E402
+from adaptive.models import RECIPE_SETS, build_model_kw, check_model_kw  # noqa: E402
 from adaptive.plots import SPLIT_COLOR, boundary_scale, legend_below, run_title, step_points, tight_artists  # noqa: E402
 from adaptive.training import evaluate as evaluate_sharded  # noqa: E402
 
@@ -69,7 +69,11 @@ DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None
                 edit_fraction=1.0, approach=0.0, ladder=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], patience=2,
                 verify_batches=0, eval_every=100, train_eval_batches=10,
                 threads=None, progress=None, num_classes=None, num_workers=0, cpu=False,
-                mixed_precision="no", resume=False, overwrite=False, dataset_kw={}, plugins=[], download=False)
+                mixed_precision="no", resume=False, overwrite=False, dataset_kw={}, plugins=[], download=False,
+                model_kw={})
+
+# the model's arguments the recipe sets itself, and from what: never a --model-kw entry
+MODEL_SETS = dict(RECIPE_SETS, num_classes="--num-classes (default: the dataset's class count)")
 
 CHECKPOINT = "checkpoint.pt"  # OUTPUT_DIR/checkpoint.pt: the run after each finished target or ladder rung
 # what a run writes into its folder (the checkpoint first: an --overwrite stopped half-way leaves
@@ -111,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "register_* calls add models, datasets or estimators that the other options can then name "
                    "(adaptive.plugins; repeatable, the values adding up)")
     p.add_argument("--model", help="model name (adaptive.models registry, or torchvision:NAME)")
+    p.add_argument("--model-kw", "--model_kw", dest="model_kw", action="append", metavar="KEY=VALUE",
+                   help="an argument of the model's builder, e.g. hidden=[64] for mlp, qkv=separate for vit_tiny or "
+                        "transform_input=false for torchvision:googlenet, or several as a YAML mapping "
+                        "'{depth: 4, width: 64}' (repeatable, later ones winning per key, over the --config file's; "
+                        "also --model-kw.KEY VALUE; YAML values); the run's weights file must fit the model they build")
     p.add_argument("--weights", help="pretrained weights file (loaded strictly; none: random initial weights, a supermask search)")
     p.add_argument("--dataset", help="dataset name (adaptive.data registry)")
     p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="data folder (default: ADAPTIVE_DATA or ../shared/data)")
@@ -311,11 +320,11 @@ def _check_ranges(cfg: dict, origin) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(dotted_key_values(sys.argv[1:] if argv is None else argv, ("model_kw", "dataset_kw")))
     cfg = dict(DEFAULTS)
     loaded = {}
     if args.config:
-        from adaptive.config import ConfigError, read_yaml
+        from adaptive.config import read_yaml
 
         try:
             loaded = read_yaml(args.config, option="--config")
@@ -332,13 +341,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         _check_file_values(args.config, loaded, parser)
         cfg.update(loaded)
     for k, v in vars(args).items():
-        if k not in ("config", "dataset_kw") and v is not None:
+        if k not in ("config", "dataset_kw", "model_kw") and v is not None:
             cfg[k] = v
-    if not isinstance(cfg.get("dataset_kw") or {}, dict):
-        raise SystemExit(f"{args.config}: dataset_kw must be a mapping of the dataset builder's arguments, "
-                         f"e.g. {{resize: 232}}, got {cfg['dataset_kw']!r}")
-    try:  # the file's mapping updated entry by entry, as recipes/adaptive.py's --dataset_kw
+    for key, what, example in (("dataset_kw", "dataset", "{resize: 232}"), ("model_kw", "model", "{hidden: [64]}")):
+        if not isinstance(cfg.get(key) or {}, dict):
+            raise SystemExit(f"{args.config}: {key} must be a mapping of the {what} builder's arguments, "
+                             f"e.g. {example}, got {cfg[key]!r}")
+    try:  # the file's mapping updated entry by entry, as recipes/adaptive.py's --dataset_kw and --model_kw
         cfg["dataset_kw"] = merge_key_values(args.dataset_kw or [], base=cfg.get("dataset_kw"))
+        cfg["model_kw"] = merge_key_values(args.model_kw or [], "--model-kw", base=cfg.get("model_kw"),
+                                           examples=("hidden=[64]", "{depth: 4, width: 64}"))
     except ValueError as e:
         raise SystemExit(str(e)) from None
     from adaptive.paths import absolute_if_exists
@@ -369,6 +381,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         return f"{args.config}: {key}" if key in loaded and key not in on_command_line else f"--{key.replace('_', '-')}"
 
     _check_names(cfg, origin)
+    try:  # a keyword the model does not take, or one the recipe sets: named before anything runs
+        check_model_kw(cfg["model"], cfg["model_kw"], origin("model_kw"), sets=MODEL_SETS)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
     _check_dataset_kw(cfg["dataset"], cfg["dataset_kw"])
     if cfg["weights"] is not None and not os.path.isfile(cfg["weights"]):  # (it failed once the data had loaded)
         what = ("is a folder: pass the weights file inside it" if os.path.isdir(cfg["weights"]) else
@@ -610,8 +626,8 @@ def _build(args, num_classes: int, in_shape) -> torch.nn.Module:
     """The model for data of ``num_classes`` classes (unless --num-classes says, which must be the
     data's) and inputs ``in_shape``, its --remove counts checked against its synapses."""
     _check_num_classes(args, num_classes)
-    model = build_model(args.model, num_classes=args.num_classes or num_classes, in_shape=in_shape,
-                        weights=args.weights)
+    model = build_model_kw(args.model, args.model_kw, "--model-kw", num_classes=args.num_classes or num_classes,
+                           in_shape=in_shape, weights=args.weights)
     check_targets(model, args.remove)
     return model
 
@@ -882,6 +898,7 @@ def _check_resumed_settings(args, out: Path) -> None:
         return  # a run recorded before config.yaml was written at its start: its checkpoint is still checked
     if "weights" in saved:
         saved["weights"] = absolute_if_exists(saved["weights"])
+    saved.setdefault("model_kw", {})  # a run recorded before --model-kw was built without one
     now = _settings(args)
     free = RESUME_MAY_CHANGE | ({"num_classes"} if now.get("num_classes") is None else set())  # (the data's)
     if "best" not in args.remove:  # unused by fixed targets (a config.yaml recorded before a file's were refused)

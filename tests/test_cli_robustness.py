@@ -100,6 +100,15 @@ def test_a_misspelt_entry_of_a_kw_mapping_is_one_error_line(tmp_path, capsys):
     assert not (tmp_path / "a" / "config.yaml").exists()
 
 
+def test_a_model_kw_key_the_model_does_not_take_is_refused_while_parsing(capsys):
+    """It was refused only when the model was built: after the data had loaded, for a dataset that
+    must be read for its classes or input shape (an ImageFolder tree)."""
+    with pytest.raises(SystemExit):
+        A.parse_args(["--dataset", "folder", "--model_kw.hiden", "[16]"])
+    assert ("--model_kw hiden=[16]: model 'mlp' takes no keyword 'hiden' (did you mean 'hidden'?)"
+            in capsys.readouterr().err)
+
+
 def test_a_model_kw_value_the_model_cannot_take_names_the_option(tmp_path, capsys):
     """--model_kw hidden=abc ended with a bare "invalid literal for int() with base 10: 'abc'"."""
     err = error_of(TINY + ["--output_dir", str(tmp_path / "a"), "--model_kw", "hidden=abc"], capsys)

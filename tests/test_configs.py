@@ -19,6 +19,7 @@ import adaptive.mask_only
 
 from adaptive import Connectome, Controller
 from adaptive.data.base import get_source_builder
+from adaptive.models import build_model
 from adaptive.config import ConfigError, parse_config
 from _scripts import load_script  # noqa: E402
 
@@ -54,7 +55,7 @@ def test_config_builds(path):
     torch.set_num_threads(1)
     if recipe_of(path) == "prune_pretrained":
         ns = P.parse_args(["--config", str(path)])
-        model = R.build_model(ns.model, num_classes=ns.num_classes or 10, in_shape=SHAPES[ns.dataset]).eval()
+        model = build_model(ns.model, num_classes=ns.num_classes or 10, in_shape=SHAPES[ns.dataset], **ns.model_kw).eval()
         conn = Connectome(model, ensemble=ns.ensemble, mode="mask_only")
         ctrl = Controller(conn, policy="crawl", estimator=ns.estimator, update_every=ns.window, edit_decay="constant")
         F.cross_entropy(model(torch.randn(2, *SHAPES[ns.dataset])), torch.tensor([0, 1])).backward()
@@ -71,7 +72,7 @@ def test_config_builds(path):
     assert set(cfg.dataset_kw) <= set(inspect.signature(get_source_builder(cfg.dataset)).parameters)
     tiny.dataset_kw = {k: v for k, v in tiny.dataset_kw.items() if k not in cfg.dataset_kw}
     loaders = R.get_dataloaders(tiny)
-    model = R.build_model(tiny.model, num_classes=loaders.num_classes, in_shape=loaders.in_shape, **tiny.model_kw)
+    model = build_model(tiny.model, num_classes=loaders.num_classes, in_shape=loaders.in_shape, **tiny.model_kw)
     x, y = next(iter(loaders.train))
     if tiny.mode == "mask_only":
         assert cfg.weights, "a mask-only config needs pretrained weights"

@@ -60,6 +60,27 @@ def test_torchvision_models_name_an_input_shape_they_cannot_take():
     assert isinstance(net.train()(torch.randn(2, 3, 64, 64)), torch.Tensor)  # no auxiliary outputs in training
 
 
+@pytest.mark.parametrize("arch, shape, kw, needs", [
+    ("resnet18", (1, 28, 28), {}, "3-channel images"),
+    ("squeezenet1_0", (3, 8, 8), {}, "3-channel images of at least 21x21"),
+    ("squeezenet1_0", (1, 8, 8), {}, "3-channel images of at least 21x21"),
+    ("resnet18", (784,), {}, "3-channel images, shaped (3, H, W)"),
+    ("vit_b_16", (3, 64, 64), {"image_size": 32}, "3-channel images of 32x32 exactly (the size it is built for)"),
+    ("maxvit_t", (3, 32, 32), {}, "3-channel images of 224x224 exactly (the size it is built for)"),
+])
+def test_a_refused_input_shape_names_what_that_network_takes(arch, shape, kw, needs):
+    """The refusal said "e.g. 3 channels; vit_b_16 needs 224x224" whatever the network: now its own
+    channels, and its fixed size (ViT, MaxViT) or the smallest size it runs on."""
+    with pytest.raises(ValueError) as e:
+        build_model(f"torchvision:{arch}", num_classes=10, in_shape=shape, **kw)
+    assert str(e.value).endswith(f"; use a dataset or image size it takes: {needs}")
+    assert "vit_b_16 needs" not in str(e.value)
+    if "at least" in needs:  # the smallest size it runs on: one pixel less is refused
+        build_model(f"torchvision:{arch}", num_classes=10, in_shape=(3, 21, 21))
+        with pytest.raises(ValueError, match="at least 21x21"):
+            build_model(f"torchvision:{arch}", num_classes=10, in_shape=(3, 20, 20))
+
+
 def _cifar_folder(root, skip_test_class=None, side=32, classes=10):
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"][:classes]
     for split in ("train", "test"):

@@ -1236,3 +1236,94 @@ def test_test_subset_reports_on_a_stratified_draw(tmp_path, weights, capsys):
     for text in (out, (tmp_path / "all" / "results.md").read_text()):
         assert "test = the whole test split (128 images: --test-subset 1,000 is not smaller)" in text
         assert "stratified draw from the test split" not in text
+
+
+def _mlp_weights(path, hidden):
+    torch.manual_seed(0)
+    torch.save(build_model("mlp", num_classes=10, in_shape=(64,), hidden=hidden).state_dict(), path)
+    return path
+
+
+def test_model_kw_builds_the_model_its_weights_fit_and_everything_rebuilt_from_the_run_uses_it(tmp_path):
+    """prune_pretrained had no --model-kw: a network built with other arguments than its family's
+    defaults (an mlp of other hidden sizes, a ViT with qkv=separate, a GoogLeNet trained without
+    transform_input) could not be loaded. Now --model-kw builds it, config.yaml records it, a --resume
+    with other --model-kw is refused, and `python -m graphs` rebuilds the same model."""
+    import graphs.cli as gcli
+
+    mod = recipe()
+    weights = _mlp_weights(tmp_path / "w.pt", [16])
+    base = MLP[:MLP.index("--remove")] + ["--remove", "0.3", "--weights", str(weights)]
+    with pytest.raises(WeightsMismatchError):  # the family's default hidden sizes: the file does not fit
+        mod.main(base + ["--output_dir", str(tmp_path / "plain")])
+    out = tmp_path / "run"
+    mod.main(base + ["--model-kw", "hidden=[16]", "--output_dir", str(out)])
+    assert yaml.safe_load((out / "config.yaml").read_text())["model_kw"] == {"hidden": [16]}
+    net, conn = gcli.load_run(str(out))
+    assert [m.out_features for m in net.modules() if isinstance(m, torch.nn.Linear)] == [16, 10]
+    sd = torch.load(out / "pruned_state_dict.pt", weights_only=True)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in sd.items())
+    # --resume compares it with the run's record, before any data is read
+    with pytest.raises(mod.run_folder.RunFolderError,
+                       match=r"records other settings \(model_kw: run \{'hidden': \[16\]\}, now \{'hidden': \[8\]\}\)"):
+        mod.main(base + ["--model_kw.hidden", "[8]", "--output_dir", str(out), "--resume"])
+    with pytest.raises(mod.run_folder.RunFolderError, match=r"model_kw: run \{'hidden': \[16\]\}, now \{\}"):
+        mod.main(base + ["--output_dir", str(out), "--resume"])
+    # a run recorded before the option existed was built without one
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    del recorded["model_kw"]
+    (out / "config.yaml").write_text(yaml.safe_dump(recorded))
+    with pytest.raises(mod.run_folder.RunFolderError, match=r"model_kw: run \{\}, now \{'hidden': \[16\]\}"):
+        mod._check_resumed_settings(mod.parse_args(base + ["--model-kw", "hidden=[16]", "--output_dir", str(out),
+                                                           "--resume"]), out)
+
+
+def test_model_kw_is_spelt_and_merged_as_in_recipes_adaptive(tmp_path):
+    """KEY=VALUE, a YAML mapping or --model-kw.KEY VALUE, repeatable, merged entry by entry with a
+    --config file's model_kw, later ones winning per key, as recipes/adaptive.py's --model_kw."""
+    mod = recipe()
+    config = tmp_path / "c.yaml"
+    config.write_text("model: mlp\nmodel_kw: {hidden: [8], activation: tanh}\n")
+    for argv in (["--model-kw", "hidden=[16]", "--model_kw", "{bias: false}"],
+                 ["--model_kw.hidden", "[16]", "--model-kw.bias=false"],
+                 ["--model-kw", "{hidden: [4], bias: true}", "--model-kw", "hidden=[16]", "--model-kw", "bias=false"]):
+        for order in ([*argv, "--config", str(config)], ["--config", str(config), *argv]):
+            assert mod.parse_args(order).model_kw == {"hidden": [16], "activation": "tanh", "bias": False}, order
+    assert mod.parse_args([]).model_kw == {}
+    assert mod.parse_args(["--dataset", "fake", "--dataset_kw.shape", "[64]"]).dataset_kw == {"shape": [64]}
+    config.write_text("model: mlp\nmodel_kw: [16]\n")
+    with pytest.raises(SystemExit, match=r"model_kw must be a mapping of the model builder's arguments, "
+                                         r"e.g. \{hidden: \[64\]\}, got \[16\]"):
+        mod.parse_args(["--config", str(config)])
+
+
+@pytest.mark.parametrize("kw, match", [
+    (["--model-kw", "hiden=[16]"], r"--model-kw hiden=\[16\]: model 'mlp' takes no keyword 'hiden' \(did you mean "
+                                   r"'hidden'\?\); it takes \['activation', 'bias', 'hidden'\]"),
+    (["--model-kw", "num_classes=3"], r"--model-kw num_classes: the recipe sets num_classes from --num-classes "
+                                      r"\(default: the dataset's class count\); drop it from --model-kw"),
+    (["--model-kw", "weights=x.pt"], r"the recipe sets weights from --weights FILE; drop it from --model-kw"),
+    (["--model-kw", "16"], r"--model-kw '16': write KEY=VALUE or a YAML mapping, e.g. --model-kw hidden=\[64\]"),
+    (["--model", "torchvision:resnet18", "--model-kw", "arch=resnet34"],
+     r"--model-kw arch=resnet34: model 'torchvision:resnet18' takes no keyword 'arch'"),
+])
+def test_a_bad_model_kw_is_refused_before_anything_runs(tmp_path, monkeypatch, kw, match):
+    mod = recipe()
+    _no_data(mod, monkeypatch)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=match):
+        mod.main(MLP + kw + ["--output_dir", str(out)])
+    assert not out.exists()
+
+
+def test_a_model_kw_file_entry_is_named_by_the_file_and_a_bad_value_by_the_option(tmp_path, monkeypatch):
+    mod = recipe()
+    _no_data(mod, monkeypatch)
+    config = tmp_path / "c.yaml"
+    config.write_text("model: mlp\nmodel_kw: {hiden: 3}\n")
+    with pytest.raises(SystemExit, match=rf"^{config}: model_kw hiden=3: model 'mlp' takes no keyword 'hiden'"):
+        mod.parse_args(["--config", str(config)])
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"--model-kw hidden=abc: hidden sizes must be whole numbers"):
+        mod.main(MLP + ["--model-kw", "hidden=abc", "--output_dir", str(out)])
+    assert not out.exists()

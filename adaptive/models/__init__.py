@@ -15,6 +15,7 @@ from typing import Callable, Dict, Optional, Sequence
 from torch import nn
 
 from .. import registry as _registry
+from ..config import ConfigError
 from ..counts import whole_number
 from .weights import WeightsMismatchError, load_weights, read_state_dict
 
@@ -90,6 +91,54 @@ def build_model(
     if weights:
         load_weights(model, weights)
     return model
+
+
+# build_model's arguments that a recipe sets itself, and from what: never an entry of its --model_kw
+RECIPE_SETS = {"num_classes": "the dataset's class count", "in_shape": "the dataset's input shape",
+               "weights": "--weights FILE"}
+
+
+def check_model_kw(name: str, kw: dict, option: str = "--model_kw", sets: Optional[Dict[str, str]] = None) -> None:
+    """Refuse, before anything is built or read, an entry of a recipe's ``option`` (``--model_kw``)
+    for model ``name``: one the recipe sets itself (``sets``: each such argument and what sets it,
+    default :data:`RECIPE_SETS`), the argument the model's name fills (``torchvision:NAME``'s arch),
+    or one its builder does not take (a builder that passes keywords on is checked when it builds).
+    A ConfigError naming ``option`` and the fix otherwise; an unknown model name is left to the
+    caller, which names the known ones."""
+    sets = RECIPE_SETS if sets is None else sets
+    for key in sorted(set(kw) & set(sets)):
+        raise ConfigError(f"{option} {key}: the recipe sets {key} from {sets[key]}; drop it from {option}")
+    prefix, filled = (name.split(":", 1)[0], 1) if ":" in name else (None, 0)
+    builder = _PREFIX_BUILDERS.get(prefix) if filled else _REGISTRY.get(name.lower())
+    if builder is None:
+        return
+    accepted, takes_more = _keywords(builder, skip=filled)
+    try:
+        _check_named_part(name, kw, builder, filled)
+        _check_keywords(name, kw, accepted, takes_more)
+    except ValueError as e:
+        raise ConfigError(f"{option} {_entries(kw)}: {e}") from None
+
+
+def build_model_kw(name: str, kw: dict, option: str = "--model_kw", num_classes: int = 10,
+                   in_shape: Optional[Sequence[int]] = None, weights: Optional[str] = None) -> nn.Module:
+    """:func:`build_model` for a recipe: ``kw`` is its ``option`` (``--model_kw``), so that a value the
+    model refuses (``hidden=abc``) is a ConfigError that names the option and the entries given; a
+    weights file that does not fit the model keeps its own error."""
+    try:
+        model = build_model(name, num_classes=num_classes, in_shape=in_shape, **kw)
+    except (ValueError, TypeError) as e:
+        if not kw:
+            raise
+        raise ConfigError(f"{option} {_entries(kw)}: {e}") from e
+    if weights:
+        load_weights(model, weights)
+    return model
+
+
+def _entries(kw: dict) -> str:
+    """``kw`` as its command line gives it: ``KEY=VALUE KEY=VALUE``."""
+    return " ".join(f"{k}={v}" for k, v in kw.items())
 
 
 def _short(obj) -> str:
@@ -189,6 +238,6 @@ from .resnet_cifar import BasicBlock, CifarResNet  # noqa: E402
 from .vit import separate_qkv  # noqa: E402
 
 __all__ = [
-    "build_model", "register_model", "available_models", "load_weights", "read_state_dict",
-    "WeightsMismatchError", "MLP", "LeNet5", "CifarResNet", "BasicBlock", "DenseCat", "separate_qkv",
+    "build_model", "build_model_kw", "check_model_kw", "register_model", "available_models", "load_weights",
+    "read_state_dict", "WeightsMismatchError", "MLP", "LeNet5", "CifarResNet", "BasicBlock", "DenseCat", "separate_qkv",
 ]

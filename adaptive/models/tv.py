@@ -42,14 +42,43 @@ def torchvision_model(arch: str, num_classes=1000, in_shape=None, **kw) -> nn.Mo
     if heads and not kw["aux_logits"]:  # a weights file's heads (torchvision's own files hold them) are skipped
         net.skipped_weight_prefixes = heads
     if in_shape is not None:
-        _check_input(net, arch, tuple(int(d) for d in in_shape))
+        _check_input(net, arch, tuple(int(d) for d in in_shape), _fixed_size(net, kw))
     return net
 
 
-def _check_input(net: nn.Module, arch: str, in_shape: tuple) -> None:
+def _fixed_size(net: nn.Module, kw: dict):
+    """``(H, W)`` where the network is built for one input size only, else None: a ViT's position
+    embeddings (its ``image_size``) and a MaxViT's attention grids (its ``input_size``, torchvision's
+    default 224) are fixed when it is built."""
+    import torchvision
+
+    size = getattr(net, "image_size", None)
+    if isinstance(net, torchvision.models.MaxVit):
+        size = kw.get("input_size", 224)
+    if size is None:
+        return None
+    return (int(size), int(size)) if isinstance(size, int) else tuple(int(d) for d in size)
+
+
+_PROBE_LIMIT = 512  # the largest square side tried when looking for the size a network needs
+_ERRORS = (RuntimeError, ValueError, AssertionError, IndexError)  # what a wrongly shaped input raises
+
+
+def _runs(net: nn.Module, shape: tuple) -> bool:
+    import torch
+
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, *shape))
+    except _ERRORS:
+        return False
+    return True
+
+
+def _check_input(net: nn.Module, arch: str, in_shape: tuple, fixed=None) -> None:
     """The data's input shape tried once (batch of one, eval mode, no gradients): torchvision
     classifiers fix their channels and some their size, and a mismatch should be named at build time,
-    not in the first training step."""
+    not in the first training step, with what the network takes (:func:`_what_it_takes`)."""
     import torch
 
     was = net.training
@@ -57,9 +86,38 @@ def _check_input(net: nn.Module, arch: str, in_shape: tuple) -> None:
     try:
         with torch.no_grad():
             net(torch.zeros(1, *in_shape))
-    except (RuntimeError, ValueError, AssertionError, IndexError) as e:
+    except _ERRORS as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        need = _what_it_takes(net, in_shape, fixed)
         raise ValueError(f"torchvision:{arch} does not take inputs of shape {in_shape} (the dataset's in_shape): "
-                         f"{first}; use a dataset or image size it takes (e.g. 3 channels; vit_b_16 needs 224x224)") from None
+                         f"{first}; use a dataset or image size it takes" + (f": {need}" if need else "")) from None
     finally:
         net.train(was)
+
+
+def _what_it_takes(net: nn.Module, in_shape: tuple, fixed=None) -> str:
+    """The inputs ``net`` takes, as far as they can be known: the channels its first convolution
+    reads, and the size it is built for (``fixed``), else the smallest square size it runs on
+    (searched up to :data:`_PROBE_LIMIT`: the networks that need one shrink their input step by
+    step, so a larger image runs where a smaller one does not); "" where nothing is known (no
+    convolution to read the channels from). Only a refused input runs this search."""
+    conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        return ""
+    c = conv.in_channels
+    if fixed is not None:
+        return f"{c}-channel images of {fixed[0]}x{fixed[1]} exactly (the size it is built for)"
+    if len(in_shape) != 3:
+        return f"{c}-channel images, shaped ({c}, H, W)"
+    if _runs(net, (c, *in_shape[1:])):
+        return f"{c}-channel images"
+    side, hi = min(in_shape[1:]), None  # a square of the shorter side is too small as well
+    while hi is None and side < _PROBE_LIMIT:  # doubling to a size that runs ...
+        size = min(side * 2, _PROBE_LIMIT)
+        side, hi = (side, size) if _runs(net, (c, size, size)) else (size, None)
+    if hi is None:
+        return f"{c}-channel images (no larger square size up to {_PROBE_LIMIT}x{_PROBE_LIMIT} ran)"
+    while hi - side > 1:  # ... then halving the gap: side is too small, hi runs
+        mid = (side + hi) // 2
+        side, hi = (side, mid) if _runs(net, (c, mid, mid)) else (mid, hi)
+    return f"{c}-channel images of at least {hi}x{hi}"
