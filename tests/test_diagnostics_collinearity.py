@@ -222,3 +222,15 @@ def test_the_layer_table_gives_the_share_of_weights_no_gradient_reached():
     rows = {r["layer"]: r for r in collinearity(model, loader).table}
     assert rows["0.weight"]["no_gradient"] == pytest.approx(8 / 24)
     assert rows["2.weight"]["no_gradient"] == pytest.approx(6 / 18)
+
+
+def test_batchnorm_in_train_mode_with_batches_of_one_sample_names_the_fix():
+    """batch_size=1 re-cuts into one-sample batches, on which a train-mode BatchNorm failed with
+    PyTorch's bare 'Expected more than 1 value per channel when training'."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))
+    data = [(torch.randn(4, 4), torch.randint(0, 2, (4,)))]
+    with pytest.raises(ValueError, match=r"collinearity: a BatchNorm .* batch of one sample.*\(batch_size=\).*"
+                                         r"train_mode=False"):
+        collinearity(net, data, batch_size=1)
+    assert collinearity(net, data, batch_size=1, train_mode=False).batches == 4

@@ -1056,3 +1056,22 @@ def test_nested_inputs_are_traced_as_one_argument_of_their_first_example():
     loader = [([torch.randn(5, 3, generator=g), torch.randn(5, 2, generator=g)], torch.randint(0, 2, (5,), generator=g))]
     res = gradient_by_depth(_PairInput(), loader, layer="head", batches=2)
     assert {r["depth"]: r["weights"] for r in res.table} == {1: 8, 0: 4}  # 4 units of a/b, 2 raw y features
+
+
+def _bn_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))
+
+
+def test_batchnorm_in_train_mode_with_batches_of_one_sample_names_the_fix():
+    """A train-mode BatchNorm given a batch of one sample failed with PyTorch's bare 'Expected more
+    than 1 value per channel when training', naming neither the diagnostic nor a way out; in eval
+    mode the same batches are measured."""
+    net = _bn_mlp()
+    one = [(torch.randn(1, 4), torch.zeros(1, dtype=torch.long))] * 2
+    with pytest.raises(ValueError, match=r"gradient_by_depth: a BatchNorm .* batch of one sample.*at least 2 samples.*"
+                                         r"train_mode=False"):
+        gradient_by_depth(net, one, layer="3", depths=torch.zeros(3, dtype=torch.long), batches=2)
+    with pytest.warns(UserWarning, match="one band"):
+        r = gradient_by_depth(net, one, layer="3", depths=torch.zeros(3, dtype=torch.long), batches=2, train_mode=False)
+    assert r.batches == 2

@@ -438,3 +438,27 @@ def test_points_help_says_what_is_measured():
         geo = set(torch.logspace(0, math.log10(total), n, dtype=torch.float64).round().long().tolist())
         lin = set(torch.linspace(0, total, max(2, n // 2), dtype=torch.float64).round().long().tolist())
         assert set(counts) == {0} | geo | lin and len(counts) <= 1 + n + max(2, n // 2)
+
+
+@pytest.mark.parametrize("kw", [dict(finetune_batches=1), dict(bn_batches=1)])
+def test_batchnorm_fine_tune_or_re_estimate_on_one_sample_batches_names_the_fix(kw):
+    """The fine-tune and the BatchNorm re-estimate run in train mode: a one-sample batch of a
+    BatchNorm1d failed with PyTorch's bare 'Expected more than 1 value per channel when training'."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    test = [(torch.randn(8, 4), torch.randint(0, 2, (8,)))]
+    one = [(torch.randn(1, 4), torch.randint(0, 2, (1,)))]
+    with pytest.raises(ValueError, match=r"knowledge_distribution's .*batch of one sample.*finetune_loader .*at least 2"):
+        knowledge_distribution(net, test, counts=[0, 3], finetune_loader=one, **kw)
+
+
+def test_a_curve_of_the_intact_net_alone_draws_without_a_warning(tmp_path):
+    """counts=[0] (nothing removed) set the linear axes' limits to (0, 0): matplotlib warned
+    'Attempting to set identical low and high xlims'."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 2))
+    curve = knowledge_distribution(net, [(torch.randn(8, 4), torch.randint(0, 2, (8,)))], counts=[0])
+    assert curve.table["removed"] == [0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        curve.plot(tmp_path / "k.png")

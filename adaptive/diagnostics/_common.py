@@ -83,6 +83,20 @@ def training_mode(model: nn.Module, train: bool):
             m.training = t
 
 
+@contextlib.contextmanager
+def batch_statistics_explained(what: str, fix: str):
+    """Inside, PyTorch's bare ``Expected more than 1 value per channel when training`` (a BatchNorm
+    normalising a batch by its own statistics, given one value per channel: a batch of one sample
+    of a ``(N, C)`` layer) becomes a ValueError naming ``what`` ran it and ``fix``."""
+    try:
+        yield
+    except ValueError as e:
+        if "Expected more than 1 value per channel" not in str(e):
+            raise
+        raise ValueError(f"{what}: a BatchNorm normalises each batch by the batch's own statistics here (train mode), "
+                         f"and a batch of one sample gives it a single value per channel, which has none ({e}); {fix}") from e
+
+
 _SUSPENDED: Dict[int, int] = {}  # id of a parameter -> how many scalers_suspended() blocks hold it
 _SUSPENDED_LOCK = threading.Lock()
 

@@ -24,7 +24,7 @@ from ..discovery import discover
 from ..global_rng import kept_global_rng
 from ..metrics import call_model
 from ..warn import warn_user
-from ._common import (check_finite, default_loss, iterate_batches, kept_buffers, measured_gradients, model_device, scalers_suspended,
+from ._common import (batch_statistics_explained, check_finite, default_loss, iterate_batches, kept_buffers, measured_gradients, model_device, scalers_suspended,
                       training_mode)
 from .table import Table, pyplot, save_figure
 
@@ -226,8 +226,10 @@ def collinearity(
     neg = [torch.zeros(p.numel(), dtype=torch.int32) for p in params]
     used = [False] * len(params)
     n = 0
+    one_sample = ("measure batches of at least 2 samples (batch_size=)" + (", or in eval mode (train_mode=False), where "
+                                                                           "BatchNorm uses its running statistics" if train_mode else ""))
     with measured_gradients(params, "collinearity"), kept_buffers(model), training_mode(model, train_mode), \
-            scalers_suspended(model):
+            scalers_suspended(model), batch_statistics_explained("collinearity", one_sample):
         for x, y in iterate_batches(rebatch(loader, batch_size), batches, desc="collinearity", warn_short=True):
             x, y = _to_device(x, device), _to_device(y, device)
             grads = torch.autograd.grad(loss_fn(call_model(model, x, "collinearity"), y), params, allow_unused=True)

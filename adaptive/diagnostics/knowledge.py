@@ -27,11 +27,13 @@ from ..metrics import (AccuracyFn, batch_accuracy, call_model, check_output, def
                        to_device)
 from ..global_rng import kept_global_rng
 from ..warn import warn_user
-from ._common import default_loss, iterate_batches, kept_buffers, model_device, training_mode
+from ._common import batch_statistics_explained, default_loss, iterate_batches, kept_buffers, model_device, training_mode
 from .removal_order import global_order, removal_scores
 from .table import Table, pyplot, save_figure
 
 DEFAULT_NOISE_FLOOR = 1e-3  # nats of loss increase: changes below are noise, not fitted
+ONE_SAMPLE_FIX = ("give finetune_loader (default order_loader) batches of at least 2 samples (recipes/diagnostics.py: "
+                  "--batch_size 2 or more)")
 
 
 def default_counts(total: int, points: int = 40, max_fraction: float = 1.0) -> List[int]:
@@ -333,7 +335,7 @@ class KnowledgeCurve:
                 ax.set_xlim(0.8, 1.25 * max(max(k), 1))
                 ax.set_xlabel(f"weights removed (count, log axis; 0 removed, the {start}, left out)")
             else:
-                ax.set_xlim(-0.02 * max(k), 1.02 * max(k))
+                ax.set_xlim(-0.02 * max(max(k), 1), 1.02 * max(max(k), 1))  # (only the intact net: 0 to 1)
                 ax.set_xlabel("weights removed (count)")
             ax.set_ylabel(label + ", log axis")
             ax.grid(True, which="both", alpha=0.3)
@@ -505,7 +507,8 @@ def knowledge_distribution(
         flat[order[:k]] = False
         conn.set_masks({n: m.view(conn.masks[n].shape) for n, m in zip(names, flat.split(sizes))})
         if finetune_batches and k > 0:
-            with training_mode(work, True), torch.enable_grad():
+            with training_mode(work, True), torch.enable_grad(), batch_statistics_explained(
+                    "knowledge_distribution's fine-tune", ONE_SAMPLE_FIX):
                 for i in range(finetune_batches):
                     x, y = next(ft_iter)
                     opt.zero_grad(set_to_none=True)
@@ -521,7 +524,8 @@ def knowledge_distribution(
             if not math.isfinite(after) or after - before > max(abs(before), 1e-6):
                 overshot.append((k, before, after))
         if bn_data is not None:
-            _recalibrate(work, norms, bn_data, device)
+            with batch_statistics_explained("knowledge_distribution's BatchNorm re-estimate (bn_batches)", ONE_SAMPLE_FIX):
+                _recalibrate(work, norms, bn_data, device)
         r = evaluate(work, data, loss_fn, accuracy_fn)
         if base is None:
             base = r
