@@ -197,7 +197,7 @@ class _Probe(fx.Interpreter):
         nz = (w != 0).reshape(o, ipg, -1).any(-1)  # [O, ipg]
         zc = zero_in.view(groups, ipg).repeat_interleave(o // groups, 0)  # [O, ipg]
         const = ~(nz & ~zc).any(1)
-        bias = m.bias.detach() if getattr(m, "bias", None) is not None else torch.zeros(o)
+        bias = m.bias.detach() if getattr(m, "bias", None) is not None else w.new_zeros(o)
         val = torch.where(const, bias.to(out.dtype), torch.full_like(bias, float("nan"), dtype=out.dtype))
         shape = [1] * out.dim()
         shape[axis] = o
@@ -656,7 +656,7 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     for n, readers in weighted_inputs.items():
         ids = items.ids(n)
         for r in readers:
-            bad[ids] |= _inputs_read(mods[r.target]) & torch.isnan(consts[ids])
+            bad[ids] |= _inputs_read(mods[r.target]).cpu() & torch.isnan(consts[ids])  # flags: on the CPU
     # a class goes only if none of its items is bad
     class_bad = torch.zeros(items.n, dtype=torch.long).index_add_(0, label, bad.long()) > 0
     removed = ~class_bad[label]
@@ -1175,7 +1175,7 @@ def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
             if bool(ko.all()) and bool(ki.all()):
                 continue
             buf = f"_graphs_pad_index_{n.name}"
-            gm.register_buffer(buf, index)
+            gm.register_buffer(buf, index.to(env[n].device))  # on the model's device, where channel_pad runs
             with gm.graph.inserting_before(n):
                 idx_node = gm.graph.get_attr(buf)
             n.target = channel_pad
@@ -1203,12 +1203,13 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
     leave its groups alike (:func:`_uneven_groups`): its groups with no kept channel go."""
     w = m.weight.detach()
     g = int(getattr(m, "groups", 1))
-    bias = m.bias.detach().clone() if m.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
-    gone = ~ki
-    k = torch.nan_to_num(k_in.to(w.dtype), nan=0.0) * gone
+    bias = m.bias.detach().clone() if m.bias is not None else w.new_zeros(w.shape[0])
+    k = torch.nan_to_num(k_in.to(w.dtype), nan=0.0) * ~ki  # the flags' device (the CPU): decided there
+    folds = bool((k != 0).any())
+    k = k.to(w.device)  # and computed with on the weight's (a CUDA model's)
     wg = w.view(g, w.shape[0] // g, *w.shape[1:])  # [groups, outputs per group, inputs per group, *kernel]
     fold = None
-    if bool((k != 0).any()):  # output o reads the constants of its own group's inputs
+    if folds:  # output o reads the constants of its own group's inputs
         contrib = (wg * k.view(g, 1, -1, *([1] * (w.dim() - 2)))).sum(2).reshape(w.shape[0], 1, *w.shape[2:])
         pad = getattr(m, "padding", 0)
         unpadded = isinstance(m, nn.Linear) or m.padding_mode != "zeros" or (
@@ -1226,7 +1227,7 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
         i_idx = ki.view(g, -1)[live].nonzero()[:, 1].view(g2, -1)
         at = torch.arange(g2)[:, None, None]
         w2 = wg[live][at, o_idx[:, :, None], i_idx[:, None, :]].flatten(0, 1).contiguous()
-    has_bias = m.bias is not None or (fold is None and bool((k != 0).any()))
+    has_bias = m.bias is not None or (fold is None and folds)
     if isinstance(m, nn.Linear):
         new = _uninitialised(nn.Linear, w, w2.shape[1], w2.shape[0], bias=has_bias)
     else:
