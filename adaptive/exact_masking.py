@@ -36,7 +36,12 @@ def int_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def mask_(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Set ``t`` to exactly +0.0 where the 0/1 integer ``mask`` (``t``'s shape) is 0, in place; a
-    sparse COO ``t`` (an embedding's sparse gradient) has each of its stored values masked."""
+    sparse COO ``t`` (an embedding's sparse gradient) has each of its stored values masked. A ``t``
+    that autograd records (a gradient built by ``backward(create_graph=True)``) is masked by
+    ``masked_fill_``, which autograd sees: a write through the integer view would change its value
+    behind the graph, and a derivative taken through it would be that of the unmasked gradient."""
+    if t.requires_grad and torch.is_grad_enabled():
+        return t.masked_fill_(mask == 0, 0.0)
     if t.is_sparse:
         bits(t._values()).mul_(mask[tuple(t._indices())])  # (uncoalesced entries each masked: their sum too)
     else:
@@ -45,7 +50,13 @@ def mask_(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """A copy of ``t`` that is exactly +0.0 where the 0/1 integer ``mask`` is 0 and ``t`` elsewhere."""
+    """A copy of ``t`` that is exactly +0.0 where the 0/1 integer ``mask`` is 0 and ``t`` elsewhere
+    (recorded by autograd where ``t`` is, as :func:`mask_` is)."""
+    if t.requires_grad and torch.is_grad_enabled():
+        return t.masked_fill(mask == 0, 0.0)
     if t.is_sparse:
         return mask_(t.clone(), mask)
-    return (bits(t) * mask).view(t.dtype)
+    b = bits(t)
+    # in b's type: a mask of a wider type (kept for a weight since cast narrower on its own, e.g.
+    # model.fc.half()) would otherwise widen the product, and the view back would split each value
+    return (b * mask).to(b.dtype).view(t.dtype)
