@@ -30,8 +30,12 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def int_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The bool ``mask`` as 0/1 integers of ``like``'s width, on ``like``'s device."""
-    return mask.to(device=like.device, dtype=mask_dtype(like))
+    """The bool ``mask`` as 0/1 integers of ``like``'s width, on ``like``'s device and laid out as
+    ``like`` is: a multiply with strides that differ (a channels_last weight, a contiguous mask)
+    runs ~4x slower on a CPU."""
+    if like.layout != torch.strided:
+        return mask.to(device=like.device, dtype=mask_dtype(like))
+    return torch.empty_like(like, dtype=mask_dtype(like)).copy_(mask)
 
 
 def mask_(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
