@@ -278,3 +278,18 @@ def test_clip_factor_is_the_factor_torch_scales_by_whatever_the_limit_type(limit
     factor = clip_factor(total, limit)
     assert factor.dtype == total.dtype and bool(factor < 1) == scaled
     assert torch.equal(p.grad, before * factor)
+
+
+def test_a_weight_cast_narrower_on_its_own_after_the_masks_were_cached_is_measured_right():
+    """The connectome caches its 0/1 masks in its first weight's width; a later layer cast to
+    float16 since (model[2].half()) kept an int32 mask, and the norm came out NaN."""
+    model, conn = masked_net()
+    conn._hot_lists()  # cached, as after a step
+    model[2].half()
+    g = torch.Generator().manual_seed(3)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+    live = [torch.where(conn.masks[n], p.grad, 0) if n in conn.masks else p.grad for n, p in model.named_parameters()]
+    expected = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t).float() for t in live]))
+    total = clip_gradients(model.parameters(), 1e9, conn)
+    torch.testing.assert_close(total.float(), expected, rtol=1e-3, atol=0)

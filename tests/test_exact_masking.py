@@ -43,3 +43,40 @@ def test_a_sparse_gradient_has_its_stored_values_masked_exactly_even_uncoalesced
         assert torch.equal(dense[1], torch.tensor([0.0, 1.0, -2.0, 0.0]))
         assert torch.equal(dense[3], torch.tensor([0.0, 3.0, 0.5, 2.0]))  # the two entries of row 3 summed
         assert not bool(dense[[0, 2, 4]].any())
+
+
+def test_a_mask_wider_than_the_tensor_masks_it_in_its_own_shape_and_type():
+    """A connectome's cached masks follow its first weight's width: a later weight cast narrower on
+    its own (model.fc.half()) keeps an int32 mask for its float16 gradient. The copy was the int32
+    product viewed back as float16, twice as wide and every value split in two (clip_gradients'
+    norm came out NaN)."""
+    keep = torch.tensor([[True, False, True], [False, True, True]])
+    g = torch.tensor([[1.5, float("nan"), -2.0], [float("inf"), 0.25, -0.0]], dtype=torch.float16)
+    wide = int_mask(keep, torch.zeros(2, 3))  # int32
+    out = masked(g, wide)
+    assert out.shape == g.shape and out.dtype == g.dtype
+    assert torch.equal(bits(out), torch.where(keep, bits(g), 0))
+    inplace = g.clone()
+    assert torch.equal(bits(mask_(inplace, wide)), bits(out))
+
+
+def test_a_mask_is_laid_out_as_its_weight_is():
+    """A channels_last weight gets a channels_last mask: a multiply of tensors whose strides differ
+    runs ~4x slower on a CPU (the masks were always contiguous)."""
+    w = torch.randn(8, 4, 3, 3).to(memory_format=torch.channels_last)
+    keep = torch.rand(8, 4, 3, 3) < 0.5
+    m = int_mask(keep, w)
+    assert m.stride() == w.stride() and torch.equal(m.bool(), keep)
+    w3 = torch.randn(4, 2, 3, 3, 3).to(memory_format=torch.channels_last_3d)
+    assert int_mask(torch.ones(w3.shape, dtype=torch.bool), w3).stride() == w3.stride()
+
+
+def test_a_tensor_autograd_records_is_masked_where_autograd_sees_it():
+    """A gradient built by backward(create_graph=True) requires grad: its masking is recorded, so
+    the derivative through it is the mask (the integer view's product carried no graph at all)."""
+    x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    keep = torch.tensor([True, False, True])
+    for mask_of in (masked, mask_):
+        t = x * 2
+        d, = torch.autograd.grad(mask_of(t, int_mask(keep, t)).sum(), x)
+        assert torch.equal(d, 2 * keep.float())

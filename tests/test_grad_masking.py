@@ -270,3 +270,27 @@ def test_a_gradient_replaced_by_a_new_tensor_with_the_same_version_is_masked_by_
                 p.grad = fresh
         opt.step()
         assert pruned_weights_zero(conn)
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+def test_a_gradient_built_with_create_graph_is_masked_where_autograd_sees_it():
+    """backward(create_graph=True) (a gradient penalty, a Hessian-vector product): the hook's masking
+    is part of the graph, so a derivative taken through the masked gradient is that of the masked
+    gradient. A write through the gradient's integer view changed its value behind autograd, and the
+    Hessian-vector product below came out as that of the unmasked gradient."""
+    model, conn, opt, x, y = setup()
+    p, keep = conn.params["0.weight"], conn.masks["0.weight"]
+    nn.functional.cross_entropy(model(x), y).backward(create_graph=True)
+    assert p.grad.requires_grad and bool((p.grad.detach().view(torch.int32)[~keep] == 0).all())
+    v = torch.randn_like(p)
+    hvp, = torch.autograd.grad((p.grad * v).sum(), p)
+
+    def masked_grad_dot_v(w):  # the same masked gradient, built by hand
+        out = torch.func.functional_call(model, {"0.weight": w}, (x,))
+        g, = torch.autograd.grad(nn.functional.cross_entropy(out, y), w, create_graph=True)
+        return (torch.where(keep, g, 0.0) * v).sum()
+
+    w = p.detach().clone().requires_grad_()
+    expected, = torch.autograd.grad(masked_grad_dot_v(w), w)
+    torch.testing.assert_close(hvp, expected)
+    model.zero_grad(set_to_none=True)  # (breaks the parameter-gradient cycle create_graph makes)
