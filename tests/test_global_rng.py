@@ -218,6 +218,9 @@ CASES = [
     # on CUDA, the draws would move the device's generator
     case("graphs.compact on CUDA", lambda: masked(cuda_convnet()), lambda c: graphs.compact(c.model, c),
          marks=needs_cuda),
+    case("optimize_connectome on CUDA loader without generator", lambda: mlp().cuda(),
+         lambda m: adaptive.optimize_connectome(m, loader(own_generator=False), loader(), [0.3], passes=1,
+                                                progress=False), marks=needs_cuda),
     case("gradient_by_depth dropout on CUDA", lambda: cuda_convnet(0.5),
          lambda m: D.gradient_by_depth(m, loader((3, 8, 8)), layer="6", batches=2, depths=torch.zeros(16)),
          marks=needs_cuda),
