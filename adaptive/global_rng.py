@@ -6,15 +6,20 @@ The library's own random draws come from a ``torch.Generator`` of their own, see
 (the same result at every call). Code the library runs but does not control can still draw from the
 global generators (a model's dropout in train mode; a DataLoader without a ``generator``, which
 draws the seed of every pass from torch's): it runs inside :func:`kept_global_rng`, which puts them
-all back afterwards.
+all back afterwards. Calls given a ``seed`` (:func:`adaptive.optimize_connectome`, edge-popup) run
+inside :class:`seeded_global_rng` instead: the same, with the generators seeded from ``seed`` for the
+call, so that a loader without a generator of its own shuffles alike at every call with that seed.
 """
 from __future__ import annotations
 
 import functools
+import inspect
 import random
 
 import numpy as np
 import torch
+
+from .counts import whole_number
 
 
 def global_states() -> tuple:
@@ -57,3 +62,50 @@ class kept_global_rng:
             with kept_global_rng():
                 return fn(*args, **kwargs)
         return kept
+
+
+def seed_globals(seed: int) -> None:
+    """Seed every global generator from ``seed``, as ``torch.manual_seed(seed)``, ``random.seed(seed)``
+    and ``np.random.seed(seed % 2**32)`` would, with one difference: CUDA's generators only where
+    CUDA is initialised (``torch.manual_seed`` queues a seed for a later initialisation, which
+    would reach past the block into the caller's CUDA)."""
+    torch.default_generator.manual_seed(seed % 2**64)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed % 2**64)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+class seeded_global_rng(kept_global_rng):
+    """:class:`kept_global_rng` with every global generator seeded from ``seed`` inside the block
+    (:func:`seed_globals`): what the block draws from them depends on ``seed`` alone, not on the
+    caller's states, which are put back afterwards. ``seeded_global_rng.by_argument("seed")``
+    decorates a function so that each call runs inside it, seeded from the call's ``seed``."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __enter__(self) -> "seeded_global_rng":
+        super().__enter__()
+        seed_globals(self.seed)
+        return self
+
+    @staticmethod
+    def by_argument(name: str):
+        """Decorator: each call of the function runs inside ``seeded_global_rng(<its argument name>)``
+        (the default where not given). A value that is no whole number is left for the function's
+        own check to refuse: that call runs inside :class:`kept_global_rng` only."""
+        def decorate(fn):
+            signature = inspect.signature(fn)
+
+            @functools.wraps(fn)
+            def seeded(*args, **kwargs):
+                try:
+                    bound = signature.bind(*args, **kwargs)
+                except TypeError:  # the call itself raises it, with Python's own message
+                    return fn(*args, **kwargs)
+                seed = whole_number(bound.arguments.get(name, signature.parameters[name].default), floats=True)
+                with kept_global_rng() if seed is None else seeded_global_rng(seed):
+                    return fn(*args, **kwargs)
+            return seeded
+        return decorate

@@ -51,6 +51,7 @@ from torch import nn
 from . import mask_only_checkpoint as ckpt
 from .connectome import Connectome, _uncompiled
 from .discovery import discover, state_dict_keys
+from .global_rng import seeded_global_rng
 from .distributed import all_reduce_mean_, check_masks_agree, is_distributed, world_size
 from .controller import Controller
 from .counts import whole_number
@@ -364,6 +365,7 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
     return loss_sum / n, (correct / counted if counted else None), n
 
 
+@seeded_global_rng.by_argument("seed")
 def optimize_connectome(
     model: nn.Module,
     train_loader,
@@ -435,7 +437,14 @@ def optimize_connectome(
             for anything else), or None for no accuracy at all. Where there is none, ``holdout_acc``
             and ``train_acc`` are None (never 0) and target "best" chooses by held-out loss.
         seed: an integer (numpy and torch integers too), folded with the step for every random choice
-            and ordering the held-out batches.
+            and ordering the held-out batches. The call also runs with torch's, CUDA's, Python's and
+            NumPy's global generators seeded from it (as ``torch.manual_seed(seed)`` would) and puts
+            the caller's back afterwards: a loader without a ``generator`` of its own (a plain
+            ``DataLoader(..., shuffle=True)``, which draws each pass's order and worker seeds from
+            torch's) reads the same batches at every call with this seed, whatever the caller drew
+            before, and the caller's generators are where they were (random transforms and dropout
+            draw from the seeded ones too). A loader with a ``generator`` of its own shuffles by it,
+            untouched: its order follows that generator's state, which advances as its passes draw.
         callback: called with every history record.
         progress: a tqdm bar over the run's batches (drawn by the first process of each machine
             only); None: only when stderr is a terminal.

@@ -428,7 +428,9 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
             params = dict(src.named_parameters(remove_duplicate=False))
             for name in conn.layers:
                 w = params[name]
-                w.mul_(conn.masks[name].to(w.device, w.dtype))
+                # set, not multiplied: a NaN or inf held at a pruned position (0 * inf is NaN) would
+                # reach the outputs of the units that keep the rest of that row
+                w.masked_fill_(~conn.masks[name].to(w.device), 0.0)
     ref = copy.deepcopy(src)  # the GraphModule shares submodules with src; keep an untouched reference
     nargs = len(example_input) if isinstance(example_input, (tuple, list)) else 1
     # forward's defaulted parameters the example does not supply are traced at their defaults, as build

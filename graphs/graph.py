@@ -207,10 +207,12 @@ def _unit_edges(layer: LayerFlow, start: int, w, m, u):
     o_n, ipg = layer.shape[0], layer.shape[1]
     opg = o_n // layer.groups
     mf = m.reshape(o_n, ipg, -1)
-    wm = (w * m).reshape(o_n, ipg, -1)
+    # absent synapses selected out, not multiplied by 0: a NaN or inf weight or utility there (0 * inf
+    # is NaN) would make the sum of its whole unit edge NaN
+    wm = torch.where(m, w, 0.0).reshape(o_n, ipg, -1)
     mats = {"count": mf.sum(-1, dtype=torch.int32), "l1": wm.abs().sum(-1), "l2": (wm * wm).sum(-1)}
     if u is not None:
-        mats["utility"] = (u * m).reshape(o_n, ipg, -1).sum(-1)
+        mats["utility"] = torch.where(m, u, 0.0).reshape(o_n, ipg, -1).sum(-1)
     srcs, inv = torch.unique(layer.in_src, return_inverse=True)
     in_src = layer.in_src
     hw = in_src.numel() // srcs.numel()

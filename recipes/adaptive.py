@@ -248,6 +248,9 @@ class RunConfig:
             (0.0 <= self.edit_fraction <= 1.0, f"edit_fraction must be in [0, 1], got {self.edit_fraction}"),
             (0.0 < self.end_fraction <= 1.0, f"end_fraction must be in (0, 1], got {self.end_fraction}"),
             (0.0 <= self.holdout < 1.0, f"holdout must be in [0, 1), got {self.holdout}"),
+            (self.mode != "mask_only" or self.holdout > 0,
+             "mode mask_only chooses and scores its masks on the held-out part of TRAIN, and holdout 0 asks for none: "
+             "give --holdout 0.1 (say)"),
             (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}"),
             (self.eval_every >= 0, f"eval_every must be >= 0 (0: every epoch), got {self.eval_every}"),
             (self.log_every >= 0, f"log_every must be >= 0 (0: no train rows), got {self.log_every}"),
@@ -546,7 +549,8 @@ def get_dataloaders(cfg: RunConfig):
     return _get_dataloaders(cfg.dataset, batch_size=cfg.batch_size, data_dir=cfg.data_dir, holdout=cfg.holdout,
                             seed=cfg.seed, download=cfg.download, subset=cfg.subset, test_subset=cfg.test_subset,
                             num_workers=cfg.num_workers, eval_batch_size=cfg.eval_batch_size, augment=cfg.augment,
-                            progress=cfg.progress, option_names={"subset": "--subset", "test_subset": "--test_subset"},
+                            progress=cfg.progress, holdout_required=cfg.mode == "mask_only",  # its choices read the held-out part
+                            option_names={"subset": "--subset", "test_subset": "--test_subset", "holdout": "--holdout"},
                             **cfg.dataset_kw)
 
 

@@ -44,7 +44,7 @@ def get_data(args, batch_size=None):
                            download=getattr(args, "download", False),
                            holdout=args.holdout, seed=args.seed, subset=args.subset, test_subset=args.test_subset,
                            eval_batch_size=args.eval_batch_size,
-                           option_names={"subset": "--subset", "test_subset": "--test_subset"}, **_checked_dataset_kw(args))
+                           option_names={"subset": "--subset", "test_subset": "--test_subset", "holdout": "--holdout"}, **_checked_dataset_kw(args))
 
 
 def _dataset_kw(args) -> dict:

@@ -684,7 +684,7 @@ def _run(args, out: Path, checked, test_loader_hook) -> dict:
                          download=args.download,
                          seed=args.seed, subset=args.subset, test_subset=args.test_subset, eval_batch_size=args.eval_batch_size,
                          num_workers=args.num_workers, progress=args.progress, holdout_required=True,
-                         option_names={"subset": "--subset", "test_subset": "--test-subset"}, **args.dataset_kw)
+                         option_names={"subset": "--subset", "test_subset": "--test-subset", "holdout": "--holdout"}, **args.dataset_kw)
     test_loader = test_loader_hook(dl.test) if test_loader_hook else dl.test  # wrapping reads nothing
     model = model_for(dl.num_classes, dl.in_shape)
     accelerator = _accelerator(args)

@@ -1234,8 +1234,15 @@ def test_a_subset_too_small_names_the_option_as_the_recipe_spells_it(tmp_path, c
     assert "--subset 5 cannot hold one train example of each of the 10 classes of digits: give a --subset of at " \
            "least 10 (or leave it out)" in err and not out.exists()
     err = error_of(TINY + ["--output_dir", str(out), "--subset", "12", "--holdout", "0.02"], capsys)
-    assert "the 12 train examples of --subset 12 with holdout 0.02 hold out" in err
-    assert "give a --subset of at least 250 (or a larger holdout" in err and not out.exists()
+    assert "the 12 train examples of --subset 12 with --holdout 0.02 hold out" in err
+    assert err.endswith("give a --subset of at least 250 or a larger --holdout (or --holdout 0 for no held-out part "
+                        "at all)\n") and not out.exists()
+    # mode mask_only chooses on the held-out part: no --holdout 0 offered, and --holdout 0 refused before any work
+    err = error_of(TINY + ["--output_dir", str(out), "--mode", "mask_only", "--subset", "12", "--holdout", "0.02"], capsys)
+    assert err.endswith("give a --subset of at least 250 or a larger --holdout\n") and not out.exists()
+    err = error_of(TINY + ["--output_dir", str(out), "--mode", "mask_only", "--holdout", "0"], capsys)
+    assert "mode mask_only chooses and scores its masks on the held-out part of TRAIN, and holdout 0 asks for none: " \
+           "give --holdout 0.1 (say)" in err and not out.exists()
     from adaptive.data import get_datasets
 
     with pytest.raises(ValueError, match=r"^subset 5 cannot hold one train example of each of the 10 classes of "

@@ -144,9 +144,9 @@ def one_pass(which):
     return lambda d: [b for b in getattr(d, which)]
 
 
-def edge_popup(m):
+def edge_popup(m, own_generator=True):
     from adaptive.baselines.edge_popup import edge_popup as ep
-    return ep(m, loader(), loader(), [0.5], passes=1, progress=False)
+    return ep(m, loader(own_generator=own_generator), loader(), [0.5], passes=1, progress=False)
 
 
 def cuda_convnet(dropout=0.0):
@@ -187,6 +187,10 @@ CASES = [
     case("guard: optimize_connectome", mlp,
          lambda m: adaptive.optimize_connectome(m, loader(), loader(), [0.3], passes=1, progress=False)),
     case("guard: edge_popup", mlp, edge_popup),
+    case("optimize_connectome loader without generator", lambda: mlp(0.5).train(),
+         lambda m: adaptive.optimize_connectome(m, loader(own_generator=False), loader(own_generator=False), [0.3],
+                                                passes=1, verify_batches=1, progress=False)),
+    case("edge_popup loader without generator", mlp, lambda m: edge_popup(m, own_generator=False)),
     # diagnostics: traced depths, dropout in train mode, loaders without a generator
     case("diagnostics.resolve_depths traced", convnet, lambda m: D.resolve_depths(m, "6")),
     case("BandGradientScaler traced depths", convnet, lambda m: D.BandGradientScaler(m, layers=["6"])),
@@ -214,6 +218,9 @@ CASES = [
     # on CUDA, the draws would move the device's generator
     case("graphs.compact on CUDA", lambda: masked(cuda_convnet()), lambda c: graphs.compact(c.model, c),
          marks=needs_cuda),
+    case("optimize_connectome on CUDA loader without generator", lambda: mlp().cuda(),
+         lambda m: adaptive.optimize_connectome(m, loader(own_generator=False), loader(), [0.3], passes=1,
+                                                progress=False), marks=needs_cuda),
     case("gradient_by_depth dropout on CUDA", lambda: cuda_convnet(0.5),
          lambda m: D.gradient_by_depth(m, loader((3, 8, 8)), layer="6", batches=2, depths=torch.zeros(16)),
          marks=needs_cuda),

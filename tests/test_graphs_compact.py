@@ -672,6 +672,52 @@ def test_unit_l1_l2_sum_live_synapses_only_whatever_the_weights_hold():
     assert int(g.edge_attrs["count"].sum()) == sum(int(m.sum()) for m in masks.values())
 
 
+def _nonfinite_at_pruned_positions():
+    """A conv net, a connectome of it with random masks, and a copy of the net whose weights hold NaN
+    and inf at pruned positions of rows (kernels, flattened channels) that keep live synapses."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+    conn = adaptive.Connectome(copy.deepcopy(net))
+    masks = {n: torch.rand(m.shape, generator=torch.Generator().manual_seed(1)) > 0.5 for n, m in conn.masks.items()}
+    conn.set_masks(masks)
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if n in masks:
+                p[~masks[n]] = torch.tensor([float("nan"), float("inf"), -float("inf")]).repeat(p.numel())[
+                    : int((~masks[n]).sum())]
+    return net, conn, masks
+
+
+def test_unit_edges_leave_out_nan_and_inf_at_pruned_positions():
+    """A unit edge summed weight x mask and utility x mask over its synapses: a NaN or inf at an absent
+    synapse (0 * inf is NaN) made the l1, l2 or utility of its whole edge NaN."""
+    net, conn, masks = _nonfinite_at_pruned_positions()
+    utility = {n: torch.where(m, 1.0, float("nan")) for n, m in masks.items()}
+    g = graphs.build(conn, "unit", model=net, utility=utility, example_input=torch.randn(1, 3, 5, 5))
+    live = {n: p.detach()[masks[n]] for n, p in net.named_parameters() if n in masks}
+    assert all(bool(torch.isfinite(g.edge_attrs[k]).all()) for k in ("l1", "l2", "utility"))
+    assert float(g.edge_attrs["l1"].sum()) == pytest.approx(sum(float(v.abs().sum()) for v in live.values()), rel=1e-6)
+    assert float(g.edge_attrs["l2"].double().pow(2).sum()) == pytest.approx(
+        sum(float(v.pow(2).sum()) for v in live.values()), rel=1e-5)
+    assert float(g.edge_attrs["utility"].sum()) == sum(int(m.sum()) for m in masks.values())
+    # a NaN at a live synapse stays visible
+    utility["0.weight"][masks["0.weight"].nonzero()[0].unbind()] = float("nan")
+    g = graphs.build(conn, "unit", model=net, utility=utility, example_input=torch.randn(1, 3, 5, 5))
+    assert int(torch.isnan(g.edge_attrs["utility"]).sum()) == 1
+
+
+def test_compact_sets_pruned_positions_to_zero_whatever_they_held():
+    """compact masked its copy's weights by multiplying: a NaN or inf held at a pruned position stayed
+    NaN (0 * inf is NaN) and reached the outputs of every unit that keeps the rest of its row."""
+    net, conn, _ = _nonfinite_at_pruned_positions()
+    x = torch.randn(2, 3, 5, 5)
+    small = graphs.compact(net, conn, example_input=x)
+    want = masked_output(conn.model, conn, x)
+    with torch.no_grad():
+        got = small(x)
+    assert bool(torch.isfinite(got).all()) and torch.allclose(got, want, atol=1e-5)
+
+
 @pytest.mark.parametrize("align", [2.5, 0, "8", True])
 def test_align_that_is_not_a_positive_integer_is_refused(align):
     """align=2.5 was cut to 2 although the error for align=0 asks for a positive integer."""

@@ -1,5 +1,7 @@
 """adaptive.optimize_connectome and the crawl policy: mechanics on a tiny CNN and fake data."""
 import copy
+import os
+import sys
 
 import pytest
 import torch
@@ -14,6 +16,9 @@ from adaptive.utility import UtilityContext
 from adaptive.utility.presence import Presence
 
 torch.set_num_threads(1)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _global_rng import global_rng_states, moved_generators  # noqa: E402
 
 
 class Tiny(nn.Module):
@@ -1021,3 +1026,63 @@ def test_a_one_shot_holdout_is_refused_before_a_batch_is_read_even_for_one_fixed
     failed with "evaluate: no examples" after its whole stage."""
     _, ho = loaders()
     _refused_before_a_batch_is_read(0.3, "holdout loader is a one-shot iterator", holdout=kind(ho))
+
+
+def _call(method, loader, seed=0, caller_seed=0):
+    """One call of ``method`` on ``tiny()`` with the train loader ``loader``, after the caller seeded
+    torch's global generator with ``caller_seed``: (masks, train losses or None, whether any global
+    generator moved)."""
+    m = tiny()
+    _, ho = loaders()
+    torch.manual_seed(caller_seed)  # whatever the caller drew before the call
+    before = global_rng_states()
+    if method == "optimize_connectome":
+        r = optimize_connectome(m, loader, ho, [0.5], passes=2.0, window=2, edit_fraction=0.2, seed=seed,
+                                progress=False)
+        masks, losses = r.snapshots["0.5"].masks, [h["train_loss"] for h in r.history if h["kind"] == "update"]
+    else:
+        _, snaps = edge_popup(m, loader, ho, [0.5], passes=2.0, lr=0.05, seed=seed, progress=False)
+        masks, losses = snaps["0.5"]["masks"], None
+    return masks, losses, moved_generators(before, global_rng_states())
+
+
+def _same_masks(a, b):
+    return all(torch.equal(a[n], b[n]) for n in a)
+
+
+@pytest.mark.parametrize("method", ["optimize_connectome", "edge_popup"])
+def test_a_loader_without_a_generator_reads_alike_at_every_call_with_one_seed(method):
+    """A DataLoader without a generator draws each pass's order from torch's global generator: two
+    identical calls with seed=0 gave different masks unless the caller had seeded torch just
+    before, and each call moved the caller's generator. Calls run with the global generators
+    seeded from ``seed`` and put the caller's back."""
+    tr = DataLoader(loaders()[0].dataset, batch_size=16, shuffle=True)  # no generator of its own
+    first, second = _call(method, tr, caller_seed=1), _call(method, tr, caller_seed=2)
+    assert _same_masks(first[0], second[0]) and first[1] == second[1]
+    assert first[2] == second[2] == []  # torch's, Python's, NumPy's (and CUDA's) generators left where they were
+    other = _call(method, tr, seed=1, caller_seed=1)  # the seed decides the order
+    assert not _same_masks(first[0], other[0]) or (first[1] is not None and first[1] != other[1])
+
+
+@pytest.mark.parametrize("method", ["optimize_connectome", "edge_popup"])
+def test_a_loader_with_its_own_generator_is_shuffled_by_it(method):
+    """A loader with a generator of its own is left to it: its state decides the order (the call's
+    seed and the caller's global generator do not), and the call's passes advance it."""
+    g = torch.Generator()
+    tr = DataLoader(loaders()[0].dataset, batch_size=16, shuffle=True, generator=g)
+    g.manual_seed(5)
+    first = _call(method, tr, seed=0, caller_seed=1)
+    advanced = g.get_state()
+    g.manual_seed(5)
+    again = _call(method, tr, seed=1, caller_seed=2)
+    assert _same_masks(first[0], again[0]) and first[1] == again[1]
+    assert torch.equal(g.get_state(), advanced) and not torch.equal(advanced, torch.Generator().manual_seed(5).get_state())
+    g.manual_seed(6)
+    other = _call(method, tr, seed=0, caller_seed=1)
+    assert not _same_masks(first[0], other[0]) or (first[1] is not None and first[1] != other[1])
+
+
+def test_edge_popup_refuses_a_seed_that_is_no_whole_number():
+    tr, ho = loaders()
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        edge_popup(tiny(), tr, ho, [0.2], seed=0.5, progress=False)

@@ -311,6 +311,14 @@ def shuffled_loaders(own_generator: bool):
     return DataLoader(NoisyImages(x, y), batch_size=16, shuffle=True, generator=g), ho
 
 
+def same(a, b):
+    """The same masks, and the same batches read: each update's train and verification losses."""
+    def losses(r):
+        return [(h["train_loss"], h["verify_loss"]) for h in r.history if h["kind"] == "update"]
+    return losses(a) == losses(b) and all(torch.equal(a.snapshots[t].masks[n], b.snapshots[t].masks[n])
+                                          for t in a.snapshots for n in a.snapshots[t].masks)
+
+
 @pytest.mark.parametrize("own_generator", [False, True])
 def test_resume_reads_the_batches_the_uninterrupted_run_would_have_read(tmp_path, own_generator):
     # half a pass per stage: the resumed stage starts in the middle of a pass over the train loader
@@ -335,12 +343,6 @@ def test_resume_reads_the_batches_the_uninterrupted_run_would_have_read(tmp_path
         torch.manual_seed(999)  # a new process: other random states, a fresh loader
         return optimize_connectome(tiny(), *shuffled_loaders(own_generator), targets, checkpoint=ck, **kw)
 
-    def same(a, b):  # masks, and the batches read: each update's train and verification losses
-        def losses(r):
-            return [(h["train_loss"], h["verify_loss"]) for h in r.history if h["kind"] == "update"]
-        return losses(a) == losses(b) and all(torch.equal(a.snapshots[t].masks[n], b.snapshots[t].masks[n])
-                                              for t in a.snapshots for n in a.snapshots[t].masks)
-
     assert same(straight, resume(path))
     # the same checkpoint without the loaders' positions resumes on other batches
     del saved["data"]
@@ -348,6 +350,33 @@ def test_resume_reads_the_batches_the_uninterrupted_run_would_have_read(tmp_path
     blind = tmp_path / "blind.pt"
     torch.save(saved, blind)
     assert not same(straight, resume(blind))
+
+
+def test_a_loader_without_a_generator_resumes_as_the_run_went_whatever_the_caller_seeded(tmp_path):
+    """A run draws from global generators seeded from its ``seed``, not from the caller's: the
+    uninterrupted run, the interrupted one and the resume each start after other draws of the
+    caller, and the resume still ends as the uninterrupted run did (the checkpoint's recorded
+    states take over from the seeded ones); the caller's generators are put back after it too."""
+    kw = {**KW, "passes": 0.5, "verify_batches": 1}
+    targets = [0.2, 0.4, 0.6]
+    torch.manual_seed(1)
+    straight = optimize_connectome(tiny(), *shuffled_loaders(False), targets, **kw)
+    path = tmp_path / "ck.pt"
+
+    def crash(rec):
+        if rec["kind"] == "update" and rec["stage"] == 2:
+            raise Stop
+    torch.manual_seed(2)
+    with pytest.raises(Stop):
+        optimize_connectome(tiny(), *shuffled_loaders(False), targets, checkpoint=path, callback=crash, **kw)
+    assert torch.load(path, weights_only=True)["stage"] == 1
+    model, loaders = tiny(), shuffled_loaders(False)
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    resumed = optimize_connectome(model, *loaders, targets, checkpoint=path, **kw)
+    assert [h["kind"] for h in resumed.history].count("resume") == 1  # it did resume
+    assert same(straight, resumed)
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_a_resume_with_another_evaluation_cadence_is_refused(tmp_path):

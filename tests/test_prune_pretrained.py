@@ -1148,11 +1148,11 @@ def test_results_table_columns_follow_their_headers():
 
 def test_a_subset_too_small_to_hold_out_an_example_names_a_fix_this_recipe_takes(tmp_path, weights):
     """The data layer's hint said 'holdout 0 for none', which this recipe refuses: it names a larger
-    subset or holdout only."""
-    with pytest.raises(ValueError, match=r"held-out part of fake is empty.*give a --subset of at least \d+ "
-                                         r"\(or a larger holdout\)$") as info:
+    --subset or --holdout only, as the options are spelt."""
+    with pytest.raises(ValueError, match=r"held-out part of fake is empty: .* of --subset 20 with --holdout 0.01 hold "
+                                         r"out .*; give a --subset of at least \d+ or a larger --holdout$") as info:
         recipe().main(args(weights, tmp_path / "o", "--remove", "0.2", "--subset", "20", "--holdout", "0.01"))
-    assert "holdout 0 for none" not in str(info.value) and not (tmp_path / "o").exists()
+    assert "no held-out part" not in str(info.value) and not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("text", ["output_dir: ''\n", "output_dir:\n", "output_dir: null\n"])

@@ -2,18 +2,22 @@
 subset that gives one: the same answer as trying every size, found without trying them all."""
 import random
 
+import pytest
 import torch
 
-from adaptive.data import _subset_for_holdout
+from adaptive.data import _subset_for_holdout, get_datasets
 from adaptive.data.split import holdout_counts, subset_counts
+
+
+NONE = " (or holdout=0 for no held-out part at all)"
 
 
 def _brute(labels, subset, holdout):  # the hint as it was: every size in turn
     counts = torch.unique(labels, return_counts=True)[1]
     for size in range(subset + 1, len(labels) + 1):
         if bool((holdout_counts(subset_counts(counts, size), holdout) > 0).any()):
-            return f"give a subset of at least {size} (or a larger holdout; holdout 0 for none)"
-    return "give a larger holdout (holdout 0 for none)"
+            return f"give a subset of at least {size} or a larger holdout{NONE}"
+    return f"give a larger holdout{NONE}"
 
 
 def test_same_hint_as_trying_every_size():
@@ -38,17 +42,56 @@ def _brute_at(y, size, hold):  # the brute-force answer checked at the size and 
     counts = torch.unique(y, return_counts=True)[1]
     gives = lambda s: bool((holdout_counts(subset_counts(counts, s), hold) > 0).any())
     assert gives(size) and not gives(size - 1)
-    return f"give a subset of at least {size} (or a larger holdout; holdout 0 for none)"
+    return f"give a subset of at least {size} or a larger holdout{NONE}"
 
 
 def test_a_caller_that_needs_the_held_out_part_is_not_told_to_drop_it():
     """prune_pretrained refuses --holdout 0 (its selection reads the held-out part), so the hint it
-    relays names a subset or a larger holdout, never 'holdout 0 for none'."""
+    relays names a subset or a larger holdout, never a holdout of 0."""
     y = torch.arange(500) % 10
     for subset, hold in ((10, 0.05), (10, 0.01), (3, 0.3)):
         plain = _brute(y, subset, hold)
         needed = _subset_for_holdout(y, subset, hold, required=True)
-        assert needed == plain.replace("; holdout 0 for none", "").replace(" (holdout 0 for none)", "")
-        assert "holdout 0" not in needed and _subset_for_holdout(y, subset, hold) == plain
+        assert needed == plain.replace(NONE, "")
+        assert "holdout=0" not in needed and _subset_for_holdout(y, subset, hold) == plain
     assert _subset_for_holdout(y, 10, 0.05, required=True).startswith("give a subset of at least ")
     assert _subset_for_holdout(y, 10, 0.01, required=True) == "give a larger holdout"
+
+
+RECIPE = {"subset": "--subset", "holdout": "--holdout"}  # option_names as the recipes pass them
+
+
+def _error(**kw) -> str:
+    with pytest.raises(ValueError) as info:
+        get_datasets("digits", **kw)
+    return str(info.value)
+
+
+def test_the_empty_holdout_error_names_the_fixes_as_the_caller_spells_them():
+    """The hint said 'holdout 0 for none' to every caller: a library caller passes holdout=0, a
+    recipe's user --holdout 0, and neither was told what 0 means (no held-out part at all)."""
+    why = ("the held-out part of digits is empty: the 30 train examples of {s} with {h} hold out round(0.01 x its "
+           "examples of a class) = 0 of every class; give a {o} of at least 496 or a larger {ho}")
+    assert _error(subset=30, holdout=0.01) == why.format(
+        s="subset=30", h="holdout=0.01", o="subset", ho="holdout") + " (or holdout=0 for no held-out part at all)"
+    assert _error(subset=30, holdout=0.01, option_names=RECIPE) == why.format(
+        s="--subset 30", h="--holdout 0.01", o="--subset", ho="--holdout") + " (or --holdout 0 for no held-out part at all)"
+    # a caller that needs the held-out part is not told to drop it
+    assert _error(subset=30, holdout=0.01, option_names=RECIPE, holdout_required=True) == why.format(
+        s="--subset 30", h="--holdout 0.01", o="--subset", ho="--holdout")
+    # no subset gives one: a larger holdout only
+    assert _error(subset=1400, holdout=0.001).endswith(
+        "with holdout=0.001 hold out round(0.001 x its examples of a class) = 0 of every class; give a larger holdout "
+        "(or holdout=0 for no held-out part at all)")
+    assert _error(subset=1400, holdout=0.001, option_names=RECIPE).endswith(
+        "give a larger --holdout (or --holdout 0 for no held-out part at all)")
+    assert len(get_datasets("digits", subset=30, holdout=0).holdout) == 0  # what the hint offers runs
+
+
+def test_the_empty_train_part_error_names_the_options_as_the_caller_spells_them():
+    assert _error(subset=20, holdout=0.95) == ("the train part of digits is empty: 20 train examples (subset=20) with "
+                                               "holdout=0.95 leave none to train on; give a larger subset or a smaller "
+                                               "holdout")
+    assert _error(subset=20, holdout=0.95, option_names=RECIPE).endswith(
+        "20 train examples (--subset 20) with --holdout 0.95 leave none to train on; give a larger --subset or a "
+        "smaller --holdout")

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..connectome import Connectome
+from ..counts import whole_number
 from ..data.cycle import LoaderCycle
+from ..global_rng import seeded_global_rng
 from ..warn import warn_user
 from ..mask_only import _check_loader, _labels, _model_device, _to_device, evaluate, mask_learning, resolve_target
 
@@ -39,11 +41,20 @@ def _topk_masks(scores: Dict[str, torch.Tensor], keep: int) -> Dict[str, torch.T
     return out
 
 
+@seeded_global_rng.by_argument("seed")
 def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence, passes: float = 1.0,
                lr: float = 0.01, loss_fn: Callable = F.cross_entropy, progress: bool = True, include=None,
-               exclude=None):
+               exclude=None, seed: int = 0):
     """Learn masks for frozen ``model`` by edge-popup. Returns ``(conn, snapshots)`` with
-    ``snapshots[label] = {"removed", "masks", "holdout_loss", "holdout_acc"}`` per target."""
+    ``snapshots[label] = {"removed", "masks", "holdout_loss", "holdout_acc"}`` per target.
+
+    Edge-popup itself draws nothing at random; the call runs with the global generators seeded from
+    ``seed`` and puts the caller's back afterwards, as :func:`adaptive.optimize_connectome` does: a
+    loader without a ``generator`` of its own reads the same batches at every call with this seed,
+    one with a generator shuffles by it, untouched."""
+    if whole_number(seed, floats=True) is None:
+        raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
+                         f"number such as seed=0")
     if not lr > 0:
         raise ValueError(f"edge-popup's lr must be > 0, got {lr} (0 would learn nothing)")
     if not passes > 0:

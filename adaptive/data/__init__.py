@@ -63,14 +63,15 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     - ``progress``: progress bars of long preparation (decoding CIFAR-10's JPEGs into the cache):
       True, False, or None (only when stderr is a terminal); given to families that take it.
     - ``holdout_required``: the caller cannot do without a held-out part (its selection reads it),
-      so the error for a subset too small to hold out an example does not suggest ``holdout`` 0.
-    - ``option_names``: how the errors and warnings name ``subset`` and ``test_subset``: a command
-      line's options (``{"test_subset": "--test-subset"}``); by default these keywords.
+      so the error for a subset too small to hold out an example does not suggest ``holdout=0``.
+    - ``option_names``: how the errors and warnings name ``subset``, ``test_subset`` and ``holdout``:
+      a command line's options (``{"test_subset": "--test-subset"}``, given as ``--test-subset 5``);
+      by default these keywords (given as ``test_subset=5``).
     Extra keyword arguments go to the family (e.g. ``normalize=`` for cifar10, ``shape=`` for fake).
     Raises :class:`DatasetNotFoundError` with every path tried when the data is missing.
     """
     check_dataset_kw(name, kw)
-    named = {k: (option_names or {}).get(k, k) for k in ("subset", "test_subset")}
+    named = {k: (option_names or {}).get(k, k) for k in ("subset", "test_subset", "holdout")}
     for what, v in (("subset", subset), ("test_subset", test_subset)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             none = "left out" if named[what].startswith("-") else "None"
@@ -97,14 +98,16 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     kept, drawn = stratified_split(labels[pool], holdout, seed)
     train, held = pool[kept], pool[drawn]
     if subset is not None and holdout > 0 and held.numel() == 0:
-        raise ValueError(f"the held-out part of {name} is empty: the {len(pool)} train examples of {named['subset']} "
-                         f"{subset} with holdout {holdout} hold out round({holdout} x its examples of a class) = 0 of "
-                         "every class; "
-                         + _subset_for_holdout(labels, subset, holdout, holdout_required, named["subset"]))
+        raise ValueError(f"the held-out part of {name} is empty: the {len(pool)} train examples of "
+                         f"{_spelt(named['subset'], subset)} with {_spelt(named['holdout'], holdout)} hold out "
+                         f"round({holdout} x its examples of a class) = 0 of every class; "
+                         + _subset_for_holdout(labels, subset, holdout, holdout_required, named["subset"],
+                                               named["holdout"]))
     if train.numel() == 0:
         raise ValueError(f"the train part of {name} is empty: {len(pool)} train examples"
-                         f"{' (subset)' if subset else ''} with holdout {holdout} leave none to train on; "
-                         "use a larger subset or a smaller holdout")
+                         f"{' (' + _spelt(named['subset'], subset) + ')' if subset else ''} with "
+                         f"{_spelt(named['holdout'], holdout)} leave none to train on; give a "
+                         f"{'larger ' + named['subset'] + ' or a ' if subset else ''}smaller {named['holdout']}")
 
     def build_test():
         ds = src.test()
@@ -144,6 +147,12 @@ def _whole_split_size(test_dataset) -> Optional[int]:
     return whole
 
 
+def _spelt(option: str, value) -> str:
+    """``option`` given ``value`` as its caller writes it: ``--option VALUE`` on a command line,
+    ``option=VALUE`` in a call."""
+    return f"{option} {value}" if option.startswith("-") else f"{option}={value}"
+
+
 def _warn_short(name: str, split: str, asked: Optional[int], size: int, option: str) -> None:
     """Warn that ``option`` (a keyword, or a command line's ``--option``) asks for more than the split holds."""
     if asked is not None and asked > size:
@@ -153,9 +162,10 @@ def _warn_short(name: str, split: str, asked: Optional[int], size: int, option: 
 
 
 def _subset_for_holdout(labels: torch.Tensor, subset: int, holdout: float, required: bool = False,
-                        option: str = "subset") -> str:
+                        option: str = "subset", holdout_option: str = "holdout") -> str:
     """How to get a non-empty held-out part: the smallest subset above ``subset`` that gives one
-    (``option`` names it as the caller spells it).
+    (``option`` and ``holdout_option`` name the two as the caller spells them), or a larger holdout;
+    unless ``required``, also that a holdout of 0 asks for no held-out part.
 
     Whether a size gives one is not monotone in the size (the largest-remainder rounding of
     :func:`subset_counts` can take an example from a class as the size grows), so the answer is
@@ -174,17 +184,17 @@ def _subset_for_holdout(labels: torch.Tensor, subset: int, holdout: float, requi
     def gives(size):
         return bool((holdout_counts(subset_counts(counts, size), holdout) > 0).any())
 
-    none = "" if required else "; holdout 0 for none"
+    none = "" if required else f" (or {_spelt(holdout_option, 0)} for no held-out part at all)"
     lo, hi = subset + 1, n
     if lo > n or not could(n):
-        return f"give a larger holdout{' (' + none[2:] + ')' if none else ''}"
+        return f"give a larger {holdout_option}{none}"
     while lo < hi:  # the first size that could give one (could() is monotone in the size)
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if could(mid) else (mid + 1, hi)
     for size in range(lo, n + 1):
         if gives(size):
-            return f"give a {option} of at least {size} (or a larger holdout{none})"
-    return f"give a larger holdout{' (' + none[2:] + ')' if none else ''}"
+            return f"give a {option} of at least {size} or a larger {holdout_option}{none}"
+    return f"give a larger {holdout_option}{none}"
 
 
 @dataclass

@@ -135,7 +135,7 @@ def main(argv=None):
     model_e = fresh()
     dl.train.generator.set_state(order0)
     conn_e, snaps = edge_popup(model_e, dl.train, dl.holdout, targets, passes=args.passes, lr=args.ep_lr,
-                               progress=not args.no_progress)
+                               seed=args.seed, progress=not args.no_progress)
     for t in targets:
         s = snaps[f"{t:g}"]
         rows.append(("edge-popup", t, conn_e, s["masks"], s["holdout_acc"], s["cpu_seconds"] / 60))
