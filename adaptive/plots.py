@@ -178,8 +178,8 @@ def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, st
         ax.set_title(key)
         ax.grid(alpha=0.3)
         drawn = bool(ax.get_legend_handles_labels()[0])
-        if drawn:
-            legend_below(ax)
+        if drawn:  # one column: the labels name each split at length, and two columns ran under the other panel's
+            legend_below(ax, ncol=1)
         note_nonfinite(ax, key, sum(1 for r in given if not finite(r[key])), len(given), drawn)
     if title:
         fig.suptitle(title, fontsize=10)
