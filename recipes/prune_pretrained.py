@@ -585,7 +585,7 @@ def _stage_ends(evs) -> set:
 
 
 def _table(rows) -> str:
-    head = ("| target | removed | removed % | train loss | train acc | held-out loss | held-out acc | test loss | test acc |\n"
+    head = ("| target | removed | removed % | train loss | train acc % | held-out loss | held-out acc % | test loss | test acc % |\n"
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
     body = "".join(
         f"| {r['target']} | {r['removed']} | {100 * r['fraction']:.1f} | {r['train_loss']:.4f} | {fmt_accuracy(r['train_acc'])} | "

@@ -1327,3 +1327,15 @@ def test_a_model_kw_file_entry_is_named_by_the_file_and_a_bad_value_by_the_optio
     with pytest.raises(ValueError, match=r"--model-kw hidden=abc: hidden sizes must be whole numbers"):
         mod.main(MLP + ["--model-kw", "hidden=abc", "--output_dir", str(out)])
     assert not out.exists()
+
+
+def test_the_results_table_names_the_unit_of_its_accuracy_columns():
+    """results.md printed accuracies in percent (94.61) under headers 'train acc', 'held-out acc' and
+    'test acc', which summary.json's rows hold as fractions (0.9461): the headers now say %, as
+    'removed %' beside them does, and n/a stays n/a."""
+    row = dict(target="0.5", removed=5, fraction=0.5, train_loss=0.1, train_acc=0.9461, holdout_loss=0.2,
+               holdout_acc=None, test_loss=0.3, test_acc=0.5)
+    head, _, cells = recipe()._table([row]).splitlines()
+    table = dict(zip((h.strip() for h in head.strip("|").split("|")), (c.strip() for c in cells.strip("|").split("|"))))
+    assert table["train acc %"] == "94.61" and table["held-out acc %"] == "n/a" and table["test acc %"] == "50.00"
+    assert table["removed %"] == "50.0" and table["train loss"] == "0.1000"
