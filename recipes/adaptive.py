@@ -1280,6 +1280,8 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         stage_checkpoint.settle(ckpt)
     save_config_once(None)  # a resumed run with every target done records nothing
     conn = result.conn
+    synapses = conn.num_synapses()
+    live_share = lambda removed: (synapses - removed) / synapses  # noqa: E731  (as conn.density(): summary.json's)
     per_pass = max(1, len(train_dl))
     epoch_of = lambda step: max(0, step - 1) // per_pass  # noqa: E731  (the pass over TRAIN a step's batch came from)
     state = TrainState(step=result.controller.step_count, epoch=epoch_of(result.controller.step_count))
@@ -1292,7 +1294,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         else:
             continue
         removed = h.get("train_removed", h["removed"]) if h["kind"] == "update" else h["removed"]
-        st.metrics[-1].update(density=1 - removed / conn.num_synapses(), removed=removed)  # what the row measured
+        st.metrics[-1].update(density=live_share(removed), removed=removed)  # what the row measured
         state.metrics += st.metrics
     with accelerator.autocast():
         test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
@@ -1305,7 +1307,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     # for 'best' the figures star the masks the model now holds (the chosen rung, or the dense network):
     # the lines end at the last rung tried
     best = result.snapshots.get("best")
-    kept = None if best is None else dict(step=best.step, density=1 - best.removed / conn.num_synapses(),
+    kept = None if best is None else dict(step=best.step, density=live_share(best.removed),
                                           holdout_loss=best.holdout_loss, holdout_acc=best.holdout_acc)
     labels = _split_labels(loaders, n_test, "train (each update window's batches)", cfg.test_subset)
     files = _write_outputs(accelerator, cfg, output_dir, state.metrics, result.events, conn, labels, kept)
