@@ -21,7 +21,9 @@ from .atomic import atomic_path
 # one colour per split in every figure (run figures, progress.png, prune_pretrained's curves.png)
 SPLIT_COLOR = {"train": "tab:blue", "holdout": "tab:orange", "test": "tab:green"}
 SPLIT_STYLE = {"train": dict(marker="", lw=1.0, alpha=0.8, color=SPLIT_COLOR["train"]),
-               "holdout": dict(marker="o", ms=3, color=SPLIT_COLOR["holdout"]),
+               # over the test square: a run's held-out point at its last step (the only one of a 1-epoch
+               # run) falls where the test point does, and was hidden under it
+               "holdout": dict(marker="o", ms=3, color=SPLIT_COLOR["holdout"], zorder=3),
                "test": dict(marker="s", ms=6, ls="none", color=SPLIT_COLOR["test"])}
 # more lines than colours: the line style tells apart the lines that share a colour (10 colours each)
 LINE_STYLES = ("-", "--", ":", "-.")

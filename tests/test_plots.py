@@ -264,3 +264,14 @@ def test_the_two_loss_accuracy_legends_do_not_cover_each_other(figures):
     loss, acc = (_window(fig, ax.get_legend()) for ax in fig.axes)
     assert not loss.overlaps(acc), (loss, acc)
     assert _legend(fig.axes[0]) == list(labels.values())
+
+
+def test_a_held_out_point_at_the_test_points_step_is_drawn_over_it(figures):
+    """A 1-epoch run evaluates the held-out part once, at its last step, where the test point is
+    drawn too: the test square (drawn later, larger) hid the held-out point."""
+    rows = [dict(step=s, split="train", loss=1.0 / s, accuracy=0.5) for s in (20, 40)]
+    rows += [dict(step=40, split="holdout", loss=0.127, accuracy=0.963), dict(step=40, split="test", loss=0.120, accuracy=0.964)]
+    plots.plot_loss_accuracy(rows, "la.png", {"holdout": "held-out", "test": "test"})
+    for ax in figures[0].axes:
+        line = {l.get_label(): l for l in ax.get_lines()}
+        assert line["held-out"].get_zorder() > line["test"].get_zorder(), ax.get_title()
