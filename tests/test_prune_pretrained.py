@@ -1339,3 +1339,21 @@ def test_the_results_table_names_the_unit_of_its_accuracy_columns():
     table = dict(zip((h.strip() for h in head.strip("|").split("|")), (c.strip() for c in cells.strip("|").split("|"))))
     assert table["train acc %"] == "94.61" and table["held-out acc %"] == "n/a" and table["test acc %"] == "50.00"
     assert table["removed %"] == "50.0" and table["train loss"] == "0.1000"
+
+
+def test_curves_draw_the_held_out_points_over_the_test_squares(tmp_path, monkeypatch):
+    """Each target's held-out point (the end of its stage) and its test square share the removed
+    count: the larger test squares, drawn later, hid the held-out points where the two scores were close."""
+    import matplotlib.pyplot as plt
+
+    figs, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))  # kept open to be inspected
+    history = [dict(kind="update", step=1, stage=0, removed=50, train_removed=0, train_loss=0.3, train_acc=0.9),
+               dict(kind="eval", step=2, stage=0, removed=50, holdout_loss=0.2, holdout_acc=0.95)]
+    rows = [dict(target="dense", removed=0, holdout_loss=0.25, holdout_acc=0.94, test_loss=0.26, test_acc=0.94),
+            dict(target="50", removed=50, holdout_loss=0.2, holdout_acc=0.95, test_loss=0.2, test_acc=0.95)]
+    recipe()._plot(history, rows, [], tmp_path / "curves.png")
+    for ax in figs[0].axes[:2]:
+        line = {l.get_label(): l for l in ax.get_lines()}
+        assert line["held-out (part of TRAIN), end of each stage"].get_zorder() > line["test (final report)"].get_zorder()
+    close(figs[0])
