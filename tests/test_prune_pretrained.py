@@ -1136,14 +1136,17 @@ def test_the_differ_check_counts_a_surviving_weight_moved_by_one_bit(tmp_path, w
 
 
 def test_results_table_columns_follow_their_headers():
-    """results.md puts every number under the header of the split that fed it (train, held-out, test)."""
+    """results.md puts every number under the header of the split that fed it (train, held-out, test),
+    and the accuracy headers name their unit: they printed percentages (11.00) under bare 'train acc',
+    'held-out acc' and 'test acc', while summary.json's rows hold fractions (0.11)."""
     row = dict(target="0.2", removed=20, fraction=0.2, train_loss=0.1111, train_acc=0.11, holdout_loss=0.2222,
                holdout_acc=0.22, test_loss=0.3333, test_acc=0.33)
     head, _, body = recipe()._table([row]).splitlines()
     cols = [c.strip() for c in head.strip("|").split("|")]
     vals = dict(zip(cols, [c.strip() for c in body.strip("|").split("|")]))
     assert (vals["train loss"], vals["held-out loss"], vals["test loss"]) == ("0.1111", "0.2222", "0.3333")
-    assert [vals[f"{s} acc"][:2] for s in ("train", "held-out", "test")] == ["11", "22", "33"]
+    assert [vals[f"{s} acc %"] for s in ("train", "held-out", "test")] == ["11.00", "22.00", "33.00"]
+    assert vals["removed %"] == "20.0"
 
 
 def test_a_subset_too_small_to_hold_out_an_example_names_a_fix_this_recipe_takes(tmp_path, weights):
@@ -1327,18 +1330,6 @@ def test_a_model_kw_file_entry_is_named_by_the_file_and_a_bad_value_by_the_optio
     with pytest.raises(ValueError, match=r"--model-kw hidden=abc: hidden sizes must be whole numbers"):
         mod.main(MLP + ["--model-kw", "hidden=abc", "--output_dir", str(out)])
     assert not out.exists()
-
-
-def test_the_results_table_names_the_unit_of_its_accuracy_columns():
-    """results.md printed accuracies in percent (94.61) under headers 'train acc', 'held-out acc' and
-    'test acc', which summary.json's rows hold as fractions (0.9461): the headers now say %, as
-    'removed %' beside them does, and n/a stays n/a."""
-    row = dict(target="0.5", removed=5, fraction=0.5, train_loss=0.1, train_acc=0.9461, holdout_loss=0.2,
-               holdout_acc=None, test_loss=0.3, test_acc=0.5)
-    head, _, cells = recipe()._table([row]).splitlines()
-    table = dict(zip((h.strip() for h in head.strip("|").split("|")), (c.strip() for c in cells.strip("|").split("|"))))
-    assert table["train acc %"] == "94.61" and table["held-out acc %"] == "n/a" and table["test acc %"] == "50.00"
-    assert table["removed %"] == "50.0" and table["train loss"] == "0.1000"
 
 
 def test_curves_draw_the_held_out_points_over_the_test_squares(tmp_path, monkeypatch):
