@@ -365,6 +365,13 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
     return loss_sum / n, (correct / counted if counted else None), n
 
 
+def stage_batches(passes: float, n_train: int, window: int) -> int:
+    """The training batches one stage of :func:`optimize_connectome` reads: ``passes`` over a loader
+    of ``n_train`` batches, rounded up to whole update windows of ``window`` batches (at least one),
+    so a stage can read a few batches more than ``passes`` say."""
+    return max(window, int(math.ceil(passes * n_train / window - 1e-9)) * window)
+
+
 @seeded_global_rng.by_argument("seed")
 def optimize_connectome(
     model: nn.Module,
@@ -561,7 +568,7 @@ def optimize_connectome(
     climb = resolved[0][1] is None and bool(ladder)  # "best" by climbing the ladder
     if climb:
         resolved = [("best", resolve_target(f, total)) for f in ladder]
-    steps_per_stage = max(window, int(math.ceil(passes * n_train / window - 1e-9)) * window)
+    steps_per_stage = stage_batches(passes, n_train, window)
     saved = None
     if checkpoint is not None:
         fp = ckpt.fingerprint(targets=[list(r) for r in resolved], synapses=total, steps_per_stage=steps_per_stage,

@@ -21,7 +21,9 @@ from .atomic import atomic_path
 # one colour per split in every figure (run figures, progress.png, prune_pretrained's curves.png)
 SPLIT_COLOR = {"train": "tab:blue", "holdout": "tab:orange", "test": "tab:green"}
 SPLIT_STYLE = {"train": dict(marker="", lw=1.0, alpha=0.8, color=SPLIT_COLOR["train"]),
-               "holdout": dict(marker="o", ms=3, color=SPLIT_COLOR["holdout"]),
+               # over the test square: a run's held-out point at its last step (the only one of a 1-epoch
+               # run) falls where the test point does, and was hidden under it
+               "holdout": dict(marker="o", ms=3, color=SPLIT_COLOR["holdout"], zorder=3),
                "test": dict(marker="s", ms=6, ls="none", color=SPLIT_COLOR["test"])}
 # more lines than colours: the line style tells apart the lines that share a colour (10 colours each)
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -178,8 +180,8 @@ def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, st
         ax.set_title(key)
         ax.grid(alpha=0.3)
         drawn = bool(ax.get_legend_handles_labels()[0])
-        if drawn:
-            legend_below(ax)
+        if drawn:  # one column: the labels name each split at length, and two columns ran under the other panel's
+            legend_below(ax, ncol=1)
         note_nonfinite(ax, key, sum(1 for r in given if not finite(r[key])), len(given), drawn)
     if title:
         fig.suptitle(title, fontsize=10)

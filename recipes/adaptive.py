@@ -1216,7 +1216,7 @@ def _mask_only_run_dir(resume: str, output_dir) -> Path:
 def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     """Mask-only connectome optimisation: the weights stay bit-exact, only the masks move. The run
     is recorded after every target in ``mask_only_checkpoint.pt``; ``--resume`` continues it."""
-    from adaptive.mask_only import count_synapses, loaded_state, optimize_connectome
+    from adaptive.mask_only import count_synapses, loaded_state, optimize_connectome, stage_batches
 
     ckpt = output_dir / MASK_ONLY_CHECKPOINT  # --resume was resolved to this run folder already
     if cfg.weights is None:
@@ -1244,9 +1244,6 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         passes = cfg.max_steps / len(train_dl) if cfg.max_steps else float(cfg.epochs)
         passes = cfg.mask_only_kw.get("passes", passes)  # (kept by a resumed run recorded before the check)
         synapses = count_synapses(model, cfg.include, cfg.exclude)  # (quietly: the connectome warns, below)
-        accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {synapses:,} synapses (of "
-                          f"{sum(p.numel() for p in model.parameters()):,} parameters), target {target}, {passes:.3g} pass(es) of {len(train_dl)} batches per target, "
-                          f"estimator {cfg.estimator} -> {output_dir}")
         kw = dict(passes=passes, ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
                   estimator=cfg.estimator, window=cfg.update_every, edit_fraction=cfg.edit_fraction, seed=cfg.seed,
                   progress=show_progress(cfg.progress) and accelerator.is_local_main_process, checkpoint=ckpt)
@@ -1254,6 +1251,14 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         window = max(1, int(cfg.update_every or 1))
         kw["eval_every"] = max(1, (cfg.eval_every or len(train_dl)) // window)
         kw.update(cfg.mask_only_kw)  # (none of the keys above but the ones a resumed run kept: see _KW_KEPT)
+        # the batches each target reads: whole update windows, so maybe a few more than --max_steps or --epochs say
+        per_target = stage_batches(kw["passes"], len(train_dl), kw["window"])
+        rounded = (f", rounded up to whole update windows of {kw['window']} (--update_every)"
+                   if per_target > kw["passes"] * len(train_dl) + 1e-9 else "")
+        accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {synapses:,} synapses (of "
+                          f"{sum(p.numel() for p in model.parameters()):,} parameters), target {target}, {per_target:,} "
+                          f"batches per target ({kw['passes']:.3g} pass(es) of {len(train_dl)} batches{rounded}), "
+                          f"estimator {cfg.estimator} -> {output_dir}")
         saved = []
 
         def save_config_once(record):  # the first record comes after optimize_connectome has checked its settings
@@ -1284,6 +1289,8 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         stage_checkpoint.settle(ckpt)
     save_config_once(None)  # a resumed run with every target done records nothing
     conn = result.conn
+    synapses = conn.num_synapses()
+    live_share = lambda removed: (synapses - removed) / synapses  # noqa: E731  (as conn.density(): summary.json's)
     per_pass = max(1, len(train_dl))
     epoch_of = lambda step: max(0, step - 1) // per_pass  # noqa: E731  (the pass over TRAIN a step's batch came from)
     state = TrainState(step=result.controller.step_count, epoch=epoch_of(result.controller.step_count))
@@ -1296,7 +1303,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         else:
             continue
         removed = h.get("train_removed", h["removed"]) if h["kind"] == "update" else h["removed"]
-        st.metrics[-1].update(density=1 - removed / conn.num_synapses(), removed=removed)  # what the row measured
+        st.metrics[-1].update(density=live_share(removed), removed=removed)  # what the row measured
         state.metrics += st.metrics
     with accelerator.autocast():
         test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
@@ -1309,7 +1316,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     # for 'best' the figures star the masks the model now holds (the chosen rung, or the dense network):
     # the lines end at the last rung tried
     best = result.snapshots.get("best")
-    kept = None if best is None else dict(step=best.step, density=1 - best.removed / conn.num_synapses(),
+    kept = None if best is None else dict(step=best.step, density=live_share(best.removed),
                                           holdout_loss=best.holdout_loss, holdout_acc=best.holdout_acc)
     labels = _split_labels(loaders, n_test, "train (each update window's batches)", cfg.test_subset)
     files = _write_outputs(accelerator, cfg, output_dir, state.metrics, result.events, conn, labels, kept)

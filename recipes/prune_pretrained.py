@@ -501,8 +501,8 @@ def _plot(history, snapshots_rows, events, path, title: str = ""):
         if during:  # evaluations before a stage had settled: right after a jump the network is still adapting
             ax.plot(*zip(*during), "o", ms=3, mfc="none", color=SPLIT_COLOR["holdout"], alpha=0.8, zorder=3,
                     label="held-out, during a stage")
-        ax.plot(sorted(held), [held[r] for r in sorted(held)], "o-", ms=4, color=SPLIT_COLOR["holdout"],
-                label="held-out (part of TRAIN), end of each stage")
+        ax.plot(sorted(held), [held[r] for r in sorted(held)], "o-", ms=4, color=SPLIT_COLOR["holdout"], zorder=3,
+                label="held-out (part of TRAIN), end of each stage")  # over the test squares at the same counts
         rows = [r for r in snapshots_rows if r.get(f"test_{key}") is not None]
         ax.plot([r["removed"] for r in rows], [r[f"test_{key}"] for r in rows], "s", ms=7,
                 color=SPLIT_COLOR["test"], label="test (final report)")
@@ -585,7 +585,7 @@ def _stage_ends(evs) -> set:
 
 
 def _table(rows) -> str:
-    head = ("| target | removed | removed % | train loss | train acc | held-out loss | held-out acc | test loss | test acc |\n"
+    head = ("| target | removed | removed % | train loss | train acc % | held-out loss | held-out acc % | test loss | test acc % |\n"
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
     body = "".join(
         f"| {r['target']} | {r['removed']} | {100 * r['fraction']:.1f} | {r['train_loss']:.4f} | {fmt_accuracy(r['train_acc'])} | "

@@ -193,6 +193,17 @@ def test_mask_only_honours_max_steps_and_defaults_to_one_pass(tmp_path, capsys):
     assert "(mask_only):" in capsys.readouterr().out  # the opening line names the run as train mode does
 
 
+def test_mask_only_opening_line_counts_the_batches_each_target_reads(tmp_path, capsys):
+    """A target reads whole update windows: --max_steps 5 with --update_every 4 read 8 batches while
+    the opening line said '0.122 pass(es) of 41 batches per target' (5 batches), as the README's
+    '--max_steps N gives each target N batches' did."""
+    base = ["--mode", "mask_only", "--threads", "1", "--progress", "false", "--figures", "false", "--target", "0.3"]
+    res = A.main(base + ["--max_steps", "5", "--update_every", "4", "--output_dir", str(tmp_path / "a")])
+    assert res.summary["steps"] == 8 and res.summary["updates"] == 2
+    assert ("target 0.3, 8 batches per target (0.122 pass(es) of 41 batches, rounded up to whole update windows of 4 "
+            "(--update_every))") in capsys.readouterr().out
+
+
 def test_a_run_whose_policy_never_edits_says_so(tmp_path, capsys):
     A.main(["--max_steps", "30", "--threads", "1", "--progress", "false", "--figures", "false",
             "--output_dir", str(tmp_path / "run")])

@@ -250,3 +250,28 @@ def test_density_figure_draws_the_train_rows_silent_units(figures, tmp_path):
     plots.plot_run([dict(r, silent_units=None) for r in rows], ev, tmp_path / "none")
     labels = [line.get_label() for line in figures[-2].axes[0].get_lines()]
     assert not any("silent" in label for label in labels)
+
+
+def test_the_two_loss_accuracy_legends_do_not_cover_each_other(figures):
+    """Each panel's legend lies under it, and the labels recipes/adaptive.py gives name each split at
+    length: in two columns they were wider than a panel, and the loss panel's legend ran under the
+    accuracy panel's, hiding part of 'test (2,000 of 10,000 images, drawn by --test_subset)'."""
+    rows = [dict(step=s, split=sp, loss=1.0 / s, accuracy=0.1 * s) for s in (1, 2) for sp in ("train", "holdout", "test")]
+    labels = {"train": "train (mean over the batches trained since the last point; loss with label smoothing 0.1)",
+              "holdout": "held-out (6,000 images of TRAIN)", "test": "test (2,000 of 10,000 images, drawn by --test_subset)"}
+    plots.plot_loss_accuracy(rows, "la.png", labels)
+    fig = figures[0]
+    loss, acc = (_window(fig, ax.get_legend()) for ax in fig.axes)
+    assert not loss.overlaps(acc), (loss, acc)
+    assert _legend(fig.axes[0]) == list(labels.values())
+
+
+def test_a_held_out_point_at_the_test_points_step_is_drawn_over_it(figures):
+    """A 1-epoch run evaluates the held-out part once, at its last step, where the test point is
+    drawn too: the test square (drawn later, larger) hid the held-out point."""
+    rows = [dict(step=s, split="train", loss=1.0 / s, accuracy=0.5) for s in (20, 40)]
+    rows += [dict(step=40, split="holdout", loss=0.127, accuracy=0.963), dict(step=40, split="test", loss=0.120, accuracy=0.964)]
+    plots.plot_loss_accuracy(rows, "la.png", {"holdout": "held-out", "test": "test"})
+    for ax in figures[0].axes:
+        line = {l.get_label(): l for l in ax.get_lines()}
+        assert line["held-out"].get_zorder() > line["test"].get_zorder(), ax.get_title()

@@ -1136,14 +1136,17 @@ def test_the_differ_check_counts_a_surviving_weight_moved_by_one_bit(tmp_path, w
 
 
 def test_results_table_columns_follow_their_headers():
-    """results.md puts every number under the header of the split that fed it (train, held-out, test)."""
+    """results.md puts every number under the header of the split that fed it (train, held-out, test),
+    and the accuracy headers name their unit: they printed percentages (11.00) under bare 'train acc',
+    'held-out acc' and 'test acc', while summary.json's rows hold fractions (0.11)."""
     row = dict(target="0.2", removed=20, fraction=0.2, train_loss=0.1111, train_acc=0.11, holdout_loss=0.2222,
                holdout_acc=0.22, test_loss=0.3333, test_acc=0.33)
     head, _, body = recipe()._table([row]).splitlines()
     cols = [c.strip() for c in head.strip("|").split("|")]
     vals = dict(zip(cols, [c.strip() for c in body.strip("|").split("|")]))
     assert (vals["train loss"], vals["held-out loss"], vals["test loss"]) == ("0.1111", "0.2222", "0.3333")
-    assert [vals[f"{s} acc"][:2] for s in ("train", "held-out", "test")] == ["11", "22", "33"]
+    assert [vals[f"{s} acc %"] for s in ("train", "held-out", "test")] == ["11.00", "22.00", "33.00"]
+    assert vals["removed %"] == "20.0"
 
 
 def test_a_subset_too_small_to_hold_out_an_example_names_a_fix_this_recipe_takes(tmp_path, weights):
@@ -1327,3 +1330,21 @@ def test_a_model_kw_file_entry_is_named_by_the_file_and_a_bad_value_by_the_optio
     with pytest.raises(ValueError, match=r"--model-kw hidden=abc: hidden sizes must be whole numbers"):
         mod.main(MLP + ["--model-kw", "hidden=abc", "--output_dir", str(out)])
     assert not out.exists()
+
+
+def test_curves_draw_the_held_out_points_over_the_test_squares(tmp_path, monkeypatch):
+    """Each target's held-out point (the end of its stage) and its test square share the removed
+    count: the larger test squares, drawn later, hid the held-out points where the two scores were close."""
+    import matplotlib.pyplot as plt
+
+    figs, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))  # kept open to be inspected
+    history = [dict(kind="update", step=1, stage=0, removed=50, train_removed=0, train_loss=0.3, train_acc=0.9),
+               dict(kind="eval", step=2, stage=0, removed=50, holdout_loss=0.2, holdout_acc=0.95)]
+    rows = [dict(target="dense", removed=0, holdout_loss=0.25, holdout_acc=0.94, test_loss=0.26, test_acc=0.94),
+            dict(target="50", removed=50, holdout_loss=0.2, holdout_acc=0.95, test_loss=0.2, test_acc=0.95)]
+    recipe()._plot(history, rows, [], tmp_path / "curves.png")
+    for ax in figs[0].axes[:2]:
+        line = {l.get_label(): l for l in ax.get_lines()}
+        assert line["held-out (part of TRAIN), end of each stage"].get_zorder() > line["test (final report)"].get_zorder()
+    close(figs[0])

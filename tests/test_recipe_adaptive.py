@@ -981,3 +981,15 @@ def test_what_does_not_fit_the_model_is_refused_before_any_data_is_read(tmp_path
         with pytest.raises(WeightsMismatchError, match="does not match model MLP"):
             R.main(TINY + ["--output_dir", str(tmp_path / "run"), "--mode", mode, "--weights", str(w)])
     assert not (tmp_path / "run").exists()
+
+
+def test_mask_only_rows_give_the_density_summary_json_gives(tmp_path):
+    """metrics.csv's density of a mask_only row was 1 - removed / synapses: the held-out row of the
+    final masks read 0.30000000000000004 where summary.json's density (live / synapses) and the test
+    row read 0.3. Every row now divides its live synapses as summary.json does."""
+    res = _mask_only_from_saved_weights(tmp_path)
+    rows = read_metrics_csv(tmp_path / "run" / "metrics.csv")
+    synapses = res.summary["synapses"]
+    assert all(r["density"] == (synapses - r["removed"]) / synapses for r in rows)
+    final = [r for r in rows if r["removed"] == synapses - res.summary["live"]]
+    assert {r["split"] for r in final} >= {"holdout", "test"} and {r["density"] for r in final} == {res.summary["density"]}
