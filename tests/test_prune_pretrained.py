@@ -1243,7 +1243,7 @@ def test_test_subset_reports_on_a_stratified_draw(tmp_path, weights, capsys):
     for text in (out, results):
         assert "test = a stratified draw from the test split (30 of " in text and "drawn by --test-subset)" in text
     assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["test_subset"] == 30
-    with pytest.warns(UserWarning, match=r"--test-subset 1,000 asks for more examples than the test split of fake "
+    with pytest.warns(UserWarning, match=r"--test-subset 1000 asks for more examples than the test split of fake "
                                          r"holds \(128\): all 128 are used; give --test-subset 128"):
         mod.main(args(weights, tmp_path / "all", "--remove", "0.5", "--test-subset", "1000"))
     out = capsys.readouterr().out

@@ -164,11 +164,12 @@ def _spelt(option: str, value) -> str:
 
 
 def _warn_short(name: str, split: str, asked: Optional[int], size: int, option: str) -> None:
-    """Warn that ``option`` (a keyword, or a command line's ``--option``) asks for more than the split holds."""
+    """Warn that ``option`` (a keyword, or a command line's ``--option``) asks for more than the split
+    holds. The option is spelt with plain digits (``--subset 1438``, ``subset=1438``), as it can be
+    typed; only the sizes it reports take thousands separators."""
     if asked is not None and asked > size:
-        given = (lambda n: f"{option} {n:,}") if option.startswith("-") else (lambda n: f"{option}={n:,}")
-        warn_user(f"{given(asked)} asks for more examples than the {split} split of {name} holds ({size:,}): "
-                  f"all {size:,} are used; give {given(size)} (or leave it out) to say so")
+        warn_user(f"{_spelt(option, asked)} asks for more examples than the {split} split of {name} holds ({size:,}): "
+                  f"all {size:,} are used; give {_spelt(option, size)} (or leave it out) to say so")
 
 
 def _least_holdout(largest: int) -> float:
