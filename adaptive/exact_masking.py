@@ -12,6 +12,12 @@ the same bytes as the float multiply, at the same speed, also in one ``torch._fo
 many tensors; ``torch.where`` and ``masked_fill_`` with a bool mask were 10-40x slower on a CPU. What
 it adds is the integer view of each tensor, about 0.6 us of Python per tensor on a CPU (ResNet-20's
 20 gradients: 40 -> 55 us per pass, against a step of several milliseconds).
+
+There is no 128-bit integer for a complex128 tensor (a model cast to complex after its connectome
+was built): its bits are its real and imaginary float64 halves as int64, laid out with the halves
+first (``[2, *shape]``), so the same int64 mask of the tensor's shape (a float64 weight's) broadcasts
+over both halves: a pruned position is 0+0j, a live one keeps both halves' bits. A complex64 value
+is one 64-bit integer, as a float64 is.
 """
 from __future__ import annotations
 
@@ -21,13 +27,18 @@ _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # eleme
 
 
 def mask_dtype(t: torch.Tensor) -> torch.dtype:
-    """The integer type of ``t``'s element width, in which a 0/1 mask for ``t`` is kept."""
-    return _BITS[t.element_size()]
+    """The integer type of ``t``'s element width (of each half of a complex128), in which a 0/1
+    mask for ``t`` is kept."""
+    return torch.int64 if t.dtype == torch.complex128 else _BITS[t.element_size()]
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
     """``t`` viewed as integers of its width: the same memory and version counter, so an in-place
-    multiply by a 0/1 mask (of :func:`mask_dtype`) masks ``t`` exactly and counts as a write to it."""
+    multiply by a 0/1 mask (of :func:`mask_dtype`) masks ``t`` exactly and counts as a write to it.
+    A complex128 ``t`` gives ``[2, *t.shape]`` int64 (its real and imaginary halves), which a mask of
+    ``t``'s shape broadcasts over."""
+    if t.dtype == torch.complex128:
+        return torch.view_as_real(t).view(torch.int64).movedim(-1, 0)
     return t.view(_BITS[t.element_size()])
 
 
@@ -65,4 +76,7 @@ def masked(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     b = bits(t)
     # in b's type: a mask of a wider type (kept for a weight since cast narrower on its own, e.g.
     # model.fc.half()) would otherwise widen the product, and the view back would split each value
-    return (b * mask).to(b.dtype).view(t.dtype)
+    out = (b * mask).to(b.dtype)
+    if t.dtype == torch.complex128:  # the two halves back side by side, as complex numbers
+        return torch.view_as_complex(out.movedim(0, -1).contiguous().view(torch.float64))
+    return out.view(t.dtype)

@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from adaptive import diagnostics as D  # noqa: E402
+from adaptive.diagnostics._common import batch_statistics_explained  # noqa: E402
 from adaptive.diagnostics.knowledge import DEFAULT_NOISE_FLOOR  # noqa: E402
 DEFAULT_ORDER_BATCHES = 20  # held-out batches of a gradient-based removal order, where it holds them
 from adaptive.diagnostics.table import Table  # noqa: E402
@@ -119,22 +120,24 @@ def seeded_train_loader(data, batch_size, seed):
 
 def train_steps(model, loader, steps, optimizer, desc="training"):
     """``steps`` optimizer steps of cross-entropy on ``loader`` (cycled); returns the mean train loss
-    of the last 10% of steps."""
+    of the last 10% of steps. A BatchNorm given one value per channel (a batch of one sample) is
+    explained, naming --batch_size."""
     from tqdm.auto import tqdm
 
     model.train()
     losses, it = [], iter(loader)
-    for _ in tqdm(range(steps), desc=desc, leave=False, disable=None):
-        try:
-            x, y = next(it)
-        except StopIteration:
-            it = iter(loader)
-            x, y = next(it)
-        optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    with batch_statistics_explained(f"{desc} (the command's brief training)", "give --batch_size 2 or more"):
+        for _ in tqdm(range(steps), desc=desc, leave=False, disable=None):
+            try:
+                x, y = next(it)
+            except StopIteration:
+                it = iter(loader)
+                x, y = next(it)
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
     if not losses:
         return None
     tail = losses[-max(1, steps // 10):]
@@ -181,6 +184,7 @@ def cmd_dense_gradients(args):
     _check_counts(args, "grad_batches", "depth", "width", "compare_steps")
     kinds = ["mlp", "cnn"] if args.kind == "both" else [args.kind]
     norms = [False, True] if args.batchnorm == "both" else [args.batchnorm == "on"]
+    _refuse_one_sample_batchnorm(args, kinds, norms)
     nets_for = model_first(args, lambda k, shape: densecats(args, k, shape, kinds, norms))
     out = outdir(args)
     data = get_data(args)
@@ -215,6 +219,21 @@ def cmd_dense_gradients(args):
     write_table(Table(rows), out, "band_ratios", "first/last band median gradient ratio")
     if args.compare:
         compare_optimizers(args, data, out, kinds)
+
+
+def _refuse_one_sample_batchnorm(args, kinds, norms):
+    """Refuse, before any work, a batch of one sample for an mlp DenseCat with BatchNorm (of
+    --batchnorm, or --compare's 'sgd + batchnorm'): in training a BatchNorm1d normalises each batch
+    by the batch's own statistics, and one sample gives each unit a single value, which has none
+    (PyTorch's 'Expected more than 1 value per channel when training', at the first step). The cnn
+    nets' BatchNorm2d also averages over positions, so one sample is enough there."""
+    if args.batch_size != 1 or "mlp" not in kinds or not (True in norms or args.compare):
+        return
+    which = [f"--batchnorm {args.batchnorm}"] * (True in norms) + ["--compare's 'sgd + batchnorm'"] * args.compare
+    drop = ["--batchnorm off"] * (True in norms) + ["without --compare"] * args.compare
+    _refuse(f"--batch_size 1 cannot train the mlp DenseCat with BatchNorm ({' and '.join(which)}): in training a "
+            "BatchNorm normalises each batch by the batch's own statistics, and one sample gives each unit a single "
+            f"value, which has none; give --batch_size 2 or more, or {' '.join(drop)}, or --kind cnn")
 
 
 def compare_optimizers(args, data, out, kinds):

@@ -243,15 +243,26 @@ def test_a_subset_draws_exactly_the_examples_asked_for():
 
 def test_a_subset_larger_than_its_split_uses_all_of_it_and_says_so():
     """subset=10,000 of the 1,438 digits train examples silently used all 1,438 while the docs said "exactly"."""
-    with pytest.warns(UserWarning, match=r"subset=10,000 asks for more examples than the train split of digits "
+    with pytest.warns(UserWarning, match=r"subset=10000 asks for more examples than the train split of digits "
                                          r"holds \(1,438\): all 1,438 are used"):
         s = get_datasets("digits", holdout=0.1, subset=10_000)
     assert len(s.train) + len(s.holdout) == 1438
-    with pytest.warns(UserWarning, match=r"test_subset=999,999 asks for more .* test split of digits"):
+    with pytest.warns(UserWarning, match=r"test_subset=999999 asks for more .* test split of digits"):
         n = len(get_datasets("digits", holdout=0.1, test_subset=999_999).test)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the whole split asked for exactly: no warning
         assert len(get_datasets("digits", holdout=0.1, subset=1438, test_subset=n).test) == n
+
+
+def test_the_short_split_warning_suggests_a_value_as_it_is_typed():
+    """It said 'give subset=1,438' and 'give --subset 1,438': neither Python nor a command line takes
+    1,438 as typed. The sizes it only reports keep their separators."""
+    for names, given in ((None, "subset={}"), ({"subset": "--subset"}, "--subset {}")):
+        with pytest.warns(UserWarning) as caught:
+            get_datasets("digits", holdout=0.1, subset=10_000, option_names=names)
+        assert str(caught[0].message) == (f"{given.format(10000)} asks for more examples than the train split of "
+                                          f"digits holds (1,438): all 1,438 are used; give {given.format(1438)} "
+                                          "(or leave it out) to say so")
 
 
 def test_a_subset_whose_shares_round_to_its_size_draws_what_it_drew_before():

@@ -55,6 +55,19 @@ def test_partial_agreement_matches_closed_form():
     assert float(res.full_grad_sq["weight"]) == pytest.approx(4.0)
 
 
+def test_sign_agreement_where_the_full_gradient_is_exactly_zero():
+    """G exactly 0 has no sign: the agreement is the mean of those with + and -, half the batches whose
+    gradient is not 0; a batch gradient of 0 never agrees, and a weight never reached reads 0."""
+    # loss = sum(W x): each weight's batch gradient is its input. Weight 0: 3, -1, -1, -1, 0 (G = 0;
+    # + would give 1/5, - 3/5, their mean 2/5); weight 1: 1, 2, 0, 1, 0 (G > 0, 3 agree); weight 2: always 0
+    xs = torch.tensor([[3.0, 1, 0], [-1, 2, 0], [-1, 0, 0], [-1, 1, 0], [0, 0, 0]])
+    model = nn.Linear(3, 1, bias=False)
+    res = collinearity(model, [(x[None], torch.zeros(1, dtype=torch.long)) for x in xs], loss_fn=sum_loss)
+    assert res.full_grad_sq["weight"].tolist() == pytest.approx([0.0, 0.64, 0.0])
+    assert res.sign_agreement["weight"].tolist() == pytest.approx([0.5 * 4 / 5, 3 / 5, 0.0])
+    assert res.cosine["weight"].tolist()[0] == 0.0  # (no mean to agree with: the cosine reads 0 there)
+
+
 def test_rebatch_cuts_exact_sizes_and_measures_at_that_size():
     data = [(torch.arange(i, i + 5).float().unsqueeze(1), torch.zeros(5, dtype=torch.long)) for i in range(0, 15, 5)]
     sizes = [len(x) for x, _ in rebatch(data, 4)]

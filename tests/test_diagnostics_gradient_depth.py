@@ -818,6 +818,32 @@ class _CallWithoutGrad(nn.Module):
         return self.head(h + h2)
 
 
+def test_a_figure_of_gradients_that_are_all_zero_is_drawn_without_a_warning(tmp_path, monkeypatch):
+    """Every band's gradient exactly 0: matplotlib warned 'Data has no positive values, and therefore
+    cannot be log-scaled'. The axis is linear there and a note says why; others stay on a log axis."""
+    import importlib
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    GD = importlib.import_module("adaptive.diagnostics.gradient_depth")
+    figs = []
+    monkeypatch.setattr(GD, "save_figure", lambda fig, path, svg=False: figs.append(fig) or [path])
+    layer = nn.Linear(4, 2, bias=False)
+    for x, scale in ((torch.zeros(1, 4), "linear"), (torch.tensor([[1.0, 1.0, 0.0, 0.0]]), "log")):
+        res = gradient_by_depth(layer, constant_loader(x, 3), layer="", batches=3, loss_fn=sum_loss,
+                                depths=torch.tensor([0, 0, 1, 1]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            res.plot(tmp_path / "g.png")
+            figs[-1].canvas.draw()  # (the warning came at drawing)
+        ax = figs[-1].axes[0]
+        texts = [t.get_text() for t in ax.texts]
+        assert ax.get_yscale() == scale and ("every gradient measured is exactly 0" in texts) == (scale == "linear")
+        assert "100% zero" in texts  # the band notes as before
+        plt.close(figs[-1])
+
+
 def test_a_call_under_no_grad_is_said_to_have_no_gradient_not_measured_as_zeros(monkeypatch, tmp_path):
     """The second call of 'b' runs under torch.no_grad(): its part is no gradient, not a zero one. The
     band it reads (depth 2) read '100% zero' with median 0 and the ratio was inf, like dead units."""

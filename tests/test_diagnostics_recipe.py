@@ -242,6 +242,37 @@ def test_dense_gradients_refuses_options_it_cannot_use(recipe, tmp_path):
         recipe.main(base + ["--train_steps", "-5"])
 
 
+def test_a_batch_of_one_for_an_mlp_with_batchnorm_is_refused_before_any_work(recipe, tmp_path, monkeypatch):
+    """dense-gradients --batchnorm on --batch_size 1 stopped in its own brief training with PyTorch's
+    raw 'Expected more than 1 value per channel when training'. The cnn nets take one sample (their
+    BatchNorm averages over positions too)."""
+    monkeypatch.setattr(recipe, "get_data", lambda *a, **k: pytest.fail("the data was read"))
+    out = tmp_path / "out"
+    base = ["dense-gradients", "--output_dir", str(out), "--batch_size", "1"]
+    why = (r"--batch_size 1 cannot train the mlp DenseCat with BatchNorm \({}\): in training a BatchNorm normalises "
+           r"each batch by the batch's own statistics, and one sample gives each unit a single value, which has none; "
+           r"give --batch_size 2 or more, or {}, or --kind cnn$")
+    for given, said, fix in ((["--kind", "mlp", "--batchnorm", "on"], "--batchnorm on", "--batchnorm off"),
+                             (["--batchnorm", "both", "--compare"], "--batchnorm both and --compare's 'sgd \\+ "
+                              "batchnorm'", "--batchnorm off without --compare"),
+                             (["--kind", "mlp", "--batchnorm", "off", "--compare"], "--compare's 'sgd \\+ batchnorm'",
+                              "without --compare")):
+        with pytest.raises(SystemExit, match=why.format(said, fix)):
+            recipe.main(base + given)
+    assert not out.exists()
+
+
+def test_the_brief_training_explains_a_batchnorm_given_one_sample(recipe):
+    """Any other model with a BatchNorm that one sample leaves without statistics (a plugin's) is
+    explained the way the diagnostics' own measurements are, naming --batch_size."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    loader = [(torch.randn(1, 4), torch.tensor([0]))]
+    with pytest.raises(ValueError, match=r"^train m \(the command's brief training\): a BatchNorm normalises each "
+                                         r"batch by the batch's own statistics .*; give --batch_size 2 or more$"):
+        recipe.train_steps(model, loader, 2, torch.optim.SGD(model.parameters(), lr=0.1), desc="train m")
+
+
 def test_a_failed_command_leaves_no_empty_output_folder(recipe, tmp_path, monkeypatch):
     """Missing data is found after the output folder is made (a refused --layer too, where the dataset
     does not know its input shape unread): the folders this command made are removed again while

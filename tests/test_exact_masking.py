@@ -80,3 +80,47 @@ def test_a_tensor_autograd_records_is_masked_where_autograd_sees_it():
         t = x * 2
         d, = torch.autograd.grad(mask_of(t, int_mask(keep, t)).sum(), x)
         assert torch.equal(d, 2 * keep.float())
+
+
+def test_a_complex128_tensor_is_masked_exactly_over_both_halves():
+    """There is no 128-bit integer: a complex128 tensor failed with a bare KeyError: 16. Its real and
+    imaginary float64 halves are masked as int64 by the same mask a float64 weight has."""
+    vals = torch.tensor(SPECIAL, dtype=torch.float64)
+    t = torch.complex(vals, vals.flip(0)).repeat(2).reshape(6, 3).t()  # not contiguous, NaN and inf in both halves
+    keep = torch.rand(t.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    m = int_mask(keep, t)
+    assert m.dtype == mask_dtype(t) == mask_dtype(t.real) == torch.int64 and m.shape == t.shape
+    halves = torch.view_as_real(t).view(torch.int64).clone()
+    copy = masked(t, m)
+    assert torch.equal(torch.view_as_real(t).view(torch.int64), halves)  # masked() leaves its input alone
+    mask_(t, m)
+    for out in (t, copy):
+        got = torch.view_as_real(out).view(torch.int64)
+        assert out.dtype == torch.complex128 and out.shape == keep.shape
+        assert torch.equal(got[keep], halves[keep]) and bool((got[~keep] == 0).all())  # 0+0j: no NaN, no -0.0
+    x = torch.full((2, 2), complex(float("nan"), 1.0), dtype=torch.complex64)  # one int64 per value, as before
+    eye = torch.eye(2, dtype=torch.bool)
+    mask_(x, int_mask(eye, x))
+    assert torch.isnan(x[eye].real).all() and bool((bits(x)[~eye] == 0).all())
+
+
+@pytest.mark.filterwarnings("ignore:Complex modules are a new feature")
+def test_a_model_cast_to_complex128_after_its_connectome_is_masked_exactly():
+    """Complex weights are refused as synapses when the connectome is built; a model cast to complex
+    afterwards (model.to(torch.complex128)) failed at the next masking with KeyError: 16."""
+    from adaptive import Connectome
+
+    model = torch.nn.Linear(4, 3)
+    conn = Connectome(model)
+    keep = torch.tensor([[True, False, True, False]] * 3)
+    conn.set_masks({"weight": keep})
+    model.to(torch.complex128)
+    with torch.no_grad():
+        model.weight.fill_(complex(float("nan"), 2.0))
+    conn.apply()
+    w = torch.view_as_real(model.weight.detach()).view(torch.int64)
+    assert torch.isnan(model.weight.detach()[keep].real).all() and bool((w[~keep] == 0).all())
+    model(torch.randn(2, 4, dtype=torch.complex128)).abs().sum().backward()
+    model.weight.grad[~keep] = complex(float("inf"), float("nan"))
+    conn.mask_gradients()
+    assert bool((torch.view_as_real(model.weight.grad).view(torch.int64)[~keep] == 0).all())

@@ -104,7 +104,7 @@ def test_a_cifar_folder_reports_its_own_classes_and_image_size(tmp_path):
     from adaptive.data import get_datasets
 
     _cifar_folder(tmp_path, side=16, classes=3)
-    s = get_datasets("cifar10", data_dir=tmp_path, holdout=0.25, cache_dir=tmp_path / "cache")
+    s = get_datasets("cifar10", data_dir=tmp_path, holdout=0.5, cache_dir=tmp_path / "cache")
     assert (s.num_classes, s.in_shape) == (3, (3, 16, 16))  # it said 10 and (3, 32, 32)
 
 

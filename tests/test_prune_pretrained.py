@@ -1158,6 +1158,20 @@ def test_a_subset_too_small_to_hold_out_an_example_names_a_fix_this_recipe_takes
     assert "no held-out part" not in str(info.value) and not (tmp_path / "o").exists()
 
 
+def test_a_holdout_that_holds_out_nothing_is_refused_early_naming_the_option(tmp_path, weights, monkeypatch):
+    """--holdout 0.001 without --subset (round(0.001 x 52) = 0 of every class of fake) gave an empty
+    held-out part silently, and the run failed late as 'holdout loader is empty', never naming --holdout."""
+    mod = recipe()
+    monkeypatch.setattr(mod, "optimize_connectome", lambda *a, **k: pytest.fail("the empty holdout reached the run"))
+    argv = args(weights, tmp_path / "o", "--remove", "0.2", "--holdout", "0.001")
+    del argv[argv.index("--subset"):argv.index("--subset") + 2]
+    with pytest.raises(ValueError, match=r"^the held-out part of fake is empty: --holdout 0\.001 holds out .* of every "
+                                         r"class of its 512 train examples \(the largest class has \d+\); give "
+                                         r"--holdout 0\.\d+ or more$"):  # (no --holdout 0: this recipe refuses it)
+        mod.main(argv)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("text", ["output_dir: ''\n", "output_dir:\n", "output_dir: null\n"])
 def test_an_empty_output_dir_is_refused_not_the_working_directory(tmp_path, text):
     """output_dir: '' wrote the run into the working directory, and output_dir: (null) crashed with
@@ -1232,7 +1246,7 @@ def test_test_subset_reports_on_a_stratified_draw(tmp_path, weights, capsys):
     for text in (out, results):
         assert "test = a stratified draw from the test split (30 of " in text and "drawn by --test-subset)" in text
     assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["test_subset"] == 30
-    with pytest.warns(UserWarning, match=r"--test-subset 1,000 asks for more examples than the test split of fake "
+    with pytest.warns(UserWarning, match=r"--test-subset 1000 asks for more examples than the test split of fake "
                                          r"holds \(128\): all 128 are used; give --test-subset 128"):
         mod.main(args(weights, tmp_path / "all", "--remove", "0.5", "--test-subset", "1000"))
     out = capsys.readouterr().out

@@ -1,6 +1,7 @@
 """The hint of get_datasets for an empty held-out part (_subset_for_holdout) names the smallest
 subset that gives one: the same answer as trying every size, found without trying them all."""
 import random
+from decimal import Decimal
 
 import pytest
 import torch
@@ -95,3 +96,30 @@ def test_the_empty_train_part_error_names_the_options_as_the_caller_spells_them(
     assert _error(subset=20, holdout=0.95, option_names=RECIPE).endswith(
         "20 train examples (--subset 20) with --holdout 0.95 leave none to train on; give a larger --subset or a "
         "smaller --holdout")
+
+
+def test_a_positive_holdout_that_holds_out_nothing_is_refused_without_a_subset_too():
+    """digits with holdout=0.001 (round(0.001 x 146) = 0 of every class) gave an empty held-out part
+    silently: the check ran only with a subset, and a recipe failed late at its empty holdout loader
+    without naming --holdout. The hint names the smallest holdout (two digits) that holds one out."""
+    why = ("the held-out part of digits is empty: {h} holds out round(0.001 x its examples of a class) = 0 of every "
+           "class of its 1,438 train examples (the largest class has 146); give {least} or more")
+    assert _error(holdout=0.001) == why.format(h="holdout=0.001", least="holdout=0.0035") + \
+        " (or holdout=0 for no held-out part at all)"
+    assert _error(holdout=0.001, option_names=RECIPE, holdout_required=True) == why.format(
+        h="--holdout 0.001", least="--holdout 0.0035")
+    assert len(get_datasets("digits", holdout=0.0035).holdout) > 0  # the value it names holds one out
+    assert "is empty" in _error(holdout=0.0034)  # and is the smallest of two digits that does
+
+
+@pytest.mark.parametrize("largest", [1, 2, 3, 7, 146, 1000, 5000, 999_999])
+def test_the_least_holdout_is_the_smallest_two_digit_value_that_holds_one_out(largest):
+    from adaptive.data import _least_holdout
+    from adaptive.data.split import holdout_counts
+
+    least = _least_holdout(largest)
+    typed = Decimal(repr(least))
+    below = float(typed - Decimal(1).scaleb(typed.adjusted() - 1))  # one less in its second digit: 0.0034
+    assert repr(least) == f"{least:.2g}"  # typed as it reads (no 0.0035000000000000005)
+    assert int(holdout_counts(torch.tensor([largest]), least)) == 1
+    assert int(holdout_counts(torch.tensor([largest]), below)) == 0

@@ -9,6 +9,7 @@ split, which is built lazily: it is not read until first used (``splits.test.mat
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import List, Mapping, Optional, Tuple
 
@@ -52,7 +53,9 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     ``~/.cache/adaptive/data``; see :func:`adaptive.paths.resolve_data_dir`).
 
     - ``holdout``: fraction of the train split held out, stratified by class and drawn at random
-      with ``seed`` (never by position); disjoint from ``train``; 0 gives an empty holdout.
+      with ``seed`` (never by position); disjoint from ``train``; 0 gives an empty holdout, and a
+      positive one that holds out no example (``round(holdout x its examples)`` is 0 for every
+      class) is refused, naming the smallest that holds one out.
     - ``subset``: use only a stratified random draw of exactly ``subset`` examples of the train
       split (before the holdout is drawn from them; one with an empty holdout is refused); a
       ``subset`` of the split's size or more uses all of it, with a warning when it is more;
@@ -103,6 +106,13 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
                          f"round({holdout} x its examples of a class) = 0 of every class; "
                          + _subset_for_holdout(labels, subset, holdout, holdout_required, named["subset"],
                                                named["holdout"]))
+    if subset is None and holdout > 0 and held.numel() == 0:
+        largest = int(torch.unique(torch.as_tensor(labels), return_counts=True)[1].max())
+        none = "" if holdout_required else f" (or {_spelt(named['holdout'], 0)} for no held-out part at all)"
+        raise ValueError(f"the held-out part of {name} is empty: {_spelt(named['holdout'], holdout)} holds out "
+                         f"round({holdout} x its examples of a class) = 0 of every class of its {len(pool):,} train "
+                         f"examples (the largest class has {largest:,}); give "
+                         f"{_spelt(named['holdout'], _least_holdout(largest))} or more{none}")
     if train.numel() == 0:
         raise ValueError(f"the train part of {name} is empty: {len(pool)} train examples"
                          f"{' (' + _spelt(named['subset'], subset) + ')' if subset else ''} with "
@@ -154,11 +164,22 @@ def _spelt(option: str, value) -> str:
 
 
 def _warn_short(name: str, split: str, asked: Optional[int], size: int, option: str) -> None:
-    """Warn that ``option`` (a keyword, or a command line's ``--option``) asks for more than the split holds."""
+    """Warn that ``option`` (a keyword, or a command line's ``--option``) asks for more than the split
+    holds. The option is spelt with plain digits (``--subset 1438``, ``subset=1438``), as it can be
+    typed; only the sizes it reports take thousands separators."""
     if asked is not None and asked > size:
-        given = (lambda n: f"{option} {n:,}") if option.startswith("-") else (lambda n: f"{option}={n:,}")
-        warn_user(f"{given(asked)} asks for more examples than the {split} split of {name} holds ({size:,}): "
-                  f"all {size:,} are used; give {given(size)} (or leave it out) to say so")
+        warn_user(f"{_spelt(option, asked)} asks for more examples than the {split} split of {name} holds ({size:,}): "
+                  f"all {size:,} are used; give {_spelt(option, size)} (or leave it out) to say so")
+
+
+def _least_holdout(largest: int) -> float:
+    """The smallest holdout of two significant digits that holds out an example of a class of
+    ``largest`` examples (just above ``0.5 / largest``: :func:`holdout_counts` rounds half to even)."""
+    exponent = math.floor(math.log10(0.5 / largest)) - 1
+    lead = math.ceil(0.5 / largest / 10.0 ** exponent)  # 10..100
+    while int(holdout_counts(torch.tensor([largest]), float(f"{lead}e{exponent}"))) == 0:
+        lead += 1
+    return float(f"{lead}e{exponent}")  # (a decimal as typed: 0.0035, not 0.0035000000000000005)
 
 
 def _subset_for_holdout(labels: torch.Tensor, subset: int, holdout: float, required: bool = False,

@@ -6,7 +6,13 @@ For one weight with batch gradients ``g_1 .. g_B`` and full gradient ``G = mean(
 * cosine collinearity ``cos = |mean g_b| / sqrt(mean g_b^2)``, the cosine between the vector of
   its batch gradients and the vector ``(G, .., G)``: 1 when every batch agrees exactly, about
   ``1/sqrt(B)`` for pure noise, 0 when they cancel;
-* sign agreement: the fraction of batches whose gradient has the sign of ``G``.
+* sign agreement: the fraction of batches whose gradient has the sign of ``G`` (a batch gradient
+  of exactly 0 never agrees). Where ``G`` is exactly 0 (batch gradients that cancel exactly) it has
+  no sign, and the agreement is the mean of the agreements with either sign: half the batches whose
+  gradient is not 0, as a sign drawn at random for ``G`` would give on average, and the mean of the
+  values just above and just below 0. (Reading 0 there would call batches that split both ways
+  worse than noise; taking 0 as a sign of its own would give a weight with no gradient in any batch
+  a perfect 1 rather than 0.)
 
 Both come from running sums (``sum g``, ``sum g^2``, counts of positive and negative batch
 gradients) in one pass: memory is four numbers per weight, whatever the number of batches, and
@@ -99,7 +105,9 @@ class Collinearity:
     ``batches`` is the number of batches measured, ``batch_size`` the samples per batch (None: the
     loader's own batches). ``table`` has one row per layer; its ``no_gradient`` is the share of the
     layer's weights whose gradient was exactly 0 in every batch (a dead unit's inputs and outputs),
-    whose cosine and sign agreement read 0 and count in the layer's medians and fractions.
+    whose cosine and sign agreement read 0 and count in the layer's medians and fractions. Where
+    ``G`` is exactly 0 but some batch gradient is not, the sign agreement is half the batches whose
+    gradient is not 0 (the module docstring says why).
     """
 
     cosine: Dict[str, torch.Tensor]
@@ -265,6 +273,7 @@ def collinearity(
         ms = s2[i] / n
         rms = ms.sqrt()
         c = torch.where(rms > 0, mean.abs() / rms.clamp_min(1e-300), torch.zeros_like(mean)).clamp_(0, 1)
+        # G exactly 0 has no sign: the mean of the agreements with + and - (module docstring)
         a = torch.where(mean > 0, pos[i].double(), torch.where(mean < 0, neg[i].double(), 0.5 * (pos[i] + neg[i]).double())) / n
         cos[name], agree[name] = c.float(), a.float()
         g2[name], var[name] = (mean * mean).float(), (ms - mean * mean).clamp_min(0).float()

@@ -221,7 +221,9 @@ class GradientByDepth:
         """One strip per source depth on a log axis: every weight (its mean ``|grad|`` over the
         batches; a random subset beyond ``max_points_per_band``) plus the band's median and
         quartiles over all weights and batches; under a band with exact zeros, their share ("<1%
-        zero" when it is below a percent); the legend right of the axes. Returns the written paths."""
+        zero" when it is below a percent); the legend right of the axes. Where every gradient
+        measured is exactly 0, a log axis has nothing to show: the axis is linear, with a note
+        saying so. Returns the written paths."""
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(self.depths), 4.2))
         g = torch.Generator().manual_seed(seed)
@@ -240,7 +242,11 @@ class GradientByDepth:
         lo = [row[self.depths[i]]["median"] - row[self.depths[i]]["q1"] for i in have]
         hi = [row[self.depths[i]]["q3"] - row[self.depths[i]]["median"] for i in have]
         ax.errorbar(have, med, yerr=[lo, hi], fmt="D", color="black", ms=5, capsize=4, label="median, quartiles (all batches)")
-        ax.set_yscale("log")
+        if bool((self.per_weight > 0).any()):
+            ax.set_yscale("log")
+        else:  # (matplotlib warns that it cannot log-scale data without a positive value)
+            ax.text(0.5, 0.9, "every gradient measured is exactly 0", transform=ax.transAxes, ha="center",
+                    va="top", fontsize=9, color="C3")
         for i, d in enumerate(self.depths):  # exact zeros (dead units) have no place on a log axis: say how many
             z = row[d]["zero_fraction"]
             note = ("no gradient:\nno_grad call" if row[d]["values"] == 0 else f"{_percent(z)} zero" if z > 0 else "")
