@@ -81,6 +81,37 @@ def test_a_refused_input_shape_names_what_that_network_takes(arch, shape, kw, ne
             build_model(f"torchvision:{arch}", num_classes=10, in_shape=(3, 20, 20))
 
 
+def test_the_search_for_the_size_a_refused_network_takes_stops_after_its_time(monkeypatch):
+    """The smallest-size search runs the network up to ~17 times at up to 512x512: seconds a run for
+    a large network on a CPU. It starts no run after _PROBE_SECONDS and names the bounds found so
+    far (here each run takes 4 s on a fake clock and every size is refused: it stops at 64x64,
+    not at 512x512 six runs later)."""
+    from torch import nn
+
+    from adaptive.models import tv
+
+    clock = [0.0]
+
+    class Refuses(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.sizes = []
+
+        def forward(self, x):
+            clock[0] += 4.0
+            self.sizes.append(x.shape[-1])
+            raise RuntimeError("Output size is too small")
+
+    monkeypatch.setattr(tv, "_clock", lambda: clock[0])
+    net = Refuses()
+    with pytest.raises(ValueError) as e:
+        tv._check_input(net, "refuses", (3, 8, 8))
+    assert net.sizes == [8, 8, 16, 32, 64]
+    assert str(e.value).endswith("use a dataset or image size it takes: 3-channel images larger than 64x64 (the "
+                                 "search for the smallest stopped after 10 s)")
+
+
 def _cifar_folder(root, skip_test_class=None, side=32, classes=10):
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"][:classes]
     for split in ("train", "test"):

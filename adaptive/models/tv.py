@@ -4,6 +4,8 @@ Weights never download: pass a weights file through ``build_model(..., weights=P
 """
 from __future__ import annotations
 
+import time
+
 from torch import nn
 
 from . import register_model
@@ -61,6 +63,9 @@ def _fixed_size(net: nn.Module, kw: dict):
 
 
 _PROBE_LIMIT = 512  # the largest square side tried when looking for the size a network needs
+# the search's time: a large network runs for seconds at 512x512 on a CPU, and ~17 runs could take minutes
+_PROBE_SECONDS = 10.0
+_clock = time.monotonic
 _ERRORS = (RuntimeError, ValueError, AssertionError, IndexError)  # what a wrongly shaped input raises
 
 
@@ -100,7 +105,8 @@ def _what_it_takes(net: nn.Module, in_shape: tuple, fixed=None) -> str:
     reads, and the size it is built for (``fixed``), else the smallest square size it runs on
     (searched up to :data:`_PROBE_LIMIT`: the networks that need one shrink their input step by
     step, so a larger image runs where a smaller one does not); "" where nothing is known (no
-    convolution to read the channels from). Only a refused input runs this search."""
+    convolution to read the channels from). Only a refused input runs this search, and it starts no
+    run after :data:`_PROBE_SECONDS`: it then names the bounds found so far."""
     conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None:
         return ""
@@ -111,13 +117,19 @@ def _what_it_takes(net: nn.Module, in_shape: tuple, fixed=None) -> str:
         return f"{c}-channel images, shaped ({c}, H, W)"
     if _runs(net, (c, *in_shape[1:])):
         return f"{c}-channel images"
+    deadline = _clock() + _PROBE_SECONDS
+    stopped = f" (the search for the smallest stopped after {_PROBE_SECONDS:g} s)"
     side, hi = min(in_shape[1:]), None  # a square of the shorter side is too small as well
     while hi is None and side < _PROBE_LIMIT:  # doubling to a size that runs ...
+        if _clock() > deadline:
+            return f"{c}-channel images larger than {side}x{side}{stopped}"
         size = min(side * 2, _PROBE_LIMIT)
         side, hi = (side, size) if _runs(net, (c, size, size)) else (size, None)
     if hi is None:
         return f"{c}-channel images (no larger square size up to {_PROBE_LIMIT}x{_PROBE_LIMIT} ran)"
     while hi - side > 1:  # ... then halving the gap: side is too small, hi runs
+        if _clock() > deadline:
+            return f"{c}-channel images larger than {side}x{side}; {hi}x{hi} runs{stopped}"
         mid = (side + hi) // 2
         side, hi = (side, mid) if _runs(net, (c, mid, mid)) else (mid, hi)
     return f"{c}-channel images of at least {hi}x{hi}"
