@@ -450,7 +450,9 @@ def optimize_connectome(
             ``DataLoader(..., shuffle=True)``, which draws each pass's order and worker seeds from
             torch's) reads the same batches at every call with this seed, whatever the caller drew
             before, and the caller's generators are where they were (random transforms and dropout
-            draw from the seeded ones too). A loader with a ``generator`` of its own shuffles by it,
+            draw from the seeded ones too; so do a loader's worker processes, from seeds drawn as each
+            pass starts, except a ``persistent_workers`` loader's, which keep the seeds of the pass
+            that started them). A loader with a ``generator`` of its own shuffles by it,
             untouched: its order follows that generator's state, which advances as its passes draw.
         callback: called with every history record.
         progress: a tqdm bar over the run's batches (drawn by the first process of each machine
