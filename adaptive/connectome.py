@@ -530,8 +530,8 @@ class Connectome:
             for p, f in zip(params, imasks):
                 g = p.grad
                 if grads and g is not None:
-                    if g.is_sparse:  # (an embedding's sparse gradient: its stored values masked)
-                        sparse.append((g, f))
+                    if g.is_sparse or g.is_conj() or g.is_neg():  # (an embedding's sparse gradient: its stored values
+                        sparse.append((g, f))                    # masked; w.conj()'s gradient, a conjugate view)
                     else:
                         ts.append(bits(g))
                         ms.append(f)

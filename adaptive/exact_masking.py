@@ -42,6 +42,12 @@ def bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(_BITS[t.element_size()])
 
 
+def _lazy_view(t: torch.Tensor) -> bool:
+    """A conjugate or negative view (``w.conj()``'s gradient): its memory holds the values un-conjugated,
+    so it has no integer view; ``masked_fill`` writes +0.0 as the view reads it and leaves the rest as it is."""
+    return t.is_conj() or t.is_neg()
+
+
 def int_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The bool ``mask`` as 0/1 integers of ``like``'s width, on ``like``'s device and laid out as
     ``like`` is: a multiply with strides that differ (a channels_last weight, a contiguous mask)
@@ -57,7 +63,7 @@ def mask_(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     that autograd records (a gradient built by ``backward(create_graph=True)``) is masked by
     ``masked_fill_``, which autograd sees: a write through the integer view would change its value
     behind the graph, and a derivative taken through it would be that of the unmasked gradient."""
-    if t.requires_grad and torch.is_grad_enabled():
+    if (t.requires_grad and torch.is_grad_enabled()) or _lazy_view(t):
         return t.masked_fill_(mask == 0, 0.0)
     if t.is_sparse:
         bits(t._values()).mul_(mask[tuple(t._indices())])  # (uncoalesced entries each masked: their sum too)
@@ -69,7 +75,7 @@ def mask_(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def masked(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """A copy of ``t`` that is exactly +0.0 where the 0/1 integer ``mask`` is 0 and ``t`` elsewhere
     (recorded by autograd where ``t`` is, as :func:`mask_` is)."""
-    if t.requires_grad and torch.is_grad_enabled():
+    if (t.requires_grad and torch.is_grad_enabled()) or _lazy_view(t):
         return t.masked_fill(mask == 0, 0.0)
     if t.is_sparse:
         return mask_(t.clone(), mask)

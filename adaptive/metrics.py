@@ -122,20 +122,36 @@ def call_model(model, x, what: str = "this"):
 
 def refuse_unpacked(model, x, what: str, cause: Optional[BaseException] = None) -> None:
     """A TypeError when the inputs ``x``, a tuple or list, fit ``model.forward`` only as separate arguments."""
-    if isinstance(x, (tuple, list)) and _binds_unpacked(model, x):
+    inner = _forward_owner(model) if isinstance(x, (tuple, list)) else None
+    if inner is not None and _binds_unpacked(inner.forward, x):
         raise TypeError(
-            f"{what} passes a batch's inputs to the model as one argument, model(inputs); {type(model).__name__}."
+            f"{what} passes a batch's inputs to the model as one argument, model(inputs); {type(inner).__name__}."
             f"forward takes them as {len(x)} separate arguments: wrap it in a module whose forward takes them as "
             "one, for example `def forward(self, inputs): return self.net(*inputs)`"
         ) from cause
 
 
-def _binds_unpacked(model, x) -> bool:
-    """Whether ``model.forward`` accepts the items of ``x`` as its arguments but not ``x`` as one."""
-    import inspect
+def _forward_owner(model):
+    """The module whose forward ``model(x)`` runs on ``x`` as given: the wrapped model under
+    ``nn.DataParallel``, DistributedDataParallel and ``torch.compile`` (whose own forwards take
+    ``*args``); None where a forward pre-hook may rewrite the arguments (unpack them), so that no
+    signature tells what the forward gets."""
+    from torch import nn
 
+    while not getattr(model, "_forward_pre_hooks", None):
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if inner is None and isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+    return None
+
+
+def _binds_unpacked(forward, x) -> bool:
+    """Whether ``forward`` accepts the items of ``x`` as its arguments but not ``x`` as one."""
     try:
-        sig = inspect.signature(model.forward)
+        sig = inspect.signature(forward)
     except (TypeError, ValueError):
         return False
     try:

@@ -371,6 +371,10 @@ class FlowProp(ShapeProp):
             f = self._flow_of(n.args[0])
             if isinstance(f, (tuple, list)):
                 return f[n.args[1]]
+        if n.op == "call_function" and n.target is getattr and isinstance(n.args[1], str):
+            f = self._flow_of(n.args[0])
+            if isinstance(f, tuple) and n.args[1] in getattr(f, "_fields", ()):  # a namedtuple input's field
+                return getattr(f, n.args[1])
         module = self.mods.get(n.target) if n.op == "call_module" else None
         if n.op == "call_function" and not self._tensor_flows((n.args, n.kwargs)):
             return self._constant_like(result)  # made from no traced data (torch.full, a causal mask)
@@ -417,7 +421,12 @@ class FlowProp(ShapeProp):
     def _on_placeholder(self, n, x, name=None):
         name = n.name if name is None else name
         if _nested(x):  # one argument holding several tensors (forward(self, xy): x, y = xy): an input each
-            return type(x)(self._on_placeholder(n, t, f"{name}[{i}]") for i, t in enumerate(x))
+            flows = [self._on_placeholder(n, t, f"{name}[{i}]") for i, t in enumerate(x)]
+            return type(x)(*flows) if hasattr(x, "_fields") else type(x)(flows)  # a namedtuple takes its fields
+        if isinstance(x, torch.Tensor) and x.dim() == 0 and name != n.name:
+            # a scalar beside the tensors of one argument ((x, temperature)): one value for every sample, one node
+            _, start = self.book.new_group(name, "input", "channels", 1)
+            return torch.tensor(float(start), dtype=torch.float64)
         if isinstance(x, Mapping) and _has_tensor(list(x.values())):
             raise InputError(f"input {name!r} is a dict of tensors; graphs follows tensors only (a tensor, or a tuple "
                              "or list of them): trace a module whose forward takes the tensors and builds the dict")
@@ -1358,7 +1367,7 @@ def _nested(x) -> bool:
 
 def _auto_input_nodes(model: nn.Module, x: torch.Tensor) -> str:
     convs = any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d) + ops.TRANSPOSED_MODULES) for m in model.modules())
-    first = next((t for t in tree_leaves(x) if isinstance(t, torch.Tensor)), None)  # x nested too
+    first = next((t for t in tree_leaves(x) if isinstance(t, torch.Tensor) and t.dim() > 0), None)  # x nested too
     return "channels" if convs or (first is not None and first[0].numel() > 1_000_000) else "elements"
 
 

@@ -1101,3 +1101,19 @@ def test_batchnorm_in_train_mode_with_batches_of_one_sample_names_the_fix():
     with pytest.warns(UserWarning, match="one band"):
         r = gradient_by_depth(net, one, layer="3", depths=torch.zeros(3, dtype=torch.long), batches=2, train_mode=False)
     assert r.batches == 2
+
+
+class _ScaledPair(_PairInput):
+    def forward(self, inp):
+        xy, scale = inp
+        return super().forward(xy) * scale
+
+
+def test_a_scalar_beside_the_inputs_is_not_cut_to_a_first_example():
+    """The first example was cut from every tensor of a nested batch: a 0-d tensor beside the inputs
+    ((x, y), temperature) failed to slice, and the depths could not be told."""
+    g = torch.Generator().manual_seed(0)
+    loader = [(([torch.randn(5, 3, generator=g), torch.randn(5, 2, generator=g)], torch.tensor(2.0)),
+               torch.randint(0, 2, (5,), generator=g))]
+    res = gradient_by_depth(_ScaledPair(), loader, layer="head", batches=2)
+    assert {r["depth"]: r["weights"] for r in res.table} == {1: 8, 0: 4}

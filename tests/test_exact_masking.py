@@ -124,3 +124,37 @@ def test_a_model_cast_to_complex128_after_its_connectome_is_masked_exactly():
     model.weight.grad[~keep] = complex(float("inf"), float("nan"))
     conn.mask_gradients()
     assert bool((torch.view_as_real(model.weight.grad).view(torch.int64)[~keep] == 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_a_conjugate_view_is_masked_exactly(dtype):
+    """A conjugate view (the gradient of a weight a forward reads as w.conj()) has no integer view:
+    masked, mask_ and a connectome's mask_gradients failed on it with PyTorch's 'not supported for
+    conjugate view tensors' / 'view_as_real doesn't work on unresolved conjugated tensors'."""
+    import warnings
+
+    import adaptive
+
+    base = torch.tensor([1 + 2j, float("nan") - 1j, complex(float("inf"), -0.0), 3 - 4j], dtype=dtype)
+    keep = torch.tensor([1, 0, 1, 0])
+    for op in (lambda t, m: masked(t, m), lambda t, m: mask_(t, m)):
+        t = base.clone().conj()
+        out = torch.view_as_real(op(t, keep.to(mask_dtype(t))).resolve_conj())
+        want = torch.view_as_real(base.conj().resolve_conj())
+        assert torch.equal(out[0], want[0]) and torch.equal(out[2].signbit(), want[2].signbit())
+        assert out[2][0] == float("inf") and torch.equal(out[[1, 3]], torch.zeros(2, 2, dtype=out.dtype))
+        assert not out[[1, 3]].signbit().any()  # +0.0, as the view reads it
+    lin = torch.nn.Linear(3, 2, bias=False)
+    conn = adaptive.Connectome(lin)  # cast to complex after its connectome was built
+    conn.masks["weight"].view(-1)[::2] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyTorch's 'Complex modules are a new feature'
+        lin.to(dtype)
+    conn.apply()
+    x = torch.randn(4, 3, dtype=dtype)
+    (x @ lin.weight.conj().t()).abs().sum().backward()
+    assert lin.weight.grad.is_conj()
+    conn.mask_gradients()
+    g = torch.view_as_real(lin.weight.grad.resolve_conj())
+    assert torch.equal(g[~conn.masks["weight"]], torch.zeros(3, 2, dtype=g.dtype))
+    assert not g[~conn.masks["weight"]].signbit().any() and (g[conn.masks["weight"]] != 0).all()

@@ -10,7 +10,7 @@ from torch import nn
 
 import adaptive
 import graphs
-from graphs.graph import EDGE_SYNAPSE
+from graphs.graph import EDGE_SYNAPSE, EDGE_WIRE
 from graphs.trace import default_example_input
 
 torch.set_num_threads(1)
@@ -1133,3 +1133,42 @@ def test_an_input_dict_inside_the_argument_is_refused():
 
     with pytest.raises(ValueError, match="dict of tensors; graphs follows tensors only"):
         graphs.build(adaptive.Connectome(DictIn()), example_input=([{"a": torch.randn(2, 3)}],))
+
+
+def test_a_namedtuple_argument_and_a_scalar_beside_the_tensors_are_followed():
+    """A namedtuple given as one input failed in the input's placeholder (its constructor takes its
+    fields, not an iterable: 'cannot follow the data flow', every unit dead), and a 0-d tensor beside
+    the tensors of one argument ((x, temperature)) was refused as an input without a batch dimension."""
+    import collections
+    import warnings
+
+    Pair = collections.namedtuple("Pair", "x y")
+
+    class Named(_TwoInputs):
+        def forward(self, p):
+            return super().forward(p.x, p[1])
+
+    class Scaled(_TwoInputs):
+        def forward(self, inp):
+            (x, y), scale = inp
+            return super().forward(x, y) * scale
+
+    torch.manual_seed(0)
+    two = adaptive.Connectome(_TwoInputs())
+    ref = edge_set(graphs.build(two, example_input=(torch.randn(2, 3), torch.randn(2, 2))))
+    cases = [(Named(), "p", Pair(torch.randn(2, 3), torch.randn(2, 2))),
+             (Scaled(), "inp[0]", ((torch.randn(2, 3), torch.randn(2, 2)), torch.tensor(2.0)))]
+    for model, prefix, ex in cases:
+        model.load_state_dict(two.model.state_dict())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            g = graphs.build(adaptive.Connectome(model), example_input=(ex,))
+        assert graphs.summary(g)["dead"]["dead"] == 0
+        named = {(s.replace(f"{prefix}[0]", "x").replace(f"{prefix}[1]", "y"), d, k) for s, d, k in edge_set(g)}
+        synapses = {e for e in named if e[2] == EDGE_SYNAPSE}
+        assert synapses == {e for e in ref if e[2] == EDGE_SYNAPSE}
+        if prefix == "p":
+            assert named == ref
+        else:  # the scalar is an input of one node, which scales each output unit
+            assert {e for e in named if e[0] == "inp[1]:0"} == {("inp[1]:0", "mul:0", EDGE_WIRE),
+                                                                ("inp[1]:0", "mul:1", EDGE_WIRE)}

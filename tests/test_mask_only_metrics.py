@@ -316,3 +316,47 @@ def test_a_forward_taking_one_tuple_still_gets_it_whole():
     data = [((torch.randn(8, 3, generator=g), torch.randn(8, 2, generator=g)), torch.randint(0, 4, (8,), generator=g))]
     loss, _, _ = evaluate(OneTuple(), data)
     assert loss > 0
+
+
+def test_a_wrapped_forward_taking_separate_arguments_is_refused_naming_the_wrapped_model():
+    """nn.DataParallel's and torch.compile's own forwards take ``*args``, which bind the inputs as
+    one argument: the wrapped model's forward(self, x, y) failed with the bare 'missing 1 required
+    positional argument' instead of the refusal."""
+    from adaptive.metrics import call_model
+
+    x = (torch.randn(2, 3), torch.randn(2, 2))
+    for wrapped in (nn.DataParallel(_TwoArguments()), torch.compile(_TwoArguments())):
+        with pytest.raises(TypeError, match=r"_TwoArguments\.forward takes them as 2 separate arguments"):
+            call_model(wrapped, x, "mask-only optimisation")
+
+
+def test_arguments_a_forward_pre_hook_unpacks_are_not_refused_and_a_forward_bug_surfaces():
+    """A forward pre-hook may unpack the inputs (model(inputs) then works): the signature of forward
+    tells nothing there, so neither the check made before tracing nor a TypeError raised inside that
+    forward (a bug of its own) is turned into the 'separate arguments' refusal."""
+    from adaptive.metrics import call_model, refuse_unpacked
+
+    class Buggy(_TwoArguments):
+        def forward(self, x, y):
+            return self.a(x, y)  # a bug of the forward's own: Linear takes one input
+
+    x = (torch.randn(2, 3), torch.randn(2, 2))
+    model = _TwoArguments()
+    model.register_forward_pre_hook(lambda module, args: args[0])  # unpacks: model(inputs) is model(*inputs)
+    refuse_unpacked(model, x, "gradient_by_depth")  # (gradient_by_depth's check before tracing)
+    assert call_model(model, x).shape == (2, 4)
+    buggy = Buggy()
+    buggy.register_forward_pre_hook(lambda module, args: args[0])
+    with pytest.raises(TypeError, match="positional argument") as e:
+        call_model(buggy, x)
+    assert "separate arguments" not in str(e.value)
+
+
+def test_removal_scores_names_itself_refusing_separate_arguments():
+    """removal_scores (public in adaptive.diagnostics) named knowledge_distribution in the refusal."""
+    from adaptive import diagnostics
+
+    g = torch.Generator().manual_seed(0)
+    data = [((torch.randn(8, 3, generator=g), torch.randn(8, 2, generator=g)), torch.randint(0, 4, (8,), generator=g))]
+    with pytest.raises(TypeError, match=r"^removal_scores passes a batch's inputs to the model as one argument"):
+        diagnostics.removal_scores(adaptive.Connectome(_TwoArguments()), data, estimator="presence", batches=1)

@@ -14,7 +14,7 @@ from typing import Callable, List, Optional
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from ..metrics import call_model, refuse_unpacked, to_device
 from ._shared_calls import CallRecorder, parts_adding_up
@@ -71,6 +71,17 @@ def traced_depths(model: nn.Module, layer: str, example: Optional[torch.Tensor] 
     return traced_call_depths(model, layer, example)[0]
 
 
+def first_example(batch):
+    """The first example of every tensor of ``batch`` (a tensor, or nested tuples and lists of them) that
+    has the batch's size first, the first such tensor's; a scalar or a table of another size beside
+    them (``(x, temperature)``) is every example's, and stays whole."""
+    leaves = [t for t in tree_leaves(batch) if torch.is_tensor(t) and t.dim() > 0]
+    if not leaves:
+        return batch
+    size = leaves[0].shape[0]
+    return tree_map(lambda t: t[:1] if torch.is_tensor(t) and t.dim() > 0 and t.shape[0] == size else t, batch)
+
+
 def traced_call_depths(model: nn.Module, layer: str, example=None) -> List[torch.Tensor]:
     """:func:`traced_depths` for each call of ``layer`` in one (eval-mode) forward of ``example``, in
     call order. The graph has a layer for every call of a module called several times (``NAME``,
@@ -84,7 +95,7 @@ def traced_call_depths(model: nn.Module, layer: str, example=None) -> List[torch
         warnings.filterwarnings("ignore", message=r"graphs: node .* uses weights used before in the forward")
         # the first example of every tensor in the input, given as one argument: the model is called
         # model(x) with x whole, while graphs takes a tuple as several arguments
-        first = None if example is None else (tree_map(lambda t: t[:1] if torch.is_tensor(t) else t, example),)
+        first = None if example is None else (first_example(example),)
         tr = graphs.trace(model, first)
         if not tr.traced:
             raise ValueError(" ".join(f"{tr.reason}; the module-order fallback has no concatenation or residual "

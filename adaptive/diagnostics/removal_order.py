@@ -28,7 +28,7 @@ def _gradient_batches(conn, loader, batches, loss_fn, desc):
             scalers_suspended(model):  # scores read the model's own gradients
         for x, y in iterate_batches(loader, batches, desc=desc):
             model.zero_grad(set_to_none=True)
-            loss_fn(call_model(model, to_device(x, device), "knowledge_distribution"), to_device(y, device)).backward()
+            loss_fn(call_model(model, to_device(x, device), "removal_scores"), to_device(y, device)).backward()
             yield example_count(y)  # the batch's examples (x may be a tuple of inputs)
     model.zero_grad(set_to_none=True)
 
