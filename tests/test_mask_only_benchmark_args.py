@@ -68,3 +68,24 @@ def test_edge_popup_reads_the_train_data_in_the_order_ours_read_it(monkeypatch, 
     with pytest.raises(Stop):
         mod.main(["--targets", "0.1,0.2,0.5", "--no-progress", "--output", str(tmp_path / "t.md")])
     assert torch.equal(seen["ours"], seen["edge-popup"])
+
+
+@pytest.mark.parametrize("script", ["mask_only", "mask_only_ceiling"])
+def test_a_too_small_subset_is_named_as_the_option_and_the_fixed_holdout_is_not_offered(script, monkeypatch, tmp_path):
+    """The data errors said 'subset=20' and suggested 'a larger holdout' (or 'holdout=0'), which
+    these scripts fix at 0.1 with no option: they name --subset, and only --subset as the fix."""
+    import adaptive.data
+
+    mod = load_script(f"recipes/benchmarks/{script}.py", f"{script}_bench")
+    real = adaptive.data.get_dataloaders
+    monkeypatch.setattr(mod, "get_dataloaders", lambda name, **k: real("digits", **k))  # digits: no files needed
+    for subset, why in (("20", "the held-out part of digits is empty: the 20 train examples of --subset 20 with its "
+                                "holdout of 0.1 hold out round(0.1 x its examples of a class) = 0 of every class; "
+                                "give a --subset of at least "),
+                        ("5", "--subset 5 cannot hold one train example of each of the 10 classes of digits: give a "
+                              "--subset of at least 10 (or leave it out)")):
+        with pytest.raises(ValueError) as info:
+            mod.main(["--subset", subset, "--output", str(tmp_path / "t.md")])
+        msg = str(info.value)
+        assert msg.startswith(why), msg
+        assert "holdout" not in msg.split(";")[-1] and "subset=" not in msg, msg

@@ -123,3 +123,18 @@ def test_the_least_holdout_is_the_smallest_two_digit_value_that_holds_one_out(la
     assert repr(least) == f"{least:.2g}"  # typed as it reads (no 0.0035000000000000005)
     assert int(holdout_counts(torch.tensor([largest]), least)) == 1
     assert int(holdout_counts(torch.tensor([largest]), below)) == 0
+
+
+def test_a_holdout_the_caller_fixes_is_never_offered_as_the_fix():
+    """A script that fixes the holdout (option_names {"holdout": None}: no option sets it) was told to
+    try 'a larger holdout' or 'holdout=0'; its errors offer only what it can change."""
+    fixed = {"subset": "--subset", "holdout": None}
+    assert _error(subset=30, holdout=0.01, option_names=fixed) == (
+        "the held-out part of digits is empty: the 30 train examples of --subset 30 with its holdout of 0.01 hold out "
+        "round(0.01 x its examples of a class) = 0 of every class; give a --subset of at least 496")
+    assert _error(subset=1400, holdout=0.001, option_names=fixed).endswith(
+        "= 0 of every class; no --subset gives one at its holdout of 0.001")
+    assert _error(subset=20, holdout=0.95, option_names=fixed).endswith(
+        "20 train examples (--subset 20) with its holdout of 0.95 leave none to train on; give a larger --subset")
+    assert _error(holdout=0.001, option_names=fixed).endswith(
+        "(the largest class has 146); it takes a holdout of at least 0.0035, which this caller does not give")

@@ -69,7 +69,8 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
       so the error for a subset too small to hold out an example does not suggest ``holdout=0``.
     - ``option_names``: how the errors and warnings name ``subset``, ``test_subset`` and ``holdout``:
       a command line's options (``{"test_subset": "--test-subset"}``, given as ``--test-subset 5``);
-      by default these keywords (given as ``test_subset=5``).
+      by default these keywords (given as ``test_subset=5``). ``{"holdout": None}``: the caller fixes
+      the holdout (no option sets it), so no error suggests changing it.
     Extra keyword arguments go to the family (e.g. ``normalize=`` for cifar10, ``shape=`` for fake).
     Raises :class:`DatasetNotFoundError` with every path tried when the data is missing.
     """
@@ -109,15 +110,17 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     if subset is None and holdout > 0 and held.numel() == 0:
         largest = int(torch.unique(torch.as_tensor(labels), return_counts=True)[1].max())
         none = "" if holdout_required else f" (or {_spelt(named['holdout'], 0)} for no held-out part at all)"
+        fix = (f"give {_spelt(named['holdout'], _least_holdout(largest))} or more{none}" if named["holdout"]
+               else f"it takes a holdout of at least {_least_holdout(largest)}, which this caller does not give")
         raise ValueError(f"the held-out part of {name} is empty: {_spelt(named['holdout'], holdout)} holds out "
                          f"round({holdout} x its examples of a class) = 0 of every class of its {len(pool):,} train "
-                         f"examples (the largest class has {largest:,}); give "
-                         f"{_spelt(named['holdout'], _least_holdout(largest))} or more{none}")
+                         f"examples (the largest class has {largest:,}); {fix}")
     if train.numel() == 0:
         raise ValueError(f"the train part of {name} is empty: {len(pool)} train examples"
                          f"{' (' + _spelt(named['subset'], subset) + ')' if subset else ''} with "
-                         f"{_spelt(named['holdout'], holdout)} leave none to train on; give a "
-                         f"{'larger ' + named['subset'] + ' or a ' if subset else ''}smaller {named['holdout']}")
+                         f"{_spelt(named['holdout'], holdout)} leave none to train on; give "
+                         + " or ".join([f"a larger {named['subset']}"] * bool(subset)
+                                       + [f"a smaller {named['holdout']}"] * bool(named["holdout"])))
 
     def build_test():
         ds = src.test()
@@ -157,9 +160,11 @@ def _whole_split_size(test_dataset) -> Optional[int]:
     return whole
 
 
-def _spelt(option: str, value) -> str:
+def _spelt(option: Optional[str], value) -> str:
     """``option`` given ``value`` as its caller writes it: ``--option VALUE`` on a command line,
-    ``option=VALUE`` in a call."""
+    ``option=VALUE`` in a call; a holdout the caller fixes (``option`` None) as ``its holdout of VALUE``."""
+    if option is None:
+        return f"its holdout of {value}"
     return f"{option} {value}" if option.startswith("-") else f"{option}={value}"
 
 
@@ -183,10 +188,11 @@ def _least_holdout(largest: int) -> float:
 
 
 def _subset_for_holdout(labels: torch.Tensor, subset: int, holdout: float, required: bool = False,
-                        option: str = "subset", holdout_option: str = "holdout") -> str:
+                        option: str = "subset", holdout_option: Optional[str] = "holdout") -> str:
     """How to get a non-empty held-out part: the smallest subset above ``subset`` that gives one
     (``option`` and ``holdout_option`` name the two as the caller spells them), or a larger holdout;
-    unless ``required``, also that a holdout of 0 asks for no held-out part.
+    unless ``required``, also that a holdout of 0 asks for no held-out part. A ``holdout_option``
+    of None is a holdout the caller fixes: only a subset is suggested.
 
     Whether a size gives one is not monotone in the size (the largest-remainder rounding of
     :func:`subset_counts` can take an example from a class as the size grows), so the answer is
@@ -205,17 +211,22 @@ def _subset_for_holdout(labels: torch.Tensor, subset: int, holdout: float, requi
     def gives(size):
         return bool((holdout_counts(subset_counts(counts, size), holdout) > 0).any())
 
-    none = "" if required else f" (or {_spelt(holdout_option, 0)} for no held-out part at all)"
+    if holdout_option is None:
+        none, larger, only = "", "", f"no {option} gives one at {_spelt(None, holdout)}"
+    else:
+        none = "" if required else f" (or {_spelt(holdout_option, 0)} for no held-out part at all)"
+        larger = f" or a larger {holdout_option}"
+        only = f"give a larger {holdout_option}{none}"
     lo, hi = subset + 1, n
     if lo > n or not could(n):
-        return f"give a larger {holdout_option}{none}"
+        return only
     while lo < hi:  # the first size that could give one (could() is monotone in the size)
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if could(mid) else (mid + 1, hi)
     for size in range(lo, n + 1):
         if gives(size):
-            return f"give a {option} of at least {size} or a larger {holdout_option}{none}"
-    return f"give a larger {holdout_option}{none}"
+            return f"give a {option} of at least {size}{larger}{none}"
+    return only
 
 
 @dataclass

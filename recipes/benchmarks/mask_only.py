@@ -102,7 +102,8 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     data_dir = resolve_data_dir(args.data_dir)
     dl = get_dataloaders("cifar10", batch_size=args.batch_size, eval_batch_size=500, data_dir=args.data_dir,
-                         holdout=0.1, seed=args.seed, subset=args.subset)
+                         holdout=0.1, seed=args.seed, subset=args.subset,
+                         option_names={"subset": "--subset", "holdout": None})  # (no option sets the holdout)
 
     def fresh():
         return build_model(args.model, weights=str(data_dir / WEIGHTS[args.model]))

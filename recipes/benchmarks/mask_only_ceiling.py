@@ -86,7 +86,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     data_dir = resolve_data_dir(args.data_dir)
     dl = get_dataloaders("cifar10", batch_size=args.batch_size, eval_batch_size=500, data_dir=args.data_dir,
-                         holdout=0.1, seed=args.seed, subset=args.subset)
+                         holdout=0.1, seed=args.seed, subset=args.subset,
+                         option_names={"subset": "--subset", "holdout": None})  # (no option sets the holdout)
     t_start = time.time()
     runs = []  # (passes, lr, state_dict, held-out acc, cpu min)
     for p in passes:
