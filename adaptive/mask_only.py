@@ -939,10 +939,25 @@ def loaded_state(model: nn.Module) -> Dict[str, torch.Tensor]:
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    bits = _INT_VIEW.get(a.element_size())
-    if bits is None or a.dtype != b.dtype:
+    """Per entry, whether ``a`` and ``b`` hold the same bits as they read (a NaN is its own, -0.0 is
+    not +0.0); a complex entry compares its real and imaginary parts' bits (complex128 has no
+    16-byte integer view), a conjugate or negative view as it reads."""
+    if a.dtype != b.dtype:
         return a == b
-    return a.view(bits) == b.view(bits)
+    bits = [_bits(t) for t in (a, b)]
+    if bits[0] is None:
+        return a == b
+    same = bits[0] == bits[1]
+    return same.all(-1) if a.is_complex() else same
+
+
+def _bits(t: torch.Tensor) -> Optional[torch.Tensor]:
+    """``t``'s entries as integers of their size (a complex one as two: real, imaginary), or None."""
+    t = t.resolve_conj().resolve_neg()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    bits = _INT_VIEW.get(t.element_size())
+    return None if bits is None else t.view(bits)
 
 
 def changed_from(state: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor], conn: Connectome) -> int:

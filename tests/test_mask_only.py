@@ -1086,3 +1086,21 @@ def test_edge_popup_refuses_a_seed_that_is_no_whole_number():
     tr, ho = loaders()
     with pytest.raises(ValueError, match="seed must be an integer"):
         edge_popup(tiny(), tr, ho, [0.2], seed=0.5, progress=False)
+
+
+def test_same_bits_is_bit_exact_for_complex128_and_conjugate_views():
+    """complex128 has no 16-byte integer view, so the check fell back to ==: a NaN weight read as
+    changed, and -0.0 for +0.0 as unchanged. Its real and imaginary parts' bits are compared."""
+    from adaptive.mask_only import _same_bits
+
+    nan = float("nan")
+    for dtype in (torch.complex128, torch.complex64):
+        a = torch.tensor([complex(nan, 1.0), complex(1.0, -0.0), complex(-0.0, 2.0), complex(1.0, 2.0)], dtype=dtype)
+        b = torch.tensor([complex(nan, 1.0), complex(1.0, 0.0), complex(0.0, 2.0), complex(1.0, 2.0)], dtype=dtype)
+        assert _same_bits(a, b).tolist() == [True, False, False, True], dtype
+        assert _same_bits(a.conj(), a.conj().resolve_conj()).all()  # a conjugate view, as it reads
+        assert _same_bits(a.conj(), a).tolist() == [False] * 4  # every imaginary part's sign differs
+        assert _same_bits(a[2], b[2]).shape == ()  # one entry: one answer
+    x = torch.tensor([nan, -0.0, 1.0])
+    assert _same_bits(x, torch.tensor([nan, 0.0, 1.0])).tolist() == [True, False, True]
+    assert _same_bits(torch.tensor([True, False]), torch.tensor([True, True])).tolist() == [True, False]
