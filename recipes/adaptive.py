@@ -1253,8 +1253,9 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         kw.update(cfg.mask_only_kw)  # (none of the keys above but the ones a resumed run kept: see _KW_KEPT)
         # the batches each target reads: whole update windows, so maybe a few more than --max_steps or --epochs say
         per_target = stage_batches(kw["passes"], len(train_dl), kw["window"])
-        rounded = (f", rounded up to whole update windows of {kw['window']} (--update_every)"
-                   if per_target > kw["passes"] * len(train_dl) + 1e-9 else "")
+        whole = ("a whole batch" if kw["window"] == 1
+                 else f"whole update windows of {kw['window']} (--update_every)")
+        rounded = f", rounded up to {whole}" if per_target > kw["passes"] * len(train_dl) + 1e-9 else ""
         accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {synapses:,} synapses (of "
                           f"{sum(p.numel() for p in model.parameters()):,} parameters), target {target}, {per_target:,} "
                           f"batches per target ({kw['passes']:.3g} pass(es) of {len(train_dl)} batches{rounded}), "

@@ -900,6 +900,26 @@ def test_a_resumed_mask_only_run_evaluates_as_its_recorded_mask_only_kw_did(tmp_
     assert (got["eval_every"], got["window"]) == (eval_every, recorded.get("window", update_every))
 
 
+def test_a_window_of_one_rounds_a_recorded_fractional_passes_up_to_a_whole_batch(tmp_path, monkeypatch, capsys):
+    """A run recorded with --mask_only_kw passes 0.06 (2.46 of 41 batches) reads 3 batches per target;
+    with --update_every 1 the opening line said 'rounded up to whole update windows of 1 (--update_every)'."""
+    import adaptive.mask_only as M
+
+    run = tmp_path / "m"
+    _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(run)])
+    _recorded_before_the_checks(run, update_every=1, mask_only_kw={"passes": 0.06})
+
+    def stub(*a, **kw):  # the opening line is printed before it runs: stop there
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(M, "optimize_connectome", stub)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        _main(["--config", str(run / "config.yaml"), "--resume", "latest"])
+    out = capsys.readouterr().out
+    assert "3 batches per target (0.06 pass(es) of 41 batches, rounded up to a whole batch)" in out, out
+
+
 def test_a_cpu_run_recorded_with_fp16_resumes_again_with_its_own_command(tmp_path, capsys):
     """Resumed once with --mixed_precision fp16, its new checkpoints recorded 'no', and the same
     command was refused from them."""
