@@ -1253,8 +1253,10 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         kw.update(cfg.mask_only_kw)  # (none of the keys above but the ones a resumed run kept: see _KW_KEPT)
         # the batches each target reads: whole update windows, so maybe a few more than --max_steps or --epochs say
         per_target = stage_batches(kw["passes"], len(train_dl), kw["window"])
+        # the window's source: a resumed run's recorded --mask_only_kw window overrides --update_every
+        source = "--mask_only_kw window" if "window" in cfg.mask_only_kw else "--update_every"
         whole = ("a whole batch" if kw["window"] == 1
-                 else f"whole update windows of {kw['window']} (--update_every)")
+                 else f"whole update windows of {kw['window']} ({source})")
         rounded = f", rounded up to {whole}" if per_target > kw["passes"] * len(train_dl) + 1e-9 else ""
         accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {synapses:,} synapses (of "
                           f"{sum(p.numel() for p in model.parameters()):,} parameters), target {target}, {per_target:,} "

@@ -920,6 +920,32 @@ def test_a_window_of_one_rounds_a_recorded_fractional_passes_up_to_a_whole_batch
     assert "3 batches per target (0.06 pass(es) of 41 batches, rounded up to a whole batch)" in out, out
 
 
+@pytest.mark.parametrize("update_every, recorded, source", [
+    (1, {"passes": 0.06, "window": 2}, "--mask_only_kw window"),  # the recorded window, not --update_every 1
+    (2, {"passes": 0.06}, "--update_every"),
+])
+def test_the_opening_line_names_where_a_resumed_run_s_window_comes_from(tmp_path, monkeypatch, capsys,
+                                                                        update_every, recorded, source):
+    """A run recorded with --mask_only_kw window 2 (and --update_every 1) reads 4 batches per target
+    for passes 0.06 (2.46 of 41): the opening line said 'whole update windows of 2 (--update_every)'."""
+    import adaptive.mask_only as M
+
+    run = tmp_path / "m"
+    _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(run)])
+    _recorded_before_the_checks(run, update_every=update_every, mask_only_kw=recorded)
+
+    def stub(*a, **kw):  # the opening line is printed before it runs: stop there
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(M, "optimize_connectome", stub)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        _main(["--config", str(run / "config.yaml"), "--resume", "latest"])
+    out = capsys.readouterr().out
+    assert f"4 batches per target (0.06 pass(es) of 41 batches, rounded up to whole update windows of 2 ({source}))" \
+        in out, out
+
+
 def test_a_cpu_run_recorded_with_fp16_resumes_again_with_its_own_command(tmp_path, capsys):
     """Resumed once with --mixed_precision fp16, its new checkpoints recorded 'no', and the same
     command was refused from them."""
