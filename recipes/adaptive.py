@@ -49,7 +49,8 @@ from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive import run_folder  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.diagnostics.silent_units import SilentUnits  # noqa: E402
-from adaptive.data import check_dataset_kw, get_dataloaders as _get_dataloaders, model_before_data, test_images  # noqa: E402
+from adaptive.data import (check_dataset_kw, get_dataloaders as _get_dataloaders, model_before_data,  # noqa: E402
+                           test_images, test_split_size)
 from adaptive.models import build_model_kw  # noqa: E402
 from adaptive.training import (  # noqa: E402
     CHECKPOINT_DIR, STEP_GAMMA, STEP_MILESTONES, TrainState, evaluate, find_checkpoint, list_checkpoints,
@@ -966,7 +967,8 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
                                          + (f"; loss with label smoothing {cfg.label_smoothing:g})" if cfg.label_smoothing
                                             else ")"), cfg.test_subset))
     seconds = time.time() - t0 if recorded is None else elapsed()
-    summary = dict(test_accuracy=test_acc, test_loss=test_loss, test_examples=n_test, holdout_accuracy=holdout_acc,
+    summary = dict(test_accuracy=test_acc, test_loss=test_loss, test_examples=n_test,
+                   test_split_examples=_test_split_size(loaders, n_test, cfg.test_subset), holdout_accuracy=holdout_acc,
                    density=conn.density(), synapses=conn.num_synapses(), live=conn.num_live(), nonzero=_nonzero(conn),
                    steps=state.step, updates=sum(1 for e in ctrl.events if e.get("kind") == "update"), seconds=seconds,
                    processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))
@@ -1327,6 +1329,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     snaps = result.snapshots
     final = snaps.get("best") or (list(snaps.values())[-1] if snaps else None)
     summary = dict(test_accuracy=test_acc, test_loss=test_loss, test_examples=n_test,
+                   test_split_examples=_test_split_size(loaders, n_test, cfg.test_subset),
                    holdout_accuracy=final.holdout_acc if final is not None else None, density=conn.density(),
                    synapses=conn.num_synapses(), live=conn.num_live(), nonzero=_nonzero(conn), steps=state.step,
                    updates=sum(1 for e in result.events if e.get("kind") == "update"),
@@ -1344,6 +1347,12 @@ def _test_eval(cfg, accelerator, model, test_dl):
     with tqdm(total=None, desc="test", unit="batch", leave=False, mininterval=1.0,  # evaluate sets the total
               disable=not (show_progress(cfg.progress) and accelerator.is_local_main_process)) as bar:
         return evaluate(accelerator, model, test_dl, progress=bar)
+
+
+def _test_split_size(loaders, n_test: int, test_subset: Optional[int]) -> int:
+    """summary.json's test_split_examples: the whole test split's size, more than the ``n_test``
+    scored where --test_subset drew fewer."""
+    return test_split_size(loaders.datasets.test if test_subset is not None else None, n_test)
 
 
 def _split_labels(loaders, n_test: int, train: str, test_subset: Optional[int] = None) -> Dict[str, str]:
@@ -1475,9 +1484,12 @@ def _finish(accelerator, output_dir, summary, files):
         files["summary"] = output_dir / "summary.json"
         ho = summary.get("holdout_accuracy")
         zero_live = summary["live"] - summary["nonzero"]
+        n_test = summary["test_examples"]
+        whole = summary.get("test_split_examples", n_test)
+        test = f"a stratified draw of {whole:,}: --test_subset" if whole > n_test else "the whole test split"
         print(
             f"\ndone in {summary['seconds']:.0f}s: test accuracy {100 * summary['test_accuracy']:.2f}% on "
-            f"{summary['test_examples']:,} test images (held-out part of TRAIN {'n/a' if ho is None else f'{100 * ho:.2f}%'}), "
+            f"{n_test:,} test images ({test}; held-out part of TRAIN {'n/a' if ho is None else f'{100 * ho:.2f}%'}), "
             f"density {summary['density']:.4f} ({summary['live']:,} of {summary['synapses']:,} synapses live"
             + (f", {zero_live:,} of them holding exactly 0.0" if zero_live else "")
             + f"), {counted(summary['updates'], 'controller update')}"

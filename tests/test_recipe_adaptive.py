@@ -87,7 +87,8 @@ def test_default_run_writes_every_output(tmp_path, capsys):
     nonzero = sum(int(torch.count_nonzero(sd[n])) for n in res.conn.masks)
     assert res.summary["nonzero"] == nonzero <= res.summary["live"]
     n_test = res.summary["test_examples"]
-    assert f"on {n_test:,} test images (held-out part of TRAIN" in out
+    assert f"on {n_test:,} test images (the whole test split; held-out part of TRAIN" in out
+    assert res.summary["test_split_examples"] == n_test
     cfg_back = load_config(R.RunConfig, tmp_path / "config.yaml")
     labels = R._split_labels(R.get_dataloaders(cfg_back), n_test, "train")
     for subset, want in ((100, "test (100 of 359 images, drawn by --test_subset)"), (5000, f"test ({n_test:,} images)")):
@@ -96,6 +97,17 @@ def test_default_run_writes_every_output(tmp_path, capsys):
         assert R._split_labels(loaders, len(loaders.datasets.test), "train", subset)["test"] == want
     assert labels["holdout"].startswith("held-out (") and labels["holdout"].endswith(" images of TRAIN)")
     assert labels["test"] == f"test ({n_test:,} images)"
+
+
+@pytest.mark.parametrize("mode", [["--mode", "train"], ["--mode", "mask_only", "--target", "0.5"]])
+def test_the_closing_line_says_a_test_subset_is_a_stratified_draw(tmp_path, capsys, mode):
+    """With --test_subset 100 the closing line said 'on 100 test images', as if that were the test
+    split; loss_accuracy.png's legend said it was a draw of 359."""
+    res = R.main(mode + ["--output_dir", str(tmp_path), "--max_steps", "4", "--update_every", "2", "--threads", "1",
+                         "--progress", "false", "--figures", "false", "--test_subset", "100"])
+    out = capsys.readouterr().out
+    assert "on 100 test images (a stratified draw of 359: --test_subset; held-out part of TRAIN " in out, out
+    assert (res.summary["test_examples"], res.summary["test_split_examples"]) == (100, 359)
 
 
 class Stop(Exception):
@@ -934,7 +946,7 @@ def test_mask_only_mode_without_accuracy_writes_its_outputs(tmp_path, capsys):
     rows = read_metrics_csv(tmp_path / "metrics.csv")
     assert all(r["accuracy"] is None for r in rows if r["split"] in ("train", "holdout"))
     assert [r["split"] for r in rows if r["accuracy"] is not None] == ["test"]  # the final report's own
-    assert res.summary["holdout_accuracy"] is None and "(held-out part of TRAIN n/a)" in capsys.readouterr().out
+    assert res.summary["holdout_accuracy"] is None and "; held-out part of TRAIN n/a)" in capsys.readouterr().out
     assert (tmp_path / "loss_accuracy.png").is_file()
 
 

@@ -151,6 +151,12 @@ def is_test_draw(test_dataset, scored: int) -> bool:
     return whole is not None and scored < whole
 
 
+def test_split_size(test_dataset, scored: int) -> int:
+    """The size of the whole test split behind ``scored`` test images: the split a ``test_subset``
+    draw was taken from, else ``scored`` (the whole split was scored)."""
+    return _whole_split_size(test_dataset) or scored
+
+
 def _whole_split_size(test_dataset) -> Optional[int]:
     """The size of the split a ``test_subset`` draw was taken from; None when it is no draw."""
     ds, whole = test_dataset, None
