@@ -38,7 +38,7 @@ import sys
 import json
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 if __name__ == "__main__":  # Ctrl-C while torch is still importing: one line, not a traceback
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -476,9 +476,10 @@ def _delete_run(out: Path, keep=()) -> None:
     run_folder.delete_files(out, run_folder.DERIVED_FILES + RUN_FILES[2:], trees=run_folder.DERIVED_DIRS)
 
 
-def _plot(history, snapshots_rows, events, path, title: str = ""):
+def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images: Optional[int] = None):
     """``curves.png``: loss and accuracy against removed weights, the removed count and swaps per
-    update against step, and the edit boundaries; ``title`` (the model and dataset) heads it."""
+    update against step, and the edit boundaries; ``title`` (the model and dataset) heads it, and
+    the held-out line's legend gives ``holdout_images``, the held-out part's size, where known."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -490,6 +491,7 @@ def _plot(history, snapshots_rows, events, path, title: str = ""):
     evs = [h for h in history if h["kind"] == "eval"]
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     dense = [r for r in snapshots_rows if r.get("removed") == 0 and r.get("holdout_acc") is not None]
+    held_out = "part of TRAIN" + (f", {holdout_images:,} images" if holdout_images is not None else "")
     for ax, key, name in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "acc", "accuracy")):
         ax.plot([h.get("train_removed", h["removed"]) for h in ups], [h[f"train_{key}"] for h in ups], ".", ms=3, alpha=0.5,
                 color=SPLIT_COLOR["train"], label="train (update windows)")
@@ -502,7 +504,7 @@ def _plot(history, snapshots_rows, events, path, title: str = ""):
             ax.plot(*zip(*during), "o", ms=3, mfc="none", color=SPLIT_COLOR["holdout"], alpha=0.8, zorder=3,
                     label="held-out, during a stage")
         ax.plot(sorted(held), [held[r] for r in sorted(held)], "o-", ms=4, color=SPLIT_COLOR["holdout"], zorder=3,
-                label="held-out (part of TRAIN), end of each stage")  # over the test squares at the same counts
+                label=f"held-out ({held_out}), end of each stage")  # over the test squares at the same counts
         rows = [r for r in snapshots_rows if r.get(f"test_{key}") is not None]
         ax.plot([r["removed"] for r in rows], [r[f"test_{key}"] for r in rows], "s", ms=7,
                 color=SPLIT_COLOR["test"], label="test (final report)")
@@ -824,8 +826,8 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
                "pruned_state_dict.pt differs in the last digits" if args.mixed_precision == "bf16" else "")
             + ").\n"
             f"Splits: train = a fixed random sample of {len(train_sample.dataset)} images of the train part (the same for "
-            "every row); held-out = a stratified part of the TRAIN split "
-            "(used for line search and snapshot choice); test = "
+            f"every row); held-out = a stratified part of the TRAIN split ({len(dl.holdout.dataset):,} images; "
+            "used for line search and snapshot choice); test = "
             + _test_split_words(args, dl.test, n_test)  # (the data's loader: a test_loader_hook's wrapper may hide it)
             + ", read only for this report.\n")
     accelerator.print(table + note)
@@ -838,7 +840,8 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
                 f.write(json.dumps(h, default=float) + "\n")
         result.controller.write_events(out / "events.jsonl")
         _plot(result.history, rows, result.events, out / "curves.png",
-              title=run_title(args.model, args.dataset, out, what="prune_pretrained: "))
+              title=run_title(args.model, args.dataset, out, what="prune_pretrained: "),
+              holdout_images=len(dl.holdout.dataset))
         summary = dict(rows=rows, minutes=minutes, processes=accelerator.num_processes,
                        device=accelerator.device.type, mask_hash_per_process=hashes)
         with atomic_path(out / "summary.json") as tmp:
@@ -851,11 +854,11 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
 
 
 def _test_split_words(args, test_loader, n_test: int) -> str:
-    """What results.md says the test rows were: the test split, or --test-subset's draw from it
+    """What results.md says the test rows were: the whole test split, or --test-subset's draw from it
     (a --test-subset of the split's size or more takes the whole split, and says so).
     ``test_loader``: the data's own test loader, whose ``.dataset`` is the draw."""
     if args.test_subset is None:
-        return "the test split"
+        return f"the whole test split ({n_test:,} images)"
     if is_test_draw(test_loader.dataset, n_test):
         return f"a stratified draw from the test split ({test_images(test_loader.dataset, n_test, '--test-subset')})"
     return f"the whole test split ({n_test:,} images: --test-subset {args.test_subset:,} is not smaller)"

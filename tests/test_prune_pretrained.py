@@ -1255,6 +1255,30 @@ def test_test_subset_reports_on_a_stratified_draw(tmp_path, weights, capsys):
         assert "stratified draw from the test split" not in text
 
 
+def test_the_splits_note_and_curves_give_the_held_out_part_s_size_and_the_whole_test_split(tmp_path, weights,
+                                                                                         capsys, monkeypatch):
+    """The Splits note (stdout and results.md) and curves.png's legend said 'a stratified part of the
+    TRAIN split' without its size; without --test-subset the note said 'the test split' uncounted."""
+    import matplotlib.figure
+
+    labels = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def spy(fig, path, **kw):
+        labels.extend(l.get_label() for ax in fig.axes for l in ax.get_lines())
+        return real_savefig(fig, path, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    mod = recipe()
+    n = len(mod.get_dataloaders("fake", batch_size=32, holdout=0.1, subset=192, seed=0).holdout.dataset)
+    mod.main(args(weights, tmp_path / "out", "--remove", "0.5"))
+    out = capsys.readouterr().out
+    for text in (out, (tmp_path / "out" / "results.md").read_text()):
+        assert f"held-out = a stratified part of the TRAIN split ({n:,} images; used for line search" in text
+        assert "test = the whole test split (128 images), read only for this report" in text
+    assert f"held-out (part of TRAIN, {n:,} images), end of each stage" in labels, labels
+
+
 def _mlp_weights(path, hidden):
     torch.manual_seed(0)
     torch.save(build_model("mlp", num_classes=10, in_shape=(64,), hidden=hidden).state_dict(), path)
