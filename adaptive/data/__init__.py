@@ -295,7 +295,7 @@ def get_dataloaders(name: str, batch_size: int = 128, data_dir=None, holdout: fl
 __all__ = [
     "get_datasets", "get_dataloaders", "DatasetSplits", "DataLoaders", "DatasetNotFoundError",
     "register_dataset", "available_datasets", "check_dataset_kw", "dataset_facts", "model_before_data", "test_images",
-    "is_test_draw",
+    "is_test_draw", "test_split_size",
     "Source", "LazyDataset", "TensorImages",
     "stratified_split", "stratified_subset", "random_crop_flip", "resolve_data_dir",
 ]
