@@ -900,14 +900,13 @@ def test_a_resumed_mask_only_run_evaluates_as_its_recorded_mask_only_kw_did(tmp_
     assert (got["eval_every"], got["window"]) == (eval_every, recorded.get("window", update_every))
 
 
-def test_a_window_of_one_rounds_a_recorded_fractional_passes_up_to_a_whole_batch(tmp_path, monkeypatch, capsys):
-    """A run recorded with --mask_only_kw passes 0.06 (2.46 of 41 batches) reads 3 batches per target;
-    with --update_every 1 the opening line said 'rounded up to whole update windows of 1 (--update_every)'."""
+def _resumed_opening_line(tmp_path, monkeypatch, capsys, **recorded):
+    """What a mask-only run, recorded with ``recorded`` settings and resumed, prints before it optimises."""
     import adaptive.mask_only as M
 
     run = tmp_path / "m"
     _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(run)])
-    _recorded_before_the_checks(run, update_every=1, mask_only_kw={"passes": 0.06})
+    _recorded_before_the_checks(run, **recorded)
 
     def stub(*a, **kw):  # the opening line is printed before it runs: stop there
         raise KeyboardInterrupt
@@ -916,7 +915,13 @@ def test_a_window_of_one_rounds_a_recorded_fractional_passes_up_to_a_whole_batch
     capsys.readouterr()
     with pytest.raises(SystemExit):
         _main(["--config", str(run / "config.yaml"), "--resume", "latest"])
-    out = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def test_a_window_of_one_rounds_a_recorded_fractional_passes_up_to_a_whole_batch(tmp_path, monkeypatch, capsys):
+    """A run recorded with --mask_only_kw passes 0.06 (2.46 of 41 batches) reads 3 batches per target;
+    with --update_every 1 the opening line said 'rounded up to whole update windows of 1 (--update_every)'."""
+    out = _resumed_opening_line(tmp_path, monkeypatch, capsys, update_every=1, mask_only_kw={"passes": 0.06})
     assert "3 batches per target (0.06 pass(es) of 41 batches, rounded up to a whole batch)" in out, out
 
 
@@ -928,20 +933,7 @@ def test_the_opening_line_names_where_a_resumed_run_s_window_comes_from(tmp_path
                                                                         update_every, recorded, source):
     """A run recorded with --mask_only_kw window 2 (and --update_every 1) reads 4 batches per target
     for passes 0.06 (2.46 of 41): the opening line said 'whole update windows of 2 (--update_every)'."""
-    import adaptive.mask_only as M
-
-    run = tmp_path / "m"
-    _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(run)])
-    _recorded_before_the_checks(run, update_every=update_every, mask_only_kw=recorded)
-
-    def stub(*a, **kw):  # the opening line is printed before it runs: stop there
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(M, "optimize_connectome", stub)
-    capsys.readouterr()
-    with pytest.raises(SystemExit):
-        _main(["--config", str(run / "config.yaml"), "--resume", "latest"])
-    out = capsys.readouterr().out
+    out = _resumed_opening_line(tmp_path, monkeypatch, capsys, update_every=update_every, mask_only_kw=recorded)
     assert f"4 batches per target (0.06 pass(es) of 41 batches, rounded up to whole update windows of 2 ({source}))" \
         in out, out
 

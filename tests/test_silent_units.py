@@ -283,13 +283,8 @@ def test_a_mask_replaced_by_a_tensor_that_reuses_the_old_ones_id_is_read_anew():
         pytest.skip("no mask tensor took the cached one's address")
 
 
-@pytest.mark.parametrize("mask_in_backward", [True, False])
-def test_a_bias_free_unit_whose_live_inputs_are_all_zero_counts_alike_under_masked_and_dense_gradients(
-        mask_in_backward):
-    """Unit 2 of a bias-free layer keeps one live synapse, from an input that is always 0: no gradient
-    reaches a live weight of it. The dense gradient of its pruned weights reads the other inputs and is
-    not 0, so it counted as reached at steps whose gradients were dense (several processes, an observer
-    reading dense gradients, conn.mask_in_backward = False) and as silent on one process."""
+def _unit_2_reads_only_input_0():
+    """A bias-free Linear(5, 8) whose unit 2 keeps one live synapse, from input 0, attached to SGD."""
     from adaptive import Connectome
 
     torch.manual_seed(0)
@@ -301,6 +296,17 @@ def test_a_bias_free_unit_whose_live_inputs_are_all_zero_counts_alike_under_mask
     conn.set_masks({"0.weight": mask})
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     conn.attach(opt)
+    return m, conn, mask, opt
+
+
+@pytest.mark.parametrize("mask_in_backward", [True, False])
+def test_a_bias_free_unit_whose_live_inputs_are_all_zero_counts_alike_under_masked_and_dense_gradients(
+        mask_in_backward):
+    """Unit 2 of a bias-free layer keeps one live synapse, from an input that is always 0: no gradient
+    reaches a live weight of it. The dense gradient of its pruned weights reads the other inputs and is
+    not 0, so it counted as reached at steps whose gradients were dense (several processes, an observer
+    reading dense gradients, conn.mask_in_backward = False) and as silent on one process."""
+    m, conn, mask, opt = _unit_2_reads_only_input_0()
     conn.mask_in_backward = mask_in_backward
     s = SilentUnits.from_connectome(conn)
     for _ in range(3):
@@ -318,17 +324,7 @@ def test_a_bias_free_unit_whose_live_inputs_are_all_zero_counts_alike_under_mask
 def test_a_nan_in_the_dense_gradient_of_a_pruned_weight_does_not_make_its_unit_reached():
     """As above, with the dense gradient at unit 2's pruned weights NaN: it was masked by a multiply
     by the 0/1 mask, 0 * NaN = NaN, and NaN counts as reached. Masked exactly, unit 2 stays silent."""
-    from adaptive import Connectome
-
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Linear(5, 8, bias=False), nn.Tanh(), nn.Linear(8, 3))
-    conn = Connectome(m)
-    mask = torch.ones(8, 5, dtype=torch.bool)
-    mask[2] = False
-    mask[2, 0] = True
-    conn.set_masks({"0.weight": mask})
-    opt = torch.optim.SGD(m.parameters(), lr=0.1)
-    conn.attach(opt)
+    m, conn, mask, opt = _unit_2_reads_only_input_0()
     conn.mask_in_backward = False  # the gradient is dense at observe()
     m[0].weight.register_hook(lambda g: g.masked_fill(~mask, float("nan")))
     s = SilentUnits.from_connectome(conn)
