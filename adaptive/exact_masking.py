@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import torch
 
-_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # element width -> integer type
+INT_OF_WIDTH = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # element width -> integer type
 
 
 def mask_dtype(t: torch.Tensor) -> torch.dtype:
     """The integer type of ``t``'s element width (of each half of a complex128), in which a 0/1
     mask for ``t`` is kept."""
-    return torch.int64 if t.dtype == torch.complex128 else _BITS[t.element_size()]
+    return torch.int64 if t.dtype == torch.complex128 else INT_OF_WIDTH[t.element_size()]
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -39,7 +39,7 @@ def bits(t: torch.Tensor) -> torch.Tensor:
     ``t``'s shape broadcasts over."""
     if t.dtype == torch.complex128:
         return torch.view_as_real(t).view(torch.int64).movedim(-1, 0)
-    return t.view(_BITS[t.element_size()])
+    return t.view(INT_OF_WIDTH[t.element_size()])
 
 
 def _lazy_view(t: torch.Tensor) -> bool:

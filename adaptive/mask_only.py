@@ -51,6 +51,7 @@ from torch import nn
 from . import mask_only_checkpoint as ckpt
 from .connectome import Connectome, _uncompiled
 from .discovery import discover, state_dict_keys
+from .exact_masking import INT_OF_WIDTH
 from .global_rng import seeded_global_rng
 from .distributed import all_reduce_mean_, check_masks_agree, is_distributed, world_size
 from .controller import Controller
@@ -918,9 +919,6 @@ def restore_original(conn: Connectome, exc: Optional[BaseException] = None) -> N
                      "(every synapse present) were restored, and no snapshot was kept")
 
 
-_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
 def changed_weights(conn: Connectome) -> int:
     """Surviving synapses whose bits differ from the original weight's (must be 0 in mask_only)."""
     if not conn.original:
@@ -956,7 +954,7 @@ def _bits(t: torch.Tensor) -> Optional[torch.Tensor]:
     t = t.resolve_conj().resolve_neg()
     if t.is_complex():
         t = torch.view_as_real(t)
-    bits = _INT_VIEW.get(t.element_size())
+    bits = INT_OF_WIDTH.get(t.element_size())
     return None if bits is None else t.view(bits)
 
 
