@@ -158,7 +158,7 @@ class Connectome:
         # Hot-path cache: the non-dense layers' parameters and their masks as 0/1 integers of the
         # parameter's width on its device, multiplied into the bits of weights and gradients
         # (adaptive.exact_masking): exact even over inf and NaN, the kernel as fast as a float multiply
-        # (~7x faster than one by a bool mask; the integer views cost ~0.6 us each), and torch._foreach_mul_ does all layers in one call.
+        # (faster than one by a bool mask; each integer view costs a little Python), and torch._foreach_mul_ does all layers in one call.
         self._hot: Optional[tuple] = None
         # Ensemble masks as last pooled (see _ensemble_mask): name -> (weakref to the mask pooled,
         # its version, its address, the granularity, the ensemble mask).

@@ -9,9 +9,9 @@ Here the tensor's bits, viewed as integers of the same width, are multiplied by 
 for every value. A pruned position becomes all-zero bits (+0.0, never -0.0); a live one keeps its
 bits, NaN and inf included (a divergence stays visible where a synapse exists). It reads and writes
 the same bytes as the float multiply, at the same speed, also in one ``torch._foreach_mul_`` over
-many tensors; ``torch.where`` and ``masked_fill_`` with a bool mask were 10-40x slower on a CPU. What
-it adds is the integer view of each tensor, about 0.6 us of Python per tensor on a CPU (ResNet-20's
-20 gradients: 40 -> 55 us per pass, against a step of several milliseconds).
+many tensors; ``torch.where`` and ``masked_fill_`` with a bool mask were far slower on a CPU. What
+it adds is the integer view of each tensor, a small fixed Python cost per tensor; the whole step's
+overhead is measured by ``recipes/benchmarks/overhead.py``.
 
 There is no 128-bit integer for a complex128 tensor (a model cast to complex after its connectome
 was built): its bits are its real and imaginary float64 halves as int64, laid out with the halves
