@@ -33,6 +33,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from . import ops
+from adaptive.discovery import to_out_in
 from adaptive.warn import warn_user
 from adaptive.global_rng import global_states, set_global_states
 
@@ -79,8 +80,7 @@ class LayerFlow:
     def part(self, t: torch.Tensor) -> torch.Tensor:
         """This layer's rows of a tensor shaped like the whole parameter, laid out as ``shape``."""
         if self.transposed:
-            g, (o, ipg) = self.groups, self.shape[:2]
-            return t.reshape(g, ipg, o // g, *t.shape[2:]).transpose(1, 2).reshape(o, ipg, *t.shape[2:])
+            return to_out_in(t, self.groups)  # as a transposed layer's granularity sees it
         return t if self.rows is None else t[self.rows[0]:self.rows[1]]
 
 
