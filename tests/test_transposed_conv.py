@@ -235,3 +235,49 @@ def test_compact_keeps_a_pruned_up_convolution_correct():
     # enc's dead channel goes; the up-convolution is not shrunk (nor are the channels it reads), its zeros stay
     assert small.enc.out_channels == 3 and small.up.weight.shape == model.up.weight.shape
     assert torch.equal(small.up.weight, model.up.weight)
+
+
+def test_all_ones_and_mask_only_on_a_transposed_layer():
+    torch.manual_seed(0)
+    plain, model = UNet(groups=2), UNet(groups=2)
+    model.load_state_dict(plain.state_dict())
+    original = model.up.weight.detach().clone()
+    conn = adaptive.Connectome(model, ensemble="kernel", mode="mask_only")
+    x = torch.randn(2, 2, 8, 8)
+    assert torch.equal(model(x), plain(x))  # an all-ones connectome computes what the plain model does
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    conn.attach(opt)
+    es = conn.granularity_of("up.weight").ensemble_shape(original.shape)
+    conn.set_ensemble_masks({"up.weight": torch.rand(es) < 0.5})
+    for _ in range(3):
+        model(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    live = conn.masks["up.weight"]
+    assert torch.equal(model.up.weight[live].view(torch.int32), original[live].view(torch.int32))  # not one bit moved
+    assert bool((model.up.weight[~live] == 0).all())
+    conn.set_masks({"up.weight": torch.ones_like(live)})
+    assert torch.equal(model.up.weight.view(torch.int32), original.view(torch.int32))
+
+
+def test_the_module_order_fallback_chains_a_transposed_layer_by_its_units():
+    class Dynamic(nn.Module):  # data-dependent control flow: fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.down = nn.Conv1d(2, 4, 2, stride=2)
+            self.up = nn.ConvTranspose1d(4, 6, 2, stride=2, groups=2)  # weight (in 4, out/groups 3, 2)
+            self.head = nn.Conv1d(6, 1, 1)
+
+        def forward(self, x):
+            if x.sum() > 0:
+                x = -x
+            return self.head(self.up(self.down(x)))
+
+    model = Dynamic()
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"up.weight": torch.tensor([True, True, False, True, True, True])})
+    with pytest.warns(UserWarning, match="module order"):
+        g = graphs.build(conn, level="unit", example_input=torch.randn(1, 2, 8))
+    # input channels 0-1 feed outputs 0-2 (output 2 pruned), 2-3 feed 3-5; up's 6 units feed head's one input each
+    assert _edges(g, "down", "up") == {(c, o) for c in range(4) for o in ((0, 1) if c < 2 else (3, 4, 5))}
+    assert _edges(g, "up", "head") == {(o, 0) for o in range(6)}
