@@ -10,6 +10,7 @@ from torch import nn
 import adaptive
 import graphs
 from adaptive.budgets import get_budget
+from adaptive.policies.base import ensemble_size
 
 
 class UNet(nn.Module):
@@ -281,3 +282,20 @@ def test_the_module_order_fallback_chains_a_transposed_layer_by_its_units():
     # input channels 0-1 feed outputs 0-2 (output 2 pruned), 2-3 feed 3-5; up's 6 units feed head's one input each
     assert _edges(g, "down", "up") == {(c, o) for c in range(4) for o in ((0, 1) if c < 2 else (3, 4, 5))}
     assert _edges(g, "up", "head") == {(o, 0) for o in range(6)}
+
+
+@pytest.mark.parametrize("policy", ["magnitude", "rigl"])
+def test_a_conv_and_a_transposed_conv_of_one_stored_shape_keep_their_own_ensemble_sizes(policy):
+    # Conv2d(8, 4, 3) and ConvTranspose2d(4, 8, 3) both store (4, 8, 3, 3): 4 neurons of 72 synapses,
+    # 8 neurons of 36. Sizes cached by spec and stored shape alone gave the second the first's
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 4, 3), nn.ConvTranspose2d(4, 8, 3))
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    assert [ensemble_size(conn.granularity_of(n), conn.layers[n].shape) for n in conn.names] == [72.0, 36.0]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    adaptive.Controller(conn, opt, policy=policy, density=0.5, budget="uniform", update_every=1, end_step=2, seed=0)
+    for _ in range(2):
+        model(torch.randn(2, 8, 6, 6)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    assert {n: float(m.float().mean()) for n, m in conn.masks.items()} == {"0.weight": 0.5, "1.weight": 0.5}
