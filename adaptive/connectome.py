@@ -1013,14 +1013,18 @@ class Connectome:
         if empty:
             sd.update({k: {n: v for n, v in sd[k].items() if n not in empty} if sd[k] is not None else None
                        for k in ("masks", "original", "ensembles")})
-        if "ensemble" in sd:
-            self._check_same_ensembles(sd["ensemble"], sd.get("ensembles"), "state_dict")
         missing = [n for n in self.masks if n not in sd["masks"]]
-        if missing:
+        if missing:  # said before the granularities are compared: those of the missing layers differ too
+            up = [self.layers[n].module_name for n in missing if self.layers[n].transposed]
             raise KeyError(f"state_dict has no mask for {missing[:5]}{'...' if len(missing) > 5 else ''}: it was saved "
                            "from a connectome over other layers (another include=/exclude=, or another model), and "
                            "nothing was loaded; build this Connectome over the layers it was saved with, or carry "
-                           "over the masks it has with conn.set_masks(sd['masks']) (the other layers keep theirs)")
+                           "over the masks it has with conn.set_masks(sd['masks']) (the other layers keep theirs)" + (
+                               f". A state saved before transposed convolutions were synapses has no mask for them: "
+                               f"to resume it, build the Connectome with exclude={up[:5]} (they stay dense, as then)"
+                               if up else ""))
+        if "ensemble" in sd:
+            self._check_same_ensembles(sd["ensemble"], sd.get("ensembles"), "state_dict")
         original = sd.get("original") or {}
         for n, o in original.items():
             if n not in self.params:

@@ -299,3 +299,20 @@ def test_a_conv_and_a_transposed_conv_of_one_stored_shape_keep_their_own_ensembl
         opt.step()
         opt.zero_grad()
     assert {n: float(m.float().mean()) for n, m in conn.masks.items()} == {"0.weight": 0.5, "1.weight": 0.5}
+
+
+@pytest.mark.parametrize("ensemble", ["neuron", {"enc": "kernel", "*": "neuron"}])
+def test_a_state_saved_before_transposed_layers_were_synapses_is_refused_with_the_way_to_resume_it(ensemble):
+    # the state an older version saved: a connectome over every layer but the (then dense) up-convolution
+    torch.manual_seed(0)
+    old = adaptive.Connectome(UNet(), ensemble=ensemble, exclude=["up"])
+    old.set_ensemble_masks({n: torch.rand(old.granularity_of(n).ensemble_shape(m.shape)) < 0.5 for n, m in old.masks.items()})
+    sd = old.state_dict()
+    now = adaptive.Connectome(UNet(), ensemble=ensemble)
+    before = {n: m.clone() for n, m in now.masks.items()}
+    with pytest.raises(KeyError, match=r"no mask for \['up.weight'\].*exclude=\['up'\]"):
+        now.load_state_dict(sd)
+    assert all(torch.equal(now.masks[n], before[n]) for n in before)  # nothing loaded
+    resumed = adaptive.Connectome(UNet(), ensemble=ensemble, exclude=["up"])  # as the message says
+    resumed.load_state_dict(sd)
+    assert all(torch.equal(resumed.masks[n], old.masks[n]) for n in old.names)
