@@ -316,3 +316,23 @@ def test_a_state_saved_before_transposed_layers_were_synapses_is_refused_with_th
     resumed = adaptive.Connectome(UNet(), ensemble=ensemble, exclude=["up"])  # as the message says
     resumed.load_state_dict(sd)
     assert all(torch.equal(resumed.masks[n], old.masks[n]) for n in old.names)
+
+
+def test_graphs_cli_reads_the_class_count_of_a_transposed_head_from_its_output_channels(tmp_path):
+    from graphs.cli import _classes_used_last
+
+    class Segmenter(nn.Module):  # the head, an up-convolution to 5 classes, stores its weight (in 8, 5/groups 5, 2, 2)
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1, stride=2)
+            self.head = nn.ConvTranspose2d(8, 5, 2, stride=2)
+
+        def forward(self, x):
+            return self.head(F.relu(self.stem(x)))
+
+    net = Segmenter()
+    adaptive.Connectome(net).save(tmp_path / "c.safetensors")
+    assert _classes_used_last(net, str(tmp_path / "c.safetensors"), None) == 5
+    torch.save(net.state_dict(), tmp_path / "w.pt")  # the head left out of the connectome: read from the weights
+    adaptive.Connectome(net, exclude=["head"]).save(tmp_path / "stem.safetensors")
+    assert _classes_used_last(net, str(tmp_path / "stem.safetensors"), str(tmp_path / "w.pt")) == 5
