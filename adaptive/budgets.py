@@ -195,12 +195,12 @@ def uniform_budget(layers, density, protected=(), min_density=0.0):
 def erk_budget(layers, density, protected=(), min_density=0.0):
     """Erdős–Rényi-Kernel (Evci et al. 2020): density proportional to
     (sum of the weight's dimensions) / (product of its dimensions)."""
-    w = {n: sum(l.shape) / l.numel for n, l in layers.items()}
+    w = {n: sum(l.out_in_shape) / l.numel for n, l in layers.items()}  # (out, in/groups, *kernel), transposed too
     return _allocate(layers, density, w, protected, min_density)
 
 
 @register_budget("er")
 def er_budget(layers, density, protected=(), min_density=0.0):
     """Erdős–Rényi (Mocanu et al. 2018): density proportional to (fan_in + fan_out)/(fan_in * fan_out)."""
-    w = {n: (l.shape[0] + l.shape[1]) / (l.shape[0] * l.shape[1]) for n, l in layers.items()}
+    w = {n: (l.out_in_shape[0] + l.out_in_shape[1]) / (l.out_in_shape[0] * l.out_in_shape[1]) for n, l in layers.items()}
     return _allocate(layers, density, w, protected, min_density)

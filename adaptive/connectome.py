@@ -30,7 +30,7 @@ from . import bitpack, ensemble_rules
 from .atomic import atomic_path
 from .discovery import (SynapseLayer, aliases, discover, holds_synapses, prunable_names, shared_weight_warning,
                         state_dict_keys)
-from .ensembles import Granularity, check_granularity, expands_exactly
+from .ensembles import Granularity, check_granularity, expands_exactly, for_layer, unwrapped
 from .exact_masking import bits, int_mask, mask_, mask_dtype
 from .grad_masking import BackwardMasker
 from .optim_state import preserves_zeros, reset_state, unwrap_optimizer, zero_eps_warning
@@ -98,7 +98,7 @@ class Connectome:
     """Any ``nn.Module`` as a masked connectome of synapse ensembles.
 
     Args:
-        model: the network. Its Linear and Conv1d/2d/3d weights are the synapses. A
+        model: the network. Its Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d weights are the synapses. A
             ``torch.compile`` wrapper is taken as the module it wraps (same parameters, its names).
         ensemble: granularity spec: "synapse", "kernel", "neuron", "block:RxC" or "n:m"; or rules
             giving layers different ones, first match wins: ``{"*mlp*": "neuron", "*": "synapse"}``
@@ -149,6 +149,8 @@ class Connectome:
         held = aliases(model)  # a tied weight answers to every name it has, as in include/exclude
         self.granularities, self._ensemble = ensemble_rules.resolve(
             ensemble, list(self.params), {n: held.get(id(p), ()) + (n, n.rpartition(".")[0]) for n, p in self.params.items()})
+        # a transposed convolution's granularity sees its weight laid out (out, in/groups, *kernel)
+        self.granularities = {n: for_layer(g, self.layers[n]) for n, g in self.granularities.items()}
         checked = set()  # a plugin granularity's pool and expand agree (once per granularity and shape)
         for n, g in self.granularities.items():
             key = (id(g), tuple(self.masks[n].shape))  # by identity: a plugin's dataclass may not hash
@@ -194,11 +196,12 @@ class Connectome:
 
     @property
     def granularity(self) -> Granularity:
-        """The granularity shared by every layer (:meth:`granularity_of` gives a layer's own)."""
+        """The granularity shared by every layer (:meth:`granularity_of` gives a layer's own, which
+        for a transposed convolution sees its weight laid out ``(out, in/groups, *kernel)``)."""
         if self._mixed():
             raise AttributeError(f"this connectome's layers use different granularities ({self.ensemble!r}): "
                                  "use conn.granularity_of(name) or conn.granularities[name]")
-        return next(iter(self.granularities.values()))
+        return unwrapped(next(iter(self.granularities.values())))
 
     def granularity_of(self, name: str) -> Granularity:
         """The ensemble granularity of layer ``name``."""
@@ -1010,14 +1013,18 @@ class Connectome:
         if empty:
             sd.update({k: {n: v for n, v in sd[k].items() if n not in empty} if sd[k] is not None else None
                        for k in ("masks", "original", "ensembles")})
-        if "ensemble" in sd:
-            self._check_same_ensembles(sd["ensemble"], sd.get("ensembles"), "state_dict")
         missing = [n for n in self.masks if n not in sd["masks"]]
-        if missing:
+        if missing:  # said before the granularities are compared: those of the missing layers differ too
+            up = [self.layers[n].module_name for n in missing if self.layers[n].transposed]
             raise KeyError(f"state_dict has no mask for {missing[:5]}{'...' if len(missing) > 5 else ''}: it was saved "
                            "from a connectome over other layers (another include=/exclude=, or another model), and "
                            "nothing was loaded; build this Connectome over the layers it was saved with, or carry "
-                           "over the masks it has with conn.set_masks(sd['masks']) (the other layers keep theirs)")
+                           "over the masks it has with conn.set_masks(sd['masks']) (the other layers keep theirs)" + (
+                               f". A state saved before transposed convolutions were synapses has no mask for them: "
+                               f"to resume it, build the Connectome with exclude={up[:5]} (they stay dense, as then)"
+                               if up else ""))
+        if "ensemble" in sd:
+            self._check_same_ensembles(sd["ensemble"], sd.get("ensembles"), "state_dict")
         original = sd.get("original") or {}
         for n, o in original.items():
             if n not in self.params:
@@ -1165,7 +1172,7 @@ class Connectome:
                 raise ValueError(
                     f"the saved connectome has synapses in {n!r}, but in this model {mname or 'the model'!r} is of type "
                     f"{type(module).__name__}, whose {attr!r} holds no synapses (a Connectome prunes Linear, "
-                    "Conv1d/2d/3d, MultiheadAttention and RNN/LSTM/GRU weights): load the file into a model of the "
+                    "Conv1d/2d/3d, ConvTranspose1d/2d/3d, MultiheadAttention and RNN/LSTM/GRU weights): load the file into a model of the "
                     "architecture it was saved from, or build a new Connectome on this model")
             if tuple(params[n].shape) != s:
                 raise ValueError(f"shape mismatch for {n!r}: saved {s}, model has {tuple(params[n].shape)}")

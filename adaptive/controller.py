@@ -685,8 +685,8 @@ class Controller:
     def _grow_init_fn(self):
         if self.grow_init == "random":
             def f(name, grown):
-                p = self.conn.params[name]
-                fan_in = max(1, p[0].numel())
+                p, layer = self.conn.params[name], self.conn.layers[name]
+                fan_in = max(1, layer.numel // layer.out_units)  # one output unit's synapses (a transposed conv's too)
                 g = self._generator(self.step_count, 10_000 + self._layer_index[name])
                 return torch.randn(p.shape, generator=g) * (0.01 / fan_in**0.5)
 

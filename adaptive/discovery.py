@@ -1,7 +1,8 @@
 """Finding the synapses of an arbitrary ``nn.Module``.
 
-A synapse is one scalar weight of a Linear or Conv1d/2d/3d layer (grouped and depthwise
-included) or of a MultiheadAttention's input projections (``in_proj_weight``, or ``q_proj_weight``,
+A synapse is one scalar weight of a Linear, Conv1d/2d/3d or ConvTranspose1d/2d/3d layer (grouped
+and depthwise included; a transposed convolution's weight is stored ``(in, out/groups, *kernel)``,
+see :class:`SynapseLayer`) or of a MultiheadAttention's input projections (``in_proj_weight``, or ``q_proj_weight``,
 ``k_proj_weight`` and ``v_proj_weight`` when keys and values have their own sizes; its
 ``out_proj`` is a Linear) or of a recurrent layer's matrices (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``:
 ``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``). Complex-valued weights are not synapses (they stay
@@ -30,8 +31,10 @@ from torch.nn.utils.weight_norm import WeightNorm
 from .config import split_commas
 from .warn import warn_user
 
-PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONV_KIND = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d"}
+TRANSPOSED_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d) + TRANSPOSED_TYPES
+_CONV_KIND = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d", nn.ConvTranspose1d: "convtranspose1d",
+              nn.ConvTranspose2d: "convtranspose2d", nn.ConvTranspose3d: "convtranspose3d"}
 _RNN_MATRIX = re.compile(r"weight_(ih|hh|hr)_l\d+(_reverse)?")
 ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 
@@ -92,7 +95,7 @@ def _hook_sources(module: nn.Module, hook) -> list:
 def _prunable_weights(module: nn.Module):
     """``(parameter attribute, kind, groups)`` of each weight of ``module`` that holds synapses."""
     if isinstance(module, PRUNABLE_TYPES):
-        kind = "linear" if isinstance(module, nn.Linear) else _CONV_KIND[next(c for c in _CONV_KIND if isinstance(module, c))]
+        kind = "linear" if isinstance(module, nn.Linear) else next(k for c, k in _CONV_KIND.items() if isinstance(module, c))
         return [("weight", kind, int(getattr(module, "groups", 1)))]
     if isinstance(module, nn.MultiheadAttention):
         # a projection of the input to queries, keys or values: a Linear without the module (a plain
@@ -118,21 +121,38 @@ def holds_synapses(module: nn.Module, attr: str) -> bool:
 class SynapseLayer:
     """Bookkeeping for one prunable weight (``Connectome.layers[name]``): its parameter ``name`` and
     ``module_name``, the ``kind`` of layer, the weight's shape and its convolution groups. ``out_units`` and
-    ``in_units`` are the units the synapses join (channels for a convolution)."""
+    ``in_units`` are the units the synapses join (channels for a convolution).
+
+    A weight is stored ``(out, in/groups, *kernel)``, except a transposed convolution's
+    (``nn.ConvTranspose1d/2d/3d``, ``transposed``), which PyTorch stores ``(in, out/groups, *kernel)``.
+    Elementwise work (masks, scores, optimizer repair) reads the weight as it is stored; whatever
+    needs the output axis (a neuron, a kernel, a block, an n:m group, fan-in) reads it through
+    :meth:`out_in`, which lays a weight-shaped tensor out as ``out_in_shape``, ``(out, in/groups,
+    *kernel)`` for every layer, and :meth:`stored`, its inverse."""
 
     name: str  # parameter name, e.g. "layer1.0.conv1.weight"
     module_name: str  # e.g. "layer1.0.conv1"
-    kind: str  # "linear", "conv1d", "conv2d", "conv3d"
-    shape: tuple  # weight shape (out, in_per_group, *kernel)
+    kind: str  # "linear", "conv1d", "conv2d", "conv3d", "convtranspose1d", "convtranspose2d", "convtranspose3d"
+    shape: tuple  # weight shape as stored: (out, in_per_group, *kernel); (in, out_per_group, *kernel) if transposed
     groups: int  # convolution groups (1 for Linear)
 
     @property
+    def transposed(self) -> bool:
+        """The weight is stored ``(in, out/groups, *kernel)`` (``nn.ConvTranspose1d/2d/3d``)."""
+        return self.kind.startswith("convtranspose")
+
+    @property
+    def out_in_shape(self) -> tuple:
+        """The weight's shape laid out ``(out, in/groups, *kernel)``, as :meth:`out_in` returns it."""
+        return transposed_shape(self.shape, self.groups) if self.transposed else tuple(self.shape)
+
+    @property
     def out_units(self) -> int:
-        return self.shape[0]
+        return self.out_in_shape[0]
 
     @property
     def in_units(self) -> int:
-        return self.shape[1] * self.groups
+        return self.out_in_shape[1] * self.groups
 
     @property
     def numel(self) -> int:
@@ -140,6 +160,34 @@ class SynapseLayer:
         for s in self.shape:
             n *= s
         return n
+
+    def out_in(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor shaped like the stored weight, laid out ``(out, in/groups, *kernel)`` (itself
+        unless ``transposed``): entry ``[o, i, ...]`` joins input unit ``(o // (out/groups)) *
+        (in/groups) + i`` to output unit ``o``."""
+        return to_out_in(t, self.groups) if self.transposed else t
+
+    def stored(self, t: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`out_in`: a tensor laid out ``out_in_shape`` back in the stored layout."""
+        return from_out_in(t, self.groups) if self.transposed else t
+
+
+def transposed_shape(shape, groups: int) -> tuple:
+    """``(a, b/groups, *kernel)`` from ``(b, a/groups, *kernel)``: a transposed convolution's
+    stored weight shape to its ``(out, in/groups, *kernel)`` one, and back."""
+    return (shape[1] * groups, shape[0] // groups, *shape[2:])
+
+
+def to_out_in(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """A transposed convolution's weight-shaped tensor, stored ``(in, out/groups, *kernel)``, laid out
+    ``(out, in/groups, *kernel)``: within each group the two unit axes swap (a copy)."""
+    ipg, opg = t.shape[0] // groups, t.shape[1]
+    return t.reshape(groups, ipg, opg, *t.shape[2:]).transpose(1, 2).reshape(groups * opg, ipg, *t.shape[2:])
+
+
+def from_out_in(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """The inverse of :func:`to_out_in` (the same swap: it is its own inverse, read with the groups)."""
+    return to_out_in(t, groups)
 
 
 def _as_patterns(p: Optional[Iterable[str] | str], what: str = "include/exclude") -> Sequence[str]:
@@ -211,7 +259,7 @@ _NOT_A_WEIGHT = re.compile(r"bias|embed|token|pos|norm|scale|gamma|beta", re.IGN
 
 def _other_weight_matrices(model: nn.Module, seen: set) -> list:
     """``(name, module type, torch's own)`` of weight tensors that no prunable layer holds: a
-    parameter named ``*weight*`` with two or more dimensions (ConvTranspose, Bilinear), and a matrix
+    parameter named ``*weight*`` with two or more dimensions (Bilinear), and a matrix
     of a module of the user's own (two or more dimensions of more than one entry: ``self.w`` read by
     ``F.linear(x, self.w)``) unless its name says it is a table, token or scale (a position
     embedding). Embeddings are not synapses by design and are not listed, nor are the tensors a
@@ -351,7 +399,7 @@ def discover(
         own = [n for n, _, torchs in others if not torchs]
         warn_user(
             f"{len(others)} weight tensor(s) are not synapses of the connectome and stay dense: {shown}. A "
-            "Connectome prunes nn.Linear and nn.Conv1d/2d/3d weights, nn.MultiheadAttention's projections and "
+            "Connectome prunes nn.Linear, nn.Conv1d/2d/3d and nn.ConvTranspose1d/2d/3d weights, nn.MultiheadAttention's projections and "
             "nn.RNN/LSTM/GRU matrices" + (
                 f"; {_listed(own)} {'is a parameter' if len(own) == 1 else 'are parameters'} of your own module(s): "
                 f"to prune one, {HOLD_IN_A_LAYER}; one that is no weight matrix rightly stays dense" if own else ""))
@@ -379,7 +427,7 @@ def discover(
             raise ValueError(f"{type(model).__name__} has no prunable layers: " + "; and ".join(reasons))
         raise ValueError(
             f"{type(model).__name__} has no prunable layers: a Connectome needs at least one nn.Linear, "
-            f"nn.Conv1d/2d/3d, nn.MultiheadAttention or nn.RNN/LSTM/GRU weight"
+            f"nn.Conv1d/2d/3d, nn.ConvTranspose1d/2d/3d, nn.MultiheadAttention or nn.RNN/LSTM/GRU weight"
         )
     for kind, patterns, used in (("include", inc, used_inc), ("exclude", exc, used_exc)):
         unused = [p for p in patterns if p not in used]
@@ -394,7 +442,7 @@ def discover(
             if others:  # a bias, an embedding table, a bare Parameter read by F.linear: named, not prunable
                 raise ValueError(
                     f"{kind} pattern(s) {unused} matched no prunable layer: they match the parameter(s) "
-                    f"{_listed(others)}, which are not weights of a prunable layer (nn.Linear, nn.Conv1d/2d/3d, "
+                    f"{_listed(others)}, which are not weights of a prunable layer (nn.Linear, nn.Conv1d/2d/3d, nn.ConvTranspose1d/2d/3d, "
                     "nn.MultiheadAttention's projections, nn.RNN/LSTM/GRU matrices), so they are never synapses; "
                     f"to prune a weight, {HOLD_IN_A_LAYER}")
             raise ValueError(f"{kind} pattern(s) {unused} matched no prunable layer; check module names with "

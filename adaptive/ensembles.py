@@ -2,7 +2,9 @@
 
 A granularity maps a weight tensor of shape ``(out, in_per_group, *kernel)`` to a tensor of
 *ensemble* scores (``pool``) and an ensemble mask back to a synapse mask (``expand``). Both are
-pure tensor code. New granularities register themselves with :func:`register_granularity` and are
+pure tensor code. A transposed convolution's weight, stored ``(in, out/groups, *kernel)``, is seen
+in that layout through :class:`TransposedLayout` (see :func:`for_layer`), so every granularity, a
+plugin's included, finds a unit's synapses where it expects them. New granularities register themselves with :func:`register_granularity` and are
 built from a spec string by :func:`get_granularity` ("synapse", "kernel", "neuron", "block:4x4",
 "2:4").
 """
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
 
 from . import registry as _registry
+from .discovery import from_out_in, to_out_in, transposed_shape
 
 _REDUCTIONS = ("sum", "mean", "max", "min")
 _REGISTRY: Dict[str, Callable[[str], "Granularity"]] = {}
@@ -262,13 +265,91 @@ class NMGranularity(SynapseGranularity):
         return keep.reshape(scores.shape)
 
 
+class TransposedLayout(Granularity):
+    """Granularity ``inner`` applied to a transposed convolution's weight (``nn.ConvTranspose*``,
+    stored ``(in, out/groups, *kernel)``, here of shape ``shape``) as it applies to a convolution's:
+    every weight-shaped tensor is laid out ``(out, in/groups, *kernel)`` before ``inner`` sees it and
+    back after, so a neuron is one output channel's incoming synapses, a kernel one (input, output)
+    channel pair, blocks and n:m groups run along the input axis. Ensemble-shaped tensors (scores,
+    ensemble masks) are ``inner``'s of that layout, except where ``inner``'s ensembles are single
+    synapses (n:m, an elementwise plugin): they stay in the stored layout, element for element with
+    the weight and its mask. The spec is ``inner``'s, so checkpoints and rules see the same
+    granularity; other attributes (an n:m's ``density``) are ``inner``'s."""
+
+    def __init__(self, inner: Granularity, groups: int, shape):
+        self.inner, self.groups, self.spec = inner, int(groups), inner.spec
+        self.out_in_shape = transposed_shape(tuple(shape), self.groups)
+        self.per_synapse = tuple(inner.ensemble_shape(self.out_in_shape)) == self.out_in_shape
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "inner":  # copy and pickle probe before __init__ ran
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def _shape(self, shape) -> tuple:
+        if transposed_shape(tuple(shape), self.groups) != self.out_in_shape:
+            raise ValueError(f"{self!r} is for a weight of shape {transposed_shape(self.out_in_shape, self.groups)}, "
+                             f"got {tuple(shape)}")
+        return self.out_in_shape
+
+    def _out_in(self, t: torch.Tensor) -> torch.Tensor:
+        return to_out_in(t, self.groups)
+
+    def _stored(self, t: torch.Tensor) -> torch.Tensor:
+        return from_out_in(t, self.groups)
+
+    def ensemble_shape(self, shape):
+        es = self.inner.ensemble_shape(self._shape(shape))
+        return tuple(shape) if self.per_synapse else es
+
+    def pool(self, scores, how="sum"):
+        e = self.inner.pool(self._out_in(scores), how)
+        return self._stored(e) if self.per_synapse else e
+
+    def expand(self, values, shape):
+        out_in = self._shape(shape)
+        return self._stored(self.inner.expand(self._out_in(values) if self.per_synapse else values, out_in))
+
+    def violation(self, mask):
+        return self.inner.violation(self._out_in(mask))
+
+    def constraint_groups(self, shape):
+        g = self.inner.constraint_groups(self._shape(shape))
+        if g is None or not self.per_synapse:  # groups of inner's ensembles, which are ours
+            return g
+        return self._stored(g.view(self.out_in_shape)).reshape(-1)
+
+    def select(self, scores, k=None):
+        if self.per_synapse:
+            return self._stored(self.inner.select(self._out_in(scores), k))
+        return self.inner.select(scores, k)
+
+    def __repr__(self) -> str:
+        return f"TransposedLayout({self.inner!r}, groups={self.groups})"
+
+
+def for_layer(g: Granularity, layer) -> Granularity:
+    """The granularity ``g`` as it applies to ``layer`` (a :class:`~adaptive.discovery.SynapseLayer`):
+    ``g`` itself, or for a transposed convolution :class:`TransposedLayout` around it. The synapse
+    granularity needs none: each ensemble is one weight, in whatever layout."""
+    if not layer.transposed or type(g) is SynapseGranularity:
+        return g
+    return TransposedLayout(g, layer.groups, layer.shape)
+
+
+def unwrapped(g: Granularity) -> Granularity:
+    """The granularity a :class:`TransposedLayout` applies (``g`` itself for any other)."""
+    return g.inner if isinstance(g, TransposedLayout) else g
+
+
 def expands_exactly(g: Granularity) -> bool:
     """Is every ensemble mask of ``g``, expanded, a valid synapse mask that pools ("max") back to
     itself? True for the built-in synapse, kernel, neuron and block granularities: expand copies each
     ensemble's value to all its synapses, every ensemble holds at least one (edge blocks are smaller,
     never empty), and no other rule applies. False for n:m (a density rule within groups) and for
-    any other class, a subclass of these included: its ``violation`` may add a rule."""
-    return type(g) in (SynapseGranularity, KernelGranularity, NeuronGranularity, BlockGranularity)
+    any other class, a subclass of these included: its ``violation`` may add a rule. A
+    :class:`TransposedLayout` only permutes the weights, so it expands exactly where its ``inner`` does."""
+    return type(unwrapped(g)) in (SynapseGranularity, KernelGranularity, NeuronGranularity, BlockGranularity)
 
 
 _BUILTIN_TYPES = (SynapseGranularity, KernelGranularity, NeuronGranularity, BlockGranularity, NMGranularity)
@@ -281,7 +362,7 @@ def check_granularity(g: Granularity, name: str, shape, device=None, builtin: bo
     for a random bool ``x`` and its complement. A ValueError names the granularity, the layer and
     what was wrong. The built-in granularities hold by construction (tests check them with
     ``builtin=True``) and are skipped; a plugin's costs a few pool/expand calls per layer shape."""
-    if type(g) in _BUILTIN_TYPES and not builtin:
+    if type(unwrapped(g)) in _BUILTIN_TYPES and not builtin:
         return
     shape = tuple(shape)
     who = f"ensemble granularity {g.spec!r} ({type(g).__qualname__})"

@@ -161,17 +161,19 @@ def _classes_from(connectome_path: str):
 
 
 def _classes_used_last(net, connectome_path: str, weights: Optional[str]) -> Optional[int]:
-    """The output units of the Linear or Conv layer ``net``'s forward uses last (in its fx trace: a head
-    registered before the stem is still the head), as the connectome records them, else (the head kept
-    out of it by exclude=) the weights file; None where fx cannot trace ``net`` or neither records it."""
-    from graphs.ops import WEIGHTED_MODULES
+    """The output units of the Linear, Conv or ConvTranspose layer ``net``'s forward uses last (in its fx
+    trace: a head registered before the stem is still the head), as the connectome records them, else (the
+    head kept out of it by exclude=) the weights file; None where fx cannot trace ``net`` or neither records it."""
+    from graphs.ops import TRANSPOSED_MODULES, WEIGHTED_MODULES
     from graphs.trace import _first_uses
 
     first = _first_uses(net) or {}
-    used = [(first[id(m)], n) for n, m in net.named_modules() if isinstance(m, WEIGHTED_MODULES) and id(m) in first]
+    used = [(first[id(m)], n, m) for n, m in net.named_modules()
+            if isinstance(m, WEIGHTED_MODULES + TRANSPOSED_MODULES) and id(m) in first]
     if not used:
         return None
-    key = f"{max(used)[1]}.weight"
+    _, name, head = max(used, key=lambda u: u[:2])
+    key = f"{name}.weight"
     shape = _layer_shapes(connectome_path).get(key)
     if shape is None and weights is not None:
         from adaptive.models.weights import read_state_dict
@@ -181,7 +183,10 @@ def _classes_used_last(net, connectome_path: str, weights: Optional[str]) -> Opt
         except Exception:  # noqa: BLE001 - an unreadable file: loading it names the problem
             w = None
         shape = None if w is None or w.dim() < 2 else w.shape
-    return int(shape[0]) if shape is not None else None
+    if shape is None:
+        return None
+    # a transposed convolution's weight is stored (in, out/groups, *kernel)
+    return int(shape[1]) * head.groups if isinstance(head, TRANSPOSED_MODULES) else int(shape[0])
 
 
 def _check_connectome(path: str) -> None:

@@ -604,7 +604,7 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
             continue
         if _stateful(module) and (calls[n.target] > 1 or n.target in tied):  # one set of parameters cannot be sliced two ways
             cat = "pinned"
-        if isinstance(module, ops.TRANSPOSED_MODULES):  # not a synapse layer: its channels stay, like an unknown op's
+        if isinstance(module, ops.TRANSPOSED_MODULES):  # not shrunk (its pruned weights are zeros): its channels stay
             cat = "pinned"
         if cat == "weighted":
             x = _module_input(n)

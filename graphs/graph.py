@@ -308,7 +308,7 @@ def build(
         missing = [n for n in conn.masks if n not in seen and id(conn.params[n]) not in read]
         if missing:
             why = ("inside a module fx treats as a leaf, or unused in eval mode" if tr.traced else
-                   "fx could not trace the model, and the module-order fallback chains only Linear and Conv layers")
+                   "fx could not trace the model, and the module-order fallback chains only Linear, Conv and ConvTranspose layers")
             msg = (f"graphs: {len(missing)} connectome layer(s) are not on the traced data path and are left out of "
                    f"the graph: {missing[:5]}{'...' if len(missing) > 5 else ''} ({why})")
             warn_user(msg)

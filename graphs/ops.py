@@ -3,8 +3,9 @@
 Every op falls in one category:
 
 - ``weighted``: an ``nn.Linear``/``nn.Conv1d/2d/3d`` call, or a transposed convolution
-  (``nn.ConvTranspose1d/2d/3d``, a U-Net's up-convolution; not a prunable layer, its weights count as
-  live): it creates new units, each fed by every input channel of its group.
+  (``nn.ConvTranspose1d/2d/3d``, a U-Net's up-convolution, a prunable layer like the others; its
+  weight is stored ``(in, out/groups, *kernel)``): it creates new units, each fed by every input
+  channel of its group.
 - ``attention``: an ``nn.MultiheadAttention`` call: query, key and value units, then ``out_proj``; and
   ``F.scaled_dot_product_attention(q, k, v)``, which has no units of its own: output channel ``c`` of
   head ``h`` (every axis before the last two is a batch or head axis) is a junction of value channel

@@ -33,6 +33,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from . import ops
+from adaptive.discovery import to_out_in, transposed_shape
 from adaptive.warn import warn_user
 from adaptive.global_rng import global_states, set_global_states
 
@@ -79,8 +80,7 @@ class LayerFlow:
     def part(self, t: torch.Tensor) -> torch.Tensor:
         """This layer's rows of a tensor shaped like the whole parameter, laid out as ``shape``."""
         if self.transposed:
-            g, (o, ipg) = self.groups, self.shape[:2]
-            return t.reshape(g, ipg, o // g, *t.shape[2:]).transpose(1, 2).reshape(o, ipg, *t.shape[2:])
+            return to_out_in(t, self.groups)  # as a transposed layer's granularity sees it
         return t if self.rows is None else t[self.rows[0]:self.rows[1]]
 
 
@@ -1552,10 +1552,12 @@ def fallback_trace(model: nn.Module, reason: str) -> Trace:
     book.warnings.append(msg)
     prev = None
     for name, m in model.named_modules():
-        if not isinstance(m, ops.WEIGHTED_MODULES):
+        if not isinstance(m, ops.WEIGHTED_MODULES + ops.TRANSPOSED_MODULES):
             continue
-        groups = int(getattr(m, "groups", 1))
-        n_in = m.weight.shape[1] * groups
+        groups, transposed = int(getattr(m, "groups", 1)), isinstance(m, ops.TRANSPOSED_MODULES)
+        # (out, in/groups, *kernel); a transposed convolution stores (in, out/groups, *kernel)
+        shape = transposed_shape(m.weight.shape, groups) if transposed else tuple(m.weight.shape)
+        n_in = shape[1] * groups
         if prev is None:
             _, s = book.new_group("input", "input", "channels", n_in)
             in_src = torch.arange(s, s + n_in)
@@ -1568,10 +1570,10 @@ def fallback_trace(model: nn.Module, reason: str) -> Trace:
             j = book.combine(row, prev, 1, f"{name}.input", "unknown")
             in_src = j.expand(n_in).clone()
         lid = len(book.layers)
-        gid, start = book.new_group(name, "layer", type(m).__name__, m.weight.shape[0], layer=lid)
-        kind = "linear" if isinstance(m, nn.Linear) else f"conv{m.weight.dim() - 2}d"
-        book.layers.append(LayerFlow(name, f"{name}.weight", gid, kind, tuple(m.weight.shape), groups, in_src, ""))
-        prev = torch.arange(start, start + m.weight.shape[0])
+        gid, start = book.new_group(name, "layer", type(m).__name__, shape[0], layer=lid)
+        kind = "linear" if isinstance(m, nn.Linear) else f"conv{'transpose' if transposed else ''}{m.weight.dim() - 2}d"
+        book.layers.append(LayerFlow(name, f"{name}.weight", gid, kind, shape, groups, in_src, "", transposed=transposed))
+        prev = torch.arange(start, start + shape[0])
     if prev is not None:
         gid, start = book.new_group("output", "output", "logits", prev.numel())
         book.wires[gid] = (prev, torch.arange(start, start + prev.numel()))

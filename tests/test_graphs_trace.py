@@ -314,9 +314,8 @@ def test_transposed_conv_is_a_weighted_layer(groups):
     assert torch.equal(g.dst[e] - g.groups[lay["up"].group].start, cin // (4 // groups) * (6 // groups) + cout)
     unit = graphs.build(model=model, level="unit", example_input=x)
     assert int(unit.edge_attrs["count"].sum()) == g.live_synapses()
-    with pytest.warns(UserWarning, match="up.weight"):  # not a synapse layer: dense, outside the connectome
-        conn = adaptive.Connectome(model)
-    assert "up.weight" not in conn.masks and graphs.build(conn, level="unit", example_input=x).live_synapses() == g.live_synapses()
+    conn = adaptive.Connectome(model)  # a synapse layer like the others
+    assert conn.layers["up.weight"].transposed and graphs.build(conn, level="unit", example_input=x).live_synapses() == g.live_synapses()
 
 
 def test_contracted_junctions_give_direct_unit_edges():

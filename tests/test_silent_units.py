@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import adaptive
 from adaptive.diagnostics import LayerSilence, SilentUnits
 from adaptive.training import TrainState, read_metrics_csv
 
@@ -374,3 +375,19 @@ def test_a_step_the_grad_scaler_skips_is_not_observed():
         assert (hidden.silent, out.silent) == (1, 0)
     finally:
         AcceleratorState._reset_state(True)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_a_transposed_connectome_layer_counts_its_output_channels(groups):
+    """From a connectome, a ConvTranspose's units are its output channels (axis 1 of its weight, group by
+    group), and a bias-free one whose every incoming synapse is pruned is silent. They were read on axis
+    0 (its input channels): 4 units, not 6, and the pruned output channel's inputs taken for its own."""
+    torch.manual_seed(0)
+    ct = nn.ConvTranspose2d(4, 6, 3, groups=groups, bias=False)
+    conn = adaptive.Connectome(nn.Sequential(ct), ensemble="neuron")
+    conn.set_ensemble_masks({"0.weight": torch.tensor([True, True, False, True, True, True])})
+    s = SilentUnits.from_connectome(conn)
+    ct(torch.randn(2, 4, 5, 5)).square().sum().backward()
+    s.observe()
+    assert s.layers() == [LayerSilence("0.weight", 1, 6)]
+    assert torch.equal(s.vector()[:6] > 0, torch.tensor([True, True, False, True, True, True]))

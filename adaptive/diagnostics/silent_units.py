@@ -40,6 +40,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 import torch
 from torch import nn
 
+from ..discovery import to_out_in
 from ..exact_masking import mask_dtype, masked as masked_by
 
 WARN_SHARE = 0.5  # a layer with at least this share of silent units is warned about
@@ -86,8 +87,8 @@ class SilentUnits:
 
     @classmethod
     def from_connectome(cls, conn) -> "SilentUnits":
-        """Every synapse layer of ``conn``, by parameter name: its weight's rows (the layer's
-        ``out_units``), its bias where the module holds one of matching size (``x.bias`` beside
+        """Every synapse layer of ``conn``, by parameter name: its units (the layer's ``out_units``: a
+        weight's rows, a transposed convolution's output channels on axis 1), its bias where the module holds one of matching size (``x.bias`` beside
         ``x.weight``, ``in_proj_bias`` beside ``in_proj_weight``, ``bias_ih_l0`` beside
         ``weight_ih_l0``); a bias-free layer is read on its live synapses (``conn.masks``) only, so a
         unit of it with no live synapse counts as silent."""
@@ -99,6 +100,7 @@ class SilentUnits:
             b = params.get(f"{prefix}{dot}{last.replace('weight', 'bias', 1)}") if "weight" in last else None
             biases[n] = b if b is not None and tuple(b.shape) == (layer.out_units,) else None
         out = cls.__new__(cls)
+        transposed = {n: layer.groups for n, layer in conn.layers.items() if layer.transposed}
         out._setup(weights, biases, lambda name: conn.masks[name],
                    # the gradient holds only live synapses' (no pruned one, or masked in backward
                    # and unwritten since): else the step masks it after the observers
@@ -106,6 +108,8 @@ class SilentUnits:
                    # the connectome's cached 0/1 integer masks: a multiply of the gradient's bits by one
                    # (adaptive.exact_masking) is ~20x faster on a CPU than torch.where with the bool mask
                    lambda: dict(zip(*conn._hot_lists()[::2])))
+        out._transposed = transposed  # a ConvTranspose's units lie on axis 1, group by group
+        out.units.update({n: conn.layers[n].out_units for n in transposed})
         return out
 
     def _setup(self, weights: Dict[str, torch.Tensor], biases: Dict[str, Optional[torch.Tensor]],
@@ -187,7 +191,8 @@ class SilentUnits:
         # by identity through a weak reference, not id(): set_masks puts a new tensor in conn.masks,
         # which can take a freed one's address (and its version, 0)
         if hit is None or hit[0]() is not mask or hit[1] != mask._version:
-            hit = (weakref.ref(mask), mask._version, mask.reshape(self.units[n], -1).any(dim=1).to(device))
+            rows = to_out_in(mask, self._transposed[n]) if n in self._transposed else mask  # (units, ...)
+            hit = (weakref.ref(mask), mask._version, rows.reshape(self.units[n], -1).any(dim=1).to(device))
             self._inputs[n] = hit
         return hit[2]
 

@@ -17,6 +17,7 @@ import torch
 
 from .. import registry as _registry
 from ..budgets import floor_synapses, too_high_error, too_low_error
+from ..ensembles import TransposedLayout
 from ..warn import warn_user
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -293,7 +294,9 @@ _SIZE_CACHE: Dict[tuple, object] = {}
 def ensemble_size(gran, shape):
     """Synapses per ensemble of a weight shaped ``shape``: a float when every ensemble of the layer
     has the same size (the common case), else a flat float tensor (block edges)."""
-    key = (gran.spec, tuple(shape))
+    # a transposed convolution's granularity sees the same stored shape laid out otherwise (its groups
+    # say how): a Conv2d(8, 4, 3) and a ConvTranspose2d(4, 8, 3) both store (4, 8, 3, 3), 4 neurons of 72 and 8 of 36
+    key = (gran.spec, tuple(shape), gran.groups if isinstance(gran, TransposedLayout) else None)
     if key not in _SIZE_CACHE:
         if tuple(gran.ensemble_shape(shape)) == tuple(shape):
             _SIZE_CACHE[key] = 1.0
