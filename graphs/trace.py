@@ -250,6 +250,15 @@ def _squeeze_uniform(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _sequence_first(model: nn.Module) -> bool:
+    """Whether ``model`` reads sequences with their batch on axis 1 (``[T, B, F]``): it holds attention or recurrent
+    layers (``nn.MultiheadAttention``, inside the transformer layers too; ``nn.RNN``, LSTM, GRU) and every one of
+    them is ``batch_first=False``, torch's default. Its input's nodes are then the elements of one sample,
+    ``x[:, 0]``, as ``x[0]`` is a batch-first one's."""
+    firsts = [bool(m.batch_first) for m in model.modules() if isinstance(m, (nn.MultiheadAttention, nn.RNNBase))]
+    return bool(firsts) and not any(firsts)
+
+
 class FlowProp(ShapeProp):
     """ShapeProp that also propagates id tensors (see the module docstring)."""
 
@@ -261,6 +270,7 @@ class FlowProp(ShapeProp):
         self.book = book
         self.input_nodes = input_nodes
         self.inputs = 1  # the example inputs propagate is given
+        self.seq_first = _sequence_first(self.root)
         self.flows: Dict[fx.Node, Any] = {}
         self.mods = dict(gm.named_modules())
 
@@ -442,9 +452,11 @@ class FlowProp(ShapeProp):
             raise InputError(f"input {name!r} has shape {tuple(x.shape)}: graphs needs a batch dimension first "
                              "(pass x.unsqueeze(0) for one sample)")
         if self.input_nodes == "elements":
-            count = x[0].numel()
-            _, start = self.book.new_group(name, "input", "elements", count)
-            return (torch.arange(start, start + count, dtype=torch.float64).view(1, *x.shape[1:])).expand(*x.shape)
+            # a sequence-first model's sequences ([T, B, F] features, [T, B] tokens) hold their batch on axis 1
+            b = int(self.seq_first and (x.dim() >= 3 if x.is_floating_point() else x.dim() == 2 and x.dtype != torch.bool))
+            one = x.select(b, 0)
+            _, start = self.book.new_group(name, "input", "elements", one.numel())
+            return torch.arange(start, start + one.numel(), dtype=torch.float64).view(one.shape).unsqueeze(b).expand(*x.shape)
         _, start = self.book.new_group(name, "input", "channels", x.shape[1])
         return _expand(torch.arange(start, start + x.shape[1]), x.shape, 1)
 
