@@ -292,8 +292,6 @@ def _percent(fraction: float) -> str:
     return f"{fraction:.0%}"
 
 
-@kept_global_rng()
-@torch.inference_mode(False)  # its tensors (sums, gradients) must be normal ones, whatever the caller's mode
 def _refuse_hooked_unpacked(model: nn.Module, x) -> None:
     """The 'separate arguments' refusal (:func:`adaptive.metrics.refuse_unpacked`) for a model under a forward
     pre-hook whose tracing failed: only a call tells whether the hook unpacks the inputs for a forward taking
@@ -310,6 +308,8 @@ def _refuse_hooked_unpacked(model: nn.Module, x) -> None:
         pass
 
 
+@kept_global_rng()
+@torch.inference_mode(False)  # its tensors (sums, gradients) must be normal ones, whatever the caller's mode
 def gradient_by_depth(
     model: nn.Module,
     loader,
