@@ -157,18 +157,22 @@ def _forward_owner(model):
 
 def _failed_binding(error: BaseException, forward) -> bool:
     """Whether ``error`` was raised calling ``forward`` (its arguments did not bind), not by a hook or inside
-    it: torch's module call is the innermost frame of its traceback, and ``forward``'s code runs in none."""
+    it: torch's module call is the innermost frame of its traceback, ``forward``'s code runs in none, and
+    the error is Python's binding error naming ``forward`` ("Net.forward() missing 1 required positional
+    argument"), not one a hook with the wrong signature got there (a forward hook's ``<lambda>() takes 2
+    positional arguments``, raised after forward had run on the arguments a pre-hook unpacked)."""
     import traceback
 
-    code = getattr(inspect.unwrap(getattr(forward, "__func__", forward)), "__code__", None)
-    frames = traceback.walk_tb(error.__traceback__)
+    function = inspect.unwrap(getattr(forward, "__func__", forward))
+    code = getattr(function, "__code__", None)
     last = None
-    for frame, _ in frames:
+    for frame, _ in traceback.walk_tb(error.__traceback__):
         if frame.f_code is code:
             return False
         last = frame
     path = last.f_code.co_filename.replace("\\", "/") if last is not None else ""
-    return code is not None and path.endswith("torch/nn/modules/module.py")
+    return (code is not None and path.endswith("torch/nn/modules/module.py")
+            and str(error).startswith(f"{function.__qualname__}("))
 
 
 def _binds_unpacked(forward, x) -> bool:

@@ -399,6 +399,25 @@ def test_a_hooked_forward_taking_one_argument_or_a_hook_error_is_not_refused():
         call_model(hooked, x)
 
 
+def test_a_type_error_a_hook_raises_in_torchs_module_call_is_not_refused():
+    """A TypeError raised in torch's module call that is not forward's binding: a forward hook with the wrong
+    signature, after a pre-hook unpacked the inputs and forward ran on them (model(inputs) is the right call),
+    or a pre-hook calling a submodule wrongly. Both were refused as 'separate arguments', whose fix (wrap the
+    model) is wrong there: the error is the hook's, and it is the one raised."""
+    from adaptive.metrics import call_model
+
+    x = (torch.randn(2, 3), torch.randn(2, 2))
+    model = _TwoArguments()
+    model.register_forward_pre_hook(lambda module, args: args[0])  # unpacks: model(inputs) is model(*inputs)
+    model.register_forward_hook(lambda module, out: None)  # wrong: forward hooks take (module, args, output)
+    with pytest.raises(TypeError, match=r"<lambda>\(\) takes 2 positional arguments but 3 were given$"):
+        call_model(model, x)
+    model = _TwoArguments()
+    model.register_forward_pre_hook(lambda module, args: (module.a(*args[0]),))  # Linear takes one input
+    with pytest.raises(TypeError, match=r"^Linear\.forward\(\) takes 2 positional arguments but 3 were given$"):
+        call_model(model, x)
+
+
 def test_removal_scores_names_itself_refusing_separate_arguments():
     """removal_scores (public in adaptive.diagnostics) named knowledge_distribution in the refusal."""
     from adaptive import diagnostics
