@@ -33,6 +33,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from . import ops
+from .batch_axis import input_batch_axes
 from adaptive.warn import warn_user
 from adaptive.global_rng import global_states, set_global_states
 
@@ -250,13 +251,20 @@ def _squeeze_uniform(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _sequence_first(model: nn.Module) -> bool:
-    """Whether ``model`` reads sequences with their batch on axis 1 (``[T, B, F]``): it holds attention or recurrent
-    layers (``nn.MultiheadAttention``, inside the transformer layers too; ``nn.RNN``, LSTM, GRU) and every one of
-    them is ``batch_first=False``, torch's default. Its input's nodes are then the elements of one sample,
-    ``x[:, 0]``, as ``x[0]`` is a batch-first one's."""
-    firsts = [bool(m.batch_first) for m in model.modules() if isinstance(m, (nn.MultiheadAttention, nn.RNNBase))]
-    return bool(firsts) and not any(firsts)
+def _input_starts(gm: fx.GraphModule, args) -> Dict[str, Tuple[fx.Node, int]]:
+    """The tensor inputs of ``gm`` run on ``args`` by the names :meth:`FlowProp._on_placeholder` gives them, with
+    the node their values start at and their rank: a placeholder, or the ``getitem`` taking a tuple input's
+    item (``name[i]``)."""
+    starts = {}
+    for n, a in zip([n for n in gm.graph.nodes if n.op == "placeholder"], args):
+        if isinstance(a, torch.Tensor):
+            starts[n.name] = (n, a.dim())
+        elif _nested(a):
+            for user in n.users:
+                i = user.args[1] if user.target is operator.getitem and len(user.args) == 2 else None
+                if isinstance(i, int) and -len(a) <= i < len(a) and isinstance(a[i], torch.Tensor):
+                    starts[f"{n.name}[{i % len(a)}]"] = (user, a[i].dim())
+    return starts
 
 
 class FlowProp(ShapeProp):
@@ -270,7 +278,7 @@ class FlowProp(ShapeProp):
         self.book = book
         self.input_nodes = input_nodes
         self.inputs = 1  # the example inputs propagate is given
-        self.seq_first = _sequence_first(self.root)
+        self.batch_axes: Dict[str, int] = {}  # the inputs holding their batch on axis 1 (batch_axis.py)
         self.flows: Dict[fx.Node, Any] = {}
         self.mods = dict(gm.named_modules())
 
@@ -426,6 +434,8 @@ class FlowProp(ShapeProp):
 
     def propagate(self, *args):
         self.inputs = sum(len(a) if _nested(a) else 1 for a in args)
+        if self.input_nodes == "elements":
+            self.batch_axes = input_batch_axes(self.module, _input_starts(self.module, args))
         return super().propagate(*args)
 
     def _on_placeholder(self, n, x, name=None):
@@ -452,8 +462,7 @@ class FlowProp(ShapeProp):
             raise InputError(f"input {name!r} has shape {tuple(x.shape)}: graphs needs a batch dimension first "
                              "(pass x.unsqueeze(0) for one sample)")
         if self.input_nodes == "elements":
-            # a sequence-first model's sequences ([T, B, F] features, [T, B] tokens) hold their batch on axis 1
-            b = int(self.seq_first and (x.dim() >= 3 if x.is_floating_point() else x.dim() == 2 and x.dtype != torch.bool))
+            b = self.batch_axes.get(name, 0)  # 1: the sequences of sequence-first layers, [T, B, F] or [T, B]
             one = x.select(b, 0)
             _, start = self.book.new_group(name, "input", "elements", one.numel())
             return torch.arange(start, start + one.numel(), dtype=torch.float64).view(one.shape).unsqueeze(b).expand(*x.shape)
