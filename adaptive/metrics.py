@@ -121,9 +121,15 @@ def call_model(model, x, what: str = "this"):
 
 
 def refuse_unpacked(model, x, what: str, cause: Optional[BaseException] = None) -> None:
-    """A TypeError when the inputs ``x``, a tuple or list, fit ``model.forward`` only as separate arguments."""
-    inner = _forward_owner(model) if isinstance(x, (tuple, list)) else None
-    if inner is not None and _binds_unpacked(inner.forward, x):
+    """A TypeError when the inputs ``x``, a tuple or list, fit ``model.forward`` only as separate arguments.
+    Under a forward pre-hook, which may unpack them (then ``model(x)`` works), only when ``cause``, the
+    TypeError ``model(x)`` raised, shows that the call into that forward failed (:func:`_failed_binding`)."""
+    if not isinstance(x, (tuple, list)):
+        return
+    inner, hooked = _forward_owner(model)
+    if hooked and (cause is None or not _failed_binding(cause, inner.forward)):
+        return
+    if _binds_unpacked(inner.forward, x):
         raise TypeError(
             f"{what} passes a batch's inputs to the model as one argument, model(inputs); {type(inner).__name__}."
             f"forward takes them as {len(x)} separate arguments: wrap it in a module whose forward takes them as "
@@ -132,20 +138,41 @@ def refuse_unpacked(model, x, what: str, cause: Optional[BaseException] = None) 
 
 
 def _forward_owner(model):
-    """The module whose forward ``model(x)`` runs on ``x`` as given: the wrapped model under
-    ``nn.DataParallel``, DistributedDataParallel and ``torch.compile`` (whose own forwards take
-    ``*args``); None where a forward pre-hook may rewrite the arguments (unpack them), so that no
-    signature tells what the forward gets."""
+    """``(module, hooked)``: the module whose forward ``model(x)`` runs on ``x``, the wrapped model under
+    ``nn.DataParallel``, DistributedDataParallel and ``torch.compile`` (whose own forwards take ``*args``),
+    and whether a forward pre-hook (``with_kwargs`` too) on the way may rewrite the arguments (unpack
+    them), so that no signature tells what that forward gets."""
     from torch import nn
 
-    while not getattr(model, "_forward_pre_hooks", None):
+    hooked = False
+    while True:
+        hooked = hooked or bool(getattr(model, "_forward_pre_hooks", None))
         inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
         if inner is None and isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             inner = model.module
         if not isinstance(inner, nn.Module):
-            return model
+            return model, hooked
         model = inner
-    return None
+
+
+def _failed_binding(error: BaseException, forward) -> bool:
+    """Whether ``error`` was raised calling ``forward`` (its arguments did not bind), not by a hook or inside
+    it: torch's module call is the innermost frame of its traceback, ``forward``'s code runs in none, and
+    the error is Python's binding error naming ``forward`` ("Net.forward() missing 1 required positional
+    argument"), not one a hook with the wrong signature got there (a forward hook's ``<lambda>() takes 2
+    positional arguments``, raised after forward had run on the arguments a pre-hook unpacked)."""
+    import traceback
+
+    function = inspect.unwrap(getattr(forward, "__func__", forward))
+    code = getattr(function, "__code__", None)
+    last = None
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        if frame.f_code is code:
+            return False
+        last = frame
+    path = last.f_code.co_filename.replace("\\", "/") if last is not None else ""
+    return (code is not None and path.endswith("torch/nn/modules/module.py")
+            and str(error).startswith(f"{function.__qualname__}("))
 
 
 def _binds_unpacked(forward, x) -> bool:

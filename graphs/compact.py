@@ -436,7 +436,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     # forward's defaulted parameters the example does not supply are traced at their defaults, as build
     # does: first the flags (mask=None, return_features=False, mode='a'), which an `if` reads; a number
     # (temperature=1.0) stays an input of the copy unless tracing needs it fixed too
-    every = _unsupplied_defaults(src, nargs) or {}
+    every = _unsupplied_defaults(src, nargs, example_input if isinstance(example_input, (tuple, list)) else ()) or {}
     flags = {k: v for k, v in every.items() if v is None or isinstance(v, (bool, str))}
     for fixed in ([flags, every] if every != flags else [every]):
         try:

@@ -33,6 +33,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from . import ops
+from .batch_axis import input_batch_axes
 from adaptive.discovery import to_out_in, transposed_shape
 from adaptive.warn import warn_user
 from adaptive.global_rng import global_states, set_global_states
@@ -250,6 +251,22 @@ def _squeeze_uniform(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _input_starts(gm: fx.GraphModule, args) -> Dict[str, Tuple[fx.Node, int]]:
+    """The tensor inputs of ``gm`` run on ``args`` by the names :meth:`FlowProp._on_placeholder` gives them, with
+    the node their values start at and their rank: a placeholder, or the ``getitem`` taking a tuple input's
+    item (``name[i]``)."""
+    starts = {}
+    for n, a in zip([n for n in gm.graph.nodes if n.op == "placeholder"], args):
+        if isinstance(a, torch.Tensor):
+            starts[n.name] = (n, a.dim())
+        elif _nested(a):
+            for user in n.users:
+                i = user.args[1] if user.target is operator.getitem and len(user.args) == 2 else None
+                if isinstance(i, int) and -len(a) <= i < len(a) and isinstance(a[i], torch.Tensor):
+                    starts[f"{n.name}[{i % len(a)}]"] = (user, a[i].dim())
+    return starts
+
+
 class FlowProp(ShapeProp):
     """ShapeProp that also propagates id tensors (see the module docstring)."""
 
@@ -261,6 +278,7 @@ class FlowProp(ShapeProp):
         self.book = book
         self.input_nodes = input_nodes
         self.inputs = 1  # the example inputs propagate is given
+        self.batch_axes: Dict[str, int] = {}  # the inputs holding their batch on axis 1 (batch_axis.py)
         self.flows: Dict[fx.Node, Any] = {}
         self.mods = dict(gm.named_modules())
 
@@ -416,6 +434,8 @@ class FlowProp(ShapeProp):
 
     def propagate(self, *args):
         self.inputs = sum(len(a) if _nested(a) else 1 for a in args)
+        if self.input_nodes == "elements":
+            self.batch_axes = input_batch_axes(self.module, _input_starts(self.module, args))
         return super().propagate(*args)
 
     def _on_placeholder(self, n, x, name=None):
@@ -442,9 +462,10 @@ class FlowProp(ShapeProp):
             raise InputError(f"input {name!r} has shape {tuple(x.shape)}: graphs needs a batch dimension first "
                              "(pass x.unsqueeze(0) for one sample)")
         if self.input_nodes == "elements":
-            count = x[0].numel()
-            _, start = self.book.new_group(name, "input", "elements", count)
-            return (torch.arange(start, start + count, dtype=torch.float64).view(1, *x.shape[1:])).expand(*x.shape)
+            b = self.batch_axes.get(name, 0)  # 1: the sequences of sequence-first layers, [T, B, F] or [T, B]
+            one = x.select(b, 0)
+            _, start = self.book.new_group(name, "input", "elements", one.numel())
+            return torch.arange(start, start + one.numel(), dtype=torch.float64).view(one.shape).unsqueeze(b).expand(*x.shape)
         _, start = self.book.new_group(name, "input", "channels", x.shape[1])
         return _expand(torch.arange(start, start + x.shape[1]), x.shape, 1)
 
@@ -1031,14 +1052,60 @@ def _torch_own_functions():
             setattr(torch, name, f)
 
 
+# factories that take their sizes as separate ints (torch.zeros(b, c)) as well as one size (torch.zeros((b, c)))
+_SIZED_FACTORIES = ("zeros", "ones", "empty", "rand", "randn")
+
+
+@contextlib.contextmanager
+def _sizes_packed():
+    """Let fx trace ``torch.zeros(h.shape[0], h.shape[1])``: torch's argument parser takes separate sizes only
+    as ints, and a traced shape read (a Proxy) among them failed with "zeros() takes 1 positional argument but
+    2 were given", where ``torch.zeros(h.shape)`` traced. Inside, such a call is made with its sizes packed
+    into one tuple, which fx records as ``torch.zeros((b, c))``: the same tensor when run. Restored on exit."""
+    def packed(f):
+        def call(*args, **kwargs):
+            if len(args) > 1 and any(isinstance(a, fx.Proxy) for a in args):
+                return f(args, **kwargs)
+            return f(*args, **kwargs)
+        return call
+
+    own = {name: getattr(torch, name) for name in _SIZED_FACTORIES}
+    try:
+        for name, f in own.items():
+            setattr(torch, name, packed(f))
+        yield
+    finally:
+        for name, f in own.items():
+            setattr(torch, name, f)
+
+
 def symbolic_trace(root: nn.Module, concrete_args=None) -> fx.GraphModule:
     """``torch.fx.symbolic_trace`` with torch's own functions in place of a library's Python replacements
     (:func:`_torch_own_functions`): fx records torch's function as one call, as it records any torch
     function, where it traced into the replacement and stopped at its ``if`` on a traced value (once
     torch_geometric was imported, every model calling ``torch.index_select`` fell back to module order,
-    and ``graphs.compact`` refused it). The graph runs torch's function."""
-    with _torch_own_functions():
-        return fx.symbolic_trace(root, concrete_args=concrete_args)
+    and ``graphs.compact`` refused it). The graph runs torch's function. Factories given separate traced
+    sizes are traced too (:func:`_sizes_packed`), and a forward with a required keyword-only input after a
+    defaulted one (``forward(self, x, y=None, *, mask)``) too (:func:`_required_after_defaults`)."""
+    with _torch_own_functions(), _sizes_packed():
+        tracer = fx.Tracer()
+        graph = tracer.trace(root, concrete_args)
+    _required_after_defaults(graph)
+    return fx.GraphModule(tracer.root, graph, type(root).__name__)
+
+
+def _required_after_defaults(graph: fx.Graph) -> None:
+    """Drop the defaults of the placeholders that a placeholder without one follows. fx makes a placeholder of
+    each parameter of forward, in order, keyword-only ones last, and writes the graph's code as one
+    positional signature: ``forward(self, x, y=None, *, mask)`` became ``def forward(self, x, y = None,
+    mask)``, a SyntaxError ("non-default argument follows default argument"). Such a graph is run with a
+    value for every placeholder (:func:`_placeholder_values`)."""
+    required = False
+    for n in reversed([n for n in graph.nodes if n.op == "placeholder"]):
+        if not n.args:
+            required = True
+        elif required:
+            n.args = ()
 
 
 def _check_standard_transformer(module: nn.Module) -> None:
@@ -1092,8 +1159,8 @@ def _example_inputs(model: nn.Module, tokens: Optional[bool], batch: int,
     names, keyword = _forward_inputs(model), _keyword_inputs(model)
     if len(names) > 1:
         raise InputGuessError(f"{type(model).__name__}.forward takes {len(names)} inputs ({', '.join(names)}) and "
-                              f"graphs guesses a single one ({', '.join(names[1:])}: no guess)", inputs=names,
-                              keyword=keyword)
+                              f"graphs guesses a single one ({', '.join(names[1:])}: no guess)",
+                              inputs=_input_order(model) or names, keyword=keyword)
     layers = _in_call_order(model, [m for m in model.modules() if isinstance(m, _FEATURE_LAYERS + ops.LOOKUP_MODULES)],
                             gm)
     tables = [m for m in layers if isinstance(m, ops.LOOKUP_MODULES)]
@@ -1449,10 +1516,12 @@ def _failure(e: Exception) -> str:
 def _trace_eval(model, example_input, input_nodes) -> Trace:
     root = _wrap_root(model)
     if not root:
-        nargs = (len(example_input) if isinstance(example_input, (tuple, list))
-                 and not isinstance(example_input, nn.utils.rnn.PackedSequence) else 1)
+        given = (tuple(example_input) if isinstance(example_input, (tuple, list))
+                 and not isinstance(example_input, nn.utils.rnn.PackedSequence)
+                 else () if example_input is None else (example_input,))
+        _refuse_missing_inputs(model, given)
         try:
-            gm = symbolic_trace(model, concrete_args=_unsupplied_defaults(model, nargs))
+            gm = symbolic_trace(model, concrete_args=_unsupplied_defaults(model, len(given), given))
         except Exception as e:
             return fallback_trace(model, f"torch.fx could not trace {type(model).__name__}{_where(e)}: {type(e).__name__}: {e}")
     candidates = [example_input] if example_input is not None else _example_inputs(model, None, 1, None if root else gm)
@@ -1473,7 +1542,7 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
             # torch's ShapeProp prints a traceback for a failing input; a wrong guess is not news
             with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
                 warnings.simplefilter("ignore")  # re-emitted below, once
-                result = prop.propagate(*xs)
+                result = prop.propagate(*(xs if root else _placeholder_values(model, gm, xs)))
         except Exception as e:
             if isinstance(e, InputError) and example_input is not None:  # fx appends the node: said once
                 raise InputError(str(e).split("\n\nWhile executing")[0]) from None
@@ -1491,23 +1560,79 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
     raise InputGuessError(f"could not guess an input for {type(model).__name__}", "; ".join(errors)[:400])
 
 
-def _unsupplied_defaults(model: nn.Module, nargs: int) -> Optional[Dict[str, Any]]:
-    """The parameters of ``model.forward`` after the ``nargs`` inputs that have defaults, with their
-    defaults: the run uses them, so fx traces with them (``mask=None``, ``return_features=False``:
-    traced as proxies, an ``if`` on them stopped fx, or took the branch the run does not)."""
-    import inspect
-
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
+def _input_params(model: nn.Module) -> Optional[list]:
+    """The parameters of ``model.forward`` in the order the inputs bind to them (:func:`_call_with_inputs`):
+    the positional ones, then the keyword-only ones; None for a forward taking ``*args`` or ``**kwargs``
+    (or without a signature), whose inputs bind as fx and Python bind them."""
+    params = _forward_params(model)
+    if not params or any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
         return None
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    rest = positional[nargs:] + [p for p in params if p.kind is p.KEYWORD_ONLY]
+    return ([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            + [p for p in params if p.kind is p.KEYWORD_ONLY])
+
+
+def _unsupplied_defaults(model: nn.Module, nargs: int, given: Sequence[Any] = ()) -> Optional[Dict[str, Any]]:
+    """The parameters of ``model.forward`` after the ``nargs`` inputs (positional ones, then keyword-only
+    ones, as :func:`_call_with_inputs` binds them) that have defaults, with their defaults, and those of the
+    inputs ``given`` as None: the run uses them, so fx traces with them (``mask=None``,
+    ``return_features=False``: traced as proxies, an ``if`` on them stopped fx, or took the branch the run
+    does not)."""
+    params = _forward_params(model)
+    bound = _input_params(model)
+    if bound is None:  # *args takes the inputs past the positional parameters; keyword-only ones keep defaults
+        bound = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        rest = bound[nargs:] + [p for p in params if p.kind is p.KEYWORD_ONLY]
+    else:
+        rest = bound[nargs:]
+    none = {p.name: None for p, v in zip(bound, given) if v is None}
     # only values fx can specialise on (and check): a tuple, list or dict it flattens into placeholders
     # it cannot write out (a SyntaxError, so module order); a tensor, function or object stays a proxy
-    fixed = {p.name: p.default for p in rest
-             if p.default is None or type(p.default) in (bool, int, float, str)}
-    return fixed or None
+    fixed = {p.name: p.default for p in rest if p.default is None or type(p.default) in (bool, int, float, str)}
+    return {**none, **fixed} or None
+
+
+def _refuse_missing_inputs(model: nn.Module, given: Sequence[Any]) -> None:
+    """Refuse an ``example_input`` that leaves out an input ``model.forward`` requires after it: the inputs
+    bind in order, keyword-only ones after the positional ones, so ``(x, mask)`` for ``forward(self, x,
+    y=None, *, mask)`` is ``y=mask`` (a run of its fx graph said only "Expected positional argument for
+    parameter mask"); None stands for an optional input left at its default."""
+    params = _input_params(model)
+    if not given or params is None:
+        return
+    missing = [p.name for p in params[len(given):] if p.default is p.empty]
+    if missing:
+        raise TypeError(f"example_input gives {len(given)} input(s) and {type(model).__name__}.forward also needs "
+                        f"{', '.join(missing)}: the inputs bind to its parameters in order (keyword-only ones last, "
+                        f"passed by name), so pass example_input=({', '.join(_input_order(model))}), None for an "
+                        "optional input left at its default")
+
+
+def _input_order(model: nn.Module) -> List[str]:
+    """The tuple of inputs ``example_input`` gives ``model``: forward's parameters in the order inputs bind
+    to them, up to the last one it requires, ``y or None`` for an optional one before it (``forward(self, x,
+    y=None, *, mask)``: ``x, y or None, mask``); empty for a forward taking ``*args`` or ``**kwargs``."""
+    params = _input_params(model) or []
+    last = max((i for i, p in enumerate(params) if p.default is p.empty), default=-1)
+    return [p.name if p.default is p.empty else f"{p.name} or None" for p in params[:last + 1]]
+
+
+def _placeholder_values(model: nn.Module, gm: fx.GraphModule, xs: Sequence[Any]) -> tuple:
+    """The values to run ``gm``, ``model``'s fx graph, on for the inputs ``xs``: one per placeholder, the
+    inputs bound to forward's parameters as :func:`_call_with_inputs` binds them (keyword-only ones after
+    the positional ones) and the defaults of the rest, so that an ``(x, mask)`` for ``forward(self, x,
+    y=None, *, mask)`` gives ``mask`` the mask, not ``y``. ``xs`` as they are where the placeholders are
+    not forward's parameters one for one (``*args``), and up to the first required input ``xs`` lacks
+    (the run then says which)."""
+    params = _input_params(model)
+    holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if params is None or len(holders) != len(params) or len(xs) > len(params):
+        return tuple(xs)
+    values = list(xs)
+    for p in params[len(xs):]:
+        if p.default is p.empty:
+            break
+        values.append(p.default)
+    return tuple(values)
 
 
 def _add_outputs(prop: FlowProp, gm: fx.GraphModule, result) -> None:

@@ -425,3 +425,69 @@ def test_separate_qkv_computes_the_same_function_with_three_synapse_layers():
     separate_qkv(built)  # the connectome's in_proj_weight is gone from the model: it says so
     with pytest.raises(RuntimeError, match="no longer the ones this Connectome masks"):
         conn.set_masks({k: torch.ones_like(v) for k, v in conn.masks.items()})
+
+
+class _SeqNet(nn.Module):
+    """Features in, attention (or a transformer encoder) with a residual add, logits out; ``batch_first`` as given."""
+
+    def __init__(self, batch_first, encoder=False):
+        super().__init__()
+        self.inp, self.out, self.encoder = nn.Linear(3, 8), nn.Linear(8, 2), encoder
+        self.attn = (nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=batch_first), 1,
+                                           enable_nested_tensor=False) if encoder
+                     else nn.MultiheadAttention(8, 2, batch_first=batch_first))
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(self.attn(h) if self.encoder else self.attn(h, h, h)[0] + h)
+
+
+@pytest.mark.parametrize("encoder", [False, True])
+def test_a_sequence_first_model_has_the_graph_of_its_batch_first_twin(encoder):
+    """nn.MultiheadAttention and the transformer layers take ``[T, B, E]`` by default (batch_first=False): the
+    input's nodes were the elements of ``x[0]``, one position of every sample (as many as the batch holds),
+    where a batch-first model's are those of one sample. A model whose attention and recurrent layers are all
+    sequence-first reads its sequences' batch on axis 1: the graph is its batch-first twin's."""
+    from _graph_edges import edge_set
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, 3)
+    first = graphs.build(model=_SeqNet(False, encoder), level="unit", example_input=x)
+    batch = graphs.build(model=_SeqNet(True, encoder), level="unit", example_input=x.transpose(0, 1))
+    assert [(g.name, g.count) for g in first.groups if g.kind == "input"] == [("x", 15)]
+    assert edge_set(first) == edge_set(batch)
+
+
+class _TransposingNet(nn.Module):
+    """Batch-first inputs ([B, S, 3] features, or [B, S] tokens) that the model transposes itself for its
+    sequence-first (batch_first=False) attention or LSTM, and back; ``batch_first=True``: no transposes."""
+
+    def __init__(self, batch_first, tokens=False):
+        super().__init__()
+        self.batch_first = batch_first
+        self.inp = nn.Embedding(10, 8) if tokens else nn.Linear(3, 8)
+        self.core = (nn.LSTM(8, 8, batch_first=batch_first) if tokens
+                     else nn.MultiheadAttention(8, 2, batch_first=batch_first))
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        h = h if self.batch_first else h.transpose(0, 1)
+        h = self.core(h)[0] if isinstance(self.core, nn.LSTM) else self.core(h, h, h)[0] + h
+        return self.out(h if self.batch_first else h.transpose(0, 1))
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_a_batch_first_input_the_model_transposes_for_its_sequence_first_layers_keeps_its_batch_on_axis_0(tokens):
+    """The sequence-first reading came from the layers' flag alone: a model transposing its [B, S, F] input for
+    its batch_first=False attention (or its [B, S] tokens for an LSTM) had its input read as [T, B, F], its nodes
+    those of one position of every sample (x[:, 0], B * F of them). The input is followed to the layers: its
+    axis 0 lands on their batch axis, so it is batch first, and the graph is that of the batch-first twin."""
+    from _graph_edges import edge_set
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 10, (2, 5)) if tokens else torch.randn(2, 5, 3)
+    got = graphs.build(model=_TransposingNet(False, tokens), level="unit", example_input=x)
+    want = graphs.build(model=_TransposingNet(True, tokens), level="unit", example_input=x)
+    assert [(g.name, g.count) for g in got.groups if g.kind == "input"][0] == ("x", 5 if tokens else 15)
+    assert edge_set(got) == edge_set(want) and not got.warnings

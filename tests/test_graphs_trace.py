@@ -1171,3 +1171,105 @@ def test_a_namedtuple_argument_and_a_scalar_beside_the_tensors_are_followed():
         else:  # the scalar is an input of one node, which scales each output unit
             assert {e for e in named if e[0] == "inp[1]:0"} == {("inp[1]:0", "mul:0", EDGE_WIRE),
                                                                 ("inp[1]:0", "mul:1", EDGE_WIRE)}
+
+
+class _Filled(nn.Module):
+    """A residual add of a filled tensor sized from ``h``'s shape (``how``: the factory call)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.a, self.b, self.how = nn.Linear(3, 4), nn.Linear(4, 2), how
+
+    def forward(self, x):
+        h = self.a(x)
+        b, c = h.shape[0], h.shape[1]
+        z = {"shape": lambda: torch.zeros(h.shape), "zeros": lambda: torch.zeros(b, c),
+             "ones": lambda: torch.ones(h.size(0), h.size(1), dtype=h.dtype), "empty": lambda: torch.empty(b, 4),
+             "full": lambda: torch.full((b, c), 2.0), "new_zeros": lambda: h.new_zeros(b, c),
+             "randn": lambda: torch.randn(b, c)}[self.how]()
+        return self.b(F.relu(h + z) + h)
+
+
+@pytest.mark.parametrize("how", ["zeros", "ones", "empty", "full", "new_zeros", "randn"])
+def test_a_factory_given_separate_traced_sizes_is_traced(how):
+    """``torch.zeros(h.shape[0], h.shape[1])``: torch's parser takes separate sizes only as ints, and fx failed
+    on the traced ones ("zeros() takes 1 positional argument but 2 were given": module order, the residual
+    junction missing), where ``torch.zeros(h.shape)`` traced. The graph is now the one of the latter."""
+    x = torch.randn(2, 3)
+    want = graphs.build(model=_Filled("shape"), level="unit", example_input=x)
+    g = graphs.build(model=_Filled(how), level="unit", example_input=x)
+    assert g.meta["traced"] and not g.warnings
+    assert edge_set(g) == edge_set(want)
+    assert torch.zeros(2, 3).shape == (2, 3) and torch.zeros is torch._C._VariableFunctions.zeros  # put back
+
+
+class _Optional(nn.Module):
+    def __init__(self, keyword_default=True):
+        super().__init__()
+        self.a, self.b, self.keyword_default = nn.Linear(3, 4), nn.Linear(4, 2), keyword_default
+
+    def run(self, x, y, mask):
+        h = self.a(x)
+        if y is not None:
+            h = h + y
+        if mask is not None:
+            h = h * mask
+        return self.b(h)
+
+
+class _OptionalKeyword(_Optional):
+    def forward(self, x, y=None, *, mask=None):
+        return self.run(x, y, mask)
+
+
+class _RequiredKeyword(_Optional):
+    def forward(self, x, y=None, *, mask):
+        return self.run(x, y, mask)
+
+
+class _OneInput(_Optional):
+    """What _RequiredKeyword computes, written with its inputs as the forward's positional arguments."""
+
+    def forward(self, x, mask):
+        return self.run(x, None, mask)
+
+
+def test_an_optional_input_before_a_keyword_only_one_is_traced_at_its_default():
+    """``forward(self, x, y=None, *, mask)``: fx wrote the graph as ``def forward(self, x, y = None, mask)``, a
+    SyntaxError (module order, with a warning); and a keyword-only input given in example_input, ``(x, y,
+    mask)`` for ``mask=None``, was traced as None (its default) and the run failed on the assert fx puts there.
+    The inputs bind to the parameters in order, keyword-only ones last; None leaves an optional one at its
+    default. The graph is the one of the same model with the inputs as plain arguments."""
+    x, y, m = torch.randn(2, 3), torch.randn(2, 4), torch.ones(2, 4)
+    torch.manual_seed(0)
+    want = graphs.build(model=_OneInput(), level="unit", example_input=(x, m))
+    for model, example in ((_RequiredKeyword(), (x, None, m)), (_OptionalKeyword(), (x, None, m))):
+        g = graphs.build(model=model, level="unit", example_input=example)
+        assert g.meta["traced"] and not g.warnings
+        assert edge_set(g) == edge_set(want) and [gr.name for gr in g.groups if gr.kind == "input"] == ["x", "mask"]
+    g = graphs.build(model=_OptionalKeyword(), level="unit", example_input=(x, y, m))
+    assert g.meta["traced"] and [gr.name for gr in g.groups if gr.kind == "input"] == ["x", "y", "mask"]
+    assert edge_set(g) >= wires("y", "add", [(i, i) for i in range(4)]) | wires("mask", "mul", [(i, i) for i in range(4)])
+    assert edge_set(graphs.build(model=_OptionalKeyword(), level="unit", example_input=x)) == edge_set(
+        graphs.build(model=_OneInput(), level="unit", example_input=(x, None)))
+
+
+def test_an_example_input_leaving_out_a_required_keyword_only_input_is_refused_naming_the_order():
+    """``(x, mask)`` for ``forward(self, x, y=None, *, mask)`` binds ``y=mask``: the run said only "Expected
+    positional argument for parameter mask"; the guess asked for ``(x, mask)``, which is that very tuple."""
+    x, m = torch.randn(2, 3), torch.ones(2, 4)
+    with pytest.raises(TypeError, match=r"^example_input gives 2 input\(s\) and _RequiredKeyword\.forward also needs "
+                                        r"mask: .* pass example_input=\(x, y or None, mask\), None for an optional"):
+        graphs.trace(_RequiredKeyword(), (x, m))
+    with pytest.raises(ValueError, match=r"pass example_input=\(x, y or None, mask\), a tensor each"):
+        graphs.trace(_RequiredKeyword())
+
+
+def test_compact_traces_an_optional_input_given_as_none_at_its_default():
+    """graphs.compact traced ``y`` given as None in ``(x, None, mask)`` as an input (a proxy): the ``if y is
+    not None`` branch was taken and the run failed ("unsupported operand type(s) for +: 'Tensor' and
+    'NoneType'"). build's binding is compact's: None leaves it at its default."""
+    x, m = torch.randn(2, 3), torch.ones(2, 4)
+    for model in (_OptionalKeyword(), _RequiredKeyword()):
+        small = graphs.compact(model, example_input=(x, None, m))
+        assert torch.allclose(small(x, None, mask=m), model(x, None, mask=m), atol=1e-6)

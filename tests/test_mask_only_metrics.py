@@ -352,6 +352,72 @@ def test_arguments_a_forward_pre_hook_unpacks_are_not_refused_and_a_forward_bug_
     assert "separate arguments" not in str(e.value)
 
 
+@pytest.mark.parametrize("entry", ["optimize_connectome", "gradient_by_depth", "collinearity", "knowledge_distribution"])
+@pytest.mark.parametrize("with_kwargs", [False, True])
+def test_a_hooked_forward_taking_separate_arguments_is_refused_naming_the_fix(entry, with_kwargs):
+    """A forward pre-hook (a plain one or a with_kwargs one) that leaves the inputs as they are: the model's
+    forward(self, x, y) got PyTorch's bare "missing 1 required positional argument" (gradient_by_depth: a
+    tracing error), since a hook may unpack the inputs and the refusal was skipped for every hooked model."""
+    from adaptive import diagnostics
+
+    model = _TwoArguments()
+    if with_kwargs:
+        model.register_forward_pre_hook(lambda module, args, kwargs: None, with_kwargs=True)
+    else:
+        model.register_forward_pre_hook(lambda module, args: None)
+    g = torch.Generator().manual_seed(0)
+    data = [((torch.randn(8, 3, generator=g), torch.randn(8, 2, generator=g)), torch.randint(0, 4, (8,), generator=g))] * 2
+    call = {"optimize_connectome": lambda: optimize_connectome(model, data, data, target=0.5, progress=False),
+            "gradient_by_depth": lambda: diagnostics.gradient_by_depth(model, data, layer="a", batches=1),
+            "collinearity": lambda: diagnostics.collinearity(model, data, batches=1),
+            "knowledge_distribution": lambda: diagnostics.knowledge_distribution(model, data, points=2)}[entry]
+    with pytest.raises(TypeError, match=r"model\(inputs\); _TwoArguments\.forward takes them as 2 separate arguments: "
+                                        r"wrap it .*self\.net\(\*inputs\)"):
+        call()
+
+
+def test_a_hooked_forward_taking_one_argument_or_a_hook_error_is_not_refused():
+    """Under a hook, a forward that takes the inputs as one tuple runs as before, and a TypeError the hook
+    raises itself is not taken for the 'separate arguments' refusal."""
+    from adaptive.metrics import call_model
+
+    class OneTuple(_TwoArguments):
+        def forward(self, xy):
+            return super().forward(*xy)
+
+    x = (torch.randn(2, 3), torch.randn(2, 2))
+    model = OneTuple()
+    model.register_forward_pre_hook(lambda module, args: None)
+    assert call_model(model, x).shape == (2, 4)
+
+    def bad_hook(module, args):
+        raise TypeError("the hook's own error")
+
+    hooked = _TwoArguments()
+    hooked.register_forward_pre_hook(bad_hook)
+    with pytest.raises(TypeError, match="^the hook's own error$"):
+        call_model(hooked, x)
+
+
+def test_a_type_error_a_hook_raises_in_torchs_module_call_is_not_refused():
+    """A TypeError raised in torch's module call that is not forward's binding: a forward hook with the wrong
+    signature, after a pre-hook unpacked the inputs and forward ran on them (model(inputs) is the right call),
+    or a pre-hook calling a submodule wrongly. Both were refused as 'separate arguments', whose fix (wrap the
+    model) is wrong there: the error is the hook's, and it is the one raised."""
+    from adaptive.metrics import call_model
+
+    x = (torch.randn(2, 3), torch.randn(2, 2))
+    model = _TwoArguments()
+    model.register_forward_pre_hook(lambda module, args: args[0])  # unpacks: model(inputs) is model(*inputs)
+    model.register_forward_hook(lambda module, out: None)  # wrong: forward hooks take (module, args, output)
+    with pytest.raises(TypeError, match=r"<lambda>\(\) takes 2 positional arguments but 3 were given$"):
+        call_model(model, x)
+    model = _TwoArguments()
+    model.register_forward_pre_hook(lambda module, args: (module.a(*args[0]),))  # Linear takes one input
+    with pytest.raises(TypeError, match=r"^Linear\.forward\(\) takes 2 positional arguments but 3 were given$"):
+        call_model(model, x)
+
+
 def test_removal_scores_names_itself_refusing_separate_arguments():
     """removal_scores (public in adaptive.diagnostics) named knowledge_distribution in the refusal."""
     from adaptive import diagnostics

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
-from ..metrics import call_model, refuse_unpacked, to_device
+from ..metrics import _forward_owner, call_model, refuse_unpacked, to_device
 from ._shared_calls import CallRecorder, parts_adding_up
 from ._common import (LogHistogram, batch_statistics_explained, check_finite, default_loss, find_weight, iterate_batches, kept_buffers, measured_gradients, model_device,
                       scalers_suspended, training_mode)
@@ -292,6 +292,22 @@ def _percent(fraction: float) -> str:
     return f"{fraction:.0%}"
 
 
+def _refuse_hooked_unpacked(model: nn.Module, x) -> None:
+    """The 'separate arguments' refusal (:func:`adaptive.metrics.refuse_unpacked`) for a model under a forward
+    pre-hook whose tracing failed: only a call tells whether the hook unpacks the inputs for a forward taking
+    them as separate arguments, so the model is called once on ``x`` (without gradients); nothing when that
+    call runs, or fails otherwise (the tracing error is then the one to read)."""
+    if not isinstance(x, (tuple, list)) or not _forward_owner(model)[1]:
+        return
+    try:
+        with torch.no_grad():
+            model(x)
+    except TypeError as e:
+        refuse_unpacked(model, x, "gradient_by_depth", e)
+    except Exception:  # noqa: BLE001 - another failure of the model's own: the tracing error says more
+        pass
+
+
 @kept_global_rng()
 @torch.inference_mode(False)  # its tensors (sums, gradients) must be normal ones, whatever the caller's mode
 def gradient_by_depth(
@@ -346,7 +362,11 @@ def gradient_by_depth(
                 x, y = to_device(x, device), to_device(y, device)  # nested inputs (a tuple of tensors) too
                 if call_depths is None:
                     refuse_unpacked(model, x, "gradient_by_depth")  # before tracing, which would fail less clearly
-                    call_depths = resolve_call_depths(model, name, depths, example=x)
+                    try:
+                        call_depths = resolve_call_depths(model, name, depths, example=x)
+                    except ValueError:
+                        _refuse_hooked_unpacked(model, x)
+                        raise
                     recorder = CallRecorder(mod)  # after the tracing, whose forward it would record
                 recorder.clear()
                 loss = loss_fn(call_model(model, x, "gradient_by_depth"), y)
