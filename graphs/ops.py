@@ -126,14 +126,15 @@ BROADCAST_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_",
                      "le", "gt", "ge", "logical_not", "logical_and", "logical_or", "masked_fill", "masked_fill_"}
 SHAPE_FUNCTIONS = {
     torch.flatten, torch.reshape, torch.cat, torch.concat, torch.stack, torch.permute, torch.transpose,
+    torch.swapaxes, torch.swapdims,
     torch.squeeze, torch.unsqueeze, torch.split, torch.chunk, torch.narrow, torch.movedim, F.pad,
     operator.getitem, torch.unflatten, torch.triu, torch.tril, F.pixel_shuffle, F.pixel_unshuffle, torch.unbind,
     torch.tensor_split, torch.hsplit, torch.vsplit, torch.dsplit, torch.split_with_sizes,
     TORCH_OWN.index_select, TORCH_OWN.select, TORCH_OWN.gather,
 }
 SHAPE_METHODS = {
-    "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "split", "chunk", "narrow",
-    "expand", "expand_as", "repeat", "movedim", "unflatten", "t", "view_as", "reshape_as", "contiguous",
+    "view", "reshape", "flatten", "permute", "transpose", "swapaxes", "swapdims", "squeeze", "unsqueeze", "split",
+    "chunk", "narrow", "expand", "expand_as", "repeat", "movedim", "unflatten", "t", "view_as", "reshape_as", "contiguous",
     "triu", "tril", "unbind", "tensor_split", "hsplit", "vsplit", "dsplit", "split_with_sizes", "index_select",
     "select", "gather",
 }

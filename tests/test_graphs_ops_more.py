@@ -402,3 +402,33 @@ def test_splits_along_other_axes_are_wired_as_chunk(kind):
     g = build(AlongOtherAxes(kind, False), x)
     assert edge_set(g) == edge_set(build(AlongOtherAxes(kind, True), x))
     assert edge_set(g) >= full("a", "b", 4, 2) | full("a", "c", 4, 2)
+
+
+SWAPS = {
+    "swapaxes": lambda h: torch.swapaxes(h, 1, 2),
+    "swapdims": lambda h: torch.swapdims(h, 1, -1),
+    "swapaxes_method": lambda h: h.swapaxes(1, 2),
+    "swapdims_method": lambda h: h.swapdims(-1, 1),
+}
+
+
+class Swapped(nn.Module):
+    """a writes 4 channels on axis 1 of [N, 4, T]; the swap puts them last for b, a Linear."""
+
+    def __init__(self, swap):
+        super().__init__()
+        torch.manual_seed(0)
+        self.swap, self.a, self.b = swap, nn.Conv1d(3, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(self.swap(self.a(x)))
+
+
+@pytest.mark.parametrize("kind", sorted(SWAPS))
+def test_swapaxes_and_swapdims_move_channels_as_transpose_does(kind):
+    """torch.swapaxes / swapdims and their methods are transpose under other names: the graph is the one of
+    the same model written with transpose. They were unknown ops: warned, every unit of a feeding b."""
+    x = torch.randn(2, 3, 5)
+    g = build(Swapped(SWAPS[kind]), x)
+    assert edge_set(g) == edge_set(build(Swapped(lambda h: h.transpose(1, 2)), x))
+    assert {(s, d) for s, d, k in edge_set(g) if s.startswith("a:")} == {(f"a:{i}", f"b:{j}") for i in range(4) for j in range(2)}
