@@ -1387,7 +1387,7 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
                     raise
                 continue
         try:
-            rb = gm(*args)
+            rb = _call_with_inputs(gm, args)  # its keyword-only inputs by name, as the model's
         except Exception as e:  # noqa: BLE001 - the masked model runs on this input: so must the compact one
             if not where:
                 raise

@@ -18,6 +18,7 @@ outputs), each a contiguous range. Everything is tensor code; Python loops run o
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import math
 import operator
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_leaves
 from torch import fx, nn
+from torch.fx._symbolic_trace import _assert_is_none
 from torch.fx.passes.shape_prop import ShapeProp
 
 from . import ops
@@ -1085,21 +1087,63 @@ def symbolic_trace(root: nn.Module, concrete_args=None) -> fx.GraphModule:
     function, where it traced into the replacement and stopped at its ``if`` on a traced value (once
     torch_geometric was imported, every model calling ``torch.index_select`` fell back to module order,
     and ``graphs.compact`` refused it). The graph runs torch's function. Factories given separate traced
-    sizes are traced too (:func:`_sizes_packed`), and a forward with a required keyword-only input after a
-    defaulted one (``forward(self, x, y=None, *, mask)``) too (:func:`_required_after_defaults`)."""
+    sizes are traced too (:func:`_sizes_packed`), and a forward with keyword-only parameters keeps its
+    calling convention (``forward(self, x, y=None, *, mask)``: :class:`SignatureTracer`)."""
     with _torch_own_functions(), _sizes_packed():
-        tracer = fx.Tracer()
+        tracer = SignatureTracer()
         graph = tracer.trace(root, concrete_args)
-    _required_after_defaults(graph)
     return fx.GraphModule(tracer.root, graph, type(root).__name__)
 
 
+class _KeywordOnly(fx.graph.CodeGen):
+    """Writes a graph's forward with its last ``count`` placeholders keyword-only, after a ``*``: fx writes
+    every placeholder as a positional parameter, so ``forward(self, x, y=None, *, mask)`` became ``def
+    forward(self, x, y = None, mask)``, a SyntaxError ("non-default argument follows default argument"), and
+    without y's default ``forward(self, x, y, mask)``, which ``model(x, mask=m)`` does not call."""
+
+    def __init__(self, count: int):
+        super().__init__()
+        self.count = count
+
+    def gen_fn_def(self, free_vars, maybe_return_annotation, **kwargs):
+        free_vars = list(free_vars)
+        free_vars.insert(len(free_vars) - self.count, "*")
+        return super().gen_fn_def(free_vars, maybe_return_annotation, **kwargs)
+
+
+class SignatureTracer(fx.Tracer):
+    """``fx.Tracer`` whose graph is written with the traced forward's keyword-only parameters keyword-only
+    (:class:`_KeywordOnly`), defaults kept. A GraphModule keeps its tracer's class, and torch.load traces
+    the saved module's code again with it (the graph itself is not saved): the copy read back, whose code
+    has that signature, is written so too. Where the placeholders are not the parameters one for one (a
+    ``*args``, a tuple given in ``concrete_args``), the defaults of those a required one follows are dropped
+    (:func:`_required_after_defaults`)."""
+
+    def trace(self, root, concrete_args=None):
+        graph = super().trace(root, concrete_args)
+        fn = getattr(type(root), self.traced_func_name) if isinstance(root, nn.Module) else root
+        code = getattr(inspect.unwrap(fn), "__code__", None)
+        holders = [n for n in graph.nodes if n.op == "placeholder"]
+        keyword = code.co_kwonlyargcount if code is not None else 0
+        own = code is not None and not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS) \
+            and len(holders) == code.co_argcount + keyword - isinstance(root, nn.Module)
+        if keyword and own:
+            graph._codegen = _KeywordOnly(keyword)
+        else:
+            _required_after_defaults(graph)
+        for n in graph.nodes:
+            if n.target is _assert_is_none:
+                # fx writes wrap("torch.fx._symbolic_trace._assert_is_none") into the code of the check it puts on
+                # an input traced as None; torch.load runs it, and every later fx trace in the process failed
+                # (KeyError: no global has that dotted name). fx wraps this function of its own in every trace.
+                n.meta.pop("is_wrapped", None)
+        return graph
+
+
 def _required_after_defaults(graph: fx.Graph) -> None:
-    """Drop the defaults of the placeholders that a placeholder without one follows. fx makes a placeholder of
-    each parameter of forward, in order, keyword-only ones last, and writes the graph's code as one
-    positional signature: ``forward(self, x, y=None, *, mask)`` became ``def forward(self, x, y = None,
-    mask)``, a SyntaxError ("non-default argument follows default argument"). Such a graph is run with a
-    value for every placeholder (:func:`_placeholder_values`)."""
+    """Drop the defaults of the placeholders that a placeholder without one follows, which fx's positional
+    signature cannot write (see :class:`_KeywordOnly`). Such a graph is run with a value for every
+    placeholder (:func:`_placeholder_values`)."""
     required = False
     for n in reversed([n for n in graph.nodes if n.op == "placeholder"]):
         if not n.args:
@@ -1273,8 +1317,6 @@ def runnable_example_input(model: nn.Module, tokens: Optional[bool] = None, batc
 
 def _forward_params(model: nn.Module) -> list:
     """The parameters of ``model.forward`` (none where its signature cannot be read)."""
-    import inspect
-
     try:
         return list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):

@@ -1,5 +1,7 @@
 """graphs tracing and building on hand-built models whose graphs are known exactly."""
 
+import copy
+import inspect
 import os
 import sys
 
@@ -1273,3 +1275,33 @@ def test_compact_traces_an_optional_input_given_as_none_at_its_default():
     for model in (_OptionalKeyword(), _RequiredKeyword()):
         small = graphs.compact(model, example_input=(x, None, m))
         assert torch.allclose(small(x, None, mask=m), model(x, None, mask=m), atol=1e-6)
+
+
+def _saved_and_copied(small, tmp_path):
+    """``small``, itself read back by torch.load (which traces its code again) and deep-copied."""
+    torch.save(small, tmp_path / "small.pt")
+    return small, torch.load(tmp_path / "small.pt", weights_only=False), copy.deepcopy(small)
+
+
+def test_a_compact_copy_keeps_a_keyword_only_input_after_a_defaulted_one(tmp_path):
+    """``forward(self, x, y=None, *, mask)``: fx writes every input as a positional parameter, and the copy's
+    forward was ``forward(self, x, y, mask)``: ``small(x, mask=m)`` failed (y missing), a call the model takes.
+    The copy keeps the model's signature, read back by torch.load and deep-copied too. And loading a copy
+    traced with y as None (fx checks y is None) broke every later fx trace in the process (KeyError:
+    'torch.fx._symbolic_trace._assert_is_none')."""
+    x, y, m = torch.randn(2, 3), torch.randn(2, 4), torch.ones(2, 4)
+    torch.manual_seed(0)
+    model = _RequiredKeyword().eval()
+    for example in ((x, None, m), (x, y, m)):
+        for small in _saved_and_copied(graphs.compact(model, example_input=example), tmp_path):
+            assert str(inspect.signature(small.forward)) == "(x, y=None, *, mask)"
+            if example[1] is None:  # y traced at its default: left out or None, another value refused by name
+                assert torch.allclose(small(x, mask=m), model(x, mask=m), atol=1e-6)
+                assert torch.allclose(small(x, None, mask=m), model(x, None, mask=m), atol=1e-6)
+                with pytest.raises(AssertionError, match="y has been specialized to have value None"):
+                    small(x, y, mask=m)
+            else:  # y traced as an input
+                assert torch.allclose(small(x, y, mask=m), model(x, y, mask=m), atol=1e-6)
+            with pytest.raises(TypeError, match="positional argument"):
+                small(x, y, m)  # mask keyword-only, as the model's
+    assert graphs.build(model=model, level="unit", example_input=(x, None, m)).meta["traced"]  # fx still traces
