@@ -296,7 +296,7 @@ def test_a_keyword_only_input_is_named_and_given_last_in_the_tuple():
     """``forward(self, x, *, mask)`` was guessed one tensor, and the error said "could not guess an input
     ... pass example_input=tensor", which cannot give mask; compact refused the tuple (x, mask) (it ran
     the model on both positionally). The error names mask as the input with no guess and keyword-only,
-    the tuple takes it last, and build and compact pass it by name."""
+    the tuple takes it last, and build and compact pass it by name; the copy takes it by name, as the model."""
     from graphs.cli import _one_line
 
     said = (r"_KeywordMask.forward takes 2 inputs \(x, mask\) and graphs guesses a single one \(mask: no guess\): "
@@ -313,7 +313,9 @@ def test_a_keyword_only_input_is_named_and_given_last_in_the_tuple():
     assert [(gr.name, gr.count) for gr in g.groups if gr.kind == "input"] == [("x", 4), ("mask", 3)]
     small = graphs.compact(m, example_input=(x, mask))
     assert small.compaction["max_abs_diff"] == 0.0
-    assert torch.equal(small(x, mask), m(x, mask=mask))
+    assert torch.equal(small(x, mask=mask), m(x, mask=mask))
+    with pytest.raises(TypeError, match="positional argument"):  # mask keyword-only in the copy, as in the model
+        small(x, mask)
 
 
 class _BatchDict(nn.Module):
