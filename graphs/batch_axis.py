@@ -1,4 +1,6 @@
-"""Which axis of an input holds its batch: axis 1 for the sequences of a sequence-first model ([T, B, F]
+"""Which axes of an input hold its batch and, for per-channel input nodes, its channels.
+
+Its batch: axis 1 for the sequences of a sequence-first model ([T, B, F]
 features, [T, B] tokens, read by ``nn.MultiheadAttention``, the transformer layers and ``nn.LSTM`` & co.
 with ``batch_first=False``, torch's default), axis 0 otherwise.
 
@@ -7,7 +9,11 @@ sequence-first layers itself (``attn(x.transpose(0, 1), ...)``). So the input is
 graph to the layers that read it as a sequence, its axes through the ops on the way (moved by transpose,
 permute, movedim; kept by elementwise ops, linear layers, normalisation, embedding); axis 1 holds its batch
 when it lands on the batch axis of every such layer reached with the axes known, axis 0 in every other case
-(the axes lost on the way, by a reshape or an unknown op: the batch-first reading graphs always had)."""
+(the axes lost on the way, by a reshape or an unknown op: the batch-first reading graphs always had).
+
+Its channels, where input nodes are per channel: the axis that the first convolutions or linear layers reading
+the input, followed so, take as their input channels (:func:`input_channel_axes`); axis 1 where that is not
+known."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Set, Tuple
@@ -91,30 +97,70 @@ def _moved(user: fx.Node, module: Optional[nn.Module], axes: Axes) -> Optional[A
     return None
 
 
+def _follow(gm: fx.GraphModule, start: fx.Node, rank: int, reads) -> Set[Optional[int]]:
+    """Follow a value of ``rank`` axes from ``start`` through the ops that move its axes in a known way
+    (:func:`_moved`) to the layers ``reads`` stops at: ``reads(user, module, node, axes)`` gives the votes of a
+    layer reading ``node`` with ``axes`` (None: an axis not known; empty: it reads no axis of interest), or
+    None for an op to follow past. The votes of every layer reached."""
+    mods = dict(gm.named_modules())
+    votes: Set[Optional[int]] = set()
+    todo, seen = [(start, tuple(range(rank)))], set()
+    while todo:
+        node, axes = todo.pop()
+        for user in node.users:
+            module = mods.get(user.target) if user.op == "call_module" else None
+            read = reads(user, module, node, axes)
+            if read is not None:
+                votes.update(read)
+                continue
+            moved = _moved(user, module, axes) if (user, axes) not in seen else None
+            if moved is not None:
+                seen.add((user, axes))
+                todo.append((user, moved))
+    return votes
+
+
+def _sequence_reads(user: fx.Node, module: Optional[nn.Module], node: fx.Node, axes: Axes):
+    """The input's axis on the batch axis of a sequence-reading layer reading ``node`` (none where ``node`` is
+    not one of its sequences, a recurrent layer's ``hx``); None for any other op."""
+    sequences = _sequence_arguments(module) if module is not None else ()
+    if not sequences:
+        return None
+    given = list(user.args[:len(sequences)]) + [user.kwargs.get(k) for k in sequences[len(user.args):]]
+    if not any(a is node for a in given):
+        return ()
+    b = _layer_batch_axis(module)  # of batched sequences, 3-D; a 2-D one is unbatched
+    return (axes[b] if b is not None and len(axes) == 3 else None,)
+
+
+def _channel_reads(user: fx.Node, module: Optional[nn.Module], node: fx.Node, axes: Axes):
+    """The input's axis that a convolution (axis 1) or a linear layer (the last axis) reading ``node`` takes
+    as its input channels; none where ``node`` is not its input; None for any other op."""
+    linear = user.target is F.linear or isinstance(module, nn.Linear)
+    if not linear and ops.categorize(user, module) != "weighted":
+        return None
+    data = user.args[0] if user.args else user.kwargs.get("input")
+    if data is not node:
+        return ()
+    return (axes[-1] if linear else axes[1] if len(axes) > 1 else None,)
+
+
 def input_batch_axes(gm: fx.GraphModule, starts: Dict[str, Tuple[fx.Node, int]]) -> Dict[str, int]:
     """The batch axis of each input ``starts`` names (its node in ``gm`` and its rank; a tuple input's items are
     their ``getitem`` nodes): 1 where the input reaches the sequence-reading layers with its axis 1 on
     their batch axis, every time its axes are known there; 0 otherwise (see the module docstring)."""
-    mods = dict(gm.named_modules())
+    return {name: 1 for name, (start, rank) in starts.items() if _follow(gm, start, rank, _sequence_reads) == {1}}
+
+
+def input_channel_axes(gm: fx.GraphModule, starts: Dict[str, Tuple[fx.Node, int]]) -> Dict[str, int]:
+    """The channel axis of each input ``starts`` names (as :func:`input_batch_axes` takes them), where it is not
+    axis 1: the axis the first convolutions and linear layers reading it take as their input channels, where
+    they all agree and its axes are known on the way to each (a channels-last image ``x.permute(0, 3, 1, 2)``
+    into a Conv2d: axis 3); axis 1 in every other case (a reshape on the way: the reading graphs always had)."""
     found = {}
     for name, (start, rank) in starts.items():
-        votes: Set[Optional[int]] = set()
-        todo, seen = [(start, tuple(range(rank)))], set()
-        while todo:
-            node, axes = todo.pop()
-            for user in node.users:
-                module = mods.get(user.target) if user.op == "call_module" else None
-                sequences = _sequence_arguments(module) if module is not None else ()
-                if sequences:
-                    given = list(user.args[:len(sequences)]) + [user.kwargs.get(k) for k in sequences[len(user.args):]]
-                    if any(a is node for a in given):
-                        b = _layer_batch_axis(module)  # of batched sequences, 3-D; a 2-D one is unbatched
-                        votes.add(axes[b] if b is not None and len(axes) == 3 else None)
-                    continue
-                moved = _moved(user, module, axes) if (user, axes) not in seen else None
-                if moved is not None:
-                    seen.add((user, axes))
-                    todo.append((user, moved))
-        if votes == {1}:
-            found[name] = 1
+        votes = _follow(gm, start, rank, _channel_reads)
+        axis = next(iter(votes)) if len(votes) == 1 else None
+        if axis is not None and axis not in (0, 1):  # axis 0 is the batch, whatever a layer makes of it
+            found[name] = axis
     return found

@@ -35,7 +35,7 @@ from torch.fx._symbolic_trace import _assert_is_none
 from torch.fx.passes.shape_prop import ShapeProp
 
 from . import ops
-from .batch_axis import input_batch_axes
+from .batch_axis import input_batch_axes, input_channel_axes
 from adaptive.discovery import to_out_in, transposed_shape
 from adaptive.warn import warn_user
 from adaptive.global_rng import global_states, set_global_states
@@ -281,6 +281,7 @@ class FlowProp(ShapeProp):
         self.input_nodes = input_nodes
         self.inputs = 1  # the example inputs propagate is given
         self.batch_axes: Dict[str, int] = {}  # the inputs holding their batch on axis 1 (batch_axis.py)
+        self.channel_axes: Dict[str, int] = {}  # the per-channel inputs holding their channels elsewhere than on axis 1
         self.flows: Dict[fx.Node, Any] = {}
         self.mods = dict(gm.named_modules())
 
@@ -436,8 +437,11 @@ class FlowProp(ShapeProp):
 
     def propagate(self, *args):
         self.inputs = sum(len(a) if _nested(a) else 1 for a in args)
+        starts = _input_starts(self.module, args)
         if self.input_nodes == "elements":
-            self.batch_axes = input_batch_axes(self.module, _input_starts(self.module, args))
+            self.batch_axes = input_batch_axes(self.module, starts)
+        else:
+            self.channel_axes = input_channel_axes(self.module, starts)
         return super().propagate(*args)
 
     def _on_placeholder(self, n, x, name=None):
@@ -468,8 +472,9 @@ class FlowProp(ShapeProp):
             one = x.select(b, 0)
             _, start = self.book.new_group(name, "input", "elements", one.numel())
             return torch.arange(start, start + one.numel(), dtype=torch.float64).view(one.shape).unsqueeze(b).expand(*x.shape)
-        _, start = self.book.new_group(name, "input", "channels", x.shape[1])
-        return _expand(torch.arange(start, start + x.shape[1]), x.shape, 1)
+        c = self.channel_axes.get(name, 1)  # another where the input is permuted for its first layers (channels last)
+        _, start = self.book.new_group(name, "input", "channels", x.shape[c])
+        return _expand(torch.arange(start, start + x.shape[c]), x.shape, c)
 
     def _on_linear(self, n, result):
         """``F.linear(x, self.fc.weight, ...)``: the call of the ``nn.Linear`` owning the weight (see

@@ -1305,3 +1305,57 @@ def test_a_compact_copy_keeps_a_keyword_only_input_after_a_defaulted_one(tmp_pat
             with pytest.raises(TypeError, match="positional argument"):
                 small(x, y, m)  # mask keyword-only, as the model's
     assert graphs.build(model=model, level="unit", example_input=(x, None, m)).meta["traced"]  # fx still traces
+
+
+class _ImageIn(nn.Module):
+    """A conv net taking its image channels first, or channels last and moving them to axis 1 itself (by a
+    permute after a pointwise op, or a movedim), or channels last and reshaped (its axes lost on the way)."""
+
+    def __init__(self, layout):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layout, self.conv, self.fc = layout, nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        if self.layout == "permute":
+            x = (x - 0.5).permute(0, 3, 1, 2)
+        elif self.layout == "movedim":
+            x = torch.movedim(x, -1, 1)
+        elif self.layout == "reshape":
+            x = x.reshape(-1, 3, 5, 6)
+        return self.fc(self.conv(x).amax((2, 3)))
+
+
+class _SequenceIn(nn.Module):
+    """A Linear over the features of a [B, T, F] sequence, then a Conv1d over its steps; ``first``: the
+    sequence given [B, F, T] and transposed for the Linear."""
+
+    def __init__(self, first):
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.fc, self.conv = first, nn.Linear(3, 4), nn.Conv1d(4, 2, 1)
+
+    def forward(self, x):
+        return self.conv(self.fc(x.transpose(1, 2) if self.first else x).transpose(1, 2))
+
+
+def _input_counts(g):
+    return [gr.count for gr in g.groups if gr.kind == "input"]
+
+
+@pytest.mark.parametrize("layout", ["permute", "movedim"])
+def test_per_channel_input_nodes_are_the_channels_its_first_layer_reads(layout):
+    """Input nodes per channel (chosen for a model with convolutions) were those of axis 1 whatever the model
+    did with it: a channels-last image [N, H, W, C] permuted for its Conv2d had H input nodes, each feeding
+    every unit of the conv through a junction. The input is followed to its first convolution or linear layer:
+    the graph is its channels-first twin's, one node per channel. A reshape on the way keeps axis 1."""
+    x = torch.randn(2, 3, 5, 6)
+    want = graphs.build(model=_ImageIn("first"), level="unit", example_input=x)
+    g = graphs.build(model=_ImageIn(layout), level="unit", example_input=x.permute(0, 2, 3, 1))
+    assert _input_counts(g) == [3] and edge_set(g) == edge_set(want) and not g.warnings
+    reshaped = graphs.build(model=_ImageIn("reshape"), level="unit", example_input=x.permute(0, 2, 3, 1))
+    assert _input_counts(reshaped) == [5]  # the channels' axis not known: axis 1, as before
+    s = torch.randn(2, 7, 3)  # features last, read by a Linear: their nodes, as for the [B, F, T] twin's
+    g = graphs.build(model=_SequenceIn(False), level="unit", example_input=s, input_nodes="channels")
+    want = graphs.build(model=_SequenceIn(True), level="unit", example_input=s.transpose(1, 2), input_nodes="channels")
+    assert _input_counts(g) == [3] and edge_set(g) == edge_set(want)
