@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_leaves
 from torch import fx, nn
-from torch.fx._symbolic_trace import _assert_is_none
 from torch.fx.passes.shape_prop import ShapeProp
 
 from . import ops
@@ -39,6 +38,10 @@ from .batch_axis import input_batch_axes, input_channel_axes
 from adaptive.discovery import to_out_in, transposed_shape
 from adaptive.warn import warn_user
 from adaptive.global_rng import global_states, set_global_states
+
+# fx's check on an input traced as None, whose wrap() SignatureTracer drops: a private name of fx's, so None
+# where a torch lacks it (graphs still imports and traces; only that drop is skipped)
+_assert_is_none = getattr(fx._symbolic_trace, "_assert_is_none", None)
 
 CONST, INPUT, UNIT, JUNCTION, OUTPUT = range(5)
 KIND_NAMES = ("constant", "input", "unit", "junction", "output")
@@ -1120,8 +1123,10 @@ class SignatureTracer(fx.Tracer):
     """``fx.Tracer`` whose graph is written with the traced forward's keyword-only parameters keyword-only
     (:class:`_KeywordOnly`), defaults kept. A GraphModule keeps its tracer's class, and torch.load traces
     the saved module's code again with it (the graph itself is not saved): the copy read back, whose code
-    has that signature, is written so too. Where the placeholders are not the parameters one for one (a
-    ``*args``, a tuple given in ``concrete_args``), the defaults of those a required one follows are dropped
+    has that signature, is written so too; so is a copy with an input traced as None (its check, see below).
+    Reading those back needs graphs importable; any other graph keeps ``fx.Tracer`` as its tracer, and a
+    copy loads with torch alone. Where the placeholders are not the parameters one for one (a ``*args``, a
+    tuple given in ``concrete_args``), the defaults of those a required one follows are dropped
     (:func:`_required_after_defaults`)."""
 
     def trace(self, root, concrete_args=None):
@@ -1136,12 +1141,16 @@ class SignatureTracer(fx.Tracer):
             graph._codegen = _KeywordOnly(keyword)
         else:
             _required_after_defaults(graph)
-        for n in graph.nodes:
-            if n.target is _assert_is_none:
-                # fx writes wrap("torch.fx._symbolic_trace._assert_is_none") into the code of the check it puts on
-                # an input traced as None; torch.load runs it, and every later fx trace in the process failed
-                # (KeyError: no global has that dotted name). fx wraps this function of its own in every trace.
-                n.meta.pop("is_wrapped", None)
+        checks = [n for n in graph.nodes if _assert_is_none is not None and n.target is _assert_is_none]
+        for n in checks:
+            # fx writes wrap("torch.fx._symbolic_trace._assert_is_none") into the code of the check it puts on
+            # an input traced as None; torch.load runs it, and every later fx trace in the process failed
+            # (KeyError: no global has that dotted name). fx wraps this function of its own in every trace.
+            n.meta.pop("is_wrapped", None)
+        if not checks and not isinstance(graph._codegen, _KeywordOnly):
+            # a GraphModule pickles its tracer's class, and torch.load needs it importable: where it would
+            # write nothing fx's does not, fx's, so such a copy loads where graphs is not installed
+            graph._tracer_cls = fx.Tracer
         return graph
 
 

@@ -1359,3 +1359,75 @@ def test_per_channel_input_nodes_are_the_channels_its_first_layer_reads(layout):
     g = graphs.build(model=_SequenceIn(False), level="unit", example_input=s, input_nodes="channels")
     want = graphs.build(model=_SequenceIn(True), level="unit", example_input=s.transpose(1, 2), input_nodes="channels")
     assert _input_counts(g) == [3] and edge_set(g) == edge_set(want)
+
+
+_LOAD_WITHOUT_GRAPHS = """
+import sys, torch
+
+class NoProject:  # a process where graphs is not installed (the project is, in this test's environment)
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("graphs", "adaptive"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+sys.meta_path.insert(0, NoProject())
+x, m = torch.load(sys.argv[1] + "/inputs.pt")
+print(torch.equal(torch.load(sys.argv[1] + "/plain.pt", weights_only=False)(x, m), torch.load(sys.argv[1] + "/want.pt")))
+try:
+    torch.load(sys.argv[1] + "/keyword.pt", weights_only=False)
+except ModuleNotFoundError as e:
+    print(e)
+"""
+
+
+def test_a_compact_copy_loads_without_graphs_unless_its_signature_needs_its_tracer(tmp_path):
+    """A GraphModule pickles its tracer's class, which torch.load imports to trace the code again: once every
+    copy was traced by SignatureTracer, none loaded where graphs is not installed (ModuleNotFoundError:
+    graphs), where a copy read back with torch alone before. Only a copy whose code fx cannot write (keyword-only
+    parameters; an input traced as None) keeps graphs' tracer, and its load names graphs as missing."""
+    import subprocess
+
+    x, m = torch.randn(2, 3), torch.ones(2, 4)
+    torch.manual_seed(0)
+    plain = graphs.compact(_OneInput().eval(), example_input=(x, m))
+    torch.save(plain, tmp_path / "plain.pt")
+    torch.save(plain(x, m), tmp_path / "want.pt")
+    torch.save((x, m), tmp_path / "inputs.pt")
+    torch.save(graphs.compact(_RequiredKeyword().eval(), example_input=(x, None, m)), tmp_path / "keyword.pt")
+    run = subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_GRAPHS, str(tmp_path)], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:2] == ["True", "No module named 'graphs'"]
+
+
+class _PositionalOptional(_Optional):
+    def forward(self, x, mask=None):
+        return self.run(x, None, mask)
+
+
+def test_a_copy_with_an_input_traced_as_none_read_back_leaves_fx_tracing(tmp_path):
+    """A copy with no keyword-only parameter but a check that mask is None: read back with fx's tracer, its code
+    got fx's wrap() of the check again, and every later fx trace in the process failed (KeyError); it keeps
+    graphs' tracer, which drops it."""
+    x = torch.randn(2, 3)
+    small = graphs.compact(_PositionalOptional().eval(), example_input=x)
+    torch.save(small, tmp_path / "small.pt")
+    back = torch.load(tmp_path / "small.pt", weights_only=False)
+    assert torch.equal(back(x), small(x)) and "wrap(" not in back.code
+    torch.fx.symbolic_trace(_OneInput())  # fx still traces
+
+
+def test_graphs_traces_where_torch_lacks_fx_private_none_check():
+    """graphs imported fx's private ``_assert_is_none`` by name (to drop the wrap() of its check): a torch
+    without it failed ``import graphs`` with an ImportError. It imports (fx's own tracing needs the function
+    back, in this torch) and compacts a model traced with an input at None."""
+    import subprocess
+
+    code = ("import torch, torch.fx._symbolic_trace as t; f = t._assert_is_none; del t._assert_is_none\n"
+            "import graphs, test_graphs_trace as tg\n"
+            "t._assert_is_none = f; x = torch.randn(2, 3)\n"
+            "print(graphs.compact(tg._OptionalKeyword().eval(), example_input=x).compaction['max_abs_diff'])")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(graphs.__file__)), os.path.dirname(__file__)])}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[-1] == "0.0"
