@@ -1235,7 +1235,8 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
     g = int(getattr(m, "groups", 1))
     bias = m.bias.detach().clone() if m.bias is not None else w.new_zeros(w.shape[0])
     k = torch.nan_to_num(k_in.to(w.dtype), nan=0.0) * ~ki  # the flags' device (the CPU): decided there
-    folds = bool((k != 0).any())
+    # outputs that stay read them: a group that goes whole takes its constants with it
+    folds = bool(((k != 0).view(g, -1).any(1) & ko.view(g, -1).any(1)).any())
     k = k.to(w.device)  # and computed with on the weight's (a CUDA model's)
     wg = w.view(g, w.shape[0] // g, *w.shape[1:])  # [groups, outputs per group, inputs per group, *kernel]
     fold = None
@@ -1243,7 +1244,7 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
         contrib = (wg * k.view(g, 1, -1, *([1] * (w.dim() - 2)))).sum(2).reshape(w.shape[0], 1, *w.shape[2:])
         pad = getattr(m, "padding", 0)
         if transposed:  # a constant input adds its kernel at every input position: uniform only for 1x1, stride 1
-            uniform = all(k == 1 for k in m.kernel_size) and all(s == 1 for s in m.stride) and not any(m.output_padding)
+            uniform = all(n == 1 for n in m.kernel_size) and all(s == 1 for s in m.stride) and not any(m.output_padding)
         else:
             uniform = isinstance(m, nn.Linear) or m.padding_mode != "zeros" or (
                 not isinstance(pad, str) and all(p == 0 for p in pad))

@@ -110,6 +110,7 @@ def test_grouped_up_convolution_loses_a_whole_group_or_equal_counts_per_group(ca
     can lose the fewest."""
     torch.manual_seed(0)
     model = UNet(groups=2).eval()
+    model.down.bias.data.abs_()  # down's dead neurons: non-zero constants, folded into up group by group
     conn = adaptive.Connectome(model, ensemble="neuron")
     down_dead, up_dead = {"whole group": ([4, 5, 6, 7], [3, 4, 5]), "even": ([1, 6], [0, 5]),
                           "uneven": ([1, 2, 6], [0])}[case]
@@ -122,6 +123,7 @@ def test_grouped_up_convolution_loses_a_whole_group_or_equal_counts_per_group(ca
     expect = {"whole group": (1, 4, 3), "even": (2, 6, 4), "uneven": (2, 6, 6)}[case]
     assert (up.groups, up.in_channels, up.out_channels) == expect
     assert small.compaction["removed"]["up"] == 6 - expect[2]
+    assert isinstance(small.up, graphs.FoldedConv) == (case != "whole group")  # a whole group's inputs fold nowhere
 
 
 def test_depthwise_up_convolution_drops_channel_c_in_and_out_together():
