@@ -141,7 +141,8 @@ class FoldedConv(nn.Module):
         self.conv = conv
         self.register_buffer("const_weight", const_weight)
 
-    def forward(self, x, *args, **kwargs):
+    def forward(self, input, *args, **kwargs):  # named as nn.Conv*'s is: a layer called conv(input=x) is too
+        x = input
         y = self.conv(x, *args, **kwargs)  # a transposed convolution's output_size, if given
         d = x.dim() - 2
         ones = x.new_ones((1, 1) + tuple(x.shape[2:]))

@@ -211,3 +211,28 @@ def test_align_counts_an_up_convolution_s_output_units():
     x = torch.randn(2, 2, 8, 8)
     assert graphs.compact(model, conn, x).up.out_channels == 3
     assert graphs.compact(model, conn, x, align=2).up.out_channels == 4
+
+
+@pytest.mark.parametrize("layer", [nn.Conv2d, nn.ConvTranspose2d])
+def test_a_folded_layer_called_with_its_input_by_keyword(layer):
+    """``self.b(input=h)``: the FoldedConv that takes b's place takes ``input`` by name as the layer does."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(2, 4, 3, padding=1)
+            self.b = layer(4, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.b(input=F.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    model.a.bias.data.abs_()  # a's dead neuron emits a non-zero constant, folded into b
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"a.weight": _neurons(conn, "a", [1])})
+    conn.apply()
+    x = torch.randn(2, 2, 6, 6)
+    small = graphs.compact(model, conn, x)
+    _compare(small, model, x)
+    assert isinstance(small.b, graphs.FoldedConv) and small.b.conv.in_channels == 3
