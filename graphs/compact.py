@@ -1,6 +1,6 @@
 """Compaction: turn dead units into a physically smaller dense model.
 
-``compact(model, conn, example_input)`` returns an ``fx.GraphModule`` whose Linear/Conv/BatchNorm
+``compact(model, conn, example_input)`` returns an ``fx.GraphModule`` whose Linear/Conv/ConvTranspose/BatchNorm
 layers have fewer channels and whose outputs equal the masked model's (eval mode) to float tolerance.
 
 What may be removed. Every channel of every tensor in the traced graph is an *item*; ops that keep
@@ -18,16 +18,24 @@ with its source. An item can go when each of its readers can do without it:
   into a one-channel convolution of an all-ones image with ``k``-weighted kernels, which reproduces
   the zero-padding border effects exactly for any input size (:class:`FoldedConv`).
 
+A transposed convolution (``nn.ConvTranspose1d/2d/3d``, a U-Net's up-convolution, weight stored ``(in,
+out/groups, *kernel)``) is a reader and a writer like a convolution: its dead output channels go, their bias
+folded into their readers, and so do the input channels that no live weight reads or that are constants. A
+constant input adds its kernel at every input position (the stride's tiling, the cropped borders, the output
+padding), uniform only for a 1-wide kernel at stride 1 with no output padding, where it joins the bias; else a
+:class:`FoldedConv` adds it as a one-channel transposed convolution of ones, at the output padding of each call
+(its ``output_padding``, or what its ``output_size`` argument asks for). Its groups follow the rules below.
+
 Constants are found by a probe run in which inputs are NaN: NaN spreads through every op that
 depends on data, a unit with no live input (or whose live inputs are exact zeros) emits its bias,
 and whatever stays finite and uniform, with the same value on an input twice the example's size, is a
 constant (integer inputs such as token ids are data, and so is every float made from them). Uniform and
 the same are judged to float32 rounding: an average rounds a constant by a few ulps, differently at each
 size (a float16 or bfloat16 model is probed on a float32 copy, whose rounding does not hide how a padded
-pool's border moves a mean with the size). Items of inputs, outputs, transposed convolutions, ops the
+pool's border moves a mean with the size). Items of inputs, outputs, ops the
 compactor does not understand and layers whose weight is tied to another module's are kept; a
-depthwise convolution (groups == channels) keeps or drops input channel ``c`` together with output
-channel ``c`` and its filter. Another grouped convolution (ResNeXt's, RegNet's) keeps its groups alike
+depthwise convolution (groups == channels; a transposed one too) keeps or drops input channel ``c`` together with output
+channel ``c`` and its filter. Another grouped convolution (ResNeXt's, RegNet's, a grouped transposed one) keeps its groups alike
 (:func:`_uneven_groups`): a group goes whole, filters, inputs and outputs, where all its channels could go
 (``groups`` drops), and every other group loses as many input channels as the one that can lose the fewest,
 and likewise output channels, one of each staying at least; each kept output still reads its own group's kept
@@ -108,13 +116,14 @@ from torch import fx, nn
 
 from adaptive.connectome import _uncompiled
 from adaptive.counts import whole_number
-from adaptive.discovery import copy_model
+from adaptive.discovery import copy_model, from_out_in, to_out_in
 from adaptive.global_rng import kept_global_rng
 from adaptive.warn import warn_user
 
 from . import ops, shape_reads
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 _BN = nn.modules.batchnorm._BatchNorm
 
 
@@ -122,19 +131,28 @@ class FoldedConv(nn.Module):
     """A convolution plus the exact contribution of removed constant input channels:
     ``conv(x) + conv_k(ones)``, where ``conv_k`` has one input channel holding ``sum_c k_c W[:, c]``
     and the same stride, padding and dilation, so zero-padding borders come out right.
-    ``const_weight``: that one-channel kernel, ``sum_c k_c W[:, c]`` (a buffer)."""
+    ``const_weight``: that one-channel kernel, ``sum_c k_c W[:, c]`` (a buffer), stored as ``conv``'s weight is:
+    ``(outputs, 1, *kernel)``, or ``(1, outputs, *kernel)`` for a transposed convolution, whose constant inputs
+    add a pattern of its kernel (its stride's tiling, the cropped borders) that ``conv_k`` reproduces with the
+    output padding ``conv``'s output has, from its ``output_padding`` or the ``output_size`` it was called with."""
 
     def __init__(self, conv: nn.Module, const_weight: torch.Tensor):
         super().__init__()
         self.conv = conv
         self.register_buffer("const_weight", const_weight)
 
-    def forward(self, x):
-        y = self.conv(x)
+    def forward(self, input, *args, **kwargs):  # named as nn.Conv*'s is: a layer called conv(input=x) is too
+        x = input
+        y = self.conv(x, *args, **kwargs)  # a transposed convolution's output_size, if given
         d = x.dim() - 2
         ones = x.new_ones((1, 1) + tuple(x.shape[2:]))
         c = self.conv
-        return y + _CONV_FN[d](ones, self.const_weight, None, c.stride, c.padding, c.dilation)
+        if not isinstance(c, ops.TRANSPOSED_MODULES):
+            return y + _CONV_FN[d](ones, self.const_weight, None, c.stride, c.padding, c.dilation)
+        # the output padding y has: its size past the one a transposed convolution of x's size gives without
+        extra = [y.shape[2 + i] - ((x.shape[2 + i] - 1) * c.stride[i] - 2 * c.padding[i]
+                                   + c.dilation[i] * (c.kernel_size[i] - 1) + 1) for i in range(d)]
+        return y + _CONV_T_FN[d](ones, self.const_weight, None, c.stride, c.padding, tuple(extra), 1, c.dilation)
 
 
 def channel_pad(x: torch.Tensor, spatial: tuple, index: torch.Tensor) -> torch.Tensor:
@@ -184,11 +202,12 @@ class _Probe(fx.Interpreter):
 
     def call_module(self, target, args, kwargs):
         m = self.mods[target]
-        if not isinstance(m, ops.WEIGHTED_MODULES):
+        if not isinstance(m, _LAYERS):
             return super().call_module(target, args, kwargs)
         x = args[0] if args else kwargs["input"]  # nn.Linear/Conv take one tensor, ``input``
-        out = m(torch.nan_to_num(x, nan=1.0))  # shape only
-        w = m.weight.detach()
+        rest = {k: v for k, v in kwargs.items() if k != "input"}  # a transposed convolution's output_size
+        out = m(torch.nan_to_num(x, nan=1.0), *args[1:], **rest)  # shape only
+        w = _out_in_weight(m)
         axis = -1 if isinstance(m, nn.Linear) else 1
         xc = x.movedim(axis, 0).reshape(x.shape[axis], -1)
         zero_in = (xc == 0).all(1)  # exact-zero input channels
@@ -202,6 +221,16 @@ class _Probe(fx.Interpreter):
         shape = [1] * out.dim()
         shape[axis] = o
         return val.view(shape).expand_as(out).clone()
+
+
+_LAYERS = ops.WEIGHTED_MODULES + ops.TRANSPOSED_MODULES  # the layers compaction shrinks
+
+
+def _out_in_weight(m: nn.Module) -> torch.Tensor:
+    """``m``'s weight laid out ``(out, in/groups, *kernel)``: a transposed convolution's, stored
+    ``(in, out/groups, *kernel)``, swapped within each group (a copy); any other's as it is."""
+    w = m.weight.detach()
+    return to_out_in(w, m.groups) if isinstance(m, ops.TRANSPOSED_MODULES) else w
 
 
 def _size_dependent(n) -> bool:
@@ -525,7 +554,7 @@ def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
     read: Dict[str, List[str]] = {}
     for n in gm.graph.nodes:
         owner = str(n.target).rpartition(".")[0] if n.op == "get_attr" else None
-        if owner and isinstance(_submodule(src, owner), ops.WEIGHTED_MODULES):  # "": the model is the layer
+        if owner and isinstance(_submodule(src, owner), _LAYERS):  # "": the model is the layer
             read.setdefault(owner, []).extend(u.name for u in n.users)
     for owner, users in read.items():
         if owner in kept:
@@ -604,8 +633,6 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
             continue
         if _stateful(module) and (calls[n.target] > 1 or n.target in tied):  # one set of parameters cannot be sliced two ways
             cat = "pinned"
-        if isinstance(module, ops.TRANSPOSED_MODULES):  # not shrunk (its pruned weights are zeros): its channels stay
-            cat = "pinned"
         if cat == "weighted":
             x = _module_input(n)
             aligned = x in items.offset and (items.last(x, env) if isinstance(module, nn.Linear) and out.dim() > 2
@@ -678,7 +705,7 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
                 class_bad[label[items.offset[t]]] = True
                 removed = ~class_bad[label]
     outs = [items.ids(n) for n in gm.graph.nodes if n.op == "call_module"
-            and isinstance(mods[n.target], ops.WEIGHTED_MODULES) and n in items.offset] if align > 1 else []
+            and isinstance(mods[n.target], _LAYERS) and n in items.offset] if align > 1 else []
     changed = True
     while changed:  # keeping a class can unsettle another layer's groups or alignment: until both hold everywhere
         changed = False
@@ -697,15 +724,15 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
                 changed = True
     per_layer = {}
     for n in gm.graph.nodes:
-        if n.op == "call_module" and isinstance(mods[n.target], ops.WEIGHTED_MODULES) and n in items.offset:
+        if n.op == "call_module" and isinstance(mods[n.target], _LAYERS) and n in items.offset:
             per_layer[n.target] = int(removed[items.ids(n)].sum())
     return {"items": items, "removed": removed, "consts": consts, "weighted_inputs": weighted_inputs,
             "removed_per_layer": per_layer}
 
 
 def _inputs_read(m: nn.Module) -> torch.Tensor:
-    """Per input channel of a Linear or Conv (grouped too): does any live weight read it?"""
-    w = m.weight.detach()
+    """Per input channel of a Linear, Conv or ConvTranspose (grouped too): does any live weight read it?"""
+    w = _out_in_weight(m)
     g = int(getattr(m, "groups", 1))
     return (w != 0).reshape(g, w.shape[0] // g, w.shape[1], -1).any(-1).any(1).reshape(-1)
 
@@ -1140,7 +1167,7 @@ def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
     for n in list(gm.graph.nodes):
         if n.op == "call_module":
             m = mods[n.target]
-            if isinstance(m, ops.WEIGHTED_MODULES) and n in items.offset:
+            if isinstance(m, _LAYERS) and n in items.offset:
                 inp = _module_input(n)
                 if inp not in items.offset:
                     continue
@@ -1152,8 +1179,8 @@ def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
                 if n in plan["weighted_inputs"].get(inp, ()):  # the input's items are this layer's input channels
                     ki, k_in = keep(inp), consts[items.ids(inp)]
                 else:  # they lie on another axis (a sequence Linear reading a tensor of unknown layout): all stay
-                    ki = torch.ones(m.weight.shape[1], dtype=torch.bool)
-                    k_in = torch.full((m.weight.shape[1],), float("nan"), dtype=torch.float64)
+                    ki = torch.ones(_out_in_weight(m).shape[1] * int(getattr(m, "groups", 1)), dtype=torch.bool)
+                    k_in = torch.full((ki.numel(),), float("nan"), dtype=torch.float64)
                 if bool(ko.all()) and bool(ki.all()):
                     continue
                 replace(n.target, _shrink_weighted(m, ko, ki, k_in))
@@ -1202,24 +1229,30 @@ def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
 def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: torch.Tensor) -> nn.Module:
     """``m`` with the output units ``ko`` and the input channels ``ki`` (flags) only, the constants ``k_in`` of the
     inputs that go (NaN: none) folded into its bias or a :class:`FoldedConv`. A grouped convolution's flags must
-    leave its groups alike (:func:`_uneven_groups`): its groups with no kept channel go."""
-    w = m.weight.detach()
+    leave its groups alike (:func:`_uneven_groups`): its groups with no kept channel go. A transposed convolution is
+    cut in its ``(out, in/groups, *kernel)`` layout and stored back in its own."""
+    transposed = isinstance(m, ops.TRANSPOSED_MODULES)
+    w = _out_in_weight(m)
     g = int(getattr(m, "groups", 1))
     bias = m.bias.detach().clone() if m.bias is not None else w.new_zeros(w.shape[0])
     k = torch.nan_to_num(k_in.to(w.dtype), nan=0.0) * ~ki  # the flags' device (the CPU): decided there
-    folds = bool((k != 0).any())
+    # outputs that stay read them: a group that goes whole takes its constants with it
+    folds = bool(((k != 0).view(g, -1).any(1) & ko.view(g, -1).any(1)).any())
     k = k.to(w.device)  # and computed with on the weight's (a CUDA model's)
     wg = w.view(g, w.shape[0] // g, *w.shape[1:])  # [groups, outputs per group, inputs per group, *kernel]
     fold = None
     if folds:  # output o reads the constants of its own group's inputs
         contrib = (wg * k.view(g, 1, -1, *([1] * (w.dim() - 2)))).sum(2).reshape(w.shape[0], 1, *w.shape[2:])
         pad = getattr(m, "padding", 0)
-        unpadded = isinstance(m, nn.Linear) or m.padding_mode != "zeros" or (
-            not isinstance(pad, str) and all(p == 0 for p in pad))
-        if unpadded:
-            bias = bias + contrib.flatten(1).sum(1)
+        if transposed:  # a constant input adds its kernel at every input position: uniform only for 1x1, stride 1
+            uniform = all(n == 1 for n in m.kernel_size) and all(s == 1 for s in m.stride) and not any(m.output_padding)
         else:
-            fold = contrib[ko].contiguous()
+            uniform = isinstance(m, nn.Linear) or m.padding_mode != "zeros" or (
+                not isinstance(pad, str) and all(p == 0 for p in pad))
+        if uniform:
+            bias = bias + contrib.flatten(1).sum(1)
+        else:  # a transposed convolution's one input channel is axis 0 of its weight
+            fold = (contrib[ko].transpose(0, 1) if transposed else contrib[ko]).contiguous()
     if g == 1:
         w2, g2 = w[ko][:, ki].contiguous(), 1
     else:  # the groups that stay, each with as many kept inputs and outputs as the others
@@ -1233,10 +1266,9 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
     if isinstance(m, nn.Linear):
         new = _uninitialised(nn.Linear, w, w2.shape[1], w2.shape[0], bias=has_bias)
     else:
-        new = _uninitialised(type(m), w, w2.shape[1] * g2, w2.shape[0], m.kernel_size, stride=m.stride,
-                             padding=m.padding, dilation=m.dilation, groups=g2, bias=has_bias,
-                             padding_mode=m.padding_mode)
-    new.weight.copy_(w2)
+        new = _uninitialised(type(m), w, w2.shape[1] * g2, w2.shape[0], m.kernel_size, bias=has_bias,
+                             **_conv_options(m, g2))
+    new.weight.copy_(from_out_in(w2, g2) if transposed else w2)
     if has_bias:
         new.bias.copy_(bias[ko])
     new.train(m.training)
@@ -1259,10 +1291,19 @@ def _depthwise(m) -> bool:
     return isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
+def _conv_options(m: nn.Module, groups: int) -> dict:
+    """The keyword arguments that build a convolution like ``m`` (a transposed one too) with ``groups`` groups."""
+    options = dict(stride=m.stride, padding=m.padding, dilation=m.dilation, groups=groups, padding_mode=m.padding_mode)
+    if isinstance(m, ops.TRANSPOSED_MODULES):
+        options["output_padding"] = m.output_padding
+    return options
+
+
 def _shrink_depthwise(m: nn.Module, k: torch.Tensor) -> nn.Module:
+    """``m``, a depthwise convolution (a transposed one too: its weight ``(c, 1, *kernel)`` either way), with the
+    channels ``k`` (flags) only."""
     c = int(k.sum())
-    new = _uninitialised(type(m), m.weight, c, c, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-                         groups=c, bias=m.bias is not None, padding_mode=m.padding_mode)
+    new = _uninitialised(type(m), m.weight, c, c, m.kernel_size, bias=m.bias is not None, **_conv_options(m, c))
     new.weight.data.copy_(m.weight.detach()[k])
     if m.bias is not None:
         new.bias.data.copy_(m.bias.detach()[k])

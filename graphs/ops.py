@@ -66,8 +66,8 @@ from torch import nn
 # (see graphs.trace.symbolic_trace), so the tables name those
 TORCH_OWN = torch._C._VariableFunctions
 WEIGHTED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-# weighted too, but their weight is (in, out/groups, *kernel) and they are not synapse layers: the
-# graph reads them through LayerFlow.part, and compaction leaves them as they are
+# weighted too, but their weight is (in, out/groups, *kernel): the graph reads them through LayerFlow.part,
+# and compaction cuts them in the (out, in/groups, *kernel) layout (graphs.compact._out_in_weight)
 TRANSPOSED_MODULES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 POINTWISE_MODULES = (

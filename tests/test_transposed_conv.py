@@ -223,7 +223,7 @@ def test_save_load_and_dense_state_dict_keep_transposed_masks(tmp_path):
         assert torch.equal(vanilla(x), model(x))
 
 
-def test_compact_keeps_a_pruned_up_convolution_correct():
+def test_compact_shrinks_a_pruned_up_convolution():
     torch.manual_seed(0)
     model = UNet(groups=2).eval()
     conn = adaptive.Connectome(model, ensemble="neuron")
@@ -233,9 +233,12 @@ def test_compact_keeps_a_pruned_up_convolution_correct():
     small = graphs.compact(model, conn, x)
     with torch.no_grad():
         assert torch.allclose(small(x), model(x), atol=1e-6)
-    # enc's dead channel goes; the up-convolution is not shrunk (nor are the channels it reads), its zeros stay
-    assert small.enc.out_channels == 3 and small.up.weight.shape == model.up.weight.shape
-    assert torch.equal(small.up.weight, model.up.weight)
+    # enc's dead channel goes, and so do down's: each of up's two groups reads two of them (folded into up, whose
+    # kernel spreads them at its stride); its dead output 2 stays, as group 0 has no dead output to match it
+    down, up = (m.conv if isinstance(m, graphs.FoldedConv) else m for m in (small.down, small.up))
+    assert small.enc.out_channels == 3 and down.out_channels == 4
+    assert (up.groups, up.in_channels, up.out_channels) == (2, 4, 4)
+    assert torch.equal(up.weight, model.up.weight.detach()[[0, 2, 4, 6]])
 
 
 def test_all_ones_and_mask_only_on_a_transposed_layer():
