@@ -196,12 +196,23 @@ class Connectome:
 
     @property
     def granularity(self) -> Granularity:
-        """The granularity shared by every layer (:meth:`granularity_of` gives a layer's own, which
-        for a transposed convolution sees its weight laid out ``(out, in/groups, *kernel)``)."""
+        """The granularity shared by every layer: one object that applies to every layer's weight.
+        There is none when layers use different granularities, nor when a transposed convolution's
+        granularity sees its weight laid out ``(out, in/groups, *kernel)`` (under any granularity but
+        ``synapse``): applied to its stored ``(in, out/groups, *kernel)`` weight, a convolution's
+        granularity would pool the wrong synapses, silently where in == out. Both raise, naming
+        :meth:`granularity_of`, which gives each layer's own; :attr:`ensemble` gives the spec."""
         if self._mixed():
             raise AttributeError(f"this connectome's layers use different granularities ({self.ensemble!r}): "
                                  "use conn.granularity_of(name) or conn.granularities[name]")
-        return unwrapped(next(iter(self.granularities.values())))
+        laid_out = [n for n, g in self.granularities.items() if g is not unwrapped(g)]
+        if laid_out:
+            raise AttributeError(
+                f"no one granularity applies to every layer of this connectome: the transposed convolution(s) "
+                f"{laid_out[:5]}{'...' if len(laid_out) > 5 else ''} store their weight (in, out/groups, *kernel), and "
+                f"their '{self.ensemble}' ensembles are found in the layout (out, in/groups, *kernel): use "
+                "conn.granularity_of(name), each layer's own (conn.ensemble gives the spec)")
+        return next(iter(self.granularities.values()))
 
     def granularity_of(self, name: str) -> Granularity:
         """The ensemble granularity of layer ``name``."""
