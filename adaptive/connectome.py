@@ -196,12 +196,23 @@ class Connectome:
 
     @property
     def granularity(self) -> Granularity:
-        """The granularity shared by every layer (:meth:`granularity_of` gives a layer's own, which
-        for a transposed convolution sees its weight laid out ``(out, in/groups, *kernel)``)."""
+        """The granularity shared by every layer: one object that applies to every layer's weight.
+        There is none when layers use different granularities, nor when a transposed convolution's
+        granularity sees its weight laid out ``(out, in/groups, *kernel)`` (under any granularity but
+        ``synapse``): applied to its stored ``(in, out/groups, *kernel)`` weight, a convolution's
+        granularity would pool the wrong synapses, silently where in == out. Both raise, naming
+        :meth:`granularity_of`, which gives each layer's own; :attr:`ensemble` gives the spec."""
         if self._mixed():
             raise AttributeError(f"this connectome's layers use different granularities ({self.ensemble!r}): "
                                  "use conn.granularity_of(name) or conn.granularities[name]")
-        return unwrapped(next(iter(self.granularities.values())))
+        laid_out = [n for n, g in self.granularities.items() if g is not unwrapped(g)]
+        if laid_out:
+            raise AttributeError(
+                f"no one granularity applies to every layer of this connectome: the transposed convolution(s) "
+                f"{laid_out[:5]}{'...' if len(laid_out) > 5 else ''} store their weight (in, out/groups, *kernel), and "
+                f"their '{self.ensemble}' ensembles are found in the layout (out, in/groups, *kernel): use "
+                "conn.granularity_of(name), each layer's own (conn.ensemble gives the spec)")
+        return next(iter(self.granularities.values()))
 
     def granularity_of(self, name: str) -> Granularity:
         """The ensemble granularity of layer ``name``."""
@@ -1014,15 +1025,9 @@ class Connectome:
             sd.update({k: {n: v for n, v in sd[k].items() if n not in empty} if sd[k] is not None else None
                        for k in ("masks", "original", "ensembles")})
         missing = [n for n in self.masks if n not in sd["masks"]]
-        if missing:  # said before the granularities are compared: those of the missing layers differ too
-            up = [self.layers[n].module_name for n in missing if self.layers[n].transposed]
-            raise KeyError(f"state_dict has no mask for {missing[:5]}{'...' if len(missing) > 5 else ''}: it was saved "
-                           "from a connectome over other layers (another include=/exclude=, or another model), and "
-                           "nothing was loaded; build this Connectome over the layers it was saved with, or carry "
-                           "over the masks it has with conn.set_masks(sd['masks']) (the other layers keep theirs)" + (
-                               f". A state saved before transposed convolutions were synapses has no mask for them: "
-                               f"to resume it, build the Connectome with exclude={up[:5]} (they stay dense, as then)"
-                               if up else ""))
+        extra = [n for n in sd["masks"] if n not in self.masks]
+        if missing or extra:  # said before the granularities are compared: those of these layers differ too
+            raise KeyError(self._other_layers(missing, extra, model_params))
         if "ensemble" in sd:
             self._check_same_ensembles(sd["ensemble"], sd.get("ensembles"), "state_dict")
         original = sd.get("original") or {}
@@ -1046,6 +1051,27 @@ class Connectome:
         if changed:  # listeners hear of the load once it is whole
             self._notify_edit_listeners(changed)
 
+    def _other_layers(self, missing: List[str], extra: List[str], model_params: Mapping) -> str:
+        """Why a state saved over other layers is refused (``missing``: our layers it has no mask for;
+        ``extra``: layers it has masks for that we lack), and how to load it."""
+        def few(names):
+            return f"{names[:5]}{'...' if len(names) > 5 else ''}"
+
+        said = [f"no mask for {few(missing)}"] if missing else []
+        if extra:
+            absent = [n for n in extra if n not in model_params]
+            said.append(f"masks for {few(extra)}, " + (f"of which the model has no {few(absent)}" if absent else
+                        "which this connectome leaves out (the model has them; include=/exclude= did not select them)"))
+        carry = ("conn.set_masks({n: m for n, m in sd['masks'].items() if n in conn.masks})" if extra
+                 else "conn.set_masks(sd['masks'])")
+        up = [self.layers[n].module_name for n in missing if self.layers[n].transposed]
+        return (f"state_dict has {' and '.join(said)}: it was saved from a connectome over other layers (another "
+                "include=/exclude=, or another model), and nothing was loaded; build this Connectome over the layers "
+                f"it was saved with, on the model it was saved from, or carry over the masks of the layers both have "
+                f"with {carry} (the other layers keep theirs)" + (
+                    f". A state saved before transposed convolutions were synapses has no mask for them: to resume "
+                    f"it, build the Connectome with exclude={up[:5]} (they stay dense, as then)" if up else ""))
+
     def _mixed(self) -> bool:
         return len({g.spec for g in self.granularities.values()}) > 1
 
@@ -1062,6 +1088,10 @@ class Connectome:
                 per_layer = None
         if per_layer != mine:
             diff = [n for n in mine if (per_layer or {}).get(n) != mine[n]]
+            if per_layer and not diff:  # the layers were compared before: these have no mask in it
+                unmasked = [n for n in per_layer if n not in mine]
+                raise ValueError(f"{what} gives granularities for {unmasked[:5]}, layers it holds no mask for: it is "
+                                 "malformed; save it again with Connectome.state_dict() or Connectome.save()")
             raise ValueError(f"{what} was saved with ensemble {ensemble!r}, this connectome uses {self.ensemble!r}"
                              f"{f' (they differ on {diff[:3]})' if diff and per_layer else ''}: build the Connectome "
                              f"with ensemble={ensemble!r}")
@@ -1163,9 +1193,14 @@ class Connectome:
             per_layer = None  # malformed: the check below names it
         if isinstance(per_layer, dict):
             meta["ensembles"] = json.dumps(_plain_names(per_layer, params))
+        absent = [n for n in shapes if n not in params]
+        if absent:
+            ours = prunable_names(model)
+            raise KeyError(f"{path} has masks for {absent[:5]}{'...' if len(absent) > 5 else ''}, which the model does "
+                           f"not have (its prunable weights: {ours[:5]}{'...' if len(ours) > 5 else ''}): it was saved "
+                           "from another model, and nothing was loaded; load it into the model it was saved from, or "
+                           "one whose layers match")
         for n, s in shapes.items():
-            if n not in params:
-                raise KeyError(f"the saved connectome has a layer {n!r} that the model does not have")
             mname, _, attr = n.rpartition(".")
             module = model.get_submodule(mname)
             if not holds_synapses(module, attr):

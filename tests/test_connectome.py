@@ -201,8 +201,12 @@ def test_load_into_a_model_of_different_shape_names_the_parameter(tmp_path, resn
     with pytest.raises(ValueError, match=r"shape mismatch for 'fc.weight': saved \(10, 512\), model has \(7, 512\)"):
         adaptive.Connectome.load(path, other)
     assert torch.equal(other.fc.weight, before)
-    with pytest.raises(KeyError, match="'conv1.weight' that the model does not have"):
-        adaptive.Connectome.load(path, mlp())
+    other, before = mlp(), {n: p.detach().clone() for n, p in mlp().named_parameters()}
+    with pytest.raises(KeyError, match=r"has masks for \['conv1.weight', .*\.\.\., which the model does not have \(its "
+                                       r"prunable weights: \['0.weight', '2.weight', '4.weight'\]\).*nothing was loaded; "
+                                       "load it into the model it was saved from"):
+        adaptive.Connectome.load(path, other)
+    assert all(torch.equal(p, before[n]) for n, p in other.named_parameters())
     # a connectome over a subset of layers (exclude=...) loads back over the same subset
     part = adaptive.Connectome(mlp(), exclude="4")
     part.set_masks({"2.weight": torch.eye(16, dtype=torch.bool)})
@@ -763,5 +767,34 @@ def test_load_state_dict_never_leaves_a_layer_dense_silently():
     whole.set_masks(sd["masks"])  # the fix named
     assert all(torch.equal(whole.masks[n], small.masks[n]) for n in small.names)
     assert whole.layer_density()["4.weight"] == 1.0
-    with pytest.raises(KeyError, match=r"unknown parameter name\(s\) \['4\.weight'\]"):
+    with pytest.raises(KeyError, match=r"masks for \['4\.weight'\], which this connectome leaves out"):
         adaptive.Connectome(model, exclude="4").load_state_dict(whole.state_dict())
+
+
+@pytest.mark.parametrize("ensemble", ["neuron", {"0": "kernel", "*": "neuron"}])
+def test_load_state_dict_names_the_layers_a_state_has_that_this_connectome_lacks(ensemble):
+    """Checked before the granularities: per-layer ones (mixed rules) differ on those layers too, and
+    were refused as 'saved with ensemble X, this connectome uses X: build it with X'."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4), nn.ReLU(), nn.Linear(4, 3))
+    whole = adaptive.Connectome(model, ensemble=ensemble)
+    whole.set_ensemble_masks({n: torch.rand(whole.granularity_of(n).ensemble_shape(m.shape)) < 0.5
+                              for n, m in whole.masks.items()})
+    sd = whole.state_dict()
+    whole.detach()
+    small = adaptive.Connectome(model, ensemble=ensemble, exclude="4")
+    before, weights = small.mask_hash(), {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(KeyError, match=r"masks for \['4\.weight'\], which this connectome leaves out \(the model has them; "
+                                       r"include=/exclude=.*nothing was loaded; build this Connectome over the layers it "
+                                       r"was saved with.*if n in conn\.masks\}\)"):
+        small.load_state_dict(sd)
+    assert small.mask_hash() == before and all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+    small.set_masks({n: m for n, m in sd["masks"].items() if n in small.masks})  # the fix named
+    assert all(torch.equal(small.masks[n], whole.masks[n]) for n in small.names)
+    other = adaptive.Connectome(nn.Sequential(nn.Linear(8, 16)), ensemble=ensemble)
+    with pytest.raises(KeyError, match=r"masks for \['2\.weight', '4\.weight'\], of which the model has no "
+                                       r"\['2\.weight', '4\.weight'\].*on the model it was saved from"):
+        other.load_state_dict(sd)
+    if "ensembles" in sd:  # granularities listed for a layer with no mask: malformed, said so
+        with pytest.raises(ValueError, match=r"gives granularities for \['4\.weight'\], layers it holds no mask for"):
+            small.load_state_dict({**sd, "masks": {n: m for n, m in sd["masks"].items() if n != "4.weight"}})

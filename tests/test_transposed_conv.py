@@ -121,6 +121,23 @@ def test_n_m_ensembles_of_a_square_transposed_layer_line_up_with_its_mask():
     assert torch.equal(conn.masks["0.weight"], keep)
 
 
+@pytest.mark.parametrize("ensemble", ["neuron", "kernel", "block:2x2", "2:4"])
+def test_conn_granularity_refuses_a_connectome_with_a_transposed_layer_for_granularity_of(ensemble):
+    # in == out: a convolution's granularity takes the stored (in, out) weight without a shape error,
+    # and would pool input channels as neurons; no one granularity object serves both layers
+    layer = nn.ConvTranspose2d(4, 4, 2)
+    conn = adaptive.Connectome(nn.Sequential(nn.Conv2d(4, 4, 1), layer), ensemble=ensemble)
+    with pytest.raises(AttributeError, match=r"transposed convolution\(s\) \['1.weight'\].*conn.granularity_of\(name\)"):
+        conn.granularity
+    assert conn.ensemble == ensemble and conn.state_dict()["ensemble"] == ensemble  # the spec, as checkpoints keep it
+    assert conn.fixed_density == (0.5 if ensemble == "2:4" else None)
+    if ensemble == "neuron":  # granularity_of pools each output channel's synapses: stored [:, o]
+        w = torch.arange(64.0).view(4, 4, 2, 2)
+        assert torch.equal(conn.granularity_of("1.weight").pool(w), w.sum((0, 2, 3)))
+    assert adaptive.Connectome(nn.Sequential(layer), ensemble="synapse").granularity.spec == "synapse"  # fits any layout
+    assert adaptive.Connectome(nn.Sequential(nn.Conv2d(4, 4, 1)), ensemble=ensemble).granularity.spec == ensemble
+
+
 def test_block_tiles_a_transposed_layer_as_its_out_by_in_matrix():
     layer = nn.ConvTranspose2d(2, 4, 1)  # weight (in 2, out 4, 1, 1): the matrix is its transpose
     conn = adaptive.Connectome(nn.Sequential(layer), ensemble="block:2x1")
