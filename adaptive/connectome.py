@@ -1174,6 +1174,8 @@ class Connectome:
                 shapes = {n: tuple(int(d) for d in s) for n, s in json.loads(meta["layers"]).items()}
                 for k in ("mode", "ensemble"):
                     meta[k]
+                if "ensembles" in meta and not isinstance(json.loads(meta["ensembles"]), dict):
+                    raise TypeError("'ensembles' is not a mapping of layer names to granularities")
             except (KeyError, ValueError, TypeError, AttributeError) as e:
                 raise ValueError(f"{path}: the connectome file's metadata is missing or malformed ({type(e).__name__}: "
                                  f"{e}); the file is corrupt or was not written by Connectome.save") from None
@@ -1187,11 +1189,9 @@ class Connectome:
         model = _uncompiled(model)
         params = dict(model.named_parameters(remove_duplicate=False))  # a tied weight under every name
         shapes, packed, original = (_plain_names(d, params) for d in (shapes, packed, original))
-        try:  # per-layer granularities as a compiled model's layers were once named
-            per_layer = json.loads(meta["ensembles"]) if "ensembles" in meta else None
-        except ValueError:
-            per_layer = None  # malformed: the check below names it
-        if isinstance(per_layer, dict):
+        # per-layer granularities as a compiled model's layers were once named (checked to be a dict above)
+        per_layer = json.loads(meta["ensembles"]) if "ensembles" in meta else None
+        if per_layer is not None:
             meta["ensembles"] = json.dumps(_plain_names(per_layer, params))
         absent = [n for n in shapes if n not in params]
         if absent:
@@ -1214,7 +1214,7 @@ class Connectome:
         empty = _empty_saved({n: torch.Size(v).numel() for n, v in shapes.items()}, params)
         if empty:
             shapes, packed, original = ({n: v for n, v in d.items() if n not in empty} for d in (shapes, packed, original))
-            if isinstance(per_layer, dict):
+            if per_layer is not None:
                 meta["ensembles"] = json.dumps({n: v for n, v in json.loads(meta["ensembles"]).items() if n not in empty})
         mode = mode or meta["mode"]
         if mode == "mask_only" and not original:

@@ -369,6 +369,29 @@ def test_a_connectome_file_whose_metadata_changed_is_refused(tmp_path):
         adaptive.Connectome.load(f, model())
 
 
+@pytest.mark.parametrize("ensembles", ["{not json", "[1, 2]", "\"neuron\""])
+def test_a_connectome_file_with_malformed_per_layer_granularities_is_called_corrupt(tmp_path, ensembles):
+    """A file (written before checksums, so no sha256 catches the edit) whose 'ensembles' entry is not a
+    JSON mapping is refused as corrupt before a Connectome is built, not with a bare JSONDecodeError or
+    AttributeError."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    f = tmp_path / "c.safetensors"
+    adaptive.Connectome(model, ensemble="0=neuron;synapse").save(f)
+    with safe_open(str(f), framework="pt") as g:
+        meta, tensors = g.metadata(), {k: g.get_tensor(k) for k in g.keys()}
+    assert "ensembles" in meta
+    meta.pop("sha256")
+    meta["ensembles"] = ensembles
+    save_file(tensors, str(f), metadata=meta)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="metadata is missing or malformed.*corrupt"):
+        adaptive.Connectome.load(f, model)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 # ----------------------------------------------------------------------------- --overwrite and config.yaml
 
 def test_a_checkpoint_carries_its_settings_when_the_run_folder_lost_config_yaml(finished_run, tmp_path, capsys):
