@@ -18,10 +18,12 @@ returns, weighted by the batch's examples, ``y.shape[0]``).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Callable, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index: such positions are neither scored nor counted
 
@@ -205,6 +207,25 @@ def check_output(out, model, what: str = "this") -> torch.Tensor:
     return out
 
 
+def _is_cross_entropy(loss_fn) -> bool:
+    while isinstance(loss_fn, functools.partial):  # F.cross_entropy with label_smoothing= bound, say
+        loss_fn = loss_fn.func
+    return loss_fn is F.cross_entropy or isinstance(loss_fn, torch.nn.CrossEntropyLoss)
+
+
+def refuse_one_class(out, what: str = "F.cross_entropy", loss_fn=F.cross_entropy) -> None:
+    """Refuse cross-entropy over an output with one channel on its class axis 1 (an autoencoder's or a
+    generator's image, a single regression value): log-softmax over one class is 0, so the loss is 0
+    for every input and every gradient is 0, and whatever is measured from it is silently nothing."""
+    if (_is_cross_entropy(loss_fn) and torch.is_tensor(out) and out.dim() >= 2 and out.shape[1] == 1
+            and out.is_floating_point()):
+        raise ValueError(
+            f"{what} over an output with one channel on its class axis 1 (output {_shape(out)}) is 0 for "
+            "every input, and so is every gradient: cross-entropy needs at least 2 classes. Pass the loss "
+            "of your task as loss_fn=: F.mse_loss for a regression, an autoencoder or a generator, "
+            "F.binary_cross_entropy_with_logits for one logit")
+
+
 def takes_reduction(loss_fn: Callable, out, y) -> bool:
     """Check ``loss_fn`` on one batch before any work: ``loss_fn(out, y)`` must give a scalar loss.
     Returns whether its ``reduction="sum"`` can be used: it takes that argument, gives a scalar, and
@@ -212,6 +233,7 @@ def takes_reduction(loss_fn: Callable, out, y) -> bool:
     or one whose mean is not over those units (class weights: ``F.cross_entropy(weight=...)`` divides
     by the summed weights), is used as mean x units, as in the training window."""
     name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    refuse_one_class(out, f"loss_fn {name}", loss_fn)
     try:
         mean = loss_fn(out, y)
     except Exception as e:

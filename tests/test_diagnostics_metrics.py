@@ -100,3 +100,32 @@ def test_gradient_by_depth_takes_multi_input_batches():
     model = TwoInputs()
     g = gradient_by_depth(model, data, layer="a", batches=2, depths=torch.tensor([0, 0, 1, 1]))
     assert g.batches == 2  # was AttributeError: no attribute "to" (a DataLoader collates the inputs into a list)
+
+
+def test_default_cross_entropy_refuses_a_one_channel_output():
+    """An autoencoder's image (B, 1, H, W) under the default F.cross_entropy: log-softmax over one class
+    is 0, so the loss and every gradient were silently 0 (gradient_by_depth reported all-zero bands,
+    collinearity 0 everywhere, knowledge_distribution a flat 0 loss, optimize_connectome a loss of 0.0).
+    Each is now refused, naming loss_fn=; with F.mse_loss it measures."""
+    from adaptive import optimize_connectome
+    from adaptive.diagnostics import collinearity
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.ConvTranspose2d(4, 1, 4, stride=2, padding=1))
+    X = torch.randn(16, 1, 8, 8)
+    xx = DataLoader(TensorDataset(X, X), batch_size=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = [lambda **kw: gradient_by_depth(model, xx, layer="2", batches=1, **kw),
+             lambda **kw: collinearity(model, xx, batches=2, **kw),
+             lambda **kw: knowledge_distribution(model, xx, order_loader=xx, points=3, **kw),
+             lambda **kw: optimize_connectome(model, xx, xx, target=[0.5], passes=1.0, progress=False, **kw)]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"one channel on its class axis 1.*loss_fn=: F\.mse_loss"):
+            call()
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="one channel"):  # given explicitly, as a module or with a smoothing
+        optimize_connectome(model, xx, xx, target=[0.5], passes=1.0, progress=False,
+                            loss_fn=nn.CrossEntropyLoss(label_smoothing=0.1))
+    bands = gradient_by_depth(model, xx, layer="2", batches=1, loss_fn=F.mse_loss)
+    assert bands.table["median"][0] > 0
+    assert knowledge_distribution(model, xx, order_loader=xx, points=3, loss_fn=F.mse_loss).table["loss"][0] > 0

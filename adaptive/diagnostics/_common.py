@@ -8,10 +8,14 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..metrics import refuse_one_class
 from ..warn import warn_user
 
 
 def default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``F.cross_entropy``, refusing an output whose class axis 1 holds one channel (its loss and
+    gradients would all be 0): a non-classifier passes its own ``loss_fn``."""
+    refuse_one_class(output, "the default loss, F.cross_entropy,")
     return F.cross_entropy(output, target)
 
 
