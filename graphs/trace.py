@@ -1186,7 +1186,8 @@ def _check_standard_transformer(module: nn.Module) -> None:
 
 # ---------------------------------------------------------------------------------------- API
 TOKENS = 16  # the sequence length guessed for token indices (and float steps for a recurrent first layer)
-_FEATURE_LAYERS = ops.WEIGHTED_MODULES + (nn.RNNBase,)  # the layers whose input size shapes a float guess
+# the layers whose input size shapes a float guess (a transposed conv reads its in_channels: a generator's first layer)
+_FEATURE_LAYERS = ops.WEIGHTED_MODULES + ops.TRANSPOSED_MODULES + (nn.RNNBase,)
 
 
 def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1) -> List[torch.Tensor]:
@@ -1242,9 +1243,10 @@ def _example_inputs(model: nn.Module, tokens: Optional[bool], batch: int,
     if shape is not None or first is not None:
         floats = [x.to(dev, p.dtype if p is not None else None) for x in _default_inputs(first, shape, batch, g)]
     elif tokens is False or not tables:  # tables: float features asked of a model of embeddings only
-        raise InputGuessError(f"{type(model).__name__} has no " + ("Linear, Conv or recurrent layer to shape float "
-                                                                 "features from" if tables else "Linear, Conv, "
-                                                                 "recurrent or Embedding layer to guess an input from"))
+        raise InputGuessError(f"{type(model).__name__} has no " + ("Linear, Conv, ConvTranspose or recurrent layer to "
+                                                                 "shape float features from" if tables else "Linear, "
+                                                                 "Conv, ConvTranspose, recurrent or Embedding layer "
+                                                                 "to guess an input from"))
     if tokens is False:
         return floats
     return ids + floats if tables and isinstance(layers[0], ops.LOOKUP_MODULES) else floats + ids

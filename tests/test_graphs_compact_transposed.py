@@ -236,3 +236,22 @@ def test_a_folded_layer_called_with_its_input_by_keyword(layer):
     small = graphs.compact(model, conn, x)
     _compare(small, model, x)
     assert isinstance(small.b, graphs.FoldedConv) and small.b.conv.in_channels == 3
+
+
+def test_an_input_is_guessed_from_a_first_transposed_convolution():
+    """A generator (only ConvTranspose layers) was refused as having no layer to guess an input from, and a
+    model whose first layer is a ConvTranspose1d(6, ...) was guessed from the Conv1d after it (3 channels),
+    which the up-convolution refused: the guess now reads the transposed layer's in_channels."""
+    torch.manual_seed(0)
+    gen = nn.Sequential(nn.ConvTranspose2d(5, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.ConvTranspose2d(4, 1, 4, stride=2, padding=1))
+    randomize_bn(gen)
+    conn = adaptive.Connectome(gen, ensemble="neuron")
+    conn.set_ensemble_masks({"0.weight": torch.tensor([True, False, True, True]), "3.weight": torch.tensor([True])})
+    g = graphs.build(conn, level="unit")
+    assert [grp.count for grp in g.groups if grp.kind == "input"] == [5]
+    small = graphs.compact(gen.eval(), conn)
+    assert small.compaction["removed"]["0"] == 1 and isinstance(small.compaction["max_abs_diff"], float)
+    up_first = nn.Sequential(nn.ConvTranspose1d(6, 3, 4, stride=2, groups=3), nn.ReLU(), nn.Conv1d(3, 2, 3))
+    g = graphs.build(adaptive.Connectome(up_first), level="unit")
+    assert [grp.count for grp in g.groups if grp.kind == "input"] == [6]

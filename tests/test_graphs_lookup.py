@@ -480,7 +480,7 @@ def test_float_features_asked_of_a_model_of_embeddings_only_say_what_is_missing(
         def forward(self, idx):
             return self.tok(idx) @ self.w
 
-    with pytest.raises(InputGuessError, match="no Linear, Conv or recurrent layer to shape float features from"):
+    with pytest.raises(InputGuessError, match="no Linear, Conv, ConvTranspose or recurrent layer to shape float features from"):
         default_example_input(Tables(), tokens=False)
     assert [x.dtype for x in default_example_input(Tables())] == [torch.long] * 2  # (1, 16) and (1, V)
 
