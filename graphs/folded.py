@@ -25,7 +25,7 @@ class FoldedConv(nn.Module):
     ``(outputs, 1, *kernel)``, or ``(1, outputs, *kernel)`` for a transposed convolution, whose constant inputs
     add a pattern of its kernel (its stride's tiling, the cropped borders) that ``conv_k`` reproduces with the
     output padding ``conv``'s output has, from its ``output_padding`` or the ``output_size`` it was called with.
-    Its forward traces with plain ``torch.fx`` too (no Python loop over a traced shape); graphs' tracer keeps it
+    A model holding one traces with plain ``torch.fx`` too (no Python loop over a traced shape); graphs' tracer keeps it
     whole (:func:`unfolded` gives the convolution it stands for)."""
 
     def __init__(self, conv: nn.Module, const_weight: torch.Tensor):
@@ -38,11 +38,13 @@ class FoldedConv(nn.Module):
         c = self.conv
         y = c(x, *args, **kwargs)  # a transposed convolution's output_size, if given
         d = len(c.kernel_size)
-        ones = torch.ones_like(x[:1, :1])  # one sample of one channel, x's map
+        # one channel of x's map, unbatched: its term (outputs, *map) adds alike to a batched y and to an unbatched
+        # one (x (C, *map), which nn.Conv*d takes too); shapes read from the end, where both have the map
+        ones = x.new_ones(x.shape[-d:]).unsqueeze(0)
         if not isinstance(c, nn.modules.conv._ConvTransposeNd):
             return y + _CONV_FN[d](ones, self.const_weight, None, c.stride, c.padding, c.dilation)
         # the output padding y has: its size past the one a transposed convolution of x's size gives without
-        extra = tuple(y.shape[2 + i] - ((x.shape[2 + i] - 1) * c.stride[i] - 2 * c.padding[i]
+        extra = tuple(y.shape[i - d] - ((x.shape[i - d] - 1) * c.stride[i] - 2 * c.padding[i]
                                         + c.dilation[i] * (c.kernel_size[i] - 1) + 1) for i in range(d))
         return y + _CONV_T_FN[d](ones, self.const_weight, None, c.stride, c.padding, extra, 1, c.dilation)
 

@@ -271,3 +271,22 @@ def test_graphs_cli_reads_the_class_count_of_a_folded_head(tmp_path):
     net = Segmenter()
     adaptive.Connectome(net).save(tmp_path / "c.safetensors")
     assert _classes_used_last(net, str(tmp_path / "c.safetensors"), None) == 5
+
+
+@pytest.mark.parametrize("layer", [nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Conv3d, nn.ConvTranspose3d])
+def test_a_folded_convolution_takes_an_unbatched_input_as_its_convolution_does(layer):
+    """nn.Conv*d take an input without its batch axis, ``(C, *map)``: the folded term is the one a batch of that one
+    sample gets, borders included (its one-channel map was read from the channel axis, a row of the image, and came
+    out broadcast over the rows)."""
+    d = int(layer.__name__[-2])
+    transposed = "Transpose" in layer.__name__
+    torch.manual_seed(0)
+    conv = layer(3, 4, 3, padding=1, **(dict(stride=2) if transposed else {})).double()
+    folded = graphs.FoldedConv(conv, torch.randn((1, 4) + (3,) * d if transposed else (4, 1) + (3,) * d,
+                                                 dtype=torch.float64))
+    x = torch.randn(3, *[5 + i for i in range(d)], dtype=torch.float64)
+    with torch.no_grad():
+        _close(folded(x), folded(x[None])[0])
+        if transposed:  # at the output padding output_size= asks for
+            size = [2 * s for s in x.shape[1:]]
+            _close(folded(x, output_size=size), folded(x[None], output_size=size)[0])
