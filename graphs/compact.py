@@ -26,6 +26,12 @@ padding), uniform only for a 1-wide kernel at stride 1 with no output padding, w
 :class:`FoldedConv` adds it as a one-channel transposed convolution of ones, at the output padding of each call
 (its ``output_padding``, or what its ``output_size`` argument asks for). Its groups follow the rules below.
 
+Compacting again. A compact copy is compacted like any model: a FoldedConv is the convolution it wraps, cut as
+that one is, its kept outputs keeping the constants folded before, to which those of the inputs that go now are
+added. An output of it whose every input is pruned adds those constants with their borders: input-independent
+but no constant, it stays where something reads it. A module called whole and a part of it called too (a
+FoldedConv and its convolution, an attention and its ``out_proj``) keep their sizes.
+
 Constants are found by a probe run in which inputs are NaN: NaN spreads through every op that
 depends on data, a unit with no live input (or whose live inputs are exact zeros) emits its bias,
 and whatever stays finite and uniform, with the same value on an input twice the example's size, is a
@@ -121,38 +127,9 @@ from adaptive.global_rng import kept_global_rng
 from adaptive.warn import warn_user
 
 from . import ops, shape_reads
+from .folded import FoldedConv, unfolded
 
-_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_CONV_T_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 _BN = nn.modules.batchnorm._BatchNorm
-
-
-class FoldedConv(nn.Module):
-    """A convolution plus the exact contribution of removed constant input channels:
-    ``conv(x) + conv_k(ones)``, where ``conv_k`` has one input channel holding ``sum_c k_c W[:, c]``
-    and the same stride, padding and dilation, so zero-padding borders come out right.
-    ``const_weight``: that one-channel kernel, ``sum_c k_c W[:, c]`` (a buffer), stored as ``conv``'s weight is:
-    ``(outputs, 1, *kernel)``, or ``(1, outputs, *kernel)`` for a transposed convolution, whose constant inputs
-    add a pattern of its kernel (its stride's tiling, the cropped borders) that ``conv_k`` reproduces with the
-    output padding ``conv``'s output has, from its ``output_padding`` or the ``output_size`` it was called with."""
-
-    def __init__(self, conv: nn.Module, const_weight: torch.Tensor):
-        super().__init__()
-        self.conv = conv
-        self.register_buffer("const_weight", const_weight)
-
-    def forward(self, input, *args, **kwargs):  # named as nn.Conv*'s is: a layer called conv(input=x) is too
-        x = input
-        y = self.conv(x, *args, **kwargs)  # a transposed convolution's output_size, if given
-        d = x.dim() - 2
-        ones = x.new_ones((1, 1) + tuple(x.shape[2:]))
-        c = self.conv
-        if not isinstance(c, ops.TRANSPOSED_MODULES):
-            return y + _CONV_FN[d](ones, self.const_weight, None, c.stride, c.padding, c.dilation)
-        # the output padding y has: its size past the one a transposed convolution of x's size gives without
-        extra = [y.shape[2 + i] - ((x.shape[2 + i] - 1) * c.stride[i] - 2 * c.padding[i]
-                                   + c.dilation[i] * (c.kernel_size[i] - 1) + 1) for i in range(d)]
-        return y + _CONV_T_FN[d](ones, self.const_weight, None, c.stride, c.padding, tuple(extra), 1, c.dilation)
 
 
 def channel_pad(x: torch.Tensor, spatial: tuple, index: torch.Tensor) -> torch.Tensor:
@@ -207,6 +184,8 @@ class _Probe(fx.Interpreter):
         x = args[0] if args else kwargs["input"]  # nn.Linear/Conv take one tensor, ``input``
         rest = {k: v for k, v in kwargs.items() if k != "input"}  # a transposed convolution's output_size
         out = m(torch.nan_to_num(x, nan=1.0), *args[1:], **rest)  # shape only
+        folded = _folded_outputs(m)
+        m = unfolded(m)
         w = _out_in_weight(m)
         axis = -1 if isinstance(m, nn.Linear) else 1
         xc = x.movedim(axis, 0).reshape(x.shape[axis], -1)
@@ -215,7 +194,9 @@ class _Probe(fx.Interpreter):
         o, ipg = w.shape[0], w.shape[1]
         nz = (w != 0).reshape(o, ipg, -1).any(-1)  # [O, ipg]
         zc = zero_in.view(groups, ipg).repeat_interleave(o // groups, 0)  # [O, ipg]
-        const = ~(nz & ~zc).any(1)
+        # an output adding folded constants has their border pattern on top of its bias: input-independent but
+        # not uniform, so no constant the readers could fold
+        const = ~(nz & ~zc).any(1) & ~folded.to(nz.device)
         bias = m.bias.detach() if getattr(m, "bias", None) is not None else w.new_zeros(o)
         val = torch.where(const, bias.to(out.dtype), torch.full_like(bias, float("nan"), dtype=out.dtype))
         shape = [1] * out.dim()
@@ -223,14 +204,27 @@ class _Probe(fx.Interpreter):
         return val.view(shape).expand_as(out).clone()
 
 
-_LAYERS = ops.WEIGHTED_MODULES + ops.TRANSPOSED_MODULES  # the layers compaction shrinks
+# the layers compaction shrinks; a FoldedConv (of an earlier compaction) as the convolution it wraps
+_LAYERS = ops.WEIGHTED_MODULES + ops.TRANSPOSED_MODULES + (FoldedConv,)
 
 
 def _out_in_weight(m: nn.Module) -> torch.Tensor:
     """``m``'s weight laid out ``(out, in/groups, *kernel)``: a transposed convolution's, stored
-    ``(in, out/groups, *kernel)``, swapped within each group (a copy); any other's as it is."""
+    ``(in, out/groups, *kernel)``, swapped within each group (a copy); any other's as it is. A FoldedConv's is
+    its convolution's."""
+    m = unfolded(m)
     w = m.weight.detach()
     return to_out_in(w, m.groups) if isinstance(m, ops.TRANSPOSED_MODULES) else w
+
+
+def _folded_outputs(m: nn.Module) -> torch.Tensor:
+    """Per output channel of a weighted layer: does it add constants folded in by an earlier compaction (a
+    :class:`FoldedConv`'s ``const_weight`` non-zero there)? All False for any other layer."""
+    if not isinstance(m, FoldedConv):
+        return torch.zeros(_out_in_weight(m).shape[0], dtype=torch.bool)
+    transposed = isinstance(m.conv, ops.TRANSPOSED_MODULES)  # its one input channel on axis 0
+    k = m.const_weight.transpose(0, 1) if transposed else m.const_weight
+    return (k != 0).flatten(1).any(1).cpu()
 
 
 def _size_dependent(n) -> bool:
@@ -612,6 +606,10 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     tied = {mn for names in owners.values() if len(names) > 1 for mn in names}  # weight tying
     # a parameter also read directly (F.linear(x, self.fc.weight)) would be read at its old size
     tied |= {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
+    # a module called whole and a part of it called too (a FoldedConv and its convolution, an attention and its
+    # out_proj): neither can shrink without the other; nor can a FoldedConv whose convolution's weight is tied
+    tied |= _nested(calls)
+    tied |= {t.rpartition(".")[0] for t in tied if isinstance(mods.get(t.rpartition(".")[0]), FoldedConv)}
     weighted_inputs = {}  # node -> weighted consumer nodes
     grouped = []  # (input, node, groups) of each grouped, non-depthwise convolution whose input channels are items
     for n in gm.graph.nodes:
@@ -635,18 +633,19 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
             cat = "pinned"
         if cat == "weighted":
             x = _module_input(n)
-            aligned = x in items.offset and (items.last(x, env) if isinstance(module, nn.Linear) and out.dim() > 2
+            layer = unfolded(module)  # a FoldedConv: its convolution's channels
+            aligned = x in items.offset and (items.last(x, env) if isinstance(layer, nn.Linear) and out.dim() > 2
                                              else items.axis[x] == 1)  # its input channels are x's items
-            if aligned and _depthwise(module):  # channel c in <-> c out: one class, the filter goes with it
+            if aligned and _depthwise(layer):  # channel c in <-> c out: one class, the filter goes with it
                 items.link(items.ids(x), items.ids(n))
             elif aligned:
                 weighted_inputs.setdefault(x, []).append(n)
-                if int(getattr(module, "groups", 1)) > 1:  # its groups must stay alike: see _uneven_groups
-                    grouped.append((x, n, module.groups))
+                if int(getattr(layer, "groups", 1)) > 1:  # its groups must stay alike: see _uneven_groups
+                    grouped.append((x, n, layer.groups))
             else:  # its input's items lie on an axis it does not read (a sequence Linear's output into a
                 # Conv1d, a LayerNorm's output into a sequence Linear): they stay; so do a grouped
                 # convolution's output units, whose groups are tied to its input channels
-                if int(getattr(module, "groups", 1)) > 1:
+                if int(getattr(layer, "groups", 1)) > 1:
                     items.pin(n)
                 for a in args:
                     items.pin(a)
@@ -693,7 +692,7 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     # where a split part or a whole layer would lose every channel such an op reads or writes, the first stays
     for n in gm.graph.nodes:
         m = mods.get(n.target) if n.op == "call_module" else None
-        if isinstance(m, nn.modules.conv._ConvNd):
+        if isinstance(unfolded(m), nn.modules.conv._ConvNd):
             ends = (n, _module_input(n))
         elif isinstance(m, _BN) or (n.op in ("call_module", "call_function", "call_method")
                                     and ops.categorize(n, m) == "pointwise" and not ops.elementwise(n, m)):
@@ -730,10 +729,22 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
             "removed_per_layer": per_layer}
 
 
+def _nested(called) -> set:
+    """The modules of ``called`` (qualified names) inside another of them, and those they are inside."""
+    found = set()
+    for t in called:
+        parts = t.split(".")
+        outer = {".".join(parts[:k]) for k in range(1, len(parts))} & set(called)
+        if outer:
+            found |= outer | {t}
+    return found
+
+
 def _inputs_read(m: nn.Module) -> torch.Tensor:
-    """Per input channel of a Linear, Conv or ConvTranspose (grouped too): does any live weight read it?"""
+    """Per input channel of a Linear, Conv or ConvTranspose (grouped too; a FoldedConv's): does any live weight
+    read it?"""
     w = _out_in_weight(m)
-    g = int(getattr(m, "groups", 1))
+    g = int(getattr(unfolded(m), "groups", 1))
     return (w != 0).reshape(g, w.shape[0] // g, w.shape[1], -1).any(-1).any(1).reshape(-1)
 
 
@@ -1172,14 +1183,15 @@ def _rewrite(gm: fx.GraphModule, plan: dict, env) -> None:
                 if inp not in items.offset:
                     continue
                 ko = keep(n)
-                if _depthwise(m):
+                if _depthwise(unfolded(m)):
                     if not bool(ko.all()):
-                        replace(n.target, _shrink_depthwise(m, ko))
+                        replace(n.target, _refolded(m, _shrink_depthwise(unfolded(m), ko), ko))
                     continue
                 if n in plan["weighted_inputs"].get(inp, ()):  # the input's items are this layer's input channels
                     ki, k_in = keep(inp), consts[items.ids(inp)]
                 else:  # they lie on another axis (a sequence Linear reading a tensor of unknown layout): all stay
-                    ki = torch.ones(_out_in_weight(m).shape[1] * int(getattr(m, "groups", 1)), dtype=torch.bool)
+                    ki = torch.ones(_out_in_weight(m).shape[1] * int(getattr(unfolded(m), "groups", 1)),
+                                    dtype=torch.bool)
                     k_in = torch.full((ki.numel(),), float("nan"), dtype=torch.float64)
                 if bool(ko.all()) and bool(ki.all()):
                     continue
@@ -1230,7 +1242,11 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
     """``m`` with the output units ``ko`` and the input channels ``ki`` (flags) only, the constants ``k_in`` of the
     inputs that go (NaN: none) folded into its bias or a :class:`FoldedConv`. A grouped convolution's flags must
     leave its groups alike (:func:`_uneven_groups`): its groups with no kept channel go. A transposed convolution is
-    cut in its ``(out, in/groups, *kernel)`` layout and stored back in its own."""
+    cut in its ``(out, in/groups, *kernel)`` layout and stored back in its own. A FoldedConv (of an earlier
+    compaction) is cut as its convolution, its kept outputs keeping the constants folded in before, to which those
+    of the inputs that go now are added."""
+    before = m
+    m = unfolded(m)
     transposed = isinstance(m, ops.TRANSPOSED_MODULES)
     w = _out_in_weight(m)
     g = int(getattr(m, "groups", 1))
@@ -1240,7 +1256,7 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
     folds = bool(((k != 0).view(g, -1).any(1) & ko.view(g, -1).any(1)).any())
     k = k.to(w.device)  # and computed with on the weight's (a CUDA model's)
     wg = w.view(g, w.shape[0] // g, *w.shape[1:])  # [groups, outputs per group, inputs per group, *kernel]
-    fold = None
+    fold, into_bias = None, False
     if folds:  # output o reads the constants of its own group's inputs
         contrib = (wg * k.view(g, 1, -1, *([1] * (w.dim() - 2)))).sum(2).reshape(w.shape[0], 1, *w.shape[2:])
         pad = getattr(m, "padding", 0)
@@ -1249,6 +1265,7 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
         else:
             uniform = isinstance(m, nn.Linear) or m.padding_mode != "zeros" or (
                 not isinstance(pad, str) and all(p == 0 for p in pad))
+        into_bias = uniform
         if uniform:
             bias = bias + contrib.flatten(1).sum(1)
         else:  # a transposed convolution's one input channel is axis 0 of its weight
@@ -1262,7 +1279,7 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
         i_idx = ki.view(g, -1)[live].nonzero()[:, 1].view(g2, -1)
         at = torch.arange(g2)[:, None, None]
         w2 = wg[live][at, o_idx[:, :, None], i_idx[:, None, :]].flatten(0, 1).contiguous()
-    has_bias = m.bias is not None or (fold is None and folds)
+    has_bias = m.bias is not None or into_bias
     if isinstance(m, nn.Linear):
         new = _uninitialised(nn.Linear, w, w2.shape[1], w2.shape[0], bias=has_bias)
     else:
@@ -1272,7 +1289,18 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
     if has_bias:
         new.bias.copy_(bias[ko])
     new.train(m.training)
-    return FoldedConv(new, fold) if fold is not None else new
+    return _refolded(before, new, ko, fold)
+
+
+def _refolded(m: nn.Module, new: nn.Module, ko: torch.Tensor, fold: Optional[torch.Tensor] = None) -> nn.Module:
+    """``new``, the shrunk convolution of ``m`` keeping the outputs ``ko`` (flags), with the constants folded
+    into it: those ``m`` folded before, if a :class:`FoldedConv`, on the outputs kept, plus ``fold`` (a
+    ``const_weight`` of the kept outputs) where given; a FoldedConv where there are any, else ``new`` itself."""
+    if isinstance(m, FoldedConv):
+        k = m.const_weight
+        kept = k[:, ko.to(k.device)] if isinstance(m.conv, ops.TRANSPOSED_MODULES) else k[ko.to(k.device)]
+        fold = kept if fold is None else fold + kept
+    return FoldedConv(new, fold.contiguous()) if fold is not None else new
 
 
 def _uninitialised(cls, like: torch.Tensor, *args, **kwargs) -> nn.Module:

@@ -5,7 +5,8 @@ Every op falls in one category:
 - ``weighted``: an ``nn.Linear``/``nn.Conv1d/2d/3d`` call, or a transposed convolution
   (``nn.ConvTranspose1d/2d/3d``, a U-Net's up-convolution, a prunable layer like the others; its
   weight is stored ``(in, out/groups, *kernel)``): it creates new units, each fed by every input
-  channel of its group.
+  channel of its group. A :class:`graphs.FoldedConv` of a compacted model is the call of the convolution
+  it wraps (``<name>.conv.weight``), its folded constant term a constant like a bias.
 - ``attention``: an ``nn.MultiheadAttention`` call: query, key and value units, then ``out_proj``; and
   ``F.scaled_dot_product_attention(q, k, v)``, which has no units of its own: output channel ``c`` of
   head ``h`` (every axis before the last two is a batch or head axis) is a junction of value channel
@@ -61,6 +62,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .folded import FoldedConv
+
 # torch's own functions: a library may put a Python function of its own in their place in the torch
 # namespace (torch_geometric does for torch.index_select and torch.select); the tracer records torch's
 # (see graphs.trace.symbolic_trace), so the tables name those
@@ -69,6 +72,9 @@ WEIGHTED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # weighted too, but their weight is (in, out/groups, *kernel): the graph reads them through LayerFlow.part,
 # and compaction cuts them in the (out, in/groups, *kernel) layout (graphs.compact._out_in_weight)
 TRANSPOSED_MODULES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+# a compacted model's convolution with constants folded in (graphs.folded): weighted, as the convolution it wraps
+# (its ``conv``), which holds the synapses; the folded term, input-independent, is a constant like a bias
+FOLDED_MODULES = (FoldedConv,)
 
 POINTWISE_MODULES = (
     nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
@@ -198,7 +204,7 @@ def categorize(node, module=None) -> str:
         for cls, cat in _EXTRA.items():
             if isinstance(cls, type) and isinstance(module, cls):
                 return cat
-        if isinstance(module, WEIGHTED_MODULES + TRANSPOSED_MODULES):
+        if isinstance(module, WEIGHTED_MODULES + TRANSPOSED_MODULES + FOLDED_MODULES):
             return "weighted"
         if isinstance(module, nn.MultiheadAttention):
             return "attention"

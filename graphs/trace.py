@@ -35,6 +35,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from . import ops
 from .batch_axis import input_batch_axes, input_channel_axes
+from .folded import FoldedConv, unfolded
 from adaptive.discovery import to_out_in, transposed_shape
 from adaptive.warn import warn_user
 from adaptive.global_rng import global_states, set_global_states
@@ -488,6 +489,8 @@ class FlowProp(ShapeProp):
         return self._on_weighted(n, self.root.get_submodule(owner), result, owner)
 
     def _on_weighted(self, n, module, result, name=None):
+        if isinstance(module, FoldedConv):  # its convolution's call: the folded term adds a constant, no edge
+            module, name = module.conv, f"{n.target}.conv"
         x = self.flows.get(n.args[0] if n.args else n.kwargs.get("input"))
         axis = -1 if isinstance(module, nn.Linear) else 1
         w, groups = module.weight, int(getattr(module, "groups", 1))
@@ -1129,6 +1132,10 @@ class SignatureTracer(fx.Tracer):
     tuple given in ``concrete_args``), the defaults of those a required one follows are dropped
     (:func:`_required_after_defaults`)."""
 
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        # a compacted model's FoldedConv is one call, taken as its convolution's (see ops.categorize)
+        return isinstance(m, FoldedConv) or super().is_leaf_module(m, module_qualified_name)
+
     def trace(self, root, concrete_args=None):
         graph = super().trace(root, concrete_args)
         fn = getattr(type(root), self.traced_func_name) if isinstance(root, nn.Module) else root
@@ -1294,6 +1301,7 @@ def _first_uses(model: nn.Module, gm: Optional[fx.GraphModule] = None) -> Option
             except AttributeError:
                 continue
             first.setdefault(id(m), len(first))
+            first.setdefault(id(unfolded(m)), len(first))  # a FoldedConv's call uses its convolution
     return first
 
 
