@@ -284,16 +284,11 @@ class _TwoArguments(nn.Module):
         return self.a(x) + self.b(y)
 
 
-@pytest.mark.parametrize("entry", ["optimize_connectome", "gradient_by_depth", "collinearity", "knowledge_distribution"])
-def test_a_forward_taking_the_inputs_as_separate_arguments_is_refused_naming_the_fix(entry):
-    """A batch's inputs go to the model as one argument; a forward(self, x, y) failed inside the call
-    with a bare "missing 1 required positional argument" (gradient_by_depth: a tracing error asking for
-    depths=), which named neither the contract nor the fix. The model comes back as it was."""
+def _refused_as_separate_arguments(entry, model):
+    """Runs ``entry`` (a mask-only or diagnostic entry point) on ``model`` with two-input batches and checks
+    it refuses the model's separate-argument forward, naming the wrapper to write."""
     from adaptive import diagnostics
 
-    torch.manual_seed(0)
-    model = _TwoArguments()
-    before = copy.deepcopy(model.state_dict())
     g = torch.Generator().manual_seed(0)
     data = [((torch.randn(8, 3, generator=g), torch.randn(8, 2, generator=g)), torch.randint(0, 4, (8,), generator=g))] * 2
     call = {"optimize_connectome": lambda: optimize_connectome(model, data, data, target=0.5, progress=False),
@@ -303,6 +298,17 @@ def test_a_forward_taking_the_inputs_as_separate_arguments_is_refused_naming_the
     with pytest.raises(TypeError, match=r"model\(inputs\); _TwoArguments\.forward takes them as 2 separate arguments: "
                                         r"wrap it .*self\.net\(\*inputs\)"):
         call()
+
+
+@pytest.mark.parametrize("entry", ["optimize_connectome", "gradient_by_depth", "collinearity", "knowledge_distribution"])
+def test_a_forward_taking_the_inputs_as_separate_arguments_is_refused_naming_the_fix(entry):
+    """A batch's inputs go to the model as one argument; a forward(self, x, y) failed inside the call
+    with a bare "missing 1 required positional argument" (gradient_by_depth: a tracing error asking for
+    depths=), which named neither the contract nor the fix. The model comes back as it was."""
+    torch.manual_seed(0)
+    model = _TwoArguments()
+    before = copy.deepcopy(model.state_dict())
+    _refused_as_separate_arguments(entry, model)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert all(p.requires_grad for p in model.parameters())
 
@@ -358,22 +364,12 @@ def test_a_hooked_forward_taking_separate_arguments_is_refused_naming_the_fix(en
     """A forward pre-hook (a plain one or a with_kwargs one) that leaves the inputs as they are: the model's
     forward(self, x, y) got PyTorch's bare "missing 1 required positional argument" (gradient_by_depth: a
     tracing error), since a hook may unpack the inputs and the refusal was skipped for every hooked model."""
-    from adaptive import diagnostics
-
     model = _TwoArguments()
     if with_kwargs:
         model.register_forward_pre_hook(lambda module, args, kwargs: None, with_kwargs=True)
     else:
         model.register_forward_pre_hook(lambda module, args: None)
-    g = torch.Generator().manual_seed(0)
-    data = [((torch.randn(8, 3, generator=g), torch.randn(8, 2, generator=g)), torch.randint(0, 4, (8,), generator=g))] * 2
-    call = {"optimize_connectome": lambda: optimize_connectome(model, data, data, target=0.5, progress=False),
-            "gradient_by_depth": lambda: diagnostics.gradient_by_depth(model, data, layer="a", batches=1),
-            "collinearity": lambda: diagnostics.collinearity(model, data, batches=1),
-            "knowledge_distribution": lambda: diagnostics.knowledge_distribution(model, data, points=2)}[entry]
-    with pytest.raises(TypeError, match=r"model\(inputs\); _TwoArguments\.forward takes them as 2 separate arguments: "
-                                        r"wrap it .*self\.net\(\*inputs\)"):
-        call()
+    _refused_as_separate_arguments(entry, model)
 
 
 def test_a_hooked_forward_taking_one_argument_or_a_hook_error_is_not_refused():
