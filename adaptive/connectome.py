@@ -281,13 +281,15 @@ class Connectome:
         return h.hexdigest()
 
     def summary(self) -> str:
-        """A per-layer table: name, shape, synapses, live, density, ensemble."""
+        """A per-layer table: name, shape, synapses, live, density, ensemble. The shape is the weight's as
+        stored: a transposed convolution's is ``(in, out/groups, *kernel)``, marked "(transposed)"."""
         self._check_params()
         rows = [("layer", "shape", "synapses", "live", "density", "ensemble")]
         for n, l in self.layers.items():
             m = self.masks[n]
             live = int(m.sum())
-            rows.append((n, "x".join(map(str, l.shape)), f"{m.numel():,}", f"{live:,}", f"{live / m.numel():.2%}", self.granularities[n].spec))
+            shape = "x".join(map(str, l.shape)) + (" (transposed)" if l.transposed else "")
+            rows.append((n, shape, f"{m.numel():,}", f"{live:,}", f"{live / m.numel():.2%}", self.granularities[n].spec))
         total, live = self.num_synapses(), self.num_live()
         rows.append(("total", "", f"{total:,}", f"{live:,}", f"{live / max(total, 1):.2%}", f"mode={self.mode}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -356,3 +356,12 @@ def test_graphs_cli_reads_the_class_count_of_a_transposed_head_from_its_output_c
     torch.save(net.state_dict(), tmp_path / "w.pt")  # the head left out of the connectome: read from the weights
     adaptive.Connectome(net, exclude=["head"]).save(tmp_path / "stem.safetensors")
     assert _classes_used_last(net, str(tmp_path / "stem.safetensors"), str(tmp_path / "w.pt")) == 5
+
+
+def test_the_summary_marks_a_transposed_layers_stored_shape():
+    """conn.summary() prints each weight's shape as stored; a transposed convolution's (in, out/groups,
+    *kernel) read like a convolution's (out, in) without the mark."""
+    conn = adaptive.Connectome(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ConvTranspose2d(8, 4, 2)))
+    rows = {line.split()[0]: line for line in conn.summary().splitlines()}
+    assert "8x3x3x3 " in rows["0.weight"] and "transposed" not in rows["0.weight"]
+    assert "8x4x2x2 (transposed)" in rows["1.weight"]
