@@ -439,10 +439,13 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     if whole_number(align, floats=True) is None or align < 1:  # 2.0 is 2; 2.5 is refused, never cut to 2
         raise ValueError(f"align must be a positive integer, got {align!r}")
     align = whole_number(align, floats=True)
-    from .trace import _refuse_named_inputs, _unsupplied_defaults, _where, runnable_example_input, symbolic_trace
+    from .trace import (_refuse_miscounted_inputs, _refuse_named_inputs, _unsupplied_defaults, _where, _wrap_root,
+                        runnable_example_input, symbolic_trace)
 
     model = _uncompiled(model)  # a torch.compile wrapper: the module it runs, under the names conn uses
     _refuse_named_inputs(model, example_input)  # a dict the forward takes as one argument (a batch) is fine
+    if isinstance(example_input, (tuple, list)) and not _wrap_root(model):  # as build binds them
+        _refuse_miscounted_inputs(model, tuple(example_input))
     if example_input is None:
         example_input = runnable_example_input(model)
     src = copy_model(model, "graphs.compact").eval()

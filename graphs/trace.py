@@ -1585,7 +1585,7 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
         given = (tuple(example_input) if isinstance(example_input, (tuple, list))
                  and not isinstance(example_input, nn.utils.rnn.PackedSequence)
                  else () if example_input is None else (example_input,))
-        _refuse_missing_inputs(model, given)
+        _refuse_miscounted_inputs(model, given)
         try:
             gm = symbolic_trace(model, concrete_args=_unsupplied_defaults(model, len(given), given))
         except Exception as e:
@@ -1657,14 +1657,23 @@ def _unsupplied_defaults(model: nn.Module, nargs: int, given: Sequence[Any] = ()
     return {**none, **fixed} or None
 
 
-def _refuse_missing_inputs(model: nn.Module, given: Sequence[Any]) -> None:
-    """Refuse an ``example_input`` that leaves out an input ``model.forward`` requires after it: the inputs
-    bind in order, keyword-only ones after the positional ones, so ``(x, mask)`` for ``forward(self, x,
-    y=None, *, mask)`` is ``y=mask`` (a run of its fx graph said only "Expected positional argument for
-    parameter mask"); None stands for an optional input left at its default."""
+def _refuse_miscounted_inputs(model: nn.Module, given: Sequence[Any]) -> None:
+    """Refuse an ``example_input`` that leaves out an input ``model.forward`` requires after it, or gives
+    more inputs than it has parameters (the extra ones were silently dropped: graphs and compact's check
+    ran the model without them): the inputs bind in order, keyword-only ones after the positional ones,
+    so ``(x, mask)`` for ``forward(self, x, y=None, *, mask)`` is ``y=mask`` (a run of its fx graph said
+    only "Expected positional argument for parameter mask"); None stands for an optional input left at
+    its default."""
     params = _input_params(model)
     if not given or params is None:
         return
+    if len(given) > len(params):
+        order = ", ".join(_input_order(model) or [params[0].name]) + ("," if len(_input_order(model)) < 2 else "")
+        raise TypeError(f"example_input gives {len(given)} inputs and {type(model).__name__}.forward takes "
+                        f"{len(params)} ({', '.join(p.name for p in params)}): the inputs bind to its parameters in "
+                        f"order (keyword-only ones last, passed by name), so pass example_input=({order}), None "
+                        "for an optional input left at its "
+                        "default; an input that is itself a tuple of tensors goes in a tuple of its own, ((x, y),)")
     missing = [p.name for p in params[len(given):] if p.default is p.empty]
     if missing:
         raise TypeError(f"example_input gives {len(given)} input(s) and {type(model).__name__}.forward also needs "

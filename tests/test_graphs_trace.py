@@ -1431,3 +1431,29 @@ def test_graphs_traces_where_torch_lacks_fx_private_none_check():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split()[-1] == "0.0"
+
+
+class _OneLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.a(x)
+
+
+def test_an_example_input_with_more_inputs_than_the_forward_takes_is_refused():
+    """``(x, None, mask, extra)`` for ``forward(self, x, y=None, *, mask)``, or ``(x, x)`` for ``forward(self, x)``:
+    build and compact dropped the extra inputs silently (the model itself refuses them); and compact ran a
+    tuple leaving out a required input as far as fx's "Expected positional argument for parameter mask"."""
+    x, m = torch.randn(2, 3), torch.ones(2, 4)
+    for run in (lambda model, ex: graphs.build(model=model, example_input=ex),
+                lambda model, ex: graphs.compact(model, example_input=ex)):
+        with pytest.raises(TypeError, match=r"^example_input gives 4 inputs and _RequiredKeyword\.forward takes 3 "
+                                            r"\(x, y, mask\): .* pass example_input=\(x, y or None, mask\), None"):
+            run(_RequiredKeyword(), (x, None, m, m))
+        with pytest.raises(TypeError, match=r"^example_input gives 2 inputs and _OneLayer\.forward takes 1 \(x\): "
+                                            r".* pass example_input=\(x,\)"):
+            run(_OneLayer(), (x, x))
+        with pytest.raises(TypeError, match=r"_RequiredKeyword\.forward also needs mask"):
+            run(_RequiredKeyword(), (x, None))
