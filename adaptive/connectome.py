@@ -328,9 +328,13 @@ class Connectome:
             if m.is_meta:
                 raise ValueError(f"mask for {k!r} is on the 'meta' device and holds no values: build it on a real device")
             if tuple(m.shape) != tuple(self.masks[k].shape):
+                layer = self.layers[k]
+                laid_out = layer.transposed and tuple(m.shape) == layer.out_in_shape
                 raise ValueError(
                     f"mask for {k!r} has shape {tuple(m.shape)} but the weight has shape {tuple(self.masks[k].shape)}"
-                )
+                    + (f": {k!r} is a transposed convolution, whose weight is stored (in, out/groups, *kernel), and "
+                       f"this mask is laid out (out, in/groups, *kernel); pass conn.layers[{k!r}].stored(mask)"
+                       if laid_out else ""))
             why = None if k in rules_kept else self.granularities[k].violation(m)
             if why:
                 fix = (f"keep the top n of every m with conn.granularity_of({k!r}).select(scores)"
@@ -355,6 +359,9 @@ class Connectome:
         Pruned weights become 0.0; grown synapses start at zero in train mode (``grow_init="zero"``,
         or "original"/a callable ``f(name, grown_mask) -> tensor``), at their original value in
         mask_only mode. Optimizer moments of attached optimizers are reset where a mask changed.
+        A mask is shaped like the weight as stored: a transposed convolution's ``(in, out/groups,
+        *kernel)``; one laid out ``(out, in/groups, *kernel)`` goes in as ``conn.layers[name].stored(mask)``
+        (refused otherwise, except where in == out/groups, whose two layouts share a shape).
         Returns ``{name: changed bool tensor}``. ``validate=False`` skips the checks (and the copy)
         for callers such as the controller that build masks from this connectome's own.
         """

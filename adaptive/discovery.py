@@ -164,12 +164,27 @@ class SynapseLayer:
     def out_in(self, t: torch.Tensor) -> torch.Tensor:
         """A tensor shaped like the stored weight, laid out ``(out, in/groups, *kernel)`` (itself
         unless ``transposed``): entry ``[o, i, ...]`` joins input unit ``(o // (out/groups)) *
-        (in/groups) + i`` to output unit ``o``."""
+        (in/groups) + i`` to output unit ``o``. Raises ValueError for a tensor of another shape, one
+        already laid out ``out_in_shape`` included; where in == out/groups (``ConvTranspose2d(4, 4, 3)``)
+        the two layouts share a shape, and which one ``t`` is in cannot be told."""
+        self._check_shape(t, "out_in", "the stored weight", self.shape, self.out_in_shape,
+                          "laid out (out, in/groups, *kernel)")
         return to_out_in(t, self.groups) if self.transposed else t
 
     def stored(self, t: torch.Tensor) -> torch.Tensor:
-        """The inverse of :meth:`out_in`: a tensor laid out ``out_in_shape`` back in the stored layout."""
+        """The inverse of :meth:`out_in`: a tensor laid out ``out_in_shape`` back in the stored layout
+        (ValueError for a tensor of another shape, as :meth:`out_in`)."""
+        self._check_shape(t, "stored", "out_in_shape", self.out_in_shape, self.shape, "in the stored layout")
         return from_out_in(t, self.groups) if self.transposed else t
+
+    def _check_shape(self, t, method: str, what: str, want: tuple, given: tuple, already: str) -> None:
+        """Refuse a ``t`` that is not shaped ``want`` (``given``: the other layout's shape)."""
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{self.name}: {method}() takes a weight-shaped tensor, got {type(t).__name__}")
+        if tuple(t.shape) != tuple(want):
+            again = f", the other layout's shape: it is already {already}" if tuple(t.shape) == tuple(given) else ""
+            raise ValueError(f"{self.name}: {method}() takes a tensor shaped like {what}, {tuple(want)}; got "
+                             f"{tuple(t.shape)}{again}")
 
 
 def transposed_shape(shape, groups: int) -> tuple:

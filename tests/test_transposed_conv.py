@@ -365,3 +365,42 @@ def test_the_summary_marks_a_transposed_layers_stored_shape():
     rows = {line.split()[0]: line for line in conn.summary().splitlines()}
     assert "8x3x3x3 " in rows["0.weight"] and "transposed" not in rows["0.weight"]
     assert "8x4x2x2 (transposed)" in rows["1.weight"]
+
+
+def test_out_in_and_stored_refuse_a_tensor_of_the_wrong_shape():
+    """``out_in``/``stored`` reshaped whatever they got: a tensor of the wrong size failed in reshape ("shape
+    '[2, 1, 3]' is invalid"), and one already in the other layout was swapped again, silently (a stored-layout
+    tensor into ``stored`` came back shaped like the weight, wrongly laid out); a Linear's returned any tensor."""
+    conn = adaptive.Connectome(nn.Sequential(nn.ConvTranspose2d(8, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 3)))
+    up, fc = conn.layers["0.weight"], conn.layers["2.weight"]
+    assert up.shape == (8, 2, 3, 3) and up.out_in_shape == (4, 4, 3, 3)
+    with pytest.raises(ValueError, match=r"^0\.weight: out_in\(\) takes a tensor shaped like the stored weight, "
+                                         r"\(8, 2, 3, 3\); got \(4, 4, 3, 3\), the other layout's shape: it is already "
+                                         r"laid out \(out, in/groups, \*kernel\)$"):
+        up.out_in(torch.zeros(4, 4, 3, 3))
+    with pytest.raises(ValueError, match=r"^0\.weight: stored\(\) takes a tensor shaped like out_in_shape, "
+                                         r"\(4, 4, 3, 3\); got \(8, 2, 3, 3\), the other layout's shape"):
+        up.stored(torch.zeros(8, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"got \(3, 3\)$"):
+        up.out_in(torch.zeros(3, 3))
+    with pytest.raises(ValueError, match=r"^2\.weight: out_in\(\) takes .* \(3, 4\); got \(12,\)$"):
+        fc.out_in(torch.zeros(12))
+    with pytest.raises(TypeError, match="takes a weight-shaped tensor, got list"):
+        up.stored([[0.0]])
+    w = torch.randn(8, 2, 3, 3)
+    assert torch.equal(up.stored(up.out_in(w)), w)
+
+
+def test_set_masks_names_stored_as_the_fix_for_a_mask_laid_out_out_by_in():
+    """A mask laid out ``(out, in/groups, *kernel)`` for a transposed layer was refused only as of the wrong
+    shape; the error now says the weight is stored ``(in, out/groups, *kernel)`` and names ``stored(mask)``.
+    Nothing is edited."""
+    conn = adaptive.Connectome(nn.Sequential(nn.ConvTranspose2d(8, 4, 3, groups=2)))
+    layer = conn.layers["0.weight"]
+    mask = torch.rand(layer.out_in_shape) < 0.5
+    with pytest.raises(ValueError, match=r"has shape \(4, 4, 3, 3\) but the weight has shape \(8, 2, 3, 3\): '0\.weight' "
+                                         r"is a transposed convolution, .* pass conn\.layers\['0\.weight'\]\.stored\(mask\)$"):
+        conn.set_masks({"0.weight": mask})
+    assert conn.masks["0.weight"].all()
+    conn.set_masks({"0.weight": layer.stored(mask)})
+    assert torch.equal(layer.out_in(conn.masks["0.weight"]), mask)
