@@ -341,10 +341,8 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
     of a multi-process run evaluates all of ``batches`` (pass an unsharded loader to get the same
     numbers everywhere). ``progress``: a bar (anything with ``update(n)``) advanced once per batch."""
     loss_sum, correct, n, counted = 0.0, 0, 0, 0
-    was_training = model.training
     device = _model_device(model)
-    model.eval()
-    try:
+    with modes_kept(model, train=False):
         for batch in batches:
             x, y = _to_device(batch, device)
             out = _logits(call_model(model, x, "mask-only optimisation"), model)
@@ -359,8 +357,6 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
                 counted += acc[1]
             if progress is not None:
                 progress.update(1)
-    finally:
-        model.train(was_training)
     if n == 0:
         raise ValueError("evaluate: no examples")
     return loss_sum / n, (correct / counted if counted else None), n
@@ -884,29 +880,41 @@ def _stage_state(fp, stage, step, since_best, conn, ctrl, result, last_eval, dat
 
 
 @contextmanager
+def modes_kept(model: nn.Module, train: bool):
+    """Run with ``model.train(train)``, then give each module its own mode back: a submodule the
+    caller left in another mode than the model (a frozen BatchNorm in eval mode under a training
+    model) is not swept to the model's."""
+    modes = {m: m.training for m in model.modules()}
+    model.train(train)
+    try:
+        yield model
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+@contextmanager
 def mask_learning(model: nn.Module, conn: Connectome):
     """The frame of every mask-learning loop over a frozen ``model`` (this module's and the
     edge-popup baseline's): evaluation mode (normalisation statistics frozen), gradients only for
     the connectome's weights. An exception inside gives the model its original weights back
     (:func:`restore_original`); every exit drops the gradients and gives back each parameter's
-    ``requires_grad`` and the model's mode."""
-    was_training = model.training
+    ``requires_grad`` and each module's own mode (a submodule the caller put in eval mode stays so)."""
     flags = {id(p): p.requires_grad for p in model.parameters()}
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in conn.params.values():
-        p.requires_grad_(True)
-    try:
-        yield
-    except BaseException as exc:
-        restore_original(conn, exc)
-        raise
-    finally:
+    with modes_kept(model, train=False):
         for p in model.parameters():
-            p.grad = None
-            p.requires_grad_(flags.get(id(p), True))
-        model.train(was_training)
+            p.requires_grad_(False)
+        for p in conn.params.values():
+            p.requires_grad_(True)
+        try:
+            yield
+        except BaseException as exc:
+            restore_original(conn, exc)
+            raise
+        finally:
+            for p in model.parameters():
+                p.grad = None
+                p.requires_grad_(flags.get(id(p), True))
 
 
 def restore_original(conn: Connectome, exc: Optional[BaseException] = None) -> None:

@@ -25,7 +25,9 @@ from ..counts import whole_number
 from ..data.cycle import LoaderCycle
 from ..global_rng import seeded_global_rng
 from ..warn import warn_user
-from ..mask_only import _check_loader, _labels, _model_device, _to_device, evaluate, mask_learning, resolve_target
+from ..mask_only import (_check_loader, _labels, _logits, _model_device, _to_device, evaluate, mask_learning,
+                         resolve_target)
+from ..metrics import call_model, refuse_one_class
 
 
 @torch.no_grad()
@@ -93,7 +95,9 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                     x, y = _to_device(next(it), device)  # (NaN gradients would make every score NaN, top-k arbitrary)
                     for p in conn.params.values():
                         p.grad = None
-                    loss = loss_fn(model(x), y)
+                    out = _logits(call_model(model, x, "edge-popup"), model)
+                    refuse_one_class(out, "edge-popup's loss_fn", loss_fn)
+                    loss = loss_fn(out, y)
                     if torch.isfinite(loss):
                         break
                     skipped, in_a_row = skipped + 1, in_a_row + 1
