@@ -440,7 +440,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
         raise ValueError(f"align must be a positive integer, got {align!r}")
     align = whole_number(align, floats=True)
     from .trace import (_refuse_miscounted_inputs, _refuse_named_inputs, _unsupplied_defaults, _where, _wrap_root,
-                        runnable_example_input, symbolic_trace)
+                        example_input_failed, runnable_example_input, symbolic_trace)
 
     model = _uncompiled(model)  # a torch.compile wrapper: the module it runs, under the names conn uses
     _refuse_named_inputs(model, example_input)  # a dict the forward takes as one argument (a batch) is fine
@@ -487,13 +487,16 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
             probe_env = _probe(gm, x, weights)
             # a part of the batch one sample lacks (x.split([1, n - 1])) would hold no values to judge
             few = any(isinstance(v, torch.Tensor) and v.numel() == 0 for v in probe_env.values())
-        except Exception:  # noqa: BLE001 - one sample is too few (the model splits its batch): the whole example
+        except Exception as e:  # noqa: BLE001 - one sample is too few (the model splits its batch): the whole example
             if x is example_input:
-                raise
+                raise example_input_failed(model, x, e) from None
             few = True
         if few and x is not example_input:
             x = example_input
-            probe_env = _probe(gm, x, weights)
+            try:
+                probe_env = _probe(gm, x, weights)
+            except Exception as e:  # noqa: BLE001 - the example itself does not run: said as build says it
+                raise example_input_failed(model, x, e) from None
         wider_env = _probe_wider(gm, x, weights)
     del weights
     plan = _plan(gm, probe_env, int(align), wider_env)

@@ -1579,6 +1579,20 @@ def _failure(e: Exception) -> str:
     return f"{type(e).__name__}: {msg[:200]}" + (f" (at node {where!r})" if where else "")
 
 
+def _input_failure(xs: tuple, e: Exception) -> str:
+    """``input [shapes]: Type: message (at node 'name')`` of what running a model on the inputs ``xs`` raised."""
+    shapes = ", ".join(_described(t) if isinstance(t, torch.Tensor) else type(t).__name__ for t in xs)
+    return f"input [{shapes}]: {_failure(e)}"
+
+
+def example_input_failed(model: nn.Module, x, e: Exception) -> RuntimeError:
+    """The error :func:`build` and :func:`graphs.compact` raise when ``model`` fails on the caller's
+    ``example_input`` ``x`` (a tensor or a tuple of inputs): what was wrong and at which node, without
+    fx's dump of the node it was executing."""
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    return RuntimeError(f"running {type(model).__name__} on example_input failed: {_input_failure(xs, e)}")
+
+
 def _trace_eval(model, example_input, input_nodes) -> Trace:
     root = _wrap_root(model)
     if not root:
@@ -1612,8 +1626,7 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
         except Exception as e:
             if isinstance(e, InputError) and example_input is not None:  # fx appends the node: said once
                 raise InputError(str(e).split("\n\nWhile executing")[0]) from None
-            shapes = ", ".join(_described(t) if isinstance(t, torch.Tensor) else type(t).__name__ for t in xs)
-            errors.append(f"input [{shapes}]: {_failure(e)}")
+            errors.append(_input_failure(xs, e))
             continue
         _add_outputs(prop, gm, result)
         for w in book.warnings:

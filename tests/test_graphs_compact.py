@@ -1807,3 +1807,27 @@ def test_compact_checks_a_sequence_model_at_other_lengths(monkeypatch):
                                                                 "(2, 12, 4) (the example's is (2, 6, 4)), where the "
                                                                 "masked model runs")):
         graphs.compact(m, conn, torch.randn(2, 6, 4))
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x, y):
+        return self.b(self.a(x) + y)
+
+
+@pytest.mark.parametrize("model, example, said", [
+    (lambda: nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 3)), torch.randn(2, 5),
+     r"input \[\(2, 5\)\]: RuntimeError: mat1 and mat2 shapes cannot be multiplied \(2x5 and 4x6\) \(at node '_0'\)"),
+    (_TwoInputs, (torch.randn(2, 4), None),
+     r"input \[\(2, 4\), NoneType\]: TypeError: unsupported operand .* \(at node 'add'\)"),
+], ids=["wrong shape", "None for a required input"])
+def test_an_example_input_the_model_cannot_run_is_refused_as_build_refuses_it(model, example, said):
+    """compact raised torch's own error with fx's "While executing %node ..." dump; it says what build says."""
+    m = model()
+    for call in (lambda: graphs.build(model=m, example_input=example), lambda: graphs.compact(m, example_input=example)):
+        with pytest.raises(RuntimeError, match=rf"^running {type(m).__name__} on example_input failed: {said}$") as e:
+            call()
+        assert "While executing" not in str(e.value)
