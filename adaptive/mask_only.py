@@ -58,6 +58,7 @@ from .controller import Controller
 from .counts import whole_number
 from .data.cycle import LoaderCycle, rng_states, set_rng_states
 from .ensemble_rules import parse_rules
+from .modes import modes_kept
 from .metrics import (AccuracyFn, batch_accuracy, batch_loss, batch_sums, call_model, check_output, default_accuracy,
                       example_count, takes_reduction, to_device)
 from .utility import get_estimator
@@ -877,20 +878,6 @@ def _stage_state(fp, stage, step, since_best, conn, ctrl, result, last_eval, dat
                           for k, sn in result.snapshots.items()},
             "history": list(result.history), "data": data, "cpu_seconds": last_eval["cpu_seconds"],
             "wall_seconds": last_eval["wall_seconds"]}
-
-
-@contextmanager
-def modes_kept(model: nn.Module, train: bool):
-    """Run with ``model.train(train)``, then give each module its own mode back: a submodule the
-    caller left in another mode than the model (a frozen BatchNorm in eval mode under a training
-    model) is not swept to the model's."""
-    modes = {m: m.training for m in model.modules()}
-    model.train(train)
-    try:
-        yield model
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
 
 @contextmanager

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_path
+from .modes import modes_kept
 from .clipping import clip_factor, clip_gradients
 
 CHECKPOINT_DIR = "checkpoints"
@@ -234,19 +235,17 @@ def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy, pr
     """``(mean loss, accuracy, examples)`` of ``model`` over ``loader`` (prepared by Accelerate, or any
     iterable of batches, which are moved to the accelerator's device), every process
     evaluating its shard and the predictions gathered with ``gather_for_metrics`` (duplicates
-    that even out the last batch across processes are dropped). The model's mode is restored.
+    that even out the last batch across processes are dropped). Each module's own mode is restored.
     ``progress``: a progress bar (anything with ``update(n)``, e.g. tqdm) advanced once per batch;
     a tqdm bar made with ``total=None`` gets the loader's length here, when the evaluation starts (a
     lazily built test split is then read by the evaluation, not before)."""
     from accelerate.utils import send_to_device
 
-    was_training = model.training
-    model.eval()
     loss_sum, correct, n = 0.0, 0, 0
     if progress is not None and getattr(progress, "total", 0) is None:
         progress.total = len(loader)
         progress.refresh()
-    try:
+    with modes_kept(model, train=False):
         for x, y in loader:
             # a prepared loader's batches are there already; any other iterable's are moved
             x, y = send_to_device((x, y), accelerator.device)
@@ -259,8 +258,6 @@ def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy, pr
             n += int(y.numel())
             if progress is not None:
                 progress.update(1)
-    finally:
-        model.train(was_training)
     if n == 0:
         raise ValueError("evaluate: the loader yielded no examples")
     return loss_sum / n, correct / n, n

@@ -133,3 +133,19 @@ def test_accumulation_needs_the_prepared_optimizer_which_steps_once_per_group():
         assert row["step"] == 3 and row["loss"] == pytest.approx(sum(losses) / 5, rel=1e-6)
     finally:
         reset_accelerate()
+
+
+def test_evaluate_gives_each_module_its_own_mode_back(accelerator):
+    """A BatchNorm the caller froze in eval mode inside a training model stays in eval mode after
+    evaluate (a plain model.train(was_training) swept it back to training, so its running statistics
+    moved at the next training step)."""
+    from adaptive.training import evaluate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
+    model.train()
+    model[1].eval()
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    loss, acc, n = evaluate(accelerator, model, data)
+    assert n == 8 and loss > 0
+    assert model.training and model[0].training and model[2].training and not model[1].training

@@ -76,18 +76,6 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
-def training_mode(model: nn.Module, train: bool):
-    """Run with ``model.train(train)``; restore each module's own mode afterwards."""
-    modes = {m: m.training for m in model.modules()}
-    model.train(train)
-    try:
-        yield model
-    finally:
-        for m, t in modes.items():
-            m.training = t
-
-
-@contextlib.contextmanager
 def batch_statistics_explained(what: str, fix: str):
     """Inside, PyTorch's bare ``Expected more than 1 value per channel when training`` (a BatchNorm
     normalising a batch by its own statistics, given one value per channel: a batch of one sample

@@ -30,8 +30,8 @@ from ..discovery import discover
 from ..global_rng import kept_global_rng
 from ..metrics import call_model
 from ..warn import warn_user
-from ._common import (batch_statistics_explained, check_finite, default_loss, iterate_batches, kept_buffers, measured_gradients, model_device, scalers_suspended,
-                      training_mode)
+from ._common import (batch_statistics_explained, check_finite, default_loss, iterate_batches, kept_buffers, measured_gradients, model_device, scalers_suspended)
+from ..modes import modes_kept
 from .table import Table, pyplot, save_figure
 
 THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -236,7 +236,7 @@ def collinearity(
     n = 0
     one_sample = ("measure batches of at least 2 samples (batch_size=)" + (", or in eval mode (train_mode=False), where "
                                                                            "BatchNorm uses its running statistics" if train_mode else ""))
-    with measured_gradients(params, "collinearity"), kept_buffers(model), training_mode(model, train_mode), \
+    with measured_gradients(params, "collinearity"), kept_buffers(model), modes_kept(model, train_mode), \
             scalers_suspended(model), batch_statistics_explained("collinearity", one_sample):
         for x, y in iterate_batches(rebatch(loader, batch_size), batches, desc="collinearity", warn_short=True):
             x, y = _to_device(x, device), _to_device(y, device)

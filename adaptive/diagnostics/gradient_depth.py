@@ -19,7 +19,8 @@ from torch.utils._pytree import tree_leaves, tree_map
 from ..metrics import _forward_owner, call_model, refuse_unpacked, to_device
 from ._shared_calls import CallRecorder, parts_adding_up
 from ._common import (LogHistogram, batch_statistics_explained, check_finite, default_loss, find_weight, iterate_batches, kept_buffers, measured_gradients, model_device,
-                      scalers_suspended, training_mode)
+                      scalers_suspended)
+from ..modes import modes_kept
 from .table import Table, pyplot, save_figure
 from ..global_rng import kept_global_rng
 from ..warn import warn_user
@@ -355,7 +356,7 @@ def gradient_by_depth(
     n = 0
     one_sample = ("pass batches of at least 2 samples" + (", or measure in eval mode (train_mode=False), where BatchNorm "
                                                           "uses its running statistics" if train_mode else ""))
-    with measured_gradients([weight], "gradient_by_depth"), kept_buffers(model), training_mode(model, train_mode), \
+    with measured_gradients([weight], "gradient_by_depth"), kept_buffers(model), modes_kept(model, train_mode), \
             scalers_suspended(model), batch_statistics_explained("gradient_by_depth", one_sample):
         try:
             for x, y in iterate_batches(loader, batches, desc=f"gradients of {name}", cycle=cycle):

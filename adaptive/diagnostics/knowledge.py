@@ -27,7 +27,8 @@ from ..metrics import (AccuracyFn, batch_accuracy, call_model, check_output, def
                        to_device)
 from ..global_rng import kept_global_rng
 from ..warn import warn_user
-from ._common import batch_statistics_explained, default_loss, iterate_batches, kept_buffers, model_device, training_mode
+from ._common import batch_statistics_explained, default_loss, iterate_batches, kept_buffers, model_device
+from ..modes import modes_kept
 from .removal_order import global_order, removal_scores
 from .table import Table, pyplot, save_figure
 
@@ -78,7 +79,7 @@ def evaluate(model: nn.Module, data, loss_fn: Callable = default_loss,
     them (a DataLoader without a generator draws each pass's seed from torch's: :mod:`adaptive.global_rng`)."""
     device = model_device(model)
     tot_loss, correct, counted, n, examples = 0.0, 0, 0, 0, 0
-    with training_mode(model, False):
+    with modes_kept(model, False):
         for x, y, *_ in data:
             x, y = to_device(x, device), to_device(y, device)
             out = check_output(call_model(model, x, "knowledge_distribution"), model, "knowledge_distribution")
@@ -467,7 +468,7 @@ def knowledge_distribution(
         counts = [0] + counts
     data = materialize(eval_loader, eval_batches, desc="evaluation data")
     if num_classes is None and accuracy_fn is default_accuracy:  # chance: 1 / the classes on axis 1
-        with torch.no_grad(), training_mode(work, False):
+        with torch.no_grad(), modes_kept(work, False):
             probe = check_output(call_model(work, to_device(data[0][0], model_device(work)), "knowledge_distribution"), work,
                                  "knowledge_distribution")
         num_classes = int(probe.shape[1]) if probe.dim() >= 2 else None
@@ -507,7 +508,7 @@ def knowledge_distribution(
         flat[order[:k]] = False
         conn.set_masks({n: m.view(conn.masks[n].shape) for n, m in zip(names, flat.split(sizes))})
         if finetune_batches and k > 0:
-            with training_mode(work, True), torch.enable_grad(), batch_statistics_explained(
+            with modes_kept(work, True), torch.enable_grad(), batch_statistics_explained(
                     "knowledge_distribution's fine-tune", ONE_SAMPLE_FIX):
                 for i in range(finetune_batches):
                     x, y = next(ft_iter)
@@ -579,7 +580,7 @@ def _recalibrate(model: nn.Module, norms, data, device) -> None:
     """Re-estimate the running statistics of ``norms`` as the plain mean over ``data`` (train-mode
     forward passes)."""
     saved = [m.momentum for m in norms]
-    with training_mode(model, True):
+    with modes_kept(model, True):
         for m in norms:
             m.reset_running_stats()
             m.momentum = None  # cumulative average

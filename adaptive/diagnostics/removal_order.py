@@ -15,7 +15,8 @@ import torch
 from ..global_rng import kept_global_rng
 from ..metrics import call_model, example_count, to_device
 from ..warn import warn_user
-from ._common import default_loss, iterate_batches, measured_gradients, model_device, scalers_suspended, training_mode
+from ._common import default_loss, iterate_batches, measured_gradients, model_device, scalers_suspended
+from ..modes import modes_kept
 
 
 def _gradient_batches(conn, loader, batches, loss_fn, desc):
@@ -24,7 +25,7 @@ def _gradient_batches(conn, loader, batches, loss_fn, desc):
     it requires grad while the batches run and gets its flag back afterwards."""
     model = conn.model
     device = model_device(model)
-    with measured_gradients(conn.params.values(), "removal_scores"), training_mode(model, False), \
+    with measured_gradients(conn.params.values(), "removal_scores"), modes_kept(model, False), \
             scalers_suspended(model):  # scores read the model's own gradients
         for x, y in iterate_batches(loader, batches, desc=desc):
             model.zero_grad(set_to_none=True)

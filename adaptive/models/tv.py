@@ -86,18 +86,17 @@ def _check_input(net: nn.Module, arch: str, in_shape: tuple, fixed=None) -> None
     not in the first training step, with what the network takes (:func:`_what_it_takes`)."""
     import torch
 
-    was = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            net(torch.zeros(1, *in_shape))
-    except _ERRORS as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        need = _what_it_takes(net, in_shape, fixed)
-        raise ValueError(f"torchvision:{arch} does not take inputs of shape {in_shape} (the dataset's in_shape): "
-                         f"{first}; use a dataset or image size it takes" + (f": {need}" if need else "")) from None
-    finally:
-        net.train(was)
+    from ..modes import modes_kept
+
+    with modes_kept(net, train=False):  # _what_it_takes tries sizes in eval mode too
+        try:
+            with torch.no_grad():
+                net(torch.zeros(1, *in_shape))
+        except _ERRORS as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            need = _what_it_takes(net, in_shape, fixed)
+            raise ValueError(f"torchvision:{arch} does not take inputs of shape {in_shape} (the dataset's in_shape): "
+                             f"{first}; use a dataset or image size it takes" + (f": {need}" if need else "")) from None
 
 
 def _what_it_takes(net: nn.Module, in_shape: tuple, fixed=None) -> str:
