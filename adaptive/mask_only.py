@@ -370,6 +370,24 @@ def stage_batches(passes: float, n_train: int, window: int) -> int:
     return max(window, int(math.ceil(passes * n_train / window - 1e-9)) * window)
 
 
+def listed_targets(target) -> list:
+    """``target`` (one target, or a list or tuple of them) as a non-empty list."""
+    targets = list(target) if isinstance(target, (list, tuple)) else [target]
+    if not targets:
+        raise ValueError("give at least one target")
+    return targets
+
+
+def checked_passes(passes) -> Union[int, float]:
+    """``passes`` (passes over the train loader per stage) as a plain number, refused unless finite and > 0."""
+    if isinstance(passes, torch.Tensor) and passes.numel() == 1 and not passes.dtype.is_complex:
+        passes = passes.item()  # a one-element tensor: its number
+    if isinstance(passes, bool) or not isinstance(passes, numbers.Real) or not (0 < passes < math.inf):
+        raise ValueError(f"passes must be a finite number > 0 (passes over the train loader per stage; fractional "
+                         f"allowed), got {passes!r}")
+    return whole_number(passes) if whole_number(passes) is not None else float(passes)  # numpy scalars: plain
+
+
 @seeded_global_rng.by_argument("seed")
 def optimize_connectome(
     model: nn.Module,
@@ -495,15 +513,8 @@ def optimize_connectome(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    targets = list(target) if isinstance(target, (list, tuple)) else [target]
-    if not targets:
-        raise ValueError("give at least one target")
-    if isinstance(passes, torch.Tensor) and passes.numel() == 1 and not passes.dtype.is_complex:
-        passes = passes.item()  # a one-element tensor: its number
-    if isinstance(passes, bool) or not isinstance(passes, numbers.Real) or not (0 < passes < math.inf):
-        raise ValueError(f"passes must be a finite number > 0 (passes over the train loader per stage; fractional "
-                         f"allowed), got {passes!r}")
-    passes = whole_number(passes) if whole_number(passes) is not None else float(passes)  # numpy scalars: plain
+    targets = listed_targets(target)
+    passes = checked_passes(passes)
     if whole_number(window) is None or window < 1:
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
     window = whole_number(window)

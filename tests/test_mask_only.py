@@ -564,8 +564,19 @@ def test_edge_popup_lowers_the_training_loss_of_its_initial_mask():
     assert after < before - 1e-3, (before, after)
 
 
-@pytest.mark.parametrize("kw, msg", [({"lr": 0.0}, "lr must be > 0"), ({"lr": -0.01}, "lr must be > 0"),
-                                     ({"passes": 0.0}, "passes must be > 0")])
+def test_edge_popup_takes_one_target_as_optimize_connectome_does():
+    """A single target (not in a list) is one stage, as optimize_connectome takes it; it used to fail
+    with "'float' object is not iterable"."""
+    tr, _ = loaders()
+    _, one = edge_popup(tiny(), tr, tr, 0.5, passes=0.1, progress=False)
+    _, listed = edge_popup(tiny(), tr, tr, [0.5], passes=0.1, progress=False)
+    assert sorted(one) == ["0.5"] and one["0.5"]["removed"] == listed["0.5"]["removed"]
+    assert all(torch.equal(one["0.5"]["masks"][n], listed["0.5"]["masks"][n]) for n in listed["0.5"]["masks"])
+
+
+@pytest.mark.parametrize("kw, msg", [({"lr": 0.0}, "lr must be a finite number > 0"),
+                                     ({"lr": -0.01}, "lr must be a finite number > 0"),
+                                     ({"passes": 0.0}, "passes must be a finite number > 0")])
 def test_edge_popup_refuses_bad_settings_before_touching_the_model(kw, msg):
     m = tiny()
     before = copy.deepcopy(m.state_dict())

@@ -13,6 +13,7 @@ so both see the same data and the same number of passes).
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from typing import Callable, Dict, Sequence
 
@@ -25,8 +26,8 @@ from ..counts import whole_number
 from ..data.cycle import LoaderCycle
 from ..global_rng import seeded_global_rng
 from ..warn import warn_user
-from ..mask_only import (_check_loader, _labels, _logits, _model_device, _to_device, evaluate, mask_learning,
-                         resolve_target)
+from ..mask_only import (_check_loader, _labels, _logits, _model_device, _to_device, checked_passes, evaluate,
+                         listed_targets, mask_learning, resolve_target)
 from ..metrics import call_model, refuse_one_class
 
 
@@ -48,7 +49,8 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                lr: float = 0.01, loss_fn: Callable = F.cross_entropy, progress: bool = True, include=None,
                exclude=None, seed: int = 0):
     """Learn masks for frozen ``model`` by edge-popup. Returns ``(conn, snapshots)`` with
-    ``snapshots[label] = {"removed", "masks", "holdout_loss", "holdout_acc"}`` per target.
+    ``snapshots[label] = {"removed", "masks", "holdout_loss", "holdout_acc"}`` per target (``targets``:
+    one number or a list of them, as :func:`adaptive.optimize_connectome` takes, "best" excepted).
 
     Edge-popup itself draws nothing at random; the call runs with the global generators seeded from
     ``seed`` and puts the caller's back afterwards, as :func:`adaptive.optimize_connectome` does: a
@@ -57,10 +59,10 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     if whole_number(seed, floats=True) is None:
         raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
                          f"number such as seed=0")
-    if not lr > 0:
-        raise ValueError(f"edge-popup's lr must be > 0, got {lr} (0 would learn nothing)")
-    if not passes > 0:
-        raise ValueError(f"passes must be > 0, got {passes}")
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
+        raise ValueError(f"edge-popup's lr must be a finite number > 0, got {lr!r} (0 would learn nothing)")
+    targets = listed_targets(targets)
+    passes = checked_passes(passes)
     n_train = _check_loader(train_loader, "train")
     _check_loader(holdout_loader, "holdout")
     conn = Connectome(model, include=include, exclude=exclude, mode="mask_only")
