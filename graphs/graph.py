@@ -32,7 +32,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from .trace import (CONST, EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT, JUNCTION, KIND_NAMES, OUTPUT, UNIT, Group,
                     LayerFlow, Trace, trace)
 from adaptive.connectome import _uncompiled
-from adaptive.discovery import weight_hooks
+from adaptive.discovery import transposed_shape, weight_hooks
 from adaptive.warn import warn_user
 
 LEVELS = ("synapse", "unit", "layer")
@@ -247,7 +247,7 @@ def _synapse_edges(layer: LayerFlow, start: int, w, m, u):
     offset = layer.rows[0] * (m[0].numel() if m.dim() > 1 else 1) if layer.rows else 0
     position = flat + offset  # in the whole parameter
     if layer.transposed:  # the parameter is (in, out/groups, *kernel): number its elements in that order
-        stored = (layer.shape[1] * layer.groups, layer.shape[0] // layer.groups, *layer.shape[2:])
+        stored = transposed_shape(layer.shape, layer.groups)
         position = layer.part(torch.arange(m.numel()).view(stored)).reshape(-1)[flat]
     cols = {"position": position, "weight": w.reshape(-1)[flat]}
     if u is not None:

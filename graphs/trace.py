@@ -496,7 +496,7 @@ class FlowProp(ShapeProp):
         w, groups = module.weight, int(getattr(module, "groups", 1))
         transposed = isinstance(module, ops.TRANSPOSED_MODULES)
         # (out, in/groups, *kernel); a transposed convolution stores (in, out/groups, *kernel)
-        shape = (w.shape[1] * groups, w.shape[0] // groups, *w.shape[2:]) if transposed else tuple(w.shape)
+        shape = transposed_shape(w.shape, groups) if transposed else tuple(w.shape)
         if not isinstance(x, torch.Tensor):
             raise ValueError("its input carries no traced data")
         name = str(n.target) if name is None else name
