@@ -62,6 +62,17 @@ def assert_unchanged(conn, snap):
         assert torch.equal(p.detach().view(torch.int32), params[n].view(torch.int32)), f"weight {n} changed"
 
 
+def attached_half_pruned(make_opt=lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9)):
+    """``(model, conn, opt)``: :func:`small_net` with half its synapses pruned (:func:`random_masks`) and
+    its connectome attached to ``make_opt(model.parameters())``."""
+    model = small_net()
+    conn = adaptive.Connectome(model)
+    conn.set_masks(random_masks(conn, 0.5))
+    opt = make_opt(model.parameters())
+    conn.attach(opt)
+    return model, conn, opt
+
+
 def train(model, opt, steps, seed=100, autocast=False):
     model.train()
     for s in range(steps):
@@ -205,11 +216,7 @@ def test_an_optimizer_that_is_not_zero_preserving_is_re_masked_after_each_step(m
 
 
 def test_a_weight_written_outside_the_optimizer_is_pruned_again_at_the_next_step():
-    model = small_net()
-    conn = adaptive.Connectome(model)
-    conn.set_masks(random_masks(conn, 0.5))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    conn.attach(opt)
+    model, conn, opt = attached_half_pruned()
     train(model, opt, 2)
     with torch.no_grad():
         model[0].weight.fill_(0.25)  # e.g. a re-init or a dense checkpoint loaded after attach
@@ -223,11 +230,7 @@ def test_an_optimizer_state_loaded_after_attach_is_repaired():
     dense_model = small_net()
     dense_opt = torch.optim.Adam(dense_model.parameters(), lr=1e-2)
     train(dense_model, dense_opt, 3)  # moments non-zero everywhere
-    model = small_net()
-    conn = adaptive.Connectome(model)
-    conn.set_masks(random_masks(conn, 0.5))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    conn.attach(opt)
+    model, conn, opt = attached_half_pruned(lambda ps: torch.optim.Adam(ps, lr=1e-2))
     opt.load_state_dict(dense_opt.state_dict())
     train(model, opt, 1)  # repaired before the step: the moments at pruned positions cannot move a weight
     assert_pruned_are_zero(conn, opt)
@@ -328,11 +331,8 @@ def test_pruned_positions_stay_plus_zero_through_a_divergence(opt_name, divergen
     NaN at pruned positions, in the optimizer's moments and weights there, and the next forward
     spread it to every output. Now pruned gradients and weights are +0.0 after every step, and a
     divergence only a pruned position saw leaves the network finite."""
-    model = small_net()
-    conn = adaptive.Connectome(model)
-    conn.set_masks(random_masks(conn, 0.5))
-    opt = SpreadingOptimizer(model.parameters()) if opt_name == "spreading" else OPTIMIZERS[opt_name](model.parameters())
-    conn.attach(opt)
+    make = SpreadingOptimizer if opt_name == "spreading" else OPTIMIZERS[opt_name]
+    model, conn, opt = attached_half_pruned(make)
     conn.mask_in_backward = masked_at == "in-backward"
     if masked_at == "observed":  # dense gradients until the step (as at a controller's observation)
         conn.add_observer(lambda: None)
@@ -353,11 +353,7 @@ def test_pruned_positions_stay_plus_zero_through_a_divergence(opt_name, divergen
 
 @pytest.mark.parametrize("behind_the_counter", [False, True])
 def test_a_nan_written_at_a_pruned_weight_is_plus_zero_after_the_next_step_or_apply(behind_the_counter):
-    model = small_net()
-    conn = adaptive.Connectome(model)
-    conn.set_masks(random_masks(conn, 0.5))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    conn.attach(opt)
+    model, conn, opt = attached_half_pruned()
     train(model, opt, 1)
     at = tuple((~conn.masks["0.weight"]).nonzero()[0].tolist())
     if behind_the_counter:  # (.data: no version counter moves, so apply() must be called)
