@@ -11,9 +11,13 @@ permute, movedim; kept by elementwise ops, linear layers, normalisation, embeddi
 when it lands on the batch axis of every such layer reached with the axes known, axis 0 in every other case
 (the axes lost on the way, by a reshape or an unknown op: the batch-first reading graphs always had).
 
+A caller who knows better fixes it: ``batch_axis=0`` or ``1`` (:func:`checked_batch_axis`) holds for every input
+of two axes or more, and nothing is inferred (a model whose sequences reach their layers through a reshape, or
+that reads them by position only, leaves the inference nothing to follow).
+
 Its channels, where input nodes are per channel: the axis that the first convolutions or linear layers reading
-the input, followed so, take as their input channels (:func:`input_channel_axes`); axis 1 where that is not
-known."""
+the input, followed so, take as their input channels (:func:`input_channel_axes`); where that is not known,
+axis 1 of a batch-first input, axis 0 of a sequence-first one (axis 1 of its batch-first twin)."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Set, Tuple
@@ -145,22 +149,40 @@ def _channel_reads(user: fx.Node, module: Optional[nn.Module], node: fx.Node, ax
     return (axes[-1] if linear else axes[1] if len(axes) > 1 else None,)
 
 
-def input_batch_axes(gm: fx.GraphModule, starts: Dict[str, Tuple[fx.Node, int]]) -> Dict[str, int]:
+def checked_batch_axis(batch_axis) -> Optional[int]:
+    """``batch_axis`` as :func:`graphs.build` and :func:`graphs.compact` take it: None (inferred), 0 (batch first,
+    ``[B, T, F]``) or 1 (sequence first, ``[T, B, F]``); anything else is refused, naming those."""
+    if batch_axis is None or type(batch_axis) is int and batch_axis in (0, 1):
+        return batch_axis
+    raise ValueError(f"batch_axis must be None (inferred from the model's layers), 0 (batch first: [B, T, F]) or 1 "
+                     f"(sequence first: [T, B, F]), got {batch_axis!r}")
+
+
+def input_batch_axes(gm: fx.GraphModule, starts: Dict[str, Tuple[fx.Node, int]],
+                     batch_axis: Optional[int] = None) -> Dict[str, int]:
     """The batch axis of each input ``starts`` names (its node in ``gm`` and its rank; a tuple input's items are
-    their ``getitem`` nodes): 1 where the input reaches the sequence-reading layers with its axis 1 on
-    their batch axis, every time its axes are known there; 0 otherwise (see the module docstring)."""
+    their ``getitem`` nodes), where it is not axis 0: 1 where the input reaches the sequence-reading layers with
+    its axis 1 on their batch axis, every time its axes are known there (see the module docstring). A
+    ``batch_axis`` given holds for every input of two axes or more (a 1-D one is one value per sample)."""
+    if batch_axis is not None:
+        return {name: batch_axis for name, (_, rank) in starts.items() if rank >= 2 and batch_axis}
     return {name: 1 for name, (start, rank) in starts.items() if _follow(gm, start, rank, _sequence_reads) == {1}}
 
 
-def input_channel_axes(gm: fx.GraphModule, starts: Dict[str, Tuple[fx.Node, int]]) -> Dict[str, int]:
+def input_channel_axes(gm: fx.GraphModule, starts: Dict[str, Tuple[fx.Node, int]],
+                       batch_axes: Optional[Dict[str, int]] = None) -> Dict[str, int]:
     """The channel axis of each input ``starts`` names (as :func:`input_batch_axes` takes them), where it is not
     axis 1: the axis the first convolutions and linear layers reading it take as their input channels, where
     they all agree and its axes are known on the way to each (a channels-last image ``x.permute(0, 3, 1, 2)``
-    into a Conv2d: axis 3); axis 1 in every other case (a reshape on the way: the reading graphs always had)."""
+    into a Conv2d: axis 3); in every other case (a reshape on the way: the reading graphs always had) axis 1, or
+    axis 0 for an input ``batch_axes`` puts its batch on axis 1 (the channels of its batch-first twin)."""
     found = {}
     for name, (start, rank) in starts.items():
+        batch = (batch_axes or {}).get(name, 0)
         votes = _follow(gm, start, rank, _channel_reads)
         axis = next(iter(votes)) if len(votes) == 1 else None
-        if axis is not None and axis not in (0, 1):  # axis 0 is the batch, whatever a layer makes of it
+        fallback = 0 if batch == 1 else 1
+        axis = fallback if axis is None or axis == batch else axis  # the batch, whatever a layer makes of it
+        if axis != 1:
             found[name] = axis
     return found

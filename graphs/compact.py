@@ -420,7 +420,8 @@ def _getitem_channel_axis(idx, ndim, xa):
 
 @kept_global_rng()
 def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] = None,
-            atol: float = 1e-4, rtol: float = 1e-4, verify: bool = True, align: int = 1) -> fx.GraphModule:
+            atol: float = 1e-4, rtol: float = 1e-4, verify: bool = True, align: int = 1,
+            batch_axis: Optional[int] = None) -> fx.GraphModule:
     """A smaller dense copy of ``model`` (masked by ``conn`` when given) without its removable dead
     units. Eval-mode semantics (BatchNorm running statistics). The returned GraphModule carries
     ``compaction``: a dict with params before/after, units removed per layer and the verified
@@ -429,7 +430,9 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     ``example_input`` (batch first; None: the first input inferred from the first layer that the
     model runs on, as :func:`graphs.build` guesses) drives the trace and, with ``verify``, the check
     that the compact copy's outputs match the masked model's within
-    ``torch.allclose(atol=atol, rtol=rtol)``. Raises if fx cannot trace the model or the check
+    ``torch.allclose(atol=atol, rtol=rtol)``. ``batch_axis=1`` says the example's inputs (of two axes or more)
+    hold their batch on axis 1 (sequence-first ``[T, B, F]``): the probe takes one sample along it, not one time
+    step, and the check's batch of twice the size doubles it; None or 0: batch first. Raises if fx cannot trace the model or the check
     fails (``verify=False`` skips it). Leaves the global random generators as it found them (a model
     that draws in its forward draws from them, then they are put back: :mod:`adaptive.global_rng`)."""
     if not isinstance(model, nn.Module):
@@ -439,6 +442,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     if whole_number(align, floats=True) is None or align < 1:  # 2.0 is 2; 2.5 is refused, never cut to 2
         raise ValueError(f"align must be a positive integer, got {align!r}")
     align = whole_number(align, floats=True)
+    from .batch_axis import checked_batch_axis
     from .trace import (_refuse_miscounted_inputs, _refuse_named_inputs, _unsupplied_defaults, _where, _wrap_root,
                         example_input_failed, runnable_example_input, symbolic_trace)
 
@@ -446,7 +450,11 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     _refuse_named_inputs(model, example_input)  # a dict the forward takes as one argument (a batch) is fine
     if isinstance(example_input, (tuple, list)) and not _wrap_root(model):  # as build binds them
         _refuse_miscounted_inputs(model, tuple(example_input))
+    batch = checked_batch_axis(batch_axis) or 0
     if example_input is None:
+        if batch_axis is not None:
+            raise ValueError(f"batch_axis={batch_axis} needs an example_input laid out so: graphs guesses inputs "
+                             "itself (batch first, or as a recurrent first layer's batch_first says)")
         example_input = runnable_example_input(model)
     src = copy_model(model, "graphs.compact").eval()
     if conn is not None:
@@ -480,7 +488,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
             n.type = None            # torch 2.11's pickler took it for an object, and the copy failed to save
     gm.eval()
     _functional_layers(gm, src)
-    x = example_input[:1] if isinstance(example_input, torch.Tensor) else example_input
+    x = example_input.narrow(_axis(example_input, batch), 0, 1) if isinstance(example_input, torch.Tensor) else example_input
     weights = _float32_weights(gm)
     with torch.no_grad():
         try:
@@ -506,7 +514,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     report = {"params_before": before, "params_after": after, "removed": plan["removed_per_layer"],
               "units_removed": sum(plan["removed_per_layer"].values())}
     if verify:
-        report["max_abs_diff"] = _verify(ref, gm, example_input, atol, rtol)
+        report["max_abs_diff"] = _verify(ref, gm, example_input, atol, rtol, batch)
     gm.compaction = report
     return gm
 
@@ -1374,22 +1382,32 @@ class CompactionMismatchError(RuntimeError):
     """The compact model's outputs differ from the masked model's beyond the check's tolerances."""
 
 
-def _resized(x, axes: str, grow, g: torch.Generator):
+def _axis(t: torch.Tensor, batch: int) -> int:
+    """The batch axis of input ``t`` given ``batch`` (compact's ``batch_axis``): axis 0 of a 1-D input (one value
+    per sample), else ``batch``."""
+    return batch if t.dim() >= 2 else 0
+
+
+def _resized(x, axes: str, grow, g: torch.Generator, batch: int = 0):
     """``x`` (a tensor or a tuple / list of them) with random contents of another size, and where it says so
     (" on an input of shape ..."); None when no tensor changes. ``axes`` "map" grows the axes past the channels
     (2 on) of float tensors of rank 3 or more (images, volumes, signals), as the wider probe does; "tokens" grows
     axis 1 of float ``[N, T, C]`` and integer ``[N, T, ...]`` tensors (a sequence's length; ids are drawn from the
-    example's). ``grow(sizes)``: the new sizes. Drawn from ``g`` on the CPU, then moved to each tensor's device."""
+    example's), axis 0 of ``[T, N, C]`` and ``[T, N, ...]`` ones where ``batch`` is 1. ``grow(sizes)``: the new
+    sizes. Drawn from ``g`` on the CPU, then moved to each tensor's device."""
+    steps = 1 - batch  # the axis of a sequence's positions
+
     def one(t):
         if not isinstance(t, torch.Tensor):
             return t
         if axes == "map" and t.is_floating_point() and t.dim() >= 3:
             return torch.randn(*t.shape[:2], *grow(t.shape[2:]), generator=g, dtype=torch.float64).to(t.device, t.dtype)
-        if axes == "tokens" and (t.dim() == 3 if t.is_floating_point() else t.dim() >= 2 and t.shape[1] > 0):
-            n = grow(t.shape[1:2])[0]
+        if axes == "tokens" and (t.dim() == 3 if t.is_floating_point() else t.dim() >= 2 and t.shape[steps] > 0):
+            shape = list(t.shape)
+            shape[steps] = grow(t.shape[steps:steps + 1])[0]
             if t.is_floating_point():
-                return torch.randn(t.shape[0], n, *t.shape[2:], generator=g, dtype=torch.float64).to(t.device, t.dtype)
-            return t[:, torch.randint(t.shape[1], (n,), generator=g).to(t.device)]
+                return torch.randn(shape, generator=g, dtype=torch.float64).to(t.device, t.dtype)
+            return t.index_select(steps, torch.randint(t.shape[steps], (shape[steps],), generator=g).to(t.device))
         return t
 
     xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
@@ -1402,16 +1420,16 @@ def _resized(x, axes: str, grow, g: torch.Generator):
             f" on an input of shape {tuple(now)} (the example's is {tuple(was)})")
 
 
-def _other_sizes(ref, x, g: torch.Generator) -> list:
+def _other_sizes(ref, x, g: torch.Generator, batch: int = 0) -> list:
     """Inputs of other sizes than the example's that the masked model runs on, as ``(input, its outputs or None,
     where)``: twice the example's size on the axes past the channels (the wider probe's) and an odd, non-square
     one (one more, two more, ...), or else twice and one more tokens. None (an empty list) for a model that fixes
     its input's size (a Linear after a flatten, positions embedded up to the example's length): compact's check
-    is then at the example's size only."""
+    is then at the example's size only. ``batch``: the inputs' batch axis (:func:`_resized`)."""
     from .trace import _call_with_inputs
 
     for axes in ("map", "tokens"):
-        wide = _resized(x, axes, lambda s: [2 * n for n in s], g)
+        wide = _resized(x, axes, lambda s: [2 * n for n in s], g, batch)
         if wide is None:
             continue
         args = tuple(wide[0]) if isinstance(wide[0], (tuple, list)) else (wide[0],)
@@ -1419,15 +1437,15 @@ def _other_sizes(ref, x, g: torch.Generator) -> list:
             ra = _call_with_inputs(ref, args)
         except Exception:  # noqa: BLE001 - the model takes no input of that size
             continue
-        odd = _resized(x, axes, lambda s: [n + 1 + i for i, n in enumerate(s)], g)
+        odd = _resized(x, axes, lambda s: [n + 1 + i for i, n in enumerate(s)], g, batch)
         return [(wide[0], ra, wide[1]), (odd[0], None, odd[1])]
     return []
 
 
 @torch.no_grad()
-def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
+def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol, batch: int = 0) -> float:
     """Compare ``gm`` with the masked ``ref`` on the example, a second random input, a batch of twice its
-    size and, where ``ref`` runs on them, inputs of other sizes (:func:`_other_sizes`): a view or a split
+    size (along axis ``batch`` of the inputs of two axes or more) and, where ``ref`` runs on them, inputs of other sizes (:func:`_other_sizes`): a view or a split
     sized for the example's map or length may be wrong on another. The largest difference; raises
     :class:`CompactionMismatchError` on a mismatch, naming the input's shape where it is not the example's."""
     from .trace import _call_with_inputs
@@ -1446,11 +1464,12 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol) -> float:
     x2 = type(x)(other(t) for t in x) if isinstance(x, (tuple, list)) else other(x)
     xs = [(x, None, False, ""), (x2, None, False, "")]
     ts = [t for t in (x2 if isinstance(x2, (tuple, list)) else (x2,)) if isinstance(t, torch.Tensor)]
-    if ts and all(t.dim() >= 1 and t.shape[0] == ts[0].shape[0] for t in ts):  # and a batch of another size
+    sizes = [t.shape[_axis(t, batch)] if t.dim() >= 1 else None for t in ts]
+    if ts and None not in sizes and len(set(sizes)) == 1:  # and a batch of another size
         def double(t):
-            return torch.cat([t, other(t)]) if isinstance(t, torch.Tensor) else t
+            return torch.cat([t, other(t)], _axis(t, batch)) if isinstance(t, torch.Tensor) else t
         xs.append((type(x2)(double(t) for t in x2) if isinstance(x2, (tuple, list)) else double(x2), None, True, ""))
-    xs += [(xi, ra, True, where) for xi, ra, where in _other_sizes(ref, x, g)]
+    xs += [(xi, ra, True, where) for xi, ra, where in _other_sizes(ref, x, g, batch)]
     worst = 0.0
     for xi, ra, optional, where in xs:
         args = tuple(xi) if isinstance(xi, (tuple, list)) else (xi,)  # several inputs: one argument each

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.spectral_norm import SpectralNorm
 
+from .batch_axis import checked_batch_axis
 from .trace import (CONST, EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT, JUNCTION, KIND_NAMES, OUTPUT, UNIT, Group,
                     LayerFlow, Trace, trace)
 from adaptive.connectome import _uncompiled
@@ -265,6 +266,7 @@ def build(
     input_nodes: str = "auto",
     traced: Optional[Trace] = None,
     junctions: bool = True,
+    batch_axis: Optional[int] = None,
 ) -> ConnectomeGraph:
     """Build the graph of ``conn`` (an :class:`adaptive.Connectome`) at ``level``.
 
@@ -275,7 +277,9 @@ def build(
     ``model`` stands in for ``conn.model`` (or replaces ``conn`` entirely: every weight live).
     ``traced`` reuses a :func:`graphs.trace.trace` result. ``input_nodes``: "channels" (one node
     per input channel), "elements" (one per input feature or pixel) or "auto" (elements for models
-    without convolutions), as :func:`graphs.trace.trace` takes it. Linear/Conv layers outside the
+    without convolutions), as :func:`graphs.trace.trace` takes it. ``batch_axis``: which axis of the
+    example's inputs holds the batch, 0 or 1 (sequence-first ``[T, B, F]`` inputs), for every input of two axes
+    or more; None (default) infers it from the layers the inputs reach (:mod:`graphs.batch_axis`). Linear/Conv layers outside the
     connectome count as fully live, with their weights' values; so does a layer whose weight a
     parametrization or old-style weight_norm/spectral_norm computes (it holds no synapses), with the
     weight that call computes. Guarantee: every input channel of a layer has exactly one
@@ -292,11 +296,12 @@ def build(
     """
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}: use one of {LEVELS}")
+    checked_batch_axis(batch_axis)  # refused before a trace, even one given
     model = model if model is not None else getattr(conn, "model", None)
     if model is None:
         raise ValueError("build needs a Connectome (conn=...) or a model (model=...)")
     model = _uncompiled(model)  # a torch.compile wrapper: the module it runs (as Connectome takes it)
-    tr = traced if traced is not None else trace(model, example_input, input_nodes)
+    tr = traced if traced is not None else trace(model, example_input, input_nodes, batch_axis)
     notes = []
     if conn is not None:
         _check_belongs(conn, model, tr)

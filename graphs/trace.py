@@ -34,7 +34,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from . import ops
-from .batch_axis import input_batch_axes, input_channel_axes
+from .batch_axis import checked_batch_axis, input_batch_axes, input_channel_axes
 from .folded import FoldedConv, unfolded
 from adaptive.discovery import to_out_in, transposed_shape
 from adaptive.warn import warn_user
@@ -276,8 +276,10 @@ def _input_starts(gm: fx.GraphModule, args) -> Dict[str, Tuple[fx.Node, int]]:
 class FlowProp(ShapeProp):
     """ShapeProp that also propagates id tensors (see the module docstring)."""
 
-    def __init__(self, gm: fx.GraphModule, book: _Book, input_nodes: str, root: Optional[nn.Module] = None):
+    def __init__(self, gm: fx.GraphModule, book: _Book, input_nodes: str, root: Optional[nn.Module] = None,
+                 batch_axis: Optional[int] = None):
         super().__init__(gm)
+        self.batch_axis = batch_axis  # the caller's (0 or 1), or None: inferred
         # the module traced, whose submodules ``get_attr`` targets name (the GraphModule keeps only the
         # parameter of a module it does not call, under a bare nn.Module)
         self.root = gm if root is None else root
@@ -443,9 +445,10 @@ class FlowProp(ShapeProp):
         self.inputs = sum(len(a) if _nested(a) else 1 for a in args)
         starts = _input_starts(self.module, args)
         if self.input_nodes == "elements":
-            self.batch_axes = input_batch_axes(self.module, starts)
-        else:
-            self.channel_axes = input_channel_axes(self.module, starts)
+            self.batch_axes = input_batch_axes(self.module, starts, self.batch_axis)
+        else:  # inferred, the batch is on axis 0 here, as it always was
+            given = input_batch_axes(self.module, starts, self.batch_axis) if self.batch_axis is not None else {}
+            self.channel_axes = input_channel_axes(self.module, starts, given)
         return super().propagate(*args)
 
     def _on_placeholder(self, n, x, name=None):
@@ -1504,15 +1507,21 @@ def _auto_input_nodes(model: nn.Module, x: torch.Tensor) -> str:
     return "channels" if convs or (first is not None and first[0].numel() > 1_000_000) else "elements"
 
 
-def trace(model: nn.Module, example_input=None, input_nodes: str = "auto") -> Trace:
+def trace(model: nn.Module, example_input=None, input_nodes: str = "auto", batch_axis: Optional[int] = None) -> Trace:
     """Trace ``model``'s data flow (see module docstring). ``example_input``: a tensor or a tuple of
     tensors (batch first), one per positional input; an input that is itself a tuple or list of tensors
     (``forward(self, xy)``: ``example_input=((x, y),)``) gives an input group per tensor, ``xy[0]``,
     ``xy[1]``; None infers one. ``input_nodes``: "channels" (one node per input
     channel), "elements" (per input feature or pixel) or "auto" (elements for models without
-    convolutions). Falls back to module order, with a warning, when fx cannot trace the model."""
+    convolutions). ``batch_axis``: the axis of every input (of two axes or more) that holds its batch, 0 or 1
+    (``[T, B, F]`` sequences); None infers it (:mod:`graphs.batch_axis`). Falls back to module order, with a
+    warning, when fx cannot trace the model."""
     if input_nodes not in ("auto", "channels", "elements"):
         raise ValueError(f"input_nodes must be 'auto', 'channels' or 'elements', got {input_nodes!r}")
+    batch_axis = checked_batch_axis(batch_axis)
+    if batch_axis is not None and example_input is None:
+        raise ValueError(f"batch_axis={batch_axis} needs an example_input laid out so: graphs guesses inputs itself "
+                         "(batch first, or as a recurrent first layer's batch_first says) and knows their batch axis")
     from adaptive.connectome import _uncompiled
 
     model = _uncompiled(model)  # a torch.compile wrapper: the module it runs, under its own names
@@ -1523,7 +1532,7 @@ def trace(model: nn.Module, example_input=None, input_nodes: str = "auto") -> Tr
                         "forward takes the tensors and builds the dict")
     # trace and run the inference graph (no aux heads, dropout or batch statistics), leaving the model as it was
     with _unchanged(model):
-        return _trace_eval(model, example_input, input_nodes)
+        return _trace_eval(model, example_input, input_nodes, batch_axis)
 
 
 class _Root(nn.Module):
@@ -1593,7 +1602,7 @@ def example_input_failed(model: nn.Module, x, e: Exception) -> RuntimeError:
     return RuntimeError(f"running {type(model).__name__} on example_input failed: {_input_failure(xs, e)}")
 
 
-def _trace_eval(model, example_input, input_nodes) -> Trace:
+def _trace_eval(model, example_input, input_nodes, batch_axis: Optional[int] = None) -> Trace:
     root = _wrap_root(model)
     if not root:
         given = (tuple(example_input) if isinstance(example_input, (tuple, list))
@@ -1617,7 +1626,7 @@ def _trace_eval(model, example_input, input_nodes) -> Trace:
             gm = symbolic_trace(traced, concrete_args={k: None for k in "abc"[len(xs):]})
         mode = input_nodes if input_nodes != "auto" else _auto_input_nodes(model, xs[0])
         book = _Book()
-        prop = FlowProp(gm, book, mode, traced)
+        prop = FlowProp(gm, book, mode, traced, batch_axis)
         try:
             # torch's ShapeProp prints a traceback for a failing input; a wrong guess is not news
             with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):

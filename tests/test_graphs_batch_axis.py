@@ -1,0 +1,134 @@
+"""graphs.build's and graphs.compact's ``batch_axis=``: the caller fixes which axis of the inputs holds the batch
+where the inference of graphs/batch_axis.py has nothing to follow."""
+import pytest
+import torch
+from torch import nn
+
+import adaptive
+import graphs
+from graphs.analysis import reachability
+
+
+class _HiddenSeqFirst(nn.Module):
+    """A [T, B, 2, 3] input flattened (the reshape hides its axes from the inference) into a sequence-first GRU
+    that reads its first two steps only: the inputs of later steps reach no output."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru, self.fc = nn.GRU(6, 5), nn.Linear(5, 4)
+
+    def forward(self, x):
+        out, _ = self.gru(x.flatten(2)[:2])
+        return self.fc(out[-1])
+
+
+def _input_reaches(g):
+    """Per input node (the elements of one sample): does it reach an output?"""
+    grp = next(gr for gr in g.groups if gr.kind == "input")
+    return reachability(g)["to_output"][grp.start:grp.start + grp.count]
+
+
+def test_batch_axis_1_gives_the_graph_a_perturbation_of_the_input_confirms():
+    """Inferred, the input was read batch first: its nodes were the elements of x[0], one time step of every
+    sample (B * 6 of them), all reaching the output. batch_axis=1 reads one sample's T * 6 elements, and exactly
+    those of the two steps the GRU reads reach the output, as perturbing each one shows."""
+    torch.manual_seed(0)
+    model, x = _HiddenSeqFirst().eval(), torch.randn(4, 3, 2, 3)  # T=4, B=3
+    inferred = graphs.build(model=model, example_input=x)
+    assert _input_reaches(inferred).numel() == 3 * 6 and bool(_input_reaches(inferred).all())
+    assert graphs.build(model=model, example_input=x, batch_axis=0).num_edges == inferred.num_edges
+    got = _input_reaches(graphs.build(model=model, example_input=x, batch_axis=1))
+    with torch.no_grad():
+        y = model(x)
+        want = []
+        for t, i, j in torch.cartesian_prod(torch.arange(4), torch.arange(2), torch.arange(3)).tolist():
+            xp = x.clone()
+            xp[t, 1, i, j] += 1.0
+            changed = (model(xp) - y).abs().amax(1) > 0
+            assert not bool(changed[[0, 2]].any())  # sample 1 alone: axis 1 is the batch
+            want.append(bool(changed[1]))
+    assert got.tolist() == want and sum(want) == 2 * 6
+
+
+class _SeqNet(nn.Module):
+    def __init__(self, batch_first):
+        super().__init__()
+        self.inp, self.attn, self.out = nn.Linear(3, 8), nn.MultiheadAttention(8, 2, batch_first=batch_first), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(self.attn(h, h, h)[0] + h)
+
+
+def test_batch_axis_agrees_with_an_inference_that_settles_it_and_overrides_it():
+    """A sequence-first attention model the inference reads right: batch_axis=1 is the same graph, batch_axis=0
+    reads x[0] (B * 3 nodes) as the default would without the inference."""
+    torch.manual_seed(0)
+    model, x = _SeqNet(False).eval(), torch.randn(5, 2, 3)
+    count = lambda g: next(gr.count for gr in g.groups if gr.kind == "input")
+    inferred, one = (graphs.build(model=model, example_input=x, batch_axis=b) for b in (None, 1))
+    assert count(inferred) == count(one) == 15 and inferred.num_edges == one.num_edges
+    assert count(graphs.build(model=model, example_input=x, batch_axis=0)) == 6
+
+
+def test_per_channel_inputs_of_a_sequence_first_model_are_not_its_batch():
+    """input_nodes='channels': where no layer says which axis holds the channels, axis 1, the batch of a
+    sequence-first input: with batch_axis=1, axis 0 (axis 1 of its batch-first twin)."""
+    torch.manual_seed(0)
+    model, x = _HiddenSeqFirst().eval(), torch.randn(4, 3, 2, 3)
+    count = lambda **kw: next(gr.count for gr in graphs.build(model=model, example_input=x, input_nodes="channels",
+                                                              **kw).groups if gr.kind == "input")
+    assert (count(), count(batch_axis=0), count(batch_axis=1)) == (3, 3, 4)
+
+
+@pytest.mark.parametrize("bad", [2, -1, True, 1.0, "1"])
+def test_a_bad_batch_axis_is_refused_naming_the_allowed_values(bad):
+    model, x = _SeqNet(False).eval(), torch.randn(5, 2, 3)
+    with pytest.raises(ValueError, match=r"batch_axis must be None .*, 0 .* or 1 .*got"):
+        graphs.build(model=model, example_input=x, batch_axis=bad)
+    with pytest.raises(ValueError, match=r"batch_axis must be None .*, 0 .* or 1 .*got"):
+        graphs.compact(model, example_input=x, batch_axis=bad)
+
+
+def test_batch_axis_without_an_example_input_is_refused():
+    with pytest.raises(ValueError, match="batch_axis=1 needs an example_input"):
+        graphs.build(model=_SeqNet(False), batch_axis=1)
+    with pytest.raises(ValueError, match="batch_axis=1 needs an example_input"):
+        graphs.compact(_SeqNet(False), batch_axis=1)
+
+
+class _Seen(nn.Module):
+    """A sequence Linear pair recording the shapes of the inputs its first layer is called on."""
+
+    def __init__(self, shapes):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.fc1.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize("batch_axis", [None, 1])
+def test_compact_probes_one_sample_and_checks_a_doubled_batch_along_batch_axis(batch_axis, monkeypatch):
+    """compact's probe took x[:1], one time step of a [T, B, F] input, and its check's "batch of twice the size"
+    doubled the steps (and its "more tokens" the batch). With batch_axis=1 they are a sample and the batch."""
+    import sys
+
+    gc = sys.modules["graphs.compact"]  # graphs.compact is the function
+    probed = []
+    real = gc._probe
+    monkeypatch.setattr(gc, "_probe", lambda gm, x, w: probed.append(tuple(x.shape)) or real(gm, x, w))
+    torch.manual_seed(0)
+    shapes = []
+    model = _Seen(shapes).eval()
+    conn = adaptive.Connectome(model)
+    masks = {n: torch.ones_like(v) for n, v in conn.masks.items()}
+    masks["fc2.weight"][:, 1] = False  # hidden unit 1: no live output
+    conn.set_masks(masks)
+    small = graphs.compact(model, conn, torch.randn(5, 3, 3), batch_axis=batch_axis)  # T=5, B=3
+    assert small.compaction["units_removed"] == 1
+    if batch_axis:
+        assert probed[0] == (5, 1, 3) and {(5, 6, 3), (10, 3, 3), (6, 3, 3)} <= set(shapes)
+    else:
+        assert probed[0] == (1, 3, 3) and {(10, 3, 3), (5, 6, 3), (5, 4, 3)} <= set(shapes)
