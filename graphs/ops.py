@@ -166,10 +166,17 @@ CONCAT_FUNCTIONS = {torch.cat, torch.concat}
 SHAPE_ONLY_FUNCTIONS = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like,
                         torch.randn_like, torch.randint_like}
 SHAPE_ONLY_METHODS = {"new_zeros", "new_ones", "new_full", "new_empty"}
+# in-place fills, ``torch.empty(b, 4).zero_()``: what the tensor held is overwritten, its shape is all they read (a
+# traced fill value, ``fill_(x.mean())``, is carried as full_like's is)
+FILL_METHODS = {"zero_", "fill_", "normal_", "uniform_", "bernoulli_", "random_", "exponential_", "geometric_",
+                "log_normal_", "cauchy_"}
+SHAPE_ONLY_FUNCTIONS |= {torch.zero_, torch.fill_}
+SHAPE_ONLY_METHODS |= FILL_METHODS
 
 
 def reads_shape_only(node) -> bool:
-    """``torch.zeros_like(x)``, ``x.new_zeros(...)`` and their kind: made from ``x``'s shape, not its data."""
+    """``torch.zeros_like(x)``, ``x.new_zeros(...)``, ``x.zero_()`` and their kind: made from ``x``'s shape, not
+    its data."""
     return ((node.op == "call_function" and node.target in SHAPE_ONLY_FUNCTIONS)
             or (node.op == "call_method" and node.target in SHAPE_ONLY_METHODS))
 

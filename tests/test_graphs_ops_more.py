@@ -326,6 +326,41 @@ def test_a_tensor_filled_with_a_traced_value_carries_that_value(make):
     assert inner(build(Between(Fn(make)), x)) == inner(build(Between(Fn(lambda h: h + h.mean())), x))
 
 
+def _empty(h):
+    """An uninitialised tensor of h's shape made from traced sizes, as a model makes one."""
+    return torch.empty(h.shape[0], h.shape[1], h.shape[2])
+
+
+@pytest.mark.parametrize("make", [lambda h: h + _empty(h).zero_(), lambda h: h * _empty(h).fill_(2.0),
+                                  lambda h: h + _empty(h).normal_(), lambda h: h + _empty(h).uniform_(-1, 1),
+                                  lambda h: h + _empty(h).bernoulli_(0.5), lambda h: h + torch.zero_(_empty(h)),
+                                  lambda h: h + torch.fill_(_empty(h), 3.0), lambda h: h + h.clone().zero_()],
+                         ids=["zero_", "fill_", "normal_", "uniform_", "bernoulli_", "torch.zero_", "torch.fill_",
+                              "zero_ traced data"])
+def test_an_in_place_fill_is_a_constant(make):
+    """``torch.empty(b, t, c).zero_()`` (``fill_``, ``normal_``, ...) overwrites what the tensor held: a constant,
+    as ``torch.zeros_like(h)`` is. The fill was an unknown op, warned about, joining every unit of ``a`` to every
+    unit of ``b``; zeroing a copy of traced data leaves none of it."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3)
+    assert inner(build(Between(Fn(make)), x)) == inner(build(Between(Fn(lambda h: h + 1.0)), x))
+
+
+def test_an_in_place_fill_with_a_traced_value_carries_that_value_as_full_like_does():
+    """``torch.empty(...).fill_(h.mean())`` is the mean everywhere, as ``torch.full_like(h, h.mean())`` is; and
+    the tensor the fill changed in place reads so too, where the model reads it rather than the fill's result."""
+    def in_place(h):
+        z = _empty(h)
+        z.fill_(h.mean())
+        return h + z
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3)
+    want = inner(build(Between(Fn(lambda h: h + torch.full_like(h, h.mean()))), x))
+    assert inner(build(Between(Fn(lambda h: h + _empty(h).fill_(h.mean()))), x)) == want
+    assert inner(build(Between(Fn(in_place)), x)) == want != inner(build(Between(Fn(lambda h: h + 1.0)), x))
+
+
 SPLITS = {  # name -> h [N, 6, 4, 4] split along the channels as torch.split(h, [1, 2, 3], 1) splits it
     "tensor_split": lambda h: torch.tensor_split(h, [1, 3], 1),
     "tensor_split_method": lambda h: h.tensor_split([1, 3], dim=1),
