@@ -1070,6 +1070,9 @@ def _torch_own_functions():
 
 # factories that take their sizes as separate ints (torch.zeros(b, c)) as well as one size (torch.zeros((b, c)))
 _SIZED_FACTORIES = ("zeros", "ones", "empty", "rand", "randn")
+# the functions themselves, for a forward whose module bound them by name (``from torch import zeros``): fx's
+# autowrap records a call of one with a traced argument as one call_function node, sizes as given
+SIZED_FACTORIES = tuple(getattr(torch, name) for name in _SIZED_FACTORIES)
 
 
 @contextlib.contextmanager
@@ -1077,7 +1080,9 @@ def _sizes_packed():
     """Let fx trace ``torch.zeros(h.shape[0], h.shape[1])``: torch's argument parser takes separate sizes only
     as ints, and a traced shape read (a Proxy) among them failed with "zeros() takes 1 positional argument but
     2 were given", where ``torch.zeros(h.shape)`` traced. Inside, such a call is made with its sizes packed
-    into one tuple, which fx records as ``torch.zeros((b, c))``: the same tensor when run. Restored on exit."""
+    into one tuple, which fx records as ``torch.zeros((b, c))``: the same tensor when run. Restored on exit.
+    A factory imported by name before tracing (``from torch import zeros``) is not reached so: fx's
+    ``autowrap_functions`` record it (:data:`SIZED_FACTORIES`, given to :class:`SignatureTracer`)."""
     def packed(f):
         def call(*args, **kwargs):
             if len(args) > 1 and any(isinstance(a, fx.Proxy) for a in args):
@@ -1104,7 +1109,7 @@ def symbolic_trace(root: nn.Module, concrete_args=None) -> fx.GraphModule:
     sizes are traced too (:func:`_sizes_packed`), and a forward with keyword-only parameters keeps its
     calling convention (``forward(self, x, y=None, *, mask)``: :class:`SignatureTracer`)."""
     with _torch_own_functions(), _sizes_packed():
-        tracer = SignatureTracer()
+        tracer = SignatureTracer(autowrap_functions=SIZED_FACTORIES)
         graph = tracer.trace(root, concrete_args)
     return fx.GraphModule(tracer.root, graph, type(root).__name__)
 
@@ -1152,10 +1157,15 @@ class SignatureTracer(fx.Tracer):
         else:
             _required_after_defaults(graph)
         checks = [n for n in graph.nodes if _assert_is_none is not None and n.target is _assert_is_none]
-        for n in checks:
+        factories = [n for n in graph.nodes if n.op == "call_function" and n.target in SIZED_FACTORIES]
+        for n in factories:  # autowrapped, ``zeros(b, c)``: packed as _sizes_packed packs ``torch.zeros(b, c)``,
+            if len(n.args) > 1:  # which fx alone (torch.load traces the code again) cannot trace
+                n.args = (tuple(n.args),)
+        for n in checks + factories:
             # fx writes wrap("torch.fx._symbolic_trace._assert_is_none") into the code of the check it puts on
-            # an input traced as None; torch.load runs it, and every later fx trace in the process failed
-            # (KeyError: no global has that dotted name). fx wraps this function of its own in every trace.
+            # an input traced as None (and wrap("torch.zeros") for an autowrapped factory); torch.load runs it,
+            # and every later fx trace in the process failed (KeyError: no global has that dotted name). fx
+            # wraps this function of its own in every trace.
             n.meta.pop("is_wrapped", None)
         if not checks and not isinstance(graph._codegen, _KeywordOnly):
             # a GraphModule pickles its tracer's class, and torch.load needs it importable: where it would

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import nn, ones, randn, zeros
 
 import adaptive
 import graphs
@@ -1188,21 +1188,49 @@ class _Filled(nn.Module):
         z = {"shape": lambda: torch.zeros(h.shape), "zeros": lambda: torch.zeros(b, c),
              "ones": lambda: torch.ones(h.size(0), h.size(1), dtype=h.dtype), "empty": lambda: torch.empty(b, 4),
              "full": lambda: torch.full((b, c), 2.0), "new_zeros": lambda: h.new_zeros(b, c),
-             "randn": lambda: torch.randn(b, c)}[self.how]()
+             "randn": lambda: torch.randn(b, c),
+             # bound by name when this module was imported, before graphs patched torch.zeros & co.
+             "imported zeros": lambda: zeros(b, c), "imported ones": lambda: ones(h.size(0), h.size(1), dtype=h.dtype),
+             "imported randn": lambda: randn(b, c)}[self.how]()
         return self.b(F.relu(h + z) + h)
 
 
-@pytest.mark.parametrize("how", ["zeros", "ones", "empty", "full", "new_zeros", "randn"])
+@pytest.mark.parametrize("how", ["zeros", "ones", "empty", "full", "new_zeros", "randn", "imported zeros",
+                                 "imported ones", "imported randn"])
 def test_a_factory_given_separate_traced_sizes_is_traced(how):
     """``torch.zeros(h.shape[0], h.shape[1])``: torch's parser takes separate sizes only as ints, and fx failed
     on the traced ones ("zeros() takes 1 positional argument but 2 were given": module order, the residual
-    junction missing), where ``torch.zeros(h.shape)`` traced. The graph is now the one of the latter."""
+    junction missing), where ``torch.zeros(h.shape)`` traced. The graph is now the one of the latter; so is that
+    of ``zeros(b, c)`` after ``from torch import zeros``, which the patching of ``torch.zeros`` does not reach."""
     x = torch.randn(2, 3)
     want = graphs.build(model=_Filled("shape"), level="unit", example_input=x)
     g = graphs.build(model=_Filled(how), level="unit", example_input=x)
     assert g.meta["traced"] and not g.warnings
     assert edge_set(g) == edge_set(want)
     assert torch.zeros(2, 3).shape == (2, 3) and torch.zeros is torch._C._VariableFunctions.zeros  # put back
+    assert zeros is torch._C._VariableFunctions.zeros and ones is torch._C._VariableFunctions.ones
+
+
+def test_a_factory_imported_by_name_compacts_and_the_copy_loads_back(tmp_path):
+    """``zeros(h.shape[0], h.shape[1])`` (``from torch import zeros``): compact failed ("compact needs an
+    fx-traceable model"). The copy makes it with the kept channel count, and is written as
+    ``torch.zeros((b, c))``, which torch.load traces again with fx alone (not ``zeros(b, c)``, which it could
+    not, nor fx's ``wrap("torch.zeros")``, after which every later fx trace failed)."""
+    torch.manual_seed(0)
+    model = _Filled("imported zeros").eval()
+    conn = adaptive.Connectome(model)
+    masks = {n: torch.ones_like(v) for n, v in conn.masks.items()}
+    masks["b.weight"][:, 1] = False  # unit a:1 has no live output
+    conn.set_masks(masks)
+    small = graphs.compact(model, conn, torch.randn(5, 3))
+    assert small.compaction["removed"] == {"a": 1, "b": 0}
+    torch.save(small, tmp_path / "small.pt")
+    back = torch.load(tmp_path / "small.pt", weights_only=False)
+    x = torch.randn(7, 3)
+    with torch.no_grad():
+        conn.apply()
+        assert torch.allclose(back(x), model(x), atol=1e-6)
+    assert graphs.build(model=_Filled("imported ones"), example_input=x).meta["traced"]  # fx still traces after it
 
 
 class _Optional(nn.Module):
