@@ -357,9 +357,11 @@ _BUILTIN_TYPES = (SynapseGranularity, KernelGranularity, NeuronGranularity, Bloc
 
 def check_granularity(g: Granularity, name: str, shape, device=None, builtin: bool = False) -> None:
     """Refuse a granularity that is not self-consistent on layer ``name`` (weight ``shape``):
-    ``pool`` must return ``ensemble_shape``, ``expand`` the weight's shape, and an ensemble mask
+    ``pool`` must return ``ensemble_shape``, ``expand`` the weight's shape, an ensemble mask
     must come back from ``pool(expand(x).float(), "max") > 0`` (how the connectome reads its masks)
-    for a random bool ``x`` and its complement. A ValueError names the granularity, the layer and
+    for a random bool ``x`` and its complement, and the ensembles must tile the weight: every synapse
+    is in one ensemble (``expand`` of ``x`` or of ``~x`` sets it; ``pool`` of ones, the ensembles'
+    sizes by which budgets count, adds up to the weight's synapses). A ValueError names the granularity, the layer and
     what was wrong. The built-in granularities hold by construction (tests check them with
     ``builtin=True``) and are skipped; a plugin's costs a few pool/expand calls per layer shape."""
     if type(unwrapped(g)) in _BUILTIN_TYPES and not builtin:
@@ -372,8 +374,8 @@ def check_granularity(g: Granularity, name: str, shape, device=None, builtin: bo
         why = f": {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}" if cause else ""
         raise ValueError(f"{who} is not self-consistent {where}: {what}{why}. A granularity's pool() reduces a "
                          "weight-shaped tensor to ensemble_shape(shape), expand() broadcasts ensemble values back "
-                         "to the weight's shape, and pooling ('max') an expanded ensemble mask gives it back: fix "
-                         "the plugin's granularity") from cause
+                         "to the weight's shape, pooling ('max') an expanded ensemble mask gives it back, and every "
+                         "synapse is in exactly one ensemble: fix the plugin's granularity") from cause
 
     try:
         es = tuple(int(d) for d in g.ensemble_shape(shape))
@@ -388,6 +390,7 @@ def check_granularity(g: Granularity, name: str, shape, device=None, builtin: bo
                f"but ensemble_shape() says {es}")
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(es, generator=gen) < 0.5).to(device)
+    covered = torch.zeros(shape, dtype=torch.bool, device=device)
     for m in (x, ~x):
         try:
             full = g.expand(m, shape)
@@ -404,6 +407,14 @@ def check_granularity(g: Granularity, name: str, shape, device=None, builtin: bo
             bad = int((back != m).sum()) if tuple(back.shape) == es else "all"
             refuse(f"pool(expand(mask), 'max') does not give a random ensemble mask back ({bad} of {m.numel()} "
                    "ensembles differ): pool and expand disagree on which synapses form an ensemble")
+        covered |= full.to(device=covered.device, dtype=torch.bool)
+    if not bool(covered.all()):
+        refuse(f"{int((~covered).sum())} of {covered.numel()} synapses are in no ensemble (expand() of an all-True "
+               "ensemble mask leaves them False), so they could never be live: the ensembles must tile the weight")
+    counted = float(pooled.double().sum())
+    if counted != math.prod(shape):
+        refuse(f"the ensembles' sizes, pool() of a weight of ones ('sum'), add up to {counted:g} synapses, not the "
+               f"weight's {math.prod(shape)}: every synapse must be in exactly one ensemble")
 
 
 register_granularity(r"synapse|unstructured")(lambda s: SynapseGranularity())

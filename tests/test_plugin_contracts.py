@@ -153,6 +153,8 @@ class _Rows(Granularity):
         m = scores.reshape(scores.shape[0] // 2, -1)
         if self.spec == "ctrows_wrongpool":
             return scores.reshape(scores.shape[0], -1)  # forgot to reduce
+        if self.spec == "ctrows_doublesum" and how == "sum":
+            return 2 * m.sum(1)  # sizes twice the synapses the ensembles hold
         return {"sum": m.sum, "mean": m.mean, "max": m.amax, "min": m.amin}[how](1)
 
     def expand(self, values, shape):
@@ -162,6 +164,8 @@ class _Rows(Granularity):
             values = torch.cat([values, values])  # ensemble i -> rows i and i + n/2, not 2i and 2i+1
         else:
             values = values.repeat_interleave(2)
+        if self.spec == "ctrows_untiled":  # the odd rows in no ensemble: max-pooling still gives the mask back
+            values = values & (torch.arange(values.numel()) % 2 == 0)
         return values.reshape(shape[0], *([1] * (len(shape) - 1))).expand(shape)
 
 
@@ -169,6 +173,8 @@ class _Rows(Granularity):
     ("ctrows_wrongpool", r"pool\(\) returns \(32, 20\), but ensemble_shape\(\) says \(16,\)"),
     ("ctrows_wrongexpand", r"expand\(\) of an ensemble mask of shape \(16,\) returns \(16, 1\), not the weight's shape"),
     ("ctrows_inconsistent", r"pool\(expand\(mask\), 'max'\) does not give a random ensemble mask back"),
+    ("ctrows_untiled", r"320 of 640 synapses are in no ensemble .* the ensembles must tile the weight"),
+    ("ctrows_doublesum", r"the ensembles' sizes, pool\(\) of a weight of ones \('sum'\), add up to 1280 synapses, not the weight's 640"),
 ])
 def test_a_plugin_granularity_that_is_not_self_consistent_is_refused_when_the_connectome_is_built(spec, what):
     from adaptive.ensembles import register_granularity
