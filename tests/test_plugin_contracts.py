@@ -69,6 +69,32 @@ def test_nan_scores_are_refused_at_the_update_and_nothing_is_edited(policy, wher
     assert ctrl.policy.state_dict().get("done") in (None, False)  # magnitude's one prune is still to come
 
 
+@pytest.mark.parametrize("value", [float("nan"), 1.5, -0.2, "0.3"])
+def test_an_edit_decay_giving_no_fraction_is_refused_naming_it_and_nothing_is_edited(value):
+    """A plugin decay's NaN gave a bare 'cannot convert float NaN to integer'; 1.5, -0.2 or a string
+    ran silently (edits of more than every live ensemble, none, or a string's)."""
+    import dataclasses
+
+    from adaptive.schedules import Decay, register_decay
+
+    @register_decay("contract_bad_decay", replace=True)
+    @dataclasses.dataclass(frozen=True)
+    class BadDecay(Decay):
+        def __call__(self, step):
+            return value
+
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=2, end_step=10, seed=0,
+                               edit_decay="contract_bad_decay")
+    masks = {n: m.clone() for n, m in conn.masks.items()}
+    with pytest.raises(ValueError, match=rf"edit decay .*BadDecay gave {value!r} at step 2: a decay returns the "
+                                         r"fraction of live ensembles an update edits, a number in \[0, 1\]"):
+        _train(model, opt, 2)
+    assert all(torch.equal(m, conn.masks[n]) for n, m in masks.items()) and len(ctrl.events) == 1  # the init's
+
+
 def test_complex_scores_are_refused_and_inf_is_taken():
     model = _net()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
