@@ -48,9 +48,18 @@ def get_granularity(spec) -> "Granularity":
     if not isinstance(spec, str):
         raise TypeError(f"ensemble must be a spec string such as 'synapse' or 'block:4x4', got {type(spec).__name__}")
     s = spec.strip().lower()
-    for pattern, factory in _REGISTRY.items():
-        if re.fullmatch(pattern, s):
-            return factory(s)
+    hits = [p for p in _REGISTRY if re.fullmatch(p, s)]
+    if len(hits) > 1:  # (else the first registered would take it, and a plugin's pattern silently lose)
+        raise ValueError(f"ensemble spec {spec!r} matches more than one registered pattern, {hits} "
+                         f"({', '.join(_registry._origin(_REGISTRY[p]) for p in hits)}): register the plugin's "
+                         "pattern so that it matches none of the others' specs")
+    if hits:
+        g = _REGISTRY[hits[0]](s)
+        if not isinstance(g, Granularity):
+            raise TypeError(f"the factory registered for ensemble pattern {hits[0]!r} "
+                            f"({_registry._origin(_REGISTRY[hits[0]])}) returned {type(g).__name__} for spec {s!r}, "
+                            "not a Granularity: return an instance of an adaptive.ensembles.Granularity subclass")
+        return g
     extra = [p for p in _REGISTRY if p not in _BUILTIN_PATTERNS]
     raise ValueError(
         f"unknown ensemble spec {spec!r}: use 'synapse', 'kernel', 'neuron', 'block:RxC' (e.g. 'block:4x4') "

@@ -226,6 +226,23 @@ def test_a_self_consistent_plugin_granularity_and_every_built_in_pass_the_check(
             check_granularity(get_granularity(spec), "layer", shape, builtin=True)
 
 
+def test_a_spec_two_patterns_match_and_a_factory_returning_no_granularity_are_refused(monkeypatch):
+    """A plugin pattern matching a built-in spec ('ker.*' matches 'kernel') lost it silently to the
+    pattern registered first; a factory's None went on as the layer's granularity."""
+    from adaptive import ensembles
+    from adaptive.ensembles import KernelGranularity, get_granularity, register_granularity
+
+    monkeypatch.setattr(ensembles, "_REGISTRY", dict(ensembles._REGISTRY))  # undone after the test
+    register_granularity("ker.*")(lambda s: KernelGranularity())
+    with pytest.raises(ValueError, match=r"ensemble spec 'kernel' matches more than one registered pattern, "
+                                         r"\['kernel', 'ker\.\*'\] .*: register the plugin's pattern so that"):
+        get_granularity("kernel")
+    assert get_granularity("kernels") == KernelGranularity()  # only the plugin's pattern matches it
+    register_granularity("ctnone")(lambda s: None)
+    with pytest.raises(TypeError, match="pattern 'ctnone' .* returned NoneType for spec 'ctnone', not a Granularity"):
+        adaptive.Connectome(_net(), ensemble="ctnone")
+
+
 def test_a_dataclass_plugin_granularity_which_does_not_hash_is_checked_too():
     """A dataclass with eq=True has no __hash__: the per-(granularity, shape) memo of the check
     keyed by the granularity itself raised 'unhashable type' when the connectome was built."""
