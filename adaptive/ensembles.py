@@ -64,6 +64,7 @@ def get_granularity(spec) -> "Granularity":
     raise ValueError(
         f"unknown ensemble spec {spec!r}: use 'synapse', 'kernel', 'neuron', 'block:RxC' (e.g. 'block:4x4') "
         f"or 'n:m' with n <= m (e.g. '2:4')" + (f", or a spec matching a registered pattern {extra}" if extra else "")
+        + "; a plugin's granularity is known once its file is loaded (--plugins, adaptive.plugins.load_plugin)"
     )
 
 

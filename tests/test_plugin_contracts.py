@@ -238,6 +238,10 @@ def test_a_spec_two_patterns_match_and_a_factory_returning_no_granularity_are_re
                                          r"\['kernel', 'ker\.\*'\] .*: register the plugin's pattern so that"):
         get_granularity("kernel")
     assert get_granularity("kernels") == KernelGranularity()  # only the plugin's pattern matches it
+    monkeypatch.delitem(ensembles._REGISTRY, "ker.*")  # a connectome saved under it, loaded without the plugin
+    with pytest.raises(ValueError, match=r"unknown ensemble spec 'kernels': .* a plugin's granularity is known once "
+                                         r"its file is loaded \(--plugins, adaptive.plugins.load_plugin\)"):
+        get_granularity("kernels")
     register_granularity("ctnone")(lambda s: None)
     with pytest.raises(TypeError, match="pattern 'ctnone' .* returned NoneType for spec 'ctnone', not a Granularity"):
         adaptive.Connectome(_net(), ensemble="ctnone")
