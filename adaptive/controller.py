@@ -605,8 +605,9 @@ class Controller:
                 if not isinstance(s, torch.Tensor) or tuple(s.shape) != tuple(ctx.weight.shape):
                     raise ValueError(
                         f"estimator {type(est).__name__}'s {'removal_cost' if side == 'cost' else 'restoration_gain'} "
-                        f"for layer {n!r} has shape {tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__}, "
-                        f"not the weight's {tuple(ctx.weight.shape)}: it must return one score per synapse")
+                        + (f"for layer {n!r} has shape {tuple(s.shape)}, not " if isinstance(s, torch.Tensor) else
+                           f"for layer {n!r} returned a {type(s).__name__}, not a torch.Tensor shaped like ")
+                        + f"the weight's {tuple(ctx.weight.shape)}: it must return one score per synapse")
                 _check_scores(est, side, n, s, ctx=ctx)
                 s = s.float()
                 if side == "cost" and zero_cost_order == "magnitude":  # no gradient seen: smaller weights first

@@ -95,6 +95,35 @@ def test_an_edit_decay_giving_no_fraction_is_refused_naming_it_and_nothing_is_ed
     assert all(torch.equal(m, conn.masks[n]) for n, m in masks.items()) and len(ctrl.events) == 1  # the init's
 
 
+@pytest.mark.parametrize("score, what", [
+    (lambda w: w.abs().flatten(), r"has shape \(640,\), not the weight's \(32, 20\)"),
+    (lambda w: w.abs().detach().numpy(), r"returned a ndarray, not a torch.Tensor shaped like the weight's \(32, 20\)"),
+    (lambda w: None, r"returned a NoneType, not a torch.Tensor shaped like the weight's \(32, 20\)"),
+])
+def test_scores_of_the_wrong_shape_or_type_are_refused_naming_what_came_back(score, what):
+    """A numpy array or None was reported as 'has shape ndarray'."""
+    @register_estimator("contract_wrong_shape", replace=True)
+    class WrongShape(Estimator):
+        needs_gradients = True
+
+        def removal_cost(self, ctx):
+            return score(ctx.weight)
+
+        def restoration_gain(self, ctx):
+            return ctx.w0.abs()
+
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    conn = adaptive.Connectome(model)
+    adaptive.Controller(conn, opt, policy="utility", estimator="contract_wrong_shape", density=0.5, update_every=2,
+                        end_step=10, seed=0)
+    masks = {n: m.clone() for n, m in conn.masks.items()}
+    with pytest.raises(ValueError, match=rf"WrongShape's removal_cost for layer '0.weight' {what}: it must return one "
+                                         "score per synapse"):
+        _train(model, opt, 2)
+    assert all(torch.equal(m, conn.masks[n]) for n, m in masks.items())
+
+
 def test_complex_scores_are_refused_and_inf_is_taken():
     model = _net()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
