@@ -605,8 +605,9 @@ class Controller:
                 if not isinstance(s, torch.Tensor) or tuple(s.shape) != tuple(ctx.weight.shape):
                     raise ValueError(
                         f"estimator {type(est).__name__}'s {'removal_cost' if side == 'cost' else 'restoration_gain'} "
-                        f"for layer {n!r} has shape {tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__}, "
-                        f"not the weight's {tuple(ctx.weight.shape)}: it must return one score per synapse")
+                        + (f"for layer {n!r} has shape {tuple(s.shape)}, not " if isinstance(s, torch.Tensor) else
+                           f"for layer {n!r} returned a {type(s).__name__}, not a torch.Tensor shaped like ")
+                        + f"the weight's {tuple(ctx.weight.shape)}: it must return one score per synapse")
                 _check_scores(est, side, n, s, ctx=ctx)
                 s = s.float()
                 if side == "cost" and zero_cost_order == "magnitude":  # no gradient seen: smaller weights first
@@ -957,7 +958,20 @@ class Controller:
         return event
 
     def edit_fraction(self, step: Optional[int] = None) -> float:
-        return float(self.edit(self.step_count if step is None else step))
+        """The fraction of the live ensembles an update at ``step`` edits: the edit decay's value, a
+        number in [0, 1]; any other value (a plugin decay's NaN, 1.5 or "0.3") is a ValueError naming
+        the decay, raised before the update edits anything."""
+        step = self.step_count if step is None else step
+        value = self.edit(step)
+        try:
+            frac = None if isinstance(value, (str, bytes, bool)) else float(value)
+        except (TypeError, ValueError, RuntimeError):  # (a tensor of several values: RuntimeError)
+            frac = None
+        if frac is None or not 0.0 <= frac <= 1.0:
+            raise ValueError(f"edit decay {type(self.edit).__qualname__} gave {value!r} at step {step}: a decay returns "
+                             f"the fraction of live ensembles an update edits, a number in [0, 1] (edit_fraction at "
+                             f"start_step, decaying to 0 at end_step): fix the decay")
+        return frac
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:

@@ -48,13 +48,23 @@ def get_granularity(spec) -> "Granularity":
     if not isinstance(spec, str):
         raise TypeError(f"ensemble must be a spec string such as 'synapse' or 'block:4x4', got {type(spec).__name__}")
     s = spec.strip().lower()
-    for pattern, factory in _REGISTRY.items():
-        if re.fullmatch(pattern, s):
-            return factory(s)
+    hits = [p for p in _REGISTRY if re.fullmatch(p, s)]
+    if len(hits) > 1:  # (else the first registered would take it, and a plugin's pattern silently lose)
+        raise ValueError(f"ensemble spec {spec!r} matches more than one registered pattern, {hits} "
+                         f"({', '.join(_registry._origin(_REGISTRY[p]) for p in hits)}): register the plugin's "
+                         "pattern so that it matches none of the others' specs")
+    if hits:
+        g = _REGISTRY[hits[0]](s)
+        if not isinstance(g, Granularity):
+            raise TypeError(f"the factory registered for ensemble pattern {hits[0]!r} "
+                            f"({_registry._origin(_REGISTRY[hits[0]])}) returned {type(g).__name__} for spec {s!r}, "
+                            "not a Granularity: return an instance of an adaptive.ensembles.Granularity subclass")
+        return g
     extra = [p for p in _REGISTRY if p not in _BUILTIN_PATTERNS]
     raise ValueError(
         f"unknown ensemble spec {spec!r}: use 'synapse', 'kernel', 'neuron', 'block:RxC' (e.g. 'block:4x4') "
         f"or 'n:m' with n <= m (e.g. '2:4')" + (f", or a spec matching a registered pattern {extra}" if extra else "")
+        + "; a plugin's granularity is known once its file is loaded (--plugins, adaptive.plugins.load_plugin)"
     )
 
 
@@ -357,9 +367,11 @@ _BUILTIN_TYPES = (SynapseGranularity, KernelGranularity, NeuronGranularity, Bloc
 
 def check_granularity(g: Granularity, name: str, shape, device=None, builtin: bool = False) -> None:
     """Refuse a granularity that is not self-consistent on layer ``name`` (weight ``shape``):
-    ``pool`` must return ``ensemble_shape``, ``expand`` the weight's shape, and an ensemble mask
+    ``pool`` must return ``ensemble_shape``, ``expand`` the weight's shape, an ensemble mask
     must come back from ``pool(expand(x).float(), "max") > 0`` (how the connectome reads its masks)
-    for a random bool ``x`` and its complement. A ValueError names the granularity, the layer and
+    for a random bool ``x`` and its complement, and the ensembles must tile the weight: every synapse
+    is in one ensemble (``expand`` of ``x`` or of ``~x`` sets it; ``pool`` of ones, the ensembles'
+    sizes by which budgets count, adds up to the weight's synapses). A ValueError names the granularity, the layer and
     what was wrong. The built-in granularities hold by construction (tests check them with
     ``builtin=True``) and are skipped; a plugin's costs a few pool/expand calls per layer shape."""
     if type(unwrapped(g)) in _BUILTIN_TYPES and not builtin:
@@ -372,8 +384,8 @@ def check_granularity(g: Granularity, name: str, shape, device=None, builtin: bo
         why = f": {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}" if cause else ""
         raise ValueError(f"{who} is not self-consistent {where}: {what}{why}. A granularity's pool() reduces a "
                          "weight-shaped tensor to ensemble_shape(shape), expand() broadcasts ensemble values back "
-                         "to the weight's shape, and pooling ('max') an expanded ensemble mask gives it back: fix "
-                         "the plugin's granularity") from cause
+                         "to the weight's shape, pooling ('max') an expanded ensemble mask gives it back, and every "
+                         "synapse is in exactly one ensemble: fix the plugin's granularity") from cause
 
     try:
         es = tuple(int(d) for d in g.ensemble_shape(shape))
@@ -388,6 +400,7 @@ def check_granularity(g: Granularity, name: str, shape, device=None, builtin: bo
                f"but ensemble_shape() says {es}")
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(es, generator=gen) < 0.5).to(device)
+    covered = torch.zeros(shape, dtype=torch.bool, device=device)
     for m in (x, ~x):
         try:
             full = g.expand(m, shape)
@@ -404,6 +417,14 @@ def check_granularity(g: Granularity, name: str, shape, device=None, builtin: bo
             bad = int((back != m).sum()) if tuple(back.shape) == es else "all"
             refuse(f"pool(expand(mask), 'max') does not give a random ensemble mask back ({bad} of {m.numel()} "
                    "ensembles differ): pool and expand disagree on which synapses form an ensemble")
+        covered |= full.to(device=covered.device, dtype=torch.bool)
+    if not bool(covered.all()):
+        refuse(f"{int((~covered).sum())} of {covered.numel()} synapses are in no ensemble (expand() of an all-True "
+               "ensemble mask leaves them False), so they could never be live: the ensembles must tile the weight")
+    counted = float(pooled.double().sum())
+    if counted != math.prod(shape):
+        refuse(f"the ensembles' sizes, pool() of a weight of ones ('sum'), add up to {counted:g} synapses, not the "
+               f"weight's {math.prod(shape)}: every synapse must be in exactly one ensemble")
 
 
 register_granularity(r"synapse|unstructured")(lambda s: SynapseGranularity())

@@ -199,7 +199,7 @@ class RunConfig:
             uses, required = _estimator_slots(self.policy)
             if self.estimator is None and required:
                 self.estimator = "curvature"  # magnitude and gmp keep their magnitude order unless one is named
-            elif self.estimator is not None and not uses:
+            elif self.estimator is not None and uses is False:  # (an unknown policy: _check_names names it)
                 raise ConfigError(
                     f"policy {self.policy!r} fixes its scores, so estimator {self.estimator!r} would be ignored: drop "
                     "--estimator (a config.yaml written before this check records the default estimator for every "
@@ -525,7 +525,8 @@ def _check_names(cfg: "RunConfig") -> None:
 
     def known(what, value, names):
         if value not in names:
-            raise ConfigError(f"unknown {what} '{value}': use one of {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown {what} '{value}': use one of {', '.join(sorted(names))}, or load the file "
+                              "that registers it with --plugins")
 
     known("policy", cfg.policy, policy_names())
     if cfg.estimator is not None:
@@ -597,17 +598,18 @@ def build_controller(cfg: RunConfig, conn: Connectome, optimizer=None, total_ste
 
 
 def _uses_estimator(policy: str) -> bool:
-    return _estimator_slots(policy)[0]
+    return bool(_estimator_slots(policy)[0])
 
 
 def _estimator_slots(policy: str) -> tuple:
     """(whether ``policy`` takes a utility estimator, whether it needs one: magnitude and gmp take
-    one optionally and order by magnitude without it)."""
+    one optionally and order by magnitude without it); (None, None) for a policy not registered
+    (a plugin's, its plugin not loaded), which :func:`_check_names` then names."""
     from adaptive.policies.base import _POLICIES
 
     pol = _POLICIES.get(policy)  # the class: its slots are class attributes, and building it may need options
     if pol is None:
-        return False, False  # the controller reports the unknown policy
+        return None, None
     slots = [x for x in (pol.drop_by, pol.grow_by) if isinstance(x, str)]
     return any(x.startswith("estimator") for x in slots), any(x == "estimator" for x in slots)
 

@@ -69,6 +69,61 @@ def test_nan_scores_are_refused_at_the_update_and_nothing_is_edited(policy, wher
     assert ctrl.policy.state_dict().get("done") in (None, False)  # magnitude's one prune is still to come
 
 
+@pytest.mark.parametrize("value", [float("nan"), 1.5, -0.2, "0.3"])
+def test_an_edit_decay_giving_no_fraction_is_refused_naming_it_and_nothing_is_edited(value):
+    """A plugin decay's NaN gave a bare 'cannot convert float NaN to integer'; 1.5, -0.2 or a string
+    ran silently (edits of more than every live ensemble, none, or a string's)."""
+    import dataclasses
+
+    from adaptive.schedules import Decay, register_decay
+
+    @register_decay("contract_bad_decay", replace=True)
+    @dataclasses.dataclass(frozen=True)
+    class BadDecay(Decay):
+        def __call__(self, step):
+            return value
+
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=2, end_step=10, seed=0,
+                               edit_decay="contract_bad_decay")
+    masks = {n: m.clone() for n, m in conn.masks.items()}
+    with pytest.raises(ValueError, match=rf"edit decay .*BadDecay gave {value!r} at step 2: a decay returns the "
+                                         r"fraction of live ensembles an update edits, a number in \[0, 1\]"):
+        _train(model, opt, 2)
+    assert all(torch.equal(m, conn.masks[n]) for n, m in masks.items()) and len(ctrl.events) == 1  # the init's
+
+
+@pytest.mark.parametrize("score, what", [
+    (lambda w: w.abs().flatten(), r"has shape \(640,\), not the weight's \(32, 20\)"),
+    (lambda w: w.abs().detach().numpy(), r"returned a ndarray, not a torch.Tensor shaped like the weight's \(32, 20\)"),
+    (lambda w: None, r"returned a NoneType, not a torch.Tensor shaped like the weight's \(32, 20\)"),
+])
+def test_scores_of_the_wrong_shape_or_type_are_refused_naming_what_came_back(score, what):
+    """A numpy array or None was reported as 'has shape ndarray'."""
+    @register_estimator("contract_wrong_shape", replace=True)
+    class WrongShape(Estimator):
+        needs_gradients = True
+
+        def removal_cost(self, ctx):
+            return score(ctx.weight)
+
+        def restoration_gain(self, ctx):
+            return ctx.w0.abs()
+
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    conn = adaptive.Connectome(model)
+    adaptive.Controller(conn, opt, policy="utility", estimator="contract_wrong_shape", density=0.5, update_every=2,
+                        end_step=10, seed=0)
+    masks = {n: m.clone() for n, m in conn.masks.items()}
+    with pytest.raises(ValueError, match=rf"WrongShape's removal_cost for layer '0.weight' {what}: it must return one "
+                                         "score per synapse"):
+        _train(model, opt, 2)
+    assert all(torch.equal(m, conn.masks[n]) for n, m in masks.items())
+
+
 def test_complex_scores_are_refused_and_inf_is_taken():
     model = _net()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -153,6 +208,8 @@ class _Rows(Granularity):
         m = scores.reshape(scores.shape[0] // 2, -1)
         if self.spec == "ctrows_wrongpool":
             return scores.reshape(scores.shape[0], -1)  # forgot to reduce
+        if self.spec == "ctrows_doublesum" and how == "sum":
+            return 2 * m.sum(1)  # sizes twice the synapses the ensembles hold
         return {"sum": m.sum, "mean": m.mean, "max": m.amax, "min": m.amin}[how](1)
 
     def expand(self, values, shape):
@@ -162,6 +219,8 @@ class _Rows(Granularity):
             values = torch.cat([values, values])  # ensemble i -> rows i and i + n/2, not 2i and 2i+1
         else:
             values = values.repeat_interleave(2)
+        if self.spec == "ctrows_untiled":  # the odd rows in no ensemble: max-pooling still gives the mask back
+            values = values & (torch.arange(values.numel()) % 2 == 0)
         return values.reshape(shape[0], *([1] * (len(shape) - 1))).expand(shape)
 
 
@@ -169,6 +228,8 @@ class _Rows(Granularity):
     ("ctrows_wrongpool", r"pool\(\) returns \(32, 20\), but ensemble_shape\(\) says \(16,\)"),
     ("ctrows_wrongexpand", r"expand\(\) of an ensemble mask of shape \(16,\) returns \(16, 1\), not the weight's shape"),
     ("ctrows_inconsistent", r"pool\(expand\(mask\), 'max'\) does not give a random ensemble mask back"),
+    ("ctrows_untiled", r"320 of 640 synapses are in no ensemble .* the ensembles must tile the weight"),
+    ("ctrows_doublesum", r"the ensembles' sizes, pool\(\) of a weight of ones \('sum'\), add up to 1280 synapses, not the weight's 640"),
 ])
 def test_a_plugin_granularity_that_is_not_self_consistent_is_refused_when_the_connectome_is_built(spec, what):
     from adaptive.ensembles import register_granularity
@@ -192,6 +253,27 @@ def test_a_self_consistent_plugin_granularity_and_every_built_in_pass_the_check(
     for spec in ["synapse", "kernel", "neuron", "block:4x4", "block:3x2", "block:1x8", "2:4", "1:3"]:
         for shape in shapes:
             check_granularity(get_granularity(spec), "layer", shape, builtin=True)
+
+
+def test_a_spec_two_patterns_match_and_a_factory_returning_no_granularity_are_refused(monkeypatch):
+    """A plugin pattern matching a built-in spec ('ker.*' matches 'kernel') lost it silently to the
+    pattern registered first; a factory's None went on as the layer's granularity."""
+    from adaptive import ensembles
+    from adaptive.ensembles import KernelGranularity, get_granularity, register_granularity
+
+    monkeypatch.setattr(ensembles, "_REGISTRY", dict(ensembles._REGISTRY))  # undone after the test
+    register_granularity("ker.*")(lambda s: KernelGranularity())
+    with pytest.raises(ValueError, match=r"ensemble spec 'kernel' matches more than one registered pattern, "
+                                         r"\['kernel', 'ker\.\*'\] .*: register the plugin's pattern so that"):
+        get_granularity("kernel")
+    assert get_granularity("kernels") == KernelGranularity()  # only the plugin's pattern matches it
+    monkeypatch.delitem(ensembles._REGISTRY, "ker.*")  # a connectome saved under it, loaded without the plugin
+    with pytest.raises(ValueError, match=r"unknown ensemble spec 'kernels': .* a plugin's granularity is known once "
+                                         r"its file is loaded \(--plugins, adaptive.plugins.load_plugin\)"):
+        get_granularity("kernels")
+    register_granularity("ctnone")(lambda s: None)
+    with pytest.raises(TypeError, match="pattern 'ctnone' .* returned NoneType for spec 'ctnone', not a Granularity"):
+        adaptive.Connectome(_net(), ensemble="ctnone")
 
 
 def test_a_dataclass_plugin_granularity_which_does_not_hash_is_checked_too():

@@ -282,6 +282,8 @@ def test_two_processes_agree(tmp_path):
     (["--mode", "mask_only", "--lr", "0.01"], "does not use lr (got 0.01): mask_only trains no weight"),
     (["--ensemble", "fc1=neurons;synapse"], "ensemble 'fc1=neurons;synapse': ensemble rule for 'fc1': unknown"),
     (["--policy", "rigl", "--estimator", "obd"], "policy 'rigl' fixes its scores, so estimator 'obd' would be ignored"),
+    # a plugin's policy whose plugin is not loaded (a resume without it) is unknown, not one that 'fixes its scores'
+    (["--policy", "skip_set", "--estimator", "obd"], "unknown policy 'skip_set': use one of balanced"),
     (["--eval_every", "-1"], "eval_every must be >= 0"),
     (["--log_every", "-1"], "log_every must be >= 0"),
     (["--warmup_steps", "-5"], "warmup_steps must be >= 0"),
