@@ -1,5 +1,6 @@
 """The paths a GPU run takes, on the CPU and on a CUDA device when there is one: every policy and
-estimator trains on the device with pruned weights exactly 0; mixed precision; a checkpoint taken on
+estimator trains on the device with pruned weights exactly 0; recurrent layers run their masked
+weights (cuDNN's flat buffer on CUDA); mixed precision; a checkpoint taken on
 one device resumes on the other; mask-only keeps the weights bit-exact there; the diagnostics and
 the graphs of a model on the device give the CPU's numbers. CI has no GPU: the cuda cases skip
 there (run them with ``pytest tests/test_accelerator.py`` on a machine that has one)."""
@@ -189,6 +190,46 @@ def test_an_all_ones_connectome_computes_the_plain_model_exactly(device, exact):
     assert torch.equal(plain(x), model(x))
     for (n, p), q in zip(plain.named_parameters(), model.parameters()):
         assert torch.equal(p.grad, q.grad), n
+
+
+class Recurrent(nn.Module):
+    """A GRU classifier (batch first), a bidirectional LSTM with projections, a sequence-first RNN."""
+
+    def __init__(self, cell):
+        super().__init__()
+        kw = dict(GRU=dict(num_layers=2, batch_first=True), LSTM=dict(bidirectional=True, proj_size=3, batch_first=True),
+                  RNN=dict(nonlinearity="tanh"))[cell]
+        self.rnn = getattr(nn, cell)(6, 8, **kw)
+        self.head = nn.Linear(6 if cell == "LSTM" else 8, 4)  # the LSTM: 2 directions x 3 projected
+
+    def forward(self, x):  # x: [B, T, 6]
+        if not self.rnn.batch_first:
+            return self.head(self.rnn(x.transpose(0, 1))[0][-1])
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", ["GRU", "LSTM", "RNN"])
+def test_recurrent_layers_run_on_the_device_with_their_masked_weights(device, cell, exact):
+    """On CUDA an RNN runs cuDNN on one flat buffer that its matrices are views of (re-made when the
+    model moves, after the connectome was built): the forward must read the masked weights, as a
+    vanilla twin loaded from dense_state_dict() does, through controller edits too."""
+    torch.manual_seed(0)
+    model = Recurrent(cell)
+    conn = adaptive.Connectome(model)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    adaptive.Controller(conn, opt, policy="rigl", density=0.3, budget="uniform", update_every=2, end_step=8, seed=0)
+    data = batches(6, shape=(5, 6), classes=4)
+    train(model, opt, conn, data, device)
+    assert all(w is getattr(model.rnn, n) for w, n in zip(model.rnn._flat_weights, model.rnn._flat_weights_names))
+    twin = Recurrent(cell).to(device)
+    twin.load_state_dict(conn.dense_state_dict())
+    x = data[0][0].to(device)
+    with torch.no_grad():
+        assert torch.equal(model(x), twin(x))
+        model.eval(), twin.eval()
+        assert torch.equal(model(x), twin(x))
 
 
 @pytest.mark.parametrize("device", DEVICES)

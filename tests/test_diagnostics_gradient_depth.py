@@ -1117,3 +1117,23 @@ def test_a_scalar_beside_the_inputs_is_not_cut_to_a_first_example():
                torch.randint(0, 2, (5,), generator=g))]
     res = gradient_by_depth(_ScaledPair(), loader, layer="head", batches=2)
     assert {r["depth"]: r["weights"] for r in res.table} == {1: 8, 0: 4}
+
+
+@pytest.mark.parametrize("layer", ["rnn", "rnn.weight_hh_l0", "attn.in_proj_weight"])
+def test_a_recurrent_or_attention_matrix_is_refused_naming_it_and_the_layers_to_measure(layer):
+    # the depth diagnostics measure a `weight`: an RNN's or an attention's matrices were refused as
+    # 'the model has no layer' (it has that weight) or with no hint of what to measure instead
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.attn, self.fc = nn.GRU(4, 6, batch_first=True), nn.MultiheadAttention(6, 2), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    data = constant_loader(torch.randn(2, 5, 4), 1)
+    with pytest.raises(TypeError, match=r"has no `weight` parameter: its matrices \[.*(weight_hh_l0|in_proj_weight).*"
+                                        r"are not measured here .* one of \[.*'fc'\]"):
+        gradient_by_depth(Net(), data, layer=layer, batches=1)
+    with pytest.raises(TypeError, match="not a recurrent or attention module's matrices"):
+        BandGradientScaler(Net(), layers=[layer], depths={layer: torch.zeros(4)})
