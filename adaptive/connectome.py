@@ -1248,11 +1248,16 @@ class Connectome:
         # exact names: a ModuleDict key may hold a pattern character ('fc[1]' as a pattern matches 'fc1')
         modules = [glob.escape(n[: -len(".weight")] if n.endswith(".weight") else n) for n in shapes]
         conn = cls(model, ensemble=meta["ensemble"], include=modules, mode=mode)
-        if "ensembles" in meta:
-            conn._check_same_ensembles(meta["ensemble"], json.loads(meta["ensembles"]), str(path))
+        # the layers first: a file of another model is told so, not that its granularities differ
         extra = [n for n in conn.masks if n not in shapes]
         if extra:
-            raise KeyError(f"the model has prunable layer(s) {extra[:5]} that the saved connectome does not")
+            saved = list(shapes)
+            raise KeyError(f"the model has prunable layer(s) {extra[:5]}{'...' if len(extra) > 5 else ''} that {path} "
+                           f"has no mask for (its layers: {saved[:5]}{'...' if len(saved) > 5 else ''}): it was saved "
+                           "from another model, and nothing was loaded; load it into the model it was saved from, or "
+                           "one whose layers match")
+        if "ensembles" in meta:
+            conn._check_same_ensembles(meta["ensemble"], json.loads(meta["ensembles"]), str(path))
         _warn_left_dense(model, conn, meta.get("outside"), path)
         if original:
             for n, o in original.items():
