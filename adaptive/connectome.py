@@ -14,6 +14,7 @@ modules (parameter hooks are neither deep-copied nor pickled), so optimizers, DD
 """
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -49,6 +50,22 @@ def _uncompiled(model: nn.Module) -> nn.Module:
     while wrapper is not None and isinstance(model, wrapper):
         model = model._orig_mod
     return model
+
+
+def eager(fn: Callable) -> Callable:
+    """``fn``, kept out of any graph even when compiled code calls it (``torch.compile(opt.step)``
+    runs the step hooks), as ``torch.compiler.disable`` keeps it, but without importing
+    ``torch._dynamo`` (over a second) at our import: while nothing has imported it nothing can be
+    compiling, and ``fn`` runs as it is."""
+    disabled = torch._disable_dynamo(fn)  # torch's own lazy disable (dynamo imported at its first call)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        return disabled(*args, **kwargs)
+
+    return run
 
 
 _COMPILED_PREFIX = "_orig_mod."
@@ -864,7 +881,7 @@ class Connectome:
     # The step hooks run eagerly even inside a compiled ``opt.step`` (``torch.compile(opt.step)``):
     # traced into its graph, inductor let the first observation of a window read the gradient the
     # same hook masks right after, and the hooks' Python bookkeeping is no graph's business.
-    @torch.compiler.disable
+    @eager
     def _pre_step(self, opt, args, kwargs):
         # ``args`` is the step's positional arguments, the optimizer itself first
         self._check_params_quickly()  # refused before the step: a replaced weight would train dense
@@ -884,7 +901,7 @@ class Connectome:
             self._foreach_mask(grads=False, weights=True)
         calls = [0]
 
-        @torch.compiler.disable
+        @eager
         def masked_closure():
             loss = closure()  # the optimizer calls this under enable_grad
             calls[0] += 1
@@ -943,7 +960,7 @@ class Connectome:
             # swap; exactly 0.0 again even over a loaded inf or NaN): gradients and weights in one pass
             self._foreach_mask(grads=True, weights=True)
 
-    @torch.compiler.disable
+    @eager
     def _post_step(self, opt, args, kwargs):
         # A zero-preserving optimizer (optim_state.register_zero_preserving) cannot move a weight
         # whose gradient, value and state are all 0.0, so re-masking after its step is skipped.
@@ -1231,11 +1248,16 @@ class Connectome:
         # exact names: a ModuleDict key may hold a pattern character ('fc[1]' as a pattern matches 'fc1')
         modules = [glob.escape(n[: -len(".weight")] if n.endswith(".weight") else n) for n in shapes]
         conn = cls(model, ensemble=meta["ensemble"], include=modules, mode=mode)
-        if "ensembles" in meta:
-            conn._check_same_ensembles(meta["ensemble"], json.loads(meta["ensembles"]), str(path))
+        # the layers first: a file of another model is told so, not that its granularities differ
         extra = [n for n in conn.masks if n not in shapes]
         if extra:
-            raise KeyError(f"the model has prunable layer(s) {extra[:5]} that the saved connectome does not")
+            saved = list(shapes)
+            raise KeyError(f"the model has prunable layer(s) {extra[:5]}{'...' if len(extra) > 5 else ''} that {path} "
+                           f"has no mask for (its layers: {saved[:5]}{'...' if len(saved) > 5 else ''}): it was saved "
+                           "from another model, and nothing was loaded; load it into the model it was saved from, or "
+                           "one whose layers match")
+        if "ensembles" in meta:
+            conn._check_same_ensembles(meta["ensemble"], json.loads(meta["ensembles"]), str(path))
         _warn_left_dense(model, conn, meta.get("outside"), path)
         if original:
             for n, o in original.items():

@@ -25,7 +25,7 @@ import torch
 from . import policies as _policies  # noqa: F401  (registration)
 from .budgets import get_budget
 from .atomic import write_text
-from .connectome import Connectome, EnsembleRuleError, check_same_mode
+from .connectome import Connectome, EnsembleRuleError, check_same_mode, eager
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
 from .discovery import _as_patterns, container_hint
 from .distributed import all_reduce_mean_, check_masks_agree
@@ -448,7 +448,7 @@ class Controller:
         self._hook = None
         self.optimizer = None
 
-    @torch.compiler.disable  # eager even inside a compiled opt.step, as the connectome's step hooks
+    @eager  # eager even inside a compiled opt.step, as the connectome's step hooks
     def _after_step(self, opt, args, kwargs) -> None:
         if not self.conn._step_skipped(opt):  # a GradScaler's skipped step (fused optimizer) is no step
             self._advance()

@@ -896,11 +896,15 @@ def mask_learning(model: nn.Module, conn: Connectome):
     """The frame of every mask-learning loop over a frozen ``model`` (this module's and the
     edge-popup baseline's): evaluation mode (normalisation statistics frozen), gradients only for
     the connectome's weights. An exception inside gives the model its original weights back
-    (:func:`restore_original`); every exit drops the gradients and gives back each parameter's
-    ``requires_grad`` and each module's own mode (a submodule the caller put in eval mode stays so)."""
-    flags = {id(p): p.requires_grad for p in model.parameters()}
+    (:func:`restore_original`); every exit, a refusal included, gives back each parameter's
+    ``requires_grad`` and ``.grad`` as the caller had them (None stays None; a gradient comes back
+    as the same tensor, untouched: the loop's gradients are its own, so a call in the middle of
+    training loses no accumulated gradient) and each module's own mode (a submodule the caller put
+    in eval mode stays so)."""
+    kept = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     with modes_kept(model, train=False):
         for p in model.parameters():
+            p.grad = None  # set aside, so that no backward inside accumulates into the caller's
             p.requires_grad_(False)
         for p in conn.params.values():
             p.requires_grad_(True)
@@ -910,9 +914,9 @@ def mask_learning(model: nn.Module, conn: Connectome):
             restore_original(conn, exc)
             raise
         finally:
-            for p in model.parameters():
-                p.grad = None
-                p.requires_grad_(flags.get(id(p), True))
+            for p, requires_grad, grad in kept:
+                p.requires_grad_(requires_grad)
+                p.grad = grad
 
 
 def restore_original(conn: Connectome, exc: Optional[BaseException] = None) -> None:

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 from typing import Any, Dict, Optional
 
 import torch
@@ -183,14 +184,23 @@ def reads_shape_only(node) -> bool:
 _EXTRA: Dict[Any, str] = {}
 _ELEMENTWISE_EXTRA: set = set()  # registered pointwise ops known to treat every element alike
 
-try:  # torchvision's per-sample residual dropout: identity in eval mode
-    from torchvision.ops import StochasticDepth, stochastic_depth
+_TORCHVISION_TAUGHT = False
 
-    _EXTRA[stochastic_depth] = "pointwise"
-    _EXTRA[StochasticDepth] = "pointwise"
-    _ELEMENTWISE_EXTRA.update((stochastic_depth, StochasticDepth))
-except ImportError:  # pragma: no cover - torchvision is optional
-    pass
+
+def _teach_torchvision() -> None:
+    """Teach the tables torchvision's per-sample residual dropout (``StochasticDepth``, identity in
+    eval mode) once torchvision has loaded it. A model that holds it has loaded it, so nothing is
+    missed; importing it at our import would load torchvision and ``torch._dynamo`` (seconds) for
+    every user of the graphs. A category the user registered for it first is kept."""
+    global _TORCHVISION_TAUGHT
+    module = None if _TORCHVISION_TAUGHT else sys.modules.get("torchvision.ops.stochastic_depth")
+    if module is None:
+        return
+    _TORCHVISION_TAUGHT = True
+    for op in (module.stochastic_depth, module.StochasticDepth):
+        if op not in _EXTRA:
+            _EXTRA[op] = "pointwise"
+            _ELEMENTWISE_EXTRA.add(op)
 
 
 def register_op(target: Any, category: str) -> None:
@@ -206,6 +216,7 @@ def register_op(target: Any, category: str) -> None:
 def categorize(node, module=None) -> str:
     """The category of an fx node: weighted, attention, recurrent, transformer, normalize, lookup, pointwise,
     broadcast, shape, reduce, or unknown."""
+    _teach_torchvision()
     op, target = node.op, node.target
     if op == "call_module":
         for cls, cat in _EXTRA.items():
@@ -265,6 +276,7 @@ def elementwise(node, module=None) -> bool:
     """Is this pointwise node elementwise, i.e. indifferent to which axis holds the channels? Built-in
     activations, dropout, identity and dtype/device moves are; pooling, batch/instance norm, padding,
     resampling, PReLU and ops taught with :func:`register_op` (their axis is unknown) are not."""
+    _teach_torchvision()
     if node.op == "call_module":
         if type(module) in _ELEMENTWISE_EXTRA:
             return True

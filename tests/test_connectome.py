@@ -748,6 +748,39 @@ def test_load_names_the_prunable_layers_it_leaves_dense(tmp_path):
         adaptive.Connectome.load(tmp_path / "old.safetensors", big)
 
 
+class _Untied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc, self.out = nn.Linear(4, 4), nn.Linear(4, 2)
+
+
+class _Tied(nn.Module):
+    """Another model: a head sharing enc's weight, ahead of it, so the weight is its layer 'head.weight'."""
+
+    def __init__(self):
+        super().__init__()
+        self.head, self.enc, self.out = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.head.weight = self.enc.weight
+
+
+@pytest.mark.parametrize("ensemble", ["neuron", "enc=neuron;synapse"])
+def test_load_of_a_file_from_another_model_names_the_layers_before_the_granularities(tmp_path, ensemble):
+    """A model with a prunable layer the file has no mask for was refused, with per-layer granularities, as
+    "saved with ensemble X, this connectome uses X: build the Connectome with ensemble=X": the granularities
+    were compared before the layers. The layers come first, named with the fix, and nothing changes."""
+    torch.manual_seed(0)
+    adaptive.Connectome(_Untied(), ensemble=ensemble).save(tmp_path / "c.safetensors")
+    model = _Tied()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(KeyError, match=r"the model has prunable layer\(s\) \['head\.weight'\] that .*c\.safetensors has "
+                                       r"no mask for \(its layers: \['enc\.weight', 'out\.weight'\]\): it was saved "
+                                       r"from another model, and nothing was loaded; load it into the model it was saved "
+                                       r"from"):
+        adaptive.Connectome.load(tmp_path / "c.safetensors", model)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    adaptive.Connectome.load(tmp_path / "c.safetensors", _Untied())  # the model it was saved from loads it
+
+
 def test_load_state_dict_never_leaves_a_layer_dense_silently():
     """Unlike Connectome.load, which builds the connectome (and warns of the layers it leaves dense),
     load_state_dict fills a connectome that exists over its own layers: a state_dict over fewer layers

@@ -1,7 +1,8 @@
 """Every refusal of the mask-only optimisation, the edge-popup baseline and the diagnostics leaves the
 model exactly as it was (:func:`_model_state.changed_state`): a bad input fails clearly and never leaves
 a half-edited model behind. The model has a frozen bias, a submodule in another mode than its parent and
-a hook of the caller's own, so that a call restoring only the top-level mode or blanket flags shows."""
+a hook of the caller's own, so that a call restoring only the top-level mode or blanket flags shows, and
+gradients of the caller's (accumulated in the middle of training), which every exit gives back."""
 import pytest
 import torch
 from torch import nn
@@ -32,11 +33,15 @@ class TwoArguments(Net):
 
 def _prepared(model):
     """The caller's model as a refusal must give it back: a frozen bias, a submodule in eval mode under
-    a module in train mode, and hooks of its own."""
+    a module in train mode, hooks of its own, and gradients accumulated by training (on a weight and on the
+    frozen bias; the other parameters' are None)."""
     model.body[0].bias.requires_grad_(False)
     model.body[1].eval()
     model.register_forward_hook(lambda m, i, o: None)
     model.classifier.weight.register_hook(lambda g: g)
+    with torch.random.fork_rng():  # the test's own draws are not the call's
+        model.classifier.weight.grad = torch.randn_like(model.classifier.weight)
+        model.body[0].bias.grad = torch.randn_like(model.body[0].bias)
     return model
 
 
@@ -131,3 +136,19 @@ def test_a_refusal_leaves_the_model_and_the_generators_as_they_were(make, call, 
     with pytest.raises(error, match=match):
         call(model, tmp_path)
     assert changed_state(model, before) == []
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: optimize_connectome(m, _data(), _data(), target=0.5, **OC),
+    lambda m: edge_popup(m, _data(), _data(), [0.5], progress=False),
+], ids=["optimize_connectome", "edge_popup"])
+def test_a_completed_mask_learning_gives_back_the_callers_gradients(call):
+    # mask_learning cleared every .grad on every exit: a call in the middle of training lost the gradients
+    # accumulated so far. Each comes back as the same tensor, bit for bit; a None stays None.
+    torch.manual_seed(0)
+    model = _prepared(Net())
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    before = model_state(model)
+    call(model)
+    assert all(p.grad is grads[n] for n, p in model.named_parameters())  # the same objects (None where None)
+    assert [c for c in changed_state(model, before) if c.startswith(("grad", "requires_grad", "training"))] == []
