@@ -2,6 +2,7 @@
 edit the connectome: NaN or complex estimator scores; a model builder that returns no module; a
 granularity whose pool and expand disagree; and a graph writer a plugin registers is a valid
 ``--format``."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,6 +94,28 @@ def test_an_edit_decay_giving_no_fraction_is_refused_naming_it_and_nothing_is_ed
                                          r"fraction of live ensembles an update edits, a number in \[0, 1\]"):
         _train(model, opt, 2)
     assert all(torch.equal(m, conn.masks[n]) for n, m in masks.items()) and len(ctrl.events) == 1  # the init's
+
+
+@pytest.mark.parametrize("value, frac", [
+    (0, 0.0), (1, 1.0), (np.float32(0.25), 0.25), (torch.tensor(0.5, requires_grad=True) * 1, 0.5),
+    (1.0000000002, 1.0), (np.float32(1) + np.float32(1e-7), 1.0), (-1e-12, 0.0)])
+def test_an_edit_decay_giving_a_fraction_as_an_int_numpy_tensor_or_with_float_error_is_taken(value, frac):
+    """Float error past 0 or 1 (a float32 1.0000001) was refused as 'a number in [0, 1]', in the
+    middle of a run whose plugin decay ran before the check."""
+    import dataclasses
+
+    from adaptive.schedules import Decay, register_decay
+
+    @register_decay("contract_rough_decay", replace=True)
+    @dataclasses.dataclass(frozen=True)
+    class RoughDecay(Decay):
+        def __call__(self, step):
+            return value
+
+    model = _net()
+    ctrl = adaptive.Controller(adaptive.Connectome(model), torch.optim.SGD(model.parameters(), lr=0.1), policy="rigl",
+                               density=0.5, update_every=2, end_step=10, seed=0, edit_decay="contract_rough_decay")
+    assert ctrl.edit_fraction(2) == frac and type(ctrl.edit_fraction(2)) is float
 
 
 @pytest.mark.parametrize("score, what", [
