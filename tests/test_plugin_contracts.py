@@ -278,6 +278,28 @@ def test_a_self_consistent_plugin_granularity_and_every_built_in_pass_the_check(
             check_granularity(get_granularity(spec), "layer", shape, builtin=True)
 
 
+def test_a_whole_layer_plugin_granularity_passes_the_check_on_a_layer_float32_cannot_count_exactly():
+    """pool() sums float32 ones: a whole-layer ensemble of 4097 x 4097 synapses (past 2**24, odd)
+    counts 16785408, and the tiling check refused the plugin as 'add up to 1.67854e+07 synapses'."""
+    from adaptive.ensembles import check_granularity
+
+    class WholeLayer(Granularity):
+        spec = "ct_whole_layer"
+
+        def ensemble_shape(self, shape):
+            return (1,)
+
+        def pool(self, scores, how="sum"):
+            return {"sum": scores.sum, "mean": scores.mean, "max": scores.amax, "min": scores.amin}[how]().reshape(1)
+
+        def expand(self, values, shape):
+            return values.reshape((1,) * len(shape)).expand(shape)
+
+    shape = (4097, 4097)
+    assert float(WholeLayer().pool(torch.ones(shape))) != 4097 * 4097  # what the check is given
+    check_granularity(WholeLayer(), "big", shape)
+
+
 def test_a_spec_two_patterns_match_and_a_factory_returning_no_granularity_are_refused(monkeypatch):
     """A plugin pattern matching a built-in spec ('ker.*' matches 'kernel') lost it silently to the
     pattern registered first; a factory's None went on as the layer's granularity."""
