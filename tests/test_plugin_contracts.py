@@ -278,6 +278,25 @@ def test_a_self_consistent_plugin_granularity_and_every_built_in_pass_the_check(
             check_granularity(get_granularity(spec), "layer", shape, builtin=True)
 
 
+@pytest.mark.parametrize("spec", ["synapse", "kernel", "neuron", "block:4x4", "block:3x2", "block:5x1", "2:4", "3:7"])
+def test_every_built_in_granularity_tiles_transposed_grouped_recurrent_and_attention_weights(spec):
+    """The tiling check (every synapse in exactly one ensemble) holds for the built-ins as the
+    connectome applies them: through TransposedLayout, on grouped and depthwise convolutions with odd
+    sizes, ragged blocks and short last n:m groups, on LSTM (projections), GRU and attention weights."""
+    from adaptive.ensembles import check_granularity
+
+    model = torch.nn.ModuleDict(dict(
+        g=torch.nn.Conv2d(6, 9, (3, 5), groups=3), dw=torch.nn.Conv2d(6, 6, 3, groups=6),
+        t=torch.nn.ConvTranspose2d(6, 9, 3, groups=3), t1=torch.nn.ConvTranspose1d(5, 7, 4),
+        t3=torch.nn.ConvTranspose3d(4, 6, (2, 3, 1), groups=2), c3=torch.nn.Conv3d(2, 5, 3),
+        lstm=torch.nn.LSTM(13, 7, bidirectional=True, proj_size=3), gru=torch.nn.GRU(5, 9),
+        attn=torch.nn.MultiheadAttention(12, 3, kdim=5, vdim=7), fc=torch.nn.Linear(17, 13)))
+    conn = adaptive.Connectome(model, ensemble=spec)
+    assert {"t.weight", "lstm.weight_hr_l0", "attn.k_proj_weight"} <= set(conn.granularities)
+    for n, g in conn.granularities.items():
+        check_granularity(g, n, conn.masks[n].shape, builtin=True)
+
+
 def test_a_whole_layer_plugin_granularity_passes_the_check_on_a_layer_float32_cannot_count_exactly():
     """pool() sums float32 ones: a whole-layer ensemble of 4097 x 4097 synapses (past 2**24, odd)
     counts 16785408, and the tiling check refused the plugin as 'add up to 1.67854e+07 synapses'."""
