@@ -45,6 +45,8 @@ GROW_INITS = ("zero", "original", "random")
 # most on a ViT: recipes/benchmarks/removal_orders_vit.py; curvature was also chosen on held-out
 # data at every density of recipes/benchmarks/dst_mnist.py), in mask_only mode consistency.
 DEFAULT_ESTIMATOR = {"train": "curvature", "mask_only": "consistency"}
+# An edit decay's value this far past 0 or 1 is float error (a float32 1.0000001), taken as that end
+_FRACTION_SLACK = 1e-6
 
 
 
@@ -959,19 +961,21 @@ class Controller:
 
     def edit_fraction(self, step: Optional[int] = None) -> float:
         """The fraction of the live ensembles an update at ``step`` edits: the edit decay's value, a
-        number in [0, 1]; any other value (a plugin decay's NaN, 1.5 or "0.3") is a ValueError naming
-        the decay, raised before the update edits anything."""
+        number in [0, 1] (an int, a numpy number or a one-value tensor too; float error past either end,
+        a float32 1.0000001, is taken as that end); any other value (a plugin decay's NaN, 1.5 or "0.3")
+        is a ValueError naming the decay, raised before the update edits anything."""
         step = self.step_count if step is None else step
         value = self.edit(step)
         try:
-            frac = None if isinstance(value, (str, bytes, bool)) else float(value)
+            x = value.detach() if isinstance(value, torch.Tensor) else value
+            frac = None if isinstance(value, (str, bytes, bool)) else float(x)
         except (TypeError, ValueError, RuntimeError):  # (a tensor of several values: RuntimeError)
             frac = None
-        if frac is None or not 0.0 <= frac <= 1.0:
-            raise ValueError(f"edit decay {type(self.edit).__qualname__} gave {value!r} at step {step}: a decay returns "
-                             f"the fraction of live ensembles an update edits, a number in [0, 1] (edit_fraction at "
-                             f"start_step, decaying to 0 at end_step): fix the decay")
-        return frac
+        if frac is not None and -_FRACTION_SLACK <= frac <= 1.0 + _FRACTION_SLACK:
+            return min(1.0, max(0.0, frac))
+        raise ValueError(f"edit decay {type(self.edit).__qualname__} gave {value!r} at step {step}: a decay returns "
+                         f"the fraction of live ensembles an update edits, a number in [0, 1] (edit_fraction at "
+                         f"start_step, decaying to 0 at end_step): fix the decay")
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:

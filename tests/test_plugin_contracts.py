@@ -2,6 +2,7 @@
 edit the connectome: NaN or complex estimator scores; a model builder that returns no module; a
 granularity whose pool and expand disagree; and a graph writer a plugin registers is a valid
 ``--format``."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,6 +94,28 @@ def test_an_edit_decay_giving_no_fraction_is_refused_naming_it_and_nothing_is_ed
                                          r"fraction of live ensembles an update edits, a number in \[0, 1\]"):
         _train(model, opt, 2)
     assert all(torch.equal(m, conn.masks[n]) for n, m in masks.items()) and len(ctrl.events) == 1  # the init's
+
+
+@pytest.mark.parametrize("value, frac", [
+    (0, 0.0), (1, 1.0), (np.float32(0.25), 0.25), (torch.tensor(0.5, requires_grad=True) * 1, 0.5),
+    (1.0000000002, 1.0), (np.float32(1) + np.float32(1e-7), 1.0), (-1e-12, 0.0)])
+def test_an_edit_decay_giving_a_fraction_as_an_int_numpy_tensor_or_with_float_error_is_taken(value, frac):
+    """Float error past 0 or 1 (a float32 1.0000001) was refused as 'a number in [0, 1]', in the
+    middle of a run whose plugin decay ran before the check."""
+    import dataclasses
+
+    from adaptive.schedules import Decay, register_decay
+
+    @register_decay("contract_rough_decay", replace=True)
+    @dataclasses.dataclass(frozen=True)
+    class RoughDecay(Decay):
+        def __call__(self, step):
+            return value
+
+    model = _net()
+    ctrl = adaptive.Controller(adaptive.Connectome(model), torch.optim.SGD(model.parameters(), lr=0.1), policy="rigl",
+                               density=0.5, update_every=2, end_step=10, seed=0, edit_decay="contract_rough_decay")
+    assert ctrl.edit_fraction(2) == frac and type(ctrl.edit_fraction(2)) is float
 
 
 @pytest.mark.parametrize("score, what", [
@@ -253,6 +276,47 @@ def test_a_self_consistent_plugin_granularity_and_every_built_in_pass_the_check(
     for spec in ["synapse", "kernel", "neuron", "block:4x4", "block:3x2", "block:1x8", "2:4", "1:3"]:
         for shape in shapes:
             check_granularity(get_granularity(spec), "layer", shape, builtin=True)
+
+
+@pytest.mark.parametrize("spec", ["synapse", "kernel", "neuron", "block:4x4", "block:3x2", "block:5x1", "2:4", "3:7"])
+def test_every_built_in_granularity_tiles_transposed_grouped_recurrent_and_attention_weights(spec):
+    """The tiling check (every synapse in exactly one ensemble) holds for the built-ins as the
+    connectome applies them: through TransposedLayout, on grouped and depthwise convolutions with odd
+    sizes, ragged blocks and short last n:m groups, on LSTM (projections), GRU and attention weights."""
+    from adaptive.ensembles import check_granularity
+
+    model = torch.nn.ModuleDict(dict(
+        g=torch.nn.Conv2d(6, 9, (3, 5), groups=3), dw=torch.nn.Conv2d(6, 6, 3, groups=6),
+        t=torch.nn.ConvTranspose2d(6, 9, 3, groups=3), t1=torch.nn.ConvTranspose1d(5, 7, 4),
+        t3=torch.nn.ConvTranspose3d(4, 6, (2, 3, 1), groups=2), c3=torch.nn.Conv3d(2, 5, 3),
+        lstm=torch.nn.LSTM(13, 7, bidirectional=True, proj_size=3), gru=torch.nn.GRU(5, 9),
+        attn=torch.nn.MultiheadAttention(12, 3, kdim=5, vdim=7), fc=torch.nn.Linear(17, 13)))
+    conn = adaptive.Connectome(model, ensemble=spec)
+    assert {"t.weight", "lstm.weight_hr_l0", "attn.k_proj_weight"} <= set(conn.granularities)
+    for n, g in conn.granularities.items():
+        check_granularity(g, n, conn.masks[n].shape, builtin=True)
+
+
+def test_a_whole_layer_plugin_granularity_passes_the_check_on_a_layer_float32_cannot_count_exactly():
+    """pool() sums float32 ones: a whole-layer ensemble of 4097 x 4097 synapses (past 2**24, odd)
+    counts 16785408, and the tiling check refused the plugin as 'add up to 1.67854e+07 synapses'."""
+    from adaptive.ensembles import check_granularity
+
+    class WholeLayer(Granularity):
+        spec = "ct_whole_layer"
+
+        def ensemble_shape(self, shape):
+            return (1,)
+
+        def pool(self, scores, how="sum"):
+            return {"sum": scores.sum, "mean": scores.mean, "max": scores.amax, "min": scores.amin}[how]().reshape(1)
+
+        def expand(self, values, shape):
+            return values.reshape((1,) * len(shape)).expand(shape)
+
+    shape = (4097, 4097)
+    assert float(WholeLayer().pool(torch.ones(shape))) != 4097 * 4097  # what the check is given
+    check_granularity(WholeLayer(), "big", shape)
 
 
 def test_a_spec_two_patterns_match_and_a_factory_returning_no_granularity_are_refused(monkeypatch):

@@ -46,6 +46,14 @@ def same_state(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def safetensors_parts(path):
+    """A safetensors file's header (parsed) and data bytes: safetensors writes the metadata keys in
+    a random order (a Rust HashMap), so two saves of one connectome differ in bytes, not in these."""
+    raw = Path(path).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
 def test_default_run_writes_every_output(tmp_path, capsys):
     res = run(tmp_path, "--figures", "true")
     out = capsys.readouterr().out
@@ -137,6 +145,9 @@ def test_resume_is_bit_exact(tmp_path, data):
     assert load_config(R.RunConfig, tmp_path / "cut" / "config.yaml").resume is None  # --config FILE: a new run
     assert resumed.conn.mask_hash() == full.conn.mask_hash()
     assert same_state(resumed, full)
+    # the run's connectome file too (its bytes differ only in the order of the metadata keys)
+    name = "connectome.safetensors"
+    assert safetensors_parts(tmp_path / "cut" / name) == safetensors_parts(tmp_path / "full" / name)
     assert resumed.controller.events == full.controller.events
     assert resumed.state.metrics == full.state.metrics
     opt_a, opt_b = full.controller.optimizer.state_dict(), resumed.controller.optimizer.state_dict()
