@@ -20,14 +20,14 @@ from torch import nn
 
 from .. import jsonio
 from ..atomic import write_text
-from ..connectome import Connectome, _uncompiled
+from ..connectome import Connectome
 from ..discovery import copy_model
 from ..counts import whole_number
 from ..metrics import (AccuracyFn, batch_accuracy, call_model, check_output, default_accuracy, example_count, loss_weight,
                        to_device)
 from ..global_rng import kept_global_rng
 from ..warn import warn_user
-from ._common import batch_statistics_explained, default_loss, iterate_batches, kept_buffers, model_device
+from ._common import batch_statistics_explained, default_loss, iterate_batches, kept_buffers, model_connectome, model_device
 from ..modes import modes_kept
 from .removal_order import global_order, removal_scores
 from .table import Table, pyplot, save_figure
@@ -437,13 +437,7 @@ def knowledge_distribution(
     points = _check_points(points, max_fraction)
     if whole_number(bn_batches) is None or bn_batches < 0:
         raise ValueError(f"bn_batches must be a whole number of batches, at least 0, got {bn_batches!r}")
-    if conn is not None and not isinstance(conn, Connectome):
-        raise TypeError(f"conn must be the model's adaptive.Connectome (its masks say what is already pruned), "
-                        f"got {type(conn).__name__}")
-    if conn is not None and conn.model is not _uncompiled(model):
-        raise ValueError("conn masks another model than the one given: pass the Connectome built on this model "
-                         "(knowledge_distribution(conn.model, ..., conn=conn))")
-    source = conn if conn is not None else _attached_connectome(model)
+    source = model_connectome(model, conn, "knowledge_distribution", "what is already pruned")
     work = copy_model(model, "knowledge_distribution")
     conn = Connectome(work, include=include, exclude=exclude)
     if source is not None:
@@ -590,18 +584,6 @@ def _recalibrate(model: nn.Module, norms, data, device) -> None:
         finally:
             for m, mom in zip(norms, saved):
                 m.momentum = mom
-
-
-def _attached_connectome(model: nn.Module) -> Optional[Connectome]:
-    """The Connectome that masks ``model``'s weights through an optimizer (attached), if any."""
-    from ..connectome import _MASKED_BY
-
-    for p in _uncompiled(model).parameters():
-        entry = _MASKED_BY.get(id(p))
-        c = entry[1]() if entry is not None and entry[0]() is p else None
-        if c is not None and (c._optimizers or c._masker.handles):
-            return c
-    return None
 
 
 def _carry_pruning(source: Connectome, conn: Connectome) -> None:
