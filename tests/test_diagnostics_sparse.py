@@ -196,3 +196,16 @@ def test_gradient_by_depth_band_or_layer_pruned_entirely(tmp_path):
     conn.set_masks({"0.weight": conn.masks["0.weight"], "2.weight": torch.zeros_like(mask)})
     with pytest.raises(ValueError, match="every weight of '2' is pruned"):
         gradient_by_depth(net, batches((6,), 4), layer="2", depths=DEPTHS, conn=conn)
+
+
+def test_zeros_without_a_connectome_get_a_warning():
+    """A pruned model measured without its masks (a --weights file of zeros): its numbers are
+    unchanged (every weight counted), and a warning names conn=."""
+    net, conn = pruned_mlp()
+    data = batches((6,), 4)
+    given = collinearity(net, data, conn=conn)
+    with pytest.warns(UserWarning, match=r"exactly zero.*collinearity\(model, \.\.\., conn=conn\)"):
+        dense = collinearity(net, data)
+    assert dense.measured == conn.num_synapses() > given.measured
+    with pytest.warns(UserWarning, match=r"exactly zero.*gradient_by_depth\(model, \.\.\., conn=conn\)"):
+        gradient_by_depth(net, data, layer="2", depths=DEPTHS, batches=1)

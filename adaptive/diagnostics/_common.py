@@ -249,6 +249,19 @@ def live_mask(conn: Optional[Connectome], weight: torch.Tensor) -> Optional[torc
     return None
 
 
+def warn_if_zeros(weights, what: str, counted: str) -> None:
+    """Warn when no Connectome came with the model but 1% or more of the measured ``weights`` are
+    exact zeros (a pruned model whose masks were not passed): ``counted`` says what ``what``
+    then does with them."""
+    weights = list(weights)
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    total = sum(w.numel() for w in weights)
+    if zeros and zeros >= 0.01 * total:
+        warn_user(f"{zeros} of the {total} prunable weights {what} measures are exactly zero, as if pruned, but no "
+                  f"Connectome came with the model: {counted}. If the model is pruned, pass its Connectome: "
+                  f"{what}(model, ..., conn=conn)")
+
+
 class LogHistogram:
     """Quantiles of many non-negative numbers, split into groups, in bounded memory.
 

@@ -32,7 +32,7 @@ from ..global_rng import kept_global_rng
 from ..metrics import call_model
 from ..warn import warn_user
 from ._common import (batch_statistics_explained, check_finite, default_loss, iterate_batches, kept_buffers, live_mask,
-                      measured_gradients, model_connectome, model_device, scalers_suspended)
+                      measured_gradients, model_connectome, model_device, scalers_suspended, warn_if_zeros)
 from ..modes import modes_kept
 from .table import Table, pyplot, save_figure
 
@@ -256,6 +256,8 @@ def collinearity(
     names = list(found)
     params = [p for _, p in found.values()]
     live = [None if m is None else m.reshape(-1) for m in (live_mask(conn, p) for p in params)]
+    if conn is None:
+        warn_if_zeros([p.detach() for p in params], "collinearity", "their gradients are counted as those of live synapses")
     if live and all(m is not None and not bool(m.any()) for m in live):
         raise ValueError(f"collinearity: every measured weight ({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}) "
                          "is pruned (the connectome's masks): no synapse exists to measure; measure layers with live "

@@ -19,7 +19,8 @@ from torch.utils._pytree import tree_leaves, tree_map
 from ..metrics import _forward_owner, call_model, refuse_unpacked, to_device
 from ._shared_calls import CallRecorder, parts_adding_up
 from ._common import (LogHistogram, batch_statistics_explained, check_finite, default_loss, find_weight, iterate_batches,
-                      kept_buffers, live_mask, measured_gradients, model_connectome, model_device, scalers_suspended)
+                      kept_buffers, live_mask, measured_gradients, model_connectome, model_device, scalers_suspended,
+                      warn_if_zeros)
 from ..modes import modes_kept
 from .table import Table, pyplot, save_figure
 from ..global_rng import kept_global_rng
@@ -371,6 +372,8 @@ def gradient_by_depth(
     conn = model_connectome(model, conn, "gradient_by_depth", "which synapses exist")
     name, mod, weight = find_weight(model, layer)
     live = live_mask(conn, weight)
+    if conn is None:
+        warn_if_zeros([weight.detach()], "gradient_by_depth", "their gradients are counted as those of live synapses")
     if live is not None and not bool(live.any()):
         raise ValueError(f"gradient_by_depth: every weight of {name!r} is pruned (the connectome's mask): no synapse of "
                          "it exists to measure; measure a layer with live synapses")

@@ -27,7 +27,8 @@ from ..metrics import (AccuracyFn, batch_accuracy, call_model, check_output, def
                        to_device)
 from ..global_rng import kept_global_rng
 from ..warn import warn_user
-from ._common import batch_statistics_explained, default_loss, iterate_batches, kept_buffers, model_connectome, model_device
+from ._common import (batch_statistics_explained, default_loss, iterate_batches, kept_buffers, model_connectome,
+                      model_device, warn_if_zeros)
 from ..modes import modes_kept
 from .removal_order import global_order, removal_scores
 from .table import Table, pyplot, save_figure
@@ -443,7 +444,8 @@ def knowledge_distribution(
     if source is not None:
         _carry_pruning(source, conn)
     else:
-        _warn_if_zeros(conn)
+        warn_if_zeros(conn.params.values(), "knowledge_distribution",
+                      "they are counted as live weights (and fine-tuning may grow them back)")
     live_flat = torch.cat([m.reshape(-1).cpu() for m in conn.masks.values()])
     pruned_before = int((~live_flat).sum())
     total = live_flat.numel() - pruned_before  # what remains at the start: the already-pruned are not counted
@@ -595,14 +597,3 @@ def _carry_pruning(source: Connectome, conn: Connectome) -> None:
                          "which include/exclude leave out of this measurement: measure them too (widen include/exclude), "
                          "or the curve would not be of the pruned model")
     conn.set_masks({n: source.masks[n] for n in conn.masks if n in source.masks})
-
-
-def _warn_if_zeros(conn: Connectome) -> None:
-    """Warn when no Connectome came with the model but 1% or more of its prunable weights are exact
-    zeros (a pruned model): they would be counted as live and fine-tuning would grow them back."""
-    zeros = sum(int((p == 0).sum()) for p in conn.params.values())
-    total = conn.num_synapses()
-    if zeros and zeros >= 0.01 * total:
-        warn_user(f"{zeros} of the model's {total} prunable weights are exactly zero, as if pruned, but no Connectome "
-                  "came with it: they are counted as live weights (and fine-tuning may grow them back). If the model "
-                  "is pruned, pass its Connectome: knowledge_distribution(model, ..., conn=conn)")
