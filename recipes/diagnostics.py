@@ -1,7 +1,7 @@
 """Diagnostics that let a researcher see inside a network.
 
     python recipes/diagnostics.py dense-gradients [--kind mlp|cnn|both] [--batchnorm off|on|both] [--compare]
-    python recipes/diagnostics.py collinearity   [--model mlp --train_steps 300 | --weights FILE]
+    python recipes/diagnostics.py collinearity   [--model mlp --train_steps 300 | --weights FILE [--connectome FILE]]
     python recipes/diagnostics.py knowledge      [--model resnet20 --dataset cifar10 --weights FILE] [--log_x]
     python recipes/diagnostics.py progress RUN_DIR
 
@@ -9,7 +9,9 @@ Every command takes --output_dir and --svg, and every one but progress (which re
 the data/model options (--dataset, --data-dir, --model, --weights, --batch_size, --seed); figures are PNG (plus SVG with --svg), tables CSV + Markdown,
 all written into --output_dir. Defaults run offline on scikit-learn's digits in seconds.
 Orders, step sizes and anything selected are computed on a held-out part of TRAIN; the test split
-is only ever used to report.
+is only ever used to report. A pruned model (--weights of a run folder, with its connectome.safetensors
+beside it, or --connectome FILE) is measured as it is: collinearity measures its live synapses only,
+knowledge keeps its pruned weights pruned.
 """
 from __future__ import annotations
 
@@ -78,6 +80,33 @@ def model_first(args, build):
 
     return model_before_data(args.dataset, build, data_dir=args.data_dir, download=getattr(args, "download", False),
                              **_checked_dataset_kw(args))
+
+
+def pruned_model(args, num_classes, in_shape):
+    """``(model, connectome)``: :func:`get_model`'s model and the Connectome saying which of its
+    synapses exist: ``--connectome FILE``, else the ``connectome.safetensors`` beside ``--weights``
+    where there is one (a run folder's, next to its dense_state_dict.pt; prune_pretrained's, next to
+    pruned_state_dict.pt), else None (a dense model)."""
+    model = get_model(args, num_classes, in_shape)
+    path = args.connectome
+    if path is not None and not args.weights:
+        _refuse("--connectome gives the masks of a pruned model, whose weights --weights FILE must give too "
+                "(a run folder's dense_state_dict.pt); without --weights the model is trained dense from scratch")
+    if path is None and args.weights:
+        beside = os.path.join(os.path.dirname(os.path.abspath(args.weights)), "connectome.safetensors")
+        path = beside if os.path.isfile(beside) else None
+    if path is None:
+        return model, None
+    from adaptive import Connectome
+
+    try:
+        conn = Connectome.load(path, model)
+    except (ValueError, KeyError, OSError) as e:
+        which = "--connectome" if args.connectome else "the connectome.safetensors beside --weights"
+        _refuse(f"{which} ({path}) does not fit --model {args.model}: {e}"
+                + ("" if args.connectome else "; give the right one with --connectome FILE"))
+    print(f"pruned model: {conn.num_live():,} of its {conn.num_synapses():,} synapses live ({path})", flush=True)
+    return model, conn
 
 
 def get_model(args, num_classes, in_shape):
@@ -178,9 +207,9 @@ def densecats(args, num_classes, in_shape, kinds, norms) -> dict:
 
 
 def cmd_dense_gradients(args):
-    if args.weights:
+    if args.weights or args.connectome:
         _refuse("dense-gradients builds and trains its own DenseCat nets (--kind, --batchnorm, --depth, --width): "
-                "--weights applies to collinearity and knowledge; drop it")
+                f"{'--weights' if args.weights else '--connectome'} applies to collinearity and knowledge; drop it")
     _check_counts(args, "grad_batches", "depth", "width", "compare_steps")
     kinds = ["mlp", "cnn"] if args.kind == "both" else [args.kind]
     norms = [False, True] if args.batchnorm == "both" else [args.batchnorm == "on"]
@@ -290,13 +319,15 @@ def cmd_collinearity(args):
     _check_counts(args, "batches", "grad_batch_size")
     if args.split == "holdout" and args.holdout <= 0:
         _refuse("--split holdout needs held-out TRAIN data, and --holdout 0 leaves none: use --holdout 0.1 (say)")
-    model_for = model_first(args, lambda k, shape: get_model(args, k, shape))
+    model_for = model_first(args, lambda k, shape: pruned_model(args, k, shape))
     out = outdir(args)
     data = get_data(args, batch_size=max(args.batch_size, args.grad_batch_size or 0))
-    model = trained_model(args, data, model_for(data.num_classes, data.in_shape))
+    model, conn = model_for(data.num_classes, data.in_shape)
+    model = trained_model(args, data, model)
     loader = (holdout_mixed(data, args.seed, "--split holdout") if args.split == "holdout"
               else seeded_train_loader(data, args.batch_size, args.seed + 1))
-    res = D.collinearity(model, loader, batch_size=args.grad_batch_size, batches=args.batches, train_mode=False)
+    res = D.collinearity(model, loader, batch_size=args.grad_batch_size, batches=args.batches, train_mode=False,
+                         conn=conn)
     split = "TRAIN" if args.split == "train" else "holdout (from TRAIN)"
     source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
     title = f"{source}; gradients on {args.dataset} {split}, eval mode"
@@ -305,6 +336,8 @@ def cmd_collinearity(args):
     p3 = res.plot_summary(os.path.join(out, "collinearity_by_layer.png"), svg=args.svg, title=title)
     write_table(res.table, out, "collinearity_layers", f"collinearity per layer ({res.batches} batches)")
     write_table(res.fraction_above(), out, "collinearity_fraction_above", "fraction of weights above each cosine collinearity")
+    if conn is not None:
+        print(f"measured the {res.measured:,} live synapses; the {res.pruned:,} pruned ones are left out")
     print(f"figures: {p1[0]}, {p2[0]}, {p3[0]}")
 
 
@@ -334,10 +367,11 @@ def cmd_knowledge(args):
         print(f"{curve.fit_table().to_markdown()}\nredrawn from {args.replot}: {_refit_note(curve, args.noise_floor)}; "
               f"figure {paths[0]}")
         return
-    model_for = model_first(args, lambda k, shape: get_model(args, k, shape))
+    model_for = model_first(args, lambda k, shape: pruned_model(args, k, shape))
     out = outdir(args)
     data = get_data(args)
-    model = trained_model(args, data, model_for(data.num_classes, data.in_shape))
+    model, conn = model_for(data.num_classes, data.in_shape)
+    model = trained_model(args, data, model)
     t0 = time.time()
     order_loader = None if args.estimator == "magnitude" else holdout_mixed(data, args.seed, f"the {args.estimator} order")
     # not given: up to 20, the whole held-out part where it holds fewer (a warning is for a count asked for)
@@ -348,7 +382,7 @@ def cmd_knowledge(args):
         max_fraction=args.max_fraction, finetune_batches=args.finetune_batches,
         finetune_loader=seeded_train_loader(data, args.batch_size, args.seed + 2), lr=args.finetune_lr,
         eval_batches=args.eval_batches, order_batches=order_batches, bn_batches=args.bn_batches,
-        noise_floor=DEFAULT_NOISE_FLOOR if args.noise_floor is None else args.noise_floor,
+        noise_floor=DEFAULT_NOISE_FLOOR if args.noise_floor is None else args.noise_floor, conn=conn,
     )
     n_order = min(len(data.holdout.dataset), (order_batches or 10 ** 9) * (data.holdout.batch_size or 1))
     source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
@@ -409,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "register_* calls add models or datasets that --model and --dataset can then name (repeatable, the "
                    "values adding up; default: none)")
     g.add_argument("--weights", default=None, help="weights file loaded strictly into --model (skips the brief training; default: none, train --train_steps)")
+    g.add_argument("--connectome", default=None, metavar="FILE", help="a pruned model's connectome (Connectome.save's "
+                   ".safetensors) for --weights: collinearity measures only its live synapses, knowledge keeps its "
+                   "pruned weights pruned (default: the connectome.safetensors beside --weights, where there is one, "
+                   "as in a run folder; else the model is dense)")
     g.add_argument("--dataset-kw", "--dataset_kw", dest="dataset_kw", action="append", default=[], metavar="KEY=VALUE",
                    help="an argument of the dataset builder, e.g. image_size=32 for folder, or several as a YAML mapping "
                         "'{image_size: 32, resize: 36}' (repeatable, later ones winning per key; YAML values; default: none)")

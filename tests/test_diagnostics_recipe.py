@@ -446,3 +446,53 @@ def test_progress_takes_no_data_or_model_options_it_would_ignore(recipe, tmp_pat
 
     readme = " ".join((ROOT / "README.md").read_text().split())  # it said every command took the data/model options
     assert "Every command takes `--output_dir`, and every one but `progress` (which reads a finished run" in readme
+
+
+def pruned_run_folder(folder, density=0.3):
+    """A run folder as recipes/adaptive.py leaves it: dense_state_dict.pt beside connectome.safetensors,
+    of the default mlp on digits."""
+    from adaptive import Connectome
+    from adaptive.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=10, in_shape=(1, 8, 8))
+    conn = Connectome(model)
+    g = torch.Generator().manual_seed(1)
+    conn.set_masks({n: torch.rand(m.shape, generator=g) < density for n, m in conn.masks.items()})
+    folder.mkdir()
+    torch.save(conn.dense_state_dict(), folder / "dense_state_dict.pt")
+    conn.save(folder / "connectome.safetensors")
+    return conn
+
+
+def test_collinearity_of_a_pruned_run_measures_its_live_synapses(recipe, tmp_path, capsys):
+    """--weights of a run folder: the connectome beside it is loaded and passed, so only live
+    synapses are measured (the pruned positions' dense gradients were counted as weights)."""
+    conn = pruned_run_folder(tmp_path / "run")
+    weights = str(tmp_path / "run" / "dense_state_dict.pt")
+    for extra in ([], ["--connectome", str(tmp_path / "run" / "connectome.safetensors")]):
+        out = tmp_path / f"out{len(extra)}"
+        recipe.main(["collinearity", *COMMON, "--output_dir", str(out), "--weights", weights, "--batches", "2", *extra])
+        said = capsys.readouterr().out
+        assert f"{conn.num_live():,} of its {conn.num_synapses():,} synapses live" in said
+        rows = (out / "collinearity_layers.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        live = {n: int(m.sum()) for n, m in conn.masks.items()}
+        got = {r.split(",")[0]: int(r.split(",")[header.index("weights")]) for r in rows[1:]}
+        assert got == live
+        assert sum(int(r.split(",")[header.index("pruned")]) for r in rows[1:]) == conn.num_synapses() - conn.num_live()
+    with pytest.raises(SystemExit, match="--connectome gives the masks of a pruned model"):
+        recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path / "o"), "--connectome",
+                     str(tmp_path / "run" / "connectome.safetensors")])
+    with pytest.raises(SystemExit, match="--connectome applies to collinearity and knowledge"):
+        recipe.main(["dense-gradients", *COMMON, "--output_dir", str(tmp_path / "o"), "--connectome",
+                     str(tmp_path / "run" / "connectome.safetensors")])
+
+
+def test_knowledge_of_a_pruned_run_starts_from_its_pruning(recipe, tmp_path):
+    conn = pruned_run_folder(tmp_path / "run")
+    recipe.main(["knowledge", *COMMON, "--output_dir", str(tmp_path / "out"), "--weights",
+                 str(tmp_path / "run" / "dense_state_dict.pt"), "--points", "2", "--eval_batches", "1"])
+    summary = json.loads((tmp_path / "out" / "knowledge_summary.json").read_text())
+    assert summary["pruned_before"] == conn.num_synapses() - conn.num_live()
+    assert summary["total_weights"] == conn.num_live()

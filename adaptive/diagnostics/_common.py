@@ -1,4 +1,5 @@
-"""Pieces shared by the diagnostics: batch iteration, layer lookup, bounded-memory quantiles."""
+"""Pieces shared by the diagnostics: batch iteration, layer lookup, the connectome of a pruned model,
+bounded-memory quantiles."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +9,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..connectome import Connectome, _MASKED_BY, _uncompiled
 from ..metrics import refuse_one_class
 from ..warn import warn_user
 
@@ -206,6 +208,58 @@ def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parame
                         "diagnostics read the `weight` of a Linear or convolution layer, not a recurrent or attention "
                         f"module's matrices); measure a layer that reads its output, one of {weighted[:12]}")
     return name, mod, w
+
+
+def attached_connectome(model: nn.Module) -> Optional[Connectome]:
+    """The Connectome that masks ``model``'s weights through an optimizer (attached), if any."""
+    for p in _uncompiled(model).parameters():
+        entry = _MASKED_BY.get(id(p))
+        c = entry[1]() if entry is not None and entry[0]() is p else None
+        if c is not None and (c._optimizers or c._masker.handles):
+            return c
+    return None
+
+
+def model_connectome(model: nn.Module, conn, what: str, why: str) -> Optional[Connectome]:
+    """The connectome saying which synapses of ``model`` exist: ``conn`` when given (refused unless
+    it is a :class:`~adaptive.Connectome` built on this very model), else the one attached to an
+    optimizer of ``model`` (:func:`attached_connectome`), else None (a dense model). ``what``
+    names the diagnostic in the errors, ``why`` says what it does with the masks."""
+    if conn is None:
+        return attached_connectome(model)
+    if not isinstance(conn, Connectome):
+        raise TypeError(f"conn must be the model's adaptive.Connectome (its masks say {why}), got {type(conn).__name__}")
+    if conn.model is not _uncompiled(model):
+        raise ValueError(f"conn masks another model than the one given: pass the Connectome built on this model "
+                         f"({what}(conn.model, ..., conn=conn))")
+    return conn
+
+
+def live_mask(conn: Optional[Connectome], weight: torch.Tensor) -> Optional[torch.Tensor]:
+    """Which entries of ``weight`` are live synapses (a bool tensor of its shape, on the CPU): the
+    connectome's synapse-level mask of that very parameter (found by identity, whatever its name,
+    and in the weight's stored layout: a transposed convolution's ``(in, out/groups, *kernel)``,
+    an ensemble granularity expanded to its synapses); None when there is no connectome or it
+    does not hold the weight (a layer it leaves dense)."""
+    if conn is None:
+        return None
+    for n, p in conn.params.items():
+        if p is weight:
+            return conn.masks[n].detach().to("cpu", torch.bool)
+    return None
+
+
+def warn_if_zeros(weights, what: str, counted: str) -> None:
+    """Warn when no Connectome came with the model but 1% or more of the measured ``weights`` are
+    exact zeros (a pruned model whose masks were not passed): ``counted`` says what ``what``
+    then does with them."""
+    weights = list(weights)
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    total = sum(w.numel() for w in weights)
+    if zeros and zeros >= 0.01 * total:
+        warn_user(f"{zeros} of the {total} prunable weights {what} measures are exactly zero, as if pruned, but no "
+                  f"Connectome came with the model: {counted}. If the model is pruned, pass its Connectome: "
+                  f"{what}(model, ..., conn=conn)")
 
 
 class LogHistogram:

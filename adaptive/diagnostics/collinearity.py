@@ -20,6 +20,7 @@ no per-sample gradient is ever stored.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence
 
@@ -30,11 +31,13 @@ from ..discovery import discover
 from ..global_rng import kept_global_rng
 from ..metrics import call_model
 from ..warn import warn_user
-from ._common import (batch_statistics_explained, check_finite, default_loss, iterate_batches, kept_buffers, measured_gradients, model_device, scalers_suspended)
+from ._common import (batch_statistics_explained, check_finite, default_loss, iterate_batches, kept_buffers, live_mask,
+                      measured_gradients, model_connectome, model_device, scalers_suspended, warn_if_zeros)
 from ..modes import modes_kept
 from .table import Table, pyplot, save_figure
 
 THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
+STATISTICS = ("median_cosine", "mean_sign_agreement", "median_G2", "frac_cos>0.5", "no_gradient")
 
 
 
@@ -108,6 +111,13 @@ class Collinearity:
     whose cosine and sign agreement read 0 and count in the layer's medians and fractions. Where
     ``G`` is exactly 0 but some batch gradient is not, the sign agreement is half the batches whose
     gradient is not 0 (the module docstring says why).
+
+    A pruned model (a connectome given or attached): only its live synapses are measured. Each
+    per-weight tensor then holds the layer's live weights only, in the order of
+    ``weight.reshape(-1)[live[name]]`` (``live``: each masked layer's flat mask; empty for a dense
+    model), and the table's ``weights`` counts them, its ``pruned`` the weights left out. A layer
+    pruned entirely has no per-weight tensors, and its row NaN statistics and a ``note``.
+    ``measured`` is the number of weights measured, ``pruned`` the number left out.
     """
 
     cosine: Dict[str, torch.Tensor]
@@ -117,6 +127,13 @@ class Collinearity:
     batches: int
     batch_size: Optional[int]
     table: Table = field(default_factory=Table)
+    live: Dict[str, torch.Tensor] = field(default_factory=dict)
+    pruned: int = 0
+
+    @property
+    def measured(self) -> int:
+        """How many weights were measured (a pruned model's live ones)."""
+        return sum(int(c.numel()) for c in self.cosine.values())
 
     def fraction_above(self, thresholds: Sequence[float] = THRESHOLDS, measure: str = "cosine") -> Table:
         """One row per layer (and ``all``): fraction of its weights whose collinearity exceeds each threshold."""
@@ -152,7 +169,9 @@ class Collinearity:
         skipped = f"; {zero:,} with G = 0 not drawn" if zero else ""
         what = "cosine collinearity" if measure == "cosine" else "sign agreement"
         head = f"{title}\n" if title else ""
-        ax.set_title(f"{head}per-weight {what} ({bs}{self.batches} batches, {int(keep.sum()):,} weights{skipped})", fontsize=9)
+        pruned = f"; {self.pruned:,} pruned left out" if self.pruned else ""
+        ax.set_title(f"{head}per-weight {what} ({bs}{self.batches} batches, {int(keep.sum()):,} weights{skipped}{pruned})",
+                     fontsize=9)
         return save_figure(fig, path, svg=svg)
 
     def plot_summary(self, path, svg: bool = False, thresholds: Sequence[float] = THRESHOLDS, measure: str = "cosine",
@@ -176,7 +195,8 @@ class Collinearity:
         ax.legend(fontsize=6, ncol=2 if len(t) > 24 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         bs = f"batch size {self.batch_size}, " if self.batch_size else ""
         head = f"{title}\n" if title else ""
-        ax.set_title(f"{head}gradient collinearity by layer ({bs}{self.batches} batches)", fontsize=9)
+        pruned = f", live weights only: {self.pruned:,} pruned left out" if self.pruned else ""
+        ax.set_title(f"{head}gradient collinearity by layer ({bs}{self.batches} batches{pruned})", fontsize=9)
         return save_figure(fig, path, svg=svg)
 
 
@@ -203,6 +223,7 @@ def collinearity(
     exclude: Optional[Iterable[str] | str] = None,
     train_mode: bool = True,
     device=None,
+    conn=None,
 ) -> Collinearity:
     """Stream ``batches`` batches (all of one pass when None) of ``batch_size`` samples (re-cut from
     the loader's batches, which must then be ``(inputs tensor, targets tensor, ...)``; the loader's
@@ -221,12 +242,26 @@ def collinearity(
     training sees it; False measures in eval mode; each module's own mode is restored afterwards.
     ``device``: where batches go (default: the model's device). The global random generators are left
     as it found them (dropout masks and a loader's pass seeds are drawn from them, then they are put
-    back: :mod:`adaptive.global_rng`)."""
+    back: :mod:`adaptive.global_rng`).
+
+    A pruned model: pass its :class:`~adaptive.Connectome` as ``conn`` (one attached to an optimizer
+    of ``model`` is found without it). Only its live synapses (mask True; an ensemble granularity's
+    masks are read at synapse level) enter the statistics: a pruned position's dense gradient is
+    no synapse's. The result says how many were measured and left out (:class:`Collinearity`);
+    a layer the connectome does not hold is measured whole."""
+    conn = model_connectome(model, conn, "collinearity", "which synapses exist")
     found = discover(model, include, exclude)
     if not found:
         raise ValueError("no prunable weight matched: check include/exclude patterns")
     names = list(found)
     params = [p for _, p in found.values()]
+    live = [None if m is None else m.reshape(-1) for m in (live_mask(conn, p) for p in params)]
+    if conn is None:
+        warn_if_zeros([p.detach() for p in params], "collinearity", "their gradients are counted as those of live synapses")
+    if live and all(m is not None and not bool(m.any()) for m in live):
+        raise ValueError(f"collinearity: every measured weight ({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}) "
+                         "is pruned (the connectome's masks): no synapse exists to measure; measure layers with live "
+                         "synapses (include=/exclude=)")
     device = device or model_device(model)
     s1 = [torch.zeros(p.numel(), dtype=torch.float64) for p in params]
     s2 = [torch.zeros(p.numel(), dtype=torch.float64) for p in params]
@@ -265,9 +300,18 @@ def collinearity(
         warn_user(f"collinearity: {len(unused)} layer(s) take no part in the loss in any batch and are left out "
                   f"(no gradient to measure): {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}; "
                   "exclude= them to silence this")
-    cos, agree, g2, var, rows = {}, {}, {}, {}, []
+    cos, agree, g2, var, rows, masks = {}, {}, {}, {}, [], {}
     for i, name in enumerate(names):
         if not used[i]:
+            continue
+        keep = live[i]
+        if keep is not None:  # a pruned model: only its live synapses are measured
+            masks[name] = keep
+            s1[i], s2[i], pos[i], neg[i] = s1[i][keep], s2[i][keep], pos[i][keep], neg[i][keep]
+        left_out = {} if conn is None else {"pruned": 0 if keep is None else int((~keep).sum())}
+        if keep is not None and not bool(keep.any()):
+            rows.append({"layer": name, "weights": 0, **{k: math.nan for k in STATISTICS}, **left_out,
+                         "note": "every weight pruned: nothing measured"})
             continue
         mean = s1[i] / n
         ms = s2[i] / n
@@ -287,5 +331,10 @@ def collinearity(
             # no gradient in any batch (a dead unit's weights): cosine and agreement read 0 there, as if
             # the batches cancelled; this says how much of the median and fractions that is
             "no_gradient": float(((pos[i] + neg[i]) == 0).double().mean()),
+            **left_out,
         })
-    return Collinearity(cos, agree, g2, var, n, batch_size, Table(rows))
+    if any("note" in r for r in rows):
+        for r in rows:
+            r.setdefault("note", "")
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    return Collinearity(cos, agree, g2, var, n, batch_size, Table(rows), masks, pruned)

@@ -18,8 +18,9 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from ..metrics import _forward_owner, call_model, refuse_unpacked, to_device
 from ._shared_calls import CallRecorder, parts_adding_up
-from ._common import (LogHistogram, batch_statistics_explained, check_finite, default_loss, find_weight, iterate_batches, kept_buffers, measured_gradients, model_device,
-                      scalers_suspended)
+from ._common import (LogHistogram, batch_statistics_explained, check_finite, default_loss, find_weight, iterate_batches,
+                      kept_buffers, live_mask, measured_gradients, model_connectome, model_device, scalers_suspended,
+                      warn_if_zeros)
 from ..modes import modes_kept
 from .table import Table, pyplot, save_figure
 from ..global_rng import kept_global_rng
@@ -193,6 +194,13 @@ class GradientByDepth:
     statistics (``per_weight`` is NaN for a call never measured); the table then has a ``note``
     column saying which bands they read, a band read only by them has no values (NaN statistics,
     "no gradient: ...") and takes no part in :meth:`ratio`.
+
+    A pruned model (a connectome given or attached): only the layer's live synapses are measured.
+    ``live`` is the layer's weight-shaped mask (None for a dense model), ``per_weight`` and ``band``
+    then hold the live weights only (call after call, each in the order of
+    ``weight[live]``), ``pruned`` counts the weights left out, and the table has a ``pruned``
+    column (per band) and a note on a band whose weights are all pruned (no values, NaN statistics,
+    no part in :meth:`ratio`).
     """
 
     layer: str
@@ -205,6 +213,8 @@ class GradientByDepth:
     meta: dict = field(default_factory=dict)
     calls: int = 1
     no_grad_calls: List[int] = field(default_factory=list)
+    pruned: int = 0
+    live: Optional[torch.Tensor] = None
 
     def medians(self) -> List[float]:
         return self.table["median"]
@@ -214,7 +224,7 @@ class GradientByDepth:
         only by constants, such as zero padding, is left out) over that of the deepest band (NaN when
         the layer reads a single signal depth, or both medians are 0: there is nothing to compare; inf
         when only the deepest band's median is 0). A band without values (read only by calls under
-        ``torch.no_grad()``) is left out too."""
+        ``torch.no_grad()``, or with every weight pruned) is left out too."""
         m = [r["median"] for r in self.table if r["depth"] >= 0 and r["values"] > 0]
         if len(m) < 2 or m[0] == m[-1] == 0:
             return math.nan
@@ -224,6 +234,8 @@ class GradientByDepth:
         """Why :meth:`ratio` is NaN, in a few words (for a title or a printed line)."""
         signal = [r for r in self.table if r["depth"] >= 0]
         if sum(1 for r in signal if r["values"] > 0) < 2 <= len(signal):
+            if any(r["values"] == 0 and r["weights"] == 0 for r in signal):
+                return "bands pruned entirely (or without gradient) leave one signal band: no ratio"
             return "bands without gradient (called under torch.no_grad()) leave one signal band: no ratio"
         if len(signal) < 2:
             return "one signal band: no ratio"
@@ -261,7 +273,8 @@ class GradientByDepth:
                     va="top", fontsize=9, color="C3")
         for i, d in enumerate(self.depths):  # exact zeros (dead units) have no place on a log axis: say how many
             z = row[d]["zero_fraction"]
-            note = ("no gradient:\nno_grad call" if row[d]["values"] == 0 else f"{_percent(z)} zero" if z > 0 else "")
+            note = ("all pruned" if row[d]["weights"] == 0 else "no gradient:\nno_grad call" if row[d]["values"] == 0
+                    else f"{_percent(z)} zero" if z > 0 else "")
             if note:
                 ax.annotate(note, (i, 0), xycoords=("data", "axes fraction"), xytext=(0, 3),
                             textcoords="offset points", ha="center", va="bottom", fontsize=7, color="C3")
@@ -277,6 +290,8 @@ class GradientByDepth:
             calls = ", ".join(map(str, self.no_grad_calls))
             shared += f"\ncall{'s' if len(self.no_grad_calls) > 1 else ''} {calls} under torch.no_grad(): no gradient, not measured"
 
+        if self.pruned:
+            shared += f"; live weights only ({self.pruned:,} pruned left out)"
         ax.set_title(f"{ttl}\n{self.batches} batches{shared}; {said}", fontsize=9)
         # outside the axes, right of them: inside, "best" could still cover a band's zero note
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
@@ -321,6 +336,7 @@ def gradient_by_depth(
     train_mode: bool = True,
     device=None,
     cycle: bool = True,
+    conn=None,
 ) -> GradientByDepth:
     """Measure the gradients of ``layer``'s weights, grouped by the signal depth of the input each
     weight reads, over ``batches`` batches of ``loader`` (one pass when None).
@@ -348,8 +364,19 @@ def gradient_by_depth(
     own mode is restored afterwards. ``device``: where batches go (default: the model's device).
     The global random generators are left as it found them (dropout masks and a loader's pass seeds
     are drawn from them, then they are put back: :mod:`adaptive.global_rng`).
+    A pruned model: pass its :class:`~adaptive.Connectome` as ``conn`` (one attached to an optimizer
+    of ``model`` is found without it); only the layer's live synapses (mask True) enter the
+    statistics, a pruned position's dense gradient being no synapse's (:class:`GradientByDepth`
+    says how many were left out). A layer pruned entirely is refused: nothing of it exists to measure.
     """
+    conn = model_connectome(model, conn, "gradient_by_depth", "which synapses exist")
     name, mod, weight = find_weight(model, layer)
+    live = live_mask(conn, weight)
+    if conn is None:
+        warn_if_zeros([weight.detach()], "gradient_by_depth", "their gradients are counted as those of live synapses")
+    if live is not None and not bool(live.any()):
+        raise ValueError(f"gradient_by_depth: every weight of {name!r} is pruned (the connectome's mask): no synapse of "
+                         "it exists to measure; measure a layer with live synapses")
     device = device or model_device(model)
     groups, transposed = int(getattr(mod, "groups", 1)), bool(getattr(mod, "transposed", False))
     hist = bands = call_depths = recorder = per_weight = None
@@ -402,7 +429,7 @@ def gradient_by_depth(
                     if recorder.calls and recorder.calls[k]["no_grad"]:  # a zero that measures nothing
                         continue
                     a = part.detach().abs().cpu()
-                    hist.update(a, bands[k])
+                    hist.update(*((a, bands[k]) if live is None else (a[live], bands[k][live])))
                     per_weight[k] += a.double()
                     measured[k] += 1
                 n += 1
@@ -412,9 +439,16 @@ def gradient_by_depth(
     per_weight /= measured.double().view(-1, *[1] * weight.dim())  # NaN for a call never measured
     q1, med, q3, mean = hist.quantile(0.25), hist.quantile(0.5), hist.quantile(0.75), hist.mean()
     tot = hist.total()
-    wd_flat = uniq[torch.stack(bands)].reshape(-1)
+    band_of = uniq[torch.stack(bands)]  # (calls, *weight.shape)
+    if live is not None:  # the live synapses only, call after call
+        per_weight, band_of = per_weight[:, live], band_of[:, live]
+        pruned_of = uniq[torch.stack(bands)][:, ~live].reshape(-1)
+    wd_flat = band_of.reshape(-1)
     no_grad = [k + 1 for k in range(len(bands)) if measured[k] < n]
     notes = _no_grad_notes(uniq, bands, measured, n, tot)
+    if live is not None:  # a band of pruned weights only: say why it has no values
+        notes = [note or ("every weight pruned: nothing measured" if not bool((wd_flat == d).any()) else "")
+                 for note, d in zip(notes, uniq.tolist())]
     if len(uniq) == 1:
         warn_user(f"every input of {name!r} carries a signal of depth {int(uniq[0])}: one band, nothing to "
                       "compare (ratio() is NaN); pick a layer that reads a concatenation of signals of several depths, "
@@ -431,7 +465,8 @@ def gradient_by_depth(
             "q3": stat(q3),
             "mean": stat(mean),
             "zero_fraction": stat(hist.zeros / tot.clamp_min(1)),
-            **({"note": notes[i]} if no_grad else {}),
+            **({} if live is None else {"pruned": int((pruned_of == d).sum())}),
+            **({"note": notes[i]} if any(notes) else {}),
         })
     return GradientByDepth(
         layer=name,
@@ -442,6 +477,8 @@ def gradient_by_depth(
         batches=n,
         calls=len(bands),
         no_grad_calls=no_grad,
+        pruned=0 if live is None else int((~live).sum()),
+        live=live,
     )
 
 

@@ -20,14 +20,15 @@ from torch import nn
 
 from .. import jsonio
 from ..atomic import write_text
-from ..connectome import Connectome, _uncompiled
+from ..connectome import Connectome
 from ..discovery import copy_model
 from ..counts import whole_number
 from ..metrics import (AccuracyFn, batch_accuracy, call_model, check_output, default_accuracy, example_count, loss_weight,
                        to_device)
 from ..global_rng import kept_global_rng
 from ..warn import warn_user
-from ._common import batch_statistics_explained, default_loss, iterate_batches, kept_buffers, model_device
+from ._common import (batch_statistics_explained, default_loss, iterate_batches, kept_buffers, model_connectome,
+                      model_device, warn_if_zeros)
 from ..modes import modes_kept
 from .removal_order import global_order, removal_scores
 from .table import Table, pyplot, save_figure
@@ -437,19 +438,14 @@ def knowledge_distribution(
     points = _check_points(points, max_fraction)
     if whole_number(bn_batches) is None or bn_batches < 0:
         raise ValueError(f"bn_batches must be a whole number of batches, at least 0, got {bn_batches!r}")
-    if conn is not None and not isinstance(conn, Connectome):
-        raise TypeError(f"conn must be the model's adaptive.Connectome (its masks say what is already pruned), "
-                        f"got {type(conn).__name__}")
-    if conn is not None and conn.model is not _uncompiled(model):
-        raise ValueError("conn masks another model than the one given: pass the Connectome built on this model "
-                         "(knowledge_distribution(conn.model, ..., conn=conn))")
-    source = conn if conn is not None else _attached_connectome(model)
+    source = model_connectome(model, conn, "knowledge_distribution", "what is already pruned")
     work = copy_model(model, "knowledge_distribution")
     conn = Connectome(work, include=include, exclude=exclude)
     if source is not None:
         _carry_pruning(source, conn)
     else:
-        _warn_if_zeros(conn)
+        warn_if_zeros(conn.params.values(), "knowledge_distribution",
+                      "they are counted as live weights (and fine-tuning may grow them back)")
     live_flat = torch.cat([m.reshape(-1).cpu() for m in conn.masks.values()])
     pruned_before = int((~live_flat).sum())
     total = live_flat.numel() - pruned_before  # what remains at the start: the already-pruned are not counted
@@ -592,18 +588,6 @@ def _recalibrate(model: nn.Module, norms, data, device) -> None:
                 m.momentum = mom
 
 
-def _attached_connectome(model: nn.Module) -> Optional[Connectome]:
-    """The Connectome that masks ``model``'s weights through an optimizer (attached), if any."""
-    from ..connectome import _MASKED_BY
-
-    for p in _uncompiled(model).parameters():
-        entry = _MASKED_BY.get(id(p))
-        c = entry[1]() if entry is not None and entry[0]() is p else None
-        if c is not None and (c._optimizers or c._masker.handles):
-            return c
-    return None
-
-
 def _carry_pruning(source: Connectome, conn: Connectome) -> None:
     """Set ``conn`` (on the copy) to the pruning of ``source`` (on the model); refuse pruned layers
     that ``conn`` does not measure, whose weights fine-tuning would grow back."""
@@ -613,14 +597,3 @@ def _carry_pruning(source: Connectome, conn: Connectome) -> None:
                          "which include/exclude leave out of this measurement: measure them too (widen include/exclude), "
                          "or the curve would not be of the pruned model")
     conn.set_masks({n: source.masks[n] for n in conn.masks if n in source.masks})
-
-
-def _warn_if_zeros(conn: Connectome) -> None:
-    """Warn when no Connectome came with the model but 1% or more of its prunable weights are exact
-    zeros (a pruned model): they would be counted as live and fine-tuning would grow them back."""
-    zeros = sum(int((p == 0).sum()) for p in conn.params.values())
-    total = conn.num_synapses()
-    if zeros and zeros >= 0.01 * total:
-        warn_user(f"{zeros} of the model's {total} prunable weights are exactly zero, as if pruned, but no Connectome "
-                  "came with it: they are counted as live weights (and fine-tuning may grow them back). If the model "
-                  "is pruned, pass its Connectome: knowledge_distribution(model, ..., conn=conn)")

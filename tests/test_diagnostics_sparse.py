@@ -1,0 +1,211 @@
+"""collinearity and gradient_by_depth on a pruned model: only live synapses are measured, whether
+the connectome is given (conn=) or found attached to an optimizer. Every number is recomputed here
+in plain PyTorch (per-batch weight gradients, statistics over the live positions)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaptive import Connectome
+from adaptive.diagnostics import collinearity, gradient_by_depth
+
+torch.set_num_threads(1)
+
+
+class SeqNet(nn.Module):
+    """A transposed convolution, a GRU and an attention: every kind of prunable weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose1d(3, 4, 2, stride=2)
+        self.gru = nn.GRU(4, 6, batch_first=True)
+        self.att = nn.MultiheadAttention(6, 2, batch_first=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h, _ = self.gru(self.up(x).transpose(1, 2))
+        h, _ = self.att(h, h, h, need_weights=False)
+        return self.head(h.mean(1))
+
+
+def batches(shape, classes, n=4, size=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, *shape, generator=g), torch.randint(0, classes, (size,), generator=g)) for _ in range(n)]
+
+
+def pruned_seqnet():
+    torch.manual_seed(0)
+    net = SeqNet()
+    # kernels of the transposed conv, whole neurons of the head, single synapses elsewhere
+    conn = Connectome(net, ensemble={"up*": "kernel", "head*": "neuron", "*": "synapse"})
+    g = torch.Generator().manual_seed(2)
+    conn.set_ensemble_masks({n: torch.rand(conn.granularity_of(n).ensemble_shape(m.shape), generator=g) < 0.4
+                             for n, m in conn.masks.items()})
+    assert all(0 < int(m.sum()) < m.numel() for m in conn.masks.values())
+    return net, conn
+
+
+def batch_gradients(net, data, params):
+    """(batches, *shape) float64 gradients of each of ``params``, one plain backward per batch."""
+    per = [torch.autograd.grad(F.cross_entropy(net(x), y), params) for x, y in data]
+    return [torch.stack([g[i] for g in per]).double() for i in range(len(params))]
+
+
+def reference_collinearity(net, data, conn):
+    names = list(conn.params)
+    out = {}
+    for name, G in zip(names, batch_gradients(net, data, [conn.params[n] for n in names])):
+        live = conn.masks[name].reshape(-1)
+        G = G.reshape(len(data), -1)[:, live]
+        mean, rms = G.mean(0), G.pow(2).mean(0).sqrt()
+        assert bool((mean != 0).all())  # (no position where G's sign is undefined)
+        out[name] = {"cosine": mean.abs() / rms, "agree": (torch.sign(G) == torch.sign(mean)).double().mean(0),
+                     "G2": mean * mean}
+    return out
+
+
+def check_collinearity(res, ref, conn):
+    assert set(res.cosine) == set(ref)
+    for row in res.table:
+        name, live = row["layer"], conn.masks[row["layer"]]
+        r = ref[name]
+        torch.testing.assert_close(res.cosine[name].double(), r["cosine"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(res.sign_agreement[name].double(), r["agree"])
+        torch.testing.assert_close(res.full_grad_sq[name].double(), r["G2"], rtol=1e-5, atol=0)
+        assert torch.equal(res.live[name], live.reshape(-1))
+        assert row["weights"] == int(live.sum()) and row["pruned"] == int((~live).sum())
+        assert row["median_cosine"] == pytest.approx(float(torch.quantile(r["cosine"], 0.5)), rel=1e-5)
+        assert row["mean_sign_agreement"] == pytest.approx(float(r["agree"].mean()), rel=1e-6)
+        assert row["frac_cos>0.5"] == pytest.approx(float((r["cosine"] > 0.5).double().mean()))
+    assert res.measured == conn.num_live() and res.pruned == conn.num_synapses() - conn.num_live()
+    frac = res.fraction_above()
+    assert frac["weights"][-1] == conn.num_live()  # the "all" row: live weights only
+
+
+def test_collinearity_measures_only_live_synapses_of_a_given_connectome():
+    net, conn = pruned_seqnet()
+    data = batches((3, 5), 3)
+    ref = reference_collinearity(net, data, conn)
+    res = collinearity(net, data, conn=conn)
+    assert set(res.cosine) == {"up.weight", "gru.weight_ih_l0", "gru.weight_hh_l0", "att.in_proj_weight",
+                               "att.out_proj.weight", "head.weight"}
+    check_collinearity(res, ref, conn)
+
+
+def test_collinearity_finds_an_attached_connectome():
+    net, conn = pruned_seqnet()
+    data = batches((3, 5), 3)
+    ref = reference_collinearity(net, data, conn)
+    conn.attach(torch.optim.SGD(net.parameters(), lr=0.1))
+    res = collinearity(net, data)
+    check_collinearity(res, ref, conn)
+    dense = collinearity(net, data, conn=Connectome(net))  # an all-ones connectome: every weight measured
+    assert dense.measured == conn.num_synapses() and dense.pruned == 0
+
+
+def test_collinearity_reports_a_layer_pruned_entirely(tmp_path):
+    net, conn = pruned_seqnet()
+    masks = dict(conn.masks)
+    masks["att.out_proj.weight"] = torch.zeros_like(masks["att.out_proj.weight"])
+    conn.set_masks(masks)
+    res = collinearity(net, batches((3, 5), 3), conn=conn)
+    assert "att.out_proj.weight" not in res.cosine
+    row = {r["layer"]: r for r in res.table}["att.out_proj.weight"]
+    assert row["weights"] == 0 and row["pruned"] == 36 and math.isnan(row["median_cosine"])
+    assert row["note"] == "every weight pruned: nothing measured"
+    assert res.table["note"].count("") == len(res.table) - 1
+    assert res.measured == conn.num_live()
+    res.plot(tmp_path / "c.png")
+    res.plot_summary(tmp_path / "s.png")
+    conn.set_masks({n: torch.zeros_like(m) for n, m in conn.masks.items()})
+    with pytest.raises(ValueError, match="every measured weight .* is pruned"):
+        collinearity(net, batches((3, 5), 3), conn=conn)
+
+
+def test_conn_must_be_this_models_connectome():
+    net, conn = pruned_seqnet()
+    other, _ = pruned_seqnet()
+    data = batches((3, 5), 3)
+    with pytest.raises(ValueError, match="another model"):
+        collinearity(other, data, conn=conn)
+    with pytest.raises(ValueError, match="another model"):
+        gradient_by_depth(other, data, layer="head", depths=torch.zeros(6), conn=conn)
+    with pytest.raises(TypeError, match="adaptive.Connectome"):
+        collinearity(net, data, conn=conn.masks)
+
+
+DEPTHS = torch.tensor([0] * 6 + [1] * 6)  # given depths of the 12 inputs of layer "2"
+
+
+def pruned_mlp(density=0.3):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 4))
+    conn = Connectome(net)
+    g = torch.Generator().manual_seed(3)
+    conn.set_masks({n: torch.rand(m.shape, generator=g) < density for n, m in conn.masks.items()})
+    return net, conn
+
+
+def check_bands(res, net, data, conn):
+    (G,) = batch_gradients(net, data, [net[2].weight])
+    live = conn.masks["2.weight"]
+    band = DEPTHS.expand(4, 12)
+    A = G.abs()
+    assert sum(res.table["weights"]) == int(live.sum())  # the live weights, not all 48
+    assert torch.equal(res.live, live) and res.pruned == int((~live).sum())
+    torch.testing.assert_close(res.per_weight.double(), A.mean(0)[live].float().double(), rtol=1e-5, atol=0)
+    assert torch.equal(res.band, band[live])
+    for row in res.table:
+        here = live & (band == row["depth"])
+        vals = A[:, here].reshape(-1)
+        assert row["weights"] == int(here.sum()) and row["values"] == vals.numel()
+        assert row["pruned"] == int((~live & (band == row["depth"])).sum())
+        assert row["mean"] == pytest.approx(float(vals.mean()), rel=1e-6)
+        for q, col in ((0.25, "q1"), (0.5, "median"), (0.75, "q3")):  # the histogram's bins: 1.2% apart
+            assert row[col] == pytest.approx(float(torch.quantile(vals, q)), rel=0.02)
+
+
+def test_gradient_by_depth_measures_only_live_synapses():
+    net, conn = pruned_mlp()
+    data = batches((6,), 4)
+    res = gradient_by_depth(net, data, layer="2", depths=DEPTHS, batches=None, conn=conn)
+    check_bands(res, net, data, conn)
+
+
+def test_gradient_by_depth_finds_an_attached_connectome():
+    net, conn = pruned_mlp()
+    data = batches((6,), 4)
+    conn.attach(torch.optim.SGD(net.parameters(), lr=0.1))
+    res = gradient_by_depth(net, data, layer="2", depths=DEPTHS, batches=None)
+    check_bands(res, net, data, conn)
+
+
+def test_gradient_by_depth_band_or_layer_pruned_entirely(tmp_path):
+    net, conn = pruned_mlp(density=0.6)
+    mask = conn.masks["2.weight"].clone()
+    mask[:, 6:] = False  # every weight reading the depth-1 inputs
+    conn.set_masks({"0.weight": conn.masks["0.weight"], "2.weight": mask})
+    res = gradient_by_depth(net, batches((6,), 4), layer="2", depths=DEPTHS, batches=None, conn=conn)
+    deep = res.table[1]
+    assert deep["weights"] == deep["values"] == 0 and deep["pruned"] == 24 and math.isnan(deep["median"])
+    assert deep["note"] == "every weight pruned: nothing measured" and res.table[0]["note"] == ""
+    assert math.isnan(res.ratio()) and "pruned" in res.no_ratio_reason()
+    res.plot(tmp_path / "b.png")
+    conn.set_masks({"0.weight": conn.masks["0.weight"], "2.weight": torch.zeros_like(mask)})
+    with pytest.raises(ValueError, match="every weight of '2' is pruned"):
+        gradient_by_depth(net, batches((6,), 4), layer="2", depths=DEPTHS, conn=conn)
+
+
+def test_zeros_without_a_connectome_get_a_warning():
+    """A pruned model measured without its masks (a --weights file of zeros): its numbers are
+    unchanged (every weight counted), and a warning names conn=."""
+    net, conn = pruned_mlp()
+    data = batches((6,), 4)
+    given = collinearity(net, data, conn=conn)
+    with pytest.warns(UserWarning, match=r"exactly zero.*collinearity\(model, \.\.\., conn=conn\)"):
+        dense = collinearity(net, data)
+    assert dense.measured == conn.num_synapses() > given.measured
+    with pytest.warns(UserWarning, match=r"exactly zero.*gradient_by_depth\(model, \.\.\., conn=conn\)"):
+        gradient_by_depth(net, data, layer="2", depths=DEPTHS, batches=1)
