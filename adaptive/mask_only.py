@@ -900,8 +900,16 @@ def mask_learning(model: nn.Module, conn: Connectome):
     ``requires_grad`` and ``.grad`` as the caller had them (None stays None; a gradient comes back
     as the same tensor, untouched: the loop's gradients are its own, so a call in the middle of
     training loses no accumulated gradient) and each module's own mode (a submodule the caller put
-    in eval mode stays so)."""
+    in eval mode stays so). A ``.grad`` PyTorch would not take back (its parameter's dtype, device or
+    shape changed since) is refused on entry, before anything changed."""
     kept = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    for name, p in model.named_parameters():  # what the exit could not give back is refused before anything changed
+        try:
+            p.grad = p.grad  # PyTorch checks a gradient against its parameter when it is set
+        except RuntimeError as e:
+            raise ValueError(f"{name}'s .grad no longer fits the parameter (its dtype, device or shape changed after "
+                             f"the gradient was set: {e}), so mask learning could not give it back; set {name}.grad "
+                             "to None, or to a gradient like the parameter, first") from None
     with modes_kept(model, train=False):
         for p in model.parameters():
             p.grad = None  # set aside, so that no backward inside accumulates into the caller's

@@ -152,3 +152,21 @@ def test_a_completed_mask_learning_gives_back_the_callers_gradients(call):
     call(model)
     assert all(p.grad is grads[n] for n, p in model.named_parameters())  # the same objects (None where None)
     assert [c for c in changed_state(model, before) if c.startswith(("grad", "requires_grad", "training"))] == []
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: optimize_connectome(m, _data(), _data(), target=0.5, **OC),
+    lambda m: edge_popup(m, _data(), _data(), [0.5], progress=False),
+], ids=["optimize_connectome", "edge_popup"])
+def test_a_gradient_that_could_not_be_given_back_is_refused_first(call):
+    # A .grad that no longer fits its parameter (the parameter's data replaced by another dtype after the
+    # gradient was set) was refused by PyTorch only when the exit put it back: the error hid the call's own,
+    # the parameters after it kept requires_grad=False and lost their gradients. It is refused up front.
+    torch.manual_seed(0)
+    model = _prepared(Net())
+    model.body[0].bias.data = model.body[0].bias.data.double()
+    before = model_state(model)
+    with pytest.raises(ValueError, match=r"body\.0\.bias's \.grad no longer fits the parameter .* set body\.0\.bias\.grad "
+                                         r"to None"):
+        call(model)
+    assert changed_state(model, before) == []
