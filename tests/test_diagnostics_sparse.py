@@ -105,6 +105,23 @@ def test_collinearity_finds_an_attached_connectome():
     assert dense.measured == conn.num_synapses() and dense.pruned == 0
 
 
+def test_every_attached_connectome_is_read():
+    """Two connectomes over disjoint layers, each attached to its own optimizer (as Connectome
+    allows): each layer is measured on its own connectome's live synapses, not dense because the
+    first connectome found does not hold it."""
+    net, whole = pruned_seqnet()
+    data = batches((3, 5), 3)
+    ref = reference_collinearity(net, data, whole)
+    up = Connectome(net, include=["up"])
+    rest = Connectome(net, exclude=["up"])
+    for c in (up, rest):
+        c.set_masks({n: whole.masks[n] for n in c.masks})
+        c.attach(torch.optim.SGD(c.params.values(), lr=0.1))
+    check_collinearity(collinearity(net, data), ref, whole)
+    res = gradient_by_depth(net, data, layer="head", depths=torch.arange(6) % 2, batches=None)
+    assert torch.equal(res.live, whole.masks["head.weight"]) and res.pruned == int((~res.live).sum()) > 0
+
+
 def test_collinearity_reports_a_layer_pruned_entirely(tmp_path):
     net, conn = pruned_seqnet()
     masks = dict(conn.masks)
