@@ -86,8 +86,12 @@ def pruned_model(args, num_classes, in_shape):
     """``(model, connectome)``: :func:`get_model`'s model and the Connectome saying which of its
     synapses exist: ``--connectome FILE``, else the ``connectome.safetensors`` beside ``--weights``
     where there is one (a run folder's, next to its dense_state_dict.pt; prune_pretrained's, next to
-    pruned_state_dict.pt), else None (a dense model)."""
+    pruned_state_dict.pt), else None (a dense model; ``--connectome none`` says so). One found
+    beside --weights that prunes weights the file holds nonzero is refused: it is not the masks of
+    those weights (a run's state_dict holds zeros wherever its connectome prunes) but another run's."""
     model = get_model(args, num_classes, in_shape)
+    if args.connectome == "none":
+        return model, None
     path = args.connectome
     if path is not None and not args.weights:
         _refuse("--connectome gives the masks of a pruned model, whose weights --weights FILE must give too "
@@ -99,12 +103,22 @@ def pruned_model(args, num_classes, in_shape):
         return model, None
     from adaptive import Connectome
 
+    nonzero = {id(p): p.detach() != 0 for p in model.parameters()}  # as --weights gave them: load zeroes the pruned
+    which = "--connectome" if args.connectome else "the connectome.safetensors beside --weights"
     try:
         conn = Connectome.load(path, model)
     except (ValueError, KeyError, OSError) as e:
-        which = "--connectome" if args.connectome else "the connectome.safetensors beside --weights"
         _refuse(f"{which} ({path}) does not fit --model {args.model}: {e}"
-                + ("" if args.connectome else "; give the right one with --connectome FILE"))
+                + ("" if args.connectome else "; give the right one with --connectome FILE, or --connectome none"))
+    cut = sum(int((nonzero[id(p)] & ~conn.masks[n]).sum()) for n, p in conn.params.items())
+    if cut and not args.connectome:
+        _refuse(f"{which} ({path}) prunes {cut:,} weights that --weights ({args.weights}) holds nonzero, so it is not "
+                "the masks of those weights (a run's dense_state_dict.pt holds zeros wherever its connectome prunes) "
+                "but another run's or model's: give the right one with --connectome FILE, or --connectome none to "
+                "measure the weights dense")
+    if cut:
+        print(f"--connectome prunes {cut:,} weights that --weights holds nonzero: they are set to 0, and the pruned "
+              "model is measured", flush=True)
     print(f"pruned model: {conn.num_live():,} of its {conn.num_synapses():,} synapses live ({path})", flush=True)
     return model, conn
 
@@ -446,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--connectome", default=None, metavar="FILE", help="a pruned model's connectome (Connectome.save's "
                    ".safetensors) for --weights: collinearity measures only its live synapses, knowledge keeps its "
                    "pruned weights pruned (default: the connectome.safetensors beside --weights, where there is one, "
-                   "as in a run folder; else the model is dense)")
+                   "as in a run folder, refused where it prunes weights --weights holds nonzero; else the model is "
+                   "dense); none: the model is dense, whatever lies beside --weights")
     g.add_argument("--dataset-kw", "--dataset_kw", dest="dataset_kw", action="append", default=[], metavar="KEY=VALUE",
                    help="an argument of the dataset builder, e.g. image_size=32 for folder, or several as a YAML mapping "
                         "'{image_size: 32, resize: 36}' (repeatable, later ones winning per key; YAML values; default: none)")

@@ -1,6 +1,7 @@
 """recipes/diagnostics.py: every command runs end to end on tiny offline settings and writes its figures."""
 import json
 import os
+import re
 import warnings
 
 import pytest
@@ -496,3 +497,29 @@ def test_knowledge_of_a_pruned_run_starts_from_its_pruning(recipe, tmp_path):
     summary = json.loads((tmp_path / "out" / "knowledge_summary.json").read_text())
     assert summary["pruned_before"] == conn.num_synapses() - conn.num_live()
     assert summary["total_weights"] == conn.num_live()
+
+
+def test_a_connectome_beside_weights_of_another_run_is_refused(recipe, tmp_path, capsys):
+    """The connectome.safetensors beside --weights belongs to those weights only if every weight it
+    prunes is 0 in the file: one of another run (same model, other masks) was loaded silently,
+    zeroing live weights of the file and measuring another model."""
+    pruned_run_folder(tmp_path / "run")
+    other = pruned_run_folder(tmp_path / "other", density=0.6)
+    weights = tmp_path / "run" / "mine.pt"
+    torch.save(torch.load(tmp_path / "other" / "dense_state_dict.pt", weights_only=True), weights)
+    with pytest.raises(SystemExit, match=r"beside --weights .* prunes [\d,]+ weights that --weights .* holds nonzero.*"
+                                         r"--connectome none"):
+        recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path / "o"), "--weights", str(weights),
+                     "--batches", "2"])
+    capsys.readouterr()
+    recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path / "dense"), "--weights", str(weights),
+                 "--batches", "2", "--connectome", "none"])
+    assert "synapses live" not in capsys.readouterr().out
+    rows = (tmp_path / "dense" / "collinearity_layers.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert "pruned" not in header
+    assert sum(int(r.split(",")[header.index("weights")]) for r in rows[1:]) == other.num_synapses()
+    # given on purpose (a pruned_state_dict's mask applied to other weights): done, and said
+    recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path / "given"), "--weights", str(weights),
+                 "--batches", "2", "--connectome", str(tmp_path / "run" / "connectome.safetensors")])
+    assert re.search(r"--connectome prunes [\d,]+ weights that --weights holds nonzero", capsys.readouterr().out)
