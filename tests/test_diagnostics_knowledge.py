@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adaptive import Connectome
 from adaptive.diagnostics import fit_exponential, knowledge_distribution
 
 torch.set_num_threads(1)
@@ -462,3 +463,20 @@ def test_a_curve_of_the_intact_net_alone_draws_without_a_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         curve.plot(tmp_path / "k.png")
+
+
+def test_every_attached_connectome_counts_as_pruned():
+    """Two connectomes over disjoint layers, each attached to its own optimizer: the pruned weights of
+    both are carried into the curve (not only those of the first one found), so ``total`` is the live
+    count and removing every live weight leaves the second layer's pruned ones pruned too."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    first, second = Connectome(model, include=["0"]), Connectome(model, include=["2"])
+    first.set_masks({"0.weight": torch.rand(6, 4) < 0.5})
+    second.set_masks({"2.weight": torch.rand(3, 6) < 0.5})
+    for c in (first, second):
+        c.attach(torch.optim.SGD(c.params.values(), lr=0.1))
+    pruned = first.num_synapses() - first.num_live() + second.num_synapses() - second.num_live()
+    curve = knowledge_distribution(model, data, counts=[0, 1])
+    assert curve.pruned_before == pruned and curve.total == 42 - pruned

@@ -256,6 +256,19 @@ def live_mask(conn: Optional[Connectome], weight: torch.Tensor) -> Optional[torc
     return None
 
 
+def held_masks(model: nn.Module, conn: Optional[Connectome]) -> dict:
+    """Every weight of ``model`` a connectome holds, by its parameter name in ``model``, mapped to its
+    live mask (:func:`live_mask`: ``conn`` first, else the Connectome attached to an optimizer that
+    masks that weight, so several attached connectomes over disjoint layers are all read). Empty for a
+    dense model."""
+    found = {}
+    for name, p in _uncompiled(model).named_parameters():
+        m = live_mask(conn, p)
+        if m is not None:
+            found[name] = m
+    return found
+
+
 def warn_if_zeros(weights, what: str, counted: str) -> None:
     """Warn when no Connectome came with the model but 1% or more of the measured ``weights`` are
     exact zeros (a pruned model whose masks were not passed): ``counted`` says what ``what``

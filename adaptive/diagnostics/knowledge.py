@@ -27,7 +27,7 @@ from ..metrics import (AccuracyFn, batch_accuracy, call_model, check_output, def
                        to_device)
 from ..global_rng import kept_global_rng
 from ..warn import warn_user
-from ._common import (batch_statistics_explained, default_loss, iterate_batches, kept_buffers, model_connectome,
+from ._common import (batch_statistics_explained, default_loss, iterate_batches, held_masks, kept_buffers, model_connectome,
                       model_device, warn_if_zeros)
 from ..modes import modes_kept
 from .removal_order import global_order, removal_scores
@@ -441,8 +441,9 @@ def knowledge_distribution(
     source = model_connectome(model, conn, "knowledge_distribution", "what is already pruned")
     work = copy_model(model, "knowledge_distribution")
     conn = Connectome(work, include=include, exclude=exclude)
-    if source is not None:
-        _carry_pruning(source, conn)
+    carried = held_masks(model, source)  # every attached connectome's layers, not only the first one's
+    if carried:
+        _carry_pruning(carried, conn)
     else:
         warn_if_zeros(conn.params.values(), "knowledge_distribution",
                       "they are counted as live weights (and fine-tuning may grow them back)")
@@ -588,12 +589,13 @@ def _recalibrate(model: nn.Module, norms, data, device) -> None:
                 m.momentum = mom
 
 
-def _carry_pruning(source: Connectome, conn: Connectome) -> None:
-    """Set ``conn`` (on the copy) to the pruning of ``source`` (on the model); refuse pruned layers
-    that ``conn`` does not measure, whose weights fine-tuning would grow back."""
-    left_out = [n for n, m in source.masks.items() if n not in conn.masks and not bool(m.all())]
+def _carry_pruning(source: dict, conn: Connectome) -> None:
+    """Set ``conn`` (on the copy) to the pruning ``source`` gives (the model's live masks by parameter
+    name, :func:`held_masks`); refuse pruned layers that ``conn`` does not measure, whose weights
+    fine-tuning would grow back."""
+    left_out = [n for n, m in source.items() if n not in conn.masks and not bool(m.all())]
     if left_out:
         raise ValueError(f"the model's Connectome has pruned weights in {left_out[:3]}{' ...' if len(left_out) > 3 else ''}, "
                          "which include/exclude leave out of this measurement: measure them too (widen include/exclude), "
                          "or the curve would not be of the pruned model")
-    conn.set_masks({n: source.masks[n] for n in conn.masks if n in source.masks})
+    conn.set_masks({n: source[n] for n in conn.masks if n in source})
