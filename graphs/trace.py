@@ -232,6 +232,29 @@ def _expand(ids: torch.Tensor, shape: Sequence[int], axis: int) -> torch.Tensor:
     return ids.to(torch.float64).view(view).expand(tuple(shape))
 
 
+def _changes_in_place(n: fx.Node) -> bool:
+    """``x.add_(y)``, ``x[:, :2].zero_()``, and torch's own in-place functions (``torch.fill_(x, v)``,
+    ``torch.relu_(x)``): a call that changes its first argument."""
+    if n.op == "call_method":
+        return str(n.target).endswith("_")
+    name = getattr(n.target, "__name__", "")
+    return (n.op == "call_function" and name.endswith("_") and not name.startswith("_")
+            and getattr(torch, name, None) is n.target)
+
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` hold their values in one memory (a view of it, ``x.detach()``, ``x.data``)."""
+    pa = a.untyped_storage().data_ptr()
+    return pa != 0 and pa == b.untyped_storage().data_ptr()
+
+
+def _alias(a, b: torch.Tensor) -> bool:
+    """``a`` is ``b``, or the same elements of the same memory (``b.detach()``): a change to one is the other's."""
+    return a is b or (isinstance(a, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
+                      and a.stride() == b.stride() and a.storage_offset() == b.storage_offset()
+                      and _same_storage(a, b))
+
+
 def _uniform_except(t: torch.Tensor, axis: int) -> bool:
     for d in range(t.dim()):
         if d == axis % t.dim() or t.shape[d] == 1 or t.stride(d) == 0:
@@ -347,10 +370,12 @@ class FlowProp(ShapeProp):
     def _in_place(self, n: fx.Node) -> None:
         """``x.add_(y)`` changes ``x``: the nodes after it that read ``x`` (fx gives them ``x``, not the
         method's result, which may go unused) read the new ids, as do those holding the same tensor
-        (the ``y.add_(a)`` of ``y.add_(a).mul_(b)``). A change to a view of another tensor
-        (``x[:, :2].add_(y)``), or to a tensor with a view of it, cannot reach the other's ids: where
-        the other is read after it, warned, and counted as unknown."""
-        if n.op != "call_method" or not str(n.target).endswith("_") or not n.args or not isinstance(n.args[0], fx.Node):
+        (the ``y.add_(a)`` of ``y.add_(a).mul_(b)``) or an alias of it (``x.detach().zero_()`` zeroes ``x``).
+        torch's own in-place functions (``torch.fill_(z, h.mean())``, ``torch.zero_(x)``) change their first
+        argument as the methods do. A change to a view of another tensor (``x[:, :2].add_(y)``), or to a
+        tensor with a view of it, cannot reach the other's ids: where the other is read after it, warned,
+        and counted as unknown."""
+        if not _changes_in_place(n) or not n.args or not isinstance(n.args[0], fx.Node):
             return
         base, new = n.args[0], self.flows.get(n)
         old = self.flows.get(base)
@@ -361,14 +386,16 @@ class FlowProp(ShapeProp):
             self.flows[base] = new
             return
         for v, r in self.env.items():  # every node holding this very tensor (in-place methods return it)
-            if r is t:
+            if _alias(r, t):
                 self.flows[v] = new
-        # another view of its memory (``t``'s base, or a view of it) read after ``n`` keeps its old ids.
-        # The env still holds every node read after ``n``, however many views away it is
+        # another view of its memory (``t``'s base, or a view of it, or a tensor sharing its storage: a view of
+        # ``x.detach()`` is none of ``x``'s) read after ``n`` keeps its old ids. The env still holds every node
+        # read after ``n``, however many views away it is
         root = t if t._base is None else t._base
         order = {m: i for i, m in enumerate(n.graph.nodes)}
-        later = [v for v, r in self.env.items() if isinstance(r, torch.Tensor) and r is not t
-                 and (r is root or r._base is root) and any(order[u] > order[n] for u in v.users)]
+        later = [v for v, r in self.env.items() if isinstance(r, torch.Tensor) and not _alias(r, t)
+                 and (r is root or r._base is root or _same_storage(r, t))
+                 and any(order[u] > order[n] for u in v.users)]
         if later:
             what = ops.describe(n)
             rel = "a view of" if self.env[later[0]] is root else "sharing memory with"

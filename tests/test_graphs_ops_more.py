@@ -361,6 +361,42 @@ def test_an_in_place_fill_with_a_traced_value_carries_that_value_as_full_like_do
     assert inner(build(Between(Fn(in_place)), x)) == want != inner(build(Between(Fn(lambda h: h + 1.0)), x))
 
 
+def _fill_fn(h):
+    z = _empty(h)
+    torch.fill_(z, h.mean())
+    return h + z
+
+
+def _zero_fn(h):
+    torch.zero_(h)
+    return h
+
+
+def _zero_detached(h):
+    h.detach().zero_()
+    return h
+
+
+def _zero_view_fn(h):
+    torch.zero_(h[..., :2])
+    return h
+
+
+def test_torchs_in_place_functions_and_aliases_change_the_tensor_read_after_them():
+    """``torch.fill_(z, h.mean())`` fills ``z`` with the mean of ``h``: ``z`` kept its constant ids, the mean's
+    edges lost without a warning, where ``z.fill_(h.mean())`` carried them. ``torch.zero_(h)`` and
+    ``h.detach().zero_()`` leave ``h``, read after them, nothing of ``a``; and ``torch.zero_(h[..., :2])``, a
+    view's, is warned about as ``h[..., :2].zero_()`` is."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3)
+    want = inner(build(Between(Fn(lambda h: h + torch.full_like(h, h.mean()))), x))
+    assert inner(build(Between(Fn(_fill_fn)), x)) == want
+    nothing = inner(build(Between(Fn(torch.zeros_like)), x))
+    assert inner(build(Between(Fn(_zero_fn)), x)) == inner(build(Between(Fn(_zero_detached)), x)) == nothing
+    with pytest.warns(UserWarning, match=r"call_function zero_\) changes 'getitem' in place"):
+        graphs.build(model=Between(Fn(_zero_view_fn)), level="unit", example_input=x)
+
+
 SPLITS = {  # name -> h [N, 6, 4, 4] split along the channels as torch.split(h, [1, 2, 3], 1) splits it
     "tensor_split": lambda h: torch.tensor_split(h, [1, 3], 1),
     "tensor_split_method": lambda h: h.tensor_split([1, 3], dim=1),
