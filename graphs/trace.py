@@ -312,6 +312,9 @@ class FlowProp(ShapeProp):
         self.batch_axes: Dict[str, int] = {}  # the inputs holding their batch on axis 1 (batch_axis.py)
         self.channel_axes: Dict[str, int] = {}  # the per-channel inputs holding their channels elsewhere than on axis 1
         self.flows: Dict[fx.Node, Any] = {}
+        # (tensor, its new ids, the node) for each tensor changed in place: a parameter or buffer read again later
+        # (fx gives each ``self.buf`` a get_attr node of its own) reads what was written
+        self.written: List[Tuple[torch.Tensor, torch.Tensor, fx.Node]] = []
         self.mods = dict(gm.named_modules())
 
     # -------------------------------------------------------------- helpers
@@ -385,6 +388,7 @@ class FlowProp(ShapeProp):
         if not isinstance(t, torch.Tensor):
             self.flows[base] = new
             return
+        self.written.append((t, new, n))
         for v, r in self.env.items():  # every node holding this very tensor (in-place methods return it)
             if _alias(r, t):
                 self.flows[v] = new
@@ -402,9 +406,28 @@ class FlowProp(ShapeProp):
             msg = (f"graphs: node {what} changes {base.name!r} in place, {rel} {later[0].name!r}, which is read "
                    f"again after it: the graph does not see {later[0].name!r} change; write it out of place "
                    f"(x = torch.cat(...) or x = x + ...) to have it followed")
-            self.book.unknown.append((len(self.book.layers), what))
-            self.book.warnings.append(msg)
-            warn_user(msg)
+            self._unfollowed(what, msg)
+
+    def _unfollowed(self, what: str, msg: str) -> None:
+        self.book.unknown.append((len(self.book.layers), what))
+        self.book.warnings.append(msg)
+        warn_user(msg)
+
+    def _attr_flow(self, n: fx.Node, result):
+        """A parameter's or buffer's ids: a constant, or those an in-place change earlier in the forward wrote to
+        it (``self.buf.fill_(h.mean())``, then ``self.buf`` read again). A change to a part of it
+        (``self.buf[:2].add_(h)``) is warned about, as one to a view of a tensor read again later is."""
+        if isinstance(result, torch.Tensor):
+            for t, new, m in reversed(self.written):
+                if _alias(result, t):
+                    return new
+                if _same_storage(result, t):
+                    what = ops.describe(m)
+                    self._unfollowed(what, f"graphs: node {what} changes a part of {n.target!r} in place, which is "
+                                           f"read again after it: the graph does not see {n.target!r} change; write "
+                                           "it out of place (x = torch.cat(...) or x = x + ...) to have it followed")
+                    break
+        return self._constant_like(result)
 
     def _arg(self, n: fx.Node, i: int, key: str):
         """The id flow of argument ``i`` (or keyword ``key``) of ``n``; tuples of tensors (an
@@ -416,7 +439,7 @@ class FlowProp(ShapeProp):
         if n.op == "placeholder":
             return self._on_placeholder(n, result)
         if n.op == "get_attr":
-            return self._constant_like(result)
+            return self._attr_flow(n, result)
         if n.op == "output":
             return None
         if not _has_tensor(result):

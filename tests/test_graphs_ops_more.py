@@ -503,3 +503,49 @@ def test_swapaxes_and_swapdims_move_channels_as_transpose_does(kind):
     g = build(Swapped(SWAPS[kind]), x)
     assert edge_set(g) == edge_set(build(Swapped(lambda h: h.transpose(1, 2)), x))
     assert {(s, d) for s, d, k in edge_set(g) if s.startswith("a:")} == {(f"a:{i}", f"b:{j}") for i in range(4) for j in range(2)}
+
+
+class _Written(nn.Module):
+    """A buffer written in place with a value of unit 0 of ``a`` (alone), then read again: unit 0 reaches ``b``
+    through the buffer only."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.a, self.b, self.how = nn.Linear(3, 4), nn.Linear(3, 2), how
+        self.register_buffer("buf", torch.zeros(3))
+
+    def forward(self, x):
+        h = self.a(x)
+        v = h[:, 0].mean()
+        if self.how == "fill_":
+            self.buf.fill_(v)
+        elif self.how == "add_":
+            self.buf.add_(v)
+        else:
+            self.buf[:2].add_(v)
+        return self.b(h[:, 1:] + self.buf)
+
+
+@pytest.mark.parametrize("how", ["fill_", "add_"])
+def test_a_buffer_changed_in_place_is_read_again_with_what_was_written(how):
+    """fx gives each ``self.buf`` a get_attr node of its own: the one read after ``self.buf.fill_(v)`` was a
+    constant, and unit a:0, which reaches the output through the buffer alone (as perturbing its bias shows),
+    reached none, without a warning."""
+    from graphs.analysis import reachability
+
+    torch.manual_seed(0)
+    model, x = _Written(how).eval(), torch.randn(3, 3)
+    with torch.no_grad():
+        y = model(x)
+        model.a.bias[0] += 1.0
+        assert not torch.allclose(model(x), y)  # unit 0 reaches the output
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(model=model, level="unit", example_input=x)
+    grp = next(gr for gr in g.groups if gr.name == "a")
+    assert reachability(g)["to_output"][grp.start:grp.start + grp.count].tolist() == [True] * 4
+
+
+def test_a_buffer_changed_in_part_in_place_and_read_again_is_warned_about():
+    with pytest.warns(UserWarning, match=r"changes a part of 'buf' in place, which is read again after it"):
+        graphs.build(model=_Written("part").eval(), level="unit", example_input=torch.randn(3, 3))
