@@ -471,9 +471,9 @@ def test_cli_compact_passes_its_tolerances_and_float64_to_the_check(mlp_run, tmp
     compact_module = importlib.import_module("graphs.compact")
     real, seen = compact_module._verify, []
 
-    def spy(ref, gm, x, atol, rtol):
+    def spy(ref, gm, x, atol, rtol, *rest):  # rest: the inputs' batch axis
         seen.append((atol, rtol, x.dtype))
-        return real(ref, gm, x, atol, rtol)
+        return real(ref, gm, x, atol, rtol, *rest)
 
     monkeypatch.setattr(compact_module, "_verify", spy)
     api = inspect.signature(graphs.compact).parameters
@@ -490,7 +490,7 @@ def test_cli_compact_passes_its_tolerances_and_float64_to_the_check(mlp_run, tmp
             main(["compact", str(mlp_run), "--atol", bad])
         assert f"argument --atol: {bad!r} is not a tolerance: give a finite number >= 0" in capsys.readouterr().err
 
-    def mismatch(ref, gm, x, atol, rtol):
+    def mismatch(ref, gm, x, atol, rtol, *rest):
         raise compact_module.CompactionMismatchError(f"compaction changed the outputs (atol {atol} + rtol {rtol}). "
                                                      "Pass verify=False to get the model anyway.")
 
