@@ -471,7 +471,7 @@ def test_cli_compact_passes_its_tolerances_and_float64_to_the_check(mlp_run, tmp
     compact_module = importlib.import_module("graphs.compact")
     real, seen = compact_module._verify, []
 
-    def spy(ref, gm, x, atol, rtol, *rest):
+    def spy(ref, gm, x, atol, rtol, *rest):  # rest: the inputs' batch axis
         seen.append((atol, rtol, x.dtype))
         return real(ref, gm, x, atol, rtol, *rest)
 

@@ -361,6 +361,42 @@ def test_an_in_place_fill_with_a_traced_value_carries_that_value_as_full_like_do
     assert inner(build(Between(Fn(in_place)), x)) == want != inner(build(Between(Fn(lambda h: h + 1.0)), x))
 
 
+def _fill_fn(h):
+    z = _empty(h)
+    torch.fill_(z, h.mean())
+    return h + z
+
+
+def _zero_fn(h):
+    torch.zero_(h)
+    return h
+
+
+def _zero_detached(h):
+    h.detach().zero_()
+    return h
+
+
+def _zero_view_fn(h):
+    torch.zero_(h[..., :2])
+    return h
+
+
+def test_torchs_in_place_functions_and_aliases_change_the_tensor_read_after_them():
+    """``torch.fill_(z, h.mean())`` fills ``z`` with the mean of ``h``: ``z`` kept its constant ids, the mean's
+    edges lost without a warning, where ``z.fill_(h.mean())`` carried them. ``torch.zero_(h)`` and
+    ``h.detach().zero_()`` leave ``h``, read after them, nothing of ``a``; and ``torch.zero_(h[..., :2])``, a
+    view's, is warned about as ``h[..., :2].zero_()`` is."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3)
+    want = inner(build(Between(Fn(lambda h: h + torch.full_like(h, h.mean()))), x))
+    assert inner(build(Between(Fn(_fill_fn)), x)) == want
+    nothing = inner(build(Between(Fn(torch.zeros_like)), x))
+    assert inner(build(Between(Fn(_zero_fn)), x)) == inner(build(Between(Fn(_zero_detached)), x)) == nothing
+    with pytest.warns(UserWarning, match=r"call_function zero_\) changes 'getitem' in place"):
+        graphs.build(model=Between(Fn(_zero_view_fn)), level="unit", example_input=x)
+
+
 SPLITS = {  # name -> h [N, 6, 4, 4] split along the channels as torch.split(h, [1, 2, 3], 1) splits it
     "tensor_split": lambda h: torch.tensor_split(h, [1, 3], 1),
     "tensor_split_method": lambda h: h.tensor_split([1, 3], dim=1),
@@ -467,3 +503,49 @@ def test_swapaxes_and_swapdims_move_channels_as_transpose_does(kind):
     g = build(Swapped(SWAPS[kind]), x)
     assert edge_set(g) == edge_set(build(Swapped(lambda h: h.transpose(1, 2)), x))
     assert {(s, d) for s, d, k in edge_set(g) if s.startswith("a:")} == {(f"a:{i}", f"b:{j}") for i in range(4) for j in range(2)}
+
+
+class _Written(nn.Module):
+    """A buffer written in place with a value of unit 0 of ``a`` (alone), then read again: unit 0 reaches ``b``
+    through the buffer only."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.a, self.b, self.how = nn.Linear(3, 4), nn.Linear(3, 2), how
+        self.register_buffer("buf", torch.zeros(3))
+
+    def forward(self, x):
+        h = self.a(x)
+        v = h[:, 0].mean()
+        if self.how == "fill_":
+            self.buf.fill_(v)
+        elif self.how == "add_":
+            self.buf.add_(v)
+        else:
+            self.buf[:2].add_(v)
+        return self.b(h[:, 1:] + self.buf)
+
+
+@pytest.mark.parametrize("how", ["fill_", "add_"])
+def test_a_buffer_changed_in_place_is_read_again_with_what_was_written(how):
+    """fx gives each ``self.buf`` a get_attr node of its own: the one read after ``self.buf.fill_(v)`` was a
+    constant, and unit a:0, which reaches the output through the buffer alone (as perturbing its bias shows),
+    reached none, without a warning."""
+    from graphs.analysis import reachability
+
+    torch.manual_seed(0)
+    model, x = _Written(how).eval(), torch.randn(3, 3)
+    with torch.no_grad():
+        y = model(x)
+        model.a.bias[0] += 1.0
+        assert not torch.allclose(model(x), y)  # unit 0 reaches the output
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(model=model, level="unit", example_input=x)
+    grp = next(gr for gr in g.groups if gr.name == "a")
+    assert reachability(g)["to_output"][grp.start:grp.start + grp.count].tolist() == [True] * 4
+
+
+def test_a_buffer_changed_in_part_in_place_and_read_again_is_warned_about():
+    with pytest.warns(UserWarning, match=r"changes a part of 'buf' in place, which is read again after it"):
+        graphs.build(model=_Written("part").eval(), level="unit", example_input=torch.randn(3, 3))
