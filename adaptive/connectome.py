@@ -29,8 +29,8 @@ from torch import nn
 
 from . import bitpack, ensemble_rules
 from .atomic import atomic_path
-from .discovery import (SynapseLayer, aliases, discover, holds_synapses, prunable_names, shared_weight_warning,
-                        state_dict_keys)
+from .discovery import (PRUNABLE_LIST, SynapseLayer, aliases, discover, holds_synapses, prunable_names,
+                        shared_weight_warning, state_dict_keys)
 from .ensembles import Granularity, check_granularity, expands_exactly, for_layer, unwrapped
 from .exact_masking import bits, int_mask, mask_, mask_dtype
 from .grad_masking import BackwardMasker
@@ -1232,8 +1232,8 @@ class Connectome:
             if not holds_synapses(module, attr):
                 raise ValueError(
                     f"the saved connectome has synapses in {n!r}, but in this model {mname or 'the model'!r} is of type "
-                    f"{type(module).__name__}, whose {attr!r} holds no synapses (a Connectome prunes Linear, "
-                    "Conv1d/2d/3d, ConvTranspose1d/2d/3d, MultiheadAttention and RNN/LSTM/GRU weights): load the file into a model of the "
+                    f"{type(module).__name__}, whose {attr!r} holds no synapses (a Connectome prunes the weights of "
+                    f"{PRUNABLE_LIST}): load the file into a model of the "
                     "architecture it was saved from, or build a new Connectome on this model")
             if tuple(params[n].shape) != s:
                 raise ValueError(f"shape mismatch for {n!r}: saved {s}, model has {tuple(params[n].shape)}")

@@ -5,7 +5,8 @@ and depthwise included; a transposed convolution's weight is stored ``(in, out/g
 see :class:`SynapseLayer`) or of a MultiheadAttention's input projections (``in_proj_weight``, or ``q_proj_weight``,
 ``k_proj_weight`` and ``v_proj_weight`` when keys and values have their own sizes; its
 ``out_proj`` is a Linear) or of a recurrent layer's matrices (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``:
-``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``). Complex-valued weights are not synapses (they stay
+``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``) or of a recurrent cell's (``nn.RNNCell``,
+``nn.LSTMCell``, ``nn.GRUCell``: ``weight_ih``, ``weight_hh``). Complex-valued weights are not synapses (they stay
 dense, named in a warning), nor are weights a parametrization or ``weight_norm`` computes, or that ``torch.nn.utils.prune`` masks (a warning names ``prune.remove``). Biases, normalisation parameters and embeddings are not synapses, but a Linear tied to an
 embedding (``head.weight = emb.weight``) holds synapses, so pruning it zeroes entries of the
 embedding table: the Connectome warns about any synapse weight that a non-synapse module also
@@ -37,6 +38,10 @@ _CONV_KIND = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d", nn.
               nn.ConvTranspose2d: "convtranspose2d", nn.ConvTranspose3d: "convtranspose3d"}
 _RNN_MATRIX = re.compile(r"weight_(ih|hh|hr)_l\d+(_reverse)?")
 ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+CELL_WEIGHTS = ("weight_ih", "weight_hh")  # the matrices of nn.RNNCell, nn.LSTMCell and nn.GRUCell
+# the layers whose weights hold synapses, as the messages list them
+PRUNABLE_LIST = ("nn.Linear, nn.Conv1d/2d/3d, nn.ConvTranspose1d/2d/3d, nn.MultiheadAttention's projections, "
+                 "nn.RNN/LSTM/GRU and nn.RNNCell/LSTMCell/GRUCell matrices")
 
 
 def weight_hooks(module: nn.Module) -> Dict[str, object]:
@@ -108,12 +113,17 @@ def _prunable_weights(module: nn.Module):
         # LSTM's weight_hr_l{k}[_reverse] (projection x hidden): each a Linear's matrix
         names = [n for n in getattr(module, "_flat_weights_names", []) if _RNN_MATRIX.fullmatch(n)]
         return [(n, "linear", 1) for n in names]
+    if isinstance(module, nn.RNNCellBase):
+        # nn.RNNCell/LSTMCell/GRUCell, called once per step of a loop of the user's own: weight_ih
+        # (gates x input) and weight_hh (gates x hidden), as a recurrent layer's
+        return [(a, "linear", 1) for a in CELL_WEIGHTS]
     return []
 
 
 def holds_synapses(module: nn.Module, attr: str) -> bool:
     """Whether ``module``'s weight ``attr`` is one whose entries are synapses (a Linear's or a
-    convolution's ``weight``, an attention projection, a recurrent matrix), as :func:`discover` finds them."""
+    convolution's ``weight``, an attention projection, a recurrent layer's or cell's matrix), as
+    :func:`discover` finds them."""
     return any(a == attr for a, _, _ in _prunable_weights(module))
 
 
@@ -414,8 +424,7 @@ def discover(
         own = [n for n, _, torchs in others if not torchs]
         warn_user(
             f"{len(others)} weight tensor(s) are not synapses of the connectome and stay dense: {shown}. A "
-            "Connectome prunes nn.Linear, nn.Conv1d/2d/3d and nn.ConvTranspose1d/2d/3d weights, nn.MultiheadAttention's projections and "
-            "nn.RNN/LSTM/GRU matrices" + (
+            f"Connectome prunes the weights of {PRUNABLE_LIST}" + (
                 f"; {_listed(own)} {'is a parameter' if len(own) == 1 else 'are parameters'} of your own module(s): "
                 f"to prune one, {HOLD_IN_A_LAYER}; one that is no weight matrix rightly stays dense" if own else ""))
     if candidates == 0:
@@ -442,7 +451,8 @@ def discover(
             raise ValueError(f"{type(model).__name__} has no prunable layers: " + "; and ".join(reasons))
         raise ValueError(
             f"{type(model).__name__} has no prunable layers: a Connectome needs at least one nn.Linear, "
-            f"nn.Conv1d/2d/3d, nn.ConvTranspose1d/2d/3d, nn.MultiheadAttention or nn.RNN/LSTM/GRU weight"
+            f"nn.Conv1d/2d/3d, nn.ConvTranspose1d/2d/3d, nn.MultiheadAttention, nn.RNN/LSTM/GRU or "
+            "nn.RNNCell/LSTMCell/GRUCell weight"
         )
     for kind, patterns, used in (("include", inc, used_inc), ("exclude", exc, used_exc)):
         unused = [p for p in patterns if p not in used]
@@ -457,8 +467,8 @@ def discover(
             if others:  # a bias, an embedding table, a bare Parameter read by F.linear: named, not prunable
                 raise ValueError(
                     f"{kind} pattern(s) {unused} matched no prunable layer: they match the parameter(s) "
-                    f"{_listed(others)}, which are not weights of a prunable layer (nn.Linear, nn.Conv1d/2d/3d, nn.ConvTranspose1d/2d/3d, "
-                    "nn.MultiheadAttention's projections, nn.RNN/LSTM/GRU matrices), so they are never synapses; "
+                    f"{_listed(others)}, which are not weights of a prunable layer ({PRUNABLE_LIST}), so they are "
+                    "never synapses; "
                     f"to prune a weight, {HOLD_IN_A_LAYER}")
             raise ValueError(f"{kind} pattern(s) {unused} matched no prunable layer; check module names with "
                              "model.named_modules() and weight names with model.named_parameters()"

@@ -14,7 +14,9 @@ Every op falls in one category:
   ``nn.MultiheadAttention``; positions are not units: each input channel's ids along the sequence axis are
   merged first, as a weighted layer's input is read.
 - ``recurrent``: an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` call, unrolled one step: gate units per layer
-  and direction, fed by the input and by state nodes standing for the previous hidden state.
+  and direction, fed by the input and by state nodes standing for the previous hidden state; an
+  ``nn.RNNCell``/``nn.LSTMCell``/``nn.GRUCell`` call, one step of the model's own loop: gate units fed by
+  the input and by the state the call is given (the previous call's output).
 - ``transformer``: ``nn.Transformer`` and its encoder/decoder (layers): attention, feed-forward and
   residual junctions, written out per layer.
 - ``normalize``: LayerNorm / RMSNorm / GroupNorm / LocalResponseNorm: channel ``c`` of the output reads channel
@@ -226,7 +228,7 @@ def categorize(node, module=None) -> str:
             return "weighted"
         if isinstance(module, nn.MultiheadAttention):
             return "attention"
-        if isinstance(module, nn.RNNBase):
+        if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
             return "recurrent"
         if isinstance(module, TRANSFORMER_MODULES):
             return "transformer"

@@ -4,7 +4,7 @@ The model is traced with ``torch.fx`` and run once on an example input by a
 :class:`torch.fx.passes.shape_prop.ShapeProp` interpreter that, next to the real values, carries an
 *id tensor* for every tensor of the graph: each element holds the id of the graph node that produced
 it (0 for a constant such as zero padding). Weighted layers (Linear, Conv, the projections of
-attention and the matrices of recurrent layers, transposed convolutions) start new units, embedding
+attention and the matrices of recurrent layers and cells, transposed convolutions) start new units, embedding
 lookups new input nodes (their tables are no synapse layers); shape
 ops (view, flatten, cat, getitem, pad, split, permute) are evaluated exactly on the id tensors, so
 concatenation offsets, the ``h*w`` features of each flattened channel and the CIFAR ResNet's
@@ -366,7 +366,8 @@ class FlowProp(ShapeProp):
         except Exception as e:  # a rule that cannot handle this use of a known op
             self.book.restore(snap)
             self.flows[n] = self._on_unknown(n, result, f": {type(e).__name__}: {e}")
-        self._note_repeat(n, self.book.layers[snap[2]:])
+        if not isinstance(self.mods.get(n.target) if n.op == "call_module" else None, nn.RNNCellBase):
+            self._note_repeat(n, self.book.layers[snap[2]:])  # a cell is called once per step: no news
         self._in_place(n)
         return result
 
@@ -469,6 +470,8 @@ class FlowProp(ShapeProp):
         if cat == "attention":
             return self._on_attention(n, module, result)
         if cat == "recurrent":
+            if isinstance(module, nn.RNNCellBase):
+                return self._on_cell(n, module, result)
             return self._on_recurrent(n, module, result)
         if cat == "transformer":
             return self._on_transformer(n, module, result)
@@ -776,6 +779,37 @@ class FlowProp(ShapeProp):
         if isinstance(h, (tuple, list)):  # LSTM: (h_n, c_n)
             return (out_flow, (state_flow(finals, h[0]), state_flow(cells, h[1])))
         return (out_flow, state_flow(finals, h))
+
+    def _on_cell(self, n, module, result):
+        """``nn.RNNCell``/``nn.LSTMCell``/``nn.GRUCell``: one step of a loop the model writes itself (fx
+        unrolls it, so each call is a layer of its own, ``NAME.ih#k`` from the second on, sharing the
+        weights). ``weight_ih`` units (one per gate row) read the input, ``weight_hh`` units the state
+        the call is given (the constant node where it is given none: zeros); gate row ``r`` is a junction
+        of the two. Hidden unit ``j`` is a junction of its gate rows (``j``, ``H + j``, ...) and of what
+        reaches it without a matrix: a GRU's ``h[j]`` (``z * h``); an LSTM's new cell state ``c[j]`` reads
+        its gates i, g, f and the old ``c[j]`` (not f where the call is given no state: ``f * 0``), and the
+        new ``h[j]`` reads the new ``c[j]`` and gate o."""
+        name = str(n.target)
+        x = self._arg(n, 0, "input")
+        if not isinstance(x, torch.Tensor):
+            raise ValueError("its input carries no traced data")
+        hx = self._arg(n, 1, "hx")
+        h, c = hx if isinstance(hx, (tuple, list)) else (hx, None)
+        H, j = int(module.hidden_size), torch.arange(int(module.hidden_size))
+        state = self.readout(h, -1, f"{name}.h") if isinstance(h, torch.Tensor) else torch.zeros(H, dtype=torch.long)
+        ih = self._matrix_layer(module, name, "weight_ih", f"{name}.ih", self.readout(x, -1, f"{name}.input"), n.name)
+        hh = self._matrix_layer(module, name, "weight_hh", f"{name}.hh", state, n.name)
+        gates = self._residual(ih, hh, f"{name}.gates")
+        if isinstance(module, nn.LSTMCell):
+            i, f, g, o = gates.view(4, H)
+            parts = [i, g] + ([f, self.readout(c, -1, f"{name}.c")] if isinstance(c, torch.Tensor) else [])
+            cell = self.book.combine(j.repeat(len(parts)), torch.cat(parts), H, f"{name}.cell", "gates")
+            hidden = self.book.combine(j.repeat(2), torch.cat([o, cell]), H, f"{name}.hidden", "gates")
+            return (_expand(hidden, result[0].shape, -1), _expand(cell, result[1].shape, -1))
+        G = 3 if isinstance(module, nn.GRUCell) else 1
+        feeds = torch.cat([gates, state]) if G == 3 else gates  # a GRU's h' = (1 - z) * n + z * h
+        hidden = self.book.combine(j.repeat(G + (G == 3)), feeds, H, f"{name}.hidden", "gates")
+        return _expand(hidden, result.shape, -1)
 
     def _matrix_layer(self, module, owner, attr, label, in_src, node_name, rows=None) -> torch.Tensor:
         """A layer of units for the matrix ``module.<attr>`` (its ``rows`` only, when given; rows =
@@ -1257,7 +1291,7 @@ def _check_standard_transformer(module: nn.Module) -> None:
 # ---------------------------------------------------------------------------------------- API
 TOKENS = 16  # the sequence length guessed for token indices (and float steps for a recurrent first layer)
 # the layers whose input size shapes a float guess (a transposed conv reads its in_channels: a generator's first layer)
-_FEATURE_LAYERS = ops.WEIGHTED_MODULES + ops.TRANSPOSED_MODULES + (nn.RNNBase,)
+_FEATURE_LAYERS = ops.WEIGHTED_MODULES + ops.TRANSPOSED_MODULES + (nn.RNNBase, nn.RNNCellBase)
 
 
 def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1) -> List[torch.Tensor]:
@@ -1294,7 +1328,8 @@ def _example_inputs(model: nn.Module, tokens: Optional[bool], batch: int,
                             gm)
     tables = [m for m in layers if isinstance(m, ops.LOOKUP_MODULES)]
     first = next((m for m in layers if isinstance(m, _FEATURE_LAYERS)), None)
-    w = None if first is None else first.weight_ih_l0 if isinstance(first, nn.RNNBase) else first.weight
+    w = (None if first is None else first.weight_ih_l0 if isinstance(first, nn.RNNBase)
+         else first.weight_ih if isinstance(first, nn.RNNCellBase) else first.weight)
     p = w if isinstance(w, torch.Tensor) and w.is_floating_point() else next(
         (q for q in model.parameters() if q.is_floating_point()), None)
     dev = p.device if p is not None else torch.device("cpu")
@@ -1549,6 +1584,9 @@ def _default_inputs(first: Optional[nn.Module], shape, batch: int, g: torch.Gene
     if isinstance(first, nn.RNNBase):  # a sequence of TOKENS steps, on the axes the layer reads
         steps = (batch, TOKENS) if first.batch_first else (TOKENS, batch)
         return [torch.randn(*steps, first.input_size, generator=g)]
+    if isinstance(first, nn.RNNCellBase):  # TOKENS steps that a loop of the model's own reads (x[:, t]), or one
+        return [torch.randn(batch, TOKENS, first.input_size, generator=g),
+                torch.randn(batch, first.input_size, generator=g)]
     if isinstance(first, nn.Linear):
         return [torch.randn(batch, first.in_features, generator=g)]
     c, d = first.in_channels, first.weight.dim() - 2
@@ -1611,7 +1649,7 @@ class _Root(nn.Module):
         return self.m(*(a, b, c)[: self.nargs])
 
 
-_ROOT_RULES = (nn.MultiheadAttention, nn.RNNBase) + ops.TRANSFORMER_MODULES
+_ROOT_RULES = (nn.MultiheadAttention, nn.RNNBase, nn.RNNCellBase) + ops.TRANSFORMER_MODULES
 # modules followed as one call only when fx makes them a leaf (torch.nn's own, not a subclass defined
 # elsewhere, which fx traces into wherever it is): wrapped as the root too, as inside a Sequential
 _LEAF_RULES = (ops.WEIGHTED_MODULES + ops.TRANSPOSED_MODULES + ops.NORMALIZE_MODULES + ops.POINTWISE_MODULES
