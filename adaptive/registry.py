@@ -80,10 +80,11 @@ def near_misses(given, known, whose: str = "") -> str:
     return f"; did you mean {whose}{', '.join(hints)}?" if hints else ""
 
 
-def build(table: Dict[str, Any], kind: str, name: Any, kw: Dict[str, Any]) -> Any:
+def build(table: Dict[str, Any], kind: str, name: Any, kw: Dict[str, Any], via: str = "") -> Any:
     """An instance of the class registered in ``table`` as ``name``, built with ``kw``. An unknown
     name, a keyword the class does not take, or a non-number for an option whose default is a
-    number is a ValueError naming what exists (``kind`` names the registry in the message)."""
+    number is a ValueError naming what exists (``kind`` names the registry in the message; ``via``,
+    such as " (neither a Controller nor a policy option)", says where an unknown keyword came from)."""
     if not isinstance(name, str) or name not in table:
         raise ValueError(f"unknown {kind} {name!r}: use one of {sorted(table)}")
     cls = table[name]
@@ -93,7 +94,7 @@ def build(table: Dict[str, Any], kind: str, name: Any, kw: Dict[str, Any]) -> An
         if unknown:
             takes = sorted(k for k, p in params.items() if p.kind is not p.VAR_POSITIONAL)
             raise ValueError(
-                f"unknown argument(s) {unknown} for {kind} {name!r} (neither a Controller nor a {kind} option): "
+                f"unknown argument(s) {unknown} for {kind} {name!r}{via}: "
                 + (f"the {kind} takes {takes}" if takes else f"the {kind} takes none") + near_misses(unknown, takes)
             )
     for k, v in kw.items():  # a number option given something else is named, not a bare float() error
