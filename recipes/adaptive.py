@@ -434,7 +434,9 @@ _TRAIN_ONLY = [
     ("budget", ("erk",), "mask_only removes synapses network-wide against their measured value, with no layer budget"),
     ("min_density", (0.0,), "mask_only has no layer budget; keep a layer out of the connectome with --exclude"),
     ("protect", ([],), "keep a layer out of the connectome (and dense) with --exclude"),
-    ("controller_kw", ({},), "pass optimize_connectome settings with --mask_only_kw"),
+    ("controller_kw", ({},), "pass optimize_connectome settings with --mask_only_kw (its edit fraction decays "
+                             "over each target's stage, cosine, on its own: no edit_decay there; --mask_only_kw "
+                             "approach=F shapes the stage)"),
     ("end_fraction", (0.75,), "mask_only schedules its edits per target (--mask_only_kw approach=...)"),
 ] + [(key, (default,), "mask_only trains no weight") for key, default in (
     ("optimizer", "sgd"), ("lr", 0.1), ("momentum", 0.9), ("weight_decay", 5e-4), ("lr_schedule", "cosine"),
@@ -597,10 +599,16 @@ def build_controller(cfg: RunConfig, conn: Connectome, optimizer=None, total_ste
     """The controller that ``cfg`` describes. Train mode: attached to ``optimizer``; edits stop at
     ``end_fraction`` of ``total_steps`` (optimizer steps); each gradient it observes averages
     batch_size x gradient_accumulation_steps x ``num_processes`` samples. Mask-only mode: the crawl policy driven explicitly (this
-    is the controller :func:`adaptive.optimize_connectome` builds)."""
+    is the controller :func:`adaptive.optimize_connectome` builds, which takes no --controller_kw).
+    A ``cfg`` changed after its checks (``cfg.controller_kw = ...``) is checked again here: a key
+    the recipe sets itself, ``edit_decay`` in mask_only mode among them, is refused naming the option
+    that sets it, as while parsing (it was Python's "got multiple values for keyword argument")."""
+    if cfg.mode == "mask_only":
+        _refuse_train_only(cfg)
+    _refuse_derived_keys(cfg)
     if cfg.mode == "mask_only":
         return Controller(conn, policy="crawl", estimator=_estimator(cfg), update_every=cfg.update_every,
-                          edit_decay="constant", seed=cfg.seed, verify=True, **cfg.controller_kw)
+                          edit_decay="constant", seed=cfg.seed, verify=True)
     end_step = max(1, int(round(cfg.end_fraction * total_steps)))
     return Controller(conn, optimizer, policy=cfg.policy, density=cfg.density, budget=cfg.budget,
                       update_every=cfg.update_every, end_step=end_step, edit_fraction=cfg.edit_fraction,

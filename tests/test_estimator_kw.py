@@ -153,3 +153,29 @@ def test_diagnostics_knowledge_refuses_an_option_the_estimator_does_not_take(tmp
                 "--estimator_kw", "dampin=1"])
     assert "--estimator_kw: unknown argument(s) ['dampin'] for utility estimator 'obd'" in str(e.value.code)
     assert "did you mean 'damping'" in str(e.value.code) and not (tmp_path / "k").exists()
+
+
+def test_edit_decay_in_mask_only_mode_is_refused_naming_mask_only_kw_never_a_bare_type_error(capsys):
+    """The command line refused --controller_kw in mask_only mode; a config changed after its checks
+    reached build_controller, where edit_decay clashed with the recipe's own: Python's 'got multiple
+    values for keyword argument'."""
+    import torch
+
+    from adaptive import Connectome
+    from adaptive.config import ConfigError, parse_config
+
+    err = _error(A.main, ["--mode", "mask_only", "--controller_kw", "edit_decay=linear"], capsys)
+    assert "mode mask_only does not use controller_kw" in err and "--mask_only_kw" in err and "edit_decay" in err
+    cfg = parse_config(A.RunConfig, ["--mode", "mask_only"])
+    cfg.controller_kw = {"edit_decay": "linear"}
+    conn = Connectome(torch.nn.Sequential(torch.nn.Linear(4, 3)), mode="mask_only")
+    with pytest.raises(ConfigError, match="mode mask_only does not use controller_kw"):
+        A.build_controller(cfg, conn)
+    train = parse_config(A.RunConfig, [])
+    train.controller_kw = {"seed": 3}
+    with pytest.raises(ConfigError, match="--controller_kw seed: the recipe sets seed itself, from --seed"):
+        A.build_controller(train, Connectome(torch.nn.Sequential(torch.nn.Linear(4, 3))))
+    train.controller_kw = {"edit_decay": "linear"}  # train mode takes it
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    ctrl = A.build_controller(train, Connectome(net), torch.optim.SGD(net.parameters(), lr=0.1))
+    assert type(ctrl.edit).__name__ == "LinearDecay"
