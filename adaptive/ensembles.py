@@ -41,6 +41,13 @@ def register_granularity(pattern: str, replace: bool = False):
     return deco
 
 
+def unregister_granularity(pattern: str) -> None:
+    """Take a pattern registered with :func:`register_granularity` out again (a notebook cell
+    edited to register an overlapping pattern, whose specs the old one matches too). The built-in
+    patterns stay (one overridden with ``replace=True`` gets its built-in factory back)."""
+    _registry.remove(_REGISTRY, "ensemble pattern", pattern, _BUILTINS)
+
+
 def get_granularity(spec) -> "Granularity":
     """Build a granularity from its spec string (or return it unchanged if already built)."""
     if isinstance(spec, Granularity):
@@ -50,9 +57,11 @@ def get_granularity(spec) -> "Granularity":
     s = spec.strip().lower()
     hits = [p for p in _REGISTRY if re.fullmatch(p, s)]
     if len(hits) > 1:  # (else the first registered would take it, and a plugin's pattern silently lose)
+        own = [p for p in hits if _REGISTRY[p] is not _BUILTINS.get(p)]
         raise ValueError(f"ensemble spec {spec!r} matches more than one registered pattern, {hits} "
                          f"({', '.join(_registry._origin(_REGISTRY[p]) for p in hits)}): register the plugin's "
-                         "pattern so that it matches none of the others' specs")
+                         "pattern so that it matches none of the others' specs"
+                         + "".join(f"; adaptive.unregister_granularity({p!r}) takes {p!r} out" for p in own))
     if hits:
         g = _REGISTRY[hits[0]](s)
         if not isinstance(g, Granularity):
@@ -445,4 +454,5 @@ def _nm(s):
     return NMGranularity(int(n), int(m))
 
 
+_BUILTINS = dict(_REGISTRY)  # the package's own: unregister_granularity leaves them
 _BUILTIN_PATTERNS = frozenset(_REGISTRY)  # the rest came from plugins: error messages list them

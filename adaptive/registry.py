@@ -5,6 +5,8 @@ Registering a second, different object under a taken name is refused, so a user'
 never silently replace a built-in (and every run that names it) by a clash of names; pass
 ``replace=True`` to the ``register_*`` decorator to override on purpose. Running the same
 definition again (a module re-executed, a notebook cell run twice) replaces the entry quietly.
+A user's own entry can be taken out again (:func:`remove`, ``adaptive.unregister_granularity``);
+a built-in one cannot.
 """
 from __future__ import annotations
 
@@ -60,6 +62,25 @@ def add(table: Dict[str, Any], kind: str, name: str, obj: Any, replace: bool = F
     if _journal is not None:
         _journal.append((table, name, table.get(name, _ABSENT)))
     table[name] = obj
+
+
+def remove(table: Dict[str, Any], kind: str, name: str, builtins: Dict[str, Any]) -> None:
+    """Take the user's entry ``name`` out of ``table`` (``builtins``: the entries the package registers
+    itself, which stay: a built-in that a user's ``replace=True`` entry overrides comes back). An
+    unknown name, or a built-in one, is a ValueError naming what can be removed."""
+    own = sorted(k for k in table if k not in builtins or table[k] is not builtins[k])
+    if name not in table:
+        raise ValueError(f"no {kind} {name!r} is registered; the ones registered outside the package: "
+                         f"{own or 'none'}" + near_misses([name], own))
+    if name in builtins and table[name] is builtins[name]:
+        raise ValueError(f"{kind} {name!r} is built in ({_origin(table[name])}) and cannot be removed; register "
+                         "yours under another name, or with replace=True to override it")
+    if _journal is not None:  # (a plugin that fails after this gets it back)
+        _journal.append((table, name, table[name]))
+    if name in builtins:
+        table[name] = builtins[name]
+    else:
+        del table[name]
 
 
 def class_decorator(table: Dict[str, Any], kind: str, name: str, replace: bool = False):
