@@ -172,6 +172,8 @@ class KernelGranularity(Granularity):
         _check_reduce(how)
         if scores.dim() <= 2:
             return scores
+        if scores.numel() == 0:
+            return _no_entries(self, scores)
         return reduce(scores, "o i ... -> o i", how)
 
     def expand(self, values, shape):
@@ -190,10 +192,23 @@ class NeuronGranularity(Granularity):
 
     def pool(self, scores, how="sum"):
         _check_reduce(how)
+        if scores.numel() == 0:
+            return _no_entries(self, scores)
         return reduce(scores, "o ... -> o", how)
 
     def expand(self, values, shape):
         return values.reshape(shape[0], *([1] * (len(shape) - 1))).expand(shape)
+
+
+def _matrix(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``(out, everything else)``; a weight with no entries too (``reshape(0, -1)`` is ambiguous)."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+
+
+def _no_entries(g: "Granularity", scores: torch.Tensor) -> torch.Tensor:
+    """Pooled scores of a weight with no entries (nn.Linear(4, 0)): 0 for each ensemble, which
+    holds no synapse (PyTorch's max over an empty dimension raises, and its mean is NaN)."""
+    return scores.new_zeros(g.ensemble_shape(scores.shape))
 
 
 def _pad2d(x: torch.Tensor, rows: int, cols: int, value: float) -> torch.Tensor:
@@ -222,7 +237,9 @@ class BlockGranularity(Granularity):
 
     def pool(self, scores, how="sum"):
         _check_reduce(how)
-        m = scores.reshape(scores.shape[0], -1)
+        if scores.numel() == 0:
+            return _no_entries(self, scores)
+        m = _matrix(scores)
         if how == "mean":
             return self.pool(scores, "sum") / self.ensemble_sizes(scores.shape, scores.device)
         fill = {"sum": 0.0, "max": -math.inf, "min": math.inf}[how]
@@ -250,8 +267,7 @@ class NMGranularity(SynapseGranularity):
         self.spec = f"{n}:{m}"
 
     def _groups(self, x: torch.Tensor, fill) -> torch.Tensor:
-        m = x.reshape(x.shape[0], -1)
-        m = _pad2d(m, 1, self.m, fill)
+        m = _pad2d(_matrix(x), 1, self.m, fill)
         return rearrange(m, "o (g m) -> o g m", m=self.m)
 
     def violation(self, mask):
