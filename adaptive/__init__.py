@@ -7,7 +7,7 @@ from .connectome import Connectome
 from .controller import Controller
 from .discovery import SynapseLayer, discover
 from .optim_state import register_zero_preserving
-from .ensembles import Granularity, get_granularity, register_granularity
+from .ensembles import Granularity, get_granularity, register_granularity, unregister_granularity
 from .policies import Policy, get_policy, register_policy
 from .utility import Estimator, get_estimator, register_estimator
 
@@ -44,6 +44,7 @@ __all__ = [
     "Granularity",
     "get_granularity",
     "register_granularity",
+    "unregister_granularity",
     "Policy",
     "get_policy",
     "register_policy",

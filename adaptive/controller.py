@@ -124,7 +124,8 @@ class Controller:
             "cosine", "linear", "constant") to 0 at ``end_step``.
         estimator: utility estimator for the utility/balanced/threshold policies (default
             ``curvature`` in train mode, ``consistency`` in mask_only mode) and gmp's removal order
-            (magnitude by default).
+            (magnitude by default): a registry name, or an Estimator instance built with options
+            (``get_estimator("obd", damping=1e-6)``).
         grow_init: "zero" (default in train mode), "original" (default in mask_only), "random", or
             a callable ``f(name, grown_mask) -> tensor`` (the weight's shape; a wrong one raises at
             the edit, before anything changes); anything else is refused at construction.
@@ -179,7 +180,7 @@ class Controller:
         end_step: Optional[int] = None,
         edit_fraction: float = 0.3,
         edit_decay: str = "cosine",
-        estimator: Optional[str] = None,
+        estimator=None,
         grow_init=None,
         min_density: float = 0.0,
         protect: Iterable[str] | str = (),
@@ -289,7 +290,7 @@ class Controller:
         self.start_step = start_step
         self.end_step = end_step
         self.edit = get_decay(edit_decay, edit_fraction, end_step, start_step)
-        self.estimator_name = estimator
+        self.estimator_name = getattr(estimator, "name", estimator)  # (an Estimator instance: its registry name)
         uses = [x for x in (self.policy.drop_by, self.policy.grow_by) if x is not None]
         if estimator is not None and not any(x.startswith("estimator") for x in uses):
             raise ValueError(

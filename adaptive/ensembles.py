@@ -41,6 +41,13 @@ def register_granularity(pattern: str, replace: bool = False):
     return deco
 
 
+def unregister_granularity(pattern: str) -> None:
+    """Take a pattern registered with :func:`register_granularity` out again (a notebook cell
+    edited to register an overlapping pattern, whose specs the old one matches too). The built-in
+    patterns stay (one overridden with ``replace=True`` gets its built-in factory back)."""
+    _registry.remove(_REGISTRY, "ensemble pattern", pattern, _BUILTINS)
+
+
 def get_granularity(spec) -> "Granularity":
     """Build a granularity from its spec string (or return it unchanged if already built)."""
     if isinstance(spec, Granularity):
@@ -50,9 +57,11 @@ def get_granularity(spec) -> "Granularity":
     s = spec.strip().lower()
     hits = [p for p in _REGISTRY if re.fullmatch(p, s)]
     if len(hits) > 1:  # (else the first registered would take it, and a plugin's pattern silently lose)
+        own = [p for p in hits if _REGISTRY[p] is not _BUILTINS.get(p)]
         raise ValueError(f"ensemble spec {spec!r} matches more than one registered pattern, {hits} "
                          f"({', '.join(_registry._origin(_REGISTRY[p]) for p in hits)}): register the plugin's "
-                         "pattern so that it matches none of the others' specs")
+                         "pattern so that it matches none of the others' specs"
+                         + "".join(f"; adaptive.unregister_granularity({p!r}) takes {p!r} out" for p in own))
     if hits:
         g = _REGISTRY[hits[0]](s)
         if not isinstance(g, Granularity):
@@ -163,6 +172,8 @@ class KernelGranularity(Granularity):
         _check_reduce(how)
         if scores.dim() <= 2:
             return scores
+        if scores.numel() == 0:
+            return _no_entries(self, scores)
         return reduce(scores, "o i ... -> o i", how)
 
     def expand(self, values, shape):
@@ -181,10 +192,23 @@ class NeuronGranularity(Granularity):
 
     def pool(self, scores, how="sum"):
         _check_reduce(how)
+        if scores.numel() == 0:
+            return _no_entries(self, scores)
         return reduce(scores, "o ... -> o", how)
 
     def expand(self, values, shape):
         return values.reshape(shape[0], *([1] * (len(shape) - 1))).expand(shape)
+
+
+def _matrix(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``(out, everything else)``; a weight with no entries too (``reshape(0, -1)`` is ambiguous)."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+
+
+def _no_entries(g: "Granularity", scores: torch.Tensor) -> torch.Tensor:
+    """Pooled scores of a weight with no entries (nn.Linear(4, 0)): 0 for each ensemble, which
+    holds no synapse (PyTorch's max over an empty dimension raises, and its mean is NaN)."""
+    return scores.new_zeros(g.ensemble_shape(scores.shape))
 
 
 def _pad2d(x: torch.Tensor, rows: int, cols: int, value: float) -> torch.Tensor:
@@ -213,7 +237,9 @@ class BlockGranularity(Granularity):
 
     def pool(self, scores, how="sum"):
         _check_reduce(how)
-        m = scores.reshape(scores.shape[0], -1)
+        if scores.numel() == 0:
+            return _no_entries(self, scores)
+        m = _matrix(scores)
         if how == "mean":
             return self.pool(scores, "sum") / self.ensemble_sizes(scores.shape, scores.device)
         fill = {"sum": 0.0, "max": -math.inf, "min": math.inf}[how]
@@ -241,8 +267,7 @@ class NMGranularity(SynapseGranularity):
         self.spec = f"{n}:{m}"
 
     def _groups(self, x: torch.Tensor, fill) -> torch.Tensor:
-        m = x.reshape(x.shape[0], -1)
-        m = _pad2d(m, 1, self.m, fill)
+        m = _pad2d(_matrix(x), 1, self.m, fill)
         return rearrange(m, "o (g m) -> o g m", m=self.m)
 
     def violation(self, mask):
@@ -445,4 +470,5 @@ def _nm(s):
     return NMGranularity(int(n), int(m))
 
 
+_BUILTINS = dict(_REGISTRY)  # the package's own: unregister_granularity leaves them
 _BUILTIN_PATTERNS = frozenset(_REGISTRY)  # the rest came from plugins: error messages list them

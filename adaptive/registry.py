@@ -5,6 +5,8 @@ Registering a second, different object under a taken name is refused, so a user'
 never silently replace a built-in (and every run that names it) by a clash of names; pass
 ``replace=True`` to the ``register_*`` decorator to override on purpose. Running the same
 definition again (a module re-executed, a notebook cell run twice) replaces the entry quietly.
+A user's own entry can be taken out again (:func:`remove`, ``adaptive.unregister_granularity``);
+a built-in one cannot.
 """
 from __future__ import annotations
 
@@ -62,6 +64,25 @@ def add(table: Dict[str, Any], kind: str, name: str, obj: Any, replace: bool = F
     table[name] = obj
 
 
+def remove(table: Dict[str, Any], kind: str, name: str, builtins: Dict[str, Any]) -> None:
+    """Take the user's entry ``name`` out of ``table`` (``builtins``: the entries the package registers
+    itself, which stay: a built-in that a user's ``replace=True`` entry overrides comes back). An
+    unknown name, or a built-in one, is a ValueError naming what can be removed."""
+    own = sorted(k for k in table if k not in builtins or table[k] is not builtins[k])
+    if name not in table:
+        raise ValueError(f"no {kind} {name!r} is registered; the ones registered outside the package: "
+                         f"{own or 'none'}" + near_misses([name], own))
+    if name in builtins and table[name] is builtins[name]:
+        raise ValueError(f"{kind} {name!r} is built in ({_origin(table[name])}) and cannot be removed; register "
+                         "yours under another name, or with replace=True to override it")
+    if _journal is not None:  # (a plugin that fails after this gets it back)
+        _journal.append((table, name, table[name]))
+    if name in builtins:
+        table[name] = builtins[name]
+    else:
+        del table[name]
+
+
 def class_decorator(table: Dict[str, Any], kind: str, name: str, replace: bool = False):
     """Class decorator for a registry of classes: the class answers to ``name`` in ``table`` (a
     taken name is refused unless ``replace``, :func:`add`) and keeps it as ``cls.name``."""
@@ -80,10 +101,11 @@ def near_misses(given, known, whose: str = "") -> str:
     return f"; did you mean {whose}{', '.join(hints)}?" if hints else ""
 
 
-def build(table: Dict[str, Any], kind: str, name: Any, kw: Dict[str, Any]) -> Any:
+def build(table: Dict[str, Any], kind: str, name: Any, kw: Dict[str, Any], via: str = "") -> Any:
     """An instance of the class registered in ``table`` as ``name``, built with ``kw``. An unknown
     name, a keyword the class does not take, or a non-number for an option whose default is a
-    number is a ValueError naming what exists (``kind`` names the registry in the message)."""
+    number is a ValueError naming what exists (``kind`` names the registry in the message; ``via``,
+    such as " (neither a Controller nor a policy option)", says where an unknown keyword came from)."""
     if not isinstance(name, str) or name not in table:
         raise ValueError(f"unknown {kind} {name!r}: use one of {sorted(table)}")
     cls = table[name]
@@ -93,7 +115,7 @@ def build(table: Dict[str, Any], kind: str, name: Any, kw: Dict[str, Any]) -> An
         if unknown:
             takes = sorted(k for k, p in params.items() if p.kind is not p.VAR_POSITIONAL)
             raise ValueError(
-                f"unknown argument(s) {unknown} for {kind} {name!r} (neither a Controller nor a {kind} option): "
+                f"unknown argument(s) {unknown} for {kind} {name!r}{via}: "
                 + (f"the {kind} takes {takes}" if takes else f"the {kind} takes none") + near_misses(unknown, takes)
             )
     for k, v in kw.items():  # a number option given something else is named, not a bare float() error

@@ -118,6 +118,8 @@ class RunConfig:
     estimator: Optional[str] = field(default=None, metadata={"help": "utility estimator: the scores of policies utility, balanced, threshold "
                                      "and crawl (default: curvature) and of mask_only mode (default: presence); gmp and magnitude take one "
                                      "only when it is named (without one they rank by weight magnitude); rigl and set take none (refused)"})
+    estimator_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "arguments of the estimator's "
+                                         "constructor, e.g. damping=1e-6 for obd (KEY=VALUE, repeatable; YAML values)"})
     density: Optional[float] = field(default=_DEFAULT_DENSITY, metadata={"help": "target fraction of live synapses "
                                      "(mask_only: the same as --target 1-D, so 1.0 removes nothing, and none the same as "
                                      "--target best; give one of the two)"})
@@ -205,6 +207,12 @@ class RunConfig:
                     "--estimator (a config.yaml written before this check records the default estimator for every "
                     "policy: delete its estimator line), or use a policy that takes one (utility, balanced, threshold, "
                     "gmp, magnitude)")
+        takes = _estimator_slots(self.policy)[0]  # (None: an unknown policy, which _check_names names)
+        if self.estimator_kw and self.estimator is None and takes is not None:
+            raise ConfigError(f"estimator_kw ({self.estimator_kw!r}) sets options of the utility estimator, and policy "
+                              f"{self.policy!r} runs none here"
+                              + (" (it ranks by weight magnitude unless one is named): name one with --estimator"
+                                 if takes else ": drop --estimator_kw (it takes no estimator)"))
         if self.update_every is None:
             self.update_every = 1 if self.mode == "mask_only" else 25
         if self.epochs is None:
@@ -426,7 +434,9 @@ _TRAIN_ONLY = [
     ("budget", ("erk",), "mask_only removes synapses network-wide against their measured value, with no layer budget"),
     ("min_density", (0.0,), "mask_only has no layer budget; keep a layer out of the connectome with --exclude"),
     ("protect", ([],), "keep a layer out of the connectome (and dense) with --exclude"),
-    ("controller_kw", ({},), "pass optimize_connectome settings with --mask_only_kw"),
+    ("controller_kw", ({},), "pass optimize_connectome settings with --mask_only_kw (its edit fraction decays "
+                             "over each target's stage, cosine, on its own: no edit_decay there; --mask_only_kw "
+                             "approach=F shapes the stage)"),
     ("end_fraction", (0.75,), "mask_only schedules its edits per target (--mask_only_kw approach=...)"),
 ] + [(key, (default,), "mask_only trains no weight") for key, default in (
     ("optimizer", "sgd"), ("lr", 0.1), ("momentum", 0.9), ("weight_decay", 5e-4), ("lr_schedule", "cosine"),
@@ -521,7 +531,7 @@ def _check_names(cfg: "RunConfig") -> None:
     from adaptive.ensemble_rules import parse_rules
     from adaptive.models import available_models, check_model_kw
     from adaptive.policies.base import policy_names
-    from adaptive.utility.base import estimator_names
+    from adaptive.utility.base import configured_estimator, estimator_names
 
     def known(what, value, names):
         if value not in names:
@@ -531,6 +541,10 @@ def _check_names(cfg: "RunConfig") -> None:
     known("policy", cfg.policy, policy_names())
     if cfg.estimator is not None:
         known("estimator", cfg.estimator, estimator_names())
+        try:  # a keyword its constructor does not take, named with the ones it does
+            configured_estimator(cfg.estimator, cfg.estimator_kw)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     known("budget", cfg.budget, budget_names())
     known("dataset", cfg.dataset, available_datasets())
     if ":" not in cfg.model and cfg.model.lower() not in available_models():
@@ -585,16 +599,29 @@ def build_controller(cfg: RunConfig, conn: Connectome, optimizer=None, total_ste
     """The controller that ``cfg`` describes. Train mode: attached to ``optimizer``; edits stop at
     ``end_fraction`` of ``total_steps`` (optimizer steps); each gradient it observes averages
     batch_size x gradient_accumulation_steps x ``num_processes`` samples. Mask-only mode: the crawl policy driven explicitly (this
-    is the controller :func:`adaptive.optimize_connectome` builds)."""
+    is the controller :func:`adaptive.optimize_connectome` builds, which takes no --controller_kw).
+    A ``cfg`` changed after its checks (``cfg.controller_kw = ...``) is checked again here: a key
+    the recipe sets itself, ``edit_decay`` in mask_only mode among them, is refused naming the option
+    that sets it, as while parsing (it was Python's "got multiple values for keyword argument")."""
     if cfg.mode == "mask_only":
-        return Controller(conn, policy="crawl", estimator=cfg.estimator, update_every=cfg.update_every,
-                          edit_decay="constant", seed=cfg.seed, verify=True, **cfg.controller_kw)
+        _refuse_train_only(cfg)
+    _refuse_derived_keys(cfg)
+    if cfg.mode == "mask_only":
+        return Controller(conn, policy="crawl", estimator=_estimator(cfg), update_every=cfg.update_every,
+                          edit_decay="constant", seed=cfg.seed, verify=True)
     end_step = max(1, int(round(cfg.end_fraction * total_steps)))
     return Controller(conn, optimizer, policy=cfg.policy, density=cfg.density, budget=cfg.budget,
                       update_every=cfg.update_every, end_step=end_step, edit_fraction=cfg.edit_fraction,
-                      estimator=cfg.estimator if _uses_estimator(cfg.policy) else None, min_density=cfg.min_density,
+                      estimator=_estimator(cfg) if _uses_estimator(cfg.policy) else None, min_density=cfg.min_density,
                       protect=cfg.protect, batch_size=cfg.batch_size * cfg.gradient_accumulation_steps * num_processes,
                       seed=cfg.seed, verify=True, **cfg.controller_kw)
+
+
+def _estimator(cfg: RunConfig):
+    """--estimator, built with --estimator_kw where that gives options (else the name)."""
+    from adaptive.utility import configured_estimator
+
+    return configured_estimator(cfg.estimator, cfg.estimator_kw)
 
 
 def _uses_estimator(policy: str) -> bool:
@@ -1107,6 +1134,7 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
     saved.setdefault("gradient_accumulation_steps", 1)  # recorded before the option: one batch per step
     saved.setdefault("max_grad_norm", None)  # recorded before the option: no clipping
     saved.setdefault("label_smoothing", 0.0)  # recorded before the option: none
+    saved.setdefault("estimator_kw", {})  # recorded before the option: the estimator's defaults
     saved.setdefault("lr_milestones", list(STEP_MILESTONES))  # recorded before the step schedule: unused
     saved.setdefault("lr_gamma", STEP_GAMMA)
     saved = run_folder.normalised_settings(saved)
@@ -1249,7 +1277,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         passes = cfg.mask_only_kw.get("passes", passes)  # (kept by a resumed run recorded before the check)
         synapses = count_synapses(model, cfg.include, cfg.exclude)  # (quietly: the connectome warns, below)
         kw = dict(passes=passes, ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
-                  estimator=cfg.estimator, window=cfg.update_every, edit_fraction=cfg.edit_fraction, seed=cfg.seed,
+                  estimator=_estimator(cfg), window=cfg.update_every, edit_fraction=cfg.edit_fraction, seed=cfg.seed,
                   progress=show_progress(cfg.progress) and accelerator.is_local_main_process, checkpoint=ckpt)
         # held-out evaluations as in train mode: every --eval_every steps, else every epoch (in updates)
         window = max(1, int(cfg.update_every or 1))

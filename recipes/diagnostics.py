@@ -358,10 +358,17 @@ def cmd_collinearity(args):
 # ---------------------------------------------------------------------- knowledge
 def cmd_knowledge(args):
     if not args.replot:
-        from adaptive.utility import estimator_names, get_estimator
+        from adaptive.config import merge_key_values
+        from adaptive.utility import configured_estimator, estimator_names, get_estimator
 
         if args.estimator not in estimator_names():
             _refuse(f"unknown estimator {args.estimator!r}: use one of {sorted(estimator_names())}")
+        try:  # the options checked against the estimator's constructor, before anything runs
+            args.estimator_kw = merge_key_values(args.estimator_kw or [], "--estimator_kw",
+                                                 examples=("damping=1e-6", "{damping: 1.0e-6}"))
+            configured_estimator(args.estimator, args.estimator_kw)
+        except ValueError as e:
+            _refuse(str(e))
         if getattr(get_estimator(args.estimator), "needs_gradients", False) and args.holdout <= 0:
             _refuse(f"the {args.estimator} order needs held-out TRAIN data, and --holdout 0 leaves none: use --holdout "
                     "0.1 (say)")
@@ -391,7 +398,8 @@ def cmd_knowledge(args):
     # not given: up to 20, the whole held-out part where it holds fewer (a warning is for a count asked for)
     order_batches = args.order_batches or (min(DEFAULT_ORDER_BATCHES, len(order_loader)) if order_loader else None)
     curve = D.knowledge_distribution(
-        model, mixed(data.test, args.seed), estimator=args.estimator, order_loader=order_loader,
+        model, mixed(data.test, args.seed), estimator=configured_estimator(args.estimator, args.estimator_kw),
+        order_loader=order_loader,
         points=args.points,
         max_fraction=args.max_fraction, finetune_batches=args.finetune_batches,
         finetune_loader=seeded_train_loader(data, args.batch_size, args.seed + 2), lr=args.finetune_lr,
@@ -500,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("knowledge", allow_abbrev=False, parents=[common], help="accuracy of what remains against weights removed")
     s.add_argument("--estimator", default="magnitude", help="utility estimator giving the removal order (adaptive.utility)")
+    s.add_argument("--estimator_kw", "--estimator-kw", action="append", default=[], metavar="KEY=VALUE",
+                   help="an argument of the estimator's constructor, e.g. damping=1e-6 for obd, or several as a YAML "
+                        "mapping (repeatable, later ones winning per key; YAML values; default: none)")
     s.add_argument("--points", type=int, default=40, help="N: the curve is measured at 0 removed, at N counts spaced "
                    "logarithmically from 1 to --max_fraction of the prunable weights and at max(2, N // 2) counts "
                    "spaced evenly from 0 to there; a count that comes twice (often among the smallest) is measured "

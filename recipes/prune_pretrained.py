@@ -70,7 +70,7 @@ DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None
                 verify_batches=0, eval_every=100, train_eval_batches=10,
                 threads=None, progress=None, num_classes=None, num_workers=0, cpu=False,
                 mixed_precision="no", resume=False, overwrite=False, dataset_kw={}, plugins=[], download=False,
-                model_kw={})
+                model_kw={}, estimator_kw={})
 
 # the model's arguments the recipe sets itself, and from what: never a --model-kw entry
 MODEL_SETS = dict(RECIPE_SETS, num_classes="--num-classes (default: the dataset's class count)")
@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "at least one per class; one of the split's size or more takes the whole split)")
     p.add_argument("--ensemble", help="synapse, kernel, neuron, block:RxC; or per layer, first match wins: '*fc*=neuron;synapse'")
     p.add_argument("--estimator", help="utility estimator (presence, evidence, consistency, obd, taylor, ...)")
+    p.add_argument("--estimator-kw", "--estimator_kw", dest="estimator_kw", action="append", metavar="KEY=VALUE",
+                   help="an argument of the estimator's constructor, e.g. damping=1e-6 for obd, or several as a YAML "
+                        "mapping (repeatable, later ones winning per key, over the --config file's; also "
+                        "--estimator-kw.KEY VALUE; YAML values); the presence and evidence step is --step")
     p.add_argument("--step", type=number_or_none,
                    help="step of the presence or evidence estimator (none: the estimator's own, also over a "
                         "--config file's step)")
@@ -227,7 +231,7 @@ def _check_names(cfg: dict, origin) -> None:
     from adaptive.data import available_datasets
     from adaptive.ensemble_rules import parse_rules
     from adaptive.models import available_models
-    from adaptive.utility.base import estimator_names
+    from adaptive.utility.base import configured_estimator, estimator_names
 
     def known(key, names, hint=""):
         if cfg[key] not in names:
@@ -239,6 +243,13 @@ def _check_names(cfg: dict, origin) -> None:
                          f"(torchvision:NAME is any torchvision classifier){plugin}")
     known("dataset", available_datasets(), plugin)
     known("estimator", estimator_names(), plugin)
+    if "step" in cfg["estimator_kw"]:  # one way to give it: --step (and step: in a --config file)
+        raise SystemExit(f"{origin('estimator_kw')} step: the recipe sets the estimator's step from --step: give "
+                         f"--step {cfg['estimator_kw']['step']} instead")
+    try:  # a keyword its constructor does not take, named with the ones it does
+        configured_estimator(cfg["estimator"], cfg["estimator_kw"], option=origin("estimator_kw"))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     try:
         rules = parse_rules(cfg["ensemble"])
     except (ValueError, KeyError, TypeError) as e:
@@ -320,7 +331,8 @@ def _check_ranges(cfg: dict, origin) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
-    args = parser.parse_args(dotted_key_values(sys.argv[1:] if argv is None else argv, ("model_kw", "dataset_kw")))
+    args = parser.parse_args(dotted_key_values(sys.argv[1:] if argv is None else argv,
+                                                   ("model_kw", "dataset_kw", "estimator_kw")))
     cfg = dict(DEFAULTS)
     loaded = {}
     if args.config:
@@ -341,9 +353,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         _check_file_values(args.config, loaded, parser)
         cfg.update(loaded)
     for k, v in vars(args).items():
-        if k not in ("config", "dataset_kw", "model_kw") and v is not None:
+        if k not in ("config", "dataset_kw", "model_kw", "estimator_kw") and v is not None:
             cfg[k] = v
-    for key, what, example in (("dataset_kw", "dataset", "{resize: 232}"), ("model_kw", "model", "{hidden: [64]}")):
+    for key, what, example in (("dataset_kw", "dataset", "{resize: 232}"), ("model_kw", "model", "{hidden: [64]}"),
+                               ("estimator_kw", "estimator", "{damping: 1.0e-6}")):
         if not isinstance(cfg.get(key) or {}, dict):
             raise SystemExit(f"{args.config}: {key} must be a mapping of the {what} builder's arguments, "
                              f"e.g. {example}, got {cfg[key]!r}")
@@ -351,6 +364,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         cfg["dataset_kw"] = merge_key_values(args.dataset_kw or [], base=cfg.get("dataset_kw"))
         cfg["model_kw"] = merge_key_values(args.model_kw or [], "--model-kw", base=cfg.get("model_kw"),
                                            examples=("hidden=[64]", "{depth: 4, width: 64}"))
+        cfg["estimator_kw"] = merge_key_values(args.estimator_kw or [], "--estimator-kw", base=cfg.get("estimator_kw"),
+                                               examples=("damping=1e-6", "{damping: 1.0e-6}"))
     except ValueError as e:
         raise SystemExit(str(e)) from None
     from adaptive.paths import absolute_if_exists
@@ -597,14 +612,14 @@ def _table(rows) -> str:
 
 
 def _estimator(args):
-    """The estimator by name, or an instance with ``--step`` for the estimators that take one."""
-    if args.step is None:
-        return args.estimator
-    from adaptive.utility import get_estimator
+    """The estimator by name, or an instance built with ``--estimator-kw`` and, for the estimators
+    that take one, ``--step``."""
+    from adaptive.utility import configured_estimator
 
-    if args.estimator not in ("presence", "evidence"):
+    if args.step is not None and args.estimator not in ("presence", "evidence"):
         raise ValueError(f"--step applies to the presence and evidence estimators, not {args.estimator!r}")
-    return get_estimator(args.estimator, step=args.step)
+    step = {} if args.step is None else {"step": args.step}
+    return configured_estimator(args.estimator, {**args.estimator_kw, **step}, option="--estimator-kw")
 
 
 def _accelerator(args):
@@ -902,6 +917,7 @@ def _check_resumed_settings(args, out: Path) -> None:
     if "weights" in saved:
         saved["weights"] = absolute_if_exists(saved["weights"])
     saved.setdefault("model_kw", {})  # a run recorded before --model-kw was built without one
+    saved.setdefault("estimator_kw", {})  # ... and one before --estimator-kw with the estimator's defaults
     now = _settings(args)
     free = RESUME_MAY_CHANGE | ({"num_classes"} if now.get("num_classes") is None else set())  # (the data's)
     if "best" not in args.remove:  # unused by fixed targets (a config.yaml recorded before a file's were refused)

@@ -360,7 +360,7 @@ def knowledge_distribution(
     model: nn.Module,
     eval_loader,
     order_loader=None,
-    estimator: str = "magnitude",
+    estimator="magnitude",
     counts: Optional[Sequence[int]] = None,
     points: int = 40,
     max_fraction: float = 1.0,
@@ -379,7 +379,8 @@ def knowledge_distribution(
     conn: Optional[Connectome] = None,
     bn_batches: int = 0,
 ) -> KnowledgeCurve:
-    """Remove the prunable weights of a copy of ``model`` in ``estimator`` order (scores from
+    """Remove the prunable weights of a copy of ``model`` in ``estimator`` order (a registry name, or
+    an estimator instance built with options, recorded as its repr; scores from
     ``order_batches`` batches of ``order_loader``; choose held-out training data, never the test
     split) and measure loss and accuracy on ``eval_batches`` batches of ``eval_loader`` at each
     count of ``counts`` (default :func:`default_counts`; 0, the intact network that accuracy drops
@@ -454,6 +455,7 @@ def knowledge_distribution(
         raise ValueError("every prunable weight of the model is already pruned (its Connectome's masks): "
                          "nothing is left to remove")
     scores = removal_scores(conn, order_loader, estimator, order_batches, loss_fn)
+    estimator = estimator if isinstance(estimator, str) else repr(estimator)  # (the curve's record: text)
     order = global_order(scores)
     if pruned_before:
         order = order[live_flat[order]]  # only live weights are removed; the pruned ones stay pruned

@@ -36,10 +36,10 @@ def _gradient_batches(conn, loader, batches, loss_fn, desc):
 
 @kept_global_rng()
 @torch.inference_mode(False)  # its tensors (sums, gradients) must be normal ones, whatever the caller's mode
-def removal_scores(conn, loader=None, estimator: str = "magnitude", batches: Optional[int] = 20,
+def removal_scores(conn, loader=None, estimator="magnitude", batches: Optional[int] = 20,
                    loss_fn: Callable = default_loss, seed: int = 0) -> Dict[str, torch.Tensor]:
     """Score every synapse of ``conn`` (an :class:`adaptive.Connectome`) with ``estimator``'s
-    removal cost; low = removed first. Gradients (model in eval mode) come from ``batches`` batches
+    removal cost (a registry name, or an estimator instance built with options); low = removed first. Gradients (model in eval mode) come from ``batches`` batches
     of ``loader`` when the estimator needs them, for every weight of ``conn``: a frozen layer's
     (``requires_grad=False``) included, so it is scored on its real gradient, not on none.
     ``loss_fn(output, targets)``: the loss whose gradients are observed (default cross-entropy);
@@ -48,6 +48,7 @@ def removal_scores(conn, loader=None, estimator: str = "magnitude", batches: Opt
     from ..utility import GradientStats, UtilityContext, get_estimator
 
     est = get_estimator(estimator)
+    estimator = estimator if isinstance(estimator, str) else repr(est)  # what the messages name
     stats = GradientStats(conn, second_moment=getattr(est, "needs_second_moment", False))
     batch_size = None
     if getattr(est, "needs_gradients", False):

@@ -42,7 +42,7 @@ def get_policy(name, **kw) -> "Policy":
                              f"{type(name).__name__} given: build the instance with them, or give the policy "
                              f"by name ({getattr(name, 'name', '...')!r}) with the options")
         return name
-    return _registry.build(_POLICIES, "policy", name, kw)
+    return _registry.build(_POLICIES, "policy", name, kw, via=" (neither a Controller nor a policy option)")
 
 
 def policy_names():

@@ -1,6 +1,7 @@
 """Utility measurement: gradient statistics and the estimators that turn them into scores."""
 from . import consistency, curvature, evidence, gradient, magnitude, obd, presence, random, taylor  # noqa: F401  (registration)
-from .base import Estimator, UtilityContext, estimator_names, get_estimator, register_estimator
+from .base import Estimator, UtilityContext, configured_estimator, estimator_names, get_estimator, register_estimator
 from .stats import GradientStats
 
-__all__ = ["Estimator", "UtilityContext", "GradientStats", "get_estimator", "register_estimator", "estimator_names"]
+__all__ = ["Estimator", "UtilityContext", "GradientStats", "get_estimator", "register_estimator", "estimator_names",
+           "configured_estimator"]

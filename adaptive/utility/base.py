@@ -41,6 +41,19 @@ def get_estimator(name, **kw) -> "Estimator":
     return _registry.build(_ESTIMATORS, "utility estimator", name, kw)
 
 
+def configured_estimator(name, kw=None, option: str = "--estimator_kw"):
+    """What the Controller, :func:`adaptive.optimize_connectome` and the diagnostics take for the
+    estimator ``name`` with the options ``kw``: the name itself where there are none, else the
+    instance built with them. A keyword its constructor does not take (or a non-number for a number)
+    is a ValueError that starts with ``option`` and names the keywords it takes and the nearest one."""
+    if not kw:
+        return name
+    try:
+        return get_estimator(name, **kw)
+    except ValueError as e:
+        raise ValueError(f"{option}: {e}") from None
+
+
 def estimator_names():
     return sorted(_ESTIMATORS)
 

@@ -1,0 +1,181 @@
+"""--estimator_kw: the utility estimator's own options from the command line (and --config files),
+checked against its constructor, recorded in config.yaml and compared on --resume, in
+recipes/adaptive.py, recipes/prune_pretrained.py and recipes/diagnostics.py knowledge."""
+import os
+import sys
+
+import pytest
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _scripts import load_script  # noqa: E402
+
+A = load_script("recipes/adaptive.py", "recipe_adaptive_estimator_kw")
+TINY = ["--max_steps", "20", "--update_every", "10", "--threads", "1", "--progress", "false", "--figures", "false"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def _error(main, argv, capsys) -> str:
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_the_train_mode_controller_gets_the_estimator_built_with_its_options_and_a_resume_compares_them(
+        tmp_path, capsys):
+    out = tmp_path / "run"
+    res = A.main(TINY + ["--estimator", "obd", "--estimator-kw", "damping=1e-6", "--checkpoint_every", "10",
+                         "--output_dir", str(out)])
+    est = res.controller.drop_est
+    assert type(est).__name__ == "OBD" and est.damping == 1e-6 and res.controller.grow_est is est
+    assert yaml.safe_load((out / "config.yaml").read_text())["estimator_kw"] == {"damping": 1e-6}
+    err = _error(A.main, ["--config", str(out / "config.yaml"), "--resume", "latest", "--estimator_kw", "damping=0.001"],
+                 capsys)
+    assert "records other settings (estimator_kw: run {'damping': 1e-06}, now {'damping': 0.001})" in err
+
+
+def test_a_mask_only_run_passes_the_options_to_optimize_connectome(tmp_path, monkeypatch):
+    import adaptive.mask_only as M
+
+    seen = {}
+    real = M.optimize_connectome
+
+    def spy(*a, **kw):
+        seen["estimator"] = kw["estimator"]
+        return real(*a, **kw)
+
+    monkeypatch.setattr(A, "optimize_connectome", spy, raising=False)
+    monkeypatch.setattr(M, "optimize_connectome", spy)
+    A.main(["--mode", "mask_only", "--target", "0.5", "--max_steps", "4", "--threads", "1", "--progress", "false",
+            "--figures", "false", "--estimator_kw", "step=0.05", "--output_dir", str(tmp_path / "m")])
+    assert type(seen["estimator"]).__name__ == "Presence" and seen["estimator"].step == 0.05
+
+
+def test_a_config_file_gives_them_too(tmp_path):
+    from adaptive.config import parse_config
+
+    f = tmp_path / "c.yaml"
+    f.write_text("estimator: obd\nestimator_kw: {damping: 0.5}\n")
+    cfg = parse_config(A.RunConfig, ["--config", str(f)])
+    assert A._estimator(cfg).damping == 0.5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--estimator", "obd", "--estimator_kw", "dampin=1e-6"],
+     "--estimator_kw: unknown argument(s) ['dampin'] for utility estimator 'obd': the utility estimator takes "
+     "['damping']; did you mean 'damping' for 'dampin'?"),
+    (["--mode", "mask_only", "--estimator_kw", "stp=0.1"], "takes ['beta1', 'beta2', 'eps', 'step']; did you mean 'step'"),
+    (["--policy", "gmp", "--estimator_kw", "damping=1"], "policy 'gmp' runs none here (it ranks by weight magnitude "
+                                                          "unless one is named): name one with --estimator"),
+    (["--policy", "rigl", "--estimator_kw", "damping=1"], "policy 'rigl' runs none here: drop --estimator_kw"),
+])
+def test_options_the_estimator_does_not_take_are_refused_before_any_work(tmp_path, args, message, capsys):
+    out = tmp_path / "never"
+    assert message in _error(A.main, TINY + args + ["--output_dir", str(out)], capsys)
+    assert not out.exists()
+
+
+PRUNE = ["--model", "mlp", "--dataset", "fake", "--dataset-kw", "shape=[64]", "--dataset-kw", "train_size=128",
+         "--passes", "0.3", "--batch-size", "32", "--remove", "0.2", "--eval-every", "1", "--no-progress",
+         "--threads", "1"]
+
+
+def test_prune_pretrained_builds_the_estimator_with_its_options_records_them_and_compares_them_on_resume(
+        tmp_path, monkeypatch):
+    P = load_script("recipes/prune_pretrained.py", "prune_pretrained_estimator_kw")
+    seen, real = {}, P.optimize_connectome
+
+    def spy(*a, **kw):
+        seen["estimator"] = kw["estimator"]
+        return real(*a, **kw)
+
+    monkeypatch.setattr(P, "optimize_connectome", spy)
+    out = tmp_path / "run"
+    P.main(PRUNE + ["--estimator", "evidence", "--estimator-kw", "clip=2.5", "--step", "0.1", "--output_dir", str(out)])
+    assert type(seen["estimator"]).__name__ == "Evidence"
+    assert (seen["estimator"].clip, seen["estimator"].step) == (2.5, 0.1)
+    assert yaml.safe_load((out / "config.yaml").read_text())["estimator_kw"] == {"clip": 2.5}
+    with pytest.raises(P.run_folder.RunFolderError, match=r"estimator_kw: run \{'clip': 2.5\}, now \{'clip': 2.7\}"):
+        P.main(PRUNE + ["--estimator", "evidence", "--estimator-kw", "clip=2.7", "--step", "0.1", "--output_dir",
+                        str(out), "--resume"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--estimator", "obd", "--estimator_kw", "dampin=1e-6"], "--estimator-kw: unknown argument(s) ['dampin'] for "
+                                                              "utility estimator 'obd'"),
+    (["--estimator-kw", "step=0.1"], "--estimator-kw step: the recipe sets the estimator's step from --step"),
+])
+def test_prune_pretrained_refuses_options_the_estimator_does_not_take(args, message):
+    P = load_script("recipes/prune_pretrained.py", "prune_pretrained_estimator_kw")
+    with pytest.raises(SystemExit) as e:
+        P.parse_args(PRUNE + args)
+    assert message in str(e.value.code)
+
+
+def test_diagnostics_knowledge_orders_by_the_estimator_built_with_its_options(tmp_path, monkeypatch):
+    import json
+
+    import adaptive.diagnostics.knowledge as K
+
+    D = load_script("recipes/diagnostics.py", "diagnostics_estimator_kw")
+    seen, real = {}, K.removal_scores
+
+    def spy(conn, loader, estimator, *a, **kw):
+        seen["estimator"] = estimator
+        return real(conn, loader, estimator, *a, **kw)
+
+    monkeypatch.setattr(K, "removal_scores", spy)
+    D.main(["knowledge", "--dataset", "digits", "--batch_size", "64", "--output_dir", str(tmp_path), "--model", "mlp",
+            "--train_steps", "1", "--points", "2", "--estimator", "obd", "--estimator-kw", "damping=0.25",
+            "--order_batches", "1", "--threads", "1"])
+    assert type(seen["estimator"]).__name__ == "OBD" and seen["estimator"].damping == 0.25
+    assert json.loads((tmp_path / "knowledge_summary.json").read_text())["estimator"] == "OBD(damping=0.25)"
+
+
+def test_diagnostics_knowledge_refuses_an_option_the_estimator_does_not_take(tmp_path, capsys):
+    D = load_script("recipes/diagnostics.py", "diagnostics_estimator_kw")
+    with pytest.raises(SystemExit) as e:
+        D.main(["knowledge", "--dataset", "digits", "--output_dir", str(tmp_path / "k"), "--estimator", "obd",
+                "--estimator_kw", "dampin=1"])
+    assert "--estimator_kw: unknown argument(s) ['dampin'] for utility estimator 'obd'" in str(e.value.code)
+    assert "did you mean 'damping'" in str(e.value.code) and not (tmp_path / "k").exists()
+
+
+def test_edit_decay_in_mask_only_mode_is_refused_naming_mask_only_kw_never_a_bare_type_error(capsys):
+    """The command line refused --controller_kw in mask_only mode; a config changed after its checks
+    reached build_controller, where edit_decay clashed with the recipe's own: Python's 'got multiple
+    values for keyword argument'."""
+    import torch
+
+    from adaptive import Connectome
+    from adaptive.config import ConfigError, parse_config
+
+    err = _error(A.main, ["--mode", "mask_only", "--controller_kw", "edit_decay=linear"], capsys)
+    assert "mode mask_only does not use controller_kw" in err and "--mask_only_kw" in err and "edit_decay" in err
+    cfg = parse_config(A.RunConfig, ["--mode", "mask_only"])
+    cfg.controller_kw = {"edit_decay": "linear"}
+    conn = Connectome(torch.nn.Sequential(torch.nn.Linear(4, 3)), mode="mask_only")
+    with pytest.raises(ConfigError, match="mode mask_only does not use controller_kw"):
+        A.build_controller(cfg, conn)
+    train = parse_config(A.RunConfig, [])
+    train.controller_kw = {"seed": 3}
+    with pytest.raises(ConfigError, match="--controller_kw seed: the recipe sets seed itself, from --seed"):
+        A.build_controller(train, Connectome(torch.nn.Sequential(torch.nn.Linear(4, 3))))
+    train.controller_kw = {"edit_decay": "linear"}  # train mode takes it
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    ctrl = A.build_controller(train, Connectome(net), torch.optim.SGD(net.parameters(), lr=0.1))
+    assert type(ctrl.edit).__name__ == "LinearDecay"
