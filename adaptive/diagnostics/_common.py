@@ -213,11 +213,17 @@ def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parame
 def attached_connectome(model: nn.Module) -> Optional[Connectome]:
     """The Connectome that masks ``model``'s weights through an optimizer (attached), if any."""
     for p in _uncompiled(model).parameters():
-        entry = _MASKED_BY.get(id(p))
-        c = entry[1]() if entry is not None and entry[0]() is p else None
-        if c is not None and (c._optimizers or c._masker.handles):
+        c = masking_connectome(p)
+        if c is not None:
             return c
     return None
+
+
+def masking_connectome(param: torch.Tensor) -> Optional[Connectome]:
+    """The Connectome that masks ``param`` through an optimizer (attached), if any."""
+    entry = _MASKED_BY.get(id(param))
+    c = entry[1]() if entry is not None and entry[0]() is param else None
+    return c if c is not None and (c._optimizers or c._masker.handles) else None
 
 
 def model_connectome(model: nn.Module, conn, what: str, why: str) -> Optional[Connectome]:
@@ -235,17 +241,17 @@ def model_connectome(model: nn.Module, conn, what: str, why: str) -> Optional[Co
     return conn
 
 
-def live_mask(conn: Optional[Connectome], weight: torch.Tensor) -> Optional[torch.Tensor]:
-    """Which entries of ``weight`` are live synapses (a bool tensor of its shape, on the CPU): the
-    connectome's synapse-level mask of that very parameter (found by identity, whatever its name,
-    and in the weight's stored layout: a transposed convolution's ``(in, out/groups, *kernel)``,
-    an ensemble granularity expanded to its synapses); None when there is no connectome or it
-    does not hold the weight (a layer it leaves dense)."""
+def live_mask(conn: Optional[Connectome], weight: torch.Tensor, device=None) -> Optional[torch.Tensor]:
+    """Which entries of ``weight`` are live synapses (a bool tensor of its shape, on ``device``, by
+    default the CPU): the connectome's synapse-level mask of that very parameter (found by
+    identity, whatever its name, and in the weight's stored layout: a transposed convolution's
+    ``(in, out/groups, *kernel)``, an ensemble granularity expanded to its synapses); None when
+    there is no connectome or it does not hold the weight (a layer it leaves dense)."""
     if conn is None:
         return None
     for n, p in conn.params.items():
         if p is weight:
-            return conn.masks[n].detach().to("cpu", torch.bool)
+            return conn.masks[n].detach().to(device or "cpu", torch.bool)
     return None
 
 
