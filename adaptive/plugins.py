@@ -40,7 +40,8 @@ def load_plugin(spec: str) -> ModuleType:
     if _is_file(spec):
         path = Path(spec).expanduser().resolve()
         if not path.is_file():
-            raise PluginError(f"plugin file {spec} not found (resolved to {path}): give the path of a .py file, "
+            resolved_to = f" (resolved to {path})" if str(path) != spec else ""
+            raise PluginError(f"plugin file {spec} not found{resolved_to}: give the path of a .py file, "
                               "or the name of an importable module")
         if path in _LOADED:
             return _LOADED[path]

@@ -438,6 +438,8 @@ def main(argv=None) -> int:
 def _one_line(e: BaseException) -> str:
     """The first line of an error's message (with its type if that says something); longer
     messages point at ADAPTIVE_TRACEBACK."""
+    from adaptive.plugins import PluginError
+
     from .trace import InputGuessError
 
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
@@ -454,7 +456,8 @@ def _one_line(e: BaseException) -> str:
         lines[0] = f"{type(e).__name__}: {lines[0]} (install it, or choose another --format)"
     elif isinstance(e, OSError) and not isinstance(e, FileNotFoundError):  # permissions, a file where a folder goes
         lines[0] = f"{type(e).__name__}: {lines[0]}"
-    elif isinstance(e, RuntimeError) and not type(e).__name__.endswith("MismatchError"):
+    elif isinstance(e, RuntimeError) and not isinstance(e, PluginError) and not type(e).__name__.endswith("MismatchError"):
+        # a plugin's error names the plugin and what it did: it is no failure to rebuild the model
         lines[0] = (f"{lines[0]} (rebuilding or tracing the model failed: check --model, --in-shape, --in-dtype and --num-classes; "
                     "ADAPTIVE_TRACEBACK=1 shows the traceback)")
     return lines[0] + (" ..." if len(lines) > 1 else "")

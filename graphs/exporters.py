@@ -2,7 +2,10 @@
 objects, and file writers chosen by extension.
 
 ``register_exporter("name")(fn)`` adds ``fn(graph) -> object``; ``register_writer(".ext")(fn)`` adds
-``fn(graph, path)``. Built in: exporters "pyg" and "networkx"; writers ".graphml" (streamed from the
+``fn(graph, path)``, which writes the file at ``path`` (a temporary name beside the file asked for,
+renamed onto it once ``fn`` returns). What such a function gives back is checked (a writer must
+have written that file, an exporter must return something), and a failure of one not built in is
+raised as a :class:`~adaptive.plugins.PluginError` naming it, with nothing written. Built in: exporters "pyg" and "networkx"; writers ".graphml" (streamed from the
 graph's columns, not through networkx), ".gexf", ".json" (streamed too).
 
 Every format but GEXF carries the :func:`header` (groups, layers, concatenations, dtypes), so
@@ -16,12 +19,14 @@ import io
 import json
 import math
 import os
+import shutil
 from typing import Callable, Dict
 
 import torch
 
 from adaptive import registry as _registry
 from adaptive.atomic import atomic_path
+from adaptive.plugins import PluginError
 from adaptive.warn import warn_user
 
 EXPORTERS: Dict[str, Callable] = {}
@@ -58,10 +63,16 @@ def register_writer(ext: str, replace: bool = False):
 
 
 def export(g, name: str):
-    """Convert ``g`` with the exporter registered as ``name``."""
+    """Convert ``g`` with the exporter registered as ``name``; one that returns None is refused."""
     if name not in EXPORTERS:
         raise ValueError(f"unknown exporter {name!r}: registered are {sorted(EXPORTERS)}")
-    return EXPORTERS[name](g)
+    fn = EXPORTERS[name]
+    out = fn(g)
+    if out is None:
+        raise PluginError(f"graph exporter {name!r} ({_registry._origin(fn)}) returned None: an exporter returns the "
+                          "converted graph (a file is written by a writer: graphs.register_writer('.ext'), "
+                          "fn(graph, path))")
+    return out
 
 
 def write(g, path, format: str | None = None) -> str:
@@ -75,9 +86,37 @@ def write(g, path, format: str | None = None) -> str:
         ext = inner if inner in COMPRESSIBLE else ext
     if ext not in WRITERS:
         raise ValueError(f"cannot write {path!r}: unknown format {ext!r}; known are {sorted(WRITERS)}")
+    fn = WRITERS[ext]
     with atomic_path(path) as tmp:  # a failing writer leaves the old file, never half a new one
-        WRITERS[ext](g, os.fspath(tmp))
+        if _BUILT_IN.get(ext) is fn:
+            fn(g, os.fspath(tmp))
+        else:
+            _plugin_write(fn, ext, g, tmp, path)
     return path
+
+
+def _plugin_write(fn, ext: str, g, tmp, path: str) -> None:
+    """Run a writer not built in on the temporary path ``tmp`` of ``path``: its bug (any error but
+    an OSError or a missing import, which say what to fix themselves) is raised as a PluginError
+    naming it, and so is a writer that leaves no file at ``tmp``."""
+    who = f"graph writer {ext!r} ({_registry._origin(fn)})"
+    try:
+        out = fn(g, os.fspath(tmp))
+    except (OSError, ImportError):
+        raise
+    except Exception as e:
+        raise PluginError(f"{who} failed writing {path!r}: {type(e).__name__}: {e}; nothing was written "
+                          "(a file already there is kept)") from e
+    if os.path.isdir(tmp):  # atomic_path removes files only
+        shutil.rmtree(tmp)
+        raise PluginError(f"{who} wrote a folder, not a file, for {path!r}: a writer fn(graph, path) writes one file "
+                          "at the path it is given; nothing was written")
+    if not os.path.isfile(tmp):
+        returned = "" if out is None else (f"; it returned a {type(out).__name__} (what it returns is ignored; an "
+                                           "exporter returning an object is registered with graphs.register_exporter)")
+        raise PluginError(f"{who} wrote no file for {path!r}: a writer fn(graph, path) writes the file at the path it "
+                          f"is given (a temporary name beside {os.path.basename(path)}, renamed onto it when fn "
+                          f"returns){returned}")
 
 
 def header(g) -> dict:
@@ -448,3 +487,6 @@ def read_json(path):
     edges = {k: _float_column(v, getattr(torch, doc["edge_dtypes"][k])) for k, v in e.items() if k not in ("src", "dst")}
     nodes = {k: _float_column(v, getattr(torch, doc["node_dtypes"][k])) for k, v in doc["nodes"].items() if k != "name"}
     return from_header(header_from_doc(doc), nodes, torch.tensor(e["src"], dtype=torch.long), torch.tensor(e["dst"], dtype=torch.long), edges)
+
+
+_BUILT_IN = dict(WRITERS)  # their failures are raised as they are; a plugin's are named as its (write)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaptive import Connectome
-from adaptive.diagnostics import collinearity, gradient_by_depth
+from adaptive.diagnostics import BandGradientScaler, collinearity, gradient_by_depth
 
 torch.set_num_threads(1)
 
@@ -226,3 +226,80 @@ def test_zeros_without_a_connectome_get_a_warning():
     assert dense.measured == conn.num_synapses() > given.measured
     with pytest.warns(UserWarning, match=r"exactly zero.*gradient_by_depth\(model, \.\.\., conn=conn\)"):
         gradient_by_depth(net, data, layer="2", depths=DEPTHS, batches=1)
+
+
+SCALER_DEPTHS = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)  # three bands of layer "2"'s 12 inputs
+
+
+def reference_band_scales(raws, lives, momentum):
+    """BandGradientScaler's scales after each gradient of ``raws``, recomputed in plain PyTorch: the
+    running mean log|grad| of each band's live, non-zero entries (``lives``: the mask at each step)."""
+    band = SCALER_DEPTHS.expand(4, 12)
+    typical, seen, out = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.bool), []
+    for g, live in zip(raws, lives):
+        for b in range(3):
+            vals = g.double().abs()[(band == b) & live & (g != 0)]
+            if len(vals):
+                cur = vals.log().mean()
+                typical[b] = momentum * typical[b] + (1 - momentum) * cur if seen[b] else cur
+                seen[b] = True
+        common = typical[seen].mean()
+        out.append({b: float((common - typical[b]).exp()) if seen[b] else 1.0 for b in range(3)})
+    return out
+
+
+def band_scaled_run(how, observed):
+    """Six SGD steps on a pruned MLP with a BandGradientScaler on layer "2" (its connectome given,
+    attached, or absent), the deep band pruned from the start and the middle one pruned entirely
+    after two steps. ``observed``: an observer wants dense gradients at every step."""
+    net, conn = pruned_mlp(density=0.5)
+    m = conn.masks["2.weight"].clone()
+    m[:, 8:] = False
+    conn.set_masks({"0.weight": conn.masks["0.weight"], "2.weight": m})
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    if how != "none":
+        conn.attach(opt)
+        if observed:
+            conn.add_observer(lambda: None)
+    raws, lives, scales, used = [], [], [], []
+    net[2].weight.register_hook(lambda g: raws.append(g.clone()))  # before the scaler's: the raw gradient
+    scaler = BandGradientScaler(net, layers=["2"], depths={"2": SCALER_DEPTHS}, momentum=0.5,
+                                conn=conn if how == "given" else None)
+    for step, (x, y) in enumerate(batches((6,), 4, n=6)):
+        if step == 2:
+            m = conn.masks["2.weight"].clone()
+            m[:, 4:] = False
+            conn.set_masks({"0.weight": conn.masks["0.weight"], "2.weight": m})
+        lives.append(conn.masks["2.weight"].clone() if how != "none" else torch.ones(4, 12, dtype=torch.bool))
+        F.cross_entropy(net(x), y).backward()
+        scales.append(scaler.scales()["2"])
+        used.append((net[2].weight.grad.clone(), raws[-1]))
+        opt.step()
+        opt.zero_grad()
+    scaler.remove()
+    return raws, lives, scales, used
+
+
+@pytest.mark.parametrize("how", ["given", "attached", "none"])
+def test_band_scaler_sizes_bands_by_live_synapses_only(how):
+    """With a connectome (given, or attached to the optimizer) the running band sizes count live
+    synapses only, so the scales equal a recomputation over the live positions and are the same
+    whether or not the steps are observed (dense .grad); they counted the pruned positions' dense
+    gradients. A band pruned from the start keeps scale 1; one pruned later keeps its last size."""
+    raws, lives, scales, used = band_scaled_run(how, observed=True)
+    want = reference_band_scales(raws, lives, 0.5)
+    for got, ref in zip(scales, want):
+        assert got == pytest.approx(ref, rel=1e-6)
+    if how != "none":  # without a connectome every position counts, as before
+        assert scales[-1][2] == 1.0 and scales[-1][1] != 1.0  # pruned from the start; pruned after being seen
+        assert band_scaled_run(how, observed=False)[2] == scales
+    grad, raw = used[0]  # observed: .grad keeps the pruned positions' (dense) gradient, scaled by its band
+    s = torch.tensor([scales[0][int(d)] for d in SCALER_DEPTHS], dtype=raw.dtype)
+    torch.testing.assert_close(grad, raw * s, rtol=1e-6, atol=0)
+
+
+def test_band_scaler_refuses_another_models_connectome():
+    net, conn = pruned_mlp()
+    other, _ = pruned_mlp()
+    with pytest.raises(ValueError, match="another model"):
+        BandGradientScaler(other, layers=["2"], depths={"2": SCALER_DEPTHS}, conn=conn)

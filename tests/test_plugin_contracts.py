@@ -2,6 +2,8 @@
 edit the connectome: NaN or complex estimator scores; a model builder that returns no module; a
 granularity whose pool and expand disagree; and a graph writer a plugin registers is a valid
 ``--format``."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -215,6 +217,88 @@ def test_graphs_export_takes_a_format_a_plugin_registers_and_names_the_known_one
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     assert "graphml, gexf, json, or pt" in " ".join(capsys.readouterr().out.split())
+
+
+RUN_FILES = ["config.yaml", "connectome.safetensors", "model_state.pt"]
+
+
+def _mlp_run(tmp_path):
+    """A run folder (RUN_FILES) of a small MLP that the graphs command line rebuilds."""
+    from adaptive.models import build_model
+
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(build_model("mlp", hidden=(8,), in_shape=(1, 4, 4)))
+    run = tmp_path / "run"
+    conn.save(run / "connectome.safetensors")
+    torch.save(conn.dense_state_dict(), run / "model_state.pt")
+    (run / "config.yaml").write_text("model:\n  name: mlp\n  hidden: [8]\n  in_shape: [1, 4, 4]\n")
+    return conn, run
+
+
+WRITER_BUGS = {  # a plugin writer's body -> what the error says (graphs.write and the command line)
+    "raises": ("open(path, 'w').write('half')\n    raise KeyError('no column')",
+               r"failed writing .*KeyError: 'no column'; nothing was written"),
+    "writes_nothing": ("pass", r"wrote no file for .*writes the file at the path it is given"),
+    "returns_text": ("return 'src,dst'", r"wrote no file .*it returned a str \(what it returns is ignored; an exporter"),
+    "writes_a_folder": ("import os; os.mkdir(path)", r"wrote a folder, not a file"),
+}
+
+
+@pytest.mark.parametrize("bug", sorted(WRITER_BUGS))
+def test_a_graph_writer_that_breaks_its_contract_is_named_and_leaves_no_file(bug, tmp_path, capsys):
+    """A plugin writer that raised was reported by the command line as a failure to rebuild the
+    model (check --model ...); one that wrote nothing, or returned its text, as os.replace's
+    FileNotFoundError on a temporary name; one that made a folder as IsADirectoryError, the folder
+    left behind. Each is a PluginError naming the writer, and the folder holds what it held."""
+    import graphs
+    from adaptive.plugins import PluginError
+    from graphs.cli import main
+
+    conn, run = _mlp_run(tmp_path)
+    body, says = WRITER_BUGS[bug]
+    plugin = tmp_path / f"writer_{bug}.py"
+    plugin.write_text(f"import graphs\n\n@graphs.register_writer('.{bug}', replace=True)\ndef w(g, path):\n    {body}\n")
+    (run / f"old.{bug}").write_text("old")
+    g = graphs.build(conn, "unit")
+    try:
+        assert main(["export", str(run), "--plugins", str(plugin), "--out", str(run / f"old.{bug}")]) == 2
+        err = capsys.readouterr().err
+        assert re.match(rf"error: graph writer '\.{bug}' \(adaptive_plugin_writer_{bug}_\w+\.w\) {says}", err), err
+        assert err.count("\n") == 1 and "rebuilding or tracing" not in err
+        with pytest.raises(PluginError, match=says):
+            graphs.write(g, tmp_path / f"new.{bug}")
+    finally:
+        graphs.WRITERS.pop(f".{bug}", None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", plugin.name]
+    assert sorted(p.name for p in run.iterdir()) == [*RUN_FILES, f"old.{bug}"]
+    assert (run / f"old.{bug}").read_text() == "old"
+
+
+def test_an_exporter_returning_nothing_is_refused_naming_it():
+    import graphs
+    from adaptive.plugins import PluginError
+
+    g = graphs.build(adaptive.Connectome(torch.nn.Sequential(torch.nn.Linear(4, 3))), "unit",
+                     example_input=torch.randn(2, 4))
+    graphs.register_exporter("contract_none", replace=True)(lambda g: None)
+    try:
+        with pytest.raises(PluginError, match=r"graph exporter 'contract_none' \(.*<lambda> \(line \d+\)\) returned None"):
+            graphs.export(g, "contract_none")
+    finally:
+        graphs.EXPORTERS.pop("contract_none")
+
+
+def test_a_plugin_that_fails_to_load_is_not_called_a_failure_to_rebuild_the_model(tmp_path, capsys):
+    """A plugin registering a built-in writer's extension: the error said so, then blamed the model."""
+    from graphs.cli import main
+
+    plugin = tmp_path / "clash.py"
+    plugin.write_text("import graphs\n\n@graphs.register_writer('.json')\ndef w(g, path):\n    pass\n")
+    _, run = _mlp_run(tmp_path)
+    assert main(["export", str(run), "--plugins", str(plugin), "--format", "json"]) == 2
+    err = capsys.readouterr().err
+    assert "graph writer '.json' is already registered" in err and "rebuilding or tracing" not in err, err
+    assert sorted(p.name for p in run.iterdir()) == RUN_FILES
 
 
 class _Rows(Granularity):

@@ -1386,3 +1386,36 @@ def test_curves_draw_the_held_out_points_over_the_test_squares(tmp_path, monkeyp
         line = {l.get_label(): l for l in ax.get_lines()}
         assert line["held-out (part of TRAIN), end of each stage"].get_zorder() > line["test (final report)"].get_zorder()
     close(figs[0])
+
+
+@pytest.mark.parametrize("what", ["estimator", "ensemble"])
+def test_a_resume_without_the_runs_plugin_names_it_before_anything_is_written(tmp_path, what):
+    """A run started with --plugins (an estimator or a granularity of its own), resumed in a fresh
+    process: without --plugins the name was refused as unknown, and with its file moved the plugin
+    as not found, neither saying that the run recorded the plugin or how to give it again. Both are
+    refused while parsing, naming the plugin and the run's config.yaml, and the folder is untouched.
+    (A resume given the plugin restores it: its name is rebuilt, its state from checkpoint.pt.)"""
+    mod = recipe()
+    out = tmp_path / "run"
+    out.mkdir()
+    plugin = tmp_path / "resume_ext.py"
+    plugin.write_text("# registers 'resume_plugin_name'\n")
+    name = {"estimator": ["--estimator", "resume_plugin_name"], "ensemble": ["--ensemble", "resume_plugin_name"]}[what]
+    (out / "config.yaml").write_text(yaml.safe_dump({
+        "model": "resnet20", "dataset": "fake", "output_dir": str(out), "remove": [0.2], "plugins": [str(plugin)],
+        what: "resume_plugin_name"}))
+    (out / "checkpoint.pt").write_bytes(b"state")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit, match=rf"unknown {what}.*; the run in {out} was started with --plugins {plugin} "
+                                         rf"\(its config.yaml records them\): give them again with --resume, or "
+                                         rf"--config {out / 'config.yaml'} --resume"):
+        mod.parse_args(["--model", "resnet20", "--dataset", "fake", "--output_dir", str(out), *name, "--resume"])
+    plugin.unlink()  # moved since: the run's own settings name it
+    with pytest.raises(SystemExit, match=rf"^plugin file {plugin} not found: give the path of a .py file, or the name "
+                                         rf"of an importable module; the run in {out} records it in "
+                                         rf"{out / 'config.yaml'}: put the file back, or give its new path with --plugins"):
+        mod.parse_args(["--config", str(out / "config.yaml"), "--resume"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    with pytest.raises(SystemExit, match=rf"unknown {what}") as fresh:  # no run resumed: no hint
+        mod.parse_args(["--model", "resnet20", "--dataset", "fake", "--output_dir", str(tmp_path / "new"), *name])
+    assert "was started with" not in fresh.value.code

@@ -213,16 +213,16 @@ def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parame
 def attached_connectome(model: nn.Module) -> Optional[Connectome]:
     """The Connectome that masks ``model``'s weights through an optimizer (attached), if any."""
     for p in _uncompiled(model).parameters():
-        c = _attached_to(p)
+        c = masking_connectome(p)
         if c is not None:
             return c
     return None
 
 
-def _attached_to(p: torch.Tensor) -> Optional[Connectome]:
-    """The Connectome that masks the parameter ``p`` through an optimizer, if any."""
-    entry = _MASKED_BY.get(id(p))
-    c = entry[1]() if entry is not None and entry[0]() is p else None
+def masking_connectome(param: torch.Tensor) -> Optional[Connectome]:
+    """The Connectome that masks ``param`` through an optimizer (attached), if any."""
+    entry = _MASKED_BY.get(id(param))
+    c = entry[1]() if entry is not None and entry[0]() is param else None
     return c if c is not None and (c._optimizers or c._masker.handles) else None
 
 
@@ -241,18 +241,19 @@ def model_connectome(model: nn.Module, conn, what: str, why: str) -> Optional[Co
     return conn
 
 
-def live_mask(conn: Optional[Connectome], weight: torch.Tensor) -> Optional[torch.Tensor]:
-    """Which entries of ``weight`` are live synapses (a bool tensor of its shape, on the CPU): the
-    connectome's synapse-level mask of that very parameter (found by identity, whatever its name,
-    and in the weight's stored layout: a transposed convolution's ``(in, out/groups, *kernel)``,
-    an ensemble granularity expanded to its synapses). A weight ``conn`` does not hold is read from
-    the Connectome attached to an optimizer that masks it, where there is one: a model may have
-    several, over disjoint layers (each with its optimizer), and :func:`attached_connectome` finds
-    only the first. None when no connectome holds the weight (a layer left dense)."""
-    for c in (conn, _attached_to(weight)):
+def live_mask(conn: Optional[Connectome], weight: torch.Tensor, device=None) -> Optional[torch.Tensor]:
+    """Which entries of ``weight`` are live synapses (a bool tensor of its shape, on ``device``, by
+    default the CPU): the connectome's synapse-level mask of that very parameter (found by
+    identity, whatever its name, and in the weight's stored layout: a transposed convolution's
+    ``(in, out/groups, *kernel)``, an ensemble granularity expanded to its synapses). A weight
+    ``conn`` does not hold is read from the Connectome attached to an optimizer that masks it, where
+    there is one: a model may have several, over disjoint layers (each with its optimizer), and
+    :func:`attached_connectome` finds only the first. None when no connectome holds the weight (a
+    layer left dense)."""
+    for c in (conn, masking_connectome(weight)):
         for n, p in ({} if c is None else c.params).items():
             if p is weight:
-                return c.masks[n].detach().to("cpu", torch.bool)
+                return c.masks[n].detach().to(device or "cpu", torch.bool)
     return None
 
 

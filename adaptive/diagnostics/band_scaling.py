@@ -6,7 +6,8 @@ Weights that read signals of different depth can have gradients orders of magnit
 too small for others. :class:`BandGradientScaler` places a gradient hook on each chosen weight that
 multiplies every band by ``common / typical_band``, where ``typical_band`` is a running geometric
 mean of the band's ``|grad|`` and ``common`` the geometric mean of the bands' typical magnitudes
-(so the layer's overall scale is kept).
+(so the layer's overall scale is kept). On a pruned model the typical magnitudes are those of the
+live synapses' gradients only.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Dict, Iterable, Optional
 import torch
 from torch import nn
 
-from ._common import find_weight, scaler_suspended
+from ._common import find_weight, live_mask, model_connectome, scaler_suspended
 from ._shared_calls import CallRecorder, parts_adding_up
 from .gradient_depth import resolve_call_depths, weight_depths
 from ..warn import warn_user
@@ -33,6 +34,16 @@ class BandGradientScaler:
             called several times in one forward (weight sharing), in call order.
         momentum: of the running log-magnitude per band (0 uses the current batch only).
         example: an input batch to trace depths with (default: an input the tracer builds).
+        conn: the model's :class:`~adaptive.Connectome` when it is pruned; without it, the one
+            attached to an optimizer and masking the weight when its gradient arrives (so one
+            attached after the scaler is built counts too).
+    On a pruned model only the live synapses' gradients (the connectome's masks as the gradient
+    arrives) enter the running sizes: the hook sees the gradient as autograd produces it, dense at
+    pruned positions too, and a pruned position's gradient is no synapse's. Every position of the
+    gradient is scaled, pruned ones included (growth reads them). A band whose weights are all
+    pruned keeps the typical size of its last live gradients, and its place in the common size,
+    until a synapse of it is regrown, so its scale moves only with the common size (a band pruned
+    before its first gradient keeps scale 1 and no place in it).
     The hook acts on ``param.grad`` as autograd produces it, so any optimizer sees scaled gradients.
     A layer called several times in one forward, each call reading a signal of another depth
     (traced: the graph's ``NAME``, ``NAME#2``, ...; or ``depths`` rows), has each call's part of the
@@ -51,7 +62,7 @@ class BandGradientScaler:
 
     def __init__(self, model: nn.Module, layers: Optional[Iterable[str]] = None,
                  depths: Optional[Dict[str, torch.Tensor]] = None, momentum: float = 0.9,
-                 example: Optional[torch.Tensor] = None):
+                 example: Optional[torch.Tensor] = None, conn=None):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         depths = depths or {}
@@ -60,6 +71,8 @@ class BandGradientScaler:
         if not layers:
             raise ValueError("no layer to scale: pass layers=[...] and depths={layer: tensor} for a model without input_depths")
         self.momentum = momentum
+        self.conn = None if conn is None else model_connectome(
+            model, conn, "BandGradientScaler", "which synapses' gradients the band sizes count")
         self.state: Dict[str, dict] = {}
         self._handles = []
         try:
@@ -110,6 +123,9 @@ class BandGradientScaler:
             flat = index.reshape(-1)
             nb = len(st["bands"])
             nz = (a > 0) & torch.isfinite(a)  # an inf made the running state inf and every later scale NaN
+            live = live_mask(self.conn, weight, a.device)  # else the one attached
+            if live is not None:  # a pruned position's gradient is no synapse's
+                nz &= live.expand(len(parts), *live.shape).reshape(-1)
             logs = torch.zeros(nb, dtype=torch.float64, device=a.device).index_add_(0, flat[nz], a[nz].double().log())
             cnt = torch.bincount(flat[nz], minlength=nb).double()
             have = cnt > 0
