@@ -254,3 +254,13 @@ def test_a_gate_that_multiplies_a_zero_state_passes_nothing(cell, rows, kw, zero
         reach = _reached(g, [inp.start + 4 * t + 3])[0, out.start: out.start + out.count]
         assert torch.equal(reach, _changed(model, [x], 0, 4 * t + 3)), t
     assert bool(reach.any()) == (steps == 2)  # the first step's feature passes through the gate at the second
+
+
+def test_a_state_saved_before_cells_were_synapses_is_refused_with_the_way_to_resume_it():
+    # what an older version saved (a --resume checkpoint's connectome): the cell was dense then, outside it
+    old = adaptive.Connectome(Loop("GRUCell"), exclude=["cell"])
+    sd = old.state_dict()
+    with pytest.raises(KeyError, match=r"no mask for \['cell.weight_ih', 'cell.weight_hh'\].*recurrent cells.*"
+                                       r"exclude=\['cell'\]"):
+        _connectome(Loop("GRUCell")).load_state_dict(sd)
+    adaptive.Connectome(Loop("GRUCell"), exclude=["cell"]).load_state_dict(sd)  # as the message says
