@@ -1090,13 +1090,18 @@ class Connectome:
                         "which this connectome leaves out (the model has them; include=/exclude= did not select them)"))
         carry = ("conn.set_masks({n: m for n, m in sd['masks'].items() if n in conn.masks})" if extra
                  else "conn.set_masks(sd['masks'])")
-        up = [self.layers[n].module_name for n in missing if self.layers[n].transposed]
+        def newer(test):  # the module names of the missing layers that only a recent version prunes
+            return list(dict.fromkeys(self.layers[n].module_name for n in missing if test(n)))
+
+        up = newer(lambda n: self.layers[n].transposed)
+        cells = newer(lambda n: isinstance(self.model.get_submodule(self.layers[n].module_name), nn.RNNCellBase))
+        late = [(what, names) for what, names in (("transposed convolutions", up), ("recurrent cells", cells)) if names]
         return (f"state_dict has {' and '.join(said)}: it was saved from a connectome over other layers (another "
                 "include=/exclude=, or another model), and nothing was loaded; build this Connectome over the layers "
                 f"it was saved with, on the model it was saved from, or carry over the masks of the layers both have "
-                f"with {carry} (the other layers keep theirs)" + (
-                    f". A state saved before transposed convolutions were synapses has no mask for them: to resume "
-                    f"it, build the Connectome with exclude={up[:5]} (they stay dense, as then)" if up else ""))
+                f"with {carry} (the other layers keep theirs)" + "".join(
+                    f". A state saved before {what} were synapses has no mask for them: to resume it, build the "
+                    f"Connectome with exclude={names[:5]} (they stay dense, as then)" for what, names in late))
 
     def _mixed(self) -> bool:
         return len({g.spec for g in self.granularities.values()}) > 1

@@ -787,8 +787,9 @@ class FlowProp(ShapeProp):
         the call is given (the constant node where it is given none: zeros); gate row ``r`` is a junction
         of the two. Hidden unit ``j`` is a junction of its gate rows (``j``, ``H + j``, ...) and of what
         reaches it without a matrix: a GRU's ``h[j]`` (``z * h``); an LSTM's new cell state ``c[j]`` reads
-        its gates i, g, f and the old ``c[j]`` (not f where the call is given no state: ``f * 0``), and the
-        new ``h[j]`` reads the new ``c[j]`` and gate o."""
+        its gates i, g, f and the old ``c[j]`` (not f where that ``c[j]`` is constant, given as zeros or not
+        given: ``f * 0``), and the new ``h[j]`` reads the new ``c[j]`` and gate o. A bias-free GRU's gate r
+        passes nothing where the state is constant (``r * (W_hn h)``, ``h`` zeros)."""
         name = str(n.target)
         x = self._arg(n, 0, "input")
         if not isinstance(x, torch.Tensor):
@@ -802,11 +803,14 @@ class FlowProp(ShapeProp):
         gates = self._residual(ih, hh, f"{name}.gates")
         if isinstance(module, nn.LSTMCell):
             i, f, g, o = gates.view(4, H)
-            parts = [i, g] + ([f, self.readout(c, -1, f"{name}.c")] if isinstance(c, torch.Tensor) else [])
-            cell = self.book.combine(j.repeat(len(parts)), torch.cat(parts), H, f"{name}.cell", "gates")
+            old = self.readout(c, -1, f"{name}.c") if isinstance(c, torch.Tensor) else torch.zeros(H, dtype=torch.long)
+            parts = [i, g, torch.where(old != 0, f, 0), old]  # f * c: nothing where the old c[j] is constant (zeros)
+            cell = self.book.combine(j.repeat(4), torch.cat(parts), H, f"{name}.cell", "gates")
             hidden = self.book.combine(j.repeat(2), torch.cat([o, cell]), H, f"{name}.hidden", "gates")
             return (_expand(hidden, result[0].shape, -1), _expand(cell, result[1].shape, -1))
         G = 3 if isinstance(module, nn.GRUCell) else 1
+        if G == 3 and module.bias_hh is None and not bool(state.any()):  # r * (W_hn h + 0) with h constant: 0
+            gates = torch.cat([torch.zeros(H, dtype=gates.dtype), gates[H:]])
         feeds = torch.cat([gates, state]) if G == 3 else gates  # a GRU's h' = (1 - z) * n + z * h
         hidden = self.book.combine(j.repeat(G + (G == 3)), feeds, H, f"{name}.hidden", "gates")
         return _expand(hidden, result.shape, -1)

@@ -211,3 +211,56 @@ def test_a_bare_cell_is_traced_as_one_call():
         g = graphs.build(conn, example_input=(torch.randn(2, 3), (torch.randn(2, 4), torch.randn(2, 4))))
     assert [l.module for l in g.layers] == ["ih", "hh"] and g.live_synapses() == conn.num_live()
     assert [gr.name for gr in g.groups if gr.kind == "output"] == ["output0", "output1"]  # h and c
+
+
+class ZeroStart(nn.Module):
+    """A loop that starts from a zero state of its own making (``x.new_zeros``), or from none."""
+
+    def __init__(self, cell, steps, zeros, **kw):
+        super().__init__()
+        self.steps, self.zeros = steps, zeros
+        self.cell = getattr(nn, cell)(4, 5, **kw)
+
+    def forward(self, x, h=None):
+        if self.zeros:
+            h = x.new_zeros(x.shape[0], 5)
+            h = (h, torch.zeros_like(h)) if isinstance(self.cell, nn.LSTMCell) else h
+        for t in range(self.steps):
+            h = self.cell(x[:, t], h)
+        return h[0] if isinstance(self.cell, nn.LSTMCell) else h
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("zeros", [False, True])
+@pytest.mark.parametrize("cell,rows,kw", [("LSTMCell", slice(5, 10), {}),  # the forget gate: f * c
+                                          ("GRUCell", slice(0, 5), {"bias": False})])  # the reset gate: r * (W_hn h)
+def test_a_gate_that_multiplies_a_zero_state_passes_nothing(cell, rows, kw, zeros, steps):
+    """An input feature that only the gate rows ``rows`` read reaches the output only where the state that gate
+    multiplies is not zero: an LSTM's f times the old cell state, a bias-free GRU's r times ``W_hn h``. A state
+    the model makes itself from zeros is as zero as none (the graph joined the gate all the same)."""
+    torch.manual_seed(0)
+    model = ZeroStart(cell, steps, zeros, **kw).double()
+    conn = _connectome(model)
+    masks = {n: torch.ones_like(m) for n, m in conn.masks.items()}
+    masks["cell.weight_ih"][:, 3] = False
+    masks["cell.weight_ih"][rows, 3] = True
+    conn.set_masks(masks)
+    conn.apply()
+    x = torch.randn(16, steps, 4, dtype=torch.float64)
+    g = graphs.build(conn, example_input=x)
+    inp = next(gr for gr in g.groups if gr.kind == "input")
+    out = next(gr for gr in g.groups if gr.kind == "output")
+    for t in range(steps):
+        reach = _reached(g, [inp.start + 4 * t + 3])[0, out.start: out.start + out.count]
+        assert torch.equal(reach, _changed(model, [x], 0, 4 * t + 3)), t
+    assert bool(reach.any()) == (steps == 2)  # the first step's feature passes through the gate at the second
+
+
+def test_a_state_saved_before_cells_were_synapses_is_refused_with_the_way_to_resume_it():
+    # what an older version saved (a --resume checkpoint's connectome): the cell was dense then, outside it
+    old = adaptive.Connectome(Loop("GRUCell"), exclude=["cell"])
+    sd = old.state_dict()
+    with pytest.raises(KeyError, match=r"no mask for \['cell.weight_ih', 'cell.weight_hh'\].*recurrent cells.*"
+                                       r"exclude=\['cell'\]"):
+        _connectome(Loop("GRUCell")).load_state_dict(sd)
+    adaptive.Connectome(Loop("GRUCell"), exclude=["cell"]).load_state_dict(sd)  # as the message says
