@@ -179,3 +179,21 @@ def test_edit_decay_in_mask_only_mode_is_refused_naming_mask_only_kw_never_a_bar
     net = torch.nn.Sequential(torch.nn.Linear(4, 3))
     ctrl = A.build_controller(train, Connectome(net), torch.optim.SGD(net.parameters(), lr=0.1))
     assert type(ctrl.edit).__name__ == "LinearDecay"
+
+
+def test_the_same_options_in_another_form_build_the_same_estimator_and_a_stage_checkpoint_takes_it():
+    """damping=1 and damping=1.0 (1e-3 and 0.001 alike) are one estimator: the mask-only stage
+    checkpoint fingerprints it by its repr, which printed OBD(damping=1) against OBD(damping=1.0) and
+    refused the resume. A flag for a number option (YAML reads yes and on as true) is refused."""
+    from adaptive import mask_only_checkpoint as ckpt
+    from adaptive.config import merge_key_values
+    from adaptive.utility import configured_estimator
+
+    def fp(*items):
+        return ckpt.fingerprint(estimator=configured_estimator("obd", merge_key_values(items, "--estimator_kw")))
+
+    assert fp("damping=1") == fp("damping=1.0") and fp("damping=1e-3") == fp("{damping: 0.001}")
+    assert ckpt._differences(fp("damping=1"), fp("damping=1.0")) == []
+    assert ckpt._differences(fp("damping=1"), fp("damping=2")) != []
+    with pytest.raises(ValueError, match="option damping must be a number, got True"):
+        configured_estimator("obd", merge_key_values(["damping=yes"], "--estimator_kw"))
