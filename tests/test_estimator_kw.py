@@ -197,3 +197,14 @@ def test_the_same_options_in_another_form_build_the_same_estimator_and_a_stage_c
     assert ckpt._differences(fp("damping=1"), fp("damping=2")) != []
     with pytest.raises(ValueError, match="option damping must be a number, got True"):
         configured_estimator("obd", merge_key_values(["damping=yes"], "--estimator_kw"))
+
+
+def test_a_stage_checkpoint_tells_presence_estimators_of_another_eps_apart_and_keeps_its_old_fingerprint():
+    """Presence's repr left eps out, so a mask-only resume with another --estimator_kw eps= (where
+    no config.yaml compares them) continued the stages with another estimator silently."""
+    from adaptive import mask_only_checkpoint as ckpt
+    from adaptive.utility import get_estimator
+
+    old = ckpt.fingerprint(estimator="Presence(step=0.01, beta1=0.9, beta2=0.999)")  # as checkpoints recorded it
+    assert ckpt._differences(old, ckpt.fingerprint(estimator=get_estimator("presence"))) == []
+    assert ckpt._differences(old, ckpt.fingerprint(estimator=get_estimator("presence", eps=1e-6))) != []
