@@ -208,3 +208,15 @@ def test_a_stage_checkpoint_tells_presence_estimators_of_another_eps_apart_and_k
     old = ckpt.fingerprint(estimator="Presence(step=0.01, beta1=0.9, beta2=0.999)")  # as checkpoints recorded it
     assert ckpt._differences(old, ckpt.fingerprint(estimator=get_estimator("presence"))) == []
     assert ckpt._differences(old, ckpt.fingerprint(estimator=get_estimator("presence", eps=1e-6))) != []
+
+
+def test_prune_pretrained_reads_a_config_files_exponent_floats_as_the_command_line_does(tmp_path):
+    """YAML 1.1 reads 1e-6 (no decimal point) as text: a --config file's estimator_kw {damping: 1e-6}
+    was refused ('must be a number, got '1e-6' ... write damping=1e-6', what it said), while
+    recipes/adaptive.py's --config and every command line read the float."""
+    P = load_script("recipes/prune_pretrained.py", "prune_pretrained_estimator_kw")
+    f = tmp_path / "c.yaml"
+    f.write_text("estimator: obd\nestimator_kw: {damping: 1e-6}\nmodel_kw: {hidden: [8]}\n")
+    args = P.parse_args(PRUNE + ["--config", str(f)])
+    assert args.estimator_kw == {"damping": 1e-6} and P._estimator(args).damping == 1e-6
+    assert P.parse_args(PRUNE + ["--config", str(f), "--estimator-kw", "damping=2e-6"]).estimator_kw == {"damping": 2e-6}
