@@ -446,7 +446,7 @@ def merge_key_values(items: Sequence[str], option: str = "--dataset-kw",
     ``KEY=VALUE`` or a YAML mapping (``'{a: 1, b: 2}'``), as :func:`parse_config` reads a dict
     field: entry by entry, later ones winning per key. ValueError naming ``option`` otherwise, with
     ``examples`` (one KEY=VALUE, one mapping) of what to write."""
-    out = dict(base or {})
+    out = _exponent_floats(dict(base or {}))  # a file's 1e-6, read by YAML as text, is the float as here
     for item in items:
         try:
             out.update([key_value(item, option)])

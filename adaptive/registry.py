@@ -103,9 +103,12 @@ def near_misses(given, known, whose: str = "") -> str:
 
 def build(table: Dict[str, Any], kind: str, name: Any, kw: Dict[str, Any], via: str = "") -> Any:
     """An instance of the class registered in ``table`` as ``name``, built with ``kw``. An unknown
-    name, a keyword the class does not take, or a non-number for an option whose default is a
-    number is a ValueError naming what exists (``kind`` names the registry in the message; ``via``,
-    such as " (neither a Controller nor a policy option)", says where an unknown keyword came from)."""
+    name, a keyword the class does not take, or a non-number (a flag too: YAML reads yes and on as
+    true) for an option whose default is a number is a ValueError naming what exists (``kind`` names
+    the registry in the message; ``via``, such as " (neither a Controller nor a policy option)",
+    says where an unknown keyword came from). An integer for an option whose default is a float is
+    given as that float, so 1 and 1.0 build the same object (and the same repr, which checkpoints
+    fingerprint)."""
     if not isinstance(name, str) or name not in table:
         raise ValueError(f"unknown {kind} {name!r}: use one of {sorted(table)}")
     cls = table[name]
@@ -118,11 +121,15 @@ def build(table: Dict[str, Any], kind: str, name: Any, kw: Dict[str, Any], via: 
                 f"unknown argument(s) {unknown} for {kind} {name!r}{via}: "
                 + (f"the {kind} takes {takes}" if takes else f"the {kind} takes none") + near_misses(unknown, takes)
             )
+    kw = dict(kw)
     for k, v in kw.items():  # a number option given something else is named, not a bare float() error
         d = params[k].default if k in params else None
-        if isinstance(d, (int, float)) and not isinstance(d, bool) and not isinstance(v, (int, float)):
+        if isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool):
+            kw[k] = float(v)
+        elif isinstance(d, (int, float)) and not isinstance(d, bool) and (
+                isinstance(v, bool) or not isinstance(v, (int, float))):
             try:
-                if isinstance(v, (str, bytes)):  # float("0.5") works, but the class would get a string
+                if isinstance(v, (str, bytes, bool)):  # float("0.5") works, but the class would get a string
                     raise TypeError
                 float(v)  # a numpy or a one-element torch number is taken
             except (TypeError, ValueError):

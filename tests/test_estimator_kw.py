@@ -179,3 +179,44 @@ def test_edit_decay_in_mask_only_mode_is_refused_naming_mask_only_kw_never_a_bar
     net = torch.nn.Sequential(torch.nn.Linear(4, 3))
     ctrl = A.build_controller(train, Connectome(net), torch.optim.SGD(net.parameters(), lr=0.1))
     assert type(ctrl.edit).__name__ == "LinearDecay"
+
+
+def test_the_same_options_in_another_form_build_the_same_estimator_and_a_stage_checkpoint_takes_it():
+    """damping=1 and damping=1.0 (1e-3 and 0.001 alike) are one estimator: the mask-only stage
+    checkpoint fingerprints it by its repr, which printed OBD(damping=1) against OBD(damping=1.0) and
+    refused the resume. A flag for a number option (YAML reads yes and on as true) is refused."""
+    from adaptive import mask_only_checkpoint as ckpt
+    from adaptive.config import merge_key_values
+    from adaptive.utility import configured_estimator
+
+    def fp(*items):
+        return ckpt.fingerprint(estimator=configured_estimator("obd", merge_key_values(items, "--estimator_kw")))
+
+    assert fp("damping=1") == fp("damping=1.0") and fp("damping=1e-3") == fp("{damping: 0.001}")
+    assert ckpt._differences(fp("damping=1"), fp("damping=1.0")) == []
+    assert ckpt._differences(fp("damping=1"), fp("damping=2")) != []
+    with pytest.raises(ValueError, match="option damping must be a number, got True"):
+        configured_estimator("obd", merge_key_values(["damping=yes"], "--estimator_kw"))
+
+
+def test_a_stage_checkpoint_tells_presence_estimators_of_another_eps_apart_and_keeps_its_old_fingerprint():
+    """Presence's repr left eps out, so a mask-only resume with another --estimator_kw eps= (where
+    no config.yaml compares them) continued the stages with another estimator silently."""
+    from adaptive import mask_only_checkpoint as ckpt
+    from adaptive.utility import get_estimator
+
+    old = ckpt.fingerprint(estimator="Presence(step=0.01, beta1=0.9, beta2=0.999)")  # as checkpoints recorded it
+    assert ckpt._differences(old, ckpt.fingerprint(estimator=get_estimator("presence"))) == []
+    assert ckpt._differences(old, ckpt.fingerprint(estimator=get_estimator("presence", eps=1e-6))) != []
+
+
+def test_prune_pretrained_reads_a_config_files_exponent_floats_as_the_command_line_does(tmp_path):
+    """YAML 1.1 reads 1e-6 (no decimal point) as text: a --config file's estimator_kw {damping: 1e-6}
+    was refused ('must be a number, got '1e-6' ... write damping=1e-6', what it said), while
+    recipes/adaptive.py's --config and every command line read the float."""
+    P = load_script("recipes/prune_pretrained.py", "prune_pretrained_estimator_kw")
+    f = tmp_path / "c.yaml"
+    f.write_text("estimator: obd\nestimator_kw: {damping: 1e-6}\nmodel_kw: {hidden: [8]}\n")
+    args = P.parse_args(PRUNE + ["--config", str(f)])
+    assert args.estimator_kw == {"damping": 1e-6} and P._estimator(args).damping == 1e-6
+    assert P.parse_args(PRUNE + ["--config", str(f), "--estimator-kw", "damping=2e-6"]).estimator_kw == {"damping": 2e-6}

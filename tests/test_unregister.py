@@ -56,3 +56,26 @@ def test_a_plugin_that_fails_after_unregistering_gives_the_pattern_back():
         assert r"trio:(\d+)" in _REGISTRY
     finally:
         _REGISTRY.pop(r"trio:(\d+)", None)
+
+
+def test_a_pattern_registered_again_counts_its_own_ensembles_not_the_old_factorys():
+    """The ensemble-size cache was keyed by the granularity's spec: after unregister_granularity and
+    a new factory under the same pattern (a spec of the same text, another layout), the policies
+    counted synapses by the old one's ensembles (6 a neuron where each synapse is its own)."""
+    from adaptive.ensembles import NeuronGranularity, SynapseGranularity
+    from adaptive.policies.base import ensemble_size
+
+    class Rows(NeuronGranularity):
+        spec = "reregistered"
+
+    class Each(SynapseGranularity):
+        spec = "reregistered"
+
+    register_granularity("reregistered")(lambda s: Rows())
+    try:
+        assert ensemble_size(get_granularity("reregistered"), (4, 6)) == 6.0
+        unregister_granularity("reregistered")
+        register_granularity("reregistered")(lambda s: Each())
+        assert ensemble_size(get_granularity("reregistered"), (4, 6)) == 1.0
+    finally:
+        unregister_granularity("reregistered")

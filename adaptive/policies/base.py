@@ -17,7 +17,6 @@ import torch
 
 from .. import registry as _registry
 from ..budgets import floor_synapses, too_high_error, too_low_error
-from ..ensembles import TransposedLayout
 from ..warn import warn_user
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -288,22 +287,21 @@ def split(indices: torch.Tensor, names, sizes, order_scores: Optional[torch.Tens
 # size: a conv kernel holds k*k synapses where a Linear "kernel" holds one, neurons of different
 # layers have different fan-ins, edge blocks of a block:RxC granularity are smaller. Counting
 # ensembles then misses the requested density; these helpers count synapses instead.
-_SIZE_CACHE: Dict[tuple, object] = {}
-
-
 def ensemble_size(gran, shape):
     """Synapses per ensemble of a weight shaped ``shape``: a float when every ensemble of the layer
     has the same size (the common case), else a flat float tensor (block edges)."""
-    # a transposed convolution's granularity sees the same stored shape laid out otherwise (its groups
-    # say how): a Conv2d(8, 4, 3) and a ConvTranspose2d(4, 8, 3) both store (4, 8, 3, 3), 4 neurons of 72 and 8 of 36
-    key = (gran.spec, tuple(shape), gran.groups if isinstance(gran, TransposedLayout) else None)
-    if key not in _SIZE_CACHE:
-        if tuple(gran.ensemble_shape(shape)) == tuple(shape):
-            _SIZE_CACHE[key] = 1.0
+    # kept on the granularity object, not by its spec: a pattern registered again (unregistered, or
+    # replace=True, or a notebook cell run again) builds another layout under the same spec; a
+    # transposed convolution's TransposedLayout is its own object, its groups with it
+    cache = vars(gran).setdefault("_ensemble_sizes", {}) if hasattr(gran, "__dict__") else {}
+    key = tuple(shape)
+    if key not in cache:
+        if tuple(gran.ensemble_shape(shape)) == key:
+            cache[key] = 1.0
         else:
             s = gran.ensemble_sizes(torch.Size(shape)).reshape(-1).float()
-            _SIZE_CACHE[key] = float(s[0]) if bool((s == s[0]).all()) else s
-    return _SIZE_CACHE[key]
+            cache[key] = float(s[0]) if bool((s == s[0]).all()) else s
+    return cache[key]
 
 
 def concat_sizes(ctrl, names, lengths):

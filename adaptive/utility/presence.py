@@ -112,4 +112,7 @@ class Presence(Estimator):
             setattr(self, key, {n: t.clone() for n, t in sd.get(key, {}).items()})
 
     def __repr__(self) -> str:
-        return f"Presence(step={self.step}, beta1={self.beta1}, beta2={self.beta2})"
+        # eps where it is not the default: checkpoints fingerprint the estimator by this text, and
+        # the ones written before it was shown (every one with the default) match it still
+        eps = f", eps={self.eps}" if self.eps != 1e-8 else ""
+        return f"Presence(step={self.step}, beta1={self.beta1}, beta2={self.beta2}{eps})"
