@@ -15,6 +15,7 @@ from adaptive.training import list_checkpoints
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _scripts import CHILD_TIMEOUT, load_script  # noqa: E402
+from _training import fresh_recipe_state  # noqa: E402
 
 torch.set_num_threads(1)
 R = load_script("recipes/adaptive.py", "recipe_adaptive_integrity")
@@ -22,13 +23,7 @@ TINY = ["--max_steps", "60", "--update_every", "10", "--log_every", "5", "--thre
         "--figures", "false", "--checkpoint_every", "20"]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+_fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)  # a fresh Accelerator per in-process run
 
 
 def run(out, *extra, on_step=None):

@@ -9,6 +9,7 @@ import torch
 
 from adaptive import mask_only_checkpoint as stage
 from _scripts import CHILD_TIMEOUT, load_script  # noqa: E402
+from _training import fresh_recipe_state  # noqa: E402
 
 torch.set_num_threads(1)
 TINY = ["--max_steps", "20", "--update_every", "10", "--threads", "1", "--progress", "false", "--figures", "false"]
@@ -18,13 +19,7 @@ A = load_script("recipes/adaptive.py", "recipe_adaptive_robustness")
 P = load_script("recipes/prune_pretrained.py", "recipe_prune_pretrained_robustness")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+_fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)  # a fresh Accelerator per in-process run
 
 
 def error_of(argv, capsys) -> str:

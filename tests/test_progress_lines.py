@@ -10,15 +10,10 @@ import torch
 from adaptive.cli import progress_line, progress_lines
 from adaptive.models import build_model
 from _scripts import CHILD_TIMEOUT, ROOT, load_script
+from _training import fresh_recipe_state  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+_fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)  # a fresh Accelerator per in-process run
 
 
 def test_progress_line_is_one_plain_line():

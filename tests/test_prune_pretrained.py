@@ -9,6 +9,7 @@ import torch
 
 from adaptive.models import WeightsMismatchError, build_model
 from _scripts import load_script  # noqa: E402
+from _training import fresh_recipe_state  # noqa: E402
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,14 +19,7 @@ def recipe():
     return load_script("recipes/prune_pretrained.py", "prune_pretrained")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """Each in-process run builds its own Accelerator (mixed precision may differ between tests)."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+_fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)  # a fresh Accelerator per in-process run
 
 
 @pytest.fixture

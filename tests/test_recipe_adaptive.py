@@ -17,6 +17,7 @@ from adaptive.training import find_checkpoint, list_checkpoints, read_metrics_cs
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _ports import free_port, launch_two  # noqa: E402
 from _scripts import CHILD_TIMEOUT, load_script  # noqa: E402
+from _training import fresh_recipe_state  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "adaptive.py"
@@ -27,14 +28,7 @@ R = load_script("recipes/adaptive.py", "recipe_adaptive")
 TINY = ["--max_steps", "40", "--update_every", "10", "--log_every", "5", "--threads", "1", "--progress", "false"]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """Each in-process run builds its own Accelerator (mixed precision may differ between tests)."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+_fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)  # a fresh Accelerator per in-process run
 
 
 def run(tmp, *extra, on_step=None):

@@ -11,6 +11,7 @@ from adaptive.training import find_checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _scripts import load_script  # noqa: E402
+from _training import fresh_recipe_state  # noqa: E402
 
 R = load_script("recipes/adaptive.py", "recipe_adaptive_seconds")
 TINY = ["--max_steps", "40", "--update_every", "10", "--log_every", "0", "--threads", "1", "--progress", "false",
@@ -18,13 +19,7 @@ TINY = ["--max_steps", "40", "--update_every", "10", "--log_every", "0", "--thre
 EARLIER = 1000.0  # what the edited checkpoints say the earlier sessions took
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+_fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)  # a fresh Accelerator per in-process run
 
 
 class Stop(Exception):
