@@ -72,25 +72,28 @@ def test_nan_scores_are_refused_at_the_update_and_nothing_is_edited(policy, wher
     assert ctrl.policy.state_dict().get("done") in (None, False)  # magnitude's one prune is still to come
 
 
-@pytest.mark.parametrize("value", [float("nan"), 1.5, -0.2, "0.3"])
-def test_an_edit_decay_giving_no_fraction_is_refused_naming_it_and_nothing_is_edited(value):
-    """A plugin decay's NaN gave a bare 'cannot convert float NaN to integer'; 1.5, -0.2 or a string
-    ran silently (edits of more than every live ensemble, none, or a string's)."""
+def _controller_with_decay(name, cls_name, value):
+    """A rigl Controller on a fresh small net whose edit decay, a plugin registered as ``name`` (class
+    ``cls_name``), returns ``value`` at every step: (model, optimizer, controller)."""
     import dataclasses
 
     from adaptive.schedules import Decay, register_decay
 
-    @register_decay("contract_bad_decay", replace=True)
-    @dataclasses.dataclass(frozen=True)
-    class BadDecay(Decay):
-        def __call__(self, step):
-            return value
-
+    decay = dataclasses.dataclass(frozen=True)(type(cls_name, (Decay,), {"__call__": lambda self, step: value}))
+    register_decay(name, replace=True)(decay)
     model = _net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    conn = adaptive.Connectome(model)
-    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=2, end_step=10, seed=0,
-                               edit_decay="contract_bad_decay")
+    ctrl = adaptive.Controller(adaptive.Connectome(model), opt, policy="rigl", density=0.5, update_every=2,
+                               end_step=10, seed=0, edit_decay=name)
+    return model, opt, ctrl
+
+
+@pytest.mark.parametrize("value", [float("nan"), 1.5, -0.2, "0.3"])
+def test_an_edit_decay_giving_no_fraction_is_refused_naming_it_and_nothing_is_edited(value):
+    """A plugin decay's NaN gave a bare 'cannot convert float NaN to integer'; 1.5, -0.2 or a string
+    ran silently (edits of more than every live ensemble, none, or a string's)."""
+    model, opt, ctrl = _controller_with_decay("contract_bad_decay", "BadDecay", value)
+    conn = ctrl.conn
     masks = {n: m.clone() for n, m in conn.masks.items()}
     with pytest.raises(ValueError, match=rf"edit decay .*BadDecay gave {value!r} at step 2: a decay returns the "
                                          r"fraction of live ensembles an update edits, a number in \[0, 1\]"):
@@ -104,19 +107,7 @@ def test_an_edit_decay_giving_no_fraction_is_refused_naming_it_and_nothing_is_ed
 def test_an_edit_decay_giving_a_fraction_as_an_int_numpy_tensor_or_with_float_error_is_taken(value, frac):
     """Float error past 0 or 1 (a float32 1.0000001) was refused as 'a number in [0, 1]', in the
     middle of a run whose plugin decay ran before the check."""
-    import dataclasses
-
-    from adaptive.schedules import Decay, register_decay
-
-    @register_decay("contract_rough_decay", replace=True)
-    @dataclasses.dataclass(frozen=True)
-    class RoughDecay(Decay):
-        def __call__(self, step):
-            return value
-
-    model = _net()
-    ctrl = adaptive.Controller(adaptive.Connectome(model), torch.optim.SGD(model.parameters(), lr=0.1), policy="rigl",
-                               density=0.5, update_every=2, end_step=10, seed=0, edit_decay="contract_rough_decay")
+    _, _, ctrl = _controller_with_decay("contract_rough_decay", "RoughDecay", value)
     assert ctrl.edit_fraction(2) == frac and type(ctrl.edit_fraction(2)) is float
 
 
