@@ -186,15 +186,9 @@ def test_a_model_builder_returning_no_module_is_a_type_error_naming_it():
 def test_graphs_export_takes_a_format_a_plugin_registers_and_names_the_known_ones(tmp_path, capsys):
     """--format was an argparse choice fixed before plugins load: a plugin's writer worked with
     --out x.ext but --format ext was refused."""
-    from adaptive.models import build_model
     from graphs.cli import main
 
-    torch.manual_seed(0)
-    conn = adaptive.Connectome(build_model("mlp", hidden=(8,), in_shape=(1, 4, 4)))
-    run = tmp_path / "run"
-    conn.save(run / "connectome.safetensors")
-    torch.save(conn.dense_state_dict(), run / "model_state.pt")
-    (run / "config.yaml").write_text("model:\n  name: mlp\n  hidden: [8]\n  in_shape: [1, 4, 4]\n")
+    _, run = _mlp_run(tmp_path)
     plugin = tmp_path / "contract_writer.py"
     plugin.write_text("import graphs\n\n@graphs.register_writer('.ctcsv', replace=True)\n"
                       "def write(g, path):\n    open(path, 'w').write('src,dst\\n')\n")
