@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
 from . import registry
 
@@ -32,6 +32,14 @@ class PluginError(RuntimeError):
     """A plugin could not be found or failed while it was imported."""
 
 
+class PluginNotFoundError(PluginError):
+    """The plugin file or module ``spec`` (as given) is not there."""
+
+    def __init__(self, msg: str, spec: str):
+        super().__init__(msg)
+        self.spec = spec
+
+
 def load_plugin(spec: str) -> ModuleType:
     """Import one plugin: a path to a ``.py`` file, or a dotted module name on ``sys.path``."""
     if not isinstance(spec, str) or not spec.strip():
@@ -41,8 +49,8 @@ def load_plugin(spec: str) -> ModuleType:
         path = Path(spec).expanduser().resolve()
         if not path.is_file():
             resolved_to = f" (resolved to {path})" if str(path) != spec else ""
-            raise PluginError(f"plugin file {spec} not found{resolved_to}: give the path of a .py file, "
-                              "or the name of an importable module")
+            raise PluginNotFoundError(f"plugin file {spec} not found{resolved_to}: give the path of a .py file, "
+                                      "or the name of an importable module", spec)
         if path in _LOADED:
             return _LOADED[path]
         # the module name follows the file's content: two different plugins called ext.py must not
@@ -65,8 +73,8 @@ def load_plugin(spec: str) -> ModuleType:
             return importlib.import_module(spec)
     except ModuleNotFoundError as e:
         if e.name and spec.startswith(e.name):
-            raise PluginError(f"plugin module {spec!r} not found: give a .py file's path, or put the module on "
-                              "PYTHONPATH") from e
+            raise PluginNotFoundError(f"plugin module {spec!r} not found: give a .py file's path, or put the module "
+                                      "on PYTHONPATH", spec) from e
         raise PluginError(f"plugin {spec} failed while loading: {type(e).__name__}: {e}") from e
     except Exception as e:
         raise PluginError(f"plugin {spec} failed while loading: {type(e).__name__}: {e}") from e
@@ -95,3 +103,31 @@ def load_plugins(specs: Iterable[str] | str | None) -> List[ModuleType]:
     if isinstance(specs, str):
         specs = [specs]
     return [load_plugin(s) for s in specs]
+
+
+def resume_hint(settings, given: Iterable[str], error: Optional[PluginError] = None, resume: str = "--resume") -> str:
+    """For the error of a ``--resume`` run without a plugin it was started with: which plugins the
+    run's recorded ``settings`` (its config.yaml, a path) list. With ``error`` (loading the plugins
+    failed), the recorded plugin it says is not there (a file moved, a module off the path): how to
+    give it again; without, the recorded ones not in ``given`` (the plugins loaded, resolved), whose
+    names are then unknown (``resume``: the option that resumes, as the recipe takes it). "" where there is nothing to say: no such file, or a damaged one (the
+    resume's own check names it), no plugins recorded, or an error about another plugin."""
+    from .run_folder import RunFolderError, read_settings
+
+    settings = Path(settings)
+    try:
+        saved = read_settings(settings, "")
+    except RunFolderError:
+        saved = None
+    recorded = [str(p) for p in saved["plugins"]] if isinstance(saved, dict) and isinstance(saved.get("plugins"), list) else []
+    run = f"the run in {settings.parent}"
+    if error is not None:
+        spec = getattr(error, "spec", None)
+        if not isinstance(error, PluginNotFoundError) or spec not in recorded:
+            return ""  # a plugin that is there but fails is its own problem, said by the error
+        how = ("put the file back, or give its new path" if _is_file(spec) else
+               "put the module back on PYTHONPATH, or give it (or its file's path)")
+        return f"; {run} records it in {settings}: {how} with --plugins (which replaces the recorded plugins)"
+    missing = [p for p in recorded if p not in given]
+    return (f"; {run} was started with --plugins {' '.join(missing)} (its config.yaml records them): give them "
+            f"again with {resume}, or --config {settings} {resume} for every setting of the run") if missing else ""

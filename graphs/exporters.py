@@ -102,21 +102,32 @@ def _plugin_write(fn, ext: str, g, tmp, path: str) -> None:
     who = f"graph writer {ext!r} ({_registry._origin(fn)})"
     try:
         out = fn(g, os.fspath(tmp))
-    except (OSError, ImportError):
-        raise
-    except Exception as e:
+    except BaseException as e:
+        _remove_non_file(tmp)  # a folder it made before raising hid its error behind atomic_path's IsADirectoryError
+        if isinstance(e, (OSError, ImportError)) or not isinstance(e, Exception):
+            raise
         raise PluginError(f"{who} failed writing {path!r}: {type(e).__name__}: {e}; nothing was written "
                           "(a file already there is kept)") from e
-    if os.path.isdir(tmp):  # atomic_path removes files only
-        shutil.rmtree(tmp)
+    if os.path.isdir(tmp) and not os.path.islink(tmp):
+        _remove_non_file(tmp)
         raise PluginError(f"{who} wrote a folder, not a file, for {path!r}: a writer fn(graph, path) writes one file "
                           "at the path it is given; nothing was written")
     if not os.path.isfile(tmp):
+        _remove_non_file(tmp)  # a link to nowhere
         returned = "" if out is None else (f"; it returned a {type(out).__name__} (what it returns is ignored; an "
                                            "exporter returning an object is registered with graphs.register_exporter)")
         raise PluginError(f"{who} wrote no file for {path!r}: a writer fn(graph, path) writes the file at the path it "
                           f"is given (a temporary name beside {os.path.basename(path)}, renamed onto it when fn "
                           f"returns){returned}")
+
+
+def _remove_non_file(tmp) -> None:
+    """Remove what a writer left at ``tmp`` that :func:`~adaptive.atomic.atomic_path` would not: a
+    folder (it removes files only, and fails on one) or a symbolic link (one to nowhere it misses)."""
+    if os.path.islink(tmp):
+        os.unlink(tmp)
+    elif os.path.isdir(tmp):
+        shutil.rmtree(tmp)
 
 
 def header(g) -> dict:

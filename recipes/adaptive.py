@@ -194,7 +194,7 @@ class RunConfig:
             self.plugins = resolved(self.plugins)  # config.yaml then loads the same files from anywhere
             load_plugins(self.plugins)  # before any name is checked: a plugin's names count as built-in ones
         except PluginError as e:
-            raise ConfigError(str(e)) from None
+            raise ConfigError(f"{e}{self._resumed_plugins(e)}") from None
         if self.mode == "mask_only":
             self.estimator = self.estimator or "presence"
         else:
@@ -316,7 +316,23 @@ class RunConfig:
             _refuse_train_only(self)
         elif self.mask_only_kw and not self.resume:  # (a resumed run: checked against its record)
             raise ConfigError(_train_mask_only_kw_error(self.mask_only_kw))
-        _check_names(self)
+        try:
+            _check_names(self)
+        except ConfigError as e:  # a name the run's plugin registered, resumed without it
+            raise ConfigError(f"{e}{self._resumed_plugins()}") from None
+
+    def _resumed_plugins(self, error=None) -> str:
+        """What an error of a --resume run adds about the plugins the resumed run recorded
+        (:func:`adaptive.plugins.resume_hint`); "" without --resume, or with --resume latest and no
+        --output_dir."""
+        from adaptive.plugins import resume_hint
+
+        if not self.resume or (self.resume == "latest" and not self.output_dir):
+            return ""
+        where = Path(self.output_dir if self.resume == "latest" else self.resume)
+        where = where.parent if where.is_file() else where  # a mask_only run's checkpoint file
+        # a run folder's config.yaml, or a checkpoint folder's copy (the settings it was made with)
+        return resume_hint(where / "config.yaml", self.plugins, error, resume=f"--resume {self.resume}")
 
 
 # keys of --controller_kw (train mode) and --mask_only_kw that the recipe sets itself, and from what

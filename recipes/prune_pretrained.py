@@ -225,30 +225,12 @@ def _check_dataset_kw(dataset: str, kw: dict) -> None:
 
 
 def _resumed_plugins(cfg: dict):
-    """For the errors of a --resume run without a plugin it was started with: ``hint(failed)`` says
-    which plugins the run's config.yaml records: with ``failed`` (a plugin's load error), those it
-    names (a file moved since); without, those this command does not load (a name one registers is
-    unknown). "" where there are none, or without --resume."""
-    path = Path(cfg.get("output_dir") or ".") / "config.yaml"
-    recorded = []
-    if cfg.get("resume"):
-        try:  # a damaged file is refused, naming it, by the check of the resumed settings
-            saved = run_folder.read_settings(path, "")
-        except run_folder.RunFolderError:
-            saved = None
-        if isinstance(saved, dict) and isinstance(saved.get("plugins"), list):
-            recorded = [str(p) for p in saved["plugins"]]
+    """``hint(error=None)``: what a --resume run's error adds about the plugins its config.yaml records
+    (:func:`adaptive.plugins.resume_hint`); "" without --resume."""
+    from adaptive.plugins import resume_hint
 
-    def hint(failed: str = None) -> str:
-        if failed is not None:
-            moved = [p for p in recorded if p in failed]
-            return (f"; the run in {cfg['output_dir']} records it in {path}: put the file back, or give its new "
-                    "path with --plugins (which replaces the file's plugins)") if moved else ""
-        missing = [p for p in recorded if p not in cfg["plugins"]]
-        return (f"; the run in {cfg['output_dir']} was started with --plugins {' '.join(missing)} (its config.yaml "
-                f"records them): give them again with --resume, or --config {path} --resume for every setting of "
-                "the run") if missing else ""
-    return hint
+    settings = Path(cfg.get("output_dir") or ".") / "config.yaml"
+    return lambda error=None: resume_hint(settings, cfg["plugins"], error) if cfg.get("resume") else ""
 
 
 def _check_names(cfg: dict, origin) -> None:
@@ -417,7 +399,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     try:
         load_plugins(cfg["plugins"])  # before any name is used: a plugin's names count as built-in ones
     except PluginError as e:
-        raise SystemExit(f"{e}{resumed_plugins(str(e))}") from None
+        raise SystemExit(f"{e}{resumed_plugins(e)}") from None
     on_command_line = {k for k, v in vars(args).items() if v is not None}
 
     def origin(key):  # where the value came from: the error names what to change

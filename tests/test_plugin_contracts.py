@@ -226,6 +226,10 @@ WRITER_BUGS = {  # a plugin writer's body -> what the error says (graphs.write a
     "writes_nothing": ("pass", r"wrote no file for .*writes the file at the path it is given"),
     "returns_text": ("return 'src,dst'", r"wrote no file .*it returned a str \(what it returns is ignored; an exporter"),
     "writes_a_folder": ("import os; os.mkdir(path)", r"wrote a folder, not a file"),
+    # a folder made before raising hid the error behind IsADirectoryError, and stayed; so did a link
+    "makes_a_folder_then_raises": ("import os; os.mkdir(path)\n    raise KeyError('no column')",
+                                   r"failed writing .*KeyError: 'no column'; nothing was written"),
+    "links_to_nowhere": ("import os; os.symlink(path + '.nowhere', path)", r"wrote no file for"),
 }
 
 
@@ -257,6 +261,26 @@ def test_a_graph_writer_that_breaks_its_contract_is_named_and_leaves_no_file(bug
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", plugin.name]
     assert sorted(p.name for p in run.iterdir()) == [*RUN_FILES, f"old.{bug}"]
     assert (run / f"old.{bug}").read_text() == "old"
+
+
+def test_a_graph_writers_oserror_after_making_a_folder_is_raised_as_it_is_and_the_folder_removed(tmp_path):
+    """It was replaced by atomic_path's IsADirectoryError on the temporary name, the folder left."""
+    import graphs
+
+    @graphs.register_writer(".oserr", replace=True)
+    def w(g, path):
+        import os
+        os.mkdir(path)
+        raise PermissionError("no room")
+
+    g = graphs.build(adaptive.Connectome(torch.nn.Sequential(torch.nn.Linear(4, 3))), "unit",
+                     example_input=torch.randn(2, 4))
+    try:
+        with pytest.raises(PermissionError, match="no room"):
+            graphs.write(g, tmp_path / "g.oserr")
+    finally:
+        graphs.WRITERS.pop(".oserr")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_exporter_returning_nothing_is_refused_naming_it():

@@ -197,3 +197,32 @@ def test_graphs_report_feeds_a_rebuilt_model_its_data_shape(tmp_path):
 
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["live_synapses"] == res.conn.num_live() and summary["state_nodes"] == 8
+
+
+def test_adaptive_resume_without_the_runs_plugin_names_it(tmp_path):
+    """recipes/adaptive.py --resume of a run started with --plugins: without them a name the plugin
+    registers was refused as unknown, and a recorded plugin file since moved as not found, neither
+    naming the plugins the run's config.yaml records (as prune_pretrained's resume does). A run
+    that recorded none gets no such mention."""
+    import yaml
+
+    R = load_script("recipes/adaptive.py", "recipe_adaptive_plugins")
+    out, plugin = tmp_path / "run", tmp_path / "resume_ext.py"
+    out.mkdir()
+    plugin.write_text("# registers 'resume_plugin_name'\n")
+    settings = {"model": "mlp", "dataset": "digits", "output_dir": str(out), "estimator": "resume_plugin_name"}
+    (out / "config.yaml").write_text(yaml.safe_dump({**settings, "plugins": [str(plugin)]}))
+    for resume in ({"resume": "latest", "output_dir": str(out)}, {"resume": str(out)}):
+        how = resume["resume"]
+        with pytest.raises(ValueError, match=rf"unknown estimator .*; the run in {out} was started with --plugins "
+                                             rf"{plugin} \(its config.yaml records them\): give them again with "
+                                             rf"--resume {how}, or --config {out / 'config.yaml'} --resume {how} for"):
+            R.RunConfig(estimator="resume_plugin_name", **resume)
+    plugin.unlink()  # moved since
+    with pytest.raises(ValueError, match=rf"plugin file {plugin} not found: .*; the run in {out} records it in "
+                                         rf"{out / 'config.yaml'}: put the file back, or give its new path with --plugins"):
+        R.RunConfig(resume="latest", output_dir=str(out), estimator="resume_plugin_name", plugins=[str(plugin)])
+    (out / "config.yaml").write_text(yaml.safe_dump(settings))  # a run that had none
+    with pytest.raises(ValueError, match="unknown estimator") as e:
+        R.RunConfig(resume="latest", output_dir=str(out), estimator="resume_plugin_name")
+    assert "the run in" not in str(e.value) and "records" not in str(e.value)

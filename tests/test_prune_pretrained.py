@@ -1413,3 +1413,27 @@ def test_a_resume_without_the_runs_plugin_names_it_before_anything_is_written(tm
     with pytest.raises(SystemExit, match=rf"unknown {what}") as fresh:  # no run resumed: no hint
         mod.parse_args(["--model", "resnet20", "--dataset", "fake", "--output_dir", str(tmp_path / "new"), *name])
     assert "was started with" not in fresh.value.code
+
+
+@pytest.mark.parametrize("case", ["broken file", "module gone"])
+def test_a_resume_whose_recorded_plugin_fails_says_what_is_wrong_with_it(tmp_path, case):
+    """A recorded plugin file that is there but raises while loading was told to be put back or
+    given by its new path (it had not moved); a recorded module no longer importable, to put its
+    file back. The first gets no hint, the second one for a module."""
+    mod = recipe()
+    out = tmp_path / "run"
+    out.mkdir()
+    plugin = tmp_path / "broken_ext.py"
+    plugin.write_text("raise ValueError('bug in the plugin')\n")
+    spec = str(plugin) if case == "broken file" else "no_such_pkg_for_resume.ext"
+    (out / "config.yaml").write_text(yaml.safe_dump({
+        "model": "resnet20", "dataset": "fake", "output_dir": str(out), "remove": [0.2], "plugins": [spec]}))
+    with pytest.raises(SystemExit) as e:
+        mod.parse_args(["--config", str(out / "config.yaml"), "--resume"])
+    if case == "broken file":
+        assert e.value.code == f"plugin {plugin} failed while loading: ValueError: bug in the plugin"
+    else:
+        assert e.value.code.endswith(f"the run in {out} records it in {out / 'config.yaml'}: put the module back on "
+                                     "PYTHONPATH, or give it (or its file's path) with --plugins (which replaces the "
+                                     "recorded plugins)"), e.value.code
+        assert "file" not in e.value.code.split("; the run")[1].split("(or its file")[0]
