@@ -31,7 +31,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 
 from .batch_axis import checked_batch_axis
 from .trace import (CONST, EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT, JUNCTION, KIND_NAMES, OUTPUT, UNIT, Group,
-                    LayerFlow, Trace, trace)
+                    LayerFlow, Trace, serialized, trace)
 from adaptive.connectome import _uncompiled
 from adaptive.discovery import transposed_shape, weight_hooks
 from adaptive.warn import warn_user
@@ -257,6 +257,7 @@ def _synapse_edges(layer: LayerFlow, start: int, w, m, u):
 
 
 # ------------------------------------------------------------------------------------ build
+@serialized  # a parametrized weight is computed by calling its parametrization: not while another thread traces
 def build(
     conn=None,
     level: str = "unit",
