@@ -128,6 +128,7 @@ class Trace:
     # each unknown op's description (as in ``unknown``) -> the parameters it reads: a module's own, or
     # those its operands are computed from (``x @ self.w``); the layers whose wiring the graph guesses
     unknown_weights: Dict[str, List[str]] = field(default_factory=dict)
+    batch_axis: Optional[int] = None  # the batch axis the caller fixed for the inputs (None: inferred per input)
 
     @property
     def num_nodes(self) -> int:
@@ -1656,7 +1657,9 @@ def trace(model: nn.Module, example_input=None, input_nodes: str = "auto", batch
                         "forward takes the tensors and builds the dict")
     # trace and run the inference graph (no aux heads, dropout or batch statistics), leaving the model as it was
     with _unchanged(model):
-        return _trace_eval(model, example_input, input_nodes, batch_axis)
+        tr = _trace_eval(model, example_input, input_nodes, batch_axis)
+    tr.batch_axis = batch_axis
+    return tr
 
 
 class _Root(nn.Module):

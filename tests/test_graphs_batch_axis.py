@@ -132,3 +132,23 @@ def test_compact_probes_one_sample_and_checks_a_doubled_batch_along_batch_axis(b
         assert probed[0] == (5, 1, 3) and {(5, 6, 3), (10, 3, 3), (6, 3, 3)} <= set(shapes)
     else:
         assert probed[0] == (1, 3, 3) and {(10, 3, 3), (5, 6, 3), (5, 4, 3)} <= set(shapes)
+
+
+def test_build_from_a_trace_takes_the_trace_s_batch_axis_and_refuses_another():
+    """build(traced=..., batch_axis=1) checked the value and then ignored it: the graph was the trace's, batch first.
+    The trace records the batch axis it was made with; build accepts that one and refuses another (or an
+    example_input or input_nodes, which a given trace would ignore as well), saying to trace with it."""
+    torch.manual_seed(0)
+    model, x = _HiddenSeqFirst().eval(), torch.randn(4, 3, 2, 3)
+    first, seq = graphs.trace(model, x), graphs.trace(model, x, batch_axis=1)
+    assert (first.batch_axis, seq.batch_axis) == (None, 1)
+    want = graphs.build(model=model, example_input=x, batch_axis=1)
+    got = graphs.build(model=model, traced=seq, batch_axis=1)
+    assert torch.equal(got.src, want.src) and torch.equal(got.dst, want.dst)
+    with pytest.raises(ValueError, match=r"its batch axes inferred\), so batch_axis would change nothing: pass them "
+                                         r"to graphs.trace\(model, example_input, input_nodes, batch_axis\)"):
+        graphs.build(model=model, traced=first, batch_axis=1)
+    with pytest.raises(ValueError, match=r"batch_axis=1\), so batch_axis would change nothing"):
+        graphs.build(model=model, traced=seq, batch_axis=0)
+    with pytest.raises(ValueError, match="so example_input, input_nodes would change nothing"):
+        graphs.build(model=model, traced=first, example_input=x, input_nodes="channels")
