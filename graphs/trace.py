@@ -1441,14 +1441,19 @@ def _reads_metadata(n: fx.Node) -> bool:
 
 
 @serialized
-def runnable_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1) -> torch.Tensor:
+def runnable_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1,
+                           batch_axis: Optional[int] = None) -> torch.Tensor:
     """The first of :func:`default_example_input`'s candidates that ``model`` runs on (in eval mode,
     without gradients; the model is left as it was: see :func:`_unchanged`), as :func:`trace` picks one.
+    ``batch_axis=1``: each candidate of two axes or more is laid out sequence-first before it is tried
+    (``[B, T, ...]`` as ``[T, B, ...]``), for a model whose sequences hold their batch on axis 1.
     A ``torch.compile`` wrapper's module runs them uncompiled (compiling for each guess takes seconds)."""
     from adaptive.connectome import _uncompiled
 
     model = _uncompiled(model)
     candidates = default_example_input(model, tokens, batch)
+    if checked_batch_axis(batch_axis) == 1:
+        candidates = [x.movedim(0, 1).contiguous() if x.dim() >= 2 else x for x in candidates]
     if len(candidates) == 1:
         return candidates[0]
     errors = []
