@@ -56,7 +56,7 @@ def load_plugin(spec: str) -> ModuleType:
         # the module name follows the file's content: two different plugins called ext.py must not
         # pass for the same definition run twice (the second would silently replace the first's
         # names), while a copy of the same file may be loaded again
-        name = "adaptive_plugin_" + re.sub(r"\W", "_", path.stem) + "_" + hashlib.sha1(path.read_bytes()).hexdigest()[:8]
+        name = registry.PLUGIN_MODULE + re.sub(r"\W", "_", path.stem) + "_" + hashlib.sha1(path.read_bytes()).hexdigest()[:8]
         mod_spec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(mod_spec)
         sys.modules[name] = mod  # dataclasses and pickling resolve the plugin's names through it

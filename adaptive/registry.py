@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import sys
 
 from contextlib import contextmanager
 from typing import Any, Dict, List, Optional
@@ -41,9 +42,28 @@ def all_or_nothing():
         outer.extend(done)
 
 
+PLUGIN_MODULE = "adaptive_plugin_"  # the start of the module name a plugin file is loaded under (adaptive.plugins)
+
+
 def _origin(obj: Any) -> str:
-    """Where ``obj`` was defined: module and qualified name, and for a lambda (whose name,
-    ``<lambda>``, every lambda of its scope shares) the line it starts on too."""
+    """Where ``obj`` was defined, for a message: module and qualified name, and for a lambda (whose name,
+    ``<lambda>``, every lambda of its scope shares) the line it starts on too. One a plugin file defines
+    (its module's generated name says nothing to its author): the name, the file's path and, for a
+    function, its line."""
+    name = getattr(obj, "__qualname__", repr(obj))
+    code = getattr(obj, "__code__", None)
+    module = getattr(obj, "__module__", None) or "?"
+    path = getattr(sys.modules.get(module), "__file__", None) if module.startswith(PLUGIN_MODULE) else None
+    if path:
+        return f"{name} in plugin {path}" + (f", line {code.co_firstlineno}" if code else "")
+    line = f" (line {code.co_firstlineno})" if isinstance(name, str) and name.endswith("<lambda>") and code else ""
+    return f"{module}.{name}{line}"
+
+
+def _definition(obj: Any) -> str:
+    """What tells two definitions apart: module and qualified name (a plugin file's module is named after its
+    content, so a copy of the file loaded from elsewhere is the same definition, an edited one another), and for a
+    lambda its line."""
     name = getattr(obj, "__qualname__", repr(obj))
     code = getattr(obj, "__code__", None)
     line = f" (line {code.co_firstlineno})" if isinstance(name, str) and name.endswith("<lambda>") and code else ""
@@ -55,7 +75,7 @@ def add(table: Dict[str, Any], kind: str, name: str, obj: Any, replace: bool = F
     if not isinstance(name, str) or not name:
         raise TypeError(f"a {kind} is registered under a non-empty string name, got {name!r}")
     old = table.get(name)
-    if old is not None and not replace and _origin(old) != _origin(obj):
+    if old is not None and not replace and _definition(old) != _definition(obj):
         raise ValueError(
             f"{kind} {name!r} is already registered ({_origin(old)}); register {_origin(obj)} under another "
             f"name, or pass replace=True to override it")

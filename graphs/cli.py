@@ -354,6 +354,12 @@ def _parser():
                             "says), float for features in the model's own floating dtype (default: tokens first "
                             "where the model's first layer is an nn.Embedding or nn.EmbeddingBag, float first "
                             "otherwise, each tried where the other fails)")
+        s.add_argument("--batch-axis", type=int, choices=(0, 1),
+                       help="the axis of the model's input that holds the batch: 1 for a sequence-first model "
+                            "([T, B] tokens, [T, B, F] features, as nn.GRU/LSTM/Transformer layers read by default): "
+                            "the guessed input is laid out so, and the graph reads one sample along that axis; 0: "
+                            "batch first (default: batch first, or as the model's sequence layers show where the "
+                            "inputs reach them with their axes known; not for an image input)")
         if cmd == "export":
             s.add_argument("--out", metavar="PATH",
                            help="file to write, its extension naming the format (.graphml, .gexf, .json, .pt; the first "
@@ -523,13 +529,13 @@ def _run(a) -> int:
     if a.cmd == "compact":
         return _compact(model, conn, a, run_dir)
     x = None  # graphs.build guesses, trying token indices and float features
-    if a.in_dtype is not None:
+    if a.in_dtype is not None or a.batch_axis is not None:  # batch_axis= needs the input: laid out here
         from .trace import runnable_example_input
 
-        x = runnable_example_input(model, tokens=a.in_dtype == "long")
+        x = runnable_example_input(model, _tokens(a), batch_axis=_batch_axis(a, model))
     if a.cmd == "export":
         out, fmt = _export_path(a, run_dir)  # checked before the (long) build
-        g = graphs.build(conn, a.level, junctions=not a.contract, example_input=x)
+        g = graphs.build(conn, a.level, junctions=not a.contract, example_input=x, batch_axis=a.batch_axis)
         if fmt == "pt":
             _save(graphs.to_pyg(g), out)
         else:
@@ -541,7 +547,7 @@ def _run(a) -> int:
         print("note: a report counts dead and unreachable units, so it reads the unit-level graph "
               "(--level layer applies to export)", file=sys.stderr)
         level = "unit"
-    g = graphs.build(conn, level, junctions=not a.contract, example_input=x)
+    g = graphs.build(conn, level, junctions=not a.contract, example_input=x, batch_axis=a.batch_axis)
     out = a.out or os.path.join(run_dir, "graph_report")
     os.makedirs(out, exist_ok=True)
     s = graphs.summary(g)
@@ -573,6 +579,22 @@ def _save(obj, out: str) -> None:
         raise
 
 
+def _tokens(a) -> Optional[bool]:
+    """--in-dtype as :func:`graphs.trace.runnable_example_input` takes it: token indices, floats, or both tried."""
+    return None if a.in_dtype is None else a.in_dtype == "long"
+
+
+def _batch_axis(a, model) -> Optional[int]:
+    """--batch-axis, refused for a model whose input is an image (C,H,W): its batch comes first."""
+    shape = getattr(model, "in_shape", None)
+    if a.batch_axis == 1 and shape is not None and len(shape) == 3:
+        raise UsageError(f"--batch-axis 1 lays the guessed input out sequence-first ([T, B] tokens, [T, B, F] features), "
+                         f"but the model's input shape is {','.join(map(str, shape))}, an image (C,H,W), whose batch "
+                         "comes first: drop --batch-axis, or give a sequence's shape with --in-shape (T for T tokens, "
+                         "T,F for T steps of F features)")
+    return a.batch_axis
+
+
 def _compact(model, conn, a, run_dir) -> int:
     import graphs
 
@@ -584,10 +606,10 @@ def _compact(model, conn, a, run_dir) -> int:
         out = os.path.join(out, "compact_model.pt")
     if a.float64:
         model.double()  # in place: the connectome masks the same parameters
-    tokens = None if a.in_dtype is None else a.in_dtype == "long"
-    x = runnable_example_input(model, tokens, batch=8)  # floats in the dtype of the model's first layer
+    # floats in the dtype of the model's first layer
+    x = runnable_example_input(model, _tokens(a), batch=8, batch_axis=_batch_axis(a, model))
     try:
-        small = graphs.compact(model, conn, x, atol=a.atol, rtol=a.rtol)
+        small = graphs.compact(model, conn, x, atol=a.atol, rtol=a.rtol, batch_axis=a.batch_axis)
     except CompactionMismatchError as e:
         said = str(e).replace(" Pass verify=False to get the model anyway.", "")  # the API's option, not the CLI's
         raise CompactionMismatchError(f"{said} On the command line, --atol and --rtol set the tolerances (now {a.atol} "

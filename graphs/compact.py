@@ -128,6 +128,7 @@ from adaptive.warn import warn_user
 
 from . import ops, shape_reads
 from .folded import FoldedConv, unfolded
+from .trace import serialized
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -418,6 +419,7 @@ def _getitem_channel_axis(idx, ndim, xa):
     return out_axis + (xa - axis) if xa >= axis else None  # the channel axis lies past the index
 
 
+@serialized  # traces, and runs models that another thread's trace would take
 @kept_global_rng()
 def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] = None,
             atol: float = 1e-4, rtol: float = 1e-4, verify: bool = True, align: int = 1,

@@ -31,7 +31,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 
 from .batch_axis import checked_batch_axis
 from .trace import (CONST, EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT, JUNCTION, KIND_NAMES, OUTPUT, UNIT, Group,
-                    LayerFlow, Trace, trace)
+                    LayerFlow, Trace, serialized, trace)
 from adaptive.connectome import _uncompiled
 from adaptive.discovery import transposed_shape, weight_hooks
 from adaptive.warn import warn_user
@@ -257,6 +257,7 @@ def _synapse_edges(layer: LayerFlow, start: int, w, m, u):
 
 
 # ------------------------------------------------------------------------------------ build
+@serialized  # a parametrized weight is computed by calling its parametrization: not while another thread traces
 def build(
     conn=None,
     level: str = "unit",
@@ -275,7 +276,8 @@ def build(
     ``utility`` maps parameter names to per-synapse (or per-ensemble) scores, summed onto edges (a
     key that names no weighted layer, such as a module name without ``.weight``, is refused).
     ``model`` stands in for ``conn.model`` (or replaces ``conn`` entirely: every weight live).
-    ``traced`` reuses a :func:`graphs.trace.trace` result. ``input_nodes``: "channels" (one node
+    ``traced`` reuses a :func:`graphs.trace.trace` result as it was made: ``example_input``, a non-default
+    ``input_nodes`` or a ``batch_axis`` other than the trace's are refused with it (they would change nothing). ``input_nodes``: "channels" (one node
     per input channel), "elements" (one per input feature or pixel) or "auto" (elements for models
     without convolutions), as :func:`graphs.trace.trace` takes it. ``batch_axis``: which axis of the
     example's inputs holds the batch, 0 or 1 (sequence-first ``[T, B, F]`` inputs), for every input of two axes
@@ -297,6 +299,8 @@ def build(
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}: use one of {LEVELS}")
     checked_batch_axis(batch_axis)  # refused before a trace, even one given
+    if traced is not None:
+        _refuse_trace_options(traced, example_input, input_nodes, batch_axis)
     model = model if model is not None else getattr(conn, "model", None)
     if model is None:
         raise ValueError("build needs a Connectome (conn=...) or a model (model=...)")
@@ -330,6 +334,19 @@ def build(
     if level == "layer":
         return layer_graph(unit)
     return unit
+
+
+def _refuse_trace_options(traced: Trace, example_input, input_nodes: str, batch_axis: Optional[int]) -> None:
+    """Refuse what only a new trace would use next to ``traced``: the trace was made on its own input, its
+    input nodes and batch axes fixed then, and the graph would silently ignore them."""
+    given = [name for name, unused in (("example_input", example_input is None), ("input_nodes", input_nodes == "auto"),
+                                       ("batch_axis", batch_axis in (None, traced.batch_axis))) if not unused]
+    if given:
+        made = f"batch_axis={traced.batch_axis}" if traced.batch_axis is not None else "its batch axes inferred"
+        raise ValueError(
+            f"build(traced=...) reuses a trace as it was made (on its own example input, {made}), so "
+            f"{', '.join(given)} would change nothing: pass them to graphs.trace(model, example_input, input_nodes, "
+            "batch_axis) and build from that trace, or leave traced out and let build trace")
 
 
 def _check_belongs(conn, model: nn.Module, tr: Trace) -> None:

@@ -18,10 +18,12 @@ outputs), each a contiguous range. Everything is tensor code; Python loops run o
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import io
 import math
 import operator
+import threading
 import types
 import warnings
 from dataclasses import dataclass, field
@@ -43,6 +45,23 @@ from adaptive.global_rng import global_states, set_global_states
 # fx's check on an input traced as None, whose wrap() SignatureTracer drops: a private name of fx's, so None
 # where a torch lacks it (graphs still imports and traces; only that drop is skipped)
 _assert_is_none = getattr(fx._symbolic_trace, "_assert_is_none", None)
+
+# fx's tracer patches ``nn.Module.__call__`` and ``__getattr__`` for the whole process while it traces (and
+# _sizes_packed torch's factories): a module called in another thread meanwhile is taken by that trace ("module is
+# not installed as a submodule"). graphs' entry points that trace or run a model hold this lock for all of their
+# work (reentrant: compact traces inside, the CLI builds what it compacted). Threads running models outside
+# graphs are not held back: trace before starting them, or from the thread that runs them.
+TRACING = threading.RLock()
+
+
+def serialized(fn):
+    """``fn`` run holding :data:`TRACING` (released however it returns or raises)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with TRACING:
+            return fn(*args, **kwargs)
+    return run
+
 
 CONST, INPUT, UNIT, JUNCTION, OUTPUT = range(5)
 KIND_NAMES = ("constant", "input", "unit", "junction", "output")
@@ -109,6 +128,7 @@ class Trace:
     # each unknown op's description (as in ``unknown``) -> the parameters it reads: a module's own, or
     # those its operands are computed from (``x @ self.w``); the layers whose wiring the graph guesses
     unknown_weights: Dict[str, List[str]] = field(default_factory=dict)
+    batch_axis: Optional[int] = None  # the batch axis the caller fixed for the inputs (None: inferred per input)
 
     @property
     def num_nodes(self) -> int:
@@ -1188,6 +1208,7 @@ def _sizes_packed():
             setattr(torch, name, f)
 
 
+@serialized
 def symbolic_trace(root: nn.Module, concrete_args=None) -> fx.GraphModule:
     """``torch.fx.symbolic_trace`` with torch's own functions in place of a library's Python replacements
     (:func:`_torch_own_functions`): fx records torch's function as one call, as it records any torch
@@ -1419,14 +1440,20 @@ def _reads_metadata(n: fx.Node) -> bool:
     return n.op == "call_method" and n.target in _METADATA_METHODS
 
 
-def runnable_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1) -> torch.Tensor:
+@serialized
+def runnable_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1,
+                           batch_axis: Optional[int] = None) -> torch.Tensor:
     """The first of :func:`default_example_input`'s candidates that ``model`` runs on (in eval mode,
     without gradients; the model is left as it was: see :func:`_unchanged`), as :func:`trace` picks one.
+    ``batch_axis=1``: each candidate of two axes or more is laid out sequence-first before it is tried
+    (``[B, T, ...]`` as ``[T, B, ...]``), for a model whose sequences hold their batch on axis 1.
     A ``torch.compile`` wrapper's module runs them uncompiled (compiling for each guess takes seconds)."""
     from adaptive.connectome import _uncompiled
 
     model = _uncompiled(model)
     candidates = default_example_input(model, tokens, batch)
+    if checked_batch_axis(batch_axis) == 1:
+        candidates = [x.movedim(0, 1).contiguous() if x.dim() >= 2 else x for x in candidates]
     if len(candidates) == 1:
         return candidates[0]
     errors = []
@@ -1609,6 +1636,7 @@ def _auto_input_nodes(model: nn.Module, x: torch.Tensor) -> str:
     return "channels" if convs or (first is not None and first[0].numel() > 1_000_000) else "elements"
 
 
+@serialized
 def trace(model: nn.Module, example_input=None, input_nodes: str = "auto", batch_axis: Optional[int] = None) -> Trace:
     """Trace ``model``'s data flow (see module docstring). ``example_input``: a tensor or a tuple of
     tensors (batch first), one per positional input; an input that is itself a tuple or list of tensors
@@ -1634,7 +1662,9 @@ def trace(model: nn.Module, example_input=None, input_nodes: str = "auto", batch
                         "forward takes the tensors and builds the dict")
     # trace and run the inference graph (no aux heads, dropout or batch statistics), leaving the model as it was
     with _unchanged(model):
-        return _trace_eval(model, example_input, input_nodes, batch_axis)
+        tr = _trace_eval(model, example_input, input_nodes, batch_axis)
+    tr.batch_axis = batch_axis
+    return tr
 
 
 class _Root(nn.Module):

@@ -132,3 +132,82 @@ def test_compact_probes_one_sample_and_checks_a_doubled_batch_along_batch_axis(b
         assert probed[0] == (5, 1, 3) and {(5, 6, 3), (10, 3, 3), (6, 3, 3)} <= set(shapes)
     else:
         assert probed[0] == (1, 3, 3) and {(10, 3, 3), (5, 6, 3), (5, 4, 3)} <= set(shapes)
+
+
+def test_build_from_a_trace_takes_the_trace_s_batch_axis_and_refuses_another():
+    """build(traced=..., batch_axis=1) checked the value and then ignored it: the graph was the trace's, batch first.
+    The trace records the batch axis it was made with; build accepts that one and refuses another (or an
+    example_input or input_nodes, which a given trace would ignore as well), saying to trace with it."""
+    torch.manual_seed(0)
+    model, x = _HiddenSeqFirst().eval(), torch.randn(4, 3, 2, 3)
+    first, seq = graphs.trace(model, x), graphs.trace(model, x, batch_axis=1)
+    assert (first.batch_axis, seq.batch_axis) == (None, 1)
+    want = graphs.build(model=model, example_input=x, batch_axis=1)
+    got = graphs.build(model=model, traced=seq, batch_axis=1)
+    assert torch.equal(got.src, want.src) and torch.equal(got.dst, want.dst)
+    with pytest.raises(ValueError, match=r"its batch axes inferred\), so batch_axis would change nothing: pass them "
+                                         r"to graphs.trace\(model, example_input, input_nodes, batch_axis\)"):
+        graphs.build(model=model, traced=first, batch_axis=1)
+    with pytest.raises(ValueError, match=r"batch_axis=1\), so batch_axis would change nothing"):
+        graphs.build(model=model, traced=seq, batch_axis=0)
+    with pytest.raises(ValueError, match="so example_input, input_nodes would change nothing"):
+        graphs.build(model=model, traced=first, example_input=x, input_nodes="channels")
+
+
+SEQ_FIRST_PLUGIN = '''
+import torch
+from torch import nn
+from adaptive.models import register_model
+
+
+class HiddenSeqFirst(nn.Module):
+    """[T, B, 6] sequences, reshaped to [T, B, 2, 3] and back (the reshape hides their axes), into a
+    sequence-first GRU that reads the first two steps only."""
+
+    def __init__(self, num_classes=4, in_shape=(4, 6)):
+        super().__init__()
+        self.in_shape = tuple(in_shape or (4, 6))
+        self.gru, self.fc = nn.GRU(6, 5), nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        out, _ = self.gru(x.reshape(x.shape[0], x.shape[1], 2, 3).flatten(2)[:2])
+        return self.fc(out[-1])
+
+
+@register_model("batch_axis_cli_seq_first")
+def build(num_classes=None, in_shape=None, **kw):
+    return HiddenSeqFirst(num_classes or 4, in_shape)
+'''
+
+
+def test_the_command_line_lays_the_guessed_input_out_as_batch_axis_says(tmp_path, capsys):
+    """The command line guessed a batch-first input [B, T, 6] and built the graph batch first: the GRU read it as
+    B steps of T samples, and every input node reached the output. --batch-axis 1 lays the guess out [T, B, 6] and
+    builds with batch_axis=1: the T * 6 nodes of one sample, those of the two steps read reaching the output, as
+    graphs.build gives it. compact takes it too; an image input (C,H,W) is refused."""
+    from adaptive.models import build_model
+    from adaptive.plugins import load_plugins
+    from graphs.cli import main
+
+    plugin = tmp_path / "seq_first_plugin.py"
+    plugin.write_text(SEQ_FIRST_PLUGIN)
+    load_plugins([str(plugin)])
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(build_model("batch_axis_cli_seq_first"))
+    run = tmp_path / "run"
+    conn.save(run / "connectome.safetensors")
+    torch.save(conn.dense_state_dict(), run / "model_state.pt")
+    (run / "config.yaml").write_text(f"model: batch_axis_cli_seq_first\nplugins: [{plugin}]\n")
+
+    assert main(["export", str(run), "--out", str(tmp_path / "first.json")]) == 0
+    assert bool(_input_reaches(graphs.read_json(str(tmp_path / "first.json"))).all())
+    assert main(["export", str(run), "--out", str(tmp_path / "seq.json"), "--batch-axis", "1"]) == 0
+    got = graphs.read_json(str(tmp_path / "seq.json"))
+    assert _input_reaches(got).tolist() == [True] * 12 + [False] * 12  # steps 0 and 1 of 4, 6 features each
+    want = graphs.build(conn, example_input=torch.randn(4, 1, 6), batch_axis=1)
+    assert torch.equal(got.src, want.src) and torch.equal(got.dst, want.dst)
+    assert main(["compact", str(run), "--out", str(tmp_path / "small.pt"), "--batch-axis", "1"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(tmp_path / "r"), "--batch-axis", "1", "--in-shape", "1,4,6"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-axis 1 lays the guessed input out sequence-first" in err and "1,4,6, an image (C,H,W)" in err, err

@@ -226,3 +226,29 @@ def test_adaptive_resume_without_the_runs_plugin_names_it(tmp_path):
     with pytest.raises(ValueError, match="unknown estimator") as e:
         R.RunConfig(resume="latest", output_dir=str(out), estimator="resume_plugin_name")
     assert "the run in" not in str(e.value) and "records" not in str(e.value)
+
+
+def test_errors_name_a_plugin_function_by_its_file_and_line(tmp_path):
+    """A plugin file is loaded as a module named ``adaptive_plugin_<stem>_<hash>``: errors named a plugin's
+    function by that name (``adaptive_plugin_clash_a_1f2e3d4c.build``), which is nowhere in the user's files.
+    They name the file's path and the function's line. A copy of the same file loaded from another path is still
+    the same definition (no clash)."""
+    from adaptive.models import build_model
+
+    body = "from adaptive.models import register_model\n\n\n@register_model('plugin_clash_net')\ndef build(**kw):\n{}\n"
+    a, b, same = tmp_path / "clash_a.py", tmp_path / "clash_b.py", tmp_path / "copy" / "clash_a.py"
+    a.write_text(body.format("    return 'not a module'"))
+    b.write_text("# another plugin\n" + body.format("    return None"))
+    same.parent.mkdir()
+    same.write_text(a.read_text())
+    load_plugin(str(a))
+    load_plugin(str(same))
+    with pytest.raises(PluginError) as e:
+        load_plugin(str(b))
+    # the copy, loaded last, holds the name; the line a decorated function's code starts on is its decorator's
+    assert f"already registered (build in plugin {same.resolve()}, line 4); register build in plugin {b.resolve()}, line 5 " \
+           "under another name" in str(e.value)
+    with pytest.raises(TypeError) as e:
+        build_model("plugin_clash_net")
+    assert f"its builder build in plugin {same.resolve()}, line 4 returned builtins.str" in str(e.value)
+    assert "adaptive_plugin_" not in str(e.value)

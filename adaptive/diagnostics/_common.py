@@ -228,17 +228,39 @@ def masking_connectome(param: torch.Tensor) -> Optional[Connectome]:
 
 def model_connectome(model: nn.Module, conn, what: str, why: str) -> Optional[Connectome]:
     """The connectome saying which synapses of ``model`` exist: ``conn`` when given (refused unless
-    it is a :class:`~adaptive.Connectome` built on this very model), else the one attached to an
-    optimizer of ``model`` (:func:`attached_connectome`), else None (a dense model). ``what``
-    names the diagnostic in the errors, ``why`` says what it does with the masks."""
+    it is a :class:`~adaptive.Connectome` built on this very model, or on the model a wrapper such as
+    ``nn.DataParallel`` or DistributedDataParallel holds as ``.module``: the synapses are its parameters,
+    found by identity), else the one attached to an optimizer of ``model`` (:func:`attached_connectome`),
+    else None (a dense model). ``what`` names the diagnostic in the errors, ``why`` says what it does
+    with the masks."""
     if conn is None:
         return attached_connectome(model)
     if not isinstance(conn, Connectome):
         raise TypeError(f"conn must be the model's adaptive.Connectome (its masks say {why}), got {type(conn).__name__}")
-    if conn.model is not _uncompiled(model):
+    if not any(m is conn.model for m in wrapped_modules(model)):
         raise ValueError(f"conn masks another model than the one given: pass the Connectome built on this model "
                          f"({what}(conn.model, ..., conn=conn))")
     return conn
+
+
+def wrapped_modules(model: nn.Module) -> list:
+    """``model`` (a ``torch.compile`` wrapper's module), then the module it holds as ``.module`` (the model inside
+    ``nn.DataParallel``, DistributedDataParallel or a wrapper of that kind), then the one that holds, and so on."""
+    chain = [_uncompiled(model)]
+    while isinstance(getattr(chain[-1], "module", None), nn.Module) and all(chain[-1].module is not m for m in chain):
+        chain.append(_uncompiled(chain[-1].module))
+    return chain
+
+
+DATA_PARALLEL = (nn.DataParallel, nn.parallel.DistributedDataParallel)  # forward: their module's, run in parallel
+
+
+def without_data_parallel(model: nn.Module) -> nn.Module:
+    """The module torch's data-parallel wrappers (:data:`DATA_PARALLEL`) around ``model`` run, or ``model``."""
+    model = _uncompiled(model)
+    while isinstance(model, DATA_PARALLEL):
+        model = _uncompiled(model.module)
+    return model
 
 
 def live_mask(conn: Optional[Connectome], weight: torch.Tensor, device=None) -> Optional[torch.Tensor]:

@@ -18,9 +18,9 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from ..metrics import _forward_owner, call_model, refuse_unpacked, to_device
 from ._shared_calls import CallRecorder, parts_adding_up
-from ._common import (LogHistogram, batch_statistics_explained, check_finite, default_loss, find_weight, iterate_batches,
-                      kept_buffers, live_mask, measured_gradients, model_connectome, model_device, scalers_suspended,
-                      warn_if_zeros)
+from ._common import (DATA_PARALLEL, LogHistogram, batch_statistics_explained, check_finite, default_loss, find_weight,
+                      iterate_batches, kept_buffers, live_mask, measured_gradients, model_connectome, model_device,
+                      scalers_suspended, warn_if_zeros)
 from ..modes import modes_kept
 from .table import Table, pyplot, save_figure
 from ..global_rng import kept_global_rng
@@ -93,6 +93,9 @@ def traced_call_depths(model: nn.Module, layer: str, example=None) -> List[torch
     import graphs
 
     name = layer[: -len(".weight")] if layer.endswith(".weight") else layer
+    # fx cannot trace torch's data-parallel wrappers (forward(*inputs)); their forward is their module's
+    while isinstance(model, DATA_PARALLEL) and name.startswith("module."):
+        model, name = model.module, name[len("module."):]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"graphs: node .* uses weights used before in the forward")
         # the first example of every tensor in the input, given as one argument: the model is called

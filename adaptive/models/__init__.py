@@ -83,9 +83,7 @@ def build_model(
             raise
         raise ValueError(_unknown_keyword(name, bad.group(1), accepted, takes_more, str(e))) from None
     if not isinstance(model, nn.Module):
-        fn = getattr(builder, "__qualname__", None) or repr(builder)
-        where = getattr(builder, "__module__", None)
-        raise TypeError(f"model {name!r}: its builder {fn}{f' (in {where})' if where else ''} returned "
+        raise TypeError(f"model {name!r}: its builder {_registry._origin(builder)} returned "
                         f"{type(model).__module__}.{type(model).__qualname__} ({_short(model)}), not a torch.nn.Module; "
                         "a registered model builder must return the model (an nn.Module instance)")
     if weights:

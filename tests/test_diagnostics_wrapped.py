@@ -1,0 +1,61 @@
+"""The diagnostics on a model inside ``nn.DataParallel`` (a DistributedDataParallel-like wrapper holding it as
+``.module``), given the Connectome built on the model inside: it was refused as "conn masks another model"."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import adaptive
+from adaptive.diagnostics import collinearity, gradient_by_depth, knowledge_distribution
+
+
+class _Cat(nn.Module):
+    """The input and a layer's output, concatenated into the classifier: inputs of depths 0 and 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.head = nn.Linear(6, 5), nn.Linear(11, 3)
+
+    def forward(self, x):
+        return self.head(torch.cat([x, torch.relu(self.fc(x))], 1))
+
+
+def _setup():
+    torch.manual_seed(0)
+    net = _Cat()
+    conn = adaptive.Connectome(net)
+    g = torch.Generator().manual_seed(0)
+    conn.set_masks({n: torch.rand(m.shape, generator=g) < 0.6 for n, m in conn.masks.items()})
+    data = [(torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(3)]
+    return net, conn, data
+
+
+def test_collinearity_and_gradient_by_depth_take_the_wrapped_model_s_connectome():
+    net, conn, data = _setup()
+    wrapped = nn.DataParallel(net)  # without GPUs its forward is the module's
+    got, want = collinearity(wrapped, data, conn=conn), collinearity(net, data, conn=conn)
+    assert got.table["layer"] == ["module.fc.weight", "module.head.weight"]
+    assert all(torch.equal(got.cosine["module." + k], v) for k, v in want.cosine.items())
+    assert got.table["pruned"] == [int((~m).sum()) for m in conn.masks.values()]
+    got, want = (gradient_by_depth(f, data, layer=name, batches=3, conn=conn)
+                 for f, name in ((wrapped, "module.head"), (net, "head")))  # traced through the wrapper
+    assert got.depths == want.depths == [0, 1]
+    assert torch.equal(got.per_weight, want.per_weight) and got.pruned == want.pruned == int((~conn.masks["head.weight"]).sum())
+
+
+def test_knowledge_distribution_measures_the_module_a_data_parallel_wrapper_runs():
+    net, conn, data = _setup()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a few points on a tiny model: fits warn
+        got = knowledge_distribution(nn.DataParallel(net), data, data, points=4, conn=conn)
+        want = knowledge_distribution(net, data, data, points=4, conn=conn)
+    assert type(got.meta["model"]) is _Cat  # a copy of the module: fine-tuned by this process alone
+    assert got.pruned_before == want.pruned_before == sum(int((~m).sum()) for m in conn.masks.values())
+    assert list(got.table) == list(want.table)
+
+
+def test_a_connectome_of_another_model_is_still_refused():
+    net, conn, data = _setup()
+    with pytest.raises(ValueError, match="conn masks another model"):
+        collinearity(nn.DataParallel(_Cat()), data, conn=conn)
