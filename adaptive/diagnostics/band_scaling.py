@@ -58,6 +58,9 @@ class BandGradientScaler:
     nothing: no scaling, no state update; a scaler on another model's weights keeps working. A NaN or
     inf gradient entry takes no part in the running state (it passes through, scaled). Call
     :meth:`remove` to take the hooks off.
+    The hooks follow the gradient's device: a model moved after the scaler was built (``.cuda()``,
+    another dtype) is scaled there, each layer's band index copied to a device once, at its first
+    gradient there, and the running sizes moved with the gradients.
     """
 
     def __init__(self, model: nn.Module, layers: Optional[Iterable[str]] = None,
@@ -86,8 +89,9 @@ class BandGradientScaler:
                 split = not bool((index == index[0]).all())  # calls reading other bands are scaled apart
                 recorder = CallRecorder(mod, keep_inputs=split)
                 self._handles.append(recorder)
-                st = {"name": name, "index": index, "bands": uniq, "recorder": recorder, "split": split, "splitting": False,
-                      "warned": False, "log_typical": None, "scale": None}
+                st = {"name": name, "index": index, "index_on": {index.device: index}, "bands": uniq,
+                      "recorder": recorder, "split": split, "splitting": False, "warned": False,
+                      "log_typical": None, "seen": None, "scale": None}
                 self.state[name] = st
                 self._handles.append(w.register_hook(self._hook(st, w)))
             # a layer's calls are those of the model's latest forward (one without a backward leaves none behind)
@@ -130,26 +134,48 @@ class BandGradientScaler:
             cnt = torch.bincount(flat[nz], minlength=nb).double()
             have = cnt > 0
             cur = torch.where(have, logs / cnt.clamp_min(1), torch.zeros_like(logs))
-            prev, seen = st["log_typical"], st.get("seen")
-            if prev is None:
-                prev, seen = torch.zeros_like(cur), torch.zeros_like(have)
+            prev, seen = self._running_on(st, cur.device)
             # a band's first nonzero gradient sets its typical size; later ones move it by the
             # momentum; a band never seen with one (dead, pruned) takes no part in the common size
             new = torch.where(have & seen, self.momentum * prev + (1 - self.momentum) * cur, torch.where(have, cur, prev))
             seen = seen | have
             st["log_typical"], st["seen"] = new, seen
-            known = new[seen]
-            common = known.mean() if known.numel() else torch.zeros((), dtype=new.dtype, device=new.device)
-            st["scale"] = torch.where(seen, (common - new).exp(), torch.ones_like(new))
+            st["scale"] = self._scale(new, seen)
             s = st["scale"].to(grad.dtype)
             return sum(p * s[i] for p, i in zip(parts, index))
 
         return scale
 
+    @staticmethod
+    def _scale(log_typical: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """Each band's multiplier: the common size (the mean log size of the bands seen) over its own;
+        1 for a band not yet seen."""
+        known = log_typical[seen]
+        common = known.mean() if known.numel() else log_typical.new_zeros(())
+        return torch.where(seen, (common - log_typical).exp(), torch.ones_like(log_typical))
+
+    @staticmethod
+    def _index_on(st, device: torch.device) -> torch.Tensor:
+        """The layer's band index on ``device``: the model may have moved since the scaler was built,
+        so it is copied there at the first gradient there, and kept for the next ones."""
+        if device not in st["index_on"]:
+            st["index_on"][device] = st["index"].to(device)
+        return st["index_on"][device]
+
+    @staticmethod
+    def _running_on(st, device: torch.device):
+        """The layer's running log sizes and which bands have had one, on ``device`` (the model may
+        have moved since the last gradient, or the state have been loaded on the CPU); zeros and
+        none seen before the first gradient."""
+        if st["log_typical"] is None:
+            nb = len(st["bands"])
+            return torch.zeros(nb, dtype=torch.float64, device=device), torch.zeros(nb, dtype=torch.bool, device=device)
+        return st["log_typical"].to(device), st["seen"].to(device)
+
     def _call_parts(self, st, grad, weight):
         """The parts of ``grad`` to scale apart and each part's band index: the whole gradient where
         every call reads the same bands, else each call's part (they add up to ``grad``)."""
-        index, recorder = st["index"], st["recorder"]
+        index, recorder = self._index_on(st, grad.device), st["recorder"]
         try:
             if not st["split"]:
                 calls = len(recorder.calls)
