@@ -341,7 +341,7 @@ def test_diagnostics_of_a_gpu_model_match_the_cpu(exact):
 def test_band_scaler_follows_a_model_moved_to_the_gpu_after_it_was_built(exact):
     """A BandGradientScaler built on a CPU model kept its band index and running sizes there when the
     model moved to the GPU, and its hook's indexing of the CUDA gradient failed: they now follow the
-    gradient, and scale as on the CPU."""
+    gradient, and scale as on the CPU. A state saved on the CPU loads into a scaler of a GPU model."""
     from adaptive.diagnostics import BandGradientScaler
     depths = {"2": torch.tensor([0] * 16 + [1] * 8 + [2] * 8), "4": torch.tensor([0] * 8 + [3] * 24)}
     nets = [mlp(), mlp()]
@@ -355,6 +355,7 @@ def test_band_scaler_follows_a_model_moved_to_the_gpu_after_it_was_built(exact):
     for x, y in data[:2]:
         for net in nets:
             backward(net, x, y)
+    saved = scalers[0].state_dict()
     nets[1].cuda()
     for x, y in data[2:]:
         backward(nets[0], x, y)
@@ -363,7 +364,16 @@ def test_band_scaler_follows_a_model_moved_to_the_gpu_after_it_was_built(exact):
         torch.testing.assert_close(b.grad.cpu(), a.grad, rtol=1e-4, atol=1e-7)
     for layer, scales in scalers[0].scales().items():
         assert scalers[1].scales()[layer] == pytest.approx(scales, rel=1e-4)
-    for s in scalers:
+
+    resumed = [mlp(), mlp().cuda()]  # the CPU's state, resumed on the CPU and on the GPU
+    more = [BandGradientScaler(n, layers=["2", "4"], depths=depths) for n in resumed]
+    for net, scaler, device in zip(resumed, more, ("cpu", "cuda")):
+        scaler.load_state_dict(saved)
+        backward(net, data[2][0].to(device), data[2][1].to(device))
+    for layer, scales in more[0].scales().items():
+        assert more[1].scales()[layer] == pytest.approx(scales, rel=1e-4)
+        assert more[1].state[layer]["log_typical"].device.type == "cuda"
+    for s in scalers + more:
         s.remove()
 
 

@@ -11,7 +11,7 @@ live synapses' gradients only.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -60,7 +60,9 @@ class BandGradientScaler:
     :meth:`remove` to take the hooks off.
     The hooks follow the gradient's device: a model moved after the scaler was built (``.cuda()``,
     another dtype) is scaled there, each layer's band index copied to a device once, at its first
-    gradient there, and the running sizes moved with the gradients.
+    gradient there, and the running sizes moved with the gradients. :meth:`state_dict` /
+    :meth:`load_state_dict` carry the running sizes over a checkpoint, so a resumed run scales as an
+    uninterrupted one.
     """
 
     def __init__(self, model: nn.Module, layers: Optional[Iterable[str]] = None,
@@ -222,8 +224,71 @@ class BandGradientScaler:
             for n, st in self.state.items()
         }
 
+    def state_dict(self) -> dict:
+        """The running band sizes of every layer, with the band layout they belong to, as plain CPU
+        tensors and ints (``torch.load(..., weights_only=True)`` reads them back): save it with the
+        model's, the optimizer's and the connectome's, so a resumed run scales as the saved one."""
+        def cpu(t):
+            return None if t is None else t.detach().to("cpu", copy=True)
+
+        return {"layers": {n: {**self._layout(st), "log_typical": cpu(st["log_typical"]), "seen": cpu(st["seen"])}
+                           for n, st in self.state.items()}}
+
+    def load_state_dict(self, sd: Mapping) -> None:
+        """Restore the running band sizes saved by :meth:`state_dict`. A state of other layers or
+        another band layout (other depths, another model) is refused, and nothing is changed."""
+        if not isinstance(sd, Mapping) or not isinstance(sd.get("layers"), Mapping):
+            raise ValueError("not a BandGradientScaler state_dict: it has no 'layers' entry (save scaler.state_dict())")
+        saved = sd["layers"]
+        if set(saved) != set(self.state):
+            raise KeyError(f"BandGradientScaler.load_state_dict: the state is of layers {sorted(saved)}, this scaler "
+                           f"scales {sorted(self.state)}: build it with layers= (and depths=) as the saved run did")
+        loaded = {}
+        for n, st in self.state.items():
+            ours, theirs = self._layout(st), saved[n]
+            if not isinstance(theirs, Mapping):
+                raise ValueError(f"BandGradientScaler.load_state_dict: the state of layer {n!r} is a "
+                                 f"{type(theirs).__name__}, not a mapping: save scaler.state_dict()")
+            diff = [k for k in ours if not _same(ours[k], theirs.get(k))]
+            if diff:
+                raise ValueError(
+                    f"BandGradientScaler.load_state_dict: layer {n!r} was saved with another band layout (its "
+                    + ", ".join(f"{k} {_shown(theirs.get(k))}, here {_shown(ours[k])}" for k in diff)
+                    + "): its depths differ (another model, or other depths=); build the scaler as the saved run did")
+            lt, seen, nb = theirs.get("log_typical"), theirs.get("seen"), len(st["bands"])
+            if lt is None and seen is None:  # saved before its first gradient
+                loaded[n] = (None, None, None)
+                continue
+            if not (isinstance(lt, torch.Tensor) and isinstance(seen, torch.Tensor) and lt.shape == (nb,)
+                    and seen.shape == (nb,) and lt.is_floating_point() and seen.dtype == torch.bool):
+                raise ValueError(f"BandGradientScaler.load_state_dict: the running sizes of layer {n!r} are not a float "
+                                 f"'log_typical' and a bool 'seen' of one entry per band ({nb}): save scaler.state_dict()")
+            lt, seen = lt.detach().to(torch.float64, copy=True), seen.detach().clone()
+            loaded[n] = (lt, seen, self._scale(lt, seen))
+        for n, (lt, seen, scale) in loaded.items():  # the hooks move them to the gradients' device
+            self.state[n].update(log_typical=lt, seen=seen, scale=scale)
+
+    @staticmethod
+    def _layout(st) -> dict:
+        """What a layer's running sizes belong to: its bands (depth values), how many calls, its
+        weight's shape, and how many weight entries each call has in each band."""
+        index, nb = st["index"], len(st["bands"])
+        return {"bands": st["bands"].detach().to("cpu", copy=True), "calls": len(index),
+                "weight_shape": list(index.shape[1:]),
+                "band_entries": torch.stack([torch.bincount(i.reshape(-1), minlength=nb) for i in index]).cpu()}
+
     def remove(self) -> None:
         """Take the gradient hooks and the call recorders off the model."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and bool((a == b.to(a.device)).all())
+    return a == b
+
+
+def _shown(v):
+    return v.tolist() if isinstance(v, torch.Tensor) else v
