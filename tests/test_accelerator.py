@@ -338,6 +338,46 @@ def test_diagnostics_of_a_gpu_model_match_the_cpu(exact):
 
 
 @CUDA
+def test_band_scaler_follows_a_model_moved_to_the_gpu_after_it_was_built(exact):
+    """A BandGradientScaler built on a CPU model kept its band index and running sizes there when the
+    model moved to the GPU, and its hook's indexing of the CUDA gradient failed: they now follow the
+    gradient, and scale as on the CPU. A state saved on the CPU loads into a scaler of a GPU model."""
+    from adaptive.diagnostics import BandGradientScaler
+    depths = {"2": torch.tensor([0] * 16 + [1] * 8 + [2] * 8), "4": torch.tensor([0] * 8 + [3] * 24)}
+    nets = [mlp(), mlp()]
+    scalers = [BandGradientScaler(n, layers=["2", "4"], depths=depths) for n in nets]
+
+    def backward(net, x, y):
+        net.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+
+    data = batches(4)
+    for x, y in data[:2]:
+        for net in nets:
+            backward(net, x, y)
+    saved = scalers[0].state_dict()
+    nets[1].cuda()
+    for x, y in data[2:]:
+        backward(nets[0], x, y)
+        backward(nets[1], x.cuda(), y.cuda())
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(b.grad.cpu(), a.grad, rtol=1e-4, atol=1e-7)
+    for layer, scales in scalers[0].scales().items():
+        assert scalers[1].scales()[layer] == pytest.approx(scales, rel=1e-4)
+
+    resumed = [mlp(), mlp().cuda()]  # the CPU's state, resumed on the CPU and on the GPU
+    more = [BandGradientScaler(n, layers=["2", "4"], depths=depths) for n in resumed]
+    for net, scaler, device in zip(resumed, more, ("cpu", "cuda")):
+        scaler.load_state_dict(saved)
+        backward(net, data[2][0].to(device), data[2][1].to(device))
+    for layer, scales in more[0].scales().items():
+        assert more[1].scales()[layer] == pytest.approx(scales, rel=1e-4)
+        assert more[1].state[layer]["log_typical"].device.type == "cuda"
+    for s in scalers + more:
+        s.remove()
+
+
+@CUDA
 def test_the_graph_of_a_gpu_model_is_the_cpu_graph():
     import graphs
     torch.manual_seed(0)

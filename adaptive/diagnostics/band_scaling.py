@@ -11,7 +11,7 @@ live synapses' gradients only.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -58,6 +58,11 @@ class BandGradientScaler:
     nothing: no scaling, no state update; a scaler on another model's weights keeps working. A NaN or
     inf gradient entry takes no part in the running state (it passes through, scaled). Call
     :meth:`remove` to take the hooks off.
+    The hooks follow the gradient's device: a model moved after the scaler was built (``.cuda()``,
+    another dtype) is scaled there, each layer's band index copied to a device once, at its first
+    gradient there, and the running sizes moved with the gradients. :meth:`state_dict` /
+    :meth:`load_state_dict` carry the running sizes over a checkpoint, so a resumed run scales as an
+    uninterrupted one.
     """
 
     def __init__(self, model: nn.Module, layers: Optional[Iterable[str]] = None,
@@ -86,8 +91,9 @@ class BandGradientScaler:
                 split = not bool((index == index[0]).all())  # calls reading other bands are scaled apart
                 recorder = CallRecorder(mod, keep_inputs=split)
                 self._handles.append(recorder)
-                st = {"name": name, "index": index, "bands": uniq, "recorder": recorder, "split": split, "splitting": False,
-                      "warned": False, "log_typical": None, "scale": None}
+                st = {"name": name, "index": index, "index_on": {index.device: index}, "bands": uniq,
+                      "recorder": recorder, "split": split, "splitting": False, "warned": False,
+                      "log_typical": None, "seen": None, "scale": None}
                 self.state[name] = st
                 self._handles.append(w.register_hook(self._hook(st, w)))
             # a layer's calls are those of the model's latest forward (one without a backward leaves none behind)
@@ -130,26 +136,48 @@ class BandGradientScaler:
             cnt = torch.bincount(flat[nz], minlength=nb).double()
             have = cnt > 0
             cur = torch.where(have, logs / cnt.clamp_min(1), torch.zeros_like(logs))
-            prev, seen = st["log_typical"], st.get("seen")
-            if prev is None:
-                prev, seen = torch.zeros_like(cur), torch.zeros_like(have)
+            prev, seen = self._running_on(st, cur.device)
             # a band's first nonzero gradient sets its typical size; later ones move it by the
             # momentum; a band never seen with one (dead, pruned) takes no part in the common size
             new = torch.where(have & seen, self.momentum * prev + (1 - self.momentum) * cur, torch.where(have, cur, prev))
             seen = seen | have
             st["log_typical"], st["seen"] = new, seen
-            known = new[seen]
-            common = known.mean() if known.numel() else torch.zeros((), dtype=new.dtype, device=new.device)
-            st["scale"] = torch.where(seen, (common - new).exp(), torch.ones_like(new))
+            st["scale"] = self._scale(new, seen)
             s = st["scale"].to(grad.dtype)
             return sum(p * s[i] for p, i in zip(parts, index))
 
         return scale
 
+    @staticmethod
+    def _scale(log_typical: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """Each band's multiplier: the common size (the mean log size of the bands seen) over its own;
+        1 for a band not yet seen."""
+        known = log_typical[seen]
+        common = known.mean() if known.numel() else log_typical.new_zeros(())
+        return torch.where(seen, (common - log_typical).exp(), torch.ones_like(log_typical))
+
+    @staticmethod
+    def _index_on(st, device: torch.device) -> torch.Tensor:
+        """The layer's band index on ``device``: the model may have moved since the scaler was built,
+        so it is copied there at the first gradient there, and kept for the next ones."""
+        if device not in st["index_on"]:
+            st["index_on"][device] = st["index"].to(device)
+        return st["index_on"][device]
+
+    @staticmethod
+    def _running_on(st, device: torch.device):
+        """The layer's running log sizes and which bands have had one, on ``device`` (the model may
+        have moved since the last gradient, or the state have been loaded on the CPU); zeros and
+        none seen before the first gradient."""
+        if st["log_typical"] is None:
+            nb = len(st["bands"])
+            return torch.zeros(nb, dtype=torch.float64, device=device), torch.zeros(nb, dtype=torch.bool, device=device)
+        return st["log_typical"].to(device), st["seen"].to(device)
+
     def _call_parts(self, st, grad, weight):
         """The parts of ``grad`` to scale apart and each part's band index: the whole gradient where
         every call reads the same bands, else each call's part (they add up to ``grad``)."""
-        index, recorder = st["index"], st["recorder"]
+        index, recorder = self._index_on(st, grad.device), st["recorder"]
         try:
             if not st["split"]:
                 calls = len(recorder.calls)
@@ -196,8 +224,71 @@ class BandGradientScaler:
             for n, st in self.state.items()
         }
 
+    def state_dict(self) -> dict:
+        """The running band sizes of every layer, with the band layout they belong to, as plain CPU
+        tensors and ints (``torch.load(..., weights_only=True)`` reads them back): save it with the
+        model's, the optimizer's and the connectome's, so a resumed run scales as the saved one."""
+        def cpu(t):
+            return None if t is None else t.detach().to("cpu", copy=True)
+
+        return {"layers": {n: {**self._layout(st), "log_typical": cpu(st["log_typical"]), "seen": cpu(st["seen"])}
+                           for n, st in self.state.items()}}
+
+    def load_state_dict(self, sd: Mapping) -> None:
+        """Restore the running band sizes saved by :meth:`state_dict`. A state of other layers or
+        another band layout (other depths, another model) is refused, and nothing is changed."""
+        if not isinstance(sd, Mapping) or not isinstance(sd.get("layers"), Mapping):
+            raise ValueError("not a BandGradientScaler state_dict: it has no 'layers' entry (save scaler.state_dict())")
+        saved = sd["layers"]
+        if set(saved) != set(self.state):
+            raise KeyError(f"BandGradientScaler.load_state_dict: the state is of layers {sorted(saved)}, this scaler "
+                           f"scales {sorted(self.state)}: build it with layers= (and depths=) as the saved run did")
+        loaded = {}
+        for n, st in self.state.items():
+            ours, theirs = self._layout(st), saved[n]
+            if not isinstance(theirs, Mapping):
+                raise ValueError(f"BandGradientScaler.load_state_dict: the state of layer {n!r} is a "
+                                 f"{type(theirs).__name__}, not a mapping: save scaler.state_dict()")
+            diff = [k for k in ours if not _same(ours[k], theirs.get(k))]
+            if diff:
+                raise ValueError(
+                    f"BandGradientScaler.load_state_dict: layer {n!r} was saved with another band layout (its "
+                    + ", ".join(f"{k} {_shown(theirs.get(k))}, here {_shown(ours[k])}" for k in diff)
+                    + "): its depths differ (another model, or other depths=); build the scaler as the saved run did")
+            lt, seen, nb = theirs.get("log_typical"), theirs.get("seen"), len(st["bands"])
+            if lt is None and seen is None:  # saved before its first gradient
+                loaded[n] = (None, None, None)
+                continue
+            if not (isinstance(lt, torch.Tensor) and isinstance(seen, torch.Tensor) and lt.shape == (nb,)
+                    and seen.shape == (nb,) and lt.is_floating_point() and seen.dtype == torch.bool):
+                raise ValueError(f"BandGradientScaler.load_state_dict: the running sizes of layer {n!r} are not a float "
+                                 f"'log_typical' and a bool 'seen' of one entry per band ({nb}): save scaler.state_dict()")
+            lt, seen = lt.detach().to(torch.float64, copy=True), seen.detach().clone()
+            loaded[n] = (lt, seen, self._scale(lt, seen))
+        for n, (lt, seen, scale) in loaded.items():  # the hooks move them to the gradients' device
+            self.state[n].update(log_typical=lt, seen=seen, scale=scale)
+
+    @staticmethod
+    def _layout(st) -> dict:
+        """What a layer's running sizes belong to: its bands (depth values), how many calls, its
+        weight's shape, and how many weight entries each call has in each band."""
+        index, nb = st["index"], len(st["bands"])
+        return {"bands": st["bands"].detach().to("cpu", copy=True), "calls": len(index),
+                "weight_shape": list(index.shape[1:]),
+                "band_entries": torch.stack([torch.bincount(i.reshape(-1), minlength=nb) for i in index]).cpu()}
+
     def remove(self) -> None:
         """Take the gradient hooks and the call recorders off the model."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and bool((a == b.to(a.device)).all())
+    return a == b
+
+
+def _shown(v):
+    return v.tolist() if isinstance(v, torch.Tensor) else v

@@ -1,0 +1,168 @@
+"""BandGradientScaler across devices and checkpoints: its hooks follow a model moved after it was
+built, and its running band sizes survive a save and a resume bit for bit."""
+import pytest
+import torch
+from torch import nn
+
+from _training import cpu_accelerator, reset_accelerate
+from adaptive.diagnostics import BandGradientScaler
+
+torch.set_num_threads(1)
+accelerator = pytest.fixture(cpu_accelerator)
+
+DEPTHS = {"0": torch.tensor([0, 0, 1, 1, 2, 2]), "2": torch.tensor([0, 1, 1, 1, 3])}
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+
+
+def _batches(n, seed=1, spread=100.0):
+    """``n`` batches whose input bands 0, 1, 2 are 1, sqrt(spread) and spread in size."""
+    g, size = torch.Generator().manual_seed(seed), torch.tensor([1.0, 1.0, spread ** 0.5, spread ** 0.5, spread, spread])
+    return [(torch.randn(8, 6, generator=g) * size, torch.randint(0, 3, (8,), generator=g)) for _ in range(n)]
+
+
+def _train(net, opt, batches):
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+
+def _scaled(momentum=0.9):
+    net = _net()
+    return net, torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9), BandGradientScaler(
+        net, layers=["0", "2"], depths=DEPTHS, momentum=momentum)
+
+
+def test_band_index_and_running_sizes_follow_the_gradient_device():
+    """A model moved after the scaler was built (.cuda()) kept its band index and running sizes on
+    the old device, where the hook's indexing of the new device's gradient failed. The hook takes
+    both on the gradient's device: the index copied there once and kept, the running sizes moved.
+    The meta device stands in for another one here (tests/test_accelerator.py moves a model to CUDA:
+    meta tensors hold no values for the hook to compute with)."""
+    net, opt, scaler = _scaled()
+    meta, cpu = torch.device("meta"), torch.device("cpu")
+    st = scaler.state["0"]
+    fresh = BandGradientScaler._running_on(st, meta)
+    assert [(t.device, t.dtype, t.shape) for t in fresh] == [(meta, torch.float64, (3,)), (meta, torch.bool, (3,))]
+
+    _train(net, opt, _batches(1))
+    assert BandGradientScaler._index_on(st, cpu) is st["index"]
+    index = BandGradientScaler._index_on(st, meta)
+    assert index.device == meta and index.shape == st["index"].shape and index.dtype == st["index"].dtype
+    assert BandGradientScaler._index_on(st, meta) is index
+    moved = BandGradientScaler._running_on(st, meta)
+    assert [t.device for t in moved] == [meta, meta]
+    assert [t.shape for t in moved] == [st["log_typical"].shape, st["seen"].shape]
+    assert all(torch.equal(t, u) for t, u in zip(BandGradientScaler._running_on(st, cpu), (st["log_typical"], st["seen"])))
+    scaler.remove()
+
+
+def test_a_model_cast_to_another_dtype_after_the_scaler_was_built_is_scaled_alike():
+    net, opt, scaler = _scaled()
+    _train(net, opt, _batches(2, spread=4.0))  # no saturated tanh, whose tiny gradients float32 rounds apart
+    double, _, scaler64 = _scaled()
+    double.double()
+    _train(double, torch.optim.SGD(double.parameters(), lr=0.05, momentum=0.9),
+           [(x.double(), y) for x, y in _batches(2, spread=4.0)])
+    ref = scaler.scales()
+    for layer, scales in scaler64.scales().items():
+        assert len(scales) == 3 and scales == pytest.approx(ref[layer], rel=1e-5)
+    scaler.remove()
+    scaler64.remove()
+
+
+def test_resumed_scaler_scales_as_an_uninterrupted_one(tmp_path):
+    """Train 3 steps, save model, optimizer and scaler, train 3 more; a fresh model, optimizer and
+    scaler loaded from the checkpoint (weights_only) and trained on the same 3 batches end with the
+    same scales and weights, bit for bit. Without the scaler's state the running sizes restart and
+    the scales differ."""
+    first, rest = _batches(3), _batches(3, seed=2)
+    net, opt, scaler = _scaled()
+    _train(net, opt, first)
+    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "band_scaler": scaler.state_dict()},
+               tmp_path / "ckpt.pt")
+    _train(net, opt, rest)
+
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    resumed, ropt, rscaler = _scaled()
+    resumed.load_state_dict(ckpt["model"])
+    ropt.load_state_dict(ckpt["optimizer"])
+    rscaler.load_state_dict(ckpt["band_scaler"])
+    _train(resumed, ropt, rest)
+    assert rscaler.scales() == scaler.scales()
+    for a, b in zip(net.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+    restarted, sopt, restart_scaler = _scaled()
+    restarted.load_state_dict(ckpt["model"])
+    sopt.load_state_dict(ckpt["optimizer"])
+    _train(restarted, sopt, rest)
+    assert restart_scaler.scales() != scaler.scales()
+    for s in (scaler, rscaler, restart_scaler):
+        s.remove()
+
+
+def test_state_before_the_first_gradient_loads_and_scales_from_scratch(tmp_path):
+    _, _, saved = _scaled()
+    torch.save(saved.state_dict(), tmp_path / "s.pt")
+    net, opt, scaler = _scaled()
+    scaler.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert scaler.scales() == {"0": {}, "2": {}}
+    _train(net, opt, _batches(1))
+    assert set(scaler.scales()["0"]) == {0, 1, 2}
+    for s in (saved, scaler):
+        s.remove()
+
+
+def test_a_state_of_another_layout_is_refused_and_changes_nothing():
+    net, opt, scaler = _scaled()
+    _train(net, opt, _batches(2))
+    sd = scaler.state_dict()
+    before = scaler.scales()
+
+    other = _net()
+    wrong_depths = BandGradientScaler(other, layers=["0", "2"], depths={**DEPTHS, "2": torch.tensor([0, 0, 1, 1, 3])})
+    with pytest.raises(ValueError, match=r"layer '2' was saved with another band layout \(its band_entries .*build the "
+                                         r"scaler as the saved run did"):
+        wrong_depths.load_state_dict(sd)
+    assert wrong_depths.scales() == {"0": {}, "2": {}}  # layer '0' matched, but is left as it was
+
+    wider = nn.Sequential(nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 3))
+    wide = BandGradientScaler(wider, layers=["0"], depths=DEPTHS)
+    with pytest.raises(ValueError, match=r"layer '0' was saved with another band layout \(its weight_shape \[5, 6\], "
+                                         r"here \[7, 6\]"):
+        wide.load_state_dict({"layers": {"0": sd["layers"]["0"]}})
+    with pytest.raises(KeyError, match=r"the state is of layers \['0', '2'\], this scaler scales \['0'\]: build it with "
+                                       r"layers="):
+        wide.load_state_dict(sd)
+    with pytest.raises(ValueError, match="not a BandGradientScaler state_dict"):
+        scaler.load_state_dict(net.state_dict())
+    bad = {"layers": {**sd["layers"], "2": {**sd["layers"]["2"], "seen": sd["layers"]["2"]["seen"].float()}}}
+    with pytest.raises(ValueError, match=r"the running sizes of layer '2' are not a float 'log_typical' and a bool 'seen'"):
+        scaler.load_state_dict(bad)
+    with pytest.raises(ValueError, match=r"the state of layer '2' is a list, not a mapping"):
+        scaler.load_state_dict({"layers": {**sd["layers"], "2": []}})
+    assert scaler.scales() == before
+    for s in (scaler, wrong_depths, wide):
+        s.remove()
+
+
+def test_accelerate_checkpoints_a_registered_scaler(tmp_path, accelerator):
+    """The README's way with Accelerate: register_for_checkpointing(scaler), save_state, load_state."""
+    from accelerate import Accelerator
+    net, opt, scaler = _scaled()
+    _train(net, opt, _batches(2))
+    accelerator.register_for_checkpointing(scaler)
+    accelerator.save_state(str(tmp_path / "state"))
+    _, _, resumed = _scaled()
+    reset_accelerate()
+    again = Accelerator(cpu=True)
+    again.register_for_checkpointing(resumed)
+    again.load_state(str(tmp_path / "state"))
+    assert resumed.scales() == scaler.scales() and resumed.scales()["0"]
+    for s in (scaler, resumed):
+        s.remove()
