@@ -40,7 +40,8 @@ def _scaled(momentum=0.9):
 def test_band_index_and_running_sizes_follow_the_gradient_device():
     """A model moved after the scaler was built (.cuda()) kept its band index and running sizes on
     the old device, where the hook's indexing of the new device's gradient failed. The hook takes
-    both on the gradient's device: the index copied there once and kept, the running sizes moved.
+    both on the gradient's device: the index moved there once (no copy at later gradients there),
+    the running sizes moved.
     The meta device stands in for another one here (tests/test_accelerator.py moves a model to CUDA:
     meta tensors hold no values for the hook to compute with)."""
     net, opt, scaler = _scaled()
@@ -58,6 +59,25 @@ def test_band_index_and_running_sizes_follow_the_gradient_device():
     assert [t.device for t in moved] == [meta, meta]
     assert [t.shape for t in moved] == [st["log_typical"].shape, st["seen"].shape]
     assert all(torch.equal(t, u) for t, u in zip(BandGradientScaler._running_on(st, cpu), (st["log_typical"], st["seen"])))
+    scaler.remove()
+
+
+def test_no_band_index_is_kept_on_a_device_the_model_left():
+    """The band index (an int64 per weight entry and call: twice an fp32 weight's bytes) was cached
+    per device, so a model moved off the GPU (``.cpu()``) left every scaled layer's index there, even
+    after ``remove()``. It follows the gradients: moved at the first gradient on a new device, one
+    copy kept; gradients on the same device find it there and copy nothing."""
+    net, opt, scaler = _scaled()
+    _train(net, opt, _batches(1))
+    st = scaler.state["0"]
+    cpu_index = st["index"]
+    assert BandGradientScaler._index_on(st, torch.device("cpu")) is cpu_index  # same device: no copy
+    moved = BandGradientScaler._index_on(st, torch.device("meta"))
+    assert moved.device.type == "meta" and BandGradientScaler._index_on(st, torch.device("meta")) is moved
+    kept = [v for v in st.values() if isinstance(v, torch.Tensor)]
+    kept += [t for v in st.values() if isinstance(v, dict) for t in v.values() if isinstance(t, torch.Tensor)]
+    indexes = [t for t in kept if t.shape == cpu_index.shape]
+    assert indexes and all(t.device.type == "meta" for t in indexes)
     scaler.remove()
 
 

@@ -59,10 +59,10 @@ class BandGradientScaler:
     inf gradient entry takes no part in the running state (it passes through, scaled). Call
     :meth:`remove` to take the hooks off.
     The hooks follow the gradient's device: a model moved after the scaler was built (``.cuda()``,
-    another dtype) is scaled there, each layer's band index copied to a device once, at its first
-    gradient there, and the running sizes moved with the gradients. :meth:`state_dict` /
-    :meth:`load_state_dict` carry the running sizes over a checkpoint, so a resumed run scales as an
-    uninterrupted one.
+    another dtype) is scaled there, each layer's band index and running sizes moved at its first
+    gradient there (none left on the device the model left; later gradients copy nothing).
+    :meth:`state_dict` / :meth:`load_state_dict` carry the running sizes over a checkpoint, so a
+    resumed run scales as an uninterrupted one.
     """
 
     def __init__(self, model: nn.Module, layers: Optional[Iterable[str]] = None,
@@ -91,9 +91,8 @@ class BandGradientScaler:
                 split = not bool((index == index[0]).all())  # calls reading other bands are scaled apart
                 recorder = CallRecorder(mod, keep_inputs=split)
                 self._handles.append(recorder)
-                st = {"name": name, "index": index, "index_on": {index.device: index}, "bands": uniq,
-                      "recorder": recorder, "split": split, "splitting": False, "warned": False,
-                      "log_typical": None, "seen": None, "scale": None}
+                st = {"name": name, "index": index, "bands": uniq, "recorder": recorder, "split": split,
+                      "splitting": False, "warned": False, "log_typical": None, "seen": None, "scale": None}
                 self.state[name] = st
                 self._handles.append(w.register_hook(self._hook(st, w)))
             # a layer's calls are those of the model's latest forward (one without a backward leaves none behind)
@@ -158,11 +157,13 @@ class BandGradientScaler:
 
     @staticmethod
     def _index_on(st, device: torch.device) -> torch.Tensor:
-        """The layer's band index on ``device``: the model may have moved since the scaler was built,
-        so it is copied there at the first gradient there, and kept for the next ones."""
-        if device not in st["index_on"]:
-            st["index_on"][device] = st["index"].to(device)
-        return st["index_on"][device]
+        """The layer's band index on ``device``: the model may have moved since the last gradient, so
+        the index is moved there at the first gradient there (a no-op for the next ones). One copy
+        is kept: an int64 per weight entry and call, it is twice an fp32 weight's size, and a model
+        moved off a device (``.cpu()`` to free the GPU) must not leave it behind there."""
+        if st["index"].device != device:
+            st["index"] = st["index"].to(device)
+        return st["index"]
 
     @staticmethod
     def _running_on(st, device: torch.device):
