@@ -126,6 +126,28 @@ def test_resumed_scaler_scales_as_an_uninterrupted_one(tmp_path):
         s.remove()
 
 
+def test_a_state_loads_into_a_scaler_of_another_momentum_which_then_moves_it():
+    """momentum is no part of the state: a running size is a band's typical log |grad| whatever
+    momentum averaged it, so a state saved at 0.9 loads into a scaler built with 0.5 (or 0), and
+    that scaler's own momentum moves it from the next gradient on."""
+    net, opt, scaler = _scaled(momentum=0.9)
+    _train(net, opt, _batches(2))
+    sd = scaler.state_dict()
+    nets = []
+    for momentum in (0.5, 0.0):
+        resumed, ropt, rscaler = _scaled(momentum=momentum)
+        resumed.load_state_dict(net.state_dict())
+        rscaler.load_state_dict(sd)
+        _train(resumed, ropt, _batches(1, seed=3))  # the same weights and batch: the same raw gradients
+        nets.append(rscaler)
+    half, current = nets
+    for layer, saved in sd["layers"].items():
+        want = 0.5 * saved["log_typical"] + 0.5 * current.state[layer]["log_typical"]
+        torch.testing.assert_close(half.state[layer]["log_typical"], want, rtol=1e-12, atol=1e-12)
+    for s in [scaler] + nets:
+        s.remove()
+
+
 def test_state_before_the_first_gradient_loads_and_scales_from_scratch(tmp_path):
     _, _, saved = _scaled()
     torch.save(saved.state_dict(), tmp_path / "s.pt")

@@ -62,7 +62,10 @@ class BandGradientScaler:
     another dtype) is scaled there, each layer's band index and running sizes moved at its first
     gradient there (none left on the device the model left; later gradients copy nothing).
     :meth:`state_dict` / :meth:`load_state_dict` carry the running sizes over a checkpoint, so a
-    resumed run scales as an uninterrupted one.
+    resumed run scales as an uninterrupted one. ``momentum`` is no part of that state (a running
+    size is a band's typical log ``|grad|`` whatever momentum averaged it, as a BatchNorm's running
+    mean): the loading scaler's own moves it from then on, so resume with the saved run's for a bit
+    for bit continuation.
     """
 
     def __init__(self, model: nn.Module, layers: Optional[Iterable[str]] = None,
@@ -237,7 +240,8 @@ class BandGradientScaler:
 
     def load_state_dict(self, sd: Mapping) -> None:
         """Restore the running band sizes saved by :meth:`state_dict`. A state of other layers or
-        another band layout (other depths, another model) is refused, and nothing is changed."""
+        another band layout (other depths, another model) is refused, and nothing is changed. The
+        saved run's momentum is not checked: this scaler's own moves the sizes from here on."""
         if not isinstance(sd, Mapping) or not isinstance(sd.get("layers"), Mapping):
             raise ValueError("not a BandGradientScaler state_dict: it has no 'layers' entry (save scaler.state_dict())")
         saved = sd["layers"]
