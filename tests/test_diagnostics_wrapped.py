@@ -99,3 +99,27 @@ def test_knowledge_distribution_takes_the_connectome_built_on_the_data_parallel_
         got = knowledge_distribution(wrapped, data, data, points=4, conn=conn)
     assert type(got.meta["model"]) is _Cat
     assert got.pruned_before == sum(int((~m).sum()) for m in conn.masks.values()) > 0
+
+
+class _Opaque(_Cat):
+    """A forward fx cannot trace (it branches on a value), its depths given by its own input_depths."""
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x))
+        if x.sum() > 1e9:
+            h = 2 * h
+        return self.head(torch.cat([x, h], 1))
+
+    def input_depths(self, layer):
+        return [0] * 6 + [1] * 5 if layer in ("head", "head.weight") else [0] * 6
+
+
+@pytest.mark.parametrize("layer", ["module.head", "module.head.weight"])
+def test_gradient_by_depth_reads_the_input_depths_of_the_module_a_data_parallel_wrapper_runs(layer):
+    """The wrapper has no input_depths of its own: the depths were traced instead, and a model fx cannot trace was
+    refused, told to use a model with an input_depths method."""
+    _, _, data = _setup()
+    model = _Opaque()  # dense: no Connectome
+    got = gradient_by_depth(nn.DataParallel(model), data, layer=layer, batches=2)
+    want = gradient_by_depth(model, data, layer=layer[len("module."):], batches=2)
+    assert got.depths == want.depths == [0, 1] and torch.equal(got.per_weight, want.per_weight)
