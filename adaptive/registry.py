@@ -11,6 +11,7 @@ a built-in one cannot.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import sys
 
@@ -48,13 +49,18 @@ PLUGIN_MODULE = "adaptive_plugin_"  # the start of the module name a plugin file
 def _origin(obj: Any) -> str:
     """Where ``obj`` was defined, for a message: module and qualified name, and for a lambda (whose name,
     ``<lambda>``, every lambda of its scope shares) the line it starts on too. One a plugin file defines
-    (its module's generated name says nothing to its author): the name, the file's path and, for a
-    function, its line."""
+    (its module's generated name says nothing to its author): the name (a callable instance's class), the file's
+    path and, for a function, its line. A ``functools.partial``: the function it calls, so named."""
+    if isinstance(obj, functools.partial):
+        return f"functools.partial of {_origin(obj.func)}"
     name = getattr(obj, "__qualname__", repr(obj))
     code = getattr(obj, "__code__", None)
     module = getattr(obj, "__module__", None) or "?"
-    path = getattr(sys.modules.get(module), "__file__", None) if module.startswith(PLUGIN_MODULE) else None
+    plugin = isinstance(module, str) and module.startswith(PLUGIN_MODULE)
+    path = getattr(sys.modules.get(module), "__file__", None) if plugin else None
     if path:
+        if not isinstance(getattr(obj, "__qualname__", None), str):  # an instance: its repr names the module
+            name = f"a {type(obj).__qualname__}"
         return f"{name} in plugin {path}" + (f", line {code.co_firstlineno}" if code else "")
     line = f" (line {code.co_firstlineno})" if isinstance(name, str) and name.endswith("<lambda>") and code else ""
     return f"{module}.{name}{line}"
@@ -63,7 +69,9 @@ def _origin(obj: Any) -> str:
 def _definition(obj: Any) -> str:
     """What tells two definitions apart: module and qualified name (a plugin file's module is named after its
     content, so a copy of the file loaded from elsewhere is the same definition, an edited one another), and for a
-    lambda its line."""
+    lambda its line; a ``functools.partial``: its function's, and the arguments it fixes."""
+    if isinstance(obj, functools.partial):
+        return f"functools.partial of {_definition(obj.func)} with {obj.args!r}, {obj.keywords!r}"
     name = getattr(obj, "__qualname__", repr(obj))
     code = getattr(obj, "__code__", None)
     line = f" (line {code.co_firstlineno})" if isinstance(name, str) and name.endswith("<lambda>") and code else ""

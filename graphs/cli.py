@@ -585,11 +585,19 @@ def _tokens(a) -> Optional[bool]:
 
 
 def _batch_axis(a, model) -> Optional[int]:
-    """--batch-axis, refused for a model whose input is an image (C,H,W): its batch comes first."""
-    shape = getattr(model, "in_shape", None)
-    if a.batch_axis == 1 and shape is not None and len(shape) == 3:
+    """--batch-axis, refused for a model whose input is an image (C,H,W): its batch comes first. Without an input
+    shape, the image graphs guesses for a model whose first layer is a 2-d convolution is one too."""
+    if a.batch_axis != 1:
+        return a.batch_axis
+    shape, what = getattr(model, "in_shape", None), "the model's input shape is"
+    if shape is None:
+        from .trace import default_example_input
+
+        shape = next((tuple(x.shape[1:]) for x in default_example_input(model, _tokens(a)) if x.dim() == 4), None)
+        what = "no input shape is given and the input guessed from the model's first layer is"
+    if shape is not None and len(shape) == 3:
         raise UsageError(f"--batch-axis 1 lays the guessed input out sequence-first ([T, B] tokens, [T, B, F] features), "
-                         f"but the model's input shape is {','.join(map(str, shape))}, an image (C,H,W), whose batch "
+                         f"but {what} {','.join(map(str, shape))}, an image (C,H,W), whose batch "
                          "comes first: drop --batch-axis, or give a sequence's shape with --in-shape (T for T tokens, "
                          "T,F for T steps of F features)")
     return a.batch_axis

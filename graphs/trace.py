@@ -23,6 +23,7 @@ import inspect
 import io
 import math
 import operator
+import os
 import threading
 import types
 import warnings
@@ -52,6 +53,18 @@ _assert_is_none = getattr(fx._symbolic_trace, "_assert_is_none", None)
 # work (reentrant: compact traces inside, the CLI builds what it compacted). Threads running models outside
 # graphs are not held back: trace before starting them, or from the thread that runs them.
 TRACING = threading.RLock()
+
+
+def _new_lock_in_child() -> None:
+    """A forked process (multiprocessing's fork, a DataLoader's workers) copies the lock as it was: held by another
+    thread of the parent, it would never be released there, and the child's first graphs call would wait forever.
+    The child gets a lock of its own (a call the forking thread was in releases the copy it took)."""
+    global TRACING
+    TRACING = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which spawns
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def serialized(fn):

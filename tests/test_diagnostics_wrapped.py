@@ -59,3 +59,67 @@ def test_a_connectome_of_another_model_is_still_refused():
     net, conn, data = _setup()
     with pytest.raises(ValueError, match="conn masks another model"):
         collinearity(nn.DataParallel(_Cat()), data, conn=conn)
+
+
+class _HoldsModule(nn.Module):
+    """An ordinary model whose first layer is named ``module``, with a head of its own: no wrapper."""
+
+    def __init__(self):
+        super().__init__()
+        self.module, self.head = nn.Linear(6, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.module(x)))
+
+
+def test_a_submodule_named_module_beside_other_weights_is_no_wrapper():
+    """Any attribute ``module`` was followed as a wrapper's: the Connectome of a model's submodule named ``module``
+    was taken for the model's, and its other layers measured as dense."""
+    torch.manual_seed(0)
+    net = _HoldsModule()
+    data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(2)]
+    part = adaptive.Connectome(net.module)
+    with pytest.raises(ValueError, match="conn masks another model"):
+        collinearity(net, data, conn=part)
+    with pytest.raises(ValueError, match="conn masks another model"):
+        gradient_by_depth(net, data, layer="head", batches=2, conn=part)
+    assert collinearity(net, data, conn=adaptive.Connectome(net)).table["layer"] == ["module.weight", "head.weight"]
+
+
+def test_knowledge_distribution_takes_the_connectome_built_on_the_data_parallel_wrapper():
+    """A Connectome built on the wrapper itself (its masks named ``module.NAME``) was taken before the copy was of
+    the module inside, and then refused as 'conn masks another model'."""
+    net, _, data = _setup()
+    wrapped = nn.DataParallel(net)
+    conn = adaptive.Connectome(wrapped)
+    g = torch.Generator().manual_seed(0)
+    conn.set_masks({n: torch.rand(m.shape, generator=g) < 0.6 for n, m in conn.masks.items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a few points on a tiny model: fits warn
+        got = knowledge_distribution(wrapped, data, data, points=4, conn=conn)
+    assert type(got.meta["model"]) is _Cat
+    assert got.pruned_before == sum(int((~m).sum()) for m in conn.masks.values()) > 0
+
+
+class _Opaque(_Cat):
+    """A forward fx cannot trace (it branches on a value), its depths given by its own input_depths."""
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x))
+        if x.sum() > 1e9:
+            h = 2 * h
+        return self.head(torch.cat([x, h], 1))
+
+    def input_depths(self, layer):
+        return [0] * 6 + [1] * 5 if layer in ("head", "head.weight") else [0] * 6
+
+
+@pytest.mark.parametrize("layer", ["module.head", "module.head.weight"])
+def test_gradient_by_depth_reads_the_input_depths_of_the_module_a_data_parallel_wrapper_runs(layer):
+    """The wrapper has no input_depths of its own: the depths were traced instead, and a model fx cannot trace was
+    refused, told to use a model with an input_depths method."""
+    _, _, data = _setup()
+    model = _Opaque()  # dense: no Connectome
+    got = gradient_by_depth(nn.DataParallel(model), data, layer=layer, batches=2)
+    want = gradient_by_depth(model, data, layer=layer[len("module."):], batches=2)
+    assert got.depths == want.depths == [0, 1] and torch.equal(got.per_weight, want.per_weight)

@@ -211,3 +211,41 @@ def test_the_command_line_lays_the_guessed_input_out_as_batch_axis_says(tmp_path
     assert main(["report", str(run), "--out", str(tmp_path / "r"), "--batch-axis", "1", "--in-shape", "1,4,6"]) == 2
     err = capsys.readouterr().err
     assert "--batch-axis 1 lays the guessed input out sequence-first" in err and "1,4,6, an image (C,H,W)" in err, err
+
+
+IMAGE_PLUGIN = '''
+import torch
+from torch import nn
+from adaptive.models import register_model
+
+
+@register_model("batch_axis_cli_image")
+def build(num_classes=None, in_shape=None, **kw):
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes or 3))
+'''
+
+
+@pytest.mark.parametrize("cmd", ["export", "compact"])
+def test_the_command_line_refuses_batch_axis_1_for_the_image_it_guesses(tmp_path, capsys, cmd):
+    """A model without an input shape whose first layer is a Conv2d gets a guessed image: --batch-axis 1 laid it out
+    [C, B, H, W] and every guess failed ('could not guess an input', suggesting --in-shape 3,32,32, which is then
+    refused with --batch-axis 1). It is refused as an image shape is."""
+    from adaptive.models import build_model
+    from adaptive.plugins import load_plugins
+    from graphs.cli import main
+
+    plugin = tmp_path / "image_plugin.py"
+    plugin.write_text(IMAGE_PLUGIN)
+    load_plugins([str(plugin)])
+    conn = adaptive.Connectome(build_model("batch_axis_cli_image"))
+    run = tmp_path / "run"
+    conn.save(run / "connectome.safetensors")
+    torch.save(conn.dense_state_dict(), run / "model_state.pt")
+    (run / "config.yaml").write_text(f"model: batch_axis_cli_image\nplugins: [{plugin}]\n")
+    out = str(tmp_path / ("g.json" if cmd == "export" else "small.pt"))
+    assert main([cmd, str(run), "--out", out, "--batch-axis", "1"]) == 2
+    err = capsys.readouterr().err
+    assert ("--batch-axis 1 lays the guessed input out sequence-first" in err
+            and "the input guessed from the model's first layer is 3,32,32, an image (C,H,W)" in err), err
+    assert main([cmd, str(run), "--out", out, "--batch-axis", "0"]) == 0

@@ -1,9 +1,12 @@
 """graphs traced from several threads at once: fx patches ``nn.Module.__call__`` for the whole process while it
 traces, so a model another thread ran meanwhile was taken by that trace ("module is not installed as a
 submodule"); graphs serializes its traces (graphs.trace.TRACING)."""
+import multiprocessing
+import os
 import threading
 import time
 
+import pytest
 import torch
 from torch import nn
 
@@ -101,3 +104,40 @@ def test_the_lock_is_released_when_a_trace_raises():
         raise AssertionError("a wrong example_input ran")
     got = _in_threads(lambda i: graphs.build(model=model, example_input=torch.randn(2, 3)), n=2)
     assert all(g.live_synapses() == 6 for g in got)
+
+
+def _build_in_child(q):
+    q.put(graphs.build(model=nn.Linear(3, 2), example_input=torch.randn(2, 3)).live_synapses())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_process_forked_while_another_thread_is_in_graphs_can_trace():
+    """A fork copied the lock held by another thread of the parent, which never releases it in the child: the
+    child's first graphs call waited forever. The child gets a lock of its own."""
+    from graphs.trace import TRACING
+
+    held, done = threading.Event(), threading.Event()
+
+    def in_graphs():
+        with TRACING:  # another thread inside a graphs call
+            held.set()
+            done.wait(30)
+
+    t = threading.Thread(target=in_graphs)
+    t.start()
+    try:
+        held.wait(30)
+        ctx = multiprocessing.get_context("fork")
+        q = ctx.Queue()
+        child = ctx.Process(target=_build_in_child, args=(q,))
+        child.start()
+        child.join(20)
+        stuck = child.is_alive()
+        if stuck:
+            child.kill()
+            child.join()
+        assert not stuck, "the forked child waited on the lock another thread of its parent held"
+        assert child.exitcode == 0 and q.get(timeout=5) == 6
+    finally:
+        done.set()
+        t.join()

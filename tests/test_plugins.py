@@ -252,3 +252,32 @@ def test_errors_name_a_plugin_function_by_its_file_and_line(tmp_path):
         build_model("plugin_clash_net")
     assert f"its builder build in plugin {same.resolve()}, line 4 returned builtins.str" in str(e.value)
     assert "adaptive_plugin_" not in str(e.value)
+
+
+def test_a_partial_or_a_callable_instance_of_a_plugin_is_named_by_the_file(tmp_path):
+    """A ``functools.partial`` of a plugin's function was named by its repr (``functools.functools.partial(<function
+    build at 0x...>, width=8)``: neither the file nor a stable text), so a copy of the same file loaded from
+    elsewhere clashed with itself; a callable instance by a repr holding the generated module name; an object whose
+    ``__module__`` is no string made the naming itself fail."""
+    from adaptive.models import build_model
+    from adaptive.registry import _origin
+
+    body = ("import functools\nfrom adaptive.models import register_model\n\n\ndef build(width=4, **kw):\n"
+            "    return 'not a module'\n\n\nclass Maker:\n    def __call__(self, **kw):\n        return None\n\n\n"
+            "register_model('plugin_partial_net')(functools.partial(build, width=8))\nmaker = Maker()\n")
+    a, same = tmp_path / "partial_a.py", tmp_path / "copy" / "partial_a.py"
+    a.write_text(body)
+    same.parent.mkdir()
+    same.write_text(body)
+    mod = load_plugin(str(a))
+    load_plugin(str(same))  # the same definitions: no clash
+    with pytest.raises(TypeError) as e:
+        build_model("plugin_partial_net")
+    assert f"its builder functools.partial of build in plugin {same.resolve()}, line 5 returned" in str(e.value)
+    assert _origin(mod.maker) == f"a Maker in plugin {same.resolve()}"  # the file its module was last loaded from
+
+    class Odd:
+        pass
+
+    Odd.__module__ = 3
+    assert _origin(Odd()).startswith("3.<")

@@ -245,11 +245,19 @@ def model_connectome(model: nn.Module, conn, what: str, why: str) -> Optional[Co
 
 def wrapped_modules(model: nn.Module) -> list:
     """``model`` (a ``torch.compile`` wrapper's module), then the module it holds as ``.module`` (the model inside
-    ``nn.DataParallel``, DistributedDataParallel or a wrapper of that kind), then the one that holds, and so on."""
+    ``nn.DataParallel``, DistributedDataParallel or a wrapper of that kind), then the one that holds, and so on. A
+    wrapper holds no weights but its module's: a model with an ordinary submodule named ``module`` beside weights of
+    its own (``self.module, self.head = ...``) is no wrapper, and a Connectome of that submodule leaves ``head`` out."""
     chain = [_uncompiled(model)]
-    while isinstance(getattr(chain[-1], "module", None), nn.Module) and all(chain[-1].module is not m for m in chain):
+    while _is_wrapper(chain[-1]) and all(chain[-1].module is not m for m in chain):
         chain.append(_uncompiled(chain[-1].module))
     return chain
+
+
+def _is_wrapper(model: nn.Module) -> bool:
+    """Whether ``model`` holds a module as ``.module`` and has no parameter that module lacks."""
+    inner = getattr(model, "module", None)
+    return isinstance(inner, nn.Module) and {id(p) for p in model.parameters()} <= {id(p) for p in inner.parameters()}
 
 
 DATA_PARALLEL = (nn.DataParallel, nn.parallel.DistributedDataParallel)  # forward: their module's, run in parallel

@@ -52,6 +52,7 @@ def resolve_call_depths(model: nn.Module, layer: str, depths=None, example=None)
     if depths is not None:
         d = torch.as_tensor(depths, dtype=torch.long).cpu()
         return list(d) if d.dim() == 2 else [d.reshape(-1)]
+    model, layer = inside_data_parallel(model, layer)  # the module's own input_depths, and its layer's name there
     if hasattr(model, "input_depths"):
         return [torch.as_tensor(model.input_depths(layer), dtype=torch.long).reshape(-1).cpu()]
     try:
@@ -94,8 +95,7 @@ def traced_call_depths(model: nn.Module, layer: str, example=None) -> List[torch
 
     name = layer[: -len(".weight")] if layer.endswith(".weight") else layer
     # fx cannot trace torch's data-parallel wrappers (forward(*inputs)); their forward is their module's
-    while isinstance(model, DATA_PARALLEL) and name.startswith("module."):
-        model, name = model.module, name[len("module."):]
+    model, name = inside_data_parallel(model, name)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"graphs: node .* uses weights used before in the forward")
         # the first example of every tensor in the input, given as one argument: the model is called
@@ -125,6 +125,14 @@ def traced_call_depths(model: nn.Module, layer: str, example=None) -> List[torch
                              "fits, write the op with ones the tracer knows")
         calls.append(depth[lf.in_src].long().cpu())
     return calls
+
+
+def inside_data_parallel(model: nn.Module, layer: str):
+    """``(module, name)``: the module torch's data-parallel wrappers (:data:`DATA_PARALLEL`) around ``model`` run,
+    and ``layer``'s name in it (its ``module.`` prefixes off); ``(model, layer)`` for another model."""
+    while isinstance(model, DATA_PARALLEL) and layer.startswith("module."):
+        model, layer = model.module, layer[len("module."):]
+    return model, layer
 
 
 def _unknown_ops_feeding(g, tr, in_src: torch.Tensor) -> List[str]:
@@ -414,8 +422,8 @@ def gradient_by_depth(
                 check_finite(g, "gradient_by_depth", name, n + 1)
                 calls = len(recorder.calls)
                 if bands is None:
-                    source = ("given" if depths is not None else "input_depths" if hasattr(model, "input_depths")
-                              else "traced")
+                    source = ("given" if depths is not None else "input_depths"
+                              if hasattr(inside_data_parallel(model, name)[0], "input_depths") else "traced")
                     uniq, bands = _call_bands(name, weight.shape, call_depths, calls, groups, transposed, source,
                                               train_mode)
                     hist = LogHistogram(len(uniq))

@@ -442,8 +442,8 @@ def knowledge_distribution(
         raise ValueError(f"bn_batches must be a whole number of batches, at least 0, got {bn_batches!r}")
     # the copy is of the module a data-parallel wrapper runs: measured and fine-tuned by this process alone (a
     # DistributedDataParallel copy would sync its gradients with processes that do not run it)
+    source = model_connectome(model, conn, "knowledge_distribution", "what is already pruned")  # the wrapper's too
     model = without_data_parallel(model)
-    source = model_connectome(model, conn, "knowledge_distribution", "what is already pruned")
     work = copy_model(model, "knowledge_distribution")
     conn = Connectome(work, include=include, exclude=exclude)
     carried = held_masks(model, source)  # every attached connectome's layers, not only the first one's
