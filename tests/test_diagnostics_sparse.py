@@ -199,6 +199,21 @@ def test_gradient_by_depth_finds_an_attached_connectome():
     check_bands(res, net, data, conn)
 
 
+def test_diagnostics_of_a_data_parallel_model_name_its_layers_as_its_connectome_does():
+    """accelerator.prepare(model) returns DistributedDataParallel(model), holding the model under
+    "module." as DataParallel does: gradient_by_depth and collinearity of the wrapper refused the
+    connectome of the model itself as "another model", and named its layers module.NAME."""
+    net, conn = pruned_mlp()
+    data = batches((6,), 4)
+    wrapped = nn.DataParallel(net)  # (on a machine with a GPU it moves net there, as prepare would)
+    bands = gradient_by_depth(wrapped, data, layer="2", depths=DEPTHS, batches=None, conn=conn)
+    plain = gradient_by_depth(net, data, layer="2", depths=DEPTHS, batches=None, conn=conn)
+    assert bands.table.to_markdown() == plain.table.to_markdown() and torch.equal(bands.live, conn.masks["2.weight"])
+    col = collinearity(wrapped, data, conn=conn)
+    assert list(col.cosine) == ["0.weight", "2.weight"] and col.measured == conn.num_live()
+    assert col.table.to_markdown() == collinearity(net, data, conn=conn).table.to_markdown()
+
+
 def test_gradient_by_depth_band_or_layer_pruned_entirely(tmp_path):
     net, conn = pruned_mlp(density=0.6)
     mask = conn.masks["2.weight"].clone()

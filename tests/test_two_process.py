@@ -16,6 +16,10 @@ def test_two_processes_hold_identical_masks(tmp_path):
     b = json.loads((tmp_path / "rank1.json").read_text())
     assert a["world"] == b["world"] == 2
     assert len(a["train"]) == 8 and a["train"] == b["train"]
+    assert a["built_before_prepare"] == a["train"] and b["built_before_prepare"] == b["train"]  # (on the raw optimizer)
+    assert a["same_weights"] and b["same_weights"]
+    assert a["wrapped_names"] and b["wrapped_names"]  # a connectome of the DDP wrapper: the model's names
+    assert a["wrapped_collinearity"] == b["wrapped_collinearity"] == [["0.weight", "2.weight"], True]
     assert a["grad_differs"] and b["grad_differs"]  # the ranks really saw different data
     assert len(a["mask_only"]) == 5 and a["mask_only"] == b["mask_only"]
     assert sum(x[1] for x in a["mask_only"]) > 0  # edits happened

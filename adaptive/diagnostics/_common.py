@@ -9,7 +9,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ..connectome import Connectome, _MASKED_BY, _uncompiled
+from ..connectome import Connectome, _MASKED_BY, _plain_module
 from ..metrics import refuse_one_class
 from ..warn import warn_user
 
@@ -212,7 +212,7 @@ def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parame
 
 def attached_connectome(model: nn.Module) -> Optional[Connectome]:
     """The Connectome that masks ``model``'s weights through an optimizer (attached), if any."""
-    for p in _uncompiled(model).parameters():
+    for p in _plain_module(model).parameters():
         c = masking_connectome(p)
         if c is not None:
             return c
@@ -235,7 +235,7 @@ def model_connectome(model: nn.Module, conn, what: str, why: str) -> Optional[Co
         return attached_connectome(model)
     if not isinstance(conn, Connectome):
         raise TypeError(f"conn must be the model's adaptive.Connectome (its masks say {why}), got {type(conn).__name__}")
-    if conn.model is not _uncompiled(model):
+    if conn.model is not _plain_module(model):
         raise ValueError(f"conn masks another model than the one given: pass the Connectome built on this model "
                          f"({what}(conn.model, ..., conn=conn))")
     return conn
@@ -263,7 +263,7 @@ def held_masks(model: nn.Module, conn: Optional[Connectome]) -> dict:
     masks that weight, so several attached connectomes over disjoint layers are all read). Empty for a
     dense model."""
     found = {}
-    for name, p in _uncompiled(model).named_parameters():
+    for name, p in _plain_module(model).named_parameters():
         m = live_mask(conn, p)
         if m is not None:
             found[name] = m

@@ -27,6 +27,7 @@ from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
+from ..connectome import _plain_module
 from ..discovery import discover
 from ..global_rng import kept_global_rng
 from ..metrics import call_model
@@ -250,7 +251,7 @@ def collinearity(
     no synapse's. The result says how many were measured and left out (:class:`Collinearity`);
     a layer the connectome does not hold is measured whole."""
     conn = model_connectome(model, conn, "collinearity", "which synapses exist")
-    found = discover(model, include, exclude)
+    found = discover(_plain_module(model), include, exclude)  # named as a connectome names them, inside DDP too
     if not found:
         raise ValueError("no prunable weight matched: check include/exclude patterns")
     names = list(found)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
+from ..connectome import _plain_module
 from ..metrics import _forward_owner, call_model, refuse_unpacked, to_device
 from ._shared_calls import CallRecorder, parts_adding_up
 from ._common import (LogHistogram, batch_statistics_explained, check_finite, default_loss, find_weight, iterate_batches,
@@ -370,7 +371,8 @@ def gradient_by_depth(
     says how many were left out). A layer pruned entirely is refused: nothing of it exists to measure.
     """
     conn = model_connectome(model, conn, "gradient_by_depth", "which synapses exist")
-    name, mod, weight = find_weight(model, layer)
+    plain = _plain_module(model)  # layers named as a connectome names them, inside DDP or torch.compile too
+    name, mod, weight = find_weight(plain, layer)
     live = live_mask(conn, weight)
     if conn is None:
         warn_if_zeros([weight.detach()], "gradient_by_depth", "their gradients are counted as those of live synapses")
@@ -391,7 +393,7 @@ def gradient_by_depth(
                 if call_depths is None:
                     refuse_unpacked(model, x, "gradient_by_depth")  # before tracing, which would fail less clearly
                     try:
-                        call_depths = resolve_call_depths(model, name, depths, example=x)
+                        call_depths = resolve_call_depths(plain, name, depths, example=x)
                     except ValueError:
                         _refuse_hooked_unpacked(model, x)
                         raise
@@ -411,7 +413,7 @@ def gradient_by_depth(
                 check_finite(g, "gradient_by_depth", name, n + 1)
                 calls = len(recorder.calls)
                 if bands is None:
-                    source = ("given" if depths is not None else "input_depths" if hasattr(model, "input_depths")
+                    source = ("given" if depths is not None else "input_depths" if hasattr(plain, "input_depths")
                               else "traced")
                     uniq, bands = _call_bands(name, weight.shape, call_depths, calls, groups, transposed, source,
                                               train_mode)
