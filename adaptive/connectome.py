@@ -94,7 +94,7 @@ def _plain_names(d: Optional[Mapping], known) -> Optional[dict]:
     out = {}
     for k, v in d.items():
         plain = k
-        while plain not in known and plain.startswith(_WRAPPER_PREFIXES):
+        while isinstance(plain, str) and plain not in known and plain.startswith(_WRAPPER_PREFIXES):
             plain = plain.split(".", 1)[1]
         out[plain if plain in known else k] = v
     return out

@@ -25,7 +25,7 @@ import torch
 from . import policies as _policies  # noqa: F401  (registration)
 from .budgets import get_budget
 from .atomic import write_text
-from .connectome import Connectome, EnsembleRuleError, check_same_mode, eager
+from .connectome import Connectome, EnsembleRuleError, _plain_names, check_same_mode, eager
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
 from .discovery import _as_patterns, container_hint
 from .distributed import all_reduce_mean_, check_masks_agree
@@ -1025,6 +1025,17 @@ class Controller:
                                  f"{what}={mine!r}: build it with {what}={name!r} to resume that run, or start this "
                                  "one without loading it")
 
+    def _under_plain_names(self, sd: dict) -> dict:
+        """``sd`` with layers kept under a wrapper's names renamed to this connectome's (a copy; ``sd``
+        is left as given): a connectome built on the DDP model ``accelerator.prepare`` returns named
+        them ``module.NAME`` before connectomes took the plain module's names, as the connectome's own
+        state_dict and files still load (``torch.compile``'s ``_orig_mod.NAME`` alike)."""
+        def rename(v):  # the events too: each update's per-layer densities
+            if isinstance(v, dict):
+                return {k: rename(x) for k, x in _plain_names(v, self.conn.masks).items()}
+            return [rename(x) for x in v] if isinstance(v, list) else v
+        return rename(sd)
+
     def _without_empty_layers(self, sd: dict) -> dict:
         """``sd`` without the tensors of no elements it keeps under the name of a weight that holds no
         entries in this model either (``nn.Linear(4, 0)``): states saved before such weights were left
@@ -1084,7 +1095,7 @@ class Controller:
         was before the error is raised (a :class:`ValueError` naming the part)."""
         if not isinstance(sd, dict) or "step_count" not in sd:
             raise ValueError("not a controller state_dict: it has no 'step_count' entry")
-        sd = self._without_empty_layers(sd)
+        sd = self._without_empty_layers(self._under_plain_names(sd))
         self._check_state_shapes(sd)
         self._check_state_kinds(sd)
         zero_cost_order = self._loaded_zero_cost_order(sd)
