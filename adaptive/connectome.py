@@ -47,16 +47,38 @@ def _plain_module(model: nn.Module) -> nn.Module:
     holds the same parameters under prefixed names; a connectome uses the module's own, so that its
     files, state_dict and dense_state_dict() are the same whether it was built before or after the
     model was wrapped and load into the plain model, and masks what the wrapped forward reads."""
+    while True:
+        inner = _wrapped(model)
+        if inner is None:
+            return model
+        model = inner
+
+
+_PARALLEL = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+
+
+def _wrapped(model: nn.Module) -> Optional[nn.Module]:
+    """The module directly inside a ``torch.compile``, DistributedDataParallel or DataParallel
+    wrapper; None for any other module."""
     frames = sys.modules.get("torch._dynamo.eval_frame")  # not imported yet: nothing was compiled
     compiled = getattr(frames, "OptimizedModule", None)
-    parallel = (nn.DataParallel, nn.parallel.DistributedDataParallel)
-    while True:
-        if compiled is not None and isinstance(model, compiled):
-            model = model._orig_mod
-        elif isinstance(model, parallel):
-            model = model.module
-        else:
-            return model
+    if compiled is not None and isinstance(model, compiled):
+        return model._orig_mod
+    return model.module if isinstance(model, _PARALLEL) else None
+
+
+def _local_module(model: nn.Module) -> nn.Module:
+    """``model``, or where a DistributedDataParallel or DataParallel wrapper is among its wrappers
+    (``accelerator.prepare``'s, compiled or not), the plain module inside: what runs a forward in this
+    process alone. A DDP forward is a collective (it broadcasts buffers, and readies the gradient
+    reduction), so a forward of one process alone, one that measures rather than trains, must not
+    go through it."""
+    inner = model
+    while inner is not None:
+        if isinstance(inner, _PARALLEL):
+            return _plain_module(model)
+        inner = _wrapped(inner)
+    return model
 
 
 def eager(fn: Callable) -> Callable:

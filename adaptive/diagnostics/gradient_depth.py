@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
-from ..connectome import _plain_module
+from ..connectome import _local_module, _plain_module
 from ..metrics import _forward_owner, call_model, refuse_unpacked, to_device
 from ._shared_calls import CallRecorder, parts_adding_up
 from ._common import (LogHistogram, batch_statistics_explained, check_finite, default_loss, find_weight, iterate_batches,
@@ -370,6 +370,7 @@ def gradient_by_depth(
     statistics, a pruned position's dense gradient being no synapse's (:class:`GradientByDepth`
     says how many were left out). A layer pruned entirely is refused: nothing of it exists to measure.
     """
+    model = _local_module(model)  # a DDP model (accelerator.prepare's): the module inside, see _local_module
     conn = model_connectome(model, conn, "gradient_by_depth", "which synapses exist")
     plain = _plain_module(model)  # layers named as a connectome names them, inside DDP or torch.compile too
     name, mod, weight = find_weight(plain, layer)

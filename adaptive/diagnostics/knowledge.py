@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import jsonio
 from ..atomic import write_text
-from ..connectome import Connectome
+from ..connectome import Connectome, _local_module
 from ..discovery import copy_model
 from ..counts import whole_number
 from ..metrics import (AccuracyFn, batch_accuracy, call_model, check_output, default_accuracy, example_count, loss_weight,
@@ -439,6 +439,7 @@ def knowledge_distribution(
     points = _check_points(points, max_fraction)
     if whole_number(bn_batches) is None or bn_batches < 0:
         raise ValueError(f"bn_batches must be a whole number of batches, at least 0, got {bn_batches!r}")
+    model = _local_module(model)  # a DDP model (accelerator.prepare's): the module inside, see _local_module
     source = model_connectome(model, conn, "knowledge_distribution", "what is already pruned")
     work = copy_model(model, "knowledge_distribution")
     conn = Connectome(work, include=include, exclude=exclude)
