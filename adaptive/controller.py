@@ -28,7 +28,7 @@ from .atomic import write_text
 from .connectome import Connectome, EnsembleRuleError, _plain_names, check_same_mode, eager
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
 from .discovery import _as_patterns, container_hint
-from .distributed import all_reduce_mean_, check_masks_agree
+from .distributed import all_reduce_mean_, check_masks_agree, is_distributed
 from .optim_state import unwrap_optimizer
 from .registry import near_misses
 from .policies.base import EditPlan, get_policy, global_synapse_target, keep_plan, synapse_targets
@@ -151,7 +151,11 @@ class Controller:
             averages the losses over the processes before every decision (equal-size shards give
             the mean over the whole held-out set; a NaN on one process makes the mean NaN, which
             rejects the try on every process), and the events log that mean.
-        verify: check at every update that all processes hold identical masks (raises otherwise).
+        verify: check at every update that all processes hold identical masks (a
+            :class:`~adaptive.distributed.MaskMismatchError` otherwise, naming the step). None (the
+            default): wherever a process group of several processes runs (DDP, ``accelerate
+            launch``), as masks that part (a seed offset by the rank, a controller built on weights
+            that differ by process) would otherwise part the weights silently.
         seed: an integer (numpy and torch integers too), folded with the step for all randomness.
         zero_cost_order: how removal costs of exactly 0 (synapses no gradient reached in the
             window) are ordered among themselves: "magnitude" (smaller weights first,
@@ -190,7 +194,7 @@ class Controller:
         holdout_loss: Optional[Callable[[], float]] = None,
         line_search_tolerance: float = 0.0,
         line_search_tries: int = 3,
-        verify: bool = False,
+        verify: Optional[bool] = None,
         seed: int = 0,
         zero_cost_order: Optional[str] = None,
         **policy_kwargs,
@@ -956,7 +960,7 @@ class Controller:
         event = self._apply(plan if plan is not None else EditPlan(), step=step)
         if self.stats is not None:
             self.stats.reset()
-        if self.verify:
+        if self.verify or (self.verify is None and is_distributed()):
             event["mask_hash"] = check_masks_agree(self.conn, step)
         return event
 

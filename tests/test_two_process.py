@@ -28,6 +28,10 @@ def test_two_processes_hold_identical_masks(tmp_path):
     assert ls == b["line_search"] and ls["step"] == 4 and ls["calls"] == 4
     assert ls["line_search_fraction"] == 0.25 and ls["pruned"] > 0 and ls["grown"] > 0
     assert abs(ls["holdout_loss"] - 0.9) < 1e-12 and abs(ls["actual_loss_change"] + 0.1) < 1e-12
+    # masks parted by a seed offset by the rank are caught at the first update, verify= unset
+    for rec in (a, b):
+        assert rec["mismatch"][0] == 2 and "masks differ between processes at step 2" in rec["mismatch"][1]
+        assert "not offset by the rank" in rec["mismatch"][1]
 
 
 def test_process_group_helpers_on_two_processes(tmp_path):

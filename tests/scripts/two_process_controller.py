@@ -11,12 +11,13 @@ from torch import nn
 
 import adaptive
 from adaptive.diagnostics import collinearity
+from adaptive.distributed import MaskMismatchError
 
 
 def main(out_dir):
     acc = Accelerator(cpu=True)
     rank = acc.process_index
-    record = {"world": acc.num_processes, "train": [], "mask_only": [], "grad_differs": None, "line_search": None}
+    record = {"world": acc.num_processes, "train": [], "mask_only": [], "grad_differs": None, "line_search": None, "mismatch": None}
 
     # (a) train mode, DDP through Accelerate, RigL driven by the optimizer hooks
     torch.manual_seed(0)
@@ -105,6 +106,19 @@ def main(out_dir):
     record["line_search"] = {k: ev.get(k) for k in ("step", "line_search_fraction", "holdout_loss", "actual_loss_change",
                                                      "pruned", "grown", "mask_hash")}
     record["line_search"]["calls"] = len(calls)
+
+    # (d) a seed offset by the rank, verify left unset: the first update's masks part, and every process says so
+    torch.manual_seed(3)
+    net4 = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 4))
+    opt4 = torch.optim.SGD(net4.parameters(), lr=0.1)
+    ctrl4 = adaptive.Controller(adaptive.Connectome(net4), opt4, policy="set", density=0.3, update_every=2, seed=rank)
+    try:
+        for step in range(2):
+            F.cross_entropy(net4(torch.randn(16, 12, generator=g3)), torch.randint(0, 4, (16,), generator=g3)).backward()
+            opt4.step()
+            opt4.zero_grad()
+    except MaskMismatchError as e:
+        record["mismatch"] = [ctrl4.step_count, str(e)]
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)
     acc.wait_for_everyone()
