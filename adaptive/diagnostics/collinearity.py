@@ -252,7 +252,7 @@ def collinearity(
     a layer the connectome does not hold is measured whole."""
     model = _local_module(model)  # a DDP model (accelerator.prepare's): the module inside, see _local_module
     conn = model_connectome(model, conn, "collinearity", "which synapses exist")
-    found = discover(_plain_module(model), include, exclude)  # named as a connectome names them, inside DDP too
+    found = discover(_plain_module(model), include, exclude)  # named as a connectome names them (a compiled model too)
     if not found:
         raise ValueError("no prunable weight matched: check include/exclude patterns")
     names = list(found)

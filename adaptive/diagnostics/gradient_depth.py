@@ -372,7 +372,7 @@ def gradient_by_depth(
     """
     model = _local_module(model)  # a DDP model (accelerator.prepare's): the module inside, see _local_module
     conn = model_connectome(model, conn, "gradient_by_depth", "which synapses exist")
-    plain = _plain_module(model)  # layers named as a connectome names them, inside DDP or torch.compile too
+    plain = _plain_module(model)  # layers named as a connectome names them (a compiled model too)
     name, mod, weight = find_weight(plain, layer)
     live = live_mask(conn, weight)
     if conn is None:
