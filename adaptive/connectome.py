@@ -41,14 +41,43 @@ MODES = ("train", "mask_only")
 FORMAT = "adaptive.connectome/1"
 
 
-def _uncompiled(model: nn.Module) -> nn.Module:
-    """The module a ``torch.compile`` wrapper runs. The wrapper holds the same parameters under
-    ``_orig_mod.``-prefixed names; a connectome uses the module's own, so that its files and
-    dense_state_dict() load into the plain model, and masks what the compiled forward reads."""
+def _plain_module(model: nn.Module) -> nn.Module:
+    """The module a wrapper runs: ``torch.compile``'s (``_orig_mod``), DistributedDataParallel's or
+    DataParallel's (``module``, what ``accelerator.prepare`` returns), nested in any order. A wrapper
+    holds the same parameters under prefixed names; a connectome uses the module's own, so that its
+    files, state_dict and dense_state_dict() are the same whether it was built before or after the
+    model was wrapped and load into the plain model, and masks what the wrapped forward reads."""
+    while True:
+        inner = _wrapped(model)
+        if inner is None:
+            return model
+        model = inner
+
+
+_PARALLEL = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+
+
+def _wrapped(model: nn.Module) -> Optional[nn.Module]:
+    """The module directly inside a ``torch.compile``, DistributedDataParallel or DataParallel
+    wrapper; None for any other module."""
     frames = sys.modules.get("torch._dynamo.eval_frame")  # not imported yet: nothing was compiled
-    wrapper = getattr(frames, "OptimizedModule", None)
-    while wrapper is not None and isinstance(model, wrapper):
-        model = model._orig_mod
+    compiled = getattr(frames, "OptimizedModule", None)
+    if compiled is not None and isinstance(model, compiled):
+        return model._orig_mod
+    return model.module if isinstance(model, _PARALLEL) else None
+
+
+def _local_module(model: nn.Module) -> nn.Module:
+    """``model``, or where a DistributedDataParallel or DataParallel wrapper is among its wrappers
+    (``accelerator.prepare``'s, compiled or not), the plain module inside: what runs a forward in this
+    process alone. A DDP forward is a collective (it broadcasts buffers, and readies the gradient
+    reduction), so a forward of one process alone, one that measures rather than trains, must not
+    go through it."""
+    inner = model
+    while inner is not None:
+        if isinstance(inner, _PARALLEL):
+            return _plain_module(model)
+        inner = _wrapped(inner)
     return model
 
 
@@ -68,7 +97,7 @@ def eager(fn: Callable) -> Callable:
     return run
 
 
-_COMPILED_PREFIX = "_orig_mod."
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's; DistributedDataParallel's and DataParallel's
 
 # Which connectome masks each weight through an optimizer: id(weight) -> (weakref to the weight,
 # weakref to the connectome). One connectome masks a weight at a time; a second one attached to the
@@ -78,15 +107,17 @@ _MASKED_BY: Dict[int, tuple] = {}
 
 
 def _plain_names(d: Optional[Mapping], known) -> Optional[dict]:
-    """``d`` with keys saved from a ``torch.compile`` wrapper (``_orig_mod.NAME``, by code that named
-    layers as the wrapper does) renamed to the plain module's ``NAME`` where ``known`` has that name."""
+    """``d`` with keys saved from a wrapper (``_orig_mod.NAME`` of ``torch.compile``, ``module.NAME`` of
+    DistributedDataParallel or DataParallel: by code that named layers as the wrapper does, or by a
+    connectome built on one before it took the plain module's names) renamed to the plain module's
+    ``NAME`` where ``known`` has that name."""
     if d is None:
         return None
     out = {}
     for k, v in d.items():
         plain = k
-        while plain not in known and plain.startswith(_COMPILED_PREFIX):
-            plain = plain[len(_COMPILED_PREFIX):]
+        while isinstance(plain, str) and plain not in known and plain.startswith(_WRAPPER_PREFIXES):
+            plain = plain.split(".", 1)[1]
         out[plain if plain in known else k] = v
     return out
 
@@ -116,7 +147,8 @@ class Connectome:
 
     Args:
         model: the network. Its Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d weights are the synapses. A
-            ``torch.compile`` wrapper is taken as the module it wraps (same parameters, its names).
+            ``torch.compile``, DistributedDataParallel or DataParallel wrapper (``accelerator.prepare``'s
+            model) is taken as the module it wraps (same parameters, its names).
         ensemble: granularity spec: "synapse", "kernel", "neuron", "block:RxC" or "n:m"; or rules
             giving layers different ones, first match wins: ``{"*mlp*": "neuron", "*": "synapse"}``
             or ``"*mlp*=neuron;synapse"`` (see :mod:`adaptive.ensemble_rules`).
@@ -137,7 +169,7 @@ class Connectome:
     ):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}: use 'train' or 'mask_only'")
-        model = _uncompiled(model)
+        model = _plain_module(model)
         found = discover(model, include, exclude)
         shared = shared_weight_warning(model, found)
         if shared:
@@ -1217,7 +1249,7 @@ class Connectome:
                                  f"{unlisted[:5]}, listed without a mask: {missing[:5]}); the file is corrupt")
             packed = {n: f.get_tensor(f"mask/{n}") for n in shapes}
             original = {n: f.get_tensor(f"original/{n}") for n in shapes if f"original/{n}" in keys}
-        model = _uncompiled(model)
+        model = _plain_module(model)
         params = dict(model.named_parameters(remove_duplicate=False))  # a tied weight under every name
         shapes, packed, original = (_plain_names(d, params) for d in (shapes, packed, original))
         # per-layer granularities as a compiled model's layers were once named (checked to be a dict above)

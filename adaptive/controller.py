@@ -25,10 +25,10 @@ import torch
 from . import policies as _policies  # noqa: F401  (registration)
 from .budgets import get_budget
 from .atomic import write_text
-from .connectome import Connectome, EnsembleRuleError, check_same_mode, eager
+from .connectome import Connectome, EnsembleRuleError, _plain_names, check_same_mode, eager
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
 from .discovery import _as_patterns, container_hint
-from .distributed import all_reduce_mean_, check_masks_agree
+from .distributed import all_reduce_mean_, check_masks_agree, is_distributed
 from .optim_state import unwrap_optimizer
 from .registry import near_misses
 from .policies.base import EditPlan, get_policy, global_synapse_target, keep_plan, synapse_targets
@@ -151,7 +151,11 @@ class Controller:
             averages the losses over the processes before every decision (equal-size shards give
             the mean over the whole held-out set; a NaN on one process makes the mean NaN, which
             rejects the try on every process), and the events log that mean.
-        verify: check at every update that all processes hold identical masks (raises otherwise).
+        verify: check at every update that all processes hold identical masks (a
+            :class:`~adaptive.distributed.MaskMismatchError` otherwise, naming the step). None (the
+            default): wherever a process group of several processes runs (DDP, ``accelerate
+            launch``), as masks that part (a seed offset by the rank, a controller built on weights
+            that differ by process) would otherwise part the weights silently.
         seed: an integer (numpy and torch integers too), folded with the step for all randomness.
         zero_cost_order: how removal costs of exactly 0 (synapses no gradient reached in the
             window) are ordered among themselves: "magnitude" (smaller weights first,
@@ -190,7 +194,7 @@ class Controller:
         holdout_loss: Optional[Callable[[], float]] = None,
         line_search_tolerance: float = 0.0,
         line_search_tries: int = 3,
-        verify: bool = False,
+        verify: Optional[bool] = None,
         seed: int = 0,
         zero_cost_order: Optional[str] = None,
         **policy_kwargs,
@@ -956,7 +960,7 @@ class Controller:
         event = self._apply(plan if plan is not None else EditPlan(), step=step)
         if self.stats is not None:
             self.stats.reset()
-        if self.verify:
+        if self.verify or (self.verify is None and is_distributed()):
             event["mask_hash"] = check_masks_agree(self.conn, step)
         return event
 
@@ -1025,6 +1029,17 @@ class Controller:
                                  f"{what}={mine!r}: build it with {what}={name!r} to resume that run, or start this "
                                  "one without loading it")
 
+    def _under_plain_names(self, sd: dict) -> dict:
+        """``sd`` with layers kept under a wrapper's names renamed to this connectome's (a copy; ``sd``
+        is left as given): a connectome built on the DDP model ``accelerator.prepare`` returns named
+        them ``module.NAME`` before connectomes took the plain module's names, as the connectome's own
+        state_dict and files still load (``torch.compile``'s ``_orig_mod.NAME`` alike)."""
+        def rename(v):  # the events too: each update's per-layer densities
+            if isinstance(v, dict):
+                return {k: rename(x) for k, x in _plain_names(v, self.conn.masks).items()}
+            return [rename(x) for x in v] if isinstance(v, list) else v
+        return rename(sd)
+
     def _without_empty_layers(self, sd: dict) -> dict:
         """``sd`` without the tensors of no elements it keeps under the name of a weight that holds no
         entries in this model either (``nn.Linear(4, 0)``): states saved before such weights were left
@@ -1084,7 +1099,7 @@ class Controller:
         was before the error is raised (a :class:`ValueError` naming the part)."""
         if not isinstance(sd, dict) or "step_count" not in sd:
             raise ValueError("not a controller state_dict: it has no 'step_count' entry")
-        sd = self._without_empty_layers(sd)
+        sd = self._without_empty_layers(self._under_plain_names(sd))
         self._check_state_shapes(sd)
         self._check_state_kinds(sd)
         zero_cost_order = self._loaded_zero_cost_order(sd)

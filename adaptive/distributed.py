@@ -101,7 +101,10 @@ def check_masks_agree(conn, step=None) -> str:
         where = f" at step {step}" if step is not None else ""
         raise MaskMismatchError(
             f"connectome masks differ between processes{where}: hashes {[x[:12] for x in hashes]}. "
-            "Every rank must use the same seed, the same controller configuration and reduced statistics."
+            "Every process must build its controller alike (the same seed=, not offset by the rank; the same "
+            "settings) on the same weights: a connectome and controller built before accelerator.prepare prune "
+            "each process's own initial weights, so seed the model alike on every process or build them after "
+            "prepare, which gives every process rank 0's weights."
         )
     return h
 

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import mask_only_checkpoint as ckpt
-from .connectome import Connectome, _uncompiled
+from .connectome import Connectome, _plain_module
 from .discovery import discover, state_dict_keys
 from .exact_masking import INT_OF_WIDTH
 from .global_rng import seeded_global_rng
@@ -217,18 +217,19 @@ def check_targets(model: nn.Module, target: Union[Target, Sequence[Target]], inc
     (one or several) it would refuse on ``model`` with ``include``/``exclude``: a count of every
     prunable synapse or more (or a fraction rounding to one), "best" among others, two targets
     removing the same count. Counts the synapses without building a connectome, of the module a
-    ``torch.compile`` wrapper runs, as the connectome does (its names carry no ``_orig_mod.``)."""
+    wrapper runs (``torch.compile``, DistributedDataParallel), as the connectome does (its names carry no
+    ``_orig_mod.`` or ``module.``)."""
     targets = list(target) if isinstance(target, (list, tuple)) else [target]
     _resolve_targets(targets, count_synapses(model, include, exclude))
 
 
 def count_synapses(model: nn.Module, include=None, exclude=None) -> int:
     """The prunable synapses a connectome of ``model`` with ``include``/``exclude`` would hold, counted
-    without building one (of the module a ``torch.compile`` wrapper runs): what targets count. Quietly:
+    without building one (of the module a wrapper runs, as the connectome does): what targets count. Quietly:
     discovery's warnings (a parametrized weight left dense, ...) are the connectome's to give, once."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return sum(p.numel() for _, p in discover(_uncompiled(model), include, exclude).values())
+        return sum(p.numel() for _, p in discover(_plain_module(model), include, exclude).values())
 
 
 def _data_identity(loader) -> list:

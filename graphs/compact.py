@@ -120,7 +120,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from adaptive.connectome import _uncompiled
+from adaptive.connectome import _plain_module
 from adaptive.counts import whole_number
 from adaptive.discovery import copy_model, from_out_in, to_out_in
 from adaptive.global_rng import kept_global_rng
@@ -448,7 +448,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     from .trace import (_refuse_miscounted_inputs, _refuse_named_inputs, _unsupplied_defaults, _where, _wrap_root,
                         example_input_failed, runnable_example_input, symbolic_trace)
 
-    model = _uncompiled(model)  # a torch.compile wrapper: the module it runs, under the names conn uses
+    model = _plain_module(model)  # a torch.compile or DDP wrapper: the module it runs, under the names conn uses
     _refuse_named_inputs(model, example_input)  # a dict the forward takes as one argument (a batch) is fine
     if isinstance(example_input, (tuple, list)) and not _wrap_root(model):  # as build binds them
         _refuse_miscounted_inputs(model, tuple(example_input))

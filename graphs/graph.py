@@ -32,7 +32,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from .batch_axis import checked_batch_axis
 from .trace import (CONST, EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT, JUNCTION, KIND_NAMES, OUTPUT, UNIT, Group,
                     LayerFlow, Trace, serialized, trace)
-from adaptive.connectome import _uncompiled
+from adaptive.connectome import _plain_module
 from adaptive.discovery import transposed_shape, weight_hooks
 from adaptive.warn import warn_user
 
@@ -304,7 +304,7 @@ def build(
     model = model if model is not None else getattr(conn, "model", None)
     if model is None:
         raise ValueError("build needs a Connectome (conn=...) or a model (model=...)")
-    model = _uncompiled(model)  # a torch.compile wrapper: the module it runs (as Connectome takes it)
+    model = _plain_module(model)  # a torch.compile or DDP wrapper: the module it runs (as Connectome takes it)
     tr = traced if traced is not None else trace(model, example_input, input_nodes, batch_axis)
     notes = []
     if conn is not None:

@@ -1349,9 +1349,9 @@ def default_example_input(model: nn.Module, tokens: Optional[bool] = None, batch
     says what each of them is. The values come from a generator of their own, seeded 0: the same
     guesses at every call, and no draw from the global random generators (which would change what the
     caller's code draws next). A ``torch.compile`` wrapper is guessed for the module it runs."""
-    from adaptive.connectome import _uncompiled
+    from adaptive.connectome import _plain_module
 
-    return _example_inputs(_uncompiled(model), tokens, batch)
+    return _example_inputs(_plain_module(model), tokens, batch)
 
 
 def _example_inputs(model: nn.Module, tokens: Optional[bool], batch: int,
@@ -1461,9 +1461,9 @@ def runnable_example_input(model: nn.Module, tokens: Optional[bool] = None, batc
     ``batch_axis=1``: each candidate of two axes or more is laid out sequence-first before it is tried
     (``[B, T, ...]`` as ``[T, B, ...]``), for a model whose sequences hold their batch on axis 1.
     A ``torch.compile`` wrapper's module runs them uncompiled (compiling for each guess takes seconds)."""
-    from adaptive.connectome import _uncompiled
+    from adaptive.connectome import _plain_module
 
-    model = _uncompiled(model)
+    model = _plain_module(model)
     candidates = default_example_input(model, tokens, batch)
     if checked_batch_axis(batch_axis) == 1:
         candidates = [x.movedim(0, 1).contiguous() if x.dim() >= 2 else x for x in candidates]
@@ -1665,9 +1665,9 @@ def trace(model: nn.Module, example_input=None, input_nodes: str = "auto", batch
     if batch_axis is not None and example_input is None:
         raise ValueError(f"batch_axis={batch_axis} needs an example_input laid out so: graphs guesses inputs itself "
                          "(batch first, or as a recurrent first layer's batch_first says) and knows their batch axis")
-    from adaptive.connectome import _uncompiled
+    from adaptive.connectome import _plain_module
 
-    model = _uncompiled(model)  # a torch.compile wrapper: the module it runs, under its own names
+    model = _plain_module(model)  # a torch.compile or DDP wrapper: the module it runs, under its own names
     if isinstance(example_input, Mapping):
         _refuse_named_inputs(model, example_input)
         raise TypeError(f"example_input is a dict, which {type(model).__name__}.forward takes as one argument; graphs "

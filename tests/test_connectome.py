@@ -494,10 +494,11 @@ def test_a_connectome_of_a_compiled_model_uses_the_plain_models_names(tmp_path):
     assert all(torch.equal(p, conn.params[n]) for n, p in adaptive.Connectome(plain).params.items())
 
 
-def test_files_and_state_dicts_saved_under_a_compiled_models_names_still_load(tmp_path):
-    """Before connectomes of torch.compile(model) took the plain names, their files and state_dicts
-    named layers _orig_mod.NAME; once the names changed, such a file loaded into neither the
-    compiled nor the plain model."""
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "module."])
+def test_files_and_state_dicts_saved_under_a_wrapped_models_names_still_load(tmp_path, prefix):
+    """Before connectomes of torch.compile(model) (and of DDP(model), accelerator.prepare's) took the
+    plain names, their files and state_dicts named layers _orig_mod.NAME (module.NAME); once the names
+    changed, such a file loaded into neither the wrapped nor the plain model."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -506,21 +507,44 @@ def test_files_and_state_dicts_saved_under_a_compiled_models_names_still_load(tm
     conn.save(tmp_path / "c.safetensors")
     with safe_open(str(tmp_path / "c.safetensors"), "pt") as f:  # as the earlier code wrote it: no checksum
         meta = {k: v for k, v in f.metadata().items() if k != "sha256"}
-        tensors = {k.replace("/", "/_orig_mod.", 1): f.get_tensor(k) for k in f.keys()}
-    meta["layers"] = json.dumps({f"_orig_mod.{n}": s for n, s in json.loads(meta["layers"]).items()})
+        tensors = {k.replace("/", "/" + prefix, 1): f.get_tensor(k) for k in f.keys()}
+    meta["layers"] = json.dumps({f"{prefix}{n}": s for n, s in json.loads(meta["layers"]).items()})
     if "ensembles" in meta:
-        meta["ensembles"] = json.dumps({f"_orig_mod.{n}": s for n, s in json.loads(meta["ensembles"]).items()})
+        meta["ensembles"] = json.dumps({f"{prefix}{n}": s for n, s in json.loads(meta["ensembles"]).items()})
     save_file(tensors, tmp_path / "old.safetensors", metadata=meta)
-    for m in (mlp(), torch.compile(mlp(), backend="eager")):
+    for m in (mlp(), torch.compile(mlp(), backend="eager"), nn.DataParallel(mlp())):
         loaded = adaptive.Connectome.load(tmp_path / "old.safetensors", m)
         assert loaded.names == conn.names and all(torch.equal(loaded.masks[n], conn.masks[n]) for n in conn.names)
     sd = conn.state_dict()
-    sd["masks"] = {f"_orig_mod.{n}": m for n, m in sd["masks"].items()}
+    sd["masks"] = {f"{prefix}{n}": m for n, m in sd["masks"].items()}
     if sd.get("ensembles"):
-        sd["ensembles"] = {f"_orig_mod.{n}": s for n, s in sd["ensembles"].items()}
+        sd["ensembles"] = {f"{prefix}{n}": s for n, s in sd["ensembles"].items()}
     other = adaptive.Connectome(mlp())
     other.load_state_dict(sd)
     assert all(torch.equal(other.masks[n], conn.masks[n]) for n in conn.names)
+
+
+def test_a_connectome_of_a_data_parallel_model_uses_the_plain_models_names(tmp_path):
+    # accelerator.prepare(model) returns DistributedDataParallel(model), which holds the model under
+    # "module." as DataParallel does: a connectome built on the wrapper named its layers so, and its
+    # files, state_dict and dense_state_dict() loaded into neither the plain model nor a connectome
+    # built before the wrapping (whose mask hash differed too)
+    model = mlp()
+    plain_hash = adaptive.Connectome(model).mask_hash()  # of the names: every mask all-ones
+    for wrapped in (nn.DataParallel(model), torch.compile(nn.DataParallel(model), backend="eager")):
+        conn = adaptive.Connectome(wrapped)
+        assert conn.names == ["0.weight", "2.weight", "4.weight"] and conn.model is model
+        assert conn.mask_hash() == plain_hash
+    torch._dynamo.reset()
+    conn.set_masks(random_masks(conn))
+    conn.save(tmp_path / "c.safetensors")
+    other = mlp(seed=1)
+    other.load_state_dict(conn.dense_state_dict(device="cpu"))
+    assert all(torch.equal(other.get_parameter(n), p.cpu()) for n, p in conn.params.items())
+    assert adaptive.Connectome.load(tmp_path / "c.safetensors", other).mask_hash() == conn.mask_hash()
+    fresh = adaptive.Connectome(mlp(seed=1))
+    fresh.load_state_dict(conn.state_dict())
+    assert fresh.mask_hash() == conn.mask_hash()
 
 
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")

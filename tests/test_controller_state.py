@@ -293,6 +293,31 @@ def test_a_state_saved_with_an_empty_layer_still_loads():
         ctrl2.load_state_dict(sd)
 
 
+@pytest.mark.parametrize("policy, estimator", [("utility", "taylor"), ("threshold", "curvature"), ("rigl", None)])
+def test_a_state_saved_under_a_ddp_models_names_still_loads(policy, estimator):
+    """A connectome built on the DDP wrapper accelerator.prepare returns named its layers module.NAME
+    before it took the model's own names, and so did its controller's state (the gradient window, an
+    estimator's or policy's per-layer state); the connectome's state then loaded into a connectome of
+    the model, but the controller's was refused as holding a layer 'this connectome does not have'."""
+    def prefixed(v):
+        if isinstance(v, dict):
+            return {(f"module.{k}" if k in conn.masks else k): prefixed(x) for k, x in v.items()}
+        return [prefixed(x) for x in v] if isinstance(v, list) else v
+
+    m, conn = setup()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    ctrl = adaptive.Controller(conn, opt, policy=policy, estimator=estimator, density=0.5, update_every=4, end_step=40)
+    train(m, opt, 6)
+    sd = ctrl.state_dict()
+    old = prefixed(sd)
+    assert "module.0.weight" in str(old) and "'0.weight'" not in str(old)
+    m2, conn2 = setup()
+    opt2 = torch.optim.SGD(m2.parameters(), lr=0.1)
+    ctrl2 = adaptive.Controller(conn2, opt2, policy=policy, estimator=estimator, density=0.5, update_every=4, end_step=40)
+    ctrl2.load_state_dict(old)
+    assert _same(ctrl2.state_dict(), sd)
+
+
 def test_a_state_of_the_other_mode_is_refused_before_anything_loads():
     """A mask_only run's connectome state_dict (its frozen originals with it) loaded into a train-mode
     connectome, or the reverse, and a mask_only controller's state (a window of gradients of frozen

@@ -199,6 +199,51 @@ def test_gradient_by_depth_finds_an_attached_connectome():
     check_bands(res, net, data, conn)
 
 
+def test_diagnostics_of_a_data_parallel_model_name_its_layers_as_its_connectome_does():
+    """accelerator.prepare(model) returns DistributedDataParallel(model), holding the model under
+    "module." as DataParallel does: gradient_by_depth and collinearity of the wrapper refused the
+    connectome of the model itself as "another model", and named its layers module.NAME."""
+    net, conn = pruned_mlp()
+    data = batches((6,), 4)
+    wrapped = nn.DataParallel(net)  # (on a machine with a GPU it moves net there, as prepare would)
+    bands = gradient_by_depth(wrapped, data, layer="2", depths=DEPTHS, batches=None, conn=conn)
+    plain = gradient_by_depth(net, data, layer="2", depths=DEPTHS, batches=None, conn=conn)
+    assert bands.table.to_markdown() == plain.table.to_markdown() and torch.equal(bands.live, conn.masks["2.weight"])
+    col = collinearity(wrapped, data, conn=conn)
+    assert list(col.cosine) == ["0.weight", "2.weight"] and col.measured == conn.num_live()
+    assert col.table.to_markdown() == collinearity(net, data, conn=conn).table.to_markdown()
+
+
+def test_diagnostics_of_a_ddp_model_run_the_module_inside_it(tmp_path, monkeypatch):
+    """A DistributedDataParallel forward is a collective (it broadcasts the buffers, BatchNorm's
+    statistics, from rank 0): a diagnostic one process ran alone on the model accelerator.prepare
+    returned hung there, waiting for the others. It measures this process's batches, so it runs the
+    module inside the wrapper."""
+    import torch.distributed as dist
+
+    from adaptive.diagnostics import knowledge_distribution
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 12), nn.BatchNorm1d(12), nn.Tanh(), nn.Linear(12, 4))
+    conn = Connectome(net)
+    conn.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in conn.masks.items()})
+    data = batches((6,), 4)
+    expected = [collinearity(net, data, conn=conn).table.to_markdown(),
+                gradient_by_depth(net, data, layer="3", depths=DEPTHS, batches=None, conn=conn).table.to_markdown(),
+                knowledge_distribution(net, data, counts=[0, 10], conn=conn).table.to_markdown()]
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(net)
+        monkeypatch.setattr(nn.parallel.DistributedDataParallel, "forward",
+                            lambda *a, **k: pytest.fail("a diagnostic ran the DDP forward, a collective"))
+        got = [collinearity(ddp, data, conn=conn).table.to_markdown(),
+               gradient_by_depth(ddp, data, layer="3", depths=DEPTHS, batches=None, conn=conn).table.to_markdown(),
+               knowledge_distribution(ddp, data, counts=[0, 10], conn=conn).table.to_markdown()]
+    finally:
+        dist.destroy_process_group()
+    assert got == expected
+
+
 def test_gradient_by_depth_band_or_layer_pruned_entirely(tmp_path):
     net, conn = pruned_mlp(density=0.6)
     mask = conn.masks["2.weight"].clone()

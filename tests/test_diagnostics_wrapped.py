@@ -1,5 +1,7 @@
 """The diagnostics on a model inside ``nn.DataParallel`` (a DistributedDataParallel-like wrapper holding it as
-``.module``), given the Connectome built on the model inside: it was refused as "conn masks another model"."""
+``.module``), given the Connectome built on the model inside or on the wrapper: it was refused as "conn masks
+another model". They run the module inside and name its layers as the connectome does (``NAME``, not
+``module.NAME``)."""
 import warnings
 
 import pytest
@@ -35,13 +37,15 @@ def test_collinearity_and_gradient_by_depth_take_the_wrapped_model_s_connectome(
     net, conn, data = _setup()
     wrapped = nn.DataParallel(net)  # without GPUs its forward is the module's
     got, want = collinearity(wrapped, data, conn=conn), collinearity(net, data, conn=conn)
-    assert got.table["layer"] == ["module.fc.weight", "module.head.weight"]
-    assert all(torch.equal(got.cosine["module." + k], v) for k, v in want.cosine.items())
+    assert got.table["layer"] == ["fc.weight", "head.weight"] == list(conn.masks)
+    assert got.cosine.keys() == want.cosine.keys() and all(torch.equal(got.cosine[k], v) for k, v in want.cosine.items())
     assert got.table["pruned"] == [int((~m).sum()) for m in conn.masks.values()]
-    got, want = (gradient_by_depth(f, data, layer=name, batches=3, conn=conn)
-                 for f, name in ((wrapped, "module.head"), (net, "head")))  # traced through the wrapper
-    assert got.depths == want.depths == [0, 1]
-    assert torch.equal(got.per_weight, want.per_weight) and got.pruned == want.pruned == int((~conn.masks["head.weight"]).sum())
+    for name in ("head", "module.head"):  # the wrapper's name is taken as the connectome's
+        got = gradient_by_depth(wrapped, data, layer=name, batches=3, conn=conn)  # traced through the wrapper
+        want = gradient_by_depth(net, data, layer="head", batches=3, conn=conn)
+        assert got.layer == want.layer == "head" and got.depths == want.depths == [0, 1]
+        assert torch.equal(got.per_weight, want.per_weight)
+        assert got.pruned == want.pruned == int((~conn.masks["head.weight"]).sum())
 
 
 def test_knowledge_distribution_measures_the_module_a_data_parallel_wrapper_runs():
@@ -83,15 +87,24 @@ def test_a_submodule_named_module_beside_other_weights_is_no_wrapper():
         collinearity(net, data, conn=part)
     with pytest.raises(ValueError, match="conn masks another model"):
         gradient_by_depth(net, data, layer="head", batches=2, conn=part)
-    assert collinearity(net, data, conn=adaptive.Connectome(net)).table["layer"] == ["module.weight", "head.weight"]
+    whole = adaptive.Connectome(net)
+    assert whole.model is net and list(whole.masks) == ["module.weight", "head.weight"]
+    assert collinearity(net, data, conn=whole).table["layer"] == ["module.weight", "head.weight"]
+    # inside a real wrapper: only the wrapper's own prefix is taken off, the submodule keeps its name
+    wrapped = nn.DataParallel(net)
+    assert adaptive.Connectome(wrapped).model is net
+    for name in ("module", "module.weight", "module.module.weight"):
+        got = gradient_by_depth(wrapped, data, layer=name, depths=torch.tensor([0, 0, 0, 1, 1, 1]), batches=2, conn=whole)
+        assert got.layer == "module" and torch.equal(got.live, whole.masks["module.weight"])
 
 
 def test_knowledge_distribution_takes_the_connectome_built_on_the_data_parallel_wrapper():
-    """A Connectome built on the wrapper itself (its masks named ``module.NAME``) was taken before the copy was of
-    the module inside, and then refused as 'conn masks another model'."""
+    """A Connectome built on the wrapper itself (a connectome of the module inside, under its names) was refused
+    as 'conn masks another model' once the copy was of the module inside."""
     net, _, data = _setup()
     wrapped = nn.DataParallel(net)
     conn = adaptive.Connectome(wrapped)
+    assert conn.model is net and list(conn.masks) == ["fc.weight", "head.weight"]
     g = torch.Generator().manual_seed(0)
     conn.set_masks({n: torch.rand(m.shape, generator=g) < 0.6 for n, m in conn.masks.items()})
     with warnings.catch_warnings():
@@ -114,12 +127,14 @@ class _Opaque(_Cat):
         return [0] * 6 + [1] * 5 if layer in ("head", "head.weight") else [0] * 6
 
 
-@pytest.mark.parametrize("layer", ["module.head", "module.head.weight"])
+@pytest.mark.parametrize("layer", ["module.head", "module.head.weight", "head"])
 def test_gradient_by_depth_reads_the_input_depths_of_the_module_a_data_parallel_wrapper_runs(layer):
     """The wrapper has no input_depths of its own: the depths were traced instead, and a model fx cannot trace was
     refused, told to use a model with an input_depths method."""
     _, _, data = _setup()
     model = _Opaque()  # dense: no Connectome
     got = gradient_by_depth(nn.DataParallel(model), data, layer=layer, batches=2)
-    want = gradient_by_depth(model, data, layer=layer[len("module."):], batches=2)
-    assert got.depths == want.depths == [0, 1] and torch.equal(got.per_weight, want.per_weight)
+    want = gradient_by_depth(model, data, layer=layer.removeprefix("module."), batches=2)
+    assert got.layer == want.layer and got.depths == want.depths == [0, 1]
+    assert torch.equal(got.per_weight, want.per_weight)
+

@@ -16,6 +16,10 @@ def test_two_processes_hold_identical_masks(tmp_path):
     b = json.loads((tmp_path / "rank1.json").read_text())
     assert a["world"] == b["world"] == 2
     assert len(a["train"]) == 8 and a["train"] == b["train"]
+    assert a["built_before_prepare"] == a["train"] and b["built_before_prepare"] == b["train"]  # (on the raw optimizer)
+    assert a["same_weights"] and b["same_weights"]
+    assert a["wrapped_names"] and b["wrapped_names"]  # a connectome of the DDP wrapper: the model's names
+    assert a["wrapped_collinearity"] == b["wrapped_collinearity"] == [["0.weight", "2.weight"], True]
     assert a["grad_differs"] and b["grad_differs"]  # the ranks really saw different data
     assert len(a["mask_only"]) == 5 and a["mask_only"] == b["mask_only"]
     assert sum(x[1] for x in a["mask_only"]) > 0  # edits happened
@@ -24,6 +28,10 @@ def test_two_processes_hold_identical_masks(tmp_path):
     assert ls == b["line_search"] and ls["step"] == 4 and ls["calls"] == 4
     assert ls["line_search_fraction"] == 0.25 and ls["pruned"] > 0 and ls["grown"] > 0
     assert abs(ls["holdout_loss"] - 0.9) < 1e-12 and abs(ls["actual_loss_change"] + 0.1) < 1e-12
+    # masks parted by a seed offset by the rank are caught at the first update, verify= unset
+    for rec in (a, b):
+        assert rec["mismatch"][0] == 2 and "masks differ between processes at step 2" in rec["mismatch"][1]
+        assert "not offset by the rank" in rec["mismatch"][1]
 
 
 def test_process_group_helpers_on_two_processes(tmp_path):

@@ -9,7 +9,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ..connectome import Connectome, _MASKED_BY, _uncompiled
+from ..connectome import Connectome, _MASKED_BY, _plain_module, _plain_names
 from ..metrics import refuse_one_class
 from ..warn import warn_user
 
@@ -210,9 +210,21 @@ def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parame
     return name, mod, w
 
 
+def plain_layer_name(model: nn.Module, layer: str) -> str:
+    """``layer`` as a connectome names it: given as a wrapper of ``model`` names it (``module.NAME`` of
+    DistributedDataParallel or DataParallel, ``_orig_mod.NAME`` of ``torch.compile``), NAME where the module
+    inside has that layer or parameter; ``layer`` as given otherwise (an ordinary model's submodule named
+    ``module`` is no wrapper)."""
+    plain = _plain_module(model)
+    if plain is model:
+        return layer
+    known = {n for n, _ in plain.named_modules()} | {n for n, _ in plain.named_parameters()}
+    return next(iter(_plain_names({layer: None}, known)))
+
+
 def attached_connectome(model: nn.Module) -> Optional[Connectome]:
     """The Connectome that masks ``model``'s weights through an optimizer (attached), if any."""
-    for p in _uncompiled(model).parameters():
+    for p in _plain_module(model).parameters():
         c = masking_connectome(p)
         if c is not None:
             return c
@@ -228,47 +240,19 @@ def masking_connectome(param: torch.Tensor) -> Optional[Connectome]:
 
 def model_connectome(model: nn.Module, conn, what: str, why: str) -> Optional[Connectome]:
     """The connectome saying which synapses of ``model`` exist: ``conn`` when given (refused unless
-    it is a :class:`~adaptive.Connectome` built on this very model, or on the model a wrapper such as
-    ``nn.DataParallel`` or DistributedDataParallel holds as ``.module``: the synapses are its parameters,
-    found by identity), else the one attached to an optimizer of ``model`` (:func:`attached_connectome`),
-    else None (a dense model). ``what`` names the diagnostic in the errors, ``why`` says what it does
-    with the masks."""
+    it is a :class:`~adaptive.Connectome` of this very model: one built on it or on a wrapper of it,
+    ``torch.compile``, DistributedDataParallel or DataParallel, which a connectome takes as the module
+    inside), else the one attached to an optimizer of ``model`` (:func:`attached_connectome`), else
+    None (a dense model). ``what`` names the diagnostic in the errors, ``why`` says what it does with
+    the masks."""
     if conn is None:
         return attached_connectome(model)
     if not isinstance(conn, Connectome):
         raise TypeError(f"conn must be the model's adaptive.Connectome (its masks say {why}), got {type(conn).__name__}")
-    if not any(m is conn.model for m in wrapped_modules(model)):
+    if conn.model is not _plain_module(model):
         raise ValueError(f"conn masks another model than the one given: pass the Connectome built on this model "
                          f"({what}(conn.model, ..., conn=conn))")
     return conn
-
-
-def wrapped_modules(model: nn.Module) -> list:
-    """``model`` (a ``torch.compile`` wrapper's module), then the module it holds as ``.module`` (the model inside
-    ``nn.DataParallel``, DistributedDataParallel or a wrapper of that kind), then the one that holds, and so on. A
-    wrapper holds no weights but its module's: a model with an ordinary submodule named ``module`` beside weights of
-    its own (``self.module, self.head = ...``) is no wrapper, and a Connectome of that submodule leaves ``head`` out."""
-    chain = [_uncompiled(model)]
-    while _is_wrapper(chain[-1]) and all(chain[-1].module is not m for m in chain):
-        chain.append(_uncompiled(chain[-1].module))
-    return chain
-
-
-def _is_wrapper(model: nn.Module) -> bool:
-    """Whether ``model`` holds a module as ``.module`` and has no parameter that module lacks."""
-    inner = getattr(model, "module", None)
-    return isinstance(inner, nn.Module) and {id(p) for p in model.parameters()} <= {id(p) for p in inner.parameters()}
-
-
-DATA_PARALLEL = (nn.DataParallel, nn.parallel.DistributedDataParallel)  # forward: their module's, run in parallel
-
-
-def without_data_parallel(model: nn.Module) -> nn.Module:
-    """The module torch's data-parallel wrappers (:data:`DATA_PARALLEL`) around ``model`` run, or ``model``."""
-    model = _uncompiled(model)
-    while isinstance(model, DATA_PARALLEL):
-        model = _uncompiled(model.module)
-    return model
 
 
 def live_mask(conn: Optional[Connectome], weight: torch.Tensor, device=None) -> Optional[torch.Tensor]:
@@ -293,7 +277,7 @@ def held_masks(model: nn.Module, conn: Optional[Connectome]) -> dict:
     masks that weight, so several attached connectomes over disjoint layers are all read). Empty for a
     dense model."""
     found = {}
-    for name, p in _uncompiled(model).named_parameters():
+    for name, p in _plain_module(model).named_parameters():
         m = live_mask(conn, p)
         if m is not None:
             found[name] = m

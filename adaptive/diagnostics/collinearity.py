@@ -27,6 +27,7 @@ from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
+from ..connectome import _local_module, _plain_module
 from ..discovery import discover
 from ..global_rng import kept_global_rng
 from ..metrics import call_model
@@ -249,8 +250,9 @@ def collinearity(
     masks are read at synapse level) enter the statistics: a pruned position's dense gradient is
     no synapse's. The result says how many were measured and left out (:class:`Collinearity`);
     a layer the connectome does not hold is measured whole."""
+    model = _local_module(model)  # a DDP model (accelerator.prepare's): the module inside, see _local_module
     conn = model_connectome(model, conn, "collinearity", "which synapses exist")
-    found = discover(model, include, exclude)
+    found = discover(_plain_module(model), include, exclude)  # named as a connectome names them (a compiled model too)
     if not found:
         raise ValueError("no prunable weight matched: check include/exclude patterns")
     names = list(found)

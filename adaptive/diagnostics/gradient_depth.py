@@ -16,10 +16,11 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
+from ..connectome import _local_module, _plain_module
 from ..metrics import _forward_owner, call_model, refuse_unpacked, to_device
 from ._shared_calls import CallRecorder, parts_adding_up
-from ._common import (DATA_PARALLEL, LogHistogram, batch_statistics_explained, check_finite, default_loss, find_weight,
-                      iterate_batches, kept_buffers, live_mask, measured_gradients, model_connectome, model_device,
+from ._common import (LogHistogram, batch_statistics_explained, check_finite, default_loss, find_weight, iterate_batches,
+                      kept_buffers, live_mask, measured_gradients, model_connectome, model_device, plain_layer_name,
                       scalers_suspended, warn_if_zeros)
 from ..modes import modes_kept
 from .table import Table, pyplot, save_figure
@@ -52,7 +53,6 @@ def resolve_call_depths(model: nn.Module, layer: str, depths=None, example=None)
     if depths is not None:
         d = torch.as_tensor(depths, dtype=torch.long).cpu()
         return list(d) if d.dim() == 2 else [d.reshape(-1)]
-    model, layer = inside_data_parallel(model, layer)  # the module's own input_depths, and its layer's name there
     if hasattr(model, "input_depths"):
         return [torch.as_tensor(model.input_depths(layer), dtype=torch.long).reshape(-1).cpu()]
     try:
@@ -94,8 +94,6 @@ def traced_call_depths(model: nn.Module, layer: str, example=None) -> List[torch
     import graphs
 
     name = layer[: -len(".weight")] if layer.endswith(".weight") else layer
-    # fx cannot trace torch's data-parallel wrappers (forward(*inputs)); their forward is their module's
-    model, name = inside_data_parallel(model, name)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"graphs: node .* uses weights used before in the forward")
         # the first example of every tensor in the input, given as one argument: the model is called
@@ -125,14 +123,6 @@ def traced_call_depths(model: nn.Module, layer: str, example=None) -> List[torch
                              "fits, write the op with ones the tracer knows")
         calls.append(depth[lf.in_src].long().cpu())
     return calls
-
-
-def inside_data_parallel(model: nn.Module, layer: str):
-    """``(module, name)``: the module torch's data-parallel wrappers (:data:`DATA_PARALLEL`) around ``model`` run,
-    and ``layer``'s name in it (its ``module.`` prefixes off); ``(model, layer)`` for another model."""
-    while isinstance(model, DATA_PARALLEL) and layer.startswith("module."):
-        model, layer = model.module, layer[len("module."):]
-    return model, layer
 
 
 def _unknown_ops_feeding(g, tr, in_src: torch.Tensor) -> List[str]:
@@ -379,9 +369,15 @@ def gradient_by_depth(
     of ``model`` is found without it); only the layer's live synapses (mask True) enter the
     statistics, a pruned position's dense gradient being no synapse's (:class:`GradientByDepth`
     says how many were left out). A layer pruned entirely is refused: nothing of it exists to measure.
+    A DDP or DataParallel model (``accelerator.prepare``'s) runs the module inside (a DDP forward is a
+    collective), and ``layer`` is named as a connectome names it: ``NAME`` (``module.NAME``, the
+    wrapper's name, is taken as ``NAME``).
     """
+    layer = plain_layer_name(model, layer)  # a wrapper's name (module.NAME) given: NAME, as a connectome names it
+    model = _local_module(model)  # a DDP model (accelerator.prepare's): the module inside, see _local_module
     conn = model_connectome(model, conn, "gradient_by_depth", "which synapses exist")
-    name, mod, weight = find_weight(model, layer)
+    plain = _plain_module(model)  # layers named as a connectome names them (a compiled model too)
+    name, mod, weight = find_weight(plain, layer)
     live = live_mask(conn, weight)
     if conn is None:
         warn_if_zeros([weight.detach()], "gradient_by_depth", "their gradients are counted as those of live synapses")
@@ -402,7 +398,7 @@ def gradient_by_depth(
                 if call_depths is None:
                     refuse_unpacked(model, x, "gradient_by_depth")  # before tracing, which would fail less clearly
                     try:
-                        call_depths = resolve_call_depths(model, name, depths, example=x)
+                        call_depths = resolve_call_depths(plain, name, depths, example=x)
                     except ValueError:
                         _refuse_hooked_unpacked(model, x)
                         raise
@@ -422,8 +418,8 @@ def gradient_by_depth(
                 check_finite(g, "gradient_by_depth", name, n + 1)
                 calls = len(recorder.calls)
                 if bands is None:
-                    source = ("given" if depths is not None else "input_depths"
-                              if hasattr(inside_data_parallel(model, name)[0], "input_depths") else "traced")
+                    source = ("given" if depths is not None else "input_depths" if hasattr(plain, "input_depths")
+                              else "traced")
                     uniq, bands = _call_bands(name, weight.shape, call_depths, calls, groups, transposed, source,
                                               train_mode)
                     hist = LogHistogram(len(uniq))

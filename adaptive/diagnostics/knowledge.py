@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import jsonio
 from ..atomic import write_text
-from ..connectome import Connectome
+from ..connectome import Connectome, _local_module
 from ..discovery import copy_model
 from ..counts import whole_number
 from ..metrics import (AccuracyFn, batch_accuracy, call_model, check_output, default_accuracy, example_count, loss_weight,
@@ -28,7 +28,7 @@ from ..metrics import (AccuracyFn, batch_accuracy, call_model, check_output, def
 from ..global_rng import kept_global_rng
 from ..warn import warn_user
 from ._common import (batch_statistics_explained, default_loss, iterate_batches, held_masks, kept_buffers, model_connectome,
-                      model_device, warn_if_zeros, without_data_parallel)
+                      model_device, warn_if_zeros)
 from ..modes import modes_kept
 from .removal_order import global_order, removal_scores
 from .table import Table, pyplot, save_figure
@@ -431,8 +431,9 @@ def knowledge_distribution(
     through fine-tuning, and are not counted: ``total``, ``removed`` and ``fraction`` are of the
     weights still live at the start (``pruned_before`` says how many were already pruned, and the
     note says so). Without one, a model of which 1% or more of the prunable weights are exact zeros
-    gets a warning. A model inside ``nn.DataParallel`` or DistributedDataParallel: the copy is of the module it
-    holds (``conn`` may be that module's), measured and fine-tuned by this process alone.
+    gets a warning. A model inside DistributedDataParallel or ``nn.DataParallel`` (``accelerator.prepare``'s): the
+    copy is of the module it holds (``conn`` built on either, as a connectome takes the module inside), measured
+    and fine-tuned by this process alone.
 
     The global random generators are left as it found them (dropout masks while fine-tuning and the
     loaders' pass seeds are drawn from them, then they are put back: :mod:`adaptive.global_rng`).
@@ -440,10 +441,10 @@ def knowledge_distribution(
     points = _check_points(points, max_fraction)
     if whole_number(bn_batches) is None or bn_batches < 0:
         raise ValueError(f"bn_batches must be a whole number of batches, at least 0, got {bn_batches!r}")
-    # the copy is of the module a data-parallel wrapper runs: measured and fine-tuned by this process alone (a
-    # DistributedDataParallel copy would sync its gradients with processes that do not run it)
-    source = model_connectome(model, conn, "knowledge_distribution", "what is already pruned")  # the wrapper's too
-    model = without_data_parallel(model)
+    # a DDP model (accelerator.prepare's): the copy is of the module inside, measured and fine-tuned by this process
+    # alone (see _local_module; a DDP copy would also sync its gradients with processes that do not run it)
+    model = _local_module(model)
+    source = model_connectome(model, conn, "knowledge_distribution", "what is already pruned")
     work = copy_model(model, "knowledge_distribution")
     conn = Connectome(work, include=include, exclude=exclude)
     carried = held_masks(model, source)  # every attached connectome's layers, not only the first one's

@@ -10,12 +10,14 @@ from accelerate import Accelerator
 from torch import nn
 
 import adaptive
+from adaptive.diagnostics import collinearity
+from adaptive.distributed import MaskMismatchError
 
 
 def main(out_dir):
     acc = Accelerator(cpu=True)
     rank = acc.process_index
-    record = {"world": acc.num_processes, "train": [], "mask_only": [], "grad_differs": None, "line_search": None}
+    record = {"world": acc.num_processes, "train": [], "mask_only": [], "grad_differs": None, "line_search": None, "mismatch": None}
 
     # (a) train mode, DDP through Accelerate, RigL driven by the optimizer hooks
     torch.manual_seed(0)
@@ -32,6 +34,33 @@ def main(out_dir):
         opt.zero_grad()
         if ctrl.events and ctrl.events[-1]["step"] == step + 1:
             record["train"].append(conn.mask_hash())
+
+    # (a) again, with the connectome and controller built before `prepare`, on the raw optimizer
+    torch.manual_seed(0)
+    early = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 4))
+    early_opt = torch.optim.SGD(early.parameters(), lr=0.1, momentum=0.9)
+    early_conn = adaptive.Connectome(early)
+    early_ctrl = adaptive.Controller(early_conn, early_opt, policy="rigl", density=0.3, update_every=3, end_step=24,
+                                     seed=5, verify=True)
+    early, early_opt = acc.prepare(early, early_opt)
+    early_g = torch.Generator().manual_seed(100 + rank)
+    record["built_before_prepare"] = []
+    for step in range(24):
+        x, y = torch.randn(16, 12, generator=early_g), torch.randint(0, 4, (16,), generator=early_g)
+        acc.backward(F.cross_entropy(early(x), y))
+        early_opt.step()
+        early_opt.zero_grad()
+        if early_ctrl.events and early_ctrl.events[-1]["step"] == step + 1:
+            record["built_before_prepare"].append(early_conn.mask_hash())
+    record["same_weights"] = all(torch.equal(p, q) for p, q in zip(model.parameters(), early.parameters()))
+
+    # the DDP wrapper `prepare` returned is taken as the model it wraps: by a connectome (same layer
+    # names as one built on the model, so their files and state_dicts are interchangeable) and by the
+    # diagnostics, which accept the model's own connectome for it
+    record["wrapped_names"] = adaptive.Connectome(model).names == conn.names == ["0.weight", "2.weight"]
+    batches = [(torch.randn(16, 12, generator=g), torch.randint(0, 4, (16,), generator=g)) for _ in range(2)]
+    col = collinearity(model, batches, conn=conn)
+    record["wrapped_collinearity"] = [list(col.cosine), col.measured == conn.num_live() < conn.num_synapses()]
 
     # (b) mask_only, no DDP: raw gradients differ by rank, decisions come from reduced statistics
     torch.manual_seed(1)
@@ -77,6 +106,19 @@ def main(out_dir):
     record["line_search"] = {k: ev.get(k) for k in ("step", "line_search_fraction", "holdout_loss", "actual_loss_change",
                                                      "pruned", "grown", "mask_hash")}
     record["line_search"]["calls"] = len(calls)
+
+    # (d) a seed offset by the rank, verify left unset: the first update's masks part, and every process says so
+    torch.manual_seed(3)
+    net4 = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 4))
+    opt4 = torch.optim.SGD(net4.parameters(), lr=0.1)
+    ctrl4 = adaptive.Controller(adaptive.Connectome(net4), opt4, policy="set", density=0.3, update_every=2, seed=rank)
+    try:
+        for step in range(2):
+            F.cross_entropy(net4(torch.randn(16, 12, generator=g3)), torch.randint(0, 4, (16,), generator=g3)).backward()
+            opt4.step()
+            opt4.zero_grad()
+    except MaskMismatchError as e:
+        record["mismatch"] = [ctrl4.step_count, str(e)]
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)
     acc.wait_for_everyone()
