@@ -138,3 +138,22 @@ def test_gradient_by_depth_reads_the_input_depths_of_the_module_a_data_parallel_
     assert got.layer == want.layer and got.depths == want.depths == [0, 1]
     assert torch.equal(got.per_weight, want.per_weight)
 
+
+def test_band_gradient_scaler_of_a_data_parallel_model_names_and_depths_the_module_inside():
+    """A scaler built on the wrapper named its layers module.NAME and read (traced) the wrapper's depths; it scales
+    the module inside's layers under the connectome's names, with that module's input_depths."""
+    from adaptive.diagnostics import BandGradientScaler
+
+    _, _, data = _setup()
+    model = _Opaque()  # fx cannot trace it: its depths are its own input_depths
+    wrapped = nn.DataParallel(model)
+    for layers in (["head"], ["module.head"]):
+        scaler = BandGradientScaler(wrapped, layers=layers)
+        try:
+            assert list(scaler.state) == ["head"] and scaler.state["head"]["bands"].tolist() == [0, 1]
+            x, y = data[0]
+            torch.nn.functional.cross_entropy(wrapped(x), y).backward()
+            assert scaler.state["head"]["seen"].tolist() == [True, True]
+        finally:
+            scaler.remove()
+            model.zero_grad()

@@ -16,7 +16,8 @@ from typing import Dict, Iterable, Mapping, Optional
 import torch
 from torch import nn
 
-from ._common import find_weight, live_mask, model_connectome, scaler_suspended
+from ..connectome import _plain_module
+from ._common import find_weight, live_mask, model_connectome, plain_layer_name, scaler_suspended
 from ._shared_calls import CallRecorder, parts_adding_up
 from .gradient_depth import resolve_call_depths, weight_depths
 from ..warn import warn_user
@@ -27,7 +28,9 @@ class BandGradientScaler:
 
     Args:
         model: the network; depths come from ``depths[layer]``, else ``model.input_depths(layer)``,
-            else the data flow traced by :mod:`graphs` (:func:`resolve_call_depths`).
+            else the data flow traced by :mod:`graphs` (:func:`resolve_call_depths`). A DDP, DataParallel
+            or ``torch.compile`` wrapper: those of the module inside, its layers named as a connectome
+            names them (``NAME``; ``module.NAME`` is taken as ``NAME``).
         layers: module names; default every layer the model reports depths for (``model.depth_layers``
             if it has that attribute, else all Linear/Conv layers for which ``input_depths`` works).
         depths: ``{layer: depths}``, one depth per input unit, or one row of them per call of a layer
@@ -73,9 +76,12 @@ class BandGradientScaler:
                  example: Optional[torch.Tensor] = None, conn=None):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        depths = depths or {}
+        # a wrapper (DDP, DataParallel, torch.compile): its module's layers, named as a connectome names them
+        plain = _plain_module(model)
+        depths = {plain_layer_name(model, k): v for k, v in (depths or {}).items()}
         if layers is None:
-            layers = list(getattr(model, "depth_layers", None) or self._layers_with_depths(model, depths))
+            layers = list(getattr(plain, "depth_layers", None) or self._layers_with_depths(plain, depths))
+        layers = [plain_layer_name(model, layer) for layer in layers]
         if not layers:
             raise ValueError("no layer to scale: pass layers=[...] and depths={layer: tensor} for a model without input_depths")
         self.momentum = momentum
@@ -85,8 +91,8 @@ class BandGradientScaler:
         self._handles = []
         try:
             for layer in layers:
-                name, mod, w = find_weight(model, layer)
-                rows = resolve_call_depths(model, name, depths.get(name), example)
+                name, mod, w = find_weight(plain, layer)
+                rows = resolve_call_depths(plain, name, depths.get(name), example)
                 groups, transposed = int(getattr(mod, "groups", 1)), bool(getattr(mod, "transposed", False))
                 wds = torch.stack([weight_depths(w.shape, d, groups, transposed) for d in rows])
                 uniq = torch.unique(wds)
