@@ -106,20 +106,41 @@ _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's; DistributedDat
 _MASKED_BY: Dict[int, tuple] = {}
 
 
-def _plain_names(d: Optional[Mapping], known) -> Optional[dict]:
+def _plain_names(d: Optional[Mapping], known, names=None) -> Optional[dict]:
     """``d`` with keys saved from a wrapper (``_orig_mod.NAME`` of ``torch.compile``, ``module.NAME`` of
     DistributedDataParallel or DataParallel: by code that named layers as the wrapper does, or by a
     connectome built on one before it took the plain module's names) renamed to the plain module's
-    ``NAME`` where ``known`` has that name."""
-    if d is None:
-        return None
-    out = {}
-    for k, v in d.items():
-        plain = k
-        while isinstance(plain, str) and plain not in known and plain.startswith(_WRAPPER_PREFIXES):
-            plain = plain.split(".", 1)[1]
-        out[plain if plain in known else k] = v
-    return out
+    ``NAME``: see :func:`_wrapper_prefix` (of ``names``, by default ``d``'s keys)."""
+    return None if d is None else _stripped(d, _wrapper_prefix(d if names is None else names, known))
+
+
+def _stripped(d: Mapping, prefix: str) -> dict:
+    """``d`` with ``prefix`` taken off the keys that start with it."""
+    return {k[len(prefix):] if prefix and isinstance(k, str) and k.startswith(prefix) else k: v for k, v in d.items()}
+
+
+def _wrapper_prefix(names, known) -> str:
+    """The wrappers' prefix (``module.``, ``_orig_mod.module.``, ...) that ``names``, saved under a
+    wrapper, carry before the names ``known`` has: the one whose removal from every name carrying it
+    gives the most names ``known`` has, more than as given, and no two names alike; "" when none does
+    (names as given). One prefix for all: a wrapper names every layer alike, so a model whose own
+    submodule is called ``module`` keeps ``module.fc`` (its own) apart from a wrapper's ``module.fc``
+    (its ``fc``)."""
+    names = [n for n in names if isinstance(n, str)]
+    candidates = set()
+    for n in names:
+        head = ""
+        while n not in known and n.startswith(_WRAPPER_PREFIXES):
+            first, n = n.split(".", 1)
+            head += first + "."
+            candidates.add(head)
+    best, most = "", sum(n in known for n in names)
+    for prefix in sorted(candidates, key=len):
+        renamed = [n[len(prefix):] if n.startswith(prefix) else n for n in names]
+        hits = sum(n in known for n in renamed)
+        if hits > most and len(set(renamed)) == len(set(names)):
+            best, most = prefix, hits
+    return best
 
 
 def _empty_saved(saved_sizes: Mapping[str, int], params: Mapping) -> set:
@@ -1076,7 +1097,8 @@ class Connectome:
         check_same_mode(sd.get("mode"), self.mode, "connectome state_dict",
                         f"to carry only its masks over into a {self.mode} run, pass them to conn.set_masks(sd['masks'])")
         model_params = dict(self.model.named_parameters(remove_duplicate=False))
-        sd = {**sd, **{k: _plain_names(sd.get(k), model_params) for k in ("masks", "original", "ensembles")}}
+        saved = [n for k in ("masks", "original", "ensembles") if isinstance(sd.get(k), Mapping) for n in sd[k]]
+        sd = {**sd, **{k: _plain_names(sd.get(k), model_params, saved) for k in ("masks", "original", "ensembles")}}
         empty = _empty_saved({n: m.numel() for n, m in sd["masks"].items() if n not in self.masks
                               and isinstance(m, torch.Tensor)}, model_params)
         if empty:
@@ -1251,11 +1273,12 @@ class Connectome:
             original = {n: f.get_tensor(f"original/{n}") for n in shapes if f"original/{n}" in keys}
         model = _plain_module(model)
         params = dict(model.named_parameters(remove_duplicate=False))  # a tied weight under every name
-        shapes, packed, original = (_plain_names(d, params) for d in (shapes, packed, original))
+        saved = list(shapes)  # every layer: one wrapper prefix taken off all of them (see _wrapper_prefix)
+        shapes, packed, original = (_plain_names(d, params, saved) for d in (shapes, packed, original))
         # per-layer granularities as a compiled model's layers were once named (checked to be a dict above)
         per_layer = json.loads(meta["ensembles"]) if "ensembles" in meta else None
         if per_layer is not None:
-            meta["ensembles"] = json.dumps(_plain_names(per_layer, params))
+            meta["ensembles"] = json.dumps(_plain_names(per_layer, params, saved + list(per_layer)))
         absent = [n for n in shapes if n not in params]
         if absent:
             ours = prunable_names(model)

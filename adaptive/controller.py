@@ -25,7 +25,7 @@ import torch
 from . import policies as _policies  # noqa: F401  (registration)
 from .budgets import get_budget
 from .atomic import write_text
-from .connectome import Connectome, EnsembleRuleError, _plain_names, check_same_mode, eager
+from .connectome import Connectome, EnsembleRuleError, _stripped, _wrapper_prefix, check_same_mode, eager
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
 from .discovery import _as_patterns, container_hint
 from .distributed import all_reduce_mean_, check_masks_agree, is_distributed
@@ -1034,10 +1034,18 @@ class Controller:
         is left as given): a connectome built on the DDP model ``accelerator.prepare`` returns named
         them ``module.NAME`` before connectomes took the plain module's names, as the connectome's own
         state_dict and files still load (``torch.compile``'s ``_orig_mod.NAME`` alike)."""
-        def rename(v):  # the events too: each update's per-layer densities
+        def keys(v):  # the events too: each update's per-layer densities
             if isinstance(v, dict):
-                return {k: rename(x) for k, x in _plain_names(v, self.conn.masks).items()}
+                return list(v) + [k for x in v.values() for k in keys(x)]
+            return [k for x in v for k in keys(x)] if isinstance(v, list) else []
+
+        def rename(v):
+            if isinstance(v, dict):
+                return {k: rename(x) for k, x in _stripped(v, prefix).items()}
             return [rename(x) for x in v] if isinstance(v, list) else v
+        # one wrapper prefix for the whole state, of the model's names (as the connectome's load_state_dict):
+        # another layer's name is no wrapper's
+        prefix = _wrapper_prefix(keys(sd), dict(self.conn.model.named_parameters(remove_duplicate=False)))
         return rename(sd)
 
     def _without_empty_layers(self, sd: dict) -> dict:

@@ -524,6 +524,50 @@ def test_files_and_state_dicts_saved_under_a_wrapped_models_names_still_load(tmp
     assert all(torch.equal(other.masks[n], conn.masks[n]) for n in conn.names)
 
 
+class _OwnModule(nn.Module):
+    """A model whose own submodule is called ``module``, as a DDP wrapper's is: its layers are
+    ``module.fc`` and ``fc``, and under DDP ``module.module.fc`` and ``module.fc``."""
+
+    def __init__(self):
+        super().__init__()
+        self.module = nn.Sequential()
+        self.module.fc = nn.Linear(6, 6)
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.module.fc(x)))
+
+
+def test_a_model_with_its_own_module_submodule_keeps_its_names_when_wrapper_prefixes_are_taken_off(tmp_path):
+    """Wrapper prefixes were taken off name by name until the name was the model's: an old DDP-named
+    state of a model with its own ``module`` submodule (module.module.fc, module.fc) became module.fc
+    twice, the wrapper's module.fc (the model's fc) overwriting the model's module.fc, and fc's mask
+    was missing; its plain state loaded into a connectome leaving module.fc out had module.fc taken as fc."""
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(_OwnModule())
+    conn.set_masks(random_masks(conn))
+    sd = conn.state_dict()
+    old = {**sd, "masks": {f"module.{n}": m for n, m in sd["masks"].items()}}  # a connectome built on DDP(model)
+    for state in (sd, old):
+        other = adaptive.Connectome(_OwnModule())
+        other.load_state_dict(state)
+        assert all(torch.equal(other.masks[n], conn.masks[n]) for n in conn.names)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    conn.save(tmp_path / "c.safetensors")
+    with safe_open(str(tmp_path / "c.safetensors"), "pt") as f:  # as the earlier code wrote it: no checksum
+        meta = {k: v for k, v in f.metadata().items() if k != "sha256"}
+        tensors = {k.replace("/", "/module.", 1): f.get_tensor(k) for k in f.keys()}
+    meta["layers"] = json.dumps({f"module.{n}": s for n, s in json.loads(meta["layers"]).items()})
+    save_file(tensors, tmp_path / "old.safetensors", metadata=meta)
+    for path in ("c.safetensors", "old.safetensors"):
+        loaded = adaptive.Connectome.load(tmp_path / path, _OwnModule())
+        assert all(torch.equal(loaded.masks[n], conn.masks[n]) for n in conn.names)
+    fc_only = adaptive.Connectome(_OwnModule(), exclude=["module.*"])
+    with pytest.raises(KeyError, match="module.fc.weight"):  # the model's module.fc, left out: no wrapper's fc
+        fc_only.load_state_dict({**sd, "masks": {"module.fc.weight": sd["masks"]["module.fc.weight"]}})
+
+
 def test_a_connectome_of_a_data_parallel_model_uses_the_plain_models_names(tmp_path):
     # accelerator.prepare(model) returns DistributedDataParallel(model), which holds the model under
     # "module." as DataParallel does: a connectome built on the wrapper named its layers so, and its

@@ -318,6 +318,46 @@ def test_a_state_saved_under_a_ddp_models_names_still_loads(policy, estimator):
     assert _same(ctrl2.state_dict(), sd)
 
 
+def test_a_ddp_named_state_of_a_model_with_its_own_module_submodule_loads_under_its_names():
+    """Wrapper prefixes were taken off name by name, until a name was a layer of the connectome: a
+    state saved under DDP names of a model with its own ``module`` submodule (module.module.fc,
+    module.fc) had both become module.fc, and one whose connectome held only module.fc, loaded into a
+    connectome of fc alone, had module.fc's statistics taken as fc's."""
+    class OwnModule(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = nn.Sequential()
+            self.module.fc = nn.Linear(20, 20)
+            self.fc = nn.Linear(20, 20)  # module.fc.weight's shape: only the names tell them apart
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.module.fc(x)))
+
+    def prefixed(v):
+        if isinstance(v, dict):
+            return {(f"module.{k}" if k in ("module.fc.weight", "fc.weight") else k): prefixed(x) for k, x in v.items()}
+        return [prefixed(x) for x in v] if isinstance(v, list) else v
+
+    def run(steps, **kw):
+        torch.manual_seed(0)
+        m = OwnModule()
+        conn = adaptive.Connectome(m, **kw)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        ctrl = adaptive.Controller(conn, opt, policy="utility", estimator="taylor", density=0.5, update_every=4,
+                                   end_step=40)
+        train(m, opt, steps)
+        return ctrl
+
+    sd = run(6).state_dict()
+    ctrl = run(0)
+    ctrl.load_state_dict(prefixed(sd))
+    assert _same(ctrl.state_dict(), sd)
+    inner = run(6, include=["module.*"]).state_dict()
+    assert set(inner["stats"]["g_sum"]) == {"module.fc.weight"}
+    with pytest.raises(ValueError, match="holds layer 'module.fc.weight'"):
+        run(0, exclude=["module.*"]).load_state_dict(inner)
+
+
 def test_a_state_of_the_other_mode_is_refused_before_anything_loads():
     """A mask_only run's connectome state_dict (its frozen originals with it) loaded into a train-mode
     connectome, or the reverse, and a mask_only controller's state (a window of gradients of frozen
