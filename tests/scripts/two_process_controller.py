@@ -26,14 +26,20 @@ def main(out_dir):
     model, opt = acc.prepare(model, opt)
     conn = adaptive.Connectome(acc.unwrap_model(model))
     ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.3, update_every=3, end_step=24, seed=5, verify=True)
-    g = torch.Generator().manual_seed(100 + rank)  # different data on every rank
-    for step in range(24):
-        x, y = torch.randn(16, 12, generator=g), torch.randint(0, 4, (16,), generator=g)
-        acc.backward(F.cross_entropy(model(x), y))
-        opt.step()
-        opt.zero_grad()
-        if ctrl.events and ctrl.events[-1]["step"] == step + 1:
-            record["train"].append(conn.mask_hash())
+    def train_24_steps(model, opt, conn, ctrl, g):
+        """24 steps on data drawn from ``g`` (different on every rank); the mask hash after each update."""
+        hashes = []
+        for step in range(24):
+            x, y = torch.randn(16, 12, generator=g), torch.randint(0, 4, (16,), generator=g)
+            acc.backward(F.cross_entropy(model(x), y))
+            opt.step()
+            opt.zero_grad()
+            if ctrl.events and ctrl.events[-1]["step"] == step + 1:
+                hashes.append(conn.mask_hash())
+        return hashes
+
+    g = torch.Generator().manual_seed(100 + rank)  # different data on every rank; the later parts go on drawing from it
+    record["train"] = train_24_steps(model, opt, conn, ctrl, g)
 
     # (a) again, with the connectome and controller built before `prepare`, on the raw optimizer
     torch.manual_seed(0)
@@ -43,15 +49,8 @@ def main(out_dir):
     early_ctrl = adaptive.Controller(early_conn, early_opt, policy="rigl", density=0.3, update_every=3, end_step=24,
                                      seed=5, verify=True)
     early, early_opt = acc.prepare(early, early_opt)
-    early_g = torch.Generator().manual_seed(100 + rank)
-    record["built_before_prepare"] = []
-    for step in range(24):
-        x, y = torch.randn(16, 12, generator=early_g), torch.randint(0, 4, (16,), generator=early_g)
-        acc.backward(F.cross_entropy(early(x), y))
-        early_opt.step()
-        early_opt.zero_grad()
-        if early_ctrl.events and early_ctrl.events[-1]["step"] == step + 1:
-            record["built_before_prepare"].append(early_conn.mask_hash())
+    record["built_before_prepare"] = train_24_steps(early, early_opt, early_conn, early_ctrl,
+                                                    torch.Generator().manual_seed(100 + rank))
     record["same_weights"] = all(torch.equal(p, q) for p, q in zip(model.parameters(), early.parameters()))
 
     # the DDP wrapper `prepare` returned is taken as the model it wraps: by a connectome (same layer
