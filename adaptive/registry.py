@@ -162,5 +162,14 @@ def build(table: Dict[str, Any], kind: str, name: Any, kw: Dict[str, Any], via: 
                 float(v)  # a numpy or a one-element torch number is taken
             except (TypeError, ValueError):
                 raise ValueError(f"{kind} {name!r} option {k} must be a number, got {v!r}"
-                                 + (f" (a string: write {k}={v})" if isinstance(v, str) else "")) from None
+                                 + (f" (a string: write {k}={v})" if isinstance(v, str) and _numeric(v) else "")) from None
     return cls(**kw)
+
+
+def _numeric(text: str) -> bool:
+    """Whether ``text`` reads as a number (the hint to write it unquoted helps only then)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -82,3 +82,12 @@ def test_a_mistyped_option_names_the_one_it_meant_the_policys_or_the_controllers
     with pytest.raises(ValueError, match=r"unknown pace 'evn'.*\)$"):  # a bad value of a known option: no guess
         adaptive.Controller(conn, policy="threshold", density=0.5, pace="evn")
     assert conn.density() == 1.0  # refused before anything was edited
+
+
+def test_a_word_for_a_number_option_gets_no_hint_to_write_it_unquoted():
+    """'damping=abc' was answered '(a string: write damping=abc)', which is no number either."""
+    from adaptive.utility import get_estimator
+
+    with pytest.raises(ValueError) as e:
+        get_estimator("obd", damping="abc")
+    assert str(e.value).endswith("must be a number, got 'abc'"), str(e.value)
