@@ -960,9 +960,45 @@ class Controller:
         event = self._apply(plan if plan is not None else EditPlan(), step=step)
         if self.stats is not None:
             self.stats.reset()
+        if self.policy.finished or (self.end_step is not None and step + self.update_every > self.end_step):
+            self._warn_missed_target(step)  # the schedule's last update: nothing later moves the density
         if self.verify or (self.verify is None and is_distributed()):
             event["mask_hash"] = check_masks_agree(self.conn, step)
         return event
+
+    def _warn_missed_target(self, step: int) -> None:
+        """Warn once, at the schedule's last update, when the editable layers' live synapses miss
+        the target density's count by more than one ensemble per layer (whole ensembles explain
+        less: each policy meets it to within half of one): a line search that vetoed the late
+        cuts leaves the network there for good, and the final density would be the only sign.
+        Decided from masks and events every process shares (the line search decides from reduced
+        losses), so all processes warn alike, with no collective."""
+        crawl_goal = getattr(self.policy, "follows_density", True)  # (crawl: unless set_goal gave its own)
+        if (self.density is None or self.conn.fixed_density is not None or not crawl_goal
+                or self.__dict__.get("_warned_missed")):
+            return
+        editable = self.editable()
+        live = sum(int(torch.count_nonzero(self.conn.masks[n])) for n in editable)
+        target = global_synapse_target(self, self.density)
+        if abs(live - target) <= sum(1.0 if self._sizes(n) is None else float(self._sizes(n).max()) for n in editable):
+            return
+        self._warned_missed = True
+        fractions = [e["line_search_fraction"] for e in self.events
+                     if e["kind"] == "update" and e.get("line_search_fraction") is not None]
+        vetoed, halved = sum(f == 0.0 for f in fractions), sum(0.0 < f < 1.0 for f in fractions)
+        if vetoed or halved:
+            cause = (f"the line search (holdout_loss=) rolled back {vetoed} and halved {halved} of the "
+                     f"{len(fractions)} updates it checked (an edit that raises the held-out loss by more than "
+                     f"line_search_tolerance={self.line_search_tolerance:g} is halved or rolled back). Give the "
+                     f"schedule room: a later end_step (now {self.end_step}) or more updates (a lower update_every, "
+                     f"now {self.update_every}), a larger line_search_tolerance (the held-out loss rise an edit may "
+                     f"cost), or more line_search_tries (now {self.line_search_tries}, the halvings an update may try)")
+        else:
+            cause = ("no line search cut an update: see the warnings above (no update before end_step, min_density "
+                     "floors, hand edits, updates skipped for NaN or missing gradients)")
+        warn_user(f"the controller's schedule ended at step {step} with the network at density "
+                  f"{self.conn.density():.4g}, not its target {self.density:g} (the editable layers hold {live:,} live "
+                  f"synapses where {target:,} were due): {cause}")
 
     def edit_fraction(self, step: Optional[int] = None) -> float:
         """The fraction of the live ensembles an update at ``step`` edits: the edit decay's value, a
