@@ -171,6 +171,7 @@ class Controller:
     """
 
     nonfinite_windows = 0  # updates skipped for NaN or inf gradients or weights (see update)
+    _warned_missed = False  # the missed-target warning was given (see _warn_missed_target): saved with the state
 
     def __init__(
         self,
@@ -932,7 +933,7 @@ class Controller:
                        "attach the optimizer (Controller(conn, optimizer)) or call ctrl.observe() after each backward")
                 warn_user(f"step {step}: no gradient was observed since the last update, so the update is "
                               f"skipped; {how}")
-                return None
+                return self._skipped(step)
             if not self.stats.finite():
                 # NaN or inf would enter the estimators' state (presence, evidence keep it) and rank
                 # as ties broken by index: the window is left out, as one with no gradient
@@ -944,7 +945,7 @@ class Controller:
                                   "non-finite loss or gradient), so this window is left out and the update skipped; "
                                   f"check the data (NaN or inf in inputs or targets) {check}. Later such windows are "
                                   "counted in ctrl.nonfinite_windows, not warned again")  # update, its inference_mode wrapper, step, the caller
-                return None
+                return self._skipped(step)
         broken = [n for n in self.editable() if not bool(torch.isfinite(self.conn.params[n]).all())]
         if broken:
             # scores made from them (magnitude, gmp: estimators that read no gradient) would be NaN, which
@@ -955,16 +956,29 @@ class Controller:
                           f"{' ...' if len(broken) > 3 else ''}) hold NaN or inf (a diverging run), so the update is "
                           "skipped; check the data (NaN or inf in inputs or targets) and the learning rate. Later "
                           "such updates are counted in ctrl.nonfinite_windows, not warned again")
-            return None
+            return self._skipped(step)
         plan = self.policy.update(self, step)
         event = self._apply(plan if plan is not None else EditPlan(), step=step)
         if self.stats is not None:
             self.stats.reset()
-        if self.policy.finished or (self.end_step is not None and step + self.update_every > self.end_step):
-            self._warn_missed_target(step)  # the schedule's last update: nothing later moves the density
+        if self._last_update(step):
+            self._warn_missed_target(step)  # nothing later moves the density
         if self.verify or (self.verify is None and is_distributed()):
             event["mask_hash"] = check_masks_agree(self.conn, step)
         return event
+
+    def _last_update(self, step: int) -> bool:
+        """Whether the update due at ``step`` is the schedule's last: the last due by ``end_step``, or
+        any once the policy is done (a one-shot prune)."""
+        return self.policy.finished or (self.end_step is not None and step + self.update_every > self.end_step)
+
+    def _skipped(self, step: int) -> None:
+        """An update skipped (no gradient, NaN or inf): at the schedule's last, the density it leaves
+        is checked all the same (every process skips alike: the window's count and finiteness are
+        reduced, the weights are the same)."""
+        if self._last_update(step):
+            self._warn_missed_target(step)
+        return None
 
     def _warn_missed_target(self, step: int) -> None:
         """Warn once, at the schedule's last update, when the editable layers' live synapses miss
@@ -975,7 +989,7 @@ class Controller:
         losses), so all processes warn alike, with no collective."""
         crawl_goal = getattr(self.policy, "follows_density", True)  # (crawl: unless set_goal gave its own)
         if (self.density is None or self.conn.fixed_density is not None or not crawl_goal
-                or self.__dict__.get("_warned_missed")):
+                or self._warned_missed):
             return
         editable = self.editable()
         live = sum(int(torch.count_nonzero(self.conn.masks[n])) for n in editable)
@@ -1027,6 +1041,7 @@ class Controller:
             "policy": self.policy.state_dict(),
             "estimators": self._estimator_states(),
             "nonfinite_windows": self.nonfinite_windows,
+            "warned_missed": self._warned_missed,
             "policy_name": self.policy.name,
             "estimator_names": {side: est.name for side, est in self._estimators().items()},
             "zero_cost_order": self.zero_cost_order,
@@ -1150,6 +1165,7 @@ class Controller:
         try:
             step_count = int(sd["step_count"])
             nonfinite = int(sd.get("nonfinite_windows", 0))
+            warned_missed = bool(sd.get("warned_missed", False))  # (saved before it was recorded: not known)
             events = sd.get("events", [])
             if not isinstance(events, (list, tuple)):
                 raise TypeError(f"'events' is a {type(events).__name__}, not a list")
@@ -1178,6 +1194,7 @@ class Controller:
         self.step_count = step_count
         self.events = list(events)
         self.nonfinite_windows = nonfinite
+        self._warned_missed = warned_missed
         self.zero_cost_order = zero_cost_order
 
     def _loaded_zero_cost_order(self, sd: dict) -> str:

@@ -53,3 +53,77 @@ def test_a_run_that_reaches_its_target_is_not_warned(policy, kw):
             ctrl.observe()
             ctrl.step()
     assert abs(conn.density() - 0.3) < 0.02
+
+
+def _oneshot_rolled_back(conn=None, steps=2):
+    """A one-shot prune (magnitude policy, gradient scores) whose line search rolls the prune back:
+    the policy is done, the density stays 1 and every later due update checks the target again."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    conn = conn or adaptive.Connectome(model)
+    rising = itertools.count()
+    ctrl = adaptive.Controller(conn, policy="magnitude", estimator="taylor", density=0.2, update_every=2,
+                               holdout_loss=lambda: float(next(rising)))
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    for _ in range(steps):
+        conn.model.zero_grad()
+        nn.functional.cross_entropy(conn.model(x), y).backward()
+        ctrl.observe()
+        ctrl.step()
+    return ctrl, conn
+
+
+@pytest.mark.parametrize("old_state", [False, True])
+def test_the_warning_is_not_given_again_by_a_resumed_run(old_state):
+    """The warned flag travels with the controller's state: a resume after the last update (a
+    one-shot prune's, then due updates with nothing to do) does not warn again. A state saved
+    before the flag was recorded still loads, and warns (it cannot tell)."""
+    with pytest.warns(UserWarning, match=MISSED):
+        ctrl, conn = _oneshot_rolled_back()
+    assert ctrl.policy.finished and conn.density() == 1.0
+    sd = ctrl.state_dict()
+    if old_state:
+        del sd["warned_missed"]
+    resumed = adaptive.Controller(conn, policy="magnitude", estimator="taylor", density=0.2, update_every=2,
+                                  holdout_loss=lambda: 0.0)
+    resumed.load_state_dict(sd)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for _ in range(4):  # two more due updates
+            resumed.step()
+    assert resumed.step_count == 6 and resumed.policy.finished
+    assert sum(MISSED in str(w.message) for w in record) == (1 if old_state else 0)
+
+
+def _no_gradient_last_window(model, x, y, step):
+    if step < 6:
+        nn.functional.cross_entropy(model(x), y).backward()
+
+
+def _nan_last_window(model, x, y, step):
+    loss = nn.functional.cross_entropy(model(x), y)
+    (loss * float("nan") if step >= 6 else loss).backward()
+
+
+@pytest.mark.parametrize("last_window", [_no_gradient_last_window, _nan_last_window])
+def test_a_skipped_last_update_still_checks_the_target(last_window):
+    """The last due update (step 8) skipped for want of a gradient, or for NaN ones, still checks
+    the density the schedule leaves, once."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    conn = adaptive.Connectome(model)
+    rising = itertools.count()
+    ctrl = adaptive.Controller(conn, policy="threshold", density=0.2, update_every=2, end_step=8,
+                               holdout_loss=lambda: float(next(rising)))
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for step in range(10):
+            model.zero_grad()
+            last_window(model, x, y, step)
+            ctrl.observe()
+            ctrl.step()
+    texts = [str(w.message) for w in record]
+    assert any("update is skipped" in t or "update skipped" in t for t in texts)
+    missed = [t for t in texts if MISSED in t]
+    assert len(missed) == 1 and "ended at step 8" in missed[0] and conn.density() == 1.0
