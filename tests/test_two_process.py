@@ -3,17 +3,26 @@ import json
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _ports import launch_two  # noqa: E402
 
 
-def test_two_processes_hold_identical_masks(tmp_path):
+@pytest.fixture(scope="module")
+def controller_run(tmp_path_factory):
+    """The records of both ranks of one launch of two_process_controller.py (a launch takes seconds:
+    the tests below read the same one). A rank that hung on another would run into the launch's timeout."""
+    out = tmp_path_factory.mktemp("two_process_controller")
     script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_controller.py")
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    r = launch_two([script, tmp_path], env=env)
+    r = launch_two([script, out], env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    a = json.loads((tmp_path / "rank0.json").read_text())
-    b = json.loads((tmp_path / "rank1.json").read_text())
+    return [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
+
+
+def test_two_processes_hold_identical_masks(controller_run):
+    a, b = controller_run
     assert a["world"] == b["world"] == 2
     assert len(a["train"]) == 8 and a["train"] == b["train"]
     assert a["built_before_prepare"] == a["train"] and b["built_before_prepare"] == b["train"]  # (on the raw optimizer)
@@ -32,6 +41,18 @@ def test_two_processes_hold_identical_masks(tmp_path):
     for rec in (a, b):
         assert rec["mismatch"][0] == 2 and "masks differ between processes at step 2" in rec["mismatch"][1]
         assert "not offset by the rank" in rec["mismatch"][1]
+
+
+def test_a_missed_target_is_warned_alike_on_both_ranks(controller_run):
+    """Under a line search that decides on the ranks' mean held-out loss (rank 0's own would keep every
+    cut), both ranks roll back every cut, end at density 1 and give the same missed-target warning
+    once, at the last due update, skipped for want of a gradient; neither waits on the other."""
+    a, b = (rec["missed_target"] for rec in controller_run)
+    assert a["fractions"] == b["fractions"] == [0.0]  # step 2's cut rolled back; step 4 skipped (no gradient)
+    assert a["density"] == b["density"] == 1.0 and a["mask_hash"] == b["mask_hash"]
+    assert a["tries"] == b["tries"] > 1
+    assert len(a["warnings"]) == 1 and a["warnings"] == b["warnings"]
+    assert "ended at step 4" in a["warnings"][0] and "rolled back 1 and halved 0 of the 1 " in a["warnings"][0]
 
 
 def test_process_group_helpers_on_two_processes(tmp_path):

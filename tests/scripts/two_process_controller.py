@@ -3,6 +3,7 @@ scores its own held-out loss); masks must agree at every update. Writes one JSON
 import json
 import os
 import sys
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,8 @@ from adaptive.distributed import MaskMismatchError
 def main(out_dir):
     acc = Accelerator(cpu=True)
     rank = acc.process_index
-    record = {"world": acc.num_processes, "train": [], "mask_only": [], "grad_differs": None, "line_search": None, "mismatch": None}
+    record = {"world": acc.num_processes, "train": [], "mask_only": [], "grad_differs": None, "line_search": None, "mismatch": None,
+              "missed_target": None}
 
     # (a) train mode, DDP through Accelerate, RigL driven by the optimizer hooks
     torch.manual_seed(0)
@@ -118,6 +120,32 @@ def main(out_dir):
             opt4.zero_grad()
     except MaskMismatchError as e:
         record["mismatch"] = [ctrl4.step_count, str(e)]
+    # (e) a schedule that misses its target under a line search: rank 0's own held-out losses fall (alone it
+    # would keep every cut and reach the target), rank 1's rise fast; on their mean every cut is rolled back,
+    # so both ranks end at density 1 and warn alike at the last due update (step 4), whose window holds no
+    # gradient (skipped after the collective that counts it): no process waits on another
+    torch.manual_seed(4)
+    net5 = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 4))
+    conn5 = adaptive.Connectome(net5)
+    tries = []
+
+    def diverging_holdout_loss():
+        tries.append(len(tries))
+        return 1.0 - 0.01 * tries[-1] if rank == 0 else 1.0 + tries[-1]
+
+    ctrl5 = adaptive.Controller(conn5, policy="threshold", density=0.3, update_every=2, end_step=4, seed=5,
+                                holdout_loss=diverging_holdout_loss, line_search_tries=1, verify=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(6):
+            if step < 2:
+                F.cross_entropy(net5(torch.randn(16, 12, generator=g)), torch.randint(0, 4, (16,), generator=g)).backward()
+                ctrl5.observe()
+                net5.zero_grad()
+            ctrl5.step()
+    record["missed_target"] = {"warnings": [str(w.message) for w in caught if "schedule ended" in str(w.message)],
+                               "density": conn5.density(), "tries": len(tries), "mask_hash": conn5.mask_hash(),
+                               "fractions": [e.get("line_search_fraction") for e in ctrl5.events if e["kind"] == "update"]}
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)
     acc.wait_for_everyone()
