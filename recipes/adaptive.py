@@ -1133,6 +1133,7 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
     device ran it as float32) as 'no', a mask_only_kw key the recipe now sets as its option, and a
     train-mode mask_only_kw (read by nothing) not at all. Returns the settings recorded (None: no file)."""
     from adaptive.config import to_dict
+    from adaptive.utility.base import comparable_estimator_kw
 
     fix = ("put the run's config.yaml back, or run without --resume into another --output_dir to start afresh"
            if resume is None else f"delete {resume} and resume from an earlier checkpoint, or start afresh")
@@ -1155,6 +1156,7 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
     saved.setdefault("lr_gamma", STEP_GAMMA)
     saved = run_folder.normalised_settings(saved)
     now = run_folder.normalised_settings(now)
+    comparable_estimator_kw(saved, now)  # the estimator's defaults spelt out on one side are the other's
     from adaptive.paths import absolute_if_exists
 
     if "weights" in saved:  # runs recorded before paths were stored absolute

@@ -922,6 +922,7 @@ def _check_resumed_settings(args, out: Path) -> None:
     ones its config.yaml records (other data through --dataset-kw, another --eval-every: the stage
     checkpoint's fingerprint knows the data only by its counts, and not the evaluation cadence)."""
     from adaptive.paths import absolute_if_exists
+    from adaptive.utility.base import comparable_estimator_kw
 
     path = out / "config.yaml"
     saved = run_folder.read_settings(path, f"put the run's config.yaml back, or {AFRESH}")
@@ -932,6 +933,7 @@ def _check_resumed_settings(args, out: Path) -> None:
     saved.setdefault("model_kw", {})  # a run recorded before --model-kw was built without one
     saved.setdefault("estimator_kw", {})  # ... and one before --estimator-kw with the estimator's defaults
     now = _settings(args)
+    comparable_estimator_kw(saved, now)  # the estimator's defaults spelt out on one side are the other's
     free = RESUME_MAY_CHANGE | ({"num_classes"} if now.get("num_classes") is None else set())  # (the data's)
     if "best" not in args.remove:  # unused by fixed targets (a config.yaml recorded before a file's were refused)
         free |= {"ladder", "patience"}

@@ -215,3 +215,28 @@ def test_prune_pretrained_reads_a_config_files_exponent_floats_as_the_command_li
     args = P.parse_args(PRUNE + ["--config", str(f)])
     assert args.estimator_kw == {"damping": 1e-6} and P._estimator(args).damping == 1e-6
     assert P.parse_args(PRUNE + ["--config", str(f), "--estimator-kw", "damping=2e-6"]).estimator_kw == {"damping": 2e-6}
+
+
+def test_a_resume_that_spells_out_the_estimators_defaults_continues_a_run_recorded_without_them(tmp_path, capsys):
+    """The run's recorded options are compared as the constructor takes them, over its defaults: the
+    default damping spelt out is the run's own setting; another value is refused, naming both."""
+    out = tmp_path / "run"
+    A.main(TINY + ["--estimator", "obd", "--checkpoint_every", "10", "--output_dir", str(out)])
+    assert yaml.safe_load((out / "config.yaml").read_text())["estimator_kw"] == {}
+    resumed = A.main(TINY + ["--estimator", "obd", "--estimator_kw", "damping=1e-12", "--output_dir", str(out),
+                             "--resume", "latest"])
+    assert resumed.controller.drop_est.damping == 1e-12
+    err = _error(A.main, TINY + ["--estimator", "obd", "--estimator_kw", "damping=0.001", "--output_dir", str(out),
+                                 "--resume", "latest"], capsys)
+    assert "records other settings (estimator_kw: run {'damping': 1e-12}, now {'damping': 0.001})" in err
+
+
+def test_prune_pretrained_resumes_with_the_estimators_defaults_spelt_out(tmp_path):
+    P = load_script("recipes/prune_pretrained.py", "prune_pretrained_estimator_kw_defaults")
+    out = tmp_path / "run"
+    P.main(PRUNE + ["--estimator", "evidence", "--step", "0.1", "--output_dir", str(out)])
+    P.main(PRUNE + ["--estimator", "evidence", "--estimator-kw", "clip=3", "--estimator-kw", "decay=1.0", "--step", "0.1",
+                    "--output_dir", str(out), "--resume"])  # (clip=3: the int for the float default, built as 3.0)
+    with pytest.raises(P.run_folder.RunFolderError, match=r"estimator_kw: run \{'clip': 3.0\}, now \{'clip': 2.5\}"):
+        P.main(PRUNE + ["--estimator", "evidence", "--estimator-kw", "clip=2.5", "--step", "0.1", "--output_dir",
+                        str(out), "--resume"])

@@ -54,6 +54,39 @@ def configured_estimator(name, kw=None, option: str = "--estimator_kw"):
         raise ValueError(f"{option}: {e}") from None
 
 
+def estimator_arguments(name, kw, keys=None) -> dict:
+    """The options the estimator registered as ``name`` is built with from ``kw``: its constructor's
+    defaults with ``kw`` over them (an int for a float default as that float, as :func:`get_estimator`
+    builds it), only the ``keys`` given (all: None). Two sets of options that build the same estimator
+    give the same arguments. ``kw`` as given for a name not registered (a plugin not loaded)."""
+    cls = _ESTIMATORS.get(name) if isinstance(name, str) else None
+    if cls is None or not isinstance(kw, dict):
+        return kw
+    params = inspect.signature(cls).parameters.values()
+    out = {p.name: p.default for p in params if p.default is not p.empty
+           and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    for k, v in kw.items():
+        float_default = isinstance(out.get(k), float) and isinstance(v, int) and not isinstance(v, bool)
+        out[k] = float(v) if float_default else v
+    return out if keys is None else {k: out[k] for k in sorted(keys) if k in out}
+
+
+def comparable_estimator_kw(saved: dict, now: dict) -> None:
+    """Make the ``estimator_kw`` of a run's recorded settings (``saved``) and of its resume (``now``)
+    comparable in place: each the arguments its estimator is built with (:func:`estimator_arguments`)
+    where the two differ, so a default spelt out on one side only is the same setting (both ``{}``),
+    and a value that differs is shown on both sides (``{'damping': 1e-12}`` against ``{'damping': 0.001}``)."""
+    a, b = saved.get("estimator_kw"), now.get("estimator_kw")
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return
+    keys = set(a) | set(b)
+    a = estimator_arguments(saved.get("estimator"), a, keys)
+    b = estimator_arguments(now.get("estimator"), b, keys)
+    differ = {k for k in keys if (k in a, a.get(k)) != (k in b, b.get(k))}
+    saved["estimator_kw"] = {k: a[k] for k in sorted(differ) if k in a}
+    now["estimator_kw"] = {k: b[k] for k in sorted(differ) if k in b}
+
+
 def estimator_names():
     return sorted(_ESTIMATORS)
 
