@@ -523,3 +523,39 @@ def test_what_check_readable_read_reaches_no_load_it_is_not_handed_to(tmp_path):
     path.write_bytes(other.read_bytes())  # rewritten in place, its identity (inode, size, mtime) kept
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert load_stage(path, {})["stage"] == 2  # another caller's load reads the file
+
+
+def test_a_loss_of_a_plugin_file_resumes_when_the_file_is_loaded_again(tmp_path):
+    """A plugin file's module is named after the file's stem and content (adaptive.plugins), so the
+    loss it defines has one identity in every process, after the file is loaded afresh, and from a
+    copy of the file elsewhere (a moved run): the resume is taken. An edited file is another one."""
+    import shutil
+    import sys
+
+    import adaptive.plugins as plugins
+    from adaptive.mask_only_checkpoint import callable_identity
+
+    source = "import torch.nn.functional as F\n\n\ndef loss(out, y, reduction='mean'):\n" \
+             "    return F.cross_entropy(out, y, reduction=reduction)\n"
+    (tmp_path / "a").mkdir()
+    first = tmp_path / "a" / "my_loss.py"
+    first.write_text(source)
+
+    def fresh_load(path):  # as another process would: the file executed again, its module new
+        mod = plugins.load_plugin(str(path))
+        plugins._LOADED.pop(path.resolve(), None)
+        sys.modules.pop(mod.__name__, None)
+        return mod.loss
+
+    path = tmp_path / "ck.pt"
+    loss = fresh_load(first)
+    interrupted(tiny(), [0.2, 0.5], path, at_stage=1, loss_fn=loss)
+    (tmp_path / "b").mkdir()
+    moved = shutil.copy(first, tmp_path / "b" / "my_loss.py")
+    for again in (fresh_load(first), fresh_load(moved)):
+        assert again is not loss and callable_identity(again) == callable_identity(loss)
+        resumed = optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path, loss_fn=again, **KW)
+        assert "resume" in [h["kind"] for h in resumed.history]  # (the second: the finished run's file, only read)
+    first.write_text(source.replace("reduction='mean'", "reduction=\"mean\""))
+    with pytest.raises(CheckpointMismatchError, match="loss_fn: checkpoint 'adaptive_plugin_my_loss_"):
+        optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path, loss_fn=fresh_load(first), **KW)
