@@ -80,6 +80,13 @@ def _check_pooled(est, side: str, name: str, pooled: torch.Tensor, gran) -> None
                          "synapses infinities of one sign, or finite scores")
 
 
+def _holds_tensors(v) -> bool:
+    """Whether ``v`` is a tensor, or a dict, list or tuple holding one (a plugin's per-layer state)."""
+    if isinstance(v, dict):
+        v = list(v.values())
+    return isinstance(v, torch.Tensor) or (isinstance(v, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in v))
+
+
 def _check_scores(est, side: str, name: str, s, method: Optional[str] = None, ctx=None) -> None:
     """Refuse an estimator's scores that rank nothing meaningfully: complex values, or NaN (which
     the policies cannot agree on: a swap sorts it last, a keep plan first). +-inf is taken (the
@@ -1034,6 +1041,7 @@ class Controller:
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:
+        self._warn_unsaved_plugin_state()
         return {
             "step_count": self.step_count,
             "events": json.loads(json.dumps(self.events, default=float)),
@@ -1047,6 +1055,31 @@ class Controller:
             "zero_cost_order": self.zero_cost_order,
             "mode": self.conn.mode,
         }
+
+    def _warn_unsaved_plugin_state(self) -> None:
+        """Warn once of a policy or estimator (a plugin's) that keeps tensors in its attributes (or in a
+        dict, list or tuple of them) but has no ``state_dict`` of its own: the base class's saves
+        nothing, so every checkpoint leaves that state out and a resumed run starts it afresh. (Every
+        built-in that keeps tensors saves them.) No collective: every process warns alike."""
+        from .policies.base import Policy
+        from .registry import _origin
+        from .utility.base import Estimator
+
+        warned = self.__dict__.setdefault("_unsaved_state_warned", set())
+        estimators = self._estimators()
+        for role, obj in [("policy", self.policy)] + [(f"{side}_by estimator" if len(estimators) > 1 else "estimator", est)
+                                                      for side, est in estimators.items()]:
+            if role in warned or getattr(type(obj), "state_dict", None) not in (None, Policy.state_dict, Estimator.state_dict):
+                continue
+            held = sorted(k for k, v in getattr(obj, "__dict__", {}).items() if _holds_tensors(v))
+            if held:
+                warned.add(role)
+                name = vars(type(obj)).get("name")  # registered under it (a subclass of a built-in: not its name)
+                warn_user(f"the {role} {_origin(type(obj))}{f' ({name!r})' if name else ''} keeps tensors in its "
+                          f"attribute(s) {held} but has no state_dict, so a checkpoint saves none of them and a resumed "
+                          f"run starts from fresh ones: add state_dict() and load_state_dict() to {type(obj).__name__} "
+                          "that return and restore them (tensors fixed at construction, not kept between updates, "
+                          "need neither)")
 
     def _estimators(self) -> Dict[str, object]:
         out = {"drop": self.drop_est}

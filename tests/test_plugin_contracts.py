@@ -3,6 +3,7 @@ edit the connectome: NaN or complex estimator scores; a model builder that retur
 granularity whose pool and expand disagree; and a graph writer a plugin registers is a valid
 ``--format``."""
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -504,3 +505,132 @@ def test_an_ensemble_whose_scores_hold_both_infinities_is_refused_not_pooled_to_
     finally:
         BadScores._score = orig
     assert all(torch.equal(before[n], conn.masks[n]) for n in before)
+
+
+class _RunningMean(Estimator):
+    """A plugin estimator that keeps a running mean of the gradient per layer, with no state_dict."""
+    needs_gradients = True
+
+    def __init__(self):
+        self.running = {}
+
+    def removal_cost(self, ctx):
+        g = ctx.stats.mean(ctx.name)
+        self.running[ctx.name] = 0.5 * self.running.get(ctx.name, g) + 0.5 * g
+        return (self.running[ctx.name] * ctx.weight).abs()
+
+    def restoration_gain(self, ctx):
+        return (self.running.get(ctx.name, ctx.stats.mean(ctx.name)) * ctx.w0).abs()
+
+
+def _driven(ctrl, model, steps=4):
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        model.zero_grad()
+        F.cross_entropy(model(torch.randn(16, 20, generator=g)), torch.randint(0, 10, (16,), generator=g)).backward()
+        ctrl.observe()
+        ctrl.step()
+    return ctrl
+
+
+def test_a_plugin_keeping_tensors_without_a_state_dict_is_warned_of_once_at_save_time():
+    model = _net()
+    ctrl = _driven(adaptive.Controller(adaptive.Connectome(model), policy="utility", estimator=_RunningMean(),
+                                       density=0.5, update_every=2), model)
+    with pytest.warns(UserWarning, match=r"the estimator .*_RunningMean keeps tensors in its attribute\(s\) \['running'\] but has no "
+                                         r"state_dict.*add state_dict\(\) and load_state_dict\(\)"):
+        ctrl.state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ctrl.state_dict()  # once
+
+
+def test_a_plugin_with_a_state_dict_or_no_tensors_is_not_warned_of():
+    class Saved(_RunningMean):
+        def state_dict(self):
+            return {"running": dict(self.running)}
+
+        def load_state_dict(self, sd):
+            self.running = dict(sd.get("running", {}))
+
+    class Fresh(_RunningMean):  # nothing kept yet: nothing to lose
+        def removal_cost(self, ctx):
+            return (ctx.stats.mean(ctx.name) * ctx.weight).abs()
+
+    for est in (Saved(), Fresh()):
+        model = _net()
+        ctrl = _driven(adaptive.Controller(adaptive.Connectome(model), policy="utility", estimator=est, density=0.5,
+                                           update_every=2), model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ctrl.state_dict()
+
+
+@pytest.mark.parametrize("mode", ["train", "mask_only"])
+def test_no_built_in_policy_or_estimator_is_warned_of_at_save_time(mode):
+    from adaptive.policies.base import _POLICIES
+    from adaptive.utility.base import _ESTIMATORS
+
+    def built_in(table):  # (other tests register their own)
+        return sorted(n for n, cls in table.items() if cls.__module__.startswith("adaptive."))
+
+    built = 0
+    for policy in built_in(_POLICIES):
+        for estimator in [None] + built_in(_ESTIMATORS):
+            model = _net()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (a short run's own warnings)
+                try:
+                    ctrl = adaptive.Controller(adaptive.Connectome(model, mode=mode), policy=policy, density=0.5,
+                                               update_every=2, end_step=4,
+                                               **({} if estimator is None else {"estimator": estimator}))
+                except ValueError:  # a policy that takes no estimator, or fixes its own
+                    continue
+                _driven(ctrl, model)
+            built += 1
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                ctrl.state_dict()
+    assert built > 40
+
+
+def test_a_plugin_policy_keeping_tensors_without_a_state_dict_is_warned_of_naming_it():
+    from adaptive.policies.swap import SET
+
+    class CountingSET(SET):  # counts each layer's updates in a tensor it never saves
+        def update(self, ctrl, step):
+            self.seen = {n: self.__dict__.get("seen", {}).get(n, torch.zeros(())) + 1 for n in ctrl.editable()}
+            return super().update(ctrl, step)
+
+    model = _net()
+    ctrl = _driven(adaptive.Controller(adaptive.Connectome(model), policy=CountingSET(), density=0.5, update_every=2),
+                   model)
+    with pytest.warns(UserWarning, match=r"the policy .*CountingSET keeps tensors in its attribute\(s\) "
+                                         r"\['seen'\] but has no state_dict") as record:
+        ctrl.state_dict()
+    assert len(record) == 1
+
+
+def test_the_warning_names_a_plugin_files_estimator_by_its_name_and_file(tmp_path):
+    from adaptive.plugins import load_plugin
+    from adaptive.utility.base import _ESTIMATORS
+
+    path = tmp_path / "running_ext.py"
+    path.write_text("from adaptive.utility import Estimator, register_estimator\n\n\n"
+                    "@register_estimator('running_mean_ext')\nclass Running(Estimator):\n"
+                    "    needs_gradients = True\n\n"
+                    "    def removal_cost(self, ctx):\n"
+                    "        self.last = ctx.stats.mean(ctx.name)\n"
+                    "        return (self.last * ctx.weight).abs()\n\n"
+                    "    def restoration_gain(self, ctx):\n"
+                    "        return (ctx.stats.mean(ctx.name) * ctx.w0).abs()\n")
+    load_plugin(str(path))
+    try:
+        model = _net()
+        ctrl = _driven(adaptive.Controller(adaptive.Connectome(model), policy="utility", estimator="running_mean_ext",
+                                           density=0.5, update_every=2), model)
+        with pytest.warns(UserWarning, match=re.escape(f"the estimator Running in plugin {path.resolve()} "
+                                                       "('running_mean_ext') keeps tensors")):
+            ctrl.state_dict()
+    finally:
+        _ESTIMATORS.pop("running_mean_ext", None)
