@@ -208,3 +208,50 @@ def test_accelerate_checkpoints_a_registered_scaler(tmp_path, accelerator):
     assert resumed.scales() == scaler.scales() and resumed.scales()["0"]
     for s in (scaler, resumed):
         s.remove()
+
+
+def test_a_state_saved_under_a_wrapper_s_names_loads_into_a_plain_model_s_scaler_and_back():
+    """A scaler built on a DDP model named its layers module.NAME before it took the module inside's names: such a
+    state loads as NAME (one prefix for all layers), and a state of a scaler on a wrapper loads into a plain one."""
+    net, opt, scaler = _scaled()
+    _train(net, opt, _batches(2))
+    sd = scaler.state_dict()
+    old = {"layers": {f"module.{n}": v for n, v in sd["layers"].items()}}  # as saved before the rename
+    plain = BandGradientScaler(_net(), layers=["0", "2"], depths=DEPTHS)
+    wrapped = BandGradientScaler(nn.DataParallel(_net()), layers=["module.0", "module.2"], depths=DEPTHS)
+    for s in (plain, wrapped):
+        s.load_state_dict(old)
+        assert s.scales() == scaler.scales()
+    back = BandGradientScaler(_net(), layers=["0", "2"], depths=DEPTHS)
+    back.load_state_dict(wrapped.state_dict())
+    assert back.scales() == scaler.scales()
+    for s in (scaler, plain, wrapped, back):
+        s.remove()
+
+
+class _OwnModule(nn.Module):
+    """A model whose own layer is called ``module``, beside ``fc``."""
+
+    def __init__(self):
+        super().__init__()
+        self.module, self.fc = nn.Linear(6, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.module(x)))
+
+
+def test_a_wrapper_prefix_comes_off_every_saved_layer_alike():
+    """module.module and module.fc, saved under a DDP wrapper, are the model's module and fc (not both fc); a state of
+    the model's own names loads as it is."""
+    depths = {"module": DEPTHS["0"], "fc": DEPTHS["2"]}
+    torch.manual_seed(0)
+    net = _OwnModule()
+    scaler = BandGradientScaler(net, depths=depths, layers=["module", "fc"])
+    nn.functional.cross_entropy(net(_batches(1)[0][0]), _batches(1)[0][1]).backward()
+    sd = scaler.state_dict()
+    for state in (sd, {"layers": {f"module.{n}": v for n, v in sd["layers"].items()}}):
+        other = BandGradientScaler(_OwnModule(), depths=depths, layers=["module", "fc"])
+        other.load_state_dict(state)
+        assert other.scales() == scaler.scales() and other.scales()["module"] != other.scales()["fc"]
+        other.remove()
+    scaler.remove()

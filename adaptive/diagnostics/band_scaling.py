@@ -16,7 +16,7 @@ from typing import Dict, Iterable, Mapping, Optional
 import torch
 from torch import nn
 
-from ..connectome import _plain_module
+from ..connectome import _plain_module, _stripped, _wrapper_prefix
 from ._common import find_weight, live_mask, model_connectome, plain_layer_name, scaler_suspended
 from ._shared_calls import CallRecorder, parts_adding_up
 from .gradient_depth import resolve_call_depths, weight_depths
@@ -247,10 +247,13 @@ class BandGradientScaler:
     def load_state_dict(self, sd: Mapping) -> None:
         """Restore the running band sizes saved by :meth:`state_dict`. A state of other layers or
         another band layout (other depths, another model) is refused, and nothing is changed. The
-        saved run's momentum is not checked: this scaler's own moves the sizes from here on."""
+        saved run's momentum is not checked: this scaler's own moves the sizes from here on. A state
+        whose layers carry a wrapper's prefix (``module.NAME``: saved before a scaler built on a DDP
+        model took the module inside's names) loads as ``NAME``, one prefix for all its layers and
+        only where that names more of this scaler's layers, as a connectome's state loads."""
         if not isinstance(sd, Mapping) or not isinstance(sd.get("layers"), Mapping):
             raise ValueError("not a BandGradientScaler state_dict: it has no 'layers' entry (save scaler.state_dict())")
-        saved = sd["layers"]
+        saved = _stripped(sd["layers"], _wrapper_prefix(sd["layers"], self.state))
         if set(saved) != set(self.state):
             raise KeyError(f"BandGradientScaler.load_state_dict: the state is of layers {sorted(saved)}, this scaler "
                            f"scales {sorted(self.state)}: build it with layers= (and depths=) as the saved run did")
