@@ -14,9 +14,11 @@ from __future__ import annotations
 from typing import Dict, Iterable, Mapping, Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..connectome import _plain_module, _stripped, _wrapper_prefix
+from ..distributed import is_distributed
 from ._common import find_weight, live_mask, model_connectome, plain_layer_name, scaler_suspended
 from ._shared_calls import CallRecorder, parts_adding_up
 from .gradient_depth import resolve_call_depths, weight_depths
@@ -48,6 +50,16 @@ class BandGradientScaler:
     until a synapse of it is regrown, so its scale moves only with the common size (a band pruned
     before its first gradient keeps scale 1 and no place in it).
     The hook acts on ``param.grad`` as autograd produces it, so any optimizer sees scaled gradients.
+    Under a process group of more than one process (DDP, Accelerate) the hook runs before the
+    gradients are reduced, on each process's own gradient; it sums its per-band statistics (sum of
+    log ``|grad|`` and number of entries: two float64 numbers per band) with every other process's
+    (one all-reduce per scaled layer and backward), so every process keeps the same running sizes and
+    applies the same scales: a band's size of this backward is the geometric mean of ``|grad|`` over
+    the live entries of all the processes' gradients together, what one process would compute on all
+    of them, and DDP's average of the scaled gradients is those scales times the averaged gradient.
+    (The averaged gradient's own size exists only after the reduction the hook precedes.) Every
+    process must therefore run each backward through the scaled layers, as DDP requires; the
+    diagnostics, which one process may run alone, suspend the hooks (see below).
     A layer called several times in one forward, each call reading a signal of another depth
     (traced: the graph's ``NAME``, ``NAME#2``, ...; or ``depths`` rows), has each call's part of the
     gradient (:class:`CallRecorder`: its output gradient through that call alone) scaled by the bands
@@ -140,8 +152,12 @@ class BandGradientScaler:
             live = live_mask(self.conn, weight, a.device)  # else the one attached
             if live is not None:  # a pruned position's gradient is no synapse's
                 nz &= live.expand(len(parts), *live.shape).reshape(-1)
-            logs = torch.zeros(nb, dtype=torch.float64, device=a.device).index_add_(0, flat[nz], a[nz].double().log())
-            cnt = torch.bincount(flat[nz], minlength=nb).double()
+            stats = torch.zeros(2, nb, dtype=torch.float64, device=a.device)  # per band: sum of log |g|, entries
+            stats[0].index_add_(0, flat[nz], a[nz].double().log())
+            stats[1].index_add_(0, flat[nz], torch.ones_like(flat[nz], dtype=torch.float64))
+            if is_distributed():  # the hook precedes DDP's gradient reduction: size the bands by every process's
+                dist.all_reduce(stats)  # gradients, so that all apply the same scales (see the class docstring)
+            logs, cnt = stats
             have = cnt > 0
             cur = torch.where(have, logs / cnt.clamp_min(1), torch.zeros_like(logs))
             prev, seen = self._running_on(st, cur.device)
