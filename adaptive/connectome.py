@@ -14,6 +14,7 @@ modules (parameter hooks are neither deep-copied nor pickled), so optimizers, DD
 """
 from __future__ import annotations
 
+import fnmatch
 import functools
 import glob
 import hashlib
@@ -29,7 +30,7 @@ from torch import nn
 
 from . import bitpack, ensemble_rules
 from .atomic import atomic_path
-from .discovery import (PRUNABLE_LIST, SynapseLayer, aliases, discover, holds_synapses, prunable_names,
+from .discovery import (PRUNABLE_LIST, SynapseLayer, _as_patterns, aliases, discover, holds_synapses, prunable_names,
                         shared_weight_warning, state_dict_keys)
 from .ensembles import Granularity, check_granularity, expands_exactly, for_layer, unwrapped
 from .exact_masking import bits, int_mask, mask_, mask_dtype
@@ -143,6 +144,29 @@ def _wrapper_prefix(names, known) -> str:
     return best
 
 
+def _plain_patterns(model: nn.Module, patterns: Optional[Iterable[str] | str]) -> Optional[Iterable[str] | str]:
+    """``include``/``exclude`` patterns as the module a wrapper of ``model`` runs names its layers: on a
+    DDP, DataParallel or ``torch.compile`` wrapper, a pattern written as the wrapper names them
+    (``module.*``, ``module.fc``, ``_orig_mod.module.fc``) that matches none of the module inside's
+    layer and weight names is taken without the wrappers' prefix (``*``, ``fc``), as a layer given as
+    ``module.NAME`` is taken as ``NAME``; a pattern matching one of them as given (a model's own
+    submodule called ``module``), and every pattern of a plain model, is kept as given."""
+    plain = _plain_module(model)
+    if plain is model or patterns is None:
+        return patterns
+    names = [n for n, _ in plain.named_modules()] + [n for n, _ in plain.named_parameters(remove_duplicate=False)]
+
+    def matches(p):
+        return any(fnmatch.fnmatchcase(n, p) for n in names)
+
+    def plain_one(p):
+        q = p
+        while not matches(q) and q.startswith(_WRAPPER_PREFIXES):
+            q = q.split(".", 1)[1]
+        return q if matches(q) else p
+    return [plain_one(p) for p in _as_patterns(patterns)]
+
+
 def _empty_saved(saved_sizes: Mapping[str, int], params: Mapping) -> set:
     """Names of saved layers of no elements whose weight holds no entries in the model either
     (``nn.Linear(4, 0)``): connectomes saved before such weights were left out of them list these
@@ -174,7 +198,8 @@ class Connectome:
             giving layers different ones, first match wins: ``{"*mlp*": "neuron", "*": "synapse"}``
             or ``"*mlp*=neuron;synapse"`` (see :mod:`adaptive.ensemble_rules`).
         include / exclude: shell-style name patterns selecting prunable layers: a list, or a string
-            split at commas as on the command line (``exclude="0,2"``).
+            split at commas as on the command line (``exclude="0,2"``). On a wrapper, patterns written as
+            it names layers (``module.fc``, ``module.*``) select the module inside's (``fc``, ``*``).
         mode: "train" (weights learn, pruned weights held at 0.0) or "mask_only" (weights frozen
             at their current values, which are kept so a restored synapse returns bit-identical).
     """
@@ -190,6 +215,7 @@ class Connectome:
     ):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}: use 'train' or 'mask_only'")
+        include, exclude = _plain_patterns(model, include), _plain_patterns(model, exclude)  # module.* of a wrapper
         model = _plain_module(model)
         found = discover(model, include, exclude)
         shared = shared_weight_warning(model, found)

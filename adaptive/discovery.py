@@ -273,8 +273,8 @@ def container_hint(unused: Sequence[str], names: Iterable[str]) -> str:
             f"a layer's own name: give {', '.join(repr(p + '.*') for p in inside)} for every layer inside" if inside else "")
 
 
-def _listed(names: Sequence[str]) -> str:
-    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+def _listed(names: Sequence[str], most: int = 4) -> str:
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
 
 
 # Names of parameters that are matrix-shaped but no weight matrix: a position or bias table, a token,
@@ -333,6 +333,7 @@ def discover(
     seen: set[int] = set()
     candidates = 0
     candidate_names: list = []  # (module and weight names of every prunable weight, for container hints)
+    weights: list = []  # the name of every prunable weight, for an error naming them
     used_inc: set[str] = set()
     used_exc: set[str] = set()
     computed = []  # layers whose weight a parametrization computes (weight_norm, spectral_norm, ...)
@@ -378,6 +379,7 @@ def discover(
             if not w.is_complex() and not no_entries:
                 candidates += 1
                 candidate_names.extend(names)
+                weights.append(pname)
             if exc:
                 used_exc.update(p for p in exc if _matches([p], *names))
             if inc:
@@ -470,8 +472,9 @@ def discover(
                     f"{_listed(others)}, which are not weights of a prunable layer ({PRUNABLE_LIST}), so they are "
                     "never synapses; "
                     f"to prune a weight, {HOLD_IN_A_LAYER}")
-            raise ValueError(f"{kind} pattern(s) {unused} matched no prunable layer; check module names with "
-                             "model.named_modules() and weight names with model.named_parameters()"
+            raise ValueError(f"{kind} pattern(s) {unused} matched no prunable layer (its prunable weights: "
+                             f"{_listed(weights, 8)}; a pattern matches a weight's name or its layer's); check module "
+                             "names with model.named_modules() and weight names with model.named_parameters()"
                              + container_hint(unused, candidate_names))
     if not found:
         raise ValueError(

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import mask_only_checkpoint as ckpt
-from .connectome import Connectome, _plain_module
+from .connectome import Connectome, _plain_module, _plain_patterns
 from .discovery import discover, state_dict_keys
 from .exact_masking import INT_OF_WIDTH
 from .global_rng import seeded_global_rng
@@ -229,7 +229,7 @@ def count_synapses(model: nn.Module, include=None, exclude=None) -> int:
     discovery's warnings (a parametrized weight left dense, ...) are the connectome's to give, once."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return sum(p.numel() for _, p in discover(_plain_module(model), include, exclude).values())
+        return sum(p.numel() for _, p in discover(_plain_module(model), _plain_patterns(model, include), _plain_patterns(model, exclude)).values())
 
 
 def _data_identity(loader) -> list:

@@ -208,3 +208,100 @@ def test_accelerate_checkpoints_a_registered_scaler(tmp_path, accelerator):
     assert resumed.scales() == scaler.scales() and resumed.scales()["0"]
     for s in (scaler, resumed):
         s.remove()
+
+
+def test_a_state_saved_under_a_wrapper_s_names_loads_into_a_plain_model_s_scaler_and_back():
+    """A scaler built on a DDP model named its layers module.NAME before it took the module inside's names: such a
+    state loads as NAME (one prefix for all layers), and a state of a scaler on a wrapper loads into a plain one."""
+    net, opt, scaler = _scaled()
+    _train(net, opt, _batches(2))
+    sd = scaler.state_dict()
+    old = {"layers": {f"module.{n}": v for n, v in sd["layers"].items()}}  # as saved before the rename
+    plain = BandGradientScaler(_net(), layers=["0", "2"], depths=DEPTHS)
+    wrapped = BandGradientScaler(nn.DataParallel(_net()), layers=["module.0", "module.2"], depths=DEPTHS)
+    for s in (plain, wrapped):
+        s.load_state_dict(old)
+        assert s.scales() == scaler.scales()
+    back = BandGradientScaler(_net(), layers=["0", "2"], depths=DEPTHS)
+    back.load_state_dict(wrapped.state_dict())
+    assert back.scales() == scaler.scales()
+    for s in (scaler, plain, wrapped, back):
+        s.remove()
+
+
+class _OwnModule(nn.Module):
+    """A model whose own layer is called ``module``, beside ``fc``."""
+
+    def __init__(self):
+        super().__init__()
+        self.module, self.fc = nn.Linear(6, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.module(x)))
+
+
+def test_a_wrapper_prefix_comes_off_every_saved_layer_alike():
+    """module.module and module.fc, saved under a DDP wrapper, are the model's module and fc (not both fc); a state of
+    the model's own names loads as it is."""
+    depths = {"module": DEPTHS["0"], "fc": DEPTHS["2"]}
+    torch.manual_seed(0)
+    net = _OwnModule()
+    scaler = BandGradientScaler(net, depths=depths, layers=["module", "fc"])
+    nn.functional.cross_entropy(net(_batches(1)[0][0]), _batches(1)[0][1]).backward()
+    sd = scaler.state_dict()
+    for state in (sd, {"layers": {f"module.{n}": v for n, v in sd["layers"].items()}}):
+        other = BandGradientScaler(_OwnModule(), depths=depths, layers=["module", "fc"])
+        other.load_state_dict(state)
+        assert other.scales() == scaler.scales() and other.scales()["module"] != other.scales()["fc"]
+        other.remove()
+    scaler.remove()
+
+
+@pytest.fixture
+def swap_on_conversion():
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    yield
+    torch.__future__.set_swap_module_params_on_conversion(False)
+
+
+def _step_scales(net, scaler, dtype=torch.float32, device="cpu"):
+    x, y = _batches(1)[0]
+    nn.functional.cross_entropy(net(x.to(device, dtype)), y.to(device)).backward()
+    return scaler.scales()
+
+
+def test_weights_replaced_after_the_scaler_was_built_get_their_hooks_back(swap_on_conversion):
+    """A weight's gradient hook lives on its tensor: a conversion that swaps the tensor (swap_module_params_on_conversion),
+    or to_empty() after model.to('meta'), left the scaler silently scaling nothing. The next forward moves the hooks,
+    with a warning, and the scales are those of a scaler built on the converted model."""
+    ref_net = _net().double()
+    want = _step_scales(ref_net, BandGradientScaler(ref_net, layers=["0", "2"], depths=DEPTHS), torch.float64)
+    net, _, scaler = _scaled()
+    net.double()  # swapped in place: the same Parameters, other tensors
+    with pytest.warns(UserWarning, match=r"the weights of \['0', '2'\] were replaced since the scaler hooked them"):
+        assert _step_scales(net, scaler, torch.float64) == want
+    scaler.remove()
+
+    want = _step_scales(ref_net := _net(), BandGradientScaler(ref_net, layers=["0", "2"], depths=DEPTHS))
+    torch.__future__.set_swap_module_params_on_conversion(False)  # to('meta') gives new Parameters, to_empty too
+    for swap in (False, True):
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+        net, _, scaler = _scaled()
+        saved = {k: v.clone() for k, v in net.state_dict().items()}
+        net.to("meta")
+        with pytest.warns(UserWarning, match="were replaced"):
+            _step_scales(net, scaler, device="meta")  # a gradient on the meta device: nothing to size, the band index stays put
+        net.to_empty(device="cpu")
+        net.load_state_dict(saved)
+        with pytest.warns(UserWarning, match="were replaced"):
+            assert _step_scales(net, scaler) == want
+        scaler.remove()
+
+
+def test_a_weight_replaced_by_one_of_another_shape_is_refused():
+    net, _, scaler = _scaled()
+    net[0].weight = nn.Parameter(torch.randn(7, 6))
+    with pytest.raises(ValueError, match=r"the weight of '0' was replaced by a Parameter of shape \(7, 6\), but the "
+                                         r"scaler was built for a Parameter of shape \(5, 6\): build a new scaler"):
+        net(torch.randn(2, 6))
+    scaler.remove()

@@ -157,3 +157,22 @@ def test_band_gradient_scaler_of_a_data_parallel_model_names_and_depths_the_modu
         finally:
             scaler.remove()
             model.zero_grad()
+
+
+def test_include_and_exclude_written_as_the_wrapper_names_layers_select_the_module_inside_s():
+    """collinearity (and a Connectome) of a wrapped model read module.NAME and module.* patterns as NAME and *: they
+    matched nothing. A pattern matching nothing is refused naming the model's prunable weights."""
+    net, conn, data = _setup()
+    wrapped = nn.DataParallel(net)
+    for include, exclude, want in ((["module.head"], None, ["head.weight"]), ("module.*", None, ["fc.weight", "head.weight"]),
+                                   (None, "module.fc", ["head.weight"]), ("head", None, ["head.weight"])):
+        assert collinearity(wrapped, data, include=include, exclude=exclude, conn=conn).table["layer"] == want
+        assert list(adaptive.Connectome(wrapped, include=include, exclude=exclude).masks) == want
+    for model, pattern in ((net, "module.head"), (wrapped, "module.nothing"), (wrapped, "nothing")):
+        with pytest.raises(ValueError, match=r"include pattern\(s\) \['" + pattern + r"'\] matched no prunable layer \(its "
+                                             r"prunable weights: fc.weight, head.weight;"):
+            collinearity(model, data, include=pattern)
+    # a model's own submodule called module matches as given, inside a wrapper too
+    held = nn.DataParallel(_HoldsModule())
+    assert list(adaptive.Connectome(held, include="module").masks) == ["module.weight"]
+    assert list(adaptive.Connectome(held, include="module.module").masks) == ["module.weight"]

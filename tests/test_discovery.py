@@ -423,7 +423,8 @@ def test_a_pattern_naming_a_parameter_outside_prunable_layers_says_so():
         adaptive.Connectome(model, include="w")
     with pytest.raises(ValueError, match=r"match the parameter\(s\) fc.bias, which are not weights"):
         adaptive.Connectome(model, exclude="*.bias")
-    with pytest.raises(ValueError, match=r"\['nope'\] matched no prunable layer; check module names"):
+    with pytest.raises(ValueError, match=r"\['nope'\] matched no prunable layer \(its prunable weights: fc.weight; a "
+                                         r"pattern matches a weight's name or its layer's\); check module names"):
         adaptive.Connectome(model, include="nope")  # matches nothing at all: as before
 
 

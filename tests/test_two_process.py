@@ -69,3 +69,34 @@ def test_process_group_helpers_on_two_processes(tmp_path):
         assert rec["no_problem"] is None
         assert rec["agree"]
         assert rec["mismatch"] is not None and "masks differ between processes at step 2" in rec["mismatch"]
+
+
+def test_band_gradient_scaler_scales_alike_on_every_process(tmp_path):
+    """Each process's hook sees its own gradient, before DDP's reduction: the band sizes are reduced across the
+    processes, so both ranks apply the same scales, those recomputed from both ranks' gradients together."""
+    import torch
+
+    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_band_scaling.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    r = launch_two([script, tmp_path], env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    a, b = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2))
+    assert a["world"] == b["world"] == 2 and a["weights"] == b["weights"]
+    assert a["scales"] == b["scales"]  # each rank sized its bands by its own gradient, and scaled them apart
+    band = torch.tensor([0, 0, 1, 1, 2, 2]).expand(5, 6).reshape(-1)  # the band of each weight entry (by input)
+    running, momentum = None, 0.5
+    for step, got in enumerate(a["scales"]):
+        raw = [torch.tensor(rec["raw"][step], dtype=torch.float64) for rec in (a, b)]
+        assert not torch.equal(raw[0], raw[1])
+        a_g, bands = torch.cat([g.abs().reshape(-1) for g in raw]), torch.cat([band, band])
+        a_g, bands = a_g[a_g > 0], bands[a_g > 0]  # an entry of exactly 0 (a saturated tanh) has no size
+        cur = torch.stack([a_g[bands == i].log().mean() for i in range(3)])
+        running = cur if running is None else momentum * running + (1 - momentum) * cur
+        want = (running.mean() - running).exp()
+        assert list(got) == ["0", "1", "2"]
+        torch.testing.assert_close(torch.tensor([got[k] for k in "012"], dtype=torch.float64), want, rtol=1e-9, atol=0)
+    # DDP's average of the scaled gradients: the scales times the averaged gradient
+    mean = sum(torch.tensor(rec["raw"][-1], dtype=torch.float64) for rec in (a, b)) / 2
+    scale = torch.tensor([a["scales"][-1][k] for k in "012"], dtype=torch.float64)[band].view(5, 6)
+    torch.testing.assert_close(torch.tensor(a["grad"], dtype=torch.float64), mean * scale, rtol=1e-5, atol=1e-7)
+    assert a["grad"] == b["grad"]

@@ -14,9 +14,11 @@ from __future__ import annotations
 from typing import Dict, Iterable, Mapping, Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from ..connectome import _plain_module
+from ..connectome import _plain_module, _stripped, _wrapper_prefix
+from ..distributed import is_distributed
 from ._common import find_weight, live_mask, model_connectome, plain_layer_name, scaler_suspended
 from ._shared_calls import CallRecorder, parts_adding_up
 from .gradient_depth import resolve_call_depths, weight_depths
@@ -48,6 +50,16 @@ class BandGradientScaler:
     until a synapse of it is regrown, so its scale moves only with the common size (a band pruned
     before its first gradient keeps scale 1 and no place in it).
     The hook acts on ``param.grad`` as autograd produces it, so any optimizer sees scaled gradients.
+    Under a process group of more than one process (DDP, Accelerate) the hook runs before the
+    gradients are reduced, on each process's own gradient; it sums its per-band statistics (sum of
+    log ``|grad|`` and number of entries: two float64 numbers per band) with every other process's
+    (one all-reduce per scaled layer and backward), so every process keeps the same running sizes and
+    applies the same scales: a band's size of this backward is the geometric mean of ``|grad|`` over
+    the live entries of all the processes' gradients together, what one process would compute on all
+    of them, and DDP's average of the scaled gradients is those scales times the averaged gradient.
+    (The averaged gradient's own size exists only after the reduction the hook precedes.) Every
+    process must therefore run each backward through the scaled layers, as DDP requires; the
+    diagnostics, which one process may run alone, suspend the hooks (see below).
     A layer called several times in one forward, each call reading a signal of another depth
     (traced: the graph's ``NAME``, ``NAME#2``, ...; or ``depths`` rows), has each call's part of the
     gradient (:class:`CallRecorder`: its output gradient through that call alone) scaled by the bands
@@ -61,6 +73,11 @@ class BandGradientScaler:
     nothing: no scaling, no state update; a scaler on another model's weights keeps working. A NaN or
     inf gradient entry takes no part in the running state (it passes through, scaled). Call
     :meth:`remove` to take the hooks off.
+    A weight replaced after the scaler was built (``model.to("meta")`` then ``to_empty()``,
+    ``load_state_dict(assign=True)``, a conversion under
+    ``torch.__future__.set_swap_module_params_on_conversion(True)``) loses its gradient hook with the
+    tensor it was on: the model's next forward moves the hook onto the new weight, with a warning
+    (a replacement of another shape is refused there).
     The hooks follow the gradient's device: a model moved after the scaler was built (``.cuda()``,
     another dtype) is scaled there, each layer's band index and running sizes moved at its first
     gradient there (none left on the device the model left; later gradients copy nothing).
@@ -101,9 +118,10 @@ class BandGradientScaler:
                 recorder = CallRecorder(mod, keep_inputs=split)
                 self._handles.append(recorder)
                 st = {"name": name, "index": index, "bands": uniq, "recorder": recorder, "split": split,
-                      "splitting": False, "warned": False, "log_typical": None, "seen": None, "scale": None}
+                      "splitting": False, "warned": False, "log_typical": None, "seen": None, "scale": None,
+                      "module": mod, "shape": tuple(w.shape)}
                 self.state[name] = st
-                self._handles.append(w.register_hook(self._hook(st, w)))
+                self._attach(st, w)
             # a layer's calls are those of the model's latest forward (one without a backward leaves none behind)
             self._handles.append(model.register_forward_pre_hook(self._new_forward))
         except BaseException:
@@ -126,12 +144,50 @@ class BandGradientScaler:
                     names.append(n)
         return names
 
+    def _attach(self, st, weight: nn.Parameter) -> None:
+        """Put the layer's gradient hook on ``weight``, remembering which tensor it is on: a hook lives
+        on the tensor, so a weight replaced later (another Parameter, or one whose tensor was swapped
+        by ``torch.utils.swap_tensors``) takes no hook with it (see :meth:`_check_weights`)."""
+        st["weight"], st["tensor"] = weight, weight._cdata  # _cdata: the C++ tensor, which a swap replaces
+        st["handle"] = weight.register_hook(self._hook(st, weight))
+
+    def _check_weights(self) -> None:
+        """Move the hooks of layers whose weight was replaced since they were put on (their gradients
+        would go by unscaled, and the running sizes stop, silently) onto the current weights, with a
+        warning; a layer whose weight is gone or of another shape is refused."""
+        replaced = [st for st in self.state.values()
+                    if getattr(st["module"], "weight", None) is not st["weight"] or st["weight"]._cdata != st["tensor"]]
+        for st in replaced:
+            w = getattr(st["module"], "weight", None)
+            if not isinstance(w, nn.Parameter) or tuple(w.shape) != st["shape"]:
+                now = f"a {type(w).__name__} of shape {tuple(w.shape)}" if isinstance(w, torch.Tensor) else repr(w)
+                raise ValueError(f"BandGradientScaler: the weight of {st['name']!r} was replaced by {now}, but the "
+                                 f"scaler was built for a Parameter of shape {st['shape']}: build a new scaler for "
+                                 "the model as it is now (scaler.remove() the old one)")
+        for st in replaced:
+            st["handle"].remove()
+            w = getattr(st["module"], "weight")
+            if w is st["weight"] and w._backward_hooks is not None:
+                # swapped in place: the Parameter keeps its dict of hooks, but its new tensor has no autograd
+                # hook calling them; setting the dict again puts one there (the dict's other hooks, lost alike,
+                # come back with it)
+                w._backward_hooks = w._backward_hooks
+            self._attach(st, w)
+        if replaced:
+            warn_user(f"BandGradientScaler: the weights of {[st['name'] for st in replaced]} were replaced since the "
+                      "scaler hooked them (model.to('meta') then to_empty(), load_state_dict(assign=True), a conversion "
+                      "under torch.__future__.set_swap_module_params_on_conversion(True)), which drops a tensor's "
+                      "gradient hooks: the hooks are moved onto the new weights, their running sizes kept. Build the "
+                      "scaler after replacing weights to avoid this warning (and an optimizer, which must hold the new "
+                      "weights)")
+
     def _hook(self, st, weight: torch.Tensor):
         weight_id = id(weight)
 
         def scale(grad: torch.Tensor) -> Optional[torch.Tensor]:
-            if scaler_suspended(weight_id) or st["splitting"]:  # a diagnostic measures the raw gradient;
-                return None  # or this hook is splitting it into the calls' parts (autograd.grad runs the hooks)
+            if scaler_suspended(weight_id) or st["splitting"] or grad.is_meta:  # a diagnostic measures the raw
+                return None  # gradient; or this hook is splitting it into the calls' parts (autograd.grad runs
+            # the hooks); or a model on the meta device has no gradient values to size (nor to move the index to)
             parts, index = self._call_parts(st, grad, weight)
             a = torch.cat([p.detach().abs().reshape(-1) for p in parts])
             flat = index.reshape(-1)
@@ -140,8 +196,12 @@ class BandGradientScaler:
             live = live_mask(self.conn, weight, a.device)  # else the one attached
             if live is not None:  # a pruned position's gradient is no synapse's
                 nz &= live.expand(len(parts), *live.shape).reshape(-1)
-            logs = torch.zeros(nb, dtype=torch.float64, device=a.device).index_add_(0, flat[nz], a[nz].double().log())
-            cnt = torch.bincount(flat[nz], minlength=nb).double()
+            stats = torch.zeros(2, nb, dtype=torch.float64, device=a.device)  # per band: sum of log |g|, entries
+            stats[0].index_add_(0, flat[nz], a[nz].double().log())
+            stats[1].index_add_(0, flat[nz], torch.ones_like(flat[nz], dtype=torch.float64))
+            if is_distributed():  # the hook precedes DDP's gradient reduction: size the bands by every process's
+                dist.all_reduce(stats)  # gradients, so that all apply the same scales (see the class docstring)
+            logs, cnt = stats
             have = cnt > 0
             cur = torch.where(have, logs / cnt.clamp_min(1), torch.zeros_like(logs))
             prev, seen = self._running_on(st, cur.device)
@@ -223,7 +283,9 @@ class BandGradientScaler:
                                f"contributes no part{reentrant}"), index
 
     def _new_forward(self, *_) -> None:
-        """A forward of the model begins: the layers' calls recorded before belong to an earlier one."""
+        """A forward of the model begins: the layers' calls recorded before belong to an earlier one;
+        a weight replaced since the last one gets the hook it lost (:meth:`_check_weights`)."""
+        self._check_weights()
         for st in self.state.values():
             st["recorder"].clear()
 
@@ -247,10 +309,13 @@ class BandGradientScaler:
     def load_state_dict(self, sd: Mapping) -> None:
         """Restore the running band sizes saved by :meth:`state_dict`. A state of other layers or
         another band layout (other depths, another model) is refused, and nothing is changed. The
-        saved run's momentum is not checked: this scaler's own moves the sizes from here on."""
+        saved run's momentum is not checked: this scaler's own moves the sizes from here on. A state
+        whose layers carry a wrapper's prefix (``module.NAME``: saved before a scaler built on a DDP
+        model took the module inside's names) loads as ``NAME``, one prefix for all its layers and
+        only where that names more of this scaler's layers, as a connectome's state loads."""
         if not isinstance(sd, Mapping) or not isinstance(sd.get("layers"), Mapping):
             raise ValueError("not a BandGradientScaler state_dict: it has no 'layers' entry (save scaler.state_dict())")
-        saved = sd["layers"]
+        saved = _stripped(sd["layers"], _wrapper_prefix(sd["layers"], self.state))
         if set(saved) != set(self.state):
             raise KeyError(f"BandGradientScaler.load_state_dict: the state is of layers {sorted(saved)}, this scaler "
                            f"scales {sorted(self.state)}: build it with layers= (and depths=) as the saved run did")
@@ -290,7 +355,7 @@ class BandGradientScaler:
 
     def remove(self) -> None:
         """Take the gradient hooks and the call recorders off the model."""
-        for h in self._handles:
+        for h in self._handles + [st.pop("handle") for st in self.state.values() if "handle" in st]:
             h.remove()
         self._handles.clear()
 

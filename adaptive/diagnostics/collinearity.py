@@ -27,7 +27,7 @@ from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from ..connectome import _local_module, _plain_module
+from ..connectome import _local_module, _plain_module, _plain_patterns
 from ..discovery import discover
 from ..global_rng import kept_global_rng
 from ..metrics import call_model
@@ -230,7 +230,8 @@ def collinearity(
     the loader's batches, which must then be ``(inputs tensor, targets tensor, ...)``; the loader's
     own batches when None, whose inputs may be a tuple of tensors for a model taking one) and measure the collinearity of every
     prunable weight (Linear/Conv weights, filtered by ``include``/``exclude`` like
-    :class:`adaptive.Connectome`); a layer the loss does not reach in any batch (an unused head) has no
+    :class:`adaptive.Connectome`: on a DDP/DataParallel/compiled wrapper ``module.NAME`` and ``module.*`` read as
+    ``NAME`` and ``*``, and a pattern matching no prunable layer is refused); a layer the loss does not reach in any batch (an unused head) has no
     gradient to measure and is left out with a warning (a ValueError when none is reached). Leaves ``.grad``, the parameters and the buffers (BatchNorm
     running statistics, even in train mode) untouched; an attached :class:`BandGradientScaler`
     neither scales the gradients measured nor updates its state. A frozen layer
@@ -250,6 +251,7 @@ def collinearity(
     masks are read at synapse level) enter the statistics: a pruned position's dense gradient is
     no synapse's. The result says how many were measured and left out (:class:`Collinearity`);
     a layer the connectome does not hold is measured whole."""
+    include, exclude = _plain_patterns(model, include), _plain_patterns(model, exclude)  # module.* of a wrapper
     model = _local_module(model)  # a DDP model (accelerator.prepare's): the module inside, see _local_module
     conn = model_connectome(model, conn, "collinearity", "which synapses exist")
     found = discover(_plain_module(model), include, exclude)  # named as a connectome names them (a compiled model too)
