@@ -86,6 +86,18 @@ def mask_only_progress(total_synapses: int, show: Callable[[str], None]) -> Call
     return on_record
 
 
+def _message(e: BaseException) -> str:
+    """``e``'s message for an ``error:`` line. One raised in a DataLoader worker process comes back
+    from torch with the worker's whole traceback as its message: the worker's own message is kept."""
+    msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+    first, _, rest = msg.partition("\n")
+    if first.startswith("Caught ") and "DataLoader worker" in first:
+        _, found, own = rest.rstrip().rpartition(f"\n{type(e).__name__}: ")
+        if found:
+            return f"{own} ({first[len('Caught '):].replace(type(e).__name__ + ' in ', 'in ').rstrip('.')})"
+    return msg
+
+
 def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callable[[], str]] = "",
             errors: Tuple[type, ...] = ()) -> Any:
     """Run ``main()``; a bad option, missing data or weights that do not fit print one line naming
@@ -110,8 +122,7 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
             CheckpointWriteError, *errors) as e:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"{prog}: error: {msg}", file=sys.stderr)
+        print(f"{prog}: error: {_message(e)}", file=sys.stderr)
         raise SystemExit(2) from e
     except (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as e:
         if os.environ.get("ADAPTIVE_TRACEBACK"):

@@ -855,7 +855,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
             + ").\n"
             f"Splits: train = a fixed random sample of {len(train_sample.dataset)} images of the train part (the same for "
             f"every row); held-out = a stratified part of the TRAIN split ({len(dl.holdout.dataset):,} images; "
-            "used for line search and snapshot choice); test = "
+            f"{_holdout_use(args)}); test = "
             + _test_split_words(args, dl.test, n_test)  # (the data's loader: a test_loader_hook's wrapper may hide it)
             + ", read only for this report.\n")
     accelerator.print(table + note)
@@ -879,6 +879,16 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
     accelerator.end_training()
     return {"rows": rows, "output_dir": str(out), "result": result, "minutes": minutes,
             "mask_hash_per_process": hashes}
+
+
+def _holdout_use(args) -> str:
+    """What the held-out part decided in this run, for the Splits note (it said 'line search and
+    snapshot choice' also where it decided nothing, only scored the masks)."""
+    uses = (["the line search of every update"] if args.verify_batches else []) + (
+        ["the choice of the best snapshot"] if "best" in args.remove else [])
+    if uses:
+        return "used for " + " and ".join(uses)
+    return "scored only: fixed targets with no line search (--verify-batches 0) choose nothing by it"
 
 
 def _test_split_words(args, test_loader, n_test: int) -> str:

@@ -82,8 +82,24 @@ def test_a_flat_val_or_train_folder_names_the_layout_and_how_to_get_it(tmp_path)
         get_dataloaders("folder", data_dir=str(flat), batch_size=2, image_size=6, resize=6)
     (flat / "train" / "0.png").unlink()
     (flat / "train" / "cat").mkdir()
-    with pytest.raises(DatasetNotFoundError, match=r"Found no valid file for the classes cat.*train/CLASS/IMAGE"):
+    with pytest.raises(DatasetNotFoundError, match=r"Found no valid file for the classes cat.*train/CLASS/IMAGE.*"
+                                                   r"add images to the folders named, or delete those folders"):
         get_dataloaders("folder", data_dir=str(flat), batch_size=2, image_size=6, resize=6)
+
+
+def test_an_image_that_cannot_be_read_is_named_with_the_fix(tmp_path):
+    """A truncated JPEG or a file that is no image, under an image's name in a class folder, stopped
+    a run (mid-stage, after the data had loaded) with PIL's traceback, which named no fix."""
+    from adaptive.data.folder_cache import decode_folder
+
+    _tree(tmp_path, ("train", "val"), n=2, size=6)
+    (tmp_path / "train" / "dog" / "1.png").write_bytes(b"not an image")
+    d = get_dataloaders("folder", data_dir=str(tmp_path), batch_size=6, holdout=0.5, image_size=6, resize=6)
+    fix = r"train/dog/1.png cannot be read as an image \(UnidentifiedImageError.*replace it with a readable copy, or delete it"
+    with pytest.raises(ValueError, match=fix):
+        [None for _ in d.train] + [None for _ in d.holdout]
+    with pytest.raises(ValueError, match=fix):  # the cached decoding of the cifar10 loader
+        decode_folder(tmp_path / "train", progress=False)
 
 
 def test_adaptive_recipe_trains_on_a_folder(tmp_path):

@@ -1269,9 +1269,24 @@ def test_the_splits_note_and_curves_give_the_held_out_part_s_size_and_the_whole_
     mod.main(args(weights, tmp_path / "out", "--remove", "0.5"))
     out = capsys.readouterr().out
     for text in (out, (tmp_path / "out" / "results.md").read_text()):
-        assert f"held-out = a stratified part of the TRAIN split ({n:,} images; used for line search" in text
+        assert (f"held-out = a stratified part of the TRAIN split ({n:,} images; used for the line search of every "
+                "update); test") in text
         assert "test = the whole test split (128 images), read only for this report" in text
     assert f"held-out (part of TRAIN, {n:,} images), end of each stage" in labels, labels
+
+
+@pytest.mark.parametrize("more, use", [
+    (["--remove", "0.5", "--verify-batches", "0"],
+     "scored only: fixed targets with no line search (--verify-batches 0) choose nothing by it"),
+    (["--remove", "best", "--ladder", "0.5", "--verify-batches", "0"], "used for the choice of the best snapshot"),
+])
+def test_the_splits_note_says_what_the_held_out_part_decided(tmp_path, weights, capsys, more, use):
+    """It said 'used for line search and snapshot choice' in every run, also in one with fixed targets
+    and --verify-batches 0 (the ImageNet configs' setting), where the held-out part chose nothing."""
+    mod = recipe()
+    mod.main(args(weights, tmp_path / "out", *more))
+    for text in (capsys.readouterr().out, (tmp_path / "out" / "results.md").read_text()):
+        assert f" images; {use}); test = " in text
 
 
 def _mlp_weights(path, hidden):

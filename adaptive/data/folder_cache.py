@@ -29,6 +29,13 @@ def scan_folder(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
     return classes, samples
 
 
+def unreadable_image(path, error: Exception) -> ValueError:
+    """The error for an image file of a class folder that cannot be opened or decoded (a truncated
+    copy, a file that is no image under an image's name), naming the file and the fix."""
+    return ValueError(f"{path} cannot be read as an image ({type(error).__name__}: {error}): every file with an "
+                      "image extension in a class folder is read; replace it with a readable copy, or delete it")
+
+
 def _classes(root: Path) -> List[str]:
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
     if not classes:
@@ -69,8 +76,11 @@ def decode_folder(root: Path, desc: str = "decoding", progress: Optional[bool] =
     images = torch.empty((len(samples), 3, h, w), dtype=torch.uint8)
     for i, (path, _) in enumerate(tqdm(samples, desc=desc, unit="img", mininterval=1.0,
                                            disable=not show_progress(progress))):
-        with Image.open(path) as im:
-            arr = np.array(im.convert("RGB"))  # a writable copy
+        try:
+            with Image.open(path) as im:
+                arr = np.array(im.convert("RGB"))  # a writable copy
+        except OSError as e:  # PIL's UnidentifiedImageError and truncated data are OSErrors
+            raise unreadable_image(path, e) from e
         if arr.shape[:2] != (h, w):
             raise ValueError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, not {w}x{h}: this cache needs same-sized images")
         images[i] = torch.from_numpy(arr).permute(2, 0, 1)

@@ -8,6 +8,7 @@ from torch.utils.data import Dataset
 
 from ..paths import DatasetNotFoundError, find_data
 from .base import Source, register_dataset
+from .folder_cache import unreadable_image
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -52,7 +53,10 @@ class FolderView(Dataset):
     def __getitem__(self, i):
         src = int(self.indices[i])
         path, label = self.folder.samples[src]
-        image = self.folder.loader(path)
+        try:
+            image = self.folder.loader(path)
+        except OSError as e:  # PIL's UnidentifiedImageError and truncated data are OSErrors
+            raise unreadable_image(path, e) from e
         if self.seed is None:
             return self.transform(image), label
         with torch.random.fork_rng(devices=[]):
@@ -92,7 +96,9 @@ def _layout_problem(split_dir, error: Exception) -> str:
               + ("(one folder per class)" if split == "train" else "(the class folders of train/)"))
     entries = [e for e in split_dir.iterdir() if not e.name.startswith(".")] if split_dir.is_dir() else []
     if any(e.is_dir() for e in entries):  # class folders there, but some hold no image torchvision reads
-        return f"{split_dir}: {error}; {layout}"
+        return (f"{split_dir}: {error}; {layout}, and every class folder needs at least one image with one of "
+                "those extensions: add images to the folders named, or delete those folders from train/ and the "
+                "test split alike (both need the same class folders)")
     files = sum(e.is_file() for e in entries)
     found = f"holds {files} file(s) directly and no class folders" if files else "holds no class folders"
     how = ("move each image into the folder of its class" if split == "train" else
