@@ -1213,3 +1213,12 @@ def test_a_weight_also_read_by_an_op_the_tracer_cannot_follow_is_refused_naming_
     with pytest.warns(UserWarning, match="cannot follow"), \
             pytest.raises(ValueError, match=r"'fc.weight' is also read by 1 op\(s\) the tracer cannot follow \('matmul'"):
         gradient_by_depth(Net(), data, layer="fc", batches=1)
+
+
+def test_the_refusal_of_an_attention_in_a_deep_encoder_names_its_own_out_proj_first():
+    # the list of layers to measure was cut at the model's first 12: a later block's out_proj was not in it
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    model = nn.Sequential(nn.Linear(3, 8), nn.TransformerEncoder(layer, 5, enable_nested_tensor=False))
+    data = constant_loader(torch.randn(2, 4, 3), 1)
+    with pytest.raises(TypeError, match=r"one of \['1.layers.4.self_attn.out_proj', '0', "):
+        gradient_by_depth(model, data, layer="1.layers.4.self_attn", batches=1)

@@ -206,6 +206,7 @@ def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parame
         # the gradient is split by the depths of one `weight`'s input units, traced per call of its module
         matrices = [n for n, p in mod.named_parameters(recurse=False) if p.dim() >= 2]
         held = f": its matrices {matrices[:6]} are not measured here" if matrices else ""
+        weighted.sort(key=lambda n: not n.startswith(name + "."))  # its own first: an attention's out_proj
         raise TypeError(f"layer {layer!r}: {type(mod).__name__} {name!r} has no `weight` parameter{held} (the depth "
                         "diagnostics read the `weight` of a Linear or convolution layer, not a recurrent or attention "
                         f"module's matrices); measure a layer that reads its output, one of {weighted[:12]}")
