@@ -1137,3 +1137,88 @@ def test_a_recurrent_or_attention_matrix_is_refused_naming_it_and_the_layers_to_
         gradient_by_depth(Net(), data, layer=layer, batches=1)
     with pytest.raises(TypeError, match="not a recurrent or attention module's matrices"):
         BandGradientScaler(Net(), layers=[layer], depths={layer: torch.zeros(4)})
+
+
+class _Encoder(nn.Module):
+    """A row embedding, one nn.TransformerEncoderLayer and a head: MultiheadAttention reads its out_proj's weight
+    in F.multi_head_attention_forward, never calling out_proj."""
+
+    def __init__(self, batch_first):
+        super().__init__()
+        self.batch_first = batch_first
+        self.embed = nn.Linear(3, 8)
+        self.enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=batch_first)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):  # x: [B, T, 3]
+        h = self.embed(x)
+        h = self.enc(h) if self.batch_first else self.enc(h.transpose(0, 1)).transpose(0, 1)
+        return self.head(h.mean(1))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_an_attention_out_proj_is_measured(batch_first, train_mode):
+    # out_proj was refused ('called 0 time(s)', in either mode) though the refusal of an attention's
+    # in_proj_weight names it as the layer to measure: its weight's one read is the whole gradient
+    import adaptive
+
+    torch.manual_seed(0)
+    model = _Encoder(batch_first)
+    conn = adaptive.Connectome(model)
+    conn.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in conn.masks.items()})
+    data = [(torch.randn(4, 5, 3), torch.randint(0, 3, (4,))) for _ in range(3)]
+    with pytest.warns(UserWarning, match="one band"):
+        res = gradient_by_depth(model, data, layer="enc.self_attn.out_proj", batches=3, train_mode=train_mode, conn=conn)
+    live = conn.masks["enc.self_attn.out_proj.weight"]
+    assert res.depths == [2] and res.calls == 1  # embed -> q, k, v -> out_proj
+    assert res.pruned == int((~live).sum()) and res.table[0]["weights"] == int(live.sum())
+    w = model.enc.self_attn.out_proj.weight
+    model.train(train_mode)
+    mean = sum(torch.autograd.grad(nn.functional.cross_entropy(model(x), y), [w])[0].abs().double() for x, y in data) / 3
+    assert torch.allclose(res.per_weight, mean[live].float())
+
+
+def test_a_weight_read_only_by_f_linear_is_measured_and_the_hint_lists_only_measurable_layers():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.norm, self.fc = nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return nn.functional.linear(self.norm(torch.relu(self.a(x))), self.fc.weight, self.fc.bias)
+
+    torch.manual_seed(0)
+    model = Net()
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    with pytest.warns(UserWarning, match="one band"):
+        res = gradient_by_depth(model, data, layer="fc", batches=1)
+    (g,) = torch.autograd.grad(nn.functional.cross_entropy(model(data[0][0]), data[0][1]), [model.fc.weight])
+    assert res.depths == [1] and torch.allclose(res.per_weight, g.abs().reshape(-1))
+    with pytest.raises(KeyError, match=r"layers it can measure \(Linear, convolution\): \['a', 'fc'\]"):
+        gradient_by_depth(model, data, layer="nope", batches=1)  # not the LayerNorm, which has no input units
+
+
+def test_a_weight_also_read_by_an_op_the_tracer_cannot_follow_is_refused_naming_the_op():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.fc = nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            return nn.functional.linear(h, self.fc.weight, self.fc.bias) + h[:, :3] @ self.fc.weight[:, :3].t()
+
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    with pytest.warns(UserWarning, match="cannot follow"), \
+            pytest.raises(ValueError, match=r"'fc.weight' is also read by 1 op\(s\) the tracer cannot follow \('matmul'"):
+        gradient_by_depth(Net(), data, layer="fc", batches=1)
+
+
+def test_the_refusal_of_an_attention_in_a_deep_encoder_names_its_own_out_proj_first():
+    # the list of layers to measure was cut at the model's first 12: a later block's out_proj was not in it
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    model = nn.Sequential(nn.Linear(3, 8), nn.TransformerEncoder(layer, 5, enable_nested_tensor=False))
+    data = constant_loader(torch.randn(2, 4, 3), 1)
+    with pytest.raises(TypeError, match=r"one of \['1.layers.4.self_attn.out_proj', '0', "):
+        gradient_by_depth(model, data, layer="1.layers.4.self_attn", batches=1)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from ..connectome import Connectome, _MASKED_BY, _plain_module, _plain_names
+from ..discovery import PRUNABLE_TYPES
 from ..metrics import refuse_one_class
 from ..warn import warn_user
 
@@ -192,18 +193,20 @@ def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parame
     parameter name ("classifier.weight")."""
     modules = dict(model.named_modules())
     name = layer[: -len(".weight")] if layer.endswith(".weight") and layer not in modules else layer
-    weighted = [n for n, m in modules.items() if isinstance(getattr(m, "weight", None), nn.Parameter)]
+    # the layers the depth diagnostics can measure: a LayerNorm's or an Embedding's weight has no input units
+    weighted = [n for n, m in modules.items() if isinstance(m, PRUNABLE_TYPES)]
     owner, _, attr = layer.rpartition(".")
     if name not in modules and isinstance(getattr(modules.get(owner), attr, None), nn.Parameter):
         name = owner  # a matrix of its own name (an RNN's weight_hh_l0, an attention's in_proj_weight)
     if name not in modules:
-        raise KeyError(f"the model has no layer {layer!r}; layers with a weight: {weighted[:12]}")
+        raise KeyError(f"the model has no layer {layer!r}; layers it can measure (Linear, convolution): {weighted[:12]}")
     mod = modules[name]
     w = getattr(mod, "weight", None)
     if not isinstance(w, nn.Parameter):
         # the gradient is split by the depths of one `weight`'s input units, traced per call of its module
         matrices = [n for n, p in mod.named_parameters(recurse=False) if p.dim() >= 2]
         held = f": its matrices {matrices[:6]} are not measured here" if matrices else ""
+        weighted.sort(key=lambda n: not n.startswith(name + "."))  # its own first: an attention's out_proj
         raise TypeError(f"layer {layer!r}: {type(mod).__name__} {name!r} has no `weight` parameter{held} (the depth "
                         "diagnostics read the `weight` of a Linear or convolution layer, not a recurrent or attention "
                         f"module's matrices); measure a layer that reads its output, one of {weighted[:12]}")

@@ -108,6 +108,12 @@ def traced_call_depths(model: nn.Module, layer: str, example=None) -> List[torch
     found = {lf.module: (lid, lf) for lid, lf in reversed(list(enumerate(g.layers)))}  # a label's first layer
     if name not in found:
         raise KeyError(f"the traced graph has no weighted layer {name!r}; it has {[lf.module for lf in g.layers][:12]}")
+    param = found[name][1].param
+    unread = [what for what, weights in tr.unknown_weights.items() if param in weights]
+    if unread:  # that read's part of the gradient has depths no trace gives
+        raise ValueError(f"{param!r} is also read by {len(unread)} op(s) the tracer cannot follow ({', '.join(unread[:3])}), "
+                         "so the depths of what those reads multiply are unknown; follow the op's warning (register it "
+                         "with graphs.register_op), or pass depths=")
     names = [name]
     while f"{name}#{len(names) + 1}" in found:
         names.append(f"{name}#{len(names) + 1}")
@@ -425,7 +431,7 @@ def gradient_by_depth(
                     hist = LogHistogram(len(uniq))
                     per_weight = torch.zeros(len(bands), *weight.shape, dtype=torch.float64)
                     measured = torch.zeros(len(bands))  # batches each call's part was measured in
-                elif calls != len(bands):
+                elif max(calls, 1) != len(bands):  # (no call at all: the one read of the weight, as above)
                     raise ValueError(f"gradient_by_depth: {name!r} was called {len(bands)} times in the first batch's "
                                      f"forward and {calls} times in batch {n + 1}'s: its calls' depths differ from "
                                      "batch to batch; measure a layer called the same number of times in every forward")
@@ -510,6 +516,11 @@ def _call_bands(name, shape, call_depths, calls, groups, transposed, source, tra
     band its part of the gradient in that call goes to. Depths given once for a layer called several
     times (``depths=`` of one row, ``input_depths``) serve every call, with a warning. ``source``:
     where ``call_depths`` came from (given, input_depths or traced)."""
+    if calls == 0 and len(call_depths) == 1:
+        # the module is never called: its weight is read, once, by the op that holds it (nn.MultiheadAttention
+        # reads out_proj.weight in F.multi_head_attention_forward; F.linear(x, layer.weight)), so the whole
+        # gradient is that read's
+        calls = 1
     if source == "traced" and len(call_depths) != calls:
         raise ValueError(f"gradient_by_depth: the traced graph (an eval-mode forward) has {len(call_depths)} layer(s) "
                          f"using the weight of {name!r}, but the measured forward ({'train' if train_mode else 'eval'} mode) "
