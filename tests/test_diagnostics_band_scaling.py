@@ -1,5 +1,7 @@
 """BandGradientScaler across devices and checkpoints: its hooks follow a model moved after it was
 built, and its running band sizes survive a save and a resume bit for bit."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -304,4 +306,45 @@ def test_a_weight_replaced_by_one_of_another_shape_is_refused():
     with pytest.raises(ValueError, match=r"the weight of '0' was replaced by a Parameter of shape \(7, 6\), but the "
                                          r"scaler was built for a Parameter of shape \(5, 6\): build a new scaler"):
         net(torch.randn(2, 6))
+    scaler.remove()
+
+
+class _Same(nn.Module):
+    def forward(self, w):
+        return w * 1.0
+
+
+def _prune_identity(net):
+    for i in (0, 2):
+        torch.nn.utils.prune.identity(net[i], "weight")  # weight = weight_orig * an all-ones mask
+
+
+def _parametrize(net):
+    for i in (0, 2):
+        torch.nn.utils.parametrize.register_parametrization(net[i], "weight", _Same())
+
+
+def test_a_weight_computed_from_the_hooked_parameter_is_no_replacement():
+    """torch.nn.utils.prune and a parametrization put a tensor computed at each call where the weight was, the hooked
+    Parameter held on (weight_orig, parametrizations.weight.original) and still getting the gradient; functional_call
+    puts other tensors there for one call. Every forward was refused as a weight 'replaced by a Tensor': the hooks
+    stay on the Parameter, silently, and scale as before."""
+    ref, _, ref_scaler = _scaled()
+    want = _step_scales(ref, ref_scaler)
+    ref_scaler.remove()
+    for change in (_prune_identity, _parametrize):
+        net, _, scaler = _scaled()
+        change(net)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert _step_scales(net, scaler) == want
+        scaler.remove()
+    net, _, scaler = _scaled()
+    params = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
+    x, y = _batches(1)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nn.functional.cross_entropy(torch.func.functional_call(net, params, (x,)), y).backward()
+        assert scaler.scales() == {"0": {}, "2": {}}  # other tensors than the weights got that gradient
+        assert _step_scales(net, scaler) == want
     scaler.remove()

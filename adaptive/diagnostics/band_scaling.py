@@ -77,7 +77,9 @@ class BandGradientScaler:
     ``load_state_dict(assign=True)``, a conversion under
     ``torch.__future__.set_swap_module_params_on_conversion(True)``) loses its gradient hook with the
     tensor it was on: the model's next forward moves the hook onto the new weight, with a warning
-    (a replacement of another shape is refused there).
+    (a replacement of another shape is refused there). A weight computed at each call from the hooked
+    Parameter (``torch.nn.utils.prune``, a parametrization added after the scaler was built) is no
+    replacement: the Parameter gets the gradient, and the hook stays on it.
     The hooks follow the gradient's device: a model moved after the scaler was built (``.cuda()``,
     another dtype) is scaled there, each layer's band index and running sizes moved at its first
     gradient there (none left on the device the model left; later gradients copy nothing).
@@ -151,14 +153,23 @@ class BandGradientScaler:
         st["weight"], st["tensor"] = weight, weight._cdata  # _cdata: the C++ tensor, which a swap replaces
         st["handle"] = weight.register_hook(self._hook(st, weight))
 
+    @staticmethod
+    def _layer_weight(st):
+        """The Parameter the layer's gradient hook belongs on now: its module's ``weight``, or the hooked
+        Parameter where ``weight`` is a plain tensor: computed from it at each call (torch.nn.utils.prune's
+        ``weight_orig``, a parametrization's ``original``), which gets the gradient still, or put there for
+        one call (``torch.func.functional_call``); a module cannot be given one otherwise."""
+        w = getattr(st["module"], "weight", None)
+        return st["weight"] if isinstance(w, torch.Tensor) and not isinstance(w, nn.Parameter) else w
+
     def _check_weights(self) -> None:
         """Move the hooks of layers whose weight was replaced since they were put on (their gradients
         would go by unscaled, and the running sizes stop, silently) onto the current weights, with a
         warning; a layer whose weight is gone or of another shape is refused."""
         replaced = [st for st in self.state.values()
-                    if getattr(st["module"], "weight", None) is not st["weight"] or st["weight"]._cdata != st["tensor"]]
+                    if (w := self._layer_weight(st)) is not st["weight"] or w._cdata != st["tensor"]]
         for st in replaced:
-            w = getattr(st["module"], "weight", None)
+            w = self._layer_weight(st)
             if not isinstance(w, nn.Parameter) or tuple(w.shape) != st["shape"]:
                 now = f"a {type(w).__name__} of shape {tuple(w.shape)}" if isinstance(w, torch.Tensor) else repr(w)
                 raise ValueError(f"BandGradientScaler: the weight of {st['name']!r} was replaced by {now}, but the "
@@ -166,7 +177,7 @@ class BandGradientScaler:
                                  "the model as it is now (scaler.remove() the old one)")
         for st in replaced:
             st["handle"].remove()
-            w = getattr(st["module"], "weight")
+            w = self._layer_weight(st)
             if w is st["weight"] and w._backward_hooks is not None:
                 # swapped in place: the Parameter keeps its dict of hooks, but its new tensor has no autograd
                 # hook calling them; setting the dict again puts one there (the dict's other hooks, lost alike,
