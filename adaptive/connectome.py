@@ -154,7 +154,9 @@ def _plain_patterns(model: nn.Module, patterns: Optional[Iterable[str] | str]) -
     plain = _plain_module(model)
     if plain is model or patterns is None:
         return patterns
-    names = [n for n, _ in plain.named_modules()] + [n for n, _ in plain.named_parameters(remove_duplicate=False)]
+    # every name of a module or weight held under several, as discover matches a pattern against each
+    names = ([n for n, _ in plain.named_modules(remove_duplicate=False)]
+             + [n for n, _ in plain.named_parameters(remove_duplicate=False)])
 
     def matches(p):
         return any(fnmatch.fnmatchcase(n, p) for n in names)

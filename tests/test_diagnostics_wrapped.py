@@ -176,3 +176,20 @@ def test_include_and_exclude_written_as_the_wrapper_names_layers_select_the_modu
     held = nn.DataParallel(_HoldsModule())
     assert list(adaptive.Connectome(held, include="module").masks) == ["module.weight"]
     assert list(adaptive.Connectome(held, include="module.module").masks) == ["module.weight"]
+
+
+class _TwoNames(_Cat):
+    """_Cat whose head is also held as ``out`` (one module, two names)."""
+
+    def __init__(self):
+        super().__init__()
+        self.out = self.head
+
+
+def test_a_wrapper_s_pattern_selects_a_layer_by_any_of_its_names():
+    """discover matches a pattern against every name of a layer; the wrapper's module.out was checked against each
+    module's first name only (head), so it was kept as given, and refused as matching no prunable layer."""
+    wrapped = nn.DataParallel(_TwoNames())
+    assert list(adaptive.Connectome(wrapped.module, include="out").masks) == ["head.weight"]
+    assert list(adaptive.Connectome(wrapped, include="module.out").masks) == ["head.weight"]
+    assert list(adaptive.Connectome(wrapped, exclude="module.out").masks) == ["fc.weight"]
