@@ -58,8 +58,13 @@ class BandGradientScaler:
     the live entries of all the processes' gradients together, what one process would compute on all
     of them, and DDP's average of the scaled gradients is those scales times the averaged gradient.
     (The averaged gradient's own size exists only after the reduction the hook precedes.) Every
-    process must therefore run each backward through the scaled layers, as DDP requires; the
-    diagnostics, which one process may run alone, suspend the hooks (see below).
+    process must therefore run each backward, and each scaled layer must get a gradient in it on
+    every process or on none: a layer that DDP's ``find_unused_parameters=True`` lets one process
+    leave out (a branch taken on some processes only) leaves that process's all-reduces paired with
+    other layers' or DDP's own (an abort under gloo, a hang under NCCL), so scale only layers every
+    process uses. The micro-steps of gradient accumulation (``no_sync``) reduce their statistics too,
+    each scaled alike on every process. The diagnostics, which one process may run alone, suspend
+    the hooks (see below).
     A layer called several times in one forward, each call reading a signal of another depth
     (traced: the graph's ``NAME``, ``NAME#2``, ...; or ``depths`` rows), has each call's part of the
     gradient (:class:`CallRecorder`: its output gradient through that call alone) scaled by the bands
