@@ -131,8 +131,9 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
     except (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as e:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise
-        print(f"{prog}: error: {e.strerror or e}: {e.filename or ''} (check the output and input paths)",
-              file=sys.stderr)
+        # (one a DataLoader worker raised comes back with no strerror: the worker's message names the file)
+        what = f"{e.strerror}: {e.filename or ''}" if e.strerror else _message(e)
+        print(f"{prog}: error: {what} (check the output and input paths)", file=sys.stderr)
         raise SystemExit(2) from e
     except KeyboardInterrupt:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
