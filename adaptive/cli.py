@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 import signal
 import sys
 import threading
@@ -91,10 +92,13 @@ def _message(e: BaseException) -> str:
     from torch with the worker's whole traceback as its message: the worker's own message is kept."""
     msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
     first, _, rest = msg.partition("\n")
-    if first.startswith("Caught ") and "DataLoader worker" in first:
-        _, found, own = rest.rstrip().rpartition(f"\n{type(e).__name__}: ")
-        if found:
-            return f"{own} ({first[len('Caught '):].replace(type(e).__name__ + ' in ', 'in ').rstrip('.')})"
+    worker = re.fullmatch(r"Caught (\w+) (in DataLoader worker process \d+)\.?", first)
+    if worker:
+        # the traceback's last line is the error's own: its type, with its module unless a builtin
+        # (adaptive.paths.DatasetNotFoundError), then its message (none: the type alone)
+        own = list(re.finditer(rf"^(?:[\w.]+\.)?{worker[1]}(: |$)", rest, re.M))
+        if own:
+            return f"{rest[own[-1].end():].rstrip() or worker[1]} ({worker[2]})"
     return msg
 
 
@@ -127,8 +131,9 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
     except (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as e:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise
-        print(f"{prog}: error: {e.strerror or e}: {e.filename or ''} (check the output and input paths)",
-              file=sys.stderr)
+        # (one a DataLoader worker raised comes back with no strerror: the worker's message names the file)
+        what = f"{e.strerror}: {e.filename or ''}" if e.strerror else _message(e)
+        print(f"{prog}: error: {what} (check the output and input paths)", file=sys.stderr)
         raise SystemExit(2) from e
     except KeyboardInterrupt:
         if os.environ.get("ADAPTIVE_TRACEBACK"):

@@ -134,19 +134,33 @@ def test_a_mistyped_option_names_the_one_it_nearly_matches_in_every_argparse_com
     assert capsys.readouterr().err.rstrip().endswith("unrecognized arguments: --zzz")
 
 
-def test_an_error_raised_in_a_data_loader_worker_is_one_line_with_its_own_message(capsys, monkeypatch):
+@pytest.mark.parametrize("error, line", [
+    (ValueError("train/dog/1.png cannot be read as an image: replace it, or delete it"),
+     "train/dog/1.png cannot be read as an image: replace it, or delete it (in DataLoader worker process 0)"),
+    # the traceback names a non-builtin error with its module (adaptive.paths.DatasetNotFoundError: ...)
+    ("DatasetNotFoundError", "no data in /x: download it there (in DataLoader worker process 0)"),
+    (ValueError(), "ValueError (in DataLoader worker process 0)"),  # no message: the traceback's last line is its type alone
+    # an image the run may not read (an operating-system error, which the image folders leave as it is)
+    (PermissionError(13, "Permission denied", "train/dog/1.png"),
+     "[Errno 13] Permission denied: 'train/dog/1.png' (in DataLoader worker process 0) (check the output and input paths)"),
+])
+def test_an_error_raised_in_a_data_loader_worker_is_one_line_with_its_own_message(capsys, monkeypatch, error, line):
     """torch re-raises a worker's error with the worker's whole traceback as its message: with
     --num-workers (the ImageNet configs set 8) an unreadable image printed that traceback as its
     error: line, the message naming the file and the fix at its very end."""
     import torch
     from adaptive.cli import run_cli
+    from adaptive.paths import DatasetNotFoundError
+
+    if error == "DatasetNotFoundError":
+        error = DatasetNotFoundError("no data in /x: download it there")
 
     class Unreadable(torch.utils.data.Dataset):
         def __len__(self):
             return 2
 
         def __getitem__(self, i):
-            raise ValueError("train/dog/1.png cannot be read as an image: replace it, or delete it")
+            raise error
 
     def main():
         next(iter(torch.utils.data.DataLoader(Unreadable(), num_workers=1)))
@@ -155,5 +169,4 @@ def test_an_error_raised_in_a_data_loader_worker_is_one_line_with_its_own_messag
     with pytest.raises(SystemExit) as e:
         run_cli(main, "prog")
     assert e.value.code == 2
-    assert capsys.readouterr().err == ("prog: error: train/dog/1.png cannot be read as an image: replace it, or "
-                                       "delete it (in DataLoader worker process 0)\n")
+    assert capsys.readouterr().err == f"prog: error: {line}\n"

@@ -102,6 +102,25 @@ def test_an_image_that_cannot_be_read_is_named_with_the_fix(tmp_path):
         decode_folder(tmp_path / "train", progress=False)
 
 
+def test_an_image_gone_since_the_folder_was_scanned_keeps_the_operating_system_s_error(tmp_path, monkeypatch):
+    """Only a decoding error is the image's fault: a file deleted mid-run (or one without read
+    permission) was reported as 'cannot be read as an image ... replace it with a readable copy, or
+    delete it', hiding the FileNotFoundError."""
+    from PIL import Image as PILImage
+    from adaptive.data.folder_cache import decode_folder
+
+    _tree(tmp_path, ("train", "val"), n=2, size=6)
+    d = get_dataloaders("folder", data_dir=str(tmp_path), batch_size=6, holdout=0.5, image_size=6, resize=6)
+    (tmp_path / "train" / "dog" / "1.png").unlink()
+    with pytest.raises(FileNotFoundError, match="dog/1.png"):
+        [None for _ in d.train] + [None for _ in d.holdout]
+    gone = FileNotFoundError(2, "No such file or directory", "train/cat/0.png")
+    monkeypatch.setattr(PILImage, "open", lambda *a, **k: (_ for _ in ()).throw(gone))
+    with pytest.raises(FileNotFoundError) as e:  # the cached decoding of the cifar10 loader
+        decode_folder(tmp_path / "train", progress=False)
+    assert e.value is gone
+
+
 def test_adaptive_recipe_trains_on_a_folder(tmp_path):
     from _scripts import load_script
 

@@ -1222,3 +1222,59 @@ def test_the_refusal_of_an_attention_in_a_deep_encoder_names_its_own_out_proj_fi
     data = constant_loader(torch.randn(2, 4, 3), 1)
     with pytest.raises(TypeError, match=r"one of \['1.layers.4.self_attn.out_proj', '0', "):
         gradient_by_depth(model, data, layer="1.layers.4.self_attn", batches=1)
+
+
+def test_a_weight_read_once_by_f_linear_from_a_concatenation_is_split_by_the_depths_it_reads():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(12, 3)
+
+        def forward(self, x):
+            h1 = torch.relu(self.l1(x))
+            h2 = torch.relu(self.l2(h1))
+            return nn.functional.linear(torch.cat([x, h1, h2], 1), self.head.weight, self.head.bias)
+
+    torch.manual_seed(0)
+    model = Net()
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(2)]
+    res = gradient_by_depth(model, data, layer="head", batches=2)
+    assert res.depths == [0, 1, 2] and res.band.view(3, 12)[0].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    mean = sum(torch.autograd.grad(nn.functional.cross_entropy(model(x), y), [model.head.weight])[0].abs()
+               for x, y in data) / 2
+    assert torch.allclose(res.per_weight, mean.reshape(-1))
+
+
+class _Tied(nn.Module):
+    """``a`` is never called: its weight, tied to ``b``'s (which is called on the input, depth 0), is read by
+    F.linear on a depth-1 signal."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.c(nn.functional.linear(torch.relu(self.b(x)), self.a.weight))
+
+
+class _TiedHead(nn.Module):
+    """A language model's head tied to its embedding, which reads the weight too (a lookup)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.mid, self.head = nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 10, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.head(torch.relu(self.mid(self.emb(x).mean(1))))
+
+
+@pytest.mark.parametrize("model, layer, other", [(_Tied, "a", "b"), (_Tied, "b", "a"), (_TiedHead, "head", "emb")])
+def test_a_tied_weight_read_by_another_module_too_is_refused(model, layer, other):
+    # the whole gradient, the other module's read's part included, was measured as the layer's: 'a' (never
+    # called, read once by F.linear) in its depth-1 band, 'b' in its depth-0 band, a head with its embedding's part
+    torch.manual_seed(0)
+    x = torch.randint(0, 10, (4, 5)) if model is _TiedHead else torch.randn(4, 4)
+    with pytest.raises(ValueError, match=rf"the weight of '{layer}' is also that of \['{other}'\] \(a tied weight"):
+        gradient_by_depth(model(), [(x, torch.randint(0, 3, (4,)))], layer=layer, batches=1)

@@ -29,9 +29,11 @@ def scan_folder(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
     return classes, samples
 
 
-def unreadable_image(path, error: Exception) -> ValueError:
-    """The error for an image file of a class folder that cannot be opened or decoded (a truncated
-    copy, a file that is no image under an image's name), naming the file and the fix."""
+def unreadable_image(path, error: OSError) -> ValueError:
+    """The error for an image file of a class folder that cannot be decoded (a truncated copy, a file
+    that is no image under an image's name: PIL's OSErrors, which carry no errno), naming the file and
+    the fix. An operating-system error (with an errno: a file deleted since the folder was scanned, no
+    permission to read it) is no fault of the image's: callers raise it as it is."""
     return ValueError(f"{path} cannot be read as an image ({type(error).__name__}: {error}): every file with an "
                       "image extension in a class folder is read; replace it with a readable copy, or delete it")
 
@@ -79,7 +81,9 @@ def decode_folder(root: Path, desc: str = "decoding", progress: Optional[bool] =
         try:
             with Image.open(path) as im:
                 arr = np.array(im.convert("RGB"))  # a writable copy
-        except OSError as e:  # PIL's UnidentifiedImageError and truncated data are OSErrors
+        except OSError as e:  # PIL's UnidentifiedImageError and truncated data are OSErrors without an errno
+            if e.errno is not None:  # the file gone, no permission: the operating system's error says it
+                raise
             raise unreadable_image(path, e) from e
         if arr.shape[:2] != (h, w):
             raise ValueError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, not {w}x{h}: this cache needs same-sized images")

@@ -55,7 +55,9 @@ class FolderView(Dataset):
         path, label = self.folder.samples[src]
         try:
             image = self.folder.loader(path)
-        except OSError as e:  # PIL's UnidentifiedImageError and truncated data are OSErrors
+        except OSError as e:  # PIL's UnidentifiedImageError and truncated data are OSErrors without an errno
+            if e.errno is not None:  # the file gone, no permission: the operating system's error says it
+                raise
             raise unreadable_image(path, e) from e
         if self.seed is None:
             return self.transform(image), label

@@ -148,6 +148,19 @@ def _derived_output(edges: dict, inputs) -> Optional[Tuple[int, int]]:
     return None
 
 
+class TiedWeightError(ValueError):
+    """A layer's weight is also another module's (tied: the same Parameter), which the forward reads too."""
+
+
+def tied_weight_error(name: str, others: List[str], who: str = "") -> TiedWeightError:
+    """The refusal (from ``who``) of layer ``name``, whose weight ``others`` (modules, or layers of the traced
+    graph) read as their own: the gradient holds their reads' parts, which no depth of ``name``'s inputs describes."""
+    return TiedWeightError(
+        (f"{who}: " if who else "") + f"the weight of {name!r} is also that of {others[:4]} (a tied weight: the same Parameter), which the forward "
+        f"reads too: its gradient holds that read's part, which the depths of {name!r}'s inputs do not describe; "
+        "measure a layer whose weight no other module reads (give each module its own copy to measure them apart)")
+
+
 def parts_adding_up(who: str, name: str, parts: List[torch.Tensor], g: torch.Tensor, fix: str) -> List[torch.Tensor]:
     """``parts``, the calls' parts of the gradient ``g`` of layer ``name``, once checked to add up to
     it (to 1% of its largest entry: the sums run in another order); else a ValueError from ``who``

@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from ..connectome import _local_module, _plain_module
 from ..metrics import _forward_owner, call_model, refuse_unpacked, to_device
-from ._shared_calls import CallRecorder, parts_adding_up
+from ._shared_calls import CallRecorder, TiedWeightError, parts_adding_up, tied_weight_error
 from ._common import (LogHistogram, batch_statistics_explained, check_finite, default_loss, find_weight, iterate_batches,
                       kept_buffers, live_mask, measured_gradients, model_connectome, model_device, plain_layer_name,
                       scalers_suspended, warn_if_zeros)
@@ -57,6 +57,8 @@ def resolve_call_depths(model: nn.Module, layer: str, depths=None, example=None)
         return [torch.as_tensor(model.input_depths(layer), dtype=torch.long).reshape(-1).cpu()]
     try:
         return traced_call_depths(model, layer, example)
+    except TiedWeightError:  # no depths= would make its measurement right
+        raise
     except Exception as e:  # tracing is best effort: say what failed and how to get past it
         raise ValueError(f"cannot tell the signal depth of the inputs of {layer!r} ({type(e).__name__}: {e}); "
                          f"{HOW_TO_PASS_DEPTHS}") from e
@@ -117,6 +119,11 @@ def traced_call_depths(model: nn.Module, layer: str, example=None) -> List[torch
     names = [name]
     while f"{name}#{len(names) + 1}" in found:
         names.append(f"{name}#{len(names) + 1}")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    mine = params.get(param)
+    tied = [lf.module for lf in g.layers if mine is not None and lf.module not in names and params.get(lf.param) is mine]
+    if tied:  # a layer of another name reading the same Parameter (fx names a tied weight's read after its first name)
+        raise tied_weight_error(name, tied)
     calls = []
     for n in names:
         lid, lf = found[n]
@@ -409,8 +416,13 @@ def gradient_by_depth(
                         _refuse_hooked_unpacked(model, x)
                         raise
                     recorder = CallRecorder(mod)  # after the tracing, whose forward it would record
+                    tied_calls, tied = [], _tied_modules(plain, mod, weight)  # (an Embedding tied to a head reads it too)
+                    handles = [m.register_forward_hook(lambda *_, n=n: tied_calls.append(n) if torch.is_grad_enabled()
+                                                       else None) for n, m in tied.items()]
                 recorder.clear()
                 loss = loss_fn(call_model(model, x, "gradient_by_depth"), y)
+                if tied_calls:
+                    raise tied_weight_error(name, sorted(set(tied_calls)), "gradient_by_depth")
                 (g,) = torch.autograd.grad(loss, [weight], allow_unused=True)
                 if g is None and recorder.calls and all(c["no_grad"] for c in recorder.calls):
                     raise ValueError(f"gradient_by_depth: layer {name!r} has no gradient: the model's forward calls it "
@@ -449,6 +461,8 @@ def gradient_by_depth(
         finally:
             if recorder is not None:
                 recorder.remove()
+                for h in handles:
+                    h.remove()
     per_weight /= measured.double().view(-1, *[1] * weight.dim())  # NaN for a call never measured
     q1, med, q3, mean = hist.quantile(0.25), hist.quantile(0.5), hist.quantile(0.75), hist.mean()
     tot = hist.total()
@@ -493,6 +507,12 @@ def gradient_by_depth(
         pruned=0 if live is None else int((~live).sum()),
         live=live,
     )
+
+
+def _tied_modules(model: nn.Module, module: nn.Module, weight: nn.Parameter) -> dict:
+    """The modules of ``model`` other than ``module`` that hold ``weight`` as a parameter of their own."""
+    return {n: m for n, m in model.named_modules()
+            if m is not module and any(p is weight for p in m.parameters(recurse=False))}
 
 
 def _no_grad_notes(uniq, bands, measured, n, tot) -> List[str]:
