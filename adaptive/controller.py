@@ -13,6 +13,7 @@ from (seed, step, layer), so all processes reach the same masks without broadcas
 """
 from __future__ import annotations
 
+import collections
 import fnmatch
 import inspect
 import json
@@ -80,11 +81,17 @@ def _check_pooled(est, side: str, name: str, pooled: torch.Tensor, gran) -> None
                          "synapses infinities of one sign, or finite scores")
 
 
-def _holds_tensors(v) -> bool:
-    """Whether ``v`` is a tensor, or a dict, list or tuple holding one (a plugin's per-layer state)."""
+def _holds_tensors(v, depth: int = 4) -> bool:
+    """Whether ``v`` is a tensor, or a dict, list, tuple or set holding one, nested too (a plugin's
+    per-layer state: ``{layer: tensor}``, ``{layer: {"m": tensor, "v": tensor}}``, ``{layer: [tensor]}``),
+    down to ``depth`` containers (a container that holds itself ends there)."""
+    if isinstance(v, torch.Tensor):
+        return True
     if isinstance(v, dict):
-        v = list(v.values())
-    return isinstance(v, torch.Tensor) or (isinstance(v, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in v))
+        v = v.values()
+    elif not isinstance(v, (list, tuple, set, frozenset, collections.deque)):
+        return False
+    return depth > 0 and any(_holds_tensors(x, depth - 1) for x in v)
 
 
 def _check_scores(est, side: str, name: str, s, method: Optional[str] = None, ctx=None) -> None:
@@ -1057,8 +1064,8 @@ class Controller:
         }
 
     def _warn_unsaved_plugin_state(self) -> None:
-        """Warn once of a policy or estimator (a plugin's) that keeps tensors in its attributes (or in a
-        dict, list or tuple of them) but has no ``state_dict`` of its own: the base class's saves
+        """Warn once of a policy or estimator (a plugin's) that keeps tensors in its attributes (or in dicts,
+        lists or tuples of them, nested too) but has no ``state_dict`` of its own: the base class's saves
         nothing, so every checkpoint leaves that state out and a resumed run starts it afresh. (Every
         built-in that keeps tensors saves them.) No collective: every process warns alike."""
         from .policies.base import Policy

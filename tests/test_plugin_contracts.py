@@ -634,3 +634,28 @@ def test_the_warning_names_a_plugin_files_estimator_by_its_name_and_file(tmp_pat
             ctrl.state_dict()
     finally:
         _ESTIMATORS.pop("running_mean_ext", None)
+
+
+class _NestedRunningMean(_RunningMean):
+    """Keeps its tensors one container deeper: per layer, a dict of moments, or a list of the last gradients."""
+
+    def __init__(self, nest):
+        super().__init__()
+        self.nest = nest
+        self.moments = {}
+
+    def removal_cost(self, ctx):
+        g = ctx.stats.mean(ctx.name)
+        self.moments[ctx.name] = {"m": g.clone()} if self.nest == "dict" else [g.clone()]
+        return (g * ctx.weight).abs()
+
+
+@pytest.mark.parametrize("nest", ["dict", "list"])
+def test_a_plugin_keeping_tensors_in_nested_containers_is_warned_of(nest):
+    """Per-layer state of several tensors ({layer: {"m": t, "v": t}}, {layer: [t, ...]}) is the usual
+    shape of a plugin's state: tensors a container deeper are left out of checkpoints all the same."""
+    model = _net()
+    ctrl = _driven(adaptive.Controller(adaptive.Connectome(model), policy="utility", estimator=_NestedRunningMean(nest),
+                                       density=0.5, update_every=2), model)
+    with pytest.warns(UserWarning, match=r"_NestedRunningMean keeps tensors in its attribute\(s\) \['moments'\]"):
+        ctrl.state_dict()
