@@ -1007,7 +1007,13 @@ class Controller:
             return
         editable = self.editable()
         live = sum(int(torch.count_nonzero(self.conn.masks[n])) for n in editable)
-        target = global_synapse_target(self, self.density)
+        try:
+            target = global_synapse_target(self, self.density)
+        except ValueError as err:  # protected layers grown by hand past the target: a warning never raises
+            self._warned_missed = True
+            warn_user(f"the controller's schedule ended at step {step} with the network at density "
+                      f"{self.conn.density():.4g}, not its target {self.density:g}: {err}")
+            return
         if abs(live - target) <= sum(1.0 if self._sizes(n) is None else float(self._sizes(n).max()) for n in editable):
             return
         self._warned_missed = True

@@ -127,3 +127,28 @@ def test_a_skipped_last_update_still_checks_the_target(last_window):
     assert any("update is skipped" in t or "update skipped" in t for t in texts)
     missed = [t for t in texts if MISSED in t]
     assert len(missed) == 1 and "ended at step 8" in missed[0] and conn.density() == 1.0
+
+
+def test_a_target_the_protected_layers_overfill_at_a_skipped_last_update_is_warned_not_raised():
+    """Protected layers refilled by hand past the target, then the last due update skipped for want
+    of a gradient: the check warns with the reason; a warning never stops the run."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    conn = adaptive.Connectome(model)
+    name = next(n for n in conn.masks if n.startswith("0"))
+    sparse = torch.zeros_like(conn.masks[name])
+    sparse.view(-1)[:20] = 1
+    conn.set_masks({name: sparse})
+    ctrl = adaptive.Controller(conn, policy="threshold", density=0.4, update_every=2, end_step=8, protect="0")
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for step in range(10):
+            if step == 6:
+                conn.set_masks({name: torch.ones_like(sparse)})  # 128 protected synapses, 77 due in all
+            model.zero_grad()
+            _no_gradient_last_window(model, x, y, step)
+            ctrl.observe()
+            ctrl.step()
+    missed = [str(w.message) for w in record if MISSED in str(w.message)]
+    assert len(missed) == 1 and "ended at step 8" in missed[0] and "protect" in missed[0]
