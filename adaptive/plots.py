@@ -211,6 +211,15 @@ def step_points(steps: Sequence, values: Sequence, start=None, last_step=None) -
     return xs, ys
 
 
+def row_intervals(rows: Sequence[dict], key: str) -> tuple:
+    """The points of a step function drawn with ``drawstyle="steps-pre"`` in which each train row's
+    ``key`` holds over the steps the row covers: from the previous train row's step (0 for the
+    first: a row's window starts where the last one ended) to its own. A row whose value is missing
+    or not finite leaves its interval empty (a NaN point) rather than lending it the next row's."""
+    train = [r for r in rows if r.get("split") == "train" and isinstance(r.get("step"), (int, float))]
+    return [0] + [r["step"] for r in train], [math.nan] + [r[key] if finite(r.get(key)) else math.nan for r in train]
+
+
 def plot_density(events: Sequence[dict], path, kept: Optional[dict] = None, last_step=None,
                  title: Optional[str] = None, rows: Sequence[dict] = ()) -> Path:
     """Overall and per-layer density against step, a step function: each controller event's density
@@ -220,12 +229,11 @@ def plot_density(events: Sequence[dict], path, kept: Optional[dict] = None, last
     ``density``): the masks a run kept when they are not its last ones, marked with a star.
     ``title``: a line above the figure's own (name the model and dataset). ``rows``: metric rows;
     the ``silent_units`` of train rows (the share of units no gradient reached over each row's
-    steps) is drawn on the same 0-1 axis, each value over the interval that ends at its row."""
+    steps) is drawn on the same 0-1 axis, each value over the steps its row covers (:func:`row_intervals`)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     evs = [e for e in events if "density" in e]
-    silent = [(r["step"], r["silent_units"]) for r in rows
-              if r.get("split") == "train" and finite(r.get("silent_units"))]
+    silent = any(r.get("split") == "train" and finite(r.get("silent_units")) for r in rows)
     if evs:
         steps = [e["step"] for e in evs]
         layers: List[str] = list(evs[-1].get("layer_density", {}))
@@ -237,9 +245,9 @@ def plot_density(events: Sequence[dict], path, kept: Optional[dict] = None, last
         xs, ys = step_points(steps, [e["density"] for e in evs], density_before(evs[0]), last_step)
         ax.plot(xs, ys, color="k", lw=2.2, label="overall", drawstyle="steps-post", **single_point_marker(len(xs)))
     if silent:
-        xs, ys = zip(*silent)
+        xs, ys = row_intervals(rows, "silent_units")
         ax.plot(xs, ys, color="tab:red", lw=1.2, ls=":", drawstyle="steps-pre",
-                label="silent units (no gradient over the row)", **single_point_marker(len(xs)))
+                label="silent units (no gradient over the row)")
     if kept is not None:
         ax.plot([kept["step"]], [kept["density"]], **KEPT_STYLE)
     if not evs:
@@ -309,14 +317,12 @@ def plot_grad_norm(rows: Sequence[dict], path, max_grad_norm: Optional[float] = 
             ax.set_yscale("log")
     if max_grad_norm is not None:
         ax.axhline(max_grad_norm, color="k", ls="--", lw=1, label=f"--max_grad_norm {max_grad_norm:g}")
-    shares = [(r["step"], r["clipped"]) for r in given if finite(r.get("clipped"))]
     handles, names = ax.get_legend_handles_labels()
-    if shares:
+    if any(finite(r.get("clipped")) for r in given):
         twin = ax.twinx()
-        xs, ys = zip(*shares)
-        # a row covers the steps up to it: each value is drawn over the interval that ends at its step
-        (line,) = twin.plot(xs, ys, color="tab:red", lw=1, alpha=0.7, drawstyle="steps-pre",
-                            **single_point_marker(len(xs)))
+        # a row covers the steps since the last one: each value is drawn over that interval
+        xs, ys = row_intervals(rows, "clipped")
+        (line,) = twin.plot(xs, ys, color="tab:red", lw=1, alpha=0.7, drawstyle="steps-pre")
         twin.set_ylim(-0.05, 1.05)
         twin.set_ylabel("share of steps clipped")
         handles, names = handles + [line], names + ["share of the row's steps clipped"]

@@ -965,8 +965,8 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
         if (s.step % cfg.eval_every == 0) if cfg.eval_every else (s.step % steps_per_epoch == 0):
             holdout = eval_holdout()
             if lines:  # no bar: one plain line per evaluation, so a piped or logged run is not silent
-                train = next((r for r in reversed(state.metrics) if r.get("split") == "train"), {})
-                print(progress_line(step=f"{s.step}/{total_steps}", epoch=f"{s.epoch + 1}/{epochs}", train_loss=train.get("loss"),
+                print(progress_line(step=f"{s.step}/{total_steps}", epoch=f"{s.epoch + 1}/{epochs}",
+                                    train_loss=_last_train_loss(state.metrics, s.step),
                                     holdout_accuracy=holdout, density=f"{conn.density():.4f}", seconds=elapsed()),
                       flush=True)
         if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and s.step < total_steps:
@@ -1509,6 +1509,20 @@ def dying_relu_remedy(cfg) -> str:
         return ("clipping the gradient, --max_grad_norm 1, kept all 24 LeNet-5 runs on MNIST alive where lr 0.1 "
                 "alone lost 5: README, recipes/benchmarks/lenet5_stability.py; a lower --lr helps too")
     return f"a smaller --max_grad_norm than {cfg.max_grad_norm:g} or a lower --lr usually keeps them alive"
+
+
+def _last_train_loss(rows: List[dict], step: int) -> Union[float, str, None]:
+    """A progress line's train loss: the last train row's, with the steps it covers where it closed
+    before ``step`` (an evaluation between rows: an epoch's end, --eval_every off --log_every's
+    grid), so that it does not pass for the loss up to the step the line names. None: no row yet."""
+    train = [r for r in rows if r.get("split") == "train"]
+    if not train:
+        return None
+    loss, end = train[-1]["loss"], train[-1]["step"]
+    if end == step:
+        return loss
+    start = train[-2]["step"] + 1 if len(train) > 1 else 1
+    return f"{loss:.4g} (steps {start}-{end})"
 
 
 def _row_lr(state, optimizer) -> float:

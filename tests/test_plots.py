@@ -1,4 +1,5 @@
 """plots: the run figures show every bar, point and note they are given (inspected on the Figure)."""
+import math
 import matplotlib
 
 matplotlib.use("Agg")
@@ -212,6 +213,11 @@ def test_density_layers_that_share_a_colour_differ_in_line_style(figures):
     assert not _window(figures[0], ax.get_legend()).overlaps(_window(figures[0], ax))  # beside the axes
 
 
+def _points(line) -> list:
+    """A line's points, a NaN y as None (NaN compares unequal to itself)."""
+    return [[x, None if math.isnan(y) else y] for x, y in line.get_xydata().tolist()]
+
+
 def test_a_clipping_run_gets_a_gradient_norm_figure_with_its_limit(figures, tmp_path):
     """grad_norm.png: the rows' mean pre-clip norms (a NaN one left out and counted), the limit as a
     dashed line, the share of steps clipped on a second axis; a run that never clipped gets none."""
@@ -225,7 +231,10 @@ def test_a_clipping_run_gets_a_gradient_norm_figure_with_its_limit(figures, tmp_
     norm, limit = ax.get_lines()
     assert norm.get_xydata().tolist() == [[5, 3.0], [15, 0.5], [20, 0.2]]
     assert limit.get_linestyle() == "--" and list(limit.get_ydata()) == [1.0, 1.0]
-    assert twin.get_lines()[0].get_xydata().tolist() == [[5, 1.0], [15, 0.4], [20, 0.0]]
+    # each share over the steps its row covers: the first from step 0, the NaN row's interval empty
+    shares = twin.get_lines()[0]
+    assert shares.get_drawstyle() == "steps-pre"
+    assert _points(shares) == [[0, None], [5, 1.0], [10, None], [15, 0.4], [20, 0.0]]
     assert "gradient norm not finite at 1 of 4 points" in ax.get_title()
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["gradient norm before clipping (row mean)", "--max_grad_norm 1", "share of the row's steps clipped"]
@@ -245,7 +254,8 @@ def test_density_figure_draws_the_train_rows_silent_units(figures, tmp_path):
     lines = {line.get_label(): line for line in ax.get_lines()}
     silent = lines["silent units (no gradient over the row)"]
     assert silent.get_drawstyle() == "steps-pre"
-    assert silent.get_xydata().tolist() == [[10, 0.0], [20, 0.25], [40, 0.75]]
+    # 0.0 over steps 1-10 (the first row's, from step 0), nothing over the NaN row's 21-30
+    assert _points(silent) == [[0, None], [10, 0.0], [20, 0.25], [30, None], [40, 0.75]]
     assert ax.get_title().endswith("; silent units")
     plots.plot_run([dict(r, silent_units=None) for r in rows], ev, tmp_path / "none")
     labels = [line.get_label() for line in figures[-2].axes[0].get_lines()]

@@ -89,3 +89,16 @@ def test_counting_synapses_warns_nothing_the_connectome_warns_once(recwarn):
     assert count_synapses(model) == 8 and not recwarn.list
     with pytest.warns(UserWarning, match="parametrized weight"):
         assert adaptive.Connectome(model).num_synapses() == 8
+
+
+def test_a_progress_line_between_train_rows_names_the_steps_of_its_train_loss(tmp_path, capsys):
+    """An evaluation off --log_every's grid (here step 15; an epoch's end in general) printed the last
+    train row's loss as the train loss at that step; it names the steps the row covers."""
+    R = load_script("recipes/adaptive.py", "adaptive_recipe_progress_loss")
+    res = R.main(["--max_steps", "30", "--eval_every", "15", "--log_every", "10", "--update_every", "10",
+                  "--threads", "1", "--figures", "false", "--output_dir", str(tmp_path / "run")])
+    loss = {r["step"]: r["loss"] for r in res.state.metrics if r["split"] == "train"}
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("progress: ")]
+    assert len(lines) == 2
+    assert f", train loss {loss[10]:.4g} (steps 1-10), " in lines[0]
+    assert f", train loss {loss[30]:.4g}, " in lines[1]  # a row closed at the line's step: its loss alone
