@@ -1518,8 +1518,8 @@ def _last_train_loss(rows: List[dict], step: int) -> Union[float, str, None]:
     train = [r for r in rows if r.get("split") == "train"]
     if not train:
         return None
-    loss, end = train[-1]["loss"], train[-1]["step"]
-    if end == step:
+    loss, end = train[-1].get("loss"), train[-1]["step"]
+    if end == step or not isinstance(loss, (int, float)):
         return loss
     start = train[-2]["step"] + 1 if len(train) > 1 else 1
     return f"{loss:.4g} (steps {start}-{end})"

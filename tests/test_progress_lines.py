@@ -102,3 +102,13 @@ def test_a_progress_line_between_train_rows_names_the_steps_of_its_train_loss(tm
     assert len(lines) == 2
     assert f", train loss {loss[10]:.4g} (steps 1-10), " in lines[0]
     assert f", train loss {loss[30]:.4g}, " in lines[1]  # a row closed at the line's step: its loss alone
+
+
+def test_a_train_row_without_a_loss_is_passed_through_to_the_progress_line():
+    """A train row whose loss is missing (None) gives the progress line no loss rather than a
+    format error that would stop the run at an evaluation."""
+    R = load_script("recipes/adaptive.py", "adaptive_recipe_progress_loss_none")
+    rows = [{"split": "train", "step": 10, "loss": 0.5}, {"split": "train", "step": 20, "loss": None}]
+    assert R._last_train_loss(rows, 25) is None
+    assert R._last_train_loss(rows[:1], 15) == "0.5 (steps 1-10)"
+    assert R._last_train_loss([], 15) is None
