@@ -193,3 +193,24 @@ def test_a_wrapper_s_pattern_selects_a_layer_by_any_of_its_names():
     assert list(adaptive.Connectome(wrapped.module, include="out").masks) == ["head.weight"]
     assert list(adaptive.Connectome(wrapped, include="module.out").masks) == ["head.weight"]
     assert list(adaptive.Connectome(wrapped, exclude="module.out").masks) == ["fc.weight"]
+
+
+def test_protect_ensemble_rules_and_knowledge_distribution_read_a_wrapper_s_patterns_as_include_does():
+    """A Controller's protect=, the ensemble rules of a Connectome built on a wrapper and knowledge_distribution's
+    include=/exclude= refused module.fc ('matched no layer') where a Connectome's include= took it as fc."""
+    net, _, data = _setup()
+    wrapped = nn.DataParallel(net)
+    conn = adaptive.Connectome(wrapped, ensemble={"module.fc": "neuron", "*": "synapse"})
+    assert conn.granularity_of("fc.weight").spec == "neuron" and conn.ensemble == "fc=neuron;synapse"
+    for protect in ("module.fc", "module.f*", "fc"):
+        ctrl = adaptive.Controller(conn, policy="magnitude", density=0.5, protect=protect)
+        assert ctrl.protected == ["fc.weight"]
+    with pytest.raises(ValueError, match=r"protect pattern\(s\) \['module.nothing'\] matched no layer"):
+        adaptive.Controller(conn, policy="magnitude", density=0.5, protect="module.nothing")
+    # built on the plain model, the connectome names no wrapper: module.fc is refused as before
+    with pytest.raises(ValueError, match=r"protect pattern\(s\) \['module.fc'\] matched no layer"):
+        adaptive.Controller(adaptive.Connectome(net), policy="magnitude", density=0.5, protect="module.fc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a few points on a tiny model: fits warn
+        got = knowledge_distribution(wrapped, data, data, points=2, include="module.fc")
+    assert got.total == net.fc.weight.numel()
