@@ -33,8 +33,10 @@ class BandGradientScaler:
             else the data flow traced by :mod:`graphs` (:func:`resolve_call_depths`). A DDP, DataParallel
             or ``torch.compile`` wrapper: those of the module inside, its layers named as a connectome
             names them (``NAME``; ``module.NAME`` is taken as ``NAME``).
-        layers: module names; default every layer the model reports depths for (``model.depth_layers``
-            if it has that attribute, else all Linear/Conv layers for which ``input_depths`` works).
+        layers: module names (a module held under several, ``self.out = self.head``, by any of them; its
+            state is kept under its first); default every layer the model reports depths for
+            (``model.depth_layers`` if it has that attribute, else all Linear/Conv layers for which
+            ``input_depths`` works).
         depths: ``{layer: depths}``, one depth per input unit, or one row of them per call of a layer
             called several times in one forward (weight sharing), in call order.
         momentum: of the running log-magnitude per band (0 uses the current batch only).
@@ -115,8 +117,10 @@ class BandGradientScaler:
         self._handles = []
         try:
             for layer in layers:
-                name, mod, w = find_weight(plain, layer)
-                rows = resolve_call_depths(plain, name, depths.get(name), example)
+                name, mod, w = find_weight(plain, layer)  # by any of its names; named by its first
+                if name in self.state:  # given twice (or by two names): one hook, or its gradient is scaled twice
+                    continue
+                rows = resolve_call_depths(plain, name, depths.get(name, depths.get(layer)), example)
                 groups, transposed = int(getattr(mod, "groups", 1)), bool(getattr(mod, "transposed", False))
                 wds = torch.stack([weight_depths(w.shape, d, groups, transposed) for d in rows])
                 uniq = torch.unique(wds)
@@ -138,7 +142,7 @@ class BandGradientScaler:
     @staticmethod
     def _layers_with_depths(model, depths):
         names = []
-        for n, m in model.named_modules():
+        for n, m in model.named_modules(remove_duplicate=False):  # depths may name a layer by any of its names
             if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 if n in depths:
                     names.append(n)
