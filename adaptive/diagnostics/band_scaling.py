@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..connectome import _plain_module, _stripped, _wrapper_prefix
-from ..distributed import is_distributed
+from ..distributed import collective_device, is_distributed
 from ._common import find_weight, live_mask, model_connectome, plain_layer_name, scaler_suspended
 from ._shared_calls import CallRecorder, parts_adding_up
 from .gradient_depth import resolve_call_depths, weight_depths
@@ -55,7 +55,8 @@ class BandGradientScaler:
     Under a process group of more than one process (DDP, Accelerate) the hook runs before the
     gradients are reduced, on each process's own gradient; it sums its per-band statistics (sum of
     log ``|grad|`` and number of entries: two float64 numbers per band) with every other process's
-    (one all-reduce per scaled layer and backward), so every process keeps the same running sizes and
+    (one all-reduce per scaled layer and backward; a CPU model's under the NCCL backend through the
+    process's GPU, as :func:`~adaptive.distributed.all_reduce_mean_` does), so every process keeps the same running sizes and
     applies the same scales: a band's size of this backward is the geometric mean of ``|grad|`` over
     the live entries of all the processes' gradients together, what one process would compute on all
     of them, and DDP's average of the scaled gradients is those scales times the averaged gradient.
@@ -220,7 +221,9 @@ class BandGradientScaler:
             stats[0].index_add_(0, flat[nz], a[nz].double().log())
             stats[1].index_add_(0, flat[nz], torch.ones_like(flat[nz], dtype=torch.float64))
             if is_distributed():  # the hook precedes DDP's gradient reduction: size the bands by every process's
-                dist.all_reduce(stats)  # gradients, so that all apply the same scales (see the class docstring)
+                reduced = stats.to(collective_device(stats))  # gradients, so that all apply the same scales (see the
+                dist.all_reduce(reduced)  # class docstring); a CPU model's under NCCL through the GPU
+                stats = reduced.to(stats.device)
             logs, cnt = stats
             have = cnt > 0
             cur = torch.where(have, logs / cnt.clamp_min(1), torch.zeros_like(logs))
