@@ -883,11 +883,15 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
 
 def _holdout_use(args) -> str:
     """What the held-out part decided in this run, for the Splits note (it said 'line search and
-    snapshot choice' also where it decided nothing, only scored the masks)."""
+    snapshot choice' also where it decided nothing, only scored the masks; and for --remove best on a
+    ladder it left out that the held-out scores also stop the climb)."""
+    best = "best" in args.remove
+    climb = (f"when the climb stops ({args.patience} rung{'s' if args.patience != 1 else ''} without a better "
+             "held-out score, --patience)")
     uses = (["the line search of every update"] if args.verify_batches else []) + (
-        ["the choice of the best snapshot"] if "best" in args.remove else [])
+        ["the choice of the best snapshot"] if best else []) + ([climb] if best and args.ladder else [])
     if uses:
-        return "used for " + " and ".join(uses)
+        return "used for " + ", ".join(uses[:-1]) + (" and " if len(uses) > 1 else "") + uses[-1]
     return "scored only: fixed targets with no line search (--verify-batches 0) choose nothing by it"
 
 

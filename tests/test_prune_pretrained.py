@@ -1,4 +1,5 @@
 """recipes/prune_pretrained.py end to end on fake data and a randomly initialised ResNet-20."""
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -1278,7 +1279,9 @@ def test_the_splits_note_and_curves_give_the_held_out_part_s_size_and_the_whole_
 @pytest.mark.parametrize("more, use", [
     (["--remove", "0.5", "--verify-batches", "0"],
      "scored only: fixed targets with no line search (--verify-batches 0) choose nothing by it"),
-    (["--remove", "best", "--ladder", "0.5", "--verify-batches", "0"], "used for the choice of the best snapshot"),
+    (["--remove", "best", "--ladder", "0.5", "--verify-batches", "0"],
+     "used for the choice of the best snapshot and when the climb stops (2 rungs without a better held-out score, "
+     "--patience)"),
 ])
 def test_the_splits_note_says_what_the_held_out_part_decided(tmp_path, weights, capsys, more, use):
     """It said 'used for line search and snapshot choice' in every run, also in one with fixed targets
@@ -1287,6 +1290,22 @@ def test_the_splits_note_says_what_the_held_out_part_decided(tmp_path, weights, 
     mod.main(args(weights, tmp_path / "out", *more))
     for text in (capsys.readouterr().out, (tmp_path / "out" / "results.md").read_text()):
         assert f" images; {use}); test = " in text
+
+
+def test_the_splits_note_says_the_held_out_part_stops_the_climb():
+    """For --remove best on a ladder the note said the held-out part chose the best snapshot, not that its scores
+    also stop the climb (--patience rungs without a better one); threshold mode (no ladder) has no climb."""
+    def note(**kw):
+        settings = dict(remove=["best"], verify_batches=0, ladder=[0.5], patience=2)
+        return recipe()._holdout_use(argparse.Namespace(**{**settings, **kw}))
+
+    assert note() == ("used for the choice of the best snapshot and when the climb stops (2 rungs without a better "
+                      "held-out score, --patience)")
+    assert note(patience=1, verify_batches=3) == (
+        "used for the line search of every update, the choice of the best snapshot and when the climb stops (1 rung "
+        "without a better held-out score, --patience)")
+    assert note(ladder=[]) == "used for the choice of the best snapshot"
+    assert note(remove=[0.5], verify_batches=1) == "used for the line search of every update"
 
 
 def _mlp_weights(path, hidden):
