@@ -127,12 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let torchvision download a dataset that is not found (needs internet; not ImageNet)")
     p.add_argument("--remove", nargs="+", action="extend",
                    help="targets: fractions (0.2), counts (50000) or 'best'; several allowed (repeatable, the values "
-                        "adding up)")
+                        "adding up); 0 writes the dense network's files, scored with no pass over the data (the other "
+                        "targets run as without it)")
     p.add_argument("--output_dir", "--output-dir", dest="output_dir",
                    help="run folder: pruned_state_dict.pt, connectome, table, figure, config.yaml (one subfolder "
                         "per target when there are several)")
     p.add_argument("--seed", type=int, help="seed of the train/held-out split, the data order and the controller")
-    p.add_argument("--passes", type=float, help="passes over the train part per target (per rung for 'best')")
+    p.add_argument("--passes", type=float, help="passes over the train part per target (per rung for 'best'; none "
+                                                 "for a target of 0)")
     p.add_argument("--ladder", nargs="*", type=float, action="extend",
                    help="for --remove best: removal fractions climbed in order (repeatable, the values adding "
                         "up); none given: threshold mode")
