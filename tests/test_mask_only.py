@@ -1126,8 +1126,9 @@ def test_a_target_of_0_is_the_dense_network_scored_with_no_stage_of_its_own(tmp_
     moved the loader and the estimator on, so the other targets' masks were not those of a run without it. Now its
     snapshot is the dense network with the held-out figures scored before any edit; the other targets run as
     without it, and a run stopped after it resumes from its checkpoint."""
-    alone = run(tiny(), 0.3)
-    with_0 = run(tiny(), [0, 0.3])
+    kw = dict(approach=0.5, edit_fraction=0.5, window=1)  # a crawl towards the target: its masks follow the batches
+    alone = run(tiny(), 0.3, **kw)
+    with_0 = run(tiny(), [0, 0.3], **kw)
     assert list(with_0.snapshots) == ["0", "0.3"]
     dense = with_0.snapshots["0"]
     assert dense.removed == 0 and dense.step == 0 and all(bool(m.all()) for m in dense.masks.values())
@@ -1135,11 +1136,12 @@ def test_a_target_of_0_is_the_dense_network_scored_with_no_stage_of_its_own(tmp_
     assert (evals[0]["stage"], evals[0]["removed"], evals[0]["holdout_loss"]) == (0, 0, dense.holdout_loss)
     assert not any(h["kind"] == "update" and h["stage"] == 0 for h in with_0.history)  # no pass for it
     updates = [h for h in with_0.history if h["kind"] == "update"]
-    assert [h["step"] for h in updates] == [h["step"] for h in alone.history if h["kind"] == "update"]
+    assert [(h["step"], h["train_loss"]) for h in updates] == [
+        (h["step"], h["train_loss"]) for h in alone.history if h["kind"] == "update"]  # the same batches
     for n, m in alone.snapshots["0.3"].masks.items():  # the 0.3 of a run without target 0, bit for bit
         assert torch.equal(with_0.snapshots["0.3"].masks[n], m)
     assert with_0.snapshots["0.3"].holdout_loss == alone.snapshots["0.3"].holdout_loss
-    only = run(tiny(), 0)
+    only = run(tiny(), 0, **kw)
     assert list(only.snapshots) == ["0"] and not any(h["kind"] == "update" for h in only.history)
 
     ck = tmp_path / "ck.pt"
@@ -1149,9 +1151,9 @@ def test_a_target_of_0_is_the_dense_network_scored_with_no_stage_of_its_own(tmp_
             raise _Stop  # the first update of target 0.3, after target 0's checkpoint
 
     with pytest.raises(_Stop):
-        run(tiny(), [0, 0.3], checkpoint=ck, callback=stop)
+        run(tiny(), [0, 0.3], checkpoint=ck, callback=stop, **kw)
     assert ck.is_file()
-    resumed = run(tiny(), [0, 0.3], checkpoint=ck)
+    resumed = run(tiny(), [0, 0.3], checkpoint=ck, **kw)
     assert [h["stage"] for h in resumed.history if h["kind"] == "resume"] == [1]
     assert resumed.snapshots["0"].holdout_loss == dense.holdout_loss
     for n, m in alone.snapshots["0.3"].masks.items():
