@@ -154,6 +154,12 @@ def _plain_patterns(model: nn.Module, patterns: Optional[Iterable[str] | str]) -
     plain = _plain_module(model)
     if plain is model or patterns is None:
         return patterns
+    return [_pattern_inside(plain)(p) for p in _as_patterns(patterns)]
+
+
+def _pattern_inside(plain: nn.Module) -> Callable[[str], str]:
+    """The rule of :func:`_plain_patterns` for one pattern (``plain``: the module a wrapper runs), for
+    every option that takes layer patterns (``protect=``, ensemble rules) on a wrapped model."""
     # every name of a module or weight held under several, as discover matches a pattern against each
     names = ([n for n, _ in plain.named_modules(remove_duplicate=False)]
              + [n for n, _ in plain.named_parameters(remove_duplicate=False)])
@@ -162,11 +168,13 @@ def _plain_patterns(model: nn.Module, patterns: Optional[Iterable[str] | str]) -
         return any(fnmatch.fnmatchcase(n, p) for n in names)
 
     def plain_one(p):
+        if not isinstance(p, str):
+            return p  # (refused by the option's own check)
         q = p
         while not matches(q) and q.startswith(_WRAPPER_PREFIXES):
             q = q.split(".", 1)[1]
         return q if matches(q) else p
-    return [plain_one(p) for p in _as_patterns(patterns)]
+    return plain_one
 
 
 def _empty_saved(saved_sizes: Mapping[str, int], params: Mapping) -> set:
@@ -201,7 +209,8 @@ class Connectome:
             or ``"*mlp*=neuron;synapse"`` (see :mod:`adaptive.ensemble_rules`).
         include / exclude: shell-style name patterns selecting prunable layers: a list, or a string
             split at commas as on the command line (``exclude="0,2"``). On a wrapper, patterns written as
-            it names layers (``module.fc``, ``module.*``) select the module inside's (``fc``, ``*``).
+            it names layers (``module.fc``, ``module.*``) select the module inside's (``fc``, ``*``), here,
+            in the ``ensemble`` rules and in a :class:`~adaptive.Controller`'s ``protect=`` alike.
         mode: "train" (weights learn, pruned weights held at 0.0) or "mask_only" (weights frozen
             at their current values, which are kept so a restored synapse returns bit-identical).
     """
@@ -218,7 +227,10 @@ class Connectome:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}: use 'train' or 'mask_only'")
         include, exclude = _plain_patterns(model, include), _plain_patterns(model, exclude)  # module.* of a wrapper
-        model = _plain_module(model)
+        wrapped, model = model, _plain_module(model)
+        # built on a wrapper: the patterns given later (ensemble rules, a Controller's protect=) may name
+        # layers as it does (module.fc, module.*), taken as the module inside names them
+        self._built_wrapped = wrapped is not model  # (a bool: a connectome pickles and deep-copies)
         found = discover(model, include, exclude)
         shared = shared_weight_warning(model, found)
         if shared:
@@ -246,7 +258,8 @@ class Connectome:
         self.granularities: Dict[str, Granularity]
         held = aliases(model)  # a tied weight answers to every name it has, as in include/exclude
         self.granularities, self._ensemble = ensemble_rules.resolve(
-            ensemble, list(self.params), {n: held.get(id(p), ()) + (n, n.rpartition(".")[0]) for n, p in self.params.items()})
+            ensemble, list(self.params), {n: held.get(id(p), ()) + (n, n.rpartition(".")[0]) for n, p in self.params.items()},
+            rename=self._pattern_inside())
         # a transposed convolution's granularity sees its weight laid out (out, in/groups, *kernel)
         self.granularities = {n: for_layer(g, self.layers[n]) for n, g in self.granularities.items()}
         checked = set()  # a plugin granularity's pool and expand agree (once per granularity and shape)
@@ -281,6 +294,11 @@ class Connectome:
         self._mask_in_backward = True
         self._edit_listeners: List[Callable[[Dict[str, torch.Tensor]], None]] = []
         self._repair_pending: "weakref.WeakSet" = weakref.WeakSet()  # optimizers loaded since their last step
+
+    def _pattern_inside(self) -> Optional[Callable[[str], str]]:
+        """For a connectome built on a wrapper, the rule taking a pattern written as the wrapper names
+        layers (``module.fc``) as the module inside names them (``fc``): :func:`_plain_patterns`."""
+        return _pattern_inside(self.model) if self._built_wrapped else None
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -1095,7 +1113,7 @@ class Connectome:
 
     def __setstate__(self, state: dict) -> None:
         state = {"_observer_active": [None] * len(state.get("_observers", [])), "_gen": 0, "_static_gen": 0, "_mask_in_backward": True,
-                 "_last_set": {}, "_set_tensor": {}, "_set_version": {}, "_ens_cache": {}, "_controllers": [], "_stopped": [], **state, "_repair_pending": weakref.WeakSet()}
+                 "_last_set": {}, "_set_tensor": {}, "_set_version": {}, "_ens_cache": {}, "_controllers": [], "_stopped": [], "_built_wrapped": False, **state, "_repair_pending": weakref.WeakSet()}
         self.__dict__.update(state)
         self._masker = BackwardMasker(self)
 

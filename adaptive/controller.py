@@ -327,6 +327,9 @@ class Controller:
         self.grow_init = grow_init
         self.min_density = min_density
         pats = _as_patterns(protect, "protect")  # a string is split at commas, as include=/exclude= are
+        inside = conn._pattern_inside()  # a connectome built on a wrapper: module.fc and module.* as fc and *
+        if inside is not None:
+            pats = [inside(p) for p in pats]
         self.protected = [n for n in conn.names if any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p) for p in pats)]
         unused = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p) for n in conn.names)]
         if unused:

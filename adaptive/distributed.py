@@ -22,6 +22,13 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def collective_device(t: torch.Tensor) -> torch.device:
+    """Where a collective of the process group reduces ``t``: on ``t``'s own device, except under the
+    NCCL backend, which reduces CUDA tensors only: a tensor elsewhere (a CPU model's statistics, a
+    CPU copy) goes through the process's current CUDA device."""
+    return torch.device("cuda") if dist.get_backend() == "nccl" and not t.is_cuda else t.device
+
+
 BUCKET_ELEMENTS = 1 << 24  # entries reduced at once: 16 M float64 values, 128 MB
 
 
@@ -42,7 +49,7 @@ def all_reduce_mean_(tensors: Iterable[torch.Tensor], bucket_elements: Optional[
     cap = int(bucket_elements or BUCKET_ELEMENTS)
     # a flat view of each tensor to reduce into (a copy, written back at the end, where there is none)
     flats = [t.view(-1) if t.is_contiguous() else t.reshape(-1).clone() for t in tensors]
-    device = "cuda" if dist.get_backend() == "nccl" and not flats[0].is_cuda else flats[0].device
+    device = collective_device(flats[0])
     world = dist.get_world_size()
     i, start = 0, 0  # the next entry to reduce: flats[i][start]
     while i < len(flats):

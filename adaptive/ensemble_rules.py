@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .ensembles import Granularity, get_granularity
 
@@ -62,12 +62,15 @@ def _matches(pattern: str, names: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(n, pattern) for n in names if n)
 
 
-def resolve(ensemble, names: Sequence[str], aliases: Optional[Mapping[str, Sequence[str]]] = None
-            ) -> Tuple[Dict[str, Granularity], str]:
+def resolve(ensemble, names: Sequence[str], aliases: Optional[Mapping[str, Sequence[str]]] = None,
+            rename: Optional[Callable[[str], str]] = None) -> Tuple[Dict[str, Granularity], str]:
     """Each of ``names`` with its granularity, and the canonical spec string of the rules (the
     single spec when every layer ends with the same one). ``aliases`` gives the names a layer answers
-    to (a tied weight has several; default: the parameter's name and its module's)."""
+    to (a tied weight has several; default: the parameter's name and its module's). ``rename``: each
+    pattern as ``names`` name layers (a wrapper's ``module.fc`` as ``fc``), also in the spec string."""
     rules = parse_rules(ensemble)
+    if rename is not None:
+        rules = [(pat if pat is None else rename(pat), g) for pat, g in rules]
     out: Dict[str, Granularity] = {}
     used = [False] * len(rules)
     for n in names:

@@ -422,8 +422,9 @@ def optimize_connectome(
 
     Args:
         target: one target or several (removal count, fraction in [0, 1), or "best"; 0 keeps the
-            dense network as a snapshot); several are visited in increasing order of removal, one
-            stage each, with a snapshot per target.
+            dense network as a snapshot, scored on the holdout, with no stage of its own: it reads no
+            training batch, and the other targets run exactly as without it); several are visited in
+            increasing order of removal, one stage each, with a snapshot per target.
         passes: passes over ``train_loader`` per stage (a finite number > 0, fractional allowed).
         ensemble / include / exclude: the connectome's granularity and layer selection.
         estimator: utility estimator (registry name or instance) for removal costs and restoration
@@ -688,7 +689,11 @@ def optimize_connectome(
             if states is not None:
                 set_rng_states(states, holdout_loader)
             _refuse_nonfinite_dense(*dense)
-        bar = tqdm(total=steps_per_stage * (len(resolved) - first_stage), desc="mask-only", unit="batch",
+        # a fixed target of 0 is the dense network: a snapshot of it, scored by the held-out evaluation already
+        # made, with no stage (a pass over the train loader that could only give it back); the other targets'
+        # stages run as without it. (A rung of the ladder that rounds to 0 removed keeps its stage: the climb goes on.)
+        passing = [r for r in resolved[first_stage:] if climb or r[1] != 0]
+        bar = tqdm(total=steps_per_stage * len(passing), desc="mask-only", unit="batch",
                    disable=not show_progress(progress), mininterval=2.0)
         if resolved[0][0] == "best" and saved is None:  # the dense network is the first candidate: removing nothing may be best
             e = full_holdout(0, -1, dense)
@@ -697,6 +702,15 @@ def optimize_connectome(
                                                 e["wall_seconds"], _criterion(e["holdout_acc"]))
         for stage, (label, removed_goal) in enumerate(resolved):
             if stage < first_stage:
+                continue
+            if removed_goal == 0 and not climb:  # (the first stage, of a run not resumed: `dense` was scored above)
+                e = full_holdout(step, stage, dense)
+                result.snapshots[label] = Snapshot(label, e["removed"], {n: m.clone() for n, m in conn.masks.items()},
+                                                   e["holdout_loss"], e["holdout_acc"], step, e["cpu_seconds"],
+                                                   e["wall_seconds"])
+                if checkpoint is not None:
+                    ckpt.save_stage(checkpoint, _stage_state(fp, stage, step, since_best, conn, ctrl, result, e,
+                                                              {"train": train_iter.state_dict(), "holdout": holdout_iter.state_dict()}))
                 continue
             start = step
             deadline = start + max(window, int(round(approach * steps_per_stage)) // window * window)

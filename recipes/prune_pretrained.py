@@ -127,12 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let torchvision download a dataset that is not found (needs internet; not ImageNet)")
     p.add_argument("--remove", nargs="+", action="extend",
                    help="targets: fractions (0.2), counts (50000) or 'best'; several allowed (repeatable, the values "
-                        "adding up)")
+                        "adding up); 0 writes the dense network's files, scored with no pass over the data (the other "
+                        "targets run as without it)")
     p.add_argument("--output_dir", "--output-dir", dest="output_dir",
                    help="run folder: pruned_state_dict.pt, connectome, table, figure, config.yaml (one subfolder "
                         "per target when there are several)")
     p.add_argument("--seed", type=int, help="seed of the train/held-out split, the data order and the controller")
-    p.add_argument("--passes", type=float, help="passes over the train part per target (per rung for 'best')")
+    p.add_argument("--passes", type=float, help="passes over the train part per target (per rung for 'best'; none "
+                                                 "for a target of 0)")
     p.add_argument("--ladder", nargs="*", type=float, action="extend",
                    help="for --remove best: removal fractions climbed in order (repeatable, the values adding "
                         "up); none given: threshold mode")
@@ -883,11 +885,15 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
 
 def _holdout_use(args) -> str:
     """What the held-out part decided in this run, for the Splits note (it said 'line search and
-    snapshot choice' also where it decided nothing, only scored the masks)."""
+    snapshot choice' also where it decided nothing, only scored the masks; and for --remove best on a
+    ladder it left out that the held-out scores also stop the climb)."""
+    best = "best" in args.remove
+    climb = (f"when the climb stops ({args.patience} rung{'s' if args.patience != 1 else ''} without a better "
+             "held-out score, --patience)")
     uses = (["the line search of every update"] if args.verify_batches else []) + (
-        ["the choice of the best snapshot"] if "best" in args.remove else [])
+        ["the choice of the best snapshot"] if best else []) + ([climb] if best and args.ladder else [])
     if uses:
-        return "used for " + " and ".join(uses)
+        return "used for " + ", ".join(uses[:-1]) + (" and " if len(uses) > 1 else "") + uses[-1]
     return "scored only: fixed targets with no line search (--verify-batches 0) choose nothing by it"
 
 

@@ -348,3 +348,35 @@ def test_a_weight_computed_from_the_hooked_parameter_is_no_replacement():
         assert scaler.scales() == {"0": {}, "2": {}}  # other tensors than the weights got that gradient
         assert _step_scales(net, scaler) == want
     scaler.remove()
+
+
+def test_the_per_band_all_reduce_goes_where_all_reduce_mean_s_goes(monkeypatch):
+    """Under NCCL a CPU model's per-band statistics were all-reduced as CPU tensors, which NCCL cannot reduce;
+    all_reduce_mean_ moves such tensors to CUDA. The scaler now reduces on the device the shared rule chooses
+    (collective_device: CUDA for a tensor off CUDA under NCCL, its own device otherwise), and copies back."""
+    from adaptive import distributed as D
+    from adaptive.diagnostics import band_scaling
+
+    cpu = torch.zeros(2, dtype=torch.float64)
+    monkeypatch.setattr(D.dist, "get_backend", lambda *a: "nccl")
+    assert D.collective_device(cpu) == torch.device("cuda")
+    monkeypatch.setattr(D.dist, "get_backend", lambda *a: "gloo")
+    assert D.collective_device(cpu) == torch.device("cpu")
+
+    chosen, reduced = [], []
+
+    def choose(t):  # the shared rule, stood in for: this machine may have no GPU to move to
+        chosen.append(t.device)
+        return torch.device("cpu")
+
+    monkeypatch.setattr(band_scaling, "collective_device", choose)
+    monkeypatch.setattr(band_scaling, "is_distributed", lambda: True)
+    monkeypatch.setattr(D.dist, "all_reduce", lambda t, *a, **k: reduced.append((t.device, t.dtype, tuple(t.shape))))
+    net, _, scaler = _scaled()
+    try:
+        x, y = _batches(1)[0]
+        nn.functional.cross_entropy(net(x), y).backward()
+    finally:
+        scaler.remove()
+    assert chosen == [torch.device("cpu")] * 2  # one per scaled layer
+    assert [r[:2] for r in reduced] == [(torch.device("cpu"), torch.float64)] * 2

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import adaptive
-from adaptive.diagnostics import collinearity, gradient_by_depth, knowledge_distribution
+from adaptive.diagnostics import BandGradientScaler, collinearity, gradient_by_depth, knowledge_distribution
 
 
 class _Cat(nn.Module):
@@ -193,3 +193,52 @@ def test_a_wrapper_s_pattern_selects_a_layer_by_any_of_its_names():
     assert list(adaptive.Connectome(wrapped.module, include="out").masks) == ["head.weight"]
     assert list(adaptive.Connectome(wrapped, include="module.out").masks) == ["head.weight"]
     assert list(adaptive.Connectome(wrapped, exclude="module.out").masks) == ["fc.weight"]
+
+
+def test_protect_ensemble_rules_and_knowledge_distribution_read_a_wrapper_s_patterns_as_include_does():
+    """A Controller's protect=, the ensemble rules of a Connectome built on a wrapper and knowledge_distribution's
+    include=/exclude= refused module.fc ('matched no layer') where a Connectome's include= took it as fc."""
+    net, _, data = _setup()
+    wrapped = nn.DataParallel(net)
+    conn = adaptive.Connectome(wrapped, ensemble={"module.fc": "neuron", "*": "synapse"})
+    assert conn.granularity_of("fc.weight").spec == "neuron" and conn.ensemble == "fc=neuron;synapse"
+    for protect in ("module.fc", "module.f*", "fc"):
+        ctrl = adaptive.Controller(conn, policy="magnitude", density=0.5, protect=protect)
+        assert ctrl.protected == ["fc.weight"]
+    with pytest.raises(ValueError, match=r"protect pattern\(s\) \['module.nothing'\] matched no layer"):
+        adaptive.Controller(conn, policy="magnitude", density=0.5, protect="module.nothing")
+    # built on the plain model, the connectome names no wrapper: module.fc is refused as before
+    with pytest.raises(ValueError, match=r"protect pattern\(s\) \['module.fc'\] matched no layer"):
+        adaptive.Controller(adaptive.Connectome(net), policy="magnitude", density=0.5, protect="module.fc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a few points on a tiny model: fits warn
+        got = knowledge_distribution(wrapped, data, data, points=2, include="module.fc")
+    assert got.total == net.fc.weight.numel()
+
+
+def test_gradient_by_depth_and_band_gradient_scaler_find_a_layer_by_its_second_name():
+    """A module held as head and out was found by its first name only (named_modules drops repeats): layer='out'
+    was refused as no layer of the model. Either name, wrapped or not, measures and scales the one layer, named by
+    its first name as a connectome names it; given by both names, it is scaled once (a second hook scaled it twice,
+    and remove() left the first behind)."""
+    _, _, data = _setup()
+    net = _TwoNames()
+    want = gradient_by_depth(net, data, layer="head", batches=3)
+    for model, name in ((net, "out"), (net, "out.weight"), (nn.DataParallel(net), "module.out")):
+        got = gradient_by_depth(model, data, layer=name, batches=3)
+        assert got.layer == "head" and torch.equal(got.per_weight, want.per_weight)
+    x, y = data[0]
+    grads = {}
+    for layers in (["head"], ["out"], ["head", "out"], ["module.out"]):
+        scaler = BandGradientScaler(nn.DataParallel(net) if layers == ["module.out"] else net, layers=layers)
+        try:
+            assert list(scaler.state) == ["head"]
+            net.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            grads[tuple(layers)] = net.head.weight.grad.clone()
+        finally:
+            scaler.remove()
+    assert all(torch.equal(g, grads[("head",)]) for g in grads.values())
+    net.zero_grad()
+    nn.functional.cross_entropy(net(x), y).backward()  # the hooks are all gone: the plain gradient
+    assert not torch.equal(net.head.weight.grad, grads[("head",)])

@@ -1115,3 +1115,46 @@ def test_same_bits_is_bit_exact_for_complex128_and_conjugate_views():
     x = torch.tensor([nan, -0.0, 1.0])
     assert _same_bits(x, torch.tensor([nan, 0.0, 1.0])).tolist() == [True, False, True]
     assert _same_bits(torch.tensor([True, False]), torch.tensor([True, True])).tolist() == [True, False]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_target_of_0_is_the_dense_network_scored_with_no_stage_of_its_own(tmp_path):
+    """Target 0 spent a whole stage (a pass over the train loader) to give back the dense network, and that pass
+    moved the loader and the estimator on, so the other targets' masks were not those of a run without it. Now its
+    snapshot is the dense network with the held-out figures scored before any edit; the other targets run as
+    without it, and a run stopped after it resumes from its checkpoint."""
+    kw = dict(approach=0.5, edit_fraction=0.5, window=1)  # a crawl towards the target: its masks follow the batches
+    alone = run(tiny(), 0.3, **kw)
+    with_0 = run(tiny(), [0, 0.3], **kw)
+    assert list(with_0.snapshots) == ["0", "0.3"]
+    dense = with_0.snapshots["0"]
+    assert dense.removed == 0 and dense.step == 0 and all(bool(m.all()) for m in dense.masks.values())
+    evals = [h for h in with_0.history if h["kind"] == "eval"]
+    assert (evals[0]["stage"], evals[0]["removed"], evals[0]["holdout_loss"]) == (0, 0, dense.holdout_loss)
+    assert not any(h["kind"] == "update" and h["stage"] == 0 for h in with_0.history)  # no pass for it
+    updates = [h for h in with_0.history if h["kind"] == "update"]
+    assert [(h["step"], h["train_loss"]) for h in updates] == [
+        (h["step"], h["train_loss"]) for h in alone.history if h["kind"] == "update"]  # the same batches
+    for n, m in alone.snapshots["0.3"].masks.items():  # the 0.3 of a run without target 0, bit for bit
+        assert torch.equal(with_0.snapshots["0.3"].masks[n], m)
+    assert with_0.snapshots["0.3"].holdout_loss == alone.snapshots["0.3"].holdout_loss
+    only = run(tiny(), 0, **kw)
+    assert list(only.snapshots) == ["0"] and not any(h["kind"] == "update" for h in only.history)
+
+    ck = tmp_path / "ck.pt"
+
+    def stop(rec):
+        if rec["kind"] == "update":
+            raise _Stop  # the first update of target 0.3, after target 0's checkpoint
+
+    with pytest.raises(_Stop):
+        run(tiny(), [0, 0.3], checkpoint=ck, callback=stop, **kw)
+    assert ck.is_file()
+    resumed = run(tiny(), [0, 0.3], checkpoint=ck, **kw)
+    assert [h["stage"] for h in resumed.history if h["kind"] == "resume"] == [1]
+    assert resumed.snapshots["0"].holdout_loss == dense.holdout_loss
+    for n, m in alone.snapshots["0.3"].masks.items():
+        assert torch.equal(resumed.snapshots["0.3"].masks[n], m)

@@ -1,4 +1,5 @@
 """recipes/prune_pretrained.py end to end on fake data and a randomly initialised ResNet-20."""
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -7,6 +8,7 @@ import pytest
 import yaml
 import torch
 
+import adaptive
 from adaptive.models import WeightsMismatchError, build_model
 from _scripts import load_script  # noqa: E402
 from _training import fresh_recipe_state  # noqa: E402
@@ -1278,7 +1280,9 @@ def test_the_splits_note_and_curves_give_the_held_out_part_s_size_and_the_whole_
 @pytest.mark.parametrize("more, use", [
     (["--remove", "0.5", "--verify-batches", "0"],
      "scored only: fixed targets with no line search (--verify-batches 0) choose nothing by it"),
-    (["--remove", "best", "--ladder", "0.5", "--verify-batches", "0"], "used for the choice of the best snapshot"),
+    (["--remove", "best", "--ladder", "0.5", "--verify-batches", "0"],
+     "used for the choice of the best snapshot and when the climb stops (2 rungs without a better held-out score, "
+     "--patience)"),
 ])
 def test_the_splits_note_says_what_the_held_out_part_decided(tmp_path, weights, capsys, more, use):
     """It said 'used for line search and snapshot choice' in every run, also in one with fixed targets
@@ -1287,6 +1291,22 @@ def test_the_splits_note_says_what_the_held_out_part_decided(tmp_path, weights, 
     mod.main(args(weights, tmp_path / "out", *more))
     for text in (capsys.readouterr().out, (tmp_path / "out" / "results.md").read_text()):
         assert f" images; {use}); test = " in text
+
+
+def test_the_splits_note_says_the_held_out_part_stops_the_climb():
+    """For --remove best on a ladder the note said the held-out part chose the best snapshot, not that its scores
+    also stop the climb (--patience rungs without a better one); threshold mode (no ladder) has no climb."""
+    def note(**kw):
+        settings = dict(remove=["best"], verify_batches=0, ladder=[0.5], patience=2)
+        return recipe()._holdout_use(argparse.Namespace(**{**settings, **kw}))
+
+    assert note() == ("used for the choice of the best snapshot and when the climb stops (2 rungs without a better "
+                      "held-out score, --patience)")
+    assert note(patience=1, verify_batches=3) == (
+        "used for the line search of every update, the choice of the best snapshot and when the climb stops (1 rung "
+        "without a better held-out score, --patience)")
+    assert note(ladder=[]) == "used for the choice of the best snapshot"
+    assert note(remove=[0.5], verify_batches=1) == "used for the line search of every update"
 
 
 def _mlp_weights(path, hidden):
@@ -1453,3 +1473,37 @@ def test_a_resume_whose_recorded_plugin_fails_says_what_is_wrong_with_it(tmp_pat
                                      "PYTHONPATH, or give it (or its file's path) with --plugins (which replaces the "
                                      "recorded plugins)"), e.value.code
         assert "file" not in e.value.code.split("; the run")[1].split("(or its file")[0]
+
+
+def test_a_target_of_0_writes_the_dense_network_with_no_pass_and_resumes(tmp_path, weights, monkeypatch):
+    """--remove 0 spent a whole stage, a pass over the training data, to write the dense network again. It is now
+    written with no stage of its own (no update record), its files are the weights as loaded and an all-ones
+    connectome, and a run stopped in the next target resumes after it."""
+    mod = recipe()
+    out = tmp_path / "run"
+    real = mod.optimize_connectome
+    _crash_in_second_target(mod, monkeypatch)
+    with pytest.raises(Crash):
+        mod.main(args(weights, out, "--remove", "0", "0.2"))
+    assert (out / "checkpoint.pt").is_file() and not (out / "results.md").exists()
+    monkeypatch.setattr(mod, "optimize_connectome", real)
+    summary = mod.main(args(weights, out, "--remove", "0", "0.2", "--resume"))
+    hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["stage"] for h in hist if h["kind"] == "resume"] == [1]
+    assert {h["stage"] for h in hist if h["kind"] == "update"} == {1}  # target 0 took no pass
+    rows = {r["target"]: r for r in summary["rows"]}
+    assert set(rows) == {"dense", "0", "0.2"} and rows["0"]["removed"] == 0 and rows["0"]["changed"] == 0
+    assert rows["0"]["holdout_acc"] == rows["dense"]["holdout_acc"]
+    assert rows["0"]["test_acc"] == rows["dense"]["test_acc"]
+    sd = torch.load(out / "remove_0" / "pruned_state_dict.pt", weights_only=True)
+    loaded = {k[len("module."):]: v for k, v in torch.load(weights, weights_only=True)["state_dict"].items()}
+    assert sd.keys() == loaded.keys() and all(torch.equal(sd[k], loaded[k]) for k in sd)
+    conn = adaptive.Connectome.load(out / "remove_0" / "connectome.safetensors", build_model(
+        "resnet20", num_classes=10, in_shape=(3, 8, 8)), mode="mask_only")
+    assert all(bool(m.all()) for m in conn.masks.values())
+    assert (out / "remove_0.2" / "pruned_state_dict.pt").is_file()
+
+    only = tmp_path / "only"  # the dense network alone: no training batch read at all
+    summary = mod.main(args(weights, only, "--remove", "0"))
+    assert not any(json.loads(line)["kind"] == "update" for line in (only / "history.jsonl").read_text().splitlines())
+    assert [r["target"] for r in summary["rows"]] == ["dense", "0"] and (only / "pruned_state_dict.pt").is_file()

@@ -190,17 +190,21 @@ def check_finite(grad: torch.Tensor, what: str, name: str, batch: int) -> None:
 
 def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parameter]:
     """``(module_name, module, weight)`` for ``layer`` given as a module name ("classifier") or a
-    parameter name ("classifier.weight")."""
-    modules = dict(model.named_modules())
+    parameter name ("classifier.weight"), by any name the module has (one held twice, ``self.out =
+    self.head``, answers to both, as in include/exclude); ``module_name`` is its first, the name a
+    connectome and a traced graph give it."""
+    modules = dict(model.named_modules(remove_duplicate=False))  # every name of a module held under several
+    first = {id(m): n for n, m in model.named_modules()}
     name = layer[: -len(".weight")] if layer.endswith(".weight") and layer not in modules else layer
     # the layers the depth diagnostics can measure: a LayerNorm's or an Embedding's weight has no input units
-    weighted = [n for n, m in modules.items() if isinstance(m, PRUNABLE_TYPES)]
+    weighted = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
     owner, _, attr = layer.rpartition(".")
     if name not in modules and isinstance(getattr(modules.get(owner), attr, None), nn.Parameter):
         name = owner  # a matrix of its own name (an RNN's weight_hh_l0, an attention's in_proj_weight)
     if name not in modules:
         raise KeyError(f"the model has no layer {layer!r}; layers it can measure (Linear, convolution): {weighted[:12]}")
     mod = modules[name]
+    name = first[id(mod)]
     w = getattr(mod, "weight", None)
     if not isinstance(w, nn.Parameter):
         # the gradient is split by the depths of one `weight`'s input units, traced per call of its module
@@ -221,7 +225,8 @@ def plain_layer_name(model: nn.Module, layer: str) -> str:
     plain = _plain_module(model)
     if plain is model:
         return layer
-    known = {n for n, _ in plain.named_modules()} | {n for n, _ in plain.named_parameters()}
+    known = ({n for n, _ in plain.named_modules(remove_duplicate=False)}  # every name of a module held under several
+             | {n for n, _ in plain.named_parameters(remove_duplicate=False)})
     return next(iter(_plain_names({layer: None}, known)))
 
 

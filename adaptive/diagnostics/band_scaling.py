@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..connectome import _plain_module, _stripped, _wrapper_prefix
-from ..distributed import is_distributed
+from ..distributed import collective_device, is_distributed
 from ._common import find_weight, live_mask, model_connectome, plain_layer_name, scaler_suspended
 from ._shared_calls import CallRecorder, parts_adding_up
 from .gradient_depth import resolve_call_depths, weight_depths
@@ -33,8 +33,10 @@ class BandGradientScaler:
             else the data flow traced by :mod:`graphs` (:func:`resolve_call_depths`). A DDP, DataParallel
             or ``torch.compile`` wrapper: those of the module inside, its layers named as a connectome
             names them (``NAME``; ``module.NAME`` is taken as ``NAME``).
-        layers: module names; default every layer the model reports depths for (``model.depth_layers``
-            if it has that attribute, else all Linear/Conv layers for which ``input_depths`` works).
+        layers: module names (a module held under several, ``self.out = self.head``, by any of them; its
+            state is kept under its first); default every layer the model reports depths for
+            (``model.depth_layers`` if it has that attribute, else all Linear/Conv layers for which
+            ``input_depths`` works).
         depths: ``{layer: depths}``, one depth per input unit, or one row of them per call of a layer
             called several times in one forward (weight sharing), in call order.
         momentum: of the running log-magnitude per band (0 uses the current batch only).
@@ -53,7 +55,8 @@ class BandGradientScaler:
     Under a process group of more than one process (DDP, Accelerate) the hook runs before the
     gradients are reduced, on each process's own gradient; it sums its per-band statistics (sum of
     log ``|grad|`` and number of entries: two float64 numbers per band) with every other process's
-    (one all-reduce per scaled layer and backward), so every process keeps the same running sizes and
+    (one all-reduce per scaled layer and backward; a CPU model's under the NCCL backend through the
+    process's GPU, as :func:`~adaptive.distributed.all_reduce_mean_` does), so every process keeps the same running sizes and
     applies the same scales: a band's size of this backward is the geometric mean of ``|grad|`` over
     the live entries of all the processes' gradients together, what one process would compute on all
     of them, and DDP's average of the scaled gradients is those scales times the averaged gradient.
@@ -115,8 +118,10 @@ class BandGradientScaler:
         self._handles = []
         try:
             for layer in layers:
-                name, mod, w = find_weight(plain, layer)
-                rows = resolve_call_depths(plain, name, depths.get(name), example)
+                name, mod, w = find_weight(plain, layer)  # by any of its names; named by its first
+                if name in self.state:  # given twice (or by two names): one hook, or its gradient is scaled twice
+                    continue
+                rows = resolve_call_depths(plain, name, depths.get(name, depths.get(layer)), example)
                 groups, transposed = int(getattr(mod, "groups", 1)), bool(getattr(mod, "transposed", False))
                 wds = torch.stack([weight_depths(w.shape, d, groups, transposed) for d in rows])
                 uniq = torch.unique(wds)
@@ -138,7 +143,7 @@ class BandGradientScaler:
     @staticmethod
     def _layers_with_depths(model, depths):
         names = []
-        for n, m in model.named_modules():
+        for n, m in model.named_modules(remove_duplicate=False):  # depths may name a layer by any of its names
             if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 if n in depths:
                     names.append(n)
@@ -216,7 +221,9 @@ class BandGradientScaler:
             stats[0].index_add_(0, flat[nz], a[nz].double().log())
             stats[1].index_add_(0, flat[nz], torch.ones_like(flat[nz], dtype=torch.float64))
             if is_distributed():  # the hook precedes DDP's gradient reduction: size the bands by every process's
-                dist.all_reduce(stats)  # gradients, so that all apply the same scales (see the class docstring)
+                reduced = stats.to(collective_device(stats))  # gradients, so that all apply the same scales (see the
+                dist.all_reduce(reduced)  # class docstring); a CPU model's under NCCL through the GPU
+                stats = reduced.to(stats.device)
             logs, cnt = stats
             have = cnt > 0
             cur = torch.where(have, logs / cnt.clamp_min(1), torch.zeros_like(logs))

@@ -384,7 +384,8 @@ def gradient_by_depth(
     says how many were left out). A layer pruned entirely is refused: nothing of it exists to measure.
     A DDP or DataParallel model (``accelerator.prepare``'s) runs the module inside (a DDP forward is a
     collective), and ``layer`` is named as a connectome names it: ``NAME`` (``module.NAME``, the
-    wrapper's name, is taken as ``NAME``).
+    wrapper's name, is taken as ``NAME``). A module held under several names (``self.out = self.head``)
+    is found by any of them and reported by its first, as a connectome names it.
     """
     layer = plain_layer_name(model, layer)  # a wrapper's name (module.NAME) given: NAME, as a connectome names it
     model = _local_module(model)  # a DDP model (accelerator.prepare's): the module inside, see _local_module

@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import jsonio
 from ..atomic import write_text
-from ..connectome import Connectome, _local_module
+from ..connectome import Connectome, _local_module, _plain_patterns
 from ..discovery import copy_model
 from ..counts import whole_number
 from ..metrics import (AccuracyFn, batch_accuracy, call_model, check_output, default_accuracy, example_count, loss_weight,
@@ -443,6 +443,7 @@ def knowledge_distribution(
         raise ValueError(f"bn_batches must be a whole number of batches, at least 0, got {bn_batches!r}")
     # a DDP model (accelerator.prepare's): the copy is of the module inside, measured and fine-tuned by this process
     # alone (see _local_module; a DDP copy would also sync its gradients with processes that do not run it)
+    include, exclude = _plain_patterns(model, include), _plain_patterns(model, exclude)  # module.* of a wrapper
     model = _local_module(model)
     source = model_connectome(model, conn, "knowledge_distribution", "what is already pruned")
     work = copy_model(model, "knowledge_distribution")
