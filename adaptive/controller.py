@@ -14,6 +14,7 @@ from (seed, step, layer), so all processes reach the same masks without broadcas
 from __future__ import annotations
 
 import collections
+import dataclasses
 import fnmatch
 import inspect
 import json
@@ -801,11 +802,6 @@ class Controller:
                 fraction = 0.0
                 break
         pruned_syn, grown_syn = self._synapse_counts(current)
-        n_p, n_g = current.counts()
-        mode = self.conn.mode
-        in_loss = (not n_p or self.drop_est.loss_units(mode)) and (
-            not n_g or (self.grow_est or self.drop_est).loss_units(mode))
-        est = current.estimate()
         event.update(
             pruned=pruned_syn,
             grown=grown_syn,
@@ -813,16 +809,59 @@ class Controller:
             grown_ensembles=current.counts()[1],
             **self._density_fields(),
             boundaries=plan.boundaries,
-            # the plan's summed values are a loss change only when the estimators are loss models;
-            # otherwise (magnitude, presence, |g|) they are reported in the estimator's own units
-            est_loss_change=est if in_loss else None,
-            est_score_change=None if in_loss else est,
+            **self._estimates(current, step),
             actual_loss_change=(loss_after - loss_before) if use_ls else None,
             holdout_loss=loss_after,
             line_search_fraction=fraction if use_ls else None,
         )
         self.events.append(event)
         return event
+
+    def _estimates(self, plan: EditPlan, step: int) -> dict:
+        """What an event logs as the estimators' expectations of ``plan`` (applied):
+        - ``est_loss_change``: the immediate change of the training loss expected of the edit, in
+          loss units: the prune costs, minus the gains of the synapses restored to a value (mask_only
+          mode, grow_init='original'), minus what a train-mode growth at its init saves (nothing at
+          grow_init='zero': a synapse at 0.0 changes no output; at other inits the grow estimator's
+          gain evaluated at the values grown). None where a side has no such estimate (magnitude,
+          presence, |g| scores);
+        - ``est_score_change``: where ``est_loss_change`` is None, the plan's summed prune scores
+          minus its summed grow scores, in the estimators' own units;
+        - ``est_growth_gain``: in train mode, the loss a loss model expects the grown synapses to
+          save once they have trained (OBD's Newton step ``g^2/(2F)``): a promise of the growth, not a
+          change the edit makes, so no part of ``est_loss_change``.
+        The policies decide by the plan's scores; these figures only report them."""
+        n_p, n_g = plan.counts()
+        est, sums = plan.estimate(), plan.score_sums()
+        grow_est = self.grow_est or self.drop_est
+        restores = self.conn.mode == "mask_only" or self.grow_init == "original"
+        prune_ok = not n_p or self.drop_est.loss_units(self.conn.mode)
+        loss = None
+        if prune_ok and (not n_g or (restores and grow_est.gain_loss_units(True))):
+            loss = est  # both sides immediate: the plan's sum as it stands
+        elif prune_ok and not restores and (sums is not None or not n_p):
+            grown = (0.0 if self.grow_init == "zero" else
+                     self._gain_at_init(plan, step) if grow_est.gain_loss_units(True) else None)
+            if grown is not None:
+                loss = (sums[0] if sums else 0.0) - grown
+        growth = None
+        if n_g and not restores and sums is not None and grow_est.gain_loss_units(False):
+            growth = sums[1]
+        return dict(est_loss_change=loss, est_score_change=None if loss is not None else est, est_growth_gain=growth)
+
+    def _gain_at_init(self, plan: EditPlan, step: int) -> float:
+        """The grow estimator's summed restoration gains of ``plan``'s grown ensembles (applied), each
+        synapse's ``ctx.restore`` the value it was grown at: the loss decrease expected of growing
+        there, before any training."""
+        est, total = self.grow_est or self.drop_est, 0.0
+        with torch.no_grad():
+            for n, idx in plan.grow.items():
+                if not idx.numel():
+                    continue
+                ctx = dataclasses.replace(self.context(n, step), restore=self.conn.params[n].detach())
+                s = self.conn.granularities[n].pool(est.restoration_gain(ctx).float(), "sum").reshape(-1)
+                total += float(s[idx.to(s.device)].double().sum())
+        return total
 
     def _density_fields(self) -> dict:
         live = {n: int(torch.count_nonzero(m)) for n, m in self.conn.masks.items()}

@@ -385,7 +385,8 @@ def test_events_serialise(tmp_path):
 
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert len(lines) == len(ctrl.events) == 2  # init + one update
-    for key in ["step", "pruned", "grown", "density", "layer_density", "boundaries", "est_loss_change", "actual_loss_change"]:
+    for key in ["step", "pruned", "grown", "density", "layer_density", "boundaries", "est_loss_change", "est_score_change",
+                "est_growth_gain", "actual_loss_change"]:
         assert key in lines[-1]
 
 
@@ -714,6 +715,63 @@ def test_estimated_loss_change_is_reported_only_in_loss_units(estimator, loss_mo
         assert isinstance(ev["est_loss_change"], float) and ev["est_score_change"] is None
     else:
         assert ev["est_loss_change"] is None and isinstance(ev["est_score_change"], float)
+
+
+def _plans(ctrl):
+    """The plans ``ctrl``'s policy returns from now on, as it returns them."""
+    plans, update = [], ctrl.policy.update
+
+    def kept(c, step):
+        plans.append(update(c, step))
+        return plans[-1]
+
+    ctrl.policy.update = kept
+    return plans
+
+
+@pytest.mark.parametrize("estimator", ["obd", "curvature", "taylor"])
+def test_a_train_mode_growth_at_zero_adds_nothing_to_the_estimated_loss_change(estimator):
+    """A synapse grown at 0.0 changes no output: the edit's estimated loss change is its prune costs
+    alone. The train-mode gain of a loss model, the Newton step g^2/(2F) a grown synapse saves once
+    trained, was subtracted as if the edit saved it (-168 nats at a step whose loss was 2.3 on
+    lenet300/MNIST); it is est_growth_gain now. Taylor's prune costs are a loss change in train mode
+    too (its g^2 gain is not, so it has no growth gain)."""
+    torch.manual_seed(0)
+    m = tiny()
+    ctrl = adaptive.Controller(adaptive.Connectome(m), policy="utility", estimator=estimator, density=0.5,
+                               budget="global", update_every=2, edit_fraction=0.5, edit_decay="constant", batch_size=4)
+    plans = _plans(ctrl)
+    for _ in range(2):
+        set_grad(m, torch.randn(2, 4))
+        ctrl.observe()
+        ev = ctrl.step()
+    prune, grow = plans[-1].score_sums()
+    assert ev["pruned"] == ev["grown"] == 2 and grow > 0
+    assert ev["est_loss_change"] == pytest.approx(prune, rel=1e-6, abs=1e-12)
+    assert ev["est_score_change"] is None
+    assert ev["est_growth_gain"] == (None if estimator == "taylor" else pytest.approx(grow))
+
+
+@pytest.mark.parametrize("grow_init", ["constant", "original"])
+def test_a_train_mode_growth_at_a_value_counts_what_that_value_does(grow_init):
+    """Grown at a value (a grow_init callable, or restored to the original weight), a synapse changes
+    the loss at the edit: Taylor expects g*w of it, which the estimated loss change includes."""
+    torch.manual_seed(0)
+    m = tiny()
+    init = (lambda name, grown: torch.full((2, 4), 0.5)) if grow_init == "constant" else "original"
+    ctrl = adaptive.Controller(adaptive.Connectome(m), policy="utility", estimator="taylor", density=0.5,
+                               budget="global", update_every=1, edit_fraction=0.5, edit_decay="constant",
+                               grow_init=init)
+    plans, before, g = _plans(ctrl), ctrl.conn.masks["weight"].clone(), torch.randn(2, 4)
+    set_grad(m, g)
+    ctrl.observe()
+    ev = ctrl.step()
+    grown = ctrl.conn.masks["weight"] & ~before
+    assert ev["grown"] == int(grown.sum()) == 2
+    value = torch.full((2, 4), 0.5) if grow_init == "constant" else W
+    prune, _ = plans[-1].score_sums()
+    assert ev["est_loss_change"] == pytest.approx(prune + float((g * value)[grown].sum()), rel=1e-5)
+    assert ev["est_growth_gain"] is None  # nothing promised beyond the edit: Taylor's g^2 is no loss
 
 
 def test_a_misspelt_policy_argument_names_what_the_policy_takes():

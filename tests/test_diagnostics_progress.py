@@ -136,8 +136,9 @@ def test_estimates_without_a_measured_change_are_drawn_and_the_panel_says_why(tm
     """A train run logs est_loss_change but no actual_loss_change (no held-out line search): the
     panel said "no loss-change estimates logged" with two estimates in the file."""
     _events(tmp_path, [{"step": 0, "kind": "init", "pruned": 800, "density": 0.2},
-                       {"step": 10, "kind": "update", "pruned": 5, "grown": 5, "est_loss_change": -117.4, "actual_loss_change": None},
-                       {"step": 20, "kind": "update", "pruned": 2, "grown": 2, "est_loss_change": -51.2},
+                       {"step": 10, "kind": "update", "pruned": 5, "grown": 5, "est_loss_change": 0.0117, "est_growth_gain": 117.4,
+                        "actual_loss_change": None},
+                       {"step": 20, "kind": "update", "pruned": 2, "grown": 2, "est_loss_change": 0.0051, "est_growth_gain": 51.2},
                        {"step": 30, "kind": "update", "pruned": 0, "grown": 0}])
     figs = _kept_figures(monkeypatch)
     progress(str(tmp_path)).plot(tmp_path / "progress.png")
@@ -145,7 +146,7 @@ def test_estimates_without_a_measured_change_are_drawn_and_the_panel_says_why(tm
     text = ax.get_title() + " ".join(t.get_text() for t in ax.texts)
     assert "no loss-change estimates logged" not in text
     assert "2 estimate(s) logged; no measured loss change to compare (no held-out line search)" in text
-    assert [line.get_xydata().tolist() for line in ax.get_lines()] == [[[10, -117.4], [20, -51.2]]]
+    assert [line.get_xydata().tolist() for line in ax.get_lines()] == [[[10, 0.0117], [20, 0.0051]]]
 
 
 def test_estimates_in_the_estimators_own_units_are_named(tmp_path, monkeypatch):

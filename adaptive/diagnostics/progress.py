@@ -3,8 +3,11 @@ run of ``recipes/prune_pretrained.py``, its ``history.jsonl``).
 
 ``events.jsonl``: one JSON object per controller update, with (all optional but ``step``) keys
 ``step``, ``pruned``, ``grown``, ``density``, ``layer_density`` (dict), ``boundaries`` (dict or
-null), ``est_loss_change`` (only where the estimator is a loss model; ``est_score_change`` holds the
-estimator's own units otherwise), ``actual_loss_change``. ``metrics.csv``: columns ``step``, ``split``
+null), ``est_loss_change`` (the immediate change of the training loss the estimators expect of the
+edit, only where they are loss models; ``est_score_change`` holds the plan's summed scores in the
+estimators' own units otherwise; in train mode a grown synapse starts at its grow init, 0.0 by
+default, so its promised gain once trained is ``est_growth_gain``, not part of it),
+``actual_loss_change`` (held-out, right after the edit). ``metrics.csv``: columns ``step``, ``split``
 and any numeric ones (``loss``, ``accuracy``, ``removed``, ...). Missing keys, blank cells and
 missing files are tolerated: what is there is drawn; a NaN or inf loss or accuracy is left out and
 its panel says how many.

@@ -66,12 +66,22 @@ class EditPlan:
 
     def estimate(self) -> Optional[float]:
         """The plan's summed prune scores minus its summed grow scores: ``est_loss_change`` when the
-        policy set it, else from the aligned scores (None without either)."""
+        policy set it, else from the aligned scores (None without either). The controller logs it
+        as the edit's estimated loss change only where both sides are immediate loss changes (see
+        :meth:`Controller._estimates <adaptive.controller.Controller._estimates>`)."""
         if self.est_loss_change is not None or not (self.prune_scores or self.grow_scores):
             return self.est_loss_change
-        # summed in float64, so the figure hardly depends on the order the plan lists its ensembles
-        return (float(sum(v.double().sum() for v in self.prune_scores.values()))
-                - float(sum(v.double().sum() for v in self.grow_scores.values())))
+        prune, grow = self.score_sums()
+        return prune - grow
+
+    def score_sums(self):
+        """``(summed prune scores, summed grow scores)`` of the aligned scores, each side summed in
+        float64 (so the figure hardly depends on the order the plan lists its ensembles); None for a
+        plan without scores."""
+        if not (self.prune_scores or self.grow_scores):
+            return None
+        return (float(sum(v.double().sum() for v in self.prune_scores.values())),
+                float(sum(v.double().sum() for v in self.grow_scores.values())))
 
     def shrink(self, fraction: float, groups=None) -> "EditPlan":
         """Keep the best ``fraction`` of every layer's prunes and grows. ``groups(name)`` (optional)

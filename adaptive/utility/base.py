@@ -4,7 +4,9 @@ An estimator turns the windowed statistics of a connectome into two synapse-shap
 in units of expected loss change where the estimator is a loss model:
 - ``removal_cost``: expected loss increase if a present synapse is removed (low = prune first);
 - ``restoration_gain``: expected loss decrease if an absent synapse is restored to its original
-  value (mask_only mode) or grown and trained (train mode) (high = restore first).
+  value (mask_only mode: immediate) or grown and trained (train mode: once trained, not at the
+  edit, where a synapse grown at 0.0 changes nothing) (high = restore first).
+:meth:`Estimator.loss_units` and :meth:`Estimator.gain_loss_units` say which of them are in loss units.
 The controller pools them per ensemble (sum). Adding an estimator touches one file: subclass
 :class:`Estimator` and decorate it with :func:`register_estimator`.
 """
@@ -136,10 +138,21 @@ class Estimator:
     signed_cost = False  # True: removal costs with a first-order term (-g*w), negative for many synapses
 
     def loss_units(self, mode: str) -> bool:
-        """Whether this estimator's values are expected loss changes in connectome ``mode`` (a
+        """Whether this estimator's removal costs are expected loss changes in connectome ``mode`` (a
         loss model: Taylor, OBD, ...), rather than scores that only order synapses (magnitude,
-        presence, |g|). Only loss-unit values are reported as estimated loss changes."""
+        presence, |w|). Only loss-unit values are reported as estimated loss changes."""
         return False
+
+    def gain_loss_units(self, restores: bool) -> bool:
+        """Whether this estimator's restoration gains are in loss units. ``restores``: an absent
+        synapse returns to the value ``ctx.restore`` gives (mask_only mode, or grow_init='original');
+        the gain is then the expected loss decrease of that restoration, immediate, and the
+        controller also evaluates it at a train-mode grow init's values (``ctx.restore`` set to them)
+        to estimate what growing there does. Not ``restores`` (a synapse grown at its init, then
+        trained): the loss decrease expected once it has trained, which the edit itself does not
+        bring; it is logged as ``est_growth_gain``, apart from ``est_loss_change``. Default: as
+        :meth:`loss_units` says for the removal costs of mask_only (``restores``) or train mode."""
+        return self.loss_units("mask_only" if restores else "train")
 
     def removal_cost(self, ctx: UtilityContext) -> torch.Tensor:
         raise NotImplementedError

@@ -17,10 +17,10 @@ class OBD(Estimator):
     signed_cost = True  # -g*w (+ F*w^2/2): negative wherever the first-order term outweighs
     needs_gradients = True
     needs_fisher = True  # the per-sample Fisher comes from the spread of a window's batch gradients
+    needs_second_moment = True
 
     def loss_units(self, mode: str) -> bool:
-        return True
-    needs_second_moment = True
+        return True  # and so are its gains: restoring, immediate; growing, once trained (est_growth_gain)
 
     def __init__(self, damping: float = 1e-12):
         self.damping = damping

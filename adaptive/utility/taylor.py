@@ -13,7 +13,10 @@ class Taylor(Estimator):
     needs_gradients = True
 
     def loss_units(self, mode: str) -> bool:
-        return mode == "mask_only"  # in train mode the gain g^2 is a loss decrease only up to a step size
+        return True  # -g*w: the first-order loss change of a removal, in every mode
+
+    def gain_loss_units(self, restores: bool) -> bool:
+        return restores  # -g*w_orig is; the train-mode gain g^2 is a loss decrease only up to a step size
 
     def removal_cost(self, ctx):
         return -ctx.stats.mean(ctx.name) * ctx.weight.detach().float()
