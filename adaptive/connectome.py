@@ -1273,8 +1273,9 @@ class Connectome:
     @classmethod
     @torch.inference_mode(False)  # built inside torch.inference_mode(), its masks must still track edits
     def load(cls, path: str | os.PathLike, model: nn.Module, mode: Optional[str] = None) -> "Connectome":
-        """Rebuild a connectome saved by :meth:`save` on ``model``. Raises a clear error naming the
-        parameter if the model's layers or shapes differ from the saved ones."""
+        """Rebuild a connectome saved by :meth:`save` on ``model`` (a wrapper: as one built on it, its
+        patterns, a Controller's ``protect=``, may name layers as the wrapper does). Raises a clear error
+        naming the parameter if the model's layers or shapes differ from the saved ones."""
         from safetensors import SafetensorError, safe_open
 
         if os.path.isdir(path):
@@ -1317,7 +1318,7 @@ class Connectome:
                                  f"{unlisted[:5]}, listed without a mask: {missing[:5]}); the file is corrupt")
             packed = {n: f.get_tensor(f"mask/{n}") for n in shapes}
             original = {n: f.get_tensor(f"original/{n}") for n in shapes if f"original/{n}" in keys}
-        model = _plain_module(model)
+        wrapped, model = model, _plain_module(model)
         params = dict(model.named_parameters(remove_duplicate=False))  # a tied weight under every name
         saved = list(shapes)  # every layer: one wrapper prefix taken off all of them (see _wrapper_prefix)
         shapes, packed, original = (_plain_names(d, params, saved) for d in (shapes, packed, original))
@@ -1354,6 +1355,8 @@ class Connectome:
         # exact names: a ModuleDict key may hold a pattern character ('fc[1]' as a pattern matches 'fc1')
         modules = [glob.escape(n[: -len(".weight")] if n.endswith(".weight") else n) for n in shapes]
         conn = cls(model, ensemble=meta["ensemble"], include=modules, mode=mode)
+        # loaded into a wrapper: a Controller's protect= reads module.fc as fc, as on one built on it
+        conn._built_wrapped = wrapped is not model
         # the layers first: a file of another model is told so, not that its granularities differ
         extra = [n for n in conn.masks if n not in shapes]
         if extra:

@@ -1266,7 +1266,7 @@ def _mask_only_run_dir(resume: str, output_dir) -> Path:
 def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     """Mask-only connectome optimisation: the weights stay bit-exact, only the masks move. The run
     is recorded after every target in ``mask_only_checkpoint.pt``; ``--resume`` continues it."""
-    from adaptive.mask_only import count_synapses, loaded_state, optimize_connectome, stage_batches
+    from adaptive.mask_only import count_synapses, loaded_state, optimize_connectome, resolve_target, stage_batches
 
     ckpt = output_dir / MASK_ONLY_CHECKPOINT  # --resume was resolved to this run folder already
     if cfg.weights is None:
@@ -1308,9 +1308,12 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         whole = ("a whole batch" if kw["window"] == 1
                  else f"whole update windows of {kw['window']} ({source})")
         rounded = f", rounded up to {whole}" if per_target > kw["passes"] * len(train_dl) + 1e-9 else ""
+        # a target of 0 is the dense network, with no stage of its own (check_targets accepted the target above)
+        reads = ("the dense network, scored on the held-out part with no training batch read"
+                 if resolve_target(target, synapses) == 0 else
+                 f"{per_target:,} batches per target ({kw['passes']:.3g} pass(es) of {len(train_dl)} batches{rounded})")
         accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {synapses:,} synapses (of "
-                          f"{sum(p.numel() for p in model.parameters()):,} parameters), target {target}, {per_target:,} "
-                          f"batches per target ({kw['passes']:.3g} pass(es) of {len(train_dl)} batches{rounded}), "
+                          f"{sum(p.numel() for p in model.parameters()):,} parameters), target {target}, {reads}, "
                           f"estimator {cfg.estimator} -> {output_dir}")
         saved = []
 

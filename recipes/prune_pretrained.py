@@ -58,7 +58,7 @@ from adaptive.config import SEED_RANGE, ConfigError, dotted_key_values, merge_ke
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.mask_only import (check_targets, changed_from, count_synapses, evaluate, loaded_state, optimize_connectome,  # noqa: E402
-                                parse_target)
+                                parse_target, resolve_target)
 from adaptive.models import RECIPE_SETS, build_model_kw, check_model_kw  # noqa: E402
 from adaptive.plots import SPLIT_COLOR, boundary_scale, legend_below, run_title, step_points, tight_artists  # noqa: E402
 from adaptive.training import evaluate as evaluate_sharded  # noqa: E402
@@ -857,7 +857,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
             + ").\n"
             f"Splits: train = a fixed random sample of {len(train_sample.dataset)} images of the train part (the same for "
             f"every row); held-out = a stratified part of the TRAIN split ({len(dl.holdout.dataset):,} images; "
-            f"{_holdout_use(args)}); test = "
+            f"{_holdout_use(args, total)}); test = "
             + _test_split_words(args, dl.test, n_test)  # (the data's loader: a test_loader_hook's wrapper may hide it)
             + ", read only for this report.\n")
     accelerator.print(table + note)
@@ -883,17 +883,21 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
             "mask_hash_per_process": hashes}
 
 
-def _holdout_use(args) -> str:
-    """What the held-out part decided in this run, for the Splits note (it said 'line search and
-    snapshot choice' also where it decided nothing, only scored the masks; and for --remove best on a
-    ladder it left out that the held-out scores also stop the climb)."""
+def _holdout_use(args, total: int) -> str:
+    """What the held-out part decided in this run of ``total`` prunable synapses, for the Splits note
+    (it said 'line search and snapshot choice' also where it decided nothing, only scored the masks;
+    for --remove best on a ladder it left out that the held-out scores also stop the climb; and it said
+    'line search of every update' where every target was 0, which runs no update)."""
     best = "best" in args.remove
+    updates = any(resolve_target(t, total) != 0 for t in args.remove)  # a target of 0 has no stage ("best": None)
     climb = (f"when the climb stops ({args.patience} rung{'s' if args.patience != 1 else ''} without a better "
              "held-out score, --patience)")
-    uses = (["the line search of every update"] if args.verify_batches else []) + (
+    uses = (["the line search of every update"] if args.verify_batches and updates else []) + (
         ["the choice of the best snapshot"] if best else []) + ([climb] if best and args.ladder else [])
     if uses:
         return "used for " + ", ".join(uses[:-1]) + (" and " if len(uses) > 1 else "") + uses[-1]
+    if not updates:
+        return "scored only: a target of 0 is the dense network, with no update to verify"
     return "scored only: fixed targets with no line search (--verify-batches 0) choose nothing by it"
 
 

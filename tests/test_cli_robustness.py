@@ -199,6 +199,19 @@ def test_mask_only_opening_line_counts_the_batches_each_target_reads(tmp_path, c
             "(--update_every))") in capsys.readouterr().out
 
 
+def test_mask_only_opening_line_of_a_target_of_0_says_no_batch_is_read(tmp_path, capsys):
+    """A target of 0 is the dense network, scored with no stage of its own, while the opening line said
+    '48 batches per target (1 pass(es) of 41 batches, ...)' for it (as --density 1.0 means it too)."""
+    base = ["--mode", "mask_only", "--threads", "1", "--progress", "false", "--figures", "false"]
+    res = A.main(base + ["--target", "0", "--update_every", "8", "--output_dir", str(tmp_path / "a")])
+    out = capsys.readouterr().out
+    assert res.summary["steps"] == 0 and res.summary["updates"] == 0
+    assert "target 0, the dense network, scored on the held-out part with no training batch read, estimator" in out
+    assert "batches per target" not in out
+    A.main(base + ["--density", "1.0", "--output_dir", str(tmp_path / "b")])
+    assert "target 0.0, the dense network, scored on the held-out part with no training batch read" in capsys.readouterr().out
+
+
 def test_a_run_whose_policy_never_edits_says_so(tmp_path, capsys):
     A.main(["--max_steps", "30", "--threads", "1", "--progress", "false", "--figures", "false",
             "--output_dir", str(tmp_path / "run")])

@@ -242,3 +242,17 @@ def test_gradient_by_depth_and_band_gradient_scaler_find_a_layer_by_its_second_n
     net.zero_grad()
     nn.functional.cross_entropy(net(x), y).backward()  # the hooks are all gone: the plain gradient
     assert not torch.equal(net.head.weight.grad, grads[("head",)])
+
+
+def test_a_connectome_loaded_into_a_wrapper_reads_its_patterns_as_one_built_on_it(tmp_path):
+    """Connectome.load into a DataParallel model built the connectome on the module inside, so a Controller's
+    protect='module.fc' was refused ('matched no layer') where one built on the wrapper took it as fc."""
+    net, _, _ = _setup()
+    conn = adaptive.Connectome(nn.DataParallel(net), ensemble={"module.fc": "neuron", "*": "synapse"})
+    conn.save(tmp_path / "c.safetensors")
+    loaded = adaptive.Connectome.load(tmp_path / "c.safetensors", nn.DataParallel(net))
+    assert loaded.ensemble == "fc=neuron;synapse"
+    assert adaptive.Controller(loaded, policy="magnitude", density=0.5, protect="module.fc").protected == ["fc.weight"]
+    plain = adaptive.Connectome.load(tmp_path / "c.safetensors", net)  # into the plain model: no wrapper names
+    with pytest.raises(ValueError, match=r"protect pattern\(s\) \['module.fc'\] matched no layer"):
+        adaptive.Controller(plain, policy="magnitude", density=0.5, protect="module.fc")

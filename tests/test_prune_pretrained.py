@@ -1298,7 +1298,7 @@ def test_the_splits_note_says_the_held_out_part_stops_the_climb():
     also stop the climb (--patience rungs without a better one); threshold mode (no ladder) has no climb."""
     def note(**kw):
         settings = dict(remove=["best"], verify_batches=0, ladder=[0.5], patience=2)
-        return recipe()._holdout_use(argparse.Namespace(**{**settings, **kw}))
+        return recipe()._holdout_use(argparse.Namespace(**{**settings, **kw}), 1000)
 
     assert note() == ("used for the choice of the best snapshot and when the climb stops (2 rungs without a better "
                       "held-out score, --patience)")
@@ -1307,6 +1307,10 @@ def test_the_splits_note_says_the_held_out_part_stops_the_climb():
         "without a better held-out score, --patience)")
     assert note(ladder=[]) == "used for the choice of the best snapshot"
     assert note(remove=[0.5], verify_batches=1) == "used for the line search of every update"
+    # a target of 0 (a count, a fraction, one rounding to 0) runs no update: no line search to use it for
+    assert note(remove=[0.5, 0], verify_batches=1) == "used for the line search of every update"
+    for zero in ([0], [0.0], [0.0004], ["0"]):
+        assert note(remove=zero, verify_batches=1) == "scored only: a target of 0 is the dense network, with no update to verify"
 
 
 def _mlp_weights(path, hidden):
