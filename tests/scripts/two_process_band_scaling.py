@@ -1,8 +1,6 @@
 """Run under `accelerate launch --multi_gpu --num_processes 2`: a BandGradientScaler on the DDP model
 `prepare` returns, each rank training on its own data. Writes, per rank into argv[1], the scales after
 every step and the rank's own unscaled gradients of the scaled layer (to recompute the scales from)."""
-import json
-import os
 import sys
 
 import torch
@@ -13,6 +11,7 @@ from torch import nn
 from adaptive import distributed as D
 from adaptive.diagnostics import BandGradientScaler
 from adaptive.diagnostics._common import scalers_suspended
+from _rank_record import write_record_and_finish
 
 DEPTHS = [0, 0, 1, 1, 2, 2]
 MOMENTUM = 0.5
@@ -41,10 +40,7 @@ def main(out_dir):
         record["raw"].append(raw.tolist())
         record["scales"].append(scaler.scales()["0"])
     record["weights"] = [p.detach().tolist() for p in local.parameters()]
-    with open(os.path.join(out_dir, f"rank{me}.json"), "w") as f:
-        json.dump(record, f)
-    acc.wait_for_everyone()
-    acc.end_training()
+    write_record_and_finish(acc, out_dir, me, record)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
 """Run under `accelerate launch --multi_gpu --num_processes 2`: every rank sees different data (and
 scores its own held-out loss); masks must agree at every update. Writes one JSON file per rank into argv[1]."""
-import json
-import os
 import sys
 import warnings
 
@@ -13,6 +11,7 @@ from torch import nn
 import adaptive
 from adaptive.diagnostics import collinearity
 from adaptive.distributed import MaskMismatchError
+from _rank_record import write_record_and_finish
 
 
 def main(out_dir):
@@ -146,10 +145,7 @@ def main(out_dir):
     record["missed_target"] = {"warnings": [str(w.message) for w in caught if "schedule ended" in str(w.message)],
                                "density": conn5.density(), "tries": len(tries), "mask_hash": conn5.mask_hash(),
                                "fractions": [e.get("line_search_fraction") for e in ctrl5.events if e["kind"] == "update"]}
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump(record, f)
-    acc.wait_for_everyone()
-    acc.end_training()
+    write_record_and_finish(acc, out_dir, rank, record)
 
 
 if __name__ == "__main__":

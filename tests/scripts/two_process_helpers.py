@@ -1,7 +1,5 @@
 """Run under `accelerate launch --multi_gpu --num_processes 2`: the process-group helpers of
 adaptive.distributed, each with a value both ranks can check. Writes one JSON file per rank into argv[1]."""
-import json
-import os
 import sys
 
 import torch
@@ -10,6 +8,7 @@ from torch import nn
 
 import adaptive
 from adaptive import distributed as D
+from _rank_record import write_record_and_finish
 
 
 def main(out_dir):
@@ -48,10 +47,7 @@ def main(out_dir):
     except D.MaskMismatchError as e:
         record["mismatch"] = str(e)
 
-    with open(os.path.join(out_dir, f"rank{me}.json"), "w") as f:
-        json.dump(record, f)
-    acc.wait_for_everyone()
-    acc.end_training()
+    write_record_and_finish(acc, out_dir, me, record)
 
 
 if __name__ == "__main__":
