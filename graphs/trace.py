@@ -1748,17 +1748,26 @@ def example_input_failed(model: nn.Module, x, e: Exception) -> RuntimeError:
 
 
 def _trace_eval(model, example_input, input_nodes, batch_axis: Optional[int] = None) -> Trace:
-    root = _wrap_root(model)
+    root, gm, sized = _wrap_root(model), None, False
     if not root:
         given = (tuple(example_input) if isinstance(example_input, (tuple, list))
                  and not isinstance(example_input, nn.utils.rnn.PackedSequence)
                  else () if example_input is None else (example_input,))
         _refuse_miscounted_inputs(model, given)
+        fixed = _unsupplied_defaults(model, len(given), given)
         try:
-            gm = symbolic_trace(model, concrete_args=_unsupplied_defaults(model, len(given), given))
+            gm = symbolic_trace(model, concrete_args=fixed)
         except Exception as e:
-            return fallback_trace(model, f"torch.fx could not trace {type(model).__name__}{_where(e)}: {type(e).__name__}: {e}")
-    candidates = [example_input] if example_input is not None else _example_inputs(model, None, 1, None if root else gm)
+            # fx needed a size as a number (range(x.shape[1])): traced again with each example input's sizes
+            failed = f"torch.fx could not trace {type(model).__name__}{_where(e)}: {type(e).__name__}: {e}"
+            sized = True
+    if sized:
+        try:
+            candidates = [example_input] if example_input is not None else _example_inputs(model, None, 1)
+        except Exception:  # noqa: BLE001 - nothing to trace the sizes of: module order, as fx failed
+            return fallback_trace(model, failed)
+    else:
+        candidates = [example_input] if example_input is not None else _example_inputs(model, None, 1, None if root else gm)
     errors = []
     for x in candidates:
         xs = tuple(x) if isinstance(x, (tuple, list)) and not isinstance(x, nn.utils.rnn.PackedSequence) else (x,)
@@ -1769,6 +1778,15 @@ def _trace_eval(model, example_input, input_nodes, batch_axis: Optional[int] = N
         traced = _Root(model, len(xs)) if root else model
         if root:
             gm = symbolic_trace(traced, concrete_args={k: None for k in "abc"[len(xs):]})
+        elif sized:
+            from .sized import sized_trace
+            try:
+                with _unchanged(model), warnings.catch_warnings():  # the sizes are computed by running the model
+                    warnings.simplefilter("ignore")
+                    gm = sized_trace(model, lambda holders: _placeholder_values(model, holders, xs), fixed)
+            except Exception:  # noqa: BLE001 - a question about data, or an input it does not run on: the next one
+                gm = None
+                continue
         mode = input_nodes if input_nodes != "auto" else _auto_input_nodes(model, xs[0])
         book = _Book()
         prop = FlowProp(gm, book, mode, traced, batch_axis)
@@ -1776,7 +1794,8 @@ def _trace_eval(model, example_input, input_nodes, batch_axis: Optional[int] = N
             # torch's ShapeProp prints a traceback for a failing input; a wrong guess is not news
             with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
                 warnings.simplefilter("ignore")  # re-emitted below, once
-                result = prop.propagate(*(xs if root else _placeholder_values(model, gm, xs)))
+                holders = sum(n.op == "placeholder" for n in gm.graph.nodes)
+                result = prop.propagate(*(xs if root else _placeholder_values(model, holders, xs)))
         except Exception as e:
             if isinstance(e, InputError) and example_input is not None:  # fx appends the node: said once
                 raise InputError(str(e).split("\n\nWhile executing")[0]) from None
@@ -1788,6 +1807,8 @@ def _trace_eval(model, example_input, input_nodes, batch_axis: Optional[int] = N
         tr = Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, True, book.recurrent, book.unknown,
                    unknown_weights=book.unknown_weights)
         return _unwrap(tr) if root else tr
+    if sized and not errors:  # no example's sizes traced it either: module order, for fx's reason
+        return fallback_trace(model, failed)
     if example_input is not None:
         raise RuntimeError(f"running {type(model).__name__} on example_input failed: {errors[0]}")
     raise InputGuessError(f"could not guess an input for {type(model).__name__}", "; ".join(errors)[:400])
@@ -1858,16 +1879,15 @@ def _input_order(model: nn.Module) -> List[str]:
     return [p.name if p.default is p.empty else f"{p.name} or None" for p in params[:last + 1]]
 
 
-def _placeholder_values(model: nn.Module, gm: fx.GraphModule, xs: Sequence[Any]) -> tuple:
-    """The values to run ``gm``, ``model``'s fx graph, on for the inputs ``xs``: one per placeholder, the
+def _placeholder_values(model: nn.Module, holders: int, xs: Sequence[Any]) -> tuple:
+    """The values to run ``model``'s fx graph (of ``holders`` placeholders) on for the inputs ``xs``: one per placeholder, the
     inputs bound to forward's parameters as :func:`_call_with_inputs` binds them (keyword-only ones after
     the positional ones) and the defaults of the rest, so that an ``(x, mask)`` for ``forward(self, x,
     y=None, *, mask)`` gives ``mask`` the mask, not ``y``. ``xs`` as they are where the placeholders are
     not forward's parameters one for one (``*args``), and up to the first required input ``xs`` lacks
     (the run then says which)."""
     params = _input_params(model)
-    holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if params is None or len(holders) != len(params) or len(xs) > len(params):
+    if params is None or holders != len(params) or len(xs) > len(params):
         return tuple(xs)
     values = list(xs)
     for p in params[len(xs):]:
