@@ -1236,31 +1236,80 @@ def symbolic_trace(root: nn.Module, concrete_args=None) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, type(root).__name__)
 
 
-class _KeywordOnly(fx.graph.CodeGen):
-    """Writes a graph's forward with its last ``count`` placeholders keyword-only, after a ``*``: fx writes
-    every placeholder as a positional parameter, so ``forward(self, x, y=None, *, mask)`` became ``def
-    forward(self, x, y = None, mask)``, a SyntaxError ("non-default argument follows default argument"), and
-    without y's default ``forward(self, x, y, mask)``, which ``model(x, mask=m)`` does not call."""
+class _Signature(fx.graph.CodeGen):
+    """Writes a graph's forward with its first ``positional`` placeholders positional-only, before a ``/``, and
+    its last ``keyword`` ones keyword-only, after a ``*``: fx writes every placeholder as a positional parameter,
+    so ``forward(self, x, y=None, *, mask)`` became ``def forward(self, x, y = None, mask)``, a SyntaxError
+    ("non-default argument follows default argument"), and without y's default ``forward(self, x, y, mask)``,
+    which ``model(x, mask=m)`` does not call; ``forward(self, x, /)`` became ``forward(self, x)``."""
 
-    def __init__(self, count: int):
+    def __init__(self, keyword: int, positional: int = 0):
         super().__init__()
-        self.count = count
+        self.count, self.positional = keyword, positional
 
     def gen_fn_def(self, free_vars, maybe_return_annotation, **kwargs):
         free_vars = list(free_vars)
-        free_vars.insert(len(free_vars) - self.count, "*")
+        if self.count:
+            free_vars.insert(len(free_vars) - self.count, "*")
+        if self.positional:
+            free_vars.insert(self.positional, "/")
         return super().gen_fn_def(free_vars, maybe_return_annotation, **kwargs)
 
 
+def _annotations(fn) -> Dict[str, Any]:
+    """``fn``'s annotations as objects (a string one, ``from __future__ import annotations``, evaluated in the
+    namespace ``fn`` was written in), those that a copy's code can write (:func:`_writable`); an annotation that
+    does not evaluate or write is left out."""
+    found = {}
+    for name, a in inspect.get_annotations(fn).items():
+        if isinstance(a, str):
+            try:
+                a = eval(a, getattr(fn, "__globals__", {}))  # noqa: S307 - what Python itself does for eval_str
+            except Exception:  # noqa: BLE001 - a name imported only for type checkers
+                continue
+        if _writable(a):
+            found[name] = a
+    return found
+
+
+def _writable(annotation) -> bool:
+    """Can fx write ``annotation`` into a forward's code that runs (a type fx spells so that it names it)?"""
+    g = fx.Graph()
+    g.output(g.placeholder("a", type_expr=annotation), type_expr=annotation)
+    code = g.python_code("self")
+    try:
+        exec(compile(code.src, "<annotation>", "exec"), dict(code.globals))  # noqa: S102 - fx's own code
+        return True
+    except Exception:  # noqa: BLE001 - a Literal's values, a local class fx cannot name, ...
+        return False
+
+
+_NoneType = type(None)
+
+
+def none_only(value: Any, msg: str) -> None:
+    """The check on an input traced as None (the copy computes what the model does without it): fx's own,
+    ``_assert_is_none``, which TorchScript cannot compile (its ``value: object``), so that ``torch.jit.script``
+    of a copy with one failed where it scripted the model."""
+    torch._assert(torch.jit.isinstance(value, _NoneType), msg)
+
+
 class SignatureTracer(fx.Tracer):
-    """``fx.Tracer`` whose graph is written with the traced forward's keyword-only parameters keyword-only
-    (:class:`_KeywordOnly`), defaults kept. A GraphModule keeps its tracer's class, and torch.load traces
-    the saved module's code again with it (the graph itself is not saved): the copy read back, whose code
-    has that signature, is written so too; so is a copy with an input traced as None (its check, see below).
-    Reading those back needs graphs importable; any other graph keeps ``fx.Tracer`` as its tracer, and a
-    copy loads with torch alone. Where the placeholders are not the parameters one for one (a ``*args``, a
-    tuple given in ``concrete_args``), the defaults of those a required one follows are dropped
+    """``fx.Tracer`` whose graph is written with the traced forward's signature: its positional-only and
+    keyword-only parameters so (:class:`_Signature`), defaults kept, and its annotations and return annotation
+    on the placeholders and the output, as objects (a string one evaluated where the forward was written: the
+    copy's code lives elsewhere; fx drops the return annotation of a forward with keyword-only parameters or
+    inputs traced at a value, and those inputs' annotations). A
+    GraphModule keeps its tracer's class, and torch.load traces the saved module's code again with it (the graph
+    itself is not saved): the copy read back, whose code has that signature, is written so too; so is a copy
+    with an input traced as None (its check, see below). Reading those back needs graphs importable; any other
+    graph keeps ``fx.Tracer`` as its tracer, and a copy loads with torch alone. Where the placeholders are not the parameters one for one (a ``*args``, a tuple given in
+    ``concrete_args``), the defaults of those a required one follows are dropped
     (:func:`_required_after_defaults`)."""
+
+    def __init__(self, *args, autowrap_functions=(), **kwargs):
+        # the check of an input traced as None, recorded as a call where torch.load traces a copy's code again
+        super().__init__(*args, autowrap_functions=tuple(autowrap_functions) + (none_only,), **kwargs)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         # a compacted model's FoldedConv is one call, taken as its convolution's (see ops.categorize)
@@ -1272,13 +1321,19 @@ class SignatureTracer(fx.Tracer):
         code = getattr(inspect.unwrap(fn), "__code__", None)
         holders = [n for n in graph.nodes if n.op == "placeholder"]
         keyword = code.co_kwonlyargcount if code is not None else 0
+        bound = isinstance(root, nn.Module)  # self, not a placeholder
         own = code is not None and not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS) \
-            and len(holders) == code.co_argcount + keyword - isinstance(root, nn.Module)
-        if keyword and own:
-            graph._codegen = _KeywordOnly(keyword)
+            and len(holders) == code.co_argcount + keyword - bound
+        if own:
+            positional = max(code.co_posonlyargcount - bound, 0)
+            if keyword or positional:
+                graph._codegen = _Signature(keyword, positional)
+            _annotate(graph, inspect.unwrap(fn), holders, code.co_varnames[bound:len(holders) + bound])
         else:
             _required_after_defaults(graph)
-        checks = [n for n in graph.nodes if _assert_is_none is not None and n.target is _assert_is_none]
+        checks = [n for n in graph.nodes if n.target is none_only or _assert_is_none is not None and n.target is _assert_is_none]
+        for n in checks:
+            n.target = none_only
         factories = [n for n in graph.nodes if n.op == "call_function" and n.target in SIZED_FACTORIES]
         for n in factories:  # autowrapped, ``zeros(b, c)``: packed as _sizes_packed packs ``torch.zeros(b, c)``,
             if len(n.args) > 1:  # which fx alone (torch.load traces the code again) cannot trace
@@ -1286,19 +1341,29 @@ class SignatureTracer(fx.Tracer):
         for n in checks + factories:
             # fx writes wrap("torch.fx._symbolic_trace._assert_is_none") into the code of the check it puts on
             # an input traced as None (and wrap("torch.zeros") for an autowrapped factory); torch.load runs it,
-            # and every later fx trace in the process failed (KeyError: no global has that dotted name). fx
-            # wraps this function of its own in every trace.
+            # and every later fx trace in the process failed (KeyError: no global has that dotted name). The
+            # check, none_only in its place, is autowrapped by this tracer, which torch.load traces such a copy with.
             n.meta.pop("is_wrapped", None)
-        if not checks and not isinstance(graph._codegen, _KeywordOnly):
+        if not checks and not isinstance(graph._codegen, _Signature):
             # a GraphModule pickles its tracer's class, and torch.load needs it importable: where it would
             # write nothing fx's does not, fx's, so such a copy loads where graphs is not installed
             graph._tracer_cls = fx.Tracer
         return graph
 
 
+def _annotate(graph: fx.Graph, fn, holders: List[fx.Node], names: Sequence[str]) -> None:
+    """Give the placeholders ``holders`` of ``fn``'s parameters ``names`` (one for one) and the output of ``graph``
+    ``fn``'s annotations (:func:`_annotations`); an input traced at a value (``mask=None``) has its own."""
+    found = _annotations(fn)
+    for n, name in zip(holders, names):
+        n.type = found.get(name)
+    out = next(n for n in graph.nodes if n.op == "output")
+    out.type = found.get("return")
+
+
 def _required_after_defaults(graph: fx.Graph) -> None:
     """Drop the defaults of the placeholders that a placeholder without one follows, which fx's positional
-    signature cannot write (see :class:`_KeywordOnly`). Such a graph is run with a value for every
+    signature cannot write (see :class:`_Signature`). Such a graph is run with a value for every
     placeholder (:func:`_placeholder_values`)."""
     required = False
     for n in reversed([n for n in graph.nodes if n.op == "placeholder"]):
