@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Set
 import torch
 from torch import fx
 
-from .trace import SIZED_FACTORIES, SignatureTracer, _sizes_packed, _torch_own_functions
+from .trace import SIZED_FACTORIES, SignatureTracer, _sizes_packed, _torch_own_functions, serialized
 
 # fx's own context that takes its patches off nn.Module (its __call__ and __getattr__ make proxies while fx
 # traces) while the example's values are computed; a private name of fx's: without it nothing is traced so
@@ -139,6 +139,7 @@ class _SizedProxy(fx.Proxy):
         return len(value)
 
 
+@serialized
 def sized_trace(root: torch.nn.Module, inputs: Callable[[int], tuple], concrete_args=None) -> fx.GraphModule:
     """:func:`graphs.trace.symbolic_trace` with :class:`SizedTracer`: the example input's sizes (``inputs``, as
     that class takes it) answer the forward's questions about sizes."""

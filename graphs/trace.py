@@ -1722,8 +1722,9 @@ def trace(model: nn.Module, example_input=None, input_nodes: str = "auto", batch
     ``xy[1]``; None infers one. ``input_nodes``: "channels" (one node per input
     channel), "elements" (per input feature or pixel) or "auto" (elements for models without
     convolutions). ``batch_axis``: the axis of every input (of two axes or more) that holds its batch, 0 or 1
-    (``[T, B, F]`` sequences); None infers it (:mod:`graphs.batch_axis`). Falls back to module order, with a
-    warning, when fx cannot trace the model."""
+    (``[T, B, F]`` sequences); None infers it (:mod:`graphs.batch_axis`). A forward that needs a size as a Python
+    number (``range(x.shape[1])``) is traced with the example input's sizes (:mod:`graphs.sized`). Falls back to
+    module order, with a warning, when fx cannot trace the model."""
     if input_nodes not in ("auto", "channels", "elements"):
         raise ValueError(f"input_nodes must be 'auto', 'channels' or 'elements', got {input_nodes!r}")
     batch_axis = checked_batch_axis(batch_axis)
