@@ -1236,31 +1236,80 @@ def symbolic_trace(root: nn.Module, concrete_args=None) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, type(root).__name__)
 
 
-class _KeywordOnly(fx.graph.CodeGen):
-    """Writes a graph's forward with its last ``count`` placeholders keyword-only, after a ``*``: fx writes
-    every placeholder as a positional parameter, so ``forward(self, x, y=None, *, mask)`` became ``def
-    forward(self, x, y = None, mask)``, a SyntaxError ("non-default argument follows default argument"), and
-    without y's default ``forward(self, x, y, mask)``, which ``model(x, mask=m)`` does not call."""
+class _Signature(fx.graph.CodeGen):
+    """Writes a graph's forward with its first ``positional`` placeholders positional-only, before a ``/``, and
+    its last ``keyword`` ones keyword-only, after a ``*``: fx writes every placeholder as a positional parameter,
+    so ``forward(self, x, y=None, *, mask)`` became ``def forward(self, x, y = None, mask)``, a SyntaxError
+    ("non-default argument follows default argument"), and without y's default ``forward(self, x, y, mask)``,
+    which ``model(x, mask=m)`` does not call; ``forward(self, x, /)`` became ``forward(self, x)``."""
 
-    def __init__(self, count: int):
+    def __init__(self, keyword: int, positional: int = 0):
         super().__init__()
-        self.count = count
+        self.count, self.positional = keyword, positional
 
     def gen_fn_def(self, free_vars, maybe_return_annotation, **kwargs):
         free_vars = list(free_vars)
-        free_vars.insert(len(free_vars) - self.count, "*")
+        if self.count:
+            free_vars.insert(len(free_vars) - self.count, "*")
+        if self.positional:
+            free_vars.insert(self.positional, "/")
         return super().gen_fn_def(free_vars, maybe_return_annotation, **kwargs)
 
 
+def _annotations(fn) -> Dict[str, Any]:
+    """``fn``'s annotations as objects (a string one, ``from __future__ import annotations``, evaluated in the
+    namespace ``fn`` was written in), those that a copy's code can write (:func:`_writable`); an annotation that
+    does not evaluate or write is left out."""
+    found = {}
+    for name, a in inspect.get_annotations(fn).items():
+        if isinstance(a, str):
+            try:
+                a = eval(a, getattr(fn, "__globals__", {}))  # noqa: S307 - what Python itself does for eval_str
+            except Exception:  # noqa: BLE001 - a name imported only for type checkers
+                continue
+        if _writable(a):
+            found[name] = a
+    return found
+
+
+def _writable(annotation) -> bool:
+    """Can fx write ``annotation`` into a forward's code that runs (a type fx spells so that it names it)?"""
+    g = fx.Graph()
+    g.output(g.placeholder("a", type_expr=annotation), type_expr=annotation)
+    code = g.python_code("self")
+    try:
+        exec(compile(code.src, "<annotation>", "exec"), dict(code.globals))  # noqa: S102 - fx's own code
+        return True
+    except Exception:  # noqa: BLE001 - a Literal's values, a local class fx cannot name, ...
+        return False
+
+
+_NoneType = type(None)
+
+
+def none_only(value: Any, msg: str) -> None:
+    """The check on an input traced as None (the copy computes what the model does without it): fx's own,
+    ``_assert_is_none``, which TorchScript cannot compile (its ``value: object``), so that ``torch.jit.script``
+    of a copy with one failed where it scripted the model."""
+    torch._assert(torch.jit.isinstance(value, _NoneType), msg)
+
+
 class SignatureTracer(fx.Tracer):
-    """``fx.Tracer`` whose graph is written with the traced forward's keyword-only parameters keyword-only
-    (:class:`_KeywordOnly`), defaults kept. A GraphModule keeps its tracer's class, and torch.load traces
-    the saved module's code again with it (the graph itself is not saved): the copy read back, whose code
-    has that signature, is written so too; so is a copy with an input traced as None (its check, see below).
-    Reading those back needs graphs importable; any other graph keeps ``fx.Tracer`` as its tracer, and a
-    copy loads with torch alone. Where the placeholders are not the parameters one for one (a ``*args``, a
-    tuple given in ``concrete_args``), the defaults of those a required one follows are dropped
+    """``fx.Tracer`` whose graph is written with the traced forward's signature: its positional-only and
+    keyword-only parameters so (:class:`_Signature`), defaults kept, and its annotations and return annotation
+    on the placeholders and the output, as objects (a string one evaluated where the forward was written: the
+    copy's code lives elsewhere; fx drops the return annotation of a forward with keyword-only parameters or
+    inputs traced at a value, and those inputs' annotations). A
+    GraphModule keeps its tracer's class, and torch.load traces the saved module's code again with it (the graph
+    itself is not saved): the copy read back, whose code has that signature, is written so too; so is a copy
+    with an input traced as None (its check, see below). Reading those back needs graphs importable; any other
+    graph keeps ``fx.Tracer`` as its tracer, and a copy loads with torch alone. Where the placeholders are not the parameters one for one (a ``*args``, a tuple given in
+    ``concrete_args``), the defaults of those a required one follows are dropped
     (:func:`_required_after_defaults`)."""
+
+    def __init__(self, *args, autowrap_functions=(), **kwargs):
+        # the check of an input traced as None, recorded as a call where torch.load traces a copy's code again
+        super().__init__(*args, autowrap_functions=tuple(autowrap_functions) + (none_only,), **kwargs)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         # a compacted model's FoldedConv is one call, taken as its convolution's (see ops.categorize)
@@ -1272,13 +1321,19 @@ class SignatureTracer(fx.Tracer):
         code = getattr(inspect.unwrap(fn), "__code__", None)
         holders = [n for n in graph.nodes if n.op == "placeholder"]
         keyword = code.co_kwonlyargcount if code is not None else 0
+        bound = isinstance(root, nn.Module)  # self, not a placeholder
         own = code is not None and not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS) \
-            and len(holders) == code.co_argcount + keyword - isinstance(root, nn.Module)
-        if keyword and own:
-            graph._codegen = _KeywordOnly(keyword)
+            and len(holders) == code.co_argcount + keyword - bound
+        if own:
+            positional = max(code.co_posonlyargcount - bound, 0)
+            if keyword or positional:
+                graph._codegen = _Signature(keyword, positional)
+            _annotate(graph, inspect.unwrap(fn), holders, code.co_varnames[bound:len(holders) + bound])
         else:
             _required_after_defaults(graph)
-        checks = [n for n in graph.nodes if _assert_is_none is not None and n.target is _assert_is_none]
+        checks = [n for n in graph.nodes if n.target is none_only or _assert_is_none is not None and n.target is _assert_is_none]
+        for n in checks:
+            n.target = none_only
         factories = [n for n in graph.nodes if n.op == "call_function" and n.target in SIZED_FACTORIES]
         for n in factories:  # autowrapped, ``zeros(b, c)``: packed as _sizes_packed packs ``torch.zeros(b, c)``,
             if len(n.args) > 1:  # which fx alone (torch.load traces the code again) cannot trace
@@ -1286,19 +1341,29 @@ class SignatureTracer(fx.Tracer):
         for n in checks + factories:
             # fx writes wrap("torch.fx._symbolic_trace._assert_is_none") into the code of the check it puts on
             # an input traced as None (and wrap("torch.zeros") for an autowrapped factory); torch.load runs it,
-            # and every later fx trace in the process failed (KeyError: no global has that dotted name). fx
-            # wraps this function of its own in every trace.
+            # and every later fx trace in the process failed (KeyError: no global has that dotted name). The
+            # check, none_only in its place, is autowrapped by this tracer, which torch.load traces such a copy with.
             n.meta.pop("is_wrapped", None)
-        if not checks and not isinstance(graph._codegen, _KeywordOnly):
+        if not checks and not isinstance(graph._codegen, _Signature):
             # a GraphModule pickles its tracer's class, and torch.load needs it importable: where it would
             # write nothing fx's does not, fx's, so such a copy loads where graphs is not installed
             graph._tracer_cls = fx.Tracer
         return graph
 
 
+def _annotate(graph: fx.Graph, fn, holders: List[fx.Node], names: Sequence[str]) -> None:
+    """Give the placeholders ``holders`` of ``fn``'s parameters ``names`` (one for one) and the output of ``graph``
+    ``fn``'s annotations (:func:`_annotations`); an input traced at a value (``mask=None``) has its own."""
+    found = _annotations(fn)
+    for n, name in zip(holders, names):
+        n.type = found.get(name)
+    out = next(n for n in graph.nodes if n.op == "output")
+    out.type = found.get("return")
+
+
 def _required_after_defaults(graph: fx.Graph) -> None:
     """Drop the defaults of the placeholders that a placeholder without one follows, which fx's positional
-    signature cannot write (see :class:`_KeywordOnly`). Such a graph is run with a value for every
+    signature cannot write (see :class:`_Signature`). Such a graph is run with a value for every
     placeholder (:func:`_placeholder_values`)."""
     required = False
     for n in reversed([n for n in graph.nodes if n.op == "placeholder"]):
@@ -1657,8 +1722,9 @@ def trace(model: nn.Module, example_input=None, input_nodes: str = "auto", batch
     ``xy[1]``; None infers one. ``input_nodes``: "channels" (one node per input
     channel), "elements" (per input feature or pixel) or "auto" (elements for models without
     convolutions). ``batch_axis``: the axis of every input (of two axes or more) that holds its batch, 0 or 1
-    (``[T, B, F]`` sequences); None infers it (:mod:`graphs.batch_axis`). Falls back to module order, with a
-    warning, when fx cannot trace the model."""
+    (``[T, B, F]`` sequences); None infers it (:mod:`graphs.batch_axis`). A forward that needs a size as a Python
+    number (``range(x.shape[1])``) is traced with the example input's sizes (:mod:`graphs.sized`). Falls back to
+    module order, with a warning, when fx cannot trace the model."""
     if input_nodes not in ("auto", "channels", "elements"):
         raise ValueError(f"input_nodes must be 'auto', 'channels' or 'elements', got {input_nodes!r}")
     batch_axis = checked_batch_axis(batch_axis)
@@ -1748,17 +1814,26 @@ def example_input_failed(model: nn.Module, x, e: Exception) -> RuntimeError:
 
 
 def _trace_eval(model, example_input, input_nodes, batch_axis: Optional[int] = None) -> Trace:
-    root = _wrap_root(model)
+    root, gm, sized = _wrap_root(model), None, False
     if not root:
         given = (tuple(example_input) if isinstance(example_input, (tuple, list))
                  and not isinstance(example_input, nn.utils.rnn.PackedSequence)
                  else () if example_input is None else (example_input,))
         _refuse_miscounted_inputs(model, given)
+        fixed = _unsupplied_defaults(model, len(given), given)
         try:
-            gm = symbolic_trace(model, concrete_args=_unsupplied_defaults(model, len(given), given))
+            gm = symbolic_trace(model, concrete_args=fixed)
         except Exception as e:
-            return fallback_trace(model, f"torch.fx could not trace {type(model).__name__}{_where(e)}: {type(e).__name__}: {e}")
-    candidates = [example_input] if example_input is not None else _example_inputs(model, None, 1, None if root else gm)
+            # fx needed a size as a number (range(x.shape[1])): traced again with each example input's sizes
+            failed = f"torch.fx could not trace {type(model).__name__}{_where(e)}: {type(e).__name__}: {e}"
+            sized = True
+    if sized:
+        try:
+            candidates = [example_input] if example_input is not None else _example_inputs(model, None, 1)
+        except Exception:  # noqa: BLE001 - nothing to trace the sizes of: module order, as fx failed
+            return fallback_trace(model, failed)
+    else:
+        candidates = [example_input] if example_input is not None else _example_inputs(model, None, 1, None if root else gm)
     errors = []
     for x in candidates:
         xs = tuple(x) if isinstance(x, (tuple, list)) and not isinstance(x, nn.utils.rnn.PackedSequence) else (x,)
@@ -1769,6 +1844,15 @@ def _trace_eval(model, example_input, input_nodes, batch_axis: Optional[int] = N
         traced = _Root(model, len(xs)) if root else model
         if root:
             gm = symbolic_trace(traced, concrete_args={k: None for k in "abc"[len(xs):]})
+        elif sized:
+            from .sized import sized_trace
+            try:
+                with _unchanged(model), warnings.catch_warnings():  # the sizes are computed by running the model
+                    warnings.simplefilter("ignore")
+                    gm = sized_trace(model, lambda holders: _placeholder_values(model, holders, xs), fixed)
+            except Exception:  # noqa: BLE001 - a question about data, or an input it does not run on: the next one
+                gm = None
+                continue
         mode = input_nodes if input_nodes != "auto" else _auto_input_nodes(model, xs[0])
         book = _Book()
         prop = FlowProp(gm, book, mode, traced, batch_axis)
@@ -1776,7 +1860,8 @@ def _trace_eval(model, example_input, input_nodes, batch_axis: Optional[int] = N
             # torch's ShapeProp prints a traceback for a failing input; a wrong guess is not news
             with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
                 warnings.simplefilter("ignore")  # re-emitted below, once
-                result = prop.propagate(*(xs if root else _placeholder_values(model, gm, xs)))
+                holders = sum(n.op == "placeholder" for n in gm.graph.nodes)
+                result = prop.propagate(*(xs if root else _placeholder_values(model, holders, xs)))
         except Exception as e:
             if isinstance(e, InputError) and example_input is not None:  # fx appends the node: said once
                 raise InputError(str(e).split("\n\nWhile executing")[0]) from None
@@ -1788,6 +1873,8 @@ def _trace_eval(model, example_input, input_nodes, batch_axis: Optional[int] = N
         tr = Trace(book.groups, book.layers, book.wires, book.concats, book.warnings, True, book.recurrent, book.unknown,
                    unknown_weights=book.unknown_weights)
         return _unwrap(tr) if root else tr
+    if sized and not errors:  # no example's sizes traced it either: module order, for fx's reason
+        return fallback_trace(model, failed)
     if example_input is not None:
         raise RuntimeError(f"running {type(model).__name__} on example_input failed: {errors[0]}")
     raise InputGuessError(f"could not guess an input for {type(model).__name__}", "; ".join(errors)[:400])
@@ -1858,16 +1945,15 @@ def _input_order(model: nn.Module) -> List[str]:
     return [p.name if p.default is p.empty else f"{p.name} or None" for p in params[:last + 1]]
 
 
-def _placeholder_values(model: nn.Module, gm: fx.GraphModule, xs: Sequence[Any]) -> tuple:
-    """The values to run ``gm``, ``model``'s fx graph, on for the inputs ``xs``: one per placeholder, the
+def _placeholder_values(model: nn.Module, holders: int, xs: Sequence[Any]) -> tuple:
+    """The values to run ``model``'s fx graph (of ``holders`` placeholders) on for the inputs ``xs``: one per placeholder, the
     inputs bound to forward's parameters as :func:`_call_with_inputs` binds them (keyword-only ones after
     the positional ones) and the defaults of the rest, so that an ``(x, mask)`` for ``forward(self, x,
     y=None, *, mask)`` gives ``mask`` the mask, not ``y``. ``xs`` as they are where the placeholders are
     not forward's parameters one for one (``*args``), and up to the first required input ``xs`` lacks
     (the run then says which)."""
     params = _input_params(model)
-    holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if params is None or len(holders) != len(params) or len(xs) > len(params):
+    if params is None or holders != len(params) or len(xs) > len(params):
         return tuple(xs)
     values = list(xs)
     for p in params[len(xs):]:

@@ -1,0 +1,98 @@
+"""A compact copy's forward has the model's signature (``inspect.signature``): its positional-only parameters (a
+``/``, which fx's code left out), keyword-only ones, defaults, annotations and return annotation (fx dropped the
+return annotation and those of inputs traced at a value; a string one, ``from __future__ import annotations``,
+is evaluated where the forward was written), read back by torch.load and deep-copied too; and
+``torch.jit.script`` compiles the copy wherever it compiles the model (an input traced as None: fx's check
+``_assert_is_none(value: object, ...)`` did not compile; a float parameter whose string annotation was
+dropped was taken for a Tensor)."""
+import copy
+import inspect
+from typing import Optional
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import graphs
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 3)
+
+
+class _Annotated(_Net):
+    def forward(self, x: Tensor, scale: float = 2.0) -> Tensor:
+        return self.fc(x * scale)
+
+
+class _Positional(_Net):
+    def forward(self, x, /, y=None):
+        return self.fc(x if y is None else x + y)
+
+
+class _PositionalKeyword(_Net):
+    def forward(self, x: Tensor, /, y: Tensor, *, z: Tensor) -> Tensor:
+        return self.fc(x + y * z)
+
+
+class _Keyword(_Net):
+    def forward(self, x: Tensor, *, mask: Tensor) -> Tensor:
+        return self.fc(x * mask)
+
+
+class _OptionalNone(_Net):
+    def forward(self, x: Tensor, y: Optional[Tensor] = None, *, mask: Tensor) -> Tensor:
+        if y is not None:
+            x = x + y
+        return self.fc(x * mask)
+
+
+class _Strings(_Net):
+    """Annotated as ``from __future__ import annotations`` leaves a forward: strings."""
+
+    def forward(self, x: "Tensor", scale: "float" = 1.0, *, mask: "Tensor") -> "Tensor":
+        return self.fc(x * mask * scale)
+
+
+X, M = torch.randn(2, 4), torch.ones(2, 4)
+CASES = [(_Annotated, (X,)), (_Positional, (X,)), (_Positional, (X, X)), (_PositionalKeyword, (X, X, M)), (_Keyword, (X, M)),
+         (_OptionalNone, (X, None, M)), (_Strings, (X, 2.0, M))]
+
+
+def _copies(model, example, tmp_path):
+    small = graphs.compact(model, example_input=example)
+    torch.save(small, tmp_path / "small.pt")
+    return small, torch.load(tmp_path / "small.pt", weights_only=False), copy.deepcopy(small)
+
+
+@pytest.mark.parametrize("cls,example", CASES)
+def test_a_compact_copy_has_the_model_s_signature(cls, example, tmp_path):
+    model = cls().eval()
+    want = inspect.signature(model.forward, eval_str=True)  # a string annotation as the object it names
+    for small in _copies(model, example, tmp_path):
+        assert inspect.signature(small.forward) == want, (inspect.signature(small.forward), want)
+
+
+def test_a_positional_only_input_stays_positional_only():
+    model = _Positional().eval()
+    small = graphs.compact(model, example_input=X)
+    assert torch.equal(small(X), model(X))
+    with pytest.raises(TypeError, match="positional-only"):
+        small(x=X)  # as the model refuses it
+
+
+@pytest.mark.parametrize("cls,example", [c for c in CASES if c[0] not in (_Positional, _PositionalKeyword)])
+def test_torch_jit_scripts_a_copy_of_a_model_it_scripts(cls, example, tmp_path):
+    """(TorchScript takes no positional-only parameter: neither the model with one nor its copy.)"""
+    model = cls().eval()
+    torch.jit.script(model)
+    args, kw = (example, {}) if cls is _Annotated else (example[:-1], {"mask": example[-1]})
+    for small in _copies(model, example, tmp_path):
+        scripted = torch.jit.script(small)
+        assert torch.allclose(scripted(*args, **kw), model(*args, **kw), atol=1e-6)
+    if cls is _OptionalNone:  # the check that y is None, compiled: another value is refused, by name
+        with pytest.raises(Exception, match="y has been specialized to have value None"):
+            scripted(X, X, mask=M)
