@@ -149,6 +149,24 @@ def test_estimates_without_a_measured_change_are_drawn_and_the_panel_says_why(tm
     assert [line.get_xydata().tolist() for line in ax.get_lines()] == [[[10, 0.0117], [20, 0.0051]]]
 
 
+@pytest.mark.parametrize("measured", [False, True])
+def test_estimates_logged_before_the_growth_gain_was_split_off_are_named(tmp_path, monkeypatch, measured):
+    """An events.jsonl of an older run (or an older checkpoint resumed) has no est_growth_gain key: in
+    train mode its est_loss_change of an update that grew subtracted the gain the grown synapses
+    promise once trained (-117 against a measured +0.0002), yet the panel drew it beside the new,
+    immediate figures with nothing to tell them apart."""
+    actual = {"actual_loss_change": 0.0002} if measured else {}
+    _events(tmp_path, [{"step": 10, "kind": "update", "pruned": 5, "grown": 5, "est_loss_change": -117.4, **actual},
+                       {"step": 20, "kind": "update", "pruned": 3, "grown": 0, "est_loss_change": 0.02, **actual},
+                       {"step": 30, "kind": "update", "pruned": 2, "grown": 2, "est_loss_change": 0.005,
+                        "est_growth_gain": 51.2, **actual}])
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    title = figs[0].axes[5].get_title()
+    assert "\n1 estimate(s) of an older run (no est_growth_gain): in train mode such an estimate\n" in title
+    assert "subtracts the gain that grown synapses promise once trained" in title
+
+
 def test_estimates_in_the_estimators_own_units_are_named(tmp_path, monkeypatch):
     _events(tmp_path, [{"step": 2, "kind": "update", "pruned": 9, "est_score_change": 4108.5, "actual_loss_change": 0.11}])
     figs = _kept_figures(monkeypatch)

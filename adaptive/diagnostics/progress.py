@@ -6,7 +6,8 @@ run of ``recipes/prune_pretrained.py``, its ``history.jsonl``).
 null), ``est_loss_change`` (the immediate change of the training loss the estimators expect of the
 edit, only where they are loss models; ``est_score_change`` holds the plan's summed scores in the
 estimators' own units otherwise; in train mode a grown synapse starts at its grow init, 0.0 by
-default, so its promised gain once trained is ``est_growth_gain``, not part of it),
+default, so its promised gain once trained is ``est_growth_gain``, not part of it; an older run's
+events lack ``est_growth_gain`` and subtracted that gain, which the panel notes),
 ``actual_loss_change`` (held-out, right after the edit). ``metrics.csv``: columns ``step``, ``split``
 and any numeric ones (``loss``, ``accuracy``, ``removed``, ...). Missing keys, blank cells and
 missing files are tolerated: what is there is drawn; a NaN or inf loss or accuracy is left out and
@@ -219,6 +220,12 @@ class Progress:
         measured = sum(1 for e in ev if finite(e.get("actual_loss_change")))
         in_score = sum(1 for e in ev if finite(e.get("est_score_change")))
         pts = [(a, b) for _, a, b in est if finite(b)]
+        # logged before est_growth_gain was split off (an older run, or its checkpoint resumed): there a
+        # train-mode update that grew subtracted the gain its synapses promise once trained
+        older = sum(1 for e in ev if finite(e.get("est_loss_change")) and "est_growth_gain" not in e
+                    and isinstance(e.get("grown"), (int, float)) and e["grown"] > 0)
+        older = (f"\n{older} estimate(s) of an older run (no est_growth_gain): in train mode such an estimate\n"
+                 "subtracts the gain that grown synapses promise once trained" if older else "")
         ax.grid(True, alpha=0.3)
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=10)
@@ -230,7 +237,7 @@ class Progress:
             ax.set_ylabel("actual loss change (held-out)")
             left = (f"\n{len(est) - len(pts)} of {len(est)} estimates have no measured change (not drawn)"
                     if len(est) > len(pts) else "")
-            ax.set_title(f"utility estimate against outcome{left}", fontsize=9)
+            ax.set_title(f"utility estimate against outcome{left}{older}", fontsize=9)
             return
         if est and all(isinstance(s, (int, float)) for s, _, _ in est):  # nothing to compare: the estimates alone
             ax.plot([s for s, _, _ in est], [a for _, a, _ in est], "o", ms=4, color="tab:purple")
@@ -239,7 +246,7 @@ class Progress:
             why = ("no measured loss change to compare (no held-out line search)" if not measured else
                    f"the {measured} measured loss change(s) are at other updates")
             more = f"\n({in_score} more in the estimator's own units, not drawn)" if in_score else ""
-            ax.set_title(f"utility estimate per update\n{len(est)} estimate(s) logged; {why}{more}", fontsize=9)
+            ax.set_title(f"utility estimate per update\n{len(est)} estimate(s) logged; {why}{more}{older}", fontsize=9)
             return
         if est:
             msg = f"{len(est)} loss-change estimate(s) logged, but no step to place them at"
