@@ -10,11 +10,14 @@ Two ways to drive it:
 
 Every decision is computed from statistics reduced across processes and from randomness folded
 from (seed, step, layer), so all processes reach the same masks without broadcasting them.
+
+This module holds the orchestration (construction, wiring to the optimizer, observing, scoring,
+editing, the line search); the controller's saved state is in :mod:`adaptive.controller_state`,
+its event figures and end-of-schedule warnings in :mod:`adaptive.controller_reports`, the checks of
+an estimator's scores in :mod:`adaptive.score_checks`.
 """
 from __future__ import annotations
 
-import collections
-import dataclasses
 import fnmatch
 import inspect
 import json
@@ -27,7 +30,10 @@ import torch
 from . import policies as _policies  # noqa: F401  (registration)
 from .budgets import get_budget
 from .atomic import write_text
-from .connectome import Connectome, EnsembleRuleError, _stripped, _wrapper_prefix, check_same_mode, eager
+from .connectome import Connectome, EnsembleRuleError, eager
+from .controller_reports import ControllerReportsMixin
+from .controller_state import ControllerStateMixin
+from .controller_state import _holds_tensors  # noqa: F401  (importable from here, as before)
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
 from .discovery import _as_patterns, container_hint
 from .distributed import all_reduce_mean_, check_masks_agree, is_distributed
@@ -35,6 +41,8 @@ from .optim_state import unwrap_optimizer
 from .registry import near_misses
 from .policies.base import EditPlan, get_policy, global_synapse_target, keep_plan, synapse_targets
 from .rollback import EditSnapshot
+from .score_checks import _check_pooled, _check_scores, _ranks_nothing
+from .score_checks import _describe, _nonfinite_weights  # noqa: F401  (importable from here, as before)
 from .schedules import get_decay
 from .utility import GradientStats, UtilityContext, get_estimator
 from .utility.ties import ZERO_COST_ORDERS, order_zero_costs
@@ -51,77 +59,7 @@ DEFAULT_ESTIMATOR = {"train": "curvature", "mask_only": "consistency"}
 _FRACTION_SLACK = 1e-6
 
 
-
-def _ranks_nothing(scores: torch.Tensor) -> bool:
-    """Whether ``scores`` order nothing: their finite values all equal, or none finite (NaN and inf
-    rank as ties, broken by index)."""
-    f = scores[torch.isfinite(scores)]
-    return f.numel() == 0 or bool((f == f[0]).all())
-
-
-def _nonfinite_weights(ctx) -> int:
-    """Entries of the layer's weights (and of the originals a restore reads) that are NaN or inf."""
-    return sum(int((~torch.isfinite(t)).sum()) for t in (ctx.weight, ctx.restore)
-               if isinstance(t, torch.Tensor) and t.is_floating_point())
-
-
-def _describe(est, side: str, method: Optional[str] = None):
-    """(who, what) an error about an estimator's scores names: the estimator, and its method and side."""
-    method = method or ("removal_cost" if side == "cost" else "restoration_gain")
-    return (f"estimator {getattr(est, 'name', None) or type(est).__name__!r} ({type(est).__name__})",
-            f"{method} ({'removal cost' if side == 'cost' else 'growth gain'})")
-
-
-def _check_pooled(est, side: str, name: str, pooled: torch.Tensor, gran) -> None:
-    """Refuse ensemble scores that pooled to NaN: +inf and -inf in one ensemble have no sum."""
-    if bool(torch.isnan(pooled).any()):
-        who, what = _describe(est, side)
-        raise ValueError(f"{who}'s {what} for layer {name!r} sums to NaN in {int(torch.isnan(pooled).sum())} of "
-                         f"{pooled.numel()} ensembles ({gran.spec}): each holds both +inf and -inf, which have no "
-                         "sum; the controller refuses it and leaves the connectome as it was. Give an ensemble's "
-                         "synapses infinities of one sign, or finite scores")
-
-
-def _holds_tensors(v, depth: int = 4) -> bool:
-    """Whether ``v`` is a tensor, or a dict, list, tuple or set holding one, nested too (a plugin's
-    per-layer state: ``{layer: tensor}``, ``{layer: {"m": tensor, "v": tensor}}``, ``{layer: [tensor]}``),
-    down to ``depth`` containers (a container that holds itself ends there)."""
-    if isinstance(v, torch.Tensor):
-        return True
-    if isinstance(v, dict):
-        v = v.values()
-    elif not isinstance(v, (list, tuple, set, frozenset, collections.deque)):
-        return False
-    return depth > 0 and any(_holds_tensors(x, depth - 1) for x in v)
-
-
-def _check_scores(est, side: str, name: str, s, method: Optional[str] = None, ctx=None) -> None:
-    """Refuse an estimator's scores that rank nothing meaningfully: complex values, or NaN (which
-    the policies cannot agree on: a swap sorts it last, a keep plan first). +-inf is taken (the
-    largest and smallest scores: never or always chosen first). One ``isnan().any()`` per layer."""
-    who, what = _describe(est, side, method)
-    if not isinstance(s, torch.Tensor):
-        raise ValueError(f"{who}'s {what} for layer {name!r} is a {type(s).__name__}, not a tensor: "
-                         "it must return a real tensor of scores")
-    if s.is_complex():
-        raise ValueError(f"{who}'s {what} for layer {name!r} is complex ({s.dtype}): scores must be real "
-                         "numbers; return a real tensor (e.g. .abs() or .real of it)")
-    if s.is_floating_point() and bool(torch.isnan(s).any()):
-        bad = int(torch.isnan(s).sum())
-        broken = _nonfinite_weights(ctx) if ctx is not None else 0
-        if broken:  # the scores inherit it: the estimator is not at fault
-            raise ValueError(f"{who}'s {what} for layer {name!r} holds {bad} NaN of {s.numel()} entries because "
-                             f"the layer's weights hold {broken} NaN or inf values: the run diverged (lower the "
-                             "learning rate, or check the data for NaN or inf) or the weights loaded were broken; "
-                             "the controller refuses to edit from them and leaves the connectome as it was")
-        raise ValueError(f"{who}'s {what} for layer {name!r} holds {bad} NaN of {s.numel()} entries: a NaN "
-                         "score has no place in an order (the policies would prune it first or never), so "
-                         "the controller refuses it and leaves the connectome as it was; make the estimator return "
-                         "finite values (e.g. torch.nan_to_num(score, nan=0.0), or a guarded division such as "
-                         "a / b.clamp_min(eps)); +-inf is allowed (ranks as the largest/smallest score)")
-
-
-class Controller:
+class Controller(ControllerStateMixin, ControllerReportsMixin):
     """Edits ``conn`` at update steps from measured utility.
 
     Args:
@@ -817,82 +755,6 @@ class Controller:
         self.events.append(event)
         return event
 
-    def _estimates(self, plan: EditPlan, step: int) -> dict:
-        """What an event logs as the estimators' expectations of ``plan`` (applied):
-        - ``est_loss_change``: the immediate change of the training loss expected of the edit, in
-          loss units: the prune costs, minus the gains of the synapses restored to a value (mask_only
-          mode, grow_init='original'), minus what a train-mode growth at its init saves (nothing at
-          grow_init='zero': a synapse at 0.0 changes no output; at other inits the grow estimator's
-          gain evaluated at the values grown). None where a side has no such estimate (magnitude,
-          presence, |g| scores);
-        - ``est_score_change``: where ``est_loss_change`` is None, the plan's summed prune scores
-          minus its summed grow scores, in the estimators' own units;
-        - ``est_growth_gain``: in train mode, the loss a loss model expects the grown synapses to
-          save once they have trained (OBD's Newton step ``g^2/(2F)``): a promise of the growth, not a
-          change the edit makes, so no part of ``est_loss_change``.
-        The policies decide by the plan's scores; these figures only report them."""
-        n_p, n_g = plan.counts()
-        est, sums = plan.estimate(), plan.score_sums()
-        grow_est = self.grow_est or self.drop_est
-        restores = self.conn.mode == "mask_only" or self.grow_init == "original"
-        prune_ok = not n_p or self.drop_est.loss_units(self.conn.mode)
-        loss = None
-        if prune_ok and (not n_g or (restores and grow_est.gain_loss_units(True))):
-            loss = est  # both sides immediate: the plan's sum as it stands
-        elif prune_ok and not restores and (sums is not None or not n_p):
-            grown = (0.0 if self.grow_init == "zero" else
-                     self._gain_at_init(plan, step) if grow_est.gain_loss_units(True) else None)
-            if grown is not None:
-                loss = (sums[0] if sums else 0.0) - grown
-        growth = None
-        if n_g and not restores and sums is not None and grow_est.gain_loss_units(False):
-            growth = sums[1]
-        return dict(est_loss_change=loss, est_score_change=None if loss is not None else est, est_growth_gain=growth)
-
-    def _gain_at_init(self, plan: EditPlan, step: int) -> float:
-        """The grow estimator's summed restoration gains of ``plan``'s grown ensembles (applied), each
-        synapse's ``ctx.restore`` the value it was grown at: the loss decrease expected of growing
-        there, before any training."""
-        est, total = self.grow_est or self.drop_est, 0.0
-        with torch.no_grad():
-            for n, idx in plan.grow.items():
-                if not idx.numel():
-                    continue
-                ctx = dataclasses.replace(self.context(n, step), restore=self.conn.params[n].detach())
-                s = self.conn.granularities[n].pool(est.restoration_gain(ctx).float(), "sum").reshape(-1)
-                total += float(s[idx.to(s.device)].double().sum())
-        return total
-
-    def _density_fields(self) -> dict:
-        live = {n: int(torch.count_nonzero(m)) for n, m in self.conn.masks.items()}
-        self._warn_emptied(live)
-        total_live, total = sum(live.values()), self.conn.num_synapses()
-        return dict(
-            density=total_live / max(1, total),
-            live=total_live,
-            removed=total - total_live,
-            layer_density={n: round(live[n] / max(1, self.conn.masks[n].numel()), 6) for n in live},
-        )
-
-    def _warn_emptied(self, live: Dict[str, int]) -> None:
-        """Warn (once per layer) when a layer has no live synapse left: the network is cut there,
-        and whatever follows sees a constant (with neuron ensembles and a global budget, say)."""
-        warned = self.__dict__.setdefault("_warned_empty", set())
-        empty = [n for n, k in live.items() if k == 0 and n not in warned and n not in self.protected]
-        if empty:
-            warned.update(empty)
-            # only remedies this controller takes: a layer budget where the global one is in use, floors where
-            # it keeps them (a policy ranking globally refuses a layer budget, crawl a floor too)
-            policy = self.policy
-            floors = policy.keeps_floors if policy.keeps_floors is not None else not policy.ranks_globally
-            ways = ((["min_density=..."] if floors and self.budget != "uniform" else [])  # (uniform: at most each share)
-                    + (["a per-layer budget ('erk', 'uniform')"] if self.budget == "global" and not policy.ranks_globally
-                       else [])
-                    + ["protect=[...]"])
-            warn_user(f"layer(s) {empty[:5]}{' ...' if len(empty) > 5 else ''} have no live synapse left: the "
-                      f"network is cut there and what follows sees a constant. Keep some with {', '.join(ways)} "
-                      "or a finer ensemble")
-
     def _holdout(self) -> float:
         """``holdout_loss()`` averaged over processes (as it is on one process): each process may
         score its own shard, and every process must accept, halve or roll back alike. All processes
@@ -1023,59 +885,6 @@ class Controller:
             event["mask_hash"] = check_masks_agree(self.conn, step)
         return event
 
-    def _last_update(self, step: int) -> bool:
-        """Whether the update due at ``step`` is the schedule's last: the last due by ``end_step``, or
-        any once the policy is done (a one-shot prune)."""
-        return self.policy.finished or (self.end_step is not None and step + self.update_every > self.end_step)
-
-    def _skipped(self, step: int) -> None:
-        """An update skipped (no gradient, NaN or inf): at the schedule's last, the density it leaves
-        is checked all the same (every process skips alike: the window's count and finiteness are
-        reduced, the weights are the same)."""
-        if self._last_update(step):
-            self._warn_missed_target(step)
-        return None
-
-    def _warn_missed_target(self, step: int) -> None:
-        """Warn once, at the schedule's last update, when the editable layers' live synapses miss
-        the target density's count by more than one ensemble per layer (whole ensembles explain
-        less: each policy meets it to within half of one): a line search that vetoed the late
-        cuts leaves the network there for good, and the final density would be the only sign.
-        Decided from masks and events every process shares (the line search decides from reduced
-        losses), so all processes warn alike, with no collective."""
-        crawl_goal = getattr(self.policy, "follows_density", True)  # (crawl: unless set_goal gave its own)
-        if (self.density is None or self.conn.fixed_density is not None or not crawl_goal
-                or self._warned_missed):
-            return
-        editable = self.editable()
-        live = sum(int(torch.count_nonzero(self.conn.masks[n])) for n in editable)
-        try:
-            target = global_synapse_target(self, self.density)
-        except ValueError as err:  # protected layers grown by hand past the target: a warning never raises
-            self._warned_missed = True
-            warn_user(f"the controller's schedule ended at step {step} with the network at density "
-                      f"{self.conn.density():.4g}, not its target {self.density:g}: {err}")
-            return
-        if abs(live - target) <= sum(1.0 if self._sizes(n) is None else float(self._sizes(n).max()) for n in editable):
-            return
-        self._warned_missed = True
-        fractions = [e["line_search_fraction"] for e in self.events
-                     if e["kind"] == "update" and e.get("line_search_fraction") is not None]
-        vetoed, halved = sum(f == 0.0 for f in fractions), sum(0.0 < f < 1.0 for f in fractions)
-        if vetoed or halved:
-            cause = (f"the line search (holdout_loss=) rolled back {vetoed} and halved {halved} of the "
-                     f"{len(fractions)} updates it checked (an edit that raises the held-out loss by more than "
-                     f"line_search_tolerance={self.line_search_tolerance:g} is halved or rolled back). Give the "
-                     f"schedule room: a later end_step (now {self.end_step}) or more updates (a lower update_every, "
-                     f"now {self.update_every}), a larger line_search_tolerance (the held-out loss rise an edit may "
-                     f"cost), or more line_search_tries (now {self.line_search_tries}, the halvings an update may try)")
-        else:
-            cause = ("no line search cut an update: see the warnings above (no update before end_step, min_density "
-                     "floors, hand edits, updates skipped for NaN or missing gradients)")
-        warn_user(f"the controller's schedule ended at step {step} with the network at density "
-                  f"{self.conn.density():.4g}, not its target {self.density:g} (the editable layers hold {live:,} live "
-                  f"synapses where {target:,} were due): {cause}")
-
     def edit_fraction(self, step: Optional[int] = None) -> float:
         """The fraction of the live ensembles an update at ``step`` edits: the edit decay's value, a
         number in [0, 1] (an int, a numpy number or a one-value tensor too; float error past either end,
@@ -1095,210 +904,7 @@ class Controller:
                          f"start_step, decaying to 0 at end_step): fix the decay")
 
     # ------------------------------------------------------------------ persistence
-    def state_dict(self) -> dict:
-        self._warn_unsaved_plugin_state()
-        return {
-            "step_count": self.step_count,
-            "events": json.loads(json.dumps(self.events, default=float)),
-            "stats": self.stats.state_dict() if self.stats is not None else None,
-            "policy": self.policy.state_dict(),
-            "estimators": self._estimator_states(),
-            "nonfinite_windows": self.nonfinite_windows,
-            "warned_missed": self._warned_missed,
-            "policy_name": self.policy.name,
-            "estimator_names": {side: est.name for side, est in self._estimators().items()},
-            "zero_cost_order": self.zero_cost_order,
-            "mode": self.conn.mode,
-        }
-
-    def _warn_unsaved_plugin_state(self) -> None:
-        """Warn once of a policy or estimator (a plugin's) that keeps tensors in its attributes (or in dicts,
-        lists or tuples of them, nested too) but has no ``state_dict`` of its own: the base class's saves
-        nothing, so every checkpoint leaves that state out and a resumed run starts it afresh. (Every
-        built-in that keeps tensors saves them.) No collective: every process warns alike."""
-        from .policies.base import Policy
-        from .registry import _origin
-        from .utility.base import Estimator
-
-        warned = self.__dict__.setdefault("_unsaved_state_warned", set())
-        estimators = self._estimators()
-        for role, obj in [("policy", self.policy)] + [(f"{side}_by estimator" if len(estimators) > 1 else "estimator", est)
-                                                      for side, est in estimators.items()]:
-            if role in warned or getattr(type(obj), "state_dict", None) not in (None, Policy.state_dict, Estimator.state_dict):
-                continue
-            held = sorted(k for k, v in getattr(obj, "__dict__", {}).items() if _holds_tensors(v))
-            if held:
-                warned.add(role)
-                name = vars(type(obj)).get("name")  # registered under it (a subclass of a built-in: not its name)
-                warn_user(f"the {role} {_origin(type(obj))}{f' ({name!r})' if name else ''} keeps tensors in its "
-                          f"attribute(s) {held} but has no state_dict, so a checkpoint saves none of them and a resumed "
-                          f"run starts from fresh ones: add state_dict() and load_state_dict() to {type(obj).__name__} "
-                          "that return and restore them (tensors fixed at construction, not kept between updates, "
-                          "need neither)")
-
-    def _estimators(self) -> Dict[str, object]:
-        out = {"drop": self.drop_est}
-        if self.grow_est is not None and self.grow_est is not self.drop_est:
-            out["grow"] = self.grow_est
-        return out
-
-    def _estimator_states(self) -> dict:
-        return {side: est.state_dict() for side, est in self._estimators().items()}
-
-    def _check_state_kinds(self, sd: dict) -> None:
-        """Refuse, before anything loads, the state of a controller with another policy or estimator:
-        what a policy keeps (boundaries, goals, a done flag) means nothing to another, which would
-        take the entries it knows and silently go on from its own defaults. (States saved before
-        the names were recorded are taken as they are.) Before them, a state of the other mode: its
-        window and estimators were gathered on frozen weights (mask_only) or trained ones (train)."""
-        check_same_mode(sd.get("mode"), self.conn.mode, "controller state",
-                        f"a controller's state does not carry over into a {self.conn.mode} run: start this controller "
-                        "without loading it (the masks carry over, through conn.set_masks)")
-        saved = sd.get("policy_name")
-        if saved is not None and saved != self.policy.name:
-            raise ValueError(f"this controller state was saved by a controller with policy={saved!r}, and this one "
-                             f"runs policy={self.policy.name!r}: build the controller with policy={saved!r} (and its "
-                             "other settings) to resume that run, or start this one without loading it")
-        names = {side: est.name for side, est in self._estimators().items()}
-        for side, name in (sd.get("estimator_names") or {}).items():
-            mine = names.get(side, names["drop"])  # one estimator for both sides here, two there
-            if name != mine:
-                what = "drop_by" if side == "drop" else "grow_by"
-                raise ValueError(f"this controller state was saved with another estimator, {what}={name!r}, and this one uses "
-                                 f"{what}={mine!r}: build it with {what}={name!r} to resume that run, or start this "
-                                 "one without loading it")
-
-    def _under_plain_names(self, sd: dict) -> dict:
-        """``sd`` with layers kept under a wrapper's names renamed to this connectome's (a copy; ``sd``
-        is left as given): a connectome built on the DDP model ``accelerator.prepare`` returns named
-        them ``module.NAME`` before connectomes took the plain module's names, as the connectome's own
-        state_dict and files still load (``torch.compile``'s ``_orig_mod.NAME`` alike)."""
-        def keys(v):  # the events too: each update's per-layer densities
-            if isinstance(v, dict):
-                return list(v) + [k for x in v.values() for k in keys(x)]
-            return [k for x in v for k in keys(x)] if isinstance(v, list) else []
-
-        def rename(v):
-            if isinstance(v, dict):
-                return {k: rename(x) for k, x in _stripped(v, prefix).items()}
-            return [rename(x) for x in v] if isinstance(v, list) else v
-        # one wrapper prefix for the whole state, of the model's names (as the connectome's load_state_dict):
-        # another layer's name is no wrapper's
-        prefix = _wrapper_prefix(keys(sd), dict(self.conn.model.named_parameters(remove_duplicate=False)))
-        return rename(sd)
-
-    def _without_empty_layers(self, sd: dict) -> dict:
-        """``sd`` without the tensors of no elements it keeps under the name of a weight that holds no
-        entries in this model either (``nn.Linear(4, 0)``): states saved before such weights were left
-        out of the connectome kept per-layer statistics of them (a copy; ``sd`` is left as given)."""
-        empty = {n for n, p in self.conn.model.named_parameters() if p.numel() == 0} - set(self.conn.masks)
-        if not empty:
-            return sd
-
-        def drop(d):
-            return {k: drop(v) if isinstance(v, dict) else v for k, v in d.items()
-                    if not (k in empty and isinstance(v, torch.Tensor) and v.numel() == 0)}
-        return drop(sd)
-
-    def _check_state_shapes(self, sd: dict) -> None:
-        """Refuse, before anything loads, a state whose per-layer tensors do not fit this connectome
-        (a checkpoint of another model or of other layers). The stats' sums are keyed by layer; an
-        estimator's state is walked blind: a tensor is taken as a layer's when its key names a layer
-        here and it has that layer's rank (a bare module's layers are named "weight" and "bias", so
-        an estimator's own tensor of another rank under such a key is its own), or when its key has
-        a dot and names no layer here (a parameter name of another model); other tensors are the
-        estimator's own and left alone."""
-        shapes = {n: {tuple(self.conn.masks[n].shape), tuple(self.conn.granularities[n].ensemble_shape(self.conn.masks[n].shape))}
-                  for n in self.conn.masks}
-
-        dims = {n: {len(s) for s in ss} for n, ss in shapes.items()}
-
-        def walk(where, d, by_layer=False):
-            tensors = {k: v for k, v in d.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
-            if not by_layer:  # a tensor of a layer's rank under its name (an estimator's own, of another rank, is not)
-                tensors = {k: v for k, v in tensors.items() if isinstance(k, str) and (
-                    "." in k and k not in shapes or k in shapes and v.dim() in dims[k])}
-            by_layer = by_layer or bool(tensors)
-            for k, v in d.items():
-                if isinstance(v, dict):
-                    walk(f"{where}.{k}", v)
-                elif k in tensors and by_layer:
-                    if k not in shapes:
-                        raise ValueError(f"controller state {where} holds layer {k!r}, which this connectome does not have: "
-                                         "was it saved from another model?")
-                    if tuple(v.shape) not in shapes[k]:
-                        raise ValueError(f"controller state {where}[{k!r}] has shape {tuple(v.shape)}, but layer {k!r} "
-                                         f"is {tuple(self.conn.masks[k].shape)} here: was it saved from another model?")
-        stats = sd.get("stats")
-        if isinstance(stats, dict):
-            for key, v in stats.items():
-                if isinstance(v, dict):
-                    walk(f"stats.{key}", v, by_layer=key in ("g_sum", "g2_sum"))
-        if isinstance(sd.get("estimators"), dict):
-            walk("estimators", sd["estimators"])
-
-    def load_state_dict(self, sd: dict) -> None:
-        """Restore a state saved by :meth:`state_dict`; checked first, so a bad one changes nothing.
-
-        The layers' shapes, the policy and estimators' names and the controller's own counters are
-        checked before anything loads; the parts (estimators, policy, gradient window) then load
-        each through its own ``load_state_dict``, and one that raises has every part put back as it
-        was before the error is raised (a :class:`ValueError` naming the part)."""
-        if not isinstance(sd, dict) or "step_count" not in sd:
-            raise ValueError("not a controller state_dict: it has no 'step_count' entry")
-        sd = self._without_empty_layers(self._under_plain_names(sd))
-        self._check_state_shapes(sd)
-        self._check_state_kinds(sd)
-        zero_cost_order = self._loaded_zero_cost_order(sd)
-        try:
-            step_count = int(sd["step_count"])
-            nonfinite = int(sd.get("nonfinite_windows", 0))
-            warned_missed = bool(sd.get("warned_missed", False))  # (saved before it was recorded: not known)
-            events = sd.get("events", [])
-            if not isinstance(events, (list, tuple)):
-                raise TypeError(f"'events' is a {type(events).__name__}, not a list")
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"controller state entry is malformed ({e}): pass the dict that Controller.state_dict() "
-                             "returned, unchanged") from e
-        states = sd.get("estimators") or {}
-        parts = [(f"estimators[{side!r}]", est, states.get(side) or {}) for side, est in self._estimators().items()]
-        parts.append(("policy", self.policy, sd.get("policy") or {}))
-        if self.stats is not None and sd.get("stats"):
-            parts.append(("stats", self.stats, sd["stats"]))
-        saved = [(obj, obj.state_dict(), getattr(obj, "_reduced", None)) for _, obj, _ in parts]
-        for i, (name, obj, state) in enumerate(parts):
-            try:
-                if not isinstance(state, dict):
-                    raise TypeError(f"a {type(state).__name__}, not a dict")
-                obj.load_state_dict(state)
-            except Exception as e:
-                for o, before, reduced in saved[:i + 1]:  # all or nothing: the parts loaded so far, and this one, go back
-                    o.load_state_dict(before)
-                    if reduced is not None:
-                        o._reduced = reduced
-                raise ValueError(f"controller state entry {name} does not load into this controller's "
-                                 f"{type(obj).__name__} ({type(e).__name__}: {e}); nothing was changed: pass a state "
-                                 "saved by Controller.state_dict() of a controller built with the same settings") from e
-        self.step_count = step_count
-        self.events = list(events)
-        self.nonfinite_windows = nonfinite
-        self._warned_missed = warned_missed
-        self.zero_cost_order = zero_cost_order
-
-    def _loaded_zero_cost_order(self, sd: dict) -> str:
-        """The zero-cost order a resumed run goes on with: the state's (a state saved before the order
-        was recorded ran with "index"); one given to this controller that differs is refused."""
-        recorded = sd.get("zero_cost_order")
-        if recorded is not None and recorded not in ZERO_COST_ORDERS:
-            raise ValueError(f"the controller state's zero_cost_order {recorded!r} is none of {ZERO_COST_ORDERS}")
-        if self._zero_cost_order_given:
-            if recorded is not None and recorded != self.zero_cost_order:
-                raise ValueError(f"this controller state was saved with zero_cost_order={recorded!r}, and this "
-                                 f"controller was built with zero_cost_order={self.zero_cost_order!r}: build it with "
-                                 f"zero_cost_order={recorded!r} (or leave it unset) to continue the run as it ran")
-            return self.zero_cost_order
-        return recorded or "index"
-
+    # (state_dict and load_state_dict: ControllerStateMixin, adaptive/controller_state.py)
     def write_events(self, path: str | os.PathLike) -> None:
         """Write every event as JSON lines."""
         write_text(path, "".join(json.dumps(e, default=float) + "\n" for e in self.events))

@@ -208,6 +208,27 @@ def test_one_whole_number_check_for_counts_everywhere():
     assert [whole_number(x) for x in (True, False, 3.0, 2.5, torch.tensor(3.0), "3", None)] == [None] * 7
 
 
+def test_the_helpers_split_out_of_the_controller_module_answer_there_as_before(monkeypatch):
+    """The score checks (adaptive/score_checks.py) and the state's helpers (adaptive/controller_state.py)
+    left adaptive/controller.py: importable from it as before, and a monkeypatch of its ``_check_scores``
+    still reaches the controller's scores."""
+    import adaptive.controller as controller
+    from adaptive import controller_state, score_checks
+
+    for name in ("_ranks_nothing", "_nonfinite_weights", "_describe", "_check_pooled", "_check_scores"):
+        assert getattr(controller, name) is getattr(score_checks, name)
+    assert controller._holds_tensors is controller_state._holds_tensors
+    ctrl = adaptive.Controller(adaptive.Connectome(nn.Linear(4, 3)), policy="utility", estimator="magnitude",
+                               density=0.5)
+    assert {"state_dict", "load_state_dict", "_estimates", "_warn_missed_target"} <= set(dir(ctrl))
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("patched")
+    monkeypatch.setattr(controller, "_check_scores", refuse)
+    with pytest.raises(RuntimeError, match="patched"):
+        ctrl.scores("cost")
+
+
 def test_numpy_and_torch_bools_are_no_counts():
     """operator.index took torch.tensor(True) as the count 1, though the docstring says a bool is none."""
     import numpy as np

@@ -68,7 +68,7 @@ class EditPlan:
         """The plan's summed prune scores minus its summed grow scores: ``est_loss_change`` when the
         policy set it, else from the aligned scores (None without either). The controller logs it
         as the edit's estimated loss change only where both sides are immediate loss changes (see
-        :meth:`Controller._estimates <adaptive.controller.Controller._estimates>`)."""
+        :meth:`Controller._estimates <adaptive.controller_reports.ControllerReportsMixin._estimates>`)."""
         if self.est_loss_change is not None or not (self.prune_scores or self.grow_scores):
             return self.est_loss_change
         prune, grow = self.score_sums()

@@ -1,0 +1,70 @@
+"""The checks an estimator's scores pass before a policy ranks them: a tensor of real numbers, no NaN
+(a NaN has no place in an order; one inherited from broken weights is named as such), and ensemble
+sums that pooled to no NaN (+inf and -inf in one ensemble). Each refusal is a ValueError naming the
+estimator, its method and the layer, raised before the connectome changes.
+
+The controller calls them from :meth:`Controller.scores <adaptive.controller.Controller.scores>`;
+``adaptive.controller`` re-exports them under the same names.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def _ranks_nothing(scores: torch.Tensor) -> bool:
+    """Whether ``scores`` order nothing: their finite values all equal, or none finite (NaN and inf
+    rank as ties, broken by index)."""
+    f = scores[torch.isfinite(scores)]
+    return f.numel() == 0 or bool((f == f[0]).all())
+
+
+def _nonfinite_weights(ctx) -> int:
+    """Entries of the layer's weights (and of the originals a restore reads) that are NaN or inf."""
+    return sum(int((~torch.isfinite(t)).sum()) for t in (ctx.weight, ctx.restore)
+               if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+
+def _describe(est, side: str, method: Optional[str] = None):
+    """(who, what) an error about an estimator's scores names: the estimator, and its method and side."""
+    method = method or ("removal_cost" if side == "cost" else "restoration_gain")
+    return (f"estimator {getattr(est, 'name', None) or type(est).__name__!r} ({type(est).__name__})",
+            f"{method} ({'removal cost' if side == 'cost' else 'growth gain'})")
+
+
+def _check_pooled(est, side: str, name: str, pooled: torch.Tensor, gran) -> None:
+    """Refuse ensemble scores that pooled to NaN: +inf and -inf in one ensemble have no sum."""
+    if bool(torch.isnan(pooled).any()):
+        who, what = _describe(est, side)
+        raise ValueError(f"{who}'s {what} for layer {name!r} sums to NaN in {int(torch.isnan(pooled).sum())} of "
+                         f"{pooled.numel()} ensembles ({gran.spec}): each holds both +inf and -inf, which have no "
+                         "sum; the controller refuses it and leaves the connectome as it was. Give an ensemble's "
+                         "synapses infinities of one sign, or finite scores")
+
+
+
+def _check_scores(est, side: str, name: str, s, method: Optional[str] = None, ctx=None) -> None:
+    """Refuse an estimator's scores that rank nothing meaningfully: complex values, or NaN (which
+    the policies cannot agree on: a swap sorts it last, a keep plan first). +-inf is taken (the
+    largest and smallest scores: never or always chosen first). One ``isnan().any()`` per layer."""
+    who, what = _describe(est, side, method)
+    if not isinstance(s, torch.Tensor):
+        raise ValueError(f"{who}'s {what} for layer {name!r} is a {type(s).__name__}, not a tensor: "
+                         "it must return a real tensor of scores")
+    if s.is_complex():
+        raise ValueError(f"{who}'s {what} for layer {name!r} is complex ({s.dtype}): scores must be real "
+                         "numbers; return a real tensor (e.g. .abs() or .real of it)")
+    if s.is_floating_point() and bool(torch.isnan(s).any()):
+        bad = int(torch.isnan(s).sum())
+        broken = _nonfinite_weights(ctx) if ctx is not None else 0
+        if broken:  # the scores inherit it: the estimator is not at fault
+            raise ValueError(f"{who}'s {what} for layer {name!r} holds {bad} NaN of {s.numel()} entries because "
+                             f"the layer's weights hold {broken} NaN or inf values: the run diverged (lower the "
+                             "learning rate, or check the data for NaN or inf) or the weights loaded were broken; "
+                             "the controller refuses to edit from them and leaves the connectome as it was")
+        raise ValueError(f"{who}'s {what} for layer {name!r} holds {bad} NaN of {s.numel()} entries: a NaN "
+                         "score has no place in an order (the policies would prune it first or never), so "
+                         "the controller refuses it and leaves the connectome as it was; make the estimator return "
+                         "finite values (e.g. torch.nan_to_num(score, nan=0.0), or a guarded division such as "
+                         "a / b.clamp_min(eps)); +-inf is allowed (ranks as the largest/smallest score)")
