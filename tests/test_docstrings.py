@@ -30,7 +30,11 @@ def _public():
                 continue
             yield f"{module.__name__}.{name}", obj
             if inspect.isclass(obj) and name in METHODS_OF:
-                for attr, member in vars(obj).items():
+                own = {}  # its methods and those of the project's classes it inherits (mixins: the controller's state)
+                for cls in reversed(obj.__mro__):
+                    if cls.__module__.split(".")[0] in ("adaptive", "graphs"):
+                        own.update(vars(cls))
+                for attr, member in own.items():
                     if not attr.startswith("_") and callable(member):
                         yield f"{module.__name__}.{name}.{attr}", getattr(obj, attr)
 
@@ -59,3 +63,10 @@ def test_the_check_sees_an_undocumented_parameter():
         """Scale by ``alpha`` (the words alphabet, betas and beta_2 do not name the second)."""
 
     assert _undocumented(documented) == [] and _undocumented(half) == ["beta"]
+
+
+def test_inherited_methods_of_the_api_classes_are_checked():
+    """Controller's state_dict/load_state_dict live in a mixin: they are checked all the same."""
+    names = {q for q, _ in _public()}
+    assert {"adaptive.Controller.state_dict", "adaptive.Controller.load_state_dict",
+            "adaptive.Controller.update"} <= names
