@@ -52,8 +52,8 @@ class SizedTracer(SignatureTracer):
     The values are computed on fake tensors (torch's ``FakeTensorMode``: shapes without data), every node
     recorded so far in its order, so that a number Python is given can only have come from shapes: one that
     needs values (``bool(x.sum() > 0)``, the count of ``x.nonzero()``, ``len(x[x > 0])``, a random draw's sum)
-    raises there, and the forward is refused as fx refuses it; and an in-place op between a shape read and its
-    use (``x.unsqueeze_(0)``) has changed the shape read, as when the model runs."""
+    raises there, and the forward is refused as fx refuses it; and a shape read after an in-place op on the
+    tensor (``x.unsqueeze_(0)``) reads the changed shape, as when the model runs."""
 
     def __init__(self, inputs: Callable[[int], tuple], **kwargs):
         super().__init__(**kwargs)
