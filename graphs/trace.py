@@ -24,6 +24,7 @@ import io
 import math
 import operator
 import os
+import sys
 import threading
 import types
 import warnings
@@ -1273,15 +1274,25 @@ def _annotations(fn) -> Dict[str, Any]:
 
 
 def _writable(annotation) -> bool:
-    """Can fx write ``annotation`` into a forward's code that runs (a type fx spells so that it names it)?"""
+    """Can fx write ``annotation`` into a forward's code that runs (a type fx spells so that it names it), naming
+    only what torch and Python's own library hold? The code a copy is saved with imports what it names, so the
+    user's class (``cfg: Optional[Config]``) would have torch.load need the user's module, where a copy loads
+    with torch alone."""
     g = fx.Graph()
     g.output(g.placeholder("a", type_expr=annotation), type_expr=annotation)
     code = g.python_code("self")
     try:
         exec(compile(code.src, "<annotation>", "exec"), dict(code.globals))  # noqa: S102 - fx's own code
-        return True
     except Exception:  # noqa: BLE001 - a Literal's values, a local class fx cannot name, ...
         return False
+    return all(_importable_anywhere(v) for v in code.globals.values())
+
+
+def _importable_anywhere(obj) -> bool:
+    """Is ``obj`` torch's, or of Python's own library (``typing.Optional``, ``int``), or without a module?"""
+    module = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
+    root = module.partition(".")[0] if isinstance(module, str) else None
+    return root is None or root == "torch" or root in sys.stdlib_module_names
 
 
 _NoneType = type(None)

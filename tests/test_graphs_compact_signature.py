@@ -96,3 +96,34 @@ def test_torch_jit_scripts_a_copy_of_a_model_it_scripts(cls, example, tmp_path):
     if cls is _OptionalNone:  # the check that y is None, compiled: another value is refused, by name
         with pytest.raises(Exception, match="y has been specialized to have value None"):
             scripted(X, X, mask=M)
+
+
+def test_a_copy_whose_model_names_its_own_class_in_an_annotation_loads_with_torch_alone(monkeypatch):
+    """An annotation naming the user's class (``cfg: Optional[Config] = None``) is left out of the copy's code,
+    whose saved code would import it: the copy loads where the user's module is not (a model of a script's)."""
+    import io
+    import sys
+    import types
+
+    user = types.ModuleType("user_code_of_a_script")
+
+    class Config:
+        pass
+
+    class Net(_Net):
+        def forward(self, x: Tensor, cfg: Optional[Config] = None) -> Tensor:
+            return self.fc(x)
+
+    Config.__module__ = Net.__module__ = user.__name__
+    Config.__qualname__, Net.__qualname__ = "Config", "Net"
+    user.Config, user.Net = Config, Net
+    monkeypatch.setitem(sys.modules, user.__name__, user)
+    small = graphs.compact(Net().eval(), example_input=X)
+    buf = io.BytesIO()
+    torch.save(small, buf)
+    monkeypatch.delitem(sys.modules, user.__name__)  # where the copy is read back
+    buf.seek(0)
+    back = torch.load(buf, weights_only=False)
+    assert torch.equal(back(X), small(X))
+    sig = inspect.signature(back.forward)
+    assert sig.parameters["x"].annotation is Tensor and sig.parameters["cfg"].annotation is inspect.Parameter.empty

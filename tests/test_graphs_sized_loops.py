@@ -138,3 +138,52 @@ def test_compact_still_needs_a_forward_fx_traces_alone():
     model = SizedLoop("GRUCell", "shape", head=True)
     with pytest.raises(RuntimeError, match="compact needs an fx-traceable model"):
         graphs.compact(model, example_input=torch.randn(2, 3, 6))
+
+
+class DataCount(nn.Module):
+    """A branch or a loop whose count is a shape that only the values tell (a nonzero's rows, a masked selection's
+    length), or a random draw's: fx alone refuses them, and the example's answer holds for that example only."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 6)
+
+    def forward(self, x):
+        count = {"len": lambda: len((x > 0).nonzero()), "shape": lambda: x.nonzero().shape[0],
+                 "numel": lambda: torch.masked_select(x, x > 0).numel(), "iter": lambda: sum(1 for _ in x[x > 0]),
+                 "arange": lambda: torch.arange((x > 0).sum()).shape[0],
+                 "random": lambda: int(torch.randn(x.shape[0]).sum() > 0)}[self.how]()
+        for _ in range(min(count, 2)):
+            x = self.b(x)
+        return self.a(x)
+
+
+@pytest.mark.parametrize("how", ["len", "shape", "numel", "iter", "arange", "random"])
+def test_a_count_only_the_values_tell_falls_back(how):
+    with pytest.warns(UserWarning, match="falling back to module order"):
+        tr = trace(DataCount(how), torch.randn(2, 6))
+    assert not tr.traced  # on fx's reason
+
+
+class InPlace(nn.Module):
+    """The shape read after an in-place op changed it: x is [1, B, 6] then, one step."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = nn.GRUCell(6, 5)
+
+    def forward(self, x):
+        x.unsqueeze_(0)
+        h = None
+        for t in range(x.shape[0]):
+            h = self.cell(x[t], h)
+        return h
+
+
+def test_a_shape_read_after_an_in_place_op_is_the_changed_one():
+    x = torch.randn(3, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # graphs does not know unsqueeze_'s flow
+        tr = trace(InPlace(), x)
+    assert tr.traced and [l.module for l in tr.layers] == ["cell.ih", "cell.hh"]  # as InPlace()(x) runs: one step
