@@ -73,14 +73,17 @@ def progress_line(**figures) -> str:
 
 def mask_only_progress(total_synapses: int, show: Callable[[str], None]) -> Callable[[dict], None]:
     """A callback for ``optimize_connectome``'s records that shows one :func:`progress_line` per held-out
-    evaluation (every ``eval_every`` updates and at each target's end), with the last update's train loss."""
+    evaluation (every ``eval_every`` updates and at each target's end) naming its target, with the train
+    loss of the target's last update (none for a target of 0, which runs none)."""
     last: dict = {}
 
     def on_record(rec: dict) -> None:
         if rec["kind"] == "update":
             last.update(target=rec.get("target"), train_loss=rec.get("train_loss"))
         elif rec["kind"] == "eval":
-            show(progress_line(step=rec["step"], target=last.get("target"), train_loss=last.get("train_loss"),
+            target = rec.get("target", last.get("target"))  # (an evaluation names its own target)
+            train_loss = last.get("train_loss") if last.get("target") == target else None
+            show(progress_line(step=rec["step"], target=target, train_loss=train_loss,
                                holdout_loss=rec.get("holdout_loss"), holdout_accuracy=rec.get("holdout_acc"),
                                density=f"{1 - rec['removed'] / max(1, total_synapses):.4f}",
                                seconds=rec.get("wall_seconds")))

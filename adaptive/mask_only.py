@@ -97,7 +97,7 @@ class MaskOnlyResult:
     """What :func:`optimize_connectome` returns. ``history`` has one dict per update (training
     window loss/accuracy over every process's batches, measured with ``train_removed`` synapses
     removed, i.e. before the update; ``removed`` is the count after it; verification loss, edits)
-    and per evaluation (held-out loss/accuracy);
+    and per evaluation (held-out loss/accuracy); each names its ``target`` (the label);
     ``events`` are the controller's events; ``snapshots`` are keyed by target label. ``conn`` and
     ``controller`` are the connectome and the controller that ran (:meth:`use` loads a
     snapshot's masks into ``conn``); ``resumed_seconds`` is the wall time the
@@ -644,11 +644,11 @@ def optimize_connectome(
             return _agreed(loss)[0], None
         return tuple(_agreed(loss, acc))
 
-    def full_holdout(step, stage, figures=None):
+    def full_holdout(step, stage, target, figures=None):
         if is_distributed():  # every evaluation (each stage end, every eval_every updates) checks agreement
             check_masks_agree(conn, step)
         loss, acc = figures or holdout_figures()
-        rec = {"kind": "eval", "step": step, "stage": stage, "removed": total - conn.num_live(),
+        rec = {"kind": "eval", "step": step, "stage": stage, "target": target, "removed": total - conn.num_live(),
                "holdout_loss": loss, "holdout_acc": acc}
         record(rec)
         if not _finite(acc, loss):  # the dense network's were finite (checked first): these masks broke it
@@ -696,7 +696,7 @@ def optimize_connectome(
         bar = tqdm(total=steps_per_stage * len(passing), desc="mask-only", unit="batch",
                    disable=not show_progress(progress), mininterval=2.0)
         if resolved[0][0] == "best" and saved is None:  # the dense network is the first candidate: removing nothing may be best
-            e = full_holdout(0, -1, dense)
+            e = full_holdout(0, -1, "best", dense)
             result.snapshots["best"] = Snapshot("best", e["removed"], {n: m.clone() for n, m in conn.masks.items()},
                                                 e["holdout_loss"], e["holdout_acc"], 0, e["cpu_seconds"],
                                                 e["wall_seconds"], _criterion(e["holdout_acc"]))
@@ -704,7 +704,7 @@ def optimize_connectome(
             if stage < first_stage:
                 continue
             if removed_goal == 0 and not climb:  # (the first stage, of a run not resumed: `dense` was scored above)
-                e = full_holdout(step, stage, dense)
+                e = full_holdout(step, stage, label, dense)
                 result.snapshots[label] = Snapshot(label, e["removed"], {n: m.clone() for n, m in conn.masks.items()},
                                                    e["holdout_loss"], e["holdout_acc"], step, e["cpu_seconds"],
                                                    e["wall_seconds"])
@@ -805,13 +805,13 @@ def optimize_connectome(
                 bar.set_postfix(removed=rec["removed"], loss=f"{rec['train_loss']:.3f}")
                 n_upd = (step - start) // window
                 if eval_every and n_upd % eval_every == 0 and step - start < steps_per_stage:
-                    e = full_holdout(step, stage)
+                    e = full_holdout(step, stage, label)
                     if removed_goal is None and _better(e["holdout_acc"], e["holdout_loss"], best):
                         best = Snapshot(label, e["removed"], {n: m.clone() for n, m in conn.masks.items()},
                                         e["holdout_loss"], e["holdout_acc"], step, selected_by=_criterion(e["holdout_acc"]))
             for p in conn.params.values():
                 p.grad = None
-            e = full_holdout(step, stage)
+            e = full_holdout(step, stage, label)
             snap = Snapshot(label, e["removed"], {n: m.clone() for n, m in conn.masks.items()},
                             e["holdout_loss"], e["holdout_acc"], step,
                             selected_by=_criterion(e["holdout_acc"]) if removed_goal is None or climb else None)

@@ -515,7 +515,7 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from matplotlib.ticker import EngFormatter
+    from matplotlib.ticker import EngFormatter, MaxNLocator
 
     ups = [h for h in history if h["kind"] == "update"]
     evs = [h for h in history if h["kind"] == "eval"]
@@ -523,8 +523,9 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
     dense = [r for r in snapshots_rows if r.get("removed") == 0 and r.get("holdout_acc") is not None]
     held_out = "part of TRAIN" + (f", {holdout_images:,} images" if holdout_images is not None else "")
     for ax, key, name in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "acc", "accuracy")):
-        ax.plot([h.get("train_removed", h["removed"]) for h in ups], [h[f"train_{key}"] for h in ups], ".", ms=3, alpha=0.5,
-                color=SPLIT_COLOR["train"], label="train (update windows)")
+        if ups:  # (a run whose every target is 0 has none: no empty legend entry)
+            ax.plot([h.get("train_removed", h["removed"]) for h in ups], [h[f"train_{key}"] for h in ups], ".", ms=3,
+                    alpha=0.5, color=SPLIT_COLOR["train"], label="train (update windows)")
         ends = sorted(_stage_ends(evs))
         held = {evs[i]["removed"]: evs[i][f"holdout_{key}"] for i in ends}
         if dense and 0 not in held:  # the dense network's score starts the line
@@ -539,7 +540,11 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
         ax.plot([r["removed"] for r in rows], [r[f"test_{key}"] for r in rows], "s", ms=7,
                 color=SPLIT_COLOR["test"], label="test (final report)")
         ax.set_xlabel("removed weights")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a count: no "500 m" ticks between 0 and 3
         ax.xaxis.set_major_formatter(EngFormatter())
+        counts = {x for line in ax.get_lines() for x in line.get_xdata()}
+        if len(counts) == 1:  # one count (every target 0): a tick there, not "-40 m" ticks around it
+            ax.set_xticks(list(counts))
         ax.set_ylabel(name)
         ax.set_title(f"{name} against removed weights", fontsize=10)
         ax.legend(fontsize=8)
@@ -548,12 +553,18 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
     # a step function: the count jumps at an update and holds until the next; from step 0 at the count
     # the first update's window ran with (the starting network), on to the last logged step
     last = max((h["step"] for h in history if isinstance(h.get("step"), (int, float))), default=None)
-    xs, ys = step_points([h["step"] for h in ups], [h["removed"] for h in ups],
-                         start=ups[0].get("train_removed") if ups else None, last_step=last)
-    ax.plot(xs, ys, color="k", label="removed weights", drawstyle="steps-post")
+    if ups:
+        xs, ys = step_points([h["step"] for h in ups], [h["removed"] for h in ups],
+                             start=ups[0].get("train_removed"), last_step=last)
+        ax.plot(xs, ys, color="k", label="removed weights", drawstyle="steps-post")
+        ax.yaxis.set_major_formatter(EngFormatter())
+    else:  # every target 0: the dense network, scored with no stage run (both lower panels share this step axis)
+        ax.text(0.5, 0.5, "no updates ran (a target of 0 is the dense network, with no stage run)", ha="center",
+                va="center", transform=ax.transAxes)
+        ax.set_xticks([0])
+        ax.set_yticks([])
     ax.set_xlabel("training batch")
     ax.set_ylabel("removed weights")
-    ax.yaxis.set_major_formatter(EngFormatter())
     ax.set_title("the connectome crawling: removed weights, and synapses swapped per update", fontsize=10)
     ax.grid(alpha=0.3)
     swaps = [(e["step"], min(e.get("pruned") or 0, e.get("grown") or 0)) for e in events if e.get("kind") == "update"]
@@ -580,6 +591,7 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
         legend_below(ax, ncol=1)  # inside, it covered the boundaries at the top of the panel
     else:
         ax.text(0.5, 0.5, "no edits logged", ha="center", va="center", transform=ax.transAxes)
+        ax.set_yticks([])  # (0 to 1 was no boundary's scale)
     ax.set_xlabel("training batch")
     ax.set_ylabel("edit boundary (estimator value)")
     ax.set_title("edit boundaries over time", fontsize=10)

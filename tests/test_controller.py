@@ -774,6 +774,41 @@ def test_a_train_mode_growth_at_a_value_counts_what_that_value_does(grow_init):
     assert ev["est_growth_gain"] is None  # nothing promised beyond the edit: Taylor's g^2 is no loss
 
 
+@pytest.mark.parametrize("grow_init", ["constant", "random"])
+def test_obd_growth_at_a_value_counts_its_second_order_term_and_promises_the_newton_step(grow_init):
+    """OBD's growth at a non-zero value (a constant grow_init callable, or 'random'): the edit's estimated
+    loss change is its prune costs plus g*v + F*v^2/2 of each grown synapse at its value v, and what the
+    growth promises once trained (est_growth_gain) is the Newton step g^2/(2F); g and F computed here by
+    hand from the window's two batch gradients (the mean, and mean^2 + B * their unbiased variance)."""
+    torch.manual_seed(0)
+    m = tiny()
+    init = (lambda name, grown: torch.full((2, 4), 0.5)) if grow_init == "constant" else "random"
+    ctrl = adaptive.Controller(adaptive.Connectome(m), policy="utility", estimator="obd", density=0.5, budget="global",
+                               update_every=2, edit_fraction=0.5, edit_decay="constant", batch_size=4, grow_init=init)
+    plans, before, w = _plans(ctrl), ctrl.conn.masks["weight"].clone(), m.weight.detach().clone()
+    grads = [torch.randn(2, 4), torch.randn(2, 4)]
+    for g_batch in grads:
+        set_grad(m, g_batch)
+        ctrl.observe()
+        ev = ctrl.step()
+    after = ctrl.conn.masks["weight"]
+    grown, pruned = after & ~before, before & ~after
+    assert ev["grown"] == int(grown.sum()) == 2 and ev["pruned"] == int(pruned.sum()) == 2
+    v = m.weight.detach()[grown].double()
+    assert bool((v != 0).all()) and (grow_init == "random" or bool((v == 0.5).all()))
+    stack = torch.stack(grads).double()
+    g = stack.mean(0)
+    f = g * g + 4 * stack.var(0, unbiased=True)
+    prune = float((-g * w + 0.5 * f * w * w)[pruned].sum())
+    assert plans[-1].score_sums()[0] == pytest.approx(prune, rel=1e-6)
+    second = float((0.5 * f[grown] * v * v).sum())
+    at_value = float((g[grown] * v).sum()) + second
+    if grow_init == "constant":  # at 0.5 the second-order term is a good part of the figure (random inits are small)
+        assert second > 0.2 * abs(prune + at_value)
+    assert ev["est_loss_change"] == pytest.approx(prune + at_value, rel=1e-6, abs=1e-9)
+    assert ev["est_growth_gain"] == pytest.approx(float((g * g / (2 * (f + 1e-12)))[grown].sum()), rel=1e-6)
+
+
 def test_a_misspelt_policy_argument_names_what_the_policy_takes():
     import adaptive
     from torch import nn

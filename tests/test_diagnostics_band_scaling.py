@@ -380,3 +380,45 @@ def test_the_per_band_all_reduce_goes_where_all_reduce_mean_s_goes(monkeypatch):
         scaler.remove()
     assert chosen == [torch.device("cpu")] * 2  # one per scaled layer
     assert [r[:2] for r in reduced] == [(torch.device("cpu"), torch.float64)] * 2
+
+
+class _TiedHead(nn.Module):
+    """A language model's head tied to its embedding, whose lookup reads the weight too."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.mid, self.head = nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 10, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.head(torch.relu(self.mid(self.emb(x).mean(1))))
+
+
+@pytest.mark.parametrize("depths", [None, {"head": torch.tensor([0] * 4 + [2] * 4)}])
+def test_a_head_tied_to_an_embedding_the_forward_runs_is_refused_as_gradient_by_depth_refuses_it(depths):
+    """The head's gradient holds the embedding lookup's part, which no depth of the head's inputs describes:
+    gradient_by_depth refused it (TiedWeightError), but the scaler scaled the whole gradient by the head's bands
+    (the traced graph's tie check sees no Embedding as a layer, and given depths skip it)."""
+    from adaptive.diagnostics import gradient_by_depth
+    from adaptive.diagnostics._shared_calls import TiedWeightError
+
+    torch.manual_seed(0)
+    net, x, y = _TiedHead(), torch.randint(0, 10, (4, 5)), torch.randint(0, 10, (4,))
+    scaler = BandGradientScaler(net, layers=["head"], depths=depths, example=x)
+    try:
+        with pytest.raises(TiedWeightError, match=r"^BandGradientScaler: the weight of 'head' is also that of \['emb'\] "
+                                                  r".*; scale a layer whose weight no other module reads"):
+            nn.functional.cross_entropy(net(x), y).backward()
+        assert scaler.scales() == {"head": {}} and scaler.state["head"]["log_typical"] is None  # nothing moved
+        with pytest.raises(TiedWeightError, match=r"^gradient_by_depth: the weight of 'head' is also that of \['emb'\]"):
+            gradient_by_depth(net, [(x, y)], layer="head", batches=1, depths=None if depths is None else depths["head"])
+    finally:
+        scaler.remove()
+    # untied (each module its own copy), the same model is scaled
+    net.head.weight = nn.Parameter(net.emb.weight.detach().clone())
+    scaler = BandGradientScaler(net, layers=["head"], depths=depths, example=x)
+    try:
+        net(x).sum().backward()
+        assert scaler.scales()["head"]
+    finally:
+        scaler.remove()

@@ -256,3 +256,50 @@ def test_a_connectome_loaded_into_a_wrapper_reads_its_patterns_as_one_built_on_i
     plain = adaptive.Connectome.load(tmp_path / "c.safetensors", net)  # into the plain model: no wrapper names
     with pytest.raises(ValueError, match=r"protect pattern\(s\) \['module.fc'\] matched no layer"):
         adaptive.Controller(plain, policy="magnitude", density=0.5, protect="module.fc")
+
+
+def test_band_gradient_scaler_takes_depths_under_any_name_of_a_layer():
+    """layers=['head'] with depths={'out': d} (another name of the one module): the depths were looked up under
+    head and the name given only, so d went unused and the traced depths (0 and 1) were scaled by instead."""
+    net = _TwoNames()
+    d = torch.tensor([0] * 6 + [2] * 5)
+    for layers, key in ((["head"], "out"), (["out"], "head"), (["head"], "out.weight"), (["module.head"], "module.out")):
+        model = nn.DataParallel(net) if layers == ["module.head"] else net
+        scaler = BandGradientScaler(model, layers=layers, depths={key: d})
+        try:
+            assert scaler.state["head"]["bands"].tolist() == [0, 2]
+        finally:
+            scaler.remove()
+    with pytest.raises(ValueError, match=r"depths= gives the layer 'head' other depths under 'head' and under 'out', "
+                                         r"two names of one module: give its depths once"):
+        BandGradientScaler(net, layers=["head"], depths={"head": d, "out": d.clamp(max=1)})
+    assert not net.head.weight._backward_hooks  # no hook left behind
+    scaler = BandGradientScaler(net, layers=["head"], depths={"head": d, "out": d.clone()})  # the same: taken
+    assert scaler.state["head"]["bands"].tolist() == [0, 2]
+    scaler.remove()
+
+
+class _KnownAsOut(_TwoNames):
+    """_TwoNames whose input_depths knows the head by its second name only."""
+
+    def input_depths(self, layer):
+        if layer != "out":
+            raise KeyError(f"no layer {layer!r}")
+        return torch.tensor([0] * 6 + [3] * 5)
+
+
+def test_a_model_s_input_depths_is_asked_under_every_name_of_a_layer():
+    """input_depths was asked under the layer's first name (head) only: a model that knows it as out was
+    refused (KeyError), though the default layers= (every name input_depths answers to) had picked it."""
+    _, _, data = _setup()
+    net = _KnownAsOut()
+    for layers in (None, ["head"], ["out"]):
+        scaler = BandGradientScaler(net, layers=layers)
+        try:
+            assert list(scaler.state) == ["head"] and scaler.state["head"]["bands"].tolist() == [0, 3]
+        finally:
+            scaler.remove()
+    got = gradient_by_depth(net, data, layer="head", batches=1)
+    assert got.layer == "head" and sorted(got.table["depth"]) == [0, 3]
+    with pytest.raises(KeyError, match="no layer 'fc'"):  # a layer it knows by no name: its own error, as before
+        gradient_by_depth(net, data, layer="fc", batches=1)

@@ -112,3 +112,22 @@ def test_a_train_row_without_a_loss_is_passed_through_to_the_progress_line():
     assert R._last_train_loss(rows, 25) is None
     assert R._last_train_loss(rows[:1], 15) == "0.5 (steps 1-10)"
     assert R._last_train_loss([], 15) is None
+
+
+def test_mask_only_progress_names_a_target_of_0_which_runs_no_update():
+    """--remove 0 0.2: target 0's evaluation (the dense network, before any update) was shown with no
+    target, as the line took the target from the last update; and it took no other target's train loss."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from adaptive.cli import mask_only_progress
+    from adaptive.mask_only import optimize_connectome
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8), torch.arange(64) % 4
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    lines = []
+    optimize_connectome(model, DataLoader(TensorDataset(x, y), batch_size=16), DataLoader(TensorDataset(x, y), batch_size=32),
+                        [0, 0.2], passes=0.5, window=2, eval_every=0, progress=False,
+                        callback=mask_only_progress(192, lines.append))
+    assert len(lines) == 2 and lines[0].startswith("progress: step 0, target 0, holdout loss "), lines
+    assert lines[1].startswith("progress: step 2, target 0.2, train loss "), lines

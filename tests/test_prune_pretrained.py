@@ -779,6 +779,45 @@ def test_curves_show_removal_as_steps_from_step_0_with_one_legend_off_the_data(t
     assert captured["fig"]._suptitle.get_text() == "prune_pretrained: resnet20 on cifar10 (run x)"
 
 
+def test_curves_of_a_run_with_no_update_tick_0_and_say_so(tmp_path, monkeypatch):
+    """--remove 0 alone (the dense network, no stage run): the removed-weights axes, with no range,
+    were ticked "-40 m" to "60 m", the legends held an empty "train (update windows)" entry, and the
+    crawl panel was empty."""
+    import matplotlib.pyplot as plt
+
+    figs, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))  # kept open to be inspected
+    history = [dict(kind="eval", step=0, stage=0, removed=0, holdout_loss=2.3, holdout_acc=0.1)]
+    rows = [dict(target=t, removed=0, holdout_loss=2.3, holdout_acc=0.1, test_loss=2.4, test_acc=0.1)
+            for t in ("dense", "0")]
+    recipe()._plot(history, rows, [], tmp_path / "curves.png")
+    fig = figs[0]
+    for ax in fig.axes[:2]:
+        assert list(ax.get_xticks()) == [0]
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+            "held-out (part of TRAIN), end of each stage", "test (final report)"]
+    crawl = fig.axes[2]
+    assert not crawl.get_lines() and crawl.get_legend() is None
+    assert [t.get_text() for t in crawl.texts] == ["no updates ran (a target of 0 is the dense network, with no stage run)"]
+    assert list(crawl.get_xticks()) == [0] and not list(crawl.get_yticks())
+    close(fig)
+
+
+def test_the_removed_weights_axes_tick_whole_counts(tmp_path, monkeypatch):
+    """A count of removed weights between 0 and 3 was ticked at "500 m" and "1.5"."""
+    import matplotlib.pyplot as plt
+
+    figs, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    history = [dict(kind="update", step=1, stage=0, removed=3, train_removed=0, train_loss=0.3, train_acc=0.9),
+               dict(kind="eval", step=2, stage=0, removed=3, holdout_loss=0.2, holdout_acc=0.95)]
+    recipe()._plot(history, [], [], tmp_path / "curves.png")
+    for ax in figs[0].axes[:2]:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == [0, 1, 2, 3]
+    close(figs[0])
+
+
 def test_train_rows_are_scored_on_one_fixed_sample():
     import argparse
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -215,6 +215,12 @@ def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parame
                         "diagnostics read the `weight` of a Linear or convolution layer, not a recurrent or attention "
                         f"module's matrices); measure a layer that reads its output, one of {weighted[:12]}")
     return name, mod, w
+
+
+def module_names(model: nn.Module, module: nn.Module) -> List[str]:
+    """Every name ``module`` has in ``model`` (one held under several, ``self.out = self.head``, has each),
+    its first (the one a connectome and a traced graph give it) first."""
+    return [n for n, m in model.named_modules(remove_duplicate=False) if m is module]
 
 
 def plain_layer_name(model: nn.Module, layer: str) -> str:

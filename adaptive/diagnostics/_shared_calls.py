@@ -152,13 +152,44 @@ class TiedWeightError(ValueError):
     """A layer's weight is also another module's (tied: the same Parameter), which the forward reads too."""
 
 
-def tied_weight_error(name: str, others: List[str], who: str = "") -> TiedWeightError:
+def tied_weight_error(name: str, others: List[str], who: str = "", action: str = "measure") -> TiedWeightError:
     """The refusal (from ``who``) of layer ``name``, whose weight ``others`` (modules, or layers of the traced
-    graph) read as their own: the gradient holds their reads' parts, which no depth of ``name``'s inputs describes."""
+    graph) read as their own: the gradient holds their reads' parts, which no depth of ``name``'s inputs describes.
+    ``action``: what ``who`` does to a layer (measure, scale)."""
     return TiedWeightError(
         (f"{who}: " if who else "") + f"the weight of {name!r} is also that of {others[:4]} (a tied weight: the same Parameter), which the forward "
         f"reads too: its gradient holds that read's part, which the depths of {name!r}'s inputs do not describe; "
-        "measure a layer whose weight no other module reads (give each module its own copy to measure them apart)")
+        f"{action} a layer whose weight no other module reads (give each module its own copy to {action} them apart)")
+
+
+class TiedReads:
+    """Watches the modules of ``model`` other than ``module`` that hold ``weight`` as a parameter of their
+    own (tied: an Embedding sharing its table with a head), recording those a forward runs with grad
+    enabled: their read's part of the weight's gradient is no call of ``module``'s, and no depth of its
+    inputs describes it. The traced graph's check (:func:`~adaptive.diagnostics.gradient_depth.traced_call_depths`)
+    misses such a module where depths are given or the tracer does not count it as a weighted layer (an
+    Embedding's lookup). :meth:`check` refuses once one has run; :meth:`clear` before each forward;
+    :meth:`remove` at the end."""
+
+    def __init__(self, model: nn.Module, module: nn.Module, weight: nn.Parameter):
+        self.modules = {n: m for n, m in model.named_modules()
+                        if m is not module and any(p is weight for p in m.parameters(recurse=False))}
+        self.ran: List[str] = []
+        self._handles = [m.register_forward_hook(lambda *_, n=n: self.ran.append(n) if torch.is_grad_enabled() else None)
+                         for n, m in self.modules.items()]
+
+    def check(self, name: str, who: str, action: str = "measure") -> None:
+        """Refuse (:class:`TiedWeightError`, from ``who``) layer ``name`` if a tied module ran since :meth:`clear`."""
+        if self.ran:
+            raise tied_weight_error(name, sorted(set(self.ran)), who, action)
+
+    def clear(self) -> None:
+        self.ran.clear()
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
 
 
 def parts_adding_up(who: str, name: str, parts: List[torch.Tensor], g: torch.Tensor, fix: str) -> List[torch.Tensor]:

@@ -19,8 +19,8 @@ from torch import nn
 
 from ..connectome import _plain_module, _stripped, _wrapper_prefix
 from ..distributed import collective_device, is_distributed
-from ._common import find_weight, live_mask, model_connectome, plain_layer_name, scaler_suspended
-from ._shared_calls import CallRecorder, parts_adding_up
+from ._common import find_weight, live_mask, model_connectome, module_names, plain_layer_name, scaler_suspended
+from ._shared_calls import CallRecorder, TiedReads, parts_adding_up
 from .gradient_depth import resolve_call_depths, weight_depths
 from ..warn import warn_user
 
@@ -38,7 +38,8 @@ class BandGradientScaler:
             (``model.depth_layers`` if it has that attribute, else all Linear/Conv layers for which
             ``input_depths`` works).
         depths: ``{layer: depths}``, one depth per input unit, or one row of them per call of a layer
-            called several times in one forward (weight sharing), in call order.
+            called several times in one forward (weight sharing), in call order; a layer by any of its
+            names (``self.out = self.head``: under ``out`` for ``layers=["head"]``).
         momentum: of the running log-magnitude per band (0 uses the current batch only).
         example: an input batch to trace depths with (default: an input the tracer builds).
         conn: the model's :class:`~adaptive.Connectome` when it is pruned; without it, the one
@@ -78,7 +79,11 @@ class BandGradientScaler:
     given once for such a layer serve every call (with a warning), as for :func:`gradient_by_depth`.
     While a diagnostic takes gradients of the model (inside
     :func:`~adaptive.diagnostics._common.scalers_suspended` ``(model)``) the hooks on its weights do
-    nothing: no scaling, no state update; a scaler on another model's weights keeps working. A NaN or
+    nothing: no scaling, no state update; a scaler on another model's weights keeps working. A layer whose
+    weight another module holds too and the forward runs (an Embedding tied to a head) is refused at its
+    backward (:class:`~adaptive.diagnostics._shared_calls.TiedWeightError`, before its running sizes move), as
+    :func:`gradient_by_depth` refuses it: that module's part of the gradient has no depth of the layer's inputs.
+    A NaN or
     inf gradient entry takes no part in the running state (it passes through, scaled). Call
     :meth:`remove` to take the hooks off.
     A weight replaced after the scaler was built (``model.to("meta")`` then ``to_empty()``,
@@ -121,15 +126,16 @@ class BandGradientScaler:
                 name, mod, w = find_weight(plain, layer)  # by any of its names; named by its first
                 if name in self.state:  # given twice (or by two names): one hook, or its gradient is scaled twice
                     continue
-                rows = resolve_call_depths(plain, name, depths.get(name, depths.get(layer)), example)
+                rows = resolve_call_depths(plain, name, self._given_depths(plain, mod, layer, depths), example)
                 groups, transposed = int(getattr(mod, "groups", 1)), bool(getattr(mod, "transposed", False))
                 wds = torch.stack([weight_depths(w.shape, d, groups, transposed) for d in rows])
                 uniq = torch.unique(wds)
                 index = torch.searchsorted(uniq, wds.reshape(len(rows), -1)).view(wds.shape).to(w.device)
                 split = not bool((index == index[0]).all())  # calls reading other bands are scaled apart
                 recorder = CallRecorder(mod, keep_inputs=split)
-                self._handles.append(recorder)
-                st = {"name": name, "index": index, "bands": uniq, "recorder": recorder, "split": split,
+                tied = TiedReads(plain, mod, w)  # an Embedding tied to a head reads its weight too
+                self._handles += [recorder, tied]
+                st = {"name": name, "index": index, "bands": uniq, "recorder": recorder, "tied": tied, "split": split,
                       "splitting": False, "warned": False, "log_typical": None, "seen": None, "scale": None,
                       "module": mod, "shape": tuple(w.shape)}
                 self.state[name] = st
@@ -139,6 +145,19 @@ class BandGradientScaler:
         except BaseException:
             self.remove()  # no hook left on a model the scaler refused
             raise
+
+    @staticmethod
+    def _given_depths(model, module, layer: str, depths: dict):
+        """The depths ``depths`` gives ``module`` (``layer`` in ``layers=``) under any of its names, with or
+        without ``.weight`` (one held under several, ``self.out = self.head``, as ``layers=`` takes it); None
+        where it gives none. Other depths under two of its names are refused: which to scale by is unknown."""
+        names = dict.fromkeys([layer] + [f"{n}{w}" for n in module_names(model, module) for w in ("", ".weight")])
+        given = [(n, depths[n]) for n in names if n in depths]
+        for n, d in given[1:]:
+            if not torch.equal(torch.as_tensor(d), torch.as_tensor(given[0][1])):
+                raise ValueError(f"BandGradientScaler: depths= gives the layer {layer!r} other depths under {given[0][0]!r} "
+                                 f"and under {n!r}, two names of one module: give its depths once")
+        return given[0][1] if given else None
 
     @staticmethod
     def _layers_with_depths(model, depths):
@@ -209,6 +228,7 @@ class BandGradientScaler:
             if scaler_suspended(weight_id) or st["splitting"] or grad.is_meta:  # a diagnostic measures the raw
                 return None  # gradient; or this hook is splitting it into the calls' parts (autograd.grad runs
             # the hooks); or a model on the meta device has no gradient values to size (nor to move the index to)
+            st["tied"].check(st["name"], "BandGradientScaler", "scale")  # before any state moves
             parts, index = self._call_parts(st, grad, weight)
             a = torch.cat([p.detach().abs().reshape(-1) for p in parts])
             flat = index.reshape(-1)
@@ -311,6 +331,7 @@ class BandGradientScaler:
         self._check_weights()
         for st in self.state.values():
             st["recorder"].clear()
+            st["tied"].clear()
 
     def scales(self) -> Dict[str, Dict[int, float]]:
         """Current multiplier per band of each layer (empty before the first backward pass)."""

@@ -18,10 +18,10 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from ..connectome import _local_module, _plain_module
 from ..metrics import _forward_owner, call_model, refuse_unpacked, to_device
-from ._shared_calls import CallRecorder, TiedWeightError, parts_adding_up, tied_weight_error
+from ._shared_calls import CallRecorder, TiedReads, TiedWeightError, parts_adding_up, tied_weight_error
 from ._common import (LogHistogram, batch_statistics_explained, check_finite, default_loss, find_weight, iterate_batches,
-                      kept_buffers, live_mask, measured_gradients, model_connectome, model_device, plain_layer_name,
-                      scalers_suspended, warn_if_zeros)
+                      kept_buffers, live_mask, measured_gradients, model_connectome, model_device, module_names,
+                      plain_layer_name, scalers_suspended, warn_if_zeros)
 from ..modes import modes_kept
 from .table import Table, pyplot, save_figure
 from ..global_rng import kept_global_rng
@@ -49,12 +49,22 @@ def resolve_call_depths(model: nn.Module, layer: str, depths=None, example=None)
     one tensor for a layer called once, one per call for a layer called several times (weight
     sharing), where each call reads a signal of another depth. ``depths``: one depth per input unit,
     or one row of them per call; else ``model.input_depths(layer)`` (one tensor); else traced (one
-    per call, see :func:`traced_call_depths`). Errors as :func:`resolve_depths`."""
+    per call, see :func:`traced_call_depths`), asked under ``layer`` and then under the module's other
+    names (one held under several, ``self.out = self.head``: the model may know it by any of them).
+    Errors as :func:`resolve_depths`."""
     if depths is not None:
         d = torch.as_tensor(depths, dtype=torch.long).cpu()
         return list(d) if d.dim() == 2 else [d.reshape(-1)]
     if hasattr(model, "input_depths"):
-        return [torch.as_tensor(model.input_depths(layer), dtype=torch.long).reshape(-1).cpu()]
+        module = dict(model.named_modules()).get(layer)
+        names = [layer] + ([n for n in module_names(model, module) if n != layer] if module is not None else [])
+        first_error = None
+        for n in names:
+            try:
+                return [torch.as_tensor(model.input_depths(n), dtype=torch.long).reshape(-1).cpu()]
+            except (KeyError, ValueError) as e:  # not a name the model knows the layer by: its next one
+                first_error = first_error or e
+        raise first_error
     try:
         return traced_call_depths(model, layer, example)
     except TiedWeightError:  # no depths= would make its measurement right
@@ -417,13 +427,10 @@ def gradient_by_depth(
                         _refuse_hooked_unpacked(model, x)
                         raise
                     recorder = CallRecorder(mod)  # after the tracing, whose forward it would record
-                    tied_calls, tied = [], _tied_modules(plain, mod, weight)  # (an Embedding tied to a head reads it too)
-                    handles = [m.register_forward_hook(lambda *_, n=n: tied_calls.append(n) if torch.is_grad_enabled()
-                                                       else None) for n, m in tied.items()]
+                    tied = TiedReads(plain, mod, weight)  # (an Embedding tied to a head reads it too)
                 recorder.clear()
                 loss = loss_fn(call_model(model, x, "gradient_by_depth"), y)
-                if tied_calls:
-                    raise tied_weight_error(name, sorted(set(tied_calls)), "gradient_by_depth")
+                tied.check(name, "gradient_by_depth")
                 (g,) = torch.autograd.grad(loss, [weight], allow_unused=True)
                 if g is None and recorder.calls and all(c["no_grad"] for c in recorder.calls):
                     raise ValueError(f"gradient_by_depth: layer {name!r} has no gradient: the model's forward calls it "
@@ -462,8 +469,7 @@ def gradient_by_depth(
         finally:
             if recorder is not None:
                 recorder.remove()
-                for h in handles:
-                    h.remove()
+                tied.remove()
     per_weight /= measured.double().view(-1, *[1] * weight.dim())  # NaN for a call never measured
     q1, med, q3, mean = hist.quantile(0.25), hist.quantile(0.5), hist.quantile(0.75), hist.mean()
     tot = hist.total()
@@ -508,12 +514,6 @@ def gradient_by_depth(
         pruned=0 if live is None else int((~live).sum()),
         live=live,
     )
-
-
-def _tied_modules(model: nn.Module, module: nn.Module, weight: nn.Parameter) -> dict:
-    """The modules of ``model`` other than ``module`` that hold ``weight`` as a parameter of their own."""
-    return {n: m for n, m in model.named_modules()
-            if m is not module and any(p is weight for p in m.parameters(recurse=False))}
 
 
 def _no_grad_notes(uniq, bands, measured, n, tot) -> List[str]:
