@@ -8,6 +8,7 @@ from torch import nn
 
 from _training import cpu_accelerator, reset_accelerate
 from adaptive.diagnostics import BandGradientScaler
+from _tied_models import TiedHead
 
 torch.set_num_threads(1)
 accelerator = pytest.fixture(cpu_accelerator)
@@ -382,18 +383,6 @@ def test_the_per_band_all_reduce_goes_where_all_reduce_mean_s_goes(monkeypatch):
     assert [r[:2] for r in reduced] == [(torch.device("cpu"), torch.float64)] * 2
 
 
-class _TiedHead(nn.Module):
-    """A language model's head tied to its embedding, whose lookup reads the weight too."""
-
-    def __init__(self):
-        super().__init__()
-        self.emb, self.mid, self.head = nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 10, bias=False)
-        self.head.weight = self.emb.weight
-
-    def forward(self, x):
-        return self.head(torch.relu(self.mid(self.emb(x).mean(1))))
-
-
 @pytest.mark.parametrize("depths", [None, {"head": torch.tensor([0] * 4 + [2] * 4)}])
 def test_a_head_tied_to_an_embedding_the_forward_runs_is_refused_as_gradient_by_depth_refuses_it(depths):
     """The head's gradient holds the embedding lookup's part, which no depth of the head's inputs describes:
@@ -403,7 +392,7 @@ def test_a_head_tied_to_an_embedding_the_forward_runs_is_refused_as_gradient_by_
     from adaptive.diagnostics._shared_calls import TiedWeightError
 
     torch.manual_seed(0)
-    net, x, y = _TiedHead(), torch.randint(0, 10, (4, 5)), torch.randint(0, 10, (4,))
+    net, x, y = TiedHead(), torch.randint(0, 10, (4, 5)), torch.randint(0, 10, (4,))
     scaler = BandGradientScaler(net, layers=["head"], depths=depths, example=x)
     try:
         with pytest.raises(TiedWeightError, match=r"^BandGradientScaler: the weight of 'head' is also that of \['emb'\] "

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from adaptive.diagnostics import BandGradientScaler, gradient_by_depth, weight_depths
+from _tied_models import TiedHead
 
 torch.set_num_threads(1)
 
@@ -1258,23 +1259,11 @@ class _Tied(nn.Module):
         return self.c(nn.functional.linear(torch.relu(self.b(x)), self.a.weight))
 
 
-class _TiedHead(nn.Module):
-    """A language model's head tied to its embedding, which reads the weight too (a lookup)."""
-
-    def __init__(self):
-        super().__init__()
-        self.emb, self.mid, self.head = nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 10, bias=False)
-        self.head.weight = self.emb.weight
-
-    def forward(self, x):
-        return self.head(torch.relu(self.mid(self.emb(x).mean(1))))
-
-
-@pytest.mark.parametrize("model, layer, other", [(_Tied, "a", "b"), (_Tied, "b", "a"), (_TiedHead, "head", "emb")])
+@pytest.mark.parametrize("model, layer, other", [(_Tied, "a", "b"), (_Tied, "b", "a"), (TiedHead, "head", "emb")])
 def test_a_tied_weight_read_by_another_module_too_is_refused(model, layer, other):
     # the whole gradient, the other module's read's part included, was measured as the layer's: 'a' (never
     # called, read once by F.linear) in its depth-1 band, 'b' in its depth-0 band, a head with its embedding's part
     torch.manual_seed(0)
-    x = torch.randint(0, 10, (4, 5)) if model is _TiedHead else torch.randn(4, 4)
+    x = torch.randint(0, 10, (4, 5)) if model is TiedHead else torch.randn(4, 4)
     with pytest.raises(ValueError, match=rf"the weight of '{layer}' is also that of \['{other}'\] \(a tied weight"):
         gradient_by_depth(model(), [(x, torch.randint(0, 3, (4,)))], layer=layer, batches=1)
