@@ -129,7 +129,7 @@ class RunConfig:
                                           "towards the end of the edits; default: 0.3 in train mode, 1.0 in mask_only mode "
                                           "(fine-tuning a pretrained network with --weights, the utility policy kept the most "
                                           "accuracy at 0.03 of 0.3, 0.1 and 0.03: "
-                                          "README, gradual_pruning.py)"})
+                                          "docs/training.md, gradual_pruning.py)"})
     end_fraction: float = field(default=0.75, metadata={"help": "edits stop at this fraction of training"})
     min_density: float = _opt(0.0, "per-layer density floor of the budget")
     protect: List[str] = field(default_factory=list, metadata={"help": "shell-style name patterns: matching layers are kept dense, never edited"})
@@ -1510,7 +1510,7 @@ def dying_relu_remedy(cfg) -> str:
     else a tighter clip or a lower rate."""
     if cfg.max_grad_norm is None:
         return ("clipping the gradient, --max_grad_norm 1, kept all 24 LeNet-5 runs on MNIST alive where lr 0.1 "
-                "alone lost 5: README, recipes/benchmarks/lenet5_stability.py; a lower --lr helps too")
+                "alone lost 5: docs/training.md, recipes/benchmarks/lenet5_stability.py; a lower --lr helps too")
     return f"a smaller --max_grad_norm than {cfg.max_grad_norm:g} or a lower --lr usually keeps them alive"
 
 

@@ -445,7 +445,7 @@ def test_progress_takes_no_data_or_model_options_it_would_ignore(recipe, tmp_pat
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"progress.png", "progress.svg"}
     from _scripts import ROOT
 
-    readme = " ".join((ROOT / "README.md").read_text().split())  # it said every command took the data/model options
+    readme = " ".join((ROOT / "docs" / "diagnostics.md").read_text().split())  # it said every command took the data/model options
     assert "Every command takes `--output_dir`, and every one but `progress` (which reads a finished run" in readme
 
 

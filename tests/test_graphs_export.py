@@ -284,7 +284,9 @@ def test_figures_include_concat_depths(tmp_path):
 
 
 def test_readme_example(tmp_path, monkeypatch):
-    """The README's graphs section, verbatim (run in a temporary folder)."""
+    """The example of docs/graphs.md (once the README's graphs section) on a dense connectome, with checks
+    (run in a temporary folder; the page's own version, 20% of the filters pruned, runs verbatim in
+    tests/test_readme.py)."""
     monkeypatch.chdir(tmp_path)
     import torch
 

@@ -1,4 +1,6 @@
-"""Every README example is run verbatim, and CI runs the README's test command."""
+"""Every example of the README and of the reference pages under docs/ is run verbatim, every command
+they show parses, every link of theirs lands, and CI runs the README's test command."""
+import glob
 import os
 import re
 import shlex
@@ -11,22 +13,38 @@ from _scripts import CHILD_TIMEOUT  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md")).read()
+# the README and the reference pages it links to (docs/*.md), by path relative to the repository root
+PAGES = {rel: open(os.path.join(ROOT, rel)).read()
+         for rel in ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))]}
+
+
+def page_blocks():
+    """(page, index within the page, code) of every ```python block of every page."""
+    return [(page, i, code) for page, text in PAGES.items()
+            for i, code in enumerate(re.findall(r"```python\n(.*?)```", text, flags=re.S))]
 
 
 def python_blocks():
-    return re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    return [code for _, _, code in page_blocks()]
 
 
 def test_readme_has_python_examples():
-    assert len(python_blocks()) >= 2
+    assert len([1 for page, _, _ in page_blocks() if page == "README.md"]) >= 2
+    assert len(page_blocks()) >= 12  # as many as the one-page README held before the docs/ pages split it
 
 
-@pytest.mark.parametrize("index", range(len(python_blocks())))
-def test_readme_python_example_runs(index, tmp_path):
-    code = python_blocks()[index]
+def test_readme_stays_short():
+    """The README is the entry page: the reference lives under docs/ and must not drift back."""
+    assert len(README.splitlines()) < 300, "move the new text into a page under docs/ and link it from the README"
+    assert len(PAGES) > 1
+
+
+@pytest.mark.parametrize("page, index", [(p, i) for p, i, _ in page_blocks()], ids=lambda v: str(v))
+def test_readme_python_example_runs(page, index, tmp_path):
+    code = next(c for p, i, c in page_blocks() if (p, i) == (page, index))
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env)
-    assert r.returncode == 0, f"README example {index} failed:\n{code}\n--- stderr ---\n{r.stderr[-4000:]}"
+    assert r.returncode == 0, f"{page} example {index} failed:\n{code}\n--- stderr ---\n{r.stderr[-4000:]}"
 
 
 def test_ci_runs_the_readme_test_command():
@@ -37,24 +55,40 @@ def test_ci_runs_the_readme_test_command():
     assert quick[1].strip() in ci.splitlines(), "the README's test command must be what .ci/run executes"
 
 
-def test_readme_links_point_at_headings_and_files():
-    def slug(heading):  # GitHub's anchors: lower case, punctuation dropped, spaces to hyphens
-        return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+def _anchors(text):
+    """The anchors of a page's headings (outside code blocks), as GitHub makes them: lower case,
+    punctuation dropped, spaces to hyphens."""
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.*)$", prose, flags=re.M)}
 
-    anchors = {slug(h) for h in re.findall(r"^#+ (.*)$", README, flags=re.M)}
-    links = re.findall(r"\]\(#([^)]+)\)", README)
-    assert links and [a for a in links if a not in anchors] == []
-    for path in re.findall(r"\]\(((?:docs|recipes)/[^)#]+)\)", README):
-        assert os.path.exists(os.path.join(ROOT, path)), path
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_readme_links_point_at_headings_and_files(page):
+    """A link within the page (#anchor) names one of its headings; one to a file (relative to the page's
+    folder) names a file that exists, and its #anchor, if any, a heading of that file."""
+    links = re.findall(r"\]\(([^)\s]+)\)", re.sub(r"```.*?```", "", PAGES[page], flags=re.S))
+    assert links, f"{page} links nowhere (not even back to the README)"
+    bad = []
+    for link in links:
+        if re.match(r"[a-z]+:", link):  # https:, mailto:
+            continue
+        path, _, anchor = link.partition("#")
+        target = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+        if not os.path.exists(os.path.join(ROOT, target)):
+            bad.append(f"{link}: no file {target}")
+        elif anchor and (not target.endswith(".md") or anchor not in _anchors(open(os.path.join(ROOT, target)).read())):
+            bad.append(f"{link}: no heading #{anchor} in {target}")
+    assert bad == []
 
 
 def readme_commands():
-    """Every command line the README shows (bash blocks and inline code) that runs one of the
-    project's scripts: (script or '-m graphs', argv)."""
+    """Every command line the README and the docs/ pages show (bash blocks and inline code) that runs
+    one of the project's scripts: (script or '-m graphs', argv)."""
     lines = []
-    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
-        lines += block.replace("\\\n", " ").splitlines()
-    lines += re.findall(r"`((?:python|accelerate launch) [^`]+)`", README)
+    for text in PAGES.values():
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+            lines += block.replace("\\\n", " ").splitlines()
+        lines += re.findall(r"`((?:python|accelerate launch) [^`]+)`", text)
     out = []
     for line in lines:
         for part in line.split("&&"):
@@ -90,7 +124,7 @@ def test_readme_command_options_parse(script, argv, monkeypatch, tmp_path):
     import runpy
 
     monkeypatch.chdir(ROOT)
-    if "--plugins" in argv:  # the README's plugin file, written where the command runs
+    if "--plugins" in argv:  # the plugin file the pages show, written where the command runs
         plugin = argv[argv.index("--plugins") + 1]
         code = next(b for b in python_blocks() if b.startswith(f"# {plugin}"))
         (tmp_path / plugin).write_text(code)

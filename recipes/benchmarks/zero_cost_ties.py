@@ -12,7 +12,7 @@ whole; it now takes the smaller weights first (``Controller(zero_cost_order="mag
 :mod:`adaptive.utility.ties`). This benchmark trains each setting from scratch once per order and
 seed, every run a ``recipes/adaptive.py`` job that differs only in ``--controller_kw
 zero_cost_order=...``: the threshold policy with the recipe's generic defaults (batch 32, SGD lr 0.1;
-the README's silent-units example) on lenet300 and lenet5, the same with the shipped MNIST config
+the silent-units example of docs/training.md) on lenet300 and lenet5, the same with the shipped MNIST config
 (batch 100), the utility policy with the generic defaults, and the recipe's default job
 (an MLP on scikit-learn's digits, threshold policy). The comparison is read on the held-out part of
 TRAIN (the recipe's stratified 10%); the test split is read only for each run's final report.
