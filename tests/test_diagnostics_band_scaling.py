@@ -411,3 +411,24 @@ def test_a_head_tied_to_an_embedding_the_forward_runs_is_refused_as_gradient_by_
         assert scaler.scales()["head"]
     finally:
         scaler.remove()
+
+
+def test_band_statistics_are_the_sums_over_the_entries_kept_bit_for_bit():
+    """_band_stats sums log |g| and counts the kept entries per band in one index_add_ over all the entries
+    (the others add exact zeros): bit for bit what summing the kept entries alone, in their order, gives;
+    zero, inf and NaN entries and entries left out (pruned) take no part, and a band with none sums to 0."""
+    g = torch.Generator().manual_seed(0)
+    a = (torch.randn(4000, generator=g) * torch.rand(4000, generator=g) ** 6).abs()
+    a[::7], a[3], a[11], a[19] = 0.0, float("inf"), float("nan"), 1e-42  # (a float32 subnormal has a size too)
+    flat = torch.randint(0, 4, (4000,), generator=g)
+    flat[flat == 3] = 2  # band 3: no entry at all
+    nz = (a > 0) & torch.isfinite(a) & (torch.rand(4000, generator=g) < 0.7)
+    got = BandGradientScaler._band_stats(a, nz, flat, 5)
+    assert got.dtype == torch.float64 and got.shape == (2, 5)
+    for b in range(5):
+        kept = a[nz & (flat == b)].double().log()
+        want = torch.zeros((), dtype=torch.float64)
+        for v in kept:  # one at a time, in entry order, as the previous hook's index_add_ summed them
+            want = want + v
+        assert torch.equal(got[0, b], want) and got[1, b] == len(kept)
+    assert got[0, 3] == 0 and got[1, 3] == 0 and got[1, 4] == 0

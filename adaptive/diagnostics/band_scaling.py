@@ -68,7 +68,8 @@ class BandGradientScaler:
     other layers' or DDP's own (an abort under gloo, a hang under NCCL), so scale only layers every
     process uses. The micro-steps of gradient accumulation (``no_sync``) reduce their statistics too,
     each scaled alike on every process. The diagnostics, which one process may run alone, suspend
-    the hooks (see below).
+    the hooks (see below). Each of those all-reduces blocks the backward, behind DDP's gradient buckets
+    already in flight: recipes/benchmarks/band_scaling_ddp.py measures what they cost a step.
     A layer called several times in one forward, each call reading a signal of another depth
     (traced: the graph's ``NAME``, ``NAME#2``, ...; or ``depths`` rows), has each call's part of the
     gradient (:class:`CallRecorder`: its output gradient through that call alone) scaled by the bands
@@ -231,20 +232,11 @@ class BandGradientScaler:
             st["tied"].check(st["name"], "BandGradientScaler", "scale")  # before any state moves
             parts, index = self._call_parts(st, grad, weight)
             a = torch.cat([p.detach().abs().reshape(-1) for p in parts])
-            flat = index.reshape(-1)
-            nb = len(st["bands"])
             nz = (a > 0) & torch.isfinite(a)  # an inf made the running state inf and every later scale NaN
             live = live_mask(self.conn, weight, a.device)  # else the one attached
             if live is not None:  # a pruned position's gradient is no synapse's
                 nz &= live.expand(len(parts), *live.shape).reshape(-1)
-            stats = torch.zeros(2, nb, dtype=torch.float64, device=a.device)  # per band: sum of log |g|, entries
-            stats[0].index_add_(0, flat[nz], a[nz].double().log())
-            stats[1].index_add_(0, flat[nz], torch.ones_like(flat[nz], dtype=torch.float64))
-            if is_distributed():  # the hook precedes DDP's gradient reduction: size the bands by every process's
-                reduced = stats.to(collective_device(stats))  # gradients, so that all apply the same scales (see the
-                dist.all_reduce(reduced)  # class docstring); a CPU model's under NCCL through the GPU
-                stats = reduced.to(stats.device)
-            logs, cnt = stats
+            logs, cnt = self._all_processes(self._band_stats(a, nz, index.reshape(-1), len(st["bands"])))
             have = cnt > 0
             cur = torch.where(have, logs / cnt.clamp_min(1), torch.zeros_like(logs))
             prev, seen = self._running_on(st, cur.device)
@@ -255,9 +247,32 @@ class BandGradientScaler:
             st["log_typical"], st["seen"] = new, seen
             st["scale"] = self._scale(new, seen)
             s = st["scale"].to(grad.dtype)
-            return sum(p * s[i] for p, i in zip(parts, index))
+            scaled = parts[0] * s[index[0]]  # (not sum(): its 0 + is one more pass over the gradient)
+            for p, i in zip(parts[1:], index[1:]):
+                scaled = scaled + p * s[i]
+            return scaled
 
         return scale
+
+    @staticmethod
+    def _band_stats(a: torch.Tensor, nz: torch.Tensor, flat: torch.Tensor, nb: int) -> torch.Tensor:
+        """Per band (``flat``: the band of each entry of ``a``), the sum of ``log a`` over the entries
+        ``nz`` marks and how many they are: a float64 ``(2, nb)``. One index_add_ over all the entries
+        (those left out add exact zeros, in the same order), no boolean indexing: that copied the
+        entries out three times, and cost a small model's step several times over."""
+        vals = torch.stack([torch.where(nz, a.double().log(), 0.0), nz.double()])
+        return torch.zeros(2, nb, dtype=torch.float64, device=a.device).index_add_(1, flat, vals)
+
+    @staticmethod
+    def _all_processes(stats: torch.Tensor) -> torch.Tensor:
+        """``stats`` summed over every process of the group (itself on one process). The hook precedes
+        DDP's gradient reduction: the bands are sized by every process's gradients, so that all apply
+        the same scales (see the class docstring); a CPU model's through the GPU under NCCL."""
+        if not is_distributed():
+            return stats
+        reduced = stats.to(collective_device(stats))
+        dist.all_reduce(reduced)
+        return reduced.to(stats.device)
 
     @staticmethod
     def _scale(log_typical: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
