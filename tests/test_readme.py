@@ -55,30 +55,91 @@ def test_ci_runs_the_readme_test_command():
     assert quick[1].strip() in ci.splitlines(), "the README's test command must be what .ci/run executes"
 
 
+def _slug(heading):
+    """GitHub's anchor of a heading (github-slugger): the heading's text as rendered (a link's or code span's
+    text, without the brackets, backticks or URL), lower case, every character that is not a letter, digit,
+    underscore, hyphen or space dropped, each space a hyphen (so "a — b" gives "a--b")."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip())
+    return re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+
+
 def _anchors(text):
-    """The anchors of a page's headings (outside code blocks), as GitHub makes them: lower case,
-    punctuation dropped, spaces to hyphens."""
+    """The anchors of a page's headings (outside code blocks), as GitHub makes them: each heading's slug,
+    and a repeated slug numbered as GitHub numbers it (the second "## Notes" is #notes-1, the third #notes-2)."""
     prose = re.sub(r"```.*?```", "", text, flags=re.S)
-    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.*)$", prose, flags=re.M)}
+    seen = {}
+    for heading in re.findall(r"^#{1,6} (.*?)(?: +#+)? *$", prose, flags=re.M):
+        slug = base = _slug(heading)
+        while slug in seen:
+            seen[base] += 1
+            slug = f"{base}-{seen[base]}"
+        seen[slug] = 0
+    return set(seen)
 
 
-@pytest.mark.parametrize("page", list(PAGES))
-def test_readme_links_point_at_headings_and_files(page):
-    """A link within the page (#anchor) names one of its headings; one to a file (relative to the page's
-    folder) names a file that exists, and its #anchor, if any, a heading of that file."""
-    links = re.findall(r"\]\(([^)\s]+)\)", re.sub(r"```.*?```", "", PAGES[page], flags=re.S))
-    assert links, f"{page} links nowhere (not even back to the README)"
+def test_anchors_follow_githubs_rules():
+    """Anchors checked by hand against GitHub's rules: backticks, slashes, dots, colons and parentheses
+    dropped, hyphens and underscores kept, spaces to hyphens, repeats numbered."""
+    page = "\n".join(["# Train with an adaptive connectome: `recipes/adaptive.py`", "## Invariants (each has a test)",
+                      "### LeNet-5 at lr 0.1: clip the gradient", "## A transformer: `vit_tiny` on CIFAR-10",
+                      "## The connectome as a graph (`graphs`)", "## Notes", "## Notes", "## Notes ##", "## A — B",
+                      "## See [the API](docs/python_api.md)", "```bash", "# not a heading: a comment", "```"])
+    assert _anchors(page) == {"train-with-an-adaptive-connectome-recipesadaptivepy", "invariants-each-has-a-test",
+                              "lenet-5-at-lr-01-clip-the-gradient", "a-transformer-vit_tiny-on-cifar-10",
+                              "the-connectome-as-a-graph-graphs", "notes", "notes-1", "notes-2", "a--b", "see-the-api"}
+
+
+def _links(text):
+    """The destinations of a page's inline links and images, outside code blocks and code spans (a title,
+    `[t](dest "title")`, and angle brackets, `[t](<dest>)`, are not part of the destination)."""
+    prose = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", text, flags=re.S))
+    return re.findall(r"\]\(\s*<?([^\s)>]*)>?(?:\s+\"[^\"]*\")?\s*\)", prose)
+
+
+def _bad_links(page, text):
+    """What is wrong with the links of `text`, the page at `page` (relative to the repository root): a link
+    within the page (#anchor) must name one of its headings; one to a file (relative to the page's folder) a
+    file of the repository that exists, and its #anchor, if any, a heading of that file."""
     bad = []
-    for link in links:
+    for link in _links(text):
         if re.match(r"[a-z]+:", link):  # https:, mailto:
             continue
         path, _, anchor = link.partition("#")
         target = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
-        if not os.path.exists(os.path.join(ROOT, target)):
+        if not link:
+            bad.append("an empty link")
+        elif target.split(os.sep)[0] == "..":
+            bad.append(f"{link}: {target} is outside the repository")
+        elif not path:
+            if anchor not in _anchors(text):
+                bad.append(f"{link}: no heading #{anchor} in {page}")
+        elif not os.path.exists(os.path.join(ROOT, target)):
             bad.append(f"{link}: no file {target}")
         elif anchor and (not target.endswith(".md") or anchor not in _anchors(open(os.path.join(ROOT, target)).read())):
             bad.append(f"{link}: no heading #{anchor} in {target}")
-    assert bad == []
+    return bad
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_readme_links_point_at_headings_and_files(page):
+    """Every link of the README and of the docs/ pages lands (`_bad_links`)."""
+    assert _links(PAGES[page]), f"{page} links nowhere (not even back to the README)"
+    assert _bad_links(page, PAGES[page]) == []
+
+
+def test_the_link_check_finds_broken_links():
+    """The check itself: a missing file, a heading another page lacks, a link with a title or in angle
+    brackets, one out of the repository and an in-page anchor are each caught; good links pass."""
+    page = "\n".join([
+        "# A page", "## Its section",
+        "[ok](../README.md#python-api) [ok](training.md#zero-removal-costs-ordered-by-magnitude) [ok](#its-section)",
+        "![ok](figures/threshold_pace.png) [ok](<data.md> \"a title\") [ok](https://example.com/x#y) `[not a link](nowhere.md)`",
+        "[gone](missing.md) [anchor](training.md#no-such-section) [titled](missing2.md \"title\")",
+        "[angled](<missing3.md>) [out](../../etc/passwd) [here](#no-such-heading) [png anchor](figures/threshold_pace.png#x)",
+        "```bash", "[in code](nowhere2.md)", "```"])
+    assert [b.split(":")[0] for b in _bad_links("docs/example.md", page)] == [
+        "missing.md", "training.md#no-such-section", "missing2.md", "missing3.md", "../../etc/passwd",
+        "#no-such-heading", "figures/threshold_pace.png#x"]
 
 
 def readme_commands():
