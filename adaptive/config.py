@@ -328,25 +328,41 @@ def to_dict(cfg) -> Dict[str, Any]:
     return plain(cfg)
 
 
+def _settings(cls, raw: Dict[str, Any]) -> Dict[str, Any]:
+    """A file's settings without the keys that ``cls`` lists in ``RECORDED_KEYS`` (a ClassVar): what a
+    program writes beside the settings for the reader (``save_config(..., extra=)``), read by nothing."""
+    recorded = set(getattr(cls, "RECORDED_KEYS", ()))
+    return {k: v for k, v in raw.items() if normalize_key(str(k)) not in recorded} if recorded else raw
+
+
 def load_config(cls, path, overrides: Optional[Dict[str, Any]] = None):
-    """``cls`` from the YAML file ``path`` (only known keys, right types), then ``overrides``; the
-    config's own checks see the file and the overrides together."""
-    raw = _read_yaml(path, option=None) or {}
+    """``cls`` from the YAML file ``path`` (only known keys, right types; the keys ``cls.RECORDED_KEYS``
+    names are skipped), then ``overrides``; the config's own checks see the file and the overrides
+    together."""
+    raw = _settings(cls, _read_yaml(path, option=None) or {})
     values = _merge(cls, _default_values(cls), raw, source=f"in {path}")
     if overrides:
         values = _merge(cls, values, overrides, source="in overrides")
     return _build(cls, values, source=f"in {path}" + (" with overrides" if overrides else ""))
 
 
-def save_config(cfg, path, **override) -> None:
+def save_config(cfg, path, extra: Optional[Dict[str, Any]] = None, **override) -> None:
     """Write the resolved config as YAML (readable back with :func:`load_config`), with the keys of
-    ``override`` set to the values given (e.g. ``resume=None``: a rerun from the file is a new run)."""
+    ``override`` set to the values given (e.g. ``resume=None``: a rerun from the file is a new run)
+    and the keys of ``extra`` after them: records for the reader (what a setting resolved to), each one
+    that the config's class lists in ``RECORDED_KEYS``, so that reading the file back skips it."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     data = to_dict(cfg)
     unknown = set(override) - set(data)
     if unknown:
         raise KeyError(f"save_config: no config key(s) {sorted(unknown)}")
     data.update(override)
+    extra = extra or {}
+    unlisted = sorted(set(extra) - set(getattr(type(cfg), "RECORDED_KEYS", ())))
+    if unlisted or set(extra) & set(data):
+        raise KeyError(f"save_config: extra key(s) {unlisted or sorted(set(extra) & set(data))} are settings or not "
+                       f"listed in {type(cfg).__name__}.RECORDED_KEYS, so reading the file back would refuse or take them")
+    data.update(to_dict(extra))
     write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
@@ -630,7 +646,7 @@ def parse_config(cls, argv: Optional[Sequence[str]] = None, prog: Optional[str] 
         # earlier file gave (and the defaults __post_init__ derives follow the final values)
         values, given = _default_values(cls), {}
         for path in configs:
-            raw = _read_yaml(path) or {}
+            raw = _settings(cls, _read_yaml(path) or {})
             values = _merge(cls, values, raw, source=f"in {path}")
             given.update({normalize_key(str(k)): str(path) for k in raw})
         values = _merge(cls, values, _nest(flat), source="(from the command line)")

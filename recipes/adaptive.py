@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Optional, Union
+from typing import Any, Callable, ClassVar, Dict, List, Literal, Optional, Tuple, Union
 
 if __name__ == "__main__":  # Ctrl-C while torch is still importing: one line, not a traceback
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -77,6 +77,9 @@ _DEFAULT_DENSITY = 0.2
 @dataclass
 class RunConfig:
     """Every option of the recipe, with its default (the no-argument run)."""
+
+    # written into config.yaml beside the options for the reader, read back by nothing (_save_config)
+    RECORDED_KEYS: ClassVar[Tuple[str, ...]] = ("estimator_resolved",)
 
     # what runs
     plugins: List[str] = field(default_factory=list, metadata={"help": ".py files or module names imported first: "
@@ -134,6 +137,20 @@ class RunConfig:
     min_density: float = _opt(0.0, "per-layer density floor of the budget")
     protect: List[str] = field(default_factory=list, metadata={"help": "shell-style name patterns: matching layers are kept dense, never edited"})
     controller_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "more Controller arguments"})
+    line_search: int = _opt(0, "train mode: check every controller update on this many batches of the held-out part "
+                               "(--eval_batch_size each, a fixed draw scored in eval mode under the run's mixed "
+                               "precision, the same at every check), undoing the update, or halving it (up to "
+                               "--line_search_tries times), when the held-out loss rises by more than "
+                               "--line_search_tolerance; events.jsonl then logs each update's measured "
+                               "actual_loss_change. 0 (the default): no check. Each update then costs up to "
+                               "tries + 2 forward passes over those batches. mask_only line-searches with "
+                               "--mask_only_kw verify_batches=N")
+    line_search_tolerance: float = _opt(0.0, "--line_search: the held-out loss rise an update may cause and still "
+                                             "be kept, >= 0 (inf: keep every update, only measure it; a policy "
+                                             "may set its own for an edit it must make, e.g. balanced restoring "
+                                             "its count)")
+    line_search_tries: int = _opt(3, "--line_search: halvings an update may try before it is undone (0: the whole "
+                                     "update or nothing)")
     target: Optional[Union[int, float, str]] = _help("mask_only: synapses to remove (count, fraction or best); default 1 - density (best for "
                                                     "--density none)")
     mask_only_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "more optimize_connectome arguments"})
@@ -285,6 +302,16 @@ class RunConfig:
             (self.eval_batch_size is None or self.eval_batch_size >= 1,
              f"eval_batch_size must be >= 1 (or left out: the batch size), got {self.eval_batch_size}"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1 (or left out), got {self.threads}"),
+            (self.line_search >= 0, f"line_search must be >= 0 (held-out batches each update's check scores; 0: no "
+                                    f"check), got {self.line_search}"),
+            (self.line_search_tolerance >= 0,  # (NaN fails this too)
+             f"line_search_tolerance must be a number >= 0 (the held-out loss rise an update may cause; inf: keep "
+             f"every update, only measure it), got {self.line_search_tolerance}"),
+            (self.line_search_tries >= 0, f"line_search_tries must be >= 0 (halvings an update may try before it is "
+                                          f"undone; 0: the whole update or nothing), got {self.line_search_tries}"),
+            (self.mode == "mask_only" or self.line_search == 0 or self.holdout > 0,
+             f"--line_search {self.line_search} checks each update on the held-out part of TRAIN, and --holdout 0 "
+             "holds none out: give --holdout 0.1 (say), or drop --line_search"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -314,8 +341,10 @@ class RunConfig:
                               f"({MASK_ONLY_CHECKPOINT} in the run folder): drop --checkpoint_every")
         if self.mode == "mask_only":
             _refuse_train_only(self)
-        elif self.mask_only_kw and not self.resume:  # (a resumed run: checked against its record)
-            raise ConfigError(_train_mask_only_kw_error(self.mask_only_kw))
+        else:
+            if self.mask_only_kw and not self.resume:  # (a resumed run: checked against its record)
+                raise ConfigError(_train_mask_only_kw_error(self.mask_only_kw))
+            _refuse_idle_line_search(self)
         try:
             _check_names(self)
         except ConfigError as e:  # a name the run's plugin registered, resumed without it
@@ -343,6 +372,8 @@ _CONTROLLER_SETS = {
     "edit_fraction": "from --edit_fraction", "estimator": "from --estimator", "min_density": "from --min_density",
     "protect": "from --protect", "batch_size": "from --batch_size (times --gradient_accumulation_steps and the process count)", "seed": "from --seed",
     "verify": "to true (every update checks that all processes hold the same masks)",
+    "holdout_loss": "from --line_search (held-out batches each update's check scores)",
+    "line_search_tolerance": "from --line_search_tolerance", "line_search_tries": "from --line_search_tries",
 }
 _MASK_ONLY_SETS = {
     "model": "from --model and --weights", "train_loader": "from --dataset", "holdout_loader": "from --holdout",
@@ -354,6 +385,11 @@ _MASK_ONLY_SETS = {
                   "folder with --output_dir)",
     "callback": "to its own, which records config.yaml",
 }
+
+
+# --controller_kw keys that --line_search_tolerance and --line_search_tries now set: a run recorded with
+# them before those options (where they did nothing, with no holdout_loss) resumes with them, as it ran
+_LINE_SEARCH_KW = ("line_search_tolerance", "line_search_tries")
 
 
 # keys an earlier recipe passed on through --mask_only_kw (the shipped ImageNet config's held edit_fraction
@@ -430,6 +466,8 @@ def _refuse_derived_keys(cfg) -> None:
             given = {k: v for k, v in given.items() if k not in _KW_KEPT}
     else:
         option, given, sets = "controller_kw", cfg.controller_kw, _CONTROLLER_SETS
+        if cfg.resume and not cfg.line_search:  # recorded before --line_search: inert then (no holdout_loss), and now
+            given = {k: v for k, v in given.items() if k not in _LINE_SEARCH_KW}
     for key in sorted(set(given) & set(sets)):
         raise ConfigError(f"--{option} {key}: the recipe sets {key} itself, {sets[key]}; drop {key} from --{option}")
     if cfg.mode == "mask_only":
@@ -457,7 +495,10 @@ _TRAIN_ONLY = [
 ] + [(key, (default,), "mask_only trains no weight") for key, default in (
     ("optimizer", "sgd"), ("lr", 0.1), ("momentum", 0.9), ("weight_decay", 5e-4), ("lr_schedule", "cosine"),
     ("lr_milestones", list(STEP_MILESTONES)), ("lr_gamma", STEP_GAMMA), ("warmup_steps", 0), ("gradient_accumulation_steps", 1),
-    ("max_grad_norm", None), ("label_smoothing", 0.0))]
+    ("max_grad_norm", None), ("label_smoothing", 0.0))] + [
+    (key, (default,), "mask_only line-searches its updates with --mask_only_kw verify_batches=N (held-out batches "
+                      "that check each update, no rise of their loss accepted) and line_search_tries=K")
+    for key, default in (("line_search", 0), ("line_search_tolerance", 0.0), ("line_search_tries", 3))]
 
 
 def _env_accumulation() -> Optional[int]:
@@ -508,6 +549,23 @@ def _refuse_other_accumulation(cfg, ran: int) -> None:
         raise ConfigError(f"gradient_accumulation_steps is {cfg.gradient_accumulation_steps}{mode}, but {_ACCUM_ENV}="
                           f"{ran} in the environment makes Accelerate run {ran}: unset {_ACCUM_ENV}"
                           + ("" if mode else f", or set gradient_accumulation_steps={ran}"))
+
+
+def _refuse_idle_line_search(cfg) -> None:
+    """--line_search_tolerance or --line_search_tries set while --line_search is 0 (off) would be
+    ignored: refused, naming where they came from."""
+    if cfg.line_search:
+        return
+    defaults = RunConfig.__dataclass_fields__
+    idle = [k for k in ("line_search_tolerance", "line_search_tries") if getattr(cfg, k) != defaults[k].default]
+    if idle:
+        given = given_keys() or {}
+        where = sorted({given[k] for k in idle if given.get(k) not in (None, COMMAND_LINE)})
+        shown = " and ".join(f"{k} {getattr(cfg, k)!r}" for k in idle)
+        fix = (f"add {' '.join(f'--{k} {defaults[k].default!r}' for k in idle)}, their defaults ({', '.join(where)} "
+               "gives them)" if where else f"drop {' and '.join('--' + k for k in idle)}")
+        raise ConfigError(f"{shown} shape(s) only the held-out check of --line_search N, which is off (0): give "
+                          f"--line_search N (held-out batches each check scores), or {fix}")
 
 
 def _refuse_train_only(cfg) -> None:
@@ -611,10 +669,13 @@ def build_connectome(cfg: RunConfig, model) -> Connectome:
 
 
 def build_controller(cfg: RunConfig, conn: Connectome, optimizer=None, total_steps: int = 1000,
-                     num_processes: int = 1) -> Controller:
+                     num_processes: int = 1, holdout_loss: Optional[Callable[[], float]] = None) -> Controller:
     """The controller that ``cfg`` describes. Train mode: attached to ``optimizer``; edits stop at
     ``end_fraction`` of ``total_steps`` (optimizer steps); each gradient it observes averages
-    batch_size x gradient_accumulation_steps x ``num_processes`` samples. Mask-only mode: the crawl policy driven explicitly (this
+    batch_size x gradient_accumulation_steps x ``num_processes`` samples; with --line_search N,
+    ``holdout_loss`` (a callable: the loss on N held-out batches, :class:`adaptive.holdout_check.HeldOutLoss`)
+    checks each update, with --line_search_tolerance and --line_search_tries; it is required then,
+    and refused otherwise (it would check nothing the config records). Mask-only mode: the crawl policy driven explicitly (this
     is the controller :func:`adaptive.optimize_connectome` builds, which takes no --controller_kw).
     A ``cfg`` changed after its checks (``cfg.controller_kw = ...``) is checked again here: a key
     the recipe sets itself, ``edit_decay`` in mask_only mode among them, is refused naming the option
@@ -625,12 +686,38 @@ def build_controller(cfg: RunConfig, conn: Connectome, optimizer=None, total_ste
     if cfg.mode == "mask_only":
         return Controller(conn, policy="crawl", estimator=_estimator(cfg), update_every=cfg.update_every,
                           edit_decay="constant", seed=cfg.seed, verify=True)
+    if (holdout_loss is None) != (not cfg.line_search):
+        raise ValueError(f"build_controller: --line_search {cfg.line_search} " + (
+            "needs holdout_loss= (the loss on that many held-out batches: adaptive.holdout_check.HeldOutLoss)"
+            if holdout_loss is None else "is off, so holdout_loss= would check updates no config records: give "
+                                         "cfg.line_search > 0, or leave holdout_loss out"))
+    # (off, the Controller is built exactly as before the option: a run without it is unchanged)
+    search = {} if holdout_loss is None else dict(holdout_loss=holdout_loss, line_search_tries=cfg.line_search_tries,
+                                                  line_search_tolerance=cfg.line_search_tolerance)
     end_step = max(1, int(round(cfg.end_fraction * total_steps)))
     return Controller(conn, optimizer, policy=cfg.policy, density=cfg.density, budget=cfg.budget,
                       update_every=cfg.update_every, end_step=end_step, edit_fraction=cfg.edit_fraction,
                       estimator=_estimator(cfg) if _uses_estimator(cfg.policy) else None, min_density=cfg.min_density,
                       protect=cfg.protect, batch_size=cfg.batch_size * cfg.gradient_accumulation_steps * num_processes,
-                      seed=cfg.seed, verify=True, **cfg.controller_kw)
+                      seed=cfg.seed, verify=True, **search, **cfg.controller_kw)
+
+
+def _holdout_check(cfg: RunConfig, accelerator, model, loaders):
+    """--line_search N: the held-out loss each update is checked on (N batches of the held-out part
+    per process, :class:`adaptive.holdout_check.HeldOutLoss`) through the prepared ``model`` (its
+    mixed precision); None when the option is off (0)."""
+    if not cfg.line_search:
+        return None
+    from adaptive.holdout_check import HeldOutLoss
+
+    check = HeldOutLoss(model, loaders.datasets.holdout, cfg.line_search, loaders.holdout.batch_size,
+                        device=accelerator.device, seed=cfg.seed, rank=accelerator.process_index,
+                        processes=accelerator.num_processes)
+    if check.batches < cfg.line_search:
+        accelerator.print(f"note: --line_search {cfg.line_search} asks for more held-out batches than the held-out part "
+                          f"holds ({len(loaders.datasets.holdout)} examples, batches of {check.batch_size} for "
+                          f"{accelerator.num_processes} process(es)): each check scores {check.batches} per process")
+    return check
 
 
 def _estimator(cfg: RunConfig):
@@ -873,7 +960,8 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
                                cfg.lr_gamma)
     conn = build_connectome(cfg, accelerator.unwrap_model(model))
     # DDP averages gradients over every process's batch before the controller sees them
-    ctrl = build_controller(cfg, conn, optimizer, total_steps, num_processes=accelerator.num_processes)
+    ctrl = build_controller(cfg, conn, optimizer, total_steps, num_processes=accelerator.num_processes,
+                            holdout_loss=_holdout_check(cfg, accelerator, model, loaders))
     state = TrainState(processes=accelerator.num_processes, steps_per_epoch=steps_per_epoch, accumulation=accum)
     state.silent_units = SilentUnits.from_connectome(conn)  # reads each step's gradients; no hook on the model
     # The registration order is part of the checkpoint format: custom_checkpoint_0..3.
@@ -1081,7 +1169,20 @@ def _save_config(accelerator, cfg: RunConfig, output_dir: Path) -> None:
             _delete_run(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         # --config FILE reruns the job afresh, and never deletes a run it was not told to
-        save_config(cfg, output_dir / "config.yaml", resume=None, overwrite=False)
+        save_config(cfg, output_dir / "config.yaml", resume=None, overwrite=False, extra=_resolved_estimator(cfg))
+
+
+def _resolved_estimator(cfg: RunConfig) -> dict:
+    """config.yaml's ``estimator_resolved``: the estimator that ran and every argument it was built
+    with, its constructor's defaults included (--estimator_kw over them), so a reader knows exactly
+    what ran; {} (no key) where the run's policy ranks without one. Read back by nothing: --estimator
+    and --estimator_kw set it, and a resume compares those."""
+    from adaptive.utility.base import estimator_arguments
+
+    if cfg.estimator is None:
+        return {}
+    return {"estimator_resolved": {"name": cfg.estimator,
+                                   "arguments": estimator_arguments(cfg.estimator, dict(cfg.estimator_kw))}}
 
 
 class CheckpointError(RuntimeError):
@@ -1154,6 +1255,8 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
     saved.setdefault("estimator_kw", {})  # recorded before the option: the estimator's defaults
     saved.setdefault("lr_milestones", list(STEP_MILESTONES))  # recorded before the step schedule: unused
     saved.setdefault("lr_gamma", STEP_GAMMA)
+    for key in ("line_search", "line_search_tolerance", "line_search_tries"):  # recorded before the options: no check
+        saved.setdefault(key, RunConfig.__dataclass_fields__[key].default)
     saved = run_folder.normalised_settings(saved)
     now = run_folder.normalised_settings(now)
     comparable_estimator_kw(saved, now)  # the estimator's defaults spelt out on one side are the other's
@@ -1453,6 +1556,15 @@ def _density_note(cfg, summary, total_steps, ctrl) -> Optional[str]:
         return (f"the run ended at density {got:.4f}, not the requested {want:g}: its {cfg.ensemble!r} ensembles "
                 f"(up to {largest:,} synapses each) are kept or pruned whole, and {got:.4f} is as near as whole "
                 "ensembles come (within half an ensemble of the budget's target); a finer --ensemble lands nearer")
+    vetoed = [e for e in ctrl.events if e.get("kind") == "update" and e.get("line_search_fraction") is not None
+              and e["line_search_fraction"] < 1.0]
+    if vetoed:  # the held-out check held the edits back, not the schedule
+        undone = sum(1 for e in vetoed if e["line_search_fraction"] == 0.0)
+        return (f"the run ended at density {got:.4f}, not the requested {want:g}: the held-out check (--line_search "
+                f"{cfg.line_search}) undid {undone} and shrank {len(vetoed) - undone} of {summary['updates']} update(s), "
+                f"whose held-out loss rose by more than --line_search_tolerance {cfg.line_search_tolerance:g} "
+                "(events.jsonl: line_search_fraction, actual_loss_change); raise the tolerance to let the density "
+                "follow its schedule")
     end_step = max(1, int(round(cfg.end_fraction * total_steps)))
     return (f"the run ended at density {got:.4f}, not the requested {want:g}: policy {cfg.policy!r} made "
             f"{summary['updates']} update(s), one every {cfg.update_every} steps until step {end_step} of {total_steps} "

@@ -532,7 +532,7 @@ def test_kw_keys_the_recipe_does_not_set_still_pass_and_the_shipped_config_sets_
     from adaptive.config import parse_config
 
     assert A.parse_args(["--mode", "mask_only", "--mask_only_kw", "approach=0.5"]).mask_only_kw == {"approach": 0.5}
-    assert A.parse_args(["--controller_kw", "line_search_tries=1"]).controller_kw == {"line_search_tries": 1}
+    assert A.parse_args(["--controller_kw", "window=5"]).controller_kw == {"window": 5}
     shipped = parse_config(A.RunConfig, ["--config", str(Path(A.__file__).parent / "configs" /
                                                           "imagenet_mobilenetv3_maskonly_adaptive.yaml")])
     assert (shipped.edit_fraction, shipped.eval_every, shipped.mask_only_kw) == (1.0, 2000, {"verify_batches": 0})

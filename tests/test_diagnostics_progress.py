@@ -145,7 +145,8 @@ def test_estimates_without_a_measured_change_are_drawn_and_the_panel_says_why(tm
     ax = figs[0].axes[5]
     text = ax.get_title() + " ".join(t.get_text() for t in ax.texts)
     assert "no loss-change estimates logged" not in text
-    assert "2 estimate(s) logged; no measured loss change to compare (no held-out line search)" in text
+    assert "2 estimate(s) logged; no measured loss change to compare (no held-out line search;\nrecipes/adaptive.py " \
+           "--line_search N measures one)" in text
     assert [line.get_xydata().tolist() for line in ax.get_lines()] == [[[10, 0.0117], [20, 0.0051]]]
 
 

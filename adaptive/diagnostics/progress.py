@@ -8,7 +8,8 @@ edit, only where they are loss models; ``est_score_change`` holds the plan's sum
 estimators' own units otherwise; in train mode a grown synapse starts at its grow init, 0.0 by
 default, so its promised gain once trained is ``est_growth_gain``, not part of it; an older run's
 events lack ``est_growth_gain`` and subtracted that gain, which the panel notes),
-``actual_loss_change`` (held-out, right after the edit). ``metrics.csv``: columns ``step``, ``split``
+``actual_loss_change`` (held-out, right after the edit: logged where a line search checked the
+update, recipes/adaptive.py ``--line_search N`` in train mode). ``metrics.csv``: columns ``step``, ``split``
 and any numeric ones (``loss``, ``accuracy``, ``removed``, ...). Missing keys, blank cells and
 missing files are tolerated: what is there is drawn; a NaN or inf loss or accuracy is left out and
 its panel says how many.
@@ -243,7 +244,8 @@ class Progress:
             ax.plot([s for s, _, _ in est], [a for _, a, _ in est], "o", ms=4, color="tab:purple")
             ax.set_xlabel("step")
             ax.set_ylabel("estimated loss change of the update")
-            why = ("no measured loss change to compare (no held-out line search)" if not measured else
+            why = ("no measured loss change to compare (no held-out line search;\nrecipes/adaptive.py "
+                   "--line_search N measures one)" if not measured else
                    f"the {measured} measured loss change(s) are at other updates")
             more = f"\n({in_score} more in the estimator's own units, not drawn)" if in_score else ""
             ax.set_title(f"utility estimate per update\n{len(est)} estimate(s) logged; {why}{more}{older}", fontsize=9)

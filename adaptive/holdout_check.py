@@ -1,0 +1,85 @@
+"""The held-out loss that checks a controller's updates while a network trains: the
+``holdout_loss`` of :class:`adaptive.Controller`'s line search (``recipes/adaptive.py --line_search N``).
+
+A check must compare like with like: every check scores the same held-out examples, a fixed draw
+taken once and kept on the device (a loader read afresh at each check would also decode its images
+again at every update). Taking the draw reads the dataset through a generator of its own, so it
+draws nothing from torch's global generator; a check runs the model in eval mode under
+``torch.no_grad`` (BatchNorm's running statistics stay as they are, no dropout is drawn, and each
+module gets its own mode back), through the model as it is given, so a model prepared by Accelerate
+runs it under the run's mixed precision. A check therefore changes nothing the training reads next:
+a run whose checks accept every update trains exactly as one without them (same masks, same weights).
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .modes import modes_kept
+
+
+class HeldOutLoss:
+    """``HeldOutLoss(model, dataset, batches, batch_size, device=...)()``: the mean loss of ``model``
+    over a fixed draw of held-out examples of ``dataset``, the same at every call.
+
+    The draw: ``batches`` batches of ``batch_size`` examples for each of ``processes`` processes,
+    drawn without replacement (a permutation seeded by ``seed``, the same on every process), process
+    ``rank`` taking every ``processes``-th batch; where the dataset holds fewer, as many whole batches
+    per process as it holds (``self.batches`` says how many; every process holds as many examples,
+    so the mean over processes that the controller takes is the mean over the whole draw). A dataset
+    too small for one batch per process is a ValueError naming the sizes.
+
+    A call: ``loss_fn(output.float(), targets, reduction="none")`` summed over the draw and divided
+    by its examples (float64 sums), with ``model`` in eval mode and gradients off; each module's mode
+    is given back afterwards. ``loss_fn`` defaults to plain cross-entropy (as the held-out rows of a
+    run's metrics are, whatever loss it trains on).
+    """
+
+    def __init__(self, model: torch.nn.Module, dataset, batches: int, batch_size: int, *, device,
+                 seed: int = 0, rank: int = 0, processes: int = 1, loss_fn: Callable = F.cross_entropy):
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+            raise ValueError(f"batches must be an integer >= 1 (held-out batches each check scores), got {batches!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not 0 <= rank < processes:
+            raise ValueError(f"rank must be in [0, processes), got rank {rank} of {processes}")
+        size = len(dataset)
+        per_process = min(batches, size // (batch_size * processes))
+        if per_process < 1:
+            raise ValueError(f"the held-out part holds {size} example(s), fewer than one batch of {batch_size} for each "
+                             f"of the {processes} process(es), so the line search has nothing to check updates on: "
+                             f"hold out more of TRAIN (--holdout) or lower the batch size (--eval_batch_size)")
+        self.model, self.loss_fn = model, loss_fn
+        self.requested, self.batches, self.batch_size = batches, per_process, batch_size
+        self.calls = 0  # checks run so far (the controller calls it before and after each tried edit)
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(int(seed)))
+        self.data: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        for k in range(per_process):
+            start = (k * processes + rank) * batch_size
+            self.data.append(self._batch(dataset, order[start:start + batch_size].tolist(), device))
+
+    @staticmethod
+    def _batch(dataset, indices, device) -> Tuple[torch.Tensor, torch.Tensor]:
+        from torch.utils.data import default_collate
+
+        x, y = default_collate([dataset[i] for i in indices])[:2]
+        return x.to(device), y.to(device)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def examples(self) -> int:
+        """Held-out examples each call scores on this process."""
+        return sum(int(y.shape[0]) for _, y in self.data)
+
+    def __call__(self) -> float:
+        self.calls += 1
+        total, count = None, 0
+        with torch.no_grad(), modes_kept(self.model, train=False):
+            for x, y in self.data:
+                losses = self.loss_fn(self.model(x).float(), y, reduction="none").double().sum()
+                total = losses if total is None else total + losses
+                count += int(y.numel())
+        return float(total) / count
