@@ -111,23 +111,28 @@ class ControllerEditsMixin:
         # a policy may allow a plan a loss rise of its own (e.g. the estimated cost of pruning it must do)
         tolerance = self.line_search_tolerance if plan.tolerance is None else plan.tolerance
         current = plan
-        for attempt in range(self.line_search_tries + 1 if use_ls else 1):
-            if current.counts() != (0, 0):
-                self._set_plan_masks(current)
-            if not use_ls:
-                break
-            loss_after = self._holdout()
-            if tolerance == float("inf") or loss_after - loss_before <= tolerance:  # inf: a required edit, NaN or not
-                break
-            before.restore()
-            loss_after = loss_before
-            if attempt == self.line_search_tries or plan.atomic:
-                fraction, current = 0.0, EditPlan()
-                break
-            fraction, current = self._shrink(plan, fraction * 0.5)
-            if current.counts() == (0, 0):  # rounding left nothing to try: the update is rolled back
-                fraction = 0.0
-                break
+        try:
+            for attempt in range(self.line_search_tries + 1 if use_ls else 1):
+                if current.counts() != (0, 0):
+                    self._set_plan_masks(current)
+                if not use_ls:
+                    break
+                loss_after = self._holdout()
+                if tolerance == float("inf") or loss_after - loss_before <= tolerance:  # inf: a required edit, NaN or not
+                    break
+                before.restore()
+                loss_after = loss_before
+                if attempt == self.line_search_tries or plan.atomic:
+                    fraction, current = 0.0, EditPlan()
+                    break
+                fraction, current = self._shrink(plan, fraction * 0.5)
+                if current.counts() == (0, 0):  # rounding left nothing to try: the update is rolled back
+                    fraction = 0.0
+                    break
+        except BaseException:  # holdout_loss raised (an interrupt too) with a try set: nothing stays edited
+            if before is not None:
+                before.restore()
+            raise
         pruned_syn, grown_syn = self._synapse_counts(current)
         event.update(
             pruned=pruned_syn,
