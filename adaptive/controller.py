@@ -427,10 +427,12 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             self._observe()
 
     def _in_window(self) -> bool:
+        """Whether the coming step is one of the last ``window`` steps before an update, the first
+        update (at ``start_step``) included: its window holds the steps before ``start_step`` too."""
         if self.window is None:
             return True
         nxt = self.step_count + 1
-        if nxt < self.start_step:
+        if nxt <= self.start_step - self.window:  # before the first update's window
             return False
         to_next = (self.update_every - (nxt - self.start_step) % self.update_every) % self.update_every
         return to_next < self.window
