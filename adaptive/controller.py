@@ -64,6 +64,13 @@ DEFAULT_ESTIMATOR = {"train": "curvature", "mask_only": "consistency"}
 _FRACTION_SLACK = 1e-6
 
 
+def _named(layers: List[str]) -> tuple:
+    """``(shown, argument)`` for an error about ``layers``: the first four names and how many more,
+    and what to pass to protect=/exclude= (the list itself, or "[...] with their names" past four)."""
+    shown = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
+    return shown, repr(layers) if len(layers) <= 4 else "[...] with their names"
+
+
 class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMixin):
     """Edits ``conn`` at update steps from measured utility.
 
@@ -274,8 +281,9 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         inside = conn._pattern_inside()  # a connectome built on a wrapper: module.fc and module.* as fc and *
         if inside is not None:
             pats = [inside(p) for p in pats]
-        self.protected = [n for n in conn.names if any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p) for p in pats)]
-        unused = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p) for n in conn.names)]
+        hits = lambda n, p: fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p)  # noqa: E731
+        self.protected = [n for n in conn.names if any(hits(n, p) for p in pats)]
+        unused = [p for p in pats if not any(hits(n, p) for n in conn.names)]
         if unused:
             raise ValueError(f"protect pattern(s) {unused} matched no layer of the connectome: known layers are "
                              f"{conn.names[:5]}{'...' if len(conn.names) > 5 else ''}"
@@ -283,8 +291,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         if conn.mode == "train" and self.policy.grow_by is not None:
             frozen = [n for n in conn.names if n not in self.protected and not conn.params[n].requires_grad]
             if frozen:
-                shown = ", ".join(frozen[:4]) + (f" and {len(frozen) - 4} more" if len(frozen) > 4 else "")
-                names = repr(frozen) if len(frozen) <= 4 else "[...] with their names"
+                shown, names = _named(frozen)
                 start = ("0.0 (grow_init='zero'), counted live while it does nothing" if grow_init == "zero" else
                          f"its grow_init={grow_init!r} value" if isinstance(grow_init, str) else "its grow_init callable's value")
                 raise ValueError(
@@ -469,8 +476,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         frozen = [n for n in names if n not in self.protected and not self.conn.params[n].requires_grad]
         if not frozen:
             return
-        shown = ", ".join(frozen[:4]) + (f" and {len(frozen) - 4} more" if len(frozen) > 4 else "")
-        names = repr(frozen) if len(frozen) <= 4 else "[...] with their names"
+        shown, names = _named(frozen)
         est = self.drop_est if self.drop_est.needs_gradients else self.grow_est
         unfreeze = ("weight.requires_grad_(True) before the forward pass: in mask_only mode the weights never change "
                     "(their gradients are masked, the originals restored), as adaptive.mask_only.mask_learning(model, "

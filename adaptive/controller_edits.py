@@ -173,7 +173,7 @@ class ControllerEditsMixin:
         current = plan.shrink(fraction, groups=groups)
         if self.density is None or 0 in plan.counts():
             return fraction, current
-        editable = [n for n in self.conn.names if n not in self.protected]
+        editable = self.editable()
         sizes = {n: self._sizes(n) for n in editable}
         extent = {n: (1.0, 1.0) if v is None else (float(v.min()), float(v.max())) for n, v in sizes.items()}
         if len({x for e in extent.values() for x in e}) == 1:
