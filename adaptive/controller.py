@@ -12,7 +12,8 @@ Every decision is computed from statistics reduced across processes and from ran
 from (seed, step, layer), so all processes reach the same masks without broadcasting them.
 
 This module holds the orchestration (construction, wiring to the optimizer, observing, scoring,
-editing, the line search); the controller's saved state is in :mod:`adaptive.controller_state`,
+running an update); applying an edit plan (its checks, masks, line search and event) is in
+:mod:`adaptive.controller_edits`, the controller's saved state in :mod:`adaptive.controller_state`,
 its event figures and end-of-schedule warnings in :mod:`adaptive.controller_reports`, the checks of
 an estimator's scores in :mod:`adaptive.score_checks`.
 """
@@ -30,17 +31,21 @@ import torch
 from . import policies as _policies  # noqa: F401  (registration)
 from .budgets import get_budget
 from .atomic import write_text
-from .connectome import Connectome, EnsembleRuleError, eager
+from .connectome import Connectome, eager
+from .connectome import EnsembleRuleError  # noqa: F401  (importable from here, as before)
+from .controller_edits import ControllerEditsMixin
 from .controller_reports import ControllerReportsMixin
 from .controller_state import ControllerStateMixin
 from .controller_state import _holds_tensors  # noqa: F401  (importable from here, as before)
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
 from .discovery import _as_patterns, container_hint
-from .distributed import all_reduce_mean_, check_masks_agree, is_distributed
+from .distributed import check_masks_agree, is_distributed
+from .distributed import all_reduce_mean_  # noqa: F401  (importable from here, as before)
 from .optim_state import unwrap_optimizer
 from .registry import near_misses
-from .policies.base import EditPlan, get_policy, global_synapse_target, keep_plan, synapse_targets
-from .rollback import EditSnapshot
+from .policies.base import EditPlan, get_policy, keep_plan, synapse_targets
+from .policies.base import global_synapse_target  # noqa: F401  (importable from here, as before)
+from .rollback import EditSnapshot  # noqa: F401  (importable from here, as before)
 from .score_checks import _check_pooled, _check_scores, _ranks_nothing
 from .score_checks import _describe, _nonfinite_weights  # noqa: F401  (importable from here, as before)
 from .schedules import get_decay
@@ -59,7 +64,14 @@ DEFAULT_ESTIMATOR = {"train": "curvature", "mask_only": "consistency"}
 _FRACTION_SLACK = 1e-6
 
 
-class Controller(ControllerStateMixin, ControllerReportsMixin):
+def _named(layers: List[str]) -> tuple:
+    """``(shown, argument)`` for an error about ``layers``: the first four names and how many more,
+    and what to pass to protect=/exclude= (the list itself, or "[...] with their names" past four)."""
+    shown = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
+    return shown, repr(layers) if len(layers) <= 4 else "[...] with their names"
+
+
+class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMixin):
     """Edits ``conn`` at update steps from measured utility.
 
     Args:
@@ -269,8 +281,9 @@ class Controller(ControllerStateMixin, ControllerReportsMixin):
         inside = conn._pattern_inside()  # a connectome built on a wrapper: module.fc and module.* as fc and *
         if inside is not None:
             pats = [inside(p) for p in pats]
-        self.protected = [n for n in conn.names if any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p) for p in pats)]
-        unused = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p) for n in conn.names)]
+        hits = lambda n, p: fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p)  # noqa: E731
+        self.protected = [n for n in conn.names if any(hits(n, p) for p in pats)]
+        unused = [p for p in pats if not any(hits(n, p) for n in conn.names)]
         if unused:
             raise ValueError(f"protect pattern(s) {unused} matched no layer of the connectome: known layers are "
                              f"{conn.names[:5]}{'...' if len(conn.names) > 5 else ''}"
@@ -278,8 +291,7 @@ class Controller(ControllerStateMixin, ControllerReportsMixin):
         if conn.mode == "train" and self.policy.grow_by is not None:
             frozen = [n for n in conn.names if n not in self.protected and not conn.params[n].requires_grad]
             if frozen:
-                shown = ", ".join(frozen[:4]) + (f" and {len(frozen) - 4} more" if len(frozen) > 4 else "")
-                names = repr(frozen) if len(frozen) <= 4 else "[...] with their names"
+                shown, names = _named(frozen)
                 start = ("0.0 (grow_init='zero'), counted live while it does nothing" if grow_init == "zero" else
                          f"its grow_init={grow_init!r} value" if isinstance(grow_init, str) else "its grow_init callable's value")
                 raise ValueError(
@@ -422,10 +434,12 @@ class Controller(ControllerStateMixin, ControllerReportsMixin):
             self._observe()
 
     def _in_window(self) -> bool:
+        """Whether the coming step is one of the last ``window`` steps before an update, the first
+        update (at ``start_step``) included: its window holds the steps before ``start_step`` too."""
         if self.window is None:
             return True
         nxt = self.step_count + 1
-        if nxt < self.start_step:
+        if nxt <= self.start_step - self.window:  # before the first update's window
             return False
         to_next = (self.update_every - (nxt - self.start_step) % self.update_every) % self.update_every
         return to_next < self.window
@@ -462,8 +476,7 @@ class Controller(ControllerStateMixin, ControllerReportsMixin):
         frozen = [n for n in names if n not in self.protected and not self.conn.params[n].requires_grad]
         if not frozen:
             return
-        shown = ", ".join(frozen[:4]) + (f" and {len(frozen) - 4} more" if len(frozen) > 4 else "")
-        names = repr(frozen) if len(frozen) <= 4 else "[...] with their names"
+        shown, names = _named(frozen)
         est = self.drop_est if self.drop_est.needs_gradients else self.grow_est
         unfreeze = ("weight.requires_grad_(True) before the forward pass: in mask_only mode the weights never change "
                     "(their gradients are masked, the originals restored), as adaptive.mask_only.mask_learning(model, "
@@ -634,210 +647,8 @@ class Controller(ControllerStateMixin, ControllerReportsMixin):
         density = self.density if self.density is not None else self.conn.density()
         return self.keep_plan(scores, density, network=not self.policy.holds_layer_counts)
 
-    # ------------------------------------------------------------------ editing
-    def _masks_from_plan(self, plan: EditPlan) -> Dict[str, torch.Tensor]:
-        new = {}
-        for n in set(plan.prune) | set(plan.grow):
-            now = self.conn._ensemble_mask(n)  # shared with the connectome's cache: copied before the edit
-            m = now.clone().reshape(-1)
-            if n in plan.prune and plan.prune[n].numel():
-                m[plan.prune[n].to(m.device)] = False
-            if n in plan.grow and plan.grow[n].numel():
-                m[plan.grow[n].to(m.device)] = True
-            new[n] = m.view(now.shape)
-        return new
-
-    def _grow_init_fn(self):
-        if self.grow_init == "random":
-            def f(name, grown):
-                p, layer = self.conn.params[name], self.conn.layers[name]
-                fan_in = max(1, layer.numel // layer.out_units)  # one output unit's synapses (a transposed conv's too)
-                g = self._generator(self.step_count, 10_000 + self._layer_index[name])
-                return torch.randn(p.shape, generator=g) * (0.01 / fan_in**0.5)
-
-            return f
-        return self.grow_init
-
-    def _set_plan_masks(self, plan: EditPlan) -> None:
-        """Apply ``plan``'s masks, validated: an edit that breaks a granularity's rule (n:m, or a
-        plugin granularity's ``violation``) is refused before anything changes, so every connectome
-        the controller writes loads again. Other errors (a grow_init callable's bad tensor) keep
-        their own message."""
-        masks = self._masks_from_plan(plan)
-        try:
-            self.conn.set_ensemble_masks(masks, grow_init=self._grow_init_fn(), validate=True)
-        except EnsembleRuleError as e:
-            raise ValueError(f"policy {self.policy.name!r}'s edit breaks a rule of the connectome's ensembles ({e}); "
-                             "use a policy that keeps that rule (for n:m: magnitude, utility or balanced) or another "
-                             "ensemble") from None
-
-    def _check_plan(self, plan) -> None:
-        """Refuse, before anything changes, a plan a policy (a plugin's, say) got wrong: unknown layers,
-        indices that are not flat integer ensemble indices in range, or scores not aligned with them."""
-        who = f"policy {self.policy.name!r} returned a bad EditPlan"
-        if not isinstance(plan, EditPlan):
-            raise TypeError(f"{who}: {type(plan).__name__}, not an EditPlan (or None)")
-        for side, scores in (("prune", plan.prune_scores), ("grow", plan.grow_scores)):
-            if not isinstance(scores, dict) or not all(isinstance(v, torch.Tensor) for v in scores.values()):
-                raise ValueError(f"{who}: {side}_scores must be a dict of layer name -> tensor")
-            orphans = sorted(n for n in scores if n not in getattr(plan, side))
-            if orphans:
-                raise ValueError(f"{who}: {side}_scores names layer(s) {orphans[:3]} that its {side} list does not")
-            for n, idx in getattr(plan, side).items():
-                if n not in self.conn.masks:
-                    raise ValueError(f"{who}: {side} names layer {n!r}, which is not in the connectome")
-                if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32) or idx.dim() != 1:
-                    raise ValueError(f"{who}: {side}[{n!r}] must be a 1-d integer tensor of flat ensemble indices")
-                size = self.conn.granularities[n].num_ensembles(self.conn.layers[n].shape)
-                if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
-                    raise ValueError(f"{who}: {side}[{n!r}] holds indices outside [0, {size}) (the layer's ensembles)")
-                if n in scores and scores[n].numel() != idx.numel():
-                    raise ValueError(f"{who}: {side}_scores[{n!r}] has {scores[n].numel()} values for {idx.numel()} indices")
-                if not idx.numel():
-                    continue
-                if n in self.protected:
-                    raise ValueError(f"{who}: it edits layer {n!r}, which protect= keeps as it is")
-                seen = torch.zeros(size, dtype=torch.bool, device=idx.device)  # O(k) duplicate test, no sort
-                seen[idx] = True
-                if int(torch.count_nonzero(seen)) != idx.numel():
-                    raise ValueError(f"{who}: {side}[{n!r}] lists an ensemble more than once")
-                ens = self.conn._ensemble_mask(n)  # read only
-                live = ens.reshape(-1)[idx.to(ens.device)]
-                if side == "prune" and not bool(live.all()):
-                    raise ValueError(f"{who}: prune[{n!r}] holds ensembles that are already absent")
-                if side == "grow" and bool(live.any()):
-                    raise ValueError(f"{who}: grow[{n!r}] holds ensembles that are already present")
-
-    def _apply(self, plan: EditPlan, step: int, kind: str = "update", line_search: bool = True) -> dict:
-        self._check_plan(plan)
-        n_prune, n_grow = plan.counts()
-        use_ls = bool(line_search and self.holdout_loss is not None and (n_prune or n_grow))
-        # what the plan can change, saved only where a rollback may need it (every try is a part of the plan)
-        before = EditSnapshot(self.conn, plan) if use_ls else None
-        event = {"step": step, "kind": kind, "policy": self.policy.name}
-        loss_before = loss_after = None
-        fraction = 1.0
-        if use_ls:
-            loss_before = self._holdout()
-        # a policy may allow a plan a loss rise of its own (e.g. the estimated cost of pruning it must do)
-        tolerance = self.line_search_tolerance if plan.tolerance is None else plan.tolerance
-        current = plan
-        for attempt in range(self.line_search_tries + 1 if use_ls else 1):
-            if current.counts() != (0, 0):
-                self._set_plan_masks(current)
-            if not use_ls:
-                break
-            loss_after = self._holdout()
-            if tolerance == float("inf") or loss_after - loss_before <= tolerance:  # inf: a required edit, NaN or not
-                break
-            before.restore()
-            loss_after = loss_before
-            if attempt == self.line_search_tries or plan.atomic:
-                fraction, current = 0.0, EditPlan()
-                break
-            fraction, current = self._shrink(plan, fraction * 0.5)
-            if current.counts() == (0, 0):  # rounding left nothing to try: the update is rolled back
-                fraction = 0.0
-                break
-        pruned_syn, grown_syn = self._synapse_counts(current)
-        event.update(
-            pruned=pruned_syn,
-            grown=grown_syn,
-            pruned_ensembles=current.counts()[0],
-            grown_ensembles=current.counts()[1],
-            **self._density_fields(),
-            boundaries=plan.boundaries,
-            **self._estimates(current, step),
-            actual_loss_change=(loss_after - loss_before) if use_ls else None,
-            holdout_loss=loss_after,
-            line_search_fraction=fraction if use_ls else None,
-        )
-        self.events.append(event)
-        return event
-
-    def _holdout(self) -> float:
-        """``holdout_loss()`` averaged over processes (as it is on one process): each process may
-        score its own shard, and every process must accept, halve or roll back alike. All processes
-        call this equally often, since the tries depend only on agreed values (these means, plans
-        made from reduced statistics)."""
-        with torch.no_grad():
-            loss = torch.tensor([float(self.holdout_loss())], dtype=torch.float64)
-        all_reduce_mean_([loss])
-        return float(loss)
-
-    def _shrink(self, plan: EditPlan, fraction: float):
-        """``(fraction, plan cut to its best fraction)`` for a line search. Prunes and grows are cut
-        by count, so where a swap plan that holds the density on its target mixes ensembles of
-        different sizes (a 15-synapse block pruned, the 4-synapse ones that replaced it cut) the cut
-        could leave the target for good: such a cut is halved further (to nothing at worst) until it
-        lands within half an ensemble of the target: the network's for the global budget (and the
-        policies that rank all layers together or hold only the network's count), each layer's for a
-        layer budget. A plan still on its
-        way to the target (or one that only prunes or only grows) is cut as it is: the next update
-        goes on from there. Where every ensemble holds as many synapses, cuts are as they always were."""
-        groups = lambda n: self.conn.granularities[n].constraint_groups(self.conn.layers[n].shape)  # noqa: E731
-        current = plan.shrink(fraction, groups=groups)
-        if self.density is None or 0 in plan.counts():
-            return fraction, current
-        editable = [n for n in self.conn.names if n not in self.protected]
-        sizes = {n: self._sizes(n) for n in editable}
-        extent = {n: (1.0, 1.0) if v is None else (float(v.min()), float(v.max())) for n, v in sizes.items()}
-        if len({x for e in extent.values() for x in e}) == 1:
-            return fraction, current  # one ensemble size: a cut is off by whole ensembles at most, as ever
-        per_layer = (synapse_targets(self, self.density)[0]
-                     if self.policy.holds_layer_counts and not self.policy.ranks_globally else None)
-        if per_layer is None:  # one count over the network
-            regions = {"*": (editable, global_synapse_target(self, self.density), max(e[1] for e in extent.values()) / 2)}
-        else:
-            regions = {n: ([n], per_layer[n], extent[n][1] / 2) for n in set(plan.prune) | set(plan.grow) if n in per_layer}
-        live = {n: int(torch.count_nonzero(self.conn.masks[n])) for n in editable}
-
-        def off(p, names, target):  # how far the plan ``p`` would leave the layers ``names`` from ``target``
-            pruned, grown = self._synapse_counts(p, set(names), sizes)
-            return abs(sum(live[n] for n in names) - pruned + grown - target)
-
-        held = [(names, target, half) for names, target, half in regions.values() if off(plan, names, target) <= half]
-        while current.counts() != (0, 0) and any(off(current, names, target) > half for names, target, half in held):
-            fraction *= 0.5
-            current = plan.shrink(fraction, groups=groups)
-        return fraction, current
-
-    def ensemble_sizes(self, name: str) -> Optional[torch.Tensor]:
-        """Synapses in each of layer ``name``'s ensembles (a flat tensor, in the order of its ensemble
-        mask); None where each ensemble holds one synapse."""
-        if name not in self.conn.layers:
-            raise KeyError(f"no layer {name!r} in the connectome: its layers are {list(self.conn.layers)[:8]}"
-                           f"{' ...' if len(self.conn.layers) > 8 else ''}")
-        sizes = self._sizes(name)
-        return None if sizes is None else sizes.clone()
-
-    def _sizes(self, name: str) -> Optional[torch.Tensor]:
-        """:meth:`ensemble_sizes`, shared (read it, never edit it): a layer's shape and granularity
-        never change, so its sizes are pooled once (a pooling of the whole weight, which every
-        update repeated for every layer of its plan)."""
-        cache = self.__dict__.setdefault("_size_cache", {})
-        g, shape = self.conn.granularities[name], self.conn.layers[name].shape
-        key = (name, tuple(shape))
-        held = cache.get(key)
-        if held is None or held[0] is not g:  # by identity: a plugin's dataclass granularity may not hash
-            held = cache[key] = (g, None if tuple(g.ensemble_shape(shape)) == tuple(shape)
-                                 else g.ensemble_sizes(shape).reshape(-1).round())
-        return held[1]
-
-    def _synapse_counts(self, plan: EditPlan, names=None, sizes=None):
-        """Synapses pruned and grown by a plan (ensembles can hold several), in the layers ``names``
-        (all: None); ``sizes``: :meth:`ensemble_sizes` of those layers, where already at hand."""
-        counts = []
-        for side in (plan.prune, plan.grow):
-            total = 0
-            for n, idx in side.items():
-                if names is not None and n not in names:
-                    continue
-                size = sizes[n] if sizes is not None else self._sizes(n)
-                total += int(idx.numel()) if size is None else int(size[idx.cpu()].long().sum())
-            counts.append(total)
-        return tuple(counts)
-
+    # ------------------------------------------------------------------ updating
+    # (applying a plan, its line search and its event: ControllerEditsMixin, adaptive/controller_edits.py)
     @torch.inference_mode(False)  # state kept across updates must not become inference tensors
     def update(self) -> Optional[dict]:
         """Run one update now: reduce statistics, let the policy plan, apply, log an event."""

@@ -310,6 +310,23 @@ def test_window_limits_observation():
     assert observed == [0, 0, 0, 1, 0, 0, 0, 1]
 
 
+@pytest.mark.parametrize("start_step, window, first", [(6, 3, 3), (6, 5, 5), (2, 3, 2)])
+def test_the_first_updates_window_holds_the_steps_before_start_step(start_step, window, first):
+    """window: the last ``window`` steps before each update, the first (at start_step) too. Steps
+    before start_step were never observed, so that update read one gradient (its own step's) where
+    window=None reads every step since the start."""
+    m, conn, ctrl = _sparse_ctrl("rigl", window=window, start_step=start_step)
+    ctrl.update_every = 4
+    observed = {}
+    for step in range(1, start_step + 9):
+        set_grad(m, torch.ones(2, 4))
+        ctrl.observe()
+        if ctrl.due(step):
+            observed[step] = ctrl.stats.count
+        ctrl.step()
+    assert observed == {start_step: first, start_step + 4: min(window, 4), start_step + 8: min(window, 4)}
+
+
 @pytest.mark.parametrize("end_step", [None, 3])
 def test_a_one_shot_prune_by_an_estimator_stops_observing_once_done(end_step):
     """The magnitude policy with a gradient estimator prunes once, at its first update; it went on

@@ -229,6 +229,21 @@ def test_the_helpers_split_out_of_the_controller_module_answer_there_as_before(m
         ctrl.scores("cost")
 
 
+def test_the_edit_code_split_out_of_the_controller_module_answers_there_as_before():
+    """Applying a plan (adaptive/controller_edits.py) left adaptive/controller.py: the names it used are
+    importable from there as before, and the controller's methods are the mixin's."""
+    import adaptive.controller as controller
+    from adaptive import connectome, controller_edits, distributed, rollback
+    from adaptive.policies import base
+
+    assert controller.EditSnapshot is rollback.EditSnapshot
+    assert controller.EnsembleRuleError is connectome.EnsembleRuleError
+    assert controller.all_reduce_mean_ is distributed.all_reduce_mean_
+    assert controller.global_synapse_target is base.global_synapse_target
+    for name in ("_apply", "_holdout", "_shrink", "_check_plan", "_set_plan_masks", "ensemble_sizes", "_synapse_counts"):
+        assert getattr(controller.Controller, name) is getattr(controller_edits.ControllerEditsMixin, name)
+
+
 def test_numpy_and_torch_bools_are_no_counts():
     """operator.index took torch.tensor(True) as the count 1, though the docstring says a bool is none."""
     import numpy as np

@@ -247,3 +247,26 @@ def test_the_snapshot_holds_the_plan_not_the_layers():
         assert sizes[k] == edited * (8 + 1 + 4 + 4 + 4)  # position, mask bit, weight, Adam's two moments
     whole = sum(p.numel() for p in conn.params.values()) * 13
     assert sizes[12] * 10_000 < whole and sizes[1200] == 100 * sizes[12]
+
+
+@pytest.mark.parametrize("raises_at, error", [(2, RuntimeError), (3, KeyboardInterrupt)])
+def test_a_holdout_loss_that_raises_with_a_try_set_leaves_everything_as_it_was(raises_at, error):
+    """holdout_loss raising (a bug, a Ctrl-C in a notebook) while a try is set, the first (call 2) or
+    a halved one after a rejection (call 3): the error goes through and the try is rolled back. It
+    stayed set, an edit no event logged."""
+    holder, calls = {}, []
+
+    def holdout():
+        calls.append(1)
+        if len(calls) == raises_at:
+            raise error("the held-out loader broke")
+        return holder["f"]()
+
+    model, conn, o, ctrl = _setup("train", "synapse", "adam", holdout=holdout)
+    ref, holder["f"] = _rejecting(conn)
+    ref.update({n: m.clone() for n, m in conn.masks.items()})
+    before, events = _capture(conn, o), len(ctrl.events)
+    with pytest.raises(error, match="loader broke"):
+        ctrl._apply(_plan(conn, per_layer=16), step=0)
+    assert len(calls) == raises_at and len(ctrl.events) == events
+    _assert_same(before, _capture(conn, o))
