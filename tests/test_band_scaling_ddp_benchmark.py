@@ -1,7 +1,10 @@
 """recipes/benchmarks/band_scaling_ddp.py: a smoke run of its two processes writes the table where --out
-says; bad option values are refused before any process starts; its 'previous hook' variant is the hook as
-first written, which the library's gives bit for bit (the benchmark's claim)."""
+says, its rendezvous folder removed after; a failed process stops the run rather than leaving the other waiting;
+bad option values are refused before any process starts; its 'previous hook' variant is the hook before
+_band_stats, which the library's gives bit for bit (the benchmark's claim)."""
 import runpy
+import sys
+import tempfile
 
 import pytest
 import torch
@@ -26,9 +29,9 @@ def test_bad_options_are_refused(argv, match, capsys):
     assert e.value.code == 2 and match in capsys.readouterr().err
 
 
-def test_the_library_hook_gives_the_first_hook_s_scales_and_gradients_bit_for_bit():
+def test_the_library_hook_gives_the_previous_hook_s_scales_and_gradients_bit_for_bit():
     """A pruned DenseCat, three steps (one with zero gradient entries): the same scales, running sizes and
-    scaled gradients from the library's hook as from the hook as first written."""
+    scaled gradients from the library's hook as from the previous one (5ef8121)."""
     previous = runpy.run_path(str(SCRIPT))["PreviousHook"]
     torch.set_num_threads(1)
     runs = []
@@ -54,9 +57,11 @@ def test_the_library_hook_gives_the_first_hook_s_scales_and_gradients_bit_for_bi
             assert all(torch.equal(layer[k], state_0["layers"][n][k]) for k in ("log_typical", "seen"))
 
 
-def test_a_quick_run_of_two_processes_writes_its_table(tmp_path):
+def test_a_quick_run_of_two_processes_writes_its_table(tmp_path, monkeypatch):
     main = runpy.run_path(str(SCRIPT))["main"]
-    out = tmp_path / "b.md"
+    out, scratch = tmp_path / "b.md", tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the rendezvous folder goes
     main(["--quick", "--models", "densecat", "--no-progress", "--out", str(out)])
     text = out.read_text()
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| DenseCat") or line.startswith("|  |")]
@@ -66,3 +71,17 @@ def test_a_quick_run_of_two_processes_writes_its_table(tmp_path):
     assert [r[-1].strip() for r in rows[:4]] == ["-", "yes", "no", "yes"]  # the exact variants' scales agree
     assert all(float(r[6]) > 0 for r in rows[:4]) and float(rows[0][4]) > 0
     assert "Reproduce: `python recipes/benchmarks/band_scaling_ddp.py --quick --models densecat`" in text
+    assert list(scratch.iterdir()) == []  # the rendezvous file and its folder are gone
+
+
+def test_a_failed_process_stops_the_run_and_the_other_is_killed(tmp_path, monkeypatch):
+    """One process failing before the other reached the rendezvous (or a collective) left it waiting there, and
+    the launcher waiting for it, for gloo's half-hour timeout: the survivor is killed GRACE_S after the failure
+    and the run stops with both exit statuses; the rendezvous folder is removed."""
+    launch = runpy.run_path(str(SCRIPT))["_launch_two"]
+    launch.__globals__["GRACE_S"] = 0.2
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    code = "import os, sys, time; sys.exit(3) if os.environ['RANK'] == '1' else time.sleep(600)"
+    with pytest.raises(SystemExit, match=r"exit statuses \[-9, 3\]; negative: killed by that signal, those still running"):
+        launch([], 1, command=[sys.executable, "-c", code])
+    assert list(tmp_path.iterdir()) == []

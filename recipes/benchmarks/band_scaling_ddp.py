@@ -17,9 +17,10 @@ Variants:
                       exact (the processes' scales part); the floor any design that computes each
                       layer's statistics in its hook could reach, so the gap to the row above is
                       what the per-layer all-reduces cost
-  ... previous hook   the hook as first written (statistics gathered by boolean indexing, the
-                      scaled gradient summed from 0): the library's hook gives the same scales,
-                      running sizes and gradients bit for bit
+  ... previous hook   the hook before its statistics were summed over all entries (5ef8121,
+                      verbatim: statistics gathered by boolean indexing, the scaled gradient summed
+                      from 0): the library's hook gives the same scales and running sizes bit for
+                      bit, and the same gradients (but for the sign of a zero entry: 0 + -0.0 is +0.0)
 
 The table also gives one all-reduce of a layer's statistics timed alone (outside backward), to
 compare with the per-layer cost inside backward (where it may wait behind DDP's bucket traffic).
@@ -61,6 +62,8 @@ sys.path.insert(0, str(ROOT))
 
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.diagnostics import BandGradientScaler  # noqa: E402
+from adaptive.diagnostics._common import live_mask, scaler_suspended  # noqa: E402
+from adaptive.distributed import collective_device, is_distributed  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # (only while the sibling helper is imported: see threshold_pace.py)
@@ -81,24 +84,44 @@ class LocalStats(BandGradientScaler):
 
 
 class PreviousHook(BandGradientScaler):
-    """The hook as first written: the statistics gathered by boolean indexing (three copies of the
-    entries), and the scaled gradient summed from 0."""
-
-    @staticmethod
-    def _band_stats(a, nz, flat, nb):
-        stats = torch.zeros(2, nb, dtype=torch.float64, device=a.device)
-        stats[0].index_add_(0, flat[nz], a[nz].double().log())
-        stats[1].index_add_(0, flat[nz], torch.ones_like(flat[nz], dtype=torch.float64))
-        return stats
+    """The hook as it was before the statistics went through :meth:`_band_stats` (commit 5ef8121),
+    verbatim: the statistics gathered by boolean indexing (the kept entries copied out three times),
+    the entries' sizes copied by ``cat``, the scaled gradient summed from 0 (one more pass)."""
 
     def _hook(self, st, weight):
-        hook = super()._hook(st, weight)
+        weight_id = id(weight)
 
-        def summed_from_zero(grad):  # sum(p * s[i] for ...): one more pass over the gradient
-            out = hook(grad)
-            return None if out is None else 0 + out
+        def scale(grad):
+            if scaler_suspended(weight_id) or st["splitting"] or grad.is_meta:
+                return None
+            st["tied"].check(st["name"], "BandGradientScaler", "scale")
+            parts, index = self._call_parts(st, grad, weight)
+            a = torch.cat([p.detach().abs().reshape(-1) for p in parts])
+            flat = index.reshape(-1)
+            nb = len(st["bands"])
+            nz = (a > 0) & torch.isfinite(a)
+            live = live_mask(self.conn, weight, a.device)
+            if live is not None:
+                nz &= live.expand(len(parts), *live.shape).reshape(-1)
+            stats = torch.zeros(2, nb, dtype=torch.float64, device=a.device)
+            stats[0].index_add_(0, flat[nz], a[nz].double().log())
+            stats[1].index_add_(0, flat[nz], torch.ones_like(flat[nz], dtype=torch.float64))
+            if is_distributed():
+                reduced = stats.to(collective_device(stats))
+                dist.all_reduce(reduced)
+                stats = reduced.to(stats.device)
+            logs, cnt = stats
+            have = cnt > 0
+            cur = torch.where(have, logs / cnt.clamp_min(1), torch.zeros_like(logs))
+            prev, seen = self._running_on(st, cur.device)
+            new = torch.where(have & seen, self.momentum * prev + (1 - self.momentum) * cur, torch.where(have, cur, prev))
+            seen = seen | have
+            st["log_typical"], st["seen"] = new, seen
+            st["scale"] = self._scale(new, seen)
+            s = st["scale"].to(grad.dtype)
+            return sum(p * s[i] for p, i in zip(parts, index))
 
-        return summed_from_zero
+        return scale
 
 
 def _densecat():
@@ -116,6 +139,7 @@ CASES = {
     "resnet20": ("ResNet-20 (CIFAR)", _resnet20, (3, 32, 32), 32),
 }
 PLAN = {"densecat": (40, 4), "resnet20": (16, 2)}  # rounds, steps per sample: one to two minutes each on 2 cores
+GRACE_S = 30.0  # seconds a process may outlive the first failed one (see _launch_two)
 VARIANTS = ("DDP", "DDP, second copy (noise floor)", "DDP + scaler", "DDP + scaler, no all-reduce (not exact)",
             "DDP + scaler, previous hook")
 
@@ -252,19 +276,45 @@ def worker(args, argv) -> None:
         print(f"wrote {args.out}")
 
 
-def _launch_two(argv, threads: int) -> None:
-    """Run this script as two processes (``WORLD_SIZE=2``) meeting at a file in a temporary folder;
-    a failed one stops the benchmark with its exit status."""
+def _launch_two(argv, threads: int, command=None) -> None:
+    """Run this script (or ``command``) as two processes (``WORLD_SIZE=2``, ``RANK``) meeting at a file in a
+    temporary folder, removed after. A failed process stops the benchmark with the exit statuses: the other,
+    which may wait for it at the rendezvous or a collective (gloo's timeout: half an hour), is given
+    ``GRACE_S`` seconds to fail too, then killed; so is every process when this one is interrupted."""
     import subprocess
 
+    command = command or [sys.executable, str(Path(__file__).resolve())]
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, WORLD_SIZE="2", OMP_NUM_THREADS=str(threads),
                    _BAND_SCALING_RENDEZVOUS=f"file://{os.path.join(tmp, 'rendezvous')}")
-        procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv], env=dict(env, RANK=str(i)))
-                 for i in range(2)]
-        codes = [p.wait() for p in procs]
+        procs = [subprocess.Popen([*command, *argv], env=dict(env, RANK=str(i))) for i in range(2)]
+        try:
+            codes = _wait_all(procs)
+        finally:
+            for p in procs:  # (an interrupt here: none is left running)
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
     if any(codes):
-        raise SystemExit(f"band_scaling_ddp.py: a process failed (exit statuses {codes})")
+        raise SystemExit(f"band_scaling_ddp.py: a process failed (exit statuses {codes}; negative: killed by that "
+                         "signal" + (f", those still running {GRACE_S:g} s after the first failure" if
+                                     any(c is not None and c < 0 for c in codes) else "") + ")")
+
+
+def _wait_all(procs) -> list:
+    """The processes' exit statuses once all have ended; after the first failure, those still running
+    ``GRACE_S`` seconds later are killed."""
+    failed_at = None
+    while any(p.poll() is None for p in procs):
+        if failed_at is None and any(p.poll() for p in procs):
+            failed_at = time.monotonic()
+        if failed_at is not None and time.monotonic() - failed_at > GRACE_S:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            break
+        time.sleep(0.1)
+    return [p.wait() for p in procs]
 
 
 def _join_and_run(args, argv) -> None:
