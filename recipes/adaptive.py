@@ -1181,8 +1181,26 @@ def _resolved_estimator(cfg: RunConfig) -> dict:
 
     if cfg.estimator is None:
         return {}
-    return {"estimator_resolved": {"name": cfg.estimator,
-                                   "arguments": estimator_arguments(cfg.estimator, dict(cfg.estimator_kw))}}
+    arguments = estimator_arguments(cfg.estimator, dict(cfg.estimator_kw))
+    return {"estimator_resolved": {"name": cfg.estimator, "arguments": {k: _yaml_value(v) for k, v in arguments.items()}}}
+
+
+def _yaml_value(value):
+    """``value`` where YAML writes it (after :func:`adaptive.config.to_dict`'s conversions: a tuple as
+    a list), else as text, a function or class by its dotted name, anything else by its ``repr``: a
+    plugin estimator's constructor default (a dtype, a function) is recorded for the reader, never a
+    crash of the run that writes config.yaml."""
+    import yaml
+
+    from adaptive.config import to_dict
+
+    try:
+        yaml.safe_dump(to_dict({"v": value}))
+    except yaml.YAMLError:
+        name = getattr(value, "__qualname__", None)  # a function or class by its name, not by its address
+        module = getattr(value, "__module__", None)
+        return repr(value) if not isinstance(name, str) else f"{module}.{name}" if isinstance(module, str) else name
+    return value
 
 
 class CheckpointError(RuntimeError):
