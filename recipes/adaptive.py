@@ -138,9 +138,10 @@ class RunConfig:
     protect: List[str] = field(default_factory=list, metadata={"help": "shell-style name patterns: matching layers are kept dense, never edited"})
     controller_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "more Controller arguments"})
     line_search: int = _opt(0, "train mode: check every controller update on this many batches of the held-out part "
-                               "(--eval_batch_size each, a fixed draw scored in eval mode under the run's mixed "
-                               "precision, the same at every check), undoing the update, or halving it (up to "
-                               "--line_search_tries times), when the held-out loss rises by more than "
+                               "(--eval_batch_size each, a fixed draw kept on the device for the run, scored in "
+                               "eval mode under the run's mixed precision, the same at every check), undoing the "
+                               "update, or halving it (up to --line_search_tries times), when the held-out loss "
+                               "(plain cross-entropy, whatever --label_smoothing) rises by more than "
                                "--line_search_tolerance; events.jsonl then logs each update's measured "
                                "actual_loss_change. 0 (the default): no check. Each update then costs up to "
                                "tries + 2 forward passes over those batches. mask_only line-searches with "

@@ -110,6 +110,10 @@ def test_resume_with_line_search_is_bit_exact(tmp_path):
         run(tmp_path / "cut", *common, "--checkpoint_every", "20", on_step=stop)
     reset_accelerate()
     resumed = run(tmp_path / "cut", *common, "--resume", "latest")
+    # the resumed run checks its updates on the examples the uninterrupted run checked on
+    drawn = [(resumed.controller.holdout_loss.data, full.controller.holdout_loss.data)]
+    assert all(len(a) == len(b) == 2 and all(torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in zip(a, b))
+               for a, b in drawn)
     assert resumed.conn.mask_hash() == full.conn.mask_hash()
     assert same_weights(resumed, full)
     assert resumed.controller.events == full.controller.events
