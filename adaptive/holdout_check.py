@@ -3,8 +3,10 @@
 
 A check must compare like with like: every check scores the same held-out examples, a fixed draw
 taken once and kept on the device (a loader read afresh at each check would also decode its images
-again at every update). Taking the draw reads the dataset through a generator of its own, so it
-draws nothing from torch's global generator; a check runs the model in eval mode under
+again at every update). Taking the draw orders the dataset with a generator of its own, and both the
+draw and every check run inside :class:`adaptive.global_rng.kept_global_rng`: a dataset or a model
+that draws random numbers (a plugin's random evaluation transform, a noisy forward) leaves every
+global generator as it found it; a check runs the model in eval mode under
 ``torch.no_grad`` (BatchNorm's running statistics stay as they are, no dropout is drawn, and each
 module gets its own mode back), through the model as it is given, so a model prepared by Accelerate
 runs it under the run's mixed precision. A check therefore changes nothing the training reads next:
@@ -17,6 +19,7 @@ from typing import Callable, List, Tuple
 import torch
 import torch.nn.functional as F
 
+from .global_rng import kept_global_rng
 from .modes import modes_kept
 
 
@@ -56,9 +59,10 @@ class HeldOutLoss:
         self.calls = 0  # checks run so far (the controller calls it before and after each tried edit)
         order = torch.randperm(size, generator=torch.Generator().manual_seed(int(seed)))
         self.data: List[Tuple[torch.Tensor, torch.Tensor]] = []
-        for k in range(per_process):
-            start = (k * processes + rank) * batch_size
-            self.data.append(self._batch(dataset, order[start:start + batch_size].tolist(), device))
+        with kept_global_rng():  # the dataset's own draws (a random transform) leave the training's generators
+            for k in range(per_process):
+                start = (k * processes + rank) * batch_size
+                self.data.append(self._batch(dataset, order[start:start + batch_size].tolist(), device))
 
     @staticmethod
     def _batch(dataset, indices, device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +81,7 @@ class HeldOutLoss:
     def __call__(self) -> float:
         self.calls += 1
         total, count = None, 0
-        with torch.no_grad(), modes_kept(self.model, train=False):
+        with torch.no_grad(), modes_kept(self.model, train=False), kept_global_rng():
             for x, y in self.data:
                 losses = self.loss_fn(self.model(x).float(), y, reduction="none").double().sum()
                 total = losses if total is None else total + losses

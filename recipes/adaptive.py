@@ -138,9 +138,10 @@ class RunConfig:
     protect: List[str] = field(default_factory=list, metadata={"help": "shell-style name patterns: matching layers are kept dense, never edited"})
     controller_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "more Controller arguments"})
     line_search: int = _opt(0, "train mode: check every controller update on this many batches of the held-out part "
-                               "(--eval_batch_size each, a fixed draw scored in eval mode under the run's mixed "
-                               "precision, the same at every check), undoing the update, or halving it (up to "
-                               "--line_search_tries times), when the held-out loss rises by more than "
+                               "(--eval_batch_size each, a fixed draw kept on the device for the run, scored in "
+                               "eval mode under the run's mixed precision, the same at every check), undoing the "
+                               "update, or halving it (up to --line_search_tries times), when the held-out loss "
+                               "(plain cross-entropy, whatever --label_smoothing) rises by more than "
                                "--line_search_tolerance; events.jsonl then logs each update's measured "
                                "actual_loss_change. 0 (the default): no check. Each update then costs up to "
                                "tries + 2 forward passes over those batches. mask_only line-searches with "
@@ -1181,8 +1182,26 @@ def _resolved_estimator(cfg: RunConfig) -> dict:
 
     if cfg.estimator is None:
         return {}
-    return {"estimator_resolved": {"name": cfg.estimator,
-                                   "arguments": estimator_arguments(cfg.estimator, dict(cfg.estimator_kw))}}
+    arguments = estimator_arguments(cfg.estimator, dict(cfg.estimator_kw))
+    return {"estimator_resolved": {"name": cfg.estimator, "arguments": {k: _yaml_value(v) for k, v in arguments.items()}}}
+
+
+def _yaml_value(value):
+    """``value`` where YAML writes it (after :func:`adaptive.config.to_dict`'s conversions: a tuple as
+    a list), else as text, a function or class by its dotted name, anything else by its ``repr``: a
+    plugin estimator's constructor default (a dtype, a function) is recorded for the reader, never a
+    crash of the run that writes config.yaml."""
+    import yaml
+
+    from adaptive.config import to_dict
+
+    try:
+        yaml.safe_dump(to_dict({"v": value}))
+    except yaml.YAMLError:
+        name = getattr(value, "__qualname__", None)  # a function or class by its name, not by its address
+        module = getattr(value, "__module__", None)
+        return repr(value) if not isinstance(name, str) else f"{module}.{name}" if isinstance(module, str) else name
+    return value
 
 
 class CheckpointError(RuntimeError):

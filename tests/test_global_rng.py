@@ -153,6 +153,28 @@ def cuda_convnet(dropout=0.0):
     return convnet(dropout).cuda()
 
 
+class Drawing(torch.utils.data.Dataset):
+    """Fixed examples through a random transform of every generator (a plugin's evaluation transform)."""
+
+    def __init__(self, n=32):
+        g = torch.Generator().manual_seed(1)
+        self.x, self.y = torch.randn(n, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        noise = torch.randn(8) + random.random() + float(np.random.rand())
+        return self.x[i] + 0.01 * noise, int(self.y[i])
+
+
+def held_out_draw(arg):
+    from adaptive.holdout_check import HeldOutLoss
+
+    model, data = arg
+    return HeldOutLoss(model, data, batches=2, batch_size=8, device="cpu")
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
@@ -215,6 +237,9 @@ CASES = [
     case("guard: get_dataloaders train pass", fake_loaders, one_pass("train")),
     case("get_dataloaders holdout pass", fake_loaders, one_pass("holdout")),
     case("get_dataloaders test pass", fake_loaders, one_pass("test")),
+    # the held-out check of recipes/adaptive.py --line_search: a dataset and a model that draw
+    case("HeldOutLoss draw from a dataset that draws", lambda: (mlp(), Drawing()), held_out_draw),
+    case("HeldOutLoss check of a model that draws", lambda: held_out_draw((Noisy(), Drawing())), lambda check: check()),
     # on CUDA, the draws would move the device's generator
     case("graphs.compact on CUDA", lambda: masked(cuda_convnet()), lambda c: graphs.compact(c.model, c),
          marks=needs_cuda),

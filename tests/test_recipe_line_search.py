@@ -110,6 +110,10 @@ def test_resume_with_line_search_is_bit_exact(tmp_path):
         run(tmp_path / "cut", *common, "--checkpoint_every", "20", on_step=stop)
     reset_accelerate()
     resumed = run(tmp_path / "cut", *common, "--resume", "latest")
+    # the resumed run checks its updates on the examples the uninterrupted run checked on
+    drawn = [(resumed.controller.holdout_loss.data, full.controller.holdout_loss.data)]
+    assert all(len(a) == len(b) == 2 and all(torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in zip(a, b))
+               for a, b in drawn)
     assert resumed.conn.mask_hash() == full.conn.mask_hash()
     assert same_weights(resumed, full)
     assert resumed.controller.events == full.controller.events
@@ -165,6 +169,38 @@ def test_config_records_the_estimators_resolved_arguments_and_reads_back(tmp_pat
     assert "estimator_resolved" not in yaml.safe_load((tmp_path / "rigl" / "config.yaml").read_text())
     with pytest.raises(SystemExit):  # typed on the command line it is no option
         R.parse_args(["--estimator_resolved", "x"])
+
+
+def test_an_estimator_whose_defaults_yaml_cannot_write_still_runs_and_is_recorded_as_text(tmp_path):
+    """A plugin estimator's constructor default that YAML cannot represent (a dtype, a function):
+    config.yaml's estimator_resolved once crashed the run before its first step (RepresenterError);
+    the record holds such a value as text, and the file still reads back."""
+    import yaml
+
+    from adaptive.utility.base import _ESTIMATORS, Estimator, register_estimator
+
+    @register_estimator("odd_defaults_record", replace=True)
+    class OddDefaults(Estimator):
+        needs_gradients = True
+
+        def __init__(self, dtype=torch.float32, reduce=torch.abs, shape=(1, 2), damping=0.5):
+            self.dtype, self.reduce, self.shape, self.damping = dtype, reduce, shape, damping
+
+        def removal_cost(self, ctx):
+            return self.reduce(ctx.stats.mean(ctx.name) * ctx.weight.detach())
+
+        def restoration_gain(self, ctx):
+            return self.reduce(ctx.stats.mean(ctx.name) * ctx.w0)
+
+    try:
+        run(tmp_path, "--estimator", "odd_defaults_record", "--max_steps", "10")
+        saved = yaml.safe_load((tmp_path / "config.yaml").read_text())["estimator_resolved"]
+        assert saved["name"] == "odd_defaults_record"
+        assert saved["arguments"] == {"dtype": "torch.float32", "reduce": f"{torch.abs.__module__}.{torch.abs.__qualname__}",
+                                      "shape": [1, 2], "damping": 0.5}
+        assert load_config(R.RunConfig, tmp_path / "config.yaml").estimator == "odd_defaults_record"
+    finally:
+        _ESTIMATORS.pop("odd_defaults_record", None)
 
 
 @pytest.mark.parametrize("args, message", [
