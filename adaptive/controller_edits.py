@@ -20,6 +20,32 @@ from .policies.base import EditPlan, global_synapse_target, synapse_targets
 from .rollback import EditSnapshot
 
 
+def _roll_back(before: EditSnapshot, error: BaseException) -> None:
+    """Put back what ``before`` saved after ``error`` broke off a line search with a try set (the
+    caller then raises ``error``), and say so on the error. A rollback that raises in turn (an edit
+    listener's error, memory) is named on ``error``, which still goes on: it was not masked by it.
+
+    What the snapshot covers is put back: masks, weights, optimizer state. Not what planning the
+    update already did: the gradient window stays reduced, not reset (the next update reads it with
+    the steps that follow), the policy's and estimators' own state stay advanced, and no event is
+    logged. On several processes an error on one of them leaves the others waiting in the next
+    collective (the held-out loss's all-reduce) until it times out; each rolls back as its error
+    comes. Resume such a run from its last checkpoint."""
+    try:
+        changed = before.restore(notify=False)
+    except BaseException as failed:  # named on ``error``, which the caller raises
+        error.add_note(f"(the line search's rollback of the try set when this was raised failed too ({type(failed).__name__}: "
+                       f"{failed}): the connectome may hold part of that try; load the last checkpoint)")
+        return
+    error.add_note("(the line search's try set when this was raised was rolled back: masks, weights and optimizer "
+                   "state are as they were before this update; no event was logged)")
+    try:
+        if changed:
+            before.conn._notify_edit_listeners(changed)
+    except Exception as failed:  # (the rollback is whole: the listener's error is named, not raised)
+        error.add_note(f"(an edit listener told of that rollback raised {type(failed).__name__}: {failed})")
+
+
 class ControllerEditsMixin:
     """Applying edit plans for :class:`~adaptive.controller.Controller` (it reads the controller's
     connectome, policy, protected layers, density, grow init and line-search settings)."""
@@ -129,9 +155,9 @@ class ControllerEditsMixin:
                 if current.counts() == (0, 0):  # rounding left nothing to try: the update is rolled back
                     fraction = 0.0
                     break
-        except BaseException:  # holdout_loss raised (an interrupt too) with a try set: nothing stays edited
+        except BaseException as error:  # holdout_loss, a grow_init or an edit listener raised (an interrupt too)
             if before is not None:
-                before.restore()
+                _roll_back(before, error)
             raise
         pruned_syn, grown_syn = self._synapse_counts(current)
         event.update(

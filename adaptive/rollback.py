@@ -102,15 +102,18 @@ class EditSnapshot:
         return sum(t.numel() * t.element_size() for t in held)
 
     @torch.no_grad()
-    def restore(self) -> None:
+    def restore(self, notify: bool = True) -> Dict[str, torch.Tensor]:
         """Undo a trial edit: the masks set back (unvalidated: they are the connectome's own, as they
-        were), then the weights and optimizer state put back, and the masks imposed (``conn.apply()``)."""
+        were), then the weights and optimizer state put back, and the masks imposed (``conn.apply()``).
+        The edit listeners hear of it once it is whole (as of a loaded state), so one that raises
+        leaves nothing half put back; ``notify=False``: the caller tells them. Returns what changed
+        (``{name: changed bool tensor}``, as :meth:`Connectome.set_masks`)."""
         conn, masks = self.conn, {}
         for n, pos in self.positions.items():
             masks[n] = conn.masks[n].clone() if pos is not None else self.masks[n].clone()
             if pos is not None:
                 put_(masks[n], pos, self.masks[n])
-        conn.set_masks(masks, validate=False)
+        changed = conn._set(conn._unvalidated(masks), notify=False)
         for n, w in self.weights.items():
             put_(conn.params[n], self.positions[n], w)
         for opt, p, key, pos, v in self.state:
@@ -119,3 +122,6 @@ class EditSnapshot:
                 put_(now, pos, v)
         restore_state(self.whole_state)
         conn.apply()
+        if changed and notify:
+            conn._notify_edit_listeners(changed)
+        return changed

@@ -1,4 +1,5 @@
 """Controller: hand-computed policy cases, density invariants, determinism, bad configuration."""
+import copy
 import math
 import warnings
 
@@ -325,6 +326,35 @@ def test_the_first_updates_window_holds_the_steps_before_start_step(start_step, 
             observed[step] = ctrl.stats.count
         ctrl.step()
     assert observed == {start_step: first, start_step + 4: min(window, 4), start_step + 8: min(window, 4)}
+
+
+def test_a_state_saved_inside_the_first_window_before_start_step_resumes_as_the_run_went_on():
+    """The steps of the first update's window before start_step are in the saved state: resumed
+    from a step between them, the first update reads the same window as the run never stopped.
+    (A state saved there before they were observed resumes with the steps it has, fewer.)"""
+    def run(ctrl, m, steps, seen):
+        for step in steps:
+            set_grad(m, torch.full((2, 4), float(step)))
+            ctrl.observe()
+            if ctrl.due(step):
+                seen[step] = (ctrl.stats.count, ctrl.stats.g_sum["weight"].clone())
+            ctrl.step()
+
+    whole, resumed = {}, {}
+    m, conn, ctrl = _sparse_ctrl("rigl", window=3, start_step=6)
+    ctrl.update_every = 4
+    run(ctrl, m, range(1, 11), whole)
+    m, conn, ctrl = _sparse_ctrl("rigl", window=3, start_step=6)
+    ctrl.update_every = 4
+    run(ctrl, m, range(1, 5), resumed)
+    saved = copy.deepcopy((conn.state_dict(), ctrl.state_dict()))
+    m, conn, ctrl = _sparse_ctrl("rigl", window=3, start_step=6)
+    ctrl.update_every = 4
+    conn.load_state_dict(saved[0])
+    ctrl.load_state_dict(saved[1])
+    run(ctrl, m, range(5, 11), resumed)
+    assert whole.keys() == resumed.keys() == {6, 10} and whole[6][0] == 3
+    assert all(whole[s][0] == resumed[s][0] and torch.equal(whole[s][1], resumed[s][1]) for s in whole)
 
 
 @pytest.mark.parametrize("end_step", [None, 3])

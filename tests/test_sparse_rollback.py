@@ -55,13 +55,13 @@ def _assert_same(a, b):
     assert not bad, f"changed by the rolled-back edit: {bad}"
 
 
-def _setup(mode="train", ensemble="synapse", opt="adam", holdout=None, channels_last=False, tries=2):
+def _setup(mode="train", ensemble="synapse", opt="adam", holdout=None, channels_last=False, tries=2, **kw):
     model = _net(channels_last)
     conn = adaptive.Connectome(model, ensemble=ensemble, mode=mode)
     o = OPTIMIZERS[opt](model.parameters()) if opt else None  # mask_only: the weights are put back after each step
     ctrl = adaptive.Controller(conn, o, policy="rigl" if mode == "train" else "utility", density=0.5,
                                budget="uniform", update_every=10**6, edit_fraction=0.3, edit_decay="constant",
-                               seed=0, holdout_loss=holdout, line_search_tries=tries)
+                               seed=0, holdout_loss=holdout, line_search_tries=tries, **kw)
     for _ in range(3):  # optimizer state in place, pruned positions included
         model.zero_grad()
         F.cross_entropy(model(X), Y).backward()
@@ -267,6 +267,83 @@ def test_a_holdout_loss_that_raises_with_a_try_set_leaves_everything_as_it_was(r
     ref.update({n: m.clone() for n, m in conn.masks.items()})
     before, events = _capture(conn, o), len(ctrl.events)
     with pytest.raises(error, match="loader broke"):
+        ctrl._apply(_plan(conn, per_layer=16), step=0)
+    assert len(calls) == raises_at and len(ctrl.events) == events
+    _assert_same(before, _capture(conn, o))
+
+
+def test_a_rollback_that_raises_does_not_hide_the_error_it_rolls_back_for(monkeypatch):
+    """The rollback after holdout_loss raised raises in turn (memory, say): the first error goes on,
+    the rollback's named on it. The rollback's error replaced it (a Ctrl-C came out a RuntimeError)."""
+    holder, calls = {}, []
+
+    def holdout():
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("the held-out loader broke")
+        return holder["f"]()
+
+    model, conn, o, ctrl = _setup("train", "synapse", "adam", holdout=holdout)
+    ref, holder["f"] = _rejecting(conn)
+    ref.update({n: m.clone() for n, m in conn.masks.items()})
+
+    def broken(self, notify=True):
+        raise RuntimeError("out of memory while putting the try back")
+
+    monkeypatch.setattr(EditSnapshot, "restore", broken)
+    with pytest.raises(KeyboardInterrupt, match="loader broke") as e:
+        ctrl._apply(_plan(conn, per_layer=16), step=0)
+    assert any("rollback of the try" in n and "failed too (RuntimeError: out of memory" in n and "last checkpoint" in n
+               for n in e.value.__notes__)
+
+
+def test_an_edit_listener_that_raises_leaves_the_rolled_back_try_whole():
+    """An edit listener raising at the try's set (the edit applied whole, as the connectome says)
+    and again at the rollback's: everything is put back before the listeners hear of the rollback.
+    The rollback's set told them first and its error left the weights and Adam's moments of the
+    try in place (a pruned synapse's weight lost), and that error replaced the first."""
+    holder = {}
+    model, conn, o, ctrl = _setup("train", "synapse", "adam", holdout=lambda: holder["f"]())
+    ref, holder["f"] = _rejecting(conn)
+    _negative_zeros(conn, o)
+    ref.update({n: m.clone() for n, m in conn.masks.items()})
+    before, events, heard = _capture(conn, o), len(ctrl.events), []
+
+    def listener(changed):
+        heard.append(sorted(changed))
+        raise ValueError(f"listener broke ({len(heard)})")
+
+    conn.add_edit_listener(listener)
+    with pytest.raises(ValueError, match=r"listener broke \(1\)") as e:
+        ctrl._apply(_plan(conn, per_layer=16), step=0)
+    _assert_same(before, _capture(conn, o))
+    assert len(heard) == 2 and len(ctrl.events) == events  # the try, then its rollback
+    notes = " ".join(e.value.__notes__)
+    assert "was rolled back" in notes and "listener told of that rollback raised ValueError: listener broke (2)" in notes
+
+
+@pytest.mark.parametrize("line_search, raises_at", [(False, 2), (True, 2), (True, 6)])
+def test_a_grow_init_that_raises_leaves_the_connectome_unedited(line_search, raises_at):
+    """A grow_init callable that raises (a bug in it) at a layer after the first of a try (call 2),
+    or within a halved try after the whole one was rejected (call 6: four layers grow in each):
+    nothing stays edited (bad input never leaves a half-edited connectome), no event is logged."""
+    holder, calls = {"armed": False}, []
+
+    def grow_init(name, grown):
+        if holder["armed"]:
+            calls.append(name)
+            if len(calls) == raises_at:
+                raise ZeroDivisionError("the grow init broke")
+        return torch.zeros(conn.params[name].shape)
+
+    model, conn, o, ctrl = _setup("train", "synapse", "adam", holdout=(lambda: holder["f"]()) if line_search else None,
+                                  grow_init=grow_init)
+    ref, holder["f"] = _rejecting(conn)
+    _negative_zeros(conn, o)
+    ref.update({n: m.clone() for n, m in conn.masks.items()})
+    before, events = _capture(conn, o), len(ctrl.events)
+    holder["armed"] = True
+    with pytest.raises(ZeroDivisionError, match="grow init broke"):
         ctrl._apply(_plan(conn, per_layer=16), step=0)
     assert len(calls) == raises_at and len(ctrl.events) == events
     _assert_same(before, _capture(conn, o))
