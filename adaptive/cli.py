@@ -14,7 +14,28 @@ from typing import Any, Callable, Optional, Tuple, Union
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser, whose "unrecognized arguments" error comes from the subcommand given (with
     its usage, which lists its options) and names the option a mistyped one nearly matches
-    (``--remov``: did you mean --remove?)."""
+    (``--remov``: did you mean --remove?). Every option takes dashes or underscores, as
+    ``recipes/adaptive.py``'s do: ``--eval_batch_size`` is read as ``--eval-batch-size`` where only
+    that spelling is declared, and the other way round."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's, with each ``--OPTION`` (or ``--OPTION=VALUE``) that this parser does not declare
+        read as its other spelling, ``-`` and ``_`` swapped, where that one is declared; everything
+        after ``--`` is left as it is. A subcommand's parser, of this class too, does the same for its
+        own options."""
+        args = list(sys.argv[1:] if args is None else args)
+        known = self._option_string_actions
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            name, eq, value = arg.partition("=") if isinstance(arg, str) else ("", "", "")
+            if not name.startswith("--") or len(name) < 3 or name in known:
+                continue
+            for other in ("--" + name[2:].replace("_", "-"), "--" + name[2:].replace("-", "_")):
+                if other in known:
+                    args[i] = other + eq + value
+                    break
+        return super().parse_known_args(args, namespace)
 
     def parse_args(self, args=None, namespace=None):
         ns, extras = self.parse_known_args(args, namespace)

@@ -134,6 +134,27 @@ def test_a_mistyped_option_names_the_one_it_nearly_matches_in_every_argparse_com
     assert capsys.readouterr().err.rstrip().endswith("unrecognized arguments: --zzz")
 
 
+def test_every_argparse_command_takes_dashes_or_underscores():
+    """recipes/adaptive.py takes --eval_batch_size and --eval-batch-size alike, but prune_pretrained.py
+    refused --eval_batch_size, --edit_fraction, --verify_batches, ..., and diagnostics.py --test-subset,
+    --grad-batch-size, ... (each declared in one spelling only): now every option takes both, in a
+    subcommand too, with =VALUE or not; what follows -- stays as it is."""
+    from _scripts import load_script
+    from graphs.cli import _parser as graphs_parser
+
+    prune = load_script("recipes/prune_pretrained.py", "prune_cli_spellings")
+    diag = load_script("recipes/diagnostics.py", "diagnostics_cli_spellings")
+    a = prune.build_parser().parse_args(["--edit_fraction", "0.5", "--eval_batch_size=100", "--verify_batches", "2",
+                                         "--output-dir", "x", "--batch_size", "7"])
+    assert (a.edit_fraction, a.eval_batch_size, a.verify_batches, a.output_dir, a.batch_size) == (0.5, 100, 2, "x", 7)
+    d = diag.build_parser().parse_args(["collinearity", "--test-subset", "10", "--grad-batch-size=5", "--output-dir", "o"])
+    assert (d.test_subset, d.grad_batch_size, d.output_dir) == (10, 5, "o")
+    g = graphs_parser()[0].parse_args(["export", "run", "--in_shape", "784", "--num_classes=10"])
+    assert (g.in_shape, g.num_classes) == ("784", 10)
+    a, rest = prune.build_parser().parse_known_args(["--seed", "1", "--", "--eval_batch_size"])
+    assert a.eval_batch_size is None and rest == ["--", "--eval_batch_size"]
+
+
 @pytest.mark.parametrize("error, line", [
     (ValueError("train/dog/1.png cannot be read as an image: replace it, or delete it"),
      "train/dog/1.png cannot be read as an image: replace it, or delete it (in DataLoader worker process 0)"),
