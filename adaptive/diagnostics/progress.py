@@ -106,13 +106,13 @@ class Progress:
     """Events and metrics of one run, as tables, with ``removed`` filled in for every metrics row:
     from the ``removed`` column, else from the events (their own ``removed``, else ``density`` times
     ``total_synapses``, else the running sum of pruned - grown); ``removed_source`` says which, or
-    "step" when nothing places the rows on a removal axis."""
+    "step" when nothing places the rows on a removal axis. ``growth``: how the run grew synapses
+    (:func:`growth_mode`), which says whether its older estimates are noted."""
 
     events: Table
     metrics: Table
     removed_source: str
-    # how the run's growth was estimated (:func:`growth_mode`): "grow at init" (train mode),
-    # "restore" (mask_only, or grow_init='original'), None where the run folder does not say
+    # "grow at init" (train mode), "restore" (mask_only, or grow_init='original'), None: not said
     growth: Optional[str] = None
 
     def plot(self, path, svg: bool = False, title: str = ""):
