@@ -1,4 +1,5 @@
-"""Command-line entry points: problems a user can fix end with one ``error:`` line and status 2."""
+"""Command-line entry points: problems a user can fix end with one ``error:`` line (then the error's
+notes, if any) and status 2."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,7 @@ import re
 import signal
 import sys
 import threading
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -111,25 +112,44 @@ def mask_only_progress(total_synapses: int, show: Callable[[str], None]) -> Call
     return on_record
 
 
-def _message(e: BaseException) -> str:
-    """``e``'s message for an ``error:`` line. One raised in a DataLoader worker process comes back
-    from torch with the worker's whole traceback as its message: the worker's own message is kept."""
+def _notes(e: BaseException) -> List[str]:
+    """``e``'s notes (PEP 678), one line each."""
+    return [line for note in getattr(e, "__notes__", None) or () for line in str(note).splitlines()]
+
+
+def _message(e: BaseException) -> Tuple[str, List[str]]:
+    """``e``'s message for an ``error:`` line, and the lines that follow it: its notes (PEP 678,
+    ``add_note``: "the original weights were restored", "the edit was rolled back"), one line each.
+    One raised in a DataLoader worker process comes back from torch with the worker's whole traceback
+    as its message: the worker's own message is kept, and the worker's notes (the traceback's lines
+    after it) follow."""
     msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+    follow = _notes(e)
     first, _, rest = msg.partition("\n")
     worker = re.fullmatch(r"Caught (\w+) (in DataLoader worker process \d+)\.?", first)
     if worker:
         # the traceback's last line is the error's own: its type, with its module unless a builtin
-        # (adaptive.paths.DatasetNotFoundError), then its message (none: the type alone)
+        # (adaptive.paths.DatasetNotFoundError), then its message (none: the type alone), then its notes
         own = list(re.finditer(rf"^(?:[\w.]+\.)?{worker[1]}(: |$)", rest, re.M))
         if own:
-            return f"{rest[own[-1].end():].rstrip() or worker[1]} ({worker[2]})"
-    return msg
+            text, *notes = rest[own[-1].end():].rstrip().split("\n")
+            return f"{text or worker[1]} ({worker[2]})", notes + follow
+    return msg, follow
+
+
+def error_lines(prog: str, e: BaseException, suffix: str = "") -> str:
+    """What a command prints for error ``e``: ``{prog}: error: {message}{suffix}``, then each of
+    ``e``'s notes (PEP 678) on a line of its own, as Python prints them under a traceback, so that
+    what an ``add_note`` tells (original weights restored, an edit rolled back) is not lost."""
+    text, notes = _message(e)
+    return "\n".join([f"{prog}: error: {text}{suffix}", *notes])
 
 
 def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callable[[], str]] = "",
             errors: Tuple[type, ...] = ()) -> Any:
     """Run ``main()``; a bad option, missing data or weights that do not fit print one line naming
-    the problem instead of a traceback (set ADAPTIVE_TRACEBACK=1 to see it), and Ctrl-C ends with
+    the problem instead of a traceback (set ADAPTIVE_TRACEBACK=1 to see it), then the error's notes
+    (:func:`error_lines`), and Ctrl-C ends with
     one line (``on_interrupt``: how to continue, where the program can, or a function that says it
     then; status 130). An operating-system error on a path (a folder that is a file, no permission)
     is one line too, and so is a checkpoint that could not be written (a full disk). ``errors``:
@@ -150,14 +170,17 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
             CheckpointWriteError, *errors) as e:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise
-        print(f"{prog}: error: {_message(e)}", file=sys.stderr)
+        print(error_lines(prog, e), file=sys.stderr)
         raise SystemExit(2) from e
     except (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as e:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise
         # (one a DataLoader worker raised comes back with no strerror: the worker's message names the file)
-        what = f"{e.strerror}: {e.filename or ''}" if e.strerror else _message(e)
-        print(f"{prog}: error: {what} (check the output and input paths)", file=sys.stderr)
+        if e.strerror:
+            print("\n".join([f"{prog}: error: {e.strerror}: {e.filename or ''} (check the output and input paths)",
+                             *_notes(e)]), file=sys.stderr)
+        else:
+            print(error_lines(prog, e, " (check the output and input paths)"), file=sys.stderr)
         raise SystemExit(2) from e
     except KeyboardInterrupt:
         if os.environ.get("ADAPTIVE_TRACEBACK"):

@@ -46,6 +46,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import yaml
 
 from .atomic import write_text
+from .cli import error_lines
 
 __all__ = ["ConfigError", "parse_config", "from_dict", "to_dict", "load_config", "save_config",
            "config_help", "normalize_key", "read_yaml", "merge_key_values", "dotted_key_values", "given_keys",
@@ -662,10 +663,10 @@ def parse_config(cls, argv: Optional[Sequence[str]] = None, prog: Optional[str] 
                         "it differently or give it in a --config file")
         if not exit_on_error:
             raise e from None
-        print(f"{prog or 'error'}: error: {e}", file=sys.stderr)
+        print(error_lines(prog or "error", e), file=sys.stderr)
         raise SystemExit(2)
     except ConfigError as e:
         if not exit_on_error:
             raise
-        print(f"{prog or 'error'}: error: {e}", file=sys.stderr)
+        print(error_lines(prog or "error", e), file=sys.stderr)
         raise SystemExit(2)

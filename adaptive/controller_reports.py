@@ -34,9 +34,16 @@ class ControllerReportsMixin:
         - ``est_growth_gain``: in train mode, the loss a loss model expects the grown synapses to
           save once they have trained (OBD's Newton step ``g^2/(2F)``): a promise of the growth, not a
           change the edit makes, so no part of ``est_loss_change``.
+        A plan with no scores that sets ``est_loss_change`` itself (a policy of one's own) gives the
+        policy's figure, which no estimator's units qualify and no side splits: it is logged as
+        ``est_loss_change``, as it stands, whatever the mode and estimators (it was logged as a loss
+        change, as a score or not at all by the estimators' units and the plan's sides), so the policy
+        states there the edit's immediate loss change.
         The policies decide by the plan's scores; these figures only report them."""
         n_p, n_g = plan.counts()
         est, sums = plan.estimate(), plan.score_sums()
+        if sums is None and plan.est_loss_change is not None:
+            return dict(est_loss_change=float(plan.est_loss_change), est_score_change=None, est_growth_gain=None)
         grow_est = self.grow_est or self.drop_est
         restores = self.conn.mode == "mask_only" or self.grow_init == "original"
         prune_ok = not n_p or self.drop_est.loss_units(self.conn.mode)

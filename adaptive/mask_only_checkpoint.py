@@ -24,7 +24,7 @@ import hashlib
 import math
 import os
 from pathlib import Path
-from types import MethodType
+from types import CodeType, FunctionType, MethodType
 from typing import Dict, List, Optional
 
 import torch
@@ -209,7 +209,9 @@ def fingerprint(**settings) -> dict:
 
 def callable_identity(fn) -> Optional[object]:
     """A name for ``fn`` (a loss or accuracy function) that is the same in every run that passes the
-    same function: ``module.qualname`` for a function, the class and its plain settings (numbers,
+    same function: ``module.qualname`` for a function (for a lambda or a function defined inside
+    another, which share such names, followed by a digest of its code, defaults and closed-over
+    values: :func:`_code_digest`), the class and its plain settings (numbers,
     strings, flags: ``label_smoothing``, ``reduction``) for a loss module or another callable object,
     the function and its arguments for a ``functools.partial``. Never a memory address, which would
     differ between the run and its resume. None for None."""
@@ -222,12 +224,47 @@ def callable_identity(fn) -> Optional[object]:
         return [callable_identity(fn.__self__), fn.__name__]
     name = getattr(fn, "__qualname__", None)
     if isinstance(name, str) and not isinstance(fn, torch.nn.Module):  # a function or builtin
-        return f"{getattr(fn, '__module__', None) or ''}.{name}"
+        named = f"{getattr(fn, '__module__', None) or ''}.{name}"
+        if isinstance(fn, FunctionType) and ("<lambda>" in name or "<locals>" in name):
+            # every lambda of a module has one name, and so has a function made inside another at each
+            # call: their code and the values they take along tell them apart
+            return f"{named} {_code_digest(fn)}"
+        return named
     # a loss module or another callable object: its class and its plain settings (label_smoothing,
     # reduction, ...), not its repr (a module's omits most settings, an object's holds an address)
     settings = {k: v for k, v in sorted(getattr(fn, "__dict__", {}).items())
                 if not k.startswith("_") and k != "training" and (v is None or isinstance(v, (bool, int, float, str)))}
     return [f"{type(fn).__module__}.{type(fn).__qualname__}", settings]
+
+
+def _code_digest(fn: FunctionType) -> str:
+    """A short sha256 of what a lambda or a local function computes: its code (no file name or line
+    numbers, so it holds for a moved or reloaded copy, and in every process), its default arguments and
+    the values it closes over (a function among them by its name alone)."""
+    def const(c):
+        if isinstance(c, CodeType):
+            return ["code", c.co_code.hex(), [const(x) for x in c.co_consts], list(c.co_names), list(c.co_varnames),
+                    list(c.co_freevars), c.co_argcount, c.co_kwonlyargcount, c.co_flags]
+        if isinstance(c, (tuple, list)):
+            return [const(x) for x in c]
+        if isinstance(c, frozenset):  # (its order follows string hashing, which differs by process)
+            return sorted(repr(const(x)) for x in c)
+        return repr(c)
+
+    def value(v):
+        if isinstance(v, FunctionType):  # (a local function that calls itself holds itself)
+            return f"{v.__module__}.{v.__qualname__}"
+        return _value_identity(v)
+
+    cells = []
+    for cell in fn.__closure__ or ():
+        try:
+            cells.append(value(cell.cell_contents))
+        except ValueError:  # an empty cell (a name assigned after the function was made)
+            cells.append(None)
+    parts = [const(fn.__code__), [value(v) for v in fn.__defaults__ or ()],
+             {k: value(v) for k, v in sorted((fn.__kwdefaults__ or {}).items())}, cells]
+    return "code " + hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
 def _value_identity(v):
@@ -273,6 +310,9 @@ def _differences(saved: dict, now: dict, weights: Optional[Dict[str, torch.Tenso
             continue  # recorded before the precision (the held-out cadence) was
         if k in ("loss_fn", "accuracy_fn") and k not in saved:
             continue  # recorded before the loss and accuracy functions were
+        if k in ("loss_fn", "accuracy_fn") and isinstance(a, str) and isinstance(b, str) and " " not in a \
+                and b.startswith(f"{a} code "):
+            continue  # a lambda or local function recorded before its code was (by its shared name alone)
         if k == "estimator" and isinstance(a, str) and isinstance(b, str) and _same_estimator(a, b):
             continue
         if a != b:

@@ -294,6 +294,10 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     ``min(1, max_norm / (norm + 1e-6))`` below 1: :func:`~adaptive.clipping.clip_factor`; steps whose
     norm is not finite, which a GradScaler skips, count in neither; None if all were).
 
+    ``progress``: a bar (tqdm) advanced once per step; every 10th step its ``loss`` shows the mean
+    loss of this process's batches since it last showed one (up to 10 steps; fewer at an epoch's
+    start), and ``density`` the connectome's.
+
     ``state.silent_units`` (an :class:`adaptive.diagnostics.SilentUnits` on the model's layers, or
     None): it observes each step's gradients before the optimizer step (a step the optimizer then
     skips, which a GradScaler does when they hold inf or NaN, is taken back); train rows then carry
@@ -319,6 +323,8 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     # the epoch's loss and correct sums stay on the device (as the window's) until it ends: no step
     # between two rows reads a value on the host, so none stalls a GPU
     ep, ep_n = torch.zeros(2, dtype=torch.float64, device=accelerator.device), 0
+    # the bar's loss: summed loss and examples of this process's batches since the bar last showed one
+    bar = torch.zeros(2, dtype=torch.float64, device=accelerator.device) if progress is not None else None
     for x, y in loader:
         if max_steps is not None and state.step >= max_steps:
             break
@@ -352,6 +358,9 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
             ep[0] += lsum
             ep[1] += corr
             ep_n += b
+            if bar is not None:
+                bar[0] += lsum
+                bar[1] += b
             if stepping and max_grad_norm is not None:  # a non-finite norm (a skipped step) counts in none
                 finite = torch.isfinite(total).to(ep.device)
                 w[3] += torch.where(finite, total.double().to(ep.device), 0.0)
@@ -377,8 +386,12 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
             state._reset_window()
         if progress is not None:
             progress.update(1)
-            if state.step % 10 == 0:  # (the bar's only read of a step's loss on the host: every 10th step)
-                post = {"loss": f"{float(lsum) / max(b, 1):.3f}"}
+            if state.step % 10 == 0:  # (the bar's only read of the losses on the host: every 10th step)
+                # the mean over the batches since the bar's last loss (up to 10 steps), not the last
+                # batch's, which jumps from batch to batch
+                bar_loss, bar_n = bar.tolist()
+                bar.zero_()
+                post = {"loss": f"{bar_loss / max(bar_n, 1):.3f}"}
                 if conn is not None:
                     post["density"] = f"{conn.density():.3f}"
                 progress.set_postfix(post, refresh=False)

@@ -199,7 +199,9 @@ class RunConfig:
                                   "outputs and checkpoints (without it such a run is refused)")
     progress: Optional[bool] = _help("progress bars (data decoding, training, final test evaluation): true, false, or "
                                      "left out (the default): bars only when stderr is a terminal, none into pipes "
-                                     "and log files; --progress alone means true, --no-progress false")
+                                     "and log files; --progress alone means true, --no-progress false. The training "
+                                     "bar's loss is the mean over the steps since it last changed (every 10 steps, "
+                                     "the main process's batches), not the last batch's")
     figures: bool = _opt(True, "write loss_accuracy.png, density.png and edits.png (with --max_grad_norm and train "
                                  "rows, --log_every above 0, grad_norm.png too) at the end")
 

@@ -191,3 +191,56 @@ def test_an_error_raised_in_a_data_loader_worker_is_one_line_with_its_own_messag
         run_cli(main, "prog")
     assert e.value.code == 2
     assert capsys.readouterr().err == f"prog: error: {line}\n"
+
+
+def test_an_errors_notes_print_on_the_lines_after_its_error_line(capsys, monkeypatch):
+    """An error's notes (PEP 678: "the original weights were restored", "the edit was rolled back")
+    print after its one ``error:`` line, as Python prints them under a traceback: the line printed
+    str(error) alone, and what the note said was lost."""
+    from adaptive.cli import run_cli
+
+    def noted(error):
+        def main():
+            error.add_note("adaptive: the original weights were restored")
+            error.add_note("second note\nof two lines")
+            raise error
+        return main
+
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    for error, line in [(ValueError("a bad window"), "prog: error: a bad window"),
+                        (KeyError("no such layer"), "prog: error: no such layer"),
+                        (PermissionError(13, "Permission denied", "out/x"),
+                         "prog: error: Permission denied: out/x (check the output and input paths)")]:
+        with pytest.raises(SystemExit) as e:
+            run_cli(noted(error), "prog")
+        assert e.value.code == 2
+        assert capsys.readouterr().err == (f"{line}\nadaptive: the original weights were restored\n"
+                                           "second note\nof two lines\n")
+    with pytest.raises(SystemExit):  # no notes: the one line, as before
+        run_cli(lambda: (_ for _ in ()).throw(ValueError("plain")), "prog")
+    assert capsys.readouterr().err == "prog: error: plain\n"
+
+
+def test_the_notes_of_an_error_raised_in_a_data_loader_worker_follow_its_line(capsys, monkeypatch):
+    """A worker's error comes back as the worker's traceback, its notes on the lines after the message:
+    those lines follow the error line (they were glued to the message, the worker's name after them)."""
+    import torch
+    from adaptive.cli import run_cli
+
+    class Unreadable(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            error = ValueError("train/dog/1.png cannot be read as an image")
+            error.add_note("adaptive: a note from the worker")
+            raise error
+
+    def main():
+        next(iter(torch.utils.data.DataLoader(Unreadable(), num_workers=1)))
+
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit):
+        run_cli(main, "prog")
+    assert capsys.readouterr().err == ("prog: error: train/dog/1.png cannot be read as an image (in DataLoader worker "
+                                       "process 0)\nadaptive: a note from the worker\n")

@@ -764,6 +764,60 @@ def test_estimated_loss_change_is_reported_only_in_loss_units(estimator, loss_mo
         assert ev["est_loss_change"] is None and isinstance(ev["est_score_change"], float)
 
 
+class _OwnFigure(adaptive.policies.base.Policy):
+    """A policy of one's own that states its plan's loss change itself, with no scores."""
+    name = "own_figure_test"
+    sparse_at_start = True
+
+    def __init__(self, prune, grow, estimator):
+        self.sides = prune, grow
+        if estimator:  # ranks by the Controller's estimator= (a loss model or not)
+            self.drop_by = self.grow_by = "estimator"
+        else:
+            self.grow_by = "gradient"
+
+    def update(self, ctrl, step):
+        alive = ctrl.conn.masks["weight"].reshape(-1)
+        plan = adaptive.policies.base.EditPlan(est_loss_change=0.123)
+        if self.sides[0]:
+            plan.prune = {"weight": alive.nonzero().squeeze(1)[:2]}
+        if self.sides[1]:
+            plan.grow = {"weight": (~alive).nonzero().squeeze(1)[:2]}
+        return plan
+
+
+@pytest.mark.filterwarnings("ignore:estimator obd recovers")
+@pytest.mark.parametrize("mode", ["train", "mask_only"])
+@pytest.mark.parametrize("estimator", ["obd", "magnitude", None])
+@pytest.mark.parametrize("prune, grow", [(True, True), (False, True), (True, False)])
+def test_a_policys_own_loss_change_is_logged_as_it_stands(mode, estimator, prune, grow):
+    """A plan that sets est_loss_change with no scores gives the policy's own figure: it was logged as
+    est_loss_change, as est_score_change ("the estimators' own units") or not at all (a train-mode
+    growth replaced it by the controller's 0.0), by the Controller's estimator and the plan's sides;
+    it is logged as the loss change it states, whatever they are."""
+    torch.manual_seed(0)
+    m = tiny()
+    ctrl = adaptive.Controller(adaptive.Connectome(m, mode=mode), policy=_OwnFigure(prune, grow, estimator),
+                               estimator=estimator, density=0.5, update_every=1)
+    set_grad(m, torch.randn(2, 4))
+    ctrl.observe()
+    ev = ctrl.step()
+    assert (ev["pruned"] > 0) == prune and (ev["grown"] > 0) == grow
+    assert (ev["est_loss_change"], ev["est_score_change"], ev["est_growth_gain"]) == (0.123, None, None)
+
+
+def test_a_line_search_cut_of_a_plan_without_scores_logs_no_figure_for_the_part_kept():
+    """The policy's own figure is of its whole plan: a part kept by a line search has none (the
+    whole plan's figure was logged for half the edit)."""
+    plan = adaptive.policies.base.EditPlan(prune={"w": torch.arange(4)}, grow={"w": torch.arange(4, 8)},
+                                           est_loss_change=0.5)
+    assert plan.shrink(1.0).est_loss_change == 0.5
+    assert plan.shrink(0.5).est_loss_change is None
+    scored = adaptive.policies.base.EditPlan(prune={"w": torch.arange(2)}, prune_scores={"w": torch.tensor([1.0, 2.0])},
+                                             est_loss_change=3.0)
+    assert scored.shrink(0.5).est_loss_change == 1.0  # scores: the part's own sum, as before
+
+
 def _plans(ctrl):
     """The plans ``ctrl``'s policy returns from now on, as it returns them."""
     plans, update = [], ctrl.policy.update

@@ -232,3 +232,31 @@ def test_no_legend_of_progress_png_lies_on_a_panel(tmp_path, monkeypatch):
     assert len(legends) == 5  # loss, accuracy, updates, boundaries, density
     for legend in legends:
         assert not any(legend.get_window_extent(r).overlaps(ax.get_window_extent(r)) for ax in fig.axes)
+
+
+_OLDER = [{"step": 10, "kind": "update", "pruned": 5, "grown": 5, "est_loss_change": -0.3},  # no est_growth_gain
+          {"step": 20, "kind": "update", "pruned": 3, "grown": 0, "est_loss_change": 0.02}]
+
+
+@pytest.mark.parametrize("files, noted", [
+    ({"config.yaml": "mode: mask_only\nmodel: mlp\n"}, None),
+    ({"history.jsonl": '{"kind": "update", "step": 10, "train_loss": 1.0}\n'}, None),  # prune_pretrained: mask-only
+    ({"config.yaml": "mode: train\ncontroller_kw:\n  grow_init: original\n"}, None),  # restores to the originals
+    ({"config.yaml": "mode: train\n"}, "\n1 estimate(s) of an older train-mode run (no est_growth_gain): each subtracts\n"),
+    ({"config.yaml": "model: mlp\n"}, "\n1 estimate(s) of an older train-mode run"),  # the recipe's default mode
+    ({}, "\n1 estimate(s) of an older run (no est_growth_gain): in train mode such an estimate\n"),  # no config: either
+])
+def test_only_older_train_mode_estimates_are_named(tmp_path, monkeypatch, files, noted):
+    """An older mask-only run's restorations (grown, no est_growth_gain) were counted as older-run
+    estimates with a note worded for train mode, though a restoration's est_loss_change was always the
+    immediate change: the run's config.yaml (or a prune_pretrained history.jsonl) tells the modes apart."""
+    _events(tmp_path, _OLDER)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    title = figs[0].axes[5].get_title()
+    if noted is None:
+        assert "older" not in title, title
+    else:
+        assert noted in title, title

@@ -559,3 +559,68 @@ def test_a_loss_of_a_plugin_file_resumes_when_the_file_is_loaded_again(tmp_path)
     first.write_text(source.replace("reduction='mean'", "reduction=\"mean\""))
     with pytest.raises(CheckpointMismatchError, match="loss_fn: checkpoint 'adaptive_plugin_my_loss_"):
         optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path, loss_fn=fresh_load(first), **KW)
+
+
+def test_a_resume_with_another_lambda_is_refused():
+    """Every lambda of a module was named ``module.<lambda>``, and every function made inside another
+    by its qualname alone: a resume given another one (another label smoothing, another loss) passed
+    silently. Their code, defaults and closed-over values now tell them apart; the same lambda, or one
+    made again with the same values, keeps its identity, and a checkpoint that recorded the bare name
+    (before) still resumes."""
+    import functools
+
+    import torch.nn.functional as F
+    from adaptive.mask_only_checkpoint import _differences, callable_identity
+
+    def smoothed(s):
+        return lambda out, y: F.cross_entropy(out, y, label_smoothing=s)
+
+    plain = lambda out, y: F.cross_entropy(out, y)  # noqa: E731
+    other = lambda out, y: F.cross_entropy(out, y, label_smoothing=0.1)  # noqa: E731
+    with_default = lambda out, y, s=0.1: F.cross_entropy(out, y, label_smoothing=s)  # noqa: E731
+    again = lambda out, y, s=0.2: F.cross_entropy(out, y, label_smoothing=s)  # noqa: E731
+    ids = [callable_identity(f) for f in (plain, other, smoothed(0.1), smoothed(0.2), with_default, again)]
+    assert len({repr(i) for i in ids}) == len(ids), ids
+    assert callable_identity(smoothed(0.1)) == callable_identity(smoothed(0.1))
+    assert callable_identity(functools.partial(plain)) != callable_identity(functools.partial(other))
+    named = ids[0].split(" code ")[0]
+    assert _differences({"loss_fn": named}, {"loss_fn": ids[0]}) == []  # recorded before the digest
+    assert _differences({"loss_fn": ids[0]}, {"loss_fn": ids[1]}) != []
+
+
+def test_a_checkpoint_made_with_one_lambda_refuses_a_resume_with_another(tmp_path):
+    import torch.nn.functional as F
+
+    path = tmp_path / "ck.pt"
+    interrupted(tiny(), [0.2, 0.5], path, at_stage=1, loss_fn=lambda out, y, **kw: F.cross_entropy(out, y, **kw))
+    with pytest.raises(CheckpointMismatchError, match="loss_fn: checkpoint .*<lambda> code "):
+        optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path,
+                            loss_fn=lambda out, y, **kw: F.cross_entropy(out, y, **kw) * 2.0, **KW)
+
+
+def test_a_lambdas_identity_holds_across_processes_and_moved_copies(tmp_path):
+    """A lambda's digest reads no address, file name, line number or string hash (a set of strings in
+    its code is a frozenset, whose order differs by process): the same in a fresh process with another
+    hash seed, and from a copy of its plugin file moved elsewhere with lines added above it."""
+    import os
+    import subprocess
+    import sys
+
+    source = ("import torch.nn.functional as F\n\n"
+              "loss = lambda out, y: F.cross_entropy(out, y) if 'a' in {'alpha', 'beta', 'gamma', 'a'} else None\n")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "lam.py").write_text(source)
+    (tmp_path / "b" / "lam.py").write_text("\n\n# moved, and lines above\n" + source)
+    code = ("import sys, importlib.util\n"
+            "from adaptive.mask_only_checkpoint import callable_identity\n"
+            "spec = importlib.util.spec_from_file_location('lam', sys.argv[1])\n"
+            "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+            "print(callable_identity(mod.loss))\n")
+    seen = set()
+    for seed, folder in (("1", "a"), ("2", "a"), ("3", "b")):
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / folder / "lam.py")], capture_output=True,
+                           text=True, env={**os.environ, "PYTHONHASHSEED": seed}, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        seen.add(r.stdout.strip())
+    assert len(seen) == 1 and " code " in seen.pop()

@@ -1550,3 +1550,29 @@ def test_a_target_of_0_writes_the_dense_network_with_no_pass_and_resumes(tmp_pat
     summary = mod.main(args(weights, only, "--remove", "0"))
     assert not any(json.loads(line)["kind"] == "update" for line in (only / "history.jsonl").read_text().splitlines())
     assert [r["target"] for r in summary["rows"]] == ["dense", "0"] and (only / "pruned_state_dict.pt").is_file()
+
+
+def test_an_error_in_a_run_prints_its_original_weights_restored_note(tmp_path, weights, capsys, monkeypatch):
+    """A ValueError raised mid-run gets the note that the model's original weights were restored: the
+    recipe's error line printed str(error) alone, and the note was lost."""
+    from adaptive.cli import run_cli
+
+    mod = recipe()
+    real = mod.optimize_connectome
+
+    def failing(*a, callback=None, **kw):
+        def cb(rec):
+            if callback is not None:
+                callback(rec)
+            if rec["kind"] == "update":
+                raise ValueError("a callback refused the update")
+        return real(*a, callback=cb, **kw)
+
+    monkeypatch.setattr(mod, "optimize_connectome", failing)
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: mod.main(args(weights, tmp_path / "run", "--remove", "0.5")), mod.PROG)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    at = err.index(f"{mod.PROG}: error: a callback refused the update")
+    assert "original weights" in err[at + 1] and "were restored" in err[at + 1], err

@@ -149,3 +149,38 @@ def test_evaluate_gives_each_module_its_own_mode_back(accelerator):
     loss, acc, n = evaluate(accelerator, model, data)
     assert n == 8 and loss > 0
     assert model.training and model[0].training and model[2].training and not model[1].training
+
+
+def test_the_bars_loss_is_the_mean_since_it_last_showed_one(accelerator):
+    """The training bar showed the loss of the 10th step's batch alone, which jumps from batch to
+    batch; it shows the mean over the batches since its last loss (its own window of 10 steps), and
+    metrics.csv's rows keep their --log_every windows."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    g = torch.Generator().manual_seed(1)
+    loader = [(torch.randn(5, 4, generator=g), torch.randint(0, 3, (5,), generator=g)) for _ in range(25)]
+    losses = []
+
+    def loss_fn(out, y):
+        loss = F.cross_entropy(out, y)
+        losses.append(float(loss.detach()))
+        return loss
+
+    class Bar:
+        def __init__(self):
+            self.shown = []
+
+        def update(self, n):
+            pass
+
+        def set_postfix(self, post, refresh=True):
+            self.shown.append(float(post["loss"]))
+
+    bar, state = Bar(), TrainState()
+    train_one_epoch(accelerator, model, opt, loader, state, loss_fn=loss_fn, log_every=4, progress=bar)
+    assert bar.shown == [pytest.approx(sum(losses[:10]) / 10, abs=6e-4),
+                         pytest.approx(sum(losses[10:20]) / 10, abs=6e-4)]  # (shown to 3 decimals)
+    assert bar.shown != [pytest.approx(losses[9], abs=6e-4), pytest.approx(losses[19], abs=6e-4)]
+    rows = [r for r in state.metrics if r["split"] == "train"]
+    assert rows[0]["loss"] == pytest.approx(sum(losses[:4]) / 4, rel=1e-6)

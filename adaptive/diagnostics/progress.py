@@ -6,8 +6,10 @@ run of ``recipes/prune_pretrained.py``, its ``history.jsonl``).
 null), ``est_loss_change`` (the immediate change of the training loss the estimators expect of the
 edit, only where they are loss models; ``est_score_change`` holds the plan's summed scores in the
 estimators' own units otherwise; in train mode a grown synapse starts at its grow init, 0.0 by
-default, so its promised gain once trained is ``est_growth_gain``, not part of it; an older run's
-events lack ``est_growth_gain`` and subtracted that gain, which the panel notes),
+default, so its promised gain once trained is ``est_growth_gain``, not part of it; an older train-mode
+run's events lack ``est_growth_gain`` and subtracted that gain, which the panel notes; a mask-only
+run's restorations, told apart by the run's ``config.yaml`` or ``history.jsonl``, were always
+immediate, so its older events are not noted),
 ``actual_loss_change`` (held-out, right after the edit: logged where a line search checked the
 update, recipes/adaptive.py ``--line_search N`` in train mode). ``metrics.csv``: columns ``step``, ``split``
 and any numeric ones (``loss``, ``accuracy``, ``removed``, ...). Missing keys, blank cells and
@@ -104,11 +106,14 @@ class Progress:
     """Events and metrics of one run, as tables, with ``removed`` filled in for every metrics row:
     from the ``removed`` column, else from the events (their own ``removed``, else ``density`` times
     ``total_synapses``, else the running sum of pruned - grown); ``removed_source`` says which, or
-    "step" when nothing places the rows on a removal axis."""
+    "step" when nothing places the rows on a removal axis. ``growth``: how the run grew synapses
+    (:func:`growth_mode`), which says whether its older estimates are noted."""
 
     events: Table
     metrics: Table
     removed_source: str
+    # "grow at init" (train mode), "restore" (mask_only, or grow_init='original'), None: not said
+    growth: Optional[str] = None
 
     def plot(self, path, svg: bool = False, title: str = ""):
         plt = pyplot()
@@ -222,11 +227,17 @@ class Progress:
         in_score = sum(1 for e in ev if finite(e.get("est_score_change")))
         pts = [(a, b) for _, a, b in est if finite(b)]
         # logged before est_growth_gain was split off (an older run, or its checkpoint resumed): there a
-        # train-mode update that grew subtracted the gain its synapses promise once trained
-        older = sum(1 for e in ev if finite(e.get("est_loss_change")) and "est_growth_gain" not in e
-                    and isinstance(e.get("grown"), (int, float)) and e["grown"] > 0)
-        older = (f"\n{older} estimate(s) of an older run (no est_growth_gain): in train mode such an estimate\n"
-                 "subtracts the gain that grown synapses promise once trained" if older else "")
+        # train-mode update that grew subtracted the gain its synapses promise once trained; a restoration
+        # (mask_only, grow_init='original') was an immediate change then as now, so its estimate stands
+        older = 0 if self.growth == "restore" else sum(
+            1 for e in ev if finite(e.get("est_loss_change")) and "est_growth_gain" not in e
+            and isinstance(e.get("grown"), (int, float)) and e["grown"] > 0)
+        if older and self.growth == "grow at init":
+            older = (f"\n{older} estimate(s) of an older train-mode run (no est_growth_gain): each subtracts\n"
+                     "the gain that grown synapses promise once trained")
+        else:  # a folder that does not say the run's mode
+            older = (f"\n{older} estimate(s) of an older run (no est_growth_gain): in train mode such an estimate\n"
+                     "subtracts the gain that grown synapses promise once trained" if older else "")
         ax.grid(True, alpha=0.3)
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=10)
@@ -278,6 +289,30 @@ def read_history(path: str) -> Table:
     return Table(rows)
 
 
+def growth_mode(run_dir: str) -> Optional[str]:
+    """How the run in ``run_dir`` grew synapses, as its folder records it: "restore" (a mask_only run:
+    ``mode: mask_only`` in its ``config.yaml``, or a ``history.jsonl``, which only
+    ``recipes/prune_pretrained.py``'s mask-only runs write; or a train run with
+    ``controller_kw: {grow_init: original}``), where a grown synapse's estimate was always an immediate
+    change; "grow at init" (a train run, ``mode: train`` or none given: the recipe's default); None
+    where the folder has no readable ``config.yaml`` (a bare ``events.jsonl``)."""
+    if os.path.isfile(os.path.join(run_dir, "history.jsonl")):
+        return "restore"
+    try:
+        import yaml
+
+        with open(os.path.join(run_dir, "config.yaml")) as f:
+            cfg = yaml.safe_load(f)
+    except Exception:  # noqa: BLE001 - none, unreadable or damaged: the panel words its note for either mode
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    kw = cfg.get("controller_kw")
+    if cfg.get("mode") == "mask_only" or (isinstance(kw, dict) and kw.get("grow_init") == "original"):
+        return "restore"
+    return "grow at init" if cfg.get("mode", "train") == "train" else None
+
+
 def progress(run_dir: str, total_synapses: Optional[int] = None) -> Progress:
     """Read ``run_dir``/events.jsonl and ``run_dir``/metrics.csv. ``total_synapses`` lets a run whose
     metrics lack ``removed`` but whose events log ``density`` be placed on the removal axis."""
@@ -320,4 +355,4 @@ def progress(run_dir: str, total_synapses: Optional[int] = None) -> Progress:
                 r["removed"] = before[-1] if before else 0
     else:
         source = "step"
-    return Progress(events, metrics, source)
+    return Progress(events, metrics, source, growth_mode(run_dir))

@@ -67,7 +67,9 @@ class EditPlan:
     def estimate(self) -> Optional[float]:
         """The plan's summed prune scores minus its summed grow scores: ``est_loss_change`` when the
         policy set it, else from the aligned scores (None without either). The controller logs it
-        as the edit's estimated loss change only where both sides are immediate loss changes (see
+        as the edit's estimated loss change only where both sides are immediate loss changes, or
+        where the policy set ``est_loss_change`` with no scores: that figure is the policy's own
+        statement of the edit's immediate loss change, logged as it stands (see
         :meth:`Controller._estimates <adaptive.controller_reports.ControllerReportsMixin._estimates>`)."""
         if self.est_loss_change is not None or not (self.prune_scores or self.grow_scores):
             return self.est_loss_change
@@ -116,11 +118,13 @@ class EditPlan:
                     out[n] = full[n][keep.to(full[n].device)]
                     if n in scores:
                         out_scores[n] = scores[n][keep.to(scores[n].device)]
-        est = None
+        est = None  # a plan without scores: its policy's figure is of the whole plan, so a part has none
         if self.prune_scores or self.grow_scores:
             est = float(sum(v.double().sum() for v in ps.values())) - float(sum(v.double().sum() for v in gs.values()))
+        elif EditPlan(prune=prune, grow=grow).counts() == self.counts():
+            est = self.est_loss_change  # the whole plan kept
         return EditPlan(
-            prune=prune, grow=grow, est_loss_change=est if est is not None else self.est_loss_change,
+            prune=prune, grow=grow, est_loss_change=est,
             boundaries=self.boundaries, prune_scores=ps, grow_scores=gs,
             tolerance=None if self.tolerance is None else self.tolerance * fraction, atomic=self.atomic,
         )
