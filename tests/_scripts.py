@@ -3,6 +3,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,6 +16,18 @@ def load_script(relpath: str, name: str):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def assert_refused_before_any_run(mod, argv, msg: str, out: Path, capsys, monkeypatch, runner: str = "run_one"):
+    """A benchmark's ``mod.main(argv)`` is a usage error (exit 2) that says ``msg``, raised before any
+    call of ``mod.<runner>`` (replaced by a recorder here) and without writing its table ``out``."""
+    ran = []
+    monkeypatch.setattr(mod, runner, lambda *a, **k: ran.append(a))
+    with pytest.raises(SystemExit) as info:
+        mod.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and msg in err, (info.value.code, err)
+    assert not ran and not out.exists(), (ran, out.exists())
 
 
 # The limit on a child process a test runs (a recipe, a two-process launch): a guard against a

@@ -5,7 +5,7 @@ import re
 import pytest
 
 import adaptive.paths as paths
-from _scripts import load_script  # noqa: E402
+from _scripts import assert_refused_before_any_run, load_script  # noqa: E402
 
 SHARED = paths.SHARED_DATA
 HAVE_DATA = (SHARED / "cifar10-jpeg" / "test").is_dir() and (SHARED / "resnet-cifar10" / "resnet20-12fca82f.th").is_file()
@@ -26,13 +26,8 @@ def _bench():
     (["--seed", "-1"], "--seed must be in [0, 2**32 - 1]"),
 ])
 def test_bad_settings_fail_before_any_run(argv, msg, capsys, monkeypatch, tmp_path):
-    mod = _bench()
-    ran = []
-    monkeypatch.setattr(mod, "run_row", lambda *a, **k: ran.append(a))
-    with pytest.raises(SystemExit) as info:
-        mod.main(argv + ["--output", str(tmp_path / "t.md"), "--data-dir", str(SHARED)])
-    assert info.value.code == 2 and msg in capsys.readouterr().err
-    assert not ran and not (tmp_path / "t.md").exists()
+    assert_refused_before_any_run(_bench(), argv + ["--output", str(tmp_path / "t.md"), "--data-dir", str(SHARED)], msg,
+                                  tmp_path / "t.md", capsys, monkeypatch, runner="run_row")
 
 
 @pytest.mark.skipif(not HAVE_DATA, reason=f"shared cifar10-jpeg or resnet20 absent under {SHARED}")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import adaptive.paths as paths
-from _scripts import load_script  # noqa: E402
+from _scripts import assert_refused_before_any_run, load_script  # noqa: E402
 
 MNIST = paths.SHARED_DATA / "mnist" / "mnist.npz"
 DENSE = "dense, batch 100"
@@ -40,13 +40,7 @@ def _where(tmp_path) -> list:
     (["--variants", "clip 1;warmup 500", "--subset", "2000"], "the shortest here has about 54"),
 ])
 def test_bad_settings_fail_before_any_run(argv, msg, capsys, monkeypatch, tmp_path):
-    mod = _bench()
-    ran = []
-    monkeypatch.setattr(mod, "run_one", lambda *a, **k: ran.append(a))
-    with pytest.raises(SystemExit) as info:
-        mod.main(argv + _where(tmp_path))
-    assert info.value.code == 2 and msg in capsys.readouterr().err
-    assert not ran and not (tmp_path / "t.md").exists()
+    assert_refused_before_any_run(_bench(), argv + _where(tmp_path), msg, tmp_path / "t.md", capsys, monkeypatch)
 
 
 def test_a_short_run_without_the_warmup_variant_is_not_refused(monkeypatch, tmp_path):

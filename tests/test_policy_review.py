@@ -235,12 +235,7 @@ def test_threshold_keeps_the_min_density_floors_a_global_ranking_would_empty(pac
         g = torch.Generator().manual_seed(0)
         for _ in range(12):
             x, y = torch.randn(32, 20, generator=g), torch.randint(0, 5, (32,), generator=g)
-            m.zero_grad()
-            F.cross_entropy(m(x), y).backward()
-            ctrl.observe()
-            ctrl.step()
-            for n, mask in conn.masks.items():
-                assert int(mask.sum()) >= math.ceil(min_density * mask.numel()), (n, int(mask.sum()))
+            _step_keeping_floors(m, conn, ctrl, x, y, min_density)
         return conn, w0
 
     conn, _ = run(0.0)

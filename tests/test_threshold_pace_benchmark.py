@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 import adaptive.paths as paths
-from _scripts import load_script  # noqa: E402
+from _scripts import assert_refused_before_any_run, load_script  # noqa: E402
 
 SHARED = paths.SHARED_DATA
 
@@ -28,13 +28,8 @@ def _bench():
     (["--out", "x.md"], "unrecognized arguments: --out x.md"),  # (no abbreviations: the Reproduce line shows full names)
 ])
 def test_bad_settings_fail_before_any_run(argv, msg, capsys, monkeypatch, tmp_path):
-    mod = _bench()
-    ran = []
-    monkeypatch.setattr(mod, "run_one", lambda *a, **k: ran.append(a))
-    with pytest.raises(SystemExit) as info:
-        mod.main(argv + ["--output", str(tmp_path / "t.md")])
-    assert info.value.code == 2 and msg in capsys.readouterr().err
-    assert not ran and not (tmp_path / "t.md").exists()
+    assert_refused_before_any_run(_bench(), argv + ["--output", str(tmp_path / "t.md")], msg, tmp_path / "t.md", capsys,
+                                  monkeypatch)
 
 
 def test_mnist_settings_need_the_data(capsys, tmp_path):

@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from _scripts import load_script  # noqa: E402
+from _scripts import assert_refused_before_any_run, load_script  # noqa: E402
 
 ROOT = os.path.realpath(os.path.join(os.path.dirname(__file__), ".."))
 DIGITS = "mlp/digits 20%, threshold"
@@ -26,13 +26,8 @@ def _bench():
     (["--threads", "0"], "--threads must be >= 1"),
 ])
 def test_bad_settings_fail_before_any_run(argv, msg, capsys, monkeypatch, tmp_path):
-    mod = _bench()
-    ran = []
-    monkeypatch.setattr(mod, "run_one", lambda *a, **k: ran.append(a))
-    with pytest.raises(SystemExit) as info:
-        mod.main(argv + ["--output", str(tmp_path / "t.md")])
-    assert info.value.code == 2 and msg in capsys.readouterr().err
-    assert not ran and not (tmp_path / "t.md").exists()
+    assert_refused_before_any_run(_bench(), argv + ["--output", str(tmp_path / "t.md")], msg, tmp_path / "t.md", capsys,
+                                  monkeypatch)
 
 
 def test_mnist_settings_need_the_data(capsys, tmp_path):
@@ -65,11 +60,13 @@ def test_each_run_uses_its_order_and_the_table_shows_the_runs_summaries(tmp_path
                                      "'mlp/digits 20%, threshold' --seeds 0 --max-steps 200`")
 
 
-@pytest.mark.parametrize("script", ["zero_cost_ties", "threshold_pace", "gradual_pruning", "lenet5_stability"])
+@pytest.mark.parametrize("script", ["zero_cost_ties", "threshold_pace", "gradual_pruning", "lenet5_stability",
+                                    "mask_only_ceiling", "band_scaling_ddp"])
 def test_loading_a_benchmark_leaves_its_folder_off_the_import_path(script):
     """threshold_pace.py and gradual_pruning.py put recipes/benchmarks on sys.path for good, so a later
     ``import graphs`` in the same process found recipes/benchmarks/graphs.py instead of the package
-    (and mask_only_ceiling's test of the same failed after them in one process)."""
+    (and mask_only_ceiling's test of the same failed after them in one process). The benchmarks that
+    import a sibling now import it as ``recipes.benchmarks.NAME``, never putting the folder there."""
     load_script(f"recipes/benchmarks/{script}.py", f"{script}_path_check")
     here = os.path.join(ROOT, "recipes", "benchmarks")
     assert not [p for p in sys.path if os.path.realpath(p or os.getcwd()) == here]

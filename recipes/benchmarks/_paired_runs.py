@@ -1,6 +1,6 @@
 """Shared by the benchmarks that train each setting once per variant and seed, every run a
-``recipes/adaptive.py`` job (threshold_pace.py, zero_cost_ties.py): the run, the figure that joins a
-seed's runs across the variants, and their small argument and table helpers."""
+``recipes/adaptive.py`` job (threshold_pace.py, zero_cost_ties.py, lenet5_stability.py): the run, the
+figure that joins a seed's runs across the variants, and their small argument and table helpers."""
 from __future__ import annotations
 
 import json
@@ -65,6 +65,34 @@ def int_list(text: str, what: str, ap) -> list:
     if not values or len(set(values)) < len(values) or not all(0 <= v <= 2**32 - 1 for v in values):
         ap.error(f"{what}: distinct whole numbers in [0, 2**32 - 1], got {text!r}")
     return values
+
+
+def name_list(text: str, known, what: str, ap, sep: str = ";") -> list:
+    """The names in ``text`` separated by ``sep`` (each of ``known``, none twice), in their order, or
+    ``ap.error`` naming the unknown ones and listing ``known``."""
+    names = [s.strip() for s in text.split(sep) if s.strip()]
+    unknown = [s for s in names if s not in known]
+    if unknown or not names or len(set(names)) < len(names):
+        ap.error(f"{what}: {'unknown ' + str(unknown) if unknown else 'none given or one named twice'}; "
+                 f"choose from {(sep + ' ').join(known)}")
+    return names
+
+
+def at_least_one(args, names, ap) -> None:
+    """``ap.error`` for the first of the options ``names`` (attributes of ``args``; None: not given)
+    set below 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def figure_path(args, name: str) -> Path:
+    """Where a benchmark's figure goes: ``--figure``, else beside ``--output`` (a .png of the same
+    name), else docs/figures/``name``.png."""
+    if args.figure:
+        return Path(args.figure)
+    return Path(args.output).with_suffix(".png") if args.output else ROOT / "docs" / "figures" / f"{name}.png"
 
 
 def collapse_cells(rs, collapsed: float) -> str:

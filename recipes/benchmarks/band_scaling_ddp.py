@@ -66,11 +66,8 @@ from adaptive.diagnostics._common import live_mask, scaler_suspended  # noqa: E4
 from adaptive.distributed import collective_device, is_distributed  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # (only while the sibling helper is imported: see threshold_pace.py)
-try:
-    from _reproduce import shown_args  # noqa: E402
-finally:
-    sys.path.remove(str(Path(__file__).resolve().parent))
+# (the helper beside this file, by its path from ROOT: see threshold_pace.py)
+from recipes.benchmarks._reproduce import shown_args  # noqa: E402
 
 RESULTS = ROOT / "recipes" / "benchmarks" / "results" / "band_scaling_ddp.md"
 

@@ -47,13 +47,9 @@ sys.path.insert(0, str(ROOT))
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 
-# the sibling modules, with this folder on the import path only while they are imported: it also holds
-# graphs.py, which would stand in for the graphs package of any later import in the same process
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-try:
-    from _reproduce import shown_args  # noqa: E402
-finally:
-    sys.path.remove(str(Path(__file__).resolve().parent))
+# the shared helpers beside this file, by their path from ROOT (a namespace package): putting this folder on
+# sys.path would let its graphs.py stand in for the graphs package in a process that imports this file
+from recipes.benchmarks._reproduce import shown_args  # noqa: E402
 
 WEIGHTS = {"resnet20": "resnet-cifar10/resnet20-12fca82f.th", "resnet32": "resnet-cifar10/resnet32-d509ac18.th"}
 ROWS = {  # name: the recipe options that make the row (on top of the shared ones)

@@ -38,15 +38,12 @@ sys.path.insert(0, str(ROOT))
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 
-# the sibling modules, with this folder on the import path only while they are imported: it also holds
-# graphs.py, which would stand in for the graphs package of any later import in the same process
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-try:
-    from _reproduce import shown_args  # noqa: E402
-    from _paired_runs import int_list as _int_list, rel as _rel  # noqa: E402
-    from _paired_runs import collapse_cells, paired_plot, recipe_run  # noqa: E402
-finally:
-    sys.path.remove(str(Path(__file__).resolve().parent))
+# the shared helpers beside this file, by their path from ROOT (a namespace package): putting this folder on
+# sys.path would let its graphs.py stand in for the graphs package in a process that imports this file
+from recipes.benchmarks._paired_runs import (  # noqa: E402
+    at_least_one, collapse_cells, figure_path, int_list as _int_list, name_list, paired_plot, recipe_run,
+    rel as _rel)
+from recipes.benchmarks._reproduce import shown_args  # noqa: E402
 
 COLLAPSED = 0.5  # a run below 50% held-out accuracy on 10 classes counts as collapsed in the table
 _SHIPPED = ["--config", str(ROOT / "recipes" / "configs" / "mnist_lenet300_utility.yaml"), "--model", "lenet5",
@@ -114,15 +111,6 @@ def run_one(setting: str, variant: str, seed: int, args, out: Path) -> dict:
     return recipe_run(opts, out, f"{setting}, {variant}, seed {seed}")
 
 
-def _names(text: str, known: dict, what: str, ap) -> list:
-    names = [s.strip() for s in text.split(";") if s.strip()]
-    unknown = [s for s in names if s not in known]
-    if unknown or not names or len(set(names)) < len(names):
-        ap.error(f"{what}: {'unknown ' + str(unknown) if unknown else 'none given or one named twice'}; "
-                 f"choose from {'; '.join(known)}")
-    return names
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--settings", default=";".join(DEFAULT_SETTINGS),
@@ -141,13 +129,10 @@ def main(argv=None):
                                                    "--output)")
     ap.add_argument("--no-progress", action="store_true", help="no per-run lines")
     args = ap.parse_args(argv)
-    settings = _names(args.settings, SETTINGS, "--settings", ap)
-    variants = _names(args.variants, VARIANTS, "--variants", ap)
+    settings = name_list(args.settings, SETTINGS, "--settings", ap)
+    variants = name_list(args.variants, VARIANTS, "--variants", ap)
     seeds = _int_list(args.seeds, "--seeds", ap)
-    for name in ("max_steps", "subset", "threads", "jobs"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    at_least_one(args, ("max_steps", "subset", "threads", "jobs"), ap)
     if "warmup 500" in variants and fewest_steps(settings, args) < 2 * WARMUP:
         ap.error(f"--variants 'warmup 500' needs runs of at least {2 * WARMUP} steps (a warmup of at most half the "
                  f"run), and the shortest here has about {fewest_steps(settings, args)}: give a larger --max-steps or "
@@ -201,26 +186,20 @@ def main(argv=None):
                   "Variants: " + "; ".join(f"{v}: {' '.join(VARIANTS[v]) or 'as shipped'}" for v in variants) + ". "
                   "Held-out: the final network on the recipe's stratified 10% of TRAIN (seeded), the numbers the "
                   "comparison is read on. Test: MNIST's TEST split, read only for this table.",
-              "", f"Figure: {_rel(_figure_path(args))}.", "",
+              "", f"Figure: {_rel(figure_path(args, 'lenet5_stability'))}.", "",
               f"Whole benchmark: {(time.time() - start) / 60:.1f} min wall on {os.cpu_count()} cores, {args.jobs} "
               f"run(s) side by side; 1-minute load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at "
               "the end.", "",
               "Reproduce: `python recipes/benchmarks/lenet5_stability.py"
               f"{shown_args(argv, ROOT, dropped=('--runs', '--data-dir', '--jobs'))}`"]
     out = Path(args.output) if args.output else ROOT / "recipes" / "benchmarks" / "results" / "lenet5_stability.md"
-    paired_plot(results, variants, seeds, _figure_path(args), variants,
+    paired_plot(results, variants, seeds, figure_path(args, "lenet5_stability"), variants,
                 f"LeNet-5 on MNIST, seeds {', '.join(map(str, seeds))}: a line joins a seed's runs",
                 center=statistics.median)
     write_text(out, "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwritten to {out}")
     return results
-
-
-def _figure_path(args) -> Path:
-    if args.figure:
-        return Path(args.figure)
-    return Path(args.output).with_suffix(".png") if args.output else ROOT / "docs" / "figures" / "lenet5_stability.png"
 
 
 if __name__ == "__main__":

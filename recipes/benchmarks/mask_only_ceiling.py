@@ -34,13 +34,8 @@ from adaptive.mask_only import evaluate  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 
-# the same networks and run options as mask_only.py beside it; its folder only while that is imported:
-# it also holds graphs.py, which would stand in for the graphs package of any later import
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-try:
-    from mask_only import WEIGHTS, add_run_options  # noqa: E402
-finally:
-    sys.path.remove(str(Path(__file__).resolve().parent))
+# the same networks and run options as mask_only.py beside it, by its path from ROOT (see threshold_pace.py)
+from recipes.benchmarks.mask_only import WEIGHTS, add_run_options  # noqa: E402
 
 
 def _floats(ap, name, text):

@@ -35,15 +35,12 @@ from adaptive.atomic import write_text  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 from adaptive.utility.ties import ZERO_COST_ORDERS  # noqa: E402
 
-# the sibling modules, with this folder on the import path only while they are imported: it also holds
-# graphs.py, which would stand in for the graphs package of any later import in the same process
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-try:
-    from _reproduce import shown_args  # noqa: E402
-    from _paired_runs import int_list as _int_list, rel as _rel  # noqa: E402
-    from _paired_runs import collapse_cells, paired_plot, recipe_run  # noqa: E402
-finally:
-    sys.path.remove(str(Path(__file__).resolve().parent))
+# the shared helpers beside this file, by their path from ROOT (a namespace package): putting this folder on
+# sys.path would let its graphs.py stand in for the graphs package in a process that imports this file
+from recipes.benchmarks._paired_runs import (  # noqa: E402
+    at_least_one, collapse_cells, figure_path, int_list as _int_list, name_list, paired_plot, recipe_run,
+    rel as _rel)
+from recipes.benchmarks._reproduce import shown_args  # noqa: E402
 
 ORDERS = ("index", "magnitude")
 assert set(ORDERS) == set(ZERO_COST_ORDERS)
@@ -97,16 +94,9 @@ def main(argv=None):
                                                    "--output)")
     ap.add_argument("--no-progress", action="store_true", help="no per-run lines")
     args = ap.parse_args(argv)
-    settings = [s.strip() for s in args.settings.split(";") if s.strip()]
-    unknown = [s for s in settings if s not in SETTINGS]
-    if unknown or not settings or len(set(settings)) < len(settings):
-        ap.error(f"--settings: {'unknown ' + str(unknown) if unknown else 'none given or one named twice'}; "
-                 f"choose from {'; '.join(SETTINGS)}")
+    settings = name_list(args.settings, SETTINGS, "--settings", ap)
     seeds = _int_list(args.seeds, "--seeds", ap)
-    for name in ("max_steps", "subset", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    at_least_one(args, ("max_steps", "subset", "threads"), ap)
     args.data = resolve_data_dir(args.data_dir)
     if any(s in NEEDS_DATA for s in settings) and not (args.data / "mnist" / "mnist.npz").is_file():
         ap.error(f"the MNIST settings need {args.data / 'mnist' / 'mnist.npz'} (give --data-dir)")
@@ -147,23 +137,17 @@ def main(argv=None):
                   "'batch 100' is recipes/configs/mnist_lenet300_utility.yaml with the model, policy and density named. "
                   "Held-out: the final network on the recipe's stratified 10% of TRAIN (seeded), the numbers the "
                   "comparison is read on. Test: the setting's TEST split, read only for this table.",
-              "", f"Figure: {_rel(_figure_path(args))}.", "",
+              "", f"Figure: {_rel(figure_path(args, 'zero_cost_ties'))}.", "",
               f"Whole benchmark: {(time.time() - start) / 60:.1f} min wall on {os.cpu_count()} cores; 1-minute load "
               f"average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end.", "",
               "Reproduce: `python recipes/benchmarks/zero_cost_ties.py"
               f"{shown_args(argv, ROOT, dropped=('--runs', '--data-dir'))}`"]
     out = Path(args.output) if args.output else ROOT / "recipes" / "benchmarks" / "results" / "zero_cost_ties.md"
-    plot(results, seeds, _figure_path(args))
+    plot(results, seeds, figure_path(args, "zero_cost_ties"))
     write_text(out, "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwritten to {out}")
     return results
-
-
-def _figure_path(args) -> Path:
-    if args.figure:
-        return Path(args.figure)
-    return Path(args.output).with_suffix(".png") if args.output else ROOT / "docs" / "figures" / "zero_cost_ties.png"
 
 
 if __name__ == "__main__":
