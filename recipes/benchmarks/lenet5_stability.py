@@ -114,8 +114,8 @@ def run_one(setting: str, variant: str, seed: int, args, out: Path) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--settings", default=";".join(DEFAULT_SETTINGS),
-                    help=f"semicolon-separated, of: {'; '.join(SETTINGS)} (default: {'; '.join(DEFAULT_SETTINGS)})")
-    ap.add_argument("--variants", default=";".join(VARIANTS), help=f"semicolon-separated, of: {'; '.join(VARIANTS)} "
+                    help=f"semicolon-separated, of: {'; '.join(SETTINGS).replace('%', '%%')} (default: {'; '.join(DEFAULT_SETTINGS).replace('%', '%%')})")
+    ap.add_argument("--variants", default=";".join(VARIANTS), help=f"semicolon-separated, of: {'; '.join(VARIANTS).replace('%', '%%')} "
                                                                   "(the first is the baseline of the differences)")
     ap.add_argument("--seeds", default="0,1,2,3,4,5,6,7", help="comma-separated seeds (split, data order, weights)")
     ap.add_argument("--max-steps", type=int, default=None, help="steps of every run instead of its epochs (quick runs)")

@@ -78,7 +78,7 @@ def plot(results, seeds, path: Path) -> Path:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)  # (the Reproduce line)
-    ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of: {', '.join(SETTINGS)}")
+    ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of: {', '.join(SETTINGS).replace('%', '%%')}")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (split, data order, initialisation)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs of every run (the schedules span them; default: "
                                                              "3 on MNIST, 20 on digits)")

@@ -82,7 +82,7 @@ def plot(results, seeds, path: Path) -> Path:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--settings", default=";".join(SETTINGS), help=f"semicolon-separated (the names hold commas), of: "
-                                                                  f"{'; '.join(SETTINGS)}")
+                                                                  f"{'; '.join(SETTINGS).replace('%', '%%')}")
     ap.add_argument("--seeds", default="0,1,2,3,4,5,6,7", help="comma-separated seeds (split, data order, weights)")
     ap.add_argument("--max-steps", type=int, default=None, help="steps of every run instead of its epochs (quick runs)")
     ap.add_argument("--subset", type=int, default=None, help="train examples (quick runs; the table says so)")
