@@ -23,19 +23,27 @@ class ArgumentParser(argparse.ArgumentParser):
         """argparse's, with each ``--OPTION`` (or ``--OPTION=VALUE``) that this parser does not declare
         read as its other spelling, ``-`` and ``_`` swapped, where that one is declared; everything
         after ``--`` is left as it is. A subcommand's parser, of this class too, does the same for its
-        own options."""
+        own options. Where abbreviations are allowed (``allow_abbrev``), one that abbreviates no
+        option as typed is read in its other spelling where that abbreviates one (``--eval_b`` for
+        ``--eval-batch-size``), as argparse reads it (an ambiguous one refused, naming the options)."""
         args = list(sys.argv[1:] if args is None else args)
         known = self._option_string_actions
+
+        def abbreviates(name):
+            return self.allow_abbrev and any(o.startswith(name) for o in known)
+
         for i, arg in enumerate(args):
             if arg == "--":
                 break
             name, eq, value = arg.partition("=") if isinstance(arg, str) else ("", "", "")
             if not name.startswith("--") or len(name) < 3 or name in known:
                 continue
-            for other in ("--" + name[2:].replace("_", "-"), "--" + name[2:].replace("-", "_")):
-                if other in known:
-                    args[i] = other + eq + value
-                    break
+            others = ("--" + name[2:].replace("_", "-"), "--" + name[2:].replace("-", "_"))
+            other = next((o for o in others if o in known), None)
+            if other is None and not abbreviates(name):  # (an abbreviation as typed stays argparse's)
+                other = next((o for o in others if o != name and abbreviates(o)), None)
+            if other is not None:
+                args[i] = other + eq + value
         return super().parse_known_args(args, namespace)
 
     def parse_args(self, args=None, namespace=None):

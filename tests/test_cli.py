@@ -155,6 +155,29 @@ def test_every_argparse_command_takes_dashes_or_underscores():
     assert a.eval_batch_size is None and rest == ["--", "--eval_batch_size"]
 
 
+def test_an_abbreviation_in_the_other_spelling_is_read_where_abbreviations_are_allowed(capsys):
+    """adaptive.cli.ArgumentParser allows abbreviations by default (the project's commands turn them off):
+    --eval-b abbreviated --eval-batch-size, but --eval_b was refused; an abbreviation of an option as typed
+    keeps its meaning, an exact other spelling wins over it, and an ambiguous one is still refused."""
+    from adaptive.cli import ArgumentParser
+
+    p = ArgumentParser(prog="x")
+    p.add_argument("--eval-batch-size", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--foo_bar", type=int)
+    p.add_argument("--foo-b", type=int)
+    a = p.parse_args(["--eval_b", "3", "--eval_ev=4", "--foo_b", "5", "--foo_ba", "6"])
+    assert (a.eval_batch_size, a.eval_every, a.foo_b, a.foo_bar) == (3, 4, 5, 6)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--eval_", "1"])
+    assert "ambiguous option: --eval" in capsys.readouterr().err
+    q = ArgumentParser(prog="y", allow_abbrev=False)
+    q.add_argument("--eval-batch-size", type=int)
+    with pytest.raises(SystemExit):
+        q.parse_args(["--eval_b", "3"])
+    assert "unrecognized arguments: --eval_b 3" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("error, line", [
     (ValueError("train/dog/1.png cannot be read as an image: replace it, or delete it"),
      "train/dog/1.png cannot be read as an image: replace it, or delete it (in DataLoader worker process 0)"),

@@ -828,3 +828,26 @@ def test_cli_takes_the_class_count_from_the_layer_the_forward_uses_last(tmp_path
         assert load_run(str(run))[0].head.out_features == 10
     finally:
         _REGISTRY.pop("head_first_for_test", None)
+
+
+def test_docs_name_every_node_and_edge_attribute_at_every_level():
+    """docs/graphs.md lists the attributes by name: it named the unit level's only (no position and weight of
+    the synapse level, no units, synapses, live, density, wires, recurrent of the layer level) and said that
+    `layer` is -1 outside the connectome's layers, where it is the index into g.layers of any weighted layer's
+    unit (a Linear outside the connectome included), -1 only on the other kinds of node."""
+    import re
+
+    from graphs.trace import KIND_NAMES
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "docs", "graphs.md")).read()
+    part = text[text.index("By name ("):text.index("`graphs.summary(g)")]
+    named = set(re.findall(r"`([a-z_0-9]+)`", part))
+    assert ", ".join(f"{i} {k}" for i, k in enumerate(KIND_NAMES)) in " ".join(part.split())
+    m = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    conn = adaptive.Connectome(m, include=["2.weight"])  # the first Linear outside the connectome
+    for level in ("synapse", "unit", "layer"):
+        g = graphs.build(conn, level, torch.zeros(1, 4), utility={"2.weight": torch.ones(2, 3)})
+        assert set(g.node_attrs) | set(g.edge_attrs) | {"name"} <= named, level
+        units = g.node_attrs["kind"] == UNIT
+        assert sorted(set(g.node_attrs["layer"][units].tolist())) == [0, 1]  # g.layers: 0.weight, 2.weight
+        assert (g.node_attrs["layer"][~units] == -1).all() and [x.param for x in g.layers] == ["0.weight", "2.weight"]
