@@ -121,8 +121,22 @@ def mask_only_progress(total_synapses: int, show: Callable[[str], None]) -> Call
 
 
 def _notes(e: BaseException) -> List[str]:
-    """``e``'s notes (PEP 678), one line each."""
-    return [line for note in getattr(e, "__notes__", None) or () for line in str(note).splitlines()]
+    """``e``'s notes (PEP 678), one line each, as Python's traceback prints them: a note that is no
+    string by its ``str()``, one whose ``str()`` fails as ``<note str() failed>``, and ``__notes__``
+    set to a single value (not a list) as that one note, so that the error line is never lost to them."""
+    notes = getattr(e, "__notes__", None)
+    if notes is None:
+        return []
+    if isinstance(notes, (str, bytes)) or not isinstance(notes, (list, tuple)):
+        notes = [notes]
+    lines = []
+    for note in notes:
+        try:
+            text = note if isinstance(note, str) else str(note)
+        except Exception:  # noqa: BLE001 - a note's own failure must not hide the error it is on
+            text = "<note str() failed>"
+        lines.extend(text.splitlines())
+    return lines
 
 
 def _message(e: BaseException) -> Tuple[str, List[str]]:

@@ -23,8 +23,9 @@ import functools
 import hashlib
 import math
 import os
+import re
 from pathlib import Path
-from types import CodeType, FunctionType, MethodType
+from types import CodeType, FunctionType, MethodType, ModuleType
 from typing import Dict, List, Optional
 
 import torch
@@ -237,10 +238,16 @@ def callable_identity(fn) -> Optional[object]:
     return [f"{type(fn).__module__}.{type(fn).__qualname__}", settings]
 
 
+_DIGESTING: set = set()  # ids of the functions whose digest is being made (one that holds itself, through a list)
+
+
 def _code_digest(fn: FunctionType) -> str:
     """A short sha256 of what a lambda or a local function computes: its code (no file name or line
     numbers, so it holds for a moved or reloaded copy, and in every process), its default arguments and
-    the values it closes over (a function among them by its name alone)."""
+    the values it closes over (a function among them by its name alone; other values as
+    :func:`_value_identity` gives them: never an address, a file path or a set's hash order, so that
+    every process of a run, and its resume, agree). The code is Python's bytecode, which differs between
+    Python versions: a run resumed under another version is refused, naming the function."""
     def const(c):
         if isinstance(c, CodeType):
             return ["code", c.co_code.hex(), [const(x) for x in c.co_consts], list(c.co_names), list(c.co_varnames),
@@ -256,28 +263,90 @@ def _code_digest(fn: FunctionType) -> str:
             return f"{v.__module__}.{v.__qualname__}"
         return _value_identity(v)
 
-    cells = []
-    for cell in fn.__closure__ or ():
-        try:
-            cells.append(value(cell.cell_contents))
-        except ValueError:  # an empty cell (a name assigned after the function was made)
-            cells.append(None)
-    parts = [const(fn.__code__), [value(v) for v in fn.__defaults__ or ()],
-             {k: value(v) for k, v in sorted((fn.__kwdefaults__ or {}).items())}, cells]
+    if id(fn) in _DIGESTING:  # reached again through a value it closes over (a list that holds it)
+        return "code (itself)"
+    _DIGESTING.add(id(fn))
+    try:
+        cells = []
+        for cell in fn.__closure__ or ():
+            try:
+                cells.append(value(cell.cell_contents))
+            except ValueError:  # an empty cell (a name assigned after the function was made)
+                cells.append(None)
+        parts = [const(fn.__code__), [value(v) for v in fn.__defaults__ or ()],
+                 {k: value(v) for k, v in sorted((fn.__kwdefaults__ or {}).items())}, cells]
+    finally:
+        _DIGESTING.discard(id(fn))
     return "code " + hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
-def _value_identity(v):
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")  # a memory address, in whatever words a repr puts it
+
+
+def _value_identity(v, _within: tuple = ()):
+    """What identifies a value a loss function takes along (a ``functools.partial``'s argument, a
+    lambda's default or closed-over value): the same for equal values in every process and in a
+    resume. Plain values as they are, lists and tuples item by item, a callable by
+    :func:`callable_identity`, a tensor by its values (not its device); anything else by
+    :func:`_value_text`."""
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
+    if id(v) in _within:  # a list that holds itself
+        return "[...]"
     if isinstance(v, (list, tuple)):
-        return [_value_identity(x) for x in v]
+        return [_value_identity(x, _within + (id(v),)) for x in v]
     if callable(v):
         return callable_identity(v)
     if isinstance(v, torch.Tensor):  # its values, not its device: every process holds its own copy
         return f"tensor {tuple(v.shape)} {v.dtype}" if v.is_meta else repr(v.detach().cpu())
-    text = repr(v)
-    return type(v).__qualname__ if " at 0x" in text else text
+    return _value_text(v, _within)
+
+
+def _value_text(v, _within: tuple = ()) -> str:
+    """``repr(v)`` where that is the same in every process: a dict, set or sequence item by item (a
+    set's items sorted, as its own order follows the process's string hashing; a tensor among them by
+    its values, not its device), a module by its name (its repr holds its file's path), and a value
+    whose repr holds a memory address (an object's default repr), or whose repr fails, by its type's
+    name alone."""
+    if v is None or isinstance(v, (bool, int, float, str, bytes)):
+        return repr(v)
+    if id(v) in _within:
+        return "..."
+    inner = _within + (id(v),)
+    if isinstance(v, ModuleType):
+        return f"<module {v.__name__!r}>"
+    if isinstance(v, torch.Tensor):
+        return str(_value_identity(v))
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_value_text(k, inner)}: {_value_text(x, inner)}" for k, x in v.items()) + "}"
+    if isinstance(v, (set, frozenset)):
+        items = ", ".join(sorted(_value_text(x, inner) for x in v))
+        if isinstance(v, frozenset):
+            return f"frozenset({{{items}}})" if items else "frozenset()"
+        return f"{{{items}}}" if items else "set()"
+    if isinstance(v, list):
+        return "[" + ", ".join(_value_text(x, inner) for x in v) + "]"
+    if isinstance(v, tuple) and type(v) is tuple:
+        return "(" + ", ".join(_value_text(x, inner) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if callable(v):
+        return repr(callable_identity(v))
+    try:
+        text = repr(v)
+    except Exception:  # noqa: BLE001 - a repr that fails identifies nothing: the type does
+        return type(v).__qualname__
+    return type(v).__qualname__ if _ADDRESS.search(text) else text
+
+
+def _same_name_hint(saved, now) -> str:
+    """What a lambda's (or a local function's) identities that differ only in their code digest mean."""
+    if not (isinstance(saved, str) and isinstance(now, str) and " code " in saved and " code " in now
+            and saved.split(" code ")[0] == now.split(" code ")[0]):
+        return ""
+    import sys
+
+    return (" (the same name, with other code, defaults or closed-over values; the code is Python's bytecode, which "
+            f"another Python version compiles otherwise: resume under the one the run used, this is "
+            f"{sys.version_info[0]}.{sys.version_info[1]})")
 
 
 def _same_estimator(saved: str, now: str) -> bool:
@@ -316,7 +385,7 @@ def _differences(saved: dict, now: dict, weights: Optional[Dict[str, torch.Tenso
         if k == "estimator" and isinstance(a, str) and isinstance(b, str) and _same_estimator(a, b):
             continue
         if a != b:
-            out.append(f"{k}: checkpoint {a!r}, this run {b!r}" if k != "weights" else
+            out.append(f"{k}: checkpoint {a!r}, this run {b!r}{_same_name_hint(a, b)}" if k != "weights" else
                        "weights: the checkpoint was made from other weights")
     return out
 

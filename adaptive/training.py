@@ -296,7 +296,10 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
 
     ``progress``: a bar (tqdm) advanced once per step; every 10th step its ``loss`` shows the mean
     loss of this process's batches since it last showed one (up to 10 steps; fewer at an epoch's
-    start), and ``density`` the connectome's.
+    start), and ``density`` the connectome's. That mean is of the loss as the train rows log it:
+    ``loss_fn``'s value for each batch (not divided by the accumulation steps, every micro-batch once),
+    weighted by its examples, summed in float64 on the device and read on the host only when shown;
+    a batch's NaN or inf loss shows as the mean's until the bar's next loss.
 
     ``state.silent_units`` (an :class:`adaptive.diagnostics.SilentUnits` on the model's layers, or
     None): it observes each step's gradients before the optimizer step (a step the optimizer then

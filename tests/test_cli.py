@@ -267,3 +267,30 @@ def test_the_notes_of_an_error_raised_in_a_data_loader_worker_follow_its_line(ca
         run_cli(main, "prog")
     assert capsys.readouterr().err == ("prog: error: train/dog/1.png cannot be read as an image (in DataLoader worker "
                                        "process 0)\nadaptive: a note from the worker\n")
+
+
+def test_notes_that_are_no_list_of_strings_print_as_python_prints_them(capsys, monkeypatch):
+    """``__notes__`` set by hand to a string printed it one character a line; a note whose ``str()``
+    raised replaced the error line with a traceback from the printer itself: a string is one note,
+    a note object prints by its ``str()``, and one whose ``str()`` fails as ``<note str() failed>``."""
+    from adaptive.cli import run_cli
+
+    class Broken:
+        def __str__(self):
+            raise RuntimeError("no text")
+
+    def raising(notes):
+        def main():
+            error = ValueError("a bad window")
+            error.__notes__ = notes
+            raise error
+        return main
+
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    for notes, lines in [("one note\nof two lines", ["one note", "of two lines"]),
+                         ([Broken(), 5, "kept"], ["<note str() failed>", "5", "kept"]),
+                         (7, ["7"])]:
+        with pytest.raises(SystemExit) as e:
+            run_cli(raising(notes), "prog")
+        assert e.value.code == 2
+        assert capsys.readouterr().err.splitlines() == ["prog: error: a bad window", *lines]

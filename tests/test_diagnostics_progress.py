@@ -260,3 +260,29 @@ def test_only_older_train_mode_estimates_are_named(tmp_path, monkeypatch, files,
         assert "older" not in title, title
     else:
         assert noted in title, title
+
+
+@pytest.mark.parametrize("files, noted", [
+    # a train run's config.yaml decides, whatever else the folder holds (a history.jsonl put there)
+    ({"config.yaml": "mode: train\n", "history.jsonl": '{"kind": "update", "step": 10}\n'},
+     "\n1 estimate(s) of an older train-mode run"),
+    # recipes/prune_pretrained.py's config.yaml (no mode: its runs are mask-only) without its history.jsonl
+    ({"config.yaml": "model: lenet5\nremove: ['0.5']\npasses: 1\n"}, None),
+    # a config.yaml that cannot be read: the history.jsonl still tells
+    ({"config.yaml": "mode: [train\n", "history.jsonl": '{"kind": "update", "step": 10}\n'}, None),
+])
+def test_the_run_folders_config_decides_its_mode_before_a_history(tmp_path, monkeypatch, files, noted):
+    """A history.jsonl made a folder mask-only whatever its config.yaml said (a train run's, mode:
+    train), and a prune_pretrained run's config.yaml (it records no mode) read as the train recipe's
+    default: the resolved config.yaml decides, a prune_pretrained one by its options, and the history
+    only where no config.yaml can be read."""
+    _events(tmp_path, _OLDER)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    title = figs[0].axes[5].get_title()
+    if noted is None:
+        assert "older" not in title, title
+    else:
+        assert noted in title, title

@@ -601,13 +601,21 @@ def test_a_checkpoint_made_with_one_lambda_refuses_a_resume_with_another(tmp_pat
 def test_a_lambdas_identity_holds_across_processes_and_moved_copies(tmp_path):
     """A lambda's digest reads no address, file name, line number or string hash (a set of strings in
     its code is a frozenset, whose order differs by process): the same in a fresh process with another
-    hash seed, and from a copy of its plugin file moved elsewhere with lines added above it."""
+    hash seed, and from a copy of its plugin file moved elsewhere with lines added above it. So for the
+    values a local lambda closes over and its defaults: a set of strings (and a dict holding one) was
+    written in its hash order, which differs by process, and a module by its repr, which holds its
+    file's path, so that the processes of one run disagreed (and a resume could be refused)."""
     import os
     import subprocess
     import sys
 
     source = ("import torch.nn.functional as F\n\n"
-              "loss = lambda out, y: F.cross_entropy(out, y) if 'a' in {'alpha', 'beta', 'gamma', 'a'} else None\n")
+              "loss = lambda out, y: F.cross_entropy(out, y) if 'a' in {'alpha', 'beta', 'gamma', 'a'} else None\n\n\n"
+              "def made():  # closes over a set, a dict holding one, a module and an object; a set default\n"
+              "    import torch.nn.functional as G\n"
+              "    names, cfg, obj = {'alpha', 'beta', 'gamma', 'delta'}, {'tags': {'x', 'y', 'z'}, 'w': 0.5}, object()\n"
+              "    return lambda out, y, s=frozenset({'p', 'q', 'r'}): G.cross_entropy(out, y) if names and cfg and obj and s else 0\n\n\n"
+              "closed = made()\n")
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "lam.py").write_text(source)
@@ -616,11 +624,47 @@ def test_a_lambdas_identity_holds_across_processes_and_moved_copies(tmp_path):
             "from adaptive.mask_only_checkpoint import callable_identity\n"
             "spec = importlib.util.spec_from_file_location('lam', sys.argv[1])\n"
             "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
-            "print(callable_identity(mod.loss))\n")
+            "print(callable_identity(mod.loss), callable_identity(mod.closed))\n")
     seen = set()
     for seed, folder in (("1", "a"), ("2", "a"), ("3", "b")):
         r = subprocess.run([sys.executable, "-c", code, str(tmp_path / folder / "lam.py")], capture_output=True,
                            text=True, env={**os.environ, "PYTHONHASHSEED": seed}, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
         seen.add(r.stdout.strip())
-    assert len(seen) == 1 and " code " in seen.pop()
+    assert len(seen) == 1 and seen.pop().count(" code ") == 2
+
+
+def test_closed_over_values_are_known_by_what_they_hold_never_an_address_or_a_path():
+    """A value a local lambda closes over was known by its repr: a module's holds its file's path
+    (another per install), a repr that fails raised out of the checkpoint's fingerprint, and an
+    address the repr writes otherwise than `` at 0x`` was kept (every process differs). A refused
+    resume of a lambda with the same name says what else can differ (the Python version)."""
+    import types
+
+    import torch.nn.functional as F
+    from adaptive.mask_only_checkpoint import _differences, _value_identity, callable_identity
+
+    class Broken:
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+    class Handle:
+        def __repr__(self):
+            return f"<Handle {id(self):#x}>"
+
+    assert _value_identity(F) == "<module 'torch.nn.functional'>"
+    assert _value_identity(Broken()).endswith(".Broken") and _value_identity(Handle()).endswith(".Handle")
+    assert _value_identity({"b": {3, 1, 2}, "w": torch.tensor([1.0]), "m": types}) == \
+        "{'b': {1, 2, 3}, 'w': tensor([1.]), 'm': <module 'types'>}"
+    assert _value_identity({"a": 1, "f": frozenset()}) == repr({"a": 1, "f": frozenset()})  # as before
+    held = []
+    held.append(held)
+    assert _value_identity(held) == ["[...]"]  # (a list that holds itself: no endless recursion)
+
+    def made(s):
+        return lambda out, y: F.cross_entropy(out, y, label_smoothing=s)
+
+    a, b = callable_identity(made(0.1)), callable_identity(made(0.2))
+    assert " code " in a and a != b
+    (diff,) = _differences({"loss_fn": a}, {"loss_fn": b})
+    assert "Python version" in diff and diff.startswith("loss_fn: checkpoint")

@@ -104,6 +104,35 @@ def test_train_one_epoch_syncs_only_at_updates_and_log_rows(accelerator, policy)
     assert len(state.metrics) == 4 and state.metrics[0]["grad_norm"] is not None
 
 
+def test_the_training_bars_loss_reads_the_host_only_when_shown(accelerator):
+    """The bar's loss (the mean since it last showed one) is summed on the device: a step that shows
+    nothing makes no sync; every 10th step reads it once (and the connectome's density)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+    model, opt, loader = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.05), _loader())
+    conn = adaptive.Connectome(model)
+
+    class Bar:
+        shown = []
+
+        def update(self, n):
+            pass
+
+        def set_postfix(self, post, refresh=True):
+            self.shown.append(post)
+
+    state, seen = TrainState(), []
+    with count_syncs() as s:
+        for epoch in range(2):
+            train_one_epoch(accelerator, model, opt, loader, state, conn=conn, log_every=0, progress=Bar(),
+                            on_step=lambda st: seen.append((st.step, s.count)))
+            seen[-1] = (seen[-1][0], s.count)
+    per_step = {step: c - before for (step, c), (_, before) in zip(seen, [(0, 0)] + seen)}
+    plain = {k: v for k, v in per_step.items() if k % 10 and k % 12}  # (an epoch's end reads its sums)
+    assert set(plain.values()) == {0}, per_step
+    assert per_step[10] > 0 and len(Bar.shown) == 2 and "loss" in Bar.shown[0]
+
+
 def test_mask_only_steps_between_updates_make_no_sync():
     """optimize_connectome's window (loss, examples, correct, counted positions, -100 labels
     included) is summed on the device and read at the update; the removed count is read there too."""

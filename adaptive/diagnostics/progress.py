@@ -290,27 +290,31 @@ def read_history(path: str) -> Table:
 
 
 def growth_mode(run_dir: str) -> Optional[str]:
-    """How the run in ``run_dir`` grew synapses, as its folder records it: "restore" (a mask_only run:
-    ``mode: mask_only`` in its ``config.yaml``, or a ``history.jsonl``, which only
-    ``recipes/prune_pretrained.py``'s mask-only runs write; or a train run with
-    ``controller_kw: {grow_init: original}``), where a grown synapse's estimate was always an immediate
-    change; "grow at init" (a train run, ``mode: train`` or none given: the recipe's default); None
-    where the folder has no readable ``config.yaml`` (a bare ``events.jsonl``)."""
-    if os.path.isfile(os.path.join(run_dir, "history.jsonl")):
-        return "restore"
+    """How the run in ``run_dir`` grew synapses, as its folder records it: "restore" (a mask_only run,
+    where a grown synapse's estimate was always an immediate change: ``mode: mask_only`` in the
+    ``config.yaml`` of ``recipes/adaptive.py``, or a train run there with ``controller_kw: {grow_init:
+    original}``; or a run of ``recipes/prune_pretrained.py``, always mask-only, whose ``config.yaml``
+    records ``remove`` and no ``mode``, or whose folder holds its ``history.jsonl``); "grow at init" (a
+    train run: ``mode: train``, or a ``config.yaml`` without ``mode`` of neither recipe, the default);
+    None where the folder does not say (no readable ``config.yaml`` and no ``history.jsonl``). The
+    ``config.yaml`` the recipe wrote (the resolved settings) decides before a ``history.jsonl``, which
+    only tells where that file is missing or unreadable."""
     try:
         import yaml
 
         with open(os.path.join(run_dir, "config.yaml")) as f:
             cfg = yaml.safe_load(f)
-    except Exception:  # noqa: BLE001 - none, unreadable or damaged: the panel words its note for either mode
-        return None
+    except Exception:  # noqa: BLE001 - none, unreadable or damaged: the history, or the panel words its note for either mode
+        cfg = None
     if not isinstance(cfg, dict):
-        return None
+        return "restore" if os.path.isfile(os.path.join(run_dir, "history.jsonl")) else None
+    mode = cfg.get("mode")
+    if mode is None and ("remove" in cfg or os.path.isfile(os.path.join(run_dir, "history.jsonl"))):
+        return "restore"  # recipes/prune_pretrained.py's (its options have no mode: it is mask-only)
     kw = cfg.get("controller_kw")
-    if cfg.get("mode") == "mask_only" or (isinstance(kw, dict) and kw.get("grow_init") == "original"):
+    if mode == "mask_only" or (isinstance(kw, dict) and kw.get("grow_init") == "original"):
         return "restore"
-    return "grow at init" if cfg.get("mode", "train") == "train" else None
+    return "grow at init" if (mode or "train") == "train" else None
 
 
 def progress(run_dir: str, total_synapses: Optional[int] = None) -> Progress:
