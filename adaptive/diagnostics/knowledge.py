@@ -414,8 +414,8 @@ def knowledge_distribution(
 
     BatchNorm (its running statistics; an InstanceNorm's are left as they are) evaluates with the statistics it holds: the
     intact network's, which after many removals no longer match what the layers below compute (a
-    pretrained ResNet-20 read 3e5 nats of loss increase with 17% removed in obd order, 4.9 with them
-    re-estimated); the fine-tune's train-mode steps move them only part of the way. ``bn_batches``
+    pretrained ResNet-20 read 1.05e5 nats of loss increase with 17% removed in obd order, 4.71 with them
+    re-estimated, docs/diagnostics.md); the fine-tune's train-mode steps move them only part of the way. ``bn_batches``
     re-estimates them at every point, the intact network's too, as the plain mean over that many
     batches of ``finetune_loader`` (default ``order_loader``), forward passes only; 0 (the default)
     leaves them, and ``note`` says so. A fine-tune step that leaves the loss of its first batch
