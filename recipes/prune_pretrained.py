@@ -54,7 +54,7 @@ from adaptive import jsonio  # noqa: E402
 from adaptive import run_folder  # noqa: E402
 from adaptive.atomic import atomic_path  # noqa: E402
 from adaptive.cli import ArgumentParser, mask_only_progress, progress_lines, show_progress  # noqa: E402
-from adaptive.config import SEED_RANGE, ConfigError, dotted_key_values, merge_key_values, seed_in_range  # noqa: E402
+from adaptive.config import SEED_RANGE, ConfigError, dotted_key_values, merge_key_values, normalize_key, seed_in_range  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.mask_only import (check_targets, changed_from, count_synapses, evaluate, loaded_state, optimize_connectome,  # noqa: E402
@@ -110,7 +110,7 @@ def parse_remove(values: List[str]):
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)  # --remov is not --remove
-    p.add_argument("--config", help="YAML file of defaults (keys are the options below, with underscores)")
+    p.add_argument("--config", help="YAML file of defaults (keys are the options below, with dashes or underscores)")
     p.add_argument("--plugins", nargs="+", action="extend", help=".py files or module names imported first: their "
                    "register_* calls add models, datasets or estimators that the other options can then name "
                    "(adaptive.plugins; repeatable, the values adding up)")
@@ -353,6 +353,13 @@ def parse_args(argv=None) -> argparse.Namespace:
             loaded = read_yaml(args.config, option="--config")
         except ConfigError as e:
             raise SystemExit(f"recipes/prune_pretrained.py: error: {e}") from None
+        spelt = {}  # `eval-batch-size:` is `eval_batch_size:`, as in recipes/adaptive.py's --config file
+        for key in loaded:
+            spelt.setdefault(normalize_key(str(key)), []).append(key)
+        twice = [keys for keys in spelt.values() if len(keys) > 1]
+        if twice:
+            raise SystemExit(f"{args.config}: {' and '.join(map(repr, twice[0]))} are the same key: keep one")
+        loaded = {normalize_key(str(k)): v for k, v in loaded.items()}
         unknown = sorted(set(loaded) - set(DEFAULTS))
         if unknown:
             raise SystemExit(f"{args.config}: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")

@@ -1576,3 +1576,15 @@ def test_an_error_in_a_run_prints_its_original_weights_restored_note(tmp_path, w
     err = capsys.readouterr().err.splitlines()
     at = err.index(f"{mod.PROG}: error: a callback refused the update")
     assert "original weights" in err[at + 1] and "were restored" in err[at + 1], err
+
+
+def test_a_config_files_dashed_keys_are_its_underscored_ones(tmp_path):
+    """`eval-batch-size: 50` in a --config file was refused ("unknown key(s)") while recipes/adaptive.py's
+    config file, and both recipes' command lines, take dashes or underscores alike."""
+    mod = recipe()
+    ns = mod.parse_args(["--config", _config(tmp_path, "eval-batch-size: 50\ntest-subset: 30\nmodel: mlp\nmodel-kw: {hidden: [8]}\n")])
+    assert (ns.eval_batch_size, ns.test_subset, ns.model_kw) == (50, 30, {"hidden": [8]})
+    with pytest.raises(SystemExit, match="'eval-batch-size' and 'eval_batch_size' are the same key"):
+        mod.parse_args(["--config", _config(tmp_path, "eval-batch-size: 50\neval_batch_size: 60\n")])
+    with pytest.raises(SystemExit, match="must be an integer"):  # checked as the underscored key is
+        mod.parse_args(["--config", _config(tmp_path, "eval-batch-size: fifty\n")])
