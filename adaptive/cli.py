@@ -159,12 +159,27 @@ def _message(e: BaseException) -> Tuple[str, List[str]]:
     return msg, follow
 
 
+def message_lines(e: BaseException, suffix: str = "") -> str:
+    """``e``'s message and ``suffix``, then each of its notes (PEP 678) on a line of its own: what a
+    recipe's ``SystemExit`` prints for an error whose line has no ``error:`` prefix (as
+    :func:`error_lines`, which adds it)."""
+    text, notes = _message(e)
+    return "\n".join([f"{text}{suffix}", *notes])
+
+
 def error_lines(prog: str, e: BaseException, suffix: str = "") -> str:
     """What a command prints for error ``e``: ``{prog}: error: {message}{suffix}``, then each of
     ``e``'s notes (PEP 678) on a line of its own, as Python prints them under a traceback, so that
     what an ``add_note`` tells (original weights restored, an edit rolled back) is not lost."""
-    text, notes = _message(e)
-    return "\n".join([f"{prog}: error: {text}{suffix}", *notes])
+    return f"{prog}: error: {message_lines(e, suffix)}"
+
+
+def with_notes_of(error: BaseException, cause: BaseException) -> BaseException:
+    """``error`` (which rewraps ``cause`` in a message of its own) with ``cause``'s notes added, so that
+    the rewrapping does not drop them; returns ``error``."""
+    for note in getattr(cause, "__notes__", None) or ():
+        error.add_note(note if isinstance(note, str) else str(note))
+    return error
 
 
 def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callable[[], str]] = "",

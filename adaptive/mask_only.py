@@ -657,7 +657,10 @@ def optimize_connectome(
                       "the best (a fixed target's snapshot keeps them, with these figures)")
         return rec
 
-    with mask_learning(model, conn):
+    # the targets whose snapshots the checkpoint file holds (updated once each save_stage has returned):
+    # what the note of an interrupted run says is kept, and where
+    recorded: List[str] = list(saved["snapshots"]) if saved is not None else []
+    with mask_learning(model, conn, kept_note=lambda: _kept_note(checkpoint, recorded)):
         from tqdm.auto import tqdm
 
         from .cli import show_progress
@@ -711,6 +714,7 @@ def optimize_connectome(
                 if checkpoint is not None:
                     ckpt.save_stage(checkpoint, _stage_state(fp, stage, step, since_best, conn, ctrl, result, e,
                                                               {"train": train_iter.state_dict(), "holdout": holdout_iter.state_dict()}))
+                    recorded[:] = list(result.snapshots)
                 continue
             start = step
             deadline = start + max(window, int(round(approach * steps_per_stage)) // window * window)
@@ -830,6 +834,7 @@ def optimize_connectome(
             if checkpoint is not None:
                 ckpt.save_stage(checkpoint, _stage_state(fp, stage, step, since_best, conn, ctrl, result, e,
                                                           {"train": train_iter.state_dict(), "holdout": holdout_iter.state_dict()}))
+                recorded[:] = list(result.snapshots)
             if climb and since_best >= patience:
                 break
         if climb:
@@ -906,8 +911,17 @@ def _stage_state(fp, stage, step, since_best, conn, ctrl, result, last_eval, dat
             "wall_seconds": last_eval["wall_seconds"]}
 
 
+def _kept_note(checkpoint, recorded: Sequence[str]) -> str:
+    """What an interrupted :func:`optimize_connectome` kept: the snapshots its ``checkpoint`` file
+    holds (``recorded``: their targets) and how to continue from them, or that none was kept."""
+    if checkpoint is None or not recorded:
+        return "no snapshot was kept"
+    return (f"the snapshot(s) of the target(s) finished before it ({', '.join(map(str, recorded))}) are kept in the "
+            f"checkpoint {checkpoint}: run it again with that checkpoint (a recipe's --resume) to continue from them")
+
+
 @contextmanager
-def mask_learning(model: nn.Module, conn: Connectome):
+def mask_learning(model: nn.Module, conn: Connectome, kept_note: Optional[Callable[[], str]] = None):
     """The frame of every mask-learning loop over a frozen ``model`` (this module's and the
     edge-popup baseline's): evaluation mode (normalisation statistics frozen), gradients only for
     the connectome's weights. An exception inside gives the model its original weights back
@@ -916,7 +930,8 @@ def mask_learning(model: nn.Module, conn: Connectome):
     as the same tensor, untouched: the loop's gradients are its own, so a call in the middle of
     training loses no accumulated gradient) and each module's own mode (a submodule the caller put
     in eval mode stays so). A ``.grad`` PyTorch would not take back (its parameter's dtype, device or
-    shape changed since) is refused on entry, before anything changed."""
+    shape changed since) is refused on entry, before anything changed. ``kept_note``: what the restore's note
+    says was kept (:func:`restore_original`)."""
     kept = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     for name, p in model.named_parameters():  # what the exit could not give back is refused before anything changed
         try:
@@ -934,7 +949,7 @@ def mask_learning(model: nn.Module, conn: Connectome):
         try:
             yield
         except BaseException as exc:
-            restore_original(conn, exc)
+            restore_original(conn, exc, kept_note)
             raise
         finally:
             for p, requires_grad, grad in kept:
@@ -942,14 +957,16 @@ def mask_learning(model: nn.Module, conn: Connectome):
                 p.grad = grad
 
 
-def restore_original(conn: Connectome, exc: Optional[BaseException] = None) -> None:
+def restore_original(conn: Connectome, exc: Optional[BaseException] = None,
+                     kept: Optional[Callable[[], str]] = None) -> None:
     """Give a mask_only connectome's model all its original weights back (every synapse present):
     what an interrupted optimisation (an error, Ctrl-C) does before the exception propagates, so
-    that the caller's model is never left half-pruned. ``exc`` gets a note saying so."""
+    that the caller's model is never left half-pruned. ``exc`` gets a note saying so, and what was
+    kept: ``kept()`` (the snapshots a checkpoint holds), else that no snapshot was kept."""
     conn.set_masks({n: torch.ones_like(m) for n, m in conn.masks.items()})
     if exc is not None:
         exc.add_note("adaptive: the mask-only optimisation was interrupted; the model's original weights "
-                     "(every synapse present) were restored, and no snapshot was kept")
+                     f"(every synapse present) were restored, and {kept() if kept else 'no snapshot was kept'}")
 
 
 def changed_weights(conn: Connectome) -> int:

@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Iterable, List, Optional
 
 from . import registry
+from .cli import with_notes_of
 
 _LOADED = {}  # resolved file path -> module: a file is executed once per process
 
@@ -65,7 +66,7 @@ def load_plugin(spec: str) -> ModuleType:
                 mod_spec.loader.exec_module(mod)
         except Exception as e:
             sys.modules.pop(name, None)
-            raise PluginError(f"plugin {spec} failed while loading: {type(e).__name__}: {e}") from e
+            raise with_notes_of(PluginError(f"plugin {spec} failed while loading: {type(e).__name__}: {e}"), e) from e
         _LOADED[path] = mod
         return mod
     try:
@@ -75,9 +76,9 @@ def load_plugin(spec: str) -> ModuleType:
         if e.name and spec.startswith(e.name):
             raise PluginNotFoundError(f"plugin module {spec!r} not found: give a .py file's path, or put the module "
                                       "on PYTHONPATH", spec) from e
-        raise PluginError(f"plugin {spec} failed while loading: {type(e).__name__}: {e}") from e
+        raise with_notes_of(PluginError(f"plugin {spec} failed while loading: {type(e).__name__}: {e}"), e) from e
     except Exception as e:
-        raise PluginError(f"plugin {spec} failed while loading: {type(e).__name__}: {e}") from e
+        raise with_notes_of(PluginError(f"plugin {spec} failed while loading: {type(e).__name__}: {e}"), e) from e
 
 
 def resolved(specs: Iterable[str] | str | None) -> List[str]:

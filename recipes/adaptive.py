@@ -208,13 +208,14 @@ class RunConfig:
     def __post_init__(self):
         # mode-dependent defaults: mask_only uses what recipes/benchmarks/mask_only_ablations measured
         # best on pretrained CIFAR ResNets (the defaults of adaptive.optimize_connectome)
+        from adaptive.cli import with_notes_of
         from adaptive.plugins import PluginError, load_plugins, resolved
 
         try:
             self.plugins = resolved(self.plugins)  # config.yaml then loads the same files from anywhere
             load_plugins(self.plugins)  # before any name is checked: a plugin's names count as built-in ones
         except PluginError as e:
-            raise ConfigError(f"{e}{self._resumed_plugins(e)}") from None
+            raise with_notes_of(ConfigError(f"{e}{self._resumed_plugins(e)}"), e) from None
         if self.mode == "mask_only":
             self.estimator = self.estimator or "presence"
         else:
@@ -604,6 +605,7 @@ def _check_target(target) -> None:
 def _check_names(cfg: "RunConfig") -> None:
     """Registry names (policy, estimator, budget, ensemble, dataset, model) checked before any work."""
     from adaptive.budgets import budget_names
+    from adaptive.cli import with_notes_of
     from adaptive.data import available_datasets
     from adaptive.ensemble_rules import parse_rules
     from adaptive.models import available_models, check_model_kw
@@ -620,8 +622,8 @@ def _check_names(cfg: "RunConfig") -> None:
         known("estimator", cfg.estimator, estimator_names())
         try:  # a keyword its constructor does not take, named with the ones it does
             configured_estimator(cfg.estimator, cfg.estimator_kw)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        except ValueError as e:  # (a plugin estimator's constructor may add notes: they are kept)
+            raise with_notes_of(ConfigError(str(e)), e) from None
     known("budget", cfg.budget, budget_names())
     known("dataset", cfg.dataset, available_datasets())
     if ":" not in cfg.model and cfg.model.lower() not in available_models():

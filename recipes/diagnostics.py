@@ -36,7 +36,7 @@ from adaptive.diagnostics.knowledge import DEFAULT_NOISE_FLOOR  # noqa: E402
 DEFAULT_ORDER_BATCHES = 20  # held-out batches of a gradient-based removal order, where it holds them
 from adaptive.diagnostics.table import Table  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
-from adaptive.cli import ArgumentParser  # noqa: E402
+from adaptive.cli import ArgumentParser, error_lines, message_lines  # noqa: E402
 
 
 # ---------------------------------------------------------------------- shared seams
@@ -368,7 +368,7 @@ def cmd_knowledge(args):
                                                  examples=("damping=1e-6", "{damping: 1.0e-6}"))
             configured_estimator(args.estimator, args.estimator_kw)
         except ValueError as e:
-            _refuse(str(e))
+            _refuse(message_lines(e))  # (a plugin estimator's notes follow the line)
         if getattr(get_estimator(args.estimator), "needs_gradients", False) and args.holdout <= 0:
             _refuse(f"the {args.estimator} order needs held-out TRAIN data, and --holdout 0 leaves none: use --holdout "
                     "0.1 (say)")
@@ -560,7 +560,7 @@ def main(argv=None):
         try:
             load_plugins(args.plugins)
         except PluginError as e:
-            raise SystemExit(f"recipes/diagnostics.py: error: {e}") from None
+            raise SystemExit(error_lines("recipes/diagnostics.py", e)) from None
     _check_counts(args, "train_steps", least=0)  # every command's (collinearity and knowledge took -5 as 0)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)

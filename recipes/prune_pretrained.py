@@ -53,7 +53,7 @@ from adaptive import mask_only_checkpoint as stage_checkpoint  # noqa: E402
 from adaptive import jsonio  # noqa: E402
 from adaptive import run_folder  # noqa: E402
 from adaptive.atomic import atomic_path  # noqa: E402
-from adaptive.cli import ArgumentParser, mask_only_progress, progress_lines, show_progress  # noqa: E402
+from adaptive.cli import ArgumentParser, mask_only_progress, message_lines, progress_lines, show_progress  # noqa: E402
 from adaptive.config import SEED_RANGE, ConfigError, dotted_key_values, merge_key_values, normalize_key, seed_in_range  # noqa: E402
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.metrics import fmt_accuracy  # noqa: E402
@@ -259,8 +259,8 @@ def _check_names(cfg: dict, origin) -> None:
                          f"--step {cfg['estimator_kw']['step']} instead")
     try:  # a keyword its constructor does not take, named with the ones it does
         configured_estimator(cfg["estimator"], cfg["estimator_kw"], option=origin("estimator_kw"))
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
+    except ValueError as e:  # (a plugin estimator's constructor may add notes: they follow the line)
+        raise SystemExit(message_lines(e)) from None
     try:
         rules = parse_rules(cfg["ensemble"])
     except (ValueError, KeyError, TypeError) as e:
@@ -408,7 +408,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     try:
         load_plugins(cfg["plugins"])  # before any name is used: a plugin's names count as built-in ones
     except PluginError as e:
-        raise SystemExit(f"{e}{resumed_plugins(e)}") from None
+        raise SystemExit(message_lines(e, resumed_plugins(e))) from None
     on_command_line = {k for k, v in vars(args).items() if v is not None}
 
     def origin(key):  # where the value came from: the error names what to change

@@ -668,3 +668,24 @@ def test_closed_over_values_are_known_by_what_they_hold_never_an_address_or_a_pa
     assert " code " in a and a != b
     (diff,) = _differences({"loss_fn": a}, {"loss_fn": b})
     assert "Python version" in diff and diff.startswith("loss_fn: checkpoint")
+
+
+@pytest.mark.parametrize("checkpoint, at_stage, kept", [
+    (False, 1, "no snapshot was kept"),  # no checkpoint: the finished target's snapshot went with the run
+    (True, 0, "no snapshot was kept"),  # a checkpoint, but no stage had ended
+    (True, 2, "the snapshot(s) of the target(s) finished before it (0.2, 0.5) are kept in the checkpoint {path}: "
+              "run it again with that checkpoint (a recipe's --resume) to continue from them")])
+def test_an_interrupted_runs_note_says_which_snapshots_its_checkpoint_keeps(tmp_path, checkpoint, at_stage, kept):
+    """The note an interrupted run adds said "no snapshot was kept" even where its checkpoint held
+    the finished targets' snapshots, from which a rerun (--resume) continues."""
+    path = tmp_path / "ck.pt"
+
+    def cb(rec):
+        if rec["kind"] == "update" and rec["stage"] == at_stage:
+            raise Stop
+
+    with pytest.raises(Stop) as info:
+        optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5, 0.7], checkpoint=path if checkpoint else None,
+                            callback=cb, **KW)
+    assert info.value.__notes__ == ["adaptive: the mask-only optimisation was interrupted; the model's original weights "
+                                    f"(every synapse present) were restored, and {kept.format(path=path)}"]

@@ -281,3 +281,57 @@ def test_a_partial_or_a_callable_instance_of_a_plugin_is_named_by_the_file(tmp_p
 
     Odd.__module__ = 3
     assert _origin(Odd()).startswith("3.<")
+
+
+NOTED = textwrap.dedent('''
+    from adaptive.utility import Estimator, register_estimator
+
+    @register_estimator("noted_est")
+    class NotedEst(Estimator):
+        def __init__(self, level=1.0):
+            if level < 0:
+                e = ValueError("level must be at least 0")
+                e.add_note("noted_est: a level of 0 keeps every weight")
+                raise e
+            self.level = level
+
+        def removal_cost(self, ctx):
+            return ctx.weight.detach().abs()
+''')
+
+
+def test_the_notes_of_a_plugins_own_error_reach_the_recipes_error_line(tmp_path):
+    """An error a plugin raises while loading, or its estimator's constructor raises on a bad
+    --estimator-kw, keeps its PEP 678 notes: each follows the recipes' one line (they were dropped
+    where the error was rewrapped as a PluginError, a ValueError or a SystemExit's message)."""
+    bad = tmp_path / "noted_bad_ext.py"
+    bad.write_text("e = ValueError('bug in the plugin')\ne.add_note('see the plugin README')\nraise e\n")
+    with pytest.raises(PluginError) as e:
+        load_plugin(str(bad))
+    assert e.value.__notes__ == ["see the plugin README"]
+    line = f"plugin {bad.resolve()} failed while loading: ValueError: bug in the plugin\nsee the plugin README"
+    P = load_script("recipes/prune_pretrained.py", "prune_pretrained_plugins")
+    with pytest.raises(SystemExit) as e:
+        P.parse_args(["--plugins", str(bad), "--model", "resnet20", "--dataset", "fake", "--remove", "0.2",
+                      "--output_dir", str(tmp_path / "pp")])
+    assert e.value.code == line
+    D = load_script("recipes/diagnostics.py", "diagnostics_plugins")
+    with pytest.raises(SystemExit) as e:
+        D.main(["collinearity", "--plugins", str(bad), "--output_dir", str(tmp_path)])
+    assert e.value.code == f"recipes/diagnostics.py: error: {line}"
+
+    noted = tmp_path / "noted_ext.py"
+    noted.write_text(NOTED)
+    with pytest.raises(SystemExit) as e:
+        P.parse_args(["--plugins", str(noted), "--model", "resnet20", "--dataset", "fake", "--remove", "0.2",
+                      "--estimator", "noted_est", "--estimator-kw", "level=-1", "--output_dir", str(tmp_path / "pp")])
+    assert e.value.code == ("--estimator-kw: level must be at least 0\nnoted_est: a level of 0 keeps every weight")
+    with pytest.raises(SystemExit) as e:
+        D.main(["knowledge", "--plugins", str(noted), "--estimator", "noted_est", "--estimator_kw", "level=-1",
+                "--output_dir", str(tmp_path)])
+    assert e.value.code == ("recipes/diagnostics.py: error: --estimator_kw: level must be at least 0\n"
+                            "noted_est: a level of 0 keeps every weight")
+    R = load_script("recipes/adaptive.py", "recipe_adaptive_plugins")
+    with pytest.raises(ValueError) as e:
+        R.RunConfig(plugins=[str(bad)])
+    assert e.value.__notes__ == ["see the plugin README"]

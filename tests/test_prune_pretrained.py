@@ -1588,3 +1588,32 @@ def test_a_config_files_dashed_keys_are_its_underscored_ones(tmp_path):
         mod.parse_args(["--config", _config(tmp_path, "eval-batch-size: 50\neval_batch_size: 60\n")])
     with pytest.raises(SystemExit, match="must be an integer"):  # checked as the underscored key is
         mod.parse_args(["--config", _config(tmp_path, "eval-batch-size: fifty\n")])
+
+
+def test_a_run_that_fails_after_a_target_says_its_checkpoint_keeps_it(tmp_path, weights, capsys, monkeypatch):
+    """A run that fails after its first target finished: the note said "no snapshot was kept" while
+    the run folder's checkpoint held that target's snapshot, from which --resume continues."""
+    from adaptive.cli import run_cli
+
+    mod = recipe()
+    real = mod.optimize_connectome
+
+    def failing(*a, callback=None, **kw):
+        def cb(rec):
+            if callback is not None:
+                callback(rec)
+            if rec["kind"] == "update" and rec["stage"] == 1:
+                raise ValueError("a callback refused the update")
+        return real(*a, callback=cb, **kw)
+
+    monkeypatch.setattr(mod, "optimize_connectome", failing)
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        run_cli(lambda: mod.main(args(weights, out, "--remove", "0.2", "0.5")), mod.PROG)
+    err = capsys.readouterr().err.splitlines()
+    note = err[err.index(f"{mod.PROG}: error: a callback refused the update") + 1]
+    assert note.endswith(f"were restored, and the snapshot(s) of the target(s) finished before it (0.2) are kept in "
+                         f"the checkpoint {out / mod.CHECKPOINT}: run it again with that checkpoint (a recipe's "
+                         "--resume) to continue from them"), note
+    assert (out / mod.CHECKPOINT).is_file()

@@ -53,7 +53,9 @@ def configured_estimator(name, kw=None, option: str = "--estimator_kw"):
     try:
         return get_estimator(name, **kw)
     except ValueError as e:
-        raise ValueError(f"{option}: {e}") from None
+        from ..cli import with_notes_of
+
+        raise with_notes_of(ValueError(f"{option}: {e}"), e) from None  # a plugin estimator's notes kept
 
 
 def estimator_arguments(name, kw, keys=None) -> dict:
