@@ -356,3 +356,15 @@ def test_a_resumed_runs_plugin_hint_follows_the_error_line_not_the_estimators_no
     line, note = e.value.code.split("\n")
     assert line.startswith("--estimator-kw: level must be at least 0; the run in ") and str(other.resolve()) in line
     assert note == "noted_est: a level of 0 keeps every weight"
+
+
+def test_recipe_adaptive_keeps_a_plugin_estimators_notes(tmp_path):
+    """recipes/adaptive.py's check of --estimator_kw kept a plugin estimator's notes, but the config's
+    rewrap (adding what a resume says about its plugins) dropped them again."""
+    noted = tmp_path / "noted_ext.py"
+    noted.write_text(NOTED)
+    R = load_script("recipes/adaptive.py", "recipe_adaptive_plugin_notes")
+    with pytest.raises(ValueError) as e:
+        R.RunConfig(plugins=[str(noted)], estimator="noted_est", estimator_kw={"level": -1})
+    assert str(e.value) == "--estimator_kw: level must be at least 0"
+    assert e.value.__notes__ == ["noted_est: a level of 0 keeps every weight"]
