@@ -660,7 +660,9 @@ def optimize_connectome(
     # the targets whose snapshots the checkpoint file holds (updated once each save_stage has returned):
     # what the note of an interrupted run says is kept, and where
     recorded: List[str] = list(saved["snapshots"]) if saved is not None else []
-    with mask_learning(model, conn, kept_note=lambda: _kept_note(checkpoint, recorded)):
+    # a climb's rungs the checkpoint records as climbed: its one snapshot ("best") is the best of them
+    climbed: List[float] = list(ladder[:saved["stage"] + 1]) if climb and saved is not None else []
+    with mask_learning(model, conn, kept_note=lambda: _kept_note(checkpoint, recorded, climbed if climb else None)):
         from tqdm.auto import tqdm
 
         from .cli import show_progress
@@ -835,6 +837,7 @@ def optimize_connectome(
                 ckpt.save_stage(checkpoint, _stage_state(fp, stage, step, since_best, conn, ctrl, result, e,
                                                           {"train": train_iter.state_dict(), "holdout": holdout_iter.state_dict()}))
                 recorded[:] = list(result.snapshots)
+                climbed[:] = list(ladder[:stage + 1]) if climb else []
             if climb and since_best >= patience:
                 break
         if climb:
@@ -911,11 +914,17 @@ def _stage_state(fp, stage, step, since_best, conn, ctrl, result, last_eval, dat
             "wall_seconds": last_eval["wall_seconds"]}
 
 
-def _kept_note(checkpoint, recorded: Sequence[str]) -> str:
+def _kept_note(checkpoint, recorded: Sequence[str], climbed: Optional[Sequence[float]] = None) -> str:
     """What an interrupted :func:`optimize_connectome` kept: the snapshots its ``checkpoint`` file
-    holds (``recorded``: their targets) and how to continue from them, or that none was kept."""
+    holds (``recorded``: their targets) and how to continue from them, or that none was kept.
+    ``climbed``: for target "best" climbing the ladder, the rungs the checkpoint records (its one
+    snapshot is the best of them so far, not a finished target's)."""
     if checkpoint is None or not recorded:
         return "no snapshot was kept"
+    if climbed is not None:
+        return (f"the best snapshot of the ladder's rung(s) climbed before it (removing {', '.join(f'{f:g}' for f in climbed)}) "
+                f"is kept in the checkpoint {checkpoint}: run it again with that checkpoint (a recipe's --resume) to "
+                "continue the climb from there")
     return (f"the snapshot(s) of the target(s) finished before it ({', '.join(map(str, recorded))}) are kept in the "
             f"checkpoint {checkpoint}: run it again with that checkpoint (a recipe's --resume) to continue from them")
 

@@ -351,8 +351,10 @@ class RunConfig:
             _refuse_idle_line_search(self)
         try:
             _check_names(self)
-        except ConfigError as e:  # a name the run's plugin registered, resumed without it
-            raise ConfigError(f"{e}{self._resumed_plugins()}") from None
+        except ConfigError as e:  # a name the run's plugin registered, resumed without it (the notes of a
+            from adaptive.cli import with_notes_of  # plugin estimator's error kept)
+
+            raise with_notes_of(ConfigError(f"{e}{self._resumed_plugins()}"), e) from None
 
     def _resumed_plugins(self, error=None) -> str:
         """What an error of a --resume run adds about the plugins the resumed run recorded

@@ -235,38 +235,42 @@ def _resumed_plugins(cfg: dict):
     return lambda error=None: resume_hint(settings, cfg["plugins"], error) if cfg.get("resume") else ""
 
 
-def _check_names(cfg: dict, origin) -> None:
+def _check_names(cfg: dict, origin, resumed=lambda: "") -> None:
     """The registry names (model, dataset, ensemble, estimator) checked before any data is read or
     anything written, as recipes/adaptive.py checks them (they failed after the data had loaded and
-    the model had been built)."""
+    the model had been built). ``resumed()``: what a --resume run's error adds about the plugins its
+    config.yaml records, after the error's line (before the notes of a plugin estimator's error)."""
     from adaptive.data import available_datasets
     from adaptive.ensemble_rules import parse_rules
     from adaptive.models import available_models
     from adaptive.utility.base import configured_estimator, estimator_names
 
+    def refuse(message):
+        raise SystemExit(f"{message}{resumed()}")
+
     def known(key, names, hint=""):
         if cfg[key] not in names:
-            raise SystemExit(f"{origin(key)} {cfg[key]}: unknown {key}: use one of {', '.join(sorted(names))}{hint}")
+            refuse(f"{origin(key)} {cfg[key]}: unknown {key}: use one of {', '.join(sorted(names))}{hint}")
 
     plugin = " (or register your own in a file given with --plugins)"
     if ":" not in cfg["model"] and cfg["model"].lower() not in available_models():
-        raise SystemExit(f"{origin('model')} {cfg['model']}: unknown model: use one of {', '.join(available_models())} "
+        refuse(f"{origin('model')} {cfg['model']}: unknown model: use one of {', '.join(available_models())} "
                          f"(torchvision:NAME is any torchvision classifier){plugin}")
     known("dataset", available_datasets(), plugin)
     known("estimator", estimator_names(), plugin)
     if "step" in cfg["estimator_kw"]:  # one way to give it: --step (and step: in a --config file)
-        raise SystemExit(f"{origin('estimator_kw')} step: the recipe sets the estimator's step from --step: give "
+        refuse(f"{origin('estimator_kw')} step: the recipe sets the estimator's step from --step: give "
                          f"--step {cfg['estimator_kw']['step']} instead")
     try:  # a keyword its constructor does not take, named with the ones it does
         configured_estimator(cfg["estimator"], cfg["estimator_kw"], option=origin("estimator_kw"))
     except ValueError as e:  # (a plugin estimator's constructor may add notes: they follow the line)
-        raise SystemExit(message_lines(e)) from None
+        raise SystemExit(message_lines(e, resumed())) from None
     try:
         rules = parse_rules(cfg["ensemble"])
     except (ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"{origin('ensemble')} {cfg['ensemble']}: {e}") from None
+        refuse(f"{origin('ensemble')} {cfg['ensemble']}: {e}")
     if any(hasattr(g, "density") for _, g in rules):  # optimize_connectome's refusal, before the data loads
-        raise SystemExit(f"{origin('ensemble')} {cfg['ensemble']}: n:m fixes the density in every group, so no "
+        refuse(f"{origin('ensemble')} {cfg['ensemble']}: n:m fixes the density in every group, so no "
                          "removal target can be reached by removing and restoring synapses: use 'synapse', 'kernel', "
                          "'neuron' or 'block:RxC'")
 
@@ -414,10 +418,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     def origin(key):  # where the value came from: the error names what to change
         return f"{args.config}: {key}" if key in loaded and key not in on_command_line else f"--{key.replace('_', '-')}"
 
-    try:
-        _check_names(cfg, origin)
-    except SystemExit as e:  # a name the run's plugin registered, resumed without it
-        raise SystemExit(f"{e.code}{resumed_plugins()}") from None
+    _check_names(cfg, origin, resumed_plugins)  # (a name the run's plugin registered, resumed without it: said)
     try:  # a keyword the model does not take, or one the recipe sets: named before anything runs
         check_model_kw(cfg["model"], cfg["model_kw"], origin("model_kw"), sets=MODEL_SETS)
     except ConfigError as e:

@@ -689,3 +689,28 @@ def test_an_interrupted_runs_note_says_which_snapshots_its_checkpoint_keeps(tmp_
                             callback=cb, **KW)
     assert info.value.__notes__ == ["adaptive: the mask-only optimisation was interrupted; the model's original weights "
                                     f"(every synapse present) were restored, and {kept.format(path=path)}"]
+
+
+def test_an_interrupted_climbs_note_names_the_rungs_its_checkpoint_records(tmp_path):
+    """A climb (target "best") stopped after two rungs said "the snapshot(s) of the target(s) finished
+    before it (best)": target best was not finished; the checkpoint holds the best of the rungs
+    climbed, and a resumed run's note counts the rungs of the earlier session too."""
+    path = tmp_path / "ck.pt"
+
+    def stop_at(at_stage):
+        def cb(rec):
+            if rec["kind"] == "update" and rec["stage"] == at_stage:
+                raise Stop
+        return cb
+
+    def note(at_stage):
+        with pytest.raises(Stop) as info:
+            optimize_connectome(tiny(), *ordered_loaders(), "best", ladder=(0.2, 0.4, 0.6, 0.8), patience=5,
+                                checkpoint=path, callback=stop_at(at_stage), **KW)
+        (text,) = info.value.__notes__
+        return text
+
+    kept = ("the best snapshot of the ladder's rung(s) climbed before it (removing {}) is kept in the checkpoint "
+            f"{path}: run it again with that checkpoint (a recipe's --resume) to continue the climb from there")
+    assert note(2).endswith("were restored, and " + kept.format("0.2, 0.4"))
+    assert note(3).endswith("were restored, and " + kept.format("0.2, 0.4, 0.6"))  # resumed from the first session's

@@ -335,3 +335,36 @@ def test_the_notes_of_a_plugins_own_error_reach_the_recipes_error_line(tmp_path)
     with pytest.raises(ValueError) as e:
         R.RunConfig(plugins=[str(bad)])
     assert e.value.__notes__ == ["see the plugin README"]
+
+
+def test_a_resumed_runs_plugin_hint_follows_the_error_line_not_the_estimators_note(tmp_path):
+    """prune_pretrained --resume without a plugin its config.yaml records, where a plugin estimator's
+    error carries a note: what the resume adds about the plugins was glued to the end of the note
+    instead of following the error's own line."""
+    import yaml
+
+    noted, other = tmp_path / "noted_ext.py", tmp_path / "other_ext.py"
+    noted.write_text(NOTED)
+    other.write_text("")
+    out = tmp_path / "pp"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump({"plugins": [str(noted.resolve()), str(other.resolve())]}))
+    P = load_script("recipes/prune_pretrained.py", "prune_pretrained_plugins_hint")
+    with pytest.raises(SystemExit) as e:
+        P.parse_args(["--plugins", str(noted), "--model", "resnet20", "--dataset", "fake", "--remove", "0.2", "--resume",
+                      "--estimator", "noted_est", "--estimator-kw", "level=-1", "--output_dir", str(out)])
+    line, note = e.value.code.split("\n")
+    assert line.startswith("--estimator-kw: level must be at least 0; the run in ") and str(other.resolve()) in line
+    assert note == "noted_est: a level of 0 keeps every weight"
+
+
+def test_recipe_adaptive_keeps_a_plugin_estimators_notes(tmp_path):
+    """recipes/adaptive.py's check of --estimator_kw kept a plugin estimator's notes, but the config's
+    rewrap (adding what a resume says about its plugins) dropped them again."""
+    noted = tmp_path / "noted_ext.py"
+    noted.write_text(NOTED)
+    R = load_script("recipes/adaptive.py", "recipe_adaptive_plugin_notes")
+    with pytest.raises(ValueError) as e:
+        R.RunConfig(plugins=[str(noted)], estimator="noted_est", estimator_kw={"level": -1})
+    assert str(e.value) == "--estimator_kw: level must be at least 0"
+    assert e.value.__notes__ == ["noted_est: a level of 0 keeps every weight"]
