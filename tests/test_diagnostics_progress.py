@@ -245,24 +245,6 @@ _OLDER = [{"step": 10, "kind": "update", "pruned": 5, "grown": 5, "est_loss_chan
     ({"config.yaml": "mode: train\n"}, "\n1 estimate(s) of an older train-mode run (no est_growth_gain): each subtracts\n"),
     ({"config.yaml": "model: mlp\n"}, "\n1 estimate(s) of an older train-mode run"),  # the recipe's default mode
     ({}, "\n1 estimate(s) of an older run (no est_growth_gain): in train mode such an estimate\n"),  # no config: either
-])
-def test_only_older_train_mode_estimates_are_named(tmp_path, monkeypatch, files, noted):
-    """An older mask-only run's restorations (grown, no est_growth_gain) were counted as older-run
-    estimates with a note worded for train mode, though a restoration's est_loss_change was always the
-    immediate change: the run's config.yaml (or a prune_pretrained history.jsonl) tells the modes apart."""
-    _events(tmp_path, _OLDER)
-    for name, text in files.items():
-        (tmp_path / name).write_text(text)
-    figs = _kept_figures(monkeypatch)
-    progress(str(tmp_path)).plot(tmp_path / "progress.png")
-    title = figs[0].axes[5].get_title()
-    if noted is None:
-        assert "older" not in title, title
-    else:
-        assert noted in title, title
-
-
-@pytest.mark.parametrize("files, noted", [
     # a train run's config.yaml decides, whatever else the folder holds (a history.jsonl put there)
     ({"config.yaml": "mode: train\n", "history.jsonl": '{"kind": "update", "step": 10}\n'},
      "\n1 estimate(s) of an older train-mode run"),
@@ -271,11 +253,13 @@ def test_only_older_train_mode_estimates_are_named(tmp_path, monkeypatch, files,
     # a config.yaml that cannot be read: the history.jsonl still tells
     ({"config.yaml": "mode: [train\n", "history.jsonl": '{"kind": "update", "step": 10}\n'}, None),
 ])
-def test_the_run_folders_config_decides_its_mode_before_a_history(tmp_path, monkeypatch, files, noted):
-    """A history.jsonl made a folder mask-only whatever its config.yaml said (a train run's, mode:
-    train), and a prune_pretrained run's config.yaml (it records no mode) read as the train recipe's
-    default: the resolved config.yaml decides, a prune_pretrained one by its options, and the history
-    only where no config.yaml can be read."""
+def test_only_older_train_mode_estimates_are_named(tmp_path, monkeypatch, files, noted):
+    """An older mask-only run's restorations (grown, no est_growth_gain) were counted as older-run
+    estimates with a note worded for train mode, though a restoration's est_loss_change was always the
+    immediate change: the run's config.yaml (or a prune_pretrained history.jsonl) tells the modes apart.
+    The resolved config.yaml decides before a history.jsonl (a train run's folder may hold one), a
+    prune_pretrained config.yaml (it records no mode) by its options, the history only where no
+    config.yaml can be read."""
     _events(tmp_path, _OLDER)
     for name, text in files.items():
         (tmp_path / name).write_text(text)

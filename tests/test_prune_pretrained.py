@@ -1552,11 +1552,8 @@ def test_a_target_of_0_writes_the_dense_network_with_no_pass_and_resumes(tmp_pat
     assert [r["target"] for r in summary["rows"]] == ["dense", "0"] and (only / "pruned_state_dict.pt").is_file()
 
 
-def test_an_error_in_a_run_prints_its_original_weights_restored_note(tmp_path, weights, capsys, monkeypatch):
-    """A ValueError raised mid-run gets the note that the model's original weights were restored: the
-    recipe's error line printed str(error) alone, and the note was lost."""
-    from adaptive.cli import run_cli
-
+def _failing_at_an_update(monkeypatch, when):
+    """The recipe module, its optimize_connectome raising a ValueError at the first update ``when`` takes."""
     mod = recipe()
     real = mod.optimize_connectome
 
@@ -1564,11 +1561,20 @@ def test_an_error_in_a_run_prints_its_original_weights_restored_note(tmp_path, w
         def cb(rec):
             if callback is not None:
                 callback(rec)
-            if rec["kind"] == "update":
+            if rec["kind"] == "update" and when(rec):
                 raise ValueError("a callback refused the update")
         return real(*a, callback=cb, **kw)
 
     monkeypatch.setattr(mod, "optimize_connectome", failing)
+    return mod
+
+
+def test_an_error_in_a_run_prints_its_original_weights_restored_note(tmp_path, weights, capsys, monkeypatch):
+    """A ValueError raised mid-run gets the note that the model's original weights were restored: the
+    recipe's error line printed str(error) alone, and the note was lost."""
+    from adaptive.cli import run_cli
+
+    mod = _failing_at_an_update(monkeypatch, lambda rec: True)
     monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
     with pytest.raises(SystemExit) as e:
         run_cli(lambda: mod.main(args(weights, tmp_path / "run", "--remove", "0.5")), mod.PROG)
@@ -1595,18 +1601,7 @@ def test_a_run_that_fails_after_a_target_says_its_checkpoint_keeps_it(tmp_path, 
     the run folder's checkpoint held that target's snapshot, from which --resume continues."""
     from adaptive.cli import run_cli
 
-    mod = recipe()
-    real = mod.optimize_connectome
-
-    def failing(*a, callback=None, **kw):
-        def cb(rec):
-            if callback is not None:
-                callback(rec)
-            if rec["kind"] == "update" and rec["stage"] == 1:
-                raise ValueError("a callback refused the update")
-        return real(*a, callback=cb, **kw)
-
-    monkeypatch.setattr(mod, "optimize_connectome", failing)
+    mod = _failing_at_an_update(monkeypatch, lambda rec: rec["stage"] == 1)
     monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
     out = tmp_path / "run"
     with pytest.raises(SystemExit):
