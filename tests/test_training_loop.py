@@ -19,18 +19,26 @@ torch.set_num_threads(1)
 accelerator = pytest.fixture(cpu_accelerator)
 
 
-def test_a_logging_interval_spanning_epochs_and_a_resume_averages_all_its_steps(accelerator):
+def _frozen_linear(batches):
+    """A Linear at lr 0 (every epoch sees the same losses), ``batches`` fixed batches of 5, and a
+    cross-entropy that appends each batch's loss to the list it returns beside it."""
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every epoch sees the same losses
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
     g = torch.Generator().manual_seed(1)
-    loader = [(torch.randn(5, 4, generator=g), torch.randint(0, 3, (5,), generator=g)) for _ in range(3)]
+    loader = [(torch.randn(5, 4, generator=g), torch.randint(0, 3, (5,), generator=g)) for _ in range(batches)]
     losses = []
 
     def loss_fn(out, y):
         loss = F.cross_entropy(out, y)
         losses.append(float(loss.detach()))
         return loss
+
+    return model, opt, loader, losses, loss_fn
+
+
+def test_a_logging_interval_spanning_epochs_and_a_resume_averages_all_its_steps(accelerator):
+    model, opt, loader, losses, loss_fn = _frozen_linear(3)
 
     state = TrainState()
     train_one_epoch(accelerator, model, opt, loader, state, loss_fn=loss_fn, log_every=2)
@@ -155,17 +163,7 @@ def test_the_bars_loss_is_the_mean_since_it_last_showed_one(accelerator):
     """The training bar showed the loss of the 10th step's batch alone, which jumps from batch to
     batch; it shows the mean over the batches since its last loss (its own window of 10 steps), and
     metrics.csv's rows keep their --log_every windows."""
-    torch.manual_seed(0)
-    model = nn.Linear(4, 3)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    g = torch.Generator().manual_seed(1)
-    loader = [(torch.randn(5, 4, generator=g), torch.randint(0, 3, (5,), generator=g)) for _ in range(25)]
-    losses = []
-
-    def loss_fn(out, y):
-        loss = F.cross_entropy(out, y)
-        losses.append(float(loss.detach()))
-        return loss
+    model, opt, loader, losses, loss_fn = _frozen_linear(25)
 
     class Bar:
         def __init__(self):
