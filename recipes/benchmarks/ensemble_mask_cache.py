@@ -10,7 +10,7 @@ same edits: the final masks' hashes are checked equal):
   once and the edited ones again (once per side of the plan), so with the cache off it pools
   about as often (the table gives the count);
 - ``cache``: pooled ensemble masks kept until the layer's mask changes; the expansion shortcuts
-  below are off (``adaptive.connectome.expands_exactly`` patched to say False);
+  below are off (``adaptive.connectome_edits.expands_exactly`` patched to say False);
 - ``cache + exact expansion``: as shipped. For the built-in synapse/kernel/neuron/block
   granularities an expanded ensemble mask cannot break the rule, so it is not checked, and
   ``set_ensemble_masks`` stores the ensemble masks it was given, so the next update pools nothing.
@@ -34,7 +34,8 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import adaptive  # noqa: E402
-from adaptive import connectome  # noqa: E402
+from adaptive import connectome_edits  # noqa: E402
+from adaptive.connectome_queries import ConnectomeQueriesMixin  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 
 VARIANTS = ["before", "cache", "cache + exact expansion"]
@@ -51,16 +52,16 @@ def variant(name, pools):
     """Run the code as ``name`` says, counting the ensemble-mask poolings in ``pools``."""
     patches = []
     if name != "cache + exact expansion":
-        patches.append((connectome, "expands_exactly", lambda g: False))
+        patches.append((connectome_edits, "expands_exactly", lambda g: False))
     if name == "before":
-        patches.append((connectome.Connectome, "_ensemble_mask", _uncached))
-    pool = connectome.Connectome._pool_ensemble_mask
+        patches.append((ConnectomeQueriesMixin, "_ensemble_mask", _uncached))
+    pool = ConnectomeQueriesMixin._pool_ensemble_mask
 
     def counted(g, m):
         pools.append(1)
         return pool(g, m)
 
-    patches.append((connectome.Connectome, "_pool_ensemble_mask", staticmethod(counted)))
+    patches.append((ConnectomeQueriesMixin, "_pool_ensemble_mask", staticmethod(counted)))
     saved = [(obj, attr, obj.__dict__[attr]) for obj, attr, _ in patches]
     try:
         for obj, attr, new in patches:
