@@ -31,7 +31,8 @@ def test_bad_options_are_refused(argv, match, capsys):
 
 def test_the_library_hook_gives_the_previous_hook_s_scales_and_gradients_bit_for_bit():
     """A pruned DenseCat, three steps (one with zero gradient entries): the same scales, running sizes and
-    scaled gradients from the library's hook as from the previous one (5ef8121)."""
+    scaled gradients from the library's hook as from the previous one (5ef8121), which hooked its first layer
+    (one band) too: the library leaves that one alone, with no running size."""
     previous = runpy.run_path(str(SCRIPT))["PreviousHook"]
     torch.set_num_threads(1)
     runs = []
@@ -53,8 +54,10 @@ def test_the_library_hook_gives_the_previous_hook_s_scales_and_gradients_bit_for
         runs.append(got)
     for (grads, scales, state), (grads_0, scales_0, state_0) in zip(*runs):
         assert all(torch.equal(a, b) for a, b in zip(grads, grads_0)) and scales == scales_0
+        assert state["layers"]["layers.0"]["log_typical"] is None and state_0["layers"]["layers.0"]["log_typical"] is not None
         for n, layer in state["layers"].items():
-            assert all(torch.equal(layer[k], state_0["layers"][n][k]) for k in ("log_typical", "seen"))
+            if n != "layers.0":  # (the one-band layer)
+                assert all(torch.equal(layer[k], state_0["layers"][n][k]) for k in ("log_typical", "seen"))
 
 
 def test_a_quick_run_of_two_processes_writes_its_table(tmp_path, monkeypatch):
@@ -65,11 +68,12 @@ def test_a_quick_run_of_two_processes_writes_its_table(tmp_path, monkeypatch):
     main(["--quick", "--models", "densecat", "--no-progress", "--out", str(out)])
     text = out.read_text()
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| DenseCat") or line.startswith("|  |")]
-    variants = [r[5].strip() for r in rows[:4]]
+    variants = [r[6].strip() for r in rows[:5]]
     assert variants == ["DDP, second copy (noise floor)", "DDP + scaler", "DDP + scaler, no all-reduce (not exact)",
-                        "DDP + scaler, previous hook"]
-    assert [r[-1].strip() for r in rows[:4]] == ["-", "yes", "no", "yes"]  # the exact variants' scales agree
-    assert all(float(r[6]) > 0 for r in rows[:4]) and float(rows[0][4]) > 0
+                        "DDP + scaler, one-band layers hooked too", "DDP + scaler, previous hook"]
+    assert [r[-1].strip() for r in rows[:5]] == ["-", "yes", "no", "yes", "yes"]  # the exact variants' scales agree
+    assert rows[0][2].strip() == "9 (9)" and rows[0][3].strip() == "8"  # DenseCat's first layer reads one band
+    assert all(float(r[7]) > 0 for r in rows[:5]) and float(rows[0][5]) > 0
     assert "Reproduce: `python recipes/benchmarks/band_scaling_ddp.py --quick --models densecat`" in text
     assert list(scratch.iterdir()) == []  # the rendezvous file and its folder are gone
 

@@ -390,18 +390,25 @@ def test_the_per_band_all_reduce_goes_where_all_reduce_mean_s_goes(monkeypatch):
 def test_a_head_tied_to_an_embedding_the_forward_runs_is_refused_as_gradient_by_depth_refuses_it(depths):
     """The head's gradient holds the embedding lookup's part, which no depth of the head's inputs describes:
     gradient_by_depth refused it (TiedWeightError), but the scaler scaled the whole gradient by the head's bands
-    (the traced graph's tie check sees no Embedding as a layer, and given depths skip it)."""
+    (the traced graph's tie check sees no Embedding as a layer, and given depths skip it). Traced, the head reads
+    one band: the scaler leaves it alone (scale 1 for every part of its gradient), tied or not."""
     from adaptive.diagnostics import gradient_by_depth
     from adaptive.diagnostics._shared_calls import TiedWeightError
 
     torch.manual_seed(0)
     net, x, y = TiedHead(), torch.randint(0, 10, (4, 5)), torch.randint(0, 10, (4,))
+    raw, = torch.autograd.grad(nn.functional.cross_entropy(net(x), y), net.head.weight)
     scaler = BandGradientScaler(net, layers=["head"], depths=depths, example=x)
     try:
-        with pytest.raises(TiedWeightError, match=r"^BandGradientScaler: the weight of 'head' is also that of \['emb'\] "
-                                                  r".*; scale a layer whose weight no other module reads"):
+        if depths is None:  # one band
             nn.functional.cross_entropy(net(x), y).backward()
-        assert scaler.scales() == {"head": {}} and scaler.state["head"]["log_typical"] is None  # nothing moved
+            assert torch.equal(net.head.weight.grad, raw) and scaler.scales() == {"head": {1: 1.0}}
+            net.zero_grad(set_to_none=True)
+        else:
+            with pytest.raises(TiedWeightError, match=r"^BandGradientScaler: the weight of 'head' is also that of "
+                                                      r"\['emb'\] .*; scale a layer whose weight no other module reads"):
+                nn.functional.cross_entropy(net(x), y).backward()
+            assert scaler.scales() == {"head": {}} and scaler.state["head"]["log_typical"] is None  # nothing moved
         with pytest.raises(TiedWeightError, match=r"^gradient_by_depth: the weight of 'head' is also that of \['emb'\]"):
             gradient_by_depth(net, [(x, y)], layer="head", batches=1, depths=None if depths is None else depths["head"])
     finally:
@@ -504,3 +511,110 @@ def test_the_hook_s_temporaries_on_a_large_layer_stay_a_few_times_the_gradient()
         assert scaled.shape == grad.shape and len(scaler.scales()[""]) == 16
     finally:
         scaler.remove()
+
+
+ONE_BAND = {"0": DEPTHS["0"], "2": torch.ones(5, dtype=torch.long)}  # layer '2' reads one band (depth 1)
+
+
+class _EveryLayerHooked(BandGradientScaler):
+    """The scaler as it was before a layer of one band was left alone: a hook on every layer."""
+
+    @staticmethod
+    def _hooked(bands):
+        return True
+
+
+def _one_band_run(cls, steps=3, state=None, batches=None):
+    """A net whose layer '2' reads one band, trained ``steps`` SGD steps under a ``cls`` scaler (loaded with
+    ``state`` first); the net, the scaler and the scales after each step."""
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    scaler, scales = cls(net, layers=["0", "2"], depths=ONE_BAND, momentum=0.5), []
+    if state is not None:
+        scaler.load_state_dict(state)
+    for batch in batches or _batches(steps):
+        _train(net, opt, [batch])
+        scales.append(scaler.scales())
+    return net, scaler, scales
+
+
+def test_a_one_band_layer_gets_no_hook_no_statistics_and_no_all_reduce(monkeypatch):
+    """A layer of one band is scaled by common / typical = exp(0) = 1 exactly: its hook, statistics and all-reduce
+    (one per layer and backward under DDP, each blocking the backward) changed nothing but the step's time. It has
+    none now: its gradient, and every other layer's, the same bit for bit as with a hook on it; one all-reduce per
+    backward (the layer of three bands), not two; its scale reads 1.0 from the start."""
+    from adaptive.diagnostics import band_scaling
+
+    reduced = []
+    monkeypatch.setattr(band_scaling, "is_distributed", lambda: True)  # (the sum over one process: itself)
+    monkeypatch.setattr(band_scaling, "collective_device", lambda t: t.device)
+    monkeypatch.setattr(band_scaling.dist, "all_reduce", lambda t, *a, **k: reduced.append(tuple(t.shape)))
+    net, scaler, scales = _one_band_run(BandGradientScaler)
+    assert reduced == [(2, 3)] * 3  # layer '0' only, at each of the 3 backwards
+    assert not net[2].weight._backward_hooks and not net[2]._forward_hooks and net[0].weight._backward_hooks
+    assert scaler.state["2"]["log_typical"] is None and scaler.state["2"]["seen"] is None
+    reduced.clear()
+    ref_net, ref, ref_scales = _one_band_run(_EveryLayerHooked)
+    assert reduced == [(2, 1), (2, 3)] * 3  # (backward reaches '2' first)
+    assert scales == ref_scales and scales[0]["2"] == {1: 1.0} and len(scales[0]["0"]) == 3
+    for a, b in zip(net.parameters(), ref_net.parameters()):
+        assert torch.equal(a, b) and torch.equal(a.grad, b.grad)
+    layer, ref_layer = scaler.state_dict()["layers"]["0"], ref.state_dict()["layers"]["0"]
+    assert all(torch.equal(layer[k], ref_layer[k]) for k in ("log_typical", "seen"))
+    fresh = BandGradientScaler(_net(), layers=["0", "2"], depths=ONE_BAND)
+    assert fresh.scales() == {"0": {}, "2": {1: 1.0}}  # before any backward
+    for s in (scaler, ref, fresh):
+        s.remove()
+
+
+def test_a_state_of_a_scaler_that_hooked_one_band_layers_loads_and_back():
+    """A checkpoint whose one-band layer has running sizes (saved by a version that hooked it) loads: the sizes
+    are kept, unused, and saved again as they were; the run goes on as the hooking scaler's, bit for bit. The
+    other way, a state without them (None, as before a first gradient) loads into a scaler that hooks the layer,
+    which starts them afresh, its scale 1 all the same. The state's entries are the same either way."""
+    first, rest = _batches(2), _batches(2, seed=2)
+    old_net, old, _ = _one_band_run(_EveryLayerHooked, batches=first)
+    new_net, new, _ = _one_band_run(BandGradientScaler, batches=first)
+    old_sd, new_sd = old.state_dict(), new.state_dict()
+    assert old_sd["layers"]["2"]["log_typical"] is not None and new_sd["layers"]["2"]["log_typical"] is None
+    assert all(set(old_sd["layers"][n]) == set(new_sd["layers"][n]) for n in ("0", "2"))
+    runs = []
+    for cls, sd, trained in ((BandGradientScaler, old_sd, old_net), (_EveryLayerHooked, new_sd, new_net),
+                             (_EveryLayerHooked, old_sd, old_net)):
+        net, scaler, scales = _one_band_run(cls, state=sd, batches=[])
+        if sd is old_sd and cls is BandGradientScaler:  # the old running sizes, kept as they were
+            kept = scaler.state_dict()["layers"]["2"]
+            assert all(torch.equal(kept[k], sd["layers"]["2"][k]) for k in ("log_typical", "seen"))
+        net.load_state_dict(trained.state_dict())
+        opt = torch.optim.SGD(net.parameters(), lr=0.05)
+        for x, y in rest:
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        runs.append((list(net.parameters()), scaler.scales()))
+        scaler.remove()
+    for params, scales in runs[:2]:
+        assert scales == runs[2][1] and all(torch.equal(a, b) for a, b in zip(params, runs[2][0]))
+    for s in (old, new):
+        s.remove()
+
+
+def test_running_sizes_that_are_not_finite_are_refused():
+    """A state written after an inf gradient by a version before 88f544f held an inf running size: loaded, it made
+    every scale of the layer NaN (and a one-band layer's 1 NaN), so every later gradient NaN. It is refused, the
+    scaler left as it was; a value in a band never seen (which no scale reads) is taken."""
+    net, opt, scaler = _scaled()
+    _train(net, opt, _batches(1))
+    sd, before = scaler.state_dict(), scaler.scales()
+    for value, seen in ((float("inf"), True), (float("nan"), True)):
+        layer = {**sd["layers"]["0"], "log_typical": torch.tensor([value, 1.0, 2.0], dtype=torch.float64),
+                 "seen": torch.tensor([seen, True, True])}
+        with pytest.raises(ValueError, match=r"the running sizes of layer '0' are not finite .*load the checkpoint "
+                                             r"without its scaler state"):
+            scaler.load_state_dict({"layers": {**sd["layers"], "0": layer}})
+        assert scaler.scales() == before
+    layer = {**sd["layers"]["0"], "log_typical": torch.tensor([float("nan"), 1.0, 2.0], dtype=torch.float64),
+             "seen": torch.tensor([False, True, True])}
+    scaler.load_state_dict({"layers": {**sd["layers"], "0": layer}})
+    assert scaler.scales()["0"][0] == 1.0
+    scaler.remove()

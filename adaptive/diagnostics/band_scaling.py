@@ -7,7 +7,8 @@ too small for others. :class:`BandGradientScaler` places a gradient hook on each
 multiplies every band by ``common / typical_band``, where ``typical_band`` is a running geometric
 mean of the band's ``|grad|`` and ``common`` the geometric mean of the bands' typical magnitudes
 (so the layer's overall scale is kept). On a pruned model the typical magnitudes are those of the
-live synapses' gradients only.
+live synapses' gradients only. A layer whose inputs all share one depth (one band: its scale is
+``common / typical = 1`` exactly) is left alone: no hook, no statistics, no all-reduce.
 """
 from __future__ import annotations
 
@@ -52,6 +53,13 @@ class BandGradientScaler:
     pruned keeps the typical size of its last live gradients, and its place in the common size,
     until a synapse of it is regrown, so its scale moves only with the common size (a band pruned
     before its first gradient keeps scale 1 and no place in it).
+    A layer of one band (every input of every call at one depth: each layer of a plain ResNet with
+    traced depths) would be scaled by ``common / typical = 1`` exactly, whatever its gradients: it
+    gets no hook, no call recorder and no all-reduce, its gradient is left as autograd gives it (as
+    the hook left it, bit for bit), its :meth:`scales` read 1.0 from the start, and it has no running
+    size (a state saved by a version that kept one is taken, checked and saved again, unused).
+    A tied weight or shared calls, which a hook refuses or warns about where bands differ (below), are
+    no concern of such a layer: its one scale of 1 is right for every part of its gradient.
     The hook acts on ``param.grad`` as autograd produces it, so any optimizer sees scaled gradients.
     Under a process group of more than one process (DDP, Accelerate) the hook runs before the
     gradients are reduced, on each process's own gradient; it sums its per-band statistics (sum of
@@ -60,7 +68,8 @@ class BandGradientScaler:
     process's GPU, as :func:`~adaptive.distributed.all_reduce_mean_` does), so every process keeps the same running sizes and
     applies the same scales: a band's size of this backward is the geometric mean of ``|grad|`` over
     the live entries of all the processes' gradients together, what one process would compute on all
-    of them, and DDP's average of the scaled gradients is those scales times the averaged gradient.
+    of them, and DDP's average of the scaled gradients is those scales times the averaged gradient
+    (a layer of one band has no hook, so no all-reduce).
     (The averaged gradient's own size exists only after the reduction the hook precedes.) Every
     process must therefore run each backward, and each scaled layer must get a gradient in it on
     every process or on none: a layer that DDP's ``find_unused_parameters=True`` lets one process
@@ -80,8 +89,8 @@ class BandGradientScaler:
     given once for such a layer serve every call (with a warning), as for :func:`gradient_by_depth`.
     While a diagnostic takes gradients of the model (inside
     :func:`~adaptive.diagnostics._common.scalers_suspended` ``(model)``) the hooks on its weights do
-    nothing: no scaling, no state update; a scaler on another model's weights keeps working. A layer whose
-    weight another module holds too and the forward runs (an Embedding tied to a head) is refused at its
+    nothing: no scaling, no state update; a scaler on another model's weights keeps working. A layer (of
+    several bands) whose weight another module holds too and the forward runs (an Embedding tied to a head) is refused at its
     backward (:class:`~adaptive.diagnostics._shared_calls.TiedWeightError`, before its running sizes move), as
     :func:`gradient_by_depth` refuses it: that module's part of the gradient has no depth of the layer's inputs.
     A NaN or
@@ -131,18 +140,22 @@ class BandGradientScaler:
                 groups, transposed = int(getattr(mod, "groups", 1)), bool(getattr(mod, "transposed", False))
                 wds = torch.stack([weight_depths(w.shape, d, groups, transposed) for d in rows])
                 uniq = torch.unique(wds)
-                index = torch.searchsorted(uniq, wds.reshape(len(rows), -1)).view(wds.shape).to(w.device)
-                split = not bool((index == index[0]).all())  # calls reading other bands are scaled apart
-                recorder = CallRecorder(mod, keep_inputs=split)
-                tied = TiedReads(plain, mod, w)  # an Embedding tied to a head reads its weight too
-                self._handles += [recorder, tied]
-                st = {"name": name, "index": index, "bands": uniq, "recorder": recorder, "tied": tied, "split": split,
-                      "splitting": False, "warned": False, "log_typical": None, "seen": None, "scale": None,
-                      "module": mod, "shape": tuple(w.shape)}
+                st = {"name": name, "bands": uniq, "hooked": self._hooked(uniq), "split": False, "splitting": False,
+                      "warned": False, "log_typical": None, "seen": None, "scale": None, "module": mod,
+                      "shape": tuple(w.shape)}
                 self.state[name] = st
+                if not st["hooked"]:  # one band: scale 1; an index of zeros that takes no memory, for its layout
+                    st["index"] = torch.zeros((), dtype=torch.long).expand(wds.shape)
+                    continue
+                st["index"] = index = torch.searchsorted(uniq, wds.reshape(len(rows), -1)).view(wds.shape).to(w.device)
+                st["split"] = split = not bool((index == index[0]).all())  # calls reading other bands: scaled apart
+                st["recorder"] = CallRecorder(mod, keep_inputs=split)
+                st["tied"] = TiedReads(plain, mod, w)  # an Embedding tied to a head reads its weight too
+                self._handles += [st["recorder"], st["tied"]]
                 self._attach(st, w)
-            # a layer's calls are those of the model's latest forward (one without a backward leaves none behind)
-            self._handles.append(model.register_forward_pre_hook(self._new_forward))
+            if self._hooked_layers():
+                # a layer's calls are those of the model's latest forward (one without a backward leaves none behind)
+                self._handles.append(model.register_forward_pre_hook(self._new_forward))
         except BaseException:
             self.remove()  # no hook left on a model the scaler refused
             raise
@@ -176,6 +189,18 @@ class BandGradientScaler:
                     names.append(n)
         return names
 
+    @staticmethod
+    def _hooked(bands: torch.Tensor) -> bool:
+        """Whether a layer of these bands gets a gradient hook: one of several bands. One band's scale is
+        ``exp(common - typical)`` with ``common`` the mean of that one running size: exactly 1 (the
+        running sizes are finite: :meth:`load_state_dict` refuses others), so its hook, statistics and
+        all-reduce would change nothing."""
+        return len(bands) > 1
+
+    def _hooked_layers(self):
+        """The states of the layers that have a gradient hook (several bands)."""
+        return [st for st in self.state.values() if st["hooked"]]
+
     def _attach(self, st, weight: nn.Parameter) -> None:
         """Put the layer's gradient hook on ``weight``, remembering which tensor it is on: a hook lives
         on the tensor, so a weight replaced later (another Parameter, or one whose tensor was swapped
@@ -196,7 +221,7 @@ class BandGradientScaler:
         """Move the hooks of layers whose weight was replaced since they were put on (their gradients
         would go by unscaled, and the running sizes stop, silently) onto the current weights, with a
         warning; a layer whose weight is gone or of another shape is refused."""
-        replaced = [st for st in self.state.values()
+        replaced = [st for st in self._hooked_layers()
                     if (w := self._layer_weight(st)) is not st["weight"] or w._cdata != st["tensor"]]
         for st in replaced:
             w = self._layer_weight(st)
@@ -350,21 +375,26 @@ class BandGradientScaler:
         """A forward of the model begins: the layers' calls recorded before belong to an earlier one;
         a weight replaced since the last one gets the hook it lost (:meth:`_check_weights`)."""
         self._check_weights()
-        for st in self.state.values():
+        for st in self._hooked_layers():
             st["recorder"].clear()
             st["tied"].clear()
 
     def scales(self) -> Dict[str, Dict[int, float]]:
-        """Current multiplier per band of each layer (empty before the first backward pass)."""
+        """Current multiplier per band of each layer (empty before the first backward pass); a layer of one
+        band: 1.0 from the start (it has no hook, its gradient is left as it is)."""
         return {
-            n: ({} if st["scale"] is None else {int(b): float(s) for b, s in zip(st["bands"], st["scale"].cpu())})
+            n: ({int(st["bands"][0]): 1.0} if not st["hooked"] else {} if st["scale"] is None
+                else {int(b): float(s) for b, s in zip(st["bands"], st["scale"].cpu())})
             for n, st in self.state.items()
         }
 
     def state_dict(self) -> dict:
         """The running band sizes of every layer, with the band layout they belong to, as plain CPU
         tensors and ints (``torch.load(..., weights_only=True)`` reads them back): save it with the
-        model's, the optimizer's and the connectome's, so a resumed run scales as the saved one."""
+        model's, the optimizer's and the connectome's, so a resumed run scales as the saved one. A layer
+        of one band has the same entries, its running sizes None (as before a first gradient: a version
+        that hooked such a layer starts them afresh, its scale 1 all the same) or those a loaded state
+        gave it, kept as they were."""
         def cpu(t):
             return None if t is None else t.detach().to("cpu", copy=True)
 
@@ -377,7 +407,10 @@ class BandGradientScaler:
         saved run's momentum is not checked: this scaler's own moves the sizes from here on. A state
         whose layers carry a wrapper's prefix (``module.NAME``: saved before a scaler built on a DDP
         model took the module inside's names) loads as ``NAME``, one prefix for all its layers and
-        only where that names more of this scaler's layers, as a connectome's state loads."""
+        only where that names more of this scaler's layers, as a connectome's state loads. Running sizes
+        that are not finite where their band was seen (a state written, before 88f544f, after an inf
+        gradient: it made every later scale NaN) are refused. A layer of one band takes its running sizes
+        as saved (a version that hooked it kept some) and never moves them: its scale is 1 either way."""
         if not isinstance(sd, Mapping) or not isinstance(sd.get("layers"), Mapping):
             raise ValueError("not a BandGradientScaler state_dict: it has no 'layers' entry (save scaler.state_dict())")
         saved = _stripped(sd["layers"], _wrapper_prefix(sd["layers"], self.state))
@@ -405,6 +438,11 @@ class BandGradientScaler:
                 raise ValueError(f"BandGradientScaler.load_state_dict: the running sizes of layer {n!r} are not a float "
                                  f"'log_typical' and a bool 'seen' of one entry per band ({nb}): save scaler.state_dict()")
             lt, seen = lt.detach().to(torch.float64, copy=True), seen.detach().clone()
+            if not bool(torch.isfinite(lt[seen.to(lt.device)]).all()):
+                raise ValueError(f"BandGradientScaler.load_state_dict: the running sizes of layer {n!r} are not finite "
+                                 f"({lt.tolist()}; saved after an inf gradient by a version before 88f544f), so every "
+                                 "scale would be NaN: load the checkpoint without its scaler state (the sizes restart "
+                                 "from the next batch)")
             loaded[n] = (lt, seen, self._scale(lt, seen))
         for n, (lt, seen, scale) in loaded.items():  # the hooks move them to the gradients' device
             self.state[n].update(log_typical=lt, seen=seen, scale=scale)
@@ -414,9 +452,10 @@ class BandGradientScaler:
         """What a layer's running sizes belong to: its bands (depth values), how many calls, its
         weight's shape, and how many weight entries each call has in each band."""
         index, nb = st["index"], len(st["bands"])
+        entries = (torch.stack([torch.bincount(i.reshape(-1), minlength=nb) for i in index]).cpu() if nb > 1
+                   else torch.full((len(index), 1), index[0].numel(), dtype=torch.long))  # (bincount: a copy)
         return {"bands": st["bands"].detach().to("cpu", copy=True), "calls": len(index),
-                "weight_shape": list(index.shape[1:]),
-                "band_entries": torch.stack([torch.bincount(i.reshape(-1), minlength=nb) for i in index]).cpu()}
+                "weight_shape": list(index.shape[1:]), "band_entries": entries}
 
     def remove(self) -> None:
         """Take the gradient hooks and the call recorders off the model."""

@@ -11,23 +11,30 @@ over the plain DDP sample of the same round (median over rounds; IQR shown).
 
 Variants:
   DDP                 the model alone in DDP (a second copy measures the noise floor of the ratio)
-  DDP + scaler        BandGradientScaler as the library builds it: per layer, the statistics,
-                      one all-reduce of them, the scales applied
+  DDP + scaler        BandGradientScaler as the library builds it: per layer of several bands, the
+                      statistics, one all-reduce of them, the scales applied (a layer of one band,
+                      whose scale is 1, has no hook)
   ... no all-reduce   the same hooks, each process sizing the bands by its own gradient only: NOT
                       exact (the processes' scales part); the floor any design that computes each
                       layer's statistics in its hook could reach, so the gap to the row above is
                       what the per-layer all-reduces cost
+  ... one-band layers hooked too
+                      the library's hook on every layer, one band or several, as it was before layers of
+                      one band were left alone: the same gradients bit for bit (a one-band scale is
+                      exactly 1), so the gap to "DDP + scaler" is what skipping them saves
   ... previous hook   the hook before its statistics were summed over all entries (5ef8121,
                       verbatim: statistics gathered by boolean indexing, the scaled gradient summed
                       from 0): the library's hook gives the same scales and running sizes bit for
-                      bit, and the same gradients (but for the sign of a zero entry: 0 + -0.0 is +0.0)
+                      bit, and the same gradients (but for the sign of a zero entry: 0 + -0.0 is +0.0);
+                      on every layer, one band or several, as then
 
 The table also gives one all-reduce of a layer's statistics timed alone (outside backward), to
 compare with the per-layer cost inside backward (where it may wait behind DDP's bucket traffic).
 
 Models: DenseCat (mlp, the model the scaler is for: depth 8, width 32, MNIST-sized inputs, its
-default layers: every layer reading several depths) and ResNet-20 (CIFAR; every Conv/Linear scaled,
-depths traced: each reads one band, so its scales stay 1 and the whole scaler is overhead).
+default layers: every layer it reports depths for, all but the first reading several) and ResNet-20
+(CIFAR; every Conv/Linear scaled, depths traced: each reads one band, so its scales are 1 and the
+library hooks none of them; hooked, as before, the whole scaler was overhead).
 
     python recipes/benchmarks/band_scaling_ddp.py              # about two minutes on 2 cores
     python recipes/benchmarks/band_scaling_ddp.py --quick      # a smoke run
@@ -80,10 +87,19 @@ class LocalStats(BandGradientScaler):
         return stats
 
 
-class PreviousHook(BandGradientScaler):
+class EveryLayerHooked(BandGradientScaler):
+    """The library's hook on every layer, a layer of one band too (as before such layers were left alone)."""
+
+    @staticmethod
+    def _hooked(bands):
+        return True
+
+
+class PreviousHook(EveryLayerHooked):
     """The hook as it was before the statistics went through :meth:`_band_stats` (commit 5ef8121),
     verbatim: the statistics gathered by boolean indexing (the kept entries copied out three times),
-    the entries' sizes copied by ``cat``, the scaled gradient summed from 0 (one more pass)."""
+    the entries' sizes copied by ``cat``, the scaled gradient summed from 0 (one more pass); on every
+    layer, one band or several, as then."""
 
     def _hook(self, st, weight):
         weight_id = id(weight)
@@ -137,8 +153,9 @@ CASES = {
 }
 PLAN = {"densecat": (40, 4), "resnet20": (16, 2)}  # rounds, steps per sample: one to two minutes each on 2 cores
 GRACE_S = 30.0  # seconds a process may outlive the first failed one (see _launch_two)
-VARIANTS = ("DDP", "DDP, second copy (noise floor)", "DDP + scaler", "DDP + scaler, no all-reduce (not exact)",
-            "DDP + scaler, previous hook")
+SCALERS = {"DDP + scaler": BandGradientScaler, "DDP + scaler, no all-reduce (not exact)": LocalStats,
+           "DDP + scaler, one-band layers hooked too": EveryLayerHooked, "DDP + scaler, previous hook": PreviousHook}
+VARIANTS = ("DDP", "DDP, second copy (noise floor)", *SCALERS)
 
 
 class Runner:
@@ -149,9 +166,8 @@ class Runner:
         self.model = DDP(copy.deepcopy(base))
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.scaler, self.times = None, []
-        if "scaler" in name:
-            cls = LocalStats if "no all-reduce" in name else PreviousHook if "previous" in name else BandGradientScaler
-            self.scaler = cls(self.model, layers=layers)
+        if name in SCALERS:
+            self.scaler = SCALERS[name](self.model, layers=layers)
 
     def step(self):
         self.opt.zero_grad(set_to_none=True)
@@ -176,6 +192,17 @@ def _allreduce_alone(nb: int, reps: int) -> float:
     return statistics.median(times)
 
 
+def _same_weights(a, b) -> bool:
+    """Whether the DDP models ``a`` and ``b`` hold the same weights bit for bit on every process (the library's
+    scaler and the one hooking one-band layers too, after the same steps: they must); refused otherwise."""
+    same = all(torch.equal(p.detach().reshape(-1).view(torch.uint8), q.detach().reshape(-1).view(torch.uint8))
+               for p, q in zip(a.parameters(), b.parameters()))
+    flag = torch.tensor([int(same)])
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    assert flag.item(), "the library's scaler and the one hooking one-band layers too trained other weights"
+    return True
+
+
 def bench_case(case, rounds, per_sample, warmup, progress) -> dict:
     label, builder, shape, batch = CASES[case]
     me = dist.get_rank()
@@ -198,16 +225,19 @@ def bench_case(case, rounds, per_sample, warmup, progress) -> dict:
             print(f"{label}: round {k + 1}/{rounds}", file=sys.stderr, flush=True)
     exact = runners[2].scaler
     bands = max(len(st["bands"]) for st in exact.state.values())
-    out = {"label": label, "batch": batch, "shape": shape, "layers": len(exact.state), "bands": bands,
+    hooked = sum(st["hooked"] for st in exact.state.values())  # the layers of several bands: one all-reduce each
+    out = {"label": label, "batch": batch, "shape": shape, "layers": len(exact.state), "hooked": hooked, "bands": bands,
            "params": sum(p.numel() for p in base.parameters()), "allreduce_s": _allreduce_alone(bands, 50),
-           "plain_ms": 1e3 * statistics.median(runners[0].times), "rows": {}}
+           "plain_ms": 1e3 * statistics.median(runners[0].times), "rows": {},
+           "same_weights": _same_weights(*(r.model for r in runners
+                                           if r.name in ("DDP + scaler", "DDP + scaler, one-band layers hooked too")))}
     for r in runners[1:]:
         ratios = [t / p for t, p in zip(r.times, runners[0].times)]
         added = [t - p for t, p in zip(r.times, runners[0].times)]
         q = statistics.quantiles(ratios, n=4)
         agree = None
         if r.scaler is not None:  # every process's scales, the same? (the exact variants: they must be)
-            mine = {n: st["scale"].tolist() for n, st in r.scaler.state.items()}
+            mine = r.scaler.scales()
             every = [None] * dist.get_world_size()
             dist.all_gather_object(every, mine)
             agree = all(e == every[0] for e in every)
@@ -218,13 +248,14 @@ def bench_case(case, rounds, per_sample, warmup, progress) -> dict:
 
 
 def fmt_table(results) -> str:
-    lines = ["| model | params | scaled layers (most bands) | batch per process | DDP ms/step | variant | ms/step | "
+    lines = ["| model | params | scaled layers (most bands) | of them hooked (several bands) | batch per process | "
+             "DDP ms/step | variant | ms/step | "
              "ratio to DDP (median) | IQR of ratio | added ms/step | scales agree across processes |",
-             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
     for res in results:
         first = True
         for name, row in res["rows"].items():
-            head = [res["label"], f"{res['params']:,}", f"{res['layers']} ({res['bands']})",
+            head = [res["label"], f"{res['params']:,}", f"{res['layers']} ({res['bands']})", str(res["hooked"]),
                     f"{res['batch']} x {'x'.join(map(str, res['shape']))}", f"{res['plain_ms']:.1f}"]
             cells = head if first else [""] * len(head)
             first = False
@@ -234,14 +265,16 @@ def fmt_table(results) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "The per-layer all-reduces inside backward, against one such all-reduce timed alone (outside "
               "backward, the processes met at a barrier first):", "",
-              "| model | all-reduces per step | all-reduce alone µs | their added ms/step (scaler less no all-reduce, median over rounds) "
+              "| model | all-reduces per step (one-band layers hooked too) | all-reduce alone µs | their added ms/step "
+              "(scaler less no all-reduce, median over rounds) "
               "| per all-reduce in backward µs |", "|---|---:|---:|---:|---:|"]
     for res in results:
         rows = res["rows"]
         comm = 1e3 * statistics.median(t - u for t, u in zip(rows["DDP + scaler"]["times"],
                                                              rows["DDP + scaler, no all-reduce (not exact)"]["times"]))
-        lines.append(f"| {res['label']} | {res['layers']} | {1e6 * res['allreduce_s']:.0f} | {comm:.2f} | "
-                     f"{1e3 * comm / res['layers']:.0f} |")
+        each = f"{1e3 * comm / res['hooked']:.0f}" if res["hooked"] else "- (none)"
+        lines.append(f"| {res['label']} | {res['hooked']} ({res['layers']}) | {1e6 * res['allreduce_s']:.0f} | "
+                     f"{comm:.2f} | {each} |")
     return "\n".join(lines)
 
 
@@ -264,6 +297,9 @@ def worker(args, argv) -> None:
             "taken against the plain DDP sample of the same round (median over rounds), so they need not match the "
             "medians' quotient on a loaded machine; the second DDP copy shows the noise floor of the ratio.\n\n"
             f"{fmt_table(results)}\n\n"
+            "After the run, the copies under \"DDP + scaler\" and \"... one-band layers hooked too\" held the same "
+            "weights bit for bit on both processes (checked: " + ", ".join(
+                f"{r['label']} {'yes' if r['same_weights'] else 'no'}" for r in results) + ").\n\n"
             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, CPU; load average at the end "
             f"{load:.1f} on {os.cpu_count()} cores (shared machine); {time.time() - t0:.0f} s. Rounds (steps per "
             "sample): " + ", ".join(f"{CASES[k][0]} {r} ({s})" for k, (r, s) in plan.items()) + ".\n\n"
