@@ -5,7 +5,6 @@ checkpoints that only one process finds bad. Writes ``rank{N}.json`` into OUT: e
 for the group's timeout (seconds here, 30 minutes by default) and record that instead."""
 import datetime
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
