@@ -43,14 +43,17 @@ class CheckpointMismatchError(ValueError):
     checkpoint path through an option of its own re-raises with a ``fix`` naming that option
     (:meth:`with_fix`)."""
 
-    def __init__(self, problem: str, fix: str = "", damaged: bool = False):
+    def __init__(self, problem: str, fix: str = "", damaged: bool = False, kept: bool = False):
         super().__init__(f"{problem}. {fix}" if fix else problem)
-        self.problem, self.fix, self.damaged = problem, fix, damaged
+        self.problem, self.fix, self.damaged, self.kept = problem, fix, damaged, kept
 
     def with_fix(self, fix: str, afresh: Optional[str] = None) -> "CheckpointMismatchError":
         """The same problem with another ``fix``; a damaged file cannot be resumed with any settings,
         so its fix says that and how to start afresh (``afresh``: the recipe's way, when a run
-        without its resume option is not)."""
+        without its resume option is not). A ``kept`` fix (processes that read different files: no
+        option of the recipe's mends that) stays."""
+        if self.kept:
+            return self
         if self.damaged:
             return CheckpointMismatchError(self.problem, "It cannot be resumed: " + (afresh or _RECIPE_AFRESH), damaged=True)
         return CheckpointMismatchError(self.problem, fix)
@@ -212,7 +215,7 @@ def callable_identity(fn) -> Optional[object]:
     """A name for ``fn`` (a loss or accuracy function) that is the same in every run that passes the
     same function: ``module.qualname`` for a function (for a lambda or a function defined inside
     another, which share such names, followed by a digest of its code, defaults and closed-over
-    values: :func:`_code_digest`), the class and its plain settings (numbers,
+    values, and of the values of the module globals it reads: :func:`_code_digest`), the class and its plain settings (numbers,
     strings, flags: ``label_smoothing``, ``reduction``) for a loss module or another callable object,
     the function and its arguments for a ``functools.partial``. Never a memory address, which would
     differ between the run and its resume. None for None."""
@@ -247,7 +250,13 @@ def _code_digest(fn: FunctionType) -> str:
     the values it closes over (a function among them by its name alone; other values as
     :func:`_value_identity` gives them: never an address, a file path or a set's hash order, so that
     every process of a run, and its resume, agree). The code is Python's bytecode, which differs between
-    Python versions: a run resumed under another version is refused, naming the function."""
+    Python versions: a run resumed under another version is refused, naming the function.
+
+    A function that reads module globals (:func:`_globals_read`: ``SCALE`` in ``lambda x: x * SCALE``)
+    is followed by `` globals DIGEST (NAMES)``, a sha256 of their values given as the closed-over ones
+    are (a module, function or class by its name). One that reads none has the digest it had before
+    the globals were digested, and a checkpoint that recorded a reader's digest without them still
+    resumes (:func:`_differences`: that version could not tell)."""
     def const(c):
         if isinstance(c, CodeType):
             return ["code", c.co_code.hex(), [const(x) for x in c.co_consts], list(c.co_names), list(c.co_varnames),
@@ -263,21 +272,62 @@ def _code_digest(fn: FunctionType) -> str:
             return f"{v.__module__}.{v.__qualname__}"
         return _value_identity(v)
 
-    if id(fn) in _DIGESTING:  # reached again through a value it closes over (a list that holds it)
-        return "code (itself)"
-    _DIGESTING.add(id(fn))
-    try:
+    def taken_along():  # its defaults and closed-over values
         cells = []
         for cell in fn.__closure__ or ():
             try:
                 cells.append(value(cell.cell_contents))
             except ValueError:  # an empty cell (a name assigned after the function was made)
                 cells.append(None)
-        parts = [const(fn.__code__), [value(v) for v in fn.__defaults__ or ()],
-                 {k: value(v) for k, v in sorted((fn.__kwdefaults__ or {}).items())}, cells]
+        return [[value(v) for v in fn.__defaults__ or ()],
+                {k: value(v) for k, v in sorted((fn.__kwdefaults__ or {}).items())}, cells]
+
+    if id(fn) in _DIGESTING:  # reached again through a value it closes over (a list that holds it)
+        return "code (itself)"
+    _DIGESTING.add(id(fn))
+    try:
+        _AS_BEFORE.append(True)  # a lambda among its values is digested as before too
+        try:
+            before = taken_along()
+        finally:
+            _AS_BEFORE.pop()
+        digest = "code " + hashlib.sha256(repr([const(fn.__code__), *before]).encode()).hexdigest()[:16]
+        if _AS_BEFORE:
+            return digest
+        names = _globals_read(fn)
+        read = {k: value(fn.__globals__[k]) for k in names}
+        along = taken_along()
+        if repr(along) != repr(before):  # a lambda among its values reads globals: they count too
+            read[""] = along
     finally:
         _DIGESTING.discard(id(fn))
-    return "code " + hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+    if not read:  # as before the globals were digested: a checkpoint of it resumes as it did
+        return digest
+    return f"{digest} globals {hashlib.sha256(repr(read).encode()).hexdigest()[:16]} ({', '.join(names)})"
+
+
+_AS_BEFORE: list = []  # non-empty while a digest is made as it was before the globals were (_code_digest)
+
+
+def _globals_read(fn: FunctionType) -> List[str]:
+    """The module-level names ``fn``'s code (and the code made inside it: a nested lambda, a
+    comprehension) reads and that are defined in its module, sorted: ``SCALE`` in ``lambda x: x *
+    SCALE``. Not a builtin, nor a name it assigns itself (``global N; N += 1``: state it keeps,
+    which differs between the run and its resume), nor the module's own dunders (``__file__``: a path)."""
+    import dis
+
+    read, assigned, codes = set(), set(), [fn.__code__]
+    while codes:
+        code = codes.pop()
+        codes.extend(c for c in code.co_consts if isinstance(c, CodeType))
+        for ins in dis.get_instructions(code):
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+                read.add(ins.argval)
+            elif ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL"):
+                assigned.add(ins.argval)
+    names = getattr(fn, "__globals__", None) or {}
+    return sorted(n for n in read - assigned if isinstance(n, str) and n in names
+                  and not (n.startswith("__") and n.endswith("__")))
 
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")  # a memory address, in whatever words a repr puts it
@@ -337,11 +387,30 @@ def _value_text(v, _within: tuple = ()) -> str:
     return type(v).__qualname__ if _ADDRESS.search(text) else text
 
 
+_GLOBALS = re.compile(r" globals [0-9a-f]{16} \(([^()]*)\)$")  # what _code_digest adds for the globals read
+
+
+def _without_globals(v):
+    """A callable's identity (:func:`callable_identity`: a string, or lists of them) as it was
+    before the module globals a lambda reads were digested: the `` globals ...`` part dropped."""
+    if isinstance(v, str):
+        return _GLOBALS.sub("", v)
+    if isinstance(v, list):
+        return [_without_globals(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _without_globals(x) for k, x in v.items()}
+    return v
+
+
 def _same_name_hint(saved, now) -> str:
     """What a lambda's (or a local function's) identities that differ only in their code digest mean."""
     if not (isinstance(saved, str) and isinstance(now, str) and " code " in saved and " code " in now
             and saved.split(" code ")[0] == now.split(" code ")[0]):
         return ""
+    if _without_globals(saved) == _without_globals(now):
+        names = _GLOBALS.search(now)
+        return (f" (the same code, defaults and closed-over values, with other values of the module globals it reads: "
+                f"{names.group(1) if names else ''}; give them the values the run had)")
     import sys
 
     return (" (the same name, with other code, defaults or closed-over values; the code is Python's bytecode, which "
@@ -379,6 +448,8 @@ def _differences(saved: dict, now: dict, weights: Optional[Dict[str, torch.Tenso
             continue  # recorded before the precision (the held-out cadence) was
         if k in ("loss_fn", "accuracy_fn") and k not in saved:
             continue  # recorded before the loss and accuracy functions were
+        if k in ("loss_fn", "accuracy_fn") and " globals " not in repr(a) and a == _without_globals(b):
+            continue  # recorded before the module globals a lambda reads were (that version could not tell)
         if k in ("loss_fn", "accuracy_fn") and isinstance(a, str) and isinstance(b, str) and " " not in a \
                 and b.startswith(f"{a} code "):
             continue  # a lambda or local function recorded before its code was (by its shared name alone)
@@ -473,7 +544,91 @@ def load_stage(path, now: dict, weights: Optional[Dict[str, torch.Tensor]] = Non
     stage checkpoint holds) or is not a stage checkpoint, and ValueError when ``path`` is a folder.
     Everything is checked before the state is returned, so a caller changes nothing for a bad file.
     ``checked``: what :func:`check_readable` returned for this file, whose state is taken instead of
-    reading the file again while the file at ``path`` is the one it read (:meth:`Checked.take`)."""
+    reading the file again while the file at ``path`` is the one it read (:meth:`Checked.take`).
+
+    Under several processes every process reads its own copy, and the outcome is agreed (one
+    gather of a few words, none on one process): a check that fails on some processes only (a
+    file each reads from its own disk, one missing or damaged there, weights loaded otherwise)
+    raises on every process, naming which failed and why, and so do processes that read different
+    checkpoints (another stage, or no file); no process goes on alone into the run's next
+    collective, where the others would wait for it until the process group's timeout."""
+    try:
+        state, own = _load_stage(path, now, weights, checked), None
+    except Exception as e:  # noqa: BLE001 - every process hears of any failure, and raises
+        state, own = None, e
+    from .distributed import is_distributed
+
+    agreed = _agreed_load(path, own, state) if is_distributed() else own
+    if agreed is own and own is not None:
+        raise own
+    if agreed is not None:
+        raise agreed from own
+    if state is not None:
+        state.pop("sha256", None)
+    return state
+
+
+def _load_report(e: Optional[BaseException], state: Optional[dict]) -> tuple:
+    """What one process tells the others of its load: ("failed", kind, problem, fix, damaged), or
+    ("read", what it read: its stage, step and sha256; None for no file)."""
+    if e is None:
+        return ("read", None if state is None else (state["stage"], state["step"], state.get("sha256")))
+    if isinstance(e, CheckpointMismatchError):
+        return ("failed", "mismatch", e.problem, e.fix, e.damaged)
+    return ("failed", "value" if isinstance(e, ValueError) else "other", f"{e}" or type(e).__name__, "", False)
+
+
+def _read_words(x: Optional[tuple], all_read: list) -> str:
+    """What one process read (:func:`_load_report`'s), in words; its sha256 where another process
+    read the same stage and step."""
+    if x is None:
+        return "no file"
+    same = sum(1 for y in all_read if y is not None and y[:2] == x[:2]) > 1
+    return f"stage {x[0]} (step {x[1]}" + (f", sha256 {str(x[2])[:12]})" if same else ")")
+
+
+def _agreed_load(path, own: Optional[BaseException], state: Optional[dict]) -> Optional[BaseException]:
+    """Every process's load outcome gathered (one all_gather_object): the error this process
+    raises, the same on every process (None: all read the same checkpoint, or all found none).
+    Processes that all failed alike raise what one process would (``own``)."""
+    import torch.distributed as dist
+
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, _load_report(own, state))
+    world = len(every)
+    failed = [(r, rep) for r, rep in enumerate(every) if rep[0] == "failed"]
+    if failed:
+        if len(failed) == world and len({rep[1:] for _, rep in failed}) == 1:
+            return own  # the same problem everywhere (a foreign file all of them read): as on one process
+        kind, fix = failed[0][1][1], failed[0][1][3]
+        ok = [r for r, rep in enumerate(every) if rep[0] == "read"]
+        why = "; ".join(f"process {r}: {rep[2]}" for r, rep in failed)
+        problem = (f"the stage checkpoint {path} failed its checks on {_processes([r for r, _ in failed], world)} "
+                   f"({why})")
+        if ok:
+            problem += (f", while {_processes(ok, world)} read {'theirs' if len(ok) > 1 else 'its'} without fault: "
+                        "every process must read the same file (on a file system they all see, or the same copy on each)")
+        if kind == "mismatch":
+            return CheckpointMismatchError(problem, fix, damaged=any(rep[4] for _, rep in failed))
+        return (ValueError if kind == "value" else RuntimeError)(problem)
+    read = [rep[1] for rep in every]
+    if len(set(read)) == 1:
+        return None
+    seen = "; ".join(f"process {r}: {_read_words(x, read)}" for r, x in enumerate(read))
+    return CheckpointMismatchError(
+        f"the processes read different stage checkpoints at {path} ({seen}), so they would resume from different places",
+        "Give every process the same file (on a file system they all see, or the same copy on each), then resume",
+        kept=True)
+
+
+def _processes(ranks: List[int], world: int) -> str:
+    """``ranks`` in words: "process 1 of 2", "processes 0, 2 of 4"."""
+    return f"process{'es' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {world}"
+
+
+def _load_stage(path, now: dict, weights: Optional[Dict[str, torch.Tensor]] = None,
+                checked: Optional["Checked"] = None) -> Optional[dict]:
+    """:func:`load_stage` on this process alone (the state keeps its sha256, which the processes compare)."""
     state = checked.take(path) if checked is not None else None
     if state is None:
         state = _read(path)
@@ -489,7 +644,6 @@ def load_stage(path, now: dict, weights: Optional[Dict[str, torch.Tensor]] = Non
     if diff:
         raise CheckpointMismatchError(f"{path} was written by another run; it differs in " + "; ".join(diff),
                                       _API_FIX["other run"])
-    state.pop("sha256", None)
     return state
 
 

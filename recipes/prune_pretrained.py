@@ -765,9 +765,13 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
     ckpt_path = out / CHECKPOINT
     # without --resume an earlier checkpoint is here only with --overwrite: set aside, so that a run
     # refused by optimize_connectome (its settings checked first) leaves the earlier run whole
-    if stage_checkpoint.begin(ckpt_path, args.resume):
+    stage_checkpoint.begin(ckpt_path, args.resume)
+    # (an earlier --overwrite run killed before its settings were accepted left the checkpoint set aside)
+    replacing = args.overwrite and bool(_earlier_run(out))
+    if replacing:
         accelerator.print(f"--overwrite: the earlier run in {out} is deleted once this run's settings are accepted "
-                          f"(at its first update); until then its {CHECKPOINT} is kept")
+                          f"(at its first update or held-out evaluation); until then it is kept whole, its "
+                          f"{CHECKPOINT} too")
     accelerator.wait_for_everyone()
     deleted = []
     # config.yaml records the settings before the first stage checkpoint, so that a --resume after a
@@ -810,6 +814,10 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
                 patience=args.patience, checkpoint=ckpt_path, _checked=checked, **extra)
     except stage_checkpoint.CheckpointMismatchError as e:  # the recipe's checkpoint path is OUTPUT_DIR/checkpoint.pt
         raise e.with_fix(RESUME_FIX, afresh=AFRESH) from None
+    except Exception as e:  # (a Ctrl-C says so in _on_interrupt)
+        if replacing and not deleted:  # stopped before the settings were accepted: --overwrite deleted nothing
+            e.add_note(_kept_earlier_note(out))
+        raise
     finally:  # --overwrite: the earlier run's checkpoint survives a run refused before its first update
         stage_checkpoint.settle(ckpt_path)
         if wrote_config and not args.resume and not ckpt_path.is_file():  # stopped before its first stage:
@@ -983,6 +991,14 @@ def _check_resumed_settings(args, out: Path) -> None:
         raise run_folder.RunFolderError(
             f"--resume: {path} records other settings ({'; '.join(diff)}): resume with the run's settings "
             f"(--config {path} --resume gives them all), or {AFRESH}")
+
+
+def _kept_earlier_note(out: Path) -> str:
+    """What an --overwrite run that stopped before its settings were accepted says of the earlier run."""
+    resumable = run_folder.existing(out, (CHECKPOINT, CHECKPOINT + ".earlier"))
+    return (f"--overwrite: this run stopped before its settings were accepted, so the earlier run in {out} is "
+            f"untouched{f' (its {CHECKPOINT} put back)' if resumable else ''}: run the same command again to replace "
+            "it" + (", or continue it with --resume in place of --overwrite" if resumable else ""))
 
 
 _STARTED = {"replaced_earlier": False}  # an --overwrite run that deleted the earlier run (its settings accepted)

@@ -714,3 +714,145 @@ def test_an_interrupted_climbs_note_names_the_rungs_its_checkpoint_records(tmp_p
             f"{path}: run it again with that checkpoint (a recipe's --resume) to continue the climb from there")
     assert note(2).endswith("were restored, and " + kept.format("0.2, 0.4"))
     assert note(3).endswith("were restored, and " + kept.format("0.2, 0.4, 0.6"))  # resumed from the first session's
+
+
+def test_a_checkpoint_one_process_finds_bad_stops_every_process(tmp_path):
+    """Under several processes a load that failed its checks on one process only (each process
+    reading its own copy, one damaged or missing) raised there while the others went on into the
+    run's next collective and waited for it until gloo's timeout (30 minutes; 20 seconds in the
+    script, so that a regression fails, naming the wait, instead of hanging). Now every process
+    raises, naming the process that failed and why."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from _scripts import CHILD_TIMEOUT
+
+    script = Path(__file__).parent / "scripts" / "two_process_stage_checkpoint.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)]))
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), str(r)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    try:
+        logs = [p.communicate(timeout=CHILD_TIMEOUT)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    recs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rec in recs:
+        damaged = rec["damaged_on_one"]
+        assert damaged["error"] == "CheckpointMismatchError", damaged
+        assert f"the stage checkpoint {tmp_path / 'own'}" in damaged["message"]  # (each process's own path)
+        assert "failed its checks on process 1 of 2 (process 1: " in damaged["message"]
+        assert f"{tmp_path / 'own1.pt'} is not a readable mask-only checkpoint" in damaged["message"]
+        assert "while process 0 of 2 read its without fault: every process must read the same file" \
+            in damaged["message"]
+        missing = rec["missing_on_one"]
+        assert missing["error"] == "CheckpointMismatchError", missing
+        assert "the processes read different stage checkpoints" in missing["message"]
+        assert "(process 0: stage 0 (step 6); process 1: no file)" in missing["message"]
+        assert "Give every process the same file" in missing["message"]
+        assert rec["same"] == recs[0]["same"] and rec["same"]["resumed"] == 1  # one file: both resume alike
+
+
+GLOBALS_SOURCE = '''import torch.nn.functional as F
+
+SCALE = {scale}
+CALLS = 0
+
+
+def helper(out):
+    return out
+
+
+loss = lambda out, y: F.cross_entropy(helper(out), y) * SCALE
+bare = lambda out, y: (out.logsumexp(1) - out.gather(1, y[:, None])[:, 0]).mean()
+picked = lambda out, y: [F.cross_entropy(o, y) * SCALE for o in (out,)][0]
+
+
+def counting():
+    def counted(out, y):
+        global CALLS
+        CALLS += 1
+        return F.cross_entropy(out, y)
+    return counted
+
+
+def made():
+    fns = [lambda out, y: F.cross_entropy(out, y) * SCALE]
+    return lambda out, y: fns[0](out, y)
+
+
+closed = made()
+'''
+
+
+def _module_with(tmp_path, scale, name="scaled_loss"):
+    """GLOBALS_SOURCE with ``SCALE = scale``, loaded afresh as module ``name`` (as another process would)."""
+    import importlib.util
+
+    path = tmp_path / f"{name}_{str(scale).replace('.', '_')}.py"
+    path.write_text(GLOBALS_SOURCE.format(scale=scale))
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_lambdas_identity_holds_the_values_of_the_module_globals_it_reads(tmp_path):
+    """Two lambdas ``lambda out, y: F.cross_entropy(out, y) * SCALE`` of modules with another SCALE had one
+    identity (their code, defaults and closed-over values are the same): a resume with the other loss was
+    taken silently. The values of the module globals a lambda (or a local function, or a lambda among
+    the values it takes along) reads now count: a module, or a function, by its name; a global it
+    assigns (a counter) does not; one that reads none keeps its identity, and so does a checkpoint that
+    recorded one that reads some before."""
+    from adaptive.mask_only_checkpoint import _differences, callable_identity
+
+    two, three, again = _module_with(tmp_path, 2.0), _module_with(tmp_path, 3.0), _module_with(tmp_path / "..", 2.0)
+    for name in ("loss", "picked", "closed"):
+        a, b = callable_identity(getattr(two, name)), callable_identity(getattr(three, name))
+        assert a != b and a == callable_identity(getattr(again, name)), (name, a, b)
+    assert callable_identity(two.loss).endswith(" (F, SCALE, helper)")  # the globals it reads, by name
+    assert " globals " not in callable_identity(two.bare)  # (no global read: its identity as before)
+    counted = two.counting()  # a local function that keeps a counter: the same identity as it counts
+    first = callable_identity(counted)
+    counted(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+    assert two.CALLS == 1 and callable_identity(counted) == first == callable_identity(again.counting())
+
+    def helper(out):  # another function under the same name: the same identity (a function by its name)
+        return out * 2
+
+    helper.__module__, helper.__qualname__ = "scaled_loss", "helper"
+    two.helper = helper
+    assert callable_identity(two.loss) == callable_identity(again.loss)
+    (diff,) = _differences({"loss_fn": callable_identity(two.loss)}, {"loss_fn": callable_identity(three.loss)})
+    assert "with other values of the module globals it reads: F, SCALE, helper; give them the values the run had" \
+        in diff
+    # a checkpoint that recorded the digest before the globals were: taken, as that version could not tell
+    before = callable_identity(three.loss).split(" globals ")[0]
+    assert _differences({"loss_fn": before}, {"loss_fn": callable_identity(two.loss)}) == []
+    assert _differences({"loss_fn": [before, [], {}]}, {"loss_fn": [callable_identity(two.loss), [], {}]}) == []
+
+
+def test_a_resume_with_a_lambda_reading_other_module_globals_is_refused(tmp_path):
+    from adaptive.integrity import digest
+
+    path = tmp_path / "ck.pt"
+    interrupted(tiny(), [0.2, 0.5], path, at_stage=1, loss_fn=_module_with(tmp_path, 2.0).loss)
+    with pytest.raises(CheckpointMismatchError, match="with other values of the module globals it reads: F, SCALE"):
+        optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path,
+                            loss_fn=_module_with(tmp_path, 3.0).loss, **KW)
+    again = optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path,
+                                loss_fn=_module_with(tmp_path / "..", 2.0).loss, **KW)
+    assert [h["kind"] for h in again.history].count("resume") == 1
+    # a checkpoint written before the globals were digested (its identity without them) resumes
+    state = torch.load(path, weights_only=True)
+    state["fingerprint"]["loss_fn"] = state["fingerprint"]["loss_fn"].split(" globals ")[0]
+    state["sha256"] = digest({k: v for k, v in state.items() if k != "sha256"})
+    torch.save(state, path)
+    again = optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path,
+                                loss_fn=_module_with(tmp_path, 3.0).loss, **KW)
+    assert [h["kind"] for h in again.history][-1] == "resume"  # (the finished run's file: nothing runs again)

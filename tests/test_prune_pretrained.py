@@ -952,6 +952,37 @@ def test_an_interrupted_overwrite_leaves_no_earlier_checkpoint(tmp_path, weights
     assert sorted(p.name for p in out.iterdir()) == []  # the earlier run gone as a whole, and this one's lock too
 
 
+@pytest.mark.parametrize("aside", [False, True])
+def test_an_overwrite_stopped_before_its_settings_are_accepted_says_the_earlier_run_is_kept(
+        tmp_path, weights, monkeypatch, capsys, aside):
+    """An --overwrite run that stops before its settings are accepted (its first update) deletes
+    nothing and puts the earlier run's checkpoint back, as it should (bad input costs no earlier run),
+    but its error did not say so, and where an --overwrite run killed before that point had left the
+    checkpoint set aside (``aside``: checkpoint.pt.earlier) the run said nothing of the earlier run
+    at all. Both now say it is kept, and how to replace or continue it."""
+    mod = recipe()
+    out = tmp_path / "run"
+    _earlier_run_in(out)
+    (out / ("checkpoint.pt.earlier" if aside else "checkpoint.pt")).write_text("earlier run")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def refused(*a, **k):
+        raise ValueError("refused before its first update")
+
+    monkeypatch.setattr(mod, "optimize_connectome", refused)
+    with pytest.raises(ValueError, match="refused before its first update") as e:
+        mod.main(args(weights, out, "--remove", "0.5", "--overwrite"))
+    assert f"--overwrite: the earlier run in {out} is deleted once this run's settings are accepted" \
+        in capsys.readouterr().out
+    assert e.value.__notes__ == [
+        f"--overwrite: this run stopped before its settings were accepted, so the earlier run in {out} is untouched "
+        "(its checkpoint.pt put back): run the same command again to replace it, or continue it with --resume in "
+        "place of --overwrite"]
+    assert (out / "checkpoint.pt").read_text() == "earlier run" and not (out / "checkpoint.pt.earlier").exists()
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == {(out / "checkpoint.pt" if p.name == "checkpoint.pt.earlier" else p): b for p, b in before.items()}
+
+
 def test_cifar10_download_waits_for_the_model_checks(tmp_path, weights, monkeypatch):
     """--dataset cifar10 --download with no copy on disk downloaded it before the --remove count
     beyond the model's synapses was refused (refused before the data for every other dataset)."""
