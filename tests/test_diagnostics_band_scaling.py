@@ -374,7 +374,7 @@ def test_the_per_band_all_reduce_goes_where_all_reduce_mean_s_goes(monkeypatch):
         return torch.device("cpu")
 
     monkeypatch.setattr(band_scaling, "collective_device", choose)
-    monkeypatch.setattr(band_scaling, "is_distributed", lambda: True)
+    _one_process_group(monkeypatch)
     monkeypatch.setattr(D.dist, "all_reduce", lambda t, *a, **k: reduced.append((t.device, t.dtype, tuple(t.shape))))
     net, _, scaler = _scaled()
     try:
@@ -384,6 +384,17 @@ def test_the_per_band_all_reduce_goes_where_all_reduce_mean_s_goes(monkeypatch):
         scaler.remove()
     assert chosen == [torch.device("cpu")] * 2  # one per scaled layer
     assert [r[:2] for r in reduced] == [(torch.device("cpu"), torch.float64)] * 2
+
+
+def _one_process_group(monkeypatch, others=()):
+    """The scaler under a process group, stood in for by monkeypatching: ``is_distributed()`` is True, and the
+    construction's gathering of every process's band layouts gives this process's and then ``others``."""
+    from adaptive.diagnostics import band_scaling
+
+    monkeypatch.setattr(band_scaling, "is_distributed", lambda: True)
+    monkeypatch.setattr(band_scaling.dist, "get_world_size", lambda *a, **k: 1 + len(others))
+    monkeypatch.setattr(band_scaling.dist, "all_gather_object", lambda out, obj, *a, **k: out.__setitem__(
+        slice(None), [obj, *others]))
 
 
 @pytest.mark.parametrize("depths", [None, {"head": torch.tensor([0] * 4 + [2] * 4)}])
@@ -546,7 +557,7 @@ def test_a_one_band_layer_gets_no_hook_no_statistics_and_no_all_reduce(monkeypat
     from adaptive.diagnostics import band_scaling
 
     reduced = []
-    monkeypatch.setattr(band_scaling, "is_distributed", lambda: True)  # (the sum over one process: itself)
+    _one_process_group(monkeypatch)  # (the sum over one process: itself)
     monkeypatch.setattr(band_scaling, "collective_device", lambda t: t.device)
     monkeypatch.setattr(band_scaling.dist, "all_reduce", lambda t, *a, **k: reduced.append(tuple(t.shape)))
     net, scaler, scales = _one_band_run(BandGradientScaler)
@@ -600,8 +611,9 @@ def test_a_state_of_a_scaler_that_hooked_one_band_layers_loads_and_back():
 
 
 def test_running_sizes_that_are_not_finite_are_refused():
-    """A state written after an inf gradient by a version before 88f544f held an inf running size: loaded, it made
-    every scale of the layer NaN (and a one-band layer's 1 NaN), so every later gradient NaN. It is refused, the
+    """No scaler saves an inf or NaN running size (inf gradient entries are left out since 88f544f, before states
+    were saved), but a damaged or edited state's, loaded, made every scale of the layer NaN, so every later gradient
+    NaN. It is refused, the
     scaler left as it was; a value in a band never seen (which no scale reads) is taken."""
     net, opt, scaler = _scaled()
     _train(net, opt, _batches(1))
@@ -618,3 +630,61 @@ def test_running_sizes_that_are_not_finite_are_refused():
     scaler.load_state_dict({"layers": {**sd["layers"], "0": layer}})
     assert scaler.scales()["0"][0] == 1.0
     scaler.remove()
+
+
+class _CalledAgainInTraining(nn.Module):
+    """``b`` runs a second time in train mode only (an auxiliary path), on a signal one layer deeper: traced (an
+    eval-mode forward) it reads one band."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.b(torch.relu(self.a(x))))
+        return self.head(h + torch.relu(self.b(h)) if self.training else h)
+
+
+def test_a_one_band_layer_called_more_times_than_its_depths_have_rows_is_warned_about():
+    """A layer traced with one call at one depth but called again in training reads another depth there: it
+    should be scaled, and its depths given one row per call. The hook that layer had (before a one-band layer was
+    left alone) warned at its backward; unhooked, it went silent. Its calls are counted: the first training forward
+    that calls it twice warns, once; its gradient is still left as autograd gives it."""
+    model = _CalledAgainInTraining()
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    raw, = torch.autograd.grad(nn.functional.cross_entropy(model(x), y), model.b.weight)
+    scaler = BandGradientScaler(model, layers=["b"])
+    try:
+        assert scaler.scales() == {"b": {1: 1.0}} and not model.b.weight._backward_hooks
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model.eval()(x)  # called once, as traced
+            with torch.no_grad():
+                model.train()(x)  # no gradient: no concern
+        with pytest.warns(UserWarning, match=r"'b' is called 2 times in a forward, but its depths describe 1 call\(s\), "
+                                             r"all of one depth \(1\).*Pass depths=\{layer: rows\} with one row per call"):
+            nn.functional.cross_entropy(model(x), y).backward()
+        assert torch.equal(model.b.weight.grad, raw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once
+            model(x)
+    finally:
+        scaler.remove()
+    assert not model._forward_hooks and not model._forward_pre_hooks and not model.b._forward_pre_hooks
+
+
+def test_processes_that_found_other_band_layouts_are_refused_at_construction(monkeypatch):
+    """Each process hooks its layers of several bands, one all-reduce each per backward: a layer of one band on one
+    process (no all-reduce) and of two on another (depths from each process's own data) paired the all-reduces of
+    other layers, a hang under NCCL at the first backward. The processes compare their layouts when the scaler is
+    built, and every one refuses alike, naming the layer; nothing is left on the model."""
+    others = [{"0": [0, 1, 2], "2": [1, 2]}]  # process 1: layer '2' of two bands
+    _one_process_group(monkeypatch, others)
+    net = _net()
+    with pytest.raises(ValueError, match=r"the processes found other depth bands for the layers '2' \(process 0: \[1\], "
+                                         r"process 1: \[1, 2\]\).*give every process the same layers= and depths="):
+        BandGradientScaler(net, layers=["0", "2"], depths=ONE_BAND)
+    assert not net[0].weight._backward_hooks and not net._forward_pre_hooks and not net[2]._forward_pre_hooks
+    _one_process_group(monkeypatch, [{"0": [0, 1, 2], "2": [1]}])  # the same layouts: taken
+    BandGradientScaler(net, layers=["0", "2"], depths=ONE_BAND).remove()

@@ -55,11 +55,13 @@ class BandGradientScaler:
     before its first gradient keeps scale 1 and no place in it).
     A layer of one band (every input of every call at one depth: each layer of a plain ResNet with
     traced depths) would be scaled by ``common / typical = 1`` exactly, whatever its gradients: it
-    gets no hook, no call recorder and no all-reduce, its gradient is left as autograd gives it (as
-    the hook left it, bit for bit), its :meth:`scales` read 1.0 from the start, and it has no running
+    gets no gradient hook, no call recorder and no all-reduce, its gradient is left as autograd gives it
+    (as the hook left it, bit for bit), its :meth:`scales` read 1.0 from the start, and it has no running
     size (a state saved by a version that kept one is taken, checked and saved again, unused).
-    A tied weight or shared calls, which a hook refuses or warns about where bands differ (below), are
-    no concern of such a layer: its one scale of 1 is right for every part of its gradient.
+    A tied weight, which a hook refuses where bands differ (below), is no concern of such a layer: its
+    one scale of 1 is the same for every part of its gradient. Its calls are counted (a forward pre-hook):
+    a forward that calls it more times than its depths have rows (a call in train mode only, not in the
+    traced eval-mode graph, may read another depth, so the layer may have bands to scale) warns once.
     The hook acts on ``param.grad`` as autograd produces it, so any optimizer sees scaled gradients.
     Under a process group of more than one process (DDP, Accelerate) the hook runs before the
     gradients are reduced, on each process's own gradient; it sums its per-band statistics (sum of
@@ -75,7 +77,10 @@ class BandGradientScaler:
     every process or on none: a layer that DDP's ``find_unused_parameters=True`` lets one process
     leave out (a branch taken on some processes only) leaves that process's all-reduces paired with
     other layers' or DDP's own (an abort under gloo, a hang under NCCL), so scale only layers every
-    process uses. The micro-steps of gradient accumulation (``no_sync``) reduce their statistics too,
+    process uses. So must each layer's bands be the same on every process (a layer hooked on one and not
+    on another unpairs the all-reduces alike): a scaler built under such a group compares them across
+    the processes (one ``all_gather_object``), and every process refuses a difference, naming the layer.
+    The micro-steps of gradient accumulation (``no_sync``) reduce their statistics too,
     each scaled alike on every process. The diagnostics, which one process may run alone, suspend
     the hooks (see below). Each of those all-reduces blocks the backward, behind DDP's gradient buckets
     already in flight: recipes/benchmarks/band_scaling_ddp.py measures what they cost a step.
@@ -146,6 +151,8 @@ class BandGradientScaler:
                 self.state[name] = st
                 if not st["hooked"]:  # one band: scale 1; an index of zeros that takes no memory, for its layout
                     st["index"] = torch.zeros((), dtype=torch.long).expand(wds.shape)
+                    st["calls"] = 0  # counted (a pre-hook adding 1), to warn of calls its depths have no row for
+                    self._handles.append(mod.register_forward_pre_hook(lambda *_, st=st: st.__setitem__("calls", st["calls"] + 1)))
                     continue
                 st["index"] = index = torch.searchsorted(uniq, wds.reshape(len(rows), -1)).view(wds.shape).to(w.device)
                 st["split"] = split = not bool((index == index[0]).all())  # calls reading other bands: scaled apart
@@ -153,9 +160,11 @@ class BandGradientScaler:
                 st["tied"] = TiedReads(plain, mod, w)  # an Embedding tied to a head reads its weight too
                 self._handles += [st["recorder"], st["tied"]]
                 self._attach(st, w)
-            if self._hooked_layers():
-                # a layer's calls are those of the model's latest forward (one without a backward leaves none behind)
-                self._handles.append(model.register_forward_pre_hook(self._new_forward))
+            # a layer's calls are those of the model's latest forward (one without a backward leaves none behind)
+            self._handles.append(model.register_forward_pre_hook(self._new_forward))
+            if len(self._hooked_layers()) < len(self.state):
+                self._handles.append(model.register_forward_hook(self._forward_done))
+            self._check_processes_agree()
         except BaseException:
             self.remove()  # no hook left on a model the scaler refused
             raise
@@ -375,9 +384,50 @@ class BandGradientScaler:
         """A forward of the model begins: the layers' calls recorded before belong to an earlier one;
         a weight replaced since the last one gets the hook it lost (:meth:`_check_weights`)."""
         self._check_weights()
-        for st in self._hooked_layers():
-            st["recorder"].clear()
-            st["tied"].clear()
+        for st in self.state.values():
+            if st["hooked"]:
+                st["recorder"].clear()
+                st["tied"].clear()
+            else:
+                st["calls"] = 0
+
+    def _forward_done(self, *_) -> None:
+        """A forward of the model ended: a layer of one band it called more times than its depths have rows
+        (a call in train mode only, or depths given once for a layer called several times) has calls of
+        unknown depths, which may read other bands: warned once, as a hooked layer's hook warns (it scales
+        such a layer by its one band, 1, all the same). A forward under ``torch.no_grad()`` is no concern."""
+        if not torch.is_grad_enabled():
+            return
+        for st in self.state.values():
+            if not st["hooked"] and st["calls"] > len(st["index"]) and not st["warned"]:
+                st["warned"] = True
+                warn_user(f"BandGradientScaler: {st['name']!r} is called {st['calls']} times in a forward, but its "
+                          f"depths describe {len(st['index'])} call(s), all of one depth ({int(st['bands'][0])}), so "
+                          "it is left unscaled (scale 1); the other calls may read signals of other depths (a call "
+                          "in train mode only is not in the traced, eval-mode graph). Pass depths={layer: rows} with "
+                          "one row per call, in call order, to scale each call by its own bands")
+
+    def _check_processes_agree(self) -> None:
+        """Under a process group of more than one process, refuse (on every process alike) band layouts that
+        differ between the processes: each process all-reduces the statistics of its layers of several bands, one
+        all-reduce per layer and backward, so a layer hooked on one process and not on another (or of other
+        bands) pairs the all-reduces of other layers (an abort under gloo, a hang under NCCL)."""
+        if not is_distributed():
+            return
+        mine = {n: st["bands"].tolist() for n, st in self.state.items()}
+        every = [None] * dist.get_world_size()
+        dist.all_gather_object(every, mine)
+        other = next((r for r, e in enumerate(every) if e != every[0]), None)
+        if other is not None:
+            diff = sorted(n for n in set(every[0]) | set(every[other])
+                          if every[0].get(n) != every[other].get(n))
+            raise ValueError(
+                "BandGradientScaler: the processes found other depth bands for the layers "
+                + ", ".join(f"{n!r} (process 0: {every[0].get(n)}, process {other}: {every[other].get(n)})"
+                            for n in diff[:4])
+                + ", so their per-layer all-reduces would not pair up (a hang under NCCL): give every process the "
+                "same layers= and depths= (depths computed from the model, not from each process's data), or the same "
+                "example= to trace them with")
 
     def scales(self) -> Dict[str, Dict[int, float]]:
         """Current multiplier per band of each layer (empty before the first backward pass); a layer of one
@@ -408,8 +458,9 @@ class BandGradientScaler:
         whose layers carry a wrapper's prefix (``module.NAME``: saved before a scaler built on a DDP
         model took the module inside's names) loads as ``NAME``, one prefix for all its layers and
         only where that names more of this scaler's layers, as a connectome's state loads. Running sizes
-        that are not finite where their band was seen (a state written, before 88f544f, after an inf
-        gradient: it made every later scale NaN) are refused. A layer of one band takes its running sizes
+        that are not finite where their band was seen (no scaler saves them: NaN and inf gradient entries
+        take no part in them, since before states were saved; a damaged or edited state's made every
+        later scale NaN) are refused. A layer of one band takes its running sizes
         as saved (a version that hooked it kept some) and never moves them: its scale is 1 either way."""
         if not isinstance(sd, Mapping) or not isinstance(sd.get("layers"), Mapping):
             raise ValueError("not a BandGradientScaler state_dict: it has no 'layers' entry (save scaler.state_dict())")
@@ -440,8 +491,9 @@ class BandGradientScaler:
             lt, seen = lt.detach().to(torch.float64, copy=True), seen.detach().clone()
             if not bool(torch.isfinite(lt[seen.to(lt.device)]).all()):
                 raise ValueError(f"BandGradientScaler.load_state_dict: the running sizes of layer {n!r} are not finite "
-                                 f"({lt.tolist()}; saved after an inf gradient by a version before 88f544f), so every "
-                                 "scale would be NaN: load the checkpoint without its scaler state (the sizes restart "
+                                 f"({lt.tolist()}, where 'seen' marks a band), so its scales would be NaN; no scaler "
+                                 "saves such sizes (NaN and inf gradient entries take no part in them), so the state is "
+                                 "damaged or was edited: load the checkpoint without its scaler state (the sizes restart "
                                  "from the next batch)")
             loaded[n] = (lt, seen, self._scale(lt, seen))
         for n, (lt, seen, scale) in loaded.items():  # the hooks move them to the gradients' device

@@ -13,7 +13,7 @@ Variants:
   DDP                 the model alone in DDP (a second copy measures the noise floor of the ratio)
   DDP + scaler        BandGradientScaler as the library builds it: per layer of several bands, the
                       statistics, one all-reduce of them, the scales applied (a layer of one band,
-                      whose scale is 1, has no hook)
+                      whose scale is 1, has no gradient hook: a forward pre-hook counts its calls)
   ... no all-reduce   the same hooks, each process sizing the bands by its own gradient only: NOT
                       exact (the processes' scales part); the floor any design that computes each
                       layer's statistics in its hook could reach, so the gap to the row above is
