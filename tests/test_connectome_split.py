@@ -70,3 +70,22 @@ def test_the_ensemble_mask_cache_benchmark_variants_patch_what_the_connectome_re
     # before: pooled at every read; cache: pooled once per layer; as shipped: the ensemble masks given are kept
     assert after_edit == {"before": 4, "cache": 2, "cache + exact expansion": 0}
     assert connectome_edits.expands_exactly is adaptive.ensembles.expands_exactly  # put back after the variant
+
+
+def test_the_type_hints_of_every_connectome_method_resolve():
+    """The mixins annotate ``-> "Connectome"`` (attach, load) in modules that import the class only for type
+    checkers: typing.get_type_hints (Sphinx's autodoc, IDEs) raised NameError there,
+    where it resolved while the methods lived beside the class."""
+    import inspect
+    import typing
+
+    checked = []
+    for name in dir(adaptive.Connectome):
+        attr = inspect.getattr_static(adaptive.Connectome, name)
+        fn = attr.fget if isinstance(attr, property) else getattr(attr, "__func__", attr)
+        if inspect.isfunction(fn) and fn.__module__.startswith("adaptive."):
+            typing.get_type_hints(fn)
+            checked.append(name)
+    assert typing.get_type_hints(adaptive.Connectome.attach)["return"] is adaptive.Connectome
+    assert typing.get_type_hints(adaptive.Connectome.load)["return"] is adaptive.Connectome
+    assert {"attach", "load", "set_masks", "save", "state_dict"} <= set(checked)
