@@ -28,7 +28,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional
 import torch
 from torch import nn
 
-from . import ensemble_rules
+from . import connectome_files, connectome_optimizers, ensemble_rules
 from .connectome_edits import ConnectomeEditsMixin
 from .connectome_edits import EnsembleRuleError  # noqa: F401  (importable from here, as before)
 from .connectome_files import ConnectomeFilesMixin
@@ -151,3 +151,8 @@ class Connectome(ConnectomeQueriesMixin, ConnectomeEditsMixin, ConnectomeMasking
         """For a connectome built on a wrapper, the rule taking a pattern written as the wrapper names
         layers (``module.fc``) as the module inside names them (``fc``): :func:`_plain_patterns`."""
         return _pattern_inside(self.model) if self._built_wrapped else None
+
+
+# The mixins annotate methods with the class (attach, load: -> "Connectome") in modules that import it only
+# for type checkers (importing it there would be circular): bound there now, typing.get_type_hints resolves them.
+connectome_files.Connectome = connectome_optimizers.Connectome = Connectome
