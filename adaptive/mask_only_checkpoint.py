@@ -295,8 +295,12 @@ def _code_digest(fn: FunctionType) -> str:
         if _AS_BEFORE:
             return digest
         names = _globals_read(fn)
-        read = {k: value(fn.__globals__[k]) for k in names}
-        along = taken_along()
+        _IN_GLOBALS.append(True)  # a device by its type (_value_text): each process has its own
+        try:
+            read = {k: value(v) for k, v in names.items()}
+            along = taken_along()
+        finally:
+            _IN_GLOBALS.pop()
         if repr(along) != repr(before):  # a lambda among its values reads globals: they count too
             read[""] = along
     finally:
@@ -307,27 +311,60 @@ def _code_digest(fn: FunctionType) -> str:
 
 
 _AS_BEFORE: list = []  # non-empty while a digest is made as it was before the globals were (_code_digest)
+_IN_GLOBALS: list = []  # non-empty while the digest of the globals read is made (_code_digest)
 
 
-def _globals_read(fn: FunctionType) -> List[str]:
+def _globals_read(fn: FunctionType) -> Dict[str, object]:
     """The module-level names ``fn``'s code (and the code made inside it: a nested lambda, a
-    comprehension) reads and that are defined in its module, sorted: ``SCALE`` in ``lambda x: x *
-    SCALE``. Not a builtin, nor a name it assigns itself (``global N; N += 1``: state it keeps,
-    which differs between the run and its resume), nor the module's own dunders (``__file__``: a path)."""
+    comprehension) reads and that are defined in its module, sorted, with their values: ``SCALE`` in
+    ``lambda x: x * SCALE``. Not a builtin, nor a name it assigns itself (``global N; N += 1``: state it
+    keeps, which differs between the run and its resume), nor the module's own dunders (``__file__``: a path).
+
+    A global read through its attributes counts by the value it reads there (``args.smoothing``:
+    the option, not the whole namespace, whose other options, ``--resume`` among them, differ between
+    the run and its resume), down to the first attribute that is callable (a method: ``crit.forward``
+    and ``CFG.get`` count by ``crit`` and ``CFG``) or fails; a module's attributes are not followed
+    (``F.cross_entropy`` counts as ``F``, a module known by its name)."""
     import dis
 
     read, assigned, codes = set(), set(), [fn.__code__]
     while codes:
         code = codes.pop()
         codes.extend(c for c in code.co_consts if isinstance(c, CodeType))
+        chain = None  # the global being read and the attributes read from it so far
         for ins in dis.get_instructions(code):
+            if ins.opname == "EXTENDED_ARG":
+                continue
+            if chain is not None and ins.opname in ("LOAD_ATTR", "LOAD_METHOD"):
+                chain.append(ins.argval)
+                continue
+            if chain is not None:
+                read.add(tuple(chain))
+                chain = None
             if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
-                read.add(ins.argval)
+                chain = [ins.argval]
             elif ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL"):
                 assigned.add(ins.argval)
+        if chain is not None:
+            read.add(tuple(chain))
     names = getattr(fn, "__globals__", None) or {}
-    return sorted(n for n in read - assigned if isinstance(n, str) and n in names
-                  and not (n.startswith("__") and n.endswith("__")))
+    out = {}
+    for first, *attrs in read:
+        if first in assigned or not isinstance(first, str) or first not in names \
+                or (first.startswith("__") and first.endswith("__")):
+            continue
+        v, path = names[first], [first]
+        for a in attrs if not isinstance(names[first], ModuleType) else ():
+            try:
+                nxt = getattr(v, a)
+            except Exception:  # noqa: BLE001 - an attribute that fails: the value it was read from counts
+                break
+            if callable(nxt):
+                break
+            v = nxt
+            path.append(a)
+        out[".".join(path)] = v
+    return dict(sorted(out.items()))
 
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")  # a memory address, in whatever words a repr puts it
@@ -357,7 +394,9 @@ def _value_text(v, _within: tuple = ()) -> str:
     set's items sorted, as its own order follows the process's string hashing; a tensor among them by
     its values, not its device), a module by its name (its repr holds its file's path), and a value
     whose repr holds a memory address (an object's default repr), or whose repr fails, by its type's
-    name alone."""
+    name alone. In the digest of the module globals a lambda reads (:func:`_code_digest`; elsewhere
+    as before, so that recorded identities hold), a ``torch.device`` by its type alone (``cuda``, not
+    ``cuda:1``: every process of a run has its own)."""
     if v is None or isinstance(v, (bool, int, float, str, bytes)):
         return repr(v)
     if id(v) in _within:
@@ -367,6 +406,8 @@ def _value_text(v, _within: tuple = ()) -> str:
         return f"<module {v.__name__!r}>"
     if isinstance(v, torch.Tensor):
         return str(_value_identity(v))
+    if isinstance(v, torch.device) and _IN_GLOBALS and not _AS_BEFORE:  # each process its own GPU: cuda:0, cuda:1
+        return f"device(type={v.type!r})"
     if isinstance(v, dict):
         return "{" + ", ".join(f"{_value_text(k, inner)}: {_value_text(x, inner)}" for k, x in v.items()) + "}"
     if isinstance(v, (set, frozenset)):

@@ -997,8 +997,9 @@ def _kept_earlier_note(out: Path) -> str:
     """What an --overwrite run that stopped before its settings were accepted says of the earlier run."""
     resumable = run_folder.existing(out, (CHECKPOINT, CHECKPOINT + ".earlier"))
     return (f"--overwrite: this run stopped before its settings were accepted, so the earlier run in {out} is "
-            f"untouched{f' (its {CHECKPOINT} put back)' if resumable else ''}: run the same command again to replace "
-            "it" + (", or continue it with --resume in place of --overwrite" if resumable else ""))
+            f"untouched{f' (its {CHECKPOINT} put back)' if resumable else ''}: run the command again, with what "
+            "stopped it mended, to replace it" + (", or continue it with --resume in place of --overwrite"
+                                                   if resumable else ""))
 
 
 _STARTED = {"replaced_earlier": False}  # an --overwrite run that deleted the earlier run (its settings accepted)

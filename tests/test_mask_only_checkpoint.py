@@ -856,3 +856,52 @@ def test_a_resume_with_a_lambda_reading_other_module_globals_is_refused(tmp_path
     again = optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path,
                                 loss_fn=_module_with(tmp_path, 3.0).loss, **KW)
     assert [h["kind"] for h in again.history][-1] == "resume"  # (the finished run's file: nothing runs again)
+
+
+SCRIPT_SOURCE = '''import argparse
+
+import torch
+import torch.nn.functional as F
+
+args = argparse.Namespace(smoothing={smoothing}, resume={resume}, output_dir="runs/x")
+device = torch.device("cuda", {rank})  # each process its own GPU
+CFG = {{"ls": {smoothing}}}
+
+smoothed = lambda out, y: F.cross_entropy(out, y, label_smoothing=args.smoothing)
+on_device = lambda out, y: F.cross_entropy(out.to(device), y.to(device))
+from_dict = lambda out, y: F.cross_entropy(out, y, label_smoothing=CFG.get("ls"))
+'''
+
+
+def _script_module(tmp_path, smoothing=0.1, resume=False, rank=0):
+    """SCRIPT_SOURCE (a training script's globals) loaded afresh as module ``train_script``."""
+    import importlib.util
+
+    path = tmp_path / f"script_{str(smoothing).replace('.', '_')}_{resume}_{rank}.py"
+    path.write_text(SCRIPT_SOURCE.format(smoothing=smoothing, resume=resume, rank=rank))
+    spec = importlib.util.spec_from_file_location("train_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_lambdas_globals_count_by_the_attributes_it_reads_and_not_by_the_processs_device(tmp_path):
+    """A script's ``lambda out, y: F.cross_entropy(out, y, label_smoothing=args.smoothing)`` was known by
+    the whole ``args`` namespace, whose ``resume`` (and every other option) differs between the run and
+    its resume: every resume of it was refused. And a lambda reading a global ``device`` (cuda:0 on
+    one process, cuda:1 on the next) had another identity on each process, so every resume of a
+    multi-GPU run was refused on all but the first. Now a global read through its attributes counts
+    by the value read there, and a device by its type."""
+    from adaptive.mask_only_checkpoint import callable_identity
+
+    run = _script_module(tmp_path)
+    resumed = _script_module(tmp_path, resume=True)
+    other = _script_module(tmp_path, smoothing=0.2)
+    second = _script_module(tmp_path, rank=1)
+    assert callable_identity(run.smoothed) == callable_identity(resumed.smoothed) \
+        and callable_identity(run.smoothed).endswith(" (F, args.smoothing)")
+    assert callable_identity(run.smoothed) != callable_identity(other.smoothed)  # the value it reads counts
+    assert callable_identity(run.on_device) == callable_identity(second.on_device)
+    # a method read from a global (CFG.get) counts by the global: the dict's values
+    assert callable_identity(run.from_dict).endswith(" (CFG, F)")
+    assert callable_identity(run.from_dict) != callable_identity(other.from_dict)

@@ -976,8 +976,8 @@ def test_an_overwrite_stopped_before_its_settings_are_accepted_says_the_earlier_
         in capsys.readouterr().out
     assert e.value.__notes__ == [
         f"--overwrite: this run stopped before its settings were accepted, so the earlier run in {out} is untouched "
-        "(its checkpoint.pt put back): run the same command again to replace it, or continue it with --resume in "
-        "place of --overwrite"]
+        "(its checkpoint.pt put back): run the command again, with what stopped it mended, to replace it, or "
+        "continue it with --resume in place of --overwrite"]  # (the same command would be refused again)
     assert (out / "checkpoint.pt").read_text() == "earlier run" and not (out / "checkpoint.pt.earlier").exists()
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == {(out / "checkpoint.pt" if p.name == "checkpoint.pt.earlier" else p): b for p, b in before.items()}
