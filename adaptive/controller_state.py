@@ -104,11 +104,11 @@ class ControllerStateMixin:
         names = {side: est.name for side, est in self._estimators().items()}
         for side, name in (sd.get("estimator_names") or {}).items():
             mine = names.get(side, names["drop"])  # one estimator for both sides here, two there
-            if name != mine:
-                what = "drop_by" if side == "drop" else "grow_by"
-                raise ValueError(f"this controller state was saved with another estimator, {what}={name!r}, and this one uses "
-                                 f"{what}={mine!r}: build it with {what}={name!r} to resume that run, or start this "
-                                 "one without loading it")
+            if name != mine:  # named as the Controller takes it, estimator= (drop_by/grow_by are the policy's)
+                what = "its removal costs" if side == "drop" else "its restoration gains"
+                raise ValueError(f"this controller state was saved with another estimator, estimator={name!r} ({what}), "
+                                 f"and this one uses estimator={mine!r}: build the controller with estimator={name!r} "
+                                 "to resume that run, or start this one without loading it")
 
     def _under_plain_names(self, sd: dict) -> dict:
         """``sd`` with layers kept under a wrapper's names renamed to this connectome's (a copy; ``sd``
