@@ -16,7 +16,8 @@ A recipe declares its options once, as a dataclass with typed defaults::
 
 Order of precedence: dataclass defaults < each ``--config FILE`` in the order given < command line
 ``--key value`` / ``--key=value`` overrides (wherever they appear). Keys accept dashes or
-underscores (``--data-dir`` == ``--data_dir``; YAML keys likewise). Dotted keys reach into a nested
+underscores (``--data-dir`` == ``--data_dir``; YAML keys likewise, and a file or mapping that gives
+one key in both spellings is refused rather than letting one silently win). Dotted keys reach into a nested
 dataclass or a dict field (``--model_kw.depth 4``). Unknown keys and values of the wrong type raise
 :class:`ConfigError` naming the key, where it came from, the expected type and the closest known
 key. The dataclass's own checks (``__post_init__``) run once, on the merged settings, so a later
@@ -253,6 +254,20 @@ def _unknown(key: str, known, where: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}' {where}{hint}")
 
 
+def _refuse_two_spellings(mapping: Dict[str, Any], prefix: str = "", source: str = "") -> None:
+    """A :class:`ConfigError` where two keys of ``mapping`` are one key spelt two ways (``data_dir``
+    and ``data-dir``): one of them would silently win."""
+    spelt: Dict[str, List[str]] = {}
+    for raw_key in mapping:
+        spelt.setdefault(normalize_key(str(raw_key)), []).append(str(raw_key))
+    for key, keys in spelt.items():
+        if len(keys) > 1:
+            shown = " and ".join(f"'{prefix}{k}'" for k in keys)
+            raise ConfigError(f"config keys {shown}{(' ' + source) if source else ''} are the same key "
+                              f"'{prefix}{key}' (dashes and underscores are one spelling), so one would silently "
+                              f"win: keep one of them")
+
+
 class _Unbuilt(dict):
     """A nested dataclass field's values, merged from every source, built (and checked) last."""
 
@@ -263,6 +278,7 @@ def _merge(cls, values: Dict[str, Any], updates: Dict[str, Any], prefix: str = "
     entry. Nothing is built, so ``__post_init__`` checks (and derives) only the merged settings."""
     fields = _fields(cls)
     values = dict(values)
+    _refuse_two_spellings(updates, prefix, source)
     for raw_key, value in updates.items():
         key = normalize_key(str(raw_key))
         if key not in fields:
@@ -585,6 +601,7 @@ def _field_entries(path: Tuple[str, ...], val: str, tp, key: str) -> Dict[Tuple[
         _coerce(_Cli(val), tp, key, f"(from --{key})")  # raises: a mapping of its fields is needed
 
     def flatten(prefix, m):  # field names as normalize_key spells them, as a --key.field option's are
+        _refuse_two_spellings(m, ".".join(prefix) + ".", f"(from --{key})")
         for k, v in m.items():
             if isinstance(v, dict) and v:
                 yield from flatten(prefix + (normalize_key(str(k)),), v)

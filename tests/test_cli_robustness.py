@@ -589,6 +589,17 @@ def test_a_command_line_option_fixes_what_a_config_file_gave(tmp_path, capsys):
     assert "warmup_steps (200) exceeds the run's 100 steps" in err and not (tmp_path / "run").exists()
 
 
+def test_a_config_file_giving_one_key_in_two_spellings_is_refused(tmp_path, capsys):
+    """A --config file with both `data_dir:` and `data-dir:` (at the top or inside a section) ran with
+    whichever came last; recipes/prune_pretrained.py already refused it."""
+    (tmp_path / "two.yaml").write_text("epochs: 2\ndata_dir: /a\ndata-dir: /b\n")
+    err = error_of(["--config", str(tmp_path / "two.yaml")], capsys)
+    assert "'data_dir' and 'data-dir'" in err and str(tmp_path / "two.yaml") in err and "keep one" in err, err
+    (tmp_path / "kw.yaml").write_text("controller_kw: {a-b: 1, a_b: 2}\n")  # a dict's entries are its own names
+    assert A.parse_args(["--config", str(tmp_path / "kw.yaml"), "--policy", "set", "--estimator", "none"]
+                        ).controller_kw == {"a-b": 1, "a_b": 2}
+
+
 def test_values_at_the_edges_of_their_ranges_are_taken():
     assert A.parse_args(["--max_steps", "20", "--warmup_steps", "20"]).warmup_steps == 20  # the last step reaches --lr
     assert A.parse_args(["--seed", "4294967295"]).seed == 2**32 - 1 and A.parse_args(["--seed", "0"]).seed == 0

@@ -399,3 +399,20 @@ def test_a_list_option_given_twice_takes_the_values_of_both(tmp_path):
     assert parse_config(Lists, ["--exclude", "none", "--exclude", "b"]).exclude == ["b"]
     assert parse_config(Lists, ["--hidden", "1,2", "--hidden", "3"]).hidden == (3,)  # a tuple: the last one
     assert "a list option given more than once takes the values of every one" in config_help(Lists)
+
+
+def test_one_key_in_two_spellings_is_refused_naming_both_and_the_file(tmp_path):
+    """`data_dir:` and `data-dir:` in one file (at the top, or inside a nested section) let the
+    later one silently win; so did two spellings inside a mapping given on the command line."""
+    top = tmp_path / "top.yaml"
+    top.write_text("data_dir: /a\ndata-dir: /b\n")
+    for build in (lambda: parse_config(Cfg, ["--config", str(top)]), lambda: load_config(Cfg, top)):
+        with pytest.raises(ConfigError, match=r"'data_dir' and 'data-dir' in .*top\.yaml are the same key.*keep one"):
+            build()
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("optim:\n  weight-decay: 1\n  weight_decay: 2\n")
+    with pytest.raises(ConfigError, match=r"'optim\.weight-decay' and 'optim\.weight_decay' in .*nested\.yaml"):
+        parse_config(_Nested, ["--config", str(nested)])
+    with pytest.raises(ConfigError, match=r"'optim\.weight-decay' and 'optim\.weight_decay' \(from --optim\)"):
+        parse_config(_Nested, ["--optim", "{weight-decay: 1, weight_decay: 2}"])
+    assert parse_config(Cfg, ["--model_kw", "{a-b: 1, a_b: 2}"]).model_kw == {"a-b": 1, "a_b": 2}  # a dict's own keys
