@@ -1,6 +1,7 @@
 """The recipes against the mistakes real users make: bad targets, a refused command in a folder
 that holds an earlier run, resuming with other settings or from a damaged checkpoint."""
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,7 @@ TINY = ["--max_steps", "20", "--update_every", "10", "--threads", "1", "--progre
 
 A = load_script("recipes/adaptive.py", "recipe_adaptive_robustness")
 P = load_script("recipes/prune_pretrained.py", "recipe_prune_pretrained_robustness")
+from recipes._adaptive import mask_only_run  # noqa: E402  (importable once the recipe put the root on sys.path)
 
 
 _fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)  # a fresh Accelerator per in-process run
@@ -154,7 +156,7 @@ def test_prune_pretrained_refused_target_keeps_the_earlier_checkpoint(tmp_path):
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(A.time, "strftime", lambda fmt: "20261201-120000")
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20261201-120000")
     first = A.default_output_dir()
     Path(first).mkdir(parents=True)
     second = A.default_output_dir()
@@ -1129,7 +1131,7 @@ def test_ctrl_c_while_an_overwrite_mask_only_run_sets_up_keeps_the_earlier_runs_
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(A, "show_progress", interrupted)
+    monkeypatch.setattr(mask_only_run, "show_progress", interrupted)  # (the recipe's module that calls it)
     with pytest.raises(SystemExit):
         _main(MASK_ONLY + ["--max_steps", "4", "--target", "0.3", "--overwrite", "--output_dir", str(out)])
     assert (out / A.MASK_ONLY_CHECKPOINT).is_file() and not (out / (A.MASK_ONLY_CHECKPOINT + ".earlier")).exists()
@@ -1185,7 +1187,7 @@ def test_ctrl_c_while_a_resumed_mask_only_run_sets_up_says_how_to_continue(tmp_p
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(A, "show_progress", interrupted)
+    monkeypatch.setattr(mask_only_run, "show_progress", interrupted)  # (the recipe's module that calls it)
     capsys.readouterr()
     with pytest.raises(SystemExit):
         _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(out), "--resume", "latest"])
