@@ -16,8 +16,10 @@ A recipe declares its options once, as a dataclass with typed defaults::
 
 Order of precedence: dataclass defaults < each ``--config FILE`` in the order given < command line
 ``--key value`` / ``--key=value`` overrides (wherever they appear). Keys accept dashes or
-underscores (``--data-dir`` == ``--data_dir``; YAML keys likewise). Dotted keys reach into a nested
-dataclass or a dict field (``--model_kw.depth 4``). Unknown keys and values of the wrong type raise
+underscores (``--data-dir`` == ``--data_dir``; YAML keys likewise, and a file or mapping that gives
+one key in both spellings is refused rather than letting one silently win; a file key has no
+leading dashes: ``--epochs: 5``, a pasted command-line option, is refused naming ``epochs``).
+Dotted keys reach into a nested dataclass or a dict field (``--model_kw.depth 4``). Unknown keys and values of the wrong type raise
 :class:`ConfigError` naming the key, where it came from, the expected type and the closest known
 key. The dataclass's own checks (``__post_init__``) run once, on the merged settings, so a later
 file or the command line can fix what an earlier file gave. ``parse_config(..., exit_on_error=True)``
@@ -87,7 +89,9 @@ def seed_in_range(seed) -> bool:
 
 
 def normalize_key(key: str) -> str:
-    """``--data-dir`` / ``data-dir`` / ``data_dir`` -> ``data_dir``."""
+    """``--data-dir`` / ``data-dir`` / ``data_dir`` -> ``data_dir``: an option's name as the command
+    line spells it (its leading dashes dropped) or as a config file does. (A file key that starts
+    with a dash is refused before it is normalised: see :func:`_check_keys`.)"""
     return key.lstrip("-").replace("-", "_")
 
 
@@ -253,6 +257,27 @@ def _unknown(key: str, known, where: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}' {where}{hint}")
 
 
+def _check_keys(mapping: Dict[str, Any], prefix: str = "", source: str = "") -> None:
+    """A :class:`ConfigError` where a key of ``mapping`` (a config file's, or a section's) starts with
+    a dash (``--epochs:``, a command-line option pasted into a file: the dashes belong to the command
+    line, and the file would read otherwise than it is written), or where two keys are one key spelt
+    two ways (``data_dir`` and ``data-dir``): one of them would silently win."""
+    spelt: Dict[str, List[str]] = {}
+    for raw_key in mapping:
+        if str(raw_key).startswith("-"):
+            key = normalize_key(str(raw_key))
+            raise ConfigError(f"config key '{prefix}{raw_key}'{(' ' + source) if source else ''} starts with a dash, "
+                              f"as a command-line option does; a key in a config file (or a YAML mapping) is the "
+                              f"option's name alone: write '{prefix}{key}' (e.g. '{key}: VALUE')")
+        spelt.setdefault(normalize_key(str(raw_key)), []).append(str(raw_key))
+    for key, keys in spelt.items():
+        if len(keys) > 1:
+            shown = " and ".join(f"'{prefix}{k}'" for k in keys)
+            raise ConfigError(f"config keys {shown}{(' ' + source) if source else ''} are the same key "
+                              f"'{prefix}{key}' (dashes and underscores are one spelling), so one would silently "
+                              f"win: keep one of them")
+
+
 class _Unbuilt(dict):
     """A nested dataclass field's values, merged from every source, built (and checked) last."""
 
@@ -263,6 +288,7 @@ def _merge(cls, values: Dict[str, Any], updates: Dict[str, Any], prefix: str = "
     entry. Nothing is built, so ``__post_init__`` checks (and derives) only the merged settings."""
     fields = _fields(cls)
     values = dict(values)
+    _check_keys(updates, prefix, source)
     for raw_key, value in updates.items():
         key = normalize_key(str(raw_key))
         if key not in fields:
@@ -585,6 +611,7 @@ def _field_entries(path: Tuple[str, ...], val: str, tp, key: str) -> Dict[Tuple[
         _coerce(_Cli(val), tp, key, f"(from --{key})")  # raises: a mapping of its fields is needed
 
     def flatten(prefix, m):  # field names as normalize_key spells them, as a --key.field option's are
+        _check_keys(m, ".".join(prefix) + ".", f"(from --{key})")
         for k, v in m.items():
             if isinstance(v, dict) and v:
                 yield from flatten(prefix + (normalize_key(str(k)),), v)

@@ -2,8 +2,8 @@
 ``holdout_loss`` of :class:`adaptive.Controller`'s line search (``recipes/adaptive.py --line_search N``).
 
 A check must compare like with like: every check scores the same held-out examples, a fixed draw
-taken once and kept on the device (a loader read afresh at each check would also decode its images
-again at every update). Taking the draw orders the dataset with a generator of its own, and both the
+taken once, at the first check, and kept on the device (a loader read afresh at each check would
+also decode its images again at every update; a run with no update reads none). Taking the draw orders the dataset with a generator of its own, and both the
 draw and every check run inside :class:`adaptive.global_rng.kept_global_rng`: a dataset or a model
 that draws random numbers (a plugin's random evaluation transform, a noisy forward) leaves every
 global generator as it found it; a check runs the model in eval mode under
@@ -14,12 +14,12 @@ a run whose checks accept every update trains exactly as one without them (same 
 """
 from __future__ import annotations
 
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .global_rng import kept_global_rng
+from .global_rng import global_states, kept_global_rng, set_global_states
 from .modes import modes_kept
 
 
@@ -32,7 +32,9 @@ class HeldOutLoss:
     ``rank`` taking every ``processes``-th batch; where the dataset holds fewer, as many whole batches
     per process as it holds (``self.batches`` says how many; every process holds as many examples,
     so the mean over processes that the controller takes is the mean over the whole draw). A dataset
-    too small for one batch per process is a ValueError naming the sizes.
+    too small for one batch per process is a ValueError naming the sizes. The draw is read from
+    ``dataset`` at the first call (or read of :attr:`data`), under the global generators' states of
+    construction: the examples an eager draw would have taken, and none read where no check comes.
 
     A call: ``loss_fn(output.float(), targets, reduction="none")`` summed over the draw and divided
     by its examples (float64 sums), with ``model`` in eval mode and gradients off; each module's mode
@@ -57,12 +59,28 @@ class HeldOutLoss:
         self.model, self.loss_fn = model, loss_fn
         self.requested, self.batches, self.batch_size = batches, per_process, batch_size
         self.calls = 0  # checks run so far (the controller calls it before and after each tried edit)
-        order = torch.randperm(size, generator=torch.Generator().manual_seed(int(seed)))
-        self.data: List[Tuple[torch.Tensor, torch.Tensor]] = []
-        with kept_global_rng():  # the dataset's own draws (a random transform) leave the training's generators
-            for k in range(per_process):
-                start = (k * processes + rank) * batch_size
-                self.data.append(self._batch(dataset, order[start:start + batch_size].tolist(), device))
+        # the draw is taken at the first call (or the first read of .data): a run whose controller never
+        # calls it (no update in its steps) reads no held-out example; it is taken from the global
+        # generators' states of now, so it is the draw an eager one would have been, whatever ran between
+        self._source = (dataset, size, device, int(seed), rank, processes)
+        self._states = global_states()
+        self._data: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
+
+    @property
+    def data(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """The draw: ``(inputs, targets)`` on the device for each of this process's batches, taken
+        once, at the first read."""
+        if self._data is None:
+            dataset, size, device, seed, rank, processes = self._source
+            order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+            data = []
+            with kept_global_rng():  # the dataset's own draws (a random transform) leave the training's generators
+                set_global_states(self._states)  # ... and are the ones it would have drawn when this was built
+                for k in range(self.batches):
+                    start = (k * processes + rank) * self.batch_size
+                    data.append(self._batch(dataset, order[start:start + self.batch_size].tolist(), device))
+            self._data, self._source, self._states = data, None, None
+        return self._data
 
     @staticmethod
     def _batch(dataset, indices, device) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,7 @@
 """The recipes against the mistakes real users make: bad targets, a refused command in a folder
 that holds an earlier run, resuming with other settings or from a damaged checkpoint."""
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,7 @@ TINY = ["--max_steps", "20", "--update_every", "10", "--threads", "1", "--progre
 
 A = load_script("recipes/adaptive.py", "recipe_adaptive_robustness")
 P = load_script("recipes/prune_pretrained.py", "recipe_prune_pretrained_robustness")
+from recipes._adaptive import mask_only_run  # noqa: E402  (importable once the recipe put the root on sys.path)
 
 
 _fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)  # a fresh Accelerator per in-process run
@@ -154,7 +156,7 @@ def test_prune_pretrained_refused_target_keeps_the_earlier_checkpoint(tmp_path):
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(A.time, "strftime", lambda fmt: "20261201-120000")
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20261201-120000")
     first = A.default_output_dir()
     Path(first).mkdir(parents=True)
     second = A.default_output_dir()
@@ -587,6 +589,17 @@ def test_a_command_line_option_fixes_what_a_config_file_gave(tmp_path, capsys):
     assert A.parse_args(["--config", str(tmp_path / "lr.yaml"), "--lr", "0.1"]).lr == 0.1
     err = error_of(["--config", str(tmp_path / "wm.yaml"), "--output_dir", str(tmp_path / "run")], capsys)
     assert "warmup_steps (200) exceeds the run's 100 steps" in err and not (tmp_path / "run").exists()
+
+
+def test_a_config_file_giving_one_key_in_two_spellings_is_refused(tmp_path, capsys):
+    """A --config file with both `data_dir:` and `data-dir:` (at the top or inside a section) ran with
+    whichever came last; recipes/prune_pretrained.py already refused it."""
+    (tmp_path / "two.yaml").write_text("epochs: 2\ndata_dir: /a\ndata-dir: /b\n")
+    err = error_of(["--config", str(tmp_path / "two.yaml")], capsys)
+    assert "'data_dir' and 'data-dir'" in err and str(tmp_path / "two.yaml") in err and "keep one" in err, err
+    (tmp_path / "kw.yaml").write_text("controller_kw: {a-b: 1, a_b: 2}\n")  # a dict's entries are its own names
+    assert A.parse_args(["--config", str(tmp_path / "kw.yaml"), "--policy", "set", "--estimator", "none"]
+                        ).controller_kw == {"a-b": 1, "a_b": 2}
 
 
 def test_values_at_the_edges_of_their_ranges_are_taken():
@@ -1118,7 +1131,7 @@ def test_ctrl_c_while_an_overwrite_mask_only_run_sets_up_keeps_the_earlier_runs_
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(A, "show_progress", interrupted)
+    monkeypatch.setattr(mask_only_run, "show_progress", interrupted)  # (the recipe's module that calls it)
     with pytest.raises(SystemExit):
         _main(MASK_ONLY + ["--max_steps", "4", "--target", "0.3", "--overwrite", "--output_dir", str(out)])
     assert (out / A.MASK_ONLY_CHECKPOINT).is_file() and not (out / (A.MASK_ONLY_CHECKPOINT + ".earlier")).exists()
@@ -1174,7 +1187,7 @@ def test_ctrl_c_while_a_resumed_mask_only_run_sets_up_says_how_to_continue(tmp_p
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(A, "show_progress", interrupted)
+    monkeypatch.setattr(mask_only_run, "show_progress", interrupted)  # (the recipe's module that calls it)
     capsys.readouterr()
     with pytest.raises(SystemExit):
         _main(MASK_ONLY + ["--max_steps", "4", "--output_dir", str(out), "--resume", "latest"])

@@ -399,3 +399,36 @@ def test_a_list_option_given_twice_takes_the_values_of_both(tmp_path):
     assert parse_config(Lists, ["--exclude", "none", "--exclude", "b"]).exclude == ["b"]
     assert parse_config(Lists, ["--hidden", "1,2", "--hidden", "3"]).hidden == (3,)  # a tuple: the last one
     assert "a list option given more than once takes the values of every one" in config_help(Lists)
+
+
+def test_one_key_in_two_spellings_is_refused_naming_both_and_the_file(tmp_path):
+    """`data_dir:` and `data-dir:` in one file (at the top, or inside a nested section) let the
+    later one silently win; so did two spellings inside a mapping given on the command line."""
+    top = tmp_path / "top.yaml"
+    top.write_text("data_dir: /a\ndata-dir: /b\n")
+    for build in (lambda: parse_config(Cfg, ["--config", str(top)]), lambda: load_config(Cfg, top)):
+        with pytest.raises(ConfigError, match=r"'data_dir' and 'data-dir' in .*top\.yaml are the same key.*keep one"):
+            build()
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("optim:\n  weight-decay: 1\n  weight_decay: 2\n")
+    with pytest.raises(ConfigError, match=r"'optim\.weight-decay' and 'optim\.weight_decay' in .*nested\.yaml"):
+        parse_config(_Nested, ["--config", str(nested)])
+    with pytest.raises(ConfigError, match=r"'optim\.weight-decay' and 'optim\.weight_decay' \(from --optim\)"):
+        parse_config(_Nested, ["--optim", "{weight-decay: 1, weight_decay: 2}"])
+    assert parse_config(Cfg, ["--model_kw", "{a-b: 1, a_b: 2}"]).model_kw == {"a-b": 1, "a_b": 2}  # a dict's own keys
+
+
+def test_a_file_key_with_leading_dashes_is_refused_naming_the_key_to_write(tmp_path):
+    """`--epochs: 5` (a command-line option pasted into a file) was read as `epochs: 5`; the command
+    line's own --epochs, --key.field and --no-KEY are unchanged."""
+    for text, written, fix in (("--epochs: 5\n", "--epochs", "'epochs'"), ("-data-dir: /d\n", "-data-dir", "'data_dir'"),
+                               ("optim:\n  --lr: 0.5\n", "optim.--lr", "'optim.lr'")):
+        (tmp_path / "d.yaml").write_text(text)
+        for build in (lambda: parse_config(Cfg, ["--config", str(tmp_path / "d.yaml")]),
+                      lambda: load_config(Cfg, tmp_path / "d.yaml")):
+            with pytest.raises(ConfigError, match=f"config key '{written}' in .*d\\.yaml starts with a dash.*write {fix}"):
+                build()
+    with pytest.raises(ConfigError, match=r"config key 'optim\.--lr' \(from --optim\) starts with a dash"):
+        parse_config(Cfg, ["--optim", "{--lr: 0.5}"])
+    cfg = parse_config(Cfg, ["--epochs", "5", "--optim.lr", "0.5", "--data-dir=/d", "--no-download"])
+    assert (cfg.epochs, cfg.optim.lr, cfg.data_dir, cfg.download) == (5, 0.5, "/d", False)

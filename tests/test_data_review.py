@@ -93,7 +93,10 @@ def test_recipe_reads_test_split_only_for_the_report_and_chooses_nothing_by_it(t
                 log["training"] = False  # the final report
             return orig_eval(acc, model, loader, *a, **k)
 
-        monkeypatch.setattr(R, "evaluate", evaluate)
+        from recipes._adaptive import report, train
+
+        for module in (train, report):  # the recipe's modules that call it: the loop's and the final report's
+            monkeypatch.setattr(module, "evaluate", evaluate)
         res = R.main(["--output_dir", str(out), "--max_steps", "30", "--update_every", "10", "--eval_every", "10",
                       "--progress", "false", "--figures", "false", "--threads", "1"], on_step=on_step)
         return res

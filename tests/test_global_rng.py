@@ -238,7 +238,7 @@ CASES = [
     case("get_dataloaders holdout pass", fake_loaders, one_pass("holdout")),
     case("get_dataloaders test pass", fake_loaders, one_pass("test")),
     # the held-out check of recipes/adaptive.py --line_search: a dataset and a model that draw
-    case("HeldOutLoss draw from a dataset that draws", lambda: (mlp(), Drawing()), held_out_draw),
+    case("HeldOutLoss draw from a dataset that draws", lambda: (mlp(), Drawing()), lambda a: held_out_draw(a).data),
     case("HeldOutLoss check of a model that draws", lambda: held_out_draw((Noisy(), Drawing())), lambda check: check()),
     # on CUDA, the draws would move the device's generator
     case("graphs.compact on CUDA", lambda: masked(cuda_convnet()), lambda c: graphs.compact(c.model, c),

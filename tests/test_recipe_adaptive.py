@@ -24,6 +24,7 @@ SCRIPT = ROOT / "recipes" / "adaptive.py"
 
 
 R = load_script("recipes/adaptive.py", "recipe_adaptive")
+from recipes._adaptive import train as recipe_train  # noqa: E402  (the recipe's module that reads the data)
 # tiny settings: digits, a short run, one thread
 TINY = ["--max_steps", "40", "--update_every", "10", "--log_every", "5", "--threads", "1", "--progress", "false"]
 
@@ -397,7 +398,7 @@ def test_mask_only_mode_reads_the_test_split_only_for_the_report(tmp_path, monke
         seen["optimised"] = True
         return r
 
-    monkeypatch.setattr(R, "get_dataloaders", loaders)
+    monkeypatch.setattr(recipe_train, "get_dataloaders", loaders)
     monkeypatch.setattr(mo, "optimize_connectome", spy)
     _mask_only_from_saved_weights(tmp_path)
     assert seen.get("optimised")
@@ -449,14 +450,15 @@ MISMATCH = '''
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("recipe", {script!r})
 R = importlib.util.module_from_spec(spec); sys.modules["recipe"] = R; spec.loader.exec_module(R)
-build = R.build_controller
+from recipes._adaptive import train  # the recipe's module that builds the controller
+build = train.build_controller
 
 def skewed(cfg, conn, *a, **kw):  # a bug that makes the ranks disagree: a per-rank seed
     import torch.distributed as dist
     cfg.seed += dist.get_rank()
     return build(cfg, conn, *a, **kw)
 
-R.build_controller = skewed
+train.build_controller = skewed
 R.main(sys.argv[1:])
 '''
 
@@ -984,7 +986,7 @@ def test_what_does_not_fit_the_model_is_refused_before_any_data_is_read(tmp_path
     its --weights loaded, before the data: a mask_only target beyond its synapses (as --include /
     --exclude select them), a --density that rounds to every one, and weights of another model are
     refused then (the target only once the data had loaded, inside optimize_connectome)."""
-    monkeypatch.setattr(R, "get_dataloaders", lambda cfg: pytest.fail("the data was read"))
+    monkeypatch.setattr(recipe_train, "get_dataloaders", lambda cfg: pytest.fail("the data was read"))
     monkeypatch.setenv("ADAPTIVE_TRACEBACK", "1")  # the error itself, not the command line's exit
     mask_only = TINY + ["--output_dir", str(tmp_path / "run"), "--mode", "mask_only"]
     for more, match in ((["--target", "50432"], "50432 synapses to remove is every one of the model's 50432"),

@@ -65,6 +65,21 @@ def test_off_by_default_the_check_is_never_built_nor_called(tmp_path, monkeypatc
     assert all(e["actual_loss_change"] is None and e["line_search_fraction"] is None for e in events(tmp_path))
 
 
+def test_a_run_with_no_update_reads_no_held_out_example(tmp_path, monkeypatch):
+    """--line_search N drew its held-out batches (decoding and moving them to the device) while the
+    controller was built, also where --update_every put every update beyond the run's steps."""
+    from adaptive import holdout_check
+
+    read = []
+    batch = holdout_check.HeldOutLoss._batch
+    monkeypatch.setattr(holdout_check.HeldOutLoss, "_batch",
+                        staticmethod(lambda *a: read.append(a[1]) or batch(*a)))
+    res = run(tmp_path, "--line_search", "2", "--update_every", "100", "--policy", "set")
+    assert res.summary["updates"] == 0 and res.controller.holdout_loss.calls == 0
+    assert read == []
+    assert len(res.controller.holdout_loss.data) == 2 and len(read) == 2  # (drawn on demand)
+
+
 def test_checks_that_keep_every_update_train_exactly_as_no_checks(tmp_path):
     """A check draws no random number and leaves the training state as it was: with an infinite
     tolerance (nothing vetoed) the masks, weights and train rows are bit-identical to a run without."""
@@ -269,6 +284,29 @@ def test_a_check_changes_no_batchnorm_statistic_no_mode_and_draws_no_random_numb
     model.eval()
     with torch.no_grad():
         assert loss == pytest.approx(float(F.cross_entropy(model(x), y)), rel=1e-6)
+
+
+class _RandomTransform(_Data):
+    def __getitem__(self, i):  # a random evaluation transform, as a plugin's may draw
+        return self.x[i] + torch.rand(6), int(self.y[i])
+
+
+def test_the_draw_taken_at_the_first_check_is_the_one_taken_when_built():
+    """The draw is taken at the first check, under the global generators' states of construction:
+    whatever drew random numbers in between, a random transform draws what it drew when built."""
+    from adaptive.holdout_check import HeldOutLoss
+
+    model = _bn_model()
+    torch.manual_seed(5)
+    early = HeldOutLoss(model, _RandomTransform(), batches=2, batch_size=8, device="cpu", seed=3)
+    drawn = [(x.clone(), y.clone()) for x, y in early.data]
+    torch.manual_seed(5)
+    late = HeldOutLoss(model, _RandomTransform(), batches=2, batch_size=8, device="cpu", seed=3)
+    torch.rand(100)  # the training draws on
+    rng = torch.get_rng_state()
+    late()
+    assert torch.equal(torch.get_rng_state(), rng)  # and the draw leaves the generators where they were
+    assert all(torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in zip(late.data, drawn))
 
 
 def test_processes_score_disjoint_equal_draws_and_a_tiny_holdout_is_refused():

@@ -125,7 +125,9 @@ def test_label_smoothing_trains_on_the_smoothed_loss_and_reports_plain_held_out_
             return loss
         return original(*args, loss_fn=recording, **kw)
 
-    monkeypatch.setattr(R, "train_one_epoch", spy)
+    from recipes._adaptive import train
+
+    monkeypatch.setattr(train, "train_one_epoch", spy)  # (the recipe's module that calls it)
     res = run(tmp_path, "--label_smoothing", "0.1")
     out, y, loss = seen["first"]
     assert loss == pytest.approx(float(F.cross_entropy(out, y, label_smoothing=0.1)), rel=1e-6)

@@ -1,0 +1,144 @@
+"""A ``mode: mask_only`` run: the weights stay bit-exact and only the connectome moves
+(:func:`adaptive.optimize_connectome`), recorded after every target so that --resume continues it."""
+from __future__ import annotations
+
+import time
+
+from adaptive import mask_only_checkpoint as stage_checkpoint
+from adaptive.cli import mask_only_progress, progress_lines, show_progress
+from adaptive.distributed import gather_mask_hashes
+from adaptive.training import TrainState, metric_row
+
+from .checks import _estimator
+from .config import _target
+from .folder import MASK_ONLY_CHECKPOINT, _save_config
+from .report import RunResult, _end, _finish, _nonzero, _split_labels, _test_eval, _test_split_size, _write_outputs
+from .resume import _stage_precision_fix
+
+
+def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
+    """Mask-only connectome optimisation: the weights stay bit-exact, only the masks move. The run
+    is recorded after every target in ``mask_only_checkpoint.pt``; ``--resume`` continues it."""
+    from adaptive.mask_only import count_synapses, loaded_state, optimize_connectome, resolve_target, stage_batches
+
+    ckpt = output_dir / MASK_ONLY_CHECKPOINT  # --resume was resolved to this run folder already
+    if cfg.weights is None:
+        accelerator.print("note: no --weights given, so the masks are learned on the network's random initial "
+                          "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
+    lock.acquire(cfg)
+    if stage_checkpoint.begin(ckpt, bool(cfg.resume)):  # (without --resume, only with --overwrite)
+        accelerator.print(f"--overwrite: the earlier run in {output_dir} is deleted once this run's settings are "
+                          f"accepted (at its first update); until then its {MASK_ONLY_CHECKPOINT} is kept")
+    # an earlier run's checkpoint (set aside by begin) survives a run refused or stopped before its
+    # first target, from here on: the setup below can fail or be interrupted too
+    try:
+        accelerator.wait_for_everyone()
+
+        # no DDP wrapper: no weight is trained; the controller reduces its statistics across processes
+        model = model.to(accelerator.device)
+        train_dl, test_dl = accelerator.prepare(loaders.train, loaders.test)
+        # every process verifies edits on the same (whole, unsharded) held-out batches, so all make the
+        # same decisions; optimize_connectome moves batches to the model's device
+        holdout_dl = loaders.holdout
+        target = _target(cfg)
+        if len(train_dl) == 0:
+            raise ValueError(f"the train loader is empty ({len(loaders.datasets.train)} examples): lower --batch_size or --holdout")
+        # --max_steps counts training batches per target (each process's), else --epochs passes
+        passes = cfg.max_steps / len(train_dl) if cfg.max_steps else float(cfg.epochs)
+        passes = cfg.mask_only_kw.get("passes", passes)  # (kept by a resumed run recorded before the check)
+        synapses = count_synapses(model, cfg.include, cfg.exclude)  # (quietly: the connectome warns, below)
+        kw = dict(passes=passes, ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
+                  estimator=_estimator(cfg), window=cfg.update_every, edit_fraction=cfg.edit_fraction, seed=cfg.seed,
+                  progress=show_progress(cfg.progress) and accelerator.is_local_main_process, checkpoint=ckpt)
+        # held-out evaluations as in train mode: every --eval_every steps, else every epoch (in updates)
+        window = max(1, int(cfg.update_every or 1))
+        kw["eval_every"] = max(1, (cfg.eval_every or len(train_dl)) // window)
+        kw.update(cfg.mask_only_kw)  # (none of the keys above but the ones a resumed run kept: see _KW_KEPT)
+        # the batches each target reads: whole update windows, so maybe a few more than --max_steps or --epochs say
+        per_target = stage_batches(kw["passes"], len(train_dl), kw["window"])
+        # the window's source: a resumed run's recorded --mask_only_kw window overrides --update_every
+        source = "--mask_only_kw window" if "window" in cfg.mask_only_kw else "--update_every"
+        whole = ("a whole batch" if kw["window"] == 1
+                 else f"whole update windows of {kw['window']} ({source})")
+        rounded = f", rounded up to {whole}" if per_target > kw["passes"] * len(train_dl) + 1e-9 else ""
+        # a target of 0 is the dense network, with no stage of its own (check_targets accepted the target above)
+        reads = ("the dense network, scored on the held-out part with no training batch read"
+                 if resolve_target(target, synapses) == 0 else
+                 f"{per_target:,} batches per target ({kw['passes']:.3g} pass(es) of {len(train_dl)} batches{rounded})")
+        accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {synapses:,} synapses (of "
+                          f"{sum(p.numel() for p in model.parameters()):,} parameters), target {target}, {reads}, "
+                          f"estimator {cfg.estimator} -> {output_dir}")
+        saved = []
+
+        def save_config_once(record):  # the first record comes after optimize_connectome has checked its settings
+            if not saved:
+                _save_config(accelerator, cfg, output_dir)
+                saved.append(True)
+
+        show = (mask_only_progress(synapses, lambda line: print(line, flush=True))
+                if progress_lines(cfg.progress, accelerator.is_main_process) else None)
+
+        def on_record(record):
+            save_config_once(record)
+            if show is not None:
+                show(record)
+
+        kw["callback"] = on_record
+        loaded = loaded_state(model)  # the weights as loaded, before the connectome: the final check's reference
+        t0 = time.time()
+        try:
+            with accelerator.autocast():  # --mixed_precision: the passes run under autocast, weights stay exact
+                result = optimize_connectome(model, train_dl, holdout_dl, target, **kw)
+        except stage_checkpoint.CheckpointMismatchError as e:  # the checkpoint path here is RUN/mask_only_checkpoint.pt
+            raise e.with_fix(f"To continue it, give the run's settings with --resume (--config {output_dir / 'config.yaml'} "
+                             f"holds them{_stage_precision_fix(e.problem)}); to start afresh, give another --output_dir (or --overwrite to replace that "
+                             "run)", afresh="start afresh in another --output_dir, or with --overwrite (which deletes that "
+                             "run)") from None
+    finally:
+        stage_checkpoint.settle(ckpt)
+    save_config_once(None)  # a resumed run with every target done records nothing
+    conn = result.conn
+    synapses = conn.num_synapses()
+    live_share = lambda removed: (synapses - removed) / synapses  # noqa: E731  (as conn.density(): summary.json's)
+    per_pass = max(1, len(train_dl))
+    epoch_of = lambda step: max(0, step - 1) // per_pass  # noqa: E731  (the pass over TRAIN a step's batch came from)
+    state = TrainState(step=result.controller.step_count, epoch=epoch_of(result.controller.step_count))
+    for h in result.history:
+        st = TrainState(step=h["step"], epoch=epoch_of(h["step"]))
+        if h["kind"] == "update":
+            metric_row(st, "train", h["train_loss"], h["train_acc"])
+        elif h["kind"] == "eval":
+            metric_row(st, "holdout", h["holdout_loss"], h["holdout_acc"])
+        else:
+            continue
+        removed = h.get("train_removed", h["removed"]) if h["kind"] == "update" else h["removed"]
+        st.metrics[-1].update(density=live_share(removed), removed=removed)  # what the row measured
+        state.metrics += st.metrics
+    with accelerator.autocast():
+        test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
+    metric_row(state, "test", test_loss, test_acc, conn)
+    from adaptive.mask_only import changed_from
+
+    accelerator.print(f"surviving weights that differ from the original: {changed_from(conn.dense_state_dict(), loaded, conn)} "
+                      "(every tensor of the model, biases and normalisation statistics too, compared bit for bit "
+                      "with the weights as loaded)")
+    # for 'best' the figures star the masks the model now holds (the chosen rung, or the dense network):
+    # the lines end at the last rung tried
+    best = result.snapshots.get("best")
+    kept = None if best is None else dict(step=best.step, density=live_share(best.removed),
+                                          holdout_loss=best.holdout_loss, holdout_acc=best.holdout_acc)
+    labels = _split_labels(loaders, n_test, "train (each update window's batches)", cfg.test_subset)
+    files = _write_outputs(accelerator, cfg, output_dir, state.metrics, result.events, conn, labels, kept)
+    # the held-out score of the masks the model now holds (for 'best', the chosen rung, not the last one tried)
+    snaps = result.snapshots
+    final = snaps.get("best") or (list(snaps.values())[-1] if snaps else None)
+    summary = dict(test_accuracy=test_acc, test_loss=test_loss, test_examples=n_test,
+                   test_split_examples=_test_split_size(loaders, n_test, cfg.test_subset),
+                   holdout_accuracy=final.holdout_acc if final is not None else None, density=conn.density(),
+                   synapses=conn.num_synapses(), live=conn.num_live(), nonzero=_nonzero(conn), steps=state.step,
+                   updates=sum(1 for e in result.events if e.get("kind") == "update"),
+                   seconds=result.resumed_seconds + time.time() - t0,  # a resumed run's earlier sessions too
+                   processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))
+    _finish(accelerator, output_dir, summary, files)
+    _end(accelerator)
+    return RunResult(output_dir, model, conn, result.controller, state, summary, files)

@@ -1,0 +1,279 @@
+"""The run: :func:`training_function` sets up Accelerate and the run folder (a resume checked
+against the run's settings), then trains in train mode (the loop, its evaluations, checkpoints
+and progress) or hands over to mask_only."""
+from __future__ import annotations
+
+import functools
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from adaptive.cli import progress_line, progress_lines, show_progress
+from adaptive.data import check_dataset_kw, model_before_data
+from adaptive.diagnostics.silent_units import SilentUnits
+from adaptive.distributed import gather_mask_hashes
+from adaptive.training import (
+    TrainState, evaluate, find_checkpoint, load_checkpoint, lr_schedule, metric_row, run_dir_of, save_checkpoint,
+    train_one_epoch, write_metrics_csv,
+)
+
+from .accumulation import _env_accumulation, _refuse_other_accumulation
+from .builders import (_holdout_check, build_connectome, build_controller, build_model_for, build_optimizer,
+                       get_dataloaders)
+from .config import RunConfig
+from .folder import CONFIG_COPY, _INTERRUPT, CheckpointError, _broadcast_str, _RunLock, _save_config, \
+    _refuse_earlier_run, default_output_dir
+from .mask_only_run import _mask_only
+from .notes import _density_note, _last_train_loss, _update_note, dying_relu_remedy
+from .precision import _inert_fp16, _no_fp16_autocast, _refuse_inert_precision
+from .report import RunResult, _end, _finish, _nonzero, _row_lr, _split_labels, _test_eval, _test_split_size, \
+    _write_outputs
+from .resume import _check_resumed_config, _mask_only_run_dir, _train_mode_mask_only_kw
+
+
+def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], None]] = None) -> RunResult:
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _env_accumulation()  # one Accelerate cannot read (a blank one too) is refused, naming it
+    # without a GPU, cpu=True is what makes a multi-process launch a gloo (MULTI_CPU) run
+    accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
+    # Accelerate takes ACCELERATE_GRADIENT_ACCUMULATION_STEPS over the argument (parse_args reconciled the two
+    # for a command line; a config built in code that disagrees is refused): what runs is what is recorded
+    _refuse_other_accumulation(cfg, int(accelerator.gradient_accumulation_steps))
+    from_launch = cfg.mixed_precision is None
+    if from_launch:  # the precision accelerate launch (or its config) gave, else no: recorded and compared as it runs
+        cfg.mixed_precision = str(accelerator.mixed_precision)
+    resume_from = None
+    output_dir = cfg.output_dir
+    if cfg.resume and cfg.mode == "mask_only":
+        output_dir = str(_mask_only_run_dir(cfg.resume, output_dir))
+    elif cfg.resume:
+        resume_from = find_checkpoint(cfg.resume, output_dir)
+        output_dir = output_dir or str(run_dir_of(resume_from))
+    output_dir = Path(output_dir or _broadcast_str(accelerator, default_output_dir()))
+    if cfg.resume:
+        recorded = _check_resumed_config(cfg, output_dir, resume_from, no_fp16=_no_fp16_autocast(accelerator))
+        if cfg.mode != "mask_only":
+            _train_mode_mask_only_kw(cfg, recorded, accelerator)
+    if cfg.resume and not from_launch and cfg.mixed_precision == "fp16" and _inert_fp16(accelerator):  # (recorded so)
+        # it keeps recording fp16, as the run did, so that its own command continues it again later
+        accelerator.print(f"note: the run records --mixed_precision fp16, which the {accelerator.device.type.upper()} "
+                          "cannot run (Accelerate ran it in float32): it continues as it ran, as --mixed_precision no")
+    else:
+        _refuse_inert_precision(accelerator, from_launch)  # a new run, or fp16 from accelerate launch: refused
+    if not cfg.resume:
+        _refuse_earlier_run(cfg, output_dir)
+    _INTERRUPT.update(output_dir=output_dir, resume_from=resume_from, overwrite=cfg.overwrite and not cfg.resume,
+                      resume=bool(cfg.resume), wrote=False)
+    lock = _RunLock(accelerator, output_dir)  # taken before the run's first write into the folder
+    try:
+        return _train(cfg, on_step, accelerator, resume_from, output_dir, lock)
+    except BaseException:  # an error or Ctrl-C
+        lock.release(refused=True)  # the folders this command made and wrote nothing into go
+        raise
+    finally:
+        lock.release()
+
+
+def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, lock: "_RunLock") -> RunResult:
+    from accelerate.utils import set_seed
+
+    main = accelerator.is_main_process
+    set_seed(cfg.seed)
+
+    # the model (its weights loaded) before the data where the dataset knows its classes and input
+    # shape unread: weights that do not fit, or a mask_only target beyond the model's synapses, are
+    # refused before minutes of data loading (as recipes/prune_pretrained.py does); a --dataset_kw key an
+    # option sets (data_dir=, ...) is named first, not a clash of keywords in the facts' call
+    check_dataset_kw(cfg.dataset, cfg.dataset_kw)
+    model_for = model_before_data(cfg.dataset, lambda k, shape: build_model_for(cfg, k, shape), data_dir=cfg.data_dir,
+                                  download=cfg.download, **cfg.dataset_kw)
+    loaders = get_dataloaders(cfg)
+    model = model_for(loaders.num_classes, loaders.in_shape)
+    if cfg.mode == "mask_only":
+        return _mask_only(cfg, accelerator, model, loaders, output_dir, lock)
+
+    optimizer = build_optimizer(cfg, model)
+    model, optimizer, train_dl, holdout_dl, test_dl = accelerator.prepare(
+        model, optimizer, loaders.train, loaders.holdout, loaders.test)
+    accum = cfg.gradient_accumulation_steps
+    if len(train_dl) == 0:
+        raise ValueError(f"the train loader is empty ({len(loaders.datasets.train)} examples): lower --batch_size or --holdout")
+    # a step is an optimizer step, of `accum` batches; Accelerate also steps at the end of the loader
+    steps_per_epoch = math.ceil(len(train_dl) / accum)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    if cfg.warmup_steps > total_steps and cfg.resume:  # recorded before the check below: it continues as it ran
+        accelerator.print(f"warning: warmup_steps ({cfg.warmup_steps}) exceeds the run's {total_steps} steps, so the "
+                          "learning rate never reaches --lr; the resumed run was started so and continues so")
+    elif cfg.warmup_steps > total_steps:  # (--max_steps was checked while parsing)
+        per_epoch = (f"{steps_per_epoch} steps of {accum} batches (--gradient_accumulation_steps)" if accum > 1 else
+                     f"{steps_per_epoch} batches")
+        raise ValueError(f"warmup_steps ({cfg.warmup_steps}) exceeds the run's {total_steps} steps (--epochs "
+                         f"{cfg.epochs} x {per_epoch}), so the learning rate would never reach --lr: "
+                         f"give --warmup_steps {total_steps} or fewer")
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    lr_scheduler = lr_schedule(optimizer, total_steps, cfg.warmup_steps, cfg.lr_schedule, cfg.lr_milestones,
+                               cfg.lr_gamma)
+    conn = build_connectome(cfg, accelerator.unwrap_model(model))
+    # DDP averages gradients over every process's batch before the controller sees them
+    ctrl = build_controller(cfg, conn, optimizer, total_steps, num_processes=accelerator.num_processes,
+                            holdout_loss=_holdout_check(cfg, accelerator, model, loaders))
+    state = TrainState(processes=accelerator.num_processes, steps_per_epoch=steps_per_epoch, accumulation=accum)
+    state.silent_units = SilentUnits.from_connectome(conn)  # reads each step's gradients; no hook on the model
+    # The registration order is part of the checkpoint format: custom_checkpoint_0..3.
+    accelerator.register_for_checkpointing(conn, ctrl, state, lr_scheduler)
+    if resume_from is not None:
+        from adaptive.integrity import CheckpointRefusedError
+
+        try:
+            load_checkpoint(accelerator, resume_from, verified=True)  # verified by _check_resumed_config
+        except CheckpointRefusedError:  # (adaptive.integrity's)
+            raise  # names the file and the run's other checkpoints
+        except Exception as e:  # a truncated or foreign file: name the folder, not a deserializer's internals
+            raise CheckpointError(
+                f"checkpoint {resume_from} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"resume from an earlier one (--resume {resume_from.parent}/step_N) or run without --resume") from e
+        if state.accumulation != accum:  # (a checkpoint without the run's config.yaml: checked only here)
+            raise CheckpointError(
+                f"--resume: {resume_from} was written by a run that accumulated {state.accumulation} batch(es) per "
+                f"optimizer step; this one accumulates {accum}, so the same step would read other batches and average "
+                f"another number of them. Resume with --gradient_accumulation_steps {state.accumulation}, or start a "
+                "new run")
+        if (state.processes, state.steps_per_epoch) != (accelerator.num_processes, steps_per_epoch):
+            raise CheckpointError(
+                f"--resume: {resume_from} was written by a run of {state.processes} process(es) with {state.steps_per_epoch} "
+                f"steps per epoch; this one has {accelerator.num_processes} with {steps_per_epoch}, so the same step would "
+                f"read other data and another global batch. Resume with `accelerate launch --num_processes "
+                f"{state.processes} ...` (and the run's data settings), or start a new run")
+        accelerator.print(f"resumed from {resume_from} at step {state.step}")
+    resumed_at = state.step
+    k = cfg.checkpoint_every
+    left = total_steps - state.step - 1  # the largest interval that still ends at a step before the last
+    if k and (state.step // k + 1) * k >= total_steps and left >= 1:  # (the last step writes the outputs, not a
+        fix = f": give --checkpoint_every {left} or fewer for one"   # checkpoint: a run of 1 step left writes none)
+        if state.step:
+            accelerator.print(f"warning: --checkpoint_every {k} writes no further checkpoint in the {left + 1} steps "
+                              f"left of {total_steps} (resumed at step {state.step}), so a stopped run resumes from "
+                              f"step {state.step} again{fix}")
+        else:
+            accelerator.print(f"warning: --checkpoint_every {k} is not shorter than the run's {total_steps} steps, so "
+                              f"no checkpoint will be written before the end and a stopped run cannot be resumed{fix}")
+    lock.acquire(cfg)
+    _save_config(accelerator, cfg, output_dir)  # only now: a refused command leaves an earlier run's config alone
+    # every checkpoint carries the settings it was made with (checked by a later --resume)
+    ckpt_files = {CONFIG_COPY: (output_dir / "config.yaml").read_bytes()} if main else None
+
+    accelerator.print(
+        f"{cfg.model} on {cfg.dataset}: {conn.num_synapses():,} synapses, density {conn.density():.3f}, policy "
+        f"{cfg.policy}{'/' + ctrl.estimator_name if ctrl.estimator_name else ''}, {accelerator.num_processes} process(es), "
+        f"{total_steps} steps{f' of {accum} accumulated batches' if accum > 1 else ''} -> {output_dir}")
+    progress, lines = None, progress_lines(cfg.progress, accelerator.is_main_process)
+    if show_progress(cfg.progress) and accelerator.is_local_main_process:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
+                        mininterval=1.0)
+
+    def write_metrics():
+        if main:
+            write_metrics_csv(state.metrics, output_dir / "metrics.csv")
+
+    warned_silent = set()
+    remedy = dying_relu_remedy(cfg)
+
+    def warn_silent() -> None:
+        """Warn, once per layer, about a layer most of whose units no gradient reached over the last
+        train row's steps."""
+        for l in SilentUnits.alarming(state.silent_layers or []):
+            if l.name not in warned_silent:
+                warned_silent.add(l.name)
+                accelerator.print(
+                    f"warning: {l.name}: {l.silent} of {l.units} units received no gradient over steps "
+                    f"{state.step - cfg.log_every + 1}-{state.step}, so the network trains without them: ReLUs that "
+                    f"no longer fire on any input ({remedy}), or "
+                    f"units whose outgoing synapses are all pruned (python -m graphs report RUN_DIR counts those); "
+                    f"metrics.csv's silent_units column follows the share")
+        state.silent_layers = None
+
+    def eval_holdout():
+        if len(loaders.datasets.holdout) == 0:
+            return None
+        loss, acc, _ = evaluate(accelerator, model, holdout_dl)
+        metric_row(state, "holdout", loss, acc, conn, _row_lr(state, optimizer))
+        write_metrics()
+        return acc
+
+    def step_hook(s: TrainState):
+        warn_silent()
+        # the holdout row of a step comes before its checkpoint, so a resumed run has it too
+        if (s.step % cfg.eval_every == 0) if cfg.eval_every else (s.step % steps_per_epoch == 0):
+            holdout = eval_holdout()
+            if lines:  # no bar: one plain line per evaluation, so a piped or logged run is not silent
+                print(progress_line(step=f"{s.step}/{total_steps}", epoch=f"{s.epoch + 1}/{epochs}",
+                                    train_loss=_last_train_loss(state.metrics, s.step),
+                                    holdout_accuracy=holdout, density=f"{conn.density():.4f}", seconds=elapsed()),
+                      flush=True)
+        if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and s.step < total_steps:
+            s.seconds = elapsed()  # the run's time so far, carried on by a resume from this checkpoint
+            save_checkpoint(accelerator, output_dir, s.step, cfg.keep_checkpoints, state=s, files=ckpt_files)
+            write_metrics()
+        if on_step is not None:
+            on_step(s)
+
+    t0, recorded = time.time(), state.seconds  # recorded: the earlier sessions' (None: not known)
+
+    def elapsed() -> Optional[float]:
+        return None if recorded is None else recorded + time.time() - t0
+
+    # the loss the weights train on (label smoothing); held-out and test losses stay plain cross-entropy
+    train_loss = (functools.partial(F.cross_entropy, label_smoothing=cfg.label_smoothing) if cfg.label_smoothing
+                  else F.cross_entropy)
+    start_epoch, skip = divmod(state.step, steps_per_epoch)
+    for epoch in range(start_epoch, epochs):
+        state.epoch = epoch
+        train_dl.set_epoch(epoch)
+        if hasattr(train_dl.dataset, "set_epoch"):  # augmentation keyed on (seed, epoch, example): exact resume
+            train_dl.dataset.set_epoch(epoch, seed=cfg.seed)
+        loader = train_dl
+        if epoch == start_epoch and skip:  # the batches of the steps already taken (whole groups: no epoch's last)
+            loader = accelerator.skip_first_batches(train_dl, skip * accum)
+            loader.set_epoch(epoch)
+        train_one_epoch(accelerator, model, optimizer, loader, state, lr_scheduler=lr_scheduler, conn=conn,
+                        max_steps=total_steps, log_every=cfg.log_every, on_step=step_hook, progress=progress,
+                        max_grad_norm=cfg.max_grad_norm, loss_fn=train_loss)
+        if state.step >= total_steps:
+            break
+    if progress is not None:
+        progress.close()
+
+    last = state.metrics[-1] if state.metrics else {}
+    # the holdout score of the final network: reused only if it was taken at the last step
+    holdout_acc = last["accuracy"] if last.get("split") == "holdout" and last.get("step") == state.step else eval_holdout()
+    test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
+    metric_row(state, "test", test_loss, test_acc, conn, _row_lr(state, optimizer))
+    files = _write_outputs(accelerator, cfg, output_dir, state.metrics, ctrl.events, conn,
+                           _split_labels(loaders, n_test, "train (mean over the batches trained since the last point"
+                                         + (f"; loss with label smoothing {cfg.label_smoothing:g})" if cfg.label_smoothing
+                                            else ")"), cfg.test_subset))
+    seconds = time.time() - t0 if recorded is None else elapsed()
+    summary = dict(test_accuracy=test_acc, test_loss=test_loss, test_examples=n_test,
+                   test_split_examples=_test_split_size(loaders, n_test, cfg.test_subset), holdout_accuracy=holdout_acc,
+                   density=conn.density(), synapses=conn.num_synapses(), live=conn.num_live(), nonzero=_nonzero(conn),
+                   steps=state.step, updates=sum(1 for e in ctrl.events if e.get("kind") == "update"), seconds=seconds,
+                   processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))
+    summary.update(target_density=cfg.density, density_note=_density_note(cfg, summary, total_steps, ctrl),
+                   update_note=_update_note(cfg, summary, total_steps, ctrl),
+                   seconds_note=None if recorded is not None else (
+                       f"seconds ({seconds:.0f}) covers only this session, from step {resumed_at} on: the checkpoint "
+                       f"it resumed from ({resume_from}) was written before checkpoints recorded the run's time"))
+    _finish(accelerator, output_dir, summary, files)
+    _end(accelerator)
+    return RunResult(output_dir, model, conn, ctrl, state, summary, files)
