@@ -11,7 +11,7 @@ from typing import Dict, List
 
 import torch
 
-from .trace import EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT, JUNCTION, OUTPUT, UNIT
+from .trace_types import EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT, JUNCTION, OUTPUT, UNIT
 
 _BIG = torch.iinfo(torch.long).max
 

@@ -165,7 +165,7 @@ def _classes_used_last(net, connectome_path: str, weights: Optional[str]) -> Opt
     trace: a head registered before the stem is still the head), as the connectome records them, else (the
     head kept out of it by exclude=) the weights file; None where fx cannot trace ``net`` or neither records it."""
     from graphs.ops import TRANSPOSED_MODULES, WEIGHTED_MODULES
-    from graphs.trace import _first_uses
+    from graphs.example_inputs import _first_uses
 
     first = _first_uses(net) or {}
     used = [(first[id(m)], n, m) for n, m in net.named_modules()
@@ -446,7 +446,7 @@ def _one_line(e: BaseException) -> str:
     messages point at ADAPTIVE_TRACEBACK."""
     from adaptive.plugins import PluginError
 
-    from .trace import InputGuessError
+    from .trace_types import InputGuessError
 
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
     if isinstance(e, InputGuessError):  # the options that give the input, not the API's example_input=
@@ -530,7 +530,7 @@ def _run(a) -> int:
         return _compact(model, conn, a, run_dir)
     x = None  # graphs.build guesses, trying token indices and float features
     if a.in_dtype is not None or a.batch_axis is not None:  # batch_axis= needs the input: laid out here
-        from .trace import runnable_example_input
+        from .example_inputs import runnable_example_input
 
         x = runnable_example_input(model, _tokens(a), batch_axis=_batch_axis(a, model))
     if a.cmd == "export":
@@ -591,7 +591,7 @@ def _batch_axis(a, model) -> Optional[int]:
         return a.batch_axis
     shape, what = getattr(model, "in_shape", None), "the model's input shape is"
     if shape is None:
-        from .trace import default_example_input
+        from .example_inputs import default_example_input
 
         shape = next((tuple(x.shape[1:]) for x in default_example_input(model, _tokens(a)) if x.dim() == 4), None)
         what = "no input shape is given and the input guessed from the model's first layer is"
@@ -607,7 +607,7 @@ def _compact(model, conn, a, run_dir) -> int:
     import graphs
 
     from .compact import CompactionMismatchError
-    from .trace import runnable_example_input
+    from .example_inputs import runnable_example_input
 
     out = a.out or run_dir
     if os.path.isdir(out) or out.endswith(("/", os.sep)):

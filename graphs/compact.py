@@ -128,7 +128,7 @@ from adaptive.warn import warn_user
 
 from . import ops, shape_reads
 from .folded import FoldedConv, unfolded
-from .trace import serialized
+from .locking import serialized
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -445,8 +445,10 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
         raise ValueError(f"align must be a positive integer, got {align!r}")
     align = whole_number(align, floats=True)
     from .batch_axis import checked_batch_axis
-    from .trace import (_refuse_miscounted_inputs, _refuse_named_inputs, _unsupplied_defaults, _where, _wrap_root,
-                        example_input_failed, runnable_example_input, symbolic_trace)
+    from .example_inputs import runnable_example_input
+    from .forward_inputs import _refuse_miscounted_inputs, _refuse_named_inputs, _unsupplied_defaults
+    from .trace import _where, example_input_failed
+    from .tracer import _wrap_root, symbolic_trace
 
     model = _plain_module(model)  # a torch.compile or DDP wrapper: the module it runs, under the names conn uses
     _refuse_named_inputs(model, example_input)  # a dict the forward takes as one argument (a batch) is fine
@@ -1428,7 +1430,7 @@ def _other_sizes(ref, x, g: torch.Generator, batch: int = 0) -> list:
     one (one more, two more, ...), or else twice and one more tokens. None (an empty list) for a model that fixes
     its input's size (a Linear after a flatten, positions embedded up to the example's length): compact's check
     is then at the example's size only. ``batch``: the inputs' batch axis (:func:`_resized`)."""
-    from .trace import _call_with_inputs
+    from .forward_inputs import _call_with_inputs
 
     for axes in ("map", "tokens"):
         wide = _resized(x, axes, lambda s: [2 * n for n in s], g, batch)
@@ -1450,7 +1452,7 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol, batch: int = 0) -> flo
     size (along axis ``batch`` of the inputs of two axes or more) and, where ``ref`` runs on them, inputs of other sizes (:func:`_other_sizes`): a view or a split
     sized for the example's map or length may be wrong on another. The largest difference; raises
     :class:`CompactionMismatchError` on a mismatch, naming the input's shape where it is not the example's."""
-    from .trace import _call_with_inputs
+    from .forward_inputs import _call_with_inputs
 
     # the inputs are drawn from a generator of the check's own, on the CPU: the same inputs at every
     # call and on every device, and nothing drawn from the global generators

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .trace import JUNCTION, Group
+from .trace_types import JUNCTION, Group
 
 
 def junction_sources(g):

@@ -173,7 +173,7 @@ def _from_runs(ids) -> torch.Tensor:
 def from_header(h: dict, node_attrs, src, dst, edge_attrs):
     """Rebuild a ConnectomeGraph from :func:`header` output and attribute tensors."""
     from .graph import ConnectomeGraph, _edge_ptr
-    from .trace import Group, LayerFlow
+    from .trace_types import Group, LayerFlow
 
     if h.get("format") != FORMAT:
         raise ValueError(f"not an adaptive graph (format {h.get('format')!r}, expected {FORMAT!r})")

@@ -30,8 +30,10 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.spectral_norm import SpectralNorm
 
 from .batch_axis import checked_batch_axis
-from .trace import (CONST, EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT, JUNCTION, KIND_NAMES, OUTPUT, UNIT, Group,
-                    LayerFlow, Trace, serialized, trace)
+from .locking import serialized
+from .trace import trace
+from .trace_types import (CONST, EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT, JUNCTION, KIND_NAMES, OUTPUT, UNIT,
+                          Group, LayerFlow, Trace)
 from adaptive.connectome import _plain_module
 from adaptive.discovery import transposed_shape, weight_hooks
 from adaptive.warn import warn_user

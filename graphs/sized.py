@@ -27,7 +27,8 @@ try:  # shapes without data: what a size computed from shapes alone can be compu
 except ImportError:  # pragma: no cover - an older torch
     FakeTensorMode = None
 
-from .trace import SIZED_FACTORIES, SignatureTracer, _sizes_packed, _torch_own_functions, serialized
+from .locking import serialized
+from .tracer import SIZED_FACTORIES, SignatureTracer, _sizes_packed, _torch_own_functions
 
 # fx's own context that takes its patches off nn.Module (its __call__ and __getattr__ make proxies while fx
 # traces) while the example's values are computed; a private name of fx's: without it nothing is traced so

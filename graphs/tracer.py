@@ -1,0 +1,197 @@
+"""How graphs gets a model's fx graph: :func:`symbolic_trace` (torch's own functions in place of a library's
+replacements, factories given traced sizes), :class:`SignatureTracer` (the graph written with the forward's
+signature: :mod:`graphs.signature`) and :class:`_Root`, which holds a module that a rule follows as one call when
+it is the whole model.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import types
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from . import ops
+from .folded import FoldedConv
+from .locking import serialized
+from .signature import _Signature, _annotate, _required_after_defaults
+from .trace_types import Trace
+
+
+# fx's check on an input traced as None, whose wrap() SignatureTracer drops: a private name of fx's, so None
+# where a torch lacks it (graphs still imports and traces; only that drop is skipped)
+_assert_is_none = getattr(fx._symbolic_trace, "_assert_is_none", None)
+
+
+@contextlib.contextmanager
+def _torch_own_functions():
+    """Put torch's own functions back in the torch namespace where another library replaced them with
+    Python functions of its own (torch_geometric's ``torch.index_select`` and ``torch.select``, which
+    check ``input.dim()`` in Python), restoring the replacements on exit."""
+    replaced = {name: f for name, f in vars(torch).items()
+                if isinstance(f, types.FunctionType) and not name.startswith("_") and hasattr(ops.TORCH_OWN, name)
+                and not (f.__module__ == "torch" or str(f.__module__).startswith("torch."))}
+    try:
+        for name in replaced:
+            setattr(torch, name, getattr(ops.TORCH_OWN, name))
+        yield
+    finally:
+        for name, f in replaced.items():
+            setattr(torch, name, f)
+
+
+# factories that take their sizes as separate ints (torch.zeros(b, c)) as well as one size (torch.zeros((b, c)))
+_SIZED_FACTORIES = ("zeros", "ones", "empty", "rand", "randn")
+# the functions themselves, for a forward whose module bound them by name (``from torch import zeros``): fx's
+# autowrap records a call of one with a traced argument as one call_function node, sizes as given
+SIZED_FACTORIES = tuple(getattr(torch, name) for name in _SIZED_FACTORIES)
+
+
+@contextlib.contextmanager
+def _sizes_packed():
+    """Let fx trace ``torch.zeros(h.shape[0], h.shape[1])``: torch's argument parser takes separate sizes only
+    as ints, and a traced shape read (a Proxy) among them failed with "zeros() takes 1 positional argument but
+    2 were given", where ``torch.zeros(h.shape)`` traced. Inside, such a call is made with its sizes packed
+    into one tuple, which fx records as ``torch.zeros((b, c))``: the same tensor when run. Restored on exit.
+    A factory imported by name before tracing (``from torch import zeros``) is not reached so: fx's
+    ``autowrap_functions`` record it (:data:`SIZED_FACTORIES`, given to :class:`SignatureTracer`)."""
+    def packed(f):
+        def call(*args, **kwargs):
+            if len(args) > 1 and any(isinstance(a, fx.Proxy) for a in args):
+                return f(args, **kwargs)
+            return f(*args, **kwargs)
+        return call
+
+    own = {name: getattr(torch, name) for name in _SIZED_FACTORIES}
+    try:
+        for name, f in own.items():
+            setattr(torch, name, packed(f))
+        yield
+    finally:
+        for name, f in own.items():
+            setattr(torch, name, f)
+
+
+@serialized
+def symbolic_trace(root: nn.Module, concrete_args=None) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace`` with torch's own functions in place of a library's Python replacements
+    (:func:`_torch_own_functions`): fx records torch's function as one call, as it records any torch
+    function, where it traced into the replacement and stopped at its ``if`` on a traced value (once
+    torch_geometric was imported, every model calling ``torch.index_select`` fell back to module order,
+    and ``graphs.compact`` refused it). The graph runs torch's function. Factories given separate traced
+    sizes are traced too (:func:`_sizes_packed`), and a forward with keyword-only parameters keeps its
+    calling convention (``forward(self, x, y=None, *, mask)``: :class:`SignatureTracer`)."""
+    with _torch_own_functions(), _sizes_packed():
+        tracer = SignatureTracer(autowrap_functions=SIZED_FACTORIES)
+        graph = tracer.trace(root, concrete_args)
+    return fx.GraphModule(tracer.root, graph, type(root).__name__)
+
+
+_NoneType = type(None)
+
+
+def none_only(value: Any, msg: str) -> None:
+    """The check on an input traced as None (the copy computes what the model does without it): fx's own,
+    ``_assert_is_none``, which TorchScript cannot compile (its ``value: object``), so that ``torch.jit.script``
+    of a copy with one failed where it scripted the model."""
+    torch._assert(torch.jit.isinstance(value, _NoneType), msg)
+
+
+class SignatureTracer(fx.Tracer):
+    """``fx.Tracer`` whose graph is written with the traced forward's signature: its positional-only and
+    keyword-only parameters so (:class:`_Signature`), defaults kept, and its annotations and return annotation
+    on the placeholders and the output, as objects (a string one evaluated where the forward was written: the
+    copy's code lives elsewhere; fx drops the return annotation of a forward with keyword-only parameters or
+    inputs traced at a value, and those inputs' annotations). A
+    GraphModule keeps its tracer's class, and torch.load traces the saved module's code again with it (the graph
+    itself is not saved): the copy read back, whose code has that signature, is written so too; so is a copy
+    with an input traced as None (its check, see below). Reading those back needs graphs importable; any other
+    graph keeps ``fx.Tracer`` as its tracer, and a copy loads with torch alone. Where the placeholders are not the parameters one for one (a ``*args``, a tuple given in
+    ``concrete_args``), the defaults of those a required one follows are dropped
+    (:func:`_required_after_defaults`)."""
+
+    def __init__(self, *args, autowrap_functions=(), **kwargs):
+        # the check of an input traced as None, recorded as a call where torch.load traces a copy's code again
+        super().__init__(*args, autowrap_functions=tuple(autowrap_functions) + (none_only,), **kwargs)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        # a compacted model's FoldedConv is one call, taken as its convolution's (see ops.categorize)
+        return isinstance(m, FoldedConv) or super().is_leaf_module(m, module_qualified_name)
+
+    def trace(self, root, concrete_args=None):
+        graph = super().trace(root, concrete_args)
+        fn = getattr(type(root), self.traced_func_name) if isinstance(root, nn.Module) else root
+        code = getattr(inspect.unwrap(fn), "__code__", None)
+        holders = [n for n in graph.nodes if n.op == "placeholder"]
+        keyword = code.co_kwonlyargcount if code is not None else 0
+        bound = isinstance(root, nn.Module)  # self, not a placeholder
+        own = code is not None and not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS) \
+            and len(holders) == code.co_argcount + keyword - bound
+        if own:
+            positional = max(code.co_posonlyargcount - bound, 0)
+            if keyword or positional:
+                graph._codegen = _Signature(keyword, positional)
+            _annotate(graph, inspect.unwrap(fn), holders, code.co_varnames[bound:len(holders) + bound])
+        else:
+            _required_after_defaults(graph)
+        checks = [n for n in graph.nodes if n.target is none_only or _assert_is_none is not None and n.target is _assert_is_none]
+        for n in checks:
+            n.target = none_only
+        factories = [n for n in graph.nodes if n.op == "call_function" and n.target in SIZED_FACTORIES]
+        for n in factories:  # autowrapped, ``zeros(b, c)``: packed as _sizes_packed packs ``torch.zeros(b, c)``,
+            if len(n.args) > 1:  # which fx alone (torch.load traces the code again) cannot trace
+                n.args = (tuple(n.args),)
+        for n in checks + factories:
+            # fx writes wrap("torch.fx._symbolic_trace._assert_is_none") into the code of the check it puts on
+            # an input traced as None (and wrap("torch.zeros") for an autowrapped factory); torch.load runs it,
+            # and every later fx trace in the process failed (KeyError: no global has that dotted name). The
+            # check, none_only in its place, is autowrapped by this tracer, which torch.load traces such a copy with.
+            n.meta.pop("is_wrapped", None)
+        if not checks and not isinstance(graph._codegen, _Signature):
+            # a GraphModule pickles its tracer's class, and torch.load needs it importable: where it would
+            # write nothing fx's does not, fx's, so such a copy loads where graphs is not installed
+            graph._tracer_cls = fx.Tracer
+        return graph
+
+
+class _Root(nn.Module):
+    """Holds an attention, recurrent, transformer or other torch.nn module with a rule (a Linear, a
+    Conv, a normalisation, ...) given as the whole model, so that fx records it as one call (which
+    the rules above follow) instead of tracing into its forward: fx never treats the root as a leaf,
+    so a bare nn.Linear would otherwise become an F.linear call that no layer owns."""
+
+    def __init__(self, m: nn.Module, nargs: int):
+        super().__init__()
+        self.m, self.nargs = m, nargs
+
+    def forward(self, a, b=None, c=None):
+        if isinstance(self.m, nn.MultiheadAttention) and self.nargs == 1:
+            return self.m(a, a, a)  # self-attention
+        return self.m(*(a, b, c)[: self.nargs])
+
+
+_ROOT_RULES = (nn.MultiheadAttention, nn.RNNBase, nn.RNNCellBase) + ops.TRANSFORMER_MODULES
+# modules followed as one call only when fx makes them a leaf (torch.nn's own, not a subclass defined
+# elsewhere, which fx traces into wherever it is): wrapped as the root too, as inside a Sequential
+_LEAF_RULES = (ops.WEIGHTED_MODULES + ops.TRANSPOSED_MODULES + ops.NORMALIZE_MODULES + ops.POINTWISE_MODULES
+               + ops.SHAPE_MODULES + ops.LOOKUP_MODULES)
+
+
+def _wrap_root(model: nn.Module) -> bool:
+    """Is ``model`` traced as ``_Root(model)``: a module a rule follows as one call?"""
+    return isinstance(model, _ROOT_RULES) or (
+        isinstance(model, _LEAF_RULES) and fx.Tracer().is_leaf_module(model, "m"))
+
+
+def _unwrap(tr: Trace) -> Trace:
+    """Names of a trace of ``_Root(model)`` as the model's own (drop the ``m.`` prefix; ``m``, the
+    model itself, is ``""`` as in ``model.named_modules()``)."""
+    cut = lambda name: name[2:] if name.startswith("m.") else "" if name == "m" else name
+    for g in tr.groups:
+        g.name = cut(g.name)
+    for l in tr.layers:
+        l.module, l.param = cut(l.module), cut(l.param)
+    tr.unknown_weights = {what: [cut(p) for p in names] for what, names in tr.unknown_weights.items()}
+    return tr
