@@ -42,6 +42,9 @@ BAD = {
     "init=estimator, taylor": (dict(policy="balanced", estimator="taylor", init="estimator"), "'taylor'"),
     "zero_cost_order='size'": (dict(zero_cost_order="size"),
                                r"unknown zero_cost_order 'size': use one of \('magnitude', 'index'\)"),
+    "line_search_tolerance=nan": (dict(line_search_tolerance=math.nan),
+                                  r"line_search_tolerance must be None \(the mode's default\) or a number.*got nan"),
+    "line_search_tolerance='0.1'": (dict(line_search_tolerance="0.1"), "line_search_tolerance must be None"),
 }
 
 
@@ -98,7 +101,8 @@ def test_line_search_tries_zero_tries_the_whole_update_once():
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
     x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
     ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=2, end_step=10,
-                               holdout_loss=lambda: float(F.cross_entropy(m(x), y)), line_search_tries=0, batch_size=32)
+                               holdout_loss=lambda: float(F.cross_entropy(m(x), y)), line_search_tries=0, batch_size=32,
+                               line_search_tolerance=0.0)
     for _ in range(2):
         F.cross_entropy(m(x), y).backward()
         opt.step()
@@ -410,3 +414,41 @@ def test_ensemble_sizes_names_the_synapses_of_each_ensemble():
                                end_step=10).ensemble_sizes("0.weight") is None  # one synapse each
     with pytest.raises(KeyError, match=r"no layer 'fc' in the connectome: its layers are \['0.weight', '2.weight'\]"):
         ctrl.ensemble_sizes("fc")
+
+
+def _gradual(mode_kw):
+    """gmp from dense to density 0.2 over 4 updates, on a held-out loss that every prune raises (1 -
+    density): the rise a prune costs at once in train mode. The final density."""
+    m = net()
+    conn = adaptive.Connectome(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    ctrl = adaptive.Controller(conn, opt, policy="gmp", density=0.2, budget="uniform", update_every=2, end_step=8,
+                               holdout_loss=lambda: 1.0 - conn.density(), **mode_kw)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    for _ in range(8):
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    return ctrl, conn.density()
+
+
+def test_in_train_mode_the_line_search_measures_by_default_and_gradual_pruning_reaches_its_density():
+    """Train mode's default tolerance is inf: every update is kept and its measured change logged, so
+    the schedule reaches its density; an explicit 0.0 vetoes every prune as before (and warns)."""
+    ctrl, density = _gradual({})
+    assert ctrl.line_search_tolerance == math.inf and abs(density - 0.2) < 0.01
+    checked = [e for e in ctrl.events if e["kind"] == "update" and e["line_search_fraction"] is not None]
+    assert checked and all(e["line_search_fraction"] == 1.0 and e["actual_loss_change"] > 0 for e in checked)
+    with pytest.warns(UserWarning, match="the controller's schedule ended .* line_search_tolerance=0 "):
+        ctrl, density = _gradual({"line_search_tolerance": 0.0})
+    assert ctrl.line_search_tolerance == 0.0 and density == 1.0
+
+
+def test_in_mask_only_mode_the_line_search_tolerance_stays_0_unless_given():
+    m = net()
+    conn = adaptive.Connectome(m, mode="mask_only")
+    assert adaptive.Controller(conn, policy="crawl", holdout_loss=lambda: 0.0).line_search_tolerance == 0.0
+    m = net()
+    conn = adaptive.Connectome(m, mode="mask_only")
+    given = adaptive.Controller(conn, policy="crawl", holdout_loss=lambda: 0.0, line_search_tolerance=0.5)
+    assert given.line_search_tolerance == 0.5

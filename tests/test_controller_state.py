@@ -67,7 +67,7 @@ def test_a_rolled_back_edit_keeps_the_optimizer_moments():
         return float(calls[0])
 
     ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.3, update_every=1000, end_step=5000, seed=0,
-                               holdout_loss=holdout_loss, line_search_tries=1)
+                               holdout_loss=holdout_loss, line_search_tries=1, line_search_tolerance=0.0)
     train(m, opt, 5)
     ctrl.detach()  # driven explicitly from here (an attached one refuses observe()); the connectome stays on opt
     F.cross_entropy(m(torch.randn(8, 20)), torch.randint(0, 5, (8,))).backward()

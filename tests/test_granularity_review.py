@@ -36,7 +36,8 @@ def test_a_shrunk_line_search_plan_keeps_n_m_and_the_density(policy):
         calls[0] += 1
         return 1.0 if calls[0] % 3 == 2 else 0.0
 
-    ctrl = adaptive.Controller(conn, opt, policy=policy, update_every=5, end_step=40, holdout_loss=holdout)
+    ctrl = adaptive.Controller(conn, opt, policy=policy, update_every=5, end_step=40, holdout_loss=holdout,
+                               line_search_tolerance=0.0)
     for _ in range(45):
         opt.zero_grad()
         nn.functional.cross_entropy(net(X), Y).backward()

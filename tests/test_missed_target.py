@@ -16,7 +16,7 @@ def _run(holdout_loss, steps=8, **kw):
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     conn = adaptive.Connectome(model)
     ctrl = adaptive.Controller(conn, policy="threshold", density=0.2, update_every=2, end_step=steps,
-                               holdout_loss=holdout_loss, **kw)
+                               holdout_loss=holdout_loss, line_search_tolerance=0.0, **kw)
     x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
     for _ in range(steps):
         model.zero_grad()
@@ -63,7 +63,7 @@ def _oneshot_rolled_back(conn=None, steps=2):
     conn = conn or adaptive.Connectome(model)
     rising = itertools.count()
     ctrl = adaptive.Controller(conn, policy="magnitude", estimator="taylor", density=0.2, update_every=2,
-                               holdout_loss=lambda: float(next(rising)))
+                               holdout_loss=lambda: float(next(rising)), line_search_tolerance=0.0)
     x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
     for _ in range(steps):
         conn.model.zero_grad()
@@ -85,7 +85,7 @@ def test_the_warning_is_not_given_again_by_a_resumed_run(old_state):
     if old_state:
         del sd["warned_missed"]
     resumed = adaptive.Controller(conn, policy="magnitude", estimator="taylor", density=0.2, update_every=2,
-                                  holdout_loss=lambda: 0.0)
+                                  holdout_loss=lambda: 0.0, line_search_tolerance=0.0)
     resumed.load_state_dict(sd)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -114,7 +114,7 @@ def test_a_skipped_last_update_still_checks_the_target(last_window):
     conn = adaptive.Connectome(model)
     rising = itertools.count()
     ctrl = adaptive.Controller(conn, policy="threshold", density=0.2, update_every=2, end_step=8,
-                               holdout_loss=lambda: float(next(rising)))
+                               holdout_loss=lambda: float(next(rising)), line_search_tolerance=0.0)
     x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")

@@ -537,7 +537,8 @@ def test_a_line_search_cut_of_balanced_keeps_the_networks_count_under_a_layer_bu
         return 1.0 if i == 1 else 0.0
 
     box["c"] = ctrl = adaptive.Controller(conn, opt, policy="balanced", density=0.5, budget="uniform", update_every=2,
-                                          end_step=40, seed=0, holdout_loss=holdout)
+                                          end_step=40, seed=0, holdout_loss=holdout,
+                                          line_search_tolerance=0.0)
     _train_mixed(m, 16, opt)
     target, half = 0.5 * conn.num_synapses(), _half_largest(conn)
     assert all(abs(e["live"] - target) <= half for e in ctrl.events), [(e["step"], e["live"]) for e in ctrl.events]
@@ -666,7 +667,7 @@ def test_balanced_restores_its_count_even_when_the_held_out_loss_is_nan():
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
     x, y = torch.randn(16, 20), torch.randint(0, 5, (16,))
     ctrl = adaptive.Controller(conn, opt, policy="balanced", density=0.3, budget="uniform", update_every=2,
-                               holdout_loss=lambda: float("nan"))
+                               holdout_loss=lambda: float("nan"), line_search_tolerance=0.0)
     for _ in range(4):
         F.cross_entropy(m(x), y).backward()
         opt.step()
@@ -746,7 +747,8 @@ def test_a_line_search_does_not_veto_refilling_an_emptied_layer(policy):
     loss). Here every try raises it, so only the refill goes through."""
     calls = iter(range(10**6))
     conn, counts, largest, after, later = _swap_run_with_a_layer_set_by_hand(
-        policy, "kernel", "erk", fill=False, holdout_loss=lambda: float(next(calls)))
+        policy, "kernel", "erk", fill=False, holdout_loss=lambda: float(next(calls)),
+        line_search_tolerance=0.0)
     assert abs(after["2.weight"] - counts["2.weight"]) <= largest["2.weight"] / 2, (after, counts)
     assert later == after  # every swap since was rolled back
 
@@ -762,7 +764,8 @@ def test_a_line_search_does_not_veto_restoring_a_layer_nearly_emptied_or_filled_
     left: here every try raises the held-out loss, so only the restoration goes through."""
     calls = iter(range(10**6))
     conn, counts, largest, after, later = _swap_run_with_a_layer_set_by_hand(
-        policy, "kernel", "erk", fill=fill, keep=keep, holdout_loss=lambda: float(next(calls)))
+        policy, "kernel", "erk", fill=fill, keep=keep, holdout_loss=lambda: float(next(calls)),
+        line_search_tolerance=0.0)
     assert all(abs(after[n] - counts[n]) <= largest[n] / 2 for n in conn.names), (after, counts)
     assert later == after  # every swap since was rolled back
 
@@ -951,7 +954,8 @@ def test_a_line_search_does_not_veto_following_a_protected_layer_edited_mid_run_
     held-out loss, so only it goes through, and the count stays on target."""
     calls = iter(range(10**6))
     conn, ctrl, lives = _protected_layer_edited_mid_run(policy, "global", 0.3, keep=keep, edit=edit,
-                                                        holdout_loss=lambda: float(next(calls)))
+                                                        holdout_loss=lambda: float(next(calls)),
+        line_search_tolerance=0.0)
     target = round(0.3 * conn.num_synapses()) - int(conn.masks["2.weight"].sum())
     assert all(abs(live - target) <= 4.5 for live in lives), (lives, target)
 

@@ -61,7 +61,8 @@ def _setup(mode="train", ensemble="synapse", opt="adam", holdout=None, channels_
     o = OPTIMIZERS[opt](model.parameters()) if opt else None  # mask_only: the weights are put back after each step
     ctrl = adaptive.Controller(conn, o, policy="rigl" if mode == "train" else "utility", density=0.5,
                                budget="uniform", update_every=10**6, edit_fraction=0.3, edit_decay="constant",
-                               seed=0, holdout_loss=holdout, line_search_tries=tries, **kw)
+                               seed=0, holdout_loss=holdout, line_search_tries=tries,
+                               line_search_tolerance=0.0, **kw)
     for _ in range(3):  # optimizer state in place, pruned positions included
         model.zero_grad()
         F.cross_entropy(model(X), Y).backward()

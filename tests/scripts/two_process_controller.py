@@ -95,7 +95,7 @@ def main(out_dir):
 
     conn3 = adaptive.Connectome(net3)
     ctrl3 = adaptive.Controller(conn3, opt3, policy="rigl", density=0.3, update_every=4, end_step=40, seed=5,
-                                holdout_loss=holdout_loss, verify=True)
+                                holdout_loss=holdout_loss, line_search_tolerance=0.0, verify=True)
     g3 = torch.Generator().manual_seed(7)  # the same batches on both ranks: only the held-out losses differ
     for step in range(4):
         x, y = torch.randn(16, 12, generator=g3), torch.randint(0, 4, (16,), generator=g3)
@@ -133,7 +133,8 @@ def main(out_dir):
         return 1.0 - 0.01 * tries[-1] if rank == 0 else 1.0 + tries[-1]
 
     ctrl5 = adaptive.Controller(conn5, policy="threshold", density=0.3, update_every=2, end_step=4, seed=5,
-                                holdout_loss=diverging_holdout_loss, line_search_tries=1, verify=True)
+                                holdout_loss=diverging_holdout_loss, line_search_tries=1, line_search_tolerance=0.0,
+                                verify=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for step in range(6):
