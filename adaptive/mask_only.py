@@ -19,6 +19,11 @@ frozen) and drives a :class:`~adaptive.Controller` with the ``crawl`` policy:
   estimator's step decaying by a cosine) to improve further; a snapshot of the masks is kept at
   the end of each stage, evaluated on the holdout.
 
+A sparse network (pruned before: its pruned synapses are weights of exactly 0.0) starts as it is:
+an ensemble whose weights are all 0.0 is absent from the start and never restored (with the weights
+frozen, restoring a 0.0 changes nothing), with a warning saying how many; see
+:mod:`adaptive.mask_only_start`. Targets always count every prunable synapse, these included.
+
 Targets are removal counts (int), fractions of the synapses (float in (0, 1)), or ``"best"``
 (a ladder of removal fractions climbed one stage per rung, stopping when held-out accuracy stops
 improving; the rung with the best held-out accuracy, or the dense network, is kept; by held-out loss
@@ -49,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import mask_only_checkpoint as ckpt
+from .mask_only_start import refuse_below_start, sparse_start, start_note, zero_weights
 from .connectome import Connectome, _plain_module, _plain_patterns
 from .discovery import discover, state_dict_keys
 from .exact_masking import INT_OF_WIDTH
@@ -101,7 +107,9 @@ class MaskOnlyResult:
     ``events`` are the controller's events; ``snapshots`` are keyed by target label. ``conn`` and
     ``controller`` are the connectome and the controller that ran (:meth:`use` loads a
     snapshot's masks into ``conn``); ``resumed_seconds`` is the wall time the
-    earlier sessions of a resumed optimisation recorded in its checkpoint (0: none)."""
+    earlier sessions of a resumed optimisation recorded in its checkpoint (0: none);
+    ``start_removed`` counts the synapses absent from the start (a sparse network's ensembles whose
+    weights are all exactly 0.0, :mod:`adaptive.mask_only_start`; 0 for a dense network)."""
 
     conn: Connectome
     controller: Controller
@@ -109,6 +117,8 @@ class MaskOnlyResult:
     history: List[dict] = field(default_factory=list)
     # wall seconds the earlier sessions of a resumed optimisation recorded in its checkpoint (0: none)
     resumed_seconds: float = 0.0
+    # synapses absent from the start (a sparse network's weights of exactly 0.0; 0: a dense network)
+    start_removed: int = 0
 
     @property
     def events(self) -> List[dict]:
@@ -197,11 +207,16 @@ def resolve_target(target: Target, total: int) -> Optional[int]:
     return int(target)
 
 
-def _resolve_targets(targets: list, total: int) -> List[Tuple[str, Optional[int]]]:
+def _resolve_targets(targets: list, total: int, start=None) -> List[Tuple[str, Optional[int]]]:
     """``(label, synapses to remove)`` of each target against ``total`` synapses, fewest first ("best":
-    None, on its own); a target beyond them, "best" among others or two removing the same count is
+    None, on its own); a target beyond them, "best" among others, two removing the same count, or
+    one removing fewer than are absent at ``start`` (a :class:`~adaptive.mask_only_start.Start`) is
     refused (ValueError)."""
     resolved = [(lab, resolve_target(t, total)) for t, lab in zip(targets, _labels(targets))]
+    if start is not None:
+        for label, r in resolved:
+            if r is not None:
+                refuse_below_start(label, r, start)
     if any(r is None for _, r in resolved) and len(resolved) > 1:
         raise ValueError("'best' cannot be combined with other targets: run it on its own")
     counts: Dict[int, str] = {}
@@ -212,15 +227,26 @@ def _resolve_targets(targets: list, total: int) -> List[Tuple[str, Optional[int]
     return sorted(resolved, key=lambda lr: -1 if lr[1] is None else lr[1])
 
 
-def check_targets(model: nn.Module, target: Union[Target, Sequence[Target]], include=None, exclude=None) -> None:
+def check_targets(model: nn.Module, target: Union[Target, Sequence[Target]], include=None, exclude=None,
+                  ensemble="synapse") -> None:
     """Refuse, with :func:`optimize_connectome`'s error and before any data is read, the ``target``
-    (one or several) it would refuse on ``model`` with ``include``/``exclude``: a count of every
-    prunable synapse or more (or a fraction rounding to one), "best" among others, two targets
-    removing the same count. Counts the synapses without building a connectome, of the module a
+    (one or several) it would refuse on ``model`` with ``include``/``exclude``/``ensemble``: a count
+    of every prunable synapse or more (or a fraction rounding to one), "best" among others, two
+    targets removing the same count, one removing fewer synapses than a sparse model has already
+    lost (ensembles whose weights are all exactly 0.0: :mod:`adaptive.mask_only_start`). Counts the
+    synapses without building a connectome (but where some weight is exactly 0.0), of the module a
     wrapper runs (``torch.compile``, DistributedDataParallel), as the connectome does (its names carry no
     ``_orig_mod.`` or ``module.``)."""
     targets = list(target) if isinstance(target, (list, tuple)) else [target]
-    _resolve_targets(targets, count_synapses(model, include, exclude))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # discovery's warnings are the connectome's to give, once
+        found = discover(_plain_module(model), _plain_patterns(model, include), _plain_patterns(model, exclude))
+    start = None
+    if zero_weights({n: p for n, (_, p) in found.items()}):  # a sparse model: what is already absent
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            start = sparse_start(Connectome(model, ensemble=ensemble, include=include, exclude=exclude))
+    _resolve_targets(targets, sum(p.numel() for _, p in found.values()), start)
 
 
 def count_synapses(model: nn.Module, include=None, exclude=None) -> int:
@@ -424,7 +450,13 @@ def optimize_connectome(
         target: one target or several (removal count, fraction in [0, 1), or "best"; 0 keeps the
             dense network as a snapshot, scored on the holdout, with no stage of its own: it reads no
             training batch, and the other targets run exactly as without it); several are visited in
-            increasing order of removal, one stage each, with a snapshot per target.
+            increasing order of removal, one stage each, with a snapshot per target. Counts and
+            fractions are of every prunable synapse, the removed total at the end. On a sparse
+            network (ensembles whose weights are all exactly 0.0: absent from the start, never
+            restored, warned of) they include those already absent: 0.6 of a network half of whose
+            synapses are absent removes a tenth more; a target below the absent count is refused,
+            one equal to it keeps the start as its snapshot (as 0 does for a dense network), and
+            "best" climbs the ladder's rungs above it, the start its first candidate.
         passes: passes over ``train_loader`` per stage (a finite number > 0, fractional allowed).
         ensemble / include / exclude: the connectome's granularity and layer selection.
         estimator: utility estimator (registry name or instance) for removal costs and restoration
@@ -577,10 +609,20 @@ def optimize_connectome(
         )
     conn = Connectome(model, ensemble=ensemble, include=include, exclude=exclude, mode="mask_only")
     total = conn.num_synapses()
-    resolved = _resolve_targets(targets, total)
+    at_start = sparse_start(conn)  # a sparse network's zeros: absent from the start, never restored
+    resolved = _resolve_targets(targets, total, at_start)
     climb = resolved[0][1] is None and bool(ladder)  # "best" by climbing the ladder
     if climb:
+        rungs = [f for f in ladder if resolve_target(f, total) > at_start.absent]  # the start is the first candidate
+        if not rungs:
+            raise ValueError(f"target 'best': every rung of the ladder {ladder} removes no more than the {at_start.absent:,} "
+                             f"of {total:,} synapses ({at_start.absent / total:.1%}) already absent (weights exactly 0.0), "
+                             "so there is nothing to climb: give a ladder with fractions above "
+                             f"{at_start.absent / total:.6g}")
+        ladder = rungs
         resolved = [("best", resolve_target(f, total)) for f in ladder]
+    if at_start.sparse:
+        warn_user(start_note(at_start, conn.ensemble))
     steps_per_stage = stage_batches(passes, n_train, window)
     saved = None
     if checkpoint is not None:
@@ -621,7 +663,9 @@ def optimize_connectome(
         seed=seed, margin=margin,
     )
     policy = ctrl.policy
-    result = MaskOnlyResult(conn=conn, controller=ctrl)
+    if at_start.absent:
+        policy.restorable = at_start.masks  # a zero restored would change nothing: never restored
+    result = MaskOnlyResult(conn=conn, controller=ctrl, start_removed=at_start.absent)
     # each estimator instance once (one instance often serves both sides)
     estimators = list({id(e): e for e in (ctrl.drop_est, ctrl.grow_est) if e is not None}.values())
     train_iter = LoaderCycle(train_loader)
@@ -672,6 +716,8 @@ def optimize_connectome(
         first_stage = 0
         left_out = 0  # windows left out in a row for NaN or inf gradients (see below)
         unused_verify = None  # the held-out batches drawn for a window that was left out
+        if saved is None and at_start.absent:
+            conn.set_ensemble_masks(at_start.masks)  # (inside the frame: an error gives the weights back)
         if saved is not None:
             conn.set_masks(saved["masks"])
             ctrl.load_state_dict(saved["controller"])
@@ -694,10 +740,11 @@ def optimize_connectome(
             if states is not None:
                 set_rng_states(states, holdout_loader)
             _refuse_nonfinite_dense(*dense)
-        # a fixed target of 0 is the dense network: a snapshot of it, scored by the held-out evaluation already
-        # made, with no stage (a pass over the train loader that could only give it back); the other targets'
-        # stages run as without it. (A rung of the ladder that rounds to 0 removed keeps its stage: the climb goes on.)
-        passing = [r for r in resolved[first_stage:] if climb or r[1] != 0]
+        # a fixed target of 0 is the dense network (of a sparse start's absent count, the start): a snapshot of
+        # it, scored by the held-out evaluation already made, with no stage (a pass over the train loader that
+        # could only give it back); the other targets' stages run as without it. (A rung of the ladder that
+        # rounds to 0 removed keeps its stage: the climb goes on.)
+        passing = [r for r in resolved[first_stage:] if climb or r[1] != at_start.absent]
         bar = tqdm(total=steps_per_stage * len(passing), desc="mask-only", unit="batch",
                    disable=not show_progress(progress), mininterval=2.0)
         if resolved[0][0] == "best" and saved is None:  # the dense network is the first candidate: removing nothing may be best
@@ -708,7 +755,7 @@ def optimize_connectome(
         for stage, (label, removed_goal) in enumerate(resolved):
             if stage < first_stage:
                 continue
-            if removed_goal == 0 and not climb:  # (the first stage, of a run not resumed: `dense` was scored above)
+            if removed_goal == at_start.absent and not climb:  # (the first stage, of a run not resumed: `dense` was scored above)
                 e = full_holdout(step, stage, label, dense)
                 result.snapshots[label] = Snapshot(label, e["removed"], {n: m.clone() for n, m in conn.masks.items()},
                                                    e["holdout_loss"], e["holdout_acc"], step, e["cpu_seconds"],

@@ -528,7 +528,9 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
     ups = [h for h in history if h["kind"] == "update"]
     evs = [h for h in history if h["kind"] == "eval"]
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    dense = [r for r in snapshots_rows if r.get("removed") == 0 and r.get("holdout_acc") is not None]
+    # the network the run started from: dense, or a sparse start's row (its absent synapses removed already)
+    dense = [r for r in snapshots_rows if (r.get("target") in ("dense", "start") or r.get("removed") == 0)
+             and r.get("holdout_acc") is not None]
     held_out = "part of TRAIN" + (f", {holdout_images:,} images" if holdout_images is not None else "")
     for ax, key, name in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "acc", "accuracy")):
         if ups:  # (a run whose every target is 0 has none: no empty legend entry)
@@ -536,8 +538,8 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
                     alpha=0.5, color=SPLIT_COLOR["train"], label="train (update windows)")
         ends = sorted(_stage_ends(evs))
         held = {evs[i]["removed"]: evs[i][f"holdout_{key}"] for i in ends}
-        if dense and 0 not in held:  # the dense network's score starts the line
-            held[0] = dense[0][f"holdout_{key}"]
+        if dense and dense[0]["removed"] not in held:  # the starting network's score starts the line
+            held[dense[0]["removed"]] = dense[0][f"holdout_{key}"]
         during = [(h["removed"], h[f"holdout_{key}"]) for i, h in enumerate(evs) if i not in ends]
         if during:  # evaluations before a stage had settled: right after a jump the network is still adapting
             ax.plot(*zip(*during), "o", ms=3, mfc="none", color=SPLIT_COLOR["holdout"], alpha=0.8, zorder=3,
@@ -680,7 +682,7 @@ def _build(args, num_classes: int, in_shape) -> torch.nn.Module:
     _check_num_classes(args, num_classes)
     model = build_model_kw(args.model, args.model_kw, "--model-kw", num_classes=args.num_classes or num_classes,
                            in_shape=in_shape, weights=args.weights)
-    check_targets(model, args.remove)
+    check_targets(model, args.remove, ensemble=args.ensemble)
     return model
 
 
@@ -850,8 +852,10 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
         tl, ta, _ = train_eval()
         hl, ha, _ = evaluate(model, dl.holdout, progress=report_bar)
         sl, sa, n_test = evaluate_sharded(accelerator, model, test_dl, progress=report_bar)
-        rows.append(dict(target="dense", removed=0, fraction=0.0, train_loss=tl, train_acc=ta, holdout_loss=hl,
-                         holdout_acc=ha, test_loss=sl, test_acc=sa))
+        # a sparse start (weights of exactly 0.0, absent from the start): its row is the network as loaded
+        start = result.start_removed
+        rows.append(dict(target="start" if start else "dense", removed=start, fraction=start / total, train_loss=tl,
+                         train_acc=ta, holdout_loss=hl, holdout_acc=ha, test_loss=sl, test_acc=sa))
         several = len(result.snapshots) > 1
         for label, snap in result.snapshots.items():
             result.use(label)

@@ -1643,3 +1643,30 @@ def test_a_run_that_fails_after_a_target_says_its_checkpoint_keeps_it(tmp_path, 
                          f"the checkpoint {out / mod.CHECKPOINT}: run it again with that checkpoint (a recipe's "
                          "--resume) to continue from them"), note
     assert (out / mod.CHECKPOINT).is_file()
+
+
+def test_a_sparse_weights_file_starts_sparse_and_its_report_counts_what_it_removed(tmp_path, capsys):
+    """A pruned state_dict (half its conv and linear weights exactly 0.0) as --weights: the report's first row is
+    the start with those removed, a target counts them (0.6: a tenth more), the pruned weights of every file are
+    what it says, no surviving weight differs, and a target below the start is refused before the data is read."""
+    torch.manual_seed(0)
+    m = build_model("resnet20", num_classes=10, in_shape=(3, 8, 8))
+    conn = adaptive.Connectome(m)
+    conn.set_masks({n: p.detach().abs() > p.detach().abs().flatten().median() for n, p in conn.params.items()})
+    total, absent = conn.num_synapses(), conn.num_synapses() - conn.num_live()
+    path = tmp_path / "sparse.pt"
+    torch.save(conn.dense_state_dict(), path)
+    mod = recipe()
+    with pytest.raises(ValueError, match="already absent"):
+        mod.main(args(path, tmp_path / "below", "--remove", "0.3", "--verify-batches", "0"))
+    assert not (tmp_path / "below").exists()
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="starts from a sparse network"):
+        out = mod.main(args(path, tmp_path / "run", "--remove", "0.6", "--verify-batches", "0"))
+    rows = {r["target"]: r for r in out["rows"]}
+    assert set(rows) == {"start", "0.6"} and rows["start"]["removed"] == absent
+    assert rows["0.6"]["removed"] == round(0.6 * total) and rows["0.6"]["changed"] == 0
+    sd = torch.load(tmp_path / "run" / "pruned_state_dict.pt", weights_only=True)
+    zeros = sum(int((sd[k] == 0).sum()) for k in sd if k.endswith("weight") and sd[k].dim() > 1)
+    assert zeros == rows["0.6"]["removed"]  # (the model's batch-norm weights are not synapses: dim 1)
+    assert "surviving weights that differ from the original: 0" in capsys.readouterr().out

@@ -15,12 +15,15 @@ At every update the policy
 Both lists are ordered best first, so the controller's line search can shrink a plan to a prefix.
 
 The driver (:func:`adaptive.optimize_connectome`) sets the goal and the edit limit with
-:meth:`Crawl.set_goal` and :attr:`Crawl.edit_fraction`; both are part of the policy's state.
+:meth:`Crawl.set_goal` and :attr:`Crawl.edit_fraction`; both are part of the policy's state. It may
+also set :attr:`Crawl.restorable`, the absent ensembles that may be restored at all (a mask-only
+start from a sparse network: a synapse whose frozen weight is exactly 0.0 changes nothing when
+restored); the driver sets it afresh on every run, so it is not part of the state.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -49,6 +52,8 @@ class Crawl(Policy):
         self.goal: Optional[int] = None  # live synapses wanted over the editable layers
         self.deadline: Optional[int] = None  # step by which the goal is reached
         self.follows_density = False  # the goal is the controller's density less the protected layers' synapses
+        # per layer, one bool per ensemble: which absent ensembles may be restored (None: every one)
+        self.restorable: Optional[Dict[str, torch.Tensor]] = None
 
     def initialize(self, ctrl):
         """A controller given ``density`` (used directly, not through optimize_connectome) sets the
@@ -110,6 +115,10 @@ class Crawl(Policy):
         g, _, _ = concat(ctrl.scores("gain", step))
         a, _, _ = concat(ctrl.alive())
         a = a.to(c.device)
+        absent = ~a  # the ensembles a restoration may choose from
+        restorable = getattr(self, "restorable", None)
+        if restorable is not None:
+            absent &= concat({n: restorable[n] for n in names})[0].to(c.device)
         sz = self.ensemble_sizes(ctrl, c.device)
         live_ens = int(a.sum())
         live = live_ens if sz is None else int(sz[a].sum())  # live synapses over the editable layers: the goal's unit
@@ -124,15 +133,15 @@ class Crawl(Policy):
                 # whole ensembles nearest to the distance: none when the next one would overshoot by
                 # more than it gains (coarse ensembles rarely sum to the goal exactly, and chasing the
                 # remainder flipped one back and forth); then the count is as near as it gets: swap
-                full = lowest(cs, a, live_ens) if need > 0 else highest(gs, ~a, a.numel() - live_ens)
+                full = lowest(cs, a, live_ens) if need > 0 else highest(gs, absent, a.numel() - live_ens)
                 if self._cover(full, sz, abs(need)) == 0 and 2 * abs(live - self.goal) <= int(sz[full[:1]].sum() or 1):
                     need, full = 0, None
         if self.goal is None:
             # the ensembles whose own (summed) value clears the margin, best per synapse first
             p_idx = lowest(cs, a & (c < -self.margin), limit)
-            r_idx = highest(gs, ~a & (g > self.margin), limit)
+            r_idx = highest(gs, absent & (g > self.margin), limit)
         else:
-            pa, ra = a, ~a
+            pa, ra = a, absent
             if need == 0 and live_ens and bool(ra.any()) and sz is None:
                 # at the goal only pairs with gain - cost > margin can swap: a present ensemble
                 # whose cost is above the best gain (an absent one whose gain is below the lowest
@@ -142,7 +151,7 @@ class Crawl(Policy):
                 ra = ra & (g > c[a].min() + self.margin)
             p_order = ((full if full is not None else lowest(cs, a, live_ens)) if need > 0
                        else lowest(cs, pa, min(limit, int(pa.sum()))))
-            r_order = ((full if full is not None else highest(gs, ~a, a.numel() - live_ens)) if need < 0
+            r_order = ((full if full is not None else highest(gs, absent, a.numel() - live_ens)) if need < 0
                        else highest(gs, ra, min(limit, int(ra.sum()))))
             fp, fr = self._cover(p_order, sz, need), self._cover(r_order, sz, -need)
             cand_p, cand_r = p_order[fp: fp + limit], r_order[fr: fr + limit]

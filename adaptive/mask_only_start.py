@@ -1,0 +1,119 @@
+"""Where a mask-only optimisation starts: the synapses a sparse network has already lost.
+
+In mask_only mode the weights are frozen, so a synapse whose weight is exactly 0.0 (or -0.0) cannot
+be told from an absent one: removing it changes nothing, and neither does restoring it. A network
+pruned before holds its pruned synapses as such zeros: one trained with a
+:class:`~adaptive.Connectome` and :class:`~adaptive.Controller` (a pruned weight is exactly 0.0,
+invariant 1), a ``torch.nn.utils.prune`` mask made permanent, a ``pruned_state_dict.pt`` loaded into
+a plain model. :func:`adaptive.optimize_connectome` therefore starts from them: an ensemble whose
+every weight is 0.0 is absent from the start and is never restored (a restoration that changes
+nothing would count as present a synapse that computes nothing, and let the optimisation remove a
+real weight in its place). Targets count every prunable synapse, these included: a fraction is the
+share removed at the end, so a target below what is already absent is refused.
+
+A dense network (no weight exactly 0.0) starts with every synapse present, exactly as before.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+
+from .connectome_optimizers import _MASKED_BY
+
+
+@dataclass
+class Start:
+    """The starting point of a mask-only optimisation of a connectome's frozen weights.
+
+    - ``masks``: per layer, one bool per ensemble: False where every weight of the ensemble is
+      exactly 0.0 (absent from the start, never restored), True elsewhere;
+    - ``absent``: synapses in those ensembles; ``total``: every prunable synapse;
+    - ``zeros``: weights of exactly 0.0 in all (``zeros - absent`` sit in ensembles that hold
+      nonzero weights too, and count as present: such an ensemble is removed or kept whole);
+    - ``attached``: of the zeros, those pruned by a Connectome attached to an optimizer of the
+      model (None: no such connectome)."""
+
+    masks: Dict[str, torch.Tensor]
+    absent: int
+    total: int
+    zeros: int
+    attached: Optional[int] = None
+
+    @property
+    def sparse(self) -> bool:
+        """Whether any prunable weight is exactly 0.0 (the start differs from a dense network's)."""
+        return self.zeros > 0
+
+
+def zero_weights(weights: Dict[str, torch.Tensor]) -> int:
+    """The entries of ``weights`` that are exactly 0.0 (or -0.0)."""
+    return sum(int(torch.count_nonzero(w.detach() == 0)) for w in weights.values())
+
+
+def sparse_start(conn) -> Start:
+    """The :class:`Start` of ``conn``'s weights (its frozen originals in mask_only mode, else its
+    current weights), measured at its ensemble granularities; computed only, nothing edited."""
+    weights = conn.original or {n: p.detach() for n, p in conn.params.items()}
+    masks, absent = {}, 0
+    for n, w in weights.items():
+        g = conn.granularities[n]
+        nonzero = (w != 0).to(torch.float32)
+        keep = g.pool(nonzero, "sum") > 0  # an ensemble with a nonzero weight may be kept or restored
+        masks[n] = keep.to(conn.masks[n].device)
+        absent += int(torch.count_nonzero(~g.expand(keep, w.shape)))
+    return Start(masks, absent, conn.num_synapses(), zero_weights(weights), _attached_pruned(conn))
+
+
+def _attached_pruned(conn) -> Optional[int]:
+    """The synapses of ``conn``'s weights that a Connectome attached to an optimizer holds pruned
+    (None: no such connectome masks them)."""
+    pruned, seen = 0, False
+    for p in conn.params.values():
+        entry = _MASKED_BY.get(id(p))
+        other = entry[1]() if entry is not None and entry[0]() is p else None
+        if other is None or other is conn or not (other._optimizers or other._masker.handles):
+            continue
+        name = next((k for k, q in other.params.items() if q is p), None)
+        if name is not None:
+            seen = True
+            pruned += int(torch.count_nonzero(~other.masks[name]))
+    return pruned if seen else None
+
+
+def refuse_below_start(label: str, removed: int, start: Start) -> None:
+    """Refuse target ``label`` (removing ``removed`` synapses in all) when it removes fewer than are
+    absent at ``start``: mask-only optimisation cannot give them back (their weights are unknown)."""
+    if removed >= start.absent:
+        return
+    raise ValueError(
+        f"target {label} removes {removed:,} of the model's {start.total:,} prunable synapses, but {start.absent:,} "
+        f"({start.absent / start.total:.1%}) are already absent: their weights are exactly 0.0{_by_attached(start)}, "
+        "and mask-only optimisation keeps weights frozen, so it cannot restore them. Targets count every prunable "
+        f"synapse (a fraction is the share removed at the end): give a target of at least {start.absent:,} "
+        f"synapses (a fraction of at least {start.absent / start.total:.6g}), or load the dense weights first")
+
+
+def _by_attached(start: Start) -> str:
+    return (f" ({start.attached:,} of them pruned by the Connectome attached to the model's optimizer)"
+            if start.attached else "")
+
+
+def start_note(start: Start, ensemble: str) -> str:
+    """What :func:`adaptive.optimize_connectome` warns of when it starts from a sparse network:
+    how many synapses are already absent, and what the targets then count."""
+    note = (f"optimize_connectome starts from a sparse network: {start.absent:,} of its {start.total:,} prunable "
+            f"synapses ({start.absent / start.total:.1%}) have weights of exactly 0.0{_by_attached(start)}. With the "
+            "weights frozen such a synapse cannot be told from an absent one, so they count as removed already and are "
+            f"never restored; targets count all {start.total:,} synapses (a fraction is the share removed at the end, "
+            "so a fraction of 0.6 removes 0.6 of them in all), and target 'best' climbs only the ladder's rungs above "
+            "the start.")
+    partly = start.zeros - start.absent
+    if partly:
+        note += (f" {partly:,} more weights of exactly 0.0 sit in '{ensemble}' ensembles that hold nonzero weights "
+                 "too: they count as present (an ensemble is removed or kept whole).")
+    if start.attached is not None:
+        note += (" The attached Connectome is left as it is (its masks do not follow the result's): to train on with "
+                 "a snapshot's masks, conn.set_masks(result.use(label).masks).")
+    return note

@@ -1,0 +1,142 @@
+"""optimize_connectome on a sparse network (adaptive.mask_only_start): weights of exactly 0.0 are
+absent from the start, never restored, and counted by the targets, which count every synapse."""
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import adaptive
+from adaptive import Connectome
+from adaptive.mask_only import changed_from, changed_weights, check_targets, loaded_state, optimize_connectome
+from adaptive.policies.crawl import Crawl
+
+torch.set_num_threads(1)
+
+
+def data(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 20, generator=g)
+    y = (x[:, :4].sum(1) > 0).long()
+    return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed))
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 2))
+
+
+def half_pruned(attached=True):
+    """A model trained with an attached Connectome at half its synapses (pruned weights exactly 0.0)."""
+    m = mlp()
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    conn = Connectome(m).attach(opt)
+    conn.set_masks({n: p.detach().abs() > p.detach().abs().flatten().median() for n, p in conn.params.items()})
+    for x, y in data():
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    if not attached:
+        conn.detach()
+    return m, conn
+
+
+def nonzero(model):
+    return sum(int(torch.count_nonzero(m.weight)) for m in model if isinstance(m, nn.Linear))
+
+
+def optimize(model, target, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = optimize_connectome(model, data(), data(64, seed=1), target, progress=False,
+                                  **{"passes": 2.0, "estimator": "taylor", **kw})
+    return res, [str(w.message) for w in caught]
+
+
+def test_a_sparse_start_never_restores_a_zero_so_the_removed_count_is_what_the_weights_say():
+    # the taylor estimator's score of a zero weight is 0: before, swaps "restored" pruned zeros in
+    # place of real weights, and 0.6 removed left 29% of the weights nonzero, not 40%
+    m, conn = half_pruned()
+    total = conn.num_synapses()
+    res, said = optimize(m, [0.6, 0.7])
+    zero = {n: w == 0 for n, w in res.conn.original.items()}
+    for label, snap in res.snapshots.items():
+        res.use(label)
+        assert not any(bool((snap.masks[n] & zero[n]).any()) for n in zero), "a zero weight was restored"
+        assert snap.removed == round(float(label) * total)
+        assert nonzero(m) == total - snap.removed  # the count is what the pruned weights say
+        assert changed_weights(res.conn) == 0
+    assert any("starts from a sparse network" in s and f"{total // 2:,} of its {total:,}" in s
+               and "pruned by the Connectome attached" in s for s in said)
+    assert res.start_removed == total // 2
+
+
+def test_a_target_below_what_is_already_absent_is_refused_and_leaves_the_model_as_it_was():
+    m, conn = half_pruned()
+    before = copy.deepcopy(m.state_dict())
+    for target in (0.3, 0, [0.3, 0.6], 100):
+        with pytest.raises(ValueError, match=r"already absent.*give a target of at least 352 synapses \(a fraction of at "
+                                             r"least 0\.5\)"):
+            optimize(m, target)
+        with pytest.raises(ValueError, match="already absent"):
+            check_targets(m, target)  # the recipes' check before any data is read
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    check_targets(m, [0.5, 0.6])
+
+
+def test_a_target_at_the_start_keeps_the_start_with_no_stage_and_best_climbs_from_it():
+    m, conn = half_pruned(attached=False)  # a plain model whose weights hold zeros: the same start
+    total = conn.num_synapses()
+    res, said = optimize(m, [0.5, 0.6])
+    assert res.snapshots["0.5"].removed == total // 2 and res.snapshots["0.5"].step == 0  # no stage ran for it
+    assert "attached" not in said[0]
+    res, _ = optimize(m, "best", ladder=[0.2, 0.4, 0.6, 0.8])
+    stages = {h["target"] for h in res.history if h["kind"] == "update"}
+    assert stages == {"best"}
+    assert min(h["removed"] for h in res.history if h["kind"] == "update") >= round(0.6 * total)  # 0.2, 0.4 skipped
+    assert res.snapshots["best"].removed >= total // 2
+    with pytest.raises(ValueError, match="every rung of the ladder"):
+        optimize(m, "best", ladder=[0.2, 0.4])
+
+
+def test_coarse_ensembles_are_absent_only_when_every_weight_is_zero():
+    m = mlp()
+    with torch.no_grad():
+        m[0].weight[:8] = 0.0  # 8 whole neurons of 20 inputs
+        m[0].weight[8, :5] = 0.0  # part of a ninth
+    res, said = optimize(m, 0.3, ensemble="neuron")
+    assert res.start_removed == 8 * 20
+    assert "5 more weights of exactly 0.0 sit in 'neuron' ensembles" in said[0]
+    assert not bool(res.snapshots["0.3"].masks["0.weight"][:8].any())
+
+
+def test_the_pruned_state_dict_check_holds_on_a_sparse_start():
+    m, _ = half_pruned(attached=False)
+    loaded = loaded_state(m)
+    res, _ = optimize(m, 0.7)
+    res.use("0.7")
+    assert changed_from(res.conn.dense_state_dict(), loaded, res.conn) == 0
+
+
+def test_a_dense_model_starts_dense_and_warns_of_nothing():
+    res, said = optimize(mlp(), 0.5)
+    assert res.start_removed == 0 and not any("sparse" in s for s in said)
+    assert res.controller.policy.restorable is None
+
+
+def test_crawl_restores_only_restorable_ensembles():
+    m = mlp()
+    conn = Connectome(m, mode="mask_only")
+    ctrl = adaptive.Controller(conn, policy="crawl", estimator="magnitude")
+    masks = {n: torch.zeros_like(mk) for n, mk in conn.masks.items()}
+    conn.set_masks(masks)
+    policy: Crawl = ctrl.policy
+    policy.restorable = {n: torch.zeros_like(mk) for n, mk in conn.masks.items()}
+    policy.restorable["2.weight"][0, :3] = True
+    policy.set_goal(10)
+    plan = policy.update(ctrl, 0)
+    assert sum(int(idx.numel()) for idx in plan.grow.values()) == 3  # only the restorable ones, short of the goal
+    assert sorted(plan.grow["2.weight"].tolist()) == [0, 1, 2]
