@@ -51,7 +51,7 @@ from .atomic import write_text
 from .cli import error_lines
 
 __all__ = ["ConfigError", "parse_config", "from_dict", "to_dict", "load_config", "save_config",
-           "config_help", "normalize_key", "read_yaml", "merge_key_values", "dotted_key_values", "given_keys",
+           "config_help", "normalize_key", "check_keys", "read_yaml", "merge_key_values", "dotted_key_values", "given_keys",
            "COMMAND_LINE"]
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -91,7 +91,7 @@ def seed_in_range(seed) -> bool:
 def normalize_key(key: str) -> str:
     """``--data-dir`` / ``data-dir`` / ``data_dir`` -> ``data_dir``: an option's name as the command
     line spells it (its leading dashes dropped) or as a config file does. (A file key that starts
-    with a dash is refused before it is normalised: see :func:`_check_keys`.)"""
+    with a dash is refused before it is normalised: see :func:`check_keys`.)"""
     return key.lstrip("-").replace("-", "_")
 
 
@@ -257,7 +257,7 @@ def _unknown(key: str, known, where: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}' {where}{hint}")
 
 
-def _check_keys(mapping: Dict[str, Any], prefix: str = "", source: str = "") -> None:
+def check_keys(mapping: Dict[str, Any], prefix: str = "", source: str = "") -> None:
     """A :class:`ConfigError` where a key of ``mapping`` (a config file's, or a section's) starts with
     a dash (``--epochs:``, a command-line option pasted into a file: the dashes belong to the command
     line, and the file would read otherwise than it is written), or where two keys are one key spelt
@@ -288,7 +288,7 @@ def _merge(cls, values: Dict[str, Any], updates: Dict[str, Any], prefix: str = "
     entry. Nothing is built, so ``__post_init__`` checks (and derives) only the merged settings."""
     fields = _fields(cls)
     values = dict(values)
-    _check_keys(updates, prefix, source)
+    check_keys(updates, prefix, source)
     for raw_key, value in updates.items():
         key = normalize_key(str(raw_key))
         if key not in fields:
@@ -611,7 +611,7 @@ def _field_entries(path: Tuple[str, ...], val: str, tp, key: str) -> Dict[Tuple[
         _coerce(_Cli(val), tp, key, f"(from --{key})")  # raises: a mapping of its fields is needed
 
     def flatten(prefix, m):  # field names as normalize_key spells them, as a --key.field option's are
-        _check_keys(m, ".".join(prefix) + ".", f"(from --{key})")
+        check_keys(m, ".".join(prefix) + ".", f"(from --{key})")
         for k, v in m.items():
             if isinstance(v, dict) and v:
                 yield from flatten(prefix + (normalize_key(str(k)),), v)

@@ -46,8 +46,8 @@ from recipes._adaptive.builders import (build_connectome, build_controller, buil
                                         build_optimizer, get_dataloaders)
 from recipes._adaptive.checks import _estimator, _estimator_slots  # noqa: E402
 from recipes._adaptive.config import RunConfig, mask_only_target, parse_args  # noqa: E402
-from recipes._adaptive.folder import (CONFIG_COPY, MASK_ONLY_CHECKPOINT, CheckpointError, _on_interrupt,  # noqa: E402
-                                      _RunLock, default_output_dir)
+from recipes._adaptive.folder import (CONFIG_COPY, MASK_ONLY_CHECKPOINT, _INTERRUPT, CheckpointError,  # noqa: E402
+                                      _on_interrupt, _RunLock, default_output_dir)
 from recipes._adaptive.notes import _last_train_loss, _update_note, dying_relu_remedy  # noqa: E402
 from recipes._adaptive.report import RunResult, _split_labels  # noqa: E402
 from recipes._adaptive.resume import _check_resumed_config  # noqa: E402
@@ -68,6 +68,7 @@ def main(argv=None, on_step=None) -> RunResult:
     from adaptive.cli import run_cli
     from adaptive.warn import command_line_warnings
 
+    _INTERRUPT.clear()  # an earlier main() in this process (a notebook) recorded its folder: Ctrl-C's note is this run's
     with command_line_warnings():  # parsing imports --plugins, whose warnings print as run_cli prints the run's
         cfg = parse_args(argv)
     return run_cli(lambda: training_function(cfg, on_step=on_step), "recipes/adaptive.py",

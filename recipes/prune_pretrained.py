@@ -54,7 +54,8 @@ from adaptive import jsonio  # noqa: E402
 from adaptive import run_folder  # noqa: E402
 from adaptive.atomic import atomic_path  # noqa: E402
 from adaptive.cli import ArgumentParser, mask_only_progress, message_lines, progress_lines, show_progress  # noqa: E402
-from adaptive.config import SEED_RANGE, ConfigError, dotted_key_values, merge_key_values, normalize_key, seed_in_range  # noqa: E402
+from adaptive.config import (SEED_RANGE, ConfigError, check_keys, dotted_key_values, merge_key_values,  # noqa: E402
+                             normalize_key, seed_in_range)
 from adaptive.distributed import gather_mask_hashes  # noqa: E402
 from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.mask_only import (check_targets, changed_from, count_synapses, evaluate, loaded_state, optimize_connectome,  # noqa: E402
@@ -357,12 +358,12 @@ def parse_args(argv=None) -> argparse.Namespace:
             loaded = read_yaml(args.config, option="--config")
         except ConfigError as e:
             raise SystemExit(f"recipes/prune_pretrained.py: error: {e}") from None
-        spelt = {}  # `eval-batch-size:` is `eval_batch_size:`, as in recipes/adaptive.py's --config file
-        for key in loaded:
-            spelt.setdefault(normalize_key(str(key)), []).append(key)
-        twice = [keys for keys in spelt.values() if len(keys) > 1]
-        if twice:
-            raise SystemExit(f"{args.config}: {' and '.join(map(repr, twice[0]))} are the same key: keep one")
+        # `eval-batch-size:` is `eval_batch_size:`, as in recipes/adaptive.py's --config file; both in one file,
+        # or `--epochs:` (a command-line option pasted in: the dashes are the command line's), refused as there
+        try:
+            check_keys(loaded, source=f"in {args.config}")
+        except ConfigError as e:
+            raise SystemExit(f"recipes/prune_pretrained.py: error: {e}") from None
         loaded = {normalize_key(str(k)): v for k, v in loaded.items()}
         unknown = sorted(set(loaded) - set(DEFAULTS))
         if unknown:
@@ -964,7 +965,8 @@ def _write_config(args, dl, out: Path) -> None:
 
 
 # what a --resume may give otherwise than the run recorded: where things are and how the run shows
-# and spends its resources, none of what it computes (as recipes/adaptive.py's _RESUME_MAY_CHANGE)
+# and spends its resources, none of what it computes (as recipes/adaptive.py's, _RESUME_MAY_CHANGE in
+# recipes/_adaptive/resume.py)
 RESUME_MAY_CHANGE = {"resume", "overwrite", "output_dir", "data_dir", "download", "plugins", "progress", "threads",
                      "num_workers"}
 

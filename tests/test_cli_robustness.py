@@ -1140,6 +1140,27 @@ def test_ctrl_c_while_an_overwrite_mask_only_run_sets_up_keeps_the_earlier_runs_
     assert res.summary["synapses"] - res.summary["live"] == 25216  # the earlier run's target 0.5, resumed
 
 
+def test_ctrl_c_before_a_second_run_in_one_process_knows_its_folder_does_not_name_the_first_runs(
+        tmp_path, monkeypatch, capsys):
+    """The note of a Ctrl-C comes from what the run recorded of its folder: a second main() in one
+    process (a notebook; every test that loads the recipe shares its modules) interrupted before it
+    knew its own folder told how to resume the first run's ('add --resume latest --output_dir FIRST')."""
+    from recipes._adaptive import train
+
+    first = tmp_path / "first"
+    _main(TINY + ["--checkpoint_every", "10", "--max_steps", "30", "--figures", "false", "--output_dir", str(first)])
+    capsys.readouterr()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_env_accumulation", interrupted)  # the first thing training_function does
+    with pytest.raises(SystemExit):
+        _main(TINY + ["--output_dir", str(tmp_path / "second")])
+    err = capsys.readouterr().err
+    assert "interrupted" in err and str(first) not in err, err
+
+
 @pytest.mark.parametrize("recipe", [False, True])
 def test_a_lock_file_taken_away_between_open_and_flock_is_not_held(tmp_path, monkeypatch, recipe):
     """A run that wrote nothing removes its .lock as it ends; a second run that had opened that file

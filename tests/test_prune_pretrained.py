@@ -1621,10 +1621,21 @@ def test_a_config_files_dashed_keys_are_its_underscored_ones(tmp_path):
     mod = recipe()
     ns = mod.parse_args(["--config", _config(tmp_path, "eval-batch-size: 50\ntest-subset: 30\nmodel: mlp\nmodel-kw: {hidden: [8]}\n")])
     assert (ns.eval_batch_size, ns.test_subset, ns.model_kw) == (50, 30, {"hidden": [8]})
-    with pytest.raises(SystemExit, match="'eval-batch-size' and 'eval_batch_size' are the same key"):
+    with pytest.raises(SystemExit, match="'eval-batch-size' and 'eval_batch_size' in .* are the same key.*keep one"):
         mod.parse_args(["--config", _config(tmp_path, "eval-batch-size: 50\neval_batch_size: 60\n")])
     with pytest.raises(SystemExit, match="must be an integer"):  # checked as the underscored key is
         mod.parse_args(["--config", _config(tmp_path, "eval-batch-size: fifty\n")])
+
+
+def test_a_config_file_key_with_leading_dashes_is_refused_naming_the_key_to_write(tmp_path):
+    """`--eval-batch-size: 50` (a command-line option pasted into a --config file) was read as
+    `eval_batch_size: 50`; recipes/adaptive.py's --config refuses it, naming the key to write."""
+    mod = recipe()
+    for text, written in (("--eval-batch-size: 50\n", "--eval-batch-size"), ("-test_subset: 30\n", "-test_subset")):
+        with pytest.raises(SystemExit, match=f"config key '{written}' in .* starts with a dash.*write '"):
+            mod.parse_args(["--config", _config(tmp_path, text)])
+    with pytest.raises(SystemExit, match="model 'mlp' takes no keyword '--a'"):  # a mapping's keys are the model's
+        mod.parse_args(["--config", _config(tmp_path, "model: mlp\nmodel-kw: {--a: 1}\n")])
 
 
 def test_a_run_that_fails_after_a_target_says_its_checkpoint_keeps_it(tmp_path, weights, capsys, monkeypatch):

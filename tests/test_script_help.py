@@ -34,3 +34,20 @@ def test_the_script_answers_help(script, monkeypatch):
         torch.set_num_threads(threads)
     assert stop.value.code in (0, None), f"{script.name} --help exited {stop.value.code}:\n{err.getvalue()[-2000:]}"
     assert "usage:" in out.getvalue(), f"{script.name} --help printed no usage:\n{out.getvalue()[:500]}{err.getvalue()[-2000:]}"
+
+
+def test_a_recipe_runs_beside_another_package_named_recipes(tmp_path):
+    """recipes/adaptive.py imports its parts from recipes/_adaptive/: with ``recipes`` a namespace
+    package, a regular package of that name anywhere on the path (a user's own ``recipes/``, given
+    by PYTHONPATH) won, and the recipe stopped at 'No module named recipes._adaptive'."""
+    import os
+    import subprocess
+
+    from _scripts import CHILD_TIMEOUT
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "__init__.py").write_text("")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(ROOT / "recipes" / "adaptive.py"), "--help"], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=CHILD_TIMEOUT)
+    assert r.returncode == 0 and "usage:" in r.stdout, r.stderr[-2000:]
