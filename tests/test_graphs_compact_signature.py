@@ -127,3 +127,32 @@ def test_a_copy_whose_model_names_its_own_class_in_an_annotation_loads_with_torc
     assert torch.equal(back(X), small(X))
     sig = inspect.signature(back.forward)
     assert sig.parameters["x"].annotation is Tensor and sig.parameters["cfg"].annotation is inspect.Parameter.empty
+
+
+def test_a_copy_saved_before_graphs_trace_was_split_still_loads(tmp_path, monkeypatch):
+    """A copy saved before graphs.trace was split into modules (e5a9998) names its tracer
+    ``graphs.trace.SignatureTracer`` in its pickle, and its check on an input traced as None
+    ``graphs.trace.none_only`` in its code's imports: both live in graphs.tracer now, and graphs.trace still
+    names them (a re-export that pyflakes calls unused), so the copy loads, runs, and leaves fx tracing."""
+    import sys
+    import zipfile
+
+    from graphs import tracer
+
+    model = _OptionalNone().eval()
+    small = graphs.compact(model, example_input=(X, None, M))
+    # saved as that version saved it: the same class and function, under the module they were in then
+    for obj in (tracer.SignatureTracer, tracer.none_only):
+        monkeypatch.setattr(obj, "__module__", "graphs.trace")
+        monkeypatch.setattr(sys.modules["graphs.trace"], obj.__name__, obj, raising=False)
+    small.recompile()  # its code, written as then
+    torch.save(small, tmp_path / "old.pt")
+    monkeypatch.undo()
+    with zipfile.ZipFile(tmp_path / "old.pt") as z:
+        pickled = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    assert b"graphs.trace\nSignatureTracer" in pickled and b"from graphs.trace import none_only" in pickled
+    back = torch.load(tmp_path / "old.pt", weights_only=False)
+    assert torch.equal(back(X, mask=M), model(X, mask=M)) and "wrap(" not in back.code
+    with pytest.raises(Exception, match="y has been specialized to have value None"):
+        back(X, X, mask=M)
+    torch.fx.symbolic_trace(nn.Linear(2, 2))  # fx still traces

@@ -110,10 +110,20 @@ def _build_in_child(q):
     q.put(graphs.build(model=nn.Linear(3, 2), example_input=torch.randn(2, 3)).live_synapses())
 
 
+def _take_named_lock_in_child(q):
+    """Whether the child takes ``graphs.trace.TRACING``, and whether it is the lock graphs' calls hold there."""
+    from graphs import locking
+    from graphs.trace import TRACING
+
+    q.put((TRACING.acquire(timeout=5), TRACING is locking.TRACING))
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
-def test_a_process_forked_while_another_thread_is_in_graphs_can_trace():
+@pytest.mark.parametrize("in_child,want", [(_build_in_child, 6), (_take_named_lock_in_child, (True, True))])
+def test_a_process_forked_while_another_thread_is_in_graphs_can_trace(in_child, want):
     """A fork copied the lock held by another thread of the parent, which never releases it in the child: the
-    child's first graphs call waited forever. The child gets a lock of its own."""
+    child's first graphs call waited forever. The child gets a lock of its own, and ``graphs.trace.TRACING`` names
+    it there (the lock moved to graphs.locking: a copy bound in graphs.trace at import would be the parent's, held)."""
     from graphs.trace import TRACING
 
     held, done = threading.Event(), threading.Event()
@@ -129,7 +139,7 @@ def test_a_process_forked_while_another_thread_is_in_graphs_can_trace():
         held.wait(30)
         ctx = multiprocessing.get_context("fork")
         q = ctx.Queue()
-        child = ctx.Process(target=_build_in_child, args=(q,))
+        child = ctx.Process(target=in_child, args=(q,))
         child.start()
         child.join(20)
         stuck = child.is_alive()
@@ -137,7 +147,7 @@ def test_a_process_forked_while_another_thread_is_in_graphs_can_trace():
             child.kill()
             child.join()
         assert not stuck, "the forked child waited on the lock another thread of its parent held"
-        assert child.exitcode == 0 and q.get(timeout=5) == 6
+        assert child.exitcode == 0 and q.get(timeout=5) == want
     finally:
         done.set()
         t.join()
