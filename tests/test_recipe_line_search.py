@@ -93,10 +93,11 @@ def test_checks_that_keep_every_update_train_exactly_as_no_checks(tmp_path):
 
 
 def test_an_update_that_raises_the_held_out_loss_is_shrunk_or_undone(tmp_path, capsys):
-    """gmp only prunes, which raises the held-out loss: at tolerance 0 its updates are halved or
-    undone, each event says how much of it stayed, and the summary blames the check for the density."""
+    """gmp only prunes, which raises the held-out loss: at tolerance 0 (given: the default, inf, only
+    measures) its updates are halved or undone, each event says how much of it stayed, and the
+    summary blames the check for the density."""
     with pytest.warns(UserWarning, match="the line search .* rolled back 1 and halved 2 of the 3 updates"):
-        res = run(tmp_path, "--policy", "gmp", "--line_search", "2")
+        res = run(tmp_path, "--policy", "gmp", "--line_search", "2", "--line_search_tolerance", "0")
     ups = updates(tmp_path)
     cut = [e for e in ups if e["line_search_fraction"] is not None and e["line_search_fraction"] < 1.0]
     assert cut
@@ -107,6 +108,66 @@ def test_an_update_that_raises_the_held_out_loss_is_shrunk_or_undone(tmp_path, c
             assert (e["pruned"], e["actual_loss_change"]) == (0, 0.0)
     assert res.conn.density() > 0.25  # the schedule's 0.2 held back
     assert "the held-out check (--line_search 2) undid" in capsys.readouterr().out
+
+
+def test_by_default_line_search_keeps_every_update_and_logs_its_measured_change(tmp_path):
+    """The default --line_search_tolerance is inf, as the Controller's in train mode: gmp's prunes,
+    which tolerance 0 halved or undid, are all kept and measured, and the masks are those of no check."""
+    plain = run(tmp_path / "plain", "--policy", "gmp")
+    checked = run(tmp_path / "checked", "--policy", "gmp", "--line_search", "2")
+    ups = [e for e in updates(tmp_path / "checked") if e["line_search_fraction"] is not None]
+    assert len(ups) == checked.summary["updates"] == 3
+    assert all(e["line_search_fraction"] == 1.0 and math.isfinite(e["actual_loss_change"]) for e in ups)
+    assert checked.controller.line_search_tolerance == math.inf
+    assert checked.conn.mask_hash() == plain.conn.mask_hash() and abs(checked.conn.density() - 0.2) < 0.01
+    assert load_config(R.RunConfig, tmp_path / "checked" / "config.yaml").line_search_tolerance == math.inf
+
+
+@pytest.mark.filterwarnings("ignore:the controller's schedule ended at step 30")  # (tolerance 0 held gmp back)
+def test_a_run_recorded_with_tolerance_0_resumes_with_it_where_the_command_leaves_the_option_out(tmp_path, capsys):
+    """A run recorded with --line_search_tolerance 0 (every --line_search run before the default
+    became inf) resumed by its own command, which leaves the option out, continues at 0, as it ran
+    (a note says so); a command that gives another tolerance is refused, naming the run's."""
+    class Stop(Exception):
+        pass
+
+    common = ["--policy", "gmp", "--line_search", "2"]
+    full = run(tmp_path / "full", *common, "--line_search_tolerance", "0")
+
+    def stop(state):
+        if state.step == 25:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(tmp_path / "cut", *common, "--line_search_tolerance", "0", "--checkpoint_every", "20", on_step=stop)
+    path = tmp_path / "cut" / "config.yaml"
+    assert "line_search_tolerance: 0.0\n" in path.read_text()  # (as an older run records it)
+    given = R.parse_args(TINY + common + ["--output_dir", str(tmp_path / "cut"), "--line_search_tolerance", "inf",
+                                          "--resume", "latest"])
+    refusal = r"line_search_tolerance: run 0.0, now inf\).* --line_search_tolerance 0 "  # (the value it ran with)
+    with pytest.raises(R.CheckpointError, match=refusal):
+        R._check_resumed_config(given, tmp_path / "cut")
+    capsys.readouterr()
+    resumed = run(tmp_path / "cut", *common, "--resume", "latest")
+    assert "records line_search_tolerance 0, its default before it became inf" in capsys.readouterr().out
+    assert resumed.controller.line_search_tolerance == 0.0
+    checked = [e for e in updates(tmp_path / "cut") if e["line_search_fraction"] is not None]
+    assert any(e["line_search_fraction"] < 1.0 for e in checked)  # (vetoes, at 0)
+    assert resumed.conn.mask_hash() == full.conn.mask_hash()
+    assert resumed.controller.events == full.controller.events
+    assert "line_search_tolerance: 0.0\n" in path.read_text()  # so the same command resumes it again
+
+
+def test_the_former_default_tolerance_from_a_file_is_no_idle_option(tmp_path):
+    """Every config.yaml recorded before the default became inf holds line_search_tolerance 0.0, with
+    or without --line_search: a run started from such a file (or the file loaded) is not refused for
+    it, in either mode; typed on the command line without --line_search it is."""
+    path = tmp_path / "old.yaml"
+    path.write_text("line_search: 0\nline_search_tolerance: 0.0\nline_search_tries: 3\n")
+    assert R.parse_args(["--config", str(path)]).line_search_tolerance == 0.0
+    assert R.parse_args(["--config", str(path), "--mode", "mask_only"]).line_search_tolerance == 0.0
+    assert load_config(R.RunConfig, path).line_search_tolerance == 0.0
+    # (typed on the command line: test_bad_line_search_arguments_fail_clearly)
 
 
 def test_resume_with_line_search_is_bit_exact(tmp_path):
@@ -228,6 +289,10 @@ def test_an_estimator_whose_defaults_yaml_cannot_write_still_runs_and_is_recorde
                                                "and --holdout 0 holds none out"),
     (["--line_search_tolerance", "0.1"], "line_search_tolerance 0.1 shape(s) only the held-out check of --line_search "
                                          "N, which is off (0)"),
+    (["--line_search_tolerance", "0"], "line_search_tolerance 0.0 shape(s) only the held-out check of --line_search "
+                                       "N, which is off (0): give --line_search N (held-out batches each check "
+                                       "scores), or drop --line_search_tolerance"),
+    (["--line_search_tolerance", "inf", "--line_search_tries", "1"], "line_search_tries 1 shape(s) only"),
     (["--mode", "mask_only", "--line_search", "2"], "mode mask_only does not use line_search (got 2): mask_only "
                                                     "line-searches its updates with --mask_only_kw verify_batches=N"),
     (["--controller_kw", "line_search_tries=2"], "the recipe sets line_search_tries itself, from --line_search_tries"),
@@ -344,8 +409,8 @@ def test_a_check_runs_under_the_prepared_models_mixed_precision():
 
 def test_two_processes_take_the_same_line_search_decisions(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
-    r = launch_two([ROOT / "recipes" / "adaptive.py", *TINY, "--output_dir", tmp_path, "--line_search", "1"],
-                   env=env, cwd=ROOT)
+    r = launch_two([ROOT / "recipes" / "adaptive.py", *TINY, "--output_dir", tmp_path, "--line_search", "1",
+                    "--line_search_tolerance", "0"], env=env, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     hashes = json.loads((tmp_path / "summary.json").read_text())["mask_hash_per_process"]
     assert len(hashes) == 2 and hashes[0] == hashes[1]

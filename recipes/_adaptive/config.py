@@ -13,7 +13,8 @@ from adaptive.config import COMMAND_LINE, SEED_RANGE, ConfigError, given_keys, p
 from adaptive.training import STEP_GAMMA, STEP_MILESTONES, step_schedule_problem
 
 from .accumulation import _ACCUM_ENV, _accumulation_from_env
-from .checks import _check_names, _check_target, _estimator_slots, _refuse_idle_line_search, _refuse_train_only
+from .checks import (_FORMER_DEFAULTS, _check_names, _check_target, _estimator_slots, _refuse_idle_line_search,
+                     _refuse_train_only)
 from .derived_keys import _fields_of, _kw_as_options, _refuse_derived_keys, _train_mask_only_kw_error
 from .folder import MASK_ONLY_CHECKPOINT
 from .resume import _resume_path_exists
@@ -38,6 +39,8 @@ class RunConfig:
 
     # written into config.yaml beside the options for the reader, read back by nothing (_save_config)
     RECORDED_KEYS: ClassVar[Tuple[str, ...]] = ("estimator_resolved",)
+    # set by __post_init__ while a --resume command line is parsed: the keys of _FORMER_DEFAULTS it left out
+    _left_out: ClassVar[frozenset] = frozenset()
 
     # what runs
     plugins: List[str] = field(default_factory=list, metadata={"help": ".py files or module names imported first: "
@@ -104,10 +107,14 @@ class RunConfig:
                                "actual_loss_change. 0 (the default): no check. Each update then costs up to "
                                "tries + 2 forward passes over those batches. mask_only line-searches with "
                                "--mask_only_kw verify_batches=N")
-    line_search_tolerance: float = _opt(0.0, "--line_search: the held-out loss rise an update may cause and still "
-                                             "be kept, >= 0 (inf: keep every update, only measure it; a policy "
-                                             "may set its own for an edit it must make, e.g. balanced restoring "
-                                             "its count)")
+    line_search_tolerance: float = _opt(math.inf, "--line_search: the held-out loss rise an update may cause and "
+                                                  "still be kept, >= 0 (default inf: keep every update, only "
+                                                  "measure it, logged as actual_loss_change in events.jsonl; "
+                                                  "tolerance 0 held gradual pruning short of its density in "
+                                                  "recipes/benchmarks/line_search_train.py; a policy may set its "
+                                                  "own for an edit it must make, e.g. balanced restoring its count). "
+                                                  "--resume without it continues a run recorded with 0, the "
+                                                  "default before")
     line_search_tries: int = _opt(3, "--line_search: halvings an update may try before it is undone (0: the whole "
                                      "update or nothing)")
     target: Optional[Union[int, float, str]] = _help("mask_only: synapses to remove (count, fraction or best); default 1 - density (best for "
@@ -198,8 +205,13 @@ class RunConfig:
             self.epochs = 1 if self.mode == "mask_only" else 20
         if self.edit_fraction is None:
             self.edit_fraction = 1.0 if self.mode == "mask_only" else 0.3
+        given = given_keys()  # (None: a config built in code or loaded from a file, whose values all stay)
+        # a resumed run recorded with such an option's former default continues with it where the command
+        # line leaves the option out (_check_against): the keys it leaves out, read while it is parsed
+        left_out = self.resume and given is not None
+        self._left_out = frozenset(k for k in _FORMER_DEFAULTS if k not in given) if left_out else frozenset()
         if self.mode == "mask_only" and self.resume:  # a run recorded before the recipe set these keys itself
-            typed = {k for k, src in (given_keys() or {}).items() if src == COMMAND_LINE}
+            typed = {k for k, src in (given or {}).items() if src == COMMAND_LINE}
             for key, value in _kw_as_options(_fields_of(self)).items():
                 # an option typed now stays, so the resume check names it if it differs from the run's;
                 # where --mask_only_kw is typed with it (the run's own command), the key won, as it did

@@ -12,7 +12,7 @@ from adaptive.config import ConfigError
 from adaptive.training import STEP_GAMMA, STEP_MILESTONES, run_dir_of
 
 from .accumulation import _ACCUM_ENV
-from .checks import _uses_estimator
+from .checks import _FORMER_DEFAULTS, _uses_estimator
 from .derived_keys import _cadence, _kw_as_options, _train_mask_only_kw_error
 from .folder import CONFIG_COPY, MASK_ONLY_CHECKPOINT, CheckpointError, _earlier_run, _mask_only_resumable
 
@@ -97,6 +97,7 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
     saved.setdefault("lr_gamma", STEP_GAMMA)
     for key in ("line_search", "line_search_tolerance", "line_search_tries"):  # recorded before the options: no check
         saved.setdefault(key, type(cfg).__dataclass_fields__[key].default)  # (RunConfig's)
+    _former_defaults_as_run(cfg, now, saved, path)
     saved = run_folder.normalised_settings(saved)
     now = run_folder.normalised_settings(now)
     comparable_estimator_kw(saved, now)  # the estimator's defaults spelt out on one side are the other's
@@ -129,11 +130,31 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
             mp += (f" (gradient_accumulation_steps is what Accelerate ran: give --gradient_accumulation_steps {k}"
                    + (f" and unset {_ACCUM_ENV}" if os.environ.get(_ACCUM_ENV) else "") + ")")
             give += f" --gradient_accumulation_steps {k}"
+        for key in _FORMER_DEFAULTS:  # (a config built in code, or one that gives the new default: its value)
+            if any(d.startswith(f"{key}: run") for d in diff):
+                give += f" --{key} {saved[key]:g}"
         raise CheckpointError(f"--resume: {path} records other settings ({'; '.join(diff)}){mp}; resume with the "
                               f"run's settings (--config {path}{give} --output_dir {run_dir} --resume "
                               f"{resume or 'latest'} gives them all), or run without --resume into another "
                               "--output_dir to start afresh")
     return saved
+
+
+def _former_defaults_as_run(cfg: RunConfig, now: dict, saved: dict, path: Path) -> None:
+    """A run recorded with an option's former default (:data:`checks._FORMER_DEFAULTS`: a
+    --line_search_tolerance 0 run recorded before the default became inf), resumed by a command line
+    that leaves the option out, continues with it, as it ran (its own command then still resumes it);
+    one that gives the option is compared as given. Sets it in ``cfg`` and ``now``."""
+    from adaptive.distributed import rank
+
+    for key, former in _FORMER_DEFAULTS.items():
+        if key in cfg._left_out and saved.get(key) == former and now[key] != former:
+            setattr(cfg, key, former)
+            now[key] = former
+            if cfg.line_search and rank() == 0:  # (without --line_search it shapes nothing: no note)
+                print(f"note: {path} records {key} {former:g}, its default before it became "
+                      f"{type(cfg).__dataclass_fields__[key].default:g}: the run continues with --{key} {former:g}, "
+                      "as it ran", flush=True)
 
 
 def _stage_precision_fix(problem: str) -> str:
