@@ -54,12 +54,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import mask_only_checkpoint as ckpt
-from .mask_only_start import refuse_below_start, sparse_start, start_note, zero_weights
+from .mask_only_start import check_start_agrees, refuse_below_start, sparse_start, start_note, zero_weights
 from .connectome import Connectome, _plain_module, _plain_patterns
 from .discovery import discover, state_dict_keys
 from .exact_masking import INT_OF_WIDTH
 from .global_rng import seeded_global_rng
-from .distributed import all_reduce_mean_, check_masks_agree, is_distributed, world_size
+from .distributed import all_reduce_mean_, check_masks_agree, is_distributed, rank, world_size
 from .controller import Controller
 from .counts import whole_number
 from .data.cycle import LoaderCycle, rng_states, set_rng_states
@@ -610,18 +610,21 @@ def optimize_connectome(
     conn = Connectome(model, ensemble=ensemble, include=include, exclude=exclude, mode="mask_only")
     total = conn.num_synapses()
     at_start = sparse_start(conn)  # a sparse network's zeros: absent from the start, never restored
+    check_start_agrees(at_start)  # (several processes: one count for every process's refusals)
     resolved = _resolve_targets(targets, total, at_start)
     climb = resolved[0][1] is None and bool(ladder)  # "best" by climbing the ladder
-    if climb:
-        rungs = [f for f in ladder if resolve_target(f, total) > at_start.absent]  # the start is the first candidate
+    if climb and at_start.absent:  # a sparse start: the rungs above it, the start the first candidate (on a dense
+        # network every rung climbs, as before: one that rounds to 0 removed keeps its stage)
+        rungs = [f for f in ladder if resolve_target(f, total) > at_start.absent]
         if not rungs:
             raise ValueError(f"target 'best': every rung of the ladder {ladder} removes no more than the {at_start.absent:,} "
                              f"of {total:,} synapses ({at_start.absent / total:.1%}) already absent (weights exactly 0.0), "
                              "so there is nothing to climb: give a ladder with fractions above "
                              f"{at_start.absent / total:.6g}")
         ladder = rungs
+    if climb:
         resolved = [("best", resolve_target(f, total)) for f in ladder]
-    if at_start.sparse:
+    if at_start.sparse and rank() == 0:  # once, not once per process
         warn_user(start_note(at_start, conn.ensemble))
     steps_per_stage = stage_batches(passes, n_train, window)
     saved = None

@@ -21,6 +21,7 @@ from typing import Dict, Optional
 import torch
 
 from .connectome_optimizers import _MASKED_BY
+from .distributed import is_distributed
 
 
 @dataclass
@@ -49,21 +50,44 @@ class Start:
 
 def zero_weights(weights: Dict[str, torch.Tensor]) -> int:
     """The entries of ``weights`` that are exactly 0.0 (or -0.0)."""
-    return sum(int(torch.count_nonzero(w.detach() == 0)) for w in weights.values())
+    return sum(w.numel() - int(torch.count_nonzero(w.detach())) for w in weights.values())
 
 
 def sparse_start(conn) -> Start:
     """The :class:`Start` of ``conn``'s weights (its frozen originals in mask_only mode, else its
-    current weights), measured at its ensemble granularities; computed only, nothing edited."""
+    current weights), measured at its ensemble granularities; computed only, nothing edited. One
+    pass over each weight, on its device, with a bool per weight at most beside it (per ensemble a
+    bool: whether any of its weights is nonzero)."""
     weights = conn.original or {n: p.detach() for n, p in conn.params.items()}
-    masks, absent = {}, 0
+    masks, absent, zeros = {}, 0, 0
     for n, w in weights.items():
         g = conn.granularities[n]
-        nonzero = (w != 0).to(torch.float32)
-        keep = g.pool(nonzero, "sum") > 0  # an ensemble with a nonzero weight may be kept or restored
+        nonzero = w.detach() != 0  # (NaN is nonzero: a present weight)
+        zeros += w.numel() - int(torch.count_nonzero(nonzero))
+        keep = g.pool(nonzero, "max").to(torch.bool)  # an ensemble with a nonzero weight may be kept or restored
+        del nonzero
         masks[n] = keep.to(conn.masks[n].device)
-        absent += int(torch.count_nonzero(~g.expand(keep, w.shape)))
-    return Start(masks, absent, conn.num_synapses(), zero_weights(weights), _attached_pruned(conn))
+        absent += int(torch.count_nonzero(g.expand(~keep, w.shape)))  # (a view where the granularity allows)
+    return Start(masks, absent, conn.num_synapses(), zeros, _attached_pruned(conn))
+
+
+def check_start_agrees(start: Start) -> None:
+    """Under several processes, refuse (on every process alike) a start that differs between them: its
+    weights do, and each process would resolve the targets (and their refusals) against its own count,
+    one process raising while the others wait in their next collective."""
+    if not is_distributed():
+        return
+    import torch.distributed as dist
+
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, (start.absent, start.zeros))
+    if len(set(every)) > 1:
+        counts = ", ".join(f"process {i}: {z:,} weights of exactly 0.0, {a:,} synapses absent"
+                           for i, (a, z) in enumerate(every))
+        raise ValueError(f"the weights differ between processes ({counts} of {start.total:,}): every process must "
+                         "optimise the same weights. Load the same weights on every process (the same --weights "
+                         "file), or build the model alike and pass it through accelerator.prepare first, which "
+                         "gives every process rank 0's weights")
 
 
 def _attached_pruned(conn) -> Optional[int]:

@@ -570,7 +570,9 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
         ax.plot(xs, ys, color="k", label="removed weights", drawstyle="steps-post")
         ax.yaxis.set_major_formatter(EngFormatter())
     else:  # every target 0: the dense network, scored with no stage run (both lower panels share this step axis)
-        ax.text(0.5, 0.5, "no updates ran (a target of 0 is the dense network, with no stage run)", ha="center",
+        at = ("a target of 0 is the dense network" if not any(r.get("target") == "start" for r in snapshots_rows)
+              else "a target at a sparse start is the network as loaded")
+        ax.text(0.5, 0.5, f"no updates ran ({at}, with no stage run)", ha="center",
                 va="center", transform=ax.transAxes)
         ax.set_xticks([0])
         ax.set_yticks([])
@@ -890,7 +892,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
             + ").\n"
             f"Splits: train = a fixed random sample of {len(train_sample.dataset)} images of the train part (the same for "
             f"every row); held-out = a stratified part of the TRAIN split ({len(dl.holdout.dataset):,} images; "
-            f"{_holdout_use(args, total)}); test = "
+            f"{_holdout_use(args, total, result.start_removed)}); test = "
             + _test_split_words(args, dl.test, n_test)  # (the data's loader: a test_loader_hook's wrapper may hide it)
             + ", read only for this report.\n")
     accelerator.print(table + note)
@@ -916,13 +918,15 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
             "mask_hash_per_process": hashes}
 
 
-def _holdout_use(args, total: int) -> str:
+def _holdout_use(args, total: int, start: int = 0) -> str:
     """What the held-out part decided in this run of ``total`` prunable synapses, for the Splits note
     (it said 'line search and snapshot choice' also where it decided nothing, only scored the masks;
     for --remove best on a ladder it left out that the held-out scores also stop the climb; and it said
-    'line search of every update' where every target was 0, which runs no update)."""
+    'line search of every update' where every target was 0, which runs no update). ``start``: the
+    synapses a sparse start had already lost (a target of that many, as 0 on a dense one, runs no update)."""
     best = "best" in args.remove
-    updates = any(resolve_target(t, total) != 0 for t in args.remove)  # a target of 0 has no stage ("best": None)
+    # a target at the start (0, or a sparse start's count) has no stage ("best": None)
+    updates = any(resolve_target(t, total) != start for t in args.remove)
     climb = (f"when the climb stops ({args.patience} rung{'s' if args.patience != 1 else ''} without a better "
              "held-out score, --patience)")
     uses = (["the line search of every update"] if args.verify_batches and updates else []) + (
@@ -930,7 +934,9 @@ def _holdout_use(args, total: int) -> str:
     if uses:
         return "used for " + ", ".join(uses[:-1]) + (" and " if len(uses) > 1 else "") + uses[-1]
     if not updates:
-        return "scored only: a target of 0 is the dense network, with no update to verify"
+        return ("scored only: a target of 0 is the dense network, with no update to verify" if not start else
+                f"scored only: a target of {start:,} removed is the network as loaded (its weights of exactly 0.0 "
+                "absent from the start), with no update to verify")
     return "scored only: fixed targets with no line search (--verify-batches 0) choose nothing by it"
 
 

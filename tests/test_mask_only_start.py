@@ -140,3 +140,36 @@ def test_crawl_restores_only_restorable_ensembles():
     plan = policy.update(ctrl, 0)
     assert sum(int(idx.numel()) for idx in plan.grow.values()) == 3  # only the restorable ones, short of the goal
     assert sorted(plan.grow["2.weight"].tolist()) == [0, 1, 2]
+
+
+def test_a_dense_climb_keeps_a_rung_that_rounds_to_0_removed_as_before():
+    # the sparse start's rung filter (rungs above the start) dropped it on a dense network too: its stage
+    # went missing, and a ladder of such rungs alone was refused as "nothing to climb"
+    res, _ = optimize(mlp(), "best", ladder=[0.0001, 0.3], patience=2)
+    ends = [h for h in res.history if h["kind"] == "eval" and h["stage"] >= 0]
+    assert [h["stage"] for h in ends] == [0, 1] and ends[0]["removed"] == 0
+    res, _ = optimize(mlp(), "best", ladder=[0.0001])
+    assert [h["stage"] for h in res.history if h["kind"] == "eval"] == [-1, 0]
+
+
+def test_two_processes_start_alike_warn_once_and_refuse_weights_that_differ_together(tmp_path):
+    """On two processes the start note is given once (process 0), and weights whose zeros differ between the
+    processes are refused on both, naming each one's count (before, a target below one process's start only
+    was refused there while the other went on to wait in its next collective)."""
+    import json
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    from _ports import launch_two
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    r = launch_two([os.path.join(here, "scripts", "two_process_sparse_start.py"), tmp_path], env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    a, b = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2))
+    assert a["start_removed"] == b["start_removed"] == 320 and a["removed"] == b["removed"] == 352
+    assert len(a["notes"]) == 1 and b["notes"] == []
+    for rec in (a, b):
+        assert "the weights differ between processes (process 0: 320 weights of exactly 0.0" in rec["differing"]
+        assert "process 1: 576 weights of exactly 0.0, 576 synapses absent" in rec["differing"]

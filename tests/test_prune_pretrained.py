@@ -1681,3 +1681,16 @@ def test_a_sparse_weights_file_starts_sparse_and_its_report_counts_what_it_remov
     zeros = sum(int((sd[k] == 0).sum()) for k in sd if k.endswith("weight") and sd[k].dim() > 1)
     assert zeros == rows["0.6"]["removed"]  # (the model's batch-norm weights are not synapses: dim 1)
     assert "surviving weights that differ from the original: 0" in capsys.readouterr().out
+
+
+def test_the_splits_note_of_a_run_whose_only_target_is_its_sparse_start_says_no_update_ran():
+    """--remove at a sparse start's count runs no update (as 0 on a dense network): the note said the held-out
+    part fed 'the line search of every update', and the empty panel said the target was the dense network."""
+    from types import SimpleNamespace
+
+    mod = recipe()
+    a = SimpleNamespace(remove=[352], verify_batches=1, ladder=[0.1], patience=2)
+    note = mod._holdout_use(a, 704, 352)
+    assert "line search" not in note and "a target of 352 removed is the network as loaded" in note
+    assert "the line search of every update" in mod._holdout_use(SimpleNamespace(**{**vars(a), "remove": [400]}), 704, 352)
+    assert "a target of 0 is the dense network" in mod._holdout_use(SimpleNamespace(**{**vars(a), "remove": [0]}), 704)
