@@ -182,6 +182,14 @@ def with_notes_of(error: BaseException, cause: BaseException) -> BaseException:
     return error
 
 
+def _say(text: str) -> None:
+    """Write ``text`` and its newline to stderr in one call: stderr is unbuffered, so ``print`` writes
+    the two apart, and the processes of a multi-process launch (which all stop at once, on one bad
+    setting or one Ctrl-C) ran their lines together (``...start afresh thererecipes/adaptive.py: error:``)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callable[[], str]] = "",
             errors: Tuple[type, ...] = ()) -> Any:
     """Run ``main()``; a bad option, missing data or weights that do not fit print one line naming
@@ -207,21 +215,21 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
             CheckpointWriteError, *errors) as e:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise
-        print(error_lines(prog, e), file=sys.stderr)
+        _say(error_lines(prog, e))
         raise SystemExit(2) from e
     except (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as e:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise
         # (one a DataLoader worker raised comes back with no strerror: the worker's message names the file)
         if e.strerror:
-            print("\n".join([f"{prog}: error: {e.strerror}: {e.filename or ''} (check the output and input paths)",
-                             *_notes(e)]), file=sys.stderr)
+            _say("\n".join([f"{prog}: error: {e.strerror}: {e.filename or ''} (check the output and input paths)",
+                             *_notes(e)]))
         else:
-            print(error_lines(prog, e, " (check the output and input paths)"), file=sys.stderr)
+            _say(error_lines(prog, e, " (check the output and input paths)"))
         raise SystemExit(2) from e
     except KeyboardInterrupt:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise
         how = on_interrupt() if callable(on_interrupt) else on_interrupt
-        print(f"{prog}: interrupted" + (f"; {how}" if how else ""), file=sys.stderr)
+        _say(f"{prog}: interrupted" + (f"; {how}" if how else ""))
         raise SystemExit(130) from None

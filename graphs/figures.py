@@ -35,13 +35,22 @@ def _save(fig, out_dir, name) -> str:
     return path
 
 
+def _layer_ticks(ax, names) -> None:
+    """Layer names under a per-layer axis: upright and at a readable size where a few short names fit
+    (lenet300's fc1, fc2, fc3 were 6-point text turned on its side), on their side and smaller only
+    where many crowd the axis (a ResNet's)."""
+    names = list(names)
+    few = len(names) <= 8 and max((len(n) for n in names), default=0) <= 12
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=0 if few else 90, fontsize=9 if few else (8 if len(names) <= 30 else 6))
+
+
 def plot_density(g, out_dir, title: Optional[str] = None) -> str:
     plt = _plt()
     d = analysis.density_per_layer(g)
     fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(d)), 3.5))
     ax.bar(range(len(d)), list(d.values()), color="tab:blue")
-    ax.set_xticks(range(len(d)))
-    ax.set_xticklabels(list(d), rotation=90, fontsize=6)
+    _layer_ticks(ax, d)
     ax.set_ylabel("live fraction of synapses")
     ax.set_xlabel("layer")
     ax.set_title(_headed(title, "density per layer"))
@@ -81,8 +90,7 @@ def plot_dead(g, out_dir, title: Optional[str] = None) -> str:
         if float(frac.sum()) > 0 or label == "no live input":
             ax.bar(range(len(layers)), frac.numpy(), bottom=bottom.numpy(), color=color, label=label)
         bottom += frac
-    ax.set_xticks(range(len(layers)))
-    ax.set_xticklabels([x.name for x in layers], rotation=90, fontsize=6)
+    _layer_ticks(ax, [x.name for x in layers])
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction of the layer's units that are dead")
     ax.set_xlabel("layer")
@@ -100,8 +108,7 @@ def plot_reachability(g, out_dir, title: Optional[str] = None) -> str:
     fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(layers)), 3.5))
     ax.plot(fwd, "o-", label="reached from the inputs", ms=3)
     ax.plot(bwd, "s-", label="reaches an output", ms=3)
-    ax.set_xticks(range(len(layers)))
-    ax.set_xticklabels([x.name for x in layers], rotation=90, fontsize=6)
+    _layer_ticks(ax, [x.name for x in layers])
     ax.set_ylim(-0.05, 1.05)
     ax.set_ylabel("fraction of units")
     ax.set_xlabel("layer (topological order)")

@@ -47,6 +47,40 @@ def test_ctrl_c_ends_with_one_line_saying_how_to_continue(capsys, monkeypatch):
         run_cli(interrupted, "prog")
 
 
+
+@pytest.mark.parametrize("raised, line", [
+    (ValueError("bad setting"), "prog: error: bad setting\n"),
+    (PermissionError(13, "Permission denied", "/out"), "prog: error: Permission denied: /out (check the output and input paths)\n"),
+    (KeyboardInterrupt(), "prog: interrupted; --resume continues\n"),
+])
+def test_each_closing_line_is_written_with_its_newline_in_one_write(monkeypatch, raised, line):
+    """stderr is unbuffered, and print wrote the line and its newline apart: under `accelerate launch
+    --num_processes 2` every process stops on the same bad setting or Ctrl-C, and the two processes'
+    lines ran together ('...start afresh thererecipes/adaptive.py: error: ...')."""
+    from adaptive.cli import run_cli
+
+    class Recorder:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+            return len(text)
+
+        def flush(self):
+            pass
+
+    def fail():
+        raise raised
+
+    err = Recorder()
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    monkeypatch.setattr(sys, "stderr", err)
+    with pytest.raises(SystemExit):
+        run_cli(fail, "prog", on_interrupt="--resume continues")
+    assert err.writes == [line]
+
+
 def _printed_warnings(fn):
     """What ``fn()``'s warnings print on stderr, shown as Python shows them outside pytest (pytest
     records them instead): every one, each through ``warnings.formatwarning``."""

@@ -270,3 +270,23 @@ def test_only_older_train_mode_estimates_are_named(tmp_path, monkeypatch, files,
         assert "older" not in title, title
     else:
         assert noted in title, title
+
+
+@pytest.mark.parametrize("config, hint", [
+    ("mode: train\n", "recipes/adaptive.py --line_search N measures one"),
+    ("mode: mask_only\n", "recipes/adaptive.py --mask_only_kw verify_batches=N measures one"),
+    ("remove: [0.2]\nverify_batches: 0\n", "recipes/prune_pretrained.py --verify-batches N measures one"),
+    (None, "recipes/prune_pretrained.py --verify-batches N measures one"),  # its history.jsonl alone
+])
+def test_the_missing_measurement_names_the_option_of_the_runs_recipe_and_mode(tmp_path, monkeypatch, config, hint):
+    """A prune_pretrained.py run (or a mask_only run of adaptive.py) without a line search was told
+    that 'recipes/adaptive.py --line_search N measures one': an option of another recipe, which
+    mask_only mode refuses; the runs measure with --verify-batches N and --mask_only_kw verify_batches=N."""
+    _events(tmp_path, [{"step": 15, "kind": "update", "pruned": 0, "grown": 0, "est_loss_change": 0.0}])
+    if config is None:
+        (tmp_path / "history.jsonl").write_text(json.dumps({"kind": "update", "step": 15, "train_loss": 0.3}) + "\n")
+    else:
+        (tmp_path / "config.yaml").write_text(config)
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    assert f"no held-out line search;\n{hint})" in figs[0].axes[5].get_title()

@@ -851,3 +851,24 @@ def test_docs_name_every_node_and_edge_attribute_at_every_level():
         units = g.node_attrs["kind"] == UNIT
         assert sorted(set(g.node_attrs["layer"][units].tolist())) == [0, 1]  # g.layers: 0.weight, 2.weight
         assert (g.node_attrs["layer"][~units] == -1).all() and [x.param for x in g.layers] == ["0.weight", "2.weight"]
+
+
+def test_per_layer_figures_label_a_few_layers_upright_and_readable(tmp_path, monkeypatch):
+    """lenet300's report drew fc1, fc2, fc3 as 6-point text on its side under bars 2 inches wide;
+    a ResNet's 20 names still stand on their side, as they must to fit."""
+    models = pytest.importorskip("adaptive.models")
+    figs = []
+    real = graphs.figures._save
+    monkeypatch.setattr(graphs.figures, "_save", lambda fig, out_dir, name: figs.append((name, fig)) or real(fig, out_dir, name))
+    for model, upright in (("lenet300", True), ("resnet20", False)):
+        figs.clear()
+        m = models.build_model(model, num_classes=10, in_shape=(1, 28, 28) if model == "lenet300" else (3, 32, 32))
+        g = graphs.build(model=m, level="unit")
+        for plot in (graphs.figures.plot_density, graphs.figures.plot_dead, graphs.figures.plot_reachability):
+            plot(g, tmp_path)
+        for name, fig in figs:
+            labels = [t for t in fig.axes[0].get_xticklabels() if t.get_text()]
+            assert labels, name
+            for t in labels:
+                assert (t.get_rotation() == 0) == upright, (model, name, t.get_text(), t.get_rotation())
+                assert t.get_fontsize() >= 8, (model, name, t.get_text(), t.get_fontsize())

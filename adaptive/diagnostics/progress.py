@@ -11,7 +11,8 @@ run's events lack ``est_growth_gain`` and subtracted that gain, which the panel 
 run's restorations, told apart by the run's ``config.yaml`` or ``history.jsonl``, were always
 immediate, so its older events are not noted),
 ``actual_loss_change`` (held-out, right after the edit: logged where a line search checked the
-update, recipes/adaptive.py ``--line_search N`` in train mode). ``metrics.csv``: columns ``step``, ``split``
+update: recipes/adaptive.py ``--line_search N`` in train mode, ``--mask_only_kw verify_batches=N``
+in mask_only mode, recipes/prune_pretrained.py ``--verify-batches N``). ``metrics.csv``: columns ``step``, ``split``
 and any numeric ones (``loss``, ``accuracy``, ``removed``, ...). Missing keys, blank cells and
 missing files are tolerated: what is there is drawn; a NaN or inf loss or accuracy is left out and
 its panel says how many.
@@ -114,6 +115,8 @@ class Progress:
     removed_source: str
     # "grow at init" (train mode), "restore" (mask_only, or grow_init='original'), None: not said
     growth: Optional[str] = None
+    # the option that would have measured each update's loss change, for the run's recipe and mode
+    measure_hint: str = "recipes/adaptive.py --line_search N measures one"
 
     def plot(self, path, svg: bool = False, title: str = ""):
         plt = pyplot()
@@ -255,8 +258,8 @@ class Progress:
             ax.plot([s for s, _, _ in est], [a for _, a, _ in est], "o", ms=4, color="tab:purple")
             ax.set_xlabel("step")
             ax.set_ylabel("estimated loss change of the update")
-            why = ("no measured loss change to compare (no held-out line search;\nrecipes/adaptive.py "
-                   "--line_search N measures one)" if not measured else
+            why = (f"no measured loss change to compare (no held-out line search;\n{self.measure_hint})"
+                   if not measured else
                    f"the {measured} measured loss change(s) are at other updates")
             more = f"\n({in_score} more in the estimator's own units, not drawn)" if in_score else ""
             ax.set_title(f"utility estimate per update\n{len(est)} estimate(s) logged; {why}{more}{older}", fontsize=9)
@@ -289,6 +292,33 @@ def read_history(path: str) -> Table:
     return Table(rows)
 
 
+def _read_config(run_dir: str) -> Optional[dict]:
+    """The run's ``config.yaml`` as a dict; None where it is missing, unreadable or not a mapping."""
+    try:
+        import yaml
+
+        with open(os.path.join(run_dir, "config.yaml")) as f:
+            cfg = yaml.safe_load(f)
+    except Exception:  # noqa: BLE001 - none, unreadable or damaged: the caller words its note for either mode
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def measure_hint(run_dir: str) -> str:
+    """The option that measures each update's held-out loss change for the run in ``run_dir``, as
+    its folder records the recipe and mode: ``recipes/prune_pretrained.py --verify-batches N`` for a
+    run of that recipe (a ``config.yaml`` with ``remove`` and no ``mode``, or a ``history.jsonl``
+    where none can be read), ``--mask_only_kw verify_batches=N`` for a mask_only run of
+    ``recipes/adaptive.py`` (which refuses ``--line_search``), else ``--line_search N``."""
+    cfg = _read_config(run_dir)
+    history = os.path.isfile(os.path.join(run_dir, "history.jsonl"))
+    if (cfg is None and history) or (cfg is not None and cfg.get("mode") is None and ("remove" in cfg or history)):
+        return "recipes/prune_pretrained.py --verify-batches N measures one"
+    if cfg is not None and cfg.get("mode") == "mask_only":
+        return "recipes/adaptive.py --mask_only_kw verify_batches=N measures one"
+    return "recipes/adaptive.py --line_search N measures one"
+
+
 def growth_mode(run_dir: str) -> Optional[str]:
     """How the run in ``run_dir`` grew synapses, as its folder records it: "restore" (a mask_only run,
     where a grown synapse's estimate was always an immediate change: ``mode: mask_only`` in the
@@ -299,14 +329,8 @@ def growth_mode(run_dir: str) -> Optional[str]:
     None where the folder does not say (no readable ``config.yaml`` and no ``history.jsonl``). The
     ``config.yaml`` the recipe wrote (the resolved settings) decides before a ``history.jsonl``, which
     only tells where that file is missing or unreadable."""
-    try:
-        import yaml
-
-        with open(os.path.join(run_dir, "config.yaml")) as f:
-            cfg = yaml.safe_load(f)
-    except Exception:  # noqa: BLE001 - none, unreadable or damaged: the history, or the panel words its note for either mode
-        cfg = None
-    if not isinstance(cfg, dict):
+    cfg = _read_config(run_dir)
+    if cfg is None:  # the history, or the panel words its note for either mode
         return "restore" if os.path.isfile(os.path.join(run_dir, "history.jsonl")) else None
     mode = cfg.get("mode")
     if mode is None and ("remove" in cfg or os.path.isfile(os.path.join(run_dir, "history.jsonl"))):
@@ -359,4 +383,4 @@ def progress(run_dir: str, total_synapses: Optional[int] = None) -> Progress:
                 r["removed"] = before[-1] if before else 0
     else:
         source = "step"
-    return Progress(events, metrics, source, growth_mode(run_dir))
+    return Progress(events, metrics, source, growth_mode(run_dir), measure_hint(run_dir))
