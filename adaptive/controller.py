@@ -23,7 +23,6 @@ import fnmatch
 import inspect
 import json
 import math
-import numbers
 import os
 import weakref
 from typing import Callable, Dict, Iterable, List, Optional
@@ -35,7 +34,7 @@ from .budgets import get_budget
 from .atomic import write_text
 from .connectome import Connectome, eager
 from .connectome import EnsembleRuleError  # noqa: F401  (importable from here, as before)
-from .controller_edits import ControllerEditsMixin
+from .controller_edits import ControllerEditsMixin, line_search_tolerance_problem
 from .controller_reports import ControllerReportsMixin
 from .controller_state import ControllerStateMixin
 from .controller_state import _holds_tensors  # noqa: F401  (importable from here, as before)
@@ -119,7 +118,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             >= 0; 0: the whole update or nothing) or rolled back when it raises that loss by more
             than ``line_search_tolerance`` (or by more than the plan's own ``tolerance`` when its
             policy sets one), and its event logs the measured change (``actual_loss_change``).
-            ``line_search_tolerance`` (a number, not NaN; ``math.inf``: keep every update, only
+            ``line_search_tolerance`` (a number >= 0, not NaN; ``math.inf``: keep every update, only
             measure it) defaults by the connectome's mode: 0.0 in mask_only mode, where an edit
             changes no weight and vetoing every rise is the method; ``math.inf`` in train mode, where
             a prune always costs some held-out loss at once and a synapse grown at 0.0 saves nothing
@@ -127,7 +126,10 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             accuracy (``recipes/benchmarks/line_search_train.py``: lenet300 on MNIST at density 0.1,
             tolerance 0 left threshold at 0.34-0.53 and gmp at 0.44-0.69; 3 standard errors of the
             held-out loss vetoed nothing). Pass a number to veto in train mode too: an explicit 0.0
-            behaves as the default did before. Across processes, give it on every
+            behaves as the default did before. The tolerance is saved with the controller's state: a
+            controller built without one that loads a state goes on with the state's (a state saved
+            before it was recorded ran with 0.0, in train mode too), and one built with another is
+            refused. Across processes, give it on every
             process: each may score its own shard (a loader prepared by Accelerate); the controller
             averages the losses over the processes before every decision (equal-size shards give
             the mean over the whole held-out set; a NaN on one process makes the mean NaN, which
@@ -215,11 +217,11 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             raise ValueError(f"line_search_tries must be an integer >= 0 (the halvings an update may try before it is "
                              f"rolled back; 0: all or nothing), got {line_search_tries!r}")
         line_search_tries = whole_number(line_search_tries)
-        if line_search_tolerance is not None and (isinstance(line_search_tolerance, bool) or not isinstance(
-                line_search_tolerance, numbers.Real) or math.isnan(line_search_tolerance)):
-            raise ValueError(f"line_search_tolerance must be None (the mode's default) or a number, the held-out loss "
-                             f"rise an update may cause and still be kept (math.inf: keep every update, only measure "
-                             f"it), got {line_search_tolerance!r}")
+        problem = None if line_search_tolerance is None else line_search_tolerance_problem(line_search_tolerance)
+        if problem:
+            raise ValueError(f"line_search_tolerance must be None (the mode's default) or a number >= 0, the held-out "
+                             f"loss rise an update may cause and still be kept (math.inf: keep every update, only "
+                             f"measure it): {problem}")
         if whole_number(seed, floats=True) is None:
             raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
                              f"number such as seed=0")
@@ -325,6 +327,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         self.window = window
         self.batch_size = batch_size
         self.holdout_loss = holdout_loss
+        # unset: the mode's default, or the tolerance a loaded state ran with (a resumed run keeps it)
+        self._line_search_tolerance_given = line_search_tolerance is not None
         self.line_search_tolerance = (float(line_search_tolerance) if line_search_tolerance is not None else
                                       DEFAULT_LINE_SEARCH_TOLERANCE[conn.mode])
         self.line_search_tries = line_search_tries

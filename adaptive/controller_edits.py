@@ -10,6 +10,8 @@ from reduced statistics), so every process keeps, halves or rolls back alike.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Dict, Optional
 
 import torch
@@ -18,6 +20,24 @@ from .connectome import EnsembleRuleError
 from .distributed import all_reduce_mean_
 from .policies.base import EditPlan, global_synapse_target, synapse_targets
 from .rollback import EditSnapshot
+
+
+# The line search's tolerance before it was recorded in the controller's state and before it defaulted
+# by mode: every state saved without it ran with this (in train mode too)
+FORMER_LINE_SEARCH_TOLERANCE = 0.0
+
+
+def line_search_tolerance_problem(value) -> Optional[str]:
+    """What is wrong with ``value`` as a ``line_search_tolerance`` (None: nothing): it must be a
+    number >= 0 (``math.inf`` keeps every update). NaN would keep an update only where the loss is
+    NaN too; a negative tolerance would roll back every update that does not lower the held-out loss
+    by more than its size (``-inf``: every update), which no line search means."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        return f"it must be a number, got {value!r}"
+    if value < 0:
+        return (f"it must be >= 0, got {value!r}: a negative tolerance would roll back every update that does not "
+                "lower the held-out loss by more than its size; give 0.0 to veto every rise")
+    return None
 
 
 def _roll_back(before: EditSnapshot, error: BaseException) -> None:

@@ -3,9 +3,10 @@
 
 A state holds the step count, the events, the gradient window, the policy's and estimators' own
 states and the names they ran with. Loading checks the whole state first (the mode, the policy and
-estimators' names, each layer's shapes, the zero-cost order) and loads it all or nothing: a bad
-state changes nothing. States saved by older versions load too (layers kept under a wrapper's
-``module.`` names, statistics of empty layers, no recorded zero-cost order).
+estimators' names, each layer's shapes, the zero-cost order, the line-search tolerance) and loads
+it all or nothing: a bad state changes nothing. States saved by older versions load too (layers
+kept under a wrapper's ``module.`` names, statistics of empty layers, no recorded zero-cost order or
+line-search tolerance).
 """
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ from typing import Dict
 import torch
 
 from .connectome import _stripped, _wrapper_prefix, check_same_mode
+from .controller_edits import FORMER_LINE_SEARCH_TOLERANCE, line_search_tolerance_problem
 from .utility.ties import ZERO_COST_ORDERS
 from .warn import warn_user
+
+
+_UNRECORDED = object()  # a state entry saved before it was recorded
 
 
 def _holds_tensors(v, depth: int = 4) -> bool:
@@ -50,6 +55,8 @@ class ControllerStateMixin:
             "policy_name": self.policy.name,
             "estimator_names": {side: est.name for side, est in self._estimators().items()},
             "zero_cost_order": self.zero_cost_order,
+            # what the line search vetoed by (None: no holdout_loss, no line search ran)
+            "line_search_tolerance": self.line_search_tolerance if self.holdout_loss is not None else None,
             "mode": self.conn.mode,
         }
 
@@ -192,6 +199,7 @@ class ControllerStateMixin:
         self._check_state_shapes(sd)
         self._check_state_kinds(sd)
         zero_cost_order = self._loaded_zero_cost_order(sd)
+        tolerance = self._loaded_line_search_tolerance(sd)
         try:
             step_count = int(sd["step_count"])
             nonfinite = int(sd.get("nonfinite_windows", 0))
@@ -226,6 +234,33 @@ class ControllerStateMixin:
         self.nonfinite_windows = nonfinite
         self._warned_missed = warned_missed
         self.zero_cost_order = zero_cost_order
+        self.line_search_tolerance = tolerance
+
+    def _loaded_line_search_tolerance(self, sd: dict) -> float:
+        """The line-search tolerance a resumed run goes on with: the state's, where it ran a line search
+        (a state saved before the tolerance was recorded whose events hold a checked update ran with
+        0.0, the default then, in train mode too); this controller's own where the state ran none. One
+        given to this controller that differs from the state's is refused: the run would go on
+        vetoing by another rule than it ran with."""
+        recorded = sd.get("line_search_tolerance", _UNRECORDED)
+        if recorded is _UNRECORDED:  # saved before it was recorded: did a line search run?
+            events = sd.get("events")
+            checked = isinstance(events, (list, tuple)) and any(
+                isinstance(e, dict) and e.get("line_search_fraction") is not None for e in events)
+            recorded = FORMER_LINE_SEARCH_TOLERANCE if checked else None
+        if recorded is None:
+            return self.line_search_tolerance
+        problem = line_search_tolerance_problem(recorded)
+        if problem:
+            raise ValueError(f"the controller state's line_search_tolerance is malformed ({problem}): pass the dict "
+                             "that Controller.state_dict() returned, unchanged")
+        recorded = float(recorded)
+        if self._line_search_tolerance_given and recorded != self.line_search_tolerance:
+            raise ValueError(f"this controller state was saved by a line search with line_search_tolerance={recorded!r}"
+                             f", and this controller was built with line_search_tolerance={self.line_search_tolerance!r}"
+                             f": build it with line_search_tolerance={recorded!r} (or leave it unset) to continue the "
+                             "run as it ran")
+        return recorded
 
     def _loaded_zero_cost_order(self, sd: dict) -> str:
         """The zero-cost order a resumed run goes on with: the state's (a state saved before the order

@@ -45,6 +45,12 @@ BAD = {
     "line_search_tolerance=nan": (dict(line_search_tolerance=math.nan),
                                   r"line_search_tolerance must be None \(the mode's default\) or a number.*got nan"),
     "line_search_tolerance='0.1'": (dict(line_search_tolerance="0.1"), "line_search_tolerance must be None"),
+    # (it rolled back every update that did not lower the held-out loss by 0.1; -inf every update)
+    "line_search_tolerance=-0.1": (dict(line_search_tolerance=-0.1),
+                                   r"line_search_tolerance must be None \(the mode's default\) or a number >= 0.*it must "
+                                   r"be >= 0, got -0.1: a negative tolerance would roll back every update that does not "
+                                   r"lower the held-out loss by more than its size; give 0.0 to veto every rise"),
+    "line_search_tolerance=-inf": (dict(line_search_tolerance=-math.inf), "it must be >= 0, got -inf"),
 }
 
 

@@ -388,3 +388,47 @@ def test_a_state_of_the_other_mode_is_refused_before_anything_loads():
     sd = ctrls["train"].state_dict()
     del sd["mode"]  # saved before the mode was recorded: taken as it is
     ctrls["train"].load_state_dict(sd)
+
+
+def _searched(seed_steps=6, **kw):
+    """A gmp controller with a line search on a held-out loss that every prune raises (1 - density):
+    at tolerance 0 every prune is rolled back, at inf (train mode's default) each is kept."""
+    m, conn = setup()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    ctrl = adaptive.Controller(conn, opt, policy="gmp", density=0.3, budget="uniform", update_every=2, end_step=12,
+                               holdout_loss=lambda: 1.0 - conn.density(), **kw)
+    train(m, opt, seed_steps)
+    return ctrl, conn
+
+
+def test_a_loaded_state_keeps_the_line_search_tolerance_it_ran_with():
+    """The tolerance is saved with the state: a controller built without one goes on with the state's
+    (a run saved at 0.0 keeps vetoing); a state saved before it was recorded, whose events hold a
+    checked update, ran at 0.0, the default then (train mode's default is now inf); one that ran no
+    line search leaves the controller its own; another tolerance given is refused, changing nothing."""
+    ran, _ = _searched(line_search_tolerance=0.0)
+    sd = ran.state_dict()
+    assert sd["line_search_tolerance"] == 0.0 and any(e["line_search_fraction"] == 0.0 for e in sd["events"])
+    resumed, conn = _searched(seed_steps=0)
+    assert resumed.line_search_tolerance == float("inf")
+    resumed.load_state_dict(sd)
+    assert resumed.line_search_tolerance == 0.0
+    old = {k: v for k, v in sd.items() if k != "line_search_tolerance"}  # saved before it was recorded
+    resumed, conn = _searched(seed_steps=0)
+    resumed.load_state_dict(old)
+    assert resumed.line_search_tolerance == 0.0
+    unchecked, _ = _searched(seed_steps=0, line_search_tolerance=0.5)
+    plain = {**old, "events": [e for e in old["events"] if e["line_search_fraction"] is None]}
+    unchecked.load_state_dict(plain)  # (no line search ran: nothing to keep)
+    assert unchecked.line_search_tolerance == 0.5
+    given, conn = _searched(seed_steps=0, line_search_tolerance=float("inf"))
+    with pytest.raises(ValueError, match=r"saved by a line search with line_search_tolerance=0.0, and this controller "
+                                         r"was built with line_search_tolerance=inf: build it with "
+                                         r"line_search_tolerance=0.0 \(or leave it unset\)"):
+        given.load_state_dict(sd)
+    assert given.step_count == 0 and given.events == [] and given.line_search_tolerance == float("inf")
+    with pytest.raises(ValueError, match="line_search_tolerance is malformed .*it must be >= 0, got -1"):
+        _searched(seed_steps=0)[0].load_state_dict({**sd, "line_search_tolerance": -1})
+    no_check = adaptive.Controller(setup()[1], None, policy="gmp", density=0.3, update_every=2, end_step=12)
+    assert no_check.state_dict()["line_search_tolerance"] is None  # (no holdout_loss: none ran)
+

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from adaptive.config import load_config
+from adaptive.config import load_config, save_config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _ports import launch_two  # noqa: E402
@@ -168,6 +168,29 @@ def test_the_former_default_tolerance_from_a_file_is_no_idle_option(tmp_path):
     assert R.parse_args(["--config", str(path), "--mode", "mask_only"]).line_search_tolerance == 0.0
     assert load_config(R.RunConfig, path).line_search_tolerance == 0.0
     # (typed on the command line: test_bad_line_search_arguments_fail_clearly)
+
+
+@pytest.mark.parametrize("mode", ["train", "mask_only"])
+def test_a_config_built_in_code_resumes_a_run_recorded_with_the_former_tolerance_and_no_line_search(tmp_path, mode):
+    """Every config.yaml recorded before the default became inf holds line_search_tolerance 0.0, with
+    or without --line_search. Without one on either side the tolerance shapes nothing: a config built
+    in code (no command line to tell a left-out option) that holds the new default resumes such a run,
+    keeping the run's value, and the reverse too; with --line_search the values are still compared."""
+    path = tmp_path / "config.yaml"
+    kw = dict(mode=mode, output_dir=str(tmp_path), progress=False, figures=False)
+    cfg = R.RunConfig(**kw)
+    assert cfg.line_search_tolerance == math.inf and cfg._left_out == frozenset()
+    save_config(cfg, path, line_search_tolerance=0.0)  # (as every older config.yaml)
+    R._check_resumed_config(cfg, tmp_path)  # (refused before: "line_search_tolerance: run 0.0, now inf")
+    assert cfg.line_search_tolerance == 0.0  # (the run's)
+    save_config(cfg, path, line_search_tolerance=math.inf)
+    old = R.RunConfig(**kw, line_search_tolerance=0.0)  # (from a template of that time: no idle option)
+    R._check_resumed_config(old, tmp_path)
+    assert old.line_search_tolerance == math.inf
+    if mode == "train":
+        save_config(cfg, path, line_search=2, line_search_tolerance=0.0)
+        with pytest.raises(R.CheckpointError, match=r"line_search_tolerance: run 0.0, now inf\).* --line_search_tolerance 0 "):
+            R._check_resumed_config(R.RunConfig(**kw, line_search=2), tmp_path)
 
 
 def test_resume_with_line_search_is_bit_exact(tmp_path):

@@ -144,9 +144,17 @@ def _former_defaults_as_run(cfg: RunConfig, now: dict, saved: dict, path: Path) 
     """A run recorded with an option's former default (:data:`checks._FORMER_DEFAULTS`: a
     --line_search_tolerance 0 run recorded before the default became inf), resumed by a command line
     that leaves the option out, continues with it, as it ran (its own command then still resumes it);
-    one that gives the option is compared as given. Sets it in ``cfg`` and ``now``."""
+    one that gives the option is compared as given. Where no line search ran nor runs, the run's
+    recorded tolerance stays whatever ``cfg`` holds (0.0 or inf: it shapes nothing). Sets it in ``cfg``
+    and ``now``."""
     from adaptive.distributed import rank
 
+    key, default = "line_search_tolerance", type(cfg).__dataclass_fields__["line_search_tolerance"].default
+    if not cfg.line_search and not saved.get("line_search") and saved.get(key) in (_FORMER_DEFAULTS[key], default):
+        # no line search ran nor runs (--line_search 0, every mask_only run): the tolerance, 0.0 in every older
+        # config.yaml and inf since, shapes nothing; the run's stays, also for a config built in code
+        setattr(cfg, key, saved[key])
+        now[key] = saved[key]
     for key, former in _FORMER_DEFAULTS.items():
         if key in cfg._left_out and saved.get(key) == former and now[key] != former:
             setattr(cfg, key, former)
