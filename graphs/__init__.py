@@ -10,7 +10,8 @@ from .analysis import (concat_composition, dead_units, degree_distribution, dens
                        signal_depth, state_nodes, summary)
 from .graph import LEVELS, ConnectomeGraph, build, layer_graph
 from . import figures
-from .compact import FoldedConv, compact
+from .compact import compact
+from .folded import FoldedConv
 from .contract import contract_junctions, junction_sources
 from .exporters import EXPORTERS, WRITERS, export, read_json, register_exporter, register_writer, write
 from .netx import from_networkx, to_networkx

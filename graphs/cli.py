@@ -606,7 +606,7 @@ def _batch_axis(a, model) -> Optional[int]:
 def _compact(model, conn, a, run_dir) -> int:
     import graphs
 
-    from .compact import CompactionMismatchError
+    from .compact_check import CompactionMismatchError
     from .example_inputs import runnable_example_input
 
     out = a.out or run_dir

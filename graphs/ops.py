@@ -73,7 +73,7 @@ from .folded import FoldedConv
 TORCH_OWN = torch._C._VariableFunctions
 WEIGHTED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # weighted too, but their weight is (in, out/groups, *kernel): the graph reads them through LayerFlow.part,
-# and compaction cuts them in the (out, in/groups, *kernel) layout (graphs.compact._out_in_weight)
+# and compaction cuts them in the (out, in/groups, *kernel) layout (graphs.compact_layers._out_in_weight)
 TRANSPOSED_MODULES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 # a compacted model's convolution with constants folded in (graphs.folded): weighted, as the convolution it wraps
 # (its ``conv``), which holds the synapses; the folded term, input-independent, is a constant like a bias

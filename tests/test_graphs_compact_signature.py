@@ -134,22 +134,14 @@ def test_a_copy_saved_before_graphs_trace_was_split_still_loads(tmp_path, monkey
     ``graphs.trace.SignatureTracer`` in its pickle, and its check on an input traced as None
     ``graphs.trace.none_only`` in its code's imports: both live in graphs.tracer now, and graphs.trace still
     names them (a re-export that pyflakes calls unused), so the copy loads, runs, and leaves fx tracing."""
-    import sys
-    import zipfile
-
     from graphs import tracer
+    from test_graphs_compact_saved import saved_as_then
 
     model = _OptionalNone().eval()
     small = graphs.compact(model, example_input=(X, None, M))
     # saved as that version saved it: the same class and function, under the module they were in then
-    for obj in (tracer.SignatureTracer, tracer.none_only):
-        monkeypatch.setattr(obj, "__module__", "graphs.trace")
-        monkeypatch.setattr(sys.modules["graphs.trace"], obj.__name__, obj, raising=False)
-    small.recompile()  # its code, written as then
-    torch.save(small, tmp_path / "old.pt")
-    monkeypatch.undo()
-    with zipfile.ZipFile(tmp_path / "old.pt") as z:
-        pickled = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    pickled = saved_as_then(small, tmp_path / "old.pt", monkeypatch, "graphs.trace", tracer.SignatureTracer,
+                            tracer.none_only)
     assert b"graphs.trace\nSignatureTracer" in pickled and b"from graphs.trace import none_only" in pickled
     back = torch.load(tmp_path / "old.pt", weights_only=False)
     assert torch.equal(back(X, mask=M), model(X, mask=M)) and "wrap(" not in back.code

@@ -1,0 +1,143 @@
+"""The check of :func:`graphs.compact`: the compact copy against the masked model on the example, a second
+input, a batch of twice its size and inputs of other sizes; :class:`CompactionMismatchError` where they differ."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .compact_probe import _tensor_leaves
+
+class CompactionMismatchError(RuntimeError):
+    """The compact model's outputs differ from the masked model's beyond the check's tolerances."""
+
+
+def _axis(t: torch.Tensor, batch: int) -> int:
+    """The batch axis of input ``t`` given ``batch`` (compact's ``batch_axis``): axis 0 of a 1-D input (one value
+    per sample), else ``batch``."""
+    return batch if t.dim() >= 2 else 0
+
+
+def _resized(x, axes: str, grow, g: torch.Generator, batch: int = 0):
+    """``x`` (a tensor or a tuple / list of them) with random contents of another size, and where it says so
+    (" on an input of shape ..."); None when no tensor changes. ``axes`` "map" grows the axes past the channels
+    (2 on) of float tensors of rank 3 or more (images, volumes, signals), as the wider probe does; "tokens" grows
+    axis 1 of float ``[N, T, C]`` and integer ``[N, T, ...]`` tensors (a sequence's length; ids are drawn from the
+    example's), axis 0 of ``[T, N, C]`` and ``[T, N, ...]`` ones where ``batch`` is 1. ``grow(sizes)``: the new
+    sizes. Drawn from ``g`` on the CPU, then moved to each tensor's device."""
+    steps = 1 - batch  # the axis of a sequence's positions
+
+    def one(t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        if axes == "map" and t.is_floating_point() and t.dim() >= 3:
+            return torch.randn(*t.shape[:2], *grow(t.shape[2:]), generator=g, dtype=torch.float64).to(t.device, t.dtype)
+        if axes == "tokens" and (t.dim() == 3 if t.is_floating_point() else t.dim() >= 2 and t.shape[steps] > 0):
+            shape = list(t.shape)
+            shape[steps] = grow(t.shape[steps:steps + 1])[0]
+            if t.is_floating_point():
+                return torch.randn(shape, generator=g, dtype=torch.float64).to(t.device, t.dtype)
+            return t.index_select(steps, torch.randint(t.shape[steps], (shape[steps],), generator=g).to(t.device))
+        return t
+
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    out = tuple(one(t) for t in xs)
+    changed = [(a.shape, b.shape) for a, b in zip(xs, out) if isinstance(a, torch.Tensor) and a.shape != b.shape]
+    if not changed:
+        return None
+    was, now = changed[0]
+    return (type(x)(out) if isinstance(x, (tuple, list)) else out[0],
+            f" on an input of shape {tuple(now)} (the example's is {tuple(was)})")
+
+
+def _other_sizes(ref, x, g: torch.Generator, batch: int = 0) -> list:
+    """Inputs of other sizes than the example's that the masked model runs on, as ``(input, its outputs or None,
+    where)``: twice the example's size on the axes past the channels (the wider probe's) and an odd, non-square
+    one (one more, two more, ...), or else twice and one more tokens. None (an empty list) for a model that fixes
+    its input's size (a Linear after a flatten, positions embedded up to the example's length): compact's check
+    is then at the example's size only. ``batch``: the inputs' batch axis (:func:`_resized`)."""
+    from .forward_inputs import _call_with_inputs
+
+    for axes in ("map", "tokens"):
+        wide = _resized(x, axes, lambda s: [2 * n for n in s], g, batch)
+        if wide is None:
+            continue
+        args = tuple(wide[0]) if isinstance(wide[0], (tuple, list)) else (wide[0],)
+        try:
+            ra = _call_with_inputs(ref, args)
+        except Exception:  # noqa: BLE001 - the model takes no input of that size
+            continue
+        odd = _resized(x, axes, lambda s: [n + 1 + i for i, n in enumerate(s)], g, batch)
+        return [(wide[0], ra, wide[1]), (odd[0], None, odd[1])]
+    return []
+
+
+@torch.no_grad()
+def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol, batch: int = 0) -> float:
+    """Compare ``gm`` with the masked ``ref`` on the example, a second random input, a batch of twice its
+    size (along axis ``batch`` of the inputs of two axes or more) and, where ``ref`` runs on them, inputs of other sizes (:func:`_other_sizes`): a view or a split
+    sized for the example's map or length may be wrong on another. The largest difference; raises
+    :class:`CompactionMismatchError` on a mismatch, naming the input's shape where it is not the example's."""
+    from .forward_inputs import _call_with_inputs
+
+    # the inputs are drawn from a generator of the check's own, on the CPU: the same inputs at every
+    # call and on every device, and nothing drawn from the global generators
+    g = torch.Generator().manual_seed(0)
+
+    def other(t):  # a second input: random floats, or the ids (tokens) shuffled
+        if not isinstance(t, torch.Tensor):
+            return t
+        if t.is_floating_point():
+            return torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device, t.dtype)
+        return t.flatten()[torch.randperm(t.numel(), generator=g).to(t.device)].view_as(t)
+
+    x2 = type(x)(other(t) for t in x) if isinstance(x, (tuple, list)) else other(x)
+    xs = [(x, None, False, ""), (x2, None, False, "")]
+    ts = [t for t in (x2 if isinstance(x2, (tuple, list)) else (x2,)) if isinstance(t, torch.Tensor)]
+    sizes = [t.shape[_axis(t, batch)] if t.dim() >= 1 else None for t in ts]
+    if ts and None not in sizes and len(set(sizes)) == 1:  # and a batch of another size
+        def double(t):
+            return torch.cat([t, other(t)], _axis(t, batch)) if isinstance(t, torch.Tensor) else t
+        xs.append((type(x2)(double(t) for t in x2) if isinstance(x2, (tuple, list)) else double(x2), None, True, ""))
+    xs += [(xi, ra, True, where) for xi, ra, where in _other_sizes(ref, x, g, batch)]
+    worst = 0.0
+    for xi, ra, optional, where in xs:
+        args = tuple(xi) if isinstance(xi, (tuple, list)) else (xi,)  # several inputs: one argument each
+        if ra is None:
+            try:  # the model takes a keyword-only input by name; gm, as fx wrote it, in its place
+                ra = _call_with_inputs(ref, args)  # a tensor, or a dict / tuple of them
+            except Exception:  # noqa: BLE001 - the model fixes its batch size (or this odd size): nothing to compare
+                if not optional:
+                    raise
+                continue
+        try:
+            rb = _call_with_inputs(gm, args)  # its keyword-only inputs by name, as the model's
+        except Exception as e:  # noqa: BLE001 - the masked model runs on this input: so must the compact one
+            if not where:
+                raise
+            raise CompactionMismatchError(
+                f"compaction broke the model{where}, where the masked model runs: {type(e).__name__}: {e}; if it "
+                "persists, please report this model. Pass verify=False to get the model anyway.") from e
+        pairs = [(a, b) for a, b in zip(_tensor_leaves(ra), _tensor_leaves(rb))]
+        if any(a.shape != b.shape for a, b in pairs):
+            raise CompactionMismatchError(
+                f"compaction changed the outputs' shapes{where}: {[tuple(a.shape) for a, _ in pairs]} became "
+                f"{[tuple(b.shape) for _, b in pairs]}; if it persists, please report this model. Pass verify=False "
+                "to get the model anyway.")
+        diff = max(float((a - b).abs().max()) for a, b in pairs) if pairs else 0.0
+        worst = max(worst, diff)
+        if not all(torch.allclose(a, b, atol=atol, rtol=rtol) for a, b in pairs):
+            raise CompactionMismatchError(_mismatch(pairs, diff, atol, rtol, where))
+    return worst
+
+
+def _mismatch(pairs, diff, atol, rtol, where: str = "") -> str:
+    """Why the check failed: the difference next to the outputs' scale and the tolerances, with a
+    hint to check in float64 when the difference is the size of rounding at that scale."""
+    scale = max(float(a.abs().max()) for a, _ in pairs)
+    low = [a.dtype for a, _ in pairs if a.is_floating_point() and a.dtype != torch.float64]
+    rounding = bool(low) and diff <= 1e-3 * scale  # a relative difference a bug rarely stays below
+    hint = (f"; relative to outputs this large the difference looks like {str(low[0])[6:]} rounding: compact a float64 "
+            "copy (model.double(), example_input.double()) to check, or pass larger atol/rtol" if rounding else "")
+    return (f"compaction changed the outputs{where} (max abs diff {diff:.3g} > atol {atol} + rtol {rtol} x |output|, "
+            f"with outputs up to {scale:.3g} in magnitude){hint}; if it persists, please report this model. Pass "
+            "verify=False to get the model anyway.")

@@ -1,0 +1,78 @@
+"""Functional layers in :func:`graphs.compact`: ``F.linear(x, self.fc.weight, self.fc.bias)`` on an
+``nn.Linear``'s own parameters taken for the layer's call, and a warning for each layer whose parameters are
+read otherwise (it keeps its size)."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch.nn.functional as F
+from torch import fx, nn
+
+from adaptive.warn import warn_user
+
+from . import ops
+from .compact_layers import _LAYERS
+
+def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
+    """Turn ``F.linear(x, self.fc.weight, self.fc.bias)`` on an ``nn.Linear``'s own weight and bias into the
+    call ``self.fc(x)``, which compaction shrinks; warn about each layer whose parameters are still read
+    directly (it keeps its size) and each ``F.linear`` on a weight no ``nn.Linear`` owns (its channels stay).
+    A layer with forward hooks (which its call would run and F.linear does not), or inside a module fx
+    calls whole (``attn.out_proj`` of a MultiheadAttention, which reads it at its full size), is left read."""
+    whole = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+    kept: Dict[str, str] = {}  # a layer read by an F.linear left as it is -> the reason, when not its bias
+    for n in list(gm.graph.nodes):
+        if n.op != "call_function" or n.target is not F.linear:
+            continue
+        owner, why = ops.linear_owner(n, src)
+        if owner is None:
+            warn_user(f"graphs.compact: node {ops.describe(n)} is F.linear where {why}: the channels it reads and "
+                      "writes keep their size; hold the weight in an nn.Linear and call it to have them compacted")
+            continue
+        module = src.get_submodule(owner)
+        bias = n.args[2] if len(n.args) > 2 else n.kwargs.get("bias")
+        own_bias = (bias is None if module.bias is None
+                    else getattr(bias, "op", None) == "get_attr" and bias.target == f"{owner}.bias")
+        x = n.args[0] if n.args else n.kwargs.get("input")
+        inside = next((t for t in whole if owner.startswith(t + ".")), None)
+        if module._forward_hooks or module._forward_pre_hooks:
+            kept[owner] = "it has forward hooks, which its call would run and F.linear does not"
+        elif inside is not None:
+            kept[owner] = f"{inside!r}, called whole, reads it too"
+        elif type(module).forward is not nn.Linear.forward:
+            kept[owner] = f"{type(module).__name__}.forward is not nn.Linear's"
+        if not owner or not own_bias or owner in kept or not isinstance(x, fx.Node):
+            continue  # left as it is; warned below with the other direct reads of the layer's parameters
+        parent, _, child = owner.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, child, module)  # fx kept a bare holder of the weight
+        with gm.graph.inserting_before(n):
+            call = gm.graph.call_module(owner, (x,))
+        n.replace_all_uses_with(call)
+        reads = [a for a in n.all_input_nodes if a.op == "get_attr"]
+        gm.graph.erase_node(n)
+        for a in reads:
+            if not a.users:
+                gm.graph.erase_node(a)
+    read: Dict[str, List[str]] = {}
+    for n in gm.graph.nodes:
+        owner = str(n.target).rpartition(".")[0] if n.op == "get_attr" else None
+        if owner and isinstance(_submodule(src, owner), _LAYERS):  # "": the model is the layer
+            read.setdefault(owner, []).extend(u.name for u in n.users)
+    for owner, users in read.items():
+        if owner in kept:
+            warn_user(f"graphs.compact: layer {owner!r} keeps its size: node(s) {sorted(set(users))} read its "
+                      f"parameters directly (F.linear(x, self.{owner}.weight, ...)) and {kept[owner]}, so the call is "
+                      "not taken for the layer's own")
+            continue
+        warn_user(f"graphs.compact: layer {owner!r} keeps its size: node(s) {sorted(set(users))} read its parameters "
+                  f"directly (F.linear with another bias, a transpose, ...), which a smaller layer would not fit; call "
+                  f"the module itself (self.{owner}(x)) to have it compacted")
+    gm.graph.lint()
+    gm.recompile()
+
+
+def _submodule(model: nn.Module, name: str) -> Optional[nn.Module]:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None

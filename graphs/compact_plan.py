@@ -1,0 +1,188 @@
+"""The plan of :func:`graphs.compact`: which channel items go, from the links, the pins, the probe's constants and
+what each weighted reader reads, with grouped convolutions' groups kept alike and ``align`` honoured."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import fx, nn
+
+from . import ops, shape_reads
+from .compact_items import _Items, _tensor_args
+from .compact_layers import _BN, _LAYERS, _depthwise, _inputs_read, _module_input
+from .compact_links import _link, _out_axis
+from .compact_probe import _SAME_RTOL, _channel_consts
+from .compact_splits import _split
+from .folded import FoldedConv, unfolded
+
+def _stateful(module) -> bool:
+    """Has parameters or buffers (a shared nn.ReLU is fine to call twice; a shared BatchNorm is not)."""
+    return module is not None and (any(True for _ in module.parameters()) or any(True for _ in module.buffers()))
+
+
+def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
+    mods = dict(gm.named_modules())
+    items = _Items()
+    items.wider = wider_env
+    calls: Dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    owners: Dict[int, set] = {}
+    for mn, m in gm.named_modules(remove_duplicate=False):
+        for p in m.parameters(recurse=False):
+            owners.setdefault(id(p), set()).add(mn)
+    tied = {mn for names in owners.values() if len(names) > 1 for mn in names}  # weight tying
+    # a parameter also read directly (F.linear(x, self.fc.weight)) would be read at its old size
+    tied |= {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
+    # a module called whole and a part of it called too (a FoldedConv and its convolution, an attention and its
+    # out_proj): neither can shrink without the other; nor can a FoldedConv whose convolution's weight is tied
+    tied |= _nested(calls)
+    tied |= {t.rpartition(".")[0] for t in tied if isinstance(mods.get(t.rpartition(".")[0]), FoldedConv)}
+    weighted_inputs = {}  # node -> weighted consumer nodes
+    grouped = []  # (input, node, groups) of each grouped, non-depthwise convolution whose input channels are items
+    for n in gm.graph.nodes:
+        out = env.get(n)
+        args = [a for a in _tensor_args(n) if a in items.offset]
+        module = mods.get(n.target) if n.op == "call_module" else None
+        cat = ops.categorize(n, module) if n.op in ("call_module", "call_function", "call_method") else n.op
+        if isinstance(out, torch.Tensor) and out.dim() >= 2:  # nodes come in order: args have their items
+            axis = _out_axis(n, cat, module, args, env, items)
+            items.add(n, out.shape[axis], axis)
+        if n.op in ("placeholder", "get_attr", "output"):
+            items.pin(n)
+            for a in args:
+                items.pin(a)
+            continue
+        shape = shape_reads.value(n, env, items.axis, items.shapes)
+        if shape is not None:  # reading a shape leaves the tensor's channels free: where the value goes decides
+            items.shapes[n] = shape
+            continue
+        if _stateful(module) and (calls[n.target] > 1 or n.target in tied):  # one set of parameters cannot be sliced two ways
+            cat = "pinned"
+        if cat == "weighted":
+            x = _module_input(n)
+            layer = unfolded(module)  # a FoldedConv: its convolution's channels
+            aligned = x in items.offset and (items.last(x, env) if isinstance(layer, nn.Linear) and out.dim() > 2
+                                             else items.axis[x] == 1)  # its input channels are x's items
+            if aligned and _depthwise(layer):  # channel c in <-> c out: one class, the filter goes with it
+                items.link(items.ids(x), items.ids(n))
+            elif aligned:
+                weighted_inputs.setdefault(x, []).append(n)
+                if int(getattr(layer, "groups", 1)) > 1:  # its groups must stay alike: see _uneven_groups
+                    grouped.append((x, n, layer.groups))
+            else:  # its input's items lie on an axis it does not read (a sequence Linear's output into a
+                # Conv1d, a LayerNorm's output into a sequence Linear): they stay; so do a grouped
+                # convolution's output units, whose groups are tied to its input channels
+                if int(getattr(layer, "groups", 1)) > 1:
+                    items.pin(n)
+                for a in args:
+                    items.pin(a)
+            continue
+        if n not in items.offset:
+            if not _split(n, env, items):
+                for a in args:
+                    items.pin(a)
+            continue
+        if _link(n, cat, module, args, env, items):
+            continue
+        items.pin(n)
+        for a in args:
+            items.pin(a)
+    for n in gm.graph.nodes:  # a channel count used where compact cannot follow it: the channels it counts stay
+        if n not in items.shapes:
+            for a in n.all_input_nodes:
+                if a in items.shapes and a not in items.counted.get(n, ()):
+                    for x in shape_reads.counts(items.shapes[a]):
+                        items.pin(x)
+
+    label = items.classes()
+    bad = torch.zeros(items.n, dtype=torch.bool)
+    for p_ in items.pinned:
+        bad[p_] = True
+    consts = torch.full((items.n,), float("nan"), dtype=torch.float64)
+    for n, off in items.offset.items():
+        c = _channel_consts(env[n], items.axis[n]).double()
+        if wider_env is not None:  # constant at both input sizes, with the same value (to float rounding)
+            w = wider_env.get(n)
+            ok = isinstance(w, torch.Tensor) and w.dim() == env[n].dim() and w.shape[items.axis[n]] == c.numel()
+            same = ok and torch.isclose(_channel_consts(w, items.axis[n]).double(), c, rtol=_SAME_RTOL, atol=0)
+            c = torch.where(same, c, float("nan")) if ok else c * float("nan")
+        consts[off: off + items.count[n]] = c
+    # items read by weighted layers: removable only if constant or unused by every reader
+    for n, readers in weighted_inputs.items():
+        ids = items.ids(n)
+        for r in readers:
+            bad[ids] |= _inputs_read(mods[r.target]).cpu() & torch.isnan(consts[ids])  # flags: on the CPU
+    # a class goes only if none of its items is bad
+    class_bad = torch.zeros(items.n, dtype=torch.long).index_add_(0, label, bad.long()) > 0
+    removed = ~class_bad[label]
+    # torch runs no convolution, BatchNorm, pooling or resampling on no channels (a conv reading none returns none):
+    # where a split part or a whole layer would lose every channel such an op reads or writes, the first stays
+    for n in gm.graph.nodes:
+        m = mods.get(n.target) if n.op == "call_module" else None
+        if isinstance(unfolded(m), nn.modules.conv._ConvNd):
+            ends = (n, _module_input(n))
+        elif isinstance(m, _BN) or (n.op in ("call_module", "call_function", "call_method")
+                                    and ops.categorize(n, m) == "pointwise" and not ops.elementwise(n, m)):
+            ends = (n,)  # linked to its input
+        else:
+            continue
+        for t in ends:
+            if t in items.offset and items.count[t] and bool(removed[items.ids(t)].all()):
+                class_bad[label[items.offset[t]]] = True
+                removed = ~class_bad[label]
+    outs = [items.ids(n) for n in gm.graph.nodes if n.op == "call_module"
+            and isinstance(mods[n.target], _LAYERS) and n in items.offset] if align > 1 else []
+    changed = True
+    while changed:  # keeping a class can unsettle another layer's groups or alignment: until both hold everywhere
+        changed = False
+        for x, n, g in grouped:
+            stay = _uneven_groups(removed[items.ids(x)], removed[items.ids(n)], g)
+            if bool(stay[0].any()) or bool(stay[1].any()):
+                class_bad[label[torch.cat([items.ids(x)[stay[0]], items.ids(n)[stay[1]]])]] = True
+                removed = ~class_bad[label]
+                changed = True
+        for ids in outs:  # keep whole classes until every weighted layer keeps a multiple of align units
+            r = removed[ids]
+            short = int((-(~r).sum()) % align)
+            if short and bool(r.any()):
+                class_bad[label[ids[r][:short]]] = True
+                removed = ~class_bad[label]
+                changed = True
+    per_layer = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and isinstance(mods[n.target], _LAYERS) and n in items.offset:
+            per_layer[n.target] = int(removed[items.ids(n)].sum())
+    return {"items": items, "removed": removed, "consts": consts, "weighted_inputs": weighted_inputs,
+            "removed_per_layer": per_layer}
+
+
+def _nested(called) -> set:
+    """The modules of ``called`` (qualified names) inside another of them, and those they are inside."""
+    found = set()
+    for t in called:
+        parts = t.split(".")
+        outer = {".".join(parts[:k]) for k in range(1, len(parts))} & set(called)
+        if outer:
+            found |= outer | {t}
+    return found
+
+
+def _uneven_groups(r_in: torch.Tensor, r_out: torch.Tensor, g: int):
+    """The removable input and output channels (``r_in``, ``r_out``: flags in channel order) a convolution of ``g``
+    groups must keep so that its groups stay alike, as ``(in, out)`` flags. The rule: a group goes whole (its
+    filters, inputs and outputs) when all its channels could go; every other group loses the same number of
+    inputs, the fewest any of them could lose, and likewise of outputs, and keeps one of each at least. The first
+    removable channels of a group go, the later ones stay. A smaller grouped convolution then computes the rest
+    exactly: each kept output still reads the kept inputs of its own group."""
+    r_in, r_out = r_in.view(g, -1), r_out.view(g, -1)
+    kept = ~(r_in.all(1) & r_out.all(1))
+    if not bool(kept.any()):  # no group left: the first stays (torch runs no convolution on no channels)
+        kept[0] = True
+
+    def excess(r):
+        t = min(int(r[kept].sum(1).min()), r.shape[1] - 1)
+        return (r & kept[:, None] & (r.cumsum(1) > t)).reshape(-1)
+
+    return excess(r_in), excess(r_out)

@@ -1,0 +1,156 @@
+"""The probe of :func:`graphs.compact`: the graph run on NaN inputs, where a unit with no live input emits its bias
+and whatever stays finite and uniform (the same on an input twice the example's size) is a constant its readers can
+fold (see :mod:`graphs.compact`)."""
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from torch import fx, nn
+
+from .compact_layers import _LAYERS, _folded_outputs, _out_in_weight
+from .folded import unfolded
+
+class _Probe(fx.Interpreter):
+    """Runs the graph on NaN inputs; a weighted unit whose live weights touch only exact-zero
+    channels emits its bias."""
+
+    def __init__(self, gm, weights=None):
+        """``weights``: a copy of ``gm`` (in float32, say) whose parameters the graph runs with instead."""
+        module = gm if weights is None else weights
+        super().__init__(module, garbage_collect_values=False, graph=gm.graph)
+        self.mods = dict(module.named_modules())
+
+    def values(self, x) -> dict:
+        """Every node's probe value on an input shaped like ``x`` (a tensor, or a tuple of the inputs)."""
+        self.run(*(x if isinstance(x, (tuple, list)) else (x,)))
+        return self.env
+
+    def placeholder(self, target, args, kwargs):
+        real = super().placeholder(target, args, kwargs)
+        # integer inputs (token ids) cannot hold NaN: they pass as they are, see run_node
+        return torch.full_like(real, float("nan")) if isinstance(real, torch.Tensor) and real.is_floating_point() else real
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if _size_dependent(n) and isinstance(out, torch.Tensor) and out.is_floating_point():
+            # a sum of a constant grows with the size of what it sums: not a constant of the model
+            return torch.full_like(out, float("nan"))
+        if n.op != "placeholder" and isinstance(out, torch.Tensor) and out.is_floating_point():
+            ins = [t for a in n.all_input_nodes for t in _tensor_leaves(self.env.get(a))]  # a split's parts too
+            if n.all_input_nodes and not any(t.is_floating_point() for t in ins):
+                # floats made from integer data (an embedding lookup, one_hot(x).float()) depend on it
+                return torch.full_like(out, float("nan"))
+        return out
+
+    def call_module(self, target, args, kwargs):
+        m = self.mods[target]
+        if not isinstance(m, _LAYERS):
+            return super().call_module(target, args, kwargs)
+        x = args[0] if args else kwargs["input"]  # nn.Linear/Conv take one tensor, ``input``
+        rest = {k: v for k, v in kwargs.items() if k != "input"}  # a transposed convolution's output_size
+        out = m(torch.nan_to_num(x, nan=1.0), *args[1:], **rest)  # shape only
+        folded = _folded_outputs(m)
+        m = unfolded(m)
+        w = _out_in_weight(m)
+        axis = -1 if isinstance(m, nn.Linear) else 1
+        xc = x.movedim(axis, 0).reshape(x.shape[axis], -1)
+        zero_in = (xc == 0).all(1)  # exact-zero input channels
+        groups = int(getattr(m, "groups", 1))
+        o, ipg = w.shape[0], w.shape[1]
+        nz = (w != 0).reshape(o, ipg, -1).any(-1)  # [O, ipg]
+        zc = zero_in.view(groups, ipg).repeat_interleave(o // groups, 0)  # [O, ipg]
+        # an output adding folded constants has their border pattern on top of its bias: input-independent but
+        # not uniform, so no constant the readers could fold
+        const = ~(nz & ~zc).any(1) & ~folded.to(nz.device)
+        bias = m.bias.detach() if getattr(m, "bias", None) is not None else w.new_zeros(o)
+        val = torch.where(const, bias.to(out.dtype), torch.full_like(bias, float("nan"), dtype=out.dtype))
+        shape = [1] * out.dim()
+        shape[axis] = o
+        return val.view(shape).expand_as(out).clone()
+
+
+def _size_dependent(n) -> bool:
+    """A sum over some dimensions: of a constant channel it is the constant times a size (tokens,
+    pixels), which changes with the input."""
+    return (n.op == "call_function" and n.target is torch.sum) or (n.op == "call_method" and n.target == "sum")
+
+
+# How far apart (relative) two probe values of a constant may lie and still be one value: a mean or an average
+# pool rounds a constant differently at different sizes and over bins of different sizes (by up to ~10 float32
+# ulps for ``mean`` and ``adaptive_avg_pool2d`` at any size, ~0.12 ulp per element for ``avg_pool2d`` over the
+# whole map, which sums in order). 64 float32 ulps covers them, and stays far below the size effects it must
+# still tell apart (a zero-padded pool's border shifts the mean of a map n wide by ~1/n). The probe computes in
+# float32 at least (see _probe): an ulp of a coarser dtype (2**-7 of bfloat16, 2**-10 of float16) would hide
+# those size effects on maps only a few dozen or hundred wide.
+_SAME_RTOL = 2.0 ** -17
+
+
+def _coarse(t) -> bool:
+    """A float tensor coarser than float32 (float16, bfloat16, float8)."""
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and torch.finfo(t.dtype).bits < 32
+
+
+def _fine(t):
+    """``t`` in float32 when it is a coarser float; else as it is."""
+    return t.float() if _coarse(t) else t
+
+
+def _float32_weights(gm: fx.GraphModule) -> Optional[fx.GraphModule]:
+    """A copy of ``gm`` with its coarse float parameters and buffers in float32 for the probe to compute
+    with, or None when it holds none."""
+    if not any(_coarse(t) for t in [*gm.parameters(), *gm.buffers()]):
+        return None
+    return copy.deepcopy(gm)._apply(_fine)
+
+
+def _probe(gm: fx.GraphModule, x, weights: Optional[fx.GraphModule]) -> dict:
+    """The probe's values of ``gm``'s nodes on an input shaped like ``x``, computed with ``weights`` (gm's
+    float32 copy) on float32 inputs where given: the rounding of float16 or bfloat16 would hide how a
+    constant changes with the input size. A model that will not run so (it casts to its own dtype itself)
+    is probed in its own dtypes, where a size effect below their rounding goes unseen."""
+    if weights is not None:
+        try:
+            return _Probe(gm, weights).values(type(x)(map(_fine, x)) if isinstance(x, (tuple, list)) else _fine(x))
+        except Exception:  # noqa: BLE001 - any failure of the float32 run: the model's own dtypes decide
+            pass
+    return _Probe(gm).values(x)
+
+
+def _channel_consts(t: torch.Tensor, axis: int = 1) -> torch.Tensor:
+    """Per channel (along ``axis``): its value when finite and uniform (to float rounding), else NaN."""
+    c = t.shape[axis]
+    if not t.is_floating_point() or t.numel() == 0:  # integer data (token ids) is input, never a constant; nor
+        return torch.full((c,), float("nan"))      # is a channel with no values (a part of the batch one sample lacks)
+    flat = t.movedim(axis, 0).reshape(c, -1)
+    first = flat[:, 0]
+    ok = torch.isfinite(first) & torch.isclose(flat, first[:, None], rtol=_SAME_RTOL, atol=0).all(1)
+    return torch.where(ok, first, torch.full_like(first, float("nan")))
+
+
+def _probe_wider(gm: fx.GraphModule, x, weights=None):
+    """The probe's values on an input twice as large in every spatial dimension, or None when the
+    model takes no such input. A channel is constant only if it is uniform on both: on a small map
+    (a 1x1 one, say) a channel whose value depends on the position (a padded pool of a constant)
+    looks uniform."""
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    if not any(isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 3 for t in xs):
+        return None
+    wide = tuple(t.new_zeros(*t.shape[:2], *(2 * s for s in t.shape[2:]))
+                 if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 3 else t for t in xs)
+    try:
+        return _probe(gm, wide, weights)
+    except Exception:  # the model fixes its input size: the example's is the only one it takes
+        return None
+
+
+def _tensor_leaves(out) -> list:
+    """The tensors of a model output: a tensor, or (nested) dicts, lists and tuples of them."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensor_leaves(o)]
+    return []
