@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import fx
+from torch.overrides import handle_torch_function, has_torch_function
 
 from . import shape_reads
 from .compact_layers import _BN, _LAYERS, _depthwise, _module_input, _out_in_weight
@@ -12,17 +13,22 @@ from .compact_shrink import _refolded, _shrink_bn, _shrink_depthwise, _shrink_we
 from .compact_views import _reshape_sizes
 from .folded import unfolded
 
-def channel_pad(x: torch.Tensor, spatial: tuple, index: torch.Tensor) -> torch.Tensor:
+def channel_pad(x: torch.Tensor, spatial: list[int], index: torch.Tensor) -> torch.Tensor:
     """Spatial zero padding then a channel gather where ``index == -1`` inserts a zero channel
-    (the compacted form of ``F.pad`` over channels, e.g. the CIFAR ResNet's option-A shortcut)."""
-    if spatial and any(spatial):
+    (the compacted form of ``F.pad`` over channels, e.g. the CIFAR ResNet's option-A shortcut).
+
+    Traced (an fx Proxy for ``x``), it is recorded as one call, as torch's own Python functions (``F.pad``) are,
+    whatever the tracer: torch.load traces a saved copy's code again with fx's, and ``graphs.compact`` traces a copy
+    with graphs', both of which went into it and stopped at ``x.shape[2:]`` (a copy with a channel padding
+    could not be read back nor compacted again: the ``torch.fx.wrap("channel_pad")`` here reached only calls written
+    in this module, not the copy's, and a ``wrap(...)`` written into the copy's code holds its globals in fx for good)."""
+    if has_torch_function((x, index)):
+        return handle_torch_function(channel_pad, (x, index), x, spatial, index)
+    if any([p != 0 for p in spatial]):  # written so that TorchScript compiles it (the copy's spatial is a tuple)
         x = F.pad(x, spatial)
-    z = x.new_zeros((x.shape[0], 1) + tuple(x.shape[2:]))
+    z = x.new_zeros([x.shape[0], 1] + list(x.shape[2:]))
     full = torch.cat([x, z], 1)
     return full.index_select(1, torch.where(index < 0, x.shape[1], index))
-
-
-torch.fx.wrap("channel_pad")
 
 
 @torch.no_grad()

@@ -148,3 +148,38 @@ def test_a_copy_saved_before_graphs_trace_was_split_still_loads(tmp_path, monkey
     with pytest.raises(Exception, match="y has been specialized to have value None"):
         back(X, X, mask=M)
     torch.fx.symbolic_trace(nn.Linear(2, 2))  # fx still traces
+
+
+class _SpatialPad(nn.Module):
+    """An option-A shortcut that pads the map too (by 1 on each side) around a 3x3 convolution padded by 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv3, self.fc = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 12, 3, padding=2), nn.Linear(12, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.conv1(x))
+        return self.fc(torch.relu(self.conv3(h) + torch.nn.functional.pad(h, (1, 1, 1, 1, 2, 2))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("spatial", [False, True], ids=["channels", "channels_and_map"])
+def test_torch_jit_scripts_a_copy_with_a_channel_padding(spatial, tmp_path):
+    """A copy whose option-A shortcut became a channel padding did not compile ("Could not cast value of type tuple
+    to bool" in channel_pad), where the model compiles: saved and read back, or as compact returned it."""
+    import adaptive
+    from test_graphs_compact_device import _Net
+
+    torch.manual_seed(0)
+    model = (_SpatialPad() if spatial else _Net()).eval()
+    torch.jit.script(model)
+    conn = adaptive.Connectome(model)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["conv3.weight"][:, [0, 4, 6]] = False
+    masks["fc.weight"][:, [0, 1]] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 6, 6)
+    small = graphs.compact(model, conn, x)
+    assert "channel_pad(" in small.code and (", (1, 1, 1, 1), " in small.code) == spatial
+    torch.save(small, tmp_path / "small.pt")
+    for copy_ in (small, torch.load(tmp_path / "small.pt", weights_only=False)):
+        assert torch.allclose(torch.jit.script(copy_)(x), small(x), atol=1e-6)
