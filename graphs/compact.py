@@ -141,6 +141,11 @@ from .compact_rewrite import channel_pad  # noqa: F401
 from .compact_shrink import _shrink_weighted  # noqa: F401
 from .folded import FoldedConv  # noqa: F401
 
+# fx.wrap registers a name in the namespace of the module that calls it: compact_rewrite wraps its own channel_pad,
+# and this keeps the name graphs.compact had wrapped, so that code tracing it from here (``from graphs.compact import
+# channel_pad`` where the forward runs) records one call, as before the split, instead of tracing into it
+torch.fx.wrap("channel_pad")
+
 
 @serialized  # traces, and runs models that another thread's trace would take
 @kept_global_rng()

@@ -64,3 +64,26 @@ def test_the_code_of_a_copy_saved_before_graphs_compact_was_split_still_runs(tmp
     forward, body = torch.load(tmp_path / "old.pt", weights_only=False, pickle_module=saved_code)
     assert forward.__globals__["graphs_compact_channel_pad"] is compact_rewrite.channel_pad
     assert torch.equal(forward(small, x), small(x)) and body["compaction"] == small.compaction
+
+
+class _PadsFromGraphsCompact(torch.nn.Module):
+    """Looks channel_pad up in graphs.compact as its forward runs (channel 1 a zero channel)."""
+
+    def forward(self, x):
+        from graphs.compact import channel_pad
+
+        return channel_pad(x, (), torch.tensor([0, -1, 1]))
+
+
+def test_channel_pad_taken_from_graphs_compact_is_traced_as_one_call():
+    """fx.wrap wraps a name in the namespace of the module that calls it: before the split graphs.compact wrapped
+    channel_pad, and a trace of code taking it from there recorded one call. Moved to graphs.compact_rewrite, the
+    wrap covered that module's name only, and such a trace went into channel_pad, whose ``tuple(x.shape[2:])``
+    fails on a proxy."""
+    from graphs import compact_rewrite
+    from graphs.tracer import symbolic_trace
+
+    gm = symbolic_trace(_PadsFromGraphsCompact())
+    assert [n.target for n in gm.graph.nodes if n.op == "call_function"] == [compact_rewrite.channel_pad]
+    x = torch.randn(2, 2, 3, 3)
+    assert torch.equal(gm(x), torch.stack([x[:, 0], torch.zeros_like(x[:, 0]), x[:, 1]], 1))
