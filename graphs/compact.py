@@ -142,6 +142,7 @@ from .compact_shrink import _shrink_weighted  # noqa: F401
 from .folded import FoldedConv  # noqa: F401
 
 
+
 @serialized  # traces, and runs models that another thread's trace would take
 @kept_global_rng()
 def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] = None,

@@ -147,3 +147,26 @@ def test_the_code_of_a_copy_saved_before_graphs_compact_was_split_still_runs(tmp
     assert torch.equal(forward(small, x), small(x)) and body["compaction"] == small.compaction
     torch.save((x, small(x)), tmp_path / "expected.pt")
     load_and_compact_in_a_fresh_process((tmp_path / "old.pt", tmp_path / "expected.pt", 0))
+
+
+class _PadsFromGraphsCompact(torch.nn.Module):
+    """Looks channel_pad up in graphs.compact as its forward runs (channel 1 a zero channel)."""
+
+    def forward(self, x):
+        from graphs.compact import channel_pad
+
+        return channel_pad(x, (), torch.tensor([0, -1, 1]))
+
+
+def test_channel_pad_taken_from_graphs_compact_is_traced_as_one_call():
+    """Code that takes channel_pad from graphs.compact as its forward runs is traced as one call, as before the
+    split (when graphs.compact fx.wrap-ped the name): an fx.wrap covers only the namespace of the module that calls
+    it, so channel_pad now dispatches ``__torch_function__`` itself, which every tracer records as one call; traced
+    into, its ``tuple(x.shape[2:])`` fails on a proxy."""
+    from graphs import compact_rewrite
+    from graphs.tracer import symbolic_trace
+
+    gm = symbolic_trace(_PadsFromGraphsCompact())
+    assert [n.target for n in gm.graph.nodes if n.op == "call_function"] == [compact_rewrite.channel_pad]
+    x = torch.randn(2, 2, 3, 3)
+    assert torch.equal(gm(x), torch.stack([x[:, 0], torch.zeros_like(x[:, 0]), x[:, 1]], 1))
