@@ -185,9 +185,16 @@ def with_notes_of(error: BaseException, cause: BaseException) -> BaseException:
 def _say(text: str) -> None:
     """Write ``text`` and its newline to stderr in one call: stderr is unbuffered, so ``print`` writes
     the two apart, and the processes of a multi-process launch (which all stop at once, on one bad
-    setting or one Ctrl-C) ran their lines together (``...start afresh thererecipes/adaptive.py: error:``)."""
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
+    setting or one Ctrl-C) ran their lines together (``...start afresh thererecipes/adaptive.py: error:``).
+    Where ``print(file=sys.stderr)`` wrote it, still: with no stderr (None: started with it closed,
+    ``2>&-``, or under pythonw) on stdout, with neither nowhere, so the status stays 2 or 130."""
+    stream = sys.stderr if sys.stderr is not None else sys.stdout
+    if stream is None:
+        return
+    stream.write(text + "\n")
+    flush = getattr(stream, "flush", None)  # print needs none
+    if flush is not None:
+        flush()
 
 
 def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callable[[], str]] = "",

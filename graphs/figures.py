@@ -36,11 +36,15 @@ def _save(fig, out_dir, name) -> str:
 
 
 def _layer_ticks(ax, names) -> None:
-    """Layer names under a per-layer axis: upright and at a readable size where a few short names fit
-    (lenet300's fc1, fc2, fc3 were 6-point text turned on its side), on their side and smaller only
-    where many crowd the axis (a ResNet's)."""
+    """Layer names under a per-layer axis: upright and at a readable size where the names fit side by
+    side (lenet300's fc1, fc2, fc3 were 6-point text turned on its side), on their side and smaller
+    where they would run into each other (eight names such as ``layer1.conv1``, a ResNet's 20)."""
     names = list(names)
-    few = len(names) <= 8 and max((len(n) for n in names), default=0) <= 12
+    longest = max((len(n) for n in names), default=0)
+    # the axis's width before tight_layout widens it, against 9-point names of ~0.6 em a character
+    # and an em's gap between them
+    room = ax.figure.get_figwidth() * ax.get_position().width * 72
+    few = len(names) * (0.6 * longest + 1) * 9 <= room
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=0 if few else 90, fontsize=9 if few else (8 if len(names) <= 30 else 6))
 

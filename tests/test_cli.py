@@ -81,6 +81,28 @@ def test_each_closing_line_is_written_with_its_newline_in_one_write(monkeypatch,
     assert err.writes == [line]
 
 
+@pytest.mark.parametrize("raised, code, line", [
+    (ValueError("bad setting"), 2, "prog: error: bad setting\n"),
+    (PermissionError(13, "Permission denied", "/out"), 2, "prog: error: Permission denied: /out (check the output and input paths)\n"),
+    (KeyboardInterrupt(), 130, "prog: interrupted; --resume continues\n"),
+])
+def test_the_closing_line_of_a_run_started_without_stderr_keeps_its_status(capsys, monkeypatch, raised, code, line):
+    """Python sets sys.stderr to None for a process started with it closed (`2>&-`, pythonw):
+    print(file=None) wrote the line on stdout, and writing it with sys.stderr.write raised
+    AttributeError instead, which ended the run with status 1, not 2 or 130."""
+    from adaptive.cli import run_cli
+
+    def fail():
+        raise raised
+
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    monkeypatch.setattr(sys, "stderr", None)
+    with pytest.raises(SystemExit) as e:
+        run_cli(fail, "prog", on_interrupt="--resume continues")
+    assert e.value.code == code
+    assert capsys.readouterr().out == line
+
+
 def _printed_warnings(fn):
     """What ``fn()``'s warnings print on stderr, shown as Python shows them outside pytest (pytest
     records them instead): every one, each through ``warnings.formatwarning``."""

@@ -1378,3 +1378,24 @@ def test_an_emptied_layer_is_warned_about_with_only_the_remedies_this_controller
     assert not conn.masks["2.weight"].any()
     msg = next(str(w.message) for w in rec if "no live synapse left" in str(w.message))
     assert msg.endswith("Keep some with " + advice)
+
+
+def test_a_crawl_state_loaded_into_a_controller_with_another_end_step_goes_on_with_its_own():
+    """README invariant 5: a controller state takes the density and schedule of the controller it
+    loads into. A crawl controller following its density read the goal from the new controller but
+    kept the deadline of the saved one (its end_step), so it pruned at the old pace."""
+    def crawl(end_step):
+        m = tiny(torch.arange(1.0, 33.0).reshape(4, 8))
+        conn = adaptive.Connectome(m)
+        return m, adaptive.Controller(conn, policy="crawl", density=0.25, init="magnitude", update_every=1,
+                                      end_step=end_step, seed=3, estimator="magnitude")
+    m, ctrl = crawl(4)
+    ctrl.step()
+    m2, ctrl2 = crawl(100)
+    ctrl2.conn.load_state_dict(ctrl.conn.state_dict())
+    ctrl2.load_state_dict(ctrl.state_dict())
+    live, step = ctrl2.conn.num_live(), ctrl2.step_count
+    ctrl2.step()
+    # down to the goal (8 of 32 synapses) evenly over the updates left until this controller's
+    # end_step, 100: one a step, where the saved deadline, step 4, had it take six at once
+    assert live - ctrl2.conn.num_live() == math.ceil((live - 8) / (100 - step)) == 1

@@ -872,3 +872,26 @@ def test_per_layer_figures_label_a_few_layers_upright_and_readable(tmp_path, mon
             for t in labels:
                 assert (t.get_rotation() == 0) == upright, (model, name, t.get_text(), t.get_rotation())
                 assert t.get_fontsize() >= 8, (model, name, t.get_text(), t.get_fontsize())
+
+
+def test_per_layer_figures_keep_eight_medium_layer_names_apart(tmp_path, monkeypatch):
+    """Eight names of 12 characters (layer0.conv1, ...) passed the rule "eight or fewer names of 12
+    characters or fewer" and stood upright at 9 pt, each running into the next under a 6-inch axis;
+    names that do not fit side by side stand on their side, and no two labels overlap."""
+    from collections import OrderedDict
+
+    m = nn.Sequential(OrderedDict((f"layer{i}", nn.Sequential(OrderedDict(conv1=nn.Linear(3, 3)))) for i in range(8)))
+    g = graphs.build(model=m, level="unit")
+    figs = []
+    real = graphs.figures._save
+    monkeypatch.setattr(graphs.figures, "_save", lambda fig, out_dir, name: figs.append((name, fig)) or real(fig, out_dir, name))
+    for plot in (graphs.figures.plot_density, graphs.figures.plot_dead, graphs.figures.plot_reachability):
+        plot(g, tmp_path)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    for name, fig in figs:  # laid out as saved
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        labels = [t for t in fig.axes[0].get_xticklabels() if t.get_text()]
+        assert [t.get_text() for t in labels][:8] == [f"layer{i}.conv1" for i in range(8)], name  # (reachability: and output)
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), (name, [(b.x0, b.x1) for b in boxes])

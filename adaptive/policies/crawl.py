@@ -60,7 +60,7 @@ class Crawl(Policy):
         goal from it, reached by ``end_step`` (at the first update without one): it was ignored,
         and the policy crawled at the starting size. Such a goal follows what the protected layers
         hold, read again at every update (one emptied or pruned by hand mid-run leaves the others its
-        share); a goal set by :meth:`set_goal` stays as set."""
+        share), by the controller's end_step, read again too; a goal set by :meth:`set_goal` stays as set."""
         if ctrl.density is not None and self.goal is None:
             self.set_goal(global_synapse_target(ctrl, ctrl.density), ctrl.end_step)
             self.follows_density = True
@@ -109,8 +109,9 @@ class Crawl(Policy):
         return int(((s.cumsum(0) * 2 - s) <= 2 * int(count)).sum())
 
     def update(self, ctrl, step):
-        if self.follows_density:
-            self.goal = global_synapse_target(ctrl, ctrl.density)  # what the protected layers hold now
+        if self.follows_density:  # the controller's density and end_step: a state loaded into one built
+            self.goal = global_synapse_target(ctrl, ctrl.density)  # otherwise goes on with its own
+            self.deadline = ctrl.end_step
         c, names, sizes = concat(ctrl.scores("cost", step))
         g, _, _ = concat(ctrl.scores("gain", step))
         a, _, _ = concat(ctrl.alive())
