@@ -108,7 +108,9 @@ class Progress:
     from the ``removed`` column, else from the events (their own ``removed``, else ``density`` times
     ``total_synapses``, else the running sum of pruned - grown); ``removed_source`` says which, or
     "step" when nothing places the rows on a removal axis. ``growth``: how the run grew synapses
-    (:func:`growth_mode`), which says whether its older estimates are noted."""
+    (:func:`growth_mode`), which says whether its older estimates are noted. ``measure_hint``: the
+    option that would have measured each update's loss change, in the run's own recipe and mode
+    (:func:`measure_hint`), named where no measured change is there to compare."""
 
     events: Table
     metrics: Table
