@@ -129,15 +129,7 @@ def test_the_code_of_a_copy_saved_before_graphs_compact_was_split_still_runs(tmp
     (that trace went into channel_pad, which fx records as one call now) and it compacts again."""
     from graphs import compact_rewrite
 
-    torch.manual_seed(0)
-    m = randomize_bn(_Net()).eval()
-    conn = adaptive.Connectome(m)
-    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
-    masks["conv3.weight"][:, [0, 4, 6]] = False
-    masks["fc.weight"][:, [0, 1]] = False
-    conn.set_masks(masks)
-    x = torch.randn(2, 3, 6, 6)
-    small = graphs.compact(m, conn, x)
+    small, x = _option_a_copy()
     pickled = saved_as_then(small, tmp_path / "old.pt", monkeypatch, "graphs.compact", compact_rewrite.channel_pad)
     assert b"from graphs.compact import channel_pad" in pickled and b"graphs_compact_channel_pad(" in pickled
     saved_code = types.ModuleType("saved_code")
