@@ -170,7 +170,7 @@ def _empty_saved(saved_sizes: Mapping[str, int], params: Mapping) -> set:
 
 
 def _check_state_entries(sd: Mapping) -> None:
-    """Refuse a connectome state_dict whose entries are not of the kinds :meth:`Connectome.state_dict`
+    """Refuse a connectome state_dict whose entries are not of the kinds :meth:`adaptive.Connectome.state_dict`
     writes (a dict where one is due, tensors in 'original'), before anything reads them further."""
     fix = "pass what Connectome.state_dict() returned (or a checkpoint's copy of it)"
     if "ensemble" in sd and not isinstance(sd["ensemble"], str):

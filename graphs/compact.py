@@ -42,10 +42,10 @@ pool's border moves a mean with the size). Items of inputs, outputs, ops the
 compactor does not understand and layers whose weight is tied to another module's are kept; a
 depthwise convolution (groups == channels; a transposed one too) keeps or drops input channel ``c`` together with output
 channel ``c`` and its filter. Another grouped convolution (ResNeXt's, RegNet's, a grouped transposed one) keeps its groups alike
-(:func:`_uneven_groups`): a group goes whole, filters, inputs and outputs, where all its channels could go
-(``groups`` drops), and every other group loses as many input channels as the one that can lose the fewest,
-and likewise output channels, one of each staying at least; each kept output still reads its own group's kept
-inputs, so the smaller convolution computes the rest exactly. A convolution, BatchNorm,
+(:func:`graphs.compact_plan._uneven_groups`): a group goes whole, filters, inputs and outputs, where all
+its channels could go (``groups`` drops), and every other group loses as many input channels as the one that
+can lose the fewest, and likewise output channels, one of each staying at least; each kept output still reads its
+own group's kept inputs, so the smaller convolution computes the rest exactly. A convolution, BatchNorm,
 pooling or resampling whose channels could all go (a split part no one reads) keeps one: torch runs none of
 them on no channels. The result is checked against the masked model on the example input, a second random input, a
 batch of twice its size and, where the masked model runs on them, inputs of other sizes: twice the example's map

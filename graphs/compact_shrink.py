@@ -19,10 +19,10 @@ from .folded import FoldedConv, unfolded
 def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: torch.Tensor) -> nn.Module:
     """``m`` with the output units ``ko`` and the input channels ``ki`` (flags) only, the constants ``k_in`` of the
     inputs that go (NaN: none) folded into its bias or a :class:`FoldedConv`. A grouped convolution's flags must
-    leave its groups alike (:func:`_uneven_groups`): its groups with no kept channel go. A transposed convolution is
-    cut in its ``(out, in/groups, *kernel)`` layout and stored back in its own. A FoldedConv (of an earlier
-    compaction) is cut as its convolution, its kept outputs keeping the constants folded in before, to which those
-    of the inputs that go now are added."""
+    leave its groups alike (:func:`graphs.compact_plan._uneven_groups`): its groups with no kept channel go. A
+    transposed convolution is cut in its ``(out, in/groups, *kernel)`` layout and stored back in its own. A
+    FoldedConv (of an earlier compaction) is cut as its convolution, its kept outputs keeping the constants folded
+    in before, to which those of the inputs that go now are added."""
     before = m
     m = unfolded(m)
     transposed = isinstance(m, ops.TRANSPOSED_MODULES)

@@ -149,7 +149,7 @@ def _reads_metadata(n: fx.Node) -> bool:
 def runnable_example_input(model: nn.Module, tokens: Optional[bool] = None, batch: int = 1,
                            batch_axis: Optional[int] = None) -> torch.Tensor:
     """The first of :func:`default_example_input`'s candidates that ``model`` runs on (in eval mode,
-    without gradients; the model is left as it was: see :func:`_unchanged`), as :func:`trace` picks one.
+    without gradients; the model is left as it was: see :func:`_unchanged`), as :func:`graphs.trace.trace` picks one.
     ``batch_axis=1``: each candidate of two axes or more is laid out sequence-first before it is tried
     (``[B, T, ...]`` as ``[T, B, ...]``), for a model whose sequences hold their batch on axis 1.
     A ``torch.compile`` wrapper's module runs them uncompiled (compiling for each guess takes seconds)."""

@@ -82,7 +82,7 @@ def _annotate(graph: fx.Graph, fn, holders: List[fx.Node], names: Sequence[str])
 def _required_after_defaults(graph: fx.Graph) -> None:
     """Drop the defaults of the placeholders that a placeholder without one follows, which fx's positional
     signature cannot write (see :class:`_Signature`). Such a graph is run with a value for every
-    placeholder (:func:`_placeholder_values`)."""
+    placeholder (:func:`graphs.forward_inputs._placeholder_values`)."""
     required = False
     for n in reversed([n for n in graph.nodes if n.op == "placeholder"]):
         if not n.args:

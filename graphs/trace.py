@@ -122,7 +122,7 @@ def _input_failure(xs: tuple, e: Exception) -> str:
 
 
 def example_input_failed(model: nn.Module, x, e: Exception) -> RuntimeError:
-    """The error :func:`build` and :func:`graphs.compact` raise when ``model`` fails on the caller's
+    """The error :func:`graphs.build` and :func:`graphs.compact` raise when ``model`` fails on the caller's
     ``example_input`` ``x`` (a tensor or a tuple of inputs): what was wrong and at which node, without
     fx's dump of the node it was executing."""
     xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)

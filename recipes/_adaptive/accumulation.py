@@ -32,8 +32,8 @@ def _accumulation_from_env(cfg) -> None:
     ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS``, the run takes it as --gradient_accumulation_steps when
     no one gave the option, and is refused where the option says otherwise, or where the mode
     accumulates nothing: either would run other than the option says. A config built in code or
-    loaded from a file keeps its value (:func:`training_function` refuses it if Accelerate would run
-    another)."""
+    loaded from a file keeps its value (:func:`recipes._adaptive.train.training_function` refuses it if
+    Accelerate would run another)."""
     given_all = given_keys()
     if given_all is None:  # not parsing a command line: what the file or the code says stays
         return

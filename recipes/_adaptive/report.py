@@ -21,7 +21,7 @@ from .precision import _inert_fp16
 
 @dataclass
 class RunResult:
-    """What :func:`training_function` returns (for tests and notebooks)."""
+    """What :func:`recipes._adaptive.train.training_function` returns (for tests and notebooks)."""
 
     output_dir: Path
     model: Any

@@ -141,7 +141,7 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
 
 
 def _former_defaults_as_run(cfg: RunConfig, now: dict, saved: dict, path: Path) -> None:
-    """A run recorded with an option's former default (:data:`checks._FORMER_DEFAULTS`: a
+    """A run recorded with an option's former default (:data:`recipes._adaptive.checks._FORMER_DEFAULTS`: a
     --line_search_tolerance 0 run recorded before the default became inf), resumed by a command line
     that leaves the option out, continues with it, as it ran (its own command then still resumes it);
     one that gives the option is compared as given. Where no line search ran nor runs, the run's
