@@ -11,7 +11,18 @@ a synapse grown at 0.0 saves nothing yet, so this benchmark trains LeNet-300-100
 to ``--density`` through the Python API (Connectome + Controller attached to the optimizer + a
 :class:`adaptive.holdout_check.HeldOutLoss` on the held-out part of TRAIN) once per policy, line-search
 variant and seed, and reports the density each run reached, its accuracy and what the line search
-did with the updates. Variants:
+did with the updates.
+
+Three disjoint parts of MNIST's TRAIN split, drawn per seed (stratified):
+
+- the training part: ``--subset`` examples less the ``--holdout`` fraction of them;
+- the check part: that ``--holdout`` fraction; the line search decides on it (``HeldOutLoss`` scores a
+  fixed draw of ``--holdout-batches`` x ``--holdout-batch-size`` of its examples);
+- the evaluation part: ``--eval-size`` further TRAIN examples outside ``--subset``, read by nothing
+  in training nor in the line search's decisions: the "eval acc" of the table, the number to choose
+  by (an accuracy on the check part would tilt toward the variants that veto on it).
+
+Variants:
 
 - ``none``: no ``holdout_loss`` (the controller as it runs without a check);
 - ``tol 0``: tolerance 0.0, the Controller's default before this benchmark;
@@ -22,8 +33,8 @@ did with the updates. Variants:
   the draw can tell one network's loss from another's.
 
 The relative and SE tolerances are set by the benchmark right before each update (from the first
-held-out call of that update, the one the controller measures "before" with). Held-out accuracy
-(the final network on the whole held-out part) is the number to read; the test split is read only
+held-out call of that update, the one the controller measures "before" with). The evaluation
+part's accuracy (the final network on all of it) is the number to read; the test split is read only
 for the table. Writes recipes/benchmarks/results/line_search_train.md.
 """
 from __future__ import annotations
@@ -107,7 +118,7 @@ def run_one(policy: str, variant: str, seed: int, data, args) -> dict:
     from adaptive.holdout_check import HeldOutLoss
     from adaptive.models import build_model
 
-    (xt, yt), held_ds, (xh, yh), (xs, ys) = data
+    (xt, yt), held_ds, (xe, ye), (xs, ys) = data
     torch.manual_seed(seed)
     model = build_model("lenet300", num_classes=10, in_shape=(1, 28, 28))
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -142,7 +153,7 @@ def run_one(policy: str, variant: str, seed: int, data, args) -> dict:
     fr = [e["line_search_fraction"] for e in ctrl.events
           if e["kind"] == "update" and e.get("line_search_fraction") is not None]
     edits = [e for e in ctrl.events if e["kind"] == "update" and (e["pruned"] or e["grown"])]
-    return {"density": conn.density(), "holdout_accuracy": _accuracy(model, xh, yh),
+    return {"density": conn.density(), "eval_accuracy": _accuracy(model, xe, ye),
             "test_accuracy": _accuracy(model, xs, ys), "wall_s": wall, "checked": len(fr),
             "kept": sum(f == 1.0 for f in fr), "halved": sum(0.0 < f < 1.0 for f in fr),
             "rolled_back": sum(f == 0.0 for f in fr), "updates_editing": len(edits),
@@ -150,12 +161,26 @@ def run_one(policy: str, variant: str, seed: int, data, args) -> dict:
 
 
 def load_data(args, seed: int):
-    """Train (as tensors), the held-out dataset and its tensors, and the test tensors for ``seed``."""
+    """The training part (as tensors), the check part (the held-out dataset the line search decides
+    on), the evaluation part's tensors (``args.eval_size`` TRAIN examples outside ``args.subset``,
+    disjoint from both) and the test tensors for ``seed``. A ValueError when TRAIN holds too few
+    examples outside the subset for the evaluation part."""
     from adaptive.data import get_datasets
+    from adaptive.data.split import stratified_subset
 
     splits = get_datasets("mnist", data_dir=args.data, holdout=args.holdout, seed=seed, subset=args.subset,
                           test_subset=args.test_subset)
-    return _tensors(splits.train), splits.holdout, _tensors(splits.holdout), _tensors(splits.test)
+    whole = get_datasets("mnist", data_dir=args.data, holdout=0.0, seed=seed).train  # all of TRAIN, in order
+    labels = torch.as_tensor(whole.targets)
+    outside = torch.ones(len(labels), dtype=torch.bool)
+    outside[stratified_subset(labels, args.subset, seed)] = False  # the pool get_datasets drew --subset from
+    rest = outside.nonzero().squeeze(1)
+    if len(rest) < args.eval_size:
+        raise ValueError(f"--eval-size {args.eval_size} needs as many MNIST TRAIN examples outside --subset "
+                         f"{args.subset}, which leaves {len(rest)} of {len(labels)}: give a smaller --subset or "
+                         "--eval-size")
+    evaluation = whole.select(rest[stratified_subset(labels[rest], args.eval_size, seed)])
+    return _tensors(splits.train), splits.holdout, _tensors(evaluation), _tensors(splits.test)
 
 
 def _pm(xs, pct=True, digits=2) -> str:
@@ -168,7 +193,7 @@ def _pm(xs, pct=True, digits=2) -> str:
 
 def table(results, policies, variants, seeds, args) -> list:
     """The markdown table lines of ``results[policy][variant][seed]``."""
-    lines = ["| policy | line search | density (target " + f"{args.density:g}) | held-out acc % | test acc % | "
+    lines = ["| policy | line search | density (target " + f"{args.density:g}) | eval acc % | test acc % | "
              "updates kept / halved / rolled back (of those checked, summed over seeds) | rolled back % | wall s per run |",
              "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
     for p in policies:
@@ -179,7 +204,7 @@ def table(results, policies, variants, seeds, args) -> list:
                   f" (of {checked})" if checked else "not checked")
             back = f"{100 * sum(r['rolled_back'] for r in rs) / checked:.0f}" if checked else "-"
             lines.append(f"| {p} | {v} | {_pm([r['density'] for r in rs], pct=False, digits=3)} | "
-                         f"{_pm([r['holdout_accuracy'] for r in rs])} | {_pm([r['test_accuracy'] for r in rs])} | {ls} | "
+                         f"{_pm([r['eval_accuracy'] for r in rs])} | {_pm([r['test_accuracy'] for r in rs])} | {ls} | "
                          f"{back} | {statistics.mean(r['wall_s'] for r in rs):.1f} |")
     return lines
 
@@ -199,13 +224,16 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=0.1, help="SGD rate (Nesterov 0.9, weight decay 5e-4, cosine)")
     ap.add_argument("--subset", type=int, default=30000, help="train examples drawn from MNIST's 60,000 (default "
                                                                "30000), of which --holdout is held out")
-    ap.add_argument("--holdout", type=float, default=0.1, help="fraction of the subset held out (default 0.1)")
+    ap.add_argument("--holdout", type=float, default=0.1, help="fraction of the subset held out for the line "
+                                                              "search's checks (default 0.1)")
+    ap.add_argument("--eval-size", type=int, default=3000, help="TRAIN examples outside --subset whose accuracy "
+                                                                 "the table reports, read by no check (default 3000)")
     ap.add_argument("--holdout-batches", type=int, default=3, help="held-out batches each check scores (default 3)")
     ap.add_argument("--holdout-batch-size", type=int, default=1000, help="(default 1000)")
     ap.add_argument("--test-subset", type=int, default=None, help="test examples read for the table (default all)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--quick", action="store_true", help="a smoke test: 1 seed unless --seeds, 80 steps, an update "
-                                                         "every 10, a 3,000-example subset, 1 held-out batch of 300")
+                                                         "every 10, a 3,000-example subset, 1 held-out batch of 300, an evaluation part of 1,000")
     ap.add_argument("--data-dir", default=None, help="data folder (default: $ADAPTIVE_DATA or ../shared/data)")
     ap.add_argument("--output", default=None, help="the table (default: "
                                                    "recipes/benchmarks/results/line_search_train.md)")
@@ -220,7 +248,9 @@ def main(argv=None):
             seeds = seeds[:1]
         args.steps, args.update_every, args.subset, args.holdout_batches, args.holdout_batch_size = 80, 10, 3000, 1, 300
         args.test_subset = args.test_subset or 1000
-    for name in ("steps", "update_every", "batch_size", "subset", "holdout_batches", "holdout_batch_size", "threads"):
+        args.eval_size = min(args.eval_size, 1000)
+    for name in ("steps", "update_every", "batch_size", "subset", "eval_size", "holdout_batches", "holdout_batch_size",
+                 "threads"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 < args.density <= 1:
@@ -237,14 +267,17 @@ def main(argv=None):
     results = {p: {v: {} for v in variants} for p in policies}
     ratios = []
     for seed in seeds:
-        data = load_data(args, seed)
+        try:
+            data = load_data(args, seed)
+        except ValueError as e:  # (the first seed's load comes before any run)
+            ap.error(str(e))
         for p in policies:
             for v in variants:
                 r = results[p][v][seed] = run_one(p, v, seed, data, args)
                 ratios += r["se_over_loss"]
                 if not args.no_progress:
                     print(f"[{(time.time() - start) / 60:5.1f} min] {p}, {v}, seed {seed}: density {r['density']:.3f}, "
-                          f"held-out {100 * r['holdout_accuracy']:.2f}%, kept/halved/back {r['kept']}/{r['halved']}/"
+                          f"eval {100 * r['eval_accuracy']:.2f}%, kept/halved/back {r['kept']}/{r['halved']}/"
                           f"{r['rolled_back']}", flush=True)
     held_n = args.holdout_batches * args.holdout_batch_size
     lines = [f"# Held-out line search in train mode: lenet300 on MNIST, density {args.density:g}, {args.steps} steps, "
@@ -260,9 +293,12 @@ def main(argv=None):
               f"(curvature estimator for threshold; rigl and gmp from the default random and dense starts), an "
               f"update every {args.update_every} steps until 75% of the run, `line_search_tries=3`. Data: a "
               f"stratified {args.subset:,}-example subset of MNIST's TRAIN, {100 * args.holdout:g}% of it held out "
-              f"(seeded); each check scores a fixed draw of {args.holdout_batches} x {args.holdout_batch_size} "
-              f"held-out examples ({held_n:,}); held-out accuracy is the final network on the whole held-out part, the "
-              f"number to choose by; test accuracy: MNIST's TEST split"
+              f"for the checks (seeded; the rest is trained on); each check scores a fixed draw of "
+              f"{args.holdout_batches} x {args.holdout_batch_size} of those held-out examples ({held_n:,}), on which "
+              f"the line search decides. Eval accuracy: the final network on a separate evaluation part of "
+              f"{args.eval_size:,} further TRAIN examples outside the subset (stratified, seeded), disjoint from the "
+              f"training and check parts and read by no decision: the number to choose by. Test accuracy: MNIST's "
+              f"TEST split"
               f"{' (' + str(args.test_subset) + ' examples)' if args.test_subset else ''}, read only for this table. "
               "Density and accuracies: mean ± sd over the seeds. 'kept / halved / rolled back': checked updates "
               "kept whole, kept in part (halved 1-3 times), undone. `none` and `tol inf` train alike (the check "
