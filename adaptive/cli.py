@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, List, Optional, Tuple, Union
 
 
@@ -197,8 +198,48 @@ def _say(text: str) -> None:
         flush()
 
 
+# how long a process of a multi-process launch that leaves its error line to another waits for the launcher
+# to end it (which it does once that other process has reported and exited), before reporting it itself
+LEFT_TO_ANOTHER_SECONDS = 20.0
+
+
+def _left_to_another_process(e: BaseException) -> bool:
+    """Whether this process of a multi-process launch (``WORLD_SIZE`` > 1) leaves the error line of
+    ``e`` to another process that finds the same error: before the process group exists, every
+    process but the first of its machine (``LOCAL_RANK`` 0), which reads the same command line,
+    environment and files; once it exists, every process but process 0, for an error every process
+    raises alike (:func:`adaptive.distributed.raised_alike`). An error a process may have found on its
+    own is never left to another."""
+    try:
+        if int(os.environ.get("WORLD_SIZE") or 1) <= 1:
+            return False
+    except ValueError:
+        return False
+    dist = sys.modules.get("torch.distributed")  # (imported by then wherever a process group exists)
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        from .distributed import raised_alike
+
+        return raised_alike(e) and dist.get_rank() != 0
+    return os.environ.get("LOCAL_RANK", "0") != "0"
+
+
+def say_error(text: str, e: BaseException, once: bool = False) -> None:
+    """Write the error line(s) ``text`` of ``e`` (:func:`_say`). ``once``: under a multi-process
+    launch, a process that leaves the line to another (:func:`_left_to_another_process`) first waits
+    up to :data:`LEFT_TO_ANOTHER_SECONDS` for the launcher to end it, which it does (torchrun,
+    ``accelerate launch``) once any process has exited: that process wrote the line. Still running
+    then (the other did not stop), it writes the line itself: an error is never lost, at worst late
+    and twice."""
+    if once and _left_to_another_process(e):
+        try:
+            time.sleep(LEFT_TO_ANOTHER_SECONDS)
+        except KeyboardInterrupt:  # Ctrl-C reaches every process: the first reports it
+            return
+    _say(text)
+
+
 def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callable[[], str]] = "",
-            errors: Tuple[type, ...] = ()) -> Any:
+            errors: Tuple[type, ...] = (), once: bool = False) -> Any:
     """Run ``main()``; a bad option, missing data or weights that do not fit print one line naming
     the problem instead of a traceback (set ADAPTIVE_TRACEBACK=1 to see it), then the error's notes
     (:func:`error_lines`), and Ctrl-C ends with
@@ -206,7 +247,9 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
     then; status 130). An operating-system error on a path (a folder that is a file, no permission)
     is one line too, and so is a checkpoint that could not be written (a full disk). ``errors``:
     more exception types that mean a problem the user can fix. Warnings print as one ``warning:``
-    line each (:func:`adaptive.warn.command_line_warnings`). Returns what ``main()`` returns."""
+    line each (:func:`adaptive.warn.command_line_warnings`). ``once``: under a multi-process launch,
+    an error every process finds alike is written by one process (:func:`say_error`). Returns what
+    ``main()`` returns."""
     from .integrity import CheckpointWriteError
     from .models import WeightsMismatchError
     from .paths import DatasetNotFoundError
@@ -222,17 +265,17 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
             CheckpointWriteError, *errors) as e:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise
-        _say(error_lines(prog, e))
+        say_error(error_lines(prog, e), e, once)
         raise SystemExit(2) from e
     except (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as e:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise
         # (one a DataLoader worker raised comes back with no strerror: the worker's message names the file)
         if e.strerror:
-            _say("\n".join([f"{prog}: error: {e.strerror}: {e.filename or ''} (check the output and input paths)",
-                             *_notes(e)]))
+            say_error("\n".join([f"{prog}: error: {e.strerror}: {e.filename or ''} (check the output and input "
+                                  "paths)", *_notes(e)]), e, once)
         else:
-            _say(error_lines(prog, e, " (check the output and input paths)"))
+            say_error(error_lines(prog, e, " (check the output and input paths)"), e, once)
         raise SystemExit(2) from e
     except KeyboardInterrupt:
         if os.environ.get("ADAPTIVE_TRACEBACK"):

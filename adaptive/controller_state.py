@@ -2,7 +2,8 @@
 :class:`ControllerStateMixin`, which :class:`~adaptive.controller.Controller` inherits.
 
 A state holds the step count, the events, the gradient window, the policy's and estimators' own
-states and the names they ran with. Loading checks the whole state first (the mode, the policy and
+states and the names they ran with (an estimator given as an object of a class not registered: its
+class, as no name builds it). Loading checks the whole state first (the mode, the policy and
 estimators' names, each layer's shapes, the zero-cost order, the line-search tolerance) and loads
 it all or nothing: a bad state changes nothing. States saved by older versions load too (layers
 kept under a wrapper's ``module.`` names, statistics of empty layers, no recorded zero-cost order or
@@ -38,6 +39,30 @@ def _holds_tensors(v, depth: int = 4) -> bool:
     return depth > 0 and any(_holds_tensors(x, depth - 1) for x in v)
 
 
+def _unregistered_class(est) -> "str | None":
+    """The definition (module and qualified name) of ``est``'s class where the estimator registry does not
+    hold that class under the name it answers to (a user's own class, or a subclass of a registered one,
+    which inherits its parent's name), else None: such an estimator is known by its class, not its name."""
+    from .registry import _definition
+    from .utility.base import _ESTIMATORS
+
+    name = vars(type(est)).get("name")  # registered under it (a subclass of a registered class: not its own)
+    return None if isinstance(name, str) and _ESTIMATORS.get(name) is type(est) else _definition(type(est))
+
+
+def _estimator_as_passed(name, cls) -> "tuple[str, str]":
+    """The estimator recorded as ``name`` (its registry name) and ``cls`` (:func:`_unregistered_class`)
+    as a message names it, and the ``estimator=`` that builds it again: the registry name where it
+    is registered, else an instance of its class (no name of it would build it)."""
+    if cls is not None:
+        qualname = cls.rsplit(".", 1)[-1]
+        return (f"estimator={qualname}(...) ({cls}, a class not registered)",
+                f"an instance of {cls} as estimator=")
+    if name == "?":  # recorded before the classes were: a class not registered, which one not known
+        return "an estimator object of a class not registered", "the estimator object of the class it ran with"
+    return f"estimator={name!r}", f"estimator={name!r}"
+
+
 class ControllerStateMixin:
     """Saving and loading :class:`~adaptive.controller.Controller`'s state (it reads the controller's
     connectome, policy, estimators and gradient window)."""
@@ -54,6 +79,8 @@ class ControllerStateMixin:
             "warned_missed": self._warned_missed,
             "policy_name": self.policy.name,
             "estimator_names": {side: est.name for side, est in self._estimators().items()},
+            # the class of an estimator not registered (a user's subclass inherits its parent's name): None, registered
+            "estimator_classes": {side: _unregistered_class(est) for side, est in self._estimators().items()},
             "zero_cost_order": self.zero_cost_order,
             # what the line search vetoed by (None: no holdout_loss, no line search ran)
             "line_search_tolerance": self.line_search_tolerance if self.holdout_loss is not None else None,
@@ -108,14 +135,19 @@ class ControllerStateMixin:
             raise ValueError(f"this controller state was saved by a controller with policy={saved!r}, and this one "
                              f"runs policy={self.policy.name!r}: build the controller with policy={saved!r} (and its "
                              "other settings) to resume that run, or start this one without loading it")
-        names = {side: est.name for side, est in self._estimators().items()}
+        estimators = self._estimators()
+        classes = sd.get("estimator_classes")  # None: saved before they were recorded (the names alone compared)
         for side, name in (sd.get("estimator_names") or {}).items():
-            mine = names.get(side, names["drop"])  # one estimator for both sides here, two there
-            if name != mine:  # named as the Controller takes it, estimator= (drop_by/grow_by are the policy's)
+            est = estimators.get(side, estimators["drop"])  # one estimator for both sides here, two there
+            saved_cls = classes.get(side) if isinstance(classes, dict) else None
+            mine_cls = _unregistered_class(est)
+            same = name == est.name and (classes is None or saved_cls == mine_cls)
+            if not same:  # named as the Controller takes it, estimator= (drop_by/grow_by are the policy's)
                 what = "its removal costs" if side == "drop" else "its restoration gains"
-                raise ValueError(f"this controller state was saved with another estimator, estimator={name!r} ({what}), "
-                                 f"and this one uses estimator={mine!r}: build the controller with estimator={name!r} "
-                                 "to resume that run, or start this one without loading it")
+                (saved, fix), (mine, _) = _estimator_as_passed(name, saved_cls), _estimator_as_passed(est.name, mine_cls)
+                raise ValueError(f"this controller state was saved with another estimator, {saved} ({what}), "
+                                 f"and this one uses {mine}: build the controller with {fix} to resume that run, or "
+                                 "start this one without loading it")
 
     def _under_plain_names(self, sd: dict) -> dict:
         """``sd`` with layers kept under a wrapper's names renamed to this connectome's (a copy; ``sd``

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Iterable, List, Optional
+from typing import Any, Callable, Iterable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -91,6 +91,122 @@ def agreed_problem(problem):
     every: list = [None] * dist.get_world_size()
     dist.all_gather_object(every, problem or None)
     return next((p for p in every if p), None)
+
+
+_RAISED_ALIKE = "_adaptive_raised_alike"  # set on an error every process of the group raises alike
+
+
+def raised_alike(e: BaseException) -> bool:
+    """Whether every process of the process group raises ``e`` alike (the same type and message):
+    an error :func:`agreed_error` returned, which a command line reports once (from process 0)."""
+    return bool(getattr(e, _RAISED_ALIKE, False))
+
+
+def mark_raised_alike(e: BaseException) -> BaseException:
+    """Mark ``e`` as raised alike by every process of a process group (:func:`raised_alike`): an error
+    of a check one process made and broadcast (a lock only the main process takes). Returns ``e``."""
+    if is_distributed():
+        setattr(e, _RAISED_ALIKE, True)
+    return e
+
+
+def _outcome(e: Optional[BaseException]) -> Optional[tuple]:
+    """What one process tells the others of its check: None (passed), or its error's class (module
+    and qualified name: a class pickles by them, and one defined in a function would not), message
+    and notes, as strings."""
+    if e is None:
+        return None
+    message = str(e.args[0] if isinstance(e, KeyError) and e.args else e) or type(e).__name__
+    notes = tuple(str(n) for n in (getattr(e, "__notes__", None) or ()))
+    return type(e).__module__, type(e).__qualname__, message, notes
+
+
+def _rebuilt(module: str, qualname: str, message: str) -> BaseException:
+    """An error of the class named (as this process knows it) built from ``message``; a RuntimeError
+    where there is no such class or it is not built from one message."""
+    cls = sys.modules.get(module)
+    for part in qualname.split("."):
+        cls = getattr(cls, part, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(message)
+        except Exception:  # noqa: BLE001 - a class of other arguments: the message is what counts
+            pass
+    return RuntimeError(message)
+
+
+def _processes(ranks: List[int], world: int) -> str:
+    """``ranks`` in words: "process 1 of 2", "processes 0, 2 of 4"."""
+    return f"process{'es' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {world}"
+
+
+def agreed_error(own: Optional[BaseException], some_alone: bool = False) -> Optional[BaseException]:
+    """The error every process raises after a check each ran on its own (``own``: this process's,
+    None where it passed), agreed in one gather of a few words (none on one process, which gets
+    ``own``): None where every process passed. A check that reads what each process sees for
+    itself (a file on its own disk, a folder under its own working directory) can fail on some
+    processes only; the others would go on into their next collective and wait there for the one
+    that stopped (the launcher then ends them, with a traceback of a closed connection). Here every
+    process stops together: where all failed alike, each raises its own error; else every one
+    raises one error that names which processes failed and why (as the first of them would, its type
+    and notes; a RuntimeError where its type is not built from a message) and which passed. The
+    error returned is marked :func:`raised_alike`. Every process must call it at the same point
+    (after the same collectives): put it after the check, not inside a part that may skip it.
+    ``some_alone``: some processes make part of the check alone (the main process hashes the files):
+    the first failure is every process's error as it is, naming no process."""
+    if not is_distributed():
+        return own
+    world = dist.get_world_size()
+    every: list = [None] * world
+    dist.all_gather_object(every, _outcome(own))
+    failed = [(r, x) for r, x in enumerate(every) if x is not None]
+    if not failed:
+        return None
+    module, qualname, message, notes = failed[0][1]
+    if len(failed) == world and len(set(x for _, x in failed)) == 1 or some_alone and _outcome(own) == failed[0][1]:
+        return mark_raised_alike(own)
+    if not some_alone:
+        passed = [r for r, x in enumerate(every) if x is None]
+        message = "; ".join(f"{_processes([r], world)}: {x[2][:-1] if x[2].endswith('.') else x[2]}"
+                            for r, x in failed)
+        if passed:
+            message += (f"; {_processes(passed, world)} found no such problem: every process must see the same files "
+                        "(a folder they all see, or the same copy on each) and run with the same settings")
+    error = _rebuilt(module, qualname, message)
+    for note in notes:
+        error.add_note(note)
+    return mark_raised_alike(error)
+
+
+def agreed_call(check: Callable[[], Any]) -> Any:
+    """``check()``'s result, its outcome agreed by every process (:func:`agreed_error`): an error it
+    raises on any process is raised by all of them together. ``check`` must make no collective call
+    that a process failing before it would skip."""
+    try:
+        result, own = check(), None
+    except Exception as e:  # noqa: BLE001 - every process hears of any failure, and raises
+        result, own = None, e
+    error = agreed_error(own)
+    if error is None:
+        return result
+    if error is own:
+        raise own
+    raise error from own
+
+
+def refuse_differing(value: str, what: str) -> None:
+    """Raise a ValueError on every process alike (:func:`raised_alike`) where the processes hold
+    different ``value``\ s of ``what`` (each process's named), found each on its own (the checkpoint
+    a --resume names, found in a folder each process lists for itself); nothing on one process."""
+    if not is_distributed():
+        return
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, value)
+    if len(set(every)) > 1:
+        found = "; ".join(f"{_processes([r], len(every))}: {v}" for r, v in enumerate(every))
+        raise mark_raised_alike(ValueError(
+            f"the processes found different {what} ({found}), so they would not run alike: every process must see "
+            "the same files (a folder they all see, or the same copy on each)"))
 
 
 class MaskMismatchError(RuntimeError):

@@ -73,7 +73,7 @@ def main(argv=None, on_step=None) -> RunResult:
         cfg = parse_args(argv)
     return run_cli(lambda: training_function(cfg, on_step=on_step), "recipes/adaptive.py",
                    on_interrupt=_on_interrupt,
-                   errors=(CheckpointError,))
+                   errors=(CheckpointError,), once=True)
 
 
 if __name__ == "__main__":

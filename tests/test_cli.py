@@ -350,3 +350,37 @@ def test_notes_that_are_no_list_of_strings_print_as_python_prints_them(capsys, m
             run_cli(raising(notes), "prog")
         assert e.value.code == 2
         assert capsys.readouterr().err.splitlines() == ["prog: error: a bad window", *lines]
+
+
+@pytest.mark.parametrize("local_rank, leaves", [("1", True), ("0", False)])
+def test_a_launched_process_leaves_a_settings_error_line_to_the_first_process(monkeypatch, capsys, local_rank, leaves):
+    """Under `accelerate launch --num_processes 2` one bad setting printed one error line per process:
+    before the process group exists, every process but the first of its machine now waits for the
+    launcher to end it (it does once the first has written the line and exited: a sleep interrupted
+    here as the launcher's SIGTERM would), and writes the line itself only if it is still running."""
+    import adaptive.cli as cli
+
+    class Ended(BaseException):
+        pass
+
+    def ended_by_the_launcher(seconds):
+        assert seconds == cli.LEFT_TO_ANOTHER_SECONDS
+        raise Ended
+
+    def fail():
+        raise ValueError("lr must be a finite number > 0, got -1.0")
+
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr(cli.time, "sleep", ended_by_the_launcher)
+    with pytest.raises(Ended if leaves else SystemExit):
+        cli.run_cli(fail, "prog", once=True)
+    assert capsys.readouterr().err == ("" if leaves else "prog: error: lr must be a finite number > 0, got -1.0\n")
+    monkeypatch.setattr(cli.time, "sleep", lambda s: None)  # not ended: the line is written all the same
+    with pytest.raises(SystemExit):
+        cli.run_cli(fail, "prog", once=True)
+    assert capsys.readouterr().err == "prog: error: lr must be a finite number > 0, got -1.0\n"
+    with pytest.raises(SystemExit):  # without once= (recipes/prune_pretrained.py): every process writes it
+        cli.run_cli(fail, "prog")
+    assert capsys.readouterr().err == "prog: error: lr must be a finite number > 0, got -1.0\n"

@@ -626,6 +626,87 @@ def test_the_refusal_of_another_estimators_state_names_a_fix_that_works():
     assert ctrl3.step_count == 2
 
 
+class _MyTaylor(type(get_estimator("taylor"))):
+    """A user's subclass of a registered estimator, not registered itself: it inherits 'taylor'."""
+
+
+class _OwnEstimator(adaptive.utility.Estimator):
+    """A user's own estimator, not registered: its name is the base class's '?'."""
+
+    def removal_cost(self, ctx):
+        return ctx.weight.detach().abs().float()
+
+    def restoration_gain(self, ctx):
+        return torch.zeros_like(ctx.weight, dtype=torch.float32)
+
+
+def _stepped(estimator):
+    m, conn, ctrl = _sparse_ctrl("utility", estimator=estimator)
+    for _ in range(2):
+        set_grad(m, torch.randn(2, 4))
+        ctrl.observe()
+        ctrl.step()
+    return ctrl
+
+
+@pytest.mark.parametrize("saved", [_MyTaylor, _OwnEstimator])
+def test_a_state_saved_with_an_unregistered_estimator_object_is_known_by_its_class(saved):
+    """A state saved by a controller given an estimator object of a class not registered recorded
+    the name it answers to: a subclass of taylor recorded 'taylor', so a controller with the
+    registered taylor took it silently, and the refusal elsewhere said "build the controller with
+    estimator='taylor'" (another estimator); the user's own class recorded '?', which the refusal
+    named as the fix (estimator='?', which the registry refuses). The state records the class; the
+    refusal names it, and a controller built with an equal object of that class loads the state."""
+    sd = _stepped(saved()).state_dict()
+    definition = f"{saved.__module__}.{saved.__qualname__}"
+    assert sd["estimator_classes"] == {"drop": definition}
+    for loading in ["taylor", "magnitude"]:
+        m2, conn2, ctrl2 = _sparse_ctrl("utility", estimator=loading)
+        with pytest.raises(ValueError, match="another estimator") as e:
+            ctrl2.load_state_dict(sd)
+        assert f"build the controller with an instance of {definition} as estimator=" in str(e.value), str(e.value)
+        assert "estimator='?'" not in str(e.value) and "with estimator='taylor'" not in str(e.value)
+        assert ctrl2.step_count == 0
+    m3, conn3, ctrl3 = _sparse_ctrl("utility", estimator=saved())
+    ctrl3.load_state_dict(sd)
+    assert ctrl3.step_count == 2
+
+
+def test_a_registered_estimators_state_is_refused_by_an_unregistered_subclass_and_names_the_registered_one():
+    """The other way round: a state saved with the registered taylor went into a controller given
+    a subclass of it (which answers to 'taylor' too) silently. The refusal names estimator='taylor',
+    which loads it."""
+    sd = _stepped("taylor").state_dict()
+    assert sd["estimator_classes"] == {"drop": None}
+    m2, conn2, ctrl2 = _sparse_ctrl("utility", estimator=_MyTaylor())
+    with pytest.raises(ValueError, match=r"another estimator, estimator='taylor' .*and this one uses "
+                       r"estimator=_MyTaylor\(\.\.\.\) \(.*_MyTaylor, a class not registered\)") as e:
+        ctrl2.load_state_dict(sd)
+    fix = re.search(r"build the controller with estimator='(\w+)'", str(e.value))
+    m3, conn3, ctrl3 = _sparse_ctrl("utility", estimator=fix.group(1))
+    ctrl3.load_state_dict(sd)
+    assert ctrl3.step_count == 2
+
+
+def test_a_state_saved_before_the_estimator_classes_were_recorded_loads_by_its_names():
+    """States saved before ``estimator_classes`` was recorded compare the names alone (a subclass
+    recorded its parent's name, so a resume with that subclass must still load); a '?' (a class
+    not registered) is refused by a registered estimator without naming '?' as the fix."""
+    for saved, loading in [(_MyTaylor, _MyTaylor), (_OwnEstimator, _OwnEstimator), ("taylor", _MyTaylor)]:
+        sd = _stepped(saved() if isinstance(saved, type) else saved).state_dict()
+        del sd["estimator_classes"]
+        m2, conn2, ctrl2 = _sparse_ctrl("utility", estimator=loading())
+        ctrl2.load_state_dict(sd)
+        assert ctrl2.step_count == 2
+    sd = _stepped(_OwnEstimator()).state_dict()
+    del sd["estimator_classes"]
+    m2, conn2, ctrl2 = _sparse_ctrl("utility", estimator="magnitude")
+    with pytest.raises(ValueError, match="an estimator object of a class not registered .*build the controller "
+                       "with the estimator object of the class it ran with") as e:
+        ctrl2.load_state_dict(sd)
+    assert "'?'" not in str(e.value)
+
+
 @pytest.mark.parametrize(
     "kw, exc, match",
     [

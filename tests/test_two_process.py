@@ -67,6 +67,15 @@ def test_process_group_helpers_on_two_processes(tmp_path):
         assert rec["buckets_agree"] and rec["bucket_mean"] == 1.0  # small buckets: the one-bucket result
         assert rec["problem"] == "a file only rank 1 reads is missing"  # on rank 0 as well
         assert rec["no_problem"] is None
+        # a check that failed on one process only: every process raises one error naming it, marked alike
+        assert rec["agreed_one"] == ["FileNotFoundError", "process 1 of 2: no checkpoint in ./run; process 0 of 2 found "
+                                     "no such problem: every process must see the same files (a folder they all see, "
+                                     "or the same copy on each) and run with the same settings", True]
+        assert rec["agreed_all"] == ["ValueError", "lr must be > 0", True]  # alike everywhere: as on one process
+        assert rec["agreed_none"] == ["returned", i]
+        assert rec["differing"] == ["the processes found different checkpoints (process 0 of 2: step_0; process 1 of 2: "
+                                    "step_1), so they would not run alike: every process must see the same files (a "
+                                    "folder they all see, or the same copy on each)", True]
         assert rec["agree"]
         assert rec["mismatch"] is not None and "masks differ between processes at step 2" in rec["mismatch"]
 

@@ -353,4 +353,13 @@ def _target(cfg: "RunConfig") -> Union[int, float, str]:
 
 
 def parse_args(argv=None) -> RunConfig:
-    return parse_config(RunConfig, argv, prog="recipes/adaptive.py", exit_on_error=True)
+    """The run's settings from ``argv`` (default: the command line). A bad one prints ``error: ...``
+    and exits with status 2; under a multi-process launch, from the first process of each machine
+    only (:func:`adaptive.cli.say_error`: every process parses the same command line and files)."""
+    from adaptive.cli import error_lines, say_error
+
+    try:
+        return parse_config(RunConfig, argv, prog="recipes/adaptive.py")
+    except ConfigError as e:
+        say_error(error_lines("recipes/adaptive.py", e), e, once=True)
+        raise SystemExit(2) from None

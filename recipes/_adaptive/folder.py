@@ -164,7 +164,14 @@ class _RunLock(run_folder.RunLock):
         super().__init__(accelerator, output_dir, error=CheckpointError)
 
     def acquire(self, cfg: RunConfig) -> None:
-        super().acquire(None if cfg.resume else (lambda: _refuse_earlier_run(cfg, self.path.parent)))
+        """Take the lock (and recheck the folder for an earlier run); a refusal is the main process's,
+        raised by every process alike (:func:`adaptive.distributed.raised_alike`)."""
+        from adaptive.distributed import mark_raised_alike
+
+        try:
+            super().acquire(None if cfg.resume else (lambda: _refuse_earlier_run(cfg, self.path.parent)))
+        except CheckpointError as e:  # (broadcast from the main process)
+            raise mark_raised_alike(e)
 
     def sweep(self) -> None:
         """Also the checkpoint folder a run stopped while saving left (``checkpoints/.tmp-step_N``),

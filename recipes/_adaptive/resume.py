@@ -40,20 +40,20 @@ def _check_resumed_config(cfg: RunConfig, output_dir: Path, resume_from: Optiona
     folders = [Path(output_dir)]
     recorded = []
     if resume_from is not None:
-        from adaptive.distributed import agreed_problem, rank, world_size
-        from adaptive.integrity import CheckpointRefusedError
+        from adaptive.distributed import agreed_error, rank, world_size
         from adaptive.training import verify_checkpoint
 
         # a damaged checkpoint (or config copy), or one of another process count, is refused here,
-        # naming the file, by every process together; the main process alone hashes the files
-        problem = None
+        # naming the file, by every process together (every error caught: no process skips the
+        # gather); the main process alone hashes the files
+        own = None
         try:
             verify_checkpoint(resume_from, rank(), warn=rank() == 0, num_processes=world_size(), hash_files=rank() == 0)
-        except CheckpointRefusedError as e:
-            problem = (type(e), str(e))  # damage stays a CheckpointDamagedError on every process
-        problem = agreed_problem(problem)
-        if problem:
-            raise problem[0](problem[1])
+        except Exception as e:  # noqa: BLE001 - damage stays a CheckpointDamagedError on every process
+            own = e
+        error = agreed_error(own, some_alone=True)
+        if error is not None:
+            raise error
         run = run_dir_of(resume_from)
         own = Path(resume_from) / CONFIG_COPY
         if own.is_file():  # the settings the checkpoint was made with, whatever its run folder holds now

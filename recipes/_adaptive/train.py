@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from adaptive.cli import progress_line, progress_lines, show_progress
 from adaptive.data import check_dataset_kw, model_before_data
 from adaptive.diagnostics.silent_units import SilentUnits
-from adaptive.distributed import gather_mask_hashes
+from adaptive.distributed import agreed_call, gather_mask_hashes, refuse_differing
 from adaptive.training import (
     TrainState, evaluate, find_checkpoint, load_checkpoint, lr_schedule, metric_row, run_dir_of, save_checkpoint,
     train_one_epoch, write_metrics_csv,
@@ -53,24 +53,16 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
         cfg.mixed_precision = str(accelerator.mixed_precision)
     resume_from = None
     output_dir = cfg.output_dir
+    # what each process reads for itself (the folders --resume names, the run folder's files) is checked on
+    # each, and the outcome agreed: one process's failure stops every process with one error (agreed_call)
     if cfg.resume and cfg.mode == "mask_only":
-        output_dir = str(_mask_only_run_dir(cfg.resume, output_dir))
+        output_dir = str(agreed_call(lambda: _mask_only_run_dir(cfg.resume, output_dir)))
     elif cfg.resume:
-        resume_from = find_checkpoint(cfg.resume, output_dir)
+        resume_from = agreed_call(lambda: find_checkpoint(cfg.resume, output_dir))
+        refuse_differing(resume_from.name, f"checkpoints for --resume {cfg.resume}")
         output_dir = output_dir or str(run_dir_of(resume_from))
     output_dir = Path(output_dir or _broadcast_str(accelerator, default_output_dir()))
-    if cfg.resume:
-        recorded = _check_resumed_config(cfg, output_dir, resume_from, no_fp16=_no_fp16_autocast(accelerator))
-        if cfg.mode != "mask_only":
-            _train_mode_mask_only_kw(cfg, recorded, accelerator)
-    if cfg.resume and not from_launch and cfg.mixed_precision == "fp16" and _inert_fp16(accelerator):  # (recorded so)
-        # it keeps recording fp16, as the run did, so that its own command continues it again later
-        accelerator.print(f"note: the run records --mixed_precision fp16, which the {accelerator.device.type.upper()} "
-                          "cannot run (Accelerate ran it in float32): it continues as it ran, as --mixed_precision no")
-    else:
-        _refuse_inert_precision(accelerator, from_launch)  # a new run, or fp16 from accelerate launch: refused
-    if not cfg.resume:
-        _refuse_earlier_run(cfg, output_dir)
+    agreed_call(lambda: _check_run_folder(cfg, accelerator, output_dir, resume_from, from_launch))
     _INTERRUPT.update(output_dir=output_dir, resume_from=resume_from, overwrite=cfg.overwrite and not cfg.resume,
                       resume=bool(cfg.resume), wrote=False)
     lock = _RunLock(accelerator, output_dir)  # taken before the run's first write into the folder
@@ -83,21 +75,46 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
         lock.release()
 
 
+def _check_run_folder(cfg: RunConfig, accelerator, output_dir: Path, resume_from, from_launch: bool) -> None:
+    """The checks of the run folder before the run takes it: a resume's recorded settings (and its
+    checkpoint, verified by every process together first), the precision, an earlier run there.
+    Under several processes each reads its own view of the folder: call it through
+    :func:`adaptive.distributed.agreed_call` (its one collective comes first, on every process)."""
+    if cfg.resume:
+        recorded = _check_resumed_config(cfg, output_dir, resume_from, no_fp16=_no_fp16_autocast(accelerator))
+        if cfg.mode != "mask_only":
+            _train_mode_mask_only_kw(cfg, recorded, accelerator)
+    if cfg.resume and not from_launch and cfg.mixed_precision == "fp16" and _inert_fp16(accelerator):  # (recorded so)
+        # it keeps recording fp16, as the run did, so that its own command continues it again later
+        accelerator.print(f"note: the run records --mixed_precision fp16, which the {accelerator.device.type.upper()} "
+                          "cannot run (Accelerate ran it in float32): it continues as it ran, as --mixed_precision no")
+    else:
+        _refuse_inert_precision(accelerator, from_launch)  # a new run, or fp16 from accelerate launch: refused
+    if not cfg.resume:
+        _refuse_earlier_run(cfg, output_dir)
+
+
+def _model_and_data(cfg: RunConfig):
+    """The model (its weights loaded) and the data loaders. The model before the data where the
+    dataset knows its classes and input shape unread: weights that do not fit, or a mask_only target
+    beyond the model's synapses, are refused before minutes of data loading (as
+    recipes/prune_pretrained.py does); a --dataset_kw key an option sets (data_dir=, ...) is named
+    first, not a clash of keywords in the facts' call. No collective: each process reads its own
+    files (:func:`adaptive.distributed.agreed_call` agrees on the outcome)."""
+    check_dataset_kw(cfg.dataset, cfg.dataset_kw)
+    model_for = model_before_data(cfg.dataset, lambda k, shape: build_model_for(cfg, k, shape), data_dir=cfg.data_dir,
+                                  download=cfg.download, **cfg.dataset_kw)
+    loaders = get_dataloaders(cfg)
+    return model_for(loaders.num_classes, loaders.in_shape), loaders
+
+
 def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, lock: "_RunLock") -> RunResult:
     from accelerate.utils import set_seed
 
     main = accelerator.is_main_process
     set_seed(cfg.seed)
 
-    # the model (its weights loaded) before the data where the dataset knows its classes and input
-    # shape unread: weights that do not fit, or a mask_only target beyond the model's synapses, are
-    # refused before minutes of data loading (as recipes/prune_pretrained.py does); a --dataset_kw key an
-    # option sets (data_dir=, ...) is named first, not a clash of keywords in the facts' call
-    check_dataset_kw(cfg.dataset, cfg.dataset_kw)
-    model_for = model_before_data(cfg.dataset, lambda k, shape: build_model_for(cfg, k, shape), data_dir=cfg.data_dir,
-                                  download=cfg.download, **cfg.dataset_kw)
-    loaders = get_dataloaders(cfg)
-    model = model_for(loaders.num_classes, loaders.in_shape)
+    model, loaders = agreed_call(lambda: _model_and_data(cfg))  # a file one process misses stops them all
     if cfg.mode == "mask_only":
         return _mask_only(cfg, accelerator, model, loaders, output_dir, lock)
 

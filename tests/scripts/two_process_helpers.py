@@ -35,6 +35,30 @@ def main(out_dir):
     record["problem"] = D.agreed_problem("a file only rank 1 reads is missing" if me == 1 else None)
     record["no_problem"] = D.agreed_problem(None)
 
+    # a check that raises on rank 1 only: both raise one error of its type, naming the process, marked alike
+    def missing_on_rank_1():
+        if me == 1:
+            raise FileNotFoundError("no checkpoint in ./run")
+        return "found"
+
+    def outcome(check, **kw):
+        try:
+            return ["returned", D.agreed_call(check)]
+        except Exception as e:  # noqa: BLE001 - recorded for the test
+            return [type(e).__name__, str(e), D.raised_alike(e)]
+
+    def fails_alike():
+        raise ValueError("lr must be > 0")
+
+    record["agreed_one"] = outcome(missing_on_rank_1)
+    record["agreed_all"] = outcome(fails_alike)
+    record["agreed_none"] = outcome(lambda: me)
+    try:
+        D.refuse_differing(f"step_{me}", "checkpoints")
+        record["differing"] = None
+    except ValueError as e:
+        record["differing"] = [str(e), D.raised_alike(e)]
+
     torch.manual_seed(0)
     conn = adaptive.Connectome(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)))
     conn.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in conn.masks.items()})  # the same on both ranks
