@@ -398,7 +398,8 @@ def gradient_by_depth(
     once serve every call, with a warning). A call the model's own forward makes under
     ``torch.no_grad()`` contributes no gradient: it is left out, not counted as zeros
     (:attr:`GradientByDepth.no_grad_calls`), and a layer only called so is refused.
-    ``cycle``: restart the loader (a new epoch) until ``batches`` batches have been seen.
+    ``cycle``: restart the loader (a new epoch) until ``batches`` batches have been seen (a generator or
+    iterator cannot restart: fewer are read, with a warning).
     ``loss_fn(output, targets)``: the loss whose gradients are measured (default cross-entropy).
     ``train_mode``: run the model in train mode while measuring (False: eval mode); each module's
     own mode is restored afterwards. ``device``: where batches go (default: the model's device).
@@ -433,7 +434,7 @@ def gradient_by_depth(
     with measured_gradients([weight], "gradient_by_depth"), kept_buffers(model), modes_kept(model, train_mode), \
             scalers_suspended(model), batch_statistics_explained("gradient_by_depth", one_sample):
         try:
-            for x, y in iterate_batches(loader, batches, desc=f"gradients of {name}", cycle=cycle):
+            for x, y in iterate_batches(loader, batches, desc=f"gradients of {name}", cycle=cycle, warn_short=cycle):
                 x, y = to_device(x, device), to_device(y, device)  # nested inputs (a tuple of tensors) too
                 if call_depths is None:
                     refuse_unpacked(model, x, "gradient_by_depth")  # before tracing, which would fail less clearly

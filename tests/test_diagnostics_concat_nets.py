@@ -1,7 +1,8 @@
-"""A BandGradientScaler over many traced layers traces the model once, not once per layer.
+"""Diagnostics of a concatenation net of one's own (a DenseNet-style block), as a new user runs them.
 
-DenseNet-121 takes about a second to trace; a scaler of its 121 layers traced it for each and took
-over two minutes to build, printing nothing; with one trace it takes a few seconds, the same scales.
+A BandGradientScaler over many traced layers traces the model once, not once per layer: DenseNet-121
+takes about a second to trace, and a scaler of its 121 layers traced it for each and took over two
+minutes to build, printing nothing; with one trace it takes a few seconds, with the same scales.
 """
 import pytest
 import torch
@@ -60,3 +61,22 @@ def test_a_scaler_of_several_traced_layers_traces_the_model_once(monkeypatch):
 def test_a_scaler_on_a_model_without_input_depths_asks_for_layers_only():
     with pytest.raises(ValueError, match=r"pass layers=\[\.\.\.\] \(their depths are then traced"):
         BandGradientScaler(TinyDense())
+
+
+def test_gradient_by_depth_of_a_generator_says_it_read_fewer_batches_than_asked():
+    """A generator (``((x.cuda(), y) for x, y in loader)``) cannot be restarted: gradient_by_depth, which cycles its
+    loader up to batches=50, read its 3 batches once and returned a result resting on 3, saying nothing."""
+    import warnings
+
+    from adaptive.diagnostics import gradient_by_depth
+
+    torch.manual_seed(0)
+    model = TinyDense()
+    data = [(torch.randn(4, 3, 6, 6), torch.randint(0, 5, (4,))) for _ in range(3)]
+    with pytest.warns(UserWarning, match=r"asked for 50 batches but the loader ran out after 3.*not a generator or iterator"):
+        bands = gradient_by_depth(model, (b for b in data), layer="fc")
+    assert bands.batches == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gradient_by_depth(model, data, layer="fc").batches == 50  # a list restarts: as asked, nothing to say
+        assert gradient_by_depth(model, (b for b in data), layer="fc", batches=5, cycle=False).batches == 3  # a cap
