@@ -4,6 +4,8 @@ A BandGradientScaler over many traced layers traces the model once, not once per
 takes about a second to trace, and a scaler of its 121 layers traced it for each and took over two
 minutes to build, printing nothing; with one trace it takes a few seconds, with the same scales.
 """
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -80,3 +82,23 @@ def test_gradient_by_depth_of_a_generator_says_it_read_fewer_batches_than_asked(
         warnings.simplefilter("error")
         assert gradient_by_depth(model, data, layer="fc").batches == 50  # a list restarts: as asked, nothing to say
         assert gradient_by_depth(model, (b for b in data), layer="fc", batches=5, cycle=False).batches == 3  # a cap
+
+
+@pytest.mark.parametrize("options, said", [
+    (["--grad_batch_size", "800"], r"--split train: its 1,280 examples make 1 gradient batch of 800 \(--grad_batch_size\)"),
+    (["--grad_batch_size", "5000"], r"make 0 gradient batches of 5000 \(--grad_batch_size\).*at most 640"),
+    (["--split", "holdout", "--batch_size", "200"], r"--split holdout: its 143 examples make 1 gradient batch of 200 \(--batch_size\)"),
+])
+def test_the_collinearity_command_refuses_a_split_of_one_gradient_batch_naming_the_option(options, said, capsys, tmp_path):
+    """A --grad_batch_size (or --batch_size) that cut the measured split into a single batch gave cosines of 1
+    everywhere behind a warning naming the API's batch_size=, and one larger than the split an error naming
+    batch_size= too, both after the brief training; now refused before it, naming the option."""
+    from _scripts import load_script
+
+    script = load_script("recipes/diagnostics.py", "diagnostics_recipe")
+    with pytest.raises(SystemExit) as e:
+        script.main(["collinearity", "--train_steps", "300", *options, "--output_dir", str(tmp_path / "out")])
+    assert e.value.code not in (0, None)
+    err = capsys.readouterr()
+    assert re.search(said, str(e.value) + err.err), str(e.value) + err.err
+    assert "training mlp from scratch" not in err.out  # refused before the training
