@@ -338,9 +338,10 @@ def cmd_collinearity(args):
     out = outdir(args)
     data = get_data(args, batch_size=max(args.batch_size, args.grad_batch_size or 0))
     model, conn = model_for(data.num_classes, data.in_shape)
-    model = trained_model(args, data, model)
     loader = (holdout_mixed(data, args.seed, "--split holdout") if args.split == "holdout"
               else seeded_train_loader(data, args.batch_size, args.seed + 1))
+    _refuse_one_batch(args, loader)  # before the brief training, which it would waste
+    model = trained_model(args, data, model)
     res = D.collinearity(model, loader, batch_size=args.grad_batch_size, batches=args.batches, train_mode=False,
                          conn=conn)
     split = "TRAIN" if args.split == "train" else "holdout (from TRAIN)"
@@ -354,6 +355,21 @@ def cmd_collinearity(args):
     if conn is not None:
         print(f"measured the {res.measured:,} live synapses; the {res.pruned:,} pruned ones are left out")
     print(f"figures: {p1[0]}, {p2[0]}, {p3[0]}")
+
+
+def _refuse_one_batch(args, loader):
+    """Refuse a --split whose examples make fewer than 2 gradient batches (of --grad_batch_size, else
+    the loader's own --batch_size ones): collinearity compares batch gradients, and one batch agrees
+    with itself (cosine 1 everywhere), none measures nothing. The API's error and warning name its
+    ``batch_size=``, not the options that set it."""
+    available = min(len(loader.dataset), len(loader) * loader.batch_size)  # the train loader drops its last part
+    own = "--eval_batch_size" if args.split == "holdout" and args.eval_batch_size else "--batch_size"  # (held-out batches)
+    size, option = (args.grad_batch_size, "--grad_batch_size") if args.grad_batch_size else (loader.batch_size, own)
+    n = available // size if args.grad_batch_size else len(loader)
+    if n < 2:
+        _refuse(f"--split {args.split}: its {available:,} examples make {n} gradient batch{'' if n == 1 else 'es'} of "
+                f"{size} ({option}), and collinearity compares the gradients of several batches (one agrees with "
+                f"itself everywhere): give a smaller {option} (at most {available // 2}) or more data (--subset)")
 
 
 # ---------------------------------------------------------------------- knowledge

@@ -480,3 +480,43 @@ def test_every_attached_connectome_counts_as_pruned():
     pruned = first.num_synapses() - first.num_live() + second.num_synapses() - second.num_live()
     curve = knowledge_distribution(model, data, counts=[0, 1])
     assert curve.pruned_before == pruned and curve.total == 42 - pruned
+
+
+def _curve_of(loss_increase):
+    """A KnowledgeCurve of the given loss increases at 0, 1, 2, ... removed, fitted as knowledge_distribution fits."""
+    from adaptive.diagnostics import KnowledgeCurve
+    from adaptive.diagnostics.knowledge import fit_curve
+    from adaptive.diagnostics.table import Table
+
+    n = len(loss_increase)
+    table = Table([{"removed": k, "fraction": k / (n - 1), "loss": 1.0 + li, "loss_increase": li}
+                   for k, li in enumerate(loss_increase)])
+    return KnowledgeCurve(table, n - 1, "magnitude", 0, fit_curve(table, None, 100, 1e-3), None)
+
+
+def _holds_markers(fig):
+    ax = fig.axes[2]  # the loss-increase panel
+    dashed = sorted(float(line.get_xdata()[0]) for line in ax.get_lines() if line.get_linestyle() == "--"
+                    and len(line.get_xdata()))
+    labels = ax.get_legend_handles_labels()[1]
+    return dashed, labels
+
+
+def test_the_holds_marker_is_drawn_only_where_the_line_holds_beyond_the_fitted_range(monkeypatch):
+    """The figure drew a dashed line labelled 'line stays within x2 up to here' at both edges of the fitted range
+    even where the fit held nowhere beyond it (holds_from/holds_to equal to the fit's edges) and most fitted points lay
+    far off the line (a ResNet-20 obd curve, 40% within x2): a claim about the edges the data do not make."""
+    figs = _kept_figures(monkeypatch)
+    scattered = _curve_of([0, 0.01, 1.0, 0.02, 2.0, 0.05, 5.0])  # the fit holds poorly, nowhere past its range
+    f = scattered.fits["loss_increase"]
+    assert (f["holds_from"], f["holds_to"]) == (f["fit_from"], f["fit_to"]) and f["within_tolerance"] < 0.7
+    scattered.plot("scattered.png")
+    dashed, labels = _holds_markers(figs[-1])
+    assert dashed == [] and not any("up to here" in label for label in labels)
+    # an exponential whose first points lie below the noise floor, on the line: it holds beyond the fitted range there
+    steady = _curve_of([0, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016])
+    f = steady.fits["loss_increase"]
+    assert (f["holds_from"], f["fit_from"], f["holds_to"], f["fit_to"]) == (1.0, 3.0, 6.0, 6.0)
+    steady.plot("steady.png")
+    dashed, labels = _holds_markers(figs[-1])
+    assert dashed == [1.0] and any("beyond the fitted range" in label for label in labels)

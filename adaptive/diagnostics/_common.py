@@ -25,8 +25,9 @@ def default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def iterate_batches(loader, batches: Optional[int], desc: str, cycle: bool = False,
                     warn_short: bool = False) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Yield up to ``batches`` ``(x, y)`` pairs from ``loader`` (all of one pass when None) with a
-    tqdm bar. ``cycle`` restarts the loader when it runs out before ``batches``; ``warn_short``
-    warns when it runs out first (for callers whose ``batches`` is a request, not a cap)."""
+    tqdm bar. ``cycle`` restarts the loader when it runs out before ``batches`` (a generator or iterator,
+    which cannot be, then runs out); ``warn_short`` warns when it runs out first (for callers whose
+    ``batches`` is a request, not a cap)."""
     from tqdm.auto import tqdm
 
     if batches is not None and batches <= 0:
@@ -57,8 +58,10 @@ def iterate_batches(loader, batches: Optional[int], desc: str, cycle: bool = Fal
         raise ValueError(f"the loader for {desc} yielded no batches: it is empty (an empty dataset or subset, or "
                          "drop_last with fewer samples than one batch); pass a loader with at least one (inputs, targets) batch")
     if warn_short and batches is not None and n < batches:
+        fix = ("a loader read again (a DataLoader or a list, not a generator or iterator, which a second pass finds "
+               "empty: it was restarted and gave nothing)" if cycle else "a larger loader")
         warn_user(f"{desc}: asked for {batches} batches but the loader ran out after {n}; the result rests on {n} "
-                      "(pass a larger loader, or batches=None for one pass)")
+                  f"(pass {fix}, or batches=None for one pass)")
 
 
 def _cycled(loader) -> Iterator:

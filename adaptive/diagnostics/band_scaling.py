@@ -130,18 +130,21 @@ class BandGradientScaler:
             layers = list(getattr(plain, "depth_layers", None) or self._layers_with_depths(plain, depths))
         layers = [plain_layer_name(model, layer) for layer in layers]
         if not layers:
-            raise ValueError("no layer to scale: pass layers=[...] and depths={layer: tensor} for a model without input_depths")
+            raise ValueError("no layer to scale: a model without input_depths (or depth_layers) names no layer of its own, so "
+                             "pass layers=[...] (their depths are then traced from the data flow, or given as "
+                             "depths={layer: tensor})")
         self.momentum = momentum
         self.conn = None if conn is None else model_connectome(
             model, conn, "BandGradientScaler", "which synapses' gradients the band sizes count")
         self.state: Dict[str, dict] = {}
         self._handles = []
+        traces = {}  # the model traced once for all its layers (where depths are traced), not once per layer
         try:
             for layer in layers:
                 name, mod, w = find_weight(plain, layer)  # by any of its names; named by its first
                 if name in self.state:  # given twice (or by two names): one hook, or its gradient is scaled twice
                     continue
-                rows = resolve_call_depths(plain, name, self._given_depths(plain, mod, layer, depths), example)
+                rows = resolve_call_depths(plain, name, self._given_depths(plain, mod, layer, depths), example, traces)
                 groups, transposed = int(getattr(mod, "groups", 1)), bool(getattr(mod, "transposed", False))
                 wds = torch.stack([weight_depths(w.shape, d, groups, transposed) for d in rows])
                 uniq = torch.unique(wds)

@@ -44,14 +44,17 @@ def resolve_depths(model: nn.Module, layer: str, depths=None, example: Optional[
     return resolve_call_depths(model, layer, depths, example)[0]
 
 
-def resolve_call_depths(model: nn.Module, layer: str, depths=None, example=None) -> List[torch.Tensor]:
+def resolve_call_depths(model: nn.Module, layer: str, depths=None, example=None,
+                        traces: Optional[dict] = None) -> List[torch.Tensor]:
     """Signal depth of each input unit of ``layer`` at each of its calls in one forward, in call order:
     one tensor for a layer called once, one per call for a layer called several times (weight
     sharing), where each call reads a signal of another depth. ``depths``: one depth per input unit,
     or one row of them per call; else ``model.input_depths(layer)`` (one tensor); else traced (one
     per call, see :func:`traced_call_depths`), asked under ``layer`` and then under the module's other
     names (one held under several, ``self.out = self.head``: the model may know it by any of them).
-    Errors as :func:`resolve_depths`."""
+    Errors as :func:`resolve_depths`. ``traces``: a dict kept by a caller that asks for many layers of
+    one model and ``example`` (:class:`BandGradientScaler` on a DenseNet): the model is traced once
+    into it and every later layer reads that graph (see :func:`traced_call_depths`)."""
     if depths is not None:
         d = torch.as_tensor(depths, dtype=torch.long).cpu()
         return list(d) if d.dim() == 2 else [d.reshape(-1)]
@@ -66,7 +69,7 @@ def resolve_call_depths(model: nn.Module, layer: str, depths=None, example=None)
                 first_error = first_error or e
         raise first_error
     try:
-        return traced_call_depths(model, layer, example)
+        return traced_call_depths(model, layer, example, traces)
     except TiedWeightError:  # no depths= would make its measurement right
         raise
     except Exception as e:  # tracing is best effort: say what failed and how to get past it
@@ -97,25 +100,20 @@ def first_example(batch):
     return tree_map(lambda t: t[:1] if torch.is_tensor(t) and t.dim() > 0 and t.shape[0] == size else t, batch)
 
 
-def traced_call_depths(model: nn.Module, layer: str, example=None) -> List[torch.Tensor]:
+def traced_call_depths(model: nn.Module, layer: str, example=None, traces: Optional[dict] = None) -> List[torch.Tensor]:
     """:func:`traced_depths` for each call of ``layer`` in one (eval-mode) forward of ``example``, in
     call order. The graph has a layer for every call of a module called several times (``NAME``,
     ``NAME#2``, ...: :func:`graphs.trace`), each reading what that call reads, so the depths of every
     call, and of every layer after a shared one, come from the model itself; graphs' note that a
-    module is called more than once is not repeated here, where each call is measured on its own."""
-    import graphs
-
+    module is called more than once is not repeated here, where each call is measured on its own.
+    ``traces``: a dict in which the trace and graph of ``model`` and ``example`` are kept, so that the
+    depths of many layers take one trace (a trace of DenseNet-121 takes about a second: a scaler of
+    its 121 layers spent over two minutes tracing it once per layer); None traces afresh. Keep it
+    only while the model and ``example`` stay as they are."""
     name = layer[: -len(".weight")] if layer.endswith(".weight") else layer
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"graphs: node .* uses weights used before in the forward")
-        # the first example of every tensor in the input, given as one argument: the model is called
-        # model(x) with x whole, while graphs takes a tuple as several arguments
-        first = None if example is None else (first_example(example),)
-        tr = graphs.trace(model, first)
-        if not tr.traced:
-            raise ValueError(" ".join(f"{tr.reason}; the module-order fallback has no concatenation or residual "
-                                      "links, so its depths would be wrong".split()))
-        g = graphs.build(model=model, level="unit", traced=tr)
+    tr, g = traces["graph"] if traces is not None and "graph" in traces else _trace_graph(model, example)
+    if traces is not None:
+        traces["graph"] = (tr, g)
     depth = g.node_attrs["depth_max"]
     found = {lf.module: (lid, lf) for lid, lf in reversed(list(enumerate(g.layers)))}  # a label's first layer
     if name not in found:
@@ -146,6 +144,24 @@ def traced_call_depths(model: nn.Module, layer: str, example=None) -> List[torch
                              "fits, write the op with ones the tracer knows")
         calls.append(depth[lf.in_src].long().cpu())
     return calls
+
+
+def _trace_graph(model: nn.Module, example=None):
+    """``(trace, unit-level graph)`` of one eval-mode forward of ``example`` (:func:`graphs.trace`,
+    :func:`graphs.build`); a ValueError where fx cannot trace the model."""
+    import graphs
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"graphs: node .* uses weights used before in the forward")
+        # the first example of every tensor in the input, given as one argument: the model is called
+        # model(x) with x whole, while graphs takes a tuple as several arguments
+        first = None if example is None else (first_example(example),)
+        tr = graphs.trace(model, first)
+        if not tr.traced:
+            raise ValueError(" ".join(f"{tr.reason}; the module-order fallback has no concatenation or residual "
+                                      "links, so its depths would be wrong".split()))
+        g = graphs.build(model=model, level="unit", traced=tr)
+    return tr, g
 
 
 def _unknown_ops_feeding(g, tr, in_src: torch.Tensor) -> List[str]:
@@ -382,7 +398,8 @@ def gradient_by_depth(
     once serve every call, with a warning). A call the model's own forward makes under
     ``torch.no_grad()`` contributes no gradient: it is left out, not counted as zeros
     (:attr:`GradientByDepth.no_grad_calls`), and a layer only called so is refused.
-    ``cycle``: restart the loader (a new epoch) until ``batches`` batches have been seen.
+    ``cycle``: restart the loader (a new epoch) until ``batches`` batches have been seen (a generator or
+    iterator cannot restart: fewer are read, with a warning).
     ``loss_fn(output, targets)``: the loss whose gradients are measured (default cross-entropy).
     ``train_mode``: run the model in train mode while measuring (False: eval mode); each module's
     own mode is restored afterwards. ``device``: where batches go (default: the model's device).
@@ -417,7 +434,7 @@ def gradient_by_depth(
     with measured_gradients([weight], "gradient_by_depth"), kept_buffers(model), modes_kept(model, train_mode), \
             scalers_suspended(model), batch_statistics_explained("gradient_by_depth", one_sample):
         try:
-            for x, y in iterate_batches(loader, batches, desc=f"gradients of {name}", cycle=cycle):
+            for x, y in iterate_batches(loader, batches, desc=f"gradients of {name}", cycle=cycle, warn_short=cycle):
                 x, y = to_device(x, device), to_device(y, device)  # nested inputs (a tuple of tensors) too
                 if call_depths is None:
                     refuse_unpacked(model, x, "gradient_by_depth")  # before tracing, which would fail less clearly

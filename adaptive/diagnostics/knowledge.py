@@ -320,9 +320,14 @@ class KnowledgeCurve:
                         label=f"exp fit{' (a curve on log x)' if log_x else ''}: e-fold every {1 / f['rate']:.3g} weights (R²={f['r2']:.3f})" if f["rate"] > 0 else "exp fit")
                 ax.axvspan(f["fit_from"], f["fit_to"], color="C2", alpha=0.12,
                            label=f"fitted range ({f.get('within_tolerance', float('nan')):.0%} of its points within ×2)")
-                for edge in {f["holds_from"], f["holds_to"]}:
+                # where the line stays within x2 of the points beyond the fitted range, point by point; an
+                # edge of the fitted range itself is no such claim (its points may lie far off the line)
+                beyond = {h for h, edge in ((f["holds_from"], f["fit_from"]), (f["holds_to"], f["fit_to"])) if h != edge}
+                for edge in beyond:
                     ax.axvline(edge, color="C2", ls="--", lw=1)
-                ax.plot([], [], color="C2", ls="--", lw=1, label="line stays within ×2 up to here")
+                if beyond:
+                    ax.plot([], [], color="C2", ls="--", lw=1, label="beyond the fitted range, the line stays within "
+                                                                   "×2 of the points up to here")
             elif f:
                 ax.text(0.5, 0.5, f"no exponential fit: {f.get('points', 0)} point(s) between the noise floor\n"
                         "and the collapse (3 needed); measure more points (--points)",

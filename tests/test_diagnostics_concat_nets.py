@@ -1,0 +1,104 @@
+"""Diagnostics of a concatenation net of one's own (a DenseNet-style block), as a new user runs them.
+
+A BandGradientScaler over many traced layers traces the model once, not once per layer: DenseNet-121
+takes about a second to trace, and a scaler of its 121 layers traced it for each and took over two
+minutes to build, printing nothing; with one trace it takes a few seconds, with the same scales.
+"""
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import graphs
+from adaptive.diagnostics import BandGradientScaler, resolve_depths
+
+
+class TinyDense(nn.Module):
+    """A DenseNet-style block: each conv reads the concatenation of every earlier output."""
+
+    def __init__(self, growth=3, n=3):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.convs = nn.ModuleList(nn.Conv2d(4 + growth * i, growth, 3, padding=1) for i in range(n))
+        self.fc = nn.Linear(4 + growth * n, 5)
+
+    def forward(self, x):
+        feats = [F.relu(self.stem(x))]
+        for conv in self.convs:
+            feats.append(F.relu(conv(torch.cat(feats, 1))))
+        return self.fc(torch.cat(feats, 1).mean((2, 3)))
+
+
+LAYERS = ["stem", "convs.0", "convs.1", "convs.2", "fc"]
+
+
+def _counting_trace(monkeypatch):
+    calls = []
+    real = graphs.trace
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(graphs, "trace", counting)
+    return calls
+
+
+def test_a_scaler_of_several_traced_layers_traces_the_model_once(monkeypatch):
+    torch.manual_seed(0)
+    model, example = TinyDense(), torch.randn(2, 3, 8, 8)
+    calls = _counting_trace(monkeypatch)
+    scaler = BandGradientScaler(model, layers=LAYERS, example=example)
+    assert len(calls) == 1
+    model(example).square().mean().backward()  # a hooked layer's scales exist from its first gradient
+    # the same bands as each layer traced on its own
+    for layer in LAYERS:
+        assert list(scaler.scales()[layer]) == sorted(set(resolve_depths(model, layer, example=example).tolist()))
+    assert list(scaler.scales()["fc"]) == [1, 2, 3, 4]
+    scaler.remove()
+
+
+def test_a_scaler_on_a_model_without_input_depths_asks_for_layers_only():
+    with pytest.raises(ValueError, match=r"pass layers=\[\.\.\.\] \(their depths are then traced"):
+        BandGradientScaler(TinyDense())
+
+
+def test_gradient_by_depth_of_a_generator_says_it_read_fewer_batches_than_asked():
+    """A generator (``((x.cuda(), y) for x, y in loader)``) cannot be restarted: gradient_by_depth, which cycles its
+    loader up to batches=50, read its 3 batches once and returned a result resting on 3, saying nothing."""
+    import warnings
+
+    from adaptive.diagnostics import gradient_by_depth
+
+    torch.manual_seed(0)
+    model = TinyDense()
+    data = [(torch.randn(4, 3, 6, 6), torch.randint(0, 5, (4,))) for _ in range(3)]
+    with pytest.warns(UserWarning, match=r"asked for 50 batches but the loader ran out after 3.*not a generator or iterator"):
+        bands = gradient_by_depth(model, (b for b in data), layer="fc")
+    assert bands.batches == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gradient_by_depth(model, data, layer="fc").batches == 50  # a list restarts: as asked, nothing to say
+        assert gradient_by_depth(model, (b for b in data), layer="fc", batches=5, cycle=False).batches == 3  # a cap
+
+
+@pytest.mark.parametrize("options, said", [
+    (["--grad_batch_size", "800"], r"--split train: its 1,280 examples make 1 gradient batch of 800 \(--grad_batch_size\)"),
+    (["--grad_batch_size", "5000"], r"make 0 gradient batches of 5000 \(--grad_batch_size\).*at most 640"),
+    (["--split", "holdout", "--batch_size", "200"], r"--split holdout: its 143 examples make 1 gradient batch of 200 \(--batch_size\)"),
+])
+def test_the_collinearity_command_refuses_a_split_of_one_gradient_batch_naming_the_option(options, said, capsys, tmp_path):
+    """A --grad_batch_size (or --batch_size) that cut the measured split into a single batch gave cosines of 1
+    everywhere behind a warning naming the API's batch_size=, and one larger than the split an error naming
+    batch_size= too, both after the brief training; now refused before it, naming the option."""
+    from _scripts import load_script
+
+    script = load_script("recipes/diagnostics.py", "diagnostics_recipe")
+    with pytest.raises(SystemExit) as e:
+        script.main(["collinearity", "--train_steps", "300", *options, "--output_dir", str(tmp_path / "out")])
+    assert e.value.code not in (0, None)
+    err = capsys.readouterr()
+    assert re.search(said, str(e.value) + err.err), str(e.value) + err.err
+    assert "training mlp from scratch" not in err.out  # refused before the training
