@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 import torch
 
+from . import unattached
 from .optim_state import preserves_zeros, reset_state, unwrap_optimizer, zero_eps_warning
 from .warn import warn_user
 from .wrappers import eager
@@ -45,6 +46,8 @@ class ConnectomeOptimizersMixin:
         if why:
             warn_user(why)
         self._optimizers.append(weakref.ref(opt))
+        unattached.watch()  # warns of an optimizer that steps these weights without being attached
+        unattached.registry_changed()
         self._handles.append(opt.register_step_pre_hook(self._pre_step))
         self._handles.append(opt.register_step_post_hook(self._post_step))
         # An optimizer state loaded later (a resume, a dense run's state) is repaired before its
@@ -90,6 +93,7 @@ class ConnectomeOptimizersMixin:
         self._optimizers.clear()
         for key in [k for k, (_, c) in _MASKED_BY.items() if c() is self]:
             del _MASKED_BY[key]
+        unattached.registry_changed()
         self._edited()
 
     def _masking_others(self) -> Dict[int, tuple]:

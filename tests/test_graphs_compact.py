@@ -1831,3 +1831,23 @@ def test_an_example_input_the_model_cannot_run_is_refused_as_build_refuses_it(mo
         with pytest.raises(RuntimeError, match=rf"^running {type(m).__name__} on example_input failed: {said}$") as e:
             call()
         assert "While executing" not in str(e.value)
+
+
+def test_the_copy_of_a_model_in_train_mode_comes_back_in_eval_mode_where_it_matches():
+    """docs/graphs.md: the copy comes back in eval mode whatever the model's mode, and matches the masked
+    model there; in train mode BatchNorm normalises a dead unit's channel by the batch, not the running
+    statistics its constant was folded through, so the two differ."""
+    torch.manual_seed(0)
+    m = randomize_bn(nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                                   nn.Conv2d(6, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["0.weight"][:2] = False  # two units with no live input: constants after BatchNorm
+    conn.set_masks(masks)
+    m.train()
+    small = graphs.compact(m, conn, torch.randn(2, 3, 8, 8))
+    assert small.compaction["removed"]["0"] == 2 and not small.training and m.training
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(small(x), m.eval()(x), atol=1e-5)
+        assert not torch.allclose(small.train()(x), m.train()(x), atol=1e-3)

@@ -1,0 +1,79 @@
+"""Optimizers that step a connectome's weights without being attached to it.
+
+A connectome keeps pruned synapses at 0.0 through the optimizers it is attached to: it masks their
+gradients, resets their moments at every edit and re-masks after their steps. Another optimizer over
+the same weights (a second one for the head, one built anew to switch from Adam to SGD, or to restart
+after a resume) gets none of that: its momentum or Adam's moments move pruned synapses off 0.0, the
+forward pass reads them, and a controller attached to the first optimizer no longer counts steps. Nothing
+fails. One global optimizer pre-step hook, installed at the first attach, sees every optimizer's step and
+warns, once per optimizer and connectome, where an optimizer holds weights that an attached connectome
+masks but is not one of that connectome's optimizers.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Dict
+
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from .warn import warn_user
+
+_HANDLE = None
+# optimizer -> (the mask registry's generation, its group sizes) when it was last checked: the check
+# runs again only where an attach or detach changed the registry, or add_param_group the optimizer
+_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# optimizer -> ids of the connectomes already warned about for it
+_WARNED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_GENERATION = [0]
+
+
+def watch() -> None:
+    """Install the global pre-step hook (once per process); called by ``Connectome.attach``."""
+    global _HANDLE
+    if _HANDLE is None:
+        _HANDLE = register_optimizer_step_pre_hook(_check)
+
+
+def registry_changed() -> None:
+    """An attach or detach changed which connectome masks which weight: check every optimizer again."""
+    _GENERATION[0] += 1
+
+
+def _check(opt, args, kwargs) -> None:
+    from .connectome_optimizers import _MASKED_BY  # (imported here: that module imports this one)
+
+    if not _MASKED_BY:
+        return
+    key = (_GENERATION[0], tuple(len(g["params"]) for g in opt.param_groups))
+    try:
+        if _CHECKED.get(opt) == key:
+            return
+        _CHECKED[opt] = key
+    except TypeError:  # an optimizer that cannot be weakly referenced: checked at every step
+        pass
+    stepped: Dict[int, tuple] = {}  # id(connectome) -> (connectome, [names of the weights opt steps])
+    for g in opt.param_groups:
+        for p in g["params"]:
+            entry = _MASKED_BY.get(id(p))
+            conn = entry[1]() if entry is not None and entry[0]() is p else None
+            if conn is None or any(r() is opt for r in conn._optimizers):
+                continue
+            stepped.setdefault(id(conn), (conn, []))[1].extend(n for n, q in conn.params.items() if q is p)
+    if not stepped:
+        return
+    try:
+        warned = _WARNED.setdefault(opt, set())
+    except TypeError:
+        warned = set()
+    for cid, (conn, names) in stepped.items():
+        if cid in warned:
+            continue
+        warned.add(cid)
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        attached = ", ".join(type(r()).__name__ for r in conn._optimizers if r() is not None)
+        warn_user(
+            f"an optimizer this Connectome is not attached to ({type(opt).__name__}) steps its weights {shown} (the "
+            f"Connectome is attached to {attached}): that optimizer sees dense gradients and keeps its moments at pruned positions, so its "
+            "steps move pruned synapses off 0.0, and a Controller counts only the attached optimizer's steps. Attach it: "
+            "conn.attach(optimizer) for a second optimizer (the Controller on the one stepped last), "
+            "ctrl.attach(optimizer) for one that replaces the first; or conn.detach() to train densely on purpose")

@@ -1,0 +1,88 @@
+"""An optimizer that steps a connectome's weights without being attached to it is warned of
+(adaptive/unattached.py): its moments and dense gradients revive pruned synapses silently otherwise."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import adaptive
+
+
+def _run(switch_to=None, attach=None, steps=8):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.3, update_every=2, end_step=20)
+    for s in range(steps):
+        if s == 3 and switch_to is not None:
+            opt = switch_to(model)
+            if attach is not None:
+                attach(conn, ctrl, opt)
+        F.cross_entropy(model(torch.randn(4, 6)), torch.randint(0, 3, (4,))).backward()
+        opt.step()
+        opt.zero_grad()
+    revived = sum(int((p[~conn.masks[n]] != 0).sum()) for n, p in conn.params.items())
+    return revived, ctrl
+
+
+def _sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+
+def test_an_optimizer_built_anew_and_not_attached_is_warned_of():
+    with pytest.warns(UserWarning, match=r"not attached to \(SGD\) steps its weights 0.weight, 2.weight.*ctrl.attach"):
+        revived, _ = _run(switch_to=_sgd)
+    assert revived > 0  # what the warning is about: the pruned synapses moved
+
+
+def test_attaching_the_new_optimizer_keeps_pruned_synapses_at_zero_quietly():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        revived, ctrl = _run(switch_to=_sgd, attach=lambda conn, ctrl, opt: ctrl.attach(opt))
+    assert revived == 0 and ctrl.events[-1]["step"] == 8
+
+
+def test_a_second_optimizer_over_some_layers_is_warned_of_once_and_quiet_once_attached():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    body = torch.optim.SGD(model[0].parameters(), lr=0.1, momentum=0.9)
+    head = torch.optim.Adam(model[2].parameters(), lr=1e-2)
+    conn = adaptive.Connectome(model)
+    adaptive.Controller(conn, body, policy="rigl", density=0.3, update_every=2, end_step=20)
+
+    def step():
+        F.cross_entropy(model(torch.randn(4, 6)), torch.randint(0, 3, (4,))).backward()
+        body.step()
+        head.step()
+        body.zero_grad()
+        head.zero_grad()
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(4):
+            step()
+    assert [str(w.message) for w in seen if "not attached" in str(w.message)] and \
+        sum("not attached" in str(w.message) for w in seen) == 1
+    assert "steps its weights 2.weight (" in str(seen[0].message)
+    conn.attach(head)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(4):
+            step()
+    assert all(int((p[~conn.masks[n]] != 0).sum()) == 0 for n, p in conn.params.items())
+
+
+def test_an_optimizer_after_detach_trains_densely_without_a_warning():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    conn = adaptive.Connectome(model)
+    adaptive.Controller(conn, opt, policy="magnitude", density=0.5)
+    conn.detach()
+    other = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(torch.randn(2, 6)).sum().backward()
+        other.step()
