@@ -1007,6 +1007,29 @@ def test_an_overwrite_stopped_before_its_settings_are_accepted_says_the_earlier_
     assert after == {(out / "checkpoint.pt" if p.name == "checkpoint.pt.earlier" else p): b for p, b in before.items()}
 
 
+def test_ctrl_c_in_an_overwrite_run_after_another_in_the_process_says_the_earlier_run_is_untouched(
+        tmp_path, weights, monkeypatch):
+    """_STARTED (module state, shared by every load of the script since the split) kept an earlier
+    main()'s 'replaced its earlier run' for the rest of the process: an --overwrite run interrupted
+    before its settings were accepted then said the earlier run's checkpoint.pt continued it with
+    --resume, as if this run had written it. main() starts _STARTED afresh."""
+    mod = recipe()
+    out = tmp_path / "run"
+    _earlier_run_in(out)
+    (out / "checkpoint.pt").write_text("earlier run")
+    monkeypatch.setitem(mod._STARTED, "replaced_earlier", True)  # as an --overwrite run before in this process left it
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pp_run, "optimize_connectome", interrupted)
+    argv = args(weights, out, "--remove", "0.5", "--overwrite")
+    with pytest.raises(KeyboardInterrupt):
+        mod.main(argv)
+    assert mod._on_interrupt(argv) == f"the earlier run in {out} is untouched; run the same command again to start afresh"
+    assert (out / "checkpoint.pt").read_text() == "earlier run"
+
+
 def test_cifar10_download_waits_for_the_model_checks(tmp_path, weights, monkeypatch):
     """--dataset cifar10 --download with no copy on disk downloaded it before the --remove count
     beyond the model's synapses was refused (refused before the data for every other dataset)."""

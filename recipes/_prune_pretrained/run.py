@@ -38,6 +38,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
     batches over N processes (the controller averages its statistics, so every process holds the
     same masks; each scores the whole holdout), the test split is split for the final report, and
     only the main process writes."""
+    _STARTED["replaced_earlier"] = False  # an earlier main() in this process replaced its own folder's run
     args = parse_args(argv)
     out = Path(args.output_dir)
     checked = None  # what the check of the checkpoint read: the run's load takes it (one read of the file)
