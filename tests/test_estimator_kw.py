@@ -98,7 +98,9 @@ def test_prune_pretrained_builds_the_estimator_with_its_options_records_them_and
         seen["estimator"] = kw["estimator"]
         return real(*a, **kw)
 
-    monkeypatch.setattr(P, "optimize_connectome", spy)
+    from recipes._prune_pretrained import run  # where the recipe calls it
+
+    monkeypatch.setattr(run, "optimize_connectome", spy)
     out = tmp_path / "run"
     P.main(PRUNE + ["--estimator", "evidence", "--estimator-kw", "clip=2.5", "--step", "0.1", "--output_dir", str(out)])
     assert type(seen["estimator"]).__name__ == "Evidence"

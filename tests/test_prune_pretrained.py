@@ -21,6 +21,12 @@ def recipe():
     return load_script("recipes/prune_pretrained.py", "prune_pretrained")
 
 
+recipe()  # puts the repository root on sys.path, where the recipe's parts are imported from
+# the module whose run calls optimize_connectome and get_dataloaders: a test patches them there (the
+# script re-exports them, but patching its names reaches no call since the split)
+from recipes._prune_pretrained import run as pp_run  # noqa: E402
+
+
 _fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)  # a fresh Accelerator per in-process run
 
 
@@ -39,7 +45,7 @@ class Crash(Exception):
 
 def _crash_in_second_target(mod, monkeypatch):
     """The recipe's runs raise Crash at the first update of their second target (after the first
-    target's checkpoint); ``monkeypatch.setattr(mod, "optimize_connectome", ...)`` undoes it."""
+    target's checkpoint); ``monkeypatch.setattr(pp_run, "optimize_connectome", ...)`` undoes it."""
     real = mod.optimize_connectome
 
     def crash(*a, callback=None, **kw):
@@ -51,7 +57,7 @@ def _crash_in_second_target(mod, monkeypatch):
 
         return real(*a, callback=cb, **kw)
 
-    monkeypatch.setattr(mod, "optimize_connectome", crash)
+    monkeypatch.setattr(pp_run, "optimize_connectome", crash)
 
 
 def args(weights, out, *more):
@@ -59,6 +65,22 @@ def args(weights, out, *more):
             "--batch-size", "32", "--eval-batch-size", "64", "--window", "2", "--passes", "0.5",
             "--verify-batches", "1", "--eval-every", "2", "--train-eval-batches", "2", "--subset", "192",
             "--no-progress", *more]
+
+
+def test_the_split_script_holds_its_names_and_its_help_still_opens_with_its_docstring():
+    """recipes/prune_pretrained.py is the entry point of recipes/_prune_pretrained/: each name it held
+    before the split is still its own, the object the recipe's modules use (one ``_STARTED``, which the
+    run sets and Ctrl-C's note reads), and --help's description is still its docstring's first line."""
+    from recipes._prune_pretrained import folder, options, parse, plot, resume
+
+    mod = recipe()
+    assert mod.build_parser().description == mod.__doc__.split("\n")[0] == options.DESCRIPTION
+    assert mod._STARTED is folder._STARTED is pp_run._STARTED and mod.CHECKPOINT == "checkpoint.pt"
+    for name, module in (("main", pp_run), ("_prune", pp_run), ("parse_args", parse), ("_plot", plot),
+                         ("_check_resumed_settings", resume), ("DEFAULTS", options), ("RUN_FILES", folder),
+                         ("optimize_connectome", pp_run), ("get_dataloaders", pp_run)):
+        assert getattr(mod, name) is getattr(module, name), name
+    assert all(hasattr(mod, name) for name in mod.__all__)
 
 
 def test_end_to_end_outputs_and_test_split_read_last(tmp_path, weights, capsys, monkeypatch):
@@ -86,7 +108,7 @@ def test_end_to_end_outputs_and_test_split_read_last(tmp_path, weights, capsys, 
                 state["test_reads_before"] += 1
             return iter(self.loader)
 
-    monkeypatch.setattr(mod, "optimize_connectome", spy_optimise)
+    monkeypatch.setattr(pp_run, "optimize_connectome", spy_optimise)
     out = tmp_path / "run"
     summary = mod.main(args(weights, out, "--remove", "0.2", "300"), test_loader_hook=TestSpy)
     assert state["optimised"] and state["test_reads_before"] == 0
@@ -154,7 +176,7 @@ def test_a_weights_path_that_is_no_file_is_refused_before_the_data_is_read(tmp_p
     def no_data(*a, **kw):
         raise AssertionError("the data was read")
 
-    monkeypatch.setattr(mod, "get_dataloaders", no_data)
+    monkeypatch.setattr(pp_run, "get_dataloaders", no_data)
     with pytest.raises(SystemExit, match=rf"^--weights .* {match}"):
         mod.main(args(tmp_path / where, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
@@ -330,7 +352,7 @@ def test_a_count_beyond_the_model_is_refused_before_any_data_is_read(tmp_path, w
     def no_data(*a, **kw):
         raise AssertionError("the data was read")
 
-    monkeypatch.setattr(mod, "get_dataloaders", no_data)
+    monkeypatch.setattr(pp_run, "get_dataloaders", no_data)
     for target, match in (("300000", "300000 synapses to remove is beyond the model's 268336 prunable synapses"),
                           ("0.9999999", "removes round.* = 268336 synapses, every one of the model's 268336")):
         with pytest.raises(ValueError, match=match):
@@ -362,7 +384,7 @@ def test_on_cifar10_a_count_beyond_the_model_is_refused_before_any_data_is_read(
             for c in "abcdefghij":
                 (data / "cifar10-jpeg" / split / c).mkdir(parents=True)
                 Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(data / "cifar10-jpeg" / split / c / "0.png")
-    monkeypatch.setattr(mod, "get_dataloaders", lambda *a, **kw: pytest.fail("the data was read"))
+    monkeypatch.setattr(pp_run, "get_dataloaders", lambda *a, **kw: pytest.fail("the data was read"))
     cifar = ["--model", "resnet20", "--weights", str(weights), "--dataset", "cifar10", "--data-dir", str(data),
              "--output_dir", str(tmp_path / "out")]
     with pytest.raises(ValueError, match="300000 synapses to remove is beyond the model's 268336 prunable"):
@@ -457,7 +479,7 @@ def test_resume_continues_after_the_last_finished_target(tmp_path, weights, caps
     assert (out / "checkpoint.pt").is_file() and not (out / "results.md").exists()
     assert not (out / ".lock").exists()  # a run stopped by an error takes its lock file away too
     (out / ".lock").write_text("99999999")  # a killed run's: its file stays, the system let go of its lock
-    monkeypatch.setattr(mod, "optimize_connectome", real)
+    monkeypatch.setattr(pp_run, "optimize_connectome", real)
     import gc
     import weakref
 
@@ -472,14 +494,14 @@ def test_resume_continues_after_the_last_finished_target(tmp_path, weights, caps
 
     monkeypatch.setattr(torch, "load", counted_load)
     real_data = mod.get_dataloaders
-    monkeypatch.setattr(mod, "get_dataloaders", lambda *a, **kw: (_ for _ in ()).throw(Crash()))
+    monkeypatch.setattr(pp_run, "get_dataloaders", lambda *a, **kw: (_ for _ in ()).throw(Crash()))
     with pytest.raises(Crash) as stopped:  # a resume stopped after its check of checkpoint.pt, before its load
         mod.main(args(weights, out, "--remove", "0.2", "0.5", "--resume"))
     gc.collect()
     # what the check read is let go, though the error (its traceback, the recipe's frames) is kept:
     # a module-wide store held it for the life of the process (a large model's masks and estimator state)
     assert len(masks_read) == 1 and masks_read[0]() is None and stopped.value is not None
-    monkeypatch.setattr(mod, "get_dataloaders", real_data)
+    monkeypatch.setattr(pp_run, "get_dataloaders", real_data)
     loads.clear()
     summary = mod.main(args(weights, out, "--remove", "0.2", "0.5", "--resume"))
     assert sum(loads) == 1  # read once: its check before the data loads passes the state on (it read it twice)
@@ -572,6 +594,7 @@ SKEWED = '''
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("pp", {script!r})
 P = importlib.util.module_from_spec(spec); spec.loader.exec_module(P)
+from recipes._prune_pretrained import run as R  # (where the recipe's run calls optimize_connectome)
 real = P.optimize_connectome
 
 def skewed(*a, **kw):  # a bug that makes the processes disagree: a per-process estimator step
@@ -580,7 +603,7 @@ def skewed(*a, **kw):  # a bug that makes the processes disagree: a per-process 
     kw["estimator"] = get_estimator("presence", step=0.01 if dist.get_rank() == 0 else 1.0)
     return real(*a, **kw)
 
-P.optimize_connectome = skewed
+R.optimize_connectome = skewed
 P.main(sys.argv[1:])
 '''
 
@@ -607,6 +630,7 @@ CRASHING = '''
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("pp", {script!r})
 P = importlib.util.module_from_spec(spec); spec.loader.exec_module(P)
+from recipes._prune_pretrained import run as R  # (where the recipe's run calls optimize_connectome)
 real = P.optimize_connectome
 
 def crashing(*a, **kw):  # the job dies at the first update of the second target
@@ -617,7 +641,7 @@ def crashing(*a, **kw):  # the job dies at the first update of the second target
     kw["callback"] = cb
     return real(*a, **kw)
 
-P.optimize_connectome = crashing
+R.optimize_connectome = crashing
 P.main(sys.argv[1:])
 '''
 
@@ -886,7 +910,7 @@ def test_a_fresh_run_into_a_folder_holding_an_earlier_run_is_refused_before_anyt
     mod = recipe()
     out = tmp_path / "run"
     before = _earlier_run_in(out)
-    monkeypatch.setattr(mod, "get_dataloaders", lambda *a, **k: pytest.fail("refused only after loading data"))
+    monkeypatch.setattr(pp_run, "get_dataloaders", lambda *a, **k: pytest.fail("refused only after loading data"))
     with pytest.raises(RuntimeError) as e:
         mod.main(args(weights, out, "--remove", "0.5"))
     msg = str(e.value)
@@ -969,7 +993,7 @@ def test_an_overwrite_stopped_before_its_settings_are_accepted_says_the_earlier_
     def refused(*a, **k):
         raise ValueError("refused before its first update")
 
-    monkeypatch.setattr(mod, "optimize_connectome", refused)
+    monkeypatch.setattr(pp_run, "optimize_connectome", refused)
     with pytest.raises(ValueError, match="refused before its first update") as e:
         mod.main(args(weights, out, "--remove", "0.5", "--overwrite"))
     assert f"--overwrite: the earlier run in {out} is deleted once this run's settings are accepted" \
@@ -981,6 +1005,29 @@ def test_an_overwrite_stopped_before_its_settings_are_accepted_says_the_earlier_
     assert (out / "checkpoint.pt").read_text() == "earlier run" and not (out / "checkpoint.pt.earlier").exists()
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == {(out / "checkpoint.pt" if p.name == "checkpoint.pt.earlier" else p): b for p, b in before.items()}
+
+
+def test_ctrl_c_in_an_overwrite_run_after_another_in_the_process_says_the_earlier_run_is_untouched(
+        tmp_path, weights, monkeypatch):
+    """_STARTED (module state, shared by every load of the script since the split) kept an earlier
+    main()'s 'replaced its earlier run' for the rest of the process: an --overwrite run interrupted
+    before its settings were accepted then said the earlier run's checkpoint.pt continued it with
+    --resume, as if this run had written it. main() starts _STARTED afresh."""
+    mod = recipe()
+    out = tmp_path / "run"
+    _earlier_run_in(out)
+    (out / "checkpoint.pt").write_text("earlier run")
+    monkeypatch.setitem(mod._STARTED, "replaced_earlier", True)  # as an --overwrite run before in this process left it
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pp_run, "optimize_connectome", interrupted)
+    argv = args(weights, out, "--remove", "0.5", "--overwrite")
+    with pytest.raises(KeyboardInterrupt):
+        mod.main(argv)
+    assert mod._on_interrupt(argv) == f"the earlier run in {out} is untouched; run the same command again to start afresh"
+    assert (out / "checkpoint.pt").read_text() == "earlier run"
 
 
 def test_cifar10_download_waits_for_the_model_checks(tmp_path, weights, monkeypatch):
@@ -1058,7 +1105,7 @@ def _no_data(mod, monkeypatch):
     def refused(*a, **k):
         raise AssertionError("the data was read before the refusal")
 
-    monkeypatch.setattr(mod, "get_dataloaders", refused)
+    monkeypatch.setattr(pp_run, "get_dataloaders", refused)
 
 
 def test_a_resume_with_other_data_or_evaluation_settings_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
@@ -1074,7 +1121,7 @@ def test_a_resume_with_other_data_or_evaluation_settings_is_refused_before_the_d
     with pytest.raises(Crash):
         mod.main(MLP + ["--output_dir", str(out)])
     assert (out / "checkpoint.pt").is_file() and (out / "config.yaml").is_file()
-    monkeypatch.setattr(mod, "optimize_connectome", real)
+    monkeypatch.setattr(pp_run, "optimize_connectome", real)
     recorded = (out / "config.yaml").read_bytes()
     loaders = mod.get_dataloaders
     _no_data(mod, monkeypatch)
@@ -1089,7 +1136,7 @@ def test_a_resume_with_other_data_or_evaluation_settings_is_refused_before_the_d
             mod.main(MLP + other + ["--output_dir", str(out), "--resume"])
     assert (out / "config.yaml").read_bytes() == recorded and not (out / "history.jsonl").exists()
     # the run's own config.yaml resumes it, and so does its command with other threads and progress
-    monkeypatch.setattr(mod, "get_dataloaders", loaders)
+    monkeypatch.setattr(pp_run, "get_dataloaders", loaders)
     ns = mod.parse_args(["--config", str(out / "config.yaml"), "--resume", "--threads", "1", "--progress"])
     mod._check_resumed_settings(ns, out)
     mod.main(MLP + ["--output_dir", str(out), "--resume", "--threads", "1", "--data-dir", str(tmp_path)])
@@ -1196,7 +1243,7 @@ def test_the_differ_check_counts_a_surviving_weight_moved_by_one_bit(tmp_path, w
                     t.view(-1)[live] = torch.nextafter(v, torch.full_like(v, float("inf")))
         return r
 
-    monkeypatch.setattr(mod, "optimize_connectome", moved)
+    monkeypatch.setattr(pp_run, "optimize_connectome", moved)
     summary = mod.main(args(weights, tmp_path / "run", "--remove", "300"))
     assert "surviving weights that differ from the original: 1 " in capsys.readouterr().out
     assert [r["changed"] for r in summary["rows"] if r["target"] == "300"] == [1]
@@ -1229,7 +1276,7 @@ def test_a_holdout_that_holds_out_nothing_is_refused_early_naming_the_option(tmp
     """--holdout 0.001 without --subset (round(0.001 x 52) = 0 of every class of fake) gave an empty
     held-out part silently, and the run failed late as 'holdout loader is empty', never naming --holdout."""
     mod = recipe()
-    monkeypatch.setattr(mod, "optimize_connectome", lambda *a, **k: pytest.fail("the empty holdout reached the run"))
+    monkeypatch.setattr(pp_run, "optimize_connectome", lambda *a, **k: pytest.fail("the empty holdout reached the run"))
     argv = args(weights, tmp_path / "o", "--remove", "0.2", "--holdout", "0.001")
     del argv[argv.index("--subset"):argv.index("--subset") + 2]
     with pytest.raises(ValueError, match=r"^the held-out part of fake is empty: --holdout 0\.001 holds out .* of every "
@@ -1279,7 +1326,7 @@ def test_a_damaged_checkpoint_is_refused_before_the_data_loads(tmp_path, monkeyp
     out = tmp_path / "run"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(damage)
-    monkeypatch.setattr(mod, "get_dataloaders", lambda *a, **k: pytest.fail("the data was loaded"))
+    monkeypatch.setattr(pp_run, "get_dataloaders", lambda *a, **k: pytest.fail("the data was loaded"))
     with pytest.raises(ValueError, match=r"checkpoint\.pt (is empty|is not a readable mask-only checkpoint).*It "
                                          r"cannot be resumed: start afresh with --overwrite"):
         mod.main(["--output_dir", str(out), "--resume", "--dataset", "digits", "--model", "mlp"])
@@ -1560,7 +1607,7 @@ def test_a_target_of_0_writes_the_dense_network_with_no_pass_and_resumes(tmp_pat
     with pytest.raises(Crash):
         mod.main(args(weights, out, "--remove", "0", "0.2"))
     assert (out / "checkpoint.pt").is_file() and not (out / "results.md").exists()
-    monkeypatch.setattr(mod, "optimize_connectome", real)
+    monkeypatch.setattr(pp_run, "optimize_connectome", real)
     summary = mod.main(args(weights, out, "--remove", "0", "0.2", "--resume"))
     hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [h["stage"] for h in hist if h["kind"] == "resume"] == [1]
@@ -1584,7 +1631,8 @@ def test_a_target_of_0_writes_the_dense_network_with_no_pass_and_resumes(tmp_pat
 
 
 def _failing_at_an_update(monkeypatch, when):
-    """The recipe module, its optimize_connectome raising a ValueError at the first update ``when`` takes."""
+    """The recipe module, the optimize_connectome its run calls raising a ValueError at the first update
+    ``when`` takes."""
     mod = recipe()
     real = mod.optimize_connectome
 
@@ -1596,7 +1644,7 @@ def _failing_at_an_update(monkeypatch, when):
                 raise ValueError("a callback refused the update")
         return real(*a, callback=cb, **kw)
 
-    monkeypatch.setattr(mod, "optimize_connectome", failing)
+    monkeypatch.setattr(pp_run, "optimize_connectome", failing)
     return mod
 
 

@@ -1,0 +1,136 @@
+"""The options of a run: :func:`parse_args` merges the defaults, the --config file and the command
+line, loads --plugins and checks every value before anything is built or written."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from adaptive import run_folder
+from adaptive.cli import message_lines
+from adaptive.config import (SEED_RANGE, ConfigError, check_keys, dotted_key_values, merge_key_values,
+                             normalize_key, seed_in_range)
+from adaptive.models import check_model_kw
+
+from .checks import _check_dataset_kw, _check_file_values, _check_names, _check_ranges, _resumed_plugins
+from .options import DEFAULTS, MODEL_SETS, _shown, build_parser, parse_remove
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(dotted_key_values(sys.argv[1:] if argv is None else argv,
+                                                   ("model_kw", "dataset_kw", "estimator_kw")))
+    cfg = dict(DEFAULTS)
+    loaded = {}
+    if args.config:
+        from adaptive.config import read_yaml
+
+        try:
+            loaded = read_yaml(args.config, option="--config")
+        except ConfigError as e:
+            raise SystemExit(f"recipes/prune_pretrained.py: error: {e}") from None
+        # `eval-batch-size:` is `eval_batch_size:`, as in recipes/adaptive.py's --config file; both in one file,
+        # or `--epochs:` (a command-line option pasted in: the dashes are the command line's), refused as there
+        try:
+            check_keys(loaded, source=f"in {args.config}")
+        except ConfigError as e:
+            raise SystemExit(f"recipes/prune_pretrained.py: error: {e}") from None
+        loaded = {normalize_key(str(k)): v for k, v in loaded.items()}
+        unknown = sorted(set(loaded) - set(DEFAULTS))
+        if unknown:
+            raise SystemExit(f"{args.config}: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
+        # a key with no value (`batch_size:`) is unset: the default, as where the key is left out (it crashed
+        # obscurely: "'<' not supported between 'NoneType' and 'int'"); an empty output_dir is refused below
+        loaded = {k: v for k, v in loaded.items() if v is not None or k == "output_dir"}
+        if loaded.get("mixed_precision") is False:  # YAML reads a bare `no` as false
+            loaded["mixed_precision"] = "no"
+        _check_file_values(args.config, loaded, parser)
+        cfg.update(loaded)
+    for k, v in vars(args).items():
+        if k not in ("config", "dataset_kw", "model_kw", "estimator_kw") and v is not None:
+            cfg[k] = v
+    for key, what, example in (("dataset_kw", "dataset", "{resize: 232}"), ("model_kw", "model", "{hidden: [64]}"),
+                               ("estimator_kw", "estimator", "{damping: 1.0e-6}")):
+        if not isinstance(cfg.get(key) or {}, dict):
+            raise SystemExit(f"{args.config}: {key} must be a mapping of the {what} builder's arguments, "
+                             f"e.g. {example}, got {cfg[key]!r}")
+    try:  # the file's mapping updated entry by entry, as recipes/adaptive.py's --dataset_kw and --model_kw
+        cfg["dataset_kw"] = merge_key_values(args.dataset_kw or [], base=cfg.get("dataset_kw"))
+        cfg["model_kw"] = merge_key_values(args.model_kw or [], "--model-kw", base=cfg.get("model_kw"),
+                                           examples=("hidden=[64]", "{depth: 4, width: 64}"))
+        cfg["estimator_kw"] = merge_key_values(args.estimator_kw or [], "--estimator-kw", base=cfg.get("estimator_kw"),
+                                               examples=("damping=1e-6", "{damping: 1.0e-6}"))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    from adaptive.paths import absolute_if_exists
+    from adaptive.plugins import PluginError, load_plugins, resolved
+
+    plugins = cfg["plugins"] if isinstance(cfg["plugins"], list) else [cfg["plugins"]]
+    plugins = [p.strip() for item in plugins for p in str(item).split(",") if p.strip()]  # "a.py,b.py" as in recipes/adaptive.py
+    cfg["plugins"] = resolved(plugins)  # absolute: config.yaml reruns from any working directory
+    if isinstance(cfg["weights"], str) and not cfg["weights"].strip():
+        cfg["weights"] = None  # --weights "" (or weights: '' in a config): none, as build_model has always read it
+    cfg["weights"], cfg["data_dir"] = absolute_if_exists(cfg["weights"]), absolute_if_exists(cfg["data_dir"])
+    if cfg["output_dir"] is None or (isinstance(cfg["output_dir"], str) and not cfg["output_dir"].strip()):
+        where = f"{args.config}: output_dir" if args.output_dir is None else "--output_dir"  # ("": the working directory)
+        raise SystemExit(f"{where} is empty: give the run folder (default: {DEFAULTS['output_dir']}, where "
+                         "output_dir is left out)")
+    if cfg.get("output_dir"):  # config.yaml names this run folder from any working directory
+        cfg["output_dir"] = os.path.abspath(cfg["output_dir"])
+        problem = run_folder.not_a_folder(cfg["output_dir"])  # (it was refused only after the data had loaded)
+        if problem:
+            raise SystemExit(problem)
+    resumed_plugins = _resumed_plugins(cfg)
+    try:
+        load_plugins(cfg["plugins"])  # before any name is used: a plugin's names count as built-in ones
+    except PluginError as e:
+        raise SystemExit(message_lines(e, resumed_plugins(e))) from None
+    on_command_line = {k for k, v in vars(args).items() if v is not None}
+
+    def origin(key):  # where the value came from: the error names what to change
+        return f"{args.config}: {key}" if key in loaded and key not in on_command_line else f"--{key.replace('_', '-')}"
+
+    _check_names(cfg, origin, resumed_plugins)  # (a name the run's plugin registered, resumed without it: said)
+    try:  # a keyword the model does not take, or one the recipe sets: named before anything runs
+        check_model_kw(cfg["model"], cfg["model_kw"], origin("model_kw"), sets=MODEL_SETS)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
+    _check_dataset_kw(cfg["dataset"], cfg["dataset_kw"])
+    if cfg["weights"] is not None and not os.path.isfile(cfg["weights"]):  # (it failed once the data had loaded)
+        what = ("is a folder: pass the weights file inside it" if os.path.isdir(cfg["weights"]) else
+                "does not exist: pass the path of a saved state_dict (this project never downloads weights)")
+        raise SystemExit(f"{origin('weights')} {cfg['weights']} {what}")
+    for key, least in (("batch_size", 1), ("eval_batch_size", 1), ("train_eval_batches", 1), ("verify_batches", 0),
+                       ("eval_every", 0), ("subset", 1), ("test_subset", 1), ("threads", 1), ("num_workers", 0)):
+        v = cfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
+            raise SystemExit(f"--{key.replace('_', '-')} must be an integer >= {least}, got {v!r}")
+    if not seed_in_range(cfg["seed"]):  # as recipes/adaptive.py's (torch.manual_seed overflowed past 2**64)
+        raise SystemExit(f"{origin('seed')} must be in {SEED_RANGE}, got {cfg['seed']!r}")
+    if cfg["step"] == "none":  # --step none (or step: none in the file): the estimator's own step
+        cfg["step"] = None
+    _check_ranges(cfg, origin)
+    if cfg["step"] is not None and cfg["estimator"] not in ("presence", "evidence"):
+        where = (f"{args.config} sets step: {cfg['step']}" if origin("step") != "--step" else f"--step {cfg['step']}")
+        raise SystemExit(f"{where}, which applies to the presence and evidence estimators, not {cfg['estimator']!r}: "
+                         "give --step none (the estimator's own)")
+    removes = cfg["remove"] if isinstance(cfg["remove"], list) else [cfg["remove"]]
+    if not removes:  # (a --config file's remove: []; --remove takes one value at least) it failed after the data loaded
+        raise SystemExit(f"{origin('remove')} is empty: give at least one target: fractions (0.2), counts (50000) or best")
+    cfg["remove"] = parse_remove([str(r) for r in removes])
+    if "best" not in cfg["remove"]:
+        given = [k for k in ("ladder", "patience") if k in on_command_line]
+        targets = ' '.join(map(str, cfg['remove']))
+        if given:
+            raise SystemExit(f"--{given[0]} applies to --remove best (the climb's rungs), not to the fixed targets "
+                             f"{targets}: drop it, or give --remove best")
+        # a --config file's too, unless it holds the default: every config.yaml a run writes records
+        # ladder and patience, a fixed-target run's the defaults (it reruns); another value went unused
+        given = [k for k in ("ladder", "patience") if k in loaded and cfg[k] != DEFAULTS[k]]
+        if given:
+            raise SystemExit(f"{args.config}: {given[0]} {_shown(cfg[given[0]])} applies to --remove best (the "
+                             f"climb's rungs), not to the fixed targets {targets}: drop {given[0]} from "
+                             f"{args.config}, or give --remove best")
+    if cfg["resume"] and cfg["overwrite"]:
+        raise SystemExit("--resume continues the run in --output_dir and --overwrite deletes it: give one of them")
+    return argparse.Namespace(**cfg)

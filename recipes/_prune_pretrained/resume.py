@@ -1,0 +1,44 @@
+"""--resume: the settings a resumed run must share with the run its config.yaml records
+(:data:`RESUME_MAY_CHANGE` lists those it may give otherwise), checked before any data is read."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from adaptive import run_folder
+
+from .folder import AFRESH, _settings
+
+
+# what a --resume may give otherwise than the run recorded: where things are and how the run shows
+# and spends its resources, none of what it computes (as recipes/adaptive.py's, _RESUME_MAY_CHANGE in
+# recipes/_adaptive/resume.py)
+RESUME_MAY_CHANGE = {"resume", "overwrite", "output_dir", "data_dir", "download", "plugins", "progress", "threads",
+                     "num_workers"}
+
+
+def _check_resumed_settings(args, out: Path) -> None:
+    """Refuse, before any data is read, to resume the run in ``out`` with settings other than the
+    ones its config.yaml records (other data through --dataset-kw, another --eval-every: the stage
+    checkpoint's fingerprint knows the data only by its counts, and not the evaluation cadence)."""
+    from adaptive.paths import absolute_if_exists
+    from adaptive.utility.base import comparable_estimator_kw
+
+    path = out / "config.yaml"
+    saved = run_folder.read_settings(path, f"put the run's config.yaml back, or {AFRESH}")
+    if saved is None:
+        return  # a run recorded before config.yaml was written at its start: its checkpoint is still checked
+    if "weights" in saved:
+        saved["weights"] = absolute_if_exists(saved["weights"])
+    saved.setdefault("model_kw", {})  # a run recorded before --model-kw was built without one
+    saved.setdefault("estimator_kw", {})  # ... and one before --estimator-kw with the estimator's defaults
+    now = _settings(args)
+    comparable_estimator_kw(saved, now)  # the estimator's defaults spelt out on one side are the other's
+    free = RESUME_MAY_CHANGE | ({"num_classes"} if now.get("num_classes") is None else set())  # (the data's)
+    if "best" not in args.remove:  # unused by fixed targets (a config.yaml recorded before a file's were refused)
+        free |= {"ladder", "patience"}
+    diff = run_folder.changed_settings(run_folder.normalised_settings(saved), run_folder.normalised_settings(now),
+                                       free)
+    if diff:
+        raise run_folder.RunFolderError(
+            f"--resume: {path} records other settings ({'; '.join(diff)}): resume with the run's settings "
+            f"(--config {path} --resume gives them all), or {AFRESH}")

@@ -1,0 +1,260 @@
+"""The run: :func:`main` (its options parsed, the folder and --resume's checkpoint checked),
+:func:`_run` (data, model, the folder's lock) and :func:`_prune` (the optimisation, then the final
+report, the only reader of the test split, and the outputs). Tests patch ``optimize_connectome`` and
+``get_dataloaders`` here, where they are called."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from adaptive.data import get_dataloaders, model_before_data
+from adaptive import mask_only_checkpoint as stage_checkpoint
+from adaptive import jsonio
+from adaptive import run_folder
+from adaptive.atomic import atomic_path
+from adaptive.cli import mask_only_progress, progress_lines, show_progress
+from adaptive.distributed import gather_mask_hashes
+from adaptive.mask_only import changed_from, count_synapses, evaluate, loaded_state, optimize_connectome
+from adaptive.plots import run_title
+from adaptive.training import evaluate as evaluate_sharded
+
+from .builders import _accelerator, _build, _estimator, _train_sample
+from .folder import (AFRESH, CHECKPOINT, OTHER_RECIPE_FILES, RESUME_FIX, RUN_FILES, _STARTED, _delete_run,
+                     _earlier_run, _kept_earlier_note, _refuse_earlier_run, _write_config)
+from .parse import parse_args
+from .plot import _plot
+from .report import _holdout_use, _table, _test_split_words
+from .resume import _check_resumed_settings
+
+
+def main(argv=None, test_loader_hook=None) -> dict:
+    """Run the recipe; returns a summary (rows, paths). ``test_loader_hook(loader)`` may wrap the
+    test loader (tests use it to prove the test split is read only for the final report).
+
+    Runs on the GPU when there is one; ``accelerate launch --num_processes N`` splits the training
+    batches over N processes (the controller averages its statistics, so every process holds the
+    same masks; each scores the whole holdout), the test split is split for the final report, and
+    only the main process writes."""
+    _STARTED["replaced_earlier"] = False  # an earlier main() in this process replaced its own folder's run
+    args = parse_args(argv)
+    out = Path(args.output_dir)
+    checked = None  # what the check of the checkpoint read: the run's load takes it (one read of the file)
+    if not args.resume:  # before anything is built or written
+        _refuse_earlier_run(args, out)
+    else:  # before any data is read: a run continues with the settings it was started with
+        if not (out / CHECKPOINT).is_file() and not (out / (CHECKPOINT + ".earlier")).is_file():
+            # the command it names must run: not into another recipe's run or a result folder, and
+            # with --overwrite where an earlier run is (a run killed before its first target leaves config.yaml)
+            run_folder.refuse_other_recipe(out, OTHER_RECIPE_FILES, "recipes/adaptive.py")
+            run_folder.refuse_result_folder(out, RUN_FILES, "recipes/prune_pretrained.py")
+            earlier = _earlier_run(out)
+            start = (f"it holds an earlier run ({', '.join(earlier[:3])}{' ...' if len(earlier) > 3 else ''}) with no "
+                     f"target recorded to continue from (stopped before its first one, say): {AFRESH}" if earlier
+                     else "run without --resume to start")
+            raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out} to continue; {start}")
+        _check_resumed_settings(args, out)
+        ckpt = out / CHECKPOINT if (out / CHECKPOINT).is_file() else out / (CHECKPOINT + ".earlier")
+        try:  # a damaged one was refused only once the data had loaded (its settings are compared then)
+            checked = stage_checkpoint.check_readable(ckpt)
+        except stage_checkpoint.CheckpointMismatchError as e:
+            raise e.with_fix(RESUME_FIX, afresh=AFRESH) from None
+    try:
+        return _run(args, out, checked, test_loader_hook)
+    finally:  # a run stopped before its load (data refused, say) holds no checkpoint state after it
+        if checked is not None:
+            checked.drop()
+
+
+def _run(args, out: Path, checked, test_loader_hook) -> dict:
+    """The command once its options and --resume's checkpoint are checked: data, model, then the
+    run in its locked folder. ``checked``: what the check read of the checkpoint, for its load."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    # the model (its weights loaded) before the data where the dataset knows its classes and input
+    # shape unread: a weights file that does not fit, or a count beyond the model's synapses, is
+    # refused before minutes of data loading (an ImageNet folder scan, CIFAR-10's JPEG decoding)
+    model_for = model_before_data(args.dataset, lambda k, shape: _build(args, k, shape), data_dir=args.data_dir,
+                                  download=args.download, **args.dataset_kw)
+    dl = get_dataloaders(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir, holdout=args.holdout,
+                         download=args.download,
+                         seed=args.seed, subset=args.subset, test_subset=args.test_subset, eval_batch_size=args.eval_batch_size,
+                         num_workers=args.num_workers, progress=args.progress, holdout_required=True,
+                         option_names={"subset": "--subset", "test_subset": "--test-subset", "holdout": "--holdout"}, **args.dataset_kw)
+    test_loader = test_loader_hook(dl.test) if test_loader_hook else dl.test  # wrapping reads nothing
+    model = model_for(dl.num_classes, dl.in_shape)
+    accelerator = _accelerator(args)
+    model = model.to(accelerator.device)  # no DDP wrapper: no weight trains, the controller reduces its statistics
+    train_dl = accelerator.prepare(dl.train)
+    accelerator.print(f"{args.model}: mask-only on {accelerator.device}, {accelerator.num_processes} process(es), "
+                      f"{len(train_dl)} train batches of {args.batch_size} per process and pass")
+    if args.weights is None:
+        accelerator.print("note: no --weights given, so the masks are learned on the network's random initial "
+                          "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
+    lock = run_folder.RunLock(accelerator, out)  # taken before the run's first write into the folder
+    lock.acquire(None if args.resume else lambda: _refuse_earlier_run(args, out))
+    try:
+        return _prune(args, dl, test_loader, model, train_dl, accelerator, out, checked)
+    except BaseException:  # refused (a count beyond the model's synapses, say) before writing: it leaves no folder
+        lock.release(refused=True)
+        raise
+    finally:
+        lock.release()
+
+
+def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, checked=None) -> dict:
+    """The run, once it holds its folder: optimisation, then the final report and the outputs.
+    ``checked``: what --resume's check read of the checkpoint (the optimisation's load takes it)."""
+    main_proc = accelerator.is_main_process
+    ckpt_path = out / CHECKPOINT
+    # without --resume an earlier checkpoint is here only with --overwrite: set aside, so that a run
+    # refused by optimize_connectome (its settings checked first) leaves the earlier run whole
+    stage_checkpoint.begin(ckpt_path, args.resume)
+    # (an earlier --overwrite run killed before its settings were accepted left the checkpoint set aside)
+    replacing = args.overwrite and bool(_earlier_run(out))
+    if replacing:
+        accelerator.print(f"--overwrite: the earlier run in {out} is deleted once this run's settings are accepted "
+                          f"(at its first update or held-out evaluation); until then it is kept whole, its "
+                          f"{CHECKPOINT} too")
+    accelerator.wait_for_everyone()
+    deleted = []
+    # config.yaml records the settings before the first stage checkpoint, so that a --resume after a
+    # crash is checked against them (_check_resumed_settings); a run that records no stage takes it back
+    wrote_config = []
+
+    def write_config():
+        if main_proc:
+            _write_config(args, dl, out)
+            wrote_config.append(True)
+
+    def delete_earlier_run(_record=None):  # --overwrite: settings accepted, the earlier run goes (once)
+        if args.overwrite and not deleted:
+            deleted.append(True)
+            _STARTED["replaced_earlier"] = True  # from here on, checkpoint.pt is this run's (Ctrl-C says so)
+            if main_proc:
+                _delete_run(out, keep=(CHECKPOINT,))  # checkpoint.pt, if there, is this run's (set aside above)
+                write_config()
+
+    if not args.overwrite and (not args.resume or (out / "config.yaml").is_file()):
+        write_config()  # (an --overwrite run's goes once the earlier run's config.yaml has gone, above)
+    show = (mask_only_progress(count_synapses(model), lambda line: accelerator.print(line, flush=True))
+            if progress_lines(args.progress, main_proc) else None)
+
+    def on_record(record):
+        delete_earlier_run(record)
+        if show is not None:  # no bar: one plain line per held-out evaluation
+            show(record)
+
+    extra = {"callback": on_record} if args.overwrite or show is not None else {}
+    loaded = loaded_state(model)  # the weights as loaded, before the connectome: what the report checks against
+    t0 = time.time()
+    try:
+        with accelerator.autocast():  # --mixed-precision bf16: forward passes in bf16, weights and masks untouched
+            result = optimize_connectome(
+                model, train_dl, dl.holdout, args.remove, passes=args.passes, ensemble=args.ensemble,
+                estimator=_estimator(args), window=args.window, edit_fraction=args.edit_fraction,
+                approach=args.approach, verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed,
+                progress=show_progress(args.progress) and accelerator.is_local_main_process, ladder=args.ladder,
+                patience=args.patience, checkpoint=ckpt_path, _checked=checked, **extra)
+    except stage_checkpoint.CheckpointMismatchError as e:  # the recipe's checkpoint path is OUTPUT_DIR/checkpoint.pt
+        raise e.with_fix(RESUME_FIX, afresh=AFRESH) from None
+    except Exception as e:  # (a Ctrl-C says so in _on_interrupt)
+        if replacing and not deleted:  # stopped before the settings were accepted: --overwrite deleted nothing
+            e.add_note(_kept_earlier_note(out))
+        raise
+    finally:  # --overwrite: the earlier run's checkpoint survives a run refused before its first update
+        stage_checkpoint.settle(ckpt_path)
+        if wrote_config and not args.resume and not ckpt_path.is_file():  # stopped before its first stage:
+            (out / "config.yaml").unlink(missing_ok=True)  # nothing to resume, nothing left behind
+    delete_earlier_run()
+    # the optimisation's wall time over every session of a resumed run (its snapshots carry it on)
+    minutes = max([(time.time() - t0) / 60] + [s.wall_seconds / 60 for s in result.snapshots.values()])
+    conn = result.conn
+    total = conn.num_synapses()
+
+    # ---- final report: the only place the test split is read (built and split over processes only now)
+    test_dl = accelerator.prepare(test_loader)
+
+    train_sample = _train_sample(dl, args)
+
+    from tqdm.auto import tqdm
+
+    rows, hashes = [], {}
+    # one bar over every evaluation of the report: the dense network's train sample, held-out part
+    # and test split, then each snapshot's train sample and test split
+    report_bar = tqdm(total=(1 + len(result.snapshots)) * (len(train_sample) + len(test_dl)) + len(dl.holdout),
+                      desc="final report", unit="batch", mininterval=1.0, leave=False,
+                      disable=not (show_progress(args.progress) and accelerator.is_local_main_process))
+
+    def train_eval():  # the same images for every row and on every process
+        return evaluate(model, train_sample, progress=report_bar)
+
+    with torch.no_grad(), accelerator.autocast():
+        conn.set_masks({n: torch.ones_like(m) for n, m in conn.masks.items()})
+        tl, ta, _ = train_eval()
+        hl, ha, _ = evaluate(model, dl.holdout, progress=report_bar)
+        sl, sa, n_test = evaluate_sharded(accelerator, model, test_dl, progress=report_bar)
+        # a sparse start (weights of exactly 0.0, absent from the start): its row is the network as loaded
+        start = result.start_removed
+        rows.append(dict(target="start" if start else "dense", removed=start, fraction=start / total, train_loss=tl,
+                         train_acc=ta, holdout_loss=hl, holdout_acc=ha, test_loss=sl, test_acc=sa))
+        several = len(result.snapshots) > 1
+        for label, snap in result.snapshots.items():
+            result.use(label)
+            pruned_sd = conn.dense_state_dict(device="cpu")  # the file loads on a machine without a GPU
+            differ = changed_from(pruned_sd, loaded, conn)  # every tensor, against the copy taken at load
+            hashes[label] = gather_mask_hashes(accelerator, conn)
+            if len(set(hashes[label])) != 1:  # before anything is written
+                raise RuntimeError(f"[{label}] the processes hold different masks (hashes {hashes[label]}): "
+                                   "a bug; every process must run the same command with the same seed")
+            folder = out / f"remove_{label}" if several else out
+            if main_proc:
+                folder.mkdir(parents=True, exist_ok=True)
+                with atomic_path(folder / "pruned_state_dict.pt") as tmp:  # never a truncated file
+                    torch.save(pruned_sd, tmp)
+                conn.save(folder / "connectome.safetensors")
+            tl, ta, _ = train_eval()
+            sl, sa, _ = evaluate_sharded(accelerator, model, test_dl, progress=report_bar)
+            accelerator.print(f"[{label}] surviving weights that differ from the original: {differ} "
+                              "(every tensor of pruned_state_dict.pt, biases and normalisation statistics too, "
+                              "compared bit for bit with the weights as loaded)")
+            rows.append(dict(target=label, removed=snap.removed, fraction=snap.removed / total, train_loss=tl,
+                             train_acc=ta, holdout_loss=snap.holdout_loss, holdout_acc=snap.holdout_acc,
+                             test_loss=sl, test_acc=sa, changed=differ, folder=str(folder)))
+    report_bar.close()
+    table = _table(rows)
+    note = (f"\n{args.model} on {args.dataset}, {total} prunable synapses, {minutes:.1f} min of optimisation "
+            f"on {accelerator.num_processes} process(es) ({accelerator.device.type}, mixed precision "
+            f"{args.mixed_precision}"
+            + ("; every figure here was measured under bf16 autocast, so a float32 evaluation of "
+               "pruned_state_dict.pt differs in the last digits" if args.mixed_precision == "bf16" else "")
+            + ").\n"
+            f"Splits: train = a fixed random sample of {len(train_sample.dataset)} images of the train part (the same for "
+            f"every row); held-out = a stratified part of the TRAIN split ({len(dl.holdout.dataset):,} images; "
+            f"{_holdout_use(args, total, result.start_removed)}); test = "
+            + _test_split_words(args, dl.test, n_test)  # (the data's loader: a test_loader_hook's wrapper may hide it)
+            + ", read only for this report.\n")
+    accelerator.print(table + note)
+    if main_proc:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / "results.md") as tmp:
+            tmp.write_text("# prune_pretrained\n\n" + table + note)
+        with atomic_path(out / "history.jsonl") as tmp, open(tmp, "w") as f:
+            for h in result.history:
+                f.write(json.dumps(h, default=float) + "\n")
+        result.controller.write_events(out / "events.jsonl")
+        _plot(result.history, rows, result.events, out / "curves.png",
+              title=run_title(args.model, args.dataset, out, what="prune_pretrained: "),
+              holdout_images=len(dl.holdout.dataset))
+        summary = dict(rows=rows, minutes=minutes, processes=accelerator.num_processes,
+                       device=accelerator.device.type, mask_hash_per_process=hashes)
+        with atomic_path(out / "summary.json") as tmp:
+            tmp.write_text(jsonio.dumps(summary, indent=1))
+        _write_config(args, dl, out)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return {"rows": rows, "output_dir": str(out), "result": result, "minutes": minutes,
+            "mask_hash_per_process": hashes}
