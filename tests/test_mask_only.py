@@ -951,6 +951,7 @@ def test_verification_batches_mix_the_classes_of_a_class_ordered_holdout(monkeyp
     """The line search's held-out batches come in a seeded random order, so a holdout loader kept in
     class order (as ImageFolder splits are) still gives verification batches of several classes."""
     import adaptive.mask_only as mo
+    from adaptive import mask_only_stages
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(96) % 4
@@ -966,7 +967,7 @@ def test_verification_batches_mix_the_classes_of_a_class_ordered_holdout(monkeyp
             seen.extend(len(torch.unique(b[1])) for b in batches)
         return real(model, batches, *a, **kw)
 
-    monkeypatch.setattr(mo, "evaluate", spy)
+    monkeypatch.setattr(mask_only_stages, "evaluate", spy)  # (the module of the run's line search)
     mo.optimize_connectome(tiny(), tr, ho, 0.3, passes=1.0, window=2, verify_batches=1, progress=False)
     assert seen and min(seen) > 1, seen
 

@@ -1,4 +1,4 @@
-"""The modules split out of adaptive/connectome.py, graphs/trace.py, graphs/compact.py,
+"""The modules split out of adaptive/connectome.py, adaptive/mask_only.py, graphs/trace.py, graphs/compact.py,
 recipes/adaptive.py and recipes/prune_pretrained.py point at one another's names in their docstrings
 (``:func:`name```): a bare name that moved to another module in the split pointed at nothing there, so
 every such pointer names a definition of its own module (or one it imports) or gives the module where
@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SPLIT = ["adaptive.connectome", "adaptive.wrappers", "graphs.trace", "graphs.compact", "recipes._adaptive",
-         "recipes._prune_pretrained", "recipes.prune_pretrained"] + [
-    f"{pkg}.{p.stem}" for pkg, pattern in (("adaptive", "connectome_*.py"), ("graphs", "compact_*.py"),
-                                           ("graphs", "flow*.py"), ("recipes._adaptive", "*.py"),
-                                           ("recipes._prune_pretrained", "*.py"))
+SPLIT = ["adaptive.connectome", "adaptive.mask_only", "adaptive.wrappers", "graphs.trace", "graphs.compact",
+         "recipes._adaptive", "recipes._prune_pretrained", "recipes.prune_pretrained"] + [
+    f"{pkg}.{p.stem}" for pkg, pattern in (("adaptive", "connectome_*.py"), ("adaptive", "mask_only_*.py"),
+                                           ("graphs", "compact_*.py"), ("graphs", "flow*.py"),
+                                           ("recipes._adaptive", "*.py"), ("recipes._prune_pretrained", "*.py"))
     for p in sorted((ROOT / pkg.replace(".", "/")).glob(pattern)) if p.stem != "__init__"] + [
     f"graphs.{m}" for m in ("book", "example_inputs", "forward_inputs", "id_tensors", "locking", "signature",
                             "trace_types", "tracer", "unchanged")]

@@ -1,0 +1,85 @@
+"""The loaders of a mask-only optimisation: checked before any work, their batches moved to the
+model's device, the holdout shuffled for the line search, and their identity for a checkpoint's
+fingerprint."""
+from __future__ import annotations
+
+import collections.abc
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .metrics import to_device
+
+
+def _data_identity(loader) -> list:
+    """``[examples, batches, batch size]`` of a loader, each None where it cannot tell: part of a stage
+    checkpoint's fingerprint, so that a run resumed on other data or batches is refused."""
+    def size(x):
+        try:
+            return len(x)
+        except TypeError:
+            return None
+
+    dataset = getattr(loader, "dataset", None)
+    return [size(dataset) if dataset is not None else None, size(loader), getattr(loader, "batch_size", None)]
+
+
+def _check_loader(loader, what: str) -> int:
+    if loader is None:
+        raise ValueError(f"{what} loader is missing: pass a DataLoader of {what} batches")
+    try:
+        n = len(loader)
+    except TypeError:
+        n = None
+    hint = {"holdout": "hold out more of the train split (a larger holdout fraction or subset)",
+            "train": "give it data (a larger subset, or a smaller holdout fraction)"}.get(what, "give it data")
+    if n == 0:
+        raise ValueError(f"{what} loader is empty: it yields no batches; {hint}")
+    one_shot = ("holdout loader is a one-shot iterator (a generator, say), but every evaluation reads it whole (the "
+                "dense network's check before any work, then every stage's end): pass something that iterates "
+                "afresh each time (a DataLoader, a list of batches)")
+    if what == "holdout" and isinstance(loader, collections.abc.Iterator):  # with a length too: seen without a read
+        raise ValueError(one_shot)
+    if n is None and what == "holdout":  # no length (an IterableDataset): look, before any work
+        it = iter(loader)
+        # a generator, or an object whose iter() hands out one and the same iterator: the first
+        # evaluation would use it up, the next find it empty (a DataLoader makes a new one each time)
+        if it is loader or (not isinstance(loader, torch.utils.data.DataLoader) and iter(loader) is it):
+            raise ValueError(one_shot)
+        if next(it, _NONE) is _NONE:
+            raise ValueError(f"holdout loader is empty: it yields no batches; {hint}")
+    return n or 0
+
+
+_NONE = object()  # what a loader's first batch is when it yields none
+
+
+def _to_device(batch, device):
+    """``batch`` (an ``(inputs, targets)`` pair) with every tensor in it on ``device``, nested ones
+    included (inputs given as a tuple, list or dict of tensors); a no-op for tensors already there
+    (an Accelerate-prepared loader's batches)."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        what = f"a dict with keys {sorted(batch)[:5]}" if isinstance(batch, dict) else (
+            f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}")
+        raise TypeError(f"mask-only loaders must yield (inputs, targets) pairs; this one yielded {what}. "
+                        "Wrap the dataset (or give the DataLoader a collate_fn) so that each batch is (x, y)")
+    if device is None:
+        return batch
+    return type(batch)(to_device(t, device) for t in batch)
+
+
+def _model_device(model: nn.Module) -> Optional[torch.device]:
+    p = next(model.parameters(), None)
+    return None if p is None else p.device
+
+
+def _shuffled(loader, seed: int):
+    """The held-out examples in a seeded random order, so that every verification set mixes
+    classes (holdout loaders usually keep the dataset's order, often grouped by class)."""
+    ds = getattr(loader, "dataset", None)
+    if ds is None or not hasattr(ds, "__len__") or not isinstance(loader, torch.utils.data.DataLoader):
+        return loader
+    g = torch.Generator().manual_seed(int(seed) + 7)
+    return torch.utils.data.DataLoader(ds, batch_size=loader.batch_size or 1, shuffle=True, generator=g,
+                                       collate_fn=loader.collate_fn, num_workers=0)

@@ -1,0 +1,156 @@
+"""The settings of :func:`adaptive.mask_only.optimize_connectome`, checked before any work
+(:func:`check_settings`: the first refusal a bad setting meets, in the order the arguments come) and
+made plain numbers (numpy scalars and one-element tensors included), so that the run rounds them and a
+checkpoint's fingerprint compares them with a resume's."""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable, List, Optional, Union
+
+import torch
+from torch import nn
+
+from .counts import whole_number
+from .ensemble_rules import parse_rules
+from .mask_only_data import _check_loader, _model_device
+from .mask_only_targets import Target, _is_real, listed_targets
+from .metrics import AccuracyFn
+
+
+def stage_batches(passes: float, n_train: int, window: int) -> int:
+    """The training batches one stage of :func:`~adaptive.mask_only.optimize_connectome` reads: ``passes`` over a loader
+    of ``n_train`` batches, rounded up to whole update windows of ``window`` batches (at least one),
+    so a stage can read a few batches more than ``passes`` say."""
+    return max(window, int(math.ceil(passes * n_train / window - 1e-9)) * window)
+
+
+def checked_passes(passes) -> Union[int, float]:
+    """``passes`` (passes over the train loader per stage) as a plain number, refused unless finite and > 0."""
+    if isinstance(passes, torch.Tensor) and passes.numel() == 1 and not passes.dtype.is_complex:
+        passes = passes.item()  # a one-element tensor: its number
+    if isinstance(passes, bool) or not isinstance(passes, numbers.Real) or not (0 < passes < math.inf):
+        raise ValueError(f"passes must be a finite number > 0 (passes over the train loader per stage; fractional "
+                         f"allowed), got {passes!r}")
+    return whole_number(passes) if whole_number(passes) is not None else float(passes)  # numpy scalars: plain
+
+
+def _precision(model: nn.Module) -> str:
+    """The autocast dtype the optimisation runs under (the recipes' --mixed-precision), or the
+    weights' dtype: a resume under another precision would choose other masks."""
+    dev = _model_device(model)
+    kind = dev.type if dev is not None else "cpu"
+    if torch.is_autocast_enabled(kind):
+        return f"autocast {str(torch.get_autocast_dtype(kind)).replace('torch.', '')}"
+    p = next(model.parameters(), None)
+    return str(p.dtype).replace("torch.", "") if p is not None else "float32"
+
+
+@dataclass
+class Settings:
+    """What :func:`adaptive.mask_only.optimize_connectome` was asked to do, checked: its arguments of
+    the same names (the numbers as plain ints and floats, ``ladder`` a list of floats), ``targets`` the
+    target(s) as a list, and ``n_train`` the batches of the train loader."""
+
+    targets: List[Target]
+    passes: Union[int, float]
+    ensemble: object
+    include: object
+    exclude: object
+    estimator: object
+    window: int
+    edit_fraction: float
+    approach: float
+    margin: float
+    ladder: List[float]
+    patience: int
+    verify_batches: int
+    line_search_tries: int
+    eval_every: int
+    loss_fn: Callable
+    accuracy_fn: Optional[AccuracyFn]
+    seed: int
+    progress: Optional[bool]
+    callback: Optional[Callable[[dict], None]]
+    checkpoint: Optional[Union[str, "os.PathLike"]]
+    n_train: int
+
+
+def check_settings(model: nn.Module, train_loader, holdout_loader, target, *, passes, ensemble, include, exclude,
+                   estimator, window, edit_fraction, approach, margin, ladder, patience, verify_batches,
+                   line_search_tries, eval_every, loss_fn, accuracy_fn, seed, progress, callback,
+                   checkpoint) -> Settings:
+    """The :class:`Settings` of an :func:`adaptive.mask_only.optimize_connectome` call (its arguments
+    of the same names), each checked: ValueError (TypeError for a ``model`` that is no module) naming
+    the fix on the first bad one, before any work and before anything changes. The ``train_loader``
+    and ``holdout_loader`` must yield batches (a holdout with no length is asked for its first batch;
+    a one-shot iterator as holdout is refused), and ``ensemble`` must leave the density free."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    targets = listed_targets(target)
+    passes = checked_passes(passes)
+    if whole_number(window) is None or window < 1:
+        raise ValueError(f"window must be an integer >= 1, got {window!r}")
+    window = whole_number(window)
+    if not _is_real(approach) or not 0.0 <= approach <= 1.0:  # NaN fails the range too
+        raise ValueError(f"approach must be in [0, 1], got {approach!r}")
+    if not _is_real(edit_fraction) or not 0.0 <= edit_fraction <= 1.0:
+        raise ValueError(f"edit_fraction must be in [0, 1] (the most swaps per update, as a fraction of the live "
+                         f"ensembles), got {edit_fraction!r}")
+    if not _is_real(margin) or not math.isfinite(margin):
+        raise ValueError(f"margin must be a finite number (the estimated improvement a swap must promise, in the "
+                         f"estimator's units; 0: any improvement), got {margin!r}")
+    # numpy scalars and one-element tensors as plain floats: the run rounds them (a tensor has no
+    # __round__) and the checkpoint's fingerprint compares them with the plain number of a resume
+    approach, edit_fraction, margin = float(approach), float(edit_fraction), float(margin)
+    if whole_number(seed, floats=True) is None:
+        raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
+                         f"number such as seed=0")
+    seed = whole_number(seed, floats=True)
+    bad_ladder = (f"ladder must be a list of increasing removal fractions in (0, 1) such as [0.1, 0.2, 0.3] "
+                  f"(or [] for threshold editing), got {ladder!r}")
+    if ladder is None or isinstance(ladder, (str, bytes)) or not isinstance(ladder, Iterable):
+        raise ValueError(bad_ladder)
+    try:
+        ladder = [float(f) for f in ladder]
+    except (TypeError, ValueError):
+        raise ValueError(bad_ladder) from None
+    if any(not 0.0 < f < 1.0 for f in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
+        raise ValueError(f"ladder must be increasing removal fractions in (0, 1), got {ladder}")
+    if whole_number(patience) is None or patience < 1:
+        raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+    patience = whole_number(patience)
+    if whole_number(verify_batches) is None or verify_batches < 0:
+        raise ValueError(f"verify_batches must be an integer >= 0 (0: no line search), got {verify_batches!r}")
+    verify_batches = whole_number(verify_batches)
+    if whole_number(line_search_tries) is None or line_search_tries < 0:
+        raise ValueError(f"line_search_tries must be an integer >= 0 (the halvings a verified update may try before "
+                         f"it is rolled back; 0: all or nothing), got {line_search_tries!r}")
+    line_search_tries = whole_number(line_search_tries)
+    if whole_number(eval_every) is None or eval_every < 0:
+        raise ValueError(f"eval_every must be an integer >= 0 (updates between held-out evaluations; 0: at stage "
+                         f"ends only), got {eval_every!r}")
+    eval_every = whole_number(eval_every)
+    for what, fn, none_ok in (("loss_fn", loss_fn, False), ("accuracy_fn", accuracy_fn, True),
+                              ("callback", callback, True)):
+        if not (callable(fn) or (none_ok and fn is None)):
+            raise ValueError(f"{what} must be a callable{' or None' if none_ok else ''}, got {fn!r}"
+                             + (" (a loss: F.cross_entropy or nn.CrossEntropyLoss())" if what == "loss_fn" else ""))
+    n_train = _check_loader(train_loader, "train")
+    _check_loader(holdout_loader, "holdout")
+    if n_train == 0:
+        raise ValueError("the train loader needs a length (len(loader)) to schedule passes")
+    nm = next((g.density for _, g in parse_rules(ensemble) if hasattr(g, "density")), None)
+    if nm is not None:
+        raise ValueError(
+            f"ensemble {ensemble!r} fixes the density at {nm:g} in every group, so no removal target can be "
+            "reached by removing and restoring synapses: use 'synapse', 'kernel', 'neuron' or 'block:RxC'"
+        )
+    return Settings(targets=targets, passes=passes, ensemble=ensemble, include=include, exclude=exclude,
+                    estimator=estimator, window=window, edit_fraction=edit_fraction, approach=approach, margin=margin,
+                    ladder=ladder, patience=patience, verify_batches=verify_batches,
+                    line_search_tries=line_search_tries, eval_every=eval_every, loss_fn=loss_fn,
+                    accuracy_fn=accuracy_fn, seed=seed, progress=progress, callback=callback, checkpoint=checkpoint,
+                    n_train=n_train)

@@ -1,0 +1,179 @@
+"""The targets of :func:`adaptive.mask_only.optimize_connectome`: parsed, named, and resolved to removal counts.
+
+A target is a removal count (int), a fraction of the synapses (float in [0, 1)) or ``"best"``; numpy and
+torch numbers count as the Python numbers they hold. :func:`check_targets` and :func:`count_synapses`
+answer, before any data is read, what the optimisation would refuse and what its targets count.
+"""
+from __future__ import annotations
+
+import numbers
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .connectome import Connectome, _plain_module, _plain_patterns
+from .counts import whole_number
+from .discovery import discover
+from .mask_only_start import refuse_below_start, sparse_start, zero_weights
+
+Target = Union[int, float, str]
+
+
+def _label(t: Target) -> str:
+    return t if isinstance(t, str) else (f"{t:g}" if isinstance(t, float) else str(int(t)))
+
+
+def _plain_number(t):
+    """A numpy or torch number as the Python int (a whole-number type) or float it holds; anything
+    else (strings, bools, Python numbers, other objects) as it is."""
+    if isinstance(t, (str, bool, int, float)):
+        return t
+    count = whole_number(t)
+    if count is not None:
+        return count
+    return float(t) if _is_real(t) else t
+
+
+def _is_real(x) -> bool:
+    """Whether ``x`` is a real number: an int, a float, a numpy real scalar or a one-element real
+    tensor (not a bool)."""
+    if isinstance(x, torch.Tensor):
+        return x.numel() == 1 and not x.dtype.is_complex and x.dtype != torch.bool
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _labels(targets) -> List[str]:
+    """Each target's name (the snapshot key, the recipe's subfolder): short, and distinct even for
+    fractions that print alike at 6 figures (0.1000108, 0.10001085: then written in full)."""
+    targets = [_plain_number(t) for t in targets]  # np.float32(0.25) is "0.25", not int()'s "0"
+    labels = [_label(t) for t in targets]
+    if len(set(labels)) < len(labels):
+        labels = [repr(float(t)) if isinstance(t, float) else lab for t, lab in zip(targets, labels)]
+    return labels
+
+
+def parse_target(target: Target) -> Target:
+    """``target`` checked without a model: "best", a fraction in [0, 1) (a string with a decimal
+    point or an exponent, or a float: numpy and torch floats too) or a count >= 0 (an int: numpy and
+    torch integers too; never a bool). Raises ValueError naming the fix."""
+    target = _plain_number(target)  # np.int64(30) is the count 30, np.float32(0.25) the fraction 0.25
+    if isinstance(target, str) and target != "best":
+        try:
+            target = float(target) if any(ch in target for ch in ".eE") else int(target)
+        except ValueError:
+            raise ValueError(f"target {target!r}: give a fraction in [0, 1) (0.2), a count of synapses (50000) "
+                             "or 'best'") from None
+    if isinstance(target, str):
+        return target
+    if isinstance(target, bool) or not isinstance(target, (int, float)):
+        raise ValueError(f"target {target!r}: give a fraction in [0, 1) (0.2), a count of synapses (50000) or 'best'")
+    if target != target or target in (float("inf"), float("-inf")):
+        raise ValueError(f"target {target}: give a fraction in [0, 1) (0.2), a count of synapses (50000) or 'best'")
+    if target < 0:
+        raise ValueError(f"target {target} cannot be negative: give a fraction in [0, 1) or a count >= 0")
+    if isinstance(target, float) and target >= 1.0:
+        count = (f": for the count of {int(target)} synapses give it as a whole number ({int(target)}), with no "
+                 "decimal point or exponent" if target.is_integer() and target > 1 else "")
+        raise ValueError(f"target fraction {target} must be in [0, 1){count}")
+    return target
+
+
+def resolve_target(target: Target, total: int) -> Optional[int]:
+    """Synapses to remove for ``target`` (None for "best"). Raises ValueError on a bad target."""
+    target = parse_target(target)
+    if target == "best":
+        return None
+    if isinstance(target, float):
+        count = int(round(target * total))
+        if count >= total:  # a fraction below 1 that rounds to every synapse, as the count would be
+            raise ValueError(f"target fraction {target!r} removes round({target!r} x {total}) = {count} synapses, every "
+                             f"one of the model's {total} prunable synapses: give a smaller fraction, or a count "
+                             f"below {total}")
+        return count
+    if target >= total:  # as a fraction must be below 1: removing every synapse leaves no network
+        raise ValueError(f"target of {target} synapses to remove {'is every one of' if target == total else 'is beyond'} "
+                         f"the model's {total} prunable synapses: give a count below {total}")
+    return int(target)
+
+
+def _resolve_targets(targets: list, total: int, start=None) -> List[Tuple[str, Optional[int]]]:
+    """``(label, synapses to remove)`` of each target against ``total`` synapses, fewest first ("best":
+    None, on its own); a target beyond them, "best" among others, two removing the same count, or
+    one removing fewer than are absent at ``start`` (a :class:`~adaptive.mask_only_start.Start`) is
+    refused (ValueError)."""
+    resolved = [(lab, resolve_target(t, total)) for t, lab in zip(targets, _labels(targets))]
+    if start is not None:
+        for label, r in resolved:
+            if r is not None:
+                refuse_below_start(label, r, start)
+    if any(r is None for _, r in resolved) and len(resolved) > 1:
+        raise ValueError("'best' cannot be combined with other targets: run it on its own")
+    counts: Dict[int, str] = {}
+    for label, r in resolved:
+        if r is not None and r in counts:
+            raise ValueError(f"targets {counts[r]} and {label} both remove {r:,} synapses: give each target once")
+        counts.setdefault(r, label)
+    return sorted(resolved, key=lambda lr: -1 if lr[1] is None else lr[1])
+
+
+def check_targets(model: nn.Module, target: Union[Target, Sequence[Target]], include=None, exclude=None,
+                  ensemble="synapse") -> None:
+    """Refuse, with :func:`~adaptive.mask_only.optimize_connectome`'s error and before any data is read, the ``target``
+    (one or several) it would refuse on ``model`` with ``include``/``exclude``/``ensemble``: a count
+    of every prunable synapse or more (or a fraction rounding to one), "best" among others, two
+    targets removing the same count, one removing fewer synapses than a sparse model has already
+    lost (ensembles whose weights are all exactly 0.0: :mod:`adaptive.mask_only_start`). Counts the
+    synapses without building a connectome (but where some weight is exactly 0.0), of the module a
+    wrapper runs (``torch.compile``, DistributedDataParallel), as the connectome does (its names carry no
+    ``_orig_mod.`` or ``module.``)."""
+    targets = list(target) if isinstance(target, (list, tuple)) else [target]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # discovery's warnings are the connectome's to give, once
+        found = discover(_plain_module(model), _plain_patterns(model, include), _plain_patterns(model, exclude))
+    start = None
+    if zero_weights({n: p for n, (_, p) in found.items()}):  # a sparse model: what is already absent
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            start = sparse_start(Connectome(model, ensemble=ensemble, include=include, exclude=exclude))
+    _resolve_targets(targets, sum(p.numel() for _, p in found.values()), start)
+
+
+def count_synapses(model: nn.Module, include=None, exclude=None) -> int:
+    """The prunable synapses a connectome of ``model`` with ``include``/``exclude`` would hold, counted
+    without building one (of the module a wrapper runs, as the connectome does): what targets count. Quietly:
+    discovery's warnings (a parametrized weight left dense, ...) are the connectome's to give, once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sum(p.numel() for _, p in discover(_plain_module(model), _plain_patterns(model, include), _plain_patterns(model, exclude)).values())
+
+
+def listed_targets(target) -> list:
+    """``target`` (one target, or a list or tuple of them) as a non-empty list."""
+    targets = list(target) if isinstance(target, (list, tuple)) else [target]
+    if not targets:
+        raise ValueError("give at least one target")
+    return targets
+
+
+def stages_of(targets: list, total: int, start, ladder: List[float]) -> Tuple[List[Tuple[str, Optional[int]]], bool, List[float]]:
+    """The stages of an optimisation of ``total`` synapses from ``start`` (a
+    :class:`~adaptive.mask_only_start.Start`): ``(stages, climb, ladder)``, where ``stages`` are
+    ``(label, synapses to remove)`` pairs, fewest first (:func:`_resolve_targets`, with its refusals),
+    ``climb`` says whether target "best" climbs ``ladder`` (one stage per rung, each labelled "best"),
+    and ``ladder`` is the rungs climbed: on a sparse start only those above it (refused if none is)."""
+    resolved = _resolve_targets(targets, total, start)
+    climb = resolved[0][1] is None and bool(ladder)  # "best" by climbing the ladder
+    if climb and start.absent:  # a sparse start: the rungs above it, the start the first candidate (on a dense
+        # network every rung climbs, as before: one that rounds to 0 removed keeps its stage)
+        rungs = [f for f in ladder if resolve_target(f, total) > start.absent]
+        if not rungs:
+            raise ValueError(f"target 'best': every rung of the ladder {ladder} removes no more than the {start.absent:,} "
+                             f"of {total:,} synapses ({start.absent / total:.1%}) already absent (weights exactly 0.0), "
+                             "so there is nothing to climb: give a ladder with fractions above "
+                             f"{start.absent / total:.6g}")
+        ladder = rungs
+    if climb:
+        resolved = [("best", resolve_target(f, total)) for f in ladder]
+    return resolved, climb, ladder
