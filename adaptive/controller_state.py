@@ -50,6 +50,21 @@ def _unregistered_class(est) -> "str | None":
     return None if isinstance(name, str) and _ESTIMATORS.get(name) is type(est) else _definition(type(est))
 
 
+def _same_class(saved, mine) -> bool:
+    """Whether the classes recorded as ``saved`` and ``mine`` (:func:`_unregistered_class`) are one
+    definition: the same module and qualified name, or the same qualified name where one side ran
+    as a script (module ``__main__``: a class a script defines is ``train.MyEstimator`` to another
+    script that imports it from there)."""
+    if saved == mine:
+        return True
+    if not (isinstance(saved, str) and isinstance(mine, str)):
+        return False
+    for a, b in ((saved, mine), (mine, saved)):
+        if a.startswith("__main__.") and b.endswith(a[len("__main__"):]):
+            return True
+    return False
+
+
 def _estimator_as_passed(name, cls) -> "tuple[str, str]":
     """The estimator recorded as ``name`` (its registry name) and ``cls`` (:func:`_unregistered_class`)
     as a message names it, and the ``estimator=`` that builds it again: the registry name where it
@@ -141,7 +156,7 @@ class ControllerStateMixin:
             est = estimators.get(side, estimators["drop"])  # one estimator for both sides here, two there
             saved_cls = classes.get(side) if isinstance(classes, dict) else None
             mine_cls = _unregistered_class(est)
-            same = name == est.name and (classes is None or saved_cls == mine_cls)
+            same = name == est.name and (classes is None or _same_class(saved_cls, mine_cls))
             if not same:  # named as the Controller takes it, estimator= (drop_by/grow_by are the policy's)
                 what = "its removal costs" if side == "drop" else "its restoration gains"
                 (saved, fix), (mine, _) = _estimator_as_passed(name, saved_cls), _estimator_as_passed(est.name, mine_cls)
