@@ -42,12 +42,16 @@ def _holds_tensors(v, depth: int = 4) -> bool:
 def _unregistered_class(est) -> "str | None":
     """The definition (module and qualified name) of ``est``'s class where the estimator registry does not
     hold that class under the name it answers to (a user's own class, or a subclass of a registered one,
-    which inherits its parent's name), else None: such an estimator is known by its class, not its name."""
+    which inherits its parent's name), else None: such an estimator is known by its class, not its name.
+    A class whose definition was run again (its registry entry replaced by the new class object) is
+    still the registered one."""
     from .registry import _definition
     from .utility.base import _ESTIMATORS
 
     name = vars(type(est)).get("name")  # registered under it (a subclass of a registered class: not its own)
-    return None if isinstance(name, str) and _ESTIMATORS.get(name) is type(est) else _definition(type(est))
+    held = _ESTIMATORS.get(name) if isinstance(name, str) else None
+    # the registry's rule: the same definition run again (a notebook cell, a module reloaded) is the entry
+    return None if held is not None and _definition(held) == _definition(type(est)) else _definition(type(est))
 
 
 def _same_class(saved, mine) -> bool:

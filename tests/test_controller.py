@@ -711,6 +711,35 @@ def test_an_unregistered_estimator_class_a_script_defined_is_the_same_class_impo
     assert ctrl4.step_count == 0
 
 
+def test_a_registered_estimator_whose_definition_ran_again_is_still_the_registered_one():
+    """A registered estimator's definition run again (a notebook cell, a module reloaded) replaces its
+    registry entry with a new class object: a controller built before saved its estimator as "a class
+    not registered", and a controller built with its name (the same estimator) refused that state,
+    naming an instance of the old class as the fix. The same definition is the registered class."""
+    from adaptive.utility.base import _ESTIMATORS, register_estimator
+
+    def define():  # the cell that defines it
+        @register_estimator("rerun_definition")
+        class Rerun(_OwnEstimator):
+            pass
+
+    try:
+        define()
+        m, conn, ctrl = _sparse_ctrl("utility", estimator="rerun_definition")
+        define()  # run again: the entry is a new class of the same definition
+        for _ in range(2):
+            set_grad(m, torch.randn(2, 4))
+            ctrl.observe()
+            ctrl.step()
+        sd = ctrl.state_dict()
+        assert sd["estimator_classes"] == {"drop": None}
+        m2, conn2, ctrl2 = _sparse_ctrl("utility", estimator="rerun_definition")
+        ctrl2.load_state_dict(sd)
+        assert ctrl2.step_count == 2
+    finally:
+        _ESTIMATORS.pop("rerun_definition", None)
+
+
 def test_a_state_saved_before_the_estimator_classes_were_recorded_loads_by_its_names():
     """States saved before ``estimator_classes`` was recorded compare the names alone (a subclass
     recorded its parent's name, so a resume with that subclass must still load); a '?' (a class
