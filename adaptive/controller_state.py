@@ -42,12 +42,31 @@ def _holds_tensors(v, depth: int = 4) -> bool:
 def _unregistered_class(est) -> "str | None":
     """The definition (module and qualified name) of ``est``'s class where the estimator registry does not
     hold that class under the name it answers to (a user's own class, or a subclass of a registered one,
-    which inherits its parent's name), else None: such an estimator is known by its class, not its name."""
+    which inherits its parent's name), else None: such an estimator is known by its class, not its name.
+    A class whose definition was run again (its registry entry replaced by the new class object) is
+    still the registered one."""
     from .registry import _definition
     from .utility.base import _ESTIMATORS
 
     name = vars(type(est)).get("name")  # registered under it (a subclass of a registered class: not its own)
-    return None if isinstance(name, str) and _ESTIMATORS.get(name) is type(est) else _definition(type(est))
+    held = _ESTIMATORS.get(name) if isinstance(name, str) else None
+    # the registry's rule: the same definition run again (a notebook cell, a module reloaded) is the entry
+    return None if held is not None and _definition(held) == _definition(type(est)) else _definition(type(est))
+
+
+def _same_class(saved, mine) -> bool:
+    """Whether the classes recorded as ``saved`` and ``mine`` (:func:`_unregistered_class`) are one
+    definition: the same module and qualified name, or the same qualified name where one side ran
+    as a script (module ``__main__``: a class a script defines is ``train.MyEstimator`` to another
+    script that imports it from there)."""
+    if saved == mine:
+        return True
+    if not (isinstance(saved, str) and isinstance(mine, str)):
+        return False
+    for a, b in ((saved, mine), (mine, saved)):
+        if a.startswith("__main__.") and b.endswith(a[len("__main__"):]):
+            return True
+    return False
 
 
 def _estimator_as_passed(name, cls) -> "tuple[str, str]":
@@ -141,7 +160,7 @@ class ControllerStateMixin:
             est = estimators.get(side, estimators["drop"])  # one estimator for both sides here, two there
             saved_cls = classes.get(side) if isinstance(classes, dict) else None
             mine_cls = _unregistered_class(est)
-            same = name == est.name and (classes is None or saved_cls == mine_cls)
+            same = name == est.name and (classes is None or _same_class(saved_cls, mine_cls))
             if not same:  # named as the Controller takes it, estimator= (drop_by/grow_by are the policy's)
                 what = "its removal costs" if side == "drop" else "its restoration gains"
                 (saved, fix), (mine, _) = _estimator_as_passed(name, saved_cls), _estimator_as_passed(est.name, mine_cls)

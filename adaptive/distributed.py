@@ -152,8 +152,9 @@ def agreed_error(own: Optional[BaseException], some_alone: bool = False) -> Opti
     and notes; a RuntimeError where its type is not built from a message) and which passed. The
     error returned is marked :func:`raised_alike`. Every process must call it at the same point
     (after the same collectives): put it after the check, not inside a part that may skip it.
-    ``some_alone``: some processes make part of the check alone (the main process hashes the files):
-    the first failure is every process's error as it is, naming no process."""
+    ``some_alone``: the main process makes part of the check alone (it hashes the files): its failure
+    is every process's error as it is, naming no process (the others could not have found it); the
+    failures of other processes where it passed are named as above (their own copy of the files)."""
     if not is_distributed():
         return own
     world = dist.get_world_size()
@@ -163,9 +164,10 @@ def agreed_error(own: Optional[BaseException], some_alone: bool = False) -> Opti
     if not failed:
         return None
     module, qualname, message, notes = failed[0][1]
-    if len(failed) == world and len(set(x for _, x in failed)) == 1 or some_alone and _outcome(own) == failed[0][1]:
+    alone = some_alone and failed[0][0] == 0  # the main process's failure, found by it alone
+    if len(failed) == world and len(set(x for _, x in failed)) == 1 or alone and _outcome(own) == failed[0][1]:
         return mark_raised_alike(own)
-    if not some_alone:
+    if not alone:
         passed = [r for r, x in enumerate(every) if x is None]
         message = "; ".join(f"{_processes([r], world)}: {x[2][:-1] if x[2].endswith('.') else x[2]}"
                             for r, x in failed)

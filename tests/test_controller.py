@@ -688,6 +688,58 @@ def test_a_registered_estimators_state_is_refused_by_an_unregistered_subclass_an
     assert ctrl3.step_count == 2
 
 
+def test_an_unregistered_estimator_class_a_script_defined_is_the_same_class_imported_from_it():
+    """A class a script defines is ``__main__.MyEst`` while the script runs, and ``train.MyEst`` to
+    another script that imports it from there (a resume script): the state the first saved was
+    refused by the second as "another estimator" naming the same class twice (loaded before the
+    classes were recorded). The same qualified name where one side ran as a script is the same
+    class, either way round; another class is still refused."""
+    sd = _stepped(_OwnEstimator()).state_dict()
+    sd["estimator_classes"] = {"drop": "__main__._OwnEstimator"}  # as the script that defines it saved it
+    m2, conn2, ctrl2 = _sparse_ctrl("utility", estimator=_OwnEstimator())
+    ctrl2.load_state_dict(sd)
+    assert ctrl2.step_count == 2
+    scripted = type("_OwnEstimator", (_OwnEstimator,), {"__module__": "__main__"})  # the script's own view of it
+    sd = _stepped(_OwnEstimator()).state_dict()
+    m3, conn3, ctrl3 = _sparse_ctrl("utility", estimator=scripted())
+    ctrl3.load_state_dict(sd)
+    assert ctrl3.step_count == 2
+    other = type("_Other", (_OwnEstimator,), {"__module__": "__main__"})
+    m4, conn4, ctrl4 = _sparse_ctrl("utility", estimator=other())
+    with pytest.raises(ValueError, match="another estimator"):
+        ctrl4.load_state_dict(sd)
+    assert ctrl4.step_count == 0
+
+
+def test_a_registered_estimator_whose_definition_ran_again_is_still_the_registered_one():
+    """A registered estimator's definition run again (a notebook cell, a module reloaded) replaces its
+    registry entry with a new class object: a controller built before saved its estimator as "a class
+    not registered", and a controller built with its name (the same estimator) refused that state,
+    naming an instance of the old class as the fix. The same definition is the registered class."""
+    from adaptive.utility.base import _ESTIMATORS, register_estimator
+
+    def define():  # the cell that defines it
+        @register_estimator("rerun_definition")
+        class Rerun(_OwnEstimator):
+            pass
+
+    try:
+        define()
+        m, conn, ctrl = _sparse_ctrl("utility", estimator="rerun_definition")
+        define()  # run again: the entry is a new class of the same definition
+        for _ in range(2):
+            set_grad(m, torch.randn(2, 4))
+            ctrl.observe()
+            ctrl.step()
+        sd = ctrl.state_dict()
+        assert sd["estimator_classes"] == {"drop": None}
+        m2, conn2, ctrl2 = _sparse_ctrl("utility", estimator="rerun_definition")
+        ctrl2.load_state_dict(sd)
+        assert ctrl2.step_count == 2
+    finally:
+        _ESTIMATORS.pop("rerun_definition", None)
+
+
 def test_a_state_saved_before_the_estimator_classes_were_recorded_loads_by_its_names():
     """States saved before ``estimator_classes`` was recorded compare the names alone (a subclass
     recorded its parent's name, so a resume with that subclass must still load); a '?' (a class

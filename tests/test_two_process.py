@@ -71,6 +71,14 @@ def test_process_group_helpers_on_two_processes(tmp_path):
         assert rec["agreed_one"] == ["FileNotFoundError", "process 1 of 2: no checkpoint in ./run; process 0 of 2 found "
                                      "no such problem: every process must see the same files (a folder they all see, "
                                      "or the same copy on each) and run with the same settings", True]
+        # a check the main process makes partly alone: its failure as it is; one of process 1's own copy is named
+        # (it was raised as it is too, naming no process: the main process, whose copy is whole, printed it)
+        assert rec["alone_0"] == ["ValueError", "checkpoint ./run/step_2 is damaged: random_states_1.pkl is missing",
+                                  True]
+        assert rec["alone_1"] == ["ValueError", "process 1 of 2: checkpoint ./run/step_2 is damaged: random_states_1.pkl"
+                                  " is missing; process 0 of 2 found no such problem: every process must see the same "
+                                  "files (a folder they all see, or the same copy on each) and run with the same "
+                                  "settings", True]
         assert rec["agreed_all"] == ["ValueError", "lr must be > 0", True]  # alike everywhere: as on one process
         assert rec["agreed_none"] == ["returned", i]
         assert rec["differing"] == ["the processes found different checkpoints (process 0 of 2: step_0; process 1 of 2: "

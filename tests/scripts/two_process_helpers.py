@@ -51,6 +51,11 @@ def main(out_dir):
         raise ValueError("lr must be > 0")
 
     record["agreed_one"] = outcome(missing_on_rank_1)
+    # the main process checks more alone (hashes): its failure is everyone's as it is; rank 1's alone is named
+    damaged = lambda: ValueError("checkpoint ./run/step_2 is damaged: random_states_1.pkl is missing")
+    for who in (0, 1):
+        e = D.agreed_error(damaged() if me == who else None, some_alone=True)
+        record[f"alone_{who}"] = [type(e).__name__, str(e), D.raised_alike(e)]
     record["agreed_all"] = outcome(fails_alike)
     record["agreed_none"] = outcome(lambda: me)
     try:
