@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 import re
 import signal
@@ -199,8 +200,21 @@ def _say(text: str) -> None:
 
 
 # how long a process of a multi-process launch that leaves its error line to another waits for the launcher
-# to end it (which it does once that other process has reported and exited), before reporting it itself
+# to end it (which it does once that other process has reported and exited), before reporting it itself;
+# the environment variable ADAPTIVE_LEFT_TO_ANOTHER_SECONDS sets another (a machine so loaded that the other
+# process may take longer to reach the same error)
 LEFT_TO_ANOTHER_SECONDS = 20.0
+
+
+def _left_to_another_seconds() -> float:
+    """:data:`LEFT_TO_ANOTHER_SECONDS`, or the ``ADAPTIVE_LEFT_TO_ANOTHER_SECONDS`` environment
+    variable where it holds a finite number >= 0 (anything else is ignored: an error line is never
+    lost to a typo in it)."""
+    try:
+        seconds = float(os.environ["ADAPTIVE_LEFT_TO_ANOTHER_SECONDS"])
+    except (KeyError, ValueError):
+        return LEFT_TO_ANOTHER_SECONDS
+    return seconds if seconds >= 0 and math.isfinite(seconds) else LEFT_TO_ANOTHER_SECONDS
 
 
 def _left_to_another_process(e: BaseException) -> bool:
@@ -226,13 +240,13 @@ def _left_to_another_process(e: BaseException) -> bool:
 def say_error(text: str, e: BaseException, once: bool = False) -> None:
     """Write the error line(s) ``text`` of ``e`` (:func:`_say`). ``once``: under a multi-process
     launch, a process that leaves the line to another (:func:`_left_to_another_process`) first waits
-    up to :data:`LEFT_TO_ANOTHER_SECONDS` for the launcher to end it, which it does (torchrun,
+    up to :data:`LEFT_TO_ANOTHER_SECONDS` (:func:`_left_to_another_seconds`) for the launcher to end it, which it does (torchrun,
     ``accelerate launch``) once any process has exited: that process wrote the line. Still running
     then (the other did not stop), it writes the line itself: an error is never lost, at worst late
     and twice."""
     if once and _left_to_another_process(e):
         try:
-            time.sleep(LEFT_TO_ANOTHER_SECONDS)
+            time.sleep(_left_to_another_seconds())
         except KeyboardInterrupt:  # Ctrl-C reaches every process: the first reports it
             return
     _say(text)

@@ -21,10 +21,14 @@ def launch_two(script_and_args, *, cwd=None, env=None, timeout=CHILD_TIMEOUT):
     """``accelerate launch --multi_gpu --num_processes 2`` on the CPU (gloo), each attempt on a free
     port. A run that died of the gloo teardown abort is run once more, with a warning, so that the
     abort stays visible in the test summary; any other outcome is returned as it is."""
+    import os
     import subprocess
     import sys
     import warnings
 
+    # a process leaving its error line to another waits for the launcher to end it (adaptive.cli): on a
+    # loaded machine the other may take longer than the default 20 s to reach the same error
+    env = dict(os.environ if env is None else env, ADAPTIVE_LEFT_TO_ANOTHER_SECONDS="300")
     for attempt in range(2):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--main_process_port", free_port(), "--num_machines", "1", "--mixed_precision", "no",

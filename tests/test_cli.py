@@ -352,6 +352,21 @@ def test_notes_that_are_no_list_of_strings_print_as_python_prints_them(capsys, m
         assert capsys.readouterr().err.splitlines() == ["prog: error: a bad window", *lines]
 
 
+@pytest.mark.parametrize("value, seconds", [("300", 300.0), ("0", 0.0), ("-1", None), ("nan", None),
+                                            ("inf", None), ("soon", None), (None, None)])
+def test_the_wait_for_another_process_to_report_can_be_set_by_the_environment(monkeypatch, value, seconds):
+    """ADAPTIVE_LEFT_TO_ANOTHER_SECONDS sets how long a process leaving its error line to another waits
+    (the tests' launches use 300 s: a loaded machine); a value that is not a number >= 0 keeps the
+    default, so a typo never makes the wait endless or loses the line."""
+    import adaptive.cli as cli
+
+    if value is None:
+        monkeypatch.delenv("ADAPTIVE_LEFT_TO_ANOTHER_SECONDS", raising=False)
+    else:
+        monkeypatch.setenv("ADAPTIVE_LEFT_TO_ANOTHER_SECONDS", value)
+    assert cli._left_to_another_seconds() == (cli.LEFT_TO_ANOTHER_SECONDS if seconds is None else seconds)
+
+
 @pytest.mark.parametrize("local_rank, leaves", [("1", True), ("0", False)])
 def test_a_launched_process_leaves_a_settings_error_line_to_the_first_process(monkeypatch, capsys, local_rank, leaves):
     """Under `accelerate launch --num_processes 2` one bad setting printed one error line per process:
@@ -371,6 +386,7 @@ def test_a_launched_process_leaves_a_settings_error_line_to_the_first_process(mo
         raise ValueError("lr must be a finite number > 0, got -1.0")
 
     monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    monkeypatch.delenv("ADAPTIVE_LEFT_TO_ANOTHER_SECONDS", raising=False)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", local_rank)
     monkeypatch.setattr(cli.time, "sleep", ended_by_the_launcher)
