@@ -361,15 +361,23 @@ def _refuse_one_batch(args, loader):
     """Refuse a --split whose examples make fewer than 2 gradient batches (of --grad_batch_size, else
     the loader's own --batch_size ones): collinearity compares batch gradients, and one batch agrees
     with itself (cosine 1 everywhere), none measures nothing. The API's error and warning name its
-    ``batch_size=``, not the options that set it."""
-    available = min(len(loader.dataset), len(loader) * loader.batch_size)  # the train loader drops its last part
+    ``batch_size=``, not the options that set it. The size it advises is the largest that makes 2: the
+    examples over 2 for batches cut to --grad_batch_size (the rest dropped) or the train loader's own
+    (drop_last), one less than the examples for the held-out loader's own (its last batch may be short)."""
+    examples = len(loader.dataset)
+    read = min(examples, len(loader) * loader.batch_size)  # the train loader drops its last part
     own = "--eval_batch_size" if args.split == "holdout" and args.eval_batch_size else "--batch_size"  # (held-out batches)
-    size, option = (args.grad_batch_size, "--grad_batch_size") if args.grad_batch_size else (loader.batch_size, own)
-    n = available // size if args.grad_batch_size else len(loader)
+    if args.grad_batch_size:
+        size, option, n, largest = args.grad_batch_size, "--grad_batch_size", read // args.grad_batch_size, read // 2
+    else:
+        size, option, n = loader.batch_size, own, len(loader)
+        largest = examples // 2 if loader.drop_last else examples - 1
     if n < 2:
-        _refuse(f"--split {args.split}: its {available:,} examples make {n} gradient batch{'' if n == 1 else 'es'} of "
-                f"{size} ({option}), and collinearity compares the gradients of several batches (one agrees with "
-                f"itself everywhere): give a smaller {option} (at most {available // 2}) or more data (--subset)")
+        held = "" if read == examples else f" ({read:,} of them read, in whole --batch_size batches)"
+        more = "--subset, --holdout" if args.split == "holdout" else "--subset"
+        _refuse(f"--split {args.split}: its {examples:,} examples{held} make {n} gradient batch{'' if n == 1 else 'es'} "
+                f"of {size} ({option}), and collinearity compares the gradients of several batches (one agrees with "
+                f"itself everywhere): give a smaller {option} (at most {largest:,}) or more data ({more})")
 
 
 # ---------------------------------------------------------------------- knowledge
