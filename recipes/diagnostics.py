@@ -550,8 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "more than the held-out part holds get a warning (default: %d, or all of it where it holds fewer)"
                    % DEFAULT_ORDER_BATCHES)
     s.add_argument("--noise_floor", type=float, default=None,
-                   help="loss increases (nats) below this are not fitted; recorded in knowledge_summary.json and "
-                        "the fit table (default: 1e-3; for --replot, the noise floor the run recorded)")
+                   help="loss increases (nats) below this are not fitted (the accuracy fit's floor is its own: drops "
+                        "below 1.5 examples' worth); recorded in knowledge_summary.json and the fit table (default: "
+                        "1e-3; for --replot, the noise floor the run recorded)")
     s.add_argument("--log_x", action="store_true", help="draw the loss-increase and accuracy-drop panels against a "
                    "log axis of weights removed too (the intact net, 0 removed, left out there; with --replot as well; "
                    "default: a linear axis, on which the exponential fit is straight)")

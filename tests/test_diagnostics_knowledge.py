@@ -520,3 +520,21 @@ def test_the_holds_marker_is_drawn_only_where_the_line_holds_beyond_the_fitted_r
     steady.plot("steady.png")
     dashed, labels = _holds_markers(figs[-1])
     assert dashed == [1.0] and any("beyond the fitted range" in label for label in labels)
+
+
+def test_the_accuracy_fit_keeps_its_own_floor_whatever_the_loss_noise_floor():
+    """The accuracy fit's floor was max(noise_floor, 1.5 / samples): a loss floor in nats read as a fraction of the
+    examples, so --noise_floor 0.05 (a noisy loss) left every accuracy drop under 5 points out of the accuracy fit,
+    here all but two of them (no fit). Its floor is 1.5 examples' worth whatever the loss's."""
+    from adaptive.diagnostics.knowledge import fit_curve
+    from adaptive.diagnostics.table import Table
+
+    drops = [0, 0.0005, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128]  # doubling, 2,000 examples counted
+    rows = [{"removed": k, "fraction": k / 8, "accuracy": 0.8 - d, "loss": 1.0 + 2 * d, "accuracy_drop": d,
+             "loss_increase": 2 * d} for k, d in enumerate(drops)]
+    for floor in (1e-3, 0.05):
+        acc = fit_curve(Table(rows), 0.1, 2000, noise_floor=floor)["accuracy_drop"]
+        assert acc["floor"] == 1.5 / 2000 and acc["points"] == 7 and (acc["fit_from"], acc["fit_to"]) == (2.0, 8.0)
+        assert abs(acc["rate"] - math.log(2)) < 1e-9
+    loss = fit_curve(Table(rows), 0.1, 2000, noise_floor=0.05)["loss_increase"]
+    assert loss["floor"] == 0.05 and loss["points"] == 3  # the loss fit's floor is the noise floor
