@@ -327,8 +327,7 @@ class KnowledgeCurve:
                 for edge in beyond:
                     ax.axvline(edge, color="C2", ls="--", lw=1)
                 if beyond:
-                    ax.plot([], [], color="C2", ls="--", lw=1, label="beyond the fitted range, the line stays within "
-                                                                   "×2 of the points up to here")
+                    ax.plot([], [], color="C2", ls="--", lw=1, label="line within ×2 beyond the fitted range, to here")
             elif f:
                 ax.text(0.5, 0.5, f"no exponential fit: {f.get('points', 0)} point(s) between its floor\n"
                         "and the collapse (3 needed); measure more points (--points)",
