@@ -361,15 +361,23 @@ def _refuse_one_batch(args, loader):
     """Refuse a --split whose examples make fewer than 2 gradient batches (of --grad_batch_size, else
     the loader's own --batch_size ones): collinearity compares batch gradients, and one batch agrees
     with itself (cosine 1 everywhere), none measures nothing. The API's error and warning name its
-    ``batch_size=``, not the options that set it."""
-    available = min(len(loader.dataset), len(loader) * loader.batch_size)  # the train loader drops its last part
+    ``batch_size=``, not the options that set it. The size it advises is the largest that makes 2: the
+    examples over 2 for batches cut to --grad_batch_size (the rest dropped) or the train loader's own
+    (drop_last), one less than the examples for the held-out loader's own (its last batch may be short)."""
+    examples = len(loader.dataset)
+    read = min(examples, len(loader) * loader.batch_size)  # the train loader drops its last part
     own = "--eval_batch_size" if args.split == "holdout" and args.eval_batch_size else "--batch_size"  # (held-out batches)
-    size, option = (args.grad_batch_size, "--grad_batch_size") if args.grad_batch_size else (loader.batch_size, own)
-    n = available // size if args.grad_batch_size else len(loader)
+    if args.grad_batch_size:
+        size, option, n, largest = args.grad_batch_size, "--grad_batch_size", read // args.grad_batch_size, read // 2
+    else:
+        size, option, n = loader.batch_size, own, len(loader)
+        largest = examples // 2 if loader.drop_last else examples - 1
     if n < 2:
-        _refuse(f"--split {args.split}: its {available:,} examples make {n} gradient batch{'' if n == 1 else 'es'} of "
-                f"{size} ({option}), and collinearity compares the gradients of several batches (one agrees with "
-                f"itself everywhere): give a smaller {option} (at most {available // 2}) or more data (--subset)")
+        held = "" if read == examples else f" ({read:,} of them read, in whole --batch_size batches)"
+        more = "--subset, --holdout" if args.split == "holdout" else "--subset"
+        _refuse(f"--split {args.split}: its {examples:,} examples{held} make {n} gradient batch{'' if n == 1 else 'es'} "
+                f"of {size} ({option}), and collinearity compares the gradients of several batches (one agrees with "
+                f"itself everywhere): give a smaller {option} (at most {largest:,}) or more data ({more})")
 
 
 # ---------------------------------------------------------------------- knowledge
@@ -542,8 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "more than the held-out part holds get a warning (default: %d, or all of it where it holds fewer)"
                    % DEFAULT_ORDER_BATCHES)
     s.add_argument("--noise_floor", type=float, default=None,
-                   help="loss increases (nats) below this are not fitted; recorded in knowledge_summary.json and "
-                        "the fit table (default: 1e-3; for --replot, the noise floor the run recorded)")
+                   help="loss increases (nats) below this are not fitted (the accuracy fit's floor is its own: drops "
+                        "below 1.5 examples' worth); recorded in knowledge_summary.json and the fit table (default: "
+                        "1e-3; for --replot, the noise floor the run recorded)")
     s.add_argument("--log_x", action="store_true", help="draw the loss-increase and accuracy-drop panels against a "
                    "log axis of weights removed too (the intact net, 0 removed, left out there; with --replot as well; "
                    "default: a linear axis, on which the exponential fit is straight)")

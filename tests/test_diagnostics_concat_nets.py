@@ -85,14 +85,19 @@ def test_gradient_by_depth_of_a_generator_says_it_read_fewer_batches_than_asked(
 
 
 @pytest.mark.parametrize("options, said", [
-    (["--grad_batch_size", "800"], r"--split train: its 1,280 examples make 1 gradient batch of 800 \(--grad_batch_size\)"),
+    (["--grad_batch_size", "800"], r"--split train: its 1,295 examples \(1,280 of them read, in whole --batch_size "
+                                   r"batches\) make 1 gradient batch of 800 \(--grad_batch_size\).*at most 640\)"),
     (["--grad_batch_size", "5000"], r"make 0 gradient batches of 5000 \(--grad_batch_size\).*at most 640"),
-    (["--split", "holdout", "--batch_size", "200"], r"--split holdout: its 143 examples make 1 gradient batch of 200 \(--batch_size\)"),
+    (["--split", "holdout", "--batch_size", "200"], r"--split holdout: its 143 examples make 1 gradient batch of 200 "
+                                                    r"\(--batch_size\).*at most 142\) or more data \(--subset, --holdout\)"),
+    (["--batch_size", "800"], r"its 1,295 examples \(800 of them read.*make 1 gradient batch of 800 \(--batch_size\).*"
+                              r"at most 647\)"),
 ])
 def test_the_collinearity_command_refuses_a_split_of_one_gradient_batch_naming_the_option(options, said, capsys, tmp_path):
     """A --grad_batch_size (or --batch_size) that cut the measured split into a single batch gave cosines of 1
     everywhere behind a warning naming the API's batch_size=, and one larger than the split an error naming
-    batch_size= too, both after the brief training; now refused before it, naming the option."""
+    batch_size= too, both after the brief training; now refused before it, naming the option and the largest size
+    that makes 2 batches."""
     from _scripts import load_script
 
     script = load_script("recipes/diagnostics.py", "diagnostics_recipe")
@@ -102,3 +107,29 @@ def test_the_collinearity_command_refuses_a_split_of_one_gradient_batch_naming_t
     err = capsys.readouterr()
     assert re.search(said, str(e.value) + err.err), str(e.value) + err.err
     assert "training mlp from scratch" not in err.out  # refused before the training
+
+
+class _Trained(Exception):
+    """Raised in place of the brief training: the command got past its refusals."""
+
+
+@pytest.mark.parametrize("options", [
+    [], ["--split", "holdout"], ["--batches", "40", "--grad_batch_size", "32"],  # the defaults, the docs' example
+    ["--batch_size", "647"],  # the train loader's own batches (drop_last): 1,295 // 647 = 2
+    ["--split", "holdout", "--batch_size", "142"],  # the held-out loader's own: 142 and a last one of 1
+    ["--grad_batch_size", "640"], ["--split", "holdout", "--grad_batch_size", "71"],
+])
+def test_the_collinearity_command_takes_the_largest_batch_sizes_it_advises(options, tmp_path, monkeypatch):
+    """The refusal advised 'at most 400' for --batch_size 800 on digits' 1,295 TRAIN examples (and 'at most 71' for the
+    143 held-out ones) where 647 (and 142) make 2 batches: it halved the examples the too-large batches read, not the
+    split's. The sizes it advises now, and the defaults, are taken (the command goes on to train)."""
+    from _scripts import load_script
+
+    script = load_script("recipes/diagnostics.py", "diagnostics_recipe")
+
+    def trained(*_a, **_k):
+        raise _Trained
+
+    monkeypatch.setattr(script, "trained_model", trained)
+    with pytest.raises(_Trained):
+        script.main(["collinearity", *options, "--output_dir", str(tmp_path / "out")])

@@ -143,7 +143,8 @@ def has_accuracy(table: Table) -> bool:
 def fit_curve(table: Table, chance: Optional[float], samples: int,
               noise_floor: float = DEFAULT_NOISE_FLOOR) -> Dict[str, dict]:
     """Exponential fits of a knowledge curve's loss increase and accuracy drop over its middle: the
-    points above ``noise_floor`` (and, for accuracy, above 1.5 samples' worth), up to the first point
+    points above a floor (the loss increase's: ``noise_floor``, in nats; the accuracy drop's: 1.5 of the
+    ``samples`` it counted, its resolution, whatever ``noise_floor`` is), up to the first point
     where the accuracy has lost 90% of its way to ``chance`` (the collapse). A curve without
     accuracy gets the loss fit alone, over every point above the floor (no collapse to detect);
     so does the collapse where ``chance`` is None (an ``accuracy_fn`` of your own, no ``num_classes``)."""
@@ -157,7 +158,7 @@ def fit_curve(table: Table, chance: Optional[float], samples: int,
     drops = table["accuracy_drop"]
     collapse = next((i for i, d in enumerate(drops) if d >= 0.9 * span), len(drops))
     k = table["removed"]
-    acc_floor = max(noise_floor, 1.5 / max(samples, 1))
+    acc_floor = 1.5 / max(samples, 1)  # a fraction of the samples: a loss floor in nats is no measure of it
     body = [i < collapse and li > noise_floor for i, li in enumerate(table["loss_increase"])]
     body_acc = [i < collapse and d > acc_floor for i, d in enumerate(drops)]
     return {"loss_increase": {**fit_exponential(k, table["loss_increase"], body), "floor": noise_floor},
@@ -326,10 +327,9 @@ class KnowledgeCurve:
                 for edge in beyond:
                     ax.axvline(edge, color="C2", ls="--", lw=1)
                 if beyond:
-                    ax.plot([], [], color="C2", ls="--", lw=1, label="beyond the fitted range, the line stays within "
-                                                                   "×2 of the points up to here")
+                    ax.plot([], [], color="C2", ls="--", lw=1, label="line within ×2 beyond the fitted range, to here")
             elif f:
-                ax.text(0.5, 0.5, f"no exponential fit: {f.get('points', 0)} point(s) between the noise floor\n"
+                ax.text(0.5, 0.5, f"no exponential fit: {f.get('points', 0)} point(s) between its floor\n"
                         "and the collapse (3 needed); measure more points (--points)",
                         ha="center", va="center", transform=ax.transAxes, fontsize=8)
             ax.set_yscale("log")
