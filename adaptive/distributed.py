@@ -198,7 +198,7 @@ def agreed_call(check: Callable[[], Any]) -> Any:
 
 def refuse_differing(value: str, what: str) -> None:
     """Raise a ValueError on every process alike (:func:`raised_alike`) where the processes hold
-    different ``value``\ s of ``what`` (each process's named), found each on its own (the checkpoint
+    different values ``value`` of ``what`` (each process's named), found each on its own (the checkpoint
     a --resume names, found in a folder each process lists for itself); nothing on one process."""
     if not is_distributed():
         return
