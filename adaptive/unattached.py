@@ -25,7 +25,7 @@ _MASKED_BY = None  # connectome_optimizers._MASKED_BY, bound at the first check 
 # would have been warned of but had no gradient then): the check runs again only where an attach or detach
 # changed the registry, add_param_group the optimizer, or one of those weights has a gradient now
 _CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-# optimizer -> ids of the connectomes already warned about for it
+# optimizer -> the connectomes already warned about for it (weakly: a new one may take a dead one's id)
 _WARNED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _GENERATION = [0]
 
@@ -74,13 +74,13 @@ def _check(opt, args, kwargs) -> None:
     if not stepped:
         return
     try:
-        warned = _WARNED.setdefault(opt, set())
+        warned = _WARNED.setdefault(opt, weakref.WeakSet())
     except TypeError:
-        warned = set()
-    for cid, (conn, names) in stepped.items():
-        if cid in warned:
+        warned = weakref.WeakSet()
+    for conn, names in stepped.values():
+        if conn in warned:
             continue
-        warned.add(cid)
+        warned.add(conn)
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         attached = ", ".join(type(r()).__name__ for r in conn._optimizers if r() is not None)
         attached = (f"the Connectome is attached to {attached}" if attached else

@@ -1,5 +1,6 @@
 """An optimizer that steps a connectome's weights without being attached to it is warned of
 (adaptive/unattached.py): its moments and dense gradients revive pruned synapses silently otherwise."""
+import gc
 import warnings
 
 import pytest
@@ -127,3 +128,26 @@ def test_the_warning_says_so_where_the_optimizer_the_connectome_was_attached_to_
         model(torch.randn(2, 6)).sum().backward()
         opt.step()
     assert "attached to )" not in str(seen[0].message)
+
+
+def test_each_new_connectome_is_warned_of_though_it_may_take_a_dead_ones_id():
+    """Once per optimizer and connectome: a connectome built after another was dropped (CPython often gives
+    it the dead one's id) is warned of again, not taken for the one already warned about."""
+    model = torch.nn.Linear(6, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    other = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = 0
+    for _ in range(12):
+        conn = adaptive.Connectome(model)
+        conn.attach(opt)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            model(torch.randn(2, 6)).sum().backward()
+            other.step()
+            other.step()  # the same pair again: not warned twice
+            opt.zero_grad()
+        seen += sum("not attached" in str(x.message) for x in w)
+        conn.detach()
+        del conn
+        gc.collect()
+    assert seen == 12
