@@ -7,7 +7,8 @@ after a resume) gets none of that: its momentum or Adam's moments move pruned sy
 forward pass reads them, and a controller attached to the first optimizer no longer counts steps. Nothing
 fails. One global optimizer pre-step hook, installed at the first attach, sees every optimizer's step and
 warns, once per optimizer and connectome, where an optimizer holds weights that an attached connectome
-masks but is not one of that connectome's optimizers.
+masks but is not one of that connectome's optimizers and has a gradient to step it with (a weight
+without one, frozen or outside this loss, is left as it is by every torch optimizer).
 """
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from .warn import warn_user
 
 _HANDLE = None
-# optimizer -> (the mask registry's generation, its group sizes) when it was last checked: the check
-# runs again only where an attach or detach changed the registry, or add_param_group the optimizer
+_MASKED_BY = None  # connectome_optimizers._MASKED_BY, bound at the first check (that module imports this one)
+# optimizer -> ((the mask registry's generation, its group sizes) when it was last checked, the weights it
+# would have been warned of but had no gradient then): the check runs again only where an attach or detach
+# changed the registry, add_param_group the optimizer, or one of those weights has a gradient now
 _CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-# optimizer -> ids of the connectomes already warned about for it
+# optimizer -> the connectomes already warned about for it (weakly: a new one may take a dead one's id)
 _WARNED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _GENERATION = [0]
 
@@ -40,40 +43,51 @@ def registry_changed() -> None:
 
 
 def _check(opt, args, kwargs) -> None:
-    from .connectome_optimizers import _MASKED_BY  # (imported here: that module imports this one)
-
+    global _MASKED_BY
+    if _MASKED_BY is None:
+        from .connectome_optimizers import _MASKED_BY  # (not at import: that module imports this one)
     if not _MASKED_BY:
         return
     key = (_GENERATION[0], tuple(len(g["params"]) for g in opt.param_groups))
     try:
-        if _CHECKED.get(opt) == key:
-            return
-        _CHECKED[opt] = key
+        seen = _CHECKED.get(opt)
     except TypeError:  # an optimizer that cannot be weakly referenced: checked at every step
-        pass
+        seen = None
+    if seen is not None and seen[0] == key and all(p.grad is None for p in seen[1]):
+        return
     stepped: Dict[int, tuple] = {}  # id(connectome) -> (connectome, [names of the weights opt steps])
+    idle = []  # weights it would step unattached, but with no gradient yet: checked again once they have one
     for g in opt.param_groups:
         for p in g["params"]:
             entry = _MASKED_BY.get(id(p))
             conn = entry[1]() if entry is not None and entry[0]() is p else None
             if conn is None or any(r() is opt for r in conn._optimizers):
                 continue
+            if p.grad is None:
+                idle.append(p)
+                continue
             stepped.setdefault(id(conn), (conn, []))[1].extend(n for n, q in conn.params.items() if q is p)
+    try:
+        _CHECKED[opt] = (key, tuple(idle))
+    except TypeError:
+        pass
     if not stepped:
         return
     try:
-        warned = _WARNED.setdefault(opt, set())
+        warned = _WARNED.setdefault(opt, weakref.WeakSet())
     except TypeError:
-        warned = set()
-    for cid, (conn, names) in stepped.items():
-        if cid in warned:
+        warned = weakref.WeakSet()
+    for conn, names in stepped.values():
+        if conn in warned:
             continue
-        warned.add(cid)
+        warned.add(conn)
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         attached = ", ".join(type(r()).__name__ for r in conn._optimizers if r() is not None)
+        attached = (f"the Connectome is attached to {attached}" if attached else
+                    "the optimizer the Connectome was attached to is gone, but it still masks these weights")
         warn_user(
-            f"an optimizer this Connectome is not attached to ({type(opt).__name__}) steps its weights {shown} (the "
-            f"Connectome is attached to {attached}): that optimizer sees dense gradients and keeps its moments at pruned positions, so its "
+            f"an optimizer this Connectome is not attached to ({type(opt).__name__}) steps its weights {shown} "
+            f"({attached}): that optimizer sees dense gradients and keeps its moments at pruned positions, so its "
             "steps move pruned synapses off 0.0, and a Controller counts only the attached optimizer's steps. Attach it: "
             "conn.attach(optimizer) for a second optimizer (the Controller on the one stepped last), "
             "ctrl.attach(optimizer) for one that replaces the first; or conn.detach() to train densely on purpose")

@@ -1,5 +1,6 @@
 """An optimizer that steps a connectome's weights without being attached to it is warned of
 (adaptive/unattached.py): its moments and dense gradients revive pruned synapses silently otherwise."""
+import gc
 import warnings
 
 import pytest
@@ -86,3 +87,67 @@ def test_an_optimizer_after_detach_trains_densely_without_a_warning():
         warnings.simplefilter("error")
         model(torch.randn(2, 6)).sum().backward()
         other.step()
+
+
+def test_weights_without_a_gradient_in_an_unattached_optimizer_are_warned_of_only_once_they_have_one():
+    """Every torch optimizer leaves a weight with no gradient as it is (a frozen layer listed in a second
+    optimizer built from model.parameters()): no warning then, but one as soon as it gets a gradient."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    opt = torch.optim.SGD(model[2].parameters(), lr=0.1, momentum=0.9)
+    conn = adaptive.Connectome(model)
+    conn.attach(opt)
+    other = torch.optim.SGD(model[0].parameters(), lr=0.1, momentum=0.9)
+    model[0].requires_grad_(False)
+
+    def step():
+        F.cross_entropy(model(torch.randn(4, 6)), torch.randint(0, 3, (4,))).backward()
+        opt.step()
+        other.step()
+        opt.zero_grad()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            step()
+    model[0].requires_grad_(True)
+    with pytest.warns(UserWarning, match=r"not attached to \(SGD\) steps its weights 0.weight \(the Connectome is attached to SGD\)"):
+        step()
+
+
+def test_the_warning_says_so_where_the_optimizer_the_connectome_was_attached_to_is_gone():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    conn = adaptive.Connectome(model)
+    conn.attach(opt)
+    conn.set_masks({"weight": torch.rand(3, 6) < 0.5})
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)  # the first one is gone: nothing else refers to it
+    with pytest.warns(UserWarning, match=r"steps its weights weight \(the optimizer the Connectome was attached to is "
+                                         r"gone, but it still masks these weights\)") as seen:
+        model(torch.randn(2, 6)).sum().backward()
+        opt.step()
+    assert "attached to )" not in str(seen[0].message)
+
+
+def test_each_new_connectome_is_warned_of_though_it_may_take_a_dead_ones_id():
+    """Once per optimizer and connectome: a connectome built after another was dropped (CPython often gives
+    it the dead one's id) is warned of again, not taken for the one already warned about."""
+    model = torch.nn.Linear(6, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    other = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = 0
+    for _ in range(12):
+        conn = adaptive.Connectome(model)
+        conn.attach(opt)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            model(torch.randn(2, 6)).sum().backward()
+            other.step()
+            other.step()  # the same pair again: not warned twice
+            opt.zero_grad()
+        seen += sum("not attached" in str(x.message) for x in w)
+        conn.detach()
+        del conn
+        gc.collect()
+    assert seen == 12
