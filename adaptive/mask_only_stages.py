@@ -36,6 +36,28 @@ def _stage_state(fp, stage, step, since_best, conn, ctrl, result, last_eval, dat
             "wall_seconds": last_eval["wall_seconds"]}
 
 
+class _LineSearchLoss:
+    """The line search's held-out loss, the controller's ``holdout_loss``: the mean over ``batches``
+    (the held-out batches drawn for the update being verified) of ``loss_fn`` on ``model``, agreed by
+    every process; ValueError when it is NaN or inf (no line-search decision could be judged on it).
+    It holds only these (as the closure it was before the split did), so the controller the result
+    keeps holds no loader's pass (a DataLoader's iterator, its worker processes) and no checkpoint state."""
+
+    def __init__(self, model: nn.Module, loss_fn):
+        self.model, self.loss_fn = model, loss_fn
+        self.batches: List = []
+        self.reduction = None  # whether loss_fn takes reduction="sum": checked before the first backward pass
+
+    def __call__(self) -> float:
+        loss = _agreed(evaluate(self.model, self.batches, self.loss_fn, accuracy_fn=None,
+                                reduction=self.reduction)[0])[0]
+        if not math.isfinite(loss):  # every line-search decision would compare NaN: none could be judged
+            raise ValueError(f"the held-out loss of the line search is {loss} on {len(self.batches)} held-out batch(es): "
+                             "the held-out data (or the model on it) gives non-finite losses; check that data for "
+                             "NaN or inf, or pass verify_batches=0 to edit without a line search")
+        return loss
+
+
 @dataclass
 class _Stage:
     """The stage being run: its index, target ``label``, ``goal`` (synapses removed at its end; None:
@@ -61,11 +83,13 @@ class StageRun(StageBatchesMixin):
         self.conn, self.total = plan.conn, plan.total
         self.device = _model_device(model)  # batches follow the model: move it to a GPU first to run there
         self.holdout_iter = LoaderCycle(_shuffled(holdout_loader, s.seed))
-        self.verify_set: List = []
-        self.reduction = None  # whether loss_fn takes reduction="sum": checked before the first backward pass
+        # the line search's loss, the controller's holdout_loss: an object of its own, not a bound method,
+        # so the controller (kept by the result) keeps no StageRun, and with it no loader's pass
+        self.line_search = _LineSearchLoss(model, s.loss_fn)
+        self.verify_set: List = self.line_search.batches  # (the one list: filled in place at every update)
         self.ctrl = ctrl = Controller(
             self.conn, policy="crawl", estimator=s.estimator, update_every=s.window, edit_decay="constant",
-            holdout_loss=self.verify_loss if s.verify_batches > 0 else None, line_search_tries=s.line_search_tries,
+            holdout_loss=self.line_search if s.verify_batches > 0 else None, line_search_tries=s.line_search_tries,
             seed=s.seed, margin=s.margin,
         )
         self.policy = ctrl.policy
@@ -95,16 +119,19 @@ class StageRun(StageBatchesMixin):
         self.dense = None  # the dense network's held-out figures (a run not resumed)
         self.bar = None
 
+    @property
+    def reduction(self):
+        """Whether ``loss_fn`` takes ``reduction="sum"`` (None until the first training batch checks it,
+        before any backward pass); held by ``line_search`` (:class:`_LineSearchLoss`), which scores with it too."""
+        return self.line_search.reduction
+
+    @reduction.setter
+    def reduction(self, value) -> None:
+        self.line_search.reduction = value
+
     def verify_loss(self) -> float:
-        """The line search's held-out loss: the mean over the verification batches, agreed by every
-        process; ValueError when it is NaN or inf (no line-search decision could be judged on it)."""
-        loss = _agreed(evaluate(self.model, self.verify_set, self.s.loss_fn, accuracy_fn=None,
-                                reduction=self.reduction)[0])[0]
-        if not math.isfinite(loss):  # every line-search decision would compare NaN: none could be judged
-            raise ValueError(f"the held-out loss of the line search is {loss} on {len(self.verify_set)} held-out batch(es): "
-                             "the held-out data (or the model on it) gives non-finite losses; check that data for "
-                             "NaN or inf, or pass verify_batches=0 to edit without a line search")
-        return loss
+        """The line search's held-out loss (:class:`_LineSearchLoss`)."""
+        return self.line_search()
 
     def record(self, rec: dict) -> None:
         """Add history record ``rec``, with the CPU and wall seconds since the start (of the first

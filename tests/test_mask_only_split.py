@@ -52,3 +52,50 @@ def test_the_type_hints_of_every_mask_only_function_resolve():
                     checked.append(f"{module}.{getattr(fn, '__qualname__', name)}")
     assert {"mask_only.optimize_connectome", "mask_only_stages.StageRun.run", "mask_only_plan.plan_run",
             "mask_only_settings.check_settings"} <= set(checked)
+
+
+def test_the_result_of_a_line_searched_run_keeps_no_pass_of_the_train_loader_alive():
+    """Before the split the controller's line-search loss (``holdout_loss``) was a closure over the model,
+    the loss and the verification batches; after it, a bound method of the run, so the result's controller
+    kept the whole run alive: the train loader's pass in progress (a DataLoader's iterator, with its worker
+    processes), the held-out cycle and the checkpoint's state, for as long as the caller kept the result."""
+    import gc
+    import weakref
+
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    passes = []
+
+    class Tracked:  # a loader whose passes (iterators) can be watched
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __iter__(self):
+            it = iter(self.inner)
+
+            class Pass:
+                def __iter__(self):
+                    return self
+
+                def __next__(self):
+                    return next(it)
+
+            p = Pass()
+            passes.append(weakref.ref(p))
+            return p
+
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 6), torch.arange(32) % 2
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    res = mask_only.optimize_connectome(model, Tracked(DataLoader(TensorDataset(x, y), batch_size=8)),
+                                        DataLoader(TensorDataset(x, y), batch_size=8), 0.3, passes=1.5,
+                                        verify_batches=1, progress=False)
+    gc.collect()
+    assert len(passes) == 2 and res.controller.holdout_loss is not None
+    assert [p() for p in passes] == [None, None], "the result keeps a pass of the train loader alive"
+    assert isinstance(res.controller.holdout_loss(), float)  # the line search's loss still answers, as before
