@@ -5,9 +5,12 @@
     python recipes/diagnostics.py knowledge      [--model resnet20 --dataset cifar10 --weights FILE] [--log_x]
     python recipes/diagnostics.py progress RUN_DIR
 
-Every command takes --output_dir and --svg, and every one but progress (which reads a finished run)
+Every command takes --output_dir, --svg and --overwrite, and every one but progress (which reads a finished run)
 the data/model options (--dataset, --data-dir, --model, --weights, --batch_size, --seed); figures are PNG (plus SVG with --svg), tables CSV + Markdown,
-all written into --output_dir. Defaults run offline on scikit-learn's digits, in seconds (dense-gradients, which trains
+all written into --output_dir. A rerun with the same settings rewrites its files; one that would leave
+files of an earlier run of the command there (another --kind's figures, another --model's, SVGs) is
+refused, naming them, unless --overwrite, which deletes those (no other file) once the checks pass.
+Defaults run offline on scikit-learn's digits, in seconds (dense-gradients, which trains
 four nets by default, in a minute or two on a CPU).
 Orders, step sizes and anything selected are computed on a held-out part of TRAIN; the test split
 is only ever used to report. A pruned model (--weights of a run folder, with its connectome.safetensors
@@ -38,6 +41,7 @@ DEFAULT_ORDER_BATCHES = 20  # held-out batches of a gradient-based removal order
 from adaptive.diagnostics.table import Table  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.cli import ArgumentParser, error_lines, message_lines  # noqa: E402
+from recipes._diagnostics import folder  # noqa: E402
 
 
 # ---------------------------------------------------------------------- shared seams
@@ -194,7 +198,11 @@ def write_table(table: Table, out, name, title=None):
     print(f"\n{title or name}\n{table.to_markdown()}")
 
 
-def outdir(args):
+def outdir(args, model=None):
+    """--output_dir, made; a run that would leave an earlier run's files there beside its own is
+    refused first, unless --overwrite (:mod:`recipes._diagnostics.folder`; ``model``: the knowledge
+    figure's, where not --model)."""
+    folder.refuse_left_over(args, args.output_dir, model)
     os.makedirs(args.output_dir, exist_ok=True)
     return args.output_dir
 
@@ -236,7 +244,7 @@ def cmd_dense_gradients(args):
     rows = []
     for kind in kinds:
         for bn in norms:
-            tag = f"{kind}{'_bn' if bn else ''}"
+            tag = folder.dense_tag(kind, bn)
             model = nets[kind, bn]
             opt = make_optimizer("sgd", model, args.lr)
             train_loss = train_steps(model, seeded_train_loader(data, args.batch_size, args.seed), args.train_steps, opt, desc=f"train {tag}")
@@ -245,6 +253,7 @@ def cmd_dense_gradients(args):
             res.title = f"DenseCat {kind} ({args.activation}), depth {args.depth} x width {args.width}, " \
                         f"{'BatchNorm' if bn else 'no normalisation'}, {args.dataset}, after {args.train_steps} SGD steps\n" \
                         f"gradients on {args.dataset} TRAIN batches of {args.batch_size}, train mode"
+            folder.delete_left_over(args, out)  # (--overwrite; before the first write, once: then none is left)
             paths = res.plot(os.path.join(out, f"gradients_by_depth_{tag}.png"), svg=args.svg)
             write_table(res.table, out, f"gradients_by_depth_{tag}", f"{args.layer} |grad| by source depth ({tag})")
             ratio = res.ratio()
@@ -347,6 +356,7 @@ def cmd_collinearity(args):
     split = "TRAIN" if args.split == "train" else "holdout (from TRAIN)"
     source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
     title = f"{source}; gradients on {args.dataset} {split}, eval mode"
+    folder.delete_left_over(args, out)
     p1 = res.plot(os.path.join(out, "collinearity_vs_grad2.png"), svg=args.svg, title=title)
     p2 = res.plot(os.path.join(out, "sign_agreement_vs_grad2.png"), svg=args.svg, measure="sign_agreement", title=title)
     p3 = res.plot_summary(os.path.join(out, "collinearity_by_layer.png"), svg=args.svg, title=title)
@@ -406,8 +416,10 @@ def cmd_knowledge(args):
             curve = D.KnowledgeCurve.load(args.replot, noise_floor=args.noise_floor)
         except (FileNotFoundError, ValueError) as e:
             _refuse(f"--replot {args.replot}: {e}")
-        out = outdir(args)
-        paths = curve.plot(os.path.join(out, f"knowledge_{curve.meta.get('model', 'model')}.png"), svg=args.svg,
+        model = curve.meta.get("model", "model")
+        out = outdir(args, model)
+        folder.delete_left_over(args, out, model)
+        paths = curve.plot(os.path.join(out, folder.knowledge_figure(model)), svg=args.svg,
                            title=curve.meta.get("title", ""), log_x=args.log_x)
         curve.save(out)
         print(f"{curve.fit_table().to_markdown()}\nredrawn from {args.replot}: {_refit_note(curve, args.noise_floor)}; "
@@ -439,8 +451,9 @@ def cmd_knowledge(args):
                   + "".join("; " + c for c in curve.meta["caveats"]))
     curve.meta.update(model=args.model, dataset=args.dataset, seconds=time.time() - t0,
                       title=f"knowledge distribution of {source} on {args.dataset}")
+    folder.delete_left_over(args, out)
     curve.save(out)  # first: a figure that fails to draw must not lose the measured curve
-    paths = curve.plot(os.path.join(out, f"knowledge_{args.model}.png"), svg=args.svg, title=curve.meta["title"],
+    paths = curve.plot(os.path.join(out, folder.knowledge_figure(args.model)), svg=args.svg, title=curve.meta["title"],
                        log_x=args.log_x)
     print(f"\naccuracy of what remains\n{curve.table.to_markdown()}")
     print(f"\nexponential fits (log y = a + rate * removed)\n{curve.fit_table().to_markdown()}")
@@ -464,11 +477,13 @@ def cmd_progress(args):
         if os.path.isdir(os.path.join(out, name)):  # (the error named a temporary file of the atomic write)
             _refuse(f"{os.path.join(out, name)} is a folder, so the figure cannot be written there: move it away, "
                     "or give another --output_dir")
+    folder.refuse_left_over(args, out)  # (its own figures only: nothing of the run's)
     os.makedirs(out, exist_ok=True)
     from adaptive.plots import run_config, run_title
 
     cfg = run_config(args.run_dir)  # the run's model and dataset, not this command's --model/--dataset defaults
     title = run_title(cfg.get("model"), cfg.get("dataset"), args.run_dir, what="controller progress: ")
+    folder.delete_left_over(args, out)
     paths = prog.plot(os.path.join(out, "progress.png"), svg=args.svg, title=f"{title}\n{args.run_dir}")
     print(f"{len(prog.events)} events, {len(prog.metrics)} metric rows; removal axis from {prog.removed_source}; figure {paths[0]}")
 
@@ -480,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     o = output.add_argument_group("output")
     o.add_argument("--output_dir", "--output-dir", default=None, help="where figures and tables go (default: runs/diagnostics/COMMAND; for progress, the run folder; for knowledge --replot, DIR)")
     o.add_argument("--svg", action="store_true", help="also write SVG figures (default: PNG only)")
+    o.add_argument("--overwrite", action="store_true", help="delete the files an earlier run of this command left in "
+                   "--output_dir that this run does not write (another --kind's, --batchnorm's or --model's, "
+                   "--compare's, SVGs), just before its first write; never another file (default: such a run is "
+                   "refused before any work, naming them; a rerun with the same settings rewrites its files)")
     common = argparse.ArgumentParser(add_help=False, parents=[output])
     g = common.add_argument_group("data and model")
     g.add_argument("--dataset", default="digits", help="digits (offline), mnist, cifar10, imagenet, folder (--data-dir holds train/ and val/ or test/), fake")
@@ -643,11 +662,11 @@ def _missing_folders(path) -> list:
 def _remove_empty(folders) -> None:
     """Remove ``folders`` (deepest first) while each is an empty folder: only folders this command
     created, never one that holds anything."""
-    for folder in folders:
-        if not os.path.isdir(folder) or os.listdir(folder):
+    for made in folders:
+        if not os.path.isdir(made) or os.listdir(made):
             return
         try:
-            os.rmdir(folder)
+            os.rmdir(made)
         except OSError:
             return
 

@@ -432,7 +432,7 @@ def test_progress_takes_no_data_or_model_options_it_would_ignore(recipe, tmp_pat
 
     subs = next(a for a in recipe.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     options = {s for a in subs.choices["progress"]._actions for s in a.option_strings}
-    assert options == {"-h", "--help", "--total_synapses", "--output_dir", "--output-dir", "--svg"}
+    assert options == {"-h", "--help", "--total_synapses", "--output_dir", "--output-dir", "--svg", "--overwrite"}
     assert "--model" in {s for a in subs.choices["knowledge"]._actions for s in a.option_strings}
     run = tmp_path / "run"
     run.mkdir()
