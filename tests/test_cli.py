@@ -400,3 +400,23 @@ def test_a_launched_process_leaves_a_settings_error_line_to_the_first_process(mo
     with pytest.raises(SystemExit):  # without once= (recipes/prune_pretrained.py): every process writes it
         cli.run_cli(fail, "prog")
     assert capsys.readouterr().err == "prog: error: lr must be a finite number > 0, got -1.0\n"
+
+
+@pytest.mark.parametrize("code, status, printed", [("prog: error: --output_dir is empty", 2, True),
+                                                   ("something else", "something else", False),
+                                                   (0, 0, False), (3, 3, False)])
+def test_a_programs_own_error_line_exit_ends_with_status_2(monkeypatch, capsys, code, status, printed):
+    """recipes/diagnostics.py refused with SystemExit("recipes/diagnostics.py: error: ..."), which Python
+    ends with status 1, while every other refusal (and docs/training.md) says 2: run_cli prints such a
+    line once and ends with 2; any other SystemExit passes through as it was."""
+    import adaptive.cli as cli
+
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+
+    def main():
+        raise SystemExit(code)
+
+    with pytest.raises(SystemExit) as e:
+        cli.run_cli(main, "prog")
+    assert e.value.code == status
+    assert capsys.readouterr().err == (f"{code}\n" if printed else "")

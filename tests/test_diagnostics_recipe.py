@@ -523,3 +523,18 @@ def test_a_connectome_beside_weights_of_another_run_is_refused(recipe, tmp_path,
     recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path / "given"), "--weights", str(weights),
                  "--batches", "2", "--connectome", str(tmp_path / "run" / "connectome.safetensors")])
     assert re.search(r"--connectome prunes [\d,]+ weights that --weights holds nonzero", capsys.readouterr().out)
+
+
+def test_a_refusal_of_the_diagnostics_command_ends_with_status_2_and_one_line():
+    """Its own refusals (SystemExit with the error line) ended with status 1; a fixable problem ends
+    every recipe with status 2 (docs/training.md), as its argparse errors did."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    p = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "recipes" / "diagnostics.py"), "dense-gradients", "--output_dir", " "],
+                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                       timeout=CHILD_TIMEOUT)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr == "recipes/diagnostics.py: error: --output_dir is empty: give a folder, or leave it out " \
+                       "for the command's default\n"
