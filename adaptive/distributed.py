@@ -180,15 +180,17 @@ def agreed_error(own: Optional[BaseException], some_alone: bool = False) -> Opti
     return mark_raised_alike(error)
 
 
-def agreed_call(check: Callable[[], Any]) -> Any:
+def agreed_call(check: Callable[[], Any], some_alone: bool = False) -> Any:
     """``check()``'s result, its outcome agreed by every process (:func:`agreed_error`): an error it
     raises on any process is raised by all of them together. ``check`` must make no collective call
-    that a process failing before it would skip."""
+    that a process failing before it would skip. ``some_alone``: the main process does part of it
+    alone (a file only it writes): its failure is every process's error as it is, naming no process
+    (:func:`agreed_error`)."""
     try:
         result, own = check(), None
     except Exception as e:  # noqa: BLE001 - every process hears of any failure, and raises
         result, own = None, e
-    error = agreed_error(own)
+    error = agreed_error(own, some_alone=some_alone)
     if error is None:
         return result
     if error is own:

@@ -999,6 +999,41 @@ def test_one_bad_setting_under_two_processes_prints_one_error_line(tmp_path):
     assert r.returncode != 0 and out.count("recipes/adaptive.py: error: lr must be") == 1, out[-3000:]
 
 
+def test_a_setting_refused_after_prepare_under_two_processes_prints_one_error_line(tmp_path):
+    """A refusal found once the model and loaders were prepared (--warmup_steps beyond the run's steps,
+    which the epoch's length decides) was printed by each process of the launch."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    r = launch_two([SCRIPT, *TINY, "--max_steps", "null", "--epochs", "1", "--warmup_steps", "100000", "--output_dir",
+                    tmp_path / "run", "--figures", "false"], env=env, cwd=ROOT)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and out.count("recipes/adaptive.py: error:") == 1, out[-3000:]
+    assert out.count("warmup_steps (100000) exceeds the run's") == 1 and "[rank0]: Traceback" not in out, out[-3000:]
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_a_checkpoint_copy_one_process_cannot_read_stops_every_process_with_one_error(tmp_path):
+    """--resume where each process reads its own copy of the checkpoint (machines of their own) and process
+    1's optimizer.bin is damaged (the main process alone hashes the files): process 1 stopped loading it
+    while process 0 went on into training, its next collective. Every process now stops together, with
+    one line naming process 1 and its file."""
+    import shutil
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    short = [*TINY, "--max_steps", "6", "--checkpoint_every", "3", "--figures", "false"]
+    r = launch_two([SCRIPT, *short, "--output_dir", tmp_path / "p0" / "run"], env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    shutil.copytree(tmp_path / "p0", tmp_path / "p1")
+    damaged = find_checkpoint("latest", tmp_path / "p1" / "run") / "optimizer.bin"
+    damaged.write_bytes(b"not a checkpoint")
+    r = launch_two([ROOT / "tests" / "scripts" / "per_process_cwd.py", tmp_path / "p0", tmp_path / "p1", SCRIPT,
+                    *short, "--output_dir", "run", "--resume", "latest"], env=env, cwd=ROOT)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and out.count("recipes/adaptive.py: error:") == 1, out[-3000:]
+    assert f"error: process 1 of 2: checkpoint {damaged.parent} cannot be read (" in out, out[-3000:]
+    assert "process 0 of 2 found no such problem" in out and "resumed from" not in out, out[-3000:]
+    assert "Connection closed" not in out and "[rank0]: Traceback" not in out, out[-3000:]
+
+
 def test_nonzero_counts_live_weights_only_after_a_run_diverged(tmp_path):
     """nonzero counted NaN at pruned positions (a diverged run leaves NaN there) as nonzero: 50,432 of
     10,086 live synapses, and the closing line printed a negative count of zero weights."""

@@ -79,6 +79,7 @@ def test_process_group_helpers_on_two_processes(tmp_path):
                                   " is missing; process 0 of 2 found no such problem: every process must see the same "
                                   "files (a folder they all see, or the same copy on each) and run with the same "
                                   "settings", True]
+        assert rec["alone_call"] == ["PermissionError", "cannot write ./run/config.yaml", True]  # (agreed_call's)
         assert rec["agreed_all"] == ["ValueError", "lr must be > 0", True]  # alike everywhere: as on one process
         assert rec["agreed_none"] == ["returned", i]
         assert rec["differing"] == ["the processes found different checkpoints (process 0 of 2: step_0; process 1 of 2: "

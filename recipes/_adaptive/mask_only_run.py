@@ -6,7 +6,7 @@ import time
 
 from adaptive import mask_only_checkpoint as stage_checkpoint
 from adaptive.cli import mask_only_progress, progress_lines, show_progress
-from adaptive.distributed import gather_mask_hashes
+from adaptive.distributed import agreed_call, gather_mask_hashes
 from adaptive.training import TrainState, metric_row
 
 from .checks import _estimator
@@ -19,55 +19,30 @@ from .resume import _stage_precision_fix
 def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     """Mask-only connectome optimisation: the weights stay bit-exact, only the masks move. The run
     is recorded after every target in ``mask_only_checkpoint.pt``; ``--resume`` continues it."""
-    from adaptive.mask_only import count_synapses, loaded_state, optimize_connectome, resolve_target, stage_batches
+    from adaptive.mask_only import optimize_connectome
 
     ckpt = output_dir / MASK_ONLY_CHECKPOINT  # --resume was resolved to this run folder already
     if cfg.weights is None:
         accelerator.print("note: no --weights given, so the masks are learned on the network's random initial "
                           "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
     lock.acquire(cfg)
-    if stage_checkpoint.begin(ckpt, bool(cfg.resume)):  # (without --resume, only with --overwrite)
-        accelerator.print(f"--overwrite: the earlier run in {output_dir} is deleted once this run's settings are "
-                          f"accepted (at its first update); until then its {MASK_ONLY_CHECKPOINT} is kept")
     # an earlier run's checkpoint (set aside by begin) survives a run refused or stopped before its
     # first target, from here on: the setup below can fail or be interrupted too
     try:
+        # (each process looks for the checkpoint itself, the first moves it: agreed, as every step up to
+        # optimize_connectome, whose collectives are its own, is)
+        if agreed_call(lambda: stage_checkpoint.begin(ckpt, bool(cfg.resume))):  # (without --resume: --overwrite)
+            accelerator.print(f"--overwrite: the earlier run in {output_dir} is deleted once this run's settings are "
+                              f"accepted (at its first update); until then its {MASK_ONLY_CHECKPOINT} is kept")
         accelerator.wait_for_everyone()
 
-        # no DDP wrapper: no weight is trained; the controller reduces its statistics across processes
-        model = model.to(accelerator.device)
+        # (preparing data loaders makes no collective call; iterating them may)
         train_dl, test_dl = accelerator.prepare(loaders.train, loaders.test)
         # every process verifies edits on the same (whole, unsharded) held-out batches, so all make the
         # same decisions; optimize_connectome moves batches to the model's device
         holdout_dl = loaders.holdout
-        target = _target(cfg)
-        if len(train_dl) == 0:
-            raise ValueError(f"the train loader is empty ({len(loaders.datasets.train)} examples): lower --batch_size or --holdout")
-        # --max_steps counts training batches per target (each process's), else --epochs passes
-        passes = cfg.max_steps / len(train_dl) if cfg.max_steps else float(cfg.epochs)
-        passes = cfg.mask_only_kw.get("passes", passes)  # (kept by a resumed run recorded before the check)
-        synapses = count_synapses(model, cfg.include, cfg.exclude)  # (quietly: the connectome warns, below)
-        kw = dict(passes=passes, ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
-                  estimator=_estimator(cfg), window=cfg.update_every, edit_fraction=cfg.edit_fraction, seed=cfg.seed,
-                  progress=show_progress(cfg.progress) and accelerator.is_local_main_process, checkpoint=ckpt)
-        # held-out evaluations as in train mode: every --eval_every steps, else every epoch (in updates)
-        window = max(1, int(cfg.update_every or 1))
-        kw["eval_every"] = max(1, (cfg.eval_every or len(train_dl)) // window)
-        kw.update(cfg.mask_only_kw)  # (none of the keys above but the ones a resumed run kept: see _KW_KEPT)
-        # the batches each target reads: whole update windows, so maybe a few more than --max_steps or --epochs say
-        per_target = stage_batches(kw["passes"], len(train_dl), kw["window"])
-        # the window's source: a resumed run's recorded --mask_only_kw window overrides --update_every
-        source = "--mask_only_kw window" if "window" in cfg.mask_only_kw else "--update_every"
-        whole = ("a whole batch" if kw["window"] == 1
-                 else f"whole update windows of {kw['window']} ({source})")
-        rounded = f", rounded up to {whole}" if per_target > kw["passes"] * len(train_dl) + 1e-9 else ""
-        # a target of 0 is the dense network, with no stage of its own (check_targets accepted the target above)
-        reads = ("the dense network, scored on the held-out part with no training batch read"
-                 if resolve_target(target, synapses) == 0 else
-                 f"{per_target:,} batches per target ({kw['passes']:.3g} pass(es) of {len(train_dl)} batches{rounded})")
-        accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {synapses:,} synapses (of "
-                          f"{sum(p.numel() for p in model.parameters()):,} parameters), target {target}, {reads}, "
-                          f"estimator {cfg.estimator} -> {output_dir}")
+        model, kw, synapses, loaded = agreed_call(
+            lambda: _set_up(cfg, accelerator, model, loaders, train_dl, output_dir, ckpt))
         saved = []
 
         def save_config_once(record):  # the first record comes after optimize_connectome has checked its settings
@@ -84,11 +59,10 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
                 show(record)
 
         kw["callback"] = on_record
-        loaded = loaded_state(model)  # the weights as loaded, before the connectome: the final check's reference
         t0 = time.time()
         try:
             with accelerator.autocast():  # --mixed_precision: the passes run under autocast, weights stay exact
-                result = optimize_connectome(model, train_dl, holdout_dl, target, **kw)
+                result = optimize_connectome(model, train_dl, holdout_dl, _target(cfg), **kw)
         except stage_checkpoint.CheckpointMismatchError as e:  # the checkpoint path here is RUN/mask_only_checkpoint.pt
             raise e.with_fix(f"To continue it, give the run's settings with --resume (--config {output_dir / 'config.yaml'} "
                              f"holds them{_stage_precision_fix(e.problem)}); to start afresh, give another --output_dir (or --overwrite to replace that "
@@ -142,3 +116,45 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     _finish(accelerator, output_dir, summary, files)
     _end(accelerator)
     return RunResult(output_dir, model, conn, result.controller, state, summary, files)
+
+
+def _set_up(cfg, accelerator, model, loaders, train_dl, output_dir, ckpt) -> tuple:
+    """What :func:`adaptive.optimize_connectome` runs with: ``(model, kw, synapses, loaded)``, the model
+    on the process's device (no DDP wrapper: no weight is trained; the controller reduces its
+    statistics across processes), its keywords, its synapses and the weights as loaded (the final
+    check's reference), the start line printed. Its refusals (an empty train loader, a setting) are
+    every process's alike; its other failures (its own device's memory) may be one process's. No
+    collective: call it through :func:`adaptive.distributed.agreed_call`."""
+    from adaptive.mask_only import count_synapses, loaded_state, resolve_target, stage_batches
+
+    model = model.to(accelerator.device)
+    target = _target(cfg)
+    if len(train_dl) == 0:
+        raise ValueError(f"the train loader is empty ({len(loaders.datasets.train)} examples): lower --batch_size or --holdout")
+    # --max_steps counts training batches per target (each process's), else --epochs passes
+    passes = cfg.max_steps / len(train_dl) if cfg.max_steps else float(cfg.epochs)
+    passes = cfg.mask_only_kw.get("passes", passes)  # (kept by a resumed run recorded before the check)
+    synapses = count_synapses(model, cfg.include, cfg.exclude)  # (quietly: the connectome warns, below)
+    kw = dict(passes=passes, ensemble=cfg.ensemble, include=cfg.include, exclude=cfg.exclude,
+              estimator=_estimator(cfg), window=cfg.update_every, edit_fraction=cfg.edit_fraction, seed=cfg.seed,
+              progress=show_progress(cfg.progress) and accelerator.is_local_main_process, checkpoint=ckpt)
+    # held-out evaluations as in train mode: every --eval_every steps, else every epoch (in updates)
+    window = max(1, int(cfg.update_every or 1))
+    kw["eval_every"] = max(1, (cfg.eval_every or len(train_dl)) // window)
+    kw.update(cfg.mask_only_kw)  # (none of the keys above but the ones a resumed run kept: see _KW_KEPT)
+    # the batches each target reads: whole update windows, so maybe a few more than --max_steps or --epochs say
+    per_target = stage_batches(kw["passes"], len(train_dl), kw["window"])
+    # the window's source: a resumed run's recorded --mask_only_kw window overrides --update_every
+    source = "--mask_only_kw window" if "window" in cfg.mask_only_kw else "--update_every"
+    whole = ("a whole batch" if kw["window"] == 1
+             else f"whole update windows of {kw['window']} ({source})")
+    rounded = f", rounded up to {whole}" if per_target > kw["passes"] * len(train_dl) + 1e-9 else ""
+    # a target of 0 is the dense network, with no stage of its own (check_targets accepted the target above)
+    reads = ("the dense network, scored on the held-out part with no training batch read"
+             if resolve_target(target, synapses) == 0 else
+             f"{per_target:,} batches per target ({kw['passes']:.3g} pass(es) of {len(train_dl)} batches{rounded})")
+    accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {synapses:,} synapses (of "
+                      f"{sum(p.numel() for p in model.parameters()):,} parameters), target {target}, {reads}, "
+                      f"estimator {cfg.estimator} -> {output_dir}")
+    loaded = loaded_state(model)  # the weights as loaded, before the connectome: the final check's reference
+    return model, kw, synapses, loaded

@@ -75,6 +75,92 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
         lock.release()
 
 
+def _set_up(cfg: RunConfig, accelerator, model, optimizer, train_dl, loaders) -> tuple:
+    """What the training loop runs with, once ``model``, ``optimizer`` and ``train_dl`` are
+    prepared: ``(steps_per_epoch, total_steps, epochs, lr_scheduler, conn, ctrl, state)``, the
+    connectome, controller, train state and schedule registered for checkpointing. Its refusals (an
+    empty train loader, --warmup_steps beyond the run, a controller setting) are every process's
+    alike; its other failures (its own device's memory) may be one process's. No collective: call it
+    through :func:`adaptive.distributed.agreed_call`."""
+    accum = cfg.gradient_accumulation_steps
+    if len(train_dl) == 0:
+        raise ValueError(f"the train loader is empty ({len(loaders.datasets.train)} examples): lower --batch_size or --holdout")
+    # a step is an optimizer step, of `accum` batches; Accelerate also steps at the end of the loader
+    steps_per_epoch = math.ceil(len(train_dl) / accum)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    if cfg.warmup_steps > total_steps and cfg.resume:  # recorded before the check below: it continues as it ran
+        accelerator.print(f"warning: warmup_steps ({cfg.warmup_steps}) exceeds the run's {total_steps} steps, so the "
+                          "learning rate never reaches --lr; the resumed run was started so and continues so")
+    elif cfg.warmup_steps > total_steps:  # (--max_steps was checked while parsing)
+        per_epoch = (f"{steps_per_epoch} steps of {accum} batches (--gradient_accumulation_steps)" if accum > 1 else
+                     f"{steps_per_epoch} batches")
+        raise ValueError(f"warmup_steps ({cfg.warmup_steps}) exceeds the run's {total_steps} steps (--epochs "
+                         f"{cfg.epochs} x {per_epoch}), so the learning rate would never reach --lr: "
+                         f"give --warmup_steps {total_steps} or fewer")
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    lr_scheduler = lr_schedule(optimizer, total_steps, cfg.warmup_steps, cfg.lr_schedule, cfg.lr_milestones,
+                               cfg.lr_gamma)
+    conn = build_connectome(cfg, accelerator.unwrap_model(model))
+    # DDP averages gradients over every process's batch before the controller sees them
+    ctrl = build_controller(cfg, conn, optimizer, total_steps, num_processes=accelerator.num_processes,
+                            holdout_loss=_holdout_check(cfg, accelerator, model, loaders))
+    state = TrainState(processes=accelerator.num_processes, steps_per_epoch=steps_per_epoch, accumulation=accum)
+    state.silent_units = SilentUnits.from_connectome(conn)  # reads each step's gradients; no hook on the model
+    # The registration order is part of the checkpoint format: custom_checkpoint_0..3.
+    accelerator.register_for_checkpointing(conn, ctrl, state, lr_scheduler)
+    return steps_per_epoch, total_steps, epochs, lr_scheduler, conn, ctrl, state
+
+
+def _load_state_has_no_collective(accelerator) -> bool:
+    """Whether Accelerate's ``load_state`` reads each process's files with no collective call, as it
+    does for a DDP run (the recipe's): under FSDP, DeepSpeed or Megatron-LM it loads through the
+    process group, where a process that failed before another's collective would leave it waiting."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED,
+                                                DistributedType.MEGATRON_LM)
+
+
+def _resume(accelerator, resume_from: Path, state: TrainState, accum: int, steps_per_epoch: int) -> None:
+    """Load the checkpoint ``resume_from`` (verified by :func:`recipes._adaptive.resume._check_resumed_config`)
+    into the registered objects, and refuse one whose train state another accumulation, process count
+    or epoch length made. Each process reads its own copy of the files, so a failure may be one
+    process's: call it through :func:`adaptive.distributed.agreed_call` where
+    :func:`_load_state_has_no_collective`. Its one collective, ``load_checkpoint``'s gather of each
+    process's random-state file check, comes first and is reached by every process (before it, only a
+    stat of a file every process verified moments before, and a read whose every error it catches), so
+    the agreement's gather follows it on every process."""
+    from adaptive.integrity import CheckpointRefusedError
+
+    try:
+        load_checkpoint(accelerator, resume_from, verified=True)  # verified by _check_resumed_config
+    except CheckpointRefusedError:  # (adaptive.integrity's)
+        raise  # names the file and the run's other checkpoints
+    except Exception as e:  # a truncated or foreign file: name the folder, not a deserializer's internals
+        raise CheckpointError(
+            f"checkpoint {resume_from} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"resume from an earlier one (--resume {resume_from.parent}/step_N) or run without --resume") from e
+    if state.accumulation != accum:  # (a checkpoint without the run's config.yaml: checked only here)
+        raise CheckpointError(
+            f"--resume: {resume_from} was written by a run that accumulated {state.accumulation} batch(es) per "
+            f"optimizer step; this one accumulates {accum}, so the same step would read other batches and average "
+            f"another number of them. Resume with --gradient_accumulation_steps {state.accumulation}, or start a "
+            "new run")
+    if (state.processes, state.steps_per_epoch) != (accelerator.num_processes, steps_per_epoch):
+        raise CheckpointError(
+            f"--resume: {resume_from} was written by a run of {state.processes} process(es) with {state.steps_per_epoch} "
+            f"steps per epoch; this one has {accelerator.num_processes} with {steps_per_epoch}, so the same step would "
+            f"read other data and another global batch. Resume with `accelerate launch --num_processes "
+            f"{state.processes} ...` (and the run's data settings), or start a new run")
+
+
+def _save_config_copy(accelerator, cfg: RunConfig, output_dir: Path) -> Optional[dict]:
+    """Write the run's config.yaml (:func:`recipes._adaptive.folder._save_config`) and return what
+    every checkpoint carries of it, ``{CONFIG_COPY: bytes}`` (None but on the main process, which
+    writes them). No collective."""
+    _save_config(accelerator, cfg, output_dir)
+    return {CONFIG_COPY: (output_dir / "config.yaml").read_bytes()} if accelerator.is_main_process else None
+
 def _check_run_folder(cfg: RunConfig, accelerator, output_dir: Path, resume_from, from_launch: bool) -> None:
     """The checks of the run folder before the run takes it: a resume's recorded settings (and its
     checkpoint, verified by every process together first), the precision, an earlier run there.
@@ -118,58 +204,19 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     if cfg.mode == "mask_only":
         return _mask_only(cfg, accelerator, model, loaders, output_dir, lock)
 
-    optimizer = build_optimizer(cfg, model)
+    optimizer = agreed_call(lambda: build_optimizer(cfg, model))  # (a setting every process refuses alike)
+    # DDP's wrapper makes collectives of its own (it checks the shapes and broadcasts process 0's weights):
+    # not agreed; every step after it up to the first training step is (_set_up, _resume, _save_config)
     model, optimizer, train_dl, holdout_dl, test_dl = accelerator.prepare(
         model, optimizer, loaders.train, loaders.holdout, loaders.test)
     accum = cfg.gradient_accumulation_steps
-    if len(train_dl) == 0:
-        raise ValueError(f"the train loader is empty ({len(loaders.datasets.train)} examples): lower --batch_size or --holdout")
-    # a step is an optimizer step, of `accum` batches; Accelerate also steps at the end of the loader
-    steps_per_epoch = math.ceil(len(train_dl) / accum)
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    if cfg.warmup_steps > total_steps and cfg.resume:  # recorded before the check below: it continues as it ran
-        accelerator.print(f"warning: warmup_steps ({cfg.warmup_steps}) exceeds the run's {total_steps} steps, so the "
-                          "learning rate never reaches --lr; the resumed run was started so and continues so")
-    elif cfg.warmup_steps > total_steps:  # (--max_steps was checked while parsing)
-        per_epoch = (f"{steps_per_epoch} steps of {accum} batches (--gradient_accumulation_steps)" if accum > 1 else
-                     f"{steps_per_epoch} batches")
-        raise ValueError(f"warmup_steps ({cfg.warmup_steps}) exceeds the run's {total_steps} steps (--epochs "
-                         f"{cfg.epochs} x {per_epoch}), so the learning rate would never reach --lr: "
-                         f"give --warmup_steps {total_steps} or fewer")
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    lr_scheduler = lr_schedule(optimizer, total_steps, cfg.warmup_steps, cfg.lr_schedule, cfg.lr_milestones,
-                               cfg.lr_gamma)
-    conn = build_connectome(cfg, accelerator.unwrap_model(model))
-    # DDP averages gradients over every process's batch before the controller sees them
-    ctrl = build_controller(cfg, conn, optimizer, total_steps, num_processes=accelerator.num_processes,
-                            holdout_loss=_holdout_check(cfg, accelerator, model, loaders))
-    state = TrainState(processes=accelerator.num_processes, steps_per_epoch=steps_per_epoch, accumulation=accum)
-    state.silent_units = SilentUnits.from_connectome(conn)  # reads each step's gradients; no hook on the model
-    # The registration order is part of the checkpoint format: custom_checkpoint_0..3.
-    accelerator.register_for_checkpointing(conn, ctrl, state, lr_scheduler)
+    steps_per_epoch, total_steps, epochs, lr_scheduler, conn, ctrl, state = agreed_call(
+        lambda: _set_up(cfg, accelerator, model, optimizer, train_dl, loaders))
     if resume_from is not None:
-        from adaptive.integrity import CheckpointRefusedError
-
-        try:
-            load_checkpoint(accelerator, resume_from, verified=True)  # verified by _check_resumed_config
-        except CheckpointRefusedError:  # (adaptive.integrity's)
-            raise  # names the file and the run's other checkpoints
-        except Exception as e:  # a truncated or foreign file: name the folder, not a deserializer's internals
-            raise CheckpointError(
-                f"checkpoint {resume_from} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                f"resume from an earlier one (--resume {resume_from.parent}/step_N) or run without --resume") from e
-        if state.accumulation != accum:  # (a checkpoint without the run's config.yaml: checked only here)
-            raise CheckpointError(
-                f"--resume: {resume_from} was written by a run that accumulated {state.accumulation} batch(es) per "
-                f"optimizer step; this one accumulates {accum}, so the same step would read other batches and average "
-                f"another number of them. Resume with --gradient_accumulation_steps {state.accumulation}, or start a "
-                "new run")
-        if (state.processes, state.steps_per_epoch) != (accelerator.num_processes, steps_per_epoch):
-            raise CheckpointError(
-                f"--resume: {resume_from} was written by a run of {state.processes} process(es) with {state.steps_per_epoch} "
-                f"steps per epoch; this one has {accelerator.num_processes} with {steps_per_epoch}, so the same step would "
-                f"read other data and another global batch. Resume with `accelerate launch --num_processes "
-                f"{state.processes} ...` (and the run's data settings), or start a new run")
+        if _load_state_has_no_collective(accelerator):  # a copy of the checkpoint only one process fails to read
+            agreed_call(lambda: _resume(accelerator, resume_from, state, accum, steps_per_epoch))
+        else:  # (FSDP, DeepSpeed: Accelerate's load_state gathers: a failure on one process cannot be agreed after it)
+            _resume(accelerator, resume_from, state, accum, steps_per_epoch)
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
     resumed_at = state.step
     k = cfg.checkpoint_every
@@ -184,9 +231,10 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
             accelerator.print(f"warning: --checkpoint_every {k} is not shorter than the run's {total_steps} steps, so "
                               f"no checkpoint will be written before the end and a stopped run cannot be resumed{fix}")
     lock.acquire(cfg)
-    _save_config(accelerator, cfg, output_dir)  # only now: a refused command leaves an earlier run's config alone
-    # every checkpoint carries the settings it was made with (checked by a later --resume)
-    ckpt_files = {CONFIG_COPY: (output_dir / "config.yaml").read_bytes()} if main else None
+    # only now: a refused command leaves an earlier run's config alone; every checkpoint carries the settings
+    # it was made with (checked by a later --resume). The main process writes and reads it alone: its failure
+    # (a full disk) stops every process with its own error
+    ckpt_files = agreed_call(lambda: _save_config_copy(accelerator, cfg, output_dir), some_alone=True)
 
     accelerator.print(
         f"{cfg.model} on {cfg.dataset}: {conn.num_synapses():,} synapses, density {conn.density():.3f}, policy "

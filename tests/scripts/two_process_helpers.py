@@ -43,7 +43,7 @@ def main(out_dir):
 
     def outcome(check, **kw):
         try:
-            return ["returned", D.agreed_call(check)]
+            return ["returned", D.agreed_call(check, **kw)]
         except Exception as e:  # noqa: BLE001 - recorded for the test
             return [type(e).__name__, str(e), D.raised_alike(e)]
 
@@ -56,6 +56,13 @@ def main(out_dir):
     for who in (0, 1):
         e = D.agreed_error(damaged() if me == who else None, some_alone=True)
         record[f"alone_{who}"] = [type(e).__name__, str(e), D.raised_alike(e)]
+    # the same through agreed_call: a write only the main process makes fails there (its error as it is, everywhere)
+    def write_fails_on_rank_0():
+        if me == 0:
+            raise PermissionError("cannot write ./run/config.yaml")
+        return "nothing to write"
+
+    record["alone_call"] = outcome(write_fails_on_rank_0, some_alone=True)
     record["agreed_all"] = outcome(fails_alike)
     record["agreed_none"] = outcome(lambda: me)
     try:
