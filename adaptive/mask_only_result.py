@@ -36,6 +36,12 @@ class Snapshot:
     wall_seconds: float = 0.0
     selected_by: Optional[str] = None  # target "best": "holdout_acc" or "holdout_loss", the criterion that chose it
 
+    def __repr__(self) -> str:  # the masks as a count: printed whole they ran to megabytes
+        acc = "None" if self.holdout_acc is None else f"{self.holdout_acc:.4f}"
+        return (f"Snapshot(label={self.label!r}, removed={self.removed}, masks=<{len(self.masks)} layers>, "
+                f"holdout_loss={self.holdout_loss:.4f}, holdout_acc={acc}, step={self.step}, "
+                f"selected_by={self.selected_by!r})")
+
 
 @dataclass
 class MaskOnlyResult:
@@ -58,6 +64,11 @@ class MaskOnlyResult:
     resumed_seconds: float = 0.0
     # synapses absent from the start (a sparse network's weights of exactly 0.0; 0: a dense network)
     start_removed: int = 0
+
+    def __repr__(self) -> str:  # a summary: the masks, history and connectome printed whole ran to megabytes
+        snaps = ", ".join(repr(s) for s in self.snapshots.values())
+        return (f"MaskOnlyResult(snapshots=[{snaps}], history=<{len(self.history)} rows>, "
+                f"start_removed={self.start_removed}, conn=<{self.conn.num_synapses()} synapses>)")
 
     @property
     def events(self) -> List[dict]:

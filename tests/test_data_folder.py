@@ -200,3 +200,34 @@ def test_show_progress_defaults_to_a_bar_only_on_a_terminal(monkeypatch):
     assert not show_progress(None) and show_progress(True)
     monkeypatch.setenv("LOCAL_RANK", "1")  # one bar per machine under accelerate launch
     assert not show_progress(True)
+
+
+def test_an_empty_class_folder_is_named_before_a_class_count_it_inflates(tmp_path):
+    """A class folder with no image (a partial copy) is counted by its name alone, so the facts said one
+    class more than ImageFolder finds, and prune_pretrained's --num-classes check then told the user to
+    give that count (and weights of that many classes) instead of naming the empty folder. Now the facts
+    are unknown, and the recipe reaches the data's own error, which names the folder."""
+    import importlib.util
+
+    from adaptive.data import dataset_facts
+
+    _tree(tmp_path, ("train", "val"), n=1, size=8)
+    assert dataset_facts("folder", data_dir=str(tmp_path))[0] == 3
+    (tmp_path / "train" / "fox" / "sub").mkdir(parents=True)  # a folder inside counts as ImageFolder reads it
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "train" / "fox" / "sub" / "0.JPG")
+    (tmp_path / "val" / "fox").mkdir()
+    assert dataset_facts("folder", data_dir=str(tmp_path))[0] == 4
+    (tmp_path / "train" / "gnu").mkdir()
+    (tmp_path / "train" / "gnu" / "notes.txt").write_text("not an image")
+    assert dataset_facts("folder", data_dir=str(tmp_path)) is None
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "recipes" / "prune_pretrained.py"
+    spec = importlib.util.spec_from_file_location("pp_empty_class", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(DatasetNotFoundError, match=r"Found no valid file for the classes gnu"):
+        mod.main(["--model", "mlp", "--dataset", "folder", "--data-dir", str(tmp_path), "--num-classes", "4",
+                  "--dataset-kw", "image_size=8", "--dataset-kw", "resize=8", "--remove", "0.2",
+                  "--output_dir", str(tmp_path / "out"), "--threads", "1", "--no-progress"])
+    assert not (tmp_path / "out").exists()

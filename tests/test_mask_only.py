@@ -76,6 +76,16 @@ def test_weights_frozen_bit_exact_and_bn_untouched():
         assert changed_weights(r.conn) == 0
 
 
+def test_a_result_prints_as_a_summary_not_its_masks():
+    """print(res) in a notebook gave the dataclass repr: every layer's mask tensor, every history row and
+    the connectome (167,804 characters for MobileNetV3-Small at two targets)."""
+    r = run(tiny(), [0.3, 0.6])
+    text = repr(r)
+    assert len(text) < 600 and "tensor" not in text, text
+    assert "label='0.3', removed=" in text and "label='0.6'" in text and f"history=<{len(r.history)} rows>" in text
+    assert repr(r.snapshots["0.3"]).startswith("Snapshot(label='0.3', removed=") and "masks=<2 layers>" in text
+
+
 def test_changed_from_checks_every_tensor_against_the_weights_as_loaded():
     """The recipes' "surviving weights that differ from the original" figure compared against the
     connectome's own copy (conn.original): a corrupted copy printed 0 while the exported

@@ -198,6 +198,19 @@ def test_imagenet_config_parses():
     assert ns.dataset == "imagenet" and ns.num_classes == 1000
 
 
+def test_a_second_config_file_is_refused_not_dropped(tmp_path):
+    """argparse kept only the last --config, so the shipped ImageNet config followed by a file of one's own
+    overrides ran with the defaults' cifar10 and resnet20 in place of everything the first file set."""
+    mod = recipe()
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("holdout: 0.3\n")
+    shipped = str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml")
+    with pytest.raises(SystemExit, match=r"--config given 2 times \(.*imagenet_mobilenetv3_maskonly.yaml, "
+                                         r".*mine.yaml\): it reads one file"):
+        mod.parse_args(["--config", shipped, "--config", str(mine)])
+    assert mod.parse_args(["--config", str(mine)]).holdout == 0.3
+
+
 def test_step_option_builds_the_estimator_or_fails_clearly():
     from adaptive.utility.presence import Presence
 

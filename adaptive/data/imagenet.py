@@ -1,6 +1,7 @@
 """ImageNet, and any image folder with train/ and val/ (or test/), with torchvision's standard transforms."""
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -131,11 +132,36 @@ def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: 
 
 
 def _folder_facts(train_dir, image_size) -> tuple:
-    """(classes, in_shape) of an ImageFolder source from the names of its class folders alone (the
-    classes ImageFolder finds; the transforms crop every image to ``image_size``)."""
+    """(classes, in_shape) of an ImageFolder source from the names of its class folders (the
+    classes ImageFolder finds; the transforms crop every image to ``image_size``). A class folder
+    without an image makes the facts unknown (DatasetNotFoundError), so that building the dataset
+    names that folder, not a class count that the empty folder inflates."""
     from torchvision.datasets.folder import find_classes
 
-    return len(find_classes(str(train_dir))[0]), (3, int(image_size), int(image_size))
+    classes = find_classes(str(train_dir))[0]
+    empty = [c for c in classes if not _holds_an_image(os.path.join(str(train_dir), c))]
+    if empty:
+        raise DatasetNotFoundError(f"{train_dir}: no image in the class folder(s) {empty[:5]}")
+    return len(classes), (3, int(image_size), int(image_size))
+
+
+def _holds_an_image(folder: str) -> bool:
+    """Whether ``folder`` (or a folder inside it, links followed as ImageFolder follows them) holds a
+    file with one of ImageFolder's image extensions; it stops at the first one found."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    folders = [folder]
+    while folders:  # (os.walk would list each whole folder first: ImageNet's hold 1,300 images)
+        try:
+            with os.scandir(folders.pop()) as entries:
+                for e in entries:
+                    if e.is_dir():
+                        folders.append(e.path)
+                    elif e.name.lower().endswith(IMG_EXTENSIONS):
+                        return True
+        except OSError:  # unreadable, as os.walk skips it: ImageFolder's own scan reports what it finds
+            continue
+    return False
 
 
 def _imagenet_train(data_dir):

@@ -48,7 +48,8 @@ def parse_remove(values: List[str]):
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=DESCRIPTION, allow_abbrev=False)  # --remov is not --remove
-    p.add_argument("--config", help="YAML file of defaults (keys are the options below, with dashes or underscores)")
+    p.add_argument("--config", action="append", help="YAML file of defaults (keys are the options below, with dashes "
+                   "or underscores; one file)")
     p.add_argument("--plugins", nargs="+", action="extend", help=".py files or module names imported first: their "
                    "register_* calls add models, datasets or estimators that the other options can then name "
                    "(adaptive.plugins; repeatable, the values adding up)")

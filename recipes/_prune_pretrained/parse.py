@@ -20,6 +20,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(dotted_key_values(sys.argv[1:] if argv is None else argv,
                                                    ("model_kw", "dataset_kw", "estimator_kw")))
+    if len(args.config or []) > 1:  # (argparse kept the last one alone, dropping the others' settings unsaid)
+        raise SystemExit(f"recipes/prune_pretrained.py: error: --config given {len(args.config)} times "
+                         f"({', '.join(args.config)}): it reads one file; merge them into one, or give the other "
+                         "settings as options on the command line (they override the file's)")
+    args.config = (args.config or [None])[0]
     cfg = dict(DEFAULTS)
     loaded = {}
     if args.config:
