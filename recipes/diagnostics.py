@@ -237,6 +237,9 @@ def cmd_dense_gradients(args):
     kinds = ["mlp", "cnn"] if args.kind == "both" else [args.kind]
     norms = [False, True] if args.batchnorm == "both" else [args.batchnorm == "on"]
     _refuse_one_sample_batchnorm(args, kinds, norms)
+    if args.compare and args.holdout <= 0:  # (found by --compare's evaluation, once the figures were written)
+        _refuse("--compare reports each variant's held-out loss and accuracy, and --holdout 0 leaves no held-out "
+                "TRAIN data: use --holdout 0.1 (say), or drop --compare")
     nets_for = model_first(args, lambda k, shape: densecats(args, k, shape, kinds, norms))
     out = outdir(args)
     data = get_data(args)

@@ -113,3 +113,58 @@ def test_progress_deletes_only_its_own_figure_never_the_runs_files(recipe, tmp_p
     recipe.main(["progress", str(run), "--overwrite"])
     assert _names(run) == sorted(set(earlier) - {"progress.svg"})
     assert (run / "config.yaml").read_text() == "the run's"
+
+
+def test_a_knowledge_figure_in_a_folder_that_holds_no_knowledge_run_is_never_counted_or_deleted(recipe, tmp_path):
+    """A knowledge_resnet20.png in a folder without a knowledge_summary.json (docs/figures holds the
+    docs' copy) is no earlier run's figure: it was refused as one, and --overwrite deleted it."""
+    out = tmp_path / "figures"
+    out.mkdir()
+    (out / "knowledge_resnet20.png").write_text("the docs' figure")
+    recipe.main([*KNOWLEDGE, "--model", "mlp", "--output_dir", str(out)])  # not refused
+    recipe.main([*KNOWLEDGE, "--model", "mlp", "--output_dir", str(out), "--overwrite"])
+    assert (out / "knowledge_resnet20.png").read_text() == "the docs' figure"
+
+
+def test_only_the_figure_of_the_run_the_summary_records_is_an_earlier_runs(recipe, tmp_path, monkeypatch, capsys):
+    """Beside a run of mlp, a knowledge_lenet5.png the user put there (a registered model's name) is
+    not that run's figure: the refusal names only knowledge_mlp.png, and --overwrite deletes only it."""
+    out = tmp_path / "k"
+    recipe.main([*KNOWLEDGE, "--model", "mlp", "--output_dir", str(out)])
+    (out / "knowledge_lenet5.png").write_text("a copy the user keeps beside it")
+    with monkeypatch.context() as m:
+        _no_work(recipe, m)
+        with pytest.raises(SystemExit, match=r"does not write \(knowledge_mlp\.png\), which"):
+            recipe.main([*KNOWLEDGE, "--model", "lenet300", "--output_dir", str(out)])
+    capsys.readouterr()
+    recipe.main([*KNOWLEDGE, "--model", "lenet300", "--output_dir", str(out), "--overwrite"])
+    assert "deleted 1 file of an earlier knowledge run" in capsys.readouterr().out
+    assert (out / "knowledge_lenet5.png").read_text() == "a copy the user keeps beside it"
+    assert not (out / "knowledge_mlp.png").exists() and (out / "knowledge_lenet300.png").exists()
+
+
+def test_a_summary_recording_a_path_as_its_model_deletes_nothing_outside_the_folder(recipe, tmp_path):
+    out = tmp_path / "k"
+    recipe.main([*KNOWLEDGE, "--model", "mlp", "--output_dir", str(out)])
+    (out / "knowledge_sub").mkdir()
+    (out / "knowledge_sub" / "x.png").write_text("not the command's")
+    summary = json.loads((out / "knowledge_summary.json").read_text())
+    summary["meta"]["model"] = "sub/x"
+    (out / "knowledge_summary.json").write_text(json.dumps(summary))
+    recipe.main([*KNOWLEDGE, "--model", "mlp", "--output_dir", str(out), "--overwrite"])
+    assert (out / "knowledge_sub" / "x.png").read_text() == "not the command's"
+
+
+def test_compare_without_held_out_data_is_refused_before_overwrite_deletes_anything(recipe, tmp_path, monkeypatch):
+    """--compare --holdout 0 failed in --compare's evaluation, after --overwrite had deleted the
+    earlier run's files and the new figures were written: the earlier results lost, the new ones half."""
+    out = tmp_path / "dg"
+    recipe.main([*DENSE, "--kind", "cnn", "--output_dir", str(out)])
+    earlier = _names(out)
+    with monkeypatch.context() as m:
+        _no_work(recipe, m)
+        with pytest.raises(SystemExit, match=r"--compare reports each variant's held-out .*--holdout 0 leaves no "
+                                             r"held-out TRAIN data: use --holdout 0\.1"):
+            recipe.main([*DENSE, "--kind", "mlp", "--compare", "--compare_steps", "1", "--holdout", "0",
+                         "--output_dir", str(out), "--overwrite"])
+    assert _names(out) == earlier

@@ -46,35 +46,27 @@ def knowledge_figure(model: str) -> str:
 
 
 def _knowledge_figures(out: str) -> List[str]:
-    """The knowledge figures in ``out`` of any model the command can name: a registered model (a
-    prefix family's ``prefix:NAME`` too), the one knowledge_summary.json records, or ``model`` (a
-    --replot of a run that recorded none); a user's ``knowledge_notes.png`` is none of them."""
+    """The figure of the earlier knowledge run in ``out``: ``knowledge_MODEL.png`` (and ``.svg``) of
+    the model its knowledge_summary.json records (``model`` where it records none, as a --replot of
+    such a run names it), which every run writes beside its figure. Nothing where ``out`` holds no
+    summary: no knowledge run is there, and a ``knowledge_resnet20.png`` there is a copy (the docs'
+    figure in docs/figures) or the user's own. Only that run's figure is its: a name merely like one
+    (``knowledge_lenet5.png`` beside a run of resnet20, a user's figure or a copy) is never counted."""
     import json
 
-    from adaptive.models import available_models
-
-    plain = {m for m in available_models() if not m.endswith(":NAME")}
-    prefixes = tuple(m[:-len("NAME")] for m in available_models() if m.endswith(":NAME"))
-    named = {"model"}
+    summary = os.path.join(out, "knowledge_summary.json")
+    if not os.path.isfile(summary):
+        return []
+    model = "model"
     try:
-        with open(os.path.join(out, "knowledge_summary.json")) as f:
+        with open(summary) as f:
             recorded = json.load(f).get("meta", {}).get("model")
-        if isinstance(recorded, str):
-            named.add(recorded)
+        if isinstance(recorded, str) and recorded:
+            model = recorded
     except (OSError, ValueError, AttributeError):
         pass
-    try:
-        names = sorted(os.listdir(out))
-    except OSError:
-        return []
-    found = []
-    for n in names:
-        stem, ext = os.path.splitext(n)
-        model = stem[len("knowledge_"):]
-        if n.startswith("knowledge_") and ext in FIGURE and model and (
-                model in named or model.lower() in plain or model.startswith(prefixes)):
-            found.append(n)
-    return found
+    stem = os.path.splitext(knowledge_figure(model))[0]
+    return [stem + ext for ext in FIGURE if os.path.basename(stem + ext) == stem + ext]  # (no path from a summary)
 
 
 def files(args, out: str, model: str = None) -> Tuple[List[str], List[str]]:
