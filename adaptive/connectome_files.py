@@ -24,6 +24,27 @@ if TYPE_CHECKING:
     from .connectome import Connectome
 
 
+def _sort_metadata(path: os.PathLike) -> None:
+    """Rewrite a safetensors file's header with its metadata keys in sorted order, so that equal
+    connectomes give byte-identical files (safetensors writes them in a random, per-call order).
+
+    Only the JSON header changes; the tensors' offsets are relative to the data after it. The header
+    is rewritten in place, padded with spaces as safetensors pads it: the sorted header has the same
+    keys and values, so it has the same length (were it ever longer, the file is left as written: valid,
+    only unsorted)."""
+    import struct
+
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n).decode("utf-8"))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) <= n:
+            f.seek(8)
+            f.write(text + b" " * (n - len(text)))
+
+
 class ConnectomeFilesMixin:
     """Connectome files for :class:`~adaptive.connectome.Connectome`."""
 
@@ -69,6 +90,7 @@ class ConnectomeFilesMixin:
         meta["sha256"] = tensors_digest(tensors, meta)  # load verifies it: a damaged file is refused
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
+            _sort_metadata(tmp)
 
     @classmethod
     @torch.inference_mode(False)  # built inside torch.inference_mode(), its masks must still track edits

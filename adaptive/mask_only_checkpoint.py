@@ -473,6 +473,20 @@ def _same_estimator(saved: str, now: str) -> bool:
     return saved.endswith("()") and now.startswith(saved[:-1])
 
 
+# the fields of a loader's identity (:func:`adaptive.mask_only_data._data_identity`), as a mismatch names them
+_DATA_FIELDS = ("examples", "batches", "batch size")
+
+
+def _is_identity(x) -> bool:
+    """Whether ``x`` is a loader's identity: one value (a count, or None) per field of ``_DATA_FIELDS``."""
+    return isinstance(x, (list, tuple)) and len(x) == len(_DATA_FIELDS)
+
+
+def _known(x) -> str:
+    """A field of a loader's identity as a mismatch shows it (None: the loader could not tell)."""
+    return "not known (no len())" if x is None else repr(x)
+
+
 def _differences(saved: dict, now: dict, weights: Optional[Dict[str, torch.Tensor]] = None) -> List[str]:
     out = []
     for k in sorted(set(saved) | set(now)):
@@ -495,6 +509,10 @@ def _differences(saved: dict, now: dict, weights: Optional[Dict[str, torch.Tenso
                 and b.startswith(f"{a} code "):
             continue  # a lambda or local function recorded before its code was (by its shared name alone)
         if k == "estimator" and isinstance(a, str) and isinstance(b, str) and _same_estimator(a, b):
+            continue
+        if k in ("train_data", "holdout_data") and a != b and _is_identity(a) and _is_identity(b):
+            out.append(f"{k}: " + " and ".join(f"{name} (checkpoint {_known(x)}, this run {_known(y)})"
+                                               for name, x, y in zip(_DATA_FIELDS, a, b) if x != y))
             continue
         if a != b:
             out.append(f"{k}: checkpoint {a!r}, this run {b!r}{_same_name_hint(a, b)}" if k != "weights" else

@@ -16,7 +16,7 @@ from torch import nn
 from .counts import whole_number
 from .ensemble_rules import parse_rules
 from .mask_only_data import _check_loader, _model_device
-from .mask_only_targets import Target, _is_real, listed_targets
+from .mask_only_targets import Target, _is_real, check_targets, listed_targets
 from .metrics import AccuracyFn
 
 
@@ -138,16 +138,19 @@ def check_settings(model: nn.Module, train_loader, holdout_loader, target, *, pa
         if not (callable(fn) or (none_ok and fn is None)):
             raise ValueError(f"{what} must be a callable{' or None' if none_ok else ''}, got {fn!r}"
                              + (" (a loss: F.cross_entropy or nn.CrossEntropyLoss())" if what == "loss_fn" else ""))
-    n_train = _check_loader(train_loader, "train")
-    _check_loader(holdout_loader, "holdout")
-    if n_train == 0:
-        raise ValueError("the train loader needs a length (len(loader)) to schedule passes")
     nm = next((g.density for _, g in parse_rules(ensemble) if hasattr(g, "density")), None)
     if nm is not None:
         raise ValueError(
             f"ensemble {ensemble!r} fixes the density at {nm:g} in every group, so no removal target can be "
             "reached by removing and restoring synapses: use 'synapse', 'kernel', 'neuron' or 'block:RxC'"
         )
+    if ladder and len(targets) == 1 and isinstance(targets[0], str) and targets[0] == "best":
+        # a sparse start that already removes more than every rung is refused before a loader is asked for a batch
+        check_targets(model, targets, include=include, exclude=exclude, ensemble=ensemble, ladder=ladder)
+    n_train = _check_loader(train_loader, "train")
+    _check_loader(holdout_loader, "holdout")
+    if n_train == 0:
+        raise ValueError("the train loader needs a length (len(loader)) to schedule passes")
     return Settings(targets=targets, passes=passes, ensemble=ensemble, include=include, exclude=exclude,
                     estimator=estimator, window=window, edit_fraction=edit_fraction, approach=approach, margin=margin,
                     ladder=ladder, patience=patience, verify_batches=verify_batches,

@@ -188,22 +188,24 @@ class StageRun(StageBatchesMixin):
             passing = [r for r in plan.stages[self.first_stage:] if plan.climb or r[1] != plan.start.absent]
             self.bar = tqdm(total=plan.steps_per_stage * len(passing), desc="mask-only", unit="batch",
                             disable=not show_progress(s.progress), mininterval=2.0)
-            if plan.stages[0][0] == "best" and plan.saved is None:  # the dense network is the first candidate: removing nothing may be best
-                e = self.full_holdout(0, -1, "best", self.dense)
-                result.snapshots["best"] = Snapshot("best", e["removed"], {n: m.clone() for n, m in conn.masks.items()},
-                                                    e["holdout_loss"], e["holdout_acc"], 0, e["cpu_seconds"],
-                                                    e["wall_seconds"], _criterion(e["holdout_acc"]))
-            for stage, (label, removed_goal) in enumerate(plan.stages):
-                if stage < self.first_stage:
-                    continue
-                if removed_goal == plan.start.absent and not plan.climb:  # (the first stage, of a run not resumed: `dense` was scored above)
-                    self._keep_start(stage, label)
-                    continue
-                if self._run_stage(stage, label, removed_goal):
-                    break
-            if plan.climb:
-                conn.set_masks(result.snapshots["best"].masks)
-            self.bar.close()
+            try:  # closed however the run ends (a refusal, an interruption, an error in the user's loader)
+                if plan.stages[0][0] == "best" and plan.saved is None:  # the dense network is the first candidate: removing nothing may be best
+                    e = self.full_holdout(0, -1, "best", self.dense)
+                    result.snapshots["best"] = Snapshot("best", e["removed"], {n: m.clone() for n, m in conn.masks.items()},
+                                                        e["holdout_loss"], e["holdout_acc"], 0, e["cpu_seconds"],
+                                                        e["wall_seconds"], _criterion(e["holdout_acc"]))
+                for stage, (label, removed_goal) in enumerate(plan.stages):
+                    if stage < self.first_stage:
+                        continue
+                    if removed_goal == plan.start.absent and not plan.climb:  # (the first stage, of a run not resumed: `dense` was scored above)
+                        self._keep_start(stage, label)
+                        continue
+                    if self._run_stage(stage, label, removed_goal):
+                        break
+                if plan.climb:
+                    conn.set_masks(result.snapshots["best"].masks)
+            finally:
+                self.bar.close()
         if self.ctrl.nonfinite_windows:
             warn_user(f"{self.ctrl.nonfinite_windows} window(s) of {s.window} training batch(es) were left out for a NaN or "
                           "inf loss or gradient (none of it reached the estimator or the masks); check the data (NaN or "

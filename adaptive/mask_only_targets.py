@@ -119,12 +119,13 @@ def _resolve_targets(targets: list, total: int, start=None) -> List[Tuple[str, O
 
 
 def check_targets(model: nn.Module, target: Union[Target, Sequence[Target]], include=None, exclude=None,
-                  ensemble="synapse") -> None:
+                  ensemble="synapse", ladder: Optional[Sequence[float]] = None) -> None:
     """Refuse, with :func:`~adaptive.mask_only.optimize_connectome`'s error and before any data is read, the ``target``
     (one or several) it would refuse on ``model`` with ``include``/``exclude``/``ensemble``: a count
     of every prunable synapse or more (or a fraction rounding to one), "best" among others, two
     targets removing the same count, one removing fewer synapses than a sparse model has already
-    lost (ensembles whose weights are all exactly 0.0: :mod:`adaptive.mask_only_start`). Counts the
+    lost (ensembles whose weights are all exactly 0.0: :mod:`adaptive.mask_only_start`), and, given the
+    ``ladder`` (the run's), target "best" on such a model when every rung removes no more than it has lost. Counts the
     synapses without building a connectome (but where some weight is exactly 0.0), of the module a
     wrapper runs (``torch.compile``, DistributedDataParallel), as the connectome does (its names carry no
     ``_orig_mod.`` or ``module.``)."""
@@ -137,7 +138,10 @@ def check_targets(model: nn.Module, target: Union[Target, Sequence[Target]], inc
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             start = sparse_start(Connectome(model, ensemble=ensemble, include=include, exclude=exclude))
-    _resolve_targets(targets, sum(p.numel() for _, p in found.values()), start)
+    total = sum(p.numel() for _, p in found.values())
+    resolved = _resolve_targets(targets, total, start)
+    if ladder and start is not None and start.absent and resolved[0][1] is None:  # "best" climbs the ladder
+        rungs_above([float(f) for f in ladder], total, start)
 
 
 def count_synapses(model: nn.Module, include=None, exclude=None) -> int:
@@ -157,6 +161,18 @@ def listed_targets(target) -> list:
     return targets
 
 
+def rungs_above(ladder: List[float], total: int, start) -> List[float]:
+    """The rungs of ``ladder`` that remove more of ``total`` synapses than are absent at ``start`` (a
+    sparse :class:`~adaptive.mask_only_start.Start`): those target "best" climbs; ValueError if none does."""
+    rungs = [f for f in ladder if resolve_target(f, total) > start.absent]
+    if not rungs:
+        raise ValueError(f"target 'best': every rung of the ladder {ladder} removes no more than the {start.absent:,} "
+                         f"of {total:,} synapses ({start.absent / total:.1%}) already absent (weights exactly 0.0), "
+                         "so there is nothing to climb: give a ladder with fractions above "
+                         f"{start.absent / total:.6g}")
+    return rungs
+
+
 def stages_of(targets: list, total: int, start, ladder: List[float]) -> Tuple[List[Tuple[str, Optional[int]]], bool, List[float]]:
     """The stages of an optimisation of ``total`` synapses from ``start`` (a
     :class:`~adaptive.mask_only_start.Start`): ``(stages, climb, ladder)``, where ``stages`` are
@@ -167,13 +183,7 @@ def stages_of(targets: list, total: int, start, ladder: List[float]) -> Tuple[Li
     climb = resolved[0][1] is None and bool(ladder)  # "best" by climbing the ladder
     if climb and start.absent:  # a sparse start: the rungs above it, the start the first candidate (on a dense
         # network every rung climbs, as before: one that rounds to 0 removed keeps its stage)
-        rungs = [f for f in ladder if resolve_target(f, total) > start.absent]
-        if not rungs:
-            raise ValueError(f"target 'best': every rung of the ladder {ladder} removes no more than the {start.absent:,} "
-                             f"of {total:,} synapses ({start.absent / total:.1%}) already absent (weights exactly 0.0), "
-                             "so there is nothing to climb: give a ladder with fractions above "
-                             f"{start.absent / total:.6g}")
-        ladder = rungs
+        ladder = rungs_above(ladder, total, start)
     if climb:
         resolved = [("best", resolve_target(f, total)) for f in ladder]
     return resolved, climb, ladder

@@ -267,6 +267,31 @@ def test_mask_only_save_with_original_restores_bit_identical(tmp_path):
         adaptive.Connectome(mlp()).save(tmp_path / "x.safetensors", with_original=True)
 
 
+def test_equal_connectomes_save_byte_identical_files_whose_metadata_keys_are_sorted(tmp_path):
+    """safetensors wrote the metadata keys in a random order on each call: two runs with identical masks
+    wrote connectome.safetensors files that differed in bytes. A file so written still loads."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model = mlp()
+    conn = adaptive.Connectome(model, mode="mask_only", ensemble="2:4")
+    conn.set_masks({n: conn.granularity.select(torch.randn(m.shape)) for n, m in conn.masks.items()})
+    blobs = set()
+    for i in range(6):
+        conn.save(tmp_path / f"c{i}.safetensors", with_original=True)
+        blobs.add((tmp_path / f"c{i}.safetensors").read_bytes())
+    assert len(blobs) == 1
+    blob = blobs.pop()
+    (n,) = struct.unpack("<Q", blob[:8])
+    assert (8 + n) % 8 == 0  # the data still starts aligned
+    meta = json.loads(blob[8:8 + n])["__metadata__"]
+    assert list(meta) == sorted(meta)
+    assert adaptive.Connectome.load(tmp_path / "c0.safetensors", mlp()).mask_hash() == conn.mask_hash()
+    with safe_open(str(tmp_path / "c0.safetensors"), framework="pt") as f:  # as an earlier version wrote it
+        save_file({k: f.get_tensor(k) for k in f.keys()}, str(tmp_path / "old.safetensors"), metadata=f.metadata())
+    assert adaptive.Connectome.load(tmp_path / "old.safetensors", mlp()).mask_hash() == conn.mask_hash()
+
+
 def test_state_dict_round_trip():
     model = mlp()
     conn = adaptive.Connectome(model, ensemble="block:2x4", mode="mask_only")

@@ -1169,3 +1169,39 @@ def test_a_target_of_0_is_the_dense_network_scored_with_no_stage_of_its_own(tmp_
     assert resumed.snapshots["0"].holdout_loss == dense.holdout_loss
     for n, m in alone.snapshots["0.3"].masks.items():
         assert torch.equal(resumed.snapshots["0.3"].masks[n], m)
+
+
+class _CountedBar:
+    """A stand-in for tqdm that counts the bars opened and closed."""
+    opened = closed = 0
+
+    def __init__(self, *a, **kw):
+        type(self).opened += 1
+        self.total = kw.get("total", 0)
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        type(self).closed += 1
+
+
+def _stop(rec):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("how", ["loader", "interrupt"])
+def test_the_progress_bar_is_closed_when_the_run_ends_in_an_exception(monkeypatch, how):
+    """The bar was closed only when the run finished: an error in the user's loader or a KeyboardInterrupt left it open."""
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", type("Bar", (_CountedBar,), {}))
+    tr, ho = loaders()
+    kw = dict(callback=_stop) if how == "interrupt" else {}
+    with pytest.raises(_Interrupted if how == "loader" else KeyboardInterrupt):
+        optimize_connectome(tiny(), _BreakingLoader(tr, at=2) if how == "loader" else tr, ho, [0.3], passes=1.0,
+                            window=1, progress=True, **kw)
+    assert tqdm.auto.tqdm.opened == tqdm.auto.tqdm.closed == 1

@@ -84,9 +84,12 @@ def test_climb_resumes_and_does_not_rerun_finished_rungs(tmp_path):
     (dict(target=[0.2, 0.6]), "targets"),
     (dict(window=4), "window"),
     (dict(seed_model=1), "weights"),
-    (dict(data=dict(bs=12)), r"train_data: checkpoint \[96, 6, 16\], this run \[96, 8, 12\]"),
-    (dict(data=dict(n=80)), "train_data"),
-    (dict(data=dict(bs=17)), r"train_data: checkpoint \[96, 6, 16\], this run \[96, 6, 17\]"),  # same batch count
+    # each field of the data that differs named, with its two values
+    (dict(data=dict(bs=12)), r"train_data: batches \(checkpoint 6, this run 8\) and batch size \(checkpoint 16, "
+                             r"this run 12\)[;.]"),
+    (dict(data=dict(n=80)), r"train_data: examples \(checkpoint 96, this run 80\) and batches \(checkpoint 6, this run 5\)"
+                            r"[;.]"),
+    (dict(data=dict(bs=17)), r"train_data: batch size \(checkpoint 16, this run 17\)[;.]"),  # same batch count
     # settings that change which synapses an update edits: a resume with others would mix two runs
     (dict(seed=5), "seed: checkpoint 0, this run 5"),
     (dict(edit_fraction=0.9), "edit_fraction: checkpoint 0.3, this run 0.9"),
@@ -905,3 +908,14 @@ def test_a_lambdas_globals_count_by_the_attributes_it_reads_and_not_by_the_proce
     # a method read from a global (CFG.get) counts by the global: the dict's values
     assert callable_identity(run.from_dict).endswith(" (CFG, F)")
     assert callable_identity(run.from_dict) != callable_identity(other.from_dict)
+
+
+def test_a_data_mismatch_names_each_field_that_differs_and_says_which_are_not_known():
+    """A loader without a dataset showed `train_data: checkpoint [None, 8, None], this run [None, 6, None]`."""
+    from adaptive.mask_only_checkpoint import _differences
+
+    assert _differences({"train_data": [None, 8, None]}, {"train_data": [None, 6, None]}) == [
+        "train_data: batches (checkpoint 8, this run 6)"]
+    assert _differences({"holdout_data": [32, 2, 16]}, {"holdout_data": [None, 2, 16]}) == [
+        "holdout_data: examples (checkpoint 32, this run not known (no len()))"]
+    assert _differences({"train_data": [96, 6, 16]}, {"train_data": [96, 6, 16]}) == []

@@ -173,3 +173,37 @@ def test_two_processes_start_alike_warn_once_and_refuse_weights_that_differ_toge
     for rec in (a, b):
         assert "the weights differ between processes (process 0: 320 weights of exactly 0.0" in rec["differing"]
         assert "process 1: 576 weights of exactly 0.0, 576 synapses absent" in rec["differing"]
+
+
+class _NoReads:
+    """A loader with a length whose batches must not be read."""
+    dataset = list(range(64))
+    batch_size = 32
+
+    def __len__(self):
+        return 2
+
+    def __iter__(self):
+        raise AssertionError("a batch was read")
+
+
+class _Unsized:
+    """A holdout loader with no length: optimize_connectome asks it for its first batch."""
+    def __iter__(self):
+        raise AssertionError("a batch was read")
+
+
+def test_best_whose_every_rung_is_below_a_sparse_start_is_refused_before_any_data_is_read():
+    """It was refused only when the run was planned, after the holdout was asked for a batch (and, in the
+    recipe, after the data had loaded): check_targets did not get the ladder."""
+    m, _ = half_pruned(attached=False)
+    before = copy.deepcopy(m.state_dict())
+    with pytest.raises(ValueError, match="every rung of the ladder") as early:
+        check_targets(m, "best", ladder=[0.2, 0.4])
+    with pytest.raises(ValueError, match="every rung of the ladder") as run:
+        optimize_connectome(m, _NoReads(), _Unsized(), "best", ladder=[0.2, 0.4], progress=False)
+    assert str(early.value) == str(run.value)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    assert check_targets(m, "best", ladder=[0.2, 0.6]) is None and check_targets(m, "best", ladder=[]) is None
+    assert check_targets(m, "best") is None  # (without the ladder: as before)
+    assert check_targets(mlp(), "best", ladder=[0.2]) is None  # a dense start climbs every rung

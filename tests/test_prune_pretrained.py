@@ -1744,6 +1744,26 @@ def test_a_sparse_weights_file_starts_sparse_and_its_report_counts_what_it_remov
     assert "surviving weights that differ from the original: 0" in capsys.readouterr().out
 
 
+def test_best_on_a_sparse_weights_file_beyond_every_rung_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
+    """--remove best whose every --ladder rung removes no more than a sparse --weights file has already lost was
+    refused only by optimize_connectome, once the data had loaded: the early check did not get the ladder."""
+    torch.manual_seed(0)
+    m = build_model("resnet20", num_classes=10, in_shape=(3, 8, 8))
+    conn = adaptive.Connectome(m)
+    conn.set_masks({n: p.detach().abs() > p.detach().abs().flatten().median() for n, p in conn.params.items()})
+    path = tmp_path / "sparse.pt"
+    torch.save(conn.dense_state_dict(), path)
+
+    def no_data(*a, **kw):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(pp_run, "get_dataloaders", no_data)
+    with pytest.raises(ValueError, match=r"target 'best': every rung of the ladder \[0\.2, 0\.4\] removes no more "
+                                         r"than the .* already absent"):
+        recipe().main(args(path, tmp_path / "out", "--remove", "best", "--ladder", "0.2", "0.4"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_splits_note_of_a_run_whose_only_target_is_its_sparse_start_says_no_update_ran():
     """--remove at a sparse start's count runs no update (as 0 on a dense network): the note said the held-out
     part fed 'the line search of every update', and the empty panel said the target was the dense network."""

@@ -56,5 +56,5 @@ def _build(args, num_classes: int, in_shape) -> torch.nn.Module:
     _check_num_classes(args, num_classes)
     model = build_model_kw(args.model, args.model_kw, "--model-kw", num_classes=args.num_classes or num_classes,
                            in_shape=in_shape, weights=args.weights)
-    check_targets(model, args.remove, ensemble=args.ensemble)
+    check_targets(model, args.remove, ensemble=args.ensemble, ladder=args.ladder)
     return model
