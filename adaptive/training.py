@@ -618,7 +618,9 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     order); the connectome's restore keeps the loaded moments wherever a synapse is present, so
     the resumed run continues bit-exactly. ``optimizer`` is accepted for older callers and unused.
     This process's random states must be there and readable: Accelerate skips an unreadable file
-    with a log line, and the run would go on with other augmentation and dropout draws."""
+    with a log line, and the run would go on with other augmentation and dropout draws. Under several
+    processes every one refuses together (one gather), whatever the failure of its checks: one that
+    cannot stat or list its copy of the files raises an OSError naming it on every process."""
     from .integrity import CheckpointDamagedError, CheckpointRefusedError
 
     path = Path(path)
@@ -630,13 +632,18 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
                               num_processes=accelerator.num_processes, hash_files=accelerator.is_main_process)
         elif not rng.is_file():
             bad = (CheckpointDamagedError, _damaged(path, f"{rng.name} is missing"))
+        if not bad:
+            try:
+                torch.load(rng, weights_only=False)
+            except Exception as e:
+                bad = (CheckpointDamagedError, _damaged(path, f"{rng.name} cannot be read ({type(e).__name__})"))
     except CheckpointRefusedError as e:
         bad = (type(e), str(e))
-    if not bad:
-        try:
-            torch.load(rng, weights_only=False)
-        except Exception as e:
-            bad = (CheckpointDamagedError, _damaged(path, f"{rng.name} cannot be read ({type(e).__name__})"))
+    except Exception as e:  # (a folder this process cannot list or stat) every process still meets in the gather
+        if accelerator.num_processes == 1:  # below, not only the others while this one stops: one refusal for all
+            raise
+        bad = (OSError, f"process {accelerator.process_index} of {accelerator.num_processes} cannot read checkpoint "
+                        f"{path} ({type(e).__name__}: {e}): every process must be able to read its copy of it")
     if accelerator.num_processes > 1:  # every process refuses together, not only the one with the bad file
         from accelerate.utils import gather_object
 

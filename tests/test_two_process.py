@@ -118,3 +118,21 @@ def test_band_gradient_scaler_scales_alike_on_every_process(tmp_path):
     scale = torch.tensor([a["scales"][-1][k] for k in "012"], dtype=torch.float64)[band].view(5, 6)
     torch.testing.assert_close(torch.tensor(a["grad"], dtype=torch.float64), mean * scale, rtol=1e-5, atol=1e-7)
     assert a["grad"] == b["grad"]
+
+
+def test_a_checkpoint_one_process_cannot_stat_is_refused_by_every_process_alike(tmp_path):
+    """load_checkpoint through agreed_call (a --resume of recipes/adaptive.py) where process 1's stat of
+    its random-state file raised (PermissionError): it left before load_checkpoint's gather, so its
+    agreement's gather met process 0's gather of the random-state check, each read the other's words as
+    its own, and the run ended in unrelated errors and a collective's timeout, the PermissionError lost.
+    Both now meet in that gather and raise one error alike, naming process 1 and its file."""
+    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_load_checkpoint.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    r = launch_two([script, tmp_path], env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    recs = [json.loads((tmp_path / f"rank{i}.json").read_text())["outcome"] for i in range(2)]
+    assert recs[0] == recs[1], recs
+    kind, message, alike = recs[0]
+    assert kind == "OSError" and alike, recs
+    assert message.startswith(f"process 1 of 2 cannot read checkpoint {tmp_path / 'copy1' / 'step_3'} (PermissionError: ")
+    assert "random_states_1.pkl" in message and "every process must be able to read its copy" in message

@@ -127,9 +127,9 @@ def _resume(accelerator, resume_from: Path, state: TrainState, accum: int, steps
     or epoch length made. Each process reads its own copy of the files, so a failure may be one
     process's: call it through :func:`adaptive.distributed.agreed_call` where
     :func:`_load_state_has_no_collective`. Its one collective, ``load_checkpoint``'s gather of each
-    process's random-state file check, comes first and is reached by every process (before it, only a
-    stat of a file every process verified moments before, and a read whose every error it catches), so
-    the agreement's gather follows it on every process."""
+    process's random-state file check, comes first and is reached by every process (every error before
+    it, a stat or read of that file, is caught and gathered there), so the agreement's gather follows it
+    on every process."""
     from adaptive.integrity import CheckpointRefusedError
 
     try:
@@ -160,6 +160,7 @@ def _save_config_copy(accelerator, cfg: RunConfig, output_dir: Path) -> Optional
     writes them). No collective."""
     _save_config(accelerator, cfg, output_dir)
     return {CONFIG_COPY: (output_dir / "config.yaml").read_bytes()} if accelerator.is_main_process else None
+
 
 def _check_run_folder(cfg: RunConfig, accelerator, output_dir: Path, resume_from, from_launch: bool) -> None:
     """The checks of the run folder before the run takes it: a resume's recorded settings (and its
