@@ -198,19 +198,22 @@ def agreed_call(check: Callable[[], Any], some_alone: bool = False) -> Any:
     raise error from own
 
 
-def refuse_differing(value: str, what: str) -> None:
+_SAME_FILES = "every process must see the same files (a folder they all see, or the same copy on each)"
+
+
+def refuse_differing(value: str, what: str, fix: str = _SAME_FILES) -> None:
     """Raise a ValueError on every process alike (:func:`raised_alike`) where the processes hold
     different values ``value`` of ``what`` (each process's named), found each on its own (the checkpoint
-    a --resume names, found in a folder each process lists for itself); nothing on one process."""
+    a --resume names, found in a folder each process lists for itself; the sizes of the data each
+    loaded); nothing, and no collective, on one process. ``fix``: what to do, the message's end."""
     if not is_distributed():
         return
     every: list = [None] * dist.get_world_size()
     dist.all_gather_object(every, value)
     if len(set(every)) > 1:
         found = "; ".join(f"{_processes([r], len(every))}: {v}" for r, v in enumerate(every))
-        raise mark_raised_alike(ValueError(
-            f"the processes found different {what} ({found}), so they would not run alike: every process must see "
-            "the same files (a folder they all see, or the same copy on each)"))
+        raise mark_raised_alike(ValueError(f"the processes found different {what} ({found}), so they would not run "
+                                           f"alike: {fix}"))
 
 
 class MaskMismatchError(RuntimeError):

@@ -1034,6 +1034,35 @@ def test_a_checkpoint_copy_one_process_cannot_read_stops_every_process_with_one_
     assert "Connection closed" not in out and "[rank0]: Traceback" not in out, out[-3000:]
 
 
+def test_data_of_another_size_on_one_process_is_refused_by_every_process_before_training(tmp_path):
+    """A relative --data_dir that each process resolves in its own working directory (machines of their
+    own), where process 1's copy of MNIST is smaller: its train loader had fewer batches, so it ran
+    other steps than process 0 and the run died of a MaskMismatchError blaming the controller's seed
+    (or hung in a collective). Every process now stops before training, with one line naming each
+    process's split sizes and the fix, and the run folder is not made."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for folder, n in (("p0", 400), ("p1", 200)):  # a tiny stand-in for mnist.npz: the sizes are what counts
+        (tmp_path / folder / "data" / "mnist").mkdir(parents=True)
+        np.savez(tmp_path / folder / "data" / "mnist" / "mnist.npz", x_train=rng.integers(0, 256, (n, 28, 28), np.uint8),
+                 y_train=np.arange(n) % 10, x_test=rng.integers(0, 256, (100, 28, 28), np.uint8),
+                 y_test=np.arange(100) % 10)
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    r = launch_two([ROOT / "tests" / "scripts" / "per_process_cwd.py", tmp_path / "p0", tmp_path / "p1", SCRIPT, *TINY,
+                    "--dataset", "mnist", "--data_dir", "data", "--batch_size", "32", "--max_steps", "null",
+                    "--epochs", "1", "--update_every", "2", "--figures", "false", "--output_dir", tmp_path / "run"],
+                   env=env, cwd=ROOT)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and out.count("recipes/adaptive.py: error:") == 1, out[-3000:]
+    assert ("error: the processes found different sizes of the mnist data (process 0 of 2: train 360 examples in 6 "
+            "batch(es), holdout 40 examples in 1 batch(es), test 100 examples in 2 batch(es) per process; process 1 of 2: "
+            "train 180 examples in 3 batch(es)") in out, out[-3000:]
+    assert "the same --data_dir contents on every machine" in out, out[-3000:]
+    assert "MaskMismatchError" not in out and "[rank0]: Traceback" not in out, out[-3000:]
+    assert not (tmp_path / "run").exists()
+
+
 def test_nonzero_counts_live_weights_only_after_a_run_diverged(tmp_path):
     """nonzero counted NaN at pruned positions (a diverged run leaves NaN there) as nonzero: 50,432 of
     10,086 live synapses, and the closing line printed a negative count of zero weights."""

@@ -26,6 +26,28 @@ def get_dataloaders(cfg: RunConfig):
                             **cfg.dataset_kw)
 
 
+def _refuse_differing_splits(cfg: RunConfig, loaders, **batches) -> None:
+    """Refuse, on every process alike, data whose split sizes differ between the processes: each
+    loads its own copy (a --data_dir that is another folder, or holds other files, on each machine),
+    and one of other size runs another number of steps, evaluations and reductions, so the processes'
+    collectives stop matching (masks that differ, a hang). ``batches``: each split's loader as this
+    process reads it (``train=``, ``holdout=``, ``test=``; sharded by ``accelerator.prepare`` or whole),
+    its examples read from ``loaders.datasets``. One gather; none on one process
+    (:func:`adaptive.distributed.refuse_differing`)."""
+    from adaptive.distributed import is_distributed, refuse_differing
+
+    if not is_distributed():
+        return
+    sizes = ", ".join(f"{name} {len(getattr(loaders.datasets, name)):,} examples in {len(dl):,} batch(es)"
+                      for name, dl in batches.items())
+    folder = ("--data_dir" if cfg.data_dir is not None else
+              "data folder (--data_dir, else $ADAPTIVE_DATA or the default one, adaptive.paths.resolve_data_dir)")
+    refuse_differing(sizes + " per process", f"sizes of the {cfg.dataset} data",
+                     fix=f"every process must read the same data: the same {folder} contents on every machine (a folder "
+                         "they all see, or the same copy on each; a relative --data_dir is read from each process's "
+                         "working directory)")
+
+
 def build_model_for(cfg: RunConfig, num_classes: int, in_shape) -> torch.nn.Module:
     """``cfg``'s model (its --weights loaded) for data of ``num_classes`` classes and inputs
     ``in_shape``; in mask_only mode its target is checked against the model's synapses."""

@@ -9,6 +9,7 @@ from adaptive.cli import mask_only_progress, progress_lines, show_progress
 from adaptive.distributed import agreed_call, gather_mask_hashes
 from adaptive.training import TrainState, metric_row
 
+from .builders import _refuse_differing_splits
 from .checks import _estimator
 from .config import _target
 from .folder import MASK_ONLY_CHECKPOINT, _save_config
@@ -41,6 +42,9 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         # every process verifies edits on the same (whole, unsharded) held-out batches, so all make the
         # same decisions; optimize_connectome moves batches to the model's device
         holdout_dl = loaders.holdout
+        # each process loaded its own copy of the data: one of another size would stop matching the others'
+        # reductions inside optimize_connectome (one gather)
+        _refuse_differing_splits(cfg, loaders, train=train_dl, holdout=holdout_dl, test=test_dl)
         model, kw, synapses, loaded = agreed_call(
             lambda: _set_up(cfg, accelerator, model, loaders, train_dl, output_dir, ckpt))
         saved = []

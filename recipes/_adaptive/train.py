@@ -22,7 +22,7 @@ from adaptive.training import (
 )
 
 from .accumulation import _env_accumulation, _refuse_other_accumulation
-from .builders import (_holdout_check, build_connectome, build_controller, build_model_for, build_optimizer,
+from .builders import (_holdout_check, _refuse_differing_splits, build_connectome, build_controller, build_model_for, build_optimizer,
                        get_dataloaders)
 from .config import RunConfig
 from .folder import CONFIG_COPY, _INTERRUPT, CheckpointError, _broadcast_str, _RunLock, _save_config, \
@@ -210,6 +210,8 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     # not agreed; every step after it up to the first training step is (_set_up, _resume, _save_config)
     model, optimizer, train_dl, holdout_dl, test_dl = accelerator.prepare(
         model, optimizer, loaders.train, loaders.holdout, loaders.test)
+    # each process loaded its own copy of the data: one of another size would run other steps (one gather)
+    _refuse_differing_splits(cfg, loaders, train=train_dl, holdout=holdout_dl, test=test_dl)
     accum = cfg.gradient_accumulation_steps
     steps_per_epoch, total_steps, epochs, lr_scheduler, conn, ctrl, state = agreed_call(
         lambda: _set_up(cfg, accelerator, model, optimizer, train_dl, loaders))
