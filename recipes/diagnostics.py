@@ -387,10 +387,13 @@ def _refuse_one_batch(args, loader):
         largest = examples // 2 if loader.drop_last else examples - 1
     if n < 2:
         held = "" if read == examples else f" ({read:,} of them read, in whole --batch_size batches)"
-        more = "--subset, --holdout" if args.split == "holdout" else "--subset"
+        # more data: a larger --subset where one cuts TRAIN (without it, all of TRAIN is read already), a
+        # larger --holdout for the held-out part
+        more = [o for o, helps in (("--subset", args.subset is not None), ("--holdout", args.split == "holdout")) if helps]
+        more = f" or more data ({', '.join(more)})" if more else ""
         _refuse(f"--split {args.split}: its {examples:,} examples{held} make {n} gradient batch{'' if n == 1 else 'es'} "
                 f"of {size} ({option}), and collinearity compares the gradients of several batches (one agrees with "
-                f"itself everywhere): give a smaller {option} (at most {largest:,}) or more data ({more})")
+                f"itself everywhere): give a smaller {option} (at most {largest:,}){more}")
 
 
 # ---------------------------------------------------------------------- knowledge

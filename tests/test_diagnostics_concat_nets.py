@@ -86,10 +86,15 @@ def test_gradient_by_depth_of_a_generator_says_it_read_fewer_batches_than_asked(
 
 @pytest.mark.parametrize("options, said", [
     (["--grad_batch_size", "800"], r"--split train: its 1,295 examples \(1,280 of them read, in whole --batch_size "
-                                   r"batches\) make 1 gradient batch of 800 \(--grad_batch_size\).*at most 640\)"),
+                                   r"batches\) make 1 gradient batch of 800 \(--grad_batch_size\).*at most 640\)(?! or more)"),
     (["--grad_batch_size", "5000"], r"make 0 gradient batches of 5000 \(--grad_batch_size\).*at most 640"),
     (["--split", "holdout", "--batch_size", "200"], r"--split holdout: its 143 examples make 1 gradient batch of 200 "
-                                                    r"\(--batch_size\).*at most 142\) or more data \(--subset, --holdout\)"),
+                                                    r"\(--batch_size\).*at most 142\) or more data \(--holdout\)"),
+    # more data: --subset only where one cuts TRAIN (without it, all of TRAIN is read already)
+    (["--subset", "500", "--grad_batch_size", "400"], r"make 0 gradient batches of 400 \(--grad_batch_size\).*at most "
+                                                      r"[\d,]+\) or more data \(--subset\)"),
+    (["--split", "holdout", "--subset", "500", "--batch_size", "60"], r"--split holdout: its 50 examples make 1 "
+                                                                      r".*or more data \(--subset, --holdout\)"),
     (["--batch_size", "800"], r"its 1,295 examples \(800 of them read.*make 1 gradient batch of 800 \(--batch_size\).*"
                               r"at most 647\)"),
 ])

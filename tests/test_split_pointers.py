@@ -75,3 +75,26 @@ def test_the_check_sees_a_pointer_at_a_name_that_moved():
 
     assert not _resolves(shrink, "_uneven_groups")  # (it lives in graphs.compact_plan)
     assert _resolves(shrink, "graphs.compact_plan._uneven_groups") and _resolves(shrink, "FoldedConv")
+
+
+DIAGNOSTICS = ["adaptive.diagnostics"] + [f"adaptive.diagnostics.{p.stem}" for p in
+                                          sorted((ROOT / "adaptive" / "diagnostics").glob("*.py")) if p.stem != "__init__"]
+
+
+def _field(module, ref: str) -> bool:
+    """A dataclass field without a class-level default (``Class.field``), which hasattr does not see."""
+    cls, _, name = ref.rpartition(".")
+    holder = getattr(module, cls, None)
+    return isinstance(holder, type) and name in getattr(holder, "__dataclass_fields__", {})
+
+
+@pytest.mark.parametrize("name", DIAGNOSTICS)
+def test_the_docstring_pointers_of_the_diagnostics_modules_name_where_the_name_lives(name):
+    """adaptive/diagnostics' modules pointed at BandGradientScaler and gradient_by_depth by their bare
+    names from modules that do not hold them (gradient_depth.py cannot import band_scaling.py, which
+    imports it): every pointer names its own module's definition or the module where it lives."""
+    module = importlib.import_module(name)
+    src = Path(module.__file__).read_text()
+    lost = sorted({m.group(1) for doc in _docstrings(src) for m in REF.finditer(doc)
+                   if not _resolves(module, m.group(1)) and not _field(module, m.group(1))})
+    assert not lost, f"{name}'s docstrings point at names it does not hold: {lost} (give their module)"

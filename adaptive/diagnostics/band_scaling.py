@@ -91,13 +91,13 @@ class BandGradientScaler:
     latest forward, so run one backward per forward of ``model`` (a backward over two forwards is
     refused, as is a forward calling the layer another number of times than its depths have rows).
     A call under ``torch.no_grad()`` contributes nothing, and its bands no running size. Depths
-    given once for such a layer serve every call (with a warning), as for :func:`gradient_by_depth`.
+    given once for such a layer serve every call (with a warning), as for :func:`~adaptive.diagnostics.gradient_by_depth`.
     While a diagnostic takes gradients of the model (inside
     :func:`~adaptive.diagnostics._common.scalers_suspended` ``(model)``) the hooks on its weights do
     nothing: no scaling, no state update; a scaler on another model's weights keeps working. A layer (of
     several bands) whose weight another module holds too and the forward runs (an Embedding tied to a head) is refused at its
     backward (:class:`~adaptive.diagnostics._shared_calls.TiedWeightError`, before its running sizes move), as
-    :func:`gradient_by_depth` refuses it: that module's part of the gradient has no depth of the layer's inputs.
+    :func:`~adaptive.diagnostics.gradient_by_depth` refuses it: that module's part of the gradient has no depth of the layer's inputs.
     A NaN or
     inf gradient entry takes no part in the running state (it passes through, scaled). Call
     :meth:`remove` to take the hooks off.

@@ -233,7 +233,7 @@ def collinearity(
     :class:`adaptive.Connectome`: on a DDP/DataParallel/compiled wrapper ``module.NAME`` and ``module.*`` read as
     ``NAME`` and ``*``, and a pattern matching no prunable layer is refused); a layer the loss does not reach in any batch (an unused head) has no
     gradient to measure and is left out with a warning (a ValueError when none is reached). Leaves ``.grad``, the parameters and the buffers (BatchNorm
-    running statistics, even in train mode) untouched; an attached :class:`BandGradientScaler`
+    running statistics, even in train mode) untouched; an attached :class:`~adaptive.diagnostics.BandGradientScaler`
     neither scales the gradients measured nor updates its state. A frozen layer
     (``requires_grad=False``) is measured too: its weight requires grad for the measurement and gets
     its flag back afterwards; a call under ``torch.no_grad()`` or ``torch.inference_mode()`` measures

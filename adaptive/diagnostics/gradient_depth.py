@@ -53,8 +53,9 @@ def resolve_call_depths(model: nn.Module, layer: str, depths=None, example=None,
     per call, see :func:`traced_call_depths`), asked under ``layer`` and then under the module's other
     names (one held under several, ``self.out = self.head``: the model may know it by any of them).
     Errors as :func:`resolve_depths`. ``traces``: a dict kept by a caller that asks for many layers of
-    one model and ``example`` (:class:`BandGradientScaler` on a DenseNet): the model is traced once
-    into it and every later layer reads that graph (see :func:`traced_call_depths`)."""
+    one model and ``example`` (:class:`adaptive.diagnostics.BandGradientScaler` on a DenseNet): the
+    model is traced once into it and every later layer reads that graph (see
+    :func:`traced_call_depths`)."""
     if depths is not None:
         d = torch.as_tensor(depths, dtype=torch.long).cpu()
         return list(d) if d.dim() == 2 else [d.reshape(-1)]
@@ -385,7 +386,7 @@ def gradient_by_depth(
     map may take one per channel), else ``model.input_depths(layer)``, else :mod:`graphs` tracing (see
     :func:`resolve_depths`). Only the weight's gradient is computed (``torch.autograd.grad``): the
     model's ``.grad`` fields, parameters and buffers (BatchNorm running statistics, which train mode
-    would otherwise update) are left untouched, and an attached :class:`BandGradientScaler` neither
+    would otherwise update) are left untouched, and an attached :class:`~adaptive.diagnostics.BandGradientScaler` neither
     scales the gradients measured nor updates its state (:func:`scalers_suspended`). A frozen
     ``layer`` (``requires_grad=False``) is measured too: its weight requires grad for the measurement
     and gets its flag back afterwards; a call under ``torch.no_grad()`` or ``torch.inference_mode()``
