@@ -482,9 +482,14 @@ def _is_identity(x) -> bool:
     return isinstance(x, (list, tuple)) and len(x) == len(_DATA_FIELDS)
 
 
-def _known(x) -> str:
-    """A field of a loader's identity as a mismatch shows it (None: the loader could not tell)."""
-    return "not known (no len())" if x is None else repr(x)
+# why a loader could not tell each field (:func:`adaptive.mask_only_data._data_identity`)
+_UNKNOWN = {"examples": "not known (no .dataset with a len())", "batches": "not known (no len())",
+            "batch size": "not known (no .batch_size)"}
+
+
+def _known(x, name: str) -> str:
+    """Field ``name`` of a loader's identity as a mismatch shows it (None: the loader could not tell, and why)."""
+    return _UNKNOWN[name] if x is None else repr(x)
 
 
 def _differences(saved: dict, now: dict, weights: Optional[Dict[str, torch.Tensor]] = None) -> List[str]:
@@ -511,7 +516,7 @@ def _differences(saved: dict, now: dict, weights: Optional[Dict[str, torch.Tenso
         if k == "estimator" and isinstance(a, str) and isinstance(b, str) and _same_estimator(a, b):
             continue
         if k in ("train_data", "holdout_data") and a != b and _is_identity(a) and _is_identity(b):
-            out.append(f"{k}: " + " and ".join(f"{name} (checkpoint {_known(x)}, this run {_known(y)})"
+            out.append(f"{k}: " + " and ".join(f"{name} (checkpoint {_known(x, name)}, this run {_known(y, name)})"
                                                for name, x, y in zip(_DATA_FIELDS, a, b) if x != y))
             continue
         if a != b:

@@ -917,5 +917,20 @@ def test_a_data_mismatch_names_each_field_that_differs_and_says_which_are_not_kn
     assert _differences({"train_data": [None, 8, None]}, {"train_data": [None, 6, None]}) == [
         "train_data: batches (checkpoint 8, this run 6)"]
     assert _differences({"holdout_data": [32, 2, 16]}, {"holdout_data": [None, 2, 16]}) == [
-        "holdout_data: examples (checkpoint 32, this run not known (no len()))"]
+        "holdout_data: examples (checkpoint 32, this run not known (no .dataset with a len()))"]
     assert _differences({"train_data": [96, 6, 16]}, {"train_data": [96, 6, 16]}) == []
+
+
+def test_a_loader_without_a_batch_size_is_said_to_lack_one_not_a_length():
+    """A DataLoader given a batch_sampler has a length but no batch_size: the mismatch said its batch size was
+    `not known (no len())`."""
+    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+
+    from adaptive.mask_only_checkpoint import _differences
+    from adaptive.mask_only_data import _data_identity
+
+    data = list(range(96))
+    now = _data_identity(DataLoader(data, batch_sampler=BatchSampler(SequentialSampler(data), 16, False)))
+    assert now == [96, 6, None]
+    assert _differences({"train_data": [96, 6, 16]}, {"train_data": now}) == [
+        "train_data: batch size (checkpoint 16, this run not known (no .batch_size))"]
