@@ -231,3 +231,32 @@ def test_an_empty_class_folder_is_named_before_a_class_count_it_inflates(tmp_pat
                   "--dataset-kw", "image_size=8", "--dataset-kw", "resize=8", "--remove", "0.2",
                   "--output_dir", str(tmp_path / "out"), "--threads", "1", "--no-progress"])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_class_folder_whose_links_loop_is_looked_through_once(tmp_path, monkeypatch):
+    """The empty-folder check followed links with no record of where it had been: a class folder holding
+    two links back to itself and no image was walked along every path of links (2^40 of them before the
+    kernel's link limit), a hang; now each real folder is looked in once. An entry that cannot be read
+    no longer hides the rest of its folder."""
+    import os
+
+    from adaptive.data.imagenet import _holds_an_image
+
+    loop = tmp_path / "train" / "gnu"
+    loop.mkdir(parents=True)
+    (loop / "a").symlink_to(loop, target_is_directory=True)
+    (loop / "b").symlink_to(loop, target_is_directory=True)
+    scans = []
+    real_scandir = os.scandir
+
+    def counted(path):
+        scans.append(path)
+        if len(scans) > 100:
+            raise AssertionError("the check walks the link loop round and round")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counted)
+    assert not _holds_an_image(str(loop)) and len(scans) == 1
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(loop / "0.png")
+    scans.clear()
+    assert _holds_an_image(str(loop))

@@ -147,15 +147,25 @@ def _folder_facts(train_dir, image_size) -> tuple:
 
 def _holds_an_image(folder: str) -> bool:
     """Whether ``folder`` (or a folder inside it, links followed as ImageFolder follows them) holds a
-    file with one of ImageFolder's image extensions; it stops at the first one found."""
+    file with one of ImageFolder's image extensions; it stops at the first one found, and looks in
+    each real folder once (links that loop back are not followed round)."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    folders = [folder]
+    folders, seen = [folder], set()
     while folders:  # (os.walk would list each whole folder first: ImageNet's hold 1,300 images)
+        here = folders.pop()
+        real = os.path.realpath(here)
+        if real in seen:  # a link back to a folder already looked in (a loop): nothing new there
+            continue
+        seen.add(real)
         try:
-            with os.scandir(folders.pop()) as entries:
+            with os.scandir(here) as entries:
                 for e in entries:
-                    if e.is_dir():
+                    try:
+                        is_dir = e.is_dir()
+                    except OSError:  # this entry unreadable: the others may still hold an image
+                        continue
+                    if is_dir:
                         folders.append(e.path)
                     elif e.name.lower().endswith(IMG_EXTENSIONS):
                         return True
