@@ -1,5 +1,6 @@
 """The settings of :func:`adaptive.mask_only.optimize_connectome`, checked before any work
-(:func:`check_settings`: the first refusal a bad setting meets, in the order the arguments come) and
+(:func:`check_settings`: the first refusal a bad setting meets, in the order the arguments come but
+for the model-only checks (ensemble, targets and ladder), which come before any loader is read) and
 made plain numbers (numpy scalars and one-element tensors included), so that the run rounds them and a
 checkpoint's fingerprint compares them with a resume's."""
 from __future__ import annotations
