@@ -1056,7 +1056,7 @@ def test_data_of_another_size_on_one_process_is_refused_by_every_process_before_
     out = r.stdout + r.stderr
     assert r.returncode != 0 and out.count("recipes/adaptive.py: error:") == 1, out[-3000:]
     assert ("error: the processes found different sizes of the mnist data (process 0 of 2: train 360 examples in 6 "
-            "batch(es), holdout 40 examples in 1 batch(es), test 100 examples in 2 batch(es) per process; process 1 of 2: "
+            "batch(es), holdout 40 examples in 1 batch(es) per process; process 1 of 2: "
             "train 180 examples in 3 batch(es)") in out, out[-3000:]
     assert "the same --data_dir contents on every machine" in out, out[-3000:]
     assert "MaskMismatchError" not in out and "[rank0]: Traceback" not in out, out[-3000:]

@@ -32,14 +32,17 @@ def _refuse_differing_splits(cfg: RunConfig, loaders, **batches) -> None:
     and one of other size runs another number of steps, evaluations and reductions, so the processes'
     collectives stop matching (masks that differ, a hang). ``batches``: each split's loader as this
     process reads it (``train=``, ``holdout=``, ``test=``; sharded by ``accelerator.prepare`` or whole),
-    its examples read from ``loaders.datasets``. One gather; none on one process
-    (:func:`adaptive.distributed.refuse_differing`)."""
-    from adaptive.distributed import is_distributed, refuse_differing
+    its examples read from ``loaders.datasets``. Give ``test=`` only where the test split is read anyway
+    (the final report): its size builds the lazy split. The sizes are found under
+    :func:`adaptive.distributed.agreed_call` (a split that fails to build on one process stops every
+    process, where that process alone raising left the others waiting in the gather), then compared
+    (:func:`adaptive.distributed.refuse_differing`): two gathers; none on one process."""
+    from adaptive.distributed import agreed_call, is_distributed, refuse_differing
 
     if not is_distributed():
         return
-    sizes = ", ".join(f"{name} {len(getattr(loaders.datasets, name)):,} examples in {len(dl):,} batch(es)"
-                      for name, dl in batches.items())
+    sizes = agreed_call(lambda: ", ".join(f"{name} {len(getattr(loaders.datasets, name)):,} examples in {len(dl):,} "
+                                          "batch(es)" for name, dl in batches.items()))
     folder = ("--data_dir" if cfg.data_dir is not None else
               "data folder (--data_dir, else $ADAPTIVE_DATA or the default one, adaptive.paths.resolve_data_dir)")
     refuse_differing(sizes + " per process", f"sizes of the {cfg.dataset} data",

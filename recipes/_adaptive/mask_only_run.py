@@ -43,8 +43,8 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         # same decisions; optimize_connectome moves batches to the model's device
         holdout_dl = loaders.holdout
         # each process loaded its own copy of the data: one of another size would stop matching the others'
-        # reductions inside optimize_connectome (one gather)
-        _refuse_differing_splits(cfg, loaders, train=train_dl, holdout=holdout_dl, test=test_dl)
+        # reductions inside optimize_connectome (the test split, unread until the report, is compared there)
+        _refuse_differing_splits(cfg, loaders, train=train_dl, holdout=holdout_dl)
         model, kw, synapses, loaded = agreed_call(
             lambda: _set_up(cfg, accelerator, model, loaders, train_dl, output_dir, ckpt))
         saved = []
@@ -92,6 +92,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         removed = h.get("train_removed", h["removed"]) if h["kind"] == "update" else h["removed"]
         st.metrics[-1].update(density=live_share(removed), removed=removed)  # what the row measured
         state.metrics += st.metrics
+    _refuse_differing_splits(cfg, loaders, test=test_dl)  # read now, for the report: its evaluation's batches must match
     with accelerator.autocast():
         test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
     metric_row(state, "test", test_loss, test_acc, conn)

@@ -210,8 +210,9 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     # not agreed; every step after it up to the first training step is (_set_up, _resume, _save_config)
     model, optimizer, train_dl, holdout_dl, test_dl = accelerator.prepare(
         model, optimizer, loaders.train, loaders.holdout, loaders.test)
-    # each process loaded its own copy of the data: one of another size would run other steps (one gather)
-    _refuse_differing_splits(cfg, loaders, train=train_dl, holdout=holdout_dl, test=test_dl)
+    # each process loaded its own copy of the data: one of another size would run other steps (the test split,
+    # unread until the report, is compared there)
+    _refuse_differing_splits(cfg, loaders, train=train_dl, holdout=holdout_dl)
     accum = cfg.gradient_accumulation_steps
     steps_per_epoch, total_steps, epochs, lr_scheduler, conn, ctrl, state = agreed_call(
         lambda: _set_up(cfg, accelerator, model, optimizer, train_dl, loaders))
@@ -325,6 +326,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     last = state.metrics[-1] if state.metrics else {}
     # the holdout score of the final network: reused only if it was taken at the last step
     holdout_acc = last["accuracy"] if last.get("split") == "holdout" and last.get("step") == state.step else eval_holdout()
+    _refuse_differing_splits(cfg, loaders, test=test_dl)  # read now, for the report: its evaluation's batches must match
     test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
     metric_row(state, "test", test_loss, test_acc, conn, _row_lr(state, optimizer))
     files = _write_outputs(accelerator, cfg, output_dir, state.metrics, ctrl.events, conn,
