@@ -109,7 +109,7 @@ class ControllerEditsMixin:
     def _check_plan(self, plan) -> None:
         """Refuse, before anything changes, a plan a policy (a plugin's, say) got wrong: unknown layers,
         indices that are not flat integer ensemble indices in range, or scores not aligned with them."""
-        who = f"policy {self.policy.name!r} returned a bad EditPlan"
+        who = f"policy {self.policy.name!r} ({type(self.policy).__name__}) returned a bad EditPlan"
         if not isinstance(plan, EditPlan):
             raise TypeError(f"{who}: {type(plan).__name__}, not an EditPlan (or None)")
         for side, scores in (("prune", plan.prune_scores), ("grow", plan.grow_scores)):

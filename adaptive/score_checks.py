@@ -52,6 +52,10 @@ def _check_scores(est, side: str, name: str, s, method: Optional[str] = None, ct
     if not isinstance(s, torch.Tensor):
         raise ValueError(f"{who}'s {what} for layer {name!r} is a {type(s).__name__}, not a tensor: "
                          "it must return a real tensor of scores")
+    if s.is_meta:  # no values to rank: isnan().any() would fail on .item() with no word of the estimator
+        raise ValueError(f"{who}'s {what} for layer {name!r} is on the meta device, which holds no values: "
+                         "compute the scores from the layer's tensors (ctx.weight, ctx.stats), on their device "
+                         "(e.g. torch.zeros_like(ctx.weight), not torch.zeros(shape, device='meta'))")
     if s.is_complex():
         raise ValueError(f"{who}'s {what} for layer {name!r} is complex ({s.dtype}): scores must be real "
                          "numbers; return a real tensor (e.g. .abs() or .real of it)")

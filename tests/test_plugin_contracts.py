@@ -40,6 +40,8 @@ class BadScores(Estimator):
         if ctx.name == "0.weight" and side == self.where and self.fill is not None:
             if self.fill == "complex":
                 return s.to(torch.complex64)
+            if self.fill == "meta":
+                return s.to("meta")
             s[:16] = self.fill
         return s
 
@@ -153,6 +155,41 @@ def test_complex_scores_are_refused_and_inf_is_taken():
     ctrl.drop_est.fill = float("-inf")  # -inf: the lowest cost, removed first; allowed
     _train(model, opt, 8)
     assert abs(conn.density() - 0.5) < 0.01
+
+
+def test_scores_on_the_meta_device_are_refused_naming_it_and_nothing_is_edited():
+    """A meta tensor (no values) failed inside the NaN check with 'Tensor.item() cannot be called on
+    meta tensors', which named neither the estimator nor the fix."""
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, policy="utility", estimator="contract_bad_scores", density=0.5,
+                               update_every=2, end_step=12, seed=0)
+    ctrl.drop_est.fill = "meta"
+    masks = {n: m.clone() for n, m in conn.masks.items()}
+    with pytest.raises(ValueError, match=r"'contract_bad_scores'.*removal cost.*layer '0.weight' is on the meta "
+                                         r"device.*ctx.weight"):
+        _train(model, opt, 2)
+    assert all(torch.equal(m, conn.masks[n]) for n, m in masks.items()) and len(ctrl.events) == 1
+
+
+def test_a_bad_plan_of_an_unregistered_policy_instance_names_its_class():
+    """A policy instance never registered has the name '?', and the refusal named only that."""
+    from adaptive.policies.base import EditPlan, Policy
+
+    class PruneTwice(Policy):
+        sparse_at_start = False
+        needs_density = False
+
+        def update(self, ctrl, step):
+            live = ctrl.conn.masks["0.weight"].reshape(-1).nonzero().squeeze(1)
+            return EditPlan(prune={"0.weight": live[[0, 0]]})
+
+    conn = adaptive.Connectome(_net())
+    ctrl = adaptive.Controller(conn, policy=PruneTwice(), update_every=1)
+    with pytest.raises(ValueError, match=r"policy '\?' \(PruneTwice\) returned a bad EditPlan.*more than once"):
+        ctrl.update()
+    assert conn.density() == 1.0 and not ctrl.events
 
 
 def test_built_in_estimators_give_no_nan_on_a_fresh_window():
