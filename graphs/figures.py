@@ -61,13 +61,23 @@ def plot_density(g, out_dir, title: Optional[str] = None) -> str:
     return _save(fig, out_dir, "density_per_layer.png")
 
 
+def degree_bins(deg: torch.Tensor, most: int = 50) -> List[float]:
+    """Histogram bin edges for integer degrees: degree 0 (a unit with no live edge that way) in a bin
+    of its own, then bins of ``w`` whole degrees each, ``w`` the smallest width giving at most ``most``
+    bins. Fifty equal bins over 0..max split the integers unevenly (a bin of width 1.28 holds one
+    or two of them), so the first bar mixed the dead units with every unit of degree 1."""
+    top = int(deg.max()) if deg.numel() else 0
+    width = max(1, -(-top // most))
+    return [-0.5] + [0.5 + width * i for i in range(-(-top // width) + 1)]
+
+
 def plot_degrees(g, out_dir, title: Optional[str] = None) -> str:
     plt = _plt()
     unit = g.node_attrs["kind"] == 2
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, which in zip(axes, ("in", "out")):
-        deg = g.node_attrs[f"{which}_degree"][unit].double()
-        ax.hist(deg.numpy(), bins=50, color="tab:green")
+        deg = g.node_attrs[f"{which}_degree"][unit]
+        ax.hist(deg.double().numpy(), bins=degree_bins(deg), color="tab:green")
         ax.set_yscale("log")
         ax.set_xlabel(f"{which}-degree ({g.level} level edges)")
         ax.set_ylabel("units")

@@ -290,3 +290,19 @@ def test_the_missing_measurement_names_the_option_of_the_runs_recipe_and_mode(tm
     figs = _kept_figures(monkeypatch)
     progress(str(tmp_path)).plot(tmp_path / "progress.png")
     assert f"no held-out line search;\n{hint})" in figs[0].axes[5].get_title()
+
+
+def test_the_density_panel_holds_the_last_update_until_the_runs_last_step(tmp_path, monkeypatch):
+    """The density lines (steps-post) ended at the last update's step, so the density the run ended at
+    was a bare vertical drop: a gmp run updating at steps 10..40 of 60 showed 0.51, not its final 0.5."""
+    _events(tmp_path, [{"step": 10, "kind": "update", "pruned": 5, "grown": 0, "density": 0.7,
+                        "layer_density": {"a.weight": 0.6, "b.weight": 1.0}},
+                       {"step": 40, "kind": "update", "pruned": 2, "grown": 0, "density": 0.5,
+                        "layer_density": {"a.weight": 0.4, "b.weight": 1.0}}])
+    (tmp_path / "metrics.csv").write_text("step,split,loss,accuracy\n20,train,1.0,0.5\n60,train,0.9,0.6\n60,test,1.1,0.5\n")
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    lines = {line.get_label(): line for line in figs[0].axes[4].get_lines()}
+    for label, (first, last) in {"all": (0.7, 0.5), "a.weight": (0.6, 0.4), "b.weight": (1.0, 1.0)}.items():
+        assert list(lines[label].get_xdata()) == [10, 40, 60]
+        assert list(lines[label].get_ydata()) == [first, last, last]

@@ -324,3 +324,28 @@ def test_plugins_given_several_times_add_up():
         assert p.parse_args([cmd, "run", "--plugins", "a.py", "--plugins", "b.py", "c.py"]).plugins == [
             "a.py", "b.py", "c.py"]
         assert p.parse_args([cmd, "run"]).plugins == []
+
+
+def test_degree_histogram_gives_units_of_degree_zero_a_bar_of_their_own(tmp_path, monkeypatch):
+    """Fifty equal bins over degrees 0..64 are 1.28 wide, so the first bar of the out-degree histogram
+    held the units with no live output together with every unit of out-degree 1 (a ResNet's conv2
+    units, which write to one junction each): a pretrained ResNet-20 pruned to 50% with 9 such units
+    showed about 340."""
+    import graphs.figures as figures
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 60))
+    conn = adaptive.Connectome(model)
+    masks = {n: torch.ones_like(m) for n, m in conn.masks.items()}
+    masks["2.weight"][:, :2] = False  # hidden units 0 and 1 feed nothing: out-degree 0
+    conn.set_masks(masks)
+    g = graphs.build(conn, "unit")
+    out_deg = g.node_attrs["out_degree"][g.node_attrs["kind"] == 2]
+    assert int((out_deg == 0).sum()) == 2 and int((out_deg == 1).sum()) == 60  # the 60 outputs' units
+    figs = []
+    monkeypatch.setattr(figures, "_save", lambda fig, out_dir, name: figs.append(fig) or name)
+    figures.plot_degrees(g, tmp_path)
+    bars = [p for p in figs[0].axes[1].patches if p.get_height() > 0]
+    first = min(bars, key=lambda p: p.get_x())
+    assert first.get_height() == 2 and first.get_x() < 0 < first.get_x() + first.get_width() <= 0.5
+    assert all(p.get_x() + p.get_width() <= 0.5 or p.get_x() >= 0.5 for p in bars)  # no bar spans 0 and 1

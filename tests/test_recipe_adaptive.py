@@ -862,12 +862,16 @@ def test_the_interrupt_message_points_at_the_checkpoint_or_says_there_is_none(tm
         return hook
 
     for folder, extra, expect in (("none", [], "wrote no checkpoint"),
-                                  ("some", ["--checkpoint_every", "10"], "continue from step_00000010")):
+                                  ("some", ["--checkpoint_every", "10"], "continue from step_00000010"),
+                                  # it told a run given --checkpoint_every to add --checkpoint_every
+                                  ("early", ["--checkpoint_every", "20"], "stopped before its first checkpoint "
+                                   "(--checkpoint_every 20: step 20), so it cannot be continued; rerun it with --overwrite")):
         with pytest.raises(SystemExit) as e:
             R.main(["--output_dir", str(tmp_path / folder), "--max_steps", "40", "--threads", "1", "--progress",
                     "false", "--figures", "false", *extra], on_step=stop_at(15))
         assert e.value.code == 130
-        assert expect in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert expect in err and ("N makes a train-mode run resumable" in err) == (folder == "none")
 
 
 def test_a_damaged_random_state_file_is_refused_on_resume(tmp_path, capsys):

@@ -102,6 +102,18 @@ def _flat(d, prefix=""):
     return out
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _held_to(pts: list, end) -> list:
+    """``pts`` ((step, value) of a step function drawn ``steps-post``) with the last value held until
+    ``end``, the run's last step, where that comes after the last point."""
+    if pts and end is not None and _is_number(pts[-1][0]) and end > pts[-1][0]:
+        return pts + [(end, pts[-1][1])]
+    return pts
+
+
 @dataclass
 class Progress:
     """Events and metrics of one run, as tables, with ``removed`` filled in for every metrics row:
@@ -198,7 +210,10 @@ class Progress:
         ax.set_title("boundaries over time", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax = axes[1, 1]
-        pts = [(s, v) for s, v in zip(steps, ev["density"]) if isinstance(v, (int, float))]
+        # each density holds until the next update, the last one until the run's last step (a metrics
+        # row or event after the last update): drawn to the last update only, it showed as a bare drop
+        end = max((r.get("step") for t in (m, ev) for r in t if _is_number(r.get("step"))), default=None)
+        pts = _held_to([(s, v) for s, v in zip(steps, ev["density"]) if isinstance(v, (int, float))], end)
         if pts:  # a run with no update has one event: a marker keeps its single point visible
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "k-", lw=2, label="all", drawstyle="steps-post",
                     **single_point_marker(len(pts)))
@@ -206,6 +221,7 @@ class Progress:
         for e in ev:
             for k, v in _flat(e.get("layer_density")).items():
                 layers.setdefault(k, []).append((e.get("step"), v))
+        layers = {k: _held_to(lp, end) for k, lp in layers.items()}
         for i, (k, lp) in enumerate(layers.items()):  # every layer: the style tells apart those sharing a colour
             ax.plot([p[0] for p in lp], [p[1] for p in lp], lw=0.8, alpha=0.7, ls=line_style(i), label=k,
                     drawstyle="steps-post", **single_point_marker(len(lp)))

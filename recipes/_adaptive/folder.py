@@ -51,8 +51,11 @@ def _on_interrupt() -> str:
     if _INTERRUPT.get("resume_from") is not None:
         return (f"the run wrote no checkpoint of its own; the same command continues from {_INTERRUPT['resume_from']} "
                 "again")
-    return ("the run wrote no checkpoint, so it cannot be continued; rerun it with --overwrite (or into another "
-            "--output_dir), and --checkpoint_every N makes a train-mode run resumable")
+    every = _INTERRUPT.get("checkpoint_every")
+    why = (f"the run stopped before its first checkpoint (--checkpoint_every {every}: step {every})" if every else
+           "the run wrote no checkpoint")
+    return (f"{why}, so it cannot be continued; rerun it with --overwrite (or into another --output_dir)"
+            + ("" if every else ", and --checkpoint_every N makes a train-mode run resumable"))
 
 
 # what a run writes into its folder: an --overwrite run deletes these (and nothing else) first

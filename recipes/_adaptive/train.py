@@ -64,7 +64,8 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     output_dir = Path(output_dir or _broadcast_str(accelerator, default_output_dir()))
     agreed_call(lambda: _check_run_folder(cfg, accelerator, output_dir, resume_from, from_launch))
     _INTERRUPT.update(output_dir=output_dir, resume_from=resume_from, overwrite=cfg.overwrite and not cfg.resume,
-                      resume=bool(cfg.resume), wrote=False)
+                      resume=bool(cfg.resume), wrote=False,
+                      checkpoint_every=cfg.checkpoint_every if cfg.mode != "mask_only" else None)
     lock = _RunLock(accelerator, output_dir)  # taken before the run's first write into the folder
     try:
         return _train(cfg, on_step, accelerator, resume_from, output_dir, lock)
