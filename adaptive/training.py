@@ -541,7 +541,8 @@ def find_checkpoint(resume: str, output_dir=None) -> Path:
     if not found:
         raise FileNotFoundError(
             f"no complete checkpoint found in {where} (looked for step_N folders; .tmp-* ones are unfinished). "
-            "Pass --resume DIR with a run folder or a checkpoint folder, or run with --checkpoint_every N first."
+            "Pass --resume DIR with a run folder or a checkpoint folder; a run stopped before its first checkpoint "
+            "(or run without --checkpoint_every) cannot be resumed: start it afresh with --overwrite."
         )
     return found[-1]
 

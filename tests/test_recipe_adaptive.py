@@ -307,7 +307,8 @@ def test_bad_arguments_fail_clearly(args, message, capsys):
 def test_runtime_problems_fail_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         R.main(["--output_dir", str(tmp_path / "a"), "--resume", "latest"])
-    assert "no complete checkpoint found in" in capsys.readouterr().err
+    err = capsys.readouterr().err  # (it advised --checkpoint_every to a run that had it and stopped before one)
+    assert "no complete checkpoint found in" in err and "start it afresh with --overwrite" in err
     with pytest.raises(SystemExit):
         R.main(["--output_dir", str(tmp_path / "b"), "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err
