@@ -866,7 +866,10 @@ def test_the_interrupt_message_points_at_the_checkpoint_or_says_there_is_none(tm
                                   ("some", ["--checkpoint_every", "10"], "continue from step_00000010"),
                                   # it told a run given --checkpoint_every to add --checkpoint_every
                                   ("early", ["--checkpoint_every", "20"], "stopped before its first checkpoint "
-                                   "(--checkpoint_every 20: step 20), so it cannot be continued; rerun it with --overwrite")):
+                                   "(--checkpoint_every 20: step 20), so it cannot be continued; rerun it with --overwrite"),
+                                  # it named a step 50 of a 40-step run as the first checkpoint's
+                                  ("never", ["--checkpoint_every", "50"], "wrote no checkpoint (--checkpoint_every 50 "
+                                   "is not shorter than its 40 steps, so it writes none)")):
         with pytest.raises(SystemExit) as e:
             R.main(["--output_dir", str(tmp_path / folder), "--max_steps", "40", "--threads", "1", "--progress",
                     "false", "--figures", "false", *extra], on_step=stop_at(15))
