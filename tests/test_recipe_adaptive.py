@@ -308,7 +308,8 @@ def test_runtime_problems_fail_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         R.main(["--output_dir", str(tmp_path / "a"), "--resume", "latest"])
     err = capsys.readouterr().err  # (it advised --checkpoint_every to a run that had it and stopped before one)
-    assert "no complete checkpoint found in" in err and "start it afresh with --overwrite" in err
+    # (it said "start it afresh with --overwrite": added to the same command, --resume and --overwrite are refused)
+    assert "no complete checkpoint found in" in err and "start it afresh (drop --resume, add --overwrite)" in err
     with pytest.raises(SystemExit):
         R.main(["--output_dir", str(tmp_path / "b"), "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err
