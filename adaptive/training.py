@@ -542,7 +542,7 @@ def find_checkpoint(resume: str, output_dir=None) -> Path:
         raise FileNotFoundError(
             f"no complete checkpoint found in {where} (looked for step_N folders; .tmp-* ones are unfinished). "
             "Pass --resume DIR with a run folder or a checkpoint folder; a run stopped before its first checkpoint "
-            "(or run without --checkpoint_every) cannot be resumed: start it afresh with --overwrite."
+            "(or run without --checkpoint_every) cannot be resumed: start it afresh (drop --resume, add --overwrite)."
         )
     return found[-1]
 

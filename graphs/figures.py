@@ -65,10 +65,12 @@ def degree_bins(deg: torch.Tensor, most: int = 50) -> List[float]:
     """Histogram bin edges for integer degrees: degree 0 (a unit with no live edge that way) in a bin
     of its own, then bins of ``w`` whole degrees each, ``w`` the smallest width giving at most ``most``
     bins. Fifty equal bins over 0..max split the integers unevenly (a bin of width 1.28 holds one
-    or two of them), so the first bar mixed the dead units with every unit of degree 1."""
+    or two of them), so the first bar mixed the dead units with every unit of degree 1. The bin of
+    degree 0 is as wide as the others (it reaches below 0, where no degree is): one degree wide, its
+    bar was invisible beside bins of thousands of degrees."""
     top = int(deg.max()) if deg.numel() else 0
     width = max(1, -(-top // most))
-    return [-0.5] + [0.5 + width * i for i in range(-(-top // width) + 1)]
+    return [0.5 - width] + [0.5 + width * i for i in range(-(-top // width) + 1)]
 
 
 def plot_degrees(g, out_dir, title: Optional[str] = None) -> str:

@@ -349,3 +349,17 @@ def test_degree_histogram_gives_units_of_degree_zero_a_bar_of_their_own(tmp_path
     first = min(bars, key=lambda p: p.get_x())
     assert first.get_height() == 2 and first.get_x() < 0 < first.get_x() + first.get_width() <= 0.5
     assert all(p.get_x() + p.get_width() <= 0.5 or p.get_x() >= 0.5 for p in bars)  # no bar spans 0 and 1
+
+
+def test_degree_bins_stay_few_and_the_bar_of_degree_zero_as_wide_as_the_others():
+    """A unit of degree 100,000 gives bins 2,000 degrees wide: the bin of degree 0 was one degree wide,
+    1/100,000 of the axis, so the bar of the dead units could not be seen."""
+    import graphs.figures as figures
+
+    for top in (0, 1, 64, 100_000):
+        deg = torch.tensor([0, 0, 1, top])
+        edges = figures.degree_bins(deg)
+        widths = [b - a for a, b in zip(edges, edges[1:])]
+        assert len(widths) <= 51 and len(set(widths)) == 1  # bounded, all bars alike
+        assert edges[0] < 0 < edges[1] <= 0.5 and edges[-1] >= top  # degree 0 alone; the top degree counted
+        assert all(float(e).is_integer() is False for e in edges)  # no degree on an edge

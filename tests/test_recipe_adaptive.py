@@ -308,7 +308,8 @@ def test_runtime_problems_fail_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         R.main(["--output_dir", str(tmp_path / "a"), "--resume", "latest"])
     err = capsys.readouterr().err  # (it advised --checkpoint_every to a run that had it and stopped before one)
-    assert "no complete checkpoint found in" in err and "start it afresh with --overwrite" in err
+    # (it said "start it afresh with --overwrite": added to the same command, --resume and --overwrite are refused)
+    assert "no complete checkpoint found in" in err and "start it afresh (drop --resume, add --overwrite)" in err
     with pytest.raises(SystemExit):
         R.main(["--output_dir", str(tmp_path / "b"), "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err
@@ -866,7 +867,10 @@ def test_the_interrupt_message_points_at_the_checkpoint_or_says_there_is_none(tm
                                   ("some", ["--checkpoint_every", "10"], "continue from step_00000010"),
                                   # it told a run given --checkpoint_every to add --checkpoint_every
                                   ("early", ["--checkpoint_every", "20"], "stopped before its first checkpoint "
-                                   "(--checkpoint_every 20: step 20), so it cannot be continued; rerun it with --overwrite")):
+                                   "(--checkpoint_every 20: step 20), so it cannot be continued; rerun it with --overwrite"),
+                                  # it named a step 50 of a 40-step run as the first checkpoint's
+                                  ("never", ["--checkpoint_every", "50"], "wrote no checkpoint (--checkpoint_every 50 "
+                                   "is not shorter than its 40 steps, so it writes none)")):
         with pytest.raises(SystemExit) as e:
             R.main(["--output_dir", str(tmp_path / folder), "--max_steps", "40", "--threads", "1", "--progress",
                     "false", "--figures", "false", *extra], on_step=stop_at(15))

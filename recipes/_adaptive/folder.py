@@ -51,7 +51,11 @@ def _on_interrupt() -> str:
     if _INTERRUPT.get("resume_from") is not None:
         return (f"the run wrote no checkpoint of its own; the same command continues from {_INTERRUPT['resume_from']} "
                 "again")
-    every = _INTERRUPT.get("checkpoint_every")
+    every, total = _INTERRUPT.get("checkpoint_every"), _INTERRUPT.get("total_steps")
+    if every and total is not None and every >= total:  # (the last step writes the outputs, not a checkpoint)
+        return (f"the run wrote no checkpoint (--checkpoint_every {every} is not shorter than its {total} steps, so "
+                "it writes none), so it cannot be continued; rerun it with --overwrite (or into another "
+                f"--output_dir) and --checkpoint_every {max(1, total - 1)} or fewer to make it resumable")
     why = (f"the run stopped before its first checkpoint (--checkpoint_every {every}: step {every})" if every else
            "the run wrote no checkpoint")
     return (f"{why}, so it cannot be continued; rerun it with --overwrite (or into another --output_dir)"

@@ -65,7 +65,7 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     agreed_call(lambda: _check_run_folder(cfg, accelerator, output_dir, resume_from, from_launch))
     _INTERRUPT.update(output_dir=output_dir, resume_from=resume_from, overwrite=cfg.overwrite and not cfg.resume,
                       resume=bool(cfg.resume), wrote=False,
-                      checkpoint_every=cfg.checkpoint_every if cfg.mode != "mask_only" else None)
+                      checkpoint_every=cfg.checkpoint_every if cfg.mode != "mask_only" else None, total_steps=None)
     lock = _RunLock(accelerator, output_dir)  # taken before the run's first write into the folder
     try:
         return _train(cfg, on_step, accelerator, resume_from, output_dir, lock)
@@ -224,6 +224,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
             _resume(accelerator, resume_from, state, accum, steps_per_epoch)
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
     resumed_at = state.step
+    _INTERRUPT["total_steps"] = total_steps  # (Ctrl-C's note: whether a checkpoint was due at all)
     k = cfg.checkpoint_every
     left = total_steps - state.step - 1  # the largest interval that still ends at a step before the last
     if k and (state.step // k + 1) * k >= total_steps and left >= 1:  # (the last step writes the outputs, not a
