@@ -727,23 +727,14 @@ def test_a_checkpoint_one_process_finds_bad_stops_every_process(tmp_path):
     raises, naming the process that failed and why."""
     import json
     import os
-    import subprocess
-    import sys
     from pathlib import Path
 
-    from _scripts import CHILD_TIMEOUT
+    from _ports import run_two_ranks
 
     script = Path(__file__).parent / "scripts" / "two_process_stage_checkpoint.py"
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)]))
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), str(r)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
-    try:
-        logs = [p.communicate(timeout=CHILD_TIMEOUT)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    run_two_ranks(script, tmp_path, env)
     recs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for rec in recs:
         damaged = rec["damaged_on_one"]

@@ -2,7 +2,6 @@
 (recipes/_adaptive/builders.py ``_refuse_differing_splits``)."""
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _scripts import CHILD_TIMEOUT  # noqa: E402
+from _ports import run_two_ranks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -73,14 +72,7 @@ def test_a_test_split_that_fails_to_build_on_one_process_stops_every_process(tmp
     minutes by default). Every process now raises, naming process 1's failure."""
     script = ROOT / "tests" / "scripts" / "two_process_split_sizes.py"
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), str(r)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
-    try:
-        logs = [p.communicate(timeout=CHILD_TIMEOUT)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    run_two_ranks(script, tmp_path, env)
     for r in range(2):
         rec = json.loads((tmp_path / f"rank{r}.json").read_text())
         assert rec["error"] == "FileNotFoundError", rec
