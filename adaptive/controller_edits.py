@@ -149,7 +149,8 @@ class ControllerEditsMixin:
         use_ls = bool(line_search and self.holdout_loss is not None and (n_prune or n_grow))
         # what the plan can change, saved only where a rollback may need it (every try is a part of the plan)
         before = EditSnapshot(self.conn, plan) if use_ls else None
-        event = {"step": step, "kind": kind, "policy": self.policy.name}
+        name = self.policy.name  # an instance of a class never registered: '?', so its class instead
+        event = {"step": step, "kind": kind, "policy": name if name != "?" else type(self.policy).__name__}
         loss_before = loss_after = None
         fraction = 1.0
         if use_ls:

@@ -192,6 +192,24 @@ def test_a_bad_plan_of_an_unregistered_policy_instance_names_its_class():
     assert conn.density() == 1.0 and not ctrl.events
 
 
+def test_the_events_of_an_unregistered_policy_instance_name_its_class():
+    """A policy instance never registered logged its events as policy '?'."""
+    from adaptive.policies.base import EditPlan, Policy
+
+    class PruneOne(Policy):
+        sparse_at_start = False
+        needs_density = False
+
+        def update(self, ctrl, step):
+            live = ctrl.conn.masks["0.weight"].reshape(-1).nonzero().squeeze(1)
+            return EditPlan(prune={"0.weight": live[:1]})
+
+    conn = adaptive.Connectome(_net())
+    ctrl = adaptive.Controller(conn, policy=PruneOne(), update_every=1)
+    ctrl.update()
+    assert [e["policy"] for e in ctrl.events] == ["PruneOne"] and conn.density() < 1.0
+
+
 def test_built_in_estimators_give_no_nan_on_a_fresh_window():
     """A unit that never gets a gradient (dead ReLU: 0/0 in a signal-to-noise score) gives no NaN."""
     from adaptive.utility import estimator_names
