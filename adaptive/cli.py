@@ -261,9 +261,9 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
     then; status 130). An operating-system error on a path (a folder that is a file, no permission)
     is one line too, and so is a checkpoint that could not be written (a full disk). ``errors``:
     more exception types that mean a problem the user can fix. Warnings print as one ``warning:``
-    line each (:func:`adaptive.warn.command_line_warnings`). A ``SystemExit`` the program raises
-    with its own error line (``"{prog}: error: ..."``) prints that line and ends with status 2 too
-    (Python would end it with 1). ``once``: under a multi-process launch,
+    line each (:func:`adaptive.warn.command_line_warnings`). A ``SystemExit`` raised with a message
+    (its ``"{prog}: error: ..."`` line, or the bare message, which gets that prefix) prints it and ends
+    with status 2 too (Python would end it with 1, unprefixed); one with a number passes through. ``once``: under a multi-process launch,
     an error every process finds alike is written by one process (:func:`say_error`). Returns what
     ``main()`` returns."""
     from .integrity import CheckpointWriteError
@@ -293,11 +293,10 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
         else:
             say_error(error_lines(prog, e, " (check the output and input paths)"), e, once)
         raise SystemExit(2) from e
-    except SystemExit as e:  # a recipe's own refusal, raised with its error line: status 2, as every error's
-        if os.environ.get("ADAPTIVE_TRACEBACK") or not (isinstance(e.code, str)
-                                                       and e.code.startswith(f"{prog}: error:")):
+    except SystemExit as e:  # a refusal raised with its message (its error line, or the bare message): status 2
+        if os.environ.get("ADAPTIVE_TRACEBACK") or not isinstance(e.code, str):
             raise
-        say_error(e.code, e, once)
+        say_error(e.code if e.code.startswith(f"{prog}: error:") else f"{prog}: error: {e.code}", e, once)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         if os.environ.get("ADAPTIVE_TRACEBACK"):

@@ -97,7 +97,7 @@ __all__ = [
     "_check_ranges", "_target_folders", "_earlier_run", "_doomed", "_refuse_earlier_run", "_delete_run",
     "_kept_earlier_note", "_settings", "_write_config", "_STARTED", "_on_interrupt", "_check_resumed_settings",
     "_plot", "_stage_ends", "_train_sample", "_estimator", "_accelerator", "_check_num_classes", "_build",
-    "_table", "_holdout_use", "_test_split_words", "_run", "_prune", "_cli_main",
+    "_table", "_holdout_use", "_test_split_words", "_run", "_prune",
     # what the script imported before the split, still its names (tests patch the run's in recipes._prune_pretrained.run)
     "argparse", "math", "json", "time", "List", "Optional", "torch", "get_dataloaders", "is_test_draw",
     "model_before_data", "test_images", "stage_checkpoint", "jsonio", "run_folder", "atomic_path", "ArgumentParser",
@@ -111,23 +111,11 @@ __all__ = [
 PROG = "recipes/prune_pretrained.py"
 
 
-def _cli_main():
-    """:func:`main` from the command line: an option refused while parsing (a SystemExit with its
-    message) is one ``error:`` line and status 2, as every other refusal (it was status 1, unprefixed)."""
-    try:
-        return main()
-    except SystemExit as e:
-        if not isinstance(e.code, str):
-            raise
-        msg = e.code if e.code.startswith(f"{PROG}: error:") else f"{PROG}: error: {e.code}"
-        print(msg, file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 if __name__ == "__main__":
     from adaptive.cli import run_cli
 
     from adaptive.distributed import exit_launched_process
 
-    run_cli(_cli_main, PROG, on_interrupt=_on_interrupt, errors=(run_folder.RunFolderError,))
+    run_cli(main, PROG,  # (an option refused while parsing: SystemExit with its message, status 2)
+            on_interrupt=_on_interrupt, errors=(run_folder.RunFolderError,))
     exit_launched_process()  # every rank has written what it must: skip gloo's teardown

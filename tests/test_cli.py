@@ -403,12 +403,13 @@ def test_a_launched_process_leaves_a_settings_error_line_to_the_first_process(mo
 
 
 @pytest.mark.parametrize("code, status, printed", [("prog: error: --output_dir is empty", 2, True),
-                                                   ("something else", "something else", False),
+                                                   ("a bare message", 2, "prog: error: a bare message"),
                                                    (0, 0, False), (3, 3, False)])
 def test_a_programs_own_error_line_exit_ends_with_status_2(monkeypatch, capsys, code, status, printed):
     """recipes/diagnostics.py refused with SystemExit("recipes/diagnostics.py: error: ..."), which Python
     ends with status 1, while every other refusal (and docs/training.md) says 2: run_cli prints such a
-    line once and ends with 2; any other SystemExit passes through as it was."""
+    line once and ends with 2, and a bare message (prune_pretrained's option checks) with the prefix;
+    a SystemExit with a number passes through as it was."""
     import adaptive.cli as cli
 
     monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
@@ -419,4 +420,5 @@ def test_a_programs_own_error_line_exit_ends_with_status_2(monkeypatch, capsys, 
     with pytest.raises(SystemExit) as e:
         cli.run_cli(main, "prog")
     assert e.value.code == status
-    assert capsys.readouterr().err == (f"{code}\n" if printed else "")
+    shown = code if printed is True else printed
+    assert capsys.readouterr().err == (f"{shown}\n" if printed else "")
