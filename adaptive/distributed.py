@@ -201,17 +201,24 @@ def agreed_call(check: Callable[[], Any], some_alone: bool = False) -> Any:
 _SAME_FILES = "every process must see the same files (a folder they all see, or the same copy on each)"
 
 
-def refuse_differing(value: str, what: str, fix: str = _SAME_FILES) -> None:
+def refuse_differing(value: str, what: str, fix: str = _SAME_FILES, detail: Optional[str] = None) -> None:
     """Raise a ValueError on every process alike (:func:`raised_alike`) where the processes hold
     different values ``value`` of ``what`` (each process's named), found each on its own (the checkpoint
     a --resume names, found in a folder each process lists for itself; the sizes of the data each
-    loaded); nothing, and no collective, on one process. ``fix``: what to do, the message's end."""
+    loaded); nothing, and no collective, on one process. ``fix``: what to do, the message's end.
+    ``detail``: where this process found its value (its data folder, say), shown after it in the
+    message, not compared. Processes of the same value (and detail) are named together ("processes
+    0, 2 of 4"), so the message says which differ."""
     if not is_distributed():
         return
     every: list = [None] * dist.get_world_size()
-    dist.all_gather_object(every, value)
-    if len(set(every)) > 1:
-        found = "; ".join(f"{_processes([r], len(every))}: {v}" for r, v in enumerate(every))
+    dist.all_gather_object(every, (value, detail))
+    if len(set(v for v, _ in every)) > 1:
+        groups: dict = {}  # (value, detail): the ranks that found it, in order of the first
+        for r, found in enumerate(every):
+            groups.setdefault(found, []).append(r)
+        found = "; ".join(f"{_processes(ranks, len(every))}: {v}" + (f" ({d})" if d else "")
+                          for (v, d), ranks in groups.items())
         raise mark_raised_alike(ValueError(f"the processes found different {what} ({found}), so they would not run "
                                            f"alike: {fix}"))
 

@@ -20,6 +20,7 @@ from ..paths import DatasetNotFoundError, resolve_data_dir
 from ..warn import warn_user
 from .base import (LazyDataset, Source, available_datasets, check_dataset_kw, dataset_facts, get_source_builder,
                    model_before_data, register_dataset)
+from .fingerprint import dataset_fingerprint
 from .split import holdout_counts, stratified_split, stratified_subset, subset_counts
 from .tensors import TensorImages, random_crop_flip
 
@@ -295,7 +296,7 @@ def get_dataloaders(name: str, batch_size: int = 128, data_dir=None, holdout: fl
 __all__ = [
     "get_datasets", "get_dataloaders", "DatasetSplits", "DataLoaders", "DatasetNotFoundError",
     "register_dataset", "available_datasets", "check_dataset_kw", "dataset_facts", "model_before_data", "test_images",
-    "is_test_draw", "test_split_size",
+    "is_test_draw", "test_split_size", "dataset_fingerprint",
     "Source", "LazyDataset", "TensorImages",
     "stratified_split", "stratified_subset", "random_crop_flip", "resolve_data_dir",
 ]

@@ -20,7 +20,10 @@ class Source:
     at ``idx`` with training transforms (augmentation) or evaluation transforms. ``test()``
     builds the test split; it is called only when the test split is first used (``test_size``, when
     a family knows it without building the split, lets a ``test_subset`` check run before that). The datasets
-    returned expose ``targets`` (a LongTensor) and ``select(positions)`` (a sub-view).
+    returned expose ``targets`` (a LongTensor) and ``select(positions)`` (a sub-view); a dataset
+    with ``fingerprint_parts(positions)`` (the stored tensors or file bytes of those examples, before
+    any random transform) has those examples in its content fingerprint, which processes compare
+    (:func:`adaptive.data.fingerprint.dataset_fingerprint`; without it, its size and labels alone).
     """
 
     train_labels: torch.Tensor

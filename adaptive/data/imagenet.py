@@ -51,6 +51,16 @@ class FolderView(Dataset):
         view.epoch, view.seed = self.epoch, self.seed
         return view
 
+    def fingerprint_parts(self, positions) -> list:
+        """The bytes of the image files of the samples at ``positions`` of this view, and their labels
+        (the files as stored: no decoding, no transform): what
+        :func:`adaptive.data.fingerprint.dataset_fingerprint` hashes."""
+        from pathlib import Path
+
+        src = self.indices[torch.as_tensor(positions, dtype=torch.long)].tolist()
+        return [Path(self.folder.samples[s][0]).read_bytes() for s in src] + [torch.as_tensor(
+            [self.folder.samples[s][1] for s in src], dtype=torch.long)]
+
     def __getitem__(self, i):
         src = int(self.indices[i])
         path, label = self.folder.samples[src]

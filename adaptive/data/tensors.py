@@ -91,6 +91,12 @@ class TensorImages(Dataset):
         view.indices = self.indices[torch.as_tensor(positions, dtype=torch.long)]
         return view
 
+    def fingerprint_parts(self, positions) -> list:
+        """The stored images and labels of the examples at ``positions`` of this view, as held in
+        memory (no normalisation, no augmentation): what :func:`adaptive.data.fingerprint.dataset_fingerprint` hashes."""
+        src = self.indices[torch.as_tensor(positions, dtype=torch.long)]
+        return [self.images[src], self.labels[src]]
+
     def batch(self, idx) -> tuple:
         """``(x, y)`` tensors for positions ``idx`` of this view."""
         src = self.indices[torch.as_tensor(idx, dtype=torch.long)]

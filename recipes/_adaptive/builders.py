@@ -2,12 +2,13 @@
 weights loaded), the optimizer, the connectome, the controller and --line_search's held-out check."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
 from adaptive import Connectome, Controller
-from adaptive.data import check_dataset_kw, get_dataloaders as _get_dataloaders
+from adaptive.data import check_dataset_kw, dataset_fingerprint, get_dataloaders as _get_dataloaders
 from adaptive.models import build_model_kw
 
 from .checks import _estimator, _refuse_train_only, _uses_estimator
@@ -27,28 +28,40 @@ def get_dataloaders(cfg: RunConfig):
 
 
 def _refuse_differing_splits(cfg: RunConfig, loaders, **batches) -> None:
-    """Refuse, on every process alike, data whose split sizes differ between the processes: each
-    loads its own copy (a --data_dir that is another folder, or holds other files, on each machine),
-    and one of other size runs another number of steps, evaluations and reductions, so the processes'
-    collectives stop matching (masks that differ, a hang). ``batches``: each split's loader as this
-    process reads it (``train=``, ``holdout=``, ``test=``; sharded by ``accelerator.prepare`` or whole),
-    its examples read from ``loaders.datasets``. Give ``test=`` only where the test split is read anyway
-    (the final report): its size builds the lazy split. The sizes are found under
+    """Refuse, on every process alike, data whose split sizes or contents differ between the
+    processes: each loads its own copy (a --data_dir that is another folder, or holds other files, on
+    each machine). One of other size runs another number of steps, evaluations and reductions, so the
+    processes' collectives stop matching (masks that differ, a hang); one of the same size but other
+    contents (another version of the data) trains each process on other examples, silently or until
+    the masks differ. ``batches``: each split's loader as this process reads it (``train=``,
+    ``holdout=``, ``test=``; sharded by ``accelerator.prepare`` or whole), its examples read from
+    ``loaders.datasets``. Give ``test=`` only where the test split is read anyway (the final report):
+    its size builds the lazy split. The sizes and each split's content fingerprint (a few examples
+    as stored, and every label: :func:`adaptive.data.dataset_fingerprint`) are found under
     :func:`adaptive.distributed.agreed_call` (a split that fails to build on one process stops every
     process, where that process alone raising left the others waiting in the gather), then compared
-    (:func:`adaptive.distributed.refuse_differing`): two gathers; none on one process."""
+    (:func:`adaptive.distributed.refuse_differing`), the sizes first: three gathers; none on one process."""
     from adaptive.distributed import agreed_call, is_distributed, refuse_differing
 
     if not is_distributed():
         return
-    sizes = agreed_call(lambda: ", ".join(f"{name} {len(getattr(loaders.datasets, name)):,} examples in {len(dl):,} "
-                                          "batch(es)" for name, dl in batches.items()))
+
+    def found():
+        splits = {name: getattr(loaders.datasets, name) for name in batches}
+        sizes = ", ".join(f"{name} {len(splits[name]):,} examples in {len(dl):,} batch(es)" for name, dl in batches.items())
+        return sizes, ", ".join(f"{name} fingerprint {dataset_fingerprint(ds)}" for name, ds in splits.items())
+
+    sizes, contents = agreed_call(found)
     folder = ("--data_dir" if cfg.data_dir is not None else
               "data folder (--data_dir, else $ADAPTIVE_DATA or the default one, adaptive.paths.resolve_data_dir)")
-    refuse_differing(sizes + " per process", f"sizes of the {cfg.dataset} data",
-                     fix=f"every process must read the same data: the same {folder} contents on every machine (a folder "
-                         "they all see, or the same copy on each; a relative --data_dir is read from each process's "
-                         "working directory)")
+    fix = (f"every process must read the same data: the same {folder} contents on every machine (a folder they all "
+           "see, given as an absolute --data_dir, or the same copy, of the same version, on each; a relative "
+           "--data_dir is read from each process's working directory)")
+    refuse_differing(sizes + " per process", f"sizes of the {cfg.dataset} data", fix=fix)
+    data_dir = None if cfg.data_dir is None else Path(cfg.data_dir).expanduser()
+    where = (None if data_dir is None else f"--data_dir {cfg.data_dir}" if data_dir.is_absolute() else
+             f"--data_dir {cfg.data_dir}, here {data_dir.absolute()}")  # (a relative one: each process's own)
+    refuse_differing(contents, f"contents of the {cfg.dataset} data", fix=fix, detail=where)
 
 
 def build_model_for(cfg: RunConfig, num_classes: int, in_shape) -> torch.nn.Module:
