@@ -6,7 +6,9 @@ or ``pruned_state_dict.pt``) and ``config.yaml`` (there or in the folder above, 
 ``prune_pretrained.py`` writes it) whose ``model`` key names the model for
 ``adaptive.models.build_model`` (a string, or a mapping with ``name`` and build_model keywords;
 top-level ``num_classes``/``in_shape`` are read too). ``--model``, ``--connectome`` and ``--weights`` override or stand in
-for any of them (RUN_DIR may also be the connectome file itself).
+for any of them (RUN_DIR may also be the connectome file itself). RUN_DIR may also be a training checkpoint
+(``RUN/checkpoints/step_N``, read by :mod:`graphs.run_files`: its outputs go into ``RUN``, named by the step), or a
+folder holding exactly one checkpoint or ``remove_<target>`` folder; one holding several is refused, listing them.
 
 ``export --out`` names the file written; its extension (.graphml, .gexf, .json, .pt) is its format,
 and a ``--format`` that disagrees with it is refused. .graphml, .gexf and .json may be followed by .gz
@@ -147,10 +149,17 @@ def _dataset_in_shape(cfg: dict, facts=None):
 
 
 def _layer_shapes(connectome_path: str) -> dict:
-    from safetensors import safe_open
+    """Each masked layer's weight shape, as the connectome file records it."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(connectome_path, framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("layers", "{}"))
+    from .run_files import connectome_state
+
+    try:
+        with safe_open(connectome_path, framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("layers", "{}"))
+    except SafetensorError:  # a connectome state saved with torch.save (a training checkpoint's)
+        sd = connectome_state(connectome_path) or {}
+        return {n: list(m.shape) for n, m in (sd.get("masks") or {}).items()}
 
 
 def _classes_from(connectome_path: str):
@@ -195,10 +204,14 @@ def _check_connectome(path: str) -> None:
 
     from adaptive.connectome import FORMAT
 
+    from .run_files import connectome_state
+
     try:
         with safe_open(path, framework="pt") as f:
             fmt = (f.metadata() or {}).get("format")
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for any unreadable file
+        if connectome_state(path) is not None:  # conn.state_dict() saved with torch.save (a checkpoint's)
+            return
         first = (str(e).strip().splitlines() or [""])[0][:120]
         raise ValueError(f"{path!r} is not a connectome file ({type(e).__name__}: {first}); pass a run folder holding "
                          "connectome.safetensors, that file itself, or --connectome PATH") from None
@@ -219,22 +232,22 @@ def _load_plugins(specs) -> None:
 
 def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = None, weights: Optional[str] = None,
              num_classes=None, in_shape=None, plugins=None):
-    """(model, connectome) from a run folder (or a connectome file) with optional overrides;
-    ``plugins`` are imported first, after those the run's config.yaml names."""
+    """(model, connectome) from a run folder, a training checkpoint folder (``RUN/checkpoints/step_N``)
+    or a connectome file, with optional overrides; ``plugins`` are imported first, after those the
+    run's config.yaml names. A folder holding no connectome but one checkpoint or target folder
+    reads that one; several are refused, listing them (:func:`graphs.run_files.locate`)."""
+    return _load(run, model, connectome, weights, num_classes, in_shape, plugins)[:2]
+
+
+def _load(run: str, model: Optional[str] = None, connectome: Optional[str] = None, weights: Optional[str] = None,
+          num_classes=None, in_shape=None, plugins=None):
+    """(model, connectome, :class:`~graphs.run_files.RunFiles`): :func:`load_run`'s work."""
+    from .run_files import CHECKPOINT_WEIGHTS, locate
+
     ns = argparse.Namespace(model=model, num_classes=num_classes, in_shape=in_shape)
-    if not os.path.exists(run):
-        raise FileNotFoundError(f"no run folder or connectome file at {run!r}: pass a run folder holding "
-                                "connectome.safetensors (or the .safetensors file itself)")
-    run_dir = run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run))
-    folder_only = connectome is None and os.path.isdir(run)
-    if connectome is None:
-        connectome = run if os.path.isfile(run) else os.path.join(run_dir, "connectome.safetensors")
+    found = locate(run, connectome)
+    run_dir, connectome = found.source, found.connectome
     if not os.path.isfile(connectome):
-        targets = sorted(d for d in glob.glob(os.path.join(glob.escape(run_dir), "remove_*"))
-                         if os.path.isfile(os.path.join(d, "connectome.safetensors")))
-        if targets and folder_only:  # a prune_pretrained.py run of several targets: one folder each
-            raise FileNotFoundError(f"no connectome at {connectome!r}: {run} is a run of several targets, one folder "
-                                    f"each; pass one of them: {', '.join(targets)}")
         raise FileNotFoundError(f"no connectome at {connectome!r}: pass a run folder holding connectome.safetensors or --connectome PATH")
     _check_connectome(connectome)
     try:
@@ -267,7 +280,8 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
             kw["in_shape"] = guessed
     net = _rebuild(build_model, name, kw, guessed)
     if weights is None:
-        weights = next((os.path.join(run_dir, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(run_dir, f))), None)
+        names = WEIGHT_FILES + (CHECKPOINT_WEIGHTS if found.checkpoint else ())
+        weights = next((os.path.join(run_dir, f) for f in names if os.path.isfile(os.path.join(run_dir, f))), None)
     if classes_guessed:
         used_last = _classes_used_last(net, connectome, weights)
         if used_last is not None and used_last != kw["num_classes"]:
@@ -280,10 +294,23 @@ def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = 
     else:
         print(f"note: no weights file ({' or '.join(WEIGHT_FILES)}) in {run_dir}: L1/L2 come from a fresh init",
               file=sys.stderr)
+    return net, _connectome(connectome, net), found
+
+
+def _connectome(path: str, net):
+    """The connectome in ``path`` on ``net``: a file Connectome.save wrote, or a state_dict saved with
+    torch.save (a training checkpoint's), rebuilt on the layers it has masks for."""
     from adaptive import Connectome
 
-    conn = Connectome.load(connectome, net)
-    return net, conn
+    from .run_files import connectome_state
+
+    sd = None if path.endswith(".safetensors") else connectome_state(path)
+    if sd is None:
+        return Connectome.load(path, net)
+    modules = [glob.escape(n[: -len(".weight")] if n.endswith(".weight") else n) for n in sd["masks"]]
+    conn = Connectome(net, ensemble=sd.get("ensemble", "synapse"), include=modules, mode=sd.get("mode") or "train")
+    conn.load_state_dict(sd)
+    return conn
 
 
 def _rebuild(build_model, name: str, kw: dict, guessed):
@@ -326,7 +353,8 @@ def _parser():
     subs = {}
     for cmd, (short, long) in _COMMANDS.items():
         s = subs[cmd] = sub.add_parser(cmd, allow_abbrev=False, help=short, description=long)
-        s.add_argument("run", help="run folder (or a connectome .safetensors file)")
+        s.add_argument("run", help="run folder, training checkpoint folder (RUN/checkpoints/step_N) or connectome "
+                                   ".safetensors file")
         if cmd == "export":
             s.add_argument("--level", default="unit", choices=("synapse", "unit", "layer"),
                            help="synapse: unit nodes, one edge per live synapse; unit: unit nodes, one edge per "
@@ -426,6 +454,8 @@ def main(argv=None) -> int:
 
     from adaptive.models import WeightsMismatchError
 
+    out = sys.stdout
+    sys.stdout = _ReaderGone(out)  # `report RUN | head`: the files are still written, the status 0
     try:
         with command_line_warnings():  # one ``warning:`` line each, as the recipes print them
             return _run(a)
@@ -439,6 +469,40 @@ def main(argv=None) -> int:
             raise
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    finally:
+        gone, sys.stdout = sys.stdout.gone, out
+        if gone:  # Python's own flush at exit would complain of the closed pipe
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+            except (OSError, ValueError, AttributeError):  # no file descriptor (a captured stream)
+                pass
+
+
+class _ReaderGone:
+    """stdout that drops what it is given once its reader has gone (``python -m graphs report RUN | head``
+    closes the pipe after a few lines): a BrokenPipeError there stopped the command before it wrote
+    summary.json and the figures, with status 2."""
+
+    def __init__(self, stream):
+        self._stream, self.gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self.gone = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self.gone = True
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def _one_line(e: BaseException) -> str:
@@ -478,8 +542,9 @@ def _check_out(out: str, folder: bool = False) -> None:
         raise UsageError(f"--out {out!r} lies inside {parent!r}, which is a file, not a folder: choose another --out")
 
 
-def _export_path(a, run_dir: str):
-    """(path, format) export writes: --out's extension is the format, --format may only agree with it."""
+def _export_path(a, run_dir: str, suffix: str = ""):
+    """(path, format) export writes: --out's extension is the format, --format may only agree with it;
+    without --out, ``connectome_<level><suffix>.<format>`` in ``run_dir``."""
     from .exporters import COMPRESSED, COMPRESSIBLE, WRITERS
 
     known = sorted({*(e.lstrip(".") for e in WRITERS), "pt"})  # plugins are loaded by now: their writers too
@@ -492,7 +557,7 @@ def _export_path(a, run_dir: str):
     out = a.out
     if out is None or os.path.isdir(out) or out.endswith(("/", os.sep)):
         fmt = fmt or "graphml"
-        return os.path.join(out or run_dir, f"connectome_{a.level}.{fmt}"), fmt
+        return os.path.join(out or run_dir, f"connectome_{a.level}{suffix if out is None else ''}.{fmt}"), fmt
     ext = os.path.splitext(out)[1].lower()
     endings = (f"{', '.join('.' + k for k in known)} (or compressed: "
                f"{', '.join(e + c for e in COMPRESSIBLE for c in COMPRESSED)})")
@@ -524,17 +589,17 @@ def _run(a) -> int:
                          "pass a folder path (created if needed)")
     if a.out:
         _check_out(a.out, folder=a.cmd == "report")
-    model, conn = load_run(a.run, a.model, a.connectome, a.weights, a.num_classes, a.in_shape, a.plugins)
-    run_dir = a.run if os.path.isdir(a.run) else os.path.dirname(os.path.abspath(a.run))
+    model, conn, found = _load(a.run, a.model, a.connectome, a.weights, a.num_classes, a.in_shape, a.plugins)
+    run_dir, suffix = found.out_dir, found.suffix  # a checkpoint's outputs: in its run folder, named by its step
     if a.cmd == "compact":
-        return _compact(model, conn, a, run_dir)
+        return _compact(model, conn, a, run_dir, suffix)
     x = None  # graphs.build guesses, trying token indices and float features
     if a.in_dtype is not None or a.batch_axis is not None:  # batch_axis= needs the input: laid out here
         from .example_inputs import runnable_example_input
 
         x = runnable_example_input(model, _tokens(a), batch_axis=_batch_axis(a, model))
     if a.cmd == "export":
-        out, fmt = _export_path(a, run_dir)  # checked before the (long) build
+        out, fmt = _export_path(a, run_dir, suffix)  # checked before the (long) build
         g = graphs.build(conn, a.level, junctions=not a.contract, example_input=x, batch_axis=a.batch_axis)
         if fmt == "pt":
             _save(graphs.to_pyg(g), out)
@@ -548,15 +613,17 @@ def _run(a) -> int:
               "(--level layer applies to export)", file=sys.stderr)
         level = "unit"
     g = graphs.build(conn, level, junctions=not a.contract, example_input=x, batch_axis=a.batch_axis)
-    out = a.out or os.path.join(run_dir, "graph_report")
+    out = a.out or os.path.join(run_dir, f"graph_report{suffix}")
     os.makedirs(out, exist_ok=True)
     s = graphs.summary(g)
     print(format_summary(s))
     write_text(os.path.join(out, "summary.json"), jsonio.dumps(s, indent=1))
     from adaptive.plots import run_config, run_title
 
-    cfg = run_config(run_dir)
+    cfg = run_config(found.source)
     title = run_title(a.model or cfg.get("model"), cfg.get("dataset"), run_dir, what="connectome of ")
+    if suffix:  # a checkpoint's: the title names its step
+        title = f"{title[:-1]}, {suffix[1:]})" if title.endswith(")") else f"{title} ({suffix[1:]})"
     for path in graphs.figures.plot_all(g, out, title):
         print(f"figure: {path}")
     return 0
@@ -603,7 +670,7 @@ def _batch_axis(a, model) -> Optional[int]:
     return a.batch_axis
 
 
-def _compact(model, conn, a, run_dir) -> int:
+def _compact(model, conn, a, run_dir, suffix: str = "") -> int:
     import graphs
 
     from .compact_check import CompactionMismatchError
@@ -611,7 +678,7 @@ def _compact(model, conn, a, run_dir) -> int:
 
     out = a.out or run_dir
     if os.path.isdir(out) or out.endswith(("/", os.sep)):
-        out = os.path.join(out, "compact_model.pt")
+        out = os.path.join(out, f"compact_model{suffix if a.out is None else ''}.pt")
     if a.float64:
         model.double()  # in place: the connectome masks the same parameters
     # floats in the dtype of the model's first layer

@@ -363,3 +363,24 @@ def test_degree_bins_stay_few_and_the_bar_of_degree_zero_as_wide_as_the_others()
         assert len(widths) <= 51 and len(set(widths)) == 1  # bounded, all bars alike
         assert edges[0] < 0 < edges[1] <= 0.5 and edges[-1] >= top  # degree 0 alone; the top degree counted
         assert all(float(e).is_integer() is False for e in edges)  # no degree on an edge
+
+
+def test_report_into_a_pipe_its_reader_closed_still_writes_its_files(tmp_path, monkeypatch):
+    """`python -m graphs report RUN | head -2`: the closed pipe's BrokenPipeError stopped the report
+    before summary.json and the figures were written, and ended it with status 2."""
+    from graphs.cli import main
+
+    class Closed:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    model = build_model("mlp", num_classes=10, in_shape=(1, 8, 8))
+    run = tmp_path / "run"
+    adaptive.Connectome(model).save(run / "connectome.safetensors")
+    (run / "config.yaml").write_text("model: mlp\ndataset: digits\n")
+    monkeypatch.setattr("sys.stdout", Closed())
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "summary.json").is_file() and (tmp_path / "rep" / "reachability.png").is_file()
