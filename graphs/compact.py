@@ -32,6 +32,15 @@ added. An output of it whose every input is pruned adds those constants with the
 but no constant, it stays where something reads it. A module called whole and a part of it called too (a
 FoldedConv and its convolution, an attention and its ``out_proj``) keep their sizes.
 
+Products. ``a * b`` (``torch.mul``, ``a.mul(b)``) on axis 1, a squeeze-excitation gate ``scale * h`` say, is a reader
+of a factor's constant channel too: that channel is not linked to the product's, goes where its other readers let
+it, and is filled back in for the product (:func:`channel_pad` with the constants: ``k * scale_c``, which depends on
+the data through the gate, stays where it is read); a factor's channel that stays keeps the product's. So a depthwise
+channel whose filter is pruned, a constant after its BatchNorm and activation, goes behind a gate with the expand
+unit feeding it. A product with an exact-zero factor is 0 in the probe (a constant), though the other factor holds
+NaN. A constant depthwise input channel (an expand unit with no live input) makes a border pattern and no constant,
+so it stays; a product on a sequence's last axis keeps its factors linked.
+
 Constants are found by a probe run in which inputs are NaN: NaN spreads through every op that
 depends on data, a unit with no live input (or whose live inputs are exact zeros) emits its bias,
 and whatever stays finite and uniform, with the same value on an input twice the example's size, is a

@@ -26,6 +26,9 @@ class _Items:
         # they count may shrink; any other use of a channel count keeps the channels it counts
         self.counted: Dict[fx.Node, set] = {}
         self.wider: Optional[dict] = None  # the probe's values on an input twice the example's size, if it ran
+        # (product, factor): a product's factor on axis 1 whose constant channels are not linked to the product's,
+        # which the rewrite fills back with those constants where the factor loses them and the product does not
+        self.factors: List[tuple] = []
 
     def add(self, node, c, axis=1):
         self.offset[node], self.count[node], self.axis[node] = self.n, c, axis

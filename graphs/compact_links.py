@@ -13,6 +13,7 @@ from . import ops
 from .compact_filled import _FILLED_LIKE, _filled_channel_axis, _filled_sizes, _link_filled
 from .compact_items import _tensor_args
 from .compact_layers import _BN
+from .compact_probe import _node_consts, _product
 from .compact_splits import _of_split, _part_axis, _unbinds
 from .compact_views import (_channel_entry, _channels_last_like, _flatten_like, _getitem_channel_axis,
                             _keeps_channels, _reshape, _whole)
@@ -53,6 +54,17 @@ def _out_axis(n, cat, module, args, env, items) -> int:
     return 1
 
 
+def _constant_factor(n, a, args, env, items):
+    """The channels (flags) of ``a``, a factor of the product ``n`` on axis 1 (a squeeze-excitation gate or what it
+    scales, a GLU's half over channels), that the probe found constant, where there are any; else None. Such a
+    channel is not linked to the product's: it may go while the product's stays (the rewrite fills the constant
+    back in, :func:`graphs.compact_rewrite.channel_pad`), but stays wherever the product's does not go."""
+    if not _product(n) or items.axis[n] != 1 or items.axis[a] != 1 or len(set(args)) != 2:
+        return None
+    const = ~torch.isnan(_node_consts(a, env, items.wider, 1))
+    return const if bool(const.any()) else None
+
+
 def _link(n, cat, module, args, env, items) -> bool:
     """Link the channel items ``n`` passes through; False when ``n`` must pin its neighbours."""
     out = env[n]
@@ -86,8 +98,13 @@ def _link(n, cat, module, args, env, items) -> bool:
         for a in args:
             if a in ones:
                 items.pin(a)
-            else:
-                items.link(items.ids(a), items.ids(n))
+                continue
+            ids, out_ids = items.ids(a), items.ids(n)
+            const = _constant_factor(n, a, args, env, items)
+            if const is not None:  # a product reads a constant channel as a reader folds one: it fills it back in
+                items.factors.append((n, a))
+                ids, out_ids = ids[~const], out_ids[~const]
+            items.link(ids, out_ids)
         return True
     if cat == "reduce":
         x = env[args[0]]

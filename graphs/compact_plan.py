@@ -11,7 +11,7 @@ from . import ops, shape_reads
 from .compact_items import _Items, _tensor_args
 from .compact_layers import _BN, _LAYERS, _depthwise, _inputs_read, _module_input
 from .compact_links import _link, _out_axis
-from .compact_probe import _SAME_RTOL, _channel_consts
+from .compact_probe import _node_consts
 from .compact_splits import _split
 from .folded import FoldedConv, unfolded
 
@@ -101,14 +101,8 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     for p_ in items.pinned:
         bad[p_] = True
     consts = torch.full((items.n,), float("nan"), dtype=torch.float64)
-    for n, off in items.offset.items():
-        c = _channel_consts(env[n], items.axis[n]).double()
-        if wider_env is not None:  # constant at both input sizes, with the same value (to float rounding)
-            w = wider_env.get(n)
-            ok = isinstance(w, torch.Tensor) and w.dim() == env[n].dim() and w.shape[items.axis[n]] == c.numel()
-            same = ok and torch.isclose(_channel_consts(w, items.axis[n]).double(), c, rtol=_SAME_RTOL, atol=0)
-            c = torch.where(same, c, float("nan")) if ok else c * float("nan")
-        consts[off: off + items.count[n]] = c
+    for n, off in items.offset.items():  # constant at both input sizes, with the same value (to float rounding)
+        consts[off: off + items.count[n]] = _node_consts(n, env, wider_env, items.axis[n])
     # items read by weighted layers: removable only if constant or unused by every reader
     for n, readers in weighted_inputs.items():
         ids = items.ids(n)
@@ -141,6 +135,13 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
             stay = _uneven_groups(removed[items.ids(x)], removed[items.ids(n)], g)
             if bool(stay[0].any()) or bool(stay[1].any()):
                 class_bad[label[torch.cat([items.ids(x)[stay[0]], items.ids(n)[stay[1]]])]] = True
+                removed = ~class_bad[label]
+                changed = True
+        for n, a in items.factors:  # a factor's constant channel that stays keeps the product's: none reads it else
+            out_ids = items.ids(n)
+            stay = ~removed[items.ids(a)] & removed[out_ids]
+            if bool(stay.any()):
+                class_bad[label[out_ids[stay]]] = True
                 removed = ~class_bad[label]
                 changed = True
         for ids in outs:  # keep whole classes until every weighted layer keeps a multiple of align units

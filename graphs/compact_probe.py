@@ -4,6 +4,7 @@ fold (see :mod:`graphs.compact`)."""
 from __future__ import annotations
 
 import copy
+import operator
 from typing import Optional
 
 import torch
@@ -42,6 +43,8 @@ class _Probe(fx.Interpreter):
             if n.all_input_nodes and not any(t.is_floating_point() for t in ins):
                 # floats made from integer data (an embedding lookup, one_hot(x).float()) depend on it
                 return torch.full_like(out, float("nan"))
+            if _product(n):
+                return _times_zero(out, [self.env.get(a) for a in n.args[:2] if isinstance(a, fx.Node)])
         return out
 
     def call_module(self, target, args, kwargs):
@@ -69,6 +72,28 @@ class _Probe(fx.Interpreter):
         shape = [1] * out.dim()
         shape[axis] = o
         return val.view(shape).expand_as(out).clone()
+
+
+def _product(n) -> bool:
+    """A product of two tensors, ``a * b`` (``torch.mul``, ``a.mul(b)``; not in place)."""
+    two = len(n.args) >= 2 and all(isinstance(a, fx.Node) for a in n.args[:2])
+    return two and ((n.op == "call_function" and n.target in (operator.mul, torch.mul))
+                    or (n.op == "call_method" and n.target == "mul"))
+
+
+def _times_zero(out: torch.Tensor, factors: list) -> torch.Tensor:
+    """``out``, a product's probe value, exactly 0 where a float factor is exactly 0: an input-independent zero
+    times whatever the data makes of the other factor (NaN in the probe; finite in the model) is 0, a constant (a
+    squeeze-excitation gate times a channel whose filter is pruned, after an activation that maps its constant to
+    0)."""
+    zero = None
+    for f in factors:
+        if isinstance(f, torch.Tensor) and f.is_floating_point():
+            z = f == 0
+            zero = z if zero is None else zero | z
+    if zero is None or not bool(zero.any()) or torch.broadcast_shapes(zero.shape, out.shape) != out.shape:
+        return out
+    return torch.where(zero, torch.zeros_like(out), out)
 
 
 def _size_dependent(n) -> bool:
@@ -127,6 +152,19 @@ def _channel_consts(t: torch.Tensor, axis: int = 1) -> torch.Tensor:
     first = flat[:, 0]
     ok = torch.isfinite(first) & torch.isclose(flat, first[:, None], rtol=_SAME_RTOL, atol=0).all(1)
     return torch.where(ok, first, torch.full_like(first, float("nan")))
+
+
+def _node_consts(n, env, wider, axis: int) -> torch.Tensor:
+    """Per channel of ``n`` (along ``axis``), in float64: its value where the probe found it a constant, finite and
+    uniform on the example's input and the same (to float rounding) on the one twice its size (``wider``: those
+    values, None where that input did not run), else NaN."""
+    c = _channel_consts(env[n], axis).double()
+    if wider is not None:
+        w = wider.get(n)
+        ok = isinstance(w, torch.Tensor) and w.dim() == env[n].dim() and w.shape[axis] == c.numel()
+        same = ok and torch.isclose(_channel_consts(w, axis).double(), c, rtol=_SAME_RTOL, atol=0)
+        c = torch.where(same, c, float("nan")) if ok else c * float("nan")
+    return c
 
 
 def _probe_wider(gm: fx.GraphModule, x, weights=None):

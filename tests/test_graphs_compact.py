@@ -943,11 +943,12 @@ class GluMlp(nn.Module):
         return self.fc2(a * torch.sigmoid(b))
 
 
-@pytest.mark.parametrize("shape", [(2, 6), (2, 5, 6)])
-def test_glu_halves_shrink_with_their_gating_partners(shape):
+@pytest.mark.parametrize("shape, removed", [((2, 6), 5), ((2, 5, 6), 4)])
+def test_glu_halves_shrink_with_their_gating_partners(shape, removed):
     """``a * sigmoid(b)`` links channel j of each half: an unused product takes fc1's units j and 4 + j, a
     product of two constant halves is a constant folded into fc2; a constant ``a_j`` gated by a live ``b_j``
-    is no constant, and both stay."""
+    is no constant: ``b_j`` stays, and ``a_j`` goes, filled back into the product, on axis 1 (``[N, C]``); on the
+    last axis of a sequence it stays."""
     torch.manual_seed(0)
     m = GluMlp()
     with torch.no_grad():
@@ -956,13 +957,13 @@ def test_glu_halves_shrink_with_their_gating_partners(shape):
     masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
     masks["fc2.weight"][:, 1] = False  # product 1 unused: fc1 units 1 and 5 go
     masks["fc1.weight"][[3, 7]] = False  # product 3 constant: fc1 units 3 and 7 go, folded into fc2's bias
-    masks["fc1.weight"][2] = False  # a_2 constant, b_2 live: both stay
+    masks["fc1.weight"][2] = False  # a_2 constant, b_2 live: b_2 stays (a_2 too on a sequence)
     conn.set_masks(masks)
     x = torch.randn(*shape)
     ref = masked_output(m, conn, x)
     small = graphs.compact(m, conn, x)
-    assert small.compaction["removed"] == {"fc1": 4, "fc2": 0}
-    assert small.fc1.out_features == 4 and small.fc2.in_features == 2
+    assert small.compaction["removed"] == {"fc1": removed, "fc2": 0}
+    assert small.fc1.out_features == 8 - removed and small.fc2.in_features == 2
     assert_same_outputs(small, m, ref, x, torch.randn(4, *shape[1:]))
 
 
@@ -988,13 +989,14 @@ def test_glu_channel_gate_in_a_cnn():
     masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
     masks["conv2.weight"][:, 1] = False  # gated channel 1 unused: conv1 units 1 and 5 go
     masks["conv1.weight"][[2, 6]] = False  # gated channel 2 constant: folded into conv2 at its padded border
-    masks["conv1.weight"][3] = False  # a constant gated by a live unit: both stay
+    masks["conv1.weight"][3] = False  # a constant gated by a live unit: it goes, filled back into the product
     conn.set_masks(masks)
     x = torch.randn(2, 3, 6, 6)
     ref = masked_output(m, conn, x)
     small = graphs.compact(m, conn, x)
-    assert small.compaction["removed"] == {"conv1": 4, "conv2": 0, "fc": 0}
-    assert small.get_submodule("bn").num_features == 4
+    assert small.compaction["removed"] == {"conv1": 5, "conv2": 0, "fc": 0}
+    assert small.get_submodule("bn").num_features == 3 and split_sizes(small) == [[1, 2]]
+    assert "channel_pad(" in small.code
     assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 6, 6))
 
 
