@@ -51,6 +51,7 @@ from .score_checks import _check_pooled, _check_scores, _ranks_nothing
 from .score_checks import _describe, _nonfinite_weights  # noqa: F401  (importable from here, as before)
 from .schedules import get_decay
 from .utility import GradientStats, UtilityContext, get_estimator
+from .utility.base import Estimator, estimator_label
 from .utility.ties import ZERO_COST_ORDERS, order_zero_costs
 from .warn import warn_user
 
@@ -283,7 +284,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         self.start_step = start_step
         self.end_step = end_step
         self.edit = get_decay(edit_decay, edit_fraction, end_step, start_step)
-        self.estimator_name = getattr(estimator, "name", estimator)  # (an Estimator instance: its registry name)
+        # an Estimator instance: its registry name, or its class's where it is not registered (estimator_label)
+        self.estimator_name = estimator_label(estimator) if isinstance(estimator, Estimator) else estimator
         uses = [x for x in (self.policy.drop_by, self.policy.grow_by) if x is not None]
         if estimator is not None and not any(x.startswith("estimator") for x in uses):
             raise ValueError(
@@ -343,7 +345,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         needs_g2 = self.drop_est.needs_second_moment or (self.grow_est is not None and self.grow_est.needs_second_moment)
         self.stats = GradientStats(conn, second_moment=needs_g2) if needs_g else None
         span = min(window or update_every, update_every)
-        fisher = sorted({e.name for e in (self.drop_est, self.grow_est) if getattr(e, "needs_fisher", False)})
+        fisher = sorted({estimator_label(e) for e in (self.drop_est, self.grow_est) if getattr(e, "needs_fisher", False)})
         if fisher and span < 2:
             warn_user(
                 f"estimator {', '.join(fisher)} recovers the per-sample Fisher from the spread of the batch gradients in "
@@ -511,7 +513,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                     "gradient with model.zero_grad())")
         raise ValueError(
             f"{len(frozen)} layer(s) of the connectome are frozen (requires_grad=False): {shown}. Autograd computes "
-            f"no gradient for them, so estimator {est.name!r} would score every synapse there at 0 (free to remove, "
+            f"no gradient for them, so estimator {estimator_label(est)!r} would score every synapse there at 0 (free to remove, "
             f"nothing to gain by restoring) and this controller would edit them by that; nothing was observed. Keep "
             f"their connectome fixed (protect={names}), leave them out of the Connectome (exclude={names}), score by "
             f"magnitude (estimator='magnitude', or a policy that reads no gradient), or, to score them by the loss, "
@@ -655,7 +657,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             if unseen and all(_ranks_nothing(s) for s in scores.values()):
                 est = self.drop_est
                 raise ValueError(
-                    f"init='estimator' ranks the ensembles by estimator {getattr(est, 'name', type(est).__name__)!r}, "
+                    f"init='estimator' ranks the ensembles by estimator {estimator_label(est)!r}, "
                     "but every removal cost it gives before any gradient is observed is the same (a new controller "
                     "has seen none), so the ensembles kept would be chosen by magnitude alone. Use init='magnitude' or "
                     "init='random' (the estimator edits from the first update on), or an estimator whose removal "

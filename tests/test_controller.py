@@ -740,6 +740,43 @@ def test_a_registered_estimator_whose_definition_ran_again_is_still_the_register
         _ESTIMATORS.pop("rerun_definition", None)
 
 
+class _OwnGradientEstimator(_OwnEstimator):
+    """A user's own estimator, not registered, that reads gradients and the Fisher of the window."""
+
+    needs_gradients = True
+    needs_fisher = True
+
+    def removal_cost(self, ctx):
+        return torch.zeros_like(ctx.weight, dtype=torch.float32)  # before any gradient: ranks nothing
+
+
+@pytest.mark.parametrize("est, label", [(_OwnGradientEstimator, "_OwnGradientEstimator"), (_MyTaylor, "_MyTaylor"),
+                                        ("taylor", "taylor")])
+def test_an_unregistered_estimator_object_is_named_by_its_class_in_the_start_line_and_errors(est, label):
+    """An estimator object of a class not registered answers to the base class's name, '?' (a subclass
+    of a registered one: its parent's): the recipes' start line (``ctrl.estimator_name``), the
+    construction warnings and errors named it "estimator '?'". They name its class; a registered one
+    keeps its registry name."""
+    def build(estimator, update_every=2, init="magnitude", policy="utility", **kw):
+        m = tiny()
+        return m, adaptive.Controller(adaptive.Connectome(m), policy=policy, estimator=estimator, density=0.5,
+                                      init=init, update_every=update_every, **kw)
+
+    m, ctrl = build(est() if isinstance(est, type) else est)
+    assert ctrl.estimator_name == label
+    if not isinstance(est, type) or not getattr(est, "needs_fisher", False):
+        return
+    with pytest.warns(UserWarning, match=f"estimator {label} recovers the per-sample Fisher"):
+        build(est(), update_every=1)  # a window of one batch
+    with pytest.raises(ValueError, match=f"init='estimator' ranks the ensembles by estimator '{label}'") as e:
+        build(est(), init="estimator")
+    assert "'?'" not in str(e.value)
+    m, ctrl = build(est(), policy="gmp", init=None, end_step=10)
+    m.weight.requires_grad_(False)
+    with pytest.raises(ValueError, match=f"so estimator '{label}' would score every synapse there at 0"):
+        ctrl.observe()
+
+
 def test_a_state_saved_before_the_estimator_classes_were_recorded_loads_by_its_names():
     """States saved before ``estimator_classes`` was recorded compare the names alone (a subclass
     recorded its parent's name, so a resume with that subclass must still load); a '?' (a class
