@@ -538,7 +538,32 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         Only for a controller driven explicitly: one attached to an optimizer steps itself after
         each of its steps, so a call here is refused (it would count each training step twice)."""
         self._refuse_when_attached("step", "steps itself after every optimizer.step()", "count each training step twice")
+        if self.step_count == 0 or self.due(self.step_count + 1):
+            self._warn_unmasked_weights()
         return self._advance()
+
+    @torch.no_grad()
+    def _warn_unmasked_weights(self) -> None:
+        """Warn once where, driven explicitly, pruned synapses are off 0.0 because nothing masks them: a
+        Connectome attached to no optimizer leaves every optimizer step (momentum, Adam's moments, weight
+        decay) free to move them, and the controller edits masks over what is a dense network. Checked at
+        the first step and at each update (one pass over the weights), not where an optimizer is attached."""
+        if self.__dict__.get("_warned_unmasked") or any(r() is not None for r in self.conn._optimizers):
+            return
+        moved = {n: int(torch.count_nonzero(self.conn.params[n].detach().ne(0) & ~m))
+                 for n, m in self.conn.masks.items() if not bool(m.all())}
+        moved = {n: k for n, k in moved.items() if k}
+        if not moved:
+            return
+        self._warned_unmasked = True
+        shown = ", ".join(f"{n} ({k:,})" for n, k in list(moved.items())[:3]) + (
+            f" and {len(moved) - 3} more layer(s)" if len(moved) > 3 else "")
+        warn_user(f"ctrl.step(): pruned synapses are not 0.0 in {shown}: this Connectome is attached to no optimizer, "
+                  "so nothing keeps them at 0.0 and the optimizer's steps (momentum, Adam's moments, weight decay) "
+                  "moved them: the network trains densely while the controller edits its masks. Attach the optimizer "
+                  "before training: conn.attach(optimizer) (the controller is still driven by ctrl.observe() and "
+                  "ctrl.step()), or Controller(conn, optimizer, ...), which then steps itself; with an update rule "
+                  "of your own, call conn.apply() after each update")
 
     def _refuse_when_attached(self, call: str, does: str, twice: str) -> None:
         """An explicit observe()/step() on a controller its optimizer's hook already drives is refused."""

@@ -1569,3 +1569,32 @@ def test_a_crawl_state_loaded_into_a_controller_with_another_end_step_goes_on_wi
     # down to the goal (8 of 32 synapses) evenly over the updates left until this controller's
     # end_step, 100: one a step, where the saved deadline, step 4, had it take six at once
     assert live - ctrl2.conn.num_live() == math.ceil((live - 8) / (100 - step)) == 1
+
+
+def test_an_explicitly_driven_controller_warns_when_nothing_keeps_pruned_weights_at_zero():
+    """Driven explicitly (ctrl.observe(), ctrl.step()) over a Connectome attached to no optimizer, Adam's
+    first step moved every pruned synapse off 0.0 and the controller went on editing the masks of what
+    trained as a dense network, without a word. ctrl.step() warns, once, naming the layer and conn.attach;
+    with the connectome attached nothing is said and the pruned weights stay at 0.0."""
+    for attach in (False, True):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        conn = adaptive.Connectome(m)
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+        if attach:
+            conn.attach(opt)
+        ctrl = adaptive.Controller(conn, policy="rigl", density=0.5, update_every=2, end_step=6)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            for _ in range(5):  # the last step no update (which re-masks)
+                m(torch.randn(4, 8)).logsumexp(1).mean().backward()
+                ctrl.observe()
+                opt.step()
+                ctrl.step()
+                opt.zero_grad()
+        said = [str(x.message) for x in w if "attached to no optimizer" in str(x.message)]
+        moved = sum(int(((p != 0) & ~conn.masks[n]).sum()) for n, p in conn.params.items())
+        if attach:
+            assert not said and moved == 0
+        else:
+            assert moved > 0 and len(said) == 1 and "0.weight" in said[0] and "conn.attach(optimizer)" in said[0]
