@@ -542,6 +542,28 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             self._warn_unmasked_weights()
         return self._advance()
 
+    def _warn_unstepped_layers(self) -> None:
+        """Warn once, in train mode, of layers the controller edits whose weights none of the connectome's
+        optimizers holds (left out of ``optimizer``, say to keep a layer fixed): they never train, so what it
+        grows there stays at 0.0, and their ``.grad``, which that optimizer's ``zero_grad()`` never clears, adds
+        up over the steps, so the controller ranks them by a sum of stale gradients."""
+        opts = [r() for r in self.conn._optimizers]
+        opts = [o for o in opts if o is not None]
+        if self.conn.mode != "train" or not opts or self.__dict__.get("_warned_unstepped"):
+            return
+        held = {id(p) for o in opts for g in o.param_groups for p in g["params"]}
+        left = [n for n in self.editable() if id(self.conn.params[n]) not in held]
+        if not left:
+            return
+        self._warned_unstepped = True
+        shown, names = _named(left)
+        warn_user(f"{len(left)} layer(s) the controller edits are held by none of the optimizers this Connectome is "
+                  f"attached to ({', '.join(type(o).__name__ for o in opts)}): {shown}. Their weights never train, so "
+                  "synapses grown there stay at 0.0, and their gradients, which that optimizer's zero_grad() never "
+                  "clears, add up over the steps and rank them by stale sums. Add them to the optimizer (build it from "
+                  f"model.parameters()), attach the optimizer that steps them (conn.attach(optimizer)), or keep them "
+                  f"as they are: protect={names} (never edited) or exclude={names} (left out of the Connectome)")
+
     @torch.no_grad()
     def _warn_unmasked_weights(self) -> None:
         """Warn once where, driven explicitly, pruned synapses are off 0.0 because nothing masks them: a
@@ -739,6 +761,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                           "skipped; check the data (NaN or inf in inputs or targets) and the learning rate. Later "
                           "such updates are counted in ctrl.nonfinite_windows, not warned again")
             return self._skipped(step)
+        self._warn_unstepped_layers()
         plan = self.policy.update(self, step)
         event = self._apply(plan if plan is not None else EditPlan(), step=step)
         if self.stats is not None:

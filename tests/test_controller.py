@@ -1598,3 +1598,28 @@ def test_an_explicitly_driven_controller_warns_when_nothing_keeps_pruned_weights
             assert not said and moved == 0
         else:
             assert moved > 0 and len(said) == 1 and "0.weight" in said[0] and "conn.attach(optimizer)" in said[0]
+
+
+def test_a_layer_left_out_of_the_optimizer_is_warned_of_at_the_first_update():
+    """A layer the attached optimizer does not hold (built from the head's parameters alone) never trains,
+    and its .grad, which that optimizer's zero_grad() never clears, added up over the steps: RigL grew
+    there by stale sums, silently. The first update warns once, naming the layer and protect=/exclude=;
+    an optimizer over every weight is not warned of."""
+    for everything in (False, True):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        conn = adaptive.Connectome(m)
+        opt = torch.optim.SGD(m.parameters() if everything else m[2].parameters(), lr=0.1)
+        ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=2, end_step=8)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            for _ in range(6):
+                m(torch.randn(4, 8)).logsumexp(1).mean().backward()
+                opt.step()
+                opt.zero_grad()
+        said = [str(x.message) for x in w if "held by none of the optimizers" in str(x.message)]
+        assert len(ctrl.events) == 4  # the init and 3 updates
+        if everything:
+            assert not said
+        else:
+            assert len(said) == 1 and "0.weight" in said[0] and "2.weight" not in said[0] and "protect=['0.weight']" in said[0]
