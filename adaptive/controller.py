@@ -51,6 +51,7 @@ from .score_checks import _check_pooled, _check_scores, _ranks_nothing
 from .score_checks import _describe, _nonfinite_weights  # noqa: F401  (importable from here, as before)
 from .schedules import get_decay
 from .utility import GradientStats, UtilityContext, get_estimator
+from .utility.base import Estimator, estimator_label
 from .utility.ties import ZERO_COST_ORDERS, order_zero_costs
 from .warn import warn_user
 
@@ -283,7 +284,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         self.start_step = start_step
         self.end_step = end_step
         self.edit = get_decay(edit_decay, edit_fraction, end_step, start_step)
-        self.estimator_name = getattr(estimator, "name", estimator)  # (an Estimator instance: its registry name)
+        # an Estimator instance: its registry name, or its class's where it is not registered (estimator_label)
+        self.estimator_name = estimator_label(estimator) if isinstance(estimator, Estimator) else estimator
         uses = [x for x in (self.policy.drop_by, self.policy.grow_by) if x is not None]
         if estimator is not None and not any(x.startswith("estimator") for x in uses):
             raise ValueError(
@@ -343,7 +345,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         needs_g2 = self.drop_est.needs_second_moment or (self.grow_est is not None and self.grow_est.needs_second_moment)
         self.stats = GradientStats(conn, second_moment=needs_g2) if needs_g else None
         span = min(window or update_every, update_every)
-        fisher = sorted({e.name for e in (self.drop_est, self.grow_est) if getattr(e, "needs_fisher", False)})
+        fisher = sorted({estimator_label(e) for e in (self.drop_est, self.grow_est) if getattr(e, "needs_fisher", False)})
         if fisher and span < 2:
             warn_user(
                 f"estimator {', '.join(fisher)} recovers the per-sample Fisher from the spread of the batch gradients in "
@@ -511,7 +513,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                     "gradient with model.zero_grad())")
         raise ValueError(
             f"{len(frozen)} layer(s) of the connectome are frozen (requires_grad=False): {shown}. Autograd computes "
-            f"no gradient for them, so estimator {est.name!r} would score every synapse there at 0 (free to remove, "
+            f"no gradient for them, so estimator {estimator_label(est)!r} would score every synapse there at 0 (free to remove, "
             f"nothing to gain by restoring) and this controller would edit them by that; nothing was observed. Keep "
             f"their connectome fixed (protect={names}), leave them out of the Connectome (exclude={names}), score by "
             f"magnitude (estimator='magnitude', or a policy that reads no gradient), or, to score them by the loss, "
@@ -536,7 +538,54 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         Only for a controller driven explicitly: one attached to an optimizer steps itself after
         each of its steps, so a call here is refused (it would count each training step twice)."""
         self._refuse_when_attached("step", "steps itself after every optimizer.step()", "count each training step twice")
+        if self.step_count == 0 or self.due(self.step_count + 1):
+            self._warn_unmasked_weights()
         return self._advance()
+
+    def _warn_unstepped_layers(self) -> None:
+        """Warn once, in train mode, of layers the controller edits whose weights none of the connectome's
+        optimizers holds (left out of ``optimizer``, say to keep a layer fixed): they never train, so what it
+        grows there stays at 0.0, and their ``.grad``, which that optimizer's ``zero_grad()`` never clears, adds
+        up over the steps, so the controller ranks them by a sum of stale gradients."""
+        opts = [r() for r in self.conn._optimizers]
+        opts = [o for o in opts if o is not None]
+        if self.conn.mode != "train" or not opts or self.__dict__.get("_warned_unstepped"):
+            return
+        held = {id(p) for o in opts for g in o.param_groups for p in g["params"]}
+        left = [n for n in self.editable() if id(self.conn.params[n]) not in held]
+        if not left:
+            return
+        self._warned_unstepped = True
+        shown, names = _named(left)
+        warn_user(f"{len(left)} layer(s) the controller edits are held by none of the optimizers this Connectome is "
+                  f"attached to ({', '.join(type(o).__name__ for o in opts)}): {shown}. Their weights never train, so "
+                  "synapses grown there stay at 0.0, and their gradients, which that optimizer's zero_grad() never "
+                  "clears, add up over the steps and rank them by stale sums. Add them to the optimizer (build it from "
+                  f"model.parameters()), attach the optimizer that steps them (conn.attach(optimizer)), or keep them "
+                  f"as they are: protect={names} (never edited) or exclude={names} (left out of the Connectome)")
+
+    @torch.no_grad()
+    def _warn_unmasked_weights(self) -> None:
+        """Warn once where, driven explicitly, pruned synapses are off 0.0 because nothing masks them: a
+        Connectome attached to no optimizer leaves every optimizer step (momentum, Adam's moments, weight
+        decay) free to move them, and the controller edits masks over what is a dense network. Checked at
+        the first step and at each update (one pass over the weights), not where an optimizer is attached."""
+        if self.__dict__.get("_warned_unmasked") or any(r() is not None for r in self.conn._optimizers):
+            return
+        moved = {n: int(torch.count_nonzero(self.conn.params[n].detach().ne(0) & ~m))
+                 for n, m in self.conn.masks.items() if not bool(m.all())}
+        moved = {n: k for n, k in moved.items() if k}
+        if not moved:
+            return
+        self._warned_unmasked = True
+        shown = ", ".join(f"{n} ({k:,})" for n, k in list(moved.items())[:3]) + (
+            f" and {len(moved) - 3} more layer(s)" if len(moved) > 3 else "")
+        warn_user(f"ctrl.step(): pruned synapses are not 0.0 in {shown}: this Connectome is attached to no optimizer, "
+                  "so nothing keeps them at 0.0 and the optimizer's steps (momentum, Adam's moments, weight decay) "
+                  "moved them: the network trains densely while the controller edits its masks. Attach the optimizer "
+                  "before training: conn.attach(optimizer) (the controller is still driven by ctrl.observe() and "
+                  "ctrl.step()), or Controller(conn, optimizer, ...), which then steps itself; with an update rule "
+                  "of your own, call conn.apply() after each update")
 
     def _refuse_when_attached(self, call: str, does: str, twice: str) -> None:
         """An explicit observe()/step() on a controller its optimizer's hook already drives is refused."""
@@ -655,7 +704,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             if unseen and all(_ranks_nothing(s) for s in scores.values()):
                 est = self.drop_est
                 raise ValueError(
-                    f"init='estimator' ranks the ensembles by estimator {getattr(est, 'name', type(est).__name__)!r}, "
+                    f"init='estimator' ranks the ensembles by estimator {estimator_label(est)!r}, "
                     "but every removal cost it gives before any gradient is observed is the same (a new controller "
                     "has seen none), so the ensembles kept would be chosen by magnitude alone. Use init='magnitude' or "
                     "init='random' (the estimator edits from the first update on), or an estimator whose removal "
@@ -712,6 +761,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                           "skipped; check the data (NaN or inf in inputs or targets) and the learning rate. Later "
                           "such updates are counted in ctrl.nonfinite_windows, not warned again")
             return self._skipped(step)
+        self._warn_unstepped_layers()
         plan = self.policy.update(self, step)
         event = self._apply(plan if plan is not None else EditPlan(), step=step)
         if self.stats is not None:

@@ -46,12 +46,9 @@ def _unregistered_class(est) -> "str | None":
     A class whose definition was run again (its registry entry replaced by the new class object) is
     still the registered one."""
     from .registry import _definition
-    from .utility.base import _ESTIMATORS
+    from .utility.base import is_registered
 
-    name = vars(type(est)).get("name")  # registered under it (a subclass of a registered class: not its own)
-    held = _ESTIMATORS.get(name) if isinstance(name, str) else None
-    # the registry's rule: the same definition run again (a notebook cell, a module reloaded) is the entry
-    return None if held is not None and _definition(held) == _definition(type(est)) else _definition(type(est))
+    return None if is_registered(est) else _definition(type(est))
 
 
 def _same_class(saved, mine) -> bool:

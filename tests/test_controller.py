@@ -740,6 +740,43 @@ def test_a_registered_estimator_whose_definition_ran_again_is_still_the_register
         _ESTIMATORS.pop("rerun_definition", None)
 
 
+class _OwnGradientEstimator(_OwnEstimator):
+    """A user's own estimator, not registered, that reads gradients and the Fisher of the window."""
+
+    needs_gradients = True
+    needs_fisher = True
+
+    def removal_cost(self, ctx):
+        return torch.zeros_like(ctx.weight, dtype=torch.float32)  # before any gradient: ranks nothing
+
+
+@pytest.mark.parametrize("est, label", [(_OwnGradientEstimator, "_OwnGradientEstimator"), (_MyTaylor, "_MyTaylor"),
+                                        ("taylor", "taylor")])
+def test_an_unregistered_estimator_object_is_named_by_its_class_in_the_start_line_and_errors(est, label):
+    """An estimator object of a class not registered answers to the base class's name, '?' (a subclass
+    of a registered one: its parent's): the recipes' start line (``ctrl.estimator_name``), the
+    construction warnings and errors named it "estimator '?'". They name its class; a registered one
+    keeps its registry name."""
+    def build(estimator, update_every=2, init="magnitude", policy="utility", **kw):
+        m = tiny()
+        return m, adaptive.Controller(adaptive.Connectome(m), policy=policy, estimator=estimator, density=0.5,
+                                      init=init, update_every=update_every, **kw)
+
+    m, ctrl = build(est() if isinstance(est, type) else est)
+    assert ctrl.estimator_name == label
+    if not isinstance(est, type) or not getattr(est, "needs_fisher", False):
+        return
+    with pytest.warns(UserWarning, match=f"estimator {label} recovers the per-sample Fisher"):
+        build(est(), update_every=1)  # a window of one batch
+    with pytest.raises(ValueError, match=f"init='estimator' ranks the ensembles by estimator '{label}'") as e:
+        build(est(), init="estimator")
+    assert "'?'" not in str(e.value)
+    m, ctrl = build(est(), policy="gmp", init=None, end_step=10)
+    m.weight.requires_grad_(False)
+    with pytest.raises(ValueError, match=f"so estimator '{label}' would score every synapse there at 0"):
+        ctrl.observe()
+
+
 def test_a_state_saved_before_the_estimator_classes_were_recorded_loads_by_its_names():
     """States saved before ``estimator_classes`` was recorded compare the names alone (a subclass
     recorded its parent's name, so a resume with that subclass must still load); a '?' (a class
@@ -1532,3 +1569,57 @@ def test_a_crawl_state_loaded_into_a_controller_with_another_end_step_goes_on_wi
     # down to the goal (8 of 32 synapses) evenly over the updates left until this controller's
     # end_step, 100: one a step, where the saved deadline, step 4, had it take six at once
     assert live - ctrl2.conn.num_live() == math.ceil((live - 8) / (100 - step)) == 1
+
+
+def test_an_explicitly_driven_controller_warns_when_nothing_keeps_pruned_weights_at_zero():
+    """Driven explicitly (ctrl.observe(), ctrl.step()) over a Connectome attached to no optimizer, Adam's
+    first step moved every pruned synapse off 0.0 and the controller went on editing the masks of what
+    trained as a dense network, without a word. ctrl.step() warns, once, naming the layer and conn.attach;
+    with the connectome attached nothing is said and the pruned weights stay at 0.0."""
+    for attach in (False, True):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        conn = adaptive.Connectome(m)
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+        if attach:
+            conn.attach(opt)
+        ctrl = adaptive.Controller(conn, policy="rigl", density=0.5, update_every=2, end_step=6)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            for _ in range(5):  # the last step no update (which re-masks)
+                m(torch.randn(4, 8)).logsumexp(1).mean().backward()
+                ctrl.observe()
+                opt.step()
+                ctrl.step()
+                opt.zero_grad()
+        said = [str(x.message) for x in w if "attached to no optimizer" in str(x.message)]
+        moved = sum(int(((p != 0) & ~conn.masks[n]).sum()) for n, p in conn.params.items())
+        if attach:
+            assert not said and moved == 0
+        else:
+            assert moved > 0 and len(said) == 1 and "0.weight" in said[0] and "conn.attach(optimizer)" in said[0]
+
+
+def test_a_layer_left_out_of_the_optimizer_is_warned_of_at_the_first_update():
+    """A layer the attached optimizer does not hold (built from the head's parameters alone) never trains,
+    and its .grad, which that optimizer's zero_grad() never clears, added up over the steps: RigL grew
+    there by stale sums, silently. The first update warns once, naming the layer and protect=/exclude=;
+    an optimizer over every weight is not warned of."""
+    for everything in (False, True):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        conn = adaptive.Connectome(m)
+        opt = torch.optim.SGD(m.parameters() if everything else m[2].parameters(), lr=0.1)
+        ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=2, end_step=8)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            for _ in range(6):
+                m(torch.randn(4, 8)).logsumexp(1).mean().backward()
+                opt.step()
+                opt.zero_grad()
+        said = [str(x.message) for x in w if "held by none of the optimizers" in str(x.message)]
+        assert len(ctrl.events) == 4  # the init and 3 updates
+        if everything:
+            assert not said
+        else:
+            assert len(said) == 1 and "0.weight" in said[0] and "2.weight" not in said[0] and "protect=['0.weight']" in said[0]

@@ -37,7 +37,7 @@ from typing import Optional
 from .base import (EditPlan, Policy, check_whole_floors, concat, concat_sizes, floor_mask, global_synapse_target,
                    highest, layer_floors, live_synapses, lowest, max_count, per_synapse, register_policy, size_sum, split,
                    take_synapses)
-from ..utility.base import declares_signed_cost
+from ..utility.base import declares_signed_cost, estimator_label
 from ..utility.ties import untied
 from ..warn import warn_user
 
@@ -83,7 +83,7 @@ class Threshold(Policy):
             self._check_whole_floors(ctrl)
         est = ctrl.drop_est
         if ctrl.conn.mode == "train" and declares_signed_cost(est):
-            warn_user(f"policy 'threshold' with estimator {getattr(est, 'name', type(est).__name__)!r}: its removal costs "
+            warn_user(f"policy 'threshold' with estimator {estimator_label(est)!r}: its removal costs "
                       "have a first-order term (-g*w), negative for many synapses, and threshold prunes every synapse "
                       "below its boundary (0 at the start), restoring others in their place beyond the pace; on "
                       "lenet300/MNIST at 5% this ended at 11% (taylor), 78-80% (obd) and 85-86% (consistency) held-out "

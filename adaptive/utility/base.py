@@ -92,7 +92,25 @@ def comparable_estimator_kw(saved: dict, now: dict) -> None:
 
 
 def estimator_names():
+    """The names under which estimators are registered, sorted."""
     return sorted(_ESTIMATORS)
+
+
+def is_registered(est) -> bool:
+    """Whether the registry holds ``est``'s class under the name the class itself declares (a built-in,
+    or a class decorated with :func:`register_estimator`). Not so for a class never registered (whose
+    name is the base class's ``'?'``) or a subclass of a registered one (which inherits its parent's
+    name). A class whose definition was run again (a notebook cell) is still the registered one."""
+    name = vars(type(est)).get("name")  # registered under it (a subclass of a registered class: not its own)
+    held = _ESTIMATORS.get(name) if isinstance(name, str) else None
+    return held is not None and _registry._definition(held) == _registry._definition(type(est))
+
+
+def estimator_label(est) -> str:
+    """How a message or the recipes' start line names the estimator ``est``: its registry name where it
+    is registered (:func:`is_registered`), else its class's qualified name (an instance of a class of
+    your own, or of a subclass of a registered class, whose inherited name would name another)."""
+    return est.name if is_registered(est) else type(est).__qualname__
 
 
 @dataclass
