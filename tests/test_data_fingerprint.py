@@ -165,3 +165,54 @@ def test_the_refusal_names_the_processes_that_differ_together_and_compares_value
     assert D.raised_alike(e.value)
     gathered([("train fingerprint a", "/d"), ("train fingerprint a", "/e")])
     D.refuse_differing("(this process's, gathered)", "contents of the mnist data", fix="read the same data")
+
+
+class _Parts(torch.utils.data.Dataset):
+    """A plugin's dataset whose ``fingerprint_parts`` gives whatever ``parts`` says."""
+
+    def __init__(self, parts):
+        self.parts, self.targets = parts, torch.arange(4)
+
+    def __len__(self):
+        return 4
+
+    def fingerprint_parts(self, positions):
+        return self.parts()
+
+
+def test_a_plugins_arrays_and_images_are_hashed_as_data_and_other_objects_are_refused():
+    """A part was hashed as its text (repr) unless a tensor or bytes: a NumPy array of more than 1,000
+    numbers by its summary (its corners: a change inside it went unnoticed), a PIL image by a memory
+    address (another in every process: the same data refused). Arrays (a PIL image is one to NumPy) are
+    hashed by their values; an object of no value to hash (a file's Path: it names the folder) is
+    refused, naming the method and what to give."""
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    big = np.zeros((40, 40), np.uint8)
+    changed = big.copy()
+    changed[20, 20] = 1
+    assert dataset_fingerprint(_Parts(lambda: [big])) == dataset_fingerprint(_Parts(lambda: [big.copy()]))
+    assert dataset_fingerprint(_Parts(lambda: [big])) != dataset_fingerprint(_Parts(lambda: [changed]))
+    image = lambda v: Image.new("RGB", (8, 8), (v, 2, 3))  # noqa: E731  (a new object at each call)
+    assert dataset_fingerprint(_Parts(lambda: [image(1)])) == dataset_fingerprint(_Parts(lambda: [image(1)]))
+    assert dataset_fingerprint(_Parts(lambda: [image(1)])) != dataset_fingerprint(_Parts(lambda: [image(9)]))
+    assert dataset_fingerprint(_Parts(lambda: [[big, 3], "a caption"])) != dataset_fingerprint(
+        _Parts(lambda: [[changed, 3], "a caption"]))  # (nested lists, numbers and text are hashed too)
+    for odd in (Path("/data/p0/img.png"), object()):
+        with pytest.raises(TypeError, match=r"_Parts\.fingerprint_parts gave a part of type "
+                                            rf"{type(odd).__name__}.*tensors, NumPy arrays or the bytes"):
+            dataset_fingerprint(_Parts(lambda: [odd]))
+
+
+def test_the_same_values_stored_in_another_byte_order_or_integer_type_of_labels_agree():
+    """Two copies of the same data, one storing its labels as int32 (a NumPy file saved elsewhere) or its
+    arrays big-endian: the values are the same, so the fingerprints are (they differed, and the
+    processes were refused as having read other data)."""
+    labels = np.arange(4)
+    wide = _Parts(lambda: [np.arange(6, dtype="<i8").reshape(2, 3)])
+    assert dataset_fingerprint(wide) == dataset_fingerprint(_Parts(lambda: [np.arange(6, dtype=">i8").reshape(2, 3)]))
+    for stored in (labels.astype(np.int32), torch.from_numpy(labels).int(), labels.astype(np.uint8)):
+        narrow = _Parts(wide.parts)
+        narrow.targets = stored
+        assert dataset_fingerprint(narrow) == dataset_fingerprint(wide)

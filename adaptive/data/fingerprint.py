@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 
 SPREAD = 16  # examples hashed per split: the first, the last and the rest evenly between them
@@ -27,24 +28,48 @@ def spread_positions(n: int, k: int = SPREAD) -> torch.Tensor:
     return torch.linspace(0, n - 1, min(k, n), dtype=torch.float64).round().long().unique()
 
 
+class _Unhashable(TypeError):
+    """A part :func:`_update` cannot hash as data (its message names the part's type)."""
+
+
 def _update(h, part: Any) -> None:
-    """Feed one part (a tensor: its dtype, shape and bytes; bytes; anything else as its text) to ``h``."""
+    """Feed one part to ``h``: a tensor, or an array (a NumPy array, a PIL image: what NumPy reads as
+    an array of numbers), as its dtype, shape and bytes; bytes as they are; a number, text or None as
+    its text; a list or tuple item by item. Anything else is refused (:class:`_Unhashable`, the caller
+    names the method): its text (``repr``) may hold a memory address or a folder, another in each process
+    that read the same data, and a NumPy array's text is a summary of its corners only."""
     if isinstance(part, torch.Tensor):
         t = part.detach().to("cpu").contiguous()
         h.update(f"{t.dtype} {tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    elif isinstance(part, (bytes, bytearray)):
-        h.update(f"bytes {len(part)}|".encode())
-        h.update(part)
-    else:
+    elif isinstance(part, (bytes, bytearray, memoryview)):
+        data = bytes(part)
+        h.update(f"bytes {len(data)}|".encode())
+        h.update(data)
+    elif part is None or isinstance(part, (bool, int, float, str)):
         h.update(f"{part!r}|".encode())
+    elif isinstance(part, (list, tuple)):
+        h.update(f"{type(part).__name__} {len(part)}|".encode())
+        for item in part:
+            _update(h, item)
+    elif hasattr(part, "__array__") or hasattr(part, "__array_interface__"):
+        a = np.asarray(part)
+        a = np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False))  # (one byte order: the values)
+        if a.dtype.hasobject:
+            raise _Unhashable(f"a part of type {type(part).__name__} holding Python objects")
+        h.update(f"array {a.dtype.str} {a.shape}|".encode())
+        h.update(a.tobytes())
+    else:
+        raise _Unhashable(f"a part of type {type(part).__name__}")
 
 
 def dataset_fingerprint(dataset, examples: int = SPREAD) -> str:
     """A short hex digest of ``dataset``'s contents: its size, the labels of every example
     (``targets``, where it has them) and the stored data of ``examples`` examples spread over it
     (:func:`spread_positions`), as its ``fingerprint_parts(positions)`` gives them (the tensors or
-    file bytes behind those examples, before any random transform; a dataset without that method is
+    file bytes behind those examples, before any random transform: tensors, NumPy arrays, bytes,
+    numbers, text, lists of them; any other object, a file name say, is refused with a TypeError, as
+    its text can differ between processes that read the same data; a dataset without that method is
     fingerprinted by its size and labels alone). A lazily built split (the test split) is built.
     Equal data, wherever it is stored, gives equal fingerprints; two copies that differ at one of the
     examples hashed, or in any label, give different ones. Cheap: it reads only those examples."""
@@ -56,11 +81,18 @@ def dataset_fingerprint(dataset, examples: int = SPREAD) -> str:
     n = len(ds)
     h = hashlib.sha256(f"{n} examples|".encode())
     targets = getattr(ds, "targets", None)
-    if targets is not None:
-        _update(h, torch.as_tensor(targets))
+    if targets is not None:  # (class indices: int64 whatever integer type a copy stores them as)
+        labels = torch.as_tensor(targets)
+        _update(h, labels if labels.is_floating_point() or labels.is_complex() else labels.long())
     fingerprint_parts = getattr(ds, "fingerprint_parts", None)
     if callable(fingerprint_parts):
         parts: Iterable[Any] = fingerprint_parts(spread_positions(n, examples))
         for part in parts:
-            _update(h, part)
+            try:
+                _update(h, part)
+            except _Unhashable as e:
+                raise TypeError(f"{type(ds).__name__}.fingerprint_parts gave {e}, which dataset_fingerprint cannot "
+                                "hash as data: give tensors, NumPy arrays or the bytes of the examples' files "
+                                "(Path.read_bytes()), not file names or other objects (their text can differ "
+                                "between processes that read the same data)") from None
     return h.hexdigest()[:16]
