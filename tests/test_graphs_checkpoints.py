@@ -107,3 +107,24 @@ def test_a_damaged_checkpoint_is_refused_naming_it(run_dir, tmp_path, capsys):
     assert main(["export", str(ck)]) == 2
     err = capsys.readouterr().err
     assert f"checkpoint {ck} is damaged" in err and "custom_checkpoint_0.pkl" in err
+
+
+def test_overwrite_deletes_the_exports_of_the_earlier_runs_checkpoints(run_dir, tmp_path, capsys):
+    """An --overwrite rerun deleted connectome_unit.graphml and graph_report but left
+    connectome_unit_step_00000010.graphml and graph_report_step_00000010 (DERIVED_FILES are exact
+    names): the rerun's folder held a graph of the earlier run's step 10, named as its own would be."""
+    from graphs.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    ck = run / "checkpoints" / "step_00000010"
+    assert main(["export", str(ck)]) == 0 and main(["report", str(ck)]) == 0
+    assert main(["compact", str(ck)]) == 0
+    mine = run / "notes_step_00000010.graphml"  # the user's own file: not one of the tools' names
+    mine.write_text("mine")
+    exports = ["compact_model_step_00000010.pt", "connectome_unit_step_00000010.graphml", "graph_report_step_00000010"]
+    assert all((run / n).exists() for n in exports)
+    capsys.readouterr()
+    recipe_runner(R, TINY)(run, "--checkpoint_every", "0", "--overwrite")
+    assert not [n for n in exports if (run / n).exists()] and mine.read_text() == "mine"
+    assert not (run / "checkpoints" / "step_00000010").exists()
