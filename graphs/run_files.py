@@ -107,8 +107,8 @@ def locate(run: str, connectome: Optional[str] = None) -> RunFiles:
         if connectome is None and is_checkpoint(folder) and connectome_state(run) is not None:
             return _checkpoint_files(folder, run)  # a checkpoint's custom_checkpoint_0.pkl: the checkpoint's files
         return RunFiles(connectome or run, folder, folder)
-    if connectome is not None:
-        return RunFiles(connectome, run, run, checkpoint=is_checkpoint(run))
+    if connectome is not None:  # a checkpoint's outputs go into its run folder all the same (it is rotated away)
+        return _checkpoint_files(run, connectome) if is_checkpoint(run) else RunFiles(connectome, run, run)
     own = os.path.join(run, CONNECTOME_FILE)
     if os.path.isfile(own):
         return RunFiles(own, run, run)

@@ -128,3 +128,17 @@ def test_overwrite_deletes_the_exports_of_the_earlier_runs_checkpoints(run_dir, 
     recipe_runner(R, TINY)(run, "--checkpoint_every", "0", "--overwrite")
     assert not [n for n in exports if (run / n).exists()] and mine.read_text() == "mine"
     assert not (run / "checkpoints" / "step_00000010").exists()
+
+
+def test_a_checkpoint_folder_with_connectome_given_writes_into_the_run_folder(run_dir, tmp_path, capsys):
+    """`graphs export RUN/checkpoints/step_N --connectome FILE` wrote connectome_unit.graphml into the
+    checkpoint folder, which the recipe deletes with the checkpoint and a --resume from it warns of."""
+    from graphs.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    ck = run / "checkpoints" / "step_00000010"
+    before = _files(ck)
+    assert main(["export", str(ck), "--connectome", str(run / "connectome.safetensors")]) == 0
+    assert _files(ck) == before and (run / "connectome_unit_step_00000010.graphml").is_file()
+    assert "fresh init" not in capsys.readouterr().err  # the checkpoint's weights
