@@ -142,3 +142,24 @@ def test_a_checkpoint_folder_with_connectome_given_writes_into_the_run_folder(ru
     assert main(["export", str(ck), "--connectome", str(run / "connectome.safetensors")]) == 0
     assert _files(ck) == before and (run / "connectome_unit_step_00000010.graphml").is_file()
     assert "fresh init" not in capsys.readouterr().err  # the checkpoint's weights
+
+
+def test_a_stopped_mask_only_run_is_refused_naming_the_command_that_continues_it(tmp_path, capsys):
+    """A mask-only run stopped before its connectome.safetensors: the refusal said "resume the run
+    (--resume)", which recipes/adaptive.py refuses (--resume takes a value, and alone reads the
+    defaults' targets); the command it names now continues the run, and graphs then reads it."""
+    import shlex
+
+    from graphs.cli import main
+
+    run = tmp_path / "mo"
+    recipe_runner(R, ["--mode", "mask_only", "--target", "0.3", "--epochs", "1", "--threads", "1", "--progress",
+                      "false", "--figures", "false", "--model_kw", "{hidden: [16]}"])(run)
+    (run / "connectome.safetensors").unlink()  # stopped after its stage checkpoint, before the final save
+    capsys.readouterr()
+    assert main(["export", str(run)]) == 2
+    err = capsys.readouterr().err
+    command = err.split("continue the run to write its connectome(s) (python recipes/adaptive.py ")[1].split("), or")[0]
+    assert shlex.split(command)[-2:] == ["--output_dir", str(run)]
+    recipe_runner(R, [])(run, *shlex.split(command)[:-2])  # (the runner gives the --output_dir)
+    assert main(["export", str(run)]) == 0 and (run / "connectome_unit.graphml").is_file()
