@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Callable, Collection, Iterable, List, Optional, Sequence
@@ -20,6 +21,21 @@ DERIVED_DIRS = ("graph_report",)
 DERIVED_FILES = DERIVED_DIRS + tuple(f"connectome_{lv}.{fmt}" for lv in ("synapse", "unit", "layer")
                                      for fmt in ("graphml", "gexf", "json", "pt")) + (
     "compact_model.pt", "progress.png", "progress.svg")
+# what `python -m graphs` writes into a run folder for one of its checkpoints (RUN/checkpoints/step_N):
+# the names above, with the checkpoint's step (graphs.run_files)
+_STEP_DERIVED = re.compile(r"(graph_report|connectome_(synapse|unit|layer))_step_\d+(\.(graphml|gexf|json|pt))?"
+                           r"|compact_model_step_\d+\.pt")
+
+
+def checkpoint_exports(output_dir: Path) -> List[str]:
+    """The exports of the run's checkpoints that ``output_dir`` holds, as names in it, named by their
+    step (``connectome_unit_step_00000040.graphml``, ``graph_report_step_00000040``,
+    ``compact_model_step_00000040.pt``): derived from the run as :data:`DERIVED_FILES` are, and
+    deleted with it by --overwrite, so that a rerun's folder holds no graph of another run's step."""
+    try:
+        return sorted(p.name for p in Path(output_dir).iterdir() if _STEP_DERIVED.fullmatch(p.name))
+    except OSError:  # no folder (yet): nothing derived
+        return []
 
 
 class RunFolderError(RuntimeError):

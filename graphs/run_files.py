@@ -19,6 +19,11 @@ from typing import List, Optional
 
 CONNECTOME_FILE = "connectome.safetensors"
 CHECKPOINT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # what Accelerate's save_state writes
+# a mask-only run's checkpoint, and the command that continues its run (in the run folder ``{run}``)
+STAGE_CHECKPOINTS = {
+    "checkpoint.pt": "python recipes/prune_pretrained.py --config {config} --resume --output_dir {run}",
+    "mask_only_checkpoint.pt": "python recipes/adaptive.py --config {config} --resume latest --output_dir {run}",
+}
 
 
 @dataclass
@@ -107,8 +112,8 @@ def locate(run: str, connectome: Optional[str] = None) -> RunFiles:
         if connectome is None and is_checkpoint(folder) and connectome_state(run) is not None:
             return _checkpoint_files(folder, run)  # a checkpoint's custom_checkpoint_0.pkl: the checkpoint's files
         return RunFiles(connectome or run, folder, folder)
-    if connectome is not None:
-        return RunFiles(connectome, run, run, checkpoint=is_checkpoint(run))
+    if connectome is not None:  # a checkpoint's outputs go into its run folder all the same (it is rotated away)
+        return _checkpoint_files(run, connectome) if is_checkpoint(run) else RunFiles(connectome, run, run)
     own = os.path.join(run, CONNECTOME_FILE)
     if os.path.isfile(own):
         return RunFiles(own, run, run)
@@ -137,9 +142,10 @@ def locate(run: str, connectome: Optional[str] = None) -> RunFiles:
             f"{run} holds no {CONNECTOME_FILE} (its run has not finished, or was stopped) but {len(checkpoints)} "
             f"checkpoints{f' and {len(targets)} target folders' if targets else ''}: pass one of them in its place "
             f"({listed})")
-    stage = [n for n in ("checkpoint.pt", "mask_only_checkpoint.pt") if os.path.isfile(os.path.join(run, n))]
+    stage = [n for n in STAGE_CHECKPOINTS if os.path.isfile(os.path.join(run, n))]
     if stage:  # a mask-only run's stage checkpoint: its targets' connectomes are written when they finish
-        raise FileNotFoundError(f"no connectome at {own!r}: {run} holds only {stage[0]}, a mask-only run's checkpoint for "
-                                "resuming it, which graphs does not read; resume the run (--resume) to write its "
-                                f"{CONNECTOME_FILE}, or pass --connectome PATH")
+        resume = STAGE_CHECKPOINTS[stage[0]].format(config=os.path.join(run, "config.yaml"), run=run)
+        raise FileNotFoundError(f"no connectome at {own!r}: {run} holds {stage[0]}, the checkpoint of a mask-only run "
+                                "that has not finished, which graphs does not read; continue the run to write its "
+                                f"connectome(s) ({resume}), or pass --connectome PATH")
     raise FileNotFoundError(f"no connectome at {own!r}: pass a run folder holding {CONNECTOME_FILE} or --connectome PATH")

@@ -107,3 +107,59 @@ def test_a_damaged_checkpoint_is_refused_naming_it(run_dir, tmp_path, capsys):
     assert main(["export", str(ck)]) == 2
     err = capsys.readouterr().err
     assert f"checkpoint {ck} is damaged" in err and "custom_checkpoint_0.pkl" in err
+
+
+def test_overwrite_deletes_the_exports_of_the_earlier_runs_checkpoints(run_dir, tmp_path, capsys):
+    """An --overwrite rerun deleted connectome_unit.graphml and graph_report but left
+    connectome_unit_step_00000010.graphml and graph_report_step_00000010 (DERIVED_FILES are exact
+    names): the rerun's folder held a graph of the earlier run's step 10, named as its own would be."""
+    from graphs.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    ck = run / "checkpoints" / "step_00000010"
+    assert main(["export", str(ck)]) == 0 and main(["report", str(ck)]) == 0
+    assert main(["compact", str(ck)]) == 0
+    mine = run / "notes_step_00000010.graphml"  # the user's own file: not one of the tools' names
+    mine.write_text("mine")
+    exports = ["compact_model_step_00000010.pt", "connectome_unit_step_00000010.graphml", "graph_report_step_00000010"]
+    assert all((run / n).exists() for n in exports)
+    capsys.readouterr()
+    recipe_runner(R, TINY)(run, "--checkpoint_every", "0", "--overwrite")
+    assert not [n for n in exports if (run / n).exists()] and mine.read_text() == "mine"
+    assert not (run / "checkpoints" / "step_00000010").exists()
+
+
+def test_a_checkpoint_folder_with_connectome_given_writes_into_the_run_folder(run_dir, tmp_path, capsys):
+    """`graphs export RUN/checkpoints/step_N --connectome FILE` wrote connectome_unit.graphml into the
+    checkpoint folder, which the recipe deletes with the checkpoint and a --resume from it warns of."""
+    from graphs.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    ck = run / "checkpoints" / "step_00000010"
+    before = _files(ck)
+    assert main(["export", str(ck), "--connectome", str(run / "connectome.safetensors")]) == 0
+    assert _files(ck) == before and (run / "connectome_unit_step_00000010.graphml").is_file()
+    assert "fresh init" not in capsys.readouterr().err  # the checkpoint's weights
+
+
+def test_a_stopped_mask_only_run_is_refused_naming_the_command_that_continues_it(tmp_path, capsys):
+    """A mask-only run stopped before its connectome.safetensors: the refusal said "resume the run
+    (--resume)", which recipes/adaptive.py refuses (--resume takes a value, and alone reads the
+    defaults' targets); the command it names now continues the run, and graphs then reads it."""
+    import shlex
+
+    from graphs.cli import main
+
+    run = tmp_path / "mo"
+    recipe_runner(R, ["--mode", "mask_only", "--target", "0.3", "--epochs", "1", "--threads", "1", "--progress",
+                      "false", "--figures", "false", "--model_kw", "{hidden: [16]}"])(run)
+    (run / "connectome.safetensors").unlink()  # stopped after its stage checkpoint, before the final save
+    capsys.readouterr()
+    assert main(["export", str(run)]) == 2
+    err = capsys.readouterr().err
+    command = err.split("continue the run to write its connectome(s) (python recipes/adaptive.py ")[1].split("), or")[0]
+    assert shlex.split(command)[-2:] == ["--output_dir", str(run)]
+    recipe_runner(R, [])(run, *shlex.split(command)[:-2])  # (the runner gives the --output_dir)
+    assert main(["export", str(run)]) == 0 and (run / "connectome_unit.graphml").is_file()

@@ -134,7 +134,7 @@ def _refuse_earlier_run(cfg: RunConfig, output_dir: Path) -> None:
     resumable = list_checkpoints(output_dir / CHECKPOINT_DIR) or _mask_only_resumable(output_dir)
     run_folder.refuse_earlier_run(
         output_dir, _earlier_run(output_dir), overwrite=cfg.overwrite, weights=cfg.weights,
-        doomed=[output_dir / n for n in _RUN_FILES + _DERIVED_FILES],
+        doomed=[output_dir / n for n in _RUN_FILES + _DERIVED_FILES + tuple(run_folder.checkpoint_exports(output_dir))],
         resume_hint=f"continue it with --resume latest --output_dir {output_dir}, " if resumable else "",
         error=CheckpointError)
 
@@ -159,8 +159,9 @@ def _delete_run(output_dir: Path) -> None:
     for c in list_checkpoints(ck) + list(ck.glob(".tmp-step_*")):
         shutil.rmtree(c)
     first = (MASK_ONLY_CHECKPOINT, MASK_ONLY_CHECKPOINT + ".earlier")
-    rest = [n for n in _RUN_FILES + _DERIVED_FILES if n not in first and n != "config.yaml"]
-    run_folder.delete_files(output_dir, [*first, *rest, "config.yaml"], trees=_DERIVED_DIRS)
+    exports = run_folder.checkpoint_exports(output_dir)  # graphs on its checkpoints: named by their step
+    rest = [n for n in _RUN_FILES + _DERIVED_FILES + tuple(exports) if n not in first and n != "config.yaml"]
+    run_folder.delete_files(output_dir, [*first, *rest, "config.yaml"], trees=[*_DERIVED_DIRS, *exports])
 
 
 class _RunLock(run_folder.RunLock):
