@@ -44,7 +44,9 @@ so it stays; a product on a sequence's last axis keeps its factors linked.
 Constants are found by a probe run in which inputs are NaN: NaN spreads through every op that
 depends on data, a unit with no live input (or whose live inputs are exact zeros) emits its bias,
 and whatever stays finite and uniform, with the same value on an input twice the example's size, is a
-constant (integer inputs such as token ids are data, and so is every float made from them). Uniform and
+constant (integer inputs such as token ids are data, and so is every float made from them, and every float made
+with an integer or boolean tensor computed from the data: ``torch.where(h > 0, h, 0)`` reads 0 where NaN > 0 is
+False, yet depends on the data). Uniform and
 the same are judged to float32 rounding: an average rounds a constant by a few ulps, differently at each
 size (a float16 or bfloat16 model is probed on a float32 copy, whose rounding does not hide how a padded
 pool's border moves a mean with the size). Items of inputs, outputs, ops the

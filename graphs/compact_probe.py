@@ -22,6 +22,7 @@ class _Probe(fx.Interpreter):
         module = gm if weights is None else weights
         super().__init__(module, garbage_collect_values=False, graph=gm.graph)
         self.mods = dict(module.named_modules())
+        self.data = set()  # nodes whose integer or boolean tensors depend on the data (see run_node)
 
     def values(self, x) -> dict:
         """Every node's probe value on an input shaped like ``x`` (a tensor, or a tuple of the inputs)."""
@@ -35,6 +36,14 @@ class _Probe(fx.Interpreter):
 
     def run_node(self, n):
         out = super().run_node(n)
+        if _from_data(n, out, self.env, self.data):
+            # an integer or boolean tensor computed from the data (h > 0, token ids): NaN cannot show through it,
+            # so a float made with it (torch.where(h > 0, h, 0), a ReLU written out, reads 0 where NaN > 0 is
+            # False) depends on the data whatever it holds
+            if not any(t.is_floating_point() for t in _tensor_leaves(out)):
+                self.data.add(n)
+            elif n.op != "placeholder":
+                return _all_nan(out)
         if _size_dependent(n) and isinstance(out, torch.Tensor) and out.is_floating_point():
             # a sum of a constant grows with the size of what it sums: not a constant of the model
             return torch.full_like(out, float("nan"))
@@ -72,6 +81,33 @@ class _Probe(fx.Interpreter):
         shape = [1] * out.dim()
         shape[axis] = o
         return val.view(shape).expand_as(out).clone()
+
+
+def _from_data(n, out, env, data: set) -> bool:
+    """Does ``n``'s output depend on the data through a value NaN cannot mark: an integer or boolean input (token
+    ids), or an integer or boolean tensor computed from NaN floats or from such a tensor? Nodes whose output is
+    one are added to ``data`` by the caller."""
+    if not _tensor_leaves(out):
+        return False
+    if n.op == "placeholder":
+        return any(not t.is_floating_point() for t in _tensor_leaves(out))
+    for a in n.all_input_nodes:
+        if a in data:
+            return True
+        if not all(t.is_floating_point() for t in _tensor_leaves(out)) and any(
+                t.is_floating_point() and bool(torch.isnan(t).any()) for t in _tensor_leaves(env.get(a))):
+            return True
+    return False
+
+
+def _all_nan(out):
+    """``out`` (a float tensor, or a tuple or list of tensors) with every float made NaN."""
+    if isinstance(out, torch.Tensor):
+        return torch.full_like(out, float("nan")) if out.is_floating_point() else out
+    if isinstance(out, (tuple, list)):
+        parts = [_all_nan(t) for t in out]
+        return type(out)(*parts) if hasattr(out, "_fields") else type(out)(parts)  # a namedtuple takes its fields
+    return out
 
 
 def _product(n) -> bool:

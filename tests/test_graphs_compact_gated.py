@@ -135,3 +135,36 @@ def test_mobilenet_v3_small_loses_every_pruned_depthwise_channel():
     dws = [unfolded(c) for c in small.modules() if _depthwise(unfolded(c))]
     assert len(dws) == 11 and all(bool((c.weight.flatten(1) != 0).any(1).all()) for c in dws)
     assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 48, 40))
+
+
+class WhereRelu(DepthwiseSE):
+    """The block with its depthwise activation written out, ``torch.where(h > 0, h, 0)``: on the probe's NaN input
+    ``h > 0`` is False, so the activation reads 0 everywhere, a constant to the probe though it depends on the data."""
+
+    def forward(self, x):
+        h = F.hardswish(self.bn1(self.expand(x)))
+        h = self.bn2(self.dw(h))
+        h = torch.where(h > 0, h, torch.zeros_like(h))
+        scale = torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(h, 1)))))
+        return self.fc(self.bn3(self.project(scale * h)).mean((2, 3)))
+
+
+def test_a_float_chosen_by_a_comparison_of_the_data_is_no_constant():
+    """A float made with a boolean computed from the data (``torch.where(h > 0, h, 0)``) depends on the data: the
+    probe no longer takes it for the constant 0 (every product of the gate and the squeeze's input folded away as
+    zeros) and compact returns the masked model's outputs, fc2's constant unit 3 filled back into the product,
+    instead of raising CompactionMismatchError."""
+    torch.manual_seed(0)
+    m = randomize_bn(WhereRelu())
+    with torch.no_grad():
+        m.fc.weight.normal_()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["fc2.weight"][3] = False  # gate 3 reads nothing: sigmoid(its bias), a constant filled back in
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 7, 7)
+    ref = masked_output(m, conn, x)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"] == {"expand": 0, "dw": 0, "fc1": 0, "fc2": 1, "project": 0, "fc": 0}
+    assert small.code.count("channel_pad(") == 1
+    assert_same_outputs(small, m, ref, x, torch.randn(3, 3, 9, 11))
