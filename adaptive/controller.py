@@ -579,12 +579,21 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         """Warn once where, driven explicitly, pruned synapses are off 0.0 because nothing masks them: a
         Connectome attached to no optimizer leaves every optimizer step (momentum, Adam's moments, weight
         decay) free to move them, and the controller edits masks over what is a dense network. Checked at
-        the first step and at each update (one pass over the weights), not where an optimizer is attached."""
-        if self.__dict__.get("_warned_unmasked") or any(r() is not None for r in self.conn._optimizers):
+        the first step and at each update (one pass over the layers with pruned synapses, read back at
+        once), not where an optimizer is attached, nor in mask_only mode (every edit restores the weights
+        from the originals, +0.0 where pruned, and no optimizer steps them).
+        """
+        if (self.__dict__.get("_warned_unmasked") or self.conn.mode != "train"
+                or any(r() is not None for r in self.conn._optimizers)):
             return
-        moved = {n: int(torch.count_nonzero(self.conn.params[n].detach().ne(0) & ~m))
-                 for n, m in self.conn.masks.items() if not bool(m.all())}
-        moved = {n: k for n, k in moved.items() if k}
+        # the connectome's 0/1 masks on each weight's device (a model moved after the masks were built: the
+        # masks follow it there, as conn.apply() has them)
+        names, params, imasks = self.conn._hot_lists()
+        if not names:
+            return
+        counts = torch.stack([torch.count_nonzero(p.detach().ne(0) & f.eq(0)).to(params[0].device)
+                              for p, f in zip(params, imasks)]).tolist()
+        moved = {n: k for n, k in zip(names, counts) if k}
         if not moved:
             return
         self._warned_unmasked = True
