@@ -544,23 +544,33 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
 
     def _warn_unstepped_layers(self) -> None:
         """Warn once, in train mode, of layers the controller edits whose weights none of the connectome's
-        optimizers holds (left out of ``optimizer``, say to keep a layer fixed): they never train, so what it
-        grows there stays at 0.0, and their ``.grad``, which that optimizer's ``zero_grad()`` never clears, adds
-        up over the steps, so the controller ranks them by a sum of stale gradients."""
+        optimizers holds (left out of ``optimizer``, say to keep a layer fixed), where that misleads it:
+        under a policy that grows, what it grows there never trains (it stays at 0.0); where it reads
+        gradients, their ``.grad``, which that optimizer's ``zero_grad()`` never clears, adds up over the
+        steps, so it ranks them by a sum of stale gradients. Not of a layer frozen on purpose
+        (``requires_grad=False``: growth there is refused at construction, gradients at observe, and a
+        policy that neither grows nor reads gradients, gmp or magnitude by weight, prunes it as meant),
+        nor of any under such a policy."""
         opts = [r() for r in self.conn._optimizers]
         opts = [o for o in opts if o is not None]
         if self.conn.mode != "train" or not opts or self.__dict__.get("_warned_unstepped"):
             return
+        grows, reads = self.policy.grow_by is not None, self.stats is not None
+        if not (grows or reads):
+            return
         held = {id(p) for o in opts for g in o.param_groups for p in g["params"]}
-        left = [n for n in self.editable() if id(self.conn.params[n]) not in held]
+        left = [n for n in self.editable() if id(self.conn.params[n]) not in held and self.conn.params[n].requires_grad]
         if not left:
             return
         self._warned_unstepped = True
         shown, names = _named(left)
+        harm = " and ".join(
+            ([f"synapses {self.policy.name!r} grows there never train"] if grows else []) +
+            (["their gradients, which that optimizer's zero_grad() never clears, add up over the steps and rank "
+              "them by stale sums"] if reads else []))
         warn_user(f"{len(left)} layer(s) the controller edits are held by none of the optimizers this Connectome is "
                   f"attached to ({', '.join(type(o).__name__ for o in opts)}): {shown}. Their weights never train, so "
-                  "synapses grown there stay at 0.0, and their gradients, which that optimizer's zero_grad() never "
-                  "clears, add up over the steps and rank them by stale sums. Add them to the optimizer (build it from "
+                  f"{harm}. Add them to the optimizer (build it from "
                   f"model.parameters()), attach the optimizer that steps them (conn.attach(optimizer)), or keep them "
                   f"as they are: protect={names} (never edited) or exclude={names} (left out of the Connectome)")
 
@@ -569,12 +579,21 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         """Warn once where, driven explicitly, pruned synapses are off 0.0 because nothing masks them: a
         Connectome attached to no optimizer leaves every optimizer step (momentum, Adam's moments, weight
         decay) free to move them, and the controller edits masks over what is a dense network. Checked at
-        the first step and at each update (one pass over the weights), not where an optimizer is attached."""
-        if self.__dict__.get("_warned_unmasked") or any(r() is not None for r in self.conn._optimizers):
+        the first step and at each update (one pass over the layers with pruned synapses, read back at
+        once), not where an optimizer is attached, nor in mask_only mode (every edit restores the weights
+        from the originals, +0.0 where pruned, and no optimizer steps them).
+        """
+        if (self.__dict__.get("_warned_unmasked") or self.conn.mode != "train"
+                or any(r() is not None for r in self.conn._optimizers)):
             return
-        moved = {n: int(torch.count_nonzero(self.conn.params[n].detach().ne(0) & ~m))
-                 for n, m in self.conn.masks.items() if not bool(m.all())}
-        moved = {n: k for n, k in moved.items() if k}
+        # the connectome's 0/1 masks on each weight's device (a model moved after the masks were built: the
+        # masks follow it there, as conn.apply() has them)
+        names, params, imasks = self.conn._hot_lists()
+        if not names:
+            return
+        counts = torch.stack([torch.count_nonzero(p.detach().ne(0) & f.eq(0)).to(params[0].device)
+                              for p, f in zip(params, imasks)]).tolist()
+        moved = {n: k for n, k in zip(names, counts) if k}
         if not moved:
             return
         self._warned_unmasked = True

@@ -1623,3 +1623,33 @@ def test_a_layer_left_out_of_the_optimizer_is_warned_of_at_the_first_update():
             assert not said
         else:
             assert len(said) == 1 and "0.weight" in said[0] and "2.weight" not in said[0] and "protect=['0.weight']" in said[0]
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_a_layer_left_out_of_the_optimizer_is_not_warned_of_where_nothing_misleads_the_controller(frozen):
+    """Gradual magnitude pruning of a backbone kept fixed (frozen, or left out of the head's optimizer)
+    while the head trains: gmp grows nothing and, by magnitude, reads no gradient, so neither harm the
+    warning names (grown synapses that never train, stale gradient sums) can happen; it said both at the
+    first update. Only where one can (gmp by taylor: stale sums) is it said, naming that harm alone."""
+    for estimator in (None, "taylor"):
+        if frozen and estimator:
+            continue  # (a frozen layer scored by gradients is refused at observe: another test)
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        m[0].weight.requires_grad_(not frozen)
+        conn = adaptive.Connectome(m)
+        opt = torch.optim.SGD(m[2].parameters(), lr=0.1, momentum=0.9)
+        ctrl = adaptive.Controller(conn, opt, policy="gmp", estimator=estimator, density=0.5, update_every=2,
+                                   end_step=6)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            for _ in range(6):
+                m(torch.randn(4, 8)).logsumexp(1).mean().backward()
+                opt.step()
+                opt.zero_grad()
+        said = [str(x.message) for x in w if "held by none of the optimizers" in str(x.message)]
+        assert len(ctrl.events) == 3 and conn.density() < 1  # gmp pruned the fixed layer
+        if estimator is None:
+            assert not said, said
+        else:
+            assert len(said) == 1 and "0.weight" in said[0] and "stale sums" in said[0] and "grows" not in said[0]
