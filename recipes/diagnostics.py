@@ -445,7 +445,10 @@ def cmd_knowledge(args):
         order_loader=order_loader,
         points=args.points,
         max_fraction=args.max_fraction, finetune_batches=args.finetune_batches,
-        finetune_loader=seeded_train_loader(data, args.batch_size, args.seed + 2), lr=args.finetune_lr,
+        # TRAIN batches only where a fine-tune or a BatchNorm re-estimate reads them: a one-shot curve of given
+        # --weights reads none, and a train part smaller than one --batch_size batch was refused there
+        finetune_loader=(seeded_train_loader(data, args.batch_size, args.seed + 2)
+                         if args.finetune_batches or args.bn_batches else None), lr=args.finetune_lr,
         eval_batches=args.eval_batches, order_batches=order_batches, bn_batches=args.bn_batches,
         noise_floor=DEFAULT_NOISE_FLOOR if args.noise_floor is None else args.noise_floor, conn=conn,
     )

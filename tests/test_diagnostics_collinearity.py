@@ -247,3 +247,15 @@ def test_batchnorm_in_train_mode_with_batches_of_one_sample_names_the_fix():
                                          r"train_mode=False"):
         collinearity(net, data, batch_size=1)
     assert collinearity(net, data, batch_size=1, train_mode=False).batches == 4
+
+
+def test_the_layer_tables_fraction_above_a_half_counts_what_fraction_above_counts():
+    """The layer table's frac_cos>0.5 was counted on float64 cosines and fraction_above() (and the
+    summary figure) on the float32 ones the result holds, so a cosine 5e-10 above 0.5 (a weight whose
+    gradient came from one batch of 4 and a rounding error of another: LeNet-5 on MNIST, 4 held-out
+    batches, read 0.3128 in one table and 0.3124 in the other) counted in one and not the other."""
+    model = nn.Linear(1, 2, bias=False)
+    xs = [1.0, 1e-9, 0.0, 0.0]  # out.sum(): each batch's gradient is its x, so G/rms = 0.5 + 5e-10
+    res = collinearity(model, [(torch.full((1, 1), x), torch.zeros(1)) for x in xs], loss_fn=sum_loss)
+    held = float((res.cosine["weight"] > 0.5).double().mean())
+    assert res.table["frac_cos>0.5"][0] == held == res.fraction_above([0.5])[0][">0.5"]

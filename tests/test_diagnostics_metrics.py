@@ -79,6 +79,32 @@ def test_knowledge_refuses_non_tensor_outputs_clearly(wrap):
         knowledge_distribution(Wrapped(), data, points=2)  # was AttributeError: no attribute 'shape'
 
 
+@pytest.mark.parametrize("wrap", ["dict", "tuple", "hf"])
+def test_gradient_diagnostics_refuse_a_non_tensor_output_under_the_default_loss_naming_loss_fn(wrap):
+    """A model returning a tuple, dict or ``.logits`` object under the default cross-entropy gave
+    cross_entropy_loss()'s own "argument 'input' must be Tensor, not tuple" (or a dict's), which names
+    no fix; now both measurements say to pass loss_fn= or wrap the model, and with a loss_fn that reads
+    the output they measure."""
+    from adaptive.diagnostics import collinearity
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__(); self.fc = nn.Linear(4, 3)
+        def forward(self, x):
+            z = self.fc(x)
+            return {"dict": lambda: {"out": z}, "tuple": lambda: (z, z.sum()), "hf": lambda: SimpleNamespace(logits=z)}[wrap]()
+
+    torch.manual_seed(0)
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(2)]
+    model = Wrapped()
+    for call in (lambda **kw: gradient_by_depth(model, data, layer="fc", batches=2, depths=[0, 0, 1, 1], **kw),
+                 lambda **kw: collinearity(model, data, **kw)):
+        with pytest.raises(TypeError, match="model's output to be a tensor.*pass loss_fn=.*or wrap the model"):
+            call()
+        read = {"dict": lambda o: o["out"], "tuple": lambda o: o[0], "hf": lambda o: o.logits}[wrap]
+        assert call(loss_fn=lambda out, y: F.cross_entropy(read(out), y)).batches == 2
+
+
 class TwoInputs(nn.Module):
     def __init__(self):
         super().__init__(); self.a = nn.Linear(4, 3); self.b = nn.Linear(2, 3)

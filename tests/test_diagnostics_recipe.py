@@ -499,6 +499,19 @@ def test_knowledge_of_a_pruned_run_starts_from_its_pruning(recipe, tmp_path):
     assert summary["total_weights"] == conn.num_live()
 
 
+def test_a_one_shot_curve_of_given_weights_reads_no_train_batch(recipe, tmp_path):
+    """knowledge built its fine-tune loader of TRAIN batches whether or not anything read it, so a
+    one-shot curve of given --weights on a train part smaller than one --batch_size batch was refused
+    ("the train part has 90 examples, fewer than one batch of 128"); a fine-tune still is."""
+    pruned_run_folder(tmp_path / "run")
+    args = ["knowledge", "--dataset", "digits", "--subset", "100", "--batch_size", "128", "--weights",
+            str(tmp_path / "run" / "dense_state_dict.pt"), "--points", "2", "--eval_batches", "1"]
+    recipe.main([*args, "--output_dir", str(tmp_path / "out")])
+    assert json.loads((tmp_path / "out" / "knowledge_summary.json").read_text())["finetune_batches"] == 0
+    with pytest.raises(ValueError, match="fewer than one batch of 128"):
+        recipe.main([*args, "--output_dir", str(tmp_path / "ft"), "--finetune_batches", "1"])
+
+
 def test_a_connectome_beside_weights_of_another_run_is_refused(recipe, tmp_path, capsys):
     """The connectome.safetensors beside --weights belongs to those weights only if every weight it
     prunes is 0 in the file: one of another run (same model, other masks) was loaded silently,

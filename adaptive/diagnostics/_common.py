@@ -17,7 +17,15 @@ from ..warn import warn_user
 
 def default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``F.cross_entropy``, refusing an output whose class axis 1 holds one channel (its loss and
-    gradients would all be 0): a non-classifier passes its own ``loss_fn``."""
+    gradients would all be 0): a non-classifier passes its own ``loss_fn``. An output that is no
+    tensor (a tuple, a dict, an object with ``.logits``) is refused with a TypeError naming both fixes
+    (a ``loss_fn`` that reads it, or a model returning the logits), not cross-entropy's own."""
+    if not torch.is_tensor(output):
+        raise TypeError(
+            f"the default loss, F.cross_entropy, needs the model's output to be a tensor (the logits, class axis 1), "
+            f"but the model returned a {type(output).__name__}: pass loss_fn= that reads it (for example "
+            "`loss_fn=lambda out, y: F.cross_entropy(out[0], y)`, or `out.logits`), or wrap the model in a module "
+            "whose forward returns the logits")
     refuse_one_class(output, "the default loss, F.cross_entropy,")
     return F.cross_entropy(output, target)
 

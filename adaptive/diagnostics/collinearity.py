@@ -331,7 +331,9 @@ def collinearity(
             "median_cosine": _median(c),
             "mean_sign_agreement": float(a.mean()),
             "median_G2": _median(mean * mean),
-            "frac_cos>0.5": float((c > 0.5).double().mean()),
+            # from the float32 cosines the result holds, as fraction_above() and plot_summary() count them:
+            # float64 put cosines a rounding error above 0.5 (0.5 + 5e-10) on the other side of it
+            "frac_cos>0.5": float((cos[name] > 0.5).double().mean()),
             # no gradient in any batch (a dead unit's weights): cosine and agreement read 0 there, as if
             # the batches cancelled; this says how much of the median and fractions that is
             "no_gradient": float(((pos[i] + neg[i]) == 0).double().mean()),
