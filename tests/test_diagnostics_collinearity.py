@@ -259,3 +259,13 @@ def test_the_layer_tables_fraction_above_a_half_counts_what_fraction_above_count
     res = collinearity(model, [(torch.full((1, 1), x), torch.zeros(1)) for x in xs], loss_fn=sum_loss)
     held = float((res.cosine["weight"] > 0.5).double().mean())
     assert res.table["frac_cos>0.5"][0] == held == res.fraction_above([0.5])[0][">0.5"]
+
+
+def test_fraction_above_and_the_layer_table_agree_to_the_last_digit():
+    """fraction_above() took a float32 mean and the layer table a float64 one: one weight in three above
+    0.5 read 0.3333333432674408 in collinearity_fraction_above.csv and 0.3333333333333333 in
+    collinearity_layers.csv."""
+    model = nn.Linear(1, 3, bias=False)
+    weights = [torch.tensor([[1.0, 1.0, 1.0]]), torch.tensor([[1.0, -1.0, -1.0]])]  # weight 0 agrees, 1 and 2 cancel
+    res = collinearity(model, [(torch.ones(1, 1), w) for w in weights], loss_fn=lambda out, w: (out * w).sum())
+    assert res.table["frac_cos>0.5"][0] == res.fraction_above([0.5])[0][">0.5"] == 1 / 3

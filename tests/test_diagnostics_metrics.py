@@ -79,6 +79,24 @@ def test_knowledge_refuses_non_tensor_outputs_clearly(wrap):
         knowledge_distribution(Wrapped(), data, points=2)  # was AttributeError: no attribute 'shape'
 
 
+@pytest.mark.parametrize("given_loss", [False, True])
+def test_knowledge_with_a_gradient_order_refuses_a_tuple_output_as_it_always_does(given_loss):
+    """A gradient order (taylor) ran the default loss on the output first, whose refusal of a tuple says
+    to pass loss_fn=; knowledge_distribution then refused the same model with that loss_fn (it needs the
+    logits as a tensor). Both now get knowledge's own refusal, which names the fix that works: wrap it."""
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__(); self.fc = nn.Linear(4, 3)
+        def forward(self, x):
+            return (self.fc(x),)
+
+    torch.manual_seed(0)
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(2)]
+    kw = {"loss_fn": lambda out, y: F.cross_entropy(out[0], y)} if given_loss else {}
+    with pytest.raises(TypeError, match="knowledge_distribution needs a model that returns a tensor.*wrap it"):
+        knowledge_distribution(Wrapped(), data, order_loader=data, estimator="taylor", points=2, **kw)
+
+
 @pytest.mark.parametrize("wrap", ["dict", "tuple", "hf"])
 def test_gradient_diagnostics_refuse_a_non_tensor_output_under_the_default_loss_naming_loss_fn(wrap):
     """A model returning a tuple, dict or ``.logits`` object under the default cross-entropy gave

@@ -359,6 +359,14 @@ class KnowledgeCurve:
         return save_figure(fig, path, svg=svg)
 
 
+def _tensor_output_loss(loss_fn: Callable, model: nn.Module) -> Callable:
+    """``loss_fn`` behind :func:`adaptive.metrics.check_output`: a model whose output is no tensor is refused
+    as :func:`knowledge_distribution` refuses it (wrap the model), before any ``loss_fn`` reads it."""
+    def loss(out, y):
+        return loss_fn(check_output(out, model, "knowledge_distribution"), y)
+    return loss
+
+
 @kept_global_rng()
 @torch.inference_mode(False)  # the copy and the gradients need autograd, whatever the caller's mode
 def knowledge_distribution(
@@ -465,7 +473,9 @@ def knowledge_distribution(
     if total == 0:
         raise ValueError("every prunable weight of the model is already pruned (its Connectome's masks): "
                          "nothing is left to remove")
-    scores = removal_scores(conn, order_loader, estimator, order_batches, loss_fn)
+    # the output is checked before the order's loss reads it: the default loss's own refusal of a tuple or
+    # dict says to pass loss_fn=, which this diagnostic would then refuse (it needs the logits as a tensor)
+    scores = removal_scores(conn, order_loader, estimator, order_batches, _tensor_output_loss(loss_fn, work))
     estimator = estimator if isinstance(estimator, str) else repr(estimator)  # (the curve's record: text)
     order = global_order(scores)
     if pruned_before:
