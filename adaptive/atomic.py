@@ -36,6 +36,14 @@ def temp_writer(name: str) -> Optional[int]:
     return int(m["pid"])
 
 
+def temp_target(name: str) -> Optional[str]:
+    """The name of the file a temporary file ``name`` of :func:`atomic_path` was written for (its
+    final name, in the same folder), else None: an error raised while writing names the temporary
+    file, which a reader has never seen."""
+    m = _TEMP_NAME.fullmatch(name)
+    return m["name"] if m is not None and temp_writer(name) is not None else None
+
+
 def _alive(pid: int) -> bool:
     """Whether a process ``pid`` runs on this machine (this process counts; so does one of another
     user). A pid taken over by a new process since reads as alive: its file stays (the safe side)."""

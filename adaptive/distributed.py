@@ -223,8 +223,44 @@ def refuse_differing(value: str, what: str, fix: str = _SAME_FILES, detail: Opti
                                            f"alike: {fix}"))
 
 
+# what a collective raises when another process of the group has ended (gloo: its socket closed;
+# the store's client when the process that hosted it, process 0, has gone)
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+class PeerStoppedError(RuntimeError):
+    """This process's collective failed because another process of the launch stopped first (an
+    error, written by that process, or Ctrl-C): a command line prints it as one line beside that
+    process's own, not gloo's traceback."""
+
+
+def peer_stopped(e: BaseException) -> bool:
+    """Whether ``e`` is a collective's failure because another process of a multi-process launch
+    (``WORLD_SIZE`` > 1) ended: gloo's "Connection closed by peer", a reset or broken connection."""
+    try:
+        launched = int(os.environ.get("WORLD_SIZE") or 1) > 1
+    except ValueError:
+        launched = False
+    return launched and isinstance(e, RuntimeError) and not isinstance(e, PeerStoppedError) and any(
+        s in str(e) for s in _PEER_GONE)
+
+
+def peer_stopped_error(how: str = "") -> PeerStoppedError:
+    """The error of a process whose collective failed because another stopped first
+    (:func:`peer_stopped`), naming this process (its rank and the world's size, as the launch set
+    them) and where to look; ``how``: how to continue the run, appended. Raise it from the
+    collective's error. It costs nothing while every process runs: a failure during training
+    (a data file only one process reads, an error or Ctrl-C on one) is not agreed step by step,
+    so the process that failed reports its own error and the others this one."""
+    r, w = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
+    return PeerStoppedError(
+        f"process {r} of {w} stopped because another process of the launch stopped first: its error (or "
+        "Ctrl-C) is written above, and the launcher's report names its rank; fix what it reports"
+        + (f"; {how}" if how else ""))
+
+
 class MaskMismatchError(RuntimeError):
-    pass
+    """The processes of a group hold different masks (:func:`check_masks_agree`)."""
 
 
 def check_masks_agree(conn, step=None) -> str:

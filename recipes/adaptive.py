@@ -47,7 +47,7 @@ from recipes._adaptive.builders import (build_connectome, build_controller, buil
 from recipes._adaptive.checks import _estimator, _estimator_slots  # noqa: E402
 from recipes._adaptive.config import RunConfig, mask_only_target, parse_args  # noqa: E402
 from recipes._adaptive.folder import (CONFIG_COPY, MASK_ONLY_CHECKPOINT, _INTERRUPT, CheckpointError,  # noqa: E402
-                                      _on_interrupt, _RunLock, default_output_dir)
+                                      RunWriteError, _on_interrupt, _RunLock, default_output_dir)
 from recipes._adaptive.notes import _last_train_loss, _update_note, dying_relu_remedy  # noqa: E402
 from recipes._adaptive.report import RunResult, _split_labels  # noqa: E402
 from recipes._adaptive.resume import _check_resumed_config  # noqa: E402
@@ -55,7 +55,7 @@ from recipes._adaptive.train import training_function  # noqa: E402
 
 __all__ = ["RunConfig", "RunResult", "parse_args", "main", "training_function", "get_dataloaders", "build_model_for",
            "build_optimizer", "build_connectome", "build_controller", "default_output_dir", "mask_only_target",
-           "dying_relu_remedy", "CheckpointError", "ConfigError", "MASK_ONLY_CHECKPOINT", "CONFIG_COPY",
+           "dying_relu_remedy", "CheckpointError", "RunWriteError", "ConfigError", "MASK_ONLY_CHECKPOINT", "CONFIG_COPY",
            # what the tests reach for
            "stage_checkpoint", "run_folder", "show_progress", "evaluate", "train_one_epoch", "_estimator",
            "_estimator_slots", "_RunLock", "_last_train_loss", "_update_note", "_split_labels",
@@ -66,6 +66,7 @@ def main(argv=None, on_step=None) -> RunResult:
     """Parse the command line and run. Problems a user can fix (a bad option, missing data, a
     missing checkpoint or weights file that does not fit) end with one ``error:`` line, status 2."""
     from adaptive.cli import run_cli
+    from adaptive.distributed import PeerStoppedError
     from adaptive.warn import command_line_warnings
 
     _INTERRUPT.clear()  # an earlier main() in this process (a notebook) recorded its folder: Ctrl-C's note is this run's
@@ -73,7 +74,7 @@ def main(argv=None, on_step=None) -> RunResult:
         cfg = parse_args(argv)
     return run_cli(lambda: training_function(cfg, on_step=on_step), "recipes/adaptive.py",
                    on_interrupt=_on_interrupt,
-                   errors=(CheckpointError,), once=True)
+                   errors=(CheckpointError, RunWriteError, PeerStoppedError), once=True)
 
 
 if __name__ == "__main__":

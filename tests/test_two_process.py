@@ -136,3 +136,18 @@ def test_a_checkpoint_one_process_cannot_stat_is_refused_by_every_process_alike(
     assert kind == "OSError" and alike, recs
     assert message.startswith(f"process 1 of 2 cannot read checkpoint {tmp_path / 'copy1' / 'step_3'} (PermissionError: ")
     assert "random_states_1.pkl" in message and "every process must be able to read its copy" in message
+
+
+def test_a_collective_whose_peer_ended_is_known_and_named_in_one_line(tmp_path):
+    """A process whose peer ended mid-run (its error, written by it, or Ctrl-C on it alone) failed in its
+    next collective with gloo's "Connection closed by peer" traceback: peer_stopped knows that error, and
+    peer_stopped_error is the one line recipes/adaptive.py prints for it instead."""
+    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_peer_stopped.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    r = launch_two([script, tmp_path], env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rec = json.loads((tmp_path / "rank0.json").read_text())
+    assert rec["error"] is not None and rec["peer_stopped"] and not rec["unrelated"], rec
+    assert rec["message"] == ("process 0 of 2 stopped because another process of the launch stopped first: its error "
+                              "(or Ctrl-C) is written above, and the launcher's report names its rank; fix what it "
+                              "reports; add --resume latest to continue")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, TypeVar
 
 from adaptive import run_folder
 from adaptive.config import save_config
@@ -74,6 +74,46 @@ _DERIVED_FILES = run_folder.DERIVED_FILES + (MASK_ONLY_CHECKPOINT + ".earlier",)
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot continue this run (unreadable, or written with other settings)."""
+
+
+class RunWriteError(RuntimeError):
+    """A file of the run folder (metrics.csv, the final outputs, summary.json) that the main process
+    could not write (a full disk, no permission): every process stops with it. Recipes print it as
+    one line."""
+
+
+T = TypeVar("T")
+
+
+def main_writes(accelerator, what: str, write: Callable[[], T]) -> Optional[T]:
+    """``write()``'s result on the main process (None elsewhere), which alone writes ``what`` into
+    the run folder; its failure stops every process together with one error: a failed write
+    (:func:`adaptive.integrity.write_errors`) as a :class:`RunWriteError` naming the file, the reason
+    and how to continue, any other error as it is (:func:`adaptive.distributed.agreed_call`). Every
+    process must call it at the same point; under several processes it makes one gather of a few
+    words (the barrier the write needs anyway): call it where the run writes, not per step. Without
+    it a full disk on the main process ended the run there, and the others died in their next
+    collective with gloo's "Connection closed by peer" traceback (or, on a GPU, waited for NCCL's
+    timeout) beside it."""
+    from adaptive.atomic import temp_target
+    from adaptive.distributed import agreed_call
+    from adaptive.integrity import write_errors, write_failure
+
+    def write_on_main():
+        if not accelerator.is_main_process:
+            return None
+        try:
+            return write()
+        except write_errors() as e:
+            name = getattr(e, "filename", None)
+            if isinstance(name, str) and temp_target(os.path.basename(name)):  # (an atomic write's temporary file)
+                name = os.path.join(os.path.dirname(name), temp_target(os.path.basename(name)))
+            how = _on_interrupt()
+            raise RunWriteError(
+                f"writing {what} failed ({write_failure(e)}{f': {name}' if name else ''}): free disk space (or make "
+                f"the run folder writable){'; ' + how if how else ''}") from e
+
+    return agreed_call(write_on_main, some_alone=True)
 
 
 def _save_config(accelerator, cfg: RunConfig, output_dir: Path) -> None:

@@ -16,6 +16,7 @@ from adaptive.cli import counted, show_progress
 from adaptive.data import test_images, test_split_size
 from adaptive.training import TrainState, evaluate, write_metrics_csv
 
+from .folder import main_writes
 from .precision import _inert_fp16
 
 
@@ -60,7 +61,8 @@ def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn,
     files = {"config": output_dir / "config.yaml", "metrics": output_dir / "metrics.csv",
              "events": output_dir / "events.jsonl", "connectome": output_dir / "connectome.safetensors",
              "dense_state_dict": output_dir / "dense_state_dict.pt"}
-    if accelerator.is_main_process:
+
+    def write():
         write_metrics_csv(rows, files["metrics"])
         write_text(files["events"], "".join(json.dumps(e, default=float) + "\n" for e in events))
         conn.save(files["connectome"], with_original=conn.mode == "mask_only")
@@ -71,7 +73,9 @@ def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn,
             title = run_title(cfg.model, cfg.dataset, output_dir, what=f"{cfg.mode}: " if cfg.mode != "train" else "")
             files.update(plot_run(rows, events, output_dir, labels, kept, title=title,
                                   max_grad_norm=cfg.max_grad_norm))
-    accelerator.wait_for_everyone()
+
+    # the main process writes; a failure (a full disk) stops every process with its error (and is the barrier)
+    main_writes(accelerator, f"the run's outputs into {output_dir}", write)
     return files
 
 
@@ -98,8 +102,9 @@ def _finish(accelerator, output_dir, summary, files):
     # every forward pass of the run, the held-out and test evaluations included, ran at this precision:
     # what Accelerate's autocast ran, not the setting (fp16 on a CPU runs none: refused by training_function)
     summary["mixed_precision"] = mp = "no" if _inert_fp16(accelerator) else str(accelerator.mixed_precision)
+    main_writes(accelerator, f"summary.json into {output_dir}",
+                lambda: write_text(output_dir / "summary.json", jsonio.dumps(summary, indent=1)))
     if accelerator.is_main_process:
-        write_text(output_dir / "summary.json", jsonio.dumps(summary, indent=1))
         files["summary"] = output_dir / "summary.json"
         ho = summary.get("holdout_accuracy")
         zero_live = summary["live"] - summary["nonzero"]

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from adaptive.cli import progress_line, progress_lines, show_progress
 from adaptive.data import check_dataset_kw, model_before_data
 from adaptive.diagnostics.silent_units import SilentUnits
-from adaptive.distributed import agreed_call, gather_mask_hashes, refuse_differing
+from adaptive.distributed import (agreed_call, gather_mask_hashes, mark_raised_alike, peer_stopped, peer_stopped_error,
+                                  refuse_differing)
+from adaptive.integrity import CheckpointWriteError
 from adaptive.training import (
     TrainState, evaluate, find_checkpoint, load_checkpoint, lr_schedule, metric_row, run_dir_of, save_checkpoint,
     train_one_epoch, write_metrics_csv,
@@ -25,8 +27,8 @@ from .accumulation import _env_accumulation, _refuse_other_accumulation
 from .builders import (_holdout_check, _refuse_differing_splits, build_connectome, build_controller, build_model_for, build_optimizer,
                        get_dataloaders)
 from .config import RunConfig
-from .folder import CONFIG_COPY, _INTERRUPT, CheckpointError, _broadcast_str, _RunLock, _save_config, \
-    _refuse_earlier_run, default_output_dir
+from .folder import CONFIG_COPY, _INTERRUPT, CheckpointError, _broadcast_str, _on_interrupt, _RunLock, _save_config, \
+    _refuse_earlier_run, default_output_dir, main_writes
 from .mask_only_run import _mask_only
 from .notes import _density_note, _last_train_loss, _update_note, dying_relu_remedy
 from .precision import _inert_fp16, _no_fp16_autocast, _refuse_inert_precision
@@ -69,8 +71,10 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     lock = _RunLock(accelerator, output_dir)  # taken before the run's first write into the folder
     try:
         return _train(cfg, on_step, accelerator, resume_from, output_dir, lock)
-    except BaseException:  # an error or Ctrl-C
+    except BaseException as e:  # an error or Ctrl-C
         lock.release(refused=True)  # the folders this command made and wrote nothing into go
+        if peer_stopped(e):  # another process failed first (its error is its own to report): one line here
+            raise peer_stopped_error(_on_interrupt()) from e
         raise
     finally:
         lock.release()
@@ -199,7 +203,6 @@ def _model_and_data(cfg: RunConfig):
 def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, lock: "_RunLock") -> RunResult:
     from accelerate.utils import set_seed
 
-    main = accelerator.is_main_process
     set_seed(cfg.seed)
 
     model, loaders = agreed_call(lambda: _model_and_data(cfg))  # a file one process misses stops them all
@@ -253,9 +256,9 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
         progress = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                         mininterval=1.0)
 
-    def write_metrics():
-        if main:
-            write_metrics_csv(state.metrics, output_dir / "metrics.csv")
+    def write_metrics():  # (every process: at an evaluation or a checkpoint, never per step)
+        main_writes(accelerator, f"metrics.csv into {output_dir}",
+                    lambda: write_metrics_csv(state.metrics, output_dir / "metrics.csv"))
 
     warned_silent = set()
     remedy = dying_relu_remedy(cfg)
@@ -294,7 +297,10 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
                       flush=True)
         if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and s.step < total_steps:
             s.seconds = elapsed()  # the run's time so far, carried on by a resume from this checkpoint
-            save_checkpoint(accelerator, output_dir, s.step, cfg.keep_checkpoints, state=s, files=ckpt_files)
+            try:
+                save_checkpoint(accelerator, output_dir, s.step, cfg.keep_checkpoints, state=s, files=ckpt_files)
+            except CheckpointWriteError as e:  # raised by every process alike (save_checkpoint agrees them): one line
+                raise mark_raised_alike(e)
             write_metrics()
         if on_step is not None:
             on_step(s)

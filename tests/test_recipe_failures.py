@@ -1,0 +1,132 @@
+"""recipes/adaptive.py where something fails during training on one process of a two-process launch (the
+set-up's checks are agreed elsewhere: tests/test_recipe_adaptive.py): a write only the main process makes
+(metrics.csv, the final outputs, summary.json) on a full disk, a checkpoint write, an error in one
+process's training step. Faults are injected by a --plugins module that every process imports and that
+acts on one rank only (FAULT, FAULT_RANK)."""
+import errno
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _ports import launch_two  # noqa: E402
+from _scripts import load_script  # noqa: E402
+from _training import fresh_recipe_state  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "recipes" / "adaptive.py"
+R = load_script("recipes/adaptive.py", "recipe_adaptive_failures")
+# tiny: a checkpoint at step 5, an evaluation (and metrics.csv) after it, the outputs at step 12
+TINY = ["--max_steps", "12", "--update_every", "5", "--log_every", "5", "--checkpoint_every", "5", "--threads", "1",
+        "--progress", "false", "--figures", "false"]
+
+FAULTS = textwrap.dedent('''
+    """Inject one fault on the process FAULT_RANK: FAULT is metrics, summary, checkpoint or step."""
+    import errno
+    import os
+
+    FULL = (errno.ENOSPC, "No space left on device")
+    if os.environ.get("FAULT") and os.environ.get("RANK", "0") == os.environ.get("FAULT_RANK", "0"):
+        kind = os.environ["FAULT"]
+        if kind == "metrics":  # metrics.csv, written by the main process after a checkpoint or an evaluation
+            import recipes._adaptive.train as train
+
+            def write_metrics_csv(rows, path):
+                raise OSError(*FULL, str(path))
+            train.write_metrics_csv = write_metrics_csv
+        elif kind == "summary":  # summary.json, the main process's last write
+            import recipes._adaptive.report as report
+            real = report.write_text
+
+            def write_text(path, *args, **kwargs):
+                if str(path).endswith("summary.json"):
+                    raise OSError(*FULL, str(path))
+                return real(path, *args, **kwargs)
+            report.write_text = write_text
+        elif kind == "checkpoint":  # this process's part of a checkpoint
+            import accelerate
+
+            def save_state(self, *args, **kwargs):
+                raise OSError(*FULL)
+            accelerate.Accelerator.save_state = save_state
+        elif kind == "step":  # a corrupt file one process's shard reads, mid-epoch
+            import torch.nn.functional as F
+            real_loss, calls = F.cross_entropy, []
+
+            def cross_entropy(*args, **kwargs):
+                calls.append(1)
+                if len(calls) == 7:
+                    raise OSError(errno.EIO, "image file is truncated", "/data/train/7.png")
+                return real_loss(*args, **kwargs)
+            F.cross_entropy = cross_entropy
+''')
+
+
+@pytest.fixture
+def faults(tmp_path):
+    path = tmp_path / "faults_ext.py"
+    path.write_text(FAULTS)
+    return path
+
+
+def launch_with_fault(faults, out, fault, rank):
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg", FAULT=fault,
+               FAULT_RANK=str(rank))
+    r = launch_two([SCRIPT, "--plugins", faults, *TINY, "--output_dir", out], env=env, cwd=ROOT)
+    return r, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("fault, rank, message", [
+    ("metrics", 0, "writing metrics.csv into {out} failed (No space left on device [errno 28]: {out}/metrics.csv)"),
+    ("summary", 0, "writing summary.json into {out} failed (No space left on device [errno 28]: {out}/summary.json)"),
+    ("checkpoint", 1, "writing checkpoint {out}/checkpoints/step_00000005 failed (No space left on device [errno 28])"),
+])
+def test_a_failed_write_during_the_run_stops_every_process_with_one_error_line(faults, tmp_path, fault, rank, message):
+    """A full disk while the main process alone wrote metrics.csv or summary.json: it died with an OSError
+    traceback, and the other process with gloo's "Connection closed by peer" traceback in its next
+    collective. A checkpoint write that failed on one process was agreed, but both processes printed
+    its line. Now every process stops at the write together, and process 0 prints one line naming the
+    file, the reason and how to continue."""
+    out = tmp_path / "run"
+    r, text = launch_with_fault(faults, out, fault, rank)
+    assert r.returncode != 0 and text.count("recipes/adaptive.py: error:") == 1, text[-3000:]
+    assert message.format(out=out) in text, text[-3000:]
+    assert "Connection closed" not in text and "[rank0]: Traceback" not in text and "[rank1]: Traceback" not in text
+    if fault != "checkpoint":  # how to continue: from the run's last checkpoint
+        last = "step_00000005" if fault == "metrics" else "step_00000010"
+        assert f"free disk space (or make the run folder writable); add --resume latest --output_dir {out} to the " \
+               f"same command to continue from {last}" in text, text[-3000:]
+
+
+def test_an_error_in_one_processs_training_step_leaves_the_others_one_line(faults, tmp_path):
+    """An error in one process's step (a corrupt file only its shard reads) is not agreed (that would take a
+    collective per step): that process writes its own error, and the other, whose next collective fails,
+    wrote gloo's "Connection closed by peer" traceback; it now writes one line pointing at the first
+    (when the launcher has not ended it already)."""
+    r, text = launch_with_fault(faults, tmp_path / "run", "step", 1)
+    assert r.returncode != 0 and "OSError: [Errno 5] image file is truncated: '/data/train/7.png'" in text, text[-3000:]
+    assert "Connection closed" not in text and "[rank0]: Traceback" not in text, text[-3000:]
+
+
+_fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)
+
+
+def test_a_full_disk_on_one_process_is_one_line_naming_the_file_and_how_to_continue(tmp_path, monkeypatch, capsys):
+    """On one process too: a full disk while writing metrics.csv ended with an OSError traceback."""
+    from recipes._adaptive import train
+
+    def write_metrics_csv(rows, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(train, "write_metrics_csv", write_metrics_csv)
+    with pytest.raises(SystemExit) as e:
+        R.main([*TINY, "--output_dir", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"recipes/adaptive.py: error: writing metrics.csv into {tmp_path} failed (No space left on "
+                          f"device [errno 28]: {tmp_path}/metrics.csv): free disk space (or make the run folder "
+                          f"writable); add --resume latest --output_dir {tmp_path} to the same command to continue "
+                          "from step_00000005"), err
+    assert (tmp_path / "checkpoints" / "step_00000005").is_dir()  # what the line names to continue from
