@@ -692,14 +692,15 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         return {n: m for n, m in self.conn.ensemble_masks().items() if n not in self.protected}
 
     def keep_plan(self, keep_scores: Dict[str, torch.Tensor], density: float, allow_grow: bool = False,
-                  network: bool = False) -> EditPlan:
+                  network: bool = False, estimates: bool = False) -> EditPlan:
         """A plan keeping the highest-scoring ensembles (``keep_scores``: one score per ensemble of
         each layer) at ``density`` (a fraction of synapses, met to within half an ensemble) under the
         budget, or the top n of every m for n:m granularities; absent ensembles that score high
         enough are grown only with ``allow_grow`` (else the plan only prunes); ``network``: the
-        network's count held too under a layer budget.
+        network's count held too under a layer budget; ``estimates``: ``keep_scores`` are the
+        estimators' own scores (:meth:`scores`), which the plan then carries for the event to report.
         See :func:`adaptive.policies.base.keep_plan`."""
-        return keep_plan(self, keep_scores, density, allow_grow, network)
+        return keep_plan(self, keep_scores, density, allow_grow, network, estimates)
 
     def initial_plan(self) -> EditPlan:
         """Sparsify to the target density at construction, by ``self.init``; for a policy that holds
