@@ -29,7 +29,6 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
-from . import policies as _policies  # noqa: F401  (registration)
 from .budgets import get_budget
 from .atomic import write_text
 from .connectome import Connectome, eager
@@ -54,6 +53,11 @@ from .utility import GradientStats, UtilityContext, get_estimator
 from .utility.base import Estimator, estimator_label
 from .utility.ties import ZERO_COST_ORDERS, order_zero_costs
 from .warn import warn_user
+
+__all__ = ["Controller", "INITS", "GROW_INITS", "DEFAULT_ESTIMATOR", "DEFAULT_LINE_SEARCH_TOLERANCE",
+           # importable from here, as before they moved out
+           "EnsembleRuleError", "_holds_tensors", "whole_number", "all_reduce_mean_", "global_synapse_target",
+           "EditSnapshot", "_describe", "_nonfinite_weights"]
 
 INITS = ("random", "magnitude", "estimator")
 GROW_INITS = ("zero", "original", "random")
