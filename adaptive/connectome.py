@@ -45,6 +45,11 @@ from .warn import warn_user
 from .wrappers import _pattern_inside, _plain_module, _plain_patterns
 from .wrappers import _local_module, _plain_names, _stripped, _wrapper_prefix, eager  # noqa: F401  (as before)
 
+__all__ = ["Connectome", "MODES",
+           # importable from here, as before they moved out
+           "EnsembleRuleError", "_MASKED_BY", "FORMAT", "check_same_mode", "_local_module", "_plain_module",
+           "_plain_names", "_plain_patterns", "_stripped", "_wrapper_prefix", "eager"]
+
 MODES = ("train", "mask_only")
 
 

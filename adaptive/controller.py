@@ -29,7 +29,6 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
-from . import policies as _policies  # noqa: F401  (registration)
 from .budgets import get_budget
 from .atomic import write_text
 from .connectome import Connectome, eager
@@ -54,6 +53,11 @@ from .utility import GradientStats, UtilityContext, get_estimator
 from .utility.base import Estimator, estimator_label
 from .utility.ties import ZERO_COST_ORDERS, order_zero_costs
 from .warn import warn_user
+
+__all__ = ["Controller", "INITS", "GROW_INITS", "DEFAULT_ESTIMATOR", "DEFAULT_LINE_SEARCH_TOLERANCE",
+           # importable from here, as before they moved out
+           "EnsembleRuleError", "_holds_tensors", "whole_number", "all_reduce_mean_", "global_synapse_target",
+           "EditSnapshot", "_describe", "_nonfinite_weights"]
 
 INITS = ("random", "magnitude", "estimator")
 GROW_INITS = ("zero", "original", "random")
@@ -692,14 +696,15 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         return {n: m for n, m in self.conn.ensemble_masks().items() if n not in self.protected}
 
     def keep_plan(self, keep_scores: Dict[str, torch.Tensor], density: float, allow_grow: bool = False,
-                  network: bool = False) -> EditPlan:
+                  network: bool = False, estimates: bool = False) -> EditPlan:
         """A plan keeping the highest-scoring ensembles (``keep_scores``: one score per ensemble of
         each layer) at ``density`` (a fraction of synapses, met to within half an ensemble) under the
         budget, or the top n of every m for n:m granularities; absent ensembles that score high
         enough are grown only with ``allow_grow`` (else the plan only prunes); ``network``: the
-        network's count held too under a layer budget.
+        network's count held too under a layer budget; ``estimates``: ``keep_scores`` are the
+        estimators' own scores (:meth:`scores`), which the plan then carries for the event to report.
         See :func:`adaptive.policies.base.keep_plan`."""
-        return keep_plan(self, keep_scores, density, allow_grow, network)
+        return keep_plan(self, keep_scores, density, allow_grow, network, estimates)
 
     def initial_plan(self) -> EditPlan:
         """Sparsify to the target density at construction, by ``self.init``; for a policy that holds

@@ -152,6 +152,10 @@ from .compact_rewrite import channel_pad  # noqa: F401
 from .compact_shrink import _shrink_weighted  # noqa: F401
 from .folded import FoldedConv  # noqa: F401
 
+__all__ = ["compact", "_verify",
+           # importable from here, as before they moved out (imported above)
+           "CompactionMismatchError", "channel_pad", "_shrink_weighted", "FoldedConv"]
+
 
 
 @serialized  # traces, and runs models that another thread's trace would take

@@ -54,6 +54,14 @@ from .trace_types import (CONST, EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT,
                           OUTPUT, UNIT, Group)
 from .tracer import SIZED_FACTORIES, SignatureTracer, _sizes_packed, _torch_own_functions, none_only  # noqa: F401
 
+__all__ = ["trace", "fallback_trace", "example_input_failed", "Trace", "LayerFlow", "InputError", "InputGuessError",
+           "_unchanged", "_where",
+           # importable from here, as before they moved out (imported above)
+           "TOKENS", "_first_uses", "default_example_input", "runnable_example_input", "_call_with_inputs", "_nested",
+           "_new_lock_in_child", "CONST", "EDGE_RECURRENT", "EDGE_SYNAPSE", "EDGE_WIRE", "INPUT", "JUNCTION",
+           "KIND_NAMES", "OUTPUT", "UNIT", "Group", "SIZED_FACTORIES", "SignatureTracer", "_sizes_packed",
+           "_torch_own_functions", "none_only"]
+
 
 def __getattr__(name: str):
     """``graphs.trace.TRACING``: the lock in use, read from :mod:`graphs.locking` at each access (a forked child

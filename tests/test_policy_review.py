@@ -100,6 +100,39 @@ def test_swap_policies_report_their_estimated_loss_change():
     assert any(e["line_search_fraction"] == 1.0 for e in events)  # a whole plan, not only shrunk ones
 
 
+@pytest.mark.parametrize("policy, ensemble, estimator", [
+    (p, e, est) for p, e in [("gmp", "synapse"), ("magnitude", "synapse"), ("magnitude", "kernel"), ("utility", "2:4")]
+    for est in ["taylor", "magnitude"] if (p, est) != ("utility", "magnitude")])  # (2:4 by magnitude: kept as it is)
+def test_keep_plan_policies_report_their_estimated_loss_change(policy, ensemble, estimator):
+    """gmp, one-shot magnitude and n:m utility plan through keep_plan, whose plans carried no scores:
+    their events logged no estimate at all, even by a loss model (gmp by taylor). They carry the
+    estimators' scores now: Taylor's -g*w of the pruned synapses (less that of the restored ones) as
+    the loss change, magnitudes only in the estimator's own units (est_score_change)."""
+    torch.manual_seed(0)
+    m = nn.Conv1d(4, 4, 2, bias=False) if ensemble == "kernel" else nn.Linear(8, 4, bias=False)
+    w0 = m.weight.detach().clone()  # the original weights, which mask_only restores
+    ctrl = adaptive.Controller(adaptive.Connectome(m, ensemble=ensemble, mode="mask_only"), policy=policy,
+                               estimator=estimator, density=0.5, update_every=1, end_step=2, edit_fraction=0.5,
+                               edit_decay="constant")
+    before = ctrl.conn.masks["weight"].clone()
+    g = torch.randn_like(w0)
+    m.weight.grad = g.clone()
+    ctrl.observe()
+    ctrl.step()
+    ev = [e for e in ctrl.events if e["pruned"]][-1]
+    if ev["kind"] == "init":  # one-shot by magnitude: pruned at construction, from the dense network
+        before = torch.ones_like(before)
+    after = ctrl.conn.masks["weight"]
+    pruned, grown = before & ~after, after & ~before
+    assert ev["pruned"] == int(pruned.sum()) > 0 and ev["grown"] == int(grown.sum())
+    if estimator == "taylor":
+        want = float((-g * w0)[pruned].double().sum() + (g * w0)[grown].double().sum())
+        assert ev["est_loss_change"] == pytest.approx(want, rel=1e-5) and ev["est_score_change"] is None
+    else:  # a magnitude is no loss change
+        assert ev["est_loss_change"] is None
+        assert ev["est_score_change"] == pytest.approx(float(w0.abs()[pruned].sum() - w0.abs()[grown].sum()), rel=1e-5)
+
+
 @pytest.mark.parametrize("estimator", ["obd", "curvature"])
 def test_one_batch_newton_gain_ranks_absent_synapses_by_gradient(estimator):
     torch.manual_seed(0)

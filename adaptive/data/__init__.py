@@ -299,4 +299,6 @@ __all__ = [
     "is_test_draw", "test_split_size", "dataset_fingerprint",
     "Source", "LazyDataset", "TensorImages",
     "stratified_split", "stratified_subset", "random_crop_flip", "resolve_data_dir",
+    # the families' modules, imported to register them
+    "cifar", "digits", "fake", "imagenet", "mnist",
 ]

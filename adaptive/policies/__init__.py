@@ -2,4 +2,6 @@
 from . import balanced, crawl, gmp, oneshot, swap, threshold  # noqa: F401  (registration)
 from .base import EditPlan, Policy, get_policy, policy_names, register_policy
 
-__all__ = ["EditPlan", "Policy", "get_policy", "policy_names", "register_policy"]
+__all__ = ["EditPlan", "Policy", "get_policy", "policy_names", "register_policy",
+           # the policies' modules, imported to register them
+           "balanced", "crawl", "gmp", "oneshot", "swap", "threshold"]

@@ -569,7 +569,7 @@ def _hold_network(ctrl, keep_scores, keep, density, alive, allow_grow):
 
 
 def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_grow: bool = False,
-              network: bool = False) -> EditPlan:
+              network: bool = False, estimates: bool = False) -> EditPlan:
     """A plan keeping the highest-scoring ensembles (``keep_scores``: one score per ensemble of each
     layer) at ``density`` (a fraction of synapses) under ``ctrl``'s budget, to within half an ensemble per layer (per connectome for the global
     budget); n:m granularities keep the top n of every m. ``network``: under a layer budget, the
@@ -577,7 +577,14 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
     to whole ensembles add up to more than half an ensemble (the largest), the best of the rest
     across layers are kept, or the worst kept ones above each layer's floor let go
     (:func:`hold_count`). Absent ensembles among the kept are grown only with ``allow_grow`` (else
-    the plan only prunes). Pruned indices are ordered lowest score first, grown ones highest first."""
+    the plan only prunes). Pruned indices are ordered lowest score first, grown ones highest first.
+    ``estimates``: ``keep_scores`` are the estimators' own scores (as :meth:`Controller.scores
+    <adaptive.controller.Controller.scores>` gives them: removal costs of the live ensembles,
+    restoration gains of the absent ones), so the plan carries each edit's score as its
+    ``prune_scores``/``grow_scores``, which the event reports (a loss change only where the estimator
+    is a loss model, else in its own units: ControllerReportsMixin._estimates). Leave it False for
+    scores of any other kind (shifted or rescaled ones, an init's magnitudes): the plan then
+    carries none."""
     alive = ctrl.alive()
     keep: Dict[str, torch.Tensor] = {}
 
@@ -611,10 +618,18 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
         drop = a & ~kf
         if bool(drop.any()):
             idx = drop.nonzero().squeeze(1)
-            plan.prune[n] = idx[torch.argsort(s[idx], stable=True)]
+            v = s[idx]
+            order = torch.argsort(v, stable=True)
+            plan.prune[n] = idx[order]
+            if estimates:
+                plan.prune_scores[n] = v[order]
         if allow_grow:
             grow = ~a & kf
             if bool(grow.any()):
                 idx = grow.nonzero().squeeze(1)
-                plan.grow[n] = idx[torch.argsort(-s[idx], stable=True)]
+                v = s[idx]
+                order = torch.argsort(-v, stable=True)
+                plan.grow[n] = idx[order]
+                if estimates:
+                    plan.grow_scores[n] = v[order]
     return plan

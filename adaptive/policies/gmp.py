@@ -36,7 +36,7 @@ class GMP(Policy):
             n: torch.where(alive[n].to(s.device), s, torch.full_like(s, float("-inf")))
             for n, s in ctrl.scores("cost", step).items()
         }
-        plan = keep_plan(ctrl, scores, target)
+        plan = keep_plan(ctrl, scores, target, estimates=True)
         warn_if_short(self, ctrl, alive, plan, step)
         return plan
 

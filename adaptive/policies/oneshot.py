@@ -43,7 +43,7 @@ class OneShot(Policy):
         alive = ctrl.alive()
         scores = {n: torch.where(alive[n].to(s.device), s, torch.full_like(s, float("-inf")))
                   for n, s in ctrl.scores("cost", step).items()}
-        plan = keep_plan(ctrl, scores, ctrl.density)
+        plan = keep_plan(ctrl, scores, ctrl.density, estimates=True)
         warn_if_short(self, ctrl, alive, plan, step)
         return plan
 

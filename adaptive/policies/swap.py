@@ -196,7 +196,7 @@ def nm_plan(ctrl, step, cost, gain, alive) -> EditPlan:
     """n:m: re-select the top n of every group by the value of each synapse's presence (removal
     cost where present, restoration gain where absent: both in loss units)."""
     keep_scores = {n: torch.where(alive[n].to(cost[n].device), cost[n], gain[n]) for n in cost}
-    return keep_plan(ctrl, keep_scores, ctrl.density, allow_grow=True)
+    return keep_plan(ctrl, keep_scores, ctrl.density, allow_grow=True, estimates=True)
 
 
 @register_policy("set")

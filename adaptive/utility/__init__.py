@@ -4,4 +4,6 @@ from .base import Estimator, UtilityContext, configured_estimator, estimator_nam
 from .stats import GradientStats
 
 __all__ = ["Estimator", "UtilityContext", "GradientStats", "get_estimator", "register_estimator", "estimator_names",
-           "configured_estimator"]
+           "configured_estimator",
+           # the estimators' modules, imported to register them
+           "consistency", "curvature", "evidence", "gradient", "magnitude", "obd", "presence", "random", "taylor"]
