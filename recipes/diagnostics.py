@@ -27,7 +27,7 @@ import time
 
 if __name__ == "__main__":  # Ctrl-C while torch is still importing: one line, not a traceback
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _startup  # noqa: F401
+    __import__("_startup")  # for its effect: installs the quiet start-up Ctrl-C handler
 
 import torch
 
