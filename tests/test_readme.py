@@ -142,14 +142,15 @@ def test_the_link_check_finds_broken_links():
         "#no-such-heading", "figures/threshold_pace.png#x"]
 
 
-def readme_commands():
-    """Every command line the README and the docs/ pages show (bash blocks and inline code) that runs
-    one of the project's scripts: (script or '-m graphs', argv)."""
+def readme_commands(texts=None):
+    """Every command line the README and the docs/ pages (or `texts`) show (bash blocks and inline code,
+    an inline one wrapped over several lines included) that runs one of the project's scripts:
+    (script or '-m graphs', argv)."""
     lines = []
-    for text in PAGES.values():
+    for text in PAGES.values() if texts is None else texts:
         for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
             lines += block.replace("\\\n", " ").splitlines()
-        lines += re.findall(r"`((?:python|accelerate launch) [^`]+)`", text)
+        lines += [c.replace("\n", " ") for c in re.findall(r"`((?:python|accelerate launch) [^`]+)`", text)]
     out = []
     for line in lines:
         for part in line.split("&&"):
@@ -159,6 +160,13 @@ def readme_commands():
                 argv = [a for a in shlex.split(re.sub(r"\[([^\]]*)\]", r"\1", m.group(2))) if a != "..."]  # quoted values stay whole
                 out.append((m.group(1), argv))
     return out
+
+
+def test_commands_wrapped_over_lines_are_found():
+    """An inline command the page wraps over two lines is parsed whole (such commands went unchecked)."""
+    page = "run `python recipes/prune_pretrained.py --model resnet20 --weights\nw.th --remove best` and `python -m graphs\nreport RUN`"
+    assert readme_commands([page]) == [("recipes/prune_pretrained.py", ["--model", "resnet20", "--weights", "w.th", "--remove", "best"]),
+                                       ("-m graphs", ["report", "RUN"])]
 
 
 class _Parsed(Exception):
