@@ -1126,3 +1126,14 @@ def test_mask_only_rows_give_the_density_summary_json_gives(tmp_path):
     assert all(r["density"] == (synapses - r["removed"]) / synapses for r in rows)
     final = [r for r in rows if r["removed"] == synapses - res.summary["live"]]
     assert {r["split"] for r in final} >= {"holdout", "test"} and {r["density"] for r in final} == {res.summary["density"]}
+
+
+def test_mask_only_opening_line_shows_the_target_a_density_makes_without_float_noise(tmp_path, capsys):
+    """--density 0.7 removes the fraction 1 - 0.7: the opening line said 'target 0.30000000000000004'."""
+    torch.manual_seed(0)
+    torch.save(build_model("mlp", num_classes=10, in_shape=(64,)).state_dict(), tmp_path / "w.pt")
+    R.main(["--output_dir", str(tmp_path / "run"), "--mode", "mask_only", "--density", "0.7", "--max_steps", "4",
+            "--update_every", "4", "--threads", "1", "--progress", "false", "--figures", "false",
+            "--weights", str(tmp_path / "w.pt")])
+    out = capsys.readouterr().out
+    assert "(mask_only): " in out and ", target 0.3, " in out and "0.30000000000000004" not in out
