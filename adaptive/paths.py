@@ -78,7 +78,8 @@ def find_data(name: str, relpaths: Sequence[str], data_dir: Optional[PathLike] =
     the data (``how`` adds dataset-specific advice).
     """
     tried = []
-    for d in candidate_data_dirs(data_dir):
+    dirs = candidate_data_dirs(data_dir)
+    for d in dirs:
         for rel in relpaths:
             p = d / rel
             if p.exists():
@@ -87,5 +88,16 @@ def find_data(name: str, relpaths: Sequence[str], data_dir: Optional[PathLike] =
     raise DatasetNotFoundError(
         f"dataset {name!r} not found; looked in: {', '.join(tried)}. Point --data-dir (or the "
         f"ADAPTIVE_DATA environment variable) at a folder holding it"
-        + (f", {how}" if how else "") + "."
+        + _found_above(dirs, relpaths) + (f", {how}" if how else "") + "."
     )
+
+
+def _found_above(dirs: Sequence[Path], relpaths: Sequence[str]) -> str:
+    """Where a data folder one or two levels up holds the dataset (a --data-dir given as another
+    dataset's folder, or as the dataset's own train/): `` (--data-dir PARENT holds it: FOUND)``, else ""."""
+    for d in dirs:
+        for up in list(Path(os.path.abspath(d)).parents)[:2]:
+            for rel in relpaths:
+                if (up / rel).exists():
+                    return f" (--data-dir {up} holds it: {up / rel})"
+    return ""

@@ -127,3 +127,14 @@ def test_command_line_overrides_the_config():
     cfg = parse_config(R.RunConfig, ["--config", str(path), "--density", "0.02", "--estimator", "obd",
                                      "--data-dir", "/somewhere", "--epochs", "3"])
     assert (cfg.density, cfg.estimator, cfg.data_dir, cfg.epochs, cfg.model) == (0.02, "obd", "/somewhere", 3, "lenet300")
+
+
+def test_the_cifar_config_compares_policies_by_changing_only_the_policy():
+    """The CIFAR config is the one from-scratch config of its dataset, so a comparison changes --policy
+    over it: rigl and set (which take no estimator) parse, and gmp ranks by magnitude (Zhu & Gupta),
+    not by an estimator the file names for the utility policy."""
+    path = str(ROOT / "recipes" / "configs" / "cifar10_resnet20_dst.yaml")
+    assert parse_config(R.RunConfig, ["--config", path]).estimator == "curvature"  # utility's default
+    for policy, estimator in (("rigl", None), ("set", None), ("gmp", None), ("threshold", "curvature")):
+        cfg = parse_config(R.RunConfig, ["--config", path, "--policy", policy])
+        assert (cfg.policy, cfg.estimator) == (policy, estimator)

@@ -426,3 +426,30 @@ def test_facts_whose_signature_cannot_be_inspected_are_unknown_not_a_crash(facts
     finally:
         _DATASETS.pop("uninspectable_facts_for_test", None)
         _FACTS.pop("uninspectable_facts_for_test", None)
+
+
+def test_cifar10_data_dir_may_be_the_image_folder_copy_itself(tmp_path):
+    """--data-dir given as the ImageFolder copy that holds train/ and test/ (the docs' 'an ImageFolder such
+    as cifar10-jpeg/{train,test}') reads it, into the same cache as its parent folder would."""
+    _write_folder(tmp_path / "data" / "cifar10-jpeg" / "train", n_per_class=3)
+    _write_folder(tmp_path / "data" / "cifar10-jpeg" / "test", n_per_class=1)
+    own = get_datasets("cifar10", data_dir=tmp_path / "data" / "cifar10-jpeg", holdout=1 / 3, cache_dir=tmp_path / "c")
+    parent = get_datasets("cifar10", data_dir=tmp_path / "data", holdout=1 / 3, cache_dir=tmp_path / "c")
+    assert own.classes == parent.classes == ["cat", "dog", "emu"] and len(own.test) == 3
+    assert torch.equal(own.train.indices, parent.train.indices) and torch.equal(own.train[0][0], parent.train[0][0])
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["cifar10-jpeg-test.pt", "cifar10-jpeg-train.pt"]
+
+
+def test_a_data_dir_one_level_off_names_the_folder_that_holds_the_dataset(tmp_path):
+    """A --data-dir given as another dataset's folder (the MNIST folder for cifar10), or as the copy's own
+    train/, is refused naming the --data-dir that holds the dataset."""
+    _write_folder(tmp_path / "data" / "cifar10-jpeg" / "train", n_per_class=1)
+    _write_folder(tmp_path / "data" / "cifar10-jpeg" / "test", n_per_class=1)
+    (tmp_path / "data" / "mnist").mkdir()
+    for wrong, right in ((tmp_path / "data" / "mnist", tmp_path / "data"),
+                         (tmp_path / "data" / "cifar10-jpeg" / "train", tmp_path / "data" / "cifar10-jpeg")):
+        with pytest.raises(DatasetNotFoundError, match=f"--data-dir {right} holds it"):
+            get_datasets("cifar10", data_dir=wrong, cache_dir=tmp_path / "c")
+    with pytest.raises(DatasetNotFoundError) as e:  # nothing near: no suggestion
+        get_datasets("cifar10", data_dir=tmp_path / "elsewhere" / "x" / "y" / "z", cache_dir=tmp_path / "c")
+    assert "holds it" not in str(e.value)

@@ -274,6 +274,8 @@ def test_two_processes_agree(tmp_path):
     (["--densty", "0.1"], "did you mean 'density'"),
     (["--density", "lots"], "config key 'density' (from the command line) expects"),
     (["--density", "1.5"], "density must be in (0, 1]"),
+    (["--density", "10"], "density must be in (0, 1], got 10.0 (a fraction of the synapses, not a percentage: 10% is "
+                          "--density 0.1)"),
     (["--policy", "rigl2"], "unknown policy 'rigl2'"),
     (["--estimator", "obdd"], "unknown estimator 'obdd'"),
     (["--epochs", "2.5"], "expects Optional[int], got '2.5'"),
@@ -302,6 +304,18 @@ def test_bad_arguments_fail_clearly(args, message, capsys):
         R.main(args)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_estimator_a_config_file_gives_is_refused_for_rigl_naming_the_file_and_the_option_that_drops_it(
+        tmp_path, capsys):
+    """--policy rigl over a --config file that names an estimator: the error names the file and the
+    fix (--estimator none), not "drop --estimator", an option the command does not hold."""
+    cfg = tmp_path / "utility.yaml"
+    cfg.write_text("policy: utility\nestimator: curvature\n")
+    with pytest.raises(SystemExit):
+        R.main(["--config", str(cfg), "--policy", "rigl"])
+    assert f"{cfg} gives it: add --estimator none" in capsys.readouterr().err
+    assert R.parse_args(["--config", str(cfg), "--policy", "rigl", "--estimator", "none"]).estimator is None
 
 
 def test_runtime_problems_fail_with_one_line(tmp_path, capsys):
@@ -1112,3 +1126,14 @@ def test_mask_only_rows_give_the_density_summary_json_gives(tmp_path):
     assert all(r["density"] == (synapses - r["removed"]) / synapses for r in rows)
     final = [r for r in rows if r["removed"] == synapses - res.summary["live"]]
     assert {r["split"] for r in final} >= {"holdout", "test"} and {r["density"] for r in final} == {res.summary["density"]}
+
+
+def test_mask_only_opening_line_shows_the_target_a_density_makes_without_float_noise(tmp_path, capsys):
+    """--density 0.7 removes the fraction 1 - 0.7: the opening line said 'target 0.30000000000000004'."""
+    torch.manual_seed(0)
+    torch.save(build_model("mlp", num_classes=10, in_shape=(64,)).state_dict(), tmp_path / "w.pt")
+    R.main(["--output_dir", str(tmp_path / "run"), "--mode", "mask_only", "--density", "0.7", "--max_steps", "4",
+            "--update_every", "4", "--threads", "1", "--progress", "false", "--figures", "false",
+            "--weights", str(tmp_path / "w.pt")])
+    out = capsys.readouterr().out
+    assert "(mask_only): " in out and ", target 0.3, " in out and "0.30000000000000004" not in out

@@ -17,6 +17,14 @@ NORMALIZATIONS = {
     "none": None,
 }
 RELPATHS = ("cifar10-jpeg/train", "cifar10/train", "cifar10/cifar-10-batches-py", "cifar-10-batches-py")
+# a --data-dir given as the ImageFolder copy itself (cifar10-jpeg, holding train/ and test/), as the docs' words
+# "an ImageFolder such as cifar10-jpeg/{train,test}" invite: looked for only there, never in the default folders
+OWN_FOLDER = ("train",)
+
+
+def _relpaths(data_dir) -> tuple:
+    """The paths looked for under each data folder: under an explicit ``data_dir``, its own train/ too."""
+    return RELPATHS + (OWN_FOLDER if data_dir is not None and str(data_dir) != "" else ())
 HOW = "or pass download=True (--download) to fetch it with torchvision where there is internet"
 
 
@@ -63,7 +71,7 @@ def _facts(data_dir=None, normalize="imagenet", cache_dir=None, download=False):
 
     _normalization(normalize)  # a bad one: the builder's error, once it runs
     try:
-        found = find_data("cifar10", RELPATHS, data_dir, how=HOW)
+        found = find_data("cifar10", _relpaths(data_dir), data_dir, how=HOW)
     except DatasetNotFoundError:
         if download:  # the builder will download torchvision's batches
             return 10, (3, 32, 32)
@@ -90,7 +98,7 @@ def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", 
     progress bar as ``progress`` says (None: only when stderr is a terminal)."""
     mean, std = _normalization(normalize)
     try:
-        found = find_data("cifar10", RELPATHS, data_dir, how=HOW)
+        found = find_data("cifar10", _relpaths(data_dir), data_dir, how=HOW)
     except DatasetNotFoundError:
         if not download:
             raise

@@ -188,11 +188,14 @@ class RunConfig:
             if self.estimator is None and required:
                 self.estimator = "curvature"  # magnitude and gmp keep their magnitude order unless one is named
             elif self.estimator is not None and uses is False:  # (an unknown policy: _check_names names it)
+                source = (given_keys() or {}).get("estimator")
+                # a --config file's estimator (a shipped config's, with --policy rigl to compare): the file stays
+                drop = (f"{source} gives it: add --estimator none" if source not in (None, COMMAND_LINE) else
+                        "drop --estimator (a config.yaml written before this check records the default estimator "
+                        "for every policy: delete its estimator line, or add --estimator none)")
                 raise ConfigError(
-                    f"policy {self.policy!r} fixes its scores, so estimator {self.estimator!r} would be ignored: drop "
-                    "--estimator (a config.yaml written before this check records the default estimator for every "
-                    "policy: delete its estimator line), or use a policy that takes one (utility, balanced, threshold, "
-                    "gmp, magnitude)")
+                    f"policy {self.policy!r} fixes its scores, so estimator {self.estimator!r} would be ignored: "
+                    f"{drop}, or use a policy that takes one (utility, balanced, threshold, gmp, magnitude)")
         takes = _estimator_slots(self.policy)[0]  # (None: an unknown policy, which _check_names names)
         if self.estimator_kw and self.estimator is None and takes is not None:
             raise ConfigError(f"estimator_kw ({self.estimator_kw!r}) sets options of the utility estimator, and policy "
@@ -234,7 +237,9 @@ class RunConfig:
                         and src != COMMAND_LINE})
         step_problem = step_schedule_problem(self.lr_milestones, self.lr_gamma)
         checks = [
-            (self.density is None or 0.0 < self.density <= 1.0, f"density must be in (0, 1], got {self.density}"),
+            (self.density is None or 0.0 < self.density <= 1.0, f"density must be in (0, 1], got {self.density}"
+             + (f" (a fraction of the synapses, not a percentage: {self.density:g}% is --density "
+                f"{self.density / 100:g})" if self.density is not None and 1.0 < self.density <= 100.0 else "")),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.gradient_accumulation_steps >= 1, f"gradient_accumulation_steps must be >= 1 (1: a step per batch), "
                                                     f"got {self.gradient_accumulation_steps}"),

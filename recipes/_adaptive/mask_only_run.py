@@ -159,7 +159,13 @@ def _set_up(cfg, accelerator, model, loaders, train_dl, output_dir, ckpt) -> tup
              if resolve_target(target, synapses) == 0 else
              f"{per_target:,} batches per target ({kw['passes']:.3g} pass(es) of {len(train_dl)} batches{rounded})")
     accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {synapses:,} synapses (of "
-                      f"{sum(p.numel() for p in model.parameters()):,} parameters), target {target}, {reads}, "
+                      f"{sum(p.numel() for p in model.parameters()):,} parameters), target {_shown(target)}, {reads}, "
                       f"estimator {cfg.estimator} -> {output_dir}")
     loaded = loaded_state(model)  # the weights as loaded, before the connectome: the final check's reference
     return model, kw, synapses, loaded
+
+
+def _shown(target) -> str:
+    """A target as the opening line shows it: a fraction that --density made (1 - 0.7) without its float
+    noise (0.30000000000000004 reads 0.3); a count or 'best' as given."""
+    return f"{target:.12g}" if isinstance(target, float) else str(target)
