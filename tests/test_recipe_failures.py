@@ -152,3 +152,33 @@ def test_this_processs_own_error_that_speaks_of_a_closed_connection_is_not_taken
         with pytest.raises(RuntimeError) as e:
             read_shard(phrase)
         assert phrase in str(e.value) and not peer_stopped(e.value), phrase
+
+
+def test_an_error_making_the_outputs_is_not_called_a_full_disk(tmp_path, monkeypatch, capsys):
+    """main_writes took every RuntimeError raised while the outputs were made for a failed write (torch.save's
+    writer raises one on a full disk): a figure's (matplotlib's tick locator) or a tensor's error ended in
+    "writing the run's outputs failed (RuntimeError: ...): free disk space". It is raised as it is; torch's
+    writer's own failure is still a failed write."""
+    import adaptive.plots
+    import torch
+
+    def plot_run(*args, **kwargs):
+        raise RuntimeError("Locator attempting to generate 1002 ticks ([-1.0, ..., 1.0]), which exceeds "
+                           "Locator.MAXTICKS (1000).")
+    monkeypatch.setattr(adaptive.plots, "plot_run", plot_run)
+    with pytest.raises(RuntimeError, match="MAXTICKS") as e:
+        R.main([*TINY, "--figures", "true", "--output_dir", str(tmp_path / "a")])
+    assert not isinstance(e.value, R.RunWriteError)
+
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if str(f).endswith("dense_state_dict.pt"):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return real(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", save)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        R.main([*TINY, "--output_dir", str(tmp_path / "b")])
+    assert f"error: writing the run's outputs into {tmp_path / 'b'} failed (RuntimeError: [enforce fail at " \
+           "inline_container.cc:672] . unexpected pos 704 vs 598): free disk space" in capsys.readouterr().err
