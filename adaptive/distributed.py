@@ -234,15 +234,36 @@ class PeerStoppedError(RuntimeError):
     process's own, not gloo's traceback."""
 
 
+# where torch raises a collective's error: torch.distributed's calls, DDP's wrapper, and the autograd engine,
+# from which DDP's gradient all-reduce (run during backward) raises
+_COLLECTIVE_CODE = tuple(os.path.join(os.path.dirname(os.path.abspath(torch.__file__)), *d.split("/")) + os.sep
+                         for d in ("distributed", "nn/parallel", "autograd"))
+
+
+def _raised_in_collective(e: BaseException) -> bool:
+    """Whether ``e`` was raised in torch's collective code (:data:`_COLLECTIVE_CODE`: the innermost frame
+    of its traceback), not in this process's own code (a data loader's, a model's, a DataLoader
+    worker's error raised again by torch.utils.data)."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_COLLECTIVE_CODE)
+
+
 def peer_stopped(e: BaseException) -> bool:
     """Whether ``e`` is a collective's failure because another process of a multi-process launch
-    (``WORLD_SIZE`` > 1) ended: gloo's "Connection closed by peer", a reset or broken connection."""
+    (``WORLD_SIZE`` > 1) ended: gloo's "Connection closed by peer", a reset or broken connection,
+    raised in torch's collective code. The same words in an error of this process's own (a dataset
+    read over the network) are not: that error is this process's to report. Under NCCL the words
+    differ: its error is not known, and stays as it is."""
     try:
         launched = int(os.environ.get("WORLD_SIZE") or 1) > 1
     except ValueError:
         launched = False
-    return launched and isinstance(e, RuntimeError) and not isinstance(e, PeerStoppedError) and any(
-        s in str(e) for s in _PEER_GONE)
+    return (launched and isinstance(e, RuntimeError) and not isinstance(e, PeerStoppedError)
+            and any(s in str(e) for s in _PEER_GONE) and _raised_in_collective(e))
 
 
 def peer_stopped_error(how: str = "") -> PeerStoppedError:

@@ -439,6 +439,32 @@ def list_checkpoints(root) -> List[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _intact_before(root: Path, step: int) -> Optional[Path]:
+    """The newest complete checkpoint under ``root`` before ``step`` (None: none): what a run whose
+    checkpoint at ``step`` failed continues from (one at ``step`` or later, if any, belongs to a
+    timeline a resume from an earlier checkpoint abandoned, or is the one that failed)."""
+    intact = [p for p in list_checkpoints(root) if _step_of(p) < step]
+    return intact[-1] if intact else None
+
+
+def _continue_from(root: Path, step: int) -> str:
+    """What a failed checkpoint's message says is left: the checkpoint the run continues from."""
+    intact = _intact_before(root, step)
+    return f"{intact} is intact" if intact is not None else "the run has no earlier checkpoint"
+
+
+def _continue_how(root: Path, output_dir, step: int) -> str:
+    """How a run whose checkpoint at ``step`` failed continues: ``--resume latest --output_dir RUN``
+    where that finds the intact checkpoint (:func:`_intact_before`), else ``--resume`` naming it (a
+    later one of an abandoned timeline is there); "run again" where there is none."""
+    intact = _intact_before(root, step)
+    if intact is None:
+        return "run again"
+    if list_checkpoints(root)[-1] == intact:
+        return f"resume with --resume latest --output_dir {output_dir}"
+    return f"resume with --resume {intact}"
+
+
 def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2, state: Optional[TrainState] = None,
                     files: Optional[Dict[str, bytes]] = None) -> Path:
     """Save the accelerator's state (model, optimizer, RNG states and the objects registered for
@@ -453,8 +479,10 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
     copy is written (each process takes an equal share back on load).
 
     A write that fails (a full disk, a file-size limit, an I/O error) removes the partial folder
-    and raises :class:`~adaptive.integrity.CheckpointWriteError` naming the reason and the
-    checkpoint that is still intact."""
+    and raises :class:`~adaptive.integrity.CheckpointWriteError` naming the reason, the checkpoint
+    that is still intact and how to resume from it; so does a rename into place that fails (the main
+    process's alone, agreed with the others in place of a final barrier: every process raises it)."""
+    from .distributed import agreed_call
     from .integrity import CheckpointWriteError, write_errors, write_failure, write_manifest
 
     root = checkpoint_root(output_dir)
@@ -503,16 +531,25 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
     if failed:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        intact = [p for p in list_checkpoints(root) if _step_of(p) <= step]
-        raise CheckpointWriteError(
-            f"writing checkpoint {final} failed ({failed}); the partial write was removed, and "
-            + (f"{intact[-1]} is intact" if intact else "the run has no earlier checkpoint")
-            + ": free disk space (or raise the file-size limit) and "
-            + ("resume with --resume latest" if intact else "run again"))
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        raise CheckpointWriteError(f"writing checkpoint {final} failed ({failed}); the partial write was removed, and "
+                                   + _continue_from(root, step) + ": free disk space (or raise the "
+                                   "file-size limit) and " + _continue_how(root, output_dir, step))
+
+    def put_in_place():
+        """The main process's alone: the checkpoint takes its name, the older ones go."""
+        if not accelerator.is_main_process:
+            return
+        try:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except OSError as e:  # (no permission to rename in the folder, a file there held open)
+            shutil.rmtree(tmp, ignore_errors=True)
+            where = f": {e.filename}" if e.filename and Path(e.filename) != tmp else ""  # (a file of the old one)
+            raise CheckpointWriteError(
+                f"putting checkpoint {final} in place failed ({write_failure(e)}{where}); its files were removed, and "
+                + _continue_from(root, step) + f": make {root} writable (or free disk space) and "
+                + _continue_how(root, output_dir, step)) from e
         for later in list_checkpoints(root):  # a run resumed from an earlier checkpoint: later ones
             if _step_of(later) > step:        # belong to the abandoned timeline (--resume latest would splice)
                 shutil.rmtree(later, ignore_errors=True)
@@ -520,7 +557,10 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
             older = [p for p in list_checkpoints(root) if p != final]
             for old in older[:max(0, len(older) - (keep - 1))]:
                 shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+
+    # in place of a barrier: a failure of the main process's part stops every process with its error
+    # (the others would have gone on into their next collective and died of the closed connection)
+    agreed_call(put_in_place, some_alone=True)
     return final
 
 

@@ -130,3 +130,55 @@ def test_a_full_disk_on_one_process_is_one_line_naming_the_file_and_how_to_conti
                           f"writable); add --resume latest --output_dir {tmp_path} to the same command to continue "
                           "from step_00000005"), err
     assert (tmp_path / "checkpoints" / "step_00000005").is_dir()  # what the line names to continue from
+
+
+def test_this_processs_own_error_that_speaks_of_a_closed_connection_is_not_taken_for_a_peers(monkeypatch):
+    """peer_stopped read any RuntimeError with "Connection reset by peer" (or "closed", "Broken pipe") in its
+    message as a collective's whose peer had stopped: an error of this process's own (a dataset read over the
+    network, raised again from a DataLoader worker as a RuntimeError) was printed as "stopped because another
+    process of the launch stopped first: its error is written above", while the other process, whose
+    collective then failed, said the same: neither wrote the error. Only one raised in torch's collective
+    code is the peer's."""
+    from adaptive.distributed import peer_stopped
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+
+    def read_shard(phrase):
+        raise RuntimeError("Caught ClientPayloadError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                           "call last):\n  ...\naiohttp.ClientPayloadError: Response payload is not completed: "
+                           f"<ConnectionResetError: [Errno 104] {phrase}>")
+
+    for phrase in ("Connection reset by peer", "Connection closed by peer", "Broken pipe"):
+        with pytest.raises(RuntimeError) as e:
+            read_shard(phrase)
+        assert phrase in str(e.value) and not peer_stopped(e.value), phrase
+
+
+def test_an_error_making_the_outputs_is_not_called_a_full_disk(tmp_path, monkeypatch, capsys):
+    """main_writes took every RuntimeError raised while the outputs were made for a failed write (torch.save's
+    writer raises one on a full disk): a figure's (matplotlib's tick locator) or a tensor's error ended in
+    "writing the run's outputs failed (RuntimeError: ...): free disk space". It is raised as it is; torch's
+    writer's own failure is still a failed write."""
+    import adaptive.plots
+    import torch
+
+    def plot_run(*args, **kwargs):
+        raise RuntimeError("Locator attempting to generate 1002 ticks ([-1.0, ..., 1.0]), which exceeds "
+                           "Locator.MAXTICKS (1000).")
+    monkeypatch.setattr(adaptive.plots, "plot_run", plot_run)
+    with pytest.raises(RuntimeError, match="MAXTICKS") as e:
+        R.main([*TINY, "--figures", "true", "--output_dir", str(tmp_path / "a")])
+    assert not isinstance(e.value, R.RunWriteError)
+
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if str(f).endswith("dense_state_dict.pt"):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return real(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", save)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        R.main([*TINY, "--output_dir", str(tmp_path / "b")])
+    assert f"error: writing the run's outputs into {tmp_path / 'b'} failed (RuntimeError: [enforce fail at " \
+           "inline_container.cc:672] . unexpected pos 704 vs 598): free disk space" in capsys.readouterr().err

@@ -151,3 +151,31 @@ def test_a_collective_whose_peer_ended_is_known_and_named_in_one_line(tmp_path):
     assert rec["message"] == ("process 0 of 2 stopped because another process of the launch stopped first: its error "
                               "(or Ctrl-C) is written above, and the launcher's report names its rank; fix what it "
                               "reports; add --resume latest to continue")
+
+
+def test_a_checkpoint_the_main_process_cannot_put_in_place_stops_every_process_alike(tmp_path):
+    """save_checkpoint's last part is the main process's alone (the finished folder renamed into place, the
+    older ones pruned), and it ended in a barrier: a failure there (no permission to rename in the folder)
+    raised a PermissionError traceback on the main process, while the other went on and died in its next
+    collective. Every process now raises one CheckpointWriteError naming the checkpoint, the one that is
+    intact and how to resume; and where a later checkpoint of a timeline a resume abandoned is there,
+    a failed write names the intact one to resume from (--resume latest would take the later one)."""
+    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_checkpoint_tail.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    r = launch_two([script, tmp_path], env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    recs = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    run, ck = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    assert recs[0]["rename"] == recs[1]["rename"], recs
+    kind, message, alike = recs[0]["rename"]
+    assert kind == "CheckpointWriteError" and alike, recs
+    assert message == (f"putting checkpoint {ck / 'step_00000010'} in place failed (Permission denied [errno 13]); its "
+                       f"files were removed, and {ck / 'step_00000005'} is intact: make {ck} writable (or free disk "
+                       f"space) and resume with --resume latest --output_dir {run}")
+    assert recs[0]["rename_left"] == ["step_00000005"]  # (no .tmp-step folder)
+    assert recs[0]["write_with_later"] == recs[1]["write_with_later"], recs
+    kind, message, _ = recs[0]["write_with_later"]  # (agreed by save_checkpoint's broadcast; the recipe marks it)
+    assert kind == "CheckpointWriteError", recs
+    assert message.endswith(f"and {ck / 'step_00000005'} is intact: free disk space (or raise the file-size limit) "
+                            f"and resume with --resume {ck / 'step_00000005'}"), message
+    assert recs[0]["write_left"] == ["step_00000005", "step_00000020"]
