@@ -23,11 +23,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 import adaptive  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
+from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 
 POLICIES = ["magnitude", "gmp", "set", "rigl", "utility", "balanced"]
 BUDGETS = ["global", "uniform", "erk"]
@@ -87,8 +89,8 @@ def main():
                              f"{'yes' if ok else 'NO'} | {', '.join(empty) or '-'} |")
     lines += ["", f"density {args.density}, {args.steps} steps, Adam lr 1e-3, batch 64, seed 0; {missed} run(s) missed "
               f"by more than one ensemble; {cut} run(s) left a layer with no live synapse (the network cut there: "
-              f"met in synapses, but useless); {(time.time() - t0) / 60:.1f} min.", "",
-              f"Reproduce: `python recipes/benchmarks/ensemble_density.py --density {args.density} --steps {args.steps}`"]
+              f"met in synapses, but useless); {(time.time() - t0) / 60:.1f} min. Machine: {machine()}.", "",
+              f"Reproduce: `{command('ensemble_density.py', ROOT, placed=('--out',))}`"]
     text = "\n".join(lines) + "\n"
     print(text)
     write_text(args.out, text)
