@@ -27,3 +27,24 @@ def shown_args(argv, root: Path, placed=("--output", "--figure"), dropped=("--ru
         elif a not in flags:
             out.append(a)
     return "".join(" " + shlex.quote(a) for a in out)
+
+
+def command(script: str, root: Path, argv=None, **kw) -> str:
+    """``python recipes/benchmarks/SCRIPT`` followed by the arguments it was given (``argv``, default
+    ``sys.argv[1:]``) as :func:`shown_args` writes them (``kw`` goes to it): the command that
+    writes this table, for its "Reproduce:" line."""
+    return f"python recipes/benchmarks/{script}{shown_args(argv, root, **kw)}"
+
+
+def machine() -> str:
+    """The machine a timing came from, for a results file: processor, CPU count, torch version and
+    threads, and the 1-minute load average now (other jobs on a shared machine slow every timing)."""
+    import os
+    import platform
+
+    import torch
+
+    load = f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "unknown"
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} torch thread(s), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+            f"1-minute load average {load} at the end")

@@ -15,14 +15,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
 
-import adaptive
-from adaptive.atomic import write_text
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+import adaptive  # noqa: E402
+from adaptive.atomic import write_text  # noqa: E402
+from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 
 
 def main():
@@ -79,7 +84,9 @@ def main():
         "of the masks as last set, plus a 4 B/synapse float cache while attached to an optimizer (see overhead.md: "
         "Connectome.resident_bytes); 1 bit/synapse on disk. Update = global top-k over all "
         "layers, 10% of live synapses swapped, SGD momentum repaired; no line search (unordered selection).\n"
-        "Targets: observe <= 3% of a training step; update <= 1 s on 2 cores.\n"
+        "Targets: observe <= 3% of a training step; update <= 1 s on 2 cores.\n\n"
+        f"Machine: {machine()}.\n\n"
+        f"Reproduce: `{command('controller.py', ROOT, placed=('--out',))}`\n"
     )
     print(text)
     write_text(args.out, text)

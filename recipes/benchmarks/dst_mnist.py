@@ -44,6 +44,7 @@ from adaptive.budgets import get_budget  # noqa: E402
 from adaptive.data.split import stratified_split  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
+from recipes.benchmarks._reproduce import machine  # noqa: E402
 from adaptive import paths  # noqa: E402
 from adaptive.paths import find_data  # noqa: E402
 from adaptive.policies.base import register_policy  # noqa: E402
@@ -386,8 +387,9 @@ def write_table(args, densities, methods, seeds, table, chosen, candidates, done
     given = "".join(f" {c}" for c in getattr(args, "changed", ())) + " --append" * bool(args.append)
     lines += ["", f"Reproduce: `python recipes/benchmarks/dst_mnist.py{given} --epochs {args.epochs} --seeds "
               f"{','.join(map(str, seeds))}` ({len(secs)} runs, {sum(secs) / 60:.0f} minutes of run time, each run "
-              "on 1 thread" + (f"; {args.how_run}" if args.how_run else "")
-              + (f"; {len(reused)} of them read back from {paths.repo_relative(args.results)}, not rerun" if reused else "") + ")."]
+              f"on {args.threads} thread(s)" + (f"; {args.how_run}" if args.how_run else "")
+              + (f"; {len(reused)} of them read back from {paths.repo_relative(args.results)}, not rerun" if reused else "")
+              + f"). Machine (of this table's writing): {machine()}."]
     if args.append:
         lines[0] = f"## The same at {', '.join(f'{100 * d:g}%' for d in densities)} density, {args.epochs} epochs"
     if args.remark:

@@ -34,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from recipes.benchmarks._reproduce import command  # noqa: E402
 
 
 def run(name: str, extra: list, args) -> dict:
@@ -137,7 +139,7 @@ def main(argv=None):
         lines.append(f"| {labels.get(name, name)} | " + " | ".join(
             f"{sum(v) / len(v):.3f} ({min(v):.3f}-{max(v):.3f})" for v in (d["q"], d["k"], d["v"])) + " |")
     lines += ["",
-              f"Reproduce: `python recipes/benchmarks/dst_vit.py --epochs {args.epochs} --density {args.density}`"]
+              f"Reproduce: `{command('dst_vit.py', ROOT, argv, placed=('--out',), dropped=('--runs', '--data-dir'))}`"]
     text = "\n".join(lines) + "\n"
     from adaptive.atomic import write_text
 

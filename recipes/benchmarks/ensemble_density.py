@@ -10,6 +10,7 @@ meets the density when it misses by at most one ensemble (half an ensemble per l
 budgets, as documented). Exits non-zero when a run misses by more.
 
     python recipes/benchmarks/ensemble_density.py            # about a minute on 2 cores
+    python recipes/benchmarks/ensemble_density.py --quick    # a smoke run: 2 policies x 1 budget x 2 ensembles
 """
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 import adaptive  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
+from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 
 POLICIES = ["magnitude", "gmp", "set", "rigl", "utility", "balanced"]
 BUDGETS = ["global", "uniform", "erk"]
@@ -62,6 +65,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--density", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=70)
+    ap.add_argument("--quick", action="store_true", help="a smoke run: rigl and utility, global budget, synapse and "
+                    "neuron ensembles (checks the script, not every policy)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "ensemble_density.md"))
     args = ap.parse_args()
     if not 0.0 < args.density <= 1.0:
@@ -74,9 +79,11 @@ def main():
              "| policy | budget | ensemble | live | target | miss | largest ensemble | met | layers left empty |",
              "|---|---|---|---:|---:|---:|---:|---|---|"]
     missed = cut = 0
-    for policy in POLICIES:
-        for budget in BUDGETS:
-            for ens in ENSEMBLES:
+    policies, budgets, ensembles = (["rigl", "utility"], ["global"], ["synapse", "neuron"]) if args.quick else (
+        POLICIES, BUDGETS, ENSEMBLES)
+    for policy in policies:
+        for budget in budgets:
+            for ens in ensembles:
                 with warnings.catch_warnings():  # counted in the table instead
                     warnings.filterwarnings("ignore", message=".*no live synapse left")
                     live, target, biggest, empty = run(policy, budget, ens, args.density, args.steps)
@@ -87,8 +94,8 @@ def main():
                              f"{'yes' if ok else 'NO'} | {', '.join(empty) or '-'} |")
     lines += ["", f"density {args.density}, {args.steps} steps, Adam lr 1e-3, batch 64, seed 0; {missed} run(s) missed "
               f"by more than one ensemble; {cut} run(s) left a layer with no live synapse (the network cut there: "
-              f"met in synapses, but useless); {(time.time() - t0) / 60:.1f} min.", "",
-              f"Reproduce: `python recipes/benchmarks/ensemble_density.py --density {args.density} --steps {args.steps}`"]
+              f"met in synapses, but useless); {(time.time() - t0) / 60:.1f} min. Machine: {machine()}.", "",
+              f"Reproduce: `{command('ensemble_density.py', ROOT, placed=('--out',))}`"]
     text = "\n".join(lines) + "\n"
     print(text)
     write_text(args.out, text)

@@ -32,11 +32,13 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 import adaptive  # noqa: E402
 from adaptive import connectome_edits  # noqa: E402
 from adaptive.connectome_queries import ConnectomeQueriesMixin  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
+from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 
 VARIANTS = ["before", "cache", "cache + exact expansion"]
 
@@ -129,7 +131,7 @@ def main():
                      + " / ".join(f"{pools[v]:.0f}" for v in VARIANTS) + " |")
     text = (
         f"# Ensemble-mask cache: controller update on torchvision resnet50, {torch.get_num_threads()} thread(s), "
-        f"median of {args.updates * args.rounds} updates per cell (CPU time of the process, OMP_NUM_THREADS=1)\n\n" + "\n".join(lines) + "\n\n"
+        f"median of {args.updates * args.rounds} updates per cell (CPU time of the process)\n\n" + "\n".join(lines) + "\n\n"
         "RigL, global budget, density 0.5, 10% of live ensembles swapped per update, no line search; the same edits "
         "in every column (equal mask hashes). before: every read of a layer's ensemble mask pools it (the code "
         "before the cache pooled all 54 layers at each of 3 reads, 162 poolings), and masks expanded from "
@@ -138,7 +140,9 @@ def main():
         "new tensor). shipped: also no rule check of masks expanded from ensemble masks of the built-in "
         "synapse/kernel/neuron/block granularities (they cannot break it; n:m and plugin granularities are "
         "still checked), and the ensemble masks set_ensemble_masks was given are stored, so the next update "
-        "pools nothing.\n"
+        "pools nothing.\n\n"
+        f"Machine: {machine()}.\n\n"
+        f"Reproduce: `{command('ensemble_mask_cache.py', ROOT, placed=('--out',))}`\n"
     )
     print(text)
     write_text(args.out, text)

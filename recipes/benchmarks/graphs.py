@@ -464,7 +464,11 @@ def main(argv=None):
     if a.only_contract and (a.skip_graphs or a.skip_compaction):
         p.error("--only-contract runs the junction contraction part alone: drop --skip-graphs/--skip-compaction")
     a.out = a.out or os.path.join(HERE, "results", "graphs_contract.md" if a.only_contract else "graphs.md")
-    cmdline = "python recipes/benchmarks/graphs.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
+    from pathlib import Path
+
+    from recipes.benchmarks._reproduce import command
+
+    cmdline = command("graphs.py", Path(ROOT), argv, placed=("--out",), dropped=("--data-dir",))
     if a.only_contract:
         print("contracting junctions:")
         rows = contract_rows(a.threads, a.quick)

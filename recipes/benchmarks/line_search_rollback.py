@@ -6,7 +6,7 @@ the synapses (half pruned, half grown, spread over every layer) with Adam attach
 - bytes held by the old snapshot (a clone of every edited layer's whole mask, weight and Adam
   moments) and by the sparse one (adaptive.rollback.EditSnapshot: the plan's positions only);
 - time of snapshot + restore, old and new (the trial edit between them is not timed);
-- that both restores leave the same bits (masks, weights, moments).
+- that both restores leave the bits (masks, weights, moments) as they were before the edit.
 The old path is reproduced here by ``_old_snapshot`` / ``_old_restore`` (the controller code before
 the sparse snapshot), for this comparison only.
 
@@ -17,17 +17,22 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
 
-import adaptive
-from adaptive.atomic import write_text
-from adaptive.optim_state import restore_state, snapshot_state
-from adaptive.policies.base import EditPlan
-from adaptive.rollback import EditSnapshot
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+import adaptive  # noqa: E402
+from adaptive.atomic import write_text  # noqa: E402
+from adaptive.optim_state import restore_state, snapshot_state  # noqa: E402
+from adaptive.policies.base import EditPlan  # noqa: E402
+from adaptive.rollback import EditSnapshot  # noqa: E402
+from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 
 
 def _old_snapshot(conn, plan):
@@ -96,6 +101,7 @@ def main():
         plan = _plan(conn, args.fraction)
         times = {"old": [], "new": []}  # (snapshot, restore) seconds
         nbytes, after = {}, {}
+        before = _bits(conn, opt)  # what a restore must give back, bit for bit
         for r in range(args.repeats):
             for how in ("old", "new"):
                 t0 = time.perf_counter()
@@ -109,7 +115,7 @@ def main():
                 if r == 0:
                     after[how] = _bits(conn, opt)
                 del saved
-        same = all(torch.equal(a, b) for a, b in zip(after["old"], after["new"]))
+        same = all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(before, after["old"], after["new"]))
         positions = sum(p.numel() for p in EditSnapshot(conn, plan).positions.values())
         med = {how: [statistics.median(t[i] for t in times[how]) for i in (0, 1)] for how in times}
         med = {how: (s, r, statistics.median(a + b for a, b in times[how])) for how, (s, r) in med.items()}
@@ -134,9 +140,10 @@ def main():
         "against 13 B per synapse of every edited layer. Time: snapshot plus restore (set the masks back, put back "
         "weights and moments, conn.apply()); the trial edit between them is not timed. Both restores set the masks back "
         "through the connectome (a pass over each edited layer's mask, weight and moments) and conn.apply() (a pass "
-        "over every pruned layer): that shared cost, not the copies, is most of a restore.\n\n"
-        f"Reproduce: `python recipes/benchmarks/line_search_rollback.py --fraction {args.fraction} "
-        f"--repeats {args.repeats} --ensemble {' '.join(args.ensemble)}`\n"
+        "over every pruned layer): that shared cost, not the copies, is most of a restore. Same bits: both restores "
+        "leave the masks, weights and Adam moments bit for bit as they were before the trial edit.\n\n"
+        f"Machine: {machine()}.\n\n"
+        f"Reproduce: `{command('line_search_rollback.py', ROOT, placed=('--out',))}`\n"
     )
     print(text)
     write_text(args.out, text)

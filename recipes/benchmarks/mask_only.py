@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adaptive.atomic import write_text  # noqa: E402
+from recipes.benchmarks._reproduce import command  # noqa: E402
 from adaptive.baselines.edge_popup import edge_popup  # noqa: E402
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive.mask_only import changed_from, evaluate, loaded_state, optimize_connectome  # noqa: E402
@@ -183,7 +184,7 @@ def main(argv=None):
         v = 100 * by[("ours", 0.5)]
         checks.append(f"- ours at 50%: {v:.2f}% (target >= 86.0: {'met' if v >= 86.0 else f'MISSED by {86.0 - v:.2f}'})")
     wall = (time.time() - t_start) / 60
-    cmd = "python recipes/benchmarks/mask_only.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = command("mask_only.py", ROOT, argv, dropped=("--data-dir",))
     note = (
         f"\n{args.model} ({total} prunable synapses) on cifar10-jpeg; train part {len(dl.train.dataset)} images"
         f"{' (subset)' if args.subset else ''}, held-out {len(dl.holdout.dataset)} images drawn from TRAIN "
@@ -196,7 +197,7 @@ def main(argv=None):
         f"Whole benchmark: {wall:.1f} min wall on {os.cpu_count()} cores ({platform.processor() or platform.machine()}); "
         f"1-minute load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
         f"(above {args.threads} means other jobs shared the cores and wall times are inflated).\n\n"
-        f"Reproduce: `{cmd.strip()}`\n"
+        f"Reproduce: `{cmd}`\n"
     )
     text = f"# Mask-only connectome optimisation: {args.model}\n\n" + head + body + note
     print(text)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adaptive.atomic import write_text  # noqa: E402
+from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive.data.cycle import LoaderCycle  # noqa: E402
 from adaptive.mask_only import evaluate  # noqa: E402
@@ -110,7 +110,7 @@ def main(argv=None):
                 test = f"**{100 * evaluate(model, dl.test)[1]:.2f}** (chosen)"
             rows.append(f"| every weight fine-tuned | {q:g} | {lr:g} | {100 * h:.2f} | {test} | {cpu:.1f} |")
     wall = (time.time() - t_start) / 60
-    cmd = "python recipes/benchmarks/mask_only_ceiling.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = command("mask_only_ceiling.py", ROOT, argv, dropped=("--data-dir",))
     text = (
         f"# What the mask-only benchmark's data can buy: {args.model} fine-tuned\n\n"
         "| run | passes | SGD step | held-out acc % | test acc % | CPU min |\n|---|---:|---:|---:|---:|---:|\n"
@@ -120,7 +120,7 @@ def main(argv=None):
         f"`mask_only.py`), batch {args.batch_size}, BatchNorm statistics frozen. The held-out part chose the step for "
         "each number of passes; the test split was read only after all runs, for the dense row and the chosen runs. The "
         "pretrained networks saw the lossless train images, so held-out accuracy is not unseen-data accuracy. "
-        f"{wall:.1f} min wall on {os.cpu_count()} cores.\n\nReproduce: `{cmd.strip()}`\n"
+        f"{wall:.1f} min wall. Machine: {machine()}.\n\nReproduce: `{cmd}`\n"
     )
     print(text)
     dest = Path(args.output) if args.output else ROOT / "recipes/benchmarks/results" / (

@@ -19,17 +19,22 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-import adaptive
-from adaptive.atomic import write_text
-from adaptive.baselines.edge_popup import edge_popup
-from adaptive.models import build_model
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+import adaptive  # noqa: E402
+from adaptive.atomic import write_text  # noqa: E402
+from adaptive.baselines.edge_popup import edge_popup  # noqa: E402
+from adaptive.models import build_model  # noqa: E402
+from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -163,7 +168,8 @@ def main(argv=None):
         "is left out: ours' first update jumps to the target (a full sort; its own column times that whole first batch, its forward and backward included, from the start of the optimisation), edge-popup's first "
         "step pays its setup. ResNet-20 removes 50%; MobileNetV3-Large removes 1.03 million synapses (the count of "
         "the founding MobileNetV3 result; the ImageNet config's first target is 1,000,000). Synthetic inputs, random weights: the cost does not depend on them.\n\n"
-        "Reproduce: `python recipes/benchmarks/mask_only_cost.py`\n"
+        f"Machine: {machine()}.\n\n"
+        f"Reproduce: `{command('mask_only_cost.py', ROOT, argv)}`\n"
     )
     print(text)
     write_text(args.output, text)

@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torchvision
@@ -26,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from adaptive.mask_only import changed_from, loaded_state, optimize_connectome, resolve_target  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
+from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = ["mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x0_5", "squeezenet1_0", "regnet_y_400mf",
@@ -84,7 +86,8 @@ def main(argv=None):
             "batches of 4 per target (10% then 20% removed), synapse ensembles. Changed surviving weights: "
             "entries of the last snapshot's state_dict (pruned weights zeroed; biases and normalisation statistics "
             "too) whose bits differ from the model's as built.\n\n"
-            "Reproduce: `python recipes/benchmarks/mask_only_models.py`\n")
+            f"Machine: {machine()}.\n\n"
+            f"Reproduce: `{command('mask_only_models.py', Path(HERE).parents[1], argv)}`\n")
     write_text(args.output, text)
     print(f"wrote {args.output}")
     if failed:

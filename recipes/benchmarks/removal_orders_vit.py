@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from adaptive.atomic import write_text  # noqa: E402
+from recipes.benchmarks._reproduce import command  # noqa: E402
 
 ESTIMATORS = ("magnitude", "obd", "consistency", "curvature", "taylor")
 
@@ -124,7 +125,7 @@ def main(argv=None):
               f"{(time.time() - t0) / 60:.1f} min.", "",
               "Costs: magnitude |w|; obd -g*w + F*w^2/2; consistency the same with g shrunk by its consistency "
               "across batches; curvature F*w^2/2 alone; taylor -g*w.", "",
-              "Reproduce: `python recipes/benchmarks/removal_orders_vit.py`"]
+              f"Reproduce: `{command('removal_orders_vit.py', ROOT, argv, placed=('--out',), dropped=('--data-dir',))}`"]
     text = "\n".join(lines) + "\n"
     write_text(a.out, text)
     print(text)

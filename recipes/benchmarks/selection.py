@@ -24,10 +24,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 import adaptive  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.policies import base  # noqa: E402
+from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 
 INF = float("inf")
 
@@ -212,7 +214,8 @@ def main():
             "k <= n/8, and unordered keep masks for equal-size ensembles. Every result was checked identical "
             "(indices and order; masks after construction and after the update). Controller rows: rigl at density "
             f"0.5, one update after one SGD step. {(time.time() - t0) / 60:.1f} min.\n\n"
-            "Reproduce: `OMP_NUM_THREADS=1 python recipes/benchmarks/selection.py`\n")
+            f"Machine: {machine()}.\n\n"
+            f"Reproduce: `OMP_NUM_THREADS={torch.get_num_threads()} {command('selection.py', ROOT, placed=('--out',))}`\n")
     print(text)
     write_text(args.out, text)
 
