@@ -318,6 +318,21 @@ def test_an_estimator_a_config_file_gives_is_refused_for_rigl_naming_the_file_an
     assert R.parse_args(["--config", str(cfg), "--policy", "rigl", "--estimator", "none"]).estimator is None
 
 
+def test_estimator_kw_a_config_file_gives_is_refused_for_rigl_naming_the_file(tmp_path, capsys):
+    """Past the estimator's refusal (--estimator none), the file's estimator_kw is refused too: the error
+    said "drop --estimator_kw", an option the command does not hold (and a file's mapping the command
+    line only adds to); it names the file, and the command line's own --estimator_kw still reads "drop"."""
+    cfg = tmp_path / "utility.yaml"
+    cfg.write_text("policy: utility\nestimator: curvature\nestimator_kw: {damping: 1}\n")
+    with pytest.raises(SystemExit):
+        R.main(["--config", str(cfg), "--policy", "rigl", "--estimator", "none"])
+    err = capsys.readouterr().err
+    assert f"{cfg} gives it: delete its estimator_kw" in err and "drop --estimator_kw" not in err
+    with pytest.raises(SystemExit):
+        R.main(["--policy", "rigl", "--estimator_kw", "damping=1"])
+    assert "runs none here: drop --estimator_kw (it takes no estimator)" in capsys.readouterr().err
+
+
 def test_runtime_problems_fail_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         R.main(["--output_dir", str(tmp_path / "a"), "--resume", "latest"])
