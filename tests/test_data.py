@@ -9,6 +9,7 @@ import adaptive.paths as paths
 from adaptive.data import (DatasetNotFoundError, get_dataloaders, get_datasets, random_crop_flip,
                            stratified_split, stratified_subset)
 from adaptive.data import folder_cache
+from adaptive.data.cifar import CLASSES as CIFAR10_CLASSES
 
 torch.set_num_threads(1)
 
@@ -431,11 +432,11 @@ def test_facts_whose_signature_cannot_be_inspected_are_unknown_not_a_crash(facts
 def test_cifar10_data_dir_may_be_the_image_folder_copy_itself(tmp_path):
     """--data-dir given as the ImageFolder copy that holds train/ and test/ (the docs' 'an ImageFolder such
     as cifar10-jpeg/{train,test}') reads it, into the same cache as its parent folder would."""
-    _write_folder(tmp_path / "data" / "cifar10-jpeg" / "train", n_per_class=3)
-    _write_folder(tmp_path / "data" / "cifar10-jpeg" / "test", n_per_class=1)
+    _write_folder(tmp_path / "data" / "cifar10-jpeg" / "train", n_per_class=3, classes=CIFAR10_CLASSES)
+    _write_folder(tmp_path / "data" / "cifar10-jpeg" / "test", n_per_class=1, classes=CIFAR10_CLASSES)
     own = get_datasets("cifar10", data_dir=tmp_path / "data" / "cifar10-jpeg", holdout=1 / 3, cache_dir=tmp_path / "c")
     parent = get_datasets("cifar10", data_dir=tmp_path / "data", holdout=1 / 3, cache_dir=tmp_path / "c")
-    assert own.classes == parent.classes == ["cat", "dog", "emu"] and len(own.test) == 3
+    assert own.classes == parent.classes == list(CIFAR10_CLASSES) and len(own.test) == 10
     assert torch.equal(own.train.indices, parent.train.indices) and torch.equal(own.train[0][0], parent.train[0][0])
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["cifar10-jpeg-test.pt", "cifar10-jpeg-train.pt"]
 
@@ -453,3 +454,31 @@ def test_a_data_dir_one_level_off_names_the_folder_that_holds_the_dataset(tmp_pa
     with pytest.raises(DatasetNotFoundError) as e:  # nothing near: no suggestion
         get_datasets("cifar10", data_dir=tmp_path / "elsewhere" / "x" / "y" / "z", cache_dir=tmp_path / "c")
     assert "holds it" not in str(e.value)
+
+
+def test_a_data_dir_with_another_datasets_train_and_test_is_not_read_as_cifar10(tmp_path):
+    """--data-dir as the copy itself reads any folder's train/ and test/: one of another dataset (three
+    classes, CIFAR-100's hundred) or a CIFAR-10 copy lacking a class was read as CIFAR-10, silently. It is
+    refused naming the classes and --dataset folder; the copy under a cifar10-jpeg/ folder reads as before."""
+    _write_folder(tmp_path / "other" / "train", n_per_class=1)
+    _write_folder(tmp_path / "other" / "test", n_per_class=1)
+    with pytest.raises(ValueError, match=r"--data-dir \S+other is not a CIFAR-10 copy: its train/ holds 3 class "
+                                         r"folder\(s\), lacking airplane, .* with emu .*--dataset folder"):
+        get_datasets("cifar10", data_dir=tmp_path / "other", cache_dir=tmp_path / "c")
+    nine = CIFAR10_CLASSES[:-1]
+    _write_folder(tmp_path / "nine" / "train", n_per_class=1, classes=nine)
+    _write_folder(tmp_path / "nine" / "test", n_per_class=1, classes=nine)
+    with pytest.raises(ValueError, match="holds 9 class folder\\(s\\), lacking truck \\("):
+        get_datasets("cifar10", data_dir=tmp_path / "nine", cache_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()  # nothing decoded or cached
+
+
+def test_cifar10_data_dir_given_as_dot_inside_the_copy_caches_under_its_name(tmp_path, monkeypatch):
+    """get_datasets("cifar10", data_dir=".") run inside the copy: its cache files are named after the
+    folder (cifar10-jpeg-train.pt), not "-train.pt", a name any such folder would share."""
+    _write_folder(tmp_path / "cifar10-jpeg" / "train", n_per_class=3, classes=CIFAR10_CLASSES)
+    _write_folder(tmp_path / "cifar10-jpeg" / "test", n_per_class=1, classes=CIFAR10_CLASSES)
+    monkeypatch.chdir(tmp_path / "cifar10-jpeg")
+    s = get_datasets("cifar10", data_dir=".", holdout=1 / 3, cache_dir=tmp_path / "c")
+    assert len(s.test) == 10
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["cifar10-jpeg-test.pt", "cifar10-jpeg-train.pt"]

@@ -318,6 +318,21 @@ def test_an_estimator_a_config_file_gives_is_refused_for_rigl_naming_the_file_an
     assert R.parse_args(["--config", str(cfg), "--policy", "rigl", "--estimator", "none"]).estimator is None
 
 
+def test_estimator_kw_a_config_file_gives_is_refused_for_rigl_naming_the_file(tmp_path, capsys):
+    """Past the estimator's refusal (--estimator none), the file's estimator_kw is refused too: the error
+    said "drop --estimator_kw", an option the command does not hold (and a file's mapping the command
+    line only adds to); it names the file, and the command line's own --estimator_kw still reads "drop"."""
+    cfg = tmp_path / "utility.yaml"
+    cfg.write_text("policy: utility\nestimator: curvature\nestimator_kw: {damping: 1}\n")
+    with pytest.raises(SystemExit):
+        R.main(["--config", str(cfg), "--policy", "rigl", "--estimator", "none"])
+    err = capsys.readouterr().err
+    assert f"{cfg} gives it: delete its estimator_kw" in err and "drop --estimator_kw" not in err
+    with pytest.raises(SystemExit):
+        R.main(["--policy", "rigl", "--estimator_kw", "damping=1"])
+    assert "runs none here: drop --estimator_kw (it takes no estimator)" in capsys.readouterr().err
+
+
 def test_runtime_problems_fail_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         R.main(["--output_dir", str(tmp_path / "a"), "--resume", "latest"])
@@ -1137,3 +1152,19 @@ def test_mask_only_opening_line_shows_the_target_a_density_makes_without_float_n
             "--weights", str(tmp_path / "w.pt")])
     out = capsys.readouterr().out
     assert "(mask_only): " in out and ", target 0.3, " in out and "0.30000000000000004" not in out
+
+
+def test_a_train_part_smaller_than_one_step_gets_a_note():
+    """--subset 100 --batch_size 128 trains each epoch as one step of the 90 examples the train part holds,
+    without a word: the note says so (the summary's batch_note); a train part that fills a step gets none."""
+    from types import SimpleNamespace
+
+    from recipes._adaptive.notes import _batch_note
+
+    cfg = SimpleNamespace(batch_size=128, gradient_accumulation_steps=1)
+    assert _batch_note(cfg, 90) == ("the train part holds 90 examples, fewer than one step takes (128: --batch_size "
+                                    "128), so each epoch is one step of 90 examples; a smaller --batch_size (or a "
+                                    "larger --subset) gives more steps")
+    assert _batch_note(cfg, 128) is None and _batch_note(SimpleNamespace(batch_size=32, gradient_accumulation_steps=4),
+                                                         200, processes=2).startswith(
+        "the train part holds 200 examples, fewer than one step takes (256: --batch_size 32 x 4 accumulated x 2 processes)")

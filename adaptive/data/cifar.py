@@ -2,13 +2,14 @@
 pickled batches, or torchvision's downloader; held in memory as uint8 tensors."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
 from ..paths import DatasetNotFoundError, find_data, resolve_data_dir
 from .base import Source, register_dataset
-from .folder_cache import cached_folder_tensor, folder_facts
+from .folder_cache import _classes, cached_folder_tensor, folder_facts
 from .tensors import TensorImages
 
 NORMALIZATIONS = {
@@ -20,12 +21,40 @@ RELPATHS = ("cifar10-jpeg/train", "cifar10/train", "cifar10/cifar-10-batches-py"
 # a --data-dir given as the ImageFolder copy itself (cifar10-jpeg, holding train/ and test/), as the docs' words
 # "an ImageFolder such as cifar10-jpeg/{train,test}" invite: looked for only there, never in the default folders
 OWN_FOLDER = ("train",)
+HOW = "or pass download=True (--download) to fetch it with torchvision where there is internet"
+# CIFAR-10's classes, as torchvision names and orders them (the ImageFolder copy's folder names)
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def _relpaths(data_dir) -> tuple:
     """The paths looked for under each data folder: under an explicit ``data_dir``, its own train/ too."""
-    return RELPATHS + (OWN_FOLDER if data_dir is not None and str(data_dir) != "" else ())
-HOW = "or pass download=True (--download) to fetch it with torchvision where there is internet"
+    return RELPATHS + (OWN_FOLDER if _explicit(data_dir) else ())
+
+
+def _explicit(data_dir) -> bool:
+    return data_dir is not None and str(data_dir) != ""
+
+
+def _find(data_dir) -> Path:
+    """The CIFAR-10 copy ``data_dir`` (or the default folders) holds: :func:`find_data` over
+    :func:`_relpaths`. A ``data_dir`` read as the copy itself (its own train/, under any folder name) is
+    taken only where train/ holds CIFAR-10's ten class folders: any folder with train/ and test/
+    (another dataset's ImageFolder tree, CIFAR-100's) would otherwise be read as CIFAR-10, silently."""
+    found = find_data("cifar10", _relpaths(data_dir), data_dir, how=HOW)
+    if _explicit(data_dir) and found == Path(data_dir).expanduser() / OWN_FOLDER[0]:
+        classes = _classes(found)
+        if tuple(classes) != CLASSES:
+            missing, other = [c for c in CLASSES if c not in classes], [c for c in classes if c not in CLASSES]
+            raise ValueError(
+                f"--data-dir {data_dir} is not a CIFAR-10 copy: its train/ holds {len(classes)} class folder(s)"
+                + (f", lacking {_some(missing)}" if missing else "") + (f", with {_some(other)}" if other else "")
+                + f" (CIFAR-10's are {', '.join(CLASSES)}); another ImageFolder dataset (or a CIFAR-10 copy whose "
+                f"folders are named otherwise) reads with --dataset folder --data-dir {data_dir} (docs/data.md)")
+    return found
+
+
+def _some(names) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def _normalization(normalize):
@@ -71,7 +100,7 @@ def _facts(data_dir=None, normalize="imagenet", cache_dir=None, download=False):
 
     _normalization(normalize)  # a bad one: the builder's error, once it runs
     try:
-        found = find_data("cifar10", _relpaths(data_dir), data_dir, how=HOW)
+        found = _find(data_dir)
     except DatasetNotFoundError:
         if download:  # the builder will download torchvision's batches
             return 10, (3, 32, 32)
@@ -98,7 +127,7 @@ def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", 
     progress bar as ``progress`` says (None: only when stderr is a terminal)."""
     mean, std = _normalization(normalize)
     try:
-        found = find_data("cifar10", _relpaths(data_dir), data_dir, how=HOW)
+        found = _find(data_dir)
     except DatasetNotFoundError:
         if not download:
             raise
@@ -110,7 +139,7 @@ def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", 
         def load_test():
             return _torchvision_arrays(found.parent, train=False)[:2]
     else:
-        base = found.parent
+        base = Path(os.path.abspath(found.parent))  # (--data-dir . inside the copy: its name, not "")
         test_dir = _test_folder(found)
         x, y, classes = cached_folder_tensor(found, f"{base.name}-train", cache_dir, progress=progress)
         _check_test_classes(test_dir, classes)

@@ -198,10 +198,14 @@ class RunConfig:
                     f"{drop}, or use a policy that takes one (utility, balanced, threshold, gmp, magnitude)")
         takes = _estimator_slots(self.policy)[0]  # (None: an unknown policy, which _check_names names)
         if self.estimator_kw and self.estimator is None and takes is not None:
+            source = (given_keys() or {}).get("estimator_kw")
+            # a --config file's mapping: the command line adds entries to it and cannot empty it
+            drop = (f"{source} gives it: delete its estimator_kw (the command line cannot empty a file's mapping)"
+                    if source not in (None, COMMAND_LINE) else "drop --estimator_kw")
             raise ConfigError(f"estimator_kw ({self.estimator_kw!r}) sets options of the utility estimator, and policy "
                               f"{self.policy!r} runs none here"
                               + (" (it ranks by weight magnitude unless one is named): name one with --estimator"
-                                 if takes else ": drop --estimator_kw (it takes no estimator)"))
+                                 if takes else f": {drop} (it takes no estimator)"))
         if self.update_every is None:
             self.update_every = 1 if self.mode == "mask_only" else 25
         if self.epochs is None:

@@ -34,6 +34,20 @@ def _density_note(cfg, summary, total_steps, ctrl) -> Optional[str]:
             f"(end_fraction {cfg.end_fraction:g}); give it more steps (--epochs, --max_steps) or a smaller --update_every")
 
 
+def _batch_note(cfg, train_examples: int, processes: int = 1) -> Optional[str]:
+    """A line for the summary when the train part holds fewer examples than one step takes (--subset 100
+    with --batch_size 128): every epoch is then a single step of a partial batch, which runs without a
+    word otherwise. None where a step fits."""
+    step = cfg.batch_size * cfg.gradient_accumulation_steps * processes
+    if train_examples >= step:
+        return None
+    of = (f"--batch_size {cfg.batch_size}" + (f" x {cfg.gradient_accumulation_steps} accumulated" if
+                                              cfg.gradient_accumulation_steps > 1 else "")
+          + (f" x {processes} processes" if processes > 1 else ""))
+    return (f"the train part holds {train_examples:,} examples, fewer than one step takes ({step:,}: {of}), so each "
+            f"epoch is one step of {train_examples:,} examples; a smaller --batch_size (or a larger --subset) gives more steps")
+
+
 def _whole_ensembles(ctrl, density: float) -> Optional[int]:
     """The largest ensemble's synapses when the live count is within half an ensemble of its target
     for ``density`` (each layer's under a layer budget whose counts the policy holds, else the

@@ -122,6 +122,6 @@ def _finish(accelerator, output_dir, summary, files):
             f"outputs in {output_dir}/: " + ", ".join(sorted(p.name for p in files.values())),
             flush=True,
         )
-        for key in ("density_note", "update_note", "seconds_note"):
+        for key in ("density_note", "update_note", "batch_note", "seconds_note"):
             if summary.get(key):
                 print(f"note: {summary[key]}", flush=True)
