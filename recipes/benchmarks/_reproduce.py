@@ -13,6 +13,7 @@ def shown_args(argv, root: Path, placed=("--output", "--figure"), dropped=("--ru
     command writes the same files); options in ``dropped`` go with their values; ``flags`` go.
     ``--key=value`` counts as ``--key value``."""
     valued = tuple(placed) + tuple(dropped)
+    root = Path(root).resolve()  # the values are resolved below: a root reached through a link must be too
     args, out, skip = [], [], None
     for a in (argv if argv is not None else sys.argv[1:]):
         args += a.split("=", 1) if a.startswith(tuple(k + "=" for k in valued)) else [a]
@@ -29,11 +30,18 @@ def shown_args(argv, root: Path, placed=("--output", "--figure"), dropped=("--ru
     return "".join(" " + shlex.quote(a) for a in out)
 
 
-def command(script: str, root: Path, argv=None, **kw) -> str:
+def command(script: str, root: Path, argv=None, threads: bool = False, **kw) -> str:
     """``python recipes/benchmarks/SCRIPT`` followed by the arguments it was given (``argv``, default
     ``sys.argv[1:]``) as :func:`shown_args` writes them (``kw`` goes to it): the command that
-    writes this table, for its "Reproduce:" line."""
-    return f"python recipes/benchmarks/{script}{shown_args(argv, root, **kw)}"
+    writes this table, for its "Reproduce:" line. ``threads=True``, for a script that leaves torch's
+    thread count to the environment: led by ``OMP_NUM_THREADS=N``, the count torch ran with (without
+    it the command runs with as many threads as the next machine has cores, another timing)."""
+    lead = ""
+    if threads:
+        import torch
+
+        lead = f"OMP_NUM_THREADS={torch.get_num_threads()} "
+    return f"{lead}python recipes/benchmarks/{script}{shown_args(argv, root, **kw)}"
 
 
 def machine() -> str:

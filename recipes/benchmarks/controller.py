@@ -86,7 +86,7 @@ def main():
         "layers, 10% of live synapses swapped, SGD momentum repaired; no line search (unordered selection).\n"
         "Targets: observe <= 3% of a training step; update <= 1 s on 2 cores.\n\n"
         f"Machine: {machine()}.\n\n"
-        f"Reproduce: `{command('controller.py', ROOT, placed=('--out',))}`\n"
+        f"Reproduce: `{command('controller.py', ROOT, threads=True, placed=('--out',))}`\n"
     )
     print(text)
     write_text(args.out, text)

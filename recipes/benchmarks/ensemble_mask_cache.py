@@ -142,7 +142,7 @@ def main():
         "still checked), and the ensemble masks set_ensemble_masks was given are stored, so the next update "
         "pools nothing.\n\n"
         f"Machine: {machine()}.\n\n"
-        f"Reproduce: `{command('ensemble_mask_cache.py', ROOT, placed=('--out',))}`\n"
+        f"Reproduce: `{command('ensemble_mask_cache.py', ROOT, threads=True, placed=('--out',))}`\n"
     )
     print(text)
     write_text(args.out, text)

@@ -143,7 +143,7 @@ def main():
         "over every pruned layer): that shared cost, not the copies, is most of a restore. Same bits: both restores "
         "leave the masks, weights and Adam moments bit for bit as they were before the trial edit.\n\n"
         f"Machine: {machine()}.\n\n"
-        f"Reproduce: `{command('line_search_rollback.py', ROOT, placed=('--out',))}`\n"
+        f"Reproduce: `{command('line_search_rollback.py', ROOT, threads=True, placed=('--out',))}`\n"
     )
     print(text)
     write_text(args.out, text)

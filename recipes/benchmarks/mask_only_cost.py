@@ -169,7 +169,7 @@ def main(argv=None):
         "step pays its setup. ResNet-20 removes 50%; MobileNetV3-Large removes 1.03 million synapses (the count of "
         "the founding MobileNetV3 result; the ImageNet config's first target is 1,000,000). Synthetic inputs, random weights: the cost does not depend on them.\n\n"
         f"Machine: {machine()}.\n\n"
-        f"Reproduce: `{command('mask_only_cost.py', ROOT, argv)}`\n"
+        f"Reproduce: `{command('mask_only_cost.py', ROOT, argv, threads=True)}`\n"
     )
     print(text)
     write_text(args.output, text)

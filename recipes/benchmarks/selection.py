@@ -215,7 +215,7 @@ def main():
             "(indices and order; masks after construction and after the update). Controller rows: rigl at density "
             f"0.5, one update after one SGD step. {(time.time() - t0) / 60:.1f} min.\n\n"
             f"Machine: {machine()}.\n\n"
-            f"Reproduce: `OMP_NUM_THREADS={torch.get_num_threads()} {command('selection.py', ROOT, placed=('--out',))}`\n")
+            f"Reproduce: `{command('selection.py', ROOT, threads=True, placed=('--out',))}`\n")
     print(text)
     write_text(args.out, text)
 

@@ -37,6 +37,7 @@ from adaptive.models import build_model
 from adaptive.paths import find_data
 
 N_A = 40000
+SPLIT_SEED = 0  # the one A/B split: pretrain trains on its A, proxy_loaders reports on its B (never --seed's)
 
 
 def train_images():
@@ -94,7 +95,7 @@ def pretrain(a):
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     x, y = train_images()
-    ia, ib = split_ab(y, a.seed)
+    ia, ib = split_ab(y, SPLIT_SEED)  # --seed draws the weights and data order, not the split loaders read back
     mean = torch.tensor(NORMALIZATIONS["imagenet"][0]).view(1, 3, 1, 1)
     std = torch.tensor(NORMALIZATIONS["imagenet"][1]).view(1, 3, 1, 1)
     xa, ya = x[ia], y[ia]
@@ -134,7 +135,7 @@ def proxy_loaders(proxy_path: str, quality: int, seed: int, bs: int):
     ``mem`` (5,000 A images: seen content, the analogue of DEV) and ``unseen`` (all of B)."""
     _, y = train_images()
     xs = shifted_images(quality, Path(proxy_path).parent)
-    ia, ib = split_ab(y, 0)
+    ia, ib = split_ab(y, SPLIT_SEED)
     g = torch.Generator().manual_seed(1234 + seed)
     ia = ia[torch.randperm(len(ia), generator=g)]
     mean, std = NORMALIZATIONS["imagenet"]
@@ -153,7 +154,7 @@ if __name__ == "__main__":
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--lr", type=float, default=0.2)
     ap.add_argument("--bs", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="initialisation and data order (the A/B split is fixed)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--qualities", type=int, nargs="*", default=[10, 20, 30], help="re-JPEG qualities to report on")
     a = ap.parse_args()

@@ -19,6 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
 from adaptive.atomic import write_text  # noqa: E402
+from recipes.benchmarks._reproduce import machine  # noqa: E402
 OURS_BASE = ["--est", "presence", "--window", "1", "--approach", "0.01", "--edit", "1.0", "--verify", "0"]
 ROWS = [
     ("edge-popup lr 0.01", "ep.py", []),
@@ -77,6 +78,11 @@ def _existing_rows(path: Path) -> dict:
     return rows
 
 
+def _earlier_machines(path: Path) -> list:
+    """The "Machine" lines of an earlier table (kept with its rows when ``--only`` reruns some)."""
+    return [l for l in path.read_text().splitlines() if l.startswith("Machine")] if path.exists() else []
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", nargs="+", help="row names to run (default: all)")
@@ -88,6 +94,7 @@ def main(argv=None):
         raise SystemExit(f"run.py: error: unknown row in --only; rows are: {known}")
     header = ["| variation | command | DEV acc % at 20% | DEV acc % at 50% | wall min |", "|---|---|---:|---:|---:|"]
     done = _existing_rows(Path(args.output)) if args.only else {}  # --only updates those rows in place
+    earlier = _earlier_machines(Path(args.output)) if args.only else []
     for name, script, extra in rows:
         cmd = [sys.executable, str(HERE / script)] + extra
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -96,7 +103,19 @@ def main(argv=None):
         done[name] = f"| {name} | `{script} {' '.join(extra)}` | {recs[0.2]['dev_acc']:.2f} | {recs[0.5]['dev_acc']:.2f} | {wall:.2f} |"
         print(done[name], flush=True)
     body = [done[name] for name, _, _ in ROWS if name in done]
-    text = "# Mask-only ablations (ResNet-20, DEV split of TRAIN, 0.25 pass per target)\n\n" + "\n".join(header + body) + "\n"
+    names = " ".join(f'"{name}"' for name, _, _ in rows)  # the row names hold no double quote
+    footer = [
+        "", "DEV: 5,000 TRAIN images apart from the train part and the holdout; the test split is never built. The "
+        "pretrained network saw every TRAIN image (losslessly), DEV's included, so DEV accuracy is recall through the "
+        "JPEG shift, not accuracy on unseen images: a regulariser (label smoothing, mixup, augmentation, noise, SAM) "
+        "looks worse here than it may be (proxy.py and results/mask_only_proxy.md judge those on unseen images). "
+        "wall min: from the start of the optimisation to the last target's DEV evaluation.", "",
+        f"Machine ({'the rows rerun with --only ' + names if args.only else 'every row'}): {machine()}.", *earlier, "",
+        "Reproduce: `python recipes/benchmarks/mask_only_ablations/run.py`"
+        + (f" (every row; this writing reran only: `--only {names}`)" if args.only else ""),
+    ]
+    text = ("# Mask-only ablations (ResNet-20, DEV split of TRAIN, 0.25 pass per target)\n\n"
+            + "\n".join(header + body + footer) + "\n")
     write_text(args.output, text)
     print(f"wrote {args.output}")
 
