@@ -180,3 +180,18 @@ def test_a_figure_path_without_a_suffix_is_written_as_png(tmp_path):
     events = [{"step": 0, "density": 1.0, "layer_density": {"a": 1.0}}, {"step": 10, "density": 0.5, "layer_density": {"a": 0.5}}]
     out = plot_density(events, tmp_path / "density")  # atomic writes must not take the temp name's suffix as the format
     assert out == tmp_path / "density.png" and [p.name for p in tmp_path.iterdir()] == ["density.png"]
+
+
+@pytest.mark.parametrize("package", ["adaptive.utility", "adaptive.policies", "adaptive.models", "adaptive.data"])
+def test_a_registry_star_import_exports_no_plugin_modules(package):
+    """The registries import their plugin modules only to register them: listing those modules in
+    ``__all__`` (to quiet pyflakes) made ``from adaptive.utility import *`` bind ``random``,
+    ``magnitude`` and the rest in the importer's namespace, the stdlib ``random`` replaced by the
+    estimator's module. A star import gives the package's API, no module."""
+    import random
+    import types
+
+    ns = {"random": random}
+    exec(f"from {package} import *", ns)
+    modules = sorted(k for k, v in ns.items() if isinstance(v, types.ModuleType))
+    assert modules == ["random"] and ns["random"] is random, modules

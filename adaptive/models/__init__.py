@@ -238,6 +238,8 @@ from .vit import separate_qkv  # noqa: E402
 __all__ = [
     "build_model", "build_model_kw", "check_model_kw", "register_model", "available_models", "load_weights",
     "read_state_dict", "WeightsMismatchError", "MLP", "LeNet5", "CifarResNet", "BasicBlock", "DenseCat", "separate_qkv",
-    # the families' modules, imported to register them
-    "densecat", "lenet", "mlp", "resnet_cifar", "tv", "vit",
 ]
+
+# the families' modules, imported to register them (named here so a linter sees them used; out of
+# __all__, so a star import binds no module)
+_REGISTERED = (densecat, lenet, mlp, resnet_cifar, tv, vit)
