@@ -164,12 +164,15 @@ def _conn_name(conn, model: nn.Module, layer: LayerFlow) -> Optional[str]:
 
 def _weight_and_mask(conn, model: nn.Module, layer: LayerFlow, w: Optional[torch.Tensor] = None):
     """``layer``'s weight (``w``, the whole weight's values, when given) and mask (its rows of them for
-    an attention projection), on the CPU. A weight outside the connectome is all live."""
+    an attention projection), on the CPU. A weight outside the connectome is all live. Values are float32
+    (half and bfloat16 widen exactly), a float64 weight's float64: the graph's ``weight`` edges equal the
+    model's weights, and its L1 and L2 are summed without rounding them first."""
     w = (_weight(model, layer.param) if w is None else w).detach()
     m = conn.masks.get(_conn_name(conn, model, layer)) if conn is not None else None
     if m is None:
         m = torch.ones(w.shape, dtype=torch.bool)
-    return layer.part(w).float().cpu(), layer.part(m).cpu()
+    w = layer.part(w)
+    return w.to(torch.float64 if w.dtype == torch.float64 else torch.float32).cpu(), layer.part(m).cpu()
 
 
 def _utility_for(utility, conn, layer: LayerFlow, shape, model=None) -> Optional[torch.Tensor]:

@@ -895,3 +895,32 @@ def test_per_layer_figures_keep_eight_medium_layer_names_apart(tmp_path, monkeyp
         assert [t.get_text() for t in labels][:8] == [f"layer{i}.conv1" for i in range(8)], name  # (reachability: and output)
         boxes = [t.get_window_extent(renderer) for t in labels]
         assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), (name, [(b.x0, b.x1) for b in boxes])
+
+
+def test_a_float64_models_synapse_weights_are_its_weights_to_the_last_bit(tmp_path):
+    """The graph held every weight as float32: a float64 model's synapse-level ``weight`` edges (and the
+    PyG and GraphML exports, float64 columns) were its weights rounded, and unit-level L1 was summed
+    from the rounded values."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, dtype=torch.float64))  # not float32 values widened
+    conn = adaptive.Connectome(model)
+    conn.set_masks({k: torch.rand(v.shape) < 0.7 for k, v in conn.masks.items()})
+    x = torch.randn(2, 4, dtype=torch.float64)
+    s = graphs.build(conn, "synapse", example_input=x)
+    params = dict(model.named_parameters())
+    for i, layer in enumerate(s.layers):
+        on = (s.edge_attrs["layer"] == i) & (s.edge_attrs["kind"] == 0)
+        want = params[layer.param].detach().reshape(-1)[s.edge_attrs["position"][on]]
+        assert torch.equal(s.edge_attrs["weight"][on], want), layer.module
+    back = graphs.from_pyg(graphs.to_pyg(s))
+    assert torch.equal(back.edge_attrs["weight"], s.edge_attrs["weight"])
+    graphs.write(s, tmp_path / "s.graphml")
+    back = graphs.from_networkx(nx.read_graphml(tmp_path / "s.graphml"))
+    assert torch.equal(back.edge_attrs["weight"], s.edge_attrs["weight"])
+    u = graphs.build(conn, "unit", example_input=x)
+    on = u.edge_attrs["kind"] == 0
+    l1 = sum((params[k].detach().abs() * conn.masks[k]).sum() for k in conn.masks)
+    assert float(u.edge_attrs["l1"][on].sum()) == pytest.approx(float(l1), rel=1e-12)
