@@ -252,6 +252,45 @@ def say_error(text: str, e: BaseException, once: bool = False) -> None:
     _say(text)
 
 
+# how long a process of a multi-process launch but process 0, reached by Ctrl-C, waits for process 0 to report it
+INTERRUPT_WAIT_SECONDS = 2.0
+
+
+def _interrupt_left_to_another() -> bool:
+    """Whether this process of a multi-process launch (``WORLD_SIZE`` > 1, its process group made)
+    leaves its Ctrl-C line to another: a Ctrl-C to the whole launch reaches every process, and each
+    wrote the line. The first process to claim the report in the launch's store writes it
+    (:func:`adaptive.distributed.claim_interrupt_report`), the others nothing; a process but process
+    0 first waits up to :data:`INTERRUPT_WAIT_SECONDS` for process 0 to claim it, and leaves it to
+    the launch on another Ctrl-C meanwhile (the launcher passes on the one it got). A process that a
+    Ctrl-C alone reached claims it and writes it (process 0, which did not stop, then writes
+    :func:`adaptive.distributed.peer_stopped_error`'s line). Before the process group, and where the
+    store does not answer, every process writes its own."""
+    try:
+        if int(os.environ.get("WORLD_SIZE") or 1) <= 1:
+            return False
+    except ValueError:
+        return False
+    dist = sys.modules.get("torch.distributed")  # (imported by then wherever a process group exists)
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return False
+    from .distributed import claim_interrupt_report, interrupt_reported
+
+    if dist.get_rank() != 0:  # process 0, stuck in a collective this process left, reports once it has gone
+        deadline = time.monotonic() + INTERRUPT_WAIT_SECONDS
+        try:
+            while time.monotonic() < deadline:
+                reported = interrupt_reported()
+                if reported:
+                    return True
+                if reported is None:
+                    break
+                time.sleep(0.05)
+        except KeyboardInterrupt:  # the launcher's, passed on: the whole launch was interrupted, process 0 reports
+            return True
+    return claim_interrupt_report() is False
+
+
 def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callable[[], str]] = "",
             errors: Tuple[type, ...] = (), once: bool = False) -> Any:
     """Run ``main()``; a bad option, missing data or weights that do not fit print one line naming
@@ -264,7 +303,8 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
     line each (:func:`adaptive.warn.command_line_warnings`). A ``SystemExit`` raised with a message
     (its ``"{prog}: error: ..."`` line, or the bare message, which gets that prefix) prints it and ends
     with status 2 too (Python would end it with 1, unprefixed); one with a number passes through. ``once``: under a multi-process launch,
-    an error every process finds alike is written by one process (:func:`say_error`). Returns what
+    an error every process finds alike is written by one process (:func:`say_error`), and so is the line of
+    a Ctrl-C to the whole launch (:func:`_interrupt_left_to_another`). Returns what
     ``main()`` returns."""
     from .integrity import CheckpointWriteError
     from .models import WeightsMismatchError
@@ -301,6 +341,8 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
     except KeyboardInterrupt:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise
+        if once and _interrupt_left_to_another():
+            raise SystemExit(130) from None
         how = on_interrupt() if callable(on_interrupt) else on_interrupt
         _say(f"{prog}: interrupted" + (f"; {how}" if how else ""))
         raise SystemExit(130) from None

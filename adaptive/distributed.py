@@ -280,6 +280,45 @@ def peer_stopped_error(how: str = "") -> PeerStoppedError:
         + (f"; {how}" if how else ""))
 
 
+_INTERRUPT_KEY = "adaptive_interrupt_reported"  # counted in the launch's store by each process a Ctrl-C reached
+
+
+def _launch_store():
+    """The store of the default process group (under torchrun or ``accelerate launch``, the launcher's,
+    which outlives the processes), None where there is none."""
+    if not is_distributed():
+        return None
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - (another torch's internals): the caller goes on without it
+        return None
+
+
+def claim_interrupt_report() -> Optional[bool]:
+    """Whether this process is the first of the launch to report a Ctrl-C (every process it reached
+    asks; one atomic count in the launch's store answers): True for the first, False for the others,
+    None where that cannot be known (no process group, or its store gone)."""
+    store = _launch_store()
+    if store is None:
+        return None
+    try:
+        return int(store.add(_INTERRUPT_KEY, 1)) == 1
+    except Exception:  # noqa: BLE001 - (the launcher gone): not known
+        return None
+
+
+def interrupt_reported() -> Optional[bool]:
+    """Whether a process of the launch has claimed the report of a Ctrl-C (:func:`claim_interrupt_report`);
+    None where that cannot be known."""
+    store = _launch_store()
+    if store is None:
+        return None
+    try:
+        return bool(store.check([_INTERRUPT_KEY]))
+    except Exception:  # noqa: BLE001 - (the launcher gone): not known
+        return None
+
+
 class MaskMismatchError(RuntimeError):
     """The processes of a group hold different masks (:func:`check_masks_agree`)."""
 

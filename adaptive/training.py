@@ -453,16 +453,20 @@ def _continue_from(root: Path, step: int) -> str:
     return f"{intact} is intact" if intact is not None else "the run has no earlier checkpoint"
 
 
+def resume_option(root: Path, output_dir, checkpoint: Path) -> str:
+    """The option that resumes ``checkpoint`` of the run in ``output_dir`` (its checkpoints under
+    ``root``): ``--resume latest --output_dir RUN`` where it is the newest there, else ``--resume``
+    naming it (a later one, of the attempt a resume from an earlier checkpoint abandoned, is there,
+    and ``latest`` would take that)."""
+    return (f"--resume latest --output_dir {output_dir}" if list_checkpoints(root)[-1:] == [Path(checkpoint)]
+            else f"--resume {checkpoint}")
+
+
 def _continue_how(root: Path, output_dir, step: int) -> str:
-    """How a run whose checkpoint at ``step`` failed continues: ``--resume latest --output_dir RUN``
-    where that finds the intact checkpoint (:func:`_intact_before`), else ``--resume`` naming it (a
-    later one of an abandoned timeline is there); "run again" where there is none."""
+    """How a run whose checkpoint at ``step`` failed continues: from the intact checkpoint
+    (:func:`_intact_before`), by :func:`resume_option`; "run again" where there is none."""
     intact = _intact_before(root, step)
-    if intact is None:
-        return "run again"
-    if list_checkpoints(root)[-1] == intact:
-        return f"resume with --resume latest --output_dir {output_dir}"
-    return f"resume with --resume {intact}"
+    return "run again" if intact is None else f"resume with {resume_option(root, output_dir, intact)}"
 
 
 def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2, state: Optional[TrainState] = None,

@@ -24,14 +24,32 @@ TINY = ["--max_steps", "12", "--update_every", "5", "--log_every", "5", "--check
         "--progress", "false", "--figures", "false"]
 
 FAULTS = textwrap.dedent('''
-    """Inject one fault on the process FAULT_RANK: FAULT is metrics, summary, checkpoint or step."""
+    """Inject one fault on the process FAULT_RANK (all: every process): FAULT is config, interrupt, metrics,
+    summary, checkpoint or step."""
     import errno
     import os
 
     FULL = (errno.ENOSPC, "No space left on device")
-    if os.environ.get("FAULT") and os.environ.get("RANK", "0") == os.environ.get("FAULT_RANK", "0"):
+    if os.environ.get("FAULT") and os.environ.get("FAULT_RANK", "0") in ("all", os.environ.get("RANK", "0")):
         kind = os.environ["FAULT"]
-        if kind == "metrics":  # metrics.csv, written by the main process after a checkpoint or an evaluation
+        if kind == "config":  # config.yaml, the main process's first write
+            import recipes._adaptive.folder as folder
+
+            def save_config(cfg, path, *args, **kwargs):
+                raise OSError(*FULL, str(path))
+            folder.save_config = save_config
+        elif kind == "interrupt":  # Ctrl-C reaching every process (FAULT_RANK all) at the same step
+            import signal
+            import torch.nn.functional as F
+            real_loss, calls = F.cross_entropy, []
+
+            def cross_entropy(*args, **kwargs):
+                calls.append(1)
+                if len(calls) == 7:
+                    os.kill(os.getpid(), signal.SIGINT)
+                return real_loss(*args, **kwargs)
+            F.cross_entropy = cross_entropy
+        elif kind == "metrics":  # metrics.csv, written by the main process after a checkpoint or an evaluation
             import recipes._adaptive.train as train
 
             def write_metrics_csv(rows, path):
@@ -72,10 +90,10 @@ def faults(tmp_path):
     return path
 
 
-def launch_with_fault(faults, out, fault, rank):
+def launch_with_fault(faults, out, fault, rank, args=TINY):
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg", FAULT=fault,
                FAULT_RANK=str(rank))
-    r = launch_two([SCRIPT, "--plugins", faults, *TINY, "--output_dir", out], env=env, cwd=ROOT)
+    r = launch_two([SCRIPT, "--plugins", faults, *args, "--output_dir", out], env=env, cwd=ROOT)
     return r, r.stdout + r.stderr
 
 
@@ -99,6 +117,32 @@ def test_a_failed_write_during_the_run_stops_every_process_with_one_error_line(f
         last = "step_00000005" if fault == "metrics" else "step_00000010"
         assert f"free disk space (or make the run folder writable); add --resume latest --output_dir {out} to the " \
                f"same command to continue from {last}" in text, text[-3000:]
+
+
+def test_a_full_disk_writing_a_mask_only_runs_config_is_one_error_line(faults, tmp_path):
+    """A mask_only run's config.yaml was written by the main process alone, not agreed: a full disk there
+    ended it with an OSError traceback, and the other process with "stopped because another process of the
+    launch stopped first". Every process now stops at the write together, and process 0 prints one line
+    naming the file, the reason and the fix."""
+    out = tmp_path / "run"
+    r, text = launch_with_fault(faults, out, "config", 0, ["--mode", "mask_only", "--max_steps", "4", "--update_every",
+                                                           "2", "--threads", "1", "--progress", "false", "--figures",
+                                                           "false"])
+    assert r.returncode != 0 and text.count("recipes/adaptive.py: error:") == 1, text[-3000:]
+    assert (f"error: writing config.yaml into {out} failed (No space left on device [errno 28]: {out}/config.yaml): "
+            "free disk space (or make the run folder writable)") in text, text[-3000:]
+    assert "stopped because another process" not in text, text[-3000:]
+    assert "OSError" not in text and "[rank0]: Traceback" not in text and "[rank1]: Traceback" not in text, text[-3000:]
+
+
+def test_a_ctrl_c_to_the_whole_launch_and_a_nan_warning_print_once(faults, tmp_path):
+    """A Ctrl-C to the whole launch (every process of it) printed "interrupted ..." from each process, and
+    the controller's NaN or inf warning (of gradient statistics reduced across the processes: every
+    process gives it alike) printed once per process. Each prints once now."""
+    r, text = launch_with_fault(faults, tmp_path / "run", "interrupt", "all", [*TINY, "--lr", "1e12"])
+    assert r.returncode != 0 and text.count("recipes/adaptive.py: interrupted") == 1, text[-3000:]
+    assert text.count("hold NaN or inf") == 1, text[-3000:]
+    assert "recipes/adaptive.py: error:" not in text, text[-3000:]
 
 
 def test_an_error_in_one_processs_training_step_leaves_the_others_one_line(faults, tmp_path):
@@ -182,3 +226,26 @@ def test_an_error_making_the_outputs_is_not_called_a_full_disk(tmp_path, monkeyp
         R.main([*TINY, "--output_dir", str(tmp_path / "b")])
     assert f"error: writing the run's outputs into {tmp_path / 'b'} failed (RuntimeError: [enforce fail at " \
            "inline_container.cc:672] . unexpected pos 704 vs 598): free disk space" in capsys.readouterr().err
+
+
+def test_ctrl_c_after_a_resume_from_an_earlier_checkpoint_names_that_checkpoint(tmp_path, capsys):
+    """A run resumed from an earlier checkpoint (--resume RUN/checkpoints/step_5, while step_10 and step_15
+    of the attempt it abandons remain) and interrupted before it saved one of its own was told "add --resume
+    latest ... to continue from step_00000015": the abandoned attempt's. The advice names the checkpoint it
+    resumed, as a failed checkpoint's does."""
+    args = [*TINY, "--max_steps", "17", "--keep_checkpoints", "0", "--output_dir", str(tmp_path)]
+    R.main(args)
+    ck = tmp_path / "checkpoints"
+    assert [p.name for p in sorted(ck.iterdir())] == ["step_00000005", "step_00000010", "step_00000015"]
+
+    def interrupt(state):
+        if state.step == 7:
+            raise KeyboardInterrupt
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        R.main([*args, "--resume", str(ck / "step_00000005")], on_step=interrupt)
+    assert e.value.code == 130
+    err = capsys.readouterr().err
+    assert f"give --resume {ck / 'step_00000005'} (in place of the command's --resume) to continue from " \
+           "step_00000005" in err and "--resume latest would take step_00000015" in err, err
+    assert "to continue from step_00000015" not in err, err

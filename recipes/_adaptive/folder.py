@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, TypeVar
 
 from adaptive import run_folder
 from adaptive.config import save_config
-from adaptive.training import CHECKPOINT_DIR, list_checkpoints
+from adaptive.training import CHECKPOINT_DIR, list_checkpoints, resume_option
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -44,6 +44,14 @@ def _on_interrupt() -> str:
         if not _INTERRUPT.get("resume"):
             return "the run wrote nothing (its lock and any folder it made are gone again); the same command starts it afresh"
     cks = list_checkpoints(Path(out) / CHECKPOINT_DIR)
+    # this run's checkpoint: the one it resumed from, then each it saved (None: a fresh run, whose are all its own)
+    own = _INTERRUPT.get("checkpoint")
+    if cks and own is not None and Path(own).is_dir():
+        option = resume_option(Path(out) / CHECKPOINT_DIR, out, Path(own))
+        if not option.startswith("--resume latest"):  # a later checkpoint of the attempt this run abandoned is newest
+            return (f"give {option} (in place of the command's --resume) to continue from {Path(own).name}: the run "
+                    f"wrote no checkpoint of its own, and --resume latest would take {cks[-1].name}, left by the "
+                    "attempt it resumed before")
     if cks or _mask_only_resumable(Path(out)):
         what = cks[-1].name if cks else f"{MASK_ONLY_CHECKPOINT} (the last finished target)"
         same = "the same command without --overwrite" if _INTERRUPT.get("overwrite") else "the same command"
@@ -126,11 +134,14 @@ def _write_failed(e: BaseException) -> bool:
     return not isinstance(e, RuntimeError) or any(s in str(e) for s in ("inline_container", "PytorchStreamWriter"))
 
 
-def _save_config(accelerator, cfg: RunConfig, output_dir: Path) -> None:
+def _save_config(accelerator, cfg: RunConfig, output_dir: Path) -> Optional[bytes]:
     """config.yaml, written once the settings have been accepted (data, model, controller built);
-    with --overwrite, the earlier run's files go only now, so a refused command leaves them."""
+    with --overwrite, the earlier run's files go only now, so a refused command leaves them. Returns
+    what was written (None but on the main process, which writes it alone). Every process calls it:
+    the write is agreed (:func:`main_writes`), so a full disk stops every process with one error."""
     _INTERRUPT["wrote"] = True  # (every process: what Ctrl-C's message says of the earlier run)
-    if accelerator.is_main_process:
+
+    def write() -> bytes:
         if cfg.overwrite and not cfg.resume:
             # (a mask-only run has not recorded a stage yet: its earlier run's checkpoint, set aside
             # to be put back if this run stops early, goes too, so an interrupted run leaves no mix)
@@ -138,6 +149,9 @@ def _save_config(accelerator, cfg: RunConfig, output_dir: Path) -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
         # --config FILE reruns the job afresh, and never deletes a run it was not told to
         save_config(cfg, output_dir / "config.yaml", resume=None, overwrite=False, extra=_resolved_estimator(cfg))
+        return (output_dir / "config.yaml").read_bytes()
+
+    return main_writes(accelerator, f"config.yaml into {output_dir}", write)
 
 
 def _resolved_estimator(cfg: RunConfig) -> dict:

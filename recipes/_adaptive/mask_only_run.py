@@ -50,6 +50,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         saved = []
 
         def save_config_once(record):  # the first record comes after optimize_connectome has checked its settings
+            # (every process reaches it alike: the main process writes, and a failure is agreed: _save_config)
             if not saved:
                 _save_config(accelerator, cfg, output_dir)
                 saved.append(True)

@@ -3,9 +3,11 @@ against the run's settings), then trains in train mode (the loop, its evaluation
 and progress) or hands over to mask_only."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -65,12 +67,14 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
         output_dir = output_dir or str(run_dir_of(resume_from))
     output_dir = Path(output_dir or _broadcast_str(accelerator, default_output_dir()))
     agreed_call(lambda: _check_run_folder(cfg, accelerator, output_dir, resume_from, from_launch))
-    _INTERRUPT.update(output_dir=output_dir, resume_from=resume_from, overwrite=cfg.overwrite and not cfg.resume,
+    _INTERRUPT.update(output_dir=output_dir, resume_from=resume_from, checkpoint=resume_from,
+                      overwrite=cfg.overwrite and not cfg.resume,
                       resume=bool(cfg.resume), wrote=False,
                       checkpoint_every=cfg.checkpoint_every if cfg.mode != "mask_only" else None, total_steps=None)
     lock = _RunLock(accelerator, output_dir)  # taken before the run's first write into the folder
     try:
-        return _train(cfg, on_step, accelerator, resume_from, output_dir, lock)
+        with _alike_warnings_once(accelerator):
+            return _train(cfg, on_step, accelerator, resume_from, output_dir, lock)
     except BaseException as e:  # an error or Ctrl-C
         lock.release(refused=True)  # the folders this command made and wrote nothing into go
         if peer_stopped(e):  # another process failed first (its error is its own to report): one line here
@@ -78,6 +82,27 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
         raise
     finally:
         lock.release()
+
+
+# warnings every process of a launch gives alike, of figures reduced across the processes (the controller's
+# gradient statistics, the held-out figures) or of weights DDP keeps equal: process 0's alone are shown
+_ALIKE_WARNINGS = (r"step \d+: the gradients observed since the last update hold NaN or inf",
+                   r"step \d+: the weights of \d+ layer\(s\) .* hold NaN or inf",
+                   r"\d+ window\(s\) of \d+ training batch\(es\) were left out for a NaN or inf",
+                   r"held-out loss \S+, accuracy \S+ with \d+ synapses removed")
+
+
+@contextlib.contextmanager
+def _alike_warnings_once(accelerator):
+    """Inside the block, the processes of a launch but the main one show none of the warnings they
+    give alike (:data:`_ALIKE_WARNINGS`: NaN or inf in the reduced statistics), which each printed."""
+    if accelerator.is_main_process:
+        yield
+        return
+    with warnings.catch_warnings():
+        for pattern in _ALIKE_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
 
 
 def _set_up(cfg: RunConfig, accelerator, model, optimizer, train_dl, loaders) -> tuple:
@@ -160,11 +185,11 @@ def _resume(accelerator, resume_from: Path, state: TrainState, accum: int, steps
 
 
 def _save_config_copy(accelerator, cfg: RunConfig, output_dir: Path) -> Optional[dict]:
-    """Write the run's config.yaml (:func:`recipes._adaptive.folder._save_config`) and return what
-    every checkpoint carries of it, ``{CONFIG_COPY: bytes}`` (None but on the main process, which
-    writes them). No collective."""
-    _save_config(accelerator, cfg, output_dir)
-    return {CONFIG_COPY: (output_dir / "config.yaml").read_bytes()} if accelerator.is_main_process else None
+    """Write the run's config.yaml (:func:`recipes._adaptive.folder._save_config`: every process
+    calls it, the main process writes) and return what every checkpoint carries of it,
+    ``{CONFIG_COPY: bytes}`` (None but on the main process, which writes them)."""
+    content = _save_config(accelerator, cfg, output_dir)
+    return {CONFIG_COPY: content} if accelerator.is_main_process else None
 
 
 def _check_run_folder(cfg: RunConfig, accelerator, output_dir: Path, resume_from, from_launch: bool) -> None:
@@ -243,7 +268,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     # only now: a refused command leaves an earlier run's config alone; every checkpoint carries the settings
     # it was made with (checked by a later --resume). The main process writes and reads it alone: its failure
     # (a full disk) stops every process with its own error
-    ckpt_files = agreed_call(lambda: _save_config_copy(accelerator, cfg, output_dir), some_alone=True)
+    ckpt_files = _save_config_copy(accelerator, cfg, output_dir)
 
     accelerator.print(
         f"{cfg.model} on {cfg.dataset}: {conn.num_synapses():,} synapses, density {conn.density():.3f}, policy "
@@ -298,9 +323,10 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
         if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and s.step < total_steps:
             s.seconds = elapsed()  # the run's time so far, carried on by a resume from this checkpoint
             try:
-                save_checkpoint(accelerator, output_dir, s.step, cfg.keep_checkpoints, state=s, files=ckpt_files)
+                saved = save_checkpoint(accelerator, output_dir, s.step, cfg.keep_checkpoints, state=s, files=ckpt_files)
             except CheckpointWriteError as e:  # raised by every process alike (save_checkpoint agrees them): one line
                 raise mark_raised_alike(e)
+            _INTERRUPT["checkpoint"] = saved  # (what Ctrl-C's message resumes: the later ones of an abandoned attempt went)
             write_metrics()
         if on_step is not None:
             on_step(s)
