@@ -168,5 +168,5 @@ def _set_up(cfg, accelerator, model, loaders, train_dl, output_dir, ckpt) -> tup
 
 def _shown(target) -> str:
     """A target as the opening line shows it: a fraction that --density made (1 - 0.7) without its float
-    noise (0.30000000000000004 reads 0.3); a count or 'best' as given."""
-    return f"{target:.12g}" if isinstance(target, float) else str(target)
+    noise (0.30000000000000004 reads 0.3, 0.0 stays 0.0); a count or 'best' as given."""
+    return repr(round(target, 12)) if isinstance(target, float) else str(target)
