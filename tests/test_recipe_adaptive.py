@@ -1168,3 +1168,12 @@ def test_a_train_part_smaller_than_one_step_gets_a_note():
     assert _batch_note(cfg, 128) is None and _batch_note(SimpleNamespace(batch_size=32, gradient_accumulation_steps=4),
                                                          200, processes=2).startswith(
         "the train part holds 200 examples, fewer than one step takes (256: --batch_size 32 x 4 accumulated x 2 processes)")
+
+
+def test_a_run_on_a_train_part_smaller_than_one_step_says_so(tmp_path, capsys):
+    """The note reaches the run's summary.json and closing lines (it was written but never wired into the run)."""
+    R.main(["--dataset", "digits", "--model", "mlp", "--subset", "100", "--batch_size", "128", "--epochs", "1",
+            "--threads", "1", "--progress", "false", "--figures", "false", "--output_dir", str(tmp_path / "run")])
+    note = json.loads((tmp_path / "run" / "summary.json").read_text())["batch_note"]
+    assert note.startswith("the train part holds 90 examples, fewer than one step takes (128: --batch_size 128)")
+    assert f"note: {note}" in capsys.readouterr().out

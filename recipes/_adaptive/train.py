@@ -32,7 +32,7 @@ from .config import RunConfig
 from .folder import CONFIG_COPY, _INTERRUPT, CheckpointError, _broadcast_str, _on_interrupt, _RunLock, _save_config, \
     _refuse_earlier_run, default_output_dir, main_writes
 from .mask_only_run import _mask_only
-from .notes import _density_note, _last_train_loss, _update_note, dying_relu_remedy
+from .notes import _batch_note, _density_note, _last_train_loss, _update_note, dying_relu_remedy
 from .precision import _inert_fp16, _no_fp16_autocast, _refuse_inert_precision
 from .report import RunResult, _end, _finish, _nonzero, _row_lr, _split_labels, _test_eval, _test_split_size, \
     _write_outputs
@@ -375,6 +375,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
                    processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))
     summary.update(target_density=cfg.density, density_note=_density_note(cfg, summary, total_steps, ctrl),
                    update_note=_update_note(cfg, summary, total_steps, ctrl),
+                   batch_note=_batch_note(cfg, len(loaders.datasets.train), accelerator.num_processes),
                    seconds_note=None if recorded is not None else (
                        f"seconds ({seconds:.0f}) covers only this session, from step {resumed_at} on: the checkpoint "
                        f"it resumed from ({resume_from}) was written before checkpoints recorded the run's time"))
