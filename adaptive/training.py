@@ -457,9 +457,11 @@ def resume_option(root: Path, output_dir, checkpoint: Path) -> str:
     """The option that resumes ``checkpoint`` of the run in ``output_dir`` (its checkpoints under
     ``root``): ``--resume latest --output_dir RUN`` where it is the newest there, else ``--resume``
     naming it (a later one, of the attempt a resume from an earlier checkpoint abandoned, is there,
-    and ``latest`` would take that)."""
-    return (f"--resume latest --output_dir {output_dir}" if list_checkpoints(root)[-1:] == [Path(checkpoint)]
-            else f"--resume {checkpoint}")
+    and ``latest`` would take that). The paths are compared resolved: ``--resume run/checkpoints/step_N
+    --output_dir run`` names the newest one relative to where the recipe made the run folder absolute."""
+    found = list_checkpoints(root)
+    newest = bool(found) and found[-1].resolve() == Path(checkpoint).resolve()
+    return f"--resume latest --output_dir {output_dir}" if newest else f"--resume {checkpoint}"
 
 
 def _continue_how(root: Path, output_dir, step: int) -> str:

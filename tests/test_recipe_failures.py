@@ -249,3 +249,27 @@ def test_ctrl_c_after_a_resume_from_an_earlier_checkpoint_names_that_checkpoint(
     assert f"give --resume {ck / 'step_00000005'} (in place of the command's --resume) to continue from " \
            "step_00000005" in err and "--resume latest would take step_00000015" in err, err
     assert "to continue from step_00000015" not in err, err
+
+
+def test_ctrl_c_after_a_resume_of_the_newest_checkpoint_named_relative_advises_resume_latest(tmp_path, capsys,
+                                                                                                monkeypatch):
+    """--resume run/checkpoints/step_00000010 --output_dir run resumes the newest checkpoint, but the recipe
+    makes --output_dir absolute while the checkpoint stays as typed: Ctrl-C's advice compared the two as
+    spelled and said "give --resume run/checkpoints/step_00000010 (in place of the command's --resume) ...
+    --resume latest would take step_00000010", contradicting itself. It is --resume latest, as for any resume
+    of the newest checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY, "--max_steps", "12", "--keep_checkpoints", "0"]
+    R.main([*args, "--output_dir", "run"])
+
+    def interrupt(state):
+        if state.step == 11:
+            raise KeyboardInterrupt
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        R.main([*args, "--resume", "run/checkpoints/step_00000010", "--output_dir", "run"], on_step=interrupt)
+    assert e.value.code == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; add --resume latest --output_dir {tmp_path / 'run'} to the same command to continue from " \
+           "step_00000010" in err, err
+    assert "in place of the command's --resume" not in err, err
