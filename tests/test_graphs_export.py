@@ -924,3 +924,14 @@ def test_a_float64_models_synapse_weights_are_its_weights_to_the_last_bit(tmp_pa
     on = u.edge_attrs["kind"] == 0
     l1 = sum((params[k].detach().abs() * conn.masks[k]).sum() for k in conn.masks)
     assert float(u.edge_attrs["l1"][on].sum()) == pytest.approx(float(l1), rel=1e-12)
+
+
+def test_cli_compact_prints_the_difference_relative_to_the_outputs_too(mlp_run, tmp_path, capsys):
+    """"outputs agree to 5.2e-18" alone said nothing of a fresh-initialised model whose outputs are 1e-12."""
+    from graphs.cli import main
+
+    assert main(["compact", str(mlp_run), "--out", str(tmp_path / "a.pt")]) == 0
+    c = torch.load(tmp_path / "a.pt", weights_only=False).compaction
+    assert 0 <= c["max_rel_diff"] < 1e-5 and (c["max_rel_diff"] > 0) == (c["max_abs_diff"] > 0)
+    said = f"(outputs agree to {c['max_abs_diff']:.2g}, {c['max_rel_diff']:.2g} relative to their largest magnitude)"
+    assert said in capsys.readouterr().out
