@@ -39,15 +39,21 @@ def _save(fig, out_dir, name) -> str:
 def _layer_ticks(ax, names) -> None:
     """Layer names under a per-layer axis: upright and at a readable size where the names fit side by
     side (lenet300's fc1, fc2, fc3 were 6-point text turned on its side), on their side and smaller
-    where they would run into each other (eight names such as ``layer1.conv1``, a ResNet's 20)."""
+    where they would run into each other (eight names such as ``layer1.conv1``, a ResNet's 20), the
+    figure made taller where names on their side need more room than it has."""
     names = list(names)
     longest = max((len(n) for n in names), default=0)
     # the axis's width before tight_layout widens it, against 9-point names of ~0.6 em a character
     # and an em's gap between them
     room = ax.figure.get_figwidth() * ax.get_position().width * 72
     few = len(names) * (0.6 * longest + 1) * 9 <= room
+    size = 9 if few else (8 if len(names) <= 30 else 6)
     ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=0 if few else 90, fontsize=9 if few else (8 if len(names) <= 30 else 6))
+    ax.set_xticklabels(names, rotation=0 if few else 90, fontsize=size)
+    if not few:  # names on their side as tall as the figure (a ViT's encoder.layers.encoder_layer_3.self_attention.q):
+        # tight_layout could not fit them under the axis, warned "Tight layout not applied" and cut them off; the
+        # figure grows to hold them, its axis still ~1.6 inches tall under the title and over the labels
+        ax.figure.set_figheight(max(ax.figure.get_figheight(), 0.6 * longest * size / 72 + 2.5))
 
 
 def plot_density(g, out_dir, title: Optional[str] = None) -> str:
