@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -104,6 +105,21 @@ def tight_artists(fig) -> list:
     return extra + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None and ax.get_legend() not in extra]
 
 
+@contextmanager
+def closed_on_error(fig):
+    """Close ``fig`` where the block raises: a plot that fails while drawing or saving leaves no figure
+    open in pyplot (in a notebook or a long run each one stayed, held in memory, until matplotlib
+    warned of too many open figures). Where the block ends well, the save that ends it closes the
+    figure (:func:`adaptive.diagnostics.save_figure`), or a caller who kept it open to look at it does."""
+    try:
+        yield fig
+    except BaseException:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        raise
+
+
 def run_title(model=None, dataset=None, run_dir=None, what: str = "") -> str:
     """A figure title naming what a run trained: ``"mlp on digits (run ad1)"``, led by ``what``
     (``"controller progress: "``); the run folder's name alone where model and dataset are unknown."""
@@ -158,35 +174,36 @@ def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, st
     plt = _pyplot()
     labels = labels or {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    splits = [s for s in ("train", "holdout", "test") if any(r["split"] == s for r in rows)]
-    splits += sorted({r["split"] for r in rows} - set(splits))
-    for ax, key, held_key in ((axes[0], "loss", "holdout_loss"), (axes[1], "accuracy", "holdout_acc")):
-        given = [r for r in rows if r.get(key) is not None]
-        for s in splits:
-            pts = [(kept["step"] if kept is not None and s == "test" else r["step"], r[key])
-                   for r in given if r["split"] == s and finite(r[key])]
-            if pts:
-                xs, ys = zip(*pts)
-                label = labels.get(s, s) + (": the kept masks" if kept is not None and s == "test" else "")
-                style = dict(SPLIT_STYLE.get(s, {}))
-                if kept is not None and s == "test":
-                    style["zorder"] = KEPT_STYLE["zorder"] + 1  # over the star: held-out and test can coincide
-                ax.plot(xs, ys, label=label, **style)
-        held = None if kept is None else kept.get(held_key)
-        if finite(held):
-            ax.plot([kept["step"]], [held], **KEPT_STYLE)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(key)
-        ax.set_title(key)
-        ax.grid(alpha=0.3)
-        drawn = bool(ax.get_legend_handles_labels()[0])
-        if drawn:  # one column: the labels name each split at length, and two columns ran under the other panel's
-            legend_below(ax, ncol=1)
-        note_nonfinite(ax, key, sum(1 for r in given if not finite(r[key])), len(given), drawn)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, plt, path)
+    with closed_on_error(fig):
+        splits = [s for s in ("train", "holdout", "test") if any(r["split"] == s for r in rows)]
+        splits += sorted({r["split"] for r in rows} - set(splits))
+        for ax, key, held_key in ((axes[0], "loss", "holdout_loss"), (axes[1], "accuracy", "holdout_acc")):
+            given = [r for r in rows if r.get(key) is not None]
+            for s in splits:
+                pts = [(kept["step"] if kept is not None and s == "test" else r["step"], r[key])
+                       for r in given if r["split"] == s and finite(r[key])]
+                if pts:
+                    xs, ys = zip(*pts)
+                    label = labels.get(s, s) + (": the kept masks" if kept is not None and s == "test" else "")
+                    style = dict(SPLIT_STYLE.get(s, {}))
+                    if kept is not None and s == "test":
+                        style["zorder"] = KEPT_STYLE["zorder"] + 1  # over the star: held-out and test can coincide
+                    ax.plot(xs, ys, label=label, **style)
+            held = None if kept is None else kept.get(held_key)
+            if finite(held):
+                ax.plot([kept["step"]], [held], **KEPT_STYLE)
+            ax.set_xlabel("training step")
+            ax.set_ylabel(key)
+            ax.set_title(key)
+            ax.grid(alpha=0.3)
+            drawn = bool(ax.get_legend_handles_labels()[0])
+            if drawn:  # one column: the labels name each split at length, and two columns ran under the other panel's
+                legend_below(ax, ncol=1)
+            note_nonfinite(ax, key, sum(1 for r in given if not finite(r[key])), len(given), drawn)
+        if title:
+            fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        return _save(fig, plt, path)
 
 
 def density_before(event: dict) -> Optional[float]:
@@ -232,37 +249,38 @@ def plot_density(events: Sequence[dict], path, kept: Optional[dict] = None, last
     steps) is drawn on the same 0-1 axis, each value over the steps its row covers (:func:`row_intervals`)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    evs = [e for e in events if "density" in e]
-    silent = any(r.get("split") == "train" and finite(r.get("silent_units")) for r in rows)
-    if evs:
-        steps = [e["step"] for e in evs]
-        layers: List[str] = list(evs[-1].get("layer_density", {}))
-        for i, name in enumerate(layers):
-            xs, ys = step_points(steps, [e.get("layer_density", {}).get(name) for e in evs], last_step=last_step)
-            # a run with no update has one event: a line alone would not show
-            ax.plot(xs, ys, lw=1, alpha=0.8, ls=line_style(i), label=name, drawstyle="steps-post",
-                    **single_point_marker(len(xs)))
-        xs, ys = step_points(steps, [e["density"] for e in evs], density_before(evs[0]), last_step)
-        ax.plot(xs, ys, color="k", lw=2.2, label="overall", drawstyle="steps-post", **single_point_marker(len(xs)))
-    if silent:
-        xs, ys = row_intervals(rows, "silent_units")
-        ax.plot(xs, ys, color="tab:red", lw=1.2, ls=":", drawstyle="steps-pre",
-                label="silent units (no gradient over the row)")
-    if kept is not None:
-        ax.plot([kept["step"]], [kept["density"]], **KEPT_STYLE)
-    if not evs:
-        ax.text(0.5, 0.5, "no controller events", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("density (live synapses / synapses)")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(_headed(title, "connectome density, overall and per layer" + ("; silent units" if silent else "")))
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        # beside the axes: inside, it covered the layers' lines
-        ax.legend(fontsize=7, ncol=2 if evs and len(evs[-1].get("layer_density", {})) > 24 else 1,
-                  loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    return _save(fig, plt, path)
+    with closed_on_error(fig):
+        evs = [e for e in events if "density" in e]
+        silent = any(r.get("split") == "train" and finite(r.get("silent_units")) for r in rows)
+        if evs:
+            steps = [e["step"] for e in evs]
+            layers: List[str] = list(evs[-1].get("layer_density", {}))
+            for i, name in enumerate(layers):
+                xs, ys = step_points(steps, [e.get("layer_density", {}).get(name) for e in evs], last_step=last_step)
+                # a run with no update has one event: a line alone would not show
+                ax.plot(xs, ys, lw=1, alpha=0.8, ls=line_style(i), label=name, drawstyle="steps-post",
+                        **single_point_marker(len(xs)))
+            xs, ys = step_points(steps, [e["density"] for e in evs], density_before(evs[0]), last_step)
+            ax.plot(xs, ys, color="k", lw=2.2, label="overall", drawstyle="steps-post", **single_point_marker(len(xs)))
+        if silent:
+            xs, ys = row_intervals(rows, "silent_units")
+            ax.plot(xs, ys, color="tab:red", lw=1.2, ls=":", drawstyle="steps-pre",
+                    label="silent units (no gradient over the row)")
+        if kept is not None:
+            ax.plot([kept["step"]], [kept["density"]], **KEPT_STYLE)
+        if not evs:
+            ax.text(0.5, 0.5, "no controller events", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("density (live synapses / synapses)")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(_headed(title, "connectome density, overall and per layer" + ("; silent units" if silent else "")))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            # beside the axes: inside, it covered the layers' lines
+            ax.legend(fontsize=7, ncol=2 if evs and len(evs[-1].get("layer_density", {})) > 24 else 1,
+                      loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        fig.tight_layout()
+        return _save(fig, plt, path)
 
 
 def plot_edits(events: Sequence[dict], path, title: Optional[str] = None) -> Path:
@@ -270,34 +288,35 @@ def plot_edits(events: Sequence[dict], path, title: Optional[str] = None) -> Pat
     line above the figure's own (name the model and dataset)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
-    evs = [e for e in events if e.get("kind", "update") == "update"]
-    if evs:
-        steps = [e["step"] for e in evs]
-        # pruned on [s - width, s], grown on [s, s + width]: with width 0.4 of the smallest gap
-        # between updates, no update's bars reach its neighbour's (a width of at least 1 step did,
-        # with an update every step, and hid the pruned bars); but never under 1/250 of the steps
-        # shown, or one close pair in a long run made every bar thinner than a pixel (updates that
-        # close stand at one place on the axis anyway)
-        distinct = sorted(set(steps))
-        span = distinct[-1] - distinct[0]
-        width = max(0.4 * min((b - a for a, b in zip(distinct, distinct[1:])), default=1.0), span / 250)
-        ax.bar([s - width / 2 for s in steps], [e.get("pruned", 0) for e in evs], width=width, color="tab:red", label="pruned")
-        ax.bar([s + width / 2 for s in steps], [e.get("grown", 0) for e in evs], width=width, color="tab:green", label="grown")
-        counts = sorted(c for e in evs for c in (e.get("pruned", 0), e.get("grown", 0)) if c)
-        if counts and counts[-1] > 50 * counts[len(counts) // 2]:
-            # one large edit (a jump to the target) would flatten the many small ones: log scale
-            ax.set_yscale("symlog", linthresh=1)
-            ax.set_ylabel("synapses per update (log scale above 1)")
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # covers no bar
-    else:
-        ax.text(0.5, 0.5, "no controller updates", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("training step (controller update)")
-    if ax.get_yscale() == "linear":
-        ax.set_ylabel("synapses per update")
-    ax.set_title(_headed(title, "pruned and grown synapses per update"))
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    return _save(fig, plt, path)
+    with closed_on_error(fig):
+        evs = [e for e in events if e.get("kind", "update") == "update"]
+        if evs:
+            steps = [e["step"] for e in evs]
+            # pruned on [s - width, s], grown on [s, s + width]: with width 0.4 of the smallest gap
+            # between updates, no update's bars reach its neighbour's (a width of at least 1 step did,
+            # with an update every step, and hid the pruned bars); but never under 1/250 of the steps
+            # shown, or one close pair in a long run made every bar thinner than a pixel (updates that
+            # close stand at one place on the axis anyway)
+            distinct = sorted(set(steps))
+            span = distinct[-1] - distinct[0]
+            width = max(0.4 * min((b - a for a, b in zip(distinct, distinct[1:])), default=1.0), span / 250)
+            ax.bar([s - width / 2 for s in steps], [e.get("pruned", 0) for e in evs], width=width, color="tab:red", label="pruned")
+            ax.bar([s + width / 2 for s in steps], [e.get("grown", 0) for e in evs], width=width, color="tab:green", label="grown")
+            counts = sorted(c for e in evs for c in (e.get("pruned", 0), e.get("grown", 0)) if c)
+            if counts and counts[-1] > 50 * counts[len(counts) // 2]:
+                # one large edit (a jump to the target) would flatten the many small ones: log scale
+                ax.set_yscale("symlog", linthresh=1)
+                ax.set_ylabel("synapses per update (log scale above 1)")
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # covers no bar
+        else:
+            ax.text(0.5, 0.5, "no controller updates", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("training step (controller update)")
+        if ax.get_yscale() == "linear":
+            ax.set_ylabel("synapses per update")
+        ax.set_title(_headed(title, "pruned and grown synapses per update"))
+        ax.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        return _save(fig, plt, path)
 
 
 def plot_grad_norm(rows: Sequence[dict], path, max_grad_norm: Optional[float] = None,
@@ -307,34 +326,35 @@ def plot_grad_norm(rows: Sequence[dict], path, max_grad_norm: Optional[float] = 
     ``max_grad_norm`` as a dashed line where given: whether clipping acts, and how often."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    given = [r for r in rows if r.get("split") == "train" and r.get("grad_norm") is not None]
-    pts = [(r["step"], r["grad_norm"]) for r in given if finite(r["grad_norm"])]
-    if pts:
-        xs, ys = zip(*pts)
-        ax.plot(xs, ys, color=SPLIT_COLOR["train"], lw=1.2, label="gradient norm before clipping (row mean)",
-                **single_point_marker(len(xs)))
-        if min(ys) > 0 and max(ys) / min(ys) > 100:
-            ax.set_yscale("log")
-    if max_grad_norm is not None:
-        ax.axhline(max_grad_norm, color="k", ls="--", lw=1, label=f"--max_grad_norm {max_grad_norm:g}")
-    handles, names = ax.get_legend_handles_labels()
-    if any(finite(r.get("clipped")) for r in given):
-        twin = ax.twinx()
-        # a row covers the steps since the last one: each value is drawn over that interval
-        xs, ys = row_intervals(rows, "clipped")
-        (line,) = twin.plot(xs, ys, color="tab:red", lw=1, alpha=0.7, drawstyle="steps-pre")
-        twin.set_ylim(-0.05, 1.05)
-        twin.set_ylabel("share of steps clipped")
-        handles, names = handles + [line], names + ["share of the row's steps clipped"]
-    ax.set_xlabel("training step")
-    ax.set_ylabel("gradient norm (live gradients)")
-    ax.set_title(_headed(title, "gradient norm before clipping"), fontsize=9 if title else None)
-    ax.grid(alpha=0.3)
-    if handles:
-        legend_below(ax, handles, names)
-    note_nonfinite(ax, "gradient norm", len(given) - len(pts), len(given), bool(handles))
-    fig.tight_layout()
-    return _save(fig, plt, path)
+    with closed_on_error(fig):
+        given = [r for r in rows if r.get("split") == "train" and r.get("grad_norm") is not None]
+        pts = [(r["step"], r["grad_norm"]) for r in given if finite(r["grad_norm"])]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, color=SPLIT_COLOR["train"], lw=1.2, label="gradient norm before clipping (row mean)",
+                    **single_point_marker(len(xs)))
+            if min(ys) > 0 and max(ys) / min(ys) > 100:
+                ax.set_yscale("log")
+        if max_grad_norm is not None:
+            ax.axhline(max_grad_norm, color="k", ls="--", lw=1, label=f"--max_grad_norm {max_grad_norm:g}")
+        handles, names = ax.get_legend_handles_labels()
+        if any(finite(r.get("clipped")) for r in given):
+            twin = ax.twinx()
+            # a row covers the steps since the last one: each value is drawn over that interval
+            xs, ys = row_intervals(rows, "clipped")
+            (line,) = twin.plot(xs, ys, color="tab:red", lw=1, alpha=0.7, drawstyle="steps-pre")
+            twin.set_ylim(-0.05, 1.05)
+            twin.set_ylabel("share of steps clipped")
+            handles, names = handles + [line], names + ["share of the row's steps clipped"]
+        ax.set_xlabel("training step")
+        ax.set_ylabel("gradient norm (live gradients)")
+        ax.set_title(_headed(title, "gradient norm before clipping"), fontsize=9 if title else None)
+        ax.grid(alpha=0.3)
+        if handles:
+            legend_below(ax, handles, names)
+        note_nonfinite(ax, "gradient norm", len(given) - len(pts), len(given), bool(handles))
+        fig.tight_layout()
+        return _save(fig, plt, path)
 
 
 def plot_run(rows: Sequence[dict], events: Sequence[dict], out_dir,

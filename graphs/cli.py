@@ -407,7 +407,8 @@ def _parser():
                            "folder to write compact_model.pt into (default: RUN/compact_model.pt)")
             s.add_argument("--atol", type=_tolerance, default=1e-4, metavar="X",
                            help="absolute tolerance of the check that the compacted model's outputs match the masked "
-                                "model's (torch.allclose; default: 1e-4, as graphs.compact)")
+                                "model's (torch.allclose; scaled by the outputs' largest magnitude where that is below 1; "
+                                "default: 1e-4, as graphs.compact)")
             s.add_argument("--rtol", type=_tolerance, default=1e-4, metavar="X",
                            help="relative tolerance of that check (default: 1e-4, as graphs.compact)")
             s.add_argument("--float64", action="store_true",
@@ -692,8 +693,10 @@ def _compact(model, conn, a, run_dir, suffix: str = "") -> int:
                                       "graphs.compact(..., verify=False) returns the model unchecked.") from e
     _save(small, out)
     c = small.compaction
+    # the relative figure too: 5e-18 says nothing of a fresh-initialised model whose outputs are 1e-12
     print(f"removed {counted(c['units_removed'], 'dead unit')}: {c['params_before']:,} -> {c['params_after']:,} parameters "
-          f"(outputs agree to {c['max_abs_diff']:.2g}); wrote {out} (torch.load(..., weights_only=False))")
+          f"(outputs agree to {c['max_abs_diff']:.2g}, {c['max_rel_diff']:.2g} relative to their largest magnitude); "
+          f"wrote {out} (torch.load(..., weights_only=False))")
     for layer, n in c["removed"].items():
         if n:
             print(f"  {layer}: -{counted(n, 'unit')}")

@@ -166,12 +166,13 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     """A smaller dense copy of ``model`` (masked by ``conn`` when given) without its removable dead
     units. Eval-mode semantics (BatchNorm running statistics). The returned GraphModule carries
     ``compaction``: a dict with params before/after, units removed per layer and the verified
-    maximum output difference. ``align`` > 1 keeps a few removable units so that every Linear/Conv
+    maximum output difference, ``max_abs_diff``, and relative to the outputs' largest magnitude, ``max_rel_diff``. ``align`` > 1 keeps a few removable units so that every Linear/Conv
     keeps a multiple of ``align`` output units (CPU and GPU kernels run faster on such widths).
     ``example_input`` (batch first; None: the first input inferred from the first layer that the
     model runs on, as :func:`graphs.build` guesses) drives the trace and, with ``verify``, the check
     that the compact copy's outputs match the masked model's within
-    ``torch.allclose(atol=atol, rtol=rtol)``. ``batch_axis=1`` says the example's inputs (of two axes or more)
+    ``torch.allclose(atol=atol, rtol=rtol)``, ``atol`` scaled down by the outputs' largest magnitude where it is
+    below 1 (a fixed ``atol`` passed any copy of a model whose outputs are 1e-10). ``batch_axis=1`` says the example's inputs (of two axes or more)
     hold their batch on axis 1 (sequence-first ``[T, B, F]``): the probe takes one sample along it, not one time
     step, and the check's batch of twice the size doubles it; None or 0: batch first. Raises if fx cannot trace the model or the check
     fails (``verify=False`` skips it). Leaves the global random generators as it found them (a model
@@ -257,6 +258,6 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     report = {"params_before": before, "params_after": after, "removed": plan["removed_per_layer"],
               "units_removed": sum(plan["removed_per_layer"].values())}
     if verify:
-        report["max_abs_diff"] = _verify(ref, gm, example_input, atol, rtol, batch)
+        report.update(_verify(ref, gm, example_input, atol, rtol, batch))
     gm.compaction = report
     return gm

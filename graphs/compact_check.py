@@ -71,12 +71,29 @@ def _other_sizes(ref, x, g: torch.Generator, batch: int = 0) -> list:
     return []
 
 
+def _scale(t: torch.Tensor) -> float:
+    """The largest magnitude in output ``t`` (0 for an empty one): what the check's differences are measured against."""
+    if t.numel() == 0:
+        return 0.0
+    return float(t.abs().max()) if t.dtype != torch.bool else 1.0
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
+    """Whether output ``b`` matches the masked model's ``a``: ``torch.allclose`` with ``atol`` for outputs of
+    magnitude 1 or more, and ``atol`` times their largest magnitude below that. A fixed ``atol`` of 1e-4 passed
+    anything on outputs of 1e-10 (a fresh-initialised deep net's), a compact copy whose outputs were all wrong
+    included; large outputs keep the plain ``atol`` (float32 rounding there is larger, not smaller)."""
+    return torch.allclose(a, b, atol=atol * min(1.0, _scale(a)), rtol=rtol)
+
+
 @torch.no_grad()
-def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol, batch: int = 0) -> float:
+def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol, batch: int = 0) -> dict:
     """Compare ``gm`` with the masked ``ref`` on the example, a second random input, a batch of twice its
     size (along axis ``batch`` of the inputs of two axes or more) and, where ``ref`` runs on them, inputs of other sizes (:func:`_other_sizes`): a view or a split
-    sized for the example's map or length may be wrong on another. The largest difference; raises
-    :class:`CompactionMismatchError` on a mismatch, naming the input's shape where it is not the example's."""
+    sized for the example's map or length may be wrong on another (:func:`_close` judges each output). The
+    largest difference, ``max_abs_diff``, and the largest relative to its output's largest magnitude,
+    ``max_rel_diff`` (0 where they agree exactly); raises :class:`CompactionMismatchError` on a mismatch,
+    naming the input's shape where it is not the example's."""
     from .forward_inputs import _call_with_inputs
 
     # the inputs are drawn from a generator of the check's own, on the CPU: the same inputs at every
@@ -99,7 +116,7 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol, batch: int = 0) -> flo
             return torch.cat([t, other(t)], _axis(t, batch)) if isinstance(t, torch.Tensor) else t
         xs.append((type(x2)(double(t) for t in x2) if isinstance(x2, (tuple, list)) else double(x2), None, True, ""))
     xs += [(xi, ra, True, where) for xi, ra, where in _other_sizes(ref, x, g, batch)]
-    worst = 0.0
+    worst = worst_rel = 0.0
     for xi, ra, optional, where in xs:
         args = tuple(xi) if isinstance(xi, (tuple, list)) else (xi,)  # several inputs: one argument each
         if ra is None:
@@ -123,21 +140,25 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol, batch: int = 0) -> flo
                 f"compaction changed the outputs' shapes{where}: {[tuple(a.shape) for a, _ in pairs]} became "
                 f"{[tuple(b.shape) for _, b in pairs]}; if it persists, please report this model. Pass verify=False "
                 "to get the model anyway.")
-        diff = max(float((a - b).abs().max()) for a, b in pairs) if pairs else 0.0
+        diffs = [float((a - b).abs().max()) if a.numel() else 0.0 for a, b in pairs]
+        diff = max(diffs, default=0.0)
         worst = max(worst, diff)
-        if not all(torch.allclose(a, b, atol=atol, rtol=rtol) for a, b in pairs):
+        rel = max((d / _scale(a) if d else 0.0 for d, (a, _) in zip(diffs, pairs) if _scale(a) > 0), default=0.0)
+        worst_rel = max(worst_rel, rel)
+        if not all(_close(a, b, atol, rtol) for a, b in pairs):
             raise CompactionMismatchError(_mismatch(pairs, diff, atol, rtol, where))
-    return worst
+    return {"max_abs_diff": worst, "max_rel_diff": worst_rel}
 
 
 def _mismatch(pairs, diff, atol, rtol, where: str = "") -> str:
     """Why the check failed: the difference next to the outputs' scale and the tolerances, with a
     hint to check in float64 when the difference is the size of rounding at that scale."""
-    scale = max(float(a.abs().max()) for a, _ in pairs)
+    scale = max(_scale(a) for a, _ in pairs)
     low = [a.dtype for a, _ in pairs if a.is_floating_point() and a.dtype != torch.float64]
     rounding = bool(low) and diff <= 1e-3 * scale  # a relative difference a bug rarely stays below
     hint = (f"; relative to outputs this large the difference looks like {str(low[0])[6:]} rounding: compact a float64 "
             "copy (model.double(), example_input.double()) to check, or pass larger atol/rtol" if rounding else "")
-    return (f"compaction changed the outputs{where} (max abs diff {diff:.3g} > atol {atol} + rtol {rtol} x |output|, "
-            f"with outputs up to {scale:.3g} in magnitude){hint}; if it persists, please report this model. Pass "
-            "verify=False to get the model anyway.")
+    small = f" (atol x {scale:.3g}: outputs below 1 scale it down)" if scale < 1 else ""
+    return (f"compaction changed the outputs{where} (max abs diff {diff:.3g} > atol {atol}{small} + rtol {rtol} x "
+            f"|output|, with outputs up to {scale:.3g} in magnitude){hint}; if it persists, please report this model. "
+            "Pass verify=False to get the model anyway.")

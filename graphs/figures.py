@@ -8,6 +8,7 @@ from typing import List, Optional
 import torch
 
 from adaptive.atomic import atomic_path
+from adaptive.plots import closed_on_error
 
 from . import analysis
 
@@ -38,27 +39,34 @@ def _save(fig, out_dir, name) -> str:
 def _layer_ticks(ax, names) -> None:
     """Layer names under a per-layer axis: upright and at a readable size where the names fit side by
     side (lenet300's fc1, fc2, fc3 were 6-point text turned on its side), on their side and smaller
-    where they would run into each other (eight names such as ``layer1.conv1``, a ResNet's 20)."""
+    where they would run into each other (eight names such as ``layer1.conv1``, a ResNet's 20), the
+    figure made taller where names on their side need more room than it has."""
     names = list(names)
     longest = max((len(n) for n in names), default=0)
     # the axis's width before tight_layout widens it, against 9-point names of ~0.6 em a character
     # and an em's gap between them
     room = ax.figure.get_figwidth() * ax.get_position().width * 72
     few = len(names) * (0.6 * longest + 1) * 9 <= room
+    size = 9 if few else (8 if len(names) <= 30 else 6)
     ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=0 if few else 90, fontsize=9 if few else (8 if len(names) <= 30 else 6))
+    ax.set_xticklabels(names, rotation=0 if few else 90, fontsize=size)
+    if not few:  # names on their side as tall as the figure (a ViT's encoder.layers.encoder_layer_3.self_attention.q):
+        # tight_layout could not fit them under the axis, warned "Tight layout not applied" and cut them off; the
+        # figure grows to hold them, its axis still ~1.6 inches tall under the title and over the labels
+        ax.figure.set_figheight(max(ax.figure.get_figheight(), 0.6 * longest * size / 72 + 2.5))
 
 
 def plot_density(g, out_dir, title: Optional[str] = None) -> str:
     plt = _plt()
     d = analysis.density_per_layer(g)
     fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(d)), 3.5))
-    ax.bar(range(len(d)), list(d.values()), color="tab:blue")
-    _layer_ticks(ax, d)
-    ax.set_ylabel("live fraction of synapses")
-    ax.set_xlabel("layer")
-    ax.set_title(_headed(title, "density per layer"))
-    return _save(fig, out_dir, "density_per_layer.png")
+    with closed_on_error(fig):
+        ax.bar(range(len(d)), list(d.values()), color="tab:blue")
+        _layer_ticks(ax, d)
+        ax.set_ylabel("live fraction of synapses")
+        ax.set_xlabel("layer")
+        ax.set_title(_headed(title, "density per layer"))
+        return _save(fig, out_dir, "density_per_layer.png")
 
 
 def degree_bins(deg: torch.Tensor, most: int = 50) -> List[float]:
@@ -77,16 +85,17 @@ def plot_degrees(g, out_dir, title: Optional[str] = None) -> str:
     plt = _plt()
     unit = g.node_attrs["kind"] == 2
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, which in zip(axes, ("in", "out")):
-        deg = g.node_attrs[f"{which}_degree"][unit]
-        ax.hist(deg.double().numpy(), bins=degree_bins(deg), color="tab:green")
-        ax.set_yscale("log")
-        ax.set_xlabel(f"{which}-degree ({g.level} level edges)")
-        ax.set_ylabel("units")
-        ax.set_title(f"{which}-degree distribution")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return _save(fig, out_dir, "degree_distribution.png")
+    with closed_on_error(fig):
+        for ax, which in zip(axes, ("in", "out")):
+            deg = g.node_attrs[f"{which}_degree"][unit]
+            ax.hist(deg.double().numpy(), bins=degree_bins(deg), color="tab:green")
+            ax.set_yscale("log")
+            ax.set_xlabel(f"{which}-degree ({g.level} level edges)")
+            ax.set_ylabel("units")
+            ax.set_title(f"{which}-degree distribution")
+        if title:
+            fig.suptitle(title, fontsize=10)
+        return _save(fig, out_dir, "degree_distribution.png")
 
 
 def plot_dead(g, out_dir, title: Optional[str] = None) -> str:
@@ -94,25 +103,26 @@ def plot_dead(g, out_dir, title: Optional[str] = None) -> str:
     dead = analysis.dead_units(g)
     layers = [x for x in g.groups if x.kind == "layer"]
     fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(layers)), 3.5))
-    bottom = torch.zeros(len(layers))
-    no_in, no_out = dead["no_live_input"], dead["no_live_output"]
-    parts = (  # disjoint, so the stack's height is the layer's fraction of dead units
-        ("no live input", no_in, "tab:red"),
-        ("live input, no live output", no_out & ~no_in, "tab:orange"),
-        ("live in and out, but cut off upstream or downstream", dead["dead"] & ~no_in & ~no_out, "tab:purple"),
-    )
-    for label, which, color in parts:
-        frac = torch.tensor([float(which[x.start:x.start + x.count].float().mean()) for x in layers])
-        if float(frac.sum()) > 0 or label == "no live input":
-            ax.bar(range(len(layers)), frac.numpy(), bottom=bottom.numpy(), color=color, label=label)
-        bottom += frac
-    _layer_ticks(ax, [x.name for x in layers])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("fraction of the layer's units that are dead")
-    ax.set_xlabel("layer")
-    ax.set_title(_headed(title, f"dead units: {int(dead['dead'].sum())} of {int((g.node_attrs['kind'] == 2).sum())} (unreachable either way)"))
-    ax.legend(fontsize=7)
-    return _save(fig, out_dir, "dead_units.png")
+    with closed_on_error(fig):
+        bottom = torch.zeros(len(layers))
+        no_in, no_out = dead["no_live_input"], dead["no_live_output"]
+        parts = (  # disjoint, so the stack's height is the layer's fraction of dead units
+            ("no live input", no_in, "tab:red"),
+            ("live input, no live output", no_out & ~no_in, "tab:orange"),
+            ("live in and out, but cut off upstream or downstream", dead["dead"] & ~no_in & ~no_out, "tab:purple"),
+        )
+        for label, which, color in parts:
+            frac = torch.tensor([float(which[x.start:x.start + x.count].float().mean()) for x in layers])
+            if float(frac.sum()) > 0 or label == "no live input":
+                ax.bar(range(len(layers)), frac.numpy(), bottom=bottom.numpy(), color=color, label=label)
+            bottom += frac
+        _layer_ticks(ax, [x.name for x in layers])
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("fraction of the layer's units that are dead")
+        ax.set_xlabel("layer")
+        ax.set_title(_headed(title, f"dead units: {int(dead['dead'].sum())} of {int((g.node_attrs['kind'] == 2).sum())} (unreachable either way)"))
+        ax.legend(fontsize=7)
+        return _save(fig, out_dir, "dead_units.png")
 
 
 def plot_reachability(g, out_dir, title: Optional[str] = None) -> str:
@@ -122,15 +132,16 @@ def plot_reachability(g, out_dir, title: Optional[str] = None) -> str:
     fwd = [float(r["from_input"][x.start:x.start + x.count].float().mean()) for x in layers]
     bwd = [float(r["to_output"][x.start:x.start + x.count].float().mean()) for x in layers]
     fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(layers)), 3.5))
-    ax.plot(fwd, "o-", label="reached from the inputs", ms=3)
-    ax.plot(bwd, "s-", label="reaches an output", ms=3)
-    _layer_ticks(ax, [x.name for x in layers])
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_ylabel("fraction of units")
-    ax.set_xlabel("layer (topological order)")
-    ax.set_title(_headed(title, "reachability through live synapses"))
-    ax.legend(fontsize=7)
-    return _save(fig, out_dir, "reachability.png")
+    with closed_on_error(fig):
+        ax.plot(fwd, "o-", label="reached from the inputs", ms=3)
+        ax.plot(bwd, "s-", label="reaches an output", ms=3)
+        _layer_ticks(ax, [x.name for x in layers])
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("fraction of units")
+        ax.set_xlabel("layer (topological order)")
+        ax.set_title(_headed(title, "reachability through live synapses"))
+        ax.legend(fontsize=7)
+        return _save(fig, out_dir, "reachability.png")
 
 
 def plot_concats(g, out_dir, title: Optional[str] = None) -> str | None:
@@ -145,16 +156,17 @@ def plot_concats(g, out_dir, title: Optional[str] = None) -> str | None:
             mat[i, depths.index(d)] = n
     mat = mat / mat.sum(1, keepdim=True).clamp(min=1)
     fig, ax = plt.subplots(figsize=(max(5, 0.3 * len(depths)), max(3, 0.15 * len(comps))))
-    im = ax.imshow(mat.numpy(), aspect="auto", cmap="viridis")
-    ax.set_xticks(range(len(depths)))
-    ax.set_xticklabels(depths, fontsize=6)
-    ax.set_yticks(range(len(comps)))
-    ax.set_yticklabels([c["node"] for c in comps], fontsize=6)
-    ax.set_xlabel("signal depth of the joined channel (-1: constant/unreached)")
-    ax.set_ylabel("concatenation")
-    ax.set_title(_headed(title, "signal-depth composition of each concatenation"))
-    fig.colorbar(im, ax=ax, label="fraction of channels")
-    return _save(fig, out_dir, "concat_depths.png")
+    with closed_on_error(fig):
+        im = ax.imshow(mat.numpy(), aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(depths)))
+        ax.set_xticklabels(depths, fontsize=6)
+        ax.set_yticks(range(len(comps)))
+        ax.set_yticklabels([c["node"] for c in comps], fontsize=6)
+        ax.set_xlabel("signal depth of the joined channel (-1: constant/unreached)")
+        ax.set_ylabel("concatenation")
+        ax.set_title(_headed(title, "signal-depth composition of each concatenation"))
+        fig.colorbar(im, ax=ax, label="fraction of channels")
+        return _save(fig, out_dir, "concat_depths.png")
 
 
 def plot_all(g, out_dir, title: Optional[str] = None) -> List[str]:

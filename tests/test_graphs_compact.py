@@ -1853,3 +1853,47 @@ def test_the_copy_of_a_model_in_train_mode_comes_back_in_eval_mode_where_it_matc
     with torch.no_grad():
         assert torch.allclose(small(x), m.eval()(x), atol=1e-5)
         assert not torch.allclose(small.train()(x), m.train()(x), atol=1e-3)
+
+
+def _tiny_net(scale):
+    """Linear-ReLU-Linear with three dead hidden units (no input weight, no bias), weights times ``scale``:
+    outputs of about ``scale ** 2``."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    with torch.no_grad():
+        m[0].weight[:3] = 0
+        m[0].bias[:3] = 0
+        for p in m.parameters():
+            p.mul_(scale)
+        m[2].bias.mul_(scale)  # the size of what the hidden units bring, not of a first layer's output
+    return m.eval()
+
+
+def test_the_check_refuses_a_wrong_copy_of_a_model_whose_outputs_are_tiny():
+    """A fresh-initialised deep net's outputs can be 1e-10: a fixed atol of 1e-4 passed a compact copy whose
+    outputs were all wrong (here twice too large)."""
+    from graphs.compact import CompactionMismatchError, _verify
+
+    ref = _tiny_net(1e-5)
+    x = torch.randn(2, 4)
+    assert 1e-12 < float(ref(x).abs().max()) < 1e-8
+    wrong = copy.deepcopy(ref)
+    with torch.no_grad():
+        wrong[2].weight.mul_(2)
+        wrong[2].bias.mul_(2)
+    with pytest.raises(CompactionMismatchError, match=r"atol 0\.0001 \(atol x [\d.e-]+: outputs below 1 scale it down\)"):
+        _verify(ref, wrong, x, 1e-4, 1e-4)
+
+
+@pytest.mark.parametrize("scale", [1e-5, 1.0, 1e3])
+def test_compaction_of_tiny_and_large_float32_outputs_passes_and_reports_the_relative_difference(scale):
+    """Scaling atol down for outputs below 1 leaves true agreements passing, at 1e-10 and at 1e6 in float32;
+    the report gives the difference relative to the outputs' largest magnitude next to the absolute one."""
+    m = _tiny_net(scale)
+    x = torch.randn(8, 4)
+    small = graphs.compact(m, example_input=x)
+    c = small.compaction
+    assert c["units_removed"] == 3
+    top = float(m(x).abs().max())
+    assert c["max_abs_diff"] <= 1e-5 * top and c["max_rel_diff"] <= 1e-5
+    assert c["max_rel_diff"] == 0.0 if c["max_abs_diff"] == 0 else c["max_rel_diff"] >= c["max_abs_diff"] / top / 10

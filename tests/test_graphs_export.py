@@ -924,3 +924,42 @@ def test_a_float64_models_synapse_weights_are_its_weights_to_the_last_bit(tmp_pa
     on = u.edge_attrs["kind"] == 0
     l1 = sum((params[k].detach().abs() * conn.masks[k]).sum() for k in conn.masks)
     assert float(u.edge_attrs["l1"][on].sum()) == pytest.approx(float(l1), rel=1e-12)
+
+
+def test_per_layer_figures_make_room_for_long_layer_names_on_their_side(tmp_path, monkeypatch):
+    """A ViT's 25 names such as encoder.layers.encoder_layer_3.self_attention.out_proj, on their side, were taller
+    than the 3.5-inch figure: tight_layout warned "Tight layout not applied" and the saved PNG cut them off."""
+    import warnings
+    from collections import OrderedDict
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    def block():
+        return nn.Sequential(OrderedDict(self_attention=nn.Sequential(OrderedDict(out_proj=nn.Linear(3, 3)))))
+
+    m = nn.Sequential(OrderedDict(encoder=nn.Sequential(OrderedDict((f"encoder_layer_{i}", block()) for i in range(25)))))
+    g = graphs.build(model=m, level="unit")
+    figs = []
+    real = graphs.figures._save
+    monkeypatch.setattr(graphs.figures, "_save", lambda fig, out_dir, name: figs.append((name, fig)) or real(fig, out_dir, name))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Tight layout not applied" is a UserWarning
+        for plot in (graphs.figures.plot_density, graphs.figures.plot_dead, graphs.figures.plot_reachability):
+            plot(g, tmp_path)
+    for name, fig in figs:  # laid out as saved: every name whole on the canvas
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        labels = [t for t in fig.axes[0].get_xticklabels() if t.get_text()]
+        assert "encoder.encoder_layer_24.self_attention.out_proj" in [t.get_text() for t in labels], name
+        assert all(t.get_window_extent(renderer).y0 >= 0 for t in labels), name
+        assert fig.axes[0].get_window_extent(renderer).height >= 1.2 * fig.dpi, name  # an axis to read, not a strip
+
+
+def test_cli_compact_prints_the_difference_relative_to_the_outputs_too(mlp_run, tmp_path, capsys):
+    """"outputs agree to 5.2e-18" alone said nothing of a fresh-initialised model whose outputs are 1e-12."""
+    from graphs.cli import main
+
+    assert main(["compact", str(mlp_run), "--out", str(tmp_path / "a.pt")]) == 0
+    c = torch.load(tmp_path / "a.pt", weights_only=False).compaction
+    assert 0 <= c["max_rel_diff"] < 1e-5 and (c["max_rel_diff"] > 0) == (c["max_abs_diff"] > 0)
+    said = f"(outputs agree to {c['max_abs_diff']:.2g}, {c['max_rel_diff']:.2g} relative to their largest magnitude)"
+    assert said in capsys.readouterr().out

@@ -35,6 +35,7 @@ from ..warn import warn_user
 from ._common import (batch_statistics_explained, check_finite, default_loss, iterate_batches, kept_buffers, live_mask,
                       measured_gradients, model_connectome, model_device, scalers_suspended, warn_if_zeros)
 from ..modes import modes_kept
+from ..plots import closed_on_error
 from .table import Table, pyplot, save_figure
 
 THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -155,26 +156,27 @@ class Collinearity:
         g2 = torch.cat(list(self.full_grad_sq.values())).double()
         keep = (g2 > 0).numpy()
         fig, ax = plt.subplots(figsize=(6, 4.2))
-        if keep.any():
-            hb = ax.hexbin(g2.log10().numpy()[keep], c[keep], gridsize=60, bins="log", cmap="viridis", mincnt=1)
-            fig.colorbar(hb, ax=ax, label="weights per cell")
-        else:  # a hexbin of nothing has no colour range: matplotlib's colorbar raised "Invalid vmin or vmax"
-            ax.text(0.5, 0.5, "every weight has G = 0 (no gradient reached them): nothing to draw",
-                    ha="center", va="center", transform=ax.transAxes, fontsize=8)
-        if measure == "cosine" and self.batches > 1:
-            ax.axhline(self.batches ** -0.5, color="red", ls=":", lw=1, label="1/sqrt(batches): one batch alone, or noise")
-            ax.legend(fontsize=7, loc="upper left")
-        ax.set_xlabel(f"squared gradient G² (log10), G = mean over the {self.batches} batches")
-        ax.set_ylabel("cosine collinearity |mean g|/rms g" if measure == "cosine" else "sign agreement with G")
-        bs = f"batch size {self.batch_size}, " if self.batch_size else ""
-        zero = int((~keep).sum())
-        skipped = f"; {zero:,} with G = 0 not drawn" if zero else ""
-        what = "cosine collinearity" if measure == "cosine" else "sign agreement"
-        head = f"{title}\n" if title else ""
-        pruned = f"; {self.pruned:,} pruned left out" if self.pruned else ""
-        ax.set_title(f"{head}per-weight {what} ({bs}{self.batches} batches, {int(keep.sum()):,} weights{skipped}{pruned})",
-                     fontsize=9)
-        return save_figure(fig, path, svg=svg)
+        with closed_on_error(fig):
+            if keep.any():
+                hb = ax.hexbin(g2.log10().numpy()[keep], c[keep], gridsize=60, bins="log", cmap="viridis", mincnt=1)
+                fig.colorbar(hb, ax=ax, label="weights per cell")
+            else:  # a hexbin of nothing has no colour range: matplotlib's colorbar raised "Invalid vmin or vmax"
+                ax.text(0.5, 0.5, "every weight has G = 0 (no gradient reached them): nothing to draw",
+                        ha="center", va="center", transform=ax.transAxes, fontsize=8)
+            if measure == "cosine" and self.batches > 1:
+                ax.axhline(self.batches ** -0.5, color="red", ls=":", lw=1, label="1/sqrt(batches): one batch alone, or noise")
+                ax.legend(fontsize=7, loc="upper left")
+            ax.set_xlabel(f"squared gradient G² (log10), G = mean over the {self.batches} batches")
+            ax.set_ylabel("cosine collinearity |mean g|/rms g" if measure == "cosine" else "sign agreement with G")
+            bs = f"batch size {self.batch_size}, " if self.batch_size else ""
+            zero = int((~keep).sum())
+            skipped = f"; {zero:,} with G = 0 not drawn" if zero else ""
+            what = "cosine collinearity" if measure == "cosine" else "sign agreement"
+            head = f"{title}\n" if title else ""
+            pruned = f"; {self.pruned:,} pruned left out" if self.pruned else ""
+            ax.set_title(f"{head}per-weight {what} ({bs}{self.batches} batches, {int(keep.sum()):,} weights{skipped}{pruned})",
+                         fontsize=9)
+            return save_figure(fig, path, svg=svg)
 
     def plot_summary(self, path, svg: bool = False, thresholds: Sequence[float] = THRESHOLDS, measure: str = "cosine",
                      title: str = ""):
@@ -183,23 +185,24 @@ class Collinearity:
         plt = pyplot()
         t = self.fraction_above(thresholds, measure)
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        cols = [f">{x:g}" for x in thresholds]
-        for i, row in enumerate(t):
-            # more layers than colours: the line style tells apart the layers that share a colour
-            style = dict(color="black", lw=2.5) if row["layer"] == "all" else dict(lw=1, alpha=0.8, ls=("-", "--", ":")[(i // 10) % 3])
-            ax.plot(list(thresholds), [row[c] for c in cols], marker="o", ms=3, label=row["layer"], **style)
-        if measure == "cosine" and self.batches > 1:
-            ax.axvline(self.batches ** -0.5, color="red", ls=":", lw=1, label="1/sqrt(batches): noise level")
-        ax.set_xlabel(f"{measure} collinearity threshold")
-        ax.set_ylabel("fraction of the layer's weights above it")
-        ax.set_ylim(0, 1.02)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6, ncol=2 if len(t) > 24 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        bs = f"batch size {self.batch_size}, " if self.batch_size else ""
-        head = f"{title}\n" if title else ""
-        pruned = f", live weights only: {self.pruned:,} pruned left out" if self.pruned else ""
-        ax.set_title(f"{head}gradient collinearity by layer ({bs}{self.batches} batches{pruned})", fontsize=9)
-        return save_figure(fig, path, svg=svg)
+        with closed_on_error(fig):
+            cols = [f">{x:g}" for x in thresholds]
+            for i, row in enumerate(t):
+                # more layers than colours: the line style tells apart the layers that share a colour
+                style = dict(color="black", lw=2.5) if row["layer"] == "all" else dict(lw=1, alpha=0.8, ls=("-", "--", ":")[(i // 10) % 3])
+                ax.plot(list(thresholds), [row[c] for c in cols], marker="o", ms=3, label=row["layer"], **style)
+            if measure == "cosine" and self.batches > 1:
+                ax.axvline(self.batches ** -0.5, color="red", ls=":", lw=1, label="1/sqrt(batches): noise level")
+            ax.set_xlabel(f"{measure} collinearity threshold")
+            ax.set_ylabel("fraction of the layer's weights above it")
+            ax.set_ylim(0, 1.02)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=6, ncol=2 if len(t) > 24 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            bs = f"batch size {self.batch_size}, " if self.batch_size else ""
+            head = f"{title}\n" if title else ""
+            pruned = f", live weights only: {self.pruned:,} pruned left out" if self.pruned else ""
+            ax.set_title(f"{head}gradient collinearity by layer ({bs}{self.batches} batches{pruned})", fontsize=9)
+            return save_figure(fig, path, svg=svg)
 
 
 def _to_device(x, device):

@@ -23,6 +23,7 @@ from ._common import (LogHistogram, batch_statistics_explained, check_finite, de
                       kept_buffers, live_mask, measured_gradients, model_connectome, model_device, module_names,
                       plain_layer_name, scalers_suspended, warn_if_zeros)
 from ..modes import modes_kept
+from ..plots import closed_on_error
 from .table import Table, pyplot, save_figure
 from ..global_rng import kept_global_rng
 from ..warn import warn_user
@@ -291,53 +292,54 @@ class GradientByDepth:
         saying so. Returns the written paths."""
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(self.depths), 4.2))
-        g = torch.Generator().manual_seed(seed)
-        for i, d in enumerate(self.depths):
-            vals = self.per_weight[self.band == d]
-            vals = vals[vals > 0]
-            if vals.numel() > max_points_per_band:
-                vals = vals[torch.randperm(vals.numel(), generator=g)[:max_points_per_band]]
-            x = i + (torch.rand(vals.numel(), generator=g) - 0.5) * 0.6
-            ax.scatter(x.numpy(), vals.numpy(), s=3, alpha=0.35, color=f"C{i % 10}", linewidths=0,
-                       label="one weight: mean |grad| over the batches" if i == 0 else None)
-        row = {r["depth"]: r for r in self.table}
-        xs = list(range(len(self.depths)))
-        have = [i for i, d in enumerate(self.depths) if row[d]["values"] > 0]  # a band without gradient has no median
-        med = [row[self.depths[i]]["median"] for i in have]
-        lo = [row[self.depths[i]]["median"] - row[self.depths[i]]["q1"] for i in have]
-        hi = [row[self.depths[i]]["q3"] - row[self.depths[i]]["median"] for i in have]
-        ax.errorbar(have, med, yerr=[lo, hi], fmt="D", color="black", ms=5, capsize=4, label="median, quartiles (all batches)")
-        if bool((self.per_weight > 0).any()):
-            ax.set_yscale("log")
-        else:  # (matplotlib warns that it cannot log-scale data without a positive value)
-            ax.text(0.5, 0.9, "every gradient measured is exactly 0", transform=ax.transAxes, ha="center",
-                    va="top", fontsize=9, color="C3")
-        for i, d in enumerate(self.depths):  # exact zeros (dead units) have no place on a log axis: say how many
-            z = row[d]["zero_fraction"]
-            note = ("all pruned" if row[d]["weights"] == 0 else "no gradient:\nno_grad call" if row[d]["values"] == 0
-                    else f"{_percent(z)} zero" if z > 0 else "")
-            if note:
-                ax.annotate(note, (i, 0), xycoords=("data", "axes fraction"), xytext=(0, 3),
-                            textcoords="offset points", ha="center", va="bottom", fontsize=7, color="C3")
-        ax.set_xticks(xs, [str(d) for d in self.depths])
-        ax.set_xlabel("depth of the signal read (layers it went through; 0 = raw input)")
-        ax.set_ylabel(f"|dL/dw| of {self.layer} weights")
-        ttl = self.title or f"{self.layer}: weight gradients by source depth"
-        ratio = self.ratio()
-        said = self.no_ratio_reason() if math.isnan(ratio) else f"shallowest/deepest signal band median ratio {ratio:.3g}"
-        shared = (f"; called {self.calls} times per forward, each call's part in the band it reads"
-                  if self.calls > 1 else "")
-        if self.no_grad_calls:
-            calls = ", ".join(map(str, self.no_grad_calls))
-            shared += f"\ncall{'s' if len(self.no_grad_calls) > 1 else ''} {calls} under torch.no_grad(): no gradient, not measured"
+        with closed_on_error(fig):
+            g = torch.Generator().manual_seed(seed)
+            for i, d in enumerate(self.depths):
+                vals = self.per_weight[self.band == d]
+                vals = vals[vals > 0]
+                if vals.numel() > max_points_per_band:
+                    vals = vals[torch.randperm(vals.numel(), generator=g)[:max_points_per_band]]
+                x = i + (torch.rand(vals.numel(), generator=g) - 0.5) * 0.6
+                ax.scatter(x.numpy(), vals.numpy(), s=3, alpha=0.35, color=f"C{i % 10}", linewidths=0,
+                           label="one weight: mean |grad| over the batches" if i == 0 else None)
+            row = {r["depth"]: r for r in self.table}
+            xs = list(range(len(self.depths)))
+            have = [i for i, d in enumerate(self.depths) if row[d]["values"] > 0]  # a band without gradient has no median
+            med = [row[self.depths[i]]["median"] for i in have]
+            lo = [row[self.depths[i]]["median"] - row[self.depths[i]]["q1"] for i in have]
+            hi = [row[self.depths[i]]["q3"] - row[self.depths[i]]["median"] for i in have]
+            ax.errorbar(have, med, yerr=[lo, hi], fmt="D", color="black", ms=5, capsize=4, label="median, quartiles (all batches)")
+            if bool((self.per_weight > 0).any()):
+                ax.set_yscale("log")
+            else:  # (matplotlib warns that it cannot log-scale data without a positive value)
+                ax.text(0.5, 0.9, "every gradient measured is exactly 0", transform=ax.transAxes, ha="center",
+                        va="top", fontsize=9, color="C3")
+            for i, d in enumerate(self.depths):  # exact zeros (dead units) have no place on a log axis: say how many
+                z = row[d]["zero_fraction"]
+                note = ("all pruned" if row[d]["weights"] == 0 else "no gradient:\nno_grad call" if row[d]["values"] == 0
+                        else f"{_percent(z)} zero" if z > 0 else "")
+                if note:
+                    ax.annotate(note, (i, 0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+                                textcoords="offset points", ha="center", va="bottom", fontsize=7, color="C3")
+            ax.set_xticks(xs, [str(d) for d in self.depths])
+            ax.set_xlabel("depth of the signal read (layers it went through; 0 = raw input)")
+            ax.set_ylabel(f"|dL/dw| of {self.layer} weights")
+            ttl = self.title or f"{self.layer}: weight gradients by source depth"
+            ratio = self.ratio()
+            said = self.no_ratio_reason() if math.isnan(ratio) else f"shallowest/deepest signal band median ratio {ratio:.3g}"
+            shared = (f"; called {self.calls} times per forward, each call's part in the band it reads"
+                      if self.calls > 1 else "")
+            if self.no_grad_calls:
+                calls = ", ".join(map(str, self.no_grad_calls))
+                shared += f"\ncall{'s' if len(self.no_grad_calls) > 1 else ''} {calls} under torch.no_grad(): no gradient, not measured"
 
-        if self.pruned:
-            shared += f"; live weights only ({self.pruned:,} pruned left out)"
-        ax.set_title(f"{ttl}\n{self.batches} batches{shared}; {said}", fontsize=9)
-        # outside the axes, right of them: inside, "best" could still cover a band's zero note
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
-        ax.grid(True, which="major", axis="y", alpha=0.3)
-        return save_figure(fig, path, svg=svg)
+            if self.pruned:
+                shared += f"; live weights only ({self.pruned:,} pruned left out)"
+            ax.set_title(f"{ttl}\n{self.batches} batches{shared}; {said}", fontsize=9)
+            # outside the axes, right of them: inside, "best" could still cover a band's zero note
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+            ax.grid(True, which="major", axis="y", alpha=0.3)
+            return save_figure(fig, path, svg=svg)
 
 
 def _percent(fraction: float) -> str:

@@ -31,6 +31,7 @@ from ._common import (batch_statistics_explained, default_loss, iterate_batches,
                       model_device, warn_if_zeros)
 from ..modes import modes_kept
 from .removal_order import global_order, removal_scores
+from ..plots import closed_on_error
 from .table import Table, pyplot, save_figure
 
 DEFAULT_NOISE_FLOOR = 1e-3  # nats of loss increase: changes below are noise, not fitted
@@ -281,82 +282,83 @@ class KnowledgeCurve:
         with_acc = has_accuracy(self.table)  # without accuracy the top panels draw the loss of what remains
         top = [100 * a for a in self.table["accuracy"]] if with_acc else self.table["loss"]
         fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-        for ax, logx in ((axes[0, 0], False), (axes[0, 1], True)):
-            kk = [max(v, 0.8) for v in k] if logx else k
-            ax.plot(kk, top, "o-", ms=3, label=None if with_acc else "loss (no accuracy for these targets)")
-            if with_acc and self.chance is not None:
-                ax.axhline(100 * self.chance, color="grey", ls=":", label="chance")
-            if logx:
-                ax.set_xscale("log")
-            ax.set_xlabel("weights removed (count" + (", log axis; 0 drawn at 0.8)" if logx else ")"))
-            ax.set_ylabel("top-1 accuracy of what remains (%)" if with_acc else "loss of what remains")
-            ax.grid(True, which="both" if logx else "major", alpha=0.3)
-            ax.legend(fontsize=8)
-            sec = ax.secondary_xaxis("top", functions=(lambda v, t=self.total: 100 * v / t, lambda f, t=self.total: f * t / 100))
-            sec.set_xlabel(f"% of the {self.total:,} weights live at the start ({self.pruned_before:,} already pruned)"
-                           if self.pruned_before else "% of prunable weights", fontsize=8)
-        for ax, key, label, scale in (
-            (axes[1, 0], "loss_increase", f"loss increase over the {start} (nats)", 1.0),
-            (axes[1, 1], "accuracy_drop", "accuracy drop (percentage points)", 100.0),
-        ):
-            if key == "accuracy_drop" and not with_acc:
-                ax.text(0.5, 0.5, "no accuracy: the targets are not class labels of the output's axis 1\n"
-                        "(pass accuracy_fn= to count one); the loss alone is fitted",
-                        ha="center", va="center", transform=ax.transAxes, fontsize=8)
-                ax.set_axis_off()
-                continue
-            y = [scale * v for v in self.table[key]]
-            pos = [(a, b) for a, b in zip(k, y) if b > 0]
-            if pos:
-                ax.plot([p[0] for p in pos], [p[1] for p in pos], "o", ms=3, label="measured (> 0)")
-            f = self.fits.get(key, {})
-            if f and f.get("rate") == f.get("rate") and f.get("fit_from") is not None:
-                # on a log axis, points spaced evenly in log x (an even grid leaves the first decades empty)
-                xs = torch.logspace(0, math.log10(max(max(k), 1)), 200) if log_x else torch.linspace(0, max(k), 200)
-                line = scale * torch.exp(f["intercept"] + f["rate"] * xs.double())
-                if pos:  # held just outside the measured range, which sets the axis: a steep fit's 1e300 or
-                    # inf drawn on a log axis overflows matplotlib's transforms ('overflow encountered in exp')
-                    line = line.clamp(min(p[1] for p in pos) / 30, max(p[1] for p in pos) * 30)
-                ax.plot(xs, line, "-", color="C3",
-                        label=f"exp fit{' (a curve on log x)' if log_x else ''}: e-fold every {1 / f['rate']:.3g} weights (R²={f['r2']:.3f})" if f["rate"] > 0 else "exp fit")
-                ax.axvspan(f["fit_from"], f["fit_to"], color="C2", alpha=0.12,
-                           label=f"fitted range ({f.get('within_tolerance', float('nan')):.0%} of its points within ×2)")
-                # where the line stays within x2 of the points beyond the fitted range, point by point; an
-                # edge of the fitted range itself is no such claim (its points may lie far off the line)
-                beyond = {h for h, edge in ((f["holds_from"], f["fit_from"]), (f["holds_to"], f["fit_to"])) if h != edge}
-                for edge in beyond:
-                    ax.axvline(edge, color="C2", ls="--", lw=1)
-                if beyond:
-                    ax.plot([], [], color="C2", ls="--", lw=1, label="line within ×2 beyond the fitted range, to here")
-            elif f:
-                ax.text(0.5, 0.5, f"no exponential fit: {f.get('points', 0)} point(s) between its floor\n"
-                        "and the collapse (3 needed); measure more points (--points)",
-                        ha="center", va="center", transform=ax.transAxes, fontsize=8)
-            ax.set_yscale("log")
-            if pos:  # the measured points set the range, not the line: a steep fit drawn out to the last
-                # count reaches 1e300 or overflows to inf (matplotlib's log ticks then fail) and flattens them
-                ys = [p[1] for p in pos]
-                ax.set_ylim(min(ys) / 3, max(ys) * 3)
-            if log_x:
-                ax.set_xscale("log")
-                ax.set_xlim(0.8, 1.25 * max(max(k), 1))
-                ax.set_xlabel(f"weights removed (count, log axis; 0 removed, the {start}, left out)")
-            else:
-                ax.set_xlim(-0.02 * max(max(k), 1), 1.02 * max(max(k), 1))  # (only the intact net: 0 to 1)
-                ax.set_xlabel("weights removed (count)")
-            ax.set_ylabel(label + ", log axis")
-            ax.grid(True, which="both", alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:  # no point above 0 and no fit: nothing to name
-                ax.legend(fontsize=7)
-        mode = "one shot" if self.finetune_batches == 0 else f"{self.finetune_batches} fine-tune batches per point"
-        head = title or "knowledge distribution"
-        import textwrap
+        with closed_on_error(fig):
+            for ax, logx in ((axes[0, 0], False), (axes[0, 1], True)):
+                kk = [max(v, 0.8) for v in k] if logx else k
+                ax.plot(kk, top, "o-", ms=3, label=None if with_acc else "loss (no accuracy for these targets)")
+                if with_acc and self.chance is not None:
+                    ax.axhline(100 * self.chance, color="grey", ls=":", label="chance")
+                if logx:
+                    ax.set_xscale("log")
+                ax.set_xlabel("weights removed (count" + (", log axis; 0 drawn at 0.8)" if logx else ")"))
+                ax.set_ylabel("top-1 accuracy of what remains (%)" if with_acc else "loss of what remains")
+                ax.grid(True, which="both" if logx else "major", alpha=0.3)
+                ax.legend(fontsize=8)
+                sec = ax.secondary_xaxis("top", functions=(lambda v, t=self.total: 100 * v / t, lambda f, t=self.total: f * t / 100))
+                sec.set_xlabel(f"% of the {self.total:,} weights live at the start ({self.pruned_before:,} already pruned)"
+                               if self.pruned_before else "% of prunable weights", fontsize=8)
+            for ax, key, label, scale in (
+                (axes[1, 0], "loss_increase", f"loss increase over the {start} (nats)", 1.0),
+                (axes[1, 1], "accuracy_drop", "accuracy drop (percentage points)", 100.0),
+            ):
+                if key == "accuracy_drop" and not with_acc:
+                    ax.text(0.5, 0.5, "no accuracy: the targets are not class labels of the output's axis 1\n"
+                            "(pass accuracy_fn= to count one); the loss alone is fitted",
+                            ha="center", va="center", transform=ax.transAxes, fontsize=8)
+                    ax.set_axis_off()
+                    continue
+                y = [scale * v for v in self.table[key]]
+                pos = [(a, b) for a, b in zip(k, y) if b > 0]
+                if pos:
+                    ax.plot([p[0] for p in pos], [p[1] for p in pos], "o", ms=3, label="measured (> 0)")
+                f = self.fits.get(key, {})
+                if f and f.get("rate") == f.get("rate") and f.get("fit_from") is not None:
+                    # on a log axis, points spaced evenly in log x (an even grid leaves the first decades empty)
+                    xs = torch.logspace(0, math.log10(max(max(k), 1)), 200) if log_x else torch.linspace(0, max(k), 200)
+                    line = scale * torch.exp(f["intercept"] + f["rate"] * xs.double())
+                    if pos:  # held just outside the measured range, which sets the axis: a steep fit's 1e300 or
+                        # inf drawn on a log axis overflows matplotlib's transforms ('overflow encountered in exp')
+                        line = line.clamp(min(p[1] for p in pos) / 30, max(p[1] for p in pos) * 30)
+                    ax.plot(xs, line, "-", color="C3",
+                            label=f"exp fit{' (a curve on log x)' if log_x else ''}: e-fold every {1 / f['rate']:.3g} weights (R²={f['r2']:.3f})" if f["rate"] > 0 else "exp fit")
+                    ax.axvspan(f["fit_from"], f["fit_to"], color="C2", alpha=0.12,
+                               label=f"fitted range ({f.get('within_tolerance', float('nan')):.0%} of its points within ×2)")
+                    # where the line stays within x2 of the points beyond the fitted range, point by point; an
+                    # edge of the fitted range itself is no such claim (its points may lie far off the line)
+                    beyond = {h for h, edge in ((f["holds_from"], f["fit_from"]), (f["holds_to"], f["fit_to"])) if h != edge}
+                    for edge in beyond:
+                        ax.axvline(edge, color="C2", ls="--", lw=1)
+                    if beyond:
+                        ax.plot([], [], color="C2", ls="--", lw=1, label="line within ×2 beyond the fitted range, to here")
+                elif f:
+                    ax.text(0.5, 0.5, f"no exponential fit: {f.get('points', 0)} point(s) between its floor\n"
+                            "and the collapse (3 needed); measure more points (--points)",
+                            ha="center", va="center", transform=ax.transAxes, fontsize=8)
+                ax.set_yscale("log")
+                if pos:  # the measured points set the range, not the line: a steep fit drawn out to the last
+                    # count reaches 1e300 or overflows to inf (matplotlib's log ticks then fail) and flattens them
+                    ys = [p[1] for p in pos]
+                    ax.set_ylim(min(ys) / 3, max(ys) * 3)
+                if log_x:
+                    ax.set_xscale("log")
+                    ax.set_xlim(0.8, 1.25 * max(max(k), 1))
+                    ax.set_xlabel(f"weights removed (count, log axis; 0 removed, the {start}, left out)")
+                else:
+                    ax.set_xlim(-0.02 * max(max(k), 1), 1.02 * max(max(k), 1))  # (only the intact net: 0 to 1)
+                    ax.set_xlabel("weights removed (count)")
+                ax.set_ylabel(label + ", log axis")
+                ax.grid(True, which="both", alpha=0.3)
+                if ax.get_legend_handles_labels()[0]:  # no point above 0 and no fit: nothing to name
+                    ax.legend(fontsize=7)
+            mode = "one shot" if self.finetune_batches == 0 else f"{self.finetune_batches} fine-tune batches per point"
+            head = title or "knowledge distribution"
+            import textwrap
 
-        sub = (f"removed in {self.estimator} order, {mode}; {self.note}; fitted above a loss-increase "
-               f"noise floor of {self.noise_floor:g}")
-        fig.suptitle(f"{head}\n" + textwrap.fill(sub, 170), fontsize=9)
-        fig.tight_layout()
-        return save_figure(fig, path, svg=svg)
+            sub = (f"removed in {self.estimator} order, {mode}; {self.note}; fitted above a loss-increase "
+                   f"noise floor of {self.noise_floor:g}")
+            fig.suptitle(f"{head}\n" + textwrap.fill(sub, 170), fontsize=9)
+            fig.tight_layout()
+            return save_figure(fig, path, svg=svg)
 
 
 def _tensor_output_loss(loss_fn: Callable, model: nn.Module) -> Callable:

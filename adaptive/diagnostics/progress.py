@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from ..plots import SPLIT_COLOR, boundary_scale, finite, legend_below, line_style, note_nonfinite, single_point_marker
+from ..plots import SPLIT_COLOR, boundary_scale, closed_on_error, finite, legend_below, line_style, note_nonfinite, single_point_marker
 from .table import Table, pyplot, save_figure
 from ..warn import warn_user
 
@@ -135,108 +135,109 @@ class Progress:
     def plot(self, path, svg: bool = False, title: str = ""):
         plt = pyplot()
         fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-        m = self.metrics
-        from matplotlib.ticker import EngFormatter
+        with closed_on_error(fig):
+            m = self.metrics
+            from matplotlib.ticker import EngFormatter
 
-        xkey = "removed" if self.removed_source != "step" else "step"
-        xlabel = "synapses removed" if xkey == "removed" else "step (no removed count logged)"
-        distinct = {r.get("removed") for r in m if isinstance(r.get("removed"), (int, float))}
-        if xkey == "removed" and len(distinct) < 2:
-            xkey = "step"
-            xlabel = f"step (removed stays at {next(iter(distinct), 0):,})"
-        splits = sorted({str(r.get("split", "all")) for r in m})
-        for ax, key in ((axes[0, 0], "loss"), (axes[0, 1], "accuracy")):
-            drawn = False
-            given = [r for r in m if isinstance(r.get(key), (int, float)) and isinstance(r.get(xkey), (int, float))]
-            for s in splits:
-                pts = [(r[xkey], r[key]) for r in given if str(r.get("split", "all")) == s and finite(r[key])]
+            xkey = "removed" if self.removed_source != "step" else "step"
+            xlabel = "synapses removed" if xkey == "removed" else "step (no removed count logged)"
+            distinct = {r.get("removed") for r in m if isinstance(r.get("removed"), (int, float))}
+            if xkey == "removed" and len(distinct) < 2:
+                xkey = "step"
+                xlabel = f"step (removed stays at {next(iter(distinct), 0):,})"
+            splits = sorted({str(r.get("split", "all")) for r in m})
+            for ax, key in ((axes[0, 0], "loss"), (axes[0, 1], "accuracy")):
+                drawn = False
+                given = [r for r in m if isinstance(r.get(key), (int, float)) and isinstance(r.get(xkey), (int, float))]
+                for s in splits:
+                    pts = [(r[xkey], r[key]) for r in given if str(r.get("split", "all")) == s and finite(r[key])]
+                    if pts:
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=s, color=SPLIT_COLOR.get(s))
+                        drawn = True
+                ax.set_xlabel(xlabel)
+                ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+                ax.set_ylabel("loss (nats for cross-entropy)" if key == "loss" else "accuracy (fraction correct)")
+                ax.set_title(f"{key} against {'removal' if xkey == 'removed' else 'step'}", fontsize=9)
+                if drawn:  # under the panel (room made between the rows): inside, it could hide a lone point
+                    legend_below(ax, ncol=3, in_layout=True)
+                elif not given:
+                    ax.text(0.5, 0.5, f"no {key} in the run's metrics", ha="center", va="center", transform=ax.transAxes)
+                note_nonfinite(ax, key, sum(1 for r in given if not finite(r[key])), len(given), drawn)
+                ax.grid(True, alpha=0.3)
+            ev = self.events
+            steps = ev["step"]
+            ax = axes[0, 2]
+            # the initial pruning (kind "init": the jump to the target density) is not an update; drawn
+            # among the updates it would flatten them, so it is named in the title instead
+            init = [e for e in ev if e.get("kind") == "init"]
+            upd = [e for e in ev if e.get("kind") != "init"]
+            counts = []
+            for key, c in (("pruned", "C3"), ("grown", "C2")):
+                pts = [(e.get("step"), e.get(key)) for e in upd if isinstance(e.get(key), (int, float))]
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=s, color=SPLIT_COLOR.get(s))
-                    drawn = True
-            ax.set_xlabel(xlabel)
-            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-            ax.set_ylabel("loss (nats for cross-entropy)" if key == "loss" else "accuracy (fraction correct)")
-            ax.set_title(f"{key} against {'removal' if xkey == 'removed' else 'step'}", fontsize=9)
-            if drawn:  # under the panel (room made between the rows): inside, it could hide a lone point
-                legend_below(ax, ncol=3, in_layout=True)
-            elif not given:
-                ax.text(0.5, 0.5, f"no {key} in the run's metrics", ha="center", va="center", transform=ax.transAxes)
-            note_nonfinite(ax, key, sum(1 for r in given if not finite(r[key])), len(given), drawn)
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if key == "pruned" else "s--", ms=5 if key == "pruned" else 3,
+                            color=c, label=key if key == "pruned" else "restored / grown")  # distinct when the counts coincide
+                    counts += [p[1] for p in pts if p[1]]
+            ax.set_xlabel("step")
+            ax.set_ylabel("synapses per update")
+            if counts and max(counts) > 50 * sorted(counts)[len(counts) // 2]:
+                ax.set_yscale("symlog", linthresh=1)
+                ax.set_ylabel("synapses per update (log scale above 1)")
+            init_note = "".join(f"\ninitial pruning at step {e.get('step')}: {e.get('pruned') or 0:,} (not drawn)" for e in init[:1])
+            ax.set_title(f"pruned and restored per controller update{init_note}", fontsize=9)
+            if ax.get_legend_handles_labels()[0]:
+                legend_below(ax, ncol=2, in_layout=True)  # off the counts, as in the panels beside it
+            else:
+                ax.text(0.5, 0.5, "no controller updates" + (" (only the initial pruning)" if init else "")
+                        if not upd else "no pruned or restored counts logged",
+                        ha="center", va="center", transform=ax.transAxes)
             ax.grid(True, alpha=0.3)
-        ev = self.events
-        steps = ev["step"]
-        ax = axes[0, 2]
-        # the initial pruning (kind "init": the jump to the target density) is not an update; drawn
-        # among the updates it would flatten them, so it is named in the title instead
-        init = [e for e in ev if e.get("kind") == "init"]
-        upd = [e for e in ev if e.get("kind") != "init"]
-        counts = []
-        for key, c in (("pruned", "C3"), ("grown", "C2")):
-            pts = [(e.get("step"), e.get(key)) for e in upd if isinstance(e.get(key), (int, float))]
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if key == "pruned" else "s--", ms=5 if key == "pruned" else 3,
-                        color=c, label=key if key == "pruned" else "restored / grown")  # distinct when the counts coincide
-                counts += [p[1] for p in pts if p[1]]
-        ax.set_xlabel("step")
-        ax.set_ylabel("synapses per update")
-        if counts and max(counts) > 50 * sorted(counts)[len(counts) // 2]:
-            ax.set_yscale("symlog", linthresh=1)
-            ax.set_ylabel("synapses per update (log scale above 1)")
-        init_note = "".join(f"\ninitial pruning at step {e.get('step')}: {e.get('pruned') or 0:,} (not drawn)" for e in init[:1])
-        ax.set_title(f"pruned and restored per controller update{init_note}", fontsize=9)
-        if ax.get_legend_handles_labels()[0]:
-            legend_below(ax, ncol=2, in_layout=True)  # off the counts, as in the panels beside it
-        else:
-            ax.text(0.5, 0.5, "no controller updates" + (" (only the initial pruning)" if init else "")
-                    if not upd else "no pruned or restored counts logged",
-                    ha="center", va="center", transform=ax.transAxes)
-        ax.grid(True, alpha=0.3)
-        ax = axes[1, 0]
-        series: Dict[str, list] = {}
-        for e in ev:
-            for k, v in _flat(e.get("boundaries")).items():
-                if k.rsplit("/", 1)[-1] in _COUNT_KEYS:  # synapse counts (a goal, a need), not boundaries
-                    continue
-                series.setdefault(k, []).append((e.get("step"), v))
-        for i, (k, pts) in enumerate(sorted(series.items())):
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=2, label=k)
-        if series:
-            boundary_scale(ax, [p[1] for pts in series.values() for p in pts])
-            legend_below(ax, fontsize=7, ncol=max(2, min(4, math.ceil(len(series) / 8))))  # off the lines
-        else:
-            ax.text(0.5, 0.5, "no boundaries logged", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel("step")
-        ax.set_ylabel("edit boundary\n(estimator units; loss change only for loss models)")
-        ax.set_title("boundaries over time", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        ax = axes[1, 1]
-        # each density holds until the next update, the last one until the run's last step (a metrics
-        # row or event after the last update): drawn to the last update only, it showed as a bare drop
-        end = max((r.get("step") for t in (m, ev) for r in t if _is_number(r.get("step"))), default=None)
-        pts = _held_to([(s, v) for s, v in zip(steps, ev["density"]) if isinstance(v, (int, float))], end)
-        if pts:  # a run with no update has one event: a marker keeps its single point visible
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "k-", lw=2, label="all", drawstyle="steps-post",
-                    **single_point_marker(len(pts)))
-        layers: Dict[str, list] = {}
-        for e in ev:
-            for k, v in _flat(e.get("layer_density")).items():
-                layers.setdefault(k, []).append((e.get("step"), v))
-        layers = {k: _held_to(lp, end) for k, lp in layers.items()}
-        for i, (k, lp) in enumerate(layers.items()):  # every layer: the style tells apart those sharing a colour
-            ax.plot([p[0] for p in lp], [p[1] for p in lp], lw=0.8, alpha=0.7, ls=line_style(i), label=k,
-                    drawstyle="steps-post", **single_point_marker(len(lp)))
-        ax.set_xlabel("step")
-        ax.set_ylabel("density (fraction of synapses present)")
-        ax.set_title("density" + (f" (legend below: all {len(layers)} layers)" if layers else ""), fontsize=9)
-        if pts or layers:  # under the panel: inside, it covered the layers' lines
-            legend_below(ax, fontsize=6, ncol=max(2, min(4, math.ceil(len(layers) / 8))))
-        else:
-            ax.text(0.5, 0.5, "no density logged", ha="center", va="center", transform=ax.transAxes)
-        ax.grid(True, alpha=0.3)
-        self._plot_estimates(axes[1, 2])
-        fig.suptitle(title or "controller progress", fontsize=10)
-        fig.tight_layout()
-        return save_figure(fig, path, svg=svg)
+            ax = axes[1, 0]
+            series: Dict[str, list] = {}
+            for e in ev:
+                for k, v in _flat(e.get("boundaries")).items():
+                    if k.rsplit("/", 1)[-1] in _COUNT_KEYS:  # synapse counts (a goal, a need), not boundaries
+                        continue
+                    series.setdefault(k, []).append((e.get("step"), v))
+            for i, (k, pts) in enumerate(sorted(series.items())):
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=2, label=k)
+            if series:
+                boundary_scale(ax, [p[1] for pts in series.values() for p in pts])
+                legend_below(ax, fontsize=7, ncol=max(2, min(4, math.ceil(len(series) / 8))))  # off the lines
+            else:
+                ax.text(0.5, 0.5, "no boundaries logged", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xlabel("step")
+            ax.set_ylabel("edit boundary\n(estimator units; loss change only for loss models)")
+            ax.set_title("boundaries over time", fontsize=9)
+            ax.grid(True, alpha=0.3)
+            ax = axes[1, 1]
+            # each density holds until the next update, the last one until the run's last step (a metrics
+            # row or event after the last update): drawn to the last update only, it showed as a bare drop
+            end = max((r.get("step") for t in (m, ev) for r in t if _is_number(r.get("step"))), default=None)
+            pts = _held_to([(s, v) for s, v in zip(steps, ev["density"]) if isinstance(v, (int, float))], end)
+            if pts:  # a run with no update has one event: a marker keeps its single point visible
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "k-", lw=2, label="all", drawstyle="steps-post",
+                        **single_point_marker(len(pts)))
+            layers: Dict[str, list] = {}
+            for e in ev:
+                for k, v in _flat(e.get("layer_density")).items():
+                    layers.setdefault(k, []).append((e.get("step"), v))
+            layers = {k: _held_to(lp, end) for k, lp in layers.items()}
+            for i, (k, lp) in enumerate(layers.items()):  # every layer: the style tells apart those sharing a colour
+                ax.plot([p[0] for p in lp], [p[1] for p in lp], lw=0.8, alpha=0.7, ls=line_style(i), label=k,
+                        drawstyle="steps-post", **single_point_marker(len(lp)))
+            ax.set_xlabel("step")
+            ax.set_ylabel("density (fraction of synapses present)")
+            ax.set_title("density" + (f" (legend below: all {len(layers)} layers)" if layers else ""), fontsize=9)
+            if pts or layers:  # under the panel: inside, it covered the layers' lines
+                legend_below(ax, fontsize=6, ncol=max(2, min(4, math.ceil(len(layers) / 8))))
+            else:
+                ax.text(0.5, 0.5, "no density logged", ha="center", va="center", transform=ax.transAxes)
+            ax.grid(True, alpha=0.3)
+            self._plot_estimates(axes[1, 2])
+            fig.suptitle(title or "controller progress", fontsize=10)
+            fig.tight_layout()
+            return save_figure(fig, path, svg=svg)
 
     def _plot_estimates(self, ax):
         """Each update's estimated loss change against the one measured (held-out line search); where

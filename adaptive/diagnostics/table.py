@@ -64,22 +64,24 @@ class Table(list):
 
 def save_figure(fig, path: str | os.PathLike, svg: bool = False, dpi: int = 120) -> List[str]:
     """Write ``fig`` as PNG at ``path`` (``dpi`` dots per inch; and an SVG next to it when ``svg``);
-    close it; return paths."""
+    close it, written or not; return paths."""
     import matplotlib.pyplot as plt
 
     from ..plots import tight_artists  # a legend under a panel (plots.legend_below) is on the canvas too
 
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    root = os.path.splitext(path)[0]
-    out = [root + ".png"]
-    with atomic_path(out[0]) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", bbox_extra_artists=tight_artists(fig))
-    if svg:
-        out.append(root + ".svg")
-        with atomic_path(out[1]) as tmp:
-            fig.savefig(tmp, bbox_inches="tight", bbox_extra_artists=tight_artists(fig))
-    plt.close(fig)
+    try:
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        root = os.path.splitext(path)[0]
+        out = [root + ".png"]
+        with atomic_path(out[0]) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", bbox_extra_artists=tight_artists(fig))
+        if svg:
+            out.append(root + ".svg")
+            with atomic_path(out[1]) as tmp:
+                fig.savefig(tmp, bbox_inches="tight", bbox_extra_artists=tight_artists(fig))
+    finally:  # written or not
+        plt.close(fig)
     return out
 
 

@@ -30,30 +30,31 @@ def recipe_run(options, out: Path, label: str) -> dict:
 def paired_plot(results, variants, seeds, path: Path, ticks, title: str, center=statistics.mean) -> Path:
     """Held-out accuracy of every run: one panel per setting, a line per seed joining its runs across
     ``variants`` (the same split, data order and initial weights), and each variant's ``center``."""
-    from adaptive.plots import _pyplot, _save
+    from adaptive.plots import _pyplot, _save, closed_on_error
 
     plt = _pyplot()
     names = list(results)
     width = max(3.2, 1.1 * len(variants) + 0.4)  # room for every tick label side by side
     fig, axes = plt.subplots(1, len(names), figsize=(width * len(names), 3.7), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        for s in seeds:
-            ax.plot(range(len(variants)), [100 * results[name][v][s]["holdout_accuracy"] for v in variants], "-",
-                    color="0.6", lw=1, zorder=1)
-        for i, v in enumerate(variants):
-            acc = [100 * results[name][v][s]["holdout_accuracy"] for s in seeds]
-            ax.plot([i] * len(acc), acc, "o", color=f"C{i}", ms=6, zorder=2, label="a seed" if i == 0 else None)
-            ax.plot([i - 0.18, i + 0.18], [center(acc)] * 2, "-", color="k", lw=2, zorder=3,
-                    label=center.__name__ if i == 0 else None)
-        ax.set_xticks(range(len(variants)), list(ticks))
-        ax.set_xlim(-0.5, len(variants) - 0.5)
-        ax.set_title(name, fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("held-out accuracy % (final network)")
-    axes[0][0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, plt, path)
+    with closed_on_error(fig):
+        for ax, name in zip(axes[0], names):
+            for s in seeds:
+                ax.plot(range(len(variants)), [100 * results[name][v][s]["holdout_accuracy"] for v in variants], "-",
+                        color="0.6", lw=1, zorder=1)
+            for i, v in enumerate(variants):
+                acc = [100 * results[name][v][s]["holdout_accuracy"] for s in seeds]
+                ax.plot([i] * len(acc), acc, "o", color=f"C{i}", ms=6, zorder=2, label="a seed" if i == 0 else None)
+                ax.plot([i - 0.18, i + 0.18], [center(acc)] * 2, "-", color="k", lw=2, zorder=3,
+                        label=center.__name__ if i == 0 else None)
+            ax.set_xticks(range(len(variants)), list(ticks))
+            ax.set_xlim(-0.5, len(variants) - 0.5)
+            ax.set_title(name, fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+        axes[0][0].set_ylabel("held-out accuracy % (final network)")
+        axes[0][0].legend(fontsize=8, loc="lower right")
+        fig.suptitle(title)
+        fig.tight_layout()
+        return _save(fig, plt, path)
 
 
 def int_list(text: str, what: str, ap) -> list:

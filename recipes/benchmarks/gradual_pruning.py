@@ -112,38 +112,39 @@ def plot_rows(runs: Path, names, path: Path, title: str) -> Path:
     """Density, train loss and held-out accuracy against the step, one line per row, from each
     run's metrics.csv: when each removal order prunes, what it costs the training loss, and what
     the network keeps on held-out data."""
-    from adaptive.plots import _pyplot, _save, density_before, legend_below, step_points
+    from adaptive.plots import _pyplot, _save, closed_on_error, density_before, legend_below, step_points
     from adaptive.training import read_metrics_csv
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for i, name in enumerate(names):
-        rows = read_metrics_csv(run_folder(runs, name) / "metrics.csv")
-        train = [r for r in rows if r["split"] == "train"]
-        held = [r for r in rows if r["split"] == "holdout"]
-        # (rows that share a density curve, gmp and gmp/curvature, one-shot and utility, differ in dash)
-        style = dict(label=name, ls=("-", "--", "-", "--", ":", "-.")[i % 6], lw=1.6)
-        events = [json.loads(ln) for ln in (run_folder(runs, name) / "events.jsonl").read_text().splitlines() if ln]
-        events = [e for e in events if "density" in e]
-        last = max([r["step"] for r in rows], default=0)
-        if events:  # each event's density holds until the next; before the first, the density it started from
-            xs, ys = step_points([e["step"] for e in events], [e["density"] for e in events],
-                                 density_before(events[0]), last)
-        else:
-            xs, ys = [0, last], [1.0, 1.0]  # no event: nothing pruned
-        axes[0].plot(xs, ys, drawstyle="steps-post", **style)
-        axes[1].plot([r["step"] for r in train], [r["loss"] for r in train], **style)
-        axes[2].plot([r["step"] for r in held], [100 * r["accuracy"] for r in held], marker="o", ms=4, **style)
-    for ax, label in zip(axes, ("density (live / all conv and linear weights)", "train loss (mean of 20 steps)",
-                                "held-out accuracy % (end of each epoch)")):
-        ax.set_xlabel("training step")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylim(0, 1.05)
-    axes[1].set_yscale("log")
-    legend_below(axes[1], ncol=3)
-    fig.suptitle(title)
-    return _save(fig, plt, path)
+    with closed_on_error(fig):
+        for i, name in enumerate(names):
+            rows = read_metrics_csv(run_folder(runs, name) / "metrics.csv")
+            train = [r for r in rows if r["split"] == "train"]
+            held = [r for r in rows if r["split"] == "holdout"]
+            # (rows that share a density curve, gmp and gmp/curvature, one-shot and utility, differ in dash)
+            style = dict(label=name, ls=("-", "--", "-", "--", ":", "-.")[i % 6], lw=1.6)
+            events = [json.loads(ln) for ln in (run_folder(runs, name) / "events.jsonl").read_text().splitlines() if ln]
+            events = [e for e in events if "density" in e]
+            last = max([r["step"] for r in rows], default=0)
+            if events:  # each event's density holds until the next; before the first, the density it started from
+                xs, ys = step_points([e["step"] for e in events], [e["density"] for e in events],
+                                     density_before(events[0]), last)
+            else:
+                xs, ys = [0, last], [1.0, 1.0]  # no event: nothing pruned
+            axes[0].plot(xs, ys, drawstyle="steps-post", **style)
+            axes[1].plot([r["step"] for r in train], [r["loss"] for r in train], **style)
+            axes[2].plot([r["step"] for r in held], [100 * r["accuracy"] for r in held], marker="o", ms=4, **style)
+        for ax, label in zip(axes, ("density (live / all conv and linear weights)", "train loss (mean of 20 steps)",
+                                    "held-out accuracy % (end of each epoch)")):
+            ax.set_xlabel("training step")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylim(0, 1.05)
+        axes[1].set_yscale("log")
+        legend_below(axes[1], ncol=3)
+        fig.suptitle(title)
+        return _save(fig, plt, path)
 
 
 def run_folder(runs: Path, name: str) -> Path:
