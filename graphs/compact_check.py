@@ -82,8 +82,10 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
     """Whether output ``b`` matches the masked model's ``a``: ``torch.allclose`` with ``atol`` for outputs of
     magnitude 1 or more, and ``atol`` times their largest magnitude below that. A fixed ``atol`` of 1e-4 passed
     anything on outputs of 1e-10 (a fresh-initialised deep net's), a compact copy whose outputs were all wrong
-    included; large outputs keep the plain ``atol`` (float32 rounding there is larger, not smaller)."""
-    return torch.allclose(a, b, atol=atol * min(1.0, _scale(a)), rtol=rtol)
+    included; large outputs keep the plain ``atol`` (float32 rounding there is larger, not smaller), and so do
+    outputs that are exactly zero everywhere (there is no magnitude to scale by: an exact match is not asked)."""
+    scale = _scale(a)
+    return torch.allclose(a, b, atol=atol * (min(1.0, scale) if scale > 0 else 1.0), rtol=rtol)
 
 
 @torch.no_grad()

@@ -1897,3 +1897,14 @@ def test_compaction_of_tiny_and_large_float32_outputs_passes_and_reports_the_rel
     top = float(m(x).abs().max())
     assert c["max_abs_diff"] <= 1e-5 * top and c["max_rel_diff"] <= 1e-5
     assert c["max_rel_diff"] == 0.0 if c["max_abs_diff"] == 0 else c["max_rel_diff"] >= c["max_abs_diff"] / top / 10
+
+
+def test_an_output_that_is_zero_everywhere_keeps_the_plain_atol():
+    """Scaling atol by the outputs' largest magnitude must not turn an all-zero output into an exact-match demand
+    (atol x 0): rounding of a folded constant is allowed there as the plain atol allows it; a real miss is not."""
+    from graphs.compact_check import _close
+
+    zero = torch.zeros(3, 5)
+    assert _close(zero, zero + 1e-9, 1e-4, 1e-4)
+    assert not _close(zero, zero + 1e-3, 1e-4, 1e-4)
+    assert not _close(torch.full((3, 5), 1e-10), torch.full((3, 5), 2e-10), 1e-4, 1e-4)
