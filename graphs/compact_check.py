@@ -78,6 +78,16 @@ def _scale(t: torch.Tensor) -> float:
     return float(t.abs().max()) if t.dtype != torch.bool else 1.0
 
 
+def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest ``|a - b|`` of two outputs of one shape (0 for empty ones); integer and bool outputs are
+    compared as float64 (torch refuses to subtract bool tensors, and a uint8 difference wraps: 0 - 1 is 255)."""
+    if a.numel() == 0:
+        return 0.0
+    if not (a.is_floating_point() or a.is_complex()):
+        a, b = a.double(), b.double()
+    return float((a - b).abs().max())
+
+
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
     """Whether output ``b`` matches the masked model's ``a``: ``torch.allclose`` with ``atol`` for outputs of
     magnitude 1 or more, and ``atol`` times their largest magnitude below that. A fixed ``atol`` of 1e-4 passed
@@ -142,7 +152,7 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol, batch: int = 0) -> dic
                 f"compaction changed the outputs' shapes{where}: {[tuple(a.shape) for a, _ in pairs]} became "
                 f"{[tuple(b.shape) for _, b in pairs]}; if it persists, please report this model. Pass verify=False "
                 "to get the model anyway.")
-        diffs = [float((a - b).abs().max()) if a.numel() else 0.0 for a, b in pairs]
+        diffs = [_diff(a, b) for a, b in pairs]
         diff = max(diffs, default=0.0)
         worst = max(worst, diff)
         rel = max((d / _scale(a) if d else 0.0 for d, (a, _) in zip(diffs, pairs) if _scale(a) > 0), default=0.0)
@@ -157,7 +167,11 @@ def _mismatch(pairs, diff, atol, rtol, where: str = "") -> str:
     hint to check in float64 when the difference is the size of rounding at that scale."""
     scale = max(_scale(a) for a, _ in pairs)
     low = [a.dtype for a, _ in pairs if a.is_floating_point() and a.dtype != torch.float64]
-    rounding = bool(low) and diff <= 1e-3 * scale  # a relative difference a bug rarely stays below
+    # a relative difference a bug rarely stays below, or a few of the dtype's own roundings where they are coarser
+    # (bfloat16, eps 2^-7: its rounding alone is some 5e-3 of the outputs, against an atol their magnitude scales down)
+    coarse = max((4 * torch.finfo(d).eps for d in low), default=0.0)
+    rounding = bool(low) and diff <= max(1e-3, coarse) * scale
+    low.sort(key=lambda d: -torch.finfo(d).eps)  # the coarsest first: the one the hint names
     hint = (f"; relative to outputs this large the difference looks like {str(low[0])[6:]} rounding: compact a float64 "
             "copy (model.double(), example_input.double()) to check, or pass larger atol/rtol" if rounding else "")
     small = f" (atol x {scale:.3g}: outputs below 1 scale it down)" if scale < 1 else ""

@@ -1908,3 +1908,61 @@ def test_an_output_that_is_zero_everywhere_keeps_the_plain_atol():
     assert _close(zero, zero + 1e-9, 1e-4, 1e-4)
     assert not _close(zero, zero + 1e-3, 1e-4, 1e-4)
     assert not _close(torch.full((3, 5), 1e-10), torch.full((3, 5), 2e-10), 1e-4, 1e-4)
+
+
+class ScoresAndDecisions(nn.Module):
+    """Scores, with the decisions taken on them: a bool and a uint8 output next to the float one."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.fc2(torch.relu(self.fc1(x)))
+        return y, y > 0, (y > 0).to(torch.uint8)
+
+
+def test_a_model_with_bool_and_integer_outputs_is_checked():
+    """The check subtracted the outputs to measure their difference: a bool output (a decision, a mask) made
+    compaction raise torch's 'Subtraction ... with two bool tensors is not supported', and a uint8 output's
+    difference wrapped (0 - 1 read as 255). Both are compared as float64 now."""
+    torch.manual_seed(0)
+    m = ScoresAndDecisions().eval()
+    conn = adaptive.Connectome(m)
+    mask = conn.masks["fc1.weight"].clone()
+    mask[:3] = False
+    conn.set_masks({"fc1.weight": mask})
+    x = torch.randn(2, 4)
+    small = graphs.compact(m, conn, x)
+    assert small.compaction["removed"]["fc1"] == 3
+    assert small.compaction["max_abs_diff"] < 1e-5
+    for a, b in zip(small(x), masked_output(m, conn, x)):
+        assert torch.equal(a, b) if a.dtype in (torch.bool, torch.uint8) else torch.allclose(a, b, atol=1e-5)
+    from graphs.compact_check import _diff
+
+    assert _diff(torch.tensor([0, 2], dtype=torch.uint8), torch.tensor([1, 2], dtype=torch.uint8)) == 1.0
+    assert _diff(torch.tensor([True, False]), torch.tensor([True, True])) == 1.0
+
+
+def test_a_bfloat16_models_rounding_is_named_as_rounding_where_the_check_fails():
+    """With atol scaled down by outputs below 1, a bfloat16 model's own rounding (some 5e-3 of its outputs)
+    fails the default check: the message called it a change to report, its rounding hint reaching only
+    differences below 1e-3 of the outputs. It now names bfloat16 rounding and the way to check it, and
+    tolerances that suit bfloat16 pass."""
+    from graphs.compact_check import CompactionMismatchError
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    with torch.no_grad():
+        m[4].weight.mul_(0.1)
+        m[4].bias.mul_(0.1)
+    m = m.to(torch.bfloat16)
+    conn = adaptive.Connectome(m)
+    mask = conn.masks["2.weight"].clone()
+    mask[:40] = False
+    conn.set_masks({"2.weight": mask})
+    x = torch.randn(8, 64).to(torch.bfloat16)
+    with pytest.raises(CompactionMismatchError, match="bfloat16 rounding: compact a float64 copy"):
+        graphs.compact(m, conn, x)
+    small = graphs.compact(m, conn, x, atol=2e-2, rtol=2e-2)
+    assert small.compaction["removed"]["2"] == 40
