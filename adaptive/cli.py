@@ -224,17 +224,28 @@ def _left_to_another_process(e: BaseException) -> bool:
     environment and files; once it exists, every process but process 0, for an error every process
     raises alike (:func:`adaptive.distributed.raised_alike`). An error a process may have found on its
     own is never left to another."""
-    try:
-        if int(os.environ.get("WORLD_SIZE") or 1) <= 1:
-            return False
-    except ValueError:
+    if not _launched_with_others():
         return False
-    dist = sys.modules.get("torch.distributed")  # (imported by then wherever a process group exists)
-    if dist is not None and dist.is_available() and dist.is_initialized():
+    dist = _process_group()
+    if dist is not None:
         from .distributed import raised_alike
 
         return raised_alike(e) and dist.get_rank() != 0
     return os.environ.get("LOCAL_RANK", "0") != "0"
+
+
+def _launched_with_others() -> bool:
+    """Whether this process is one of a multi-process launch (``WORLD_SIZE`` above 1)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1) > 1
+    except ValueError:
+        return False
+
+
+def _process_group():
+    """``torch.distributed`` where its process group is made (imported by then wherever one exists), else None."""
+    dist = sys.modules.get("torch.distributed")
+    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
 
 
 def say_error(text: str, e: BaseException, once: bool = False) -> None:
@@ -266,13 +277,8 @@ def _interrupt_left_to_another() -> bool:
     Ctrl-C alone reached claims it and writes it (process 0, which did not stop, then writes
     :func:`adaptive.distributed.peer_stopped_error`'s line). Before the process group, and where the
     store does not answer, every process writes its own."""
-    try:
-        if int(os.environ.get("WORLD_SIZE") or 1) <= 1:
-            return False
-    except ValueError:
-        return False
-    dist = sys.modules.get("torch.distributed")  # (imported by then wherever a process group exists)
-    if dist is None or not dist.is_available() or not dist.is_initialized():
+    dist = _process_group() if _launched_with_others() else None
+    if dist is None:
         return False
     from .distributed import claim_interrupt_report, interrupt_reported
 
