@@ -1600,6 +1600,18 @@ def test_an_explicitly_driven_controller_warns_when_nothing_keeps_pruned_weights
             assert moved > 0 and len(said) == 1 and "0.weight" in said[0] and "conn.attach(optimizer)" in said[0]
 
 
+def _optimizer_warnings(m, opt, steps: int = 6):
+    """Train ``m`` (input width 8) ``steps`` steps with ``opt``; the messages of the warnings that name
+    layers held by none of the optimizers."""
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for _ in range(steps):
+            m(torch.randn(4, 8)).logsumexp(1).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    return [str(x.message) for x in w if "held by none of the optimizers" in str(x.message)]
+
+
 def test_a_layer_left_out_of_the_optimizer_is_warned_of_at_the_first_update():
     """A layer the attached optimizer does not hold (built from the head's parameters alone) never trains,
     and its .grad, which that optimizer's zero_grad() never clears, added up over the steps: RigL grew
@@ -1611,13 +1623,7 @@ def test_a_layer_left_out_of_the_optimizer_is_warned_of_at_the_first_update():
         conn = adaptive.Connectome(m)
         opt = torch.optim.SGD(m.parameters() if everything else m[2].parameters(), lr=0.1)
         ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=2, end_step=8)
-        with warnings.catch_warnings(record=True) as w:
-            warnings.simplefilter("always")
-            for _ in range(6):
-                m(torch.randn(4, 8)).logsumexp(1).mean().backward()
-                opt.step()
-                opt.zero_grad()
-        said = [str(x.message) for x in w if "held by none of the optimizers" in str(x.message)]
+        said = _optimizer_warnings(m, opt)
         assert len(ctrl.events) == 4  # the init and 3 updates
         if everything:
             assert not said
@@ -1641,13 +1647,7 @@ def test_a_layer_left_out_of_the_optimizer_is_not_warned_of_where_nothing_mislea
         opt = torch.optim.SGD(m[2].parameters(), lr=0.1, momentum=0.9)
         ctrl = adaptive.Controller(conn, opt, policy="gmp", estimator=estimator, density=0.5, update_every=2,
                                    end_step=6)
-        with warnings.catch_warnings(record=True) as w:
-            warnings.simplefilter("always")
-            for _ in range(6):
-                m(torch.randn(4, 8)).logsumexp(1).mean().backward()
-                opt.step()
-                opt.zero_grad()
-        said = [str(x.message) for x in w if "held by none of the optimizers" in str(x.message)]
+        said = _optimizer_warnings(m, opt)
         assert len(ctrl.events) == 3 and conn.density() < 1  # gmp pruned the fixed layer
         if estimator is None:
             assert not said, said

@@ -65,8 +65,8 @@ def test_sequence_tagger_accuracy_per_position_and_chance_from_axis_1():
     assert c.meta["base"]["positions"] == 64 * T and c.meta["base"]["samples"] == 64
 
 
-@pytest.mark.parametrize("wrap", ["dict", "tuple", "hf"])
-def test_knowledge_refuses_non_tensor_outputs_clearly(wrap):
+def _non_tensor_output_model(wrap: str):
+    """A 4 -> 3 linear model class whose output is wrapped: in a dict, a tuple or an object's ``.logits``."""
     class Wrapped(nn.Module):
         def __init__(self):
             super().__init__(); self.fc = nn.Linear(4, 3)
@@ -74,6 +74,12 @@ def test_knowledge_refuses_non_tensor_outputs_clearly(wrap):
             z = self.fc(x)
             return {"dict": lambda: {"out": z}, "tuple": lambda: (z, z.sum()), "hf": lambda: SimpleNamespace(logits=z)}[wrap]()
 
+    return Wrapped
+
+
+@pytest.mark.parametrize("wrap", ["dict", "tuple", "hf"])
+def test_knowledge_refuses_non_tensor_outputs_clearly(wrap):
+    Wrapped = _non_tensor_output_model(wrap)
     data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
     with pytest.raises(TypeError, match="needs a model that returns a tensor.*wrap it"):
         knowledge_distribution(Wrapped(), data, points=2)  # was AttributeError: no attribute 'shape'
@@ -105,13 +111,7 @@ def test_gradient_diagnostics_refuse_a_non_tensor_output_under_the_default_loss_
     the output they measure."""
     from adaptive.diagnostics import collinearity
 
-    class Wrapped(nn.Module):
-        def __init__(self):
-            super().__init__(); self.fc = nn.Linear(4, 3)
-        def forward(self, x):
-            z = self.fc(x)
-            return {"dict": lambda: {"out": z}, "tuple": lambda: (z, z.sum()), "hf": lambda: SimpleNamespace(logits=z)}[wrap]()
-
+    Wrapped = _non_tensor_output_model(wrap)
     torch.manual_seed(0)
     data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(2)]
     model = Wrapped()
