@@ -405,12 +405,14 @@ def _parser():
         else:
             s.add_argument("--out", metavar="PATH", help="file the compacted model is saved to, or an existing "
                            "folder to write compact_model.pt into (default: RUN/compact_model.pt)")
-            s.add_argument("--atol", type=_tolerance, default=1e-4, metavar="X",
+            s.add_argument("--atol", type=_tolerance, metavar="X",
                            help="absolute tolerance of the check that the compacted model's outputs match the masked "
                                 "model's (torch.allclose; scaled by the outputs' largest magnitude where that is below 1; "
-                                "default: 1e-4, as graphs.compact)")
-            s.add_argument("--rtol", type=_tolerance, default=1e-4, metavar="X",
-                           help="relative tolerance of that check (default: 1e-4, as graphs.compact)")
+                                "default: the dtype's, as graphs.compact: 1e-4 in float32/float64, 4 roundings of "
+                                "each output's largest magnitude in bfloat16/float16)")
+            s.add_argument("--rtol", type=_tolerance, metavar="X",
+                           help="relative tolerance of that check (default: 1e-4 in float32/float64, 0 in "
+                                "bfloat16/float16, as graphs.compact)")
             s.add_argument("--float64", action="store_true",
                            help="compact and check a float64 copy of the model, to tell float32 rounding from a real "
                                 "change; the saved model is float64 too (default: the model's own dtype)")
@@ -688,14 +690,16 @@ def _compact(model, conn, a, run_dir, suffix: str = "") -> int:
         small = graphs.compact(model, conn, x, atol=a.atol, rtol=a.rtol, batch_axis=a.batch_axis)
     except CompactionMismatchError as e:
         said = str(e).replace(" Pass verify=False to get the model anyway.", "")  # the API's option, not the CLI's
-        raise CompactionMismatchError(f"{said} On the command line, --atol and --rtol set the tolerances (now {a.atol} "
-                                      f"and {a.rtol}) and --float64 compacts a float64 copy; the Python API's "
+        now = " and ".join("the dtype's default" if t is None else str(t) for t in (a.atol, a.rtol))
+        raise CompactionMismatchError(f"{said} On the command line, --atol and --rtol set the tolerances (now {now}"
+                                      ") and --float64 compacts a float64 copy; the Python API's "
                                       "graphs.compact(..., verify=False) returns the model unchecked.") from e
     _save(small, out)
     c = small.compaction
     # the relative figure too: 5e-18 says nothing of a fresh-initialised model whose outputs are 1e-12
     print(f"removed {counted(c['units_removed'], 'dead unit')}: {c['params_before']:,} -> {c['params_after']:,} parameters "
-          f"(outputs agree to {c['max_abs_diff']:.2g}, {c['max_rel_diff']:.2g} relative to their largest magnitude); "
+          f"(outputs agree to {c['max_abs_diff']:.2g}, {c['max_rel_diff']:.2g} relative to their largest magnitude), "
+          f"checked at {c['tolerance']}; "
           f"wrote {out} (torch.load(..., weights_only=False))")
     for layer, n in c["removed"].items():
         if n:

@@ -161,7 +161,7 @@ __all__ = ["compact", "_verify",
 @serialized  # traces, and runs models that another thread's trace would take
 @kept_global_rng()
 def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] = None,
-            atol: float = 1e-4, rtol: float = 1e-4, verify: bool = True, align: int = 1,
+            atol: Optional[float] = None, rtol: Optional[float] = None, verify: bool = True, align: int = 1,
             batch_axis: Optional[int] = None) -> fx.GraphModule:
     """A smaller dense copy of ``model`` (masked by ``conn`` when given) without its removable dead
     units. Eval-mode semantics (BatchNorm running statistics). The returned GraphModule carries
@@ -171,8 +171,13 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     ``example_input`` (batch first; None: the first input inferred from the first layer that the
     model runs on, as :func:`graphs.build` guesses) drives the trace and, with ``verify``, the check
     that the compact copy's outputs match the masked model's within
-    ``torch.allclose(atol=atol, rtol=rtol)``, ``atol`` scaled down by the outputs' largest magnitude where it is
-    below 1 (a fixed ``atol`` passed any copy of a model whose outputs are 1e-10). ``batch_axis=1`` says the example's inputs (of two axes or more)
+    ``torch.allclose(atol=atol, rtol=rtol)`` per output tensor, ``atol`` scaled down by that output's largest
+    magnitude where it is below 1 (a fixed ``atol`` passed any copy of a model whose outputs are 1e-10). None
+    (the default): the dtype's, 1e-4 each for a model in float32 or float64; for one in bfloat16 or float16,
+    differences up to 4 of the dtype's roundings (``torch.finfo(dtype).eps``; the square root of the number of
+    Linear/Conv layers where that is more) of each output's largest magnitude, rtol 0
+    (:func:`graphs.compact_check._tolerances`); ``compaction`` reports those used (``atol``, ``rtol``, in words
+    ``tolerance``). ``batch_axis=1`` says the example's inputs (of two axes or more)
     hold their batch on axis 1 (sequence-first ``[T, B, F]``): the probe takes one sample along it, not one time
     step, and the check's batch of twice the size doubles it; None or 0: batch first. Raises if fx cannot trace the model or the check
     fails (``verify=False`` skips it). Leaves the global random generators as it found them (a model

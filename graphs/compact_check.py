@@ -1,11 +1,22 @@
 """The check of :func:`graphs.compact`: the compact copy against the masked model on the example, a second
-input, a batch of twice its size and inputs of other sizes; :class:`CompactionMismatchError` where they differ."""
+input, a batch of twice its size and inputs of other sizes; :class:`CompactionMismatchError` where they differ.
+Its default tolerances follow the dtype the model computes in (:func:`_tolerances`)."""
 from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 
-from .compact_probe import _tensor_leaves
+# the default tolerances of a float32 / float64 model: atol scaled by outputs below 1, rtol
+FLOAT_TOLERANCE = 1e-4
+# a bfloat16 / float16 model's default: this many of its dtype's roundings (torch.finfo(dtype).eps) of each output's
+# largest magnitude, or the square root of its number of Linear/Conv layers where that is more (the roundings
+# add up layer by layer): a few times what correct compactions of small MLPs, CNNs and a ResNet-18 differ by, and far
+# below what a doubled weight or a dropped bias changes; a wrong unit among hundreds can change the outputs by no more
+# than the dtype's rounding: check such a model as a float64 copy
+HALF_ROUNDINGS = 4.0
 
 class CompactionMismatchError(RuntimeError):
     """The compact model's outputs differ from the masked model's beyond the check's tolerances."""
@@ -88,26 +99,82 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
+class Tolerances(NamedTuple):
+    """The check's tolerances: ``atol`` and ``rtol`` as :func:`_close` takes them, ``relative`` where ``atol`` is
+    a fraction of each output's largest magnitude at any size (a half dtype's default), ``said``: them in words."""
+    atol: float
+    rtol: float
+    relative: bool
+    said: str
+
+
+def _coarsest_dtype(ref: nn.Module, x) -> Optional[torch.dtype]:
+    """The floating dtype of ``ref``'s parameters, buffers and float inputs ``x`` with the largest rounding (None
+    where there are none): the one the model computes in, whatever dtype its outputs are cast to."""
+    xs = x if isinstance(x, (tuple, list)) else (x,)
+    ts = [*ref.parameters(), *ref.buffers(), *(t for t in xs if isinstance(t, torch.Tensor))]
+    dtypes = {t.dtype for t in ts if t.is_floating_point()}
+    return max(dtypes, key=lambda d: torch.finfo(d).eps, default=None)
+
+
+def _tolerances(ref: nn.Module, x, atol: Optional[float], rtol: Optional[float]) -> Tolerances:
+    """The check's tolerances: ``atol`` and ``rtol`` as given; where None, the dtype's defaults. A model computing
+    in float32 or float64: 1e-4 each (``FLOAT_TOLERANCE``; atol scaled by outputs below 1, :func:`_close`). One in
+    bfloat16 or float16, whose rounding (eps 2^-7, 2^-10) a compact copy's different sums and folded biases
+    legitimately show: ``atol`` = ``HALF_ROUNDINGS`` (or the square root of its number of Linear/Conv layers where
+    that is more) times the dtype's eps, of each output's largest magnitude, and ``rtol`` 0."""
+    dtype = _coarsest_dtype(ref, x)
+    half = dtype is not None and torch.finfo(dtype).eps > torch.finfo(torch.float32).eps
+    if half and atol is None:
+        from . import ops
+
+        layers = sum(isinstance(m, ops.WEIGHTED_MODULES + ops.TRANSPOSED_MODULES) for m in ref.modules())
+        roundings = max(HALF_ROUNDINGS, math.sqrt(layers))
+        atol, relative = roundings * torch.finfo(dtype).eps, True
+        words = (f"atol {atol:.3g} ({roundings:.3g} {str(dtype)[6:]} roundings) x each output's largest magnitude")
+    else:
+        atol, relative = FLOAT_TOLERANCE if atol is None else atol, False
+        words = f"atol {atol:.3g} (x each output's largest magnitude where below 1)"
+    rtol = (0.0 if half else FLOAT_TOLERANCE) if rtol is None else rtol
+    return Tolerances(atol, rtol, relative, f"{words}, rtol {rtol:.3g}")
+
+
+def _named_leaves(out, name: str = "") -> list:
+    """The tensors of a model output as ``(name, tensor)``: a tensor, or (nested) dicts, lists and tuples of them,
+    each named by its place (``[1]``, ``['aux']``, ``[0][2]``; ``""`` for a lone tensor)."""
+    if isinstance(out, torch.Tensor):
+        return [(name, out)]
+    if isinstance(out, dict):
+        return [leaf for k, o in out.items() for leaf in _named_leaves(o, f"{name}[{k!r}]")]
+    if isinstance(out, (list, tuple)):
+        return [leaf for i, o in enumerate(out) for leaf in _named_leaves(o, f"{name}[{i}]")]
+    return []
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, relative: bool = False) -> bool:
     """Whether output ``b`` matches the masked model's ``a``: ``torch.allclose`` with ``atol`` for outputs of
-    magnitude 1 or more, and ``atol`` times their largest magnitude below that. A fixed ``atol`` of 1e-4 passed
+    magnitude 1 or more, and ``atol`` times their largest magnitude below that (``relative``: at any magnitude,
+    a half dtype's default, whose rounding grows with the outputs). A fixed ``atol`` of 1e-4 passed
     anything on outputs of 1e-10 (a fresh-initialised deep net's), a compact copy whose outputs were all wrong
     included; large outputs keep the plain ``atol`` (float32 rounding there is larger, not smaller), and so do
     outputs that are exactly zero everywhere (there is no magnitude to scale by: an exact match is not asked)."""
     scale = _scale(a)
-    return torch.allclose(a, b, atol=atol * (min(1.0, scale) if scale > 0 else 1.0), rtol=rtol)
+    return torch.allclose(a, b, atol=atol * ((scale if relative else min(1.0, scale)) if scale > 0 else 1.0), rtol=rtol)
 
 
 @torch.no_grad()
-def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol, batch: int = 0) -> dict:
+def _verify(ref: nn.Module, gm: nn.Module, x, atol: Optional[float], rtol: Optional[float], batch: int = 0) -> dict:
     """Compare ``gm`` with the masked ``ref`` on the example, a second random input, a batch of twice its
-    size (along axis ``batch`` of the inputs of two axes or more) and, where ``ref`` runs on them, inputs of other sizes (:func:`_other_sizes`): a view or a split
-    sized for the example's map or length may be wrong on another (:func:`_close` judges each output). The
-    largest difference, ``max_abs_diff``, and the largest relative to its output's largest magnitude,
-    ``max_rel_diff`` (0 where they agree exactly); raises :class:`CompactionMismatchError` on a mismatch,
-    naming the input's shape where it is not the example's."""
+    size (along axis ``batch`` of the inputs of two axes or more) and, where ``ref`` runs on them, inputs of other
+    sizes (:func:`_other_sizes`): a view or a split sized for the example's map or length may be wrong on another
+    (:func:`_close` judges each output tensor, at the tolerances :func:`_tolerances` makes of ``atol`` and ``rtol``,
+    None: the dtype's defaults). The largest difference, ``max_abs_diff``, and the largest relative to its output's
+    largest magnitude, ``max_rel_diff`` (0 where they agree exactly), with the tolerances used, ``atol``, ``rtol``
+    and ``tolerance`` (in words); raises :class:`CompactionMismatchError` on a mismatch, naming the output tensor
+    that differs where there are several and the input's shape where it is not the example's."""
     from .forward_inputs import _call_with_inputs
 
+    tol = _tolerances(ref, x, atol, rtol)
     # the inputs are drawn from a generator of the check's own, on the CPU: the same inputs at every
     # call and on every device, and nothing drawn from the global generators
     g = torch.Generator().manual_seed(0)
@@ -146,27 +213,33 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol, rtol, batch: int = 0) -> dic
             raise CompactionMismatchError(
                 f"compaction broke the model{where}, where the masked model runs: {type(e).__name__}: {e}; if it "
                 "persists, please report this model. Pass verify=False to get the model anyway.") from e
-        pairs = [(a, b) for a, b in zip(_tensor_leaves(ra), _tensor_leaves(rb))]
-        if any(a.shape != b.shape for a, b in pairs):
+        # (name, masked, compact) per output tensor: each is judged, and described, at its own scale
+        outs = [(n, a, b) for (n, a), (_, b) in zip(_named_leaves(ra), _named_leaves(rb))]
+        if any(a.shape != b.shape for _, a, b in outs):
             raise CompactionMismatchError(
-                f"compaction changed the outputs' shapes{where}: {[tuple(a.shape) for a, _ in pairs]} became "
-                f"{[tuple(b.shape) for _, b in pairs]}; if it persists, please report this model. Pass verify=False "
+                f"compaction changed the outputs' shapes{where}: {[tuple(a.shape) for _, a, _ in outs]} became "
+                f"{[tuple(b.shape) for _, _, b in outs]}; if it persists, please report this model. Pass verify=False "
                 "to get the model anyway.")
-        diffs = [_diff(a, b) for a, b in pairs]
-        diff = max(diffs, default=0.0)
-        worst = max(worst, diff)
-        rel = max((d / _scale(a) if d else 0.0 for d, (a, _) in zip(diffs, pairs) if _scale(a) > 0), default=0.0)
-        worst_rel = max(worst_rel, rel)
-        if not all(_close(a, b, atol, rtol) for a, b in pairs):
-            raise CompactionMismatchError(_mismatch(pairs, diff, atol, rtol, where))
-    return {"max_abs_diff": worst, "max_rel_diff": worst_rel}
+        diffs = [_diff(a, b) for _, a, b in outs]
+        worst = max(worst, *diffs, 0.0)
+        scales = [_scale(a) for _, a, _ in outs]
+        worst_rel = max(worst_rel, *(d / s for d, s in zip(diffs, scales) if d and s > 0), 0.0)
+        failed = [i for i, (_, a, b) in enumerate(outs) if not _close(a, b, tol.atol, tol.rtol, tol.relative)]
+        if failed:  # the output that differs most for its size (an all-zero one's difference: the most)
+            i = max(failed, key=lambda j: diffs[j] / scales[j] if scales[j] > 0 else math.inf)
+            raise CompactionMismatchError(_mismatch(outs[i], len(outs), diffs[i], tol, _coarsest_dtype(ref, x), where))
+    return {"max_abs_diff": worst, "max_rel_diff": worst_rel, "atol": tol.atol, "rtol": tol.rtol,
+            "tolerance": tol.said}
 
 
-def _mismatch(pairs, diff, atol, rtol, where: str = "") -> str:
-    """Why the check failed: the difference next to the outputs' scale and the tolerances, with a
-    hint to check in float64 when the difference is the size of rounding at that scale."""
-    scale = max(_scale(a) for a, _ in pairs)
-    low = [a.dtype for a, _ in pairs if a.is_floating_point() and a.dtype != torch.float64]
+def _mismatch(out, n: int, diff: float, tol: Tolerances, dtype: Optional[torch.dtype], where: str = "") -> str:
+    """Why the check failed on output tensor ``out`` (``(name, masked, compact)``, one of ``n``): its difference
+    next to its scale and the tolerances, with a hint to check in float64 when the difference is the size of
+    rounding at that scale in the dtype the model computes in, ``dtype``, or the output's own where coarser. Judged
+    per output: a wrong small output beside large logits is no rounding of the logits."""
+    name, a, _ = out
+    scale = _scale(a)
+    low = [d for d in (dtype, a.dtype) if d is not None and d.is_floating_point and d != torch.float64]
     # a relative difference a bug rarely stays below, or a few of the dtype's own roundings where they are coarser
     # (bfloat16, eps 2^-7: its rounding alone is some 5e-3 of the outputs, against an atol their magnitude scales down)
     coarse = max((4 * torch.finfo(d).eps for d in low), default=0.0)
@@ -174,7 +247,11 @@ def _mismatch(pairs, diff, atol, rtol, where: str = "") -> str:
     low.sort(key=lambda d: -torch.finfo(d).eps)  # the coarsest first: the one the hint names
     hint = (f"; relative to outputs this large the difference looks like {str(low[0])[6:]} rounding: compact a float64 "
             "copy (model.double(), example_input.double()) to check, or pass larger atol/rtol" if rounding else "")
-    small = f" (atol x {scale:.3g}: outputs below 1 scale it down)" if scale < 1 else ""
-    return (f"compaction changed the outputs{where} (max abs diff {diff:.3g} > atol {atol}{small} + rtol {rtol} x "
+    if tol.relative:
+        bound = f"atol {tol.atol:.3g} x {scale:.3g} (the output's largest magnitude)"
+    else:
+        bound = f"atol {tol.atol}" + (f" (atol x {scale:.3g}: outputs below 1 scale it down)" if scale < 1 else "")
+    which = f"the outputs{where}" if n == 1 else f"output {name} of the {n} output tensors{where}"
+    return (f"compaction changed {which} (max abs diff {diff:.3g} > {bound} + rtol {tol.rtol} x "
             f"|output|, with outputs up to {scale:.3g} in magnitude){hint}; if it persists, please report this model. "
             "Pass verify=False to get the model anyway.")

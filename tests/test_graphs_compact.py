@@ -1944,25 +1944,94 @@ def test_a_model_with_bool_and_integer_outputs_is_checked():
     assert _diff(torch.tensor([True, False]), torch.tensor([True, True])) == 1.0
 
 
-def test_a_bfloat16_models_rounding_is_named_as_rounding_where_the_check_fails():
-    """With atol scaled down by outputs below 1, a bfloat16 model's own rounding (some 5e-3 of its outputs)
-    fails the default check: the message called it a change to report, its rounding hint reaching only
-    differences below 1e-3 of the outputs. It now names bfloat16 rounding and the way to check it, and
-    tolerances that suit bfloat16 pass."""
-    from graphs.compact_check import CompactionMismatchError
-
+def _half_model(dtype, width=128):
+    """A small MLP in ``dtype`` with 5/16 of the units of its second layer pruned (constants folded into the last
+    layer's bias), its connectome and an input."""
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    m = nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10)).eval()
     with torch.no_grad():
         m[4].weight.mul_(0.1)
         m[4].bias.mul_(0.1)
-    m = m.to(torch.bfloat16)
+    m = m.to(dtype)
     conn = adaptive.Connectome(m)
     mask = conn.masks["2.weight"].clone()
-    mask[:40] = False
+    mask[:width * 5 // 16] = False
     conn.set_masks({"2.weight": mask})
-    x = torch.randn(8, 64).to(torch.bfloat16)
-    with pytest.raises(CompactionMismatchError, match="bfloat16 rounding: compact a float64 copy"):
-        graphs.compact(m, conn, x)
-    small = graphs.compact(m, conn, x, atol=2e-2, rtol=2e-2)
-    assert small.compaction["removed"]["2"] == 40
+    return m, conn, torch.randn(8, 64).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_compaction_passes_the_default_check_at_the_dtypes_tolerance(dtype):
+    """The default check's atol of 1e-4 (scaled by outputs below 1) failed every correct bfloat16 compaction and
+    float16 ones: their rounding (eps 2^-7, 2^-10) differs legitimately in a compact copy. The default tolerance
+    follows the dtype now, and the compaction reports it; explicit tolerances are taken as given, and where they
+    fail on a difference of the dtype's rounding the message names it."""
+    from graphs.compact_check import CompactionMismatchError
+
+    m, conn, x = _half_model(dtype)
+    small = graphs.compact(m, conn, x)
+    c = small.compaction
+    eps = torch.finfo(dtype).eps
+    assert c["removed"]["2"] == 40 and next(small.parameters()).dtype == dtype
+    assert (c["atol"], c["rtol"]) == (4 * eps, 0.0) and 0 < c["max_rel_diff"] <= 4 * eps
+    assert c["tolerance"] == f"atol {4 * eps:.3g} (4 {str(dtype)[6:]} roundings) x each output's largest magnitude, rtol 0"
+    with pytest.raises(CompactionMismatchError, match=f"{str(dtype)[6:]} rounding: compact a float64 copy"):
+        graphs.compact(m, conn, x, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("error", ["wrong_unit", "doubled_weight", "dropped_bias"])
+def test_a_wrong_half_precision_compaction_fails_the_default_check(dtype, error):
+    """The half dtypes' looser default still refuses a compact copy that computes something else: a kept unit
+    with another's weights, a weight doubled, a bias dropped."""
+    from graphs.compact_check import CompactionMismatchError, _verify
+
+    m, conn, x = _half_model(dtype, width=32)
+    small = graphs.compact(m, conn, x)
+    conn.apply()  # m is the masked model now
+    with torch.no_grad():
+        layers = [mod for mod in small.modules() if isinstance(mod, nn.Linear)]
+        if error == "wrong_unit":
+            layers[1].weight[0], layers[1].bias[0] = layers[1].weight[1].clone(), layers[1].bias[1].clone()
+        elif error == "doubled_weight":
+            layers[0].weight.mul_(2)
+        else:
+            layers[2].bias.zero_()
+    with pytest.raises(CompactionMismatchError, match=r"x [\d.e-]+ \(the output's largest magnitude\)"):
+        _verify(m, small, x, None, None)
+
+
+class _LogitsAndAux(nn.Module):
+    """Large logits beside a small auxiliary output, as a tuple or a dict."""
+
+    def __init__(self, as_dict: bool):
+        super().__init__()
+        self.fc, self.aux, self.as_dict = nn.Linear(4, 3), nn.Linear(4, 2), as_dict
+
+    def forward(self, x):
+        y, a = self.fc(x), self.aux(x)
+        return {"logits": y, "aux": a} if self.as_dict else (y, a)
+
+
+@pytest.mark.parametrize("as_dict, name", [(False, "[1]"), (True, "['aux']")])
+def test_a_wrong_small_output_beside_large_logits_is_named_and_not_called_rounding(as_dict, name):
+    """The mismatch's hint measured the difference against the largest output of all: a small auxiliary output
+    gone entirely wrong beside logits of a few hundred was called float32 rounding. Each output tensor is judged at
+    its own scale now, and the message names the one that differs."""
+    from graphs.compact_check import CompactionMismatchError, _verify
+
+    torch.manual_seed(0)
+    ref = _LogitsAndAux(as_dict).eval()
+    with torch.no_grad():
+        ref.fc.weight.mul_(1000)
+        ref.aux.weight.mul_(1e-3)
+        ref.aux.bias.mul_(1e-3)
+    wrong = copy.deepcopy(ref)
+    with torch.no_grad():
+        wrong.aux.bias.neg_()  # a wrong aux output, by its own size (some 1e-3)
+    with pytest.raises(CompactionMismatchError) as e:
+        _verify(ref, wrong, torch.randn(2, 4), None, None)
+    said = str(e.value)
+    assert f"compaction changed output {name} of the 2 output tensors (max abs diff" in said
+    assert "rounding" not in said
+    assert float(re.search(r"with outputs up to ([\d.e-]+) in magnitude", said).group(1)) < 1e-2  # the aux's scale
