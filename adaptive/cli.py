@@ -3,6 +3,7 @@ notes, if any) and status 2."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import math
 import os
@@ -11,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from typing import Any, Callable, List, Optional, Tuple, Union
 
 
@@ -248,6 +250,36 @@ def _process_group():
     return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
 
 
+def quiet_at_start() -> bool:
+    """Whether this process leaves what every process of a multi-process launch prints alike before
+    the process group exists (the help text, the warnings of reading the settings, a Ctrl-C's line) to
+    the first process of its machine: it is one of a launch (``WORLD_SIZE`` > 1), its process group is
+    not made yet, and it is not that first process (``LOCAL_RANK`` 0), which reads the same command
+    line, environment and files. The launcher sets these variables before it starts the processes."""
+    return _launched_with_others() and _process_group() is None and os.environ.get("LOCAL_RANK", "0") != "0"
+
+
+def _drop_warning(*_args, **_kw) -> None:
+    """A ``warnings.showwarning`` that shows nothing (:func:`start_up_warnings_once`)."""
+
+
+@contextlib.contextmanager
+def start_up_warnings_once():
+    """Inside the block, a process that is :func:`quiet_at_start` shows no warning: every process of
+    the launch reads the same settings and gives the same warnings, which each printed. Only their
+    showing changes: filters (``-W error`` making one an error, ``once``) act as on the first process,
+    so an error is never lost."""
+    if not quiet_at_start():
+        yield
+        return
+    before = warnings.showwarning
+    warnings.showwarning = _drop_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = before
+
+
 def say_error(text: str, e: BaseException, once: bool = False) -> None:
     """Write the error line(s) ``text`` of ``e`` (:func:`_say`). ``once``: under a multi-process
     launch, a process that leaves the line to another (:func:`_left_to_another_process`) first waits
@@ -275,11 +307,14 @@ def _interrupt_left_to_another() -> bool:
     0 first waits up to :data:`INTERRUPT_WAIT_SECONDS` for process 0 to claim it, and leaves it to
     the launch on another Ctrl-C meanwhile (the launcher passes on the one it got). A process that a
     Ctrl-C alone reached claims it and writes it (process 0, which did not stop, then writes
-    :func:`adaptive.distributed.peer_stopped_error`'s line). Before the process group, and where the
-    store does not answer, every process writes its own."""
-    dist = _process_group() if _launched_with_others() else None
-    if dist is None:
+    :func:`adaptive.distributed.peer_stopped_error`'s line). Before the process group exists, the
+    first process of each machine writes it and the others nothing (:func:`quiet_at_start`); where
+    the store does not answer, every process writes its own."""
+    if not _launched_with_others():
         return False
+    dist = _process_group()
+    if dist is None:  # (a launch's Ctrl-C reaches every process of the machine, which all read the same)
+        return quiet_at_start()
     from .distributed import claim_interrupt_report, interrupt_reported
 
     if dist.get_rank() != 0:  # process 0, stuck in a collective this process left, reports once it has gone

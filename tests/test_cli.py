@@ -422,3 +422,50 @@ def test_a_programs_own_error_line_exit_ends_with_status_2(monkeypatch, capsys, 
     assert e.value.code == status
     shown = code if printed is True else printed
     assert capsys.readouterr().err == (f"{shown}\n" if printed else "")
+
+
+@pytest.mark.parametrize("local_rank, printed", [("1", ""), ("0", "prog: interrupted; --resume continues\n")])
+def test_ctrl_c_before_the_process_group_is_written_by_the_first_process_alone(monkeypatch, capsys, local_rank, printed):
+    """A Ctrl-C to `accelerate launch --num_processes 2` before the process group existed (reading the
+    settings, the data) printed its line once per process: the first process of the machine alone
+    writes it now, the others end with the same status 130 silently."""
+    import adaptive.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    with pytest.raises(SystemExit) as e:
+        cli.run_cli(interrupted, "prog", on_interrupt="--resume continues", once=True)
+    assert e.value.code == 130 and capsys.readouterr().err == printed
+    with pytest.raises(SystemExit) as e:  # without once= (a recipe whose processes all report): every process writes it
+        cli.run_cli(interrupted, "prog", on_interrupt="--resume continues")
+    assert e.value.code == 130 and capsys.readouterr().err == "prog: interrupted; --resume continues\n"
+
+
+@pytest.mark.parametrize("world_size, local_rank, shown", [("2", "1", False), ("2", "0", True), ("1", "1", True),
+                                                           (None, "1", True)])
+def test_start_up_warnings_are_shown_by_the_first_process_of_a_launch_alone(monkeypatch, world_size, local_rank, shown):
+    """Each process of a launch showed the warnings of reading the settings (a --plugins module's): every
+    process but the first of its machine now shows none before the process group exists, while the
+    filters still act there (an error that -W error makes of one is raised on every process)."""
+    import warnings
+
+    import adaptive.cli as cli
+
+    if world_size is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", world_size)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with cli.start_up_warnings_once():
+            warnings.warn("a plugin's warning")
+    assert len(seen) == int(shown)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="a plugin's warning"), cli.start_up_warnings_once():
+            warnings.warn("a plugin's warning")

@@ -1423,3 +1423,43 @@ def test_checkpoint_every_longer_than_the_run_warns_that_none_will_be_written(tm
     assert ("warning: --checkpoint_every 10 writes no further checkpoint in the 10 steps left of 20 (resumed at step "
             "10), so a stopped run resumes from step 10 again: give --checkpoint_every 9 or fewer for one") in out
     assert "cannot be resumed" not in out and (tmp_path / "b" / "checkpoints" / "step_00000010").is_dir()
+
+
+@pytest.mark.parametrize("local_rank, shown", [("1", False), ("0", True)])
+def test_help_under_a_launch_is_printed_by_the_first_process_alone(monkeypatch, capsys, local_rank, shown):
+    """`accelerate launch --num_processes 2 recipes/adaptive.py -h` printed the help once per process:
+    before the process group exists, every process but the first of its machine now exits with status 0
+    printing nothing."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    for asked in ("-h", "--help"):
+        with pytest.raises(SystemExit) as e:
+            A.parse_args(["--epochs", "2", asked])
+        out = capsys.readouterr()
+        assert e.value.code in (0, None) and out.err == ""
+        assert out.out.startswith("usage: recipes/adaptive.py") if shown else out.out == ""
+
+
+@pytest.mark.parametrize("local_rank, printed", [("1", False), ("0", True)])
+def test_ctrl_c_while_starting_under_a_launch_is_written_by_the_first_process_alone(tmp_path, local_rank, printed):
+    """A Ctrl-C to `accelerate launch --num_processes 2` while the processes were importing torch (the
+    launcher passes it to each) printed 'interrupted while starting' once per process: every process but
+    the first of its machine (LOCAL_RANK, which the launcher sets) now ends with status 130 silently."""
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, WORLD_SIZE="2", RANK=local_rank, LOCAL_RANK=local_rank)
+    p = subprocess.Popen([sys.executable, str(root / "recipes" / "adaptive.py"), "--output_dir", str(tmp_path / "o")],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_ctrl_c_default)
+    assert _importing_torch(p), "the script ended before torch was imported"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=CHILD_TIMEOUT)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    if printed:  # (the script's path as it was started)
+        assert err.endswith("recipes/adaptive.py: interrupted while starting; nothing was written\n"), err
+        assert len(err.splitlines()) == 1, err
+    else:
+        assert err == "", err

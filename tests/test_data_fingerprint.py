@@ -46,6 +46,41 @@ def test_a_copy_elsewhere_agrees_and_a_changed_example_or_label_does_not():
     assert dataset_fingerprint(view.select(torch.arange(10))) != same  # another view of the same tensors
 
 
+@pytest.mark.parametrize("indices", [torch.arange(3, 90), torch.tensor([0, 2, 3, 5, 8, 9, 11, 40, 41, 77, 98, 99])])
+def test_a_one_pixel_change_in_an_example_not_sampled_is_caught(indices):
+    """The fingerprint hashed every label but the pixels of SPREAD examples only: a copy whose pixels
+    differed at another example (another version of the data, the same labels) passed for the same.
+    An in-memory split's stored images are hashed whole now; the same data still agrees."""
+    x, y = _images()
+    view = TensorImages(x, y, indices)
+    same = dataset_fingerprint(view)
+    assert dataset_fingerprint(TensorImages(x.clone(), y.clone(), indices.clone())) == same
+    sampled = set(indices[spread_positions(len(indices), 4)].tolist())
+    unsampled = [int(i) for i in indices if int(i) not in sampled]
+    for i in (unsampled[0], unsampled[len(unsampled) // 2], unsampled[-1]):
+        x2 = x.clone()
+        x2[i, 0, 3, 5] ^= 1
+        assert dataset_fingerprint(TensorImages(x2, y, indices), examples=4) != dataset_fingerprint(view, examples=4)
+    x2 = x.clone()
+    x2[1, 0, 0, 0] ^= 1  # an example outside the view: not its data
+    assert dataset_fingerprint(TensorImages(x2, y, indices)) == same
+
+
+def test_an_in_memory_split_is_hashed_in_pieces_gathered_or_sliced_alike(monkeypatch):
+    """A split of examples stored apart (a stratified draw) is gathered piece by piece into one reused
+    buffer, one stored consecutively is sliced: both hash the same values, piece after piece."""
+    import adaptive.data.tensors as T
+
+    x, y = _images(50)
+    picked = torch.tensor([1, 4, 5, 6, 9, 13, 20, 21, 22, 23, 30, 44, 49])
+    monkeypatch.setattr(T, "FINGERPRINT_PIECE_BYTES", 3 * 64)  # 3 examples a piece
+    scattered = dataset_fingerprint(TensorImages(x, y, picked))
+    assert scattered == dataset_fingerprint(TensorImages(x[picked].clone(), y[picked].clone()))
+    x2 = x.clone()
+    x2[picked[7], 0, 7, 7] ^= 4  # in the third piece, one of the gathered ones
+    assert dataset_fingerprint(TensorImages(x2, y, picked)) != scattered
+
+
 def test_the_fingerprint_ignores_augmentation_and_leaves_the_random_generator_alone():
     """A train split augments with random crops from the global generator: the stored examples are
     hashed, so two processes whose generators stand apart agree, and hashing draws nothing."""
@@ -88,8 +123,38 @@ def test_an_image_folder_is_fingerprinted_by_its_file_bytes_alone(tmp_path):
     assert dataset_fingerprint(te) != prints["a"][2]
 
 
+def test_an_image_folder_file_not_sampled_of_another_size_is_caught(tmp_path):
+    """An image folder hashed the bytes of SPREAD files only: a copy where another file differed passed
+    for the same. Every file's size is hashed now (a stat each), so a file rewritten at another size
+    is caught wherever it is; the sampled files' bytes are hashed as before."""
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    for copy in ("a", "b"):
+        for c in range(2):
+            (tmp_path / copy / "train" / f"c{c}").mkdir(parents=True)
+            (tmp_path / copy / "val" / f"c{c}").mkdir(parents=True)
+            for i in range(12):
+                Image.new("RGB", (8, 8), (c * 100, i * 20, 7)).save(tmp_path / copy / "train" / f"c{c}" / f"{i}.png")
+            Image.new("RGB", (8, 8), (c, 0, 0)).save(tmp_path / copy / "val" / f"c{c}" / "0.png")
+    train = {copy: get_datasets("folder", data_dir=tmp_path / copy, holdout=0.25, image_size=8, resize=8).train
+             for copy in ("a", "b")}
+    assert dataset_fingerprint(train["a"], examples=2) == dataset_fingerprint(train["b"], examples=2)
+    view = train["b"]
+    sampled = set(view.indices[spread_positions(len(view), 2)].tolist())
+    other = next(s for s in view.indices.tolist() if s not in sampled)
+    path = Path(view.folder.samples[other][0])
+    size = path.stat().st_size
+    noisy = Image.frombytes("RGB", (8, 8), bytes(range(192)))  # (another image, which PNG stores at another size)
+    noisy.save(path)
+    assert path.stat().st_size != size
+    again = get_datasets("folder", data_dir=tmp_path / "b", holdout=0.25, image_size=8, resize=8).train
+    assert dataset_fingerprint(again, examples=2) != dataset_fingerprint(train["a"], examples=2)
+
+
 def test_the_fingerprint_reads_only_the_examples_it_hashes():
-    """Cheap: the stored data of SPREAD examples, never every example (the labels are in memory)."""
+    """Cheap: the stored data of SPREAD examples, and what covers every example without loading one
+    (an in-memory split's stored tensor; the labels are in memory): no example is loaded."""
     x, y = _images(1000)
     seen = []
 

@@ -1177,3 +1177,21 @@ def test_a_run_on_a_train_part_smaller_than_one_step_says_so(tmp_path, capsys):
     note = json.loads((tmp_path / "run" / "summary.json").read_text())["batch_note"]
     assert note.startswith("the train part holds 90 examples, fewer than one step takes (128: --batch_size 128)")
     assert f"note: {note}" in capsys.readouterr().out
+
+
+def test_start_up_warnings_under_two_processes_print_once(tmp_path):
+    """Each process of `accelerate launch --num_processes 2` printed the warnings of the settings: a
+    --plugins module's (shown before the process group exists) and the data loading's (digits with
+    --augment, a --data_dir it does not read, a --subset beyond the split). The first process alone
+    prints them now."""
+    plugin = tmp_path / "warns.py"
+    plugin.write_text("import warnings\nwarnings.warn('the plugin warns as it loads')\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    r = launch_two([SCRIPT, *TINY, "--max_steps", "2", "--output_dir", tmp_path / "run", "--figures", "false",
+                    "--plugins", plugin, "--augment", "true", "--data_dir", tmp_path, "--subset", "99999"],
+                   env=env, cwd=ROOT)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    for warning in ("warning: the plugin warns as it loads", "warning: the digits dataset has no augmentation",
+                    "warning: the digits dataset ships with scikit-learn", "warning: --subset 99999 asks for more"):
+        assert out.count(warning) == 1, out[-3000:]

@@ -23,7 +23,9 @@ class Source:
     returned expose ``targets`` (a LongTensor) and ``select(positions)`` (a sub-view); a dataset
     with ``fingerprint_parts(positions)`` (the stored tensors or file bytes of those examples, before
     any random transform) has those examples in its content fingerprint, which processes compare
-    (:func:`adaptive.data.fingerprint.dataset_fingerprint`; without it, its size and labels alone).
+    (:func:`adaptive.data.fingerprint.dataset_fingerprint`; without it, its size and labels alone), and
+    one with ``fingerprint_all()`` what that gives of every example (cheap to read: stored tensors
+    held in memory, file sizes).
     """
 
     train_labels: torch.Tensor

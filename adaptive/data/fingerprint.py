@@ -3,9 +3,10 @@
 Processes that each load their own copy of a dataset (a folder on each machine, a relative data
 folder read from each process's working directory) can load data of the same size but other
 contents (another version of it): they would train on different examples, and their masks
-diverge. :func:`dataset_fingerprint` hashes a fixed few examples, spread over the split, as they
-are stored (before any normalisation or random transform: augmentation does not change it), and
-the labels of every example, which are in memory already: it reads no more than those few examples.
+diverge. :func:`dataset_fingerprint` hashes the labels of every example, what covers every example
+cheaply (an in-memory dataset's whole stored data; an image folder's file sizes, a stat each) and a
+fixed few examples spread over the split, as they are stored (before any normalisation or random
+transform: augmentation does not change it). It decodes no example and draws no random number.
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def _update(h, part: Any) -> None:
     if isinstance(part, torch.Tensor):
         t = part.detach().to("cpu").contiguous()
         h.update(f"{t.dtype} {tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():  # (its buffer as it is: no copy of a whole split's bytes)
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
     elif isinstance(part, (bytes, bytearray, memoryview)):
         data = bytes(part)
         h.update(f"bytes {len(data)}|".encode())
@@ -58,21 +60,37 @@ def _update(h, part: Any) -> None:
         if a.dtype.hasobject:
             raise _Unhashable(f"a part of type {type(part).__name__} holding Python objects")
         h.update(f"array {a.dtype.str} {a.shape}|".encode())
-        h.update(a.tobytes())
+        h.update(a.reshape(-1).view(np.uint8) if a.size else b"")
     else:
         raise _Unhashable(f"a part of type {type(part).__name__}")
 
 
+def _hash_parts(h, parts: Iterable[Any], ds, method: str) -> None:
+    """Feed each of ``parts`` (from ``ds``'s ``method``) to ``h``; one that is no data is refused naming it."""
+    for part in parts:
+        try:
+            _update(h, part)
+        except _Unhashable as e:
+            raise TypeError(f"{type(ds).__name__}.{method} gave {e}, which dataset_fingerprint cannot hash as data: give "
+                            "tensors, NumPy arrays or the bytes of the examples' files (Path.read_bytes()), not file "
+                            "names or other objects (their text can differ between processes that read the same "
+                            "data)") from None
+
+
 def dataset_fingerprint(dataset, examples: int = SPREAD) -> str:
     """A short hex digest of ``dataset``'s contents: its size, the labels of every example
-    (``targets``, where it has them) and the stored data of ``examples`` examples spread over it
-    (:func:`spread_positions`), as its ``fingerprint_parts(positions)`` gives them (the tensors or
-    file bytes behind those examples, before any random transform: tensors, NumPy arrays, bytes,
-    numbers, text, lists of them; any other object, a file name say, is refused with a TypeError, as
-    its text can differ between processes that read the same data; a dataset without that method is
-    fingerprinted by its size and labels alone). A lazily built split (the test split) is built.
-    Equal data, wherever it is stored, gives equal fingerprints; two copies that differ at one of the
-    examples hashed, or in any label, give different ones. Cheap: it reads only those examples."""
+    (``targets``, where it has them), what its ``fingerprint_all()`` gives of every example where it
+    has that method (cheap to read: an in-memory dataset's stored data whole, an image folder's file
+    sizes), and the stored data of ``examples`` examples spread over it (:func:`spread_positions`), as
+    its ``fingerprint_parts(positions)`` gives them (the tensors or file bytes behind those examples,
+    before any random transform). Both give tensors, NumPy arrays, bytes, numbers, text, lists of
+    them; any other object, a file name say, is refused with a TypeError, as its text can differ
+    between processes that read the same data. A dataset with neither method is fingerprinted by its
+    size and labels alone. A lazily built split (the test split) is built.
+    Equal data, wherever it is stored, gives equal fingerprints; two copies that differ in any label,
+    at one of the examples hashed, or anywhere ``fingerprint_all`` covers (any pixel of an in-memory
+    dataset, any file's size) give different ones. Cheap: it decodes no example and draws no random
+    number."""
     from .base import LazyDataset
 
     ds = dataset
@@ -84,15 +102,12 @@ def dataset_fingerprint(dataset, examples: int = SPREAD) -> str:
     if targets is not None:  # (class indices: int64 whatever integer type a copy stores them as)
         labels = torch.as_tensor(targets)
         _update(h, labels if labels.is_floating_point() or labels.is_complex() else labels.long())
+    fingerprint_all = getattr(ds, "fingerprint_all", None)
+    if callable(fingerprint_all):
+        h.update(b"all|")
+        _hash_parts(h, fingerprint_all(), ds, "fingerprint_all")
     fingerprint_parts = getattr(ds, "fingerprint_parts", None)
     if callable(fingerprint_parts):
-        parts: Iterable[Any] = fingerprint_parts(spread_positions(n, examples))
-        for part in parts:
-            try:
-                _update(h, part)
-            except _Unhashable as e:
-                raise TypeError(f"{type(ds).__name__}.fingerprint_parts gave {e}, which dataset_fingerprint cannot "
-                                "hash as data: give tensors, NumPy arrays or the bytes of the examples' files "
-                                "(Path.read_bytes()), not file names or other objects (their text can differ "
-                                "between processes that read the same data)") from None
+        h.update(b"spread|")
+        _hash_parts(h, fingerprint_parts(spread_positions(n, examples)), ds, "fingerprint_parts")
     return h.hexdigest()[:16]

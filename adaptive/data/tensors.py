@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+FINGERPRINT_PIECE_BYTES = 64 << 20  # the size of the pieces TensorImages.fingerprint_all gives
+
 
 def random_crop_flip(x: torch.Tensor, pad: int = 4, flip: bool = True,
                      draws: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
@@ -96,6 +98,28 @@ class TensorImages(Dataset):
         memory (no normalisation, no augmentation): what :func:`adaptive.data.fingerprint.dataset_fingerprint` hashes."""
         src = self.indices[torch.as_tensor(positions, dtype=torch.long)]
         return [self.images[src], self.labels[src]]
+
+    def fingerprint_all(self):
+        """The stored images of every example of this view, in order, as held in memory (no
+        normalisation, no augmentation), in pieces of about :data:`FINGERPRINT_PIECE_BYTES`: what
+        :func:`adaptive.data.fingerprint.dataset_fingerprint` hashes of every example, each piece
+        before it asks for the next (a piece of examples not stored one after another is gathered
+        into the memory of the one before): one pass over the split's bytes, nothing decoded."""
+        n = self.images.shape[0]
+        flat = self.images.reshape(n, -1)
+        per = max(1, FINGERPRINT_PIECE_BYTES // max(1, flat.shape[1] * flat.element_size()))
+        buffer = None
+        for start in range(0, len(self), per):
+            src = self.indices[start:start + per]
+            first, last = int(src[0]), int(src[-1])
+            if last - first + 1 == src.numel() and bool((src.diff() == 1).all()):
+                yield self.images[first:last + 1]  # (a view: nothing copied)
+                continue
+            if buffer is None:  # (one buffer for every piece: a fresh one each time costs more than the copy)
+                buffer = flat.new_empty((min(per, len(self)), flat.shape[1]))
+            piece = buffer[:src.numel()]
+            torch.index_select(flat, 0, src, out=piece)
+            yield piece.view(src.numel(), *self.images.shape[1:])
 
     def batch(self, idx) -> tuple:
         """``(x, y)`` tensors for positions ``idx`` of this view."""

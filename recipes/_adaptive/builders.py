@@ -36,8 +36,9 @@ def _refuse_differing_splits(cfg: RunConfig, loaders, **batches) -> None:
     the masks differ. ``batches``: each split's loader as this process reads it (``train=``,
     ``holdout=``, ``test=``; sharded by ``accelerator.prepare`` or whole), its examples read from
     ``loaders.datasets``. Give ``test=`` only where the test split is read anyway (the final report):
-    its size builds the lazy split. The sizes and each split's content fingerprint (a few examples
-    as stored, and every label: :func:`adaptive.data.dataset_fingerprint`) are found under
+    its size builds the lazy split. The sizes and each split's content fingerprint (every label, an
+    in-memory split's stored data whole, an image folder's file sizes and a few of its files:
+    :func:`adaptive.data.dataset_fingerprint`) are found under
     :func:`adaptive.distributed.agreed_call` (a split that fails to build on one process stops every
     process, where that process alone raising left the others waiting in the gather), then compared
     (:func:`adaptive.distributed.refuse_differing`), the sizes first: three gathers; none on one process."""

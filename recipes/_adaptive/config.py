@@ -364,11 +364,19 @@ def _target(cfg: "RunConfig") -> Union[int, float, str]:
 def parse_args(argv=None) -> RunConfig:
     """The run's settings from ``argv`` (default: the command line). A bad one prints ``error: ...``
     and exits with status 2; under a multi-process launch, from the first process of each machine
-    only (:func:`adaptive.cli.say_error`: every process parses the same command line and files)."""
-    from adaptive.cli import error_lines, say_error
+    only (:func:`adaptive.cli.say_error`: every process parses the same command line and files), and
+    so do ``-h`` (the others exit with status 0 printing nothing) and the warnings of reading the
+    settings (a --plugins module's: :func:`adaptive.cli.start_up_warnings_once`)."""
+    import sys
 
+    from adaptive.cli import error_lines, quiet_at_start, say_error, start_up_warnings_once
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if quiet_at_start() and ("-h" in argv or "--help" in argv):  # (parse_config's test for its help)
+        raise SystemExit(0)
     try:
-        return parse_config(RunConfig, argv, prog="recipes/adaptive.py")
+        with start_up_warnings_once():
+            return parse_config(RunConfig, argv, prog="recipes/adaptive.py")
     except ConfigError as e:
         say_error(error_lines("recipes/adaptive.py", e), e, once=True)
         raise SystemExit(2) from None

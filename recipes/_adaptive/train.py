@@ -85,17 +85,22 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
 
 
 # warnings every process of a launch gives alike, of figures reduced across the processes (the controller's
-# gradient statistics, the held-out figures) or of weights DDP keeps equal: process 0's alone are shown
+# gradient statistics, the held-out figures), of weights DDP keeps equal, or of the settings and the data's
+# sizes (the data loading's): process 0's alone are shown
 _ALIKE_WARNINGS = (r"step \d+: the gradients observed since the last update hold NaN or inf",
                    r"step \d+: the weights of \d+ layer\(s\) .* hold NaN or inf",
                    r"\d+ window\(s\) of \d+ training batch\(es\) were left out for a NaN or inf",
-                   r"held-out loss \S+, accuracy \S+ with \d+ synapses removed")
+                   r"held-out loss \S+, accuracy \S+ with \d+ synapses removed",
+                   # and of the settings, as every process reads them at start-up (the data's sizes are compared)
+                   r"the digits dataset has no augmentation", r"the digits dataset ships with scikit-learn",
+                   r"\S+ \S+ asks for more examples than the \w+ split of")
 
 
 @contextlib.contextmanager
 def _alike_warnings_once(accelerator):
     """Inside the block, the processes of a launch but the main one show none of the warnings they
-    give alike (:data:`_ALIKE_WARNINGS`: NaN or inf in the reduced statistics), which each printed."""
+    give alike (:data:`_ALIKE_WARNINGS`: NaN or inf in the reduced statistics, the data settings'), which each
+    printed."""
     if accelerator.is_main_process:
         yield
         return
