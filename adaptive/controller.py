@@ -56,8 +56,11 @@ from .warn import warn_user
 
 __all__ = ["Controller", "INITS", "GROW_INITS", "DEFAULT_ESTIMATOR", "DEFAULT_LINE_SEARCH_TOLERANCE",
            # importable from here, as before they moved out
-           "EnsembleRuleError", "_holds_tensors", "whole_number", "all_reduce_mean_", "global_synapse_target",
-           "EditSnapshot", "_describe", "_nonfinite_weights"]
+           "EnsembleRuleError", "whole_number", "all_reduce_mean_", "global_synapse_target",
+           "EditSnapshot"]
+# private names other modules and tests import from here (not in __all__: a star import takes the
+# public names only); named here, so that the import is used
+_REEXPORTED = (_holds_tensors, _describe, _nonfinite_weights)
 
 INITS = ("random", "magnitude", "estimator")
 GROW_INITS = ("zero", "original", "random")
