@@ -47,8 +47,10 @@ from .wrappers import _local_module, _plain_names, _stripped, _wrapper_prefix, e
 
 __all__ = ["Connectome", "MODES",
            # importable from here, as before they moved out
-           "EnsembleRuleError", "_MASKED_BY", "FORMAT", "check_same_mode", "_local_module", "_plain_module",
-           "_plain_names", "_plain_patterns", "_stripped", "_wrapper_prefix", "eager"]
+           "EnsembleRuleError", "FORMAT", "check_same_mode", "eager"]
+# private names other modules and tests import from here (not in __all__: a star import takes the
+# public names only); named here, so that the import is used
+_REEXPORTED = (_MASKED_BY, _local_module, _plain_names, _stripped, _wrapper_prefix)
 
 MODES = ("train", "mask_only")
 

@@ -56,8 +56,11 @@ from .warn import warn_user
 
 __all__ = ["Controller", "INITS", "GROW_INITS", "DEFAULT_ESTIMATOR", "DEFAULT_LINE_SEARCH_TOLERANCE",
            # importable from here, as before they moved out
-           "EnsembleRuleError", "_holds_tensors", "whole_number", "all_reduce_mean_", "global_synapse_target",
-           "EditSnapshot", "_describe", "_nonfinite_weights"]
+           "EnsembleRuleError", "whole_number", "all_reduce_mean_", "global_synapse_target",
+           "EditSnapshot"]
+# private names other modules and tests import from here (not in __all__: a star import takes the
+# public names only); named here, so that the import is used
+_REEXPORTED = (_holds_tensors, _describe, _nonfinite_weights)
 
 INITS = ("random", "magnitude", "estimator")
 GROW_INITS = ("zero", "original", "random")
@@ -399,6 +402,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         to the copy's optimizer; it observes the copied connectome's gradients again."""
         state = self.__dict__.copy()
         state.update(_hook=None, optimizer=None)
+        state.pop("_left_grads", None)  # weak references to the model's .grad: the copy's are other tensors
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -546,32 +550,59 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             self._warn_unmasked_weights()
         return self._advance()
 
+    def _unstepped_layers(self) -> tuple:
+        """(the connectome's live optimizers, the trainable layers the controller edits that none of them
+        holds), or ``((), [])`` where :meth:`_warn_unstepped_layers` has nothing left to say."""
+        opts = [r() for r in self.conn._optimizers]
+        opts = [o for o in opts if o is not None]
+        if (self.conn.mode != "train" or not opts or self.__dict__.get("_warned_unstepped")
+                or (self.policy.grow_by is None and self.stats is None)):
+            return (), []
+        held = {id(p) for o in opts for g in o.param_groups for p in g["params"]}
+        return opts, [n for n in self.editable()
+                      if id(self.conn.params[n]) not in held and self.conn.params[n].requires_grad]
+
+    def _note_unstepped_grads(self) -> None:
+        """Before the step an update follows: the ``.grad`` tensor of each layer no optimizer holds, so the
+        update sees whether anything (``model.zero_grad()``) cleared it in between or it added up."""
+        _, left = self._unstepped_layers() if self.stats is not None else ((), [])
+        grads = {n: self.conn.params[n].grad for n in left}
+        self._left_grads = {n: None if g is None else weakref.ref(g) for n, g in grads.items()}
+
+    def _stale_grads(self, left: List[str]) -> bool:
+        """Whether a layer of ``left`` carried its ``.grad`` tensor over from the step before this update
+        (nothing cleared it: backward added this step's gradient to it). Unknown (no step noted before,
+        as at an update every step from the first) counts as stale."""
+        before = self.__dict__.pop("_left_grads", None)
+        if before is None or any(n not in before for n in left):
+            return True
+        return any(before[n] is not None and before[n]() is self.conn.params[n].grad
+                   and self.conn.params[n].grad is not None for n in left)
+
     def _warn_unstepped_layers(self) -> None:
         """Warn once, in train mode, of layers the controller edits whose weights none of the connectome's
         optimizers holds (left out of ``optimizer``, say to keep a layer fixed), where that misleads it:
         under a policy that grows, what it grows there never trains (it stays at 0.0); where it reads
-        gradients, their ``.grad``, which that optimizer's ``zero_grad()`` never clears, adds up over the
-        steps, so it ranks them by a sum of stale gradients. Not of a layer frozen on purpose
-        (``requires_grad=False``: growth there is refused at construction, gradients at observe, and a
-        policy that neither grows nor reads gradients, gmp or magnitude by weight, prunes it as meant),
-        nor of any under such a policy."""
-        opts = [r() for r in self.conn._optimizers]
-        opts = [o for o in opts if o is not None]
-        if self.conn.mode != "train" or not opts or self.__dict__.get("_warned_unstepped"):
-            return
-        grows, reads = self.policy.grow_by is not None, self.stats is not None
-        if not (grows or reads):
-            return
-        held = {id(p) for o in opts for g in o.param_groups for p in g["params"]}
-        left = [n for n in self.editable() if id(self.conn.params[n]) not in held and self.conn.params[n].requires_grad]
+        gradients and nothing clears their ``.grad`` between steps (that optimizer's ``zero_grad()`` does
+        not; ``model.zero_grad()`` does), they add up over the steps, so it ranks them by a sum of stale
+        gradients. Not of a layer frozen on purpose (``requires_grad=False``: growth there is refused at
+        construction, gradients at observe, and a policy that neither grows nor reads gradients, gmp or
+        magnitude by weight, prunes it as meant), nor of any under such a policy, nor of one whose
+        gradients are cleared at every step under a policy that reads gradients but grows nothing."""
+        opts, left = self._unstepped_layers()
         if not left:
+            self.__dict__.pop("_left_grads", None)
+            return
+        grows = self.policy.grow_by is not None
+        reads = self.stats is not None and self._stale_grads(left)
+        if not (grows or reads):
             return
         self._warned_unstepped = True
         shown, names = _named(left)
         harm = " and ".join(
             ([f"synapses {self.policy.name!r} grows there never train"] if grows else []) +
-            (["their gradients, which that optimizer's zero_grad() never clears, add up over the steps and rank "
-              "them by stale sums"] if reads else []))
+            (["their gradients, which nothing clears between steps (that optimizer's zero_grad() does not touch "
+              "them; model.zero_grad() would), add up over the steps and rank them by stale sums"] if reads else []))
         warn_user(f"{len(left)} layer(s) the controller edits are held by none of the optimizers this Connectome is "
                   f"attached to ({', '.join(type(o).__name__ for o in opts)}): {shown}. Their weights never train, so "
                   f"{harm}. Add them to the optimizer (build it from "
@@ -620,9 +651,10 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
 
     def _advance(self) -> Optional[dict]:
         self.step_count += 1
-        if self.due(self.step_count):
-            return self.update()
-        return None
+        event = self.update() if self.due(self.step_count) else None
+        if self.due(self.step_count + 1):
+            self._note_unstepped_grads()
+        return event
 
     # ------------------------------------------------------------------ scoring
     def _generator(self, step: int, index: int) -> torch.Generator:

@@ -78,13 +78,15 @@ from .mask_only_window import _EMPTY_WINDOW, _on_host  # noqa: F401
 
 __all__ = ["optimize_connectome", "MaskOnlyResult", "Target",
            # the names importable from here before the split (imported above)
-           "_better", "_criterion", "_finite", "_refuse_nonfinite_dense",
-           "_bits", "_same_bits", "changed_from", "changed_weights", "loaded_state",
-           "_NONE", "_check_loader", "_data_identity", "_model_device", "_shuffled", "_to_device",
-           "_agreed", "_logits", "evaluate", "_kept_note", "mask_learning", "restore_original", "Snapshot",
-           "_precision", "checked_passes", "stage_batches", "_stage_state",
-           "_is_real", "_label", "_labels", "_plain_number", "_resolve_targets", "check_targets", "count_synapses",
-           "listed_targets", "parse_target", "resolve_target", "_EMPTY_WINDOW", "_on_host"]
+           "changed_from", "changed_weights", "loaded_state",
+           "evaluate", "mask_learning", "restore_original", "Snapshot",
+           "checked_passes", "stage_batches", "check_targets", "count_synapses",
+           "listed_targets", "parse_target", "resolve_target"]
+# private names other modules and tests import from here (not in __all__: a star import takes the
+# public names only); named here, so that the import is used
+_REEXPORTED = (_better, _criterion, _finite, _refuse_nonfinite_dense, _bits, _same_bits, _NONE, _check_loader,
+               _data_identity, _model_device, _shuffled, _to_device, _agreed, _logits, _kept_note, _precision,
+               _stage_state, _is_real, _label, _labels, _plain_number, _resolve_targets, _EMPTY_WINDOW, _on_host)
 
 
 @seeded_global_rng.by_argument("seed")

@@ -21,12 +21,47 @@ def _spans(g):
     return [(i, a, b) for i, (a, b) in enumerate(zip(ptr[:-1], ptr[1:])) if b > a]
 
 
-def _live(g) -> torch.Tensor:
-    """Edges that carry signal: synapse edges with live synapses and wires, never from the constant."""
+def _wired(g) -> torch.Tensor:
+    """Synapse edges with live synapses and wires, never from the constant."""
     live = (g.src != 0) & (g.edge_attrs["kind"] != EDGE_RECURRENT)  # back edges: see signal_depth, reachability
     if "count" in g.edge_attrs:
         live &= (g.edge_attrs["count"] > 0) | (g.edge_attrs["kind"] == EDGE_WIRE)
     return live
+
+
+def _live(g) -> torch.Tensor:
+    """Edges that carry signal: :func:`_wired`, less the attention scores' wires :func:`closed_gates` closes."""
+    live = _wired(g)
+    return live & ~closed_gates(g, live)
+
+
+def _of_groups(g, op: str) -> torch.Tensor:
+    """Bool per node: it belongs to a group whose op is ``op``."""
+    return torch.tensor([x.op == op for x in g.groups] + [False])[g.node_attrs["group"]]
+
+
+def closed_gates(g, live=None) -> torch.Tensor:
+    """Bool per edge: the wires from an attention head's scores (a junction of op ``attention_scores``,
+    fed by the head's query and key units) into an attention output channel (a junction of op
+    ``attention``) whose value unit has no live synapse. That unit holds its bias at every position,
+    and attention weights sum to 1 over positions, so the channel is that constant whatever the
+    scores: nothing passes through the wire (queries and keys reach the output only through channels
+    whose values can vary). A value unit with live synapses keeps the wire open even where nothing
+    upstream reaches it from an input: a constant added on the way (a positional table) can make it
+    vary over positions, and then the scores reach the output. ``live``: the edges live apart from
+    this (default: synapse edges with live synapses and wires, not from the constant node). A
+    contracted graph has no junctions, so nothing is closed there: analyse the uncontracted graph."""
+    scores = _of_groups(g, "attention_scores")
+    if not bool(scores.any()):
+        return torch.zeros(g.num_edges, dtype=torch.bool)
+    live = _wired(g) if live is None else live
+    into = _of_groups(g, "attention")[g.dst] & (g.edge_attrs["kind"] == EDGE_WIRE)
+    gate = into & scores[g.src]
+    live_in = torch.bincount(g.dst[live], minlength=g.num_nodes) > 0
+    pinned = (g.node_attrs["kind"] == UNIT) & ~live_in  # a unit with no live synapse: its bias, everywhere
+    opened = torch.zeros(g.num_nodes, dtype=torch.bool)
+    opened[g.dst[into & ~gate & ~pinned[g.src]]] = True  # some value source may vary over positions
+    return gate & ~opened[g.dst]
 
 
 def state_nodes(g) -> torch.Tensor:

@@ -152,9 +152,12 @@ from .compact_rewrite import channel_pad  # noqa: F401
 from .compact_shrink import _shrink_weighted  # noqa: F401
 from .folded import FoldedConv  # noqa: F401
 
-__all__ = ["compact", "_verify",
+__all__ = ["compact",
            # importable from here, as before they moved out (imported above)
-           "CompactionMismatchError", "channel_pad", "_shrink_weighted", "FoldedConv"]
+           "CompactionMismatchError", "channel_pad", "FoldedConv"]
+# private names other modules and tests import from here (not in __all__: a star import takes the
+# public names only); named here, so that the import is used
+_REEXPORTED = (_shrink_weighted,)
 
 
 

@@ -58,8 +58,15 @@ class FlowAttentionMixin:
         value): three layers of ``embed_dim`` units (queries, keys, values: rows of ``in_proj_weight``
         or the separate ``q/k/v_proj_weight``), then ``out_proj``. Attention mixes positions, not
         channels within a head: output channel ``c`` of head ``h`` is a sum of value unit ``c``
-        weighted by scores computed from the query and key units of head ``h``, so it is a junction
-        of those ``2 * head_dim + 1`` units. Returns (out_proj units, query units, key units)."""
+        weighted by scores computed from the query and key units of head ``h``. So head ``h``'s
+        query and key units feed one junction, its scores (op ``attention_scores``), and output
+        channel ``c`` is a junction (op ``attention``) of value unit ``c`` and those scores. The
+        weights of a softmax sum to 1, so where value unit ``c`` holds its bias at every position
+        (no live synapse) the channel is that constant whatever the scores: the analysis
+        (:func:`graphs.analysis.closed_gates`) then passes nothing through the scores' wire. With
+        ``add_bias_kv`` or ``add_zero_attn`` an appended key/value position differs from that
+        constant, so the scores always count: channel ``c`` is then one junction of value unit ``c``
+        and the head's query and key units. Returns (out_proj units, query units, key units)."""
         E, H = int(module.embed_dim), int(module.num_heads)
         if module._qkv_same_embed_dim:
             parts = [("in_proj_weight", (i * E, (i + 1) * E)) for i in range(3)]
@@ -69,8 +76,11 @@ class FlowAttentionMixin:
                    for (attr, rows), tag, src in zip(parts, "qkv", srcs))
         d = E // H
         per_head = torch.stack([q, k]).view(2, H, d).permute(1, 0, 2).reshape(H, 2 * d)
-        feeds = torch.cat([v.view(E, 1), per_head[torch.arange(E) // d]], dim=1)  # [E, 2d + 1]
-        mixed = self.book.combine(torch.arange(E).repeat_interleave(2 * d + 1), feeds.reshape(-1), E,
+        if module.bias_k is None and not module.add_zero_attn:
+            per_head = self.book.combine(torch.arange(H).repeat_interleave(2 * d), per_head.reshape(-1), H,
+                                         f"{name}.scores", "attention_scores").view(H, 1)
+        feeds = torch.cat([v.view(E, 1), per_head[torch.arange(E) // d]], dim=1)  # [E, 2] or [E, 2d + 1]
+        mixed = self.book.combine(torch.arange(E).repeat_interleave(feeds.shape[1]), feeds.reshape(-1), E,
                                   f"{name}.attention", "attention")
         out = self._matrix_layer(module.out_proj, f"{name}.out_proj", "weight", f"{name}.out_proj", mixed, node_name)
         return out, q, k

@@ -55,12 +55,13 @@ from .trace_types import (CONST, EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT,
 from .tracer import SIZED_FACTORIES, SignatureTracer, _sizes_packed, _torch_own_functions, none_only  # noqa: F401
 
 __all__ = ["trace", "fallback_trace", "example_input_failed", "Trace", "LayerFlow", "InputError", "InputGuessError",
-           "_unchanged", "_where",
            # importable from here, as before they moved out (imported above)
-           "TOKENS", "_first_uses", "default_example_input", "runnable_example_input", "_call_with_inputs", "_nested",
-           "_new_lock_in_child", "CONST", "EDGE_RECURRENT", "EDGE_SYNAPSE", "EDGE_WIRE", "INPUT", "JUNCTION",
-           "KIND_NAMES", "OUTPUT", "UNIT", "Group", "SIZED_FACTORIES", "SignatureTracer", "_sizes_packed",
-           "_torch_own_functions", "none_only"]
+           "TOKENS", "default_example_input", "runnable_example_input", "CONST", "EDGE_RECURRENT", "EDGE_SYNAPSE",
+           "EDGE_WIRE", "INPUT", "JUNCTION",
+           "KIND_NAMES", "OUTPUT", "UNIT", "Group", "SIZED_FACTORIES", "SignatureTracer", "none_only"]
+# private names other modules and tests import from here (not in __all__: a star import takes the
+# public names only); named here, so that the import is used
+_REEXPORTED = (_first_uses, _call_with_inputs, _nested, _new_lock_in_child, _sizes_packed, _torch_own_functions)
 
 
 def __getattr__(name: str):

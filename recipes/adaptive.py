@@ -57,9 +57,11 @@ __all__ = ["RunConfig", "RunResult", "parse_args", "main", "training_function", 
            "build_optimizer", "build_connectome", "build_controller", "default_output_dir", "mask_only_target",
            "dying_relu_remedy", "CheckpointError", "RunWriteError", "ConfigError", "MASK_ONLY_CHECKPOINT", "CONFIG_COPY",
            # what the tests reach for
-           "stage_checkpoint", "run_folder", "show_progress", "evaluate", "train_one_epoch", "_estimator",
-           "_estimator_slots", "_RunLock", "_last_train_loss", "_update_note", "_split_labels",
-           "_check_resumed_config"]
+           "stage_checkpoint", "run_folder", "show_progress", "evaluate", "train_one_epoch"]
+# private names other modules and tests import from here (not in __all__: a star import takes the
+# public names only); named here, so that the import is used
+_REEXPORTED = (_estimator, _estimator_slots, _RunLock, _last_train_loss, _update_note, _split_labels,
+               _check_resumed_config)
 
 
 def main(argv=None, on_step=None) -> RunResult:

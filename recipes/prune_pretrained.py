@@ -93,11 +93,6 @@ from recipes._prune_pretrained.run import _prune, _run, main  # noqa: E402
 __all__ = [
     "main", "parse_args", "build_parser", "parse_remove", "number_or_none", "DEFAULTS", "MODEL_SETS", "CHECKPOINT",
     "RUN_FILES", "TARGET_FILES", "OTHER_RECIPE_FILES", "RESUME_FIX", "AFRESH", "RESUME_MAY_CHANGE", "RANGED", "PROG",
-    "_shown", "_check_dataset_kw", "_resumed_plugins", "_check_names", "_check_file_values", "_TEXT",
-    "_check_ranges", "_target_folders", "_earlier_run", "_doomed", "_refuse_earlier_run", "_delete_run",
-    "_kept_earlier_note", "_settings", "_write_config", "_STARTED", "_on_interrupt", "_check_resumed_settings",
-    "_plot", "_stage_ends", "_train_sample", "_estimator", "_accelerator", "_check_num_classes", "_build",
-    "_table", "_holdout_use", "_test_split_words", "_run", "_prune",
     # what the script imported before the split, still its names (tests patch the run's in recipes._prune_pretrained.run)
     "argparse", "math", "json", "time", "List", "Optional", "torch", "get_dataloaders", "is_test_draw",
     "model_before_data", "test_images", "stage_checkpoint", "jsonio", "run_folder", "atomic_path", "ArgumentParser",
@@ -106,6 +101,12 @@ __all__ = [
     "fmt_accuracy", "check_targets", "changed_from", "count_synapses", "evaluate", "loaded_state",
     "optimize_connectome", "parse_target", "resolve_target", "RECIPE_SETS", "build_model_kw", "check_model_kw",
     "SPLIT_COLOR", "boundary_scale", "legend_below", "run_title", "step_points", "tight_artists", "evaluate_sharded"]
+# private names other modules and tests import from here (not in __all__: a star import takes the
+# public names only); named here, so that the import is used
+_REEXPORTED = (_accelerator, _build, _check_num_classes, _estimator, _train_sample, _TEXT, _check_dataset_kw,
+               _check_file_values, _check_names, _check_ranges, _resumed_plugins, _STARTED, _delete_run, _doomed,
+               _earlier_run, _kept_earlier_note, _refuse_earlier_run, _settings, _target_folders, _write_config, _shown,
+               _plot, _stage_ends, _holdout_use, _table, _test_split_words, _check_resumed_settings, _prune, _run)
 
 
 PROG = "recipes/prune_pretrained.py"

@@ -115,12 +115,16 @@ def test_graph_follows_queries_keys_and_values(kdim):
     assert set(lay["attn.q"].in_src.tolist()) == set(range(emb.start, emb.start + emb.count))
     for t in "kv":
         assert set(lay[f"attn.{t}"].in_src.tolist()) == set(range(src.start, src.start + src.count))
-    # out_proj's input c is a junction of value unit c and head h's query and key units (d = 4)
+    # out_proj's input c is a junction of value unit c and head h's scores, a junction of head h's
+    # query and key units (d = 4)
     q, k, v = (g.groups[lay[f"attn.{t}"].group] for t in "qkv")
     junction = int(lay["attn.out_proj"].in_src[5])  # channel 5: head 1 (channels 4..7)
-    feeding = set(g.src[g.dst == junction].tolist())
-    expect = {v.start + 5} | set(range(q.start + 4, q.start + 8)) | set(range(k.start + 4, k.start + 8))
-    assert feeding == expect
+    feeding = g.src[g.dst == junction].tolist()
+    scores = [s for s in feeding if s != v.start + 5]
+    assert len(feeding) == 2 and v.start + 5 in feeding
+    assert g.groups[int(g.node_attrs["group"][scores[0]])].op == "attention_scores"
+    expect = set(range(q.start + 4, q.start + 8)) | set(range(k.start + 4, k.start + 8))
+    assert set(g.src[g.dst == scores[0]].tolist()) == expect
     # synapse edges: positions index the whole parameter, weights are the parameter's values there
     param = dict(model.named_parameters())[lay["attn.k"].param]
     sel = (s.edge_attrs["kind"] == EDGE_SYNAPSE) & (s.edge_attrs["layer"] == g.layers.index(lay["attn.k"]))

@@ -1653,3 +1653,29 @@ def test_a_layer_left_out_of_the_optimizer_is_not_warned_of_where_nothing_mislea
             assert not said, said
         else:
             assert len(said) == 1 and "0.weight" in said[0] and "stale sums" in said[0] and "grows" not in said[0]
+
+
+@pytest.mark.parametrize("policy", ["gmp", "rigl"])
+def test_a_layer_left_out_of_the_optimizer_whose_gradients_model_zero_grad_clears_sums_nothing_stale(policy):
+    """A backbone left out of the head's optimizer, but the loop clears every gradient with
+    model.zero_grad(): each step's .grad is fresh, so gmp by taylor reads no stale sum and the warning
+    (it said "stale sums" at the first update) is not given; RigL's growth there still never trains, so
+    that alone is said."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    conn = adaptive.Connectome(m)
+    opt = torch.optim.SGD(m[2].parameters(), lr=0.1)
+    kw = {"estimator": "taylor"} if policy == "gmp" else {}
+    ctrl = adaptive.Controller(conn, opt, policy=policy, density=0.5, update_every=2, end_step=6, **kw)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for _ in range(6):
+            m.zero_grad()
+            m(torch.randn(4, 8)).logsumexp(1).mean().backward()
+            opt.step()
+    said = [str(x.message) for x in w if "held by none of the optimizers" in str(x.message)]
+    assert len(ctrl.events) == (3 if policy == "gmp" else 4)  # (rigl: the init and 3 updates)
+    if policy == "gmp":
+        assert not said, said
+    else:
+        assert len(said) == 1 and "never train" in said[0] and "stale sums" not in said[0]

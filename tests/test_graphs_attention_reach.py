@@ -1,0 +1,138 @@
+"""Reachability through nn.MultiheadAttention, head by head (graphs.analysis.closed_gates): a head whose
+value projections are all pruned passes only its biases on, whatever its queries and keys; a head whose
+queries are all pruned still passes its values on. Every claim is checked on the model itself: the
+attention output before out_proj at two inputs, and the gradient reaching the projections."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import adaptive
+import graphs
+
+E, H, D = 8, 2, 4  # embed_dim, heads, head_dim: head 1 is channels 4..7
+
+
+class Net(nn.Module):
+    """Attention alone between an input layer and the head: no residual path around it."""
+
+    def __init__(self, kdim=None, **kw):
+        super().__init__()
+        self.emb = nn.Linear(4, E)
+        self.kv = nn.Linear(4, kdim) if kdim else None
+        self.attn = nn.MultiheadAttention(E, H, batch_first=True, kdim=kdim, vdim=kdim, **kw)
+        self.head = nn.Linear(E, 3)
+
+    def kv_of(self, x):
+        h = self.emb(x)
+        return h, (self.kv(x) if self.kv is not None else h)
+
+    def forward(self, x):
+        h, kv = self.kv_of(x)
+        return self.head(self.attn(h, kv, kv, need_weights=False)[0].mean(1))
+
+
+def _weight(model, t):
+    """(parameter name, rows of that parameter) of projection ``t`` (q, k or v)."""
+    if model.attn._qkv_same_embed_dim:
+        i = "qkv".index(t)
+        return "attn.in_proj_weight", slice(i * E, (i + 1) * E)
+    return f"attn.{t}_proj_weight", slice(0, E)
+
+
+def _model_and_graph(prune, kdim=None, **kw):
+    """A model whose projection ``prune`` has head 1's rows pruned (biases nonzero), and its unit graph."""
+    torch.manual_seed(0)
+    model = Net(kdim, **kw).eval()
+    with torch.no_grad():  # nn.MultiheadAttention starts its biases at 0: trained ones are not
+        model.attn.in_proj_bias.normal_()
+        for p in (model.attn.bias_k, model.attn.bias_v):
+            if p is not None:
+                p.normal_()
+    conn = adaptive.Connectome(model)
+    name, rows = _weight(model, prune)
+    mask = torch.ones_like(conn.masks[name])
+    mask[rows][E // H:] = False  # head 1's rows of that projection
+    conn.set_masks({name: mask})
+    conn.apply()
+    g = graphs.build(conn, "unit", example_input=torch.randn(2, 5, 4))
+    return model, g
+
+
+def _before_out_proj(model, x):
+    """The attention output before out_proj (out_proj made the identity in a copy)."""
+    attn = copy.deepcopy(model.attn)
+    with torch.no_grad():
+        attn.out_proj.weight.copy_(torch.eye(E))
+        attn.out_proj.bias.zero_()
+        h, kv = model.kv_of(x)
+        return attn(h, kv, kv, need_weights=False)[0]
+
+
+def _varies(model):
+    """Per channel before out_proj: does it change when the input does?"""
+    a, b = (_before_out_proj(model, torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(s))) for s in (1, 2))
+    return ((a - b).abs() > 1e-5).flatten(0, 1).any(0)
+
+
+def _gradient_rows(model, t):
+    """Per unit of projection ``t``: does any of its weights get a gradient from the output?"""
+    model.zero_grad()
+    model(torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(3))).square().sum().backward()
+    name, rows = _weight(model, t)
+    grad = dict(model.named_parameters())[name].grad[rows]
+    return grad.abs().amax(1) > 1e-6 * grad.abs().max()
+
+
+def _graph_facts(g, t):
+    """(reachable from an input per out_proj input channel, reaching an output per unit of projection t)."""
+    lay = {l.module: l for l in g.layers}
+    grp = g.groups[lay[f"attn.{t}"].group]
+    r = graphs.reachability(g)
+    return r["from_input"][lay["attn.out_proj"].in_src], r["to_output"][grp.start: grp.start + grp.count]
+
+
+@pytest.mark.parametrize("kdim", [None, 6])
+def test_a_head_whose_values_are_all_pruned_passes_nothing_on(kdim):
+    model, g = _model_and_graph("v", kdim)
+    varies = _varies(model)
+    assert varies.tolist() == [True] * D + [False] * D  # the model: head 1 outputs its value biases
+    reach, _ = _graph_facts(g, "v")
+    assert torch.equal(reach, varies)  # the graph agrees, channel by channel
+    for t in "qk":  # the queries and keys of head 1 change nothing at the output
+        moved = _gradient_rows(model, t)
+        assert moved.tolist() == [True] * D + [False] * D
+        assert torch.equal(_graph_facts(g, t)[1], moved)
+    dead = graphs.dead_units(g)
+    assert graphs.summary(g)["dead"]["cannot_reach_output"] == int(dead["cannot_reach_output"].sum()) >= 2 * D
+
+
+@pytest.mark.parametrize("kdim", [None, 6])
+def test_a_head_whose_queries_are_all_pruned_still_passes_its_values_on(kdim):
+    model, g = _model_and_graph("q", kdim)
+    assert bool(_varies(model).all())  # the values flow: the scores are constant queries times live keys
+    reach, _ = _graph_facts(g, "q")
+    assert bool(reach.all())
+    moved = _gradient_rows(model, "k")  # the keys of head 1 still matter (the query biases are not 0)
+    assert bool(moved.all())
+    assert torch.equal(_graph_facts(g, "k")[1], moved)
+
+
+@pytest.mark.parametrize("kw", [{"add_bias_kv": True}, {"add_zero_attn": True}])
+def test_an_appended_key_and_value_keep_a_value_pruned_head_alive(kw):
+    model, g = _model_and_graph("v", **kw)
+    varies = _varies(model)  # the appended position's value differs from the bias: the scores matter
+    assert bool(varies.all())
+    reach, _ = _graph_facts(g, "v")
+    assert torch.equal(reach, varies)
+    assert bool(_graph_facts(g, "q")[1].all()) and bool(_gradient_rows(model, "q").all())
+
+
+def test_a_graph_read_back_from_json_closes_the_same_wires(tmp_path):
+    _, g = _model_and_graph("v")
+    back = graphs.read_json(graphs.write(g, str(tmp_path / "g.json")))
+    assert int(graphs.analysis.closed_gates(g).sum()) == D
+    assert torch.equal(graphs.analysis.closed_gates(back), graphs.analysis.closed_gates(g))
+    for k in ("from_input", "to_output"):
+        assert torch.equal(graphs.reachability(back)[k], graphs.reachability(g)[k])
