@@ -161,3 +161,16 @@ def test_help_names_model_kw_with_its_spelling():
             main([cmd, "--help"])
         flat = " ".join(text.getvalue().split())
         assert "--model-kw KEY=VALUE, --model_kw KEY=VALUE" in flat and "e.g. width=2" in flat, flat
+
+
+def test_a_connectome_with_layers_the_rebuilt_model_lacks_names_the_option(tmp_path, capsys):
+    """A deeper run's layers, shaped as the rebuilt model's where both have them (resnet32 read as resnet20):
+    the connectome's own refusal, with the fix on the command line."""
+    run = tmp_path / "run"
+    run.mkdir()
+    adaptive.Connectome(models.build_model("resnet32", in_shape=(3, 8, 8))).save(run / "connectome.safetensors")
+    (run / "config.yaml").write_text("model: resnet20\nnum_classes: 10\nin_shape: [3, 8, 8]\n")
+    assert main(["export", str(run), "--out", str(tmp_path / "g.json")]) == 2
+    note, err = capsys.readouterr().err.splitlines()  # the note: no weights file
+    assert err.startswith("error: ") and "saved from another model" in err and "--model-kw KEY=VALUE" in err and "check --model" in err
+    assert not (tmp_path / "g.json").exists()
