@@ -5,8 +5,8 @@ A run folder holds ``connectome.safetensors``, the weights (``model_state.pt``, 
 or ``pruned_state_dict.pt``) and ``config.yaml`` (there or in the folder above, as
 ``prune_pretrained.py`` writes it) whose ``model`` key names the model for
 ``adaptive.models.build_model`` (a string, or a mapping with ``name`` and build_model keywords;
-top-level ``num_classes``/``in_shape`` are read too). ``--model``, ``--connectome`` and ``--weights`` override or stand in
-for any of them (RUN_DIR may also be the connectome file itself). RUN_DIR may also be a training checkpoint
+top-level ``num_classes``/``in_shape`` are read too; recipes record their ``model_kw``). ``--model``, ``--model-kw``
+(:mod:`graphs.model_args`), ``--connectome`` and ``--weights`` override or stand in for any of them (RUN_DIR may also be the connectome file itself). RUN_DIR may also be a training checkpoint
 (``RUN/checkpoints/step_N``, read by :mod:`graphs.run_files`: its outputs go into ``RUN``, named by the step), or a
 folder holding exactly one checkpoint or ``remove_<target>`` folder; one holding several is refused, listing them.
 
@@ -33,6 +33,7 @@ import torch
 from adaptive import jsonio
 from adaptive.atomic import write_text
 from adaptive.cli import ArgumentParser, counted
+from adaptive.config import dotted_key_values
 from adaptive.warn import command_line_warnings, warn_user
 
 WEIGHT_FILES = ("model_state.pt", "dense_state_dict.pt", "pruned_state_dict.pt")
@@ -102,6 +103,7 @@ def _model_spec(cfg: dict, args):
         kw.setdefault("in_shape", shape)
     elif dataset == "folder":  # any ImageFolder tree: classes from the connectome, size from its dataset_kw
         kw.setdefault("in_shape", (3, int(size or 224), int(size or 224)))
+    kw.update(getattr(args, "model_kw", None) or {})  # --model-kw, over what the run recorded
     if args.num_classes is not None:
         kw["num_classes"] = args.num_classes
     if args.in_shape:
@@ -149,7 +151,13 @@ def _dataset_in_shape(cfg: dict, facts=None):
 
 
 def _layer_shapes(connectome_path: str) -> dict:
-    """Each masked layer's weight shape, as the connectome file records it."""
+    """Each masked layer's weight shape, as the connectome file records it (read once per command)."""
+    from .run_files import remembered
+
+    return remembered("layer_shapes", connectome_path, _read_layer_shapes)
+
+
+def _read_layer_shapes(connectome_path: str) -> dict:
     from safetensors import SafetensorError, safe_open
 
     from .run_files import connectome_state
@@ -231,20 +239,32 @@ def _load_plugins(specs) -> None:
 
 
 def load_run(run: str, model: Optional[str] = None, connectome: Optional[str] = None, weights: Optional[str] = None,
-             num_classes=None, in_shape=None, plugins=None):
+             num_classes=None, in_shape=None, plugins=None, model_kw: Optional[dict] = None):
     """(model, connectome) from a run folder, a training checkpoint folder (``RUN/checkpoints/step_N``)
     or a connectome file, with optional overrides; ``plugins`` are imported first, after those the
-    run's config.yaml names. A folder holding no connectome but one checkpoint or target folder
-    reads that one; several are refused, listing them (:func:`graphs.run_files.locate`)."""
-    return _load(run, model, connectome, weights, num_classes, in_shape, plugins)[:2]
+    run's config.yaml names. ``model_kw`` (``--model-kw``) are the model builder's arguments, over
+    those the run recorded (its ``num_classes`` and ``in_shape`` count as those arguments). A folder
+    holding no connectome but one checkpoint or target folder reads that one; several are refused,
+    listing them (:func:`graphs.run_files.locate`). A model rebuilt with layers shaped otherwise than
+    the connectome's is refused naming the layer and ``--model-kw``. Each file is read once."""
+    return _load(run, model, connectome, weights, num_classes, in_shape, plugins, model_kw)[:2]
 
 
 def _load(run: str, model: Optional[str] = None, connectome: Optional[str] = None, weights: Optional[str] = None,
-          num_classes=None, in_shape=None, plugins=None):
+          num_classes=None, in_shape=None, plugins=None, model_kw: Optional[dict] = None):
     """(model, connectome, :class:`~graphs.run_files.RunFiles`): :func:`load_run`'s work."""
+    from .run_files import read_once
+
+    with read_once():  # the connectome file is looked at several times below: read from disk once
+        return _load_once(run, model, connectome, weights, num_classes, in_shape, plugins, model_kw)
+
+
+def _load_once(run, model, connectome, weights, num_classes, in_shape, plugins, model_kw):
+    from . import model_args
     from .run_files import CHECKPOINT_WEIGHTS, locate
 
-    ns = argparse.Namespace(model=model, num_classes=num_classes, in_shape=in_shape)
+    user_kw, num_classes, in_shape = model_args.split_own(model_kw or {}, num_classes, in_shape)
+    ns = argparse.Namespace(model=model, num_classes=num_classes, in_shape=in_shape, model_kw=user_kw)
     found = locate(run, connectome)
     run_dir, connectome = found.source, found.connectome
     if not os.path.isfile(connectome):
@@ -267,6 +287,7 @@ def _load(run: str, model: Optional[str] = None, connectome: Optional[str] = Non
         from adaptive.models import build_model
     except ImportError as e:
         raise RuntimeError(f"adaptive.models.build_model is not available ({e}); it is needed to rebuild {name!r}") from e
+    model_args.check(name, user_kw)  # an argument the builder does not take: named before anything is built
     facts = _dataset_facts(cfg) if "num_classes" not in kw or "in_shape" not in kw else None
     # the dataset's classes, else (it cannot say) a guess checked once the model is built: the units of
     # the layer its forward uses last
@@ -278,7 +299,7 @@ def _load(run: str, model: Optional[str] = None, connectome: Optional[str] = Non
         guessed = _dataset_in_shape(cfg, facts)  # None: the model's own default input shape
         if guessed is not None:
             kw["in_shape"] = guessed
-    net = _rebuild(build_model, name, kw, guessed)
+    net = _rebuild(build_model, name, kw, guessed, user_kw)
     if weights is None:
         names = WEIGHT_FILES + (CHECKPOINT_WEIGHTS if found.checkpoint else ())
         weights = next((os.path.join(run_dir, f) for f in names if os.path.isfile(os.path.join(run_dir, f))), None)
@@ -286,15 +307,27 @@ def _load(run: str, model: Optional[str] = None, connectome: Optional[str] = Non
         used_last = _classes_used_last(net, connectome, weights)
         if used_last is not None and used_last != kw["num_classes"]:
             kw["num_classes"] = used_last
-            net = _rebuild(build_model, name, kw, guessed)
+            net = _rebuild(build_model, name, kw, guessed, user_kw)
+    # a run built with other arguments (a wider model): named with the fix, before any weights are read into it
+    model_args.check_fits(net, _layer_shapes(connectome), name, kw,
+                          "the checkpoint" if found.checkpoint else "the connectome")
     if weights is not None:  # strict, naming missing, unexpected and misshapen keys; tensors only
-        from adaptive.models import load_weights
+        from adaptive.models import WeightsMismatchError, load_weights
 
-        load_weights(net, weights)
+        try:
+            load_weights(net, weights)
+        except WeightsMismatchError as e:
+            said = str(e).replace(" Check --model and num_classes against the file.", "")
+            raise WeightsMismatchError(f"{said.rstrip('.')}: {model_args.fix(name, kw)}") from e
     else:
         print(f"note: no weights file ({' or '.join(WEIGHT_FILES)}) in {run_dir}: L1/L2 come from a fresh init",
               file=sys.stderr)
-    return net, _connectome(connectome, net), found
+    try:
+        conn = _connectome(connectome, net)
+    except KeyError as e:  # layers the model lacks, or has and the file does not: another model's file
+        said = str(e.args[0] if e.args else e)
+        raise KeyError(f"{said}; {model_args.fix(name, kw)}") from e
+    return net, conn, found
 
 
 def _connectome(path: str, net):
@@ -313,11 +346,17 @@ def _connectome(path: str, net):
     return conn
 
 
-def _rebuild(build_model, name: str, kw: dict, guessed):
-    """``build_model(name, **kw)``; a failure where the input shape was guessed (or is missing) says so."""
+def _rebuild(build_model, name: str, kw: dict, guessed, user_kw: Optional[dict] = None):
+    """``build_model(name, **kw)``; a failure where the input shape was guessed (or is missing) says so,
+    one where ``--model-kw`` gave arguments (``user_kw``) names them."""
+    from .model_args import OPTION, entries
+
     try:
         net = build_model(name, **kw)
     except (TypeError, ValueError) as e:
+        if user_kw:
+            raise ValueError(f"{OPTION} {entries(user_kw)}: rebuilding model {name!r} failed ({type(e).__name__}: "
+                             f"{e}); give values the model's builder takes") from e
         if "in_shape" in kw and guessed is None:
             raise
         raise ValueError(f"rebuilding model {name!r} with {kw} failed ({type(e).__name__}: {e}); if the input shape "
@@ -365,6 +404,12 @@ def _parser():
                                 "units, so layer reads the unit graph; default: unit")
         s.add_argument("--model", metavar="NAME",
                        help="model name for adaptive.models.build_model (default: config.yaml's 'model')")
+        s.add_argument("--model-kw", "--model_kw", dest="model_kw", action="append", default=[], metavar="KEY=VALUE",
+                       help="an argument of the model's builder, for a run built with non-default ones, e.g. width=2 "
+                            "or hidden=[16] (repeatable, later ones winning per key, over config.yaml's model_kw; the "
+                            "value read as YAML: numbers, [lists], true/false, null, text; several at once as a YAML "
+                            "mapping '{width: 2, num_classes: 100}'; also --model-kw.KEY VALUE; num_classes and "
+                            "in_shape are --num-classes and --in-shape; default: the arguments config.yaml records)")
         s.add_argument("--connectome", metavar="PATH", help="connectome file (default: RUN/connectome.safetensors)")
         s.add_argument("--weights", metavar="PATH",
                        help="state dict file (default: the first of model_state.pt, dense_state_dict.pt, "
@@ -452,6 +497,8 @@ def _in_shape(text: str) -> str:
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (2: a mistake the user can fix, 130: Ctrl-C)."""
     p, subs = _parser()
+    # --model-kw.KEY VALUE is --model-kw KEY=VALUE, as the recipes spell it
+    argv = dotted_key_values(sys.argv[1:] if argv is None else list(argv), ["model_kw"])
     a = p.parse_args(argv)  # an unknown option is said by the subcommand, with its own usage
     from safetensors import SafetensorError
 
@@ -592,7 +639,10 @@ def _run(a) -> int:
                          "pass a folder path (created if needed)")
     if a.out:
         _check_out(a.out, folder=a.cmd == "report")
-    model, conn, found = _load(a.run, a.model, a.connectome, a.weights, a.num_classes, a.in_shape, a.plugins)
+    from .model_args import parse
+
+    model_kw = parse(a.model_kw)  # a mistyped entry: refused before anything is read
+    model, conn, found = _load(a.run, a.model, a.connectome, a.weights, a.num_classes, a.in_shape, a.plugins, model_kw)
     run_dir, suffix = found.out_dir, found.suffix  # a checkpoint's outputs: in its run folder, named by its step
     if a.cmd == "compact":
         return _compact(model, conn, a, run_dir, suffix)

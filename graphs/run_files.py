@@ -6,6 +6,10 @@ the one result folder of a ``prune_pretrained.py`` run (``remove_<target>``).
 A folder with no connectome of its own is taken for the one candidate it holds (a checkpoint, a
 target's folder), with a note saying which; several are refused, listing them, since which one the
 user means is theirs to say.
+
+A command looks at its connectome file several times (:func:`locate` finds it, the command line checks
+it, guesses the class count from its layers, then loads it): within :func:`read_once` each file is
+read from disk once.
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import glob
 import os
 import re
 import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -24,6 +30,38 @@ STAGE_CHECKPOINTS = {
     "checkpoint.pt": "python recipes/prune_pretrained.py --config {config} --resume --output_dir {run}",
     "mask_only_checkpoint.pt": "python recipes/adaptive.py --config {config} --resume latest --output_dir {run}",
 }
+
+
+# what :func:`read_once` has read: (what, absolute path) -> the result
+_READ: ContextVar[Optional[dict]] = ContextVar("graphs_run_files_read", default=None)
+
+
+@contextmanager
+def read_once():
+    """Within it, :func:`connectome_state` (and :func:`remembered` reads) read each file once: a later
+    call for the same file returns what the first one read (the same object: callers only read it).
+    Nested uses share the outer one's reads; leaving the outermost forgets them, so a file rewritten
+    between two commands is read afresh."""
+    if _READ.get() is not None:
+        yield
+        return
+    token = _READ.set({})
+    try:
+        yield
+    finally:
+        _READ.reset(token)
+
+
+def remembered(what: str, path: str, read):
+    """``read(path)``, read once per file within :func:`read_once` (``what`` names the kind of read);
+    outside it, read on every call."""
+    memo = _READ.get()
+    if memo is None:
+        return read(path)
+    key = (what, os.path.abspath(path))
+    if key not in memo:
+        memo[key] = read(path)
+    return memo[key]
 
 
 @dataclass
@@ -48,7 +86,12 @@ def is_checkpoint(folder: str) -> bool:
 
 def connectome_state(path: str) -> Optional[dict]:
     """The connectome state_dict a torch.save file holds (``conn.state_dict()``, as Accelerate saves it
-    in a checkpoint), read with ``weights_only=True``; None when the file holds anything else."""
+    in a checkpoint), read with ``weights_only=True``; None when the file holds anything else. Read
+    once per file within :func:`read_once`."""
+    return remembered("connectome_state", path, _read_connectome_state)
+
+
+def _read_connectome_state(path: str) -> Optional[dict]:
     import torch
 
     from adaptive.connectome import FORMAT

@@ -223,10 +223,11 @@ def test_cli_export_and_report(tmp_path, capsys):
     torch.save(c.dense_state_dict(), run / "model_state.pt")
     assert main(["export", str(run)]) == 2  # no config.yaml and no --model
     assert "--model" in capsys.readouterr().err
-    (run / "config.yaml").write_text("model: mlp\n")  # default hidden sizes: the weights do not fit
+    (run / "config.yaml").write_text("model: mlp\n")  # default hidden sizes: the connectome does not fit
     assert main(["export", str(run)]) == 2
     err = capsys.readouterr().err
-    assert "does not match model MLP" in err and "shape mismatches" in err and err.count("\n") == 1
+    assert "layer fc1.weight has shape (16, 784), the rebuilt model's (256, 784)" in err and err.count("\n") == 1
+    assert "--model-kw KEY=VALUE" in err
     (run / "config.yaml").write_text("model:\n  name: mlp\n  hidden: [16]\n")
     assert main(["export", str(run), "--level", "unit", "--format", "graphml"]) == 0
     G = nx.read_graphml(run / "connectome_unit.graphml")
@@ -236,7 +237,7 @@ def test_cli_export_and_report(tmp_path, capsys):
     assert graphs.read_json(tmp_path / "x.json").live_synapses() == c.num_live()
     assert main(["export", str(run), "--model", "lenet300"]) == 2  # other model: config keywords dropped
     err = capsys.readouterr().err
-    assert err.startswith("error: weights file") and "Check --model" in err and err.count("\n") == 1
+    assert err.startswith("error: the connectome's layer fc1.weight") and "check --model" in err and err.count("\n") == 1
     assert main(["export", str(run), "--level", "layer", "--format", "gexf", "--contract"]) == 0
     assert (run / "connectome_layer.gexf").exists()
     assert main(["report", str(run)]) == 0

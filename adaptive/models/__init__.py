@@ -91,6 +91,19 @@ def build_model(
     return model
 
 
+def model_keywords(name: str) -> Optional[tuple]:
+    """``(keywords, takes_more)`` of model ``name``'s builder: the keywords it takes besides
+    num_classes and in_shape (and the argument a ``prefix:NAME`` name fills), sorted, and whether it
+    also takes ``**kw`` that it passes on; None where the name is not registered. For an error that
+    names what a model can be built with."""
+    prefix, filled = (name.split(":", 1)[0], 1) if ":" in name else (None, 0)
+    builder = _PREFIX_BUILDERS.get(prefix) if filled else _REGISTRY.get(name.lower())
+    if builder is None:
+        return None
+    accepted, takes_more = _keywords(builder, skip=filled)
+    return sorted(accepted), takes_more
+
+
 # build_model's arguments that a recipe sets itself, and from what: never an entry of its --model_kw
 RECIPE_SETS = {"num_classes": "the dataset's class count", "in_shape": "the dataset's input shape",
                "weights": "--weights FILE"}
@@ -236,7 +249,7 @@ from .resnet_cifar import BasicBlock, CifarResNet  # noqa: E402
 from .vit import separate_qkv  # noqa: E402
 
 __all__ = [
-    "build_model", "build_model_kw", "check_model_kw", "register_model", "available_models", "load_weights",
+    "build_model", "build_model_kw", "check_model_kw", "model_keywords", "register_model", "available_models", "load_weights",
     "read_state_dict", "WeightsMismatchError", "MLP", "LeNet5", "CifarResNet", "BasicBlock", "DenseCat", "separate_qkv",
 ]
 
