@@ -2086,3 +2086,22 @@ def test_a_wrong_small_output_beside_large_logits_is_named_and_not_called_roundi
     assert f"compaction changed output {name} of the 2 output tensors (max abs diff" in said
     assert "rounding" not in said
     assert float(re.search(r"with outputs up to ([\d.e-]+) in magnitude", said).group(1)) < 1e-2  # the aux's scale
+
+
+def test_where_several_outputs_differ_the_one_that_differs_most_for_its_size_is_named():
+    """Logits off by 1 in a few hundred and an auxiliary output gone entirely wrong both fail: the message names
+    the auxiliary one (the larger difference for its size), not the first."""
+    from graphs.compact_check import CompactionMismatchError, _verify
+
+    torch.manual_seed(0)
+    ref = _LogitsAndAux(as_dict=False).eval()
+    with torch.no_grad():
+        ref.fc.weight.mul_(1000)
+        ref.aux.weight.mul_(1e-3)
+        ref.aux.bias.mul_(1e-3)
+    wrong = copy.deepcopy(ref)
+    with torch.no_grad():
+        wrong.fc.bias.add_(1.0)
+        wrong.aux.bias.neg_()
+    with pytest.raises(CompactionMismatchError, match=r"compaction changed output \[1\] of the 2 output tensors"):
+        _verify(ref, wrong, torch.randn(2, 4), None, None)
