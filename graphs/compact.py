@@ -176,8 +176,8 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     that the compact copy's outputs match the masked model's within
     ``torch.allclose(atol=atol, rtol=rtol)`` per output tensor, ``atol`` scaled down by that output's largest
     magnitude where it is below 1 (a fixed ``atol`` passed any copy of a model whose outputs are 1e-10). None
-    (the default): the dtype's, 1e-4 each for a model in float32 or float64; for one in bfloat16 or float16,
-    differences up to 4 of the dtype's roundings (``torch.finfo(dtype).eps``; the square root of the number of
+    (the default): the dtype's (its parameters'), 1e-4 each for a model in float32 or float64; for one in
+    bfloat16 or float16, differences up to 4 of the dtype's roundings (``torch.finfo(dtype).eps``; the square root of the number of
     Linear/Conv layers where that is more) of each output's largest magnitude, rtol 0
     (:func:`graphs.compact_check._tolerances`); ``compaction`` reports those used (``atol``, ``rtol``, in words
     ``tolerance``). ``batch_axis=1`` says the example's inputs (of two axes or more)

@@ -14,8 +14,9 @@ FLOAT_TOLERANCE = 1e-4
 # a bfloat16 / float16 model's default: this many of its dtype's roundings (torch.finfo(dtype).eps) of each output's
 # largest magnitude, or the square root of its number of Linear/Conv layers where that is more (the roundings
 # add up layer by layer): a few times what correct compactions of small MLPs, CNNs and a ResNet-18 differ by, and far
-# below what a doubled weight or a dropped bias changes; a wrong unit among hundreds can change the outputs by no more
-# than the dtype's rounding: check such a model as a float64 copy
+# below what a doubled weight or a dropped bias changes; a wrong or misplaced unit can change the outputs by no more
+# than the dtype's rounding (in bfloat16, one among a small CNN's twenty-odd often does): check such a model as a
+# float64 copy
 HALF_ROUNDINGS = 4.0
 
 class CompactionMismatchError(RuntimeError):
@@ -108,13 +109,21 @@ class Tolerances(NamedTuple):
     said: str
 
 
+# the dtypes a model computes in, coarsest first (a float8 tensor is stored, not computed in)
+COMPUTE_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
+
 def _coarsest_dtype(ref: nn.Module, x) -> Optional[torch.dtype]:
-    """The floating dtype of ``ref``'s parameters, buffers and float inputs ``x`` with the largest rounding (None
-    where there are none): the one the model computes in, whatever dtype its outputs are cast to."""
+    """The dtype of ``COMPUTE_DTYPES`` with the largest rounding among ``ref``'s parameters; a model with none
+    in them: among its buffers, else its inputs ``x`` (None where none is in any): the one the model computes in,
+    whatever dtype its outputs are cast to. Parameters first: a float32 model holding a float16 buffer computes
+    in float32 (taking the buffer's dtype loosened its check 39-fold)."""
     xs = x if isinstance(x, (tuple, list)) else (x,)
-    ts = [*ref.parameters(), *ref.buffers(), *(t for t in xs if isinstance(t, torch.Tensor))]
-    dtypes = {t.dtype for t in ts if t.is_floating_point()}
-    return max(dtypes, key=lambda d: torch.finfo(d).eps, default=None)
+    for ts in (ref.parameters(), ref.buffers(), (t for t in xs if isinstance(t, torch.Tensor))):
+        dtypes = {t.dtype for t in ts}
+        if any(d in dtypes for d in COMPUTE_DTYPES):
+            return next(d for d in COMPUTE_DTYPES if d in dtypes)
+    return None
 
 
 def _tolerances(ref: nn.Module, x, atol: Optional[float], rtol: Optional[float]) -> Tolerances:
@@ -124,7 +133,7 @@ def _tolerances(ref: nn.Module, x, atol: Optional[float], rtol: Optional[float])
     legitimately show: ``atol`` = ``HALF_ROUNDINGS`` (or the square root of its number of Linear/Conv layers where
     that is more) times the dtype's eps, of each output's largest magnitude, and ``rtol`` 0."""
     dtype = _coarsest_dtype(ref, x)
-    half = dtype is not None and torch.finfo(dtype).eps > torch.finfo(torch.float32).eps
+    half = dtype in (torch.bfloat16, torch.float16)
     if half and atol is None:
         from . import ops
 

@@ -2001,6 +2001,57 @@ def test_a_wrong_half_precision_compaction_fails_the_default_check(dtype, error)
         _verify(m, small, x, None, None)
 
 
+class _Float32WithStoredBuffers(nn.Module):
+    """A float32 MLP that holds a float16 and a float8 buffer it does not compute in (a stored statistic)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        self.register_buffer("stat", torch.zeros(3, dtype=torch.float16))
+        self.register_buffer("codes", torch.zeros(3).to(torch.float8_e4m3fn))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_float32_model_holding_half_buffers_keeps_the_float32_check():
+    """The check's dtype was the coarsest of the parameters, buffers and inputs: a float32 model holding a float16
+    buffer was checked at 4 float16 roundings of its outputs with rtol 0 (some 39 times looser than the 1e-4 it had
+    before the dtype-aware defaults), and a float8 one at 4 float8 roundings (half the outputs' magnitude). The
+    parameters decide now; a model with none in a compute dtype goes by its buffers, then its inputs."""
+    from graphs.compact_check import CompactionMismatchError, _tolerances, _verify
+
+    torch.manual_seed(0)
+    m = _Float32WithStoredBuffers().eval()
+    conn = adaptive.Connectome(m)
+    mask = conn.masks["net.0.weight"].clone()
+    mask[:5] = False
+    conn.set_masks({"net.0.weight": mask})
+    x = torch.randn(4, 8)
+    c = graphs.compact(m, conn, x).compaction
+    assert (c["atol"], c["rtol"]) == (1e-4, 1e-4) and c["removed"]["net.0"] == 5
+    assert c["tolerance"] == "atol 0.0001 (x each output's largest magnitude where below 1), rtol 0.0001"
+    wrong = copy.deepcopy(m)
+    with torch.no_grad():
+        wrong.net[2].bias.add_(3e-3 * m(x).abs().max())  # 3e-3 of the outputs: within 4 float16 roundings
+    with pytest.raises(CompactionMismatchError, match="atol 0.0001"):
+        _verify(m, wrong, x, None, None)
+
+    class Scale(nn.Module):  # no parameters: its buffer, then its input, decides
+        def __init__(self, buffer):
+            super().__init__()
+            self.register_buffer("s", buffer)
+
+        def forward(self, x):
+            return x * self.s.to(x.dtype)
+
+    half = torch.finfo(torch.float16).eps
+    assert _tolerances(Scale(torch.ones(1, dtype=torch.float16)), torch.randn(2, 3), None, None)[:3] == (4 * half, 0.0, True)
+    assert _tolerances(Scale(torch.ones(1)), torch.randn(2, 3).half(), None, None)[:3] == (1e-4, 1e-4, False)
+    assert _tolerances(Scale(torch.ones(1).to(torch.float8_e4m3fn)), torch.randn(2, 3).half(), None, None)[:3] == (
+        4 * half, 0.0, True)
+
+
 class _LogitsAndAux(nn.Module):
     """Large logits beside a small auxiliary output, as a tuple or a dict."""
 
@@ -2035,3 +2086,22 @@ def test_a_wrong_small_output_beside_large_logits_is_named_and_not_called_roundi
     assert f"compaction changed output {name} of the 2 output tensors (max abs diff" in said
     assert "rounding" not in said
     assert float(re.search(r"with outputs up to ([\d.e-]+) in magnitude", said).group(1)) < 1e-2  # the aux's scale
+
+
+def test_where_several_outputs_differ_the_one_that_differs_most_for_its_size_is_named():
+    """Logits off by 1 in a few hundred and an auxiliary output gone entirely wrong both fail: the message names
+    the auxiliary one (the larger difference for its size), not the first."""
+    from graphs.compact_check import CompactionMismatchError, _verify
+
+    torch.manual_seed(0)
+    ref = _LogitsAndAux(as_dict=False).eval()
+    with torch.no_grad():
+        ref.fc.weight.mul_(1000)
+        ref.aux.weight.mul_(1e-3)
+        ref.aux.bias.mul_(1e-3)
+    wrong = copy.deepcopy(ref)
+    with torch.no_grad():
+        wrong.fc.bias.add_(1.0)
+        wrong.aux.bias.neg_()
+    with pytest.raises(CompactionMismatchError, match=r"compaction changed output \[1\] of the 2 output tensors"):
+        _verify(ref, wrong, torch.randn(2, 4), None, None)
