@@ -75,7 +75,8 @@ def parse_target(target: Target) -> Target:
         raise ValueError(f"target {target} cannot be negative: give a fraction in [0, 1) or a count >= 0")
     if isinstance(target, float) and target >= 1.0:
         count = (f": for the count of {int(target)} synapses give it as a whole number ({int(target)}), with no "
-                 "decimal point or exponent" if target.is_integer() and target > 1 else "")
+                 "decimal point or exponent" if target.is_integer() and target > 1 else
+                 ": give a fraction below 1 (0.5 removes half the prunable synapses) or a whole count of synapses (50000)")
         raise ValueError(f"target fraction {target} must be in [0, 1){count}")
     return target
 

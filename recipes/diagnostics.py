@@ -11,7 +11,8 @@ all written into --output_dir. A rerun with the same settings rewrites its files
 files of an earlier run of the command there (another --kind's figures, another --model's, SVGs) is
 refused, naming them, unless --overwrite, which deletes those (no other file) once the checks pass.
 Defaults run offline on scikit-learn's digits, in seconds (dense-gradients, which trains
-four nets by default, in a minute or two on a CPU).
+four nets by default, in a minute or two on a CPU; on --dataset mnist its two cnn nets take some
+20 minutes on one thread, as its first lines say before it starts).
 Orders, step sizes and anything selected are computed on a held-out part of TRAIN; the test split
 is only ever used to report. A pruned model (--weights of a run folder, with its connectome.safetensors
 beside it, or --connectome FILE) is measured as it is: collinearity measures its live synapses only,
@@ -42,6 +43,8 @@ from adaptive.diagnostics.table import Table  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.cli import ArgumentParser, error_lines, message_lines  # noqa: E402
 from recipes._diagnostics import folder  # noqa: E402
+from recipes._diagnostics.dense_plan import dense_gradients_plan  # noqa: E402
+from recipes._diagnostics.memory import keep_freed_memory  # noqa: E402
 
 
 # ---------------------------------------------------------------------- shared seams
@@ -244,34 +247,37 @@ def cmd_dense_gradients(args):
     out = outdir(args)
     data = get_data(args)
     nets = nets_for(data.num_classes, data.in_shape)
+    keep_freed_memory()  # (the cnn nets' large activations: see recipes/_diagnostics/memory.py)
+    print(dense_gradients_plan(args, kinds, norms, data.in_shape), flush=True)
     rows = []
-    for kind in kinds:
-        for bn in norms:
-            tag = folder.dense_tag(kind, bn)
-            model = nets[kind, bn]
-            opt = make_optimizer("sgd", model, args.lr)
-            train_loss = train_steps(model, seeded_train_loader(data, args.batch_size, args.seed), args.train_steps, opt, desc=f"train {tag}")
-            res = D.gradient_by_depth(model, seeded_train_loader(data, args.batch_size, args.seed + 1), layer=args.layer,
-                                      batches=args.grad_batches)
-            res.title = f"DenseCat {kind} ({args.activation}), depth {args.depth} x width {args.width}, " \
-                        f"{'BatchNorm' if bn else 'no normalisation'}, {args.dataset}, after {args.train_steps} SGD steps\n" \
-                        f"gradients on {args.dataset} TRAIN batches of {args.batch_size}, train mode"
-            folder.delete_left_over(args, out)  # (--overwrite; before the first write, once: then none is left)
-            paths = res.plot(os.path.join(out, f"gradients_by_depth_{tag}.png"), svg=args.svg)
-            write_table(res.table, out, f"gradients_by_depth_{tag}", f"{args.layer} |grad| by source depth ({tag})")
-            ratio = res.ratio()
-            decades = math.log10(ratio) if 0 < ratio < math.inf else float("nan")
-            if math.isfinite(decades):
-                said = f"{ratio:.4g} ({decades:+.2f} decades)"
-            elif math.isnan(ratio):
-                said = res.no_ratio_reason()
-            else:  # 0 or inf: a band's median gradient is exactly 0
-                said = f"{ratio:.4g} (the {'last' if ratio == math.inf else 'first'} band's median is 0)"
-            print(f"{tag}: median |grad| of the first band / last band = {said}; "
-                  f"train loss (mean of the last 10% of steps) {'-' if train_loss is None else f'{train_loss:.4f}'}; figure {paths[0]}")
-            rows.append({"net": tag, "train_loss": train_loss, "first_band_median": res.medians()[0],
-                         "last_band_median": res.medians()[-1], "first/last": ratio,
-                         "decades": decades})
+    for n, (kind, bn) in enumerate([(kind, bn) for kind in kinds for bn in norms], 1):
+        tag = folder.dense_tag(kind, bn)
+        print(f"[{n}/{len(kinds) * len(norms)}] {tag}: training {args.train_steps} steps, then reading "
+              f"{args.grad_batches} batches' gradients", flush=True)
+        model = nets[kind, bn]
+        opt = make_optimizer("sgd", model, args.lr)
+        train_loss = train_steps(model, seeded_train_loader(data, args.batch_size, args.seed), args.train_steps, opt, desc=f"train {tag}")
+        res = D.gradient_by_depth(model, seeded_train_loader(data, args.batch_size, args.seed + 1), layer=args.layer,
+                                  batches=args.grad_batches)
+        res.title = f"DenseCat {kind} ({args.activation}), depth {args.depth} x width {args.width}, " \
+                    f"{'BatchNorm' if bn else 'no normalisation'}, {args.dataset}, after {args.train_steps} SGD steps\n" \
+                    f"gradients on {args.dataset} TRAIN batches of {args.batch_size}, train mode"
+        folder.delete_left_over(args, out)  # (--overwrite; before the first write, once: then none is left)
+        paths = res.plot(os.path.join(out, f"gradients_by_depth_{tag}.png"), svg=args.svg)
+        write_table(res.table, out, f"gradients_by_depth_{tag}", f"{args.layer} |grad| by source depth ({tag})")
+        ratio = res.ratio()
+        decades = math.log10(ratio) if 0 < ratio < math.inf else float("nan")
+        if math.isfinite(decades):
+            said = f"{ratio:.4g} ({decades:+.2f} decades)"
+        elif math.isnan(ratio):
+            said = res.no_ratio_reason()
+        else:  # 0 or inf: a band's median gradient is exactly 0
+            said = f"{ratio:.4g} (the {'last' if ratio == math.inf else 'first'} band's median is 0)"
+        print(f"{tag}: median |grad| of the first band / last band = {said}; "
+              f"train loss (mean of the last 10% of steps) {'-' if train_loss is None else f'{train_loss:.4f}'}; figure {paths[0]}")
+        rows.append({"net": tag, "train_loss": train_loss, "first_band_median": res.medians()[0],
+                     "last_band_median": res.medians()[-1], "first/last": ratio,
+                     "decades": decades})
     write_table(Table(rows), out, "band_ratios", "first/last band median gradient ratio")
     if args.compare:
         compare_optimizers(args, data, out, kinds)

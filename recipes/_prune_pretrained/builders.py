@@ -7,6 +7,7 @@ import torch
 
 from adaptive.mask_only import check_targets
 from adaptive.models import build_model_kw
+from adaptive.models.weights import WeightsMismatchError, load_weights, read_state_dict
 
 
 def _train_sample(dl, args):
@@ -54,7 +55,36 @@ def _build(args, num_classes: int, in_shape) -> torch.nn.Module:
     """The model for data of ``num_classes`` classes (unless --num-classes says, which must be the
     data's) and inputs ``in_shape``, its --remove counts checked against its synapses."""
     _check_num_classes(args, num_classes)
-    model = build_model_kw(args.model, args.model_kw, "--model-kw", num_classes=args.num_classes or num_classes,
-                           in_shape=in_shape, weights=args.weights)
+    classes = args.num_classes or num_classes
+    model = build_model_kw(args.model, args.model_kw, "--model-kw", num_classes=classes, in_shape=in_shape)
+    if args.weights:
+        try:
+            load_weights(model, args.weights)
+        except WeightsMismatchError:
+            found = _file_class_count(model, args.weights, classes)
+            if found is None:
+                raise
+            other, shapes = found
+            raise WeightsMismatchError(
+                f"--weights {args.weights} holds a {other}-class classifier ({shapes}), and the {args.dataset} data has "
+                f"{classes} classes: mask-only optimisation changes no weight, so it cannot change the number of "
+                f"outputs. Give the weights of this model with {classes} outputs, trained on these classes (e.g. "
+                f"torch.save(model.state_dict(), path) of a model built with num_classes={classes}), or data with "
+                f"the model's {other} classes") from None
     check_targets(model, args.remove, ensemble=args.ensemble, ladder=args.ladder)
     return model
+
+
+def _file_class_count(model: torch.nn.Module, path: str, classes: int):
+    """``(K, what differs)`` where the weights file ``path`` holds ``model``'s weights for K classes,
+    not ``classes`` (every key there, each shape the model's but for a first dimension of K, its
+    outputs, where the model's is ``classes``); else None (another mismatch, whose own error says it)."""
+    sd, own = read_state_dict(path), model.state_dict()
+    if set(sd) - set(own) or [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]:
+        return None
+    wrong = {k for k in own if k in sd and sd[k].shape != own[k].shape}
+    counts = {int(sd[k].shape[0]) for k in wrong
+              if sd[k].dim() == own[k].dim() >= 1 and own[k].shape[0] == classes and sd[k].shape[1:] == own[k].shape[1:]}
+    if not wrong or len(counts) != 1 or not all(own[k].shape[0] == classes for k in wrong):
+        return None
+    return counts.pop(), ", ".join(f"{k}: file {tuple(sd[k].shape)}, model {tuple(own[k].shape)}" for k in sorted(wrong))

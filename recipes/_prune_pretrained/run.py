@@ -213,8 +213,10 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
             folder = out / f"remove_{label}" if several else out
             if main_proc:
                 folder.mkdir(parents=True, exist_ok=True)
-                with atomic_path(folder / "pruned_state_dict.pt") as tmp:  # never a truncated file
-                    torch.save(pruned_sd, tmp)
+                with atomic_path(folder / "pruned_state_dict.pt") as tmp, open(tmp, "wb") as f:  # never truncated
+                    # saved through a file object: torch.save names a path's archive after the (temporary)
+                    # file, so the same masks gave other bytes in every run, a resumed one included
+                    torch.save(pruned_sd, f)
                 conn.save(folder / "connectome.safetensors")
             tl, ta, _ = train_eval()
             sl, sa, _ = evaluate_sharded(accelerator, model, test_dl, progress=report_bar)
