@@ -402,7 +402,9 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         to the copy's optimizer; it observes the copied connectome's gradients again."""
         state = self.__dict__.copy()
         state.update(_hook=None, optimizer=None)
-        state.pop("_left_grads", None)  # weak references to the model's .grad: the copy's are other tensors
+        # the hooks on the model's parameters and what they saw: the copy's parameters are other tensors
+        state.pop("_left_grads", None)
+        state.pop("_left_hooks", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -459,6 +461,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             self._hook.remove()
         self._hook = None
         self.optimizer = None
+        self._drop_grad_hooks()
+        self.__dict__.pop("_left_grads", None)
 
     @eager  # eager even inside a compiled opt.step, as the connectome's step hooks
     def _after_step(self, opt, args, kwargs) -> None:
@@ -563,21 +567,46 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                       if id(self.conn.params[n]) not in held and self.conn.params[n].requires_grad]
 
     def _note_unstepped_grads(self) -> None:
-        """Before the step an update follows: the ``.grad`` tensor of each layer no optimizer holds, so the
-        update sees whether anything (``model.zero_grad()``) cleared it in between or it added up."""
+        """Before the step an update follows: hook each layer no optimizer holds, so that the update knows
+        whether that step's backward found its ``.grad`` cleared (None, or zeros: ``model.zero_grad()``
+        either way) or added the step's gradient to an older one. Read before autograd adds to it: the
+        ``.grad`` tensor alone tells neither ``zero_grad(set_to_none=False)`` (the same tensor, cleared)
+        nor ``backward(create_graph=True)`` (a new tensor, the sum) apart."""
+        self._drop_grad_hooks()
         _, left = self._unstepped_layers() if self.stats is not None else ((), [])
-        grads = {n: self.conn.params[n].grad for n in left}
-        self._left_grads = {n: None if g is None else weakref.ref(g) for n, g in grads.items()}
+        seen: Dict[str, Optional[torch.Tensor]] = {}
+
+        def hook(n: str, p: torch.Tensor):
+            ref = weakref.ref(p)
+
+            def before_accumulating(grad):
+                old = ref().grad if ref() is not None else None
+                if n not in seen:  # the first backward after the noted step; no sync here
+                    seen[n] = None if old is None else old.detach().ne(0).any()
+            return before_accumulating
+
+        self._left_grads = seen
+        self._left_hooks = [self.conn.params[n].register_hook(hook(n, self.conn.params[n])) for n in left]
+
+    def _drop_grad_hooks(self) -> None:
+        """Remove the hooks :meth:`_note_unstepped_grads` set."""
+        for h in self.__dict__.pop("_left_hooks", ()):
+            h.remove()
 
     def _stale_grads(self, left: List[str]) -> bool:
-        """Whether a layer of ``left`` carried its ``.grad`` tensor over from the step before this update
-        (nothing cleared it: backward added this step's gradient to it). Unknown (no step noted before,
-        as at an update every step from the first) counts as stale."""
-        before = self.__dict__.pop("_left_grads", None)
-        if before is None or any(n not in before for n in left):
+        """Whether a layer of ``left`` added this step's gradient to an older one its ``.grad`` held
+        (nothing cleared it since the step before this update). A layer no backward reached since:
+        whether its ``.grad`` holds anything. Unknown (no step noted before, as at an update every step
+        from the first) counts as stale."""
+        seen = self.__dict__.pop("_left_grads", None)
+        self._drop_grad_hooks()
+        if seen is None:
             return True
-        return any(before[n] is not None and before[n]() is self.conn.params[n].grad
-                   and self.conn.params[n].grad is not None for n in left)
+        for n in left:
+            old = seen.get(n, self.conn.params[n].grad)
+            if old is not None and bool(old.detach().ne(0).any()):
+                return True
+        return False
 
     def _warn_unstepped_layers(self) -> None:
         """Warn once, in train mode, of layers the controller edits whose weights none of the connectome's
@@ -592,6 +621,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         opts, left = self._unstepped_layers()
         if not left:
             self.__dict__.pop("_left_grads", None)
+            self._drop_grad_hooks()
             return
         grows = self.policy.grow_by is not None
         reads = self.stats is not None and self._stale_grads(left)

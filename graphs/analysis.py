@@ -144,7 +144,8 @@ def reachability(g) -> Dict[str, torch.Tensor]:
 def dead_units(g) -> Dict[str, torch.Tensor]:
     """Units with no live input (no live synapse from a non-constant node), no live output (no
     live edge out, counting an edge into a junction only when the junction passes it on: the same
-    answer as with contracted junctions), unreachable from the inputs, or unable to reach an output.
+    answer as with contracted junctions, but for the attention scores' wires :func:`closed_gates`
+    closes, which a contracted graph has not), unreachable from the inputs, or unable to reach an output.
     Each a bool per node. Unit or synapse level."""
     _per_unit(g, "dead units")
     kind = g.node_attrs["kind"]

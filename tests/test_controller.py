@@ -1679,3 +1679,32 @@ def test_a_layer_left_out_of_the_optimizer_whose_gradients_model_zero_grad_clear
         assert not said, said
     else:
         assert len(said) == 1 and "never train" in said[0] and "stale sums" not in said[0]
+
+
+@pytest.mark.parametrize("loop", ["zero_grad_in_place", "create_graph", "head_zero_grad"])
+def test_whether_a_left_out_layers_gradients_add_up_is_read_before_backward_adds(loop):
+    """Whether the gradients of a layer no optimizer holds add up is judged by what its ``.grad`` held
+    when the step's backward came, not by whether the tensor is the same: model.zero_grad(set_to_none=False)
+    clears the same tensor (nothing stale: no warning, it said "stale sums"), backward(create_graph=True)
+    adds out of place, a new tensor holding the sum (stale: warned, it was silent)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    conn = adaptive.Connectome(m)
+    opt = torch.optim.SGD(m[2].parameters(), lr=0.1)
+    ctrl = adaptive.Controller(conn, opt, policy="gmp", density=0.5, update_every=2, end_step=6, estimator="taylor")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for _ in range(6):
+            if loop == "zero_grad_in_place":
+                m.zero_grad(set_to_none=False)
+            else:
+                opt.zero_grad()
+            m(torch.randn(4, 8)).logsumexp(1).mean().backward(create_graph=loop == "create_graph")
+            opt.step()
+    said = [str(x.message) for x in w if "held by none of the optimizers" in str(x.message)]
+    assert len(ctrl.events) == 3
+    if loop == "zero_grad_in_place":
+        assert not said, said
+    else:
+        assert len(said) == 1 and "0.weight" in said[0] and "stale sums" in said[0]
+    assert not [h for p in m.parameters() for h in (p._backward_hooks or {}).values()]  # the hooks went
