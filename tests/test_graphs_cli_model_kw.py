@@ -201,3 +201,15 @@ def test_a_model_that_takes_no_arguments_says_so(tmp_path, capsys):
     assert "layer linear.weight has shape (3, 64), the rebuilt model's (10, 64)" in err
     assert "resnet20 takes none but num_classes and in_shape" in err and "--num-classes and --in-shape" in err
 
+
+def test_a_damaged_weights_file_is_not_blamed_on_the_model_arguments(wide, tmp_path, capsys):
+    """A truncated weights file, with the right --model-kw: its error said the rebuilt model "is not the
+    run's" and told the user to pass other --model-kw, which cannot help; it names the file's fault alone."""
+    run, _ = wide
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes((run / "model_state.pt").read_bytes()[:1000])
+    assert main(["export", str(run), "--weights", str(cut), "--out", str(tmp_path / "g.json"),
+                 "--model-kw", "hidden=[16]"]) == 2
+    err = _error_line(capsys)
+    assert "cannot be read" in err and "copy it again" in err
+    assert "not the run's" not in err and "--model-kw" not in err and not (tmp_path / "g.json").exists()
