@@ -316,8 +316,10 @@ def _load_once(run, model, connectome, weights, num_classes, in_shape, plugins, 
 
         try:
             load_weights(net, weights)
-        except WeightsMismatchError as e:
+        except WeightsMismatchError as e:  # keys or shapes that differ: the model's; a damaged file: the file's
             said = str(e).replace(" Check --model and num_classes against the file.", "")
+            if said == str(e):  # unreadable, damaged, a meta or quantized tensor: rebuilding otherwise cannot help
+                raise
             raise WeightsMismatchError(f"{said.rstrip('.')}: {model_args.fix(name, kw)}") from e
     else:
         print(f"note: no weights file ({' or '.join(WEIGHT_FILES)}) in {run_dir}: L1/L2 come from a fresh init",

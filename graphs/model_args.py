@@ -78,17 +78,21 @@ def check(name: str, kw: dict) -> None:
 
 
 def fix(name: str, kw: dict) -> str:
-    """What to do about a rebuilt model that is not the run's, naming the arguments ``name`` takes."""
+    """What to do about a rebuilt model that is not the run's, naming the arguments ``name`` takes and the
+    options that give its class count and input shape."""
     from adaptive.models import model_keywords
 
     known = model_keywords(name)
     takes = ""
     if known is not None and known[0]:
         takes = f"; {name} takes {', '.join(known[0])}" + (" and passes others on" if known[1] else "")
+    elif known is not None and not known[1]:  # resnet20, lenet5: only the class count and input shape differ
+        takes = f"; {name} takes none but num_classes and in_shape"
     built = {k: v for k, v in kw.items() if k not in OWN_OPTIONS}
     how = f"with {entries(built)}" if built else "with no model arguments"
+    # the input shape sizes a model's first layers (an MLP's inputs): a run on other data needs --in-shape
     return (f"the model was rebuilt as {name} {how}, which is not the run's: pass the arguments it was built with, "
-            f"{OPTION} KEY=VALUE (repeatable{takes}), or check --model and --num-classes")
+            f"{OPTION} KEY=VALUE (repeatable{takes}), or check --model, --num-classes and --in-shape")
 
 
 def check_fits(net, shapes: dict, name: str, kw: dict, what: str = "the connectome") -> None:

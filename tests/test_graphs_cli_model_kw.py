@@ -174,3 +174,42 @@ def test_a_connectome_with_layers_the_rebuilt_model_lacks_names_the_option(tmp_p
     note, err = capsys.readouterr().err.splitlines()  # the note: no weights file
     assert err.startswith("error: ") and "saved from another model" in err and "--model-kw KEY=VALUE" in err and "check --model" in err
     assert not (tmp_path / "g.json").exists()
+
+
+def test_a_run_on_other_inputs_is_told_to_check_in_shape_and_that_fixes_it(tmp_path, capsys):
+    """An MLP of the user's own loop on 3x4x4 inputs, read as its 1x28x28 default: the mismatch is in the
+    first layer's inputs, which no --model-kw entry mlp names sets; the error named only --model-kw,
+    --model and --num-classes, so its advice, followed, never fixed it."""
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(models.build_model("mlp", hidden=(16,), in_shape=(3, 4, 4)))
+    conn.save(tmp_path / "connectome.safetensors")
+    argv = ["export", str(tmp_path / "connectome.safetensors"), "--model", "mlp", "--model-kw", "hidden=[16]",
+            "--out", str(tmp_path / "g.json")]
+    assert main(argv) == 2
+    err = _error_line(capsys)
+    assert "layer fc1.weight has shape (16, 48), the rebuilt model's (16, 784)" in err
+    assert err.rstrip().endswith("or check --model, --num-classes and --in-shape") and not (tmp_path / "g.json").exists()
+    assert main(argv + ["--in-shape", "3,4,4"]) == 0
+
+
+def test_a_model_that_takes_no_arguments_says_so(tmp_path, capsys):
+    """resnet20 builds from num_classes and in_shape alone: --model-kw cannot be its fix, and the error says so."""
+    adaptive.Connectome(models.build_model("resnet20", num_classes=3, in_shape=(3, 8, 8))).save(tmp_path / "c.safetensors")
+    assert main(["export", str(tmp_path / "c.safetensors"), "--model", "resnet20", "--num-classes", "10",
+                 "--in-shape", "3,8,8", "--out", str(tmp_path / "g.json")]) == 2
+    err = _error_line(capsys)
+    assert "layer linear.weight has shape (3, 64), the rebuilt model's (10, 64)" in err
+    assert "resnet20 takes none but num_classes and in_shape" in err and "--num-classes and --in-shape" in err
+
+
+def test_a_damaged_weights_file_is_not_blamed_on_the_model_arguments(wide, tmp_path, capsys):
+    """A truncated weights file, with the right --model-kw: its error said the rebuilt model "is not the
+    run's" and told the user to pass other --model-kw, which cannot help; it names the file's fault alone."""
+    run, _ = wide
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes((run / "model_state.pt").read_bytes()[:1000])
+    assert main(["export", str(run), "--weights", str(cut), "--out", str(tmp_path / "g.json"),
+                 "--model-kw", "hidden=[16]"]) == 2
+    err = _error_line(capsys)
+    assert "cannot be read" in err and "copy it again" in err
+    assert "not the run's" not in err and "--model-kw" not in err and not (tmp_path / "g.json").exists()
