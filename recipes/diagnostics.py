@@ -247,7 +247,8 @@ def cmd_dense_gradients(args):
     out = outdir(args)
     data = get_data(args)
     nets = nets_for(data.num_classes, data.in_shape)
-    keep_freed_memory()  # (the cnn nets' large activations: see recipes/_diagnostics/memory.py)
+    if __name__ == "__main__":  # only where the recipe is the process: a call of main() (a test, a notebook)
+        keep_freed_memory()  # keeps its malloc as it was (the cnn nets' activations: see _diagnostics/memory.py)
     print(dense_gradients_plan(args, kinds, norms, data.in_shape), flush=True)
     rows = []
     for n, (kind, bn) in enumerate([(kind, bn) for kind in kinds for bn in norms], 1):

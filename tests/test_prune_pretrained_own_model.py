@@ -93,3 +93,36 @@ def test_pruned_weights_load_into_the_vanilla_model_and_hold_what_the_run_printe
     with torch.no_grad():
         acc = (model.eval()(x).argmax(1) == y).float().mean().item()
     assert acc == pytest.approx(row["test_acc"])
+
+
+def test_a_googlenet_file_with_its_auxiliary_heads_for_another_class_count_is_named_as_such(tmp_path, folder):
+    """torchvision's GoogLeNet saves its auxiliary heads (which the model here is built without, and
+    which loading skips): the class-count check counted those keys as unexpected and gave the generic
+    'Check --model and num_classes' error, an option this recipe lacks."""
+    import torchvision
+
+    torch.manual_seed(0)
+    weights = tmp_path / "googlenet_5.pt"
+    torch.save(torchvision.models.googlenet(num_classes=5, init_weights=False).state_dict(), weights)
+    out = tmp_path / "run"
+    argv = _argv(folder, weights, out, "--remove", "0.2")
+    argv[argv.index("torchvision:squeezenet1_1")] = "torchvision:googlenet"
+    with pytest.raises(WeightsMismatchError, match=r"holds a 5-class classifier \(fc.bias: file \(5,\), model \(2,\), "
+                       r"fc.weight: file \(5, 1024\), model \(2, 1024\)\), and the folder data has 2 classes"):
+        recipe().main(argv)
+    assert not out.exists()
+
+
+def test_a_classifier_reading_other_features_is_not_called_a_class_count_mismatch(tmp_path):
+    """Where the classifier's inputs differ too (weights of images of another size), weights of the
+    data's class count would not fit either: the file's own mismatches are named, not '5-class'."""
+    from recipes._prune_pretrained.builders import _file_class_count
+
+    def net(classes, features):
+        return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Flatten(), torch.nn.Linear(features, classes))
+
+    torch.save(net(5, 8).state_dict(), tmp_path / "w.pt")
+    assert _file_class_count(net(2, 4), tmp_path / "w.pt", 2) is None
+    torch.save(net(5, 4).state_dict(), tmp_path / "w.pt")
+    assert _file_class_count(net(2, 4), tmp_path / "w.pt", 2) == (5, "2.bias: file (5,), model (2,), 2.weight: file "
+                                                                       "(5, 4), model (2, 4)")

@@ -6,7 +6,8 @@ are freed, so every step faults in (and the kernel zeroes) half a gigabyte of ne
 third of dense-gradients' CPU time on one thread went there (user 1.85 s + system 0.9 s per cnn step
 at batch 128). Raising malloc's mmap and trim thresholds keeps that memory in the process for the next
 step instead. Only where the memory goes changes, never a value computed, so the printed numbers
-stay bit for bit the same; the cost is that the process holds on to its peak memory until it ends.
+stay bit for bit the same; the cost is that the process holds on to its peak memory until it ends,
+so the recipe sets it only where it is the process (run as a script), never in one that calls it.
 """
 from __future__ import annotations
 

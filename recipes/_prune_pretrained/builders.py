@@ -77,14 +77,21 @@ def _build(args, num_classes: int, in_shape) -> torch.nn.Module:
 
 def _file_class_count(model: torch.nn.Module, path: str, classes: int):
     """``(K, what differs)`` where the weights file ``path`` holds ``model``'s weights for K classes,
-    not ``classes`` (every key there, each shape the model's but for a first dimension of K, its
-    outputs, where the model's is ``classes``); else None (another mismatch, whose own error says it)."""
+    not ``classes`` (every key there but those :func:`load_weights` skips, as GoogLeNet's auxiliary
+    heads; every shape the model's but for a first dimension of K, its outputs, where the model's is
+    ``classes``); else None (another mismatch, whose own error says it)."""
     sd, own = read_state_dict(path), model.state_dict()
+    skipped = tuple(getattr(model, "skipped_weight_prefixes", ()))  # as load_weights skips them
+    sd = {k: v for k, v in sd.items() if k in own or not k.startswith(skipped)}
     if set(sd) - set(own) or [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]:
         return None
-    wrong = {k for k in own if k in sd and sd[k].shape != own[k].shape}
-    counts = {int(sd[k].shape[0]) for k in wrong
-              if sd[k].dim() == own[k].dim() >= 1 and own[k].shape[0] == classes and sd[k].shape[1:] == own[k].shape[1:]}
-    if not wrong or len(counts) != 1 or not all(own[k].shape[0] == classes for k in wrong):
+    wrong = sorted(k for k in own if k in sd and sd[k].shape != own[k].shape)
+    # every mismatch an output count alone (a classifier reading other features, as from images of
+    # another size, is a mismatch a model of these classes would still have)
+    if not wrong or not all(sd[k].dim() == own[k].dim() >= 1 and own[k].shape[0] == classes
+                            and sd[k].shape[1:] == own[k].shape[1:] for k in wrong):
         return None
-    return counts.pop(), ", ".join(f"{k}: file {tuple(sd[k].shape)}, model {tuple(own[k].shape)}" for k in sorted(wrong))
+    counts = {int(sd[k].shape[0]) for k in wrong}
+    if len(counts) != 1:
+        return None
+    return counts.pop(), ", ".join(f"{k}: file {tuple(sd[k].shape)}, model {tuple(own[k].shape)}" for k in wrong)
