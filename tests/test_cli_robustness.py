@@ -1463,3 +1463,57 @@ def test_ctrl_c_while_starting_under_a_launch_is_written_by_the_first_process_al
         assert len(err.splitlines()) == 1, err
     else:
         assert err == "", err
+
+
+# a launcher stand-in: starts the recipe as torchelastic starts a process (its own session, the
+# launch's variables), waits until the recipe is importing torch, writes the process id and ends
+_LAUNCHER = """
+import os, subprocess, sys, time
+from pathlib import Path
+script, out, port = sys.argv[1:]
+env = dict(os.environ, TORCHELASTIC_RUN_ID="test", WORLD_SIZE="2", RANK="1", LOCAL_RANK="1",
+           MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+p = subprocess.Popen([sys.executable, script, "--output_dir", out], env=env, start_new_session=True,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+maps, deadline = Path(f"/proc/{p.pid}/maps"), time.monotonic() + 60
+while "libtorch" not in maps.read_text() and p.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.005)
+print(p.pid, flush=True)
+os._exit(0)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (reaped, or a zombie awaiting its new parent)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="Linux: the launcher's end is the kernel's signal")
+def test_a_process_whose_launcher_ended_stops(tmp_path):
+    """A Ctrl-C that reached `accelerate launch --num_processes 2` (torchelastic) while it was starting
+    its processes ended the launcher before it held them: it passed nothing on, and the processes (in
+    sessions of their own, out of the terminal's reach) ran on, orphaned, waiting for the process group.
+    Each process now stops as on a Ctrl-C when its launcher ends."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # (a port nothing listens on: the process group is never made)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", _LAUNCHER, str(root / "recipes" / "adaptive.py"), str(tmp_path / "o"),
+                        str(port)], cwd=tmp_path, capture_output=True, text=True, timeout=CHILD_TIMEOUT,
+                       preexec_fn=_ctrl_c_default)
+    pid = int(r.stdout.split()[0])
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stopped = _gone(pid)
+    if not stopped:
+        os.kill(pid, signal.SIGKILL)
+    assert stopped, "the process ran on after its launcher ended"
