@@ -14,7 +14,7 @@ from adaptive.data import get_dataloaders, model_before_data
 from adaptive import mask_only_checkpoint as stage_checkpoint
 from adaptive import jsonio
 from adaptive import run_folder
-from adaptive.atomic import atomic_path
+from adaptive.atomic import atomic_path, atomic_torch_save
 from adaptive.cli import mask_only_progress, progress_lines, show_progress
 from adaptive.distributed import gather_mask_hashes
 from adaptive.mask_only import changed_from, count_synapses, evaluate, loaded_state, optimize_connectome
@@ -213,10 +213,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
             folder = out / f"remove_{label}" if several else out
             if main_proc:
                 folder.mkdir(parents=True, exist_ok=True)
-                with atomic_path(folder / "pruned_state_dict.pt") as tmp, open(tmp, "wb") as f:  # never truncated
-                    # saved through a file object: torch.save names a path's archive after the (temporary)
-                    # file, so the same masks gave other bytes in every run, a resumed one included
-                    torch.save(pruned_sd, f)
+                atomic_torch_save(pruned_sd, folder / "pruned_state_dict.pt")  # never truncated; same masks, same bytes
                 conn.save(folder / "connectome.safetensors")
             tl, ta, _ = train_eval()
             sl, sa, _ = evaluate_sharded(accelerator, model, test_dl, progress=report_bar)
