@@ -18,6 +18,7 @@ from adaptive.atomic import atomic_path, atomic_torch_save
 from adaptive.cli import mask_only_progress, progress_lines, show_progress
 from adaptive.distributed import gather_mask_hashes
 from adaptive.mask_only import changed_from, count_synapses, evaluate, loaded_state, optimize_connectome
+from adaptive.mask_only_targets import one_synapse_note
 from adaptive.plots import run_title
 from adaptive.training import evaluate as evaluate_sharded
 
@@ -94,6 +95,9 @@ def _run(args, out: Path, checked, test_loader_hook) -> dict:
     if args.weights is None:
         accelerator.print("note: no --weights given, so the masks are learned on the network's random initial "
                           "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
+    one = one_synapse_note(args.remove, "--remove")
+    if one:
+        accelerator.print(one)
     lock = run_folder.RunLock(accelerator, out)  # taken before the run's first write into the folder
     lock.acquire(None if args.resume else lambda: _refuse_earlier_run(args, out))
     try:
