@@ -3,6 +3,9 @@ half of one.
 
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(table)
+
+:func:`atomic_torch_save` is ``torch.save`` made atomic (and its bytes independent of the temporary
+file's name).
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import re
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional, Union
+from typing import Any, Iterator, List, Optional, Union
 
 
 _UMASK = os.umask(0)  # read once (os.umask can only be read by setting it)
@@ -96,6 +99,26 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_torch_save(obj: Any, path: Union[str, os.PathLike]) -> Path:
+    """``torch.save(obj, path)`` atomically (as :func:`atomic_path`: a failed or interrupted save
+    leaves the old file or none, never half of one); returns the path.
+
+    The same ``obj`` gives the same bytes in every run: torch names the archive inside a file after
+    the path it is given, here the temporary file's random name, so it is handed an open file instead
+    (its archive is then named ``archive``, whatever the file's name). An OSError the writer raises
+    without a file name (a full disk) names ``path``, not the temporary file a reader never sees."""
+    import torch
+
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(obj, f)
+    except OSError as e:
+        if e.filename is None or temp_target(Path(e.filename).name) is not None:
+            e.filename = str(path)
+        raise
+    return Path(path)
 
 
 def write_text(path: Union[str, os.PathLike], text: str) -> Path:

@@ -51,7 +51,7 @@ from .atomic import write_text
 from .cli import error_lines
 
 __all__ = ["ConfigError", "parse_config", "from_dict", "to_dict", "load_config", "save_config",
-           "config_help", "normalize_key", "check_keys", "read_yaml", "merge_key_values", "dotted_key_values", "given_keys",
+           "config_help", "normalize_key", "check_keys", "check_colon_keys", "read_yaml", "merge_key_values", "dotted_key_values", "given_keys",
            "COMMAND_LINE"]
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -222,10 +222,12 @@ def _coerce(value, tp, key: str, src: str = ""):
             out = [_coerce(v, elem, f"{key}[{i}]", src) for i, v in enumerate(items)]
         return tuple(out) if (origin is tuple or tp is tuple) else out
     if origin is dict or tp is dict:
-        if isinstance(value, _Cli):
+        typed = isinstance(value, _Cli)
+        if typed:
             value = yaml.safe_load(value) if value.strip() else {}
         if not isinstance(value, dict):
             raise bad(f" (a YAML mapping such as '{{a: 1}}', KEY=VALUE, or one entry: --{key}.KEY VALUE)")
+        check_colon_keys(value, where, command_line=typed)
         vt = args[1] if len(args) == 2 else Any
         return {str(k): _coerce(v, vt, f"{key}.{k}", src) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
@@ -257,11 +259,30 @@ def _unknown(key: str, known, where: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}' {where}{hint}")
 
 
+def check_colon_keys(mapping: Dict[str, Any], where: str, nested: bool = True, command_line: bool = True) -> None:
+    """A :class:`ConfigError` where YAML read ``KEY:VALUE`` written without a space after the colon
+    (``{image_size:32}``) as a key named ``image_size:32`` with no value (nested mappings too), which
+    the checks after would call an unknown argument; ``where`` (the option and its value, say) starts
+    the message. ``nested``: the mappings inside too; ``command_line``: the mapping was typed on the
+    command line, where KEY=VALUE is the other way to write it."""
+    for k, v in mapping.items():
+        if isinstance(v, dict) and nested:
+            check_colon_keys(v, where, nested, command_line)
+        elif v is None and isinstance(k, str) and ":" in k.strip(": "):
+            name, _, value = k.partition(":")
+            raise ConfigError(f"{where}: YAML read {k!r} as a key with no value: YAML needs a space after ':' "
+                              f"({{{name}: {value}}})" + (f", or use KEY=VALUE ({name}={value})" if command_line else ""))
+
+
 def check_keys(mapping: Dict[str, Any], prefix: str = "", source: str = "") -> None:
     """A :class:`ConfigError` where a key of ``mapping`` (a config file's, or a section's) starts with
     a dash (``--epochs:``, a command-line option pasted into a file: the dashes belong to the command
     line, and the file would read otherwise than it is written), or where two keys are one key spelt
-    two ways (``data_dir`` and ``data-dir``): one of them would silently win."""
+    two ways (``data_dir`` and ``data-dir``): one of them would silently win; or where YAML read
+    ``key:value`` (no space after the colon) as a key with no value (:func:`check_colon_keys`)."""
+    check_colon_keys(mapping, f"config {('keys of ' + prefix.rstrip('.')) if prefix else 'keys'}"
+                     + (f" {source}" if source else ""), nested=False,  # a dict field's value: _coerce
+                     command_line=source.startswith("(from --"))
     spelt: Dict[str, List[str]] = {}
     for raw_key in mapping:
         if str(raw_key).startswith("-"):
@@ -505,6 +526,7 @@ def merge_key_values(items: Sequence[str], option: str = "--dataset-kw",
         if not isinstance(mapping, dict):
             raise ValueError(f"{option} {item!r}: write KEY=VALUE or a YAML mapping, e.g. {option} {examples[0]} "
                              f"or {option} '{examples[1]}'")
+        check_colon_keys(mapping, f"{option} {item!r}")
         out.update({str(k): _exponent_floats(v) for k, v in mapping.items()})
     return out
 

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .atomic import atomic_path
+from .atomic import atomic_torch_save
 from .distributed import rank
 
 FORMAT = 1
@@ -539,8 +539,7 @@ def save_stage(path, state: dict) -> None:
         state["sha256"] = digest(state)
         path = Path(path)
         try:
-            with atomic_path(path) as tmp:
-                torch.save(state, tmp)
+            atomic_torch_save(state, path)
         except write_errors() as e:
             kept = (f"{path} still holds the previous stage's record, so the run can continue from there (the "
                     "same command with its resume option; optimize_connectome: the same checkpoint=)"

@@ -81,6 +81,23 @@ def parse_target(target: Target) -> Target:
     return target
 
 
+def one_synapse_note(targets, option: str) -> Optional[str]:
+    """A note where the only target is the whole number 1 (``--remove 1``): a count, so one synapse
+    removed, where a user may have meant every synapse (a fraction of 1, which is no valid target).
+    ``targets``: one target or a list of them; ``option``: the option that gave them. None otherwise."""
+    listed = list(targets) if isinstance(targets, (list, tuple)) else [targets]
+    if len(listed) != 1:
+        return None
+    try:
+        target = parse_target(listed[0])
+    except ValueError:  # refused elsewhere, with its own message
+        return None
+    if not (isinstance(target, int) and target == 1):
+        return None
+    return (f"note: {option} 1 removes one synapse (a whole number is a count of synapses); for a fraction give "
+            f"0.5 and so on (1.0, every synapse, is no valid target)")
+
+
 def resolve_target(target: Target, total: int) -> Optional[int]:
     """Synapses to remove for ``target`` (None for "best"). Raises ValueError on a bad target."""
     target = parse_target(target)

@@ -28,10 +28,8 @@ import re
 import sys
 from typing import Optional
 
-import torch
-
 from adaptive import jsonio
-from adaptive.atomic import write_text
+from adaptive.atomic import atomic_torch_save, write_text
 from adaptive.cli import ArgumentParser, counted
 from adaptive.config import dotted_key_values
 from adaptive.warn import command_line_warnings, warn_user
@@ -688,11 +686,8 @@ def _save(obj, out: str) -> None:
     """``torch.save`` to ``out`` atomically (a failed or interrupted save leaves no half file). torch
     reports a failed write (permissions, a full disk) as a RuntimeError, which would read as a
     failure to rebuild the model: it is raised as the OSError it is, naming the file."""
-    from adaptive.atomic import atomic_path
-
     try:
-        with atomic_path(out) as tmp:
-            torch.save(obj, tmp)
+        atomic_torch_save(obj, out)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "file failed" in first or "write" in first.lower():

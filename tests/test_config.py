@@ -1,4 +1,5 @@
 """Typed configs: defaults < YAML files < --key value; unknown keys and wrong types rejected."""
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
@@ -432,3 +433,52 @@ def test_a_file_key_with_leading_dashes_is_refused_naming_the_key_to_write(tmp_p
         parse_config(Cfg, ["--optim", "{--lr: 0.5}"])
     cfg = parse_config(Cfg, ["--epochs", "5", "--optim.lr", "0.5", "--data-dir=/d", "--no-download"])
     assert (cfg.epochs, cfg.optim.lr, cfg.data_dir, cfg.download) == (5, 0.5, "/d", False)
+
+
+# ----------------------------------------------------------------------------- KEY:VALUE without a space
+
+NO_SPACE = "YAML needs a space after ':' ({image_size: 32}), or use KEY=VALUE (image_size=32)"
+
+
+def test_a_mapping_without_a_space_after_the_colon_says_so():
+    """YAML reads '{image_size:32}' as a key named 'image_size:32' with no value: the errors after it
+    said 'not an argument ... did you mean image_size?', which hid the missing space."""
+    with pytest.raises(ConfigError, match=r"config key 'model_kw' \(from --model_kw\): YAML read 'image_size:32' as "
+                                          r"a key with no value: " + re.escape(NO_SPACE)):
+        parse_config(Cfg, ["--model-kw", "{image_size:32,resize:36}"])
+    with pytest.raises(ConfigError, match=r"YAML read 'b:1' as a key with no value: .*\(\{b: 1\}\), or use KEY=VALUE"):
+        parse_config(Cfg, ["--model-kw", "{a: {b:1}}"])  # nested
+    with pytest.raises(ConfigError, match=r"config keys of optim \(from --optim\): YAML read 'lr:0.5' as a key "
+                                          r"with no value: .*\(\{lr: 0.5\}\), or use KEY=VALUE"):
+        parse_config(Cfg, ["--optim", "{lr:0.5}"])
+    assert parse_config(Cfg, ["--model-kw", "{image_size: 32, name: 'a:b'}"]).model_kw == {"image_size": 32,
+                                                                                          "name": "a:b"}
+
+
+def test_a_config_file_mapping_without_a_space_after_the_colon_says_so_without_key_value(tmp_path):
+    """In a file KEY=VALUE is no way to write it: the message leaves it out."""
+    path = tmp_path / "c.yaml"
+    path.write_text("model_kw: {image_size:32}\n")
+    with pytest.raises(ConfigError, match=r"config key 'model_kw' in .*c.yaml: YAML read 'image_size:32' as a key "
+                                          r"with no value: YAML needs a space after ':' \(\{image_size: 32\}\)$"):
+        parse_config(Cfg, ["--config", str(path)])
+
+
+@pytest.mark.parametrize("script", ["recipes/adaptive.py", "recipes/prune_pretrained.py"])
+@pytest.mark.parametrize("option, value, said", [
+    ("--dataset-kw", "{image_size:32,resize:36}", NO_SPACE),
+    ("--model-kw", "{hidden: [16], depth:2}", "YAML needs a space after ':' ({depth: 2}), or use KEY=VALUE (depth=2)"),
+])
+def test_both_recipes_say_what_a_missing_space_after_the_colon_did(script, option, value, said, tmp_path, capsys):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _scripts import load_script
+
+    mod = load_script(script, "config_colon_" + script.split("/")[1][:-3])
+    with pytest.raises(SystemExit) as e:
+        mod.parse_args([option, value, "--output_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err + str(e.value.code)
+    assert "YAML read" in err and said in err and "not an argument" not in err, err
+    assert not (tmp_path / "run").exists()

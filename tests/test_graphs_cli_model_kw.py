@@ -88,6 +88,8 @@ def test_a_model_rebuilt_with_the_wrong_arguments_names_the_layer_and_the_option
 
 @pytest.mark.parametrize("entries, said", [
     (["hidden"], "--model-kw 'hidden': write KEY=VALUE or a YAML mapping, e.g. --model-kw width=2"),
+    (["{hidden: [16], width:2}"], "--model-kw '{hidden: [16], width:2}': YAML read 'width:2' as a key with no value: "
+                                  "YAML needs a space after ':' ({width: 2}), or use KEY=VALUE (width=2)"),
     (["hiden=[16]"], "--model-kw hiden=[16]: model 'mlp' takes no keyword 'hiden' (did you mean 'hidden'?)"),
     (["hidden=abc"], "--model-kw hidden=abc: rebuilding model 'mlp' failed (ValueError: hidden sizes must be"),
     (["hidden=[16]", "num_classes=3"], "--model-kw num_classes=3 and --num-classes 10 disagree"),

@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
+from ..atomic import atomic_torch_save
 from ..paths import cache_dir as default_cache_dir
 
 
@@ -147,6 +147,6 @@ def cached_folder_tensor(root: Path, cache_name: str, cache_dir: Optional[Path] 
         return found[0], found[1], classes
     images, labels, classes = decode_folder(root, desc=f"decoding {cache_name} ({why}; caching to {cache})",
                                            progress=progress)
-    with atomic_path(cache) as tmp:  # readable by others (the cache is meant to be shared), never half-written
-        torch.save({"meta": meta, "images": images, "labels": labels, "crc32": _checksum(images, labels)}, tmp)
+    # readable by others (the cache is meant to be shared), never half-written
+    atomic_torch_save({"meta": meta, "images": images, "labels": labels, "crc32": _checksum(images, labels)}, cache)
     return images, labels, classes

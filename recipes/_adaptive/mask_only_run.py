@@ -7,6 +7,7 @@ import time
 from adaptive import mask_only_checkpoint as stage_checkpoint
 from adaptive.cli import mask_only_progress, progress_lines, show_progress
 from adaptive.distributed import agreed_call, gather_mask_hashes
+from adaptive.mask_only_targets import one_synapse_note
 from adaptive.training import TrainState, metric_row
 
 from .builders import _refuse_differing_splits
@@ -26,6 +27,9 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     if cfg.weights is None:
         accelerator.print("note: no --weights given, so the masks are learned on the network's random initial "
                           "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
+    one = one_synapse_note(cfg.target, "--target")  # (--density D means --target 1-D: a fraction, never the count 1)
+    if one:
+        accelerator.print(one)
     lock.acquire(cfg)
     # an earlier run's checkpoint (set aside by begin) survives a run refused or stopped before its
     # first target, from here on: the setup below can fail or be interrupted too

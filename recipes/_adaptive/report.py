@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from adaptive import Connectome, Controller, jsonio
-from adaptive.atomic import write_text
+from adaptive.atomic import atomic_torch_save, write_text
 from adaptive.cli import counted, show_progress
 from adaptive.data import test_images, test_split_size
 from adaptive.training import TrainState, evaluate, write_metrics_csv
@@ -66,7 +66,7 @@ def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn,
         write_metrics_csv(rows, files["metrics"])
         write_text(files["events"], "".join(json.dumps(e, default=float) + "\n" for e in events))
         conn.save(files["connectome"], with_original=conn.mode == "mask_only")
-        torch.save(conn.dense_state_dict(device="cpu"), files["dense_state_dict"])  # loads on any machine
+        atomic_torch_save(conn.dense_state_dict(device="cpu"), files["dense_state_dict"])  # loads on any machine
         if cfg.figures:
             from adaptive.plots import plot_run, run_title
 

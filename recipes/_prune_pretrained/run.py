@@ -14,10 +14,11 @@ from adaptive.data import get_dataloaders, model_before_data
 from adaptive import mask_only_checkpoint as stage_checkpoint
 from adaptive import jsonio
 from adaptive import run_folder
-from adaptive.atomic import atomic_path
+from adaptive.atomic import atomic_path, atomic_torch_save
 from adaptive.cli import mask_only_progress, progress_lines, show_progress
 from adaptive.distributed import gather_mask_hashes
 from adaptive.mask_only import changed_from, count_synapses, evaluate, loaded_state, optimize_connectome
+from adaptive.mask_only_targets import one_synapse_note
 from adaptive.plots import run_title
 from adaptive.training import evaluate as evaluate_sharded
 
@@ -94,6 +95,9 @@ def _run(args, out: Path, checked, test_loader_hook) -> dict:
     if args.weights is None:
         accelerator.print("note: no --weights given, so the masks are learned on the network's random initial "
                           "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
+    one = one_synapse_note(args.remove, "--remove")
+    if one:
+        accelerator.print(one)
     lock = run_folder.RunLock(accelerator, out)  # taken before the run's first write into the folder
     lock.acquire(None if args.resume else lambda: _refuse_earlier_run(args, out))
     try:
@@ -213,10 +217,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
             folder = out / f"remove_{label}" if several else out
             if main_proc:
                 folder.mkdir(parents=True, exist_ok=True)
-                with atomic_path(folder / "pruned_state_dict.pt") as tmp, open(tmp, "wb") as f:  # never truncated
-                    # saved through a file object: torch.save names a path's archive after the (temporary)
-                    # file, so the same masks gave other bytes in every run, a resumed one included
-                    torch.save(pruned_sd, f)
+                atomic_torch_save(pruned_sd, folder / "pruned_state_dict.pt")  # never truncated; same masks, same bytes
                 conn.save(folder / "connectome.safetensors")
             tl, ta, _ = train_eval()
             sl, sa, _ = evaluate_sharded(accelerator, model, test_dl, progress=report_bar)
