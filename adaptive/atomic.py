@@ -108,12 +108,17 @@ def atomic_torch_save(obj: Any, path: Union[str, os.PathLike]) -> Path:
     The same ``obj`` gives the same bytes in every run: torch names the archive inside a file after
     the path it is given, here the temporary file's random name, so it is handed an open file instead
     (its archive is then named ``archive``, whatever the file's name). An OSError the writer raises
-    without a file name (a full disk) names ``path``, not the temporary file a reader never sees."""
+    without a file name (a full disk) names ``path``, not the temporary file a reader never sees.
+    The file is flushed to disk (fsync) before the rename: after a power cut or a crash of the
+    machine, ``path`` holds the old file or the whole new one, never an empty or cut-short one
+    (checkpoints are what a run resumes from)."""
     import torch
 
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as e:
         if e.filename is None or temp_target(Path(e.filename).name) is not None:
             e.filename = str(path)

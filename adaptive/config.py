@@ -147,7 +147,11 @@ def _coerce(value, tp, key: str, src: str = ""):
         return ConfigError(f"{where} expects {_type_name(tp)}, got {shown}{extra}")
 
     if tp is Any:
-        return _exponent_floats(yaml.safe_load(value) if isinstance(value, _Cli) else value)
+        if not isinstance(value, _Cli):  # (a file's: a dict field's mapping was checked whole)
+            return _exponent_floats(value)
+        value = yaml.safe_load(value)
+        _check_colon_keys_in(value, where, command_line=True)  # --model_kw opts={a:1}
+        return _exponent_floats(value)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if _is_union(tp):
         if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
@@ -264,14 +268,24 @@ def check_colon_keys(mapping: Dict[str, Any], where: str, nested: bool = True, c
     (``{image_size:32}``) as a key named ``image_size:32`` with no value (nested mappings too), which
     the checks after would call an unknown argument; ``where`` (the option and its value, say) starts
     the message. ``nested``: the mappings inside too; ``command_line``: the mapping was typed on the
-    command line, where KEY=VALUE is the other way to write it."""
+    command line, where KEY=VALUE is the other way to write it. With ``nested``, the mappings in
+    lists are checked too (``{transforms: [{resize:36}]}``)."""
     for k, v in mapping.items():
-        if isinstance(v, dict) and nested:
-            check_colon_keys(v, where, nested, command_line)
+        if nested and isinstance(v, (dict, list, tuple)):
+            _check_colon_keys_in(v, where, command_line)
         elif v is None and isinstance(k, str) and ":" in k.strip(": "):
             name, _, value = k.partition(":")
             raise ConfigError(f"{where}: YAML read {k!r} as a key with no value: YAML needs a space after ':' "
                               f"({{{name}: {value}}})" + (f", or use KEY=VALUE ({name}={value})" if command_line else ""))
+
+
+def _check_colon_keys_in(value, where: str, command_line: bool) -> None:
+    """:func:`check_colon_keys` on ``value`` (a mapping) and on every mapping its lists hold."""
+    if isinstance(value, dict):
+        check_colon_keys(value, where, True, command_line)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_colon_keys_in(item, where, command_line)
 
 
 def check_keys(mapping: Dict[str, Any], prefix: str = "", source: str = "") -> None:
@@ -510,15 +524,20 @@ def merge_key_values(items: Sequence[str], option: str = "--dataset-kw",
     ``KEY=VALUE`` or a YAML mapping (``'{a: 1, b: 2}'``), as :func:`parse_config` reads a dict
     field: entry by entry, later ones winning per key. ValueError naming ``option`` otherwise, with
     ``examples`` (one KEY=VALUE, one mapping) of what to write."""
+    # (a --config file's mapping: there KEY=VALUE is no way to write it)
+    check_colon_keys(dict(base or {}), f"the config file's {option.lstrip('-').replace('-', '_')}", command_line=False)
     out = _exponent_floats(dict(base or {}))  # a file's 1e-6, read by YAML as text, is the float as here
     for item in items:
         try:
-            out.update([key_value(item, option)])
-            continue
+            entry = dict([key_value(item, option)])
         except ValueError:
             key, sep, _ = str(item).partition("=")
             if sep and key.strip().isidentifier() and not str(item).lstrip().startswith("{"):
                 raise  # KEY=VALUE whose value is not YAML: key_value says so
+        else:
+            check_colon_keys(entry, f"{option} {item!r}")  # (its value's mappings: opts={a:1})
+            out.update(entry)
+            continue
         try:
             mapping = yaml.safe_load(item) if str(item).strip() else {}
         except yaml.YAMLError:

@@ -82,17 +82,17 @@ def parse_target(target: Target) -> Target:
 
 
 def one_synapse_note(targets, option: str) -> Optional[str]:
-    """A note where the only target is the whole number 1 (``--remove 1``): a count, so one synapse
-    removed, where a user may have meant every synapse (a fraction of 1, which is no valid target).
-    ``targets``: one target or a list of them; ``option``: the option that gave them. None otherwise."""
+    """A note where the whole number 1 is the only target (``--remove 1``) or the only count among
+    fractions (``--remove 0.5 1``): a count, so one synapse removed, where a user may have meant every
+    synapse (a fraction of 1, which is no valid target). ``targets``: one target or a list of them;
+    ``option``: the option that gave them. None otherwise (``--remove 1 100``: counts)."""
     listed = list(targets) if isinstance(targets, (list, tuple)) else [targets]
-    if len(listed) != 1:
-        return None
     try:
-        target = parse_target(listed[0])
+        parsed = [parse_target(t) for t in listed]
     except ValueError:  # refused elsewhere, with its own message
         return None
-    if not (isinstance(target, int) and target == 1):
+    counts = [t for t in parsed if isinstance(t, int)]
+    if counts != [1] or any(isinstance(t, str) for t in parsed):  # (the rest fractions: parse_target's kinds)
         return None
     return (f"note: {option} 1 removes one synapse (a whole number is a count of synapses); for a fraction give "
             f"0.5 and so on (1.0, every synapse, is no valid target)")

@@ -118,3 +118,49 @@ def test_a_mask_only_run_twice_with_the_same_seed_writes_the_same_pt_bytes(tmp_p
         assert all({n.split("/")[0] for n in archive_names(p)} == {"archive"} for p in pts), pts
         dense.append((run / "dense_state_dict.pt").read_bytes())
     assert dense[0] == dense[1]
+
+
+def test_the_whole_file_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
+    """Without an fsync a power cut after the rename could leave an empty or cut-short checkpoint under
+    the final name (the rename reaching the disk before the data): the temporary file, written in
+    full, is synced before it is renamed."""
+    from adaptive.atomic import temp_target
+
+    path = tmp_path / "x.pt"
+    synced, real = [], os.fsync
+
+    def fsync(fd):
+        synced.append((os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), os.fstat(fd).st_size, path.exists()))
+        return real(fd)
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to name the synced file")
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic_torch_save(OBJ, path)
+    assert len(synced) == 1, synced
+    name, size, renamed = synced[0]
+    assert temp_target(name) == "x.pt" and size == path.stat().st_size and not renamed
+
+
+def test_an_interrupted_save_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """Ctrl-C mid-write: the old file stays, the temporary one goes."""
+    path = tmp_path / "x.pt"
+    atomic_torch_save(OBJ, path)
+    before = path.read_bytes()
+
+    def interrupted(obj, f, *a, **k):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"other": 1}, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+
+
+def test_the_saved_file_has_the_usual_permissions(tmp_path):
+    """As torch.save(obj, path) gave: 0666 less the umask, not a private temporary file's 0600."""
+    from adaptive.atomic import _UMASK  # (the process's umask, read when adaptive.atomic is imported)
+
+    atomic_torch_save(OBJ, tmp_path / "x.pt")
+    assert (tmp_path / "x.pt").stat().st_mode & 0o777 == 0o666 & ~_UMASK

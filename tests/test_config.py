@@ -482,3 +482,54 @@ def test_both_recipes_say_what_a_missing_space_after_the_colon_did(script, optio
     err = capsys.readouterr().err + str(e.value.code)
     assert "YAML read" in err and said in err and "not an argument" not in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_space_in_a_mapping_inside_a_list_or_a_key_value_says_so():
+    """Mappings in lists ({transforms: [{resize:36}]}) and in a KEY=VALUE's value (opts={a:1}) were not
+    looked into: the missing space came out as an unknown argument 'resize:36' further on."""
+    from adaptive.config import merge_key_values
+
+    with pytest.raises(ConfigError, match=r"YAML read 'resize:36' as a key with no value: .*\(\{resize: 36\}\)"):
+        parse_config(Cfg, ["--model-kw", "{transforms: [{resize:36}]}"])
+    for argv in (["--model-kw", "opts={a:1}"], ["--model-kw.opts", "{a:1}"]):
+        with pytest.raises(ConfigError, match=r"config key 'model_kw(\.opts)?' \(from .*\): YAML read 'a:1' as a key "
+                                              r"with no value: .*, or use KEY=VALUE \(a=1\)"):
+            parse_config(Cfg, argv)
+    assert parse_config(Cfg, ["--model-kw", "opts={a: 1}", "--model-kw", "u=http://x:80"]).model_kw == {
+        "opts": {"a": 1}, "u": "http://x:80"}
+    with pytest.raises(ConfigError, match=r"--dataset-kw '\{t: \[\{resize:36\}\]\}': YAML read 'resize:36'"):
+        merge_key_values(["{t: [{resize:36}]}"])
+    with pytest.raises(ConfigError, match=r"--dataset-kw 'opts=\{a:1\}': YAML read 'a:1' as a key .*\(a=1\)"):
+        merge_key_values(["opts={a:1}"])
+    assert merge_key_values(["url=http://x:80", "{t: [{a: 1}, 'b:c'], when: '12:30'}", "none="]) == {
+        "url": "http://x:80", "t": [{"a": 1}, "b:c"], "when": "12:30", "none": None}
+
+
+def test_a_config_files_mapping_given_to_merge_key_values_is_checked_too():
+    """recipes/prune_pretrained.py --config FILE with 'model_kw: {depth:2}': the file's mapping (base)
+    went unchecked, and the run failed with "model 'mlp' takes no keyword 'depth:2'"."""
+    from adaptive.config import merge_key_values
+
+    with pytest.raises(ConfigError, match=r"^the config file's model_kw: YAML read 'depth:2' as a key with no value: "
+                                          r"YAML needs a space after ':' \(\{depth: 2\}\)$"):
+        merge_key_values([], "--model-kw", base={"hidden": [16], "depth:2": None})
+    assert merge_key_values(["depth=3"], "--model-kw", base={"hidden": [16], "a": None}) == {
+        "hidden": [16], "a": None, "depth": 3}
+
+
+def test_prune_pretrained_says_what_a_missing_space_in_its_config_file_did(tmp_path, capsys):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _scripts import load_script
+
+    mod = load_script("recipes/prune_pretrained.py", "config_colon_prune_pretrained_file")
+    path = tmp_path / "c.yaml"
+    path.write_text("model: mlp\ndataset: digits\nmodel_kw: {hidden: [16], depth:2}\n")
+    with pytest.raises(SystemExit) as e:
+        mod.parse_args(["--config", str(path), "--output_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err + str(e.value.code)
+    assert "the config file's model_kw: YAML read 'depth:2' as a key with no value: YAML needs a space after ':' " \
+           "({depth: 2})" in err and "takes no keyword" not in err, err
+    assert not (tmp_path / "run").exists()

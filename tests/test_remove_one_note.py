@@ -19,12 +19,13 @@ NOTE = ("note: --remove 1 removes one synapse (a whole number is a count of syna
         "on (1.0, every synapse, is no valid target)")
 
 
-@pytest.mark.parametrize("targets", [1, [1], "1", [torch.tensor(1)]])
-def test_the_count_1_alone_gets_the_note(targets):
+@pytest.mark.parametrize("targets", [1, [1], "1", [torch.tensor(1)], [1, 0.5], ["0.25", "0.5", "1"]])
+def test_the_count_1_alone_or_among_fractions_gets_the_note(targets):
+    """--remove 0.25 0.5 1 reads as 25%, 50%, 100% and removed one synapse at the last target, silently."""
     assert one_synapse_note(targets, "--remove") == NOTE
 
 
-@pytest.mark.parametrize("targets", [[1, 0.5], 0.5, 2, "best", 0, [], True, "1.5"])
+@pytest.mark.parametrize("targets", [[1, 100], [1, 0.5, 2], 0.5, 2, "best", 0, [], True, "1.5", [1, "x"]])
 def test_other_targets_get_none(targets):
     assert one_synapse_note(targets, "--remove") is None
 
