@@ -3,6 +3,8 @@
 read, a layer call's input node."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import fx, nn
 
@@ -48,7 +50,7 @@ def _inputs_read(m: nn.Module) -> torch.Tensor:
     read it?"""
     w = _out_in_weight(m)
     g = int(getattr(unfolded(m), "groups", 1))
-    return (w != 0).reshape(g, w.shape[0] // g, w.shape[1], -1).any(-1).any(1).reshape(-1)
+    return (w != 0).reshape(g, w.shape[0] // g, w.shape[1], math.prod(w.shape[2:])).any(-1).any(1).reshape(-1)
 
 
 def _depthwise(m) -> bool:

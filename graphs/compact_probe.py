@@ -4,6 +4,7 @@ fold (see :mod:`graphs.compact`)."""
 from __future__ import annotations
 
 import copy
+import math
 import operator
 from typing import Optional
 
@@ -67,11 +68,11 @@ class _Probe(fx.Interpreter):
         m = unfolded(m)
         w = _out_in_weight(m)
         axis = -1 if isinstance(m, nn.Linear) else 1
-        xc = x.movedim(axis, 0).reshape(x.shape[axis], -1)
+        xc = x.movedim(axis, 0).flatten(1)  # not reshape(c, -1): ambiguous for a Linear(0, n)'s empty input
         zero_in = (xc == 0).all(1)  # exact-zero input channels
         groups = int(getattr(m, "groups", 1))
         o, ipg = w.shape[0], w.shape[1]
-        nz = (w != 0).reshape(o, ipg, -1).any(-1)  # [O, ipg]
+        nz = (w != 0).reshape(o, ipg, math.prod(w.shape[2:])).any(-1)  # [O, ipg]; a Linear of 0 units too
         zc = zero_in.view(groups, ipg).repeat_interleave(o // groups, 0)  # [O, ipg]
         # an output adding folded constants has their border pattern on top of its bias: input-independent but
         # not uniform, so no constant the readers could fold

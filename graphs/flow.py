@@ -7,6 +7,7 @@ ops and table lookups (:mod:`graphs.flow_shapes`).
 """
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -83,7 +84,8 @@ class FlowProp(FlowInPlaceMixin, FlowLayersMixin, FlowAttentionMixin, FlowChanne
             idx = [0] * t.dim()
             idx[axis] = slice(None)
             return t[tuple(idx)].long()
-        tt = t.movedim(axis, 0).reshape(t.shape[axis], -1)
+        # the other axes' size given, not -1: ambiguous where there are no channels (a Linear of 0 units)
+        tt = t.movedim(axis, 0).reshape(t.shape[axis], math.prod(t.shape) // max(1, t.shape[axis]))
         row = torch.arange(tt.shape[0]).repeat_interleave(tt.shape[1])
         return self.book.combine(row, tt.reshape(-1).long(), tt.shape[0], name, "mix")
 

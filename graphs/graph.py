@@ -211,14 +211,21 @@ def _unit_edges(layer: LayerFlow, start: int, w, m, u):
     padding) the per-channel sums are first pooled onto the distinct sources with a dense
     ``index_add_`` along the input axis (groups == 1) or a sort (grouped layers)."""
     o_n, ipg = layer.shape[0], layer.shape[1]
+    if m.numel() == 0:  # a layer of no units or no inputs (a Linear(4, 0), which compact leaves of dead units): no edges
+        none = torch.zeros(0, dtype=torch.long)
+        cols = {"count": torch.zeros(0, dtype=torch.int32), "l1": w.new_zeros(0), "l2": w.new_zeros(0)}
+        if u is not None:
+            cols["utility"] = u.new_zeros(0)
+        return none, none, cols
     opg = o_n // layer.groups
-    mf = m.reshape(o_n, ipg, -1)
+    per = (o_n, ipg, math.prod(m.shape[2:]))  # not -1: ambiguous for a layer of no units or no inputs (a Linear(4, 0))
+    mf = m.reshape(per)
     # absent synapses selected out, not multiplied by 0: a NaN or inf weight or utility there (0 * inf
     # is NaN) would make the sum of its whole unit edge NaN
-    wm = torch.where(m, w, 0.0).reshape(o_n, ipg, -1)
+    wm = torch.where(m, w, 0.0).reshape(per)
     mats = {"count": mf.sum(-1, dtype=torch.int32), "l1": wm.abs().sum(-1), "l2": (wm * wm).sum(-1)}
     if u is not None:
-        mats["utility"] = torch.where(m, u, 0.0).reshape(o_n, ipg, -1).sum(-1)
+        mats["utility"] = torch.where(m, u, 0.0).reshape(per).sum(-1)
     srcs, inv = torch.unique(layer.in_src, return_inverse=True)
     in_src = layer.in_src
     hw = in_src.numel() // srcs.numel()
@@ -244,13 +251,13 @@ def _unit_edges(layer: LayerFlow, start: int, w, m, u):
 
 def _synapse_edges(layer: LayerFlow, start: int, w, m, u):
     o_n, ipg = layer.shape[0], layer.shape[1]
-    k = m[0].numel() // ipg if m.dim() > 1 else 1
+    k = math.prod(m.shape[2:])  # kernel positions per (output, input) pair (m[0] is out of range for no units)
     opg = o_n // layer.groups
     flat = m.reshape(-1).nonzero().squeeze(1)
     o = torch.div(flat, ipg * k, rounding_mode="floor")
     i = torch.div(flat % (ipg * k), k, rounding_mode="floor")
     c = torch.div(o, opg, rounding_mode="floor") * ipg + i
-    offset = layer.rows[0] * (m[0].numel() if m.dim() > 1 else 1) if layer.rows else 0
+    offset = layer.rows[0] * math.prod(m.shape[1:]) if layer.rows else 0
     position = flat + offset  # in the whole parameter
     if layer.transposed:  # the parameter is (in, out/groups, *kernel): number its elements in that order
         stored = transposed_shape(layer.shape, layer.groups)
