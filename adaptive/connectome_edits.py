@@ -110,7 +110,7 @@ class ConnectomeEditsMixin:
                 # edited in place since it was set, and an apply() may have imposed the edit: every
                 # position where the mask as set, the edited one and the new one disagree counts as
                 # changed (its optimizer state is reset), one switched off either way counts as absent
-                # (grown back from its current value), and the layer's weights are imposed again below
+                # (grown back, at grow_init), and the layer's weights are imposed again below
                 ch = ch | (now ^ new)
                 old = old & now
             if not bool(ch.any()):
@@ -119,9 +119,9 @@ class ConnectomeEditsMixin:
             init = None
             if self.mode == "train" and grow_init != "zero" and bool(grown.any()):
                 init = self._grown_values(k, new, grown, grow_init)
-            plan.append((k, new, ch, init, new._version))
+            plan.append((k, new, ch, init, new._version, grown))
         changed = {}
-        for k, new, ch, init, version in plan:
+        for k, new, ch, init, version, grown in plan:
             self.masks[k] = new
             self._last_set[k] = new.clone()
             self._set_tensor[k], self._set_version[k] = new, version
@@ -139,7 +139,10 @@ class ConnectomeEditsMixin:
             if init is not None:
                 p.copy_(init)
             else:
-                p.masked_fill_(~new, 0.0)
+                # grown at 0.0: a pruned weight is 0.0 only while an attached optimizer's steps keep it so, and
+                # training while detached (or a dense load) moved it; a restore keeps what it finds where a
+                # synapse is present (the checkpoint's weights, loaded first)
+                p.masked_fill_(~new if restore else ~new | grown, 0.0)
         if changed:
             _forget_autocast_copies()
             self._reset_optimizer_state({k: ch & ~self.masks[k] for k, ch in changed.items()} if restore else changed)

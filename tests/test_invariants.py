@@ -267,6 +267,36 @@ def test_an_edit_mid_training_resets_moments_and_starts_grown_synapses_at_zero()
     assert_pruned_are_zero(conn, opt)
 
 
+@pytest.mark.parametrize("moved_by", ["detached training", "a dense load", "in-place prune, detached training"])
+def test_a_synapse_grown_at_zero_starts_at_zero_whatever_its_weight_drifted_to(moved_by):
+    """grow_init='zero' promises 0.0 for a grown synapse. A pruned weight is 0.0 only while a connectome
+    attached to the optimizer holds it there: after conn.detach() ("training goes on plain") or a dense
+    model.load_state_dict, it held another value, and set_masks grew it back at that value (also one
+    pruned by writing conn.masks in place, then conn.apply(), as documented)."""
+    model = small_net()
+    conn = adaptive.Connectome(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    conn.set_masks(random_masks(conn, 0.5, seed=1))
+    dense = copy.deepcopy(small_net().state_dict())
+    conn.attach(opt)
+    train(model, opt, 2)
+    if moved_by.startswith("in-place"):
+        for m in conn.masks.values():
+            m[0] = False
+        conn.apply()
+    old = {n: m.clone() for n, m in conn.masks.items()}
+    if moved_by.endswith("detached training"):
+        conn.detach()
+        train(model, opt, 2)
+    else:
+        model.load_state_dict(dense)  # re-masked lazily, at the next step: here the edit comes first
+    assert all(bool(p.detach()[~old[n]].ne(0).any()) for n, p in conn.params.items())  # the pruned ones moved
+    conn.set_masks({n: torch.ones_like(m) for n, m in conn.masks.items()})
+    for n, p in conn.params.items():
+        assert not bool(p.detach()[~old[n]].any()), f"{n}: a synapse grown at grow_init='zero' did not start at 0.0"
+        assert bool(p.detach()[old[n]].ne(0).all())  # the kept ones keep their values
+
+
 def test_deepcopy_and_pickle_of_the_model_work_with_a_connectome_attached():
     model = small_net()
     conn = adaptive.Connectome(model, ensemble="kernel")
