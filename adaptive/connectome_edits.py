@@ -109,13 +109,13 @@ class ConnectomeEditsMixin:
             if touched:
                 # edited in place since it was set, and an apply() may have imposed the edit: every
                 # position where the mask as set, the edited one and the new one disagree counts as
-                # changed (its optimizer state is reset), one switched off either way counts as absent
-                # (grown back, at grow_init), and the layer's weights are imposed again below
+                # changed (its optimizer state is reset), and the layer's weights are imposed again below
                 ch = ch | (now ^ new)
-                old = old & now
             if not bool(ch.any()):
                 continue
-            grown = new & ~old
+            # grown (at grow_init): absent from the mask the weights now follow, so also one switched off
+            # in place; not one switched on in place, which the steps since apply() may have trained
+            grown = new & ~now if touched else new & ~old
             init = None
             if self.mode == "train" and grow_init != "zero" and bool(grown.any()):
                 init = self._grown_values(k, new, grown, grow_init)

@@ -68,7 +68,9 @@ class _Probe(fx.Interpreter):
         m = unfolded(m)
         w = _out_in_weight(m)
         axis = -1 if isinstance(m, nn.Linear) else 1
-        xc = x.movedim(axis, 0).flatten(1)  # not reshape(c, -1): ambiguous for a Linear(0, n)'s empty input
+        # the other axes' size given, not -1 (ambiguous for a Linear(0, n)'s empty input), nor flatten(1) (a Linear
+        # may read a 1-d tensor)
+        xc = x.movedim(axis, 0).reshape(x.shape[axis], math.prod(x.shape) // max(1, x.shape[axis]))
         zero_in = (xc == 0).all(1)  # exact-zero input channels
         groups = int(getattr(m, "groups", 1))
         o, ipg = w.shape[0], w.shape[1]

@@ -211,3 +211,30 @@ def test_a_layer_compacted_to_no_units_builds_and_compacts_again():
         assert int((g.node_attrs["kind"] == 2).sum()) == 4  # fc2's and skip's 2 units each; 4 layers
     again = graphs.compact(small, conn2, x)
     assert_computes(again, small, [x])
+
+
+class OneDim(nn.Module):
+    """Linear layers reading a 1-d tensor (the batch averaged first)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x.mean(0))))
+
+
+def test_compact_of_linear_layers_reading_a_1d_tensor():
+    """The probe of a layer's exact-zero inputs flattened them with flatten(1), which a 1-d input has no axis
+    for (since the fix for layers of no units): compact raised where it had worked."""
+    torch.manual_seed(0)
+    net = OneDim().double()
+    conn = adaptive.Connectome(net)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["a.weight"][:, 1] = False  # input 1 read by no one
+    masks["b.weight"][:, 2] = False  # unit 2 of a read by no one
+    conn.set_masks(masks)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    small = graphs.compact(net, conn, x)
+    assert n_params(small) <= n_params(net)
+    assert_computes(small, masked_copy(net, conn.masks), [x])

@@ -21,7 +21,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -201,7 +201,7 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("step"), st.sampled_from(["plain", "clip-norm", "clip-value", "bf16", "scaler", "twice"])),
     st.tuples(st.just("edit"), st.floats(0.0, 1.0), st.sampled_from(["zero", "original", "callable"]),
               st.sampled_from(["ensemble", "contiguous", "transposed", "expanded", "channels_last"])),
-    st.tuples(st.just("inplace"), st.integers(0, 2**16)),
+    st.tuples(st.just("inplace"), st.integers(0, 2**16), st.booleans()),
     st.tuples(st.just("reload"), st.booleans()),
     st.tuples(st.just("detach"), st.booleans()),
 ), min_size=1, max_size=10)
@@ -210,6 +210,12 @@ ops = st.lists(st.one_of(
 @prop(30)
 @given(model_name=st.sampled_from(sorted(MODELS)), spec=st.sampled_from(SPECS), opt_name=st.sampled_from(sorted(OPTIMIZERS)),
        seed=st.integers(0, 2**16), pre_steps=st.integers(0, 2), script=ops)
+# always run: pruned weights moved by training while detached, then grown (at 0.0); a synapse switched on
+# in place and trained, then kept by an edit (its trained weight kept)
+@example(model_name="mlp", spec="synapse", opt_name="sgd", seed=0, pre_steps=0,
+         script=[("detach", True), ("step", "plain"), ("edit", 1.0, "zero", "ensemble")])
+@example(model_name="mlp", spec="synapse", opt_name="sgd", seed=0, pre_steps=0,
+         script=[("inplace", 5, True), ("step", "plain"), ("step", "plain"), ("edit", 1.0, "zero", "contiguous")])
 def test_random_edits_and_steps_keep_pruned_weights_and_moments_at_zero(model_name, spec, opt_name, seed, pre_steps, script):
     model, conn = build(model_name, spec, seed)
     opt = OPTIMIZERS[opt_name](model.parameters())
@@ -282,11 +288,16 @@ def test_random_edits_and_steps_keep_pruned_weights_and_moments_at_zero(model_na
                             assert bool((v[changed] == want).all()), f"{n}: {key} not reset at a changed position"
             if attached:  # (detached, a layer the edit leaves as it was keeps what plain training did to it)
                 check_pruned(conn, opt, opt_name, "edit")
-        elif kind == "inplace":  # a mask written in place, then conn.apply() as documented
+        elif kind == "inplace":  # a mask written in place (a synapse switched off, or on), then conn.apply() as documented
             n = sorted(conn.masks)[op[1] % len(conn.masks)]
             if conn.granularity_of(n).spec == "synapse":
                 m = conn.masks[n]
-                m[tuple(int(j) for j in torch.unravel_index(torch.tensor(op[1] % m.numel()), m.shape))] = False
+                if op[2]:  # one of the pruned synapses switched on
+                    off = (~m).nonzero()
+                    if len(off):
+                        m[tuple(off[op[1] % len(off)].tolist())] = True
+                else:
+                    m[tuple(int(j) for j in torch.unravel_index(torch.tensor(op[1] % m.numel()), m.shape))] = False
                 conn.apply()
                 check_pruned(conn, opt if attached else None, opt_name, "inplace")
         elif kind == "reload":  # an optimizer state saved and loaded (a resume of the optimizer alone)

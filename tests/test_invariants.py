@@ -297,6 +297,28 @@ def test_a_synapse_grown_at_zero_starts_at_zero_whatever_its_weight_drifted_to(m
         assert bool(p.detach()[old[n]].ne(0).all())  # the kept ones keep their values
 
 
+@pytest.mark.parametrize("grow_init", ["zero", "callable"])
+def test_a_synapse_grown_in_place_and_trained_keeps_its_weight_at_the_next_edit(grow_init):
+    """A synapse switched on by writing its mask in place, then conn.apply() (as documented), trains
+    with the others; the next edit of its layer that keeps it present must keep its trained weight, not
+    grow it again at grow_init (it did, once grown-at-zero zeroed every position the mask as set lacked)."""
+    model, conn, opt = attached_half_pruned()
+    train(model, opt, 2)
+    k = "8.weight"
+    on = (~conn.masks[k]).nonzero()[:3].unbind(1)
+    conn.masks[k][on] = True
+    conn.apply()
+    train(model, opt, 3, seed=300)
+    trained = conn.params[k].detach()[on].clone()
+    assert bool(trained.ne(0).all())  # they trained
+    new = conn.masks[k].clone()
+    new[new.nonzero()[-1].unbind()] = False  # prune another synapse of the layer
+    init = "zero" if grow_init == "zero" else (lambda name, grown: torch.full_like(conn.params[name], 7.0))
+    conn.set_masks({k: new}, grow_init=init)
+    assert torch.equal(conn.params[k].detach()[on], trained), "an in-place grown, trained synapse was grown again"
+    assert_pruned_are_zero(conn, opt)
+
+
 def test_deepcopy_and_pickle_of_the_model_work_with_a_connectome_attached():
     model = small_net()
     conn = adaptive.Connectome(model, ensemble="kernel")
