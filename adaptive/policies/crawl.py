@@ -155,6 +155,8 @@ class Crawl(Policy):
             r_order = ((full if full is not None else highest(gs, absent, a.numel() - live_ens)) if need < 0
                        else highest(gs, ra, min(limit, int(ra.sum()))))
             fp, fr = self._cover(p_order, sz, need), self._cover(r_order, sz, -need)
+            if self.goal > 0 and fp >= live_ens > 0:  # nearest by whole ensembles may be none live: a goal of
+                fp = live_ens - 1  # synapses kept keeps one (every synapse removed leaves no network, as refused)
             cand_p, cand_r = p_order[fp: fp + limit], r_order[fr: fr + limit]
             n = min(cand_p.numel(), cand_r.numel()) if need == 0 else 0  # swaps only once at the goal
             # ascending costs vs descending gains: the worthwhile pairs are a prefix; only pairs of
