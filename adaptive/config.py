@@ -434,6 +434,9 @@ def read_yaml(path, option: Optional[str] = "--config") -> Dict[str, Any]:
     a folder, unreadable, not YAML or not a mapping."""
     p = Path(path)
     given = f"{option} file '{path}'" if option else f"config file '{path}'"
+    if not str(path).strip():  # (Path("") is the working directory: "is a folder" misled)
+        raise ConfigError(f"{option or 'the config file path'} '{path}' names no file: give the path of a YAML "
+                          "file (a run folder's config.yaml, say)")
     if p.is_dir():
         raise ConfigError(f"{given} is a folder: give the path of a YAML file (a run folder's config.yaml, say)")
     if not p.is_file():

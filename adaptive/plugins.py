@@ -48,8 +48,11 @@ def load_plugin(spec: str) -> ModuleType:
     spec = spec.strip()
     if _is_file(spec):
         path = Path(spec).expanduser().resolve()
+        resolved_to = f" (resolved to {path})" if str(path) != spec else ""
+        if path.is_dir():
+            raise PluginError(f"plugin file {spec}{resolved_to} is a folder: give the path of a .py file in it, or a "
+                              "package's module name with the folder holding the package on PYTHONPATH")
         if not path.is_file():
-            resolved_to = f" (resolved to {path})" if str(path) != spec else ""
             raise PluginNotFoundError(f"plugin file {spec} not found{resolved_to}: give the path of a .py file, "
                                       "or the name of an importable module", spec)
         if path in _LOADED:
@@ -59,6 +62,9 @@ def load_plugin(spec: str) -> ModuleType:
         # names), while a copy of the same file may be loaded again
         name = registry.PLUGIN_MODULE + re.sub(r"\W", "_", path.stem) + "_" + hashlib.sha1(path.read_bytes()).hexdigest()[:8]
         mod_spec = importlib.util.spec_from_file_location(name, path)
+        if mod_spec is None:  # no loader for the file's suffix (a bare AttributeError below)
+            raise PluginError(f"plugin file {spec}{resolved_to} is not a .py file: a plugin is Python source whose "
+                              "name ends in .py, or an importable module's name")
         mod = importlib.util.module_from_spec(mod_spec)
         sys.modules[name] = mod  # dataclasses and pickling resolve the plugin's names through it
         try:
@@ -69,6 +75,9 @@ def load_plugin(spec: str) -> ModuleType:
             raise with_notes_of(PluginError(f"plugin {spec} failed while loading: {type(e).__name__}: {e}"), e) from e
         _LOADED[path] = mod
         return mod
+    if spec.startswith("."):  # importlib asks for a package to resolve it against (a bare TypeError)
+        raise PluginError(f"plugin module {spec!r} is a relative name: give the module's full dotted name, or a "
+                          ".py file's path")
     try:
         with registry.all_or_nothing():
             return importlib.import_module(spec)

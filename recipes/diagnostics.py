@@ -623,10 +623,13 @@ def main(argv=None):
         except PluginError as e:
             raise SystemExit(error_lines("recipes/diagnostics.py", e)) from None
     _check_counts(args, "train_steps", least=0)  # every command's (collinearity and knowledge took -5 as 0)
+    _check_common(args)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.output_dir is not None and not args.output_dir.strip():  # (it failed once the work was done)
         _refuse("--output_dir is empty: give a folder, or leave it out for the command's default")
+    if args.output_dir:  # ~ as the shell would have (--output_dir=~/x): it made a folder called ~
+        args.output_dir = os.path.expanduser(args.output_dir)
     if args.output_dir is None and getattr(args, "replot", None):
         args.output_dir = args.replot  # redrawn where the run is, unless told otherwise (--replot's checks name it)
     elif args.output_dir is None and args.command != "progress":
@@ -644,6 +647,27 @@ def main(argv=None):
         _remove_empty(created)
         raise
     return args
+
+
+def _check_common(args) -> None:
+    """The options every command but progress shares, and knowledge's rates, checked before any work:
+    --threads 0 and --eval_batch_size 0 were read as left out, --seed -1 ran, a NaN --lr trained a NaN
+    model, a negative one ended with torch's bare "Invalid learning rate", and --replot '' measured afresh."""
+    from adaptive.config import SEED_RANGE, seed_in_range
+
+    _check_counts(args, "threads", "eval_batch_size")
+    for name in ("lr", "finetune_lr", "adam_lr"):
+        v = getattr(args, name, None)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            _refuse(f"--{name} must be a finite number > 0, got {v}")
+    floor = getattr(args, "noise_floor", None)
+    if floor is not None and not (math.isfinite(floor) and floor >= 0):
+        _refuse(f"--noise_floor must be a finite number >= 0 (nats; loss increases below it are not fitted), got {floor}")
+    if getattr(args, "seed", None) is not None and not seed_in_range(args.seed):
+        _refuse(f"--seed must be in {SEED_RANGE}, got {args.seed}")
+    if getattr(args, "replot", None) is not None and not args.replot.strip():
+        _refuse("--replot is empty: give the output folder of a finished knowledge run, or leave --replot out to "
+                "measure afresh")
 
 
 def _refuse_multi_process() -> None:

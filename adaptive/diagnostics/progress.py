@@ -364,12 +364,19 @@ def progress(run_dir: str, total_synapses: Optional[int] = None) -> Progress:
     """Read ``run_dir``/events.jsonl and ``run_dir``/metrics.csv. ``total_synapses`` lets a run whose
     metrics lack ``removed`` but whose events log ``density`` be placed on the removal axis."""
     if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"run folder {run_dir!r} does not exist")
+        what = "is a file, not a run folder" if os.path.isfile(run_dir) else "does not exist"
+        raise FileNotFoundError(f"run folder {run_dir!r} {what}: give the folder of a recipes/adaptive.py or "
+                                "recipes/prune_pretrained.py run")
     events = Table(read_events(os.path.join(run_dir, "events.jsonl")))
     metrics = read_metrics(os.path.join(run_dir, "metrics.csv"))
     if not metrics:  # a prune_pretrained run keeps its numbers in history.jsonl
         metrics = read_history(os.path.join(run_dir, "history.jsonl"))
     if not events and not metrics:
+        present = [f for f in ("events.jsonl", "metrics.csv", "history.jsonl") if os.path.isfile(os.path.join(run_dir, f))]
+        if present:  # ("has none of" them misled where they were there, empty or unreadable)
+            raise ValueError(f"{run_dir!r}: {', '.join(present)} hold(s) no record this can read (empty, or not "
+                             "written by a recipe): give the folder of a recipes/adaptive.py or "
+                             "recipes/prune_pretrained.py run")
         raise FileNotFoundError(f"{run_dir!r} has none of events.jsonl, metrics.csv, history.jsonl")
     if not total_synapses:  # the run's own count, where its summary recorded one
         try:

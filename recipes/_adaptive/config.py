@@ -226,13 +226,16 @@ class RunConfig:
                     setattr(self, key, value)
         from adaptive.paths import absolute_if_exists
 
+        # ~ as the shell would have (a --config file's, --key=~/x): output_dir made a folder called ~ in the
+        # working directory, and weights and resume were 'does not exist'
+        self.weights, self.resume = (p and os.path.expanduser(p) for p in (self.weights, self.resume))
         self.weights = absolute_if_exists(self.weights)  # config.yaml then reruns from any working directory
         self.data_dir = absolute_if_exists(self.data_dir)
         if self.output_dir is not None and not self.output_dir.strip():  # ("" ran into runs/<date-time> unsaid)
             raise ConfigError("output_dir is empty: give a folder, or leave output_dir out (or null) for the default "
                               "runs/<date-time>")
         if self.output_dir:  # so that --config RUN/config.yaml names this run folder from anywhere
-            self.output_dir = os.path.abspath(self.output_dir)
+            self.output_dir = os.path.abspath(os.path.expanduser(self.output_dir))
             problem = run_folder.not_a_folder(self.output_dir)  # (it was refused only after the data had loaded)
             if problem:
                 raise ConfigError(problem)

@@ -27,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.config = (args.config or [None])[0]
     cfg = dict(DEFAULTS)
     loaded = {}
-    if args.config:
+    if args.config is not None:  # (--config '' was read as no file: refused by read_yaml)
         from adaptive.config import read_yaml
 
         try:
@@ -75,13 +75,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     cfg["plugins"] = resolved(plugins)  # absolute: config.yaml reruns from any working directory
     if isinstance(cfg["weights"], str) and not cfg["weights"].strip():
         cfg["weights"] = None  # --weights "" (or weights: '' in a config): none, as build_model has always read it
+    if isinstance(cfg["weights"], str):  # ~ as the shell would have (a --config file's, --weights=~/x)
+        cfg["weights"] = os.path.expanduser(cfg["weights"])
     cfg["weights"], cfg["data_dir"] = absolute_if_exists(cfg["weights"]), absolute_if_exists(cfg["data_dir"])
     if cfg["output_dir"] is None or (isinstance(cfg["output_dir"], str) and not cfg["output_dir"].strip()):
         where = f"{args.config}: output_dir" if args.output_dir is None else "--output_dir"  # ("": the working directory)
         raise SystemExit(f"{where} is empty: give the run folder (default: {DEFAULTS['output_dir']}, where "
                          "output_dir is left out)")
     if cfg.get("output_dir"):  # config.yaml names this run folder from any working directory
-        cfg["output_dir"] = os.path.abspath(cfg["output_dir"])
+        cfg["output_dir"] = os.path.abspath(os.path.expanduser(cfg["output_dir"]))  # (~ made a folder called ~)
         problem = run_folder.not_a_folder(cfg["output_dir"])  # (it was refused only after the data had loaded)
         if problem:
             raise SystemExit(problem)

@@ -1,0 +1,139 @@
+"""Command-line inputs found by fuzzing the recipes and ``python -m graphs`` that ended in a traceback,
+a misleading error or a silent misreading; each is now one ``error:`` line naming the problem and the
+fix, given before any work, or read as the shell would have read it. Parse-only, in-process."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from adaptive.config import ConfigError, read_yaml
+from adaptive.diagnostics.progress import progress
+from adaptive.plugins import PluginError, load_plugin
+from _scripts import load_script  # noqa: E402
+
+torch.set_num_threads(1)
+A = load_script("recipes/adaptive.py", "recipe_adaptive_fuzz")
+P = load_script("recipes/prune_pretrained.py", "recipe_prune_pretrained_fuzz")
+D = load_script("recipes/diagnostics.py", "recipe_diagnostics_fuzz")
+
+
+def _file(path: Path, text: str, *_) -> Path:
+    """``path`` written with ``text`` (its folder made); the later arguments only order the writes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    # a file without .py: importlib found no loader, AttributeError "'NoneType' object has no attribute 'loader'"
+    (lambda d: _file(d / "ext", "x = 1\n"), "is not a .py file"),
+    # a folder (a package's, say): "plugin file ... not found", though it is there
+    (lambda d: (d / "pkg").mkdir() or d / "pkg", "is a folder: give the path of a .py file in it"),
+    # a relative module name: TypeError "the 'package' argument is required ..."
+    (lambda d: "..", "is a relative name: give the module's full dotted name"),
+])
+def test_a_plugin_that_is_no_python_file_or_module_is_named(tmp_path, make, message):
+    with pytest.raises(PluginError, match=message):
+        load_plugin(str(make(tmp_path)))
+
+
+def test_a_plugin_file_without_py_is_one_error_line_of_every_recipe(tmp_path, capsys):
+    (tmp_path / "ext").write_text("x = 1\n")
+    with pytest.raises(SystemExit) as e:
+        A.parse_args(["--plugins", str(tmp_path / "ext")])
+    assert e.value.code == 2 and "Traceback" not in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="is not a .py file"):
+        P.parse_args(["--plugins", str(tmp_path / "ext")])
+
+
+def test_an_empty_config_path_is_named_not_called_a_folder(capsys):
+    """Path('') is the working directory: "--config file '' is a folder" (adaptive.py); prune_pretrained
+    ran with no config file at all."""
+    with pytest.raises(ConfigError, match="--config '' names no file: give the path of a YAML file"):
+        read_yaml("")
+    with pytest.raises(SystemExit):
+        A.parse_args(["--config", ""])
+    assert "--config '' names no file" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--config '' names no file"):
+        P.parse_args(["--config", ""])
+
+
+@pytest.mark.parametrize("option", ["--output_dir", "--output_dir="])
+def test_a_tilde_in_a_path_is_the_home_folder_not_a_folder_called_tilde(tmp_path, monkeypatch, option):
+    """The shell leaves ~ alone in --output_dir=~/x and a --config file never expands it: the run
+    made a folder called ~ in the working directory (one `rm -rf ~` away from the home folder)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    argv = [option + "~/run"] if option.endswith("=") else [option, "~/run"]
+    assert A.parse_args(argv).output_dir == str(tmp_path / "home" / "run")
+    assert P.parse_args(argv).output_dir == str(tmp_path / "home" / "run")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "w.pt").write_bytes(b"")
+    assert A.parse_args(["--weights", "~/w.pt"]).weights == str(tmp_path / "home" / "w.pt")
+    assert P.parse_args(["--weights", "~/w.pt", "--model", "mlp", "--dataset", "digits"]).weights == \
+        str(tmp_path / "home" / "w.pt")
+    assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),  # trained a NaN model
+    (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),  # torch's bare "Invalid learning rate: -1.0"
+    (["--finetune_lr", "nan"], "--finetune_lr must be a finite number > 0"),
+    (["--noise_floor", "nan"], "--noise_floor must be a finite number >= 0"),
+    (["--noise_floor", "-1"], "--noise_floor must be a finite number >= 0"),
+    (["--threads", "0"], "--threads must be at least 1, got 0"),  # read as left out
+    (["--eval_batch_size", "0"], "--eval_batch_size must be at least 1, got 0"),  # read as left out
+    (["--seed", "-1"], "--seed must be in [0, 2**32 - 1]"),  # ran
+    (["--replot", ""], "--replot is empty: give the output folder of a finished knowledge run"),  # measured afresh
+])
+def test_diagnostics_refuses_bad_numbers_before_any_work(tmp_path, monkeypatch, argv, message):
+    monkeypatch.setattr(D, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    with pytest.raises(SystemExit) as e:
+        D.main(["knowledge", "--dataset", "digits", "--output_dir", str(tmp_path / "out"), *argv])
+    assert message in str(e.value.code)
+    assert not (tmp_path / "out").exists()
+
+
+def test_diagnostics_dense_gradients_refuses_a_nan_adam_lr(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    with pytest.raises(SystemExit, match="--adam_lr must be a finite number > 0, got nan"):
+        D.main(["dense-gradients", "--compare", "--adam_lr", "nan", "--output_dir", str(tmp_path / "out")])
+
+
+def test_diagnostics_output_dir_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    seen = []
+    monkeypatch.setattr(D, "cmd_knowledge", lambda args: seen.append(args.output_dir))
+    parser = D.build_parser
+    monkeypatch.setattr(D, "build_parser", lambda: _with_func(parser(), "knowledge", D.cmd_knowledge))
+    D.main(["knowledge", "--output_dir=~/k"])
+    assert seen == [str(tmp_path / "home" / "k")] and not (tmp_path / "~").exists()
+
+
+def _with_func(parser, command, func):
+    """``parser`` with ``command`` calling ``func`` (the patched one)."""
+    parser._subparsers._group_actions[0].choices[command].set_defaults(func=func)
+    return parser
+
+
+@pytest.mark.parametrize("make, message", [
+    # "run folder ... does not exist", though it is there, a file
+    (lambda d: _file(d / "f", "x"), "is a file, not a run folder"),
+    # "has none of events.jsonl, metrics.csv, history.jsonl", though both are there
+    (lambda d: _file(d / "r" / "metrics.csv", "a,b\n", _file(d / "r" / "events.jsonl", "garbage\n")).parent,
+     "events.jsonl, metrics.csv hold(s) no record this can read"),
+])
+def test_progress_of_a_folder_that_holds_no_run_says_what_is_wrong(tmp_path, make, message):
+    with pytest.raises((FileNotFoundError, ValueError)) as e:
+        progress(str(make(tmp_path)))
+    assert message in str(e.value)
+
+
+def test_existing_behaviour_is_kept():
+    """What stays: --weights '' is no weights file (prune_pretrained's reading, tested there), and an
+    absolute path without ~ is unchanged."""
+    assert A.parse_args(["--weights", ""]).weights == ""
+    assert A.parse_args(["--output_dir", "/tmp/x y"]).output_dir == os.path.abspath("/tmp/x y")
+    assert Path(A.parse_args(["--output_dir", "a~b"]).output_dir).name == "a~b"
