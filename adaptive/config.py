@@ -432,7 +432,7 @@ def read_yaml(path, option: Optional[str] = "--config") -> Dict[str, Any]:
     """The mapping in the YAML file ``path`` ({} for an empty file); :class:`ConfigError` naming the
     file (and ``option``, the command-line option that gave it, when not None) when it is missing,
     a folder, unreadable, not YAML or not a mapping."""
-    p = Path(path)
+    p = Path(path).expanduser()  # ~ as the shell would have (--config=~/c.yaml was 'does not exist')
     given = f"{option} file '{path}'" if option else f"config file '{path}'"
     if not str(path).strip():  # (Path("") is the working directory: "is a folder" misled)
         raise ConfigError(f"{option or 'the config file path'} '{path}' names no file: give the path of a YAML "

@@ -500,6 +500,10 @@ def main(argv=None) -> int:
     # --model-kw.KEY VALUE is --model-kw KEY=VALUE, as the recipes spell it
     argv = dotted_key_values(sys.argv[1:] if argv is None else list(argv), ["model_kw"])
     a = p.parse_args(argv)  # an unknown option is said by the subcommand, with its own usage
+    for name in ("run", "connectome", "weights", "out"):  # ~ as the shell would have (--out=~/g made a folder ~)
+        value = getattr(a, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(a, name, os.path.expanduser(value))
     from safetensors import SafetensorError
 
     from adaptive.models import WeightsMismatchError

@@ -628,8 +628,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.output_dir is not None and not args.output_dir.strip():  # (it failed once the work was done)
         _refuse("--output_dir is empty: give a folder, or leave it out for the command's default")
-    if args.output_dir:  # ~ as the shell would have (--output_dir=~/x): it made a folder called ~
-        args.output_dir = os.path.expanduser(args.output_dir)
+    _expand_home(args)
     if args.output_dir is None and getattr(args, "replot", None):
         args.output_dir = args.replot  # redrawn where the run is, unless told otherwise (--replot's checks name it)
     elif args.output_dir is None and args.command != "progress":
@@ -647,6 +646,16 @@ def main(argv=None):
         _remove_empty(created)
         raise
     return args
+
+
+def _expand_home(args) -> None:
+    """~ in every path option is the home folder, as the shell would have it (--output_dir=~/x made a
+    folder called ~ in the working directory; --weights=~/w.pt, --connectome, --replot and progress's
+    run folder were 'does not exist')."""
+    for name in ("output_dir", "weights", "connectome", "replot", "run_dir", "data_dir"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
 
 
 def _check_common(args) -> None:

@@ -137,3 +137,54 @@ def test_existing_behaviour_is_kept():
     assert A.parse_args(["--weights", ""]).weights == ""
     assert A.parse_args(["--output_dir", "/tmp/x y"]).output_dir == os.path.abspath("/tmp/x y")
     assert Path(A.parse_args(["--output_dir", "a~b"]).output_dir).name == "a~b"
+
+
+def test_a_config_path_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    """--config=~/c.yaml (the shell leaves ~ alone after '=') was "--config file '~/c.yaml' does not exist"."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    _file(tmp_path / "home" / "c.yaml", "seed: 3\n")
+    assert read_yaml("~/c.yaml") == {"seed": 3}
+    assert A.parse_args(["--config=~/c.yaml"]).seed == 3
+    assert P.parse_args(["--config=~/c.yaml", "--model", "mlp", "--dataset", "digits"]).seed == 3
+
+
+def test_diagnostics_path_options_with_a_tilde_are_the_home_folder(tmp_path, monkeypatch):
+    """Only --output_dir was expanded: --weights=~/w.pt, --connectome, --replot and progress's run folder
+    were 'does not exist' (and --replot's output folder would have been one called ~)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    seen = []
+    monkeypatch.setattr(D, "cmd_knowledge", lambda args: seen.append((args.weights, args.connectome, args.replot,
+                                                                       args.output_dir, args.data_dir)))
+    monkeypatch.setattr(D, "cmd_progress", lambda args: seen.append(args.run_dir))
+    parser = D.build_parser
+    monkeypatch.setattr(D, "build_parser", lambda: _with_func(_with_func(parser(), "knowledge", D.cmd_knowledge),
+                                                              "progress", D.cmd_progress))
+    (tmp_path / "home" / "k").mkdir(parents=True)
+    D.main(["knowledge", "--weights=~/w.pt", "--connectome=~/c.safetensors", "--replot=~/k", "--data_dir=~/d"])
+    D.main(["progress", "~/k"])
+    home = str(tmp_path / "home")
+    assert seen == [(f"{home}/w.pt", f"{home}/c.safetensors", f"{home}/k", f"{home}/k", f"{home}/d"), f"{home}/k"]
+    assert not (tmp_path / "~").exists()
+
+
+def test_graphs_path_options_with_a_tilde_are_the_home_folder(tmp_path, monkeypatch, capsys):
+    """python -m graphs took ~ literally: --out=~/g.json wrote into a folder called ~ in the working
+    directory, and a run folder, --connectome or --weights given as ~/... was 'not found'."""
+    import adaptive
+    from adaptive.models import build_model
+    from graphs.cli import main as graphs_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    run = tmp_path / "home" / "run"
+    run.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = build_model("mlp", in_shape=(1, 4, 4), hidden=(8,))
+    adaptive.Connectome(model).save(run / "connectome.safetensors")
+    torch.save(model.state_dict(), run / "model_state.pt")
+    (run / "config.yaml").write_text("model: mlp\nnum_classes: 10\nin_shape: [1, 4, 4]\nmodel_kw: {hidden: [8]}\n")
+    assert graphs_main(["export", "~/run", "--connectome=~/run/connectome.safetensors",
+                        "--weights=~/run/model_state.pt", "--out=~/g.json"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "home" / "g.json").is_file() and not (tmp_path / "~").exists()
