@@ -10,13 +10,20 @@ items they pass a channel between. Linked items form a class, removed all togeth
 a channel of a residual sum goes only if it goes from every summand, and a concatenated channel only
 with its source. An item can go when each of its readers can do without it:
 
-- a Linear/Conv reader whose weights on that channel are all zero (the unit has no live output), or
+- a Linear/Conv reader whose weights on that channel are all zero, or whose only units that read it go too
+  (the unit has no live output), or
 - a Linear/Conv reader when the item is *constant*: input-independent and spatially uniform (a unit
   with no live input: its output is its bias, turned by BatchNorm and the activation into a
-  per-channel constant ``k``, which is generally **not zero**). The constant is folded into the
+  per-channel constant ``k``, which is generally **not zero**; a unit whose live weights read only
+  constants, where they fold into its bias, is one too). The constant is folded into the
   reader: into its bias when the reader has no zero padding (Linear, 1x1 or unpadded convs), else
   into a one-channel convolution of an all-ones image with ``k``-weighted kernels, which reproduces
   the zero-padding border effects exactly for any input size (:class:`FoldedConv`).
+
+So one pass removes what several would: a chain of units read only by units that go goes whole, and compacting the
+copy again removes nothing more (:func:`graphs.compact_plan._plan` settles the plan again with the outputs that go
+taken as reading nothing, until nothing more goes; where a rule that keeps a channel, a convolution's last, groups
+alike or ``align``, would keep a unit taken as gone, it stops at the plan before, and another pass may remove more).
 
 A transposed convolution (``nn.ConvTranspose1d/2d/3d``, a U-Net's up-convolution, weight stored ``(in,
 out/groups, *kernel)``) is a reader and a writer like a convolution: its dead output channels go, their bias
@@ -42,7 +49,8 @@ NaN. A constant depthwise input channel (an expand unit with no live input) make
 so it stays; a product on a sequence's last axis keeps its factors linked.
 
 Constants are found by a probe run in which inputs are NaN: NaN spreads through every op that
-depends on data, a unit with no live input (or whose live inputs are exact zeros) emits its bias,
+depends on data, a unit with no live input (or whose live inputs are exact zeros, or constants it folds into its bias)
+emits its bias (plus what its weights make of those constants),
 and whatever stays finite and uniform, with the same value on an input twice the example's size, is a
 constant (integer inputs such as token ids are data, and so is every float made from them, and every float made
 with an integer or boolean tensor computed from the data: ``torch.where(h > 0, h, 0)`` reads 0 where NaN > 0 is

@@ -4,6 +4,7 @@ read, a layer call's input node."""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import fx, nn
@@ -45,12 +46,30 @@ def _module_input(n):
     return x if isinstance(x, fx.Node) else None
 
 
-def _inputs_read(m: nn.Module) -> torch.Tensor:
+def _inputs_read(m: nn.Module, outputs: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per input channel of a Linear, Conv or ConvTranspose (grouped too; a FoldedConv's): does any live weight
-    read it?"""
+    read it? ``outputs`` (flags per output unit; None: all): only the weights of those outputs count (the others
+    go, and what only they read with them)."""
     w = _out_in_weight(m)
     g = int(getattr(unfolded(m), "groups", 1))
-    return (w != 0).reshape(g, w.shape[0] // g, w.shape[1], math.prod(w.shape[2:])).any(-1).any(1).reshape(-1)
+    live = (w != 0).reshape(w.shape[0], w.shape[1], math.prod(w.shape[2:])).any(-1)  # [out, in/groups]
+    if outputs is not None:
+        live = live & outputs.to(live.device)[:, None]
+    return live.reshape(g, w.shape[0] // g, w.shape[1]).any(1).reshape(-1)
+
+
+def _folds_into_bias(m: nn.Module) -> bool:
+    """Does a constant input channel add the same amount to every position of each output of ``m`` (a Linear,
+    convolution, transposed convolution; a FoldedConv's), so that it folds into the bias? A Linear, a convolution
+    with no zero padding (or another padding mode: a uniform map pads uniformly), a transposed one of a 1-wide
+    kernel at stride 1 with no output padding; else the zero padding (the stride's tiling) makes a border
+    pattern (see :class:`graphs.folded.FoldedConv`)."""
+    m = unfolded(m)
+    if isinstance(m, ops.TRANSPOSED_MODULES):  # a constant input adds its kernel at every input position
+        return all(n == 1 for n in m.kernel_size) and all(s == 1 for s in m.stride) and not any(m.output_padding)
+    pad = getattr(m, "padding", 0)
+    return isinstance(m, nn.Linear) or m.padding_mode != "zeros" or (
+        not isinstance(pad, str) and all(p == 0 for p in pad))
 
 
 def _depthwise(m) -> bool:

@@ -2,7 +2,7 @@
 what each weighted reader reads, with grouped convolutions' groups kept alike and ``align`` honoured."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import fx, nn
@@ -103,36 +103,63 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     consts = torch.full((items.n,), float("nan"), dtype=torch.float64)
     for n, off in items.offset.items():  # constant at both input sizes, with the same value (to float rounding)
         consts[off: off + items.count[n]] = _node_consts(n, env, wider_env, items.axis[n])
+    # the outputs of a reader that go take with them what only they read: settled again with those rows gone until
+    # nothing more goes (a chain of units read only by units that go, one layer a round), or until keeping a class
+    # (a convolution's last channel, groups alike, align) would keep a row assumed gone, where the last plan stands
+    args = (gm, mods, items, label, bad, consts, weighted_inputs, grouped, align)
+    removed = _settle(*args, None)
+    rows = torch.zeros(items.n, dtype=torch.bool)  # the output items of the readers
+    for readers in weighted_inputs.values():
+        for r in readers:
+            if r in items.offset:
+                rows[items.ids(r)] = True
+    while True:
+        again = _settle(*args, removed)
+        if torch.equal(again, removed) or bool((removed & ~again & rows).any()):
+            break
+        removed = again
+    per_layer = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and isinstance(mods[n.target], _LAYERS) and n in items.offset:
+            per_layer[n.target] = int(removed[items.ids(n)].sum())
+    return {"items": items, "removed": removed, "consts": consts, "weighted_inputs": weighted_inputs,
+            "removed_per_layer": per_layer}
+
+
+def _settle(gm, mods, items, label, bad, consts, weighted_inputs, grouped, align: int, gone=None) -> torch.Tensor:
+    """The items that go (flags), from ``bad`` (the pinned ones), the constants and what each weighted reader
+    reads, a convolution's last channel, grouped convolutions' groups and ``align`` kept; ``gone`` (flags; None:
+    none): the output units of readers taken to go, whose weights then read nothing."""
     # items read by weighted layers: removable only if constant or unused by every reader
+    bad = bad.clone()
     for n, readers in weighted_inputs.items():
         ids = items.ids(n)
         for r in readers:
-            bad[ids] |= _inputs_read(mods[r.target]).cpu() & torch.isnan(consts[ids])  # flags: on the CPU
+            rows = ~gone[items.ids(r)] if gone is not None and r in items.offset else None
+            bad[ids] |= _inputs_read(mods[r.target], rows).cpu() & torch.isnan(consts[ids])  # flags: on the CPU
     # a class goes only if none of its items is bad
     class_bad = torch.zeros(items.n, dtype=torch.long).index_add_(0, label, bad.long()) > 0
     removed = ~class_bad[label]
     # torch runs no convolution, BatchNorm, pooling or resampling on no channels (a conv reading none returns none):
-    # where a split part or a whole layer would lose every channel such an op reads or writes, the first stays
+    # where a split part or a whole layer would lose every channel such an op reads or writes, the first stays (once
+    # the other rules kept what they keep: a grouped convolution's groups may keep some of them anyway)
+    ends = []
     for n in gm.graph.nodes:
         m = mods.get(n.target) if n.op == "call_module" else None
         if isinstance(unfolded(m), nn.modules.conv._ConvNd):
-            ends = (n, _module_input(n))
+            ends += [n, _module_input(n)]
         elif isinstance(m, _BN) or (n.op in ("call_module", "call_function", "call_method")
                                     and ops.categorize(n, m) == "pointwise" and not ops.elementwise(n, m)):
-            ends = (n,)  # linked to its input
-        else:
-            continue
-        for t in ends:
-            if t in items.offset and items.count[t] and bool(removed[items.ids(t)].all()):
-                class_bad[label[items.offset[t]]] = True
-                removed = ~class_bad[label]
+            ends.append(n)  # linked to its input
+    ends = [items.ids(t) for t in ends if t in items.offset and items.count[t]]
     outs = [items.ids(n) for n in gm.graph.nodes if n.op == "call_module"
             and isinstance(mods[n.target], _LAYERS) and n in items.offset] if align > 1 else []
     changed = True
     while changed:  # keeping a class can unsettle another layer's groups or alignment: until both hold everywhere
         changed = False
         for x, n, g in grouped:
-            stay = _uneven_groups(removed[items.ids(x)], removed[items.ids(n)], g)
+            before = (gone[items.ids(x)], gone[items.ids(n)]) if gone is not None else (None, None)
+            stay = _uneven_groups(removed[items.ids(x)], removed[items.ids(n)], g, *before)
             if bool(stay[0].any()) or bool(stay[1].any()):
                 class_bad[label[torch.cat([items.ids(x)[stay[0]], items.ids(n)[stay[1]]])]] = True
                 removed = ~class_bad[label]
@@ -148,15 +175,17 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
             r = removed[ids]
             short = int((-(~r).sum()) % align)
             if short and bool(r.any()):
-                class_bad[label[ids[r][:short]]] = True
+                went = gone[ids] if gone is not None else torch.zeros_like(r)  # those that stayed the round before first
+                class_bad[label[torch.cat([ids[r & ~went], ids[r & went]])[:short]]] = True
                 removed = ~class_bad[label]
                 changed = True
-    per_layer = {}
-    for n in gm.graph.nodes:
-        if n.op == "call_module" and isinstance(mods[n.target], _LAYERS) and n in items.offset:
-            per_layer[n.target] = int(removed[items.ids(n)].sum())
-    return {"items": items, "removed": removed, "consts": consts, "weighted_inputs": weighted_inputs,
-            "removed_per_layer": per_layer}
+        for ids in ends:
+            if bool(removed[ids].all()):  # the first, or the first that stayed the round before
+                stayed = ids if gone is None or bool(gone[ids].all()) else ids[~gone[ids]]
+                class_bad[label[stayed[0]]] = True
+                removed = ~class_bad[label]
+                changed = True
+    return removed
 
 
 def _nested(called) -> set:
@@ -170,20 +199,24 @@ def _nested(called) -> set:
     return found
 
 
-def _uneven_groups(r_in: torch.Tensor, r_out: torch.Tensor, g: int):
+def _uneven_groups(r_in: torch.Tensor, r_out: torch.Tensor, g: int, first_in: Optional[torch.Tensor] = None,
+                   first_out: Optional[torch.Tensor] = None):
     """The removable input and output channels (``r_in``, ``r_out``: flags in channel order) a convolution of ``g``
     groups must keep so that its groups stay alike, as ``(in, out)`` flags. The rule: a group goes whole (its
     filters, inputs and outputs) when all its channels could go; every other group loses the same number of
     inputs, the fewest any of them could lose, and likewise of outputs, and keeps one of each at least. The first
-    removable channels of a group go, the later ones stay. A smaller grouped convolution then computes the rest
+    removable channels of a group go, the later ones stay; those flagged in ``first_in``, ``first_out`` (the ones
+    that went the round before, see :func:`_plan`) before the others. A smaller grouped convolution then computes the rest
     exactly: each kept output still reads the kept inputs of its own group."""
     r_in, r_out = r_in.view(g, -1), r_out.view(g, -1)
     kept = ~(r_in.all(1) & r_out.all(1))
     if not bool(kept.any()):  # no group left: the first stays (torch runs no convolution on no channels)
         kept[0] = True
 
-    def excess(r):
+    def excess(r, first):
         t = min(int(r[kept].sum(1).min()), r.shape[1] - 1)
-        return (r & kept[:, None] & (r.cumsum(1) > t)).reshape(-1)
+        early = r & (first.view(g, -1) if first is not None else torch.zeros_like(r))
+        rank = torch.where(early, early.cumsum(1), early.sum(1, keepdim=True) + (r & ~early).cumsum(1))
+        return (r & kept[:, None] & (rank > t)).reshape(-1)
 
-    return excess(r_in), excess(r_out)
+    return excess(r_in, first_in), excess(r_out, first_out)

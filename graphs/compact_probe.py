@@ -11,12 +11,13 @@ from typing import Optional
 import torch
 from torch import fx, nn
 
-from .compact_layers import _LAYERS, _folded_outputs, _out_in_weight
+from .compact_layers import _LAYERS, _folded_outputs, _folds_into_bias, _out_in_weight
 from .folded import unfolded
 
 class _Probe(fx.Interpreter):
-    """Runs the graph on NaN inputs; a weighted unit whose live weights touch only exact-zero
-    channels emits its bias."""
+    """Runs the graph on NaN inputs; a weighted unit whose live weights touch only exact-zero channels emits its
+    bias, and so does one whose live weights touch only constant channels where they fold into its bias (a
+    Linear, a convolution with no zero padding), that bias plus what its weights make of them."""
 
     def __init__(self, gm, weights=None):
         """``weights``: a copy of ``gm`` (in float32, say) whose parameters the graph runs with instead."""
@@ -68,19 +69,23 @@ class _Probe(fx.Interpreter):
         m = unfolded(m)
         w = _out_in_weight(m)
         axis = -1 if isinstance(m, nn.Linear) else 1
-        # the other axes' size given, not -1 (ambiguous for a Linear(0, n)'s empty input), nor flatten(1) (a Linear
-        # may read a 1-d tensor)
-        xc = x.movedim(axis, 0).reshape(x.shape[axis], math.prod(x.shape) // max(1, x.shape[axis]))
-        zero_in = (xc == 0).all(1)  # exact-zero input channels
+        # the input channels whose values the outputs reading them can count on: exact zeros, and, where a constant
+        # adds the same to every output position (a Linear, an unpadded convolution), constants
+        k = _channel_consts(x, axis).to(out.device, out.dtype)
+        known = (k == 0) | (torch.isfinite(k) & _folds_into_bias(m))
         groups = int(getattr(m, "groups", 1))
         o, ipg = w.shape[0], w.shape[1]
         nz = (w != 0).reshape(o, ipg, math.prod(w.shape[2:])).any(-1)  # [O, ipg]; a Linear of 0 units too
-        zc = zero_in.view(groups, ipg).repeat_interleave(o // groups, 0)  # [O, ipg]
+        kc = known.view(groups, ipg).repeat_interleave(o // groups, 0)  # [O, ipg]
         # an output adding folded constants has their border pattern on top of its bias: input-independent but
         # not uniform, so no constant the readers could fold
-        const = ~(nz & ~zc).any(1) & ~folded.to(nz.device)
+        const = ~(nz & ~kc).any(1) & ~folded.to(nz.device)
         bias = m.bias.detach() if getattr(m, "bias", None) is not None else w.new_zeros(o)
-        val = torch.where(const, bias.to(out.dtype), torch.full_like(bias, float("nan"), dtype=out.dtype))
+        # a unit reading constants only emits its bias and what its weights (summed over the kernel) make of them,
+        # as its readers' folding does: a constant folded into it in an earlier compaction was so
+        reads = torch.where(nz & kc, k.view(groups, ipg).repeat_interleave(o // groups, 0), 0)
+        total = bias.to(out.dtype) + (w.reshape(o, ipg, math.prod(w.shape[2:])).sum(-1).to(out.dtype) * reads).sum(1)
+        val = torch.where(const, total, torch.full_like(total, float("nan")))
         shape = [1] * out.dim()
         shape[axis] = o
         return val.view(shape).expand_as(out).clone()

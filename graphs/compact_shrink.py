@@ -13,7 +13,7 @@ from torch import nn
 from adaptive.discovery import from_out_in
 
 from . import ops
-from .compact_layers import _BN, _out_in_weight
+from .compact_layers import _BN, _folds_into_bias, _out_in_weight
 from .folded import FoldedConv, unfolded
 
 def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: torch.Tensor) -> nn.Module:
@@ -37,12 +37,7 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
     fold, into_bias = None, False
     if folds:  # output o reads the constants of its own group's inputs
         contrib = (wg * k.view(g, 1, -1, *([1] * (w.dim() - 2)))).sum(2).reshape(w.shape[0], 1, *w.shape[2:])
-        pad = getattr(m, "padding", 0)
-        if transposed:  # a constant input adds its kernel at every input position: uniform only for 1x1, stride 1
-            uniform = all(n == 1 for n in m.kernel_size) and all(s == 1 for s in m.stride) and not any(m.output_padding)
-        else:
-            uniform = isinstance(m, nn.Linear) or m.padding_mode != "zeros" or (
-                not isinstance(pad, str) and all(p == 0 for p in pad))
+        uniform = _folds_into_bias(m)
         into_bias = uniform
         if uniform:
             bias = bias + contrib.flatten(1).sum(1)

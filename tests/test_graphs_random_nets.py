@@ -7,7 +7,8 @@ concatenation, squeeze-excitation gates, GLU halves, pooling, flatten and Multih
 masks (synapses pruned, whole units and input channels dead, every unit of a layer dead).
 
 - ``compact`` of a float64 model gives a copy whose outputs equal the masked model's, checked here
-  independently of compact's own check, with no more parameters; and a compact copy pruned again compacts again.
+  independently of compact's own check, with no more parameters; compacting the copy again removes nothing more
+  (one pass reaches the fixed point); and a compact copy pruned again compacts again.
 - ``build`` at the synapse level has one synapse edge per live weight of each layer, with its value and
   position; the unit level's counts sum to the same; every layer has its units; the layer level agrees;
   ``to_pyg``, ``to_networkx``, JSON and GraphML hold the same nodes and edges.
@@ -96,7 +97,15 @@ def test_compact_of_a_random_cnn_computes_the_masked_model(spec, seed, data):
 @SOME
 @given(spec=seq_specs(), seed=st.integers(0, 1000), data=st.data())
 def test_compact_of_a_random_sequence_model_computes_the_masked_model(spec, seed, data):
-    check_compact(spec, seed, data)
+    small, x = check_compact(spec, seed, data)
+    assert_nothing_more_goes(small, x)
+
+
+def assert_nothing_more_goes(small, x):
+    """Compacting ``small`` (a compact copy) again removes nothing: one pass reached the fixed point."""
+    again = graphs.compact(small, None, x)
+    assert again.compaction["units_removed"] == 0, again.compaction["removed"]
+    assert n_params(again) == n_params(small)
 
 
 @FEW
@@ -106,6 +115,7 @@ def test_compact_of_a_random_sequence_model_computes_the_masked_model(spec, seed
 @pytest.mark.filterwarnings("ignore:graphs. cannot follow the data flow through node 'channel_pad")
 def test_a_compact_copy_pruned_again_compacts_again(spec, seed, data):
     small, x = check_compact(spec, seed, data)
+    assert_nothing_more_goes(small, x)
     if not any(p.dim() > 1 and p.numel() for p in small.parameters()):
         return  # every layer gone: no Connectome of it (adaptive refuses a model without synapses)
     conn = adaptive.Connectome(small)
