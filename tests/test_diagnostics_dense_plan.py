@@ -84,3 +84,22 @@ def test_freed_memory_is_kept_where_the_recipe_is_the_process_only(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     said = dict(line.split() for line in r.stdout.splitlines() if line.startswith(("library ", "script ")))
     assert int(said["library"]) >= 200 and int(said["script"]) <= 16, said
+
+
+def test_the_docs_figures_of_the_default_command_are_its_plan_lines():
+    """docs/diagnostics.md quotes the multiply-adds and minutes dense-gradients --dataset mnist (its other
+    settings the defaults: both kinds, with and without BatchNorm) prints before it trains: they come from that line,
+    not from a throwaway measurement."""
+    from pathlib import Path
+
+    from recipes._diagnostics.dense_plan import dense_gradients_plan
+
+    recipe = load_script("recipes/diagnostics.py", "diagnostics_recipe_plan_docs")
+    args = recipe.build_parser().parse_args(["dense-gradients", "--dataset", "mnist"])
+    plan = dense_gradients_plan(args, ["mlp", "cnn"], [False, True], (1, 28, 28))
+    docs = " ".join((Path(__file__).resolve().parents[1] / "docs" / "diagnostics.md").read_text().split())
+    step = 3 * cnn_forward_macs((1, 28, 28), args.depth, args.width, args.batch_size)
+    assert (args.kind, args.batchnorm, args.batch_size) == ("both", "both", 128)
+    assert f"about {step / 1e9:.0f} G multiply-adds per training step of 128 MNIST" in docs
+    for said in ("about 49.6 T multiply-adds", "17 to 41 minutes on one CPU thread"):
+        assert said in plan and said.replace("about ", "") in docs, said

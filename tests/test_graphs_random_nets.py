@@ -12,6 +12,8 @@ masks (synapses pruned, whole units and input channels dead, every unit of a lay
 - ``build`` at the synapse level has one synapse edge per live weight of each layer, with its value and
   position; the unit level's counts sum to the same; every layer has its units; the layer level agrees;
   ``to_pyg``, ``to_networkx``, JSON and GraphML hold the same nodes and edges.
+
+Deterministic (``derandomize=True``) and small; ``ADAPTIVE_PROPERTY_EXAMPLES=500`` explores further.
 """
 import copy
 import os
@@ -19,19 +21,18 @@ import os
 import networkx as nx
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
 import adaptive
 import graphs
+from _property import prop
 from _random_nets import build_net, conv_specs, make_masks, mask_plans, seq_specs
 
 torch.set_num_threads(1)
 
-FAST = settings(max_examples=40, deadline=None, derandomize=True)
-FEW = settings(max_examples=12, deadline=None, derandomize=True)
-SOME = settings(max_examples=25, deadline=None, derandomize=True)
+FAST, SOME, FEW = prop(40), prop(25), prop(12)
 
 
 def masked_copy(net, masks):

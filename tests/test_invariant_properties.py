@@ -16,26 +16,18 @@ Each runs the library's public API only.
 Deterministic (``derandomize=True``) and small; ``ADAPTIVE_PROPERTY_EXAMPLES=500`` explores further.
 """
 import copy
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 
 import adaptive
+from _property import prop
 
 torch.set_num_threads(1)
-
-EXAMPLES = int(os.environ.get("ADAPTIVE_PROPERTY_EXAMPLES", "0"))
-
-
-def prop(n):
-    """Settings for a property: ``n`` examples, derandomized (CI), unless ADAPTIVE_PROPERTY_EXAMPLES explores."""
-    return settings(max_examples=EXAMPLES or n, deadline=None, derandomize=not EXAMPLES,
-                    suppress_health_check=list(HealthCheck), print_blob=True)
 
 
 # ------------------------------------------------------------------------------------------- models

@@ -25,24 +25,17 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from _property import prop
 from adaptive import Connectome
 from adaptive.mask_only import (changed_from, changed_weights, count_synapses, evaluate, loaded_state,
                                 optimize_connectome, resolve_target)
 
 torch.set_num_threads(1)
-
-EXAMPLES = int(os.environ.get("ADAPTIVE_PROPERTY_EXAMPLES", "0"))
-
-
-def prop(n):
-    """Settings for a property: ``n`` examples, derandomized (CI), unless ADAPTIVE_PROPERTY_EXAMPLES explores."""
-    return settings(max_examples=EXAMPLES or n, deadline=None, derandomize=not EXAMPLES,
-                    suppress_health_check=list(HealthCheck), print_blob=True)
 
 
 # ------------------------------------------------------------------------------------------- models
