@@ -46,16 +46,23 @@ def _module_input(n):
     return x if isinstance(x, fx.Node) else None
 
 
-def _inputs_read(m: nn.Module, outputs: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _live_weights(m: nn.Module) -> torch.Tensor:
+    """Per output unit and input channel of its group of a Linear, Conv or ConvTranspose (a FoldedConv's): is any
+    weight between them live? Flags ``[out, in/groups]``."""
+    w = _out_in_weight(m)
+    return (w != 0).reshape(w.shape[0], w.shape[1], math.prod(w.shape[2:])).any(-1)
+
+
+def _inputs_read(m: nn.Module, outputs: Optional[torch.Tensor] = None, live: Optional[torch.Tensor] = None
+                 ) -> torch.Tensor:
     """Per input channel of a Linear, Conv or ConvTranspose (grouped too; a FoldedConv's): does any live weight
     read it? ``outputs`` (flags per output unit; None: all): only the weights of those outputs count (the others
-    go, and what only they read with them)."""
-    w = _out_in_weight(m)
+    go, and what only they read with them). ``live``: ``m``'s :func:`_live_weights`, where already computed."""
     g = int(getattr(unfolded(m), "groups", 1))
-    live = (w != 0).reshape(w.shape[0], w.shape[1], math.prod(w.shape[2:])).any(-1)  # [out, in/groups]
+    live = _live_weights(m) if live is None else live  # [out, in/groups]
     if outputs is not None:
         live = live & outputs.to(live.device)[:, None]
-    return live.reshape(g, w.shape[0] // g, w.shape[1]).any(1).reshape(-1)
+    return live.reshape(g, live.shape[0] // g, live.shape[1]).any(1).reshape(-1)
 
 
 def _folds_into_bias(m: nn.Module) -> bool:

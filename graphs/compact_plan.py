@@ -9,7 +9,7 @@ from torch import fx, nn
 
 from . import ops, shape_reads
 from .compact_items import _Items, _tensor_args
-from .compact_layers import _BN, _LAYERS, _depthwise, _inputs_read, _module_input
+from .compact_layers import _BN, _LAYERS, _depthwise, _inputs_read, _live_weights, _module_input
 from .compact_links import _link, _out_axis
 from .compact_probe import _node_consts
 from .compact_splits import _split
@@ -105,8 +105,10 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
         consts[off: off + items.count[n]] = _node_consts(n, env, wider_env, items.axis[n])
     # the outputs of a reader that go take with them what only they read: settled again with those rows gone until
     # nothing more goes (a chain of units read only by units that go, one layer a round), or until keeping a class
-    # (a convolution's last channel, groups alike, align) would keep a row assumed gone, where the last plan stands
-    args = (gm, mods, items, label, bad, consts, weighted_inputs, grouped, align)
+    # (a convolution's last channel, groups alike, align) would keep a row assumed gone, where the last plan stands.
+    # Each round but the last removes one more row at least, so it ends within as many rounds as there are rows
+    live = {r: _live_weights(mods[r.target]).cpu() for readers in weighted_inputs.values() for r in readers}
+    args = (gm, mods, items, label, bad, consts, weighted_inputs, grouped, align, live)
     removed = _settle(*args, None)
     rows = torch.zeros(items.n, dtype=torch.bool)  # the output items of the readers
     for readers in weighted_inputs.values():
@@ -117,7 +119,10 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
         again = _settle(*args, removed)
         if torch.equal(again, removed) or bool((removed & ~again & rows).any()):
             break
-        removed = again
+        more = bool((again & ~removed & rows).any())
+        removed = again  # valid: every row taken as gone goes
+        if not more:  # the same rows go: another round would only break ties otherwise
+            break
     per_layer = {}
     for n in gm.graph.nodes:
         if n.op == "call_module" and isinstance(mods[n.target], _LAYERS) and n in items.offset:
@@ -126,17 +131,19 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
             "removed_per_layer": per_layer}
 
 
-def _settle(gm, mods, items, label, bad, consts, weighted_inputs, grouped, align: int, gone=None) -> torch.Tensor:
+def _settle(gm, mods, items, label, bad, consts, weighted_inputs, grouped, align: int, live: dict,
+            gone=None) -> torch.Tensor:
     """The items that go (flags), from ``bad`` (the pinned ones), the constants and what each weighted reader
-    reads, a convolution's last channel, grouped convolutions' groups and ``align`` kept; ``gone`` (flags; None:
-    none): the output units of readers taken to go, whose weights then read nothing."""
+    reads (``live``: its :func:`_live_weights`), a convolution's last channel, grouped convolutions' groups and
+    ``align`` kept; ``gone`` (flags; None: none): the output units of readers taken to go, whose weights then read
+    nothing."""
     # items read by weighted layers: removable only if constant or unused by every reader
     bad = bad.clone()
     for n, readers in weighted_inputs.items():
         ids = items.ids(n)
         for r in readers:
             rows = ~gone[items.ids(r)] if gone is not None and r in items.offset else None
-            bad[ids] |= _inputs_read(mods[r.target], rows).cpu() & torch.isnan(consts[ids])  # flags: on the CPU
+            bad[ids] |= _inputs_read(mods[r.target], rows, live[r]) & torch.isnan(consts[ids])  # flags: on the CPU
     # a class goes only if none of its items is bad
     class_bad = torch.zeros(items.n, dtype=torch.long).index_add_(0, label, bad.long()) > 0
     removed = ~class_bad[label]

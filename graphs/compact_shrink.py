@@ -37,6 +37,9 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
     fold, into_bias = None, False
     if folds:  # output o reads the constants of its own group's inputs
         contrib = (wg * k.view(g, 1, -1, *([1] * (w.dim() - 2)))).sum(2).reshape(w.shape[0], 1, *w.shape[2:])
+        if not contrib.is_meta:  # none the kept outputs read (weights on them all 0): no bias, no fold
+            folds = bool(((contrib.flatten(1) != 0).any(1) & ko.to(contrib.device)).any())
+    if folds:
         uniform = _folds_into_bias(m)
         into_bias = uniform
         if uniform:

@@ -91,3 +91,24 @@ def test_a_convolution_keeps_one_channel_only_where_no_group_keeps_one():
     masks = {"a.weight": torch.zeros(3, 2, 1, 1, dtype=torch.bool), "c.weight": head}
     small = _compact_twice(model, masks, torch.randn(2, 2, 5, 5).double())
     assert small.compaction["removed"] == {"a": 1, "g": 4, "c": 0}
+
+
+def test_a_constant_no_kept_output_reads_adds_no_bias():
+    # review of s52_idem: a unit the probe now takes as a constant (it reads only constants) that no kept output reads
+    # gave its bias-less reader a bias of zeros: more parameters than before the change
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2, bias=False))
+    model = model.double().eval()
+    with torch.no_grad():
+        model[0].bias.fill_(0.5)
+        model[2].bias.fill_(0.25)
+    first = torch.ones(3, 2, dtype=torch.bool)
+    first[0] = False  # unit 0: the constant relu(0.5)
+    middle = torch.ones(3, 3, dtype=torch.bool)
+    middle[0, 1:] = False  # unit 0 reads only that constant: a constant too
+    head = torch.ones(2, 3, dtype=torch.bool)
+    head[:, 0] = False  # and the head reads neither
+    small = _compact_twice(model, {"0.weight": first, "2.weight": middle, "4.weight": head},
+                           torch.randn(5, 2).double())
+    assert small.compaction["removed"] == {"0": 1, "2": 1, "4": 0}
+    assert small.get_submodule("4").bias is None
