@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from torch import fx, nn
 
+from .compact_check import _named_leaves
 from .compact_layers import _LAYERS, _folded_outputs, _folds_into_bias, _out_in_weight
 from .folded import unfolded
 
@@ -228,11 +229,6 @@ def _probe_wider(gm: fx.GraphModule, x, weights=None):
 
 
 def _tensor_leaves(out) -> list:
-    """The tensors of a model output: a tensor, or (nested) dicts, lists and tuples of them."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _tensor_leaves(o)]
-    return []
+    """The tensors of a model output: a tensor, or (nested) dicts, lists and tuples of them (the output
+    check's walk, without the names)."""
+    return [t for _, t in _named_leaves(out)]
