@@ -40,6 +40,15 @@ def assert_same_outputs(small, masked, ref, x, other):
         assert torch.allclose(small(other), masked(other), atol=1e-5)
 
 
+def first_units_dead(model, weight, k):
+    """A Connectome of ``model`` whose layer ``weight`` (a parameter name) has its first ``k`` units dead."""
+    conn = adaptive.Connectome(model)
+    mask = conn.masks[weight].clone()
+    mask[:k] = False
+    conn.set_masks({weight: mask})
+    return conn
+
+
 def n_params(m):
     return sum(p.numel() for p in m.parameters())
 
@@ -791,10 +800,7 @@ def test_a_layer_read_through_functional_linear_is_compacted_or_named(how, remov
     any other F.linear keeps its channels, with a warning naming the layer or the node."""
     torch.manual_seed(0)
     model = FunctionalLinear(how).eval()
-    conn = adaptive.Connectome(model)
-    mask = conn.masks["a.weight"].clone()
-    mask[:3] = False
-    conn.set_masks({"a.weight": mask})
+    conn = first_units_dead(model, "a.weight", 3)
     x = torch.randn(4, 4)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
@@ -835,11 +841,7 @@ def test_functional_linear_on_a_hooked_layer_or_one_inside_a_whole_module_is_lef
     with verify=False) or shrank the attention's out_proj under it (a shape error)."""
     torch.manual_seed(0)
     model = HookedOrInside(how).eval()
-    conn = adaptive.Connectome(model)
-    name = f"{killed}.weight"
-    mask = conn.masks[name].clone()
-    mask[:2] = False
-    conn.set_masks({name: mask})
+    conn = first_units_dead(model, f"{killed}.weight", 2)
     x = torch.randn(2, 5, 4)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
@@ -1928,10 +1930,7 @@ def test_a_model_with_bool_and_integer_outputs_is_checked():
     difference wrapped (0 - 1 read as 255). Both are compared as float64 now."""
     torch.manual_seed(0)
     m = ScoresAndDecisions().eval()
-    conn = adaptive.Connectome(m)
-    mask = conn.masks["fc1.weight"].clone()
-    mask[:3] = False
-    conn.set_masks({"fc1.weight": mask})
+    conn = first_units_dead(m, "fc1.weight", 3)
     x = torch.randn(2, 4)
     small = graphs.compact(m, conn, x)
     assert small.compaction["removed"]["fc1"] == 3
@@ -2023,10 +2022,7 @@ def test_a_float32_model_holding_half_buffers_keeps_the_float32_check():
 
     torch.manual_seed(0)
     m = _Float32WithStoredBuffers().eval()
-    conn = adaptive.Connectome(m)
-    mask = conn.masks["net.0.weight"].clone()
-    mask[:5] = False
-    conn.set_masks({"net.0.weight": mask})
+    conn = first_units_dead(m, "net.0.weight", 5)
     x = torch.randn(4, 8)
     c = graphs.compact(m, conn, x).compaction
     assert (c["atol"], c["rtol"]) == (1e-4, 1e-4) and c["removed"]["net.0"] == 5
