@@ -233,7 +233,7 @@ def _left_to_another_process(e: BaseException) -> bool:
         from .distributed import raised_alike
 
         return raised_alike(e) and dist.get_rank() != 0
-    return os.environ.get("LOCAL_RANK", "0") != "0"
+    return quiet_at_start()
 
 
 def _launched_with_others() -> bool:
