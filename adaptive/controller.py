@@ -402,13 +402,16 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         to the copy's optimizer; it observes the copied connectome's gradients again."""
         state = self.__dict__.copy()
         state.update(_hook=None, optimizer=None)
-        # the hooks on the model's parameters and what they saw: the copy's parameters are other tensors
-        state.pop("_left_grads", None)
+        # the hooks on the model's parameters cannot be copied (the copy's parameters are other tensors); what
+        # they saw, by layer name, is: __setstate__ hooks the copy's parameters again, so that a copy taken
+        # between noting a step and its update judges that update's gradients as the original does
         state.pop("_left_hooks", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        if "_left_names" in state:
+            self._hook_unstepped_grads(self._left_names, self._left_grads)
         if self._observe_hook not in self.conn._observers:  # the connectome's copy dropped its observers
             self.conn.add_observer(self._observe_hook, active=self._editing)
         if not any(r() is self for r in self.conn._controllers):
@@ -450,6 +453,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             self._hook.remove()
         self._hook = opt.register_step_post_hook(self._after_step)
         self.optimizer = opt
+        self._renote_unstepped_grads()
         return self
 
     def detach(self) -> None:
@@ -462,7 +466,6 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         self._hook = None
         self.optimizer = None
         self._drop_grad_hooks()
-        self.__dict__.pop("_left_grads", None)
 
     @eager  # eager even inside a compiled opt.step, as the connectome's step hooks
     def _after_step(self, opt, args, kwargs) -> None:
@@ -574,8 +577,18 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         nor ``backward(create_graph=True)`` (a new tensor, the sum) apart."""
         self._drop_grad_hooks()
         _, left = self._unstepped_layers() if self.stats is not None else ((), [])
-        seen: Dict[str, Optional[torch.Tensor]] = {}
+        self._hook_unstepped_grads(left, {})
 
+    def _renote_unstepped_grads(self) -> None:
+        """Where the next step is one an update follows and it is not noted (a controller resumed by
+        :meth:`load_state_dict`, or attached again mid-run), note it now, as :meth:`_advance` did at the
+        step before; the construction is left as it is (an update at the first step counts as unknown)."""
+        if self.step_count > 0 and self.due(self.step_count + 1) and not self.__dict__.get("_left_names"):
+            self._note_unstepped_grads()
+
+    def _hook_unstepped_grads(self, left: List[str], seen: Dict[str, Optional[torch.Tensor]]) -> None:
+        """Hook the weights of layers ``left`` to record in ``seen`` (by layer name) whether each ``.grad``
+        held anything when the first backward came; a layer already in ``seen`` keeps what it holds."""
         def hook(n: str, p: torch.Tensor):
             ref = weakref.ref(p)
 
@@ -585,20 +598,22 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                     seen[n] = None if old is None else old.detach().ne(0).any()
             return before_accumulating
 
-        self._left_grads = seen
+        self._left_grads, self._left_names = seen, list(left)
         self._left_hooks = [self.conn.params[n].register_hook(hook(n, self.conn.params[n])) for n in left]
 
     def _drop_grad_hooks(self) -> None:
-        """Remove the hooks :meth:`_note_unstepped_grads` set."""
+        """Remove the hooks :meth:`_note_unstepped_grads` set, and forget what they saw."""
         for h in self.__dict__.pop("_left_hooks", ()):
             h.remove()
+        self.__dict__.pop("_left_names", None)
+        self.__dict__.pop("_left_grads", None)
 
     def _stale_grads(self, left: List[str]) -> bool:
         """Whether a layer of ``left`` added this step's gradient to an older one its ``.grad`` held
         (nothing cleared it since the step before this update). A layer no backward reached since:
         whether its ``.grad`` holds anything. Unknown (no step noted before, as at an update every step
         from the first) counts as stale."""
-        seen = self.__dict__.pop("_left_grads", None)
+        seen = self.__dict__.get("_left_grads")
         self._drop_grad_hooks()
         if seen is None:
             return True
@@ -620,7 +635,6 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         gradients are cleared at every step under a policy that reads gradients but grows nothing."""
         opts, left = self._unstepped_layers()
         if not left:
-            self.__dict__.pop("_left_grads", None)
             self._drop_grad_hooks()
             return
         grows = self.policy.grow_by is not None

@@ -283,6 +283,8 @@ class ControllerStateMixin:
         self._warned_missed = warned_missed
         self.zero_cost_order = zero_cost_order
         self.line_search_tolerance = tolerance
+        self._drop_grad_hooks()  # what was noted belongs to the step this controller was at, not the loaded one
+        self._renote_unstepped_grads()
 
     def _loaded_line_search_tolerance(self, sd: dict) -> float:
         """The line-search tolerance a resumed run goes on with: the state's, where it ran a line search

@@ -1708,3 +1708,58 @@ def test_whether_a_left_out_layers_gradients_add_up_is_read_before_backward_adds
     else:
         assert len(said) == 1 and "0.weight" in said[0] and "stale sums" in said[0]
     assert not [h for p in m.parameters() for h in (p._backward_hooks or {}).values()]  # the hooks went
+
+
+def _left_out_run(how: str):
+    """A backbone left out of the head's optimizer, its gradients cleared by model.zero_grad() (nothing stale),
+    gmp by taylor updating every 2 steps, taken over after 3 steps (the next step's backward noted, not yet run)
+    by a copy (``how``: deepcopy, pickle, or a resume from state_dicts): the warnings each run gives over the next
+    4 steps (updates at 4 and 6, step 7 observed), and the two connectomes and controllers at the end."""
+    import pickle
+
+    def build():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        conn = adaptive.Connectome(m)
+        opt = torch.optim.SGD(m[2].parameters(), lr=0.1)
+        ctrl = adaptive.Controller(conn, opt, policy="gmp", estimator="taylor", density=0.5, update_every=2,
+                                   end_step=8)
+        return m, conn, opt, ctrl
+
+    def train(m, opt, xs):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            for x in xs:
+                m.zero_grad()
+                m(x).logsumexp(1).mean().backward()
+                opt.step()
+        return [str(x.message) for x in w]
+
+    m, conn, opt, ctrl = build()
+    xs = [torch.randn(4, 8) for _ in range(7)]
+    train(m, opt, xs[:3])
+    if how == "state_dict":
+        saved = copy.deepcopy([o.state_dict() for o in (m, conn, opt, ctrl)])
+        m2, conn2, opt2, ctrl2 = build()
+        for o, sd in zip((m2, conn2, opt2, ctrl2), saved):
+            o.load_state_dict(sd)
+    else:
+        both = (m, conn, opt, ctrl)
+        m2, conn2, opt2, ctrl2 = copy.deepcopy(both) if how == "deepcopy" else pickle.loads(pickle.dumps(both))
+        ctrl2.attach(opt2)
+    return train(m, opt, xs[3:]), train(m2, opt2, xs[3:]), (conn, ctrl), (conn2, ctrl2)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "state_dict"])
+def test_a_controller_copied_or_resumed_before_an_update_judges_its_gradients_as_the_original_does(how):
+    """The step before an update hooks the left-out layers' weights to read what their .grad held before
+    backward; a copy (deepcopy, pickle) dropped those hooks and what they saw, and a resume never set them, so
+    the copy's next update counted its fresh gradients as stale and warned of "stale sums" where the original
+    run is silent. The copy goes on as the original: the same warnings (none), masks, events and sums."""
+    said, said2, (conn, ctrl), (conn2, ctrl2) = _left_out_run(how)
+    assert said == said2 == []
+    assert len(ctrl.events) == len(ctrl2.events) == 3 and ctrl.step_count == ctrl2.step_count == 7
+    assert all(torch.equal(conn.masks[n], conn2.masks[n]) for n in conn.masks)
+    assert ctrl.stats.counts == ctrl2.stats.counts == {"0.weight": 1, "2.weight": 1}  # mid-window
+    assert all(torch.equal(ctrl.stats.g_sum[n], ctrl2.stats.g_sum[n]) for n in conn.masks)
+    assert [e.get("density") for e in ctrl.events] == [e.get("density") for e in ctrl2.events]

@@ -103,3 +103,45 @@ def test_the_docs_figures_of_the_default_command_are_its_plan_lines():
     assert f"about {step / 1e9:.0f} G multiply-adds per training step of 128 MNIST" in docs
     for said in ("about 49.6 T multiply-adds", "17 to 41 minutes on one CPU thread"):
         assert said in plan and said.replace("about ", "") in docs, said
+    args = recipe.build_parser().parse_args(["dense-gradients", "--dataset", "mnist", "--layer", "layers.0"])
+    plan = dense_gradients_plan(args, ["mlp", "cnn"], [False, True], (1, 28, 28))
+    for said in ("about 52.3 T multiply-adds", "17 to 44 minutes"):
+        assert said in plan and "`--layer layers.0`" in docs and said in docs.split("`--layer layers.0`")[1][:400], said
+
+
+@pytest.mark.parametrize("layer, bn", [("classifier", False), ("layers.0", False), ("layers.2", False),
+                                       ("layers.1", True)])
+def test_a_gradient_read_is_counted_as_what_gradient_by_depth_computes(layer, bn):
+    """The plan counted a gradient read as one forward pass whatever --layer was; gradient_by_depth's
+    torch.autograd.grad runs the backward as far as the layer, through every later convolution (for layers.0,
+    the whole net: a read is then two forwards' worth). cnn_read_macs is the convolutions' multiply-adds
+    PyTorch's flop counter finds in one read."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from adaptive.diagnostics import gradient_by_depth
+    from adaptive.models import build_model
+    from recipes._diagnostics.dense_plan import cnn_read_macs
+
+    torch.manual_seed(0)
+    model = build_model("densecat", num_classes=10, in_shape=(2, 6, 5), depth=4, width=3, kind="cnn", batchnorm=bn)
+    batch = [(torch.randn(4, 2, 6, 5), torch.randint(0, 10, (4,)))]
+    with FlopCounterMode(display=False) as counter:
+        gradient_by_depth(model, batch, layer=layer, batches=1)
+    convs = sum(v for op, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(op))
+    assert cnn_read_macs((2, 6, 5), depth=4, width=3, batch_size=4, layer=layer) == convs // 2
+    if layer == "layers.0":
+        assert convs // 2 == 2 * cnn_forward_macs((2, 6, 5), depth=4, width=3, batch_size=4)
+
+
+def test_the_plan_counts_the_backward_to_the_layer_read():
+    """dense-gradients --layer layers.0: each of the 50 gradient reads costs a forward and a backward through
+    every convolution; the plan said the multiply-adds of --layer classifier's reads (one forward each)."""
+    from recipes._diagnostics.dense_plan import dense_gradients_plan
+
+    recipe = load_script("recipes/diagnostics.py", "diagnostics_recipe_plan_layer")
+    forward = cnn_forward_macs((1, 28, 28), 8, 32, 128)
+    for layer, reads in (("classifier", 50), ("layers.0", 100)):
+        args = recipe.build_parser().parse_args(["dense-gradients", "--dataset", "mnist", "--kind", "cnn",
+                                                 "--batchnorm", "off", "--layer", layer])
+        plan = dense_gradients_plan(args, ["cnn"], [False], (1, 28, 28))
+        assert f"about {(3 * 300 + reads) * forward / 1e12:.3g} T multiply-adds" in plan, plan

@@ -10,9 +10,12 @@ SCRIPT = paths.REPO_ROOT / "recipes" / "benchmarks" / "loader_cycle.py"
 
 
 def test_quick_run_writes_the_measured_table(tmp_path):
+    """A --quick run with its sizes given runs (and writes) those sizes: --quick fills in only what is not given."""
     main = runpy.run_path(str(SCRIPT))["main"]
     out = tmp_path / "lc.md"
     main(["--quick", "--rounds", "2", "--batches", "4", "--n", "512", "--batch", "64", "--out", str(out)])
+    text = out.read_text()  # the sizes given win over --quick's (it ran 3 rounds of 20 batches of 4,096 examples)
+    assert "(512 examples), batch 64" in text and "medians over 2 interleaved rounds of 4 batches" in text
     rows = [l.split("|")[1:-1] for l in out.read_text().splitlines() if l.startswith("| ") and "µs" not in l]
     assert [r[0].strip() for r in rows] == ["DataLoader", "Accelerate-prepared"]
     for r in rows:

@@ -11,18 +11,34 @@ import math
 THREAD_MACS = (20e9, 50e9)
 
 
-def cnn_forward_macs(in_shape, depth: int, width: int, batch_size: int) -> int:
-    """Multiply-adds of one forward pass of a batch through a cnn DenseCat's 3x3 convolutions (layer k
-    reads the input's channels plus k earlier outputs of ``width`` channels, at every position)."""
+def cnn_layer_macs(in_shape, depth: int, width: int, batch_size: int) -> list:
+    """Multiply-adds of each of a cnn DenseCat's 3x3 convolutions in one forward pass of a batch (layer k
+    reads the input's channels plus k earlier outputs of ``width`` channels, at every position); a
+    backward pass costs each convolution as much again for its input's gradient, and again for its weight's."""
     channels, positions = int(in_shape[0]), math.prod(int(s) for s in in_shape[1:])
-    fan_in = depth * channels + width * depth * (depth - 1) // 2  # summed over the layers
-    return batch_size * positions * width * 9 * fan_in
+    return [batch_size * positions * width * 9 * (channels + width * k) for k in range(depth)]
+
+
+def cnn_forward_macs(in_shape, depth: int, width: int, batch_size: int) -> int:
+    """Multiply-adds of one forward pass of a batch through a cnn DenseCat's 3x3 convolutions."""
+    return sum(cnn_layer_macs(in_shape, depth, width, batch_size))
+
+
+def cnn_read_macs(in_shape, depth: int, width: int, batch_size: int, layer: str) -> int:
+    """Multiply-adds of the convolutions in one gradient read of ``layer`` (``gradient_by_depth``: a forward
+    pass, then ``torch.autograd.grad`` of the loss for that layer's weight alone). The backward runs only as far
+    as the layer: every later convolution's input gradient (each reads the layer's output), and the layer's own
+    weight gradient (``layers.K``); none for ``classifier``, which comes after every convolution."""
+    macs = cnn_layer_macs(in_shape, depth, width, batch_size)
+    kind, _, k = layer.partition(".")
+    return sum(macs) + (sum(macs[int(k):]) if kind == "layers" and k.isdigit() else 0)
 
 
 def dense_gradients_plan(args, kinds, norms, in_shape) -> str:
     """The line printed before any net trains: how many nets, how many steps each, what --compare adds,
     and, where cnn nets train, their convolutions' multiply-adds and the minutes those take on one
-    CPU thread at :data:`THREAD_MACS` (a backward pass counted as two forwards, a gradient read as one)."""
+    CPU thread at :data:`THREAD_MACS` (a training step's backward counted as two forwards, a gradient read as
+    a forward and the backward to ``--layer``: :func:`cnn_read_macs`)."""
     from recipes._diagnostics.folder import dense_tag
 
     tags = [dense_tag(k, bn) for k in kinds for bn in norms]
@@ -34,8 +50,10 @@ def dense_gradients_plan(args, kinds, norms, in_shape) -> str:
         said += f"; then --compare trains {compared} more nets {args.compare_steps} steps each"
     if "cnn" not in kinds:
         return said + "."
-    forwards = len(norms) * (3 * args.train_steps + args.grad_batches) + 4 * 3 * args.compare_steps * bool(compared)
-    macs = forwards * cnn_forward_macs(in_shape, args.depth, args.width, args.batch_size)
+    forward = cnn_forward_macs(in_shape, args.depth, args.width, args.batch_size)
+    read = cnn_read_macs(in_shape, args.depth, args.width, args.batch_size, args.layer)
+    macs = (len(norms) * (3 * args.train_steps * forward + args.grad_batches * read)
+            + 4 * 3 * args.compare_steps * forward * bool(compared))
     slow, fast = (macs / rate / 60 for rate in THREAD_MACS)
     shape = "x".join(str(int(s)) for s in in_shape[1:])
     took = "under a minute" if slow < 1 else f"{max(fast, 1):.0f} to {slow:.0f} minutes"

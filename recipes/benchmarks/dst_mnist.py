@@ -26,6 +26,7 @@ decaying (cosine) to 0 at 75% of training. Results go to ``runs/benchmarks/dst_m
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import statistics
@@ -262,7 +263,7 @@ def main(argv=None):
     reused = set()  # finished runs read back from --results instead of run now
     tag = settings_tag(args)
     try:
-        import rigl_torch  # noqa: F401
+        importlib.import_module("rigl_torch")  # installed and importable
         rigl_torch_ok, rigl_torch_why = True, ""
     except Exception as e:  # noqa: BLE001
         rigl_torch_ok, rigl_torch_why = False, f"not installed ({type(e).__name__}: {e})"

@@ -24,6 +24,7 @@ alone, to results/graphs_contract.md).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -93,8 +94,8 @@ def random_masks(conn, density: float, seed: int = 0):
 def measure_one(arch: str, level: str, networkx: bool, threads: int) -> dict:
     """Runs inside a subprocess: one model, one level."""
     torch.set_num_threads(threads)
-    import torch_geometric  # noqa: F401  (import time is not the conversion's)
-    import networkx as nx  # noqa: F401
+    for slow in ("torch_geometric", "networkx"):  # imported first: their import time is not the conversion's
+        importlib.import_module(slow)
 
     import adaptive
     import graphs

@@ -154,16 +154,20 @@ def table(rows, args, seconds: float, argv=None) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a smoke run: 3 rounds of 20 batches")
-    ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
-    ap.add_argument("--batches", type=int, default=200, help="batches per variant per round (default 200)")
-    ap.add_argument("--n", type=int, default=60000, help="examples in the synthetic dataset (default 60000)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: 3 rounds of 20 batches of 4096 examples, where those options are not given")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 15; 3 with --quick)")
+    ap.add_argument("--batches", type=int, help="batches per variant per round (default 200; 20 with --quick)")
+    ap.add_argument("--n", type=int, help="examples in the synthetic dataset (default 60000; 4096 with --quick)")
     ap.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--out", type=Path, default=RESULTS, help=f"where to write the table (default {RESULTS})")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.rounds, args.batches, args.n = 3, 20, 4096
+    # an option given explicitly wins over --quick's smaller default
+    defaults = {"rounds": 3, "batches": 20, "n": 4096} if args.quick else {"rounds": 15, "batches": 200, "n": 60000}
+    for opt, value in defaults.items():
+        if getattr(args, opt) is None:
+            setattr(args, opt, value)
     for opt in ("rounds", "batches", "n", "batch", "threads"):
         if getattr(args, opt) < 1:
             ap.error(f"--{opt} must be a positive integer, got {getattr(args, opt)}")

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import importlib
 import os
 import platform
 import statistics
@@ -50,7 +51,6 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import adaptive  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive import Connectome  # noqa: E402
 from adaptive.exact_masking import bits  # noqa: E402
@@ -453,7 +453,7 @@ def main(argv=None):
     table = fmt_table(results, args.target)
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     try:
-        import rigl_torch  # noqa: F401
+        importlib.import_module("rigl_torch")  # installed and importable, or "not installed"
         from importlib.metadata import version
 
         rigl_v = version("rigl-torch")
