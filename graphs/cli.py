@@ -13,7 +13,8 @@ folder holding exactly one checkpoint or ``remove_<target>`` folder; one holding
 ``export --out`` names the file written; its extension (.graphml, .gexf, .json, .pt) is its format,
 and a ``--format`` that disagrees with it is refused. .graphml, .gexf and .json may be followed by .gz
 or .bz2 (``connectome.graphml.gz``): the file is written compressed, as ``graphs.write`` does. ``--out`` may also be an existing folder (or a
-path ending in ``/``): ``connectome_<level>.<format>`` is written into it. A mistake the user can fix
+path ending in ``/``): ``connectome_<level>.<format>`` is written into it. An empty ``--out ''`` (an unset shell
+variable) is refused by every command: leaving ``--out`` out is how to ask for the default path. A mistake the user can fix
 ends with one ``error: ...`` line and status 2 (``ADAPTIVE_TRACEBACK=1`` shows the traceback);
 Ctrl-C ends with one line and status 130.
 """
@@ -635,9 +636,17 @@ def _export_path(a, run_dir: str, suffix: str = ""):
     return out, ext.lstrip(".")
 
 
+# what each command writes where --out is left out (in the run's folder)
+_DEFAULT_OUT = {"export": "connectome_<level>.graphml", "report": "the folder graph_report",
+                "compact": "compact_model.pt"}
+
+
 def _run(a) -> int:
     import graphs
 
+    if a.out == "":  # `--out "$DIR"` with DIR unset: not the default path, which leaving --out out asks for
+        raise UsageError(f"--out '' names no path: give a path, or leave --out out to write {_DEFAULT_OUT[a.cmd]} "
+                         "into the run's folder")
     if a.cmd == "report" and a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
         raise UsageError(f"--out {a.out!r} is a file, but report writes a folder (summary.json and figures): "
                          "pass a folder path (created if needed)")

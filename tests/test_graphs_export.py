@@ -542,6 +542,19 @@ def test_cli_export_writes_the_format_its_out_names(mlp_run, tmp_path, capsys):
     assert "which is a file, not a folder" in _error_line(capsys)
 
 
+@pytest.mark.parametrize("cmd", ["export", "report", "compact"])
+def test_cli_refuses_an_empty_out_instead_of_writing_the_default(mlp_run, capsys, cmd):
+    """compact and report took --out '' (an unset shell variable) for no --out and wrote into the run
+    folder, where export refused it: all three refuse it, naming the fix, and write nothing."""
+    from graphs.cli import main
+
+    before = sorted(p.name for p in mlp_run.iterdir())
+    assert main([cmd, str(mlp_run), "--out", ""]) == 2
+    err = _error_line(capsys)
+    assert "--out '' names no path" in err and "leave --out out" in err
+    assert sorted(p.name for p in mlp_run.iterdir()) == before
+
+
 def test_cli_export_writes_compressed_files_the_writers_compress(mlp_run, tmp_path, capsys):
     """--out x.graphml.gz was refused ('ends in .gz, a format graphs cannot write') though graphs.write
     writes it compressed: .graphml, .gexf and .json followed by .gz or .bz2 are written so (the format
