@@ -555,6 +555,18 @@ def test_cli_refuses_an_empty_out_instead_of_writing_the_default(mlp_run, capsys
     assert sorted(p.name for p in mlp_run.iterdir()) == before
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, a folder that takes no new files")
+@pytest.mark.parametrize("name", ["g.json", "g.graphml.gz", "g.pt"])
+def test_cli_export_to_an_unwritable_folder_names_the_file_asked_for(mlp_run, capsys, name):
+    """export --out /proc/g.json said '... No such file or directory: /proc/..g.json.PID-X.tmp.json.PID-Y.tmp.json',
+    the temporary file of graphs.write's temporary file: it names /proc/g.json."""
+    from graphs.cli import main
+
+    assert main(["export", str(mlp_run), "--out", f"/proc/{name}"]) == 2
+    err = _error_line(capsys)
+    assert err.rstrip().endswith(f"'/proc/{name}'") and ".tmp" not in err, err
+
+
 def test_cli_export_writes_compressed_files_the_writers_compress(mlp_run, tmp_path, capsys):
     """--out x.graphml.gz was refused ('ends in .gz, a format graphs cannot write') though graphs.write
     writes it compressed: .graphml, .gexf and .json followed by .gz or .bz2 are written so (the format
