@@ -192,10 +192,8 @@ def _classes_used_last(net, connectome_path: str, weights: Optional[str]) -> Opt
     key = f"{name}.weight"
     shape = _layer_shapes(connectome_path).get(key)
     if shape is None and weights is not None:
-        from adaptive.models.weights import read_state_dict
-
         try:
-            w = read_state_dict(weights).get(key)
+            w = _weights_state(weights).get(key)
         except Exception:  # noqa: BLE001 - an unreadable file: loading it names the problem
             w = None
         shape = None if w is None or w.dim() < 2 else w.shape
@@ -203,6 +201,16 @@ def _classes_used_last(net, connectome_path: str, weights: Optional[str]) -> Opt
         return None
     # a transposed convolution's weight is stored (in, out/groups, *kernel)
     return int(shape[1]) * head.groups if isinstance(head, TRANSPOSED_MODULES) else int(shape[0])
+
+
+def _weights_state(path: str) -> dict:
+    """The weights file's state_dict, read once per command (within :func:`graphs.run_files.read_once`): the
+    class count's guess and the load read the same file."""
+    from adaptive.models.weights import read_state_dict
+
+    from .run_files import remembered
+
+    return remembered("weights", path, read_state_dict)
 
 
 def _check_connectome(path: str) -> None:
@@ -314,7 +322,7 @@ def _load_once(run, model, connectome, weights, num_classes, in_shape, plugins, 
         from adaptive.models import WeightsMismatchError, load_weights
 
         try:
-            load_weights(net, weights)
+            load_weights(net, weights, state_dict=_weights_state(weights))
         except WeightsMismatchError as e:  # keys or shapes that differ: the model's; a damaged file: the file's
             said = str(e).replace(" Check --model and num_classes against the file.", "")
             if said == str(e):  # unreadable, damaged, a meta or quantized tensor: rebuilding otherwise cannot help

@@ -463,6 +463,26 @@ def mlp_run(tmp_path_factory):
     return run
 
 
+def test_cli_reads_the_weights_file_once(tmp_path, monkeypatch):
+    """A connectome without the head (exclude=) leaves the class count to the weights file: it was read
+    twice, once for the head's shape, once to load it. Once now, and the model still gets its weights."""
+    models = pytest.importorskip("adaptive.models")
+    import adaptive.models.weights as weights_module
+    from graphs.cli import load_run
+
+    torch.manual_seed(0)
+    net = models.build_model("mlp", hidden=(8,), num_classes=7, in_shape=(1, 4, 4))
+    run = tmp_path / "run"
+    adaptive.Connectome(net, exclude="fc2").save(run / "connectome.safetensors")
+    torch.save(net.state_dict(), run / "model_state.pt")
+    (run / "config.yaml").write_text("model:\n  name: mlp\n  hidden: [8]\n  in_shape: [1, 4, 4]\n")
+    real, reads = weights_module.read_state_dict, []
+    monkeypatch.setattr(weights_module, "read_state_dict", lambda path: reads.append(path) or real(path))
+    model, _ = load_run(str(run))
+    assert reads == [str(run / "model_state.pt")]
+    assert model.fc2.out_features == 7 and torch.equal(model.fc2.weight, net.fc2.weight)
+
+
 def test_cli_compact_passes_its_tolerances_and_float64_to_the_check(mlp_run, tmp_path, capsys, monkeypatch):
     """python -m graphs compact had no way to set the check's atol/rtol or to compact in float64,
     which the check's error suggests."""
