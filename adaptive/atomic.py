@@ -87,7 +87,10 @@ def sweep_stale_temps(folder: Union[str, os.PathLike]) -> List[Path]:
 def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     """A temporary path beside ``path`` (same folder, same suffix, so writers that infer the format
     from it still do): renamed onto ``path`` when the block ends, removed if it raises. The folder
-    is created if needed; the file gets the usual permissions (umask), not a private temp file's."""
+    is created if needed; the file gets the usual permissions (umask), not a private temp file's.
+    An OSError naming the temporary file (a folder that takes no files, a full disk) names ``path``
+    instead: the file the caller asked for, not one it never sees (also where a writer writes through
+    an atomic_path of its own, whose temporary file is named after this one's)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(temp_name(path.name, os.getpid(), secrets.token_hex(4)))
@@ -96,9 +99,26 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
         if tmp.exists():  # some writers (safetensors) create private 0600 files: the usual permissions instead
             os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
+    except OSError as e:
+        _name_target(e, path)
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _name_target(e: OSError, path: Path) -> None:
+    """Make ``e`` name ``path`` where it names a temporary file of :func:`atomic_path` (os.replace's
+    error names both: then ``path`` once)."""
+    def temporary(name) -> bool:
+        return name is not None and temp_target(Path(os.fsdecode(name)).name) is not None
+
+    if temporary(e.filename):
+        e.filename = str(path)
+        if e.filename2 is not None and os.fsdecode(e.filename2) == str(path):
+            e.filename2 = None
+    elif temporary(e.filename2):
+        e.filename2 = str(path)
 
 
 def atomic_torch_save(obj: Any, path: Union[str, os.PathLike]) -> Path:
@@ -120,7 +140,7 @@ def atomic_torch_save(obj: Any, path: Union[str, os.PathLike]) -> Path:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        if e.filename is None or temp_target(Path(e.filename).name) is not None:
+        if e.filename is None:  # one naming the temporary file names path already (atomic_path)
             e.filename = str(path)
         raise
     return Path(path)

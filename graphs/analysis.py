@@ -41,27 +41,58 @@ def _of_groups(g, op: str) -> torch.Tensor:
 
 
 def closed_gates(g, live=None) -> torch.Tensor:
-    """Bool per edge: the wires from an attention head's scores (a junction of op ``attention_scores``,
-    fed by the head's query and key units) into an attention output channel (a junction of op
-    ``attention``) whose value unit has no live synapse. That unit holds its bias at every position,
-    and attention weights sum to 1 over positions, so the channel is that constant whatever the
-    scores: nothing passes through the wire (queries and keys reach the output only through channels
-    whose values can vary). A value unit with live synapses keeps the wire open even where nothing
-    upstream reaches it from an input: a constant added on the way (a positional table) can make it
-    vary over positions, and then the scores reach the output. ``live``: the edges live apart from
-    this (default: synapse edges with live synapses and wires, not from the constant node). A
-    contracted graph has no junctions, so nothing is closed there: analyse the uncontracted graph."""
+    """Bool per edge: the wires into and out of an attention head's scores (a junction of op
+    ``attention_scores``, fed by the head's query and key units) that pass nothing on.
+
+    Out of the scores: the wire into an attention output channel (a junction of op ``attention``)
+    whose value unit has no live synapse. That unit holds its bias at every position, and attention
+    weights sum to 1 over positions, so the channel is that constant whatever the scores (queries and
+    keys reach the output only through channels whose values can vary). A value unit with live
+    synapses keeps the wire open even where nothing upstream reaches it from an input: a constant
+    added on the way (a positional table) can make it vary over positions, and then the scores reach
+    the output.
+
+    Into the scores: the wires from query unit ``c`` and key unit ``c`` (the same position in the
+    head's dot product) where key unit ``c`` has no live synapse. Its term of every score is query
+    ``c`` times one constant, the same at every key position, and a softmax over key positions does
+    not change when one number is added to all of them (with a mask too, and before dropout), so
+    neither unit moves the weights. A query unit with no live synapse keeps key ``c`` counting: its
+    bias, which the graph does not hold, times a key that varies over positions. Where every key of
+    a head is so, its queries reach nothing; its values still pass on.
+
+    ``live``: the edges live apart from this (default: synapse edges with live synapses and wires,
+    not from the constant node). A contracted graph has no junctions, so nothing is closed there:
+    analyse the uncontracted graph."""
     scores = _of_groups(g, "attention_scores")
     if not bool(scores.any()):
         return torch.zeros(g.num_edges, dtype=torch.bool)
     live = _wired(g) if live is None else live
-    into = _of_groups(g, "attention")[g.dst] & (g.edge_attrs["kind"] == EDGE_WIRE)
-    gate = into & scores[g.src]
     live_in = torch.bincount(g.dst[live], minlength=g.num_nodes) > 0
     pinned = (g.node_attrs["kind"] == UNIT) & ~live_in  # a unit with no live synapse: its bias, everywhere
+    wire = g.edge_attrs["kind"] == EDGE_WIRE
+    into = _of_groups(g, "attention")[g.dst] & wire
+    gate = into & scores[g.src]
     opened = torch.zeros(g.num_nodes, dtype=torch.bool)
     opened[g.dst[into & ~gate & ~pinned[g.src]]] = True  # some value source may vary over positions
-    return gate & ~opened[g.dst]
+    return (gate & ~opened[g.dst]) | _constant_key_terms(g, scores[g.dst] & wire, pinned)
+
+
+def _constant_key_terms(g, into_scores: torch.Tensor, pinned: torch.Tensor) -> torch.Tensor:
+    """Bool per edge: of the wires ``into_scores``, those of the query/key pairs whose key unit is
+    ``pinned`` (see :func:`closed_gates`). A head's scores junction is fed by its ``d`` query units
+    then its ``d`` key units, each layer's units numbered in order and the query layer's first, so
+    sorted by source its wires are query 0..d-1, key 0..d-1: query ``r`` pairs with key ``r``."""
+    e = into_scores.nonzero().squeeze(1)
+    e = e[torch.argsort(g.dst[e] * g.num_nodes + g.src[e])]
+    dst = g.dst[e]
+    cnt = torch.bincount(dst, minlength=g.num_nodes)
+    start = (cnt.cumsum(0) - cnt)[dst]
+    half = cnt[dst] // 2
+    rank = torch.arange(e.numel()) - start
+    key = start + half + torch.where(rank < half, rank, rank - half)  # the key of each wire's pair
+    closed = torch.zeros(g.num_edges, dtype=torch.bool)
+    closed[e[(cnt[dst] % 2 == 0) & pinned[g.src[e[key.clamp(max=max(e.numel() - 1, 0))]]]]] = True
+    return closed
 
 
 def state_nodes(g) -> torch.Tensor:

@@ -13,7 +13,8 @@ folder holding exactly one checkpoint or ``remove_<target>`` folder; one holding
 ``export --out`` names the file written; its extension (.graphml, .gexf, .json, .pt) is its format,
 and a ``--format`` that disagrees with it is refused. .graphml, .gexf and .json may be followed by .gz
 or .bz2 (``connectome.graphml.gz``): the file is written compressed, as ``graphs.write`` does. ``--out`` may also be an existing folder (or a
-path ending in ``/``): ``connectome_<level>.<format>`` is written into it. A mistake the user can fix
+path ending in ``/``): ``connectome_<level>.<format>`` is written into it. An empty ``--out ''`` (an unset shell
+variable) is refused by every command: leaving ``--out`` out is how to ask for the default path. A mistake the user can fix
 ends with one ``error: ...`` line and status 2 (``ADAPTIVE_TRACEBACK=1`` shows the traceback);
 Ctrl-C ends with one line and status 130.
 """
@@ -191,10 +192,8 @@ def _classes_used_last(net, connectome_path: str, weights: Optional[str]) -> Opt
     key = f"{name}.weight"
     shape = _layer_shapes(connectome_path).get(key)
     if shape is None and weights is not None:
-        from adaptive.models.weights import read_state_dict
-
         try:
-            w = read_state_dict(weights).get(key)
+            w = _weights_state(weights).get(key)
         except Exception:  # noqa: BLE001 - an unreadable file: loading it names the problem
             w = None
         shape = None if w is None or w.dim() < 2 else w.shape
@@ -202,6 +201,16 @@ def _classes_used_last(net, connectome_path: str, weights: Optional[str]) -> Opt
         return None
     # a transposed convolution's weight is stored (in, out/groups, *kernel)
     return int(shape[1]) * head.groups if isinstance(head, TRANSPOSED_MODULES) else int(shape[0])
+
+
+def _weights_state(path: str) -> dict:
+    """The weights file's state_dict, read once per command (within :func:`graphs.run_files.read_once`): the
+    class count's guess and the load read the same file."""
+    from adaptive.models.weights import read_state_dict
+
+    from .run_files import remembered
+
+    return remembered("weights", path, read_state_dict)
 
 
 def _check_connectome(path: str) -> None:
@@ -313,7 +322,7 @@ def _load_once(run, model, connectome, weights, num_classes, in_shape, plugins, 
         from adaptive.models import WeightsMismatchError, load_weights
 
         try:
-            load_weights(net, weights)
+            load_weights(net, weights, state_dict=_weights_state(weights))
         except WeightsMismatchError as e:  # keys or shapes that differ: the model's; a damaged file: the file's
             said = str(e).replace(" Check --model and num_classes against the file.", "")
             if said == str(e):  # unreadable, damaged, a meta or quantized tensor: rebuilding otherwise cannot help
@@ -635,9 +644,17 @@ def _export_path(a, run_dir: str, suffix: str = ""):
     return out, ext.lstrip(".")
 
 
+# what each command writes where --out is left out (in the run's folder)
+_DEFAULT_OUT = {"export": "connectome_<level>.graphml", "report": "the folder graph_report",
+                "compact": "compact_model.pt"}
+
+
 def _run(a) -> int:
     import graphs
 
+    if a.out == "":  # `--out "$DIR"` with DIR unset: not the default path, which leaving --out out asks for
+        raise UsageError(f"--out '' names no path: give a path, or leave --out out to write {_DEFAULT_OUT[a.cmd]} "
+                         "into the run's folder")
     if a.cmd == "report" and a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
         raise UsageError(f"--out {a.out!r} is a file, but report writes a folder (summary.json and figures): "
                          "pass a folder path (created if needed)")

@@ -63,7 +63,9 @@ class FlowAttentionMixin:
         channel ``c`` is a junction (op ``attention``) of value unit ``c`` and those scores. The
         weights of a softmax sum to 1, so where value unit ``c`` holds its bias at every position
         (no live synapse) the channel is that constant whatever the scores: the analysis
-        (:func:`graphs.analysis.closed_gates`) then passes nothing through the scores' wire. With
+        (:func:`graphs.analysis.closed_gates`) then passes nothing through the scores' wire; nor
+        through the wires of query and key unit ``c`` of a head into its scores where key unit ``c``
+        has no live synapse (a term the softmax over key positions ignores). With
         ``add_bias_kv`` or ``add_zero_attn`` an appended key/value position differs from that
         constant, so the scores always count: channel ``c`` is then one junction of value unit ``c``
         and the head's query and key units. Returns (out_proj units, query units, key units)."""

@@ -23,6 +23,28 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["results.md"]
 
 
+def test_an_os_error_names_the_destination_not_the_temporary(tmp_path):
+    """A writer's OSError naming the temporary file (a full disk) named a file the caller never saw;
+    nested atomic writes (graphs.write's writers) named a temporary of a temporary. It names the
+    destination, and the temporary is still removed; os.replace's error names the destination once."""
+    import errno
+
+    path = tmp_path / "out.json"
+    with pytest.raises(OSError) as e:
+        with atomic_path(path) as tmp, atomic_path(tmp) as inner:
+            inner.write_text("half")
+            raise OSError(errno.ENOSPC, "No space left on device", str(inner))
+    assert e.value.filename == str(path) and str(e.value).endswith(f"No space left on device: {str(path)!r}")
+    assert not list(tmp_path.iterdir())
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("")  # a folder in the way: os.replace fails
+    with pytest.raises(OSError) as e:
+        with atomic_path(tmp_path / "taken") as tmp:
+            tmp.write_text("new")
+    assert e.value.filename == str(tmp_path / "taken") and e.value.filename2 is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
 def test_files_get_the_usual_permissions_not_a_private_temp_file(tmp_path):
     old = os.umask(0o022)
     try:

@@ -1,6 +1,7 @@
 """Reachability through nn.MultiheadAttention, head by head (graphs.analysis.closed_gates): a head whose
 value projections are all pruned passes only its biases on, whatever its queries and keys; a head whose
-queries are all pruned still passes its values on. Every claim is checked on the model itself: the
+queries are all pruned still passes its values on; a query whose key (its pair in the head's dot product) is
+pruned reaches nothing, nor does what feeds only such queries. Every claim is checked on the model itself: the
 attention output before out_proj at two inputs, and the gradient reaching the projections."""
 import copy
 
@@ -72,7 +73,9 @@ def _before_out_proj(model, x):
 
 def _varies(model):
     """Per channel before out_proj: does it change when the input does?"""
-    a, b = (_before_out_proj(model, torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(s))) for s in (1, 2))
+    dtype = model.emb.weight.dtype
+    a, b = (_before_out_proj(model, torch.randn(3, 5, 4, dtype=dtype, generator=torch.Generator().manual_seed(s)))
+            for s in (1, 2))
     return ((a - b).abs() > 1e-5).flatten(0, 1).any(0)
 
 
@@ -129,10 +132,110 @@ def test_an_appended_key_and_value_keep_a_value_pruned_head_alive(kw):
     assert bool(_graph_facts(g, "q")[1].all()) and bool(_gradient_rows(model, "q").all())
 
 
-def test_a_graph_read_back_from_json_closes_the_same_wires(tmp_path):
-    _, g = _model_and_graph("v")
+@pytest.mark.parametrize("pruned", ["v", "k"])
+def test_a_graph_read_back_from_json_closes_the_same_wires(tmp_path, pruned):
+    g = _model_and_graph("v")[1] if pruned == "v" else _pruned_keys([4, 5])[1]
     back = graphs.read_json(graphs.write(g, str(tmp_path / "g.json")))
-    assert int(graphs.analysis.closed_gates(g).sum()) == D
+    assert int(graphs.analysis.closed_gates(g).sum()) == (D if pruned == "v" else 4)  # 2 queries, 2 keys
     assert torch.equal(graphs.analysis.closed_gates(back), graphs.analysis.closed_gates(g))
     for k in ("from_input", "to_output"):
         assert torch.equal(graphs.reachability(back)[k], graphs.reachability(g)[k])
+
+
+class MaskedNet(Net):
+    """:class:`Net` whose attention reads a causal mask (and drops attention weights in training)."""
+
+    def __init__(self, kdim=None, **kw):
+        super().__init__(kdim, **kw)
+        self.register_buffer("causal", torch.ones(5, 5, dtype=torch.bool).triu(1))
+
+    def forward(self, x):
+        h, kv = self.kv_of(x)
+        return self.head(self.attn(h, kv, kv, attn_mask=self.causal, need_weights=False)[0].mean(1))
+
+
+def _pruned_keys(channels, kdim=None, dropout=0.0):
+    """A float64 :class:`MaskedNet` whose key units ``channels`` have every synapse pruned (biases
+    nonzero), and its unit graph."""
+    torch.manual_seed(0)
+    model = MaskedNet(kdim, dropout=dropout).double().eval()
+    with torch.no_grad():
+        model.attn.in_proj_bias.normal_()
+    conn = adaptive.Connectome(model)
+    name, rows = _weight(model, "k")
+    mask = torch.ones_like(conn.masks[name])
+    mask[rows][channels] = False
+    conn.set_masks({name: mask})
+    conn.apply()
+    return model, graphs.build(conn, "unit", example_input=torch.randn(2, 5, 4, dtype=torch.float64))
+
+
+def _moved(model, params, train=False):
+    """Per row of each named parameter: does the output's gradient reach it? In float64, so what
+    cannot reach it is below 1e-9 of the largest gradient of them all (rounding), not just small."""
+    model.zero_grad()
+    model.train(train)
+    torch.manual_seed(4)  # the dropout drawn in training
+    model(torch.randn(3, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))).square().sum().backward()
+    model.eval()
+    named = dict(model.named_parameters())
+    grads = [named[p].grad[rows].abs().reshape(named[p].grad[rows].shape[0], -1).amax(1) for p, rows in params]
+    top = max(float(x.max()) for x in grads)
+    return [x > 1e-9 * top for x in grads]
+
+
+@pytest.mark.parametrize("kdim", [None, 6])
+@pytest.mark.parametrize("train", [False, True])
+def test_a_query_whose_key_is_pruned_reaches_nothing(kdim, train):
+    model, g = _pruned_keys([4, 5], kdim, dropout=0.5 if train else 0.0)
+    name, rows = _weight(model, "q")
+    bias_k = slice(E + 4, E + 6)  # the pruned keys' biases: added alike at every key position
+    moved_q, moved_bias_k = _moved(model, [(name, rows), ("attn.in_proj_bias", bias_k)], train)
+    assert moved_q.tolist() == [True] * 4 + [False] * 2 + [True] * 2  # the model, also with dropout
+    assert not bool(moved_bias_k.any())
+    assert torch.equal(_graph_facts(g, "q")[1], moved_q)  # the graph agrees, unit by unit
+    assert _graph_facts(g, "k")[1].tolist() == [True] * 4 + [False] * 2 + [True] * 2
+    assert bool(_varies(model).all())  # the values all pass on
+
+
+def test_queries_whose_keys_are_all_pruned_reach_nothing_nor_what_feeds_only_them():
+    """With kdim, the queries read ``emb`` alone: once every key is pruned, nothing of ``emb`` reaches
+    the output (the attention weights are uniform), while the keys' and values' own input does."""
+    model, g = _pruned_keys(list(range(E)), kdim=6)
+    name, rows = _weight(model, "q")
+    moved_q, moved_emb, moved_kv = _moved(model, [(name, rows), ("emb.weight", slice(None)), ("kv.weight", slice(None))])
+    assert not bool(moved_q.any()) and not bool(moved_emb.any()) and bool(moved_kv.all())
+    assert not bool(_graph_facts(g, "q")[1].any())
+    lay = {l.module: l for l in g.layers}
+    emb = g.groups[lay["emb"].group]
+    assert not bool(graphs.reachability(g)["to_output"][emb.start: emb.start + emb.count].any())
+    assert bool(_graph_facts(g, "v")[1].all()) and bool(_varies(model).all())
+    dead = graphs.dead_units(g)["cannot_reach_output"]
+    assert int(dead[emb.start: emb.start + emb.count].sum()) == E
+
+
+class _ReadsWeights(nn.Module):
+    """A :class:`MaskedNet` whose output also reads the attention weights."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        h, kv = self.net.kv_of(x)
+        y, w = self.net.attn(h, kv, kv, need_weights=True)
+        return self.net.head(y.mean(1)) + w.sum((1, 2)).unsqueeze(1)
+
+
+def test_a_query_whose_key_is_pruned_still_counts_where_the_weights_are_read():
+    """The weights output (need_weights, read) is its own junction of every query and key unit: it
+    keeps them all counting."""
+    model, g = _pruned_keys([4, 5])
+    assert _graph_facts(g, "q")[1].tolist() == [True] * 4 + [False] * 2 + [True] * 2  # weights not read
+    conn = adaptive.Connectome(_ReadsWeights(model))
+    conn.set_masks({"net.attn.in_proj_weight": model.attn.in_proj_weight != 0})
+    g = graphs.build(conn, "unit", example_input=torch.randn(2, 5, 4, dtype=torch.float64))
+    lay = {l.module: l for l in g.layers}
+    grp = g.groups[lay["net.attn.q"].group]
+    assert graphs.density_per_layer(g)["net.attn.k"] == 0.75  # the pruned keys carried over
+    assert bool(graphs.reachability(g)["to_output"][grp.start: grp.start + grp.count].all())

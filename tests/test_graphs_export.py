@@ -463,6 +463,26 @@ def mlp_run(tmp_path_factory):
     return run
 
 
+def test_cli_reads_the_weights_file_once(tmp_path, monkeypatch):
+    """A connectome without the head (exclude=) leaves the class count to the weights file: it was read
+    twice, once for the head's shape, once to load it. Once now, and the model still gets its weights."""
+    models = pytest.importorskip("adaptive.models")
+    import adaptive.models.weights as weights_module
+    from graphs.cli import load_run
+
+    torch.manual_seed(0)
+    net = models.build_model("mlp", hidden=(8,), num_classes=7, in_shape=(1, 4, 4))
+    run = tmp_path / "run"
+    adaptive.Connectome(net, exclude="fc2").save(run / "connectome.safetensors")
+    torch.save(net.state_dict(), run / "model_state.pt")
+    (run / "config.yaml").write_text("model:\n  name: mlp\n  hidden: [8]\n  in_shape: [1, 4, 4]\n")
+    real, reads = weights_module.read_state_dict, []
+    monkeypatch.setattr(weights_module, "read_state_dict", lambda path: reads.append(path) or real(path))
+    model, _ = load_run(str(run))
+    assert reads == [str(run / "model_state.pt")]
+    assert model.fc2.out_features == 7 and torch.equal(model.fc2.weight, net.fc2.weight)
+
+
 def test_cli_compact_passes_its_tolerances_and_float64_to_the_check(mlp_run, tmp_path, capsys, monkeypatch):
     """python -m graphs compact had no way to set the check's atol/rtol or to compact in float64,
     which the check's error suggests."""
@@ -540,6 +560,31 @@ def test_cli_export_writes_the_format_its_out_names(mlp_run, tmp_path, capsys):
     # under a file: refused before anything is built
     assert main(["export", str(mlp_run), "--out", str(mlp_run / "config.yaml" / "g.json")]) == 2
     assert "which is a file, not a folder" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("cmd", ["export", "report", "compact"])
+def test_cli_refuses_an_empty_out_instead_of_writing_the_default(mlp_run, capsys, cmd):
+    """compact and report took --out '' (an unset shell variable) for no --out and wrote into the run
+    folder, where export refused it: all three refuse it, naming the fix, and write nothing."""
+    from graphs.cli import main
+
+    before = sorted(p.name for p in mlp_run.iterdir())
+    assert main([cmd, str(mlp_run), "--out", ""]) == 2
+    err = _error_line(capsys)
+    assert "--out '' names no path" in err and "leave --out out" in err
+    assert sorted(p.name for p in mlp_run.iterdir()) == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, a folder that takes no new files")
+@pytest.mark.parametrize("name", ["g.json", "g.graphml.gz", "g.pt"])
+def test_cli_export_to_an_unwritable_folder_names_the_file_asked_for(mlp_run, capsys, name):
+    """export --out /proc/g.json said '... No such file or directory: /proc/..g.json.PID-X.tmp.json.PID-Y.tmp.json',
+    the temporary file of graphs.write's temporary file: it names /proc/g.json."""
+    from graphs.cli import main
+
+    assert main(["export", str(mlp_run), "--out", f"/proc/{name}"]) == 2
+    err = _error_line(capsys)
+    assert err.rstrip().endswith(f"'/proc/{name}'") and ".tmp" not in err, err
 
 
 def test_cli_export_writes_compressed_files_the_writers_compress(mlp_run, tmp_path, capsys):

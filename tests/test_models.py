@@ -292,6 +292,14 @@ def test_a_versioned_file_without_num_batches_tracked_and_nested_wrapper_prefixe
     torch.save(sd, tmp_path / "old.pt")
     model = load_weights(net(), str(tmp_path / "old.pt"))
     assert torch.equal(model[1].running_mean, torch.full((4,), 5.0)) and int(model[1].num_batches_tracked) == 0
+    # a state_dict read already (graphs' command line reads the file once): loaded the same, not changed
+    from adaptive.models.weights import read_state_dict
+
+    read = read_state_dict(str(tmp_path / "old.pt"))
+    keys = list(read)
+    model = load_weights(net(), str(tmp_path / "gone.pt"), state_dict=read)  # the path only names the file
+    assert torch.equal(model[1].running_mean, torch.full((4,), 5.0)) and list(read) == keys
+    assert read._metadata == sd._metadata
     nested = {f"_orig_mod.module.{k}": v for k, v in src.state_dict().items()}
     torch.save(nested, tmp_path / "nested.pt")
     model = load_weights(net(), str(tmp_path / "nested.pt"))

@@ -1,9 +1,10 @@
 """Loading weights files strictly, whatever wrapper they were saved in."""
 from __future__ import annotations
 
+import copy
 import os
 from collections import OrderedDict
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -135,8 +136,10 @@ def _check_copyable(path: str, key: str, t: torch.Tensor, own: torch.Tensor) -> 
                                    f"{own.dtype} yourself and re-save it")
 
 
-def load_weights(model: nn.Module, path: str) -> nn.Module:
+def load_weights(model: nn.Module, path: str, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> nn.Module:
     """Load the weights file ``path`` into ``model`` with ``strict=True``; returns ``model``.
+    ``state_dict``: what :func:`read_state_dict` read from ``path`` already (it is not read again, nor
+    changed); ``path`` then only names the file in errors.
 
     Keys under the prefixes a model lists in ``model.skipped_weight_prefixes`` (parts of the network
     it deliberately lacks, as torchvision's GoogLeNet built without its auxiliary heads) are skipped.
@@ -146,7 +149,8 @@ def load_weights(model: nn.Module, path: str) -> nn.Module:
     load leaves the model untouched.
     """
     path = os.fspath(path)
-    sd = read_state_dict(path)
+    # a copy (keeping the _metadata attribute some modules' loaders read): keys are dropped and filled below
+    sd = read_state_dict(path) if state_dict is None else copy.copy(state_dict)
     own = model.state_dict()
     # parts of the network the model deliberately lacks (torchvision's GoogLeNet and Inception-v3 without
     # their auxiliary heads, which torchvision's own files hold): the file's keys under them are skipped
