@@ -1,5 +1,6 @@
 """Hypothesis settings shared by the property-based test files (test_invariant_properties.py,
-test_mask_only_properties.py, test_graphs_random_nets.py): a few derandomized examples, so that the
+test_mask_only_properties.py, test_graphs_random_nets.py,
+test_diagnostics_properties.py): a few derandomized examples, so that the
 suite is deterministic and fast; ``ADAPTIVE_PROPERTY_EXAMPLES=500`` explores that many random ones."""
 import os
 

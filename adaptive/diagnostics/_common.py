@@ -203,7 +203,9 @@ def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parame
     """``(module_name, module, weight)`` for ``layer`` given as a module name ("classifier") or a
     parameter name ("classifier.weight"), by any name the module has (one held twice, ``self.out =
     self.head``, answers to both, as in include/exclude); ``module_name`` is its first, the name a
-    connectome and a traced graph give it."""
+    connectome and a traced graph give it. Another parameter of a layer that has a ``weight`` (its
+    bias, ``classifier.bias``) is refused with a ValueError: it was taken as the layer, whose weight was then
+    measured in its place."""
     modules = dict(model.named_modules(remove_duplicate=False))  # every name of a module held under several
     first = {id(m): n for n, m in model.named_modules()}
     name = layer[: -len(".weight")] if layer.endswith(".weight") and layer not in modules else layer
@@ -211,6 +213,10 @@ def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parame
     weighted = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
     owner, _, attr = layer.rpartition(".")
     if name not in modules and isinstance(getattr(modules.get(owner), attr, None), nn.Parameter):
+        if isinstance(getattr(modules[owner], "weight", None), nn.Parameter):  # a Linear's bias: not its weight
+            raise ValueError(f"layer {layer!r} names the parameter {attr!r} of {owner!r}, but the depth diagnostics measure a "
+                             f"layer's `weight` only (a bias reads no input units, so it has no signal depth): pass "
+                             f"{owner!r} (or {owner + '.weight'!r})")
         name = owner  # a matrix of its own name (an RNN's weight_hh_l0, an attention's in_proj_weight)
     if name not in modules:
         raise KeyError(f"the model has no layer {layer!r}; layers it can measure (Linear, convolution): {weighted[:12]}")

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..connectome import _local_module, _plain_module, _plain_patterns
+from ..counts import whole_number
 from ..discovery import discover
 from ..global_rng import kept_global_rng
 from ..metrics import call_model
@@ -72,8 +73,10 @@ def rebatch(loader, batch_size: Optional[int]) -> Iterator:
     if batch_size is None:
         yield from loader
         return
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if whole_number(batch_size) is None or batch_size <= 0:  # 2.5 failed deep in slicing; True re-cut into 1s
+        raise ValueError(f"batch_size must be a whole number of samples, at least 1 (or None: the loader's own "
+                         f"batches), got {batch_size!r}")
+    batch_size = whole_number(batch_size)
     xs, ys, have, cut = [], [], 0, 0
     for batch in loader:
         if not (isinstance(batch, (tuple, list)) and len(batch) >= 2

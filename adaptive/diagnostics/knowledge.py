@@ -439,7 +439,9 @@ def knowledge_distribution(
     lists them (``meta["caveats"]``: these parts of the note).
 
     ``points`` (a whole number >= 1) and ``max_fraction`` (in (0, 1]) shape the default counts; they
-    are checked before any work, also when ``counts`` is given.
+    are checked before any work, also when ``counts`` is given, as is that ``counts`` holds whole numbers.
+    A model with a NaN or inf parameter or buffer, and evaluation data on which the intact network's
+    loss is not finite, are refused: every loss increase would be NaN.
 
     A pruned model: pass its :class:`~adaptive.Connectome` as ``conn`` (a Connectome attached to an
     optimizer of ``model`` is found without it). Its pruned weights stay pruned in the copy, also
@@ -454,6 +456,9 @@ def knowledge_distribution(
     loaders' pass seeds are drawn from them, then they are put back: :mod:`adaptive.global_rng`).
     """
     points = _check_points(points, max_fraction)
+    if counts is not None and any(whole_number(c) is None for c in counts):  # int() cut 2.5 to 2 and took True as 1
+        bad = [c for c in counts if whole_number(c) is None]
+        raise ValueError(f"counts must be whole numbers of weights to remove, got {bad[:4]!r}: pass ints")
     if whole_number(bn_batches) is None or bn_batches < 0:
         raise ValueError(f"bn_batches must be a whole number of batches, at least 0, got {bn_batches!r}")
     # a DDP model (accelerator.prepare's): the copy is of the module inside, measured and fine-tuned by this process
@@ -461,6 +466,7 @@ def knowledge_distribution(
     include, exclude = _plain_patterns(model, include), _plain_patterns(model, exclude)  # module.* of a wrapper
     model = _local_module(model)
     source = model_connectome(model, conn, "knowledge_distribution", "what is already pruned")
+    _refuse_non_finite(model)
     work = copy_model(model, "knowledge_distribution")
     conn = Connectome(work, include=include, exclude=exclude)
     carried = held_masks(model, source)  # every attached connectome's layers, not only the first one's
@@ -482,7 +488,7 @@ def knowledge_distribution(
     order = global_order(scores)
     if pruned_before:
         order = order[live_flat[order]]  # only live weights are removed; the pruned ones stay pruned
-    counts = sorted(set(int(c) for c in (counts if counts is not None else default_counts(total, points, max_fraction))))
+    counts = sorted(set(whole_number(c) for c in (counts if counts is not None else default_counts(total, points, max_fraction))))
     if counts and (counts[0] < 0 or counts[-1] > total):
         what = f"live prunable weights; {pruned_before} more are already pruned" if pruned_before else "prunable weights"
         raise ValueError(f"counts must lie in [0, {total}] (the number of {what}), got {counts[0]}..{counts[-1]}")
@@ -552,6 +558,10 @@ def knowledge_distribution(
         r = evaluate(work, data, loss_fn, accuracy_fn)
         if base is None:
             base = r
+            if not math.isfinite(base["loss"]):  # every loss increase would be NaN, and the fits nothing
+                raise ValueError(f"knowledge_distribution: the intact network's loss on the evaluation data is {base['loss']} "
+                                 "(a non-finite input or target in eval_loader's batches, or a loss_fn that overflows), "
+                                 "so no loss increase can be measured from it: check the evaluation data")
         if (r["accuracy"] is None) != (base["accuracy"] is None):
             raise ValueError("accuracy_fn scored some points and not others: it must return (correct, count) for "
                              "every evaluation or None for all of them")
@@ -595,6 +605,18 @@ def knowledge_distribution(
                           meta={"base": base, "model": work, "connectome": conn, "order": order,
                                 "finetune_overshot": [k for k, _, _ in overshot], "caveats": caveats},
                           noise_floor=noise_floor, pruned_before=pruned_before)
+
+
+def _refuse_non_finite(model: nn.Module) -> None:
+    """Refuse a model with a NaN or inf parameter or buffer (a diverged or damaged one): its every point's
+    loss would be NaN, and a magnitude order would rank the NaN weights anywhere; the error names them."""
+    bad = [(n, int((~torch.isfinite(t)).sum())) for n, t in (*model.named_parameters(), *model.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        said = ", ".join(f"{n} ({k} of them)" for n, k in bad[:4]) + (" ..." if len(bad) > 4 else "")
+        raise ValueError(f"knowledge_distribution: the model holds NaN or inf values in {said}: a diverged or damaged "
+                         "model, whose loss is not finite at any point of the curve; load finite weights (an earlier "
+                         "checkpoint) before measuring")
 
 
 @torch.no_grad()
