@@ -1208,3 +1208,66 @@ def test_the_progress_bar_is_closed_when_the_run_ends_in_an_exception(monkeypatc
         optimize_connectome(tiny(), _BreakingLoader(tr, at=2) if how == "loader" else tr, ho, [0.3], passes=1.0,
                             window=1, progress=True, **kw)
     assert tqdm.auto.tqdm.opened == tqdm.auto.tqdm.closed == 1
+
+
+def _mlp_and_labels(classes_in_data, seed=0):
+    torch.manual_seed(seed)
+    x, y = torch.randn(64, 8), torch.arange(64) % classes_in_data
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 10))
+    return model, DataLoader(TensorDataset(x, y), batch_size=16)
+
+
+def test_a_head_with_fewer_classes_than_the_labels_is_refused_up_front_leaving_the_model_whole(tmp_path):
+    """A 10-class head fed 100-class labels failed with torch's "Target 63 is out of bounds" (on a GPU a
+    device-side assert) inside the run; now the first held-out batch is checked before the connectome is
+    built: both class counts and the fix are named, the model keeps every bit of its weights and an
+    attached Connectome its masks, nothing is warned of (a sparse start's note came first) and no file is written."""
+    model, dl = _mlp_and_labels(100)
+    with torch.no_grad():
+        model[0].weight[:, :2] = 0.0  # a sparse start: its note came before the refusal
+    conn = Connectome(model)
+    masks = {n: m.clone() for n, m in conn.masks.items()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = tmp_path / "run" / "ckpt.pt"
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"model gives 10 classes.*labels go up to \d\d.*num_classes=") as e:
+            optimize_connectome(model, dl, dl, target=0.5, progress=False, checkpoint=ckpt)
+    assert not any("interrupted" in n for n in getattr(e.value, "__notes__", []))  # refused, not started
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(masks[n], m) for n, m in conn.masks.items())
+    assert not (tmp_path / "run").exists()
+
+
+def test_regression_targets_under_cross_entropy_are_refused_naming_the_loss_to_pass():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 10))
+    dl = DataLoader(TensorDataset(torch.randn(32, 8), torch.randn(32, 3)), batch_size=16)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"targets are \(16, 3\).*loss_fn=F\.mse_loss"):
+        optimize_connectome(model, dl, dl, target=0.5, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_train_labels_beyond_the_head_are_refused_by_name_with_the_weights_given_back():
+    """The up-front check reads the holdout; train labels the head cannot score are named at the first
+    training batch (the loss check), the original weights given back."""
+    model, train = _mlp_and_labels(20)
+    _, holdout = _mlp_and_labels(10)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"model gives 10 classes.*go up to 1\d"):
+        optimize_connectome(model, train, holdout, target=0.5, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_first_batch_check_moves_no_random_generator():
+    """check_first_batch reads the holdout's first batch (a shuffled DataLoader draws from torch's generator
+    when it starts a pass): every generator is put back, so the run reads the batches it read without it."""
+    from adaptive.mask_only_eval import check_first_batch
+
+    model, dl = _mlp_and_labels(10)
+    shuffled = DataLoader(dl.dataset, batch_size=16, shuffle=True)
+    state = torch.get_rng_state()
+    check_first_batch(model, shuffled, F.cross_entropy)
+    assert torch.equal(state, torch.get_rng_state())
