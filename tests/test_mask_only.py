@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from adaptive import Connectome, Controller
 from adaptive.baselines.edge_popup import edge_popup
-from adaptive.mask_only import changed_from, changed_weights, evaluate, loaded_state, optimize_connectome, resolve_target
+from adaptive.mask_only import (changed_from, changed_weights, check_targets, evaluate, loaded_state, optimize_connectome,
+                                resolve_target)
 from adaptive.utility import UtilityContext
 from adaptive.utility.presence import Presence
 
@@ -322,11 +323,40 @@ def test_a_fraction_that_rounds_to_every_synapse_is_refused_as_that_count_is():
     removes every synapse is refused before a batch is read (it ran and removed them all)."""
     assert resolve_target(0.997, 248) == 247  # 247.256: one synapse left, allowed as the count 247
     with pytest.raises(ValueError, match=r"fraction 0.999 removes round\(0.999 x 248\) = 248 synapses, every one of "
-                                         r"the model's 248 .*a smaller fraction, or a count below 248"):
+                                         r"the model's 248 .*a fraction below 0.997984, or a count below 248"):
         resolve_target(0.999, 248)
     _refused_before_a_batch_is_read(0.999, "every one of the model's 248")
     _refused_before_a_batch_is_read([0.2, 0.9999], "every one of the model's 248")
     _refused_before_a_batch_is_read("best", "every one of the model's 248", ladder=(0.5, 0.999))
+
+
+def test_a_target_among_several_that_cannot_be_met_is_named_by_its_value_and_position():
+    """--remove 0.2 0.9999 (or target=[...]) was refused with the lone target's words: which of the
+    targets, where it stands and that it can be left out are named now; so is a rung of "best"'s ladder,
+    with the largest fraction a rung may be (a count, which the lone target's fix offers, is no rung)."""
+    model = tiny()
+    for targets, match in (([0.2, 0.9999], r"target 2 of 2 \(0.9999\) in \[0.2, 0.9999\]: .*every one of the model's 248"),
+                           ([300, 0.2, 5], r"target 1 of 3 \(300\) in \[300, 0.2, 5\]: .*beyond the model's 248"),
+                           ([0.1, "248", 0.3], r"target 2 of 3 \(248\) in \[0.1, 248, 0.3\]: .*is every one of")):
+        with pytest.raises(ValueError, match=match) as refused:
+            check_targets(model, targets)
+        assert "leave that target out" in str(refused.value)
+    with pytest.raises(ValueError, match=r"^target fraction 0.9999 removes"):  # alone, it needs no position
+        check_targets(model, 0.9999)
+    with pytest.raises(ValueError, match=r"ladder rung 3 of 3 \(0.999\) in \[0.2, 0.5, 0.999\] removes round\(0.999 x "
+                                         r"248\) = 248 synapses.*ladder's fractions below 0.997984.*leave that rung out"):
+        check_targets(model, "best", ladder=(0.2, 0.5, 0.999))  # (before: refused as "target fraction", only once the run began)
+    _refused_before_a_batch_is_read("best", "ladder rung 2 of 2", ladder=(0.5, 0.999))
+
+
+def test_a_target_among_several_below_a_sparse_start_is_named_by_position():
+    """On a sparse start a target that removes fewer synapses than are already absent (a fraction that
+    rounds to 0 removed, say) is named among the others by position too."""
+    model = tiny()
+    with torch.no_grad():
+        model.conv.weight[:2] = 0.0  # 54 of 248 synapses absent from the start
+    with pytest.raises(ValueError, match=r"target 1 of 2 \(0.001\) in \[0.001, 0.5\]: target 0.001 removes 0 .*already absent"):
+        check_targets(model, [0.001, 0.5])
 
 
 def _spy(loader, seen):
