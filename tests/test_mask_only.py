@@ -1301,3 +1301,25 @@ def test_the_first_batch_check_moves_no_random_generator():
     state = torch.get_rng_state()
     check_first_batch(model, shuffled, F.cross_entropy)
     assert torch.equal(state, torch.get_rng_state())
+
+
+@pytest.mark.filterwarnings("ignore:.*no live synapse left")  # 150 of 165 removed by neurons cuts a layer
+def test_the_last_update_closes_a_coarse_remainder_with_smaller_ensembles():
+    """With ensembles of several sizes a stage's last update took the cheapest ensembles while at least
+    half of each fit, then stopped at the first that did not: a remainder a smaller ensemble further on
+    could close was left (neurons of 12, 7 and 5 synapses: 71 removed asked, 67 given; 150 asked, 145).
+    It now adds, largest size first, the first ensembles of each size that bring the count strictly nearer."""
+    from adaptive.policies.crawl import Crawl
+
+    sizes = torch.tensor([27, 27, 8, 8, 8])
+    order = torch.arange(5)
+    assert Crawl._cover(order, sizes, 40) == 1  # 27: the next 27 would overshoot by more than it gains
+    assert Crawl._fill(order[1:], sizes, 40 - 27).tolist() == [2, 3]  # 27 + 8 + 8 = 43: 3 away, not 13
+    assert Crawl._fill(order[1:], sizes, 4).tolist() == []  # an 8 would be no nearer than none
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 5), torch.randint(0, 3, (96,))
+    dl = DataLoader(TensorDataset(x, y), batch_size=32)
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 3))  # 165 synapses
+    res = optimize_connectome(model, dl, dl, target=[71, 150], ensemble="neuron", progress=False, passes=1)
+    assert [abs(res.snapshots[t].removed - int(t)) for t in ("71", "150")] == [2, 2]  # were 4 and 5
