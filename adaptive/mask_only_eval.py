@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.cycle import rng_states, set_rng_states
 from .distributed import all_reduce_mean_
-from .mask_only_data import _model_device, _to_device
+from .label_checks import refuse_mismatched_targets
+from .mask_only_data import _NONE, _model_device, _to_device
 from .metrics import AccuracyFn, batch_accuracy, batch_loss, call_model, check_output, default_accuracy, takes_reduction
 from .modes import modes_kept
 
@@ -52,6 +54,27 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
     if n == 0:
         raise ValueError("evaluate: no examples")
     return loss_sum / n, (correct / counted if counted else None), n
+
+
+@torch.no_grad()
+def check_first_batch(model: nn.Module, loader, loss_fn: Callable) -> None:
+    """Refuse, before any work, a ``model`` whose output does not fit the targets of ``loader``'s first
+    batch for ``loss_fn`` (:func:`adaptive.label_checks.refuse_mismatched_targets`: a 10-class head on
+    labels up to 99, a regression's targets under cross-entropy): one forward pass in evaluation mode
+    (modes given back, no gradient, no normalisation statistic moved), and every random generator
+    (the loader's own too) left where it was, so the run reads the batches it would have read."""
+    states = rng_states(loader)
+    try:
+        batch = next(iter(loader), _NONE)
+    finally:
+        set_rng_states(states, loader)
+    if batch is _NONE:
+        return
+    x, y = _to_device(batch, _model_device(model))
+    with modes_kept(model, train=False):
+        out = _logits(call_model(model, x, "mask-only optimisation"), model)
+    name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    refuse_mismatched_targets(out, y, loss_fn, f"loss_fn {name}")
 
 
 def _agreed(*values: float) -> List[float]:

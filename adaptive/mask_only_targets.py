@@ -107,8 +107,8 @@ def resolve_target(target: Target, total: int) -> Optional[int]:
         count = int(round(target * total))
         if count >= total:  # a fraction below 1 that rounds to every synapse, as the count would be
             raise ValueError(f"target fraction {target!r} removes round({target!r} x {total}) = {count} synapses, every "
-                             f"one of the model's {total} prunable synapses: give a smaller fraction, or a count "
-                             f"below {total}")
+                             f"one of the model's {total} prunable synapses: give a fraction below "
+                             f"{(total - 0.5) / total:.6g}, or a count below {total}")
         return count
     if target >= total:  # as a fraction must be below 1: removing every synapse leaves no network
         raise ValueError(f"target of {target} synapses to remove {'is every one of' if target == total else 'is beyond'} "
@@ -121,11 +121,20 @@ def _resolve_targets(targets: list, total: int, start=None) -> List[Tuple[str, O
     None, on its own); a target beyond them, "best" among others, two removing the same count, or
     one removing fewer than are absent at ``start`` (a :class:`~adaptive.mask_only_start.Start`) is
     refused (ValueError)."""
-    resolved = [(lab, resolve_target(t, total)) for t, lab in zip(targets, _labels(targets))]
-    if start is not None:
-        for label, r in resolved:
-            if r is not None:
-                refuse_below_start(label, r, start)
+    resolved = []
+    for i, (t, lab) in enumerate(zip(targets, _labels(targets))):
+        try:
+            r = resolve_target(t, total)
+            if start is not None and r is not None:
+                refuse_below_start(lab, r, start)
+        except ValueError as e:
+            if len(targets) == 1:
+                raise
+            # one of several (a recipe's --remove 0.5 0.9999): which one, as given, and where it stands
+            given = t if isinstance(t, str) else lab
+            raise ValueError(f"target {i + 1} of {len(targets)} ({given}) in {_listing(targets)}: {e}; or leave that "
+                             "target out") from None
+        resolved.append((lab, r))
     if any(r is None for _, r in resolved) and len(resolved) > 1:
         raise ValueError("'best' cannot be combined with other targets: run it on its own")
     counts: Dict[int, str] = {}
@@ -134,6 +143,28 @@ def _resolve_targets(targets: list, total: int, start=None) -> List[Tuple[str, O
             raise ValueError(f"targets {counts[r]} and {label} both remove {r:,} synapses: give each target once")
         counts.setdefault(r, label)
     return sorted(resolved, key=lambda lr: -1 if lr[1] is None else lr[1])
+
+
+def _listing(values) -> str:
+    """``values`` (targets or ladder rungs) as the user wrote them: ``[0.5, 0.9999]``."""
+    return "[" + ", ".join(v if isinstance(v, str) else _label(_plain_number(v)) for v in values) + "]"
+
+
+def ladder_counts(ladder: List[float], total: int) -> List[int]:
+    """The synapses each rung of ``ladder`` (removal fractions in (0, 1), checked) removes of ``total``:
+    a rung that rounds to every synapse is refused (ValueError naming the rung, its value and position,
+    and the largest fraction that keeps a synapse). (A rung that rounds to 0 removed keeps its stage, as
+    the first candidate after the dense network.)"""
+    counts = []
+    for i, f in enumerate(ladder):
+        count = int(round(f * total))
+        if count >= total:
+            raise ValueError(f"ladder rung {i + 1} of {len(ladder)} ({f:g}) in {_listing(ladder)} removes "
+                             f"round({f:g} x {total}) = {count} synapses, every one of the model's {total} prunable "
+                             f"synapses: give the ladder's fractions below {(total - 0.5) / total:.6g} (a rung must "
+                             "keep a synapse), or leave that rung out")
+        counts.append(count)
+    return counts
 
 
 def check_targets(model: nn.Module, target: Union[Target, Sequence[Target]], include=None, exclude=None,
@@ -158,8 +189,10 @@ def check_targets(model: nn.Module, target: Union[Target, Sequence[Target]], inc
             start = sparse_start(Connectome(model, ensemble=ensemble, include=include, exclude=exclude))
     total = sum(p.numel() for _, p in found.values())
     resolved = _resolve_targets(targets, total, start)
-    if ladder and start is not None and start.absent and resolved[0][1] is None:  # "best" climbs the ladder
-        rungs_above([float(f) for f in ladder], total, start)
+    if ladder and resolved[0][1] is None:  # "best" climbs the ladder
+        ladder_counts([float(f) for f in ladder], total)
+        if start is not None and start.absent:
+            rungs_above([float(f) for f in ladder], total, start)
 
 
 def count_synapses(model: nn.Module, include=None, exclude=None) -> int:
@@ -182,7 +215,7 @@ def listed_targets(target) -> list:
 def rungs_above(ladder: List[float], total: int, start) -> List[float]:
     """The rungs of ``ladder`` that remove more of ``total`` synapses than are absent at ``start`` (a
     sparse :class:`~adaptive.mask_only_start.Start`): those target "best" climbs; ValueError if none does."""
-    rungs = [f for f in ladder if resolve_target(f, total) > start.absent]
+    rungs = [f for f, count in zip(ladder, ladder_counts(ladder, total)) if count > start.absent]
     if not rungs:
         raise ValueError(f"target 'best': every rung of the ladder {ladder} removes no more than the {start.absent:,} "
                          f"of {total:,} synapses ({start.absent / total:.1%}) already absent (weights exactly 0.0), "
@@ -203,5 +236,5 @@ def stages_of(targets: list, total: int, start, ladder: List[float]) -> Tuple[Li
         # network every rung climbs, as before: one that rounds to 0 removed keeps its stage)
         ladder = rungs_above(ladder, total, start)
     if climb:
-        resolved = [("best", resolve_target(f, total)) for f in ladder]
+        resolved = [("best", count) for count in ladder_counts(ladder, total)]
     return resolved, climb, ladder

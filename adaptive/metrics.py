@@ -25,6 +25,8 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .label_checks import refuse_mismatched_targets
+
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index: such positions are neither scored nor counted
 
 AccuracyFn = Callable[[torch.Tensor, torch.Tensor], Optional[Tuple[float, int]]]
@@ -227,13 +229,15 @@ def refuse_one_class(out, what: str = "F.cross_entropy", loss_fn=F.cross_entropy
 
 
 def takes_reduction(loss_fn: Callable, out, y) -> bool:
-    """Check ``loss_fn`` on one batch before any work: ``loss_fn(out, y)`` must give a scalar loss.
+    """Check ``loss_fn`` on one batch before any work: the targets must fit the output
+    (:func:`adaptive.label_checks.refuse_mismatched_targets`) and ``loss_fn(out, y)`` must give a scalar loss.
     Returns whether its ``reduction="sum"`` can be used: it takes that argument, gives a scalar, and
     that sum is the mean times the batch's units (:func:`loss_weight`). A loss without the argument,
     or one whose mean is not over those units (class weights: ``F.cross_entropy(weight=...)`` divides
     by the summed weights), is used as mean x units, as in the training window."""
     name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
     refuse_one_class(out, f"loss_fn {name}", loss_fn)
+    refuse_mismatched_targets(out, y, loss_fn, f"loss_fn {name}")
     try:
         mean = loss_fn(out, y)
     except Exception as e:

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from adaptive import Connectome, Controller
 from adaptive.baselines.edge_popup import edge_popup
-from adaptive.mask_only import changed_from, changed_weights, evaluate, loaded_state, optimize_connectome, resolve_target
+from adaptive.mask_only import (changed_from, changed_weights, check_targets, evaluate, loaded_state, optimize_connectome,
+                                resolve_target)
 from adaptive.utility import UtilityContext
 from adaptive.utility.presence import Presence
 
@@ -322,11 +323,40 @@ def test_a_fraction_that_rounds_to_every_synapse_is_refused_as_that_count_is():
     removes every synapse is refused before a batch is read (it ran and removed them all)."""
     assert resolve_target(0.997, 248) == 247  # 247.256: one synapse left, allowed as the count 247
     with pytest.raises(ValueError, match=r"fraction 0.999 removes round\(0.999 x 248\) = 248 synapses, every one of "
-                                         r"the model's 248 .*a smaller fraction, or a count below 248"):
+                                         r"the model's 248 .*a fraction below 0.997984, or a count below 248"):
         resolve_target(0.999, 248)
     _refused_before_a_batch_is_read(0.999, "every one of the model's 248")
     _refused_before_a_batch_is_read([0.2, 0.9999], "every one of the model's 248")
     _refused_before_a_batch_is_read("best", "every one of the model's 248", ladder=(0.5, 0.999))
+
+
+def test_a_target_among_several_that_cannot_be_met_is_named_by_its_value_and_position():
+    """--remove 0.2 0.9999 (or target=[...]) was refused with the lone target's words: which of the
+    targets, where it stands and that it can be left out are named now; so is a rung of "best"'s ladder,
+    with the largest fraction a rung may be (a count, which the lone target's fix offers, is no rung)."""
+    model = tiny()
+    for targets, match in (([0.2, 0.9999], r"target 2 of 2 \(0.9999\) in \[0.2, 0.9999\]: .*every one of the model's 248"),
+                           ([300, 0.2, 5], r"target 1 of 3 \(300\) in \[300, 0.2, 5\]: .*beyond the model's 248"),
+                           ([0.1, "248", 0.3], r"target 2 of 3 \(248\) in \[0.1, 248, 0.3\]: .*is every one of")):
+        with pytest.raises(ValueError, match=match) as refused:
+            check_targets(model, targets)
+        assert "leave that target out" in str(refused.value)
+    with pytest.raises(ValueError, match=r"^target fraction 0.9999 removes"):  # alone, it needs no position
+        check_targets(model, 0.9999)
+    with pytest.raises(ValueError, match=r"ladder rung 3 of 3 \(0.999\) in \[0.2, 0.5, 0.999\] removes round\(0.999 x "
+                                         r"248\) = 248 synapses.*ladder's fractions below 0.997984.*leave that rung out"):
+        check_targets(model, "best", ladder=(0.2, 0.5, 0.999))  # (before: refused as "target fraction", only once the run began)
+    _refused_before_a_batch_is_read("best", "ladder rung 2 of 2", ladder=(0.5, 0.999))
+
+
+def test_a_target_among_several_below_a_sparse_start_is_named_by_position():
+    """On a sparse start a target that removes fewer synapses than are already absent (a fraction that
+    rounds to 0 removed, say) is named among the others by position too."""
+    model = tiny()
+    with torch.no_grad():
+        model.conv.weight[:2] = 0.0  # 54 of 248 synapses absent from the start
+    with pytest.raises(ValueError, match=r"target 1 of 2 \(0.001\) in \[0.001, 0.5\]: target 0.001 removes 0 .*already absent"):
+        check_targets(model, [0.001, 0.5])
 
 
 def _spy(loader, seen):
@@ -1208,3 +1238,88 @@ def test_the_progress_bar_is_closed_when_the_run_ends_in_an_exception(monkeypatc
         optimize_connectome(tiny(), _BreakingLoader(tr, at=2) if how == "loader" else tr, ho, [0.3], passes=1.0,
                             window=1, progress=True, **kw)
     assert tqdm.auto.tqdm.opened == tqdm.auto.tqdm.closed == 1
+
+
+def _mlp_and_labels(classes_in_data, seed=0):
+    torch.manual_seed(seed)
+    x, y = torch.randn(64, 8), torch.arange(64) % classes_in_data
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 10))
+    return model, DataLoader(TensorDataset(x, y), batch_size=16)
+
+
+def test_a_head_with_fewer_classes_than_the_labels_is_refused_up_front_leaving_the_model_whole(tmp_path):
+    """A 10-class head fed 100-class labels failed with torch's "Target 63 is out of bounds" (on a GPU a
+    device-side assert) inside the run; now the first held-out batch is checked before the connectome is
+    built: both class counts and the fix are named, the model keeps every bit of its weights and an
+    attached Connectome its masks, nothing is warned of (a sparse start's note came first) and no file is written."""
+    model, dl = _mlp_and_labels(100)
+    with torch.no_grad():
+        model[0].weight[:, :2] = 0.0  # a sparse start: its note came before the refusal
+    conn = Connectome(model)
+    masks = {n: m.clone() for n, m in conn.masks.items()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = tmp_path / "run" / "ckpt.pt"
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"model gives 10 classes.*labels go up to \d\d.*num_classes=") as e:
+            optimize_connectome(model, dl, dl, target=0.5, progress=False, checkpoint=ckpt)
+    assert not any("interrupted" in n for n in getattr(e.value, "__notes__", []))  # refused, not started
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(masks[n], m) for n, m in conn.masks.items())
+    assert not (tmp_path / "run").exists()
+
+
+def test_regression_targets_under_cross_entropy_are_refused_naming_the_loss_to_pass():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 10))
+    dl = DataLoader(TensorDataset(torch.randn(32, 8), torch.randn(32, 3)), batch_size=16)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"targets are \(16, 3\).*loss_fn=F\.mse_loss"):
+        optimize_connectome(model, dl, dl, target=0.5, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_train_labels_beyond_the_head_are_refused_by_name_with_the_weights_given_back():
+    """The up-front check reads the holdout; train labels the head cannot score are named at the first
+    training batch (the loss check), the original weights given back."""
+    model, train = _mlp_and_labels(20)
+    _, holdout = _mlp_and_labels(10)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"model gives 10 classes.*go up to 1\d"):
+        optimize_connectome(model, train, holdout, target=0.5, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_first_batch_check_moves_no_random_generator():
+    """check_first_batch reads the holdout's first batch (a shuffled DataLoader draws from torch's generator
+    when it starts a pass): every generator is put back, so the run reads the batches it read without it."""
+    from adaptive.mask_only_eval import check_first_batch
+
+    model, dl = _mlp_and_labels(10)
+    shuffled = DataLoader(dl.dataset, batch_size=16, shuffle=True)
+    state = torch.get_rng_state()
+    check_first_batch(model, shuffled, F.cross_entropy)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+@pytest.mark.filterwarnings("ignore:.*no live synapse left")  # 150 of 165 removed by neurons cuts a layer
+def test_the_last_update_closes_a_coarse_remainder_with_smaller_ensembles():
+    """With ensembles of several sizes a stage's last update took the cheapest ensembles while at least
+    half of each fit, then stopped at the first that did not: a remainder a smaller ensemble further on
+    could close was left (neurons of 12, 7 and 5 synapses: 71 removed asked, 67 given; 150 asked, 145).
+    It now adds, largest size first, the first ensembles of each size that bring the count strictly nearer."""
+    from adaptive.policies.crawl import Crawl
+
+    sizes = torch.tensor([27, 27, 8, 8, 8])
+    order = torch.arange(5)
+    assert Crawl._cover(order, sizes, 40) == 1  # 27: the next 27 would overshoot by more than it gains
+    assert Crawl._fill(order[1:], sizes, 40 - 27).tolist() == [2, 3]  # 27 + 8 + 8 = 43: 3 away, not 13
+    assert Crawl._fill(order[1:], sizes, 4).tolist() == []  # an 8 would be no nearer than none
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 5), torch.randint(0, 3, (96,))
+    dl = DataLoader(TensorDataset(x, y), batch_size=32)
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 3))  # 165 synapses
+    res = optimize_connectome(model, dl, dl, target=[71, 150], ensemble="neuron", progress=False, passes=1)
+    assert [abs(res.snapshots[t].removed - int(t)) for t in ("71", "150")] == [2, 2]  # were 4 and 5

@@ -3,7 +3,10 @@
 At every update the policy
 - while away from the goal, removes (or restores) the synapses the schedule asks for: the goal's
   remaining distance divided by the updates left until its deadline, lowest removal cost (highest
-  restoration gain) first, whole ensembles, exact to within one ensemble. This pruning is forced:
+  restoration gain) first, whole ensembles, exact to within one ensemble (at the last update before
+  the deadline, ensembles of several sizes: then smaller ones further on in that order close what
+  remains where they bring the count nearer, greedily by size, see :meth:`Crawl._fill`; a goal of
+  synapses kept keeps one ensemble). This pruning is forced:
   the line search does not veto it (its tolerance is infinite), the estimator only orders it;
 - at the goal, swaps up to ``edit_fraction`` of the live ensembles: cheapest present ones out,
   most useful absent ones in, only equal-sized pairs whose estimated restoration gain beats the
@@ -108,6 +111,26 @@ class Crawl(Policy):
         s = sizes[order].to(torch.int64)
         return int(((s.cumsum(0) * 2 - s) <= 2 * int(count)).sum())
 
+    @staticmethod
+    def _fill(rest: torch.Tensor, sizes: torch.Tensor, count: int) -> torch.Tensor:
+        """Ensembles of ``rest`` (in its order, the estimator's) that bring their synapses nearest to
+        ``count`` greedily by size: for each size, largest first, as many of the first ensembles of that
+        size as each bring the sum strictly nearer. What the last update of a stage adds to the prefix
+        :meth:`_cover` took, where ensembles of several sizes (neurons of layers of other fan-ins, blocks
+        cut at a layer's edge) left a remainder a smaller one can close: the count then ends within half
+        the smallest size it could use, not within one ensemble of the first that did not fit. A loop
+        over the distinct sizes only (a few: about one per layer), not over the ensembles."""
+        s = sizes[rest].to(torch.int64)
+        picks = [rest[:0]]
+        for size in torch.unique(s).flip(0).tolist():  # largest first
+            if count <= 0:
+                break
+            of_size = rest[s == size]
+            k = min(of_size.numel(), (2 * count + size - 1) // (2 * size))  # each one taken strictly nearer
+            picks.append(of_size[:k])
+            count -= k * size
+        return torch.cat(picks)
+
     def update(self, ctrl, step):
         if self.follows_density:  # the controller's density and end_step: a state loaded into one built
             self.goal = global_synapse_target(ctrl, ctrl.density)  # otherwise goes on with its own
@@ -128,15 +151,22 @@ class Crawl(Policy):
         # by their value per synapse, the unit of the goal; plan scores stay whole-ensemble sums
         cs, gs = (c, g) if sz is None else (c / sz.to(c.dtype), g / sz.to(g.dtype))
         need, full = 0, None  # full: the whole order on the side the goal needs, sorted once
+        extra = None  # the last update's ensembles beyond the prefix, nearer by size (_fill)
         if self.goal is not None and live != self.goal:
+            last = self.updates_left(ctrl, step) == 1
             need = math.ceil(abs(live - self.goal) / self.updates_left(ctrl, step)) * (1 if live > self.goal else -1)
             if sz is not None:
                 # whole ensembles nearest to the distance: none when the next one would overshoot by
                 # more than it gains (coarse ensembles rarely sum to the goal exactly, and chasing the
                 # remainder flipped one back and forth); then the count is as near as it gets: swap
                 full = lowest(cs, a, live_ens) if need > 0 else highest(gs, absent, a.numel() - live_ens)
-                if self._cover(full, sz, abs(need)) == 0 and 2 * abs(live - self.goal) <= int(sz[full[:1]].sum() or 1):
-                    need, full = 0, None
+                f = self._cover(full, sz, abs(need))
+                if last:  # the goal must be reached now: smaller ensembles further on may close the remainder
+                    extra = self._fill(full[f:], sz, abs(need) - int(sz[full[:f]].sum()))
+                    if need > 0 and self.goal > 0:  # a goal of synapses kept keeps one ensemble
+                        extra = extra[:max(0, live_ens - 1 - f)]
+                if f == 0 and (extra is None or extra.numel() == 0) and 2 * abs(live - self.goal) <= int(sz[full[:1]].sum() or 1):
+                    need, full, extra = 0, None, None
         if self.goal is None:
             # the ensembles whose own (summed) value clears the margin, best per synapse first
             p_idx = lowest(cs, a & (c < -self.margin), limit)
@@ -168,8 +198,8 @@ class Crawl(Policy):
                 r_idx = r_order[: fr + n_swap]
             else:  # pairs of equal size only, so that swaps keep the synapse count; each on its own
                 worth &= sz[cand_r[:n]] == sz[cand_p[:n]]
-                p_idx = torch.cat([p_order[:fp], cand_p[:n][worth]])
-                r_idx = torch.cat([r_order[:fr], cand_r[:n][worth]])
+                p_idx = torch.cat([p_order[:fp], cand_p[:n][worth]] + ([extra] if extra is not None and need > 0 else []))
+                r_idx = torch.cat([r_order[:fr], cand_r[:n][worth]] + ([extra] if extra is not None and need < 0 else []))
         plan = EditPlan(boundaries={
             "prune": float(c[p_idx[-1]]) if p_idx.numel() else None,
             "restore": float(g[r_idx[-1]]) if r_idx.numel() else None,

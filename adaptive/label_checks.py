@@ -1,0 +1,104 @@
+"""Whether a batch's targets fit the model's output for the loss, checked before the loss is called.
+
+PyTorch's own errors for a mismatch come from deep inside the loss ("Target 63 is out of bounds", "0D or
+1D target tensor expected, multi-target not supported"), on a GPU as a device-side assert that leaves
+the CUDA context unusable, and some mismatches pass silently (``F.mse_loss`` of a ``(B, 1)`` output and
+``(B,)`` targets broadcasts to ``(B, B)``). :func:`refuse_mismatched_targets` names the mismatch, what
+the model gives against what the data holds, and the fix, for the losses whose contract it knows:
+cross-entropy and negative log-likelihood (class indices ``0..C-1`` of the output's shape without its
+class axis 1, or class probabilities of the output's shape) and the element-wise losses (targets of the
+output's shape). Any other loss is the caller's to check.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_CLASS_LOSSES = (F.cross_entropy, F.nll_loss)
+_CLASS_MODULES = (nn.CrossEntropyLoss, nn.NLLLoss)
+_ELEMENTWISE_LOSSES = (F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss, F.binary_cross_entropy,
+                       F.binary_cross_entropy_with_logits)
+_ELEMENTWISE_MODULES = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.BCELoss, nn.BCEWithLogitsLoss)
+
+
+def _kind(loss_fn):
+    """``(kind, ignore_index)``: "class" (cross-entropy, NLL), "elementwise" or None (a loss not known
+    here), and the label a class loss ignores (-100 unless bound otherwise)."""
+    ignore = -100
+    while isinstance(loss_fn, functools.partial):  # F.cross_entropy with label_smoothing= bound, say
+        ignore = loss_fn.keywords.get("ignore_index", ignore)
+        loss_fn = loss_fn.func
+    if loss_fn in _CLASS_LOSSES or isinstance(loss_fn, _CLASS_MODULES):
+        return "class", int(getattr(loss_fn, "ignore_index", ignore))
+    if loss_fn in _ELEMENTWISE_LOSSES or isinstance(loss_fn, _ELEMENTWISE_MODULES):
+        return "elementwise", None
+    return None, None
+
+
+def refuse_mismatched_targets(out, y, loss_fn, what: str = "loss_fn") -> None:
+    """ValueError naming the mismatch and its fix where targets ``y`` cannot be scored against output
+    ``out`` by ``loss_fn`` (``what`` names it in the message): for cross-entropy and NLL, integer labels
+    not of the output's shape without its class axis 1, or labels outside ``0..C-1`` for an output of C
+    classes (the ignored label, -100 by default, aside); float targets not of the output's shape (class
+    probabilities); for the element-wise losses, targets not of the output's shape. Nothing for other
+    losses, or where ``out`` or ``y`` is no tensor. Reads ``y`` on the host once (its largest and smallest label)."""
+    if not (torch.is_tensor(out) and torch.is_tensor(y)) or out.dim() == 0:
+        return
+    kind, ignore = _kind(loss_fn)
+    shape_o, shape_y = tuple(out.shape), tuple(y.shape)
+    if kind == "elementwise":
+        if shape_y != shape_o:
+            fix = (f"give targets of the output's shape (the same values: y.reshape{shape_o}, in the dataset or its "
+                   "collate_fn)" if out.numel() == y.numel() else
+                   f"give the model {_per_example(shape_y)} output(s) per example, the targets' "
+                   f"{_per_example(shape_y)}, or targets of the output's shape")
+            raise ValueError(
+                f"{what} compares the model's output with targets of the same shape, but the output is {shape_o} and "
+                f"the targets {shape_y} (torch would broadcast them, or fail): {fix}")
+        return
+    if kind != "class" or out.dim() < 2:
+        return
+    classes = shape_o[1]
+    if y.is_floating_point():  # class probabilities (soft labels): the output's shape
+        if shape_y != shape_o:
+            raise ValueError(
+                f"{what} takes floating-point targets as class probabilities of the output's shape, but the model "
+                f"gives {shape_o} ({classes} classes on axis 1) and the targets are {shape_y}: for class labels give "
+                f"integer class indices of shape {(shape_o[0],) + shape_o[2:]}; for a regression pass its loss "
+                f"(loss_fn=F.mse_loss) and a model with {_per_example(shape_y)} outputs per example")
+        return
+    if y.is_complex() or y.dtype == torch.bool:
+        return
+    wanted = (shape_o[0],) + shape_o[2:]
+    if shape_y != wanted:
+        raise ValueError(
+            f"{what} takes one class index per example (per position), of shape {wanted} for the model's output "
+            f"{shape_o} ({classes} classes on axis 1), but the targets are {shape_y}: give integer class labels of "
+            f"that shape, or pass the loss these targets are for as loss_fn= (F.mse_loss for regression values, "
+            f"F.binary_cross_entropy_with_logits for multi-label 0/1 targets, on float targets)")
+    scored = y[y != ignore] if ignore is not None else y.reshape(-1)
+    if scored.numel() == 0:
+        return
+    low, high = (int(v) for v in torch.stack([scored.min(), scored.max()]).tolist())
+    if high >= classes:
+        raise ValueError(
+            f"the model gives {classes} classes (output {shape_o}, class axis 1), but this batch's labels go up to {high}: labels "
+            f"are class indices 0..{classes - 1}, so the data has at least {high + 1} classes. Give a model with a head "
+            f"of the data's classes (num_classes={high + 1} or more, with weights trained on those classes; the "
+            f"recipes' --num-classes), or data labelled 0..{classes - 1}")
+    if low < 0:
+        raise ValueError(
+            f"the labels include {low}, but labels are class indices 0..{classes - 1} for the model's {classes} "
+            f"classes (output {shape_o}); only {ignore} marks a position to ignore: relabel the data 0..{classes - 1}, "
+            f"or bind the label you use for ignored positions (functools.partial(F.cross_entropy, ignore_index={low}))")
+
+
+def _per_example(shape) -> int:
+    """The values per example of a tensor of ``shape`` (its first axis the examples)."""
+    n = 1
+    for d in shape[1:]:
+        n *= d
+    return n

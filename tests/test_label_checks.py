@@ -1,0 +1,62 @@
+"""adaptive.label_checks: targets that do not fit the model's output are refused before the loss runs,
+naming what the model gives, what the data holds, and the fix."""
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaptive.label_checks import refuse_mismatched_targets
+from adaptive.metrics import takes_reduction
+
+
+def test_labels_beyond_the_heads_classes_name_both_counts_and_the_fix():
+    out, y = torch.zeros(4, 10), torch.tensor([0, 3, 99, 7])
+    for loss in (F.cross_entropy, nn.CrossEntropyLoss(), F.nll_loss, functools.partial(F.cross_entropy, label_smoothing=0.1)):
+        with pytest.raises(ValueError, match=r"gives 10 classes.*go up to 99.*at least 100 classes.*num_classes=100"):
+            refuse_mismatched_targets(out, y, loss)
+
+
+def test_the_ignored_label_is_no_class_and_other_negative_labels_are_refused():
+    out = torch.zeros(4, 10)
+    refuse_mismatched_targets(out, torch.tensor([0, -100, 9, -100]), F.cross_entropy)  # -100: ignored, fine
+    refuse_mismatched_targets(out, torch.tensor([0, -1, 9, -1]), functools.partial(F.cross_entropy, ignore_index=-1))
+    refuse_mismatched_targets(out, torch.tensor([-100, -100]).repeat(2), F.cross_entropy)  # nothing scored
+    with pytest.raises(ValueError, match=r"labels include -1.*ignore_index=-1"):
+        refuse_mismatched_targets(out, torch.tensor([0, -1, 9, 2]), F.cross_entropy)
+    with pytest.raises(ValueError, match=r"go up to 12"):  # a module's own ignore_index is read too
+        refuse_mismatched_targets(out, torch.tensor([12, -1, 0, 1]), nn.CrossEntropyLoss(ignore_index=-1))
+
+
+def test_targets_of_the_wrong_shape_for_the_loss_are_refused_naming_the_loss_to_pass():
+    out = torch.zeros(4, 10)
+    with pytest.raises(ValueError, match=r"class probabilities of the output's shape.*F\.mse_loss.*3 outputs"):
+        refuse_mismatched_targets(out, torch.randn(4, 3), F.cross_entropy)  # regression values under cross-entropy
+    with pytest.raises(ValueError, match=r"one class index per example.*\(4,\).*targets are \(4, 3\)"):
+        refuse_mismatched_targets(out, torch.randint(0, 2, (4, 3)), F.cross_entropy)
+    with pytest.raises(ValueError, match=r"output is \(4, 1\) and the targets \(4,\).*reshape\(4, 1\)"):
+        refuse_mismatched_targets(torch.zeros(4, 1), torch.randn(4), F.mse_loss)  # torch would broadcast to (4, 4)
+    with pytest.raises(ValueError, match=r"output is \(4, 10\) and the targets \(4, 3\).*3 output\(s\) per example"):
+        refuse_mismatched_targets(out, torch.randn(4, 3), nn.MSELoss())
+
+
+def test_fitting_targets_and_unknown_losses_pass():
+    out = torch.zeros(4, 10, 5)
+    refuse_mismatched_targets(out, torch.randint(0, 10, (4, 5)), F.cross_entropy)  # a tagger: (B, C, T), (B, T)
+    refuse_mismatched_targets(out, torch.rand(4, 10, 5), F.cross_entropy)  # probabilities
+    refuse_mismatched_targets(out, torch.rand(4, 10, 5), F.mse_loss)
+    refuse_mismatched_targets(out, torch.randn(7), lambda o, t: o.sum())  # not a loss known here: the caller's
+
+
+def test_takes_reduction_checks_the_labels_before_calling_the_loss():
+    called = []
+
+    def ce(o, t, reduction="mean"):
+        called.append(1)
+        return F.cross_entropy(o, t, reduction=reduction)
+
+    with pytest.raises(ValueError, match="gives 10 classes"):
+        takes_reduction(nn.CrossEntropyLoss(), torch.zeros(2, 10), torch.tensor([1, 10]))
+    takes_reduction(ce, torch.zeros(2, 10), torch.tensor([1, 9]))
+    assert called
