@@ -2,6 +2,8 @@
 a misleading error or a silent misreading; each is now one ``error:`` line naming the problem and the
 fix, given before any work, or read as the shell would have read it. Parse-only, in-process."""
 import os
+import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -238,3 +240,34 @@ def test_yaml_merges_and_repeated_key_value_options_still_override():
 
     assert load_yaml("base: &b {x: 1, y: 2}\nrun: {<<: *b, x: 3}\n")["run"] == {"x": 3, "y": 2}
     assert A.parse_args(["--model_kw", "bias=true", "--model_kw", "bias=false"]).model_kw["bias"] is False
+
+
+def test_num_workers_above_the_cpus_warns_once_in_every_recipe(tmp_path, monkeypatch):
+    """--num_workers 100000 was taken: torch warned, once per DataLoader, then started the processes."""
+    import adaptive.cli
+
+    monkeypatch.setattr(adaptive.cli, "usable_cpus", lambda: 4)
+    for parse, argv in ((A.parse_args, []), (P.parse_args, ["--model", "mlp", "--dataset", "digits"])):
+        with pytest.warns(UserWarning, match=r"num.workers 100000 asks for more worker processes than the 4 CPUs this "
+                                             r"process may use, .*: give --num.workers 4 or fewer") as seen:
+            parse([*argv, "--num_workers", "100000", "--output_dir", str(tmp_path / "out")])
+        assert len([w for w in seen if "worker processes" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 4 workers on 4 CPUs: no warning
+        A.parse_args(["--num_workers", "4"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threads", "100000000000000000000"], "--threads must be an integer from 1 to 2,147,483,647"),  # an overflow
+    (["--num_workers", "100000000000000000000"], "num.workers must be an integer from 0 to 2,147,483,647"),
+])
+def test_thread_and_worker_counts_no_machine_runs_are_refused(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.setattr(D, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    runs = [(A.parse_args, []), (P.parse_args, ["--model", "mlp", "--dataset", "digits"])]
+    if argv[0] == "--threads":
+        runs.append((D.main, ["knowledge", "--dataset", "digits"]))
+    for parse, before in runs:
+        with pytest.raises(SystemExit) as e:
+            parse([*before, *argv, "--output_dir", str(tmp_path / "out")])
+        assert re.search(message, f"{e.value.code} {capsys.readouterr().err}")
+    assert not (tmp_path / "out").exists()
