@@ -387,3 +387,38 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
         how = on_interrupt() if callable(on_interrupt) else on_interrupt
         _say(f"{prog}: interrupted" + (f"; {how}" if how else ""))
         raise SystemExit(130) from None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system tells it, else all of them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# the most threads or worker processes an option takes: torch.set_num_threads takes a C int (a larger
+# --threads was "Overflow when unpacking long long"), and no machine runs more
+MOST_PROCESSES = 2**31 - 1
+
+
+def check_parallelism(option: str, value: Optional[int], least: int) -> None:
+    """The one rule of the command lines' ``--num_workers`` (``least`` 0) and ``--threads`` (``least``
+    1): a ValueError naming ``option`` below ``least`` or above :data:`MOST_PROCESSES`; above the
+    CPUs this process may use (:func:`usable_cpus`), one warning that says so (each worker is a
+    process, each thread a CPU's share: more than the CPUs only slows the run, and thousands of
+    workers can stall the machine). For ``--num_workers`` it stands in for torch's own warning, which
+    each DataLoader gave again, in its own words. None (left out) passes."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= MOST_PROCESSES:
+        raise ValueError(f"{option} must be an integer from {least} to {MOST_PROCESSES:,}, got {value!r}")
+    cpus = usable_cpus()
+    if value > cpus:
+        from .warn import warn_user
+
+        what = "worker processes" if least == 0 else "threads"
+        warn_user(f"{option} {value} asks for more {what} than the {counted(cpus, 'CPU')} this process may use, which "
+                  f"slows the run (or stalls the machine): give {option} {cpus} or fewer")
+        if least == 0:  # (torch's own, shown by each DataLoader: said once above)
+            warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker processes")

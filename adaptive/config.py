@@ -49,6 +49,7 @@ import yaml
 
 from .atomic import write_text
 from .cli import error_lines
+from .yaml_read import DuplicateKeyError, load_yaml
 
 __all__ = ["ConfigError", "parse_config", "from_dict", "to_dict", "load_config", "save_config",
            "config_help", "normalize_key", "check_keys", "check_colon_keys", "read_yaml", "merge_key_values", "dotted_key_values", "given_keys",
@@ -78,6 +79,15 @@ def given_keys() -> Optional[Dict[str, str]]:
 
 class ConfigError(ValueError):
     """A configuration key or value is not acceptable; the message says which and why."""
+
+
+def _load(text, where: str = ""):
+    """``text`` read as YAML (:func:`adaptive.yaml_read.load_yaml`); a key given twice in one of its
+    mappings is a :class:`ConfigError`, ``where`` (the option or file that gave it) leading its message."""
+    try:
+        return load_yaml(text)
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 
 
 SEED_RANGE = "[0, 2**32 - 1] (0 to 4294967295)"  # what numpy's seeding (and so every recipe's --seed) takes
@@ -122,7 +132,7 @@ def _split_list(text: str) -> list:
     text = text.strip()
     if text.startswith("["):
         try:
-            parsed = yaml.safe_load(text)
+            parsed = _load(text)
         except yaml.YAMLError:  # not a YAML list ('[ab]*' is a name pattern): the comma-separated form
             parsed = None
         if isinstance(parsed, list):
@@ -149,7 +159,7 @@ def _coerce(value, tp, key: str, src: str = ""):
     if tp is Any:
         if not isinstance(value, _Cli):  # (a file's: a dict field's mapping was checked whole)
             return _exponent_floats(value)
-        value = yaml.safe_load(value)
+        value = _load(value, where)
         _check_colon_keys_in(value, where, command_line=True)  # --model_kw opts={a:1}
         return _exponent_floats(value)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -228,7 +238,7 @@ def _coerce(value, tp, key: str, src: str = ""):
     if origin is dict or tp is dict:
         typed = isinstance(value, _Cli)
         if typed:
-            value = yaml.safe_load(value) if value.strip() else {}
+            value = _load(value, where) if value.strip() else {}
         if not isinstance(value, dict):
             raise bad(f" (a YAML mapping such as '{{a: 1}}', KEY=VALUE, or one entry: --{key}.KEY VALUE)")
         check_colon_keys(value, where, command_line=typed)
@@ -443,7 +453,7 @@ def read_yaml(path, option: Optional[str] = "--config") -> Dict[str, Any]:
         raise ConfigError(f"{given} does not exist: check the path (relative paths start from {Path.cwd()})")
     try:
         with open(p) as f:
-            data = yaml.safe_load(f)
+            data = _load(f.read(), given)
     except yaml.YAMLError as e:
         raise ConfigError(f"{given} is not valid YAML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -514,7 +524,7 @@ def key_value(item: str, option: str = "--dataset-kw"):
     if not sep or not key.strip().isidentifier():
         raise ValueError(f"{option} {item!r}: write KEY=VALUE, e.g. {option} image_size=32")
     try:
-        return key.strip(), (_exponent_floats(yaml.safe_load(value)) if value.strip() else None)
+        return key.strip(), (_exponent_floats(_load(value, f"{option} {item!r}")) if value.strip() else None)
     except yaml.YAMLError as e:
         raise ValueError(f"{option} {item!r}: the value is not YAML ({str(e).splitlines()[0]}); quote it differently, "
                          f"e.g. {option} '{key.strip()}=[1, 2]'") from None
@@ -542,7 +552,7 @@ def merge_key_values(items: Sequence[str], option: str = "--dataset-kw",
             out.update(entry)
             continue
         try:
-            mapping = yaml.safe_load(item) if str(item).strip() else {}
+            mapping = _load(item, f"{option} {item!r}") if str(item).strip() else {}
         except yaml.YAMLError:
             mapping = None
         if not isinstance(mapping, dict):
@@ -650,7 +660,7 @@ def _field_entries(path: Tuple[str, ...], val: str, tp, key: str) -> Dict[Tuple[
     """The fields a YAML mapping given to the dataclass field at ``path`` sets, each under its own
     path (nested mappings too), so that it merges with ``--key.field value`` options in either order
     instead of replacing them; anything but a mapping gets the field's own error."""
-    mapping = yaml.safe_load(val) if val.strip() else None
+    mapping = _load(val, f"--{key}") if val.strip() else None
     if not isinstance(mapping, dict):
         _coerce(_Cli(val), tp, key, f"(from --{key})")  # raises: a mapping of its fields is needed
 
@@ -672,6 +682,8 @@ def _dict_entries(path: Tuple[str, ...], val: str, tp, key: str) -> Dict[Tuple[s
     --model_kw b=2`` sets both)."""
     try:
         entry, _ = key_value(val, f"--{key}")
+    except ConfigError:  # (a key its value's mapping gives twice: named as it is)
+        raise
     except ValueError as e:
         k, sep, _ = val.partition("=")
         if sep and k.strip().isidentifier() and not val.lstrip().startswith("{"):  # KEY=VALUE, VALUE not YAML

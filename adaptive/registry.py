@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import math
 import sys
 
 from contextlib import contextmanager
@@ -167,9 +168,36 @@ def build(table: Dict[str, Any], kind: str, name: Any, kw: Dict[str, Any], via: 
 
 
 def _numeric(text: str) -> bool:
-    """Whether ``text`` reads as a number (the hint to write it unquoted helps only then)."""
+    """Whether ``text`` reads as a finite number (the hint to write it unquoted helps only then: YAML
+    reads ``nan`` and ``inf`` unquoted as text too, and no option takes them)."""
     try:
-        float(text)
+        return math.isfinite(float(text))
     except ValueError:
         return False
-    return True
+
+
+def number_option(owner: str, key: str, value: Any, low: Optional[float] = None, high: Optional[float] = None,
+                  low_open: bool = False, high_open: bool = False, finite: bool = True, why: str = "") -> float:
+    """``value`` as a float, checked where a registered class (``owner``: "utility estimator 'obd'",
+    say) is constructed, so that the command line's ``--estimator_kw`` and the Python API refuse the
+    same values: a ValueError naming ``owner``, ``key``, the range (``low``/``high``, each inclusive
+    unless ``*_open``; ``finite``: NaN and inf refused, else only NaN and the infinities outside the
+    range), ``why`` (what the option does) and the value given. A flag (True) is no number."""
+    try:
+        x = float(value) if not isinstance(value, (bool, str, bytes)) else math.nan
+    except (TypeError, ValueError):
+        x = math.nan
+    ok = not math.isnan(x) and (math.isfinite(x) or not finite) and (
+        low is None or (x > low if low_open else x >= low)) and (high is None or (x < high if high_open else x <= high))
+    if not ok:
+        if low is not None and high is not None:
+            span = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None or high is not None:
+            span = f"{'>' if low is not None else '<'}{'' if (low_open if low is not None else high_open) else '='} " \
+                   f"{low if low is not None else high:g}"
+        else:
+            span = ""
+        kind = "a finite number" if finite else "a number"
+        raise ValueError(f"{owner} option {key} must be {kind}{' ' + span if span else ''}{' (' + why + ')' if why else ''}"
+                         f", got {value!r}")
+    return x

@@ -59,9 +59,13 @@ def _config(run_dir: str) -> dict:
         return {}
     import yaml
 
+    from adaptive.yaml_read import DuplicateKeyError, load_yaml
+
     try:
         with open(path) as f:
-            cfg = yaml.safe_load(f)
+            cfg = load_yaml(f.read())
+    except DuplicateKeyError as e:
+        raise ValueError(f"{path}: {e}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}): the run's config is "
                          "damaged; give the model with --model (and --num-classes, --in-shape) instead") from None

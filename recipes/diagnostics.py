@@ -41,7 +41,7 @@ from adaptive.diagnostics.knowledge import DEFAULT_NOISE_FLOOR  # noqa: E402
 DEFAULT_ORDER_BATCHES = 20  # held-out batches of a gradient-based removal order, where it holds them
 from adaptive.diagnostics.table import Table  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
-from adaptive.cli import ArgumentParser, error_lines, message_lines  # noqa: E402
+from adaptive.cli import ArgumentParser, check_parallelism, error_lines, message_lines  # noqa: E402
 from recipes._diagnostics import folder  # noqa: E402
 from recipes._diagnostics.dense_plan import dense_gradients_plan  # noqa: E402
 from recipes._diagnostics.memory import keep_freed_memory  # noqa: E402
@@ -665,6 +665,10 @@ def _check_common(args) -> None:
     from adaptive.config import SEED_RANGE, seed_in_range
 
     _check_counts(args, "threads", "eval_batch_size")
+    try:
+        check_parallelism("--threads", getattr(args, "threads", None), 1)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     for name in ("lr", "finetune_lr", "adam_lr"):
         v = getattr(args, name, None)
         if v is not None and not (math.isfinite(v) and v > 0):

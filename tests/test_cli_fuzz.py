@@ -2,6 +2,8 @@
 a misleading error or a silent misreading; each is now one ``error:`` line naming the problem and the
 fix, given before any work, or read as the shell would have read it. Parse-only, in-process."""
 import os
+import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,84 @@ def test_graphs_path_options_with_a_tilde_are_the_home_folder(tmp_path, monkeypa
     assert graphs_main(["export", "~/run", "--connectome=~/run/connectome.safetensors",
                         "--weights=~/run/model_state.pt", "--out=~/g.json"]) == 0, capsys.readouterr().err
     assert (tmp_path / "home" / "g.json").is_file() and not (tmp_path / "~").exists()
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused_naming_it_and_its_lines(tmp_path, capsys):
+    """PyYAML keeps the last of two equal keys: a file that gave epochs: 1 and, further down, epochs: 3
+    ran 3 epochs without a word."""
+    path = _file(tmp_path / "c.yaml", "epochs: 1\nseed: 2\nepochs: 3\n")
+    with pytest.raises(ConfigError, match=r"the YAML key 'epochs' is given twice \(lines 1 and 3\), and only the "
+                                          r"last would count: keep one of them"):
+        read_yaml(path)
+    with pytest.raises(SystemExit):
+        A.parse_args(["--config", str(path), "--output_dir", str(tmp_path / "out")])
+    assert "'epochs' is given twice (lines 1 and 3)" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="'epochs' is given twice"):
+        P.parse_args(["--config", str(path), "--model", "mlp", "--dataset", "digits"])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("parse, argv", [
+    (A.parse_args, ["--model_kw", "{hidden: [8], hidden: [4]}"]),  # built hidden [4]
+    (A.parse_args, ["--model_kw", "opts={b: 1, b: 2}"]),
+    (P.parse_args, ["--model", "mlp", "--dataset", "digits", "--estimator_kw", "{damping: 1.0, damping: 2.0}"]),
+    (D.main, ["knowledge", "--estimator_kw", "{damping: 1.0, damping: 2.0}"]),
+])
+def test_a_key_given_twice_in_an_inline_yaml_value_is_refused(tmp_path, capsys, monkeypatch, parse, argv):
+    monkeypatch.setattr(D, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    with pytest.raises(SystemExit) as e:
+        parse([*argv, "--output_dir", str(tmp_path / "out")])
+    said = f"{e.value.code} {capsys.readouterr().err}"
+    assert "is given twice (in '{" in said and "keep one of them" in said
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_key_given_twice_in_a_run_config_is_named_by_python_m_graphs(tmp_path, capsys):
+    import adaptive
+    from adaptive.models import build_model
+    from graphs.cli import main as graphs_main
+
+    (tmp_path / "config.yaml").write_text("model: mlp\nmodel: lenet5\n")
+    adaptive.Connectome(build_model("mlp", in_shape=(1, 4, 4), hidden=(8,))).save(tmp_path / "connectome.safetensors")
+    assert graphs_main(["export", str(tmp_path)]) == 2
+    assert "the YAML key 'model' is given twice (lines 1 and 2)" in capsys.readouterr().err
+
+
+def test_yaml_merges_and_repeated_key_value_options_still_override():
+    """What stays: a merge (<<) brings keys that the mapping may override, as YAML means, and a dict
+    option given twice as KEY=VALUE takes the later value (the documented way to override one entry)."""
+    from adaptive.yaml_read import load_yaml
+
+    assert load_yaml("base: &b {x: 1, y: 2}\nrun: {<<: *b, x: 3}\n")["run"] == {"x": 3, "y": 2}
+    assert A.parse_args(["--model_kw", "bias=true", "--model_kw", "bias=false"]).model_kw["bias"] is False
+
+
+def test_num_workers_above_the_cpus_warns_once_in_every_recipe(tmp_path, monkeypatch):
+    """--num_workers 100000 was taken: torch warned, once per DataLoader, then started the processes."""
+    import adaptive.cli
+
+    monkeypatch.setattr(adaptive.cli, "usable_cpus", lambda: 4)
+    for parse, argv in ((A.parse_args, []), (P.parse_args, ["--model", "mlp", "--dataset", "digits"])):
+        with pytest.warns(UserWarning, match=r"num.workers 100000 asks for more worker processes than the 4 CPUs this "
+                                             r"process may use, .*: give --num.workers 4 or fewer") as seen:
+            parse([*argv, "--num_workers", "100000", "--output_dir", str(tmp_path / "out")])
+        assert len([w for w in seen if "worker processes" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 4 workers on 4 CPUs: no warning
+        A.parse_args(["--num_workers", "4"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threads", "100000000000000000000"], "--threads must be an integer from 1 to 2,147,483,647"),  # an overflow
+    (["--num_workers", "100000000000000000000"], "num.workers must be an integer from 0 to 2,147,483,647"),
+])
+def test_thread_and_worker_counts_no_machine_runs_are_refused(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.setattr(D, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    runs = [(A.parse_args, []), (P.parse_args, ["--model", "mlp", "--dataset", "digits"])]
+    if argv[0] == "--threads":
+        runs.append((D.main, ["knowledge", "--dataset", "digits"]))
+    for parse, before in runs:
+        with pytest.raises(SystemExit) as e:
+            parse([*before, *argv, "--output_dir", str(tmp_path / "out")])
+        assert re.search(message, f"{e.value.code} {capsys.readouterr().err}")
+    assert not (tmp_path / "out").exists()

@@ -2,6 +2,7 @@
 checked against its constructor, recorded in config.yaml and compared on --resume, in
 recipes/adaptive.py, recipes/prune_pretrained.py and recipes/diagnostics.py knowledge."""
 import os
+import re
 import sys
 
 import pytest
@@ -242,3 +243,64 @@ def test_prune_pretrained_resumes_with_the_estimators_defaults_spelt_out(tmp_pat
     with pytest.raises(P.run_folder.RunFolderError, match=r"estimator_kw: run \{'clip': 3.0\}, now \{'clip': 2.5\}"):
         P.main(PRUNE + ["--estimator", "evidence", "--estimator-kw", "clip=2.5", "--step", "0.1", "--output_dir",
                         str(out), "--resume"])
+
+
+@pytest.mark.parametrize("name, kw, message", [
+    # each was built: damping -1 made OBD's growth gains g^2/(2(F-1)) negative or infinite
+    ("obd", {"damping": -1.0}, "utility estimator 'obd' option damping must be a finite number >= 0"),
+    ("curvature", {"damping": float("nan")}, "utility estimator 'curvature' option damping must be a finite number"),
+    ("consistency", {"damping": float("inf")}, "option damping must be a finite number >= 0"),
+    ("evidence", {"step": -0.1}, "utility estimator 'evidence' option step must be a finite number >= 0"),
+    ("evidence", {"step": float("nan")}, "option step must be a finite number >= 0"),
+    ("evidence", {"decay": 1.5}, "option decay must be a finite number in [0, 1]"),
+    ("evidence", {"clip": 0.0}, "option clip must be a number > 0"),
+    ("evidence", {"clip": float("nan")}, "option clip must be a number > 0"),
+    ("presence", {"step": float("nan")}, "utility estimator 'presence' option step must be a finite number > 0"),
+    ("presence", {"eps": 0.0}, "option eps must be a finite number > 0"),
+    ("presence", {"beta2": 1.0}, "option beta2 must be a finite number in [0, 1)"),
+])
+def test_estimator_options_out_of_range_are_refused_where_it_is_built(name, kw, message):
+    from adaptive.utility import get_estimator
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        get_estimator(name, **kw)
+
+
+def test_estimator_options_in_range_are_kept():
+    """What stays: 0 damping, evidence step 0 (the magnitude prior alone), decay 0 and 1, clip inf."""
+    from adaptive.utility import get_estimator
+
+    assert get_estimator("obd", damping=0).damping == 0
+    e = get_estimator("evidence", step=0, decay=1, clip=float("inf"))
+    assert (e.step, e.decay, e.clip) == (0.0, 1.0, float("inf"))
+    assert get_estimator("evidence", decay=0).decay == 0.0
+    assert get_estimator("presence", beta1=0, eps=1e-30).eps == 1e-30
+
+
+@pytest.mark.parametrize("kw", [{"prune_boundary": float("nan")}, {"restore_boundary": float("inf")}])
+def test_threshold_boundaries_must_be_finite(kw):
+    """A NaN boundary compared false with every cost: the threshold policy never pruned, unsaid."""
+    from adaptive.policies import get_policy
+
+    with pytest.raises(ValueError, match=rf"policy 'threshold' option {next(iter(kw))} must be a finite number"):
+        get_policy("threshold", **kw)
+    assert get_policy("threshold", prune_boundary=-0.5).prune_boundary == -0.5  # either sign is a boundary
+
+
+def test_estimator_kw_out_of_range_is_one_error_line_before_any_work(tmp_path, capsys):
+    """``--estimator_kw damping=-1`` ran to the end; ``step=nan`` (YAML reads nan as text) was told to
+    'write step=nan', as it was written."""
+    from _scripts import load_script
+
+    A = load_script("recipes/adaptive.py", "recipe_adaptive_estimator_range")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit):
+        A.parse_args(["--estimator", "obd", "--estimator_kw", "damping=-1", "--output_dir", str(out)])
+    assert "--estimator_kw: utility estimator 'obd' option damping must be a finite number >= 0" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        A.parse_args(["--estimator", "evidence", "--policy", "crawl", "--estimator_kw", "step=nan",
+                      "--output_dir", str(out)])
+    err = capsys.readouterr().err
+    assert "option step must be a number, got 'nan'" in err and "write step=nan" not in err
+    assert not out.exists()

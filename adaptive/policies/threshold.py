@@ -40,6 +40,7 @@ from .base import (EditPlan, Policy, check_whole_floors, concat, concat_sizes, f
 from ..utility.base import declares_signed_cost, estimator_label
 from ..utility.ties import untied
 from ..warn import warn_user
+from ..registry import number_option
 
 
 PACES = ("even", "cubic")
@@ -58,8 +59,9 @@ class Threshold(Policy):
                  pace: Optional[str] = None):
         if pace is not None and pace not in PACES:
             raise ValueError(f"policy 'threshold': unknown pace {pace!r}: use one of {PACES}")
-        self.prune_boundary = float(prune_boundary)
-        self.restore_boundary = float(restore_boundary)
+        self.prune_boundary, self.restore_boundary = (
+            number_option("policy 'threshold'", k, v, why="a cost or gain in the estimator's units, either sign")
+            for k, v in (("prune_boundary", prune_boundary), ("restore_boundary", restore_boundary)))
         self.adapt = adapt
         self.pace_given = pace is not None  # unset: a loaded state's pace wins (a resumed run keeps its pace)
         self.pace = pace or DEFAULT_PACE

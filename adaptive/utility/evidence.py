@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from .base import Estimator, register_estimator
+from ..registry import number_option
 
 
 @register_estimator("evidence")
@@ -34,7 +35,12 @@ class Evidence(Estimator):
     needs_second_moment = True
 
     def __init__(self, step: float = 0.003, clip: float = 3.0, decay: float = 1.0):
-        self.step, self.clip, self.decay = float(step), float(clip), float(decay)
+        owner = f"utility estimator {self.name!r}"
+        self.step = number_option(owner, "step", step, low=0, why="the evidence one window adds; 0: magnitude alone")
+        self.clip = number_option(owner, "clip", clip, low=0, low_open=True, finite=False,
+                                  why="the largest t-statistic one window counts; inf: no clipping")
+        self.decay = number_option(owner, "decay", decay, low=0, high=1,
+                                   why="the share of earlier evidence kept at each window; 1: all of it")
         self.evidence = {}
         self._value = {}
 

@@ -10,6 +10,7 @@ First-order alone is known to collapse a pretrained network when many weights mo
 curvature term keeps large weights from looking free to remove.
 """
 from .base import Estimator, register_estimator
+from ..registry import number_option
 
 
 @register_estimator("obd")
@@ -23,7 +24,10 @@ class OBD(Estimator):
         return True  # and so are its gains: restoring, immediate; growing, once trained (est_growth_gain)
 
     def __init__(self, damping: float = 1e-12):
-        self.damping = damping
+        # (-1 made g^2/(2(F-1)) negative, or infinite where F = 1: growth chose at random or by sign)
+        number_option(f"utility estimator {self.name!r}", "damping", damping, low=0,
+                      why="added to the curvature a growth gain divides by")
+        self.damping = damping  # as given: checkpoints fingerprint the estimator by its repr
 
     def gradient(self, ctx):
         return ctx.stats.mean(ctx.name)

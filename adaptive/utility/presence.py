@@ -31,6 +31,7 @@ from typing import Dict
 import torch
 
 from .base import Estimator, register_estimator
+from ..registry import number_option
 
 
 @register_estimator("presence")
@@ -39,11 +40,12 @@ class Presence(Estimator):
     needs_second_moment = False
 
     def __init__(self, step: float = 0.01, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
-        if step <= 0:
-            raise ValueError(f"presence step must be > 0, got {step}")
-        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
-            raise ValueError(f"presence betas must be in [0, 1), got {beta1}, {beta2}")
-        self.step, self.beta1, self.beta2, self.eps = float(step), float(beta1), float(beta2), float(eps)
+        owner = f"utility estimator {self.name!r}"
+        self.step = number_option(owner, "step", step, low=0, low_open=True, why="the move of a value at each update")
+        self.beta1, self.beta2 = (number_option(owner, k, b, low=0, high=1, high_open=True, why="a moment's decay")
+                                  for k, b in (("beta1", beta1), ("beta2", beta2)))
+        # (0: a synapse whose presence derivative was 0 at every update got 0/0, a NaN value)
+        self.eps = number_option(owner, "eps", eps, low=0, low_open=True, why="added to the moments' root")
         self.step_scale = 1.0
         self.value: Dict[str, torch.Tensor] = {}
         self.m: Dict[str, torch.Tensor] = {}

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, Union
 
+from adaptive.cli import check_parallelism
 from adaptive import run_folder
 from adaptive.config import COMMAND_LINE, SEED_RANGE, ConfigError, given_keys, parse_config, seed_in_range
 from adaptive.training import STEP_GAMMA, STEP_MILESTONES, step_schedule_problem
@@ -302,6 +303,11 @@ class RunConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        for option, value, least in (("--num_workers", self.num_workers, 0), ("--threads", self.threads, 1)):
+            try:
+                check_parallelism(option, value, least)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         _accumulation_from_env(self)
         if self.resume and self.overwrite:
             raise ConfigError(f"--resume {self.resume} continues the run in the folder and --overwrite deletes it to "

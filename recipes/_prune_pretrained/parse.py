@@ -7,7 +7,7 @@ import os
 import sys
 
 from adaptive import run_folder
-from adaptive.cli import message_lines
+from adaptive.cli import check_parallelism, message_lines
 from adaptive.config import (SEED_RANGE, ConfigError, check_keys, dotted_key_values, merge_key_values,
                              normalize_key, seed_in_range)
 from adaptive.models import check_model_kw
@@ -112,6 +112,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         v = cfg.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
             raise SystemExit(f"--{key.replace('_', '-')} must be an integer >= {least}, got {v!r}")
+    for key, least in (("num_workers", 0), ("threads", 1)):
+        try:
+            check_parallelism(origin(key), cfg.get(key), least)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     if not seed_in_range(cfg["seed"]):  # as recipes/adaptive.py's (torch.manual_seed overflowed past 2**64)
         raise SystemExit(f"{origin('seed')} must be in {SEED_RANGE}, got {cfg['seed']!r}")
     if cfg["step"] == "none":  # --step none (or step: none in the file): the estimator's own step

@@ -1,0 +1,64 @@
+"""YAML as the settings read it: PyYAML's safe loader, with a key given twice in one mapping refused.
+
+PyYAML (as the YAML 1.1 spec's loaders commonly do) keeps the last of two equal keys, so
+``epochs: 5`` written again further down a config file silently replaced the first one, and
+``--model_kw '{depth: 2, depth: 4}'`` built depth 4. :class:`UniqueKeyLoader` builds its mappings
+with the same constructor, after checking their keys: a repeated key raises
+:class:`DuplicateKeyError` naming it, where it stands (file and line) and what to do. Keys that a
+merge (``<<: *base``) brings in may be overridden, as YAML means them to be.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+__all__ = ["DuplicateKeyError", "UniqueKeyLoader", "load_yaml"]
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class DuplicateKeyError(ValueError):
+    """A YAML mapping gives one key twice; only the last would count. A ValueError, not a
+    ``yaml.YAMLError``, so that no caller's "not valid YAML, quote it differently" reading of a
+    syntax error hides it: the text is valid YAML, the mapping is ambiguous."""
+
+
+def _where(first, here) -> str:
+    """Where a key's two spellings stand: ``lines A and B of FILE`` in a file, ``in 'TEXT'`` in a
+    one-line string (an inline value), ``lines A and B`` in another string."""
+    name = str(here.name or "")
+    lines = f"lines {first.line + 1} and {here.line + 1}"
+    if name and not name.startswith("<"):
+        return f"{lines} of {name}"
+    text = (getattr(here, "buffer", None) or "").rstrip("\0").strip()
+    return f"in {text!r}" if text and "\n" not in text else lines
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping holding one key twice (:class:`DuplicateKeyError`).
+    Keys equal as Python values count as one key (``1`` and ``1.0``; ``true`` and ``1``), as the dict
+    built from them would merge them."""
+
+    def construct_mapping(self, node, deep=False):
+        """The safe loader's mapping, once no key of ``node`` (merged ones aside) repeats an earlier one."""
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE:
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: the safe loader's own error says so
+                    continue
+                if first is not key_node.start_mark:
+                    raise DuplicateKeyError(f"the YAML key {key!r} is given twice ({_where(first, key_node.start_mark)}), "
+                                            "and only the last would count: keep one of them")
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(stream) -> Any:
+    """``yaml.safe_load(stream)`` (a string or an open file), with a key given twice in one mapping
+    refused (:class:`DuplicateKeyError`, naming the key and its lines)."""
+    return yaml.load(stream, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
