@@ -1763,3 +1763,42 @@ def test_a_controller_copied_or_resumed_before_an_update_judges_its_gradients_as
     assert ctrl.stats.counts == ctrl2.stats.counts == {"0.weight": 1, "2.weight": 1}  # mid-window
     assert all(torch.equal(ctrl.stats.g_sum[n], ctrl2.stats.g_sum[n]) for n in conn.masks)
     assert [e.get("density") for e in ctrl.events] == [e.get("density") for e in ctrl2.events]
+
+
+@pytest.mark.parametrize("how", ["detach_attach", "rollback"])
+def test_a_controller_detached_and_attached_or_rolled_back_before_an_update_judges_its_gradients_afresh(how):
+    """Between the step an update follows and that update, ``detach()`` drops the gradient hooks: ``attach()``
+    sets them again (without it the update knew nothing and warned of "stale sums"). A ``load_state_dict``
+    rolling back to that step after a backward without ``zero_grad`` had been seen forgets what was seen (it
+    belongs to the step rolled back from) and notes afresh, so the rerun, which clears its gradients, is silent."""
+    def build():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        conn = adaptive.Connectome(m)
+        opt = torch.optim.SGD(m[2].parameters(), lr=0.1)
+        return m, conn, opt, adaptive.Controller(conn, opt, policy="gmp", estimator="taylor", density=0.5,
+                                                 update_every=2, end_step=8)
+
+    def train(m, opt, xs):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            for x in xs:
+                m.zero_grad()
+                m(x).logsumexp(1).mean().backward()
+                opt.step()
+        return [str(x.message) for x in w]
+
+    xs = [torch.randn(4, 8) for _ in range(5)]
+    m, conn, opt, ctrl = build()
+    assert train(m, opt, xs[:3]) == []
+    if how == "detach_attach":
+        ctrl.detach()
+        ctrl.attach(opt)
+    else:
+        saved = copy.deepcopy([o.state_dict() for o in (m, conn, opt, ctrl)])
+        m(xs[3]).logsumexp(1).mean().backward()  # no zero_grad: step 3's gradient is still there, seen as stale
+        for o, sd in zip((m, conn, opt, ctrl), saved):
+            o.load_state_dict(sd)
+    assert len([h for p in m.parameters() for h in (p._backward_hooks or {}).values()]) == 1  # one, on 0.weight
+    assert train(m, opt, xs[3:]) == []
+    assert len(ctrl.events) == 2 and ctrl.step_count == 5

@@ -110,7 +110,7 @@ def test_the_docs_figures_of_the_default_command_are_its_plan_lines():
 
 
 @pytest.mark.parametrize("layer, bn", [("classifier", False), ("layers.0", False), ("layers.2", False),
-                                       ("layers.1", True)])
+                                       ("layers.1", True), ("layers.1.weight", False)])
 def test_a_gradient_read_is_counted_as_what_gradient_by_depth_computes(layer, bn):
     """The plan counted a gradient read as one forward pass whatever --layer was; gradient_by_depth's
     torch.autograd.grad runs the backward as far as the layer, through every later convolution (for layers.0,

@@ -28,9 +28,10 @@ def cnn_read_macs(in_shape, depth: int, width: int, batch_size: int, layer: str)
     """Multiply-adds of the convolutions in one gradient read of ``layer`` (``gradient_by_depth``: a forward
     pass, then ``torch.autograd.grad`` of the loss for that layer's weight alone). The backward runs only as far
     as the layer: every later convolution's input gradient (each reads the layer's output), and the layer's own
-    weight gradient (``layers.K``); none for ``classifier``, which comes after every convolution."""
+    weight gradient (``layers.K``, or its parameter's name ``layers.K.weight``, which the command takes too);
+    none for ``classifier``, which comes after every convolution."""
     macs = cnn_layer_macs(in_shape, depth, width, batch_size)
-    kind, _, k = layer.partition(".")
+    kind, _, k = layer.removesuffix(".weight").partition(".")
     return sum(macs) + (sum(macs[int(k):]) if kind == "layers" and k.isdigit() else 0)
 
 
