@@ -116,7 +116,7 @@ def _name_target(e: OSError, path: Path) -> None:
     if temporary(e.filename):
         e.filename = str(path)
         if e.filename2 is not None and os.fsdecode(e.filename2) == str(path):
-            e.filename2 = None
+            del e.filename2  # unset (reads None): set to None, the message would end "-> None"
     elif temporary(e.filename2):
         e.filename2 = str(path)
 

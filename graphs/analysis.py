@@ -60,6 +60,10 @@ def closed_gates(g, live=None) -> torch.Tensor:
     bias, which the graph does not hold, times a key that varies over positions. Where every key of
     a head is so, its queries reach nothing; its values still pass on.
 
+    A unit with a live synapse from the constant node (its input a parameter or buffer: a table of
+    learned keys or values, which the graph holds as one constant) has no such constant: the table's
+    rows may differ from one position to the next, so it keeps its wires open.
+
     ``live``: the edges live apart from this (default: synapse edges with live synapses and wires,
     not from the constant node). A contracted graph has no junctions, so nothing is closed there:
     analyse the uncontracted graph."""
@@ -67,9 +71,14 @@ def closed_gates(g, live=None) -> torch.Tensor:
     if not bool(scores.any()):
         return torch.zeros(g.num_edges, dtype=torch.bool)
     live = _wired(g) if live is None else live
-    live_in = torch.bincount(g.dst[live], minlength=g.num_nodes) > 0
-    pinned = (g.node_attrs["kind"] == UNIT) & ~live_in  # a unit with no live synapse: its bias, everywhere
     wire = g.edge_attrs["kind"] == EDGE_WIRE
+    # a live synapse from the constant node reads a parameter or buffer taken as data (a table of learned
+    # keys or values, one row per position): constant over the inputs, not over positions
+    tables = (g.src == 0) & (g.edge_attrs["kind"] == EDGE_SYNAPSE)
+    if "count" in g.edge_attrs:
+        tables &= g.edge_attrs["count"] > 0
+    live_in = torch.bincount(g.dst[live | tables], minlength=g.num_nodes) > 0
+    pinned = (g.node_attrs["kind"] == UNIT) & ~live_in  # a unit with no live synapse: its bias, everywhere
     into = _of_groups(g, "attention")[g.dst] & wire
     gate = into & scores[g.src]
     opened = torch.zeros(g.num_nodes, dtype=torch.bool)

@@ -42,6 +42,7 @@ def test_an_os_error_names_the_destination_not_the_temporary(tmp_path):
         with atomic_path(tmp_path / "taken") as tmp:
             tmp.write_text("new")
     assert e.value.filename == str(tmp_path / "taken") and e.value.filename2 is None
+    assert str(e.value).endswith(f": {str(tmp_path / 'taken')!r}"), str(e.value)  # not "... -> None"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 

@@ -239,3 +239,46 @@ def test_a_query_whose_key_is_pruned_still_counts_where_the_weights_are_read():
     grp = g.groups[lay["net.attn.q"].group]
     assert graphs.density_per_layer(g)["net.attn.k"] == 0.75  # the pruned keys carried over
     assert bool(graphs.reachability(g)["to_output"][grp.start: grp.start + grp.count].all())
+
+
+class TableNet(Net):
+    """:class:`Net` whose keys, values or both read a learned table (one row per key position, a parameter the
+    graph holds as the constant node) in place of the input."""
+
+    def __init__(self, reads):
+        super().__init__()
+        self.reads = reads
+        self.table = nn.Parameter(torch.randn(5, E))
+
+    def kv_of(self, x):
+        return self.emb(x), self.table.unsqueeze(0).expand(x.shape[0], -1, -1)
+
+    def forward(self, x):
+        h, table = self.kv_of(x)
+        k, v = (table if t in self.reads else h for t in "kv")
+        return self.head(self.attn(h, k, v, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.parametrize("reads", ["k", "v", "kv"])
+@pytest.mark.parametrize("pruned", [[], [4, 5]])
+def test_keys_or_values_read_from_a_learned_table_vary_over_positions(reads, pruned):
+    """A table's rows differ from one key position to the next: a key or value unit reading it (a live
+    synapse from the constant node) is no constant, so it closes nothing; only keys whose synapses are
+    all pruned close their queries."""
+    torch.manual_seed(0)
+    model = TableNet(reads).double().eval()
+    with torch.no_grad():
+        model.attn.in_proj_bias.normal_()
+    with pytest.warns(UserWarning, match="stay dense"):  # the table is no synapse of the connectome
+        conn = adaptive.Connectome(model)
+    mask = torch.ones_like(conn.masks["attn.in_proj_weight"])
+    mask[E:2 * E][pruned] = False
+    conn.set_masks({"attn.in_proj_weight": mask})
+    conn.apply()
+    g = graphs.build(conn, "unit", example_input=torch.randn(2, 5, 4, dtype=torch.float64))
+    moved_q, moved_emb = _moved(model, [("attn.in_proj_weight", slice(0, E)), ("emb.weight", slice(None))])
+    assert moved_q.tolist() == [c not in pruned for c in range(E)] and bool(moved_emb.all())  # the model
+    assert torch.equal(_graph_facts(g, "q")[1], moved_q)  # the graph agrees
+    lay = {l.module: l for l in g.layers}
+    emb = g.groups[lay["emb"].group]
+    assert bool(graphs.reachability(g)["to_output"][emb.start: emb.start + emb.count].all())
