@@ -7,7 +7,7 @@ the CUDA context unusable, and some mismatches pass silently (``F.mse_loss`` of 
 the model gives against what the data holds, and the fix, for the losses whose contract it knows:
 cross-entropy and negative log-likelihood (class indices ``0..C-1`` of the output's shape without its
 class axis 1, or class probabilities of the output's shape) and the element-wise losses (targets of the
-output's shape). Any other loss is the caller's to check.
+output's shape). Any other loss is the caller's to check, a subclass whose ``forward`` is its own included.
 """
 from __future__ import annotations
 
@@ -31,11 +31,17 @@ def _kind(loss_fn):
     while isinstance(loss_fn, functools.partial):  # F.cross_entropy with label_smoothing= bound, say
         ignore = loss_fn.keywords.get("ignore_index", ignore)
         loss_fn = loss_fn.func
-    if loss_fn in _CLASS_LOSSES or isinstance(loss_fn, _CLASS_MODULES):
+    if loss_fn in _CLASS_LOSSES or _stock(loss_fn, _CLASS_MODULES):
         return "class", int(getattr(loss_fn, "ignore_index", ignore))
-    if loss_fn in _ELEMENTWISE_LOSSES or isinstance(loss_fn, _ELEMENTWISE_MODULES):
+    if loss_fn in _ELEMENTWISE_LOSSES or _stock(loss_fn, _ELEMENTWISE_MODULES):
         return "elementwise", None
     return None, None
+
+
+def _stock(loss_fn, modules) -> bool:
+    """Whether ``loss_fn`` is one of the loss ``modules`` with its own ``forward``: a subclass that
+    overrides it (squeezing ``(B, 1)`` labels, reshaping the output) has a contract of its own."""
+    return isinstance(loss_fn, modules) and any(type(loss_fn).forward is m.forward for m in modules)
 
 
 def refuse_mismatched_targets(out, y, loss_fn, what: str = "loss_fn") -> None:

@@ -60,3 +60,26 @@ def test_takes_reduction_checks_the_labels_before_calling_the_loss():
         takes_reduction(nn.CrossEntropyLoss(), torch.zeros(2, 10), torch.tensor([1, 10]))
     takes_reduction(ce, torch.zeros(2, 10), torch.tensor([1, 9]))
     assert called
+
+
+def test_a_loss_module_subclass_with_its_own_forward_is_the_callers_to_check():
+    """Review of s53_mo: a subclass of nn.CrossEntropyLoss (nn.MSELoss) whose forward reshapes the targets
+    or the output has its own contract; it was checked as the stock loss and legal targets were refused.
+    A subclass that keeps the stock forward is still checked."""
+    class SqueezedCE(nn.CrossEntropyLoss):
+        def forward(self, input, target):
+            return super().forward(input, target.squeeze(1))
+
+    class FlatMSE(nn.MSELoss):
+        def forward(self, input, target):
+            return super().forward(input.squeeze(1), target)
+
+    class WeightedCE(nn.CrossEntropyLoss):  # the stock forward: the stock contract
+        pass
+
+    out = torch.zeros(4, 10)
+    refuse_mismatched_targets(out, torch.tensor([[0], [3], [9], [7]]), SqueezedCE())
+    refuse_mismatched_targets(torch.zeros(4, 1), torch.randn(4), FlatMSE())
+    takes_reduction(SqueezedCE(), out, torch.tensor([[0], [3], [9], [7]]))
+    with pytest.raises(ValueError, match="gives 10 classes"):
+        refuse_mismatched_targets(out, torch.tensor([0, 3, 99, 7]), WeightedCE())
