@@ -123,6 +123,13 @@ def test_the_option_check_finds_a_misspelt_option():
     assert sorted(o for o in quoted_options(page) if o not in known_options()) == ["--line_serch"]
 
 
+def _resolved(*argv):
+    """recipes/adaptive.py's settings for ``argv``, the defaults that depend on the mode resolved."""
+    from _scripts import load_script
+
+    return load_script("recipes/adaptive.py", "recipe_adaptive_docs").parse_args(list(argv))
+
+
 def _diagnostics_action(command, option):
     parser = parsers()["recipes/diagnostics.py"]
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
@@ -164,6 +171,12 @@ DEFAULTS = [
     ("docs/training.md", "`--line_search_tries` times (default 3", lambda: adaptive_defaults()["line_search_tries"], 3),
     ("docs/training.md", "(utility policy, curvature estimator, 20% density, ERK budget)",
      lambda: [adaptive_defaults()[k] for k in ("policy", "density", "budget")], ["utility", 0.2, "erk"]),
+    ("docs/training.md", "(an update every 25 steps, edits until\n75% of the run)",
+     lambda: [getattr(_resolved(), k) for k in ("update_every", "end_fraction")], [25, 0.75]),
+    ("docs/training.md", "The recipe's default edit fraction, 0.3", lambda: _resolved().edit_fraction, 0.3),
+    ("docs/training.md", "the defaults of `adaptive.optimize_connectome` (estimator `presence`, an update every batch",
+     lambda: [getattr(_resolved("--mode", "mask_only"), k) for k in ("estimator", "update_every")], ["presence", 1]),
+    ("docs/python_api.md", "`curvature`\n(consistency's gain", lambda: _resolved().estimator, "curvature"),
     ("docs/diagnostics.md", "`--train_steps`\nSGD steps (default 300)", lambda: _diagnostics_default("knowledge", "--train_steps"), 300),
     ("docs/diagnostics.md", "at `--lr` (default 0.05)", lambda: _diagnostics_default("collinearity", "--lr"), 0.05),
     ("docs/diagnostics.md", "`--depth` (default 8)", lambda: _diagnostics_default("dense-gradients", "--depth"), 8),
