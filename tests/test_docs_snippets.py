@@ -1,0 +1,272 @@
+"""What the reference pages under docs/ (and the README) say of the command lines is what the code does:
+every option a page quotes in its prose is one that some script of the project takes, the defaults the
+pages quote are the parsers' defaults, and every figure a page shows names the command that draws it.
+(test_readme.py runs every ```python block of these pages and parses every command line they show.)"""
+import argparse
+import contextlib
+import glob
+import io
+import math
+import os
+import re
+import runpy
+import sys
+from functools import lru_cache
+
+import pytest
+
+from test_readme import PAGES, ROOT, page_blocks  # noqa: E402
+
+# the options of `accelerate launch` itself, and placeholders the prose writes as options
+NOT_OURS = {"--multi_gpu", "--num_processes", "--key"}
+
+
+class _Got(Exception):
+    pass
+
+
+def _parser_of(script):
+    """The argparse parser that ``script`` builds, caught at its parse_args (nothing of it runs)."""
+    import adaptive.cli
+
+    got, saved, path = {}, [], list(sys.path)
+
+    def catch(self, args=None, namespace=None):
+        got["parser"] = self
+        raise _Got
+
+    for cls in (argparse.ArgumentParser, adaptive.cli.ArgumentParser):
+        saved.append((cls, cls.__dict__.get("parse_args"), cls.__dict__.get("parse_known_args")))
+        cls.parse_args = cls.parse_known_args = catch
+    argv, sys.argv = sys.argv, [script]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(_Got):
+            runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    finally:
+        sys.argv, sys.path[:] = argv, path
+        for cls, parse, known in saved:
+            for name, fn in (("parse_args", parse), ("parse_known_args", known)):
+                if fn is None:
+                    delattr(cls, name)
+                else:
+                    setattr(cls, name, fn)
+    return got.get("parser")
+
+
+def _options(parser):
+    """option string -> action, a subcommand's options included."""
+    out = {}
+    for action in parser._actions:
+        out.update({o: action for o in action.option_strings})
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                for o, a in _options(sub).items():
+                    out.setdefault(o, a)
+    return out
+
+
+def _spellings(option):
+    return {option, option.replace("_", "-"), "--" + option[2:].replace("-", "_")}
+
+
+@lru_cache(maxsize=None)
+def parsers():
+    """script -> the parser of every script the pages can name: the recipes, the benchmarks (the
+    mask-only ablations too) and ``-m graphs``. recipes/adaptive.py's options are its RunConfig's keys."""
+    import graphs.cli
+
+    sys.path.insert(0, ROOT)
+    benchmarks = [p for p in glob.glob(os.path.join(ROOT, "recipes", "benchmarks", "**", "*.py"), recursive=True)
+                  if "ArgumentParser(" in open(p).read()]  # (the ablations' harness parses nothing)
+    scripts = sorted(os.path.relpath(p, ROOT) for p in [*glob.glob(os.path.join(ROOT, "recipes", "*.py")), *benchmarks]
+                     if not os.path.basename(p).startswith("_"))
+    out = {s: _parser_of(s) for s in scripts if s != "recipes/adaptive.py"}
+    out["-m graphs"] = graphs.cli._parser()[0]
+    return out
+
+
+def adaptive_defaults():
+    """recipes/adaptive.py's keys and their defaults."""
+    from adaptive.config import _default_values
+
+    sys.path.insert(0, ROOT)
+    from recipes._adaptive.config import RunConfig
+
+    return _default_values(RunConfig)
+
+
+@lru_cache(maxsize=None)
+def known_options():
+    known = {"--config", "-h", "--help"}
+    for key, value in adaptive_defaults().items():
+        known |= _spellings("--" + key) | ({"--no-" + key.replace("_", "-"), "--no_" + key} if isinstance(value, bool) else set())
+    for script, parser in parsers().items():
+        assert parser is not None, f"{script} builds an ArgumentParser that this test did not catch"
+        for o in _options(parser):
+            known |= _spellings(o)
+    return known
+
+
+def quoted_options(text):
+    """Every --option a page writes (prose, code spans and blocks alike)."""
+    return set(re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)", text))
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_quoted_option_is_one_a_script_takes(page):
+    unknown = sorted(o for o in quoted_options(PAGES[page]) - NOT_OURS if o not in known_options())
+    assert unknown == [], f"{page} quotes options that no script of the project takes: {unknown}"
+
+
+def test_the_option_check_finds_a_misspelt_option():
+    page = "`--line_search_tolerance 0`, `--line-search-tries`, `--no-progress`, `--remove best`, `--threshold-mode`, `--line_serch 3`"
+    assert sorted(o for o in quoted_options(page) if o not in known_options()) == ["--line_serch"]
+
+
+def _resolved(*argv):
+    """recipes/adaptive.py's settings for ``argv``, the defaults that depend on the mode resolved."""
+    from _scripts import load_script
+
+    return load_script("recipes/adaptive.py", "recipe_adaptive_docs").parse_args(list(argv))
+
+
+def _diagnostics_action(command, option):
+    parser = parsers()["recipes/diagnostics.py"]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return _options(sub)[option]
+
+
+def _diagnostics_default(command, option):
+    return _diagnostics_action(command, option).default
+
+
+def _diagnostics_constant(name):
+    """A default that the diagnostics command resolves from a constant (its option's default is None)."""
+    import adaptive.diagnostics.knowledge as knowledge
+    from _scripts import load_script
+
+    return getattr(knowledge, name) if hasattr(knowledge, name) else getattr(load_script("recipes/diagnostics.py", "diag_docs"), name)
+
+
+def _prune_pretrained_default(key):
+    from _scripts import load_script
+
+    return load_script("recipes/prune_pretrained.py", "prune_pretrained_docs").DEFAULTS[key]
+
+
+# (page, the words it says, what the code has, the value those words mean)
+DEFAULTS = [
+    ("docs/python_api.md", "`--budget`, default `erk`", lambda: adaptive_defaults()["budget"], "erk"),
+    ("docs/python_api.md", "`--min_density`, default 0", lambda: adaptive_defaults()["min_density"], 0),
+    ("docs/training.md", "`--gradient_accumulation_steps K` (default 1", lambda: adaptive_defaults()["gradient_accumulation_steps"], 1),
+    ("docs/training.md", "`--momentum` (the default 0.9", lambda: adaptive_defaults()["momentum"], 0.9),
+    ("docs/training.md", "`--warmup_steps` (default 0", lambda: adaptive_defaults()["warmup_steps"], 0),
+    ("docs/training.md", "`--lr_schedule cosine`\n  (the default", lambda: adaptive_defaults()["lr_schedule"], "cosine"),
+    ("docs/training.md", "`--lr_gamma` (default 0.1", lambda: adaptive_defaults()["lr_gamma"], 0.1),
+    ("docs/training.md", "`--lr_milestones` (default `0.5,0.75`", lambda: adaptive_defaults()["lr_milestones"], [0.5, 0.75]),
+    ("docs/training.md", "`--label_smoothing E` (default 0", lambda: adaptive_defaults()["label_smoothing"], 0),
+    ("docs/training.md", "`--max_grad_norm X` (default none", lambda: adaptive_defaults()["max_grad_norm"], None),
+    ("docs/training.md", "`--line_search N` (default 0", lambda: adaptive_defaults()["line_search"], 0),
+    ("docs/training.md", "`--line_search_tolerance` (default `inf`", lambda: adaptive_defaults()["line_search_tolerance"], math.inf),
+    ("docs/training.md", "`--line_search_tries` times (default 3", lambda: adaptive_defaults()["line_search_tries"], 3),
+    ("docs/training.md", "(utility policy, curvature estimator, 20% density, ERK budget)",
+     lambda: [adaptive_defaults()[k] for k in ("policy", "density", "budget")], ["utility", 0.2, "erk"]),
+    ("docs/training.md", "(an update every 25 steps, edits until\n75% of the run)",
+     lambda: [getattr(_resolved(), k) for k in ("update_every", "end_fraction")], [25, 0.75]),
+    ("docs/training.md", "The recipe's default edit fraction, 0.3", lambda: _resolved().edit_fraction, 0.3),
+    ("docs/training.md", "the defaults of `adaptive.optimize_connectome` (estimator `presence`, an update every batch",
+     lambda: [getattr(_resolved("--mode", "mask_only"), k) for k in ("estimator", "update_every")], ["presence", 1]),
+    ("docs/python_api.md", "`curvature`\n(consistency's gain", lambda: _resolved().estimator, "curvature"),
+    ("docs/diagnostics.md", "`--train_steps`\nSGD steps (default 300)", lambda: _diagnostics_default("knowledge", "--train_steps"), 300),
+    ("docs/diagnostics.md", "at `--lr` (default 0.05)", lambda: _diagnostics_default("collinearity", "--lr"), 0.05),
+    ("docs/diagnostics.md", "`--depth` (default 8)", lambda: _diagnostics_default("dense-gradients", "--depth"), 8),
+    ("docs/diagnostics.md", "`--width` (32)", lambda: _diagnostics_default("dense-gradients", "--width"), 32),
+    ("docs/diagnostics.md", "`--activation` (`relu`, `tanh`, `gelu`)",
+     lambda: list(_diagnostics_action("dense-gradients", "--activation").choices), ["relu", "tanh", "gelu"]),
+    ("docs/diagnostics.md", "(`classifier`) over `--grad_batches` batches (50)",
+     lambda: [_diagnostics_default("dense-gradients", o) for o in ("--layer", "--grad_batches")], ["classifier", 50]),
+    ("docs/diagnostics.md", "`--compare_steps` (600)", lambda: _diagnostics_default("dense-gradients", "--compare_steps"), 600),
+    ("docs/diagnostics.md", "`--adam_lr` (0.001)", lambda: _diagnostics_default("dense-gradients", "--adam_lr"), 0.001),
+    ("docs/diagnostics.md", "`--split` (`train`, the\ndefault", lambda: _diagnostics_default("collinearity", "--split"), "train"),
+    ("docs/diagnostics.md", "`--estimator` (default `magnitude`)", lambda: _diagnostics_default("knowledge", "--estimator"), "magnitude"),
+    ("docs/diagnostics.md", "`--points` (40), `--max_fraction` (1.0), `--finetune_batches` (0: one shot) and `--finetune_lr` (0.001)",
+     lambda: [_diagnostics_default("knowledge", o) for o in ("--points", "--max_fraction", "--finetune_batches", "--finetune_lr")],
+     [40, 1.0, 0, 0.001]),
+    ("docs/diagnostics.md", "`--bn_batches` (0)", lambda: _diagnostics_default("knowledge", "--bn_batches"), 0),
+    ("docs/diagnostics.md", "`--order_batches` (20)", lambda: _diagnostics_constant("DEFAULT_ORDER_BATCHES"), 20),
+    ("docs/diagnostics.md", "`--noise_floor` (1e-3)", lambda: _diagnostics_constant("DEFAULT_NOISE_FLOOR"), 1e-3),
+    ("docs/mask_only.md", "`--window` (training batches per update, default 1)", lambda: _prune_pretrained_default("window"), 1),
+    ("docs/mask_only.md", "decaying over a stage; default 1.0)", lambda: _prune_pretrained_default("edit_fraction"), 1.0),
+    ("docs/mask_only.md", "default 0, a jump at the stage's start", lambda: _prune_pretrained_default("approach"), 0),
+    ("docs/mask_only.md", "batches per line search; default 0, none", lambda: _prune_pretrained_default("verify_batches"), 0),
+    ("docs/mask_only.md", "default 100 here", lambda: _prune_pretrained_default("eval_every"), 100),
+    ("docs/mask_only.md", "`--train-eval-batches` (default 10)", lambda: _prune_pretrained_default("train_eval_batches"), 10),
+    ("docs/mask_only.md", "`--remove best` (the default)", lambda: _prune_pretrained_default("remove"), ["best"]),
+    ("docs/mask_only.md", "(`--ladder`, default 0.1 to 0.9)", lambda: _prune_pretrained_default("ladder"),
+     [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]),
+    ("docs/mask_only.md", "`--patience` rungs\n(default 2)", lambda: _prune_pretrained_default("patience"), 2),
+    ("docs/mask_only.md", "the default is the fixed `runs/prune_pretrained`", lambda: _prune_pretrained_default("output_dir"),
+     "runs/prune_pretrained"),
+]
+
+
+@pytest.mark.parametrize("page, words, actual, expected", DEFAULTS, ids=[f"{p}: {w[:40]}" for p, w, _, _ in DEFAULTS])
+def test_quoted_defaults_are_the_codes(page, words, actual, expected):
+    assert words in PAGES[page], f"{page} no longer says {words!r}: update this test with the page"
+    assert actual() == expected, f"{page} says {words!r}, the code's default is {actual()!r}"
+
+
+# every figure under docs/figures: the command a page names beside it (in the figure's section, or for a
+# page without sections the paragraph after the figure) and the file that command writes
+FIGURES = {
+    "gradients_by_depth_mnist.png": ("python recipes/diagnostics.py dense-gradients --dataset mnist", "gradients_by_depth_mlp.png"),
+    "knowledge_resnet20.png": ("python recipes/diagnostics.py knowledge --dataset cifar10 --model resnet20", "knowledge_resnet20.png"),
+    "mask_only_resnet20.png": ("python recipes/prune_pretrained.py --model resnet20", "curves.png"),
+    "gradual_pruning_resnet20.png": ("python recipes/benchmarks/gradual_pruning.py", "docs/figures/gradual_pruning_MODEL"),
+    "gradual_pruning_resnet20_seed1.png": (None, "docs/figures/gradual_pruning_MODEL"),  # shown by its results file only
+    "threshold_pace.png": ("python recipes/benchmarks/threshold_pace.py", "docs/figures/threshold_pace.png"),
+    "zero_cost_ties.png": ("python recipes/benchmarks/zero_cost_ties.py", "docs/figures/zero_cost_ties.png"),
+    "lenet5_stability.png": ("python recipes/benchmarks/lenet5_stability.py", "docs/figures/lenet5_stability.png"),
+}
+
+
+def _beside(text, image):
+    """The text a reader takes as the figure's account: its section (from the heading above it to the next
+    one), or, on a page without sections, the figure and the paragraph after it."""
+    at = text.index(image)
+    headings = [m.start() for m in re.finditer(r"^## ", text, flags=re.M)]
+    if headings:
+        start = max([h for h in headings if h < at], default=0)
+        end = min([h for h in headings if h > at], default=len(text))
+        return text[start:end]
+    paragraphs = text[at:].split("\n\n")
+    return "\n\n".join(paragraphs[:2])
+
+
+def test_every_figure_is_listed_with_the_command_that_draws_it():
+    on_disk = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "docs", "figures", "*")))
+    assert on_disk == sorted(FIGURES), "a figure under docs/figures needs the command that draws it (FIGURES here, and its page)"
+
+
+@pytest.mark.parametrize("figure", sorted(FIGURES))
+def test_a_figure_names_the_command_that_draws_it(figure):
+    command, written = FIGURES[figure]
+    shown = [(page, text) for page, text in PAGES.items() if f"figures/{figure})" in text]
+    assert bool(shown) == bool(command), f"{figure} is shown by {[p for p, _ in shown]}"
+    for page, text in shown:
+        beside = re.sub(r"\s+", " ", _beside(text, f"figures/{figure})"))
+        assert command in beside, f"{page} shows {figure} without naming the command that draws it ({command} ...)"
+        assert written in beside or command.startswith("python recipes/benchmarks/"), \
+            f"{page} shows {figure} without naming the file {written} that the command writes"
+        if command.startswith("python recipes/benchmarks/"):  # a benchmark writes it into docs/figures itself
+            script = command.split()[1]
+            assert written in open(os.path.join(ROOT, script)).read(), f"{script} does not write {written}"
+
+
+def test_every_code_block_is_run_or_parsed():
+    """test_readme.py runs ```python blocks and parses the commands of ```bash ones: a block of another
+    language (```py, ```sh, ```console) would go unchecked."""
+    for page, text in PAGES.items():
+        opening = re.findall(r"^```(\S*)\n(?:.*?)^```$", text, flags=re.S | re.M)
+        assert set(opening) <= {"python", "bash"}, f"{page} has a code block of {set(opening) - {'python', 'bash'}}"
+    assert any(page == "docs/python_api.md" for page, _, _ in page_blocks())
