@@ -38,7 +38,7 @@ from .controller_reports import ControllerReportsMixin
 from .controller_state import ControllerStateMixin
 from .controller_state import _holds_tensors  # noqa: F401  (importable from here, as before)
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
-from .discovery import _as_patterns, container_hint
+from .discovery import _as_patterns, aliases, container_hint
 from .distributed import check_masks_agree, is_distributed
 from .distributed import all_reduce_mean_  # noqa: F401  (importable from here, as before)
 from .optim_state import unwrap_optimizer
@@ -110,7 +110,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             the edit, before anything changes); anything else is refused at construction.
         min_density: per-layer floor of the budget. protect: name patterns of layers kept as they are,
             never edited (a budget counts them at the synapses they hold): a list, or a string split
-            at commas as include=/exclude= are (``protect="0,3"``).
+            at commas as include=/exclude= are (``protect="0,3"``); as there, a pattern matches a weight's
+            name or its layer's, and a tied weight answers to every name that holds it.
         init: how a sparse policy sparsifies at construction: "random" (train default),
             "magnitude" (mask_only default) or "estimator" (its removal costs; refused for an
             estimator that scores from gradients alone, such as curvature, obd or taylor: a new
@@ -313,7 +314,11 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         inside = conn._pattern_inside()  # a connectome built on a wrapper: module.fc and module.* as fc and *
         if inside is not None:
             pats = [inside(p) for p in pats]
-        hits = lambda n, p: fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(conn.layers[n].module_name, p)  # noqa: E731
+        # a tied weight answers to every name it has (ModuleB.weight = moduleA.weight: protect="b"), as in
+        # include/exclude and the ensemble rules
+        held = aliases(conn.model)
+        names = {n: (n, conn.layers[n].module_name, *held.get(id(conn.params[n]), ())) for n in conn.names}
+        hits = lambda n, p: any(fnmatch.fnmatchcase(x, p) for x in names[n] if x)  # noqa: E731
         self.protected = [n for n in conn.names if any(hits(n, p) for p in pats)]
         unused = [p for p in pats if not any(hits(n, p) for n in conn.names)]
         if unused:

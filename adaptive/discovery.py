@@ -342,20 +342,30 @@ def discover(
     hook_sources: set[int] = set()  # their weight_g/weight_v/weight_orig: explained by that warning, not the generic one
     complex_all, complex_ = [], []  # complex-valued weights (all; include/exclude keep): not synapses, left dense
     empty = []  # weights with no entries (nn.Linear(0, 4)): no synapse to mask, score or edit, so left out
+    # ((module name, weight name), label, the call that removes it) of each reparametrised weight of a prunable
+    # layer: an include/exclude pattern naming one is told why it selects nothing
+    reparametrised = []
     held = aliases(model)
     for mname, module in model.named_modules():
         hooks, masked = weight_hooks(module), pruning_hooks(module)
         for attr, kind, groups in _prunable_weights(module):
             label = mname if attr == "weight" else f"{mname}.{attr}" if mname else attr
+            own = (mname, f"{mname}.{attr}" if mname else attr)
             if parametrize.is_parametrized(module, attr):
                 computed.append(label)
+                reparametrised.append((own, label, "torch.nn.utils.parametrize.remove_parametrizations(module, "
+                                       f"{attr!r}, leave_parametrized=True)"))
                 continue
             if attr in hooks:
                 hooked[label] = hooks[attr]
                 hook_sources.update(id(p) for p in _hook_sources(module, hooks[attr]))
+                fn = "weight_norm" if isinstance(hooks[attr], WeightNorm) else "spectral_norm"
+                reparametrised.append((own, label, f"torch.nn.utils.remove_{fn}(module" +
+                                       (")" if attr == "weight" else f", {attr!r})")))
                 continue
             if attr in masked:
                 pruned.append((mname, attr))
+                reparametrised.append((own, label, f"torch.nn.utils.prune.remove(module, {attr!r})"))
                 orig = module._parameters.get(attr + "_orig")
                 if orig is not None:
                     hook_sources.add(id(orig))
@@ -461,11 +471,16 @@ def discover(
         if unused:
             others = [n for n, _ in model.named_parameters() if _matches(unused, n)]
             stored = {n: fix for n in others if (fix := _reparametrised_weight(model, n))}
+            # a pattern naming the layer (or its weight) whose weight is reparametrised: the same reason
+            stored.update({f"layer {label!r}": fix for own, label, fix in reparametrised if _matches(unused, *own)})
             if stored:  # the tensors a reparametrised weight is computed from: the weight is in a prunable layer
                 raise ValueError(
-                    f"{kind} pattern(s) {unused} matched no prunable layer: they match {_listed(list(stored))}, the "
-                    "stored tensors of reparametrised weights of prunable layers, which a Connectome leaves dense; "
-                    f"remove the reparametrisation first ({' or '.join(sorted(set(stored.values())))})")
+                    f"{kind} pattern(s) {unused} matched no prunable layer: they match {_listed(list(stored))}, "
+                    "prunable layers whose weights are reparametrised (weight_norm, spectral_norm, another "
+                    "parametrization or torch.nn.utils.prune), or the tensors stored for such weights, which a "
+                    "Connectome leaves dense" + ("; such a weight is dense already, so leave the pattern out, or to "
+                                                 "prune it" if kind == "exclude" else "; ")
+                    + f"remove the reparametrisation first ({' or '.join(sorted(set(stored.values())))})")
             if others:  # a bias, an embedding table, a bare Parameter read by F.linear: named, not prunable
                 raise ValueError(
                     f"{kind} pattern(s) {unused} matched no prunable layer: they match the parameter(s) "

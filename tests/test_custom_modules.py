@@ -298,3 +298,17 @@ def test_mask_only_refuses_a_fixed_density_ensemble():
     data = [(torch.randn(4, 8), torch.randint(0, 3, (4,)))]
     with pytest.raises(ValueError, match="'2:4' fixes the density at 0.5.*use 'synapse'"):
         adaptive.optimize_connectome(model, data, data, target=0.2, ensemble="2:4", progress=False)
+
+
+def test_protect_takes_any_name_of_a_tied_weight():
+    """A weight tied between two Linears is reported under the first name (a.weight), but protect=, as
+    include/exclude and the ensemble rules, takes any name that holds it: "b" protects it."""
+    torch.manual_seed(0)
+    model = TiedLinears()
+    conn = adaptive.Connectome(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ctrl = adaptive.Controller(conn, opt, policy="set", density=0.7, budget="uniform", update_every=1, protect="b")
+    assert ctrl.protected == ["a.weight"]
+    for _ in range(3):
+        model(torch.randn(4, 12)).pow(2).mean().backward(); opt.step(); opt.zero_grad()
+    assert bool(conn.masks["a.weight"].all()) and conn.masks["fc.weight"].float().mean() < 0.6

@@ -453,6 +453,28 @@ def test_a_pattern_naming_a_reparametrised_weight_says_to_remove_the_reparametri
             adaptive.Connectome(model, include=pattern)
 
 
+def test_a_pattern_naming_a_reparametrised_layer_by_its_module_name_says_why():
+    """include="0" where layer 0's weight is parametrized (or an LSTM's weight_hh_l0 is) was refused as
+    matching no prunable layer, with only a hint to check module names: it names the layer and the call."""
+    from torch.nn.utils import parametrizations, spectral_norm
+
+    for reparam, fix in ((parametrizations.weight_norm, "remove_parametrizations(module, 'weight', leave_parametrized=True)"),
+                         (spectral_norm, "torch.nn.utils.remove_spectral_norm(module)")):
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+        reparam(model[0])
+        for kind in ("include", "exclude"):
+            with pytest.warns(UserWarning), pytest.raises(ValueError) as e:
+                adaptive.Connectome(model, **{kind: "0"})
+            msg = str(e.value)
+            assert "layer '0'" in msg and "reparametrised" in msg and fix in msg, msg
+            assert ("dense already" in msg) == (kind == "exclude"), msg
+    lstm = nn.LSTM(4, 3)
+    parametrizations.orthogonal(lstm, "weight_hh_l0")
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"layer 'weight_hh_l0'.*remove_parametrizations"
+                                                                     r"\(module, 'weight_hh_l0'"):
+        adaptive.Connectome(lstm, include="weight_hh_l0")
+
+
 def test_a_pattern_naming_a_container_of_layers_suggests_its_star_form():
     """protect='branches.b' (or include=) where branches.b is a Sequential was refused as matching no
     layer, with no hint that a pattern matches a layer's own name and 'branches.b.*' takes them all."""
