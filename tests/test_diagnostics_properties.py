@@ -456,3 +456,55 @@ def test_collinearity_refuses_a_batch_size_that_is_not_a_whole_number(size):
     net = build(SPEC, 0)
     with pytest.raises(ValueError, match="batch_size must be a whole number"):
         collinearity(net, batches(SPEC, 0), batch_size=size)
+
+
+# --------------------------------------------------------------- regressions found reviewing the above
+
+class MaskedAttention(nn.Module):
+    """A causal self-attention over the features with its mask a buffer of -inf above the diagonal (as
+    many transformers register it): a legitimate infinite buffer, the loss finite."""
+
+    def __init__(self, width=4, classes=3):
+        super().__init__()
+        self.fc, self.head = nn.Linear(width, width), nn.Linear(width, classes)
+        self.register_buffer("causal", torch.full((width, width), -math.inf).triu(1))
+
+    def forward(self, x):
+        attend = torch.softmax(x[:, None, :] + self.causal, -1)
+        return self.head(torch.relu(self.fc((attend @ x[:, :, None]).squeeze(-1))))
+
+
+def test_knowledge_distribution_measures_a_model_with_an_attention_mask_buffer_of_minus_inf():
+    """The non-finite refusal read buffers too, and refused a causal mask of -inf as a damaged model."""
+    torch.manual_seed(0)
+    net = MaskedAttention().double()
+    data = [(torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))) for _ in range(2)]
+    curve = knowledge_distribution(net, data, order_loader=data, estimator="magnitude", counts=[3])
+    rows = list(curve.table)
+    assert [r["removed"] for r in rows] == [0, 3]
+    assert rows[0]["loss"] == pytest.approx(loss_acc(net, data)[0], rel=1e-9)
+    assert rows[1]["loss"] == pytest.approx(loss_acc(removed_by_hand(net, 3), data)[0], rel=1e-9)
+
+
+def test_knowledge_distribution_refuses_a_nan_running_statistic_through_the_intact_loss_naming_buffers():
+    """A NaN buffer is not refused by name (buffers may hold -inf), but the NaN loss it gives is, naming buffers."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).double().eval()
+    net[1].running_var[0] = math.nan
+    data = [(torch.randn(5, 3, dtype=torch.float64), torch.randint(0, 2, (5,)))]
+    with pytest.raises(ValueError, match="loss on the evaluation data is nan.*buffer.*check the evaluation data and "
+                                         "the model's buffers"):
+        knowledge_distribution(net, data, order_loader=data, counts=[1])
+    assert bool(net[1].running_var.isnan()[0])
+
+
+@pytest.mark.parametrize("counts", [lambda: (c for c in [1, 3, 5]), lambda: iter([5, 1, 3]),
+                                    lambda: [1.0, 3.0, 5.0], lambda: __import__("numpy").linspace(1, 5, 3)])
+def test_knowledge_distribution_takes_counts_from_a_generator_and_as_whole_floats(counts):
+    """The whole-number check read a generator to its end, which then reached the measurement empty (only the
+    intact network measured, no error); and it refused np.linspace's whole floats (5.0), taken before."""
+    net = build(SPEC, 0)
+    data = batches(SPEC, 0)
+    curve = knowledge_distribution(net, data, order_loader=data, estimator="magnitude", counts=counts())
+    assert [r["removed"] for r in curve.table] == [0, 1, 3, 5]
+    assert all(type(r["removed"]) is int for r in curve.table)
