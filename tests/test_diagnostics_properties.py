@@ -456,3 +456,143 @@ def test_collinearity_refuses_a_batch_size_that_is_not_a_whole_number(size):
     net = build(SPEC, 0)
     with pytest.raises(ValueError, match="batch_size must be a whole number"):
         collinearity(net, batches(SPEC, 0), batch_size=size)
+
+
+# --------------------------------------------------------------- regressions found reviewing the above
+
+class MaskedAttention(nn.Module):
+    """A causal self-attention over the features with its mask a buffer of -inf above the diagonal (as
+    many transformers register it): a legitimate infinite buffer, the loss finite."""
+
+    def __init__(self, width=4, classes=3):
+        super().__init__()
+        self.fc, self.head = nn.Linear(width, width), nn.Linear(width, classes)
+        self.register_buffer("causal", torch.full((width, width), -math.inf).triu(1))
+
+    def forward(self, x):
+        attend = torch.softmax(x[:, None, :] + self.causal, -1)
+        return self.head(torch.relu(self.fc((attend @ x[:, :, None]).squeeze(-1))))
+
+
+def test_knowledge_distribution_measures_a_model_with_an_attention_mask_buffer_of_minus_inf():
+    """The non-finite refusal read buffers too, and refused a causal mask of -inf as a damaged model."""
+    torch.manual_seed(0)
+    net = MaskedAttention().double()
+    data = [(torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))) for _ in range(2)]
+    curve = knowledge_distribution(net, data, order_loader=data, estimator="magnitude", counts=[3])
+    rows = list(curve.table)
+    assert [r["removed"] for r in rows] == [0, 3]
+    assert rows[0]["loss"] == pytest.approx(loss_acc(net, data)[0], rel=1e-9)
+    assert rows[1]["loss"] == pytest.approx(loss_acc(removed_by_hand(net, 3), data)[0], rel=1e-9)
+
+
+def test_knowledge_distribution_refuses_a_nan_running_statistic_through_the_intact_loss_naming_buffers():
+    """A NaN buffer is not refused by name (buffers may hold -inf), but the NaN loss it gives is, naming buffers."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).double().eval()
+    net[1].running_var[0] = math.nan
+    data = [(torch.randn(5, 3, dtype=torch.float64), torch.randint(0, 2, (5,)))]
+    with pytest.raises(ValueError, match="loss on the evaluation data is nan.*buffer.*check the evaluation data and "
+                                         "the model's buffers"):
+        knowledge_distribution(net, data, order_loader=data, counts=[1])
+    assert bool(net[1].running_var.isnan()[0])
+
+
+@pytest.mark.parametrize("counts", [lambda: (c for c in [1, 3, 5]), lambda: iter([5, 1, 3]),
+                                    lambda: [1.0, 3.0, 5.0], lambda: __import__("numpy").linspace(1, 5, 3)])
+def test_knowledge_distribution_takes_counts_from_a_generator_and_as_whole_floats(counts):
+    """The whole-number check read a generator to its end, which then reached the measurement empty (only the
+    intact network measured, no error); and it refused np.linspace's whole floats (5.0), taken before."""
+    net = build(SPEC, 0)
+    data = batches(SPEC, 0)
+    curve = knowledge_distribution(net, data, order_loader=data, estimator="magnitude", counts=counts())
+    assert [r["removed"] for r in curve.table] == [0, 1, 3, 5]
+    assert all(type(r["removed"]) is int for r in curve.table)
+
+
+# ------------------------------------------- weight sharing: each call's part against autograd by hand
+
+class SharedLoop(nn.Module):
+    """A stem, then one layer applied ``calls`` times in a recurrent-style loop (optionally residual, a
+    3x3 convolution where ``conv``); ``unshare()`` gives each call its own copy of the layer (same values),
+    whose gradients are the parts of the shared weight's gradient, call by call."""
+
+    def __init__(self, calls, res, conv, width=2):
+        super().__init__()
+        self.calls, self.res, self.conv, self.copies = calls, res, conv, None
+        self.stem = nn.Conv2d(2, width, 3, padding=1) if conv else nn.Linear(2, width)
+        self.shared = nn.Conv2d(width, width, 3, padding=1) if conv else nn.Linear(width, width)
+        self.head = nn.Linear(width, 3)
+
+    def unshare(self):
+        self.copies = nn.ModuleList(copy.deepcopy(self.shared) for _ in range(self.calls))
+        return self
+
+    def forward(self, x):
+        h = torch.tanh(self.stem(x))
+        for t in range(self.calls):
+            o = torch.tanh((self.shared if self.copies is None else self.copies[t])(h))
+            h = h + o if self.res else o
+        return self.head(h.mean((2, 3)) if self.conv else h)
+
+
+@prop(6)
+@given(calls=st.integers(1, 3), res=st.booleans(), conv=st.booleans(), seed=st.integers(0, 2**16))
+def test_a_layer_called_in_a_loop_has_each_calls_gradient_in_the_band_of_its_depth(calls, res, conv, seed):
+    torch.manual_seed(seed)
+    net = SharedLoop(calls, res, conv).double()
+    g = torch.Generator().manual_seed(seed)
+    data = [(torch.randn(3, 2, *((3, 3) if conv else ()), generator=g, dtype=torch.float64),
+             torch.randint(0, 3, (3,), generator=g)) for _ in range(2)]
+    bands = gradient_by_depth(net, data, layer="shared", batches=2, train_mode=False)
+    apart = copy.deepcopy(net).unshare()
+    expect = torch.stack([torch.stack(torch.autograd.grad(F.cross_entropy(apart(x), y), [c.weight for c in apart.copies]))
+                          for x, y in data]).abs().mean(0)  # (calls, *shape)
+    assert bands.calls == calls and bands.depths == list(range(1, calls + 1))
+    assert torch.allclose(bands.per_weight.double(), expect.reshape(-1), rtol=1e-6, atol=1e-30)
+    shape = net.shared.weight.shape
+    assert torch.equal(bands.band, torch.stack([weight_depths(shape, torch.full((shape[1],), k + 1))
+                                                for k in range(calls)]).reshape(-1))
+
+
+class ReentrantCheckpoint(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.fc, self.head = nn.Linear(2, 3), nn.Linear(5, 3), nn.Linear(3, 3)
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+        h = checkpoint(lambda z: torch.tanh(self.fc(z)), torch.cat([x, torch.tanh(self.stem(x))], 1), use_reentrant=True)
+        return self.head(h)
+
+
+def test_gradient_by_depth_under_a_reentrant_checkpoint_names_use_reentrant_false():
+    """A layer inside a reentrant torch.utils.checkpoint (its forward runs under no_grad) was refused as 'called
+    only under torch.no_grad()', the fix 'measure a layer the forward runs with grad enabled': not the way out."""
+    net = ReentrantCheckpoint().double()
+    data = batches(SPEC, 0)
+    with pytest.raises(ValueError, match="use_reentrant=False"):
+        gradient_by_depth(net, data, layer="fc", train_mode=False)
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_band_scaler_refusing_a_functional_read_of_a_shared_weight_names_it():
+    """A weight read by its module and by F.linear(x, layer.weight) at another depth: the scaler's refusal spoke
+    only of depths= rows and train-mode calls."""
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.mid, self.shared, self.head = nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.stem(x))
+            return self.head(torch.tanh(self.shared(h)) + F.linear(torch.tanh(self.mid(h)), self.shared.weight))
+
+    net = Functional().double()
+    x, y = batches(SPEC, 0)[0]
+    scaler = adaptive.diagnostics.BandGradientScaler(net, layers=["shared"], example=x)
+    try:
+        with pytest.raises(ValueError, match=r"F\.linear\(x, layer\.weight\)"):
+            F.cross_entropy(net(x), y).backward()
+    finally:
+        scaler.remove()

@@ -370,7 +370,8 @@ class BandGradientScaler:
                     f"BandGradientScaler: {st['name']!r} was called {len(recorder.calls)} time(s) in the model's latest "
                     f"forward, but its depths have {len(index)} rows (one per call), so which call reads which depths "
                     "is unknown: pass depths={layer: rows} with one row per call of this forward, in call order (a "
-                    "call in train mode only is not in the traced, eval-mode graph)")
+                    "call in train mode only is not in the traced, eval-mode graph; an op reading the weight outside the module's "
+                    "calls, F.linear(x, layer.weight), is in it but no call: scale a layer whose weight only its own calls read)")
             reentrant = (" (a reentrant torch.utils.checkpoint runs the forward so, to run it again in the backward: "
                          "pass use_reentrant=False)" if any(c["no_grad"] for c in recorder.calls) else "")
             st["splitting"] = True

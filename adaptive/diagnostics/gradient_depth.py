@@ -456,7 +456,9 @@ def gradient_by_depth(
                     raise ValueError(f"gradient_by_depth: layer {name!r} has no gradient: the model's forward calls it "
                                      "only under torch.no_grad() (or torch.inference_mode(), or detaches its output), "
                                      "so nothing it does reaches the loss's gradient; measure a layer the forward runs "
-                                     "with grad enabled")
+                                     "with grad enabled. A reentrant torch.utils.checkpoint (use_reentrant=True) runs "
+                                     "its function so too, to run it again in the backward, out of this measurement's "
+                                     "reach: pass use_reentrant=False")
                 if g is None:  # autograd's own error asked for allow_unused=True, which is not the fix
                     raise ValueError(f"gradient_by_depth: layer {name!r} takes no part in the loss (the model's forward "
                                      "does not use it, or its output does not reach the loss), so it has no gradient: "

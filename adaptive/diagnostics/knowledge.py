@@ -440,8 +440,9 @@ def knowledge_distribution(
 
     ``points`` (a whole number >= 1) and ``max_fraction`` (in (0, 1]) shape the default counts; they
     are checked before any work, also when ``counts`` is given, as is that ``counts`` holds whole numbers.
-    A model with a NaN or inf parameter or buffer, and evaluation data on which the intact network's
-    loss is not finite, are refused: every loss increase would be NaN.
+    A model with a NaN or inf parameter, and evaluation data on which the intact network's loss is
+    not finite (a NaN running statistic too), are refused: every loss increase would be NaN. A buffer
+    may hold infinities (an attention mask of -inf).
 
     A pruned model: pass its :class:`~adaptive.Connectome` as ``conn`` (a Connectome attached to an
     optimizer of ``model`` is found without it). Its pruned weights stay pruned in the copy, also
@@ -456,9 +457,11 @@ def knowledge_distribution(
     loaders' pass seeds are drawn from them, then they are put back: :mod:`adaptive.global_rng`).
     """
     points = _check_points(points, max_fraction)
-    if counts is not None and any(whole_number(c) is None for c in counts):  # int() cut 2.5 to 2 and took True as 1
-        bad = [c for c in counts if whole_number(c) is None]
-        raise ValueError(f"counts must be whole numbers of weights to remove, got {bad[:4]!r}: pass ints")
+    if counts is not None:  # int() cut 2.5 to 2 and took True as 1; a whole float (np.linspace's 5.0) is a count
+        counts = list(counts)  # read once: a generator checked here would reach the measurement empty
+        bad = [c for c in counts if whole_number(c, floats=True) is None]
+        if bad:
+            raise ValueError(f"counts must be whole numbers of weights to remove, got {bad[:4]!r}: pass ints")
     if whole_number(bn_batches) is None or bn_batches < 0:
         raise ValueError(f"bn_batches must be a whole number of batches, at least 0, got {bn_batches!r}")
     # a DDP model (accelerator.prepare's): the copy is of the module inside, measured and fine-tuned by this process
@@ -488,7 +491,7 @@ def knowledge_distribution(
     order = global_order(scores)
     if pruned_before:
         order = order[live_flat[order]]  # only live weights are removed; the pruned ones stay pruned
-    counts = sorted(set(whole_number(c) for c in (counts if counts is not None else default_counts(total, points, max_fraction))))
+    counts = sorted(set(whole_number(c, floats=True) for c in (counts if counts is not None else default_counts(total, points, max_fraction))))
     if counts and (counts[0] < 0 or counts[-1] > total):
         what = f"live prunable weights; {pruned_before} more are already pruned" if pruned_before else "prunable weights"
         raise ValueError(f"counts must lie in [0, {total}] (the number of {what}), got {counts[0]}..{counts[-1]}")
@@ -560,8 +563,9 @@ def knowledge_distribution(
             base = r
             if not math.isfinite(base["loss"]):  # every loss increase would be NaN, and the fits nothing
                 raise ValueError(f"knowledge_distribution: the intact network's loss on the evaluation data is {base['loss']} "
-                                 "(a non-finite input or target in eval_loader's batches, or a loss_fn that overflows), "
-                                 "so no loss increase can be measured from it: check the evaluation data")
+                                 "(a non-finite input or target in eval_loader's batches, a loss_fn that overflows, or a NaN or inf "
+                                 "buffer of the model's, a running statistic), so no loss increase can be measured from "
+                                 "it: check the evaluation data and the model's buffers")
         if (r["accuracy"] is None) != (base["accuracy"] is None):
             raise ValueError("accuracy_fn scored some points and not others: it must return (correct, count) for "
                              "every evaluation or None for all of them")
@@ -608,9 +612,11 @@ def knowledge_distribution(
 
 
 def _refuse_non_finite(model: nn.Module) -> None:
-    """Refuse a model with a NaN or inf parameter or buffer (a diverged or damaged one): its every point's
-    loss would be NaN, and a magnitude order would rank the NaN weights anywhere; the error names them."""
-    bad = [(n, int((~torch.isfinite(t)).sum())) for n, t in (*model.named_parameters(), *model.named_buffers())
+    """Refuse a model with a NaN or inf parameter (a diverged or damaged one): its every point's loss
+    would be NaN, and a magnitude order would rank the NaN weights anywhere; the error names them.
+    Buffers are not read here: an attention mask filled with -inf is a model's own, and a damaged
+    running statistic shows in the intact network's loss, which is refused where it is not finite."""
+    bad = [(n, int((~torch.isfinite(t)).sum())) for n, t in model.named_parameters()
            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         said = ", ".join(f"{n} ({k} of them)" for n, k in bad[:4]) + (" ..." if len(bad) > 4 else "")
