@@ -1195,3 +1195,17 @@ def test_start_up_warnings_under_two_processes_print_once(tmp_path):
     for warning in ("warning: the plugin warns as it loads", "warning: the digits dataset has no augmentation",
                     "warning: the digits dataset ships with scikit-learn", "warning: --subset 99999 asks for more"):
         assert out.count(warning) == 1, out[-3000:]
+
+
+def test_an_n_m_ensemble_with_the_default_density_names_the_density_to_give(tmp_path, capsys):
+    """--ensemble 2:4 without --density: the Controller's advice "pass density=0.5 or leave it out"
+    named a keyword the recipe does not take, and leaving --density out is what failed (its default 0.2)."""
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path / "run", "--ensemble", "2:4", "--figures", "false")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert ("error: --ensemble 2:4 fixes the density at 0.5 (n of every m kept), so --density 0.2 (0.2 is the default "
+            "where --density is left out) cannot be met: give --density 0.5") in err, err
+    assert "leave it out" not in err
+    ok = run(tmp_path / "ok", "--ensemble", "2:4", "--density", "0.5", "--max_steps", "4", "--figures", "false")
+    assert ok.summary["density"] == 0.5

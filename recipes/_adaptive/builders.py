@@ -8,6 +8,7 @@ from typing import Callable, Optional
 import torch
 
 from adaptive import Connectome, Controller
+from adaptive.config import ConfigError
 from adaptive.data import check_dataset_kw, dataset_fingerprint, get_dataloaders as _get_dataloaders
 from adaptive.models import build_model_kw
 
@@ -115,6 +116,13 @@ def build_controller(cfg: RunConfig, conn: Connectome, optimizer=None, total_ste
     # (off, the Controller is built exactly as before the option: a run without it is unchanged)
     search = {} if holdout_loss is None else dict(holdout_loss=holdout_loss, line_search_tries=cfg.line_search_tries,
                                                   line_search_tolerance=cfg.line_search_tolerance)
+    nm = conn.fixed_density  # (the Controller's own advice, "or leave it out", fails here: --density has a default)
+    if nm is not None and cfg.density is not None and abs(cfg.density - nm) > 1e-9:
+        from .config import _DEFAULT_DENSITY
+
+        default = f" ({_DEFAULT_DENSITY:g} is the default where --density is left out)" if cfg.density == _DEFAULT_DENSITY else ""
+        raise ConfigError(f"--ensemble {cfg.ensemble} fixes the density at {nm:g} (n of every m kept), so --density "
+                          f"{cfg.density:g}{default} cannot be met: give --density {nm:g}")
     end_step = max(1, int(round(cfg.end_fraction * total_steps)))
     return Controller(conn, optimizer, policy=cfg.policy, density=cfg.density, budget=cfg.budget,
                       update_every=cfg.update_every, end_step=end_step, edit_fraction=cfg.edit_fraction,
