@@ -83,3 +83,35 @@ def test_a_loss_module_subclass_with_its_own_forward_is_the_callers_to_check():
     takes_reduction(SqueezedCE(), out, torch.tensor([[0], [3], [9], [7]]))
     with pytest.raises(ValueError, match="gives 10 classes"):
         refuse_mismatched_targets(out, torch.tensor([0, 3, 99, 7]), WeightedCE())
+
+
+@pytest.mark.parametrize("where", ["train", "holdout"])
+def test_a_label_refused_on_one_process_stops_every_process_with_the_same_error(tmp_path, where):
+    """Two processes (a gloo group, in-process): only process 1's first training batch (or held-out batch)
+    holds a label beyond the head. That process alone refused it while process 0 went on into its next
+    collective and waited there; now both raise one ValueError naming the process and the problem."""
+    import json
+    import os
+    import sys
+
+    import torch.multiprocessing as mp
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _two_rank_labels
+
+    ctx = mp.get_context("fork")  # (no re-import of torch in each: a second, not ten)
+    procs = [ctx.Process(target=_two_rank_labels.run, args=(r, str(tmp_path), where), daemon=True) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rec in got:
+        assert rec["error"] == "ValueError", got
+        assert "process 1 of 2: the model gives 3 classes" in rec["message"] and "go up to 7" in rec["message"], got
+        assert "process 0 of 2 found no such problem" in rec["message"], got
+    if where == "train":
+        assert "its own first training batch" in got[0]["message"]
