@@ -115,3 +115,48 @@ def test_a_label_refused_on_one_process_stops_every_process_with_the_same_error(
         assert "process 0 of 2 found no such problem" in rec["message"], got
     if where == "train":
         assert "its own first training batch" in got[0]["message"]
+
+
+def test_nll_float_targets_are_no_class_probabilities():
+    """F.nll_loss takes class indices only: float targets of the output's shape passed the check (called class
+    probabilities, which NLL does not take) and failed inside the loss; any float targets are refused, naming it."""
+    out = torch.zeros(4, 10)
+    for loss in (F.nll_loss, nn.NLLLoss(), functools.partial(F.nll_loss, ignore_index=-1)):
+        for y in (torch.rand(4, 10), torch.rand(4, 3), torch.tensor([1.0, 2.0, 3.0, 4.0])):
+            with pytest.raises(ValueError, match=r"negative log-likelihood\) takes integer class indices.*torch\.float32"
+                                                 r".*shape \(4,\) \(y\.long\(\)") as refused:
+                refuse_mismatched_targets(out, y, loss)
+            assert "class probabilities of the output's shape use F.cross_entropy" in str(refused.value)
+    refuse_mismatched_targets(out, torch.rand(4, 10), F.cross_entropy)  # cross-entropy takes probabilities
+
+
+def test_a_negative_labels_fix_names_the_loss_in_the_form_given():
+    """The fix for a negative label named functools.partial(F.cross_entropy, ...) for a loss module (or NLL)."""
+    out, y = torch.zeros(4, 10), torch.tensor([0, -1, 9, 2])
+    for loss, form in ((F.cross_entropy, "functools.partial(F.cross_entropy, ignore_index=-1)"),
+                       (nn.CrossEntropyLoss(), "nn.CrossEntropyLoss(ignore_index=-1)"),
+                       (F.nll_loss, "functools.partial(F.nll_loss, ignore_index=-1)"),
+                       (nn.NLLLoss(), "nn.NLLLoss(ignore_index=-1)")):
+        with pytest.raises(ValueError, match="labels include -1") as refused:
+            refuse_mismatched_targets(out, y, loss)
+        assert f"({form})" in str(refused.value), (loss, str(refused.value))
+
+
+def test_a_cross_entropy_subclass_with_its_own_forward_is_not_refused_for_one_channel():
+    """refuse_one_class took any nn.CrossEntropyLoss subclass for the stock loss (isinstance): one whose forward
+    makes two classes of a single logit is the caller's, as label_checks' rule has it; the stock one is refused."""
+    from adaptive.metrics import refuse_one_class
+
+    class OneLogit(nn.CrossEntropyLoss):
+        def forward(self, input, target):
+            return super().forward(torch.cat([-input, input], 1), target)
+
+    class Stock(nn.CrossEntropyLoss):
+        pass
+
+    out, y = torch.randn(4, 1), torch.tensor([0, 1, 1, 0])
+    refuse_one_class(out, "loss", OneLogit())
+    assert takes_reduction(OneLogit(), out, y) in (True, False)  # checked, not refused
+    for loss in (Stock(), nn.CrossEntropyLoss(), F.cross_entropy):
+        with pytest.raises(ValueError, match="one channel on its class axis 1"):
+            refuse_one_class(out, "loss", loss)

@@ -233,3 +233,19 @@ def test_the_smallest_fractions_a_sparse_start_refusal_names_are_accepted():
         refuse_below_start("0", 0, Start({}, 352, 704, 352))
     with pytest.raises(ValueError, match=r"one synapse is left, which a rung must keep: give a fixed target of 2"):
         rungs_above([0.5], 3, Start({}, 2, 3, 2))  # (no rung removes more and keeps one: no fraction to name)
+
+
+def test_a_sparse_runs_interruption_note_says_its_zero_weights_stay_zero():
+    """A refusal of the first training batch (labels beyond the head) on a sparse start said the original
+    weights "(every synapse present)" were restored: the start's 352 zero weights are still absent."""
+    m, _ = half_pruned(attached=False)
+    before = copy.deepcopy(m.state_dict())
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 20, generator=g)
+    bad = DataLoader(TensorDataset(x, torch.full((64,), 5)), batch_size=32)
+    with pytest.raises(ValueError, match="go up to 5") as refused:
+        optimize_connectome(m, bad, data(64, seed=1), 0.6, progress=False, passes=1.0)
+    notes = " ".join(refused.value.__notes__)
+    assert "original weights (as given: its 352 synapses of weights exactly 0.0 still 0.0) were restored" in notes
+    assert "every synapse present" not in notes
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
