@@ -87,27 +87,21 @@ def test_a_loss_module_subclass_with_its_own_forward_is_the_callers_to_check():
 
 @pytest.mark.parametrize("where", ["train", "holdout"])
 def test_a_label_refused_on_one_process_stops_every_process_with_the_same_error(tmp_path, where):
-    """Two processes (a gloo group, in-process): only process 1's first training batch (or held-out batch)
+    """Two plain processes (a gloo group of their own, no launcher): only process 1's first training batch (or held-out batch)
     holds a label beyond the head. That process alone refused it while process 0 went on into its next
     collective and waited there; now both raise one ValueError naming the process and the problem."""
     import json
     import os
     import sys
-
-    import torch.multiprocessing as mp
+    from pathlib import Path
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _two_rank_labels
+    from _ports import run_two_ranks
 
-    ctx = mp.get_context("fork")  # (no re-import of torch in each: a second, not ten)
-    procs = [ctx.Process(target=_two_rank_labels.run, args=(r, str(tmp_path), where), daemon=True) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
+    script = Path(__file__).parent / "scripts" / "two_process_labels.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)]))
+    run_two_ranks(script, tmp_path, env, where)
     got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for rec in got:
         assert rec["error"] == "ValueError", got

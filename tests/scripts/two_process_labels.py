@@ -1,9 +1,12 @@
-"""A process of a 2-process gloo group started by tests/test_label_checks.py (torch.multiprocessing,
-in-process: no launcher): optimize_connectome where only process 1's data holds a label beyond the
-model's head, in its first training batch or in its held-out batch. Writes what each process raised."""
+"""Run as ``python two_process_labels.py OUT RANK WHERE``, two at once (rank 0 and 1; started by
+tests/test_label_checks.py through tests/_ports.run_two_ranks): a gloo process group on the CPU with a
+short timeout, then optimize_connectome where only process 1's data holds a label beyond the model's
+head, in its first training batch (WHERE=train) or in its held-out batch (WHERE=holdout). Writes
+``rank{N}.json`` into OUT with what the process raised."""
 import datetime
 import json
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -42,3 +45,7 @@ def run(rank: int, folder: str, where: str) -> None:
     with open(os.path.join(folder, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)
     dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    run(int(sys.argv[2]), sys.argv[1], sys.argv[3])
