@@ -140,7 +140,12 @@ def _processes(ranks: List[int], world: int) -> str:
     return f"process{'es' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {world}"
 
 
-def agreed_error(own: Optional[BaseException], some_alone: bool = False) -> Optional[BaseException]:
+_SAME_FILES_PASSED = ("every process must see the same files (a folder they all see, or the same copy on each) and run "
+                      "with the same settings")
+
+
+def agreed_error(own: Optional[BaseException], some_alone: bool = False,
+                 passed_why: str = _SAME_FILES_PASSED) -> Optional[BaseException]:
     """The error every process raises after a check each ran on its own (``own``: this process's,
     None where it passed), agreed in one gather of a few words (none on one process, which gets
     ``own``): None where every process passed. A check that reads what each process sees for
@@ -154,7 +159,10 @@ def agreed_error(own: Optional[BaseException], some_alone: bool = False) -> Opti
     (after the same collectives): put it after the check, not inside a part that may skip it.
     ``some_alone``: the main process makes part of the check alone (it hashes the files): its failure
     is every process's error as it is, naming no process (the others could not have found it); the
-    failures of other processes where it passed are named as above (their own copy of the files)."""
+    failures of other processes where it passed are named as above (their own copy of the files).
+    ``passed_why``: what the message says after the processes that passed "found no such problem"
+    (by default, that every process must see the same files; a check of each process's own shard of
+    the training data says that each read other batches)."""
     if not is_distributed():
         return own
     world = dist.get_world_size()
@@ -172,25 +180,25 @@ def agreed_error(own: Optional[BaseException], some_alone: bool = False) -> Opti
         message = "; ".join(f"{_processes([r], world)}: {x[2][:-1] if x[2].endswith('.') else x[2]}"
                             for r, x in failed)
         if passed:
-            message += (f"; {_processes(passed, world)} found no such problem: every process must see the same files "
-                        "(a folder they all see, or the same copy on each) and run with the same settings")
+            message += f"; {_processes(passed, world)} found no such problem: {passed_why}"
     error = _rebuilt(module, qualname, message)
     for note in notes:
         error.add_note(note)
     return mark_raised_alike(error)
 
 
-def agreed_call(check: Callable[[], Any], some_alone: bool = False) -> Any:
+def agreed_call(check: Callable[[], Any], some_alone: bool = False, passed_why: str = _SAME_FILES_PASSED) -> Any:
     """``check()``'s result, its outcome agreed by every process (:func:`agreed_error`): an error it
     raises on any process is raised by all of them together. ``check`` must make no collective call
     that a process failing before it would skip. ``some_alone``: the main process does part of it
     alone (a file only it writes): its failure is every process's error as it is, naming no process
+    (:func:`agreed_error`). ``passed_why``: what the message says of the processes that passed
     (:func:`agreed_error`)."""
     try:
         result, own = check(), None
     except Exception as e:  # noqa: BLE001 - every process hears of any failure, and raises
         result, own = None, e
-    error = agreed_error(own, some_alone=some_alone)
+    error = agreed_error(own, some_alone=some_alone, passed_why=passed_why)
     if error is None:
         return result
     if error is own:

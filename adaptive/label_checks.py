@@ -6,7 +6,7 @@ the CUDA context unusable, and some mismatches pass silently (``F.mse_loss`` of 
 ``(B,)`` targets broadcasts to ``(B, B)``). :func:`refuse_mismatched_targets` names the mismatch, what
 the model gives against what the data holds, and the fix, for the losses whose contract it knows:
 cross-entropy and negative log-likelihood (class indices ``0..C-1`` of the output's shape without its
-class axis 1, or class probabilities of the output's shape) and the element-wise losses (targets of the
+class axis 1; for cross-entropy also class probabilities of the output's shape) and the element-wise losses (targets of the
 output's shape). Any other loss is the caller's to check, a subclass whose ``forward`` is its own included.
 """
 from __future__ import annotations
@@ -38,6 +38,36 @@ def _kind(loss_fn):
     return None, None
 
 
+def _plain(loss_fn):
+    """``loss_fn`` without its ``functools.partial`` wrappers."""
+    while isinstance(loss_fn, functools.partial):
+        loss_fn = loss_fn.func
+    return loss_fn
+
+
+def is_cross_entropy(loss_fn) -> bool:
+    """Whether ``loss_fn`` is cross-entropy as torch defines it: ``F.cross_entropy`` (with arguments
+    bound by ``functools.partial``) or an ``nn.CrossEntropyLoss`` with the stock ``forward`` (a
+    subclass of its own ``forward`` has its own contract: :func:`_stock`)."""
+    loss_fn = _plain(loss_fn)
+    return loss_fn is F.cross_entropy or _stock(loss_fn, (nn.CrossEntropyLoss,))
+
+
+def _is_nll(loss_fn) -> bool:
+    """Whether ``loss_fn`` is negative log-likelihood (``F.nll_loss``, a stock ``nn.NLLLoss``)."""
+    loss_fn = _plain(loss_fn)
+    return loss_fn is F.nll_loss or _stock(loss_fn, (nn.NLLLoss,))
+
+
+def _ignoring(loss_fn, label: int) -> str:
+    """``loss_fn`` in the form it was given (a loss module or a function), written with ``label`` as
+    the label it ignores: ``nn.CrossEntropyLoss(ignore_index=-1)``, ``functools.partial(F.nll_loss, ignore_index=-1)``."""
+    plain = _plain(loss_fn)
+    if isinstance(plain, nn.Module):
+        return f"nn.{'NLLLoss' if _is_nll(plain) else 'CrossEntropyLoss'}(ignore_index={label})"
+    return f"functools.partial(F.{'nll_loss' if _is_nll(plain) else 'cross_entropy'}, ignore_index={label})"
+
+
 def _stock(loss_fn, modules) -> bool:
     """Whether ``loss_fn`` is one of the loss ``modules`` with its own ``forward``: a subclass that
     overrides it (squeezing ``(B, 1)`` labels, reshaping the output) has a contract of its own."""
@@ -48,8 +78,8 @@ def refuse_mismatched_targets(out, y, loss_fn, what: str = "loss_fn") -> None:
     """ValueError naming the mismatch and its fix where targets ``y`` cannot be scored against output
     ``out`` by ``loss_fn`` (``what`` names it in the message): for cross-entropy and NLL, integer labels
     not of the output's shape without its class axis 1, or labels outside ``0..C-1`` for an output of C
-    classes (the ignored label, -100 by default, aside); float targets not of the output's shape (class
-    probabilities); for the element-wise losses, targets not of the output's shape. Nothing for other
+    classes (the ignored label, -100 by default, aside); for cross-entropy, float targets not of the
+    output's shape (class probabilities); for NLL, float targets at all; for the element-wise losses, targets not of the output's shape. Nothing for other
     losses, or where ``out`` or ``y`` is no tensor. Reads ``y`` on the host once (its largest and smallest label)."""
     if not (torch.is_tensor(out) and torch.is_tensor(y)) or out.dim() == 0:
         return
@@ -68,6 +98,12 @@ def refuse_mismatched_targets(out, y, loss_fn, what: str = "loss_fn") -> None:
     if kind != "class" or out.dim() < 2:
         return
     classes = shape_o[1]
+    if y.is_floating_point() and _is_nll(loss_fn):  # NLL takes class indices only: no probabilities
+        raise ValueError(
+            f"{what} (negative log-likelihood) takes integer class indices, but the targets are {y.dtype} {shape_y}: "
+            f"give integer class labels of shape {(shape_o[0],) + shape_o[2:]} (y.long() where they hold whole "
+            f"numbers); for class probabilities of the output's shape use F.cross_entropy on logits, for a "
+            f"regression its loss (loss_fn=F.mse_loss)")
     if y.is_floating_point():  # class probabilities (soft labels): the output's shape
         if shape_y != shape_o:
             raise ValueError(
@@ -99,7 +135,7 @@ def refuse_mismatched_targets(out, y, loss_fn, what: str = "loss_fn") -> None:
         raise ValueError(
             f"the labels include {low}, but labels are class indices 0..{classes - 1} for the model's {classes} "
             f"classes (output {shape_o}); only {ignore} marks a position to ignore: relabel the data 0..{classes - 1}, "
-            f"or bind the label you use for ignored positions (functools.partial(F.cross_entropy, ignore_index={low}))")
+            f"or bind the label you use for ignored positions ({_ignoring(loss_fn, low)})")
 
 
 def _per_example(shape) -> int:

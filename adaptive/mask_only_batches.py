@@ -8,12 +8,17 @@ import math
 
 import torch
 
+from .distributed import agreed_call
 from .mask_only_best import _better, _criterion
 from .mask_only_data import _to_device
 from .mask_only_eval import _logits
 from .mask_only_result import Snapshot
 from .mask_only_window import _Window
 from .metrics import batch_sums, call_model, takes_reduction
+
+# what a refusal of the first training batch says of the processes whose own first batch passed
+_OWN_BATCHES = ("each process checked only its own first training batch (its shard of the data), so the same problem "
+                "may lie in theirs later: fix it as said, in all the data")
 
 
 class StageBatchesMixin:
@@ -32,8 +37,8 @@ class StageBatchesMixin:
             p.grad = None
         out = _logits(call_model(model, x, "mask-only optimisation"), model)
         if self.reduction is None:  # the loss checked on this batch before any backward pass
-            with torch.no_grad():
-                self.reduction = takes_reduction(s.loss_fn, out.detach(), y)
+            with torch.no_grad():  # (each process's own first batch: a refusal on one stops every process)
+                self.reduction = agreed_call(lambda: takes_reduction(s.loss_fn, out.detach(), y), passed_why=_OWN_BATCHES)
         loss = s.loss_fn(out, y)
         loss.backward()
         ctrl.observe()

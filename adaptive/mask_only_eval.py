@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.cycle import rng_states, set_rng_states
-from .distributed import all_reduce_mean_
+from .distributed import agreed_call, all_reduce_mean_
 from .label_checks import refuse_mismatched_targets
 from .mask_only_data import _NONE, _model_device, _to_device
 from .metrics import AccuracyFn, batch_accuracy, batch_loss, call_model, check_output, default_accuracy, takes_reduction
@@ -62,7 +62,15 @@ def check_first_batch(model: nn.Module, loader, loss_fn: Callable) -> None:
     batch for ``loss_fn`` (:func:`adaptive.label_checks.refuse_mismatched_targets`: a 10-class head on
     labels up to 99, a regression's targets under cross-entropy): one forward pass in evaluation mode
     (modes given back, no gradient, no normalisation statistic moved), and every random generator
-    (the loader's own too) left where it was, so the run reads the batches it would have read."""
+    (the loader's own too) left where it was, so the run reads the batches it would have read. On
+    several processes the refusal is agreed (:func:`adaptive.distributed.agreed_call`): each reads
+    the same unsharded holdout, but a process with other files (or a loader sharded by mistake)
+    would otherwise raise alone while the others wait in their next collective."""
+    agreed_call(lambda: _check_first_batch(model, loader, loss_fn))
+
+
+def _check_first_batch(model: nn.Module, loader, loss_fn: Callable) -> None:
+    """:func:`check_first_batch` on this process alone."""
     states = rng_states(loader)
     try:
         batch = next(iter(loader), _NONE)

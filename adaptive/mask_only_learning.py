@@ -29,7 +29,8 @@ def _kept_note(checkpoint, recorded: Sequence[str], climbed: Optional[Sequence[f
 
 
 @contextmanager
-def mask_learning(model: nn.Module, conn: Connectome, kept_note: Optional[Callable[[], str]] = None):
+def mask_learning(model: nn.Module, conn: Connectome, kept_note: Optional[Callable[[], str]] = None,
+                  absent: int = 0):
     """The frame of every mask-learning loop over a frozen ``model`` (this module's and the
     edge-popup baseline's): evaluation mode (normalisation statistics frozen), gradients only for
     the connectome's weights. An exception inside gives the model its original weights back
@@ -39,7 +40,8 @@ def mask_learning(model: nn.Module, conn: Connectome, kept_note: Optional[Callab
     training loses no accumulated gradient) and each module's own mode (a submodule the caller put
     in eval mode stays so). A ``.grad`` PyTorch would not take back (its parameter's dtype, device or
     shape changed since) is refused on entry, before anything changed. ``kept_note``: what the restore's note
-    says was kept (:func:`restore_original`)."""
+    says was kept; ``absent``: the synapses a sparse start holds absent (weights exactly 0.0), which
+    it names (:func:`restore_original`)."""
     kept = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     for name, p in model.named_parameters():  # what the exit could not give back is refused before anything changed
         try:
@@ -57,7 +59,7 @@ def mask_learning(model: nn.Module, conn: Connectome, kept_note: Optional[Callab
         try:
             yield
         except BaseException as exc:
-            restore_original(conn, exc, kept_note)
+            restore_original(conn, exc, kept_note, absent)
             raise
         finally:
             for p, requires_grad, grad in kept:
@@ -66,12 +68,16 @@ def mask_learning(model: nn.Module, conn: Connectome, kept_note: Optional[Callab
 
 
 def restore_original(conn: Connectome, exc: Optional[BaseException] = None,
-                     kept: Optional[Callable[[], str]] = None) -> None:
-    """Give a mask_only connectome's model all its original weights back (every synapse present):
-    what an interrupted optimisation (an error, Ctrl-C) does before the exception propagates, so
-    that the caller's model is never left half-pruned. ``exc`` gets a note saying so, and what was
-    kept: ``kept()`` (the snapshots a checkpoint holds), else that no snapshot was kept."""
+                     kept: Optional[Callable[[], str]] = None, absent: int = 0) -> None:
+    """Give a mask_only connectome's model all its original weights back (every mask 1 again: the
+    model as it was given): what an interrupted optimisation (an error, Ctrl-C) does before the
+    exception propagates, so that the caller's model is never left half-pruned. ``exc`` gets a note
+    saying so, and what was kept: ``kept()`` (the snapshots a checkpoint holds), else that no
+    snapshot was kept. ``absent``: the synapses a sparse start held absent (weights exactly 0.0),
+    which the note says stay so; 0: every synapse present again."""
     conn.set_masks({n: torch.ones_like(m) for n, m in conn.masks.items()})
     if exc is not None:
-        exc.add_note("adaptive: the mask-only optimisation was interrupted; the model's original weights "
-                     f"(every synapse present) were restored, and {kept() if kept else 'no snapshot was kept'}")
+        back = (f"(as given: its {absent:,} synapses of weights exactly 0.0 still 0.0)" if absent else
+                "(every synapse present)")
+        exc.add_note(f"adaptive: the mask-only optimisation was interrupted; the model's original weights {back} were "
+                     f"restored, and {kept() if kept else 'no snapshot was kept'}")

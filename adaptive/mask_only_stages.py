@@ -175,7 +175,7 @@ class StageRun(StageBatchesMixin):
         interruption gives the model its original weights back), then load the best rung's masks for a
         climb; warns of the windows left out for NaN or inf."""
         plan, s, conn, result = self.plan, self.s, self.conn, self.result
-        with mask_learning(self.model, conn, kept_note=self._kept):
+        with mask_learning(self.model, conn, kept_note=self._kept, absent=plan.start.absent):
             from tqdm.auto import tqdm
 
             from .cli import show_progress

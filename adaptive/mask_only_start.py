@@ -21,6 +21,7 @@ from typing import Dict, Optional
 import torch
 
 from .connectome_optimizers import _MASKED_BY
+from .counts import fraction_bound
 from .distributed import is_distributed
 
 
@@ -116,7 +117,7 @@ def refuse_below_start(label: str, removed: int, start: Start) -> None:
         f"({start.absent / start.total:.1%}) are already absent: their weights are exactly 0.0{_by_attached(start)}, "
         "and mask-only optimisation keeps weights frozen, so it cannot restore them. Targets count every prunable "
         f"synapse (a fraction is the share removed at the end): give a target of at least {start.absent:,} "
-        f"synapses (a fraction of at least {start.absent / start.total:.6g}), or load the dense weights first")
+        f"synapses (a fraction of at least {fraction_bound(start.absent, start.total, most=False, share=True)}), or load the dense weights first")
 
 
 def _by_attached(start: Start) -> str:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .connectome import Connectome, _plain_module, _plain_patterns
-from .counts import whole_number
+from .counts import fraction_bound, whole_number
 from .discovery import discover
 from .mask_only_start import refuse_below_start, sparse_start, zero_weights
 
@@ -107,8 +107,8 @@ def resolve_target(target: Target, total: int) -> Optional[int]:
         count = int(round(target * total))
         if count >= total:  # a fraction below 1 that rounds to every synapse, as the count would be
             raise ValueError(f"target fraction {target!r} removes round({target!r} x {total}) = {count} synapses, every "
-                             f"one of the model's {total} prunable synapses: give a fraction below "
-                             f"{(total - 0.5) / total:.6g}, or a count below {total}")
+                             f"one of the model's {total} prunable synapses: give a fraction of at most "
+                             f"{fraction_bound(total - 1, total, most=True)}, or a count below {total}")
         return count
     if target >= total:  # as a fraction must be below 1: removing every synapse leaves no network
         raise ValueError(f"target of {target} synapses to remove {'is every one of' if target == total else 'is beyond'} "
@@ -161,7 +161,7 @@ def ladder_counts(ladder: List[float], total: int) -> List[int]:
         if count >= total:
             raise ValueError(f"ladder rung {i + 1} of {len(ladder)} ({f:g}) in {_listing(ladder)} removes "
                              f"round({f:g} x {total}) = {count} synapses, every one of the model's {total} prunable "
-                             f"synapses: give the ladder's fractions below {(total - 0.5) / total:.6g} (a rung must "
+                             f"synapses: give the ladder's fractions at most {fraction_bound(total - 1, total, most=True)} (a rung must "
                              "keep a synapse), or leave that rung out")
         counts.append(count)
     return counts
@@ -219,8 +219,11 @@ def rungs_above(ladder: List[float], total: int, start) -> List[float]:
     if not rungs:
         raise ValueError(f"target 'best': every rung of the ladder {ladder} removes no more than the {start.absent:,} "
                          f"of {total:,} synapses ({start.absent / total:.1%}) already absent (weights exactly 0.0), "
-                         "so there is nothing to climb: give a ladder with fractions above "
-                         f"{start.absent / total:.6g}")
+                         "so there is nothing to climb: " + (
+                             f"give a ladder with fractions of at least {fraction_bound(start.absent + 1, total, most=False)} "
+                             "(which removes more than that)" if start.absent + 1 < total else
+                             "one synapse is left, which a rung must keep: give a fixed target of "
+                             f"{start.absent} (the start) instead"))
     return rungs
 
 

@@ -18,14 +18,13 @@ returns, weighted by the batch's examples, ``y.shape[0]``).
 """
 from __future__ import annotations
 
-import functools
 import inspect
 from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .label_checks import refuse_mismatched_targets
+from .label_checks import is_cross_entropy, refuse_mismatched_targets
 
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index: such positions are neither scored nor counted
 
@@ -209,17 +208,13 @@ def check_output(out, model, what: str = "this") -> torch.Tensor:
     return out
 
 
-def _is_cross_entropy(loss_fn) -> bool:
-    while isinstance(loss_fn, functools.partial):  # F.cross_entropy with label_smoothing= bound, say
-        loss_fn = loss_fn.func
-    return loss_fn is F.cross_entropy or isinstance(loss_fn, torch.nn.CrossEntropyLoss)
-
-
 def refuse_one_class(out, what: str = "F.cross_entropy", loss_fn=F.cross_entropy) -> None:
     """Refuse cross-entropy over an output with one channel on its class axis 1 (an autoencoder's or a
     generator's image, a single regression value): log-softmax over one class is 0, so the loss is 0
-    for every input and every gradient is 0, and whatever is measured from it is silently nothing."""
-    if (_is_cross_entropy(loss_fn) and torch.is_tensor(out) and out.dim() >= 2 and out.shape[1] == 1
+    for every input and every gradient is 0, and whatever is measured from it is silently nothing.
+    Cross-entropy is :func:`adaptive.label_checks.is_cross_entropy`'s: a subclass of
+    ``nn.CrossEntropyLoss`` with a ``forward`` of its own (over a reshaped output, say) is not refused."""
+    if (is_cross_entropy(loss_fn) and torch.is_tensor(out) and out.dim() >= 2 and out.shape[1] == 1
             and out.is_floating_point()):
         raise ValueError(
             f"{what} over an output with one channel on its class axis 1 (output {_shape(out)}) is 0 for "

@@ -40,14 +40,14 @@ def launch_two(script_and_args, *, cwd=None, env=None, timeout=CHILD_TIMEOUT):
     return r
 
 
-def run_two_ranks(script, folder, env):
-    """Run ``script FOLDER RANK`` as two plain processes (ranks 0 and 1: the script makes its own
+def run_two_ranks(script, folder, env, *args):
+    """Run ``script FOLDER RANK [ARGS...]`` as two plain processes (ranks 0 and 1: the script makes its own
     process group, on a port of its choice) and return their logs; both must exit 0, the assertion
     showing their logs otherwise. Each is killed if it is still running after :data:`CHILD_TIMEOUT`."""
     import subprocess
     import sys
 
-    procs = [subprocess.Popen([sys.executable, str(script), str(folder), str(r)], env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, str(script), str(folder), str(r), *map(str, args)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for r in range(2)]
     try:
         logs = [p.communicate(timeout=CHILD_TIMEOUT)[0] for p in procs]

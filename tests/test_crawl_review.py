@@ -66,3 +66,24 @@ def test_edge_popup_names_a_best_target_among_others(trained, targets):
     m, data = trained
     with pytest.raises(ValueError, match="numeric targets, not 'best'"):
         edge_popup(m, data.train, data.holdout, targets=targets, progress=False)
+
+
+def test_the_last_updates_fill_never_takes_the_first_ensemble_the_prefix_left():
+    """What Crawl.update relies on (a cap on the fill, never reached, was removed): on the last update the prefix
+    (_cover) stops before an ensemble over twice the remainder, and _fill takes one only under twice what remains,
+    so it never takes that one: with a goal of synapses kept (need below the live synapses) the prefix and the fill
+    leave a live ensemble whenever the prefix does."""
+    from adaptive.policies.crawl import Crawl
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        n = int(torch.randint(1, 12, (1,), generator=g))
+        sizes = torch.randint(1, 9, (n,), generator=g, dtype=torch.int32)
+        full = torch.randperm(n, generator=g)
+        live = int(sizes.sum())
+        need = int(torch.randint(1, live, (1,), generator=g)) if live > 1 else 0
+        f = Crawl._cover(full, sizes, need)
+        extra = Crawl._fill(full[f:], sizes, need - int(sizes[full[:f]].sum()))
+        if f < n:
+            assert int(full[f]) not in extra.tolist(), (sizes.tolist(), full.tolist(), need, f, extra.tolist())
+        assert extra.numel() <= max(0, n - 1 - f)  # the cap the update held, never reached

@@ -83,3 +83,74 @@ def test_a_loss_module_subclass_with_its_own_forward_is_the_callers_to_check():
     takes_reduction(SqueezedCE(), out, torch.tensor([[0], [3], [9], [7]]))
     with pytest.raises(ValueError, match="gives 10 classes"):
         refuse_mismatched_targets(out, torch.tensor([0, 3, 99, 7]), WeightedCE())
+
+
+@pytest.mark.parametrize("where", ["train", "holdout"])
+def test_a_label_refused_on_one_process_stops_every_process_with_the_same_error(tmp_path, where):
+    """Two plain processes (a gloo group of their own, no launcher): only process 1's first training batch (or held-out batch)
+    holds a label beyond the head. That process alone refused it while process 0 went on into its next
+    collective and waited there; now both raise one ValueError naming the process and the problem."""
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _ports import run_two_ranks
+
+    script = Path(__file__).parent / "scripts" / "two_process_labels.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)]))
+    run_two_ranks(script, tmp_path, env, where)
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rec in got:
+        assert rec["error"] == "ValueError", got
+        assert "process 1 of 2: the model gives 3 classes" in rec["message"] and "go up to 7" in rec["message"], got
+        assert "process 0 of 2 found no such problem" in rec["message"], got
+    if where == "train":
+        assert "its own first training batch" in got[0]["message"]
+
+
+def test_nll_float_targets_are_no_class_probabilities():
+    """F.nll_loss takes class indices only: float targets of the output's shape passed the check (called class
+    probabilities, which NLL does not take) and failed inside the loss; any float targets are refused, naming it."""
+    out = torch.zeros(4, 10)
+    for loss in (F.nll_loss, nn.NLLLoss(), functools.partial(F.nll_loss, ignore_index=-1)):
+        for y in (torch.rand(4, 10), torch.rand(4, 3), torch.tensor([1.0, 2.0, 3.0, 4.0])):
+            with pytest.raises(ValueError, match=r"negative log-likelihood\) takes integer class indices.*torch\.float32"
+                                                 r".*shape \(4,\) \(y\.long\(\)") as refused:
+                refuse_mismatched_targets(out, y, loss)
+            assert "class probabilities of the output's shape use F.cross_entropy" in str(refused.value)
+    refuse_mismatched_targets(out, torch.rand(4, 10), F.cross_entropy)  # cross-entropy takes probabilities
+
+
+def test_a_negative_labels_fix_names_the_loss_in_the_form_given():
+    """The fix for a negative label named functools.partial(F.cross_entropy, ...) for a loss module (or NLL)."""
+    out, y = torch.zeros(4, 10), torch.tensor([0, -1, 9, 2])
+    for loss, form in ((F.cross_entropy, "functools.partial(F.cross_entropy, ignore_index=-1)"),
+                       (nn.CrossEntropyLoss(), "nn.CrossEntropyLoss(ignore_index=-1)"),
+                       (F.nll_loss, "functools.partial(F.nll_loss, ignore_index=-1)"),
+                       (nn.NLLLoss(), "nn.NLLLoss(ignore_index=-1)")):
+        with pytest.raises(ValueError, match="labels include -1") as refused:
+            refuse_mismatched_targets(out, y, loss)
+        assert f"({form})" in str(refused.value), (loss, str(refused.value))
+
+
+def test_a_cross_entropy_subclass_with_its_own_forward_is_not_refused_for_one_channel():
+    """refuse_one_class took any nn.CrossEntropyLoss subclass for the stock loss (isinstance): one whose forward
+    makes two classes of a single logit is the caller's, as label_checks' rule has it; the stock one is refused."""
+    from adaptive.metrics import refuse_one_class
+
+    class OneLogit(nn.CrossEntropyLoss):
+        def forward(self, input, target):
+            return super().forward(torch.cat([-input, input], 1), target)
+
+    class Stock(nn.CrossEntropyLoss):
+        pass
+
+    out, y = torch.randn(4, 1), torch.tensor([0, 1, 1, 0])
+    refuse_one_class(out, "loss", OneLogit())
+    assert takes_reduction(OneLogit(), out, y) in (True, False)  # checked, not refused
+    for loss in (Stock(), nn.CrossEntropyLoss(), F.cross_entropy):
+        with pytest.raises(ValueError, match="one channel on its class axis 1"):
+            refuse_one_class(out, "loss", loss)

@@ -323,11 +323,37 @@ def test_a_fraction_that_rounds_to_every_synapse_is_refused_as_that_count_is():
     removes every synapse is refused before a batch is read (it ran and removed them all)."""
     assert resolve_target(0.997, 248) == 247  # 247.256: one synapse left, allowed as the count 247
     with pytest.raises(ValueError, match=r"fraction 0.999 removes round\(0.999 x 248\) = 248 synapses, every one of "
-                                         r"the model's 248 .*a fraction below 0.997984, or a count below 248"):
+                                         r"the model's 248 .*a fraction of at most 0.997983, or a count below 248"):
         resolve_target(0.999, 248)
     _refused_before_a_batch_is_read(0.999, "every one of the model's 248")
     _refused_before_a_batch_is_read([0.2, 0.9999], "every one of the model's 248")
     _refused_before_a_batch_is_read("best", "every one of the model's 248", ladder=(0.5, 0.999))
+
+
+def test_the_largest_fraction_a_refusal_names_is_accepted_and_one_above_the_true_bound_is_not():
+    """The bound a refusal prints ("a fraction of at most X", for a target or a ladder rung) was the edge
+    247.5 / 248 at .6g, 0.997984, which rounds up: 0.997984 of 248 removes all 248 and was refused. The
+    printed figure is now itself accepted, and a fraction just above the true edge is refused."""
+    from adaptive.mask_only_targets import ladder_counts
+
+    for total in (248, 3, 7, 1001, 123457):
+        with pytest.raises(ValueError) as refused:
+            resolve_target(1 - 1e-12, total)
+        printed = re.search(r"a fraction of at most ([0-9.e-]+),", str(refused.value)).group(1)
+        with pytest.raises(ValueError) as rung:
+            ladder_counts([1 - 1e-12], total)
+        assert f"fractions at most {printed} " in str(rung.value)
+        assert resolve_target(float(printed), total) == total - 1  # what it names is accepted
+        assert ladder_counts([float(printed)], total) == [total - 1]
+        above = (total - 0.5) / total + 1e-9  # just above the true edge (total - 0.5) / total
+        with pytest.raises(ValueError, match="every one of"):
+            resolve_target(above, total)
+        with pytest.raises(ValueError, match="every one of"):
+            ladder_counts([above], total)
+    with pytest.raises(ValueError, match=r"at most 0\.997983,"):  # (.6g of the edge printed 0.997984)
+        resolve_target(0.9999, 248)
+    with pytest.raises(ValueError, match="every one of"):
+        resolve_target(0.997984, 248)
 
 
 def test_a_target_among_several_that_cannot_be_met_is_named_by_its_value_and_position():
@@ -344,7 +370,7 @@ def test_a_target_among_several_that_cannot_be_met_is_named_by_its_value_and_pos
     with pytest.raises(ValueError, match=r"^target fraction 0.9999 removes"):  # alone, it needs no position
         check_targets(model, 0.9999)
     with pytest.raises(ValueError, match=r"ladder rung 3 of 3 \(0.999\) in \[0.2, 0.5, 0.999\] removes round\(0.999 x "
-                                         r"248\) = 248 synapses.*ladder's fractions below 0.997984.*leave that rung out"):
+                                         r"248\) = 248 synapses.*ladder's fractions at most 0.997983.*leave that rung out"):
         check_targets(model, "best", ladder=(0.2, 0.5, 0.999))  # (before: refused as "target fraction", only once the run began)
     _refused_before_a_batch_is_read("best", "ladder rung 2 of 2", ladder=(0.5, 0.999))
 

@@ -207,3 +207,45 @@ def test_best_whose_every_rung_is_below_a_sparse_start_is_refused_before_any_dat
     assert check_targets(m, "best", ladder=[0.2, 0.6]) is None and check_targets(m, "best", ladder=[]) is None
     assert check_targets(m, "best") is None  # (without the ladder: as before)
     assert check_targets(mlp(), "best", ladder=[0.2]) is None  # a dense start climbs every rung
+
+
+def test_the_smallest_fractions_a_sparse_start_refusal_names_are_accepted():
+    """The fraction a refusal names as "at least" (a target below the start; a ladder none of whose rungs
+    climbs above it) was the share absent at .6g, which can round down: 1,234,564 of 10,000,000 printed
+    0.123456, which removes 1,234,560 and was refused; 500 of 1,000 said rungs "above 0.5", and 0.5004
+    (above) removes 500, no more. Each figure printed is now accepted itself."""
+    import re
+
+    from adaptive.mask_only_start import Start, refuse_below_start
+    from adaptive.mask_only_targets import resolve_target, rungs_above
+
+    for absent, total in ((1_234_564, 10_000_000), (352, 704), (500, 1000), (2, 4)):
+        start = Start({}, absent, total, absent)
+        with pytest.raises(ValueError) as refused:
+            refuse_below_start("0", 0, start)
+        least = float(re.search(r"a fraction of at least ([0-9.e-]+)\)", str(refused.value)).group(1))
+        refuse_below_start(str(least), resolve_target(least, total), start)  # accepted: no error
+        with pytest.raises(ValueError) as none_climbs:
+            rungs_above([absent / total], total, start)
+        rung = float(re.search(r"fractions of at least ([0-9.e-]+) ", str(none_climbs.value)).group(1))
+        assert rungs_above([rung], total, start) == [rung]
+    with pytest.raises(ValueError, match=r"at least 0\.5\)"):  # the share absent, where it is exact
+        refuse_below_start("0", 0, Start({}, 352, 704, 352))
+    with pytest.raises(ValueError, match=r"one synapse is left, which a rung must keep: give a fixed target of 2"):
+        rungs_above([0.5], 3, Start({}, 2, 3, 2))  # (no rung removes more and keeps one: no fraction to name)
+
+
+def test_a_sparse_runs_interruption_note_says_its_zero_weights_stay_zero():
+    """A refusal of the first training batch (labels beyond the head) on a sparse start said the original
+    weights "(every synapse present)" were restored: the start's 352 zero weights are still absent."""
+    m, _ = half_pruned(attached=False)
+    before = copy.deepcopy(m.state_dict())
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 20, generator=g)
+    bad = DataLoader(TensorDataset(x, torch.full((64,), 5)), batch_size=32)
+    with pytest.raises(ValueError, match="go up to 5") as refused:
+        optimize_connectome(m, bad, data(64, seed=1), 0.6, progress=False, passes=1.0)
+    notes = " ".join(refused.value.__notes__)
+    assert "original weights (as given: its 352 synapses of weights exactly 0.0 still 0.0) were restored" in notes
+    assert "every synapse present" not in notes
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())

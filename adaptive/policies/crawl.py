@@ -162,9 +162,11 @@ class Crawl(Policy):
                 full = lowest(cs, a, live_ens) if need > 0 else highest(gs, absent, a.numel() - live_ens)
                 f = self._cover(full, sz, abs(need))
                 if last:  # the goal must be reached now: smaller ensembles further on may close the remainder
+                    # (never full[f], the first the prefix left: it is over twice the remainder, and _fill takes
+                    # an ensemble only under twice what remains, which only shrinks; so where the prefix leaves a
+                    # live ensemble the fill does too, and a goal of synapses kept keeps one: the prefix's own
+                    # case is capped below, at fp)
                     extra = self._fill(full[f:], sz, abs(need) - int(sz[full[:f]].sum()))
-                    if need > 0 and self.goal > 0:  # a goal of synapses kept keeps one ensemble
-                        extra = extra[:max(0, live_ens - 1 - f)]
                 if f == 0 and (extra is None or extra.numel() == 0) and 2 * abs(live - self.goal) <= int(sz[full[:1]].sum() or 1):
                     need, full, extra = 0, None, None
         if self.goal is None:
