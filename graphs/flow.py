@@ -19,6 +19,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from . import ops
 from .batch_axis import input_batch_axes, input_channel_axes
 from .book import _Book
+from .compact_rewrite import channel_pad
 from .flow_attention import FlowAttentionMixin
 from .flow_channels import FlowChannelsMixin
 from .flow_in_place import FlowInPlaceMixin
@@ -155,6 +156,8 @@ class FlowProp(FlowInPlaceMixin, FlowLayersMixin, FlowAttentionMixin, FlowChanne
             if isinstance(f, tuple) and n.args[1] in getattr(f, "_fields", ()):  # a namedtuple input's field
                 return getattr(f, n.args[1])
         module = self.mods.get(n.target) if n.op == "call_module" else None
+        if n.op == "call_function" and n.target is channel_pad:  # a compact copy's own channel padding
+            return self._on_channel_pad(n)
         if n.op == "call_function" and not self._tensor_flows((n.args, n.kwargs)):
             return self._constant_like(result)  # made from no traced data (torch.full, a causal mask)
         if ops.reads_shape_only(n):  # torch.zeros_like(x), x.new_zeros(...): x's shape, not its data

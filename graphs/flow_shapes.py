@@ -10,6 +10,7 @@ import torch
 from torch import fx
 
 from . import ops
+from .compact_rewrite import channel_pad
 from .id_tensors import _expand, _squeeze_uniform
 
 
@@ -23,6 +24,17 @@ def _indexed_axis(idx, ndim: int, picks) -> int:
 
 class FlowShapesMixin:
     """The shape and lookup rules of :class:`~graphs.flow.FlowProp` (they read its env and flows)."""
+
+    def _on_channel_pad(self, n):
+        """:func:`graphs.compact_rewrite.channel_pad` in a compact copy traced again: evaluated on the ids, as
+        ``F.pad`` is; the channels it inserts (zeros, or the constants of its ``fill``) are constants, read from no
+        unit. It was an unknown op, every input channel feeding every output with a warning."""
+        x = self._flow_of(n.args[0] if n.args else n.kwargs.get("x"))
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.float64:
+            raise ValueError("its data input carries no traced ids")
+        spatial = self._real(n.args[1] if len(n.args) > 1 else n.kwargs["spatial"])
+        index = self._real(n.args[2] if len(n.args) > 2 else n.kwargs["index"])
+        return self._mark(channel_pad(x, list(spatial), index))  # where fill would go: 0.0, no unit
 
     def _on_lookup(self, n, module, result):
         """``nn.Embedding`` / ``F.embedding(idx, table)``, and ``nn.EmbeddingBag`` / ``F.embedding_bag(idx,

@@ -290,3 +290,47 @@ def test_a_folded_convolution_takes_an_unbatched_input_as_its_convolution_does(l
         if transposed:  # at the output padding output_size= asks for
             size = [2 * s for s in x.shape[1:]]
             _close(folded(x, output_size=size), folded(x[None], output_size=size)[0])
+
+
+class _GatedDepthwise(nn.Module):
+    """A squeeze-excitation gate on a depthwise conv: a pruned depthwise filter is a constant channel of the product's
+    factor, which compaction removes and fills back in for the product (``channel_pad`` with a ``fill``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.dw = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.fc1, self.fc2, self.c = nn.Conv2d(4, 2, 1), nn.Conv2d(2, 4, 1), nn.Conv2d(4, 5, 1)
+
+    def forward(self, x):
+        h = F.relu(self.dw(F.relu(self.a(x))))
+        return self.c(h * torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(h, 1))))))
+
+
+def test_the_graph_of_a_compacted_copy_follows_its_channel_padding():
+    """graphs.compact's own ``channel_pad`` in a compact copy (torchvision's MobileNetV3, EfficientNet and RegNetY
+    copies hold them) was an unknown op to the tracer: graphs.build and compacting again warned "cannot follow the
+    data flow through node 'channel_pad'" and wired every channel it reads to every channel it writes. It is followed
+    as F.pad is now: the filled channel carries no unit, so c:0, which reads only it, reads only the gate's unit 1."""
+    torch.manual_seed(0)
+    model = _GatedDepthwise().eval()
+    conn = adaptive.Connectome(model)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["dw.weight"][1] = False  # dw:1 holds its bias: a constant channel, filled back in for the product
+    masks["c.weight"][0] = torch.tensor([False, True, False, False]).view(4, 1, 1)  # c:0 reads that channel only
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 6, 6)
+    small = graphs.compact(model, conn, x)
+    assert "channel_pad(" in small.code and small.dw.out_channels == 3
+    copy = adaptive.Connectome(small)
+    copy.set_masks({n: p != 0 for n, p in copy.params.items()})  # the synapses the copy holds
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(copy, example_input=x, junctions=False)
+        again = graphs.compact(small, copy, x)
+    assert {(s, k) for s, d, k in edge_set(g) if d == "c:0"} == {("fc2:1", EDGE_SYNAPSE)}
+    old = {(s, d) for s, d, _ in edge_set(graphs.build(conn, example_input=x, junctions=False))}
+    rename = {"dw:0": "dw:0", "dw:2": "dw:1", "dw:3": "dw:2", "a:0": "a:0", "a:2": "a:1", "a:3": "a:2"}
+    kept = {(rename.get(s, s), rename.get(d, d)) for s, d in old if s not in ("dw:1", "a:1") and d not in ("dw:1", "a:1")}
+    assert {(s, d) for s, d, _ in edge_set(g)} == kept  # the original's graph without the units that went
+    assert again.compaction["params_after"] == again.compaction["params_before"]
+    assert torch.allclose(again(x), model(x), atol=1e-5)
