@@ -271,3 +271,20 @@ def test_thread_and_worker_counts_no_machine_runs_are_refused(tmp_path, capsys, 
             parse([*before, *argv, "--output_dir", str(tmp_path / "out")])
         assert re.search(message, f"{e.value.code} {capsys.readouterr().err}")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("local_rank, shown", [("0", 1), ("1", 0)])
+def test_num_workers_above_the_cpus_warns_once_per_launch_not_per_process(tmp_path, monkeypatch, local_rank, shown):
+    """Under a 2-process ``accelerate launch`` recipes/prune_pretrained.py gave the warning on every
+    process (each reads the same settings); recipes/adaptive.py's first process alone gave it."""
+    import adaptive.cli
+
+    monkeypatch.setattr(adaptive.cli, "usable_cpus", lambda: 4)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    for parse, argv in ((A.parse_args, []), (P.parse_args, ["--model", "mlp", "--dataset", "digits"])):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            parse([*argv, "--num_workers", "100000", "--output_dir", str(tmp_path / "out")])
+        assert len([w for w in seen if "worker processes" in str(w.message)]) == shown, parse.__module__
+    assert not (tmp_path / "out").exists()
