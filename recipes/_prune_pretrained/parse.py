@@ -122,6 +122,10 @@ def _parse_args(argv) -> argparse.Namespace:
         v = cfg.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
             raise SystemExit(f"--{key.replace('_', '-')} must be an integer >= {least}, got {v!r}")
+    n = cfg.get("num_classes")  # (0 was read as left out, the data's; -1 refused once the data had loaded)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise SystemExit(f"{origin('num_classes')} must be an integer >= 1 (the classes of the model's output), got "
+                         f"{n!r}: leave it out for the dataset's class count")
     for key, least in (("num_workers", 0), ("threads", 1)):
         try:
             check_parallelism(origin(key), cfg.get(key), least)
