@@ -28,7 +28,8 @@ def _where(first, here) -> str:
     """Where a key's two spellings stand: ``lines A and B of FILE`` in a file, ``in 'TEXT'`` in a
     one-line string (an inline value), ``lines A and B`` in another string."""
     name = str(here.name or "")
-    lines = f"lines {first.line + 1} and {here.line + 1}"
+    lines = (f"line {here.line + 1}, and again through an alias (*) of it" if first is here
+             else f"lines {first.line + 1} and {here.line + 1}")
     if name and not name.startswith("<"):
         return f"{lines} of {name}"
     text = (getattr(here, "buffer", None) or "").rstrip("\0").strip()
@@ -40,22 +41,28 @@ class UniqueKeyLoader(yaml.SafeLoader):
     Keys equal as Python values count as one key (``1`` and ``1.0``; ``true`` and ``1``), as the dict
     built from them would merge them."""
 
-    def construct_mapping(self, node, deep=False):
-        """The safe loader's mapping, once no key of ``node`` (merged ones aside) repeats an earlier one."""
-        if isinstance(node, yaml.MappingNode):
+    def flatten_mapping(self, node):
+        """The safe loader's merge (``<<``) of ``node``, once no key that ``node`` itself gives repeats
+        an earlier one. Checked here, on a node's first flattening, since flattening rewrites the
+        node in place (merged keys ahead of its own): a node merged into another before it is built
+        itself would otherwise show its overrides as repeats."""
+        checked = self.__dict__.setdefault("_unique_checked", set())
+        if isinstance(node, yaml.MappingNode) and id(node) not in checked:
+            checked.add(id(node))
             seen = {}
             for key_node, _ in node.value:
                 if key_node.tag == _MERGE:
                     continue
                 key = self.construct_object(key_node, deep=True)
                 try:
-                    first = seen.setdefault(key, key_node.start_mark)
+                    first = seen.get(key)
+                    seen[key] = first or key_node.start_mark
                 except TypeError:  # an unhashable key: the safe loader's own error says so
                     continue
-                if first is not key_node.start_mark:
+                if first is not None:  # (an alias repeats its anchor's node, and so its mark: compare by count)
                     raise DuplicateKeyError(f"the YAML key {key!r} is given twice ({_where(first, key_node.start_mark)}), "
                                             "and only the last would count: keep one of them")
-        return super().construct_mapping(node, deep)
+        super().flatten_mapping(node)
 
 
 def load_yaml(stream) -> Any:

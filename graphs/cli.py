@@ -428,7 +428,7 @@ def _parser():
                        help="state dict file (default: the first of model_state.pt, dense_state_dict.pt, "
                             "pruned_state_dict.pt in RUN; without one the model keeps a fresh init, so L1/L2 are "
                             "not the run's)")
-        s.add_argument("--num-classes", type=int, metavar="N",
+        s.add_argument("--num-classes", type=_num_classes, metavar="N",
                        help="classes of the model's output layer (default: from config.yaml's dataset or "
                             "num_classes, else the outputs of the layer the forward uses last)")
         s.add_argument("--in-shape", type=_in_shape, metavar="C,H,W",
@@ -501,10 +501,26 @@ def _in_shape(text: str) -> str:
         dims = [int(d) for d in text.split(",")]
     except ValueError:
         dims = []
-    if not dims or any(d <= 0 for d in dims):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an input shape: give positive integers separated "
-                                         "by commas, without the batch, e.g. 3,32,32")
+    if not dims or any(not 0 < d <= LARGEST_SIZE for d in dims):  # (past 2**63 - 1: torch's TypeError, a traceback)
+        raise argparse.ArgumentTypeError(f"{text!r} is not an input shape: give positive integers (at most "
+                                         f"{LARGEST_SIZE:,}) separated by commas, without the batch, e.g. 3,32,32")
     return text
+
+
+LARGEST_SIZE = 2**63 - 1  # the largest size of a tensor's dimension torch takes (a 64-bit signed integer)
+
+
+def _num_classes(text: str) -> int:
+    """--num-classes: a whole number from 1 to :data:`LARGEST_SIZE` (0 and -1 were refused only once the
+    model was built; past 2**63 - 1, torch's TypeError ended in a traceback)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 0 < n <= LARGEST_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of classes: give a whole number from 1 to "
+                                         f"{LARGEST_SIZE:,}, or leave --num-classes out for config.yaml's")
+    return n
 
 
 def main(argv=None) -> int:

@@ -347,6 +347,8 @@ def _check_counts(args, *names, least=1):
         v = getattr(args, name, None)
         if v is not None and v < least:
             _refuse(f"--{name} must be at least {least}, got {v}")
+        if v is not None and v > sys.maxsize:  # (--train_steps 1e20: Python's OverflowError, a traceback)
+            _refuse(f"--{name} must be at most {sys.maxsize:,}, got {v}")
 
 
 def cmd_collinearity(args):
@@ -664,11 +666,12 @@ def _check_common(args) -> None:
     model, a negative one ended with torch's bare "Invalid learning rate", and --replot '' measured afresh."""
     from adaptive.config import SEED_RANGE, seed_in_range
 
+    if (getattr(args, "threads", None) or 0) > 0:  # (0 and below: _check_counts's 'at least 1')
+        try:  # first: its bound (2**31 - 1, torch's C int) is the one a count of threads meets
+            check_parallelism("--threads", args.threads, 1)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     _check_counts(args, "threads", "eval_batch_size")
-    try:
-        check_parallelism("--threads", getattr(args, "threads", None), 1)
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
     for name in ("lr", "finetune_lr", "adam_lr"):
         v = getattr(args, name, None)
         if v is not None and not (math.isfinite(v) and v > 0):

@@ -271,3 +271,56 @@ def test_thread_and_worker_counts_no_machine_runs_are_refused(tmp_path, capsys, 
             parse([*before, *argv, "--output_dir", str(tmp_path / "out")])
         assert re.search(message, f"{e.value.code} {capsys.readouterr().err}")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("local_rank, shown", [("0", 1), ("1", 0)])
+def test_num_workers_above_the_cpus_warns_once_per_launch_not_per_process(tmp_path, monkeypatch, local_rank, shown):
+    """Under a 2-process ``accelerate launch`` recipes/prune_pretrained.py gave the warning on every
+    process (each reads the same settings); recipes/adaptive.py's first process alone gave it."""
+    import adaptive.cli
+
+    monkeypatch.setattr(adaptive.cli, "usable_cpus", lambda: 4)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    for parse, argv in ((A.parse_args, []), (P.parse_args, ["--model", "mlp", "--dataset", "digits"])):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            parse([*argv, "--num_workers", "100000", "--output_dir", str(tmp_path / "out")])
+        assert len([w for w in seen if "worker processes" in str(w.message)]) == shown, parse.__module__
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_prune_pretrained_num_classes_below_one_is_refused_before_any_work(tmp_path, value):
+    """--num-classes 0 was read as left out (the data's classes) and ran; -1 was refused only once the
+    data had loaded, as classes that 'do not match' the data's."""
+    with pytest.raises(SystemExit, match=rf"--num-classes must be an integer >= 1 .*got {value}: leave it out"):
+        P.parse_args(["--model", "mlp", "--dataset", "digits", "--num-classes", value,
+                      "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--num-classes", "100000000000000000000", "argument --num-classes: '1000.*' is not a number of classes"),
+    ("--num-classes", "0", "argument --num-classes: '0' is not a number of classes"),
+    ("--in-shape", "1,100000000000000000000", "argument --in-shape: '1,1000.*' is not an input shape"),
+])
+def test_graphs_sizes_past_what_torch_takes_are_refused_naming_the_option(tmp_path, capsys, option, value, message):
+    """A size past 2**63 - 1 was torch's TypeError ('Overflow when unpacking long'), a traceback."""
+    from graphs.cli import main as graphs_main
+
+    for sub in ("export", "report", "compact"):
+        with pytest.raises(SystemExit) as e:
+            graphs_main([sub, str(tmp_path), option, value, "--out", str(tmp_path / "out")])
+        assert e.value.code == 2 and re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [["knowledge", "--train_steps", "100000000000000000000"],
+                                  ["dense-gradients", "--depth", "100000000000000000000"]])
+def test_diagnostics_counts_past_what_python_indexes_are_refused(tmp_path, monkeypatch, argv):
+    """--train_steps 1e20 ended in Python's OverflowError; --depth 1e20 built layers until stopped."""
+    monkeypatch.setattr(D, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    with pytest.raises(SystemExit, match=rf"{argv[1]} must be at most 9,223,372,036,854,775,807"):
+        D.main([*argv, "--dataset", "digits", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ import os
 import sys
 
 from adaptive import run_folder
-from adaptive.cli import check_parallelism, message_lines
+from adaptive.cli import check_parallelism, message_lines, start_up_warnings_once
 from adaptive.config import (SEED_RANGE, ConfigError, check_keys, dotted_key_values, merge_key_values,
                              normalize_key, seed_in_range)
 from adaptive.models import check_model_kw
@@ -17,6 +17,16 @@ from .options import DEFAULTS, MODEL_SETS, _shown, build_parser, parse_remove
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The settings of a run: the command line (``argv``, else ``sys.argv``) over its --config file
+    over :data:`DEFAULTS`, checked before anything is built or written. Under a multi-process launch
+    the warnings of reading them show once, on the first process of each machine (every process reads
+    the same settings: :func:`adaptive.cli.start_up_warnings_once`)."""
+    with start_up_warnings_once():
+        return _parse_args(argv)
+
+
+def _parse_args(argv) -> argparse.Namespace:
+    """:func:`parse_args`, its warnings shown on every process."""
     parser = build_parser()
     args = parser.parse_args(dotted_key_values(sys.argv[1:] if argv is None else argv,
                                                    ("model_kw", "dataset_kw", "estimator_kw")))
@@ -112,6 +122,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         v = cfg.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
             raise SystemExit(f"--{key.replace('_', '-')} must be an integer >= {least}, got {v!r}")
+    n = cfg.get("num_classes")  # (0 was read as left out, the data's; -1 refused once the data had loaded)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise SystemExit(f"{origin('num_classes')} must be an integer >= 1 (the classes of the model's output), got "
+                         f"{n!r}: leave it out for the dataset's class count")
     for key, least in (("num_workers", 0), ("threads", 1)):
         try:
             check_parallelism(origin(key), cfg.get(key), least)
