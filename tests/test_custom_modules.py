@@ -312,3 +312,22 @@ def test_protect_takes_any_name_of_a_tied_weight():
     for _ in range(3):
         model(torch.randn(4, 12)).pow(2).mean().backward(); opt.step(); opt.zero_grad()
     assert bool(conn.masks["a.weight"].all()) and conn.masks["fc.weight"].float().mean() < 0.6
+
+
+def test_a_tied_weight_protected_by_its_second_name_is_never_edited_by_any_policy():
+    """protect="b,b.weight" (b.weight = a.weight) under every registered policy, in both modes: the tied weight's
+    mask never changes, and it counts once in the budget (144 synapses of 264: density 0.6 leaves room)."""
+    from adaptive.policies import policy_names
+
+    for mode in ("train", "mask_only"):
+        for policy in policy_names():
+            torch.manual_seed(0)
+            model = TiedLinears()
+            conn = adaptive.Connectome(model, mode=mode)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            ctrl = adaptive.Controller(conn, opt, policy=policy, density=0.6, update_every=1, end_step=4, protect="b,b.weight")
+            assert ctrl.protected == ["a.weight"], (mode, policy)
+            for _ in range(4):
+                model(torch.randn(4, 12)).pow(2).mean().backward(); opt.step(); opt.zero_grad()
+            assert bool(conn.masks["a.weight"].all()), (mode, policy)
+            assert conn.masks["fc.weight"].float().mean() < 0.5, (mode, policy)  # the rest was edited

@@ -475,6 +475,29 @@ def test_a_pattern_naming_a_reparametrised_layer_by_its_module_name_says_why():
         adaptive.Connectome(lstm, include="weight_hh_l0")
 
 
+def test_the_call_a_reparametrised_layer_pattern_names_is_one_that_works_for_its_kind():
+    """The removal call named for include="0" is the one for that kind of reparametrisation (a parametrization,
+    old-style weight_norm or spectral_norm hooks, torch.nn.utils.prune): run on layer 0, include="0" then builds."""
+    import re
+
+    from torch.nn.utils import parametrizations, prune, spectral_norm, weight_norm
+
+    for reparam in (parametrizations.orthogonal, parametrizations.spectral_norm, weight_norm, spectral_norm,
+                    lambda m: prune.l1_unstructured(m, "weight", amount=0.5)):
+        def build():
+            torch.manual_seed(0)
+            model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+            reparam(model[0])
+            return model
+        with pytest.warns(UserWarning), pytest.raises(ValueError, match="layer '0'") as e:
+            adaptive.Connectome(build(), include="0")
+        calls = re.findall(r"torch\.nn\.utils\.[\w.]+\(module[^)]*\)", str(e.value))
+        assert len(calls) == 1, str(e.value)
+        model = build()
+        eval(calls[0], {"torch": torch, "module": model[0]})
+        assert adaptive.Connectome(model, include="0").names == ["0.weight"]
+
+
 def test_a_pattern_naming_a_container_of_layers_suggests_its_star_form():
     """protect='branches.b' (or include=) where branches.b is a Sequential was refused as matching no
     layer, with no hint that a pattern matches a layer's own name and 'branches.b.*' takes them all."""

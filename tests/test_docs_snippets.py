@@ -25,6 +25,13 @@ class _Got(Exception):
     pass
 
 
+def _root_on_path():
+    """The repository root on sys.path, once (recipes.* and the scripts' own imports need it): inserted on
+    every call, it grew by one entry per quoted default read, for the rest of the pytest process."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+
+
 def _parser_of(script):
     """The argparse parser that ``script`` builds, caught at its parse_args (nothing of it runs)."""
     import adaptive.cli
@@ -75,7 +82,7 @@ def parsers():
     mask-only ablations too) and ``-m graphs``. recipes/adaptive.py's options are its RunConfig's keys."""
     import graphs.cli
 
-    sys.path.insert(0, ROOT)
+    _root_on_path()
     benchmarks = [p for p in glob.glob(os.path.join(ROOT, "recipes", "benchmarks", "**", "*.py"), recursive=True)
                   if "ArgumentParser(" in open(p).read()]  # (the ablations' harness parses nothing)
     scripts = sorted(os.path.relpath(p, ROOT) for p in [*glob.glob(os.path.join(ROOT, "recipes", "*.py")), *benchmarks]
@@ -89,7 +96,7 @@ def adaptive_defaults():
     """recipes/adaptive.py's keys and their defaults."""
     from adaptive.config import _default_values
 
-    sys.path.insert(0, ROOT)
+    _root_on_path()
     from recipes._adaptive.config import RunConfig
 
     return _default_values(RunConfig)
@@ -116,6 +123,17 @@ def quoted_options(text):
 def test_every_quoted_option_is_one_a_script_takes(page):
     unknown = sorted(o for o in quoted_options(PAGES[page]) - NOT_OURS if o not in known_options())
     assert unknown == [], f"{page} quotes options that no script of the project takes: {unknown}"
+
+
+def test_reading_the_parsers_and_defaults_leaves_sys_path_as_it_was():
+    """Discovering the parsers runs each script up to its parse_args: sys.path, sys.argv and argparse are
+    restored, and the root is put on sys.path at most once however often the defaults are read."""
+    parsers(), adaptive_defaults()
+    path, argv = list(sys.path), list(sys.argv)
+    for _ in range(3):
+        adaptive_defaults()
+    assert sys.path == path and sys.argv == argv
+    assert argparse.ArgumentParser.parse_args.__module__ == argparse.ArgumentParser.parse_known_args.__module__ == "argparse"
 
 
 def test_the_option_check_finds_a_misspelt_option():
