@@ -282,17 +282,56 @@ def start_up_warnings_once():
 
 def say_error(text: str, e: BaseException, once: bool = False) -> None:
     """Write the error line(s) ``text`` of ``e`` (:func:`_say`). ``once``: under a multi-process
-    launch, a process that leaves the line to another (:func:`_left_to_another_process`) first waits
-    up to :data:`LEFT_TO_ANOTHER_SECONDS` (:func:`_left_to_another_seconds`) for the launcher to end it, which it does (torchrun,
-    ``accelerate launch``) once any process has exited: that process wrote the line. Still running
-    then (the other did not stop), it writes the line itself: an error is never lost, at worst late
-    and twice."""
-    if once and _left_to_another_process(e):
-        try:
-            time.sleep(_left_to_another_seconds())
-        except KeyboardInterrupt:  # Ctrl-C reaches every process: the first reports it
-            return
+    launch, a process that leaves the line to another (:func:`_left_to_another_process`) writes
+    nothing once that other has written it (:func:`_wait_for_the_report`), and writes it itself
+    where it cannot tell within :data:`LEFT_TO_ANOTHER_SECONDS` (:func:`_left_to_another_seconds`):
+    an error is never lost, at worst late and twice. Process 0, which writes the line of an error
+    every process raises alike, records in the launch's store that it did
+    (:func:`adaptive.distributed.note_error_reported`)."""
+    if once and _left_to_another_process(e) and _wait_for_the_report():
+        return
     _say(text)
+    if once and _launched_with_others():
+        dist = _process_group()
+        if dist is not None and dist.get_rank() == 0:
+            from .distributed import note_error_reported, raised_alike
+
+            if raised_alike(e):
+                note_error_reported()
+
+
+# how often a process that leaves its error line to process 0 asks the launch's store whether it was written
+REPORT_POLL_SECONDS = 0.05
+
+
+def _wait_for_the_report() -> bool:
+    """Whether the error line this process leaves to another was written by it: once the process group
+    exists, process 0 records in the launch's store that it wrote it
+    (:func:`adaptive.distributed.error_reported`), asked here every :data:`REPORT_POLL_SECONDS` for up
+    to :func:`_left_to_another_seconds`. Where that cannot be known (before the process group exists,
+    or no store answers), this process waits that long for the launcher to end it, which it does
+    (torchrun, ``accelerate launch``) once any process has exited: still running then, it writes the line
+    itself. Waiting on the launcher alone wrote the line twice where process 0's exit (or the launcher's
+    noticing it) took longer than the wait, on a loaded machine. A Ctrl-C meanwhile (it reaches every
+    process: the first reports it) counts as written."""
+    from .distributed import error_reported
+
+    wait = _left_to_another_seconds()
+    try:
+        reported = error_reported() if _process_group() is not None else None
+        if reported is None:
+            time.sleep(wait)
+            return False
+        deadline = time.monotonic() + wait
+        while not reported:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, REPORT_POLL_SECONDS))
+            reported = error_reported()
+        return True
+    except KeyboardInterrupt:
+        return True
 
 
 # how long a process of a multi-process launch but process 0, reached by Ctrl-C, waits for process 0 to report it

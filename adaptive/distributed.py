@@ -327,31 +327,103 @@ def interrupt_reported() -> Optional[bool]:
         return None
 
 
+_ERROR_KEY = "adaptive_error_reported"  # set in the launch's store by process 0 once it has written an agreed error
+
+
+def note_error_reported() -> None:
+    """Record in the launch's store that this process (process 0) has written the line of an error
+    every process raises alike (:func:`raised_alike`), so that the others, which leave it to this one,
+    end without writing it (:func:`error_reported`); nothing where there is no store."""
+    store = _launch_store()
+    if store is None:
+        return
+    try:
+        store.set(_ERROR_KEY, "1")
+    except Exception:  # noqa: BLE001 - (the launcher gone): the others write it after their wait
+        pass
+
+
+def error_reported() -> Optional[bool]:
+    """Whether process 0 has written the line of an error every process raises alike
+    (:func:`note_error_reported`); None where that cannot be known (no process group, or its store gone)."""
+    store = _launch_store()
+    if store is None:
+        return None
+    try:
+        return bool(store.check([_ERROR_KEY]))
+    except Exception:  # noqa: BLE001 - (the launcher gone): not known
+        return None
+
+
 class MaskMismatchError(RuntimeError):
     """The processes of a group hold different masks (:func:`check_masks_agree`)."""
 
 
-def check_masks_agree(conn, step=None) -> str:
-    """Gather every rank's mask hash and raise MaskMismatchError if any differs. Returns the hash."""
+# what a MaskMismatchError says to do: where the masks parted at an update (or at the run's end)
+MASKS_FIX = ("Every process must build its controller alike (the same seed=, not offset by the rank; the same "
+             "settings) on the same weights, and edit masks only through it: a connectome and controller built before "
+             "accelerator.prepare prune each process's own initial weights, so seed the model alike on every process "
+             "or build them after prepare, which gives every process rank 0's weights.")
+# ... and where they parted as a checkpoint was loaded
+RESUME_FIX = ("Every process must resume from the same checkpoint: a folder they all see, or the same copy on each "
+              "(a copy of another run's checkpoint of the same name holds other masks).")
+
+
+def _layer_mask_hashes(conn) -> dict:
+    """Each layer's SHA-256 of its bit-packed mask (:meth:`adaptive.Connectome.mask_hash`, one layer at a time)."""
+    import hashlib
+
+    from . import bitpack
+
+    return {n: hashlib.sha256(bitpack.pack(m).numpy().tobytes()).hexdigest() for n, m in conn.masks.items()}
+
+
+def refuse_differing_masks(hashes: List[str], conn, step=None, when: str = "", fix: str = MASKS_FIX) -> None:
+    """Raise :class:`MaskMismatchError` where ``hashes`` (every process's mask hash, in rank order:
+    :func:`gather_mask_hashes`'s, or :func:`check_masks_agree`'s gather) differ, naming the step
+    (``step``, then ``when``: ", right after resuming from ...", say), the processes that hold each
+    hash, the layers whose masks differ, and ``fix``. Every process holds the same ``hashes``, so
+    every one raises it alike (:func:`raised_alike`); the layers are found in one more gather, made
+    only where the hashes differ (by every process alike), so agreeing masks cost no more than the
+    hashes' gather. Nothing where they agree."""
+    if len(set(hashes)) <= 1:
+        return
+    world = len(hashes)
+    layers = ""
+    if is_distributed() and dist.get_world_size() == world:
+        every: list = [None] * world
+        dist.all_gather_object(every, _layer_mask_hashes(conn))
+        names = list(dict.fromkeys(n for e in every for n in e))
+        differ = [n for n in names if len({e.get(n) for e in every}) > 1]
+        if differ:
+            shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
+            layers = f"; the masks of {shown} differ"
+    groups: dict = {}  # hash: the ranks that hold it, in order of the first
+    for r, h in enumerate(hashes):
+        groups.setdefault(h, []).append(r)
+    held = "; ".join(f"{_processes(ranks, world)} hold{'' if len(ranks) > 1 else 's'} masks {str(h)[:12]}"
+                     for h, ranks in groups.items())
+    where = (f" at step {step}" if step is not None else "") + when
+    raise mark_raised_alike(MaskMismatchError(
+        f"connectome masks differ between processes{where} ({held}{layers}). {fix}"))
+
+
+def check_masks_agree(conn, step=None, when: str = "", fix: str = MASKS_FIX) -> str:
+    """Gather every rank's mask hash and raise MaskMismatchError if any differs
+    (:func:`refuse_differing_masks`, naming the step, the processes and layers, and ``fix``; ``when``
+    follows the step). Returns the hash."""
     h = conn.mask_hash()
     if not is_distributed():
         return h
     hashes: List[str] = [None] * dist.get_world_size()  # type: ignore
     dist.all_gather_object(hashes, h)
-    if len(set(hashes)) != 1:
-        where = f" at step {step}" if step is not None else ""
-        raise MaskMismatchError(
-            f"connectome masks differ between processes{where}: hashes {[x[:12] for x in hashes]}. "
-            "Every process must build its controller alike (the same seed=, not offset by the rank; the same "
-            "settings) on the same weights: a connectome and controller built before accelerator.prepare prune "
-            "each process's own initial weights, so seed the model alike on every process or build them after "
-            "prepare, which gives every process rank 0's weights."
-        )
+    refuse_differing_masks(hashes, conn, step, when, fix)
     return h
 
 
 def gather_mask_hashes(accelerator, conn) -> List[str]:
-    """Every process's mask hash, in rank order, on every process (all equal when they agree)."""
+    """Every process's mask hash, in rank order, on every process (all equal when they agree); check
+    them with :func:`refuse_differing_masks`."""
     if accelerator.num_processes == 1:
         return [conn.mask_hash()]
     from accelerate.utils import gather_object

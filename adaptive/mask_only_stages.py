@@ -14,7 +14,7 @@ from torch import nn
 from . import mask_only_checkpoint as ckpt
 from .controller import Controller
 from .data.cycle import LoaderCycle, rng_states, set_rng_states
-from .distributed import check_masks_agree, is_distributed
+from .distributed import RESUME_FIX, check_masks_agree, is_distributed
 from .mask_only_batches import StageBatchesMixin
 from .mask_only_best import _better, _criterion, _finite, _refuse_nonfinite_dense
 from .mask_only_data import _model_device, _shuffled
@@ -221,6 +221,8 @@ class StageRun(StageBatchesMixin):
             conn.set_ensemble_masks(plan.start.masks)  # (inside the frame: an error gives the weights back)
         if plan.saved is not None:
             self._resume(plan.saved)
+            if is_distributed():  # (every process read the same checkpoint, its sha256 compared: agreed masks expected)
+                check_masks_agree(conn, self.step, f", right after resuming from {self.s.checkpoint}", fix=RESUME_FIX)
         if plan.saved is None:  # the dense network first: held-out figures no choice could be made on stop the run here
             # a fixed target's is an extra pass: it leaves every random state (and the holdout loader's
             # generators) as it found it, so the train loader reads the batches it read without it

@@ -402,6 +402,55 @@ def test_a_launched_process_leaves_a_settings_error_line_to_the_first_process(mo
     assert capsys.readouterr().err == "prog: error: lr must be a finite number > 0, got -1.0\n"
 
 
+def test_an_agreed_error_is_written_once_however_long_process_0_takes_to_exit(monkeypatch, capsys):
+    """A sweep saw an agreed refusal's line twice (once in seven launches): process 1 left it to process
+    0 and waited for the launcher to end it, which it does only once process 0 has exited; where that
+    (or the launcher's noticing it) took longer than the wait, on a loaded machine, process 1 wrote it
+    too. Process 0 now records in the launch's store that it wrote the line, and process 1 ends
+    silently once it reads that, whenever process 0 exits (here: not before process 1's wait is over)."""
+    import adaptive.cli as cli
+    import adaptive.distributed as D
+
+    class Store:  # the launch's store, shared by both processes
+        def __init__(self):
+            self.keys = {}
+
+        def set(self, key, value):
+            self.keys[key] = value
+
+        def check(self, keys):
+            return all(k in self.keys for k in keys)
+
+    class Group:  # torch.distributed as process `rank` of two sees it
+        def __init__(self, rank):
+            self.rank = rank
+
+        def get_rank(self):
+            return self.rank
+
+    def refused():
+        raise D.mark_raised_alike(ValueError("the processes found different checkpoints (process 1 of 2: ...)"))
+
+    line = "prog: error: the processes found different checkpoints (process 1 of 2: ...)\n"
+    store = Store()
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ADAPTIVE_LEFT_TO_ANOTHER_SECONDS", "0")  # process 0 still running when the wait ends
+    monkeypatch.setattr(D, "is_distributed", lambda: True)  # (raised alike: marked)
+    monkeypatch.setattr(D, "_launch_store", lambda: store)
+    monkeypatch.setattr(cli.time, "sleep", lambda s: None)
+    for rank, written in [(1, line), (0, line), (1, "")]:  # process 1 before process 0 wrote it, and after
+        monkeypatch.setattr(cli, "_process_group", lambda: Group(rank))
+        with pytest.raises(SystemExit) as e:
+            cli.run_cli(refused, "prog", once=True)
+        assert e.value.code == 2 and capsys.readouterr().err == written
+    assert store.keys == {"adaptive_error_reported": "1"}
+    monkeypatch.setattr(D, "_launch_store", lambda: None)  # no store answers: written after the wait, as before
+    with pytest.raises(SystemExit):
+        cli.run_cli(refused, "prog", once=True)
+    assert capsys.readouterr().err == line
+
+
 @pytest.mark.parametrize("code, status, printed", [("prog: error: --output_dir is empty", 2, True),
                                                    ("a bare message", 2, "prog: error: a bare message"),
                                                    (0, 0, False), (3, 3, False)])

@@ -507,6 +507,52 @@ def test_two_processes_that_disagree_stop_with_a_clear_error(tmp_path):
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
+def _parted(module, monkeypatch):
+    """Make ``module``'s gather of every process's mask hash report a second process whose masks differ
+    (as two processes whose masks parted after the last update's check would)."""
+    from adaptive.distributed import MaskMismatchError
+
+    monkeypatch.setattr(module, "gather_mask_hashes", lambda accelerator, conn: [conn.mask_hash(), "f" * 64])
+    return MaskMismatchError
+
+
+def test_masks_that_part_after_the_last_update_stop_the_run_before_its_outputs(tmp_path, monkeypatch):
+    """summary.json recorded each process's mask hash without checking them, so masks that parted after
+    the last update's check (or in a run with no update left) ended with status 0: the hashes the
+    recipe gathers are checked at the run's end, in both modes, before anything is written."""
+    from recipes._adaptive import mask_only_run
+
+    error = _parted(recipe_train, monkeypatch)
+    with pytest.raises(error, match=r"masks differ between processes at step 40, the run's end \(process 0 of 2 "
+                                    r"holds masks \w{12}; process 1 of 2 holds masks ffffffffffff\)\. Every process"):
+        run(tmp_path / "train")
+    assert not (tmp_path / "train" / "summary.json").exists()
+    assert not (tmp_path / "train" / "connectome.safetensors").exists()
+    _parted(mask_only_run, monkeypatch)
+    with pytest.raises(error, match="masks differ between processes at step \\d+, the run's end"):
+        R.main(["--output_dir", str(tmp_path / "mask"), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
+                "--update_every", "8", "--threads", "1", "--progress", "false", "--figures", "false"])
+    assert not (tmp_path / "mask" / "summary.json").exists()
+
+
+def test_masks_that_differ_right_after_a_resume_stop_the_run(tmp_path, monkeypatch):
+    """Each process loads its own copy of the checkpoint (the main process alone hashes its files): copies
+    that hold other masks ran on unchecked until the next update, or to the end where none was left.
+    They are checked right after the load, naming the checkpoint and what to do."""
+    def stop(s):
+        if s.step == 21:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(tmp_path, "--checkpoint_every", "20", on_step=stop)
+    error = _parted(recipe_train, monkeypatch)
+    with pytest.raises(error) as e:
+        run(tmp_path, "--checkpoint_every", "20", "--resume", "latest")
+    assert str(e.value).startswith(f"connectome masks differ between processes at step 20, right after resuming "
+                                   f"from {tmp_path / 'checkpoints' / 'step_00000020'} (process 0 of 2 holds masks ")
+    assert "Every process must resume from the same checkpoint: a folder they all see" in str(e.value)
+
+
 def test_mask_only_mode_takes_the_mask_only_defaults_unless_told_otherwise():
     """--mode mask_only gets optimize_connectome's estimator and update interval (presence, every
     batch); train mode keeps its own (curvature, every 25 steps); explicit values always win."""

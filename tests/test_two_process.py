@@ -87,6 +87,15 @@ def test_process_group_helpers_on_two_processes(tmp_path):
                                     "folder they all see, or the same copy on each)", True]
         assert rec["agree"]
         assert rec["mismatch"] is not None and "masks differ between processes at step 2" in rec["mismatch"]
+        # every process raises it alike, naming the processes of each hash and the layers that differ
+        assert "process 0 of 2 holds masks " in rec["mismatch"] and "process 1 of 2 holds masks " in rec["mismatch"]
+        assert "the masks of 0.weight, 2.weight differ" in rec["mismatch"] and rec["mismatch_alike"]
+        # the check of hashes gathered already (the recipes' at the run's end): one layer parted is named
+        end, alike, (h0, h1) = rec["end_mismatch"]
+        assert end.startswith(f"connectome masks differ between processes at step 40, the run's end (process 0 of 2 "
+                              f"holds masks {h0}; process 1 of 2 holds masks {h1}; the masks of 2.weight differ). "
+                              "Every process must build its controller alike")
+        assert alike
 
 
 def test_band_gradient_scaler_scales_alike_on_every_process(tmp_path):

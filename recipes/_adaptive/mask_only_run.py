@@ -6,7 +6,7 @@ import time
 
 from adaptive import mask_only_checkpoint as stage_checkpoint
 from adaptive.cli import mask_only_progress, progress_lines, show_progress
-from adaptive.distributed import agreed_call, gather_mask_hashes
+from adaptive.distributed import agreed_call, gather_mask_hashes, refuse_differing_masks
 from adaptive.mask_only_targets import one_synapse_note
 from adaptive.training import TrainState, metric_row
 
@@ -81,6 +81,10 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         stage_checkpoint.settle(ckpt)
     save_config_once(None)  # a resumed run with every target done records nothing
     conn = result.conn
+    # masks that parted after the last evaluation's check (the chosen rung's, loaded on each process) stop here,
+    # before any output
+    hashes = gather_mask_hashes(accelerator, conn)
+    refuse_differing_masks(hashes, conn, result.controller.step_count, ", the run's end")
     synapses = conn.num_synapses()
     live_share = lambda removed: (synapses - removed) / synapses  # noqa: E731  (as conn.density(): summary.json's)
     per_pass = max(1, len(train_dl))
@@ -122,7 +126,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
                    synapses=conn.num_synapses(), live=conn.num_live(), nonzero=_nonzero(conn), steps=state.step,
                    updates=sum(1 for e in result.events if e.get("kind") == "update"),
                    seconds=result.resumed_seconds + time.time() - t0,  # a resumed run's earlier sessions too
-                   processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))
+                   processes=accelerator.num_processes, mask_hash_per_process=hashes)
     _finish(accelerator, output_dir, summary, files)
     _end(accelerator)
     return RunResult(output_dir, model, conn, result.controller, state, summary, files)

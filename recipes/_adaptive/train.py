@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from adaptive.cli import progress_line, progress_lines, show_progress
 from adaptive.data import check_dataset_kw, model_before_data
 from adaptive.diagnostics.silent_units import SilentUnits
-from adaptive.distributed import (agreed_call, gather_mask_hashes, mark_raised_alike, peer_stopped, peer_stopped_error,
-                                  refuse_differing)
+from adaptive.distributed import (RESUME_FIX, agreed_call, gather_mask_hashes, mark_raised_alike, peer_stopped,
+                                  peer_stopped_error, refuse_differing, refuse_differing_masks)
 from adaptive.integrity import CheckpointWriteError
 from adaptive.training import (
     TrainState, evaluate, find_checkpoint, load_checkpoint, lr_schedule, metric_row, run_dir_of, save_checkpoint,
@@ -255,6 +255,10 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
             agreed_call(lambda: _resume(accelerator, resume_from, state, accum, steps_per_epoch))
         else:  # (FSDP, DeepSpeed: Accelerate's load_state gathers: a failure on one process cannot be agreed after it)
             _resume(accelerator, resume_from, state, accum, steps_per_epoch)
+        # each process loaded its own copy of the checkpoint (the main process alone hashed its files): masks that
+        # differ would otherwise run on unchecked until the next update, or to the run's end where none is left
+        refuse_differing_masks(gather_mask_hashes(accelerator, conn), conn, state.step,
+                               f", right after resuming from {resume_from}", fix=RESUME_FIX)
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
     resumed_at = state.step
     _INTERRUPT["total_steps"] = total_steps  # (Ctrl-C's note: whether a checkpoint was due at all)
@@ -361,6 +365,9 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
             break
     if progress is not None:
         progress.close()
+    # masks that parted after the last update's check (or a run with no update left) stop here, before any output
+    hashes = gather_mask_hashes(accelerator, conn)
+    refuse_differing_masks(hashes, conn, state.step, ", the run's end")
 
     last = state.metrics[-1] if state.metrics else {}
     # the holdout score of the final network: reused only if it was taken at the last step
@@ -377,7 +384,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
                    test_split_examples=_test_split_size(loaders, n_test, cfg.test_subset), holdout_accuracy=holdout_acc,
                    density=conn.density(), synapses=conn.num_synapses(), live=conn.num_live(), nonzero=_nonzero(conn),
                    steps=state.step, updates=sum(1 for e in ctrl.events if e.get("kind") == "update"), seconds=seconds,
-                   processes=accelerator.num_processes, mask_hash_per_process=gather_mask_hashes(accelerator, conn))
+                   processes=accelerator.num_processes, mask_hash_per_process=hashes)
     summary.update(target_density=cfg.density, density_note=_density_note(cfg, summary, total_steps, ctrl),
                    update_note=_update_note(cfg, summary, total_steps, ctrl),
                    batch_note=_batch_note(cfg, len(loaders.datasets.train), accelerator.num_processes),

@@ -16,7 +16,7 @@ from adaptive import jsonio
 from adaptive import run_folder
 from adaptive.atomic import atomic_path, atomic_torch_save
 from adaptive.cli import mask_only_progress, progress_lines, show_progress
-from adaptive.distributed import gather_mask_hashes
+from adaptive.distributed import gather_mask_hashes, refuse_differing_masks
 from adaptive.mask_only import changed_from, count_synapses, evaluate, loaded_state, optimize_connectome
 from adaptive.mask_only_targets import one_synapse_note
 from adaptive.plots import run_title
@@ -211,9 +211,8 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
             pruned_sd = conn.dense_state_dict(device="cpu")  # the file loads on a machine without a GPU
             differ = changed_from(pruned_sd, loaded, conn)  # every tensor, against the copy taken at load
             hashes[label] = gather_mask_hashes(accelerator, conn)
-            if len(set(hashes[label])) != 1:  # before anything is written
-                raise RuntimeError(f"[{label}] the processes hold different masks (hashes {hashes[label]}): "
-                                   "a bug; every process must run the same command with the same seed")
+            # before anything is written: masks that parted after the last evaluation's check stop every process
+            refuse_differing_masks(hashes[label], conn, snap.step, f", target {label}'s snapshot, in the final report")
             folder = out / f"remove_{label}" if several else out
             if main_proc:
                 folder.mkdir(parents=True, exist_ok=True)
