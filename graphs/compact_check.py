@@ -67,7 +67,7 @@ def _other_sizes(ref, x, g: torch.Generator, batch: int = 0) -> list:
     one (one more, two more, ...), or else twice and one more tokens. None (an empty list) for a model that fixes
     its input's size (a Linear after a flatten, positions embedded up to the example's length): compact's check
     is then at the example's size only. ``batch``: the inputs' batch axis (:func:`_resized`)."""
-    from .forward_inputs import _call_with_inputs
+    from .forward_inputs import _trial_call_with_inputs
 
     for axes in ("map", "tokens"):
         wide = _resized(x, axes, lambda s: [2 * n for n in s], g, batch)
@@ -75,7 +75,7 @@ def _other_sizes(ref, x, g: torch.Generator, batch: int = 0) -> list:
             continue
         args = tuple(wide[0]) if isinstance(wide[0], (tuple, list)) else (wide[0],)
         try:
-            ra = _call_with_inputs(ref, args)
+            ra = _trial_call_with_inputs(ref, args)
         except Exception:  # noqa: BLE001 - the model takes no input of that size
             continue
         odd = _resized(x, axes, lambda s: [n + 1 + i for i, n in enumerate(s)], g, batch)
@@ -181,7 +181,7 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol: Optional[float], rtol: Optio
     largest magnitude, ``max_rel_diff`` (0 where they agree exactly), with the tolerances used, ``atol``, ``rtol``
     and ``tolerance`` (in words); raises :class:`CompactionMismatchError` on a mismatch, naming the output tensor
     that differs where there are several and the input's shape where it is not the example's."""
-    from .forward_inputs import _call_with_inputs
+    from .forward_inputs import _call_with_inputs, _trial_call_with_inputs
 
     tol = _tolerances(ref, x, atol, rtol)
     # the inputs are drawn from a generator of the check's own, on the CPU: the same inputs at every
@@ -209,7 +209,7 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol: Optional[float], rtol: Optio
         args = tuple(xi) if isinstance(xi, (tuple, list)) else (xi,)  # several inputs: one argument each
         if ra is None:
             try:  # the model takes a keyword-only input by name; gm, as fx wrote it, in its place
-                ra = _call_with_inputs(ref, args)  # a tensor, or a dict / tuple of them
+                ra = (_trial_call_with_inputs if optional else _call_with_inputs)(ref, args)  # a tensor, or a dict / tuple
             except Exception:  # noqa: BLE001 - the model fixes its batch size (or this odd size): nothing to compare
                 if not optional:
                     raise

@@ -3,7 +3,10 @@ then keyword-only ones), the defaults of those not given, and the refusals of a 
 few inputs, or a dict that names them."""
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
@@ -46,6 +49,17 @@ def _call_with_inputs(model: nn.Module, args: Sequence[Any]):
     keyword = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
     args = tuple(args)
     return model(*args[:npos], **dict(zip(keyword, args[npos:])))
+
+
+def _trial_call_with_inputs(model: nn.Module, args: Sequence[Any]):
+    """:func:`_call_with_inputs` on an input the model may not run on (a size a compact check tries): what it
+    raises is the caller's to judge, and what it writes to stderr is written on only where the call returns. A
+    ``torch.fx.GraphModule`` (a compact copy compacted again) prints the traceback of an error in its generated
+    code to stderr before raising it, which was noise where the caller expects the error and carries on."""
+    with contextlib.redirect_stderr(io.StringIO()) as said:
+        out = _call_with_inputs(model, args)
+    sys.stderr.write(said.getvalue())
+    return out
 
 
 def _refuse_named_inputs(model: nn.Module, example_input) -> None:

@@ -328,10 +328,14 @@ def build(
                 if p is not None}
         missing = [n for n in conn.masks if n not in seen and id(conn.params[n]) not in read]
         if missing:
-            why = ("inside a module fx treats as a leaf, or unused in eval mode" if tr.traced else
+            why = ("graphs traces the forward in eval mode, so a branch only training takes, such as GoogLeNet's or "
+                   "Inception-v3's auxiliary heads, never runs; else the forward does not call them, or they sit "
+                   "inside a module fx treats as a leaf" if tr.traced else
                    "fx could not trace the model, and the module-order fallback chains only Linear, Conv and ConvTranspose layers")
+            live = sum(int(torch.count_nonzero(conn.masks[n])) for n in missing)
             msg = (f"graphs: {len(missing)} connectome layer(s) are not on the traced data path and are left out of "
-                   f"the graph: {missing[:5]}{'...' if len(missing) > 5 else ''} ({why})")
+                   f"the graph: {missing[:5]}{'...' if len(missing) > 5 else ''}, with their {live:,} live synapse(s), "
+                   f"by which the graph's live_synapses() falls short of the connectome's num_live() ({why})")
             warn_user(msg)
             notes.append(msg)
     if utility:

@@ -354,6 +354,24 @@ _CATEGORY_WHEN = {
 }
 
 
+# ops that sum products over axes of their operands (matrix products, einsum): no rule follows them
+_CONTRACTIONS = (torch.einsum, torch.matmul, torch.bmm, torch.mm, operator.matmul, "matmul", "bmm", "mm", "__matmul__")
+
+
+def _contraction(node) -> str:
+    """What the graph makes of a contraction ``node`` (``torch.einsum``, a matrix product), for its warning: the
+    dense guess keeps every path of the model, so it may count units live that are dead, never the other way round
+    (empty for another op)."""
+    if node.target not in _CONTRACTIONS:
+        return ""
+    eq = node.args[0] if node.target is torch.einsum and node.args and isinstance(node.args[0], str) else None
+    what = f"einsum {eq!r}" if eq else "a matrix product"
+    return (f". As {what} sums products over axes, the graph joins every unit of its operands to every output "
+            "element: units it keeps apart (attention heads, windows) look connected, so reachability and dead units "
+            "through it are an over-approximation (a unit may count as live that is not; none counts as dead that "
+            "is live). F.scaled_dot_product_attention (or nn.MultiheadAttention) in its place is followed per head")
+
+
 def how_to_register(node, module=None, in_shapes=(), out_shape=None) -> str:
     """How to teach the tracer ``node``'s op, for warnings: the :func:`register_op` call with the
     category that fits its operands' ``in_shapes`` and result's ``out_shape`` (see
@@ -374,6 +392,8 @@ def how_to_register(node, module=None, in_shapes=(), out_shape=None) -> str:
             module, name = "torch", getattr(t, "__name__", str(name).rsplit(".", 1)[-1])
         elif module == "_operator":  # x // 2, -x: the operator module's functions
             module = "operator"
+        elif module == "torch.functional":  # torch.einsum, torch.split: reached as torch.<name>
+            module = "torch"
         target = f"{module}.{name}"
     category = fitting_category(in_shapes, out_shape)
     if category is None:
@@ -381,7 +401,7 @@ def how_to_register(node, module=None, in_shapes=(), out_shape=None) -> str:
         result = str(tuple(out_shape)) if out_shape is not None else "a tuple"
         return (f"no graphs.register_op category fits {target}, which takes {shapes} to {result} (pointwise keeps "
                 "the shape or the channels, shape the element count, reduce drops dimensions, broadcast gives the "
-                "operands' broadcast shape); write it with ops the tracer knows (see graphs.ops)")
+                "operands' broadcast shape); write it with ops the tracer knows (see graphs.ops)" + _contraction(node))
     also = ('"shape" if it only moves elements, as a flip or a roll does; ' if category == "pointwise"
             and tuple(out_shape) == tuple(in_shapes[0]) else "")
     return f'teach it with graphs.register_op({target}, "{category}") {_CATEGORY_WHEN[category]} ({also}see graphs.ops)'

@@ -334,3 +334,31 @@ def test_the_graph_of_a_compacted_copy_follows_its_channel_padding():
     assert {(s, d) for s, d, _ in edge_set(g)} == kept  # the original's graph without the units that went
     assert again.compaction["params_after"] == again.compaction["params_before"]
     assert torch.allclose(again(x), model(x), atol=1e-5)
+
+
+class FixedSize(nn.Module):
+    """A reshape sized for a 4x4 map: the model runs at the example's size only."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.fc = nn.Conv2d(2, 3, 1), nn.Linear(48, 2)
+
+    def forward(self, x):
+        return self.fc(self.a(x).reshape(x.shape[0], 48))
+
+
+def test_compacting_a_compact_copy_of_a_fixed_size_model_prints_nothing(capfd):
+    """compact's check tries the model at other sizes and carries on where it runs on none; a compact copy (an fx
+    GraphModule) compacted again printed the traceback of its failing reshape to stderr (found on a torchvision MaxVit,
+    whose attention grids fix its input size), though nothing was wrong."""
+    torch.manual_seed(0)
+    model = FixedSize().eval()
+    conn = adaptive.Connectome(model)
+    conn.set_masks({"a.weight": torch.tensor([True, False, True])[:, None, None, None].expand(3, 2, 1, 1).clone(),
+                    "fc.weight": torch.ones(2, 48, dtype=torch.bool)})
+    x = torch.randn(2, 2, 4, 4)
+    small = graphs.compact(model, conn, x)
+    capfd.readouterr()
+    again = graphs.compact(small, None, x)
+    assert again.compaction["params_after"] == small.compaction["params_after"]
+    assert capfd.readouterr().err == ""

@@ -94,3 +94,34 @@ def test_a_layer_weight_read_by_an_unknown_op_is_named_once():
     assert "'matmul'" in about_a[0] and "(which get no synapse edges from it)" in about_a[0]
     absent = [str(w.message) for w in rec if "not on the traced data path" in str(w.message)]
     assert len(absent) == 1 and "['unused.weight']" in absent[0]
+
+
+def test_a_head_only_training_runs_is_named_with_its_live_synapses_and_why():
+    """GoogLeNet's and Inception-v3's auxiliary heads run only in training; graphs traces eval mode, so the graph's
+    live_synapses() fell short of conn.num_live() under a warning that guessed at leaf modules and said not by how
+    much. It says how many live synapses are left out, and that a branch only training takes never runs."""
+    import warnings
+
+    import adaptive
+    import graphs
+
+    class Aux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.aux = nn.Linear(4, 6), nn.Linear(6, 3), nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            if self.training:
+                return self.b(h), self.aux(h)
+            return self.b(h)
+
+    conn = adaptive.Connectome(Aux().train())
+    conn.set_masks({"aux.weight": torch.arange(18).view(3, 6) < 5})
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        g = graphs.build(conn, example_input=torch.randn(2, 4))
+    absent = [str(w.message) for w in rec if "not on the traced data path" in str(w.message)]
+    assert len(absent) == 1 and "['aux.weight']" in absent[0]
+    assert g.live_synapses() == conn.num_live() - 5
+    assert "with their 5 live synapse(s)" in absent[0] and "a branch only training takes" in absent[0]
