@@ -34,16 +34,29 @@ def fraction_bound(count: int, total: int, most: bool, share: bool = False) -> s
     ``count / total`` itself, rounded up, where that reads better than the exact edge). Rounded away
     from the edge and checked with that very rounding, so the printed figure itself is on the side it
     names (``.6g`` of the exact edge may round across it: 247.5 / 248 prints as 0.997984, which
-    removes all 248)."""
+    removes all 248). A least fraction is given with more figures where 6 name none that keeps a
+    synapse (1,999,999 of 2,000,000 rounds up to 1, a count, which removes every synapse as a fraction)."""
+    for digits in range(6, 18):
+        text = _fraction_bound(count, total, most, share, digits)
+        if most or count >= total or int(round(float(text) * total)) < total:
+            return text
+    return text
+
+
+def _fraction_bound(count: int, total: int, most: bool, share: bool, digits: int) -> str:
+    """:func:`fraction_bound` at ``digits`` significant figures."""
     from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
     def fits(f: Decimal) -> bool:
         removed = int(round(float(f) * total))
         return removed <= count if most else removed >= count
 
+    def unit(f: Decimal) -> Decimal:  # a unit in the last figure of f's decade
+        return Decimal(1).scaleb(f.adjusted() - digits + 1)
+
     edge = Decimal(count + (0 if share else 0.5 if most else -0.5)) / Decimal(total)
-    step = Decimal(1).scaleb(edge.adjusted() - 5)  # a unit in the sixth significant figure
-    f = edge.quantize(step, rounding=ROUND_FLOOR if most else ROUND_CEILING)
+    f = edge.quantize(unit(edge), rounding=ROUND_FLOOR if most else ROUND_CEILING)
     while not fits(f):  # an edge that half-even rounding (or the float product) puts on the other side
-        f += -step if most else step
-    return f"{float(f):.6g}"
+        # the next figure away from the edge, in the decade it lies in (below 0.1 comes 0.0999999, not 0.099999)
+        f = f - unit(f - unit(f) / 10) if most else f + unit(f)
+    return f"{float(f):.{digits}g}"

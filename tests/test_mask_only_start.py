@@ -249,3 +249,69 @@ def test_a_sparse_runs_interruption_note_says_its_zero_weights_stay_zero():
     assert "original weights (as given: its 352 synapses of weights exactly 0.0 still 0.0) were restored" in notes
     assert "every synapse present" not in notes
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_the_least_fraction_named_for_a_nearly_empty_large_start_keeps_a_synapse():
+    """At 6 significant figures the least fraction for a start of 1,999,998 absent of 2,000,000 rounded up to 1:
+    "a fraction of at least 1" (and "a ladder with fractions of at least 1"), which is a count of one synapse as
+    --remove 1 and removes every synapse as a fraction. More figures are given where 6 name none that keeps one,
+    and the figure named is accepted."""
+    import re
+
+    from adaptive.mask_only_start import Start, refuse_below_start
+    from adaptive.mask_only_targets import resolve_target, rungs_above
+
+    for absent, total in ((1_999_998, 2_000_000), (999_999_997, 1_000_000_000), (1_999_999, 2_000_000)):
+        start = Start({}, absent, total, absent)
+        with pytest.raises(ValueError) as refused:
+            refuse_below_start("0", 0, start)
+        least = re.search(r"a fraction of at least ([0-9.e-]+)\)", str(refused.value)).group(1)
+        assert "." in least and float(least) < 1, least
+        refuse_below_start(least, resolve_target(float(least), total), start)  # accepted: no error
+        if absent + 1 < total:
+            with pytest.raises(ValueError) as none_climbs:
+                rungs_above([0.5], total, start)
+            rung = re.search(r"fractions of at least ([0-9.e-]+) ", str(none_climbs.value)).group(1)
+            assert float(rung) < 1 and rungs_above([float(rung)], total, start) == [float(rung)], rung
+
+
+def test_a_fraction_bound_is_the_last_figure_on_its_side_across_totals():
+    """fraction_bound's figure is on the side it names and the next 6-figure fraction past it is not, for tiny
+    (1, 2, 3) and huge (1e9) totals; a least figure keeps a synapse. Stepping from an edge on a power of ten
+    (1.5 / 15 = 0.1, whose float product rounds up) went to 0.099999, skipping 0.0999999 .. 0.0999991."""
+    from decimal import Decimal
+
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from _property import prop
+    from adaptive.counts import fraction_bound
+
+    def resolved(f, total):
+        return int(round(float(f) * total))
+
+    def beside(text, up):  # the next fraction of 6 significant figures above (or below) the figure printed
+        d = Decimal(text)
+        unit = Decimal(1).scaleb(d.adjusted() - 5)
+        if not up and d == Decimal(1).scaleb(d.adjusted()):
+            unit /= 10
+        return d + unit if up else d - unit
+
+    assert fraction_bound(1, 15, most=True) == "0.0999999"
+    assert [fraction_bound(c, 3, most=True) for c in range(3)] == ["0.166666", "0.499999", "0.833333"]
+    assert fraction_bound(0, 1, most=True) == "0.5" and fraction_bound(1, 1, most=False) == "0.500001"
+
+    @prop(100)
+    @given(st.one_of(st.integers(1, 4), st.integers(1, 10**6), st.integers(10**8, 10**10)), st.data())
+    def check(total, data):
+        count = data.draw(st.integers(0, total - 1))
+        most = fraction_bound(count, total, most=True)
+        assert resolved(most, total) <= count < resolved(beside(most, True), total), most
+        if count:
+            for share in (False, True):
+                least = fraction_bound(count, total, most=False, share=share)
+                assert count <= resolved(least, total) < total and float(least) < 1, least
+                if not share and len(Decimal(least).normalize().as_tuple().digits) <= 6:
+                    assert resolved(beside(least, False), total) < count, least
+
+    check()
