@@ -312,8 +312,10 @@ def _wait_for_the_report() -> bool:
     or no store answers), this process waits that long for the launcher to end it, which it does
     (torchrun, ``accelerate launch``) once any process has exited: still running then, it writes the line
     itself. Waiting on the launcher alone wrote the line twice where process 0's exit (or the launcher's
-    noticing it) took longer than the wait, on a loaded machine. A Ctrl-C meanwhile (it reaches every
-    process: the first reports it) counts as written."""
+    noticing it) took longer than the wait, on a loaded machine. Once it is written, this process still
+    waits for the launcher (the rest of that wait at most), so that process 0 exits first: the launcher
+    names it, and does not kill it while it exits. A Ctrl-C meanwhile (it reaches every process: the
+    first reports it) counts as written."""
     from .distributed import error_reported
 
     wait = _left_to_another_seconds()
@@ -329,6 +331,12 @@ def _wait_for_the_report() -> bool:
                 return False
             time.sleep(min(left, REPORT_POLL_SECONDS))
             reported = error_reported()
+        # written: still wait (the rest of the wait at most) for the launcher to end this process once process 0
+        # has exited. Exiting first, this process was the launcher's "root cause" (rank 1, status 2) and process 0,
+        # still exiting, was killed by its SIGTERM (its buffered output, its exit handlers lost)
+        left = deadline - time.monotonic()
+        if left > 0:
+            time.sleep(left)
         return True
     except KeyboardInterrupt:
         return True

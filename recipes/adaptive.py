@@ -68,7 +68,7 @@ def main(argv=None, on_step=None) -> RunResult:
     """Parse the command line and run. Problems a user can fix (a bad option, missing data, a
     missing checkpoint or weights file that does not fit) end with one ``error:`` line, status 2."""
     from adaptive.cli import run_cli
-    from adaptive.distributed import PeerStoppedError
+    from adaptive.distributed import MaskMismatchError, PeerStoppedError
     from adaptive.warn import command_line_warnings
 
     _INTERRUPT.clear()  # an earlier main() in this process (a notebook) recorded its folder: Ctrl-C's note is this run's
@@ -76,7 +76,7 @@ def main(argv=None, on_step=None) -> RunResult:
         cfg = parse_args(argv)
     return run_cli(lambda: training_function(cfg, on_step=on_step), "recipes/adaptive.py",
                    on_interrupt=_on_interrupt,
-                   errors=(CheckpointError, RunWriteError, PeerStoppedError), once=True)
+                   errors=(CheckpointError, RunWriteError, PeerStoppedError, MaskMismatchError), once=True)
 
 
 if __name__ == "__main__":

@@ -451,6 +451,41 @@ def test_an_agreed_error_is_written_once_however_long_process_0_takes_to_exit(mo
     assert capsys.readouterr().err == line
 
 
+def test_a_process_that_left_its_error_line_to_process_0_waits_for_the_launcher_to_end_it(monkeypatch, capsys):
+    """Process 1 ended (status 2) as soon as it read that process 0 had written the agreed line: the
+    launcher then named rank 1 as the failure's root cause and killed process 0, still exiting, with
+    SIGTERM (its buffered output lost). Having read it, process 1 writes nothing and waits out the rest
+    of its wait, for the launcher to end it once process 0 has exited."""
+    import adaptive.cli as cli
+    import adaptive.distributed as D
+
+    clock = [0.0]  # a fake clock: sleeping advances it
+
+    def sleep(s):
+        clock[0] += s
+
+    class Group:
+        def get_rank(self):
+            return 1
+
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ADAPTIVE_LEFT_TO_ANOTHER_SECONDS", "20")
+    monkeypatch.setattr(D, "is_distributed", lambda: True)
+    monkeypatch.setattr(D, "error_reported", lambda: clock[0] >= 1.0)  # process 0 writes it after 1 s
+    monkeypatch.setattr(cli, "_process_group", lambda: Group())
+    monkeypatch.setattr(cli.time, "sleep", sleep)
+    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+
+    def refused():
+        raise D.mark_raised_alike(ValueError("the processes found different checkpoints"))
+
+    with pytest.raises(SystemExit) as e:
+        cli.run_cli(refused, "prog", once=True)
+    assert e.value.code == 2 and capsys.readouterr().err == ""
+    assert clock[0] == pytest.approx(20.0)  # ended by the launcher meanwhile, or silently at the wait's end
+
+
 @pytest.mark.parametrize("code, status, printed", [("prog: error: --output_dir is empty", 2, True),
                                                    ("a bare message", 2, "prog: error: a bare message"),
                                                    (0, 0, False), (3, 3, False)])

@@ -257,8 +257,11 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
             _resume(accelerator, resume_from, state, accum, steps_per_epoch)
         # each process loaded its own copy of the checkpoint (the main process alone hashed its files): masks that
         # differ would otherwise run on unchecked until the next update, or to the run's end where none is left
+        # (named as every process names it: the checkpoint's name, compared above, and --resume; its folder may be
+        # each process's own, and the error must read alike on every process: process 0 alone writes it)
         refuse_differing_masks(gather_mask_hashes(accelerator, conn), conn, state.step,
-                               f", right after resuming from {resume_from}", fix=RESUME_FIX)
+                               f", right after resuming from checkpoint {resume_from.name} (--resume {cfg.resume})",
+                               fix=RESUME_FIX)
         accelerator.print(f"resumed from {resume_from} at step {state.step}")
     resumed_at = state.step
     _INTERRUPT["total_steps"] = total_steps  # (Ctrl-C's note: whether a checkpoint was due at all)
