@@ -501,11 +501,33 @@ def synapse_targets(ctrl, density: float, strict: bool = False):
     counts = ctrl.budget_fn(ctrl.conn.layers, density, protected=ctrl.protected_live(), min_density=ctrl.min_density)
     if counts is not None:
         _check_budget(ctrl, density, counts)
-        return {n: counts[n] for n in ctrl.editable()}, None
+        floors = layer_floors(ctrl)
+        if strict and floors:
+            check_whole_floors(ctrl, density, sum(counts[n] for n in ctrl.editable()))
+        return {n: whole_floor_count(ctrl, n, counts[n], floors.get(n, 0)) for n in ctrl.editable()}, None
     target = global_synapse_target(ctrl, density)
     if strict and layer_floors(ctrl):
         check_whole_floors(ctrl, density, target)
     return None, target
+
+
+def whole_floor_count(ctrl, name: str, count: int, floor: int) -> int:
+    """Layer ``name``'s budget ``count`` (live synapses), raised where whole ensembles nearest to it
+    would hold fewer than its ``min_density`` ``floor``: a layer budget's count is met to within half
+    an ensemble, which rounded a count at the floor of a layer of coarse ensembles (3 synapses in
+    40-synapse neurons) down to none and emptied the layer that the floor keeps. The raised count is
+    the floor held in whole ensembles, as the global budget holds it (:func:`floor_protected`): the
+    fewest that hold it (equal ensembles), or the floor plus half the largest (unequal ones, block
+    edges), which :func:`take_synapses` never rounds under the floor."""
+    if floor <= 0:
+        return count
+    size = ensemble_size(ctrl.conn.granularities[name], ctrl.conn.layers[name].shape)
+    if isinstance(size, float):
+        if max(0, math.ceil(count / size - 0.5)) * size >= floor:
+            return count
+        return min(ctrl.conn.layers[name].numel, int(math.ceil(floor / size) * size))
+    largest = float(size.max())
+    return count if count >= floor + largest / 2 else min(ctrl.conn.layers[name].numel, int(math.ceil(floor + largest / 2)))
 
 
 def check_whole_floors(ctrl, density: float, target: int, who: str = "") -> None:

@@ -1,0 +1,385 @@
+"""Property-based checks of what each growth/prune policy, budget and schedule promises, against
+an independent computation on the same scores (``Controller.scores`` at the update's step):
+
+- every update's event records exactly the synapses its masks lost and gained, pruned ones were
+  present and grown ones absent, protected layers untouched;
+- set/rigl/utility prune the ``round(edit_fraction * live)`` cheapest live ensembles of each layer
+  (of all layers under the global budget; ties by index) and grow the most useful absent ones,
+  as many synapses as they prune (to within half an ensemble): the density holds;
+- gmp and magnitude hold each layer at its budget's count for the density of Zhu & Gupta's cubic
+  schedule (computed here from its formula) at every update, keeping the costliest ensembles;
+- threshold prunes, net, its pace and never more than ``edit_fraction`` of the live ensembles per side;
+- erk/uniform budgets share the density by the paper's formula, dense-capped layers full and the
+  others rescaled, within a synapse of the exact share;
+- the edit fraction follows its decay's formula, and no edit comes after ``end_step`` or off the
+  ``update_every`` grid.
+
+Deterministic and small (tests/_property.py); ``ADAPTIVE_PROPERTY_EXAMPLES=200`` explores further.
+"""
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import adaptive
+from adaptive.budgets import get_budget
+from _property import prop
+
+torch.set_num_threads(1)
+
+
+class Conv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 6, 3, padding=1, groups=2)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.c2(torch.relu(self.c1(x.view(-1, 1, 2, 3)))))
+        return self.head(h.mean((2, 3)))
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 7), nn.Tanh(), nn.Linear(7, 4))
+
+
+MODELS = {"mlp": mlp, "conv": Conv}
+
+
+def data(seed, n=6):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 6, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+def synapse_masks(conn):
+    return {n: m.clone() for n, m in conn.masks.items()}
+
+
+def run(ctrl, model, opt, seed, steps, on_update=None):
+    """Train ``steps`` steps driving ``ctrl`` explicitly; ``on_update(step, before, after, event)`` per event."""
+    ctrl.conn.attach(opt)
+    for i in range(steps):
+        x, y = data(seed + i)
+        F.cross_entropy(model(x), y).backward()
+        ctrl.observe()
+        opt.step()
+        opt.zero_grad()
+        before = synapse_masks(ctrl.conn)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (an emptied layer's warning)
+            event = ctrl.step()
+        if on_update is not None:
+            on_update(ctrl.step_count, before, synapse_masks(ctrl.conn), event)
+
+
+def ranked(values, eligible, largest=False):
+    """Indices of the eligible entries of flat ``values`` by value (ascending, or descending), ties by
+    index: an independent stable ordering (a Python sort)."""
+    v = values.reshape(-1).tolist()
+    idx = [i for i, e in enumerate(eligible.reshape(-1).tolist()) if e]
+    return sorted(idx, key=lambda i: ((-v[i]) if largest else v[i], i))
+
+
+def size_of(ctrl, n):
+    """Synapses per ensemble of layer ``n`` (equal sizes only: the specs used here)."""
+    layer = ctrl.conn.layers[n]
+    return layer.numel / ctrl.conn.granularities[n].num_ensembles(layer.shape)
+
+
+def capture(ctrl):
+    """Wrap the policy's update: each call records its step, edit fraction, ensemble masks, scores and plan."""
+    log = []
+    inner = ctrl.policy.update
+
+    def update(c, step):
+        rec = dict(step=step, frac=c.edit_fraction(step), alive={n: m.clone() for n, m in c.alive().items()},
+                   cost=c.scores("cost", step))
+        if c.grow_est is not None:
+            rec["gain"] = c.scores("gain", step)
+        rec["plan"] = inner(c, step)
+        log.append(rec)
+        return rec["plan"]
+
+    ctrl.policy.update = update
+    return log
+
+
+def check_event(ctrl, before, after, event, protected=()):
+    """The event's counts are the masks' changes; protected layers are untouched."""
+    pruned = sum(int((before[n] & ~after[n]).sum()) for n in after)
+    grown = sum(int((~before[n] & after[n]).sum()) for n in after)
+    assert (event["pruned"], event["grown"]) == (pruned, grown), (event, pruned, grown)
+    for n in protected:
+        assert torch.equal(before[n], after[n]), f"protected layer {n} edited"
+
+
+# ------------------------------------------------------------------------------------------- swaps
+@prop(12)
+@given(model_name=st.sampled_from(sorted(MODELS)), spec=st.sampled_from(["synapse", "neuron", "kernel"]),
+       policy=st.sampled_from(["set", "rigl", "utility"]), budget=st.sampled_from(["erk", "uniform", "global"]),
+       density=st.sampled_from([0.2, 0.5, 0.8]), frac=st.sampled_from([0.1, 0.3, 0.7, 1.0]),
+       decay=st.sampled_from(["cosine", "linear", "constant"]), seed=st.integers(0, 2**10))
+def test_swaps_prune_the_cheapest_fraction_and_grow_the_best_absent_at_constant_density(
+        model_name, spec, policy, budget, density, frac, decay, seed):
+    torch.manual_seed(seed)
+    model = MODELS[model_name]()
+    conn = adaptive.Connectome(model, ensemble=spec)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    kw = dict(estimator="taylor") if policy == "utility" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctrl = adaptive.Controller(conn, None, policy=policy, density=density, budget=budget, update_every=2,
+                                   end_step=9, edit_fraction=frac, edit_decay=decay, seed=seed, **kw)
+    log = capture(ctrl)
+    total = conn.num_synapses()
+    check_density(ctrl, get_budget(budget), density, total)
+    events = []
+
+    def on_update(step, before, after, event):
+        if event is None:
+            assert all(torch.equal(before[n], after[n]) for n in after), f"step {step}: masks edited without an event"
+            return
+        events.append(event)
+        check_event(ctrl, before, after, event)
+        rec = log[-1]
+        assert rec["step"] == step
+        plan = rec["plan"]
+        if plan is None:
+            return
+        layers = list(rec["cost"])
+        if budget == "global":
+            groups = [layers]
+        else:
+            groups = [[n] for n in layers]
+        for group in groups:
+            cost = torch.cat([rec["cost"][n].reshape(-1) / size_of(ctrl, n) for n in group])
+            gain = torch.cat([rec["gain"][n].reshape(-1) / size_of(ctrl, n) for n in group])
+            alive = torch.cat([rec["alive"][n].reshape(-1) for n in group])
+            offs = [0]
+            for n in group:
+                offs.append(offs[-1] + rec["alive"][n].numel())
+
+            def flat(side):
+                d = getattr(plan, side)
+                return sorted(int(i) + offs[j] for j, n in enumerate(group) if n in d for i in d[n].tolist())
+
+            live = int(alive.sum())
+            k = min(int(round(rec["frac"] * live)), alive.numel() - live)
+            p, g = flat("prune"), flat("grow")
+            sizes = torch.cat([torch.full((rec["alive"][n].numel(),), size_of(ctrl, n)) for n in group])
+            if bool((sizes == sizes[0]).all()):  # one for one
+                assert len(p) == k, f"step {step} {group}: {len(p)} pruned, not round({rec['frac']:.3f} * {live}) = {k}"
+                assert abs(len(g) - len(p)) <= 1, (len(p), len(g))
+            else:  # no more than the absent ones can replace: a prefix of the cheapest that fit
+                assert len(p) <= k
+            fits = [i for i in ranked(cost, alive) if sizes[i] <= sizes[p].max()] if p else []
+            assert p == sorted(fits[:len(p)]), f"step {step} {group}: not the cheapest {len(p)}"
+            assert g == sorted(ranked(gain, ~alive, largest=True)[:len(g)]), f"step {step} {group}: not the best absent"
+        check_density(ctrl, get_budget(budget), density, total)
+
+    run(ctrl, model, opt, seed, 11, on_update)
+    assert [e["step"] for e in events] == list(range(2, 10, 2))
+
+
+# ------------------------------------------------------------------------------------------- schedules
+@prop(20)
+@given(decay=st.sampled_from(["cosine", "linear", "constant"]), frac=st.floats(0.0, 1.0),
+       start=st.integers(0, 5), span=st.integers(1, 20), every=st.integers(1, 4))
+def test_the_edit_fraction_follows_its_decays_formula(decay, frac, start, span, every):
+    model = mlp()
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, None, policy="set", density=0.5, update_every=every, start_step=start,
+                               end_step=start + span, edit_fraction=frac, edit_decay=decay)
+    for step in range(0, start + span + 3):
+        p = min(1.0, max(0.0, (step - start) / span))
+        want = {"cosine": frac * 0.5 * (1 + math.cos(math.pi * p)), "linear": frac * (1 - p),
+                "constant": frac if step < start + span else 0.0}[decay]
+        assert ctrl.edit_fraction(step) == pytest.approx(want, abs=1e-12)
+        assert ctrl.due(step) == (step >= max(1, start) and step <= start + span and (step - start) % every == 0)
+
+
+# ------------------------------------------------------------------------------------------- gmp / magnitude
+def cubic(step, final, start, end, every):
+    """Zhu & Gupta's density at ``step``: the schedule ends at the last update by ``end``."""
+    last = start + (end - start) // every * every
+    if step >= last:
+        return final
+    if step <= start:
+        return 1.0
+    p = (step - start) / (last - start)
+    s_f = 1.0 - final
+    return 1.0 - s_f * (1 - (1 - p) ** 3)
+
+
+@prop(12)
+@given(model_name=st.sampled_from(sorted(MODELS)), spec=st.sampled_from(["synapse", "neuron", "kernel"]),
+       policy=st.sampled_from(["gmp", "magnitude"]), budget=st.sampled_from(["erk", "uniform", "global"]),
+       density=st.sampled_from([0.1, 0.3, 0.6]), start=st.integers(0, 3), every=st.integers(1, 3),
+       seed=st.integers(0, 2**10))
+def test_gmp_and_magnitude_keep_the_costliest_at_the_schedules_density(
+        model_name, spec, policy, budget, density, start, every, seed):
+    torch.manual_seed(seed)
+    model = MODELS[model_name]()
+    conn = adaptive.Connectome(model, ensemble=spec)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    end = start + 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctrl = adaptive.Controller(conn, None, policy=policy, density=density, budget=budget, update_every=every,
+                                   start_step=start, end_step=end, seed=seed)
+    log = capture(ctrl)
+    total = conn.num_synapses()
+    budget_fn = get_budget(budget)
+    if policy == "magnitude":  # pruned at construction
+        check_density(ctrl, budget_fn, density, total)
+
+    def on_update(step, before, after, event):
+        if event is None:
+            assert all(torch.equal(before[n], after[n]) for n in after)
+            return
+        check_event(ctrl, before, after, event)
+        assert event["grown"] == 0
+        if policy == "gmp":
+            check_density(ctrl, budget_fn, cubic(step, density, start, end, every), total)
+            rec = log[-1]
+            # the kept ones are the costliest: every pruned one costs no more than any kept one (per layer)
+            for n, idx in rec["plan"].prune.items():
+                c = rec["cost"][n].reshape(-1)
+                after_ens = conn.ensemble_masks()[n].reshape(-1)
+                if budget != "global" and after_ens.any() and idx.numel():
+                    assert float(c[idx].max()) <= float(c[after_ens].min())
+
+    run(ctrl, model, opt, seed, end + 2, on_update)
+    check_density(ctrl, budget_fn, density, total)
+
+
+def check_density(ctrl, budget_fn, d, total):
+    conn = ctrl.conn
+    counts = budget_fn(conn.layers, d, protected={}, min_density=0.0)
+    if counts is None:
+        slack = max(size_of(ctrl, n) for n in conn.names) / 2
+        assert abs(conn.num_live() - round(d * total)) <= slack, (conn.num_live(), d * total)
+        return
+    for n, m in conn.masks.items():
+        assert abs(int(m.sum()) - counts[n]) <= size_of(ctrl, n) / 2, (n, int(m.sum()), counts[n], d)
+
+
+# ------------------------------------------------------------------------------------------- budgets
+def erk_reference(layers, density, weight):
+    """The paper's scaling: density_l = eps * weight_l, layers that would pass 1 made dense and eps
+    solved again over the rest, until none does; returns real counts."""
+    sizes = {n: l.numel for n, l in layers.items()}
+    target = density * sum(sizes.values())
+    dense = set()
+    while True:
+        rest = target - sum(sizes[n] for n in dense)
+        denom = sum(weight[n] * sizes[n] for n in sizes if n not in dense)
+        eps = rest / denom if denom else 0.0
+        over = [n for n in sizes if n not in dense and eps * weight[n] > 1.0]
+        if not over:
+            return {n: float(sizes[n]) if n in dense else eps * weight[n] * sizes[n] for n in sizes}
+        dense.add(max(over, key=lambda n: weight[n]))
+
+
+@prop(25)
+@given(model_name=st.sampled_from(sorted(MODELS)), budget=st.sampled_from(["erk", "uniform", "er"]),
+       density=st.floats(0.01, 1.0))
+def test_layer_budgets_share_the_density_by_their_formula(model_name, budget, density):
+    conn = adaptive.Connectome(MODELS[model_name]())
+    layers = conn.layers
+    if budget == "erk":
+        w = {n: sum(l.out_in_shape) / l.numel for n, l in layers.items()}
+    elif budget == "er":
+        w = {n: (l.out_in_shape[0] + l.out_in_shape[1]) / (l.out_in_shape[0] * l.out_in_shape[1]) for n, l in layers.items()}
+    else:
+        w = {n: 1.0 for n in layers}
+    want = erk_reference(layers, density, w)
+    counts = get_budget(budget)(layers, density)
+    assert sum(counts.values()) == round(density * sum(l.numel for l in layers.values()))
+    for n in layers:
+        assert 0 <= counts[n] <= layers[n].numel
+        assert abs(counts[n] - want[n]) < 1.0 + 1e-9, (n, counts[n], want[n])
+
+
+# ------------------------------------------------------------------------------------------- every policy
+POLICIES = {
+    "set": dict(density=0.5), "rigl": dict(density=0.5), "utility": dict(density=0.5, estimator="taylor"),
+    "balanced": dict(density=0.5, estimator="obd"), "gmp": dict(density=0.3), "magnitude": dict(density=0.4),
+    "threshold": dict(density=0.3, estimator="magnitude", prune_boundary=0.05),
+    "crawl": dict(density=0.4, estimator="curvature", edit_fraction=0.2),
+}
+
+
+@prop(16)
+@given(model_name=st.sampled_from(sorted(MODELS)), spec=st.sampled_from(["synapse", "neuron", "block:2x2", "2:4"]),
+       policy=st.sampled_from(sorted(POLICIES)), budget=st.sampled_from(["erk", "uniform", "global"]),
+       protect=st.booleans(), min_density=st.sampled_from([0.0, 0.1]), seed=st.integers(0, 2**10))
+def test_every_update_records_its_edits_and_keeps_protected_layers_and_floors(
+        model_name, spec, policy, budget, protect, min_density, seed):
+    torch.manual_seed(seed)
+    model = MODELS[model_name]()
+    conn = adaptive.Connectome(model, ensemble=spec)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    kw = dict(POLICIES[policy])
+    if spec == "2:4":
+        kw["density"] = 0.5
+        if policy not in ("magnitude", "utility", "balanced"):
+            return
+    if policy in ("threshold", "crawl"):
+        budget = "global"
+    if policy == "crawl":
+        min_density = 0.0
+    prot = [conn.names[0]] if protect else []
+    frac = kw.pop("edit_fraction", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ctrl = adaptive.Controller(conn, None, policy=policy, budget=budget, update_every=2, end_step=10, seed=seed,
+                                       protect=prot, min_density=min_density, **kw)
+        except ValueError as e:  # floors held in whole ensembles above the density, say
+            assert "min_density" in str(e) or "density" in str(e)
+            return
+    if frac is not None:
+        ctrl.policy.edit_fraction = frac
+    before0 = synapse_masks(conn)
+    floors = {n: math.ceil(min_density * conn.layers[n].numel - 1e-9) for n in conn.names if n not in prot}
+
+    def on_update(step, before, after, event):
+        if event is None:
+            assert all(torch.equal(before[n], after[n]) for n in after), f"step {step}: masks edited without an event"
+            return
+        check_event(ctrl, before, after, event, prot)
+        assert event["density"] == pytest.approx(conn.density())
+        for n, floor in floors.items():
+            if int(before[n].sum()) >= floor:
+                assert int(after[n].sum()) >= floor, f"step {step}: {n} under its min_density floor"
+
+    for n in prot:
+        assert torch.equal(before0[n], conn.masks[n])
+    run(ctrl, model, opt, seed, 12, on_update)
+
+
+@pytest.mark.parametrize("policy,budget", [("magnitude", "erk"), ("gmp", "uniform"), ("set", "uniform")])
+def test_a_layer_budget_holds_min_density_in_whole_ensembles(policy, budget):
+    """A layer budget's count near a layer's floor (19 synapses of a head of four 40-synapse neurons, floor 16)
+    was rounded to the nearest whole neuron, none, emptying the layer min_density keeps; the floor
+    is held in whole ensembles as under the global budget, and a density they cannot fit is refused."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 40), nn.ReLU(), nn.Linear(40, 4))
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    with pytest.raises(ValueError, match="min_density 0.1 held in whole ensembles"):
+        adaptive.Controller(conn, None, policy=policy, density=0.1, budget=budget, min_density=0.1, end_step=4)
+    assert conn.num_live() == conn.num_synapses()  # refused: nothing changed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctrl = adaptive.Controller(conn, None, policy=policy, density=0.12, budget=budget, min_density=0.1,
+                                   update_every=1, end_step=4)
+    run(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.05), 0, 5)
+    assert int(conn.masks["2.weight"].sum()) == 40  # one neuron: the fewest holding the floor of 16
+    assert abs(conn.num_live() - round(0.12 * conn.num_synapses())) <= 40 + 20
