@@ -198,7 +198,11 @@ def optimize_connectome(
     batches are moved to its device. Under Accelerate with several processes, give each process
     its shard of the train loader (``accelerator.prepare``) and the whole, unsharded holdout: the
     controller averages its gradient statistics over processes before every decision, so all
-    processes reach the same masks (``recipes/prune_pretrained.py`` does this).
+    processes reach the same masks (``recipes/prune_pretrained.py`` does this). Every process's train
+    loader must have the same length (the steps of each stage, each a collective): lengths that differ
+    are refused on every process before any work, naming each one's (even the shards: a
+    ``DistributedSampler``, ``accelerator.prepare``), and a loader refused on some processes only
+    (empty, no length) is refused by every process alike.
 
     Guarantees: no surviving weight changes by a single bit; each numeric target is met exactly
     (to the ensemble) at its snapshot; only ``train_loader`` and ``holdout_loader`` are read; if

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .counts import whole_number
+from .distributed import agreed_call, refuse_differing
 from .ensemble_rules import parse_rules
 from .mask_only_data import _check_loader, _model_device
 from .mask_only_targets import Target, _is_real, check_targets, listed_targets
@@ -47,6 +48,38 @@ def _precision(model: nn.Module) -> str:
         return f"autocast {str(torch.get_autocast_dtype(kind)).replace('torch.', '')}"
     p = next(model.parameters(), None)
     return str(p.dtype).replace("torch.", "") if p is not None else "float32"
+
+
+# what a loader refused on some processes says of the processes whose loaders passed
+_OWN_LOADERS = ("each process was given loaders of its own (its shard of the training data): give every process "
+                "loaders that yield batches")
+# what to do where the processes' train loaders differ in length
+_EVEN_SHARDS = ("the steps of each stage come from len(train_loader) and every step meets the other processes (its "
+                "statistics are averaged over them), so a process with fewer batches would leave the others waiting: "
+                "give every process a shard of the same number of batches (a DistributedSampler, which pads the shards "
+                "to one length, or trims them with drop_last=True; accelerator.prepare(loader), which evens them)")
+
+
+def _train_batches(train_loader) -> int:
+    """The batches of ``train_loader`` (:func:`~adaptive.mask_only_data._check_loader`), refused without a length."""
+    n = _check_loader(train_loader, "train")
+    if n == 0:
+        raise ValueError("the train loader needs a length (len(loader)) to schedule passes")
+    return n
+
+
+def check_loaders(train_loader, holdout_loader) -> int:
+    """The batches of ``train_loader``, both loaders checked (ValueError on a missing or empty loader, a
+    train loader with no length, a one-shot holdout). Under a process group of several processes every
+    refusal is agreed (:func:`adaptive.distributed.agreed_call`: a loader refused on one process stops
+    every process with one error naming it), and so are the train loaders' lengths, which set the steps
+    (collectives) of every stage: lengths that differ are refused on every process, naming each one's
+    (:func:`adaptive.distributed.refuse_differing`). Three gathers of a few words; none on one process."""
+    n_train = agreed_call(lambda: _train_batches(train_loader), passed_why=_OWN_LOADERS)
+    refuse_differing(f"{n_train} batch{'es' if n_train != 1 else ''}", "train loader lengths", fix=_EVEN_SHARDS)
+    # the holdout's length drives no collective (every evaluation reads it whole, then averages once)
+    agreed_call(lambda: _check_loader(holdout_loader, "holdout"), passed_why=_OWN_LOADERS)
+    return n_train
 
 
 @dataclass
@@ -87,7 +120,9 @@ def check_settings(model: nn.Module, train_loader, holdout_loader, target, *, pa
     of the same names), each checked: ValueError (TypeError for a ``model`` that is no module) naming
     the fix on the first bad one, before any work and before anything changes. The ``train_loader``
     and ``holdout_loader`` must yield batches (a holdout with no length is asked for its first batch;
-    a one-shot iterator as holdout is refused), and ``ensemble`` must leave the density free."""
+    a one-shot iterator as holdout is refused; under several processes, refused on every process alike,
+    and the train loaders of the same length: :func:`check_loaders`), and ``ensemble`` must leave the
+    density free."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     targets = listed_targets(target)
@@ -148,10 +183,7 @@ def check_settings(model: nn.Module, train_loader, holdout_loader, target, *, pa
     if ladder and len(targets) == 1 and isinstance(targets[0], str) and targets[0] == "best":
         # a sparse start that already removes more than every rung is refused before a loader is asked for a batch
         check_targets(model, targets, include=include, exclude=exclude, ensemble=ensemble, ladder=ladder)
-    n_train = _check_loader(train_loader, "train")
-    _check_loader(holdout_loader, "holdout")
-    if n_train == 0:
-        raise ValueError("the train loader needs a length (len(loader)) to schedule passes")
+    n_train = check_loaders(train_loader, holdout_loader)
     return Settings(targets=targets, passes=passes, ensemble=ensemble, include=include, exclude=exclude,
                     estimator=estimator, window=window, edit_fraction=edit_fraction, approach=approach, margin=margin,
                     ladder=ladder, patience=patience, verify_batches=verify_batches,

@@ -1349,3 +1349,36 @@ def test_the_last_update_closes_a_coarse_remainder_with_smaller_ensembles():
     model = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 3))  # 165 synapses
     res = optimize_connectome(model, dl, dl, target=[71, 150], ensemble="neuron", progress=False, passes=1)
     assert [abs(res.snapshots[t].removed - int(t)) for t in ("71", "150")] == [2, 2]  # were 4 and 5
+
+
+def test_processes_agree_on_their_loaders(tmp_path):
+    """Two plain processes (a gloo group of their own, no launcher), one case after another, process 1's
+    loaders wrong in each: train shards of 2 and 1 batches left both waiting in a collective until the
+    group's timeout (the steps per stage came from each process's own len(train_loader)), and a loader
+    refused on process 1 alone (empty, no length; an empty holdout) left process 0 to fail in its next
+    collective ("Connection closed by peer"; under NCCL, a wait). Now every process raises one ValueError,
+    naming each process's length (or the process refused) and the fix; loaders that agree run."""
+    import json
+    from pathlib import Path
+
+    from _ports import run_two_ranks
+
+    script = Path(__file__).parent / "scripts" / "two_process_loaders.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)]))
+    run_two_ranks(script, tmp_path, env)
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert got[0] == got[1], got  # one error (or outcome) per case on both
+    rec = got[0]
+    for case in ("uneven", "empty_train", "unsized_train", "empty_holdout"):
+        assert rec[case]["error"] == "ValueError", rec
+    assert "different train loader lengths (process 0 of 2: 2 batches; process 1 of 2: 1 batch)" \
+        in rec["uneven"]["message"]
+    assert "DistributedSampler" in rec["uneven"]["message"] and "drop_last=True" in rec["uneven"]["message"]
+    for case, problem in (("empty_train", "train loader is empty"),
+                          ("unsized_train", "the train loader needs a length (len(loader))"),
+                          ("empty_holdout", "holdout loader is empty")):
+        assert f"process 1 of 2: {problem}" in rec[case]["message"], rec
+        assert "process 0 of 2 found no such problem: each process was given loaders of its own" \
+            in rec[case]["message"], rec
+    assert rec["even"] == {"removed": 28}

@@ -1,0 +1,70 @@
+"""Run as ``python two_process_loaders.py OUT RANK``, two at once (rank 0 and 1; started by
+tests/test_mask_only.py through tests/_ports.run_two_ranks): a gloo process group on the CPU with a
+short timeout, then optimize_connectome once per case, each with loaders that only process 1 gets
+wrong (CASES): train shards of different lengths, an empty train loader, a train loader with no
+length, an empty holdout; then one where both are right. Writes ``rank{N}.json`` into OUT: each
+case's error (type and message) or outcome. A process left waiting in a collective would wait there
+for the group's timeout (20 seconds here, 30 minutes by default) and record that instead."""
+import datetime
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class _Unsized:
+    """Batches with no ``len()`` (an iterable of its own, as a streamed dataset's)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def _loader(n: int) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)),
+                      batch_size=8)
+
+
+# case: (process 1's train loader, process 1's holdout); process 0 gets _loader(16) for both
+CASES = {
+    "uneven": lambda: (_loader(8), _loader(16)),
+    "empty_train": lambda: (_loader(0), _loader(16)),
+    "unsized_train": lambda: (_Unsized(_loader(16)), _loader(16)),
+    "empty_holdout": lambda: (_loader(16), _loader(0)),
+    "even": lambda: (_loader(16), _loader(16)),
+}
+
+
+def run(rank: int, folder: str) -> None:
+    """Process ``rank`` of 2: every case in turn; writes ``rank<r>.json`` with what each raised or removed."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    from adaptive.mask_only import optimize_connectome
+
+    # a short timeout: a process left waiting in a collective fails the test instead of hanging it
+    dist.init_process_group("gloo", store=dist.FileStore(os.path.join(folder, "store"), 2), rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=20))
+    record = {}
+    for case, loaders in CASES.items():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        train, holdout = loaders() if rank == 1 else (_loader(16), _loader(16))
+        try:
+            r = optimize_connectome(model, train, holdout, 0.5, passes=1.0, progress=False)
+            record[case] = {"removed": r.snapshots["0.5"].removed}
+        except Exception as e:  # noqa: BLE001 - what each process raised is the test's to judge
+            record[case] = {"error": type(e).__name__, "message": str(e)}
+    with open(os.path.join(folder, f"rank{rank}.json"), "w") as f:
+        json.dump(record, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    run(int(sys.argv[2]), sys.argv[1])
