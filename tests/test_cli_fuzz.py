@@ -324,3 +324,46 @@ def test_diagnostics_counts_past_what_python_indexes_are_refused(tmp_path, monke
     with pytest.raises(SystemExit, match=rf"{argv[1]} must be at most 9,223,372,036,854,775,807"):
         D.main([*argv, "--dataset", "digits", "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch_size", "0", r"--batch.size must be .*1.*got 0: give --batch.size"),
+    ("--eval_batch_size", "0", r"--eval.batch.size must be .*got 0: give "),
+    ("--holdout", "1.5", r"--holdout must be a fraction in .*got 1.5: give --holdout 0.1"),
+    ("--holdout", "nan", r"--holdout must be a fraction in .*got nan: give --holdout 0.1"),
+    ("--subset", "0", r"--subset must be .*got 0: give --subset 1 or more"),
+    ("--test_subset", "-1", r"--test.subset must be .*got -1: give --test.subset 1 or more"),
+])
+def test_data_options_are_refused_while_parsing_naming_the_option_and_the_fix(tmp_path, capsys, monkeypatch, option,
+                                                                               value, message):
+    """The data layer's "batch_size must be >= 1" and "holdout fraction must be in [0, 1)" named no option
+    and no fix, and came only once the data loaded (diagnostics' output folder made, then removed;
+    recipes/adaptive.py's --subset 0 once its run folder and lock were made)."""
+    monkeypatch.setattr(D, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    out = ["--output_dir", str(tmp_path / "out")]
+    runs = [(A.parse_args, []), (D.main, ["knowledge"]), (D.main, ["collinearity"]), (D.main, ["dense-gradients"])]
+    if option != "--holdout" or value != "nan":  # (prune_pretrained's holdout is in (0, 1): its own test)
+        runs.append((P.parse_args, ["--model", "mlp", "--dataset", "digits"]))
+    for parse, before in runs:
+        with pytest.raises(SystemExit) as e:
+            parse([*before, option, value, *out])
+        said = f"{e.value.code} {capsys.readouterr().err}"
+        assert re.search(message, said), (parse.__module__, before, said)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_data_layer_names_the_keyword_and_the_fix():
+    from adaptive.data import get_dataloaders, get_datasets, stratified_split, stratified_subset
+
+    with pytest.raises(ValueError, match=r"batch_size must be .*>= 1 .*got 0: give batch_size=1 or more"):
+        get_dataloaders("digits", batch_size=0)
+    with pytest.raises(ValueError, match=r"holdout must be a fraction in \[0, 1\) .*got 1.5: give holdout=0.1"):
+        get_datasets("digits", holdout=1.5)
+    with pytest.raises(ValueError, match=r"--holdout must be a fraction .*got nan: give --holdout 0.1"):
+        get_datasets("digits", holdout=float("nan"), option_names={"holdout": "--holdout"})
+    with pytest.raises(ValueError, match=r"subset must be a positive .*got 0: give subset=1 or more"):
+        get_datasets("digits", subset=0)
+    with pytest.raises(ValueError, match=r"fraction .* must be in \[0, 1\), got 1.0: give fraction=0.1"):
+        stratified_split(torch.arange(4), 1.0)
+    with pytest.raises(ValueError, match=r"size .* must be a positive number of examples, got 0: give size=1"):
+        stratified_subset(torch.arange(4), 0)

@@ -121,7 +121,10 @@ def _parse_args(argv) -> argparse.Namespace:
                        ("eval_every", 0), ("subset", 1), ("test_subset", 1), ("threads", 1), ("num_workers", 0)):
         v = cfg.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
-            raise SystemExit(f"--{key.replace('_', '-')} must be an integer >= {least}, got {v!r}")
+            where = origin(key)  # (--key, or the --config file's key)
+            fix = f"give {where} {least} or more" if where.startswith("--") else f"set it to {least} or more"
+            out = " (or leave it out for all)" if key.endswith("subset") else ""  # (the others have defaults)
+            raise SystemExit(f"{where} must be an integer >= {least}, got {v!r}: {fix}{out}")
     n = cfg.get("num_classes")  # (0 was read as left out, the data's; -1 refused once the data had loaded)
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise SystemExit(f"{origin('num_classes')} must be an integer >= 1 (the classes of the model's output), got "
