@@ -367,3 +367,34 @@ def test_the_data_layer_names_the_keyword_and_the_fix():
         stratified_split(torch.arange(4), 1.0)
     with pytest.raises(ValueError, match=r"size .* must be a positive number of examples, got 0: give size=1"):
         stratified_subset(torch.arange(4), 0)
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--holdout", "0"], "recipes/prune_pretrained.py: error: --holdout must be a fraction in (0, 1)"),  # the checks'
+    (["--batch-size", "x"], ": error: argument --batch-size/--batch_size: invalid int value"),  # argparse's own
+    (["-h"], "usage: "),
+])
+@pytest.mark.parametrize("local_rank", ["0", "1"])
+def test_prune_pretrained_says_a_refused_option_once_per_launch(tmp_path, monkeypatch, capsys, argv, line, local_rank):
+    """Under `accelerate launch --num_processes 2` every process printed prune_pretrained's error line
+    (recipes/adaptive.py's first process alone did): before the process group exists, every process
+    but the first of its machine now waits for the launcher to end it (a sleep interrupted here, as
+    the launcher's SIGTERM would), as adaptive.cli's say_error does for recipes/adaptive.py."""
+    import adaptive.cli as cli
+
+    class Ended(BaseException):
+        pass
+
+    def ended_by_the_launcher(seconds):
+        raise Ended
+
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr(cli.time, "sleep", ended_by_the_launcher)
+    first = local_rank == "0"
+    with pytest.raises(SystemExit if first or argv == ["-h"] else Ended):
+        P.command(["--model", "mlp", "--dataset", "digits", "--output_dir", str(tmp_path / "out"), *argv])
+    err, out = capsys.readouterr()[::-1]
+    assert (line in err + out) == first and (err + out).count(line) <= 1, err + out
+    assert not (tmp_path / "out").exists()

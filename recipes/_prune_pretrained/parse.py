@@ -7,7 +7,7 @@ import os
 import sys
 
 from adaptive import run_folder
-from adaptive.cli import check_parallelism, message_lines, start_up_warnings_once
+from adaptive.cli import check_parallelism, message_lines, quiet_at_start, start_up_warnings_once
 from adaptive.config import (SEED_RANGE, ConfigError, check_keys, dotted_key_values, merge_key_values,
                              normalize_key, seed_in_range)
 from adaptive.models import check_model_kw
@@ -20,7 +20,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     """The settings of a run: the command line (``argv``, else ``sys.argv``) over its --config file
     over :data:`DEFAULTS`, checked before anything is built or written. Under a multi-process launch
     the warnings of reading them show once, on the first process of each machine (every process reads
-    the same settings: :func:`adaptive.cli.start_up_warnings_once`)."""
+    the same settings: :func:`adaptive.cli.start_up_warnings_once`), and so does ``-h`` (the others exit
+    with status 0 printing nothing), as in recipes/adaptive.py."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if quiet_at_start() and ("-h" in argv or "--help" in argv):
+        raise SystemExit(0)
     with start_up_warnings_once():
         return _parse_args(argv)
 
