@@ -43,7 +43,7 @@ from adaptive.diagnostics.table import Table  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.cli import ArgumentParser, check_parallelism, error_lines, message_lines  # noqa: E402
 from recipes._diagnostics import folder  # noqa: E402
-from recipes._diagnostics.dense_plan import dense_gradients_plan  # noqa: E402
+from recipes._diagnostics.dense_plan import dense_gradients_plan, memory_problem  # noqa: E402
 from recipes._diagnostics.memory import keep_freed_memory  # noqa: E402
 
 
@@ -219,9 +219,13 @@ def make_optimizer(kind, model, lr):
 
 def densecats(args, num_classes, in_shape, kinds, norms) -> dict:
     """The DenseCat net of each (kind, batchnorm) compared, seeded alike, for data of ``num_classes``
-    classes and inputs ``in_shape``; a --layer it lacks is refused (before any training)."""
+    classes and inputs ``in_shape``; a --layer it lacks is refused (before any training), and so, before any net
+    is built, are nets larger than the memory available (:func:`memory_problem`)."""
     from adaptive.models import build_model
 
+    problem = memory_problem(args, kinds, norms, in_shape, num_classes)  # (torch's "can't allocate memory" otherwise)
+    if problem:
+        _refuse(problem)
     nets = {}
     for kind in kinds:
         for bn in norms:

@@ -398,3 +398,31 @@ def test_prune_pretrained_says_a_refused_option_once_per_launch(tmp_path, monkey
     err, out = capsys.readouterr()[::-1]
     assert (line in err + out) == first and (err + out).count(line) <= 1, err + out
     assert not (tmp_path / "out").exists()
+
+
+def test_diagnostics_dense_gradients_refuses_nets_larger_than_the_memory_before_building_them(tmp_path, monkeypatch):
+    """--width 100000000 ended in torch's "can't allocate memory" traceback while building the nets:
+    the least memory the plan needs is estimated first and refused, naming it, the memory available
+    and the options to lower."""
+    import adaptive.models
+
+    monkeypatch.setattr(D, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    monkeypatch.setattr(adaptive.models, "build_model", lambda *a, **k: pytest.fail("a net was built"))
+    with pytest.raises(SystemExit, match=r"needs at least about [\d,.]+ PB of memory \(its 4 DenseCat nets of depth 8 x "
+                                         r"width 100000000.*more than the [\d.]+ [KMGT]?B this machine has available: "
+                                         r"lower --width, --depth or --batch_size"):
+        D.main(["dense-gradients", "--width", "100000000", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("in_shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])  # digits, mnist, cifar10
+def test_the_documented_dense_gradients_commands_fit_in_a_gigabyte(in_shape):
+    """The estimate is a lower bound: the default nets (and --compare's) on digits, MNIST and CIFAR-10 ask
+    for well under a gigabyte, and are never refused on a machine with one available."""
+    from recipes._diagnostics.dense_plan import dense_gradients_bytes, memory_problem
+
+    args = D.build_parser().parse_args(["dense-gradients", "--compare"])
+    kinds, norms = ["mlp", "cnn"], [False, True]
+    assert dense_gradients_bytes(args, kinds, norms, in_shape, 10) < 0.7e9
+    assert memory_problem(args, kinds, norms, in_shape, 10, available=10**9) is None
+    assert "lower --width" in memory_problem(args, kinds, norms, in_shape, 10, available=10**6)
