@@ -50,6 +50,14 @@ class ArgumentParser(argparse.ArgumentParser):
                 args[i] = other + eq + value
         return super().parse_known_args(args, namespace)
 
+    def error(self, message):
+        """argparse's (its usage, then ``{prog}: error: {message}``; status 2), written in one call
+        (:func:`say_error`): under a multi-process launch, where every process reads the same command
+        line, by the first process of each machine alone (:func:`quiet_at_start`), not once a process."""
+        error = SystemExit(2)
+        say_error(f"{self.format_usage()}{self.prog}: error: {message}", error, once=True)
+        raise error
+
     def parse_args(self, args=None, namespace=None):
         ns, extras = self.parse_known_args(args, namespace)
         if extras:

@@ -43,7 +43,7 @@ from adaptive.diagnostics.table import Table  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.cli import ArgumentParser, check_parallelism, error_lines, message_lines  # noqa: E402
 from recipes._diagnostics import folder  # noqa: E402
-from recipes._diagnostics.dense_plan import dense_gradients_plan  # noqa: E402
+from recipes._diagnostics.dense_plan import dense_gradients_plan, memory_problem  # noqa: E402
 from recipes._diagnostics.memory import keep_freed_memory  # noqa: E402
 
 
@@ -219,9 +219,13 @@ def make_optimizer(kind, model, lr):
 
 def densecats(args, num_classes, in_shape, kinds, norms) -> dict:
     """The DenseCat net of each (kind, batchnorm) compared, seeded alike, for data of ``num_classes``
-    classes and inputs ``in_shape``; a --layer it lacks is refused (before any training)."""
+    classes and inputs ``in_shape``; a --layer it lacks is refused (before any training), and so, before any net
+    is built, are nets larger than the memory available (:func:`memory_problem`)."""
     from adaptive.models import build_model
 
+    problem = memory_problem(args, kinds, norms, in_shape, num_classes)  # (torch's "can't allocate memory" otherwise)
+    if problem:
+        _refuse(problem)
     nets = {}
     for kind in kinds:
         for bn in norms:
@@ -346,7 +350,8 @@ def _check_counts(args, *names, least=1):
     for name in names:
         v = getattr(args, name, None)
         if v is not None and v < least:
-            _refuse(f"--{name} must be at least {least}, got {v}")
+            out = " (or leave it out for all)" if name.endswith("subset") else ""
+            _refuse(f"--{name} must be at least {least}, got {v}: give --{name} {least} or more{out}")
         if v is not None and v > sys.maxsize:  # (--train_steps 1e20: Python's OverflowError, a traceback)
             _refuse(f"--{name} must be at most {sys.maxsize:,}, got {v}")
 
@@ -671,7 +676,12 @@ def _check_common(args) -> None:
             check_parallelism("--threads", args.threads, 1)
         except ValueError as e:
             raise SystemExit(str(e)) from None
-    _check_counts(args, "threads", "eval_batch_size")
+    # the data options: the data layer refused them only once the output folder was made (then removed)
+    _check_counts(args, "threads", "batch_size", "eval_batch_size", "subset", "test_subset")
+    holdout = getattr(args, "holdout", None)
+    if holdout is not None and not 0 <= holdout < 1:  # (NaN fails this too)
+        _refuse(f"--holdout must be a fraction in [0, 1) (the part of TRAIN held out; 0: none), got {holdout}: give "
+                "--holdout 0.1 (say)")
     for name in ("lr", "finetune_lr", "adam_lr"):
         v = getattr(args, name, None)
         if v is not None and not (math.isfinite(v) and v > 0):

@@ -93,6 +93,7 @@ from recipes._prune_pretrained.run import _prune, _run, main  # noqa: E402
 __all__ = [
     "main", "parse_args", "build_parser", "parse_remove", "number_or_none", "DEFAULTS", "MODEL_SETS", "CHECKPOINT",
     "RUN_FILES", "TARGET_FILES", "OTHER_RECIPE_FILES", "RESUME_FIX", "AFRESH", "RESUME_MAY_CHANGE", "RANGED", "PROG",
+    "command",
     # what the script imported before the split, still its names (tests patch the run's in recipes._prune_pretrained.run)
     "argparse", "math", "json", "time", "List", "Optional", "torch", "get_dataloaders", "is_test_draw",
     "model_before_data", "test_images", "stage_checkpoint", "jsonio", "run_folder", "atomic_path", "ArgumentParser",
@@ -112,11 +113,19 @@ _REEXPORTED = (_accelerator, _build, _check_num_classes, _estimator, _train_samp
 PROG = "recipes/prune_pretrained.py"
 
 
-if __name__ == "__main__":
+def command(argv=None) -> dict:
+    """:func:`main` as the command line runs it: a problem the user can fix ends with one ``error:``
+    line and status 2, Ctrl-C with one line (:func:`adaptive.cli.run_cli`); under a multi-process
+    launch an error every process finds alike (a refused option: each reads the same command line,
+    files and data) and a Ctrl-C to the whole launch are written by one process, not by each."""
     from adaptive.cli import run_cli
 
+    return run_cli(lambda: main(argv), PROG,  # (an option refused while parsing: SystemExit with its message, status 2)
+                   on_interrupt=_on_interrupt, errors=(run_folder.RunFolderError,), once=True)
+
+
+if __name__ == "__main__":
     from adaptive.distributed import exit_launched_process
 
-    run_cli(main, PROG,  # (an option refused while parsing: SystemExit with its message, status 2)
-            on_interrupt=_on_interrupt, errors=(run_folder.RunFolderError,))
+    command()
     exit_launched_process()  # every rank has written what it must: skip gloo's teardown

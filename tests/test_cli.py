@@ -397,7 +397,7 @@ def test_a_launched_process_leaves_a_settings_error_line_to_the_first_process(mo
     with pytest.raises(SystemExit):
         cli.run_cli(fail, "prog", once=True)
     assert capsys.readouterr().err == "prog: error: lr must be a finite number > 0, got -1.0\n"
-    with pytest.raises(SystemExit):  # without once= (recipes/prune_pretrained.py): every process writes it
+    with pytest.raises(SystemExit):  # without once=: every process writes it
         cli.run_cli(fail, "prog")
     assert capsys.readouterr().err == "prog: error: lr must be a finite number > 0, got -1.0\n"
 

@@ -324,3 +324,105 @@ def test_diagnostics_counts_past_what_python_indexes_are_refused(tmp_path, monke
     with pytest.raises(SystemExit, match=rf"{argv[1]} must be at most 9,223,372,036,854,775,807"):
         D.main([*argv, "--dataset", "digits", "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch_size", "0", r"--batch.size must be .*1.*got 0: give --batch.size"),
+    ("--eval_batch_size", "0", r"--eval.batch.size must be .*got 0: give "),
+    ("--holdout", "1.5", r"--holdout must be a fraction in .*got 1.5: give --holdout 0.1"),
+    ("--holdout", "nan", r"--holdout must be a fraction in .*got nan: give --holdout 0.1"),
+    ("--subset", "0", r"--subset must be .*got 0: give --subset 1 or more"),
+    ("--test_subset", "-1", r"--test.subset must be .*got -1: give --test.subset 1 or more"),
+])
+def test_data_options_are_refused_while_parsing_naming_the_option_and_the_fix(tmp_path, capsys, monkeypatch, option,
+                                                                               value, message):
+    """The data layer's "batch_size must be >= 1" and "holdout fraction must be in [0, 1)" named no option
+    and no fix, and came only once the data loaded (diagnostics' output folder made, then removed;
+    recipes/adaptive.py's --subset 0 once its run folder and lock were made)."""
+    monkeypatch.setattr(D, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    out = ["--output_dir", str(tmp_path / "out")]
+    runs = [(A.parse_args, []), (D.main, ["knowledge"]), (D.main, ["collinearity"]), (D.main, ["dense-gradients"])]
+    if option != "--holdout" or value != "nan":  # (prune_pretrained's holdout is in (0, 1): its own test)
+        runs.append((P.parse_args, ["--model", "mlp", "--dataset", "digits"]))
+    for parse, before in runs:
+        with pytest.raises(SystemExit) as e:
+            parse([*before, option, value, *out])
+        said = f"{e.value.code} {capsys.readouterr().err}"
+        assert re.search(message, said), (parse.__module__, before, said)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_data_layer_names_the_keyword_and_the_fix():
+    from adaptive.data import get_dataloaders, get_datasets, stratified_split, stratified_subset
+
+    with pytest.raises(ValueError, match=r"batch_size must be .*>= 1 .*got 0: give batch_size=1 or more"):
+        get_dataloaders("digits", batch_size=0)
+    with pytest.raises(ValueError, match=r"holdout must be a fraction in \[0, 1\) .*got 1.5: give holdout=0.1"):
+        get_datasets("digits", holdout=1.5)
+    with pytest.raises(ValueError, match=r"--holdout must be a fraction .*got nan: give --holdout 0.1"):
+        get_datasets("digits", holdout=float("nan"), option_names={"holdout": "--holdout"})
+    with pytest.raises(ValueError, match=r"subset must be a positive .*got 0: give subset=1 or more"):
+        get_datasets("digits", subset=0)
+    with pytest.raises(ValueError, match=r"fraction .* must be in \[0, 1\), got 1.0: give fraction=0.1"):
+        stratified_split(torch.arange(4), 1.0)
+    with pytest.raises(ValueError, match=r"size .* must be a positive number of examples, got 0: give size=1"):
+        stratified_subset(torch.arange(4), 0)
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--holdout", "0"], "recipes/prune_pretrained.py: error: --holdout must be a fraction in (0, 1)"),  # the checks'
+    (["--batch-size", "x"], ": error: argument --batch-size/--batch_size: invalid int value"),  # argparse's own
+    (["-h"], "usage: "),
+])
+@pytest.mark.parametrize("local_rank", ["0", "1"])
+def test_prune_pretrained_says_a_refused_option_once_per_launch(tmp_path, monkeypatch, capsys, argv, line, local_rank):
+    """Under `accelerate launch --num_processes 2` every process printed prune_pretrained's error line
+    (recipes/adaptive.py's first process alone did): before the process group exists, every process
+    but the first of its machine now waits for the launcher to end it (a sleep interrupted here, as
+    the launcher's SIGTERM would), as adaptive.cli's say_error does for recipes/adaptive.py."""
+    import adaptive.cli as cli
+
+    class Ended(BaseException):
+        pass
+
+    def ended_by_the_launcher(seconds):
+        raise Ended
+
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr(cli.time, "sleep", ended_by_the_launcher)
+    first = local_rank == "0"
+    with pytest.raises(SystemExit if first or argv == ["-h"] else Ended):
+        P.command(["--model", "mlp", "--dataset", "digits", "--output_dir", str(tmp_path / "out"), *argv])
+    err, out = capsys.readouterr()[::-1]
+    assert (line in err + out) == first and (err + out).count(line) <= 1, err + out
+    assert not (tmp_path / "out").exists()
+
+
+def test_diagnostics_dense_gradients_refuses_nets_larger_than_the_memory_before_building_them(tmp_path, monkeypatch):
+    """--width 100000000 ended in torch's "can't allocate memory" traceback while building the nets:
+    the least memory the plan needs is estimated first and refused, naming it, the memory available
+    and the options to lower."""
+    import adaptive.models
+
+    monkeypatch.setattr(D, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    monkeypatch.setattr(adaptive.models, "build_model", lambda *a, **k: pytest.fail("a net was built"))
+    with pytest.raises(SystemExit, match=r"needs at least about [\d,.]+ PB of memory \(its 4 DenseCat nets of depth 8 x "
+                                         r"width 100000000.*more than the [\d.]+ [KMGT]?B this machine has available: "
+                                         r"lower --width, --depth or --batch_size"):
+        D.main(["dense-gradients", "--width", "100000000", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("in_shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])  # digits, mnist, cifar10
+def test_the_documented_dense_gradients_commands_fit_in_a_gigabyte(in_shape):
+    """The estimate is a lower bound: the default nets (and --compare's) on digits, MNIST and CIFAR-10 ask
+    for well under a gigabyte, and are never refused on a machine with one available."""
+    from recipes._diagnostics.dense_plan import dense_gradients_bytes, memory_problem
+
+    args = D.build_parser().parse_args(["dense-gradients", "--compare"])
+    kinds, norms = ["mlp", "cnn"], [False, True]
+    assert dense_gradients_bytes(args, kinds, norms, in_shape, 10) < 0.7e9
+    assert memory_problem(args, kinds, norms, in_shape, 10, available=10**9) is None
+    assert "lower --width" in memory_problem(args, kinds, norms, in_shape, 10, available=10**6)

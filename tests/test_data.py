@@ -50,7 +50,7 @@ def test_stratified_split_disjoint_stratified_seeded():
     again, _ = stratified_split(labels, 0.1, seed=3)
     other, _ = stratified_split(labels, 0.1, seed=4)
     assert torch.equal(kept, again) and not torch.equal(kept, other)
-    with pytest.raises(ValueError, match=r"holdout fraction must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"fraction \(the holdout fraction\) must be in \[0, 1\), got 1.0: give fraction=0.1"):
         stratified_split(labels, 1.0)
     sub = stratified_subset(labels, 40, seed=0)
     assert torch.bincount(labels[sub], minlength=5).tolist() == [10, 20, 5, 1, 4]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import List, Mapping, Optional, Tuple
 
@@ -80,7 +81,13 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
     for what, v in (("subset", subset), ("test_subset", test_subset)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             none = "left out" if named[what].startswith("-") else "None"
-            raise ValueError(f"{named[what]} must be a positive number of examples (or {none} for all), got {v!r}")
+            raise ValueError(f"{named[what]} must be a positive number of examples (or {none} for all), got {v!r}: "
+                             f"give {_spelt(named[what], 1)} or more")
+    if not _fraction_below_one(holdout):
+        # (stratified_split's own refusal, once the data had loaded, named its own keyword: fraction)
+        fix = f": give {_spelt(named['holdout'], 0.1)} (say)" if named["holdout"] else ""
+        raise ValueError(f"{named['holdout'] or 'the holdout'} must be a fraction in [0, 1) (the part of the train "
+                         f"split held out; 0: none), got {holdout!r}{fix}")
     builder = get_source_builder(name)
     if "progress" in inspect.signature(builder).parameters:
         kw["progress"] = progress
@@ -165,6 +172,14 @@ def _whole_split_size(test_dataset) -> Optional[int]:
         whole = getattr(ds, "whole_split_size", None)
         ds = getattr(ds, "dataset", None)
     return whole
+
+
+def _fraction_below_one(value) -> bool:
+    """Whether ``value`` is a number in [0, 1) (NaN is not; True and False are no fractions)."""
+    try:
+        return not isinstance(value, bool) and 0.0 <= float(value) < 1.0
+    except (TypeError, ValueError):
+        return False
 
 
 def _spelt(option: Optional[str], value) -> str:
@@ -271,8 +286,9 @@ def get_dataloaders(name: str, batch_size: int = 128, data_dir=None, holdout: fl
     theirs between passes, the train loader's start afresh every pass so that a resumed run
     draws the augmentation of the uninterrupted one. ``drop_last``: drop the train split's last
     batch when it is smaller than ``batch_size``."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1 (examples per train batch), got {batch_size!r}: "
+                         "give batch_size=1 or more (128, the default, say)")
     splits = get_datasets(name, data_dir=data_dir, holdout=holdout, seed=seed, download=download,
                           subset=subset, test_subset=test_subset, augment=augment, progress=progress, **kw)
     eval_bs = eval_batch_size or batch_size

@@ -35,7 +35,8 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> Tu
     outputs are sorted LongTensors and together partition the positions.
     """
     if not 0.0 <= float(fraction) < 1.0:
-        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+        raise ValueError(f"fraction (the holdout fraction) must be in [0, 1), got {fraction}: give fraction=0.1 "
+                         "(say), or 0 to hold none out")
     return _draw(labels, seed, lambda counts: holdout_counts(counts, fraction))
 
 
@@ -67,7 +68,8 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int = 0) -> torch.T
     if size is None or size >= n:
         return torch.arange(n)
     if size <= 0:
-        raise ValueError(f"subset size must be positive, got {size}")
+        raise ValueError(f"size (of the subset) must be a positive number of examples, got {size}: give size=1 or "
+                         "more, or None for all of them")
     k = int(torch.unique(torch.as_tensor(labels)).numel())
     if size < k:
         raise ValueError(f"a stratified subset of {size} of {n} examples cannot hold one example of each of the "

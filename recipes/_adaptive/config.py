@@ -248,7 +248,8 @@ class RunConfig:
             (self.density is None or 0.0 < self.density <= 1.0, f"density must be in (0, 1], got {self.density}"
              + (f" (a fraction of the synapses, not a percentage: {self.density:g}% is --density "
                 f"{self.density / 100:g})" if self.density is not None and 1.0 < self.density <= 100.0 else "")),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.batch_size >= 1, f"--batch_size must be >= 1 (train examples per step and process), got "
+                                   f"{self.batch_size}: give --batch_size 32 (say)"),
             (self.gradient_accumulation_steps >= 1, f"gradient_accumulation_steps must be >= 1 (1: a step per batch), "
                                                     f"got {self.gradient_accumulation_steps}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
@@ -260,7 +261,14 @@ class RunConfig:
             (self.update_every >= 1, f"update_every must be >= 1, got {self.update_every}"),
             (0.0 <= self.edit_fraction <= 1.0, f"edit_fraction must be in [0, 1], got {self.edit_fraction}"),
             (0.0 < self.end_fraction <= 1.0, f"end_fraction must be in (0, 1], got {self.end_fraction}"),
-            (0.0 <= self.holdout < 1.0, f"holdout must be in [0, 1), got {self.holdout}"),
+            (0.0 <= self.holdout < 1.0, f"--holdout must be a fraction in [0, 1) (the part of TRAIN held out; 0: "
+                                        f"none), got {self.holdout}: give --holdout 0.1 (say)"),
+            # (refused by the data layer only once the run folder and its lock were made)
+            (self.subset is None or self.subset >= 1, f"--subset must be a positive number of examples (or left out "
+                                                      f"for all), got {self.subset}: give --subset 1 or more"),
+            (self.test_subset is None or self.test_subset >= 1,
+             f"--test_subset must be a positive number of examples (or left out for all), got {self.test_subset}: "
+             "give --test_subset 1 or more"),
             (self.mode != "mask_only" or self.holdout > 0,
              "mode mask_only chooses and scores its masks on the held-out part of TRAIN, and holdout 0 asks for none: "
              "give --holdout 0.1 (say)"),
@@ -285,9 +293,11 @@ class RunConfig:
              f"warmup_steps ({self.warmup_steps}) exceeds the run's {self.max_steps} steps (--max_steps), so the "
              f"learning rate would never reach --lr: give --warmup_steps {self.max_steps} or fewer"),
             (self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0 (0: keep every one), got {self.keep_checkpoints}"),
-            (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
+            (self.num_workers >= 0, f"--num_workers must be >= 0 (0: load in the main process), got "
+                                    f"{self.num_workers}: give --num_workers 0 or more"),
             (self.eval_batch_size is None or self.eval_batch_size >= 1,
-             f"eval_batch_size must be >= 1 (or left out: the batch size), got {self.eval_batch_size}"),
+             f"--eval_batch_size must be >= 1, got {self.eval_batch_size}: give a positive --eval_batch_size, or "
+             "leave it out for --batch_size"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1 (or left out), got {self.threads}"),
             (self.line_search >= 0, f"line_search must be >= 0 (held-out batches each update's check scores; 0: no "
                                     f"check), got {self.line_search}"),

@@ -65,3 +65,75 @@ def dense_gradients_plan(args, kinds, norms, in_shape) -> str:
 
 def _count(macs: float) -> str:
     return f"{macs / 1e12:.3g} T" if macs >= 1e12 else f"{macs / 1e9:.3g} G"
+
+
+def densecat_parameters(in_shape, depth: int, width: int, num_classes: int, kind: str) -> int:
+    """The weights and biases of one DenseCat net (:class:`adaptive.models.densecat.DenseCat`; its
+    BatchNorms' few left out): layer k reads the input's units (mlp: all of them; cnn: its channels,
+    through 3x3 kernels) plus k earlier outputs of ``width``, and the classifier all of them."""
+    units = math.prod(int(s) for s in in_shape) if kind == "mlp" else int(in_shape[0])
+    kernel = 1 if kind == "mlp" else 9
+    layers = sum(kernel * (units + width * k) * width + width for k in range(depth))
+    return layers + (units + width * depth) * num_classes + num_classes
+
+
+def densecat_activations(in_shape, depth: int, width: int, batch_size: int, kind: str) -> int:
+    """The values one forward pass of a batch keeps for its backward, at the least: each layer's input
+    (the concatenation of the input and the earlier outputs, at every position for cnn)."""
+    units = math.prod(int(s) for s in in_shape) if kind == "mlp" else int(in_shape[0])
+    positions = 1 if kind == "mlp" else math.prod(int(s) for s in in_shape[1:])
+    return batch_size * positions * sum(units + width * k for k in range(depth + 1))
+
+
+def dense_gradients_bytes(args, kinds, norms, in_shape, num_classes: int) -> int:
+    """The least memory dense-gradients needs, in bytes (float32): every net's weights (all are built
+    before the first trains), the gradients and SGD momentum of the largest, and the values a training
+    batch keeps for its backward in the largest. A lower bound: the backward's own and the data's come on top."""
+    params = {kind: densecat_parameters(in_shape, args.depth, args.width, num_classes, kind) for kind in kinds}
+    held = sum(params[kind] for kind in kinds) * len(norms) + 2 * max(params.values())
+    return 4 * (held + max(densecat_activations(in_shape, args.depth, args.width, args.batch_size, kind)
+                           for kind in kinds))
+
+
+def available_memory() -> "int | None":
+    """Bytes of memory available to start new work: /proc/meminfo's MemAvailable (Linux), else the
+    machine's physical memory (``os.sysconf``); None where neither can be read."""
+    import os
+
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_problem(args, kinds, norms, in_shape, num_classes: int, available=None) -> "str | None":
+    """Why dense-gradients cannot run here, where the least memory it needs
+    (:func:`dense_gradients_bytes`) is more than the memory available (``available`` bytes, default
+    :func:`available_memory`); None where it fits, or the memory is not known. A --width 100000000
+    ended in torch's "can't allocate memory" traceback while building its nets."""
+    available = available_memory() if available is None else available
+    need = dense_gradients_bytes(args, kinds, norms, in_shape, num_classes)
+    if available is None or need <= available:
+        return None
+    nets = len(kinds) * len(norms)
+    fewer = [o for o, more in (("--kind mlp or cnn", len(kinds) > 1), ("--batchnorm off or on", len(norms) > 1)) if more]
+    return (f"dense-gradients needs at least about {_bytes(need)} of memory (its {nets} DenseCat "
+            f"net{'s' * (nets > 1)} of depth {args.depth} x width {args.width}, one net's gradients and momentum, and "
+            f"one batch of {args.batch_size}'s activations), more than the {_bytes(available)} this machine has "
+            f"available: lower --width, --depth or --batch_size" + (f" (or build fewer nets: {', '.join(fewer)})"
+                                                                    if fewer else ""))
+
+
+def _bytes(n: float) -> str:
+    """``n`` bytes in decimal units, 3 significant digits: ``472 MB``, ``18.9 GB``."""
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}" if n < 1000 else f"{n:,.0f} {unit}"
+        n /= 1000

@@ -130,7 +130,8 @@ def _check_ranges(cfg: dict, origin) -> None:
                          f"fractional allowed), got {cfg['passes']!r}")
     if not (number("holdout") and 0 < cfg["holdout"] < 1):
         raise SystemExit(f"{origin('holdout')} must be a fraction in (0, 1) (the part of the TRAIN split held out "
-                         f"for selection), got {cfg['holdout']!r}")
+                         f"for selection), got {cfg['holdout']!r}: give "
+                         + ("--holdout 0.1 (say)" if origin("holdout") == "--holdout" else "it 0.1 (say)"))
     for key in ("approach", "edit_fraction"):
         if not (number(key) and 0 <= cfg[key] <= 1):
             raise SystemExit(f"{origin(key)} must be a number in [0, 1], got {cfg[key]!r}")

@@ -7,7 +7,7 @@ import os
 import sys
 
 from adaptive import run_folder
-from adaptive.cli import check_parallelism, message_lines, start_up_warnings_once
+from adaptive.cli import check_parallelism, message_lines, quiet_at_start, start_up_warnings_once
 from adaptive.config import (SEED_RANGE, ConfigError, check_keys, dotted_key_values, merge_key_values,
                              normalize_key, seed_in_range)
 from adaptive.models import check_model_kw
@@ -20,7 +20,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     """The settings of a run: the command line (``argv``, else ``sys.argv``) over its --config file
     over :data:`DEFAULTS`, checked before anything is built or written. Under a multi-process launch
     the warnings of reading them show once, on the first process of each machine (every process reads
-    the same settings: :func:`adaptive.cli.start_up_warnings_once`)."""
+    the same settings: :func:`adaptive.cli.start_up_warnings_once`), and so does ``-h`` (the others exit
+    with status 0 printing nothing), as in recipes/adaptive.py."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if quiet_at_start() and ("-h" in argv or "--help" in argv):
+        raise SystemExit(0)
     with start_up_warnings_once():
         return _parse_args(argv)
 
@@ -121,7 +125,10 @@ def _parse_args(argv) -> argparse.Namespace:
                        ("eval_every", 0), ("subset", 1), ("test_subset", 1), ("threads", 1), ("num_workers", 0)):
         v = cfg.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
-            raise SystemExit(f"--{key.replace('_', '-')} must be an integer >= {least}, got {v!r}")
+            where = origin(key)  # (--key, or the --config file's key)
+            fix = f"give {where} {least} or more" if where.startswith("--") else f"set it to {least} or more"
+            out = " (or leave it out for all)" if key.endswith("subset") else ""  # (the others have defaults)
+            raise SystemExit(f"{where} must be an integer >= {least}, got {v!r}: {fix}{out}")
     n = cfg.get("num_classes")  # (0 was read as left out, the data's; -1 refused once the data had loaded)
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise SystemExit(f"{origin('num_classes')} must be an integer >= 1 (the classes of the model's output), got "
