@@ -1212,7 +1212,9 @@ def test_a_config_files_text_values_are_checked_as_the_command_line_checks_them(
     type: list', `output_dir: 5` 'expected str, bytes or os.PathLike object, not int', and
     `data_dir: [a]` was accepted and recorded."""
     with pytest.raises(SystemExit, match=match):
-        recipe().parse_args(["--config", _config(tmp_path, "model: mlp\ndataset: digits\n" + text)])
+        # (the base keys a case sets itself are left out: a key given twice is refused on its own)
+        base = "".join(f"{k}: {v}\n" for k, v in (("model", "mlp"), ("dataset", "digits")) if not text.startswith(k + ":"))
+        recipe().parse_args(["--config", _config(tmp_path, base + text)])
     ok = recipe().parse_args(["--config", _config(tmp_path, "remove: [0.2, 500]\nplugins: []\noutput_dir: '5'\n")])
     assert ok.remove == [0.2, 500] and ok.output_dir.endswith("5")
 
