@@ -8,7 +8,11 @@ an independent computation on the same scores (``Controller.scores`` at the upda
   as many synapses as they prune (to within half an ensemble): the density holds;
 - gmp and magnitude hold each layer at its budget's count for the density of Zhu & Gupta's cubic
   schedule (computed here from its formula) at every update, keeping the costliest ensembles;
-- threshold prunes, net, its pace and never more than ``edit_fraction`` of the live ensembles per side;
+- threshold prunes the cheapest live ensembles off the floors and restores the best absent ones,
+  net exactly its pace (even, cubic, or the limit without end_step), edits beyond the pace paired,
+  below the prune boundary and above the restore boundary, as many as those and the edit limit allow;
+- balanced and crawl, at their target, swap the worthwhile prefix of pairs (cheapest live against
+  most useful absent, gain over cost by more than the margin) within the edit limit;
 - erk/uniform budgets share the density by the paper's formula, dense-capped layers full and the
   others rescaled, within a synapse of the exact share;
 - the edit fraction follows its decay's formula, and no edit comes after ``end_step`` or off the
@@ -493,5 +497,62 @@ def test_threshold_prunes_below_its_boundary_and_restores_above_it_at_its_pace(
             step, extra, n_below, n_above, limit, forced_p, forced_r)
         if grown and policy.adapt:
             assert policy.restore_boundary == max(0.0, min(float(gain[i]) for i in grown))
+
+    run(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.05), seed, 12, on_update)
+
+
+# ------------------------------------------------------------------------------------------- balanced / crawl pairs
+@prop(10)
+@given(policy=st.sampled_from(["balanced", "crawl"]), density=st.sampled_from([0.2, 0.5]),
+       frac=st.sampled_from([0.05, 0.3, 1.0]), margin=st.sampled_from([0.0, 1e-4]),
+       estimator=st.sampled_from(["curvature", "obd"]), seed=st.integers(0, 2**10))
+def test_balanced_and_crawl_swap_the_worthwhile_pairs_at_their_target(policy, density, frac, margin, estimator, seed):
+    """At its target (no count to restore, no distance to the goal), balanced and crawl swap pairs:
+    the i-th cheapest live synapse for the i-th most useful absent one, as long as each pair's gain
+    beats its cost (by crawl's ``margin``), within the edit limit: the chosen sets are those prefixes,
+    one for one, and the next pair is past the limit or not worth making (on Controller.scores)."""
+    if policy == "balanced":
+        margin = 0.0
+    torch.manual_seed(seed)
+    model = mlp()
+    conn = adaptive.Connectome(model)
+    kw = dict(edit_fraction=frac, edit_decay="constant") if policy == "balanced" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctrl = adaptive.Controller(conn, None, policy=policy, density=density if policy == "balanced" else None,
+                                   update_every=2, end_step=30, estimator=estimator, seed=seed, **kw)
+    target = round(density * conn.num_synapses())
+    if policy == "crawl":  # the goal reached by step 4, swaps after it
+        ctrl.policy.edit_fraction, ctrl.policy.margin = frac, margin
+        ctrl.policy.set_goal(target, 4)
+    log = capture(ctrl)
+    checked = []
+
+    def on_update(step, before, after, event):
+        rec = log[-1] if log and log[-1]["step"] == step else None
+        plan = rec and rec["plan"]
+        if plan is None or plan.tolerance == math.inf or int(sum(m.sum() for m in rec["alive"].values())) != target:
+            return  # a count restored, or the goal still being reached
+        names = list(rec["cost"])
+        cost = torch.cat([rec["cost"][n].reshape(-1) for n in names])
+        gain = torch.cat([rec["gain"][n].reshape(-1) for n in names])
+        alive = torch.cat([rec["alive"][n].reshape(-1) for n in names])
+        offs = [0]
+        for n in names:
+            offs.append(offs[-1] + rec["alive"][n].numel())
+
+        def flat(d):
+            return sorted(int(i) + offs[j] for j, n in enumerate(names) if n in d for i in d[n].tolist())
+
+        live = int(alive.sum())
+        frac_now = rec["frac"] if policy == "balanced" else frac
+        limit = min(int(round(frac_now * live)), alive.numel() - live)
+        cheapest, best = ranked(cost, alive), ranked(gain, ~alive, largest=True)
+        k = len(flat(plan.prune))
+        assert flat(plan.prune) == sorted(cheapest[:k]) and flat(plan.grow) == sorted(best[:k]), f"step {step}"
+        worth = [float(gain[best[i]]) - float(cost[cheapest[i]]) > margin for i in range(limit)]
+        want = worth.index(False) if False in worth else limit
+        assert k == want, (step, k, want, limit)
+        checked.append(step)
 
     run(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.05), seed, 12, on_update)
