@@ -108,7 +108,10 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         grow_init: "zero" (default in train mode), "original" (default in mask_only), "random", or
             a callable ``f(name, grown_mask) -> tensor`` (the weight's shape; a wrong one raises at
             the edit, before anything changes); anything else is refused at construction.
-        min_density: per-layer floor of the budget. protect: name patterns of layers kept as they are,
+        min_density: per-layer floor of the budget (``min_density`` of each editable layer's synapses,
+            rounded up to whole ensembles: a floor of 3 synapses in 40-synapse neurons keeps one
+            neuron, raising that layer's count above its budget's share; a density the rounded-up
+            floors cannot fit is refused at construction). protect: name patterns of layers kept as they are,
             never edited (a budget counts them at the synapses they hold): a list, or a string split
             at commas as include=/exclude= are (``protect="0,3"``); as there, a pattern matches a weight's
             name or its layer's, and a tied weight answers to every name that holds it.

@@ -8,7 +8,11 @@ an independent computation on the same scores (``Controller.scores`` at the upda
   as many synapses as they prune (to within half an ensemble): the density holds;
 - gmp and magnitude hold each layer at its budget's count for the density of Zhu & Gupta's cubic
   schedule (computed here from its formula) at every update, keeping the costliest ensembles;
-- threshold prunes, net, its pace and never more than ``edit_fraction`` of the live ensembles per side;
+- threshold prunes the cheapest live ensembles off the floors and restores the best absent ones,
+  net exactly its pace (even, cubic, or the limit without end_step), edits beyond the pace paired,
+  below the prune boundary and above the restore boundary, as many as those and the edit limit allow;
+- balanced and crawl, at their target, swap the worthwhile prefix of pairs (cheapest live against
+  most useful absent, gain over cost by more than the margin) within the edit limit;
 - erk/uniform budgets share the density by the paper's formula, dense-capped layers full and the
   others rescaled, within a synapse of the exact share;
 - the edit fraction follows its decay's formula, and no edit comes after ``end_step`` or off the
@@ -22,7 +26,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 
@@ -383,3 +387,172 @@ def test_a_layer_budget_holds_min_density_in_whole_ensembles(policy, budget):
     run(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.05), 0, 5)
     assert int(conn.masks["2.weight"].sum()) == 40  # one neuron: the fewest holding the floor of 16
     assert abs(conn.num_live() - round(0.12 * conn.num_synapses())) <= 40 + 20
+
+
+# ------------------------------------------------------------------------------------------- threshold
+def threshold_pace(ctrl, policy_pace, state, step, live, target, limit):
+    """The net removal the threshold policy's docs promise at ``step`` (synapses = ensembles here):
+    the excess over the target, all of it past the last update or with no end_step (then at most
+    the edit limit), else spread evenly over the updates left or along Zhu & Gupta's cubic schedule
+    from the live count of the first paced update; negative below the target (the shortfall)."""
+    need = live - target
+    if need <= 0:
+        return need
+    if ctrl.end_step is None:
+        return min(need, limit)
+    if policy_pace == "cubic":
+        if state.get("start_live") is None:
+            state["start_live"] = live
+        last = ctrl.start_step + (ctrl.end_step - 1 - ctrl.start_step) // ctrl.update_every * ctrl.update_every
+        if step >= last or last <= ctrl.start_step:
+            return need
+        p = (step - ctrl.start_step) / (last - ctrl.start_step)
+        return max(0, math.ceil(live - (target + max(0, state["start_live"] - target) * (1.0 - p) ** 3)))
+    return math.ceil(need / max(1, math.ceil((ctrl.end_step - step) / ctrl.update_every)))
+
+
+@prop(14)
+# below the target, with a prune under the prune boundary: one restore beyond the shortfall was taken
+# wherever the restore boundary and the edit limit were (the shortfall's count plus one)
+@example(pace="cubic", density=0.15, start_density=0.1, frac=0.05, end=None, min_density=0.0, estimator="curvature",
+         boundary=1e-4, seed=0)
+@given(pace=st.sampled_from(["cubic", "even"]), density=st.sampled_from([0.15, 0.4, 0.7]),
+       start_density=st.sampled_from([1.0, 0.5, 0.1]), frac=st.sampled_from([0.05, 0.2, 0.5]),
+       end=st.sampled_from([None, 9]), min_density=st.sampled_from([0.0, 0.1]),
+       estimator=st.sampled_from(["curvature", "magnitude"]), boundary=st.sampled_from([0.0, 1e-4, 0.1]),
+       seed=st.integers(0, 2**10))
+def test_threshold_prunes_below_its_boundary_and_restores_above_it_at_its_pace(
+        pace, density, start_density, frac, end, min_density, estimator, boundary, seed):
+    """threshold's chosen sets against its rules on the scores Controller.scores gives at the update:
+    the cheapest live synapses (never a floor's) and the most useful absent ones; net removal exactly
+    its pace; edits beyond the pace only below the prune boundary (prunes) and above the restore
+    boundary (restores), paired, as many as the boundaries and the edit limit allow; the boundaries
+    then adapt to what was edited."""
+    torch.manual_seed(seed)
+    model = mlp()
+    conn = adaptive.Connectome(model)
+    g = torch.Generator().manual_seed(seed)
+    conn.set_masks({n: torch.rand(m.shape, generator=g) < start_density for n, m in conn.masks.items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ctrl = adaptive.Controller(conn, None, policy="threshold", density=density, update_every=2, end_step=end,
+                                       edit_fraction=frac, edit_decay="constant" if end is None else "linear",
+                                       estimator=estimator, min_density=min_density, pace=pace, seed=seed,
+                                       prune_boundary=boundary)
+        except ValueError as e:  # floors above the density
+            assert "min_density" in str(e)
+            return
+    policy, inner, log, state = ctrl.policy, ctrl.policy.update, [], {}
+
+    def update(c, step):
+        rec = dict(step=step, frac=c.edit_fraction(step), alive={n: m.clone() for n, m in c.alive().items()},
+                   cost=c.scores("cost", step), gain=c.scores("gain", step),
+                   pb=policy.prune_boundary, rb=policy.restore_boundary)
+        rec["plan"] = inner(c, step)
+        log.append(rec)
+        return rec["plan"]
+
+    policy.update = update
+    target = round(density * conn.num_synapses())
+
+    def on_update(step, before, after, event):
+        if not log or log[-1]["step"] != step or log[-1]["plan"] is None:
+            return
+        rec = log.pop()
+        names = list(rec["cost"])
+        cost = torch.cat([rec["cost"][n].reshape(-1) for n in names])
+        gain = torch.cat([rec["gain"][n].reshape(-1) for n in names])
+        alive = torch.cat([rec["alive"][n].reshape(-1) for n in names])
+        offs = [0]
+        for n in names:
+            offs.append(offs[-1] + rec["alive"][n].numel())
+        held = torch.zeros_like(alive)
+        for j, n in enumerate(names):  # each layer's floor: its costliest live synapses
+            floor = adaptive.budgets.floor_synapses(min_density, conn.layers[n].numel) if min_density else 0
+            for i in ranked(rec["cost"][n], rec["alive"][n], largest=True)[:floor]:
+                held[offs[j] + i] = True
+        prunable, absent = alive & ~held, ~alive
+        live = int(alive.sum())
+        limit = max(1, int(round(rec["frac"] * live)))
+        p_net = threshold_pace(ctrl, pace, state, step, live, target, limit)
+
+        def flat(d):
+            return [int(i) + offs[j] for j, n in enumerate(names) if n in d for i in d[n].tolist()]
+
+        pruned, grown = flat(rec["plan"].prune), flat(rec["plan"].grow)
+        cheapest, best = ranked(cost, prunable), ranked(gain, absent, largest=True)
+        assert sorted(pruned) == sorted(cheapest[:len(pruned)]), f"step {step}: not the cheapest {len(pruned)}"
+        assert sorted(grown) == sorted(best[:len(grown)]), f"step {step}: not the best {len(grown)} absent"
+        forced_p, forced_r = min(max(p_net, 0), len(cheapest)), min(max(-p_net, 0), len(best))
+        extra = len(pruned) - forced_p
+        assert extra >= 0 and len(grown) - forced_r == extra, (step, p_net, len(pruned), len(grown))
+        # beyond the pace: prunes below the prune boundary, restores above the restore boundary
+        assert all(float(cost[i]) < rec["pb"] for i in cheapest[forced_p:len(pruned)]), (step, rec["pb"])
+        assert all(float(gain[i]) > rec["rb"] for i in best[forced_r:len(grown)]), (step, rec["rb"])
+        # ... as many pairs as the boundaries and the edit limit (per side, beyond the pace) allow
+        n_below = sum(1 for i in cheapest[forced_p:] if float(cost[i]) < rec["pb"])
+        n_above = sum(1 for i in best[forced_r:] if float(gain[i]) > rec["rb"])
+        assert extra == min(n_below, n_above, max(limit - forced_p, 0), max(limit - forced_r, 0)), (
+            step, extra, n_below, n_above, limit, forced_p, forced_r)
+        if grown and policy.adapt:
+            assert policy.restore_boundary == max(0.0, min(float(gain[i]) for i in grown))
+
+    run(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.05), seed, 12, on_update)
+
+
+# ------------------------------------------------------------------------------------------- balanced / crawl pairs
+@prop(10)
+@given(policy=st.sampled_from(["balanced", "crawl"]), density=st.sampled_from([0.2, 0.5]),
+       frac=st.sampled_from([0.05, 0.3, 1.0]), margin=st.sampled_from([0.0, 1e-4]),
+       estimator=st.sampled_from(["curvature", "obd"]), seed=st.integers(0, 2**10))
+def test_balanced_and_crawl_swap_the_worthwhile_pairs_at_their_target(policy, density, frac, margin, estimator, seed):
+    """At its target (no count to restore, no distance to the goal), balanced and crawl swap pairs:
+    the i-th cheapest live synapse for the i-th most useful absent one, as long as each pair's gain
+    beats its cost (by crawl's ``margin``), within the edit limit: the chosen sets are those prefixes,
+    one for one, and the next pair is past the limit or not worth making (on Controller.scores)."""
+    if policy == "balanced":
+        margin = 0.0
+    torch.manual_seed(seed)
+    model = mlp()
+    conn = adaptive.Connectome(model)
+    kw = dict(edit_fraction=frac, edit_decay="constant") if policy == "balanced" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctrl = adaptive.Controller(conn, None, policy=policy, density=density if policy == "balanced" else None,
+                                   update_every=2, end_step=30, estimator=estimator, seed=seed, **kw)
+    target = round(density * conn.num_synapses())
+    if policy == "crawl":  # the goal reached by step 4, swaps after it
+        ctrl.policy.edit_fraction, ctrl.policy.margin = frac, margin
+        ctrl.policy.set_goal(target, 4)
+    log = capture(ctrl)
+    checked = []
+
+    def on_update(step, before, after, event):
+        rec = log[-1] if log and log[-1]["step"] == step else None
+        plan = rec and rec["plan"]
+        if plan is None or plan.tolerance == math.inf or int(sum(m.sum() for m in rec["alive"].values())) != target:
+            return  # a count restored, or the goal still being reached
+        names = list(rec["cost"])
+        cost = torch.cat([rec["cost"][n].reshape(-1) for n in names])
+        gain = torch.cat([rec["gain"][n].reshape(-1) for n in names])
+        alive = torch.cat([rec["alive"][n].reshape(-1) for n in names])
+        offs = [0]
+        for n in names:
+            offs.append(offs[-1] + rec["alive"][n].numel())
+
+        def flat(d):
+            return sorted(int(i) + offs[j] for j, n in enumerate(names) if n in d for i in d[n].tolist())
+
+        live = int(alive.sum())
+        frac_now = rec["frac"] if policy == "balanced" else frac
+        limit = min(int(round(frac_now * live)), alive.numel() - live)
+        cheapest, best = ranked(cost, alive), ranked(gain, ~alive, largest=True)
+        k = len(flat(plan.prune))
+        assert flat(plan.prune) == sorted(cheapest[:k]) and flat(plan.grow) == sorted(best[:k]), f"step {step}"
+        worth = [float(gain[best[i]]) - float(cost[cheapest[i]]) > margin for i in range(limit)]
+        want = worth.index(False) if False in worth else limit
+        assert k == want, (step, k, want, limit)
+        checked.append(step)
+
+    run(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.05), seed, 12, on_update)

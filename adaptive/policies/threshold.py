@@ -163,8 +163,13 @@ class Threshold(Policy):
             n_p = max(min(n_below, limit), take_synapses(p_idx, size, pace).numel())
             p_idx = p_idx[:n_p]
         above = ~a & (g > self.restore_boundary)
-        n_short = max_count(size, -pace, int((~a).sum())) if target_set else 0
-        above[highest(gs, ~a, n_short)] = True  # below the target: the best absent, wherever the boundary is
+        # below the target: the best absent that make up the shortfall, wherever the boundary is (only
+        # those: max_count's one more, taken too, was restored beyond the pace and the edit limit, the
+        # boundary unchecked, in a pair with a prune below the prune boundary)
+        short = (take_synapses(highest(gs, ~a, max_count(size, -pace, int((~a).sum()))), size, -pace)
+                 if target_set and pace < 0 else p_idx[:0])
+        n_short = short.numel()
+        above[short] = True
         r_idx = highest(gs, above, min(int(above.sum()), max(limit, n_short)))
         if target_set:
             # net removal is exactly the pace (to within half an ensemble): restores only replace
