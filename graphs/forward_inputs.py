@@ -55,11 +55,30 @@ def _trial_call_with_inputs(model: nn.Module, args: Sequence[Any]):
     """:func:`_call_with_inputs` on an input the model may not run on (a size a compact check tries): what it
     raises is the caller's to judge, and what it writes to stderr is written on only where the call returns. A
     ``torch.fx.GraphModule`` (a compact copy compacted again) prints the traceback of an error in its generated
-    code to stderr before raising it, which was noise where the caller expects the error and carries on."""
-    with contextlib.redirect_stderr(io.StringIO()) as said:
-        out = _call_with_inputs(model, args)
-    sys.stderr.write(said.getvalue())
-    return out
+    code to stderr before raising it, which was noise where the caller expects the error and carries on. Where the
+    call fails, what was written before that traceback (a warning of the model's, shown once and never again) is
+    written on all the same; only fx's traceback is dropped."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return _call_with_inputs(model, args)
+    finally:
+        sys.stderr.write(_without_fx_traceback(said.getvalue()))
+
+
+# how torch.fx's GraphModule introduces the traceback it prints to stderr for an error in its generated code
+_FX_TRACEBACK = ("Traceback (most recent call last):", "Call using an FX-traced Module")
+
+
+def _without_fx_traceback(text: str) -> str:
+    """``text`` up to the traceback a ``torch.fx.GraphModule`` printed (:func:`_trial_call_with_inputs`): the
+    last thing it writes before raising, from the first traceback line ahead of its "Call using an FX-traced
+    Module" line to the end; ``text`` itself where it holds none."""
+    end = text.rfind(_FX_TRACEBACK[1])
+    if end < 0:
+        return text
+    start = text.find(_FX_TRACEBACK[0])
+    return text[:start] if 0 <= start < end else text
 
 
 def _refuse_named_inputs(model: nn.Module, example_input) -> None:

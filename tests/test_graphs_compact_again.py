@@ -362,3 +362,35 @@ def test_compacting_a_compact_copy_of_a_fixed_size_model_prints_nothing(capfd):
     again = graphs.compact(small, None, x)
     assert again.compaction["params_after"] == small.compaction["params_after"]
     assert capfd.readouterr().err == ""
+
+
+class SaysThenFails(nn.Module):
+    """Writes a line to stderr (a warning of its own, say), then fails: at any size but the example's."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        import sys
+
+        print("model: a note of its own", file=sys.stderr)
+        return self.fc(x.reshape(2, 8))
+
+
+def test_a_failed_trial_call_writes_what_the_model_said_but_not_fx_s_traceback(capfd):
+    """compact's trial calls captured stderr and wrote it on only where the call returned: a warning the model
+    gave before failing at a size it does not take was lost (and, shown once, never shown again). Now only the
+    traceback a compact copy (an fx GraphModule) prints for its failing code is dropped."""
+    from graphs.forward_inputs import _trial_call_with_inputs
+
+    model = SaysThenFails().eval()
+    with pytest.raises(RuntimeError):
+        _trial_call_with_inputs(model, (torch.randn(3, 8),))
+    assert capfd.readouterr().err == "model: a note of its own\n"
+    small = graphs.compact(model, None, torch.randn(2, 8))
+    capfd.readouterr()
+    with pytest.raises(RuntimeError):
+        _trial_call_with_inputs(small, (torch.randn(3, 8),))
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "FX-traced" not in err, err
