@@ -68,7 +68,7 @@ from .mask_only_bits import _bits, _same_bits, changed_from, changed_weights, lo
 from .mask_only_data import (_NONE, _check_loader, _data_identity, _model_device, _shuffled,  # noqa: F401
                              _to_device)
 from .mask_only_eval import _agreed, _logits, check_first_batch, evaluate  # noqa: F401
-from .mask_only_learning import _kept_note, mask_learning, restore_original  # noqa: F401
+from .mask_only_learning import _kept_note, mask_learning, refuse_grads_not_given_back, restore_original  # noqa: F401
 from .mask_only_result import MaskOnlyResult, Snapshot  # noqa: F401
 from .mask_only_settings import _precision, checked_passes, stage_batches  # noqa: F401
 from .mask_only_stages import _stage_state  # noqa: F401
@@ -229,6 +229,7 @@ def optimize_connectome(
                        verify_batches=verify_batches, line_search_tries=line_search_tries, eval_every=eval_every,
                        loss_fn=loss_fn, accuracy_fn=accuracy_fn, seed=seed, progress=progress, callback=callback,
                        checkpoint=checkpoint)
+    refuse_grads_not_given_back(model)  # (before the first batch's forward, which such a parameter may fail)
     check_first_batch(model, holdout_loader, s.loss_fn)  # a head that does not fit the labels: before any edit
     plan = plan_run(model, s, train_loader, holdout_loader, _checked)
     return StageRun(model, train_loader, holdout_loader, s, plan).run()

@@ -12,7 +12,8 @@ from .data.cycle import rng_states, set_rng_states
 from .distributed import agreed_call, all_reduce_mean_
 from .label_checks import refuse_mismatched_targets
 from .mask_only_data import _NONE, _model_device, _to_device
-from .metrics import AccuracyFn, batch_accuracy, batch_loss, call_model, check_output, default_accuracy, takes_reduction
+from .metrics import (AccuracyFn, batch_accuracy, batch_loss, call_model, check_output, default_accuracy,
+                      refuse_one_class, takes_reduction)
 from .modes import modes_kept
 
 
@@ -82,6 +83,7 @@ def _check_first_batch(model: nn.Module, loader, loss_fn: Callable) -> None:
     with modes_kept(model, train=False):
         out = _logits(call_model(model, x, "mask-only optimisation"), model)
     name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    refuse_one_class(out, f"loss_fn {name}", loss_fn)  # (as takes_reduction: the one-channel head named first)
     refuse_mismatched_targets(out, y, loss_fn, f"loss_fn {name}")
 
 

@@ -28,6 +28,19 @@ def _kept_note(checkpoint, recorded: Sequence[str], climbed: Optional[Sequence[f
             f"checkpoint {checkpoint}: run it again with that checkpoint (a recipe's --resume) to continue from them")
 
 
+def refuse_grads_not_given_back(model: nn.Module) -> None:
+    """Refuse a ``model`` holding a ``.grad`` PyTorch would not take back (its parameter's dtype, device
+    or shape changed after the gradient was set): :func:`mask_learning` could not give it back on exit.
+    Setting a gradient is where PyTorch checks it against its parameter; nothing is changed."""
+    for name, p in model.named_parameters():
+        try:
+            p.grad = p.grad
+        except RuntimeError as e:
+            raise ValueError(f"{name}'s .grad no longer fits the parameter (its dtype, device or shape changed after "
+                             f"the gradient was set: {e}), so mask learning could not give it back; set {name}.grad "
+                             "to None, or to a gradient like the parameter, first") from None
+
+
 @contextmanager
 def mask_learning(model: nn.Module, conn: Connectome, kept_note: Optional[Callable[[], str]] = None,
                   absent: int = 0):
@@ -43,13 +56,7 @@ def mask_learning(model: nn.Module, conn: Connectome, kept_note: Optional[Callab
     says was kept; ``absent``: the synapses a sparse start holds absent (weights exactly 0.0), which
     it names (:func:`restore_original`)."""
     kept = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-    for name, p in model.named_parameters():  # what the exit could not give back is refused before anything changed
-        try:
-            p.grad = p.grad  # PyTorch checks a gradient against its parameter when it is set
-        except RuntimeError as e:
-            raise ValueError(f"{name}'s .grad no longer fits the parameter (its dtype, device or shape changed after "
-                             f"the gradient was set: {e}), so mask learning could not give it back; set {name}.grad "
-                             "to None, or to a gradient like the parameter, first") from None
+    refuse_grads_not_given_back(model)  # what the exit could not give back is refused before anything changed
     with modes_kept(model, train=False):
         for p in model.parameters():
             p.grad = None  # set aside, so that no backward inside accumulates into the caller's
