@@ -643,6 +643,56 @@ def test_edge_popup_takes_one_target_as_optimize_connectome_does():
     assert all(torch.equal(one["0.5"]["masks"][n], listed["0.5"]["masks"][n]) for n in listed["0.5"]["masks"])
 
 
+def test_edge_popup_processes_agree_on_refusals_and_left_out_batches(tmp_path):
+    """Two plain processes (a gloo group of their own) run edge-popup on a DistributedDataParallel model,
+    whose forward and backward are collectives, process 1's loaders wrong in each case: an empty holdout
+    on process 1 alone was refused there while process 0 went on into DDP's gradient all-reduce and
+    failed there (a closed connection, or the group's timeout); train shards of different lengths (so
+    different steps per stage) left one waiting; a NaN batch on process 1 alone was left out there only,
+    so the processes' passes no longer matched. Now both raise one ValueError naming the process and
+    the fix, a NaN batch is left out on both, and both learn the same masks."""
+    import json
+    from pathlib import Path
+
+    from _ports import run_two_ranks
+
+    script = Path(__file__).parent / "scripts" / "two_process_edge_popup.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)]))
+    run_two_ranks(script, tmp_path, env)
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert got[0] == got[1], got  # one error (or the same masks) per case on both
+    rec = got[0]
+    assert rec["empty_holdout"]["error"] == "ValueError", rec
+    assert "process 1 of 2: holdout loader is empty" in rec["empty_holdout"]["message"]
+    assert rec["uneven"]["error"] == "ValueError", rec
+    assert "different train loader lengths (process 0 of 2: 4 batches; process 1 of 2: 2 batches)" \
+        in rec["uneven"]["message"]
+    assert rec["nan_on_one"]["live"] == rec["even"]["live"] == [14, 14], rec
+
+
+def test_edge_popup_interrupted_on_a_sparse_model_says_its_zeros_stay_zero():
+    """An interruption gives the model its original weights back; on a sparse model (weights of exactly
+    0.0) the note said "(every synapse present)", though those synapses are still 0.0. It now counts them."""
+    m = tiny()
+    with torch.no_grad():
+        m.fc.weight[:, :5] = 0.0
+    zeros = int((m.fc.weight == 0).sum()) + int((m.conv.weight == 0).sum())
+    tr, ho = loaders()
+    calls = []
+
+    def loss_fn(out, y):
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("stop")
+        return F.cross_entropy(out, y)
+
+    with pytest.raises(RuntimeError, match="stop") as info:
+        edge_popup(m, tr, ho, [0.5], passes=1.0, loss_fn=loss_fn, progress=False)
+    note = " ".join(getattr(info.value, "__notes__", []))
+    assert f"its {zeros:,} synapses of weights exactly 0.0 still 0.0" in note, note
+
+
 @pytest.mark.parametrize("kw, msg", [({"lr": 0.0}, "lr must be a finite number > 0"),
                                      ({"lr": -0.01}, "lr must be a finite number > 0"),
                                      ({"passes": 0.0}, "passes must be a finite number > 0")])

@@ -24,10 +24,14 @@ from torch import nn
 from ..connectome import Connectome
 from ..counts import whole_number
 from ..data.cycle import LoaderCycle
+from ..distributed import agreed_call, all_reduce_mean_, is_distributed
 from ..global_rng import seeded_global_rng
 from ..warn import warn_user
-from ..mask_only import (_check_loader, _labels, _logits, _model_device, _to_device, checked_passes, evaluate,
-                         listed_targets, mask_learning, resolve_target)
+from ..mask_only import (_labels, _logits, _model_device, _to_device, checked_passes, evaluate, listed_targets,
+                         mask_learning, resolve_target)
+from ..mask_only_batches import _OWN_BATCHES
+from ..mask_only_settings import check_loaders
+from ..mask_only_start import zero_weights
 from ..metrics import call_model, refuse_one_class
 
 
@@ -44,6 +48,17 @@ def _topk_masks(scores: Dict[str, torch.Tensor], keep: int) -> Dict[str, torch.T
     return out
 
 
+def _all_finite(loss: torch.Tensor) -> bool:
+    """Whether ``loss`` is finite on every process (one all-reduce of one number under several
+    processes, none on one): a batch left out for a NaN or inf loss on one process is left out on
+    all, so that every process runs the same forward and backward passes (a DDP model's collectives)."""
+    if not is_distributed():
+        return bool(torch.isfinite(loss))
+    flag = torch.isfinite(loss.detach()).to(torch.float64).reshape(1)
+    all_reduce_mean_([flag])
+    return flag.item() == 1.0
+
+
 @seeded_global_rng.by_argument("seed")
 def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence, passes: float = 1.0,
                lr: float = 0.01, loss_fn: Callable = F.cross_entropy, progress: bool = True, include=None,
@@ -55,7 +70,17 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     Edge-popup itself draws nothing at random; the call runs with the global generators seeded from
     ``seed`` and puts the caller's back afterwards, as :func:`adaptive.optimize_connectome` does: a
     loader without a ``generator`` of its own reads the same batches at every call with this seed,
-    one with a generator shuffles by it, untouched."""
+    one with a generator shuffles by it, untouched.
+
+    Edge-popup makes no collective call of its own, but under several processes the model is
+    typically DistributedDataParallel (``find_unused_parameters=True``: the frozen biases get no
+    gradient), whose forward and backward are collectives (the scores' gradients averaged, so every
+    process learns the same masks). So, as :func:`adaptive.optimize_connectome`, call it on every
+    process: its refusals are agreed (the loaders by :func:`adaptive.mask_only_settings.check_loaders`,
+    train loaders of different lengths refused; a one-class output for cross-entropy on the first
+    batch by :func:`adaptive.distributed.agreed_call`), and a batch whose loss is NaN or inf on any
+    process is left out on all. A sparse model (weights of exactly 0.0) is given back with them
+    still 0.0 where the call is interrupted, as the note says."""
     if whole_number(seed, floats=True) is None:
         raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
                          f"number such as seed=0")
@@ -63,8 +88,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
         raise ValueError(f"edge-popup's lr must be a finite number > 0, got {lr!r} (0 would learn nothing)")
     targets = listed_targets(targets)
     passes = checked_passes(passes)
-    n_train = _check_loader(train_loader, "train")
-    _check_loader(holdout_loader, "holdout")
+    n_train = check_loaders(train_loader, holdout_loader)
     conn = Connectome(model, include=include, exclude=exclude, mode="mask_only")
     total = conn.num_synapses()
     goals = [(lab, resolve_target(t, total)) for t, lab in zip(targets, _labels(targets))]
@@ -85,7 +109,8 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     from tqdm.auto import tqdm
 
     bar = tqdm(total=steps * len(goals), desc="edge-popup", unit="batch", disable=not progress, mininterval=2.0)
-    with mask_learning(model, conn):
+    first = True
+    with mask_learning(model, conn, absent=zero_weights(conn.original)):
         for label, removed in goals:
             keep = total - removed
             opt = torch.optim.Adam(list(scores.values()), lr=lr)
@@ -98,9 +123,11 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                     for p in conn.params.values():
                         p.grad = None
                     out = _logits(call_model(model, x, "edge-popup"), model)
-                    refuse_one_class(out, "edge-popup's loss_fn", loss_fn)
+                    if first:  # (each process's own first batch: a refusal on one stops every process)
+                        agreed_call(lambda: refuse_one_class(out, "edge-popup's loss_fn", loss_fn), passed_why=_OWN_BATCHES)
+                        first = False
                     loss = loss_fn(out, y)
-                    if torch.isfinite(loss):
+                    if _all_finite(loss):
                         break
                     skipped, in_a_row = skipped + 1, in_a_row + 1
                     if in_a_row >= n_train:

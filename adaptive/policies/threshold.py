@@ -1,7 +1,12 @@
 """Threshold editing with adaptive boundaries.
 
 Prune every present ensemble whose removal cost is below the prune boundary, restore every absent
-one whose restoration gain is above the restore boundary. Boundaries adapt so that each update's
+one whose restoration gain is above the restore boundary. Ensembles of different sizes (``block:RxC``
+edges, neurons of layers of different fan-in) are ranked by value per synapse (the budget's unit:
+the cheapest per synapse pruned first, the most useful per synapse restored first), while the
+boundaries compare each ensemble's whole (summed) cost or gain, and adapt to the whole values of
+what was edited: a large ensemble can rank before a small one yet lie above the boundary the small
+one is below. Boundaries adapt so that each update's
 edits stay within limits: at most ``edit_fraction`` (decaying) of the live ensembles per side, and,
 while a target density is set and not reached, a net removal pace that reaches it by ``end_step``
 (or as fast as the limit allows without one): ``pace="cubic"`` (the default) follows Zhu & Gupta's

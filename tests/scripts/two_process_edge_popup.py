@@ -1,0 +1,65 @@
+"""Run as ``python two_process_edge_popup.py OUT RANK``, two at once (rank 0 and 1; started by
+tests/test_mask_only.py through tests/_ports.run_two_ranks): a gloo process group on the CPU with a
+short timeout, then edge_popup on a DistributedDataParallel model (whose forward and backward are
+collectives) once per case, each with loaders that only process 1 gets wrong (CASES): an empty
+holdout, train shards of different lengths, a batch of NaN on process 1 only; then one where both
+are right. Writes ``rank{N}.json`` into OUT: each case's error (type and message) or outcome (the
+masks' live counts). A process left waiting in a collective fails there after the group's timeout
+(10 seconds) and records that instead."""
+import datetime
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def _loader(n: int, rank: int = 0, nan: bool = False) -> DataLoader:
+    g = torch.Generator().manual_seed(rank)
+    x = torch.randn(n, 4, generator=g)
+    if nan:
+        x[:8] = float("nan")  # the first batch
+    return DataLoader(TensorDataset(x, torch.randint(0, 3, (n,), generator=g)), batch_size=8)
+
+
+# case: (process 1's train loader, process 1's holdout); process 0 gets _loader(32) for both
+CASES = {
+    "empty_holdout": lambda: (_loader(32, 1), _loader(0)),
+    "uneven": lambda: (_loader(16, 1), _loader(32)),
+    "nan_on_one": lambda: (_loader(32, 1, nan=True), _loader(32)),
+    "even": lambda: (_loader(32, 1), _loader(32)),
+}
+
+
+def run(rank: int, folder: str) -> None:
+    """Process ``rank`` of 2: every case in turn; writes ``rank<r>.json`` with what each raised or kept."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    from adaptive.baselines import edge_popup
+
+    dist.init_process_group("gloo", store=dist.FileStore(os.path.join(folder, "store"), 2), rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=10))
+    record = {}
+    for case, loaders in CASES.items():
+        torch.manual_seed(0)
+        model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)),
+                                                    find_unused_parameters=True)  # (the frozen biases: no gradient)
+        train, holdout = loaders() if rank == 1 else (_loader(32), _loader(32))
+        try:
+            _, snaps = edge_popup(model, train, holdout, [0.5], passes=1.0, progress=False)
+            record[case] = {"live": [int(m.sum()) for m in snaps["0.5"]["masks"].values()],
+                            "masks": [m.flatten().int().tolist() for m in snaps["0.5"]["masks"].values()]}
+        except Exception as e:  # noqa: BLE001 - what each process raised is the test's to judge
+            record[case] = {"error": type(e).__name__, "message": str(e)[:500]}
+            if "error" in record[case] and type(e).__name__ != "ValueError":
+                break  # a collective failed: the group is broken, the later cases would only time out
+    with open(os.path.join(folder, f"rank{rank}.json"), "w") as f:
+        json.dump(record, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    run(int(sys.argv[2]), sys.argv[1])
