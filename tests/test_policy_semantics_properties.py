@@ -501,6 +501,87 @@ def test_threshold_prunes_below_its_boundary_and_restores_above_it_at_its_pace(
     run(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.05), seed, 12, on_update)
 
 
+def synapse_prefix(order, size, budget):
+    """The prefix of ``order`` (ensembles, best first) whose synapses make up ``budget``, each ensemble
+    taken when at least half of it fits (what the docs promise of a pace counted in synapses)."""
+    taken, total = [], 0.0
+    for i in order if budget > 0 else ():
+        if total + size[i] / 2 >= budget:
+            break
+        total += size[i]
+        taken.append(i)
+    return taken
+
+
+@prop(12)
+# the cheapest per synapse were the large neurons: counting the pace's ensembles by the smallest
+# size, more were taken than the pace needed, and beyond it prunes above the prune boundary went
+# through in pairs with restores
+@example(pace="cubic", density=0.5, start_density=1.0, frac=0.2, end=None, estimator="curvature", boundary=1e-4, seed=1)
+@given(pace=st.sampled_from(["cubic", "even"]), density=st.sampled_from([0.2, 0.5]),
+       start_density=st.sampled_from([1.0, 0.7]), frac=st.sampled_from([0.2, 0.5]), end=st.sampled_from([None, 9]),
+       estimator=st.sampled_from(["curvature", "magnitude"]), boundary=st.sampled_from([1e-4, 0.1, 1.0, 2.0, 10.0]),
+       seed=st.integers(0, 2**10))
+def test_threshold_with_ensembles_of_different_sizes_edits_beyond_its_pace_only_past_its_boundaries(
+        pace, density, start_density, frac, end, estimator, boundary, seed):
+    """Neurons of layers of different fan-in (6, 24 and 16 synapses), ranked by value per synapse: the
+    cheapest per synapse live ones that make up the pace (in synapses) are pruned, and beyond them only
+    ensembles whose whole cost is below the prune boundary, restores beyond the shortfall only above
+    the restore boundary, at most the edit limit per side (on Controller.scores at the update)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 24), nn.ReLU(), nn.Linear(24, 16), nn.Tanh(), nn.Linear(16, 4))
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    g = torch.Generator().manual_seed(seed)
+    conn.set_masks({n: (torch.rand(m.shape[0], 1, generator=g) < start_density).expand_as(m).clone()
+                    for n, m in conn.masks.items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctrl = adaptive.Controller(conn, None, policy="threshold", density=density, update_every=2, end_step=end,
+                                   edit_fraction=frac, edit_decay="constant" if end is None else "linear",
+                                   estimator=estimator, pace=pace, seed=seed, prune_boundary=boundary)
+    policy, inner, log = ctrl.policy, ctrl.policy.update, []
+
+    def update(c, step):
+        rec = dict(step=step, frac=c.edit_fraction(step), alive={n: m.clone() for n, m in c.alive().items()},
+                   cost=c.scores("cost", step), gain=c.scores("gain", step),
+                   pb=policy.prune_boundary, rb=policy.restore_boundary)
+        rec["plan"] = inner(c, step)
+        log.append(rec)
+        return rec["plan"]
+
+    policy.update = update
+    run(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.05), seed, 12)
+    target, state = round(density * conn.num_synapses()), {}
+    for rec in (r for r in log if r["plan"] is not None):
+        names = list(rec["cost"])
+        size = torch.cat([torch.full((rec["alive"][n].numel(),), size_of(ctrl, n)) for n in names]).tolist()
+        assert len(set(size)) > 1
+        cost, gain, alive = (torch.cat([rec[k][n].reshape(-1) for n in names]) for k in ("cost", "gain", "alive"))
+        offs = [0]
+        for n in names:
+            offs.append(offs[-1] + rec["alive"][n].numel())
+        live, syn = int(alive.sum()), sum(s for s, a in zip(size, alive.tolist()) if a)
+        limit = max(1, int(round(rec["frac"] * live)))
+        cheapest = ranked(cost / torch.tensor(size), alive)
+        best = ranked(gain / torch.tensor(size), ~alive, largest=True)
+        if end is None:  # all the excess, at most the edit limit's cheapest
+            p_net = syn - target if syn <= target else min(syn - target, sum(size[i] for i in cheapest[:limit]))
+        else:
+            p_net = threshold_pace(ctrl, pace, state, rec["step"], syn, target, limit)
+        forced_p, forced_r = synapse_prefix(cheapest, size, p_net), synapse_prefix(best, size, -p_net)
+
+        def flat(d):
+            return [int(i) + offs[j] for j, n in enumerate(names) if n in d for i in d[n].tolist()]
+
+        pruned, grown = flat(rec["plan"].prune), flat(rec["plan"].grow)
+        assert set(forced_p) <= set(pruned) and set(forced_r) <= set(grown), (rec["step"], p_net)
+        beyond_p, beyond_r = set(pruned) - set(forced_p), set(grown) - set(forced_r)
+        assert all(float(cost[i]) < rec["pb"] for i in beyond_p), (
+            rec["step"], p_net, rec["pb"], sorted((float(cost[i]), size[i]) for i in beyond_p))
+        assert all(float(gain[i]) > rec["rb"] for i in beyond_r), (rec["step"], rec["rb"])
+        assert len(pruned) <= max(limit, len(forced_p)) and len(grown) <= max(limit, len(forced_r))
+
+
 # ------------------------------------------------------------------------------------------- balanced / crawl pairs
 @prop(10)
 @given(policy=st.sampled_from(["balanced", "crawl"]), density=st.sampled_from([0.2, 0.5]),

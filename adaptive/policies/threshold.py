@@ -39,6 +39,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import torch
+
 from .base import (EditPlan, Policy, check_whole_floors, concat, concat_sizes, floor_mask, global_synapse_target,
                    highest, layer_floors, live_synapses, lowest, max_count, per_synapse, register_policy, size_sum, split,
                    take_synapses)
@@ -160,13 +162,16 @@ class Threshold(Policy):
         # boundaries apply to their whole (summed) values
         cs, gs = per_synapse(c, size), per_synapse(g, size)
         below = prunable & (c < self.prune_boundary)
-        n_below = int(below.sum())
         eligible = below.clone()
         eligible[lowest(cs, prunable, n_pace)] = True  # the pace's cheapest, wherever the boundary is
         p_idx = lowest(cs, eligible, min(int(eligible.sum()), max(limit, n_pace)))
-        if target_set:  # the pace's prefix first; more only below the boundary, up to the limit
-            n_p = max(min(n_below, limit), take_synapses(p_idx, size, pace).numel())
-            p_idx = p_idx[:n_p]
+        if target_set:  # the pace's prefix first; beyond it only ensembles below the boundary, up to the limit
+            # (max_count counts the pace's ensembles by the smallest size, so with mixed sizes the
+            # pace's cheapest can hold more than the prefix, some of them not below the boundary)
+            k_pace = take_synapses(p_idx, size, pace).numel()
+            more = below.clone()
+            more[p_idx[:k_pace]] = False
+            p_idx = torch.cat([p_idx[:k_pace], lowest(cs, more, max(0, limit - k_pace))])
         above = ~a & (g > self.restore_boundary)
         # below the target: the best absent that make up the shortfall, wherever the boundary is (only
         # those: max_count's one more, taken too, was restored beyond the pace and the edit limit, the
