@@ -84,8 +84,9 @@ def test_a_tilde_in_a_path_is_the_home_folder_not_a_folder_called_tilde(tmp_path
     (["--finetune_lr", "nan"], "--finetune_lr must be a finite number > 0"),
     (["--noise_floor", "nan"], "--noise_floor must be a finite number >= 0"),
     (["--noise_floor", "-1"], "--noise_floor must be a finite number >= 0"),
-    (["--threads", "0"], "--threads must be at least 1, got 0"),  # read as left out
-    (["--eval_batch_size", "0"], "--eval_batch_size must be at least 1, got 0"),  # read as left out
+    (["--threads", "0"], "--threads must be an integer >= 1, got 0"),  # read as left out
+    (["--eval_batch_size", "0"], "--eval_batch_size must be an integer >= 1, got 0: give --eval_batch_size 1 or "
+                                 "more (or leave it out for --batch_size)"),  # read as left out
     (["--seed", "-1"], "--seed must be in [0, 2**32 - 1]"),  # ran
     (["--replot", ""], "--replot is empty: give the output folder of a finished knowledge run"),  # measured afresh
 ])
