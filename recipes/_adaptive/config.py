@@ -271,8 +271,8 @@ class RunConfig:
             _data_option("--holdout", self.holdout, 0, 1, open_high=True, what="the part of TRAIN held out; 0: none",
                          example="0.1 (say)"),
             # (refused by the data layer only once the run folder and its lock were made)
-            _data_option("--subset", self.subset, 1, whole=True, what="train examples", left_out="for all"),
-            _data_option("--test_subset", self.test_subset, 1, whole=True, what="test examples", left_out="for all"),
+            _data_option("--subset", self.subset, 1, whole=True, left_out="for all"),
+            _data_option("--test_subset", self.test_subset, 1, whole=True, left_out="for all"),
             (self.mode != "mask_only" or self.holdout > 0,
              "mode mask_only chooses and scores its masks on the held-out part of TRAIN, and holdout 0 asks for none: "
              "give --holdout 0.1 (say)"),
