@@ -42,6 +42,7 @@ DEFAULT_ORDER_BATCHES = 20  # held-out batches of a gradient-based removal order
 from adaptive.diagnostics.table import Table  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.cli import ArgumentParser, check_parallelism, error_lines, message_lines  # noqa: E402
+from adaptive.cli_checks import range_problem  # noqa: E402
 from recipes._diagnostics import folder  # noqa: E402
 from recipes._diagnostics.dense_plan import dense_gradients_plan, memory_problem  # noqa: E402
 from recipes._diagnostics.memory import keep_freed_memory  # noqa: E402
@@ -345,13 +346,17 @@ def _refuse(msg: str):
     raise SystemExit(f"recipes/diagnostics.py: error: {msg}")
 
 
+# what leaving out a count option does, offered with its refusal (the others have defaults)
+_LEFT_OUT = dict(subset="for all", test_subset="for all", eval_batch_size="for --batch_size")
+
+
 def _check_counts(args, *names, least=1):
     """Options that are counts, checked before any model is trained."""
     for name in names:
         v = getattr(args, name, None)
-        if v is not None and v < least:
-            out = " (or leave it out for all)" if name.endswith("subset") else ""
-            _refuse(f"--{name} must be at least {least}, got {v}: give --{name} {least} or more{out}")
+        problem = range_problem(f"--{name}", v, least, whole=True, left_out=_LEFT_OUT.get(name, ""))
+        if problem:
+            _refuse(problem)
         if v is not None and v > sys.maxsize:  # (--train_steps 1e20: Python's OverflowError, a traceback)
             _refuse(f"--{name} must be at most {sys.maxsize:,}, got {v}")
 
@@ -678,10 +683,10 @@ def _check_common(args) -> None:
             raise SystemExit(str(e)) from None
     # the data options: the data layer refused them only once the output folder was made (then removed)
     _check_counts(args, "threads", "batch_size", "eval_batch_size", "subset", "test_subset")
-    holdout = getattr(args, "holdout", None)
-    if holdout is not None and not 0 <= holdout < 1:  # (NaN fails this too)
-        _refuse(f"--holdout must be a fraction in [0, 1) (the part of TRAIN held out; 0: none), got {holdout}: give "
-                "--holdout 0.1 (say)")
+    problem = range_problem("--holdout", getattr(args, "holdout", None), 0, 1, open_high=True,  # (NaN: refused)
+                            what="the part of TRAIN held out; 0: none", example="0.1 (say)")
+    if problem:
+        _refuse(problem)
     for name in ("lr", "finetune_lr", "adam_lr"):
         v = getattr(args, name, None)
         if v is not None and not (math.isfinite(v) and v > 0):

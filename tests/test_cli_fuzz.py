@@ -84,8 +84,9 @@ def test_a_tilde_in_a_path_is_the_home_folder_not_a_folder_called_tilde(tmp_path
     (["--finetune_lr", "nan"], "--finetune_lr must be a finite number > 0"),
     (["--noise_floor", "nan"], "--noise_floor must be a finite number >= 0"),
     (["--noise_floor", "-1"], "--noise_floor must be a finite number >= 0"),
-    (["--threads", "0"], "--threads must be at least 1, got 0"),  # read as left out
-    (["--eval_batch_size", "0"], "--eval_batch_size must be at least 1, got 0"),  # read as left out
+    (["--threads", "0"], "--threads must be an integer >= 1, got 0"),  # read as left out
+    (["--eval_batch_size", "0"], "--eval_batch_size must be an integer >= 1, got 0: give --eval_batch_size 1 or "
+                                 "more (or leave it out for --batch_size)"),  # read as left out
     (["--seed", "-1"], "--seed must be in [0, 2**32 - 1]"),  # ran
     (["--replot", ""], "--replot is empty: give the output folder of a finished knowledge run"),  # measured afresh
 ])
@@ -350,6 +351,27 @@ def test_data_options_are_refused_while_parsing_naming_the_option_and_the_fix(tm
         said = f"{e.value.code} {capsys.readouterr().err}"
         assert re.search(message, said), (parse.__module__, before, said)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, value, line", [
+    ("--subset", "0", "--subset must be an integer >= 1, got 0: give --subset 1 or more (or leave it out for all)"),
+    ("--holdout", "1.5", "--holdout must be a fraction in "),  # (prune_pretrained's range is (0, 1), the others' [0, 1))
+])
+def test_a_data_option_s_refusal_reads_the_same_in_every_recipe(tmp_path, capsys, monkeypatch, option, value, line):
+    """Each recipe worded the refusal of the same data option its own way ("must be at least 1", "must be
+    a positive number of examples", "must be an integer >= 1"): one function (adaptive.cli_checks) words
+    them all now, each recipe keeping its own range."""
+    monkeypatch.setattr(D, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    out = ["--output_dir", str(tmp_path / "out")]
+    said = []
+    for parse, before in [(A.parse_args, []), (D.main, ["knowledge"]),
+                          (P.parse_args, ["--model", "mlp", "--dataset", "digits"])]:
+        with pytest.raises(SystemExit) as e:
+            parse([*before, option, value, *out])
+        text = f"{e.value.code}\n{capsys.readouterr().err}"
+        said.append([s[s.index(option):] for s in text.splitlines() if option + " must be" in s])
+    assert all(len(s) == 1 and s[0].startswith(line) for s in said), said
+    assert all(s[0].endswith("got 1.5: give --holdout 0.1 (say)") for s in said) if option == "--holdout" else True
 
 
 def test_the_data_layer_names_the_keyword_and_the_fix():

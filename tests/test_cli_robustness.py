@@ -1313,7 +1313,7 @@ def test_a_test_subset_smaller_than_the_classes_is_refused_before_training(tmp_p
     assert "--test_subset 5 cannot hold one test example of each of the 10 classes of digits" in err
     assert "give a --test_subset of at least 10" in err and not out.exists()
     err = error_of(TINY + ["--output_dir", str(out), "--test_subset", "0"], capsys)
-    assert "--test_subset must be a positive number of examples (or left out for all), got 0" in err
+    assert "--test_subset must be an integer >= 1, got 0: give --test_subset 1 or more (or leave it out for all)" in err
     assert not out.exists()
 
 

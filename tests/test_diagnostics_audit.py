@@ -74,7 +74,7 @@ def test_progress_of_a_missing_folder_creates_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["collinearity", "--batches", "0"], "--batches must be at least 1"),
+    (["collinearity", "--batches", "0"], "--batches must be an integer >= 1"),
     (["collinearity", "--split", "holdout", "--holdout", "0"], "--holdout 0 leaves none"),
     (["knowledge", "--estimator", "nosuch"], "unknown estimator 'nosuch'"),
     (["knowledge", "--estimator", "taylor", "--holdout", "0"], "--holdout 0 leaves none"),

@@ -237,9 +237,9 @@ def test_dense_gradients_refuses_options_it_cannot_use(recipe, tmp_path):
     base = ["dense-gradients", "--output_dir", str(tmp_path), "--kind", "mlp", "--batchnorm", "off"]
     with pytest.raises(SystemExit, match="--weights applies to collinearity and knowledge"):
         recipe.main(base + ["--weights", str(tmp_path / "w.pt")])
-    with pytest.raises(SystemExit, match="--grad_batches must be at least 1"):
+    with pytest.raises(SystemExit, match="--grad_batches must be an integer >= 1"):
         recipe.main(base + ["--grad_batches", "0"])
-    with pytest.raises(SystemExit, match="--train_steps must be at least 0"):
+    with pytest.raises(SystemExit, match="--train_steps must be an integer >= 0"):
         recipe.main(base + ["--train_steps", "-5"])
 
 
@@ -347,7 +347,7 @@ def test_an_output_dir_that_is_a_file_is_refused_before_any_work(recipe, tmp_pat
 def test_negative_train_steps_are_refused_by_every_command(recipe, tmp_path, command, monkeypatch):
     """collinearity and knowledge took --train_steps -5 as 0 steps and reported an untrained model."""
     monkeypatch.setattr(recipe, "get_data", lambda *a, **k: pytest.fail("data loaded"))
-    with pytest.raises(SystemExit, match="--train_steps must be at least 0, got -5"):
+    with pytest.raises(SystemExit, match="--train_steps must be an integer >= 0, got -5"):
         recipe.main([command, *COMMON, "--output_dir", str(tmp_path / "out"), "--train_steps", "-5"])
     assert not (tmp_path / "out").exists()
 

@@ -297,7 +297,7 @@ def test_two_processes_agree(tmp_path):
     (["--log_every", "-1"], "log_every must be >= 0"),
     (["--warmup_steps", "-5"], "warmup_steps must be >= 0"),
     (["--keep_checkpoints", "-1"], "keep_checkpoints must be >= 0"),
-    (["--eval_batch_size", "0"], "eval_batch_size must be >= 1"),
+    (["--eval_batch_size", "0"], "eval_batch_size must be an integer >= 1"),
     (["--threads", "0"], "threads must be >= 1"),
 ])
 def test_bad_arguments_fail_clearly(args, message, capsys):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, Union
 
 from adaptive.cli import check_parallelism
+from adaptive.cli_checks import range_problem
 from adaptive import run_folder
 from adaptive.config import COMMAND_LINE, SEED_RANGE, ConfigError, given_keys, parse_config, seed_in_range
 from adaptive.training import STEP_GAMMA, STEP_MILESTONES, step_schedule_problem
@@ -19,6 +20,12 @@ from .checks import (_FORMER_DEFAULTS, _check_names, _check_target, _estimator_s
 from .derived_keys import _fields_of, _kw_as_options, _refuse_derived_keys, _train_mask_only_kw_error
 from .folder import MASK_ONLY_CHECKPOINT
 from .resume import _resume_path_exists
+
+
+def _data_option(option: str, value, *range_, **kw) -> Tuple[bool, Optional[str]]:
+    """A data option's entry in RunConfig's checks: (ok, the shared wording of its refusal)."""
+    problem = range_problem(option, value, *range_, **kw)
+    return problem is None, problem
 
 
 def _help(text: str):
@@ -248,8 +255,8 @@ class RunConfig:
             (self.density is None or 0.0 < self.density <= 1.0, f"density must be in (0, 1], got {self.density}"
              + (f" (a fraction of the synapses, not a percentage: {self.density:g}% is --density "
                 f"{self.density / 100:g})" if self.density is not None and 1.0 < self.density <= 100.0 else "")),
-            (self.batch_size >= 1, f"--batch_size must be >= 1 (train examples per step and process), got "
-                                   f"{self.batch_size}: give --batch_size 32 (say)"),
+            _data_option("--batch_size", self.batch_size, 1, whole=True, what="train examples per step and process",
+                         example="32 (say)"),
             (self.gradient_accumulation_steps >= 1, f"gradient_accumulation_steps must be >= 1 (1: a step per batch), "
                                                     f"got {self.gradient_accumulation_steps}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
@@ -261,14 +268,11 @@ class RunConfig:
             (self.update_every >= 1, f"update_every must be >= 1, got {self.update_every}"),
             (0.0 <= self.edit_fraction <= 1.0, f"edit_fraction must be in [0, 1], got {self.edit_fraction}"),
             (0.0 < self.end_fraction <= 1.0, f"end_fraction must be in (0, 1], got {self.end_fraction}"),
-            (0.0 <= self.holdout < 1.0, f"--holdout must be a fraction in [0, 1) (the part of TRAIN held out; 0: "
-                                        f"none), got {self.holdout}: give --holdout 0.1 (say)"),
+            _data_option("--holdout", self.holdout, 0, 1, open_high=True, what="the part of TRAIN held out; 0: none",
+                         example="0.1 (say)"),
             # (refused by the data layer only once the run folder and its lock were made)
-            (self.subset is None or self.subset >= 1, f"--subset must be a positive number of examples (or left out "
-                                                      f"for all), got {self.subset}: give --subset 1 or more"),
-            (self.test_subset is None or self.test_subset >= 1,
-             f"--test_subset must be a positive number of examples (or left out for all), got {self.test_subset}: "
-             "give --test_subset 1 or more"),
+            _data_option("--subset", self.subset, 1, whole=True, left_out="for all"),
+            _data_option("--test_subset", self.test_subset, 1, whole=True, left_out="for all"),
             (self.mode != "mask_only" or self.holdout > 0,
              "mode mask_only chooses and scores its masks on the held-out part of TRAIN, and holdout 0 asks for none: "
              "give --holdout 0.1 (say)"),
@@ -295,9 +299,7 @@ class RunConfig:
             (self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0 (0: keep every one), got {self.keep_checkpoints}"),
             (self.num_workers >= 0, f"--num_workers must be >= 0 (0: load in the main process), got "
                                     f"{self.num_workers}: give --num_workers 0 or more"),
-            (self.eval_batch_size is None or self.eval_batch_size >= 1,
-             f"--eval_batch_size must be >= 1, got {self.eval_batch_size}: give a positive --eval_batch_size, or "
-             "leave it out for --batch_size"),
+            _data_option("--eval_batch_size", self.eval_batch_size, 1, whole=True, left_out="for --batch_size"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1 (or left out), got {self.threads}"),
             (self.line_search >= 0, f"line_search must be >= 0 (held-out batches each update's check scores; 0: no "
                                     f"check), got {self.line_search}"),

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from adaptive.cli import message_lines
+from adaptive.cli_checks import range_problem
 
 from .options import number_or_none
 
@@ -128,10 +129,11 @@ def _check_ranges(cfg: dict, origin) -> None:
     if not (number("passes") and cfg["passes"] > 0):
         raise SystemExit(f"{origin('passes')} must be a number > 0 (passes over the train part per target; "
                          f"fractional allowed), got {cfg['passes']!r}")
-    if not (number("holdout") and 0 < cfg["holdout"] < 1):
-        raise SystemExit(f"{origin('holdout')} must be a fraction in (0, 1) (the part of the TRAIN split held out "
-                         f"for selection), got {cfg['holdout']!r}: give "
-                         + ("--holdout 0.1 (say)" if origin("holdout") == "--holdout" else "it 0.1 (say)"))
+    # (open at 0 too, unlike the other recipes': the masks are chosen on the held-out part)
+    problem = range_problem(origin("holdout"), cfg["holdout"], 0, 1, open_low=True, open_high=True,
+                            what="the part of the TRAIN split held out for selection", example="0.1 (say)")
+    if problem:
+        raise SystemExit(problem)
     for key in ("approach", "edit_fraction"):
         if not (number(key) and 0 <= cfg[key] <= 1):
             raise SystemExit(f"{origin(key)} must be a number in [0, 1], got {cfg[key]!r}")

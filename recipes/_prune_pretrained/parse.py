@@ -8,12 +8,17 @@ import sys
 
 from adaptive import run_folder
 from adaptive.cli import check_parallelism, message_lines, quiet_at_start, start_up_warnings_once
+from adaptive.cli_checks import range_problem
 from adaptive.config import (SEED_RANGE, ConfigError, check_keys, dotted_key_values, merge_key_values,
                              normalize_key, seed_in_range)
 from adaptive.models import check_model_kw
 
 from .checks import _check_dataset_kw, _check_file_values, _check_names, _check_ranges, _resumed_plugins
 from .options import DEFAULTS, MODEL_SETS, _shown, build_parser, parse_remove
+
+
+# what leaving out a count option does, offered with its refusal (the others have defaults)
+_LEFT_OUT = dict(subset="for all", test_subset="for all")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -123,12 +128,10 @@ def _parse_args(argv) -> argparse.Namespace:
         raise SystemExit(f"{origin('weights')} {cfg['weights']} {what}")
     for key, least in (("batch_size", 1), ("eval_batch_size", 1), ("train_eval_batches", 1), ("verify_batches", 0),
                        ("eval_every", 0), ("subset", 1), ("test_subset", 1), ("threads", 1), ("num_workers", 0)):
-        v = cfg.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
-            where = origin(key)  # (--key, or the --config file's key)
-            fix = f"give {where} {least} or more" if where.startswith("--") else f"set it to {least} or more"
-            out = " (or leave it out for all)" if key.endswith("subset") else ""  # (the others have defaults)
-            raise SystemExit(f"{where} must be an integer >= {least}, got {v!r}: {fix}{out}")
+        problem = range_problem(origin(key), cfg.get(key), least, whole=True,  # (--key, or the file's key)
+                                left_out=_LEFT_OUT.get(key, ""))
+        if problem:
+            raise SystemExit(problem)
     n = cfg.get("num_classes")  # (0 was read as left out, the data's; -1 refused once the data had loaded)
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise SystemExit(f"{origin('num_classes')} must be an integer >= 1 (the classes of the model's output), got "
