@@ -97,15 +97,19 @@ def size_of(ctrl, n):
 
 
 def capture(ctrl):
-    """Wrap the policy's update: each call records its step, edit fraction, ensemble masks, scores and plan."""
+    """Wrap the policy's update: each call records its step, edit fraction, ensemble masks, scores and plan
+    (and, for a policy with boundaries, its prune and restore boundaries as the update found them: pb, rb)."""
     log = []
-    inner = ctrl.policy.update
+    policy = ctrl.policy
+    inner = policy.update
 
     def update(c, step):
         rec = dict(step=step, frac=c.edit_fraction(step), alive={n: m.clone() for n, m in c.alive().items()},
                    cost=c.scores("cost", step))
         if c.grow_est is not None:
             rec["gain"] = c.scores("gain", step)
+        if hasattr(policy, "prune_boundary"):
+            rec["pb"], rec["rb"] = policy.prune_boundary, policy.restore_boundary
         rec["plan"] = inner(c, step)
         log.append(rec)
         return rec["plan"]
@@ -443,17 +447,7 @@ def test_threshold_prunes_below_its_boundary_and_restores_above_it_at_its_pace(
         except ValueError as e:  # floors above the density
             assert "min_density" in str(e)
             return
-    policy, inner, log, state = ctrl.policy, ctrl.policy.update, [], {}
-
-    def update(c, step):
-        rec = dict(step=step, frac=c.edit_fraction(step), alive={n: m.clone() for n, m in c.alive().items()},
-                   cost=c.scores("cost", step), gain=c.scores("gain", step),
-                   pb=policy.prune_boundary, rb=policy.restore_boundary)
-        rec["plan"] = inner(c, step)
-        log.append(rec)
-        return rec["plan"]
-
-    policy.update = update
+    policy, log, state = ctrl.policy, capture(ctrl), {}
     target = round(density * conn.num_synapses())
 
     def on_update(step, before, after, event):
@@ -539,17 +533,7 @@ def test_threshold_with_ensembles_of_different_sizes_edits_beyond_its_pace_only_
         ctrl = adaptive.Controller(conn, None, policy="threshold", density=density, update_every=2, end_step=end,
                                    edit_fraction=frac, edit_decay="constant" if end is None else "linear",
                                    estimator=estimator, pace=pace, seed=seed, prune_boundary=boundary)
-    policy, inner, log = ctrl.policy, ctrl.policy.update, []
-
-    def update(c, step):
-        rec = dict(step=step, frac=c.edit_fraction(step), alive={n: m.clone() for n, m in c.alive().items()},
-                   cost=c.scores("cost", step), gain=c.scores("gain", step),
-                   pb=policy.prune_boundary, rb=policy.restore_boundary)
-        rec["plan"] = inner(c, step)
-        log.append(rec)
-        return rec["plan"]
-
-    policy.update = update
+    log = capture(ctrl)
     run(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.05), seed, 12)
     target, state = round(density * conn.num_synapses()), {}
     for rec in (r for r in log if r["plan"] is not None):
