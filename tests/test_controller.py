@@ -1710,31 +1710,34 @@ def test_whether_a_left_out_layers_gradients_add_up_is_read_before_backward_adds
     assert not [h for p in m.parameters() for h in (p._backward_hooks or {}).values()]  # the hooks went
 
 
+def _left_out_build():
+    """A backbone left out of the head's optimizer; gmp by taylor updating every 2 steps, ending at step 8."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    conn = adaptive.Connectome(m)
+    opt = torch.optim.SGD(m[2].parameters(), lr=0.1)
+    return m, conn, opt, adaptive.Controller(conn, opt, policy="gmp", estimator="taylor", density=0.5,
+                                             update_every=2, end_step=8)
+
+
+def _left_out_train(m, opt, xs):
+    """One step per batch of ``xs``, gradients cleared by model.zero_grad() (nothing stale): the warnings given."""
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for x in xs:
+            m.zero_grad()
+            m(x).logsumexp(1).mean().backward()
+            opt.step()
+    return [str(x.message) for x in w]
+
+
 def _left_out_run(how: str):
-    """A backbone left out of the head's optimizer, its gradients cleared by model.zero_grad() (nothing stale),
-    gmp by taylor updating every 2 steps, taken over after 3 steps (the next step's backward noted, not yet run)
+    """:func:`_left_out_build`'s setup taken over after 3 steps (the next step's backward noted, not yet run)
     by a copy (``how``: deepcopy, pickle, or a resume from state_dicts): the warnings each run gives over the next
     4 steps (updates at 4 and 6, step 7 observed), and the two connectomes and controllers at the end."""
     import pickle
 
-    def build():
-        torch.manual_seed(0)
-        m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-        conn = adaptive.Connectome(m)
-        opt = torch.optim.SGD(m[2].parameters(), lr=0.1)
-        ctrl = adaptive.Controller(conn, opt, policy="gmp", estimator="taylor", density=0.5, update_every=2,
-                                   end_step=8)
-        return m, conn, opt, ctrl
-
-    def train(m, opt, xs):
-        with warnings.catch_warnings(record=True) as w:
-            warnings.simplefilter("always")
-            for x in xs:
-                m.zero_grad()
-                m(x).logsumexp(1).mean().backward()
-                opt.step()
-        return [str(x.message) for x in w]
-
+    build, train = _left_out_build, _left_out_train
     m, conn, opt, ctrl = build()
     xs = [torch.randn(4, 8) for _ in range(7)]
     train(m, opt, xs[:3])
@@ -1771,23 +1774,7 @@ def test_a_controller_detached_and_attached_or_rolled_back_before_an_update_judg
     sets them again (without it the update knew nothing and warned of "stale sums"). A ``load_state_dict``
     rolling back to that step after a backward without ``zero_grad`` had been seen forgets what was seen (it
     belongs to the step rolled back from) and notes afresh, so the rerun, which clears its gradients, is silent."""
-    def build():
-        torch.manual_seed(0)
-        m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-        conn = adaptive.Connectome(m)
-        opt = torch.optim.SGD(m[2].parameters(), lr=0.1)
-        return m, conn, opt, adaptive.Controller(conn, opt, policy="gmp", estimator="taylor", density=0.5,
-                                                 update_every=2, end_step=8)
-
-    def train(m, opt, xs):
-        with warnings.catch_warnings(record=True) as w:
-            warnings.simplefilter("always")
-            for x in xs:
-                m.zero_grad()
-                m(x).logsumexp(1).mean().backward()
-                opt.step()
-        return [str(x.message) for x in w]
-
+    build, train = _left_out_build, _left_out_train
     xs = [torch.randn(4, 8) for _ in range(5)]
     m, conn, opt, ctrl = build()
     assert train(m, opt, xs[:3]) == []
