@@ -318,11 +318,17 @@ def claim_interrupt_report() -> Optional[bool]:
 def interrupt_reported() -> Optional[bool]:
     """Whether a process of the launch has claimed the report of a Ctrl-C (:func:`claim_interrupt_report`);
     None where that cannot be known."""
+    return _store_has(_INTERRUPT_KEY)
+
+
+def _store_has(key: str) -> Optional[bool]:
+    """Whether the launch's store holds ``key``; None where that cannot be known (no process group, or its
+    store gone with the launcher)."""
     store = _launch_store()
     if store is None:
         return None
     try:
-        return bool(store.check([_INTERRUPT_KEY]))
+        return bool(store.check([key]))
     except Exception:  # noqa: BLE001 - (the launcher gone): not known
         return None
 
@@ -346,13 +352,7 @@ def note_error_reported() -> None:
 def error_reported() -> Optional[bool]:
     """Whether process 0 has written the line of an error every process raises alike
     (:func:`note_error_reported`); None where that cannot be known (no process group, or its store gone)."""
-    store = _launch_store()
-    if store is None:
-        return None
-    try:
-        return bool(store.check([_ERROR_KEY]))
-    except Exception:  # noqa: BLE001 - (the launcher gone): not known
-        return None
+    return _store_has(_ERROR_KEY)
 
 
 class MaskMismatchError(RuntimeError):
