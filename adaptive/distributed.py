@@ -231,6 +231,31 @@ def refuse_differing(value: str, what: str, fix: str = _SAME_FILES, detail: Opti
                                            f"alike: {fix}"))
 
 
+def refuse_differing_settings(settings: dict, fix: str) -> None:
+    """Raise a ValueError on every process alike (:func:`raised_alike`) where the processes were given
+    different ``settings`` (name: a value that reads the same wherever it is equal: a number, a string,
+    lists of them), naming each setting that differs and each process's value of it, then ``fix``; one
+    gather, and nothing on one process. A setting that differs between processes would have them take
+    other steps (a collective one makes and another does not: the first waits until the group's timeout)
+    or choose other masks."""
+    if not is_distributed():
+        return
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, {k: repr(v) for k, v in settings.items()})
+    names = list(dict.fromkeys(k for e in every for k in e))
+    differ = []
+    for name in names:
+        groups: dict = {}  # value: the ranks given it, in order of the first
+        for r, e in enumerate(every):
+            groups.setdefault(e.get(name, "(none)"), []).append(r)
+        if len(groups) > 1:
+            said = "; ".join(f"{_processes(ranks, len(every))}: {v if len(v) <= 200 else v[:200] + '...'}"
+                             for v, ranks in groups.items())
+            differ.append(f"{name} ({said})")
+    if differ:
+        raise mark_raised_alike(ValueError(f"the processes were given different settings: {', '.join(differ)}: {fix}"))
+
+
 # what a collective raises when another process of the group has ended (gloo: its socket closed;
 # the store's client when the process that hosted it, process 0, has gone)
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
