@@ -314,6 +314,20 @@ def peer_stopped_error(how: str = "") -> PeerStoppedError:
 
 
 _INTERRUPT_KEY = "adaptive_interrupt_reported"  # counted in the launch's store by each process a Ctrl-C reached
+_ROUND = [0]  # the command-line runs this process has begun (begin_report_round): the round of the store's keys
+
+
+def begin_report_round() -> None:
+    """Begin a new round of the launch store's report keys (:func:`claim_interrupt_report`,
+    :func:`note_error_reported`): a command line calls it as it starts a run, so that a second run in
+    the same launch (a script that calls a recipe's ``main`` again after catching its error) reads no
+    report of the first's. Every process of the launch runs the same runs, so their rounds agree."""
+    _ROUND[0] += 1
+
+
+def _round_key(key: str) -> str:
+    """``key`` of this process's round of reports (:func:`begin_report_round`)."""
+    return f"{key}.{_ROUND[0]}"
 
 
 def _launch_store():
@@ -335,7 +349,7 @@ def claim_interrupt_report() -> Optional[bool]:
     if store is None:
         return None
     try:
-        return int(store.add(_INTERRUPT_KEY, 1)) == 1
+        return int(store.add(_round_key(_INTERRUPT_KEY), 1)) == 1
     except Exception:  # noqa: BLE001 - (the launcher gone): not known
         return None
 
@@ -343,7 +357,7 @@ def claim_interrupt_report() -> Optional[bool]:
 def interrupt_reported() -> Optional[bool]:
     """Whether a process of the launch has claimed the report of a Ctrl-C (:func:`claim_interrupt_report`);
     None where that cannot be known."""
-    return _store_has(_INTERRUPT_KEY)
+    return _store_has(_round_key(_INTERRUPT_KEY))
 
 
 def _store_has(key: str) -> Optional[bool]:
@@ -369,7 +383,7 @@ def note_error_reported() -> None:
     if store is None:
         return
     try:
-        store.set(_ERROR_KEY, "1")
+        store.set(_round_key(_ERROR_KEY), "1")
     except Exception:  # noqa: BLE001 - (the launcher gone): the others write it after their wait
         pass
 
@@ -377,7 +391,7 @@ def note_error_reported() -> None:
 def error_reported() -> Optional[bool]:
     """Whether process 0 has written the line of an error every process raises alike
     (:func:`note_error_reported`); None where that cannot be known (no process group, or its store gone)."""
-    return _store_has(_ERROR_KEY)
+    return _store_has(_round_key(_ERROR_KEY))
 
 
 class MaskMismatchError(RuntimeError):
