@@ -402,6 +402,7 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
     an error every process finds alike is written by one process (:func:`say_error`), and so is the line of
     a Ctrl-C to the whole launch (:func:`_interrupt_left_to_another`). Returns what
     ``main()`` returns."""
+    from .distributed import begin_report_round
     from .integrity import CheckpointWriteError
     from .models import WeightsMismatchError
     from .paths import DatasetNotFoundError
@@ -410,6 +411,7 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
     if threading.current_thread() is threading.main_thread() and getattr(
             signal.getsignal(signal.SIGINT), "adaptive_startup", False):  # a recipe's quiet start-up handler:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is handled below
+    begin_report_round()  # (a second run in this launch reads no report of an earlier one's error or Ctrl-C)
     try:
         with command_line_warnings():
             return main()

@@ -231,6 +231,31 @@ def refuse_differing(value: str, what: str, fix: str = _SAME_FILES, detail: Opti
                                            f"alike: {fix}"))
 
 
+def refuse_differing_settings(settings: dict, fix: str) -> None:
+    """Raise a ValueError on every process alike (:func:`raised_alike`) where the processes were given
+    different ``settings`` (name: a value that reads the same wherever it is equal: a number, a string,
+    lists of them), naming each setting that differs and each process's value of it, then ``fix``; one
+    gather, and nothing on one process. A setting that differs between processes would have them take
+    other steps (a collective one makes and another does not: the first waits until the group's timeout)
+    or choose other masks."""
+    if not is_distributed():
+        return
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, {k: repr(v) for k, v in settings.items()})
+    names = list(dict.fromkeys(k for e in every for k in e))
+    differ = []
+    for name in names:
+        groups: dict = {}  # value: the ranks given it, in order of the first
+        for r, e in enumerate(every):
+            groups.setdefault(e.get(name, "(none)"), []).append(r)
+        if len(groups) > 1:
+            said = "; ".join(f"{_processes(ranks, len(every))}: {v if len(v) <= 200 else v[:200] + '...'}"
+                             for v, ranks in groups.items())
+            differ.append(f"{name} ({said})")
+    if differ:
+        raise mark_raised_alike(ValueError(f"the processes were given different settings: {', '.join(differ)}: {fix}"))
+
+
 # what a collective raises when another process of the group has ended (gloo: its socket closed;
 # the store's client when the process that hosted it, process 0, has gone)
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
@@ -289,6 +314,20 @@ def peer_stopped_error(how: str = "") -> PeerStoppedError:
 
 
 _INTERRUPT_KEY = "adaptive_interrupt_reported"  # counted in the launch's store by each process a Ctrl-C reached
+_ROUND = [0]  # the command-line runs this process has begun (begin_report_round): the round of the store's keys
+
+
+def begin_report_round() -> None:
+    """Begin a new round of the launch store's report keys (:func:`claim_interrupt_report`,
+    :func:`note_error_reported`): a command line calls it as it starts a run, so that a second run in
+    the same launch (a script that calls a recipe's ``main`` again after catching its error) reads no
+    report of the first's. Every process of the launch runs the same runs, so their rounds agree."""
+    _ROUND[0] += 1
+
+
+def _round_key(key: str) -> str:
+    """``key`` of this process's round of reports (:func:`begin_report_round`)."""
+    return f"{key}.{_ROUND[0]}"
 
 
 def _launch_store():
@@ -310,7 +349,7 @@ def claim_interrupt_report() -> Optional[bool]:
     if store is None:
         return None
     try:
-        return int(store.add(_INTERRUPT_KEY, 1)) == 1
+        return int(store.add(_round_key(_INTERRUPT_KEY), 1)) == 1
     except Exception:  # noqa: BLE001 - (the launcher gone): not known
         return None
 
@@ -318,7 +357,7 @@ def claim_interrupt_report() -> Optional[bool]:
 def interrupt_reported() -> Optional[bool]:
     """Whether a process of the launch has claimed the report of a Ctrl-C (:func:`claim_interrupt_report`);
     None where that cannot be known."""
-    return _store_has(_INTERRUPT_KEY)
+    return _store_has(_round_key(_INTERRUPT_KEY))
 
 
 def _store_has(key: str) -> Optional[bool]:
@@ -344,7 +383,7 @@ def note_error_reported() -> None:
     if store is None:
         return
     try:
-        store.set(_ERROR_KEY, "1")
+        store.set(_round_key(_ERROR_KEY), "1")
     except Exception:  # noqa: BLE001 - (the launcher gone): the others write it after their wait
         pass
 
@@ -352,7 +391,7 @@ def note_error_reported() -> None:
 def error_reported() -> Optional[bool]:
     """Whether process 0 has written the line of an error every process raises alike
     (:func:`note_error_reported`); None where that cannot be known (no process group, or its store gone)."""
-    return _store_has(_ERROR_KEY)
+    return _store_has(_round_key(_ERROR_KEY))
 
 
 class MaskMismatchError(RuntimeError):

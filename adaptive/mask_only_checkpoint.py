@@ -370,6 +370,12 @@ def _globals_read(fn: FunctionType) -> Dict[str, object]:
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")  # a memory address, in whatever words a repr puts it
 
 
+def value_identity(v):
+    """What identifies ``v`` (a setting, or a value a loss function takes along), the same for equal
+    values in every process and in a resume, never a memory address (:func:`_value_identity`)."""
+    return _value_identity(v)
+
+
 def _value_identity(v, _within: tuple = ()):
     """What identifies a value a loss function takes along (a ``functools.partial``'s argument, a
     lambda's default or closed-over value): the same for equal values in every process and in a

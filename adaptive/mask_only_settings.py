@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .counts import whole_number
-from .distributed import agreed_call, refuse_differing
+from .distributed import agreed_call, refuse_differing, refuse_differing_settings
 from .ensemble_rules import parse_rules
 from .mask_only_data import _check_loader, _model_device
 from .mask_only_targets import Target, _is_real, check_targets, listed_targets
@@ -112,17 +112,50 @@ class Settings:
     n_train: int
 
 
-def check_settings(model: nn.Module, train_loader, holdout_loader, target, *, passes, ensemble, include, exclude,
-                   estimator, window, edit_fraction, approach, margin, ladder, patience, verify_batches,
-                   line_search_tries, eval_every, loss_fn, accuracy_fn, seed, progress, callback,
-                   checkpoint) -> Settings:
+# what a setting refused on some processes says of the processes that passed, and what settings that differ between
+# processes say to do
+_SAME_SETTINGS = ("every process must be given the same settings (the same arguments to optimize_connectome, not "
+                  "computed from the process's rank)")
+_SAME_SETTINGS_FIX = (_SAME_SETTINGS + ": they set the stages and steps every process takes together (one that takes a "
+                      "step the others do not waits for them until the process group's timeout) and the masks every "
+                      "process must agree on")
+# the settings every process must be given alike (progress, callback and checkpoint are each process's own: the
+# checkpoint's reading is agreed as it is read)
+_SHARED = ("targets", "passes", "ensemble", "include", "exclude", "estimator", "window", "edit_fraction", "approach",
+           "margin", "ladder", "patience", "verify_batches", "line_search_tries", "eval_every", "loss_fn",
+           "accuracy_fn", "seed")
+
+
+def check_settings(model: nn.Module, train_loader, holdout_loader, target, **settings) -> Settings:
     """The :class:`Settings` of an :func:`adaptive.mask_only.optimize_connectome` call (its arguments
     of the same names), each checked: ValueError (TypeError for a ``model`` that is no module) naming
     the fix on the first bad one, before any work and before anything changes. The ``train_loader``
     and ``holdout_loader`` must yield batches (a holdout with no length is asked for its first batch;
     a one-shot iterator as holdout is refused; under several processes, refused on every process alike,
     and the train loaders of the same length: :func:`check_loaders`), and ``ensemble`` must leave the
-    density free."""
+    density free. Under a process group of several processes a setting refused on some processes only is
+    refused by every process alike (:func:`adaptive.distributed.agreed_call`), and settings that differ
+    between processes (targets computed from the rank, say) are refused on every process, naming each
+    one that differs (:func:`adaptive.distributed.refuse_differing_settings`), before any loader is
+    read: two gathers of a few words more; none on one process."""
+    s = agreed_call(lambda: _own_settings(model, target, **settings), passed_why=_SAME_SETTINGS)
+    refuse_differing_settings({k: _said(getattr(s, k)) for k in _SHARED}, fix=_SAME_SETTINGS_FIX)
+    s.n_train = check_loaders(train_loader, holdout_loader)
+    return s
+
+
+def _said(v):
+    """``v`` (a checked setting) as every process given the same one says it: an estimator's registered name as
+    it is, a function or object by :func:`adaptive.mask_only_checkpoint.value_identity` (never its address)."""
+    from .mask_only_checkpoint import value_identity
+
+    return value_identity(v)
+
+
+def _own_settings(model: nn.Module, target, *, passes, ensemble, include, exclude, estimator, window, edit_fraction,
+                  approach, margin, ladder, patience, verify_batches, line_search_tries, eval_every, loss_fn,
+                  accuracy_fn, seed, progress, callback, checkpoint) -> Settings:
+    """:func:`check_settings`' checks of the settings but the loaders, as one process makes them (``n_train`` 0)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     targets = listed_targets(target)
@@ -183,10 +216,9 @@ def check_settings(model: nn.Module, train_loader, holdout_loader, target, *, pa
     if ladder and len(targets) == 1 and isinstance(targets[0], str) and targets[0] == "best":
         # a sparse start that already removes more than every rung is refused before a loader is asked for a batch
         check_targets(model, targets, include=include, exclude=exclude, ensemble=ensemble, ladder=ladder)
-    n_train = check_loaders(train_loader, holdout_loader)
     return Settings(targets=targets, passes=passes, ensemble=ensemble, include=include, exclude=exclude,
                     estimator=estimator, window=window, edit_fraction=edit_fraction, approach=approach, margin=margin,
                     ladder=ladder, patience=patience, verify_batches=verify_batches,
                     line_search_tries=line_search_tries, eval_every=eval_every, loss_fn=loss_fn,
                     accuracy_fn=accuracy_fn, seed=seed, progress=progress, callback=callback, checkpoint=checkpoint,
-                    n_train=n_train)
+                    n_train=0)

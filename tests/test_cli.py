@@ -439,16 +439,76 @@ def test_an_agreed_error_is_written_once_however_long_process_0_takes_to_exit(mo
     monkeypatch.setattr(D, "is_distributed", lambda: True)  # (raised alike: marked)
     monkeypatch.setattr(D, "_launch_store", lambda: store)
     monkeypatch.setattr(cli.time, "sleep", lambda s: None)
+    monkeypatch.setattr(D, "begin_report_round", lambda: None)  # (the three calls: both processes' one run)
     for rank, written in [(1, line), (0, line), (1, "")]:  # process 1 before process 0 wrote it, and after
         monkeypatch.setattr(cli, "_process_group", lambda: Group(rank))
         with pytest.raises(SystemExit) as e:
             cli.run_cli(refused, "prog", once=True)
         assert e.value.code == 2 and capsys.readouterr().err == written
-    assert store.keys == {"adaptive_error_reported": "1"}
+    assert store.keys == {f"adaptive_error_reported.{D._ROUND[0]}": "1"}
     monkeypatch.setattr(D, "_launch_store", lambda: None)  # no store answers: written after the wait, as before
     with pytest.raises(SystemExit):
         cli.run_cli(refused, "prog", once=True)
     assert capsys.readouterr().err == line
+
+
+def test_a_second_run_in_one_launch_reads_no_report_of_the_first(monkeypatch, capsys):
+    """The launch store's report keys were never cleared within a launch: a script that ran a recipe's
+    main() again after catching its error (SystemExit) had process 1 read process 0's report of the
+    first run's error as that of the second's, and end silently before process 0 wrote it (lost, were
+    process 0 to end without writing it); and a second Ctrl-C was claimed by no process (the count
+    was past 1), so no process wrote its line. Each run now has a round of keys of its own."""
+    import adaptive.cli as cli
+    import adaptive.distributed as D
+
+    class Store:  # the launch's store, shared by both processes
+        def __init__(self):
+            self.keys = {}
+
+        def set(self, key, value):
+            self.keys[key] = value
+
+        def add(self, key, n):
+            self.keys[key] = int(self.keys.get(key, 0)) + n
+            return self.keys[key]
+
+        def check(self, keys):
+            return all(k in self.keys for k in keys)
+
+    class Group:
+        def __init__(self, rank):
+            self.rank = rank
+
+        def get_rank(self):
+            return self.rank
+
+    def refused():
+        raise D.mark_raised_alike(ValueError("the processes were given different settings"))
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    store, rounds = Store(), {0: [0], 1: [0]}  # each process's count of its runs
+
+    def run(rank, main):
+        monkeypatch.setattr(cli, "_process_group", lambda: Group(rank))
+        monkeypatch.setattr(D, "_ROUND", rounds[rank])
+        with pytest.raises(SystemExit):
+            cli.run_cli(main, "prog", once=True)
+        return capsys.readouterr().err
+
+    line = "prog: error: the processes were given different settings\n"
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ADAPTIVE_LEFT_TO_ANOTHER_SECONDS", "0")  # process 0 still running when the wait ends
+    monkeypatch.setattr(D, "is_distributed", lambda: True)
+    monkeypatch.setattr(D, "_launch_store", lambda: store)
+    monkeypatch.setattr(cli.time, "sleep", lambda s: None)
+    assert run(0, refused) == line and run(1, refused) == ""  # the first run: process 0 writes it
+    assert run(1, refused) == line  # the second, process 1 first: process 0 has not written this one
+    assert run(0, refused) == line
+    assert run(0, interrupted) == "prog: interrupted\n" and run(1, interrupted) == ""  # a Ctrl-C: the first claims it
+    assert run(0, interrupted) == "prog: interrupted\n" and run(1, interrupted) == ""  # and another, in a later run
 
 
 def test_a_process_that_left_its_error_line_to_process_0_waits_for_the_launcher_to_end_it(monkeypatch, capsys):

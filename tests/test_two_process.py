@@ -188,3 +188,37 @@ def test_a_checkpoint_the_main_process_cannot_put_in_place_stops_every_process_a
     assert message.endswith(f"and {ck / 'step_00000005'} is intact: free disk space (or raise the file-size limit) "
                             f"and resume with --resume {ck / 'step_00000005'}"), message
     assert recs[0]["write_left"] == ["step_00000005", "step_00000020"]
+
+
+def test_settings_refused_or_differing_on_one_process_are_refused_by_every_process_alike(tmp_path):
+    """optimize_connectome under two processes took its settings' refusals (targets, ladder, window)
+    on each process alone: given settings only process 1's refuses (targets computed from the rank),
+    process 1 raised and process 0 went on into the loaders' check, where it met process 1's next
+    collective (or waited until gloo's timeout). Such a refusal is now agreed (every process raises one
+    error naming process 1's problem), settings both accept but that differ are refused on both naming
+    each differing setting, and a later run of the same process group with agreed settings runs."""
+    from pathlib import Path
+
+    from _ports import run_two_ranks
+
+    script = Path(__file__).parent / "scripts" / "two_process_settings.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)]))
+    run_two_ranks(script, tmp_path, env)
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert got[0] == got[1], got  # one error (or outcome) per case on both
+    rec = got[0]
+    for case, problem in (("target_refused_on_one", "process 1 of 2: give at least one target"),
+                          ("ladder_refused_on_one", "process 1 of 2: ladder must be increasing"),
+                          ("window_refused_on_one", "process 1 of 2: window must be an integer >= 1, got 0")):
+        assert rec[case]["error"] == "ValueError" and problem in rec[case]["message"], rec[case]
+        assert "process 0 of 2 found no such problem: every process must be given the same settings" \
+            in rec[case]["message"], rec[case]
+    for case, targets in (("targets_differ", "[0.25]"), ("targets_differ_one_out_of_range", "[1.5]")):
+        differ = rec[case]["message"]
+        assert "the processes were given different settings: targets (process 0 of 2: [0.5]; process 1 of 2: " \
+            f"{targets})" in differ and "not computed from the process's rank" in differ, differ
+    both = rec["seed_and_passes_differ"]["message"]
+    assert "passes (process 0 of 2: 1.0; process 1 of 2: 2.0)" in both and "seed (process 0 of 2: 0; process 1 of 2: 1)" \
+        in both and "targets" not in both
+    assert rec["agree"] == {"removed": 28}
