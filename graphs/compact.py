@@ -240,7 +240,8 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
             failed = e
     else:
         raise RuntimeError(f"compact needs an fx-traceable model; tracing {type(model).__name__} failed"
-                           f"{_where(failed)}: {failed}") from failed
+                           f"{_where(failed)}: {failed} (the copy is one fixed data flow: write a branch on the data, "
+                           "`if x.mean() > 0`, with tensor ops: `torch.where(x.mean() > 0, a(h), b(h))`)") from failed
     for n in gm.graph.nodes:  # fx names such a parameter mask_1: the copy takes mask=None, as the model does
         if n.op == "placeholder" and n.target.endswith("_1") and n.target[:-2] in fixed:
             n.target = n.target[:-2]

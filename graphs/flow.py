@@ -153,7 +153,8 @@ class FlowProp(FlowInPlaceMixin, FlowLayersMixin, FlowAttentionMixin, FlowChanne
                 return f[n.args[1]]
         if n.op == "call_function" and n.target is getattr and isinstance(n.args[1], str):
             f = self._flow_of(n.args[0])
-            if isinstance(f, tuple) and n.args[1] in getattr(f, "_fields", ()):  # a namedtuple input's field
+            fields = getattr(f, "_fields", ()) or (("values", "indices") if type(f).__module__ == "torch.return_types" else ())
+            if isinstance(f, tuple) and n.args[1] in fields:  # a namedtuple input's field, x.max(dim).values
                 return getattr(f, n.args[1])
         module = self.mods.get(n.target) if n.op == "call_module" else None
         if n.op == "call_function" and n.target is channel_pad:  # a compact copy's own channel padding

@@ -115,7 +115,11 @@ class FlowChannelsMixin:
         return self.book.combine(torch.arange(C).repeat(2), torch.cat([ch, stats[group_of]]), C, name, "normalize")
 
     def _on_broadcast(self, n, result):
-        flows = self._tensor_flows((n.args, n.kwargs))
+        return self._junction(n, self._tensor_flows((n.args, n.kwargs)), result)
+
+    def _junction(self, n, flows, result):
+        """Each element of ``result`` fed by the elements of ``flows`` it is computed from, broadcast to its
+        shape: the source itself where they agree, else a junction of them."""
         if not isinstance(result, torch.Tensor):
             raise ValueError("non-tensor result")
         if not flows:
@@ -140,6 +144,12 @@ class FlowChannelsMixin:
             raise ValueError("no tensor input")
         args = [self._real(a) for a in n.args[1:]]
         kwargs = {k: self._real(v) for k, v in n.kwargs.items() if k != "dtype"}
+        if isinstance(result, tuple):  # x.max(dim): values and indices, each reading every element along dim
+            one = self._on_reduce_one(n, x, args, kwargs, result[0])
+            return type(result)((one, one))  # torch.return_types.max: its .values and .indices read as the result's
+        return self._on_reduce_one(n, x, args, kwargs, result)
+
+    def _on_reduce_one(self, n, x, args, kwargs, result):
         # the constant (zero padding) is no source: a padded map's mean is still each channel's own
         hi = torch.amax(x, *args, **kwargs)
         lo = torch.amin(torch.where(x == 0, torch.inf, x), *args, **kwargs)

@@ -22,6 +22,11 @@ def _indexed_axis(idx, ndim: int, picks) -> int:
     return ndim - (len(parts) - k) if any(p is Ellipsis for p in parts[:k]) else k
 
 
+# ops whose index argument (gather's and index_select's third, getitem's tensors) decides which elements they move
+_PICKS = {ops.TORCH_OWN.gather: "gather", "gather": "gather", ops.TORCH_OWN.index_select: "index_select",
+          "index_select": "index_select", operator.getitem: "getitem"}
+
+
 class FlowShapesMixin:
     """The shape and lookup rules of :class:`~graphs.flow.FlowProp` (they read its env and flows)."""
 
@@ -110,6 +115,7 @@ class FlowShapesMixin:
         kwargs = {k: self._real(v) for k, v in n.kwargs.items()}
         if not args:
             raise ValueError("no arguments")
+        table = None
         if n.target in ops.CONCAT_FUNCTIONS or n.target is torch.stack:
             first = [sub0(a) for a in args[0]]
             if any(not isinstance(f, torch.Tensor) for f in first):
@@ -132,7 +138,29 @@ class FlowShapesMixin:
             out = n.target(*args, **kwargs)
         if n.target in ops.CONCAT_FUNCTIONS:
             self._record_concat(n, args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0))
+        if n.target in _PICKS and args[0] is not table:
+            out = self._picked_by(n, out, _PICKS[n.target])
         return self._mark(out)
+
+    def _picked_by(self, n, out, kind):
+        """``gather``/``index_select`` on traced data with an index computed from traced data (a router's
+        argmax): which element is picked depends on the index, so each picked element is a junction of the
+        element moved and the index entry that picked it (an index of constants, ``torch.arange``, adds
+        nothing). Indexing ``x[rows, idx]`` (``x[mask]``) is followed less closely: each element moved is a
+        junction with one node of every unit its index tensors are computed from."""
+        if kind == "getitem":  # x[rows, idx], x[mask]: every element reads the units the index tensors are computed from
+            idx = n.args[1]
+            nodes = [a for a in (idx if isinstance(idx, (tuple, list)) else (idx,)) if isinstance(a, fx.Node)]
+            flows = [f for f in map(self._flow_of, nodes) if isinstance(f, torch.Tensor) and bool(f.any())]
+            return self._junction(n, [out, self._mix(n, flows, out, "index")], out) if flows else out
+        index = n.args[2] if len(n.args) > 2 else n.kwargs.get("index")
+        f = self._flow_of(index) if isinstance(index, fx.Node) else None
+        if not isinstance(f, torch.Tensor) or not bool(f.any()):
+            return out
+        if kind == "index_select":  # entry j of the index picks position j along dim
+            dim = self._real(n.args[1] if len(n.args) > 1 else n.kwargs["dim"]) % out.dim()
+            f = f.reshape([-1 if d == dim else 1 for d in range(out.dim())])
+        return self._junction(n, [out, f.expand(out.shape)], out)
 
     def _record_concat(self, n, parts, dim):
         if not parts or dim % parts[0].dim() != 1:

@@ -34,7 +34,7 @@ Every op falls in one category:
 - ``shape``: moves elements without computing (view, flatten, cat, getitem, select, gather, pad, permute, the
   splits: split, chunk, tensor_split, hsplit/vsplit/dsplit, split_with_sizes, unbind; pixel_shuffle/pixel_unshuffle):
   evaluated exactly on tensors of unit ids.
-- ``reduce``: mean/sum/amax over some dimensions.
+- ``reduce``: mean/sum/amax/amin, max/min (values and indices) and argmax/argmin over some dimensions.
 - ``lookup``: an ``nn.Embedding`` / ``F.embedding`` call: rows of a table picked by an index (or an
   ``nn.EmbeddingBag`` / ``F.embedding_bag`` call, which sums, averages or takes the max of a bag of them). The table
   is not a synapse layer (a Connectome leaves embeddings dense), so it has no units and no synapse
@@ -63,7 +63,7 @@ from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from .folded import FoldedConv
 
@@ -162,8 +162,11 @@ _ALONG_AXIS_ONE_FUNCTIONS = {
 # a table's rows picked by an index (see the module docstring): no units, no synapses
 LOOKUP_MODULES = (nn.Embedding, nn.EmbeddingBag)
 LOOKUP_FUNCTIONS = {F.embedding, F.embedding_bag}
-REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
-REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
+# max and min over a dim give values and indices (a router's top-1 pick), each reading every element along it; of
+# two tensors they are element-wise (categorize tells them apart)
+REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin, torch.max, torch.min, torch.argmax, torch.argmin}
+REDUCE_METHODS = {"mean", "sum", "amax", "amin", "max", "min", "argmax", "argmin"}
+_MAX_MIN = {torch.max, torch.min, "max", "min"}
 CONCAT_FUNCTIONS = {torch.cat, torch.concat}
 # ops that read only their tensor's shape, dtype and device, never its values: their result is a constant
 SHAPE_ONLY_FUNCTIONS = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like,
@@ -243,6 +246,8 @@ def categorize(node, module=None) -> str:
         return "unknown"
     if target in _EXTRA:
         return _EXTRA[target]
+    if target in _MAX_MIN and (len(node.args) > 1 and isinstance(node.args[1], fx.Node) or "other" in node.kwargs):
+        return "broadcast"  # torch.max(a, b), a.min(b): element-wise, as torch.maximum
     if op == "call_function":
         if target in ATTENTION_FUNCTIONS:
             return "attention"
