@@ -534,9 +534,13 @@ def knowledge_distribution(
     from tqdm.auto import tqdm
 
     device = model_device(work)
+    # counts ascend: each point removes only the weights since the last one (order[:k] from scratch at
+    # every point scattered ~12x every weight for the default counts: 19 s -> 1.4 s on resnet50)
+    kept, done = live_flat.clone(), 0
     for k in tqdm(counts, desc=f"removing ({estimator})", leave=False, disable=None):
-        flat = live_flat.clone()
-        flat[order[:k]] = False
+        kept[order[done:k]] = False
+        done = k
+        flat = kept.clone()  # a tensor of its own for each point's masks (set_masks may keep views of it)
         conn.set_masks({n: m.view(conn.masks[n].shape) for n, m in zip(names, flat.split(sizes))})
         if finetune_batches and k > 0:
             with modes_kept(work, True), torch.enable_grad(), batch_statistics_explained(

@@ -1,0 +1,31 @@
+"""recipes/benchmarks/scale.py: a tiny run writes its table where --out says, each pair's old and new
+results equal (the script checks them bit for bit); bad option values are refused before any work."""
+import runpy
+
+import pytest
+
+import adaptive.paths as paths
+
+SCRIPT = paths.REPO_ROOT / "recipes" / "benchmarks" / "scale.py"
+
+
+def test_a_tiny_run_writes_the_measured_table(tmp_path):
+    main = runpy.run_path(str(SCRIPT))["main"]
+    out = tmp_path / "scale.md"
+    times = main(["--model", "tiny", "--size", "16", "--rounds", "2", "--points", "5", "--out", str(out)])
+    text = out.read_text()
+    assert "tiny, 536 synapses" in text and "median of 2 interleaved rounds" in text
+    rows = [l.split("|")[1:-1] for l in text.splitlines() if l.startswith("| ") and "operation" not in l]
+    assert [r[0].strip() for r in rows] == ["full order (crawl jump, every live synapse)",
+                                            "removal order (knowledge diagnostic)", "curve masks (6 points)"]
+    assert all(len(old) == len(new) == 2 for old, new in times.values())
+    assert "Reproduce: `OMP_NUM_THREADS=" in text and "--model tiny" in text
+
+
+@pytest.mark.parametrize("argv, match", [(["--rounds", "0"], "--rounds must be a positive integer"),
+                                         (["--points", "-1"], "--points must be a positive integer")])
+def test_bad_options_are_refused(argv, match, capsys):
+    main = runpy.run_path(str(SCRIPT))["main"]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and match in capsys.readouterr().err
