@@ -22,7 +22,12 @@ _BUDGETS: Dict[str, BudgetFn] = {}
 
 def register_budget(name: str, replace: bool = False):
     """Function decorator: the budget answers to ``name`` (taken names are refused unless ``replace``)."""
+    _registry.check_name("layer budget", name)
+
     def deco(fn):
+        if not callable(fn):
+            raise TypeError(f"layer budget {name!r}: register_budget decorates a function fn(layers, density, "
+                            f"protected=(), min_density=0.0), got {type(fn).__name__} {fn!r}")
         _registry.add(_BUDGETS, "layer budget", name, fn, replace)
         return fn
 

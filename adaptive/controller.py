@@ -46,11 +46,11 @@ from .registry import near_misses
 from .policies.base import EditPlan, get_policy, keep_plan, synapse_targets
 from .policies.base import global_synapse_target  # noqa: F401  (importable from here, as before)
 from .rollback import EditSnapshot  # noqa: F401  (importable from here, as before)
-from .score_checks import _check_pooled, _check_scores, _ranks_nothing
+from .score_checks import _check_pooled, _check_scores, _check_shape, _owned, _ranks_nothing
 from .score_checks import _describe, _nonfinite_weights  # noqa: F401  (importable from here, as before)
 from .schedules import get_decay
 from .utility import GradientStats, UtilityContext, get_estimator
-from .utility.base import Estimator, estimator_label
+from .utility.base import Estimator, estimator_label, scores_side
 from .utility.ties import ZERO_COST_ORDERS, order_zero_costs
 from .warn import warn_user
 
@@ -309,6 +309,12 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         # one instance for both sides when they are the same estimator: a stateful one (presence,
         # evidence) learns from each window once and its restoration gains read what it learned
         self.grow_est = None if grow_by is None else self.drop_est if grow_by == drop_by else get_estimator(grow_by)
+        for est, method, does in ((self.drop_est, "removal_cost", "prunes"), (self.grow_est, "restoration_gain", "grows")):
+            if est is not None and not scores_side(est, method):  # refused now, not with a bare NotImplementedError later
+                raise TypeError(f"policy {self.policy.name!r} {does} by estimator {estimator_label(est)!r} "
+                                f"({type(est).__name__}), which does not define {method}: write {method}(ctx) in "
+                                "the estimator's class, or use a policy that only prunes (gmp, magnitude, oneshot) for "
+                                "an estimator of removal costs alone")
         if grow_init is None:
             grow_init = "original" if conn.mode == "mask_only" else "zero"
         self.grow_init = grow_init
@@ -757,18 +763,14 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                 gran = self.conn.granularities[n]
                 if hasattr(est, "ensemble_scores"):  # drawn per ensemble (random): no sum to pool
                     s = est.ensemble_scores(ctx, gran)
+                    _check_shape(est, side, n, s, gran.ensemble_shape(ctx.weight.shape), "ensemble_scores")
                     _check_scores(est, side, n, s, "ensemble_scores", ctx)
-                    out[n] = s.float()
+                    out[n] = _owned(s, ctx)
                     continue
                 s = est.removal_cost(ctx) if side == "cost" else est.restoration_gain(ctx)
-                if not isinstance(s, torch.Tensor) or tuple(s.shape) != tuple(ctx.weight.shape):
-                    raise ValueError(
-                        f"estimator {type(est).__name__}'s {'removal_cost' if side == 'cost' else 'restoration_gain'} "
-                        + (f"for layer {n!r} has shape {tuple(s.shape)}, not " if isinstance(s, torch.Tensor) else
-                           f"for layer {n!r} returned a {type(s).__name__}, not a torch.Tensor shaped like ")
-                        + f"the weight's {tuple(ctx.weight.shape)}: it must return one score per synapse")
+                _check_shape(est, side, n, s, ctx.weight.shape)
                 _check_scores(est, side, n, s, ctx=ctx)
-                s = s.float()
+                s = _owned(s, ctx)
                 if side == "cost" and zero_cost_order == "magnitude":  # no gradient seen: smaller weights first
                     s = order_zero_costs(s, ctx.weight)
                 out[n] = gran.pool(s, "sum")

@@ -18,6 +18,7 @@ import torch
 
 from .connectome import EnsembleRuleError
 from .distributed import all_reduce_mean_
+from .plan_checks import check_plan
 from .policies.base import EditPlan, global_synapse_target, synapse_targets
 from .rollback import EditSnapshot
 
@@ -108,40 +109,9 @@ class ControllerEditsMixin:
 
     def _check_plan(self, plan) -> None:
         """Refuse, before anything changes, a plan a policy (a plugin's, say) got wrong: unknown layers,
-        indices that are not flat integer ensemble indices in range, or scores not aligned with them."""
-        who = f"policy {self.policy.name!r} ({type(self.policy).__name__}) returned a bad EditPlan"
-        if not isinstance(plan, EditPlan):
-            raise TypeError(f"{who}: {type(plan).__name__}, not an EditPlan (or None)")
-        for side, scores in (("prune", plan.prune_scores), ("grow", plan.grow_scores)):
-            if not isinstance(scores, dict) or not all(isinstance(v, torch.Tensor) for v in scores.values()):
-                raise ValueError(f"{who}: {side}_scores must be a dict of layer name -> tensor")
-            orphans = sorted(n for n in scores if n not in getattr(plan, side))
-            if orphans:
-                raise ValueError(f"{who}: {side}_scores names layer(s) {orphans[:3]} that its {side} list does not")
-            for n, idx in getattr(plan, side).items():
-                if n not in self.conn.masks:
-                    raise ValueError(f"{who}: {side} names layer {n!r}, which is not in the connectome")
-                if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32) or idx.dim() != 1:
-                    raise ValueError(f"{who}: {side}[{n!r}] must be a 1-d integer tensor of flat ensemble indices")
-                size = self.conn.granularities[n].num_ensembles(self.conn.layers[n].shape)
-                if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
-                    raise ValueError(f"{who}: {side}[{n!r}] holds indices outside [0, {size}) (the layer's ensembles)")
-                if n in scores and scores[n].numel() != idx.numel():
-                    raise ValueError(f"{who}: {side}_scores[{n!r}] has {scores[n].numel()} values for {idx.numel()} indices")
-                if not idx.numel():
-                    continue
-                if n in self.protected:
-                    raise ValueError(f"{who}: it edits layer {n!r}, which protect= keeps as it is")
-                seen = torch.zeros(size, dtype=torch.bool, device=idx.device)  # O(k) duplicate test, no sort
-                seen[idx] = True
-                if int(torch.count_nonzero(seen)) != idx.numel():
-                    raise ValueError(f"{who}: {side}[{n!r}] lists an ensemble more than once")
-                ens = self.conn._ensemble_mask(n)  # read only
-                live = ens.reshape(-1)[idx.to(ens.device)]
-                if side == "prune" and not bool(live.all()):
-                    raise ValueError(f"{who}: prune[{n!r}] holds ensembles that are already absent")
-                if side == "grow" and bool(live.any()):
-                    raise ValueError(f"{who}: grow[{n!r}] holds ensembles that are already present")
+        indices that are not flat integer ensemble indices in range, an ensemble both pruned and grown,
+        or scores not aligned with the indices (:func:`adaptive.plan_checks.check_plan`)."""
+        check_plan(self, plan)
 
     def _apply(self, plan: EditPlan, step: int, kind: str = "update", line_search: bool = True) -> dict:
         self._check_plan(plan)

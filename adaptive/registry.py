@@ -81,6 +81,15 @@ def _definition(obj: Any) -> str:
 
 def add(table: Dict[str, Any], kind: str, name: str, obj: Any, replace: bool = False) -> None:
     """Put ``obj`` into ``table`` under ``name``, or raise if another object holds the name."""
+    check_free(table, kind, name, obj, replace)
+    if _journal is not None:
+        _journal.append((table, name, table.get(name, _ABSENT)))
+    table[name] = obj
+
+
+def check_free(table: Dict[str, Any], kind: str, name: str, obj: Any, replace: bool = False) -> None:
+    """Raise unless ``obj`` may take ``name`` in ``table``: a non-empty string that no other definition
+    holds (``replace``: it may)."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"a {kind} is registered under a non-empty string name, got {name!r}")
     old = table.get(name)
@@ -88,9 +97,6 @@ def add(table: Dict[str, Any], kind: str, name: str, obj: Any, replace: bool = F
         raise ValueError(
             f"{kind} {name!r} is already registered ({_origin(old)}); register {_origin(obj)} under another "
             f"name, or pass replace=True to override it")
-    if _journal is not None:
-        _journal.append((table, name, table.get(name, _ABSENT)))
-    table[name] = obj
 
 
 def remove(table: Dict[str, Any], kind: str, name: str, builtins: Dict[str, Any]) -> None:
@@ -112,10 +118,52 @@ def remove(table: Dict[str, Any], kind: str, name: str, builtins: Dict[str, Any]
         del table[name]
 
 
-def class_decorator(table: Dict[str, Any], kind: str, name: str, replace: bool = False):
+_NAME_BREAKERS = "=;,"  # what the command line's KEY=VALUE options and the ensemble rules' strings split on
+
+
+def check_name(kind: str, name: Any) -> None:
+    """Refuse a name a configuration could not give back: a non-string, an empty one, or one holding
+    whitespace or one of ``= ; ,`` (``--estimator my est`` is two words; ``--controller_kw
+    policy=a=b`` and the ensemble rules' ``pattern=spec;...`` strings split on them). A TypeError or
+    ValueError naming ``kind`` and the name, raised when the decorator is applied."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a {kind} is registered under a non-empty string name, got {name!r}")
+    bad = sorted({c for c in name if c.isspace() or c in _NAME_BREAKERS or not c.isprintable()})
+    if bad:
+        fixed = "".join("_" if c in bad else c for c in name.strip())
+        raise ValueError(f"{kind} name {name!r} holds {', '.join(map(repr, bad))}, which a command line or config "
+                         f"string cannot give back (options split on whitespace, '=', ';' and ','): register it "
+                         f"as {fixed!r}, say")
+
+
+def check_class(kind: str, name: str, cls: Any, base: type, needs: tuple = (), one_of: bool = False) -> None:
+    """Refuse, when it is registered, a class the controller could not use: not a class, not a subclass
+    of ``base`` (whose attributes and defaults the controller reads), or one that overrides none
+    (``one_of``) or not all of the methods ``needs``, which ``base`` only declares. A TypeError naming
+    ``kind``, ``name``, the class and the methods to write."""
+    if not isinstance(cls, type) or not issubclass(cls, base):
+        what = f"a {type(cls).__name__}" if not isinstance(cls, type) else f"class {cls.__name__}"
+        raise TypeError(f"{kind} {name!r}: the decorator registers a subclass of {base.__module__}.{base.__qualname__}, "
+                        f"got {what} ({_origin(cls)}): derive it from {base.__qualname__}")
+    missing = [m for m in needs if getattr(cls, m, None) is getattr(base, m, None)]
+    if missing and (not one_of or len(missing) == len(needs)):
+        names = ("any of " if one_of and len(needs) > 1 else "") + ", ".join(needs if one_of else missing)
+        raise TypeError(f"{kind} {name!r} ({_origin(cls)}) does not define {names}, which "
+                        f"{base.__qualname__} only declares: write {'one of them' if one_of else 'it'} in the class")
+
+
+def class_decorator(table: Dict[str, Any], kind: str, name: str, replace: bool = False,
+                    base: Optional[type] = None, needs: tuple = (), one_of: bool = False):
     """Class decorator for a registry of classes: the class answers to ``name`` in ``table`` (a
-    taken name is refused unless ``replace``, :func:`add`) and keeps it as ``cls.name``."""
+    taken name is refused unless ``replace``, :func:`add`) and keeps it as ``cls.name``. The name is
+    checked at once (:func:`check_name`), the class when decorated (:func:`check_class` with
+    ``base``, ``needs`` and ``one_of``), so a mistake is named where it is made, not at the first update."""
+    check_name(kind, name)
+
     def deco(cls):
+        check_free(table, kind, name, cls, replace)  # a clash first: the name is what the user sees
+        if base is not None:
+            check_class(kind, name, cls, base, needs, one_of)
         add(table, kind, name, cls, replace)
         cls.name = name
         return cls

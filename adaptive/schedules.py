@@ -15,7 +15,16 @@ _DECAYS: Dict[str, Callable[..., "Decay"]] = {}
 
 
 def register_decay(name: str, replace: bool = False):
+    """Class decorator: the edit decay answers to ``name`` (taken names are refused unless ``replace``).
+    It decorates a :class:`Decay` subclass that defines ``__call__(step)`` (or another callable that
+    builds one from ``start``, ``start_step`` and ``end_step``): else a TypeError, raised here."""
+    _registry.check_name("edit decay", name)
+
     def deco(cls):
+        if not callable(cls) or (isinstance(cls, type) and issubclass(cls, Decay) and cls.__call__ is Decay.__call__):
+            raise TypeError(f"edit decay {name!r}: register_decay decorates a Decay subclass that defines "
+                            f"__call__(step) -> fraction in [0, 1], got {getattr(cls, '__qualname__', repr(cls))}"
+                            + (" (no __call__ of its own)" if callable(cls) else " (not callable)"))
         _registry.add(_DECAYS, "edit decay", name, cls, replace)
         return cls
 

@@ -1,7 +1,11 @@
-"""The checks an estimator's scores pass before a policy ranks them: a tensor of real numbers, no NaN
-(a NaN has no place in an order; one inherited from broken weights is named as such), and ensemble
-sums that pooled to no NaN (+inf and -inf in one ensemble). Each refusal is a ValueError naming the
-estimator, its method and the layer, raised before the connectome changes.
+"""The checks an estimator's scores pass before a policy ranks them: a tensor of real numbers shaped
+as asked (one score per synapse, or per ensemble from ``ensemble_scores``), no NaN (a NaN has no
+place in an order; one inherited from broken weights is named as such), and ensemble sums that
+pooled to no NaN (+inf and -inf in one ensemble). Each refusal is a ValueError naming the estimator
+(by its registered name), its method and the layer, raised before the connectome changes. Scores
+that pass are made the controller's own (:func:`_owned`): detached from autograd, and copied where
+they share memory with the layer's weight, mask or original values, so that a policy ranking them
+(which may write into them) never edits the connectome through them.
 
 The controller calls them from :meth:`Controller.scores <adaptive.controller.Controller.scores>`;
 ``adaptive.controller`` re-exports them under the same names.
@@ -31,6 +35,31 @@ def _describe(est, side: str, method: Optional[str] = None):
     method = method or ("removal_cost" if side == "cost" else "restoration_gain")
     return (f"estimator {getattr(est, 'name', None) or type(est).__name__!r} ({type(est).__name__})",
             f"{method} ({'removal cost' if side == 'cost' else 'growth gain'})")
+
+
+def _check_shape(est, side: str, name: str, s, want, method: Optional[str] = None) -> None:
+    """Refuse scores that are not a tensor of shape ``want`` (the weight's, or the ensembles' for
+    ``ensemble_scores``), naming what came back."""
+    who, what = _describe(est, side, method)
+    if isinstance(s, torch.Tensor) and tuple(s.shape) == tuple(want):
+        return
+    per = "ensemble" if method == "ensemble_scores" else "synapse"
+    got = f"has shape {tuple(s.shape)}, not" if isinstance(s, torch.Tensor) else \
+        f"returned a {type(s).__name__}, not a torch.Tensor shaped like"
+    whose = "the layer's ensembles'" if per == "ensemble" else "the weight's"
+    raise ValueError(f"{who}'s {what} for layer {name!r} {got} {whose} {tuple(want)}: it must return one score per "
+                     f"{per}; the controller refuses it and leaves the connectome as it was")
+
+
+def _owned(s: torch.Tensor, ctx) -> torch.Tensor:
+    """``s`` (checked scores) as float32 the controller may hand to a policy: detached (an estimator
+    that computed them under ``torch.enable_grad``, or returned a parameter of its own), and a copy
+    where they share memory with the layer's weight, mask or original values (``return ctx.weight``:
+    a policy writing into its scores would write into the connectome)."""
+    s = s.detach().float()
+    held = {t.untyped_storage().data_ptr() for t in (ctx.weight, ctx.mask, ctx.restore)
+            if isinstance(t, torch.Tensor) and t.device == s.device}
+    return s.clone() if s.untyped_storage().data_ptr() in held else s
 
 
 def _check_pooled(est, side: str, name: str, pooled: torch.Tensor, gran) -> None:

@@ -85,7 +85,7 @@ def test_an_estimator_score_of_the_wrong_shape_is_named():
             return ctx.weight.detach().abs().t()
 
     try:
-        with pytest.raises(ValueError, match="Transposed's removal_cost for layer '0.weight' has shape \\(6, 8\\)"):
+        with pytest.raises(ValueError, match="'review_transposed' \\(Transposed\\)'s removal_cost \\(removal cost\\) for layer '0.weight' has shape \\(6, 8\\)"):
             adaptive.Controller(adaptive.Connectome(_net()), None, policy="magnitude", density=0.5,
                                 estimator="review_transposed")
     finally:
@@ -136,6 +136,9 @@ def test_recipe_estimator_slots_read_the_policy_class():
 
         def __init__(self, frac):  # an option the policy cannot be built without
             self.frac = frac
+
+        def update(self, ctrl, step):
+            return None
 
     try:
         R = load_script("recipes/adaptive.py", "recipe_adaptive_slots")

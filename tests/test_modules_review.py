@@ -226,7 +226,7 @@ def _plan_policy(name, plan_fn):
 @pytest.mark.parametrize("case, match", [
     ("duplicate", "more than once"), ("dead prune", "already absent"), ("live grow", "already present"),
     ("protected", "protect= keeps"), ("orphan scores", "that its grow list does not"),
-    ("list scores", "must be a dict of layer name -> tensor"), ("breaks 2:4", "breaks a rule"),
+    ("list scores", r"prune_scores\['0.weight'\] is a list, expected a 1-d real tensor"), ("breaks 2:4", "breaks a rule"),
 ])
 def test_inconsistent_plans_are_refused_before_anything_changes(case, match):
     """Counts were logged for edits that never happened, a protected layer was edited, and an n:m

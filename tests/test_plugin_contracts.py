@@ -137,8 +137,8 @@ def test_scores_of_the_wrong_shape_or_type_are_refused_naming_what_came_back(sco
     adaptive.Controller(conn, opt, policy="utility", estimator="contract_wrong_shape", density=0.5, update_every=2,
                         end_step=10, seed=0)
     masks = {n: m.clone() for n, m in conn.masks.items()}
-    with pytest.raises(ValueError, match=rf"WrongShape's removal_cost for layer '0.weight' {what}: it must return one "
-                                         "score per synapse"):
+    with pytest.raises(ValueError, match=rf"estimator 'contract_wrong_shape' \(WrongShape\)'s removal_cost \(removal "
+                                         rf"cost\) for layer '0.weight' {what}: it must return one score per synapse"):
         _train(model, opt, 2)
     assert all(torch.equal(m, conn.masks[n]) for n, m in masks.items())
 

@@ -149,7 +149,8 @@ def test_a_plugin_that_fails_halfway_registers_nothing(tmp_path):
 
         @register_estimator("magnitude", replace=True)  # even a replaced built-in comes back
         class Other(Estimator):
-            pass
+            def removal_cost(self, ctx):
+                return ctx.weight.abs()
 
         raise RuntimeError("boom after registering")
     '''))

@@ -327,6 +327,9 @@ def test_a_registered_policy_that_ranks_globally_refuses_a_floor_unless_it_keeps
         needs_density = False
         ranks_globally = True
 
+        def update(self, ctrl, step):
+            return None
+
     try:
         with pytest.raises(ValueError, match="keeps no per-layer floor"):
             adaptive.Controller(adaptive.Connectome(_mlp()), None, policy="review_global_ranker", density=0.5,

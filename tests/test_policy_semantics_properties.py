@@ -96,21 +96,42 @@ def size_of(ctrl, n):
     return layer.numel / ctrl.conn.granularities[n].num_ensembles(layer.shape)
 
 
+STATEFUL = ("presence", "evidence")  # estimators whose scores move with every call (learned per update)
+
+
 def capture(ctrl):
     """Wrap the policy's update: each call records its step, edit fraction, ensemble masks, scores and plan
-    (and, for a policy with boundaries, its prune and restore boundaries as the update found them: pb, rb)."""
+    (and, for a policy with boundaries, its prune and restore boundaries as the update found them: pb, rb).
+    The scores are read before the policy runs, except for a stateful estimator (presence, evidence),
+    which a second read would move on: the scores the policy itself reads (every layer) are recorded."""
     log = []
     policy = ctrl.policy
     inner = policy.update
+    stateful = any(getattr(e, "name", None) in STATEFUL for e in (ctrl.drop_est, ctrl.grow_est))
 
     def update(c, step):
-        rec = dict(step=step, frac=c.edit_fraction(step), alive={n: m.clone() for n, m in c.alive().items()},
-                   cost=c.scores("cost", step))
-        if c.grow_est is not None:
-            rec["gain"] = c.scores("gain", step)
+        rec = dict(step=step, frac=c.edit_fraction(step), alive={n: m.clone() for n, m in c.alive().items()})
         if hasattr(policy, "prune_boundary"):
             rec["pb"], rec["rb"] = policy.prune_boundary, policy.restore_boundary
-        rec["plan"] = inner(c, step)
+        if not stateful:
+            rec["cost"] = c.scores("cost", step)
+            if c.grow_est is not None:
+                rec["gain"] = c.scores("gain", step)
+            rec["plan"] = inner(c, step)
+        else:
+            read = type(c).scores.__get__(c)
+
+            def scores(side, step=None, names=None, **kw):
+                out = read(side, step, names, **kw)
+                if names is None:
+                    rec.setdefault(side, {n: s.clone() for n, s in out.items()})
+                return out
+
+            c.scores = scores
+            try:
+                rec["plan"] = inner(c, step)
+            finally:
+                del c.scores
         log.append(rec)
         return rec["plan"]
 
@@ -132,14 +153,19 @@ def check_event(ctrl, before, after, event, protected=()):
 @given(model_name=st.sampled_from(sorted(MODELS)), spec=st.sampled_from(["synapse", "neuron", "kernel"]),
        policy=st.sampled_from(["set", "rigl", "utility"]), budget=st.sampled_from(["erk", "uniform", "global"]),
        density=st.sampled_from([0.2, 0.5, 0.8]), frac=st.sampled_from([0.1, 0.3, 0.7, 1.0]),
-       decay=st.sampled_from(["cosine", "linear", "constant"]), seed=st.integers(0, 2**10))
+       decay=st.sampled_from(["cosine", "linear", "constant"]), seed=st.integers(0, 2**10),
+       estimator=st.sampled_from(["taylor", "presence", "evidence"]))
+@example(model_name="mlp", spec="synapse", policy="utility", budget="uniform", density=0.5, frac=0.3,
+         decay="constant", seed=3, estimator="presence")
+@example(model_name="conv", spec="kernel", policy="utility", budget="global", density=0.5, frac=0.3,
+         decay="cosine", seed=5, estimator="evidence")
 def test_swaps_prune_the_cheapest_fraction_and_grow_the_best_absent_at_constant_density(
-        model_name, spec, policy, budget, density, frac, decay, seed):
+        model_name, spec, policy, budget, density, frac, decay, seed, estimator):
     torch.manual_seed(seed)
     model = MODELS[model_name]()
     conn = adaptive.Connectome(model, ensemble=spec)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    kw = dict(estimator="taylor") if policy == "utility" else {}
+    kw = dict(estimator=estimator) if policy == "utility" else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ctrl = adaptive.Controller(conn, None, policy=policy, density=density, budget=budget, update_every=2,
@@ -570,7 +596,9 @@ def test_threshold_with_ensembles_of_different_sizes_edits_beyond_its_pace_only_
 @prop(10)
 @given(policy=st.sampled_from(["balanced", "crawl"]), density=st.sampled_from([0.2, 0.5]),
        frac=st.sampled_from([0.05, 0.3, 1.0]), margin=st.sampled_from([0.0, 1e-4]),
-       estimator=st.sampled_from(["curvature", "obd"]), seed=st.integers(0, 2**10))
+       estimator=st.sampled_from(["curvature", "obd", "presence", "evidence"]), seed=st.integers(0, 2**10))
+@example(policy="crawl", density=0.5, frac=0.3, margin=0.0, estimator="evidence", seed=1)
+@example(policy="balanced", density=0.5, frac=0.3, margin=0.0, estimator="presence", seed=2)
 def test_balanced_and_crawl_swap_the_worthwhile_pairs_at_their_target(policy, density, frac, margin, estimator, seed):
     """At its target (no count to restore, no distance to the goal), balanced and crawl swap pairs:
     the i-th cheapest live synapse for the i-th most useful absent one, as long as each pair's gain

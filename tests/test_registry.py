@@ -19,7 +19,8 @@ def test_a_new_estimator_cannot_take_a_builtin_name_by_accident(monkeypatch):
     builtin = type(get_estimator("magnitude"))
 
     class Mine(Estimator):
-        pass
+        def removal_cost(self, ctx):
+            return ctx.weight.abs()
 
     with pytest.raises(ValueError, match=r"utility estimator 'magnitude' is already registered .*Magnitude.*replace=True"):
         register_estimator("magnitude")(Mine)
@@ -33,7 +34,8 @@ def test_the_same_definition_registered_twice_is_quiet(monkeypatch):
     for _ in range(2):  # as when a notebook cell runs again: a new class object, the same definition
         @register_estimator("twice")
         class Twice(Estimator):
-            pass
+            def removal_cost(self, ctx):
+                return ctx.weight.abs()
     assert type(get_estimator("twice")) is Twice
 
 
@@ -115,3 +117,71 @@ def test_registered_estimator_policy_and_budget_work_by_name(monkeypatch):
         m = conn.masks[n]
         assert int(m.sum()) == m.numel() // 2  # the uniform budget: half of every layer
         assert float(w[~m].min()) >= float(w[m].max())  # the largest half went
+
+
+@pytest.mark.parametrize("name, kind", [("my est", ValueError), ("a=b", ValueError), ("x;y", ValueError),
+                                        ("a,b", ValueError), (" snip", ValueError), ("", TypeError), (3, TypeError)])
+@pytest.mark.parametrize("register", [register_estimator, register_policy, register_budget, register_decay])
+def test_a_name_no_command_line_could_give_back_is_refused_when_registering(monkeypatch, register, name, kind):
+    """'my est' (two words on a command line) or 'a=b' (a KEY=VALUE option) was registered, then could
+    never be chosen by --estimator, --controller_kw or a config string."""
+    for table in ("adaptive.utility.base._ESTIMATORS", "adaptive.policies.base._POLICIES",
+                  "adaptive.budgets._BUDGETS", "adaptive.schedules._DECAYS"):
+        monkeypatch.setattr(table, {})
+    with pytest.raises(kind, match=r"name|non-empty string"):
+        register(name)
+    if kind is ValueError:
+        with pytest.raises(ValueError, match=rf"name {name!r} holds .* which a command line or config string cannot "
+                                             r"give back .*: register it as '[^' =;,]+', say"):
+            register(name)
+
+
+def test_a_class_that_cannot_serve_is_refused_when_registering(monkeypatch):
+    """A class without the method the controller calls (or no subclass of the base it reads) was
+    registered silently, and failed at the first update with a bare NotImplementedError or AttributeError."""
+    from adaptive.policies.base import Policy
+    from adaptive.schedules import Decay
+
+    monkeypatch.setattr("adaptive.utility.base._ESTIMATORS", dict(_ESTIMATORS))
+    monkeypatch.setattr("adaptive.policies.base._POLICIES", dict(_POLICIES))
+    monkeypatch.setattr("adaptive.budgets._BUDGETS", dict(_BUDGETS))
+    monkeypatch.setattr("adaptive.schedules._DECAYS", dict(_DECAYS))
+
+    class Empty(Estimator):
+        pass
+
+    class NoUpdate(Policy):
+        pass
+
+    class Duck:
+        def removal_cost(self, ctx):
+            return ctx.weight.abs()
+
+    class NoCall(Decay):
+        pass
+
+    with pytest.raises(TypeError, match=r"utility estimator 'empty' \(.*Empty\) does not define any of removal_cost, "
+                                        r"restoration_gain, ensemble_scores, which Estimator only declares"):
+        register_estimator("empty")(Empty)
+    with pytest.raises(TypeError, match=r"policy 'no_update' \(.*NoUpdate\) does not define update, which Policy only "
+                                        r"declares: write it in the class"):
+        register_policy("no_update")(NoUpdate)
+    with pytest.raises(TypeError, match=r"utility estimator 'duck': the decorator registers a subclass of "
+                                        r"adaptive.utility.base.Estimator, got class Duck .*: derive it from Estimator"):
+        register_estimator("duck")(Duck)
+    with pytest.raises(TypeError, match=r"layer budget 'three': register_budget decorates a function"):
+        register_budget("three")(3)
+    with pytest.raises(TypeError, match=r"edit decay 'no_call': register_decay decorates a Decay subclass that "
+                                        r"defines __call__\(step\).*NoCall \(no __call__ of its own\)"):
+        register_decay("no_call")(NoCall)
+    assert not {"empty", "duck"} & set(_registered_estimators()) and "no_update" not in _registered_policies()
+
+
+def _registered_estimators():
+    import adaptive.utility.base as b
+    return b._ESTIMATORS
+
+
+def _registered_policies():
+    import adaptive.policies.base as b
+    return b._POLICIES

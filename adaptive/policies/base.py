@@ -27,7 +27,7 @@ _POLICIES: Dict[str, Type["Policy"]] = {}
 
 def register_policy(name: str, replace: bool = False):
     """Class decorator: the policy answers to ``name`` (taken names are refused unless ``replace``)."""
-    return _registry.class_decorator(_POLICIES, "policy", name, replace)
+    return _registry.class_decorator(_POLICIES, "policy", name, replace, base=Policy, needs=("update",))
 
 
 def get_policy(name, **kw) -> "Policy":
@@ -590,6 +590,28 @@ def _hold_network(ctrl, keep_scores, keep, density, alive, allow_grow):
     return {n: part.view(keep_scores[n].shape) for n, part in zip(names, torch.split(k, sizes))}
 
 
+_DENSITY_SLACK = 1e-6  # float error past 0 or 1 (a schedule's float32 1.0000001) is taken as that end
+
+
+def plan_density(ctrl, density) -> float:
+    """``density`` as the float a keep plan is made for: a number in [0, 1] (an int, a numpy number or
+    a one-value tensor too; float error past either end is taken as that end). Anything else (a
+    policy's own schedule giving -0.3, 1.5, NaN or "0.5") is a ValueError naming the policy and the
+    value, raised before the plan is made, so before any mask changes."""
+    try:
+        x = density.detach() if isinstance(density, torch.Tensor) else density
+        d = None if isinstance(density, (str, bytes, bool)) else float(x)
+    except (TypeError, ValueError, RuntimeError):  # (a tensor of several values: RuntimeError)
+        d = None
+    if d is not None and -_DENSITY_SLACK <= d <= 1.0 + _DENSITY_SLACK:
+        return min(1.0, max(0.0, d))
+    policy = getattr(ctrl, "policy", None)
+    name = getattr(policy, "name", "?")
+    raise ValueError(f"policy {name!r} ({type(policy).__name__}) asked for a keep plan at density {density!r}: a "
+                     "density is the fraction of synapses kept, a number in [0, 1]; fix the policy's schedule (the "
+                     "controller's own target is ctrl.density)")
+
+
 def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_grow: bool = False,
               network: bool = False, estimates: bool = False) -> EditPlan:
     """A plan keeping the highest-scoring ensembles (``keep_scores``: one score per ensemble of each
@@ -606,7 +628,8 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
     ``prune_scores``/``grow_scores``, which the event reports (a loss change only where the estimator
     is a loss model, else in its own units: ControllerReportsMixin._estimates). Leave it False for
     scores of any other kind (shifted or rescaled ones, an init's magnitudes): the plan then
-    carries none."""
+    carries none. A ``density`` outside [0, 1] is refused naming the policy (:func:`plan_density`)."""
+    density = plan_density(ctrl, density)
     alive = ctrl.alive()
     keep: Dict[str, torch.Tensor] = {}
 

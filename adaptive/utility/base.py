@@ -26,7 +26,8 @@ _ESTIMATORS: Dict[str, Type["Estimator"]] = {}
 
 def register_estimator(name: str, replace: bool = False):
     """Class decorator: the estimator answers to ``name`` (taken names are refused unless ``replace``)."""
-    return _registry.class_decorator(_ESTIMATORS, "utility estimator", name, replace)
+    return _registry.class_decorator(_ESTIMATORS, "utility estimator", name, replace, base=Estimator,
+                                     needs=("removal_cost", "restoration_gain", "ensemble_scores"), one_of=True)
 
 
 def get_estimator(name, **kw) -> "Estimator":
@@ -111,6 +112,13 @@ def estimator_label(est) -> str:
     is registered (:func:`is_registered`), else its class's qualified name (an instance of a class of
     your own, or of a subclass of a registered class, whose inherited name would name another)."""
     return est.name if is_registered(est) else type(est).__qualname__
+
+
+def scores_side(est, method: str) -> bool:
+    """Whether ``est`` gives the scores of ``method`` (``"removal_cost"`` or ``"restoration_gain"``):
+    it defines that method, or ``ensemble_scores`` (which serves both), rather than inheriting
+    :class:`Estimator`'s, which only declares it."""
+    return hasattr(est, "ensemble_scores") or getattr(type(est), method, None) is not getattr(Estimator, method)
 
 
 @dataclass

@@ -1,0 +1,142 @@
+"""A policy of your own that returns a plan the controller cannot apply is refused before any mask
+changes, with an error naming the policy (its registered name), what it returned and what was
+expected (adaptive/plan_checks.py): and so is a density outside [0, 1] asked of ctrl.keep_plan."""
+import re
+
+import pytest
+import torch
+
+import adaptive
+from adaptive.policies.base import _POLICIES, EditPlan, Policy, register_policy
+
+L = "0.weight"
+
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+
+@pytest.fixture
+def planned():
+    """``planned(fn)``: a controller on a half-sparse net whose policy 'plan_checks_policy' returns
+    ``fn(ctrl)``; the test then updates it and checks that nothing changed."""
+    made = []
+
+    def make(fn, ensemble="synapse"):
+        class Planned(Policy):
+            sparse_at_start = False
+            needs_density = False
+
+            def update(self, ctrl, step):
+                return fn(ctrl)
+
+        register_policy("plan_checks_policy", replace=True)(Planned)
+        conn = adaptive.Connectome(_net(), ensemble=ensemble)
+        g = torch.Generator().manual_seed(0)
+        conn.set_ensemble_masks({n: torch.rand(m.shape, generator=g) < 0.5 for n, m in conn.ensemble_masks().items()})
+        ctrl = adaptive.Controller(conn, policy="plan_checks_policy", update_every=1)
+        made.append((ctrl, {n: m.clone() for n, m in conn.masks.items()},
+                     {n: p.detach().clone() for n, p in conn.params.items()}))
+        return ctrl
+
+    yield make
+    _POLICIES.pop("plan_checks_policy", None)
+    for ctrl, masks, weights in made:  # bit-identical after every refusal
+        assert all(torch.equal(masks[n], ctrl.conn.masks[n]) for n in masks)
+        assert all(torch.equal(weights[n], p.detach()) for n, p in ctrl.conn.params.items())
+        assert not ctrl.events
+
+
+def live(ctrl, n=L):
+    return ctrl.conn.masks[n].reshape(-1).nonzero().squeeze(1)
+
+
+def dead(ctrl, n=L):
+    return (~ctrl.conn.masks[n]).reshape(-1).nonzero().squeeze(1)
+
+
+WHO = r"policy 'plan_checks_policy' \(Planned\) returned a bad EditPlan: "
+
+
+@pytest.mark.parametrize("which", ["live", "absent"])
+def test_a_plan_that_prunes_and_grows_the_same_ensemble_is_refused_naming_them(planned, which):
+    """No built-in policy makes such a plan, but a user's can: it was refused only by the side checks,
+    as 'grow holds ensembles that are already present' (or 'prune ... already absent'), which named
+    neither the overlap nor the ensembles."""
+    def plan(ctrl):
+        i = (live if which == "live" else dead)(ctrl)[:3]
+        other = (dead if which == "live" else live)(ctrl)[:2]
+        prune, grow = (torch.cat([i, other[:0]]), torch.cat([other, i[1:]])) if which == "live" else (i, i)
+        return EditPlan(prune={L: prune}, grow={L: grow})
+
+    ctrl = planned(plan)
+    both = (live if which == "live" else dead)(ctrl)[1 if which == "live" else 0:3].tolist()
+    with pytest.raises(ValueError, match=WHO + rf"it both prunes and grows {len(both)} ensemble\(s\) of layer "
+                                           rf"'0.weight': {re.escape(str(both))}.*list each in prune or in grow"):
+        ctrl.update()
+
+
+@pytest.mark.parametrize("case, plan, what", [
+    ("out of range", lambda c: EditPlan(prune={L: torch.tensor([0, 640, 10**6])}),
+     r"prune\['0.weight'\] holds 2 indices outside \[0, 640\) \(the layer's ensembles\): \[640, 1000000\]"),
+    ("negative", lambda c: EditPlan(prune={L: torch.tensor([-1])}), r"prune\['0.weight'\] holds 1 indices outside \[0, 640\).*: \[-1\]"),
+    ("duplicates", lambda c: EditPlan(prune={L: live(c)[[2, 2, 5, 5]]}),
+     r"prune\['0.weight'\] lists 2 ensemble\(s\) more than once: "),
+    ("float indices", lambda c: EditPlan(prune={L: live(c)[:2].float()}),
+     r"prune\['0.weight'\] is a tensor of dtype float32 and shape \(2,\) \(float indices.*expected a 1-d int64"),
+    ("a mask of the wrong length", lambda c: EditPlan(prune={L: torch.ones(7, dtype=torch.bool)}),
+     r"prune\['0.weight'\] is a tensor of dtype bool and shape \(7,\) \(a boolean mask of 7 entries: give the indices of its True "
+     r"entries, mask.reshape\(-1\).nonzero\(\).squeeze\(1\)\), expected"),
+    ("a mask", lambda c: EditPlan(grow={L: ~c.conn.masks[L].reshape(-1)}), r"grow\['0.weight'\] is a tensor of dtype "
+     r"bool and shape \(640,\) \(a boolean mask: give the indices"),
+    ("meta indices", lambda c: EditPlan(prune={L: torch.tensor([1], device="meta")}),
+     r"prune\['0.weight'\] is a tensor of dtype int64 and shape \(1,\) on meta \(the meta device holds no values"),
+    ("None for a layer", lambda c: EditPlan(grow={L: None}), r"grow\['0.weight'\] is None, expected a 1-d int64"),
+    ("a list of lists", lambda c: EditPlan(prune=[live(c)]), r"its prune is a list, expected a dict of layer name"),
+    ("pruning absent", lambda c: EditPlan(prune={L: torch.cat([live(c)[:2], dead(c)[:3]])}),
+     r"prune\['0.weight'\] holds 3 ensemble\(s\) that are already absent: \[\d+, \d+, \d+\]; prune only live"),
+    ("growing present", lambda c: EditPlan(grow={L: live(c)[:1]}),
+     r"grow\['0.weight'\] holds 1 ensemble\(s\) that are already present"),
+    ("NaN scores", lambda c: EditPlan(prune={L: live(c)[:2]}, prune_scores={L: torch.tensor([float("nan"), 1.0])}),
+     r"prune_scores\['0.weight'\] holds 1 NaN"),
+    ("2-d scores", lambda c: EditPlan(prune={L: live(c)[:2]}, prune_scores={L: torch.ones(1, 2)}),
+     r"prune_scores\['0.weight'\] is a tensor of dtype float32 and shape \(1, 2\), expected a 1-d real tensor"),
+    ("NaN tolerance", lambda c: EditPlan(prune={L: live(c)[:1]}, tolerance=float("nan")),
+     r"its tolerance is nan, expected None or a number >= 0"),
+    ("a string estimate", lambda c: EditPlan(prune={L: live(c)[:1]}, est_loss_change="0.1"),
+     r"its est_loss_change is '0.1', expected None or a number"),
+])
+def test_a_bad_plan_is_refused_naming_the_policy_what_it_returned_and_what_was_expected(planned, case, plan, what):
+    """Float indices, masks, meta indices and None were refused as 'must be a 1-d integer tensor' with no
+    word of what came back; a plan whose prune was a list raised a bare AttributeError, meta indices a
+    bare 'Tensor.item() cannot be called on meta tensors'; NaN or 2-d scores and a NaN tolerance were
+    taken (a NaN estimate in the event, a line search that rolls back every try)."""
+    ctrl = planned(plan)
+    with pytest.raises(ValueError, match=WHO + what):
+        ctrl.update()
+
+
+def test_a_bad_plan_of_ensembles_names_the_ensemble_indices(planned):
+    ctrl = planned(lambda c: EditPlan(prune={L: torch.tensor([0, 32])}), ensemble="neuron")
+    with pytest.raises(ValueError, match=WHO + r"prune\['0.weight'\] holds 1 indices outside \[0, 32\).*: \[32\]"):
+        ctrl.update()
+
+
+@pytest.mark.parametrize("density", [-0.3, 1.5, float("nan"), "0.5", torch.tensor([0.2, 0.3])])
+def test_a_density_outside_0_1_from_a_policys_schedule_is_refused_naming_the_policy(planned, density):
+    """A density from a policy's own schedule was taken as it came: -0.3 failed with 'math domain error',
+    NaN with 'cannot convert float NaN to integer', a string with a TypeError, and 1.5 ran as 1.0."""
+    ctrl = planned(lambda c: c.keep_plan(c.scores("cost"), density))
+    with pytest.raises(ValueError, match=r"policy 'plan_checks_policy' \(Planned\) asked for a keep plan at density "
+                                         r".*: a density is the fraction of synapses kept, a number in \[0, 1\]"):
+        ctrl.update()
+
+
+@pytest.mark.parametrize("density, kept", [(torch.tensor(0.25), 160), (1.0000001, 640), (-1e-9, 0)])
+def test_a_density_given_as_a_tensor_or_with_float_error_is_taken(density, kept):
+    from adaptive.policies.base import plan_density
+
+    conn = adaptive.Connectome(_net())
+    ctrl = adaptive.Controller(conn, policy="magnitude", density=0.5, budget="uniform", update_every=1, end_step=1)
+    assert plan_density(ctrl, density) == kept / 640

@@ -1,0 +1,142 @@
+"""What an estimator of your own returns is checked where it enters (adaptive/score_checks.py): the
+shape it must have (one score per synapse, or per ensemble from ``ensemble_scores``) is refused
+naming the estimator by its registered name, before any mask changes; scores that pass are the
+controller's own, so a policy that writes into them cannot edit the connectome or keep a graph; an
+estimator missing the side a policy reads is refused when the Controller is built."""
+import pytest
+import torch
+
+import adaptive
+from adaptive.policies.base import _POLICIES, Policy, register_policy
+from adaptive.utility import Estimator, register_estimator
+from adaptive.utility.base import _ESTIMATORS
+
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+
+@pytest.fixture
+def own():
+    """Registers under 'score_checks_*' names; takes them out again after the test."""
+    yield
+    for table in (_ESTIMATORS, _POLICIES):
+        for k in [k for k in table if k.startswith("score_checks_")]:
+            del table[k]
+
+
+@pytest.mark.parametrize("scores, shape", [(lambda w: w.abs().reshape(-1), r"\(640,\)"),
+                                           (lambda w: torch.rand(5), r"\(5,\)")])
+def test_ensemble_scores_of_the_wrong_shape_are_refused_naming_the_estimator(own, scores, shape):
+    """ensemble_scores went unchecked: a flat or short tensor failed deep in a policy with 'The size of
+    tensor a (20) must match the size of tensor b (640)', naming neither the estimator nor the fix."""
+    @register_estimator("score_checks_ensembles")
+    class PerEnsemble(Estimator):
+        def ensemble_scores(self, ctx, gran):
+            return scores(ctx.weight)
+
+    conn = adaptive.Connectome(_net(), ensemble="neuron")
+    with pytest.raises(ValueError, match=rf"estimator 'score_checks_ensembles' \(PerEnsemble\)'s ensemble_scores "
+                                         rf"\(removal cost\) for layer '0.weight' has shape {shape}, not the layer's "
+                                         r"ensembles' \(32,\): it must return one score per ensemble"):
+        adaptive.Controller(conn, policy="magnitude", estimator="score_checks_ensembles", density=0.5, update_every=1,
+                            end_step=2, init="estimator")
+    assert conn.density() == 1.0
+
+
+def _writing_policy(own_name):
+    """A policy that writes into the scores it reads (its own business: they are its copy), then edits nothing."""
+    @register_policy(own_name)
+    class Scribble(Policy):
+        sparse_at_start = False
+        needs_density = False
+        drop_by = "estimator"
+
+        def update(self, ctrl, step):
+            for s in ctrl.scores("cost", step).values():
+                s.fill_(7.0)
+            return None
+
+    return Scribble
+
+
+@pytest.mark.parametrize("returns", ["weight", "w0", "ensemble weight"])
+def test_scores_that_are_the_layers_own_tensors_are_copied_so_a_policy_cannot_write_into_the_connectome(own, returns):
+    """An estimator returning ctx.weight (or ctx.w0, the frozen original in mask_only mode) handed the
+    policy the connectome's own memory: a policy writing into its scores rewrote the weights."""
+    @register_estimator("score_checks_alias")
+    class Alias(Estimator):
+        def removal_cost(self, ctx):
+            return ctx.w0 if returns == "w0" else ctx.weight
+
+        def ensemble_scores(self, ctx, gran):
+            return ctx.weight
+
+    if returns != "ensemble weight":
+        del Alias.ensemble_scores
+    _writing_policy("score_checks_scribble")
+    model = _net()
+    conn = adaptive.Connectome(model, mode="mask_only" if returns == "w0" else "train")
+    ctrl = adaptive.Controller(conn, policy="score_checks_scribble", estimator="score_checks_alias", update_every=1)
+    weights = {n: p.detach().clone() for n, p in conn.params.items()}
+    originals = {n: t.clone() for n, t in conn.original.items()}
+    ctrl.update()
+    assert all(torch.equal(weights[n], p.detach()) for n, p in conn.params.items())
+    assert all(torch.equal(originals[n], t) for n, t in conn.original.items())
+
+
+def test_scores_that_require_grad_are_detached(own):
+    """An estimator computing its scores under torch.enable_grad (a Hessian-vector product, say), or
+    returning a parameter of its own, handed the policy a tensor in a graph: a policy writing into it
+    failed with 'a leaf Variable that requires grad is being used in an in-place operation'."""
+    @register_estimator("score_checks_grad")
+    class WithGrad(Estimator):
+        def __init__(self):
+            self.scale = torch.nn.Parameter(torch.tensor(2.0))
+
+        def removal_cost(self, ctx):
+            with torch.enable_grad():
+                return ctx.weight.abs() * self.scale
+
+    _writing_policy("score_checks_scribble")
+    conn = adaptive.Connectome(_net())
+    ctrl = adaptive.Controller(conn, policy="score_checks_scribble", estimator="score_checks_grad", update_every=1)
+    scores = ctrl.scores("cost")
+    assert not any(s.requires_grad for s in scores.values())
+    assert torch.equal(scores["0.weight"], conn.params["0.weight"].detach().abs() * 2)
+    ctrl.update()  # the policy writes into them: no error
+    assert ctrl.drop_est.scale.grad is None
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float16, torch.float64, torch.bool])
+def test_real_scores_of_any_dtype_are_ranked_as_float32(own, dtype):
+    """Integers, half and double precision and booleans are real numbers with an order: taken, as float32."""
+    @register_estimator("score_checks_dtype")
+    class Typed(Estimator):
+        def removal_cost(self, ctx):
+            return (ctx.weight.abs() * 1000).to(dtype)
+
+    conn = adaptive.Connectome(_net())
+    ctrl = adaptive.Controller(conn, policy="magnitude", estimator="score_checks_dtype", density=0.5, update_every=1,
+                               end_step=1, budget="uniform")
+    assert all(s.dtype == torch.float32 for s in ctrl.scores("cost").values())
+    ctrl.update()
+    assert abs(conn.density() - 0.5) < 0.01
+
+
+def test_an_estimator_without_the_side_a_policy_reads_is_refused_when_the_controller_is_built(own):
+    """An estimator of removal costs alone under a policy that grows failed at its first update with a
+    bare NotImplementedError (after the init had sparsified the connectome)."""
+    @register_estimator("score_checks_costs_only")
+    class CostsOnly(Estimator):
+        def removal_cost(self, ctx):
+            return ctx.weight.abs()
+
+    conn = adaptive.Connectome(_net())
+    with pytest.raises(TypeError, match=r"policy 'utility' grows by estimator 'score_checks_costs_only' \(CostsOnly\), "
+                                        r"which does not define restoration_gain: write restoration_gain\(ctx\)"):
+        adaptive.Controller(conn, policy="utility", estimator="score_checks_costs_only", density=0.5, update_every=1)
+    assert conn.density() == 1.0
+    adaptive.Controller(conn, policy="gmp", estimator="score_checks_costs_only", density=0.5, update_every=1,
+                        end_step=2)  # a policy that only prunes takes it
