@@ -144,10 +144,10 @@ def run_config(run_dir) -> dict:
         path = os.path.join(folder, "config.yaml")
         if os.path.isfile(path):
             try:
-                import yaml
+                from .yaml_read import load_yaml
 
                 with open(path) as f:
-                    cfg = yaml.safe_load(f)
+                    cfg = load_yaml(f)
             except Exception:  # noqa: BLE001 - damaged or unreadable: the title names the folder alone
                 return {}
             if not isinstance(cfg, dict):

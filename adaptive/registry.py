@@ -204,15 +204,26 @@ def build(table: Dict[str, Any], kind: str, name: Any, kw: Dict[str, Any], via: 
         if isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool):
             kw[k] = float(v)
         elif isinstance(d, (int, float)) and not isinstance(d, bool) and (
-                isinstance(v, bool) or not isinstance(v, (int, float))):
+                is_flag(v) or not isinstance(v, (int, float))):
             try:
-                if isinstance(v, (str, bytes, bool)):  # float("0.5") works, but the class would get a string
+                if isinstance(v, (str, bytes)) or is_flag(v):  # float("0.5") works, but the class would get a string
                     raise TypeError
                 float(v)  # a numpy or a one-element torch number is taken
             except (TypeError, ValueError):
                 raise ValueError(f"{kind} {name!r} option {k} must be a number, got {v!r}"
-                                 + (f" (a string: write {k}={v})" if isinstance(v, str) and _numeric(v) else "")) from None
+                                 + (f" (a string: write {k}={v})" if isinstance(v, str) and _numeric(v) else "")
+                                 + (_FLAG_HINT.format(k=k, d=d) if is_flag(v) else "")) from None
     return cls(**kw)
+
+
+_FLAG_HINT = " (a flag, not a number: give {k} the number itself, such as its default {d!r})"
+
+
+def is_flag(value: Any) -> bool:
+    """Whether ``value`` is a flag: a Python bool, a numpy bool (``np.bool_``, no subclass of bool) or
+    a boolean tensor or array. ``float()`` reads each as 1.0 or 0.0, so a number option given one
+    would silently take that number; a flag option (whose default is a bool) takes any of them."""
+    return isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool")
 
 
 def _numeric(text: str) -> bool:
@@ -232,7 +243,7 @@ def number_option(owner: str, key: str, value: Any, low: Optional[float] = None,
     unless ``*_open``; ``finite``: NaN and inf refused, else only NaN and the infinities outside the
     range), ``why`` (what the option does) and the value given. A flag (True) is no number."""
     try:
-        x = float(value) if not isinstance(value, (bool, str, bytes)) else math.nan
+        x = float(value) if not (isinstance(value, (str, bytes)) or is_flag(value)) else math.nan
     except (TypeError, ValueError):
         x = math.nan
     ok = not math.isnan(x) and (math.isfinite(x) or not finite) and (
@@ -247,5 +258,6 @@ def number_option(owner: str, key: str, value: Any, low: Optional[float] = None,
             span = ""
         kind = "a finite number" if finite else "a number"
         raise ValueError(f"{owner} option {key} must be {kind}{' ' + span if span else ''}{' (' + why + ')' if why else ''}"
-                         f", got {value!r}")
+                         f", got {value!r}" + (f" (a flag, not a number: give {key} the number itself)"
+                                               if is_flag(value) else ""))
     return x

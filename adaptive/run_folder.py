@@ -235,12 +235,16 @@ def read_settings(path: Path, fix: str, error: type = RunFolderError) -> Optiona
     None when there is no such file. A damaged file raises ``error`` naming it, with ``fix``."""
     import yaml
 
+    from .yaml_read import DuplicateKeyError, load_yaml
+
     path = Path(path)
     if not path.is_file():
         return None
     try:
         with open(path, "rb") as f:
-            saved = yaml.safe_load(f.read().decode("utf-8"))
+            saved = load_yaml(f.read().decode("utf-8"))
+    except DuplicateKeyError as e:  # (the recipe writes each key once: an edited file, whose settings are ambiguous)
+        raise error(f"--resume: {path} is damaged ({e}), so the settings of the run cannot be checked; {fix}") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         raise error(f"--resume: {path} is damaged (not valid YAML{f' at line {where.line + 1}' if where else ''}), "

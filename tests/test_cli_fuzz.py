@@ -61,6 +61,20 @@ def test_an_empty_config_path_is_named_not_called_a_folder(capsys):
         P.parse_args(["--config", ""])
 
 
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_resume_is_refused_not_read_as_a_new_run(tmp_path, capsys, value):
+    """--resume "$CKPT" with CKPT unset: '' read as no --resume, and the run started afresh unsaid (an empty
+    --output_dir is refused alike); a config file's resume: '' too."""
+    with pytest.raises(SystemExit):
+        A.parse_args(["--resume", value])
+    assert f"error: resume is empty ({value!r}): give latest, a run folder or a checkpoint folder, or leave resume out" \
+        in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        A.parse_args(["--config", str(_file(tmp_path / "c.yaml", f"resume: '{value}'\n"))])
+    assert "resume is empty" in capsys.readouterr().err
+    assert A.parse_args(["--resume", "none"]).resume is None  # null: a new run
+
+
 @pytest.mark.parametrize("option", ["--output_dir", "--output_dir="])
 def test_a_tilde_in_a_path_is_the_home_folder_not_a_folder_called_tilde(tmp_path, monkeypatch, option):
     """The shell leaves ~ alone in --output_dir=~/x and a --config file never expands it: the run

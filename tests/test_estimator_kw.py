@@ -287,6 +287,35 @@ def test_threshold_boundaries_must_be_finite(kw):
     assert get_policy("threshold", prune_boundary=-0.5).prune_boundary == -0.5  # either sign is a boundary
 
 
+@pytest.mark.parametrize("entry", [("prune_boundary", float("nan")), ("restore_boundary", float("-inf")),
+                                   ("prune_boundary", "0.5"), ("start_live", -5.0), ("start_live", float("nan"))])
+def test_a_threshold_state_with_a_broken_boundary_is_refused_on_load_changing_nothing(entry):
+    """load_state_dict read a saved boundary with float(): a NaN one (which compares false with every cost,
+    so nothing beyond the pace was ever pruned) or an infinite one loaded unsaid, as did a negative start_live."""
+    import torch
+    from torch import nn
+
+    import adaptive
+
+    key, bad = entry
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(6, 6, bias=False)))
+    ctrl = adaptive.Controller(conn, None, policy="threshold", estimator="magnitude", density=0.5, pace="cubic")
+    ctrl.policy.prune_boundary, ctrl.policy.restore_boundary, ctrl.policy.start_live = 0.25, 0.125, 30.0
+    sd = ctrl.state_dict()
+    sd["policy"] = dict(sd["policy"], **{key: bad})
+    before = ctrl.policy.state_dict()
+    with pytest.raises(ValueError, match=rf"controller state entry policy does not load .*policy 'threshold': the "
+                                         rf"state's option {key} must be a finite number.*got {bad!r}.*nothing was changed"):
+        ctrl.load_state_dict(sd)
+    assert ctrl.policy.state_dict() == before
+    with pytest.raises(ValueError, match=rf"the state's option {key} must be"):
+        ctrl.policy.load_state_dict(sd["policy"])
+    assert ctrl.policy.state_dict() == before  # no half-loaded policy either
+    good = dict(before, prune_boundary=-0.5, start_live=torch.tensor(12).item())  # a negative cost is a boundary
+    ctrl.policy.load_state_dict(good)
+    assert (ctrl.policy.prune_boundary, ctrl.policy.start_live) == (-0.5, 12)
+
+
 def test_estimator_kw_out_of_range_is_one_error_line_before_any_work(tmp_path, capsys):
     """``--estimator_kw damping=-1`` ran to the end; ``step=nan`` (YAML reads nan as text) was told to
     'write step=nan', as it was written."""

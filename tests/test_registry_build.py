@@ -91,3 +91,20 @@ def test_a_word_for_a_number_option_gets_no_hint_to_write_it_unquoted():
     with pytest.raises(ValueError) as e:
         get_estimator("obd", damping="abc")
     assert str(e.value).endswith("must be a number, got 'abc'"), str(e.value)
+
+
+@pytest.mark.parametrize("flag", [True, np.bool_(True), torch.tensor(True)], ids=["bool", "numpy", "torch"])
+def test_a_flag_for_a_number_option_is_refused_naming_the_option(flag):
+    """np.bool_(True) (no subclass of bool) and a boolean tensor passed float() as 1.0: an estimator or
+    policy built with damping=np.True_ or prune_boundary=np.True_ ran with 1 where a number was meant."""
+    from adaptive.registry import number_option
+
+    with pytest.raises(ValueError, match=r"option damping must be a number, got .*True.* \(a flag, not a number: give "
+                                         r"damping the number itself, such as its default 1e-12\)$"):
+        get_estimator("obd", damping=flag)
+    with pytest.raises(ValueError, match=r"policy 'crawl' option edit_fraction must be a number.*a flag, not a number"):
+        get_policy("crawl", edit_fraction=flag)
+    with pytest.raises(ValueError, match=r"option step must be .*True.* \(a flag, not a number: give step the number"):
+        number_option("utility estimator 'presence'", "step", flag, low=0)
+    assert get_policy("threshold", adapt=flag).adapt is flag  # a flag option still takes a flag
+    assert number_option("x", "k", np.float64(0.5)) == 0.5 and number_option("x", "k", torch.tensor(2)) == 2.0

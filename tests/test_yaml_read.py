@@ -31,3 +31,28 @@ def test_a_key_given_twice_in_one_mapping_is_refused_naming_where(text, where):
     with pytest.raises(DuplicateKeyError, match=r"is given twice \(" + where.replace("(", r"\(").replace(")", r"\)")
                        .replace("*", r"\*") + r"\).*keep one of them"):
         load_yaml(text)
+
+
+def test_every_yaml_read_of_the_project_refuses_a_key_given_twice(tmp_path):
+    """A run folder's config.yaml was read back on --resume (adaptive.run_folder.read_settings), for a
+    figure's title (adaptive.plots) and by diagnostics (adaptive.diagnostics.progress) with plain
+    yaml.safe_load: an edited file with 'density' given twice was checked, and shown, by its last one."""
+    import re
+    from pathlib import Path
+
+    from adaptive.diagnostics.progress import _read_config
+    from adaptive.plots import run_config
+    from adaptive.run_folder import RunFolderError, read_settings
+
+    (tmp_path / "config.yaml").write_text("model: mlp\ndensity: 0.1\ndataset: mnist\ndensity: 0.5\n")
+    with pytest.raises(RunFolderError, match=rf"--resume: {re.escape(str(tmp_path / 'config.yaml'))} is damaged \(the "
+                                             r"YAML key 'density' is given twice \(lines 2 and 4\).*; put it back"):
+        read_settings(tmp_path / "config.yaml", "put it back")
+    assert _read_config(str(tmp_path)) is None  # unreadable, as a damaged file is there
+    assert run_config(str(tmp_path)) == {}
+    root = Path(__file__).resolve().parents[1]
+    plain = [f"{p.relative_to(root)}:{i}" for p in [q for d in ("adaptive", "graphs", "recipes") for q in (root / d).rglob("*.py")]
+             if p.name != "yaml_read.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if re.search(r"\byaml\.(safe_|full_|unsafe_)?load(_all)?\(", line)]
+    assert not plain, f"read YAML through adaptive.yaml_read.load_yaml, not yaml.*load: {plain}"

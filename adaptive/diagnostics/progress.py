@@ -314,10 +314,10 @@ def read_history(path: str) -> Table:
 def _read_config(run_dir: str) -> Optional[dict]:
     """The run's ``config.yaml`` as a dict; None where it is missing, unreadable or not a mapping."""
     try:
-        import yaml
+        from ..yaml_read import load_yaml
 
         with open(os.path.join(run_dir, "config.yaml")) as f:
-            cfg = yaml.safe_load(f)
+            cfg = load_yaml(f)
     except Exception:  # noqa: BLE001 - none, unreadable or damaged: the caller words its note for either mode
         return None
     return cfg if isinstance(cfg, dict) else None

@@ -220,7 +220,15 @@ class Threshold(Policy):
                              f"pace={self.pace!r}: build it with pace={recorded!r} (or leave pace unset) to continue "
                              "the run as it ran")
         pace = self.pace if self.pace_given else (recorded or "even")  # unrecorded, unset: the old default, even
-        prune_boundary = float(sd.get("prune_boundary", self.prune_boundary))
-        restore_boundary = float(sd.get("restore_boundary", self.restore_boundary))
+        # checked as the constructor checks them, all before any is set: a NaN boundary compares false with
+        # every cost (nothing pruned beyond the pace, ever), an infinite one prunes or restores everything
+        prune_boundary, restore_boundary = (
+            number_option("policy 'threshold': the state's", k, sd.get(k, getattr(self, k)),
+                          why="a saved state holds the finite boundary its last update set; load an unedited one")
+            for k in ("prune_boundary", "restore_boundary"))
+        start_live = sd.get("start_live", self.start_live)
+        if start_live is not None:  # (a count of synapses: live_synapses gives it as a float)
+            number_option("policy 'threshold': the state's", "start_live", start_live, low=0,
+                                       why="the live synapses of the first paced update; load an unedited state")
         self.prune_boundary, self.restore_boundary, self.pace = prune_boundary, restore_boundary, pace
-        self.start_live = sd.get("start_live", self.start_live)
+        self.start_live = start_live

@@ -236,6 +236,9 @@ class RunConfig:
 
         # ~ as the shell would have (a --config file's, --key=~/x): output_dir made a folder called ~ in the
         # working directory, and weights and resume were 'does not exist'
+        if isinstance(self.resume, str) and not self.resume.strip():  # ("" started a new run unsaid: an unset variable)
+            raise ConfigError(f"resume is empty ({self.resume!r}): give latest, a run folder or a checkpoint folder, or "
+                              "leave resume out (or null) to start a new run")
         self.weights, self.resume = (p and os.path.expanduser(p) for p in (self.weights, self.resume))
         self.weights = absolute_if_exists(self.weights)  # config.yaml then reruns from any working directory
         self.data_dir = absolute_if_exists(self.data_dir)

@@ -42,9 +42,9 @@ def run(name: str, extra: list, args) -> dict:
     out = Path(args.runs) / f"{name}_e{args.epochs}_s{args.seed}"
     summary = out / "summary.json"
     if summary.exists():  # reuse a finished run only if it ran with these settings
-        import yaml
+        from adaptive.yaml_read import load_yaml
 
-        cfg = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
+        cfg = load_yaml((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
         want = {"lr": args.lr, "density": float(extra[extra.index("--density") + 1]), "epochs": args.epochs,
                 "seed": args.seed}
         diff = {k: (cfg.get(k), v) for k, v in want.items() if cfg.get(k) is None or float(cfg[k]) != float(v)}
