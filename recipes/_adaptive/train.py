@@ -132,7 +132,7 @@ def _set_up(cfg: RunConfig, accelerator, model, optimizer, train_dl, loaders) ->
         raise ValueError(f"warmup_steps ({cfg.warmup_steps}) exceeds the run's {total_steps} steps (--epochs "
                          f"{cfg.epochs} x {per_epoch}), so the learning rate would never reach --lr: "
                          f"give --warmup_steps {total_steps} or fewer")
-    epochs = math.ceil(total_steps / steps_per_epoch)
+    epochs = -(-total_steps // steps_per_epoch)  # whole-number ceiling: exact past 2**53 steps
     lr_scheduler = lr_schedule(optimizer, total_steps, cfg.warmup_steps, cfg.lr_schedule, cfg.lr_milestones,
                                cfg.lr_gamma)
     conn = build_connectome(cfg, accelerator.unwrap_model(model))
