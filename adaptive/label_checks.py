@@ -77,7 +77,8 @@ def _stock(loss_fn, modules) -> bool:
 def refuse_mismatched_targets(out, y, loss_fn, what: str = "loss_fn") -> None:
     """ValueError naming the mismatch and its fix where targets ``y`` cannot be scored against output
     ``out`` by ``loss_fn`` (``what`` names it in the message): for cross-entropy and NLL, integer labels
-    not of the output's shape without its class axis 1, or labels outside ``0..C-1`` for an output of C
+    not of the output's shape without its class axis 1, of a type torch's losses refuse (int32: int64
+    and uint8 only), or labels outside ``0..C-1`` for an output of C
     classes (the ignored label, -100 by default, aside); for cross-entropy, float targets not of the
     output's shape (class probabilities); for NLL, float targets at all; for the element-wise losses, targets not of the output's shape. Nothing for other
     losses, or where ``out`` or ``y`` is no tensor. Reads ``y`` on the host once (its largest and smallest label)."""
@@ -121,6 +122,11 @@ def refuse_mismatched_targets(out, y, loss_fn, what: str = "loss_fn") -> None:
             f"{shape_o} ({classes} classes on axis 1), but the targets are {shape_y}: give integer class labels of "
             f"that shape, or pass the loss these targets are for as loss_fn= (F.mse_loss for regression values, "
             f"F.binary_cross_entropy_with_logits for multi-label 0/1 targets, on float targets)")
+    if y.dtype not in (torch.int64, torch.uint8):  # torch's class losses take int64 (or uint8) indices only
+        raise ValueError(
+            f"{what} takes class indices as int64 (torch.long), but the targets are {str(y.dtype).replace('torch.', '')}"
+            f" {shape_y} (torch refuses them deep inside the loss): give int64 labels, y.long() (in the dataset, a "
+            f"target_transform or the DataLoader's collate_fn)")
     scored = y[y != ignore] if ignore is not None else y.reshape(-1)
     if scored.numel() == 0:
         return

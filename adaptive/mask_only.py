@@ -158,7 +158,8 @@ def optimize_connectome(
             >= 0; 0: the whole update or nothing); used with ``verify_batches`` > 0.
         eval_every: evaluate the whole holdout every this many updates (0: only at stage ends).
         loss_fn: ``loss_fn(output, targets)`` -> the mean loss of a batch (default ``F.cross_entropy``);
-            checked on the first training batch, before any backward pass. Held-out losses use
+            checked on the first held-out batch before any work (whatever the loss: a real scalar tensor
+            connected to the output) and on the first training batch, before any backward pass. Held-out losses use
             ``loss_fn(..., reduction="sum")`` for classification shapes when it takes that argument
             and its sum is the mean times the counted positions; otherwise (no such argument, class
             weights) the mean times the units, as the training window (see :mod:`adaptive.metrics`).
@@ -208,7 +209,8 @@ def optimize_connectome(
     (to the ensemble) at its snapshot; only ``train_loader`` and ``holdout_loader`` are read; if
     the run is interrupted (an error in a loader or the loss, Ctrl-C), the model gets its original
     weights back before the exception propagates.
-    Raises ValueError before any work on a bad target, an empty loader or a bad setting (a
+    Raises ValueError before any work on a bad target (a positive one too small to remove one
+    ensemble included: a fraction of 1e-9 would give back the dense network), an empty loader or a bad setting (a
     ``loss_fn``, ``accuracy_fn`` or ``callback`` that cannot be called included). A holdout loader
     with no ``len()`` is asked for its first batch to see that it has one; a one-shot iterator (a
     generator, with a length or without) as holdout is refused, since every evaluation reads the

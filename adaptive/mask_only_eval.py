@@ -63,7 +63,8 @@ def check_first_batch(model: nn.Module, loader, loss_fn: Callable) -> None:
     batch for ``loss_fn`` (:func:`adaptive.label_checks.refuse_mismatched_targets`: a 10-class head on
     labels up to 99, a regression's targets under cross-entropy): one forward pass in evaluation mode
     (modes given back, no gradient, no normalisation statistic moved), and every random generator
-    (the loader's own too) left where it was, so the run reads the batches it would have read. On
+    (the loader's own too) left where it was, so the run reads the batches it would have read; then
+    ``loss_fn`` on that batch must give a loss the run can use (:func:`refuse_unusable_loss`). On
     several processes the refusal is agreed (:func:`adaptive.distributed.agreed_call`): each reads
     the same unsharded holdout, but a process with other files (or a loader sharded by mistake)
     would otherwise raise alone while the others wait in their next collective."""
@@ -85,6 +86,53 @@ def _check_first_batch(model: nn.Module, loader, loss_fn: Callable) -> None:
     name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
     refuse_one_class(out, f"loss_fn {name}", loss_fn)  # (as takes_reduction: the one-channel head named first)
     refuse_mismatched_targets(out, y, loss_fn, f"loss_fn {name}")
+    refuse_unusable_loss(loss_fn, out, y, name)  # any loss, one the label check knows or not
+
+
+def refuse_unusable_loss(loss_fn: Callable, out: torch.Tensor, y, name: str) -> None:
+    """Refuse, naming what it returned and the fix, a ``loss_fn`` (called ``name``) whose value on output
+    ``out`` and targets ``y`` (the first held-out batch) the optimisation cannot use: anything but a real
+    floating-point tensor of one element, or one not connected to the output (its gradient scores every
+    mask: a loss computed from ``output.detach()``, under ``torch.no_grad()``, through ``.item()`` or
+    NumPy). Checked for any loss (a lambda, a function, a loss module with a ``forward`` of its own),
+    on a copy of ``out`` that requires grad (the model's own weights may not), in one call: no
+    backward pass, nothing of the model read or changed. A value of NaN or inf is left to the dense
+    network's held-out evaluation, which refuses it (on the whole holdout) before any synapse is removed."""
+    if not out.is_floating_point():  # (no gradient to follow: the model's own output type is checked elsewhere)
+        return
+    try:
+        with torch.enable_grad():
+            # a non-leaf copy, so that a loss working in place on its input (out.clamp_()) runs as in training
+            value = loss_fn(out.detach().requires_grad_(True).clone(), y)
+    except Exception as e:
+        e.add_note(f"adaptive: loss_fn {name}(output, targets) failed on the first held-out batch (output "
+                   f"{tuple(out.shape)}, targets {_shape_of(y)}), checked before any work; nothing was changed")
+        raise
+    fix = None
+    if not torch.is_tensor(value) or value.numel() != 1:
+        what = (f"a tensor of shape {tuple(value.shape)}" if torch.is_tensor(value) else
+                f"a {type(value).__name__} ({value!r})" if isinstance(value, (int, float)) else f"a {type(value).__name__}")
+        fix = ("return the batch's mean loss as a tensor, F.cross_entropy(output, targets) say (not loss.item(), a "
+               "number, nor a tuple or dict of terms: add them up)" if not torch.is_tensor(value) else
+               "reduce it to the batch's mean (.mean(), or the loss's reduction='mean')")
+    elif not value.is_floating_point():
+        what = f"a {str(value.dtype).replace('torch.', '')} tensor ({value.detach().cpu()!r})"
+        fix = ("return a real floating-point loss (for a complex output, its real loss: .abs() or .real of the terms "
+               "before the mean)" if value.is_complex() else
+               "return a floating-point loss computed from the output (a count of errors has no gradient: use a "
+               "differentiable loss such as F.cross_entropy)")
+    elif not value.requires_grad:
+        what = f"a tensor that is not connected to the model's output ({value.detach().cpu()!r}: it does not require grad)"
+        fix = ("compute it from the output with torch operations, without output.detach(), torch.no_grad(), "
+               "loss.item() or NumPy: its gradient through the output scores every synapse")
+    if fix is not None:
+        raise ValueError(f"loss_fn {name}(output, targets) must return a scalar loss tensor (the mean over the batch), "
+                         f"real and connected to the model's output; on the first held-out batch (output "
+                         f"{tuple(out.shape)}, targets {_shape_of(y)}) it returned {what}: {fix}. Nothing was changed")
+
+
+def _shape_of(v) -> str:
+    return str(tuple(v.shape)) if torch.is_tensor(v) else type(v).__name__
 
 
 def _agreed(*values: float) -> List[float]:

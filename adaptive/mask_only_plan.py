@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-import torch
 from torch import nn
 
 from . import mask_only_checkpoint as ckpt
@@ -16,7 +15,7 @@ from .distributed import rank
 from .mask_only_data import _data_identity
 from .mask_only_settings import Settings, _precision, stage_batches
 from .mask_only_start import Start, check_start_agrees, sparse_start, start_note
-from .mask_only_targets import stages_of
+from .mask_only_targets import ensemble_step, stages_of
 from .utility import get_estimator
 from .warn import warn_user
 
@@ -56,7 +55,8 @@ def plan_run(model: nn.Module, s: Settings, train_loader, holdout_loader, checke
     total = conn.num_synapses()
     at_start = sparse_start(conn)  # a sparse network's zeros: absent from the start, never restored
     check_start_agrees(at_start)  # (several processes: one count for every process's refusals)
-    resolved, climb, ladder = stages_of(s.targets, total, at_start, s.ladder)
+    step = ensemble_step(conn)  # (a positive target must remove one ensemble: a fraction of 1e-9 is refused)
+    resolved, climb, ladder = stages_of(s.targets, total, at_start, s.ladder, step)
     if at_start.sparse and rank() == 0:  # once, not once per process
         warn_user(start_note(at_start, conn.ensemble))
     steps_per_stage = stage_batches(s.passes, s.n_train, s.window)
@@ -79,5 +79,4 @@ def plan_run(model: nn.Module, s: Settings, train_loader, holdout_loader, checke
                                           or (climb and saved["since_best"] >= s.patience))
         if not finished:  # a path no stage could be recorded in (a finished run's file is only read)
             ckpt.check_writable(s.checkpoint)
-    max_ens = max(int(conn.granularities[n].pool(torch.ones(conn.layers[n].shape), "sum").max()) for n in conn.names)
-    return Plan(conn, total, at_start, resolved, climb, ladder, steps_per_stage, fp, saved, max_ens)
+    return Plan(conn, total, at_start, resolved, climb, ladder, steps_per_stage, fp, saved, step.largest)

@@ -1,13 +1,15 @@
 """The targets of :func:`adaptive.mask_only.optimize_connectome`: parsed, named, and resolved to removal counts.
 
 A target is a removal count (int), a fraction of the synapses (float in [0, 1)) or ``"best"``; numpy and
-torch numbers count as the Python numbers they hold. :func:`check_targets` and :func:`count_synapses`
+torch numbers count as the Python numbers they hold (several: a list, a tuple, a 1-D array or tensor). A
+positive target must remove at least one ensemble beyond the start (:func:`refuse_removing_nothing`). :func:`check_targets` and :func:`count_synapses`
 answer, before any data is read, what the optimisation would refuse and what its targets count.
 """
 from __future__ import annotations
 
 import numbers
 import warnings
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -22,7 +24,14 @@ Target = Union[int, float, str]
 
 
 def _label(t: Target) -> str:
-    return t if isinstance(t, str) else (f"{t:g}" if isinstance(t, float) else str(int(t)))
+    """A target's name: as written for a string, ``:g`` for a float, the count for a whole number; a
+    value that is no target (None, a list) by its repr, so that the refusal naming it can be given."""
+    if isinstance(t, str):
+        return t
+    if isinstance(t, float):
+        return f"{t:g}"
+    count = whole_number(t)
+    return str(count) if count is not None else repr(t)
 
 
 def _plain_number(t):
@@ -30,6 +39,10 @@ def _plain_number(t):
     else (strings, bools, Python numbers, other objects) as it is."""
     if isinstance(t, (str, bool, int, float)):
         return t
+    if getattr(t, "ndim", None) == 0 and hasattr(t, "item") and not isinstance(t, torch.Tensor):
+        t = t.item()  # a 0-d NumPy array: the number it holds (np.array(0.2) as 0.2)
+        if isinstance(t, (bool, int, float)):
+            return t
     count = whole_number(t)
     if count is not None:
         return count
@@ -116,17 +129,79 @@ def resolve_target(target: Target, total: int) -> Optional[int]:
     return int(target)
 
 
-def _resolve_targets(targets: list, total: int, start=None) -> List[Tuple[str, Optional[int]]]:
+@dataclass(frozen=True)
+class EnsembleStep:
+    """The ensembles a stage removes whole: ``smallest`` and ``largest`` are the synapses of the
+    smallest and the largest ensemble of the connectome (1 and 1 at ``synapse`` granularity), and
+    ``ensemble`` its granularity as given (for messages)."""
+
+    smallest: int = 1
+    largest: int = 1
+    ensemble: str = "synapse"
+
+    @property
+    def least(self) -> int:
+        """The fewest synapses a stage must remove beyond its start to remove an ensemble at all: a stage
+        removes whole ensembles, the nearest to its count (each taken where at least half of it fits, a
+        smaller size at a stage's end where it brings the count strictly nearer: see
+        :class:`adaptive.policies.crawl.Crawl`), so a count of under half the smallest ensemble removes none.
+        Ensembles all of one size: half of it, rounded up; of several sizes: more than half the smallest."""
+        return (self.smallest + 1) // 2 if self.smallest == self.largest else self.smallest // 2 + 1
+
+
+def ensemble_step(conn: Connectome) -> EnsembleStep:
+    """The :class:`EnsembleStep` of ``conn`` (the synapses of its smallest and largest ensemble, over every layer)."""
+    smallest, largest = None, 1
+    for n in conn.names:
+        sizes = conn.granularities[n].ensemble_sizes(torch.Size(conn.layers[n].shape))
+        lo, hi = (int(round(float(v))) for v in (sizes.min(), sizes.max()))
+        smallest, largest = (lo if smallest is None else min(smallest, lo)), max(largest, hi)
+    return EnsembleStep(smallest or 1, largest, str(conn.ensemble))
+
+
+def refuse_removing_nothing(label: str, target, removed: int, total: int, absent: int, step: EnsembleStep) -> None:
+    """Refuse a positive target (``label``, ``target`` as parsed) that removes ``removed`` synapses of
+    ``total`` in all, where that is too few to remove one ensemble (``step``) beyond the ``absent`` ones of
+    a sparse start: its stage would remove nothing, and its snapshot silently be the starting network
+    (a fraction of 1e-9 that rounds to 0 synapses, a count of 1 with ensembles of 9). A target of 0 (of a
+    sparse start's absent count: the start itself) is left alone: it asks for that network."""
+    if target == 0 or (absent and removed == absent) or removed >= absent + step.least:
+        return
+    what = f"round({label} x {total:,}) = {removed:,}" if isinstance(target, float) else f"{removed:,}"
+    beyond = f" ({removed - absent:,} beyond the {absent:,} already absent)" if absent else ""
+    start = "the dense network" if not absent else "the starting network"
+    if step.least == 1:
+        why = ""
+    else:
+        sizes = (f"{step.smallest} synapses each" if step.smallest == step.largest else
+                 f"{step.smallest} to {step.largest} synapses each")
+        why = (f", but its '{step.ensemble}' ensembles hold {sizes} and a stage removes whole ensembles, the "
+               "nearest to its count (within half an ensemble): it would remove none")
+    one = "one synapse" if step.least == 1 else "one ensemble"
+    need = absent + step.least
+    fix = (f"give a fraction of at least {fraction_bound(need, total, most=False)} or a count of at least {need:,} "
+           f"(the least that removes {one}{' beyond the start' if absent else ''})" if need < total else
+           "no target below every synapse removes one more ensemble")
+    raise ValueError(f"target {label} asks for {what} of the model's {total:,} prunable synapses{beyond}{why}, so its "
+                     f"snapshot would be {start}, unchanged. {fix[0].upper() + fix[1:]}; for {start} itself give "
+                     f"{absent if absent else 0}")
+
+
+def _resolve_targets(targets: list, total: int, start=None, step: EnsembleStep = EnsembleStep()) -> List[Tuple[str, Optional[int]]]:
     """``(label, synapses to remove)`` of each target against ``total`` synapses, fewest first ("best":
-    None, on its own); a target beyond them, "best" among others, two removing the same count, or
-    one removing fewer than are absent at ``start`` (a :class:`~adaptive.mask_only_start.Start`) is
-    refused (ValueError)."""
+    None, on its own); a target beyond them, "best" among others, two removing the same count, one
+    removing fewer than are absent at ``start`` (a :class:`~adaptive.mask_only_start.Start`), or a
+    positive one too small to remove one ensemble (``step``: :func:`refuse_removing_nothing`) is refused
+    (ValueError; one of several named with its position)."""
     resolved = []
+    absent = start.absent if start is not None else 0
     for i, (t, lab) in enumerate(zip(targets, _labels(targets))):
         try:
             r = resolve_target(t, total)
             if start is not None and r is not None:
                 refuse_below_start(lab, r, start)
+            if r is not None:
+                refuse_removing_nothing(lab, parse_target(t), r, total, absent, step)
         except ValueError as e:
             if len(targets) == 1:
                 raise
@@ -172,23 +247,28 @@ def check_targets(model: nn.Module, target: Union[Target, Sequence[Target]], inc
     """Refuse, with :func:`~adaptive.mask_only.optimize_connectome`'s error and before any data is read, the ``target``
     (one or several) it would refuse on ``model`` with ``include``/``exclude``/``ensemble``: a count
     of every prunable synapse or more (or a fraction rounding to one), "best" among others, two
-    targets removing the same count, one removing fewer synapses than a sparse model has already
+    targets removing the same count, a positive one too small to remove one ensemble (a fraction of
+    1e-9), one removing fewer synapses than a sparse model has already
     lost (ensembles whose weights are all exactly 0.0: :mod:`adaptive.mask_only_start`), and, given the
     ``ladder`` (the run's), target "best" on such a model when every rung removes no more than it has lost. Counts the
     synapses without building a connectome (but where some weight is exactly 0.0), of the module a
     wrapper runs (``torch.compile``, DistributedDataParallel), as the connectome does (its names carry no
     ``_orig_mod.`` or ``module.``)."""
-    targets = list(target) if isinstance(target, (list, tuple)) else [target]
+    targets = listed_targets(target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # discovery's warnings are the connectome's to give, once
         found = discover(_plain_module(model), _plain_patterns(model, include), _plain_patterns(model, exclude))
-    start = None
-    if zero_weights({n: p for n, (_, p) in found.items()}):  # a sparse model: what is already absent
+    start, step, conn = None, EnsembleStep(), None
+    sparse = zero_weights({n: p for n, (_, p) in found.items()})
+    if sparse or ensemble != "synapse":  # what is already absent, or ensembles of several synapses
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            start = sparse_start(Connectome(model, ensemble=ensemble, include=include, exclude=exclude))
+            conn = Connectome(model, ensemble=ensemble, include=include, exclude=exclude)
+        step = ensemble_step(conn)
+        start = sparse_start(conn) if sparse else None
+    del conn
     total = sum(p.numel() for _, p in found.values())
-    resolved = _resolve_targets(targets, total, start)
+    resolved = _resolve_targets(targets, total, start, step)
     if ladder and resolved[0][1] is None:  # "best" climbs the ladder
         ladder_counts([float(f) for f in ladder], total)
         if start is not None and start.absent:
@@ -205,8 +285,20 @@ def count_synapses(model: nn.Module, include=None, exclude=None) -> int:
 
 
 def listed_targets(target) -> list:
-    """``target`` (one target, or a list or tuple of them) as a non-empty list."""
-    targets = list(target) if isinstance(target, (list, tuple)) else [target]
+    """``target`` (one target, or a list or tuple of them; a 1-D NumPy array or tensor too) as a
+    non-empty list; another collection (a set, a dict, a generator) is refused (ValueError)."""
+    if isinstance(target, (list, tuple)):
+        targets = list(target)
+    elif getattr(target, "ndim", None) == 0:  # a 0-d NumPy array or tensor: one target
+        targets = [target]
+    elif getattr(target, "ndim", None) == 1 and hasattr(target, "tolist"):  # np.array([0.2, 0.5]), a tensor
+        targets = target.tolist()
+    elif getattr(target, "ndim", 0) or (not isinstance(target, (str, bytes, torch.Tensor))
+                                        and hasattr(target, "__iter__")):
+        raise ValueError(f"target {target!r}: give one target (a fraction in [0, 1) such as 0.2, a count of synapses "
+                         "such as 50000, or 'best') or a list of them ([0.2, 0.5])")
+    else:
+        targets = [target]
     if not targets:
         raise ValueError("give at least one target")
     return targets
@@ -227,13 +319,15 @@ def rungs_above(ladder: List[float], total: int, start) -> List[float]:
     return rungs
 
 
-def stages_of(targets: list, total: int, start, ladder: List[float]) -> Tuple[List[Tuple[str, Optional[int]]], bool, List[float]]:
+def stages_of(targets: list, total: int, start, ladder: List[float],
+              step: EnsembleStep = EnsembleStep()) -> Tuple[List[Tuple[str, Optional[int]]], bool, List[float]]:
     """The stages of an optimisation of ``total`` synapses from ``start`` (a
     :class:`~adaptive.mask_only_start.Start`): ``(stages, climb, ladder)``, where ``stages`` are
     ``(label, synapses to remove)`` pairs, fewest first (:func:`_resolve_targets`, with its refusals),
     ``climb`` says whether target "best" climbs ``ladder`` (one stage per rung, each labelled "best"),
-    and ``ladder`` is the rungs climbed: on a sparse start only those above it (refused if none is)."""
-    resolved = _resolve_targets(targets, total, start)
+    and ``ladder`` is the rungs climbed: on a sparse start only those above it (refused if none is);
+    ``step``: the connectome's ensembles (:func:`ensemble_step`), which a positive target must remove one of."""
+    resolved = _resolve_targets(targets, total, start, step)
     climb = resolved[0][1] is None and bool(ladder)  # "best" by climbing the ladder
     if climb and start.absent:  # a sparse start: the rungs above it, the start the first candidate (on a dense
         # network every rung climbs, as before: one that rounds to 0 removed keeps its stage)

@@ -154,3 +154,28 @@ def test_a_cross_entropy_subclass_with_its_own_forward_is_not_refused_for_one_ch
     for loss in (Stock(), nn.CrossEntropyLoss(), F.cross_entropy):
         with pytest.raises(ValueError, match="one channel on its class axis 1"):
             refuse_one_class(out, "loss", loss)
+
+
+def test_class_indices_of_a_type_torchs_losses_refuse_are_named_with_the_fix():
+    """int32 labels (a dataset built from a NumPy int32 array) failed deep inside cross-entropy with
+    'expected target dtype to be Long or Byte, but got Int'; now named with y.long() as the fix, before
+    anything runs (through optimize_connectome: the model bit-identical). int64 and uint8 still pass."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from adaptive.mask_only import optimize_connectome
+
+    out = torch.zeros(4, 10)
+    for dtype in (torch.int32, torch.int16, torch.int8):
+        for loss in (F.cross_entropy, nn.NLLLoss()):
+            with pytest.raises(ValueError, match=rf"class indices as int64 \(torch\.long\), but the targets are "
+                                                 rf"{str(dtype)[6:]} \(4,\).*y\.long\(\)"):
+                refuse_mismatched_targets(out, torch.tensor([0, 3, 9, 7], dtype=dtype), loss)
+    for dtype in (torch.int64, torch.uint8):
+        refuse_mismatched_targets(out, torch.tensor([0, 3, 9, 7], dtype=dtype), F.cross_entropy)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dl = DataLoader(TensorDataset(torch.randn(16, 6), (torch.arange(16) % 3).int()), batch_size=8)
+    with pytest.raises(ValueError, match=r"targets are int32 \(8,\).*y\.long\(\)"):
+        optimize_connectome(model, dl, dl, target=0.5, progress=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -422,3 +422,67 @@ def test_removal_scores_names_itself_refusing_separate_arguments():
     data = [((torch.randn(8, 3, generator=g), torch.randn(8, 2, generator=g)), torch.randint(0, 4, (8,), generator=g))]
     with pytest.raises(TypeError, match=r"^removal_scores passes a batch's inputs to the model as one argument"):
         diagnostics.removal_scores(adaptive.Connectome(_TwoArguments()), data, estimator="presence", batches=1)
+
+
+class _DetachedCE(nn.CrossEntropyLoss):
+    """A loss module with a forward of its own (the label check leaves such a loss to its caller) that
+    computes its loss from the output detached."""
+
+    def forward(self, out, y):
+        return super().forward(out.detach(), y)
+
+
+def _count_of_errors(out, y):
+    return (out.argmax(1) != y).sum()
+
+
+@pytest.mark.parametrize("loss_fn, returned, fix", [
+    (lambda o, y: F.cross_entropy(o, y).detach(), r"a tensor that is not connected to the model's output",
+     r"without output\.detach\(\), torch\.no_grad\(\)"),
+    (_DetachedCE(), r"a tensor that is not connected", r"compute it from the output with torch operations"),
+    (lambda o, y: F.cross_entropy(o, y).item(), r"a float \(\d", r"not loss\.item\(\)"),
+    (lambda o, y: (F.cross_entropy(o, y), o.pow(2).mean()), r"a tuple", r"add them up"),
+    (lambda o, y: F.cross_entropy(o, y, reduction="none"), r"a tensor of shape \(8,\)", r"reduce it to the batch's mean"),
+    (lambda o, y: F.cross_entropy(o, y).to(torch.complex64), r"a complex64 tensor", r"return a real floating-point loss"),
+    (_count_of_errors, r"an? int64 tensor", r"a differentiable loss"),
+])
+def test_a_loss_the_label_check_does_not_know_is_checked_on_the_first_held_out_batch(loss_fn, returned, fix):
+    """A lambda, a function or a loss module with its own forward was not checked at all: a loss of the
+    output detached failed in the first backward pass with torch's 'element 0 of tensors does not require
+    grad', a complex one with 'grad can be implicitly created only for real scalar outputs'. Now any loss is
+    called on the first held-out batch before anything is built: refused naming what it returned and the fix,
+    no training batch read, the model bit-identical (weights, buffers, modes, requires_grad)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    model.train()
+    model[3].weight.requires_grad_(False)
+    x, y = torch.randn(32, 6), torch.arange(32) % 3
+    ho = DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8)
+
+    class NoTraining:
+        def __len__(self):
+            return 4
+
+        def __iter__(self):
+            raise AssertionError("a training batch was read")
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"loss_fn .*must return a scalar loss tensor .*real and connected to the "
+                                         r"model's output; on the first held-out batch \(output \(8, 3\), targets "
+                                         rf"\(8,\)\) it returned {returned}.*{fix}.*Nothing was changed"):
+        optimize_connectome(model, NoTraining(), ho, target=0.5, loss_fn=loss_fn, progress=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert model.training and [p.requires_grad for p in model.parameters()] == [True] * 4 + [False, True]
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_custom_loss_that_works_in_place_on_its_input_still_runs():
+    """The first-batch check calls the loss on a copy of the output that is no leaf, as in training: a
+    loss that clamps its input in place runs (a leaf that requires grad refuses an in-place operation)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(32, 6), torch.arange(32) % 3
+    dl = DataLoader(TensorDataset(x, y), batch_size=8)
+    res = optimize_connectome(model, dl, dl, target=[0.25], passes=0.5, progress=False,
+                              loss_fn=lambda o, t: F.cross_entropy(o.clamp_(-10, 10), t))
+    assert res.snapshots["0.25"].removed == round(0.25 * (6 * 8 + 8 * 3))

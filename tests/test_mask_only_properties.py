@@ -153,15 +153,25 @@ def scenarios(draw):
               ladder=draw(st.sampled_from([[0.2, 0.5], [0.1, 0.3, 0.6, 0.9], [0.5]])), loss_fn=LOSS[sc["loss"]],
               progress=False)
     total = count_synapses(build(sc), exclude=exclude)
-    absent = Connectome(build(sc), ensemble=kw["ensemble"], exclude=exclude, mode="mask_only")
-    absent = sum(int((~m).sum()) for m in _start_masks(absent).values())
-    # every synapse absent from the start (zeroed rows of a tiny net, coarse ensembles): no target can be
-    # met (each is refused, as tested below), and the strategies below would have an empty range
-    assume(absent < total)
-    above = st.integers(absent, total - 1)  # targets the run takes (those below are refused: tested below)
+    conn = Connectome(build(sc), ensemble=kw["ensemble"], exclude=exclude, mode="mask_only")
+    absent = sum(int((~m).sum()) for m in _start_masks(conn).values())
+    # a positive target must remove one ensemble beyond the start: at least half the smallest (more than
+    # half where they differ in size), else its stage removes nothing (refused: tested in test_mask_only)
+    sizes = torch.cat([conn.granularities[n].ensemble_sizes(conn.layers[n].shape).reshape(-1) for n in conn.names])
+    lo, hi = int(sizes.min()), int(sizes.max())
+    least = (lo + 1) // 2 if lo == hi else lo // 2 + 1
+    # every synapse absent from the start, or all but fewer than one ensemble (zeroed rows of a tiny net, coarse
+    # ensembles): no target beyond the start can be met (each is refused), and the strategies below would have
+    # an empty range
+    assume(absent + least < total)
+    # targets the run takes (those below the start are refused: tested below)
+    above = st.integers(absent, total - 1).filter(lambda c: c == absent or c >= absent + least)
     how = draw(st.sampled_from(["fraction", "count", "several", "best", "threshold", "zero", "all but some"]))
     if how == "fraction":
-        target = draw(st.floats(absent / total, (total - 1) / total - 1e-9))
+        # (a positive fraction that rounds to the start of a dense network removes nothing: refused)
+        target = draw(st.floats(absent / total, (total - 1) / total - 1e-9).filter(
+            lambda f: f == 0 or (absent > 0 and resolve_target(f, total) == absent)
+            or resolve_target(f, total) >= absent + least))
     elif how == "count":
         target = draw(above)
     elif how == "several":
@@ -169,7 +179,7 @@ def scenarios(draw):
     elif how == "zero":
         target = [absent, draw(above.filter(lambda c: c != absent))] if absent < total - 1 else absent
     elif how == "all but some":
-        target = max(absent, total - draw(st.integers(1, 3)))
+        target = max(absent + least, total - draw(st.integers(1, 3)))
     else:
         target = "best"
         if how == "threshold":

@@ -377,6 +377,28 @@ def test_a_count_beyond_the_model_is_refused_before_any_data_is_read(tmp_path, w
     assert not (tmp_path / "out").exists()
 
 
+def test_a_removal_that_rounds_to_no_ensemble_is_refused_before_any_data_is_read(tmp_path, weights, monkeypatch):
+    """--remove 1e-9 (0 of 268,336 synapses) ran a whole stage and wrote the dense network as its
+    snapshot; so did --remove 1 with --ensemble neuron (a stage removes whole neurons, the smallest of 27
+    synapses). Both are refused once the model is built, before the data, naming the target's position
+    and the least fraction that removes one ensemble; no folder is left."""
+    mod = recipe()
+
+    def no_data(*a, **kw):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(pp_run, "get_dataloaders", no_data)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"^target 2 of 2 \(1e-09\) in \[0.5, 1e-09\]: target 1e-09 asks for "
+                                         r"round\(1e-09 x 268,336\) = 0 .*the dense network, unchanged\. Give a "
+                                         r"fraction of at least 1.86334e-06 or a count of at least 1 "):
+        mod.main(args(weights, out, "--remove", "0.5", "1e-9"))
+    with pytest.raises(ValueError, match=r"target 1 asks for 1 of .*'neuron' ensembles hold 27 to 576 synapses each"
+                                         r".*a count of at least 14 \(the least that removes one ensemble\)"):
+        mod.main(args(weights, out, "--remove", "1", "--ensemble", "neuron"))
+    assert not out.exists()
+
+
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
 
 

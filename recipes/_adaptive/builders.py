@@ -73,7 +73,7 @@ def build_model_for(cfg: RunConfig, num_classes: int, in_shape) -> torch.nn.Modu
 
     model = build_model_kw(cfg.model, cfg.model_kw, num_classes=num_classes, in_shape=in_shape, weights=cfg.weights)
     if cfg.mode == "mask_only":
-        check_targets(model, _target(cfg), include=cfg.include, exclude=cfg.exclude)
+        check_targets(model, _target(cfg), include=cfg.include, exclude=cfg.exclude, ensemble=cfg.ensemble)
     return model
 
 

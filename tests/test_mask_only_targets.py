@@ -1,0 +1,144 @@
+"""adaptive.mask_only_targets: targets that would silently give back the starting network, and targets
+given as NumPy arrays, tensors or other collections, on a tiny model (a few seconds)."""
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from adaptive.mask_only import check_targets, optimize_connectome, resolve_target
+
+torch.set_num_threads(1)
+
+
+class Net(nn.Module):
+    """A conv of 4 neurons of 27 synapses and a linear head of 3 neurons of 4: 120 synapses."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1).flatten(1))
+
+
+def net():
+    torch.manual_seed(0)
+    return Net()
+
+
+class Counted:
+    """A train loader that counts the batches read from it."""
+
+    def __init__(self, loader):
+        self.loader, self.read = loader, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.read += 1
+            yield batch
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 3, 5, 5, generator=g), torch.arange(32) % 3
+    return Counted(DataLoader(TensorDataset(x, y), batch_size=8)), DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8)
+
+
+def _run(model, target, **kw):
+    train, holdout = data()
+    try:
+        return optimize_connectome(model, train, holdout, target, passes=0.5, progress=False, **kw)
+    finally:
+        _run.read = train.read
+
+
+def _refused(target, match, **kw):
+    """``target`` is refused by optimize_connectome (before a training batch is read, the model
+    bit-identical) and by check_targets (what the recipes call before any data is read) alike."""
+    model = net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=match) as api:
+        _run(model, target, **kw)
+    assert _run.read == 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError) as early:
+        check_targets(net(), target, ensemble=kw.get("ensemble", "synapse"), include=kw.get("include"))
+    assert str(early.value) == str(api.value)
+    return str(api.value)
+
+
+def test_a_positive_target_that_rounds_to_no_synapse_is_refused_naming_the_least_fraction():
+    """A fraction of 1e-9 (or any that rounds to 0 of the model's synapses) ran, removed nothing and
+    gave the dense network as its snapshot, silently. Refused now, naming the least fraction (and count)
+    that removes one synapse; among several targets, which one and where it stands. 0 stays the dense
+    network, as documented."""
+    msg = _refused(1e-9, r"target 1e-09 asks for round\(1e-09 x 120\) = 0 of the model's 120 prunable synapses, so "
+                         r"its snapshot would be the dense network, unchanged")
+    least = re.search(r"a fraction of at least ([0-9.e-]+) or a count of at least 1\b", msg).group(1)
+    assert resolve_target(float(least), 120) == 1 and "give 0" in msg
+    _refused([0.5, 1e-9], r"^target 2 of 2 \(1e-09\) in \[0.5, 1e-09\]: target 1e-09 asks for .* = 0 .*or leave that "
+                          r"target out$")
+    _refused([np.float32(1e-9), 0.5], r"^target 1 of 2 \(1e-09\)")
+    res = _run(net(), [0, float(least)])
+    assert {k: s.removed for k, s in res.snapshots.items()} == {"0": 0, least: 1}
+
+
+def test_a_positive_target_below_half_a_coarse_ensemble_is_refused_naming_the_least_that_removes_one():
+    """With neurons of 4 and 27 synapses, a stage removes whole neurons, the nearest to its count: a
+    count of 1 or 2 (or a fraction rounding to them) removed none, and its snapshot was the dense network.
+    The least that removes one (3: more than half the smallest) is named, and does."""
+    for target, given in ((1, "1"), (2, "2"), (0.01, "round\\(0.01 x 120\\) = 1")):
+        msg = _refused(target, rf"asks for {given} of the model's 120 prunable synapses, but its 'neuron' ensembles "
+                               r"hold 4 to 27 synapses each .*would remove none, so its snapshot would be the dense "
+                               r"network, unchanged\. Give a fraction of at least [0-9.]+ or a count of at least 3 "
+                               r"\(the least that removes one ensemble\)", ensemble="neuron")
+    least = re.search(r"a fraction of at least ([0-9.]+)", msg).group(1)
+    assert _run(net(), 3, ensemble="neuron").snapshots["3"].removed == 4  # one neuron of the head
+    assert _run(net(), float(least), ensemble="neuron").snapshots[least].removed == 4
+    # ensembles of one size: half of one, rounded up, removes one (2 of kernels of 9 synapses refused, 5 not)
+    conv_only = dict(ensemble="kernel", include="conv")
+    _refused(4, r"'kernel' ensembles hold 9 synapses each .*a count of at least 5 ", **conv_only)
+    assert _run(net(), 5, **conv_only).snapshots["5"].removed == 9
+
+
+def test_beyond_a_sparse_start_a_target_must_remove_one_more_ensemble():
+    """On a sparse start (a neuron of the head all 0.0: 4 synapses absent), a target equal to the start keeps
+    it, as documented; one a synapse beyond it with neuron ensembles removed nothing more, silently."""
+    model = net()
+    with torch.no_grad():
+        model.fc.weight[0] = 0.0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(  # (refused before the sparse start's note)
+            ValueError, match=r"target 5 asks for 5 of .*\(1 beyond the 4 already absent\).*would be the starting "
+                              r"network, unchanged.*a count of at least 7 \(the least that removes one ensemble beyond "
+                              r"the start\); for the starting network itself give 4"):
+        _run(model, 5, ensemble="neuron")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with pytest.warns(UserWarning, match="sparse network"):
+        res = _run(model, [4, 7], ensemble="neuron")
+    assert {k: s.removed for k, s in res.snapshots.items()} == {"4": 4, "7": 8}
+
+
+def test_targets_as_arrays_and_tensors_are_lists_and_other_collections_are_refused_clearly():
+    """A 1-D NumPy array or tensor of targets failed deep inside ('only 0-dimensional arrays can be
+    converted'), a 0-d array was refused as no number, and a set, a generator or a None among the targets
+    failed with int()'s TypeError; now the array is the list it holds and the rest are refused by name."""
+    for target in (np.array([0.25, 0.5]), torch.tensor([0.25, 0.5]), [np.array(0.25), np.float64(0.5)]):
+        res = _run(net(), target)
+        assert {k: s.removed for k, s in res.snapshots.items()} == {"0.25": 30, "0.5": 60}
+    assert _run(net(), np.array(7)).snapshots["7"].removed == 7
+    for target in ({0.25, 0.5}, (t for t in [0.25]), {"a": 0.25}, np.array([[0.25]])):
+        with pytest.raises(ValueError, match=r"give one target .* or a list of them"):
+            _run(net(), target)
+    with pytest.raises(ValueError, match=r"^target 1 of 2 \(None\) in \[None, 0.5\]: target None: give a fraction"):
+        _run(net(), [None, 0.5])
+    with pytest.raises(ValueError, match=r"target 2 of 2 \(\[0.1\]\).*give a fraction"):
+        check_targets(net(), [0.5, [0.1]])
