@@ -236,7 +236,7 @@ def callable_identity(fn) -> Optional[object]:
         return named
     # a loss module or another callable object: its class and its plain settings (label_smoothing,
     # reduction, ...), not its repr (a module's omits most settings, an object's holds an address)
-    settings = {k: v for k, v in sorted(getattr(fn, "__dict__", {}).items())
+    settings = {k: _own_device_text(v) for k, v in sorted(getattr(fn, "__dict__", {}).items())
                 if not k.startswith("_") and k != "training" and (v is None or isinstance(v, (bool, int, float, str)))}
     return [f"{type(fn).__module__}.{type(fn).__qualname__}", settings]
 
@@ -370,10 +370,31 @@ def _globals_read(fn: FunctionType) -> Dict[str, object]:
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")  # a memory address, in whatever words a repr puts it
 
 
+_ACROSS: list = []  # non-empty while value_identity compares a setting between processes (not a checkpoint's)
+# a device as text, one process's own where it names an index ("cuda:1")
+_DEVICE_TEXT = re.compile(r"(cuda|xpu|npu|hpu|mps|mtia|xla|privateuseone):\d+")
+
+
 def value_identity(v):
     """What identifies ``v`` (a setting, or a value a loss function takes along), the same for equal
-    values in every process and in a resume, never a memory address (:func:`_value_identity`)."""
-    return _value_identity(v)
+    values in every process, never a memory address (:func:`_value_identity`), for settings compared
+    between the processes of a run: a device, which each process has its own of (``cuda:0``,
+    ``cuda:1``: a loss function that closes over ``device = accelerator.device``), counts by its type
+    alone, as a ``torch.device`` or as its text. (A checkpoint's identities, which a resume of the same
+    process compares, keep its index, as they were recorded.)"""
+    _ACROSS.append(True)
+    try:
+        return _value_identity(v)
+    finally:
+        _ACROSS.pop()
+
+
+def _own_device_text(v):
+    """``v``, or where it is a device's text with an index (``"cuda:1"``) while settings are compared between
+    processes (:func:`value_identity`), the device's type alone."""
+    if _ACROSS and isinstance(v, str) and _DEVICE_TEXT.fullmatch(v):
+        return f"device(type={v.split(':')[0]!r})"
+    return v
 
 
 def _value_identity(v, _within: tuple = ()):
@@ -383,7 +404,7 @@ def _value_identity(v, _within: tuple = ()):
     :func:`callable_identity`, a tensor by its values (not its device); anything else by
     :func:`_value_text`."""
     if v is None or isinstance(v, (bool, int, float, str)):
-        return v
+        return _own_device_text(v)
     if id(v) in _within:  # a list that holds itself
         return "[...]"
     if isinstance(v, (list, tuple)):
@@ -412,7 +433,7 @@ def _value_text(v, _within: tuple = ()) -> str:
         return f"<module {v.__name__!r}>"
     if isinstance(v, torch.Tensor):
         return str(_value_identity(v))
-    if isinstance(v, torch.device) and _IN_GLOBALS and not _AS_BEFORE:  # each process its own GPU: cuda:0, cuda:1
+    if isinstance(v, torch.device) and (_ACROSS or _IN_GLOBALS and not _AS_BEFORE):  # each process its own GPU
         return f"device(type={v.type!r})"
     if isinstance(v, dict):
         return "{" + ", ".join(f"{_value_text(k, inner)}: {_value_text(x, inner)}" for k, x in v.items()) + "}"

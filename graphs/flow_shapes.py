@@ -146,8 +146,10 @@ class FlowShapesMixin:
         """``gather``/``index_select`` on traced data with an index computed from traced data (a router's
         argmax): which element is picked depends on the index, so each picked element is a junction of the
         element moved and the index entry that picked it (an index of constants, ``torch.arange``, adds
-        nothing). Indexing ``x[rows, idx]`` (``x[mask]``) is followed less closely: each element moved is a
-        junction with one node of every unit its index tensors are computed from."""
+        nothing; an index of the model's inputs alone, an edge list it is given, feeds through one node of them, as
+        an embedding's tokens do: one junction per entry made graphs of edge models 100 times larger). Indexing
+        ``x[rows, idx]`` (``x[mask]``) is followed less closely: each element moved is a junction with one node
+        of every unit its index tensors are computed from."""
         if kind == "getitem":  # x[rows, idx], x[mask]: every element reads the units the index tensors are computed from
             idx = n.args[1]
             nodes = [a for a in (idx if isinstance(idx, (tuple, list)) else (idx,)) if isinstance(a, fx.Node)]
@@ -157,10 +159,23 @@ class FlowShapesMixin:
         f = self._flow_of(index) if isinstance(index, fx.Node) else None
         if not isinstance(f, torch.Tensor) or not bool(f.any()):
             return out
+        if self._inputs_only(f):  # an index the caller gives (an edge list, labels): one node of it, as an embedding's
+            return self._junction(n, [out, self._mix(n, [f], out, "index")], out)
         if kind == "index_select":  # entry j of the index picks position j along dim
             dim = self._real(n.args[1] if len(n.args) > 1 else n.kwargs["dim"]) % out.dim()
             f = f.reshape([-1 if d == dim else 1 for d in range(out.dim())])
         return self._junction(n, [out, f.expand(out.shape)], out)
+
+    def _inputs_only(self, f) -> bool:
+        """Whether the ids of ``f`` (an index's flow) are the model's input nodes alone (the index is given, not
+        computed by the model: a graph's edge list, the labels)."""
+        ids = torch.unique(f).long()
+        ids = ids[ids != 0]
+        given = torch.zeros(ids.shape, dtype=torch.bool)
+        for g in self.book.groups:
+            if g.kind == "input":
+                given |= (ids >= g.start) & (ids < g.start + g.count)
+        return bool(given.all())
 
     def _record_concat(self, n, parts, dim):
         if not parts or dim % parts[0].dim() != 1:

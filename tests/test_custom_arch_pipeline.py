@@ -409,3 +409,35 @@ def test_diagnostics(name):
     assert curve.table[0]["removed"] == 0 and curve.table[-1]["removed"] > 0
     _check_masked(conn)  # the diagnostics leave the masks and the pruned zeros as they were
     assert math.isfinite(curve.table[0]["loss"])
+
+
+class _EdgeNet(nn.Module):
+    """An edge classifier: each edge reads its two nodes' features, picked by the edge list it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.h = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x, edges):
+        h = self.a(x)
+        return self.h(F.relu(h.index_select(0, edges[0]) + h.gather(0, edges[1][:, None].expand(-1, 8))))
+
+
+def test_an_index_the_caller_gives_feeds_through_one_node_not_one_per_entry():
+    """An edge list (labels, lengths) given as an input picks rows as a router's index does, but it is no unit:
+    each element picked was a junction per (unit, entry of the index), a graph 100 times the model's for an
+    edge list of 2,000 edges. Such an index feeds what it picks through one node, as an embedding's tokens do."""
+    torch.manual_seed(0)
+    model = _EdgeNet()
+    conn = adaptive.Connectome(model)
+    x = torch.randn(10, 4)
+    sizes = []
+    for e in (20, 60):
+        g = graphs.build(conn, level="unit", example_input=(x, torch.randint(0, 10, (2, e))))
+        sizes.append(g.num_nodes)
+        names = g.node_names()
+        nxg = graphs.to_networkx(g)
+        out = [i for i, nm in enumerate(names) if nm.startswith("output:")]
+        reach = set().union(*(nx.ancestors(nxg, o) for o in out))
+        assert {i for i, nm in enumerate(names) if nm.startswith("edges:")} <= reach  # the edge list still feeds
+    assert sizes[1] - sizes[0] == 40  # only the 40 more input nodes of the longer edge list

@@ -632,10 +632,14 @@ P = importlib.util.module_from_spec(spec); spec.loader.exec_module(P)
 from recipes._prune_pretrained import run as R  # (where the recipe's run calls optimize_connectome)
 real = P.optimize_connectome
 
-def skewed(*a, **kw):  # a bug that makes the processes disagree: a per-process estimator step
+def skewed(*a, **kw):  # a bug that makes the processes disagree: process 1's estimator scores otherwise
+    # (its settings alike: settings that differ, a per-process step, are refused before any work)
     import torch.distributed as dist
     from adaptive.utility import get_estimator
-    kw["estimator"] = get_estimator("presence", step=0.01 if dist.get_rank() == 0 else 1.0)
+    est = get_estimator("presence", step=0.01)
+    if dist.get_rank() == 1:
+        est.removal_cost = lambda ctx, cost=est.removal_cost: -cost(ctx)
+    kw["estimator"] = est
     return real(*a, **kw)
 
 R.optimize_connectome = skewed
