@@ -73,6 +73,14 @@ def boundary_scale(ax, values) -> None:
     ax.set_yscale("symlog", linthresh=10.0 ** max(lowest, math.ceil(math.log10(max(vals))) - 4))
 
 
+def whole_steps(ax, axis: str = "x") -> None:
+    """Tick a step (or batch) axis at whole numbers only: a run of a few steps was ticked at "1.5",
+    "2.5", steps that do not exist. Long runs get the same ticks as before."""
+    from matplotlib.ticker import MaxNLocator
+
+    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True))
+
+
 def line_style(i: int) -> str:
     """The line style of the ``i``-th line drawn in the default colour cycle: lines 0-9 solid, 10-19
     dashed, ... so that no two of the first 40 lines share both colour and style."""
@@ -193,6 +201,7 @@ def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, st
             if finite(held):
                 ax.plot([kept["step"]], [held], **KEPT_STYLE)
             ax.set_xlabel("training step")
+            whole_steps(ax)
             ax.set_ylabel(key)
             ax.set_title(key)
             ax.grid(alpha=0.3)
@@ -271,7 +280,9 @@ def plot_density(events: Sequence[dict], path, kept: Optional[dict] = None, last
         if not evs:
             ax.text(0.5, 0.5, "no controller events", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("training step")
-        ax.set_ylabel("density (live synapses / synapses)")
+        whole_steps(ax)
+        # the silent units share the axis: a reader took their 0.04 for a layer's density
+        ax.set_ylabel("density (live synapses / synapses)" + ("\nsilent units (share of units)" if silent else ""))
         ax.set_ylim(0, 1.05)
         ax.set_title(_headed(title, "connectome density, overall and per layer" + ("; silent units" if silent else "")))
         ax.grid(alpha=0.3)
@@ -284,8 +295,9 @@ def plot_density(events: Sequence[dict], path, kept: Optional[dict] = None, last
 
 
 def plot_edits(events: Sequence[dict], path, title: Optional[str] = None) -> Path:
-    """Synapses pruned (red) and grown (green) at every controller update, as bars; ``title``: a
-    line above the figure's own (name the model and dataset)."""
+    """Synapses pruned (red) and grown (green) at every controller update, as bars, and an update
+    that edited nothing as a black tick at 0; ``title``: a line above the figure's own (name the
+    model and dataset)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     with closed_on_error(fig):
@@ -302,6 +314,10 @@ def plot_edits(events: Sequence[dict], path, title: Optional[str] = None) -> Pat
             width = max(0.4 * min((b - a for a, b in zip(distinct, distinct[1:])), default=1.0), span / 250)
             ax.bar([s - width / 2 for s in steps], [e.get("pruned", 0) for e in evs], width=width, color="tab:red", label="pruned")
             ax.bar([s + width / 2 for s in steps], [e.get("grown", 0) for e in evs], width=width, color="tab:green", label="grown")
+            idle = [s for s, e in zip(steps, evs) if not e.get("pruned") and not e.get("grown")]
+            if idle:  # an update that edited nothing has no bar: without a mark it looked like no update ran
+                ax.plot(idle, [0] * len(idle), "|", ms=12, mew=1.5, color="k", clip_on=False,
+                        label="update with no edit")
             counts = sorted(c for e in evs for c in (e.get("pruned", 0), e.get("grown", 0)) if c)
             if counts and counts[-1] > 50 * counts[len(counts) // 2]:
                 # one large edit (a jump to the target) would flatten the many small ones: log scale
@@ -311,6 +327,7 @@ def plot_edits(events: Sequence[dict], path, title: Optional[str] = None) -> Pat
         else:
             ax.text(0.5, 0.5, "no controller updates", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("training step (controller update)")
+        whole_steps(ax)
         if ax.get_yscale() == "linear":
             ax.set_ylabel("synapses per update")
         ax.set_title(_headed(title, "pruned and grown synapses per update"))
@@ -347,6 +364,7 @@ def plot_grad_norm(rows: Sequence[dict], path, max_grad_norm: Optional[float] = 
             twin.set_ylabel("share of steps clipped")
             handles, names = handles + [line], names + ["share of the row's steps clipped"]
         ax.set_xlabel("training step")
+        whole_steps(ax)
         ax.set_ylabel("gradient norm (live gradients)")
         ax.set_title(_headed(title, "gradient norm before clipping"), fontsize=9 if title else None)
         ax.grid(alpha=0.3)

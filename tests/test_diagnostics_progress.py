@@ -106,7 +106,7 @@ def test_non_finite_losses_are_left_out_and_the_panel_says_so(tmp_path, monkeypa
     figs = _kept_figures(monkeypatch)
     progress(str(tmp_path)).plot(tmp_path / "progress.png")
     loss = figs[0].axes[0]
-    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["holdout"]  # train has no finite point
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["held-out (part of TRAIN)"]  # train has no finite point
     assert [list(line.get_ydata()) for line in loss.get_lines()] == [[0.5]]
     assert "loss not finite at 4 of 5 points (left out)" in loss.get_title()
 
@@ -306,3 +306,16 @@ def test_the_density_panel_holds_the_last_update_until_the_runs_last_step(tmp_pa
     for label, (first, last) in {"all": (0.7, 0.5), "a.weight": (0.6, 0.4), "b.weight": (1.0, 1.0)}.items():
         assert list(lines[label].get_xdata()) == [10, 40, 60]
         assert list(lines[label].get_ydata()) == [first, last, last]
+
+
+def test_split_legends_read_train_held_out_test_as_the_run_figures_do(tmp_path, monkeypatch):
+    """progress.png's legends were sorted by name ("holdout, test, train") and called the held-out
+    part "holdout", where the run's own loss_accuracy.png reads train, held-out (of TRAIN), test."""
+    rows = ["step,split,loss,accuracy,removed"] + [f"{s},train,1.0,0.5,800" for s in (10, 20)]
+    rows += ["20,holdout,0.9,0.6,800", "20,test,0.95,0.55,800", "20,probe,1.1,0.4,800"]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    for ax in figs[0].axes[:2]:
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+            "train", "held-out (part of TRAIN)", "test", "probe"]

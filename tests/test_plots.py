@@ -285,3 +285,51 @@ def test_a_held_out_point_at_the_test_points_step_is_drawn_over_it(figures):
     for ax in figures[0].axes:
         line = {l.get_label(): l for l in ax.get_lines()}
         assert line["held-out"].get_zorder() > line["test"].get_zorder(), ax.get_title()
+
+
+def _ticks_in_view(axis, lim):
+    return [t for t in axis.get_majorticklocs() if lim[0] - 1e-9 <= t <= lim[1] + 1e-9]
+
+
+def test_step_axes_of_a_short_run_tick_whole_steps(figures, tmp_path):
+    """A run of 6 steps (an update every 2) had its step axes ticked at 1.5, 2.5, ...: steps that do
+    not exist, on every run figure."""
+    rows = [dict(step=s, split="train", loss=2.0 / s, accuracy=0.1 * s, grad_norm=1.0 + s, clipped=0.5)
+            for s in (2, 4, 6)]
+    rows.append(dict(step=6, split="holdout", loss=1.0, accuracy=0.5))
+    ev = [{"step": 0, "kind": "init", "density": 0.5, "layer_density": {"a": 0.5}, "pruned": 5, "grown": 0}]
+    ev += [{"step": s, "kind": "update", "density": 0.5, "layer_density": {"a": 0.5}, "pruned": 3, "grown": 3}
+           for s in (2, 4)]
+    plots.plot_run(rows, ev, tmp_path / "run", max_grad_norm=2.0)
+    assert len(figures) == 4
+    for fig in figures:
+        for ax in fig.axes:
+            if ax.get_xlabel().startswith("training step"):
+                ticks = _ticks_in_view(ax.xaxis, ax.get_xlim())
+                assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), (ax.get_xlabel(), ticks)
+
+
+def test_density_axis_names_the_silent_units_it_also_draws(figures, tmp_path):
+    """density.png draws the train rows' silent_units on its density axis, whose label named density
+    alone: a share of silent units of 0.04 read as a layer at 4% density."""
+    ev = [{"step": 0, "kind": "init", "density": 0.5, "layer_density": {"a": 0.5}}]
+    rows = [dict(step=s, split="train", loss=1.0, accuracy=0.5, silent_units=0.25) for s in (10, 20)]
+    plots.plot_run(rows, ev, tmp_path / "run")
+    ax = figures[1].axes[0]
+    assert "silent units (share of units)" in ax.get_ylabel()
+    assert any(line.get_label().startswith("silent units") for line in ax.get_lines())
+    plots.plot_run([dict(r, silent_units=None) for r in rows], ev, tmp_path / "none")
+    assert figures[-2].axes[0].get_ylabel() == "density (live synapses / synapses)"
+
+
+def test_an_update_that_edited_nothing_is_marked_on_the_edits_figure(figures):
+    """An update that pruned and grew nothing drew a bar of height 0: the console said "2 controller
+    updates" and edits.png showed one."""
+    ev = [{"step": 2, "kind": "update", "pruned": 30, "grown": 30}, {"step": 4, "kind": "update", "pruned": 0, "grown": 0}]
+    plots.plot_edits(ev, "edits.png")
+    ax = figures[0].axes[0]
+    (mark,) = [line for line in ax.get_lines() if line.get_label() == "update with no edit"]
+    assert list(mark.get_xdata()) == [4] and list(mark.get_ydata()) == [0]
+    assert "update with no edit" in _legend(ax)
+    plots.plot_edits(ev[:1], "edits.png")
+    assert not figures[1].axes[0].get_lines()

@@ -1803,3 +1803,33 @@ def test_the_splits_note_of_a_run_whose_only_target_is_its_sparse_start_says_no_
     assert "line search" not in note and "a target of 352 removed is the network as loaded" in note
     assert "the line search of every update" in mod._holdout_use(SimpleNamespace(**{**vars(a), "remove": [400]}), 704, 352)
     assert "a target of 0 is the dense network" in mod._holdout_use(SimpleNamespace(**{**vars(a), "remove": [0]}), 704)
+
+
+def test_curves_of_a_short_run_tick_whole_batches_show_its_boundaries_and_promise_no_swaps(tmp_path, monkeypatch):
+    """A run of 4 updates that swapped nothing (--subset 400 --passes 0.5): the lower panels' batch axis
+    was ticked at 0.5, 1.5, ...; the crawl panel's title promised swaps it did not draw; the prune
+    boundary's two dots, sized for a thousand updates, were specks."""
+    import matplotlib.pyplot as plt
+
+    figs, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    ups = [dict(kind="update", step=s, stage=s // 3, removed=r, train_removed=t, train_loss=0.4, train_acc=0.8)
+           for s, r, t in ((1, 50, 0), (2, 50, 50), (3, 120, 50), (4, 120, 120))]
+    evs = [dict(kind="eval", step=s, stage=s // 3, removed=r, holdout_loss=0.5, holdout_acc=0.8) for s, r in ((2, 50), (4, 120))]
+    events = [dict(kind="update", step=s, pruned=p, grown=0, boundaries={"prune": b} if p else None)
+              for s, p, b in ((1, 50, 0.2), (2, 0, None), (3, 70, 0.6), (4, 0, None))]
+    recipe()._plot(ups + evs, [], events, tmp_path / "curves.png")
+    fig = figs[0]
+    crawl, bounds = fig.axes[2], fig.axes[3]
+    for ax in (crawl, bounds):
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    assert crawl.get_title().endswith("(no update swapped a synapse)")
+    (prune,) = bounds.get_lines()
+    assert prune.get_markersize() >= 4
+    close(fig)
+    figs.clear()
+    events[1] = dict(kind="update", step=2, pruned=3, grown=3, boundaries=None)  # a swap: the title names swaps
+    recipe()._plot(ups + evs, [], events, tmp_path / "curves.png")
+    assert figs[0].axes[2].get_title() == "the connectome crawling: removed weights, and synapses swapped per update"
+    close(figs[0])

@@ -145,14 +145,18 @@ class Progress:
             if xkey == "removed" and len(distinct) < 2:
                 xkey = "step"
                 xlabel = f"step (removed stays at {next(iter(distinct), 0):,})"
-            splits = sorted({str(r.get("split", "all")) for r in m})
+            # train, held-out, test first, as in the run's own figures (sorted, "holdout" came first), and
+            # named as there: "holdout" alone did not say it is a part of TRAIN
+            seen = {str(r.get("split", "all")) for r in m}
+            splits = [s for s in ("train", "holdout", "test") if s in seen] + sorted(seen - {"train", "holdout", "test"})
+            names = {"holdout": "held-out (part of TRAIN)"}
             for ax, key in ((axes[0, 0], "loss"), (axes[0, 1], "accuracy")):
                 drawn = False
                 given = [r for r in m if isinstance(r.get(key), (int, float)) and isinstance(r.get(xkey), (int, float))]
                 for s in splits:
                     pts = [(r[xkey], r[key]) for r in given if str(r.get("split", "all")) == s and finite(r[key])]
                     if pts:
-                        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=s, color=SPLIT_COLOR.get(s))
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=names.get(s, s), color=SPLIT_COLOR.get(s))
                         drawn = True
                 ax.set_xlabel(xlabel)
                 ax.xaxis.set_major_formatter(EngFormatter(sep=""))

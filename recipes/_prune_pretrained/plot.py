@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Optional
 
 from adaptive.atomic import atomic_path
-from adaptive.plots import SPLIT_COLOR, boundary_scale, closed_on_error, legend_below, step_points, tight_artists
+from adaptive.plots import (SPLIT_COLOR, boundary_scale, closed_on_error, legend_below, step_points, tight_artists,
+                            whole_steps)
 
 
 def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images: Optional[int] = None):
@@ -63,6 +64,7 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
                                  start=ups[0].get("train_removed"), last_step=last)
             ax.plot(xs, ys, color="k", label="removed weights", drawstyle="steps-post")
             ax.yaxis.set_major_formatter(EngFormatter())
+            whole_steps(ax)  # (shared with the boundaries panel) a short run was ticked at batch "0.5"
         else:  # every target 0: the dense network, scored with no stage run (both lower panels share this step axis)
             at = ("a target of 0 is the dense network" if not any(r.get("target") == "start" for r in snapshots_rows)
                   else "a target at a sparse start is the network as loaded")
@@ -72,10 +74,12 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
             ax.set_yticks([])
         ax.set_xlabel("training batch")
         ax.set_ylabel("removed weights")
-        ax.set_title("the connectome crawling: removed weights, and synapses swapped per update", fontsize=10)
         ax.grid(alpha=0.3)
         swaps = [(e["step"], min(e.get("pruned") or 0, e.get("grown") or 0)) for e in events if e.get("kind") == "update"]
         swaps = [(t, n) for t, n in swaps if n > 0]
+        # a run whose updates swapped nothing (a short one) drew no swaps under a title that promised them
+        ax.set_title("the connectome crawling: removed weights, and synapses swapped per update" if swaps or not ups
+                     else "the connectome crawling: removed weights (no update swapped a synapse)", fontsize=10)
         handles, labels = ax.get_legend_handles_labels()
         if swaps:  # at a fixed count the connectome still moves: as many pruned as restored
             twin = ax.twinx()
@@ -89,10 +93,13 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
         ax = axes[1, 1]
         pb = [(e["step"], e["boundaries"]["prune"]) for e in events if e.get("boundaries") and e["boundaries"].get("prune") is not None]
         rb = [(e["step"], e["boundaries"]["restore"]) for e in events if e.get("boundaries") and e["boundaries"].get("restore") is not None]
+        # dots sized for a thousand updates were specks on a run of a few: larger where there are few
+        few = len(rb) + len(pb) <= 100
         if rb:  # drawn first and larger: at a goal the two boundaries meet, and the prune one stays visible on top
-            ax.plot(*zip(*rb), ".", ms=4, color="tab:green", label="restore boundary (restoration gain of the last restored)")
+            ax.plot(*zip(*rb), ".", ms=8 if few else 4, color="tab:green",
+                    label="restore boundary (restoration gain of the last restored)")
         if pb:
-            ax.plot(*zip(*pb), ".", ms=1.5, color="tab:red", label="prune boundary (removal cost of the last pruned)")
+            ax.plot(*zip(*pb), ".", ms=4 if few else 1.5, color="tab:red", label="prune boundary (removal cost of the last pruned)")
         if rb or pb:
             boundary_scale(ax, [v for _, v in rb + pb])
             legend_below(ax, ncol=1)  # inside, it covered the boundaries at the top of the panel
