@@ -570,3 +570,18 @@ def test_the_fit_panels_legends_hide_no_measured_point_of_the_resnet20_curve(mon
         points = next(line for line in ax.get_lines() if line.get_label() == "measured (> 0)")
         shown = ax.transData.transform(points.get_xydata())
         assert not any(box.contains(x, y) for x, y in shown), ax.get_ylabel()
+
+
+@pytest.mark.parametrize("batches, words", [(0, "one shot"), (1, "1 fine-tune batch per point"),
+                                            (2, "2 fine-tune batches per point")])
+def test_the_figure_title_counts_fine_tune_batches_in_words(tmp_path, monkeypatch, batches, words):
+    """The title read '1 fine-tune batches per point' for a single batch."""
+    import adaptive.diagnostics.knowledge as knowledge
+
+    model, data = constructed()
+    curve = knowledge_distribution(model, data, order_loader=data, counts=[0, 2, 4], finetune_batches=batches,
+                                   lr=1e-3)
+    titles = []
+    monkeypatch.setattr(knowledge, "save_figure", lambda fig, path, svg=False: titles.append(fig._suptitle.get_text()))
+    curve.plot(tmp_path / "k.png")
+    assert words in titles[0] and "1 fine-tune batches" not in titles[0]

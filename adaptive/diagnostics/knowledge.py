@@ -350,7 +350,8 @@ class KnowledgeCurve:
                 ax.grid(True, which="both", alpha=0.3)
                 if ax.get_legend_handles_labels()[0]:  # no point above 0 and no fit: nothing to name
                     ax.legend(fontsize=7)
-            mode = "one shot" if self.finetune_batches == 0 else f"{self.finetune_batches} fine-tune batches per point"
+            mode = "one shot" if self.finetune_batches == 0 else (f"{self.finetune_batches} fine-tune batch"
+                                                                 f"{'' if self.finetune_batches == 1 else 'es'} per point")
             head = title or "knowledge distribution"
             import textwrap
 
