@@ -43,7 +43,7 @@ from .distributed import check_masks_agree, is_distributed
 from .distributed import all_reduce_mean_  # noqa: F401  (importable from here, as before)
 from .optim_state import unwrap_optimizer
 from .registry import near_misses
-from .policies.base import EditPlan, get_policy, keep_plan, synapse_targets
+from .policies.base import _POLICIES, EditPlan, get_policy, keep_plan, synapse_targets
 from .policies.base import global_synapse_target  # noqa: F401  (importable from here, as before)
 from .rollback import EditSnapshot  # noqa: F401  (importable from here, as before)
 from .score_checks import _check_pooled, _check_scores, _check_shape, _owned, _ranks_nothing
@@ -83,6 +83,13 @@ def _named(layers: List[str]) -> tuple:
     and what to pass to protect=/exclude= (the list itself, or "[...] with their names" past four)."""
     shown = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
     return shown, repr(layers) if len(layers) <= 4 else "[...] with their names"
+
+
+def _prune_only_policies() -> List[str]:
+    """The registered policies that take ``estimator=`` and never grow: those an estimator of removal
+    costs alone can serve (gmp and magnitude among the built-in ones)."""
+    return sorted(n for n, cls in _POLICIES.items()
+                  if getattr(cls, "grow_by", None) is None and str(getattr(cls, "drop_by", "")).startswith("estimator"))
 
 
 class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMixin):
@@ -313,8 +320,9 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             if est is not None and not scores_side(est, method):  # refused now, not with a bare NotImplementedError later
                 raise TypeError(f"policy {self.policy.name!r} {does} by estimator {estimator_label(est)!r} "
                                 f"({type(est).__name__}), which does not define {method}: write {method}(ctx) in "
-                                "the estimator's class, or use a policy that only prunes (gmp, magnitude, oneshot) for "
-                                "an estimator of removal costs alone")
+                                "the estimator's class" + ("" if method == "removal_cost" else
+                                f", or use a policy that only prunes ({', '.join(_prune_only_policies())}) for an "
+                                "estimator of removal costs alone"))
         if grow_init is None:
             grow_init = "original" if conn.mode == "mask_only" else "zero"
         self.grow_init = grow_init

@@ -55,10 +55,12 @@ def _index_problem(idx, size: int) -> str | None:
     if bool(out.any()):
         return (f"holds {int(out.sum())} indices outside [0, {size}) (the layer's ensembles): "
                 f"{_listed(idx[out])}")
-    seen = torch.zeros(size, dtype=torch.int32, device=idx.device)  # O(k): no sort
-    seen.index_add_(0, idx.long(), torch.ones_like(idx, dtype=torch.int32))
-    twice = (seen > 1).nonzero().squeeze(1)
-    if twice.numel():
+    seen = torch.zeros(size, dtype=torch.bool, device=idx.device)  # no sort; a bool scratch (as cheap as it was)
+    seen[idx] = True
+    if int(torch.count_nonzero(seen)) != idx.numel():  # a repeat: only then count which ensembles repeat
+        counted = torch.zeros(size, dtype=torch.int32, device=idx.device)
+        counted.index_add_(0, idx.long(), torch.ones_like(idx, dtype=torch.int32))
+        twice = (counted > 1).nonzero().squeeze(1)
         return f"lists {twice.numel()} ensemble(s) more than once: {_listed(twice)}; list each ensemble once"
     return None
 

@@ -140,3 +140,28 @@ def test_a_density_given_as_a_tensor_or_with_float_error_is_taken(density, kept)
     conn = adaptive.Connectome(_net())
     ctrl = adaptive.Controller(conn, policy="magnitude", density=0.5, budget="uniform", update_every=1, end_step=1)
     assert plan_density(ctrl, density) == kept / 640
+
+
+def test_a_plan_without_repeats_is_checked_with_a_bool_scratch_and_no_count_per_ensemble():
+    """The repeat check counted every ensemble in an int32 tensor (index_add_, then a full compare and
+    nonzero) for every plan: about 3x the bool scratch it replaced, at every update of a large layer.
+    A plan without repeats takes the bool path alone; the counts are made only to name a repeat."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from adaptive.plan_checks import _index_problem
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    idx = torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:300]
+    with Ops() as ops:
+        assert _index_problem(idx, 1000) is None
+    assert not {"index_add", "index_add_"} & set(ops.seen)
+    twice = torch.cat([idx, idx[:2]])
+    assert re.match(r"lists 2 ensemble\(s\) more than once: \[\d+, \d+\]", _index_problem(twice, 1000))

@@ -29,3 +29,25 @@ def test_bad_options_are_refused(argv, match, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_the_curve_masks_timed_are_the_diagnostics_own_and_every_point_is_compared(tmp_path, monkeypatch):
+    """The 'now' side of the curve masks was a copy of the diagnostic's loop kept in the script, and only
+    the last point's mask was compared: a diagnostic that removed the wrong weights at an inner point
+    (and the right ones at the last) passed the script's bit-for-bit check."""
+    from adaptive.diagnostics import knowledge
+
+    real = knowledge._point_masks
+
+    def wrong_inside(live, order, counts):
+        counts = list(counts)
+        for k, flat in real(live, order, counts):
+            if 0 < k < counts[-1]:
+                flat = flat.clone()
+                flat[order[k]] = False  # one weight too many at an inner point
+            yield k, flat
+
+    monkeypatch.setattr(knowledge, "_point_masks", wrong_inside)
+    main = runpy.run_path(str(SCRIPT))["main"]
+    with pytest.raises(AssertionError, match="curve masks: the new mask at [0-9]+ removed differs"):
+        main(["--model", "tiny", "--size", "16", "--rounds", "1", "--points", "5", "--out", str(tmp_path / "s.md")])

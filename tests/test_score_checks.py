@@ -140,3 +140,51 @@ def test_an_estimator_without_the_side_a_policy_reads_is_refused_when_the_contro
     assert conn.density() == 1.0
     adaptive.Controller(conn, policy="gmp", estimator="score_checks_costs_only", density=0.5, update_every=1,
                         end_step=2)  # a policy that only prunes takes it
+
+
+def test_the_refusal_of_an_estimator_without_restoration_gain_names_registered_prune_only_policies(own):
+    """The message advised 'gmp, magnitude, oneshot': no policy is registered as 'oneshot' (the one-shot
+    policy answers to 'magnitude'), so following it failed with an unknown-policy error."""
+    @register_estimator("score_checks_costs_alone")
+    class CostsAlone(Estimator):
+        def removal_cost(self, ctx):
+            return ctx.weight.abs()
+
+    with pytest.raises(TypeError) as e:
+        adaptive.Controller(adaptive.Connectome(_net()), policy="utility", estimator="score_checks_costs_alone",
+                            density=0.5, update_every=1)
+    named = str(e.value).split("only prunes (")[1].split(")")[0].split(", ")
+    assert named == ["gmp", "magnitude"]
+    for policy in named:  # each one named takes the estimator
+        adaptive.Controller(adaptive.Connectome(_net()), policy=policy, estimator="score_checks_costs_alone",
+                            density=0.5, update_every=1, end_step=2)
+
+
+def test_the_refusal_of_an_estimator_without_removal_cost_does_not_advise_a_prune_only_policy(own):
+    """A policy that only prunes reads removal_cost too, so it cannot serve an estimator of growth gains alone."""
+    @register_estimator("score_checks_gains_alone")
+    class GainsAlone(Estimator):
+        def restoration_gain(self, ctx):
+            return ctx.weight.abs()
+
+    with pytest.raises(TypeError, match=r"prunes by estimator 'score_checks_gains_alone' \(GainsAlone\), which does "
+                                        r"not define removal_cost: write removal_cost\(ctx\) in the estimator's class$"):
+        adaptive.Controller(adaptive.Connectome(_net()), policy="utility", estimator="score_checks_gains_alone",
+                            density=0.5, update_every=1)
+
+
+def test_an_estimator_instance_given_its_methods_as_attributes_is_taken_as_before():
+    """The side check read the class alone, so an Estimator instance given removal_cost and
+    restoration_gain on itself (which the controller calls, and did before the check) was refused."""
+    est = Estimator()
+    est.removal_cost = lambda ctx: ctx.weight.abs()
+    est.restoration_gain = lambda ctx: ctx.weight.abs()
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctrl = adaptive.Controller(adaptive.Connectome(model), opt, policy="utility", estimator=est, density=0.5,
+                               update_every=1, end_step=3)
+    for _ in range(2):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.randn(4, 20)), torch.randint(0, 10, (4,))).backward()
+        opt.step()
+    assert [e for e in ctrl.events if e["kind"] == "update"]

@@ -370,6 +370,18 @@ def _tensor_output_loss(loss_fn: Callable, model: nn.Module) -> Callable:
     return loss
 
 
+def _point_masks(live_flat: torch.Tensor, order: torch.Tensor, counts):
+    """Yield ``(k, flat keep mask)`` for each of the ascending ``counts``: ``live_flat`` less the first
+    ``k`` of ``order``, each mask a tensor of its own (set_masks may keep views of it). Each point
+    removes only the weights since the last one (``order[:k]`` from scratch at every point scattered
+    ~12x every weight for the default counts: 19 s -> 1.4 s on resnet50)."""
+    kept, done = live_flat.clone(), 0
+    for k in counts:
+        kept[order[done:k]] = False
+        done = k
+        yield k, kept.clone()
+
+
 @kept_global_rng()
 @torch.inference_mode(False)  # the copy and the gradients need autograd, whatever the caller's mode
 def knowledge_distribution(
@@ -535,13 +547,7 @@ def knowledge_distribution(
     from tqdm.auto import tqdm
 
     device = model_device(work)
-    # counts ascend: each point removes only the weights since the last one (order[:k] from scratch at
-    # every point scattered ~12x every weight for the default counts: 19 s -> 1.4 s on resnet50)
-    kept, done = live_flat.clone(), 0
-    for k in tqdm(counts, desc=f"removing ({estimator})", leave=False, disable=None):
-        kept[order[done:k]] = False
-        done = k
-        flat = kept.clone()  # a tensor of its own for each point's masks (set_masks may keep views of it)
+    for k, flat in _point_masks(live_flat, order, tqdm(counts, desc=f"removing ({estimator})", leave=False, disable=None)):
         conn.set_masks({n: m.view(conn.masks[n].shape) for n, m in zip(names, flat.split(sizes))})
         if finetune_batches and k > 0:
             with modes_kept(work, True), torch.enable_grad(), batch_statistics_explained(

@@ -118,7 +118,11 @@ def scores_side(est, method: str) -> bool:
     """Whether ``est`` gives the scores of ``method`` (``"removal_cost"`` or ``"restoration_gain"``):
     it defines that method, or ``ensemble_scores`` (which serves both), rather than inheriting
     :class:`Estimator`'s, which only declares it."""
-    return hasattr(est, "ensemble_scores") or getattr(type(est), method, None) is not getattr(Estimator, method)
+    if hasattr(est, "ensemble_scores"):
+        return True
+    # the method a call runs: an instance attribute, the class's, or a mixin's; not Estimator's declaration
+    found = getattr(est, method, None)
+    return callable(found) and getattr(found, "__func__", found) is not getattr(Estimator, method)
 
 
 @dataclass
