@@ -10,7 +10,7 @@ import torch
 
 from .distributed import agreed_call
 from .mask_only_best import _better, _criterion
-from .mask_only_data import _to_device
+from .mask_only_data import _to_device, refuse_repeated_verify_batches
 from .mask_only_eval import _logits
 from .mask_only_result import Snapshot
 from .mask_only_window import _Window
@@ -85,9 +85,21 @@ class StageBatchesMixin:
         if self.step - st.start == plan.steps_per_stage and st.goal is not None:
             policy.edit_fraction = 0.0  # the stage's last update settles exactly on the goal
             policy.set_goal(self.total - st.goal - st.prot, self.step)
-        self.verify_set[:] = self.unused_verify or [_to_device(next(self.holdout_iter), self.device)
-                                                    for _ in range(s.verify_batches)]
+        self.verify_set[:] = self.unused_verify or self._draw_verify(s.verify_batches)
         self.unused_verify = None
+
+    def _draw_verify(self, n: int) -> list:
+        """The next ``n`` held-out batches of the cycle, on the model's device. A holdout of no length
+        (checked up front where it has one) is refused here once a pass of it has proved shorter than
+        ``n`` (every process reads it whole, so all refuse together), before more is drawn."""
+        out, cycle = [], self.holdout_iter
+        for _ in range(n):
+            before = cycle.offset
+            batch = next(cycle)
+            if cycle.offset == 1 and before > 0:  # a new pass began: the last one held ``before`` batches
+                refuse_repeated_verify_batches(n, before)
+            out.append(_to_device(batch, self.device))
+        return out
 
     def _leave_out_window(self) -> None:
         """A NaN or inf loss or gradient in the window (on any process): the controller left it out,

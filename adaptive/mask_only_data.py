@@ -74,6 +74,27 @@ def _model_device(model: nn.Module) -> Optional[torch.device]:
     return None if p is None else p.device
 
 
+def refuse_repeated_verify_batches(verify_batches: int, batches: Optional[int]) -> None:
+    """Refuse ``verify_batches`` above ``batches``, the batches of one pass of the line search's
+    held-out loader (None: unknown, nothing refused): each line search would read some of them twice,
+    which adds no evidence, and a huge count (``--verify-batches 10**18``) built a list that long
+    before the first update, a hang. ValueError naming the count to give."""
+    if batches is not None and verify_batches > batches:
+        raise ValueError(f"verify_batches={verify_batches} is more than the {batches} batch{'es' if batches != 1 else ''} "
+                         f"of the held-out loader: each line search would read some of them twice, which adds no "
+                         f"evidence; give verify_batches <= {batches} (or hold out more data)")
+
+
+def verify_pass_length(holdout_loader, seed: int) -> Optional[int]:
+    """The batches of one pass of the line search's held-out cycle (``holdout_loader`` shuffled as
+    :func:`_shuffled` does, which may batch it otherwise: a batch sampler's loader is read one example
+    at a time); None where it has no length. Reads no batch and draws no random number."""
+    try:
+        return len(_shuffled(holdout_loader, seed))
+    except TypeError:
+        return None
+
+
 def _shuffled(loader, seed: int):
     """The held-out examples in a seeded random order, so that every verification set mixes
     classes (holdout loaders usually keep the dataset's order, often grouped by class)."""

@@ -10,6 +10,7 @@ from torch import nn
 
 from .data.cycle import rng_states, set_rng_states
 from .distributed import agreed_call, all_reduce_mean_
+from .global_rng import kept_global_rng
 from .label_checks import refuse_mismatched_targets
 from .mask_only_data import _NONE, _model_device, _to_device
 from .metrics import (AccuracyFn, batch_accuracy, batch_loss, call_model, check_output, default_accuracy,
@@ -96,12 +97,15 @@ def refuse_unusable_loss(loss_fn: Callable, out: torch.Tensor, y, name: str) -> 
     mask: a loss computed from ``output.detach()``, under ``torch.no_grad()``, through ``.item()`` or
     NumPy). Checked for any loss (a lambda, a function, a loss module with a ``forward`` of its own),
     on a copy of ``out`` that requires grad (the model's own weights may not), in one call: no
-    backward pass, nothing of the model read or changed. A value of NaN or inf is left to the dense
-    network's held-out evaluation, which refuses it (on the whole holdout) before any synapse is removed."""
+    backward pass, nothing of the model read or changed, every global random generator put back. A
+    value of NaN or inf is left to the dense network's held-out evaluation, which refuses it (on the
+    whole holdout) before any synapse is removed."""
     if not out.is_floating_point():  # (no gradient to follow: the model's own output type is checked elsewhere)
         return
     try:
-        with torch.enable_grad():
+        # every global generator put back: a loss that draws (random negatives, a dropout of its own) would
+        # otherwise start the run from other states than it did before this check, and choose other masks
+        with torch.enable_grad(), kept_global_rng():
             # a non-leaf copy, so that a loss working in place on its input (out.clamp_()) runs as in training
             value = loss_fn(out.detach().requires_grad_(True).clone(), y)
     except Exception as e:

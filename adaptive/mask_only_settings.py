@@ -17,7 +17,7 @@ from torch import nn
 from .counts import whole_number
 from .distributed import agreed_call, refuse_differing, refuse_differing_settings
 from .ensemble_rules import parse_rules
-from .mask_only_data import _check_loader, _model_device
+from .mask_only_data import _check_loader, _model_device, refuse_repeated_verify_batches, verify_pass_length
 from .mask_only_targets import Target, _is_real, check_targets, listed_targets
 from .metrics import AccuracyFn
 
@@ -141,6 +141,8 @@ def check_settings(model: nn.Module, train_loader, holdout_loader, target, **set
     s = agreed_call(lambda: _own_settings(model, target, **settings), passed_why=_SAME_SETTINGS)
     refuse_differing_settings({k: _said(getattr(s, k)) for k in _SHARED}, fix=_SAME_SETTINGS_FIX)
     s.n_train = check_loaders(train_loader, holdout_loader)
+    if s.verify_batches:  # (the holdout is read whole by every process: agreed all the same)
+        agreed_call(lambda: refuse_repeated_verify_batches(s.verify_batches, verify_pass_length(holdout_loader, s.seed)))
     return s
 
 

@@ -1433,3 +1433,33 @@ def test_processes_agree_on_their_loaders(tmp_path):
         assert "process 0 of 2 found no such problem: each process was given loaders of its own" \
             in rec[case]["message"], rec
     assert rec["even"] == {"removed": 28}
+
+
+@pytest.mark.parametrize("n", [3, 10**18])
+def test_verify_batches_above_the_holdouts_batches_is_refused_naming_the_count(n):
+    """Values above the held-out batches only read some of them twice, and --verify-batches 10**18 hung:
+    the first update built a list of that many batches by cycling the held-out loader."""
+    _refused_before_a_batch_is_read(0.3, rf"verify_batches={n} is more than the 2 batches of the held-out loader: "
+                                         r"each line search would read some of them twice.*give verify_batches <= 2",
+                                    verify_batches=n)
+
+
+class _Batches:
+    """A holdout of no length (iterated afresh each time): its batches are counted as they are read."""
+
+    def __init__(self, loader):
+        self.batches = list(loader)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_verify_batches_above_a_holdout_of_no_length_is_refused_at_the_first_pass_it_outlasts():
+    """A holdout with no len() cannot be counted up front: the refusal comes once a pass of it proves
+    shorter than verify_batches (a huge count hung there too), and as many as it holds run."""
+    tr, ho = loaders()
+    with pytest.raises(ValueError, match=r"verify_batches=1000000000000000000 is more than the 2 batches of the held-out"):
+        optimize_connectome(tiny(), tr, _Batches(ho), 0.3, passes=1.0, window=2, verify_batches=10**18, progress=False)
+    tr, ho = loaders()
+    r = optimize_connectome(tiny(), tr, _Batches(ho), 0.3, passes=1.0, window=2, verify_batches=2, progress=False)
+    assert r.history

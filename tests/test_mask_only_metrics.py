@@ -486,3 +486,24 @@ def test_a_custom_loss_that_works_in_place_on_its_input_still_runs():
     res = optimize_connectome(model, dl, dl, target=[0.25], passes=0.5, progress=False,
                               loss_fn=lambda o, t: F.cross_entropy(o.clamp_(-10, 10), t))
     assert res.snapshots["0.25"].removed == round(0.25 * (6 * 8 + 8 * 3))
+
+
+def test_the_loss_check_on_the_first_held_out_batch_leaves_the_global_generators_where_they_were():
+    """refuse_unusable_loss calls loss_fn once more before the run: a loss that draws from torch's global
+    generator (random negatives, say) started the run from other states, so the same seed chose other
+    masks than the same call before the check was added."""
+    import random
+
+    import numpy as np
+
+    from adaptive.mask_only_eval import refuse_unusable_loss
+
+    def drawing(out, y):
+        return F.cross_entropy(out, y) + 0.0 * (torch.rand(()) + random.random() + np.random.rand())
+
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    refuse_unusable_loss(drawing, torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), "drawing")
+    after = (torch.rand(2), random.random(), np.random.rand())
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    torch.randn(4, 3)
+    assert torch.equal(after[0], torch.rand(2)) and after[1:] == (random.random(), np.random.rand())

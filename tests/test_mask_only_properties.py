@@ -127,9 +127,14 @@ def data(sc, own_generator=True):
     y = torch.arange(n) % 3
     x = torch.randn(n, *KINDS[sc["kind"]][1], generator=g) + y.view(-1, *([1] * len(KINDS[sc["kind"]][1]))) * 0.5
     shuffle = dict(generator=torch.Generator().manual_seed(sc["mseed"])) if own_generator else {}
-    held = max(bs, n // 3)
+    held = max(bs, n // 3)  # (_holdout_batches counts its batches)
     return (DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True, **shuffle),
             DataLoader(TensorDataset(x[:held], y[:held]), batch_size=bs), x)
+
+
+def _holdout_batches(sc) -> int:
+    """The batches of :func:`data`'s holdout: verify_batches above it is refused (tested in test_mask_only)."""
+    return -(-max(sc["bs"], sc["n"] // 3) // sc["bs"])
 
 
 @st.composite
@@ -145,7 +150,7 @@ def scenarios(draw):
         exclude = None  # (a rule naming an excluded layer is refused: tested where the rules are)
     kw = dict(ensemble=RULES[kind] if ensemble == "rules" else ensemble, exclude=exclude,
               window=draw(st.integers(1, 3)), edit_fraction=draw(st.sampled_from([0.0, 0.1, 0.5, 1.0])),
-              approach=draw(st.sampled_from([0.0, 0.3, 1.0])), verify_batches=draw(st.integers(0, 2)),
+              approach=draw(st.sampled_from([0.0, 0.3, 1.0])), verify_batches=draw(st.integers(0, min(2, _holdout_batches(sc)))),
               line_search_tries=draw(st.integers(0, 2)), eval_every=draw(st.integers(0, 2)),
               estimator=draw(st.sampled_from(["presence", "evidence", "consistency", "magnitude"])),
               passes=draw(st.sampled_from([0.3, 1.0, 1.7])), seed=draw(st.integers(0, 3)),

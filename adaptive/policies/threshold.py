@@ -220,11 +220,13 @@ class Threshold(Policy):
                              f"pace={self.pace!r}: build it with pace={recorded!r} (or leave pace unset) to continue "
                              "the run as it ran")
         pace = self.pace if self.pace_given else (recorded or "even")  # unrecorded, unset: the old default, even
-        # checked as the constructor checks them, all before any is set: a NaN boundary compares false with
-        # every cost (nothing pruned beyond the pace, ever), an infinite one prunes or restores everything
+        # checked all before any is set: a NaN boundary compares false with every cost (nothing pruned
+        # beyond the pace, ever). An infinite one is taken: update() sets a boundary to the whole cost or
+        # gain of what it edited, which is -inf or +inf where the estimator's scores are (score_checks
+        # admits them), so a run that pruned a -inf cost saves prune_boundary=-inf and resumes with it
         prune_boundary, restore_boundary = (
-            number_option("policy 'threshold': the state's", k, sd.get(k, getattr(self, k)),
-                          why="a saved state holds the finite boundary its last update set; load an unedited one")
+            number_option("policy 'threshold': the state's", k, sd.get(k, getattr(self, k)), finite=False,
+                          why="a saved state holds the boundary its last update set; load an unedited one")
             for k in ("prune_boundary", "restore_boundary"))
         start_live = sd.get("start_live", self.start_live)
         if start_live is not None:  # (a count of synapses: live_synapses gives it as a float)
