@@ -91,6 +91,11 @@ CASES = [
     ("ep-best", Net, lambda m, t: edge_popup(m, _data(), _data(), ["best"], progress=False), ValueError, "not 'best'"),
     ("ep-bad-target", Net, lambda m, t: edge_popup(m, _data(), _data(), [1.5], progress=False), ValueError, "target"),
     ("ep-twice", Net, lambda m, t: edge_popup(m, _data(), _data(), [0.5, 0.5], progress=False), ValueError, "once"),
+    # a fraction that rounds to no synapse: its snapshot was the dense network, given as a result
+    ("ep-removes-nothing", Net, lambda m, t: edge_popup(m, _data(), _data(), [1e-9], progress=False), ValueError,
+     r"round\(1e-09 x 56\) = 0 of the model's 56 prunable synapses.*the dense network, unchanged"),
+    ("ep-removes-nothing-of-several", Net, lambda m, t: edge_popup(m, _data(), _data(), [0.5, 1e-9], progress=False),
+     ValueError, r"target 2 of 2 \(1e-09\) in \[0.5, 1e-09\].*at least 1 \(the least that removes one synapse\)"),
     ("ep-no-target", Net, lambda m, t: edge_popup(m, _data(), _data(), [], progress=False), ValueError,
      "at least one target"),
     ("ep-passes-text", Net, lambda m, t: edge_popup(m, _data(), _data(), [0.5], passes="1", progress=False), ValueError,
