@@ -84,6 +84,12 @@ CASES = [
     ("oc-foreign-checkpoint", Net, lambda m, t: optimize_connectome(m, _data(), _data(), target=0.5, **OC,
                                                                     checkpoint=_foreign_checkpoint(t)),
      ValueError, "another run"),
+    # a float64 model given float32 data: torch's 'mat1 and mat2 must have the same dtype' named no fix
+    ("oc-float64-model", lambda: Net().double(), lambda m, t: optimize_connectome(m, _data(), _data(), target=0.5, **OC),
+     TypeError, r"weights are torch.float64 but the batch's inputs are torch.float32.*\(model.float\(\)\).*"
+                r"\(x.double\(\) in the data\)"),
+    ("ep-float64-model", lambda: Net().double(), lambda m, t: edge_popup(m, _data(), _data(), [0.5], progress=False),
+     TypeError, r"edge-popup: the model's weights are torch.float64 but the batch's inputs are torch.float32"),
     ("oc-evaluate-no-examples", Net, lambda m, t: evaluate(m, []), ValueError, "no examples"),
     ("ep-seed", Net, lambda m, t: edge_popup(m, _data(), _data(), [0.5], seed="0", progress=False), ValueError,
      "seed must be an integer"),
