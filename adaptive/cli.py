@@ -53,8 +53,13 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         """argparse's (its usage, then ``{prog}: error: {message}``; status 2), written in one call
         (:func:`say_error`): under a multi-process launch, where every process reads the same command
-        line, by the first process of each machine alone (:func:`quiet_at_start`), not once a process."""
-        error = SystemExit(2)
+        line, by the first process of each machine alone (:func:`quiet_at_start`), not once a process;
+        once the process group exists (a script's second run of a recipe's main in one launch), by
+        process 0 alone, as an error every process raises alike (the others write it where process 0
+        has not within their wait: never lost)."""
+        from .distributed import mark_raised_alike
+
+        error = mark_raised_alike(SystemExit(2))  # (marked only where a process group exists)
         say_error(f"{self.format_usage()}{self.prog}: error: {message}", error, once=True)
         raise error
 

@@ -115,12 +115,42 @@ def batch_accuracy(accuracy_fn: Optional[AccuracyFn], out, y) -> Optional[Tuple[
 def call_model(model, x, what: str = "this"):
     """``model(x)``: a batch's inputs go to the model as one argument, a tuple or list of them too. A model
     whose forward takes them as separate arguments (``forward(self, x, y)``) fails inside that call with
-    a bare TypeError: it gets one naming the contract and the fix (:func:`refuse_unpacked`)."""
+    a bare TypeError: it gets one naming the contract and the fix (:func:`refuse_unpacked`); one whose
+    weights are of another floating-point type than the inputs (a float64 model, float32 data) fails
+    with torch's RuntimeError: it gets a TypeError naming both types and the fix (:func:`refuse_mixed_dtypes`)."""
     try:
         return model(x)
     except TypeError as e:
         refuse_unpacked(model, x, what, e)
         raise
+    except RuntimeError as e:
+        refuse_mixed_dtypes(model, x, what, e)
+        raise
+
+
+# the method that converts a module or tensor to each floating-point type (model.float(), x.double())
+_CASTS = {torch.float32: "float", torch.float64: "double", torch.float16: "half", torch.bfloat16: "bfloat16"}
+
+
+def refuse_mixed_dtypes(model, x, what: str, cause: BaseException) -> None:
+    """A TypeError when ``model(x)`` failed with ``cause`` (torch's RuntimeError, naming a type: 'mat1 and
+    mat2 must have the same dtype, but got Float and Double') where the floating-point inputs ``x`` (a
+    tensor, or a tuple, list or dict of them) are all of one type and the model's floating-point weights
+    all of another: the error names both and the fix. Otherwise nothing (torch's error stands): a model
+    that converts its inputs itself fails for another reason."""
+    if "type" not in str(cause).lower():
+        return
+    given = x.values() if isinstance(x, dict) else x if isinstance(x, (tuple, list)) else (x,)
+    inputs = {t.dtype for t in given if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    weights = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(inputs) != 1 or len(weights) != 1 or inputs == weights:
+        return
+    (i,), (w,) = inputs, weights
+    fixes = [f"model.{_CASTS[i]}()" if i in _CASTS else f"model.to({i})",
+             f"x.{_CASTS[w]}()" if w in _CASTS else f"x.to({w})"]
+    raise TypeError(f"{what}: the model's weights are {w} but the batch's inputs are {i}, and the model does not "
+                    f"convert them (torch: {str(cause).splitlines()[0]}): give both one type, the model the inputs' "
+                    f"({fixes[0]}) or the inputs the model's ({fixes[1]} in the data), before the call") from cause
 
 
 def refuse_unpacked(model, x, what: str, cause: Optional[BaseException] = None) -> None:

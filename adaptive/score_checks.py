@@ -4,8 +4,9 @@ place in an order; one inherited from broken weights is named as such), and ense
 pooled to no NaN (+inf and -inf in one ensemble). Each refusal is a ValueError naming the estimator
 (by its registered name), its method and the layer, raised before the connectome changes. Scores
 that pass are made the controller's own (:func:`_owned`): detached from autograd, and copied where
-they share memory with the layer's weight, mask or original values, so that a policy ranking them
-(which may write into them) never edits the connectome through them.
+they share memory with the layer's weight, mask or original values, or with the estimator's own state
+for the layer, so that a policy ranking them (which may write into them) never edits the connectome or
+the estimator through them.
 
 The controller calls them from :meth:`Controller.scores <adaptive.controller.Controller.scores>`;
 ``adaptive.controller`` re-exports them under the same names.
@@ -51,15 +52,30 @@ def _check_shape(est, side: str, name: str, s, want, method: Optional[str] = Non
                      f"{per}; the controller refuses it and leaves the connectome as it was")
 
 
-def _owned(s: torch.Tensor, ctx) -> torch.Tensor:
+def _owned(s: torch.Tensor, ctx, est=None) -> torch.Tensor:
     """``s`` (checked scores) as float32 the controller may hand to a policy: detached (an estimator
     that computed them under ``torch.enable_grad``, or returned a parameter of its own), and a copy
     where they share memory with the layer's weight, mask or original values (``return ctx.weight``:
-    a policy writing into its scores would write into the connectome)."""
+    a policy writing into its scores would write into the connectome) or with the estimator ``est``'s
+    own state for the layer (:func:`_state_of`: ``Evidence`` hands back the values it keeps, which a
+    policy writing into its scores would rewrite). Scores of memory of their own are not copied."""
     s = s.detach().float()
-    held = {t.untyped_storage().data_ptr() for t in (ctx.weight, ctx.mask, ctx.restore)
+    held = {t.untyped_storage().data_ptr() for t in (ctx.weight, ctx.mask, ctx.restore, *_state_of(est, ctx.name))
             if isinstance(t, torch.Tensor) and t.device == s.device}
     return s.clone() if s.untyped_storage().data_ptr() in held else s
+
+
+def _state_of(est, name: str) -> list:
+    """The tensors ``est`` keeps that scores of layer ``name`` may share memory with: its tensor attributes
+    and, of each of its dict attributes, the entry for ``name`` (per-layer state, as ``Evidence``'s and
+    ``Presence``'s). Attributes only are read, a few per layer: nothing is walked or copied."""
+    out = []
+    for v in getattr(est, "__dict__", {}).values():
+        if isinstance(v, dict):
+            v = v.get(name)
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+    return out
 
 
 def _check_pooled(est, side: str, name: str, pooled: torch.Tensor, gran) -> None:

@@ -477,7 +477,8 @@ def cmd_knowledge(args):
                   f"accuracy on {curve.meta['base']['samples']} {args.dataset} TEST images"
                   + (" (a fixed random sample)" if curve.meta['base']['samples'] < len(data.test.dataset) else "")
                   + "".join("; " + c for c in curve.meta["caveats"]))
-    curve.meta.update(model=args.model, dataset=args.dataset, seconds=time.time() - t0,
+    seconds = time.time() - t0  # the measurement alone: no training before it, no saving or drawing after
+    curve.meta.update(model=args.model, dataset=args.dataset, seconds=seconds,
                       title=f"knowledge distribution of {source} on {args.dataset}")
     folder.delete_left_over(args, out)
     curve.save(out)  # first: a figure that fails to draw must not lose the measured curve
@@ -485,7 +486,8 @@ def cmd_knowledge(args):
                        log_x=args.log_x)
     print(f"\naccuracy of what remains\n{curve.table.to_markdown()}")
     print(f"\nexponential fits (log y = a + rate * removed)\n{curve.fit_table().to_markdown()}")
-    print(f"\n{curve.note}; {curve.total:,} prunable weights; {time.time() - t0:.0f} s; figure {paths[0]}")
+    print(f"\n{curve.note}; {curve.total:,} prunable weights; curve measured in {seconds:.1f} s (as "
+          f"knowledge_summary.json's seconds: the measurement alone, no training, saving or drawing); figure {paths[0]}")
 
 
 def _refit_note(curve, given) -> str:

@@ -613,3 +613,52 @@ def test_start_up_warnings_are_shown_by_the_first_process_of_a_launch_alone(monk
         warnings.simplefilter("error")
         with pytest.raises(UserWarning, match="a plugin's warning"), cli.start_up_warnings_once():
             warnings.warn("a plugin's warning")
+
+
+def test_a_parse_error_in_a_second_run_of_one_launch_is_written_by_process_0_alone(monkeypatch, capsys):
+    """A script that ran a recipe's main() twice under `accelerate launch --num_processes 2` saw the second
+    run's argument error once a process: the process group existed by then, so the first process of each
+    machine no longer wrote it alone, and a parse error was not marked as raised alike. Every process
+    parses the same command line: process 0 now writes it, and the others leave it to process 0."""
+    import adaptive.cli as cli
+    import adaptive.distributed as D
+
+    class Store:  # the launch's store, shared by both processes
+        def __init__(self):
+            self.keys = {}
+
+        def set(self, key, value):
+            self.keys[key] = value
+
+        def check(self, keys):
+            return all(k in self.keys for k in keys)
+
+    class Group:
+        def __init__(self, rank):
+            self.rank = rank
+
+        def get_rank(self):
+            return self.rank
+
+    def main():
+        parser = cli.ArgumentParser(prog="prog")
+        parser.add_argument("--remove", type=float)
+        parser.parse_args(["--remove", "0.5", "--bogus"])
+
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("ADAPTIVE_LEFT_TO_ANOTHER_SECONDS", "0")
+    monkeypatch.setattr(D, "is_distributed", lambda: True)
+    store = Store()
+    monkeypatch.setattr(D, "_launch_store", lambda: store)
+    monkeypatch.setattr(cli.time, "sleep", lambda s: None)
+    monkeypatch.setattr(D, "begin_report_round", lambda: None)  # (both processes' one run)
+    written = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(cli, "_process_group", lambda: Group(rank))
+        with pytest.raises(SystemExit) as e:
+            cli.run_cli(main, "prog", once=True)
+        assert e.value.code == 2
+        written[rank] = capsys.readouterr().err
+    assert written[0].endswith("prog: error: unrecognized arguments: --bogus\n") and written[1] == ""

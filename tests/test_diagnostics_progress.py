@@ -319,3 +319,20 @@ def test_split_legends_read_train_held_out_test_as_the_run_figures_do(tmp_path, 
     for ax in figs[0].axes[:2]:
         assert [t.get_text() for t in ax.get_legend().get_texts()] == [
             "train", "held-out (part of TRAIN)", "test", "probe"]
+
+
+def test_an_empty_boundaries_panel_has_no_ticks_and_density_starts_at_0_as_the_run_figures(tmp_path, monkeypatch):
+    """progress.png's empty boundaries panel kept matplotlib's 0 to 1 ticks (no boundary's scale), which
+    curves.png's drops, and its density axis started at the lowest density logged (0.88 to 0.9 filled the
+    panel) where the run's density.png starts at 0."""
+    _events(tmp_path, [{"step": 10, "pruned": 100, "grown": 0, "density": 0.9},
+                       {"step": 20, "pruned": 20, "grown": 0, "density": 0.88}])
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    boundaries, density = figs[0].axes[3], figs[0].axes[4]
+    assert [t.get_text() for t in boundaries.texts] == ["no boundaries logged"]
+    assert list(boundaries.get_yticks()) == []
+    assert density.get_ylim() == (0, 1.05)
+    write_run(tmp_path)  # boundaries logged: their ticks stay
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    assert len(figs[1].axes[3].get_yticks()) > 1 and figs[1].axes[4].get_ylim() == (0, 1.05)

@@ -67,6 +67,23 @@ def test_knowledge_writes_its_tables_before_drawing(recipe, tmp_path, monkeypatc
         assert (tmp_path / name).exists(), name
 
 
+def test_knowledge_prints_the_seconds_its_summary_records(recipe, tmp_path, monkeypatch, capsys):
+    """The console gave the time to the end (saving and drawing too) while knowledge_summary.json's
+    ``seconds`` counts the measurement alone: two durations for one run. The console now prints the
+    summary's, saying what it covers (a fake clock, 10 s a reading: the figures differed by 10 s)."""
+    import itertools
+    import types
+
+    clock = itertools.count(0.0, 10.0)
+    monkeypatch.setattr(recipe, "time", types.SimpleNamespace(time=lambda: next(clock)))
+    recipe.main(["knowledge", *COMMON, "--output_dir", str(tmp_path), "--model", "mlp", "--train_steps", "2",
+                 "--points", "3"])
+    seconds = json.loads((tmp_path / "knowledge_summary.json").read_text())["meta"]["seconds"]
+    assert seconds == 10.0
+    assert ("; curve measured in 10.0 s (as knowledge_summary.json's seconds: the measurement alone, no training, "
+            "saving or drawing); figure ") in capsys.readouterr().out
+
+
 def test_progress(recipe, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -507,3 +507,35 @@ def test_the_loss_check_on_the_first_held_out_batch_leaves_the_global_generators
     torch.manual_seed(3), random.seed(3), np.random.seed(3)
     torch.randn(4, 3)
     assert torch.equal(after[0], torch.rand(2)) and after[1:] == (random.random(), np.random.rand())
+
+
+def test_inputs_of_another_floating_point_type_than_the_weights_are_named_only_where_they_are_the_cause():
+    """A float64 model given float32 inputs failed with torch's 'mat1 and mat2 must have the same dtype',
+    naming neither the types' owners nor the fix: now a TypeError names both and the fix. A model that
+    converts its inputs itself works, and one failing for another reason keeps torch's own error."""
+    from adaptive.metrics import call_model
+
+    x = torch.randn(4, 3)
+    with pytest.raises(TypeError, match=r"^evaluate: the model's weights are torch.float64 but the batch's inputs are "
+                                        r"torch.float32.*\(model.float\(\)\) or the inputs the model's \(x.double\(\)"):
+        call_model(nn.Linear(3, 2).double(), x, "evaluate")
+    class Pair(nn.Linear):  # a batch's inputs as a tuple
+        def forward(self, xs):
+            return super().forward(xs[0] + xs[1])
+
+    with pytest.raises(TypeError, match=r"weights are torch.float32 but the batch's inputs are torch.float64.*"
+                                        r"\(model.double\(\)\) or the inputs the model's \(x.float\(\)"):
+        call_model(Pair(3, 2), (x.double(), x.double()), "evaluate")
+
+    class Converts(nn.Linear):
+        def forward(self, x):
+            return super().forward(x.to(self.weight.dtype))
+
+    assert call_model(Converts(3, 2).double(), x).dtype == torch.float64
+
+    class Fails(nn.Linear):
+        def forward(self, x):
+            raise RuntimeError("expected scalar type Long but found Float")  # not the inputs' type against the weights'
+
+    with pytest.raises(RuntimeError, match="expected scalar type Long"):
+        call_model(Fails(3, 2), x)

@@ -84,6 +84,12 @@ CASES = [
     ("oc-foreign-checkpoint", Net, lambda m, t: optimize_connectome(m, _data(), _data(), target=0.5, **OC,
                                                                     checkpoint=_foreign_checkpoint(t)),
      ValueError, "another run"),
+    # a float64 model given float32 data: torch's 'mat1 and mat2 must have the same dtype' named no fix
+    ("oc-float64-model", lambda: Net().double(), lambda m, t: optimize_connectome(m, _data(), _data(), target=0.5, **OC),
+     TypeError, r"weights are torch.float64 but the batch's inputs are torch.float32.*\(model.float\(\)\).*"
+                r"\(x.double\(\) in the data\)"),
+    ("ep-float64-model", lambda: Net().double(), lambda m, t: edge_popup(m, _data(), _data(), [0.5], progress=False),
+     TypeError, r"edge-popup: the model's weights are torch.float64 but the batch's inputs are torch.float32"),
     ("oc-evaluate-no-examples", Net, lambda m, t: evaluate(m, []), ValueError, "no examples"),
     ("ep-seed", Net, lambda m, t: edge_popup(m, _data(), _data(), [0.5], seed="0", progress=False), ValueError,
      "seed must be an integer"),
@@ -91,6 +97,11 @@ CASES = [
     ("ep-best", Net, lambda m, t: edge_popup(m, _data(), _data(), ["best"], progress=False), ValueError, "not 'best'"),
     ("ep-bad-target", Net, lambda m, t: edge_popup(m, _data(), _data(), [1.5], progress=False), ValueError, "target"),
     ("ep-twice", Net, lambda m, t: edge_popup(m, _data(), _data(), [0.5, 0.5], progress=False), ValueError, "once"),
+    # a fraction that rounds to no synapse: its snapshot was the dense network, given as a result
+    ("ep-removes-nothing", Net, lambda m, t: edge_popup(m, _data(), _data(), [1e-9], progress=False), ValueError,
+     r"round\(1e-09 x 56\) = 0 of the model's 56 prunable synapses.*the dense network, unchanged"),
+    ("ep-removes-nothing-of-several", Net, lambda m, t: edge_popup(m, _data(), _data(), [0.5, 1e-9], progress=False),
+     ValueError, r"target 2 of 2 \(1e-09\) in \[0.5, 1e-09\].*at least 1 \(the least that removes one synapse\)"),
     ("ep-no-target", Net, lambda m, t: edge_popup(m, _data(), _data(), [], progress=False), ValueError,
      "at least one target"),
     ("ep-passes-text", Net, lambda m, t: edge_popup(m, _data(), _data(), [0.5], passes="1", progress=False), ValueError,

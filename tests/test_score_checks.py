@@ -86,6 +86,70 @@ def test_scores_that_are_the_layers_own_tensors_are_copied_so_a_policy_cannot_wr
     assert all(torch.equal(originals[n], t) for n, t in conn.original.items())
 
 
+def _same(a, b) -> bool:
+    """Whether two states (nested dicts, tuples, tensors and numbers) hold the same values."""
+    la, lb = torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b)
+    return len(la) == len(lb) and all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(la, lb))
+
+
+@pytest.mark.parametrize("estimator", ["evidence", "presence", "own"])
+def test_a_policy_writing_into_its_scores_changes_neither_the_connectome_nor_the_estimators_state(own, estimator):
+    """Evidence's removal_cost and restoration_gain returned the values it keeps (one tensor for both
+    sides): a policy writing into its cost scores rewrote its gains and the state it carries to the
+    next update. Scores sharing memory with the estimator's own state for the layer are copied."""
+    @register_estimator("score_checks_stateful")
+    class Stateful(Estimator):  # a tensor attribute and a dict of per-layer tensors, returned as they are
+        def __init__(self):
+            self.last, self.kept = None, {}
+
+        def removal_cost(self, ctx):
+            self.kept[ctx.name] = ctx.w0.abs()
+            return self.kept[ctx.name]
+
+        def restoration_gain(self, ctx):
+            self.last = ctx.w0.abs() + 1
+            return self.last.view(-1).view(ctx.w0.shape)  # a view: the same memory
+
+    seen = {}
+
+    @register_policy("score_checks_scribble_both")
+    class ScribbleBoth(Policy):
+        sparse_at_start = False
+        needs_density = False
+        drop_by = grow_by = "estimator"
+
+        def update(self, ctrl, step):
+            cost, gain = ctrl.scores("cost", step), ctrl.scores("gain", step)
+            seen["state"] = ctrl.drop_est.state_dict() if estimator != "own" else (
+                {n: t.clone() for n, t in ctrl.drop_est.kept.items()}, ctrl.drop_est.last.clone())
+            seen["gain"] = {n: g.clone() for n, g in gain.items()}
+            for s in cost.values():
+                s.fill_(7.0)
+            seen["gain after"] = {n: g.clone() for n, g in gain.items()}
+            seen["state after"] = ctrl.drop_est.state_dict() if estimator != "own" else (
+                dict(ctrl.drop_est.kept), ctrl.drop_est.last)
+            for s in gain.values():
+                s.fill_(-7.0)
+            return None
+
+    model = _net()
+    conn = adaptive.Connectome(model, mode="mask_only")
+    est = "score_checks_stateful" if estimator == "own" else estimator
+    ctrl = adaptive.Controller(conn, policy="score_checks_scribble_both", estimator=est, update_every=1)
+    weights = {n: p.detach().clone() for n, p in conn.params.items()}
+    originals = {n: t.clone() for n, t in conn.original.items()}
+    for _ in range(2):  # (evidence reads the spread of batch gradients)
+        model.zero_grad()
+        model(torch.randn(8, 20)).pow(2).mean().backward()
+        ctrl.observe()
+    ctrl.update()
+    assert all(torch.equal(seen["gain"][n], g) for n, g in seen["gain after"].items())  # the cost's memory is its own
+    state = ctrl.drop_est.state_dict() if estimator != "own" else (ctrl.drop_est.kept, ctrl.drop_est.last)
+    assert _same(seen["state"], state) and _same(seen["state"], seen["state after"])
+    assert all(torch.equal(weights[n], p.detach()) for n, p in conn.params.items())
+    assert all(torch.equal(originals[n], t) for n, t in conn.original.items())
+
+
 def test_scores_that_require_grad_are_detached(own):
     """An estimator computing its scores under torch.enable_grad (a Hessian-vector product, say), or
     returning a parameter of its own, handed the policy a tensor in a graph: a policy writing into it

@@ -27,11 +27,11 @@ from ..data.cycle import LoaderCycle
 from ..distributed import agreed_call, all_reduce_mean_, is_distributed
 from ..global_rng import seeded_global_rng
 from ..warn import warn_user
-from ..mask_only import (_labels, _logits, _model_device, _to_device, checked_passes, evaluate, listed_targets,
-                         mask_learning, resolve_target)
+from ..mask_only import _logits, _model_device, _to_device, checked_passes, evaluate, listed_targets, mask_learning
 from ..mask_only_batches import _OWN_BATCHES
 from ..mask_only_settings import check_loaders
 from ..mask_only_start import zero_weights
+from ..mask_only_targets import _resolve_targets
 from ..metrics import call_model, refuse_one_class
 
 
@@ -65,7 +65,9 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                exclude=None, seed: int = 0):
     """Learn masks for frozen ``model`` by edge-popup. Returns ``(conn, snapshots)`` with
     ``snapshots[label] = {"removed", "masks", "holdout_loss", "holdout_acc"}`` per target (``targets``:
-    one number or a list of them, as :func:`adaptive.optimize_connectome` takes, "best" excepted).
+    one number or a list of them, as :func:`adaptive.optimize_connectome` takes, "best" excepted, and refused
+    as it refuses them: every synapse or more, two removing one count, a positive one that removes no synapse,
+    such as a fraction of 1e-9 that rounds to 0, whose snapshot would be the dense network).
 
     Edge-popup itself draws nothing at random; the call runs with the global generators seeded from
     ``seed`` and puts the caller's back afterwards, as :func:`adaptive.optimize_connectome` does: a
@@ -91,15 +93,11 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     n_train = check_loaders(train_loader, holdout_loader)
     conn = Connectome(model, include=include, exclude=exclude, mode="mask_only")
     total = conn.num_synapses()
-    goals = [(lab, resolve_target(t, total)) for t, lab in zip(targets, _labels(targets))]
-    if any(g is None for _, g in goals):
+    if any(isinstance(t, str) and t == "best" for t in targets):
         raise ValueError("edge-popup needs numeric targets, not 'best'")
-    seen: dict = {}
-    for lab, g in goals:
-        if g in seen:
-            raise ValueError(f"targets {seen[g]} and {lab} both remove {g:,} synapses: give each target once")
-        seen[g] = lab
-    goals.sort(key=lambda lt: lt[1])
+    # the optimisation's own rules (a target beyond the synapses, two removing one count, a positive one
+    # removing none: a fraction of 1e-9), each named as it names them; fewest removed first
+    goals = _resolve_targets(targets, total)
     scores = {n: (o.abs() / o.pow(2).mean().sqrt().clamp_min(1e-12)).float().clone().requires_grad_(True)
               for n, o in conn.original.items()}
     steps = max(1, int(math.ceil(passes * n_train - 1e-9)))

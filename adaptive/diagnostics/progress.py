@@ -210,6 +210,7 @@ class Progress:
                 legend_below(ax, fontsize=7, ncol=max(2, min(4, math.ceil(len(series) / 8))))  # off the lines
             else:
                 ax.text(0.5, 0.5, "no boundaries logged", ha="center", va="center", transform=ax.transAxes)
+                ax.set_yticks([])  # (0 to 1 was no boundary's scale: curves.png's empty panel has none either)
             ax.set_xlabel("step")
             ax.set_ylabel("edit boundary\n(estimator units; loss change only for loss models)")
             ax.set_title("boundaries over time", fontsize=9)
@@ -232,6 +233,7 @@ class Progress:
                         drawstyle="steps-post", **single_point_marker(len(lp)))
             ax.set_xlabel("step")
             ax.set_ylabel("density (fraction of synapses present)")
+            ax.set_ylim(0, 1.05)  # from 0, as the run's density.png: a drop from 1.0 to 0.9 looked like one to nothing
             ax.set_title("density" + (f" (legend below: all {len(layers)} layers)" if layers else ""), fontsize=9)
             if pts or layers:  # under the panel: inside, it covered the layers' lines
                 legend_below(ax, fontsize=6, ncol=max(2, min(4, math.ceil(len(layers) / 8))))
