@@ -145,7 +145,9 @@ class EnsembleStep:
         removes whole ensembles, the nearest to its count (each taken where at least half of it fits, a
         smaller size at a stage's end where it brings the count strictly nearer: see
         :class:`adaptive.policies.crawl.Crawl`), so a count of under half the smallest ensemble removes none.
-        Ensembles all of one size: half of it, rounded up; of several sizes: more than half the smallest."""
+        Ensembles all of one size: half of it, rounded up (exactly half is a tie the stage settles by pruning: a
+        restore needs more than half); of several sizes: more than half the smallest (exactly half removes one
+        only where the smallest comes first in the estimator's order, so it is not counted on)."""
         return (self.smallest + 1) // 2 if self.smallest == self.largest else self.smallest // 2 + 1
 
 

@@ -87,3 +87,43 @@ def test_the_last_updates_fill_never_takes_the_first_ensemble_the_prefix_left():
         if f < n:
             assert int(full[f]) not in extra.tolist(), (sizes.tolist(), full.tolist(), need, f, extra.tolist())
         assert extra.numel() <= max(0, n - 1 - f)  # the cap the update held, never reached
+
+
+def _tie_run(model: nn.Module, passes: float):
+    """Neuron ensembles, target 5 (half a 10-synapse neuron: exactly a tie), one update per batch."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 10, generator=g), torch.arange(32) % 3
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    holdout = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:16], y[:16]), batch_size=8)
+    return optimize_connectome(model, train, holdout, 5, passes=passes, ensemble="neuron", window=1, progress=False)
+
+
+@pytest.mark.parametrize("hidden", [10, 6], ids=["neurons of 10", "neurons of 10 and 6"])
+def test_a_target_exactly_half_an_ensemble_away_ends_the_same_whatever_the_number_of_updates(hidden):
+    """Pruned when at least half of a neuron fits, restored when at least half of it was over: a stage whose
+    remaining distance was exactly half a neuron pruned it on one update and restored it on the next, so target
+    5 with neurons of 10 (which the smallest-target rule accepts) removed 10 after an odd number of updates and
+    nothing after an even one (passes 1.75 against 1.5 or 2.0). A restore now takes a neuron only when more than
+    half of it is over: the neuron stays pruned, the same masks whatever the passes, never flipped back."""
+    masks = []
+    for passes in (1.5, 1.75, 2.0, 2.25):
+        torch.manual_seed(0)
+        res = _tie_run(nn.Sequential(nn.Linear(10, hidden), nn.ReLU(), nn.Linear(hidden, 3)), passes)
+        snap = res.snapshots["5"]
+        assert snap.removed == 10, (passes, snap.removed)
+        ups = [r for r in res.history if r["kind"] == "update"]
+        assert not any(r["restored"] for r in ups), passes  # pruned once, never flipped back
+        masks.append(snap.masks)
+    assert all(torch.equal(m[n], masks[0][n]) for m in masks for n in m)
+
+
+def test_cover_prunes_at_half_an_ensemble_and_restores_only_past_it():
+    """Crawl._cover: at a distance of exactly half an ensemble, pruning takes it and restoring does not; one
+    synapse more (less) and both agree (nearest whole ensembles, within half of one)."""
+    from adaptive.policies.crawl import Crawl
+
+    order, sizes = torch.tensor([0, 1]), torch.tensor([10, 6], dtype=torch.int32)
+    assert Crawl._cover(order, sizes, 5) == 1 and Crawl._cover(order, sizes, 5, ties=False) == 0
+    assert Crawl._cover(order, sizes, 13) == 2 and Crawl._cover(order, sizes, 13, ties=False) == 1  # 3 of the 6: a tie
+    for count in (4, 6, 12, 14):
+        assert Crawl._cover(order, sizes, count) == Crawl._cover(order, sizes, count, ties=False)

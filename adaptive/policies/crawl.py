@@ -6,7 +6,9 @@ At every update the policy
   restoration gain) first, whole ensembles, exact to within one ensemble (at the last update before
   the deadline, ensembles of several sizes: then smaller ones further on in that order close what
   remains where they bring the count nearer, greedily by size, see :meth:`Crawl._fill`; a goal of
-  synapses kept keeps one ensemble). This pruning is forced:
+  synapses kept keeps one ensemble; an ensemble is pruned when at least half of it fits the distance,
+  restored only when more than half of it does, so a count exactly half an ensemble off the goal is
+  pruned and stays so, whatever the number of updates). This pruning is forced:
   the line search does not veto it (its tolerance is infinite), the estimator only orders it;
 - at the goal, swaps up to ``edit_fraction`` of the live ensembles: cheapest present ones out,
   most useful absent ones in, only equal-sized pairs whose estimated restoration gain beats the
@@ -101,15 +103,19 @@ class Crawl(Policy):
         return sizes
 
     @staticmethod
-    def _cover(order: torch.Tensor, sizes: Optional[torch.Tensor], count: int) -> int:
-        """How many ensembles of ``order`` bring their synapses nearest to ``count`` (each taken when at
-        least half of it fits: within half an ensemble)."""
+    def _cover(order: torch.Tensor, sizes: Optional[torch.Tensor], count: int, ties: bool = True) -> int:
+        """How many ensembles of ``order`` bring their synapses nearest to ``count``: within half an
+        ensemble. With ``ties`` (pruning) each is taken when at least half of it fits, without (restoring)
+        only when more than half does: a distance of exactly half an ensemble is left for pruning to close,
+        never undone by a restore (symmetric, a stage flipped the ensemble out and back in at every update,
+        and what it ended with depended on whether it made an even or an odd number of them)."""
         if count <= 0 or order.numel() == 0:
             return 0
         if sizes is None:
             return min(order.numel(), int(count))
         s = sizes[order].to(torch.int64)
-        return int(((s.cumsum(0) * 2 - s) <= 2 * int(count)).sum())
+        fits = s.cumsum(0) * 2 - s
+        return int(((fits <= 2 * int(count)) if ties else (fits < 2 * int(count))).sum())
 
     @staticmethod
     def _fill(rest: torch.Tensor, sizes: torch.Tensor, count: int) -> torch.Tensor:
@@ -160,7 +166,7 @@ class Crawl(Policy):
                 # more than it gains (coarse ensembles rarely sum to the goal exactly, and chasing the
                 # remainder flipped one back and forth); then the count is as near as it gets: swap
                 full = lowest(cs, a, live_ens) if need > 0 else highest(gs, absent, a.numel() - live_ens)
-                f = self._cover(full, sz, abs(need))
+                f = self._cover(full, sz, abs(need), ties=need > 0)
                 if last:  # the goal must be reached now: smaller ensembles further on may close the remainder
                     # (never full[f], the first the prefix left: it is over twice the remainder, and _fill takes
                     # an ensemble only under twice what remains, which only shrinks; so where the prefix leaves a
@@ -186,7 +192,7 @@ class Crawl(Policy):
                        else lowest(cs, pa, min(limit, int(pa.sum()))))
             r_order = ((full if full is not None else highest(gs, absent, a.numel() - live_ens)) if need < 0
                        else highest(gs, ra, min(limit, int(ra.sum()))))
-            fp, fr = self._cover(p_order, sz, need), self._cover(r_order, sz, -need)
+            fp, fr = self._cover(p_order, sz, need), self._cover(r_order, sz, -need, ties=False)
             if self.goal > 0 and fp >= live_ens > 0:  # nearest by whole ensembles may be none live: a goal of
                 fp = live_ens - 1  # synapses kept keeps one (every synapse removed leaves no network, as refused)
             cand_p, cand_r = p_order[fp: fp + limit], r_order[fr: fr + limit]
