@@ -354,7 +354,8 @@ def max_count(size, budget: float, available: int) -> int:
 
 def take_synapses(idx: torch.Tensor, size, budget: float) -> torch.Tensor:
     """The prefix of ``idx`` (ensembles, best first) whose synapse count is nearest to ``budget``
-    (each ensemble is taken when at least half of it fits): within half an ensemble of it."""
+    (each ensemble is taken when more than half of it fits; one exactly half over is left): within half
+    an ensemble of it."""
     if budget <= 0 or idx.numel() == 0:
         return idx[:0]
     if isinstance(size, float):
@@ -366,7 +367,7 @@ def take_synapses(idx: torch.Tensor, size, budget: float) -> torch.Tensor:
 def hold_count(value, live, size, target, can_grow, can_prune):
     """Ensembles to grow and to prune that bring the synapses of ``live`` (flat bool) back to
     ``target`` where they miss it by more than half an ensemble (the largest): the ``can_grow`` ones
-    of highest ``value`` (per synapse), or the ``can_prune`` ones of lowest, each taken when at least
+    of highest ``value`` (per synapse), or the ``can_prune`` ones of lowest, each taken when more than
     half of it fits (:func:`take_synapses`). ``(grow, prune)``, best first; both empty within that
     tolerance, so a count already on its target is left as it is."""
     short = target - live_synapses(size, live)
