@@ -201,7 +201,7 @@ def _break_counts(sd):
     ("utility", None, lambda sd: sd["stats"]["g_sum"].update(weight="garbage"), r"entry stats .*GradientStats.*TypeError"),
     ("utility", None, _break_counts, r"entry stats .*GradientStats.*ValueError"),
     ("utility", None, lambda sd: sd.update(stats="garbage"), r"entry stats .*not a dict"),
-    ("threshold", None, lambda sd: sd["policy"].update(restore_boundary="garbage"), r"entry policy .*could not convert"),
+    ("threshold", None, lambda sd: sd["policy"].update(restore_boundary="garbage"), r"entry policy .*restore_boundary must be a number.*got .garbage."),
     ("utility", "presence", lambda sd: sd["estimators"]["drop"].update(t={"weight": "two"}), r"entry estimators\['drop'\]"),
     ("utility", None, lambda sd: sd.update(nonfinite_windows="x"), r"malformed"),
     ("utility", None, lambda sd: sd.update(events=5), r"malformed.*'events' is a int"),
