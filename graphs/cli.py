@@ -74,7 +74,29 @@ def _config(run_dir: str) -> dict:
     if not isinstance(cfg, dict):
         raise ValueError(f"{path} is not a mapping of settings: the run's config is damaged; give the model with "
                          "--model (and --num-classes, --in-shape) instead")
+    for key, ok, what in _CONFIG_TYPES:  # (a list model_kw or a number for plugins ended in a TypeError traceback)
+        if cfg.get(key) is not None and not ok(cfg[key]):
+            raise ValueError(f"{path}: its {key!r} is {cfg[key]!r}, not {what}: the run's config is damaged; give the "
+                             "model with --model (and --model-kw, --num-classes, --in-shape, --plugins) instead")
     return cfg
+
+
+# the types of the config.yaml keys read here: (key, accepts, what it should be)
+_CONFIG_TYPES = (
+    ("model", lambda v: isinstance(v, (str, dict)), "a model name or a mapping with its name"),
+    ("model_kw", lambda v: isinstance(v, dict), "a mapping of the model builder's arguments"),
+    ("dataset_kw", lambda v: isinstance(v, dict), "a mapping of the dataset builder's arguments"),
+    ("plugins", lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(p, str) for p in v)),
+     "a list of .py files or module names"),
+)
+
+
+def _config_plugins(cfg: dict) -> list:
+    """config.yaml's ``plugins``: a list, or one string, each entry possibly several separated by commas (as the
+    recipes write them; one string was read a character at a time)."""
+    items = cfg.get("plugins") or []
+    items = [items] if isinstance(items, str) else items
+    return [p.strip() for item in items for p in item.split(",") if p.strip()]
 
 
 def _model_spec(cfg: dict, args):
@@ -288,7 +310,7 @@ def _load_once(run, model, connectome, weights, num_classes, in_shape, plugins, 
             raise
         warn_user(f"{e.args[0].split(': the run')[0]}: ignored, the model is --model {model}")
         cfg = {}
-    _load_plugins(list(cfg.get("plugins") or []) + list(plugins or []))
+    _load_plugins(_config_plugins(cfg) + list(plugins or []))
     name, kw = _model_spec(cfg, ns)
     if not name:
         where = _config_path(run_dir)
@@ -320,6 +342,7 @@ def _load_once(run, model, connectome, weights, num_classes, in_shape, plugins, 
             kw["num_classes"] = used_last
             net = _rebuild(build_model, name, kw, guessed, user_kw)
     # a run built with other arguments (a wider model): named with the fix, before any weights are read into it
+    found.weights = weights
     model_args.check_fits(net, _layer_shapes(connectome), name, kw,
                           "the checkpoint" if found.checkpoint else "the connectome")
     if weights is not None:  # strict, naming missing, unexpected and misshapen keys; tensors only
@@ -680,13 +703,16 @@ def _run(a) -> int:
                          "pass a folder path (created if needed)")
     if a.out:
         _check_out(a.out, folder=a.cmd == "report")
+    if a.model is not None and not a.model.strip():  # (rebuilt as config.yaml's model without its arguments)
+        raise UsageError(f"--model {a.model!r} names no model: give a model name, or leave --model out for "
+                         "config.yaml's")
     from .model_args import parse
 
     model_kw = parse(a.model_kw)  # a mistyped entry: refused before anything is read
     model, conn, found = _load(a.run, a.model, a.connectome, a.weights, a.num_classes, a.in_shape, a.plugins, model_kw)
     run_dir, suffix = found.out_dir, found.suffix  # a checkpoint's outputs: in its run folder, named by its step
     if a.cmd == "compact":
-        return _compact(model, conn, a, run_dir, suffix)
+        return _compact(model, conn, a, found)
     x = None  # graphs.build guesses, trying token indices and float features
     if a.in_dtype is not None or a.batch_axis is not None:  # batch_axis= needs the input: laid out here
         from .example_inputs import runnable_example_input
@@ -694,6 +720,7 @@ def _run(a) -> int:
         x = runnable_example_input(model, _tokens(a), batch_axis=_batch_axis(a, model))
     if a.cmd == "export":
         out, fmt = _export_path(a, run_dir, suffix)  # checked before the (long) build
+        _refuse_an_input(out, found, "the graph")
         g = graphs.build(conn, a.level, junctions=not a.contract, example_input=x, batch_axis=a.batch_axis)
         if fmt == "pt":
             _save(graphs.to_pyg(g), out)
@@ -721,6 +748,15 @@ def _run(a) -> int:
     for path in graphs.figures.plot_all(g, out, title):
         print(f"figure: {path}")
     return 0
+
+
+def _refuse_an_input(out: str, found, what: str) -> None:
+    """Refuse an ``out`` that is the connectome or weights file the command read (``export RUN --out
+    RUN/model_state.pt`` wrote the graph over the run's weights, without a word)."""
+    for name, path in (("connectome", found.connectome), ("weights", found.weights)):
+        if path and os.path.exists(out) and os.path.exists(path) and os.path.samefile(out, path):
+            raise UsageError(f"--out {out!r} is the {name} file this command reads: writing {what} there would "
+                             "replace it; choose another --out")
 
 
 def _save(obj, out: str) -> None:
@@ -761,15 +797,16 @@ def _batch_axis(a, model) -> Optional[int]:
     return a.batch_axis
 
 
-def _compact(model, conn, a, run_dir, suffix: str = "") -> int:
+def _compact(model, conn, a, found) -> int:
     import graphs
 
     from .compact_check import CompactionMismatchError
     from .example_inputs import runnable_example_input
 
-    out = a.out or run_dir
+    out = a.out or found.out_dir
     if os.path.isdir(out) or out.endswith(("/", os.sep)):
-        out = os.path.join(out, f"compact_model{suffix if a.out is None else ''}.pt")
+        out = os.path.join(out, f"compact_model{found.suffix if a.out is None else ''}.pt")
+    _refuse_an_input(out, found, "the compacted model")
     if a.float64:
         model.double()  # in place: the connectome masks the same parameters
     # floats in the dtype of the model's first layer

@@ -3,7 +3,7 @@ value (see :mod:`graphs.trace`): :class:`FlowProp`. Here: the dispatch of each n
 the ops it cannot follow (every input assumed to feed every output). The rules are mixins, one concern each:
 in-place changes (:mod:`graphs.flow_in_place`), weighted and recurrent layers (:mod:`graphs.flow_layers`),
 attention and transformers (:mod:`graphs.flow_attention`), per-channel ops (:mod:`graphs.flow_channels`), shape
-ops and table lookups (:mod:`graphs.flow_shapes`).
+ops and table lookups (:mod:`graphs.flow_shapes`), ops that order or accumulate along a dim (:mod:`graphs.flow_rank`).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from .flow_attention import FlowAttentionMixin
 from .flow_channels import FlowChannelsMixin
 from .flow_in_place import FlowInPlaceMixin
 from .flow_layers import FlowLayersMixin
+from .flow_rank import FlowRankMixin
 from .flow_shapes import FlowShapesMixin
 from .forward_inputs import _nested
 from .id_tensors import _expand, _squeeze_uniform, _uniform_except
@@ -56,7 +57,7 @@ def _input_starts(gm: fx.GraphModule, args) -> Dict[str, Tuple[fx.Node, int]]:
 
 
 class FlowProp(FlowInPlaceMixin, FlowLayersMixin, FlowAttentionMixin, FlowChannelsMixin, FlowShapesMixin,
-               ShapeProp):
+               FlowRankMixin, ShapeProp):
     """ShapeProp that also propagates id tensors (see the module docstring)."""
 
     def __init__(self, gm: fx.GraphModule, book: _Book, input_nodes: str, root: Optional[nn.Module] = None,
@@ -192,6 +193,8 @@ class FlowProp(FlowInPlaceMixin, FlowLayersMixin, FlowAttentionMixin, FlowChanne
             return self._on_shape(n, module, result)
         if cat == "reduce":
             return self._on_reduce(n, result)
+        if cat in ("rank", "scan"):
+            return self._on_rank(n, result, scan=cat == "scan")
         return self._on_unknown(n, result, "")
 
     def _constant_like(self, result):

@@ -35,6 +35,13 @@ Every op falls in one category:
   splits: split, chunk, tensor_split, hsplit/vsplit/dsplit, split_with_sizes, unbind; pixel_shuffle/pixel_unshuffle):
   evaluated exactly on tensors of unit ids.
 - ``reduce``: mean/sum/amax/amin, max/min (values and indices) and argmax/argmin over some dimensions.
+- ``rank``: ops that order the elements along one ``dim`` (``topk``, ``sort``, ``argsort``, ``msort``,
+  ``kthvalue``, ``median``/``nanmedian``/``mode``; functions and methods): each element of every result (values and
+  indices alike, however many ``k`` keeps, ``largest``, ``descending`` or not) reads every element along ``dim`` of
+  its own slice, a junction of them (the slices that hold the same units share one); the other axes element-wise.
+  ``median()`` with no ``dim`` reads every element.
+- ``scan``: running maxima and minima along one ``dim`` (``cummax``, ``cummin``): position ``j`` reads positions
+  ``0..j`` of its slice (the index at position 0 is a constant).
 - ``lookup``: an ``nn.Embedding`` / ``F.embedding`` call: rows of a table picked by an index (or an
   ``nn.EmbeddingBag`` / ``F.embedding_bag`` call, which sums, averages or takes the max of a bag of them). The table
   is not a synapse layer (a Connectome leaves embeddings dense), so it has no units and no synapse
@@ -167,6 +174,17 @@ LOOKUP_FUNCTIONS = {F.embedding, F.embedding_bag}
 REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin, torch.max, torch.min, torch.argmax, torch.argmin}
 REDUCE_METHODS = {"mean", "sum", "amax", "amin", "max", "min", "argmax", "argmin"}
 _MAX_MIN = {torch.max, torch.min, "max", "min"}
+# ops that order the elements along one dim, by name: (the position of ``dim`` among the arguments, the tensor's
+# first; its default: None reads the whole tensor). Each result element reads its slice along dim (FlowRankMixin)
+RANK_OPS = {"topk": (2, -1), "sort": (1, -1), "argsort": (1, -1), "msort": (None, 0), "kthvalue": (2, -1),
+            "median": (1, None), "nanmedian": (1, None), "mode": (1, -1)}
+# cumulative ops along one dim (its position, no default): position j reads positions 0..j
+# (cumsum and cumprod read the same prefixes; they are left unknown ops, as they were)
+SCAN_OPS = {"cummax": (1, None), "cummin": (1, None)}
+RANK_FUNCTIONS = {getattr(torch, k) for k in RANK_OPS}
+SCAN_FUNCTIONS = {getattr(torch, k) for k in SCAN_OPS}
+RANK_METHODS = {k for k in RANK_OPS if hasattr(torch.Tensor, k)}
+SCAN_METHODS = {k for k in SCAN_OPS if hasattr(torch.Tensor, k)}
 CONCAT_FUNCTIONS = {torch.cat, torch.concat}
 # ops that read only their tensor's shape, dtype and device, never its values: their result is a constant
 SHAPE_ONLY_FUNCTIONS = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like,
@@ -220,7 +238,7 @@ def register_op(target: Any, category: str) -> None:
 
 def categorize(node, module=None) -> str:
     """The category of an fx node: weighted, attention, recurrent, transformer, normalize, lookup, pointwise,
-    broadcast, shape, reduce, or unknown."""
+    broadcast, shape, reduce, rank, scan, or unknown."""
     _teach_torchvision()
     op, target = node.op, node.target
     if op == "call_module":
@@ -263,6 +281,10 @@ def categorize(node, module=None) -> str:
             return "shape"
         if target in REDUCE_FUNCTIONS:
             return "reduce"
+        if target in RANK_FUNCTIONS:
+            return "rank"
+        if target in SCAN_FUNCTIONS:
+            return "scan"
         return "unknown"
     if op == "call_method":
         if target in ALONG_DIM_METHODS:
@@ -275,6 +297,10 @@ def categorize(node, module=None) -> str:
             return "shape"
         if target in REDUCE_METHODS:
             return "reduce"
+        if target in RANK_METHODS:
+            return "rank"
+        if target in SCAN_METHODS:
+            return "scan"
         return "unknown"
     return "unknown"
 

@@ -69,13 +69,15 @@ class RunFiles:
     """What :func:`locate` found: the ``connectome`` file (a safetensors file, or a connectome state
     saved with torch.save), the ``source`` folder whose config.yaml and weights go with it, the
     folder ``out_dir`` that default outputs go into and the ``suffix`` their names take
-    (``_step_00000040`` for a checkpoint, whose own folder Accelerate rotates away)."""
+    (``_step_00000040`` for a checkpoint, whose own folder Accelerate rotates away); ``weights``: the weights file
+    read into the model, once :func:`graphs.cli.load_run` has chosen it (None: none)."""
 
     connectome: str
     source: str
     out_dir: str
     suffix: str = ""
     checkpoint: bool = False
+    weights: Optional[str] = None
 
 
 def is_checkpoint(folder: str) -> bool:

@@ -347,7 +347,8 @@ def _refuse(msg: str):
 
 
 # what leaving out a count option does, offered with its refusal (the others have defaults)
-_LEFT_OUT = dict(subset="for all", test_subset="for all", eval_batch_size="for --batch_size")
+_LEFT_OUT = dict(subset="for all", test_subset="for all", eval_batch_size="for --batch_size",
+                 total_synapses="to read it from the run")
 
 
 def _check_counts(args, *names, least=1):
@@ -501,6 +502,7 @@ def _refit_note(curve, given) -> str:
 
 # ---------------------------------------------------------------------- progress
 def cmd_progress(args):
+    _check_counts(args, "total_synapses")  # (-3 put the run on a negative removal axis; 0 was read as left out)
     prog = D.progress(args.run_dir, total_synapses=args.total_synapses)  # checks the folder before anything is made
     out = args.output_dir or args.run_dir
     for name in ("progress.png", "progress.svg") if args.svg else ("progress.png",):
@@ -675,7 +677,8 @@ def _expand_home(args) -> None:
 def _check_common(args) -> None:
     """The options every command but progress shares, and knowledge's rates, checked before any work:
     --threads 0 and --eval_batch_size 0 were read as left out, --seed -1 ran, a NaN --lr trained a NaN
-    model, a negative one ended with torch's bare "Invalid learning rate", and --replot '' measured afresh."""
+    model, a negative one ended with torch's bare "Invalid learning rate", --replot '' measured afresh, and
+    --weights '' measured the fresh init untrained."""
     from adaptive.config import SEED_RANGE, seed_in_range
 
     if (getattr(args, "threads", None) or 0) > 0:  # (0 and below: _check_counts's 'at least 1')
@@ -698,6 +701,12 @@ def _check_common(args) -> None:
         _refuse(f"--noise_floor must be a finite number >= 0 (nats; loss increases below it are not fitted), got {floor}")
     if getattr(args, "seed", None) is not None and not seed_in_range(args.seed):
         _refuse(f"--seed must be in {SEED_RANGE}, got {args.seed}")
+    for name, fix in (("weights", "a weights file, or leave --weights out to train --model for --train_steps steps"),
+                      ("connectome", "a connectome file, none for a dense model, or leave --connectome out for the "
+                                     "one beside --weights")):
+        value = getattr(args, name, None)  # (--weights "" measured the fresh init, untrained, as if it were the weights)
+        if value is not None and not value.strip():
+            _refuse(f"--{name} is empty ({value!r}): give {fix}")
     if getattr(args, "replot", None) is not None and not args.replot.strip():
         _refuse("--replot is empty: give the output folder of a finished knowledge run, or leave --replot out to "
                 "measure afresh")

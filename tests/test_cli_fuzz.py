@@ -462,3 +462,101 @@ def test_the_documented_dense_gradients_commands_fit_in_a_gigabyte(in_shape):
     assert dense_gradients_bytes(args, kinds, norms, in_shape, 10) < 0.7e9
     assert memory_problem(args, kinds, norms, in_shape, 10, available=10**9) is None
     assert "lower --width" in memory_problem(args, kinds, norms, in_shape, 10, available=10**6)
+
+
+@pytest.mark.parametrize("command", ["knowledge", "collinearity"])
+@pytest.mark.parametrize("argv, message", [
+    # measured the fresh init, untrained (build_model reads weights '' as none, and a given --weights skips training)
+    (["--weights", ""], "--weights is empty (''): give a weights file, or leave --weights out to train"),
+    # "the connectome.safetensors beside --weights () does not fit --model mlp: No such file or directory"
+    (["--weights", "w.pt", "--connectome", ""], "--connectome is empty (''): give a connectome file, none for a dense"),
+    (["--weights", "w.pt", "--connectome", " "], "--connectome is empty (' '): give a connectome file, none for a dense"),
+])
+def test_diagnostics_refuses_an_empty_weights_or_connectome(tmp_path, monkeypatch, command, argv, message):
+    monkeypatch.setattr(D, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    monkeypatch.setattr(D, "model_first", lambda *a, **k: pytest.fail("model built"))
+    with pytest.raises(SystemExit) as e:
+        D.main([command, *argv, "--output_dir", str(tmp_path / "out")])
+    assert message in str(e.value.code)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_diagnostics_progress_refuses_a_total_synapses_below_one(tmp_path, monkeypatch, value):
+    """-3 placed a run's density-only events at negative counts removed; 0 was read as left out."""
+    run = tmp_path / "run"
+    _file(run / "events.jsonl", '{"step": 1, "density": 0.5}\n')
+    monkeypatch.setattr(D.D, "progress", lambda *a, **k: pytest.fail("run read"))
+    with pytest.raises(SystemExit, match=rf"--total_synapses must be an integer >= 1, got {value}: give "
+                                         r"--total_synapses 1 or more \(or leave it out to read it from the run\)"):
+        D.main(["progress", str(run), "--total_synapses", value, "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def _graphs_run(folder: Path, config: str = "") -> Path:
+    """A run folder of a tiny mlp for ``python -m graphs``: connectome, weights and config.yaml (``config`` appended)."""
+    import adaptive
+    from adaptive.models import build_model
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = build_model("mlp", in_shape=(1, 4, 4), hidden=(8,))
+    adaptive.Connectome(model).save(folder / "connectome.safetensors")
+    torch.save(model.state_dict(), folder / "model_state.pt")
+    (folder / "config.yaml").write_text("model: mlp\nnum_classes: 10\nin_shape: [1, 4, 4]\nmodel_kw: {hidden: [8]}\n"
+                                        + config)
+    return folder
+
+
+@pytest.mark.parametrize("command, name, what", [
+    ("export", "model_state.pt", "weights"),  # wrote the graph (a torch_geometric Data) over the run's weights
+    ("compact", "model_state.pt", "weights"),
+    ("compact", "connectome.safetensors", "connectome"),  # the compacted model over the run's connectome
+])
+def test_graphs_refuses_an_out_that_is_the_file_it_reads(tmp_path, capsys, command, name, what):
+    from graphs.cli import main as graphs_main
+
+    run = _graphs_run(tmp_path / "run")
+    before = (run / name).read_bytes()
+    assert graphs_main([command, str(run), "--out", str(run / name)]) == 2
+    assert f"is the {what} file this command reads: writing the " in capsys.readouterr().err
+    assert (run / name).read_bytes() == before
+
+
+@pytest.mark.parametrize("config, message", [
+    ("plugins: 5\n", "its 'plugins' is 5, not a list of .py files or module names"),  # TypeError: 'int' object ...
+    ("model_kw: [1]\n", "its 'model_kw' is [1], not a mapping of the model builder's arguments"),  # a TypeError too
+    ("dataset: folder\ndataset_kw: 3\n", "its 'dataset_kw' is 3, not a mapping"),  # AttributeError: 'int' ...
+])
+def test_graphs_names_a_config_key_of_the_wrong_type(tmp_path, capsys, config, message):
+    from graphs.cli import main as graphs_main
+
+    run = _graphs_run(tmp_path / "run", config.replace("model_kw: [1]\n", ""))
+    if config.startswith("model_kw"):  # in place of the run's own
+        (run / "config.yaml").write_text("model: mlp\nnum_classes: 10\nin_shape: [1, 4, 4]\n" + config)
+    assert graphs_main(["export", str(run), "--out", str(tmp_path / "g.json")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "the run's config is damaged; give the model with --model" in err
+    assert not (tmp_path / "g.json").exists()
+
+
+def test_graphs_reads_a_config_s_one_plugin_string_as_one_plugin(tmp_path, capsys):
+    """plugins: a single string (the recipes take one, and 'a.py,b.py') was read a character at a time: 'plugin
+    module '/' not found'."""
+    from graphs.cli import main as graphs_main
+
+    plugin = _file(tmp_path / "plug.py", "LOADED = True\n")
+    run = _graphs_run(tmp_path / "run", f"plugins: {plugin}\n")
+    assert graphs_main(["export", str(run), "--out", str(tmp_path / "g.json")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "g.json").is_file()
+
+
+def test_graphs_refuses_an_empty_model_name(tmp_path, capsys):
+    """--model '' rebuilt config.yaml's model without its recorded arguments, and said the layers' shapes differ."""
+    from graphs.cli import main as graphs_main
+
+    run = _graphs_run(tmp_path / "run")
+    for command in ("export", "compact"):
+        assert graphs_main([command, str(run), "--model", "", "--out", str(tmp_path / "o.json")]) == 2
+        assert "--model '' names no model: give a model name, or leave --model out for config.yaml's" in \
+            capsys.readouterr().err
