@@ -30,6 +30,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 import torch
 
 from .budgets import get_budget
+from .counts import unit_fraction
 from .atomic import write_text
 from .connectome import Connectome, eager
 from .connectome import EnsembleRuleError  # noqa: F401  (importable from here, as before)
@@ -75,7 +76,6 @@ DEFAULT_ESTIMATOR = {"train": "curvature", "mask_only": "consistency"}
 # tolerance of a few standard errors of the held-out loss vetoed nothing (line_search_train.py)
 DEFAULT_LINE_SEARCH_TOLERANCE = {"train": math.inf, "mask_only": 0.0}
 # An edit decay's value this far past 0 or 1 is float error (a float32 1.0000001), taken as that end
-_FRACTION_SLACK = 1e-6
 
 
 def _named(layers: List[str]) -> tuple:
@@ -897,13 +897,9 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         is a ValueError naming the decay, raised before the update edits anything."""
         step = self.step_count if step is None else step
         value = self.edit(step)
-        try:
-            x = value.detach() if isinstance(value, torch.Tensor) else value
-            frac = None if isinstance(value, (str, bytes, bool)) else float(x)
-        except (TypeError, ValueError, RuntimeError):  # (a tensor of several values: RuntimeError)
-            frac = None
-        if frac is not None and -_FRACTION_SLACK <= frac <= 1.0 + _FRACTION_SLACK:
-            return min(1.0, max(0.0, frac))
+        frac = unit_fraction(value)
+        if frac is not None:
+            return frac
         raise ValueError(f"edit decay {type(self.edit).__qualname__} gave {value!r} at step {step}: a decay returns "
                          f"the fraction of live ensembles an update edits, a number in [0, 1] (edit_fraction at "
                          f"start_step, decaying to 0 at end_step): fix the decay")

@@ -60,3 +60,21 @@ def _fraction_bound(count: int, total: int, most: bool, share: bool, digits: int
         # the next figure away from the edge, in the decade it lies in (below 0.1 comes 0.0999999, not 0.099999)
         f = f - unit(f - unit(f) / 10) if most else f + unit(f)
     return f"{float(f):.{digits}g}"
+
+
+UNIT_SLACK = 1e-6  # float error past 0 or 1 (a schedule's float32 1.0000001) is taken as that end
+
+
+def unit_fraction(x, slack: float = UNIT_SLACK) -> Optional[float]:
+    """``x`` as a float in [0, 1] where it is a number there (an int, a numpy number or a one-value
+    tensor too; float error within ``slack`` past either end is taken as that end), else None (text, a
+    bool, NaN, a tensor of several values, anything further out): the callers name what gave it."""
+    if isinstance(x, (str, bytes, bool)):
+        return None
+    try:
+        value = float(x.detach() if callable(getattr(x, "detach", None)) else x)
+    except (TypeError, ValueError, RuntimeError):  # (a tensor of several values: RuntimeError)
+        return None
+    if -slack <= value <= 1.0 + slack:
+        return min(1.0, max(0.0, value))
+    return None

@@ -17,6 +17,7 @@ import torch
 
 from .. import registry as _registry
 from ..budgets import floor_synapses, too_high_error, too_low_error
+from ..counts import unit_fraction
 from ..warn import warn_user
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -591,7 +592,6 @@ def _hold_network(ctrl, keep_scores, keep, density, alive, allow_grow):
     return {n: part.view(keep_scores[n].shape) for n, part in zip(names, torch.split(k, sizes))}
 
 
-_DENSITY_SLACK = 1e-6  # float error past 0 or 1 (a schedule's float32 1.0000001) is taken as that end
 
 
 def plan_density(ctrl, density) -> float:
@@ -599,13 +599,9 @@ def plan_density(ctrl, density) -> float:
     a one-value tensor too; float error past either end is taken as that end). Anything else (a
     policy's own schedule giving -0.3, 1.5, NaN or "0.5") is a ValueError naming the policy and the
     value, raised before the plan is made, so before any mask changes."""
-    try:
-        x = density.detach() if isinstance(density, torch.Tensor) else density
-        d = None if isinstance(density, (str, bytes, bool)) else float(x)
-    except (TypeError, ValueError, RuntimeError):  # (a tensor of several values: RuntimeError)
-        d = None
-    if d is not None and -_DENSITY_SLACK <= d <= 1.0 + _DENSITY_SLACK:
-        return min(1.0, max(0.0, d))
+    d = unit_fraction(density)
+    if d is not None:
+        return d
     policy = getattr(ctrl, "policy", None)
     name = getattr(policy, "name", "?")
     raise ValueError(f"policy {name!r} ({type(policy).__name__}) asked for a keep plan at density {density!r}: a "
