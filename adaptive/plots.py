@@ -75,10 +75,12 @@ def boundary_scale(ax, values) -> None:
 
 def whole_steps(ax, axis: str = "x") -> None:
     """Tick a step (or batch) axis at whole numbers only: a run of a few steps was ticked at "1.5",
-    "2.5", steps that do not exist. Long runs get the same ticks as before."""
+    "2.5", steps that do not exist. Long runs get the same ticks as before; a run of one step its step
+    alone (``min_n_ticks=1``: with the default 2, an axis holding one whole number fell back to "-0.04",
+    "-0.02", ...)."""
     from matplotlib.ticker import MaxNLocator
 
-    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True))
+    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def line_style(i: int) -> str:

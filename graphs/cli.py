@@ -703,6 +703,8 @@ def _run(a) -> int:
                          "pass a folder path (created if needed)")
     if a.out:
         _check_out(a.out, folder=a.cmd == "report")
+    if a.cmd == "report" and a.out:
+        _refuse_a_foreign_summary(a.out)
     if a.model is not None and not a.model.strip():  # (rebuilt as config.yaml's model without its arguments)
         raise UsageError(f"--model {a.model!r} names no model: give a model name, or leave --model out for "
                          "config.yaml's")
@@ -748,6 +750,28 @@ def _run(a) -> int:
     for path in graphs.figures.plot_all(g, out, title):
         print(f"figure: {path}")
     return 0
+
+
+# the keys of graphs.summary that tell a graph report's summary.json from a run's own
+_GRAPH_SUMMARY_KEYS = {"level", "nodes", "edges", "units", "live_synapses", "dead"}
+
+
+def _refuse_a_foreign_summary(out: str) -> None:
+    """Refuse a report ``out`` folder holding a summary.json that is not a graph report's (``report RUN --out RUN``
+    replaced the run's own summary.json, its results, with the graph summary, without a word); an earlier graph
+    report's is replaced, as before."""
+    path = os.path.join(out, "summary.json")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        old = None
+    if not (isinstance(old, dict) and _GRAPH_SUMMARY_KEYS <= old.keys()):
+        raise UsageError(f"--out {out!r} holds a summary.json that is not a graph report's (a run's own summary): "
+                         "report writes its summary.json there and would replace it; choose another --out (a new "
+                         "folder), or leave --out out to write into the run's graph_report folder")
 
 
 def _refuse_an_input(out: str, found, what: str) -> None:

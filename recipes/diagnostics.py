@@ -707,6 +707,9 @@ def _check_common(args) -> None:
         value = getattr(args, name, None)  # (--weights "" measured the fresh init, untrained, as if it were the weights)
         if value is not None and not value.strip():
             _refuse(f"--{name} is empty ({value!r}): give {fix}")
+    if getattr(args, "data_dir", None) is not None and not args.data_dir.strip():  # (read the default folder unsaid)
+        _refuse(f"--data_dir is empty ({args.data_dir!r}): give a data folder, or leave --data_dir out for the default "
+                "($ADAPTIVE_DATA, else ../shared/data)")
     if getattr(args, "replot", None) is not None and not args.replot.strip():
         _refuse("--replot is empty: give the output folder of a finished knowledge run, or leave --replot out to "
                 "measure afresh")

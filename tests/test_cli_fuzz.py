@@ -1,6 +1,7 @@
 """Command-line inputs found by fuzzing the recipes and ``python -m graphs`` that ended in a traceback,
 a misleading error or a silent misreading; each is now one ``error:`` line naming the problem and the
 fix, given before any work, or read as the shell would have read it. Parse-only, in-process."""
+import json
 import os
 import re
 import warnings
@@ -560,3 +561,19 @@ def test_graphs_refuses_an_empty_model_name(tmp_path, capsys):
         assert graphs_main([command, str(run), "--model", "", "--out", str(tmp_path / "o.json")]) == 2
         assert "--model '' names no model: give a model name, or leave --model out for config.yaml's" in \
             capsys.readouterr().err
+
+
+def test_graphs_report_refuses_an_out_holding_a_run_s_own_summary(tmp_path, capsys):
+    """report RUN --out RUN replaced the run's summary.json (its results) with the graph summary, without a word;
+    a folder holding an earlier graph report's summary.json is still written over."""
+    from graphs.cli import main as graphs_main
+
+    run = _graphs_run(tmp_path / "run")
+    (run / "summary.json").write_text('{"final_test_accuracy": 0.9}\n')
+    assert graphs_main(["report", str(run), "--out", str(run)]) == 2
+    assert "holds a summary.json that is not a graph report's (a run's own summary)" in capsys.readouterr().err
+    assert (run / "summary.json").read_text() == '{"final_test_accuracy": 0.9}\n'
+    assert not (run / "dead_units.png").exists()
+    for _ in range(2):  # a report's own folder, again
+        assert graphs_main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "rep" / "summary.json").read_text())["level"] == "unit"

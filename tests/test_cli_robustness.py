@@ -1517,3 +1517,11 @@ def test_a_process_whose_launcher_ended_stops(tmp_path):
     if not stopped:
         os.kill(pid, signal.SIGKILL)
     assert stopped, "the process ran on after its launcher ended"
+
+
+def test_an_empty_data_dir_is_refused(tmp_path, capsys, monkeypatch):
+    """--data_dir '' (an unset shell variable, say) read $ADAPTIVE_DATA or ../shared/data without a word."""
+    monkeypatch.chdir(tmp_path)
+    err = error_of(TINY + ["--data_dir", ""], capsys)
+    assert "data_dir is empty (''): give a data folder, or leave data_dir out (or null) for the default" in err
+    assert not (tmp_path / "runs").exists()

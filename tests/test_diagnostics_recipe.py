@@ -568,3 +568,11 @@ def test_a_refusal_of_the_diagnostics_command_ends_with_status_2_and_one_line():
     assert p.returncode == 2, p.stderr
     assert p.stderr == "recipes/diagnostics.py: error: --output_dir is empty: give a folder, or leave it out " \
                        "for the command's default\n"
+
+
+def test_an_empty_data_dir_is_refused_before_any_work(recipe, tmp_path, monkeypatch):
+    """--data-dir '' (an unset shell variable) read $ADAPTIVE_DATA or ../shared/data without a word."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"--data_dir is empty \(''\): give a data folder, or leave --data_dir out"):
+        recipe.main(["collinearity", *COMMON, "--data-dir", "", "--train_steps", "2", "--output_dir", "o"])
+    assert not list(tmp_path.iterdir())

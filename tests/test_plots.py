@@ -333,3 +333,18 @@ def test_an_update_that_edited_nothing_is_marked_on_the_edits_figure(figures):
     assert "update with no edit" in _legend(ax)
     plots.plot_edits(ev[:1], "edits.png")
     assert not figures[1].axes[0].get_lines()
+
+
+def test_step_axes_of_a_one_step_run_tick_that_step_alone(figures, tmp_path):
+    """A run of one step (one row, one update) had its step axes ticked at -0.04, -0.02, ..., 0.04 around it:
+    MaxNLocator(integer=True) falls back to fractional ticks where the view holds fewer than two whole numbers."""
+    rows = [dict(step=1, split="train", loss=1.0, accuracy=0.5, grad_norm=1.0), dict(step=1, split="test", loss=1.0,
+                                                                                       accuracy=0.5)]
+    ev = [{"step": 1, "kind": "update", "density": 0.5, "layer_density": {"a": 0.5}, "pruned": 3, "grown": 3}]
+    plots.plot_run(rows, ev, tmp_path / "run", max_grad_norm=2.0)
+    assert len(figures) == 4
+    for fig in figures:
+        fig.canvas.draw()
+        for ax in fig.axes:
+            if ax.get_xlabel().startswith("training step"):
+                assert _ticks_in_view(ax.xaxis, ax.get_xlim()) == [1.0], ax.get_xlabel()

@@ -1833,3 +1833,12 @@ def test_curves_of_a_short_run_tick_whole_batches_show_its_boundaries_and_promis
     recipe()._plot(ups + evs, [], events, tmp_path / "curves.png")
     assert figs[0].axes[2].get_title() == "the connectome crawling: removed weights, and synapses swapped per update"
     close(figs[0])
+
+
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_an_empty_data_dir_is_refused_not_the_default_folder(tmp_path, how):
+    """--data-dir '' (an unset shell variable) read $ADAPTIVE_DATA or ../shared/data without a word."""
+    argv = ["--data-dir", ""] if how == "flag" else ["--config", _config(tmp_path, "data_dir: ' '\n")]
+    where = "--data_dir" if how == "flag" else r"c\.yaml: data_dir"
+    with pytest.raises(SystemExit, match=rf"{where} is empty \('\s?'\): give a data folder, or leave it out"):
+        recipe().parse_args(argv)

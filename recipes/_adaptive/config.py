@@ -241,6 +241,9 @@ class RunConfig:
                               "leave resume out (or null) to start a new run")
         self.weights, self.resume = (p and os.path.expanduser(p) for p in (self.weights, self.resume))
         self.weights = absolute_if_exists(self.weights)  # config.yaml then reruns from any working directory
+        if isinstance(self.data_dir, str) and not self.data_dir.strip():  # ("" read the default data folder unsaid)
+            raise ConfigError(f"data_dir is empty ({self.data_dir!r}): give a data folder, or leave data_dir out (or "
+                              "null) for the default ($ADAPTIVE_DATA, else ../shared/data)")
         self.data_dir = absolute_if_exists(self.data_dir)
         if self.output_dir is not None and not self.output_dir.strip():  # ("" ran into runs/<date-time> unsaid)
             raise ConfigError("output_dir is empty: give a folder, or leave output_dir out (or null) for the default "

@@ -96,6 +96,10 @@ def _parse_args(argv) -> argparse.Namespace:
         cfg["weights"] = None  # --weights "" (or weights: '' in a config): none, as build_model has always read it
     if isinstance(cfg["weights"], str):  # ~ as the shell would have (a --config file's, --weights=~/x)
         cfg["weights"] = os.path.expanduser(cfg["weights"])
+    if isinstance(cfg["data_dir"], str) and not cfg["data_dir"].strip():  # ("" read the default data folder unsaid)
+        where = f"{args.config}: data_dir" if args.data_dir is None else "--data_dir"
+        raise SystemExit(f"{where} is empty ({cfg['data_dir']!r}): give a data folder, or leave it out for the "
+                         "default ($ADAPTIVE_DATA, else ../shared/data)")
     cfg["weights"], cfg["data_dir"] = absolute_if_exists(cfg["weights"]), absolute_if_exists(cfg["data_dir"])
     if cfg["output_dir"] is None or (isinstance(cfg["output_dir"], str) and not cfg["output_dir"].strip()):
         where = f"{args.config}: output_dir" if args.output_dir is None else "--output_dir"  # ("": the working directory)
