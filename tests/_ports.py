@@ -56,3 +56,18 @@ def run_two_ranks(script, folder, env, *args):
             p.kill()
     assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
     return logs
+
+
+def two_rank_records(script_name, folder, *args):
+    """Run ``tests/scripts/<script_name>`` as ranks 0 and 1 (:func:`run_two_ranks`, one thread each, no
+    GPU, the repository and tests/ on the path) and return the two records they wrote, ``rank0.json``
+    and ``rank1.json`` in ``folder``, read back."""
+    import json
+    import os
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]))
+    run_two_ranks(tests / "scripts" / script_name, folder, env, *args)
+    return [json.loads((Path(folder) / f"rank{r}.json").read_text()) for r in range(2)]

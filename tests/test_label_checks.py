@@ -90,19 +90,13 @@ def test_a_label_refused_on_one_process_stops_every_process_with_the_same_error(
     """Two plain processes (a gloo group of their own, no launcher): only process 1's first training batch (or held-out batch)
     holds a label beyond the head. That process alone refused it while process 0 went on into its next
     collective and waited there; now both raise one ValueError naming the process and the problem."""
-    import json
     import os
     import sys
-    from pathlib import Path
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from _ports import run_two_ranks
+    from _ports import two_rank_records
 
-    script = Path(__file__).parent / "scripts" / "two_process_labels.py"
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)]))
-    run_two_ranks(script, tmp_path, env, where)
-    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    got = two_rank_records("two_process_labels.py", tmp_path, where)
     for rec in got:
         assert rec["error"] == "ValueError", got
         assert "process 1 of 2: the model gives 3 classes" in rec["message"] and "go up to 7" in rec["message"], got

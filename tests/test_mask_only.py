@@ -651,16 +651,10 @@ def test_edge_popup_processes_agree_on_refusals_and_left_out_batches(tmp_path):
     different steps per stage) left one waiting; a NaN batch on process 1 alone was left out there only,
     so the processes' passes no longer matched. Now both raise one ValueError naming the process and
     the fix, a NaN batch is left out on both, and both learn the same masks."""
-    import json
-    from pathlib import Path
 
-    from _ports import run_two_ranks
+    from _ports import two_rank_records
 
-    script = Path(__file__).parent / "scripts" / "two_process_edge_popup.py"
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)]))
-    run_two_ranks(script, tmp_path, env)
-    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    got = two_rank_records("two_process_edge_popup.py", tmp_path)
     assert got[0] == got[1], got  # one error (or the same masks) per case on both
     rec = got[0]
     assert rec["empty_holdout"]["error"] == "ValueError", rec
@@ -1409,16 +1403,10 @@ def test_processes_agree_on_their_loaders(tmp_path):
     refused on process 1 alone (empty, no length; an empty holdout) left process 0 to fail in its next
     collective ("Connection closed by peer"; under NCCL, a wait). Now every process raises one ValueError,
     naming each process's length (or the process refused) and the fix; loaders that agree run."""
-    import json
-    from pathlib import Path
 
-    from _ports import run_two_ranks
+    from _ports import two_rank_records
 
-    script = Path(__file__).parent / "scripts" / "two_process_loaders.py"
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)]))
-    run_two_ranks(script, tmp_path, env)
-    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    got = two_rank_records("two_process_loaders.py", tmp_path)
     assert got[0] == got[1], got  # one error (or outcome) per case on both
     rec = got[0]
     for case in ("uneven", "empty_train", "unsized_train", "empty_holdout"):

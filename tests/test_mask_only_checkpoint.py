@@ -725,17 +725,9 @@ def test_a_checkpoint_one_process_finds_bad_stops_every_process(tmp_path):
     run's next collective and waited for it until gloo's timeout (30 minutes; 20 seconds in the
     script, so that a regression fails, naming the wait, instead of hanging). Now every process
     raises, naming the process that failed and why."""
-    import json
-    import os
-    from pathlib import Path
+    from _ports import two_rank_records
 
-    from _ports import run_two_ranks
-
-    script = Path(__file__).parent / "scripts" / "two_process_stage_checkpoint.py"
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)]))
-    run_two_ranks(script, tmp_path, env)
-    recs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    recs = two_rank_records("two_process_stage_checkpoint.py", tmp_path)
     for rec in recs:
         damaged = rec["damaged_on_one"]
         assert damaged["error"] == "CheckpointMismatchError", damaged

@@ -197,15 +197,10 @@ def test_settings_refused_or_differing_on_one_process_are_refused_by_every_proce
     collective (or waited until gloo's timeout). Such a refusal is now agreed (every process raises one
     error naming process 1's problem), settings both accept but that differ are refused on both naming
     each differing setting, and a later run of the same process group with agreed settings runs."""
-    from pathlib import Path
 
-    from _ports import run_two_ranks
+    from _ports import two_rank_records
 
-    script = Path(__file__).parent / "scripts" / "two_process_settings.py"
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)]))
-    run_two_ranks(script, tmp_path, env)
-    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    got = two_rank_records("two_process_settings.py", tmp_path)
     assert got[0] == got[1], got  # one error (or outcome) per case on both
     rec = got[0]
     for case, problem in (("target_refused_on_one", "process 1 of 2: give at least one target"),
