@@ -172,21 +172,26 @@ def refuse_removing_nothing(label: str, target, removed: int, total: int, absent
     what = f"round({label} x {total:,}) = {removed:,}" if isinstance(target, float) else f"{removed:,}"
     beyond = f" ({removed - absent:,} beyond the {absent:,} already absent)" if absent else ""
     start = "the dense network" if not absent else "the starting network"
+    # ensembles of several sizes, exactly half the smallest: a tie pruning settles by taking the first ensemble
+    # of the estimator's order where it is one of the smallest, and none otherwise (EnsembleStep.least)
+    tie = step.smallest != step.largest and 2 * (removed - absent) == step.smallest
     if step.least == 1:
         why = ""
     else:
         sizes = (f"{step.smallest} synapses each" if step.smallest == step.largest else
                  f"{step.smallest} to {step.largest} synapses each")
         why = (f", but its '{step.ensemble}' ensembles hold {sizes} and a stage removes whole ensembles, the "
-               "nearest to its count (within half an ensemble): it would remove none")
+               "nearest to its count (within half an ensemble): " +
+               (f"it may remove none (exactly half of one of {step.smallest}, it removes one only where such an "
+                "ensemble comes first in the estimator's order)" if tie else "it would remove none"))
     one = "one synapse" if step.least == 1 else "one ensemble"
     need = absent + step.least
     fix = (f"give a fraction of at least {fraction_bound(need, total, most=False)} or a count of at least {need:,} "
            f"(the least that removes {one}{' beyond the start' if absent else ''})" if need < total else
            "no target below every synapse removes one more ensemble")
     raise ValueError(f"target {label} asks for {what} of the model's {total:,} prunable synapses{beyond}{why}, so its "
-                     f"snapshot would be {start}, unchanged. {fix[0].upper() + fix[1:]}; for {start} itself give "
-                     f"{absent if absent else 0}")
+                     f"snapshot {'may' if tie else 'would'} be {start}, unchanged. {fix[0].upper() + fix[1:]}; for "
+                     f"{start} itself give {absent if absent else 0}")
 
 
 def _resolve_targets(targets: list, total: int, start=None, step: EnsembleStep = EnsembleStep()) -> List[Tuple[str, Optional[int]]]:

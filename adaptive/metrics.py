@@ -19,6 +19,7 @@ returns, weighted by the batch's examples, ``y.shape[0]``).
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -130,26 +131,52 @@ def call_model(model, x, what: str = "this"):
 
 # the method that converts a module or tensor to each floating-point type (model.float(), x.double())
 _CASTS = {torch.float32: "float", torch.float64: "double", torch.float16: "half", torch.bfloat16: "bfloat16"}
+# how torch's messages name each floating-point type ('Float and Double', 'Input type (float) and bias type
+# (double)', 'torch.FloatTensor', 'torch.float64'), as whole words: 'float' is no part of 'BFloat16'
+_NAMES = {torch.float32: ("float", "float32", "floattensor"), torch.float64: ("double", "float64", "doubletensor"),
+          torch.float16: ("half", "float16", "halftensor"), torch.bfloat16: ("bfloat16", "bfloat16tensor")}
+# ... and the other types (integers, booleans, complex numbers): a message naming one is about them
+_OTHER_NAMES = ("long", "int", "short", "char", "byte", "bool", "int8", "int16", "int32", "int64", "uint8", "longtensor",
+                "inttensor", "bytetensor", "booltensor", "complexfloat", "complexdouble", "complexhalf", "complex64",
+                "complex128", "cfloat", "cdouble")
+
+
+def _names(message: str, words) -> bool:
+    """Whether torch's error ``message`` names a type by one of ``words``, as a whole word."""
+    return any(re.search(rf"(?<![a-z0-9]){w}(?![a-z0-9])", message.lower()) for w in words)
+
+
+def _about(message: str, i: torch.dtype, w: torch.dtype) -> bool:
+    """Whether torch's error ``message`` is about floating-point types ``i`` and ``w`` alone: it names one
+    of them or both ('Float and Double'; a norm's 'expect parameter to have scalar type of Float') and no
+    other ('Long, Int; but got torch.FloatTensor', 'BFloat16 and Double' under autocast)."""
+    others = [n for t, names in _NAMES.items() if t not in (i, w) for n in names] + list(_OTHER_NAMES)
+    return (_names(message, _NAMES.get(i, ())) or _names(message, _NAMES.get(w, ()))) and not _names(message, others)
 
 
 def refuse_mixed_dtypes(model, x, what: str, cause: BaseException) -> None:
-    """A TypeError when ``model(x)`` failed with ``cause`` (torch's RuntimeError, naming a type: 'mat1 and
-    mat2 must have the same dtype, but got Float and Double') where the floating-point inputs ``x`` (a
-    tensor, or a tuple, list or dict of them) are all of one type and the model's floating-point weights
-    all of another: the error names both and the fix. Otherwise nothing (torch's error stands): a model
-    that converts its inputs itself fails for another reason."""
-    if "type" not in str(cause).lower():
-        return
+    """A TypeError when ``model(x)`` failed with ``cause`` (torch's RuntimeError about their types and no
+    other, :func:`_about`: 'mat1 and mat2 must have the same dtype, but got Float and Double') where the
+    floating-point inputs ``x`` (a tensor, or a tuple, list or dict of them) are all of one type and the
+    model's floating-point weights all of another, on the inputs' device: the error names both and the fix. Otherwise nothing (torch's
+    error stands): a model that converts its inputs itself and fails for another reason ('Expected dtype
+    int64 for index': float inputs used as indices, as an embedding's ids or a loss's labels), or one whose
+    inputs are on another device too (the type alone is not the fix)."""
+    message = str(cause)
     given = x.values() if isinstance(x, dict) else x if isinstance(x, (tuple, list)) else (x,)
-    inputs = {t.dtype for t in given if isinstance(t, torch.Tensor) and t.is_floating_point()}
-    weights = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    given = [t for t in given if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    inputs, weights = {t.dtype for t in given}, {p.dtype for p in params}
     if len(inputs) != 1 or len(weights) != 1 or inputs == weights:
         return
     (i,), (w,) = inputs, weights
+    if ("type" not in message.lower() or not _about(message, i, w)
+            or {t.device for t in given} != {p.device for p in params}):
+        return  # torch's error is about something else (too): it stands
     fixes = [f"model.{_CASTS[i]}()" if i in _CASTS else f"model.to({i})",
              f"x.{_CASTS[w]}()" if w in _CASTS else f"x.to({w})"]
     raise TypeError(f"{what}: the model's weights are {w} but the batch's inputs are {i}, and the model does not "
-                    f"convert them (torch: {str(cause).splitlines()[0]}): give both one type, the model the inputs' "
+                    f"convert them (torch: {message.splitlines()[0]}): give both one type, the model the inputs' "
                     f"({fixes[0]}) or the inputs the model's ({fixes[1]} in the data), before the call") from cause
 
 

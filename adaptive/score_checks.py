@@ -60,21 +60,36 @@ def _owned(s: torch.Tensor, ctx, est=None) -> torch.Tensor:
     own state for the layer (:func:`_state_of`: ``Evidence`` hands back the values it keeps, which a
     policy writing into its scores would rewrite). Scores of memory of their own are not copied."""
     s = s.detach().float()
-    held = {t.untyped_storage().data_ptr() for t in (ctx.weight, ctx.mask, ctx.restore, *_state_of(est, ctx.name))
+    held = {_storage(t) for t in (ctx.weight, ctx.mask, ctx.restore, *_state_of(est, ctx.name))
             if isinstance(t, torch.Tensor) and t.device == s.device}
-    return s.clone() if s.untyped_storage().data_ptr() in held else s
+    held.discard(None)
+    return s.clone() if _storage(s) in held else s
+
+
+def _storage(t: torch.Tensor):
+    """Where ``t``'s memory starts (its storage's address), or None for a tensor with no storage of its own
+    to share (a sparse one an estimator keeps: asking failed every update with 'Cannot access storage')."""
+    if t.layout != torch.strided:
+        return None
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # (a nested tensor, a tensor subclass without storage)
+        return None
 
 
 def _state_of(est, name: str) -> list:
     """The tensors ``est`` keeps that scores of layer ``name`` may share memory with: its tensor attributes
     and, of each of its dict attributes, the entry for ``name`` (per-layer state, as ``Evidence``'s and
-    ``Presence``'s). Attributes only are read, a few per layer: nothing is walked or copied."""
+    ``Presence``'s), or that entry's tensors where it is a dict, tuple or list of them (``{"mean": m, "var":
+    v}`` per layer). Attributes only are read, a few per layer: nothing is walked or copied."""
     out = []
     for v in getattr(est, "__dict__", {}).values():
-        if isinstance(v, dict):
+        if isinstance(v, dict):  # (a list attribute is not read: a history of many tensors, say)
             v = v.get(name)
-        if isinstance(v, torch.Tensor):
-            out.append(v)
+            v = v.values() if isinstance(v, dict) else v if isinstance(v, (tuple, list)) else [v]
+        else:
+            v = [v]
+        out.extend(t for t in v if isinstance(t, torch.Tensor))
     return out
 
 

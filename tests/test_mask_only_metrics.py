@@ -539,3 +539,44 @@ def test_inputs_of_another_floating_point_type_than_the_weights_are_named_only_w
 
     with pytest.raises(RuntimeError, match="expected scalar type Long"):
         call_model(Fails(3, 2), x)
+
+
+def test_a_model_failing_on_another_type_than_its_inputs_against_its_weights_keeps_torchs_error():
+    """Any RuntimeError with 'type' in it, from a float64 model given float32 inputs, became 'the model does not
+    convert them' with the fix of a cast: float ids to an embedding, a float index to gather (the model
+    converting its inputs itself), a loss inside forward given float labels, bfloat16 autocast. The fix named
+    does not help there: torch's error stands where it names another type (or none), or the inputs' device is
+    not the weights'. A norm layer's 'expect parameter to have scalar type of Float' is still named."""
+    from adaptive.metrics import call_model
+
+    class Ids(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.lin = nn.Embedding(10, 4).double(), nn.Linear(4, 4).double()
+
+        def forward(self, x):
+            if self.kind == "embedding":
+                return self.emb(x)
+            h = self.lin(x.double())  # converts its inputs itself
+            return torch.gather(h, 1, x.double()) if self.kind == "gather" else F.nll_loss(h, x[:, 0])
+
+    x = torch.rand(3, 4)
+    for kind, torch_says in (("embedding", "'indices' to have one of the following scalar types: Long, Int"),
+                             ("gather", "Expected dtype int32/int64 for index"), ("nll", "target dtype")):
+        model = Ids()
+        model.kind = kind
+        with pytest.raises(RuntimeError, match=torch_says):
+            call_model(model, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="BFloat16 and Double"):
+        call_model(nn.Linear(4, 2).double(), x)
+
+    class Elsewhere(nn.Linear):  # weights on another device (meta here; cuda in life): a cast alone is no fix
+        def forward(self, x):
+            raise RuntimeError("Input type (torch.FloatTensor) and weight type (torch.cuda.DoubleTensor) should be "
+                               "the same")
+
+    with pytest.raises(RuntimeError, match="cuda.DoubleTensor"):
+        call_model(Elsewhere(4, 2, device="meta", dtype=torch.float64), x)
+    with pytest.raises(TypeError, match=r"weights are torch.float64 but the batch's inputs are torch.float32.*torch: "
+                                        r"mixed dtype \(CPU\): expect parameter to have scalar type of Float"):
+        call_model(nn.LayerNorm(4).double(), x)

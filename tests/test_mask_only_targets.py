@@ -96,10 +96,14 @@ def test_a_positive_target_below_half_a_coarse_ensemble_is_refused_naming_the_le
     count of 1 or 2 (or a fraction rounding to them) removed none, and its snapshot was the dense network.
     The least that removes one (3: more than half the smallest) is named, and does."""
     for target, given in ((1, "1"), (2, "2"), (0.01, "round\\(0.01 x 120\\) = 1")):
+        # 2 is exactly half a neuron of 4: a tie pruning takes where such a neuron comes first in the order, so
+        # it may remove none (one where it does); under half, none
+        would = "may" if target == 2 else "would"
         msg = _refused(target, rf"asks for {given} of the model's 120 prunable synapses, but its 'neuron' ensembles "
-                               r"hold 4 to 27 synapses each .*would remove none, so its snapshot would be the dense "
-                               r"network, unchanged\. Give a fraction of at least [0-9.]+ or a count of at least 3 "
-                               r"\(the least that removes one ensemble\)", ensemble="neuron")
+                               rf"hold 4 to 27 synapses each .*: it {would} remove none.*, so its snapshot {would} be "
+                               r"the dense network, unchanged\. Give a fraction of at least [0-9.]+ or a count of at "
+                               r"least 3 \(the least that removes one ensemble\)", ensemble="neuron")
+        assert ("only where such an ensemble comes first in the estimator's order" in msg) == (target == 2)
     least = re.search(r"a fraction of at least ([0-9.]+)", msg).group(1)
     assert _run(net(), 3, ensemble="neuron").snapshots["3"].removed == 4  # one neuron of the head
     assert _run(net(), float(least), ensemble="neuron").snapshots[least].removed == 4
@@ -142,3 +146,26 @@ def test_targets_as_arrays_and_tensors_are_lists_and_other_collections_are_refus
         _run(net(), [None, 0.5])
     with pytest.raises(ValueError, match=r"target 2 of 2 \(\[0.1\]\).*give a fraction"):
         check_targets(net(), [0.5, [0.1]])
+
+
+def test_exactly_half_the_smallest_of_several_sizes_may_remove_one_as_the_refusal_says():
+    """The refusal of a target exactly half the smallest ensemble, with ensembles of several sizes, said it
+    'would remove none' and its snapshot 'would be the dense network': pruning settles that tie by taking
+    the first ensemble of the order where it is one of the smallest (Crawl._cover with ties), so it may
+    remove one. The message says 'may'; under half, none whatever the order, it still says 'would'."""
+    from adaptive.mask_only_targets import EnsembleStep, refuse_removing_nothing
+    from adaptive.policies.crawl import Crawl
+
+    sizes = torch.tensor([4, 27], dtype=torch.int32)
+    assert Crawl._cover(torch.tensor([0, 1]), sizes, 2) == 1 and Crawl._cover(torch.tensor([1, 0]), sizes, 2) == 0
+    fill = Crawl._fill(torch.tensor([1, 0]), sizes, 2)  # the last update's fill does not take it either
+    assert fill.numel() == 0
+    step = EnsembleStep(4, 27, "neuron")
+    with pytest.raises(ValueError, match=r"it may remove none \(exactly half of one of 4, it removes one only where "
+                                         r"such an ensemble comes first in the estimator's order\), so its snapshot "
+                                         r"may be the dense network"):
+        refuse_removing_nothing("2", 2, 2, 120, 0, step)
+    with pytest.raises(ValueError, match=r"it would remove none, so its snapshot would be the starting network"):
+        refuse_removing_nothing("5", 5, 5, 120, 4, step)  # 1 beyond the start: under half of 4
+    with pytest.raises(ValueError, match=r"it may remove none .*may be the starting network"):
+        refuse_removing_nothing("6", 6, 6, 120, 4, step)  # 2 beyond the start: exactly half

@@ -252,3 +252,28 @@ def test_an_estimator_instance_given_its_methods_as_attributes_is_taken_as_befor
         torch.nn.functional.cross_entropy(model(torch.randn(4, 20)), torch.randint(0, 10, (4,))).backward()
         opt.step()
     assert [e for e in ctrl.events if e["kind"] == "update"]
+
+
+def test_an_estimator_keeping_a_sparse_tensor_or_nested_per_layer_state_gets_its_scores_checked_and_owned(own):
+    """The check for scores sharing the estimator's memory asked every tensor attribute for its storage: one
+    holding a sparse tensor failed every update ('Cannot access storage of SparseTensorImpl'). And per-layer
+    state kept as a dict per layer ({name: {"mean": ...}}) was not looked into: scores returned from it
+    were handed to the policy as they were, and a policy writing into them rewrote the estimator's state.
+    Attributes on the meta device, numbers and strings are passed over."""
+    @register_estimator("score_checks_nested")
+    class Nested(Estimator):
+        def __init__(self):
+            self.adjacency = torch.eye(3).to_sparse()
+            self.shape_only = torch.empty(3, 3, device="meta")
+            self.label, self.count, self.stats = "nested", 3, {}
+
+        def removal_cost(self, ctx):
+            self.stats[ctx.name] = {"mean": ctx.w0.abs(), "seen": 1}
+            return self.stats[ctx.name]["mean"]
+
+    _writing_policy("score_checks_scribble")
+    model = _net()
+    conn = adaptive.Connectome(model, mode="mask_only")
+    ctrl = adaptive.Controller(conn, policy="score_checks_scribble", estimator="score_checks_nested", update_every=1)
+    ctrl.update()
+    assert all(torch.equal(ctrl.drop_est.stats[n]["mean"], t.abs()) for n, t in conn.original.items())
