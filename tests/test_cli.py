@@ -402,6 +402,34 @@ def test_a_launched_process_leaves_a_settings_error_line_to_the_first_process(mo
     assert capsys.readouterr().err == "prog: error: lr must be a finite number > 0, got -1.0\n"
 
 
+
+class _FakeStore:
+    """The launch's store as the processes of a test share it: keys set, counted and checked."""
+
+    def __init__(self):
+        self.keys = {}
+
+    def set(self, key, value):
+        self.keys[key] = value
+
+    def add(self, key, n):
+        self.keys[key] = int(self.keys.get(key, 0)) + n
+        return self.keys[key]
+
+    def check(self, keys):
+        return all(k in self.keys for k in keys)
+
+
+class _FakeGroup:
+    """torch.distributed's process group as process ``rank`` of two sees it."""
+
+    def __init__(self, rank):
+        self.rank = rank
+
+    def get_rank(self):
+        return self.rank
+
+
 def test_an_agreed_error_is_written_once_however_long_process_0_takes_to_exit(monkeypatch, capsys):
     """A sweep saw an agreed refusal's line twice (once in seven launches): process 1 left it to process
     0 and waited for the launcher to end it, which it does only once process 0 has exited; where that
@@ -411,28 +439,11 @@ def test_an_agreed_error_is_written_once_however_long_process_0_takes_to_exit(mo
     import adaptive.cli as cli
     import adaptive.distributed as D
 
-    class Store:  # the launch's store, shared by both processes
-        def __init__(self):
-            self.keys = {}
-
-        def set(self, key, value):
-            self.keys[key] = value
-
-        def check(self, keys):
-            return all(k in self.keys for k in keys)
-
-    class Group:  # torch.distributed as process `rank` of two sees it
-        def __init__(self, rank):
-            self.rank = rank
-
-        def get_rank(self):
-            return self.rank
-
     def refused():
         raise D.mark_raised_alike(ValueError("the processes found different checkpoints (process 1 of 2: ...)"))
 
     line = "prog: error: the processes found different checkpoints (process 1 of 2: ...)\n"
-    store = Store()
+    store = _FakeStore()
     monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ADAPTIVE_LEFT_TO_ANOTHER_SECONDS", "0")  # process 0 still running when the wait ends
@@ -441,7 +452,7 @@ def test_an_agreed_error_is_written_once_however_long_process_0_takes_to_exit(mo
     monkeypatch.setattr(cli.time, "sleep", lambda s: None)
     monkeypatch.setattr(D, "begin_report_round", lambda: None)  # (the three calls: both processes' one run)
     for rank, written in [(1, line), (0, line), (1, "")]:  # process 1 before process 0 wrote it, and after
-        monkeypatch.setattr(cli, "_process_group", lambda: Group(rank))
+        monkeypatch.setattr(cli, "_process_group", lambda: _FakeGroup(rank))
         with pytest.raises(SystemExit) as e:
             cli.run_cli(refused, "prog", once=True)
         assert e.value.code == 2 and capsys.readouterr().err == written
@@ -461,37 +472,16 @@ def test_a_second_run_in_one_launch_reads_no_report_of_the_first(monkeypatch, ca
     import adaptive.cli as cli
     import adaptive.distributed as D
 
-    class Store:  # the launch's store, shared by both processes
-        def __init__(self):
-            self.keys = {}
-
-        def set(self, key, value):
-            self.keys[key] = value
-
-        def add(self, key, n):
-            self.keys[key] = int(self.keys.get(key, 0)) + n
-            return self.keys[key]
-
-        def check(self, keys):
-            return all(k in self.keys for k in keys)
-
-    class Group:
-        def __init__(self, rank):
-            self.rank = rank
-
-        def get_rank(self):
-            return self.rank
-
     def refused():
         raise D.mark_raised_alike(ValueError("the processes were given different settings"))
 
     def interrupted():
         raise KeyboardInterrupt
 
-    store, rounds = Store(), {0: [0], 1: [0]}  # each process's count of its runs
+    store, rounds = _FakeStore(), {0: [0], 1: [0]}  # each process's count of its runs
 
     def run(rank, main):
-        monkeypatch.setattr(cli, "_process_group", lambda: Group(rank))
+        monkeypatch.setattr(cli, "_process_group", lambda: _FakeGroup(rank))
         monkeypatch.setattr(D, "_ROUND", rounds[rank])
         with pytest.raises(SystemExit):
             cli.run_cli(main, "prog", once=True)
@@ -524,16 +514,12 @@ def test_a_process_that_left_its_error_line_to_process_0_waits_for_the_launcher_
     def sleep(s):
         clock[0] += s
 
-    class Group:
-        def get_rank(self):
-            return 1
-
     monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ADAPTIVE_LEFT_TO_ANOTHER_SECONDS", "20")
     monkeypatch.setattr(D, "is_distributed", lambda: True)
     monkeypatch.setattr(D, "error_reported", lambda: clock[0] >= 1.0)  # process 0 writes it after 1 s
-    monkeypatch.setattr(cli, "_process_group", lambda: Group())
+    monkeypatch.setattr(cli, "_process_group", lambda: _FakeGroup(1))
     monkeypatch.setattr(cli.time, "sleep", sleep)
     monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
 
@@ -623,23 +609,6 @@ def test_a_parse_error_in_a_second_run_of_one_launch_is_written_by_process_0_alo
     import adaptive.cli as cli
     import adaptive.distributed as D
 
-    class Store:  # the launch's store, shared by both processes
-        def __init__(self):
-            self.keys = {}
-
-        def set(self, key, value):
-            self.keys[key] = value
-
-        def check(self, keys):
-            return all(k in self.keys for k in keys)
-
-    class Group:
-        def __init__(self, rank):
-            self.rank = rank
-
-        def get_rank(self):
-            return self.rank
-
     def main():
         parser = cli.ArgumentParser(prog="prog")
         parser.add_argument("--remove", type=float)
@@ -650,13 +619,13 @@ def test_a_parse_error_in_a_second_run_of_one_launch_is_written_by_process_0_alo
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("ADAPTIVE_LEFT_TO_ANOTHER_SECONDS", "0")
     monkeypatch.setattr(D, "is_distributed", lambda: True)
-    store = Store()
+    store = _FakeStore()
     monkeypatch.setattr(D, "_launch_store", lambda: store)
     monkeypatch.setattr(cli.time, "sleep", lambda s: None)
     monkeypatch.setattr(D, "begin_report_round", lambda: None)  # (both processes' one run)
     written = {}
     for rank in (0, 1):
-        monkeypatch.setattr(cli, "_process_group", lambda: Group(rank))
+        monkeypatch.setattr(cli, "_process_group", lambda: _FakeGroup(rank))
         with pytest.raises(SystemExit) as e:
             cli.run_cli(main, "prog", once=True)
         assert e.value.code == 2
