@@ -402,7 +402,6 @@ def test_a_launched_process_leaves_a_settings_error_line_to_the_first_process(mo
     assert capsys.readouterr().err == "prog: error: lr must be a finite number > 0, got -1.0\n"
 
 
-
 class _FakeStore:
     """The launch's store as the processes of a test share it: keys set, counted and checked."""
 
