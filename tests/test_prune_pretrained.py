@@ -1327,6 +1327,20 @@ def test_a_holdout_that_holds_out_nothing_is_refused_early_naming_the_option(tmp
     assert not (tmp_path / "o").exists()
 
 
+def test_verify_batches_above_the_held_out_batches_is_refused_naming_the_recipes_options(tmp_path, weights, monkeypatch):
+    """--verify-batches 5 on a held-out part of one batch was refused by optimize_connectome in its own
+    words ('verify_batches=5 ... give verify_batches <= 1'), naming no option this command takes: the
+    recipe refuses it with --verify-batches and the options that set the held-out batches, before the run."""
+    mod = recipe()
+    monkeypatch.setattr(pp_run, "optimize_connectome", lambda *a, **k: pytest.fail("the refused setting reached the run"))
+    with pytest.raises(ValueError, match=r"^--verify-batches 5 is more than the 1 batch of the held-out part "
+                                         r"\(\d+ images, --eval-batch-size 64 each\): .*give --verify-batches 1 or "
+                                         r"fewer, or hold out more batches \(a larger --holdout or --subset, or a "
+                                         r"smaller --eval-batch-size\)$") as info:
+        mod.main(args(weights, tmp_path / "o", "--remove", "0.2", "--verify-batches", "5"))
+    assert "verify_batches" not in str(info.value) and not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("text", ["output_dir: ''\n", "output_dir:\n", "output_dir: null\n"])
 def test_an_empty_output_dir_is_refused_not_the_working_directory(tmp_path, text):
     """output_dir: '' wrote the run into the working directory, and output_dir: (null) crashed with

@@ -18,6 +18,7 @@ from adaptive.atomic import atomic_path, atomic_torch_save
 from adaptive.cli import mask_only_progress, progress_lines, show_progress
 from adaptive.distributed import gather_mask_hashes, refuse_differing_masks
 from adaptive.mask_only import changed_from, count_synapses, evaluate, loaded_state, optimize_connectome
+from adaptive.mask_only_data import verify_pass_length
 from adaptive.mask_only_targets import one_synapse_note
 from adaptive.plots import run_title
 from adaptive.training import evaluate as evaluate_sharded
@@ -85,6 +86,7 @@ def _run(args, out: Path, checked, test_loader_hook) -> dict:
                          seed=args.seed, subset=args.subset, test_subset=args.test_subset, eval_batch_size=args.eval_batch_size,
                          num_workers=args.num_workers, progress=args.progress, holdout_required=True,
                          option_names={"subset": "--subset", "test_subset": "--test-subset", "holdout": "--holdout"}, **args.dataset_kw)
+    _check_verify_batches(args, dl.holdout)
     test_loader = test_loader_hook(dl.test) if test_loader_hook else dl.test  # wrapping reads nothing
     model = model_for(dl.num_classes, dl.in_shape)
     accelerator = _accelerator(args)
@@ -107,6 +109,24 @@ def _run(args, out: Path, checked, test_loader_hook) -> dict:
         raise
     finally:
         lock.release()
+
+
+def _check_verify_batches(args, holdout) -> None:
+    """Refuse --verify-batches above the batches of one pass of the held-out part, in this command's
+    words (optimize_connectome refuses it too, but as its keyword ``verify_batches=`` and with no word of
+    the options that set the held-out part's batches); every process holds the same held-out part, so
+    all refuse alike, before the run's folder is taken."""
+    batches = verify_pass_length(holdout, args.seed) if args.verify_batches else None
+    if batches is None or args.verify_batches <= batches:
+        return
+    try:
+        held = f"{len(holdout.dataset):,} images, "
+    except (AttributeError, TypeError):
+        held = ""
+    raise ValueError(f"--verify-batches {args.verify_batches} is more than the {batches} batch{'es' if batches != 1 else ''} "
+                     f"of the held-out part ({held}--eval-batch-size {args.eval_batch_size} each): each line search "
+                     f"would read some of them twice, which adds no evidence; give --verify-batches {batches} or "
+                     "fewer, or hold out more batches (a larger --holdout or --subset, or a smaller --eval-batch-size)")
 
 
 def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, checked=None) -> dict:
