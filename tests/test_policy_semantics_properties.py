@@ -96,6 +96,23 @@ def size_of(ctrl, n):
     return layer.numel / ctrl.conn.granularities[n].num_ensembles(layer.shape)
 
 
+def flat_record(rec, names, per_synapse=None):
+    """One recorded update over the layers ``names`` as flat tensors ``(cost, gain, alive, offs)``: the
+    scores (each layer's divided by ``per_synapse(name)`` where given; gain None where none was read),
+    the ensembles alive, and ``offs``, the flat index where each layer starts (its last entry the total)."""
+    def side(key):
+        if key not in rec:
+            return None
+        if per_synapse is None:
+            return torch.cat([rec[key][n].reshape(-1) for n in names])
+        return torch.cat([rec[key][n].reshape(-1) / per_synapse(n) for n in names])
+
+    offs = [0]
+    for n in names:
+        offs.append(offs[-1] + rec["alive"][n].numel())
+    return side("cost"), side("gain"), torch.cat([rec["alive"][n].reshape(-1) for n in names]), offs
+
+
 STATEFUL = ("presence", "evidence")  # estimators whose scores move with every call (learned per update)
 
 
@@ -192,12 +209,7 @@ def test_swaps_prune_the_cheapest_fraction_and_grow_the_best_absent_at_constant_
         else:
             groups = [[n] for n in layers]
         for group in groups:
-            cost = torch.cat([rec["cost"][n].reshape(-1) / size_of(ctrl, n) for n in group])
-            gain = torch.cat([rec["gain"][n].reshape(-1) / size_of(ctrl, n) for n in group])
-            alive = torch.cat([rec["alive"][n].reshape(-1) for n in group])
-            offs = [0]
-            for n in group:
-                offs.append(offs[-1] + rec["alive"][n].numel())
+            cost, gain, alive, offs = flat_record(rec, group, lambda n: size_of(ctrl, n))
 
             def flat(side):
                 d = getattr(plan, side)
@@ -481,12 +493,7 @@ def test_threshold_prunes_below_its_boundary_and_restores_above_it_at_its_pace(
             return
         rec = log.pop()
         names = list(rec["cost"])
-        cost = torch.cat([rec["cost"][n].reshape(-1) for n in names])
-        gain = torch.cat([rec["gain"][n].reshape(-1) for n in names])
-        alive = torch.cat([rec["alive"][n].reshape(-1) for n in names])
-        offs = [0]
-        for n in names:
-            offs.append(offs[-1] + rec["alive"][n].numel())
+        cost, gain, alive, offs = flat_record(rec, names)
         held = torch.zeros_like(alive)
         for j, n in enumerate(names):  # each layer's floor: its costliest live synapses
             floor = adaptive.budgets.floor_synapses(min_density, conn.layers[n].numel) if min_density else 0
@@ -566,10 +573,7 @@ def test_threshold_with_ensembles_of_different_sizes_edits_beyond_its_pace_only_
         names = list(rec["cost"])
         size = torch.cat([torch.full((rec["alive"][n].numel(),), size_of(ctrl, n)) for n in names]).tolist()
         assert len(set(size)) > 1
-        cost, gain, alive = (torch.cat([rec[k][n].reshape(-1) for n in names]) for k in ("cost", "gain", "alive"))
-        offs = [0]
-        for n in names:
-            offs.append(offs[-1] + rec["alive"][n].numel())
+        cost, gain, alive, offs = flat_record(rec, names)
         live, syn = int(alive.sum()), sum(s for s, a in zip(size, alive.tolist()) if a)
         limit = max(1, int(round(rec["frac"] * live)))
         cheapest = ranked(cost / torch.tensor(size), alive)
@@ -627,12 +631,7 @@ def test_balanced_and_crawl_swap_the_worthwhile_pairs_at_their_target(policy, de
         if plan is None or plan.tolerance == math.inf or int(sum(m.sum() for m in rec["alive"].values())) != target:
             return  # a count restored, or the goal still being reached
         names = list(rec["cost"])
-        cost = torch.cat([rec["cost"][n].reshape(-1) for n in names])
-        gain = torch.cat([rec["gain"][n].reshape(-1) for n in names])
-        alive = torch.cat([rec["alive"][n].reshape(-1) for n in names])
-        offs = [0]
-        for n in names:
-            offs.append(offs[-1] + rec["alive"][n].numel())
+        cost, gain, alive, offs = flat_record(rec, names)
 
         def flat(d):
             return sorted(int(i) + offs[j] for j, n in enumerate(names) if n in d for i in d[n].tolist())
