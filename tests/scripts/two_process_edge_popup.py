@@ -6,15 +6,13 @@ holdout, train shards of different lengths, a batch of NaN on process 1 only; th
 are right. Writes ``rank{N}.json`` into OUT: each case's error (type and message) or outcome (the
 masks' live counts). A process left waiting in a collective fails there after the group's timeout
 (10 seconds) and records that instead."""
-import datetime
-import json
-import os
 import sys
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from _rank_record import record_cases
 
 
 def _loader(n: int, rank: int = 0, nan: bool = False) -> DataLoader:
@@ -35,30 +33,20 @@ CASES = {
 
 
 def run(rank: int, folder: str) -> None:
-    """Process ``rank`` of 2: every case in turn; writes ``rank<r>.json`` with what each raised or kept."""
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    from adaptive.baselines import edge_popup
+    """Process ``rank`` of 2: every case in turn; writes ``rank<r>.json`` with what each raised or kept
+    (after an error other than a ValueError, a failed collective, the group is broken: the rest is left)."""
 
-    dist.init_process_group("gloo", store=dist.FileStore(os.path.join(folder, "store"), 2), rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=10))
-    record = {}
-    for case, loaders in CASES.items():
-        torch.manual_seed(0)
+    def attempt(loaders):
+        from adaptive.baselines import edge_popup
+
         model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)),
                                                     find_unused_parameters=True)  # (the frozen biases: no gradient)
         train, holdout = loaders() if rank == 1 else (_loader(32), _loader(32))
-        try:
-            _, snaps = edge_popup(model, train, holdout, [0.5], passes=1.0, progress=False)
-            record[case] = {"live": [int(m.sum()) for m in snaps["0.5"]["masks"].values()],
-                            "masks": [m.flatten().int().tolist() for m in snaps["0.5"]["masks"].values()]}
-        except Exception as e:  # noqa: BLE001 - what each process raised is the test's to judge
-            record[case] = {"error": type(e).__name__, "message": str(e)[:500]}
-            if "error" in record[case] and type(e).__name__ != "ValueError":
-                break  # a collective failed: the group is broken, the later cases would only time out
-    with open(os.path.join(folder, f"rank{rank}.json"), "w") as f:
-        json.dump(record, f)
-    dist.destroy_process_group()
+        _, snaps = edge_popup(model, train, holdout, [0.5], passes=1.0, progress=False)
+        return {"live": [int(m.sum()) for m in snaps["0.5"]["masks"].values()],
+                "masks": [m.flatten().int().tolist() for m in snaps["0.5"]["masks"].values()]}
+
+    record_cases(rank, folder, CASES, attempt, timeout_s=10, message_chars=500, stop_unless="ValueError")
 
 
 if __name__ == "__main__":

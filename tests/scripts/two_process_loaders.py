@@ -5,15 +5,13 @@ wrong (CASES): train shards of different lengths, an empty train loader, a train
 length, an empty holdout; then one where both are right. Writes ``rank{N}.json`` into OUT: each
 case's error (type and message) or outcome. A process left waiting in a collective would wait there
 for the group's timeout (20 seconds here, 30 minutes by default) and record that instead."""
-import datetime
-import json
-import os
 import sys
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from _rank_record import record_cases
 
 
 class _Unsized:
@@ -44,26 +42,16 @@ CASES = {
 
 def run(rank: int, folder: str) -> None:
     """Process ``rank`` of 2: every case in turn; writes ``rank<r>.json`` with what each raised or removed."""
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    from adaptive.mask_only import optimize_connectome
 
-    # a short timeout: a process left waiting in a collective fails the test instead of hanging it
-    dist.init_process_group("gloo", store=dist.FileStore(os.path.join(folder, "store"), 2), rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=20))
-    record = {}
-    for case, loaders in CASES.items():
-        torch.manual_seed(0)
+    def attempt(loaders):
+        from adaptive.mask_only import optimize_connectome
+
         model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
         train, holdout = loaders() if rank == 1 else (_loader(16), _loader(16))
-        try:
-            r = optimize_connectome(model, train, holdout, 0.5, passes=1.0, progress=False)
-            record[case] = {"removed": r.snapshots["0.5"].removed}
-        except Exception as e:  # noqa: BLE001 - what each process raised is the test's to judge
-            record[case] = {"error": type(e).__name__, "message": str(e)}
-    with open(os.path.join(folder, f"rank{rank}.json"), "w") as f:
-        json.dump(record, f)
-    dist.destroy_process_group()
+        return {"removed": optimize_connectome(model, train, holdout, 0.5, passes=1.0, progress=False)
+                .snapshots["0.5"].removed}
+
+    record_cases(rank, folder, CASES, attempt)
 
 
 if __name__ == "__main__":
