@@ -52,7 +52,7 @@ class GradientStats:
     def n(self, name: str) -> int:
         """Batch gradients in layer ``name``'s window, the number its mean averages: its observations,
         times the processes after :meth:`reduce` where they observed different gradients."""
-        return self.counts.get(name, 0) * self.replicas.get(name, 1)
+        return self.counts.get(name, 0) * getattr(self, "replicas", {}).get(name, 1)  # (a bare instance: none)
 
     def _ensure(self):
         if len(self.g_sum) == len(self.conn.params):
