@@ -3,6 +3,11 @@
 For every synapse (present and absent alike: gradients are dense) the window keeps the sum of
 batch gradients and, when asked, the sum of their squares. 8 bytes per synapse at most. Sums are
 reduced (mean over ranks) before any decision, so every process decides from the same numbers.
+Processes whose gradients differ (mask_only mode: each scores its own batches) each add a batch
+gradient per step: a window of n steps on R processes then holds n*R of them, and :meth:`GradientStats.n`
+counts them so (the estimators' batch variance and standard errors are those of one process that
+observed all n*R batches); where DDP averaged the gradients before the step, every process observed
+the same ones, and n they stay.
 A gradient is added as it is, NaN or inf included; :meth:`GradientStats.finite` checks the reduced
 window once, before anything reads it (the controller leaves such a window out).
 """
@@ -12,7 +17,7 @@ from typing import Dict, Iterable, Optional
 
 import torch
 
-from ..distributed import all_reduce_mean_
+from ..distributed import all_reduce_mean_, collective_device, is_distributed, world_size
 
 
 def _dense(g: torch.Tensor) -> torch.Tensor:
@@ -32,6 +37,7 @@ class GradientStats:
         self.g_sum: Dict[str, torch.Tensor] = {}
         self.g2_sum: Dict[str, torch.Tensor] = {}
         self.counts: Dict[str, int] = {}
+        self.replicas: Dict[str, int] = {}  # processes whose distinct batch gradients a layer's window holds
         self._reduced = False
 
     @property
@@ -44,8 +50,9 @@ class GradientStats:
         self.counts = {n: int(value) for n in self.conn.params}
 
     def n(self, name: str) -> int:
-        """Observations of layer ``name`` in the window."""
-        return self.counts.get(name, 0)
+        """Batch gradients in layer ``name``'s window, the number its mean averages: its observations,
+        times the processes after :meth:`reduce` where they observed different gradients."""
+        return self.counts.get(name, 0) * getattr(self, "replicas", {}).get(name, 1)  # (a bare instance: none)
 
     def _ensure(self):
         if len(self.g_sum) == len(self.conn.params):
@@ -109,11 +116,31 @@ class GradientStats:
                 self.g_sum[n].zero_()
                 if self.second_moment:
                     self.g2_sum[n].zero_()
+        differ = self._differ_by_process(names)
         tensors = list(self.g_sum.values()) + list(self.g2_sum.values())
         cnt = torch.tensor([float(self.counts[n]) for n in names])
         all_reduce_mean_(tensors + [cnt])
         self.counts = {n: int(round(float(c))) for n, c in zip(names, cnt)}
+        for n, d in zip(names, differ):  # kept to the window's end: a reduced window reduced again is one
+            if d:
+                self.replicas[n] = world_size()
         self._reduced = True
+
+    def _differ_by_process(self, names) -> list:
+        """Whether each layer's sums differ between processes (all False on one process): a fingerprint
+        of each (its sum and its sum of magnitudes, float64) compared by one max-reduce. DDP gives every
+        process the same averaged gradient, so the same sums, bit for bit."""
+        if not names or not is_distributed():
+            return [False] * len(names)
+        import torch.distributed as dist
+
+        first = self.g_sum[names[0]]
+        fp = torch.tensor([[float(self.g_sum[n].double().sum()), float(self.g_sum[n].double().abs().sum())]
+                           for n in names], dtype=torch.float64)
+        both = torch.cat([fp, -fp]).to(collective_device(first))
+        dist.all_reduce(both, op=dist.ReduceOp.MAX)
+        hi, neg_lo = both.cpu().chunk(2)
+        return [bool(x) for x in (hi != -neg_lo).any(dim=1)]
 
     def finite(self) -> bool:
         """Whether the window holds only finite sums: False when a batch of it had a NaN or inf loss
@@ -161,6 +188,7 @@ class GradientStats:
         if not any(self.counts.values()):
             return
         self.counts = {n: 0 for n in self.counts}
+        self.replicas = {}
         self._reduced = False
 
     def nbytes_per_synapse(self) -> float:
@@ -173,6 +201,7 @@ class GradientStats:
         return {
             "count": self.count,
             "counts": dict(self.counts),
+            "replicas": dict(self.replicas),
             "g_sum": {n: t.to("cpu", copy=True) for n, t in self.g_sum.items()},
             "g2_sum": {n: t.to("cpu", copy=True) for n, t in self.g2_sum.items()},
         }
@@ -189,3 +218,4 @@ class GradientStats:
             self.count = int(sd.get("count", 0))
         else:
             self.counts = {n: int(counts.get(n, 0)) for n in self.conn.params}
+        self.replicas = {n: int(k) for n, k in sd.get("replicas", {}).items() if n in self.conn.params}

@@ -1,0 +1,56 @@
+"""Run as ranks 0 and 1 (tests/_ports.two_rank_records): each observes a utility window and records the
+reduced statistics and two estimators' scores. ``window`` is also run on one process by the test, for
+the statistics the windows of both processes must reproduce."""
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import adaptive
+
+STEPS = 2  # observations of each process
+
+
+def batches():
+    """Four batches of 8: process r observes batches r and r + 2 of them."""
+    g = torch.Generator().manual_seed(5)
+    return [(torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(4)]
+
+
+def window(observed, ddp=False):
+    """The reduced statistics of a window of ``observed`` batches (mask_only, all synapses present) and
+    the consistency and evidence estimators' scores of its first layer, as lists."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    conn = adaptive.Connectome(net, mode="mask_only")
+    model = nn.parallel.DistributedDataParallel(net) if ddp else net
+    ctrl = adaptive.Controller(conn, policy="utility", estimator="consistency", density=1.0, update_every=100,
+                               seed=0, verify=False, batch_size=8)
+    for x, y in observed:
+        net.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        ctrl.observe()
+    s = ctrl.stats
+    s.reduce()
+    n = "0.weight"
+    ctx = ctrl.context(n, 0)
+    return {"n": s.n(n), "mean": s.mean(n).view(-1).tolist(), "variance": s.batch_variance(n).view(-1).tolist(),
+            "consistency": ctrl.scores("cost")[n].view(-1).tolist(),
+            "evidence": adaptive.get_estimator("evidence").removal_cost(ctx).view(-1).tolist()}
+
+
+def run(rank, folder):
+    from _rank_record import record_cases
+
+    own = batches()[rank::2]
+    both = [(torch.cat([a[0], b[0]])[8 * rank:8 * rank + 8], torch.cat([a[1], b[1]])[8 * rank:8 * rank + 8])
+            for a, b in zip(batches()[0::2], batches()[1::2])]
+    cases = {"own": lambda _: window(own),  # each process its own batches (mask_only over several processes)
+             "same": lambda _: window(batches()),  # every process the same four
+             "ddp": lambda _: window(both, ddp=True)}  # DDP averages the gradients of a 16-example batch
+    record_cases(rank, folder, {k: k for k in cases}, lambda k: cases[k](k))
+
+
+if __name__ == "__main__":
+    run(int(sys.argv[2]), sys.argv[1])
