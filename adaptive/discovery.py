@@ -76,19 +76,30 @@ def _pruned_message(pruned: Sequence[tuple], include: str) -> str:
 
 def copy_model(model: nn.Module, purpose: str) -> nn.Module:
     """``copy.deepcopy(model)``, with an error that names the fix where torch cannot copy it: a layer
-    under old-style ``torch.nn.utils.weight_norm`` holds a computed weight that deepcopy refuses.
+    under old-style ``torch.nn.utils.weight_norm`` or ``spectral_norm``, or under
+    ``torch.nn.utils.prune``, holds a computed weight that deepcopy refuses.
     ``purpose`` names the caller in the message (e.g. ``"graphs.compact"``)."""
     try:
         return copy.deepcopy(model)
     except RuntimeError as e:
-        hooked = [f"{n or type(m).__name__}.{a} ({'weight_norm' if isinstance(h, WeightNorm) else 'spectral_norm'})"
+        hooked = [(f"{n or type(m).__name__}.{a}", "weight_norm" if isinstance(h, WeightNorm) else "spectral_norm")
                   for n, m in model.named_modules() for a, h in weight_hooks(m).items()]
+        hooked += [(f"{n or type(m).__name__}.{a}", "torch.nn.utils.prune")
+                   for n, m in model.named_modules() for a in pruning_hooks(m)]
         if not hooked:
             raise
-        raise ValueError(f"{purpose} works on a copy of the model, and torch cannot copy a layer whose weight an "
-                         f"old-style torch.nn.utils hook computes: {', '.join(hooked)}. Call "
-                         f"torch.nn.utils.remove_weight_norm(module) (remove_spectral_norm for spectral_norm) first, "
-                         f"or use torch.nn.utils.parametrizations.weight_norm, which can be copied") from e
+        kinds = {k for _, k in hooked}
+        fixes = []
+        if kinds & {"weight_norm", "spectral_norm"}:
+            fixes.append("Call torch.nn.utils.remove_weight_norm(module) (remove_spectral_norm for spectral_norm) first, "
+                         "or use torch.nn.utils.parametrizations.weight_norm, which can be copied.")
+        if "torch.nn.utils.prune" in kinds:
+            fixes.append("For torch.nn.utils.prune, call torch.nn.utils.prune.remove(module, NAME) first (it makes that "
+                         "pruning permanent), or run the model once under torch.no_grad(), which leaves a weight torch "
+                         "can copy.")
+        raise ValueError(f"{purpose} works on a copy of the model, and torch cannot copy a layer whose weight a "
+                         f"torch.nn.utils hook computes: {', '.join(f'{w} ({k})' for w, k in hooked)}. "
+                         + " ".join(fixes)) from e
 
 
 def _hook_sources(module: nn.Module, hook) -> list:

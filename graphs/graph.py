@@ -27,6 +27,7 @@ from typing import Dict, List, Mapping, Optional
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils import prune as torch_prune
 from torch.nn.utils.spectral_norm import SpectralNorm
 
 from .batch_axis import checked_batch_axis
@@ -35,7 +36,7 @@ from .trace import trace
 from .trace_types import (CONST, EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT, JUNCTION, KIND_NAMES, OUTPUT, UNIT,
                           Group, LayerFlow, Trace)
 from adaptive.connectome import _plain_module
-from adaptive.discovery import transposed_shape, weight_hooks
+from adaptive.discovery import pruning_hooks, transposed_shape, weight_hooks
 from adaptive.warn import warn_user
 
 LEVELS = ("synapse", "unit", "layer")
@@ -100,13 +101,14 @@ class ConnectomeGraph:
 # ------------------------------------------------------------------------------------ helpers
 def _computed(model: nn.Module, name: str):
     """``(module, attribute, hook)`` when ``name`` is a weight computed at every call from other
-    parameters (a parametrization: hook None; old-style weight_norm or spectral_norm: its hook), else None."""
+    parameters (a parametrization: hook None; old-style weight_norm or spectral_norm, or the
+    ``NAME_orig * NAME_mask`` of ``torch.nn.utils.prune``: its hook), else None."""
     mname, _, attr = name.rpartition(".")
     try:
         module = model.get_submodule(mname)
     except AttributeError:
         return None
-    hook = weight_hooks(module).get(attr)
+    hook = weight_hooks(module).get(attr) or pruning_hooks(module).get(attr)
     return (module, attr, hook) if hook is not None or parametrize.is_parametrized(module, attr) else None
 
 
@@ -139,6 +141,8 @@ def _weight(model: nn.Module, name: str) -> torch.Tensor:
     with torch.no_grad():
         if isinstance(hook, SpectralNorm):
             return hook.compute_weight(module, do_power_iteration=False)
+        if isinstance(hook, torch_prune.BasePruningMethod):  # weight_orig * weight_mask, as its next call
+            return hook.apply_mask(module)
         if hook is not None:  # old-style weight_norm: the attribute holds the last call's value, stale
             return hook.compute_weight(module)  # after an optimizer step
         # a parametrization in training mode may update its state when read (spectral_norm's power

@@ -6,6 +6,7 @@ import networkx as nx
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.nn.utils.prune
 from torch import nn
 
 import adaptive
@@ -104,14 +105,16 @@ REPARAMETRIZE = {
     "parametrizations.orthogonal": lambda m: nn.utils.parametrizations.orthogonal(m),
     "weight_norm": lambda m: nn.utils.weight_norm(m),
     "spectral_norm": lambda m: nn.utils.spectral_norm(m),
+    "prune": lambda m: torch.nn.utils.prune.random_unstructured(m, "weight", 0.5),  # weight_orig * weight_mask
 }
 
 
 @pytest.mark.parametrize("how", list(REPARAMETRIZE))
 @pytest.mark.parametrize("with_connectome", [True, False])
 def test_a_layer_with_a_computed_weight_is_in_the_graph_fully_live_with_its_values(how, with_connectome, tmp_path):
-    """A weight a parametrization or weight_norm computes holds no synapses; building the graph raised
-    KeyError ("has no parameter '0.weight'") instead of treating it as a layer outside the connectome."""
+    """A weight a parametrization, weight_norm or torch.nn.utils.prune computes holds no synapses; building
+    the graph raised KeyError ("has no parameter '0.weight'") instead of treating it as a layer outside the
+    connectome (torch.nn.utils.prune's too, until it was taken as a computed weight)."""
     import warnings
 
     torch.manual_seed(0)
@@ -133,6 +136,8 @@ def test_a_layer_with_a_computed_weight_is_in_the_graph_fully_live_with_its_valu
             expected = m.weight_g * m.weight_v / m.weight_v.norm(dim=1, keepdim=True)
         elif how == "spectral_norm":  # eval mode: no power iteration
             expected = m.weight_orig / torch.dot(m.weight_u, m.weight_orig @ m.weight_v)
+        elif how == "prune":  # its zeros are torch.nn.utils.prune's, not the connectome's: live synapses of weight 0
+            expected = m.weight_orig * m.weight_mask
         else:
             expected = m.weight.detach().clone()
     live2 = int(mask.sum()) if conn is not None else 60
