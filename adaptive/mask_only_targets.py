@@ -194,11 +194,57 @@ def refuse_removing_nothing(label: str, target, removed: int, total: int, absent
                      f"{start} itself give {absent if absent else 0}")
 
 
+def landing(removed: int, absent: int, step: EnsembleStep) -> Optional[int]:
+    """The synapses a stage asked to remove ``removed`` in all ends with, from a start of ``absent``, where
+    the connectome's ensembles are all of one size (``step``): the nearest whole number of them beyond the
+    start, exactly half one rounded up (a tie the stage settles by pruning: :attr:`EnsembleStep.least`).
+    None for ensembles of several sizes, where it depends on the estimator's order."""
+    if step.smallest != step.largest:
+        return None
+    size = step.smallest
+    return absent + size * ((removed - absent + size // 2) // size)
+
+
+def refuse_indistinct(resolved: List[Tuple[str, Optional[int]]], parsed: Dict[str, Target], total: int, absent: int,
+                      step: EnsembleStep) -> None:
+    """Refuse two targets (``resolved``: ``(label, synapses to remove)``, fewest first; ``parsed``: each
+    label's target as parsed) that ``step``'s ensembles cannot tell apart: with ensembles of one size, two
+    that land on one count (:func:`landing`: 100 and 103, or 96 and 104, with ensembles of 10 both remove
+    100); of several sizes, two less than :attr:`EnsembleStep.least` apart (the later stage may remove none).
+    Their snapshots would be one network under two names, silently (as :func:`refuse_removing_nothing` for
+    one target against the start)."""
+    if step.least == 1:  # single synapses: every count is a network of its own
+        return
+    for (a, ra), (b, rb) in zip(resolved, resolved[1:]):
+        if ra is None or rb is None:
+            continue
+        lands = landing(ra, absent, step)
+        one = lands is not None
+        if (lands != landing(rb, absent, step)) if one else rb - ra >= step.least:
+            continue
+        def asks(label, r):
+            return f"round({label} x {total:,}) = {r:,}" if isinstance(parsed[label], float) else f"{r:,}"
+        sizes = (f"{step.smallest} synapses each" if one else f"{step.smallest} to {step.largest} synapses each")
+        what = (f"both would remove {lands:,}, so their snapshots would be" if one else
+                f"they are {rb - ra:,} apart, not more than half the smallest, so the later stage may remove none and "
+                "their snapshots may be")
+        need = (lands + step.least) if one else ra + step.least
+        fix = (f"give target {b} as a count of at least {need:,} or a fraction of at least "
+               f"{fraction_bound(need, total, most=False)} (the least that removes one ensemble more than target {a}"
+               f"{', which removes ' + format(lands, ',') if one else ''})" if need < total else
+               f"no target below every synapse removes one ensemble more than target {a}")
+        raise ValueError(f"targets {a} and {b} ask for {asks(a, ra)} and {asks(b, rb)} of the model's {total:,} prunable "
+                         f"synapses, but its '{step.ensemble}' ensembles hold {sizes} and a stage removes whole "
+                         f"ensembles, the nearest to its count (within half an ensemble): {what} one network. "
+                         f"{fix[0].upper() + fix[1:]}; or leave one of them out")
+
+
 def _resolve_targets(targets: list, total: int, start=None, step: EnsembleStep = EnsembleStep()) -> List[Tuple[str, Optional[int]]]:
     """``(label, synapses to remove)`` of each target against ``total`` synapses, fewest first ("best":
     None, on its own); a target beyond them, "best" among others, two removing the same count, one
-    removing fewer than are absent at ``start`` (a :class:`~adaptive.mask_only_start.Start`), or a
-    positive one too small to remove one ensemble (``step``: :func:`refuse_removing_nothing`) is refused
+    removing fewer than are absent at ``start`` (a :class:`~adaptive.mask_only_start.Start`), a
+    positive one too small to remove one ensemble (``step``: :func:`refuse_removing_nothing`), or two that
+    ``step``'s ensembles cannot tell apart (:func:`refuse_indistinct`) is refused
     (ValueError; one of several named with its position)."""
     resolved = []
     absent = start.absent if start is not None else 0
@@ -224,7 +270,9 @@ def _resolve_targets(targets: list, total: int, start=None, step: EnsembleStep =
         if r is not None and r in counts:
             raise ValueError(f"targets {counts[r]} and {label} both remove {r:,} synapses: give each target once")
         counts.setdefault(r, label)
-    return sorted(resolved, key=lambda lr: -1 if lr[1] is None else lr[1])
+    resolved = sorted(resolved, key=lambda lr: -1 if lr[1] is None else lr[1])
+    refuse_indistinct(resolved, dict(zip(_labels(targets), map(parse_target, targets))), total, absent, step)
+    return resolved
 
 
 def _listing(values) -> str:

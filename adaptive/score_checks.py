@@ -79,18 +79,43 @@ def _storage(t: torch.Tensor):
 
 def _state_of(est, name: str) -> list:
     """The tensors ``est`` keeps that scores of layer ``name`` may share memory with: its tensor attributes
-    and, of each of its dict attributes, the entry for ``name`` (per-layer state, as ``Evidence``'s and
-    ``Presence``'s), or that entry's tensors where it is a dict, tuple or list of them (``{"mean": m, "var":
-    v}`` per layer). Attributes only are read, a few per layer: nothing is walked or copied."""
+    and, in each of its dict attributes, the entry for ``name`` wherever it sits among nested dicts
+    (layer-first, ``self.stats[name]``, as ``Evidence``'s and ``Presence``'s, or stat-first,
+    ``self.stats["mean"][name]``, of any order, down to :data:`_DEPTH` levels), with that entry's tensors
+    where it is a dict, tuple or list of them (``{"mean": m, "var": v}`` per layer). Only keys are looked
+    up: a dict holding ``name`` is not searched further, and no tensor of another layer is collected (a
+    list attribute is not read: a history of many tensors, say); nothing is copied."""
     out = []
     for v in getattr(est, "__dict__", {}).values():
-        if isinstance(v, dict):  # (a list attribute is not read: a history of many tensors, say)
-            v = v.get(name)
-            v = v.values() if isinstance(v, dict) else v if isinstance(v, (tuple, list)) else [v]
-        else:
-            v = [v]
-        out.extend(t for t in v if isinstance(t, torch.Tensor))
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, dict):
+            _entries_for(v, name, out, _DEPTH)
     return out
+
+
+_DEPTH = 4  # the nesting _state_of looks through (self.ema["fast"]["mean"][name] is 3): bounds a cycle's walk
+
+
+def _entries_for(d: dict, name: str, out: list, depth: int) -> None:
+    """Append to ``out`` the tensors of ``d``'s entry for ``name`` (:func:`_tensors_in`), or, where ``d`` holds
+    no such key, those of the dicts among its values, ``depth`` levels down at most."""
+    if name in d:
+        _tensors_in(d[name], out, depth)
+    elif depth > 0:
+        for v in d.values():
+            if isinstance(v, dict):
+                _entries_for(v, name, out, depth - 1)
+
+
+def _tensors_in(v, out: list, depth: int) -> None:
+    """Append to ``out`` the tensors of one layer's entry ``v``: itself, or those of the dicts, tuples and
+    lists it holds, ``depth`` levels down at most."""
+    if isinstance(v, torch.Tensor):
+        out.append(v)
+    elif depth > 0 and isinstance(v, (dict, tuple, list)):
+        for x in (v.values() if isinstance(v, dict) else v):
+            _tensors_in(x, out, depth - 1)
 
 
 def _check_pooled(est, side: str, name: str, pooled: torch.Tensor, gran) -> None:

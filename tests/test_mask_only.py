@@ -1036,6 +1036,33 @@ def test_edge_popup_refuses_two_targets_of_one_count():
         edge_popup(m, tr, ho, [0.1, 25], passes=0.1, progress=False)
 
 
+def test_edge_popup_on_a_sparse_model_refuses_as_the_optimisation_does_and_never_keeps_a_zero():
+    """On a sparse model (20 weights of exactly 0.0) edge-popup took a target of 10, reported 10 removed though
+    20 compute nothing, and its top-k kept zero weights (their scores stay 0.0 while others learn below it),
+    removing real weights in their place: a snapshot removed more than its target. It now refuses what
+    optimize_connectome refuses, with its words, and never keeps a synapse absent from the start."""
+    def sparse():
+        m = tiny()
+        with torch.no_grad():
+            m.fc.weight[:, :5] = 0.0
+        return m
+
+    tr, ho = loaders()
+    with pytest.raises(ValueError) as ours:
+        optimize_connectome(sparse(), tr, ho, 10, passes=0.1, progress=False)
+    m = sparse()
+    before = copy.deepcopy(m.state_dict())
+    with pytest.raises(ValueError, match=r"target 10 removes 10 .* but 20 \(8.1%\) are already absent") as popup:
+        edge_popup(m, tr, ho, 10, passes=0.1, progress=False)
+    assert str(popup.value) == str(ours.value)
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())
+    conn, snaps = edge_popup(m, tr, ho, [20, 100], passes=2.0, lr=0.5, progress=False)
+    zero = {n: w == 0 for n, w in conn.original.items()}
+    for label, snap in snaps.items():
+        assert not any(bool((snap["masks"][n] & zero[n]).any()) for n in zero), label
+        assert snap["removed"] == int(label)
+
+
 def test_edge_popup_leaves_out_non_finite_batches_as_the_controller_does():
     """A NaN in the training data made every score NaN (Adam steps by NaN) and the top-k arbitrary;
     edge-popup ran on and reported held-out figures of a mask picked by NaN comparisons (58% of the

@@ -169,3 +169,24 @@ def test_exactly_half_the_smallest_of_several_sizes_may_remove_one_as_the_refusa
         refuse_removing_nothing("5", 5, 5, 120, 4, step)  # 1 beyond the start: under half of 4
     with pytest.raises(ValueError, match=r"it may remove none .*may be the starting network"):
         refuse_removing_nothing("6", 6, 6, 120, 4, step)  # 2 beyond the start: exactly half
+
+
+def test_two_targets_the_ensembles_cannot_tell_apart_are_refused_naming_the_least_that_differs():
+    """With neurons of 4 synapses (the head, ``include="fc"``: 12 synapses), targets 4 and 5 both removed one
+    neuron, and 3 and 5 too (each the nearest whole neuron): two snapshots of one network under two names,
+    silently. Refused now, naming both targets, what they remove and the least count that removes one neuron
+    more; 4 and 6 (a tie settled by pruning) are two networks. With ensembles of several sizes, two targets
+    within half the smallest of each other are refused (the later stage may remove none)."""
+    head = dict(ensemble="neuron", include="fc")
+    for pair in ([4, 5], [5, 3]):
+        lo, hi = sorted(pair)
+        _refused(pair, rf"^targets {lo} and {hi} ask for {lo} and {hi} of the model's 12 prunable synapses, but its "
+                       r"'neuron' ensembles hold 4 synapses each .*: both would remove 4, so their snapshots would be "
+                       rf"one network\. Give target {hi} as a count of at least 6 or a fraction of at least [0-9.]+ "
+                       rf"\(the least that removes one ensemble more than target {lo}, which removes 4\); or leave "
+                       r"one of them out$", **head)
+    res = _run(net(), [4, 6], **head)
+    assert {k: s.removed for k, s in res.snapshots.items()} == {"4": 4, "6": 8}
+    _refused([30, 0.26], r"^targets 30 and 0.26 ask for 30 and round\(0.26 x 120\) = 31 .*'neuron' ensembles hold 4 "
+                         r"to 27 synapses each .*they are 1 apart, .*may remove none and their snapshots may be one "
+                         r"network\. Give target 0.26 as a count of at least 33 ", ensemble="neuron")

@@ -277,3 +277,32 @@ def test_an_estimator_keeping_a_sparse_tensor_or_nested_per_layer_state_gets_its
     ctrl = adaptive.Controller(conn, policy="score_checks_scribble", estimator="score_checks_nested", update_every=1)
     ctrl.update()
     assert all(torch.equal(ctrl.drop_est.stats[n]["mean"], t.abs()) for n, t in conn.original.items())
+
+
+@pytest.mark.parametrize("layout", ["stat-first", "deeper", "layer-first nested"])
+def test_scores_that_are_estimator_state_kept_stat_first_are_copied(own, layout):
+    """Only the layer's entry of a dict attribute (``self.kept[name]``) was looked at: state kept stat-first,
+    ``self.stats["mean"][name]`` (or deeper), went unchecked, so an estimator returning it handed a policy its
+    own state, which the policy's writes then rewrote. The entry for the layer is found at any nesting now."""
+    @register_estimator("score_checks_stat_first")
+    class StatFirst(Estimator):
+        def __init__(self):
+            self.stats = {}
+
+        def removal_cost(self, ctx):
+            kept = ctx.weight.detach().abs() + 1
+            if layout == "stat-first":
+                self.stats.setdefault("mean", {})[ctx.name] = kept
+            elif layout == "deeper":
+                self.stats.setdefault("ema", {}).setdefault("fast", {})[ctx.name] = kept
+            else:
+                self.stats[ctx.name] = {"moments": {"mean": kept}}
+            return kept
+
+    _writing_policy("score_checks_scribble_state")
+    conn = adaptive.Connectome(_net())
+    ctrl = adaptive.Controller(conn, policy="score_checks_scribble_state", estimator="score_checks_stat_first",
+                               update_every=1)
+    ctrl.update()  # the policy fills the scores with 7.0
+    kept = torch.utils._pytree.tree_leaves(ctrl.drop_est.stats)
+    assert len(kept) == 2 and all(bool((t >= 1).all()) and not bool((t == 7.0).all()) for t in kept)

@@ -30,7 +30,7 @@ from ..warn import warn_user
 from ..mask_only import _logits, _model_device, _to_device, checked_passes, evaluate, listed_targets, mask_learning
 from ..mask_only_batches import _OWN_BATCHES
 from ..mask_only_settings import check_loaders
-from ..mask_only_start import zero_weights
+from ..mask_only_start import check_start_agrees, sparse_start
 from ..mask_only_targets import _resolve_targets
 from ..metrics import call_model, refuse_one_class
 
@@ -46,6 +46,15 @@ def _topk_masks(scores: Dict[str, torch.Tensor], keep: int) -> Dict[str, torch.T
         out[n] = m[off: off + s.numel()].view(s.shape)
         off += s.numel()
     return out
+
+
+def _ranked(scores: Dict[str, torch.Tensor], absent: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The scores the top-k ranks: detached, and -inf where a synapse is ``absent`` from a sparse start (its
+    weight exactly 0.0), so that the top-k never keeps one (a kept zero computes nothing, and would let a real
+    weight go in its place: the snapshot would remove more than its target). A target removes at least the
+    absent synapses (refused otherwise), so the top-k keeps only present ones."""
+    return {n: s.detach().masked_fill(absent[n], float("-inf")) if n in absent else s.detach()
+            for n, s in scores.items()}
 
 
 def _all_finite(loss: torch.Tensor) -> bool:
@@ -67,7 +76,10 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     ``snapshots[label] = {"removed", "masks", "holdout_loss", "holdout_acc"}`` per target (``targets``:
     one number or a list of them, as :func:`adaptive.optimize_connectome` takes, "best" excepted, and refused
     as it refuses them: every synapse or more, two removing one count, a positive one that removes no synapse,
-    such as a fraction of 1e-9 that rounds to 0, whose snapshot would be the dense network).
+    such as a fraction of 1e-9 that rounds to 0, whose snapshot would be the dense network, and one removing
+    fewer synapses than a sparse model has already lost: :mod:`adaptive.mask_only_start`). As there, a synapse
+    whose weight is exactly 0.0 counts as removed from the start and is never kept, so ``removed`` is what
+    each target asks for.
 
     Edge-popup itself draws nothing at random; the call runs with the global generators seeded from
     ``seed`` and puts the caller's back afterwards, as :func:`adaptive.optimize_connectome` does: a
@@ -95,9 +107,13 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     total = conn.num_synapses()
     if any(isinstance(t, str) and t == "best" for t in targets):
         raise ValueError("edge-popup needs numeric targets, not 'best'")
+    start = sparse_start(conn)  # a sparse model's zeros: absent from the start, never kept (as the optimisation's)
+    check_start_agrees(start)  # (several processes: one count for every process's refusals)
     # the optimisation's own rules (a target beyond the synapses, two removing one count, a positive one
-    # removing none: a fraction of 1e-9), each named as it names them; fewest removed first
-    goals = _resolve_targets(targets, total)
+    # removing none: a fraction of 1e-9, one below a sparse start's absent synapses), each named as it names
+    # them; fewest removed first
+    goals = _resolve_targets(targets, total, start)
+    absent = {n: ~m for n, m in start.masks.items()} if start.absent else {}
     scores = {n: (o.abs() / o.pow(2).mean().sqrt().clamp_min(1e-12)).float().clone().requires_grad_(True)
               for n, o in conn.original.items()}
     steps = max(1, int(math.ceil(passes * n_train - 1e-9)))
@@ -108,13 +124,13 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
 
     bar = tqdm(total=steps * len(goals), desc="edge-popup", unit="batch", disable=not progress, mininterval=2.0)
     first = True
-    with mask_learning(model, conn, absent=zero_weights(conn.original)):
+    with mask_learning(model, conn, absent=start.zeros):
         for label, removed in goals:
             keep = total - removed
             opt = torch.optim.Adam(list(scores.values()), lr=lr)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
             for _ in range(steps):
-                conn.set_masks(_topk_masks({n: s.detach() for n, s in scores.items()}, keep))
+                conn.set_masks(_topk_masks(_ranked(scores, absent), keep))
                 in_a_row = 0
                 while True:  # as the controller does: a batch with a non-finite loss is left out, another drawn
                     x, y = _to_device(next(it), device)  # (NaN gradients would make every score NaN, top-k arbitrary)
@@ -140,7 +156,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                 opt.step()
                 sched.step()
                 bar.update(1)
-            conn.set_masks(_topk_masks({n: s.detach() for n, s in scores.items()}, keep))
+            conn.set_masks(_topk_masks(_ranked(scores, absent), keep))
             for p in conn.params.values():
                 p.grad = None
             hl, ha, _ = evaluate(model, holdout_loader, loss_fn)
