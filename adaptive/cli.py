@@ -109,13 +109,22 @@ def progress_lines(setting: Optional[bool], main: bool) -> bool:
 
 def progress_line(**figures) -> str:
     """One plain progress line, no carriage return: ``progress: step 40/200, epoch 2, train loss 0.512,
-    ...``; a figure that is None is left out, a float shows 4 significant digits, ``seconds`` comes last."""
+    ...``; a figure that is None is left out, a float shows 4 significant digits, except an accuracy (a
+    key ending in ``accuracy``, given as a fraction), shown as a percentage with 2 decimals as the recipes'
+    closing lines and tables show it (``holdout accuracy 88.98%``), ``seconds`` comes last."""
     seconds = figures.pop("seconds", None)
-    parts = [f"{k.replace('_', ' ')} {v:.4g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
-             for k, v in figures.items() if v is not None]
+    parts = [f"{k.replace('_', ' ')} {_figure(k, v)}" for k, v in figures.items() if v is not None]
     if seconds is not None:
         parts.append(f"{seconds:.0f} s")
     return "progress: " + ", ".join(parts)
+
+
+def _figure(key: str, value) -> str:
+    """One figure of :func:`progress_line`: an accuracy fraction as a percentage, another float to
+    4 significant digits, anything else as it is."""
+    if isinstance(value, float) and key.endswith("accuracy"):
+        return f"{100 * value:.2f}%"
+    return f"{value:.4g}" if isinstance(value, float) else f"{value}"
 
 
 def mask_only_progress(total_synapses: int, show: Callable[[str], None]) -> Callable[[dict], None]:

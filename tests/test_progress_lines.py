@@ -24,6 +24,23 @@ def test_progress_line_is_one_plain_line():
     assert not progress_lines(True, True)  # a bar asked for: no lines besides it
 
 
+def test_progress_line_shows_accuracy_as_the_closing_lines_percentage():
+    # the closing line and the tables print accuracies as percentages (92.65%, 85.50): a progress line
+    # of the same console printed the same held-out accuracy as a fraction (0.8898)
+    from adaptive.cli import mask_only_progress
+
+    line = progress_line(step="85/150", train_loss=0.39744, holdout_accuracy=0.8898163606010017, density="0.2000",
+                         seconds=1.0)
+    assert line == "progress: step 85/150, train loss 0.3974, holdout accuracy 88.98%, density 0.2000, 1 s"
+    shown = []
+    on_record = mask_only_progress(200, shown.append)
+    on_record({"kind": "update", "target": 0.05, "train_loss": 0.5})
+    on_record({"kind": "eval", "step": 5, "holdout_loss": 0.4433, "holdout_acc": 0.875, "removed": 10,
+               "wall_seconds": 35.2})
+    assert shown == ["progress: step 5, target 0.05, train loss 0.5, holdout loss 0.4433, holdout accuracy 87.50%, "
+                     "density 0.9500, 35 s"]
+
+
 def test_train_run_into_a_pipe_prints_progress_lines(tmp_path):
     cmd = [sys.executable, str(ROOT / "recipes" / "adaptive.py"), "--max_steps", "40", "--eval_every", "10",
            "--update_every", "10", "--log_every", "5", "--threads", "1", "--figures", "false",
