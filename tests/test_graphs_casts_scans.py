@@ -1,0 +1,65 @@
+"""dtype casts (``.long()``, ``.int()``, ``.bool()``, ``.type(dtype)``, ...), flips, rolls and rotations, and running sums
+and products (``cumsum``, ``cumprod``, ``logcumsumexp``) are followed exactly. They were unknown ops (a warning,
+every input unit feeding every output).
+
+Checked as tests/test_graphs_rank.py checks the rank ops, against the model itself in float64: a unit of ``a`` feeds
+an input channel of ``head`` when moving that unit changes it. A cast to an integer or bool has no gradient, so
+the dependency is structural, as perturbation finds it: what the cast gives changes when the element moves (past a
+whole number, or to or from zero: a ReLU before ``.bool()`` makes zeros to move away from)."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import adaptive
+import graphs
+from test_graphs_rank import Along, _graph_feeds_of, _truth
+
+torch.set_num_threads(1)
+
+OPS = {
+    "long": lambda h: (h * 10).long(),
+    "int": lambda h: (h * 10).int(),
+    "short": lambda h: (h * 10).short(),
+    "bool of a relu": lambda h: F.relu(h).bool(),
+    "type(dtype)": lambda h: (h * 10).type(torch.int64),
+    "to(dtype)": lambda h: (h * 10).to(torch.int32),
+    "float": lambda h: h.float(),
+    "half": lambda h: h.half(),
+    "flip": lambda h: h.flip(-1),
+    "flip two dims": lambda h: torch.flip(h, [1, 2]),
+    "fliplr": lambda h: torch.fliplr(h),
+    "flipud (over the batch)": lambda h: torch.flipud(h),
+    "roll": lambda h: h.roll(1, -1),
+    "roll flattened": lambda h: torch.roll(h, 3),
+    "roll two dims": lambda h: torch.roll(h, (1, 2), (1, 2)),
+    "rot90": lambda h: torch.rot90(h, 1, (1, 2)),
+    "cumsum": lambda h: h.cumsum(-1),
+    "cumsum over rows, keyword dim": lambda h: torch.cumsum(h, dim=1),
+    "cumprod": lambda h: torch.cumprod(h, 2),
+    "logcumsumexp": lambda h: h.logcumsumexp(-1),
+    "suffix sum: flip, cumsum, flip": lambda h: h.flip(-1).cumsum(-1).flip(-1),
+    "cast then cumsum": lambda h: (h * 10).long().cumsum(-1),
+}
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_a_cast_flip_roll_or_running_sum_is_followed_exactly(name):
+    torch.manual_seed(0)
+    model = Along(OPS[name]).double().eval()
+    conn = adaptive.Connectome(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "cannot follow the data flow"
+        g = graphs.build(conn, "unit", example_input=torch.randn(4, 5, dtype=torch.float64))
+    truth = _truth(model)
+    assert bool(truth.any())  # the check checks something
+    assert torch.equal(_graph_feeds_of(g, "head", "a"), truth)
+    assert g.live_synapses() == conn.num_live()
+
+
+def test_a_cast_to_bool_keeps_each_unit_its_own_channel():
+    """Structural: ``.bool()`` has zero gradient, yet channel ``c`` of what it gives is unit ``c``, and nothing else."""
+    model = Along(lambda h: h.bool())
+    g = graphs.build(adaptive.Connectome(model), "unit", example_input=torch.randn(4, 5))
+    assert torch.equal(_graph_feeds_of(g, "head", "a"), torch.eye(8, dtype=torch.bool))
