@@ -1,6 +1,7 @@
-"""dtype casts (``.long()``, ``.int()``, ``.bool()``, ``.type(dtype)``, ...), flips, rolls and rotations, and running sums
-and products (``cumsum``, ``cumprod``, ``logcumsumexp``) are followed exactly. They were unknown ops (a warning,
-every input unit feeding every output).
+"""dtype casts (``.long()``, ``.int()``, ``.bool()``, ``.type(dtype)``, ...), flips, rolls and rotations, and running
+sums and products (``cumsum``, ``cumprod``, ``logcumsumexp``) are followed exactly. They were unknown ops (a warning,
+every input unit feeding every output). A method called unbound, ``torch.Tensor.topk(h, 2)``, is the method call (fx
+refused it, and the model fell back to module order).
 
 Checked as tests/test_graphs_rank.py checks the rank ops, against the model itself in float64: a unit of ``a`` feeds
 an input channel of ``head`` when moving that unit changes it. A cast to an integer or bool has no gradient, so
@@ -63,3 +64,59 @@ def test_a_cast_to_bool_keeps_each_unit_its_own_channel():
     model = Along(lambda h: h.bool())
     g = graphs.build(adaptive.Connectome(model), "unit", example_input=torch.randn(4, 5))
     assert torch.equal(_graph_feeds_of(g, "head", "a"), torch.eye(8, dtype=torch.bool))
+
+
+UNBOUND = {
+    "topk": (lambda h: torch.Tensor.topk(h, 2).values, lambda h: h.topk(2).values),
+    "sort indices": (lambda h: torch.Tensor.sort(h, dim=1)[1], lambda h: h.sort(dim=1)[1]),
+    "flip": (lambda h: torch.Tensor.flip(h, [2]), lambda h: h.flip([2])),
+    "long": (lambda h: torch.Tensor.long(h * 10), lambda h: (h * 10).long()),
+    "cumsum": (lambda h: torch.Tensor.cumsum(h, dim=-1), lambda h: h.cumsum(dim=-1)),
+    "softmax": (lambda h: torch.Tensor.softmax(h, 1), lambda h: h.softmax(1)),
+}
+
+
+@pytest.mark.parametrize("name", list(UNBOUND))
+def test_an_unbound_tensor_method_is_followed_as_the_method(name):
+    """``torch.Tensor.topk(h, 2)``: fx refused it ("descriptor 'topk' ... doesn't apply to a 'Proxy' object") and the
+    whole model fell back to module order; it is now the method call, with the method's graph."""
+    unbound, method = UNBOUND[name]
+    own = torch.Tensor.__dict__.get("topk"), torch.Tensor.topk
+    graphs_of = []
+    for op in (unbound, method):
+        torch.manual_seed(0)
+        model = Along(op).double().eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no module-order fallback, no unknown op
+            g = graphs.build(adaptive.Connectome(model), "unit", example_input=torch.randn(4, 5, dtype=torch.float64))
+        assert g.meta["traced"] is True
+        graphs_of.append(_graph_feeds_of(g, "head", "a"))
+    assert torch.equal(graphs_of[0], graphs_of[1])
+    assert torch.equal(graphs_of[0], _truth(model))
+    assert (torch.Tensor.__dict__.get("topk"), torch.Tensor.topk) == own  # torch's own again after tracing
+
+
+def test_an_unbound_method_in_a_compacted_copy_and_a_sized_trace():
+    """The copy ``graphs.compact`` writes calls the method; a forward that fx traces only with the example's sizes
+    (``range(x.shape[1])``) takes the unbound call too."""
+    class Steps(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.head = torch.nn.Linear(3, 6), torch.nn.Linear(2, 2)
+
+        def forward(self, x):  # [B, T, 3]
+            h = self.a(sum(x[:, t] for t in range(x.shape[1])))
+            return self.head(torch.Tensor.topk(h, 2).values)
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(adaptive.Connectome(Steps()), "unit", example_input=x)
+    assert g.meta["traced"] is True and bool(_graph_feeds_of(g, "head", "a").all())
+    model = Along(lambda h: torch.Tensor.topk(h, 2).values).eval()
+    conn = adaptive.Connectome(model)
+    x = torch.randn(4, 5)
+    small = graphs.compact(model, conn, x)
+    assert "topk" in small.code
+    assert torch.allclose(small(x), model(x))
