@@ -94,7 +94,15 @@ def _as_method(name: str, own):
 
     call.__name__ = call.__qualname__ = name
     call.__doc__ = own.__doc__
+    _OWN[call] = own
     return call
+
+
+# each stand-in of _as_method, and torch's descriptor it stands for: a tensor's method given a Proxy as another
+# argument (``self.buf.add_(h)``, a buffer fx gives as a tensor) reaches fx as a call of ``torch.Tensor.add_``,
+# the stand-in while it is there, which fx, not knowing it for a method, records as a function call;
+# SignatureTracer.trace records it as the method call, as fx does with torch's
+_OWN: dict = {}
 
 
 @contextlib.contextmanager
@@ -104,9 +112,14 @@ def _unbound_methods_traced():
     back to module order. Inside, such a call records the method call ``h.topk(2)``, the graph written as if the
     model called it so, followed by the same rule; on a tensor it is torch's own call. Removed on exit."""
     names = _unbound_names()
+    # torch caches the methods of torch.Tensor the first time it is asked (fx asks which calls are methods): asked
+    # now, while they are torch's; cached with the stand-ins, it would take torch's own for functions ever after
+    torch.overrides.is_tensor_method_or_property(torch.Tensor.add)
     try:
         for name in names:
-            setattr(torch.Tensor, name, _as_method(name, getattr(torch.Tensor, name)))
+            own = getattr(torch.Tensor, name)
+            stand_in = next((f for f, o in _OWN.items() if o is own), None) or _as_method(name, own)
+            setattr(torch.Tensor, name, stand_in)
         yield
     finally:
         for name in names:
@@ -177,6 +190,9 @@ class SignatureTracer(fx.Tracer):
             _annotate(graph, inspect.unwrap(fn), holders, code.co_varnames[bound:len(holders) + bound])
         else:
             _required_after_defaults(graph)
+        for n in graph.nodes:
+            if n.op == "call_function" and n.target in _OWN:  # a stand-in of _unbound_methods_traced: the method
+                n.op, n.target = "call_method", n.target.__name__
         checks = [n for n in graph.nodes if n.target is none_only or _assert_is_none is not None and n.target is _assert_is_none]
         for n in checks:
             n.target = none_only

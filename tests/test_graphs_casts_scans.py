@@ -120,3 +120,29 @@ def test_an_unbound_method_in_a_compacted_copy_and_a_sized_trace():
     small = graphs.compact(model, conn, x)
     assert "topk" in small.code
     assert torch.allclose(small(x), model(x))
+
+
+def test_a_tensor_method_given_a_traced_argument_is_still_the_method_call():
+    """While the unbound methods are traced, ``self.buf.add_(v)`` (fx gives the buffer as a tensor, ``v`` traced)
+    reached fx as a call of the stand-in for ``torch.Tensor.add_``, recorded as a function call the rules did not
+    know: an unknown op, with a warning."""
+    class Written(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(3, 4), torch.nn.Linear(3, 2)
+            self.register_buffer("buf", torch.zeros(3))
+
+        def forward(self, x):
+            h = self.a(x)
+            self.buf.add_(h[:, 0].mean())
+            return self.b(h[:, 1:] + self.buf)
+
+    from graphs.tracer import symbolic_trace
+
+    gm = symbolic_trace(Along(lambda h: torch.Tensor.topk(h, 2).values))
+    assert [n.op for n in gm.graph.nodes if n.target == "topk"] == ["call_method"]
+    gm = symbolic_trace(Written())
+    assert [n.op for n in gm.graph.nodes if n.target == "add_"] == ["call_method"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        graphs.build(model=Written().eval(), level="unit", example_input=torch.randn(3, 3))
