@@ -1,7 +1,7 @@
 """The rules of ops that order or accumulate the elements along one ``dim``, evaluated exactly on the id tensors:
 ``topk``, ``sort``, ``argsort``, ``msort``, ``kthvalue``, ``median``/``nanmedian``/``mode`` (category ``rank``:
-every result element reads every element of its slice along ``dim``) and ``cummax``, ``cummin`` (category ``scan``:
-position ``j`` reads positions ``0..j``). As
+every result element reads every element of its slice along ``dim``) and ``cummax``, ``cummin``, ``cumsum``, ``cumprod``,
+``logcumsumexp`` (category ``scan``: position ``j`` reads positions ``0..j``). As
 :class:`FlowRankMixin`, which :class:`~graphs.flow.FlowProp` inherits.
 
 Which element a top-k keeps, and where a sort puts it, depend on every element it is compared with: a top-2

@@ -28,20 +28,24 @@ Every op falls in one category:
   LayerNorm wiring (every channel reads the statistics of all); over an axis along which the units do
   not change (positions, an attention map's key axis) each channel reads only itself.
 - ``pointwise``: acts on each channel separately (activations, batch and instance normalisation, pooling, dropout,
-  resampling): channel ``c`` of the output is fed by channel ``c`` of the input.
+  resampling, dtype casts): channel ``c`` of the output is fed by channel ``c`` of the input. A cast
+  (``.float()``, ``.long()``, ``.int()``, ``.bool()``, ``.to(dtype)``, ``.type(dtype)``, ...) passes each element's
+  unit on: the dependency is structural (what the cast gives changes when its element does), so a cast to an
+  integer or bool, which has zero gradient, still carries its unit.
 - ``broadcast``: elementwise arithmetic of several tensors (residual ``+``, squeeze-excitation ``*``):
   each output element is fed by the elements it was computed from (a *junction* when they differ).
 - ``shape``: moves elements without computing (view, flatten, cat, getitem, select, gather, pad, permute, the
-  splits: split, chunk, tensor_split, hsplit/vsplit/dsplit, split_with_sizes, unbind; pixel_shuffle/pixel_unshuffle):
-  evaluated exactly on tensors of unit ids.
+  splits: split, chunk, tensor_split, hsplit/vsplit/dsplit, split_with_sizes, unbind; pixel_shuffle/pixel_unshuffle;
+  flip, fliplr, flipud, roll, rot90): evaluated exactly on tensors of unit ids.
 - ``reduce``: mean/sum/amax/amin, max/min (values and indices) and argmax/argmin over some dimensions.
 - ``rank``: ops that order the elements along one ``dim`` (``topk``, ``sort``, ``argsort``, ``msort``,
   ``kthvalue``, ``median``/``nanmedian``/``mode``; functions and methods): each element of every result (values and
   indices alike, however many ``k`` keeps, ``largest``, ``descending`` or not) reads every element along ``dim`` of
   its own slice, a junction of them (the slices that hold the same units share one); the other axes element-wise.
   ``median()`` with no ``dim`` reads every element.
-- ``scan``: running maxima and minima along one ``dim`` (``cummax``, ``cummin``): position ``j`` reads positions
-  ``0..j`` of its slice (the index at position 0 is a constant).
+- ``scan``: running maxima, minima, sums and products along one ``dim`` (``cummax``, ``cummin``, ``cumsum``,
+  ``cumprod``, ``logcumsumexp``): position ``j`` reads positions ``0..j`` of its slice (the index at position 0 is a
+  constant).
 - ``lookup``: an ``nn.Embedding`` / ``F.embedding`` call: rows of a table picked by an index (or an
   ``nn.EmbeddingBag`` / ``F.embedding_bag`` call, which sums, averages or takes the max of a bag of them). The table
   is not a synapse layer (a Connectome leaves embeddings dense), so it has no units and no synapse
@@ -126,10 +130,14 @@ POINTWISE_FUNCTIONS = {
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
 }
+# dtype casts: element ``i`` of the result is element ``i`` of the tensor. The dependency is structural: a cast to
+# an integer or bool has zero gradient, yet what it gives changes when the element moves (past a whole number, or
+# to or from zero), so its units feed the result as any elementwise op's do
+CAST_METHODS = ("float", "double", "half", "bfloat16", "long", "int", "short", "char", "byte", "bool", "to", "type",
+                "type_as")
 POINTWISE_METHODS = {
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip", "abs", "neg", "exp",
-    "sqrt", "square", "float", "double", "half", "bfloat16", "to", "type_as", "detach", "clone",
-    "cpu", "cuda", *_UNARY, *(f"{f}_" for f in _UNARY),
+    "sqrt", "square", *CAST_METHODS, "detach", "clone", "cpu", "cuda", *_UNARY, *(f"{f}_" for f in _UNARY),
 }
 BROADCAST_FUNCTIONS = {
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
@@ -146,13 +154,14 @@ SHAPE_FUNCTIONS = {
     torch.squeeze, torch.unsqueeze, torch.split, torch.chunk, torch.narrow, torch.movedim, F.pad,
     operator.getitem, torch.unflatten, torch.triu, torch.tril, F.pixel_shuffle, F.pixel_unshuffle, torch.unbind,
     torch.tensor_split, torch.hsplit, torch.vsplit, torch.dsplit, torch.split_with_sizes,
-    TORCH_OWN.index_select, TORCH_OWN.select, TORCH_OWN.gather,
+    TORCH_OWN.index_select, TORCH_OWN.select, TORCH_OWN.gather, torch.flip, torch.fliplr, torch.flipud, torch.roll,
+    torch.rot90,
 }
 SHAPE_METHODS = {
     "view", "reshape", "flatten", "permute", "transpose", "swapaxes", "swapdims", "squeeze", "unsqueeze", "split",
     "chunk", "narrow", "expand", "expand_as", "repeat", "movedim", "unflatten", "t", "view_as", "reshape_as", "contiguous",
     "triu", "tril", "unbind", "tensor_split", "hsplit", "vsplit", "dsplit", "split_with_sizes", "index_select",
-    "select", "gather",
+    "select", "gather", "flip", "fliplr", "flipud", "roll", "rot90",
 }
 # pointwise ops that act along axis 1 (statistics, pooling, padding, resampling): not elementwise
 _ALONG_AXIS_ONE_MODULES = (
@@ -178,9 +187,10 @@ _MAX_MIN = {torch.max, torch.min, "max", "min"}
 # first; its default: None reads the whole tensor). Each result element reads its slice along dim (FlowRankMixin)
 RANK_OPS = {"topk": (2, -1), "sort": (1, -1), "argsort": (1, -1), "msort": (None, 0), "kthvalue": (2, -1),
             "median": (1, None), "nanmedian": (1, None), "mode": (1, -1)}
-# cumulative ops along one dim (its position, no default): position j reads positions 0..j
-# (cumsum and cumprod read the same prefixes; they are left unknown ops, as they were)
-SCAN_OPS = {"cummax": (1, None), "cummin": (1, None)}
+# cumulative ops along one dim (its position, no default): position j reads positions 0..j (torch has no reversed
+# scan: a suffix sum is written with flip, which is a shape op)
+SCAN_OPS = {"cummax": (1, None), "cummin": (1, None), "cumsum": (1, None), "cumprod": (1, None),
+            "logcumsumexp": (1, None)}
 RANK_FUNCTIONS = {getattr(torch, k) for k in RANK_OPS}
 SCAN_FUNCTIONS = {getattr(torch, k) for k in SCAN_OPS}
 RANK_METHODS = {k for k in RANK_OPS if hasattr(torch.Tensor, k)}
@@ -433,6 +443,6 @@ def how_to_register(node, module=None, in_shapes=(), out_shape=None) -> str:
         return (f"no graphs.register_op category fits {target}, which takes {shapes} to {result} (pointwise keeps "
                 "the shape or the channels, shape the element count, reduce drops dimensions, broadcast gives the "
                 "operands' broadcast shape); write it with ops the tracer knows (see graphs.ops)" + _contraction(node))
-    also = ('"shape" if it only moves elements, as a flip or a roll does; ' if category == "pointwise"
+    also = ('"shape" if it only permutes the elements, as a channel shuffle does; ' if category == "pointwise"
             and tuple(out_shape) == tuple(in_shapes[0]) else "")
     return f'teach it with graphs.register_op({target}, "{category}") {_CATEGORY_WHEN[category]} ({also}see graphs.ops)'

@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - an older torch
     FakeTensorMode = None
 
 from .locking import serialized
-from .tracer import SIZED_FACTORIES, SignatureTracer, _sizes_packed, _torch_own_functions
+from .tracer import SIZED_FACTORIES, SignatureTracer, _sizes_packed, _torch_own_functions, _unbound_methods_traced
 
 # fx's own context that takes its patches off nn.Module (its __call__ and __getattr__ make proxies while fx
 # traces) while the example's values are computed; a private name of fx's: without it nothing is traced so
@@ -197,7 +197,7 @@ class _SizedProxy(fx.Proxy):
 def sized_trace(root: torch.nn.Module, inputs: Callable[[int], tuple], concrete_args=None) -> fx.GraphModule:
     """:func:`graphs.trace.symbolic_trace` with :class:`SizedTracer`: the example input's sizes (``inputs``, as
     that class takes it) answer the forward's questions about sizes."""
-    with _torch_own_functions(), _sizes_packed():
+    with _torch_own_functions(), _sizes_packed(), _unbound_methods_traced():
         tracer = SizedTracer(inputs, autowrap_functions=SIZED_FACTORIES)
         graph = tracer.trace(root, concrete_args)
     return fx.GraphModule(tracer.root, graph, type(root).__name__)

@@ -74,6 +74,59 @@ def _sizes_packed():
             setattr(torch, name, f)
 
 
+def _unbound_names() -> list:
+    """The method names the op tables (and :func:`graphs.register_op`) know whose ``torch.Tensor`` attribute is a C
+    descriptor (``topk``, ``flip``, ``long``): called unbound on a traced value, ``torch.Tensor.topk(h, 2)``, it
+    refuses fx's Proxy, where one written in Python (``torch.Tensor.split``) records the method."""
+    names = set().union(ops.POINTWISE_METHODS, ops.BROADCAST_METHODS, ops.SHAPE_METHODS, ops.REDUCE_METHODS,
+                        ops.RANK_METHODS, ops.SCAN_METHODS, ops.ALONG_DIM_METHODS, ops.SHAPE_ONLY_METHODS,
+                        (t for t in ops._EXTRA if isinstance(t, str)))
+    return sorted(n for n in names if n not in vars(torch.Tensor) and callable(getattr(torch.Tensor, n, None)))
+
+
+def _as_method(name: str, own):
+    """``torch.Tensor.<name>`` that, given a Proxy as ``self``, records the method call ``self.<name>(...)``, as
+    ``h.<name>(...)`` is recorded; ``own`` (torch's) otherwise."""
+    def call(self, *args, **kwargs):
+        if isinstance(self, fx.Proxy):
+            return getattr(self, name)(*args, **kwargs)
+        return own(self, *args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = own.__doc__
+    _OWN[call] = own
+    return call
+
+
+# each stand-in of _as_method, and torch's descriptor it stands for: a tensor's method given a Proxy as another
+# argument (``self.buf.add_(h)``, a buffer fx gives as a tensor) reaches fx as a call of ``torch.Tensor.add_``,
+# the stand-in while it is there, which fx, not knowing it for a method, records as a function call;
+# SignatureTracer.trace records it as the method call, as fx does with torch's
+_OWN: dict = {}
+
+
+@contextlib.contextmanager
+def _unbound_methods_traced():
+    """Let fx trace ``torch.Tensor.topk(h, 2)`` (an unbound method of the op tables on a traced value): it failed
+    with "descriptor 'topk' for 'torch._C.TensorBase' objects doesn't apply to a 'Proxy' object", and the model fell
+    back to module order. Inside, such a call records the method call ``h.topk(2)``, the graph written as if the
+    model called it so, followed by the same rule; on a tensor it is torch's own call. Removed on exit."""
+    names = _unbound_names()
+    # torch caches the methods of torch.Tensor the first time it is asked (fx asks which calls are methods): asked
+    # now, while they are torch's; cached with the stand-ins, it would take torch's own for functions ever after
+    torch.overrides.is_tensor_method_or_property(torch.Tensor.add)
+    try:
+        for name in names:
+            own = getattr(torch.Tensor, name)
+            stand_in = next((f for f, o in _OWN.items() if o is own), None) or _as_method(name, own)
+            setattr(torch.Tensor, name, stand_in)
+        yield
+    finally:
+        for name in names:
+            if name in vars(torch.Tensor):
+                delattr(torch.Tensor, name)  # torch's descriptor, inherited from TensorBase, shows again
+
+
 @serialized
 def symbolic_trace(root: nn.Module, concrete_args=None) -> fx.GraphModule:
     """``torch.fx.symbolic_trace`` with torch's own functions in place of a library's Python replacements
@@ -82,8 +135,9 @@ def symbolic_trace(root: nn.Module, concrete_args=None) -> fx.GraphModule:
     torch_geometric was imported, every model calling ``torch.index_select`` fell back to module order,
     and ``graphs.compact`` refused it). The graph runs torch's function. Factories given separate traced
     sizes are traced too (:func:`_sizes_packed`), and a forward with keyword-only parameters keeps its
-    calling convention (``forward(self, x, y=None, *, mask)``: :class:`SignatureTracer`)."""
-    with _torch_own_functions(), _sizes_packed():
+    calling convention (``forward(self, x, y=None, *, mask)``: :class:`SignatureTracer`). An unbound method on a
+    traced value, ``torch.Tensor.topk(h, 2)``, is recorded as the method call (:func:`_unbound_methods_traced`)."""
+    with _torch_own_functions(), _sizes_packed(), _unbound_methods_traced():
         tracer = SignatureTracer(autowrap_functions=SIZED_FACTORIES)
         graph = tracer.trace(root, concrete_args)
     return fx.GraphModule(tracer.root, graph, type(root).__name__)
@@ -136,6 +190,9 @@ class SignatureTracer(fx.Tracer):
             _annotate(graph, inspect.unwrap(fn), holders, code.co_varnames[bound:len(holders) + bound])
         else:
             _required_after_defaults(graph)
+        for n in graph.nodes:
+            if n.op == "call_function" and n.target in _OWN:  # a stand-in of _unbound_methods_traced: the method
+                n.op, n.target = "call_method", n.target.__name__
         checks = [n for n in graph.nodes if n.target is none_only or _assert_is_none is not None and n.target is _assert_is_none]
         for n in checks:
             n.target = none_only

@@ -231,24 +231,24 @@ def test_an_untraceable_model_is_refused_not_chained_in_module_order():
         gradient_by_depth(Dynamic(), [(torch.randn(2, 4), torch.tensor([0, 1]))], layer="classifier", batches=1)
 
 
-class Cumsum(nn.Module):
+class Renorm(nn.Module):
     def __init__(self):
         super().__init__()
         self.a, self.b, self.c = nn.Linear(4, 3), nn.Linear(3, 3), nn.Linear(3, 2)
 
     def forward(self, x):
-        return torch.cumsum(self.c(self.b(torch.cumsum(self.a(x), 1))), 1)
+        return torch.renorm(self.c(self.b(torch.renorm(self.a(x), 2, 1, 1.0))), 2, 1, 1.0)
 
 
 def test_traced_depths_refuse_an_op_the_tracer_cannot_follow():
     from adaptive.diagnostics.gradient_depth import traced_depths
 
     x = torch.randn(2, 4)
-    with pytest.warns(UserWarning, match="cumsum"):
-        assert traced_depths(Cumsum(), "a", x).tolist() == [0] * 4  # the unknown ops come after it
-    with pytest.warns(UserWarning, match="cumsum"), \
-            pytest.raises(ValueError, match=r"'b'.*1 op\(s\) the tracer cannot follow \('cumsum'.*register_op.*pass depths="):
-        gradient_by_depth(Cumsum(), [(x, torch.tensor([0, 1]))], layer="b", batches=1, loss_fn=sum_loss)
+    with pytest.warns(UserWarning, match="renorm"):
+        assert traced_depths(Renorm(), "a", x).tolist() == [0] * 4  # the unknown ops come after it
+    with pytest.warns(UserWarning, match="renorm"), \
+            pytest.raises(ValueError, match=r"'b'.*1 op\(s\) the tracer cannot follow \('renorm'.*register_op.*pass depths="):
+        gradient_by_depth(Renorm(), [(x, torch.tensor([0, 1]))], layer="b", batches=1, loss_fn=sum_loss)
 
 
 
@@ -283,7 +283,7 @@ class AuxHead(nn.Module):
 
     def forward(self, x):
         h = torch.relu(self.fc1(x))
-        a = self.aux(torch.cumsum(h, dim=1))
+        a = self.aux(torch.renorm(h, 2, 1, 1.0))
         return self.out(torch.relu(self.fc2(h))) + 0 * a
 
 
@@ -293,14 +293,14 @@ def test_traced_depths_ignore_an_unknown_op_that_does_not_feed_the_layer():
     from adaptive.diagnostics.gradient_depth import traced_depths
 
     x = torch.randn(2, 6)
-    with pytest.warns(UserWarning, match="cumsum"):
+    with pytest.warns(UserWarning, match="renorm"):
         assert traced_depths(AuxHead(), "fc2", x).tolist() == [1] * 8
-    with pytest.warns(UserWarning, match="cumsum"):
+    with pytest.warns(UserWarning, match="renorm"):
         assert traced_depths(AuxHead(), "out", x).tolist() == [2] * 8
-    with pytest.warns(UserWarning, match="cumsum"), \
-            pytest.raises(ValueError, match=r"'aux'.*1 op\(s\) the tracer cannot follow \('cumsum'"):
+    with pytest.warns(UserWarning, match="renorm"), \
+            pytest.raises(ValueError, match=r"'aux'.*1 op\(s\) the tracer cannot follow \('renorm'"):
         traced_depths(AuxHead(), "aux", x)
-    with pytest.warns(UserWarning, match="cumsum"), pytest.warns(UserWarning, match="one band"):
+    with pytest.warns(UserWarning, match="renorm"), pytest.warns(UserWarning, match="one band"):
         res = gradient_by_depth(AuxHead(), [(x, torch.tensor([0, 1]))], layer="out", batches=1)
     assert res.depths == [2]
 

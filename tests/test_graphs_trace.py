@@ -179,14 +179,14 @@ def test_unknown_op_warns_naming_the_node():
             self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
 
         def forward(self, x):
-            return self.b(torch.cumsum(self.a(x), 1))
+            return self.b(torch.renorm(self.a(x), 2, 1, 1.0))
 
-    with pytest.warns(UserWarning, match="cumsum"):
+    with pytest.warns(UserWarning, match="renorm"):
         g = graphs.build(model=Odd(), level="unit")
     names = g.node_names()
     lay = {l.module: l for l in g.layers}
-    assert {names[i] for i in lay["b"].in_src.tolist()} == {"cumsum:0"}  # one node fed by every unit of a
-    assert wires("a", "cumsum", [(i, 0) for i in range(3)]) <= edge_set(g)
+    assert {names[i] for i in lay["b"].in_src.tolist()} == {"renorm:0"}  # one node fed by every unit of a
+    assert wires("a", "renorm", [(i, 0) for i in range(3)]) <= edge_set(g)
 
 
 def test_unknown_module_warning_names_its_type_and_a_register_op_call_that_works():
@@ -211,25 +211,25 @@ def test_unknown_module_warning_names_its_type_and_a_register_op_call_that_works
 
 
 def test_unknown_torch_function_warning_suggests_a_call_that_works():
-    """For a torch.* built-in the hint read graphs.register_op(torch._VariableFunctionsClass.cumsum, ...),
+    """For a torch.* built-in the hint read graphs.register_op(torch._VariableFunctionsClass.renorm, ...),
     which fails with AttributeError when pasted."""
-    class Cum(nn.Module):
+    class Renorm(nn.Module):
         def __init__(self):
             super().__init__()
             self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
 
         def forward(self, x):
-            return self.b(torch.cumsum(self.a(x), dim=1))
+            return self.b(torch.renorm(self.a(x), 2, 1, 1.0))
 
-    with pytest.warns(UserWarning, match="cumsum") as rec:
-        graphs.build(model=Cum(), level="unit")
-    call = next(str(w.message) for w in rec if "cumsum" in str(w.message)).split("teach it with ")[1].split(" if it")[0]
-    assert call == 'graphs.register_op(torch.cumsum, "pointwise")'
+    with pytest.warns(UserWarning, match="renorm") as rec:
+        graphs.build(model=Renorm(), level="unit")
+    call = next(str(w.message) for w in rec if "renorm" in str(w.message)).split("teach it with ")[1].split(" if it")[0]
+    assert call == 'graphs.register_op(torch.renorm, "pointwise")'
     try:
         eval(call, {"graphs": graphs, "torch": torch})
-        assert not graphs.build(model=Cum(), level="unit").warnings
+        assert not graphs.build(model=Renorm(), level="unit").warnings
     finally:
-        graphs.ops._EXTRA.pop(torch.cumsum, None)
+        graphs.ops._EXTRA.pop(torch.renorm, None)
 
 
 def test_unknown_operator_warning_names_the_operator_module():
@@ -249,8 +249,8 @@ def test_unknown_operator_warning_names_the_operator_module():
 
 
 @pytest.mark.parametrize("f, target, category", [
-    (lambda h: torch.cumsum(h, dim=2), torch.cumsum, "pointwise"),  # keeps the shape
-    (lambda h: torch.rot90(h, 1, (1, 2)), torch.rot90, "shape"),  # keeps the element count
+    (lambda h: torch.renorm(h, 2, 2, 1.0), torch.renorm, "pointwise"),  # keeps the shape
+    (lambda h: torch.adjoint(h), torch.adjoint, "shape"),  # keeps the element count
     (lambda h: torch.logsumexp(h, dim=2), torch.logsumexp, "reduce"),  # drops a dimension
     (lambda h: torch.hypot(h, h[:, :1]), torch.hypot, "broadcast"),  # several operands, their broadcast shape
     (lambda h: torch.diff(h, dim=1), torch.diff, None),  # one channel fewer: no rule fits
